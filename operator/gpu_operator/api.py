@@ -1,0 +1,401 @@
+"""The ClusterPolicy API (nvidia.com/v1): spec and status models with upstream field names and defaults.
+
+Python attributes are snake_case; the wire names (aliases) are upstream's camelCase, so an existing
+ClusterPolicy YAML validates unchanged. Unknown fields are kept (upstream has sections we do not act on).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+GROUP = "nvidia.com"
+VERSION = "v1"
+PLURAL = "clusterpolicies"
+KIND = "ClusterPolicy"
+
+_PERCENT_OR_INT = re.compile(r"^[0-9]+%?$")
+
+
+def _check_int_or_percent(v: int | str) -> int | str:
+    if isinstance(v, bool):
+        raise ValueError('must be a non-negative integer or a percentage like "25%"')
+    if isinstance(v, int):
+        if v < 0:
+            raise ValueError('must be a non-negative integer or a percentage like "25%"')
+        return v
+    if not _PERCENT_OR_INT.match(v):
+        raise ValueError('must be a non-negative integer or a percentage like "25%"')
+    return v
+
+
+IntOrPercent = Annotated[
+    int | str,
+    AfterValidator(_check_int_or_percent),
+    WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "x-kubernetes-validations": [
+                {
+                    "rule": "type(self) == int ? self >= 0 : self.matches('^[0-9]+%?$')",
+                    "message": 'must be a non-negative integer or a percentage like "25%"',
+                }
+            ],
+        }
+    ),
+]
+NonNegInt = Annotated[int, Field(ge=0)]
+
+
+class Model(BaseModel):
+    """Closed model: unknown fields are errors (used for small leaf objects)."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class Section(BaseModel):
+    """Open model: unknown fields are kept, so upstream fields we do not model still round-trip."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+
+class EnvVar(Model):
+    name: str = Field(min_length=1)
+    value: str = ""
+
+
+class ResourceRequirements(Model):
+    limits: dict[str, int | str] = {}
+    requests: dict[str, int | str] = {}
+
+
+class ComponentSpec(Section):
+    """Fields shared by most component sections."""
+
+    enabled: bool = True
+    repository: str | None = None
+    image: str | None = None
+    version: str | None = None
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    image_pull_secrets: list[str] = []
+    resources: ResourceRequirements | None = None
+    args: list[str] = []
+    env: list[EnvVar] = []
+
+    @model_validator(mode="after")
+    def _image_fields_together(self) -> ComponentSpec:
+        given = [f for f in ("repository", "image", "version") if getattr(self, f)]
+        if given and given != ["image"] and len(given) != 3:
+            missing = [f for f in ("repository", "image", "version") if f not in given]
+            raise ValueError(
+                f"image: set repository, image and version together (or image alone); missing {', '.join(missing)}"
+            )
+        return self
+
+
+class DisabledComponentSpec(ComponentSpec):
+    enabled: bool = False
+
+
+class ServiceMonitorSpec(Section):
+    enabled: bool = False
+    interval: str = "15s"
+    honor_labels: bool = False
+    additional_labels: dict[str, str] = {}
+    relabelings: list[dict[str, Any]] = []
+
+
+class OperatorMetricsSpec(Section):
+    service_monitor: ServiceMonitorSpec = ServiceMonitorSpec()
+
+
+class OperatorSpec(Section):
+    runtime_class: str = "nvidia"
+    default_runtime: Literal["containerd", "crio", "docker"] = "containerd"
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+    metrics: OperatorMetricsSpec = OperatorMetricsSpec()
+
+
+class RollingUpdateSpec(Section):
+    max_unavailable: IntOrPercent = "1"
+
+
+class DaemonsetsSpec(Section):
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+    tolerations: list[dict[str, Any]] = []
+    priority_class_name: str = "system-node-critical"
+    update_strategy: Literal["RollingUpdate", "OnDelete"] = "RollingUpdate"
+    rolling_update: RollingUpdateSpec = RollingUpdateSpec()
+
+
+class PodDeletionSpec(Section):
+    force: bool = False
+    timeout_seconds: NonNegInt = 300
+    delete_empty_dir: bool = False
+
+
+class WaitForCompletionSpec(Section):
+    pod_selector: str = ""
+    timeout_seconds: NonNegInt = 0
+
+
+class DrainSpec(Section):
+    enable: bool = False
+    force: bool = False
+    pod_selector: str = ""
+    timeout_seconds: NonNegInt = 300
+    delete_empty_dir: bool = False
+
+
+class DriverUpgradePolicySpec(Section):
+    auto_upgrade: bool = False
+    max_parallel_upgrades: NonNegInt = 1
+    max_unavailable: IntOrPercent = "25%"
+    pod_deletion: PodDeletionSpec | None = None
+    wait_for_completion: WaitForCompletionSpec = WaitForCompletionSpec()
+    drain: DrainSpec = DrainSpec()
+
+
+class RDMASpec(Section):
+    enabled: bool = False
+    use_host_mofed: bool = False
+
+
+class ProbeSpec(Model):
+    initial_delay_seconds: NonNegInt | None = None
+    timeout_seconds: NonNegInt | None = None
+    period_seconds: NonNegInt | None = None
+    success_threshold: NonNegInt | None = None
+    failure_threshold: NonNegInt | None = None
+
+
+class ConfigMapRef(Section):
+    name: str = ""
+
+
+class RepoConfigSpec(Section):
+    config_map_name: str = ""
+
+
+class LicensingConfigSpec(Section):
+    config_map_name: str = ""
+    nls_enabled: bool = True
+
+
+class DriverManagerSpec(ComponentSpec):
+    pass
+
+
+class DriverSpec(ComponentSpec):
+    use_precompiled: bool = False
+    kernel_module_type: Literal["auto", "open", "proprietary"] = "auto"
+    rdma: RDMASpec = RDMASpec()
+    manager: DriverManagerSpec = DriverManagerSpec()
+    repo_config: RepoConfigSpec = RepoConfigSpec()
+    cert_config: ConfigMapRef = ConfigMapRef()
+    licensing_config: LicensingConfigSpec = LicensingConfigSpec()
+    kernel_module_config: ConfigMapRef = ConfigMapRef()
+    startup_probe: ProbeSpec | None = None
+    liveness_probe: ProbeSpec | None = None
+    readiness_probe: ProbeSpec | None = None
+    use_nvidia_driver_crd: bool = Field(default=False, alias="useNvidiaDriverCRD")
+    upgrade_policy: DriverUpgradePolicySpec = DriverUpgradePolicySpec()
+
+
+class ToolkitSpec(ComponentSpec):
+    install_dir: str = "/usr/local/nvidia"
+
+
+class DevicePluginConfig(Section):
+    name: str = ""
+    default: str = ""
+
+
+class MPSSpec(Section):
+    root: str = "/run/nvidia/mps"
+
+
+class DevicePluginSpec(ComponentSpec):
+    config: DevicePluginConfig = DevicePluginConfig()
+    mps: MPSSpec = MPSSpec()
+
+
+class DCGMSpec(ComponentSpec):
+    enabled: bool = False
+    host_port: int = Field(default=5555, ge=1, le=65535)
+
+
+class ServiceSpec(Section):
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    internal_traffic_policy: Literal["Cluster", "Local"] | None = None
+
+
+class DCGMExporterSpec(ComponentSpec):
+    config: ConfigMapRef = ConfigMapRef()
+    service_monitor: ServiceMonitorSpec = ServiceMonitorSpec()
+    service: ServiceSpec = ServiceSpec()
+
+
+class GFDSpec(ComponentSpec):
+    pass
+
+
+class MIGSpec(Section):
+    strategy: Literal["none", "single", "mixed"] = "single"
+
+
+class MIGPartedConfig(Section):
+    name: str = "default-mig-parted-config"
+    default: str = "all-disabled"
+
+
+class MIGManagerSpec(ComponentSpec):
+    config: MIGPartedConfig = MIGPartedConfig()
+    gpu_clients_config: ConfigMapRef = ConfigMapRef()
+
+
+class NodeStatusExporterSpec(ComponentSpec):
+    enabled: bool = False
+
+
+class ValidatorCheckSpec(Section):
+    env: list[EnvVar] = []
+
+
+class ValidatorSpec(ComponentSpec):
+    driver: ValidatorCheckSpec = ValidatorCheckSpec()
+    toolkit: ValidatorCheckSpec = ValidatorCheckSpec()
+    cuda: ValidatorCheckSpec = ValidatorCheckSpec()
+    plugin: ValidatorCheckSpec = ValidatorCheckSpec()
+    vfio_pci: ValidatorCheckSpec = ValidatorCheckSpec()
+    vgpu_manager: ValidatorCheckSpec = ValidatorCheckSpec()
+    vgpu_devices: ValidatorCheckSpec = ValidatorCheckSpec()
+
+
+class SandboxWorkloadsSpec(Section):
+    enabled: bool = False
+    default_workload: Literal["container", "vm-passthrough", "vm-vgpu"] = "container"
+
+
+class CDISpec(Section):
+    enabled: bool = False
+    default: bool = False
+
+
+class PSASpec(Section):
+    enabled: bool = False
+
+
+class HostPathsSpec(Section):
+    root_fs: str = "/"
+    driver_install_dir: str = "/run/nvidia/driver"
+
+
+class ClusterPolicySpec(Section):
+    operator: OperatorSpec = OperatorSpec()
+    daemonsets: DaemonsetsSpec = DaemonsetsSpec()
+    driver: DriverSpec = DriverSpec()
+    toolkit: ToolkitSpec = ToolkitSpec()
+    device_plugin: DevicePluginSpec = DevicePluginSpec()
+    dcgm: DCGMSpec = DCGMSpec()
+    dcgm_exporter: DCGMExporterSpec = DCGMExporterSpec()
+    gfd: GFDSpec = GFDSpec()
+    mig: MIGSpec = MIGSpec()
+    mig_manager: MIGManagerSpec = MIGManagerSpec()
+    node_status_exporter: NodeStatusExporterSpec = NodeStatusExporterSpec()
+    validator: ValidatorSpec = ValidatorSpec()
+    sandbox_workloads: SandboxWorkloadsSpec = SandboxWorkloadsSpec()
+    vfio_manager: DisabledComponentSpec = DisabledComponentSpec()
+    vgpu_manager: DisabledComponentSpec = DisabledComponentSpec()
+    vgpu_device_manager: DisabledComponentSpec = DisabledComponentSpec()
+    sandbox_device_plugin: DisabledComponentSpec = DisabledComponentSpec()
+    cc_manager: DisabledComponentSpec = DisabledComponentSpec()
+    cdi: CDISpec = CDISpec()
+    gds: DisabledComponentSpec = DisabledComponentSpec()
+    gdrcopy: DisabledComponentSpec = DisabledComponentSpec()
+    psa: PSASpec = PSASpec()
+    host_paths: HostPathsSpec = HostPathsSpec()
+
+
+# Status
+
+State = Literal["ready", "notReady", "ignored", "disabled"]
+
+
+class Condition(Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str = ""
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class OperandStatus(Model):
+    """Per-state readiness (beyond upstream): which operand is not ready, and why."""
+
+    name: str
+    state: Literal["ready", "notReady", "disabled"]
+    message: str = ""
+
+
+class ClusterPolicyStatus(Model):
+    state: State | None = None
+    namespace: str | None = None
+    observed_generation: int | None = None
+    conditions: list[Condition] = []
+    states: list[OperandStatus] = []
+
+
+class PolicyError(Exception):
+    """A ClusterPolicy spec that does not validate: one line per problem, naming the field and rule."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = "spec"
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def parse_spec(spec: dict[str, Any] | None) -> ClusterPolicySpec:
+    """Validate a spec dict; raise PolicyError with `spec.<path>: <rule>` lines."""
+    try:
+        return ClusterPolicySpec.model_validate(spec or {})
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            # Drop pydantic's union-branch markers ("int", "str", "function-after[...]") from the path.
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p in {"int", "str"} or "[" in p)))
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{_loc(loc)}: {msg}")
+        raise PolicyError(sorted(set(problems))) from None
+
+
+def unknown_fields(spec: BaseModel, prefix: str = "spec") -> list[str]:
+    """Paths of fields we keep but do not act on (reported as warnings, never errors)."""
+    out = []
+    for key in sorted(spec.model_extra or {}):
+        out.append(f"{prefix}.{key}")
+    for name, field in type(spec).model_fields.items():
+        value = getattr(spec, name)
+        if isinstance(value, Section):
+            out += unknown_fields(value, f"{prefix}.{field.alias or name}")
+    return out

@@ -1,0 +1,154 @@
+"""The `gpu-operator` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import __version__
+from .api import PolicyError, parse_spec, unknown_fields
+
+DEFAULT_NAMESPACE = "gpu-operator"
+
+
+def _load_yaml_docs(path: str) -> list[dict[str, Any]]:
+    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    docs: list[dict[str, Any]] = []
+    for doc in yaml.safe_load_all(text):
+        if not doc:
+            continue
+        if not isinstance(doc, dict):
+            raise ValueError(f"{path}: expected a YAML mapping, got {type(doc).__name__}")
+        if doc.get("kind", "").endswith("List") and "items" in doc:
+            docs += doc["items"] or []
+        else:
+            docs.append(doc)
+    return docs
+
+
+def _policy_from_file(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metadata, spec) of the first ClusterPolicy in the file, or a bare spec mapping."""
+    docs = _load_yaml_docs(path)
+    for doc in docs:
+        if doc.get("kind") == "ClusterPolicy":
+            return doc.get("metadata") or {}, doc.get("spec") or {}
+    if len(docs) == 1 and "kind" not in docs[0]:
+        return {"name": "cluster-policy"}, docs[0]
+    raise ValueError(f"{path}: no ClusterPolicy found")
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from .nodes import NodeFacts
+    from .render import label_patches, plan, relabelled
+    from .states import RenderContext
+
+    try:
+        meta, raw_spec = _policy_from_file(args.policy)
+        spec = parse_spec(raw_spec)
+        node_docs = _load_yaml_docs(args.nodes) if args.nodes else []
+    except PolicyError as exc:
+        for line in exc.problems:
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in unknown_fields(spec):
+        print(f"warning: {path}: not used by this operator (kept as is)", file=sys.stderr)
+    nodes = [NodeFacts.from_node(n) for n in node_docs if n.get("kind", "Node") == "Node"]
+    patches = label_patches(nodes, spec)
+    owner = {
+        "apiVersion": "nvidia.com/v1",
+        "kind": "ClusterPolicy",
+        "name": meta.get("name", "cluster-policy"),
+        "uid": meta.get("uid", "00000000-0000-0000-0000-000000000000"),
+    }
+    ctx = RenderContext(spec=spec, namespace=args.namespace, nodes=tuple(relabelled(nodes, patches)), owner=owner)
+    out: list[str] = []
+    for state_plan in plan(ctx):
+        if not state_plan.enabled:
+            out.append(f"# {state_plan.state.name}: disabled\n")
+            continue
+        for obj in state_plan.objects:
+            out.append(f"# {state_plan.state.name}\n" + yaml.safe_dump(obj, sort_keys=True))
+    for name in sorted(patches):
+        patch = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": patches[name]}}
+        out.append(
+            f"# label patch for node {name} (merge patch; null removes a label)\n"
+            + yaml.safe_dump(patch, sort_keys=True)
+        )
+    sys.stdout.write("---\n".join(out))
+    return 0
+
+
+def cmd_crds(args: argparse.Namespace) -> int:
+    from .crd import all_crds, crds_yaml
+
+    if not args.apply:
+        sys.stdout.write(crds_yaml())
+        return 0
+    from .kube import Kube
+
+    kube = Kube.connect(args.kubeconfig)
+    for crd in all_crds():
+        kube.apply(crd)
+        print(f"customresourcedefinition {crd['metadata']['name']} applied", file=sys.stderr)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runtime import run
+
+    return run(
+        kubeconfig=args.kubeconfig,
+        namespace=args.namespace,
+        metrics_port=args.metrics_port,
+        health_port=args.health_port,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gpu-operator",
+        description="Deploys and manages the NVIDIA GPU software stack on every GPU node of a cluster.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the operator against a cluster")
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster config, then $KUBECONFIG)")
+    p.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="namespace of the operands (%(default)s)")
+    p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus metrics port (%(default)s; 0 = off)")
+    p.add_argument("--health-port", type=int, default=8081, help="liveness endpoint port (%(default)s; 0 = off)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "render",
+        help="print every object the operator would create for a policy and nodes",
+        description="Print, as multi-document YAML in a stable order, every object the operator would create "
+        "for a ClusterPolicy and a set of nodes, plus the label patch for each node. Exits 2 on an invalid "
+        "policy, with one line per problem.",
+    )
+    p.add_argument("--policy", required=True, help="ClusterPolicy YAML file ('-' for stdin)")
+    p.add_argument("--nodes", help="Node objects: multi-document YAML or a List")
+    p.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="operand namespace (%(default)s)")
+    p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("crds", help="print the CRDs (or apply them with --apply)")
+    p.add_argument("--apply", action="store_true", help="server-side apply them to the cluster")
+    p.add_argument("--kubeconfig", help="kubeconfig file")
+    p.set_defaults(func=cmd_crds)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Generate the ClusterPolicy CRD from the pydantic model, as a structural OpenAPI v3 schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from . import api
+
+_DROP = {"title", "default", "additionalProperties", "$defs", "discriminator"}
+
+
+def _structural(node: Any, defs: dict[str, Any]) -> Any:
+    """Inline $refs, turn Optional[X] into X, and keep only what a structural schema allows."""
+    if isinstance(node, list):
+        return [_structural(n, defs) for n in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = defs[node["$ref"].split("/")[-1]]
+        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return _structural(merged, defs)
+    if "anyOf" in node and not node.get("x-kubernetes-int-or-string"):
+        branches = [b for b in node["anyOf"] if b.get("type") != "null"]
+        rest = {k: v for k, v in node.items() if k != "anyOf"}
+        if len(branches) == 1:
+            return _structural({**branches[0], **rest}, defs)
+        types = {b.get("type") for b in branches}
+        if types <= {"integer", "string"}:  # dict[str, int | str] values: quantities
+            return {"x-kubernetes-int-or-string": True, **_keep(rest)}
+        raise ValueError(f"cannot express union in a structural schema: {node}")
+    out = _keep({k: _structural(v, defs) for k, v in node.items() if k not in _DROP})
+    if node.get("type") == "object":
+        extra = node.get("additionalProperties")
+        if isinstance(extra, dict) and extra:
+            out["additionalProperties"] = _structural(extra, defs)
+        elif "properties" not in node:
+            out["x-kubernetes-preserve-unknown-fields"] = True
+        elif extra is not False:
+            out["x-kubernetes-preserve-unknown-fields"] = True
+    if "enum" in out and "type" not in out:
+        out["type"] = "string"
+    if "const" in out:
+        out["enum"] = [out.pop("const")]
+        out.setdefault("type", "string")
+    return out
+
+
+def _keep(node: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in node.items() if k not in _DROP}
+
+
+def _schema(model: type[api.BaseModel]) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    return _structural(raw, raw.get("$defs", {}))
+
+
+def clusterpolicy_crd() -> dict[str, Any]:
+    spec_schema = _schema(api.ClusterPolicySpec)
+    status_schema = _schema(api.ClusterPolicyStatus)
+    status_schema.pop("x-kubernetes-preserve-unknown-fields", None)
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{api.PLURAL}.{api.GROUP}",
+            "labels": {"app.kubernetes.io/part-of": "gpu-operator"},
+        },
+        "spec": {
+            "group": api.GROUP,
+            "scope": "Cluster",
+            "names": {
+                "kind": api.KIND,
+                "listKind": f"{api.KIND}List",
+                "plural": api.PLURAL,
+                "singular": "clusterpolicy",
+                "shortNames": ["cp"],
+            },
+            "versions": [
+                {
+                    "name": api.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        {"name": "Status", "type": "string", "jsonPath": ".status.state"},
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    ],
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "ClusterPolicy configures the GPU software stack on every GPU node.",
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema,
+                                "status": status_schema,
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+def all_crds() -> list[dict[str, Any]]:
+    return [clusterpolicy_crd()]
+
+
+def crds_yaml() -> str:
+    return yaml.safe_dump_all(all_crds(), sort_keys=False, width=120)

@@ -1,0 +1,51 @@
+"""Default component images (the upstream v26.7 version matrix) and the image resolution rule."""
+
+from __future__ import annotations
+
+from .api import ComponentSpec
+
+# component key -> (repository, image, version)
+DEFAULTS: dict[str, tuple[str, str, str]] = {
+    "driver": ("nvcr.io/nvidia", "driver", "595.91.07"),
+    "driver-manager": ("nvcr.io/nvidia/cloud-native", "k8s-driver-manager", "v0.12.0"),
+    "toolkit": ("nvcr.io/nvidia/k8s", "container-toolkit", "v1.20.0"),
+    "device-plugin": ("nvcr.io/nvidia", "k8s-device-plugin", "v0.20.0"),
+    "gfd": ("nvcr.io/nvidia", "k8s-device-plugin", "v0.20.0"),
+    "dcgm": ("nvcr.io/nvidia/cloud-native", "dcgm", "4.3.1-1-ubuntu22.04"),
+    "dcgm-exporter": ("nvcr.io/nvidia/k8s", "dcgm-exporter", "4.6.0-4.8.3-ubuntu22.04"),
+    "mig-manager": ("nvcr.io/nvidia/cloud-native", "k8s-mig-manager", "v0.15.0"),
+    "validator": ("nvcr.io/nvidia/cloud-native", "gpu-operator-validator", "v26.7.0"),
+    "node-status-exporter": ("nvcr.io/nvidia/cloud-native", "gpu-operator-validator", "v26.7.0"),
+    "vfio-manager": ("nvcr.io/nvidia", "cuda", "12.8.1-base-ubi9"),
+    "vgpu-device-manager": ("nvcr.io/nvidia/cloud-native", "vgpu-device-manager", "v0.4.1"),
+    "sandbox-device-plugin": ("nvcr.io/nvidia", "kubevirt-gpu-device-plugin", "v1.4.0"),
+    "cc-manager": ("nvcr.io/nvidia/cloud-native", "k8s-cc-manager", "v0.2.0"),
+    "vgpu-manager": ("nvcr.io/nvidia", "vgpu-manager", "595.91.07"),
+}
+
+
+def join(repository: str, image: str, version: str) -> str:
+    sep = "@" if version.startswith("sha256:") else ":"
+    return f"{repository}/{image}{sep}{version}"
+
+
+def resolve(spec: ComponentSpec, component: str, version: str | None = None) -> str:
+    """`repository/image:version`, `...@sha256:`, `image` verbatim, or the component's default.
+
+    `version` overrides the version part (the driver's per-pool tag); partial fields are rejected by the model.
+    """
+    if spec.repository and spec.image and spec.version:
+        return join(spec.repository, spec.image, version or spec.version)
+    if spec.image:
+        return spec.image
+    repo, image, default_version = DEFAULTS[component]
+    return join(repo, image, version or default_version)
+
+
+def version_of(spec: ComponentSpec, component: str) -> str:
+    """The version a component will run: the spec's, the tag of a verbatim image, or the default."""
+    if spec.version:
+        return spec.version
+    if spec.image and ":" in spec.image.rsplit("/", 1)[-1]:
+        return spec.image.rsplit(":", 1)[1]
+    return DEFAULTS[component][2]

@@ -1,0 +1,179 @@
+"""A thin, synchronous Kubernetes REST adapter over the official client's auth and connection pool.
+
+Only what the operator needs: get/list/apply (server-side, one field manager)/merge-patch/delete/create.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from kubernetes import client, config
+
+FIELD_MANAGER = "gpu-operator"
+
+
+@dataclass(frozen=True)
+class Kind:
+    prefix: str  # "api/v1" or "apis/<group>/<version>"
+    plural: str
+    namespaced: bool
+
+
+KINDS: dict[str, Kind] = {
+    "Namespace": Kind("api/v1", "namespaces", False),
+    "Node": Kind("api/v1", "nodes", False),
+    "Pod": Kind("api/v1", "pods", True),
+    "Event": Kind("api/v1", "events", True),
+    "ServiceAccount": Kind("api/v1", "serviceaccounts", True),
+    "ConfigMap": Kind("api/v1", "configmaps", True),
+    "Service": Kind("api/v1", "services", True),
+    "Role": Kind("apis/rbac.authorization.k8s.io/v1", "roles", True),
+    "RoleBinding": Kind("apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
+    "ClusterRole": Kind("apis/rbac.authorization.k8s.io/v1", "clusterroles", False),
+    "ClusterRoleBinding": Kind("apis/rbac.authorization.k8s.io/v1", "clusterrolebindings", False),
+    "DaemonSet": Kind("apis/apps/v1", "daemonsets", True),
+    "ControllerRevision": Kind("apis/apps/v1", "controllerrevisions", True),
+    "RuntimeClass": Kind("apis/node.k8s.io/v1", "runtimeclasses", False),
+    "ServiceMonitor": Kind("apis/monitoring.coreos.com/v1", "servicemonitors", True),
+    "CustomResourceDefinition": Kind("apis/apiextensions.k8s.io/v1", "customresourcedefinitions", False),
+    "ClusterPolicy": Kind("apis/nvidia.com/v1", "clusterpolicies", False),
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, body: str, what: str):
+        try:
+            message = json.loads(body).get("message", body)
+        except ValueError:
+            message = body
+        super().__init__(f"{what}: {status} {message}")
+        self.status = status
+        self.message = message
+
+
+def path_for(kind: str, name: str | None = None, namespace: str | None = None, sub: str | None = None) -> str:
+    k = KINDS[kind]
+    path = "/" + k.prefix
+    if k.namespaced and namespace:
+        path += f"/namespaces/{quote(namespace)}"
+    path += f"/{k.plural}"
+    if name:
+        path += f"/{quote(name)}"
+    if sub:
+        path += f"/{sub}"
+    return path
+
+
+class Kube:
+    def __init__(self, api_client: client.ApiClient):
+        self.client = api_client
+        self.host = api_client.configuration.host.rstrip("/")
+
+    @classmethod
+    def connect(cls, kubeconfig: str | None = None) -> Kube:
+        cfg = client.Configuration()
+        if kubeconfig:
+            config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config(client_configuration=cfg)
+        else:
+            config.load_kube_config(client_configuration=cfg)
+        cfg.connection_pool_maxsize = 16
+        return cls(client.ApiClient(cfg))
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: dict[str, Any] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        url = self.host + path + ("?" + urlencode(query) if query else "")
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        self.client.update_params_for_auth(headers, [], ["BearerToken"], path, method, body)
+        resp = self.client.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
+        data = resp.read()
+        if resp.status >= 400:
+            raise ApiError(resp.status, data.decode(errors="replace"), f"{method} {path}")
+        return json.loads(data) if data else None
+
+    # Convenience verbs
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = self.request("GET", path_for(kind, name, namespace))
+            return result
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list(
+        self,
+        kind: str,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> list[dict[str, Any]]:
+        query = {k: v for k, v in (("labelSelector", label_selector), ("fieldSelector", field_selector)) if v}
+        items: list[dict[str, Any]] = []
+        while True:
+            page = self.request("GET", path_for(kind, namespace=namespace), query={**query, "limit": 500})
+            items += page.get("items") or []
+            cont = (page.get("metadata") or {}).get("continue")
+            if not cont:
+                return items
+            query["continue"] = cont
+
+    def apply(self, obj: dict[str, Any], sub: str | None = None) -> dict[str, Any]:
+        """Server-side apply under the operator's field manager."""
+        meta = obj["metadata"]
+        path = path_for(obj["kind"], meta["name"], meta.get("namespace"), sub)
+        result: dict[str, Any] = self.request(
+            "PATCH",
+            path,
+            json.dumps(obj),
+            {"fieldManager": FIELD_MANAGER, "force": "true"},
+            "application/apply-patch+yaml",
+        )
+        return result
+
+    def merge_patch(
+        self, kind: str, name: str, patch: dict[str, Any], namespace: str | None = None, sub: str | None = None
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = self.request(
+            "PATCH",
+            path_for(kind, name, namespace, sub),
+            patch,
+            {"fieldManager": FIELD_MANAGER},
+            "application/merge-patch+json",
+        )
+        return result
+
+    def create(self, obj: dict[str, Any], sub: str | None = None) -> dict[str, Any]:
+        meta = obj["metadata"]
+        if sub:
+            path = path_for(obj["kind"], meta["name"], meta.get("namespace"), sub)
+        else:
+            path = path_for(obj["kind"], namespace=meta.get("namespace"))
+        result: dict[str, Any] = self.request("POST", path, obj, {"fieldManager": FIELD_MANAGER})
+        return result
+
+    def delete(self, kind: str, name: str, namespace: str | None = None, body: dict[str, Any] | None = None) -> bool:
+        """Delete; False when it was already gone."""
+        try:
+            self.request("DELETE", path_for(kind, name, namespace), body or {"propagationPolicy": "Background"})
+            return True
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    def api_groups(self) -> frozenset[str]:
+        groups = self.request("GET", "/apis").get("groups") or []
+        return frozenset(g["name"] for g in groups)

@@ -1,0 +1,205 @@
+"""Node facts and node-label decisions (pure).
+
+`NodeFacts` is the small projection of a Node the operator keeps in memory; `label_patch` decides which
+labels to set or remove on it for a policy. Upstream label names are kept verbatim.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .api import ClusterPolicySpec
+
+NFD_PREFIX = "feature.node.kubernetes.io/"
+GPU_PCI_LABELS = (
+    "feature.node.kubernetes.io/pci-10de.present",
+    "feature.node.kubernetes.io/pci-0302_10de.present",
+    "feature.node.kubernetes.io/pci-0300_10de.present",
+)
+OS_ID = "feature.node.kubernetes.io/system-os_release.ID"
+OS_VERSION = "feature.node.kubernetes.io/system-os_release.VERSION_ID"
+KERNEL = "feature.node.kubernetes.io/kernel-version.full"
+
+GPU_PRESENT = "nvidia.com/gpu.present"
+DEPLOY_PREFIX = "nvidia.com/gpu.deploy."
+DEPLOY_OPERANDS = "nvidia.com/gpu.deploy.operands"
+WORKLOAD_CONFIG = "nvidia.com/gpu.workload.config"
+MIG_CAPABLE = "nvidia.com/mig.capable"
+MIG_CONFIG = "nvidia.com/mig.config"
+MIG_CONFIG_STATE = "nvidia.com/mig.config.state"
+PAUSED_VALUES = ("paused-for-driver-upgrade", "paused-for-mig-change")
+
+CONTAINER_OPERANDS = (
+    "driver",
+    "gpu-feature-discovery",
+    "container-toolkit",
+    "device-plugin",
+    "dcgm",
+    "dcgm-exporter",
+    "node-status-exporter",
+    "operator-validator",
+)
+WORKLOAD_OPERANDS: dict[str, tuple[str, ...]] = {
+    "container": CONTAINER_OPERANDS + ("mig-manager",),
+    "vm-passthrough": ("sandbox-device-plugin", "sandbox-validator", "vfio-manager", "cc-manager"),
+    "vm-vgpu": ("sandbox-device-plugin", "vgpu-manager", "vgpu-device-manager", "sandbox-validator", "cc-manager"),
+}
+ALL_OPERANDS = tuple(dict.fromkeys(op for ops in WORKLOAD_OPERANDS.values() for op in ops))
+
+
+def deploy_label(operand: str) -> str:
+    return DEPLOY_PREFIX + operand
+
+
+# Only these label keys matter to the operator; the in-memory projection keeps nothing else.
+_NFD_KEYS = frozenset(GPU_PCI_LABELS + (OS_ID, OS_VERSION, KERNEL))
+
+
+def _relevant(key: str) -> bool:
+    return key.startswith("nvidia.com/") or key in _NFD_KEYS
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """What the operator needs to know about one node."""
+
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+    unschedulable: bool = False
+    ready: bool = True
+    runtime: str = ""
+    has_nfd: bool = False
+
+    @classmethod
+    def from_node(cls, node: dict[str, Any]) -> NodeFacts:
+        meta = node.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        status = node.get("status") or {}
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+        runtime = ((status.get("nodeInfo") or {}).get("containerRuntimeVersion") or "").split(":", 1)[0]
+        return cls(
+            name=meta.get("name", ""),
+            labels={k: v for k, v in labels.items() if _relevant(k)},
+            unschedulable=bool((node.get("spec") or {}).get("unschedulable")),
+            ready=ready,
+            runtime=runtime,
+            has_nfd=any(k.startswith(NFD_PREFIX) for k in labels),
+        )
+
+    @property
+    def has_gpu(self) -> bool:
+        return any(self.labels.get(k) == "true" for k in GPU_PCI_LABELS)
+
+    @property
+    def os_id(self) -> str:
+        return self.labels.get(OS_ID, "")
+
+    @property
+    def os_version(self) -> str:
+        return self.labels.get(OS_VERSION, "")
+
+    @property
+    def kernel(self) -> str:
+        return self.labels.get(KERNEL, "")
+
+    def deploys(self, operand: str) -> bool:
+        return self.labels.get(deploy_label(operand)) == "true"
+
+
+def workload_of(node: NodeFacts, spec: ClusterPolicySpec) -> str:
+    if not spec.sandbox_workloads.enabled:
+        return "container"
+    wanted = node.labels.get(WORKLOAD_CONFIG, spec.sandbox_workloads.default_workload)
+    return wanted if wanted in WORKLOAD_OPERANDS else spec.sandbox_workloads.default_workload
+
+
+def _ours(value: str | None) -> bool:
+    """A deploy-label value the operator (or an operand manager) wrote, as opposed to a user's opt-out."""
+    return value == "true" or value in PAUSED_VALUES
+
+
+def desired_labels(node: NodeFacts, spec: ClusterPolicySpec) -> dict[str, str | None]:
+    """The label patch for one node: key -> value to set, or None to remove. Empty when nothing changes."""
+    labels = node.labels
+    want: dict[str, str | None] = {}
+
+    if not node.has_gpu:
+        if GPU_PRESENT in labels:
+            if labels[GPU_PRESENT] != "false":
+                want[GPU_PRESENT] = "false"
+            for op in ALL_OPERANDS:
+                if _ours(labels.get(deploy_label(op))):
+                    want[deploy_label(op)] = None
+        return want
+
+    if labels.get(GPU_PRESENT) != "true":
+        want[GPU_PRESENT] = "true"
+
+    if labels.get(DEPLOY_OPERANDS) == "false":
+        for key in labels:
+            if key.startswith(DEPLOY_PREFIX) and key != DEPLOY_OPERANDS:
+                want[key] = None
+        return want
+
+    workload = workload_of(node, spec)
+    wanted_ops = set(WORKLOAD_OPERANDS[workload])
+    if labels.get(MIG_CAPABLE) != "true":
+        wanted_ops.discard("mig-manager")
+    for op in ALL_OPERANDS:
+        key = deploy_label(op)
+        if op in wanted_ops:
+            if key not in labels:
+                want[key] = "true"
+        elif _ours(labels.get(key)):
+            want[key] = None
+
+    mig_default = spec.mig_manager.config.default
+    if "mig-manager" in wanted_ops and spec.mig_manager.enabled and mig_default and MIG_CONFIG not in labels:
+        want[MIG_CONFIG] = mig_default
+    return want
+
+
+def apply_patch(labels: dict[str, str], patch: dict[str, str | None]) -> dict[str, str]:
+    out = dict(labels)
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = v
+    return out
+
+
+@dataclass(frozen=True, order=True)
+class Pool:
+    """A driver node pool: GPU nodes of one OS (and, with precompiled drivers, one kernel)."""
+
+    os_id: str
+    os_version: str
+    kernel: str = ""
+
+    @property
+    def os_tag(self) -> str:
+        return f"{self.os_id}{self.os_version}"
+
+    @property
+    def name(self) -> str:
+        """DNS-safe suffix used in object names."""
+        parts = [self.os_tag] + ([self.kernel] if self.kernel else [])
+        return "-".join(parts).lower().replace("_", "-").replace("+", "-")
+
+    def node_selector(self) -> dict[str, str]:
+        sel = {OS_ID: self.os_id, OS_VERSION: self.os_version}
+        if self.kernel:
+            sel[KERNEL] = self.kernel
+        return sel
+
+
+def driver_pools(nodes: list[NodeFacts], precompiled: bool) -> list[Pool]:
+    """The pools of the nodes that get the operator's driver, in a stable order."""
+    pools = {
+        Pool(n.os_id, n.os_version, n.kernel if precompiled else "")
+        for n in nodes
+        if n.has_gpu and n.deploys("driver") and n.os_id and n.os_version
+    }
+    return sorted(pools)

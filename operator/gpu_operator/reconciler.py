@@ -1,0 +1,352 @@
+"""The level-based reconcile pass: cluster snapshot in, writes out, nothing written when nothing changed.
+
+It runs in a worker thread on a snapshot of the watch cache; every decision comes from the pure core.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from . import metrics
+from .api import PolicyError, parse_spec
+from .kube import ApiError, Kube
+from .nodes import DEPLOY_PREFIX, GPU_PRESENT, PAUSED_VALUES, NodeFacts
+from .readiness import daemonset_ready
+from .render import label_patches, plan, relabelled
+from .states import RenderContext
+from .states.base import COMPONENT, HASH_ANNOTATION, MANAGED_BY, OPERATOR_NAME
+from .status import StateResult, active_policy, ignored_status, policy_status, status_changed
+
+log = logging.getLogger("gpu_operator")
+
+CLEANUP_FINALIZER = "nvidia.com/gpu-operator-cleanup"
+EVENT_SOURCE = "gpu-operator"
+
+Key = tuple[str, str, str]  # kind, namespace, name
+
+
+def key_of(obj: dict[str, Any]) -> Key:
+    meta = obj.get("metadata") or {}
+    return (obj.get("kind", ""), meta.get("namespace") or "", meta.get("name", ""))
+
+
+def _rv(obj: dict[str, Any]) -> int:
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+@dataclass
+class Snapshot:
+    """What the reconciler sees of the cluster (copied from the watch cache)."""
+
+    nodes: dict[str, NodeFacts]
+    policies: dict[str, dict[str, Any]]
+    owned: dict[Key, dict[str, Any]]  # objects labelled managed-by=gpu-operator
+    pods: dict[str, dict[str, Any]]  # operand pods in our namespace (small projections)
+    revisions: dict[str, dict[str, Any]]  # ControllerRevisions in our namespace (small projections)
+    api_groups: frozenset[str] = frozenset()
+
+
+@dataclass
+class Outcome:
+    ready: bool | None  # None: no active policy
+    applied: list[dict[str, Any]] = field(default_factory=list)
+    deleted: list[Key] = field(default_factory=list)
+    node_labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    writes: int = 0
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, namespace: str):
+        self.kube = kube
+        self.namespace = namespace
+        self._last_events: dict[tuple[str, str], str] = {}
+
+    # Events (only on transitions, so a steady state writes nothing)
+
+    def event(self, obj: dict[str, Any], etype: str, reason: str, message: str) -> None:
+        meta = obj["metadata"]
+        ref = (obj["kind"], meta["name"])
+        if self._last_events.get(ref) == reason + message:
+            return
+        self._last_events[ref] = reason + message
+        ns = meta.get("namespace") or "default"
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": ns},
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion", "v1"),
+                "kind": obj["kind"],
+                "name": meta["name"],
+                "uid": meta.get("uid"),
+                **({"namespace": meta["namespace"]} if meta.get("namespace") else {}),
+            },
+            "type": etype,
+            "reason": reason,
+            "message": message[:1000],
+            "source": {"component": EVENT_SOURCE},
+            "reportingComponent": EVENT_SOURCE,
+            "firstTimestamp": _now(),
+            "lastTimestamp": _now(),
+            "count": 1,
+        }
+        try:
+            self.kube.create(body)
+        except ApiError as exc:
+            log.warning("could not record event %s on %s: %s", reason, meta["name"], exc)
+
+    # The pass
+
+    def reconcile(self, snap: Snapshot) -> Outcome:
+        metrics.reconciliation_total.inc()
+        active = active_policy(list(snap.policies.values()))
+        out = Outcome(ready=None)
+        for name, policy in sorted(snap.policies.items()):
+            if name != active and not policy["metadata"].get("deletionTimestamp"):
+                self._write_status(
+                    policy,
+                    ignored_status(
+                        generation=policy["metadata"].get("generation"),
+                        namespace=self.namespace,
+                        active=active or "?",
+                        previous=policy.get("status"),
+                        now=_now(),
+                    ),
+                    out,
+                )
+        gpu_nodes = [n for n in snap.nodes.values() if n.has_gpu]
+        metrics.gpu_nodes_total.set(len(gpu_nodes))
+        metrics.reconciliation_has_nfd_labels.set(int(any(n.has_nfd for n in snap.nodes.values())))
+        self._cleanup_deleted_policies(snap, out)
+        if active is None:
+            metrics.reconciliation_status.set(-1)
+            return out
+        policy = snap.policies[active]
+        try:
+            self._reconcile_active(policy, snap, out)
+            metrics.reconciliation_last_success_ts_seconds.set(time.time())
+            metrics.reconciliation_status.set(1 if out.ready else 0)
+        except ApiError as exc:
+            log.warning("reconcile failed: %s", exc)
+            metrics.reconciliation_failed_total.inc()
+            metrics.reconciliation_status.set(-2)
+            out.ready = False
+            self._write_status(
+                policy,
+                policy_status(
+                    generation=policy["metadata"].get("generation"),
+                    namespace=self.namespace,
+                    results=[StateResult(**s) for s in (policy.get("status") or {}).get("states") or []],
+                    gpu_nodes=len(gpu_nodes),
+                    has_nfd=True,
+                    previous=policy.get("status"),
+                    now=_now(),
+                    error=str(exc),
+                ),
+                out,
+                quiet=True,
+            )
+        return out
+
+    def _reconcile_active(self, policy: dict[str, Any], snap: Snapshot, out: Outcome) -> None:
+        meta = policy["metadata"]
+        if CLEANUP_FINALIZER not in (meta.get("finalizers") or []):
+            self.kube.merge_patch(
+                "ClusterPolicy",
+                meta["name"],
+                {"metadata": {"finalizers": [*(meta.get("finalizers") or []), CLEANUP_FINALIZER]}},
+            )
+            out.writes += 1
+        generation = meta.get("generation")
+        try:
+            spec = parse_spec(policy.get("spec"))
+        except PolicyError as exc:
+            out.ready = False
+            status = policy_status(
+                generation=generation,
+                namespace=self.namespace,
+                results=[],
+                gpu_nodes=0,
+                has_nfd=True,
+                previous=policy.get("status"),
+                now=_now(),
+                error="invalid spec: " + "; ".join(exc.problems),
+            )
+            status["conditions"][0]["reason"] = status["conditions"][1]["reason"] = "InvalidSpec"
+            self._write_status(policy, status, out)
+            return
+        metrics.driver_auto_upgrade_enabled.set(int(spec.driver.upgrade_policy.auto_upgrade))
+        self._ensure_namespace(spec.psa.enabled, out)
+
+        nodes = list(snap.nodes.values())
+        patches = label_patches(nodes, spec)
+        self._patch_nodes(patches, out)
+        nodes = relabelled(nodes, patches)
+
+        owner = {"apiVersion": policy["apiVersion"], "kind": policy["kind"], "name": meta["name"], "uid": meta["uid"]}
+        ctx = RenderContext(
+            spec=spec, namespace=self.namespace, nodes=tuple(nodes), owner=owner, api_groups=snap.api_groups
+        )
+        results = []
+        errors = []
+        desired_keys: set[Key] = set()
+        live = dict(snap.owned)
+        for state_plan in plan(ctx):
+            name = state_plan.state.name
+            failed = None
+            for obj in state_plan.objects:
+                key = key_of(obj)
+                desired_keys.add(key)
+                current = live.get(key)
+                want = obj["metadata"]["annotations"][HASH_ANNOTATION]
+                have = ((current or {}).get("metadata", {}).get("annotations") or {}).get(HASH_ANNOTATION)
+                if have == want:
+                    continue
+                log.info("applying %s %s (%s)", obj["kind"], obj["metadata"]["name"], "update" if current else "create")
+                try:
+                    applied = self.kube.apply(obj)
+                except ApiError as exc:  # one broken object must not hold back the other states
+                    failed = f"{obj['kind']} {obj['metadata']['name']}: {exc.message}"
+                    errors.append(f"{name}: {failed}")
+                    continue
+                out.applied.append(applied)
+                out.writes += 1
+                live[key] = applied
+            if not state_plan.enabled:
+                results.append(StateResult(name, "disabled"))
+            elif failed:
+                results.append(StateResult(name, "notReady", "apply failed: " + failed))
+            else:
+                results.append(self._state_readiness(name, desired_keys, live, snap))
+
+        for key, obj in sorted(snap.owned.items()):
+            if key in desired_keys or key[0] == "ClusterPolicy":
+                continue
+            labels = obj.get("metadata", {}).get("labels") or {}
+            if labels.get(MANAGED_BY) != OPERATOR_NAME or not labels.get(COMPONENT):
+                continue
+            log.info("deleting %s %s (%s no longer wants it)", key[0], key[2], labels.get(COMPONENT))
+            self.kube.delete(key[0], key[2], key[1] or None)
+            out.deleted.append(key)
+            out.writes += 1
+
+        gpu_nodes = sum(1 for n in nodes if n.has_gpu)
+        status = policy_status(
+            generation=generation,
+            namespace=self.namespace,
+            results=results,
+            gpu_nodes=gpu_nodes,
+            has_nfd=any(n.has_nfd for n in nodes),
+            previous=policy.get("status"),
+            now=_now(),
+            error="; ".join(errors) or None,
+        )
+        out.ready = status["state"] == "ready"
+        self._write_status(policy, status, out)
+
+    def _state_readiness(
+        self, state: str, desired: set[Key], live: dict[Key, dict[str, Any]], snap: Snapshot
+    ) -> StateResult:
+        messages = []
+        for key in sorted(k for k in desired if k[0] == "DaemonSet"):
+            ds = live.get(key)
+            if ds is None or (ds.get("metadata", {}).get("labels") or {}).get(COMPONENT) != state:
+                continue
+            name = key[2]
+            pods = [p for p in snap.pods.values() if p["owner"] == name]
+            revisions = [r for r in snap.revisions.values() if r["owner"] == name]
+            ok, why = daemonset_ready(ds, pods, revisions)
+            if not ok:
+                messages.append(why)
+        if messages:
+            return StateResult(state, "notReady", "; ".join(messages))
+        return StateResult(state, "ready")
+
+    def _write_status(self, policy: dict[str, Any], status: dict[str, Any], out: Outcome, quiet: bool = False) -> None:
+        old = policy.get("status")
+        if not status_changed(old, status):
+            return
+        name = policy["metadata"]["name"]
+        self.kube.merge_patch("ClusterPolicy", name, {"status": status}, sub="status")
+        out.writes += 1
+        if (old or {}).get("state") != status["state"] and not quiet:
+            ready: dict[str, Any] = next((c for c in status["conditions"] if c["type"] == "Ready"), {})
+            etype = "Normal" if status["state"] in ("ready", "disabled") else "Warning"
+            self.event(
+                policy,
+                etype,
+                ready.get("reason", "StateChanged"),
+                f"state {status['state']}: {ready.get('message', '')}",
+            )
+
+    def _patch_nodes(self, patches: dict[str, dict[str, str | None]], out: Outcome) -> None:
+        if not patches:
+            return
+
+        def patch(item: tuple[str, dict[str, str | None]]) -> None:
+            name, labels = item
+            try:
+                self.kube.merge_patch("Node", name, {"metadata": {"labels": labels}})
+            except ApiError as exc:
+                if exc.status != 404:  # a node that went away needs no labels
+                    raise
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(patch, sorted(patches.items())))
+        out.writes += len(patches)
+        log.info("labelled %d nodes", len(patches))
+
+    def _ensure_namespace(self, psa: bool, out: Outcome) -> None:
+        # Read from the API only once per process; the namespace is not watched.
+        if getattr(self, "_namespace_ok", None) == psa:
+            return
+        ns = self.kube.get("Namespace", self.namespace)
+        if ns is None:
+            self.kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}})
+            out.writes += 1
+            ns = {"metadata": {"labels": {}}}
+        enforce = "pod-security.kubernetes.io/enforce"
+        if psa and (ns["metadata"].get("labels") or {}).get(enforce) != "privileged":
+            self.kube.merge_patch("Namespace", self.namespace, {"metadata": {"labels": {enforce: "privileged"}}})
+            out.writes += 1
+        self._namespace_ok = psa
+
+    def _cleanup_deleted_policies(self, snap: Snapshot, out: Outcome) -> None:
+        """A ClusterPolicy being deleted with no other to take over: remove our node labels, then let it go."""
+        remaining = [p for p in snap.policies.values() if not p["metadata"].get("deletionTimestamp")]
+        for policy in snap.policies.values():
+            meta = policy["metadata"]
+            if not meta.get("deletionTimestamp") or CLEANUP_FINALIZER not in (meta.get("finalizers") or []):
+                continue
+            if not remaining:
+                patches: dict[str, dict[str, str | None]] = {}
+                for node in snap.nodes.values():
+                    drop: dict[str, str | None] = {
+                        k: None
+                        for k, v in node.labels.items()
+                        if k == GPU_PRESENT or (k.startswith(DEPLOY_PREFIX) and (v == "true" or v in PAUSED_VALUES))
+                    }
+                    if drop:
+                        patches[node.name] = drop
+                self._patch_nodes(patches, out)
+            finalizers = [f for f in meta.get("finalizers") or [] if f != CLEANUP_FINALIZER]
+            self.kube.merge_patch("ClusterPolicy", meta["name"], {"metadata": {"finalizers": finalizers}})
+            out.writes += 1
+            log.info("ClusterPolicy %s deleted; node labels cleaned up", meta["name"])
+
+
+def newer(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
+    """Whether b is at least as new as a (by resourceVersion)."""
+    return a is None or _rv(b) >= _rv(a)

@@ -1,0 +1,59 @@
+"""Whole-policy rendering (pure): policy + cluster facts -> label patches and desired objects per state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .api import ClusterPolicySpec
+from .nodes import NodeFacts, apply_patch, desired_labels
+from .states import OperandState, RenderContext, all_states
+
+
+@dataclass
+class StatePlan:
+    state: OperandState
+    enabled: bool
+    objects: list[dict[str, Any]] = field(default_factory=list)
+
+
+def label_patches(nodes: list[NodeFacts], spec: ClusterPolicySpec) -> dict[str, dict[str, str | None]]:
+    """Node name -> label patch, only for nodes whose labels must change."""
+    out = {}
+    for node in nodes:
+        patch = desired_labels(node, spec)
+        if patch:
+            out[node.name] = patch
+    return out
+
+
+def relabelled(nodes: list[NodeFacts], patches: dict[str, dict[str, str | None]]) -> list[NodeFacts]:
+    """The nodes as they will look once the label patches are applied."""
+    out = []
+    for node in nodes:
+        patch = patches.get(node.name)
+        if patch:
+            node = NodeFacts(
+                name=node.name,
+                labels=apply_patch(node.labels, patch),
+                unschedulable=node.unschedulable,
+                ready=node.ready,
+                runtime=node.runtime,
+                has_nfd=node.has_nfd,
+            )
+        out.append(node)
+    return out
+
+
+def plan(ctx: RenderContext) -> list[StatePlan]:
+    """Every state in order with its desired objects (none when disabled: its objects are to be deleted)."""
+    plans = []
+    for state in all_states():
+        enabled = state.enabled(ctx.spec)
+        plans.append(StatePlan(state, enabled, state.render(ctx) if enabled else []))
+    return plans
+
+
+def object_key(obj: dict[str, Any]) -> tuple[str, str, str, str]:
+    meta = obj.get("metadata", {})
+    return (obj.get("apiVersion", ""), obj.get("kind", ""), meta.get("namespace", ""), meta.get("name", ""))

@@ -1,0 +1,278 @@
+"""kopf wiring: watch events fill a small in-memory cache and wake one single-flight reconcile loop.
+
+Only `on.event` handlers are used (no change-detection handlers, timers or daemons), so kopf writes no
+annotations or finalizers of its own to any object, and a steady cluster costs no writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import kopf
+
+from . import metrics
+from .kube import Kube
+from .nodes import NodeFacts
+from .reconciler import Key, Reconciler, Snapshot, key_of, newer
+from .states.base import MANAGED_BY, OPERATOR_NAME
+
+log = logging.getLogger("gpu_operator")
+
+NOT_READY_RECHECK_S = 5.0
+RESYNC_S = 300.0
+DEBOUNCE_S = 0.3
+OWNED_KINDS = (
+    ("", "v1", "serviceaccounts"),
+    ("", "v1", "configmaps"),
+    ("", "v1", "services"),
+    ("rbac.authorization.k8s.io", "v1", "roles"),
+    ("rbac.authorization.k8s.io", "v1", "rolebindings"),
+    ("rbac.authorization.k8s.io", "v1", "clusterroles"),
+    ("rbac.authorization.k8s.io", "v1", "clusterrolebindings"),
+    ("apps", "v1", "daemonsets"),
+    ("node.k8s.io", "v1", "runtimeclasses"),
+)
+_POD_LABELS = ("controller-revision-hash", "app.kubernetes.io/component")
+
+
+def pod_projection(pod: dict[str, Any]) -> dict[str, Any]:
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    owner = next((o["name"] for o in meta.get("ownerReferences") or [] if o.get("kind") == "DaemonSet"), "")
+    return {
+        "metadata": {
+            "name": meta.get("name"),
+            "labels": {k: v for k, v in (meta.get("labels") or {}).items() if k in _POD_LABELS},
+        },
+        "node": (pod.get("spec") or {}).get("nodeName", ""),
+        "owner": owner,
+        "status": {
+            "phase": status.get("phase"),
+            "containerStatuses": [
+                {"name": c.get("name"), "ready": bool(c.get("ready")), "restartCount": c.get("restartCount", 0)}
+                for c in status.get("containerStatuses") or []
+            ],
+        },
+    }
+
+
+def revision_projection(rev: dict[str, Any]) -> dict[str, Any]:
+    meta = rev.get("metadata") or {}
+    owner = next((o["name"] for o in meta.get("ownerReferences") or [] if o.get("kind") == "DaemonSet"), "")
+    return {
+        "metadata": {
+            "labels": {"controller-revision-hash": (meta.get("labels") or {}).get("controller-revision-hash")}
+        },
+        "revision": rev.get("revision", 0),
+        "owner": owner,
+    }
+
+
+class Operator:
+    def __init__(self, kube: Kube, namespace: str):
+        self.kube = kube
+        self.namespace = namespace
+        self.reconciler = Reconciler(kube, namespace)
+        self.nodes: dict[str, NodeFacts] = {}
+        self.policies: dict[str, dict[str, Any]] = {}
+        self.owned: dict[Key, dict[str, Any]] = {}
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.revisions: dict[str, dict[str, Any]] = {}
+        self.api_groups: frozenset[str] = frozenset()
+        self.wake = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+
+    # Cache updates from watch events (run in the event loop)
+
+    def on_node(self, event_type: str | None, body: dict[str, Any]) -> None:
+        name = body["metadata"]["name"]
+        if event_type == "DELETED":
+            if self.nodes.pop(name, None) is not None:
+                self.wake.set()
+            return
+        facts = NodeFacts.from_node(body)
+        if self.nodes.get(name) != facts:
+            self.nodes[name] = facts
+            self.wake.set()
+
+    def on_policy(self, event_type: str | None, body: dict[str, Any]) -> None:
+        name = body["metadata"]["name"]
+        if event_type == "DELETED":
+            self.policies.pop(name, None)
+        elif newer(self.policies.get(name), body):
+            self.policies[name] = dict(body)
+        self.wake.set()
+
+    def on_owned(self, event_type: str | None, body: dict[str, Any]) -> None:
+        key = key_of(body)
+        if event_type == "DELETED":
+            self.owned.pop(key, None)
+        elif newer(self.owned.get(key), body):
+            self.owned[key] = dict(body)
+        self.wake.set()
+
+    def on_pod(self, event_type: str | None, body: dict[str, Any]) -> None:
+        name = body["metadata"]["name"]
+        if event_type == "DELETED":
+            self.pods.pop(name, None)
+        else:
+            self.pods[name] = pod_projection(body)
+        self.wake.set()
+
+    def on_revision(self, event_type: str | None, body: dict[str, Any]) -> None:
+        name = body["metadata"]["name"]
+        if event_type == "DELETED":
+            self.revisions.pop(name, None)
+        else:
+            self.revisions[name] = revision_projection(body)
+        self.wake.set()
+
+    # The loop
+
+    def _initial_sync(self) -> None:
+        """List everything once before the first pass, so no decision is made on a half-filled cache."""
+        self.api_groups = self.kube.api_groups()
+        for node in self.kube.list("Node"):
+            self.nodes[node["metadata"]["name"]] = NodeFacts.from_node(node)
+        for policy in self.kube.list("ClusterPolicy"):
+            policy.setdefault("apiVersion", "nvidia.com/v1")
+            policy.setdefault("kind", "ClusterPolicy")
+            self.policies[policy["metadata"]["name"]] = policy
+        selector = f"{MANAGED_BY}={OPERATOR_NAME}"
+        for kind in ("ServiceAccount", "ConfigMap", "Service", "Role", "RoleBinding", "DaemonSet"):
+            for obj in self.kube.list(kind, self.namespace, label_selector=selector):
+                obj.setdefault("kind", kind)
+                self.owned[key_of(obj)] = obj
+        for kind in ("ClusterRole", "ClusterRoleBinding", "RuntimeClass"):
+            for obj in self.kube.list(kind, label_selector=selector):
+                obj.setdefault("kind", kind)
+                self.owned[key_of(obj)] = obj
+        for pod in self.kube.list("Pod", self.namespace, label_selector=selector):
+            self.pods[pod["metadata"]["name"]] = pod_projection(pod)
+        for rev in self.kube.list("ControllerRevision", self.namespace):
+            self.revisions[rev["metadata"]["name"]] = revision_projection(rev)
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot(
+            nodes=dict(self.nodes),
+            policies={k: dict(v) for k, v in self.policies.items()},
+            owned=dict(self.owned),
+            pods=dict(self.pods),
+            revisions=dict(self.revisions),
+            api_groups=self.api_groups,
+        )
+
+    async def loop(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self._initial_sync)
+                break
+            except Exception as exc:  # noqa: BLE001 - keep retrying until the API answers
+                log.warning("initial sync failed, retrying in 5s: %s", exc)
+                await asyncio.sleep(5)
+        delay = 0.0
+        while True:
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+            await asyncio.sleep(DEBOUNCE_S)
+            self.wake.clear()
+            try:
+                outcome = await asyncio.to_thread(self.reconciler.reconcile, self.snapshot())
+            except Exception:  # noqa: BLE001 - one bad pass must not stop the operator
+                log.exception("reconcile pass failed")
+                metrics.reconciliation_failed_total.inc()
+                metrics.reconciliation_status.set(-2)
+                delay = NOT_READY_RECHECK_S
+                continue
+            for obj in outcome.applied:
+                if newer(self.owned.get(key_of(obj)), obj):
+                    self.owned[key_of(obj)] = obj
+            for key in outcome.deleted:
+                self.owned.pop(key, None)
+            if outcome.writes:
+                log.info("reconciled: ready=%s, %d writes", outcome.ready, outcome.writes)
+            delay = NOT_READY_RECHECK_S if outcome.ready is False else RESYNC_S
+
+
+def build_registry(op: Operator) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    managed = {MANAGED_BY: OPERATOR_NAME}
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        # kopf watches with the same credentials the operator's own client loaded.
+        cfg = op.kube.client.configuration
+        keys = cfg.api_key or {}
+        auth = keys.get("BearerToken") or keys.get("authorization") or ""
+        scheme, _, token = auth.partition(" ")
+        return kopf.ConnectionInfo(
+            server=cfg.host,
+            ca_path=cfg.ssl_ca_cert,
+            insecure=not cfg.verify_ssl,
+            certificate_path=cfg.cert_file,
+            private_key_path=cfg.key_file,
+            scheme=scheme or None,
+            token=token or None,
+        )
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.finalizer = "nvidia.com/gpu-operator-kopf"
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="gpu-operator.nvidia.com")
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="gpu-operator.nvidia.com", key="last-handled-configuration"
+        )
+        settings.posting.enabled = False
+        settings.watching.server_timeout = 300
+        op.task = asyncio.create_task(op.loop())
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        if op.task:
+            op.task.cancel()
+
+    def watch(group: str, version: str, plural: str, callback: Callback, **filters: Any) -> None:
+        kopf.on.event(group, version, plural, registry=registry, **filters)(_handler(callback))
+
+    watch("", "v1", "nodes", op.on_node)
+    watch("nvidia.com", "v1", "clusterpolicies", op.on_policy)
+    for group, version, plural in OWNED_KINDS:
+        watch(group, version, plural, op.on_owned, labels=managed)
+    watch("", "v1", "pods", op.on_pod, labels=managed)
+    watch("apps", "v1", "controllerrevisions", op.on_revision)
+    return registry
+
+
+Callback = Callable[[str | None, dict[str, Any]], None]
+
+
+def _handler(callback: Callback) -> Callable[..., Coroutine[Any, Any, None]]:
+    async def on_event(type: str | None, body: kopf.Body, **_: Any) -> None:  # noqa: A002 - kopf's kwarg name
+        callback(type, dict(body))
+
+    return on_event
+
+
+def run(kubeconfig: str | None, namespace: str, metrics_port: int, health_port: int) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kopf").setLevel(logging.WARNING)
+    if kubeconfig:
+        os.environ["KUBECONFIG"] = os.path.abspath(kubeconfig)
+    kube = Kube.connect(kubeconfig)
+    op = Operator(kube, namespace)
+    metrics.serve(metrics_port)
+    log.info("gpu-operator starting: namespace %s, API %s", namespace, kube.host)
+    kopf.run(
+        registry=build_registry(op),
+        standalone=True,
+        clusterwide=False,
+        namespaces=[namespace],
+        liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz" if health_port else None,
+    )
+    return 0

@@ -1,0 +1,189 @@
+"""The operand-state building block: enabled rule, template variables, and rendering of its folder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import jinja2
+import yaml
+
+from .. import images
+from ..api import ClusterPolicySpec, ComponentSpec
+from ..nodes import NodeFacts
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+COMPONENT = "app.kubernetes.io/component"
+PART_OF = "app.kubernetes.io/part-of"
+OPERATOR_NAME = "gpu-operator"
+HASH_ANNOTATION = "nvidia.com/last-applied-hash"
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    """Everything rendering depends on: the policy, where we run, and the cluster facts."""
+
+    spec: ClusterPolicySpec
+    namespace: str
+    nodes: tuple[NodeFacts, ...] = ()
+    owner: dict[str, Any] | None = None  # the ClusterPolicy: apiVersion, kind, name, uid
+    # API groups the cluster serves beyond the core ones (e.g. monitoring.coreos.com for ServiceMonitors).
+    api_groups: frozenset[str] = frozenset()
+
+
+Vars = Callable[[RenderContext], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class OperandState:
+    name: str  # template folder and status name, e.g. "state-device-plugin"
+    order: int
+    section: str | None = None  # ClusterPolicySpec attribute holding the component's settings
+    component: str | None = None  # key in images.DEFAULTS
+    container: str | None = None  # the main container that gets the section's env/args/resources
+    deploy_label: str | None = None  # node selector nvidia.com/gpu.deploy.<label>=true
+    on_delete: bool = False  # DaemonSet always uses OnDelete (the driver)
+    enabled_when: Callable[[ClusterPolicySpec], bool] | None = None
+    extra_vars: Vars | None = None
+    depends_on_nodes: bool = field(default=False)  # renders differently per node pool
+
+    def settings(self, spec: ClusterPolicySpec) -> ComponentSpec | None:
+        value = getattr(spec, self.section) if self.section else None
+        return value if isinstance(value, ComponentSpec) else None
+
+    def enabled(self, spec: ClusterPolicySpec) -> bool:
+        if self.enabled_when is not None:
+            return self.enabled_when(spec)
+        settings = self.settings(spec)
+        return settings.enabled if settings is not None else True
+
+    def variables(self, ctx: RenderContext) -> dict[str, Any]:
+        settings = self.settings(ctx.spec)
+        out: dict[str, Any] = {
+            "spec": ctx.spec,
+            "namespace": ctx.namespace,
+            "state": self.name,
+            "settings": settings,
+            "deploy_label": f"nvidia.com/gpu.deploy.{self.deploy_label}" if self.deploy_label else None,
+            "api_groups": ctx.api_groups,
+            "validator_image": images.resolve(ctx.spec.validator, "validator"),
+        }
+        if settings is not None and self.component:
+            out["image"] = images.resolve(settings, self.component)
+            out["image_pull_policy"] = settings.image_pull_policy or "IfNotPresent"
+        if self.extra_vars:
+            out.update(self.extra_vars(ctx))
+        return out
+
+    def render(self, ctx: RenderContext) -> list[dict[str, Any]]:
+        """The state's objects, decorated and hashed, in template-file order."""
+        variables = self.variables(ctx)
+        objects: list[dict[str, Any]] = []
+        for template in _templates(self.name):
+            objects += [doc for doc in yaml.safe_load_all(template.render(**variables)) if doc]
+        return [self._decorate(obj, ctx) for obj in objects]
+
+    def _decorate(self, obj: dict[str, Any], ctx: RenderContext) -> dict[str, Any]:
+        meta = obj.setdefault("metadata", {})
+        if obj["kind"] not in CLUSTER_SCOPED:
+            meta["namespace"] = ctx.namespace
+        meta["labels"] = {**meta.get("labels", {}), **self.standard_labels()}
+        if ctx.owner:
+            meta["ownerReferences"] = [
+                {**ctx.owner, "controller": True, "blockOwnerDeletion": True},
+            ]
+        if obj["kind"] == "DaemonSet":
+            self._decorate_daemonset(obj, ctx.spec)
+        meta.setdefault("annotations", {})[HASH_ANNOTATION] = object_hash(obj)
+        return obj
+
+    def standard_labels(self) -> dict[str, str]:
+        return {MANAGED_BY: OPERATOR_NAME, PART_OF: OPERATOR_NAME, COMPONENT: self.name}
+
+    def _decorate_daemonset(self, ds: dict[str, Any], spec: ClusterPolicySpec) -> None:
+        common = spec.daemonsets
+        meta = ds["metadata"]
+        meta["labels"] = {**common.labels, **meta["labels"]}
+        if common.annotations:
+            meta["annotations"] = {**common.annotations, **meta.get("annotations", {})}
+        dspec = ds["spec"]
+        template = dspec["template"]
+        tmeta = template.setdefault("metadata", {})
+        tmeta["labels"] = {**common.labels, **tmeta.get("labels", {}), **self.standard_labels()}
+        if common.annotations:
+            tmeta["annotations"] = {**common.annotations, **tmeta.get("annotations", {})}
+        pod = template["spec"]
+        pod["priorityClassName"] = common.priority_class_name
+        tolerations = list(pod.get("tolerations", []))
+        for tol in [GPU_TOLERATION, *common.tolerations]:
+            if tol not in tolerations:
+                tolerations.append(tol)
+        pod["tolerations"] = tolerations
+        if self.on_delete or common.update_strategy == "OnDelete":
+            dspec["updateStrategy"] = {"type": "OnDelete"}
+        else:
+            max_unavailable = common.rolling_update.max_unavailable
+            if isinstance(max_unavailable, str) and max_unavailable.isdigit():
+                max_unavailable = int(max_unavailable)
+            dspec["updateStrategy"] = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": max_unavailable}}
+        settings = self.settings(spec)
+        if settings is None:
+            return
+        if settings.image_pull_secrets:
+            pod["imagePullSecrets"] = [{"name": s} for s in settings.image_pull_secrets]
+        for container in pod.get("containers", []):
+            if container["name"] != self.container:
+                continue
+            if settings.env:
+                env = [e for e in container.get("env", []) if e["name"] not in {s.name for s in settings.env}]
+                container["env"] = env + [{"name": e.name, "value": e.value} for e in settings.env]
+            if settings.args:
+                container["args"] = list(settings.args)
+            if settings.resources is not None:
+                container["resources"] = settings.resources.model_dump(exclude_defaults=True)
+
+
+CLUSTER_SCOPED = frozenset(
+    {"ClusterRole", "ClusterRoleBinding", "RuntimeClass", "Namespace", "CustomResourceDefinition", "PriorityClass"}
+)
+
+
+def object_hash(obj: dict[str, Any]) -> str:
+    """Stable hash of an object's rendered content, excluding the hash annotation itself."""
+    clean = json.loads(json.dumps(obj))
+    clean.get("metadata", {}).get("annotations", {}).pop(HASH_ANNOTATION, None)
+    blob = json.dumps(clean, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _to_yaml(value: Any) -> str:
+    """Jinja filter: a value as flow-style YAML/JSON, safe to embed on one line."""
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(by_alias=True, exclude_none=True)
+    return json.dumps(value)
+
+
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("gpu_operator", "templates"),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    autoescape=False,
+)
+_ENV.filters["json"] = _to_yaml
+_ENV.filters["str"] = lambda v: json.dumps(str(v).lower() if isinstance(v, bool) else str(v))
+
+
+@cache
+def _templates(state: str) -> tuple[jinja2.Template, ...]:
+    """The state folder's templates in file-name order."""
+    folder = resources.files("gpu_operator") / "templates" / state
+    names = sorted(f.name for f in folder.iterdir() if f.name.endswith(".yaml"))
+    return tuple(_ENV.get_template(f"{state}/{name}") for name in names)

@@ -1,0 +1,12 @@
+"""state-mps-control-daemon: the MPS control daemon on MPS-capable nodes, deployed with the device plugin."""
+
+from .base import OperandState
+
+STATE = OperandState(
+    name="state-mps-control-daemon",
+    order=7,
+    section="device_plugin",
+    component="device-plugin",
+    container="mps-control-daemon-ctr",
+    deploy_label="device-plugin",
+)

@@ -1,0 +1,5 @@
+"""state-operator-metrics: the Service (and optional ServiceMonitor) for the operator's own metrics."""
+
+from .base import OperandState
+
+STATE = OperandState(name="state-operator-metrics", order=2)

@@ -1,0 +1,120 @@
+"""ClusterPolicy status (pure): the singleton rule, the overall state and the Ready/Error conditions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class StateResult:
+    name: str
+    state: str  # ready | notReady | disabled
+    message: str = ""
+
+
+def active_policy(policies: list[dict[str, Any]]) -> str | None:
+    """The one ClusterPolicy that is acted on: the oldest by creationTimestamp, the name breaking a tie."""
+    live = [p for p in policies if not p["metadata"].get("deletionTimestamp")]
+    if not live:
+        return None
+    oldest = min(live, key=lambda p: (p["metadata"].get("creationTimestamp", ""), p["metadata"]["name"]))
+    return str(oldest["metadata"]["name"])
+
+
+def _conditions(
+    ready: bool, reason: str, message: str, generation: int | None, previous: list[dict[str, Any]], now: str
+) -> list[dict[str, Any]]:
+    old = {c.get("type"): c for c in previous}
+    out = []
+    for ctype, status in (("Ready", ready), ("Error", not ready)):
+        value = "True" if status else "False"
+        before = old.get(ctype) or {}
+        changed = before.get("status") != value
+        out.append(
+            {
+                "type": ctype,
+                "status": value,
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": now
+                if changed or not before.get("lastTransitionTime")
+                else before["lastTransitionTime"],
+                "observedGeneration": generation,
+            }
+        )
+    return out
+
+
+def policy_status(
+    *,
+    generation: int | None,
+    namespace: str,
+    results: list[StateResult],
+    gpu_nodes: int,
+    has_nfd: bool,
+    previous: dict[str, Any] | None,
+    now: str,
+    error: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The status of the active ClusterPolicy."""
+    not_ready = [r for r in results if r.state == "notReady"]
+    if error:
+        ready, reason, message = False, "ReconcileFailed", error
+    elif not has_nfd:
+        ready, reason, message = (
+            False,
+            "NFDLabelsMissing",
+            "no node carries Node Feature Discovery labels (feature.node.kubernetes.io/*): "
+            "install NFD so GPU nodes can be detected",
+        )
+    elif gpu_nodes == 0:
+        ready, reason, message = True, "NoGPUNodes", "no GPU nodes found; operands deploy when one appears"
+    elif not_ready:
+        driver = next((r for r in not_ready if r.name == "state-driver"), None)
+        reason = "DriverNotReady" if driver else "OperandNotReady"
+        message = "; ".join(f"{r.name}: {r.message}" if r.message else r.name for r in not_ready)
+        ready = False
+    else:
+        ready, reason, message = True, "Reconciled", f"all operands ready on {gpu_nodes} GPU nodes"
+    prev = previous or {}
+    status = {
+        "state": "ready" if ready else "notReady",
+        "namespace": namespace,
+        "observedGeneration": generation,
+        "conditions": _conditions(ready, reason, message, generation, prev.get("conditions") or [], now),
+        "states": [{"name": r.name, "state": r.state, "message": r.message} for r in results],
+    }
+    if extra:
+        status.update(extra)
+    return status
+
+
+def ignored_status(
+    *, generation: int | None, namespace: str, active: str, previous: dict[str, Any] | None, now: str
+) -> dict[str, Any]:
+    message = f"ClusterPolicy {active} is older and active; only one ClusterPolicy is used, so this one is ignored"
+    prev = previous or {}
+    return {
+        "state": "ignored",
+        "namespace": namespace,
+        "observedGeneration": generation,
+        "conditions": _conditions(False, "Ignored", message, generation, prev.get("conditions") or [], now),
+        "states": [],
+    }
+
+
+def _comparable(status: dict[str, Any] | None) -> Any:
+    if not status:
+        return None
+    clean = dict(status)
+    clean["conditions"] = [
+        {k: v for k, v in c.items() if k != "lastTransitionTime"} for c in status.get("conditions") or []
+    ]
+    return clean
+
+
+def status_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    """Whether writing `new` would change anything but timestamps."""
+    return _comparable(old) != _comparable(new)

@@ -14,6 +14,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
     WithJsonSchema,
     model_validator,
@@ -41,7 +42,8 @@ def _check_int_or_percent(v: int | str) -> int | str:
 
 
 IntOrPercent = Annotated[
-    int | str,
+    # Strict int: a YAML bool (`true`) must not pass as 1, as the API server's int-or-string would reject it.
+    Annotated[int, Strict()] | str,
     AfterValidator(_check_int_or_percent),
     WithJsonSchema(
         {
@@ -280,7 +282,7 @@ class ValidatorSpec(ComponentSpec):
     toolkit: ValidatorCheckSpec = ValidatorCheckSpec()
     cuda: ValidatorCheckSpec = ValidatorCheckSpec()
     plugin: ValidatorCheckSpec = ValidatorCheckSpec()
-    vfio_pci: ValidatorCheckSpec = ValidatorCheckSpec()
+    vfio_pci: ValidatorCheckSpec = Field(default=ValidatorCheckSpec(), alias="vfioPCI")
     vgpu_manager: ValidatorCheckSpec = ValidatorCheckSpec()
     vgpu_devices: ValidatorCheckSpec = ValidatorCheckSpec()
 
@@ -300,7 +302,7 @@ class PSASpec(Section):
 
 
 class HostPathsSpec(Section):
-    root_fs: str = "/"
+    root_fs: str = Field(default="/", alias="rootFS")
     driver_install_dir: str = "/run/nvidia/driver"
 
 

@@ -96,7 +96,8 @@ def cmd_crds(args: argparse.Namespace) -> int:
     kube = Kube.connect(args.kubeconfig)
     for crd in all_crds():
         kube.apply(crd)
-        print(f"customresourcedefinition {crd['metadata']['name']} applied", file=sys.stderr)
+        kube.wait_established(crd["metadata"]["name"])
+        print(f"customresourcedefinition {crd['metadata']['name']} applied and established", file=sys.stderr)
     return 0
 
 

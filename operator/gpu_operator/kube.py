@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -173,6 +174,18 @@ class Kube:
             if exc.status == 404:
                 return False
             raise
+
+    def wait_established(self, crd_name: str, timeout: float = 30.0) -> None:
+        """Wait until a CRD is served (its Established condition is True)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            crd = self.get("CustomResourceDefinition", crd_name) or {}
+            conditions = (crd.get("status") or {}).get("conditions") or []
+            if any(c.get("type") == "Established" and c.get("status") == "True" for c in conditions):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"CustomResourceDefinition {crd_name} not established after {timeout:.0f}s")
+            time.sleep(0.2)
 
     def api_groups(self) -> frozenset[str]:
         groups = self.request("GET", "/apis").get("groups") or []

@@ -1,0 +1,96 @@
+"""Run `gpu-operator run` as its own process against the local cluster, under the chart's identity.
+
+The operator's RBAC (ServiceAccount, ClusterRole, bindings) comes from the generated plain install manifest
+`manifests/gpu-operator.yaml`, so any API call the chart's role does not allow fails the tests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from e2e.cluster.localcluster import LocalCluster
+from gpu_operator.crd import all_crds
+from gpu_operator.kube import Kube
+
+REPO = Path(__file__).resolve().parents[1]
+INSTALL_MANIFEST = Path(os.environ.get("GPU_OPERATOR_INSTALL_MANIFEST", REPO / "manifests" / "gpu-operator.yaml"))
+RBAC_KINDS = {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+NAMESPACE = "gpu-operator"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def install_crds_and_rbac(admin: Kube) -> None:
+    """What `kubectl apply -f manifests/gpu-operator.yaml` installs, minus the Deployment (no image here)."""
+    for crd in all_crds():
+        admin.apply(crd)
+        admin.wait_established(crd["metadata"]["name"])
+    for doc in yaml.safe_load_all(INSTALL_MANIFEST.read_text()):
+        if doc and doc.get("kind") in RBAC_KINDS:
+            admin.apply(doc)
+
+
+class OperatorProcess:
+    def __init__(self, cluster: LocalCluster, log_path: Path):
+        self.cluster = cluster
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.metrics_port = free_port()
+        self.health_port = free_port()
+
+    def start(self) -> OperatorProcess:
+        log = self.log_path.open("ab")
+        cmd = [
+            sys.executable, "-m", "gpu_operator.cli", "run",
+            "--kubeconfig", str(self.cluster.operator_kubeconfig),
+            "--namespace", NAMESPACE,
+            "--metrics-port", str(self.metrics_port),
+            "--health-port", str(self.health_port),
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        log.close()
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    @property
+    def username(self) -> str:
+        return f"system:serviceaccount:{NAMESPACE}:gpu-operator"
+
+
+def policy_from_sample(name: str = "cluster-policy", **overrides: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((REPO / "manifests/samples/clusterpolicy-default.yaml").read_text())
+    doc["metadata"] = {"name": name}
+    for path, value in overrides.items():
+        cursor = doc["spec"]
+        keys = path.split(".")
+        for k in keys[:-1]:
+            cursor = cursor.setdefault(k, {})
+        cursor[keys[-1]] = value
+    return doc

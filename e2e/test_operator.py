@@ -1,0 +1,344 @@
+"""End-to-end: the operator as its own process, under the chart's identity, reconciling the local cluster.
+
+The tests in this module share one operator and build on each other's state in file order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from e2e.cluster.localcluster import LocalCluster
+from e2e.cluster.nodes import create_nodes, make_node
+from e2e.kube import create_namespace, wait_for
+from e2e.operator_process import NAMESPACE, OperatorProcess, install_crds_and_rbac, policy_from_sample
+from e2e.simulator import NodeSimulator
+from gpu_operator.kube import ApiError, Kube
+
+GPU_NODES = {"op-h100-0": ("h100x8", "ubuntu22.04"), "op-h100-1": ("h100x8", "ubuntu22.04"),
+             "op-a100-0": ("a100x4", "ubuntu24.04")}  # fmt: skip
+CPU_NODES = {"op-cpu-0": ("cpu", "ubuntu22.04")}
+ENABLED_DAEMONSETS = {
+    "nvidia-driver-daemonset-ubuntu22.04",
+    "nvidia-driver-daemonset-ubuntu24.04",
+    "nvidia-container-toolkit-daemonset",
+    "nvidia-operator-validator",
+    "nvidia-device-plugin-daemonset",
+    "nvidia-device-plugin-mps-control-daemon",
+    "nvidia-dcgm-exporter",
+    "gpu-feature-discovery",
+    "nvidia-mig-manager",
+}
+WAIT = 90
+
+
+@pytest.fixture(scope="module")
+def admin(cluster: LocalCluster) -> Kube:
+    return Kube.connect(str(cluster.kubeconfig))
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: LocalCluster, admin: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    install_crds_and_rbac(admin)
+    for policy in admin.list("ClusterPolicy"):
+        admin.delete("ClusterPolicy", policy["metadata"]["name"])
+    wait_for(lambda: not admin.list("ClusterPolicy"), 30, message="old ClusterPolicies to go")
+    nodes = [make_node(name, profile, os=os) for name, (profile, os) in {**GPU_NODES, **CPU_NODES}.items()]
+    create_nodes(admin.client, nodes)
+    from e2e.kube import Kube as TestKube
+
+    create_namespace(TestKube(admin.client), NAMESPACE)
+    sim = NodeSimulator(cluster.simulator_kubeconfig, namespace=NAMESPACE, resync_seconds=5).start()
+    op = OperatorProcess(cluster, tmp_path_factory.mktemp("operator") / "operator.log").start()
+    admin.create(policy_from_sample())
+    try:
+        yield op
+    finally:
+        op.stop()
+        sim.stop()
+
+
+def policy(admin: Kube, name: str = "cluster-policy") -> dict[str, Any]:
+    obj = admin.get("ClusterPolicy", name)
+    assert obj is not None, f"ClusterPolicy {name} is gone"
+    return obj
+
+
+def wait_ready(admin: Kube, op: OperatorProcess, name: str = "cluster-policy", timeout: float = WAIT) -> dict[str, Any]:
+    def ready() -> dict[str, Any] | None:
+        obj = policy(admin, name)
+        status = obj.get("status") or {}
+        gen_ok = status.get("observedGeneration") == obj["metadata"]["generation"]
+        return obj if status.get("state") == "ready" and gen_ok else None
+
+    try:
+        return wait_for(ready, timeout, interval=0.5, message=f"ClusterPolicy {name} ready")
+    except AssertionError as exc:
+        status = policy(admin, name).get("status")
+        raise AssertionError(f"{exc}\nstatus: {status}\noperator log:\n{op.log_tail()}") from None
+
+
+def daemonsets(admin: Kube) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in admin.list("DaemonSet", NAMESPACE)}
+
+
+def operand_pods(admin: Kube) -> list[dict[str, Any]]:
+    return admin.list("Pod", NAMESPACE, label_selector="app.kubernetes.io/managed-by=gpu-operator")
+
+
+def labels(admin: Kube, node: str) -> dict[str, str]:
+    obj = admin.get("Node", node)
+    assert obj is not None
+    return dict(obj["metadata"].get("labels") or {})
+
+
+def patch_spec(admin: Kube, patch: dict[str, Any], name: str = "cluster-policy") -> None:
+    admin.merge_patch("ClusterPolicy", name, {"spec": patch})
+
+
+def test_policy_becomes_ready_with_every_enabled_operand(admin: Kube, operator: OperatorProcess) -> None:
+    obj = wait_ready(admin, operator)
+    status = obj["status"]
+    assert status["namespace"] == NAMESPACE
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Ready"]["status"] == "True" and conditions["Ready"]["reason"] == "Reconciled"
+    assert conditions["Error"]["status"] == "False"
+    assert all(c["observedGeneration"] == obj["metadata"]["generation"] for c in conditions.values())
+    states = {s["name"]: s["state"] for s in status["states"]}
+    assert states["state-dcgm"] == "disabled" and states["state-node-status-exporter"] == "disabled"
+    assert states["state-driver"] == "ready" and states["state-device-plugin"] == "ready"
+    assert ENABLED_DAEMONSETS <= set(daemonsets(admin))
+    assert "nvidia-dcgm" not in daemonsets(admin)
+    # Operand pods run on GPU nodes only (other tests' nodes may be GPU nodes too; CPU nodes never).
+    pod_nodes = {p["spec"].get("nodeName") for p in operand_pods(admin)}
+    assert set(GPU_NODES) <= pod_nodes
+    assert not pod_nodes & set(CPU_NODES)
+    for node in GPU_NODES:
+        node_labels = labels(admin, node)
+        assert node_labels["nvidia.com/gpu.present"] == "true"
+        assert node_labels["nvidia.com/gpu.deploy.driver"] == "true"
+    assert "nvidia.com/gpu.present" not in labels(admin, "op-cpu-0")
+
+
+def test_nodes_of_two_os_versions_get_one_driver_daemonset_each(admin: Kube, operator: OperatorProcess) -> None:
+    ds = daemonsets(admin)
+    for name, (os_id, version) in {"nvidia-driver-daemonset-ubuntu22.04": ("ubuntu", "22.04"),
+                                   "nvidia-driver-daemonset-ubuntu24.04": ("ubuntu", "24.04")}.items():  # fmt: skip
+        spec = ds[name]["spec"]
+        selector = spec["template"]["spec"]["nodeSelector"]
+        assert selector["feature.node.kubernetes.io/system-os_release.ID"] == os_id
+        assert selector["feature.node.kubernetes.io/system-os_release.VERSION_ID"] == version
+        image = spec["template"]["spec"]["containers"][0]["image"]
+        assert image.endswith(f":595.91.07-{os_id}{version}"), image
+        assert spec["updateStrategy"]["type"] == "OnDelete"
+    driver_nodes = {
+        p["spec"]["nodeName"]: p["metadata"]["ownerReferences"][0]["name"]
+        for p in operand_pods(admin)
+        if p["metadata"]["labels"].get("app.kubernetes.io/component") == "state-driver"
+    }
+    assert driver_nodes["op-h100-0"] == driver_nodes["op-h100-1"] == "nvidia-driver-daemonset-ubuntu22.04"
+    assert driver_nodes["op-a100-0"] == "nvidia-driver-daemonset-ubuntu24.04"
+
+
+def test_disabled_component_is_deleted_and_comes_back(admin: Kube, operator: OperatorProcess) -> None:
+    patch_spec(admin, {"dcgmExporter": {"enabled": False}})
+
+    def gone() -> bool:
+        return (
+            "nvidia-dcgm-exporter" not in daemonsets(admin)
+            and admin.get("Service", "nvidia-dcgm-exporter", NAMESPACE) is None
+            and admin.get("ServiceAccount", "nvidia-dcgm-exporter", NAMESPACE) is None
+        )
+
+    wait_for(gone, WAIT, message="dcgm-exporter objects deleted")
+    obj = wait_ready(admin, operator)
+    assert {s["name"]: s["state"] for s in obj["status"]["states"]}["state-dcgm-exporter"] == "disabled"
+    patch_spec(admin, {"dcgmExporter": {"enabled": True}})
+    wait_for(lambda: "nvidia-dcgm-exporter" in daemonsets(admin), WAIT, message="dcgm-exporter back")
+    obj = wait_ready(admin, operator)
+    assert {s["name"]: s["state"] for s in obj["status"]["states"]}["state-dcgm-exporter"] == "ready"
+
+
+def test_user_opt_out_label_is_respected(admin: Kube, operator: OperatorProcess) -> None:
+    label = "nvidia.com/gpu.deploy.dcgm-exporter"
+    admin.merge_patch("Node", "op-h100-1", {"metadata": {"labels": {label: "false"}}})
+
+    def exporter_nodes() -> set[str]:
+        return {
+            p["spec"].get("nodeName")
+            for p in operand_pods(admin)
+            if p["metadata"]["labels"].get("app.kubernetes.io/component") == "state-dcgm-exporter"
+        }
+
+    wait_for(lambda: "op-h100-1" not in exporter_nodes(), WAIT, message="dcgm-exporter pod gone from op-h100-1")
+    wait_ready(admin, operator)
+    assert labels(admin, "op-h100-1")[label] == "false"
+    assert "op-h100-0" in exporter_nodes()
+
+
+def test_gpu_node_added_then_loses_its_gpu(admin: Kube, operator: OperatorProcess) -> None:
+    create_nodes(admin.client, [make_node("op-l4-0", "l4x1", os="ubuntu22.04")])
+    wait_for(lambda: labels(admin, "op-l4-0").get("nvidia.com/gpu.present") == "true", WAIT,
+             message="op-l4-0 labelled")  # fmt: skip
+    wait_for(lambda: any(p["spec"].get("nodeName") == "op-l4-0" for p in operand_pods(admin)), WAIT,
+             message="operand pods on op-l4-0")  # fmt: skip
+    wait_ready(admin, operator)
+    wait_for(lambda: node_gpus(admin, "op-l4-0") == "1", WAIT, message="op-l4-0 advertises nvidia.com/gpu")
+
+    admin.merge_patch(
+        "Node", "op-l4-0", {"metadata": {"labels": {"feature.node.kubernetes.io/pci-10de.present": None}}}
+    )
+
+    def cleaned() -> bool:
+        node_labels = labels(admin, "op-l4-0")
+        deploy = [k for k in node_labels if k.startswith("nvidia.com/gpu.deploy.")]
+        pods = [p for p in operand_pods(admin) if p["spec"].get("nodeName") == "op-l4-0"]
+        return node_labels.get("nvidia.com/gpu.present") == "false" and not deploy and not pods
+
+    wait_for(cleaned, WAIT, message="op-l4-0 without GPU labels and operand pods")
+    wait_ready(admin, operator)
+
+
+def node_gpus(admin: Kube, node: str) -> str | None:
+    obj = admin.get("Node", node)
+    assert obj is not None
+    return (obj.get("status", {}).get("allocatable") or {}).get("nvidia.com/gpu")
+
+
+def test_second_policy_is_ignored_and_first_keeps_working(admin: Kube, operator: OperatorProcess) -> None:
+    admin.create(policy_from_sample("second-policy"))
+    second = wait_for(
+        lambda: (obj := policy(admin, "second-policy")).get("status", {}).get("state") == "ignored" and obj,
+        WAIT,
+        message="second-policy ignored",
+    )
+    ready = {c["type"]: c for c in second["status"]["conditions"]}["Ready"]
+    assert ready["status"] == "False" and "cluster-policy" in ready["message"]
+    assert policy(admin)["status"]["state"] == "ready"
+    admin.delete("ClusterPolicy", "second-policy")
+    wait_for(lambda: admin.get("ClusterPolicy", "second-policy") is None, WAIT, message="second-policy deleted")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("mig.strategy", "bogus", "spec.mig.strategy"),
+        ("driver.upgradePolicy.maxUnavailable", "abc", "spec.driver.upgradePolicy.maxUnavailable"),
+        ("driver.upgradePolicy.maxParallelUpgrades", -1, "spec.driver.upgradePolicy.maxParallelUpgrades"),
+        ("driver.kernelModuleType", "closed", "spec.driver.kernelModuleType"),
+    ],
+)
+def test_invalid_policy_is_rejected_by_the_api_server(admin: Kube, field: str, value: Any, expected: str) -> None:
+    install_crds_and_rbac(admin)
+    with pytest.raises(ApiError) as err:
+        admin.create(policy_from_sample("invalid-policy", **{field: value}))
+    assert err.value.status == 422
+    assert expected in err.value.message
+
+
+SEED_GPU_POD = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "gpu-test"},
+    "spec": {
+        "containers": [
+            {
+                "name": "cuda-test",
+                "image": "nvidia/cuda:12.1-devel-ubuntu22.04",
+                "command": ["nvidia-smi"],
+                "resources": {"limits": {"nvidia.com/gpu": 1}},
+            }
+        ],  # fmt: skip
+        "restartPolicy": "Never",
+    },
+}
+SEED_AFFINITY_POD = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "h100-training"},
+    "spec": {
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchExpressions": [
+                                {"key": "gpu.nvidia.com/model", "operator": "In", "values": ["H100", "H200"]}
+                            ]
+                        }
+                    ]
+                }
+            }
+        },  # fmt: skip
+        "containers": [
+            {"name": "training", "image": "pytorch/pytorch:latest", "resources": {"limits": {"nvidia.com/gpu": 8}}}
+        ],  # fmt: skip
+    },
+}
+
+
+def test_seed_document_gpu_pods_schedule_on_fitting_nodes(admin: Kube, operator: OperatorProcess) -> None:
+    wait_ready(admin, operator)
+    ns = "seed-workloads"
+    from e2e.kube import Kube as TestKube
+
+    create_namespace(TestKube(admin.client), ns)
+    container = {**SEED_GPU_POD["spec"]["containers"][0], "resources": {"limits": {"nvidia.com/gpu": 16}}}
+    too_big = {
+        **SEED_GPU_POD,
+        "metadata": {"name": "too-big"},
+        "spec": {**SEED_GPU_POD["spec"], "containers": [container]},
+    }
+    for pod in (SEED_GPU_POD, SEED_AFFINITY_POD, too_big):
+        admin.create({**pod, "metadata": {**pod["metadata"], "namespace": ns}})
+
+    def running(name: str) -> dict[str, Any] | None:
+        pod = admin.get("Pod", name, ns)
+        return pod if pod and pod["status"].get("phase") in ("Running", "Succeeded") else None
+
+    gpu_pod = wait_for(lambda: running("gpu-test"), WAIT, message="gpu-test running")
+    affinity_pod = wait_for(lambda: running("h100-training"), WAIT, message="h100-training running")
+    gpu_node = admin.get("Node", gpu_pod["spec"]["nodeName"])
+    h100_node = admin.get("Node", affinity_pod["spec"]["nodeName"])
+    assert gpu_node and int(gpu_node["status"]["allocatable"]["nvidia.com/gpu"]) >= 1
+    assert h100_node and h100_node["metadata"]["labels"]["gpu.nvidia.com/model"] == "H100"
+
+    def unschedulable() -> bool:
+        pod = admin.get("Pod", "too-big", ns)
+        cond = {c["type"]: c for c in (pod or {}).get("status", {}).get("conditions") or []}.get("PodScheduled", {})
+        return cond.get("status") == "False" and "nvidia.com/gpu" in cond.get("message", "")
+
+    wait_for(unschedulable, WAIT, message="too-big pod reported unschedulable for nvidia.com/gpu")
+    time.sleep(2)
+    pod = admin.get("Pod", "too-big", ns)
+    assert pod and pod["status"]["phase"] == "Pending" and not pod["spec"].get("nodeName")
+    admin.delete("Namespace", ns)
+
+
+def test_steady_state_makes_no_writes(admin: Kube, operator: OperatorProcess, cluster: LocalCluster) -> None:
+    wait_ready(admin, operator)
+    time.sleep(5)  # let the last status write and watch events settle
+    wait_ready(admin, operator)
+    start = time.time()
+    writes = {"create", "update", "patch", "delete", "deletecollection"}
+    time.sleep(60)
+    seen = []
+    for event in cluster.audit_events():
+        if event.get("user", {}).get("username") != operator.username or event.get("verb") not in writes:
+            continue
+        ts = event.get("requestReceivedTimestamp", "")
+        if ts and _epoch(ts) >= start:
+            seen.append(f"{event['verb']} {event.get('requestURI')}")
+    assert not seen, f"operator wrote in steady state: {seen}"
+    # The operator did write before (so the identity filter is right).
+    assert any(e.get("user", {}).get("username") == operator.username and e.get("verb") in writes
+               for e in cluster.audit_events())  # fmt: skip
+
+
+def _epoch(ts: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()

@@ -35,6 +35,7 @@ cluster-up: $(STAMP) binaries
 	$(PY) -m e2e.cluster up
 
 cluster-down: $(STAMP)
+	$(PY) -m e2e.demo stop
 	$(PY) -m e2e.cluster down
 
 demo: $(STAMP) binaries

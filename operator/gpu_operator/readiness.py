@@ -31,6 +31,9 @@ def daemonset_ready(
     """(ready, reason when not). `pods` and `revisions` are the DaemonSet's own, needed for OnDelete."""
     name = ds.get("metadata", {}).get("name", "?")
     status = ds.get("status") or {}
+    # A new or changed DaemonSet whose status the controller has not written yet says nothing: not ready.
+    if status.get("observedGeneration", 0) < ds.get("metadata", {}).get("generation", 0):
+        return False, f"{name}: waiting for the DaemonSet controller to observe the latest spec"
     desired = status.get("desiredNumberScheduled", 0)
     if desired == 0:
         return True, ""
@@ -50,9 +53,6 @@ def daemonset_ready(
         if not_ready:
             return False, f"{name}: {len(not_ready)} of {desired} pods not ready"
         return True, ""
-    generation = ds.get("metadata", {}).get("generation", 0)
-    if status.get("observedGeneration", 0) < generation:
-        return False, f"{name}: update not yet observed"
     updated = status.get("updatedNumberScheduled", 0)
     available = status.get("numberAvailable", 0)
     if not updated == desired == available:

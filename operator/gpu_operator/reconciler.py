@@ -252,6 +252,7 @@ class Reconciler:
             previous=policy.get("status"),
             now=_now(),
             error="; ".join(errors) or None,
+            settling=bool(patches or out.applied or out.deleted),
         )
         out.ready = status["state"] == "ready"
         self._write_status(policy, status, out)

@@ -56,9 +56,13 @@ def policy_status(
     previous: dict[str, Any] | None,
     now: str,
     error: str | None = None,
+    settling: bool = False,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The status of the active ClusterPolicy."""
+    """The status of the active ClusterPolicy.
+
+    `settling`: this pass changed node labels or objects, whose effect the watched state does not show yet.
+    """
     not_ready = [r for r in results if r.state == "notReady"]
     if error:
         ready, reason, message = False, "ReconcileFailed", error
@@ -76,6 +80,8 @@ def policy_status(
         reason = "DriverNotReady" if driver else "OperandNotReady"
         message = "; ".join(f"{r.name}: {r.message}" if r.message else r.name for r in not_ready)
         ready = False
+    elif settling:
+        ready, reason, message = False, "OperandNotReady", "changes applied; waiting to observe their effect"
     else:
         ready, reason, message = True, "Reconciled", f"all operands ready on {gpu_nodes} GPU nodes"
     prev = previous or {}

@@ -210,7 +210,7 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
         cfg = op.kube.client.configuration
         keys = cfg.api_key or {}
         auth = keys.get("BearerToken") or keys.get("authorization") or ""
-        scheme, _, token = auth.partition(" ")
+        scheme, _sep, token = auth.partition(" ")
         return kopf.ConnectionInfo(
             server=cfg.host,
             ca_path=cfg.ssl_ca_cert,

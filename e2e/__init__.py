@@ -1,0 +1,1 @@
+"""End-to-end tests and their infrastructure (local cluster, node simulator)."""

@@ -1,0 +1,1 @@
+"""Benchmarks of the test infrastructure (scripts: they print numbers and assert nothing)."""

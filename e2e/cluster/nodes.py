@@ -1,0 +1,304 @@
+"""Fake node profiles for the local cluster, and what GPU feature discovery would publish for them.
+
+Nodes made here carry the annotation ``kwok.x-k8s.io/node: fake`` so kwok manages them (it marks them Ready
+and runs their pods), and the label ``e2e.gpu-operator/profile`` so the node simulator knows their GPUs.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client
+
+from e2e.kube import Kube
+
+KWOK_ANNOTATION = "kwok.x-k8s.io/node"
+PROFILE_LABEL = "e2e.gpu-operator/profile"
+MODEL_LABEL = "gpu.nvidia.com/model"
+PCI_LABEL = "feature.node.kubernetes.io/pci-10de.present"
+KUBELET_VERSION = "v1.37.2"
+CONTAINER_RUNTIME = "containerd://1.7.27"
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    gpu_count: int
+    product: str = ""  # as GFD writes it: spaces replaced by dashes
+    model: str = ""  # the short model put on the node at creation
+    family: str = ""
+    compute: tuple[int, int] = (0, 0)
+    memory_mib: int = 0
+    mig_capable: bool = False
+    machine: str = ""
+    instance_type: str = ""
+    cpu: str = "96"
+    memory: str = "1056Gi"
+
+    @property
+    def has_gpu(self) -> bool:
+        return self.gpu_count > 0
+
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in (
+        Profile(
+            name="h100x8", gpu_count=8, product="NVIDIA-H100-80GB-HBM3", model="H100", family="hopper",
+            compute=(9, 0), memory_mib=81559, mig_capable=True, machine="DGX-H100",
+            instance_type="p5.48xlarge", memory="2048Gi",
+        ),
+        Profile(
+            name="a100x4", gpu_count=4, product="NVIDIA-A100-SXM4-80GB", model="A100", family="ampere",
+            compute=(8, 0), memory_mib=81920, mig_capable=True, machine="DGX-Station-A100",
+            instance_type="a2-ultragpu-4g", memory="680Gi",
+        ),
+        Profile(
+            name="l4x1", gpu_count=1, product="NVIDIA-L4", model="L4", family="ada-lovelace",
+            compute=(8, 9), memory_mib=23034, mig_capable=False, machine="g6.4xlarge",
+            instance_type="g6.4xlarge", memory="64Gi",
+        ),
+        Profile(name="cpu", gpu_count=0, instance_type="m7i.4xlarge", cpu="16", memory="64Gi"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class OSInfo:
+    id: str
+    version_id: str
+    kernel: str
+    os_image: str
+
+
+OS_RELEASES: dict[str, OSInfo] = {
+    "ubuntu22.04": OSInfo("ubuntu", "22.04", "5.15.0-105-generic", "Ubuntu 22.04.4 LTS"),
+    "ubuntu24.04": OSInfo("ubuntu", "24.04", "6.8.0-45-generic", "Ubuntu 24.04.1 LTS"),
+    "rhel9.4": OSInfo("rhel", "9.4", "5.14.0-427.el9.x86_64", "Red Hat Enterprise Linux 9.4 (Plow)"),
+}
+
+
+def profile_of(node: Any) -> Profile | None:
+    """The profile of a Node (a dict or a client model), from its ``e2e.gpu-operator/profile`` label."""
+    if isinstance(node, dict):
+        labels = (node.get("metadata") or {}).get("labels") or {}
+    else:
+        labels = node.metadata.labels or {}
+    return PROFILES.get(labels.get(PROFILE_LABEL, ""))
+
+
+def make_node(
+    name: str, profile: str | Profile, os: str = "ubuntu22.04", kernel: str | None = None
+) -> dict[str, Any]:
+    """A Node object (a dict for the API) for a fake node of that profile, without taints."""
+    prof = profile if isinstance(profile, Profile) else PROFILES[profile]
+    osi = OS_RELEASES[os]
+    kernel = kernel or osi.kernel
+    labels = {
+        "kubernetes.io/hostname": name,
+        "kubernetes.io/os": "linux",
+        "kubernetes.io/arch": "amd64",
+        "node.kubernetes.io/instance-type": prof.instance_type,
+        "feature.node.kubernetes.io/system-os_release.ID": osi.id,
+        "feature.node.kubernetes.io/system-os_release.VERSION_ID": osi.version_id,
+        "feature.node.kubernetes.io/kernel-version.full": kernel,
+        PROFILE_LABEL: prof.name,
+    }
+    if prof.has_gpu:
+        labels[PCI_LABEL] = "true"
+        labels[MODEL_LABEL] = prof.model
+    resources = {"cpu": prof.cpu, "memory": prof.memory, "pods": "110", "ephemeral-storage": "500Gi"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": labels, "annotations": {KWOK_ANNOTATION: "fake"}},
+        "spec": {},
+        "status": {
+            "capacity": dict(resources),
+            "allocatable": dict(resources),
+            "nodeInfo": {
+                "architecture": "amd64",
+                "operatingSystem": "linux",
+                "osImage": osi.os_image,
+                "kernelVersion": kernel,
+                "kubeletVersion": KUBELET_VERSION,
+                "containerRuntimeVersion": CONTAINER_RUNTIME,
+                "bootID": "",
+                "machineID": "",
+                "systemUUID": "",
+            },
+        },
+    }
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    profile: str
+    count: int
+    os: str = "ubuntu22.04"
+
+
+def parse_spec(spec: str) -> list[NodeSpec]:
+    """Parse ``h100x8:2,a100x4:1,cpu:1`` (an optional third part picks the OS: ``l4x1:2:rhel9.4``)."""
+    out = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        fields = part.split(":")
+        if len(fields) > 3 or fields[0] not in PROFILES:
+            raise ValueError(f"bad node spec {part!r}: want PROFILE[:COUNT[:OS]]; profiles {sorted(PROFILES)}")
+        count = int(fields[1]) if len(fields) > 1 else 1
+        os = fields[2] if len(fields) > 2 else "ubuntu22.04"
+        if os not in OS_RELEASES:
+            raise ValueError(f"bad node spec {part!r}: OS must be one of {sorted(OS_RELEASES)}")
+        out.append(NodeSpec(fields[0], count, os))
+    return out
+
+
+def expand_spec(spec: str | Sequence[NodeSpec], prefix: str = "") -> list[dict[str, Any]]:
+    """Node objects for a spec; names are ``<prefix><profile>-<i>`` counted per profile."""
+    specs = parse_spec(spec) if isinstance(spec, str) else list(spec)
+    seen: dict[str, int] = {}
+    nodes = []
+    for s in specs:
+        for _ in range(s.count):
+            i = seen.get(s.profile, 0)
+            seen[s.profile] = i + 1
+            nodes.append(make_node(f"{prefix}{s.profile}-{i}", s.profile, os=s.os))
+    return nodes
+
+
+def _kube(api: Any, pool_size: int) -> Kube:
+    """A Kube with a connection pool of ``pool_size`` sharing the settings of ``api``.
+
+    ``api`` is a Kube, an ApiClient, or a typed API object (CoreV1Api, ...) holding one.
+    """
+    base = api.api if isinstance(api, Kube) else api if isinstance(api, client.ApiClient) else api.api_client
+    conf = copy.copy(base.configuration)
+    conf.connection_pool_maxsize = max(pool_size, 4)
+    return Kube(client.ApiClient(conf))
+
+
+def create_nodes(api: Any, nodes: Iterable[dict[str, Any]] | str, concurrency: int = 32) -> list[str]:
+    """Create Node objects (or the nodes of a spec string like ``h100x8:2,cpu:1``) in parallel.
+
+    Returns their names.  A node that already exists is left as it is.  The status given at creation
+    (capacity, allocatable, nodeInfo) is kept by the API server; kwok then marks the node Ready.
+    """
+    node_list = expand_spec(nodes) if isinstance(nodes, str) else list(nodes)
+    kube = _kube(api, concurrency)
+
+    def create(node: dict[str, Any]) -> str:
+        name = str(node["metadata"]["name"])
+        for attempt in range(5):
+            try:
+                kube.create("/api/v1/nodes", node)
+                return name
+            except client.ApiException as e:
+                if e.status == 409:
+                    return name
+                if (e.status and e.status < 500 and e.status != 429) or attempt == 4:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        return name
+
+    try:
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            return list(pool.map(create, node_list))
+    finally:
+        kube.close()
+
+
+def delete_nodes(api: Any, names: Iterable[str], concurrency: int = 16) -> None:
+    kube = _kube(api, concurrency)
+    try:
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            list(pool.map(lambda n: kube.delete(f"/api/v1/nodes/{n}"), names))
+    finally:
+        kube.close()
+
+
+CUDA_RUNTIME_BY_DRIVER: list[tuple[int, tuple[int, int]]] = [
+    (595, (13, 2)),
+    (590, (13, 1)),
+    (580, (13, 0)),
+    (575, (12, 9)),
+    (570, (12, 8)),
+    (560, (12, 6)),
+    (550, (12, 4)),
+    (535, (12, 2)),
+]
+
+
+def cuda_runtime_for(driver_major: int) -> tuple[int, int]:
+    for floor, runtime in CUDA_RUNTIME_BY_DRIVER:
+        if driver_major >= floor:
+            return runtime
+    return (12, 0)
+
+
+GFD_BASE_KEYS = (
+    "nvidia.com/gpu.count",
+    "nvidia.com/gpu.product",
+    "nvidia.com/gpu.memory",
+    "nvidia.com/gpu.family",
+    "nvidia.com/gpu.compute.major",
+    "nvidia.com/gpu.compute.minor",
+    "nvidia.com/gpu.replicas",
+    "nvidia.com/gpu.sharing-strategy",
+    "nvidia.com/gpu.machine",
+    "nvidia.com/mig.capable",
+    "nvidia.com/mig.strategy",
+    "nvidia.com/mps.capable",
+    "nvidia.com/gfd.timestamp",
+)
+GFD_DRIVER_KEYS = (
+    "nvidia.com/cuda.driver.major",
+    "nvidia.com/cuda.driver.minor",
+    "nvidia.com/cuda.driver.rev",
+    "nvidia.com/cuda.runtime.major",
+    "nvidia.com/cuda.runtime.minor",
+)
+GFD_LABEL_KEYS = GFD_BASE_KEYS + GFD_DRIVER_KEYS
+
+
+def gfd_labels(
+    profile: str | Profile, driver_version: str | None, mig_strategy: str = "single"
+) -> dict[str, str]:
+    """The labels GPU feature discovery publishes for a node of that profile.
+
+    ``driver_version`` looks like ``595.91.07``; with None the cuda.* labels are left out (no driver loaded).
+    """
+    prof = profile if isinstance(profile, Profile) else PROFILES[profile]
+    if not prof.has_gpu:
+        raise ValueError(f"profile {prof.name} has no GPU")
+    labels = {
+        "nvidia.com/gpu.count": str(prof.gpu_count),
+        "nvidia.com/gpu.product": prof.product,
+        "nvidia.com/gpu.memory": str(prof.memory_mib),
+        "nvidia.com/gpu.family": prof.family,
+        "nvidia.com/gpu.compute.major": str(prof.compute[0]),
+        "nvidia.com/gpu.compute.minor": str(prof.compute[1]),
+        "nvidia.com/gpu.replicas": "1",
+        "nvidia.com/gpu.sharing-strategy": "none",
+        "nvidia.com/gpu.machine": prof.machine,
+        "nvidia.com/mig.capable": "true" if prof.mig_capable else "false",
+        "nvidia.com/mig.strategy": mig_strategy,
+        "nvidia.com/mps.capable": "false",
+        "nvidia.com/gfd.timestamp": str(int(time.time())),
+    }
+    if driver_version:
+        parts = driver_version.split(".")
+        major = int(parts[0])
+        runtime = cuda_runtime_for(major)
+        labels.update({
+            "nvidia.com/cuda.driver.major": parts[0],
+            "nvidia.com/cuda.driver.minor": parts[1] if len(parts) > 1 else "",
+            "nvidia.com/cuda.driver.rev": parts[2] if len(parts) > 2 else "",
+            "nvidia.com/cuda.runtime.major": str(runtime[0]),
+            "nvidia.com/cuda.runtime.minor": str(runtime[1]),
+        })
+    return labels

@@ -239,7 +239,7 @@ def test_invalid_policy_is_rejected_by_the_api_server(admin: Kube, field: str, v
     assert expected in err.value.message
 
 
-SEED_GPU_POD = {
+SEED_GPU_POD: dict[str, Any] = {
     "apiVersion": "v1",
     "kind": "Pod",
     "metadata": {"name": "gpu-test"},
@@ -255,7 +255,7 @@ SEED_GPU_POD = {
         "restartPolicy": "Never",
     },
 }
-SEED_AFFINITY_POD = {
+SEED_AFFINITY_POD: dict[str, Any] = {
     "apiVersion": "v1",
     "kind": "Pod",
     "metadata": {"name": "h100-training"},
@@ -313,8 +313,8 @@ def test_seed_document_gpu_pods_schedule_on_fitting_nodes(admin: Kube, operator:
 
     wait_for(unschedulable, WAIT, message="too-big pod reported unschedulable for nvidia.com/gpu")
     time.sleep(2)
-    pod = admin.get("Pod", "too-big", ns)
-    assert pod and pod["status"]["phase"] == "Pending" and not pod["spec"].get("nodeName")
+    still = admin.get("Pod", "too-big", ns)
+    assert still and still["status"]["phase"] == "Pending" and not still["spec"].get("nodeName")
     admin.delete("Namespace", ns)
 
 

@@ -18,13 +18,20 @@ DEFAULT_NAMESPACE = "gpu-operator"
 def _load_yaml_docs(path: str) -> list[dict[str, Any]]:
     text = sys.stdin.read() if path == "-" else Path(path).read_text()
     docs: list[dict[str, Any]] = []
-    for doc in yaml.safe_load_all(text):
+    try:
+        loaded = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:  # one line, like every other error of this command
+        raise ValueError(f"{path}: invalid YAML: {' '.join(str(exc).split())}") from None
+    for doc in loaded:
         if not doc:
             continue
         if not isinstance(doc, dict):
             raise ValueError(f"{path}: expected a YAML mapping, got {type(doc).__name__}")
-        if doc.get("kind", "").endswith("List") and "items" in doc:
-            docs += doc["items"] or []
+        if str(doc.get("kind", "")).endswith("List") and "items" in doc:
+            items = doc["items"] or []
+            if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+                raise ValueError(f"{path}: the items of a List must be mappings")
+            docs += items
         else:
             docs.append(doc)
     return docs

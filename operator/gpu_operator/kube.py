@@ -175,6 +175,11 @@ class Kube:
                 return False
             raise
 
+    def evict(self, name: str, namespace: str) -> None:
+        """Evict a pod through the Eviction API, so PodDisruptionBudgets hold (429 when one blocks it)."""
+        body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": namespace}}
+        self.request("POST", path_for("Pod", name, namespace, "eviction"), body)
+
     def wait_established(self, crd_name: str, timeout: float = 30.0) -> None:
         """Wait until a CRD is served (its Established condition is True)."""
         deadline = time.monotonic() + timeout

@@ -28,6 +28,7 @@ WORKLOAD_CONFIG = "nvidia.com/gpu.workload.config"
 MIG_CAPABLE = "nvidia.com/mig.capable"
 MIG_CONFIG = "nvidia.com/mig.config"
 MIG_CONFIG_STATE = "nvidia.com/mig.config.state"
+UPGRADE_ANNOTATION_PREFIX = "nvidia.com/gpu-driver-upgrade"
 PAUSED_VALUES = ("paused-for-driver-upgrade", "paused-for-mig-change")
 
 CONTAINER_OPERANDS = (
@@ -66,6 +67,7 @@ class NodeFacts:
 
     name: str
     labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)  # only nvidia.com/gpu-driver-upgrade*
     unschedulable: bool = False
     ready: bool = True
     runtime: str = ""
@@ -81,6 +83,9 @@ class NodeFacts:
         return cls(
             name=meta.get("name", ""),
             labels={k: v for k, v in labels.items() if _relevant(k)},
+            annotations={
+                k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith(UPGRADE_ANNOTATION_PREFIX)
+            },
             unschedulable=bool((node.get("spec") or {}).get("unschedulable")),
             ready=ready,
             runtime=runtime,

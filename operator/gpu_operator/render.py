@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .api import ClusterPolicySpec
@@ -29,20 +29,7 @@ def label_patches(nodes: list[NodeFacts], spec: ClusterPolicySpec) -> dict[str, 
 
 def relabelled(nodes: list[NodeFacts], patches: dict[str, dict[str, str | None]]) -> list[NodeFacts]:
     """The nodes as they will look once the label patches are applied."""
-    out = []
-    for node in nodes:
-        patch = patches.get(node.name)
-        if patch:
-            node = NodeFacts(
-                name=node.name,
-                labels=apply_patch(node.labels, patch),
-                unschedulable=node.unschedulable,
-                ready=node.ready,
-                runtime=node.runtime,
-                has_nfd=node.has_nfd,
-            )
-        out.append(node)
-    return out
+    return [replace(n, labels=apply_patch(n.labels, patches[n.name])) if n.name in patches else n for n in nodes]
 
 
 def plan(ctx: RenderContext) -> list[StatePlan]:

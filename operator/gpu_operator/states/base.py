@@ -157,7 +157,10 @@ CLUSTER_SCOPED = frozenset(
 def object_hash(obj: dict[str, Any]) -> str:
     """Stable hash of an object's rendered content, excluding the hash annotation itself."""
     clean = json.loads(json.dumps(obj))
-    clean.get("metadata", {}).get("annotations", {}).pop(HASH_ANNOTATION, None)
+    meta = clean.get("metadata", {})
+    meta.get("annotations", {}).pop(HASH_ANNOTATION, None)
+    if meta.get("annotations") == {}:
+        del meta["annotations"]  # as it was when the hash was taken: a rendered object hashes to its annotation
     blob = json.dumps(clean, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

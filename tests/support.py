@@ -1,0 +1,123 @@
+"""Shared builders for the unit tests: Node objects as NFD labels them, and the render pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gpu_operator.api import ClusterPolicySpec, parse_spec
+from gpu_operator.nodes import NodeFacts
+from gpu_operator.render import StatePlan, label_patches, plan, relabelled
+from gpu_operator.states import RenderContext
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "manifests" / "samples"
+SAMPLE_POLICY = SAMPLES / "clusterpolicy-default.yaml"
+SAMPLE_NODES = SAMPLES / "nodes-mixed-os.yaml"
+
+NAMESPACE = "gpu-operator"
+OWNER = {
+    "apiVersion": "nvidia.com/v1",
+    "kind": "ClusterPolicy",
+    "name": "cluster-policy",
+    "uid": "11111111-2222-3333-4444-555555555555",
+}
+MONITORING = "monitoring.coreos.com"
+
+PCI = "feature.node.kubernetes.io/pci-10de.present"
+OS_ID = "feature.node.kubernetes.io/system-os_release.ID"
+OS_VERSION = "feature.node.kubernetes.io/system-os_release.VERSION_ID"
+KERNEL = "feature.node.kubernetes.io/kernel-version.full"
+
+
+def load_policy(path: Path = SAMPLE_POLICY) -> dict[str, Any]:
+    """The ClusterPolicy document of a sample file."""
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return next(d for d in docs if d.get("kind") == "ClusterPolicy")
+
+
+def sample_spec() -> ClusterPolicySpec:
+    return parse_spec(load_policy()["spec"])
+
+
+def node(
+    name: str,
+    *,
+    gpu: bool = True,
+    os: tuple[str, str] = ("ubuntu", "22.04"),
+    kernel: str = "5.15.0-122-generic",
+    labels: dict[str, str] | None = None,
+    pci_label: str = PCI,
+    ready: bool = True,
+) -> dict[str, Any]:
+    """A Node object the way NFD leaves it (plus any extra labels)."""
+    all_labels = {
+        "kubernetes.io/hostname": name,
+        "kubernetes.io/os": "linux",
+        OS_ID: os[0],
+        OS_VERSION: os[1],
+        KERNEL: kernel,
+    }
+    if gpu:
+        all_labels[pci_label] = "true"
+    all_labels.update(labels or {})
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": all_labels},
+        "status": {
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+            "nodeInfo": {"containerRuntimeVersion": "containerd://1.7.22"},
+        },
+    }
+
+
+def facts(name: str = "n1", **kwargs: Any) -> NodeFacts:
+    return NodeFacts.from_node(node(name, **kwargs))
+
+
+def fixed_nodes() -> list[NodeFacts]:
+    """The node set of the golden files: two OS pools, one MIG-capable node, one CPU node."""
+    return [
+        facts("gpu-h100-a", os=("ubuntu", "22.04"), labels={"nvidia.com/mig.capable": "true"}),
+        facts("gpu-h100-b", os=("ubuntu", "22.04")),
+        facts("gpu-a100-a", os=("ubuntu", "24.04"), kernel="6.8.0-45-generic"),
+        facts("cpu-a", gpu=False),
+    ]
+
+
+def render_all(
+    spec: ClusterPolicySpec,
+    nodes: list[NodeFacts] | None = None,
+    *,
+    namespace: str = NAMESPACE,
+    api_groups: frozenset[str] = frozenset(),
+) -> list[StatePlan]:
+    """The whole pipeline as the operator runs it: label the nodes, then plan on the relabelled nodes."""
+    nodes = fixed_nodes() if nodes is None else nodes
+    patched = relabelled(nodes, label_patches(nodes, spec))
+    ctx = RenderContext(spec=spec, namespace=namespace, nodes=tuple(patched), owner=OWNER, api_groups=api_groups)
+    return plan(ctx)
+
+
+def objects(plans: list[StatePlan]) -> list[dict[str, Any]]:
+    return [obj for p in plans for obj in p.objects]
+
+
+def daemonsets(plans: list[StatePlan]) -> list[dict[str, Any]]:
+    return [obj for obj in objects(plans) if obj["kind"] == "DaemonSet"]
+
+
+def daemonset(plans: list[StatePlan], name: str) -> dict[str, Any]:
+    found = [ds for ds in daemonsets(plans) if ds["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one DaemonSet {name}, found {[d['metadata']['name'] for d in daemonsets(plans)]}"
+    return found[0]
+
+
+def container(ds: dict[str, Any], name: str) -> dict[str, Any]:
+    for c in ds["spec"]["template"]["spec"]["containers"]:
+        if c["name"] == name:
+            return c
+    raise AssertionError(f"{ds['metadata']['name']} has no container {name}")

@@ -1,0 +1,551 @@
+"""The ClusterPolicy model: upstream YAML validates unchanged, bad input is named by field path and rule."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import yaml
+
+from gpu_operator import images
+from gpu_operator.api import ComponentSpec, PolicyError, parse_spec, unknown_fields
+from support import load_policy
+
+# A ClusterPolicy as upstream's Helm chart renders it, including fields this operator does not act on.
+UPSTREAM = yaml.safe_load(
+    """
+apiVersion: nvidia.com/v1
+kind: ClusterPolicy
+metadata:
+  name: cluster-policy
+spec:
+  hostPaths:
+    rootFS: /host-root
+    driverInstallDir: /run/nvidia/driver
+  operator:
+    defaultRuntime: containerd
+    runtimeClass: nvidia
+    initContainer:
+      repository: nvcr.io/nvidia
+      image: cuda
+      version: 12.8.1-base-ubi9
+      imagePullPolicy: IfNotPresent
+    use_ocp_driver_toolkit: false
+  daemonsets:
+    labels: {team: gpu}
+    annotations: {}
+    tolerations:
+    - {key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}
+    priorityClassName: system-node-critical
+    updateStrategy: RollingUpdate
+    rollingUpdate:
+      maxUnavailable: "1"
+  validator:
+    repository: nvcr.io/nvidia/cloud-native
+    image: gpu-operator-validator
+    version: v25.10.0
+    imagePullPolicy: IfNotPresent
+    plugin:
+      env:
+      - {name: WITH_WORKLOAD, value: "false"}
+    vfioPCI:
+      env: []
+  mig:
+    strategy: single
+  psa:
+    enabled: false
+  psp:
+    enabled: false
+  cdi:
+    enabled: true
+    default: false
+  driver:
+    enabled: true
+    useNvidiaDriverCRD: false
+    useOpenKernelModules: false
+    kernelModuleType: auto
+    usePrecompiled: false
+    repository: nvcr.io/nvidia
+    image: driver
+    version: "580.105.08"
+    imagePullPolicy: IfNotPresent
+    startupProbe: {initialDelaySeconds: 60, periodSeconds: 10, timeoutSeconds: 60, failureThreshold: 120}
+    livenessProbe: {initialDelaySeconds: 60, periodSeconds: 10}
+    readinessProbe: {initialDelaySeconds: 10, periodSeconds: 10}
+    rdma:
+      enabled: false
+      useHostMofed: false
+    manager:
+      repository: nvcr.io/nvidia/cloud-native
+      image: k8s-driver-manager
+      version: v0.9.1
+      imagePullPolicy: IfNotPresent
+      env:
+      - {name: ENABLE_GPU_POD_EVICTION, value: "true"}
+      - {name: ENABLE_AUTO_DRAIN, value: "false"}
+    repoConfig:
+      configMapName: ""
+    certConfig:
+      name: ""
+    licensingConfig:
+      configMapName: ""
+      nlsEnabled: true
+    virtualTopology:
+      config: ""
+    kernelModuleConfig:
+      name: ""
+    upgradePolicy:
+      autoUpgrade: true
+      maxParallelUpgrades: 1
+      maxUnavailable: 25%
+      waitForCompletion:
+        timeoutSeconds: 0
+        podSelector: ""
+      podDeletion:
+        force: false
+        timeoutSeconds: 300
+        deleteEmptyDir: false
+      drain:
+        enable: false
+        force: false
+        timeoutSeconds: 300
+        deleteEmptyDir: false
+  vgpuManager:
+    enabled: false
+    image: vgpu-manager
+    driverManager:
+      repository: nvcr.io/nvidia/cloud-native
+      image: k8s-driver-manager
+      version: v0.9.1
+  kataManager:
+    enabled: false
+    config:
+      artifactsDir: /opt/nvidia-gpu-operator/artifacts/runtimeclasses
+  vfioManager:
+    enabled: true
+    repository: nvcr.io/nvidia
+    image: cuda
+    version: 12.8.1-base-ubi9
+    driverManager:
+      repository: nvcr.io/nvidia/cloud-native
+      image: k8s-driver-manager
+      version: v0.9.1
+  vgpuDeviceManager:
+    enabled: true
+    repository: nvcr.io/nvidia/cloud-native
+    image: vgpu-device-manager
+    version: v0.4.1
+    config:
+      name: ""
+      default: default
+  ccManager:
+    enabled: false
+    defaultMode: "off"
+    repository: nvcr.io/nvidia/cloud-native
+    image: k8s-cc-manager
+    version: v0.1.1
+  toolkit:
+    enabled: true
+    repository: nvcr.io/nvidia/k8s
+    image: container-toolkit
+    version: v1.18.1
+    imagePullPolicy: IfNotPresent
+    installDir: /usr/local/nvidia
+    env:
+    - {name: CONTAINERD_CONFIG, value: /etc/containerd/config.toml}
+  devicePlugin:
+    enabled: true
+    repository: nvcr.io/nvidia
+    image: k8s-device-plugin
+    version: v0.18.1
+    imagePullPolicy: IfNotPresent
+    env:
+    - {name: PASS_DEVICE_SPECS, value: "true"}
+    config:
+      name: ""
+      default: ""
+    mps:
+      root: /run/nvidia/mps
+  dcgm:
+    enabled: false
+    repository: nvcr.io/nvidia/cloud-native
+    image: dcgm
+    version: 4.4.2-1-ubuntu22.04
+    hostPort: 5555
+  dcgmExporter:
+    enabled: true
+    repository: nvcr.io/nvidia/k8s
+    image: dcgm-exporter
+    version: 4.4.2-4.7.0-ubuntu22.04
+    imagePullPolicy: IfNotPresent
+    env:
+    - {name: DCGM_EXPORTER_LISTEN, value: ":9400"}
+    - {name: DCGM_EXPORTER_KUBERNETES, value: "true"}
+    - {name: DCGM_EXPORTER_COLLECTORS, value: /etc/dcgm-exporter/dcp-metrics-included.csv}
+    serviceMonitor:
+      enabled: false
+      interval: 15s
+      honorLabels: false
+      additionalLabels: {}
+      relabelings: []
+    service:
+      internalTrafficPolicy: Cluster
+  gfd:
+    enabled: true
+    repository: nvcr.io/nvidia
+    image: k8s-device-plugin
+    version: v0.18.1
+    imagePullPolicy: IfNotPresent
+    env:
+    - {name: GFD_SLEEP_INTERVAL, value: 60s}
+    - {name: GFD_FAIL_ON_INIT_ERROR, value: "true"}
+  migManager:
+    enabled: true
+    repository: nvcr.io/nvidia/cloud-native
+    image: k8s-mig-manager
+    version: v0.13.1
+    imagePullPolicy: IfNotPresent
+    env:
+    - {name: WITH_REBOOT, value: "false"}
+    config:
+      name: ""
+      default: all-disabled
+    gpuClientsConfig:
+      name: ""
+  nodeStatusExporter:
+    enabled: false
+    repository: nvcr.io/nvidia/cloud-native
+    image: gpu-operator-validator
+    version: v25.10.0
+  gds:
+    enabled: false
+    repository: nvcr.io/nvidia/cloud-native
+    image: nvidia-fs
+    version: "2.26.6"
+  gdrcopy:
+    enabled: false
+    repository: nvcr.io/nvidia/cloud-native
+    image: gdrdrv
+    version: v2.5.1
+  sandboxWorkloads:
+    enabled: false
+    defaultWorkload: container
+  sandboxDevicePlugin:
+    enabled: true
+    repository: nvcr.io/nvidia
+    image: kubevirt-gpu-device-plugin
+    version: v1.4.0
+"""
+)
+
+
+def problems_of(spec: dict[str, Any] | None) -> list[str]:
+    with pytest.raises(PolicyError) as info:
+        parse_spec(spec)
+    return info.value.problems
+
+
+def nested(path: str, value: Any) -> dict[str, Any]:
+    """{"a": {"b": value}} from "a.b"."""
+    out: Any = value
+    for key in reversed(path.split(".")):
+        out = {key: out}
+    return dict(out)
+
+
+# Defaults
+
+
+def test_empty_spec_gets_reference_defaults() -> None:
+    for raw in (None, {}):
+        spec = parse_spec(raw)
+        assert spec.operator.runtime_class == "nvidia"
+        assert spec.daemonsets.priority_class_name == "system-node-critical"
+        assert spec.daemonsets.update_strategy == "RollingUpdate"
+        assert spec.driver.enabled is True
+        assert spec.driver.kernel_module_type == "auto"
+        policy = spec.driver.upgrade_policy
+        assert policy.auto_upgrade is False
+        assert policy.max_parallel_upgrades == 1
+        assert policy.max_unavailable == "25%"
+        assert policy.wait_for_completion.timeout_seconds == 0
+        assert (policy.drain.enable, policy.drain.force, policy.drain.timeout_seconds) == (False, False, 300)
+        assert spec.toolkit.enabled and spec.toolkit.install_dir == "/usr/local/nvidia"
+        assert spec.device_plugin.enabled and spec.device_plugin.mps.root == "/run/nvidia/mps"
+        assert spec.dcgm.enabled is False and spec.dcgm.host_port == 5555
+        assert spec.dcgm_exporter.enabled and spec.gfd.enabled and spec.mig_manager.enabled
+        assert spec.mig_manager.config.default == "all-disabled"
+        assert spec.node_status_exporter.enabled is False
+        assert spec.sandbox_workloads.enabled is False
+        assert spec.sandbox_workloads.default_workload == "container"
+        for section in ("vfio_manager", "vgpu_manager", "vgpu_device_manager", "sandbox_device_plugin", "cc_manager"):
+            assert getattr(spec, section).enabled is False, section
+        assert spec.gds.enabled is False and spec.gdrcopy.enabled is False
+        assert (spec.host_paths.root_fs, spec.host_paths.driver_install_dir) == ("/", "/run/nvidia/driver")
+
+
+def test_pod_deletion_defaults_when_given_empty() -> None:
+    pod_deletion = parse_spec(nested("driver.upgradePolicy.podDeletion", {})).driver.upgrade_policy.pod_deletion
+    assert pod_deletion is not None
+    assert (pod_deletion.force, pod_deletion.timeout_seconds, pod_deletion.delete_empty_dir) == (False, 300, False)
+
+
+# Valid input
+
+
+def test_default_sample_validates_without_unknown_fields() -> None:
+    spec = parse_spec(load_policy()["spec"])
+    assert spec.driver.upgrade_policy.auto_upgrade is True
+    assert spec.validator.plugin.env[0].name == "WITH_WORKLOAD"
+    assert unknown_fields(spec) == []
+
+
+def test_upstream_yaml_validates_and_maps_upstream_names() -> None:
+    spec = parse_spec(UPSTREAM["spec"])
+    assert spec.host_paths.root_fs == "/host-root"
+    assert spec.driver.use_nvidia_driver_crd is False
+    assert spec.driver.rdma.use_host_mofed is False
+    assert spec.driver.upgrade_policy.pod_deletion is not None
+    assert spec.driver.upgrade_policy.max_unavailable == "25%"
+    assert spec.driver.startup_probe is not None and spec.driver.startup_probe.failure_threshold == 120
+    assert spec.validator.vfio_pci.env == []
+    assert spec.dcgm_exporter.service.internal_traffic_policy == "Cluster"
+    assert spec.vfio_manager.enabled is True
+    assert spec.vgpu_manager.image == "vgpu-manager"
+
+
+def test_unknown_fields_are_reported_and_kept() -> None:
+    spec = parse_spec(UPSTREAM["spec"])
+    assert unknown_fields(spec) == [
+        "spec.kataManager",
+        "spec.psp",
+        "spec.operator.initContainer",
+        "spec.operator.use_ocp_driver_toolkit",
+        "spec.driver.useOpenKernelModules",
+        "spec.driver.virtualTopology",
+        "spec.vfioManager.driverManager",
+        "spec.vgpuManager.driverManager",
+        "spec.vgpuDeviceManager.config",
+        "spec.ccManager.defaultMode",
+    ]
+    dumped = spec.model_dump(by_alias=True)
+    assert dumped["kataManager"] == UPSTREAM["spec"]["kataManager"]
+    assert dumped["driver"]["virtualTopology"] == {"config": ""}
+    assert dumped["ccManager"]["defaultMode"] == "off"
+
+
+def test_upstream_field_names_are_not_unknown() -> None:
+    """Upstream spells some fields with acronyms (rootFS, vfioPCI, useNvidiaDriverCRD); they must be understood."""
+    spec = parse_spec(
+        {
+            "hostPaths": {"rootFS": "/host"},
+            "validator": {"vfioPCI": {"env": [{"name": "A", "value": "b"}]}},
+            "driver": {"useNvidiaDriverCRD": True},
+        }
+    )
+    assert unknown_fields(spec) == []
+    assert spec.host_paths.root_fs == "/host"
+    assert spec.validator.vfio_pci.env[0].value == "b"
+    assert spec.driver.use_nvidia_driver_crd is True
+
+
+@pytest.mark.parametrize("value", [0, 3, "3", "0", "25%", "100%"])
+def test_int_or_percent_accepts(value: int | str) -> None:
+    spec = parse_spec(
+        {
+            "driver": {"upgradePolicy": {"maxUnavailable": value}},
+            "daemonsets": {"rollingUpdate": {"maxUnavailable": value}},
+        }
+    )
+    assert spec.driver.upgrade_policy.max_unavailable == value
+    assert spec.daemonsets.rolling_update.max_unavailable == value
+
+
+def test_image_alone_is_allowed() -> None:
+    spec = parse_spec({"driver": {"image": "registry.example.com/driver:1.2.3"}})
+    assert spec.driver.image == "registry.example.com/driver:1.2.3"
+
+
+# Invalid input: each problem names the field path and the rule
+
+INT_OR_PERCENT = 'must be a non-negative integer or a percentage like "25%"'
+
+INVALID = [
+    ("mig.strategy", "bogus", "spec.mig.strategy", "'none', 'single' or 'mixed'"),
+    ("driver.kernelModuleType", "closed", "spec.driver.kernelModuleType", "'auto', 'open' or 'proprietary'"),
+    ("daemonsets.updateStrategy", "Recreate", "spec.daemonsets.updateStrategy", "'RollingUpdate' or 'OnDelete'"),
+    ("sandboxWorkloads.defaultWorkload", "vm", "spec.sandboxWorkloads.defaultWorkload", "'vm-passthrough'"),
+    ("driver.imagePullPolicy", "Sometimes", "spec.driver.imagePullPolicy", "'Always', 'IfNotPresent' or 'Never'"),
+    ("driver.upgradePolicy.maxUnavailable", "abc", "spec.driver.upgradePolicy.maxUnavailable", INT_OR_PERCENT),
+    ("driver.upgradePolicy.maxUnavailable", -1, "spec.driver.upgradePolicy.maxUnavailable", INT_OR_PERCENT),
+    ("driver.upgradePolicy.maxUnavailable", "-1", "spec.driver.upgradePolicy.maxUnavailable", INT_OR_PERCENT),
+    ("driver.upgradePolicy.maxUnavailable", "25 %", "spec.driver.upgradePolicy.maxUnavailable", INT_OR_PERCENT),
+    ("daemonsets.rollingUpdate.maxUnavailable", "half", "spec.daemonsets.rollingUpdate.maxUnavailable", INT_OR_PERCENT),
+    ("daemonsets.rollingUpdate.maxUnavailable", -2, "spec.daemonsets.rollingUpdate.maxUnavailable", INT_OR_PERCENT),
+    ("driver.upgradePolicy.maxParallelUpgrades", -1, "spec.driver.upgradePolicy.maxParallelUpgrades", ">= 0"),
+    (
+        "driver.upgradePolicy.podDeletion.timeoutSeconds",
+        -5,
+        "spec.driver.upgradePolicy.podDeletion.timeoutSeconds",
+        ">= 0",
+    ),
+    ("driver.upgradePolicy.drain.timeoutSeconds", -1, "spec.driver.upgradePolicy.drain.timeoutSeconds", ">= 0"),
+    (
+        "driver.upgradePolicy.waitForCompletion.timeoutSeconds",
+        -1,
+        "spec.driver.upgradePolicy.waitForCompletion.timeoutSeconds",
+        ">= 0",
+    ),
+    ("dcgm.hostPort", 0, "spec.dcgm.hostPort", ">= 1"),
+    ("dcgm.hostPort", 70000, "spec.dcgm.hostPort", "<= 65535"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "where", "rule"), INVALID, ids=[f"{c[0]}={c[1]!r}" for c in INVALID])
+def test_invalid_value_is_named_by_path_and_rule(path: str, value: Any, where: str, rule: str) -> None:
+    problems = problems_of(nested(path, value))
+    assert problems, "no problem reported"
+    for line in problems:
+        assert line.startswith(f"{where}: "), line
+    text = " ".join(problems).replace("greater than or equal to ", ">= ").replace("less than or equal to ", "<= ")
+    assert rule in text, problems
+
+
+@pytest.mark.parametrize(
+    ("section", "fields", "missing"),
+    [
+        ("driver", {"repository": "nvcr.io/nvidia"}, "missing image, version"),
+        ("driver", {"repository": "nvcr.io/nvidia", "image": "driver"}, "missing version"),
+        ("toolkit", {"image": "container-toolkit", "version": "v1.18.1"}, "missing repository"),
+        ("devicePlugin", {"version": "v0.18.1"}, "missing repository, image"),
+        ("dcgmExporter", {"repository": "nvcr.io/nvidia/k8s", "version": "4.4.2"}, "missing image"),
+    ],
+)
+def test_partial_image_fields_are_rejected(section: str, fields: dict[str, str], missing: str) -> None:
+    assert problems_of({section: fields}) == [
+        f"spec.{section}: image: set repository, image and version together (or image alone); {missing}"
+    ]
+
+
+def test_partial_image_fields_in_a_nested_component() -> None:
+    problems = problems_of({"driver": {"manager": {"repository": "nvcr.io/nvidia/cloud-native"}}})
+    assert len(problems) == 1
+    assert problems[0].startswith("spec.driver.manager: image: ")
+
+
+@pytest.mark.parametrize(
+    ("spec", "where", "rule"),
+    [
+        ({"driver": {"enabled": "maybe"}}, "spec.driver.enabled", "valid boolean"),
+        ({"driver": "yes"}, "spec.driver", "valid dictionary"),
+        ({"toolkit": {"args": "--verbose"}}, "spec.toolkit.args", "valid list"),
+        ({"toolkit": {"env": {"A": "b"}}}, "spec.toolkit.env", "valid list"),
+        ({"driver": {"env": [{"name": "A", "value": 1}]}}, "spec.driver.env[0].value", "valid string"),
+        ({"driver": {"env": [{"name": "A", "value": True}]}}, "spec.driver.env[0].value", "valid string"),
+        ({"driver": {"env": [{"value": "x"}]}}, "spec.driver.env[0].name", "Field required"),
+        ({"daemonsets": {"labels": ["a"]}}, "spec.daemonsets.labels", "valid dictionary"),
+        ({"daemonsets": {"tolerations": {"key": "x"}}}, "spec.daemonsets.tolerations", "valid list"),
+        (
+            {"driver": {"upgradePolicy": {"maxParallelUpgrades": "two"}}},
+            "spec.driver.upgradePolicy.maxParallelUpgrades",
+            "valid integer",
+        ),
+        ({"dcgm": {"hostPort": "abc"}}, "spec.dcgm.hostPort", "valid integer"),
+        ({"driver": {"upgradePolicy": {"maxUnavailable": True}}}, "spec.driver.upgradePolicy.maxUnavailable", "valid"),
+        ({"driver": {"upgradePolicy": {"maxUnavailable": 1.5}}}, "spec.driver.upgradePolicy.maxUnavailable", "valid"),
+        ({"driver": {"startupProbe": {"initialDelay": 5}}}, "spec.driver.startupProbe.initialDelay", "Extra inputs"),
+        (
+            {"driver": {"env": [{"name": "A", "value": "b", "valueFrom": {}}]}},
+            "spec.driver.env[0].valueFrom",
+            "Extra inputs",
+        ),
+        ({"driver": {"resources": {"limits": {"cpu": [1]}}}}, "spec.driver.resources.limits.cpu", "valid"),
+    ],
+)
+def test_wrong_types_are_named_by_path(spec: dict[str, Any], where: str, rule: str) -> None:
+    problems = problems_of(spec)
+    assert problems
+    for line in problems:
+        assert line.startswith(f"{where}: "), line
+    assert rule in " ".join(problems), problems
+
+
+def test_every_problem_is_reported_once_in_stable_order() -> None:
+    spec = {
+        "mig": {"strategy": "bogus"},
+        "driver": {"kernelModuleType": "x", "upgradePolicy": {"maxParallelUpgrades": -1}},
+        "daemonsets": {"updateStrategy": "Foo"},
+    }
+    problems = problems_of(spec)
+    assert [p.split(":")[0] for p in problems] == [
+        "spec.daemonsets.updateStrategy",
+        "spec.driver.kernelModuleType",
+        "spec.driver.upgradePolicy.maxParallelUpgrades",
+        "spec.mig.strategy",
+    ]
+    assert problems == problems_of(copy.deepcopy(spec))
+
+
+def test_policy_error_message_is_one_line_per_problem() -> None:
+    with pytest.raises(PolicyError) as info:
+        parse_spec({"mig": {"strategy": "x"}, "dcgm": {"hostPort": 0}})
+    assert str(info.value).splitlines() == info.value.problems
+    assert len(info.value.problems) == 2
+
+
+def test_a_spec_that_is_not_a_mapping() -> None:
+    problems = problems_of([1, 2])  # type: ignore[arg-type]
+    assert len(problems) == 1 and problems[0].startswith("spec: ")
+
+
+# Image resolution
+
+
+def component(**fields: str) -> ComponentSpec:
+    return ComponentSpec.model_validate(fields)
+
+
+def test_image_from_repository_image_version() -> None:
+    spec = component(repository="nvcr.io/nvidia", image="driver", version="580.105.08")
+    assert images.resolve(spec, "driver") == "nvcr.io/nvidia/driver:580.105.08"
+
+
+def test_image_with_sha256_digest() -> None:
+    digest = "sha256:" + "a" * 64
+    spec = component(repository="registry.local/nvidia", image="k8s-device-plugin", version=digest)
+    assert images.resolve(spec, "device-plugin") == f"registry.local/nvidia/k8s-device-plugin@{digest}"
+
+
+def test_image_alone_is_verbatim() -> None:
+    spec = component(image="registry.local/mirror/toolkit:custom")
+    assert images.resolve(spec, "toolkit") == "registry.local/mirror/toolkit:custom"
+    assert images.resolve(spec, "toolkit", "ignored-tag") == "registry.local/mirror/toolkit:custom"
+
+
+@pytest.mark.parametrize("key", sorted(images.DEFAULTS))
+def test_default_image_when_nothing_is_set(key: str) -> None:
+    repo, image, version = images.DEFAULTS[key]
+    assert images.resolve(component(), key) == f"{repo}/{image}:{version}"
+
+
+def test_default_versions_follow_the_v26_7_matrix() -> None:
+    assert images.DEFAULTS["driver"][2] == "595.91.07"
+    assert images.DEFAULTS["toolkit"][2] == "v1.20.0"
+    assert images.DEFAULTS["device-plugin"][2] == images.DEFAULTS["gfd"][2] == "v0.20.0"
+    assert images.DEFAULTS["dcgm-exporter"][2].startswith("4.6.0-4.8.3")
+    assert images.DEFAULTS["mig-manager"][2] == "v0.15.0"
+    assert images.DEFAULTS["driver-manager"][2] == "v0.12.0"
+
+
+def test_version_override_replaces_only_the_tag() -> None:
+    spec = component(repository="nvcr.io/nvidia", image="driver", version="580.105.08")
+    assert images.resolve(spec, "driver", "580.105.08-ubuntu22.04") == "nvcr.io/nvidia/driver:580.105.08-ubuntu22.04"
+    assert images.resolve(component(), "driver", "595.91.07-rhel9.4") == "nvcr.io/nvidia/driver:595.91.07-rhel9.4"
+
+
+def test_version_of() -> None:
+    assert images.version_of(component(repository="r", image="i", version="1.0"), "driver") == "1.0"
+    assert images.version_of(component(image="registry:5000/x/driver:2.0"), "driver") == "2.0"
+    assert images.version_of(component(image="registry:5000/x/driver"), "driver") == "595.91.07"
+    assert images.version_of(component(), "driver") == "595.91.07"

@@ -1,0 +1,303 @@
+"""The `gpu-operator` command line: `render` and `crds`, in-process and as a process for exit codes."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gpu_operator.api import parse_spec
+from gpu_operator.cli import main
+from gpu_operator.states import all_states
+from support import REPO, SAMPLE_NODES, SAMPLE_POLICY
+
+
+def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gpu_operator.cli", *args],
+        cwd=REPO,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def render_in_process(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    rc = main(["render", *args])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def docs_of(out: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+@pytest.fixture(scope="module")
+def sample_output() -> str:
+    proc = run_cli("render", "--policy", str(SAMPLE_POLICY), "--nodes", str(SAMPLE_NODES))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "", "the default sample must render without warnings"
+    return proc.stdout
+
+
+# The sample node file itself
+
+
+def test_sample_nodes_file() -> None:
+    doc = yaml.safe_load(SAMPLE_NODES.read_text())
+    assert doc["kind"] == "List"
+    nodes = doc["items"]
+    assert [n["kind"] for n in nodes] == ["Node"] * 4
+    gpu = [n for n in nodes if n["metadata"]["labels"].get("feature.node.kubernetes.io/pci-10de.present") == "true"]
+    assert len(gpu) == 3
+    os_versions = sorted(
+        n["metadata"]["labels"]["feature.node.kubernetes.io/system-os_release.VERSION_ID"] for n in gpu
+    )
+    assert os_versions == ["22.04", "22.04", "24.04"]
+    for n in nodes:
+        labels = n["metadata"]["labels"]
+        assert labels["feature.node.kubernetes.io/system-os_release.ID"] == "ubuntu"
+        assert labels["feature.node.kubernetes.io/kernel-version.full"]
+
+
+# render
+
+
+def test_render_prints_a_daemonset_for_every_enabled_state(sample_output: str) -> None:
+    docs = docs_of(sample_output)
+    components = {d["metadata"]["labels"]["app.kubernetes.io/component"] for d in docs if d["kind"] == "DaemonSet"}
+    spec = parse_spec(yaml.safe_load(SAMPLE_POLICY.read_text())["spec"])
+    expected = {s.name for s in all_states() if s.deploy_label and s.enabled(spec)}
+    assert components == expected
+    names = {d["metadata"]["name"] for d in docs if d["kind"] == "DaemonSet"}
+    assert "nvidia-dcgm" not in names, "dcgm is disabled in the sample"
+    assert "nvidia-node-status-exporter" not in names
+    assert "# state-dcgm: disabled" in sample_output
+    assert "# state-node-status-exporter: disabled" in sample_output
+
+
+def test_render_two_driver_daemonsets(sample_output: str) -> None:
+    drivers = [
+        d
+        for d in docs_of(sample_output)
+        if d["kind"] == "DaemonSet" and d["metadata"]["name"].startswith("nvidia-driver")
+    ]
+    assert [d["metadata"]["name"] for d in drivers] == [
+        "nvidia-driver-daemonset-ubuntu22.04",
+        "nvidia-driver-daemonset-ubuntu24.04",
+    ]
+    for ds, version in zip(drivers, ("22.04", "24.04"), strict=True):
+        pod = ds["spec"]["template"]["spec"]
+        assert pod["nodeSelector"] == {
+            "nvidia.com/gpu.deploy.driver": "true",
+            "feature.node.kubernetes.io/system-os_release.ID": "ubuntu",
+            "feature.node.kubernetes.io/system-os_release.VERSION_ID": version,
+        }
+        (ctr,) = [c for c in pod["containers"] if c["name"] == "nvidia-driver-ctr"]
+        assert ctr["image"] == f"nvcr.io/nvidia/driver:595.91.07-ubuntu{version}"
+        assert ds["spec"]["updateStrategy"] == {"type": "OnDelete"}
+
+
+def test_render_label_patches_for_gpu_nodes_only(sample_output: str) -> None:
+    patches = {d["metadata"]["name"]: d["metadata"]["labels"] for d in docs_of(sample_output) if d["kind"] == "Node"}
+    assert set(patches) == {"gpu-h100-a", "gpu-h100-b", "gpu-a100-a"}
+    for labels in patches.values():
+        assert labels["nvidia.com/gpu.present"] == "true"
+        assert labels["nvidia.com/gpu.deploy.driver"] == "true"
+        assert all(isinstance(v, str) for v in labels.values())
+    assert "cpu-a" not in sample_output
+
+
+def test_render_objects_are_namespaced_and_owned(sample_output: str) -> None:
+    for doc in docs_of(sample_output):
+        if doc["kind"] == "Node":
+            continue
+        meta = doc["metadata"]
+        owner = meta["ownerReferences"][0]
+        assert (owner["kind"], owner["name"], owner["controller"]) == ("ClusterPolicy", "cluster-policy", True)
+        if doc["kind"] not in {"ClusterRole", "ClusterRoleBinding", "RuntimeClass"}:
+            assert meta["namespace"] == "gpu-operator", doc["kind"]
+
+
+def test_render_is_stable(capsys: pytest.CaptureFixture[str], sample_output: str) -> None:
+    first = render_in_process(capsys, "--policy", str(SAMPLE_POLICY), "--nodes", str(SAMPLE_NODES))
+    second = render_in_process(capsys, "--policy", str(SAMPLE_POLICY), "--nodes", str(SAMPLE_NODES))
+    assert first == second
+    assert first == (0, sample_output, "")
+
+
+def test_render_namespace_option(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = render_in_process(
+        capsys, "--policy", str(SAMPLE_POLICY), "--nodes", str(SAMPLE_NODES), "--namespace", "gpu"
+    )
+    assert rc == 0
+    namespaced = [d for d in docs_of(out) if "namespace" in d["metadata"]]
+    assert namespaced and {d["metadata"]["namespace"] for d in namespaced} == {"gpu"}
+
+
+def test_render_without_nodes(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = render_in_process(capsys, "--policy", str(SAMPLE_POLICY))
+    assert (rc, err) == (0, "")
+    docs = docs_of(out)
+    assert not any(d["kind"] == "Node" for d in docs)
+    assert not any(d["metadata"]["name"].startswith("nvidia-driver-daemonset") for d in docs)
+
+
+def test_render_policy_from_stdin(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(SAMPLE_POLICY.read_text()))
+    rc, out, _ = render_in_process(capsys, "--policy", "-", "--nodes", str(SAMPLE_NODES))
+    assert rc == 0
+    assert out == render_in_process(capsys, "--policy", str(SAMPLE_POLICY), "--nodes", str(SAMPLE_NODES))[1]
+
+
+def test_render_bare_spec_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bare = tmp_path / "spec.yaml"
+    bare.write_text(yaml.safe_dump({"dcgm": {"enabled": True}}))
+    rc, out, _ = render_in_process(capsys, "--policy", str(bare), "--nodes", str(SAMPLE_NODES))
+    assert rc == 0
+    assert any(d["kind"] == "DaemonSet" and d["metadata"]["name"] == "nvidia-dcgm" for d in docs_of(out))
+
+
+def test_render_warns_about_unknown_fields(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    policy = yaml.safe_load(SAMPLE_POLICY.read_text())
+    policy["spec"]["kataManager"] = {"enabled": False}
+    policy["spec"]["driver"]["virtualTopology"] = {"config": ""}
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    rc, out, err = render_in_process(capsys, "--policy", str(path))
+    assert rc == 0 and out
+    assert err.splitlines() == [
+        "warning: spec.kataManager: not used by this operator (kept as is)",
+        "warning: spec.driver.virtualTopology: not used by this operator (kept as is)",
+    ]
+
+
+# Errors: exit 2, one line each, no traceback
+
+
+def test_invalid_policy_exits_2_with_one_line_per_problem(tmp_path: Path) -> None:
+    policy = yaml.safe_load(SAMPLE_POLICY.read_text())
+    policy["spec"]["mig"]["strategy"] = "bogus"
+    policy["spec"]["driver"]["kernelModuleType"] = "closed"
+    policy["spec"]["driver"]["upgradePolicy"]["maxUnavailable"] = "abc"
+    policy["spec"]["driver"]["upgradePolicy"]["maxParallelUpgrades"] = -1
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    proc = run_cli("render", "--policy", str(path), "--nodes", str(SAMPLE_NODES))
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert [line.split(":")[1].strip() for line in lines] == [
+        "spec.driver.kernelModuleType",
+        "spec.driver.upgradePolicy.maxParallelUpgrades",
+        "spec.driver.upgradePolicy.maxUnavailable",
+        "spec.mig.strategy",
+    ]
+    assert all(line.startswith("error: spec.") for line in lines)
+    assert (
+        'error: spec.driver.upgradePolicy.maxUnavailable: must be a non-negative integer or a percentage like "25%"'
+        in lines
+    )
+
+
+def test_invalid_policy_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"kind": "ClusterPolicy", "spec": {"driver": {"repository": "nvcr.io/nvidia"}}}))
+    rc, out, err = render_in_process(capsys, "--policy", str(path))
+    assert (rc, out) == (2, "")
+    assert err == (
+        "error: spec.driver: image: set repository, image and version together (or image alone); "
+        "missing image, version\n"
+    )
+
+
+@pytest.mark.parametrize("which", ["policy", "nodes"])
+def test_missing_file_exits_2_with_one_line(tmp_path: Path, which: str) -> None:
+    missing = str(tmp_path / "missing.yaml")
+    args = ["--policy", missing] if which == "policy" else ["--policy", str(SAMPLE_POLICY), "--nodes", missing]
+    proc = run_cli("render", *args)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("error: ") and "missing.yaml" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("spec:\n  driver: [\n", "invalid YAML"),
+        ("- a\n- b\n", "expected a YAML mapping"),
+        ("apiVersion: v1\nkind: ConfigMap\n", "no ClusterPolicy found"),
+        ("kind: 5\n", "no ClusterPolicy found"),
+    ],
+)
+def test_unusable_policy_file_exits_2_with_one_line(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(content)
+    proc = run_cli("render", "--policy", str(path))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"error: {path}: ") and message in lines[0]
+
+
+def test_unusable_nodes_file_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "nodes.yaml"
+    path.write_text("kind: List\nitems: [1, 2]\n")
+    proc = run_cli("render", "--policy", str(SAMPLE_POLICY), "--nodes", str(path))
+    assert proc.returncode == 2
+    assert len(proc.stderr.splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+# crds, help, version
+
+
+def test_crds_subprocess_matches_committed_file() -> None:
+    proc = run_cli("crds")
+    assert proc.returncode == 0
+    assert proc.stdout == (REPO / "crds" / "nvidia.com_clusterpolicies.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ([], ["render", "crds", "run"]),
+        (["render"], ["--policy", "--nodes", "--namespace"]),
+        (["crds"], ["--apply"]),
+        (["run"], ["--kubeconfig", "--metrics-port"]),
+    ],
+)
+def test_help(command: list[str], expected: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main([*command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for word in expected:
+        assert word in out
+
+
+def test_help_as_a_process() -> None:
+    for command in (["render"], ["crds"], ["run"]):
+        proc = run_cli(*command, "--help")
+        assert proc.returncode == 0 and "usage: gpu-operator" in proc.stdout
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith("gpu-operator ")
+
+
+def test_usage_errors_exit_2() -> None:
+    assert run_cli().returncode == 2
+    assert run_cli("render").returncode == 2  # --policy is required
+    assert run_cli("frobnicate").returncode == 2

@@ -1,0 +1,232 @@
+"""The ClusterPolicy CRD: generated from the model, committed in sync, and a valid structural schema."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from gpu_operator import api
+from gpu_operator.cli import main
+from gpu_operator.crd import clusterpolicy_crd, crds_yaml
+from support import REPO
+
+COMMITTED = REPO / "crds" / "nvidia.com_clusterpolicies.yaml"
+
+
+def test_committed_crd_is_up_to_date() -> None:
+    committed = COMMITTED.read_text()
+    generated = crds_yaml()
+    if committed != generated:
+        diff = "".join(
+            list(
+                difflib.unified_diff(committed.splitlines(True), generated.splitlines(True), "committed", "generated")
+            )[:60]
+        )
+        pytest.fail(f"{COMMITTED.relative_to(REPO)} is stale: run `make crds` and commit the result.\n{diff}")
+
+
+def test_cli_prints_the_same_crds(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["crds"]) == 0
+    assert capsys.readouterr().out == crds_yaml()
+
+
+@pytest.fixture(scope="module")
+def crd() -> dict[str, Any]:
+    return clusterpolicy_crd()
+
+
+@pytest.fixture(scope="module")
+def version(crd: dict[str, Any]) -> dict[str, Any]:
+    assert len(crd["spec"]["versions"]) == 1
+    return dict(crd["spec"]["versions"][0])
+
+
+@pytest.fixture(scope="module")
+def spec_schema(version: dict[str, Any]) -> dict[str, Any]:
+    return dict(version["schema"]["openAPIV3Schema"]["properties"]["spec"])
+
+
+def walk(node: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every schema node with its path (properties by name, additionalProperties as *, items as [])."""
+    yield path, node
+    for name, child in (node.get("properties") or {}).items():
+        yield from walk(child, f"{path}.{name}")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from walk(node["additionalProperties"], f"{path}.*")
+    if isinstance(node.get("items"), dict):
+        yield from walk(node["items"], f"{path}[]")
+
+
+def at(schema: dict[str, Any], path: str) -> dict[str, Any]:
+    node = schema
+    for part in path.split("."):
+        assert part in node.get("properties", {}), f"no field {part} in {path}"
+        node = node["properties"][part]
+    return node
+
+
+def test_identity(crd: dict[str, Any], version: dict[str, Any]) -> None:
+    assert crd["apiVersion"] == "apiextensions.k8s.io/v1"
+    assert crd["kind"] == "CustomResourceDefinition"
+    assert crd["metadata"]["name"] == "clusterpolicies.nvidia.com"
+    assert crd["spec"]["group"] == "nvidia.com"
+    names = crd["spec"]["names"]
+    assert (names["kind"], names["plural"], names["singular"], names["listKind"]) == (
+        "ClusterPolicy",
+        "clusterpolicies",
+        "clusterpolicy",
+        "ClusterPolicyList",
+    )
+    assert (version["name"], version["served"], version["storage"]) == ("v1", True, True)
+
+
+def test_cluster_scoped_with_status_subresource(crd: dict[str, Any], version: dict[str, Any]) -> None:
+    assert crd["spec"]["scope"] == "Cluster"
+    assert version["subresources"] == {"status": {}}
+
+
+def test_printer_columns(version: dict[str, Any]) -> None:
+    columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
+    assert columns["Status"]["jsonPath"] == ".status.state"
+    assert columns["Status"]["type"] == "string"
+    assert columns["Age"]["jsonPath"] == ".metadata.creationTimestamp"
+    assert columns["Age"]["type"] == "date"
+
+
+def test_schema_is_structural(version: dict[str, Any]) -> None:
+    root = version["schema"]["openAPIV3Schema"]
+    text = yaml.safe_dump(root)
+    assert "$ref" not in text and "$defs" not in text
+    problems = []
+    for path, node in walk(root):
+        where = path or "<root>"
+        int_or_string = node.get("x-kubernetes-int-or-string") is True
+        preserve = node.get("x-kubernetes-preserve-unknown-fields") is True
+        if not node.get("type") and not (int_or_string or preserve):
+            problems.append(f"{where}: no type")
+        if int_or_string and "type" in node:
+            problems.append(f"{where}: int-or-string with a type")
+        if "properties" in node and "additionalProperties" in node:
+            problems.append(f"{where}: both properties and additionalProperties")
+        if node.get("type") == "array" and not isinstance(node.get("items"), dict):
+            problems.append(f"{where}: array without items")
+        for key in ("allOf", "anyOf", "oneOf", "not"):
+            for branch in node.get(key, []) if key != "not" else [node.get("not") or {}]:
+                for forbidden in ("type", "description", "default", "additionalProperties", "nullable"):
+                    if forbidden in branch:
+                        problems.append(f"{where}: {forbidden} inside {key}")
+        for forbidden in ("title", "$defs", "discriminator", "const"):
+            if forbidden in node:
+                problems.append(f"{where}: {forbidden}")
+    assert problems == []
+
+
+def test_metadata_is_not_constrained(version: dict[str, Any]) -> None:
+    assert version["schema"]["openAPIV3Schema"]["properties"]["metadata"] == {"type": "object"}
+
+
+@pytest.mark.parametrize(
+    ("path", "values"),
+    [
+        ("mig.strategy", ["none", "single", "mixed"]),
+        ("driver.kernelModuleType", ["auto", "open", "proprietary"]),
+        ("daemonsets.updateStrategy", ["RollingUpdate", "OnDelete"]),
+        ("sandboxWorkloads.defaultWorkload", ["container", "vm-passthrough", "vm-vgpu"]),
+        ("operator.defaultRuntime", ["containerd", "crio", "docker"]),
+    ],
+)
+def test_enums(spec_schema: dict[str, Any], path: str, values: list[str]) -> None:
+    node = at(spec_schema, path)
+    assert node["type"] == "string"
+    assert node["enum"] == values
+
+
+@pytest.mark.parametrize("path", ["driver.upgradePolicy.maxUnavailable", "daemonsets.rollingUpdate.maxUnavailable"])
+def test_max_unavailable_is_int_or_string_with_cel_rule(spec_schema: dict[str, Any], path: str) -> None:
+    node = at(spec_schema, path)
+    assert node["x-kubernetes-int-or-string"] is True
+    assert "type" not in node
+    rules = node["x-kubernetes-validations"]
+    assert len(rules) == 1
+    rule = rules[0]
+    assert "type(self) == int" in rule["rule"] and "self >= 0" in rule["rule"]
+    # The CEL regex is the model's regex, so the API server and the operator accept the same strings.
+    assert f"self.matches('{api._PERCENT_OR_INT.pattern}')" in rule["rule"]
+    assert rule["message"] == 'must be a non-negative integer or a percentage like "25%"'
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "driver.upgradePolicy.maxParallelUpgrades",
+        "driver.upgradePolicy.podDeletion.timeoutSeconds",
+        "driver.upgradePolicy.drain.timeoutSeconds",
+        "driver.upgradePolicy.waitForCompletion.timeoutSeconds",
+    ],
+)
+def test_non_negative_integers(spec_schema: dict[str, Any], path: str) -> None:
+    node = at(spec_schema, path)
+    assert node["type"] == "integer"
+    assert node["minimum"] == 0
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "operator.runtimeClass",
+        "daemonsets.priorityClassName",
+        "driver.useNvidiaDriverCRD",
+        "driver.usePrecompiled",
+        "driver.rdma.useHostMofed",
+        "driver.repoConfig.configMapName",
+        "driver.licensingConfig.nlsEnabled",
+        "driver.upgradePolicy.autoUpgrade",
+        "driver.upgradePolicy.podDeletion.deleteEmptyDir",
+        "driver.manager.repository",
+        "toolkit.installDir",
+        "devicePlugin.config.name",
+        "devicePlugin.mps.root",
+        "dcgm.hostPort",
+        "dcgmExporter.serviceMonitor.additionalLabels",
+        "dcgmExporter.service.internalTrafficPolicy",
+        "migManager.gpuClientsConfig.name",
+        "validator.plugin.env",
+        "validator.vfioPCI.env",
+        "hostPaths.rootFS",
+        "hostPaths.driverInstallDir",
+        "sandboxWorkloads.enabled",
+    ],
+)
+def test_upstream_field_names(spec_schema: dict[str, Any], path: str) -> None:
+    at(spec_schema, path)
+
+
+def test_sections_keep_unknown_fields_and_leaves_are_closed(spec_schema: dict[str, Any]) -> None:
+    assert spec_schema["x-kubernetes-preserve-unknown-fields"] is True
+    for section in ("operator", "daemonsets", "driver", "toolkit", "devicePlugin", "dcgmExporter", "migManager"):
+        assert at(spec_schema, section).get("x-kubernetes-preserve-unknown-fields") is True, section
+    env_item = at(spec_schema, "driver.env")["items"]
+    assert "x-kubernetes-preserve-unknown-fields" not in env_item
+    assert env_item["properties"]["value"]["type"] == "string"
+    assert "x-kubernetes-preserve-unknown-fields" not in at(spec_schema, "driver.startupProbe")
+
+
+def test_resource_quantities_are_int_or_string(spec_schema: dict[str, Any]) -> None:
+    limits = at(spec_schema, "driver.resources.limits")
+    assert limits["type"] == "object"
+    assert limits["additionalProperties"] == {"x-kubernetes-int-or-string": True}
+
+
+def test_status_schema(version: dict[str, Any]) -> None:
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]
+    assert "x-kubernetes-preserve-unknown-fields" not in status
+    assert status["properties"]["state"]["enum"] == ["ready", "notReady", "ignored", "disabled"]
+    condition = status["properties"]["conditions"]["items"]
+    assert {"type", "status", "reason", "message", "lastTransitionTime", "observedGeneration"} <= set(
+        condition["properties"]
+    )
+    assert status["properties"]["observedGeneration"]["type"] == "integer"

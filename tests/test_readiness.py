@@ -1,0 +1,165 @@
+"""DaemonSet readiness (REFERENCE §2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gpu_operator.readiness import daemonset_ready, newest_revision_hash, pod_ready
+
+
+def ds(strategy: str = "RollingUpdate", generation: int = 2, **status: int) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "nvidia-x", "generation": generation},
+        "spec": {"updateStrategy": {"type": strategy}},
+        "status": status,
+    }
+
+
+def pod(revision: str = "new", phase: str = "Running", ready: tuple[bool, ...] = (True,)) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "p", "labels": {"controller-revision-hash": revision}},
+        "status": {"phase": phase, "containerStatuses": [{"name": f"c{i}", "ready": r} for i, r in enumerate(ready)]},
+    }
+
+
+def revision(number: int, hash_: str) -> dict[str, Any]:
+    return {"metadata": {"name": f"r{number}", "labels": {"controller-revision-hash": hash_}}, "revision": number}
+
+
+REVISIONS = [revision(1, "old"), revision(3, "new"), revision(2, "middle")]
+SETTLED = {
+    "desiredNumberScheduled": 3,
+    "numberAvailable": 3,
+    "updatedNumberScheduled": 3,
+    "numberUnavailable": 0,
+    "observedGeneration": 2,
+}
+
+
+# Common rules
+
+
+@pytest.mark.parametrize("strategy", ["RollingUpdate", "OnDelete"])
+def test_nothing_scheduled_is_ready(strategy: str) -> None:
+    assert daemonset_ready(ds(strategy, desiredNumberScheduled=0, observedGeneration=2)) == (True, "")
+
+
+@pytest.mark.parametrize("strategy", ["RollingUpdate", "OnDelete"])
+def test_unobserved_generation_is_not_ready_whatever_the_strategy(strategy: str) -> None:
+    """A new or changed DaemonSet whose status the controller has not written yet says nothing: not ready."""
+    ready, reason = daemonset_ready(ds(strategy, desiredNumberScheduled=0, observedGeneration=1))
+    assert not ready
+    assert reason == "nvidia-x: waiting for the DaemonSet controller to observe the latest spec"
+    fresh = {"metadata": {"name": "nvidia-x", "generation": 1}}
+    assert daemonset_ready(fresh)[0] is False
+    assert daemonset_ready(ds(strategy, **{**SETTLED, "observedGeneration": 1}), [pod()] * 3, REVISIONS)[0] is False
+
+
+@pytest.mark.parametrize("strategy", ["RollingUpdate", "OnDelete"])
+def test_unavailable_pods_are_not_ready(strategy: str) -> None:
+    ready, reason = daemonset_ready(ds(strategy, **{**SETTLED, "numberUnavailable": 1}), [pod()] * 3, REVISIONS)
+    assert not ready
+    assert reason == "nvidia-x: 1 of 3 pods unavailable"
+
+
+# RollingUpdate
+
+
+def test_rolling_update_settled_is_ready() -> None:
+    assert daemonset_ready(ds(**SETTLED)) == (True, "")
+
+
+def test_rolling_update_is_the_default_strategy() -> None:
+    obj = ds(**SETTLED)
+    del obj["spec"]["updateStrategy"]
+    assert daemonset_ready(obj) == (True, "")
+    obj["status"]["observedGeneration"] = 1
+    assert daemonset_ready(obj)[0] is False
+
+
+def test_rolling_update_needs_the_new_generation_observed() -> None:
+    ready, reason = daemonset_ready(ds(**{**SETTLED, "observedGeneration": 1}))
+    assert not ready and "observe the latest spec" in reason
+    assert daemonset_ready(ds(**{**SETTLED, "observedGeneration": 3}))[0], "a newer observed generation is fine"
+
+
+@pytest.mark.parametrize(
+    ("updated", "available"),
+    [(2, 3), (3, 2), (0, 0), (4, 3)],
+)
+def test_rolling_update_needs_updated_desired_available_equal(updated: int, available: int) -> None:
+    ready, reason = daemonset_ready(ds(**{**SETTLED, "updatedNumberScheduled": updated, "numberAvailable": available}))
+    assert not ready
+    assert reason == f"nvidia-x: {updated} updated, {available} available of 3"
+
+
+def test_rolling_update_ignores_pods_and_revisions() -> None:
+    assert daemonset_ready(ds(**SETTLED), [pod("stale", phase="Pending")], REVISIONS) == (True, "")
+
+
+# OnDelete
+
+
+def on_delete(**status: int) -> dict[str, Any]:
+    return ds("OnDelete", **{**SETTLED, **status})
+
+
+def test_on_delete_all_pods_current_and_ready() -> None:
+    assert daemonset_ready(on_delete(), [pod(), pod(), pod(ready=(True, True))], REVISIONS) == (True, "")
+
+
+def test_on_delete_ignores_updated_counts() -> None:
+    obj = on_delete(updatedNumberScheduled=0, numberAvailable=1)
+    assert daemonset_ready(obj, [pod()] * 3, REVISIONS) == (True, "")
+
+
+def test_on_delete_stale_pod_is_not_ready() -> None:
+    ready, reason = daemonset_ready(on_delete(), [pod(), pod("middle"), pod()], REVISIONS)
+    assert not ready
+    assert reason == "nvidia-x: 1 pods run an old revision"
+
+
+def test_on_delete_pod_without_revision_label_is_stale() -> None:
+    unlabelled = pod()
+    unlabelled["metadata"]["labels"] = {}
+    assert daemonset_ready(on_delete(), [pod(), pod(), unlabelled], REVISIONS)[0] is False
+
+
+@pytest.mark.parametrize("phase", ["Pending", "Succeeded", "Failed", "Unknown"])
+def test_on_delete_pod_not_running(phase: str) -> None:
+    ready, reason = daemonset_ready(on_delete(), [pod(), pod(phase=phase), pod()], REVISIONS)
+    assert not ready
+    assert reason == "nvidia-x: 1 of 3 pods not ready"
+
+
+def test_on_delete_container_not_ready() -> None:
+    ready, _ = daemonset_ready(on_delete(), [pod(), pod(ready=(True, False)), pod()], REVISIONS)
+    assert not ready
+
+
+def test_on_delete_missing_pods() -> None:
+    ready, reason = daemonset_ready(on_delete(), [pod(), pod()], REVISIONS)
+    assert not ready and reason == "nvidia-x: 2 of 3 pods exist"
+
+
+def test_on_delete_without_revisions_is_not_ready() -> None:
+    assert daemonset_ready(on_delete(), [pod()] * 3, [])[0] is False
+    assert daemonset_ready(on_delete(), [pod()] * 3)[0] is False
+
+
+# Helpers
+
+
+def test_newest_revision_is_the_highest_number_not_the_last() -> None:
+    assert newest_revision_hash(REVISIONS) == "new"
+    assert newest_revision_hash([revision(10, "ten"), revision(9, "nine")]) == "ten"
+    assert newest_revision_hash([]) is None
+
+
+def test_pod_ready() -> None:
+    assert pod_ready(pod())
+    assert not pod_ready(pod(ready=()))  # no container statuses yet
+    assert not pod_ready(pod(phase="Pending"))
+    assert not pod_ready({"metadata": {}})

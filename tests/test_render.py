@@ -1,0 +1,629 @@
+"""Rendering: golden files for every state, and invariants that hold for every rendered object.
+
+Regenerate the golden files with `UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_render.py`, then review
+the diff before committing it.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gpu_operator.api import ClusterPolicySpec, parse_spec
+from gpu_operator.nodes import NodeFacts
+from gpu_operator.render import object_key
+from gpu_operator.states import all_states
+from gpu_operator.states.base import CLUSTER_SCOPED, HASH_ANNOTATION, object_hash
+from support import (
+    MONITORING,
+    NAMESPACE,
+    OWNER,
+    container,
+    daemonset,
+    daemonsets,
+    facts,
+    fixed_nodes,
+    load_policy,
+    objects,
+    render_all,
+)
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
+STATE_NAMES = [s.name for s in all_states()]
+
+
+def default_raw() -> dict[str, Any]:
+    return dict(load_policy()["spec"])
+
+
+def all_on_raw() -> dict[str, Any]:
+    """The default sample with every optional state and option switched on."""
+    raw = copy.deepcopy(default_raw())
+    raw["operator"]["metrics"] = {"serviceMonitor": {"enabled": True, "interval": "30s"}}
+    raw["dcgm"] = {"enabled": True}
+    raw["nodeStatusExporter"] = {"enabled": True}
+    raw["devicePlugin"]["config"] = {"name": "device-plugin-config", "default": "time-slicing-4"}
+    raw["dcgmExporter"]["config"] = {"name": "custom-dcgm-metrics"}
+    raw["dcgmExporter"]["serviceMonitor"] = {
+        "enabled": True,
+        "interval": "10s",
+        "honorLabels": True,
+        "additionalLabels": {"release": "kube-prometheus-stack"},
+        "relabelings": [{"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"}],
+    }
+    raw["dcgmExporter"]["service"] = {"type": "ClusterIP", "internalTrafficPolicy": "Local"}
+    raw["driver"]["repoConfig"] = {"configMapName": "repo-config"}
+    raw["driver"]["licensingConfig"] = {"configMapName": "licensing-config", "nlsEnabled": True}
+    raw["driver"]["rdma"] = {"enabled": True, "useHostMofed": True}
+    raw["driver"]["startupProbe"] = {"initialDelaySeconds": 30, "failureThreshold": 60}
+    raw["migManager"]["gpuClientsConfig"] = {"name": "my-gpu-clients"}
+    raw["mig"] = {"strategy": "mixed"}
+    raw["cdi"] = {"enabled": True}
+    raw["toolkit"]["env"] = [{"name": "CONTAINERD_CONFIG", "value": "/etc/containerd/config.toml"}]
+    raw["gfd"]["env"] = [{"name": "GFD_SLEEP_INTERVAL", "value": "30s"}]
+    return raw
+
+
+POLICIES = {"default": default_raw, "all-on": all_on_raw}
+
+
+def render_policy(name: str) -> list[Any]:
+    return render_all(parse_spec(POLICIES[name]()), api_groups=frozenset({MONITORING}))
+
+
+def golden_text(objs: list[dict[str, Any]], enabled: bool) -> str:
+    if not enabled:
+        return "# disabled: renders nothing\n"
+    return yaml.safe_dump_all(objs, sort_keys=True, width=120)
+
+
+# Golden files
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+@pytest.mark.parametrize("state", STATE_NAMES)
+def test_golden(policy: str, state: str) -> None:
+    plans = {p.state.name: p for p in render_policy(policy)}
+    text = golden_text(plans[state].objects, plans[state].enabled)
+    path = GOLDEN / policy / f"{state}.yaml"
+    if UPDATE:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return
+    if not path.exists():
+        pytest.fail(f"missing golden file {path}: run with UPDATE_GOLDEN=1 to create it")
+    expected = path.read_text()
+    if text != expected:
+        diff = "".join(
+            list(difflib.unified_diff(expected.splitlines(True), text.splitlines(True), str(path), "rendered"))[:80]
+        )
+        pytest.fail(
+            f"rendered {state} for policy {policy} differs from {path.name}; if the change is intended, "
+            f"rerun with UPDATE_GOLDEN=1 and review the diff.\n{diff}"
+        )
+
+
+def test_no_stale_golden_files() -> None:
+    expected = {f"{policy}/{state}.yaml" for policy in POLICIES for state in STATE_NAMES}
+    present = {str(p.relative_to(GOLDEN)) for p in GOLDEN.glob("*/*.yaml")}
+    assert present - expected == set(), "golden files of states or policies that no longer exist"
+
+
+def test_golden_covers_optional_objects() -> None:
+    """The all-on policy must really switch everything on, or its golden files prove little."""
+    plans = render_policy("all-on")
+    assert all(p.enabled for p in plans if p.state.name in {"state-dcgm", "state-node-status-exporter"})
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in objects(plans)}
+    assert ("ServiceMonitor", "gpu-operator") in kinds
+    assert ("ServiceMonitor", "nvidia-dcgm-exporter") in kinds
+    assert ("Service", "nvidia-dcgm") in kinds
+    assert ("Service", "nvidia-node-status-exporter") in kinds
+    assert ("ConfigMap", "default-gpu-clients") not in kinds
+    plugin = daemonset(plans, "nvidia-device-plugin-daemonset")
+    assert [c["name"] for c in plugin["spec"]["template"]["spec"]["containers"]] == [
+        "nvidia-device-plugin",
+        "config-manager",
+    ]
+    driver = daemonset(plans, "nvidia-driver-daemonset-ubuntu22.04")
+    volumes = {v["name"] for v in driver["spec"]["template"]["spec"]["volumes"]}
+    assert {"repo-config", "licensing-config"} <= volumes
+
+
+# Invariants over every rendered object
+
+
+def variants() -> dict[str, list[Any]]:
+    overrides = copy.deepcopy(all_on_raw())
+    overrides["daemonsets"] = {
+        "labels": {"team": "gpu"},
+        "annotations": {"example.com/owner": "platform"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoExecute"}],
+        "priorityClassName": "gpu-critical",
+        "updateStrategy": "OnDelete",
+    }
+    sandbox = copy.deepcopy(default_raw())
+    sandbox["sandboxWorkloads"] = {"enabled": True}
+    return {
+        "default": render_policy("default"),
+        "all-on": render_policy("all-on"),
+        "overrides": render_all(parse_spec(overrides), api_groups=frozenset({MONITORING})),
+        "sandbox": render_all(parse_spec(sandbox)),
+        "odd-namespace": render_all(parse_spec(all_on_raw()), namespace="2024", api_groups=frozenset({MONITORING})),
+    }
+
+
+VARIANTS = variants()
+CASES = [(name, p) for name, plans in VARIANTS.items() for p in plans if p.objects]
+
+
+def case_id(case: tuple[str, Any]) -> str:
+    return f"{case[0]}-{case[1].state.name}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
+def test_object_invariants(case: tuple[str, Any]) -> None:
+    variant, state_plan = case
+    namespace = "2024" if variant == "odd-namespace" else NAMESPACE
+    for obj in state_plan.objects:
+        meta = obj["metadata"]
+        where = f"{obj['kind']}/{meta['name']}"
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "gpu-operator", where
+        assert meta["labels"]["app.kubernetes.io/part-of"] == "gpu-operator", where
+        assert meta["labels"]["app.kubernetes.io/component"] == state_plan.state.name, where
+        assert meta["ownerReferences"] == [{**OWNER, "controller": True, "blockOwnerDeletion": True}], where
+        if obj["kind"] in CLUSTER_SCOPED:
+            assert "namespace" not in meta, where
+        else:
+            assert meta["namespace"] == namespace, where
+        assert meta["annotations"][HASH_ANNOTATION] == object_hash(obj), where
+        for subject in obj.get("subjects", []):
+            assert subject["namespace"] == namespace, where
+        if obj["kind"] == "ServiceMonitor":
+            assert obj["spec"]["namespaceSelector"]["matchNames"] == [namespace], where
+
+
+DS_CASES = [(name, p, ds) for name, plans in VARIANTS.items() for p in plans for ds in daemonsets([p])]
+
+
+@pytest.mark.parametrize("case", DS_CASES, ids=[f"{c[0]}-{c[2]['metadata']['name']}" for c in DS_CASES])
+def test_daemonset_invariants(case: tuple[str, Any, dict[str, Any]]) -> None:
+    variant, state_plan, ds = case
+    state = state_plan.state
+    pod = ds["spec"]["template"]["spec"]
+    expected_priority = "gpu-critical" if variant == "overrides" else "system-node-critical"
+    assert pod["priorityClassName"] == expected_priority
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert len(pod["tolerations"]) == len({yaml.safe_dump(t) for t in pod["tolerations"]}), "duplicate tolerations"
+    owner = ds["metadata"]["ownerReferences"]
+    assert len(owner) == 1 and owner[0]["controller"] is True and owner[0]["kind"] == "ClusterPolicy"
+    template_labels = ds["spec"]["template"]["metadata"]["labels"]
+    for key in ("app.kubernetes.io/managed-by", "app.kubernetes.io/part-of", "app.kubernetes.io/component"):
+        assert key in ds["metadata"]["labels"] and key in template_labels, key
+    selector = ds["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= template_labels.items(), "selector must match the pod template"
+    assert state.deploy_label, f"{state.name} renders a DaemonSet but has no deploy label"
+    assert pod["nodeSelector"][f"nvidia.com/gpu.deploy.{state.deploy_label}"] == "true"
+
+    volumes = [v["name"] for v in pod.get("volumes", [])]
+    assert len(volumes) == len(set(volumes)), "duplicate volume names"
+    all_containers = pod.get("initContainers", []) + pod["containers"]
+    names = [c["name"] for c in all_containers]
+    assert len(names) == len(set(names)), "duplicate container names"
+    for c in all_containers:
+        assert isinstance(c["image"], str) and c["image"], c["name"]
+        for env in c.get("env", []):
+            assert isinstance(env["name"], str) and env["name"], c["name"]
+            assert ("value" in env) != ("valueFrom" in env), (c["name"], env)
+            if "value" in env:
+                assert isinstance(env["value"], str), f"{c['name']}: env {env['name']}={env['value']!r} is not a string"
+        env_names = [e["name"] for e in c.get("env", [])]
+        assert len(env_names) == len(set(env_names)), f"{c['name']}: duplicate env {env_names}"
+        for mount in c.get("volumeMounts", []):
+            assert mount["name"] in volumes, f"{c['name']} mounts undeclared volume {mount['name']}"
+        for arg in c.get("args", []) + c.get("command", []):
+            assert isinstance(arg, str), (c["name"], arg)
+
+    strategy = ds["spec"]["updateStrategy"]
+    if state.name == "state-driver" or variant == "overrides":
+        assert strategy == {"type": "OnDelete"}
+    else:
+        assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}}
+
+
+def test_states_in_reference_order() -> None:
+    assert STATE_NAMES == [
+        "pre-requisites",
+        "state-operator-metrics",
+        "state-driver",
+        "state-container-toolkit",
+        "state-operator-validation",
+        "state-device-plugin",
+        "state-mps-control-daemon",
+        "state-dcgm",
+        "state-dcgm-exporter",
+        "gpu-feature-discovery",
+        "state-mig-manager",
+        "state-node-status-exporter",
+    ]
+
+
+def test_every_state_has_templates_and_renders_unique_objects() -> None:
+    seen: set[tuple[str, str, str, str]] = set()
+    for state_plan in VARIANTS["all-on"]:
+        assert state_plan.objects, f"{state_plan.state.name} renders nothing with everything on"
+        for obj in state_plan.objects:
+            key = object_key(obj)
+            assert key not in seen, f"{key} rendered twice"
+            seen.add(key)
+
+
+def test_expected_daemonsets_and_selectors() -> None:
+    plans = render_policy("all-on")
+    expected = {
+        "nvidia-driver-daemonset-ubuntu22.04": "nvidia.com/gpu.deploy.driver",
+        "nvidia-driver-daemonset-ubuntu24.04": "nvidia.com/gpu.deploy.driver",
+        "nvidia-container-toolkit-daemonset": "nvidia.com/gpu.deploy.container-toolkit",
+        "nvidia-operator-validator": "nvidia.com/gpu.deploy.operator-validator",
+        "nvidia-device-plugin-daemonset": "nvidia.com/gpu.deploy.device-plugin",
+        "nvidia-device-plugin-mps-control-daemon": "nvidia.com/gpu.deploy.device-plugin",
+        "nvidia-dcgm": "nvidia.com/gpu.deploy.dcgm",
+        "nvidia-dcgm-exporter": "nvidia.com/gpu.deploy.dcgm-exporter",
+        "gpu-feature-discovery": "nvidia.com/gpu.deploy.gpu-feature-discovery",
+        "nvidia-mig-manager": "nvidia.com/gpu.deploy.mig-manager",
+        "nvidia-node-status-exporter": "nvidia.com/gpu.deploy.node-status-exporter",
+    }
+    found = {ds["metadata"]["name"]: ds["spec"]["template"]["spec"]["nodeSelector"] for ds in daemonsets(plans)}
+    assert set(found) == set(expected)
+    for name, label in expected.items():
+        assert found[name][label] == "true", name
+    assert found["nvidia-device-plugin-mps-control-daemon"]["nvidia.com/mps.capable"] == "true"
+
+
+def test_runtime_class_and_metrics_service() -> None:
+    plans = {p.state.name: p for p in render_policy("default")}
+    (runtime_class,) = plans["pre-requisites"].objects
+    assert runtime_class["kind"] == "RuntimeClass"
+    assert runtime_class["metadata"]["name"] == runtime_class["handler"] == "nvidia"
+    (service,) = plans["state-operator-metrics"].objects  # no ServiceMonitor unless enabled
+    assert service["kind"] == "Service" and service["spec"]["ports"][0]["port"] == 8080
+
+
+def test_custom_runtime_class() -> None:
+    spec = parse_spec({"operator": {"runtimeClass": "nvidia-cdi"}})
+    plans = render_all(spec)
+    (runtime_class,) = [o for o in objects(plans) if o["kind"] == "RuntimeClass"]
+    assert runtime_class["metadata"]["name"] == runtime_class["handler"] == "nvidia-cdi"
+    plugin = daemonset(plans, "nvidia-device-plugin-daemonset")
+    assert plugin["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia-cdi"
+
+
+def test_service_monitors_need_the_api_group() -> None:
+    spec = parse_spec(all_on_raw())
+    without = {o["kind"] for o in objects(render_all(spec))}
+    assert "ServiceMonitor" not in without
+    with_group = [
+        o for o in objects(render_all(spec, api_groups=frozenset({MONITORING}))) if o["kind"] == "ServiceMonitor"
+    ]
+    assert len(with_group) == 2
+    dcgm = next(o for o in with_group if o["metadata"]["name"] == "nvidia-dcgm-exporter")
+    assert dcgm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert dcgm["spec"]["endpoints"][0]["interval"] == "10s"
+    assert dcgm["spec"]["endpoints"][0]["honorLabels"] is True
+
+
+# Driver pools
+
+
+def test_two_os_pools_give_two_driver_daemonsets() -> None:
+    plans = render_policy("default")
+    drivers = [ds for ds in daemonsets(plans) if ds["metadata"]["name"].startswith("nvidia-driver-daemonset")]
+    assert [d["metadata"]["name"] for d in drivers] == [
+        "nvidia-driver-daemonset-ubuntu22.04",
+        "nvidia-driver-daemonset-ubuntu24.04",
+    ]
+    for ds, version in zip(drivers, ("22.04", "24.04"), strict=True):
+        pod = ds["spec"]["template"]["spec"]
+        assert pod["nodeSelector"] == {
+            "nvidia.com/gpu.deploy.driver": "true",
+            "feature.node.kubernetes.io/system-os_release.ID": "ubuntu",
+            "feature.node.kubernetes.io/system-os_release.VERSION_ID": version,
+        }
+        assert container(ds, "nvidia-driver-ctr")["image"] == f"nvcr.io/nvidia/driver:595.91.07-ubuntu{version}"
+        assert ds["spec"]["updateStrategy"] == {"type": "OnDelete"}
+    # Each pool's DaemonSet selects only its own pods.
+    selectors = [yaml.safe_dump(d["spec"]["selector"]) for d in drivers]
+    assert len(set(selectors)) == 2
+
+
+def test_precompiled_driver_pools_per_kernel() -> None:
+    raw = default_raw()
+    raw["driver"]["usePrecompiled"] = True
+    plans = render_all(parse_spec(raw))
+    images = {
+        ds["metadata"]["name"]: container(ds, "nvidia-driver-ctr")["image"]
+        for ds in daemonsets(plans)
+        if ds["metadata"]["name"].startswith("nvidia-driver")
+    }
+    repo = "nvcr.io/nvidia/driver"
+    assert images == {
+        "nvidia-driver-daemonset-ubuntu22.04-5.15.0-122-generic": f"{repo}:595.91.07-5.15.0-122-generic-ubuntu22.04",
+        "nvidia-driver-daemonset-ubuntu24.04-6.8.0-45-generic": f"{repo}:595.91.07-6.8.0-45-generic-ubuntu24.04",
+    }
+    ds = daemonset(plans, "nvidia-driver-daemonset-ubuntu24.04-6.8.0-45-generic")
+    assert ds["spec"]["template"]["spec"]["nodeSelector"]["feature.node.kubernetes.io/kernel-version.full"] == (
+        "6.8.0-45-generic"
+    )
+    env = {e["name"]: e.get("value") for e in container(ds, "nvidia-driver-ctr")["env"]}
+    assert env["USE_PRECOMPILED"] == "true"
+
+
+def test_driver_digest_and_verbatim_image_are_not_retagged() -> None:
+    digest = "sha256:" + "b" * 64
+    raw = default_raw()
+    raw["driver"]["version"] = digest
+    plans = render_all(parse_spec(raw))
+    for ds in daemonsets(plans):
+        if ds["metadata"]["name"].startswith("nvidia-driver"):
+            assert container(ds, "nvidia-driver-ctr")["image"] == f"nvcr.io/nvidia/driver@{digest}"
+    raw = default_raw()
+    raw["driver"] = {"image": "registry.local/driver:custom"}
+    plans = render_all(parse_spec(raw))
+    assert {
+        container(ds, "nvidia-driver-ctr")["image"]
+        for ds in daemonsets(plans)
+        if ds["metadata"]["name"].startswith("nvidia-driver")
+    } == {"registry.local/driver:custom"}
+
+
+def test_driver_default_image_is_retagged_per_pool() -> None:
+    plans = render_all(parse_spec({}))
+    ds = daemonset(plans, "nvidia-driver-daemonset-ubuntu24.04")
+    assert container(ds, "nvidia-driver-ctr")["image"] == "nvcr.io/nvidia/driver:595.91.07-ubuntu24.04"
+
+
+def test_no_gpu_nodes_no_driver_daemonset() -> None:
+    plans = render_all(parse_spec(default_raw()), [facts("cpu", gpu=False)])
+    driver = next(p for p in plans if p.state.name == "state-driver")
+    assert driver.enabled
+    assert [o["kind"] for o in driver.objects if o["kind"] == "DaemonSet"] == []
+    assert {o["kind"] for o in driver.objects} >= {"ServiceAccount", "ConfigMap"}
+
+
+def test_driver_opt_out_nodes_get_no_pool() -> None:
+    nodes = [
+        facts("a", os=("ubuntu", "22.04")),
+        facts("b", os=("rhel", "9.4"), labels={"nvidia.com/gpu.deploy.driver": "pre-installed"}),
+    ]
+    names = [ds["metadata"]["name"] for ds in daemonsets(render_all(parse_spec({}), nodes))]
+    assert "nvidia-driver-daemonset-ubuntu22.04" in names
+    assert not any("rhel" in n for n in names)
+
+
+# Disabled states
+
+
+@pytest.mark.parametrize(
+    ("raw", "state"),
+    [
+        ({"driver": {"enabled": False}}, "state-driver"),
+        ({"driver": {"useNvidiaDriverCRD": True}}, "state-driver"),
+        ({"toolkit": {"enabled": False}}, "state-container-toolkit"),
+        ({"devicePlugin": {"enabled": False}}, "state-device-plugin"),
+        ({"devicePlugin": {"enabled": False}}, "state-mps-control-daemon"),
+        ({}, "state-dcgm"),
+        ({"dcgmExporter": {"enabled": False}}, "state-dcgm-exporter"),
+        ({"gfd": {"enabled": False}}, "gpu-feature-discovery"),
+        ({"migManager": {"enabled": False}}, "state-mig-manager"),
+        ({}, "state-node-status-exporter"),
+        ({"validator": {"enabled": False}}, "state-operator-validation"),
+    ],
+)
+def test_disabled_state_renders_nothing(raw: dict[str, Any], state: str) -> None:
+    plans = {p.state.name: p for p in render_all(parse_spec(raw))}
+    assert plans[state].enabled is False
+    assert plans[state].objects == []
+    others = [p for name, p in plans.items() if name != state and p.enabled]
+    assert others and all(p.objects for p in others)
+
+
+def test_validator_skips_checks_of_disabled_components() -> None:
+    plans = render_all(parse_spec({"toolkit": {"enabled": False}, "devicePlugin": {"enabled": False}}))
+    init = daemonset(plans, "nvidia-operator-validator")["spec"]["template"]["spec"]["initContainers"]
+    assert [c["name"] for c in init] == ["driver-validation", "cuda-validation"]
+
+
+# daemonsets overrides and section settings
+
+
+def test_daemonsets_overrides_are_applied() -> None:
+    raw = default_raw()
+    raw["daemonsets"] = {
+        "labels": {"team": "gpu", "app": "must-not-win"},
+        "annotations": {"example.com/owner": "platform"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoExecute"}],
+        "priorityClassName": "gpu-critical",
+        "updateStrategy": "OnDelete",
+    }
+    for ds in daemonsets(render_all(parse_spec(raw))):
+        name = ds["metadata"]["name"]
+        template = ds["spec"]["template"]
+        assert ds["metadata"]["labels"]["team"] == template["metadata"]["labels"]["team"] == "gpu", name
+        assert ds["metadata"]["labels"]["app"] != "must-not-win", "the selector label must not be overridden"
+        assert template["metadata"]["labels"]["app"] != "must-not-win", name
+        assert ds["metadata"]["annotations"]["example.com/owner"] == "platform", name
+        assert template["metadata"]["annotations"]["example.com/owner"] == "platform", name
+        pod = template["spec"]
+        assert pod["priorityClassName"] == "gpu-critical", name
+        assert {"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoExecute"} in pod["tolerations"]
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+        assert ds["spec"]["updateStrategy"] == {"type": "OnDelete"}, name
+
+
+@pytest.mark.parametrize(("value", "expected"), [("20%", "20%"), ("3", 3), (2, 2)])
+def test_rolling_update_max_unavailable(value: int | str, expected: int | str) -> None:
+    raw = default_raw()
+    raw["daemonsets"]["rollingUpdate"] = {"maxUnavailable": value}
+    for ds in daemonsets(render_all(parse_spec(raw))):
+        if ds["metadata"]["name"].startswith("nvidia-driver"):
+            assert ds["spec"]["updateStrategy"] == {"type": "OnDelete"}, "the driver is always OnDelete"
+        else:
+            assert ds["spec"]["updateStrategy"] == {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxUnavailable": expected},
+            }
+
+
+MAIN_CONTAINERS = [
+    (s.name, s.section, s.container)
+    for s in all_states()
+    if s.section and s.container and s.name not in {"pre-requisites", "state-operator-metrics"}
+]
+
+
+def section_key(attr: str) -> str:
+    return ClusterPolicySpec.model_fields[attr].alias or attr
+
+
+@pytest.mark.parametrize(("state", "section", "main"), MAIN_CONTAINERS, ids=[m[0] for m in MAIN_CONTAINERS])
+def test_section_settings_land_on_the_main_container(state: str, section: str, main: str) -> None:
+    key = section_key(section)
+    raw: dict[str, Any] = {
+        key: {
+            "enabled": True,
+            "env": [{"name": "EXTRA_SETTING", "value": "on"}],
+            "args": ["--verbose"],
+            "resources": {"limits": {"cpu": "500m", "memory": "1Gi"}, "requests": {"cpu": "100m"}},
+            "imagePullSecrets": ["regcred"],
+            "imagePullPolicy": "Always",
+        }
+    }
+    if key == "devicePlugin":
+        raw[key]["config"] = {"name": "dp-config", "default": "any"}
+    plans = {p.state.name: p for p in render_all(parse_spec(raw))}
+    rendered = daemonsets([plans[state]])
+    assert rendered, f"{state} rendered no DaemonSet"
+    for ds in rendered:
+        pod = ds["spec"]["template"]["spec"]
+        assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+        main_ctr = container(ds, main)
+        assert {"name": "EXTRA_SETTING", "value": "on"} in main_ctr["env"]
+        assert main_ctr["args"] == ["--verbose"]
+        assert main_ctr["resources"] == {"limits": {"cpu": "500m", "memory": "1Gi"}, "requests": {"cpu": "100m"}}
+        assert main_ctr["imagePullPolicy"] == "Always"
+        for other in pod["containers"] + pod.get("initContainers", []):
+            if other["name"] != main:
+                assert "EXTRA_SETTING" not in {e["name"] for e in other.get("env", [])}, other["name"]
+                assert other.get("args") != ["--verbose"], other["name"]
+                assert "resources" not in other, other["name"]
+
+
+def test_section_env_replaces_a_template_variable() -> None:
+    plans = render_all(parse_spec({"gfd": {"env": [{"name": "GFD_SLEEP_INTERVAL", "value": "30s"}]}}))
+    env = container(daemonset(plans, "gpu-feature-discovery"), "gpu-feature-discovery")["env"]
+    assert [e for e in env if e["name"] == "GFD_SLEEP_INTERVAL"] == [{"name": "GFD_SLEEP_INTERVAL", "value": "30s"}]
+
+
+def test_section_image_is_used() -> None:
+    raw = {"toolkit": {"repository": "registry.local/nvidia", "image": "container-toolkit", "version": "v1.18.1"}}
+    ds = daemonset(render_all(parse_spec(raw)), "nvidia-container-toolkit-daemonset")
+    assert container(ds, "nvidia-container-toolkit-ctr")["image"] == "registry.local/nvidia/container-toolkit:v1.18.1"
+
+
+def test_validator_env_blocks_land_on_their_checks() -> None:
+    raw = {"validator": {"cuda": {"env": [{"name": "WITH_WORKLOAD", "value": "true"}]}}}
+    init = daemonset(render_all(parse_spec(raw)), "nvidia-operator-validator")["spec"]["template"]["spec"]
+    by_name = {c["name"]: c for c in init["initContainers"]}
+    assert {"name": "WITH_WORKLOAD", "value": "true"} in by_name["cuda-validation"]["env"]
+    assert "WITH_WORKLOAD" not in {e["name"] for e in by_name["driver-validation"]["env"]}
+
+
+def test_host_paths_are_used() -> None:
+    raw = {"hostPaths": {"rootFS": "/host-root", "driverInstallDir": "/opt/nvidia/driver"}}
+    plans = render_all(parse_spec(raw))
+    pod = daemonset(plans, "nvidia-operator-validator")["spec"]["template"]["spec"]
+    paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    assert paths["host-root"] == "/host-root"
+    assert paths["driver-install-dir"] == "/opt/nvidia/driver"
+
+
+def test_mig_manager_with_empty_config_name_uses_the_default_config_map() -> None:
+    """Upstream's Helm chart renders `config: {name: ""}`; that means the default ConfigMap, as upstream."""
+    plans = {p.state.name: p for p in render_all(parse_spec({"migManager": {"config": {"name": ""}}}))}
+    mig = plans["state-mig-manager"]
+    assert ("ConfigMap", "default-mig-parted-config") in {(o["kind"], o["metadata"]["name"]) for o in mig.objects}
+    pod = daemonset([mig], "nvidia-mig-manager")["spec"]["template"]["spec"]
+    config = next(v for v in pod["volumes"] if v["name"] == "mig-parted-config")
+    assert config["configMap"]["name"] == "default-mig-parted-config"
+
+
+def test_mig_manager_with_a_custom_config_map() -> None:
+    plans = {p.state.name: p for p in render_all(parse_spec({"migManager": {"config": {"name": "my-mig"}}}))}
+    mig = plans["state-mig-manager"]
+    assert "default-mig-parted-config" not in {o["metadata"]["name"] for o in mig.objects}
+    pod = daemonset([mig], "nvidia-mig-manager")["spec"]["template"]["spec"]
+    assert next(v for v in pod["volumes"] if v["name"] == "mig-parted-config")["configMap"]["name"] == "my-mig"
+
+
+# Determinism and hashes
+
+
+def test_rendering_is_deterministic() -> None:
+    spec = parse_spec(all_on_raw())
+    first = render_all(spec, api_groups=frozenset({MONITORING}))
+    nodes = fixed_nodes()
+    random.Random(7).shuffle(nodes)
+    second = render_all(parse_spec(all_on_raw()), nodes, api_groups=frozenset({MONITORING}))
+    assert objects(first) == objects(second)
+    assert yaml.safe_dump_all(objects(first), sort_keys=True) == yaml.safe_dump_all(objects(second), sort_keys=True)
+    assert [o["metadata"]["annotations"][HASH_ANNOTATION] for o in objects(first)] == [
+        o["metadata"]["annotations"][HASH_ANNOTATION] for o in objects(second)
+    ]
+
+
+def hashes(plans: list[Any]) -> dict[tuple[str, str], str]:
+    return {(o["kind"], o["metadata"]["name"]): o["metadata"]["annotations"][HASH_ANNOTATION] for o in objects(plans)}
+
+
+def test_hash_changes_only_for_the_objects_the_spec_change_touches() -> None:
+    before = hashes(render_all(parse_spec(default_raw())))
+    raw = default_raw()
+    raw["toolkit"].update(repository="nvcr.io/nvidia/k8s", image="container-toolkit", version="v1.18.1")
+    after = hashes(render_all(parse_spec(raw)))
+    assert set(before) == set(after)
+    changed = {key for key in before if before[key] != after[key]}
+    assert changed == {("DaemonSet", "nvidia-container-toolkit-daemonset")}
+
+
+def test_hash_changes_with_daemonsets_settings() -> None:
+    before = hashes(render_all(parse_spec(default_raw())))
+    raw = default_raw()
+    raw["daemonsets"]["priorityClassName"] = "gpu-critical"
+    after = hashes(render_all(parse_spec(raw)))
+    changed = {key for key in before if before[key] != after[key]}
+    assert changed == {key for key in before if key[0] == "DaemonSet"}
+
+
+def test_object_hash_ignores_its_own_annotation() -> None:
+    obj = objects(render_all(parse_spec({})))[0]
+    stripped = copy.deepcopy(obj)
+    del stripped["metadata"]["annotations"][HASH_ANNOTATION]
+    assert object_hash(stripped) == object_hash(obj)
+    stripped["metadata"]["labels"]["x"] = "y"
+    assert object_hash(stripped) != object_hash(obj)
+
+
+def test_new_node_pool_changes_only_driver_objects() -> None:
+    spec = parse_spec(default_raw())
+    nodes: list[NodeFacts] = fixed_nodes()
+    before = hashes(render_all(spec, nodes))
+    after = hashes(render_all(spec, [*nodes, facts("rhel-gpu", os=("rhel", "9.4"))]))
+    assert set(after) - set(before) == {("DaemonSet", "nvidia-driver-daemonset-rhel9.4")}
+    assert all(before[k] == after[k] for k in before)

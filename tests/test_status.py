@@ -1,0 +1,223 @@
+"""ClusterPolicy status: the singleton rule, reasons, Ready/Error conditions and change detection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gpu_operator.api import ClusterPolicyStatus
+from gpu_operator.status import StateResult, active_policy, ignored_status, policy_status, status_changed
+
+T0 = "2026-01-01T00:00:00Z"
+T1 = "2026-01-01T00:05:00Z"
+T2 = "2026-01-01T00:10:00Z"
+
+
+def policy(name: str, created: str, deleting: bool = False) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "creationTimestamp": created}
+    if deleting:
+        meta["deletionTimestamp"] = T2
+    return {"apiVersion": "nvidia.com/v1", "kind": "ClusterPolicy", "metadata": meta}
+
+
+# Singleton
+
+
+def test_oldest_policy_is_active() -> None:
+    policies = [policy("b", "2026-01-02T00:00:00Z"), policy("a", "2026-01-03T00:00:00Z"), policy("c", T0)]
+    assert active_policy(policies) == "c"
+
+
+def test_name_breaks_a_creation_tie() -> None:
+    assert active_policy([policy("zeta", T0), policy("alpha", T0), policy("mid", T0)]) == "alpha"
+
+
+def test_deleting_policy_is_skipped() -> None:
+    assert active_policy([policy("old", T0, deleting=True), policy("new", T1)]) == "new"
+    assert active_policy([policy("old", T0, deleting=True)]) is None
+
+
+def test_no_policy() -> None:
+    assert active_policy([]) is None
+
+
+# Reasons
+
+READY = [StateResult("state-driver", "ready"), StateResult("state-dcgm", "disabled")]
+
+
+def status(**kwargs: Any) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "generation": 4,
+        "namespace": "gpu-operator",
+        "results": READY,
+        "gpu_nodes": 3,
+        "has_nfd": True,
+        "previous": None,
+        "now": T0,
+    }
+    args.update(kwargs)
+    return policy_status(**args)
+
+
+def conditions(st: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in st["conditions"]}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "state", "reason"),
+    [
+        ({}, "ready", "Reconciled"),
+        ({"gpu_nodes": 0}, "ready", "NoGPUNodes"),
+        ({"has_nfd": False}, "notReady", "NFDLabelsMissing"),
+        ({"has_nfd": False, "gpu_nodes": 0}, "notReady", "NFDLabelsMissing"),
+        ({"error": "boom"}, "notReady", "ReconcileFailed"),
+        ({"error": "boom", "has_nfd": False}, "notReady", "ReconcileFailed"),
+        (
+            {
+                "results": [
+                    StateResult("state-driver", "ready"),
+                    StateResult("state-device-plugin", "notReady", "1 of 3"),
+                ]
+            },
+            "notReady",
+            "OperandNotReady",
+        ),
+        (
+            {"results": [StateResult("state-driver", "notReady", "x"), StateResult("state-device-plugin", "notReady")]},
+            "notReady",
+            "DriverNotReady",
+        ),
+        ({"settling": True}, "notReady", "OperandNotReady"),
+    ],
+)
+def test_state_and_reason(kwargs: dict[str, Any], state: str, reason: str) -> None:
+    st = status(**kwargs)
+    assert st["state"] == state
+    conds = conditions(st)
+    assert conds["Ready"]["reason"] == conds["Error"]["reason"] == reason
+
+
+def test_messages_name_what_is_wrong() -> None:
+    st = status(
+        results=[
+            StateResult("state-driver", "notReady", "nvidia-driver-daemonset-ubuntu22.04: 1 of 2 pods not ready"),
+            StateResult("state-dcgm-exporter", "notReady"),
+        ]
+    )
+    message = conditions(st)["Ready"]["message"]
+    assert message == "state-driver: nvidia-driver-daemonset-ubuntu22.04: 1 of 2 pods not ready; state-dcgm-exporter"
+    assert conditions(status(error="apply failed: forbidden"))["Error"]["message"] == "apply failed: forbidden"
+    assert "NFD" in conditions(status(has_nfd=False))["Ready"]["message"]
+    assert "3 GPU nodes" in conditions(status())["Ready"]["message"]
+
+
+def test_no_gpu_nodes_hides_not_ready_operands() -> None:
+    st = status(gpu_nodes=0, results=[StateResult("state-driver", "notReady")])
+    assert st["state"] == "ready" and conditions(st)["Ready"]["reason"] == "NoGPUNodes"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"gpu_nodes": 0}, {"has_nfd": False}, {"error": "x"}, {"results": [StateResult("s", "notReady")]}],
+)
+def test_ready_and_error_always_opposite(kwargs: dict[str, Any]) -> None:
+    conds = conditions(status(**kwargs))
+    assert {conds["Ready"]["status"], conds["Error"]["status"]} == {"True", "False"}
+    assert (conds["Ready"]["status"] == "True") == (status(**kwargs)["state"] == "ready")
+
+
+def test_observed_generation_on_status_and_every_condition() -> None:
+    st = status(generation=7)
+    assert st["observedGeneration"] == 7
+    assert [c["observedGeneration"] for c in st["conditions"]] == [7, 7]
+
+
+def test_status_carries_namespace_and_per_state_results() -> None:
+    st = status(results=[StateResult("state-driver", "notReady", "why"), StateResult("state-dcgm", "disabled")])
+    assert st["namespace"] == "gpu-operator"
+    assert st["states"] == [
+        {"name": "state-driver", "state": "notReady", "message": "why"},
+        {"name": "state-dcgm", "state": "disabled", "message": ""},
+    ]
+
+
+def test_status_fits_the_crd_status_schema() -> None:
+    """The status model is what the CRD's status schema is generated from: nothing written may be pruned."""
+    for st in (
+        status(),
+        status(error="x"),
+        ignored_status(generation=1, namespace="ns", active="a", previous=None, now=T0),
+    ):
+        model = ClusterPolicyStatus.model_validate(st)
+        assert model.model_dump(by_alias=True) == st
+
+
+# Transitions
+
+
+def test_last_transition_time_kept_while_status_value_holds() -> None:
+    first = status(now=T0)
+    second = status(now=T1, previous=first, results=[StateResult("state-driver", "ready", "different message")])
+    assert [c["lastTransitionTime"] for c in second["conditions"]] == [T0, T0]
+    not_ready = status(now=T1, previous=first, has_nfd=False)
+    assert [c["lastTransitionTime"] for c in not_ready["conditions"]] == [T1, T1]
+
+
+def test_reason_change_without_status_change_keeps_the_time() -> None:
+    first = status(now=T0, has_nfd=False)
+    second = status(now=T1, previous=first, error="boom")
+    assert conditions(second)["Ready"]["reason"] == "ReconcileFailed"
+    assert conditions(second)["Ready"]["lastTransitionTime"] == T0
+
+
+def test_previous_condition_without_time_gets_now() -> None:
+    previous = {"conditions": [{"type": "Ready", "status": "True", "reason": "Reconciled"}]}
+    st = status(now=T1, previous=previous)
+    assert conditions(st)["Ready"]["lastTransitionTime"] == T1
+    assert conditions(st)["Error"]["lastTransitionTime"] == T1
+
+
+def test_status_changed_ignores_timestamps() -> None:
+    first = status(now=T0)
+    again = status(now=T1)  # same content, a fresh transition time
+    assert first["conditions"][0]["lastTransitionTime"] != again["conditions"][0]["lastTransitionTime"]
+    assert not status_changed(first, again)
+    assert status_changed(first, status(now=T1, generation=5))
+    assert status_changed(first, status(now=T1, gpu_nodes=0))
+    assert status_changed(first, status(now=T1, results=[StateResult("state-driver", "notReady")]))
+    assert status_changed(None, first)
+    assert status_changed({}, first)
+
+
+def test_steady_state_writes_nothing() -> None:
+    """Recomputing the status from its own previous value gives an identical status: no write."""
+    first = status(now=T0)
+    second = status(now=T1, previous=first)
+    assert second == first
+    assert not status_changed(first, second)
+
+
+# Ignored policies
+
+
+def test_ignored_status() -> None:
+    st = ignored_status(generation=2, namespace="gpu-operator", active="cluster-policy", previous=None, now=T0)
+    assert st["state"] == "ignored"
+    assert st["namespace"] == "gpu-operator"
+    assert st["observedGeneration"] == 2
+    assert st["states"] == []
+    conds = conditions(st)
+    assert conds["Ready"]["status"] == "False" and conds["Error"]["status"] == "True"
+    assert conds["Ready"]["reason"] == conds["Error"]["reason"] == "Ignored"
+    assert "cluster-policy" in conds["Ready"]["message"]
+    assert [c["observedGeneration"] for c in st["conditions"]] == [2, 2]
+
+
+def test_ignored_status_is_stable() -> None:
+    first = ignored_status(generation=2, namespace="ns", active="a", previous=None, now=T0)
+    second = ignored_status(generation=2, namespace="ns", active="a", previous=first, now=T1)
+    assert second == first
+    assert not status_changed(first, second)
+    assert status_changed(first, ignored_status(generation=2, namespace="ns", active="b", previous=first, now=T1))

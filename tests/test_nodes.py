@@ -19,6 +19,7 @@ from gpu_operator.nodes import (
     deploy_label,
     desired_labels,
     driver_pools,
+    unpooled,
 )
 from support import KERNEL, OS_ID, OS_VERSION, PCI, facts, node
 
@@ -376,3 +377,20 @@ def test_non_gpu_and_unlabelled_nodes_are_not_pooled() -> None:
         facts("fresh", os=("rhel", "8.10")),  # not yet labelled by the operator
     ]
     assert driver_pools(nodes, precompiled=False) == []
+
+
+def test_a_paused_driver_label_keeps_the_node_in_its_pool() -> None:
+    paused = facts("n1", labels={"nvidia.com/gpu.deploy.driver": "paused-for-driver-upgrade"})
+    assert driver_pools([paused], precompiled=False) == [Pool("ubuntu", "22.04")]
+
+
+def test_driver_nodes_without_os_labels_are_reported_not_pooled() -> None:
+    bare = NodeFacts("bare", labels={PCI: "true", "nvidia.com/gpu.deploy.driver": "true"})
+    ok = facts("ok", labels={"nvidia.com/gpu.deploy.driver": "true"})
+    opted_out = NodeFacts("out", labels={PCI: "true", "nvidia.com/gpu.deploy.driver": "false"})
+    assert driver_pools([bare, ok, opted_out], precompiled=False) == [Pool("ubuntu", "22.04")]
+    assert unpooled([bare, ok, opted_out], precompiled=False) == ["bare"]
+    no_kernel = NodeFacts("nk", labels={PCI: "true", OS_ID: "ubuntu", OS_VERSION: "22.04",
+                                        "nvidia.com/gpu.deploy.driver": "true"})  # fmt: skip
+    assert unpooled([no_kernel], precompiled=True) == ["nk"]
+    assert unpooled([no_kernel], precompiled=False) == []

@@ -200,11 +200,24 @@ class Pool:
         return sel
 
 
+def gets_driver(node: NodeFacts) -> bool:
+    """A GPU node the operator's driver is for (a paused label keeps the node in its pool)."""
+    value = node.labels.get(deploy_label("driver"))
+    return node.has_gpu and (value == "true" or value in PAUSED_VALUES)
+
+
 def driver_pools(nodes: list[NodeFacts], precompiled: bool) -> list[Pool]:
     """The pools of the nodes that get the operator's driver, in a stable order."""
     pools = {
         Pool(n.os_id, n.os_version, n.kernel if precompiled else "")
         for n in nodes
-        if n.has_gpu and n.deploys("driver") and n.os_id and n.os_version
+        if gets_driver(n) and n.os_id and n.os_version and (n.kernel or not precompiled)
     }
     return sorted(pools)
+
+
+def unpooled(nodes: list[NodeFacts], precompiled: bool) -> list[str]:
+    """Driver nodes that fit no pool because NFD did not label their OS (or kernel), by name."""
+    return sorted(
+        n.name for n in nodes if gets_driver(n) and not (n.os_id and n.os_version and (n.kernel or not precompiled))
+    )

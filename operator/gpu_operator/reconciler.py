@@ -15,7 +15,7 @@ from typing import Any
 from . import metrics
 from .api import PolicyError, parse_spec
 from .kube import ApiError, Kube
-from .nodes import DEPLOY_PREFIX, GPU_PRESENT, PAUSED_VALUES, NodeFacts
+from .nodes import DEPLOY_PREFIX, GPU_PRESENT, PAUSED_VALUES, NodeFacts, unpooled
 from .readiness import daemonset_ready
 from .render import label_patches, plan, relabelled
 from .states import RenderContext
@@ -229,7 +229,10 @@ class Reconciler:
             elif failed:
                 results.append(StateResult(name, "notReady", "apply failed: " + failed))
             else:
-                results.append(self._state_readiness(name, desired_keys, live, snap))
+                result = self._state_readiness(name, desired_keys, live, snap)
+                if name == "state-driver":
+                    result = _with_unpooled(result, nodes, spec.driver.use_precompiled)
+                results.append(result)
 
         for key, obj in sorted(snap.owned.items()):
             if key in desired_keys or key[0] == "ClusterPolicy":
@@ -346,6 +349,16 @@ class Reconciler:
             self.kube.merge_patch("ClusterPolicy", meta["name"], {"metadata": {"finalizers": finalizers}})
             out.writes += 1
             log.info("ClusterPolicy %s deleted; node labels cleaned up", meta["name"])
+
+
+def _with_unpooled(result: StateResult, nodes: list[NodeFacts], precompiled: bool) -> StateResult:
+    missing = unpooled(nodes, precompiled)
+    if not missing:
+        return result
+    labels = "os-release ID/VERSION_ID" + (" and kernel-version.full" if precompiled else "")
+    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    why = f"no driver for {shown}: NFD labels {labels} missing"
+    return StateResult(result.name, "notReady", f"{result.message}; {why}" if result.message else why)
 
 
 def newer(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:

@@ -354,12 +354,31 @@ class OperandStatus(Model):
     message: str = ""
 
 
+class NodeWait(Model):
+    node: str
+    state: str = ""
+    reason: str
+
+
+class UpgradeStatus(Model):
+    """Driver upgrade progress (beyond upstream): counts, and why each node in progress waits."""
+
+    total: int = 0
+    in_progress: int = 0
+    done: int = 0
+    failed: int = 0
+    pending: int = 0
+    available: int = 0
+    waiting: list[NodeWait] = []
+
+
 class ClusterPolicyStatus(Model):
     state: State | None = None
     namespace: str | None = None
     observed_generation: int | None = None
     conditions: list[Condition] = []
     states: list[OperandStatus] = []
+    upgrade: UpgradeStatus | None = None
 
 
 class PolicyError(Exception):

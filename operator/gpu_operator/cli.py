@@ -119,6 +119,59 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_upgrade_plan(args: argparse.Namespace) -> int:
+    """Read-only: which nodes go in which wave, and why each waiting node waits."""
+    import time
+
+    from . import upgrade
+    from .kube import ApiError, Kube
+    from .nodes import NodeFacts
+    from .runtime import pod_projection, revision_projection
+    from .status import active_policy
+    from .upgrade.adapter import steady, upgrade_nodes, workload_pods
+
+    try:
+        kube = Kube.connect(args.kubeconfig)
+        policies = kube.list("ClusterPolicy")
+        name = active_policy(policies)
+        if name is None:
+            print("error: no ClusterPolicy in the cluster", file=sys.stderr)
+            return 2
+        spec = parse_spec(next(p for p in policies if p["metadata"]["name"] == name).get("spec"))
+        nodes = [NodeFacts.from_node(n) for n in kube.list("Node")]
+        selector = "app.kubernetes.io/managed-by=gpu-operator"
+        pods = {p["metadata"]["name"]: pod_projection(p) for p in kube.list("Pod", args.namespace, selector)}
+        revisions = {
+            r["metadata"]["name"]: revision_projection(r) for r in kube.list("ControllerRevision", args.namespace)
+        }
+        managed = upgrade_nodes(nodes, pods, revisions)
+        policy = spec.driver.upgrade_policy
+        result = upgrade.plan(managed, workload_pods(kube, managed), policy, time.time(),
+                              validation_enabled=spec.validator.enabled)  # fmt: skip
+    except (ApiError, PolicyError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    c = result.counters
+    limit = policy.max_parallel_upgrades or "unlimited"
+    print(f"ClusterPolicy {name}: autoUpgrade={str(policy.auto_upgrade).lower()}, maxParallelUpgrades={limit}, "
+          f"maxUnavailable={policy.max_unavailable} ({c.max_unavailable} of {c.total} nodes)")  # fmt: skip
+    print(f"nodes: {c.total} managed, {c.done} done, {c.in_progress} in progress, {c.failed} failed, "
+          f"{c.pending} waiting to start, {c.skipped} skipped")  # fmt: skip
+    waves = upgrade.preview_waves(managed, policy)
+    if not policy.auto_upgrade:
+        print("autoUpgrade is off: nothing is orchestrated")
+    elif not waves:
+        print("no node needs an upgrade")
+    for i, wave in enumerate(waves, 1):
+        print(f"wave {i}: {', '.join(wave)}")
+    states = {n.name: n.state or "unknown" for n in managed}
+    if result.waiting:
+        print("waiting:")
+        for node in sorted(result.waiting):
+            print(f"  {node} ({states[node]}): {steady(result.waiting[node])}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpu-operator",
@@ -145,6 +198,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nodes", help="Node objects: multi-document YAML or a List")
     p.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="operand namespace (%(default)s)")
     p.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("upgrade", help="driver upgrade orchestration")
+    upgrade_sub = p.add_subparsers(dest="upgrade_command", required=True, metavar="COMMAND")
+    q = upgrade_sub.add_parser(
+        "plan",
+        help="print the waves a driver upgrade takes and why each waiting node waits (reads only)",
+        description="Read the cluster and print, before or during a driver rollout, which nodes go in which wave "
+        "under the policy's limits and, for every node that waits, what it waits for.",
+    )
+    q.add_argument("--kubeconfig", help="kubeconfig file")
+    q.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="operand namespace (%(default)s)")
+    q.set_defaults(func=cmd_upgrade_plan)
 
     p = sub.add_parser("crds", help="print the CRDs (or apply them with --apply)")
     p.add_argument("--apply", action="store_true", help="server-side apply them to the cluster")

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from . import metrics
-from .api import PolicyError, parse_spec
+from . import metrics, upgrade
+from .api import ClusterPolicySpec, PolicyError, parse_spec
 from .kube import ApiError, Kube
 from .nodes import DEPLOY_PREFIX, GPU_PRESENT, PAUSED_VALUES, NodeFacts, unpooled
 from .readiness import daemonset_ready
@@ -21,6 +21,7 @@ from .render import label_patches, plan, relabelled
 from .states import RenderContext
 from .states.base import COMPONENT, HASH_ANNOTATION, MANAGED_BY, OPERATOR_NAME
 from .status import StateResult, active_policy, ignored_status, policy_status, status_changed
+from .upgrade.adapter import Executor, steady, upgrade_nodes, workload_pods
 
 log = logging.getLogger("gpu_operator")
 
@@ -59,8 +60,8 @@ class Outcome:
     ready: bool | None  # None: no active policy
     applied: list[dict[str, Any]] = field(default_factory=list)
     deleted: list[Key] = field(default_factory=list)
-    node_labels: dict[str, dict[str, str]] = field(default_factory=dict)
     writes: int = 0
+    busy: bool = False  # work in progress that needs rechecking soon (a driver upgrade)
 
 
 def _now() -> str:
@@ -187,7 +188,6 @@ class Reconciler:
             status["conditions"][0]["reason"] = status["conditions"][1]["reason"] = "InvalidSpec"
             self._write_status(policy, status, out)
             return
-        metrics.driver_auto_upgrade_enabled.set(int(spec.driver.upgrade_policy.auto_upgrade))
         self._ensure_namespace(spec.psa.enabled, out)
 
         nodes = list(snap.nodes.values())
@@ -245,6 +245,7 @@ class Reconciler:
             out.deleted.append(key)
             out.writes += 1
 
+        upgrade = self._upgrade(spec, nodes, snap, out)
         gpu_nodes = sum(1 for n in nodes if n.has_gpu)
         status = policy_status(
             generation=generation,
@@ -256,9 +257,53 @@ class Reconciler:
             now=_now(),
             error="; ".join(errors) or None,
             settling=bool(patches or out.applied or out.deleted),
+            extra={"upgrade": upgrade} if upgrade else None,
         )
         out.ready = status["state"] == "ready"
         self._write_status(policy, status, out)
+
+    def _upgrade(
+        self, spec: ClusterPolicySpec, nodes: list[NodeFacts], snap: Snapshot, out: Outcome
+    ) -> dict[str, Any] | None:
+        """One pass of driver upgrade orchestration; the status block it reports (None when there is none)."""
+        driver_on = spec.driver.enabled and not spec.driver.use_nvidia_driver_crd
+        managed = upgrade_nodes(nodes if driver_on else [], snap.pods, snap.revisions)
+        policy = spec.driver.upgrade_policy
+        metrics.driver_auto_upgrade_enabled.set(int(policy.auto_upgrade))
+        if not managed:
+            return None
+        result = upgrade.plan(
+            managed, workload_pods(self.kube, managed), policy, time.time(), validation_enabled=spec.validator.enabled
+        )
+        executor = Executor(self.kube, self.namespace, self.event)
+        executor.run(result)
+        out.writes += executor.writes
+        c = result.counters
+        for gauge, value in (
+            (metrics.nodes_upgrades_in_progress, c.in_progress),
+            (metrics.nodes_upgrades_done, c.done),
+            (metrics.nodes_upgrades_failed, c.failed),
+            (metrics.nodes_upgrades_available, c.available),
+            (metrics.nodes_upgrades_pending, c.pending),
+        ):
+            gauge.set(value)
+        if not policy.auto_upgrade:
+            return None
+        states = {n.name: n.state for n in managed}
+        stuck = sorted((n, r) for n, r in result.waiting.items() if states.get(n) in upgrade.IN_PROGRESS_STATES)
+        for node, reason in stuck:  # an event on each node that waits mid-upgrade, when its reason changes
+            ref = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}
+            self.event(ref, "Normal", upgrade.EVENT_REASON, f"{states[node]}: {steady(reason)}")
+        out.busy = bool(result.actions) or c.in_progress > 0 or c.pending > 0
+        return {
+            "total": c.total,
+            "inProgress": c.in_progress,
+            "done": c.done,
+            "failed": c.failed,
+            "pending": c.pending,
+            "available": c.available,
+            "waiting": [{"node": n, "state": states[n], "reason": steady(r)} for n, r in stuck[:50]],
+        }
 
     def _state_readiness(
         self, state: str, desired: set[Key], live: dict[Key, dict[str, Any]], snap: Snapshot

@@ -47,6 +47,7 @@ def pod_projection(pod: dict[str, Any]) -> dict[str, Any]:
         "metadata": {
             "name": meta.get("name"),
             "labels": {k: v for k, v in (meta.get("labels") or {}).items() if k in _POD_LABELS},
+            **({"deletionTimestamp": meta["deletionTimestamp"]} if meta.get("deletionTimestamp") else {}),
         },
         "node": (pod.get("spec") or {}).get("nodeName", ""),
         "owner": owner,
@@ -197,7 +198,7 @@ class Operator:
                 self.owned.pop(key, None)
             if outcome.writes:
                 log.info("reconciled: ready=%s, %d writes", outcome.ready, outcome.writes)
-            delay = NOT_READY_RECHECK_S if outcome.ready is False else RESYNC_S
+            delay = NOT_READY_RECHECK_S if outcome.ready is False or outcome.busy else RESYNC_S
 
 
 def build_registry(op: Operator) -> kopf.OperatorRegistry:

@@ -1,0 +1,181 @@
+"""The thin edge of driver-upgrade orchestration: observe the cluster for the planner, carry out its actions.
+
+Everything it decides is in `planner.plan`; this module only projects watched objects into planner inputs,
+reads the pods on nodes whose state needs them, and turns actions into API calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from ..kube import ApiError, Kube
+from ..nodes import NodeFacts, gets_driver
+from .model import (
+    DRAIN_REQUIRED,
+    POD_DELETION_REQUIRED,
+    STATE_LABEL,
+    WAIT_FOR_JOBS_REQUIRED,
+    Action,
+    Annotate,
+    Cordon,
+    DeleteDriverPod,
+    Event,
+    EvictPods,
+    Plan,
+    SetState,
+    Uncordon,
+    UpgradeNode,
+    WorkloadPod,
+)
+
+log = logging.getLogger("gpu_operator.upgrade")
+
+DRIVER = "state-driver"
+VALIDATOR = "state-operator-validation"
+COMPONENT = "app.kubernetes.io/component"
+# States in which the planner looks at the workload pods of a node.
+NEEDS_PODS = frozenset({WAIT_FOR_JOBS_REQUIRED, POD_DELETION_REQUIRED, DRAIN_REQUIRED})
+
+
+def _pick(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The pod that matters on a node: a live one over a terminating one."""
+    live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+    return live[0] if live else (pods[0] if pods else None)
+
+
+def upgrade_nodes(
+    nodes: Iterable[NodeFacts], pods: Mapping[str, dict[str, Any]], revisions: Mapping[str, dict[str, Any]]
+) -> list[UpgradeNode]:
+    """Planner inputs for every node a driver DaemonSet manages, from the watch-cache projections."""
+    newest: dict[str, tuple[int, str | None]] = {}
+    for rev in revisions.values():
+        owner, number = rev["owner"], int(rev.get("revision", 0))
+        if owner and number >= newest.get(owner, (-1, None))[0]:
+            newest[owner] = (number, rev["metadata"]["labels"].get("controller-revision-hash"))
+    by_node: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for pod in pods.values():
+        component = pod["metadata"]["labels"].get(COMPONENT, "")
+        by_node.setdefault((pod["node"], component), []).append(pod)
+    out = []
+    for node in nodes:
+        if not gets_driver(node):
+            continue
+        driver = _pick(by_node.get((node.name, DRIVER), []))
+        out.append(
+            UpgradeNode(
+                name=node.name,
+                labels=dict(node.labels),
+                annotations=dict(node.annotations),
+                unschedulable=node.unschedulable,
+                ready=node.ready,
+                driver_pod=driver,
+                driver_revision=newest.get(driver["owner"], (0, None))[1] if driver else None,
+                validator_pod=_pick(by_node.get((node.name, VALIDATOR), [])),
+            )
+        )
+    return out
+
+
+def workload_pods(kube: Kube, nodes: Iterable[UpgradeNode]) -> list[WorkloadPod]:
+    """All pods on the nodes whose state needs them (reads only; nothing is cached)."""
+    out = []
+    for node in nodes:
+        if node.labels.get(STATE_LABEL) in NEEDS_PODS:
+            for pod in kube.list("Pod", field_selector=f"spec.nodeName={node.name}"):
+                out.append(WorkloadPod.from_pod(pod))
+    return out
+
+
+def steady(message: str) -> str:
+    """A waiting reason without its running clock, so status and events change only when the reason does."""
+    message = re.sub(r"\b\d+s of (\d+s)", r"up to \1", message)
+    return re.sub(r"\b\d+s, no timeout", "no timeout", message)
+
+
+EventFn = Callable[[dict[str, Any], str, str, str], None]
+
+
+class Executor:
+    """Carries out a plan's actions in order; a node's remaining actions stop at its first failed write."""
+
+    def __init__(self, kube: Kube, namespace: str, event: EventFn):
+        self.kube = kube
+        self.namespace = namespace
+        self.event = event
+        self.writes = 0
+
+    def run(self, plan: Plan) -> None:
+        failed: set[str] = set()
+        batch: dict[str, dict[str, Any]] = {}  # node -> merge patch of consecutive label/annotation/cordon actions
+
+        def flush(node: str) -> bool:
+            patch = batch.pop(node, None)
+            if not patch:
+                return True
+            try:
+                self.kube.merge_patch("Node", node, patch)
+                self.writes += 1
+                return True
+            except ApiError as exc:
+                log.warning("upgrade: patching node %s failed: %s", node, exc)
+                failed.add(node)
+                return False
+
+        for action in plan.actions:
+            node = action.node
+            if node in failed:
+                continue
+            if _merge(batch.setdefault(node, {}), action):
+                continue
+            if not flush(node):
+                continue
+            try:
+                self._act(action)
+            except ApiError as exc:
+                log.warning("upgrade: %s on %s failed: %s", type(action).__name__, node, exc)
+                failed.add(node)
+        for node in list(batch):
+            flush(node)
+
+    def _act(self, action: Action) -> None:
+        if isinstance(action, EvictPods):
+            for ns, name in action.pods:
+                try:
+                    if action.force:
+                        self.kube.delete("Pod", name, ns)
+                    else:
+                        self.kube.evict(name, ns)
+                    self.writes += 1
+                except ApiError as exc:
+                    if exc.status == 429:  # a PodDisruptionBudget blocks it now; the planner sees it stay
+                        log.info("upgrade: eviction of %s/%s blocked: %s", ns, name, exc.message)
+                        continue
+                    if exc.status != 404:
+                        raise
+        elif isinstance(action, DeleteDriverPod):
+            self.kube.delete("Pod", action.pod_name, self.namespace)
+            self.writes += 1
+        elif isinstance(action, Event):
+            node_ref = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": action.node, "uid": None}}
+            self.event(node_ref, action.type, action.reason, action.message)
+
+
+def _merge(patch: dict[str, Any], action: Action) -> bool:
+    """Fold a node-object action into a pending merge patch; False for actions that are not node patches."""
+    meta = patch.setdefault("metadata", {})
+    if isinstance(action, SetState):
+        meta.setdefault("labels", {})[STATE_LABEL] = action.state or None
+    elif isinstance(action, Annotate):
+        meta.setdefault("annotations", {})[action.key] = action.value
+    elif isinstance(action, Cordon):
+        patch.setdefault("spec", {})["unschedulable"] = True
+    elif isinstance(action, Uncordon):
+        patch.setdefault("spec", {})["unschedulable"] = None
+    else:
+        if not meta:
+            del patch["metadata"]
+        return False
+    return True

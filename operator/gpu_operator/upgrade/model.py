@@ -1,0 +1,314 @@
+"""Inputs and outputs of the driver-upgrade planner: label/annotation names, states, node and pod
+projections, and the actions a plan asks the adapter to carry out. All immutable, all pure.
+
+Upstream names (label values, annotation keys) are verbatim; the annotations marked "ours" are
+additions that keep every piece of progress in the cluster, so an operator restart loses nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..readiness import REVISION_HASH, pod_ready
+
+# Node label holding the per-node state, and the opt-out labels.
+STATE_LABEL = "nvidia.com/gpu-driver-upgrade-state"
+SKIP_LABEL = "nvidia.com/gpu-driver-upgrade.skip"
+DRAIN_SKIP_LABEL = "nvidia.com/gpu-driver-upgrade-drain.skip"
+
+# Node annotations (upstream).
+REQUESTED_ANNOTATION = "nvidia.com/gpu-driver-upgrade-requested"
+INITIAL_UNSCHEDULABLE_ANNOTATION = "nvidia.com/gpu-driver-upgrade.node-initial-state.unschedulable"
+WAIT_FOR_JOBS_START_ANNOTATION = "nvidia.com/gpu-driver-upgrade-wait-for-pod-completion-start-time"
+VALIDATION_START_ANNOTATION = "nvidia.com/gpu-driver-upgrade-validation-start-time"
+# Node annotations (ours).
+POD_DELETION_START_ANNOTATION = "nvidia.com/gpu-driver-upgrade-pod-deletion-start-time"
+DRAIN_START_ANNOTATION = "nvidia.com/gpu-driver-upgrade-drain-start-time"
+DELETED_DRIVER_POD_ANNOTATION = "nvidia.com/gpu-driver-upgrade-deleted-driver-pod"
+FAILURE_REASON_ANNOTATION = "nvidia.com/gpu-driver-upgrade-failure-reason"
+
+# Bookkeeping of one upgrade, removed when it ends (and when a new one starts, in case a crash left some).
+TRANSIENT_ANNOTATIONS = (
+    WAIT_FOR_JOBS_START_ANNOTATION,
+    POD_DELETION_START_ANNOTATION,
+    DRAIN_START_ANNOTATION,
+    VALIDATION_START_ANNOTATION,
+    DELETED_DRIVER_POD_ANNOTATION,
+    FAILURE_REASON_ANNOTATION,
+)
+
+EVENT_REASON = "GPUDriverUpgrade"
+
+# States: the label values, verbatim. UNKNOWN is the label being absent.
+UNKNOWN = ""
+DONE = "upgrade-done"
+REQUIRED = "upgrade-required"
+CORDON_REQUIRED = "cordon-required"
+WAIT_FOR_JOBS_REQUIRED = "wait-for-jobs-required"
+POD_DELETION_REQUIRED = "pod-deletion-required"
+DRAIN_REQUIRED = "drain-required"
+POD_RESTART_REQUIRED = "pod-restart-required"
+VALIDATION_REQUIRED = "validation-required"
+UNCORDON_REQUIRED = "uncordon-required"
+FAILED = "upgrade-failed"
+
+STATES = (
+    UNKNOWN,
+    DONE,
+    REQUIRED,
+    CORDON_REQUIRED,
+    WAIT_FOR_JOBS_REQUIRED,
+    POD_DELETION_REQUIRED,
+    DRAIN_REQUIRED,
+    POD_RESTART_REQUIRED,
+    VALIDATION_REQUIRED,
+    UNCORDON_REQUIRED,
+    FAILED,
+)
+# States that hold an upgrade slot (upstream: everything but unknown, done and required).
+IN_PROGRESS_STATES = frozenset(STATES) - {UNKNOWN, DONE, REQUIRED}
+
+VALIDATION_TIMEOUT_S = 600
+CRASH_LOOP_RESTARTS = 10  # a container not Ready with more restarts than this is crash-looping
+
+FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
+GPU_RESOURCE_PREFIXES = ("nvidia.com/gpu", "nvidia.com/mig-")
+
+PodDict = Mapping[str, Any]
+
+
+# Driver/validator pod projections are dicts shaped like readiness.py's:
+# {"metadata": {"name", "labels", "deletionTimestamp"?}, "status": {"phase", "containerStatuses": [...]}}
+
+
+def pod_name(pod: PodDict) -> str:
+    return str((pod.get("metadata") or {}).get("name", ""))
+
+
+def pod_revision(pod: PodDict) -> str | None:
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    value = labels.get(REVISION_HASH)
+    return str(value) if value is not None else None
+
+
+def pod_terminating(pod: PodDict) -> bool:
+    return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
+
+
+def pod_is_ready(pod: PodDict) -> bool:
+    return not pod_terminating(pod) and pod_ready(dict(pod))
+
+
+def crash_loop(pod: PodDict) -> tuple[str, int] | None:
+    """(container, restarts) of a container that is not Ready and restarted more than 10 times."""
+    status = pod.get("status") or {}
+    for c in list(status.get("initContainerStatuses") or []) + list(status.get("containerStatuses") or []):
+        restarts = int(c.get("restartCount") or 0)
+        if not c.get("ready") and restarts > CRASH_LOOP_RESTARTS:
+            return str(c.get("name", "?")), restarts
+    return None
+
+
+def _relevant(key: str) -> bool:
+    return key.startswith("nvidia.com/")
+
+
+@dataclass(frozen=True)
+class UpgradeNode:
+    """One node the driver DaemonSets manage, as the planner needs to see it."""
+
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    unschedulable: bool = False
+    ready: bool = True  # the node's Ready condition
+    driver_pod: PodDict | None = None
+    driver_revision: str | None = None  # newest ControllerRevision hash of this node's driver DaemonSet
+    validator_pod: PodDict | None = None
+
+    @classmethod
+    def from_node(
+        cls,
+        node: Mapping[str, Any],
+        driver_pod: PodDict | None = None,
+        driver_revision: str | None = None,
+        validator_pod: PodDict | None = None,
+    ) -> UpgradeNode:
+        """Project a Node object (keeps only nvidia.com/ labels and annotations)."""
+        meta = node.get("metadata") or {}
+        conditions = (node.get("status") or {}).get("conditions") or []
+        return cls(
+            name=str(meta.get("name", "")),
+            labels={k: v for k, v in (meta.get("labels") or {}).items() if _relevant(k)},
+            annotations={k: v for k, v in (meta.get("annotations") or {}).items() if _relevant(k)},
+            unschedulable=bool((node.get("spec") or {}).get("unschedulable")),
+            ready=any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions),
+            driver_pod=driver_pod,
+            driver_revision=driver_revision,
+            validator_pod=validator_pod,
+        )
+
+    @property
+    def state(self) -> str:
+        """The state label; a value we do not know reads as unknown (and gets overwritten)."""
+        value = self.labels.get(STATE_LABEL, UNKNOWN)
+        return value if value in STATES else UNKNOWN
+
+    @property
+    def skipped(self) -> bool:
+        return self.labels.get(SKIP_LABEL) == "true"
+
+    @property
+    def requested(self) -> bool:
+        return self.annotations.get(REQUESTED_ANNOTATION) == "true"
+
+    @property
+    def initially_unschedulable(self) -> bool:
+        return INITIAL_UNSCHEDULABLE_ANNOTATION in self.annotations
+
+    @property
+    def unavailable(self) -> bool:
+        """Cordoned or NotReady right now."""
+        return self.unschedulable or not self.ready
+
+    @property
+    def driver_out_of_date(self) -> bool:
+        """The driver pod runs another revision than its DaemonSet's newest (unknown revision: not out of date)."""
+        if self.driver_pod is None or self.driver_revision is None:
+            return False
+        return pod_revision(self.driver_pod) != self.driver_revision
+
+    @property
+    def driver_in_sync_and_ready(self) -> bool:
+        return self.driver_pod is not None and not self.driver_out_of_date and pod_is_ready(self.driver_pod)
+
+
+def _uses_gpu(spec: Mapping[str, Any]) -> bool:
+    for c in list(spec.get("containers") or []) + list(spec.get("initContainers") or []):
+        res = c.get("resources") or {}
+        for section in ("requests", "limits"):
+            if any(str(k).startswith(GPU_RESOURCE_PREFIXES) for k in (res.get(section) or {})):
+                return True
+    return False
+
+
+@dataclass(frozen=True)
+class WorkloadPod:
+    """A pod on a GPU node that pod deletion, drain or waitForCompletion may have to deal with."""
+
+    namespace: str
+    name: str
+    node: str
+    uses_gpu: bool = False  # requests nvidia.com/gpu* or nvidia.com/mig-*
+    has_emptydir: bool = False
+    is_daemonset_pod: bool = False  # also static (mirror) pods: never evicted nor deleted
+    labels: dict[str, str] = field(default_factory=dict)
+    phase: str = "Running"
+    terminating: bool = False  # deletionTimestamp set: an eviction or deletion is under way
+
+    @classmethod
+    def from_pod(cls, pod: Mapping[str, Any]) -> WorkloadPod:
+        """Project a Pod object."""
+        meta = pod.get("metadata") or {}
+        spec = pod.get("spec") or {}
+        owners = meta.get("ownerReferences") or []
+        return cls(
+            namespace=str(meta.get("namespace", "")),
+            name=str(meta.get("name", "")),
+            node=str(spec.get("nodeName") or ""),
+            uses_gpu=_uses_gpu(spec),
+            has_emptydir=any("emptyDir" in v for v in spec.get("volumes") or []),
+            # Static (mirror) pods belong to the node like DaemonSet pods: never evicted.
+            is_daemonset_pod=any(o.get("kind") in ("DaemonSet", "Node") for o in owners)
+            or "kubernetes.io/config.mirror" in (meta.get("annotations") or {}),
+            labels=dict(meta.get("labels") or {}),
+            phase=str((pod.get("status") or {}).get("phase") or "Pending"),
+            terminating=bool(meta.get("deletionTimestamp")),
+        )
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in FINISHED_PHASES
+
+
+# Actions. The adapter carries them out in the order given, stopping a node's actions at the first error;
+# a list cut short at any point is safe (the next pass observes where it stopped and goes on from there).
+
+
+@dataclass(frozen=True)
+class SetState:
+    node: str
+    state: str  # "" removes the label
+
+
+@dataclass(frozen=True)
+class Cordon:
+    node: str
+
+
+@dataclass(frozen=True)
+class Uncordon:
+    node: str
+
+
+@dataclass(frozen=True)
+class Annotate:
+    node: str
+    key: str
+    value: str | None  # None removes the annotation
+
+
+@dataclass(frozen=True)
+class EvictPods:
+    node: str
+    pods: tuple[tuple[str, str], ...]  # (namespace, name)
+    force: bool  # True: delete the pods instead of evicting them (PodDisruptionBudgets are not honoured)
+    delete_emptydir: bool  # informational: pods with emptyDir volumes may be among them
+
+
+@dataclass(frozen=True)
+class DeleteDriverPod:
+    node: str
+    pod_name: str
+
+
+@dataclass(frozen=True)
+class Event:
+    node: str
+    type: str  # "Normal" or "Warning"
+    reason: str
+    message: str
+
+
+Action = SetState | Cordon | Uncordon | Annotate | EvictPods | DeleteDriverPod | Event
+
+
+@dataclass(frozen=True)
+class Counters:
+    """Numbers for the gpu_operator_nodes_upgrades_* metrics, taken before the pass's actions."""
+
+    total: int = 0  # managed nodes
+    in_progress: int = 0  # nodes holding a slot (upgrade-failed included, as upstream)
+    done: int = 0
+    failed: int = 0
+    available: int = 0  # upgrades that may start now
+    pending: int = 0  # upgrade-required, not skipped
+    skipped: int = 0  # nodes labelled nvidia.com/gpu-driver-upgrade.skip=true
+    unavailable: int = 0  # cordoned, NotReady or upgrading
+    max_unavailable: int = 0  # maxUnavailable resolved against total
+
+
+@dataclass(frozen=True)
+class Plan:
+    actions: list[Action] = field(default_factory=list)
+    waiting: dict[str, str] = field(default_factory=dict)  # node -> why it is not moving on
+    counters: Counters = Counters()
+
+    def actions_for(self, node: str) -> list[Action]:
+        return [a for a in self.actions if a.node == node]

@@ -1,0 +1,659 @@
+"""The driver-upgrade state machine (REFERENCE §5) as a pure function of what the cluster shows.
+
+`plan(nodes, pods, policy, now)` looks at every managed node once and returns the actions that move each
+node at most ONE state further, plus a sentence for every node that cannot move yet. It reads no clock
+and calls no API: the adapter observes, calls it, carries the actions out, and observes again. All the
+progress lives in node labels and annotations, so any pass may be the first after a restart.
+
+Slots (computed from the observed states, before any of this pass's actions): `inProgress` = nodes in a
+state other than unknown/done/required (upgrade-failed holds its slot); a new upgrade may start while
+`inProgress < maxParallelUpgrades` (0 = unlimited) and, unless the node is already cordoned or NotReady,
+while the number of unavailable nodes (cordoned, NotReady or upgrading) stays below `maxUnavailable`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from ..api import DriverUpgradePolicySpec
+from .model import (
+    CORDON_REQUIRED,
+    DELETED_DRIVER_POD_ANNOTATION,
+    DONE,
+    DRAIN_REQUIRED,
+    DRAIN_SKIP_LABEL,
+    DRAIN_START_ANNOTATION,
+    EVENT_REASON,
+    FAILED,
+    FAILURE_REASON_ANNOTATION,
+    IN_PROGRESS_STATES,
+    INITIAL_UNSCHEDULABLE_ANNOTATION,
+    POD_DELETION_REQUIRED,
+    POD_DELETION_START_ANNOTATION,
+    POD_RESTART_REQUIRED,
+    REQUESTED_ANNOTATION,
+    REQUIRED,
+    SKIP_LABEL,
+    STATE_LABEL,
+    TRANSIENT_ANNOTATIONS,
+    UNCORDON_REQUIRED,
+    UNKNOWN,
+    VALIDATION_REQUIRED,
+    VALIDATION_START_ANNOTATION,
+    VALIDATION_TIMEOUT_S,
+    WAIT_FOR_JOBS_REQUIRED,
+    WAIT_FOR_JOBS_START_ANNOTATION,
+    Action,
+    Annotate,
+    Cordon,
+    Counters,
+    DeleteDriverPod,
+    Event,
+    EvictPods,
+    Plan,
+    SetState,
+    Uncordon,
+    UpgradeNode,
+    WorkloadPod,
+    crash_loop,
+    pod_is_ready,
+    pod_name,
+    pod_revision,
+    pod_terminating,
+)
+from .selector import Selector, SelectorError, parse_selector
+
+_MAX_LISTED = 3  # pods or nodes named in one sentence
+
+
+def max_unavailable_count(value: int | str | None, total: int) -> int:
+    """maxUnavailable as a node count: an int, or a percentage of `total` rounded up; unset = total."""
+    if value is None or value == "":
+        return total
+    if isinstance(value, int):
+        return value
+    text = value.strip()
+    if text.endswith("%"):
+        return math.ceil(int(text[:-1]) * total / 100)
+    return int(text)
+
+
+def _names(items: Iterable[str]) -> str:
+    items = list(items)
+    shown = ", ".join(items[:_MAX_LISTED])
+    return shown + (f" and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
+
+
+def _parse_time(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None  # unreadable: treated as absent, so the wait starts again
+
+
+def _stamp(now: float) -> str:
+    return str(int(now))  # epoch seconds, as upstream writes its start-time annotations
+
+
+@dataclass(frozen=True)
+class Slots:
+    """The slot arithmetic of one pass."""
+
+    total: int
+    max_parallel: int  # 0 = unlimited
+    max_unavailable: int
+    in_progress: int
+    unavailable: int  # cordoned, NotReady, or in progress (about to be cordoned, or cordoned by us)
+    failed: int
+
+    @classmethod
+    def observe(cls, nodes: Sequence[UpgradeNode], policy: DriverUpgradePolicySpec) -> Slots:
+        total = len(nodes)
+        return cls(
+            total=total,
+            max_parallel=policy.max_parallel_upgrades,
+            max_unavailable=max_unavailable_count(policy.max_unavailable, total),
+            in_progress=sum(n.state in IN_PROGRESS_STATES for n in nodes),
+            unavailable=sum(n.unavailable or n.state in IN_PROGRESS_STATES for n in nodes),
+            failed=sum(n.state == FAILED for n in nodes),
+        )
+
+    @property
+    def available(self) -> int:
+        """Upgrades that may start now (for a node that is not already unavailable)."""
+        by_unavailable = self.max_unavailable - self.unavailable
+        if self.max_parallel == 0:
+            return max(0, by_unavailable)
+        return max(0, min(self.max_parallel - self.in_progress, by_unavailable))
+
+
+def select_starts(
+    candidates: Sequence[UpgradeNode], slots: Slots, unavailable_names: Sequence[str] = ()
+) -> tuple[list[str], dict[str, str]]:
+    """Which of the (sorted, not skipped) candidates start now, and why each other one waits.
+
+    A node that is already cordoned or NotReady costs a parallel slot but no maxUnavailable budget:
+    upgrading it does not make one more node unavailable.
+    """
+    parallel_left = slots.max_parallel - slots.in_progress if slots.max_parallel else None
+    unavailable_left = slots.max_unavailable - slots.unavailable
+    unavailable = list(unavailable_names)
+    started: list[str] = []
+    waiting: dict[str, str] = {}
+    for node in candidates:
+        free = node.unavailable
+        if parallel_left is not None and parallel_left <= 0:
+            msg = (
+                f"waiting for an upgrade slot: {slots.in_progress + len(started)} of {slots.max_parallel} "
+                "in progress (maxParallelUpgrades)"
+            )
+            if slots.failed:
+                msg += f", {slots.failed} of them upgrade-failed"
+            waiting[node.name] = msg
+        elif not free and unavailable_left <= 0:
+            msg = (
+                f"waiting for an upgrade slot: {slots.max_unavailable - unavailable_left} of at most "
+                f"{slots.max_unavailable} nodes unavailable (maxUnavailable)"
+            )
+            if unavailable:
+                msg += f"; cordoned, NotReady or upgrading: {_names(sorted(unavailable))}"
+            waiting[node.name] = msg
+        else:
+            started.append(node.name)
+            if parallel_left is not None:
+                parallel_left -= 1
+            if not free:
+                unavailable_left -= 1
+                unavailable.append(node.name)
+    return started, waiting
+
+
+@dataclass
+class _Step:
+    actions: list[Action] = field(default_factory=list)
+    waiting: str | None = None
+
+
+@dataclass(frozen=True)
+class _Eviction:
+    """Outcome of one pass of pod deletion or drain on one node."""
+
+    done: bool = False
+    failure: str | None = None
+    actions: tuple[Action, ...] = ()
+    waiting: str | None = None
+
+
+class _Pass:
+    def __init__(
+        self,
+        policy: DriverUpgradePolicySpec,
+        pods: Sequence[WorkloadPod],
+        now: float,
+        validation_enabled: bool,
+    ):
+        self.policy = policy
+        self.now = now
+        self.validation_enabled = validation_enabled
+        self.pods: dict[str, list[WorkloadPod]] = defaultdict(list)
+        for p in sorted(pods, key=lambda p: (p.namespace, p.name)):
+            self.pods[p.node].append(p)
+        self.wait_selector, self.wait_selector_error = self._selector(policy.wait_for_completion.pod_selector)
+        self.drain_selector, self.drain_selector_error = self._selector(policy.drain.pod_selector)
+
+    @staticmethod
+    def _selector(text: str) -> tuple[Selector | None, str | None]:
+        try:
+            return parse_selector(text), None
+        except SelectorError as exc:
+            return None, str(exc)
+
+    # Helpers
+
+    def move(
+        self,
+        node: UpgradeNode,
+        new: str,
+        why: str,
+        *,
+        before: Iterable[Action] = (),
+        clear: Iterable[str] = (),
+        warning: bool = False,
+    ) -> _Step:
+        """The actions of one transition, ordered so that a list cut short anywhere is still safe.
+
+        Work (`before`) and removal of the bookkeeping in `clear` come first: if the pass stops there, the
+        node stays in its state and at worst a wait restarts. The initial-unschedulable annotation goes last,
+        after the state label: losing it while the node is still mid-upgrade would uncordon a node its owner
+        had cordoned.
+        """
+        present = [k for k in dict.fromkeys(clear) if k in node.annotations]
+        actions: list[Action] = list(before)
+        actions += [Annotate(node.name, k, None) for k in present if k != INITIAL_UNSCHEDULABLE_ANNOTATION]
+        actions.append(SetState(node.name, new))
+        actions += [Annotate(node.name, k, None) for k in present if k == INITIAL_UNSCHEDULABLE_ANNOTATION]
+        old = node.labels.get(STATE_LABEL, UNKNOWN) or "unknown"
+        actions.append(Event(node.name, "Warning" if warning else "Normal", EVENT_REASON, f"{old} -> {new}: {why}"))
+        return _Step(actions)
+
+    def fail(self, node: UpgradeNode, why: str, clear: Iterable[str] = ()) -> _Step:
+        return self.move(
+            node, FAILED, why, before=[Annotate(node.name, FAILURE_REASON_ANNOTATION, why)], clear=clear, warning=True
+        )
+
+    def elapsed(self, node: UpgradeNode, key: str) -> tuple[float, list[Action]]:
+        """Seconds since the wait recorded in annotation `key` began; starts it now when absent."""
+        start = _parse_time(node.annotations.get(key))
+        if start is None:
+            return 0.0, [Annotate(node.name, key, _stamp(self.now))]
+        return max(0.0, self.now - start), []
+
+    # States
+
+    def unknown_or_done(self, node: UpgradeNode) -> _Step:
+        pod = node.driver_pod
+        state = node.state
+        if pod is None:
+            return _Step(waiting="no driver pod on the node yet") if state == UNKNOWN else _Step()
+        if pod_terminating(pod):
+            return _Step(waiting=f"driver pod {pod_name(pod)} is terminating") if state == UNKNOWN else _Step()
+        if node.driver_out_of_date or node.requested:
+            why = (
+                f"driver pod {pod_name(pod)} runs revision {pod_revision(pod)}, "
+                f"its DaemonSet is at {node.driver_revision}"
+                if node.driver_out_of_date
+                else f"upgrade requested by annotation {REQUESTED_ANNOTATION}"
+            )
+            # Remember a cordon that is not ours, so the upgrade leaves the node cordoned.
+            before: list[Action] = []
+            if node.unschedulable and not node.initially_unschedulable:
+                before.append(Annotate(node.name, INITIAL_UNSCHEDULABLE_ANNOTATION, "true"))
+            elif not node.unschedulable and node.initially_unschedulable:
+                before.append(Annotate(node.name, INITIAL_UNSCHEDULABLE_ANNOTATION, None))
+            return self.move(node, REQUIRED, why, before=before, clear=TRANSIENT_ANNOTATIONS)
+        if node.labels.get(STATE_LABEL) != DONE:
+            return self.move(node, DONE, "driver pod is up to date", clear=TRANSIENT_ANNOTATIONS)
+        # Bookkeeping a pass cut short after the state label left behind; it means nothing on a done node.
+        leftover = [k for k in (*TRANSIENT_ANNOTATIONS, INITIAL_UNSCHEDULABLE_ANNOTATION) if k in node.annotations]
+        return _Step([Annotate(node.name, k, None) for k in leftover])
+
+    def start(self, node: UpgradeNode) -> _Step:
+        # Bookkeeping left by a failed attempt (relabelled upgrade-required to retry) must not shorten this one.
+        return self.move(node, CORDON_REQUIRED, "upgrade slot granted", clear=TRANSIENT_ANNOTATIONS)
+
+    def cordon(self, node: UpgradeNode) -> _Step:
+        before: list[Action] = [] if node.unschedulable else [Cordon(node.name)]
+        return self.move(node, WAIT_FOR_JOBS_REQUIRED, "node cordoned", before=before)
+
+    def after_jobs(self) -> str:
+        return POD_DELETION_REQUIRED if self.policy.pod_deletion is not None else DRAIN_REQUIRED
+
+    def wait_for_jobs(self, node: UpgradeNode) -> _Step:
+        spec = self.policy.wait_for_completion
+        clear = [WAIT_FOR_JOBS_START_ANNOTATION]
+        if not spec.pod_selector.strip():
+            return self.move(node, self.after_jobs(), "no waitForCompletion.podSelector", clear=clear)
+        if self.wait_selector is None:
+            return _Step(waiting=f"waitForCompletion.podSelector is invalid: {self.wait_selector_error}")
+        running = [p for p in self.pods[node.name] if not p.finished and self.wait_selector.matches(p.labels)]
+        if not running:
+            return self.move(node, self.after_jobs(), "no job pods left to wait for", clear=clear)
+        elapsed, actions = self.elapsed(node, WAIT_FOR_JOBS_START_ANNOTATION)
+        refs = _names(p.ref for p in running)
+        if spec.timeout_seconds and elapsed >= spec.timeout_seconds:
+            return self.move(
+                node,
+                self.after_jobs(),
+                f"gave up waiting for {refs} after {spec.timeout_seconds}s (waitForCompletion.timeoutSeconds)",
+                clear=clear,
+            )
+        limit = (
+            f"{int(elapsed)}s of {spec.timeout_seconds}s" if spec.timeout_seconds else f"{int(elapsed)}s, no timeout"
+        )
+        return _Step(actions, f"waiting for job pods {refs} to complete (waitForCompletion; {limit})")
+
+    def evict(
+        self,
+        node: UpgradeNode,
+        pods: list[WorkloadPod],
+        *,
+        start_key: str,
+        force: bool,
+        timeout: int,
+        delete_emptydir: bool,
+        field: str,
+    ) -> _Eviction:
+        """One pass of evicting `pods`: done when none is left; evict (or after the timeout, with force,
+        delete) the rest; fail on an emptyDir pod we may not touch, or on the timeout without force."""
+        if not pods:
+            return _Eviction(done=True)
+        if not delete_emptydir:
+            protected = [p.ref for p in pods if p.has_emptydir]
+            if protected:
+                which = f"pod {protected[0]} uses" if len(protected) == 1 else f"pods {_names(protected)} use"
+                return _Eviction(failure=f"{which} emptyDir storage and {field}.deleteEmptyDir is false")
+        elapsed, actions = self.elapsed(node, start_key)
+        live = [p for p in pods if not p.terminating]
+        refs = _names(p.ref for p in (live or pods))
+        timed_out = timeout > 0 and elapsed >= timeout
+        if timed_out and not force:
+            return _Eviction(
+                failure=f"eviction of {refs} did not finish within {timeout}s ({field}.timeoutSeconds; "
+                f"{field}.force is false)"
+            )
+        if live:
+            actions.append(EvictPods(node.name, tuple((p.namespace, p.name) for p in live), timed_out, delete_emptydir))
+        limit = f"{int(elapsed)}s of {timeout}s" if timeout else f"{int(elapsed)}s, no timeout"
+        if timed_out:
+            msg = f"deleting {refs} after the {timeout}s eviction timeout ({field}.force)"
+        elif not live:
+            msg = f"waiting for {refs} to terminate ({limit})"
+        elif _parse_time(node.annotations.get(start_key)) is None:
+            msg = f"evicting {refs} ({field})"
+        else:
+            msg = f"eviction of {refs} blocked (PodDisruptionBudget?) for {limit}"
+        return _Eviction(actions=tuple(actions), waiting=msg)
+
+    def pod_deletion(self, node: UpgradeNode) -> _Step:
+        spec = self.policy.pod_deletion
+        clear = [POD_DELETION_START_ANNOTATION]
+        if spec is None:
+            return self.move(node, DRAIN_REQUIRED, "podDeletion is not configured", clear=clear)
+        gpu_pods = [p for p in self.pods[node.name] if p.uses_gpu and not p.is_daemonset_pod and not p.finished]
+        result = self.evict(
+            node,
+            gpu_pods,
+            start_key=POD_DELETION_START_ANNOTATION,
+            force=spec.force,
+            timeout=spec.timeout_seconds,
+            delete_emptydir=spec.delete_empty_dir,
+            field="podDeletion",
+        )
+        if result.done:
+            return self.move(node, POD_RESTART_REQUIRED, "no GPU pods left on the node", clear=clear)
+        if result.failure is not None:
+            if self.policy.drain.enable:
+                return self.move(node, DRAIN_REQUIRED, f"{result.failure}; trying drain", clear=clear, warning=True)
+            return self.fail(node, result.failure, clear=clear)
+        return _Step(list(result.actions), result.waiting)
+
+    def drain(self, node: UpgradeNode) -> _Step:
+        spec = self.policy.drain
+        clear = [DRAIN_START_ANNOTATION]
+        if not spec.enable:
+            return self.move(node, POD_RESTART_REQUIRED, "drain is not enabled", clear=clear)
+        if self.drain_selector is None:
+            return _Step(waiting=f"drain.podSelector is invalid: {self.drain_selector_error}")
+        selector = self.drain_selector
+        pods = [
+            p
+            for p in self.pods[node.name]
+            if not p.is_daemonset_pod
+            and not p.finished
+            and p.labels.get(DRAIN_SKIP_LABEL) != "true"
+            and selector.matches(p.labels)
+        ]
+        result = self.evict(
+            node,
+            pods,
+            start_key=DRAIN_START_ANNOTATION,
+            force=spec.force,
+            timeout=spec.timeout_seconds,
+            delete_emptydir=spec.delete_empty_dir,
+            field="drain",
+        )
+        if result.done:
+            return self.move(node, POD_RESTART_REQUIRED, "node drained", clear=clear)
+        if result.failure is not None:
+            return self.fail(node, result.failure, clear=clear)
+        return _Step(list(result.actions), result.waiting)
+
+    def pod_restart(self, node: UpgradeNode) -> _Step:
+        pod = node.driver_pod
+        if pod is None:
+            return _Step(waiting="waiting for the DaemonSet to create the new driver pod")
+        name = pod_name(pod)
+        if pod_terminating(pod):
+            return _Step(waiting=f"waiting for driver pod {name} to terminate")
+        deleted = node.annotations.get(DELETED_DRIVER_POD_ANNOTATION)
+        # Delete: the pod we meant to delete is still there (retry), or we have not restarted this node's
+        # driver yet and it is out of date or an upgrade was requested, or the DaemonSet moved on again.
+        if name == deleted or node.driver_out_of_date or (deleted is None and node.requested):
+            actions: list[Action] = []
+            if name != deleted:
+                actions.append(Annotate(node.name, DELETED_DRIVER_POD_ANNOTATION, name))
+            if node.requested:
+                actions.append(Annotate(node.name, REQUESTED_ANNOTATION, None))
+            actions.append(DeleteDriverPod(node.name, name))
+            actions.append(
+                Event(node.name, "Normal", EVENT_REASON, f"deleting driver pod {name} to restart the driver")
+            )
+            return _Step(actions, f"deleted driver pod {name}; waiting for its replacement")
+        if pod_is_ready(pod):
+            return self.move(
+                node,
+                VALIDATION_REQUIRED,
+                f"driver pod {name} is Running and Ready",
+                clear=[DELETED_DRIVER_POD_ANNOTATION],
+            )
+        looping = crash_loop(pod)
+        if looping is not None:
+            container, restarts = looping
+            return self.fail(node, f"driver pod crash-looping: {container} restarted {restarts} times")
+        phase = (pod.get("status") or {}).get("phase") or "Pending"
+        return _Step(waiting=f"waiting for driver pod {name} to be Running and Ready (phase {phase})")
+
+    def validation(self, node: UpgradeNode) -> _Step:
+        if not self.validation_enabled:
+            return self.validated(node, "validation is disabled")
+        validator = node.validator_pod
+        if validator is not None and pod_is_ready(validator):
+            return self.validated(node, f"validator pod {pod_name(validator)} is Ready")
+        elapsed, actions = self.elapsed(node, VALIDATION_START_ANNOTATION)
+        if elapsed > VALIDATION_TIMEOUT_S:
+            return self.fail(
+                node,
+                f"validator pod not Ready within {VALIDATION_TIMEOUT_S}s",
+                clear=[VALIDATION_START_ANNOTATION],
+            )
+        what = "validator pod on node to be Ready" if validator else "a validator pod to appear on the node"
+        return _Step(actions, f"waiting for {what} ({int(elapsed)}s of {VALIDATION_TIMEOUT_S}s)")
+
+    def validated(self, node: UpgradeNode, why: str) -> _Step:
+        if node.initially_unschedulable:
+            # Cordoned before the upgrade began: it stays cordoned, nothing to undo.
+            return self.finish(node, why + "; node stays cordoned as it was before the upgrade")
+        return self.move(node, UNCORDON_REQUIRED, why, clear=[VALIDATION_START_ANNOTATION])
+
+    def finish(self, node: UpgradeNode, why: str) -> _Step:
+        before: list[Action] = []
+        if node.unschedulable and not node.initially_unschedulable:
+            before.append(Uncordon(node.name))
+        return self.move(
+            node, DONE, why, before=before, clear=(*TRANSIENT_ANNOTATIONS, INITIAL_UNSCHEDULABLE_ANNOTATION)
+        )
+
+    def uncordon(self, node: UpgradeNode) -> _Step:
+        return self.finish(node, "node uncordoned" if node.unschedulable else "upgrade complete")
+
+    def failed(self, node: UpgradeNode) -> _Step:
+        # A request still pending means the driver was not restarted yet: that upgrade has not happened.
+        if node.driver_in_sync_and_ready and not node.requested:
+            return self.move(
+                node, UNCORDON_REQUIRED, "driver pod is in sync and Ready again", clear=TRANSIENT_ANNOTATIONS
+            )
+        reason = node.annotations.get(FAILURE_REASON_ANNOTATION, "reason unknown")
+        return _Step(
+            waiting=f"upgrade failed: {reason}; recovers by itself once the driver pod is in sync and Ready, "
+            f"or fix the cause and relabel {STATE_LABEL}={REQUIRED} to retry"
+        )
+
+
+def plan(
+    nodes: Sequence[UpgradeNode],
+    pods: Sequence[WorkloadPod],
+    policy: DriverUpgradePolicySpec,
+    now: float,
+    *,
+    validation_enabled: bool = True,
+) -> Plan:
+    """One pass of the upgrade state machine over all managed nodes (see the module docstring).
+
+    `nodes`: every node a driver DaemonSet manages (a node that is gone is simply absent).
+    `pods`: the pods on those nodes (all of them: DaemonSet and static pods are never evicted, but may match
+    waitForCompletion.podSelector). `now`: epoch seconds.
+    `validation_enabled`: False when no validator runs (validation-required then passes at once).
+    """
+    nodes = sorted(nodes, key=lambda n: n.name)
+    slots = Slots.observe(nodes, policy)
+    counters = Counters(
+        total=slots.total,
+        in_progress=slots.in_progress,
+        done=sum(n.state == DONE for n in nodes),
+        failed=slots.failed,
+        available=slots.available,
+        pending=sum(n.state == REQUIRED and not n.skipped for n in nodes),
+        skipped=sum(n.skipped for n in nodes),
+        unavailable=slots.unavailable,
+        max_unavailable=slots.max_unavailable,
+    )
+
+    if not policy.auto_upgrade:
+        # Orchestration off: drop the state labels, touch nothing else.
+        actions: list[Action] = [SetState(n.name, "") for n in nodes if STATE_LABEL in n.labels]
+        return Plan(actions, {}, counters)
+
+    p = _Pass(policy, pods, now, validation_enabled)
+    steps: dict[str, _Step] = {}
+
+    candidates: list[UpgradeNode] = []
+    for node in nodes:
+        state = node.state
+        if state in (UNKNOWN, DONE):
+            steps[node.name] = p.unknown_or_done(node)
+        elif state == REQUIRED:
+            if node.skipped:
+                steps[node.name] = _Step(waiting=f"upgrade skipped: node is labelled {SKIP_LABEL}=true")
+            elif _nothing_left_to_do(node):
+                steps[node.name] = p.move(
+                    node,
+                    DONE,
+                    "driver pod is up to date",
+                    clear=(*TRANSIENT_ANNOTATIONS, INITIAL_UNSCHEDULABLE_ANNOTATION),
+                )
+            else:
+                candidates.append(node)
+        elif state == CORDON_REQUIRED:
+            steps[node.name] = p.cordon(node)
+        elif state == WAIT_FOR_JOBS_REQUIRED:
+            steps[node.name] = p.wait_for_jobs(node)
+        elif state == POD_DELETION_REQUIRED:
+            steps[node.name] = p.pod_deletion(node)
+        elif state == DRAIN_REQUIRED:
+            steps[node.name] = p.drain(node)
+        elif state == POD_RESTART_REQUIRED:
+            steps[node.name] = p.pod_restart(node)
+        elif state == VALIDATION_REQUIRED:
+            steps[node.name] = p.validation(node)
+        elif state == UNCORDON_REQUIRED:
+            steps[node.name] = p.uncordon(node)
+        elif state == FAILED:
+            steps[node.name] = p.failed(node)
+
+    unavailable_names = [n.name for n in nodes if n.unavailable or n.state in IN_PROGRESS_STATES]
+    started, slot_waits = select_starts(candidates, slots, unavailable_names)
+    for node in candidates:
+        if node.name in started:
+            steps[node.name] = p.start(node)
+        else:
+            steps[node.name] = _Step(waiting=slot_waits[node.name])
+
+    out: list[Action] = []
+    waiting: dict[str, str] = {}
+    for node in nodes:
+        step = steps.get(node.name)
+        if step is None:
+            continue
+        out += step.actions
+        if step.waiting is not None:
+            waiting[node.name] = step.waiting
+    return Plan(out, waiting, counters)
+
+
+def _nothing_left_to_do(node: UpgradeNode) -> bool:
+    """An upgrade-required node whose driver is up to date again (the DaemonSet was rolled back) and that
+    carries no cordon of ours to undo: it can go straight back to upgrade-done."""
+    return (
+        node.driver_in_sync_and_ready
+        and not node.requested
+        and (not node.unschedulable or node.initially_unschedulable)
+    )
+
+
+def _needs_upgrade(node: UpgradeNode) -> bool:
+    if node.state == REQUIRED:
+        return not _nothing_left_to_do(node)
+    if node.state in (UNKNOWN, DONE):
+        pod = node.driver_pod
+        return pod is not None and not pod_terminating(pod) and (node.driver_out_of_date or node.requested)
+    return False
+
+
+def _stays_unavailable(node: UpgradeNode) -> bool:
+    """Unavailable even after its upgrade: NotReady, or cordoned by someone other than the upgrade."""
+    if not node.ready:
+        return True
+    if not node.unschedulable:
+        return False
+    return node.state in (UNKNOWN, DONE) or node.initially_unschedulable
+
+
+def preview_waves(nodes: Sequence[UpgradeNode], policy: DriverUpgradePolicySpec) -> list[list[str]]:
+    """Predict the waves of the rollout under the policy's limits (beyond upstream).
+
+    The first wave holds the upgrades in progress (upgrade-failed ones excepted: they keep their slot)
+    and those that may start now; every later wave assumes the previous one finished (its nodes
+    uncordoned unless cordoned before the upgrade). Skipped nodes, and nodes that can never get a slot
+    (for instance while failed upgrades use every slot), appear in no wave. Ignores autoUpgrade.
+    """
+    nodes = sorted(nodes, key=lambda n: n.name)
+    total = len(nodes)
+    max_unavailable = max_unavailable_count(policy.max_unavailable, total)
+    failed = [n.name for n in nodes if n.state == FAILED]
+    running = [n.name for n in nodes if n.state in IN_PROGRESS_STATES and n.state != FAILED]
+    remaining = [n for n in nodes if _needs_upgrade(n) and not n.skipped]
+
+    waves: list[list[str]] = []
+    upgraded: set[str] = set()
+    first = True
+    while remaining or (first and running):
+        holders = failed + running if first else failed
+        unavailable = {
+            n.name
+            for n in nodes
+            if n.name in holders
+            or (n.name in upgraded and _stays_unavailable(n))
+            or (n.name not in upgraded and n.unavailable)
+        }
+        slots = Slots(
+            total=total,
+            max_parallel=policy.max_parallel_upgrades,
+            max_unavailable=max_unavailable,
+            in_progress=len(holders),
+            unavailable=len(unavailable),
+            failed=len(failed),
+        )
+        started, _ = select_starts(remaining, slots)
+        wave = (running if first else []) + started
+        if not wave:
+            break
+        waves.append(wave)
+        upgraded.update(wave)
+        remaining = [n for n in remaining if n.name not in started]
+        first = False
+    return waves

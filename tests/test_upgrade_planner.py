@@ -1,0 +1,790 @@
+"""Unit tests of the driver-upgrade planner: every transition of REFERENCE §5 and its edges."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gpu_operator.api import DrainSpec, DriverUpgradePolicySpec, PodDeletionSpec, WaitForCompletionSpec
+from gpu_operator.upgrade import (
+    DELETED_DRIVER_POD_ANNOTATION,
+    DRAIN_SKIP_LABEL,
+    DRAIN_START_ANNOTATION,
+    EVENT_REASON,
+    FAILURE_REASON_ANNOTATION,
+    INITIAL_UNSCHEDULABLE_ANNOTATION,
+    POD_DELETION_START_ANNOTATION,
+    REQUESTED_ANNOTATION,
+    SKIP_LABEL,
+    STATE_LABEL,
+    VALIDATION_START_ANNOTATION,
+    WAIT_FOR_JOBS_START_ANNOTATION,
+    Annotate,
+    Cordon,
+    DeleteDriverPod,
+    Event,
+    EvictPods,
+    Plan,
+    SelectorError,
+    SetState,
+    Uncordon,
+    UpgradeNode,
+    WorkloadPod,
+    max_unavailable_count,
+    parse_selector,
+    plan,
+    preview_waves,
+)
+
+OLD, NEW = "rev-old", "rev-new"
+NOW = 10_000.0
+
+
+def driver_pod(
+    name: str = "nvidia-driver-x",
+    rev: str = OLD,
+    ready: bool = True,
+    phase: str = "Running",
+    restarts: int = 0,
+    terminating: bool = False,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "labels": {"controller-revision-hash": rev}}
+    if terminating:
+        meta["deletionTimestamp"] = "2025-01-01T00:00:00Z"
+    return {
+        "metadata": meta,
+        "status": {
+            "phase": phase,
+            "containerStatuses": [{"name": "nvidia-driver-ctr", "ready": ready, "restartCount": restarts}],
+        },
+    }
+
+
+def validator_pod(ready: bool = True) -> dict[str, Any]:
+    return driver_pod("nvidia-operator-validator-x", rev="v", ready=ready)
+
+
+def make_node(
+    name: str = "n1",
+    state: str | None = None,
+    *,
+    rev: str | None = OLD,
+    pod: dict[str, Any] | None = None,
+    revision: str | None = NEW,
+    unschedulable: bool = False,
+    ready: bool = True,
+    labels: dict[str, str] | None = None,
+    annotations: dict[str, str] | None = None,
+    validator: dict[str, Any] | None = None,
+) -> UpgradeNode:
+    all_labels = dict(labels or {})
+    if state is not None:
+        all_labels[STATE_LABEL] = state
+    if pod is None and rev is not None:
+        pod = driver_pod(f"nvidia-driver-{name}", rev=rev)
+    return UpgradeNode(
+        name=name,
+        labels=all_labels,
+        annotations=dict(annotations or {}),
+        unschedulable=unschedulable,
+        ready=ready,
+        driver_pod=pod,
+        driver_revision=revision,
+        validator_pod=validator if validator is not None else validator_pod(),
+    )
+
+
+def policy(**kw: Any) -> DriverUpgradePolicySpec:
+    kw.setdefault("auto_upgrade", True)
+    return DriverUpgradePolicySpec(**kw)
+
+
+def gpu_pod(name: str, node: str = "n1", **kw: Any) -> WorkloadPod:
+    kw.setdefault("uses_gpu", True)
+    return WorkloadPod(namespace="default", name=name, node=node, **kw)
+
+
+def states(p: Plan) -> dict[str, str]:
+    return {a.node: a.state for a in p.actions if isinstance(a, SetState)}
+
+
+def of(p: Plan, kind: type) -> list[Any]:
+    return [a for a in p.actions if isinstance(a, kind)]
+
+
+def run(nodes: list[UpgradeNode], pods: list[WorkloadPod] | None = None, **kw: Any) -> Plan:
+    pol = kw.pop("pol", None) or policy()
+    return plan(nodes, pods or [], pol, kw.pop("now", NOW), **kw)
+
+
+# unknown / done
+
+
+def test_unknown_in_sync_becomes_done() -> None:
+    p = run([make_node(rev=NEW)])
+    assert states(p) == {"n1": "upgrade-done"}
+    assert p.waiting == {}
+
+
+def test_done_in_sync_does_nothing() -> None:
+    p = run([make_node(state="upgrade-done", rev=NEW)])
+    assert p.actions == [] and p.waiting == {}
+
+
+def test_out_of_date_becomes_required_with_event() -> None:
+    p = run([make_node(state="upgrade-done", rev=OLD)])
+    assert states(p) == {"n1": "upgrade-required"}
+    (event,) = of(p, Event)
+    assert event.reason == EVENT_REASON and event.type == "Normal"
+    assert "rev-old" in event.message and "rev-new" in event.message
+
+
+def test_requested_annotation_starts_upgrade_of_in_sync_node() -> None:
+    p = run([make_node(rev=NEW, annotations={REQUESTED_ANNOTATION: "true"})])
+    assert states(p) == {"n1": "upgrade-required"}
+
+
+def test_done_node_sheds_leftover_bookkeeping() -> None:
+    ann = {INITIAL_UNSCHEDULABLE_ANNOTATION: "true", VALIDATION_START_ANNOTATION: "5"}
+    p = run([make_node(state="upgrade-done", rev=NEW, unschedulable=True, annotations=ann)])
+    assert sorted(a.key for a in of(p, Annotate) if a.value is None) == sorted(ann)
+    assert states(p) == {} and of(p, Uncordon) == []
+
+
+def test_unknown_without_driver_pod_waits() -> None:
+    p = run([make_node(rev=None)])
+    assert p.actions == []
+    assert "no driver pod" in p.waiting["n1"]
+
+
+def test_unknown_label_value_is_overwritten() -> None:
+    p = run([make_node(state="bogus", rev=NEW)])
+    assert states(p) == {"n1": "upgrade-done"}
+
+
+def test_unknown_revision_is_not_out_of_date() -> None:
+    p = run([make_node(rev=OLD, revision=None)])
+    assert states(p) == {"n1": "upgrade-done"}
+
+
+def test_pre_cordoned_node_is_remembered() -> None:
+    p = run([make_node(state="upgrade-done", unschedulable=True)])
+    ann = of(p, Annotate)
+    assert Annotate("n1", INITIAL_UNSCHEDULABLE_ANNOTATION, "true") in ann
+    # The annotation is written before the state label.
+    assert p.actions.index(ann[0]) < p.actions.index(SetState("n1", "upgrade-required"))
+
+
+def test_stale_initial_annotation_is_dropped_when_node_was_uncordoned() -> None:
+    p = run([make_node(annotations={INITIAL_UNSCHEDULABLE_ANNOTATION: "true"})])
+    assert Annotate("n1", INITIAL_UNSCHEDULABLE_ANNOTATION, None) in p.actions
+
+
+def test_stale_bookkeeping_is_cleared_when_an_upgrade_begins() -> None:
+    p = run([make_node(annotations={POD_DELETION_START_ANNOTATION: "5"})])
+    assert Annotate("n1", POD_DELETION_START_ANNOTATION, None) in p.actions
+
+
+# upgrade-required and slots
+
+
+def test_required_starts_within_max_parallel() -> None:
+    nodes = [make_node(f"n{i}", "upgrade-required") for i in range(3)]
+    p = run(nodes, pol=policy(max_parallel_upgrades=2, max_unavailable="100%"))
+    assert states(p) == {"n0": "cordon-required", "n1": "cordon-required"}
+    assert p.waiting["n2"] == "waiting for an upgrade slot: 2 of 2 in progress (maxParallelUpgrades)"
+    assert p.counters.available == 2 and p.counters.pending == 3
+
+
+def test_in_progress_nodes_take_slots() -> None:
+    nodes = [make_node("a", "drain-required", unschedulable=True), make_node("b", "upgrade-required")]
+    p = run(nodes, pol=policy(max_parallel_upgrades=1, max_unavailable="100%"))
+    assert "b" not in states(p)
+    assert "1 of 1 in progress" in p.waiting["b"]
+
+
+def test_failed_nodes_hold_their_slot_and_say_so() -> None:
+    nodes = [make_node("a", "upgrade-failed", unschedulable=True), make_node("b", "upgrade-required")]
+    p = run(nodes, pol=policy(max_parallel_upgrades=1, max_unavailable="100%"))
+    assert "b" not in states(p)
+    assert "1 of them upgrade-failed" in p.waiting["b"]
+    assert p.counters.failed == 1 and p.counters.in_progress == 1
+
+
+def test_max_parallel_zero_is_unlimited() -> None:
+    nodes = [make_node(f"n{i}", "upgrade-required") for i in range(5)]
+    p = run(nodes, pol=policy(max_parallel_upgrades=0, max_unavailable="100%"))
+    assert len(states(p)) == 5
+
+
+def test_max_unavailable_caps_parallel() -> None:
+    nodes = [make_node(f"n{i}", "upgrade-required") for i in range(8)]
+    p = run(nodes, pol=policy(max_parallel_upgrades=0, max_unavailable="25%"))
+    assert sorted(states(p)) == ["n0", "n1"]
+    assert p.waiting["n2"] == (
+        "waiting for an upgrade slot: 2 of at most 2 nodes unavailable (maxUnavailable); "
+        "cordoned, NotReady or upgrading: n0, n1"
+    )
+
+
+def test_max_unavailable_int() -> None:
+    nodes = [make_node(f"n{i}", "upgrade-required") for i in range(8)]
+    p = run(nodes, pol=policy(max_parallel_upgrades=5, max_unavailable=3))
+    assert len(states(p)) == 3
+
+
+def test_max_unavailable_percent_rounds_up() -> None:
+    assert max_unavailable_count("25%", 5) == 2
+    assert max_unavailable_count("10%", 1) == 1
+    assert max_unavailable_count("0%", 10) == 0
+    assert max_unavailable_count("100%", 7) == 7
+    assert max_unavailable_count(3, 10) == 3
+    assert max_unavailable_count("3", 10) == 3
+    assert max_unavailable_count(None, 9) == 9
+
+
+def test_cordoned_and_not_ready_nodes_count_as_unavailable() -> None:
+    nodes = [
+        make_node("a", "upgrade-done", rev=NEW, unschedulable=True),  # cordoned by someone, not upgrading
+        make_node("b", "upgrade-done", rev=NEW, ready=False),
+        make_node("c", "upgrade-required"),
+        make_node("d", "upgrade-required"),
+    ]
+    p = run(nodes, pol=policy(max_parallel_upgrades=0, max_unavailable=3))
+    assert states(p) == {"c": "cordon-required"}
+    assert "3 of at most 3 nodes unavailable" in p.waiting["d"]
+    assert p.waiting["d"].endswith("cordoned, NotReady or upgrading: a, b, c")
+    assert p.counters.unavailable == 2 and p.counters.available == 1
+
+
+def test_already_unavailable_node_needs_no_unavailable_budget() -> None:
+    nodes = [make_node("a", "upgrade-required", unschedulable=True), make_node("b", "upgrade-required")]
+    p = run(nodes, pol=policy(max_parallel_upgrades=0, max_unavailable=1))
+    # a is already unavailable: upgrading it costs nothing; b would make a second node unavailable.
+    assert states(p) == {"a": "cordon-required"}
+
+
+def test_skip_label() -> None:
+    nodes = [make_node("a", "upgrade-required", labels={SKIP_LABEL: "true"}), make_node("b", "upgrade-required")]
+    p = run(nodes, pol=policy(max_parallel_upgrades=1, max_unavailable="100%"))
+    assert states(p) == {"b": "cordon-required"}
+    assert "skipped" in p.waiting["a"]
+    assert p.counters.skipped == 1 and p.counters.pending == 1
+
+
+def test_required_node_rolled_back_is_done() -> None:
+    p = run([make_node("a", "upgrade-required", rev=NEW)])
+    assert states(p) == {"a": "upgrade-done"}
+
+
+def test_required_node_cordoned_by_a_failed_attempt_goes_through_the_upgrade() -> None:
+    # In sync, but cordoned by us (no initial-state annotation): it must go round to be uncordoned.
+    p = run([make_node("a", "upgrade-required", rev=NEW, unschedulable=True)])
+    assert states(p) == {"a": "cordon-required"}
+
+
+def test_start_clears_bookkeeping_of_a_failed_attempt() -> None:
+    node = make_node("a", "upgrade-required", annotations={DRAIN_START_ANNOTATION: "1", FAILURE_REASON_ANNOTATION: "x"})
+    p = run([node])
+    assert Annotate("a", DRAIN_START_ANNOTATION, None) in p.actions
+    assert Annotate("a", FAILURE_REASON_ANNOTATION, None) in p.actions
+
+
+# cordon
+
+
+def test_cordon_required_cordons_and_moves_on() -> None:
+    p = run([make_node(state="cordon-required")])
+    assert p.actions[0] == Cordon("n1")
+    assert states(p) == {"n1": "wait-for-jobs-required"}
+
+
+def test_cordon_required_already_cordoned() -> None:
+    p = run([make_node(state="cordon-required", unschedulable=True)])
+    assert of(p, Cordon) == []
+    assert states(p) == {"n1": "wait-for-jobs-required"}
+
+
+# wait for jobs
+
+
+def test_wait_for_jobs_without_selector_moves_on() -> None:
+    assert states(run([make_node(state="wait-for-jobs-required")])) == {"n1": "drain-required"}
+    pol = policy(pod_deletion=PodDeletionSpec())
+    assert states(run([make_node(state="wait-for-jobs-required")], pol=pol)) == {"n1": "pod-deletion-required"}
+
+
+def test_wait_for_jobs_waits_forever_without_timeout() -> None:
+    pol = policy(wait_for_completion=WaitForCompletionSpec(pod_selector="app=train"))
+    pods = [
+        gpu_pod("train-1", labels={"app": "train"}),
+        gpu_pod("train-0", labels={"app": "train"}, phase="Succeeded"),
+        gpu_pod("other", labels={"app": "serve"}),
+        gpu_pod("elsewhere", node="n2", labels={"app": "train"}),
+    ]
+    node = make_node(state="wait-for-jobs-required")
+    p = run([node], pods, pol=pol)
+    assert p.actions == [Annotate("n1", WAIT_FOR_JOBS_START_ANNOTATION, str(int(NOW)))]
+    assert p.waiting["n1"] == "waiting for job pods default/train-1 to complete (waitForCompletion; 0s, no timeout)"
+    later = make_node(state="wait-for-jobs-required", annotations={WAIT_FOR_JOBS_START_ANNOTATION: "0"})
+    p = run([later], pods, pol=pol)
+    assert p.actions == [] and "10000s, no timeout" in p.waiting["n1"]
+
+
+def test_wait_for_jobs_done_when_jobs_finish() -> None:
+    pol = policy(wait_for_completion=WaitForCompletionSpec(pod_selector="app in (train)"))
+    node = make_node(state="wait-for-jobs-required", annotations={WAIT_FOR_JOBS_START_ANNOTATION: "1"})
+    p = run([node], [gpu_pod("t", labels={"app": "train"}, phase="Failed")], pol=pol)
+    assert states(p) == {"n1": "drain-required"}
+    assert Annotate("n1", WAIT_FOR_JOBS_START_ANNOTATION, None) in p.actions
+
+
+def test_wait_for_jobs_timeout() -> None:
+    pol = policy(wait_for_completion=WaitForCompletionSpec(pod_selector="app=train", timeout_seconds=600))
+    pods = [gpu_pod("t", labels={"app": "train"})]
+    start = {WAIT_FOR_JOBS_START_ANNOTATION: str(int(NOW - 599))}
+    p = run([make_node(state="wait-for-jobs-required", annotations=start)], pods, pol=pol)
+    assert states(p) == {} and "599s of 600s" in p.waiting["n1"]
+    start = {WAIT_FOR_JOBS_START_ANNOTATION: str(int(NOW - 600))}
+    p = run([make_node(state="wait-for-jobs-required", annotations=start)], pods, pol=pol)
+    assert states(p) == {"n1": "drain-required"}
+
+
+def test_wait_for_jobs_invalid_selector_waits_with_reason() -> None:
+    pol = policy(wait_for_completion=WaitForCompletionSpec(pod_selector="app in (a"))
+    p = run([make_node(state="wait-for-jobs-required")], pol=pol)
+    assert p.actions == [] and "invalid" in p.waiting["n1"]
+
+
+# pod deletion
+
+PD = PodDeletionSpec(timeout_seconds=300)
+
+
+def test_pod_deletion_evicts_only_gpu_pods() -> None:
+    pods = [
+        gpu_pod("gpu"),
+        gpu_pod("cpu", uses_gpu=False),
+        gpu_pod("ds-gpu", is_daemonset_pod=True),
+        gpu_pod("done", phase="Succeeded"),
+        gpu_pod("other-node", node="n2"),
+    ]
+    p = run([make_node(state="pod-deletion-required")], pods, pol=policy(pod_deletion=PD))
+    assert of(p, EvictPods) == [EvictPods("n1", (("default", "gpu"),), False, False)]
+    assert Annotate("n1", POD_DELETION_START_ANNOTATION, str(int(NOW))) in p.actions
+    assert states(p) == {}
+    assert "evicting default/gpu" in p.waiting["n1"]
+
+
+def test_pod_deletion_done_when_no_gpu_pods() -> None:
+    node = make_node(state="pod-deletion-required", annotations={POD_DELETION_START_ANNOTATION: "5"})
+    p = run([node], [gpu_pod("cpu", uses_gpu=False)], pol=policy(pod_deletion=PD))
+    assert states(p) == {"n1": "pod-restart-required"}
+    assert Annotate("n1", POD_DELETION_START_ANNOTATION, None) in p.actions
+
+
+def test_pod_deletion_not_configured_goes_to_drain() -> None:
+    p = run([make_node(state="pod-deletion-required")])
+    assert states(p) == {"n1": "drain-required"}
+
+
+def test_pod_deletion_blocked_eviction_is_retried_and_explained() -> None:
+    node = make_node(state="pod-deletion-required", annotations={POD_DELETION_START_ANNOTATION: str(int(NOW - 120))})
+    p = run([node], [gpu_pod("x")], pol=policy(pod_deletion=PD))
+    assert of(p, EvictPods) == [EvictPods("n1", (("default", "x"),), False, False)]
+    assert p.waiting["n1"] == "eviction of default/x blocked (PodDisruptionBudget?) for 120s of 300s"
+
+
+def test_pod_deletion_timeout_fails_without_force() -> None:
+    node = make_node(state="pod-deletion-required", annotations={POD_DELETION_START_ANNOTATION: str(int(NOW - 300))})
+    p = run([node], [gpu_pod("x")], pol=policy(pod_deletion=PD))
+    assert states(p) == {"n1": "upgrade-failed"}
+    assert of(p, EvictPods) == []
+    (reason,) = [a for a in of(p, Annotate) if a.key == FAILURE_REASON_ANNOTATION]
+    assert reason.value is not None and "default/x" in reason.value and "300s" in reason.value
+    assert of(p, Event)[0].type == "Warning"
+
+
+def test_pod_deletion_timeout_falls_back_to_drain_when_enabled() -> None:
+    node = make_node(state="pod-deletion-required", annotations={POD_DELETION_START_ANNOTATION: str(int(NOW - 300))})
+    p = run([node], [gpu_pod("x")], pol=policy(pod_deletion=PD, drain=DrainSpec(enable=True)))
+    assert states(p) == {"n1": "drain-required"}
+
+
+def test_pod_deletion_timeout_with_force_deletes() -> None:
+    node = make_node(state="pod-deletion-required", annotations={POD_DELETION_START_ANNOTATION: str(int(NOW - 300))})
+    pol = policy(pod_deletion=PodDeletionSpec(force=True, timeout_seconds=300))
+    p = run([node], [gpu_pod("x")], pol=pol)
+    assert of(p, EvictPods) == [EvictPods("n1", (("default", "x"),), True, False)]
+    assert states(p) == {} and "deleting default/x" in p.waiting["n1"]
+
+
+def test_pod_deletion_zero_timeout_waits_forever() -> None:
+    node = make_node(state="pod-deletion-required", annotations={POD_DELETION_START_ANNOTATION: "0"})
+    p = run([node], [gpu_pod("x")], pol=policy(pod_deletion=PodDeletionSpec(timeout_seconds=0)))
+    assert states(p) == {} and "no timeout" in p.waiting["n1"]
+
+
+def test_pod_deletion_does_not_evict_terminating_pods_again() -> None:
+    node = make_node(state="pod-deletion-required", annotations={POD_DELETION_START_ANNOTATION: str(int(NOW - 10))})
+    p = run([node], [gpu_pod("x", terminating=True)], pol=policy(pod_deletion=PD))
+    assert of(p, EvictPods) == []
+    assert p.waiting["n1"] == "waiting for default/x to terminate (10s of 300s)"
+
+
+def test_pod_deletion_protects_emptydir() -> None:
+    pods = [gpu_pod("scratch", has_emptydir=True), gpu_pod("plain")]
+    p = run([make_node(state="pod-deletion-required")], pods, pol=policy(pod_deletion=PD))
+    assert of(p, EvictPods) == []
+    assert states(p) == {"n1": "upgrade-failed"}
+    assert "emptyDir" in of(p, Event)[0].message
+
+
+def test_pod_deletion_emptydir_allowed() -> None:
+    pods = [gpu_pod("scratch", has_emptydir=True)]
+    pol = policy(pod_deletion=PodDeletionSpec(delete_empty_dir=True))
+    p = run([make_node(state="pod-deletion-required")], pods, pol=pol)
+    assert of(p, EvictPods) == [EvictPods("n1", (("default", "scratch"),), False, True)]
+
+
+# drain
+
+
+def test_drain_disabled_moves_on() -> None:
+    p = run([make_node(state="drain-required")], [gpu_pod("x")])
+    assert states(p) == {"n1": "pod-restart-required"}
+
+
+def test_drain_skips_daemonsets_skip_label_and_unselected_pods() -> None:
+    pods = [
+        gpu_pod("web", uses_gpu=False, labels={"tier": "web"}),
+        gpu_pod("db", uses_gpu=False, labels={"tier": "db"}),
+        gpu_pod("keep", labels={"tier": "web", DRAIN_SKIP_LABEL: "true"}),
+        gpu_pod("ds", labels={"tier": "web"}, is_daemonset_pod=True),
+    ]
+    pol = policy(drain=DrainSpec(enable=True, pod_selector="tier!=db"))
+    p = run([make_node(state="drain-required")], pods, pol=pol)
+    assert of(p, EvictPods) == [EvictPods("n1", (("default", "web"),), False, False)]
+    assert Annotate("n1", DRAIN_START_ANNOTATION, str(int(NOW))) in p.actions
+
+
+def test_drain_without_selector_takes_every_pod() -> None:
+    pods = [gpu_pod("a", uses_gpu=False), gpu_pod("b")]
+    p = run([make_node(state="drain-required")], pods, pol=policy(drain=DrainSpec(enable=True)))
+    assert of(p, EvictPods)[0].pods == (("default", "a"), ("default", "b"))
+
+
+def test_drain_done() -> None:
+    node = make_node(state="drain-required", annotations={DRAIN_START_ANNOTATION: "1"})
+    p = run([node], [gpu_pod("ds", is_daemonset_pod=True)], pol=policy(drain=DrainSpec(enable=True)))
+    assert states(p) == {"n1": "pod-restart-required"}
+    assert Annotate("n1", DRAIN_START_ANNOTATION, None) in p.actions
+
+
+def test_drain_timeout_fails_or_forces() -> None:
+    node = make_node(state="drain-required", annotations={DRAIN_START_ANNOTATION: str(int(NOW - 301))})
+    p = run([node], [gpu_pod("x")], pol=policy(drain=DrainSpec(enable=True)))
+    assert states(p) == {"n1": "upgrade-failed"}
+    p = run([node], [gpu_pod("x")], pol=policy(drain=DrainSpec(enable=True, force=True)))
+    assert of(p, EvictPods) == [EvictPods("n1", (("default", "x"),), True, False)]
+
+
+def test_drain_protects_emptydir() -> None:
+    pods = [gpu_pod("scratch", uses_gpu=False, has_emptydir=True)]
+    p = run([make_node(state="drain-required")], pods, pol=policy(drain=DrainSpec(enable=True)))
+    assert states(p) == {"n1": "upgrade-failed"}
+    pol = policy(drain=DrainSpec(enable=True, delete_empty_dir=True))
+    p = run([make_node(state="drain-required")], pods, pol=pol)
+    assert of(p, EvictPods) == [EvictPods("n1", (("default", "scratch"),), False, True)]
+
+
+# pod restart
+
+
+def test_pod_restart_deletes_out_of_date_driver_pod() -> None:
+    p = run([make_node(state="pod-restart-required")])
+    assert p.actions[:2] == [
+        Annotate("n1", DELETED_DRIVER_POD_ANNOTATION, "nvidia-driver-n1"),
+        DeleteDriverPod("n1", "nvidia-driver-n1"),
+    ]
+    assert states(p) == {}
+    assert "deleted driver pod nvidia-driver-n1" in p.waiting["n1"]
+
+
+def test_pod_restart_retries_a_delete_that_did_not_happen() -> None:
+    node = make_node(
+        state="pod-restart-required", rev=NEW, annotations={DELETED_DRIVER_POD_ANNOTATION: "nvidia-driver-n1"}
+    )
+    p = run([node])
+    assert of(p, DeleteDriverPod) == [DeleteDriverPod("n1", "nvidia-driver-n1")]
+    assert of(p, Annotate) == []
+
+
+def test_pod_restart_waits_for_terminating_and_missing_pod() -> None:
+    ann = {DELETED_DRIVER_POD_ANNOTATION: "old"}
+    p = run([make_node(state="pod-restart-required", pod=driver_pod("old", terminating=True), annotations=ann)])
+    assert p.actions == [] and "terminate" in p.waiting["n1"]
+    p = run([make_node(state="pod-restart-required", rev=None, annotations=ann)])
+    assert p.actions == [] and "create the new driver pod" in p.waiting["n1"]
+
+
+def test_pod_restart_waits_for_new_pod_ready_then_validates() -> None:
+    ann = {DELETED_DRIVER_POD_ANNOTATION: "old"}
+    starting = driver_pod("new", rev=NEW, ready=False, phase="Pending")
+    p = run([make_node(state="pod-restart-required", pod=starting, annotations=ann)])
+    assert p.actions == [] and "Running and Ready (phase Pending)" in p.waiting["n1"]
+    p = run([make_node(state="pod-restart-required", pod=driver_pod("new", rev=NEW), annotations=ann)])
+    assert states(p) == {"n1": "validation-required"}
+    assert Annotate("n1", DELETED_DRIVER_POD_ANNOTATION, None) in p.actions
+
+
+def test_pod_restart_crash_loop_fails() -> None:
+    ann = {DELETED_DRIVER_POD_ANNOTATION: "old"}
+    looping = driver_pod("new", rev=NEW, ready=False, restarts=12)
+    p = run([make_node(state="pod-restart-required", pod=looping, annotations=ann)])
+    assert states(p) == {"n1": "upgrade-failed"}
+    assert (
+        Annotate("n1", FAILURE_REASON_ANNOTATION, "driver pod crash-looping: nvidia-driver-ctr restarted 12 times")
+        in p.actions
+    )
+    # Ten restarts is not yet a crash loop.
+    p = run([make_node(state="pod-restart-required", pod=driver_pod("new", NEW, False, restarts=10), annotations=ann)])
+    assert states(p) == {}
+
+
+def test_pod_restart_of_requested_upgrade_restarts_in_sync_pod_once() -> None:
+    node = make_node(state="pod-restart-required", rev=NEW, annotations={REQUESTED_ANNOTATION: "true"})
+    p = run([node])
+    assert of(p, DeleteDriverPod) == [DeleteDriverPod("n1", "nvidia-driver-n1")]
+    assert Annotate("n1", REQUESTED_ANNOTATION, None) in p.actions
+    # Next pass: a new pod runs, the request is gone, nothing is deleted again.
+    ann = {DELETED_DRIVER_POD_ANNOTATION: "nvidia-driver-n1"}
+    p = run([make_node(state="pod-restart-required", pod=driver_pod("nvidia-driver-n1-b", NEW), annotations=ann)])
+    assert of(p, DeleteDriverPod) == [] and states(p) == {"n1": "validation-required"}
+
+
+def test_pod_restart_of_already_updated_pod_does_not_delete_it() -> None:
+    p = run([make_node(state="pod-restart-required", rev=NEW)])
+    assert of(p, DeleteDriverPod) == [] and states(p) == {"n1": "validation-required"}
+
+
+# validation
+
+
+def test_validation_passes_when_validator_ready() -> None:
+    node = make_node(state="validation-required", annotations={VALIDATION_START_ANNOTATION: "1"})
+    p = run([node])
+    assert states(p) == {"n1": "uncordon-required"}
+    assert Annotate("n1", VALIDATION_START_ANNOTATION, None) in p.actions
+
+
+def test_validation_waits_and_explains() -> None:
+    start = {VALIDATION_START_ANNOTATION: str(int(NOW - 45))}
+    p = run([make_node(state="validation-required", validator=validator_pod(ready=False), annotations=start)])
+    assert p.actions == []
+    assert p.waiting["n1"] == "waiting for validator pod on node to be Ready (45s of 600s)"
+    p = run([make_node(state="validation-required", validator=validator_pod(ready=False))])
+    assert p.actions == [Annotate("n1", VALIDATION_START_ANNOTATION, str(int(NOW)))]
+
+
+def test_validation_timeout_fails() -> None:
+    start = {VALIDATION_START_ANNOTATION: str(int(NOW - 601))}
+    p = run([make_node(state="validation-required", validator=validator_pod(ready=False), annotations=start)])
+    assert states(p) == {"n1": "upgrade-failed"}
+    start = {VALIDATION_START_ANNOTATION: str(int(NOW - 600))}
+    p = run([make_node(state="validation-required", validator=validator_pod(ready=False), annotations=start)])
+    assert states(p) == {}
+
+
+def test_validation_disabled_passes() -> None:
+    p = run([make_node(state="validation-required", validator=validator_pod(ready=False))], validation_enabled=False)
+    assert states(p) == {"n1": "uncordon-required"}
+
+
+def test_pre_cordoned_node_goes_straight_to_done_and_stays_cordoned() -> None:
+    ann = {INITIAL_UNSCHEDULABLE_ANNOTATION: "true", VALIDATION_START_ANNOTATION: "1"}
+    p = run([make_node(state="validation-required", rev=NEW, unschedulable=True, annotations=ann)])
+    assert states(p) == {"n1": "upgrade-done"}
+    assert of(p, Uncordon) == []
+    # The initial-state annotation is removed only after the state label says done.
+    done = p.actions.index(SetState("n1", "upgrade-done"))
+    assert p.actions.index(Annotate("n1", INITIAL_UNSCHEDULABLE_ANNOTATION, None)) > done
+
+
+# uncordon and failure
+
+
+def test_uncordon_required_uncordons() -> None:
+    p = run([make_node(state="uncordon-required", rev=NEW, unschedulable=True)])
+    assert p.actions[0] == Uncordon("n1")
+    assert states(p) == {"n1": "upgrade-done"}
+
+
+def test_uncordon_required_keeps_pre_cordoned_node_cordoned() -> None:
+    ann = {INITIAL_UNSCHEDULABLE_ANNOTATION: "true"}
+    p = run([make_node(state="uncordon-required", rev=NEW, unschedulable=True, annotations=ann)])
+    assert of(p, Uncordon) == [] and states(p) == {"n1": "upgrade-done"}
+
+
+def test_failed_waits_with_reason() -> None:
+    ann = {FAILURE_REASON_ANNOTATION: "pod default/x uses emptyDir storage"}
+    p = run([make_node(state="upgrade-failed", unschedulable=True, annotations=ann)])
+    assert p.actions == []
+    assert p.waiting["n1"].startswith("upgrade failed: pod default/x uses emptyDir storage")
+
+
+def test_failed_recovers_when_driver_in_sync_and_ready() -> None:
+    ann = {FAILURE_REASON_ANNOTATION: "x"}
+    p = run([make_node(state="upgrade-failed", rev=NEW, unschedulable=True, annotations=ann)])
+    assert states(p) == {"n1": "uncordon-required"}
+    assert Annotate("n1", FAILURE_REASON_ANNOTATION, None) in p.actions
+    p = run([make_node(state="upgrade-failed", pod=driver_pod(rev=NEW, ready=False, restarts=30))])
+    assert states(p) == {}
+
+
+def test_failed_requested_upgrade_does_not_recover_before_its_restart() -> None:
+    # Pod deletion failed before the requested restart: the driver is in sync, but it was never restarted.
+    ann = {FAILURE_REASON_ANNOTATION: "x", REQUESTED_ANNOTATION: "true"}
+    p = run([make_node(state="upgrade-failed", rev=NEW, unschedulable=True, annotations=ann)])
+    assert states(p) == {} and p.waiting["n1"].startswith("upgrade failed: x")
+
+
+# autoUpgrade off
+
+
+def test_auto_upgrade_false_removes_state_labels_only() -> None:
+    nodes = [
+        make_node("a", "drain-required", unschedulable=True),
+        make_node("b"),
+        make_node("c", "upgrade-done", rev=NEW),
+    ]
+    p = run(nodes, pol=policy(auto_upgrade=False))
+    assert p.actions == [SetState("a", ""), SetState("c", "")]
+    assert p.waiting == {}
+
+
+# counters and preview
+
+
+def test_counters() -> None:
+    nodes = [
+        make_node("a", "upgrade-done", rev=NEW),
+        make_node("b", "upgrade-required"),
+        make_node("c", "drain-required", unschedulable=True),
+        make_node("d", "upgrade-failed", unschedulable=True),
+    ]
+    c = run(nodes, pol=policy(max_parallel_upgrades=3, max_unavailable="100%")).counters
+    assert (c.total, c.done, c.pending, c.in_progress, c.failed, c.available) == (4, 1, 1, 2, 1, 1)
+
+
+def test_preview_waves_by_max_parallel() -> None:
+    nodes = [make_node(f"n{i}") for i in range(5)]
+    assert preview_waves(nodes, policy(max_parallel_upgrades=2, max_unavailable="100%")) == [
+        ["n0", "n1"],
+        ["n2", "n3"],
+        ["n4"],
+    ]
+
+
+def test_preview_waves_by_max_unavailable_with_pre_cordoned_node() -> None:
+    nodes = [make_node(f"n{i}") for i in range(4)] + [make_node("z", unschedulable=True)]
+    # maxUnavailable 40% of 5 = 2; z stays cordoned, so one more node at a time, z itself costs nothing.
+    waves = preview_waves(nodes, policy(max_parallel_upgrades=0, max_unavailable="40%"))
+    assert waves == [["n0", "z"], ["n1"], ["n2"], ["n3"]]
+
+
+def test_preview_waves_counts_running_upgrades_and_skips() -> None:
+    nodes = [
+        make_node("a", "drain-required", unschedulable=True),
+        make_node("b", "upgrade-required"),
+        make_node("c", labels={SKIP_LABEL: "true"}),
+        make_node("d", "upgrade-done", rev=NEW),
+        make_node("e"),
+    ]
+    assert preview_waves(nodes, policy(max_parallel_upgrades=1, max_unavailable="100%")) == [["a"], ["b"], ["e"]]
+
+
+def test_preview_waves_blocked_by_failed_upgrades() -> None:
+    nodes = [make_node("a", "upgrade-failed", unschedulable=True), make_node("b")]
+    assert preview_waves(nodes, policy(max_parallel_upgrades=1)) == []
+
+
+def test_preview_waves_nothing_to_do() -> None:
+    assert preview_waves([make_node("a", rev=NEW)], policy()) == []
+
+
+# selectors and projections
+
+
+@pytest.mark.parametrize(
+    ("selector", "labels", "expected"),
+    [
+        ("", {}, True),
+        ("app=train", {"app": "train"}, True),
+        ("app==train", {"app": "serve"}, False),
+        ("app!=train", {}, True),
+        ("app!=train", {"app": "train"}, False),
+        ("app in (a, b),tier", {"app": "b", "tier": "x"}, True),
+        ("app in (a,b),tier", {"app": "b"}, False),
+        ("app notin (a,b)", {"app": "c"}, True),
+        ("app notin (a,b)", {}, True),
+        ("!app", {"app": "x"}, False),
+        ("!app", {}, True),
+        ("example.com/role = gpu , !skip", {"example.com/role": "gpu"}, True),
+        ("k=", {"k": ""}, True),
+    ],
+)
+def test_selector(selector: str, labels: dict[str, str], expected: bool) -> None:
+    assert parse_selector(selector).matches(labels) is expected
+
+
+@pytest.mark.parametrize("selector", ["app in (a", "a b", "=x", "a=b=c", ",", "app in ()", "-bad=x", "a=(b)"])
+def test_selector_errors(selector: str) -> None:
+    with pytest.raises(SelectorError):
+        parse_selector(selector)
+
+
+def test_projections() -> None:
+    node = UpgradeNode.from_node(
+        {
+            "metadata": {
+                "name": "n1",
+                "labels": {STATE_LABEL: "upgrade-done", "kubernetes.io/os": "linux"},
+                "annotations": {REQUESTED_ANNOTATION: "true", "other": "x"},
+            },
+            "spec": {"unschedulable": True},
+            "status": {"conditions": [{"type": "Ready", "status": "False"}]},
+        },
+        driver_pod=driver_pod(),
+        driver_revision=NEW,
+    )
+    assert node.labels == {STATE_LABEL: "upgrade-done"} and node.annotations == {REQUESTED_ANNOTATION: "true"}
+    assert node.unschedulable and not node.ready and node.requested and node.driver_out_of_date
+    pod = WorkloadPod.from_pod(
+        {
+            "metadata": {
+                "namespace": "ml",
+                "name": "p",
+                "labels": {"a": "b"},
+                "ownerReferences": [{"kind": "DaemonSet", "name": "x"}],
+                "deletionTimestamp": "2025-01-01T00:00:00Z",
+            },
+            "spec": {
+                "nodeName": "n1",
+                "containers": [{"resources": {"limits": {"nvidia.com/mig-1g.10gb": 1}}}],
+                "volumes": [{"name": "s", "emptyDir": {}}],
+            },
+            "status": {"phase": "Running"},
+        }
+    )
+    assert (pod.ref, pod.node, pod.uses_gpu, pod.has_emptydir, pod.is_daemonset_pod, pod.terminating) == (
+        "ml/p",
+        "n1",
+        True,
+        True,
+        True,
+        True,
+    )
+    plain = WorkloadPod.from_pod({"metadata": {"name": "q"}, "spec": {"containers": [{"resources": {}}]}})
+    assert not plain.uses_gpu and not plain.has_emptydir and plain.phase == "Pending"

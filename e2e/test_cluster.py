@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -19,8 +20,17 @@ from e2e.cluster.nodes import (
     gfd_labels,
     make_node,
 )
-from e2e.kube import Kube, condition, node_ready, pod_running_ready, wait_for, wait_pod_running_ready
-from e2e.simulator import COMPONENT_LABEL, DEVICE_PLUGIN, DRIVER, GFD, NodeSimulator
+from e2e.kube import STRATEGIC_PATCH, Kube, condition, node_ready, pod_running_ready, wait_for, wait_pod_running_ready
+from e2e.simulator import (
+    COMPONENT_LABEL,
+    DEVICE_PLUGIN,
+    DRIVER,
+    DRIVER_CONTAINER,
+    GFD,
+    VALIDATOR,
+    NodeSimulator,
+    image_id,
+)
 
 POOL_LABEL = "e2e.test/pool"
 POOL = "infra"
@@ -320,3 +330,223 @@ def test_operator_identity_has_no_permissions_until_rbac_grants_them(kube: Kube,
         return False
 
     wait_for(denied_again, 30, message="permission gone with the binding")
+
+
+# --- driver pods: delay, crash loop, validator (the simulator's parts of a driver upgrade) ---
+
+DRIVER_NODES = ("infra-h100-0", "infra-h100-1")
+ON_DRIVER_NODES = {PROFILE_LABEL: "h100x8", POOL_LABEL: POOL}
+DS_PATH = f"/apis/apps/v1/namespaces/{OPERATOR_NS}/daemonsets"
+REVISION_LABEL = "controller-revision-hash"
+
+
+def _driver_ds(name: str, node_selector: dict[str, str], version: str = "595.91.07") -> dict[str, Any]:
+    """A DaemonSet shaped like the operator's driver DaemonSet (OnDelete, init container, nvidia-driver-ctr)."""
+    ds = _daemonset(name, OPERATOR_NS, node_selector, f"nvcr.io/nvidia/driver:{version}-ubuntu22.04", DRIVER)
+    ds["spec"]["updateStrategy"] = {"type": "OnDelete"}
+    pod_spec = ds["spec"]["template"]["spec"]
+    pod_spec["containers"][0]["name"] = DRIVER_CONTAINER
+    manager = "nvcr.io/nvidia/cloud-native/k8s-driver-manager:v0.9.0"
+    pod_spec["initContainers"] = [{"name": "k8s-driver-manager", "image": manager}]
+    return ds
+
+
+def _validator_ds(name: str, node_selector: dict[str, str]) -> dict[str, Any]:
+    image = "nvcr.io/nvidia/gpu-operator:v25.10.0"
+    ds = _daemonset(name, OPERATOR_NS, node_selector, image, VALIDATOR)
+    pod_spec = ds["spec"]["template"]["spec"]
+    pod_spec["containers"][0]["name"] = "nvidia-operator-validator"
+    pod_spec["initContainers"] = [{"name": f"{c}-validation", "image": image} for c in ("driver", "toolkit", "cuda")]
+    return ds
+
+
+def _pod_on(kube: Kube, app: str, node: str) -> dict[str, Any] | None:
+    """The live (not terminating) pod of DaemonSet ``app`` on ``node``."""
+    pods = [p for p in _pods(kube, OPERATOR_NS, f"app={app}")
+            if p["spec"].get("nodeName") == node and not p["metadata"].get("deletionTimestamp")]
+    return pods[0] if pods else None
+
+
+def _ctr(pod: dict[str, Any], name: str = DRIVER_CONTAINER) -> dict[str, Any]:
+    """A container's status; {} before it has one."""
+    return next((c for c in (pod.get("status") or {}).get("containerStatuses") or [] if c["name"] == name), {})
+
+
+def _running_not_ready(pod: dict[str, Any] | None) -> bool:
+    return pod is not None and pod["status"].get("phase") == "Running" and condition(pod, "Ready") == "False"
+
+
+def _wait_pod(kube: Kube, app: str, node: str, check: Callable[[dict[str, Any]], bool], message: str,
+              timeout: float = 30) -> dict[str, Any]:
+    def get() -> dict[str, Any] | None:
+        pod = _pod_on(kube, app, node)
+        return pod if pod and check(pod) else None
+
+    return wait_for(get, timeout, message=f"{app} pod on {node}: {message}")
+
+
+@pytest.fixture
+def driver_stack(kube: Kube, simulator: NodeSimulator, fake_nodes: dict[str, dict[str, Any]]) -> Iterator[str]:
+    """A driver DaemonSet (OnDelete) and a validator DaemonSet on the two h100 nodes, all pods Ready.
+
+    Yields the app label of the driver pods (``sim-drv``); the validator pods have ``app=sim-val``.
+    """
+    try:
+        kube.create(DS_PATH, _driver_ds("sim-drv", ON_DRIVER_NODES))
+        kube.create(DS_PATH, _validator_ds("sim-val", ON_DRIVER_NODES))
+        for node in DRIVER_NODES:
+            for app in ("sim-drv", "sim-val"):
+                _wait_pod(kube, app, node, pod_running_ready, "Running and Ready")
+        yield "sim-drv"
+    finally:
+        for name in ("sim-drv", "sim-val"):
+            kube.delete(f"{DS_PATH}/{name}")
+
+
+def test_driver_pod_status_carries_container_details_and_keeps_its_labels(
+    cluster: LocalCluster, kube: Kube, simulator: NodeSimulator, driver_stack: str
+) -> None:
+    revisions = {cr["metadata"]["labels"][REVISION_LABEL] for cr in kube.items(
+        f"/apis/apps/v1/namespaces/{OPERATOR_NS}/controllerrevisions", labelSelector=f"app={driver_stack}")}
+    for node in DRIVER_NODES:
+        pod = _pod_on(kube, driver_stack, node)
+        assert pod is not None and pod_running_ready(pod)
+        assert pod["metadata"]["labels"][REVISION_LABEL] in revisions
+        assert pod["metadata"]["labels"][COMPONENT_LABEL] == DRIVER
+        ctr = _ctr(pod)
+        image = pod["spec"]["containers"][0]["image"]
+        assert (ctr["ready"], ctr["restartCount"], ctr["image"], ctr["imageID"]) == (True, 0, image, image_id(image))
+        assert set(ctr["state"]) == {"running"}
+        assert condition(pod, "ContainersReady") == "True"
+        init = pod["status"]["initContainerStatuses"][0]
+        assert init["name"] == "k8s-driver-manager" and init["state"]["terminated"]["reason"] == "Completed"
+        assert pod["status"].get("podIP") and pod["status"].get("hostIP")
+
+    # steady state (a resync included): the simulator writes nothing more
+    wait_for(simulator.idle, 10, message="simulator idle")
+    start = time.time()
+    time.sleep(6)
+    writes = [
+        e["requestURI"] for e in cluster.audit_events()
+        if e["user"]["username"] == SIMULATOR_USER and e.get("verb") == "patch"
+        and (e.get("objectRef") or {}).get("namespace") == OPERATOR_NS
+        and _epoch(e.get("requestReceivedTimestamp", "")) >= start
+    ]
+    assert not writes, f"simulator wrote pods in steady state: {writes}"
+
+
+def _epoch(ts: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() if ts else 0.0
+
+
+def test_recreated_driver_pod_is_ready_after_the_delay_and_validator_follows(
+    kube: Kube, simulator: NodeSimulator, driver_stack: str
+) -> None:
+    node, other = DRIVER_NODES
+    simulator.set_driver_ready_delay(3)
+    old = _pod_on(kube, driver_stack, node)
+    kept = _pod_on(kube, driver_stack, other)
+    assert old and kept
+    t_delete = time.monotonic()
+    kube.delete(f"/api/v1/namespaces/{OPERATOR_NS}/pods/{old['metadata']['name']}")
+    new = _wait_pod(kube, driver_stack, node,
+                    lambda p: p["metadata"]["uid"] != old["metadata"]["uid"] and _running_not_ready(p),
+                    "recreated, Running and not Ready", timeout=10)
+    assert new["metadata"]["labels"][REVISION_LABEL] == old["metadata"]["labels"][REVISION_LABEL]
+    ctr = _ctr(new)
+    assert ctr["ready"] is False and set(ctr["state"]) == {"running"}
+    assert condition(new, "ContainersReady") == "False"
+    _wait_pod(kube, "sim-val", node, _running_not_ready, "not Ready while its driver is not", timeout=10)
+
+    # about 1 s after the pod appeared: still not ready (the delay is 3 s)
+    time.sleep(max(0.0, t_delete + 1.0 - time.monotonic()))
+    pod = _pod_on(kube, driver_stack, node)
+    assert pod and pod["metadata"]["uid"] == new["metadata"]["uid"] and _running_not_ready(pod)
+    validator = _pod_on(kube, "sim-val", node)
+    assert validator and _running_not_ready(validator)
+
+    _wait_pod(kube, driver_stack, node, pod_running_ready, "Ready after the delay", timeout=6)
+    assert time.monotonic() - t_delete >= 2.8
+    _wait_pod(kube, "sim-val", node, pod_running_ready, "Ready again with its driver", timeout=10)
+    # the other node was never touched
+    for app in (driver_stack, "sim-val"):
+        pod = _pod_on(kube, app, other)
+        assert pod and pod_running_ready(pod)
+    pod = _pod_on(kube, driver_stack, other)
+    assert pod and pod["metadata"]["uid"] == kept["metadata"]["uid"]
+
+
+def test_crash_looping_driver_on_one_node(kube: Kube, simulator: NodeSimulator, driver_stack: str) -> None:
+    node, other = DRIVER_NODES
+    simulator.crash_loop_driver(node)
+
+    def crashing(p: dict[str, Any]) -> bool:
+        c = _ctr(p)
+        return (_running_not_ready(p) and c.get("ready") is False and c.get("restartCount", 0) >= 1
+                and ((c.get("state") or {}).get("waiting") or {}).get("reason") == "CrashLoopBackOff")
+
+    first = _ctr(_wait_pod(kube, driver_stack, node, crashing, "in CrashLoopBackOff", timeout=10))["restartCount"]
+    _wait_pod(kube, driver_stack, node, lambda p: crashing(p) and _ctr(p)["restartCount"] >= first + 2,
+              "restartCount rising", timeout=15)
+    _wait_pod(kube, "sim-val", node, _running_not_ready, "not Ready while its driver crash-loops", timeout=10)
+    for app in (driver_stack, "sim-val"):
+        pod = _pod_on(kube, app, other)
+        assert pod and pod_running_ready(pod), f"{app} on {other} should stay Ready"
+
+    # a pod recreated on the node crash-loops too
+    old = _pod_on(kube, driver_stack, node)
+    assert old
+    kube.delete(f"/api/v1/namespaces/{OPERATOR_NS}/pods/{old['metadata']['name']}")
+    new = _wait_pod(kube, driver_stack, node, lambda p: p["metadata"]["uid"] != old["metadata"]["uid"] and crashing(p),
+                    "recreated and crash-looping", timeout=15)
+
+    simulator.crash_loop_driver(node, on=False)
+    pod = _wait_pod(kube, driver_stack, node, pod_running_ready, "Ready once the crash loop ends", timeout=10)
+    assert pod["metadata"]["uid"] == new["metadata"]["uid"]
+    assert _ctr(pod)["restartCount"] >= 1 and set(_ctr(pod)["state"]) == {"running"}
+    _wait_pod(kube, "sim-val", node, pod_running_ready, "Ready again", timeout=10)
+
+
+def test_gfd_driver_labels_follow_the_new_driver_version(
+    kube: Kube, simulator: NodeSimulator, fake_nodes: dict[str, dict[str, Any]]
+) -> None:
+    node = "infra-l4-0"
+    on_node = {"kubernetes.io/hostname": node}
+    gfd = _daemonset("sim-gfd2", OPERATOR_NS, on_node, "nvcr.io/nvidia/k8s-device-plugin:v0.18.0", GFD)
+
+    def driver_labels() -> tuple[str, str, str] | None:
+        labels = _node(kube, node)["metadata"].get("labels") or {}
+        if "nvidia.com/cuda.driver.major" not in labels:
+            return None
+        return (labels["nvidia.com/cuda.driver.major"], labels["nvidia.com/cuda.driver.minor"],
+                labels["nvidia.com/cuda.driver.rev"])
+
+    try:
+        kube.create(DS_PATH, _driver_ds("sim-drv2", on_node, "595.91.07"))
+        kube.create(DS_PATH, gfd)
+        wait_for(lambda: driver_labels() == ("595", "91", "07"), 30, message="GFD labels of driver 595.91.07")
+
+        kube.patch(f"{DS_PATH}/sim-drv2", {"spec": {"template": {"spec": {"containers": [
+            {"name": DRIVER_CONTAINER, "image": "nvcr.io/nvidia/driver:600.10.01-ubuntu22.04"}]}}}},
+            content_type=STRATEGIC_PATCH)
+        old = _pod_on(kube, "sim-drv2", node)
+        assert old
+        simulator.set_driver_ready_delay(3)
+        kube.delete(f"/api/v1/namespaces/{OPERATOR_NS}/pods/{old['metadata']['name']}")
+        new = _wait_pod(kube, "sim-drv2", node, lambda p: p["metadata"]["uid"] != old["metadata"]["uid"],
+                        "recreated", timeout=10)
+        assert new["spec"]["containers"][0]["image"].startswith("nvcr.io/nvidia/driver:600.10.01")
+        assert new["metadata"]["labels"][REVISION_LABEL] != old["metadata"]["labels"][REVISION_LABEL]
+        labels_then = driver_labels()
+        pod = _pod_on(kube, "sim-drv2", node)
+        if pod and not pod_running_ready(pod):  # labels read while the new pod was not Ready yet
+            assert labels_then != ("600", "10", "01")
+        wait_for(lambda: driver_labels() == ("600", "10", "01"), 30, message="GFD labels of driver 600.10.01")
+        labels = _node(kube, node)["metadata"]["labels"]
+        assert (labels["nvidia.com/cuda.runtime.major"], labels["nvidia.com/cuda.runtime.minor"]) == ("13", "2")
+    finally:
+        for name in ("sim-drv2", "sim-gfd2"):
+            kube.delete(f"{DS_PATH}/{name}")
+    wait_for(lambda: not _gfd_part(_node(kube, node)), 30, message="GFD labels removed")

@@ -38,6 +38,8 @@ KINDS: dict[str, Kind] = {
     "ClusterRoleBinding": Kind("apis/rbac.authorization.k8s.io/v1", "clusterrolebindings", False),
     "DaemonSet": Kind("apis/apps/v1", "daemonsets", True),
     "ControllerRevision": Kind("apis/apps/v1", "controllerrevisions", True),
+    "Deployment": Kind("apis/apps/v1", "deployments", True),
+    "PodDisruptionBudget": Kind("apis/policy/v1", "poddisruptionbudgets", True),
     "RuntimeClass": Kind("apis/node.k8s.io/v1", "runtimeclasses", False),
     "ServiceMonitor": Kind("apis/monitoring.coreos.com/v1", "servicemonitors", True),
     "CustomResourceDefinition": Kind("apis/apiextensions.k8s.io/v1", "customresourcedefinitions", False),

@@ -290,7 +290,11 @@ class Reconciler:
         if not policy.auto_upgrade:
             return None
         states = {n.name: n.state for n in managed}
-        stuck = sorted((n, r) for n, r in result.waiting.items() if states.get(n) in upgrade.IN_PROGRESS_STATES)
+        reasons = dict(result.waiting)
+        for n in managed:  # a failed node says why it failed
+            if n.state == upgrade.FAILED and n.name not in reasons:
+                reasons[n.name] = "failed: " + n.annotations.get(upgrade.FAILURE_REASON_ANNOTATION, "see its events")
+        stuck = sorted((n, r) for n, r in reasons.items() if states.get(n) in upgrade.IN_PROGRESS_STATES)
         for node, reason in stuck:  # an event on each node that waits mid-upgrade, when its reason changes
             ref = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}
             self.event(ref, "Normal", upgrade.EVENT_REASON, f"{states[node]}: {steady(reason)}")

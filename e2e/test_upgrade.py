@@ -1,0 +1,317 @@
+"""End-to-end: driver upgrades rolled across 12 GPU nodes in two OS pools, within the policy's limits.
+
+The module runs its own cluster (a few seconds to start), so node counts and limits are exactly its own.
+Tests build on each other in file order; each changes the driver version and waits for the rollout.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from e2e.cluster.localcluster import LocalCluster, ensure_binaries
+from e2e.cluster.nodes import create_nodes, make_node
+from e2e.kube import wait_for
+from e2e.operator_process import NAMESPACE, OperatorProcess, install_crds_and_rbac, policy_from_sample
+from e2e.simulator import NodeSimulator
+from gpu_operator.kube import Kube
+from gpu_operator.upgrade import IN_PROGRESS_STATES, SKIP_LABEL, STATE_LABEL
+
+NODES = [f"up-{i:02d}" for i in range(12)]
+POOL_OS = {name: ("ubuntu22.04" if i < 6 else "ubuntu24.04") for i, name in enumerate(NODES)}
+LIMITS = {"autoUpgrade": True, "maxParallelUpgrades": 3, "maxUnavailable": "25%",
+          "podDeletion": {"force": False, "timeoutSeconds": 20, "deleteEmptyDir": False},
+          "drain": {"enable": False}}  # fmt: skip
+MAX_UNAVAILABLE = 3  # 25% of 12
+ROLLOUT_TIMEOUT = 420
+DRIVER_READY_DELAY = 2.0
+WORK = "workloads"
+
+
+class Env:
+    def __init__(self, cluster: LocalCluster, admin: Kube, sim: NodeSimulator, op: OperatorProcess):
+        self.cluster, self.admin, self.sim, self.op = cluster, admin, sim, op
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    cluster = LocalCluster(tmp_path_factory.mktemp("upgrade-cluster"), binaries=ensure_binaries())
+    cluster.up()
+    try:
+        admin = Kube.connect(str(cluster.kubeconfig))
+        nodes = [make_node(n, "h100x8" if POOL_OS[n] == "ubuntu22.04" else "a100x4", os=POOL_OS[n]) for n in NODES]
+        create_nodes(admin.client, nodes + [make_node("up-cpu", "cpu")])
+        install_crds_and_rbac(admin)
+        for ns in (NAMESPACE, WORK):
+            if admin.get("Namespace", ns) is None:
+                admin.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+        sim = NodeSimulator(cluster.simulator_kubeconfig, namespace=NAMESPACE, resync_seconds=5,
+                            driver_ready_delay=DRIVER_READY_DELAY).start()  # fmt: skip
+        op = OperatorProcess(cluster, tmp_path_factory.mktemp("upgrade-operator") / "operator.log").start()
+        policy = policy_from_sample()
+        policy["spec"]["driver"]["upgradePolicy"] = LIMITS
+        admin.create(policy)
+        e = Env(cluster, admin, sim, op)
+        wait_done(e, "595.91.07", timeout=180)
+        yield e
+        op.stop()
+        sim.stop()
+    finally:
+        cluster.down()
+
+
+def node(env: Env, name: str) -> dict[str, Any]:
+    obj = env.admin.get("Node", name)
+    assert obj is not None, name
+    return obj
+
+
+def driver_pods(env: Env) -> dict[str, dict[str, Any]]:
+    """Node -> its live driver pod."""
+    out = {}
+    for pod in env.admin.list("Pod", NAMESPACE, label_selector="app.kubernetes.io/component=state-driver"):
+        if not pod["metadata"].get("deletionTimestamp"):
+            out[pod["spec"].get("nodeName", "")] = pod
+    return out
+
+
+def pod_ready(pod: dict[str, Any]) -> bool:
+    statuses = pod.get("status", {}).get("containerStatuses") or []
+    return pod.get("status", {}).get("phase") == "Running" and bool(statuses) and all(c["ready"] for c in statuses)
+
+
+def rollout_state(env: Env, version: str, nodes: list[str]) -> str | None:
+    """None when every node is upgrade-done, uncordoned, on a Ready driver of `version`; else what is left."""
+    pods = driver_pods(env)
+    left = []
+    for name in nodes:
+        n = node(env, name)
+        state = n["metadata"].get("labels", {}).get(STATE_LABEL)
+        pod = pods.get(name)
+        image = pod["spec"]["containers"][0]["image"] if pod else ""
+        if (
+            state != "upgrade-done"
+            or n["spec"].get("unschedulable")
+            or f":{version}-" not in image
+            or not (pod and pod_ready(pod))
+        ):
+            left.append(f"{name}={state}{' cordoned' if n['spec'].get('unschedulable') else ''}")
+    return ", ".join(left) or None
+
+
+def wait_done(env: Env, version: str, nodes: list[str] = NODES, timeout: float = ROLLOUT_TIMEOUT) -> float:
+    began = time.monotonic()
+    last: list[str | None] = [None]
+
+    def done() -> bool:
+        last[0] = rollout_state(env, version, nodes)
+        return last[0] is None
+
+    try:
+        wait_for(done, timeout, interval=1.0, message=f"rollout of {version}")
+    except AssertionError as exc:
+        policy = env.admin.get("ClusterPolicy", "cluster-policy") or {}
+        raise AssertionError(
+            f"{exc}\nleft: {last[0]}\nupgrade status: {policy.get('status', {}).get('upgrade')}\n"
+            f"operator log:\n{env.op.log_tail(40)}"
+        ) from None
+    return time.monotonic() - began
+
+
+def set_version(env: Env, version: str) -> None:
+    env.admin.merge_patch("ClusterPolicy", "cluster-policy", {"spec": {"driver": {"version": version}}})
+
+
+class Watcher(threading.Thread):
+    """Samples the nodes while a rollout runs: the most in progress, the most unavailable, driver pods seen."""
+
+    def __init__(self, env: Env, nodes: list[str] = NODES):
+        super().__init__(daemon=True)
+        self.env, self.nodes = env, set(nodes)
+        self.max_in_progress = self.max_unavailable = 0
+        self.driver_pods: dict[str, set[str]] = {n: set() for n in nodes}
+        self.stop_flag = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_flag.is_set():
+            try:
+                nodes = [n for n in self.env.admin.list("Node") if n["metadata"]["name"] in self.nodes]
+                states = [n["metadata"].get("labels", {}).get(STATE_LABEL, "") for n in nodes]
+                unavailable = [n for n in nodes if n["spec"].get("unschedulable") or not _ready(n)]
+                self.max_in_progress = max(self.max_in_progress, sum(s in IN_PROGRESS_STATES for s in states))
+                self.max_unavailable = max(self.max_unavailable, len(unavailable))
+                for name, pod in driver_pods(self.env).items():
+                    if name in self.driver_pods:
+                        self.driver_pods[name].add(pod["metadata"]["name"])
+            except Exception:  # noqa: BLE001 - a failed sample is skipped; the next one counts
+                pass
+            time.sleep(0.25)
+
+    def stop(self) -> None:
+        self.stop_flag.set()
+        self.join(timeout=5)
+
+
+def _ready(n: dict[str, Any]) -> bool:
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in n.get("status", {}).get("conditions") or [])
+
+
+def deployment(name: str, replicas: int, gpu: bool, on_node: str | None = None) -> dict[str, Any]:
+    resources = {"limits": {"nvidia.com/gpu": 1}} if gpu else {"requests": {"cpu": "100m"}}
+    pod_spec: dict[str, Any] = {
+        "containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10", "resources": resources}]
+    }
+    if on_node:
+        pod_spec["nodeSelector"] = {"kubernetes.io/hostname": on_node}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": WORK},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def workload_pods(env: Env, app: str) -> dict[str, dict[str, Any]]:
+    return {
+        p["metadata"]["uid"]: p
+        for p in env.admin.list("Pod", WORK, label_selector=f"app={app}")
+        if not p["metadata"].get("deletionTimestamp")
+    }
+
+
+def running(pods: dict[str, dict[str, Any]]) -> int:
+    return sum(1 for p in pods.values() if p.get("status", {}).get("phase") == "Running")
+
+
+def test_rollout_across_two_pools_stays_within_limits(env: Env) -> None:
+    env.admin.apply(deployment("gpu-work", 12, gpu=True))
+    env.admin.apply(deployment("cpu-work", 6, gpu=False))
+    wait_for(lambda: running(workload_pods(env, "gpu-work")) == 12, 120, message="12 GPU pods running")
+    wait_for(lambda: running(workload_pods(env, "cpu-work")) == 6, 120, message="6 CPU pods running")
+    gpu_before = set(workload_pods(env, "gpu-work"))
+    cpu_before = set(workload_pods(env, "cpu-work"))
+
+    watcher = Watcher(env)
+    watcher.start()
+    set_version(env, "600.10.01")
+    seconds = wait_done(env, "600.10.01")
+    watcher.stop()
+    print(f"\nrollout of 12 nodes (driver ready after {DRIVER_READY_DELAY:.0f}s): {seconds:.1f}s")
+
+    assert watcher.max_in_progress <= 3, f"{watcher.max_in_progress} nodes in progress at once"
+    assert watcher.max_unavailable <= MAX_UNAVAILABLE, f"{watcher.max_unavailable} nodes unavailable at once"
+    assert watcher.max_in_progress >= 2, "the rollout never ran nodes in parallel"
+    twice = {n: p for n, p in watcher.driver_pods.items() if len(p) > 2}
+    assert not twice, f"driver restarted more than once: {twice}"
+    # Both pools moved to their own new image.
+    pods = driver_pods(env)
+    assert pods["up-00"]["spec"]["containers"][0]["image"].endswith(":600.10.01-ubuntu22.04")
+    assert pods["up-11"]["spec"]["containers"][0]["image"].endswith(":600.10.01-ubuntu24.04")
+    # GPU pods were evicted and came back elsewhere; CPU-only pods were never touched.
+    gpu_after = workload_pods(env, "gpu-work")
+    assert not gpu_before & set(gpu_after), "GPU pods were not evicted"
+    wait_for(lambda: running(workload_pods(env, "gpu-work")) == 12, 120, message="GPU pods rescheduled")
+    assert set(workload_pods(env, "cpu-work")) == cpu_before, "CPU-only pods were touched"
+
+    def counted() -> bool:
+        upgrade = (env.admin.get("ClusterPolicy", "cluster-policy") or {})["status"]["upgrade"]
+        return bool(upgrade["done"] == 12 and upgrade["inProgress"] == 0 and not upgrade["waiting"])
+
+    wait_for(counted, 30, message="status.upgrade to count 12 nodes done")
+
+
+def test_pdb_blocked_eviction_fails_the_node_with_the_reason_and_never_forces(env: Env) -> None:
+    target = "up-01"
+    env.admin.apply(deployment("gpu-work", 0, gpu=True))
+    env.admin.apply(deployment("guarded", 1, gpu=True, on_node=target))
+    env.admin.apply({
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "guarded", "namespace": WORK},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "guarded"}}},
+    })  # fmt: skip
+    pod_uid = wait_for(lambda: next(iter(workload_pods(env, "guarded")), None), 60, message="guarded pod")
+    wait_for(lambda: running(workload_pods(env, "guarded")) == 1, 60, message="guarded pod running")
+    env.admin.merge_patch(
+        "Node", target, {"metadata": {"annotations": {"nvidia.com/gpu-driver-upgrade-requested": "true"}}}
+    )
+
+    def failed() -> dict[str, Any] | None:
+        n = node(env, target)
+        return n if n["metadata"]["labels"].get(STATE_LABEL) == "upgrade-failed" else None
+
+    wait_for(failed, 120, interval=1, message=f"{target} upgrade-failed")
+    assert pod_uid in workload_pods(env, "guarded"), "the PDB-protected pod was deleted"
+    events = env.admin.list("Event", "default", field_selector=f"involvedObject.name={target}")
+    texts = " ".join(e.get("message", "") for e in events if e.get("reason") == "GPUDriverUpgrade")
+    assert "eviction" in texts and "timeoutSeconds" in texts, texts
+    status = (env.admin.get("ClusterPolicy", "cluster-policy") or {})["status"]["upgrade"]
+    waiting = {w["node"]: w for w in status["waiting"]}
+    assert target in waiting and waiting[target]["state"] == "upgrade-failed"
+    # Lift the PDB and retry by relabelling: the node finishes.
+    env.admin.delete("PodDisruptionBudget", "guarded", WORK)
+    env.admin.merge_patch("Node", target, {"metadata": {"labels": {STATE_LABEL: "upgrade-required"}}})
+    wait_done(env, "600.10.01", [target], timeout=120)
+    assert pod_uid not in workload_pods(env, "guarded")
+
+
+def test_operator_killed_twice_mid_rollout_finishes_without_stranding_a_node(env: Env) -> None:
+    watcher = Watcher(env)
+    watcher.start()
+    set_version(env, "600.20.02")
+    for _ in range(2):
+        wait_for(lambda: watcher.max_in_progress > 0 and _in_progress(env) > 0, 120, message="rollout under way")
+        time.sleep(1.5)
+        env.op.stop(signal.SIGKILL)
+        env.op.start()
+    wait_done(env, "600.20.02")
+    watcher.stop()
+    twice = {n: p for n, p in watcher.driver_pods.items() if len(p) > 2}
+    assert not twice, f"a node was upgraded twice: {twice}"
+    assert watcher.max_in_progress <= 3 and watcher.max_unavailable <= MAX_UNAVAILABLE
+    assert not [n for n in NODES if node(env, n)["spec"].get("unschedulable")]
+
+
+def _in_progress(env: Env) -> int:
+    states = [node(env, n)["metadata"]["labels"].get(STATE_LABEL, "") for n in NODES]
+    return sum(s in IN_PROGRESS_STATES for s in states)
+
+
+def test_skip_label_pre_cordoned_node_and_crash_looping_driver(env: Env) -> None:
+    skipped, cordoned, crashing = "up-02", "up-03", "up-08"
+    env.admin.merge_patch("Node", skipped, {"metadata": {"labels": {SKIP_LABEL: "true"}}})
+    env.admin.merge_patch("Node", cordoned, {"spec": {"unschedulable": True}})
+    env.sim.crash_loop_driver(crashing, True)
+    set_version(env, "600.30.03")
+    others = [n for n in NODES if n not in (skipped, crashing)]
+    wait_done_cordoned = [n for n in others if n != cordoned]
+    wait_done(env, "600.30.03", wait_done_cordoned)
+
+    def failed() -> bool:
+        return node(env, crashing)["metadata"]["labels"].get(STATE_LABEL) == "upgrade-failed"
+
+    wait_for(failed, 180, interval=1, message=f"{crashing} upgrade-failed (crash-looping driver)")
+    # The pre-cordoned node is upgraded and stays cordoned.
+    c = node(env, cordoned)
+    assert c["metadata"]["labels"][STATE_LABEL] == "upgrade-done" and c["spec"].get("unschedulable")
+    assert ":600.30.03-" in driver_pods(env)[cordoned]["spec"]["containers"][0]["image"]
+    # The skipped node keeps its old driver.
+    assert ":600.20.02-" in driver_pods(env)[skipped]["spec"]["containers"][0]["image"]
+    status = (env.admin.get("ClusterPolicy", "cluster-policy") or {})["status"]["upgrade"]
+    reason = {w["node"]: w["reason"] for w in status["waiting"]}.get(crashing, "")
+    assert "restart" in reason or "crash" in reason.lower(), reason
+    # Once the driver runs, the failed node recovers by itself.
+    env.sim.crash_loop_driver(crashing, False)
+    env.admin.delete("Pod", driver_pods(env)[crashing]["metadata"]["name"], NAMESPACE)
+    wait_done(env, "600.30.03", [crashing], timeout=180)
+    env.admin.merge_patch("Node", cordoned, {"spec": {"unschedulable": None}})

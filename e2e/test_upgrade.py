@@ -7,8 +7,11 @@ Tests build on each other in file order; each changes the driver version and wai
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -255,9 +258,14 @@ def test_pdb_blocked_eviction_fails_the_node_with_the_reason_and_never_forces(en
     events = env.admin.list("Event", "default", field_selector=f"involvedObject.name={target}")
     texts = " ".join(e.get("message", "") for e in events if e.get("reason") == "GPUDriverUpgrade")
     assert "eviction" in texts and "timeoutSeconds" in texts, texts
-    status = (env.admin.get("ClusterPolicy", "cluster-policy") or {})["status"]["upgrade"]
-    waiting = {w["node"]: w for w in status["waiting"]}
-    assert target in waiting and waiting[target]["state"] == "upgrade-failed"
+
+    def reported() -> dict[str, Any] | None:
+        status = (env.admin.get("ClusterPolicy", "cluster-policy") or {})["status"]["upgrade"]
+        wait = {w["node"]: w for w in status["waiting"]}.get(target)
+        return wait if wait and wait["state"] == "upgrade-failed" else None
+
+    failure = wait_for(reported, 30, message=f"status.upgrade names {target} as failed")
+    assert "eviction" in failure["reason"], failure
     # Lift the PDB and retry by relabelling: the node finishes.
     env.admin.delete("PodDisruptionBudget", "guarded", WORK)
     env.admin.merge_patch("Node", target, {"metadata": {"labels": {STATE_LABEL: "upgrade-required"}}})
@@ -307,11 +315,77 @@ def test_skip_label_pre_cordoned_node_and_crash_looping_driver(env: Env) -> None
     assert ":600.30.03-" in driver_pods(env)[cordoned]["spec"]["containers"][0]["image"]
     # The skipped node keeps its old driver.
     assert ":600.20.02-" in driver_pods(env)[skipped]["spec"]["containers"][0]["image"]
-    status = (env.admin.get("ClusterPolicy", "cluster-policy") or {})["status"]["upgrade"]
-    reason = {w["node"]: w["reason"] for w in status["waiting"]}.get(crashing, "")
+
+    def crash_reported() -> str | None:
+        status = (env.admin.get("ClusterPolicy", "cluster-policy") or {})["status"]["upgrade"]
+        return {w["node"]: w["reason"] for w in status["waiting"]}.get(crashing)
+
+    reason: str = wait_for(crash_reported, 30, message=f"status.upgrade names {crashing}")
     assert "restart" in reason or "crash" in reason.lower(), reason
     # Once the driver runs, the failed node recovers by itself.
     env.sim.crash_loop_driver(crashing, False)
     env.admin.delete("Pod", driver_pods(env)[crashing]["metadata"]["name"], NAMESPACE)
     wait_done(env, "600.30.03", [crashing], timeout=180)
     env.admin.merge_patch("Node", cordoned, {"spec": {"unschedulable": None}})
+
+
+def run_cli(env: Env, *args: str) -> str:
+    cmd = [sys.executable, "-m", "gpu_operator.cli", *args, "--kubeconfig", str(env.cluster.kubeconfig)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_upgrade_plan_previews_the_waves_then_the_rollout_follows_them(env: Env) -> None:
+    env.admin.merge_patch("Node", "up-02", {"metadata": {"labels": {SKIP_LABEL: None}}})
+    policy_patch = {"spec": {"driver": {"upgradePolicy": {"autoUpgrade": False}}}}
+    env.admin.merge_patch("ClusterPolicy", "cluster-policy", policy_patch)
+    wait_for(lambda: not [n for n in NODES if STATE_LABEL in node(env, n)["metadata"]["labels"]], 60,
+             message="state labels removed with autoUpgrade off")  # fmt: skip
+    set_version(env, "600.40.04")
+
+    def previewed() -> list[list[str]]:
+        out = run_cli(env, "upgrade", "plan")
+        return [line.split(": ", 1)[1].split(", ") for line in out.splitlines() if line.startswith("wave ")]
+
+    def all_twelve() -> list[list[str]] | None:
+        w = previewed()
+        return w if sum(map(len, w)) == 12 else None
+
+    waves: list[list[str]] = wait_for(all_twelve, 60, message="12 nodes in waves")
+    assert [len(w) for w in waves] == [3, 3, 3, 3]
+    assert "autoUpgrade is off" in run_cli(env, "upgrade", "plan")
+    time.sleep(3)
+    assert all(node(env, n)["metadata"]["labels"].get(STATE_LABEL) is None for n in NODES), "orchestrated while off"
+
+    first_wave = set(waves[0])
+    watcher = Watcher(env)
+    watcher.start()
+    policy_patch["spec"]["driver"]["upgradePolicy"]["autoUpgrade"] = True
+    env.admin.merge_patch("ClusterPolicy", "cluster-policy", policy_patch)
+    started = wait_for(
+        lambda: {n for n in NODES if node(env, n)["metadata"]["labels"].get(STATE_LABEL) in IN_PROGRESS_STATES},
+        60, interval=0.2, message="first wave started",
+    )  # fmt: skip
+    assert started <= first_wave, f"started {started}, preview said {first_wave}"
+    wait_done(env, "600.40.04")
+    watcher.stop()
+    assert "no node needs an upgrade" in run_cli(env, "upgrade", "plan")
+
+    def metrics() -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{env.op.metrics_port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        return {
+            line.split()[0]: float(line.split()[1])
+            for line in text.splitlines()
+            if line.startswith("gpu_operator_") and " " in line
+        }
+
+    def counted() -> dict[str, float] | None:
+        m = metrics()
+        return m if m.get("gpu_operator_nodes_upgrades_done") == 12 else None
+
+    m: dict[str, float] = wait_for(counted, 30, message="upgrade metrics")
+    assert m["gpu_operator_driver_auto_upgrade_enabled"] == 1
+    assert m["gpu_operator_nodes_upgrades_in_progress"] == 0 and m["gpu_operator_nodes_upgrades_failed"] == 0
+    assert m["gpu_operator_gpu_nodes_total"] == 12 and m["gpu_operator_reconciliation_status"] == 1

@@ -1,0 +1,106 @@
+"""How long a driver rollout takes as the cluster grows (prints numbers, asserts nothing).
+
+    python -m e2e.bench.upgrade_scale [--nodes 12 100] [--parallel 3] [--max-unavailable 25%] [--delay 2]
+
+For each node count: a fresh cluster with that many GPU nodes in two OS pools, the simulator (a new driver
+pod turns Ready `--delay` seconds after it starts), the operator, and a ClusterPolicy with the given limits;
+then the driver version changes and the time until every node is upgrade-done on the new driver is printed,
+with the operator's API writes during the rollout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from e2e.bench.operator_scale import writes_by
+from e2e.cluster.localcluster import LocalCluster, ensure_binaries
+from e2e.cluster.nodes import create_nodes, make_node
+from e2e.operator_process import NAMESPACE, OperatorProcess, install_crds_and_rbac, policy_from_sample
+from e2e.simulator import NodeSimulator
+from gpu_operator.kube import Kube
+from gpu_operator.upgrade import STATE_LABEL
+
+
+def all_done(admin: Kube, version: str, count: int) -> bool:
+    pods = admin.list("Pod", NAMESPACE, label_selector="app.kubernetes.io/component=state-driver")
+    current = sum(
+        1
+        for p in pods
+        if f":{version}-" in p["spec"]["containers"][0]["image"]
+        and all(c.get("ready") for c in p.get("status", {}).get("containerStatuses") or [{}])
+    )
+    nodes = admin.list("Node", label_selector=f"{STATE_LABEL}=upgrade-done")
+    return current == count and len([n for n in nodes if not n["spec"].get("unschedulable")]) == count
+
+
+def run(count: int, parallel: int, max_unavailable: str, delay: float, timeout: float) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="gpu-operator-upgrade-bench-") as tmp:
+        cluster = LocalCluster(Path(tmp) / "cluster")
+        cluster.up()
+        try:
+            admin = Kube.connect(str(cluster.kubeconfig))
+            nodes = [
+                make_node(f"n-{i:04d}", "h100x8" if i % 2 else "a100x4", os="ubuntu22.04" if i % 2 else "ubuntu24.04")
+                for i in range(count)
+            ]
+            create_nodes(admin.client, nodes)
+            install_crds_and_rbac(admin)
+            if admin.get("Namespace", NAMESPACE) is None:
+                admin.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
+            sim = NodeSimulator(cluster.simulator_kubeconfig, namespace=NAMESPACE, driver_ready_delay=delay).start()
+            op = OperatorProcess(cluster, Path(tmp) / "operator.log").start()
+            policy = policy_from_sample()
+            policy["spec"]["driver"]["upgradePolicy"] = {
+                "autoUpgrade": True,
+                "maxParallelUpgrades": parallel,
+                "maxUnavailable": max_unavailable,
+            }
+            admin.create(policy)
+            began = time.monotonic()
+            while not all_done(admin, "595.91.07", count) and time.monotonic() - began < timeout:
+                time.sleep(1)
+            admin.merge_patch("ClusterPolicy", "cluster-policy", {"spec": {"driver": {"version": "600.10.01"}}})
+            since = time.time()
+            began = time.monotonic()
+            while not all_done(admin, "600.10.01", count) and time.monotonic() - began < timeout:
+                time.sleep(1)
+            seconds = time.monotonic() - began
+            writes = writes_by(cluster, op.username, since=since)
+            op.stop()
+            sim.stop()
+            return {"nodes": count, "seconds": seconds, "writes": sum(writes.values()), "by": dict(writes)}
+        finally:
+            cluster.down()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, nargs="+", default=[12, 100])
+    parser.add_argument("--parallel", type=int, default=3, help="maxParallelUpgrades (%(default)s)")
+    parser.add_argument("--max-unavailable", default="25%", help="maxUnavailable (%(default)s)")
+    parser.add_argument("--delay", type=float, default=2.0, help="seconds until a new driver pod is Ready")
+    parser.add_argument("--timeout", type=float, default=1800.0)
+    args = parser.parse_args(argv)
+    ensure_binaries()
+    results = [run(n, args.parallel, args.max_unavailable, args.delay, args.timeout) for n in args.nodes]
+    print(
+        f"\nmaxParallelUpgrades={args.parallel} maxUnavailable={args.max_unavailable} driver ready delay={args.delay}s"
+    )
+    base = results[0]
+    for r in results:
+        waves = -(-r["nodes"] // args.parallel) if args.parallel else 1
+        print(
+            f"{r['nodes']:5d} nodes: rollout {r['seconds']:7.1f}s  ({r['seconds'] / waves:5.1f}s per wave of "
+            f"{args.parallel or 'all'}; x{r['seconds'] / base['seconds']:.1f} vs {base['nodes']} nodes)  "
+            f"operator writes {r['writes']}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test unit e2e lint demo cluster-up cluster-down binaries crds render-sample clean
+.PHONY: venv test unit e2e lint demo cluster-up cluster-down binaries crds manifests clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ e2e: $(STAMP) binaries
 	$(PY) -m pytest -q e2e
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check operator tests e2e
+	$(VENV)/bin/ruff check operator tests e2e hack
 	$(VENV)/bin/mypy
 
 binaries:
@@ -41,8 +41,13 @@ cluster-down: $(STAMP)
 demo: $(STAMP) binaries
 	$(PY) -m e2e.demo
 
+## crds, manifests: regenerate the CRDs from the model, then the chart's copy and the plain install manifest
 crds: $(STAMP)
 	$(VENV)/bin/gpu-operator crds > crds/nvidia.com_clusterpolicies.yaml
+	$(MAKE) manifests
+
+manifests: $(STAMP) binaries
+	$(PY) hack/gen-manifests.py
 
 clean:
 	rm -rf $(VENV) .e2e-state

@@ -57,6 +57,10 @@ def operator(cluster: LocalCluster, admin: Kube, tmp_path_factory: pytest.TempPa
     try:
         yield op
     finally:
+        # Delete the policy while the operator runs: it removes its finalizer and the node labels.
+        for policy in admin.list("ClusterPolicy"):
+            admin.delete("ClusterPolicy", policy["metadata"]["name"])
+        wait_for(lambda: not admin.list("ClusterPolicy"), 60, message="ClusterPolicies deleted")
         op.stop()
         sim.stop()
 

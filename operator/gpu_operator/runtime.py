@@ -230,6 +230,8 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
             prefix="gpu-operator.nvidia.com", key="last-handled-configuration"
         )
         settings.posting.enabled = False
+        # Watch exactly the resources registered below: no namespace or CRD scans (no rights needed for them).
+        settings.scanning.disabled = True
         settings.watching.server_timeout = 300
         op.task = asyncio.create_task(op.loop())
 

@@ -1,0 +1,113 @@
+{{/*
+Names. The operator is a cluster singleton whose identity (ServiceAccount gpu-operator) other objects refer to,
+so object names are fixed, as upstream's are.
+*/}}
+{{- define "gpu-operator.name" -}}gpu-operator{{- end -}}
+
+{{- define "gpu-operator.labels" -}}
+app.kubernetes.io/name: gpu-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end -}}
+
+{{/* The operator pod's selector: `app: gpu-operator` is what the operator's own metrics Service selects. */}}
+{{- define "gpu-operator.selectorLabels" -}}
+app: gpu-operator
+app.kubernetes.io/component: gpu-operator
+{{- end -}}
+
+{{/* The operator image: [repository/]image:version, version defaulting to the chart's appVersion. */}}
+{{- define "gpu-operator.image" -}}
+{{- $op := .Values.operator -}}
+{{- $version := $op.version | default .Chart.AppVersion | toString -}}
+{{- $sep := ternary "@" ":" (hasPrefix "sha256:" $version) -}}
+{{- if $op.repository -}}
+{{- printf "%s/%s%s%s" $op.repository $op.image $sep $version -}}
+{{- else -}}
+{{- printf "%s%s%s" $op.image $sep $version -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Pod and container security settings shared by the operator and its hook Jobs. */}}
+{{- define "gpu-operator.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+fsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "gpu-operator.containerSecurityContext" -}}
+runAsNonRoot: true
+readOnlyRootFilesystem: true
+allowPrivilegeEscalation: false
+capabilities:
+  drop: ["ALL"]
+{{- end -}}
+
+{{/* Scheduling settings of the operator pod, reused by the hook Jobs. */}}
+{{- define "gpu-operator.scheduling" -}}
+{{- with .Values.operator.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.operator.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.operator.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.operator.imagePullSecrets }}
+imagePullSecrets:
+{{- range . }}
+- name: {{ . }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+prune: a values map as the ClusterPolicy wants it, as YAML. Recursively drops keys whose value is null, "", or an
+empty list or map (the operator's default applies),
+and in any map without a `version`, drops `repository`, and `image` unless it is a full reference with a tag or
+digest (used verbatim), so the operator's default image for that component applies. Lists are kept as they are.
+*/}}
+{{- define "gpu-operator.prune" -}}
+{{- $out := dict -}}
+{{- range $k, $v := . -}}
+{{- if kindIs "map" $v -}}
+{{- $sub := include "gpu-operator.prune" $v | fromYaml -}}
+{{- if $sub -}}
+{{- $_ := set $out $k $sub -}}
+{{- end -}}
+{{- else if kindIs "invalid" $v -}}
+{{- else if and (kindIs "string" $v) (eq $v "") -}}
+{{- else if and (kindIs "slice" $v) (empty $v) -}}
+{{- else -}}
+{{- $_ := set $out $k $v -}}
+{{- end -}}
+{{- end -}}
+{{- if not (hasKey $out "version") -}}
+{{- $_ := unset $out "repository" -}}
+{{- if and (hasKey $out "image") (not (regexMatch "[:@]" (toString $out.image))) -}}
+{{- $_ := unset $out "image" -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}
+
+{{/* Names of the CRDs shipped in crds/ (what the upgrade hook applies). */}}
+{{- define "gpu-operator.crdNames" -}}
+{{- range $path, $_ := .Files.Glob "crds/*.yaml" }}
+{{- range $doc := regexSplit "(?m)^---\\s*$" ($.Files.Get $path) -1 }}
+{{- $crd := fromYaml $doc }}
+{{- if and $crd $crd.metadata }}
+- {{ $crd.metadata.name }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}

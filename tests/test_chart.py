@@ -1,0 +1,686 @@
+"""The Helm chart (charts/gpu-operator) and the plain install manifests generated from it.
+
+Renders the chart with the helm binary that e2e/cluster/build.sh builds (`make test` builds it first). Checks that
+every values file gives a ClusterPolicy the operator accepts, that the operator's RBAC is exactly what it needs
+(its own API calls plus every rule of the operand Roles/ClusterRoles it creates, since RBAC forbids granting what
+one does not hold), that the pod is locked down, and that the generated files are up to date.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gpu_operator import images
+from gpu_operator.api import parse_spec
+from gpu_operator.cli import main as cli_main
+from gpu_operator.crd import crds_yaml
+from gpu_operator.render import plan
+from gpu_operator.states import RenderContext
+from support import OWNER, REPO, fixed_nodes, render_all
+
+CHART = REPO / "charts" / "gpu-operator"
+CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
+RELEASE = "gpu-operator"
+NAMESPACE = "gpu-operator"
+KUBE_VERSION = "1.37.2"
+MANIFEST = REPO / "manifests" / "gpu-operator.yaml"
+GENERATOR = REPO / "hack" / "gen-manifests.py"
+REGENERATE = "run .venv/bin/python hack/gen-manifests.py"
+SAMPLES = [
+    REPO / "manifests" / "samples" / name
+    for name in (
+        "clusterpolicy-mig-mixed.yaml",
+        "clusterpolicy-time-slicing.yaml",
+        "clusterpolicy-upgrades-drain.yaml",
+    )
+]
+CLUSTER_POLICY_SECTIONS = (
+    "operator", "daemonsets", "driver", "toolkit", "devicePlugin", "dcgm", "dcgmExporter", "gfd", "mig",
+    "migManager", "nodeStatusExporter", "validator", "sandboxWorkloads", "vfioManager", "vgpuManager",
+    "vgpuDeviceManager", "sandboxDevicePlugin", "ccManager", "cdi", "gds", "gdrcopy", "psa", "hostPaths",
+)  # fmt: skip
+CHART_ONLY_KEYS = {"gpuPodDeletion", "nvidiaDriverCRD", "create", "data", "upgradeCRD", "cleanupCRD"}
+
+
+# --- helm ---
+
+
+@functools.cache
+def helm_binary() -> str:
+    out = subprocess.run(
+        ["bash", str(REPO / "e2e" / "cluster" / "build.sh"), "--print-dir"], check=True, capture_output=True, text=True
+    )
+    path = Path(out.stdout.strip()) / "helm"
+    assert os.access(path, os.X_OK), f"no helm binary at {path}: run `bash e2e/cluster/build.sh` (or `make binaries`)"
+    return str(path)
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([helm_binary(), *args], capture_output=True, text=True, timeout=120, cwd=REPO)
+    if check:
+        assert proc.returncode == 0, f"helm {' '.join(args)} failed:\n{proc.stderr}"
+    return proc
+
+
+@functools.cache
+def _render(values: tuple[str, ...], sets: tuple[str, ...], namespace: str) -> str:
+    args = ["template", RELEASE, str(CHART), "--namespace", namespace, "--kube-version", KUBE_VERSION]
+    for v in values:
+        args += ["-f", v]
+    for s in sets:
+        args += ["--set", s]
+    return helm(*args).stdout
+
+
+def render(*values: Path, sets: Iterable[str] = (), namespace: str = NAMESPACE) -> list[dict[str, Any]]:
+    out = _render(tuple(str(v) for v in values), tuple(sets), namespace)
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def find(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
+
+
+def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = find(docs, kind, name)
+    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
+    return found[0]
+
+
+def policy_spec(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    spec: dict[str, Any] = one(docs, "ClusterPolicy", "cluster-policy")["spec"]
+    return spec
+
+
+def hook(doc: dict[str, Any]) -> str | None:
+    return (doc["metadata"].get("annotations") or {}).get("helm.sh/hook")
+
+
+def walk(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    yield path, node
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from walk(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from walk(v, f"{path}[{i}]")
+
+
+def values_id(path: Path) -> str:
+    return path.stem
+
+
+# --- lint and structure ---
+
+
+def test_ci_values_files_exist() -> None:
+    assert {p.name for p in CI_VALUES} >= {
+        "default-values.yaml", "upstream-values.yaml", "mig-mixed-values.yaml", "sandbox-off-values.yaml",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("values", [None, *CI_VALUES], ids=["no-values", *map(values_id, CI_VALUES)])
+def test_helm_lint_strict(values: Path | None) -> None:
+    args = ["lint", "--strict", str(CHART)] + (["-f", str(values)] if values else [])
+    proc = helm(*args, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 chart(s) failed" in proc.stdout
+
+
+def test_chart_metadata() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2"
+    assert chart["name"] == "gpu-operator"
+    assert chart["version"] == "0.1.0" and chart["appVersion"] == "0.1.0"
+    assert chart["kubeVersion"] == ">=1.29.0-0"
+    assert "dependencies" not in chart, "NFD is not vendored: the chart has no dependencies"
+
+
+def test_kube_version_constraint_is_enforced() -> None:
+    args = ["template", RELEASE, str(CHART), "--kube-version", "1.28.9"]
+    proc = helm(*args, check=False)
+    assert proc.returncode != 0 and "kubeVersion" in proc.stderr
+
+
+def test_values_mirror_the_upstream_keys() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    missing = [s for s in CLUSTER_POLICY_SECTIONS if s not in values]
+    assert missing == []
+    assert values["nfd"]["enabled"] is True
+    assert values["clusterPolicy"]["enabled"] is True
+    assert values["dcgm"]["enabled"] is False
+    assert values["mig"]["strategy"] == "single"
+    assert values["driver"]["upgradePolicy"]["gpuPodDeletion"] == {
+        "force": False, "timeoutSeconds": 300, "deleteEmptyDir": False,
+    }  # fmt: skip
+    assert "podDeletion" not in values["driver"]["upgradePolicy"], "the Helm key is gpuPodDeletion, as upstream"
+    assert values["operator"]["cleanupCRD"] is False and values["operator"]["upgradeCRD"] is True
+    assert values["operator"]["metrics"]["serviceMonitor"]["enabled"] is False
+
+
+# --- the ClusterPolicy from values ---
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=map(values_id, CI_VALUES))
+def test_values_file_renders_a_policy_the_operator_accepts(
+    values: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    docs = render(values)
+    assert all(d.get("apiVersion") and d.get("kind") and d["metadata"].get("name") for d in docs)
+    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "ClusterPolicy", "Namespace", "CustomResourceDefinition"}
+    for d in docs:
+        if d["kind"] not in cluster_scoped:
+            assert d["metadata"].get("namespace") == NAMESPACE, f"{d['kind']} {d['metadata']['name']}"
+    spec = policy_spec(docs)
+    parse_spec(spec)  # raises PolicyError with one line per problem
+    empties = [p for p, v in walk(spec) if "[" not in p and (v is None or v == "" or v == {} or v == [])]
+    assert empties == [], "empty values must be left out so the operator's defaults apply (lists are kept)"
+    leaked = [p for p, _ in walk(spec) if p.rsplit(".", 1)[-1] in CHART_ONLY_KEYS]
+    assert leaked == [], "chart-only keys must not reach the ClusterPolicy"
+    # The operator renders every object of it without error.
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(yaml.safe_dump(one(docs, "ClusterPolicy", "cluster-policy")))
+    assert cli_main(["render", "--policy", str(policy_file)]) == 0
+    assert "DaemonSet" in capsys.readouterr().out
+
+
+def test_defaults_policy() -> None:
+    spec = policy_spec(render())
+    assert set(spec) == set(CLUSTER_POLICY_SECTIONS)
+    assert spec["operator"] == {"runtimeClass": "nvidia", "defaultRuntime": "containerd",
+                                "metrics": {"serviceMonitor": {"enabled": False, "interval": "15s",
+                                                               "honorLabels": False}}}  # fmt: skip
+    assert spec["mig"] == {"strategy": "single"}
+    assert spec["dcgm"]["enabled"] is False and spec["dcgmExporter"]["enabled"] is True
+    assert spec["driver"]["upgradePolicy"]["autoUpgrade"] is True
+    assert spec["driver"]["useNvidiaDriverCRD"] is False
+    assert spec["sandboxWorkloads"] == {"enabled": False, "defaultWorkload": "container"}
+    parsed = parse_spec(spec)
+    # No version in the values: the operator's own default images.
+    for section, component in (("driver", "driver"), ("toolkit", "toolkit"), ("device_plugin", "device-plugin"),
+                               ("validator", "validator"), ("mig_manager", "mig-manager")):  # fmt: skip
+        settings = getattr(parsed, section)
+        assert settings.repository is None and settings.image is None and settings.version is None
+        assert images.resolve(settings, component) == images.join(*images.DEFAULTS[component])
+
+
+def test_gpu_pod_deletion_maps_to_pod_deletion() -> None:
+    upstream = policy_spec(render(CHART / "ci" / "upstream-values.yaml"))["driver"]["upgradePolicy"]
+    assert upstream["podDeletion"] == {"force": True, "timeoutSeconds": 600, "deleteEmptyDir": True}
+    assert "gpuPodDeletion" not in upstream
+    assert upstream["maxParallelUpgrades"] == 2
+    parsed = parse_spec({"driver": {"upgradePolicy": upstream}}).driver.upgrade_policy.pod_deletion
+    assert parsed is not None and parsed.force is True and parsed.timeout_seconds == 600
+    sets = ["driver.upgradePolicy.gpuPodDeletion.timeoutSeconds=42"]
+    assert policy_spec(render(sets=sets))["driver"]["upgradePolicy"]["podDeletion"]["timeoutSeconds"] == 42
+    # Unset in the values: no podDeletion (the operator's own default).
+    none = policy_spec(render(sets=["driver.upgradePolicy.gpuPodDeletion=null"]))["driver"]["upgradePolicy"]
+    assert "podDeletion" not in none
+
+
+def test_nvidia_driver_crd_switch_maps_to_use_nvidia_driver_crd() -> None:
+    spec = policy_spec(render(sets=["driver.nvidiaDriverCRD.enabled=true"]))
+    assert spec["driver"]["useNvidiaDriverCRD"] is True
+    assert "nvidiaDriverCRD" not in spec["driver"]
+
+
+def test_image_fields() -> None:
+    spec = parse_spec(policy_spec(render(CHART / "ci" / "upstream-values.yaml")))
+    assert images.resolve(spec.driver, "driver") == "nvcr.io/nvidia/driver:580.82.07"
+    manager = images.resolve(spec.driver.manager, "driver-manager")
+    assert manager == "nvcr.io/nvidia/cloud-native/k8s-driver-manager:v0.8.1"
+    # version "" (upstream's way of saying "the operator's own validator"): the default image.
+    assert images.resolve(spec.validator, "validator") == images.join(*images.DEFAULTS["validator"])
+    assert spec.vgpu_manager.image is None and spec.vgpu_manager.repository is None
+    # A full reference without repository and version is used verbatim.
+    verbatim = parse_spec(policy_spec(render(CHART / "ci" / "sandbox-off-values.yaml")))
+    assert images.resolve(verbatim.driver, "driver") == "registry.example.com/nvidia/driver:595.91.07-ubuntu22.04"
+    digest = policy_spec(render(sets=["driver.version=sha256:0123456789abcdef"]))["driver"]
+    assert (digest["repository"], digest["image"]) == ("nvcr.io/nvidia", "driver")
+    pinned = images.resolve(parse_spec({"driver": digest}).driver, "driver")
+    assert pinned == "nvcr.io/nvidia/driver@sha256:0123456789abcdef"
+
+
+def test_mig_mixed_values() -> None:
+    docs = render(CHART / "ci" / "mig-mixed-values.yaml")
+    spec = policy_spec(docs)
+    assert spec["mig"] == {"strategy": "mixed"}
+    assert spec["migManager"]["config"] == {"name": "custom-mig-parted-config", "default": "all-balanced"}
+    cm = one(docs, "ConfigMap", "custom-mig-parted-config")
+    layouts = yaml.safe_load(cm["data"]["config.yaml"])
+    assert layouts["version"] == "v1"
+    assert {"all-disabled", "all-1g.10gb", "all-balanced"} <= set(layouts["mig-configs"])
+    assert spec["migManager"]["config"]["default"] in layouts["mig-configs"]
+
+
+def test_sandbox_off_values() -> None:
+    docs = render(CHART / "ci" / "sandbox-off-values.yaml")
+    spec = policy_spec(docs)
+    assert spec["sandboxWorkloads"]["enabled"] is False
+    for section in ("vfioManager", "vgpuManager", "vgpuDeviceManager", "sandboxDevicePlugin", "ccManager"):
+        assert spec[section]["enabled"] is False
+    assert spec["daemonsets"]["updateStrategy"] == "OnDelete"
+    assert spec["operator"]["metrics"]["serviceMonitor"]["enabled"] is True
+    assert spec["operator"]["metrics"]["serviceMonitor"]["additionalLabels"] == {"release": "prometheus"}
+    # The time-slicing config made by the chart, named in the policy.
+    assert spec["devicePlugin"]["config"] == {"name": "time-slicing-config", "default": "any"}
+    config = yaml.safe_load(one(docs, "ConfigMap", "time-slicing-config")["data"]["any"])
+    assert config["sharing"]["timeSlicing"]["resources"] == [{"name": "nvidia.com/gpu", "replicas": 4}]
+    # upgradeCRD off: no pre-upgrade hook; cleanupCRD on: the pre-delete hook also deletes the CRD.
+    assert not [d for d in docs if hook(d) == "pre-upgrade"]
+    job = one(docs, "Job", "gpu-operator-cleanup")
+    env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["DELETE_CRDS"] == "clusterpolicies.nvidia.com"
+    assert env["CLUSTERPOLICIES"] == "*" and env["TIMEOUT_SECONDS"] == "30"
+
+
+def test_cluster_policy_switch() -> None:
+    docs = render(sets=["clusterPolicy.enabled=false"])
+    assert not find(docs, "ClusterPolicy")
+    assert not [d for d in docs if hook(d) == "pre-delete"], "nothing to clean up without the chart's policy"
+    docs = render(sets=["clusterPolicy.enabled=false", "operator.cleanupCRD=true"])
+    assert one(docs, "Job", "gpu-operator-cleanup")
+
+
+def test_config_create_needs_a_name() -> None:
+    args = ["template", RELEASE, str(CHART), "--kube-version", KUBE_VERSION,
+            "--set", "devicePlugin.config.create=true", "--set", "devicePlugin.config.data.a=b"]  # fmt: skip
+    proc = helm(*args, check=False)
+    assert proc.returncode != 0 and "devicePlugin.config.create needs devicePlugin.config.name" in proc.stderr
+
+
+def test_psa_namespace_label() -> None:
+    docs = render(sets=["namespace.create=true", "psa.enabled=true"])
+    ns = one(docs, "Namespace", NAMESPACE)
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+    assert policy_spec(docs)["psa"] == {"enabled": True}
+    assert not find(render(), "Namespace"), "with helm install the namespace comes from --create-namespace"
+
+
+# --- the operator Deployment ---
+
+
+def operator_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    pod = one(docs, "Deployment", "gpu-operator")["spec"]["template"]["spec"]
+    assert len(pod["containers"]) == 1
+    container: dict[str, Any] = pod["containers"][0]
+    return container
+
+
+def assert_locked_down(pod: dict[str, Any]) -> None:
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    for c in pod["containers"]:
+        sc = c["securityContext"]
+        assert sc["runAsNonRoot"] is True
+        assert sc["readOnlyRootFilesystem"] is True
+        assert sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert not sc.get("privileged")
+
+
+@pytest.mark.parametrize("namespace", [NAMESPACE, "gpu-system"])
+def test_operator_deployment(namespace: str) -> None:
+    docs = render(namespace=namespace)
+    deploy = one(docs, "Deployment", "gpu-operator")
+    assert deploy["spec"]["replicas"] == 1
+    assert deploy["spec"]["strategy"] == {"type": "Recreate"}, "a singleton without leader election"
+    pod = deploy["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "gpu-operator"
+    assert_locked_down(pod)
+    c = operator_container(docs)
+    assert c["image"] == "gpu-operator:0.1.0"
+    assert c["args"][:3] == ["run", "--namespace", namespace]
+    args = dict(zip(c["args"][3::2], c["args"][4::2], strict=True))
+    assert args == {"--metrics-port": "8080", "--health-port": "8081"}
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"metrics": 8080, "health": 8081}
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}, probe
+    assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+    # The read-only root filesystem gets a writable /tmp.
+    assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+
+
+def test_operator_image_and_extra_args() -> None:
+    docs = render(sets=["operator.repository=registry.example.com/gpu", "operator.version=1.2.3",
+                        "operator.args={--verbose}", "operator.metrics.port=9090"])  # fmt: skip
+    c = operator_container(docs)
+    assert c["image"] == "registry.example.com/gpu/gpu-operator:1.2.3"
+    assert c["args"][-1] == "--verbose"
+    assert c["args"][c["args"].index("--metrics-port") + 1] == "9090"
+    assert one(docs, "Service", "gpu-operator-metrics")["spec"]["ports"][0]["port"] == 9090
+
+
+def operator_metrics_service() -> dict[str, Any]:
+    """The Service the operator itself creates for its metrics (state-operator-metrics)."""
+    ctx = RenderContext(spec=parse_spec({}), namespace=NAMESPACE, owner=OWNER)
+    state = next(p for p in plan(ctx) if p.state.name == "state-operator-metrics")
+    service: dict[str, Any] = next(o for o in state.objects if o["kind"] == "Service")
+    return service
+
+
+def test_metrics_services_select_the_operator_pod() -> None:
+    docs = render()
+    pod_labels = one(docs, "Deployment", "gpu-operator")["spec"]["template"]["metadata"]["labels"]
+    ours = operator_metrics_service()
+    assert ours["spec"]["selector"].items() <= pod_labels.items(), "the operator's own Service must find its pod"
+    chart = one(docs, "Service", "gpu-operator-metrics")
+    assert chart["spec"]["selector"].items() <= pod_labels.items()
+    assert chart["metadata"]["name"] != ours["metadata"]["name"], "must not collide with the operator's Service"
+    # The operator's ServiceMonitor selects Services by `app: gpu-operator`: the chart's must not match it,
+    # or Prometheus would scrape the operator twice.
+    assert "app" not in chart["metadata"]["labels"]
+    assert chart["spec"]["ports"] == [{"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}]
+    assert not find(render(sets=["operator.metrics.service.enabled=false"]), "Service")
+
+
+@pytest.mark.parametrize("job", ["gpu-operator-upgrade-crd", "gpu-operator-cleanup"])
+def test_hook_jobs_are_locked_down(job: str) -> None:
+    doc = one(render(), "Job", job)
+    pod = doc["spec"]["template"]["spec"]
+    assert_locked_down(pod)
+    assert pod["serviceAccountName"] == job, "each hook has its own identity"
+    assert doc["metadata"]["annotations"]["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+    assert pod["containers"][0]["image"] == "gpu-operator:0.1.0"
+
+
+def test_upgrade_hook_applies_the_crds() -> None:
+    docs = render()
+    hooks = [d for d in docs if hook(d)]
+    assert {hook(d) for d in hooks} == {"pre-upgrade", "pre-delete"}, "no pre-install hook: crds/ covers install"
+    job = one(docs, "Job", "gpu-operator-upgrade-crd")
+    assert hook(job) == "pre-upgrade"
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    assert c["command"] + c["args"] == ["gpu-operator", "crds", "--apply"]
+    # Its RBAC is created before the Job (lower weight) and deleted with it.
+    for kind in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding"):
+        obj = one(docs, kind, "gpu-operator-upgrade-crd")
+        assert hook(obj) == "pre-upgrade"
+        assert int(obj["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
+            job["metadata"]["annotations"]["helm.sh/hook-weight"]
+        )
+    assert not [d for d in render(sets=["operator.upgradeCRD=false"]) if hook(d) == "pre-upgrade"]
+
+
+def test_cleanup_hook_runs_the_shipped_script() -> None:
+    docs = render()
+    job = one(docs, "Job", "gpu-operator-cleanup")
+    assert hook(job) == "pre-delete"
+    c = job["spec"]["template"]["spec"]["containers"][0]
+    assert c["command"] == ["python", "/hook/cleanup.py"]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["CLUSTERPOLICIES"] == "cluster-policy" and env["DELETE_CRDS"] == ""
+    cm = one(docs, "ConfigMap", "gpu-operator-cleanup")
+    assert cm["data"]["cleanup.py"] == (CHART / "files" / "cleanup.py").read_text()
+
+
+# --- RBAC ---
+
+Atom = tuple[str, str, str]  # (apiGroup, resource, verb)
+
+# The operator's own API calls (operator/gpu_operator/{runtime,reconciler,kube}.py, kopf), by scope.
+REQUIRED_CLUSTER: dict[tuple[str, str], set[str]] = {
+    ("", "nodes"): {"get", "list", "watch", "patch"},
+    ("", "pods"): {"get", "list", "watch", "delete"},  # GPU pods on any node: evicted during driver upgrades
+    ("", "pods/eviction"): {"create"},
+    ("", "namespaces"): {"get", "create", "patch"},
+    ("", "events"): {"create"},
+    ("nvidia.com", "clusterpolicies"): {"get", "list", "watch", "patch", "update"},
+    ("nvidia.com", "clusterpolicies/status"): {"get", "patch", "update"},
+    ("rbac.authorization.k8s.io", "clusterroles"): {"get", "list", "watch", "create", "patch", "update", "delete"},
+    ("rbac.authorization.k8s.io", "clusterrolebindings"): {"get", "list", "watch", "create", "patch", "update",
+                                                           "delete"},  # fmt: skip
+    ("node.k8s.io", "runtimeclasses"): {"get", "list", "watch", "create", "patch", "update", "delete"},
+}
+OWNED = {"get", "list", "watch", "create", "patch", "update", "delete"}
+REQUIRED_NAMESPACED: dict[tuple[str, str], set[str]] = {
+    ("", "serviceaccounts"): OWNED,
+    ("", "configmaps"): OWNED,
+    ("", "services"): OWNED,
+    ("apps", "daemonsets"): OWNED,
+    ("apps", "controllerrevisions"): {"get", "list", "watch"},
+    ("rbac.authorization.k8s.io", "roles"): OWNED,
+    ("rbac.authorization.k8s.io", "rolebindings"): OWNED,
+    ("monitoring.coreos.com", "servicemonitors"): OWNED,
+}
+
+
+def atoms(rules: Iterable[dict[str, Any]]) -> set[Atom]:
+    out = set()
+    for rule in rules:
+        assert not rule.get("resourceNames") and not rule.get("nonResourceURLs"), rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    out.add((group, resource, verb))
+    return out
+
+
+def required(table: dict[tuple[str, str], set[str]]) -> set[Atom]:
+    return {(g, r, v) for (g, r), verbs in table.items() for v in verbs}
+
+
+@functools.cache
+def operand_rules() -> tuple[tuple[str, str, set[Atom]], ...]:
+    """(kind, name, atoms) of every Role/ClusterRole the operator creates, with every state enabled."""
+    everything = parse_spec({
+        "dcgm": {"enabled": True},
+        "nodeStatusExporter": {"enabled": True},
+        "cdi": {"enabled": True},
+        "devicePlugin": {"config": {"name": "cfg", "default": "any"}},
+        "operator": {"metrics": {"serviceMonitor": {"enabled": True}}},
+        "dcgmExporter": {"serviceMonitor": {"enabled": True}},
+    })  # fmt: skip
+    out = []
+    seen_states = set()
+    for spec in (everything, parse_spec({})):
+        for state_plan in render_all(spec, fixed_nodes(), api_groups=frozenset({"monitoring.coreos.com"})):
+            if state_plan.enabled:
+                seen_states.add(state_plan.state.name)
+            for obj in state_plan.objects:
+                if obj["kind"] in ("Role", "ClusterRole"):
+                    out.append((obj["kind"], obj["metadata"]["name"], atoms(obj["rules"])))
+    disabled = {p.state.name for p in render_all(everything, fixed_nodes())} - seen_states
+    assert disabled == set(), f"states never enabled here, their rules would go unchecked: {disabled}"
+    return tuple(out)
+
+
+def chart_rbac(docs: list[dict[str, Any]]) -> tuple[set[Atom], set[Atom]]:
+    """(cluster-wide, release-namespace) atoms granted to ServiceAccount gpu-operator by the chart."""
+    cluster: set[Atom] = set()
+    namespaced: set[Atom] = set()
+    for binding in find(docs, "ClusterRoleBinding") + find(docs, "RoleBinding"):
+        subjects = binding["subjects"]
+        if not any(s["kind"] == "ServiceAccount" and s["name"] == "gpu-operator" for s in subjects):
+            continue
+        assert subjects == [{"kind": "ServiceAccount", "name": "gpu-operator", "namespace": NAMESPACE}]
+        role = one(docs, binding["roleRef"]["kind"], binding["roleRef"]["name"])
+        if binding["kind"] == "ClusterRoleBinding":
+            cluster |= atoms(role["rules"])
+        else:
+            assert binding["metadata"]["namespace"] == role["metadata"]["namespace"] == NAMESPACE
+            namespaced |= atoms(role["rules"])
+    return cluster, namespaced
+
+
+def test_operand_roles_were_found() -> None:
+    names = {(kind, name) for kind, name, _ in operand_rules()}
+    assert len(names) >= 8, names
+    assert ("ClusterRole", "nvidia-driver") in names and ("Role", "nvidia-operator-validator") in names
+
+
+def test_operator_rbac_covers_every_operand_rule() -> None:
+    """RBAC escalation check: the operator may only create Roles/ClusterRoles granting what it holds itself."""
+    cluster, namespaced = chart_rbac(render())
+    missing = []
+    for kind, name, rules in operand_rules():
+        held = cluster if kind == "ClusterRole" else cluster | namespaced  # operand Roles live in the namespace
+        missing += [f"{kind} {name}: {a}" for a in sorted(rules - held)]
+    assert missing == [], "the chart's operator RBAC must hold every operand rule:\n" + "\n".join(missing)
+
+
+def test_operator_rbac_covers_its_own_calls() -> None:
+    cluster, namespaced = chart_rbac(render())
+    assert sorted(required(REQUIRED_CLUSTER) - cluster) == []
+    assert sorted(required(REQUIRED_NAMESPACED) - (cluster | namespaced)) == []
+
+
+def test_operator_rbac_is_least_privilege() -> None:
+    """Nothing beyond the operator's own calls and the operand rules; namespaced rights only where needed."""
+    cluster, namespaced = chart_rbac(render())
+    operand_cluster = set().union(*(r for kind, _, r in operand_rules() if kind == "ClusterRole"))
+    operand_namespaced = set().union(*(r for kind, _, r in operand_rules() if kind == "Role"))
+    want_cluster = required(REQUIRED_CLUSTER) | operand_cluster
+    want_namespaced = (required(REQUIRED_NAMESPACED) | operand_namespaced) - want_cluster
+    assert sorted(cluster - want_cluster) == [], "cluster-wide rights nobody needs"
+    assert sorted(namespaced - want_namespaced) == [], "namespaced rights nobody needs (or already cluster-wide)"
+    namespaced_only = {r for _, r, _ in required(REQUIRED_NAMESPACED)}
+    assert not {a for a in cluster if a[1] in namespaced_only}, "operand objects: only in the operand namespace"
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=map(values_id, CI_VALUES))
+def test_no_wildcards_and_no_escalation_verbs(values: Path) -> None:
+    docs = render(values, sets=["operator.cleanupCRD=true"])
+    roles = find(docs, "ClusterRole") + find(docs, "Role")
+    assert roles
+    for role in roles:
+        for rule in role["rules"]:
+            for field in ("apiGroups", "resources", "verbs", "resourceNames"):
+                assert not any("*" in item for item in rule.get(field, [])), f"{role['metadata']['name']}: {rule}"
+            assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
+
+
+def crd_names() -> list[str]:
+    files = sorted((CHART / "crds").glob("*.yaml"))
+    return [d["metadata"]["name"] for f in files for d in yaml.safe_load_all(f.read_text()) if d]
+
+
+def test_hook_rbac_is_limited_to_the_crds() -> None:
+    docs = render(sets=["operator.cleanupCRD=true"])
+    upgrade = one(docs, "ClusterRole", "gpu-operator-upgrade-crd")["rules"]
+    assert upgrade == [{
+        "apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
+        "verbs": ["get", "create", "patch"], "resourceNames": crd_names(),
+    }]  # fmt: skip
+    cleanup = one(docs, "ClusterRole", "gpu-operator-cleanup")["rules"]
+    assert cleanup == [
+        {"apiGroups": ["nvidia.com"], "resources": ["clusterpolicies"], "verbs": ["get", "list", "delete", "patch"]},
+        {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["delete"],
+         "resourceNames": crd_names()},
+    ]  # fmt: skip
+    for name in ("gpu-operator-upgrade-crd", "gpu-operator-cleanup"):
+        binding = one(docs, "ClusterRoleBinding", name)
+        assert binding["roleRef"]["name"] == name
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": NAMESPACE}]
+    no_crd_delete = one(render(), "ClusterRole", "gpu-operator-cleanup")["rules"]
+    assert [r["resources"] for r in no_crd_delete] == [["clusterpolicies"]]
+
+
+# --- generated files ---
+
+
+def test_chart_crds_match_the_operator() -> None:
+    shipped = {f.name: f.read_text() for f in sorted((REPO / "crds").glob("*.yaml"))}
+    chart = {f.name: f.read_text() for f in sorted((CHART / "crds").glob("*.yaml"))}
+    assert chart == shipped, f"charts/gpu-operator/crds/ is stale: {REGENERATE}"
+    # And the hook's `gpu-operator crds --apply` applies the same CRDs that `helm install` installs.
+    hook_crds = [d for d in yaml.safe_load_all(crds_yaml()) if d]
+    assert [d for f in chart.values() for d in yaml.safe_load_all(f) if d] == hook_crds, "run `make crds` first"
+
+
+def test_generated_files_are_up_to_date() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(GENERATOR), "--check"], capture_output=True, text=True, timeout=120, cwd=REPO,
+        env={**os.environ, "HELM": helm_binary()},
+    )  # fmt: skip
+    assert proc.returncode == 0, f"{proc.stderr.strip()}\n{REGENERATE}"
+
+
+def test_plain_manifest() -> None:
+    docs = [d for d in yaml.safe_load_all(MANIFEST.read_text()) if d]
+    kinds = [d["kind"] for d in docs]
+    assert kinds[0] == "Namespace" and docs[0]["metadata"]["name"] == NAMESPACE
+    assert kinds[1] == "CustomResourceDefinition"
+    assert set(kinds) == {"Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole",
+                          "ClusterRoleBinding", "Role", "RoleBinding", "Service", "Deployment"}  # fmt: skip
+    assert not [d for d in docs if hook(d)], "no hook objects in a plain install"
+    helm_docs = [d for d in render() if not hook(d) and d["kind"] != "ClusterPolicy"]
+    for _, node in walk(helm_docs):  # the same objects as `helm install`, less Helm's bookkeeping labels
+        if isinstance(node, dict) and isinstance(node.get("labels"), dict):
+            assert node["labels"].pop("app.kubernetes.io/managed-by") == "Helm"
+            assert node["labels"].pop("helm.sh/chart") == "gpu-operator-0.1.0"
+    plain_docs = [d for d in docs[1:] if d["kind"] != "CustomResourceDefinition"]
+    assert sorted(helm_docs, key=str) == sorted(plain_docs, key=str)
+    crd = one(docs, "CustomResourceDefinition", "clusterpolicies.nvidia.com")
+    assert crd == yaml.safe_load((REPO / "crds" / "nvidia.com_clusterpolicies.yaml").read_text())
+
+
+# --- samples ---
+
+
+def gpu_operator_cli() -> list[str]:
+    script = Path(sys.executable).parent / "gpu-operator"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "gpu_operator.cli"]
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.stem)
+def test_sample_validates(sample: Path) -> None:
+    proc = subprocess.run([*gpu_operator_cli(), "render", "--policy", str(sample)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "", "samples use no field the operator ignores"
+    assert "kind: DaemonSet" in proc.stdout
+
+
+def sample_docs(name: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((REPO / "manifests" / "samples" / name).read_text()) if d]
+
+
+def test_sample_mig_mixed() -> None:
+    spec = parse_spec(one(sample_docs("clusterpolicy-mig-mixed.yaml"), "ClusterPolicy", "cluster-policy")["spec"])
+    assert spec.mig.strategy == "mixed" and spec.mig_manager.enabled
+
+
+def test_sample_time_slicing() -> None:
+    docs = sample_docs("clusterpolicy-time-slicing.yaml")
+    spec = parse_spec(one(docs, "ClusterPolicy", "cluster-policy")["spec"])
+    cm = one(docs, "ConfigMap", spec.device_plugin.config.name)
+    assert cm["metadata"]["namespace"] == NAMESPACE
+    default = yaml.safe_load(cm["data"][spec.device_plugin.config.default])
+    assert default["sharing"]["timeSlicing"]["resources"] == [{"name": "nvidia.com/gpu", "replicas": 4}]
+
+
+def test_sample_upgrades_drain() -> None:
+    spec = parse_spec(one(sample_docs("clusterpolicy-upgrades-drain.yaml"), "ClusterPolicy", "cluster-policy")["spec"])
+    up = spec.driver.upgrade_policy
+    assert up.auto_upgrade is True and up.max_parallel_upgrades == 3 and up.max_unavailable == "25%"
+    assert up.drain.enable is True and up.drain.pod_selector
+
+
+# --- the image ---
+
+
+def test_dockerfile_matches_the_chart() -> None:
+    """The image cannot be built here (no Docker engine); check what the chart relies on."""
+    lines = [line.split("#")[0].strip() for line in (REPO / "Dockerfile").read_text().splitlines()]
+    instructions = [line for line in lines if line]
+    assert [i for i in instructions if i.startswith("FROM")][-1] == "FROM python:3.11-slim"
+    user = [i for i in instructions if i.startswith("USER ")][-1].split()[1]
+    uid, _, gid = user.partition(":")
+    pod = one(render(), "Deployment", "gpu-operator")["spec"]["template"]["spec"]
+    assert (int(uid), int(gid)) == (pod["securityContext"]["runAsUser"], pod["securityContext"]["runAsGroup"])
+    assert 'ENTRYPOINT ["gpu-operator"]' in instructions
+    installs = [i for i in instructions if "pip " in i]
+    assert installs and not any("[dev]" in i or "-e " in i for i in installs), "the package only, no dev extras"
+    ignored = [line for line in (REPO / ".dockerignore").read_text().splitlines() if not line.startswith("#")]
+    assert ignored[0] == "*" and {"!pyproject.toml", "!README.md", "!operator/"} <= set(ignored)

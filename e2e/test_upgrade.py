@@ -389,3 +389,18 @@ def test_upgrade_plan_previews_the_waves_then_the_rollout_follows_them(env: Env)
     assert m["gpu_operator_driver_auto_upgrade_enabled"] == 1
     assert m["gpu_operator_nodes_upgrades_in_progress"] == 0 and m["gpu_operator_nodes_upgrades_failed"] == 0
     assert m["gpu_operator_gpu_nodes_total"] == 12 and m["gpu_operator_reconciliation_status"] == 1
+
+
+def test_a_node_that_disappears_mid_upgrade_does_not_block_the_rest(env: Env) -> None:
+    set_version(env, "600.50.05")
+
+    def in_progress() -> str | None:
+        states = {n: node(env, n)["metadata"]["labels"].get(STATE_LABEL, "") for n in NODES}
+        return next((n for n, s in sorted(states.items()) if s in IN_PROGRESS_STATES), None)
+
+    victim: str = wait_for(in_progress, 60, interval=0.2, message="a node in progress")
+    env.admin.delete("Node", victim)
+    rest = [n for n in NODES if n != victim]
+    wait_done(env, "600.50.05", rest)
+    status = (env.admin.get("ClusterPolicy", "cluster-policy") or {})["status"]
+    assert victim not in {w["node"] for w in status["upgrade"]["waiting"]}

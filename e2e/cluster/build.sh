@@ -54,8 +54,10 @@ build_kubernetes() {
     ldflags+=" -X $vpkg.gitVersion=$K8S_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=$minor"
     ldflags+=" -X $vpkg.gitTreeState=clean -X $vpkg.buildDate=1970-01-01T00:00:00Z"
   done
+  local hint=" (the first one compiles the shared packages and takes longest)"
   for c in "${missing[@]}"; do
-    log "kubernetes $K8S_VERSION: compiling $c (the first one takes longest)"
+    log "kubernetes $K8S_VERSION: compiling $c$hint"
+    hint=""
     (cd "$dir" && go build -trimpath -ldflags "-s -w $ldflags" -o "$BIN/$c-$K8S_VERSION.tmp" "k8s.io/kubernetes/cmd/$c")
     mv "$BIN/$c-$K8S_VERSION.tmp" "$BIN/$c-$K8S_VERSION"
     link "$c" "$K8S_VERSION"

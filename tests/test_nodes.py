@@ -394,3 +394,12 @@ def test_driver_nodes_without_os_labels_are_reported_not_pooled() -> None:
                                         "nvidia.com/gpu.deploy.driver": "true"})  # fmt: skip
     assert unpooled([no_kernel], precompiled=True) == ["nk"]
     assert unpooled([no_kernel], precompiled=False) == []
+
+
+def test_pool_names_fit_a_label_value_and_stay_distinct() -> None:
+    long_a = Pool("ubuntu", "22.04", "5.15.0-1234-nvidia-lowlatency-64k-pages-with-a-very-long-suffix-a")
+    long_b = Pool("ubuntu", "22.04", "5.15.0-1234-nvidia-lowlatency-64k-pages-with-a-very-long-suffix-b")
+    for pool in (long_a, long_b):
+        assert len(pool.name) <= 63 and pool.name[0].isalnum() and pool.name[-1].isalnum()
+    assert long_a.name != long_b.name
+    assert Pool("rhel", "9.4", "5.14.0-427.el9.x86_64").name == "rhel9.4-5.14.0-427.el9.x86-64"

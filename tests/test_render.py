@@ -627,3 +627,44 @@ def test_new_node_pool_changes_only_driver_objects() -> None:
     after = hashes(render_all(spec, [*nodes, facts("rhel-gpu", os=("rhel", "9.4"))]))
     assert set(after) - set(before) == {("DaemonSet", "nvidia-driver-daemonset-rhel9.4")}
     assert all(before[k] == after[k] for k in before)
+
+
+def init_container(ds: dict[str, Any], name: str) -> dict[str, Any]:
+    found = [c for c in ds["spec"]["template"]["spec"].get("initContainers", []) if c["name"] == name]
+    assert found, f"{ds['metadata']['name']} has no init container {name}"
+    return found[0]
+
+
+def test_driver_manager_gets_its_own_section_and_not_the_drivers() -> None:
+    raw = {
+        "driver": {
+            "env": [{"name": "DRIVER_ONLY", "value": "1"}],
+            "manager": {"env": [{"name": "MANAGER_ONLY", "value": "1"}], "imagePullPolicy": "Always",
+                        "resources": {"limits": {"cpu": "200m"}}},
+        }
+    }  # fmt: skip
+    ds = daemonset(render_all(parse_spec(raw)), "nvidia-driver-daemonset-ubuntu22.04")
+    manager = init_container(ds, "k8s-driver-manager")
+    names = {e["name"] for e in manager["env"]}
+    assert "MANAGER_ONLY" in names and "DRIVER_ONLY" not in names
+    assert manager["imagePullPolicy"] == "Always" and manager["resources"] == {"limits": {"cpu": "200m"}}
+    assert "MANAGER_ONLY" not in {e["name"] for e in container(ds, "nvidia-driver-ctr")["env"]}
+
+
+@pytest.mark.parametrize("auto_upgrade", [True, False])
+def test_driver_manager_evicts_and_drains_only_when_the_operator_does_not(auto_upgrade: bool) -> None:
+    drain = {"enable": True, "force": True, "podSelector": "app=train", "timeoutSeconds": 120, "deleteEmptyDir": True}
+    raw = {"driver": {"upgradePolicy": {"autoUpgrade": auto_upgrade, "drain": drain}}}
+    ds = daemonset(render_all(parse_spec(raw)), "nvidia-driver-daemonset-ubuntu22.04")
+    env = {e["name"]: e.get("value") for e in init_container(ds, "k8s-driver-manager")["env"]}
+    own = "false" if auto_upgrade else "true"
+    assert env["ENABLE_GPU_POD_EVICTION"] == own and env["ENABLE_AUTO_DRAIN"] == own
+    assert env["DRAIN_USE_FORCE"] == "true" and env["DRAIN_POD_SELECTOR_LABEL"] == "app=train"
+    assert env["DRAIN_TIMEOUT_SECONDS"] == "120s" and env["DRAIN_DELETE_EMPTYDIR_DATA"] == "true"
+
+
+def test_device_plugin_settings_stay_off_the_mps_daemon() -> None:
+    raw = {"devicePlugin": {"env": [{"name": "PLUGIN_ONLY", "value": "1"}], "args": ["--plugin"]}}
+    ds = daemonset(render_all(parse_spec(raw)), "nvidia-device-plugin-mps-control-daemon")
+    mps = container(ds, "mps-control-daemon-ctr")
+    assert "PLUGIN_ONLY" not in {e["name"] for e in mps["env"]} and mps.get("args") != ["--plugin"]

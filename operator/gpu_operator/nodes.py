@@ -6,6 +6,8 @@ labels to set or remove on it for a policy. Upstream label names are kept verbat
 
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,6 +177,10 @@ def apply_patch(labels: dict[str, str], patch: dict[str, str | None]) -> dict[st
     return out
 
 
+# Pool names are label values (nvidia.com/gpu-operator.driver-pool), so at most 63 characters.
+MAX_POOL_NAME = 63
+
+
 @dataclass(frozen=True, order=True)
 class Pool:
     """A driver node pool: GPU nodes of one OS (and, with precompiled drivers, one kernel)."""
@@ -189,9 +195,13 @@ class Pool:
 
     @property
     def name(self) -> str:
-        """DNS-safe suffix used in object names."""
+        """DNS-safe suffix used in object names and as a label value (at most 63 characters)."""
         parts = [self.os_tag] + ([self.kernel] if self.kernel else [])
-        return "-".join(parts).lower().replace("_", "-").replace("+", "-")
+        name = re.sub(r"[^a-z0-9.-]", "-", "-".join(parts).lower()).strip("-.")
+        if len(name) <= MAX_POOL_NAME:
+            return name
+        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+        return f"{name[: MAX_POOL_NAME - 9].rstrip('-.')}-{digest}"
 
     def node_selector(self) -> dict[str, str]:
         sel = {OS_ID: self.os_id, OS_VERSION: self.os_version}

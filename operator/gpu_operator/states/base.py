@@ -47,6 +47,8 @@ class OperandState:
     section: str | None = None  # ClusterPolicySpec attribute holding the component's settings
     component: str | None = None  # key in images.DEFAULTS
     container: str | None = None  # the main container that gets the section's env/args/resources
+    # Other containers (init containers included) that get a sub-section's env/args/resources: (name, attribute).
+    sub_containers: tuple[tuple[str, str], ...] = ()
     deploy_label: str | None = None  # node selector nvidia.com/gpu.deploy.<label>=true
     on_delete: bool = False  # DaemonSet always uses OnDelete (the driver)
     enabled_when: Callable[[ClusterPolicySpec], bool] | None = None
@@ -137,16 +139,24 @@ class OperandState:
             return
         if settings.image_pull_secrets:
             pod["imagePullSecrets"] = [{"name": s} for s in settings.image_pull_secrets]
-        for container in pod.get("containers", []):
-            if container["name"] != self.container:
-                continue
-            if settings.env:
-                env = [e for e in container.get("env", []) if e["name"] not in {s.name for s in settings.env}]
-                container["env"] = env + [{"name": e.name, "value": e.value} for e in settings.env]
-            if settings.args:
-                container["args"] = list(settings.args)
-            if settings.resources is not None:
-                container["resources"] = settings.resources.model_dump(exclude_defaults=True)
+        sections: dict[str | None, ComponentSpec] = {self.container: settings}
+        sections.update({name: getattr(settings, attr) for name, attr in self.sub_containers})
+        for container in pod.get("initContainers", []) + pod.get("containers", []):
+            section = sections.get(container["name"])
+            if section is not None:
+                _apply_section(container, section)
+
+
+def _apply_section(container: dict[str, Any], section: ComponentSpec) -> None:
+    """A component section's env (overriding by name), args (replacing) and resources, on one container."""
+    if section.env:
+        names = {e.name for e in section.env}
+        kept = [e for e in container.get("env", []) if e["name"] not in names]
+        container["env"] = kept + [{"name": e.name, "value": e.value} for e in section.env]
+    if section.args:
+        container["args"] = list(section.args)
+    if section.resources is not None:
+        container["resources"] = section.resources.model_dump(exclude_defaults=True)
 
 
 CLUSTER_SCOPED = frozenset(

@@ -33,6 +33,7 @@ STATE = OperandState(
     section="driver",
     component="driver",
     container="nvidia-driver-ctr",
+    sub_containers=(("k8s-driver-manager", "manager"),),
     deploy_label="driver",
     on_delete=True,
     enabled_when=lambda spec: spec.driver.enabled and not spec.driver.use_nvidia_driver_crd,

@@ -7,6 +7,6 @@ STATE = OperandState(
     order=7,
     section="device_plugin",
     component="device-plugin",
-    container="mps-control-daemon-ctr",
+    # devicePlugin's env/args/resources are the device plugin's own: none land on this daemon.
     deploy_label="device-plugin",
 )

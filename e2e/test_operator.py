@@ -226,6 +226,23 @@ def test_second_policy_is_ignored_and_first_keeps_working(admin: Kube, operator:
     wait_for(lambda: admin.get("ClusterPolicy", "second-policy") is None, WAIT, message="second-policy deleted")
 
 
+def test_invalid_spec_the_schema_admits_is_reported_in_the_status(admin: Kube, operator: OperatorProcess) -> None:
+    before = daemonsets(admin)["nvidia-container-toolkit-daemonset"]["metadata"]["resourceVersion"]
+    patch_spec(admin, {"toolkit": {"repository": "registry.local/nvidia"}})  # without image and version
+
+    def reported() -> dict[str, Any] | None:
+        obj = policy(admin)
+        ready = {c["type"]: c for c in obj.get("status", {}).get("conditions") or []}.get("Ready", {})
+        return ready if ready.get("reason") == "InvalidSpec" else None
+
+    ready = wait_for(reported, WAIT, message="InvalidSpec condition")
+    assert ready["status"] == "False" and "spec.toolkit" in ready["message"] and "version" in ready["message"]
+    assert policy(admin)["status"]["state"] == "notReady"
+    assert daemonsets(admin)["nvidia-container-toolkit-daemonset"]["metadata"]["resourceVersion"] == before
+    patch_spec(admin, {"toolkit": {"repository": None}})
+    wait_ready(admin, operator)
+
+
 @pytest.mark.parametrize(
     ("field", "value", "expected"),
     [

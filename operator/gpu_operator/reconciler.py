@@ -73,6 +73,7 @@ class Reconciler:
         self.kube = kube
         self.namespace = namespace
         self._last_events: dict[tuple[str, str], str] = {}
+        self._namespace_psa: bool | None = None  # the namespace was checked for this psa setting
 
     # Events (only on transitions, so a steady state writes nothing)
 
@@ -362,8 +363,8 @@ class Reconciler:
         log.info("labelled %d nodes", len(patches))
 
     def _ensure_namespace(self, psa: bool, out: Outcome) -> None:
-        # Read from the API only once per process; the namespace is not watched.
-        if getattr(self, "_namespace_ok", None) == psa:
+        # Read from the API once per process and psa setting; the namespace is not watched.
+        if self._namespace_psa == psa:
             return
         ns = self.kube.get("Namespace", self.namespace)
         if ns is None:
@@ -374,7 +375,7 @@ class Reconciler:
         if psa and (ns["metadata"].get("labels") or {}).get(enforce) != "privileged":
             self.kube.merge_patch("Namespace", self.namespace, {"metadata": {"labels": {enforce: "privileged"}}})
             out.writes += 1
-        self._namespace_ok = psa
+        self._namespace_psa = psa
 
     def _cleanup_deleted_policies(self, snap: Snapshot, out: Outcome) -> None:
         """A ClusterPolicy being deleted with no other to take over: remove our node labels, then let it go."""

@@ -788,3 +788,14 @@ def test_projections() -> None:
     )
     plain = WorkloadPod.from_pod({"metadata": {"name": "q"}, "spec": {"containers": [{"resources": {}}]}})
     assert not plain.uses_gpu and not plain.has_emptydir and plain.phase == "Pending"
+
+
+def test_a_node_first_seen_in_sync_is_marked_done_without_an_event() -> None:
+    from gpu_operator.upgrade import Event, SetState, UpgradeNode, plan
+
+    ready = {"phase": "Running", "containerStatuses": [{"name": "c", "ready": True, "restartCount": 0}]}
+    pod = {"metadata": {"name": "drv", "labels": {"controller-revision-hash": "r1"}}, "status": ready}
+    node = UpgradeNode("n1", driver_pod=pod, driver_revision="r1")
+    result = plan([node], [], DriverUpgradePolicySpec(auto_upgrade=True), 0.0)
+    assert SetState("n1", "upgrade-done") in result.actions
+    assert not [a for a in result.actions if isinstance(a, Event)]

@@ -224,6 +224,7 @@ class _Pass:
         before: Iterable[Action] = (),
         clear: Iterable[str] = (),
         warning: bool = False,
+        event: bool = True,
     ) -> _Step:
         """The actions of one transition, ordered so that a list cut short anywhere is still safe.
 
@@ -238,7 +239,8 @@ class _Pass:
         actions.append(SetState(node.name, new))
         actions += [Annotate(node.name, k, None) for k in present if k == INITIAL_UNSCHEDULABLE_ANNOTATION]
         old = node.labels.get(STATE_LABEL, UNKNOWN) or "unknown"
-        actions.append(Event(node.name, "Warning" if warning else "Normal", EVENT_REASON, f"{old} -> {new}: {why}"))
+        if event:
+            actions.append(Event(node.name, "Warning" if warning else "Normal", EVENT_REASON, f"{old} -> {new}: {why}"))
         return _Step(actions)
 
     def fail(self, node: UpgradeNode, why: str, clear: Iterable[str] = ()) -> _Step:
@@ -277,7 +279,8 @@ class _Pass:
                 before.append(Annotate(node.name, INITIAL_UNSCHEDULABLE_ANNOTATION, None))
             return self.move(node, REQUIRED, why, before=before, clear=TRANSIENT_ANNOTATIONS)
         if node.labels.get(STATE_LABEL) != DONE:
-            return self.move(node, DONE, "driver pod is up to date", clear=TRANSIENT_ANNOTATIONS)
+            # Bookkeeping only (a node first seen, or back in sync): no event, or every node would get one.
+            return self.move(node, DONE, "driver pod is up to date", clear=TRANSIENT_ANNOTATIONS, event=False)
         # Bookkeeping a pass cut short after the state label left behind; it means nothing on a done node.
         leftover = [k for k in (*TRANSIENT_ANNOTATIONS, INITIAL_UNSCHEDULABLE_ANNOTATION) if k in node.annotations]
         return _Step([Annotate(node.name, k, None) for k in leftover])

@@ -163,3 +163,16 @@ def test_pod_ready() -> None:
     assert not pod_ready(pod(ready=()))  # no container statuses yet
     assert not pod_ready(pod(phase="Pending"))
     assert not pod_ready({"metadata": {}})
+
+
+def test_unavailable_pods_name_their_nodes() -> None:
+    ds = {"metadata": {"name": "nvidia-x", "generation": 1},
+          "spec": {"updateStrategy": {"type": "RollingUpdate"}},
+          "status": {"observedGeneration": 1, "desiredNumberScheduled": 8, "numberUnavailable": 7}}  # fmt: skip
+    ready = {"phase": "Running", "containerStatuses": [{"ready": True}]}
+    waiting = {"phase": "Pending", "containerStatuses": []}
+    pods = [{"metadata": {"name": f"p{i}"}, "node": f"n{i}", "status": waiting} for i in range(7)]
+    pods.append({"metadata": {"name": "ok"}, "node": "n9", "status": ready})
+    ok, reason = daemonset_ready(ds, pods)
+    assert not ok
+    assert reason == "nvidia-x: 7 of 8 pods unavailable (not ready on n0, n1, n2, n3, n4 and 2 more)"

@@ -23,6 +23,15 @@ def pod_ready(pod: dict[str, Any]) -> bool:
     return bool(containers) and all(c.get("ready") for c in containers)
 
 
+def _where(pods: list[dict[str, Any]] | None, most: int = 5) -> str:
+    """ " (not ready on a, b and 3 more)" from pod projections that carry their node; "" when unknown."""
+    nodes = sorted({p.get("node") or "?" for p in pods or [] if not pod_ready(p)})
+    if not nodes:
+        return ""
+    more = f" and {len(nodes) - most} more" if len(nodes) > most else ""
+    return f" (not ready on {', '.join(nodes[:most])}{more})"
+
+
 def daemonset_ready(
     ds: dict[str, Any],
     pods: list[dict[str, Any]] | None = None,
@@ -39,7 +48,7 @@ def daemonset_ready(
         return True, ""
     unavailable = status.get("numberUnavailable", 0)
     if unavailable:
-        return False, f"{name}: {unavailable} of {desired} pods unavailable"
+        return False, f"{name}: {unavailable} of {desired} pods unavailable{_where(pods)}"
     strategy = ((ds.get("spec") or {}).get("updateStrategy") or {}).get("type", "RollingUpdate")
     if strategy == "OnDelete":
         newest = newest_revision_hash(revisions or [])

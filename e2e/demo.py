@@ -95,8 +95,6 @@ def start(state: Path, timeout: float) -> int:
     create_nodes(admin.client, [make_node(n, p, os=o) for n, p, o in NODES])
     print(f"nodes: {', '.join(f'{n} ({p}, {o})' for n, p, o in NODES)}")
     install_crds_and_rbac(admin)
-    if admin.get("Namespace", NAMESPACE) is None:
-        admin.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
     py = sys.executable
     pids = {
         "node-simulator": _spawn(

@@ -427,18 +427,10 @@ def test_driver_pod_status_carries_container_details_and_keeps_its_labels(
     start = time.time()
     time.sleep(6)
     writes = [
-        e["requestURI"] for e in cluster.audit_events()
-        if e["user"]["username"] == SIMULATOR_USER and e.get("verb") == "patch"
-        and (e.get("objectRef") or {}).get("namespace") == OPERATOR_NS
-        and _epoch(e.get("requestReceivedTimestamp", "")) >= start
+        e["requestURI"] for e in cluster.writes(SIMULATOR_USER, since=start)
+        if e.get("verb") == "patch" and (e.get("objectRef") or {}).get("namespace") == OPERATOR_NS
     ]
     assert not writes, f"simulator wrote pods in steady state: {writes}"
-
-
-def _epoch(ts: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() if ts else 0.0
 
 
 def test_recreated_driver_pod_is_ready_after_the_delay_and_validator_follows(

@@ -18,14 +18,13 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from e2e.cluster.localcluster import OPERATOR_USER, LocalCluster, bin_dir
+from e2e.cluster.localcluster import OPERATOR_USER, LocalCluster, audit_time, bin_dir
 from e2e.cluster.nodes import create_nodes, delete_nodes, make_node
 from e2e.kube import Kube, create_namespace, node_ready, wait_for
 from e2e.operator_process import OperatorProcess
@@ -315,10 +314,6 @@ def test_upgrade_hook_command_under_its_identity(
         remove_hook_objects(tools, "upgrade-crd-hook.yaml")
 
 
-def _epoch(ts: str) -> float:
-    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
-
-
 def test_helm_upgrade(prepared: None, cluster: LocalCluster, kube: Kube, tools: Tools) -> None:
     ensure_installed(tools)
     before = revision(tools)
@@ -335,7 +330,7 @@ def test_helm_upgrade(prepared: None, cluster: LocalCluster, kube: Kube, tools: 
     created = [e for e in cluster.audit_events()
                if e.get("verb") == "create" and (e.get("objectRef") or {}).get("resource") == "jobs"
                and e["objectRef"].get("name") == "gpu-operator-upgrade-crd"
-               and _epoch(e["requestReceivedTimestamp"]) >= start
+               and audit_time(e) >= start
                and e.get("responseStatus", {}).get("code") == 201]  # fmt: skip
     assert created, "helm upgrade did not create the CRD upgrade Job"
     for path in (f"/apis/batch/v1/namespaces/{NS}/jobs/gpu-operator-upgrade-crd",
@@ -386,7 +381,7 @@ def test_operator_brings_the_chart_policy_to_ready_and_the_cleanup_hook_lets_it_
         refused = [f"{e['verb']} {e['requestURI']}" for e in cluster.audit_events()
                    if e.get("user", {}).get("username") == OPERATOR_USER
                    and e.get("responseStatus", {}).get("code") == 403
-                   and _epoch(e["requestReceivedTimestamp"]) >= start]  # fmt: skip
+                   and audit_time(e) >= start]  # fmt: skip
         assert refused == [], f"the chart's RBAC refused the operator: {refused}"
         assert CLEANUP_FINALIZER in kube.get(POLICY)["metadata"]["finalizers"]
 

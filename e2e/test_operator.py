@@ -13,6 +13,7 @@ import pytest
 
 from e2e.cluster.localcluster import LocalCluster
 from e2e.cluster.nodes import create_nodes, make_node
+from e2e.kube import Kube as E2EKube
 from e2e.kube import create_namespace, wait_for
 from e2e.operator_process import NAMESPACE, OperatorProcess, install_crds_and_rbac, policy_from_sample
 from e2e.simulator import NodeSimulator
@@ -48,9 +49,6 @@ def operator(cluster: LocalCluster, admin: Kube, tmp_path_factory: pytest.TempPa
     wait_for(lambda: not admin.list("ClusterPolicy"), 30, message="old ClusterPolicies to go")
     nodes = [make_node(name, profile, os=os) for name, (profile, os) in {**GPU_NODES, **CPU_NODES}.items()]
     create_nodes(admin.client, nodes)
-    from e2e.kube import Kube as TestKube
-
-    create_namespace(TestKube(admin.client), NAMESPACE)
     sim = NodeSimulator(cluster.simulator_kubeconfig, namespace=NAMESPACE, resync_seconds=5).start()
     op = OperatorProcess(cluster, tmp_path_factory.mktemp("operator") / "operator.log").start()
     admin.create(policy_from_sample())
@@ -304,9 +302,7 @@ SEED_AFFINITY_POD: dict[str, Any] = {
 def test_seed_document_gpu_pods_schedule_on_fitting_nodes(admin: Kube, operator: OperatorProcess) -> None:
     wait_ready(admin, operator)
     ns = "seed-workloads"
-    from e2e.kube import Kube as TestKube
-
-    create_namespace(TestKube(admin.client), ns)
+    create_namespace(E2EKube(admin.client), ns)
     container = {**SEED_GPU_POD["spec"]["containers"][0], "resources": {"limits": {"nvidia.com/gpu": 16}}}
     too_big = {
         **SEED_GPU_POD,
@@ -344,22 +340,8 @@ def test_steady_state_makes_no_writes(admin: Kube, operator: OperatorProcess, cl
     time.sleep(5)  # let the last status write and watch events settle
     wait_ready(admin, operator)
     start = time.time()
-    writes = {"create", "update", "patch", "delete", "deletecollection"}
     time.sleep(60)
-    seen = []
-    for event in cluster.audit_events():
-        if event.get("user", {}).get("username") != operator.username or event.get("verb") not in writes:
-            continue
-        ts = event.get("requestReceivedTimestamp", "")
-        if ts and _epoch(ts) >= start:
-            seen.append(f"{event['verb']} {event.get('requestURI')}")
+    seen = [f"{e['verb']} {e.get('requestURI')}" for e in cluster.writes(operator.username, since=start)]
     assert not seen, f"operator wrote in steady state: {seen}"
     # The operator did write before (so the identity filter is right).
-    assert any(e.get("user", {}).get("username") == operator.username and e.get("verb") in writes
-               for e in cluster.audit_events())  # fmt: skip
-
-
-def _epoch(ts: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
+    assert cluster.writes(operator.username)

@@ -50,9 +50,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         nodes = [make_node(n, "h100x8" if POOL_OS[n] == "ubuntu22.04" else "a100x4", os=POOL_OS[n]) for n in NODES]
         create_nodes(admin.client, nodes + [make_node("up-cpu", "cpu")])
         install_crds_and_rbac(admin)
-        for ns in (NAMESPACE, WORK):
-            if admin.get("Namespace", ns) is None:
-                admin.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+        admin.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": WORK}})
         sim = NodeSimulator(cluster.simulator_kubeconfig, namespace=NAMESPACE, resync_seconds=5,
                             driver_ready_delay=DRIVER_READY_DELAY).start()  # fmt: skip
         op = OperatorProcess(cluster, tmp_path_factory.mktemp("upgrade-operator") / "operator.log").start()

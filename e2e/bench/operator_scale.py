@@ -24,22 +24,16 @@ from e2e.operator_process import NAMESPACE, OperatorProcess, install_crds_and_rb
 from e2e.simulator import NodeSimulator
 from gpu_operator.kube import Kube
 
-WRITES = {"create", "update", "patch", "delete", "deletecollection"}
 PROFILES = ("h100x8", "a100x4", "l4x1")
 
 
 def writes_by(cluster: LocalCluster, user: str, since: float = 0.0) -> collections.Counter[str]:
-    from datetime import datetime
-
+    """A user's write requests since `since`, counted by verb and resource."""
     counts: collections.Counter[str] = collections.Counter()
-    for event in cluster.audit_events():
-        if event.get("user", {}).get("username") != user or event.get("verb") not in WRITES:
-            continue
-        ts = datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()
-        if ts >= since:
-            ref = event.get("objectRef", {})
-            sub = "/" + ref["subresource"] if ref.get("subresource") else ""
-            counts[f"{event['verb']} {ref.get('resource', '?')}{sub}"] += 1
+    for event in cluster.writes(user, since):
+        ref = event.get("objectRef", {})
+        sub = "/" + ref["subresource"] if ref.get("subresource") else ""
+        counts[f"{event['verb']} {ref.get('resource', '?')}{sub}"] += 1
     return counts
 
 
@@ -63,8 +57,6 @@ def main(argv: list[str] | None = None) -> int:
             create_nodes(admin.client, nodes)
             print(f"{args.nodes} nodes created in {time.monotonic() - t0:.1f}s")
             install_crds_and_rbac(admin)
-            if admin.get("Namespace", NAMESPACE) is None:
-                admin.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
             sim = NodeSimulator(cluster.simulator_kubeconfig, namespace=NAMESPACE, workers=8).start()
             op = OperatorProcess(cluster, Path(tmp) / "operator.log").start()
             time.sleep(3)

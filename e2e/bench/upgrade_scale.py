@@ -50,8 +50,6 @@ def run(count: int, parallel: int, max_unavailable: str, delay: float, timeout: 
             ]
             create_nodes(admin.client, nodes)
             install_crds_and_rbac(admin)
-            if admin.get("Namespace", NAMESPACE) is None:
-                admin.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}})
             sim = NodeSimulator(cluster.simulator_kubeconfig, namespace=NAMESPACE, driver_ready_delay=delay).start()
             op = OperatorProcess(cluster, Path(tmp) / "operator.log").start()
             policy = policy_from_sample()

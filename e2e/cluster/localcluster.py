@@ -29,6 +29,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -272,6 +273,12 @@ class LocalCluster:
                         yield json.loads(line)
                     except json.JSONDecodeError:
                         continue
+
+    def writes(self, user: str, since: float = 0.0) -> list[dict[str, Any]]:
+        """Audit events of write requests made by `user` and received at or after `since` (epoch seconds)."""
+        return [e for e in self.audit_events()
+                if e.get("user", {}).get("username") == user and e.get("verb") in WRITE_VERBS
+                and audit_time(e) >= since]
 
     # --- lifecycle ---
     def up(self, timeout: float = 180.0) -> None:
@@ -632,3 +639,12 @@ class LocalCluster:
         for proc in self._procs.values():
             if proc.popen is not None:
                 proc.popen.poll()
+
+
+WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
+
+
+def audit_time(event: dict[str, Any]) -> float:
+    """When the API server received an audit event's request, in epoch seconds (0 when absent)."""
+    ts = event.get("requestReceivedTimestamp", "")
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() if ts else 0.0

@@ -185,8 +185,8 @@ class Reconciler:
                 previous=policy.get("status"),
                 now=_now(),
                 error="invalid spec: " + "; ".join(exc.problems),
+                error_reason="InvalidSpec",
             )
-            status["conditions"][0]["reason"] = status["conditions"][1]["reason"] = "InvalidSpec"
             self._write_status(policy, status, out)
             return
         self._ensure_namespace(spec.psa.enabled, out)

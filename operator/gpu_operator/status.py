@@ -56,6 +56,7 @@ def policy_status(
     previous: dict[str, Any] | None,
     now: str,
     error: str | None = None,
+    error_reason: str = "ReconcileFailed",
     settling: bool = False,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -65,7 +66,7 @@ def policy_status(
     """
     not_ready = [r for r in results if r.state == "notReady"]
     if error:
-        ready, reason, message = False, "ReconcileFailed", error
+        ready, reason, message = False, error_reason, error
     elif not has_nfd:
         ready, reason, message = (
             False,

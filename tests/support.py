@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,7 @@ def node(
     labels: dict[str, str] | None = None,
     pci_label: str = PCI,
     ready: bool = True,
+    runtime: str = "containerd://1.7.22",
 ) -> dict[str, Any]:
     """A Node object the way NFD leaves it (plus any extra labels)."""
     all_labels = {
@@ -69,7 +72,7 @@ def node(
         "metadata": {"name": name, "labels": all_labels},
         "status": {
             "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
-            "nodeInfo": {"containerRuntimeVersion": "containerd://1.7.22"},
+            "nodeInfo": {"containerRuntimeVersion": runtime},
         },
     }
 
@@ -121,3 +124,60 @@ def container(ds: dict[str, Any], name: str) -> dict[str, Any]:
         if c["name"] == name:
             return c
     raise AssertionError(f"{ds['metadata']['name']} has no container {name}")
+
+
+# Golden scenarios: tests/scenarios/<name>/scenario.yaml (see the README there)
+
+SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    spec: dict[str, Any]
+    nodes: list[NodeFacts] | None
+    api_groups: frozenset[str]
+
+    def render(self) -> list[StatePlan]:
+        return render_all(parse_spec(copy.deepcopy(self.spec)), self.nodes, api_groups=self.api_groups)
+
+
+def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """base with overlay merged in, mapping by mapping; a None value removes the key."""
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_scenario(name: str) -> Scenario:
+    data = yaml.safe_load((SCENARIOS / name / "scenario.yaml").read_text()) or {}
+    unknown = set(data) - {"description", "base", "overlay", "nodes", "api_groups"}
+    assert not unknown, f"scenario {name}: unknown keys {sorted(unknown)}"
+    base = {"default": dict(load_policy()["spec"]), "empty": {}}[data.get("base", "default")]
+    nodes = None
+    if "nodes" in data:
+        nodes = []
+        for n in data["nodes"]:
+            n = dict(n)
+            name_ = n.pop("name")
+            if "os" in n:
+                n["os"] = tuple(n["os"])
+            nodes.append(facts(name_, **n))
+    return Scenario(
+        name=name,
+        description=data["description"],
+        spec=deep_merge(base, data.get("overlay") or {}),
+        nodes=nodes,
+        api_groups=frozenset(data.get("api_groups", [MONITORING])),
+    )
+
+
+def scenario_names() -> list[str]:
+    return sorted(p.parent.name for p in SCENARIOS.glob("*/scenario.yaml"))

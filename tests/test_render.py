@@ -1,6 +1,7 @@
 """Rendering: golden files for every state, and invariants that hold for every rendered object.
 
-Regenerate the golden files with `UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_render.py`, then review
+Golden files are named by scenario (`tests/scenarios/<name>/scenario.yaml`, see the README there). Regenerate
+them with `UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_render.py`, then review
 the diff before committing it.
 """
 
@@ -31,6 +32,8 @@ from support import (
     facts,
     fixed_nodes,
     load_policy,
+    load_scenario,
+    scenario_names,
     objects,
     render_all,
 )
@@ -40,43 +43,24 @@ UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 STATE_NAMES = [s.name for s in all_states()]
 
 
+SCENARIO_NAMES = scenario_names()
+_RENDERED: dict[str, list[Any]] = {}
+
+
 def default_raw() -> dict[str, Any]:
     return dict(load_policy()["spec"])
 
 
 def all_on_raw() -> dict[str, Any]:
-    """The default sample with every optional state and option switched on."""
-    raw = copy.deepcopy(default_raw())
-    raw["operator"]["metrics"] = {"serviceMonitor": {"enabled": True, "interval": "30s"}}
-    raw["dcgm"] = {"enabled": True}
-    raw["nodeStatusExporter"] = {"enabled": True}
-    raw["devicePlugin"]["config"] = {"name": "device-plugin-config", "default": "time-slicing-4"}
-    raw["dcgmExporter"]["config"] = {"name": "custom-dcgm-metrics"}
-    raw["dcgmExporter"]["serviceMonitor"] = {
-        "enabled": True,
-        "interval": "10s",
-        "honorLabels": True,
-        "additionalLabels": {"release": "kube-prometheus-stack"},
-        "relabelings": [{"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"}],
-    }
-    raw["dcgmExporter"]["service"] = {"type": "ClusterIP", "internalTrafficPolicy": "Local"}
-    raw["driver"]["repoConfig"] = {"configMapName": "repo-config"}
-    raw["driver"]["licensingConfig"] = {"configMapName": "licensing-config", "nlsEnabled": True}
-    raw["driver"]["rdma"] = {"enabled": True, "useHostMofed": True}
-    raw["driver"]["startupProbe"] = {"initialDelaySeconds": 30, "failureThreshold": 60}
-    raw["migManager"]["gpuClientsConfig"] = {"name": "my-gpu-clients"}
-    raw["mig"] = {"strategy": "mixed"}
-    raw["cdi"] = {"enabled": True}
-    raw["toolkit"]["env"] = [{"name": "CONTAINERD_CONFIG", "value": "/etc/containerd/config.toml"}]
-    raw["gfd"]["env"] = [{"name": "GFD_SLEEP_INTERVAL", "value": "30s"}]
-    return raw
-
-
-POLICIES = {"default": default_raw, "all-on": all_on_raw}
+    """The default sample with every optional state and option switched on (scenario all-on)."""
+    return copy.deepcopy(load_scenario("all-on").spec)
 
 
 def render_policy(name: str) -> list[Any]:
-    return render_all(parse_spec(POLICIES[name]()), api_groups=frozenset({MONITORING}))
+    """A scenario's plans (rendered once per test session)."""
+    if name not in _RENDERED:
+        _RENDERED[name] = load_scenario(name).render()
+    return _RENDERED[name]
 
 
 def golden_text(objs: list[dict[str, Any]], enabled: bool) -> str:
@@ -88,7 +72,7 @@ def golden_text(objs: list[dict[str, Any]], enabled: bool) -> str:
 # Golden files
 
 
-@pytest.mark.parametrize("policy", sorted(POLICIES))
+@pytest.mark.parametrize("policy", SCENARIO_NAMES)
 @pytest.mark.parametrize("state", STATE_NAMES)
 def test_golden(policy: str, state: str) -> None:
     plans = {p.state.name: p for p in render_policy(policy)}
@@ -112,9 +96,9 @@ def test_golden(policy: str, state: str) -> None:
 
 
 def test_no_stale_golden_files() -> None:
-    expected = {f"{policy}/{state}.yaml" for policy in POLICIES for state in STATE_NAMES}
+    expected = {f"{policy}/{state}.yaml" for policy in SCENARIO_NAMES for state in STATE_NAMES}
     present = {str(p.relative_to(GOLDEN)) for p in GOLDEN.glob("*/*.yaml")}
-    assert present - expected == set(), "golden files of states or policies that no longer exist"
+    assert present - expected == set(), "golden files of states or scenarios that no longer exist"
 
 
 def test_golden_covers_optional_objects() -> None:

@@ -33,9 +33,9 @@ from support import (
     fixed_nodes,
     load_policy,
     load_scenario,
-    scenario_names,
     objects,
     render_all,
+    scenario_names,
 )
 
 GOLDEN = Path(__file__).resolve().parent / "golden"

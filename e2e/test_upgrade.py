@@ -402,3 +402,28 @@ def test_a_node_that_disappears_mid_upgrade_does_not_block_the_rest(env: Env) ->
     wait_done(env, "600.50.05", rest)
     status = (env.admin.get("ClusterPolicy", "cluster-policy") or {})["status"]
     assert victim not in {w["node"] for w in status["upgrade"]["waiting"]}
+
+
+def test_upgrade_plan_and_the_operator_agree_when_the_driver_is_disabled(env: Env) -> None:
+    """One snapshot function serves both: with the driver off neither manages a node (the plan used to list 12)."""
+    env.admin.merge_patch("ClusterPolicy", "cluster-policy", {"spec": {"driver": {"enabled": False}}})
+
+    def settled() -> dict[str, Any] | None:
+        policy = env.admin.get("ClusterPolicy", "cluster-policy") or {}
+        status = policy.get("status") or {}
+        states = {s["name"]: s["state"] for s in status.get("states") or []}
+        current = status.get("observedGeneration") == policy["metadata"]["generation"]
+        return status if current and states.get("state-driver") == "disabled" else None
+
+    status: dict[str, Any] = wait_for(settled, 60, message="driver disabled in the status")
+    assert "upgrade" not in status
+    out = run_cli(env, "upgrade", "plan")
+    assert "nodes: 0 managed" in out and "the ClusterPolicy's driver is disabled" in out, out
+
+    def gauges() -> str | None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{env.op.metrics_port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        return text if "gpu_operator_nodes_upgrades_done 0.0" in text else None
+
+    wait_for(gauges, 30, message="the operator's upgrade gauges at 0 with the driver off")
+

@@ -23,6 +23,7 @@ from gpu_operator import images
 from gpu_operator.api import parse_spec
 from gpu_operator.cli import main as cli_main
 from gpu_operator.crd import crds_yaml
+from gpu_operator.kinds import operand_rbac
 from gpu_operator.render import plan
 from gpu_operator.states import RenderContext
 from support import OWNER, REPO, fixed_nodes, render_all
@@ -433,25 +434,17 @@ REQUIRED_CLUSTER: dict[tuple[str, str], set[str]] = {
     ("", "nodes"): {"get", "list", "watch", "patch"},
     ("", "pods"): {"get", "list", "watch", "delete"},  # GPU pods on any node: evicted during driver upgrades
     ("", "pods/eviction"): {"create"},
-    ("", "namespaces"): {"get", "create", "patch"},
+    ("", "namespaces"): {"get", "list", "watch", "create", "patch"},
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
     ("", "events"): {"create"},
     ("nvidia.com", "clusterpolicies"): {"get", "list", "watch", "patch", "update"},
     ("nvidia.com", "clusterpolicies/status"): {"get", "patch", "update"},
-    ("rbac.authorization.k8s.io", "clusterroles"): {"get", "list", "watch", "create", "patch", "update", "delete"},
-    ("rbac.authorization.k8s.io", "clusterrolebindings"): {"get", "list", "watch", "create", "patch", "update",
-                                                           "delete"},  # fmt: skip
-    ("node.k8s.io", "runtimeclasses"): {"get", "list", "watch", "create", "patch", "update", "delete"},
 }
-OWNED = {"get", "list", "watch", "create", "patch", "update", "delete"}
+# The objects the states render, from the registry of kinds: namespaced ones in the operand namespace.
+REQUIRED_CLUSTER.update({res: set(verbs) for res, (namespaced, verbs) in operand_rbac().items() if not namespaced})
 REQUIRED_NAMESPACED: dict[tuple[str, str], set[str]] = {
-    ("", "serviceaccounts"): OWNED,
-    ("", "configmaps"): OWNED,
-    ("", "services"): OWNED,
-    ("apps", "daemonsets"): OWNED,
     ("apps", "controllerrevisions"): {"get", "list", "watch"},
-    ("rbac.authorization.k8s.io", "roles"): OWNED,
-    ("rbac.authorization.k8s.io", "rolebindings"): OWNED,
-    ("monitoring.coreos.com", "servicemonitors"): OWNED,
+    **{res: set(verbs) for res, (namespaced, verbs) in operand_rbac().items() if namespaced},
 }
 
 

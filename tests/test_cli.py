@@ -141,6 +141,24 @@ def test_render_namespace_option(capsys: pytest.CaptureFixture[str]) -> None:
     assert namespaced and {d["metadata"]["namespace"] for d in namespaced} == {"gpu"}
 
 
+def test_render_prints_service_monitors_when_assuming_the_monitoring_api(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = yaml.safe_load(SAMPLE_POLICY.read_text())
+    policy["spec"]["operator"]["metrics"] = {"serviceMonitor": {"enabled": True}}
+    policy["spec"]["dcgmExporter"]["serviceMonitor"] = {"enabled": True}
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy))
+
+    def monitors(*extra: str) -> list[str]:
+        rc, out, _ = render_in_process(capsys, "--policy", str(path), "--nodes", str(SAMPLE_NODES), *extra)
+        assert rc == 0
+        return sorted(d["metadata"]["name"] for d in docs_of(out) if d["kind"] == "ServiceMonitor")
+
+    assert monitors() == []  # the cluster may not serve the Prometheus operator's API
+    assert monitors("--api-group", "monitoring.coreos.com") == ["gpu-operator", "nvidia-dcgm-exporter"]
+
+
 def test_render_without_nodes(capsys: pytest.CaptureFixture[str]) -> None:
     rc, out, err = render_in_process(capsys, "--policy", str(SAMPLE_POLICY))
     assert (rc, err) == (0, "")

@@ -74,7 +74,13 @@ def cmd_render(args: argparse.Namespace) -> int:
         "name": meta.get("name", "cluster-policy"),
         "uid": meta.get("uid", "00000000-0000-0000-0000-000000000000"),
     }
-    ctx = RenderContext(spec=spec, namespace=args.namespace, nodes=tuple(relabelled(nodes, patches)), owner=owner)
+    ctx = RenderContext(
+        spec=spec,
+        namespace=args.namespace,
+        nodes=tuple(relabelled(nodes, patches)),
+        owner=owner,
+        api_groups=frozenset(args.api_group),
+    )
     out: list[str] = []
     for state_plan in plan(ctx):
         if not state_plan.enabled:
@@ -90,6 +96,12 @@ def cmd_render(args: argparse.Namespace) -> int:
         )
     sys.stdout.write("---\n".join(out))
     return 0
+
+
+def _optional_kinds() -> str:
+    from .kinds import operand_kinds
+
+    return ", ".join(f"{k.kind} ({k.group})" for k in operand_kinds() if k.optional)
 
 
 def cmd_crds(args: argparse.Namespace) -> int:
@@ -125,26 +137,19 @@ def cmd_upgrade_plan(args: argparse.Namespace) -> int:
 
     from . import upgrade
     from .kube import ApiError, Kube
-    from .nodes import NodeFacts
-    from .runtime import pod_projection, revision_projection
+    from .observe import observe
     from .status import active_policy
-    from .upgrade.adapter import steady, upgrade_nodes, workload_pods
+    from .upgrade.adapter import managed_nodes, steady, workload_pods
 
     try:
         kube = Kube.connect(args.kubeconfig)
-        policies = kube.list("ClusterPolicy")
-        name = active_policy(policies)
+        snap = observe(kube, args.namespace)
+        name = active_policy(list(snap.policies.values()))
         if name is None:
             print("error: no ClusterPolicy in the cluster", file=sys.stderr)
             return 2
-        spec = parse_spec(next(p for p in policies if p["metadata"]["name"] == name).get("spec"))
-        nodes = [NodeFacts.from_node(n) for n in kube.list("Node")]
-        selector = "app.kubernetes.io/managed-by=gpu-operator"
-        pods = {p["metadata"]["name"]: pod_projection(p) for p in kube.list("Pod", args.namespace, selector)}
-        revisions = {
-            r["metadata"]["name"]: revision_projection(r) for r in kube.list("ControllerRevision", args.namespace)
-        }
-        managed = upgrade_nodes(nodes, pods, revisions)
+        spec = parse_spec(snap.policies[name].get("spec"))
+        managed = managed_nodes(spec, snap)
         policy = spec.driver.upgrade_policy
         result = upgrade.plan(managed, workload_pods(kube, managed), policy, time.time(),
                               validation_enabled=spec.validator.enabled)  # fmt: skip
@@ -158,7 +163,10 @@ def cmd_upgrade_plan(args: argparse.Namespace) -> int:
     print(f"nodes: {c.total} managed, {c.done} done, {c.in_progress} in progress, {c.failed} failed, "
           f"{c.pending} waiting to start, {c.skipped} skipped")  # fmt: skip
     waves = upgrade.preview_waves(managed, policy)
-    if not policy.auto_upgrade:
+    if not spec.driver.enabled or spec.driver.use_nvidia_driver_crd:
+        why = "disabled" if not spec.driver.enabled else "handed to NVIDIADriver resources (useNvidiaDriverCRD)"
+        print(f"the ClusterPolicy's driver is {why}: it upgrades no node")
+    elif not policy.auto_upgrade:
         print("autoUpgrade is off: nothing is orchestrated")
     elif not waves:
         print("no node needs an upgrade")
@@ -197,6 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--policy", required=True, help="ClusterPolicy YAML file ('-' for stdin)")
     p.add_argument("--nodes", help="Node objects: multi-document YAML or a List")
     p.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="operand namespace (%(default)s)")
+    p.add_argument(
+        "--api-group",
+        action="append",
+        default=[],
+        metavar="GROUP",
+        help="assume the cluster serves this optional API group (repeatable), e.g. monitoring.coreos.com for "
+        f"ServiceMonitors; optional kinds: {_optional_kinds()}",
+    )
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser("upgrade", help="driver upgrade orchestration")

@@ -7,44 +7,17 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
-from dataclasses import dataclass
+from collections import Counter
 from typing import Any
 from urllib.parse import quote, urlencode
 
 from kubernetes import client, config
 
+from .kinds import lookup
+
 FIELD_MANAGER = "gpu-operator"
-
-
-@dataclass(frozen=True)
-class Kind:
-    prefix: str  # "api/v1" or "apis/<group>/<version>"
-    plural: str
-    namespaced: bool
-
-
-KINDS: dict[str, Kind] = {
-    "Namespace": Kind("api/v1", "namespaces", False),
-    "Node": Kind("api/v1", "nodes", False),
-    "Pod": Kind("api/v1", "pods", True),
-    "Event": Kind("api/v1", "events", True),
-    "ServiceAccount": Kind("api/v1", "serviceaccounts", True),
-    "ConfigMap": Kind("api/v1", "configmaps", True),
-    "Service": Kind("api/v1", "services", True),
-    "Role": Kind("apis/rbac.authorization.k8s.io/v1", "roles", True),
-    "RoleBinding": Kind("apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
-    "ClusterRole": Kind("apis/rbac.authorization.k8s.io/v1", "clusterroles", False),
-    "ClusterRoleBinding": Kind("apis/rbac.authorization.k8s.io/v1", "clusterrolebindings", False),
-    "DaemonSet": Kind("apis/apps/v1", "daemonsets", True),
-    "ControllerRevision": Kind("apis/apps/v1", "controllerrevisions", True),
-    "Deployment": Kind("apis/apps/v1", "deployments", True),
-    "PodDisruptionBudget": Kind("apis/policy/v1", "poddisruptionbudgets", True),
-    "RuntimeClass": Kind("apis/node.k8s.io/v1", "runtimeclasses", False),
-    "ServiceMonitor": Kind("apis/monitoring.coreos.com/v1", "servicemonitors", True),
-    "CustomResourceDefinition": Kind("apis/apiextensions.k8s.io/v1", "customresourcedefinitions", False),
-    "ClusterPolicy": Kind("apis/nvidia.com/v1", "clusterpolicies", False),
-}
 
 
 class ApiError(Exception):
@@ -59,7 +32,7 @@ class ApiError(Exception):
 
 
 def path_for(kind: str, name: str | None = None, namespace: str | None = None, sub: str | None = None) -> str:
-    k = KINDS[kind]
+    k = lookup(kind)
     path = "/" + k.prefix
     if k.namespaced and namespace:
         path += f"/namespaces/{quote(namespace)}"
@@ -71,10 +44,26 @@ def path_for(kind: str, name: str | None = None, namespace: str | None = None, s
     return path
 
 
+def _resource_of(path: str) -> str:
+    """/api/v1/namespaces/ns/pods/p/eviction -> pods/eviction; /apis/apps/v1/daemonsets -> daemonsets."""
+    parts = path.strip("/").split("/")
+    parts = parts[2:] if parts[0] == "api" else parts[3:]
+    if len(parts) >= 2 and parts[0] == "namespaces" and len(parts) > 2:
+        parts = parts[2:]
+    return "/".join(parts[::2]) if parts else ""
+
+
 class Kube:
     def __init__(self, api_client: client.ApiClient):
         self.client = api_client
         self.host = api_client.configuration.host.rstrip("/")
+        # Requests made, by (verb, resource), for logs, metrics and benchmarks.
+        self.requests: Counter[tuple[str, str]] = Counter()
+        self._count_lock = threading.Lock()
+
+    def writes(self) -> int:
+        """Requests that changed something (every verb but GET) so far."""
+        return sum(n for (verb, _), n in self.requests.items() if verb != "GET")
 
     @classmethod
     def connect(cls, kubeconfig: str | None = None) -> Kube:
@@ -97,6 +86,8 @@ class Kube:
         content_type: str = "application/json",
     ) -> Any:
         url = self.host + path + ("?" + urlencode(query) if query else "")
+        with self._count_lock:
+            self.requests[(method, _resource_of(path))] += 1
         headers = {"Accept": "application/json", "Content-Type": content_type}
         self.client.update_params_for_auth(headers, [], ["BearerToken"], path, method, body)
         resp = self.client.call_api(method, url, header_params=headers, body=body, _request_timeout=30)

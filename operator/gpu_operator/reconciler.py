@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,44 +16,18 @@ from . import metrics, upgrade
 from .api import ClusterPolicySpec, PolicyError, parse_spec
 from .kube import ApiError, Kube
 from .nodes import DEPLOY_PREFIX, GPU_PRESENT, PAUSED_VALUES, NodeFacts, unpooled
+from .observe import Key, Snapshot, key_of
 from .readiness import daemonset_ready
 from .render import label_patches, plan, relabelled
 from .states import RenderContext
 from .states.base import COMPONENT, HASH_ANNOTATION, MANAGED_BY, OPERATOR_NAME
 from .status import StateResult, active_policy, ignored_status, policy_status, status_changed
-from .upgrade.adapter import Executor, steady, upgrade_nodes, workload_pods
+from .upgrade.adapter import Executor, managed_nodes, steady, workload_pods
 
 log = logging.getLogger("gpu_operator")
 
 CLEANUP_FINALIZER = "nvidia.com/gpu-operator-cleanup"
 EVENT_SOURCE = "gpu-operator"
-
-Key = tuple[str, str, str]  # kind, namespace, name
-
-
-def key_of(obj: dict[str, Any]) -> Key:
-    meta = obj.get("metadata") or {}
-    return (obj.get("kind", ""), meta.get("namespace") or "", meta.get("name", ""))
-
-
-def _rv(obj: dict[str, Any]) -> int:
-    try:
-        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
-    except ValueError:
-        return 0
-
-
-@dataclass
-class Snapshot:
-    """What the reconciler sees of the cluster (copied from the watch cache)."""
-
-    nodes: dict[str, NodeFacts]
-    policies: dict[str, dict[str, Any]]
-    owned: dict[Key, dict[str, Any]]  # objects labelled managed-by=gpu-operator
-    pods: dict[str, dict[str, Any]]  # operand pods in our namespace (small projections)
-    revisions: dict[str, dict[str, Any]]  # ControllerRevisions in our namespace (small projections)
-    api_groups: frozenset[str] = frozenset()
-
 
 @dataclass
 class Outcome:
@@ -267,11 +241,18 @@ class Reconciler:
         self, spec: ClusterPolicySpec, nodes: list[NodeFacts], snap: Snapshot, out: Outcome
     ) -> dict[str, Any] | None:
         """One pass of driver upgrade orchestration; the status block it reports (None when there is none)."""
-        driver_on = spec.driver.enabled and not spec.driver.use_nvidia_driver_crd
-        managed = upgrade_nodes(nodes if driver_on else [], snap.pods, snap.revisions)
+        managed = managed_nodes(spec, replace(snap, nodes={n.name: n for n in nodes}))
         policy = spec.driver.upgrade_policy
         metrics.driver_auto_upgrade_enabled.set(int(policy.auto_upgrade))
-        if not managed:
+        if not managed:  # nothing to upgrade (driver off, no GPU node): the gauges say so too
+            for gauge in (
+                metrics.nodes_upgrades_in_progress,
+                metrics.nodes_upgrades_done,
+                metrics.nodes_upgrades_failed,
+                metrics.nodes_upgrades_available,
+                metrics.nodes_upgrades_pending,
+            ):
+                gauge.set(0)
             return None
         result = upgrade.plan(
             managed, workload_pods(self.kube, managed), policy, time.time(), validation_enabled=spec.validator.enabled
@@ -409,8 +390,3 @@ def _with_unpooled(result: StateResult, nodes: list[NodeFacts], precompiled: boo
     shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
     why = f"no driver for {shown}: NFD labels {labels} missing"
     return StateResult(result.name, "notReady", f"{result.message}; {why}" if result.message else why)
-
-
-def newer(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
-    """Whether b is at least as new as a (by resourceVersion)."""
-    return a is None or _rv(b) >= _rv(a)

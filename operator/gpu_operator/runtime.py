@@ -15,9 +15,11 @@ from typing import Any
 import kopf
 
 from . import metrics
+from .kinds import operand_kinds, served
 from .kube import Kube
 from .nodes import NodeFacts
-from .reconciler import Key, Reconciler, Snapshot, key_of, newer
+from .observe import Key, Snapshot, key_of, list_owned, newer, observe, pod_projection, revision_projection
+from .reconciler import Reconciler
 from .states.base import MANAGED_BY, OPERATOR_NAME
 
 log = logging.getLogger("gpu_operator")
@@ -25,52 +27,6 @@ log = logging.getLogger("gpu_operator")
 NOT_READY_RECHECK_S = 5.0
 RESYNC_S = 300.0
 DEBOUNCE_S = 0.3
-OWNED_KINDS = (
-    ("", "v1", "serviceaccounts"),
-    ("", "v1", "configmaps"),
-    ("", "v1", "services"),
-    ("rbac.authorization.k8s.io", "v1", "roles"),
-    ("rbac.authorization.k8s.io", "v1", "rolebindings"),
-    ("rbac.authorization.k8s.io", "v1", "clusterroles"),
-    ("rbac.authorization.k8s.io", "v1", "clusterrolebindings"),
-    ("apps", "v1", "daemonsets"),
-    ("node.k8s.io", "v1", "runtimeclasses"),
-)
-_POD_LABELS = ("controller-revision-hash", "app.kubernetes.io/component")
-
-
-def pod_projection(pod: dict[str, Any]) -> dict[str, Any]:
-    meta = pod.get("metadata") or {}
-    status = pod.get("status") or {}
-    owner = next((o["name"] for o in meta.get("ownerReferences") or [] if o.get("kind") == "DaemonSet"), "")
-    return {
-        "metadata": {
-            "name": meta.get("name"),
-            "labels": {k: v for k, v in (meta.get("labels") or {}).items() if k in _POD_LABELS},
-            **({"deletionTimestamp": meta["deletionTimestamp"]} if meta.get("deletionTimestamp") else {}),
-        },
-        "node": (pod.get("spec") or {}).get("nodeName", ""),
-        "owner": owner,
-        "status": {
-            "phase": status.get("phase"),
-            "containerStatuses": [
-                {"name": c.get("name"), "ready": bool(c.get("ready")), "restartCount": c.get("restartCount", 0)}
-                for c in status.get("containerStatuses") or []
-            ],
-        },
-    }
-
-
-def revision_projection(rev: dict[str, Any]) -> dict[str, Any]:
-    meta = rev.get("metadata") or {}
-    owner = next((o["name"] for o in meta.get("ownerReferences") or [] if o.get("kind") == "DaemonSet"), "")
-    return {
-        "metadata": {
-            "labels": {"controller-revision-hash": (meta.get("labels") or {}).get("controller-revision-hash")}
-        },
-        "revision": rev.get("revision", 0),
-        "owner": owner,
-    }
 
 
 class Operator:
@@ -84,6 +40,7 @@ class Operator:
         self.pods: dict[str, dict[str, Any]] = {}
         self.revisions: dict[str, dict[str, Any]] = {}
         self.api_groups: frozenset[str] = frozenset()
+        self.discovery_stale = False
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
@@ -116,6 +73,13 @@ class Operator:
             self.owned[key] = dict(body)
         self.wake.set()
 
+    def on_crd(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """A CRD of an optional kind's group came or went: refresh what the API serves, then reconcile."""
+        group = (body.get("spec") or {}).get("group")
+        if group in {k.group for k in operand_kinds() if k.optional} and event_type is not None:
+            self.discovery_stale = True
+            self.wake.set()
+
     def on_pod(self, event_type: str | None, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
         if event_type == "DELETED":
@@ -136,26 +100,24 @@ class Operator:
 
     def _initial_sync(self) -> None:
         """List everything once before the first pass, so no decision is made on a half-filled cache."""
+        snap = observe(self.kube, self.namespace)
+        self.api_groups = snap.api_groups
+        self.nodes, self.policies, self.owned = snap.nodes, snap.policies, snap.owned
+        self.pods, self.revisions = snap.pods, snap.revisions
+
+    def refresh_discovery(self) -> None:
+        """Re-read the served API groups; list the owned objects of optional kinds that just appeared."""
+        before = self.api_groups
         self.api_groups = self.kube.api_groups()
-        for node in self.kube.list("Node"):
-            self.nodes[node["metadata"]["name"]] = NodeFacts.from_node(node)
-        for policy in self.kube.list("ClusterPolicy"):
-            policy.setdefault("apiVersion", "nvidia.com/v1")
-            policy.setdefault("kind", "ClusterPolicy")
-            self.policies[policy["metadata"]["name"]] = policy
-        selector = f"{MANAGED_BY}={OPERATOR_NAME}"
-        for kind in ("ServiceAccount", "ConfigMap", "Service", "Role", "RoleBinding", "DaemonSet"):
-            for obj in self.kube.list(kind, self.namespace, label_selector=selector):
-                obj.setdefault("kind", kind)
-                self.owned[key_of(obj)] = obj
-        for kind in ("ClusterRole", "ClusterRoleBinding", "RuntimeClass"):
-            for obj in self.kube.list(kind, label_selector=selector):
-                obj.setdefault("kind", kind)
-                self.owned[key_of(obj)] = obj
-        for pod in self.kube.list("Pod", self.namespace, label_selector=selector):
-            self.pods[pod["metadata"]["name"]] = pod_projection(pod)
-        for rev in self.kube.list("ControllerRevision", self.namespace):
-            self.revisions[rev["metadata"]["name"]] = revision_projection(rev)
+        for kind in operand_kinds():
+            if kind.optional and served(kind, self.api_groups) and not served(kind, before):
+                log.info("API group %s is served now: %s objects are rendered and watched", kind.group, kind.kind)
+                for obj in list_owned(self.kube, kind, self.namespace, self.api_groups):
+                    self.owned[key_of(obj)] = obj
+            elif kind.optional and served(kind, before) and not served(kind, self.api_groups):
+                log.info("API group %s is no longer served: %s objects are not rendered", kind.group, kind.kind)
+                for key in [k for k in self.owned if k[0] == kind.kind]:
+                    self.owned.pop(key, None)
 
     def snapshot(self) -> Snapshot:
         return Snapshot(
@@ -183,6 +145,13 @@ class Operator:
                 pass
             await asyncio.sleep(DEBOUNCE_S)
             self.wake.clear()
+            if self.discovery_stale:
+                self.discovery_stale = False
+                try:
+                    await asyncio.to_thread(self.refresh_discovery)
+                except Exception as exc:  # noqa: BLE001 - try again on the next pass
+                    log.warning("API discovery failed, retrying: %s", exc)
+                    self.discovery_stale = True
             try:
                 outcome = await asyncio.to_thread(self.reconciler.reconcile, self.snapshot())
             except Exception:  # noqa: BLE001 - one bad pass must not stop the operator
@@ -230,8 +199,9 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
             prefix="gpu-operator.nvidia.com", key="last-handled-configuration"
         )
         settings.posting.enabled = False
-        # Watch exactly the resources registered below: no namespace or CRD scans (no rights needed for them).
-        settings.scanning.disabled = True
+        # kopf follows CRDs as they come and go, so the watch of an optional kind (ServiceMonitor) starts
+        # when its API is installed, without a restart. It needs list/watch on namespaces and CRDs.
+        settings.scanning.disabled = False
         settings.watching.server_timeout = 300
         op.task = asyncio.create_task(op.loop())
 
@@ -245,8 +215,9 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
 
     watch("", "v1", "nodes", op.on_node)
     watch("nvidia.com", "v1", "clusterpolicies", op.on_policy)
-    for group, version, plural in OWNED_KINDS:
-        watch(group, version, plural, op.on_owned, labels=managed)
+    for kind in operand_kinds():
+        watch(kind.group, kind.version, kind.plural, op.on_owned, labels=managed)
+    watch("apiextensions.k8s.io", "v1", "customresourcedefinitions", op.on_crd)
     watch("", "v1", "pods", op.on_pod, labels=managed)
     watch("apps", "v1", "controllerrevisions", op.on_revision)
     return registry

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -15,6 +16,7 @@ import yaml
 
 from .. import images
 from ..api import ClusterPolicySpec, ComponentSpec
+from ..kinds import DEFAULT_OPERAND_KINDS, Kind, served
 from ..nodes import NodeFacts
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
@@ -54,6 +56,10 @@ class OperandState:
     enabled_when: Callable[[ClusterPolicySpec], bool] | None = None
     extra_vars: Vars | None = None
     depends_on_nodes: bool = field(default=False)  # renders differently per node pool
+    # Every kind the state's templates may render (watched, listed for pruning and granted in RBAC from this).
+    kinds: tuple[Kind, ...] = DEFAULT_OPERAND_KINDS
+    # Where the state's template folder lives, when not in the package (a state shipped outside it).
+    template_root: Path | None = None
 
     def settings(self, spec: ClusterPolicySpec) -> ComponentSpec | None:
         value = getattr(spec, self.section) if self.section else None
@@ -87,8 +93,16 @@ class OperandState:
         """The state's objects, decorated and hashed, in template-file order."""
         variables = self.variables(ctx)
         objects: list[dict[str, Any]] = []
-        for template in _templates(self.name):
+        for template in _templates(self.name, self.template_root):
             objects += [doc for doc in yaml.safe_load_all(template.render(**variables)) if doc]
+        declared = {k.kind: k for k in self.kinds}
+        for obj in objects:
+            kind = declared.get(obj.get("kind", ""))
+            if kind is None or kind.api_version != obj.get("apiVersion"):
+                raise ValueError(
+                    f"{self.name} renders {obj.get('apiVersion')} {obj.get('kind')}, which is not in its declared kinds"
+                )
+        objects = [obj for obj in objects if served(declared[obj["kind"]], ctx.api_groups)]
         return [self._decorate(obj, ctx) for obj in objects]
 
     def _decorate(self, obj: dict[str, Any], ctx: RenderContext) -> dict[str, Any]:
@@ -195,8 +209,12 @@ _ENV.filters["str"] = lambda v: json.dumps(str(v).lower() if isinstance(v, bool)
 
 
 @cache
-def _templates(state: str) -> tuple[jinja2.Template, ...]:
-    """The state folder's templates in file-name order."""
-    folder = resources.files("gpu_operator") / "templates" / state
+def _templates(state: str, root: Path | None = None) -> tuple[jinja2.Template, ...]:
+    """The state folder's templates in file-name order (from the package, or from `root`)."""
+    env = _ENV
+    folder: Any = resources.files("gpu_operator") / "templates" / state
+    if root is not None:
+        env = _ENV.overlay(loader=jinja2.ChoiceLoader([jinja2.FileSystemLoader(str(root)), _ENV.loader]))  # type: ignore[list-item]
+        folder = root / state
     names = sorted(f.name for f in folder.iterdir() if f.name.endswith(".yaml"))
-    return tuple(_ENV.get_template(f"{state}/{name}") for name in names)
+    return tuple(env.get_template(f"{state}/{name}") for name in names)

@@ -1,5 +1,6 @@
 """state-dcgm-exporter: Prometheus GPU metrics on :9400."""
 
+from ..kinds import DEFAULT_OPERAND_KINDS, SERVICE_MONITOR
 from .base import OperandState
 
 STATE = OperandState(
@@ -9,4 +10,5 @@ STATE = OperandState(
     component="dcgm-exporter",
     container="nvidia-dcgm-exporter",
     deploy_label="dcgm-exporter",
+    kinds=(*DEFAULT_OPERAND_KINDS, SERVICE_MONITOR),
 )

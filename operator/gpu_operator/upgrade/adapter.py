@@ -11,8 +11,10 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from ..api import ClusterPolicySpec
 from ..kube import ApiError, Kube
 from ..nodes import NodeFacts, gets_driver
+from ..observe import Snapshot
 from .model import (
     DRAIN_REQUIRED,
     POD_DELETION_REQUIRED,
@@ -44,6 +46,15 @@ def _pick(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The pod that matters on a node: a live one over a terminating one."""
     live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
     return live[0] if live else (pods[0] if pods else None)
+
+
+def managed_nodes(spec: ClusterPolicySpec, snap: Snapshot) -> list[UpgradeNode]:
+    """The nodes whose driver the operator upgrades: none while the ClusterPolicy's driver is off.
+
+    The operator's pass and `gpu-operator upgrade plan` both call this, so they give one answer.
+    """
+    driver_on = spec.driver.enabled and not spec.driver.use_nvidia_driver_crd
+    return upgrade_nodes(snap.nodes.values() if driver_on else [], snap.pods, snap.revisions)
 
 
 def upgrade_nodes(

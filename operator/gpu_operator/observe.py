@@ -1,0 +1,124 @@
+"""One view of the cluster: the snapshot the reconciler decides on, built the same way for every caller.
+
+`observe()` lists everything once (the operator's start-up, `upgrade plan`, and later `render --from-cluster`
+and `doctor`); the operator then keeps the same snapshot current from watch events with the projections here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .kinds import Kind, operand_kinds, served
+from .kube import ApiError, Kube
+from .nodes import NodeFacts
+from .states.base import MANAGED_BY, OPERATOR_NAME
+
+OWNED_SELECTOR = f"{MANAGED_BY}={OPERATOR_NAME}"
+
+Key = tuple[str, str, str]  # kind, namespace, name
+
+
+def key_of(obj: dict[str, Any]) -> Key:
+    meta = obj.get("metadata") or {}
+    return (obj.get("kind", ""), meta.get("namespace") or "", meta.get("name", ""))
+
+
+def _rv(obj: dict[str, Any]) -> int:
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+@dataclass
+class Snapshot:
+    """What the reconciler sees of the cluster (copied from the watch cache)."""
+
+    nodes: dict[str, NodeFacts]
+    policies: dict[str, dict[str, Any]]
+    owned: dict[Key, dict[str, Any]]  # objects labelled managed-by=gpu-operator
+    pods: dict[str, dict[str, Any]]  # operand pods in our namespace (small projections)
+    revisions: dict[str, dict[str, Any]]  # ControllerRevisions in our namespace (small projections)
+    api_groups: frozenset[str] = frozenset()
+
+
+
+_POD_LABELS = ("controller-revision-hash", "app.kubernetes.io/component")
+
+
+def pod_projection(pod: dict[str, Any]) -> dict[str, Any]:
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    owner = next((o["name"] for o in meta.get("ownerReferences") or [] if o.get("kind") == "DaemonSet"), "")
+    return {
+        "metadata": {
+            "name": meta.get("name"),
+            "labels": {k: v for k, v in (meta.get("labels") or {}).items() if k in _POD_LABELS},
+            **({"deletionTimestamp": meta["deletionTimestamp"]} if meta.get("deletionTimestamp") else {}),
+        },
+        "node": (pod.get("spec") or {}).get("nodeName", ""),
+        "owner": owner,
+        "status": {
+            "phase": status.get("phase"),
+            "containerStatuses": [
+                {"name": c.get("name"), "ready": bool(c.get("ready")), "restartCount": c.get("restartCount", 0)}
+                for c in status.get("containerStatuses") or []
+            ],
+        },
+    }
+
+
+def revision_projection(rev: dict[str, Any]) -> dict[str, Any]:
+    meta = rev.get("metadata") or {}
+    owner = next((o["name"] for o in meta.get("ownerReferences") or [] if o.get("kind") == "DaemonSet"), "")
+    return {
+        "metadata": {
+            "labels": {"controller-revision-hash": (meta.get("labels") or {}).get("controller-revision-hash")}
+        },
+        "revision": rev.get("revision", 0),
+        "owner": owner,
+    }
+
+
+def list_owned(kube: Kube, kind: Kind, namespace: str, api_groups: frozenset[str]) -> list[dict[str, Any]]:
+    """Every object of the kind that we own (empty when the kind is not served)."""
+    if not served(kind, api_groups):
+        return []
+    try:
+        found = kube.list(kind.kind, namespace if kind.namespaced else None, label_selector=OWNED_SELECTOR)
+    except ApiError as exc:
+        if exc.status == 404:  # not served after all (an optional API removed a moment ago)
+            return []
+        raise
+    for obj in found:
+        obj.setdefault("kind", kind.kind)
+        obj.setdefault("apiVersion", kind.api_version)
+    return found
+
+
+def observe(kube: Kube, namespace: str) -> Snapshot:
+    """The cluster as the reconciler needs it, read from the API (lists only)."""
+    api_groups = kube.api_groups()
+    policies = {}
+    for policy in kube.list("ClusterPolicy"):
+        policy.setdefault("apiVersion", "nvidia.com/v1")
+        policy.setdefault("kind", "ClusterPolicy")
+        policies[policy["metadata"]["name"]] = policy
+    owned = {}
+    for kind in operand_kinds():
+        for obj in list_owned(kube, kind, namespace, api_groups):
+            owned[key_of(obj)] = obj
+    return Snapshot(
+        nodes={n["metadata"]["name"]: NodeFacts.from_node(n) for n in kube.list("Node")},
+        policies=policies,
+        owned=owned,
+        pods={p["metadata"]["name"]: pod_projection(p) for p in kube.list("Pod", namespace, OWNED_SELECTOR)},
+        revisions={r["metadata"]["name"]: revision_projection(r) for r in kube.list("ControllerRevision", namespace)},
+        api_groups=api_groups,
+    )
+
+
+def newer(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:
+    """Whether b is at least as new as a (by resourceVersion)."""
+    return a is None or _rv(b) >= _rv(a)

@@ -1,0 +1,146 @@
+"""The registry of kinds: derived from the states alone, so adding a state (even with a new kind) touches
+nothing else: it is rendered, watched, listed at start-up for pruning and granted in RBAC."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import kopf
+import pytest
+
+from gpu_operator import kinds, states
+from gpu_operator.api import parse_spec
+from gpu_operator.kinds import Kind, operand_kinds, operand_rbac, registry
+from gpu_operator.kube import path_for
+from gpu_operator.render import plan
+from gpu_operator.runtime import Operator, build_registry
+from gpu_operator.states import RenderContext, all_states
+from support import OWNER, fixed_nodes, load_scenario, scenario_names
+
+STATE_MODULE = '''
+"""A throw-away state shipped outside the package, with a kind no other state renders."""
+from pathlib import Path
+
+from gpu_operator.api import parse_spec
+from gpu_operator.kinds import SERVICE_ACCOUNT, Kind
+from gpu_operator.states.base import OperandState
+
+RULE = Kind("PrometheusRule", "monitoring.coreos.com/v1", "prometheusrules", True, optional=True)
+
+STATE = OperandState(
+    name="state-throwaway",
+    order=99,
+    kinds=(SERVICE_ACCOUNT, RULE),
+    template_root=Path(__file__).parent / "templates",
+)
+'''
+
+TEMPLATE = """\
+{% import "_macros.j2" as m with context %}
+{{ m.service_account("throwaway") }}
+---
+apiVersion: monitoring.coreos.com/v1
+kind: PrometheusRule
+metadata:
+  name: throwaway-alerts
+spec:
+  groups: []
+"""
+
+
+def _watched(reg: kopf.OperatorRegistry) -> set[tuple[str | None, str | None]]:
+    return {(h.selector.group, h.selector.any_name) for h in reg._watching.get_all_handlers() if h.selector}
+
+
+def _clear() -> None:
+    sys.modules.pop("gpu_operator.states.throwaway_state", None)
+    all_states.cache_clear()
+    operand_kinds.cache_clear()
+    states.base._templates.cache_clear()
+
+
+@pytest.fixture
+def throwaway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    (tmp_path / "throwaway_state.py").write_text(textwrap.dedent(STATE_MODULE))
+    folder = tmp_path / "templates" / "state-throwaway"
+    folder.mkdir(parents=True)
+    (folder / "0100_objects.yaml").write_text(TEMPLATE)
+    monkeypatch.setattr(states, "__path__", [*states.__path__, str(tmp_path)])
+    _clear()
+    yield tmp_path
+    monkeypatch.undo()
+    _clear()
+
+
+def _ctx(api_groups: frozenset[str]) -> RenderContext:
+    return RenderContext(
+        spec=parse_spec(load_scenario("default").spec),
+        namespace="gpu-operator",
+        nodes=tuple(fixed_nodes()),
+        owner=OWNER,
+        api_groups=api_groups,
+    )
+
+
+def test_a_state_from_another_directory_is_rendered_watched_listed_and_granted(throwaway: Path) -> None:
+    assert "state-throwaway" in [s.name for s in all_states()]
+    rule = registry()["PrometheusRule"]
+    assert rule == Kind("PrometheusRule", "monitoring.coreos.com/v1", "prometheusrules", True, optional=True)
+
+    # rendered, when the cluster serves its API group, with our labels and owner
+    served = {p.state.name: p for p in plan(_ctx(frozenset({"monitoring.coreos.com"})))}["state-throwaway"]
+    assert [(o["kind"], o["metadata"]["name"]) for o in served.objects] == [
+        ("ServiceAccount", "throwaway"),
+        ("PrometheusRule", "throwaway-alerts"),
+    ]
+    assert served.objects[1]["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "gpu-operator"
+    # not rendered while the group is not served
+    unserved = {p.state.name: p for p in plan(_ctx(frozenset()))}["state-throwaway"]
+    assert [o["kind"] for o in unserved.objects] == ["ServiceAccount"]
+
+    # watched: the kopf registry has a handler for it
+    reg = build_registry(Operator(kube=None, namespace="gpu-operator"))  # type: ignore[arg-type]
+    watched = _watched(reg)
+    assert ("monitoring.coreos.com", "prometheusrules") in watched
+
+    # listed at start-up (to find what is no longer wanted): the client knows its path
+    assert path_for("PrometheusRule", namespace="gpu-operator") == (
+        "/apis/monitoring.coreos.com/v1/namespaces/gpu-operator/prometheusrules"
+    )
+    # granted: the rights the chart must hold include it
+    assert operand_rbac()[("monitoring.coreos.com", "prometheusrules")][0] is True
+
+
+def test_rendering_a_kind_the_state_did_not_declare_is_an_error(throwaway: Path) -> None:
+    folder = throwaway / "templates" / "state-throwaway"
+    (folder / "0200_undeclared.yaml").write_text("apiVersion: v1\nkind: Secret\nmetadata:\n  name: nope\n")
+    with pytest.raises(ValueError, match="state-throwaway renders v1 Secret, which is not in its declared kinds"):
+        plan(_ctx(frozenset({"monitoring.coreos.com"})))
+
+
+@pytest.mark.parametrize("name", scenario_names())
+def test_every_rendered_kind_is_in_the_registry(name: str) -> None:
+    reg = registry()
+    for state_plan in load_scenario(name).render():
+        for obj in state_plan.objects:
+            kind = reg[obj["kind"]]
+            assert kind.api_version == obj["apiVersion"]
+            assert bool(obj["metadata"].get("namespace")) == kind.namespaced, obj["metadata"]
+
+
+def test_builtin_and_operand_kinds_agree() -> None:
+    builtin = {k.kind: k for k in kinds.BUILTIN}
+    for kind in operand_kinds():
+        assert builtin.get(kind.kind, kind) == kind
+
+
+def test_watches_cover_every_operand_kind_and_crds() -> None:
+    reg = build_registry(Operator(kube=None, namespace="gpu-operator"))  # type: ignore[arg-type]
+    watched = _watched(reg)
+    assert {(k.group, k.plural) for k in operand_kinds()} <= watched
+    assert ("apiextensions.k8s.io", "customresourcedefinitions") in watched
+    assert ("monitoring.coreos.com", "servicemonitors") in watched  # the kind that was never watched before
+    assert isinstance(reg, kopf.OperatorRegistry)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -11,12 +12,14 @@ from hypothesis import strategies as st
 from gpu_operator.api import ClusterPolicySpec, parse_spec
 from gpu_operator.nodes import (
     ALL_OPERANDS,
-    CONTAINER_OPERANDS,
+    DEPLOY_PREFIX,
+    DRA_OPERANDS,
     GPU_PCI_LABELS,
     NodeFacts,
     Pool,
     apply_patch,
     deploy_label,
+    desired_annotations,
     desired_labels,
     driver_pools,
     unpooled,
@@ -26,12 +29,11 @@ from support import KERNEL, OS_ID, OS_VERSION, PCI, facts, node
 DEFAULT = parse_spec({})
 SANDBOX = parse_spec({"sandboxWorkloads": {"enabled": True}})
 GPU_PRESENT = "nvidia.com/gpu.present"
-CONTAINER_LABELS = {deploy_label(op) for op in CONTAINER_OPERANDS}
 
 
 def labelled(n: NodeFacts, spec: ClusterPolicySpec = DEFAULT) -> NodeFacts:
     """The node after the operator's patch is applied."""
-    return NodeFacts(name=n.name, labels=apply_patch(n.labels, desired_labels(n, spec)), has_nfd=n.has_nfd)
+    return replace(n, labels=apply_patch(n.labels, desired_labels(n, spec)))
 
 
 # NodeFacts
@@ -77,202 +79,256 @@ def test_pci_label_must_be_true() -> None:
     assert not facts(gpu=False, labels={PCI: "false"}).has_gpu
 
 
-def test_new_gpu_node_gets_every_container_deploy_label() -> None:
-    patch = desired_labels(facts(), DEFAULT)
-    assert patch == {GPU_PRESENT: "true", **{label: "true" for label in CONTAINER_LABELS}}
-    assert deploy_label("mig-manager") not in patch
+# Label decisions, one row per node/policy combination.
 
+MIG_CAPABLE = "nvidia.com/mig.capable"
+MIG_CONFIG = "nvidia.com/mig.config"
+PRODUCT = "nvidia.com/gpu.product"
+VGPU_HOST = "nvidia.com/vgpu.host-driver-version"
+WORKLOAD = "nvidia.com/gpu.workload.config"
+OPERANDS = "nvidia.com/gpu.deploy.operands"
+PAUSED_DRIVER = "paused-for-driver-upgrade"
+PAUSED_MIG = "paused-for-mig-change"
+H100 = "NVIDIA-H100-80GB-HBM3"
+A100 = "NVIDIA-A100-SXM4-40GB"
 
-def test_gpu_present_not_rewritten_when_already_true() -> None:
-    n = facts(labels={GPU_PRESENT: "true"})
-    assert GPU_PRESENT not in desired_labels(n, DEFAULT)
+# Upstream's deploy-label sets per workload config (gpuStateLabels, controllers/state_manager.go), spelt out here.
+CONTAINER = ("driver", "gpu-feature-discovery", "container-toolkit", "device-plugin", "dcgm", "dcgm-exporter",
+             "node-status-exporter", "operator-validator", "client")  # fmt: skip
+PASSTHROUGH = ("sandbox-device-plugin", "sandbox-validator", "vfio-manager", "kata-manager", "cc-manager", "client")
+PASSTHROUGH_KATA = ("kata-sandbox-device-plugin", "sandbox-validator", "vfio-manager", "kata-manager", "cc-manager",
+                    "client")  # fmt: skip
+VGPU = ("sandbox-device-plugin", "vgpu-manager", "vgpu-device-manager", "sandbox-validator", "cc-manager", "client")
+SETS = {"container": CONTAINER, "vm-passthrough": PASSTHROUGH, "vm-vgpu": VGPU}
 
-
-# MIG
-
-
-def test_mig_capable_node_gets_mig_manager_and_default_mig_config() -> None:
-    patch = desired_labels(facts(labels={"nvidia.com/mig.capable": "true"}), DEFAULT)
-    assert patch[deploy_label("mig-manager")] == "true"
-    assert patch["nvidia.com/mig.config"] == "all-disabled"
-
-
-@pytest.mark.parametrize("capable", [None, "false"])
-def test_mig_manager_only_on_mig_capable_nodes(capable: str | None) -> None:
-    labels = {"nvidia.com/mig.capable": capable} if capable else {}
-    patch = desired_labels(facts(labels=labels), DEFAULT)
-    assert deploy_label("mig-manager") not in patch
-    assert "nvidia.com/mig.config" not in patch
-
-
-def test_mig_manager_label_removed_when_node_is_no_longer_mig_capable() -> None:
-    n = facts(labels={"nvidia.com/mig.capable": "false", deploy_label("mig-manager"): "true"})
-    assert desired_labels(n, DEFAULT)[deploy_label("mig-manager")] is None
-
-
-def test_existing_mig_config_is_kept() -> None:
-    n = facts(labels={"nvidia.com/mig.capable": "true", "nvidia.com/mig.config": "all-1g.10gb"})
-    assert "nvidia.com/mig.config" not in desired_labels(n, DEFAULT)
-
-
-def test_mig_config_seed_follows_the_policy_default() -> None:
-    n = facts(labels={"nvidia.com/mig.capable": "true"})
-    spec = parse_spec({"migManager": {"config": {"default": "all-balanced"}}})
-    assert desired_labels(n, spec)["nvidia.com/mig.config"] == "all-balanced"
-    no_default = parse_spec({"migManager": {"config": {"default": ""}}})
-    assert "nvidia.com/mig.config" not in desired_labels(n, no_default)
-    disabled = parse_spec({"migManager": {"enabled": False}})
-    assert "nvidia.com/mig.config" not in desired_labels(n, disabled)
-
-
-# Opt-outs and paused values
-
-
-@pytest.mark.parametrize("value", ["false", "disabled", "pre-installed", ""])
-def test_user_opt_out_is_never_overwritten(value: str) -> None:
-    key = deploy_label("dcgm-exporter")
-    patch = desired_labels(facts(labels={key: value}), DEFAULT)
-    assert key not in patch
-    assert patch[deploy_label("device-plugin")] == "true"
-
-
-def test_pre_installed_driver_is_left_alone() -> None:
-    n = facts(labels={deploy_label("driver"): "pre-installed"})
-    assert deploy_label("driver") not in desired_labels(n, DEFAULT)
-
-
-@pytest.mark.parametrize("value", ["paused-for-driver-upgrade", "paused-for-mig-change"])
-def test_paused_values_are_left_alone(value: str) -> None:
-    labels = {GPU_PRESENT: "true", **{label: "true" for label in CONTAINER_LABELS}}
-    labels[deploy_label("device-plugin")] = value
-    labels[deploy_label("dcgm-exporter")] = value
-    assert desired_labels(facts(labels=labels), DEFAULT) == {}
-
-
-def test_operands_false_removes_all_deploy_labels() -> None:
-    labels = {
-        GPU_PRESENT: "true",
-        "nvidia.com/gpu.deploy.operands": "false",
-        deploy_label("driver"): "true",
-        deploy_label("dcgm-exporter"): "false",
-        deploy_label("device-plugin"): "paused-for-mig-change",
-        deploy_label("mig-manager"): "true",
-    }
-    patch = desired_labels(facts(labels=labels), DEFAULT)
-    assert patch == {
-        deploy_label("driver"): None,
-        deploy_label("dcgm-exporter"): None,
-        deploy_label("device-plugin"): None,
-        deploy_label("mig-manager"): None,
-    }
-
-
-def test_operands_false_on_a_fresh_node_adds_nothing_but_gpu_present() -> None:
-    n = facts(labels={"nvidia.com/gpu.deploy.operands": "false", "nvidia.com/mig.capable": "true"})
-    assert desired_labels(n, DEFAULT) == {GPU_PRESENT: "true"}
-
-
-# Sandbox workloads
-
-PASSTHROUGH = {deploy_label(op) for op in ("sandbox-device-plugin", "sandbox-validator", "vfio-manager", "cc-manager")}
-VGPU = {
-    deploy_label(op)
-    for op in ("sandbox-device-plugin", "vgpu-manager", "vgpu-device-manager", "sandbox-validator", "cc-manager")
+POLICIES = {
+    "default": DEFAULT,  # sandbox off; migManager on with config.default all-disabled (the chart's values)
+    "mig-off": parse_spec({"migManager": {"enabled": False}}),
+    "no-mig-default": parse_spec({"migManager": {"config": {"default": ""}}}),
+    "mig-balanced": parse_spec({"migManager": {"config": {"default": "all-balanced"}}}),  # upstream's CRD: enum
+    "sandbox": SANDBOX,  # defaultWorkload container, mode kubevirt
+    "sandbox-pt": parse_spec({"sandboxWorkloads": {"enabled": True, "defaultWorkload": "vm-passthrough"}}),
+    "sandbox-vgpu": parse_spec({"sandboxWorkloads": {"enabled": True, "defaultWorkload": "vm-vgpu"}}),
+    "sandbox-kata": parse_spec(
+        {"sandboxWorkloads": {"enabled": True, "defaultWorkload": "vm-passthrough", "mode": "kata"}}
+    ),
+    "sandbox-mig-off": parse_spec({"sandboxWorkloads": {"enabled": True}, "migManager": {"enabled": False}}),
 }
 
 
-def test_workload_config_ignored_without_sandbox_workloads() -> None:
-    n = facts(labels={"nvidia.com/gpu.workload.config": "vm-passthrough"})
-    patch = desired_labels(n, DEFAULT)
-    assert {k for k, v in patch.items() if v == "true"} == CONTAINER_LABELS | {GPU_PRESENT}
+def dl(op: str) -> str:
+    return deploy_label(op)
 
 
-@pytest.mark.parametrize(("workload", "expected"), [("vm-passthrough", PASSTHROUGH), ("vm-vgpu", VGPU)])
-def test_vm_workload_label_sets(workload: str, expected: set[str]) -> None:
-    n = facts(labels={"nvidia.com/gpu.workload.config": workload, "nvidia.com/mig.capable": "true"})
-    patch = desired_labels(n, SANDBOX)
-    assert {k for k, v in patch.items() if v == "true"} == expected | {GPU_PRESENT}
-    assert "nvidia.com/mig.config" not in patch
+def on(*ops: str) -> dict[str, str | None]:
+    return {dl(op): "true" for op in ops}
 
 
-def test_default_workload_applies_without_a_node_label() -> None:
-    spec = parse_spec({"sandboxWorkloads": {"enabled": True, "defaultWorkload": "vm-vgpu"}})
-    patch = desired_labels(facts(), spec)
-    assert {k for k, v in patch.items() if v == "true"} == VGPU | {GPU_PRESENT}
+def off(*ops: str) -> dict[str, str | None]:
+    return {dl(op): None for op in ops}
 
 
-def test_unknown_workload_falls_back_to_default() -> None:
-    n = facts(labels={"nvidia.com/gpu.workload.config": "vm-unknown"})
-    patch = desired_labels(n, SANDBOX)
-    assert {k for k, v in patch.items() if v == "true"} == CONTAINER_LABELS | {GPU_PRESENT}
+def but(ops: tuple[str, ...], *drop: str) -> tuple[str, ...]:
+    return tuple(op for op in ops if op not in drop)
 
 
-def test_labels_of_another_workload_are_removed_but_opt_outs_kept() -> None:
-    labels = {
-        GPU_PRESENT: "true",
-        "nvidia.com/gpu.workload.config": "vm-passthrough",
-        **{label: "true" for label in CONTAINER_LABELS},
-        deploy_label("dcgm-exporter"): "false",  # user opt-out of a container operand
-        deploy_label("vgpu-manager"): "true",  # vm-vgpu only
-    }
-    patch = desired_labels(facts(labels=labels), SANDBOX)
-    removed = {k for k, v in patch.items() if v is None}
-    assert removed == (CONTAINER_LABELS - {deploy_label("dcgm-exporter")}) | {deploy_label("vgpu-manager")}
-    assert {k for k, v in patch.items() if v == "true"} == PASSTHROUGH
+PRESENT: dict[str, str | None] = {GPU_PRESENT: "true"}
+ALL_DISABLED: dict[str, str | None] = {MIG_CONFIG: "all-disabled"}
+LABELLED = {GPU_PRESENT: "true", **{dl(op): "true" for op in CONTAINER}}  # a container node the operator labelled
 
 
-# GPU removed / never a GPU node
+def row(id: str, policy: str, labels: dict[str, str], patch: dict[str, str | None], *, gpu: bool = True) -> Any:
+    return pytest.param(policy, labels, gpu, patch, id=id)
 
 
-def test_node_that_lost_its_gpu() -> None:
-    labels = {
-        GPU_PRESENT: "true",
-        **{label: "true" for label in CONTAINER_LABELS},
-        deploy_label("dcgm-exporter"): "false",
-        deploy_label("device-plugin"): "paused-for-driver-upgrade",
-    }
-    patch = desired_labels(facts(gpu=False, labels=labels), DEFAULT)
-    assert patch[GPU_PRESENT] == "false"
-    assert deploy_label("dcgm-exporter") not in patch
-    assert {k for k, v in patch.items() if v is None} == CONTAINER_LABELS - {deploy_label("dcgm-exporter")}
-    after = labelled(facts(gpu=False, labels=labels))
-    assert after.labels[deploy_label("dcgm-exporter")] == "false"
-    assert desired_labels(after, DEFAULT) == {}
+# Each expectation follows upstream v26.7's NodeLabelingReconciler (controllers/nodelabeling_controller.go:
+# reconcileCommonGPULabel, updateGPUStateLabels; controllers/state_manager.go: hasGPULabels, hasMIGCapableGPU,
+# getWorkloadConfig, getEffectiveStateLabels, gpuWorkloadConfiguration.updateGPUStateLabels / addGPUStateLabels /
+# removeGPUStateLabels, removeAllGPUStateLabels), except where a row says "ours": a sweep (another workload's
+# labels, a node without GPUs) removes only values we or an operand manager wrote (true, "", paused-*), never a
+# user's opt-out; upstream deletes those too. And dra-driver never leaves a GPU node ("ours" too: upstream keeps
+# it while pods with gpu.nvidia.com claims remain there, which this pure function cannot see). A migManager
+# config.default other than all-disabled is seeded as well ("ours": upstream's CRD admits only all-disabled or "").
+ROWS = [
+    # container workload (sandbox workloads off)
+    row("fresh-gpu-node", "default", {}, PRESENT | on(*CONTAINER)),
+    row("gpu-present-false-on-gpu-node", "default", {GPU_PRESENT: "false"}, PRESENT | on(*CONTAINER)),
+    row("mig-capable", "default", {MIG_CAPABLE: "true"}, PRESENT | on(*CONTAINER, "mig-manager") | ALL_DISABLED),
+    row("product-h100-only", "default", {PRODUCT: H100}, PRESENT | on(*CONTAINER, "mig-manager") | ALL_DISABLED),
+    row("product-a100-only", "default", {PRODUCT: A100}, PRESENT | on(*CONTAINER, "mig-manager") | ALL_DISABLED),
+    row("product-a30-only", "default", {PRODUCT: "NVIDIA-A30"}, PRESENT | on(*CONTAINER, "mig-manager") | ALL_DISABLED),
+    # upstream's substring match: "a30" is in RTX A3000; H200 is not in its list
+    row("product-rtx-a3000-only", "default", {PRODUCT: "NVIDIA-RTX-A3000-Laptop-GPU"},
+        PRESENT | on(*CONTAINER, "mig-manager") | ALL_DISABLED),
+    row("product-h200-only", "default", {PRODUCT: "NVIDIA-H200"}, PRESENT | on(*CONTAINER)),
+    row("product-l4-only", "default", {PRODUCT: "NVIDIA-L4"}, PRESENT | on(*CONTAINER)),
+    row("mig-capable-false-beats-product", "default", {MIG_CAPABLE: "false", PRODUCT: H100}, PRESENT | on(*CONTAINER)),
+    row("mig-capable-empty-beats-product", "default", {MIG_CAPABLE: "", PRODUCT: H100}, PRESENT | on(*CONTAINER)),
+    row("vgpu-host-never-mig-capable", "default", {MIG_CAPABLE: "true", VGPU_HOST: "550.90.05"},
+        PRESENT | on(*CONTAINER)),
+    row("vgpu-host-label-empty-ignored", "default", {MIG_CAPABLE: "true", VGPU_HOST: ""},
+        PRESENT | on(*CONTAINER, "mig-manager") | ALL_DISABLED),
+    row("mig-manager-disabled", "mig-off", {MIG_CAPABLE: "true"}, PRESENT | on(*CONTAINER, "mig-manager")),
+    row("mig-default-empty", "no-mig-default", {MIG_CAPABLE: "true"}, PRESENT | on(*CONTAINER, "mig-manager")),
+    row("mig-default-other-layout-ours", "mig-balanced", {MIG_CAPABLE: "true"},
+        PRESENT | on(*CONTAINER, "mig-manager") | {MIG_CONFIG: "all-balanced"}),
+    row("mig-config-kept", "default", {MIG_CAPABLE: "true", MIG_CONFIG: "all-1g.10gb"},
+        PRESENT | on(*CONTAINER, "mig-manager")),
+    row("mig-config-empty-replaced", "default", {MIG_CAPABLE: "true", MIG_CONFIG: ""},
+        PRESENT | on(*CONTAINER, "mig-manager") | ALL_DISABLED),
+    row("mig-manager-opt-out-kept", "default", {MIG_CAPABLE: "true", dl("mig-manager"): "false"},
+        PRESENT | on(*CONTAINER) | ALL_DISABLED),
+    row("mig-manager-empty-kept", "default", {MIG_CAPABLE: "true", dl("mig-manager"): ""},
+        PRESENT | on(*CONTAINER) | ALL_DISABLED),
+    row("mig-manager-kept-when-no-longer-mig-capable", "default",
+        {**LABELLED, MIG_CAPABLE: "false", dl("mig-manager"): "true"}, {}),
+    row("steady-container-node", "default", LABELLED, {}),
+    row("steady-mig-node", "default",
+        {**LABELLED, MIG_CAPABLE: "true", dl("mig-manager"): "true", MIG_CONFIG: "all-balanced"}, {}),
+    row("opt-outs-kept", "default",
+        {dl("dcgm-exporter"): "false", dl("driver"): "pre-installed", dl("device-plugin"): "disabled"},
+        PRESENT | on(*but(CONTAINER, "dcgm-exporter", "driver", "device-plugin"))),
+    row("empty-values-set", "default", {**LABELLED, dl("device-plugin"): "", dl("client"): ""},
+        on("device-plugin", "client")),
+    row("paused-values-kept", "default",
+        {**LABELLED, dl("device-plugin"): PAUSED_DRIVER, dl("gpu-feature-discovery"): PAUSED_MIG,
+         dl("dcgm-exporter"): "custom_" + PAUSED_DRIVER}, {}),  # fmt: skip
+    row("vm-labels-swept-opt-out-kept-ours", "default",
+        {**LABELLED, dl("vfio-manager"): "true", dl("sandbox-device-plugin"): PAUSED_DRIVER, dl("vgpu-manager"): "",
+         dl("kata-sandbox-device-plugin"): "true", dl("cc-manager"): "true", dl("kata-manager"): "false"},
+        off("vfio-manager", "sandbox-device-plugin", "vgpu-manager", "kata-sandbox-device-plugin", "cc-manager")),
+    row("workload-label-ignored-without-sandbox", "default", {WORKLOAD: "vm-passthrough"}, PRESENT | on(*CONTAINER)),
+    row("dra-labels-swept-dra-driver-kept-ours", "default",
+        {**LABELLED, dl("dra-validator"): "true", dl("dcgm-dra"): "true", dl("dcgm-exporter-dra"): PAUSED_DRIVER,
+         dl("dra-driver"): "true"},
+        off("dra-validator", "dcgm-dra", "dcgm-exporter-dra")),
+    row("unknown-deploy-label-untouched", "default", {**LABELLED, dl("nvsm"): "true"}, {}),
+    # gpu.deploy.operands=false: every state label but dra-driver goes, whatever its value; mig.config is still seeded
+    row("operands-false-fresh-mig-node", "default", {OPERANDS: "false", MIG_CAPABLE: "true"}, PRESENT | ALL_DISABLED),
+    row("operands-false-labelled-dra-driver-kept-ours", "default",
+        {**LABELLED, OPERANDS: "false", dl("dcgm-exporter"): "false", dl("device-plugin"): PAUSED_DRIVER,
+         dl("mig-manager"): "true", dl("vfio-manager"): "false", dl("dra-driver"): "true", dl("nvsm"): "true"},
+        off(*CONTAINER, "mig-manager", "vfio-manager")),
+    row("operands-false-vm-node", "sandbox-pt", {GPU_PRESENT: "true", OPERANDS: "false", **on(*PASSTHROUGH)},
+        off(*PASSTHROUGH)),
+    # sandbox workloads on
+    row("sandbox-default-container", "sandbox", {MIG_CAPABLE: "true"},
+        PRESENT | on(*CONTAINER, "mig-manager") | ALL_DISABLED),
+    row("passthrough-mig-capable", "sandbox", {WORKLOAD: "vm-passthrough", MIG_CAPABLE: "true"},
+        PRESENT | on(*PASSTHROUGH) | ALL_DISABLED),
+    row("vgpu-mig-capable", "sandbox", {WORKLOAD: "vm-vgpu", MIG_CAPABLE: "true"}, PRESENT | on(*VGPU) | ALL_DISABLED),
+    row("vgpu-on-vgpu-host", "sandbox", {WORKLOAD: "vm-vgpu", MIG_CAPABLE: "true", VGPU_HOST: "550.90.05"},
+        PRESENT | on(*VGPU)),
+    row("passthrough-kata", "sandbox-kata", {WORKLOAD: "vm-passthrough"}, PRESENT | on(*PASSTHROUGH_KATA)),
+    row("vgpu-kata", "sandbox-kata", {WORKLOAD: "vm-vgpu"}, PRESENT | on(*VGPU)),
+    row("default-workload-passthrough", "sandbox-pt", {}, PRESENT | on(*PASSTHROUGH)),
+    row("default-workload-vgpu-product-a100", "sandbox-vgpu", {PRODUCT: A100}, PRESENT | on(*VGPU) | ALL_DISABLED),
+    row("invalid-workload-label", "sandbox-vgpu", {WORKLOAD: "vm-bogus"}, PRESENT | on(*VGPU)),
+    row("empty-workload-label", "sandbox-pt", {WORKLOAD: ""}, PRESENT | on(*PASSTHROUGH)),
+    row("sandbox-mig-manager-disabled", "sandbox-mig-off", {WORKLOAD: "vm-passthrough", MIG_CAPABLE: "true"},
+        PRESENT | on(*PASSTHROUGH)),
+    row("container-to-passthrough-ours", "sandbox",
+        {**LABELLED, WORKLOAD: "vm-passthrough", MIG_CAPABLE: "true", dl("mig-manager"): "true",
+         MIG_CONFIG: "all-disabled", dl("dcgm-exporter"): "false", dl("device-plugin"): PAUSED_DRIVER},
+        off(*but(CONTAINER, "client", "dcgm-exporter"), "mig-manager") | on(*but(PASSTHROUGH, "client"))),
+    row("passthrough-kubevirt-to-kata", "sandbox-kata", {GPU_PRESENT: "true", WORKLOAD: "vm-passthrough",
+                                                         **on(*PASSTHROUGH)},
+        off("sandbox-device-plugin") | on("kata-sandbox-device-plugin")),
+    row("vgpu-to-container-ours", "sandbox",
+        {GPU_PRESENT: "true", WORKLOAD: "container", MIG_CAPABLE: "true", **on(*VGPU), dl("vgpu-manager"): "false"},
+        off(*but(VGPU, "client", "vgpu-manager")) | on(*but(CONTAINER, "client"), "mig-manager") | ALL_DISABLED),
+    row("sandbox-switched-off", "default", {GPU_PRESENT: "true", WORKLOAD: "vm-vgpu", **on(*VGPU)},
+        off(*but(VGPU, "client")) | on(*but(CONTAINER, "client"))),
+    # no GPU (never had one, or NFD no longer sees it)
+    row("cpu-node", "default", {}, {}, gpu=False),
+    row("cpu-node-mig-labels", "sandbox", {MIG_CAPABLE: "true", PRODUCT: H100}, {}, gpu=False),
+    row("cpu-node-gpu-present-false", "default", {GPU_PRESENT: "false"}, {}, gpu=False),
+    row("cpu-node-gpu-present-other-value", "default", {GPU_PRESENT: "yes"}, {}, gpu=False),
+    row("cpu-node-stale-labels-ours", "default", {dl("driver"): "true", dl("device-plugin"): "false"},
+        off("driver"), gpu=False),
+    row("gpu-removed-ours", "default",
+        {**LABELLED, MIG_CAPABLE: "true", dl("mig-manager"): "true", MIG_CONFIG: "all-disabled",
+         dl("dcgm-exporter"): "false", dl("device-plugin"): PAUSED_DRIVER, dl("client"): ""},
+        {GPU_PRESENT: "false"} | off(*but(CONTAINER, "dcgm-exporter"), "mig-manager"), gpu=False),
+    row("gpu-removed-vgpu-node", "sandbox",
+        {GPU_PRESENT: "true", WORKLOAD: "vm-vgpu", **on(*VGPU), dl("dra-driver"): "true", OPERANDS: "true"},
+        {GPU_PRESENT: "false"} | off(*VGPU, "dra-driver"), gpu=False),
+]  # fmt: skip
 
 
-def test_non_gpu_node_never_labelled_gets_no_patch() -> None:
-    assert desired_labels(facts(gpu=False), DEFAULT) == {}
-    assert desired_labels(facts(gpu=False, labels={"nvidia.com/mig.capable": "true"}), SANDBOX) == {}
+@pytest.mark.parametrize(("policy", "labels", "gpu", "patch"), ROWS)
+def test_label_decision(policy: str, labels: dict[str, str], gpu: bool, patch: dict[str, str | None]) -> None:
+    spec = POLICIES[policy]
+    n = facts(gpu=gpu, labels=labels)
+    assert desired_labels(n, spec) == patch
+    assert desired_labels(labelled(n, spec), spec) == {}
 
 
-def test_gpu_present_false_stays_without_patch() -> None:
-    assert desired_labels(facts(gpu=False, labels={GPU_PRESENT: "false"}), DEFAULT) == {}
+def test_rows_cover_every_policy_and_workload() -> None:
+    policies = {p.values[0] for p in ROWS}
+    assert policies == set(POLICIES)
+    assert {p.values[1].get(WORKLOAD) for p in ROWS} >= {None, "", "container", "vm-passthrough", "vm-vgpu", "vm-bogus"}
 
 
-# Idempotence
+# The cross product: workload label x sandbox on/off x MIG capability (GFD label, product name only, none)
+# x migManager on/off x existing labels (none, or a labelled node with an opt-out, a paused and an empty value)
+# x GPU present/removed. Each result is checked against the upstream sets above.
+
+MIG_KINDS = {"capable": {MIG_CAPABLE: "true"}, "product-only": {PRODUCT: H100}, "none": {PRODUCT: "NVIDIA-L4"}}
+EXISTING = {
+    "fresh": {},
+    "labelled": {**LABELLED, dl("dcgm-exporter"): "false", dl("device-plugin"): PAUSED_DRIVER, dl("client"): "",
+                 dl("vfio-manager"): "true", dl("vgpu-manager"): "false"},
+}  # fmt: skip
 
 
-def test_patch_is_empty_once_applied() -> None:
-    n = facts(labels={"nvidia.com/mig.capable": "true"})
-    after = labelled(n)
-    assert after.labels[GPU_PRESENT] == "true"
-    assert desired_labels(after, DEFAULT) == {}
+@pytest.mark.parametrize("gpu", [True, False], ids=["gpu", "no-gpu"])
+@pytest.mark.parametrize("existing", sorted(EXISTING))
+@pytest.mark.parametrize("mig_manager", [True, False], ids=["mig-manager-on", "mig-manager-off"])
+@pytest.mark.parametrize("mig_kind", sorted(MIG_KINDS))
+@pytest.mark.parametrize("sandbox", [False, True], ids=["sandbox-off", "sandbox-on"])
+@pytest.mark.parametrize("workload", [None, "container", "vm-passthrough", "vm-vgpu"])
+def test_label_combinations(
+    workload: str | None, sandbox: bool, mig_kind: str, mig_manager: bool, existing: str, gpu: bool
+) -> None:
+    spec = parse_spec({"sandboxWorkloads": {"enabled": sandbox}, "migManager": {"enabled": mig_manager}})
+    before = {**EXISTING[existing], **MIG_KINDS[mig_kind], **({WORKLOAD: workload} if workload else {})}
+    after = labelled(facts(gpu=gpu, labels=before), spec).labels
+    opt_outs = {k: v for k, v in before.items() if k.startswith(DEPLOY_PREFIX) and v in ("false", "disabled")}
+    assert {k: after.get(k) for k in opt_outs} == opt_outs, "a user's opt-out is kept"
+    deploy = {k: v for k, v in after.items() if k.startswith(DEPLOY_PREFIX)}
+    if not gpu:
+        assert after.get(GPU_PRESENT) == ("false" if GPU_PRESENT in before else None)
+        assert deploy == opt_outs
+        assert after.get(MIG_CONFIG) is None
+        return
+    config = (workload or "container") if sandbox else "container"
+    capable = mig_kind != "none"
+    expected = {dl(op): before.get(dl(op)) or "true" for op in SETS[config]} | opt_outs
+    if config == "container" and capable:
+        expected[dl("mig-manager")] = "true"
+    assert after[GPU_PRESENT] == "true"
+    assert deploy == expected
+    assert after.get(MIG_CONFIG) == ("all-disabled" if capable and mig_manager else None)
+
+
+# Idempotence and the values never overwritten
 
 
 def test_apply_patch_sets_and_removes() -> None:
     assert apply_patch({"a": "1", "b": "2"}, {"a": None, "c": "3", "missing": None}) == {"b": "2", "c": "3"}
 
 
-DEPLOY_VALUES = st.sampled_from(
-    ["true", "false", "paused-for-driver-upgrade", "paused-for-mig-change", "pre-installed"]
-)
+DEPLOY_VALUES = st.sampled_from(["true", "false", "", PAUSED_DRIVER, PAUSED_MIG, "pre-installed"])
 LABEL_VALUES: dict[str, Any] = {
-    **{deploy_label(op): DEPLOY_VALUES for op in (*ALL_OPERANDS, "operands")},
+    **{dl(op): DEPLOY_VALUES for op in (*ALL_OPERANDS, *DRA_OPERANDS, "operands")},
     **{label: st.sampled_from(["true", "false"]) for label in GPU_PCI_LABELS},
     GPU_PRESENT: st.sampled_from(["true", "false"]),
-    "nvidia.com/mig.capable": st.sampled_from(["true", "false"]),
-    "nvidia.com/mig.config": st.sampled_from(["all-disabled", "all-1g.10gb"]),
-    "nvidia.com/gpu.workload.config": st.sampled_from(["container", "vm-passthrough", "vm-vgpu", "bogus"]),
+    MIG_CAPABLE: st.sampled_from(["true", "false", ""]),
+    MIG_CONFIG: st.sampled_from(["all-disabled", "all-1g.10gb", ""]),
+    PRODUCT: st.sampled_from([H100, "NVIDIA-L4"]),
+    VGPU_HOST: st.sampled_from(["550.90.05", ""]),
+    WORKLOAD: st.sampled_from(["container", "vm-passthrough", "vm-vgpu", "bogus"]),
     OS_ID: st.sampled_from(["ubuntu", "rhel"]),
 }
 
@@ -284,14 +340,15 @@ def label_sets(draw: st.DrawFn) -> dict[str, str]:
 
 
 SPECS = st.builds(
-    lambda sandbox, workload, mig_enabled, mig_default: parse_spec(
+    lambda sandbox, workload, mode, mig_enabled, mig_default: parse_spec(
         {
-            "sandboxWorkloads": {"enabled": sandbox, "defaultWorkload": workload},
+            "sandboxWorkloads": {"enabled": sandbox, "defaultWorkload": workload, "mode": mode},
             "migManager": {"enabled": mig_enabled, "config": {"default": mig_default}},
         }
     ),
     st.booleans(),
     st.sampled_from(["container", "vm-passthrough", "vm-vgpu"]),
+    st.sampled_from(["kubevirt", "kata"]),
     st.booleans(),
     st.sampled_from(["all-disabled", ""]),
 )
@@ -311,17 +368,67 @@ def test_labelling_is_idempotent(labels: dict[str, str], spec: ClusterPolicySpec
 def test_labelling_never_overwrites_user_values(labels: dict[str, str], spec: ClusterPolicySpec) -> None:
     patch = desired_labels(NodeFacts(name="n", labels=labels), spec)
     for key, value in patch.items():
-        if key.startswith("nvidia.com/gpu.deploy.") and key in labels:
-            # An existing deploy label is only ever removed, never rewritten...
-            assert value is None, (key, labels[key], value)
+        if key.startswith(DEPLOY_PREFIX) and key in labels:
+            # An existing deploy label is only ever removed, or set when empty...
+            assert value is None or labels[key] == "", (key, labels[key], value)
             # ...and a user's own value (an opt-out) only by gpu.deploy.operands=false.
-            if labels[key] not in ("true", "paused-for-driver-upgrade", "paused-for-mig-change"):
-                assert labels.get("nvidia.com/gpu.deploy.operands") == "false" and NodeFacts("n", labels).has_gpu
+            if labels[key] not in ("true", "", PAUSED_DRIVER, PAUSED_MIG):
+                assert labels.get(OPERANDS) == "false" and NodeFacts("n", labels).has_gpu
         if key not in labels:
             assert value is not None, f"removal of absent label {key}"
         else:
             assert value != labels[key], f"no-op change of {key}"
-    assert "nvidia.com/gpu.deploy.operands" not in patch
+    assert OPERANDS not in patch
+    assert not {MIG_CAPABLE, PRODUCT, VGPU_HOST, WORKLOAD} & set(patch), "labels others own are never written"
+
+
+# The driver auto-upgrade annotation k8s-driver-manager reads (upstream applyDriverAutoUpgradeAnnotation and
+# setDriverAutoUpgradeAnnotation, controllers/nodelabeling_controller.go): on gpu.present=true nodes only,
+# "true" when driver.enabled and driver.upgradePolicy.autoUpgrade and not sandboxWorkloads.enabled, otherwise
+# removed; with driver.useNvidiaDriverCRD (sandbox off) the NVIDIADriver resources decide, so it is left alone.
+
+ENABLED = "nvidia.com/gpu-driver-upgrade-enabled"
+AUTO = {"driver": {"upgradePolicy": {"autoUpgrade": True}}}
+
+
+@pytest.mark.parametrize(
+    ("policy", "present", "value", "patch"),
+    [
+        pytest.param(AUTO, "true", None, {ENABLED: "true"}, id="auto-upgrade-sets"),
+        pytest.param(AUTO, "true", "true", {}, id="auto-upgrade-already-set"),
+        pytest.param(AUTO, "true", "false", {ENABLED: "true"}, id="auto-upgrade-other-value"),
+        pytest.param({}, "true", "true", {ENABLED: None}, id="no-auto-upgrade-removes"),
+        pytest.param({}, "true", None, {}, id="no-auto-upgrade-absent"),
+        pytest.param({"driver": {"enabled": False, "upgradePolicy": {"autoUpgrade": True}}}, "true", "true",
+                     {ENABLED: None}, id="driver-disabled-removes"),
+        pytest.param({**AUTO, "sandboxWorkloads": {"enabled": True}}, "true", "true", {ENABLED: None},
+                     id="sandbox-removes"),
+        pytest.param({"driver": {"useNvidiaDriverCRD": True, "upgradePolicy": {"autoUpgrade": True}}}, "true",
+                     "true", {}, id="nvidiadriver-crd-left-alone"),
+        pytest.param({"driver": {"useNvidiaDriverCRD": True}}, "true", None, {}, id="nvidiadriver-crd-not-set"),
+        pytest.param({"driver": {"useNvidiaDriverCRD": True}, "sandboxWorkloads": {"enabled": True}}, "true", "true",
+                     {ENABLED: None}, id="nvidiadriver-crd-with-sandbox-removes"),
+        pytest.param(AUTO, "false", None, {}, id="no-gpu-not-set"),
+        pytest.param({}, "false", "true", {}, id="no-gpu-not-removed"),
+        pytest.param(AUTO, None, None, {}, id="unlabelled-not-set"),
+    ],
+)  # fmt: skip
+def test_upgrade_enabled_annotation(
+    policy: dict[str, Any], present: str | None, value: str | None, patch: dict[str, str | None]
+) -> None:
+    raw = node("n1", labels={GPU_PRESENT: present} if present else {})
+    if value is not None:
+        raw["metadata"]["annotations"] = {ENABLED: value, "example.com/other": "x"}
+    n = NodeFacts.from_node(raw)
+    assert n.annotations.get(ENABLED) == value
+    assert desired_annotations(n, parse_spec(policy)) == patch
+
+
+def test_annotation_follows_the_labels_of_a_new_gpu_node() -> None:
+    spec = parse_spec(AUTO)
+    n = facts()
+    assert desired_annotations(n, spec) == {}  # gpu.present not yet set
+    assert desired_annotations(labelled(n, spec), spec) == {ENABLED: "true"}
 
 
 # Driver pools

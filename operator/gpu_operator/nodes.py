@@ -1,7 +1,9 @@
 """Node facts and node-label decisions (pure).
 
-`NodeFacts` is the small projection of a Node the operator keeps in memory; `label_patch` decides which
-labels to set or remove on it for a policy. Upstream label names are kept verbatim.
+`NodeFacts` is the small projection of a Node the operator keeps in memory; `desired_labels` and
+`desired_annotations` decide what to set or remove on it for a policy, as upstream v26.7's node-labelling
+controller does (`controllers/nodelabeling_controller.go`, `controllers/state_manager.go`), except that a
+user's opt-out value is never removed by a sweep. Upstream label names are kept verbatim.
 """
 
 from __future__ import annotations
@@ -30,7 +32,11 @@ WORKLOAD_CONFIG = "nvidia.com/gpu.workload.config"
 MIG_CAPABLE = "nvidia.com/mig.capable"
 MIG_CONFIG = "nvidia.com/mig.config"
 MIG_CONFIG_STATE = "nvidia.com/mig.config.state"
+GPU_PRODUCT = "nvidia.com/gpu.product"
+VGPU_HOST_DRIVER = "nvidia.com/vgpu.host-driver-version"
 UPGRADE_ANNOTATION_PREFIX = "nvidia.com/gpu-driver-upgrade"
+# Read by k8s-driver-manager: "true" hands drain and GPU-pod eviction to the operator's upgrade controller.
+UPGRADE_ENABLED_ANNOTATION = "nvidia.com/gpu-driver-upgrade-enabled"
 PAUSED_VALUES = ("paused-for-driver-upgrade", "paused-for-mig-change")
 
 CONTAINER_OPERANDS = (
@@ -43,12 +49,25 @@ CONTAINER_OPERANDS = (
     "node-status-exporter",
     "operator-validator",
 )
+# "client": the node selector of GPU-client DaemonSets that k8s-driver-manager pauses around a driver reload.
 WORKLOAD_OPERANDS: dict[str, tuple[str, ...]] = {
-    "container": CONTAINER_OPERANDS + ("mig-manager",),
-    "vm-passthrough": ("sandbox-device-plugin", "sandbox-validator", "vfio-manager", "cc-manager"),
-    "vm-vgpu": ("sandbox-device-plugin", "vgpu-manager", "vgpu-device-manager", "sandbox-validator", "cc-manager"),
-}
-ALL_OPERANDS = tuple(dict.fromkeys(op for ops in WORKLOAD_OPERANDS.values() for op in ops))
+    "container": CONTAINER_OPERANDS + ("client",),
+    "vm-passthrough": (
+        "sandbox-device-plugin", "sandbox-validator", "vfio-manager", "kata-manager", "cc-manager", "client",
+    ),
+    "vm-vgpu": (
+        "sandbox-device-plugin", "vgpu-manager", "vgpu-device-manager", "sandbox-validator", "cc-manager", "client",
+    ),
+}  # fmt: skip
+MIG_MANAGER = "mig-manager"
+KATA_DEVICE_PLUGIN = "kata-sandbox-device-plugin"  # replaces sandbox-device-plugin on vm-passthrough in kata mode
+# Upstream's DRA (GPUCluster) stack, swept from ClusterPolicy nodes (dra-driver only from nodes without GPUs).
+DRA_OPERANDS = ("dra-driver", "dra-validator", "dcgm-dra", "dcgm-exporter-dra")
+ALL_OPERANDS = tuple(
+    dict.fromkeys([*(op for ops in WORKLOAD_OPERANDS.values() for op in ops), MIG_MANAGER, KATA_DEVICE_PLUGIN])
+)
+# Upstream's fallback when GFD's mig.capable is absent: a substring of the product name, case-insensitive.
+MIG_PRODUCT_HINTS = ("h100", "a100", "a30")
 
 
 def deploy_label(operand: str) -> str:
@@ -121,50 +140,96 @@ def workload_of(node: NodeFacts, spec: ClusterPolicySpec) -> str:
     return wanted if wanted in WORKLOAD_OPERANDS else spec.sandbox_workloads.default_workload
 
 
+def sandbox_mode(spec: ClusterPolicySpec) -> str:
+    """sandboxWorkloads.mode: kubevirt (the default) or kata."""
+    mode = getattr(spec.sandbox_workloads, "mode", None)
+    return "kata" if mode == "kata" else "kubevirt"
+
+
+def workload_operands(workload: str, mode: str) -> tuple[str, ...]:
+    """The operands whose deploy labels a node of this workload config gets (mig-manager aside)."""
+    ops = WORKLOAD_OPERANDS[workload]
+    if workload == "vm-passthrough" and mode == "kata":
+        return tuple(KATA_DEVICE_PLUGIN if op == "sandbox-device-plugin" else op for op in ops)
+    return ops
+
+
+def mig_capable(labels: dict[str, str]) -> bool:
+    """GFD's nvidia.com/mig.capable; without it, the product name. Never on a vGPU host."""
+    if labels.get(VGPU_HOST_DRIVER):
+        return False
+    if MIG_CAPABLE in labels:
+        return labels[MIG_CAPABLE] == "true"
+    product = labels.get(GPU_PRODUCT, "").lower()
+    return any(hint in product for hint in MIG_PRODUCT_HINTS)
+
+
 def _ours(value: str | None) -> bool:
-    """A deploy-label value the operator (or an operand manager) wrote, as opposed to a user's opt-out."""
-    return value == "true" or value in PAUSED_VALUES
+    """A deploy-label value the operator or an operand manager wrote, as opposed to a user's opt-out.
+
+    "" counts as ours: k8s-driver-manager writes it when it pauses an operand that was never deployed."""
+    return value in ("true", "") or value in PAUSED_VALUES
 
 
 def desired_labels(node: NodeFacts, spec: ClusterPolicySpec) -> dict[str, str | None]:
     """The label patch for one node: key -> value to set, or None to remove. Empty when nothing changes."""
     labels = node.labels
     want: dict[str, str | None] = {}
+    present = labels.get(GPU_PRESENT)
 
     if not node.has_gpu:
-        if GPU_PRESENT in labels:
-            if labels[GPU_PRESENT] != "false":
-                want[GPU_PRESENT] = "false"
-            for op in ALL_OPERANDS:
-                if _ours(labels.get(deploy_label(op))):
-                    want[deploy_label(op)] = None
+        if present == "true":
+            want[GPU_PRESENT] = "false"
+        for op in (*ALL_OPERANDS, *DRA_OPERANDS):
+            if _ours(labels.get(deploy_label(op))):
+                want[deploy_label(op)] = None
         return want
 
-    if labels.get(GPU_PRESENT) != "true":
+    if present != "true":
         want[GPU_PRESENT] = "true"
 
+    capable = mig_capable(labels)
+    # dra-driver stays on a GPU node: upstream removes it only once no pod holds a gpu.nvidia.com claim there.
     if labels.get(DEPLOY_OPERANDS) == "false":
-        for key in labels:
-            if key.startswith(DEPLOY_PREFIX) and key != DEPLOY_OPERANDS:
+        for op in (*ALL_OPERANDS, *DRA_OPERANDS):
+            if op != "dra-driver" and deploy_label(op) in labels:
+                want[deploy_label(op)] = None
+    else:
+        workload = workload_of(node, spec)
+        wanted = workload_operands(workload, sandbox_mode(spec))
+        for op in (*ALL_OPERANDS, *DRA_OPERANDS):
+            key = deploy_label(op)
+            if op in wanted:
+                if not labels.get(key):
+                    want[key] = "true"
+            elif op == MIG_MANAGER and workload == "container":
+                # Never swept from a container node; set once the node is MIG-capable.
+                if capable and key not in labels:
+                    want[key] = "true"
+            elif op != "dra-driver" and _ours(labels.get(key)):
                 want[key] = None
-        return want
 
-    workload = workload_of(node, spec)
-    wanted_ops = set(WORKLOAD_OPERANDS[workload])
-    if labels.get(MIG_CAPABLE) != "true":
-        wanted_ops.discard("mig-manager")
-    for op in ALL_OPERANDS:
-        key = deploy_label(op)
-        if op in wanted_ops:
-            if key not in labels:
-                want[key] = "true"
-        elif _ours(labels.get(key)):
-            want[key] = None
-
-    mig_default = spec.mig_manager.config.default
-    if "mig-manager" in wanted_ops and spec.mig_manager.enabled and mig_default and MIG_CONFIG not in labels:
-        want[MIG_CONFIG] = mig_default
+    default = spec.mig_manager.config.default
+    if spec.mig_manager.enabled and default and capable and not labels.get(MIG_CONFIG):
+        want[MIG_CONFIG] = default
     return want
+
+
+def desired_annotations(node: NodeFacts, spec: ClusterPolicySpec) -> dict[str, str | None]:
+    """The annotation patch for one node, read after its labels are patched: key -> value, or None to remove.
+
+    Only GPU nodes (gpu.present=true) are touched; with useNvidiaDriverCRD (and no sandbox workloads) the
+    NVIDIADriver resources own the annotation, so nothing is written here."""
+    if node.labels.get(GPU_PRESENT) != "true":
+        return {}
+    sandbox = spec.sandbox_workloads.enabled
+    if spec.driver.use_nvidia_driver_crd and not sandbox:
+        return {}
+    enabled = spec.driver.enabled and spec.driver.upgrade_policy.auto_upgrade and not sandbox
+    value = node.annotations.get(UPGRADE_ENABLED_ANNOTATION)
+    if enabled:
+        return {} if value == "true" else {UPGRADE_ENABLED_ANNOTATION: "true"}
+    return {} if value is None else {UPGRADE_ENABLED_ANNOTATION: None}
 
 
 def apply_patch(labels: dict[str, str], patch: dict[str, str | None]) -> dict[str, str]:

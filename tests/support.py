@@ -11,7 +11,7 @@ import yaml
 
 from gpu_operator.api import ClusterPolicySpec, parse_spec
 from gpu_operator.nodes import NodeFacts
-from gpu_operator.render import StatePlan, label_patches, plan, relabelled
+from gpu_operator.render import StatePlan, node_patches, plan, relabelled
 from gpu_operator.states import RenderContext
 
 REPO = Path(__file__).resolve().parent.parent
@@ -100,7 +100,7 @@ def render_all(
 ) -> list[StatePlan]:
     """The whole pipeline as the operator runs it: label the nodes, then plan on the relabelled nodes."""
     nodes = fixed_nodes() if nodes is None else nodes
-    patched = relabelled(nodes, label_patches(nodes, spec))
+    patched = relabelled(nodes, node_patches(nodes, spec))
     ctx = RenderContext(spec=spec, namespace=namespace, nodes=tuple(patched), owner=OWNER, api_groups=api_groups)
     return plan(ctx)
 

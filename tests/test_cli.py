@@ -112,6 +112,10 @@ def test_render_label_patches_for_gpu_nodes_only(sample_output: str) -> None:
         assert labels["nvidia.com/gpu.deploy.driver"] == "true"
         assert all(isinstance(v, str) for v in labels.values())
     assert "cpu-a" not in sample_output
+    # In the same patch: the annotation k8s-driver-manager reads (autoUpgrade is on in the sample).
+    for doc in docs_of(sample_output):
+        if doc["kind"] == "Node":
+            assert doc["metadata"]["annotations"] == {"nvidia.com/gpu-driver-upgrade-enabled": "true"}
 
 
 def test_render_objects_are_namespaced_and_owned(sample_output: str) -> None:

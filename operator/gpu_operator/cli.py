@@ -50,7 +50,7 @@ def _policy_from_file(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def cmd_render(args: argparse.Namespace) -> int:
     from .nodes import NodeFacts
-    from .render import label_patches, plan, relabelled
+    from .render import node_patches, plan, relabelled
     from .states import RenderContext
 
     try:
@@ -67,7 +67,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     for path in unknown_fields(spec):
         print(f"warning: {path}: not used by this operator (kept as is)", file=sys.stderr)
     nodes = [NodeFacts.from_node(n) for n in node_docs if n.get("kind", "Node") == "Node"]
-    patches = label_patches(nodes, spec)
+    patches = node_patches(nodes, spec)
     owner = {
         "apiVersion": "nvidia.com/v1",
         "kind": "ClusterPolicy",
@@ -89,9 +89,9 @@ def cmd_render(args: argparse.Namespace) -> int:
         for obj in state_plan.objects:
             out.append(f"# {state_plan.state.name}\n" + yaml.safe_dump(obj, sort_keys=True))
     for name in sorted(patches):
-        patch = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": patches[name]}}
+        patch = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, **patches[name]}}
         out.append(
-            f"# label patch for node {name} (merge patch; null removes a label)\n"
+            f"# label patch for node {name} (merge patch; null removes a label or annotation)\n"
             + yaml.safe_dump(patch, sort_keys=True)
         )
     sys.stdout.write("---\n".join(out))

@@ -164,7 +164,7 @@ def mig_capable(labels: dict[str, str]) -> bool:
     return any(hint in product for hint in MIG_PRODUCT_HINTS)
 
 
-def _ours(value: str | None) -> bool:
+def written_by_us(value: str | None) -> bool:
     """A deploy-label value the operator or an operand manager wrote, as opposed to a user's opt-out.
 
     "" counts as ours: k8s-driver-manager writes it when it pauses an operand that was never deployed."""
@@ -181,7 +181,7 @@ def desired_labels(node: NodeFacts, spec: ClusterPolicySpec) -> dict[str, str | 
         if present == "true":
             want[GPU_PRESENT] = "false"
         for op in (*ALL_OPERANDS, *DRA_OPERANDS):
-            if _ours(labels.get(deploy_label(op))):
+            if written_by_us(labels.get(deploy_label(op))):
                 want[deploy_label(op)] = None
         return want
 
@@ -206,7 +206,7 @@ def desired_labels(node: NodeFacts, spec: ClusterPolicySpec) -> dict[str, str | 
                 # Never swept from a container node; set once the node is MIG-capable.
                 if capable and key not in labels:
                     want[key] = "true"
-            elif op != "dra-driver" and _ours(labels.get(key)):
+            elif op != "dra-driver" and written_by_us(labels.get(key)):
                 want[key] = None
 
     default = spec.mig_manager.config.default

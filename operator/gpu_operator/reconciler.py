@@ -15,10 +15,10 @@ from typing import Any
 from . import metrics, upgrade
 from .api import ClusterPolicySpec, PolicyError, parse_spec
 from .kube import ApiError, Kube
-from .nodes import DEPLOY_PREFIX, GPU_PRESENT, PAUSED_VALUES, NodeFacts, unpooled
+from .nodes import DEPLOY_PREFIX, GPU_PRESENT, NodeFacts, unpooled, written_by_us
 from .observe import Key, Snapshot, key_of
 from .readiness import daemonset_ready
-from .render import label_patches, plan, relabelled
+from .render import NodePatch, node_patches, plan, relabelled
 from .states import RenderContext
 from .states.base import COMPONENT, HASH_ANNOTATION, MANAGED_BY, OPERATOR_NAME
 from .status import StateResult, active_policy, ignored_status, policy_status, status_changed
@@ -166,7 +166,7 @@ class Reconciler:
         self._ensure_namespace(spec.psa.enabled, out)
 
         nodes = list(snap.nodes.values())
-        patches = label_patches(nodes, spec)
+        patches = node_patches(nodes, spec)
         self._patch_nodes(patches, out)
         nodes = relabelled(nodes, patches)
 
@@ -326,14 +326,14 @@ class Reconciler:
                 f"state {status['state']}: {ready.get('message', '')}",
             )
 
-    def _patch_nodes(self, patches: dict[str, dict[str, str | None]], out: Outcome) -> None:
+    def _patch_nodes(self, patches: dict[str, NodePatch], out: Outcome) -> None:
         if not patches:
             return
 
-        def patch(item: tuple[str, dict[str, str | None]]) -> None:
-            name, labels = item
+        def patch(item: tuple[str, NodePatch]) -> None:
+            name, metadata = item
             try:
-                self.kube.merge_patch("Node", name, {"metadata": {"labels": labels}})
+                self.kube.merge_patch("Node", name, {"metadata": metadata})
             except ApiError as exc:
                 if exc.status != 404:  # a node that went away needs no labels
                     raise
@@ -366,15 +366,15 @@ class Reconciler:
             if not meta.get("deletionTimestamp") or CLEANUP_FINALIZER not in (meta.get("finalizers") or []):
                 continue
             if not remaining:
-                patches: dict[str, dict[str, str | None]] = {}
+                patches: dict[str, NodePatch] = {}
                 for node in snap.nodes.values():
                     drop: dict[str, str | None] = {
                         k: None
                         for k, v in node.labels.items()
-                        if k == GPU_PRESENT or (k.startswith(DEPLOY_PREFIX) and (v == "true" or v in PAUSED_VALUES))
+                        if k == GPU_PRESENT or (k.startswith(DEPLOY_PREFIX) and written_by_us(v))
                     }
                     if drop:
-                        patches[node.name] = drop
+                        patches[node.name] = {"labels": drop}
                 self._patch_nodes(patches, out)
             finalizers = [f for f in meta.get("finalizers") or [] if f != CLEANUP_FINALIZER]
             self.kube.merge_patch("ClusterPolicy", meta["name"], {"metadata": {"finalizers": finalizers}})

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .api import ClusterPolicySpec
-from .nodes import NodeFacts, apply_patch, desired_labels
+from .nodes import NodeFacts, apply_patch, desired_annotations, desired_labels
 from .states import OperandState, RenderContext, all_states
 
 
@@ -17,19 +17,41 @@ class StatePlan:
     objects: list[dict[str, Any]] = field(default_factory=list)
 
 
-def label_patches(nodes: list[NodeFacts], spec: ClusterPolicySpec) -> dict[str, dict[str, str | None]]:
-    """Node name -> label patch, only for nodes whose labels must change."""
-    out = {}
+NodePatch = dict[str, dict[str, str | None]]  # {"labels": {...}, "annotations": {...}}; None removes a key
+
+
+def node_patches(nodes: list[NodeFacts], spec: ClusterPolicySpec) -> dict[str, NodePatch]:
+    """Node name -> the metadata patch for it (labels and annotations), only for nodes that must change.
+
+    One patch per node: the annotations are decided on the node as its labels will be."""
+    out: dict[str, NodePatch] = {}
     for node in nodes:
-        patch = desired_labels(node, spec)
+        patch: NodePatch = {}
+        labels = desired_labels(node, spec)
+        if labels:
+            patch["labels"] = labels
+            node = replace(node, labels=apply_patch(node.labels, labels))
+        annotations = desired_annotations(node, spec)
+        if annotations:
+            patch["annotations"] = annotations
         if patch:
             out[node.name] = patch
     return out
 
 
-def relabelled(nodes: list[NodeFacts], patches: dict[str, dict[str, str | None]]) -> list[NodeFacts]:
-    """The nodes as they will look once the label patches are applied."""
-    return [replace(n, labels=apply_patch(n.labels, patches[n.name])) if n.name in patches else n for n in nodes]
+def relabelled(nodes: list[NodeFacts], patches: dict[str, NodePatch]) -> list[NodeFacts]:
+    """The nodes as they will look once the patches are applied."""
+    out = []
+    for n in nodes:
+        patch = patches.get(n.name)
+        if patch:
+            n = replace(
+                n,
+                labels=apply_patch(n.labels, patch.get("labels", {})),
+                annotations=apply_patch(n.annotations, patch.get("annotations", {})),
+            )
+        out.append(n)
+    return out
 
 
 def plan(ctx: RenderContext) -> list[StatePlan]:

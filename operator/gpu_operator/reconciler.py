@@ -314,7 +314,9 @@ class Reconciler:
         if not status_changed(old, status):
             return
         name = policy["metadata"]["name"]
-        self.kube.merge_patch("ClusterPolicy", name, {"status": status}, sub="status")
+        # A merge patch keeps keys it does not name: drop the ones the new status no longer has (status.upgrade).
+        gone = {k: None for k in (old or {}) if k not in status}
+        self.kube.merge_patch("ClusterPolicy", name, {"status": {**gone, **status}}, sub="status")
         out.writes += 1
         if (old or {}).get("state") != status["state"] and not quiet:
             ready: dict[str, Any] = next((c for c in status["conditions"] if c["type"] == "Ready"), {})

@@ -34,6 +34,8 @@ def remote_hostengine(spec: ClusterPolicySpec) -> str | None:
 def job_mapping_dir(spec: ClusterPolicySpec) -> str | None:
     """dcgmExporter.hpcJobMapping: the host directory HPC schedulers write job files to, when enabled."""
     mapping = c.upstream_field(spec.dcgm_exporter, "hpcJobMapping") or {}
+    if hasattr(mapping, "model_dump"):  # once api.py models the section
+        mapping = mapping.model_dump(by_alias=True)
     if not isinstance(mapping, dict) or mapping.get("enabled") is not True:
         return None
     return str(mapping.get("directory") or DEFAULT_JOB_MAPPING_DIR)

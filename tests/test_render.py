@@ -506,7 +506,11 @@ def test_section_settings_land_on_the_main_container(state: str, section: str, m
             if other["name"] != main:
                 assert "EXTRA_SETTING" not in {e["name"] for e in other.get("env", [])}, other["name"]
                 assert other.get("args") != ["--verbose"], other["name"]
-                assert "resources" not in other, other["name"]
+                if other["name"] in ("config-manager", "config-manager-init"):
+                    # Upstream gives the sharing-config manager the pod's component resources too.
+                    assert other["resources"] == main_ctr["resources"], other["name"]
+                else:
+                    assert "resources" not in other, other["name"]
 
 
 def test_section_env_replaces_a_template_variable() -> None:

@@ -152,7 +152,8 @@ class OperandState:
         if settings is None:
             return
         if settings.image_pull_secrets:
-            pod["imagePullSecrets"] = [{"name": s} for s in settings.image_pull_secrets]
+            secrets = [{"name": s} for s in settings.image_pull_secrets]
+            pod["imagePullSecrets"] = secrets + [s for s in pod.get("imagePullSecrets", []) if s not in secrets]
         sections: dict[str | None, ComponentSpec] = {self.container: settings}
         sections.update({name: getattr(settings, attr) for name, attr in self.sub_containers})
         for container in pod.get("initContainers", []) + pod.get("containers", []):

@@ -1,12 +1,36 @@
-"""gpu-feature-discovery: publishes the nvidia.com/gpu.* node labels."""
+"""gpu-feature-discovery: publishes the nvidia.com/gpu.* node labels.
 
-from .base import OperandState
+Contract (upstream v26.7 TransformGPUDiscoveryPlugin and assets/gpu-feature-discovery): waits for
+toolkit-ready, runs with the NVIDIA runtime class, writes NodeFeature objects in its namespace (NAMESPACE,
+NODE_NAME, POD_NAME) and features.d files, follows the device plugin's sharing config with config-manager.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import contracts as c
+from .base import OperandState, RenderContext
+
+CONTAINER = "gpu-feature-discovery"
+
+
+def variables(ctx: RenderContext) -> dict[str, Any]:
+    spec = ctx.spec
+    return {
+        **c.pod_vars(spec, ctx.nodes, spec.gfd, CONTAINER),
+        "gfd_env": c.mig_env(spec),
+        # config-manager runs the device plugin's image with GFD's resources, as upstream does.
+        "config_manager": c.config_manager(spec, CONTAINER, c.resources_of(spec.gfd)),
+    }
+
 
 STATE = OperandState(
     name="gpu-feature-discovery",
     order=10,
     section="gfd",
     component="gfd",
-    container="gpu-feature-discovery",
+    container=CONTAINER,
     deploy_label="gpu-feature-discovery",
+    extra_vars=variables,
 )

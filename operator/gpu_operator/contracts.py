@@ -1,0 +1,176 @@
+"""Template variables several operand states share: the parts of upstream's operand contracts that are
+decisions (runtime class, the toolkit wait, the sharing-config manager, MIG and CDI env), computed here so the
+templates stay declarative. Facts are from upstream v26.7's `controllers/object_controls.go` and assets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.alias_generators import to_snake
+
+from . import images
+from .api import ClusterPolicySpec, ComponentSpec, EnvVar
+from .nodes import NodeFacts
+
+Env = dict[str, Any]
+
+CDI_ANNOTATION_PREFIX = "cdi.k8s.io/"
+CDI_DEVICE_LIST_STRATEGY = "cdi-annotations,cdi-cri"
+NRI_ANNOTATION_DOMAIN = "nvidia.cdi.k8s.io"
+NRI_MANAGEMENT_DEVICE = "management.nvidia.com/gpu=all"
+CRIO = "cri-o"
+
+
+def env(name: str, value: str) -> Env:
+    return {"name": name, "value": value}
+
+
+def field_ref(name: str, path: str) -> Env:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
+
+
+def upstream_field(section: BaseModel, wire_name: str, default: Any = None) -> Any:
+    """A field by upstream's name: the model's attribute once api.py models it, else the value the spec carried.
+
+    Sections keep unknown fields (api.Section), so an upstream field takes effect before it is modelled.
+    """
+    attr = to_snake(wire_name)
+    if attr in type(section).model_fields:
+        value = getattr(section, attr)
+        return default if value is None else value
+    return (section.model_extra or {}).get(wire_name, default)
+
+
+def flag(section: BaseModel, wire_name: str) -> bool:
+    """An upstream *bool field (nil = false)."""
+    return upstream_field(section, wire_name) is True
+
+
+def resources_of(section: ComponentSpec | None) -> dict[str, Any] | None:
+    if section is None or section.resources is None:
+        return None
+    return section.resources.model_dump(exclude_defaults=True)
+
+
+def runtime_class_name(spec: ClusterPolicySpec, runtimes: set[str]) -> str | None:
+    """`operator.runtimeClass` for the pods that need the NVIDIA runtime, or None (no runtimeClassName).
+
+    Upstream (setRuntimeClassName) leaves it out with the NRI plugin, and on cri-o without CDI, where the
+    toolkit installs an OCI hook instead of a runtime handler. Runtimes are per node here: one cri-o GPU node
+    without CDI leaves it out everywhere (on containerd without CDI `nvidia` is the default runtime anyway).
+    """
+    if flag(spec.cdi, "nriPluginEnabled"):
+        return None
+    if not spec.cdi.enabled and CRIO in runtimes:
+        return None
+    return spec.operator.runtime_class
+
+
+def nri_annotations(spec: ClusterPolicySpec, container: str) -> dict[str, str]:
+    """With the CDI NRI plugin, the main container gets every GPU through an annotation instead."""
+    if not (spec.cdi.enabled and flag(spec.cdi, "nriPluginEnabled")):
+        return {}
+    return {f"{NRI_ANNOTATION_DOMAIN}/container.{container}": NRI_MANAGEMENT_DEVICE}
+
+
+def mig_env(spec: ClusterPolicySpec) -> list[Env]:
+    """applyMIGConfiguration: the strategy, and MIG device monitoring unless the strategy is none."""
+    out = [env("MIG_STRATEGY", spec.mig.strategy)]
+    if spec.mig.strategy != "none":
+        out.append(env("NVIDIA_MIG_MONITOR_DEVICES", "all"))
+    return out
+
+
+def cdi_hook_path(spec: ClusterPolicySpec) -> str | None:
+    """Where the toolkit installs nvidia-cdi-hook; None when the operator does not install the toolkit."""
+    if not spec.toolkit.enabled:
+        return None
+    return spec.toolkit.install_dir.rstrip("/") + "/toolkit/nvidia-cdi-hook"
+
+
+def host_root_env(spec: ClusterPolicySpec) -> list[Env]:
+    """transformForHostRoot: HOST_ROOT in pods that mount the host root, when it is not `/`."""
+    root = spec.host_paths.root_fs
+    return [] if root in ("", "/") else [env("HOST_ROOT", root)]
+
+
+def host_network(section: BaseModel) -> bool:
+    """applyHostNetworkConfig: <section>.hostNetwork (with dnsPolicy ClusterFirstWithHostNet)."""
+    return flag(section, "hostNetwork")
+
+
+@dataclass(frozen=True)
+class ValidatorInit:
+    """The validator image settings of an init container that waits for a validation marker."""
+
+    image: str
+    pull_policy: str
+    resources: dict[str, Any] | None = None
+    env: list[Env] = field(default_factory=list)
+
+
+def validator_init(spec: ClusterPolicySpec, check: str = "toolkit") -> ValidatorInit:
+    """transformValidationInitContainer: validator image, pull policy, resources, and validator.<check>.env."""
+    checks: Mapping[str, list[EnvVar]] = {"toolkit": spec.validator.toolkit.env, "driver": spec.validator.driver.env}
+    return ValidatorInit(
+        image=images.resolve(spec.validator, "validator"),
+        pull_policy=spec.validator.image_pull_policy or "IfNotPresent",
+        resources=resources_of(spec.validator),
+        env=[env(e.name, e.value) for e in checks.get(check, [])],
+    )
+
+
+@dataclass(frozen=True)
+class ConfigManager:
+    """The device plugin's config-manager (init container and sidecar) for a sharing config ConfigMap."""
+
+    image: str
+    pull_policy: str
+    config_map: str
+    default: str
+    process: str  # PROCESS_TO_SIGNAL: the main process to send SIGHUP on a config change
+    resources: dict[str, Any] | None  # sidecar and init container (upstream: the pod's component resources)
+    node_label: str = "nvidia.com/device-plugin.config"
+    src_dir: str = "/available-configs"
+    dst_file: str = "/config/config.yaml"
+    fallback_strategies: str = "empty"
+
+
+def config_manager(spec: ClusterPolicySpec, process: str, resources: dict[str, Any] | None) -> ConfigManager | None:
+    """handleDevicePluginConfig: present only when devicePlugin.config.name is set; image is the device plugin's."""
+    cfg = spec.device_plugin.config
+    if not cfg.name:
+        return None
+    return ConfigManager(
+        image=images.resolve(spec.device_plugin, "device-plugin"),
+        pull_policy=spec.device_plugin.image_pull_policy or "IfNotPresent",
+        config_map=cfg.name,
+        default=cfg.default,
+        process=process,
+        resources=resources,
+    )
+
+
+def gpu_runtimes(nodes: Iterable[NodeFacts]) -> set[str]:
+    """Container runtimes of the GPU nodes (`containerd`, `cri-o`, ...)."""
+    return {n.runtime for n in nodes if n.has_gpu and n.runtime}
+
+
+def pod_vars(spec: ClusterPolicySpec, nodes: Iterable[NodeFacts], section: BaseModel, container: str) -> dict[str, Any]:
+    """What every pod that waits for the toolkit shares: runtime class, the wait, host network, NRI annotation,
+    and the pull secrets of the images it runs besides its own (the validator's; the device plugin's for
+    config-manager). The component's own secrets are added when the DaemonSet is decorated."""
+    secrets = list(spec.validator.image_pull_secrets)
+    if spec.device_plugin.config.name:
+        secrets += spec.device_plugin.image_pull_secrets
+    return {
+        "runtime_class": runtime_class_name(spec, gpu_runtimes(nodes)),
+        "validator": validator_init(spec),
+        "host_network": host_network(section),
+        "pod_annotations": nri_annotations(spec, container),
+        "pull_secrets": [{"name": s} for s in dict.fromkeys(secrets)],
+    }

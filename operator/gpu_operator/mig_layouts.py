@@ -1,0 +1,180 @@
+"""MIG-capable GPUs, their MIG profiles and the default mig-parted layouts.
+
+The table is data (`data/mig-layouts.yaml`, with its sources); this module turns it into the layouts of the
+default ConfigMap `default-mig-parted-config` and answers which layouts a GPU can take.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import yaml
+
+DATA_FILE = "mig-layouts.yaml"
+DISABLED = "all-disabled"
+ENABLED = "all-enabled"
+BALANCED = "all-balanced"
+
+
+@dataclass(frozen=True)
+class MigGPU:
+    """A group of device IDs with the same MIG profiles."""
+
+    name: str
+    device_ids: tuple[str, ...]
+    profiles: Mapping[str, int]  # profile -> how many fit on one GPU
+    balanced: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class LayoutEntry:
+    """One entry of a mig-parted layout: applies to every GPU, or to those whose ID is in device_filter."""
+
+    mig_enabled: bool
+    mig_devices: Mapping[str, int]
+    device_filter: tuple[str, ...] = ()
+    comment: str = ""
+
+
+def normalize_id(device_id: str) -> str:
+    """`0x233a10de` -> `0x233A10DE` (mig-parted compares device IDs as numbers; we compare strings)."""
+    return "0x" + device_id.lower().removeprefix("0x").upper()
+
+
+def layout_name(profile: str) -> str:
+    """The layout that fills every GPU with one profile: `1g.10gb+me` -> `all-1g.10gb.me` (upstream's naming)."""
+    return "all-" + profile.replace("+", ".")
+
+
+@cache
+def _data() -> dict[str, Any]:
+    text = (resources.files("gpu_operator") / "data" / DATA_FILE).read_text()
+    data: dict[str, Any] = yaml.safe_load(text)
+    return data
+
+
+@cache
+def gpus() -> tuple[MigGPU, ...]:
+    return tuple(
+        MigGPU(
+            name=g["name"],
+            device_ids=tuple(normalize_id(d) for d in g["device_ids"]),
+            profiles=dict(g["profiles"]),
+            balanced=dict(g["balanced"]),
+        )
+        for g in _data()["gpus"]
+    )
+
+
+def unattributed_profiles() -> dict[str, int]:
+    return dict(_data().get("unattributed") or {})
+
+
+def gpu_for(device_id: str) -> MigGPU | None:
+    wanted = normalize_id(device_id)
+    return next((g for g in gpus() if wanted in g.device_ids), None)
+
+
+def _grouped(members: list[tuple[MigGPU, Mapping[str, int]]]) -> tuple[LayoutEntry, ...]:
+    """One entry per distinct set of MIG devices; filtered by device ID only when the GPUs disagree."""
+    groups: dict[tuple[tuple[str, int], ...], list[MigGPU]] = {}
+    for gpu, devices in members:
+        groups.setdefault(tuple(devices.items()), []).append(gpu)
+    if len(groups) == 1:
+        ((key, group),) = groups.items()
+        return (LayoutEntry(True, dict(key), comment=", ".join(g.name for g in group)),)
+    return tuple(
+        LayoutEntry(
+            True,
+            dict(key),
+            device_filter=tuple(d for g in group for d in g.device_ids),
+            comment=", ".join(g.name for g in group),
+        )
+        for key, group in groups.items()
+    )
+
+
+@cache
+def default_layouts() -> dict[str, tuple[LayoutEntry, ...]]:
+    """Layout name -> entries, as in upstream's default config: every GPU's `all-<profile>`, and `all-balanced`."""
+    out: dict[str, tuple[LayoutEntry, ...]] = {
+        DISABLED: (LayoutEntry(False, {}),),
+        ENABLED: (LayoutEntry(True, {}),),
+    }
+    profiles: dict[str, list[tuple[MigGPU, Mapping[str, int]]]] = {}
+    for gpu in gpus():
+        for profile, count in gpu.profiles.items():
+            profiles.setdefault(profile, []).append((gpu, {profile: count}))
+    for profile, members in profiles.items():
+        out[layout_name(profile)] = _grouped(members)
+    for profile, count in unattributed_profiles().items():
+        name = layout_name(profile)
+        if name not in out:
+            out[name] = (LayoutEntry(True, {profile: count}),)
+    out[BALANCED] = _balanced_entries()
+    return out
+
+
+def _balanced_entries() -> tuple[LayoutEntry, ...]:
+    """all-balanced differs per GPU, so every entry is filtered (GPUs with equal layouts share one)."""
+    entries = _grouped([(g, g.balanced) for g in gpus()])
+    if len(entries) == 1:  # a table of one GPU group: still name it
+        only = entries[0]
+        return (LayoutEntry(True, only.mig_devices, tuple(d for g in gpus() for d in g.device_ids), only.comment),)
+    return entries
+
+
+def layout_devices(layout: str, device_id: str) -> dict[str, int] | None:
+    """The MIG devices a default layout creates on one GPU ({} = MIG off or none), or None: not valid on it.
+
+    A layout is valid on a GPU when one of its entries selects the GPU and the GPU supports every profile of
+    that entry (mig-parted refuses a profile the GPU does not have). `all-disabled`/`all-enabled` fit every
+    MIG-capable GPU in the table.
+    """
+    gpu = gpu_for(device_id)
+    entries = default_layouts().get(layout)
+    if gpu is None or entries is None:
+        return None
+    for entry in entries:
+        if entry.device_filter and normalize_id(device_id) not in entry.device_filter:
+            continue
+        if all(gpu.profiles.get(p, 0) >= n for p, n in entry.mig_devices.items()):
+            return dict(entry.mig_devices)
+    return None
+
+
+def layouts_for(device_id: str) -> list[str]:
+    """Names of the default layouts valid on a GPU, in ConfigMap order."""
+    return [name for name in default_layouts() if layout_devices(name, device_id) is not None]
+
+
+def _q(value: str) -> str:
+    return '"' + value + '"'
+
+
+@cache
+def default_config_yaml() -> str:
+    """The mig-parted config of `default-mig-parted-config` (key config.yaml), commented with GPU names."""
+    lines = ["version: v1", "mig-configs:"]
+    for name, entries in default_layouts().items():
+        lines.append(f"  {name}:")
+        for entry in entries:
+            if entry.comment:
+                lines.append(f"    # {entry.comment}")
+            lead = "    - "
+            if entry.device_filter:
+                lines.append(f"{lead}device-filter: [{', '.join(_q(d) for d in entry.device_filter)}]")
+                lead = "      "
+            lines.append(f"{lead}devices: all")
+            lines.append(f"      mig-enabled: {'true' if entry.mig_enabled else 'false'}")
+            if entry.mig_enabled and not entry.mig_devices:
+                lines.append("      mig-devices: {}")
+            elif entry.mig_devices:
+                lines.append("      mig-devices:")
+                lines += [f"        {_q(p)}: {n}" for p, n in entry.mig_devices.items()]
+        lines.append("")
+    return "\n".join(lines)

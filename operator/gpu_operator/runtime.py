@@ -18,7 +18,8 @@ from . import metrics
 from .kube import Kube
 from .nodes import NodeFacts
 from .reconciler import Key, Reconciler, Snapshot, key_of, newer
-from .states.base import MANAGED_BY, OPERATOR_NAME
+from .render import config_map_keys
+from .states.base import COMPONENT, MANAGED_BY, OPERATOR_NAME, STATE_LABEL
 
 log = logging.getLogger("gpu_operator")
 
@@ -36,7 +37,8 @@ OWNED_KINDS = (
     ("apps", "v1", "daemonsets"),
     ("node.k8s.io", "v1", "runtimeclasses"),
 )
-_POD_LABELS = ("controller-revision-hash", "app.kubernetes.io/component")
+# The component label too: pods started before the state label existed are found by it.
+_POD_LABELS = ("controller-revision-hash", STATE_LABEL, COMPONENT)
 
 
 def pod_projection(pod: dict[str, Any]) -> dict[str, Any]:
@@ -84,6 +86,7 @@ class Operator:
         self.pods: dict[str, dict[str, Any]] = {}
         self.revisions: dict[str, dict[str, Any]] = {}
         self.api_groups: frozenset[str] = frozenset()
+        self.config_maps: dict[str, tuple[str, ...]] = {}  # every ConfigMap in our namespace: name -> keys
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
@@ -124,6 +127,17 @@ class Operator:
             self.pods[name] = pod_projection(body)
         self.wake.set()
 
+    def on_config_map(self, event_type: str | None, body: dict[str, Any]) -> None:
+        name = body["metadata"]["name"]
+        keys = None if event_type == "DELETED" else config_map_keys(body)
+        if self.config_maps.get(name) == keys:
+            return
+        if keys is None:
+            self.config_maps.pop(name, None)
+        else:
+            self.config_maps[name] = keys
+        self.wake.set()
+
     def on_revision(self, event_type: str | None, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
         if event_type == "DELETED":
@@ -144,6 +158,8 @@ class Operator:
             policy.setdefault("kind", "ClusterPolicy")
             self.policies[policy["metadata"]["name"]] = policy
         selector = f"{MANAGED_BY}={OPERATOR_NAME}"
+        for cm in self.kube.list("ConfigMap", self.namespace):
+            self.config_maps[cm["metadata"]["name"]] = config_map_keys(cm)
         for kind in ("ServiceAccount", "ConfigMap", "Service", "Role", "RoleBinding", "DaemonSet"):
             for obj in self.kube.list(kind, self.namespace, label_selector=selector):
                 obj.setdefault("kind", kind)
@@ -165,6 +181,7 @@ class Operator:
             pods=dict(self.pods),
             revisions=dict(self.revisions),
             api_groups=self.api_groups,
+            config_maps=dict(self.config_maps),
         )
 
     async def loop(self) -> None:
@@ -247,6 +264,7 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
     watch("nvidia.com", "v1", "clusterpolicies", op.on_policy)
     for group, version, plural in OWNED_KINDS:
         watch(group, version, plural, op.on_owned, labels=managed)
+    watch("", "v1", "configmaps", op.on_config_map)  # users' too: the driver mounts referenced ones key by key
     watch("", "v1", "pods", op.on_pod, labels=managed)
     watch("apps", "v1", "controllerrevisions", op.on_revision)
     return registry

@@ -1,5 +1,13 @@
-"""pre-requisites: the RuntimeClass that selects the NVIDIA container runtime."""
+"""pre-requisites: the RuntimeClasses that select the NVIDIA container runtime handlers.
 
-from .base import OperandState
+As upstream (assets/pre-requisites, RuntimeClasses() in v26.7): `operator.runtimeClass`, plus `nvidia-cdi` and
+`nvidia-legacy` with CDI on; none with CDI's NRI plugin, which needs no runtime handler.
+"""
 
-STATE = OperandState(name="pre-requisites", order=1)
+from .base import OperandState, extra_field
+
+STATE = OperandState(
+    name="pre-requisites",
+    order=1,
+    enabled_when=lambda spec: not extra_field(spec.cdi, "nri_plugin_enabled", "nriPluginEnabled", False),
+)

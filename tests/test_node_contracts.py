@@ -240,9 +240,7 @@ def test_two_driver_pods_never_share_a_node() -> None:
     affinity = pod(driver_ds(sample()))["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert affinity == [
         {
-            "labelSelector": {
-                "matchExpressions": [{"key": COMPONENT, "operator": "In", "values": ["nvidia-driver"]}]
-            },
+            "labelSelector": {"matchExpressions": [{"key": COMPONENT, "operator": "In", "values": ["nvidia-driver"]}]},
             "topologyKey": "kubernetes.io/hostname",
         }
     ]
@@ -392,7 +390,9 @@ def test_repo_config_on_an_os_without_a_known_directory_is_a_problem() -> None:
 def test_rhel_pools_mount_the_host_subscriptions_unless_repo_config_or_crio() -> None:
     rhel = [facts("r", os=("rhel", "9.4"))]
     ds = driver_ds(sample(), rhel, pool="rhel9.4")
-    subs = {path: m["name"] for path, m in mounts(container(ds, "nvidia-driver-ctr")).items() if "subscription" in m["name"]}
+    subs = {
+        path: m["name"] for path, m in mounts(container(ds, "nvidia-driver-ctr")).items() if "subscription" in m["name"]
+    }
     assert subs == {
         "/run/secrets/etc-pki-entitlement": "subscription-config-0",
         "/run/secrets/redhat.repo": "subscription-config-1",
@@ -447,11 +447,22 @@ def test_no_sidecars_by_default() -> None:
 @pytest.mark.parametrize(
     ("section", "name", "image", "module", "flag"),
     [
-        ("gds", "nvidia-fs-ctr", "nvcr.io/nvidia/cloud-native/nvidia-fs:2.29.4-ubuntu22.04", "nvidia_fs", "GDS_ENABLED"),
-        ("gdrcopy", "nvidia-gdrcopy-ctr", "nvcr.io/nvidia/cloud-native/gdrdrv:v2.6-ubuntu22.04", "gdrdrv",
-         "GDRCOPY_ENABLED"),
+        (
+            "gds",
+            "nvidia-fs-ctr",
+            "nvcr.io/nvidia/cloud-native/nvidia-fs:2.29.4-ubuntu22.04",
+            "nvidia_fs",
+            "GDS_ENABLED",
+        ),
+        (
+            "gdrcopy",
+            "nvidia-gdrcopy-ctr",
+            "nvcr.io/nvidia/cloud-native/gdrdrv:v2.6-ubuntu22.04",
+            "gdrdrv",
+            "GDRCOPY_ENABLED",
+        ),
     ],
-)  # fmt: skip
+)
 def test_gds_and_gdrcopy_sidecars(section: str, name: str, image: str, module: str, flag: str) -> None:
     raw = sample(**{section: {"enabled": True, "env": [{"name": "EXTRA", "value": "1"}], "imagePullSecrets": ["r"]}})
     raw["driver"] = {**raw["driver"], "repoConfig": {"configMapName": "repo-config"}}
@@ -561,7 +572,9 @@ def test_workload_checks_know_the_image_pull_policy_and_runtime_class(check: str
     assert values["VALIDATOR_IMAGE_PULL_POLICY"] == "Always"
     assert values["VALIDATOR_IMAGE_PULL_SECRETS"] == "reg-a,reg-b"
     assert values["VALIDATOR_RUNTIME_CLASS"] == "nvidia"
-    assert values["NODE_NAME"] == NODE_NAME_ENV["valueFrom"] and values["OPERATOR_NAMESPACE"] == NAMESPACE_ENV["valueFrom"]
+    assert (
+        values["NODE_NAME"] == NODE_NAME_ENV["valueFrom"] and values["OPERATOR_NAMESPACE"] == NAMESPACE_ENV["valueFrom"]
+    )
     assert c["imagePullPolicy"] == "Always"
 
 
@@ -626,7 +639,7 @@ def test_validator_rbac_lets_checks_create_pods_and_find_the_driver() -> None:
     cluster_role = next(o for o in objs if o["kind"] == "ClusterRole")
     cluster_rules = {tuple(r["resources"]): set(r["verbs"]) for r in cluster_role["rules"]}
     assert {"get", "list", "watch"} <= cluster_rules[("nodes",)]
-    assert "update" in cluster_rules[("clusterpolicies/finalizers", "nvidiadrivers/finalizers")]
+    assert "update" in cluster_rules[("clusterpolicies/finalizers",)]
     binding = next(o for o in objs if o["kind"] == "RoleBinding")
     assert binding["subjects"][0]["name"] == pod(validator())["serviceAccountName"] == "nvidia-operator-validator"
 
@@ -776,4 +789,3 @@ def test_auto_upgrade_annotation_tells_the_driver_manager_who_evicts() -> None:
     nodes = [node("a", {}), node("b", {AUTO_UPGRADE_ANNOTATION: "true"})]
     assert auto_upgrade_annotations(nodes, True) == [Annotate("a", AUTO_UPGRADE_ANNOTATION, "true")]
     assert auto_upgrade_annotations(nodes, False) == [Annotate("b", AUTO_UPGRADE_ANNOTATION, None)]
-

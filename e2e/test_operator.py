@@ -139,7 +139,7 @@ def test_nodes_of_two_os_versions_get_one_driver_daemonset_each(admin: Kube, ope
     driver_nodes = {
         p["spec"]["nodeName"]: p["metadata"]["ownerReferences"][0]["name"]
         for p in operand_pods(admin)
-        if p["metadata"]["labels"].get("app.kubernetes.io/component") == "state-driver"
+        if p["metadata"]["labels"].get("nvidia.com/gpu-operator.state") == "state-driver"
     }
     assert driver_nodes["op-h100-0"] == driver_nodes["op-h100-1"] == "nvidia-driver-daemonset-ubuntu22.04"
     assert driver_nodes["op-a100-0"] == "nvidia-driver-daemonset-ubuntu24.04"
@@ -172,7 +172,7 @@ def test_user_opt_out_label_is_respected(admin: Kube, operator: OperatorProcess)
         return {
             p["spec"].get("nodeName")
             for p in operand_pods(admin)
-            if p["metadata"]["labels"].get("app.kubernetes.io/component") == "state-dcgm-exporter"
+            if p["metadata"]["labels"].get("nvidia.com/gpu-operator.state") == "state-dcgm-exporter"
         }
 
     wait_for(lambda: "op-h100-1" not in exporter_nodes(), WAIT, message="dcgm-exporter pod gone from op-h100-1")

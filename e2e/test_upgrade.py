@@ -75,7 +75,7 @@ def node(env: Env, name: str) -> dict[str, Any]:
 def driver_pods(env: Env) -> dict[str, dict[str, Any]]:
     """Node -> its live driver pod."""
     out = {}
-    for pod in env.admin.list("Pod", NAMESPACE, label_selector="app.kubernetes.io/component=state-driver"):
+    for pod in env.admin.list("Pod", NAMESPACE, label_selector="nvidia.com/gpu-operator.state=state-driver"):
         if not pod["metadata"].get("deletionTimestamp"):
             out[pod["spec"].get("nodeName", "")] = pod
     return out

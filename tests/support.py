@@ -91,17 +91,33 @@ def fixed_nodes() -> list[NodeFacts]:
     ]
 
 
+# ConfigMaps the golden clusters hold in the operator namespace (name -> keys), for policies that reference them.
+CONFIG_MAPS: dict[str, tuple[str, ...]] = {
+    "repo-config": ("custom.list",),
+    "cert-config": ("corp-ca.crt",),
+    "kernel-module-params": ("nvidia.conf",),
+}
+
+
 def render_all(
     spec: ClusterPolicySpec,
     nodes: list[NodeFacts] | None = None,
     *,
     namespace: str = NAMESPACE,
     api_groups: frozenset[str] = frozenset(),
+    config_maps: dict[str, tuple[str, ...]] | None = None,
 ) -> list[StatePlan]:
     """The whole pipeline as the operator runs it: label the nodes, then plan on the relabelled nodes."""
     nodes = fixed_nodes() if nodes is None else nodes
     patched = relabelled(nodes, node_patches(nodes, spec))
-    ctx = RenderContext(spec=spec, namespace=namespace, nodes=tuple(patched), owner=OWNER, api_groups=api_groups)
+    ctx = RenderContext(
+        spec=spec,
+        namespace=namespace,
+        nodes=tuple(patched),
+        owner=OWNER,
+        api_groups=api_groups,
+        config_maps=CONFIG_MAPS if config_maps is None else config_maps,
+    )
     return plan(ctx)
 
 
@@ -138,9 +154,11 @@ class Scenario:
     spec: dict[str, Any]
     nodes: list[NodeFacts] | None
     api_groups: frozenset[str]
+    config_maps: dict[str, tuple[str, ...]] | None = None
 
     def render(self) -> list[StatePlan]:
-        return render_all(parse_spec(copy.deepcopy(self.spec)), self.nodes, api_groups=self.api_groups)
+        spec = parse_spec(copy.deepcopy(self.spec))
+        return render_all(spec, self.nodes, api_groups=self.api_groups, config_maps=self.config_maps)
 
 
 def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
@@ -158,7 +176,7 @@ def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
 
 def load_scenario(name: str) -> Scenario:
     data = yaml.safe_load((SCENARIOS / name / "scenario.yaml").read_text()) or {}
-    unknown = set(data) - {"description", "base", "overlay", "nodes", "api_groups"}
+    unknown = set(data) - {"description", "base", "overlay", "nodes", "api_groups", "config_maps"}
     assert not unknown, f"scenario {name}: unknown keys {sorted(unknown)}"
     base = {"default": dict(load_policy()["spec"]), "empty": {}}[data.get("base", "default")]
     nodes = None
@@ -176,6 +194,7 @@ def load_scenario(name: str) -> Scenario:
         spec=deep_merge(base, data.get("overlay") or {}),
         nodes=nodes,
         api_groups=frozenset(data.get("api_groups", [MONITORING])),
+        config_maps={k: tuple(v) for k, v in data["config_maps"].items()} if "config_maps" in data else None,
     )
 
 

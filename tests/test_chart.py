@@ -534,11 +534,15 @@ def test_operator_rbac_is_least_privilege() -> None:
     operand_cluster = set().union(*(r for kind, _, r in operand_rules() if kind == "ClusterRole"))
     operand_namespaced = set().union(*(r for kind, _, r in operand_rules() if kind == "Role"))
     want_cluster = required(REQUIRED_CLUSTER) | operand_cluster
-    want_namespaced = (required(REQUIRED_NAMESPACED) | operand_namespaced) - want_cluster
+    # The operator's own namespaced calls stay in its Role even where an operand ClusterRole needs one cluster-wide
+    # (the driver manager's `get` on DaemonSets).
+    want_namespaced = required(REQUIRED_NAMESPACED) | (operand_namespaced - want_cluster)
     assert sorted(cluster - want_cluster) == [], "cluster-wide rights nobody needs"
     assert sorted(namespaced - want_namespaced) == [], "namespaced rights nobody needs (or already cluster-wide)"
     namespaced_only = {r for _, r, _ in required(REQUIRED_NAMESPACED)}
-    assert not {a for a in cluster if a[1] in namespaced_only}, "operand objects: only in the operand namespace"
+    assert not {a for a in cluster - operand_cluster if a[1] in namespaced_only}, (
+        "operand objects: only in the operand namespace"
+    )
 
 
 @pytest.mark.parametrize("values", CI_VALUES, ids=map(values_id, CI_VALUES))

@@ -71,7 +71,7 @@ def test_sample_nodes_file() -> None:
 
 def test_render_prints_a_daemonset_for_every_enabled_state(sample_output: str) -> None:
     docs = docs_of(sample_output)
-    components = {d["metadata"]["labels"]["app.kubernetes.io/component"] for d in docs if d["kind"] == "DaemonSet"}
+    components = {d["metadata"]["labels"]["nvidia.com/gpu-operator.state"] for d in docs if d["kind"] == "DaemonSet"}
     spec = parse_spec(yaml.safe_load(SAMPLE_POLICY.read_text())["spec"])
     expected = {s.name for s in all_states() if s.deploy_label and s.enabled(spec)}
     assert components == expected

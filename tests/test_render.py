@@ -161,7 +161,7 @@ def test_object_invariants(case: tuple[str, Any]) -> None:
         where = f"{obj['kind']}/{meta['name']}"
         assert meta["labels"]["app.kubernetes.io/managed-by"] == "gpu-operator", where
         assert meta["labels"]["app.kubernetes.io/part-of"] == "gpu-operator", where
-        assert meta["labels"]["app.kubernetes.io/component"] == state_plan.state.name, where
+        assert meta["labels"]["nvidia.com/gpu-operator.state"] == state_plan.state.name, where
         assert meta["ownerReferences"] == [{**OWNER, "controller": True, "blockOwnerDeletion": True}], where
         if obj["kind"] in CLUSTER_SCOPED:
             assert "namespace" not in meta, where
@@ -189,7 +189,7 @@ def test_daemonset_invariants(case: tuple[str, Any, dict[str, Any]]) -> None:
     owner = ds["metadata"]["ownerReferences"]
     assert len(owner) == 1 and owner[0]["controller"] is True and owner[0]["kind"] == "ClusterPolicy"
     template_labels = ds["spec"]["template"]["metadata"]["labels"]
-    for key in ("app.kubernetes.io/managed-by", "app.kubernetes.io/part-of", "app.kubernetes.io/component"):
+    for key in ("app.kubernetes.io/managed-by", "app.kubernetes.io/part-of", "nvidia.com/gpu-operator.state"):
         assert key in ds["metadata"]["labels"] and key in template_labels, key
     selector = ds["spec"]["selector"]["matchLabels"]
     assert selector.items() <= template_labels.items(), "selector must match the pod template"
@@ -296,7 +296,11 @@ def test_service_monitors_need_the_api_group() -> None:
     with_group = [
         o for o in objects(render_all(spec, api_groups=frozenset({MONITORING}))) if o["kind"] == "ServiceMonitor"
     ]
-    assert len(with_group) == 2
+    assert {o["metadata"]["name"] for o in with_group} == {
+        "gpu-operator",
+        "nvidia-dcgm-exporter",
+        "nvidia-node-status-exporter",
+    }
     dcgm = next(o for o in with_group if o["metadata"]["name"] == "nvidia-dcgm-exporter")
     assert dcgm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert dcgm["spec"]["endpoints"][0]["interval"] == "10s"
@@ -345,11 +349,11 @@ def test_precompiled_driver_pools_per_kernel() -> None:
     assert ds["spec"]["template"]["spec"]["nodeSelector"]["feature.node.kubernetes.io/kernel-version.full"] == (
         "6.8.0-45-generic"
     )
-    env = {e["name"]: e.get("value") for e in container(ds, "nvidia-driver-ctr")["env"]}
-    assert env["USE_PRECOMPILED"] == "true"
+    assert ds["spec"]["template"]["metadata"]["labels"]["nvidia.com/precompiled"] == "true"
 
 
-def test_driver_digest_and_verbatim_image_are_not_retagged() -> None:
+def test_driver_digest_is_not_retagged_and_a_bare_image_gets_the_os_tag() -> None:
+    """Upstream's resolveDriverTag: `-<os>` goes after any image path unless it holds a digest."""
     digest = "sha256:" + "b" * 64
     raw = default_raw()
     raw["driver"]["version"] = digest
@@ -364,7 +368,14 @@ def test_driver_digest_and_verbatim_image_are_not_retagged() -> None:
         container(ds, "nvidia-driver-ctr")["image"]
         for ds in daemonsets(plans)
         if ds["metadata"]["name"].startswith("nvidia-driver")
-    } == {"registry.local/driver:custom"}
+    } == {"registry.local/driver:custom-ubuntu22.04", "registry.local/driver:custom-ubuntu24.04"}
+    raw["driver"] = {"image": f"registry.local/driver@{digest}"}
+    plans = render_all(parse_spec(raw))
+    assert {
+        container(ds, "nvidia-driver-ctr")["image"]
+        for ds in daemonsets(plans)
+        if ds["metadata"]["name"].startswith("nvidia-driver")
+    } == {f"registry.local/driver@{digest}"}
 
 
 def test_driver_default_image_is_retagged_per_pool() -> None:
@@ -418,10 +429,12 @@ def test_disabled_state_renders_nothing(raw: dict[str, Any], state: str) -> None
     assert others and all(p.objects for p in others)
 
 
-def test_validator_skips_checks_of_disabled_components() -> None:
+def test_validator_skips_the_plugin_check_without_device_plugin_but_keeps_the_toolkit_check() -> None:
+    """Upstream drops only plugin-validation; a host-installed toolkit still needs its toolkit-ready marker,
+    which the device plugin, GFD, DCGM and the exporter wait for."""
     plans = render_all(parse_spec({"toolkit": {"enabled": False}, "devicePlugin": {"enabled": False}}))
     init = daemonset(plans, "nvidia-operator-validator")["spec"]["template"]["spec"]["initContainers"]
-    assert [c["name"] for c in init] == ["driver-validation", "cuda-validation"]
+    assert [c["name"] for c in init] == ["driver-validation", "toolkit-validation", "cuda-validation"]
 
 
 # daemonsets overrides and section settings
@@ -466,7 +479,7 @@ def test_rolling_update_max_unavailable(value: int | str, expected: int | str) -
 
 
 MAIN_CONTAINERS = [
-    (s.name, s.section, s.container)
+    (s.name, s.section, s.container, s.resources_everywhere)
     for s in all_states()
     if s.section and s.container and s.name not in {"pre-requisites", "state-operator-metrics"}
 ]
@@ -476,8 +489,12 @@ def section_key(attr: str) -> str:
     return ClusterPolicySpec.model_fields[attr].alias or attr
 
 
-@pytest.mark.parametrize(("state", "section", "main"), MAIN_CONTAINERS, ids=[m[0] for m in MAIN_CONTAINERS])
-def test_section_settings_land_on_the_main_container(state: str, section: str, main: str) -> None:
+@pytest.mark.parametrize(
+    ("state", "section", "main", "resources_everywhere"), MAIN_CONTAINERS, ids=[m[0] for m in MAIN_CONTAINERS]
+)
+def test_section_settings_land_on_the_main_container(
+    state: str, section: str, main: str, resources_everywhere: bool
+) -> None:
     key = section_key(section)
     raw: dict[str, Any] = {
         key: {
@@ -506,8 +523,9 @@ def test_section_settings_land_on_the_main_container(state: str, section: str, m
             if other["name"] != main:
                 assert "EXTRA_SETTING" not in {e["name"] for e in other.get("env", [])}, other["name"]
                 assert other.get("args") != ["--verbose"], other["name"]
-                if other["name"] in ("config-manager", "config-manager-init"):
-                    # Upstream gives the sharing-config manager the pod's component resources too.
+                if resources_everywhere or other["name"] in ("config-manager", "config-manager-init"):
+                    # Upstream gives the driver's and validator's resources to every container, and the
+                    # sharing-config manager the pod's component resources.
                     assert other["resources"] == main_ctr["resources"], other["name"]
                 else:
                     assert "resources" not in other, other["name"]
@@ -639,16 +657,6 @@ def test_driver_manager_gets_its_own_section_and_not_the_drivers() -> None:
     assert "MANAGER_ONLY" not in {e["name"] for e in container(ds, "nvidia-driver-ctr")["env"]}
 
 
-@pytest.mark.parametrize("auto_upgrade", [True, False])
-def test_driver_manager_evicts_and_drains_only_when_the_operator_does_not(auto_upgrade: bool) -> None:
-    drain = {"enable": True, "force": True, "podSelector": "app=train", "timeoutSeconds": 120, "deleteEmptyDir": True}
-    raw = {"driver": {"upgradePolicy": {"autoUpgrade": auto_upgrade, "drain": drain}}}
-    ds = daemonset(render_all(parse_spec(raw)), "nvidia-driver-daemonset-ubuntu22.04")
-    env = {e["name"]: e.get("value") for e in init_container(ds, "k8s-driver-manager")["env"]}
-    own = "false" if auto_upgrade else "true"
-    assert env["ENABLE_GPU_POD_EVICTION"] == own and env["ENABLE_AUTO_DRAIN"] == own
-    assert env["DRAIN_USE_FORCE"] == "true" and env["DRAIN_POD_SELECTOR_LABEL"] == "app=train"
-    assert env["DRAIN_TIMEOUT_SECONDS"] == "120s" and env["DRAIN_DELETE_EMPTYDIR_DATA"] == "true"
 
 
 def test_device_plugin_settings_stay_off_the_mps_daemon() -> None:

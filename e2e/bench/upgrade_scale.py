@@ -27,7 +27,7 @@ from gpu_operator.upgrade import STATE_LABEL
 
 
 def all_done(admin: Kube, version: str, count: int) -> bool:
-    pods = admin.list("Pod", NAMESPACE, label_selector="app.kubernetes.io/component=state-driver")
+    pods = admin.list("Pod", NAMESPACE, label_selector="nvidia.com/gpu-operator.state=state-driver")
     current = sum(
         1
         for p in pods

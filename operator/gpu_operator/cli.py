@@ -50,7 +50,7 @@ def _policy_from_file(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def cmd_render(args: argparse.Namespace) -> int:
     from .nodes import NodeFacts
-    from .render import node_patches, plan, relabelled
+    from .render import config_map_keys, node_patches, plan, relabelled
     from .states import RenderContext
 
     try:
@@ -67,6 +67,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     for path in unknown_fields(spec):
         print(f"warning: {path}: not used by this operator (kept as is)", file=sys.stderr)
     nodes = [NodeFacts.from_node(n) for n in node_docs if n.get("kind", "Node") == "Node"]
+    # ConfigMaps in the same file stand for the cluster's (the driver mounts referenced ones key by key).
+    config_maps = {
+        (d.get("metadata") or {}).get("name", ""): config_map_keys(d) for d in node_docs if d.get("kind") == "ConfigMap"
+    }
     patches = node_patches(nodes, spec)
     owner = {
         "apiVersion": "nvidia.com/v1",
@@ -80,11 +84,16 @@ def cmd_render(args: argparse.Namespace) -> int:
         nodes=tuple(relabelled(nodes, patches)),
         owner=owner,
         api_groups=frozenset(args.api_group),
+        config_maps=config_maps,
     )
     out: list[str] = []
     for state_plan in plan(ctx):
         if not state_plan.enabled:
             out.append(f"# {state_plan.state.name}: disabled\n")
+            continue
+        if state_plan.problem:
+            print(f"warning: {state_plan.state.name}: not rendered: {state_plan.problem}", file=sys.stderr)
+            out.append(f"# {state_plan.state.name}: not rendered: {state_plan.problem}\n")
             continue
         for obj in state_plan.objects:
             out.append(f"# {state_plan.state.name}\n" + yaml.safe_dump(obj, sort_keys=True))
@@ -203,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
         "policy, with one line per problem.",
     )
     p.add_argument("--policy", required=True, help="ClusterPolicy YAML file ('-' for stdin)")
-    p.add_argument("--nodes", help="Node objects: multi-document YAML or a List")
+    p.add_argument(
+        "--nodes", help="Node objects (and the ConfigMaps the policy references): multi-document YAML or a List"
+    )
     p.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="operand namespace (%(default)s)")
     p.add_argument(
         "--api-group",

@@ -6,13 +6,14 @@ and `doctor`); the operator then keeps the same snapshot current from watch even
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .kinds import Kind, operand_kinds, served
 from .kube import ApiError, Kube
 from .nodes import NodeFacts
-from .states.base import MANAGED_BY, OPERATOR_NAME
+from .render import config_map_keys
+from .states.base import COMPONENT, MANAGED_BY, OPERATOR_NAME, STATE_LABEL
 
 OWNED_SELECTOR = f"{MANAGED_BY}={OPERATOR_NAME}"
 
@@ -41,10 +42,12 @@ class Snapshot:
     pods: dict[str, dict[str, Any]]  # operand pods in our namespace (small projections)
     revisions: dict[str, dict[str, Any]]  # ControllerRevisions in our namespace (small projections)
     api_groups: frozenset[str] = frozenset()
+    config_maps: dict[str, tuple[str, ...]] = field(default_factory=dict)  # in our namespace: name -> keys
 
 
 
-_POD_LABELS = ("controller-revision-hash", "app.kubernetes.io/component")
+# The component label too: pods started before the state label existed are found by it.
+_POD_LABELS = ("controller-revision-hash", STATE_LABEL, COMPONENT)
 
 
 def pod_projection(pod: dict[str, Any]) -> dict[str, Any]:
@@ -116,6 +119,7 @@ def observe(kube: Kube, namespace: str) -> Snapshot:
         pods={p["metadata"]["name"]: pod_projection(p) for p in kube.list("Pod", namespace, OWNED_SELECTOR)},
         revisions={r["metadata"]["name"]: revision_projection(r) for r in kube.list("ControllerRevision", namespace)},
         api_groups=api_groups,
+        config_maps={cm["metadata"]["name"]: config_map_keys(cm) for cm in kube.list("ConfigMap", namespace)},
     )
 
 

@@ -19,8 +19,8 @@ from .nodes import DEPLOY_PREFIX, GPU_PRESENT, NodeFacts, unpooled, written_by_u
 from .observe import Key, Snapshot, key_of
 from .readiness import daemonset_ready
 from .render import NodePatch, node_patches, plan, relabelled
-from .states import RenderContext
-from .states.base import COMPONENT, HASH_ANNOTATION, MANAGED_BY, OPERATOR_NAME
+from .states import RenderContext, all_states
+from .states.base import HASH_ANNOTATION, MANAGED_BY, OPERATOR_NAME, STATE_LABEL, owning_state
 from .status import StateResult, active_policy, ignored_status, policy_status, status_changed
 from .upgrade.adapter import Executor, managed_nodes, steady, workload_pods
 
@@ -172,14 +172,24 @@ class Reconciler:
 
         owner = {"apiVersion": policy["apiVersion"], "kind": policy["kind"], "name": meta["name"], "uid": meta["uid"]}
         ctx = RenderContext(
-            spec=spec, namespace=self.namespace, nodes=tuple(nodes), owner=owner, api_groups=snap.api_groups
+            spec=spec,
+            namespace=self.namespace,
+            nodes=tuple(nodes),
+            owner=owner,
+            api_groups=snap.api_groups,
+            config_maps=snap.config_maps,
         )
         results = []
         errors = []
         desired_keys: set[Key] = set()
         live = dict(snap.owned)
+        states = frozenset(s.name for s in all_states())
         for state_plan in plan(ctx):
             name = state_plan.state.name
+            if state_plan.problem:  # nothing rendered: keep what the state has, say why
+                desired_keys |= {k for k, o in live.items() if owning_state(_labels(o), states) == name}
+                results.append(StateResult(name, "notReady", state_plan.problem))
+                continue
             failed = None
             for obj in state_plan.objects:
                 key = key_of(obj)
@@ -212,10 +222,11 @@ class Reconciler:
         for key, obj in sorted(snap.owned.items()):
             if key in desired_keys or key[0] == "ClusterPolicy":
                 continue
-            labels = obj.get("metadata", {}).get("labels") or {}
-            if labels.get(MANAGED_BY) != OPERATOR_NAME or not labels.get(COMPONENT):
+            labels = _labels(obj)
+            owner_state = owning_state(labels, states)
+            if labels.get(MANAGED_BY) != OPERATOR_NAME or not owner_state:
                 continue
-            log.info("deleting %s %s (%s no longer wants it)", key[0], key[2], labels.get(COMPONENT))
+            log.info("deleting %s %s (%s no longer wants it)", key[0], key[2], owner_state)
             self.kube.delete(key[0], key[2], key[1] or None)
             out.deleted.append(key)
             out.writes += 1
@@ -258,7 +269,8 @@ class Reconciler:
             managed, workload_pods(self.kube, managed), policy, time.time(), validation_enabled=spec.validator.enabled
         )
         executor = Executor(self.kube, self.namespace, self.event)
-        executor.run(result)
+        announce = upgrade.auto_upgrade_annotations(managed, policy.auto_upgrade)
+        executor.run(upgrade.Plan([*announce, *result.actions], result.waiting, result.counters))
         out.writes += executor.writes
         c = result.counters
         for gauge, value in (
@@ -297,7 +309,7 @@ class Reconciler:
         messages = []
         for key in sorted(k for k in desired if k[0] == "DaemonSet"):
             ds = live.get(key)
-            if ds is None or (ds.get("metadata", {}).get("labels") or {}).get(COMPONENT) != state:
+            if ds is None or _labels(ds).get(STATE_LABEL) != state:
                 continue
             name = key[2]
             pods = [p for p in snap.pods.values() if p["owner"] == name]
@@ -382,6 +394,10 @@ class Reconciler:
             self.kube.merge_patch("ClusterPolicy", meta["name"], {"metadata": {"finalizers": finalizers}})
             out.writes += 1
             log.info("ClusterPolicy %s deleted; node labels cleaned up", meta["name"])
+
+
+def _labels(obj: dict[str, Any]) -> dict[str, str]:
+    return (obj.get("metadata") or {}).get("labels") or {}
 
 
 def _with_unpooled(result: StateResult, nodes: list[NodeFacts], precompiled: bool) -> StateResult:

@@ -8,6 +8,7 @@ from typing import Any
 from .api import ClusterPolicySpec
 from .nodes import NodeFacts, apply_patch, desired_annotations, desired_labels
 from .states import OperandState, RenderContext, all_states
+from .states.base import RenderProblem
 
 
 @dataclass
@@ -15,6 +16,8 @@ class StatePlan:
     state: OperandState
     enabled: bool
     objects: list[dict[str, Any]] = field(default_factory=list)
+    # Why an enabled state could not be rendered (its objects are then left as they are).
+    problem: str | None = None
 
 
 NodePatch = dict[str, dict[str, str | None]]  # {"labels": {...}, "annotations": {...}}; None removes a key
@@ -59,10 +62,18 @@ def plan(ctx: RenderContext) -> list[StatePlan]:
     plans = []
     for state in all_states():
         enabled = state.enabled(ctx.spec)
-        plans.append(StatePlan(state, enabled, state.render(ctx) if enabled else []))
+        try:
+            plans.append(StatePlan(state, enabled, state.render(ctx) if enabled else []))
+        except RenderProblem as exc:
+            plans.append(StatePlan(state, enabled, [], problem=str(exc)))
     return plans
 
 
 def object_key(obj: dict[str, Any]) -> tuple[str, str, str, str]:
     meta = obj.get("metadata", {})
     return (obj.get("apiVersion", ""), obj.get("kind", ""), meta.get("namespace", ""), meta.get("name", ""))
+
+
+def config_map_keys(cm: dict[str, Any]) -> tuple[str, ...]:
+    """The file names a ConfigMap holds (what a volume of it would contain)."""
+    return tuple(sorted({*(cm.get("data") or {}), *(cm.get("binaryData") or {})}))

@@ -20,6 +20,7 @@ from .kube import Kube
 from .nodes import NodeFacts
 from .observe import Key, Snapshot, key_of, list_owned, newer, observe, pod_projection, revision_projection
 from .reconciler import Reconciler
+from .render import config_map_keys
 from .states.base import MANAGED_BY, OPERATOR_NAME
 
 log = logging.getLogger("gpu_operator")
@@ -41,6 +42,7 @@ class Operator:
         self.revisions: dict[str, dict[str, Any]] = {}
         self.api_groups: frozenset[str] = frozenset()
         self.discovery_stale = False
+        self.config_maps: dict[str, tuple[str, ...]] = {}  # every ConfigMap in our namespace: name -> keys
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
@@ -88,6 +90,17 @@ class Operator:
             self.pods[name] = pod_projection(body)
         self.wake.set()
 
+    def on_config_map(self, event_type: str | None, body: dict[str, Any]) -> None:
+        name = body["metadata"]["name"]
+        keys = None if event_type == "DELETED" else config_map_keys(body)
+        if self.config_maps.get(name) == keys:
+            return
+        if keys is None:
+            self.config_maps.pop(name, None)
+        else:
+            self.config_maps[name] = keys
+        self.wake.set()
+
     def on_revision(self, event_type: str | None, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
         if event_type == "DELETED":
@@ -103,7 +116,7 @@ class Operator:
         snap = observe(self.kube, self.namespace)
         self.api_groups = snap.api_groups
         self.nodes, self.policies, self.owned = snap.nodes, snap.policies, snap.owned
-        self.pods, self.revisions = snap.pods, snap.revisions
+        self.pods, self.revisions, self.config_maps = snap.pods, snap.revisions, snap.config_maps
 
     def refresh_discovery(self) -> None:
         """Re-read the served API groups; list the owned objects of optional kinds that just appeared."""
@@ -127,6 +140,7 @@ class Operator:
             pods=dict(self.pods),
             revisions=dict(self.revisions),
             api_groups=self.api_groups,
+            config_maps=dict(self.config_maps),
         )
 
     async def loop(self) -> None:
@@ -218,6 +232,7 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
     for kind in operand_kinds():
         watch(kind.group, kind.version, kind.plural, op.on_owned, labels=managed)
     watch("apiextensions.k8s.io", "v1", "customresourcedefinitions", op.on_crd)
+    watch("", "v1", "configmaps", op.on_config_map)  # users' too: the driver mounts referenced ones key by key
     watch("", "v1", "pods", op.on_pod, labels=managed)
     watch("apps", "v1", "controllerrevisions", op.on_revision)
     return registry

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -20,8 +20,11 @@ from ..kinds import DEFAULT_OPERAND_KINDS, Kind, served
 from ..nodes import NodeFacts
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
+# Upstream's component label: set by the templates with upstream's values (the validator finds the driver by it).
 COMPONENT = "app.kubernetes.io/component"
 PART_OF = "app.kubernetes.io/part-of"
+# Our ownership marker: which operand state an object belongs to (readiness, pruning, upgrades select by it).
+STATE_LABEL = "nvidia.com/gpu-operator.state"
 OPERATOR_NAME = "gpu-operator"
 HASH_ANNOTATION = "nvidia.com/last-applied-hash"
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
@@ -37,6 +40,42 @@ class RenderContext:
     owner: dict[str, Any] | None = None  # the ClusterPolicy: apiVersion, kind, name, uid
     # API groups the cluster serves beyond the core ones (e.g. monitoring.coreos.com for ServiceMonitors).
     api_groups: frozenset[str] = frozenset()
+    # ConfigMaps in the operator namespace: name -> their keys (the driver mounts referenced ones key by key).
+    config_maps: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+class RenderProblem(Exception):
+    """A state that cannot be rendered as asked (e.g. a referenced ConfigMap is missing); the message says why."""
+
+
+def owning_state(labels: Mapping[str, str] | None, states: frozenset[str]) -> str | None:
+    """The operand state an object or pod belongs to: our state label, or (objects written before it
+    existed) the component label when it names a state."""
+    labels = labels or {}
+    if labels.get(STATE_LABEL):
+        return labels[STATE_LABEL]
+    legacy = labels.get(COMPONENT)
+    return legacy if legacy in states else None
+
+
+def extra_field(section: Any, attr: str, wire: str, default: Any = None) -> Any:
+    """A section field by attribute, or by its wire name where the model keeps it as an unmodelled extra."""
+    if attr in type(section).model_fields:
+        return getattr(section, attr)
+    return (section.model_extra or {}).get(wire, default)
+
+
+def nvidia_runtime_class(ctx: RenderContext) -> str | None:
+    """The runtimeClassName of pods that need the NVIDIA runtime, as upstream's setRuntimeClassName decides:
+    none with CDI off on cri-o (the toolkit installs an OCI hook there, no runtime handler) or with CDI's NRI
+    plugin. Runtimes are per node here: cri-o means every GPU node runs cri-o."""
+    cdi = ctx.spec.cdi
+    if extra_field(cdi, "nri_plugin_enabled", "nriPluginEnabled", False):
+        return None
+    runtimes = {n.runtime for n in ctx.nodes if n.has_gpu}
+    if not cdi.enabled and runtimes == {"cri-o"}:
+        return None
+    return ctx.spec.operator.runtime_class or "nvidia"
 
 
 Vars = Callable[[RenderContext], dict[str, Any]]
@@ -60,6 +99,10 @@ class OperandState:
     kinds: tuple[Kind, ...] = DEFAULT_OPERAND_KINDS
     # Where the state's template folder lives, when not in the package (a state shipped outside it).
     template_root: Path | None = None
+    # Runs on the decorated objects before they are hashed (e.g. a digest over the driver's pod spec).
+    finalize: Callable[[list[dict[str, Any]], RenderContext], None] | None = None
+    # The section's resources go on every container of the pod (upstream does so for the driver and validator).
+    resources_everywhere: bool = False
 
     def settings(self, spec: ClusterPolicySpec) -> ComponentSpec | None:
         value = getattr(spec, self.section) if self.section else None
@@ -81,6 +124,7 @@ class OperandState:
             "deploy_label": f"nvidia.com/gpu.deploy.{self.deploy_label}" if self.deploy_label else None,
             "api_groups": ctx.api_groups,
             "validator_image": images.resolve(ctx.spec.validator, "validator"),
+            "runtime_class": nvidia_runtime_class(ctx),
         }
         if settings is not None and self.component:
             out["image"] = images.resolve(settings, self.component)
@@ -103,7 +147,12 @@ class OperandState:
                     f"{self.name} renders {obj.get('apiVersion')} {obj.get('kind')}, which is not in its declared kinds"
                 )
         objects = [obj for obj in objects if served(declared[obj["kind"]], ctx.api_groups)]
-        return [self._decorate(obj, ctx) for obj in objects]
+        objects = [self._decorate(obj, ctx) for obj in objects]
+        if self.finalize:
+            self.finalize(objects, ctx)
+        for obj in objects:
+            obj["metadata"].setdefault("annotations", {})[HASH_ANNOTATION] = object_hash(obj)
+        return objects
 
     def _decorate(self, obj: dict[str, Any], ctx: RenderContext) -> dict[str, Any]:
         meta = obj.setdefault("metadata", {})
@@ -116,11 +165,10 @@ class OperandState:
             ]
         if obj["kind"] == "DaemonSet":
             self._decorate_daemonset(obj, ctx.spec)
-        meta.setdefault("annotations", {})[HASH_ANNOTATION] = object_hash(obj)
         return obj
 
     def standard_labels(self) -> dict[str, str]:
-        return {MANAGED_BY: OPERATOR_NAME, PART_OF: OPERATOR_NAME, COMPONENT: self.name}
+        return {MANAGED_BY: OPERATOR_NAME, PART_OF: OPERATOR_NAME, STATE_LABEL: self.name}
 
     def _decorate_daemonset(self, ds: dict[str, Any], spec: ClusterPolicySpec) -> None:
         common = spec.daemonsets
@@ -151,12 +199,14 @@ class OperandState:
         settings = self.settings(spec)
         if settings is None:
             return
-        if settings.image_pull_secrets:
-            secrets = [{"name": s} for s in settings.image_pull_secrets]
-            pod["imagePullSecrets"] = secrets + [s for s in pod.get("imagePullSecrets", []) if s not in secrets]
+        if settings.image_pull_secrets:  # the section's first, then any the template names
+            names = list(settings.image_pull_secrets) + [s["name"] for s in pod.get("imagePullSecrets", [])]
+            pod["imagePullSecrets"] = [{"name": s} for s in dict.fromkeys(names)]
         sections: dict[str | None, ComponentSpec] = {self.container: settings}
         sections.update({name: getattr(settings, attr) for name, attr in self.sub_containers})
         for container in pod.get("initContainers", []) + pod.get("containers", []):
+            if self.resources_everywhere and settings.resources is not None:
+                container["resources"] = settings.resources.model_dump(exclude_defaults=True)
             section = sections.get(container["name"])
             if section is not None:
                 _apply_section(container, section)

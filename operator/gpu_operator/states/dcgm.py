@@ -1,6 +1,19 @@
-"""state-dcgm: the standalone DCGM host engine (off by default; the exporter embeds one)."""
+"""state-dcgm: the standalone DCGM host engine (off by default; the exporter embeds one).
 
-from .base import OperandState
+Upstream's contract (assets/state-dcgm, TransformDCGM in v26.7): the image's own entrypoint, port 5555 with TCP
+probes, a toolkit-validation init container, the NVIDIA runtime class, and the Service `nvidia-dcgm` with
+internalTrafficPolicy Local so every exporter reaches the engine on its own node. No hostPort (the
+deprecated dcgm.hostPort is not used upstream either).
+"""
+
+from typing import Any
+
+from .base import OperandState, RenderContext, extra_field
+
+
+def _vars(ctx: RenderContext) -> dict[str, Any]:
+    return {"host_network": bool(extra_field(ctx.spec.dcgm, "host_network", "hostNetwork", False))}
+
 
 STATE = OperandState(
     name="state-dcgm",
@@ -9,4 +22,5 @@ STATE = OperandState(
     component="dcgm",
     container="nvidia-dcgm-ctr",
     deploy_label="dcgm",
+    extra_vars=_vars,
 )

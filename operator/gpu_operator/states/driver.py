@@ -1,30 +1,294 @@
-"""state-driver: the kernel driver, one OnDelete DaemonSet per node pool (OS, and kernel when precompiled)."""
+"""state-driver: the kernel driver, one OnDelete DaemonSet per node pool (OS, and kernel when precompiled).
+
+The pod follows upstream's contract (assets/state-driver and TransformDriver in v26.7): a k8s-driver-manager
+init container, the privileged driver container whose startup probe writes
+/run/nvidia/validations/.driver-ctr-ready, optional nvidia-peermem / nvidia-fs / nvidia-gdrcopy sidecars, and
+the user's repo, certificate, kernel-module and licensing configuration mounted key by key.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
 from typing import Any
 
 from .. import images
-from ..nodes import driver_pools
-from .base import OperandState, RenderContext
+from ..api import ComponentSpec
+from ..nodes import NodeFacts, Pool, driver_pools, gets_driver
+from .base import OperandState, RenderContext, RenderProblem, extra_field
+
+# Upstream tags RHEL-family driver images by the major OS version only (getOSTag in internal/state/nodepool.go).
+MAJOR_VERSION_TAG_OS = frozenset({"ol", "rocky", "rhel"})
+
+# Where each OS's package manager and CA store look (RepoConfigPathMap, CertConfigPathMap upstream).
+REPO_CONFIG_DIRS = {
+    "centos": "/etc/yum.repos.d",
+    "debian": "/etc/apt/sources.list.d",
+    "ubuntu": "/etc/apt/sources.list.d",
+    "rhcos": "/etc/yum.repos.d",
+    "rhel": "/etc/yum.repos.d",
+    "rocky": "/etc/yum.repos.d",
+    "ol": "/etc/yum.repos.d",
+    "sles": "/etc/zypp/repos.d",
+    "sl-micro": "/etc/zypp/repos.d",
+}
+CERT_CONFIG_DIRS = {
+    "centos": "/etc/pki/ca-trust/extracted/pem",
+    "debian": "/usr/local/share/ca-certificates",
+    "ubuntu": "/usr/local/share/ca-certificates",
+    "rhcos": "/etc/pki/ca-trust/extracted/pem",
+    "rhel": "/etc/pki/ca-trust/extracted/pem",
+    "rocky": "/etc/pki/ca-trust/extracted/pem",
+    "ol": "/etc/pki/ca-trust/extracted/pem",
+    "sles": "/etc/pki/trust/anchors",
+    "sl-micro": "/etc/pki/trust/anchors",
+}
+# Host subscription files the driver container needs to install packages (container path -> host path, type).
+_RHEL_SUBSCRIPTIONS = {
+    "/run/secrets/etc-pki-entitlement": ("/etc/pki/entitlement", "Directory"),
+    "/run/secrets/redhat.repo": ("/etc/yum.repos.d/redhat.repo", "File"),
+    "/run/secrets/rhsm": ("/etc/rhsm", "Directory"),
+}
+_SUSE_SUBSCRIPTIONS = {
+    "/etc/zypp/credentials.d": ("/etc/zypp/credentials.d", "Directory"),
+    "/etc/SUSEConnect": ("/etc/SUSEConnect", "FileOrCreate"),
+}
+SUBSCRIPTIONS = {"rhel": _RHEL_SUBSCRIPTIONS, "sles": _SUSE_SUBSCRIPTIONS, "sl-micro": _SUSE_SUBSCRIPTIONS}
+DRIVERS_DIR = "/drivers"  # kernel module parameters and licensing files go here
+GRIDD_CONF = "gridd.conf"
+NLS_TOKEN = "client_configuration_token.tok"
+CONFIG_DIGEST_ENV = "DRIVER_CONFIG_DIGEST"
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def image_os_tag(os_id: str, os_version: str) -> str:
+    """The OS part of a driver image tag: ubuntu22.04, rhel9 (major version only for the RHEL family)."""
+    if os_id in MAJOR_VERSION_TAG_OS:
+        os_version = os_version.split(".")[0]
+    return f"{os_id}{os_version}"
+
+
+def _tagged(base: str, *suffixes: str) -> str:
+    """An image with `-<suffix>`es appended to its tag, as upstream's resolveDriverTag; digests are verbatim."""
+    if "sha256:" in base:
+        return base
+    return "-".join([base, *suffixes])
+
+
+def _volume_name(config_map: str) -> str:
+    """Upstream names the volume after the ConfigMap; fall back to a hash where that is no DNS label."""
+    if _DNS_LABEL.match(config_map):
+        return config_map
+    return "cm-" + hashlib.sha256(config_map.encode()).hexdigest()[:12]
+
+
+def _config_map_files(ctx: RenderContext, name: str, field: str, dest: str) -> dict[str, Any]:
+    """One read-only subPath mount per key of the ConfigMap under `dest`, so the image's own files stay."""
+    keys = ctx.config_maps.get(name)
+    if keys is None:
+        raise RenderProblem(f"ConfigMap {name} ({field}) not found in namespace {ctx.namespace}")
+    volume = _volume_name(name)
+    return {
+        "mounts": [{"name": volume, "mountPath": f"{dest}/{k}", "subPath": k, "readOnly": True} for k in keys],
+        "volume": {"name": volume, "configMap": {"name": name, "items": [{"key": k, "path": k} for k in keys]}}
+        if keys
+        else None,
+    }
+
+
+def _pool_nodes(nodes: tuple[NodeFacts, ...], pool: Pool) -> list[NodeFacts]:
+    return [
+        n
+        for n in nodes
+        if gets_driver(n)
+        and (n.os_id, n.os_version) == (pool.os_id, pool.os_version)
+        and (not pool.kernel or n.kernel == pool.kernel)
+    ]
+
+
+def _pool(ctx: RenderContext, pool: Pool) -> dict[str, Any]:
+    spec = ctx.spec
+    driver = spec.driver
+    precompiled = driver.use_precompiled
+    os_tag = image_os_tag(pool.os_id, pool.os_version)
+    base = images.resolve(driver, "driver")
+    image = _tagged(base, pool.kernel, os_tag) if pool.kernel else _tagged(base, os_tag)
+
+    driver_mounts: list[dict[str, Any]] = []  # extra mounts of the driver container
+    sidecar_mounts: list[dict[str, Any]] = []  # repo and certificate files, for the GDS and GDRCopy sidecars
+    peermem_mounts: list[dict[str, Any]] = []
+    volumes: list[dict[str, Any]] = []
+
+    def add_volume(volume: dict[str, Any] | None) -> None:
+        if volume and volume["name"] not in {v["name"] for v in volumes}:
+            volumes.append(volume)
+
+    if not precompiled:
+        for ref, field, dirs in (
+            (driver.repo_config.config_map_name, "driver.repoConfig.configMapName", REPO_CONFIG_DIRS),
+            (driver.cert_config.name, "driver.certConfig.name", CERT_CONFIG_DIRS),
+        ):
+            if not ref:
+                continue
+            if pool.os_id not in dirs:
+                raise RenderProblem(f"{field}: not supported for the OS {pool.os_id} of pool {pool.name}")
+            files = _config_map_files(ctx, ref, field, dirs[pool.os_id])
+            driver_mounts += files["mounts"]
+            sidecar_mounts += files["mounts"]
+            add_volume(files["volume"])
+        runtimes = {n.runtime for n in _pool_nodes(ctx.nodes, pool)}
+        subscriptions = SUBSCRIPTIONS.get(pool.os_id, {})
+        if pool.os_id == "rhel" and (runtimes == {"cri-o"} or driver.repo_config.config_map_name):
+            subscriptions = {}  # cri-o injects them itself; a repo ConfigMap replaces them
+        for i, ctr_path in enumerate(sorted(subscriptions)):
+            host_path, kind = subscriptions[ctr_path]
+            name = f"subscription-config-{i}"
+            driver_mounts.append({"name": name, "mountPath": ctr_path, "readOnly": True})
+            add_volume({"name": name, "hostPath": {"path": host_path, "type": kind}})
+    elif pool.os_id in ("sles", "sl-micro"):
+        driver_mounts.append({"name": "lib-modules", "mountPath": "/run/host/lib/modules", "readOnly": True})
+        add_volume({"name": "lib-modules", "hostPath": {"path": "/lib/modules", "type": "Directory"}})
+
+    if driver.kernel_module_config.name:
+        files = _config_map_files(ctx, driver.kernel_module_config.name, "driver.kernelModuleConfig.name", DRIVERS_DIR)
+        driver_mounts += files["mounts"]
+        peermem_mounts += files["mounts"]
+        add_volume(files["volume"])
+
+    licensing = driver.licensing_config
+    secret = extra_field(licensing, "secret_name", "secretName", "")
+    if secret or licensing.config_map_name:
+        items = [{"key": GRIDD_CONF, "path": GRIDD_CONF}]
+        driver_mounts.append(
+            {
+                "name": "licensing-config",
+                "mountPath": f"{DRIVERS_DIR}/{GRIDD_CONF}",
+                "subPath": GRIDD_CONF,
+                "readOnly": True,
+            }
+        )
+        if licensing.nls_enabled:
+            items.append({"key": NLS_TOKEN, "path": NLS_TOKEN})
+            driver_mounts.append(
+                {
+                    "name": "licensing-config",
+                    "mountPath": f"{DRIVERS_DIR}/ClientConfigToken/{NLS_TOKEN}",
+                    "subPath": NLS_TOKEN,
+                    "readOnly": True,
+                }
+            )
+        source = (
+            {"secret": {"secretName": secret, "items": items}}
+            if secret
+            else {"configMap": {"name": licensing.config_map_name, "items": items}}
+        )
+        add_volume({"name": "licensing-config", **source})
+
+    return {
+        "name": pool.name,
+        "image": image,
+        "node_selector": {"nvidia.com/gpu.deploy.driver": "true", **pool.node_selector()},
+        "gds_image": _tagged(images.resolve(spec.gds, "gds"), os_tag),
+        "gdrcopy_image": _tagged(images.resolve(spec.gdrcopy, "gdrcopy"), os_tag),
+        "driver_mounts": driver_mounts,
+        "sidecar_mounts": sidecar_mounts,
+        "peermem_mounts": peermem_mounts,
+        "volumes": volumes,
+    }
+
+
+def _pull_policy(section: ComponentSpec) -> str:
+    return section.image_pull_policy or "IfNotPresent"
 
 
 def _vars(ctx: RenderContext) -> dict[str, Any]:
-    driver = ctx.spec.driver
-    version = images.version_of(driver, "driver")
-    pools = []
-    for pool in driver_pools(list(ctx.nodes), driver.use_precompiled):
-        tag = f"{version}-{pool.kernel}-{pool.os_tag}" if pool.kernel else f"{version}-{pool.os_tag}"
-        digest = (driver.version or "").startswith("sha256:") or (driver.image and not driver.repository)
-        pools.append(
-            {
-                "name": pool.name,
-                "os_tag": pool.os_tag,
-                "image": images.resolve(driver, "driver") if digest else images.resolve(driver, "driver", tag),
-                "node_selector": {"nvidia.com/gpu.deploy.driver": "true", **pool.node_selector()},
+    spec = ctx.spec
+    driver = spec.driver
+    if driver.use_precompiled and (spec.gds.enabled or spec.gdrcopy.enabled):
+        sidecar = "gds" if spec.gds.enabled else "gdrcopy"
+        raise RenderProblem(f"{sidecar}.enabled: not supported with precompiled drivers (driver.usePrecompiled)")
+    pools = [_pool(ctx, pool) for pool in driver_pools(list(ctx.nodes), driver.use_precompiled)]
+    extra_secrets = [*driver.manager.image_pull_secrets]
+    for section in (spec.gds, spec.gdrcopy):
+        if section.enabled:
+            extra_secrets += section.image_pull_secrets
+    return {
+        "pools": pools,
+        "manager_image": images.resolve(driver.manager, "driver-manager"),
+        "manager_pull_policy": _pull_policy(driver.manager),
+        "gds_pull_policy": _pull_policy(spec.gds),
+        "gdrcopy_pull_policy": _pull_policy(spec.gdrcopy),
+        "extra_pull_secrets": list(dict.fromkeys(extra_secrets)),
+        "secret_env_name": extra_field(driver, "secret_env", "secretEnv", ""),
+        "host_network": bool(extra_field(driver, "host_network", "hostNetwork", False)),
+        "sidecar_probe": _probe(None, initial_delay=10, period=10, timeout=10, failures=120),
+        "peermem_liveness": _probe(None, initial_delay=30, period=30, timeout=10, failures=1),
+        "probes": {
+            "startupProbe": _probe(driver.startup_probe, initial_delay=60, period=10, timeout=60, failures=120),
+            # Not in upstream's pod (it fails on these fields): the startup probe's check, run on and on.
+            "livenessProbe": _probe(driver.liveness_probe, 60, 10, 60, 3) if driver.liveness_probe else None,
+            "readinessProbe": _probe(driver.readiness_probe, 60, 10, 60, 3) if driver.readiness_probe else None,
+        },
+    }
+
+
+def _probe(given: Any, initial_delay: int = 0, period: int = 10, timeout: int = 1, failures: int = 3) -> dict[str, int]:
+    """Probe timings: the spec's non-zero values over the template's (upstream's setContainerProbe)."""
+    out = {
+        "initialDelaySeconds": initial_delay,
+        "periodSeconds": period,
+        "timeoutSeconds": timeout,
+        "failureThreshold": failures,
+        "successThreshold": 1,
+    }
+    if given is not None:
+        for key, attr in (
+            ("initialDelaySeconds", "initial_delay_seconds"),
+            ("periodSeconds", "period_seconds"),
+            ("timeoutSeconds", "timeout_seconds"),
+            ("failureThreshold", "failure_threshold"),
+            ("successThreshold", "success_threshold"),
+        ):
+            if getattr(given, attr):
+                out[key] = getattr(given, attr)
+    return out
+
+
+# What a driver (re)install depends on; the driver manager skips the uninstall when the digest is unchanged.
+_INSTALL_CONTAINERS = ("k8s-driver-manager", "nvidia-driver-ctr", "nvidia-peermem-ctr", "nvidia-fs-ctr",
+                       "nvidia-gdrcopy-ctr")  # fmt: skip
+
+
+def config_digest(pod: dict[str, Any]) -> str:
+    """A digest of the install-relevant part of a driver pod: images, commands, env values, env sources,
+    mounts and volumes (labels, probes and resources do not count)."""
+    relevant: dict[str, Any] = {"volumes": pod.get("volumes", [])}
+    for c in pod.get("initContainers", []) + pod.get("containers", []):
+        if c["name"] in _INSTALL_CONTAINERS:
+            relevant[c["name"]] = {
+                "image": c.get("image"),
+                "command": c.get("command"),
+                "args": c.get("args"),
+                "env": [e for e in c.get("env", []) if "value" in e and e["name"] != CONFIG_DIGEST_ENV],
+                "envFrom": c.get("envFrom"),
+                "volumeMounts": c.get("volumeMounts"),
             }
-        )
-    return {"pools": pools, "manager_image": images.resolve(driver.manager, "driver-manager")}
+    blob = json.dumps(relevant, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _finalize(objects: list[dict[str, Any]], ctx: RenderContext) -> None:
+    """Set DRIVER_CONFIG_DIGEST on the driver manager and the driver container of every pool."""
+    for obj in objects:
+        if obj["kind"] != "DaemonSet":
+            continue
+        pod = obj["spec"]["template"]["spec"]
+        containers = {c["name"]: c for c in pod["initContainers"] + pod["containers"]}
+        digest = config_digest(pod)
+        for name in ("k8s-driver-manager", "nvidia-driver-ctr"):
+            env = containers[name].setdefault("env", [])
+            env[:] = [e for e in env if e["name"] != CONFIG_DIGEST_ENV] + [{"name": CONFIG_DIGEST_ENV, "value": digest}]
 
 
 STATE = OperandState(
@@ -39,4 +303,6 @@ STATE = OperandState(
     enabled_when=lambda spec: spec.driver.enabled and not spec.driver.use_nvidia_driver_crd,
     extra_vars=_vars,
     depends_on_nodes=True,
+    finalize=_finalize,
+    resources_everywhere=True,
 )

@@ -5,6 +5,7 @@ preview_waves(nodes, policy) -> list[list[str]] the waves a rollout will take
 """
 
 from .model import (
+    AUTO_UPGRADE_ANNOTATION,
     DELETED_DRIVER_POD_ANNOTATION,
     DRAIN_SKIP_LABEL,
     DRAIN_START_ANNOTATION,
@@ -34,10 +35,11 @@ from .model import (
     UpgradeNode,
     WorkloadPod,
 )
-from .planner import Slots, max_unavailable_count, plan, preview_waves, select_starts
+from .planner import Slots, auto_upgrade_annotations, max_unavailable_count, plan, preview_waves, select_starts
 from .selector import Selector, SelectorError, parse_selector
 
 __all__ = [
+    "AUTO_UPGRADE_ANNOTATION",
     "DELETED_DRIVER_POD_ANNOTATION",
     "DRAIN_SKIP_LABEL",
     "DRAIN_START_ANNOTATION",
@@ -69,6 +71,7 @@ __all__ = [
     "Uncordon",
     "UpgradeNode",
     "WorkloadPod",
+    "auto_upgrade_annotations",
     "max_unavailable_count",
     "parse_selector",
     "plan",

@@ -15,6 +15,7 @@ from ..api import ClusterPolicySpec
 from ..kube import ApiError, Kube
 from ..nodes import NodeFacts, gets_driver
 from ..observe import Snapshot
+from ..states.base import owning_state
 from .model import (
     DRAIN_REQUIRED,
     POD_DELETION_REQUIRED,
@@ -37,7 +38,7 @@ log = logging.getLogger("gpu_operator.upgrade")
 
 DRIVER = "state-driver"
 VALIDATOR = "state-operator-validation"
-COMPONENT = "app.kubernetes.io/component"
+_STATES = frozenset({DRIVER, VALIDATOR})
 # States in which the planner looks at the workload pods of a node.
 NEEDS_PODS = frozenset({WAIT_FOR_JOBS_REQUIRED, POD_DELETION_REQUIRED, DRAIN_REQUIRED})
 
@@ -68,8 +69,8 @@ def upgrade_nodes(
             newest[owner] = (number, rev["metadata"]["labels"].get("controller-revision-hash"))
     by_node: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for pod in pods.values():
-        component = pod["metadata"]["labels"].get(COMPONENT, "")
-        by_node.setdefault((pod["node"], component), []).append(pod)
+        state = owning_state(pod["metadata"]["labels"], _STATES) or ""
+        by_node.setdefault((pod["node"], state), []).append(pod)
     out = []
     for node in nodes:
         if not gets_driver(node):

@@ -23,6 +23,8 @@ REQUESTED_ANNOTATION = "nvidia.com/gpu-driver-upgrade-requested"
 INITIAL_UNSCHEDULABLE_ANNOTATION = "nvidia.com/gpu-driver-upgrade.node-initial-state.unschedulable"
 WAIT_FOR_JOBS_START_ANNOTATION = "nvidia.com/gpu-driver-upgrade-wait-for-pod-completion-start-time"
 VALIDATION_START_ANNOTATION = "nvidia.com/gpu-driver-upgrade-validation-start-time"
+# "true" while the operator orchestrates upgrades: k8s-driver-manager then leaves eviction and drain to it.
+AUTO_UPGRADE_ANNOTATION = "nvidia.com/gpu-driver-upgrade-enabled"
 # Node annotations (ours).
 POD_DELETION_START_ANNOTATION = "nvidia.com/gpu-driver-upgrade-pod-deletion-start-time"
 DRAIN_START_ANNOTATION = "nvidia.com/gpu-driver-upgrade-drain-start-time"

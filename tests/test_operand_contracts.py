@@ -96,7 +96,7 @@ def test_waits_for_toolkit_ready_with_upstreams_loop(name: str) -> None:
     assert mounted_host_path(ds, first, "/run/nvidia/validations") == "/run/nvidia/validations"
     assert mounts(first)["/run/nvidia/validations"]["mountPropagation"] == "HostToContainer"
     assert first["securityContext"] == {"privileged": True, "runAsUser": 0}
-    assert first["image"] == "nvcr.io/nvidia/cloud-native/gpu-operator-validator:v26.7.0"
+    assert first["image"] == "nvcr.io/nvidia/gpu-operator:v26.7.0"  # upstream v26.7 ships the validator there
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -13,6 +13,7 @@ from gpu_operator.nodes import (
     ALL_OPERANDS,
     CONTAINER_OPERANDS,
     GPU_PCI_LABELS,
+    RUNTIME_LABEL,
     NodeFacts,
     Pool,
     apply_patch,
@@ -79,7 +80,7 @@ def test_pci_label_must_be_true() -> None:
 
 def test_new_gpu_node_gets_every_container_deploy_label() -> None:
     patch = desired_labels(facts(), DEFAULT)
-    assert patch == {GPU_PRESENT: "true", **{label: "true" for label in CONTAINER_LABELS}}
+    assert patch == {GPU_PRESENT: "true", RUNTIME_LABEL: "containerd", **{label: "true" for label in CONTAINER_LABELS}}
     assert deploy_label("mig-manager") not in patch
 
 
@@ -143,7 +144,7 @@ def test_pre_installed_driver_is_left_alone() -> None:
 
 @pytest.mark.parametrize("value", ["paused-for-driver-upgrade", "paused-for-mig-change"])
 def test_paused_values_are_left_alone(value: str) -> None:
-    labels = {GPU_PRESENT: "true", **{label: "true" for label in CONTAINER_LABELS}}
+    labels = {GPU_PRESENT: "true", RUNTIME_LABEL: "containerd", **{label: "true" for label in CONTAINER_LABELS}}
     labels[deploy_label("device-plugin")] = value
     labels[deploy_label("dcgm-exporter")] = value
     assert desired_labels(facts(labels=labels), DEFAULT) == {}

@@ -7,16 +7,22 @@ Go module. Each test renders our toolkit DaemonSet for a node of one runtime, em
 runs the installer once (`--no-daemon`), with the values `driver-ready` gives it. The assertions read the
 HOST files: the runtime config the installer edited and the toolkit it installed.
 
-What cannot run here, and what stands in for it (each test says which it uses):
+What cannot run here, and what stands in for it:
 - The toolkit's own binaries and libnvidia-container (`/artifacts/deb` in the image; libnvidia-container is C,
-  not in the Go module): same-named stand-in files, which the installer copies and wraps like the real ones.
-- Restarting cri-o (`chroot /host systemctl restart crio`: root and systemd) and docker: `RUNTIME_RESTART_MODE=none`.
-  containerd is really signalled: a stand-in process listens on the host's containerd socket and must get SIGHUP.
-- The `command` config source (`containerd config dump` / `crio status config` in a chroot of the host root):
-  no runtime binary here, so the installer falls back to its `file` source, the host's config through the mount.
-- CDI: the management CDI spec and the control device nodes need a driver (libraries, /dev/nvidia*, mknod):
-  with CDI on, `CDI_OUTPUT_DIR` is empty and `CREATE_DEVICE_NODES=none`, and `RUNTIME_ENABLE_CDI=true` keeps
-  what CDI on does to the runtime config (the installer derives it from `CDI_ENABLED` otherwise).
+  not in the Go module): same-named stand-in files (`TOOLKIT_SOURCE_ROOT`), which the installer copies and
+  wraps like the real ones. Whether those binaries then run a GPU container is not tested.
+- Restarting cri-o (`chroot /host systemctl restart crio`: root and systemd) and docker (a signal through
+  its socket): `RUNTIME_RESTART_MODE=none`. containerd is really signalled: a stand-in process listens on the
+  host's containerd socket (the one the pod mounts) and must receive the installer's SIGHUP.
+- The `command` config source (`chroot /host containerd config dump`, `crio status config`): no runtime
+  binary in the scratch host, so the installer falls back to its `file` source, the host's config read
+  through the mount, as it does on a node where the command fails.
+- CDI's management spec and control device nodes: the spec needs NVML (the driver's libnvidia-ml, dlopened,
+  for the driver version) and /dev/nvidia* character devices; the nodes need mknod and the driver's majors.
+  With CDI on, `CDI_OUTPUT_DIR` is empty and `CREATE_DEVICE_NODES=none`, and `RUNTIME_ENABLE_CDI=true` keeps
+  what CDI does to the runtime config (the installer derives it from `CDI_ENABLED` otherwise).
+- The daemon part (waiting for SIGTERM, then undoing the config): `--no-daemon`.
+- Mount propagation, SELinux labels, hostPID, privileged: not modelled; the mount table is.
 """
 
 from __future__ import annotations
@@ -237,14 +243,18 @@ class Pod:
     def host_file(self, host_path: str) -> Path:
         return self.host / host_path.lstrip("/")
 
-    def run(self, installer: Path, extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
-        env = {**self.env, **DRIVER_READY, **extra}
+    def run(
+        self, installer: Path, extra: dict[str, str], driver_ready: dict[str, str] = DRIVER_READY
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the installer as the container would; `extra` (test-only settings) is passed as it is."""
+        env = {**self.env, **driver_ready}
         for names, value in INSTALLER_DEFAULTS["any"] + INSTALLER_DEFAULTS[env.get("RUNTIME", "docker")]:
-            if not any(n in env for n in names):
+            if not any(n in env or n in extra for n in names):
                 env[names[0]] = value
         for name, value in env.items():
             if value.startswith("/") and name not in HOST_PATH_VARS:
                 env[name] = self.scratch(value)
+        env.update(extra)
         for _, source in self.mounts:
             self.host_file(source).mkdir(parents=True, exist_ok=True)  # hostPath directories exist
         self.container.mkdir(parents=True, exist_ok=True)
@@ -301,8 +311,12 @@ def fake_containerd(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     ready = tmp_path / "listening"
     code = textwrap.dedent(
         f"""
-        import signal, socket, sys
-        signal.signal(signal.SIGHUP, lambda *_: open({str(marker)!r}, "a").write("SIGHUP\\n"))
+        import os, signal, socket
+        def hup(*_):  # the marker appears whole: written aside, then renamed
+            with open({str(marker)!r} + ".tmp", "w") as f:
+                f.write("SIGHUP\\n")
+            os.replace({str(marker)!r} + ".tmp", {str(marker)!r})
+        signal.signal(signal.SIGHUP, hup)
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.bind({str(sock)!r})
         s.listen(8)
@@ -311,6 +325,8 @@ def fake_containerd(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
             conn, _ = s.accept()
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)  # the installer reads our pid from it
             conn.sendall(b"x")
+            while conn.recv(64):  # like containerd, keep the connection until the client closes it
+                pass
             conn.close()
         """
     )
@@ -324,6 +340,23 @@ def fake_containerd(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)
+
+
+def toolkit_config(pod: Pod, install_dir: str = "/usr/local/nvidia") -> dict[str, Any]:
+    """The installed toolkit's own config, read on the host."""
+    return tomllib.loads(
+        pod.host_file(f"{install_dir}/toolkit/.config/nvidia-container-runtime/config.toml").read_text()
+    )
+
+
+def sighup_received(marker: Path, timeout: float = 10) -> bool:
+    """Whether the stand-in containerd got its SIGHUP (its handler runs asynchronously) within the timeout."""
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return marker.read_text() == "SIGHUP\n"
 
 
 def cri_runtimes(config: dict[str, Any], plugin: str) -> dict[str, Any]:
@@ -357,7 +390,8 @@ def test_containerd_gets_the_nvidia_runtimes_on_the_host(
     config.parent.mkdir(parents=True)
     config.write_text(top_level)
 
-    check(pod.run(installer, base_env(tmp_path, cdi)))
+    proc = pod.run(installer, base_env(tmp_path, cdi))
+    check(proc)
 
     # The NVIDIA drop-in is on the host, with the three runtimes pointing at binaries installed on the host.
     drop_in = tomllib.loads(pod.host_file("/etc/containerd/conf.d/99-nvidia.toml").read_text())
@@ -378,7 +412,7 @@ def test_containerd_gets_the_nvidia_runtimes_on_the_host(
     cri = drop_in["plugins"][plugin]
     if cdi:
         assert cri.get("enable_cdi") is True
-        assert "default_runtime_name" not in cri["containerd"], "with CDI, nvidia is a handler, not the default"
+        assert cri["containerd"]["default_runtime_name"] == "runc", "with CDI, nvidia is a handler, not the default"
     else:
         assert cri["containerd"]["default_runtime_name"] == "nvidia"
 
@@ -389,16 +423,14 @@ def test_containerd_gets_the_nvidia_runtimes_on_the_host(
     assert cri_runtimes(top, plugin).keys() == {"runc"}
 
     # The installed toolkit's config names the host's driver root (from driver-ready) and runc from the host config.
-    tk = tomllib.loads(
-        pod.host_file("/usr/local/nvidia/toolkit/.config/nvidia-container-runtime/config.toml").read_text()
-    )
+    tk = toolkit_config(pod)
     assert tk["nvidia-container-cli"]["root"] == "/run/nvidia/driver"
     assert tk["nvidia-container-runtime"]["runtimes"][0] == "/usr/local/sbin/runc"
     if cdi:
         assert tk["nvidia-container-runtime"]["mode"] == "cdi"
 
     # containerd was told to reload through the host's socket; nothing was written inside the container.
-    assert (tmp_path / "sighup").read_text() == "SIGHUP\n"
+    assert sighup_received(fake_containerd[1]), proc.stderr[-3000:]
     assert files_under(pod.container) == []
     assert pod.host_file("/run/nvidia/toolkit").is_dir()
 
@@ -414,6 +446,26 @@ def test_install_dir_lands_on_the_host(tmp_path: Path, installer: Path, fake_con
     assert pod.host_file("/opt/nvidia/toolkit/nvidia-container-runtime").is_file()
     assert not pod.host_file("/usr/local/nvidia/toolkit").exists()
     assert files_under(pod.container) == []
+
+
+def test_a_host_driver_root_from_driver_ready_reaches_the_toolkit_config(
+    tmp_path: Path, installer: Path, fake_containerd: tuple[Path, Path]
+) -> None:
+    """driver-ready for a driver installed on the host (root `/`, seen at /host in the container)."""
+    host_driver = {
+        "IS_HOST_DRIVER": "true",
+        "NVIDIA_DRIVER_ROOT": "/",
+        "DRIVER_ROOT_CTR_PATH": "/host",
+        "NVIDIA_DEV_ROOT": "/",
+        "DEV_ROOT_CTR_PATH": "/host",
+    }
+    pod = toolkit_pod(tmp_path, "containerd")
+    pod.host_file("/etc/containerd").mkdir(parents=True)
+    pod.host_file("/etc/containerd/config.toml").write_text(CONTAINERD_V2)
+    check(pod.run(installer, base_env(tmp_path, cdi=False), driver_ready=host_driver))
+    tk = toolkit_config(pod)
+    assert tk["nvidia-container-cli"]["root"] == "/", "the default would be /run/nvidia/driver"
+    assert tk["nvidia-container-cli"]["ldconfig"].startswith("@/sbin/ldconfig")
 
 
 # cri-o: the drop-in in cri-o's config directory; cri-o's own config is read, never written
@@ -439,9 +491,7 @@ def test_crio_gets_its_drop_in_on_the_host(tmp_path: Path, installer: Path, cdi:
     else:
         assert drop_in["crio"]["runtime"]["default_runtime"] == "nvidia"
     assert crio_conf.read_text() == CRIO_CONF, "cri-o's own config is only read"
-    tk = tomllib.loads(
-        pod.host_file("/usr/local/nvidia/toolkit/.config/nvidia-container-runtime/config.toml").read_text()
-    )
+    tk = toolkit_config(pod)
     assert tk["nvidia-container-runtime"]["runtimes"][0] == "/usr/libexec/crio/crun", "read from the host's crio.conf"
     assert not pod.host_file("/usr/share/containers/oci/hooks.d/oci-nvidia-hook.json").exists(), "config mode, no hook"
     assert files_under(pod.container) == []

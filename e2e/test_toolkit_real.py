@@ -171,7 +171,7 @@ def installer() -> Path:
     if not os.access(path, os.X_OK):
         print(f"[toolkit] {path} missing: running {BUILD_SH}", file=sys.stderr, flush=True)
         subprocess.run(["bash", str(BUILD_SH)], check=True, stdout=sys.stderr, stderr=sys.stderr)
-    assert os.access(path, os.X_OK), f"build.sh did not build {path}"
+    assert os.access(path, os.X_OK), f"build.sh did not build {path} (it needs a C compiler, see its output)"
     return path
 
 

@@ -94,7 +94,10 @@ build_simple() {  # build_simple NAME MODULE_PKG VERSION
 build_toolkit_installer() {
   local name=nvidia-ctk-installer
   if ! need "$name" "$TOOLKIT_VERSION"; then link "$name" "$TOOLKIT_VERSION"; return; fi
-  command -v "${CC:-gcc}" >/dev/null || { log "$name needs a C compiler (cgo): install gcc"; return 1; }
+  if ! command -v "${CC:-gcc}" >/dev/null; then
+    log "$name: skipped, it needs a C compiler (cgo); install gcc for e2e/test_toolkit_real.py"
+    return 0
+  fi
   log "$name $TOOLKIT_VERSION: compiling (github.com/NVIDIA/nvidia-container-toolkit, with cgo)"
   local gobin="$WORK/gobin-$name-$TOOLKIT_VERSION"
   mkdir -p "$gobin"

@@ -7,6 +7,7 @@ K8S_VERSION=${K8S_VERSION:-v1.37.2}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
 HELM_VERSION=${HELM_VERSION:-v3.22.0}
+TOOLKIT_VERSION=${TOOLKIT_VERSION:-v1.20.0}  # the NVIDIA Container Toolkit, as our default toolkit image
 CACHE=${GPU_OPERATOR_E2E_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/gpu-operator-e2e}
 BIN="$CACHE/bin"
 WORK="$CACHE/work"
@@ -87,11 +88,32 @@ build_simple() {  # build_simple NAME MODULE_PKG VERSION
   link "$1" "$3"
 }
 
+# The installer the toolkit image runs (its `nvidia-toolkit` is a link to it), for e2e/test_toolkit_real.py.
+# It needs cgo: it imports go-nvml (through the CDI spec generator), whose bindings are cgo and dlopen the
+# driver's libnvidia-ml at run time, so nothing of the driver is needed to build or to run it here.
+build_toolkit_installer() {
+  local name=nvidia-ctk-installer
+  if ! need "$name" "$TOOLKIT_VERSION"; then link "$name" "$TOOLKIT_VERSION"; return; fi
+  if ! command -v "${CC:-gcc}" >/dev/null; then
+    log "$name: skipped, it needs a C compiler (cgo); install gcc for e2e/test_toolkit_real.py"
+    return 0
+  fi
+  log "$name $TOOLKIT_VERSION: compiling (github.com/NVIDIA/nvidia-container-toolkit, with cgo)"
+  local gobin="$WORK/gobin-$name-$TOOLKIT_VERSION"
+  mkdir -p "$gobin"
+  # go-nvml's header marks old NVML calls deprecated: thousands of warnings that say nothing here.
+  CGO_ENABLED=1 CGO_CFLAGS="${CGO_CFLAGS:--O2 -g} -Wno-deprecated-declarations" GOFLAGS=-buildvcs=false GOBIN="$gobin" \
+    go install -trimpath -ldflags "-s -w" "github.com/NVIDIA/nvidia-container-toolkit/cmd/$name@$TOOLKIT_VERSION"
+  mv "$gobin/$name" "$BIN/$name-$TOOLKIT_VERSION"
+  link "$name" "$TOOLKIT_VERSION"
+}
+
 start=$(date +%s)
 build_etcd
 build_simple kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
 build_kubernetes
 build_simple helm helm.sh/helm/v3/cmd/helm "$HELM_VERSION"
+build_toolkit_installer
 # kwok's Stages ship inside its module; keep a copy next to the binaries.
 stages="$CACHE/kwok-stages-$KWOK_VERSION"
 if [ ! -d "$stages" ]; then

@@ -183,6 +183,7 @@ def desired_labels(node: NodeFacts, spec: ClusterPolicySpec) -> dict[str, str | 
         for op in (*ALL_OPERANDS, *DRA_OPERANDS):
             if written_by_us(labels.get(deploy_label(op))):
                 want[deploy_label(op)] = None
+        _runtime_label(node, None, want)
         return want
 
     if present != "true":
@@ -194,6 +195,7 @@ def desired_labels(node: NodeFacts, spec: ClusterPolicySpec) -> dict[str, str | 
         for op in (*ALL_OPERANDS, *DRA_OPERANDS):
             if op != "dra-driver" and deploy_label(op) in labels:
                 want[deploy_label(op)] = None
+        _runtime_label(node, None, want)
     else:
         workload = workload_of(node, spec)
         wanted = workload_operands(workload, sandbox_mode(spec))
@@ -208,6 +210,9 @@ def desired_labels(node: NodeFacts, spec: ClusterPolicySpec) -> dict[str, str | 
                     want[key] = "true"
             elif op != "dra-driver" and written_by_us(labels.get(key)):
                 want[key] = None
+        # The toolkit pool this node belongs to (one toolkit DaemonSet per container runtime).
+        toolkit = "container-toolkit" in wanted
+        _runtime_label(node, runtime_of(node, spec.operator.default_runtime) if toolkit else None, want)
 
     default = spec.mig_manager.config.default
     if spec.mig_manager.enabled and default and capable and not labels.get(MIG_CONFIG):
@@ -296,3 +301,47 @@ def unpooled(nodes: list[NodeFacts], precompiled: bool) -> list[str]:
     return sorted(
         n.name for n in nodes if gets_driver(n) and not (n.os_id and n.os_version and (n.kernel or not precompiled))
     )
+
+
+# Container runtime pools (the toolkit renders one DaemonSet per runtime). The runtime comes from the node's
+# status.nodeInfo.containerRuntimeVersion; the operator copies it into this label so DaemonSets can select on it.
+RUNTIME_LABEL = "nvidia.com/gpu-operator.container-runtime"
+# containerRuntimeVersion scheme -> the toolkit's runtime name (its RUNTIME values).
+RUNTIMES = {"containerd": "containerd", "cri-o": "crio", "docker": "docker"}
+
+
+def runtime_of(node: NodeFacts, fallback: str | None) -> str | None:
+    """The toolkit runtime of a node: from what it reports; the fallback only when it reports nothing."""
+    if not node.runtime:
+        return fallback
+    return RUNTIMES.get(node.runtime)
+
+
+def _runtime_label(node: NodeFacts, runtime: str | None, want: dict[str, str | None]) -> None:
+    current = node.labels.get(RUNTIME_LABEL)
+    if runtime is None and current is not None:
+        want[RUNTIME_LABEL] = None
+    elif runtime is not None and current != runtime:
+        want[RUNTIME_LABEL] = runtime
+
+
+def gets_toolkit(node: NodeFacts) -> bool:
+    """A GPU node the operator's container toolkit is for (a paused label keeps it in its pool)."""
+    value = node.labels.get(deploy_label("container-toolkit"))
+    return node.has_gpu and (value == "true" or value in PAUSED_VALUES)
+
+
+def runtime_pools(nodes: list[NodeFacts]) -> list[str]:
+    """The runtimes of the nodes that get the toolkit, sorted."""
+    known = set(RUNTIMES.values())
+    return sorted({n.labels[RUNTIME_LABEL] for n in nodes if gets_toolkit(n) and n.labels.get(RUNTIME_LABEL) in known})
+
+
+def unknown_runtime(nodes: list[NodeFacts]) -> dict[str, str]:
+    """Toolkit nodes whose container runtime is not supported: name -> the runtime they report."""
+    known = set(RUNTIMES.values())
+    return {
+        n.name: n.runtime
+        for n in sorted(nodes, key=lambda n: n.name)
+        if gets_toolkit(n) and n.labels.get(RUNTIME_LABEL) not in known
+    }

@@ -15,7 +15,7 @@ from typing import Any
 from . import metrics, upgrade
 from .api import ClusterPolicySpec, PolicyError, parse_spec
 from .kube import ApiError, Kube
-from .nodes import DEPLOY_PREFIX, GPU_PRESENT, NodeFacts, unpooled, written_by_us
+from .nodes import DEPLOY_PREFIX, GPU_PRESENT, RUNTIME_LABEL, NodeFacts, unknown_runtime, unpooled, written_by_us
 from .observe import Key, Snapshot, key_of
 from .readiness import daemonset_ready
 from .render import NodePatch, node_patches, plan, relabelled
@@ -217,6 +217,8 @@ class Reconciler:
                 result = self._state_readiness(name, desired_keys, live, snap)
                 if name == "state-driver":
                     result = _with_unpooled(result, nodes, spec.driver.use_precompiled)
+                elif name == "state-container-toolkit":
+                    result = _with_unknown_runtime(result, nodes)
                 results.append(result)
 
         for key, obj in sorted(snap.owned.items()):
@@ -385,7 +387,7 @@ class Reconciler:
                     drop: dict[str, str | None] = {
                         k: None
                         for k, v in node.labels.items()
-                        if k == GPU_PRESENT or (k.startswith(DEPLOY_PREFIX) and written_by_us(v))
+                        if k in (GPU_PRESENT, RUNTIME_LABEL) or (k.startswith(DEPLOY_PREFIX) and written_by_us(v))
                     }
                     if drop:
                         patches[node.name] = {"labels": drop}
@@ -407,4 +409,14 @@ def _with_unpooled(result: StateResult, nodes: list[NodeFacts], precompiled: boo
     labels = "os-release ID/VERSION_ID" + (" and kernel-version.full" if precompiled else "")
     shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
     why = f"no driver for {shown}: NFD labels {labels} missing"
+    return StateResult(result.name, "notReady", f"{result.message}; {why}" if result.message else why)
+
+
+def _with_unknown_runtime(result: StateResult, nodes: list[NodeFacts]) -> StateResult:
+    missing = unknown_runtime(nodes)
+    if not missing:
+        return result
+    shown = ", ".join(f"{name} ({rt or 'none'})" for name, rt in list(missing.items())[:5])
+    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    why = f"no container toolkit for {shown}{more}: container runtime not supported (containerd, cri-o, docker)"
     return StateResult(result.name, "notReady", f"{result.message}; {why}" if result.message else why)

@@ -799,6 +799,7 @@ class NodeModel:
         for c in inits[:memo.init_done]:
             if c.role == VALIDATOR and self._component(c) == "driver" and self._driver_check(pod, c)[0] is not None:
                 memo.init_done = c.index
+                memo.entered = -1  # it starts again (and deletes its status file first)
                 memo.started_main = False
                 memo.waited.clear()
                 memo.probed = False

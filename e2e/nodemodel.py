@@ -1112,9 +1112,9 @@ class NodeModel:
             memo.dry_runs[key] = self._world.dry_run(workload)
         rejected = memo.dry_runs[key]
         if rejected:
-            return Need("error", "", c.where,
-                        f"failed to create {component} validation pod {workload['metadata']['generateName']}, "
-                        f"err {rejected}")
+            # (upstream prints the pod's name, empty before the API server generates one)
+            return Need("error", "", c.where, f"failed to create {component} validation pod "
+                        f"{workload['metadata'].get('name', '')}, err {rejected}")
         rc = env.get("VALIDATOR_RUNTIME_CLASS") or None
         if rc:
             handler = self._world.runtime_classes.get(rc)

@@ -264,17 +264,17 @@ CONTAINERD_MESSAGE = ('Failed to create pod sandbox: rpc error: code = Unknown d
 
 @pytest.fixture(scope="module")
 def operand_support(kube: Kube, fake_nodes: dict[str, dict[str, Any]]) -> Iterator[None]:
-    """What the upstream-shaped operand pods need besides their DaemonSets: the ConfigMaps they mount, the
-    validator's ServiceAccount (its workload pods use it) and the RuntimeClasses."""
+    """What the upstream-shaped operand pods need besides their DaemonSets: the ConfigMaps they mount, their
+    ServiceAccounts (the validator's workload pods use its one too) and the RuntimeClasses."""
     create_namespace(kube, OPERATOR_NS)
     cms = f"/api/v1/namespaces/{OPERATOR_NS}/configmaps"
     for name in U.CONFIG_MAPS:
         kube.delete(f"{cms}/{name}")
         kube.create(cms, U.config_map(name))
     sas = f"/api/v1/namespaces/{OPERATOR_NS}/serviceaccounts"
-    made_sa = kube.get_or_none(f"{sas}/{VALIDATOR_APP}") is None
-    if made_sa:
-        kube.create(sas, {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": VALIDATOR_APP}})
+    made_sas = [name for name in U.SERVICE_ACCOUNTS if kube.get_or_none(f"{sas}/{name}") is None]
+    for name in made_sas:
+        kube.create(sas, {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}})
     rcs = "/apis/node.k8s.io/v1/runtimeclasses"
     made = [name for name in U.RUNTIME_CLASSES if kube.get_or_none(f"{rcs}/{name}") is None]
     for name in made:
@@ -283,8 +283,8 @@ def operand_support(kube: Kube, fake_nodes: dict[str, dict[str, Any]]) -> Iterat
     yield
     for name in U.CONFIG_MAPS:
         kube.delete(f"{cms}/{name}")
-    if made_sa:
-        kube.delete(f"{sas}/{VALIDATOR_APP}")
+    for name in made_sas:
+        kube.delete(f"{sas}/{name}")
     for name in made:
         kube.delete(f"{rcs}/{name}")
 
@@ -431,7 +431,7 @@ def test_cuda_validation_reports_the_api_servers_rejection_of_an_empty_image(
                         lambda p: _state(_ctr(p, "cuda-validation")) == ("waiting", "CrashLoopBackOff"),
                         "cuda-validation failing")
         message = _ctr(pod, "cuda-validation")["lastState"]["terminated"]["message"]
-        assert message.startswith("failed to create cuda validation pod nvidia-cuda-validator-, err ")
+        assert message.startswith("failed to create cuda validation pod , err Pod \"nvidia-cuda-validator-")
         assert "spec.containers[0].image: Required value" in message, message
         assert "spec.initContainers[0].image: Required value" in message, message
         assert _state(_ctr(pod, "toolkit-validation")) == ("terminated", "Completed")
@@ -480,13 +480,12 @@ ON_DRIVER_NODES = {PROFILE_LABEL: "h100x8", POOL_LABEL: POOL}
 
 @pytest.fixture
 def driver_stack(kube: Kube, simulator: NodeSimulator, operand_support: None) -> Iterator[str]:
-    """Driver (OnDelete), toolkit and validator DaemonSets on the two h100 nodes, all pods Ready.
+    """Driver (OnDelete), toolkit, validator and device plugin DaemonSets on the two h100 nodes, all pods Ready.
 
     Yields the app label of the driver pods; the validator pods have ``app=nvidia-operator-validator``.
     """
-    templates = {DRIVER_APP: U.driver(), TOOLKIT_APP: U.toolkit(), VALIDATOR_APP: U.validator()}
+    templates = {name: t for name, t in U.stack().items() if name != GFD_APP}
     with deployed(kube, templates, ON_DRIVER_NODES):
-        kube.patch(f"{DS_PATH}/{DRIVER_APP}", {"spec": {"updateStrategy": {"type": "OnDelete"}}})
         for node in DRIVER_NODES:
             for app in templates:
                 _wait_pod(kube, app, node, pod_running_ready, "Running and Ready", timeout=60)
@@ -595,9 +594,8 @@ def test_gfd_driver_labels_follow_the_new_driver_version(
     kube: Kube, simulator: NodeSimulator, operand_support: None
 ) -> None:
     node = "infra-l4-0"
-    templates = {DRIVER_APP: U.driver("595.91.07"), TOOLKIT_APP: U.toolkit(), GFD_APP: U.gpu_feature_discovery()}
+    templates = U.stack()  # GFD starts once the validator has written toolkit-ready
     with deployed(kube, templates, {"kubernetes.io/hostname": node}):
-        kube.patch(f"{DS_PATH}/{DRIVER_APP}", {"spec": {"updateStrategy": {"type": "OnDelete"}}})
         wait_for(lambda: _driver_labels(kube, node) == ("595", "91", "07"), 60,
                  message="GFD labels of driver 595.91.07")
 

@@ -281,7 +281,7 @@ def test_cuda_validation_surfaces_the_api_servers_rejection_of_an_empty_image() 
     node.pods["nvidia-operator-validator"] = U.pod(template, "nvidia-operator-validator", NODE)
     node.step()
     message = node.container("nvidia-operator-validator", "cuda-validation")["lastState"]["terminated"]["message"]
-    assert message.startswith("failed to create cuda validation pod nvidia-cuda-validator-, err Pod")
+    assert message.startswith("failed to create cuda validation pod , err Pod \"nvidia-cuda-validator-")
     assert "spec.initContainers[0].image: Required value" in message and "spec.containers[0].image" in message
     assert f"{V}/cuda-ready" not in node.files() and f"{V}/toolkit-ready" in node.files()
 

@@ -362,8 +362,10 @@ def daemonset(name: str, template: dict[str, Any], *, namespace: str = NAMESPACE
     meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(tpl["metadata"]["labels"])}
     if owner:
         meta["ownerReferences"] = [owner]
-    return {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": meta,
-            "spec": {"selector": {"matchLabels": selector}, "template": tpl}}
+    spec: dict[str, Any] = {"selector": {"matchLabels": selector}, "template": tpl}
+    if tpl["metadata"]["labels"].get("app.kubernetes.io/component") == "nvidia-driver":
+        spec["updateStrategy"] = {"type": "OnDelete"}  # a driver pod is replaced only when deleted
+    return {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": meta, "spec": spec}
 
 
 CLUSTER_POLICY_OWNER = {"apiVersion": "nvidia.com/v1", "kind": "ClusterPolicy", "name": "cluster-policy",
@@ -377,3 +379,6 @@ def config_map(name: str, namespace: str = NAMESPACE) -> dict[str, Any]:
 
 
 RUNTIME_CLASSES = {"nvidia": "nvidia", "nvidia-cdi": "nvidia-cdi", "nvidia-legacy": "nvidia-legacy"}
+# the templates' ServiceAccounts (the API server admits no pod whose ServiceAccount is missing)
+SERVICE_ACCOUNTS = ("nvidia-driver", "nvidia-container-toolkit", "nvidia-operator-validator", "nvidia-device-plugin",
+                    "nvidia-gpu-feature-discovery", "nvidia-node-status-exporter")

@@ -14,9 +14,10 @@ its container runtime (``runc`` at first) and, on cri-o, OCI hooks.  The kubelet
   and one Warning event ``FailedCreatePodSandBox`` says so with containerd's message.
 * Init containers run in order, each blocking the next; a script loop ``until [ -f PATH ]`` waits for the file.
   Other init containers (driver manager, config-manager-init, ...) complete at once.
-* Main containers then run; one whose ``startupProbe`` script writes files (the driver's probe touches
-  ``.driver-ctr-ready``) is started after the node's driver delay (or crash-loops on a crash-looping node) and
-  writes them then; its ``preStop`` script's ``rm`` runs when the pod goes.
+* Main containers then run (Ready without probes; a script's wait loops gate only what it starts next, once);
+  one whose ``startupProbe`` script writes files (the driver's probe writes ``.driver-ctr-ready``) is started
+  after the node's driver delay (or crash-loops on a crash-looping node) and writes them then.  A ``preStop``
+  script's ``rm`` runs when the pod goes.  A pod whose ConfigMap volume is missing does not start (FailedMount).
 
 The components (facts from upstream's sources, named in each rule):
 
@@ -45,8 +46,13 @@ The components (facts from upstream's sources, named in each rule):
   only when the config it writes resolves to the node runtime's real config and ``RUNTIME`` is the node's
   runtime; otherwise nothing changes on the host and the container just runs.  When the pod goes, it removes them.
 * Device plugin (``nvidia-device-plugin``) and GPU feature discovery (``gpu-feature-discovery``): once their
-  scripts' waits pass and NVML loads (a GPU runtime with the driver), the node advertises ``nvidia.com/gpu`` /
-  gets the GFD labels.
+  scripts' waits pass and NVML loads at start (a GPU runtime with the driver; else CrashLoopBackOff), the node
+  advertises ``nvidia.com/gpu`` / gets the GFD labels while they run.
+
+``diagnose()`` reads the last step: deadlocks (pods waiting on each other, e.g. a toolkit waiting for
+``driver-ready`` that only a validator writes, which needs the handler only that toolkit adds), pods stuck on
+what no pod provides, failing containers.  ``python -m e2e.nodemodel`` runs ``gpu-operator render`` output
+through it offline.
 """
 
 from __future__ import annotations

@@ -533,3 +533,30 @@ def test_queue_keeps_the_earliest_delayed_add() -> None:
     assert q.pending() == {} and q.idle()
     q.close()
     assert q.get() is None
+
+
+def test_offline_check_of_rendered_manifests(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    from e2e.nodemodel import main
+
+    def write(fixed: bool) -> str:
+        docs: list[dict[str, Any]] = [U.config_map(name) for name in U.CONFIG_MAPS]
+        docs += [{"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": n}, "handler": h}
+                 for n, h in U.RUNTIME_CLASSES.items()]
+        docs += [U.daemonset(n, t, node_selector={"nvidia.com/gpu.present": "true"})
+                 for n, t in U.stack(fixed_toolkit=fixed).items()]
+        docs.append({"kind": "Node", "metadata": {"name": NODE, "labels": {"nvidia.com/gpu.present": "true"}}})
+        path = tmp_path / f"rendered-{fixed}.yaml"
+        path.write_text(yaml.safe_dump_all(docs))
+        return str(path)
+
+    nodes = tmp_path / "nodes.yaml"
+    node = make_node(NODE, "h100x8")
+    nodes.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [node]}))
+    assert main([write(True), "--nodes", str(nodes)]) == 0
+    out = capsys.readouterr().out
+    assert "NOT READY" not in out and f"{V}/plugin-ready" in out
+    assert main([write(False), "--nodes", str(nodes)]) == 1
+    out = capsys.readouterr().out
+    assert "deadlock: pod nvidia-container-toolkit-daemonset-n1 (init container driver-validation) waits for" in out

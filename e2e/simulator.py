@@ -1,95 +1,70 @@
-"""Node simulator: plays the parts of the GPU stack that kwok cannot fake (test infrastructure only).
+"""Node simulator: the kubelet and NVIDIA components of every fake node of the local cluster (test infrastructure).
 
-It watches the operand pods in one namespace (label ``app.kubernetes.io/component`` = the operand state) and,
-per node, makes the node look as it would on real hardware:
+It watches the operand pods of one namespace (label ``app.kubernetes.io/managed-by=gpu-operator``; kwok leaves
+those to it, see ``e2e/cluster/stages/pod-ready.yaml``) and runs each node through ``e2e.nodemodel.NodeModel``,
+which decides from the pod specs alone what the kubelet and the components would do: which pods start, which
+init containers wait, which files appear under the host's ``/run/nvidia/validations``, which runtime handlers the
+toolkit configures.  This adapter writes the outcome to the API server:
 
-* ``state-driver`` pods: kwok leaves them Pending (see ``e2e/cluster/stages/pod-ready.yaml``); the simulator
-  makes them Running.  A new driver pod becomes Ready ``driver_ready_delay`` seconds after it was created (0: at
-  once; until then its containers run but are not ready, as while the driver compiles and loads).  On a node
-  given to ``crash_loop_driver`` the driver pod stays Running and not Ready, its ``nvidia-driver-ctr``
-  container waiting in CrashLoopBackOff with a restartCount that grows by one every ``crash_restart_seconds``;
-  once the crash loop is turned off, the pod becomes Ready.  Labels (``controller-revision-hash``) are never
-  touched: only the status is written.
-* ``state-operator-validation`` pods: kwok leaves them Pending too.  The validator pod on a node is Running and
-  Ready while the node's driver pod is Running and Ready, and Running but not Ready (its driver-validation init
-  container waiting) otherwise: while the driver pod starts, crash-loops, or is gone because it was deleted and
-  its DaemonSet has not recreated it yet.  A node that no driver DaemonSet targets (driver disabled, or the
-  node opted out) counts as having a host driver: its validator is Ready.
-* ``state-device-plugin`` pod Running and Ready on a node: the node's capacity and allocatable get
-  ``nvidia.com/gpu`` = the GPU count of its profile; when no such pod is left, the resource is removed.
-* ``gpu-feature-discovery`` pod Running and Ready: the node gets the labels of ``gfd_labels`` (CUDA driver labels
-  from the image tag of the node's Ready driver pod, none without one); when the pod goes, they are removed.
+* pod statuses (only the status; labels such as ``controller-revision-hash`` are never touched), and the kubelet's
+  Warning events (``FailedCreatePodSandBox`` while a pod's runtime handler is missing; once per pod);
+* ``nvidia.com/gpu`` in the node's capacity and allocatable while a device plugin runs on it;
+* the GFD labels of ``gfd_labels`` while GPU feature discovery runs (CUDA driver labels from the driver the node
+  has: the running driver container's image tag, or the pre-installed one).
+
+A node's container runtime comes from ``status.nodeInfo.containerRuntimeVersion`` (containerd or cri-o), its GPUs
+from its profile, a pre-installed driver from the annotation ``e2e.gpu-operator/host-driver``.  The host state
+lives in this process: a new simulator starts from fresh hosts.  Driver containers (those whose startup probe writes
+a file) are started ``driver_ready_delay`` seconds after their pod was created, or crash-loop on the nodes given to
+``crash_loop_driver`` (restartCount one higher every ``crash_restart_seconds``).  ``diagnose(node)`` says what the
+node's pods wait for, naming deadlocks.
 
 Nodes and pods are patched only when something changes.  Pods are watched (with a relist after any error and a
-periodic resync), and nodes are reconciled by a few worker threads, one node at a time; timed changes (a delay
-ending, the next restart of a crash loop) requeue the node for that moment.
+periodic resync), and nodes are reconciled by a few worker threads, one node at a time; timed changes requeue the
+node for that moment.
 """
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import itertools
+import json
 import logging
-import math
-import re
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from e2e.cluster.nodes import GFD_LABEL_KEYS, PROFILE_LABEL, Profile, gfd_labels, profile_of
-from e2e.kube import Kube, pod_running_ready
+from kubernetes import client
+
+from e2e.cluster.nodes import GFD_LABEL_KEYS, HOST_DRIVER_ANNOTATION, PROFILE_LABEL, gfd_labels, profile_of
+from e2e.kube import Kube
+from e2e.nodemodel import (
+    Finding,
+    NodeModel,
+    World,
+    driver_version_from_image,
+    image_id,
+    new_host,
+    pod_status,
+    runtime_of,
+    same_status,
+)
 
 log = logging.getLogger("e2e.simulator")
 
-COMPONENT_LABEL = "app.kubernetes.io/component"
-DRIVER = "state-driver"
-DEVICE_PLUGIN = "state-device-plugin"
-GFD = "gpu-feature-discovery"
-VALIDATOR = "state-operator-validation"
+MANAGED_SELECTOR = "app.kubernetes.io/managed-by=gpu-operator"
 GPU_RESOURCE = "nvidia.com/gpu"
 TIMESTAMP_LABEL = "nvidia.com/gfd.timestamp"
-DRIVER_CONTAINER = "nvidia-driver-ctr"
-DRIVER_DAEMONSET_TTL = 1.0  # seconds a listing of the driver DaemonSets is reused (validator of a driverless node)
-NO_DRIVER_POD_RECHECK = 2.0  # seconds: how often a node waiting for its driver pod to be recreated is looked at
+WORLD_TTL = 1.0  # seconds a listing of RuntimeClasses, ConfigMaps and DaemonSets is reused
 
-_VERSION_RE = re.compile(r"^(\d+\.\d+(?:\.\d+)?)")
-
-
-def driver_version_from_image(image: str) -> str | None:
-    """``nvcr.io/nvidia/driver:595.91.07-ubuntu22.04`` -> ``595.91.07``; None when the tag has no version."""
-    image = image.split("@", 1)[0]
-    name, sep, tag = image.rpartition(":")
-    if not sep or "/" in tag:
-        return None
-    m = _VERSION_RE.match(tag)
-    return m.group(1) if m else None
-
-
-def image_id(image: str) -> str:
-    """A stable fake ``imageID`` as containerd reports it: ``repo@sha256:<digest>``."""
-    if "@sha256:" in image:
-        return image
-    name, sep, tag = image.rpartition(":")
-    repo = name if sep and "/" not in tag else image
-    return f"{repo}@sha256:{hashlib.sha256(image.encode()).hexdigest()}"
+__all__ = ["NodeSimulator", "MANAGED_SELECTOR", "driver_version_from_image", "image_id"]
 
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse_time(ts: str | None) -> float | None:
-    if not ts:
-        return None
-    try:
-        return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 class _NodeQueue:
@@ -176,15 +151,6 @@ class _NodeQueue:
             self._cv.notify_all()
 
 
-@dataclass(frozen=True)
-class _Seen:
-    """When the simulator first saw a driver pod (monotonic seconds) and how it was then."""
-
-    first_seen: float
-    created: float  # monotonic estimate of creationTimestamp (which has whole seconds: up to 1 s too early)
-    ready: bool  # already Running+Ready then (made so by an earlier simulator): no delay applies
-
-
 class NodeSimulator:
     def __init__(
         self,
@@ -209,16 +175,13 @@ class NodeSimulator:
         self._lock = threading.Lock()
         self._pods: dict[str, dict[str, Any]] = {}  # by pod name
         self._touched: set[str] = set()  # nodes this simulator has changed
-        self._seen: dict[str, _Seen] = {}  # driver pods by uid
+        self._models: dict[str, NodeModel] = {}
         self._crash_nodes: set[str] = set()
-        self._crashes: dict[str, tuple[float, int]] = {}  # driver pod uid -> (crash loop start, restarts before)
-        self._restarts: dict[str, int] = {}  # driver pod uid -> the restartCount last written
-        self._driver_ds: tuple[float, list[dict[str, str]]] | None = None  # (when listed, node selectors)
+        self._world: tuple[float, World] | None = None
         self._queue = _NodeQueue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._watch_response: list[Any] = []
-        self._pod_ips = itertools.count(1)
         self.errors: list[str] = []  # recent reconcile/watch errors, for test diagnostics
 
     # --- lifecycle ---
@@ -261,23 +224,25 @@ class NodeSimulator:
         """
         return self._queue.idle()
 
-    # --- driver behaviour ---
+    # --- what tests set and read ---
     @property
     def driver_ready_delay(self) -> float:
         return self._driver_ready_delay
 
     def set_driver_ready_delay(self, seconds: float) -> None:
-        """Driver pods become Ready ``seconds`` after their creation (or first sight); applies to pods not yet Ready.
-
-        Pods already Ready stay Ready.  A pod now waiting is judged by the new delay at once.
-        """
+        """Driver containers start ``seconds`` after their pod's creation (or first sight); applies to those not
+        started yet (a pod now waiting is judged by the new delay at once)."""
         if seconds < 0:
             raise ValueError("delay must be >= 0")
-        self._driver_ready_delay = float(seconds)
-        self._requeue_driver_nodes()
+        with self._lock:
+            self._driver_ready_delay = float(seconds)
+            models = list(self._models.items())
+        for name, model in models:
+            model.driver_ready_delay = float(seconds)
+            self._queue.add(name)
 
     def crash_loop_driver(self, node_name: str, on: bool = True) -> None:
-        """Make the driver pod on ``node_name`` crash-loop (``on``), or stop that (the pod then becomes Ready).
+        """Make the driver container on ``node_name`` crash-loop (``on``), or stop that (it then starts).
 
         Applies to the node's current driver pod and to the pods that replace it while it is on.
         """
@@ -286,6 +251,9 @@ class NodeSimulator:
                 self._crash_nodes.add(node_name)
             else:
                 self._crash_nodes.discard(node_name)
+            model = self._models.get(node_name)
+        if model is not None:
+            model.crash_loop = on
         self._queue.add(node_name)
 
     def crash_looping(self) -> set[str]:
@@ -293,12 +261,14 @@ class NodeSimulator:
         with self._lock:
             return set(self._crash_nodes)
 
-    def _requeue_driver_nodes(self) -> None:
+    def model(self, node_name: str) -> NodeModel | None:
+        """The node's model (its host files, handlers), once the simulator has looked at the node."""
         with self._lock:
-            nodes = {_node_of(p) for p in self._pods.values() if _component(p) in (DRIVER, VALIDATOR)}
-        for node in nodes:
-            if node:
-                self._queue.add(node)
+            return self._models.get(node_name)
+
+    def diagnose(self, node_name: str) -> list[Finding]:
+        model = self.model(node_name)
+        return model.diagnose() if model is not None else []
 
     # --- watching pods ---
     def _watch_loop(self) -> None:
@@ -311,7 +281,7 @@ class NodeSimulator:
                     rv = self._relist(path)
                     next_resync = time.monotonic() + self.resync_seconds
                 for event in self._kube.watch(path, rv, timeout_seconds=max(int(self.resync_seconds), 1),
-                                              handle=self._watch_response):
+                                              handle=self._watch_response, labelSelector=MANAGED_SELECTOR):
                     kind, obj = event.get("type"), event.get("object") or {}
                     if kind == "ERROR":
                         rv = ""  # expired (410) or broken: relist
@@ -332,7 +302,7 @@ class NodeSimulator:
                 self._stop.wait(1.0)
 
     def _relist(self, path: str) -> str:
-        listing = self._kube.get(path)
+        listing = self._kube.get(path, labelSelector=MANAGED_SELECTOR)
         pods = {p["metadata"]["name"]: p for p in listing.get("items") or []}
         # Nodes left with simulated state (by an earlier simulator, say) are reconciled too, so that state goes
         # when there are no pods for it any more.
@@ -346,12 +316,6 @@ class NodeSimulator:
             old = self._pods
             self._pods = pods
             self._touched |= stale
-            uids = {_uid(p) for p in pods.values()}
-            for memo in (self._seen, self._crashes, self._restarts):
-                for uid in [u for u in memo if u not in uids]:
-                    del memo[uid]
-            for pod in pods.values():
-                self._note_seen(pod)
             nodes = {_node_of(p) for p in list(old.values()) + list(pods.values())} | self._touched
         for node in nodes:
             if node:
@@ -371,27 +335,12 @@ class NodeSimulator:
             old = self._pods.get(name)
             if kind == "DELETED":
                 self._pods.pop(name, None)
-                uid = _uid(pod)
-                self._seen.pop(uid, None)
-                self._crashes.pop(uid, None)
-                self._restarts.pop(uid, None)
             elif old is None or _uid(old) != _uid(pod) or not _older(pod, old):
                 # (an event older than what a status patch of ours returned is skipped)
                 self._pods[name] = pod
-                self._note_seen(pod)
         for node in {_node_of(pod), _node_of(old) if old else None}:
             if node:
                 self._queue.add(node)
-
-    def _note_seen(self, pod: dict[str, Any]) -> None:
-        """Remember when a driver pod was first seen (with the lock held)."""
-        uid = _uid(pod)
-        if _component(pod) != DRIVER or not uid or uid in self._seen:
-            return
-        mono, wall = time.monotonic(), time.time()
-        created = _parse_time(pod["metadata"].get("creationTimestamp"))
-        age = max(0.0, wall - created) if created is not None else 0.0
-        self._seen[uid] = _Seen(first_seen=mono, created=mono - age, ready=pod_running_ready(pod))
 
     # --- reconciling nodes ---
     def _worker(self) -> None:
@@ -413,37 +362,89 @@ class NodeSimulator:
         log.warning("simulator: %s", msg)
         self.errors = (self.errors + [msg])[-50:]
 
-    def _pods_on(self, node: str) -> dict[str, list[dict[str, Any]]]:
-        by_component: dict[str, list[dict[str, Any]]] = {}
+    def _pods_on(self, node: str) -> list[dict[str, Any]]:
         with self._lock:
-            for pod in self._pods.values():
-                if _node_of(pod) == node:
-                    by_component.setdefault(_component(pod), []).append(pod)
-        return by_component
+            return [p for p in self._pods.values() if _node_of(p) == node]
+
+    def _model_for(self, node: dict[str, Any]) -> NodeModel:
+        name = node["metadata"]["name"]
+        with self._lock:
+            model = self._models.get(name)
+            if model is None:
+                profile = profile_of(node)
+                annotations = node["metadata"].get("annotations") or {}
+                host = new_host(name, runtime_of(node), profile.gpu_count if profile else 0,
+                                annotations.get(HOST_DRIVER_ANNOTATION) or None)
+                model = self._models[name] = NodeModel(host, driver_ready_delay=self._driver_ready_delay,
+                                                       crash_restart_seconds=self.crash_restart_seconds)
+                model.crash_loop = name in self._crash_nodes
+            return model
 
     def _reconcile(self, node_name: str) -> None:
         pods = self._pods_on(node_name)
         node = self._kube.get_or_none(f"/api/v1/nodes/{node_name}")
         if node is None:
+            with self._lock:
+                self._models.pop(node_name, None)
             return
-        wake: list[float] = []
-        drivers = []
-        for pod in pods.get(DRIVER, []):
-            pod, again = self._sync_driver_pod(node, pod)
-            drivers.append(pod)
-            if again is not None:
-                wake.append(again)
-        for pod in pods.get(VALIDATOR, []):
-            again = self._sync_validator_pod(node, pod, drivers)
-            if again is not None:
-                wake.append(again)
-        if wake:
-            self._queue.add(node_name, delay=max(min(wake), 0.01))
+        model = self._model_for(node)
+        result = model.step(pods, self._world_now(), time.monotonic(), time.time())
+        host_ip = next((a["address"] for a in (node.get("status") or {}).get("addresses") or []
+                        if a.get("type") == "InternalIP"), None)
+        now = _now()
+        for pod in pods:
+            run = result.statuses.get(_uid(pod))
+            if run is None or pod["metadata"].get("deletionTimestamp"):
+                continue
+            status = pod_status(pod, run, host_ip, now)
+            if not same_status(status, pod.get("status") or {}):
+                self._patch_pod_status(pod, status)
+        for event in result.events:
+            self._post_event(event.pod, node_name, event.type, event.reason, event.message)
+        if result.again is not None:
+            self._queue.add(node_name, delay=max(result.again, 0.01))
         profile = profile_of(node)
         if profile is None or not profile.has_gpu:
             return
-        self._sync_device_plugin(node, profile, pods.get(DEVICE_PLUGIN, []))
-        self._sync_gfd(node, profile, pods.get(GFD, []), drivers)
+        self._sync_gpus(node, result.gpus)
+        self._sync_gfd(node, gfd_labels(profile, result.driver_version, self.mig_strategy) if result.gfd else {})
+
+    def _world_now(self) -> World:
+        """RuntimeClasses, ConfigMaps and DaemonSets as the node's components read them (listed at most once a
+        second), and the API server's dry run for the validator's workload pods."""
+        now = time.monotonic()
+        with self._lock:
+            cached = self._world
+        if cached is not None and now - cached[0] <= WORLD_TTL:
+            return cached[1]
+        ns = self.namespace
+        rcs = self._kube.get("/apis/node.k8s.io/v1/runtimeclasses")
+        cms = self._kube.get(f"/api/v1/namespaces/{ns}/configmaps")
+        dss = self._kube.get(f"/apis/apps/v1/namespaces/{ns}/daemonsets")
+        world = World(
+            runtime_classes={r["metadata"]["name"]: r.get("handler", "") for r in rcs.get("items") or []},
+            config_maps={(ns, c["metadata"]["name"]): dict(c.get("data") or {}) for c in cms.get("items") or []},
+            daemonsets=list(dss.get("items") or []),
+            dry_run=self._dry_run,
+            version=",".join(f"{x['metadata']['name']}@{x['metadata'].get('resourceVersion')}"
+                             for x in [*(rcs.get("items") or []), *(cms.get("items") or []),
+                                       *(dss.get("items") or [])]),
+        )
+        with self._lock:
+            self._world = (now, world)
+        return world
+
+    def _dry_run(self, pod: dict[str, Any]) -> str | None:
+        """A server-side dry-run create: None when the API server accepts the pod, else its message."""
+        ns = pod["metadata"].get("namespace") or self.namespace
+        try:
+            self._kube.request("POST", f"/api/v1/namespaces/{ns}/pods", pod, query={"dryRun": "All"})
+        except client.ApiException as e:
+            try:
+                return str(json.loads(e.body or "{}").get("message") or e.reason)
+            except ValueError:
+                return str(e.body or e.reason)
+        return None
 
     def _patch_pod_status(self, pod: dict[str, Any], status: dict[str, Any]) -> dict[str, Any]:
         """Write a pod's status (merge patch: lists are replaced whole; labels are not touched)."""
@@ -456,179 +457,23 @@ class NodeSimulator:
                 self._pods[name] = new
         return new
 
-    # driver
-    def _sync_driver_pod(self, node: dict[str, Any], pod: dict[str, Any]) -> tuple[dict[str, Any], float | None]:
-        """Bring a driver pod's status to what it should be now: (the pod as it is then, seconds until next)."""
-        if pod["metadata"].get("deletionTimestamp"):
-            return pod, None
-        status, again = self._driver_pod_status(node, pod)
-        if status is not None:
-            pod = self._patch_pod_status(pod, status)
-        return pod, again
-
-    def _driver_pod_status(
-        self, node: dict[str, Any], pod: dict[str, Any], now: float | None = None
-    ) -> tuple[dict[str, Any] | None, float | None]:
-        """The status to give a node's driver pod now (None: it has it already) and the seconds until it changes.
-
-        Crash-looping node: Running, the driver container waiting in CrashLoopBackOff, restartCount one higher
-        every ``crash_restart_seconds``.  Otherwise: Running, containers started but not ready until the pod's
-        delay has passed, then Running and Ready.
-        """
-        now = time.monotonic() if now is None else now
-        uid = _uid(pod)
-        node_name = node["metadata"]["name"]
-        spec = pod.get("spec") or {}
-        containers = spec.get("containers") or []
-        crash_name = next((c["name"] for c in containers if c["name"] == DRIVER_CONTAINER),
-                          containers[0]["name"] if containers else None)
-        old_restarts = _restart_counts(pod)
-        with self._lock:
-            crashing = node_name in self._crash_nodes
-            if crash_name is not None:
-                old_restarts[crash_name] = max(old_restarts.get(crash_name, 0), self._restarts.get(uid, 0))
-            start, base = now, 0
-            if crashing:
-                start, base = self._crashes.setdefault(uid, (now, old_restarts.get(crash_name or "", 0)))
-            else:
-                self._crashes.pop(uid, None)
-            seen = self._seen.get(uid)
-            if seen is None:
-                seen = self._seen[uid] = _Seen(first_seen=now, created=now, ready=pod_running_ready(pod))
-            delay = self._driver_ready_delay
-        again: float | None
-        init = [_completed(c) for c in spec.get("initContainers") or []]
-        if crashing:
-            elapsed = max(0.0, now - start)
-            period = self.crash_restart_seconds
-            again = period - (elapsed % period)
-            with self._lock:
-                restarts = max(base + 1 + int(elapsed // period), self._restarts.get(uid, 0))
-                self._restarts[uid] = restarts
-            statuses = [
-                _crash_looping(c, pod, restarts) if c["name"] == crash_name
-                else _running(c, ready=True, restarts=old_restarts.get(c["name"], 0))
-                for c in containers
-            ]
-        else:
-            ready_at = -math.inf if seen.ready else min(seen.first_seen, seen.created + 1.0) + delay
-            ready = now >= ready_at
-            again = None if ready else ready_at - now
-            statuses = [_running(c, ready=ready, restarts=old_restarts.get(c["name"], 0)) for c in containers]
-        status = self._pod_status(node, pod, statuses, init)
-        return (None if _same_status(status, pod.get("status") or {}) else status), again
-
-    # validator
-    def _sync_validator_pod(
-        self, node: dict[str, Any], pod: dict[str, Any], drivers: list[dict[str, Any]]
-    ) -> float | None:
-        if pod["metadata"].get("deletionTimestamp"):
-            return None
-        status, again = self._validator_pod_status(node, pod, drivers)
-        if status is not None:
-            self._patch_pod_status(pod, status)
-        return again
-
-    def _validator_pod_status(
-        self, node: dict[str, Any], pod: dict[str, Any], drivers: list[dict[str, Any]]
-    ) -> tuple[dict[str, Any] | None, float | None]:
-        """Ready while the node's driver pod is Running+Ready (or the node has no driver DaemonSet at all)."""
-        again: float | None = None
-        if any(pod_running_ready(d) for d in drivers):
-            ready = True
-        elif any(not d["metadata"].get("deletionTimestamp") for d in drivers):
-            ready = False  # the driver pod is starting or crash-looping: its events requeue the node
-        else:
-            expected = self._driver_expected(node)
-            ready = not expected
-            if expected:
-                again = NO_DRIVER_POD_RECHECK  # its DaemonSet may go away without a pod event on this node
-        spec = pod.get("spec") or {}
-        if ready:
-            init = [_completed(c) for c in spec.get("initContainers") or []]
-            statuses = [_running(c, ready=True, restarts=0) for c in spec.get("containers") or []]
-        else:
-            # The first init container (driver-validation) waits for the driver; the others have not started.
-            init = [_running(c, ready=False, restarts=0, started=True) if i == 0 else _waiting(c, "PodInitializing")
-                    for i, c in enumerate(spec.get("initContainers") or [])]
-            statuses = [_waiting(c, "PodInitializing") if init else _running(c, ready=False, restarts=0)
-                        for c in spec.get("containers") or []]
-        status = self._pod_status(node, pod, statuses, init)
-        return (None if _same_status(status, pod.get("status") or {}) else status), again
-
-    def _driver_expected(self, node: dict[str, Any]) -> bool:
-        """Whether a driver DaemonSet in the namespace targets this node (by its pod template's nodeSelector)."""
-        now = time.monotonic()
-        with self._lock:
-            cached = self._driver_ds
-        if cached is None or now - cached[0] > DRIVER_DAEMONSET_TTL:
-            selectors = [
-                dict((ds["spec"]["template"].get("spec") or {}).get("nodeSelector") or {})
-                for ds in self._kube.items(f"/apis/apps/v1/namespaces/{self.namespace}/daemonsets")
-                if not ds["metadata"].get("deletionTimestamp")
-                and ((ds["spec"]["template"].get("metadata") or {}).get("labels") or {}).get(COMPONENT_LABEL)
-                == DRIVER
-            ]
-            cached = (now, selectors)
-            with self._lock:
-                self._driver_ds = cached
-        labels = node["metadata"].get("labels") or {}
-        return any(all(labels.get(k) == v for k, v in sel.items()) for sel in cached[1])
-
-    def _pod_status(
-        self, node: dict[str, Any], pod: dict[str, Any], containers: list[dict[str, Any]],
-        init_containers: list[dict[str, Any]],
-    ) -> dict[str, Any]:
-        """A Running pod status with these container statuses; what did not change keeps its timestamps and IPs."""
+    def _post_event(self, pod: dict[str, Any], node: str, type_: str, reason: str, message: str) -> None:
+        meta = pod["metadata"]
         now = _now()
-        old = pod.get("status") or {}
-        spec = pod.get("spec") or {}
-        initialized = all(cs["ready"] or "terminated" in cs["state"] for cs in init_containers)
-        containers_ready = initialized and all(cs["ready"] for cs in containers)
-        want = {"PodScheduled": True, "Initialized": initialized, "ContainersReady": containers_ready,
-                "Ready": containers_ready}
-        for gate in spec.get("readinessGates") or []:
-            want[gate["conditionType"]] = containers_ready
-        conditions = {c["type"]: c for c in old.get("conditions") or []}
-        for t, ok in want.items():
-            value = "True" if ok else "False"
-            c = conditions.get(t)
-            if c is None or c.get("status") != value:
-                c = {"type": t, "status": value, "lastTransitionTime": now}
-                if not ok and t in ("ContainersReady", "Ready"):
-                    c["reason"] = "ContainersNotReady" if initialized else "ContainersNotInitialized"
-                elif not ok and t == "Initialized":
-                    c["reason"] = "ContainersNotInitialized"
-                conditions[t] = c
-        olds = {cs.get("name"): cs for cs in old.get("containerStatuses") or []}
-        old_inits = {cs.get("name"): cs for cs in old.get("initContainerStatuses") or []}
-        status: dict[str, Any] = {
-            "phase": "Running",
-            "startTime": old.get("startTime") or now,
-            "conditions": list(conditions.values()),
-            "containerStatuses": [_keep_times(cs, olds.get(cs["name"]), now, _uid(pod)) for cs in containers],
-            "initContainerStatuses": [
-                _keep_times(cs, old_inits.get(cs["name"]), now, _uid(pod)) for cs in init_containers],
-        }
-        host_ip = old.get("hostIP") or next(
-            (a["address"] for a in (node.get("status") or {}).get("addresses") or [] if a.get("type") == "InternalIP"),
-            None)
-        if host_ip:
-            status["hostIP"] = host_ip
-            status["hostIPs"] = [{"ip": host_ip}]
-        if old.get("podIP"):
-            status["podIP"], status["podIPs"] = old["podIP"], old.get("podIPs") or [{"ip": old["podIP"]}]
-        elif host_ip and spec.get("hostNetwork"):
-            status["podIP"], status["podIPs"] = host_ip, [{"ip": host_ip}]
-        else:
-            n = next(self._pod_ips)
-            ip = f"10.192.{(n // 250) % 256}.{n % 250 + 1}"
-            status["podIP"], status["podIPs"] = ip, [{"ip": ip}]
-        return status
+        self._kube.create(f"/api/v1/namespaces/{self.namespace}/events", {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{meta['name']}.{time.time_ns():x}", "namespace": self.namespace},
+            "involvedObject": {"apiVersion": "v1", "kind": "Pod", "namespace": self.namespace, "name": meta["name"],
+                               "uid": meta.get("uid", "")},
+            "reason": reason, "message": message, "type": type_, "count": 1,
+            "firstTimestamp": now, "lastTimestamp": now,
+            "source": {"component": "kubelet", "host": node},
+            "reportingComponent": "kubelet", "reportingInstance": node,
+        })
 
     # device plugin
-    def _sync_device_plugin(self, node: dict[str, Any], profile: Profile, pods: list[dict[str, Any]]) -> None:
-        want = str(profile.gpu_count) if any(pod_running_ready(p) for p in pods) else None
+    def _sync_gpus(self, node: dict[str, Any], gpus: int | None) -> None:
+        want = str(gpus) if gpus else None
         status = node.get("status") or {}
         have_cap = (status.get("capacity") or {}).get(GPU_RESOURCE)
         have_alloc = (status.get("allocatable") or {}).get(GPU_RESOURCE)
@@ -642,22 +487,7 @@ class NodeSimulator:
             self._touched.add(name)
 
     # gpu feature discovery
-    def _sync_gfd(
-        self, node: dict[str, Any], profile: Profile, gfd_pods: list[dict[str, Any]],
-        driver_pods: list[dict[str, Any]],
-    ) -> None:
-        want: dict[str, str] = {}
-        if any(pod_running_ready(p) for p in gfd_pods):
-            version = None
-            # the newest Ready driver pod (during an upgrade the old one may still be there, being deleted)
-            for p in sorted(driver_pods, key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True):
-                if pod_running_ready(p):
-                    containers = (p.get("spec") or {}).get("containers") or []
-                    version = next(
-                        (v for c in containers if (v := driver_version_from_image(c.get("image", "")))), None)
-                    if version:
-                        break
-            want = gfd_labels(profile, version, self.mig_strategy)
+    def _sync_gfd(self, node: dict[str, Any], want: dict[str, str]) -> None:
         labels = node["metadata"].get("labels") or {}
         have = {k: v for k, v in labels.items() if k in GFD_LABEL_KEYS}
         same = {k: v for k, v in have.items() if k != TIMESTAMP_LABEL} == {
@@ -673,99 +503,6 @@ class NodeSimulator:
             self._touched.add(name)
 
 
-# --- container statuses ---
-
-def _base(c: dict[str, Any], restarts: int) -> dict[str, Any]:
-    image = c.get("image", "")
-    return {"name": c["name"], "image": image, "imageID": image_id(image), "restartCount": restarts}
-
-
-def _running(c: dict[str, Any], *, ready: bool, restarts: int, started: bool | None = None) -> dict[str, Any]:
-    cs = _base(c, restarts)
-    cs.update({"ready": ready, "started": ready if started is None else started, "state": {"running": {}}})
-    return cs
-
-
-def _waiting(c: dict[str, Any], reason: str, message: str = "", restarts: int = 0) -> dict[str, Any]:
-    cs = _base(c, restarts)
-    waiting = {"reason": reason, "message": message} if message else {"reason": reason}
-    cs.update({"ready": False, "started": False, "state": {"waiting": waiting}})
-    return cs
-
-
-def _completed(c: dict[str, Any]) -> dict[str, Any]:
-    cs = _base(c, 0)
-    cs.update({"ready": True, "started": False,
-               "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}})
-    return cs
-
-
-def _crash_looping(c: dict[str, Any], pod: dict[str, Any], restarts: int) -> dict[str, Any]:
-    meta = pod["metadata"]
-    backoff = min(10 * 2 ** max(restarts - 1, 0), 300)
-    message = (f"back-off {backoff // 60}m{backoff % 60}s restarting failed container={c['name']} "
-               f"pod={meta['name']}_{meta.get('namespace', '')}({meta.get('uid', '')})")
-    cs = _waiting(c, "CrashLoopBackOff", message, restarts)
-    cs["lastState"] = {"terminated": {"exitCode": 1, "reason": "Error"}}
-    return cs
-
-
-def _keep_times(cs: dict[str, Any], old: dict[str, Any] | None, now: str, uid: str) -> dict[str, Any]:
-    """Fill in a container status's times and containerID, keeping the old ones when its state did not change."""
-    same_restarts = old is not None and int(old.get("restartCount") or 0) == cs["restartCount"]
-    if old is not None and old.get("lastState") and (same_restarts or "lastState" not in cs):
-        cs["lastState"] = old["lastState"]
-    if old is not None and same_restarts and _state_key(old.get("state")) == _state_key(cs["state"]):
-        cs["state"] = old["state"]
-    else:
-        for kind, detail in cs["state"].items():
-            if kind == "running":
-                detail.setdefault("startedAt", now)
-            elif kind == "terminated":
-                detail.setdefault("startedAt", now)
-                detail.setdefault("finishedAt", now)
-                detail.setdefault("containerID", _container_id(uid, cs["name"], cs["restartCount"]))
-        for detail in (cs.get("lastState") or {}).values():
-            detail.setdefault("startedAt", now)
-            detail.setdefault("finishedAt", now)
-            detail.setdefault("containerID", _container_id(uid, cs["name"], max(cs["restartCount"] - 1, 0)))
-    if "running" in cs["state"]:
-        cs["containerID"] = _container_id(uid, cs["name"], cs["restartCount"])
-    return cs
-
-
-def _container_id(uid: str, name: str, restarts: int) -> str:
-    return "containerd://" + hashlib.sha256(f"{uid}/{name}/{restarts}".encode()).hexdigest()
-
-
-def _state_key(state: dict[str, Any] | None) -> tuple[str, str]:
-    for kind, detail in (state or {}).items():
-        return kind, str((detail or {}).get("reason") or "")
-    return "", ""
-
-
-def _status_key(status: dict[str, Any]) -> tuple[Any, ...]:
-    """What the simulator decides about a pod status (not its timestamps)."""
-    def containers(key: str) -> tuple[Any, ...]:
-        return tuple(sorted(
-            (str(cs.get("name")), bool(cs.get("ready")), int(cs.get("restartCount") or 0), _state_key(cs.get("state")),
-             cs.get("image"), cs.get("imageID"))
-            for cs in status.get(key) or []))
-
-    conditions = tuple(sorted((str(c.get("type")), str(c.get("status"))) for c in status.get("conditions") or []))
-    return (status.get("phase"), conditions, containers("containerStatuses"), containers("initContainerStatuses"),
-            bool(status.get("podIP")))
-
-
-def _same_status(want: dict[str, Any], have: dict[str, Any]) -> bool:
-    return _status_key(want) == _status_key(have)
-
-
-def _restart_counts(pod: dict[str, Any]) -> dict[str, int]:
-    return {str(cs.get("name")): int(cs.get("restartCount") or 0)
-            for cs in (pod.get("status") or {}).get("containerStatuses") or []}
-
-
 # --- pods ---
 
 def _node_of(pod: dict[str, Any] | None) -> str | None:
@@ -776,10 +513,6 @@ def _node_of(pod: dict[str, Any] | None) -> str | None:
 
 def _uid(pod: dict[str, Any]) -> str:
     return str(pod["metadata"].get("uid") or "")
-
-
-def _component(pod: dict[str, Any]) -> str:
-    return str((pod["metadata"].get("labels") or {}).get(COMPONENT_LABEL, ""))
 
 
 def _older(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -9,52 +10,56 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from e2e import upstream_specs as U
 from e2e.cluster.localcluster import ADMIN_USER, OPERATOR_USER, SIMULATOR_USER, LocalCluster
 from e2e.cluster.nodes import (
     GFD_DRIVER_KEYS,
     GFD_LABEL_KEYS,
     PCI_LABEL,
     PROFILE_LABEL,
+    PROFILES,
     create_nodes,
     delete_nodes,
     gfd_labels,
     make_node,
 )
-from e2e.kube import STRATEGIC_PATCH, Kube, condition, node_ready, pod_running_ready, wait_for, wait_pod_running_ready
-from e2e.simulator import (
-    COMPONENT_LABEL,
-    DEVICE_PLUGIN,
-    DRIVER,
-    DRIVER_CONTAINER,
-    GFD,
-    VALIDATOR,
-    NodeSimulator,
-    image_id,
+from e2e.kube import (
+    STRATEGIC_PATCH,
+    Kube,
+    condition,
+    create_namespace,
+    node_ready,
+    pod_running_ready,
+    wait_for,
+    wait_pod_running_ready,
 )
+from e2e.simulator import NodeSimulator, image_id
 
 POOL_LABEL = "e2e.test/pool"
 POOL = "infra"
 OPERATOR_NS = "gpu-operator"
 GPU = "nvidia.com/gpu"
 
-# name -> (profile, os)
+# name -> (profile, os, container runtime)
 NODES = {
-    "infra-h100-0": ("h100x8", "ubuntu22.04"),
-    "infra-h100-1": ("h100x8", "ubuntu24.04"),
-    "infra-a100-0": ("a100x4", "rhel9.4"),
-    "infra-l4-0": ("l4x1", "ubuntu22.04"),
-    "infra-cpu-0": ("cpu", "ubuntu22.04"),
+    "infra-h100-0": ("h100x8", "ubuntu22.04", "containerd"),
+    "infra-h100-1": ("h100x8", "ubuntu24.04", "containerd"),
+    "infra-a100-0": ("a100x4", "rhel9.4", "containerd"),
+    "infra-l4-0": ("l4x1", "ubuntu22.04", "containerd"),
+    "infra-l4-crio": ("l4x1", "ubuntu24.04", "crio"),
+    "infra-cpu-0": ("cpu", "ubuntu22.04", "containerd"),
 }
-GPU_NODES = {n for n, (profile, _) in NODES.items() if profile != "cpu"}
+GPU_NODES = {n for n, (profile, _, _) in NODES.items() if profile != "cpu"}
 
 
 @pytest.fixture(scope="module")
 def fake_nodes(kube: Kube) -> Iterator[dict[str, dict[str, Any]]]:
     """The module's fake nodes (mixed profiles and OSes), Ready and untainted."""
     nodes = []
-    for name, (profile, os) in NODES.items():
-        node = make_node(name, profile, os=os)
+    for name, (profile, os, runtime) in NODES.items():
+        node = make_node(name, profile, os=os, runtime=runtime)
         node["metadata"]["labels"][POOL_LABEL] = POOL
+        node["metadata"]["labels"]["e2e.test/runtime"] = runtime
         nodes.append(node)
     create_nodes(kube, nodes)
 
@@ -67,11 +72,8 @@ def fake_nodes(kube: Kube) -> Iterator[dict[str, dict[str, Any]]]:
     delete_nodes(kube, NODES)
 
 
-def _daemonset(name: str, namespace: str, node_selector: dict[str, str], image: str,
-               component: str | None = None) -> dict[str, Any]:
+def _daemonset(name: str, namespace: str, node_selector: dict[str, str], image: str) -> dict[str, Any]:
     labels = {"app": name}
-    if component:
-        labels[COMPONENT_LABEL] = component
     return {
         "apiVersion": "apps/v1",
         "kind": "DaemonSet",
@@ -118,7 +120,7 @@ def test_version(kube: Kube) -> None:
 
 
 def test_fake_nodes_become_ready(fake_nodes: dict[str, dict[str, Any]]) -> None:
-    for name, (profile, os) in NODES.items():
+    for name, (profile, os, runtime) in NODES.items():
         node = fake_nodes[name]
         labels, status = node["metadata"]["labels"], node["status"]
         assert labels[PROFILE_LABEL] == profile
@@ -126,7 +128,8 @@ def test_fake_nodes_become_ready(fake_nodes: dict[str, dict[str, Any]]) -> None:
         assert (labels.get(PCI_LABEL) == "true") == (profile != "cpu")
         assert "nvidia.com/mig.capable" not in labels  # GFD publishes it, not node creation
         info = status["nodeInfo"]
-        assert info["containerRuntimeVersion"] == "containerd://1.7.27"
+        assert info["containerRuntimeVersion"] == {"containerd": "containerd://1.7.27",
+                                                    "crio": "cri-o://1.31.3"}[runtime]
         assert info["kubeletVersion"] == "v1.37.2"
         assert info["kernelVersion"] == labels["feature.node.kubernetes.io/kernel-version.full"]
         assert labels["feature.node.kubernetes.io/system-os_release.VERSION_ID"] == os.removeprefix(
@@ -165,95 +168,6 @@ def test_deleted_pod_disappears(kube: Kube, namespace: str, fake_nodes: dict[str
     assert pod["status"].get("podIP")
     kube.delete(f"{path}/doomed")  # default grace period: kwok's pod-delete stage finishes it off
     wait_for(lambda: kube.get_or_none(f"{path}/doomed") is None, 30, message="pod gone after delete")
-
-
-def test_simulator_device_plugin_and_gfd(
-    cluster: LocalCluster, kube: Kube, simulator: NodeSimulator, fake_nodes: dict[str, dict[str, Any]]
-) -> None:
-    node = "infra-a100-0"
-    on_node = {"kubernetes.io/hostname": node}
-    ds_path = f"/apis/apps/v1/namespaces/{OPERATOR_NS}/daemonsets"
-    dp = _daemonset("sim-dp", OPERATOR_NS, on_node, "nvcr.io/nvidia/k8s-device-plugin:v0.18.0", DEVICE_PLUGIN)
-    gfd = _daemonset("sim-gfd", OPERATOR_NS, on_node, "nvcr.io/nvidia/k8s-device-plugin:v0.18.0", GFD)
-    driver = _daemonset("sim-driver", OPERATOR_NS, on_node, "nvcr.io/nvidia/driver:580.95.05-rhel9.4", DRIVER)
-    try:
-        assert _gpu_resource(_node(kube, node)) == (None, None)
-        kube.create(ds_path, dp)
-        wait_for(lambda: _gpu_resource(_node(kube, node)) == ("4", "4"), 30,
-                 message="nvidia.com/gpu=4 in capacity and allocatable")
-
-        # GFD without a driver: no CUDA driver labels
-        kube.create(ds_path, gfd)
-        want = gfd_labels("a100x4", None)
-        got = wait_for(lambda: _gfd_part(_node(kube, node)), 30, message="GFD labels")
-        assert {k: v for k, v in got.items() if k != "nvidia.com/gfd.timestamp"} == {
-            k: v for k, v in want.items() if k != "nvidia.com/gfd.timestamp"}
-        assert got["nvidia.com/gfd.timestamp"].isdigit()
-        assert not set(GFD_DRIVER_KEYS) & set(got)
-
-        # a driver pod: kwok leaves it Pending, the simulator makes it Ready, GFD labels follow its version
-        kube.create(ds_path, driver)
-        wait_for(lambda: [p for p in _pods(kube, OPERATOR_NS, "app=sim-driver") if pod_running_ready(p)], 30,
-                 message="driver pod made Running+Ready by the simulator")
-        def with_driver_labels() -> dict[str, str] | None:
-            got = _gfd_part(_node(kube, node))
-            return got if "nvidia.com/cuda.driver.major" in got else None
-
-        labels = wait_for(with_driver_labels, 30, message="CUDA driver labels")
-        assert (labels["nvidia.com/cuda.driver.major"], labels["nvidia.com/cuda.driver.minor"],
-                labels["nvidia.com/cuda.driver.rev"]) == ("580", "95", "05")
-        assert (labels["nvidia.com/cuda.runtime.major"], labels["nvidia.com/cuda.runtime.minor"]) == ("13", "0")
-        assert labels["nvidia.com/mig.capable"] == "true"
-        assert labels["nvidia.com/gpu.product"] == "NVIDIA-A100-SXM4-80GB"
-
-        # pods go -> the simulated state goes
-        kube.delete(f"{ds_path}/sim-dp")
-        wait_for(lambda: _gpu_resource(_node(kube, node)) == (None, None), 30, message="nvidia.com/gpu removed")
-        kube.delete(f"{ds_path}/sim-gfd")
-        wait_for(lambda: not _gfd_part(_node(kube, node)), 30, message="GFD labels removed")
-        assert _node(kube, node)["metadata"]["labels"]["gpu.nvidia.com/model"] == "A100"
-    finally:
-        for name in ("sim-dp", "sim-gfd", "sim-driver"):
-            kube.delete(f"{ds_path}/{name}")
-    # the simulator wrote as its own identity
-    writes = [e for e in cluster.audit_events()
-              if e.get("verb") == "patch" and (e.get("objectRef") or {}).get("name") == node]
-    assert {e["user"]["username"] for e in writes} >= {SIMULATOR_USER}
-
-
-def test_gpu_requests_schedule_against_simulated_capacity(
-    kube: Kube, namespace: str, simulator: NodeSimulator, fake_nodes: dict[str, dict[str, Any]]
-) -> None:
-    ds_path = f"/apis/apps/v1/namespaces/{OPERATOR_NS}/daemonsets"
-    dp = _daemonset("sched-dp", OPERATOR_NS, {PCI_LABEL: "true", POOL_LABEL: POOL},
-                    "nvcr.io/nvidia/k8s-device-plugin:v0.18.0", DEVICE_PLUGIN)
-    pods = f"/api/v1/namespaces/{namespace}/pods"
-    kube.create(ds_path, dp)
-    try:
-        wait_for(lambda: all(_gpu_resource(_node(kube, n))[1] for n in GPU_NODES), 30,
-                 message="nvidia.com/gpu on every GPU node")
-        kube.create(pods, _pod("one-gpu", namespace, gpus=1))
-        kube.create(pods, _pod("eight-gpus", namespace, gpus=8))
-        kube.create(pods, _pod("nine-gpus", namespace, gpus=9))
-        one = wait_pod_running_ready(kube, namespace, "one-gpu")
-        assert one["spec"]["nodeName"] in GPU_NODES
-        eight = wait_pod_running_ready(kube, namespace, "eight-gpus")
-        assert NODES[eight["spec"]["nodeName"]][0] == "h100x8"
-
-        def unschedulable() -> dict[str, Any] | None:
-            p = kube.get(f"{pods}/nine-gpus")
-            cond = next((c for c in p["status"].get("conditions") or [] if c["type"] == "PodScheduled"), None)
-            return cond if cond and cond["status"] == "False" else None
-
-        cond = wait_for(unschedulable, 30, message="9-GPU pod marked unschedulable")
-        assert cond["reason"] == "Unschedulable"
-        assert "nvidia.com/gpu" in cond["message"]
-        pending = kube.get(f"{pods}/nine-gpus")
-        assert pending["status"]["phase"] == "Pending" and not pending["spec"].get("nodeName")
-    finally:
-        kube.delete(f"{ds_path}/sched-dp")
-    wait_for(lambda: not any(_gpu_resource(_node(kube, n))[1] for n in GPU_NODES), 30,
-             message="nvidia.com/gpu removed again")
 
 
 def test_audit_log_records_writes_with_their_identity(
@@ -332,32 +246,61 @@ def test_operator_identity_has_no_permissions_until_rbac_grants_them(kube: Kube,
     wait_for(denied_again, 30, message="permission gone with the binding")
 
 
-# --- driver pods: delay, crash loop, validator (the simulator's parts of a driver upgrade) ---
+# --- the node simulator: upstream-shaped operand pods through the modelled start-up ---
 
-DRIVER_NODES = ("infra-h100-0", "infra-h100-1")
-ON_DRIVER_NODES = {PROFILE_LABEL: "h100x8", POOL_LABEL: POOL}
 DS_PATH = f"/apis/apps/v1/namespaces/{OPERATOR_NS}/daemonsets"
+PODS_PATH = f"/api/v1/namespaces/{OPERATOR_NS}/pods"
 REVISION_LABEL = "controller-revision-hash"
+RUNTIME_LABEL = "e2e.test/runtime"
+V = "/run/nvidia/validations"
+FOUR = {f"{V}/driver-ready", f"{V}/toolkit-ready", f"{V}/cuda-ready", f"{V}/plugin-ready"}
+DRIVER_APP, TOOLKIT_APP, VALIDATOR_APP = ("nvidia-driver-daemonset", "nvidia-container-toolkit-daemonset",
+                                          "nvidia-operator-validator")
+GFD_APP = "gpu-feature-discovery"
+DRIVER_CONTAINER = "nvidia-driver-ctr"
+CONTAINERD_MESSAGE = ('Failed to create pod sandbox: rpc error: code = Unknown desc = failed to get sandbox runtime: '
+                      'no runtime for "nvidia" is configured')
 
 
-def _driver_ds(name: str, node_selector: dict[str, str], version: str = "595.91.07") -> dict[str, Any]:
-    """A DaemonSet shaped like the operator's driver DaemonSet (OnDelete, init container, nvidia-driver-ctr)."""
-    ds = _daemonset(name, OPERATOR_NS, node_selector, f"nvcr.io/nvidia/driver:{version}-ubuntu22.04", DRIVER)
-    ds["spec"]["updateStrategy"] = {"type": "OnDelete"}
-    pod_spec = ds["spec"]["template"]["spec"]
-    pod_spec["containers"][0]["name"] = DRIVER_CONTAINER
-    manager = "nvcr.io/nvidia/cloud-native/k8s-driver-manager:v0.9.0"
-    pod_spec["initContainers"] = [{"name": "k8s-driver-manager", "image": manager}]
-    return ds
+@pytest.fixture(scope="module")
+def operand_support(kube: Kube, fake_nodes: dict[str, dict[str, Any]]) -> Iterator[None]:
+    """What the upstream-shaped operand pods need besides their DaemonSets: the ConfigMaps they mount, their
+    ServiceAccounts (the validator's workload pods use its one too) and the RuntimeClasses."""
+    create_namespace(kube, OPERATOR_NS)
+    cms = f"/api/v1/namespaces/{OPERATOR_NS}/configmaps"
+    for name in U.CONFIG_MAPS:
+        kube.delete(f"{cms}/{name}")
+        kube.create(cms, U.config_map(name))
+    sas = f"/api/v1/namespaces/{OPERATOR_NS}/serviceaccounts"
+    made_sas = [name for name in U.SERVICE_ACCOUNTS if kube.get_or_none(f"{sas}/{name}") is None]
+    for name in made_sas:
+        kube.create(sas, {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}})
+    rcs = "/apis/node.k8s.io/v1/runtimeclasses"
+    made = [name for name in U.RUNTIME_CLASSES if kube.get_or_none(f"{rcs}/{name}") is None]
+    for name in made:
+        kube.create(rcs, {"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": name},
+                          "handler": U.RUNTIME_CLASSES[name]})
+    yield
+    for name in U.CONFIG_MAPS:
+        kube.delete(f"{cms}/{name}")
+    for name in made_sas:
+        kube.delete(f"{sas}/{name}")
+    for name in made:
+        kube.delete(f"{rcs}/{name}")
 
 
-def _validator_ds(name: str, node_selector: dict[str, str]) -> dict[str, Any]:
-    image = "nvcr.io/nvidia/gpu-operator:v25.10.0"
-    ds = _daemonset(name, OPERATOR_NS, node_selector, image, VALIDATOR)
-    pod_spec = ds["spec"]["template"]["spec"]
-    pod_spec["containers"][0]["name"] = "nvidia-operator-validator"
-    pod_spec["initContainers"] = [{"name": f"{c}-validation", "image": image} for c in ("driver", "toolkit", "cuda")]
-    return ds
+@contextlib.contextmanager
+def deployed(kube: Kube, templates: dict[str, dict[str, Any]], node_selector: dict[str, str]) -> Iterator[None]:
+    """The templates' DaemonSets on the selected nodes; afterwards they and their pods are gone."""
+    try:
+        for name, template in templates.items():
+            kube.create(DS_PATH, U.daemonset(name, template, node_selector=node_selector))
+        yield
+    finally:
+        for name in templates:
+            kube.delete(f"{DS_PATH}/{name}")
+        apps = ",".join(t["metadata"]["labels"]["app"] for t in templates.values())
+        wait_for(lambda: not _pods(kube, OPERATOR_NS, f"app in ({apps})"), 60, message=f"pods of {apps} gone")
 
 
 def _pod_on(kube: Kube, app: str, node: str) -> dict[str, Any] | None:
@@ -368,12 +311,24 @@ def _pod_on(kube: Kube, app: str, node: str) -> dict[str, Any] | None:
 
 
 def _ctr(pod: dict[str, Any], name: str = DRIVER_CONTAINER) -> dict[str, Any]:
-    """A container's status; {} before it has one."""
-    return next((c for c in (pod.get("status") or {}).get("containerStatuses") or [] if c["name"] == name), {})
+    """A container's (or init container's) status; {} before it has one."""
+    status = pod.get("status") or {}
+    return next((c for c in (status.get("containerStatuses") or []) + (status.get("initContainerStatuses") or [])
+                 if c["name"] == name), {})
+
+
+def _state(cs: dict[str, Any]) -> tuple[str, str]:
+    for kind, detail in (cs.get("state") or {}).items():
+        return kind, str((detail or {}).get("reason") or "")
+    return "", ""
 
 
 def _running_not_ready(pod: dict[str, Any] | None) -> bool:
     return pod is not None and pod["status"].get("phase") == "Running" and condition(pod, "Ready") == "False"
+
+
+def _not_ready(pod: dict[str, Any] | None) -> bool:
+    return pod is not None and condition(pod, "Ready") == "False"
 
 
 def _wait_pod(kube: Kube, app: str, node: str, check: Callable[[dict[str, Any]], bool], message: str,
@@ -385,22 +340,156 @@ def _wait_pod(kube: Kube, app: str, node: str, check: Callable[[dict[str, Any]],
     return wait_for(get, timeout, message=f"{app} pod on {node}: {message}")
 
 
-@pytest.fixture
-def driver_stack(kube: Kube, simulator: NodeSimulator, fake_nodes: dict[str, dict[str, Any]]) -> Iterator[str]:
-    """A driver DaemonSet (OnDelete) and a validator DaemonSet on the two h100 nodes, all pods Ready.
+def _driver_labels(kube: Kube, node: str) -> tuple[str, str, str] | None:
+    labels = _node(kube, node)["metadata"].get("labels") or {}
+    if "nvidia.com/cuda.driver.major" not in labels:
+        return None
+    return (labels["nvidia.com/cuda.driver.major"], labels["nvidia.com/cuda.driver.minor"],
+            labels["nvidia.com/cuda.driver.rev"])
 
-    Yields the app label of the driver pods (``sim-drv``); the validator pods have ``app=sim-val``.
+
+@pytest.mark.parametrize("node,runtime,cdi", [("infra-a100-0", "containerd", True), ("infra-l4-crio", "crio", True),
+                                              ("infra-l4-crio", "crio", False)])
+def test_upstream_stack_comes_up_through_the_modelled_handshake(
+    kube: Kube, simulator: NodeSimulator, operand_support: None, node: str, runtime: str, cdi: bool
+) -> None:
+    templates = U.stack(runtime, cdi=cdi)
+    gpus = str(PROFILES[NODES[node][0]].gpu_count)
+    with deployed(kube, templates, {"kubernetes.io/hostname": node}):
+        for app in templates:
+            _wait_pod(kube, app, node, pod_running_ready, "Running and Ready", timeout=60)
+        wait_for(lambda: _gpu_resource(_node(kube, node)) == (gpus, gpus), 30,
+                 message=f"nvidia.com/gpu={gpus} in capacity and allocatable")
+        assert wait_for(lambda: _driver_labels(kube, node), 30, message="GFD labels") == ("595", "91", "07")
+        want = {k: v for k, v in gfd_labels(NODES[node][0], "595.91.07").items() if k != "nvidia.com/gfd.timestamp"}
+        got = _gfd_part(_node(kube, node))
+        assert {k: v for k, v in got.items() if k != "nvidia.com/gfd.timestamp"} == want
+        assert set(GFD_DRIVER_KEYS) <= set(got) and got["nvidia.com/gfd.timestamp"].isdigit()
+        model = simulator.model(node)
+        assert model is not None and FOUR <= set(model.host.files)
+        handlers = set(model.host.handlers)
+        assert handlers == {"runc"} if runtime == "crio" and not cdi else {"nvidia", "nvidia-cdi"} <= handlers
+        assert simulator.diagnose(node) == []
+        validator = _pod_on(kube, VALIDATOR_APP, node)
+        assert validator and [_state(c) for c in validator["status"]["initContainerStatuses"]] == [
+            ("terminated", "Completed")] * 4
+    wait_for(lambda: _gpu_resource(_node(kube, node)) == (None, None) and not _gfd_part(_node(kube, node)), 30,
+             message="nvidia.com/gpu and the GFD labels removed")
+    model = simulator.model(node)
+    assert model is not None and set(model.host.handlers) == {"runc"}  # the toolkit's cleanup
+
+
+def test_old_toolkit_deadlocks_and_the_kubelet_says_why_once(
+    kube: Kube, simulator: NodeSimulator, operand_support: None
+) -> None:
+    node = "infra-h100-1"
+    templates = {DRIVER_APP: U.driver(), TOOLKIT_APP: U.toolkit(fixed=False), VALIDATOR_APP: U.validator()}
+
+    def sandbox_missing(p: dict[str, Any]) -> bool:
+        return (p["status"].get("phase") == "Pending" and condition(p, "PodReadyToStartContainers") == "False"
+                and {_state(c) for c in p["status"].get("initContainerStatuses") or []} == {
+                    ("waiting", "PodInitializing")})
+
+    with deployed(kube, templates, {"kubernetes.io/hostname": node}):
+        validator = _wait_pod(kube, VALIDATOR_APP, node, sandbox_missing, "Pending without a sandbox")
+        assert not validator["status"].get("podIP")
+        name = validator["metadata"]["name"]
+
+        def events() -> list[dict[str, Any]]:
+            return [e for e in kube.items(f"/api/v1/namespaces/{OPERATOR_NS}/events")
+                    if e["involvedObject"].get("name") == name and e.get("reason") == "FailedCreatePodSandBox"]
+
+        [event] = wait_for(events, 30, message=f"FailedCreatePodSandBox event for {name}")
+        assert (event["type"], event["message"], event["source"]) == ("Warning", CONTAINERD_MESSAGE,
+                                                                     {"component": "kubelet", "host": node})
+        toolkit = _wait_pod(kube, TOOLKIT_APP, node, lambda p: _state(_ctr(p, "driver-validation")) == ("running", ""),
+                            "driver-validation waiting")
+        assert toolkit["status"]["phase"] == "Pending"
+        _wait_pod(kube, DRIVER_APP, node, pod_running_ready, "Running and Ready")
+        [deadlock] = wait_for(lambda: [f for f in simulator.diagnose(node) if f.kind == "deadlock"], 10,
+                              message="the deadlock diagnosed")
+        assert f"pod {toolkit['metadata']['name']} (init container driver-validation) waits for {V}/driver-ready" \
+            in deadlock.text
+        assert f'which only pod {name} (init container driver-validation) writes' in deadlock.text
+        assert 'runtime handler "nvidia" is not configured' in deadlock.text
+        # the event was posted once, not on every resync
+        wait_for(simulator.idle, 10, message="simulator idle")
+        time.sleep(simulator.resync_seconds + 1)
+        assert len(events()) == 1
+
+
+def test_cuda_validation_reports_the_api_servers_rejection_of_an_empty_image(
+    kube: Kube, simulator: NodeSimulator, operand_support: None
+) -> None:
+    node = "infra-h100-0"
+    validator = U.validator()
+    cuda = validator["spec"]["initContainers"][2]
+    cuda["env"] = [{**e, "value": ""} if e["name"] == "VALIDATOR_IMAGE" else e for e in cuda["env"]]
+    templates = {DRIVER_APP: U.driver(), TOOLKIT_APP: U.toolkit(), VALIDATOR_APP: validator}
+    with deployed(kube, templates, {"kubernetes.io/hostname": node}):
+        pod = _wait_pod(kube, VALIDATOR_APP, node,
+                        lambda p: _state(_ctr(p, "cuda-validation")) == ("waiting", "CrashLoopBackOff"),
+                        "cuda-validation failing")
+        message = _ctr(pod, "cuda-validation")["lastState"]["terminated"]["message"]
+        assert message.startswith("failed to create cuda validation pod , err Pod \"nvidia-cuda-validator-")
+        assert "spec.containers[0].image: Required value" in message, message
+        assert "spec.initContainers[0].image: Required value" in message, message
+        assert _state(_ctr(pod, "toolkit-validation")) == ("terminated", "Completed")
+        assert not _pods(kube, OPERATOR_NS, "app=nvidia-cuda-validator")  # a dry run creates nothing
+        model = simulator.model(node)
+        assert model is not None and f"{V}/toolkit-ready" in model.host.files
+        assert f"{V}/cuda-ready" not in model.host.files
+
+
+def test_gpu_requests_schedule_against_simulated_capacity(
+    kube: Kube, namespace: str, simulator: NodeSimulator, operand_support: None
+) -> None:
+    selector = {PCI_LABEL: "true", POOL_LABEL: POOL, RUNTIME_LABEL: "containerd"}
+    gpu_nodes = {n for n in GPU_NODES if NODES[n][2] == "containerd"}
+    pods = f"/api/v1/namespaces/{namespace}/pods"
+    with deployed(kube, U.stack("containerd"), selector):
+        wait_for(lambda: all(_gpu_resource(_node(kube, n))[1] for n in gpu_nodes), 60,
+                 message="nvidia.com/gpu on every containerd GPU node")
+        kube.create(pods, _pod("one-gpu", namespace, gpus=1))
+        kube.create(pods, _pod("eight-gpus", namespace, gpus=8))
+        kube.create(pods, _pod("nine-gpus", namespace, gpus=9))
+        one = wait_pod_running_ready(kube, namespace, "one-gpu")
+        assert one["spec"]["nodeName"] in gpu_nodes
+        eight = wait_pod_running_ready(kube, namespace, "eight-gpus")
+        assert NODES[eight["spec"]["nodeName"]][0] == "h100x8"
+
+        def unschedulable() -> dict[str, Any] | None:
+            p = kube.get(f"{pods}/nine-gpus")
+            cond = next((c for c in p["status"].get("conditions") or [] if c["type"] == "PodScheduled"), None)
+            return cond if cond and cond["status"] == "False" else None
+
+        cond = wait_for(unschedulable, 30, message="9-GPU pod marked unschedulable")
+        assert cond["reason"] == "Unschedulable"
+        assert "nvidia.com/gpu" in cond["message"]
+        pending = kube.get(f"{pods}/nine-gpus")
+        assert pending["status"]["phase"] == "Pending" and not pending["spec"].get("nodeName")
+    wait_for(lambda: not any(_gpu_resource(_node(kube, n))[1] for n in GPU_NODES), 30,
+             message="nvidia.com/gpu removed again")
+
+
+# --- driver pods: delay, crash loop, validator (the simulator's parts of a driver upgrade) ---
+
+DRIVER_NODES = ("infra-h100-0", "infra-h100-1")
+ON_DRIVER_NODES = {PROFILE_LABEL: "h100x8", POOL_LABEL: POOL}
+
+
+@pytest.fixture
+def driver_stack(kube: Kube, simulator: NodeSimulator, operand_support: None) -> Iterator[str]:
+    """Driver (OnDelete), toolkit, validator and device plugin DaemonSets on the two h100 nodes, all pods Ready.
+
+    Yields the app label of the driver pods; the validator pods have ``app=nvidia-operator-validator``.
     """
-    try:
-        kube.create(DS_PATH, _driver_ds("sim-drv", ON_DRIVER_NODES))
-        kube.create(DS_PATH, _validator_ds("sim-val", ON_DRIVER_NODES))
+    templates = {name: t for name, t in U.stack().items() if name != GFD_APP}
+    with deployed(kube, templates, ON_DRIVER_NODES):
         for node in DRIVER_NODES:
-            for app in ("sim-drv", "sim-val"):
-                _wait_pod(kube, app, node, pod_running_ready, "Running and Ready")
-        yield "sim-drv"
-    finally:
-        for name in ("sim-drv", "sim-val"):
-            kube.delete(f"{DS_PATH}/{name}")
+            for app in templates:
+                _wait_pod(kube, app, node, pod_running_ready, "Running and Ready", timeout=60)
+        yield DRIVER_APP
 
 
 def test_driver_pod_status_carries_container_details_and_keeps_its_labels(
@@ -412,7 +501,7 @@ def test_driver_pod_status_carries_container_details_and_keeps_its_labels(
         pod = _pod_on(kube, driver_stack, node)
         assert pod is not None and pod_running_ready(pod)
         assert pod["metadata"]["labels"][REVISION_LABEL] in revisions
-        assert pod["metadata"]["labels"][COMPONENT_LABEL] == DRIVER
+        assert pod["metadata"]["labels"]["app.kubernetes.io/component"] == "nvidia-driver"
         ctr = _ctr(pod)
         image = pod["spec"]["containers"][0]["image"]
         assert (ctr["ready"], ctr["restartCount"], ctr["image"], ctr["imageID"]) == (True, 0, image, image_id(image))
@@ -425,12 +514,12 @@ def test_driver_pod_status_carries_container_details_and_keeps_its_labels(
     # steady state (a resync included): the simulator writes nothing more
     wait_for(simulator.idle, 10, message="simulator idle")
     start = time.time()
-    time.sleep(6)
+    time.sleep(simulator.resync_seconds + 1)
     writes = [
         e["requestURI"] for e in cluster.writes(SIMULATOR_USER, since=start)
-        if e.get("verb") == "patch" and (e.get("objectRef") or {}).get("namespace") == OPERATOR_NS
+        if e.get("verb") in ("patch", "create") and (e.get("objectRef") or {}).get("namespace") == OPERATOR_NS
     ]
-    assert not writes, f"simulator wrote pods in steady state: {writes}"
+    assert not writes, f"simulator wrote in steady state: {writes}"
 
 
 def test_recreated_driver_pod_is_ready_after_the_delay_and_validator_follows(
@@ -439,35 +528,35 @@ def test_recreated_driver_pod_is_ready_after_the_delay_and_validator_follows(
     node, other = DRIVER_NODES
     simulator.set_driver_ready_delay(3)
     old = _pod_on(kube, driver_stack, node)
-    kept = _pod_on(kube, driver_stack, other)
-    assert old and kept
+    kept = {app: _pod_on(kube, app, other) for app in (driver_stack, VALIDATOR_APP)}
+    assert old and all(kept.values())
     t_delete = time.monotonic()
-    kube.delete(f"/api/v1/namespaces/{OPERATOR_NS}/pods/{old['metadata']['name']}")
+    kube.delete(f"{PODS_PATH}/{old['metadata']['name']}")
     new = _wait_pod(kube, driver_stack, node,
                     lambda p: p["metadata"]["uid"] != old["metadata"]["uid"] and _running_not_ready(p),
                     "recreated, Running and not Ready", timeout=10)
     assert new["metadata"]["labels"][REVISION_LABEL] == old["metadata"]["labels"][REVISION_LABEL]
     ctr = _ctr(new)
-    assert ctr["ready"] is False and set(ctr["state"]) == {"running"}
-    assert condition(new, "ContainersReady") == "False"
-    _wait_pod(kube, "sim-val", node, _running_not_ready, "not Ready while its driver is not", timeout=10)
+    assert ctr["ready"] is False and ctr["started"] is False and set(ctr["state"]) == {"running"}
+    # the driver's preStop removed .driver-ctr-ready and its root went: the validator validates the driver again
+    validator = _wait_pod(kube, VALIDATOR_APP, node,
+                          lambda p: _not_ready(p) and _state(_ctr(p, "driver-validation")) == ("running", ""),
+                          "validating the driver again", timeout=10)
+    assert validator["status"]["phase"] == "Pending"
 
     # about 1 s after the pod appeared: still not ready (the delay is 3 s)
     time.sleep(max(0.0, t_delete + 1.0 - time.monotonic()))
     pod = _pod_on(kube, driver_stack, node)
     assert pod and pod["metadata"]["uid"] == new["metadata"]["uid"] and _running_not_ready(pod)
-    validator = _pod_on(kube, "sim-val", node)
-    assert validator and _running_not_ready(validator)
+    assert _not_ready(_pod_on(kube, VALIDATOR_APP, node))
 
     _wait_pod(kube, driver_stack, node, pod_running_ready, "Ready after the delay", timeout=6)
     assert time.monotonic() - t_delete >= 2.8
-    _wait_pod(kube, "sim-val", node, pod_running_ready, "Ready again with its driver", timeout=10)
+    _wait_pod(kube, VALIDATOR_APP, node, pod_running_ready, "Ready again with its driver", timeout=10)
     # the other node was never touched
-    for app in (driver_stack, "sim-val"):
-        pod = _pod_on(kube, app, other)
-        assert pod and pod_running_ready(pod)
-    pod = _pod_on(kube, driver_stack, other)
-    assert pod and pod["metadata"]["uid"] == kept["metadata"]["uid"]
+    for app, pod in kept.items():
+        now = _pod_on(kube, app, other)
+        assert now and pod and pod_running_ready(now) and now["metadata"]["uid"] == pod["metadata"]["uid"]
 
 
 def test_crash_looping_driver_on_one_node(kube: Kube, simulator: NodeSimulator, driver_stack: str) -> None:
@@ -482,15 +571,15 @@ def test_crash_looping_driver_on_one_node(kube: Kube, simulator: NodeSimulator, 
     first = _ctr(_wait_pod(kube, driver_stack, node, crashing, "in CrashLoopBackOff", timeout=10))["restartCount"]
     _wait_pod(kube, driver_stack, node, lambda p: crashing(p) and _ctr(p)["restartCount"] >= first + 2,
               "restartCount rising", timeout=15)
-    _wait_pod(kube, "sim-val", node, _running_not_ready, "not Ready while its driver crash-loops", timeout=10)
-    for app in (driver_stack, "sim-val"):
+    _wait_pod(kube, VALIDATOR_APP, node, _not_ready, "not Ready while its driver crash-loops", timeout=10)
+    for app in (driver_stack, VALIDATOR_APP):
         pod = _pod_on(kube, app, other)
         assert pod and pod_running_ready(pod), f"{app} on {other} should stay Ready"
 
     # a pod recreated on the node crash-loops too
     old = _pod_on(kube, driver_stack, node)
     assert old
-    kube.delete(f"/api/v1/namespaces/{OPERATOR_NS}/pods/{old['metadata']['name']}")
+    kube.delete(f"{PODS_PATH}/{old['metadata']['name']}")
     new = _wait_pod(kube, driver_stack, node, lambda p: p["metadata"]["uid"] != old["metadata"]["uid"] and crashing(p),
                     "recreated and crash-looping", timeout=15)
 
@@ -498,47 +587,35 @@ def test_crash_looping_driver_on_one_node(kube: Kube, simulator: NodeSimulator, 
     pod = _wait_pod(kube, driver_stack, node, pod_running_ready, "Ready once the crash loop ends", timeout=10)
     assert pod["metadata"]["uid"] == new["metadata"]["uid"]
     assert _ctr(pod)["restartCount"] >= 1 and set(_ctr(pod)["state"]) == {"running"}
-    _wait_pod(kube, "sim-val", node, pod_running_ready, "Ready again", timeout=10)
+    _wait_pod(kube, VALIDATOR_APP, node, pod_running_ready, "Ready again", timeout=10)
 
 
 def test_gfd_driver_labels_follow_the_new_driver_version(
-    kube: Kube, simulator: NodeSimulator, fake_nodes: dict[str, dict[str, Any]]
+    kube: Kube, simulator: NodeSimulator, operand_support: None
 ) -> None:
     node = "infra-l4-0"
-    on_node = {"kubernetes.io/hostname": node}
-    gfd = _daemonset("sim-gfd2", OPERATOR_NS, on_node, "nvcr.io/nvidia/k8s-device-plugin:v0.18.0", GFD)
+    templates = U.stack()  # GFD starts once the validator has written toolkit-ready
+    with deployed(kube, templates, {"kubernetes.io/hostname": node}):
+        wait_for(lambda: _driver_labels(kube, node) == ("595", "91", "07"), 60,
+                 message="GFD labels of driver 595.91.07")
 
-    def driver_labels() -> tuple[str, str, str] | None:
-        labels = _node(kube, node)["metadata"].get("labels") or {}
-        if "nvidia.com/cuda.driver.major" not in labels:
-            return None
-        return (labels["nvidia.com/cuda.driver.major"], labels["nvidia.com/cuda.driver.minor"],
-                labels["nvidia.com/cuda.driver.rev"])
-
-    try:
-        kube.create(DS_PATH, _driver_ds("sim-drv2", on_node, "595.91.07"))
-        kube.create(DS_PATH, gfd)
-        wait_for(lambda: driver_labels() == ("595", "91", "07"), 30, message="GFD labels of driver 595.91.07")
-
-        kube.patch(f"{DS_PATH}/sim-drv2", {"spec": {"template": {"spec": {"containers": [
+        kube.patch(f"{DS_PATH}/{DRIVER_APP}", {"spec": {"template": {"spec": {"containers": [
             {"name": DRIVER_CONTAINER, "image": "nvcr.io/nvidia/driver:600.10.01-ubuntu22.04"}]}}}},
             content_type=STRATEGIC_PATCH)
-        old = _pod_on(kube, "sim-drv2", node)
+        old = _pod_on(kube, DRIVER_APP, node)
         assert old
         simulator.set_driver_ready_delay(3)
-        kube.delete(f"/api/v1/namespaces/{OPERATOR_NS}/pods/{old['metadata']['name']}")
-        new = _wait_pod(kube, "sim-drv2", node, lambda p: p["metadata"]["uid"] != old["metadata"]["uid"],
+        kube.delete(f"{PODS_PATH}/{old['metadata']['name']}")
+        new = _wait_pod(kube, DRIVER_APP, node, lambda p: p["metadata"]["uid"] != old["metadata"]["uid"],
                         "recreated", timeout=10)
         assert new["spec"]["containers"][0]["image"].startswith("nvcr.io/nvidia/driver:600.10.01")
         assert new["metadata"]["labels"][REVISION_LABEL] != old["metadata"]["labels"][REVISION_LABEL]
-        labels_then = driver_labels()
-        pod = _pod_on(kube, "sim-drv2", node)
+        labels_then = _driver_labels(kube, node)
+        pod = _pod_on(kube, DRIVER_APP, node)
         if pod and not pod_running_ready(pod):  # labels read while the new pod was not Ready yet
             assert labels_then != ("600", "10", "01")
-        wait_for(lambda: driver_labels() == ("600", "10", "01"), 30, message="GFD labels of driver 600.10.01")
+        wait_for(lambda: _driver_labels(kube, node) == ("600", "10", "01"), 30,
+                 message="GFD labels of driver 600.10.01")
         labels = _node(kube, node)["metadata"]["labels"]
         assert (labels["nvidia.com/cuda.runtime.major"], labels["nvidia.com/cuda.runtime.minor"]) == ("13", "2")
-    finally:
-        for name in ("sim-drv2", "sim-gfd2"):
-            kube.delete(f"{DS_PATH}/{name}")
     wait_for(lambda: not _gfd_part(_node(kube, node)), 30, message="GFD labels removed")

@@ -1,102 +1,523 @@
-"""The node simulator's decisions, without a cluster: the work queue, driver and validator pod statuses."""
+"""The node model without a cluster: upstream-shaped pod specs (e2e/upstream_specs.py) stepped through
+``NodeModel``, one rule per test, and the simulator's work queue."""
 
 from __future__ import annotations
 
-import json
+import copy
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from e2e.cluster.nodes import make_node
-from e2e.kube import condition, pod_running_ready
-from e2e.simulator import (
-    COMPONENT_LABEL,
-    DRIVER,
-    DRIVER_CONTAINER,
-    VALIDATOR,
-    NodeSimulator,
-    _NodeQueue,
-    driver_version_from_image,
-    image_id,
+from e2e import upstream_specs as U
+from e2e.cluster.nodes import make_node, parse_spec
+from e2e.nodemodel import (
+    NodeModel,
+    World,
+    host_path,
+    new_host,
+    offline_dry_run,
+    parse_script,
+    pod_status,
+    ready,
+    runtime_of,
+    same_status,
 )
+from e2e.simulator import _NodeQueue
 
 NODE = "n1"
+V = "/run/nvidia/validations"
+FOUR = {f"{V}/driver-ready", f"{V}/toolkit-ready", f"{V}/cuda-ready", f"{V}/plugin-ready"}
+CONTAINERD_MESSAGE = ('Failed to create pod sandbox: rpc error: code = Unknown desc = failed to get sandbox runtime: '
+                      'no runtime for "nvidia" is configured')
 
 
-@pytest.fixture
-def sim(tmp_path: Path) -> Iterator[NodeSimulator]:
-    """A simulator that is never started (its API address leads nowhere)."""
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:9", "insecure-skip-tls-verify": True}}],
-        "users": [{"name": "u", "user": {"token": "t"}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-        "current-context": "c",
-    }))
-    s = NodeSimulator(kubeconfig, namespace="ns", crash_restart_seconds=2.0)
-    yield s
-    s._kube.close()
+class Node:
+    """One node's model, its pods and the world they read; ``step`` writes the statuses back as the API would."""
+
+    def __init__(self, runtime: str = "containerd", *, host_driver: str | None = None, delay: float = 0.0,
+                 driver_managed: bool = True) -> None:
+        self.model = NodeModel(new_host(NODE, runtime, 8, host_driver), driver_ready_delay=delay)
+        self.pods: dict[str, dict[str, Any]] = {}
+        owner = U.CLUSTER_POLICY_OWNER if driver_managed else None
+        self.world = World(
+            runtime_classes=dict(U.RUNTIME_CLASSES),
+            config_maps={(U.NAMESPACE, name): dict(data) for name, data in U.CONFIG_MAPS.items()},
+            daemonsets=[U.daemonset("nvidia-driver-daemonset", U.driver(), owner=owner),
+                        U.daemonset("nvidia-operator-validator", U.validator(), owner=U.CLUSTER_POLICY_OWNER)],
+            dry_run=offline_dry_run)
+        self.events: list[tuple[str, str, str]] = []
+        self.t = 1000.0
+        self.result: Any = None
+
+    def add(self, name: str, template: dict[str, Any]) -> dict[str, Any]:
+        self.pods[name] = U.pod(template, name, NODE, created=_iso(time.time()))
+        return self.pods[name]
+
+    def delete(self, name: str) -> None:
+        self.pods.pop(name)
+
+    def step(self, dt: float = 0.0) -> dict[str, dict[str, Any]]:
+        self.t += dt
+        self.result = self.model.step(list(self.pods.values()), self.world, self.t)
+        for e in self.result.events:
+            self.events.append((e.pod["metadata"]["name"], e.reason, e.message))
+        for pod in self.pods.values():
+            run = self.result.statuses[pod["metadata"]["uid"]]
+            pod["status"] = pod_status(pod, run, "10.64.0.9", "2030-01-01T00:00:00Z")
+        return {n: p["status"] for n, p in self.pods.items()}
+
+    def files(self) -> set[str]:
+        return set(self.model.host.files)
+
+    def container(self, pod: str, name: str) -> dict[str, Any]:
+        st = self.pods[pod]["status"]
+        return next(c for c in st["initContainerStatuses"] + st["containerStatuses"] if c["name"] == name)
 
 
-def _node() -> dict[str, Any]:
-    node = make_node(NODE, "h100x8")
-    node["status"]["addresses"] = [{"type": "InternalIP", "address": "10.64.0.9"}]
-    return node
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
-def _driver_pod(uid: str = "u1", image: str = "nvcr.io/nvidia/driver:595.91.07-ubuntu22.04") -> dict[str, Any]:
-    return {
-        "metadata": {
-            "name": f"driver-{uid}", "namespace": "ns", "uid": uid, "resourceVersion": "1",
-            "creationTimestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "labels": {COMPONENT_LABEL: DRIVER, "controller-revision-hash": "abc123"},
-        },
-        "spec": {
-            "nodeName": NODE,
-            "initContainers": [{"name": "k8s-driver-manager", "image": "nvcr.io/nvidia/k8s-driver-manager:v0.9"}],
-            "containers": [{"name": DRIVER_CONTAINER, "image": image}],
-        },
-        "status": {"phase": "Pending"},
-    }
+def _state(cs: dict[str, Any]) -> tuple[str, str]:
+    kind, detail = next(iter(cs["state"].items()))
+    return kind, str(detail.get("reason") or "")
 
 
-def _validator_pod(uid: str = "v1") -> dict[str, Any]:
-    image = "nvcr.io/nvidia/gpu-operator:v25.10.0"
-    return {
-        "metadata": {"name": f"validator-{uid}", "namespace": "ns", "uid": uid, "resourceVersion": "1",
-                     "labels": {COMPONENT_LABEL: VALIDATOR}},
-        "spec": {
-            "nodeName": NODE,
-            "initContainers": [{"name": "driver-validation", "image": image},
-                               {"name": "toolkit-validation", "image": image}],
-            "containers": [{"name": "nvidia-operator-validator", "image": image}],
-        },
-        "status": {"phase": "Pending"},
-    }
+def _stack(node: Node, runtime: str = "containerd", *, cdi: bool = True, fixed: bool = True) -> None:
+    for name, template in U.stack(runtime, cdi=cdi, fixed_toolkit=fixed).items():
+        node.add(name, template)
 
 
-def _apply(pod: dict[str, Any], status: dict[str, Any] | None) -> dict[str, Any]:
-    """The pod after the simulator's status patch (a merge patch of the status)."""
-    if status is not None:
-        pod = {**pod, "status": {**(pod.get("status") or {}), **status}}
-    return pod
+# --- scripts and paths ---
+
+def test_script_reading_waits_writes_removes_and_sources() -> None:
+    probe = parse_script(U.STARTUP_PROBE)
+    assert probe.writes == [f"{V}/.driver-ctr-ready"]  # the .tmp file is moved away
+    entry = parse_script(U.TOOLKIT_ENTRYPOINT)
+    assert entry.waits == [f"{V}/driver-ready"]
+    assert entry.sources == [(f"{V}/driver-ready", True)]
+    assert ("nvidia-toolkit", []) in entry.programs()
+    plain = parse_script(f"until [ -f {V}/driver-ready ]; do sleep 5; done\n. {V}/driver-ready\nexec nvidia-toolkit")
+    assert plain.sources == [(f"{V}/driver-ready", False)]  # without allexport nothing reaches the installer
+    assert parse_script("while [ ! -e /a ]; do sleep 1; done; test -f /b").waits == ["/a"]
+    assert parse_script(f"rm -f {V}/*-ready").removes == [f"{V}/*-ready"]
+    assert parse_script("echo x >/dev/null 2>&1; touch /x/y").writes == ["/x/y"]
 
 
-def _ctr(pod: dict[str, Any], name: str = DRIVER_CONTAINER) -> dict[str, Any]:
-    return next(c for c in pod["status"]["containerStatuses"] if c["name"] == name)
+def test_container_paths_resolve_through_host_path_volumes_only() -> None:
+    pod = U.pod(U.toolkit(), "tk", NODE)
+    ctr = pod["spec"]["containers"][0]
+    assert host_path(pod, ctr, "/runtime/config-dir/config.toml") == ("/etc/containerd/config.toml", "")
+    assert host_path(pod, ctr, "/runtime/config-dir.d/99-nvidia.toml")[0] == "/etc/containerd/conf.d/99-nvidia.toml"
+    assert host_path(pod, ctr, "/var/run/cdi/nvidia.yaml")[0] == "/run/cdi/nvidia.yaml"  # /var/run is /run
+    assert host_path(pod, ctr, "/etc/containerd/config.toml") == (None, "")  # not mounted: the container's own
+    assert host_path(pod, ctr, "/bin/entrypoint.sh") == (None, "")  # a ConfigMap volume, not the host
+    assert host_path(pod, ctr, "/host/etc/x", write=True)[1].endswith("read-only file system")
 
 
-def test_driver_version_and_image_id() -> None:
-    assert driver_version_from_image("nvcr.io/nvidia/driver:600.10.01-ubuntu22.04") == "600.10.01"
-    assert driver_version_from_image("localhost:5000/driver") is None
-    digest = image_id("nvcr.io/nvidia/driver:595.91.07-ubuntu22.04")
-    assert digest.startswith("nvcr.io/nvidia/driver@sha256:") and len(digest.split(":")[-1]) == 64
-    assert digest == image_id("nvcr.io/nvidia/driver:595.91.07-ubuntu22.04")
-    assert image_id("localhost:5000/driver") .startswith("localhost:5000/driver@sha256:")
+# --- the whole start-up ---
+
+@pytest.mark.parametrize("runtime,cdi", [("containerd", True), ("containerd", False), ("cri-o", True),
+                                         ("cri-o", False)])
+def test_upstream_stack_reaches_every_validation_file(runtime: str, cdi: bool) -> None:
+    node = Node(runtime)
+    _stack(node, "crio" if runtime == "cri-o" else "containerd", cdi=cdi)
+    statuses = node.step()
+    assert all(ready(s) for s in statuses.values()), {n: s["phase"] for n, s in statuses.items()}
+    assert FOUR <= node.files()
+    assert f"{V}/.driver-ctr-ready" in node.files() and "/dev/char/nvidia-symlinks" in node.files()
+    handlers = node.model.host.handlers
+    if runtime == "cri-o" and not cdi:  # hook mode: no handler, no runtime class, the OCI hook injects GPUs
+        assert set(handlers) == {"runc"}
+        assert "/usr/share/containers/oci/hooks.d/oci-nvidia-hook.json" in node.files()
+    else:
+        assert {"nvidia", "nvidia-cdi", "nvidia-legacy"} <= set(handlers)
+        assert handlers["nvidia"].driver_root == "/run/nvidia/driver"  # from driver-ready, under allexport
+        assert handlers["nvidia"].default is (not cdi)
+        drop_in = "/etc/crio/crio.conf.d/99-nvidia.conf" if runtime == "cri-o" else \
+            "/etc/containerd/conf.d/99-nvidia.toml"
+        assert drop_in in node.files()
+    assert node.result.gpus == 8 and node.result.gfd and node.result.driver_version == "595.91.07"
+    assert node.events == [] and node.model.diagnose() == []
+    # driver-ready holds what the installer needs
+    content = node.model.host.files[f"{V}/driver-ready"]
+    assert "IS_HOST_DRIVER=false\n" in content and "NVIDIA_DRIVER_ROOT=/run/nvidia/driver\n" in content
+    # a second step changes nothing
+    before = copy.deepcopy(node.pods)
+    node.step()
+    assert all(same_status(node.pods[n]["status"], before[n]["status"]) for n in node.pods)
+
+
+def test_old_toolkit_deadlocks_and_the_model_names_the_cycle() -> None:
+    node = Node()
+    node.add("driver", U.driver())
+    node.add("toolkit", U.toolkit(fixed=False))
+    node.add("validator", U.validator())
+    statuses = node.step(dt=100)
+    assert ready(statuses["driver"]) and not ready(statuses["toolkit"]) and not ready(statuses["validator"])
+    assert not FOUR & node.files() and set(node.model.host.handlers) == {"runc"}
+    assert _state(node.container("toolkit", "driver-validation")) == ("running", "")
+    findings = node.model.diagnose()
+    assert [f.kind for f in findings] == ["deadlock"]
+    text = findings[0].text
+    assert f"pod toolkit (init container driver-validation) waits for {V}/driver-ready" in text
+    assert "which only pod validator (init container driver-validation) writes" in text
+    assert 'pod validator cannot start: runtime handler "nvidia" is not configured on the node' in text
+    assert "which only pod toolkit (container nvidia-container-toolkit-ctr) adds" in text
+    assert set(findings[0].pods) == {"toolkit", "validator"}
+
+    # the fixed toolkit validates the driver itself and breaks the cycle
+    fixed = Node()
+    fixed.add("driver", U.driver())
+    fixed.add("toolkit", U.toolkit(fixed=True))
+    fixed.add("validator", U.validator())
+    fixed.add("device-plugin", U.device_plugin())
+    statuses = fixed.step(dt=100)
+    assert all(ready(s) for s in statuses.values())
+    assert FOUR <= fixed.files() and fixed.model.diagnose() == []
+
+
+# --- the kubelet ---
+
+def test_missing_runtime_handler_keeps_the_pod_pending_with_the_kubelets_event_once() -> None:
+    node = Node()
+    node.add("validator", U.validator())
+    no_init = copy.deepcopy(U.device_plugin())
+    no_init["spec"]["initContainers"] = []
+    node.add("plugin", no_init)
+    for _ in range(3):
+        statuses = node.step(dt=5)
+    st = statuses["validator"]
+    assert st["phase"] == "Pending" and not st.get("podIP") and st["hostIP"] == "10.64.0.9"
+    conditions = {c["type"]: c["status"] for c in st["conditions"]}
+    assert conditions["PodReadyToStartContainers"] == "False" and conditions["Initialized"] == "False"
+    # as the kubelet reports it: PodInitializing with init containers, ContainerCreating without
+    assert {_state(c) for c in st["initContainerStatuses"] + st["containerStatuses"]} == {("waiting",
+                                                                                          "PodInitializing")}
+    assert _state(node.container("plugin", "nvidia-device-plugin")) == ("waiting", "ContainerCreating")
+    assert sorted(node.events) == [("plugin", "FailedCreatePodSandBox", CONTAINERD_MESSAGE),
+                                   ("validator", "FailedCreatePodSandBox", CONTAINERD_MESSAGE)]
+    # a RuntimeClass whose handler is runc starts at once
+    node.world.runtime_classes["nvidia"] = "runc"
+    assert node.step()["plugin"]["phase"] == "Running"
+
+
+def test_init_containers_run_in_order_and_a_file_wait_blocks_the_next() -> None:
+    node = Node()
+    node.model.host.handlers["nvidia"] = copy.copy(node.model.host.handlers["runc"])
+    template = U.device_plugin()
+    template["spec"]["initContainers"].append({"name": "config-manager-init", "image": U.PLUGIN_IMAGE,
+                                               "command": ["config-manager"]})
+    node.add("plugin", template)
+    node.step()
+    assert _state(node.container("plugin", "toolkit-validation")) == ("running", "")
+    assert _state(node.container("plugin", "config-manager-init")) == ("waiting", "PodInitializing")
+    assert node.pods["plugin"]["status"]["phase"] == "Pending"
+    node.model.host.files[f"{V}/toolkit-ready"] = ""
+    node.step()
+    assert _state(node.container("plugin", "toolkit-validation")) == ("terminated", "Completed")
+    assert _state(node.container("plugin", "config-manager-init")) == ("terminated", "Completed")
+    assert node.pods["plugin"]["status"]["phase"] == "Running"
+
+
+def test_a_wait_on_an_unmounted_path_never_ends() -> None:
+    node = Node()
+    node.model.host.files[f"{V}/toolkit-ready"] = ""
+    node.model.host.handlers["nvidia"] = copy.copy(node.model.host.handlers["runc"])
+    template = U.gpu_feature_discovery()
+    template["spec"]["initContainers"][0]["volumeMounts"] = []
+    node.add("gfd", template)
+    node.step()
+    assert _state(node.container("gfd", "toolkit-validation")) == ("running", "")
+    assert "in the container only" in node.model.blockers()["gfd"].target
+
+
+def test_missing_configmap_is_a_mount_failure() -> None:
+    node = Node()
+    del node.world.config_maps[(U.NAMESPACE, "nvidia-container-toolkit-entrypoint")]
+    node.add("toolkit", U.toolkit())
+    assert node.step()["toolkit"]["phase"] == "Pending"
+    assert node.events == [("toolkit", "FailedMount", 'MountVolume.SetUp failed for volume '
+                            '"nvidia-container-toolkit-entrypoint" : configmap "nvidia-container-toolkit-entrypoint" '
+                            'not found')]
+
+
+# --- nvidia-validator ---
+
+def test_validator_needs_root_to_write_its_status_file() -> None:
+    node = Node()
+    node.add("driver", U.driver())
+    node.add("toolkit", U.toolkit())
+    node.add("validator", U.validator(root=False))
+    statuses = node.step()
+    assert ready(statuses["toolkit"]) and not ready(statuses["validator"])
+    cs = node.container("validator", "driver-validation")
+    assert _state(cs) == ("waiting", "CrashLoopBackOff")
+    assert cs["lastState"]["terminated"]["message"] == (f"unable to create status file {V}/driver-ready: "
+                                                        f"open {V}/driver-ready: permission denied")
+    assert [f.kind for f in node.model.diagnose()] == ["failing"]
+
+
+def test_toolkit_validation_needs_all_devices_visible() -> None:
+    node = Node()
+    _stack(node)
+    node.pods["nvidia-operator-validator"] = U.pod(U.validator(visible_devices=False), "nvidia-operator-validator",
+                                                   NODE)
+    node.step()
+    cs = node.container("nvidia-operator-validator", "toolkit-validation")
+    assert _state(cs) == ("waiting", "CrashLoopBackOff")
+    assert "toolkit is not ready" in cs["lastState"]["terminated"]["message"]
+    assert f"{V}/toolkit-ready" not in node.files()
+
+
+def test_cuda_validation_surfaces_the_api_servers_rejection_of_an_empty_image() -> None:
+    node = Node()
+    _stack(node)
+    template = U.validator()
+    cuda = template["spec"]["initContainers"][2]
+    cuda["env"] = [e for e in cuda["env"] if e["name"] != "VALIDATOR_IMAGE"] + [{"name": "VALIDATOR_IMAGE",
+                                                                                 "value": ""}]
+    node.pods["nvidia-operator-validator"] = U.pod(template, "nvidia-operator-validator", NODE)
+    node.step()
+    message = node.container("nvidia-operator-validator", "cuda-validation")["lastState"]["terminated"]["message"]
+    assert message.startswith("failed to create cuda validation pod , err Pod \"nvidia-cuda-validator-")
+    assert "spec.initContainers[0].image: Required value" in message and "spec.containers[0].image" in message
+    assert f"{V}/cuda-ready" not in node.files() and f"{V}/toolkit-ready" in node.files()
+
+
+def test_cuda_workload_without_the_runtime_class_gets_no_gpus_when_nvidia_is_not_the_default() -> None:
+    node = Node()
+    _stack(node, cdi=True)  # CDI: nvidia is not the default runtime
+    template = U.validator()
+    cuda = template["spec"]["initContainers"][2]
+    cuda["env"] = [e for e in cuda["env"] if e["name"] != "VALIDATOR_RUNTIME_CLASS"]
+    node.pods["nvidia-operator-validator"] = U.pod(template, "nvidia-operator-validator", NODE)
+    node.step()
+    message = node.container("nvidia-operator-validator", "cuda-validation")["lastState"]["terminated"]["message"]
+    assert "injects no GPUs" in message
+    # with nvidia as the default runtime (CDI off) the same pod passes
+    node = Node()
+    _stack(node, cdi=False)
+    node.pods["nvidia-operator-validator"] = U.pod(template, "nvidia-operator-validator", NODE)
+    assert ready(node.step()["nvidia-operator-validator"])
+
+
+def test_plugin_validation_waits_for_gpus_on_the_node_then_runs_its_workload() -> None:
+    node = Node()
+    node.add("driver", U.driver())
+    node.add("toolkit", U.toolkit())
+    node.add("validator", U.validator(plugin_workload=True))
+    node.step()
+    assert _state(node.container("validator", "plugin-validation")) == ("running", "")
+    assert node.model.blockers()["validator"].kind == "gpu-resource"
+    assert f"{V}/cuda-ready" in node.files() and f"{V}/plugin-ready" not in node.files()
+    node.add("device-plugin", U.device_plugin())
+    statuses = node.step()
+    assert ready(statuses["validator"]) and node.result.gpus == 8
+    assert f"{V}/plugin-ready" in node.files()
+
+
+def test_metrics_component_and_bad_flags() -> None:
+    node = Node()
+    node.add("exporter", U.node_status_exporter())
+    assert ready(node.step()["exporter"])
+    bad = U.node_status_exporter()
+    ctr = bad["spec"]["containers"][0]
+    ctr["env"] = [e for e in ctr["env"] if e["name"] != "COMPONENT"]
+    node.add("no-component", bad)
+    flag = copy.deepcopy(bad)
+    flag["spec"]["containers"][0]["args"] = ["--metrics-only"]
+    node.add("flag", flag)
+    node.step()
+    assert node.container("no-component", "nvidia-node-status-exporter")["lastState"]["terminated"]["message"] == \
+        "invalid -c <component-name> flag: must not be empty string"
+    assert node.container("flag", "nvidia-node-status-exporter")["lastState"]["terminated"]["message"] == \
+        "flag provided but not defined: -metrics-only"
+
+
+def test_host_driver_passes_driver_validation_without_a_driver_pod() -> None:
+    node = Node(host_driver="570.172.08", driver_managed=False)
+    node.add("toolkit", U.toolkit())
+    node.add("validator", U.validator())
+    node.add("device-plugin", U.device_plugin())
+    statuses = node.step()
+    assert all(ready(s) for s in statuses.values())
+    assert node.model.host.files[f"{V}/driver-ready"].startswith("IS_HOST_DRIVER=true\nNVIDIA_DRIVER_ROOT=/\n")
+    assert node.model.host.handlers["nvidia"].driver_root == "/" and node.result.driver_version == "570.172.08"
+
+
+def test_a_driver_managed_by_the_operator_is_awaited_through_driver_ctr_ready() -> None:
+    node = Node(delay=10)
+    node.add("driver", U.driver())
+    node.add("toolkit", U.toolkit())
+    node.step()
+    need = node.model.blockers()["toolkit"]
+    assert (need.kind, need.target) == ("file", f"{V}/.driver-ctr-ready")
+    node.step(dt=11)
+    assert ready(node.pods["toolkit"]["status"])
+
+
+# --- the toolkit installer ---
+
+def _toolkit_env(template: dict[str, Any], **env: str | None) -> dict[str, Any]:
+    ctr = template["spec"]["containers"][0]
+    ctr["env"] = [e for e in ctr["env"] if e["name"] not in env]
+    ctr["env"] += [{"name": k, "value": v} for k, v in env.items() if v is not None]
+    return template
+
+
+@pytest.mark.parametrize("change,why", [
+    ({"RUNTIME_CONFIG": None, "CONTAINERD_CONFIG": None}, "/etc/containerd/config.toml is in the container only"),
+    ({"RUNTIME": "docker"}, "RUNTIME=docker, but the node runs containerd"),
+    ({"RUNTIME_DROP_IN_CONFIG_HOST_PATH": "/etc/containerd/99-nvidia.toml"},
+     "config.toml imports /etc/containerd/99-nvidia.toml, but the drop-in lands at "
+     "/etc/containerd/conf.d/99-nvidia.toml"),
+])
+def test_toolkit_adds_no_handler_unless_its_config_is_the_hosts(change: dict[str, str | None], why: str) -> None:
+    node = Node()
+    node.add("driver", U.driver())
+    node.add("toolkit", _toolkit_env(U.toolkit(), **change))
+    node.add("validator", U.validator())
+    statuses = node.step()
+    assert ready(statuses["toolkit"])  # the installer ran; the host did not change
+    assert set(node.model.host.handlers) == {"runc"} and not ready(statuses["validator"])
+    [finding] = node.model.diagnose()
+    assert finding.kind == "stuck" and why in finding.text
+
+
+def test_toolkit_on_the_wrong_runtime_or_without_the_socket() -> None:
+    node = Node("cri-o", host_driver="570.172.08")
+    node.add("toolkit", U.toolkit("containerd"))  # containerd's paths on a cri-o node
+    assert ready(node.step()["toolkit"])
+    assert set(node.model.host.handlers) == {"runc"}
+    assert "RUNTIME=containerd, but the node runs cri-o" in node.model.toolkit_notes()[0]
+    node = Node(host_driver="570.172.08")
+    template = U.toolkit()
+    mounts = template["spec"]["containers"][0]["volumeMounts"]
+    template["spec"]["containers"][0]["volumeMounts"] = [m for m in mounts if m["name"] != "containerd-socket"]
+    node.add("toolkit", template)
+    node.step()
+    cs = node.container("toolkit", "nvidia-container-toolkit-ctr")
+    assert _state(cs) == ("waiting", "CrashLoopBackOff")
+    assert "unable to restart containerd" in cs["lastState"]["terminated"]["message"]
+
+
+def test_driver_root_reaches_the_installer_only_under_allexport() -> None:
+    node = Node()
+    _stack(node)
+    node.world.config_maps[(U.NAMESPACE, "nvidia-container-toolkit-entrypoint")] = {
+        "entrypoint.sh": U.TOOLKIT_ENTRYPOINT.replace("set -o allexport\n", "")}
+    statuses = node.step()
+    assert node.model.host.handlers["nvidia"].driver_root == "/"
+    assert not ready(statuses["nvidia-operator-validator"])
+    message = node.container("nvidia-operator-validator", "toolkit-validation")["lastState"]["terminated"]["message"]
+    assert "finds no driver under /" in message
+
+
+def test_deleting_the_toolkit_pod_removes_its_handlers() -> None:
+    node = Node()
+    _stack(node)
+    node.step()
+    assert "nvidia" in node.model.host.handlers
+    node.delete("nvidia-container-toolkit-daemonset")
+    node.step()
+    assert set(node.model.host.handlers) == {"runc"}
+    # running pods keep running; a new one with the runtime class cannot start
+    assert ready(node.pods["nvidia-device-plugin-daemonset"]["status"])
+    node.add("gfd-2", U.gpu_feature_discovery())
+    assert node.step()["gfd-2"]["phase"] == "Pending"
+
+
+# --- the driver: delay, crash loop, removal ---
+
+def test_driver_delay_and_crash_loop_follow_the_probe_not_the_name() -> None:
+    node = Node(delay=3)
+    template = U.driver()
+    template["spec"]["containers"][0]["name"] = "anything"
+    node.add("driver", template)
+    node.add("toolkit", U.toolkit())
+    node.step()
+    cs = node.container("driver", "anything")
+    assert _state(cs) == ("running", "") and cs["ready"] is False and cs["started"] is False
+    assert node.result.again == pytest.approx(3, abs=1.1)
+    assert f"{V}/.driver-ctr-ready" not in node.files() and not ready(node.pods["toolkit"]["status"])
+    node.step(dt=4)
+    assert ready(node.pods["driver"]["status"]) and ready(node.pods["toolkit"]["status"])
+    assert node.model.host.files["/run/nvidia/driver/usr/bin/nvidia-smi"] == "595.91.07"
+
+    node.model.crash_loop = True
+    node.step(dt=0.5)
+    cs = node.container("driver", "anything")
+    assert _state(cs) == ("waiting", "CrashLoopBackOff") and cs["restartCount"] == 1
+    assert node.result.again == pytest.approx(2.0, abs=0.01)
+    node.step(dt=4.5)
+    assert node.container("driver", "anything")["restartCount"] == 3
+    # the driver root went with the container: the toolkit's driver validation starts over
+    assert "/run/nvidia/driver/usr/bin/nvidia-smi" not in node.files()
+    assert not ready(node.pods["toolkit"]["status"])
+    node.model.crash_loop = False
+    node.step(dt=0.1)
+    cs = node.container("driver", "anything")
+    assert cs["ready"] is True and cs["restartCount"] == 3 and ready(node.pods["toolkit"]["status"])
+
+
+def test_removing_the_driver_pod_makes_the_validator_validate_again() -> None:
+    node = Node(delay=3)
+    _stack(node)
+    node.step()
+    node.step(dt=4)
+    assert ready(node.pods["nvidia-operator-validator"]["status"])
+    node.delete("nvidia-driver-daemonset")  # its preStop removes .driver-ctr-ready, the driver root goes
+    node.step()
+    assert f"{V}/.driver-ctr-ready" not in node.files() and f"{V}/driver-ready" not in node.files()
+    st = node.pods["nvidia-operator-validator"]["status"]
+    assert st["phase"] == "Pending" and not ready(st)
+    assert _state(node.container("nvidia-operator-validator", "driver-validation")) == ("running", "")
+    assert _state(node.container("nvidia-operator-validator", "toolkit-validation")) == ("waiting", "PodInitializing")
+    assert ready(node.pods["nvidia-device-plugin-daemonset"]["status"])  # running pods are not touched
+    node.add("driver-2", U.driver("600.10.01"))
+    node.step(dt=1)
+    assert not ready(node.pods["nvidia-operator-validator"]["status"])
+    node.step(dt=3)
+    assert ready(node.pods["nvidia-operator-validator"]["status"]) and FOUR <= node.files()
+    assert node.result.driver_version == "600.10.01"
+
+
+def test_validator_pod_removal_runs_its_prestop() -> None:
+    node = Node()
+    _stack(node)
+    node.step()
+    node.delete("nvidia-operator-validator")
+    node.step()
+    assert not FOUR & node.files() and f"{V}/.driver-ctr-ready" in node.files()
+
+
+# --- statuses ---
+
+def test_status_keeps_times_ips_and_container_details() -> None:
+    node = Node()
+    pod = node.add("driver", U.driver())
+    node.step()
+    st = pod["status"]
+    cs = node.container("driver", "nvidia-driver-ctr")
+    assert cs["image"] == "nvcr.io/nvidia/driver:595.91.07-ubuntu22.04"
+    assert cs["imageID"].startswith("nvcr.io/nvidia/driver@sha256:") and cs["containerID"].startswith("containerd://")
+    assert st["podIP"] and st["startTime"] and "metadata" not in st
+    again = pod_status(pod, node.result.statuses[pod["metadata"]["uid"]], "10.64.0.9", "2031-01-01T00:00:00Z")
+    assert again["podIP"] == st["podIP"] and again["conditions"] == st["conditions"]
+    assert again["containerStatuses"] == st["containerStatuses"]
+
+
+def test_node_runtime_and_spec_flags() -> None:
+    assert runtime_of(make_node("a", "h100x8", runtime="crio")) == "cri-o"
+    assert runtime_of(make_node("a", "h100x8")) == "containerd"
+    specs = parse_spec("h100x8:2:ubuntu22.04:crio,l4x1:1:ubuntu24.04:containerd:hostdriver=570.1.2,cpu")
+    assert [(s.runtime, s.host_driver) for s in specs] == [("crio", None), ("containerd", "570.1.2"),
+                                                           ("containerd", None)]
+    assert parse_spec("l4x1:1::hostdriver")[0].host_driver == "580.95.05"
+    with pytest.raises(ValueError, match="neither a runtime"):
+        parse_spec("l4x1:1:ubuntu22.04:docker")
 
 
 def test_queue_keeps_the_earliest_delayed_add() -> None:
@@ -114,139 +535,28 @@ def test_queue_keeps_the_earliest_delayed_add() -> None:
     assert q.get() is None
 
 
-def test_driver_pod_ready_at_once_without_delay(sim: NodeSimulator) -> None:
-    node, pod = _node(), _driver_pod()
-    sim._note_seen(pod)
-    status, again = sim._driver_pod_status(node, pod)
-    assert status is not None and again is None
-    pod = _apply(pod, status)
-    assert pod_running_ready(pod)
-    ctr = _ctr(pod)
-    assert ctr["ready"] is True and ctr["restartCount"] == 0 and "running" in ctr["state"]
-    assert ctr["image"] == pod["spec"]["containers"][0]["image"]
-    assert ctr["imageID"] == image_id(ctr["image"])
-    assert pod["status"]["initContainerStatuses"][0]["state"]["terminated"]["reason"] == "Completed"
-    assert pod["status"]["hostIP"] == "10.64.0.9" and pod["status"]["podIP"]
-    assert "metadata" not in status  # labels (controller-revision-hash) are never written
-    # nothing more to do
-    assert sim._driver_pod_status(node, pod) == (None, None)
+def test_offline_check_of_rendered_manifests(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
 
+    from e2e.nodemodel import main
 
-def test_driver_pod_waits_for_its_delay(sim: NodeSimulator) -> None:
-    sim.set_driver_ready_delay(3)
-    node, pod = _node(), _driver_pod()
-    sim._note_seen(pod)
-    seen = sim._seen["u1"].first_seen
-    status, again = sim._driver_pod_status(node, pod, now=seen + 1)
-    assert status is not None and again == pytest.approx(2, abs=0.01)
-    pod = _apply(pod, status)
-    assert pod["status"]["phase"] == "Running" and not pod_running_ready(pod)
-    assert condition(pod, "Ready") == "False" and condition(pod, "ContainersReady") == "False"
-    assert condition(pod, "Initialized") == "True"
-    ctr = _ctr(pod)
-    assert ctr["ready"] is False and ctr["started"] is False and "running" in ctr["state"]
-    ip = pod["status"]["podIP"]
-    # still waiting: nothing to write, ask again later
-    assert sim._driver_pod_status(node, pod, now=seen + 2.5) == (None, pytest.approx(0.5, abs=0.01))
-    status, again = sim._driver_pod_status(node, pod, now=seen + 3.01)
-    assert again is None
-    pod = _apply(pod, status)
-    assert pod_running_ready(pod) and _ctr(pod)["ready"] is True
-    assert pod["status"]["podIP"] == ip
-    # a shorter delay frees a waiting pod at once
-    other = _driver_pod("u2")
-    sim._note_seen(other)
-    sim.set_driver_ready_delay(0)
-    status, again = sim._driver_pod_status(node, other)
-    assert again is None and pod_running_ready(_apply(other, status))
+    def write(fixed: bool) -> str:
+        docs: list[dict[str, Any]] = [U.config_map(name) for name in U.CONFIG_MAPS]
+        docs += [{"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": n}, "handler": h}
+                 for n, h in U.RUNTIME_CLASSES.items()]
+        docs += [U.daemonset(n, t, node_selector={"nvidia.com/gpu.present": "true"})
+                 for n, t in U.stack(fixed_toolkit=fixed).items()]
+        docs.append({"kind": "Node", "metadata": {"name": NODE, "labels": {"nvidia.com/gpu.present": "true"}}})
+        path = tmp_path / f"rendered-{fixed}.yaml"
+        path.write_text(yaml.safe_dump_all(docs))
+        return str(path)
 
-
-def test_driver_pod_already_ready_when_first_seen_stays_ready(sim: NodeSimulator) -> None:
-    node, pod = _node(), _driver_pod()
-    sim._note_seen(pod)
-    pod = _apply(pod, sim._driver_pod_status(node, pod)[0])
-    fresh = NodeSimulator.__new__(NodeSimulator)
-    fresh.__dict__.update(sim.__dict__)
-    fresh._seen = {}
-    fresh._driver_ready_delay = 600
-    fresh._note_seen(pod)
-    assert fresh._driver_pod_status(node, pod) == (None, None)
-
-
-def test_crash_loop_raises_restart_count_then_recovers(sim: NodeSimulator) -> None:
-    node, pod = _node(), _driver_pod()
-    sim._note_seen(pod)
-    pod = _apply(pod, sim._driver_pod_status(node, pod)[0])
-    assert pod_running_ready(pod)
-    sim.crash_loop_driver(NODE)
-    assert sim.crash_looping() == {NODE}
-    t0 = time.monotonic()
-    status, again = sim._driver_pod_status(node, pod, now=t0)
-    assert again == pytest.approx(2.0, abs=0.01)
-    pod = _apply(pod, status)
-    assert pod["status"]["phase"] == "Running" and not pod_running_ready(pod)
-    ctr = _ctr(pod)
-    assert ctr["ready"] is False and ctr["restartCount"] == 1
-    assert ctr["state"]["waiting"]["reason"] == "CrashLoopBackOff"
-    assert ctr["lastState"]["terminated"]["exitCode"] == 1
-    status, again = sim._driver_pod_status(node, pod, now=t0 + 4.5)
-    assert again == pytest.approx(1.5, abs=0.01)
-    pod = _apply(pod, status)
-    assert _ctr(pod)["restartCount"] == 3
-    assert sim._driver_pod_status(node, pod, now=t0 + 5)[0] is None  # same count: nothing to write
-    # the cached pod may lag behind the last write; the count never goes back
-    sim.crash_loop_driver(NODE, on=False)
-    stale = _apply(pod, {"containerStatuses": [{**_ctr(pod), "restartCount": 2}]})
-    status, again = sim._driver_pod_status(node, stale, now=t0 + 6)
-    assert again is None
-    pod = _apply(pod, status)
-    assert pod_running_ready(pod)
-    ctr = _ctr(pod)
-    assert ctr["ready"] is True and ctr["restartCount"] == 3 and "running" in ctr["state"]
-    assert "lastState" in ctr
-
-
-def test_crash_loop_applies_to_a_new_pod_on_the_node(sim: NodeSimulator) -> None:
-    sim.set_driver_ready_delay(5)
-    sim.crash_loop_driver(NODE)
-    node, pod = _node(), _driver_pod("u9")
-    sim._note_seen(pod)
-    status, _ = sim._driver_pod_status(node, pod)
-    pod = _apply(pod, status)
-    assert _ctr(pod)["restartCount"] == 1 and not pod_running_ready(pod)
-    sim.crash_loop_driver(NODE, on=False)
-    # back to the delay counted from the pod's creation
-    status, again = sim._driver_pod_status(node, pod)
-    assert again is not None and 0 < again <= 5
-    assert not pod_running_ready(_apply(pod, status))
-
-
-def test_validator_follows_the_driver(sim: NodeSimulator, monkeypatch: pytest.MonkeyPatch) -> None:
-    node, driver, validator = _node(), _driver_pod(), _validator_pod()
-    sim.set_driver_ready_delay(3)
-    sim._note_seen(driver)
-    driver = _apply(driver, sim._driver_pod_status(node, driver)[0])  # starting, not ready
-    status, again = sim._validator_pod_status(node, validator, [driver])
-    assert again is None
-    validator = _apply(validator, status)
-    assert validator["status"]["phase"] == "Running" and not pod_running_ready(validator)
-    assert condition(validator, "Initialized") == "False"
-    inits = {c["name"]: c for c in validator["status"]["initContainerStatuses"]}
-    assert "running" in inits["driver-validation"]["state"] and not inits["driver-validation"]["ready"]
-    assert inits["toolkit-validation"]["state"]["waiting"]["reason"] == "PodInitializing"
-
-    sim.set_driver_ready_delay(0)
-    driver = _apply(driver, sim._driver_pod_status(node, driver)[0])
-    validator = _apply(validator, sim._validator_pod_status(node, validator, [driver])[0])
-    assert pod_running_ready(validator)
-    assert sim._validator_pod_status(node, validator, [driver]) == (None, None)
-
-    # the driver pod is being deleted, or gone while its DaemonSet is still there: not ready
-    deleting = {**driver, "metadata": {**driver["metadata"], "deletionTimestamp": "2030-01-01T00:00:00Z"}}
-    monkeypatch.setattr(sim, "_driver_expected", lambda node: True)
-    for drivers in ([deleting], []):
-        status, again = sim._validator_pod_status(node, validator, drivers)
-        assert again is not None and not pod_running_ready(_apply(validator, status))
-    # no driver DaemonSet for the node (driver disabled or opted out): the host's driver counts
-    monkeypatch.setattr(sim, "_driver_expected", lambda node: False)
-    assert sim._validator_pod_status(node, validator, []) == (None, None)
+    nodes = tmp_path / "nodes.yaml"
+    node = make_node(NODE, "h100x8")
+    nodes.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [node]}))
+    assert main([write(True), "--nodes", str(nodes)]) == 0
+    out = capsys.readouterr().out
+    assert "NOT READY" not in out and f"{V}/plugin-ready" in out
+    assert main([write(False), "--nodes", str(nodes)]) == 1
+    out = capsys.readouterr().out
+    assert "deadlock: pod nvidia-container-toolkit-daemonset-n1 (init container driver-validation) waits for" in out

@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
                         help=f"where the cluster keeps its files (default {DEFAULT_STATE_DIR})")
     parser.add_argument("--nodes", default="",
-                        help="fake nodes to create after start, e.g. h100x8:2,a100x4:1,l4x1:1:rhel9.4,cpu:1")
+                        help="fake nodes to create after start, e.g. h100x8:2,a100x4:1,l4x1:1:rhel9.4,cpu:1; a fourth "
+                             "part picks the runtime (containerd, crio), `hostdriver` marks a pre-installed driver: "
+                             "h100x8:2:ubuntu22.04:crio,l4x1:1:ubuntu22.04:containerd:hostdriver")
     args = parser.parse_args(argv)
     cluster = LocalCluster(args.state_dir, detach=True)
 

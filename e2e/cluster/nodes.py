@@ -21,8 +21,11 @@ KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 PROFILE_LABEL = "e2e.gpu-operator/profile"
 MODEL_LABEL = "gpu.nvidia.com/model"
 PCI_LABEL = "feature.node.kubernetes.io/pci-10de.present"
+HOST_DRIVER_ANNOTATION = "e2e.gpu-operator/host-driver"  # the version of a driver pre-installed on the node
 KUBELET_VERSION = "v1.37.2"
-CONTAINER_RUNTIME = "containerd://1.7.27"
+CONTAINER_RUNTIMES = {"containerd": "containerd://1.7.27", "crio": "cri-o://1.31.3"}
+CONTAINER_RUNTIME = CONTAINER_RUNTIMES["containerd"]
+DEFAULT_HOST_DRIVER = "580.95.05"
 
 
 @dataclass(frozen=True)
@@ -93,9 +96,16 @@ def profile_of(node: Any) -> Profile | None:
 
 
 def make_node(
-    name: str, profile: str | Profile, os: str = "ubuntu22.04", kernel: str | None = None
+    name: str, profile: str | Profile, os: str = "ubuntu22.04", kernel: str | None = None, *,
+    runtime: str = "containerd", host_driver: str | None = None,
 ) -> dict[str, Any]:
-    """A Node object (a dict for the API) for a fake node of that profile, without taints."""
+    """A Node object (a dict for the API) for a fake node of that profile, without taints.
+
+    ``runtime`` is ``containerd`` or ``crio`` (it shows in ``status.nodeInfo.containerRuntimeVersion``);
+    ``host_driver`` (a version) marks a driver pre-installed on the host, for the node simulator.
+    """
+    if runtime not in CONTAINER_RUNTIMES:
+        raise ValueError(f"runtime must be one of {sorted(CONTAINER_RUNTIMES)}, not {runtime!r}")
     prof = profile if isinstance(profile, Profile) else PROFILES[profile]
     osi = OS_RELEASES[os]
     kernel = kernel or osi.kernel
@@ -113,10 +123,13 @@ def make_node(
         labels[PCI_LABEL] = "true"
         labels[MODEL_LABEL] = prof.model
     resources = {"cpu": prof.cpu, "memory": prof.memory, "pods": "110", "ephemeral-storage": "500Gi"}
+    annotations = {KWOK_ANNOTATION: "fake"}
+    if host_driver:
+        annotations[HOST_DRIVER_ANNOTATION] = host_driver
     return {
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": {"name": name, "labels": labels, "annotations": {KWOK_ANNOTATION: "fake"}},
+        "metadata": {"name": name, "labels": labels, "annotations": annotations},
         "spec": {},
         "status": {
             "capacity": dict(resources),
@@ -127,7 +140,7 @@ def make_node(
                 "osImage": osi.os_image,
                 "kernelVersion": kernel,
                 "kubeletVersion": KUBELET_VERSION,
-                "containerRuntimeVersion": CONTAINER_RUNTIME,
+                "containerRuntimeVersion": CONTAINER_RUNTIMES[runtime],
                 "bootID": "",
                 "machineID": "",
                 "systemUUID": "",
@@ -141,20 +154,36 @@ class NodeSpec:
     profile: str
     count: int
     os: str = "ubuntu22.04"
+    runtime: str = "containerd"
+    host_driver: str | None = None
+
+
+SPEC_FORMAT = "PROFILE[:COUNT[:OS[:RUNTIME][:hostdriver[=VERSION]]]]"
 
 
 def parse_spec(spec: str) -> list[NodeSpec]:
-    """Parse ``h100x8:2,a100x4:1,cpu:1`` (an optional third part picks the OS: ``l4x1:2:rhel9.4``)."""
+    """Parse ``h100x8:2,a100x4:1,cpu:1``; optional parts pick the OS (``l4x1:2:rhel9.4``), the container runtime
+    (``h100x8:2:ubuntu22.04:crio``) and a pre-installed driver (``l4x1:1:ubuntu22.04:containerd:hostdriver`` or
+    ``hostdriver=570.172.08``)."""
     out = []
     for part in filter(None, (p.strip() for p in spec.split(","))):
         fields = part.split(":")
-        if len(fields) > 3 or fields[0] not in PROFILES:
-            raise ValueError(f"bad node spec {part!r}: want PROFILE[:COUNT[:OS]]; profiles {sorted(PROFILES)}")
+        if len(fields) > 5 or fields[0] not in PROFILES:
+            raise ValueError(f"bad node spec {part!r}: want {SPEC_FORMAT}; profiles {sorted(PROFILES)}")
         count = int(fields[1]) if len(fields) > 1 else 1
-        os = fields[2] if len(fields) > 2 else "ubuntu22.04"
+        os = fields[2] if len(fields) > 2 and fields[2] else "ubuntu22.04"
         if os not in OS_RELEASES:
             raise ValueError(f"bad node spec {part!r}: OS must be one of {sorted(OS_RELEASES)}")
-        out.append(NodeSpec(fields[0], count, os))
+        runtime, host_driver = "containerd", None
+        for flag in fields[3:]:
+            if flag in CONTAINER_RUNTIMES:
+                runtime = flag
+            elif flag == "hostdriver" or flag.startswith("hostdriver="):
+                host_driver = flag.partition("=")[2] or DEFAULT_HOST_DRIVER
+            else:
+                raise ValueError(f"bad node spec {part!r}: {flag!r} is neither a runtime "
+                                 f"({', '.join(sorted(CONTAINER_RUNTIMES))}) nor hostdriver[=VERSION]")
+        out.append(NodeSpec(fields[0], count, os, runtime, host_driver))
     return out
 
 
@@ -167,7 +196,8 @@ def expand_spec(spec: str | Sequence[NodeSpec], prefix: str = "") -> list[dict[s
         for _ in range(s.count):
             i = seen.get(s.profile, 0)
             seen[s.profile] = i + 1
-            nodes.append(make_node(f"{prefix}{s.profile}-{i}", s.profile, os=s.os))
+            nodes.append(make_node(f"{prefix}{s.profile}-{i}", s.profile, os=s.os, runtime=s.runtime,
+                                   host_driver=s.host_driver))
     return nodes
 
 

@@ -1,0 +1,156 @@
+"""End-to-end: our operator's operands come up on containerd and cri-o nodes only through the node start-up
+handshake the simulator models (REFERENCE §11), with CDI on (upstream's default) and off, and with a
+time-slicing sharing config.
+
+The node model reads the rendered pod specs: a pod with the `nvidia` runtime class stays in ContainerCreating
+until a toolkit pod configured the node's real runtime config, init containers block on marker files that
+appear only when their writer ran, validator components check what they validate. So "ready" here means the
+contracts hold, not merely that kwok marked pods ready. The module runs its own small cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from e2e.cluster.localcluster import LocalCluster, ensure_binaries
+from e2e.cluster.nodes import PROFILES, create_nodes, make_node
+from e2e.kube import wait_for
+from e2e.operator_process import NAMESPACE, OperatorProcess, install_crds_and_rbac, policy_from_sample
+from e2e.simulator import NodeSimulator
+from gpu_operator.kube import Kube
+
+V = "/run/nvidia/validations"
+FILES = {f"{V}/driver-ready", f"{V}/toolkit-ready", f"{V}/cuda-ready", f"{V}/plugin-ready"}
+NODES = {  # name: (profile, runtime)
+    "hs-containerd": ("h100x8", "containerd"),
+    "hs-crio": ("h100x8", "crio"),
+    "hs-a100": ("a100x4", "containerd"),
+}
+TIME_SLICING = """\
+version: v1
+sharing:
+  timeSlicing:
+    resources:
+    - name: nvidia.com/gpu
+      replicas: 4
+"""
+
+
+class Env:
+    def __init__(self, cluster: LocalCluster, admin: Kube, sim: NodeSimulator, op: OperatorProcess):
+        self.cluster, self.admin, self.sim, self.op = cluster, admin, sim, op
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    cluster = LocalCluster(tmp_path_factory.mktemp("handshake-cluster"), binaries=ensure_binaries())
+    cluster.up()
+    try:
+        admin = Kube.connect(str(cluster.kubeconfig))
+        create_nodes(admin.client, [make_node(n, p, runtime=rt) for n, (p, rt) in NODES.items()])
+        install_crds_and_rbac(admin)
+        sim = NodeSimulator(cluster.simulator_kubeconfig, namespace=NAMESPACE, resync_seconds=5,
+                            driver_ready_delay=1.0).start()  # fmt: skip
+        op = OperatorProcess(cluster, tmp_path_factory.mktemp("handshake-operator") / "operator.log").start()
+        policy = policy_from_sample()
+        policy["spec"]["cdi"] = {"enabled": True}  # upstream's default
+        admin.create(policy)
+        try:
+            yield Env(cluster, admin, sim, op)
+        finally:
+            op.stop()
+            sim.stop()
+    finally:
+        cluster.down()
+
+
+def wait_ready(env: Env, timeout: float = 150) -> dict[str, Any]:
+    def ready() -> dict[str, Any] | None:
+        obj = env.admin.get("ClusterPolicy", "cluster-policy") or {}
+        status = obj.get("status") or {}
+        current = status.get("observedGeneration") == obj["metadata"]["generation"]
+        return obj if current and status.get("state") == "ready" else None
+
+    try:
+        return wait_for(ready, timeout, interval=0.5, message="ClusterPolicy ready")
+    except AssertionError as exc:
+        obj = env.admin.get("ClusterPolicy", "cluster-policy") or {}
+        findings = {n: [str(f) for f in env.sim.diagnose(n)] for n in NODES}
+        raise AssertionError(
+            f"{exc}\nstatus: {obj.get('status')}\nnode model findings: {findings}\noperator log:\n{env.op.log_tail()}"
+        ) from None
+
+
+def assert_handshake_done(env: Env) -> None:
+    """Every GPU node went through the whole start-up: four files, the runtime handler, GPUs advertised."""
+    for name, (profile, _runtime) in NODES.items():
+        model = env.sim.model(name)
+        assert model is not None, name
+        assert FILES <= set(model.host.files), (name, sorted(model.host.files))
+        assert "nvidia" in model.host.handlers, (name, sorted(model.host.handlers))
+        assert env.sim.diagnose(name) == [], name
+        node = env.admin.get("Node", name) or {}
+        gpus = str(PROFILES[profile].gpu_count)
+        assert node["status"]["allocatable"].get("nvidia.com/gpu") == gpus, name
+    validators = env.admin.list("Pod", NAMESPACE, label_selector="app=nvidia-operator-validator")
+    live = [p for p in validators if not p["metadata"].get("deletionTimestamp")]
+    assert {p["spec"]["nodeName"] for p in live} == set(NODES)
+    for pod in live:
+        states = [next(iter(c.get("state") or {}), "") for c in pod["status"].get("initContainerStatuses") or []]
+        assert states == ["terminated"] * 4, (pod["metadata"]["name"], states)
+
+
+def toolkit_pools(env: Env) -> dict[str, str]:
+    """Toolkit DaemonSet name -> the runtime it configures."""
+    out = {}
+    for ds in env.admin.list("DaemonSet", NAMESPACE):
+        sel = ds["spec"]["template"]["spec"].get("nodeSelector") or {}
+        if "nvidia.com/gpu.deploy.container-toolkit" in sel:
+            out[ds["metadata"]["name"]] = sel.get("nvidia.com/gpu-operator.container-runtime", "")
+    return out
+
+
+def patch_spec(env: Env, patch: dict[str, Any]) -> None:
+    env.admin.merge_patch("ClusterPolicy", "cluster-policy", {"spec": patch})
+
+
+def test_containerd_and_crio_nodes_come_up_through_the_handshake_with_cdi_on(env: Env) -> None:
+    wait_ready(env)
+    assert toolkit_pools(env) == {
+        "nvidia-container-toolkit-daemonset": "containerd",
+        "nvidia-container-toolkit-daemonset-crio": "crio",
+    }
+    assert_handshake_done(env)
+    for name in NODES:
+        model = env.sim.model(name)
+        assert model is not None and {"nvidia-cdi", "nvidia-legacy"} <= set(model.host.handlers), name
+
+
+def test_cdi_off_comes_up_through_the_handshake(env: Env) -> None:
+    patch_spec(env, {"cdi": {"enabled": False}})
+    wait_ready(env)
+    assert_handshake_done(env)
+    plugin = env.admin.get("DaemonSet", "nvidia-device-plugin-daemonset", NAMESPACE) or {}
+    env_vars = {e["name"]: e.get("value") for e in plugin["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env_vars.get("DEVICE_LIST_STRATEGY") == "envvar"
+
+
+def test_time_slicing_config_comes_up_through_the_handshake(env: Env) -> None:
+    env.admin.create({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "time-slicing-config", "namespace": NAMESPACE},
+        "data": {"any": TIME_SLICING},
+    })  # fmt: skip
+    patch_spec(env, {"cdi": {"enabled": True}, "devicePlugin": {"config": {"name": "time-slicing-config",
+                                                                           "default": "any"}}})  # fmt: skip
+    wait_ready(env)
+    assert_handshake_done(env)
+    for name in ("nvidia-device-plugin-daemonset", "gpu-feature-discovery"):
+        ds = env.admin.get("DaemonSet", name, NAMESPACE) or {}
+        pod = ds["spec"]["template"]["spec"]
+        assert pod.get("shareProcessNamespace") is True, name
+        assert "config-manager" in [c["name"] for c in pod["containers"]], name
+        assert "config-manager-init" in [c["name"] for c in pod["initContainers"]], name

@@ -21,7 +21,6 @@ from gpu_operator.api import parse_spec
 from gpu_operator.render import StatePlan
 from gpu_operator.states.base import COMPONENT, STATE_LABEL, owning_state
 from gpu_operator.states.driver import config_digest, image_os_tag
-from gpu_operator.upgrade import AUTO_UPGRADE_ANNOTATION, Annotate, UpgradeNode, auto_upgrade_annotations
 from gpu_operator.upgrade.adapter import upgrade_nodes
 from support import container, daemonset, daemonsets, facts, load_policy, render_all
 
@@ -782,10 +781,3 @@ def test_upgrade_finds_driver_and_validator_pods_by_state_label_and_old_label() 
     assert node.validator_pod is not None and node.validator_pod["metadata"]["name"] == "val"
 
 
-def test_auto_upgrade_annotation_tells_the_driver_manager_who_evicts() -> None:
-    def node(name: str, annotations: dict[str, str]) -> UpgradeNode:
-        return UpgradeNode(name=name, labels={}, annotations=annotations, unschedulable=False, ready=True)
-
-    nodes = [node("a", {}), node("b", {AUTO_UPGRADE_ANNOTATION: "true"})]
-    assert auto_upgrade_annotations(nodes, True) == [Annotate("a", AUTO_UPGRADE_ANNOTATION, "true")]
-    assert auto_upgrade_annotations(nodes, False) == [Annotate("b", AUTO_UPGRADE_ANNOTATION, None)]

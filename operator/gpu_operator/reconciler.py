@@ -271,8 +271,8 @@ class Reconciler:
             managed, workload_pods(self.kube, managed), policy, time.time(), validation_enabled=spec.validator.enabled
         )
         executor = Executor(self.kube, self.namespace, self.event)
-        announce = upgrade.auto_upgrade_annotations(managed, policy.auto_upgrade)
-        executor.run(upgrade.Plan([*announce, *result.actions], result.waiting, result.counters))
+        # The annotation k8s-driver-manager reads went out with the node's labels (render.node_patches).
+        executor.run(result)
         out.writes += executor.writes
         c = result.counters
         for gauge, value in (

@@ -35,7 +35,7 @@ from .model import (
     UpgradeNode,
     WorkloadPod,
 )
-from .planner import Slots, auto_upgrade_annotations, max_unavailable_count, plan, preview_waves, select_starts
+from .planner import Slots, max_unavailable_count, plan, preview_waves, select_starts
 from .selector import Selector, SelectorError, parse_selector
 
 __all__ = [
@@ -71,7 +71,6 @@ __all__ = [
     "Uncordon",
     "UpgradeNode",
     "WorkloadPod",
-    "auto_upgrade_annotations",
     "max_unavailable_count",
     "parse_selector",
     "plan",

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 from ..api import DriverUpgradePolicySpec
 from .model import (
-    AUTO_UPGRADE_ANNOTATION,
     CORDON_REQUIRED,
     DELETED_DRIVER_POD_ANNOTATION,
     DONE,
@@ -587,18 +586,6 @@ def plan(
         if step.waiting is not None:
             waiting[node.name] = step.waiting
     return Plan(out, waiting, counters)
-
-
-def auto_upgrade_annotations(nodes: Sequence[UpgradeNode], auto_upgrade: bool) -> list[Action]:
-    """Set (autoUpgrade on) or remove the annotation k8s-driver-manager reads, as upstream's node labelling does:
-    with it the manager leaves eviction and drain to the operator, so toggling autoUpgrade changes no driver
-    pod. Run these before a plan's actions, so a restarted driver pod finds the annotation."""
-    flag = "true" if auto_upgrade else None
-    return [
-        Annotate(n.name, AUTO_UPGRADE_ANNOTATION, flag)
-        for n in sorted(nodes, key=lambda n: n.name)
-        if n.annotations.get(AUTO_UPGRADE_ANNOTATION) != flag
-    ]
 
 
 def _nothing_left_to_do(node: UpgradeNode) -> bool:

@@ -346,6 +346,13 @@ def test_upstream_spellings_of_the_newer_fields() -> None:
     assert spec.daemonsets.pod_security_context == {"runAsUser": 0, "seLinuxOptions": {"type": "spc_t"}}
 
 
+def test_null_values_are_not_set() -> None:
+    """`plugin:` with nothing after it (as in upstream's sample) is null, which the API server prunes: the default."""
+    spec = parse_spec({"validator": {"plugin": None, "env": [{"name": "A", "value": "b"}]}, "driver": None})
+    assert spec.validator.plugin.env == [] and spec.validator.env[0].name == "A"
+    assert spec.driver.enabled is True
+
+
 def test_unknown_fields_are_reported_and_kept() -> None:
     raw = {"devicePlugn": {"enabled": False}, "driver": {"fooBar": 1, "manager": {"extra": "x"}}}
     spec = parse_spec(raw)

@@ -11,6 +11,7 @@ switch above it, turned on). Then exactly one holds:
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 
 from gpu_operator import coverage
 from gpu_operator.api import ClusterPolicySpec, parse_spec, unknown_fields
+from gpu_operator.cli import main as cli_main
 from gpu_operator.render import label_patches
 from support import REPO, fixed_nodes, load_policy, render_all
 
@@ -144,6 +146,11 @@ def other_value(path: str, kind: str, enum: list[str], current: Any) -> Any:
     raise AssertionError(f"{path}: no test value for type {kind}")
 
 
+@functools.cache
+def outcome_of(raw: str) -> str:
+    return outcome(parse_spec(json.loads(raw)))
+
+
 def outcome(spec: ClusterPolicySpec) -> str:
     """Everything the operator decides from a policy: objects per state, enabled states, node label patches."""
     nodes = fixed_nodes()
@@ -155,20 +162,21 @@ def outcome(spec: ClusterPolicySpec) -> str:
     return json.dumps(decided, sort_keys=True, default=str)
 
 
-def variant(path: str, kind: str, enum: list[str]) -> tuple[ClusterPolicySpec, ClusterPolicySpec]:
+def variant(path: str, kind: str, enum: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(baseline, the baseline with `path` set to another value), as raw specs."""
     raw = baseline(path)
-    base = parse_spec(raw)
     changed = copy.deepcopy(raw)
-    put(changed, path, other_value(path, kind, enum, model_at(base, path)))
-    return base, parse_spec(changed)
+    put(changed, path, other_value(path, kind, enum, model_at(parse_spec(raw), path)))
+    return raw, changed
 
 
 @pytest.mark.parametrize(("path", "kind", "enum"), FIELDS, ids=PATHS)
 def test_every_upstream_field_takes_effect_or_is_reported(path: str, kind: str, enum: list[str]) -> None:
-    base, spec = variant(path, kind, enum)
+    base, changed = variant(path, kind, enum)
+    spec = parse_spec(changed)
     assert unknown_fields(spec) == [], f"{path} is an upstream field: model it in api.py"
     assert path in coverage.set_fields(spec), f"{path}: the test value must differ from the default"
-    takes_effect = outcome(spec) != outcome(base)
+    takes_effect = outcome(spec) != outcome_of(json.dumps(base, sort_keys=True))
     rule = coverage.rule_for(path)
     reported = dict(coverage.unsupported_fields(spec))
     if path in ACTED_ELSEWHERE:
@@ -245,3 +253,26 @@ def test_set_fields_uses_upstream_names() -> None:
                        "driver": {"resources": {"limits": {"cpu": 1}}}})  # fmt: skip
     assert set(coverage.set_fields(spec)) == {"hostPaths.rootFS", "dcgmExporter.enablePodUID", "dcgmExporter.hostPID",
                                               "operator.use_ocp_driver_toolkit", "driver.resources.limits"}  # fmt: skip
+
+
+# Upstream's own sample ClusterPolicies (tests/fixtures/upstream/): through our `render`, every field set but not
+# acted on is named by a warning, and nothing else is.
+UPSTREAM_SAMPLES = {
+    "v1_clusterpolicy.yaml": ["operator.use_ocp_driver_toolkit"],
+    "olm_clusterpolicy.yaml": ["operator.use_ocp_driver_toolkit"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(UPSTREAM_SAMPLES))
+def test_upstream_samples_render_and_name_what_is_not_supported(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    path = REPO / "tests" / "fixtures" / "upstream" / name
+    assert path.read_text().startswith("# NVIDIA/gpu-operator v26.7.0: ")
+    assert cli_main(["render", "--policy", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert "kind: DaemonSet" in out
+    spec = parse_spec(load_policy(path)["spec"])
+    assert unknown_fields(spec) == []
+    expected = [f"warning: spec.{p}: set but not supported by this operator ({r})" for p, r in
+                coverage.unsupported_fields(spec)]  # fmt: skip
+    assert err.splitlines() == expected
+    assert [p for p, _ in coverage.unsupported_fields(spec)] == UPSTREAM_SAMPLES[name]

@@ -478,10 +478,20 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+def _without_nulls(value: Any) -> Any:
+    """Drop null map values, as the API server prunes them from a CRD's non-nullable fields (`plugin:` with
+    nothing after it, as in upstream's sample, means the field is not set)."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
 def parse_spec(spec: dict[str, Any] | None) -> ClusterPolicySpec:
     """Validate a spec dict; raise PolicyError with `spec.<path>: <rule>` lines."""
     try:
-        return ClusterPolicySpec.model_validate(spec or {})
+        return ClusterPolicySpec.model_validate(_without_nulls(spec or {}))
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

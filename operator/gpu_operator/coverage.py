@@ -63,6 +63,11 @@ UNSUPPORTED: tuple[Rule, ...] = (
     Rule("validator.vfioPCI.env", VM, when=_sandbox),
     Rule("validator.vgpuManager.env", VM, when=_sandbox),
     Rule("validator.vgpuDevices.env", VM, when=_sandbox),
+    Rule(
+        "driver.useNvidiaDriverCRD",
+        "turns the ClusterPolicy's driver off, but the NVIDIADriver CRD is not served, so no driver is deployed",
+        partial=True,
+    ),
     # Driver pod features not rendered yet.
     Rule("driver.certConfig.name", "custom CA certificates are not mounted into the driver container yet"),
     Rule("driver.kernelModuleConfig.name", "kernel module parameters are not mounted into the driver container yet"),

@@ -115,7 +115,7 @@ def test_default_images_match_the_operator() -> None:
     for section, entry in table.items():
         model: Any = ClusterPolicySpec()
         for key in section.split("."):
-            model = coverage._child(model, key)
+            model = coverage.child(model, key)
         assert model is not None, f"{section} is not a ClusterPolicy section"
         assert (entry["repository"], entry["image"], entry["version"]) == images.DEFAULTS[entry["component"]], section
     assert {e["component"] for e in table.values()} == set(images.DEFAULTS), "every default image has a section"

@@ -103,7 +103,7 @@ def model_at(spec: ClusterPolicySpec, path: str) -> Any:
     for key in path.split("."):
         if node is None:  # an optional section left out
             return None
-        node = coverage._child(node, key)
+        node = coverage.child(node, key)
     return node
 
 

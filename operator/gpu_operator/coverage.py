@@ -1,6 +1,6 @@
 """Which ClusterPolicy fields are set but not acted on by this operator (pure).
 
-`UNSUPPORTED` is the source of truth: field paths (upstream's names, `prefix.*` for a whole subtree) this
+`UNSUPPORTED` is the source of truth: field paths (upstream's names; `*` matches any run, as in `gds.*`) this
 operator accepts but does not act on, each with the reason. `unsupported_fields` applies it to a parsed spec:
 a field counts when its value differs from the default and the component it belongs to is enabled (a field
 of a disabled component does nothing upstream either). tests/test_coverage.py keeps the table honest against
@@ -124,7 +124,7 @@ def _enabled_along(spec: ClusterPolicySpec, path: str) -> bool:
     node: Any = spec
     parts = path.split(".")
     for part in parts[:-1]:
-        node = _child(node, part)
+        node = child(node, part)
         if not isinstance(node, BaseModel):
             return True
         enabled = getattr(node, "enabled", True)
@@ -133,7 +133,8 @@ def _enabled_along(spec: ClusterPolicySpec, path: str) -> bool:
     return True
 
 
-def _child(model: BaseModel, key: str) -> Any:
+def child(model: BaseModel, key: str) -> Any:
+    """The value of a model's field by its upstream name."""
     for name, field in type(model).model_fields.items():
         if (field.alias or name) == key:
             return getattr(model, name)

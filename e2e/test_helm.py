@@ -149,6 +149,26 @@ def test_values_file_passes_server_side_dry_run(values: Path, prepared: None, to
     assert len(lines) == len(docs) and all(line.endswith("(server dry run)") for line in lines), out.stdout
 
 
+UPSTREAM = REPO / "tests" / "fixtures" / "upstream"
+
+
+def without_nulls(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: without_nulls(v) for k, v in node.items() if v is not None}
+    return [without_nulls(v) for v in node] if isinstance(node, list) else node
+
+
+@pytest.mark.parametrize("source", ["values.yaml", "v1_clusterpolicy.yaml", "olm_clusterpolicy.yaml"])
+def test_upstream_policies_keep_every_field_through_the_api_server(source: str, prepared: None, tools: Tools) -> None:
+    """Upstream's chart values (through our chart) and upstream's samples: the CRD's schema prunes nothing."""
+    install_crds(tools)
+    path = UPSTREAM / source
+    docs = tools.template("-f", str(path)) if source == "values.yaml" else list(yaml.safe_load_all(path.read_text()))
+    policy = next(d for d in docs if d and d["kind"] == "ClusterPolicy")
+    out = tools.kubectl("create", "--dry-run=server", "-o", "json", "-f", "-", stdin=yaml.safe_dump(policy))
+    assert json.loads(out.stdout)["spec"] == without_nulls(policy["spec"])
+
+
 @pytest.mark.parametrize(("setting", "field"), [
     ("mig.strategy=bogus", "spec.mig.strategy"),  # enum
     ("driver.upgradePolicy.maxUnavailable=lots", "spec.driver.upgradePolicy.maxUnavailable"),  # CEL rule

@@ -241,6 +241,37 @@ def test_invalid_spec_the_schema_admits_is_reported_in_the_status(admin: Kube, o
     wait_ready(admin, operator)
 
 
+def test_fields_set_but_not_supported_are_reported_in_the_status(admin: Kube, operator: OperatorProcess) -> None:
+    def fields_condition(status: str) -> dict[str, Any] | None:
+        obj = policy(admin)
+        conds = {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
+        cond = conds.get("UnsupportedFields") or {}
+        current = cond.get("observedGeneration") == obj["metadata"]["generation"]
+        return cond if current and cond.get("status") == status else None
+
+    wait_for(lambda: fields_condition("False"), WAIT, message="UnsupportedFields False for the sample policy")
+    patch_spec(admin, {"psp": {"enabled": True}})  # deprecated upstream: never acted on
+    cond = wait_for(lambda: fields_condition("True"), WAIT, message="UnsupportedFields True")
+    assert cond["reason"] == "FieldsNotSupported" and "spec.psp.enabled (" in cond["message"]
+    assert wait_ready(admin, operator)["status"]["state"] == "ready", "a reported field does not make it notReady"
+    patch_spec(admin, {"psp": None})
+    wait_for(lambda: fields_condition("False"), WAIT, message="UnsupportedFields False again")
+
+
+def test_psa_labels_the_operand_namespace(admin: Kube, operator: OperatorProcess) -> None:
+    enforce = "pod-security.kubernetes.io/enforce"
+
+    def label() -> str | None:
+        ns = admin.get("Namespace", NAMESPACE) or {}
+        return (ns.get("metadata", {}).get("labels") or {}).get(enforce)
+
+    admin.merge_patch("Namespace", NAMESPACE, {"metadata": {"labels": {enforce: None}}})  # an earlier module's
+    patch_spec(admin, {"psa": {"enabled": True}})
+    wait_for(lambda: label() == "privileged", WAIT, message=f"namespace label {enforce}=privileged")
+    patch_spec(admin, {"psa": None})
+    wait_ready(admin, operator)
+
+
 @pytest.mark.parametrize(
     ("field", "value", "expected"),
     [

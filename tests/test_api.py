@@ -315,24 +315,50 @@ def test_upstream_yaml_validates_and_maps_upstream_names() -> None:
     assert spec.vgpu_manager.image == "vgpu-manager"
 
 
-def test_unknown_fields_are_reported_and_kept() -> None:
+def test_every_upstream_field_is_modelled() -> None:
     spec = parse_spec(UPSTREAM["spec"])
-    assert unknown_fields(spec) == [
-        "spec.kataManager",
-        "spec.psp",
-        "spec.operator.initContainer",
-        "spec.operator.use_ocp_driver_toolkit",
-        "spec.driver.useOpenKernelModules",
-        "spec.driver.virtualTopology",
-        "spec.vfioManager.driverManager",
-        "spec.vgpuManager.driverManager",
-        "spec.vgpuDeviceManager.config",
-        "spec.ccManager.defaultMode",
-    ]
-    dumped = spec.model_dump(by_alias=True)
+    assert unknown_fields(spec) == []
+    assert spec.kata_manager.config.artifacts_dir == "/opt/nvidia-gpu-operator/artifacts/runtimeclasses"
+    assert spec.operator.init_container.image == "cuda" and spec.operator.use_ocp_driver_toolkit is False
+    assert spec.driver.virtual_topology.config == "" and spec.driver.use_open_kernel_modules is False
+    assert spec.vgpu_manager.driver_manager.version == "v0.9.1"
+    assert spec.vgpu_device_manager.config.default == "default"
+    assert spec.cc_manager.default_mode == "off"
+    assert spec.psp.enabled is False
+    dumped = spec.model_dump(by_alias=True, exclude_unset=True)
     assert dumped["kataManager"] == UPSTREAM["spec"]["kataManager"]
-    assert dumped["driver"]["virtualTopology"] == {"config": ""}
-    assert dumped["ccManager"]["defaultMode"] == "off"
+    assert dumped["operator"]["use_ocp_driver_toolkit"] is False
+
+
+def test_upstream_spellings_of_the_newer_fields() -> None:
+    spec = parse_spec(
+        {
+            "dcgmExporter": {"hostPID": True, "enablePodUID": True, "hpcJobMapping": {"enabled": True}},
+            "operator": {"use_ocp_driver_toolkit": True},
+            "hostPaths": {"kubeletRootDir": "/data/kubelet"},
+            "daemonsets": {"podSecurityContext": {"runAsUser": 0, "seLinuxOptions": {"type": "spc_t"}}},
+        }
+    )
+    assert unknown_fields(spec) == []
+    assert spec.dcgm_exporter.host_pid and spec.dcgm_exporter.enable_pod_uid
+    assert spec.dcgm_exporter.hpc_job_mapping.enabled and spec.operator.use_ocp_driver_toolkit
+    assert spec.host_paths.kubelet_root_dir == "/data/kubelet"
+    assert spec.daemonsets.pod_security_context == {"runAsUser": 0, "seLinuxOptions": {"type": "spc_t"}}
+
+
+def test_null_values_are_not_set() -> None:
+    """`plugin:` with nothing after it (as in upstream's sample) is null, which the API server prunes: the default."""
+    spec = parse_spec({"validator": {"plugin": None, "env": [{"name": "A", "value": "b"}]}, "driver": None})
+    assert spec.validator.plugin.env == [] and spec.validator.env[0].name == "A"
+    assert spec.driver.enabled is True
+
+
+def test_unknown_fields_are_reported_and_kept() -> None:
+    raw = {"devicePlugn": {"enabled": False}, "driver": {"fooBar": 1, "manager": {"extra": "x"}}}
+    spec = parse_spec(raw)
+    assert unknown_fields(spec) == ["spec.devicePlugn", "spec.driver.fooBar", "spec.driver.manager.extra"]
+    dumped = spec.model_dump(by_alias=True)
+    assert dumped["devicePlugn"] == {"enabled": False} and dumped["driver"]["fooBar"] == 1
 
 
 def test_upstream_field_names_are_not_unknown() -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from gpu_operator import coverage
 from gpu_operator.api import parse_spec
 from gpu_operator.cli import main
 from gpu_operator.states import all_states
@@ -188,16 +189,41 @@ def test_render_bare_spec_file(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 def test_render_warns_about_unknown_fields(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     policy = yaml.safe_load(SAMPLE_POLICY.read_text())
-    policy["spec"]["kataManager"] = {"enabled": False}
-    policy["spec"]["driver"]["virtualTopology"] = {"config": ""}
+    policy["spec"]["kataManagr"] = {"enabled": False}
+    policy["spec"]["driver"]["virtualTopologyy"] = {"config": ""}
     path = tmp_path / "policy.yaml"
     path.write_text(yaml.safe_dump(policy))
     rc, out, err = render_in_process(capsys, "--policy", str(path))
     assert rc == 0 and out
     assert err.splitlines() == [
-        "warning: spec.kataManager: not used by this operator (kept as is)",
-        "warning: spec.driver.virtualTopology: not used by this operator (kept as is)",
+        "warning: spec.kataManagr: not used by this operator (kept as is)",
+        "warning: spec.driver.virtualTopologyy: not used by this operator (kept as is)",
     ]
+
+
+def test_render_warns_about_each_field_set_but_not_supported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = yaml.safe_load(SAMPLE_POLICY.read_text())
+    policy["spec"]["driver"]["virtualTopology"] = {"config": "vgpu-topology"}
+    policy["spec"]["driver"]["kernelModuleConfig"] = {"name": ""}  # the default: nothing to say
+    policy["spec"]["gds"] = {"enabled": False, "image": "nvidia-fs:2.26.6"}  # off: nothing to say either
+    policy["spec"]["psp"] = {"enabled": True}
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    rc, out, err = render_in_process(capsys, "--policy", str(path))
+    assert rc == 0 and "kind: DaemonSet" in out
+    assert err.splitlines() == [
+        "warning: spec.driver.virtualTopology.config: set but not supported by this operator "
+        f"({reason('driver.virtualTopology.config')})",
+        f"warning: spec.psp.enabled: set but not supported by this operator ({reason('psp.enabled')})",
+    ]
+
+
+def reason(path: str) -> str:
+    rule = coverage.rule_for(path)
+    assert rule is not None, path
+    return rule.reason
 
 
 # Errors: exit 2, one line each, no traceback

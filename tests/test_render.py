@@ -273,20 +273,21 @@ def test_expected_daemonsets_and_selectors() -> None:
 
 def test_runtime_class_and_metrics_service() -> None:
     plans = {p.state.name: p for p in render_policy("default")}
-    (runtime_class,) = plans["pre-requisites"].objects
-    assert runtime_class["kind"] == "RuntimeClass"
-    assert runtime_class["metadata"]["name"] == runtime_class["handler"] == "nvidia"
+    classes = {o["metadata"]["name"]: o["handler"] for o in plans["pre-requisites"].objects}
+    assert {o["kind"] for o in plans["pre-requisites"].objects} == {"RuntimeClass"}
+    # CDI is on by default, as upstream: the CDI and legacy classes beside operator.runtimeClass
+    assert classes == {"nvidia": "nvidia", "nvidia-cdi": "nvidia-cdi", "nvidia-legacy": "nvidia-legacy"}
     (service,) = plans["state-operator-metrics"].objects  # no ServiceMonitor unless enabled
     assert service["kind"] == "Service" and service["spec"]["ports"][0]["port"] == 8080
 
 
 def test_custom_runtime_class() -> None:
-    spec = parse_spec({"operator": {"runtimeClass": "nvidia-cdi"}})
+    spec = parse_spec({"operator": {"runtimeClass": "nvidia-gpu"}})
     plans = render_all(spec)
-    (runtime_class,) = [o for o in objects(plans) if o["kind"] == "RuntimeClass"]
-    assert runtime_class["metadata"]["name"] == runtime_class["handler"] == "nvidia-cdi"
+    (runtime_class,) = [o for o in objects(plans) if o["kind"] == "RuntimeClass" and o["handler"] == "nvidia-gpu"]
+    assert runtime_class["metadata"]["name"] == "nvidia-gpu"
     plugin = daemonset(plans, "nvidia-device-plugin-daemonset")
-    assert plugin["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia-cdi"
+    assert plugin["spec"]["template"]["spec"]["runtimeClassName"] == "nvidia-gpu"
 
 
 def test_service_monitors_need_the_api_group() -> None:

@@ -149,6 +149,9 @@ def test_status_fits_the_crd_status_schema() -> None:
         status(),
         status(error="x"),
         ignored_status(generation=1, namespace="ns", active="a", previous=None, now=T0),
+        status(unsupported=FIELDS),
+        status(unsupported=[]),
+        status(error="invalid spec: x", error_reason="InvalidSpec"),
         status(extra={"upgrade": {"total": 2, "inProgress": 1, "done": 1, "failed": 0, "pending": 0, "available": 0,
                                   "waiting": [{"node": "n1", "state": "drain-required", "reason": "draining"}]}}),
     ):  # fmt: skip
@@ -199,6 +202,60 @@ def test_steady_state_writes_nothing() -> None:
     second = status(now=T1, previous=first)
     assert second == first
     assert not status_changed(first, second)
+
+
+# Fields set but not acted on
+
+CA = "custom CA certificates are not mounted into the driver container yet"
+VM = "VM-workload operands are not rendered yet"
+FIELDS = [("spec.driver.certConfig.name", CA), ("spec.vfioManager.enabled", VM), ("spec.vgpuManager.enabled", VM)]
+
+
+def test_unsupported_fields_condition_names_every_field_by_reason() -> None:
+    cond = conditions(status(unsupported=FIELDS, generation=3))["UnsupportedFields"]
+    assert (cond["status"], cond["reason"], cond["observedGeneration"]) == ("True", "FieldsNotSupported", 3)
+    assert cond["message"] == (
+        f"set but not acted on by this operator: spec.driver.certConfig.name ({CA}); "
+        f"spec.vfioManager.enabled, spec.vgpuManager.enabled ({VM})"
+    )
+    none = conditions(status(unsupported=[]))["UnsupportedFields"]
+    assert (none["status"], none["reason"]) == ("False", "AllFieldsSupported")
+
+
+def test_unsupported_fields_leave_the_state_and_ready_error_pair_alone() -> None:
+    for kwargs in ({}, {"error": "boom"}, {"gpu_nodes": 0}, {"results": [StateResult("s", "notReady")]}):
+        plain, reported = status(**kwargs), status(**kwargs, unsupported=FIELDS)
+        assert reported["state"] == plain["state"]
+        assert reported["conditions"][:2] == plain["conditions"]
+        assert [c["type"] for c in reported["conditions"]] == ["Ready", "Error", "UnsupportedFields"]
+
+
+def test_many_unsupported_fields_are_counted_not_all_named() -> None:
+    many = [(f"spec.f{i}", VM) for i in range(100)]
+    message = conditions(status(unsupported=many))["UnsupportedFields"]["message"]
+    assert "spec.f39 (" in message and "spec.f40" not in message and message.endswith("; and 60 more")
+
+
+def test_unsupported_fields_condition_transitions() -> None:
+    first = status(now=T0, unsupported=FIELDS)
+    same = status(now=T1, previous=first, unsupported=FIELDS)
+    assert same == first and not status_changed(first, same)
+    fewer = status(now=T1, previous=first, unsupported=FIELDS[:1])
+    assert status_changed(first, fewer)
+    assert conditions(fewer)["UnsupportedFields"]["lastTransitionTime"] == T0  # still True
+    cleared = status(now=T2, previous=fewer, unsupported=[])
+    assert conditions(cleared)["UnsupportedFields"]["lastTransitionTime"] == T2
+
+
+def test_unsupported_fields_condition_when_the_spec_cannot_be_read() -> None:
+    first = status(now=T0, unsupported=FIELDS)
+    invalid = status(now=T1, previous=first, error="invalid spec: spec.mig.strategy: bad", error_reason="InvalidSpec")
+    cond = conditions(invalid)["UnsupportedFields"]
+    assert (cond["status"], cond["reason"], cond["lastTransitionTime"]) == ("Unknown", "InvalidSpec", T1)
+    # A failed pass that never read the spec keeps what the last one found.
+    failed = status(now=T1, previous=first, error="apply failed")
+    assert conditions(failed)["UnsupportedFields"] == conditions(first)["UnsupportedFields"]
+    assert "UnsupportedFields" not in conditions(status(error="apply failed"))
 
 
 # Ignored policies

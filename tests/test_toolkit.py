@@ -217,7 +217,7 @@ def test_containerd_pool_points_the_installer_at_the_host_files() -> None:
         assert host_path(ds, main, env[name]) == host, name
     assert env["RUNTIME_DROP_IN_CONFIG_HOST_PATH"] == "/etc/containerd/conf.d/99-nvidia.toml"
     assert "RUNTIME_CONFIG_SOURCE" not in env, "the installer's default reads `containerd config dump` first"
-    assert "CRIO_CONFIG_MODE" not in env
+    assert "CRIO_CONFIG_MODE" not in env_of(container(toolkit_ds({"cdi": {"enabled": False}}), MAIN))
 
 
 def test_custom_runtime_class_names_the_containerd_handler() -> None:

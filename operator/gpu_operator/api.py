@@ -1,7 +1,9 @@
 """The ClusterPolicy API (nvidia.com/v1): spec and status models with upstream field names and defaults.
 
 Python attributes are snake_case; the wire names (aliases) are upstream's camelCase, so an existing
-ClusterPolicy YAML validates unchanged. Unknown fields are kept (upstream has sections we do not act on).
+ClusterPolicy YAML validates unchanged. Every field of upstream v26.7's ClusterPolicy spec is modelled; the ones
+this operator does not act on are named by `coverage.unsupported_fields`. Fields upstream does not have either
+are kept and reported by `unknown_fields`.
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ class ComponentSpec(Section):
     resources: ResourceRequirements | None = None
     args: list[str] = []
     env: list[EnvVar] = []
+    host_network: bool = False
 
     @model_validator(mode="after")
     def _image_fields_together(self) -> ComponentSpec:
@@ -113,6 +116,7 @@ class DisabledComponentSpec(ComponentSpec):
 class ServiceMonitorSpec(Section):
     enabled: bool = False
     interval: str = "15s"
+    scrape_timeout: str | None = None
     honor_labels: bool = False
     additional_labels: dict[str, str] = {}
     relabelings: list[dict[str, Any]] = []
@@ -122,12 +126,24 @@ class OperatorMetricsSpec(Section):
     service_monitor: ServiceMonitorSpec = ServiceMonitorSpec()
 
 
+class InitContainerSpec(Section):
+    """Deprecated upstream: the image of a CUDA base init container shared by all components."""
+
+    repository: str | None = None
+    image: str | None = None
+    version: str | None = None
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    image_pull_secrets: list[str] = []
+
+
 class OperatorSpec(Section):
     runtime_class: str = "nvidia"
     default_runtime: Literal["containerd", "crio", "docker"] = "containerd"
+    init_container: InitContainerSpec = InitContainerSpec()
     labels: dict[str, str] = {}
     annotations: dict[str, str] = {}
     metrics: OperatorMetricsSpec = OperatorMetricsSpec()
+    use_ocp_driver_toolkit: bool = Field(default=False, alias="use_ocp_driver_toolkit")
 
 
 class RollingUpdateSpec(Section):
@@ -141,6 +157,8 @@ class DaemonsetsSpec(Section):
     priority_class_name: str = "system-node-critical"
     update_strategy: Literal["RollingUpdate", "OnDelete"] = "RollingUpdate"
     rolling_update: RollingUpdateSpec = RollingUpdateSpec()
+    # A Kubernetes PodSecurityContext for every operand pod, passed through as given.
+    pod_security_context: dict[str, Any] | None = None
 
 
 class PodDeletionSpec(Section):
@@ -193,8 +211,13 @@ class RepoConfigSpec(Section):
 
 
 class LicensingConfigSpec(Section):
-    config_map_name: str = ""
+    config_map_name: str = ""  # deprecated upstream in favour of secretName
+    secret_name: str = ""
     nls_enabled: bool = True
+
+
+class VirtualTopologySpec(Section):
+    config: str = ""
 
 
 class DriverManagerSpec(ComponentSpec):
@@ -203,13 +226,16 @@ class DriverManagerSpec(ComponentSpec):
 
 class DriverSpec(ComponentSpec):
     use_precompiled: bool = False
+    use_open_kernel_modules: bool = False  # deprecated upstream, not honoured there: kernelModuleType replaces it
     kernel_module_type: Literal["auto", "open", "proprietary"] = "auto"
     rdma: RDMASpec = RDMASpec()
     manager: DriverManagerSpec = DriverManagerSpec()
     repo_config: RepoConfigSpec = RepoConfigSpec()
     cert_config: ConfigMapRef = ConfigMapRef()
     licensing_config: LicensingConfigSpec = LicensingConfigSpec()
+    virtual_topology: VirtualTopologySpec = VirtualTopologySpec()
     kernel_module_config: ConfigMapRef = ConfigMapRef()
+    secret_env: str = ""
     startup_probe: ProbeSpec | None = None
     liveness_probe: ProbeSpec | None = None
     readiness_probe: ProbeSpec | None = None
@@ -245,10 +271,21 @@ class ServiceSpec(Section):
     internal_traffic_policy: Literal["Cluster", "Local"] | None = None
 
 
+class HPCJobMappingSpec(Section):
+    enabled: bool = False
+    directory: str = ""
+
+
 class DCGMExporterSpec(ComponentSpec):
+    annotations: dict[str, str] = {}
     config: ConfigMapRef = ConfigMapRef()
     service_monitor: ServiceMonitorSpec = ServiceMonitorSpec()
     service: ServiceSpec = ServiceSpec()
+    host_pid: bool = Field(default=False, alias="hostPID")
+    hpc_job_mapping: HPCJobMappingSpec = HPCJobMappingSpec()
+    enable_pod_labels: bool = False
+    enable_pod_uid: bool = Field(default=False, alias="enablePodUID")
+    pod_label_allowlist_regex: list[str] = []
 
 
 class GFDSpec(ComponentSpec):
@@ -290,20 +327,62 @@ class ValidatorSpec(ComponentSpec):
 class SandboxWorkloadsSpec(Section):
     enabled: bool = False
     default_workload: Literal["container", "vm-passthrough", "vm-vgpu"] = "container"
+    mode: Literal["kubevirt", "kata"] = "kubevirt"
+
+
+class VFIOManagerSpec(DisabledComponentSpec):
+    driver_manager: DriverManagerSpec = DriverManagerSpec()
+
+
+class VGPUManagerSpec(DisabledComponentSpec):
+    driver_manager: DriverManagerSpec = DriverManagerSpec()
+    kernel_module_config: ConfigMapRef = ConfigMapRef()
+
+
+class VGPUDeviceManagerConfig(Section):
+    name: str = ""
+    default: str = "default"
+
+
+class VGPUDeviceManagerSpec(DisabledComponentSpec):
+    config: VGPUDeviceManagerConfig = VGPUDeviceManagerConfig()
+
+
+class CCManagerSpec(DisabledComponentSpec):
+    default_mode: Literal["on", "off", "devtools"] | None = None
+
+
+class KataConfigSpec(Section):
+    artifacts_dir: str = "/opt/nvidia-gpu-operator/artifacts/runtimeclasses"
+    runtime_classes: list[dict[str, Any]] = []
+
+
+class KataManagerSpec(DisabledComponentSpec):
+    """Deprecated upstream: not honoured there any more."""
+
+    config: KataConfigSpec = KataConfigSpec()
 
 
 class CDISpec(Section):
-    enabled: bool = False
+    enabled: bool = True  # upstream v26.7's default (CDISpec.IsEnabled: unset means on)
     default: bool = False
+    nri_plugin_enabled: bool = False
 
 
 class PSASpec(Section):
     enabled: bool = False
 
 
+class PSPSpec(Section):
+    """Deprecated upstream: Pod Security Policies no longer exist in Kubernetes."""
+
+    enabled: bool = False
+
+
 class HostPathsSpec(Section):
     root_fs: str = Field(default="/", alias="rootFS")
     driver_install_dir: str = "/run/nvidia/driver"
+    kubelet_root_dir: str = "/var/lib/kubelet"
 
 
 class ClusterPolicySpec(Section):
@@ -320,15 +399,18 @@ class ClusterPolicySpec(Section):
     node_status_exporter: NodeStatusExporterSpec = NodeStatusExporterSpec()
     validator: ValidatorSpec = ValidatorSpec()
     sandbox_workloads: SandboxWorkloadsSpec = SandboxWorkloadsSpec()
-    vfio_manager: DisabledComponentSpec = DisabledComponentSpec()
-    vgpu_manager: DisabledComponentSpec = DisabledComponentSpec()
-    vgpu_device_manager: DisabledComponentSpec = DisabledComponentSpec()
+    vfio_manager: VFIOManagerSpec = VFIOManagerSpec()
+    vgpu_manager: VGPUManagerSpec = VGPUManagerSpec()
+    vgpu_device_manager: VGPUDeviceManagerSpec = VGPUDeviceManagerSpec()
     sandbox_device_plugin: DisabledComponentSpec = DisabledComponentSpec()
-    cc_manager: DisabledComponentSpec = DisabledComponentSpec()
+    kata_sandbox_device_plugin: DisabledComponentSpec = DisabledComponentSpec()
+    kata_manager: KataManagerSpec = KataManagerSpec()
+    cc_manager: CCManagerSpec = CCManagerSpec()
     cdi: CDISpec = CDISpec()
     gds: DisabledComponentSpec = DisabledComponentSpec()
     gdrcopy: DisabledComponentSpec = DisabledComponentSpec()
     psa: PSASpec = PSASpec()
+    psp: PSPSpec = PSPSpec()
     host_paths: HostPathsSpec = HostPathsSpec()
 
 
@@ -396,10 +478,20 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+def _without_nulls(value: Any) -> Any:
+    """Drop null map values, as the API server prunes them from a CRD's non-nullable fields (`plugin:` with
+    nothing after it, as in upstream's sample, means the field is not set)."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
 def parse_spec(spec: dict[str, Any] | None) -> ClusterPolicySpec:
     """Validate a spec dict; raise PolicyError with `spec.<path>: <rule>` lines."""
     try:
-        return ClusterPolicySpec.model_validate(spec or {})
+        return ClusterPolicySpec.model_validate(_without_nulls(spec or {}))
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

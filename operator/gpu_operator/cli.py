@@ -11,6 +11,7 @@ import yaml
 
 from . import __version__
 from .api import PolicyError, parse_spec, unknown_fields
+from .coverage import unsupported_fields
 
 DEFAULT_NAMESPACE = "gpu-operator"
 
@@ -66,6 +67,8 @@ def cmd_render(args: argparse.Namespace) -> int:
         return 2
     for path in unknown_fields(spec):
         print(f"warning: {path}: not used by this operator (kept as is)", file=sys.stderr)
+    for path, reason in unsupported_fields(spec):
+        print(f"warning: spec.{path}: set but not supported by this operator ({reason})", file=sys.stderr)
     nodes = [NodeFacts.from_node(n) for n in node_docs if n.get("kind", "Node") == "Node"]
     # ConfigMaps in the same file stand for the cluster's (the driver mounts referenced ones key by key).
     config_maps = {
@@ -209,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="print every object the operator would create for a policy and nodes",
         description="Print, as multi-document YAML in a stable order, every object the operator would create "
         "for a ClusterPolicy and a set of nodes, plus the label patch for each node. Exits 2 on an invalid "
-        "policy, with one line per problem.",
+        "policy, with one line per problem. Fields that are set but not acted on are named on stderr, one "
+        "warning line each.",
     )
     p.add_argument("--policy", required=True, help="ClusterPolicy YAML file ('-' for stdin)")
     p.add_argument(

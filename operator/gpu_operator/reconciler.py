@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from . import metrics, upgrade
+from . import coverage, metrics, upgrade
 from .api import ClusterPolicySpec, PolicyError, parse_spec
 from .kube import ApiError, Kube
 from .nodes import DEPLOY_PREFIX, GPU_PRESENT, RUNTIME_LABEL, NodeFacts, unknown_runtime, unpooled, written_by_us
@@ -246,6 +246,7 @@ class Reconciler:
             error="; ".join(errors) or None,
             settling=bool(patches or out.applied or out.deleted),
             extra={"upgrade": upgrade} if upgrade else None,
+            unsupported=coverage.report(spec),
         )
         out.ready = status["state"] == "ready"
         self._write_status(policy, status, out)

@@ -1,4 +1,5 @@
-"""ClusterPolicy status (pure): the singleton rule, the overall state and the Ready/Error conditions."""
+"""ClusterPolicy status (pure): the singleton rule, the overall state, the Ready/Error conditions and the
+UnsupportedFields condition (which fields are set but not acted on; it never changes the state)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,54 @@ def active_policy(policies: list[dict[str, Any]]) -> str | None:
         return None
     oldest = min(live, key=lambda p: (p["metadata"].get("creationTimestamp", ""), p["metadata"]["name"]))
     return str(oldest["metadata"]["name"])
+
+
+UNSUPPORTED_FIELDS = "UnsupportedFields"
+MAX_FIELDS_NAMED = 40
+
+
+def _transition(before: dict[str, Any], value: str, now: str) -> str:
+    if before.get("status") != value or not before.get("lastTransitionTime"):
+        return now
+    return str(before["lastTransitionTime"])
+
+
+def unsupported_condition(
+    fields: list[tuple[str, str]] | None,
+    generation: int | None,
+    previous: list[dict[str, Any]],
+    now: str,
+    invalid: bool = False,
+) -> dict[str, Any] | None:
+    """The UnsupportedFields condition: True naming each field (grouped by reason), False when there is none.
+
+    `fields` None: not known this pass; an invalid spec makes it Unknown, otherwise the previous one stays.
+    """
+    before = next((c for c in previous if c.get("type") == UNSUPPORTED_FIELDS), None)
+    if fields is None:
+        if not invalid:
+            return before
+        value, reason, message = "Unknown", "InvalidSpec", "the spec does not validate (see the Ready condition)"
+    elif not fields:
+        value, reason, message = "False", "AllFieldsSupported", "every field set in the spec is acted on"
+    else:
+        by_reason: dict[str, list[str]] = {}
+        for path, why in fields[:MAX_FIELDS_NAMED]:
+            by_reason.setdefault(why, []).append(path)
+        parts = [f"{', '.join(paths)} ({why})" for why, paths in by_reason.items()]
+        more = len(fields) - MAX_FIELDS_NAMED
+        message = (
+            "set but not acted on by this operator: " + "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+        )
+        value, reason = "True", "FieldsNotSupported"
+    return {
+        "type": UNSUPPORTED_FIELDS,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": _transition(before or {}, value, now),
+        "observedGeneration": generation,
+    }
 
 
 def _conditions(
@@ -59,10 +108,12 @@ def policy_status(
     error_reason: str = "ReconcileFailed",
     settling: bool = False,
     extra: dict[str, Any] | None = None,
+    unsupported: list[tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
     """The status of the active ClusterPolicy.
 
     `settling`: this pass changed node labels or objects, whose effect the watched state does not show yet.
+    `unsupported`: (field path, reason) of the fields set but not acted on (None: not known this pass).
     """
     not_ready = [r for r in results if r.state == "notReady"]
     if error:
@@ -86,11 +137,21 @@ def policy_status(
     else:
         ready, reason, message = True, "Reconciled", f"all operands ready on {gpu_nodes} GPU nodes"
     prev = previous or {}
+    conditions = _conditions(ready, reason, message, generation, prev.get("conditions") or [], now)
+    fields = unsupported_condition(
+        unsupported,
+        generation,
+        prev.get("conditions") or [],
+        now,
+        invalid=error_reason == "InvalidSpec" and bool(error),
+    )
+    if fields is not None:
+        conditions.append(fields)
     status = {
         "state": "ready" if ready else "notReady",
         "namespace": namespace,
         "observedGeneration": generation,
-        "conditions": _conditions(ready, reason, message, generation, prev.get("conditions") or [], now),
+        "conditions": conditions,
         "states": [{"name": r.name, "state": r.state, "message": r.message} for r in results],
     }
     if extra:

@@ -111,3 +111,59 @@ digest (used verbatim), so the operator's default image for that component appli
 {{- end }}
 {{- end }}
 {{- end -}}
+
+{{/* Whether the chart creates ClusterPolicy `cluster-policy`: clusterPolicy.enabled and upstream's deployCR. */}}
+{{- define "gpu-operator.deployCR" -}}
+{{- if and .Values.clusterPolicy.enabled .Values.clusterPolicy.deployCR }}true{{ end -}}
+{{- end -}}
+
+{{/*
+imageVersion: a section (dict "section" <values map> "default" <files/default-images.yaml entry or "">) as YAML,
+with `version` filled in from the operator's default when the values name another repository or image but no
+version (upstream's chart does the same with its own version), so a mirror registry is never silently dropped.
+A section naming the default repository and image, or none, keeps an empty version: the operator's default.
+*/}}
+{{- define "gpu-operator.imageVersion" -}}
+{{- $s := deepCopy .section -}}
+{{- $d := .default -}}
+{{- if and (kindIs "map" $d) (not $s.version) -}}
+{{- $repo := toString ($s.repository | default "") -}}
+{{- $image := toString ($s.image | default "") -}}
+{{- if and $repo (not (regexMatch "[:@]" $image)) (or (ne $repo $d.repository) (ne ($image | default $d.image) $d.image)) -}}
+{{- $_ := set $s "image" ($image | default $d.image) -}}
+{{- $_ := set $s "version" $d.version -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $s -}}
+{{- end -}}
+
+{{/*
+ignoredValues: a YAML list of "<key>: <why>" for each value of upstream's chart that is set to do something this
+chart does not do (the install notes print them; nothing upstream's values ask for is dropped silently).
+*/}}
+{{- define "gpu-operator.ignoredValues" -}}
+{{- $v := .Values.AsMap -}}
+{{- $out := list -}}
+{{- if dig "platform" "openshift" false $v -}}
+{{- $out = append $out "platform.openshift: OpenShift is not supported" -}}
+{{- end -}}
+{{- if dig "nfd" "nodefeaturerules" false $v -}}
+{{- $out = append $out "nfd.nodefeaturerules: NFD is not vendored, so no NodeFeatureRules are installed" -}}
+{{- end -}}
+{{- if dig "node-feature-discovery" dict $v -}}
+{{- $out = append $out "node-feature-discovery: NFD is not vendored; configure it in NFD's own chart" -}}
+{{- end -}}
+{{- if dig "gpuCluster" "deployCR" false $v -}}
+{{- $out = append $out "gpuCluster.deployCR: the GPUCluster (DRA) stack is not supported; draDriver is unused" -}}
+{{- end -}}
+{{- if dig "driver" "nvidiaDriverCRD" "enabled" false $v -}}
+{{- $out = append $out "driver.nvidiaDriverCRD: no NVIDIADriver resource is created (that CRD is not served)" -}}
+{{- end -}}
+{{- if dig "operator" "logging" dict $v -}}
+{{- $out = append $out "operator.logging: the operator logs at INFO level in its own format" -}}
+{{- end -}}
+{{- if dig "operator" "defaultGPUMode" "" $v -}}
+{{- $out = append $out "operator.defaultGPUMode: not a ClusterPolicy field (upstream's API server drops it too)" -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end -}}

@@ -1,6 +1,7 @@
-"""The Helm chart (charts/gpu-operator) and the plain install manifests generated from it.
+"""The Helm chart (charts/gpu-operator) and the plain install manifests generated from it, through `helm template`.
 
-Renders the chart with the helm binary that e2e/cluster/build.sh builds (`make test` builds it first). Checks that
+Needs no cluster, only the helm binary that e2e/cluster/build.sh builds (so it lives in the e2e tier; the chart's
+files that need no helm are checked by tests/test_chart_files.py). Checks that
 every values file gives a ClusterPolicy the operator accepts, that the operator's RBAC is exactly what it needs
 (its own API calls plus every rule of the operand Roles/ClusterRoles it creates, since RBAC forbids granting what
 one does not hold), that the pod is locked down, and that the generated files are up to date.
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,15 +22,15 @@ from typing import Any
 import pytest
 import yaml
 
-from gpu_operator import images
-from gpu_operator.api import parse_spec
+from gpu_operator import coverage, images
+from gpu_operator.api import ClusterPolicySpec, parse_spec, unknown_fields
 from gpu_operator.cli import main as cli_main
-from gpu_operator.crd import crds_yaml
 from gpu_operator.kinds import operand_rbac
-from gpu_operator.render import plan
+from gpu_operator.nodes import NodeFacts
+from gpu_operator.render import StatePlan, node_patches, plan, relabelled
 from gpu_operator.states import RenderContext
-from support import OWNER, REPO, fixed_nodes, render_all
 
+REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "gpu-operator"
 CI_VALUES = sorted((CHART / "ci").glob("*.yaml"))
 RELEASE = "gpu-operator"
@@ -36,23 +39,39 @@ KUBE_VERSION = "1.37.2"
 MANIFEST = REPO / "manifests" / "gpu-operator.yaml"
 GENERATOR = REPO / "hack" / "gen-manifests.py"
 REGENERATE = "run .venv/bin/python hack/gen-manifests.py"
-SAMPLES = [
-    REPO / "manifests" / "samples" / name
-    for name in (
-        "clusterpolicy-mig-mixed.yaml",
-        "clusterpolicy-time-slicing.yaml",
-        "clusterpolicy-upgrades-drain.yaml",
-    )
-]
 CLUSTER_POLICY_SECTIONS = (
     "operator", "daemonsets", "driver", "toolkit", "devicePlugin", "dcgm", "dcgmExporter", "gfd", "mig",
     "migManager", "nodeStatusExporter", "validator", "sandboxWorkloads", "vfioManager", "vgpuManager",
-    "vgpuDeviceManager", "sandboxDevicePlugin", "ccManager", "cdi", "gds", "gdrcopy", "psa", "hostPaths",
+    "vgpuDeviceManager", "sandboxDevicePlugin", "kataSandboxDevicePlugin", "kataManager", "ccManager", "cdi", "gds",
+    "gdrcopy", "psa", "hostPaths",
 )  # fmt: skip
+OWNER = {"apiVersion": "nvidia.com/v1", "kind": "ClusterPolicy", "name": "cluster-policy", "uid": "1111"}
 CHART_ONLY_KEYS = {"gpuPodDeletion", "nvidiaDriverCRD", "create", "data", "upgradeCRD", "cleanupCRD"}
 
 
 # --- helm ---
+
+
+def fixed_nodes() -> list[NodeFacts]:
+    """Two GPU nodes of two OS versions (one MIG-capable) and a CPU node, as NFD labels them."""
+    def node(name: str, version: str, gpu: bool, mig: bool = False) -> NodeFacts:
+        labels = {"feature.node.kubernetes.io/system-os_release.ID": "ubuntu",
+                  "feature.node.kubernetes.io/system-os_release.VERSION_ID": version,
+                  "feature.node.kubernetes.io/kernel-version.full": "5.15.0-122-generic"}  # fmt: skip
+        if gpu:
+            labels["feature.node.kubernetes.io/pci-10de.present"] = "true"
+        if mig:
+            labels["nvidia.com/mig.capable"] = "true"
+        return NodeFacts.from_node({"kind": "Node", "metadata": {"name": name, "labels": labels}})
+
+    return [node("gpu-a", "22.04", True, mig=True), node("gpu-b", "24.04", True), node("cpu-a", "22.04", False)]
+
+
+def render_all(spec: Any, nodes: list[NodeFacts], api_groups: frozenset[str] = frozenset()) -> list[StatePlan]:
+    """The operator's pipeline: label the nodes, then plan on the relabelled nodes."""
+    patched = relabelled(nodes, node_patches(nodes, spec))
+    return plan(RenderContext(spec=spec, namespace=NAMESPACE, nodes=tuple(patched), owner=OWNER,
+                              api_groups=api_groups))  # fmt: skip
 
 
 @functools.cache
@@ -137,35 +156,10 @@ def test_helm_lint_strict(values: Path | None) -> None:
     assert "0 chart(s) failed" in proc.stdout
 
 
-def test_chart_metadata() -> None:
-    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    assert chart["apiVersion"] == "v2"
-    assert chart["name"] == "gpu-operator"
-    assert chart["version"] == "0.1.0" and chart["appVersion"] == "0.1.0"
-    assert chart["kubeVersion"] == ">=1.29.0-0"
-    assert "dependencies" not in chart, "NFD is not vendored: the chart has no dependencies"
-
-
 def test_kube_version_constraint_is_enforced() -> None:
     args = ["template", RELEASE, str(CHART), "--kube-version", "1.28.9"]
     proc = helm(*args, check=False)
     assert proc.returncode != 0 and "kubeVersion" in proc.stderr
-
-
-def test_values_mirror_the_upstream_keys() -> None:
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
-    missing = [s for s in CLUSTER_POLICY_SECTIONS if s not in values]
-    assert missing == []
-    assert values["nfd"]["enabled"] is True
-    assert values["clusterPolicy"]["enabled"] is True
-    assert values["dcgm"]["enabled"] is False
-    assert values["mig"]["strategy"] == "single"
-    assert values["driver"]["upgradePolicy"]["gpuPodDeletion"] == {
-        "force": False, "timeoutSeconds": 300, "deleteEmptyDir": False,
-    }  # fmt: skip
-    assert "podDeletion" not in values["driver"]["upgradePolicy"], "the Helm key is gpuPodDeletion, as upstream"
-    assert values["operator"]["cleanupCRD"] is False and values["operator"]["upgradeCRD"] is True
-    assert values["operator"]["metrics"]["serviceMonitor"]["enabled"] is False
 
 
 # --- the ClusterPolicy from values ---
@@ -204,7 +198,7 @@ def test_defaults_policy() -> None:
     assert spec["dcgm"]["enabled"] is False and spec["dcgmExporter"]["enabled"] is True
     assert spec["driver"]["upgradePolicy"]["autoUpgrade"] is True
     assert spec["driver"]["useNvidiaDriverCRD"] is False
-    assert spec["sandboxWorkloads"] == {"enabled": False, "defaultWorkload": "container"}
+    assert spec["sandboxWorkloads"] == {"enabled": False, "defaultWorkload": "container", "mode": "kubevirt"}
     parsed = parse_spec(spec)
     # No version in the values: the operator's own default images.
     for section, component in (("driver", "driver"), ("toolkit", "toolkit"), ("device_plugin", "device-plugin"),
@@ -297,6 +291,57 @@ def test_config_create_needs_a_name() -> None:
             "--set", "devicePlugin.config.create=true", "--set", "devicePlugin.config.data.a=b"]  # fmt: skip
     proc = helm(*args, check=False)
     assert proc.returncode != 0 and "devicePlugin.config.create needs devicePlugin.config.name" in proc.stderr
+
+
+def write_values(tmp_path: Path, values: dict[str, Any]) -> Path:
+    """A values file of its own (renders are cached by file name)."""
+    path = tmp_path / f"values-{len(list(tmp_path.iterdir()))}.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def test_mig_config_data_in_upstream_form_is_the_configmap_data(tmp_path: Path) -> None:
+    layouts = "version: v1\nmig-configs:\n  all-disabled:\n  - devices: all\n    mig-enabled: false\n"
+    config = {"create": True, "name": "custom-mig", "default": "all-disabled", "data": {"config.yaml": layouts}}
+    docs = render(write_values(tmp_path, {"migManager": {"config": config}}))
+    assert one(docs, "ConfigMap", "custom-mig")["data"] == {"config.yaml": layouts}, "not nested one level deeper"
+    assert policy_spec(docs)["migManager"]["config"] == {"name": "custom-mig", "default": "all-disabled"}
+    # Upstream: create with empty data makes no ConfigMap. A map without config.yaml is refused.
+    empty = render(write_values(tmp_path, {"migManager": {"config": {**config, "data": {}}}}))
+    assert not find(empty, "ConfigMap", "custom-mig")
+    no_key = write_values(tmp_path, {"migManager": {"config": {**config, "data": {"other.yaml": "x"}}}})
+    args = ["template", RELEASE, str(CHART), "--kube-version", KUBE_VERSION, "-f", str(no_key)]
+    proc = helm(*args, check=False)
+    assert proc.returncode != 0 and "migManager.config.data needs a key config.yaml" in proc.stderr
+
+
+def test_image_fields_without_a_version_reach_the_policy() -> None:
+    # Upstream's chart leaves the validator's version empty (its own appVersion fills it in).
+    spec = policy_spec(render(sets=["validator.repository=nvcr.io/nvidia", "validator.image=gpu-operator"]))
+    default_version = images.DEFAULTS["validator"][2]
+    assert {k: spec["validator"][k] for k in ("repository", "image", "version")} == {
+        "repository": "nvcr.io/nvidia", "image": "gpu-operator", "version": default_version}  # fmt: skip
+    assert images.resolve(parse_spec(spec).validator, "validator") == f"nvcr.io/nvidia/gpu-operator:{default_version}"
+    # A mirror registry alone keeps the default image name and version.
+    mirror = policy_spec(render(sets=["toolkit.repository=registry.local/nvidia/k8s"]))["toolkit"]
+    repo, image, version = images.DEFAULTS["toolkit"]
+    assert (mirror["repository"], mirror["image"], mirror["version"]) == ("registry.local/nvidia/k8s", image, version)
+    manager = policy_spec(render(sets=["driver.manager.repository=registry.local/nvidia"]))["driver"]["manager"]
+    assert manager["version"] == images.DEFAULTS["driver-manager"][2]
+    # An explicit version is kept; the default repository and image with no version stay the operator's default.
+    pinned = policy_spec(render(sets=["validator.repository=r.example.com", "validator.version=v1"]))["validator"]
+    assert [pinned[k] for k in ("repository", "image", "version")] == ["r.example.com", "gpu-operator-validator", "v1"]
+    assert not {"repository", "image", "version"} & set(policy_spec(render())["validator"])
+
+
+def test_deploy_cr_and_extra_objects(tmp_path: Path) -> None:
+    assert not find(render(sets=["clusterPolicy.deployCR=false"]), "ClusterPolicy")
+    extra = {"extraObjects": [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "extra-{{ .Release.Name }}"}},
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: extra-secret\n  namespace: {{ .Release.Namespace }}\n",
+    ]}  # fmt: skip
+    docs = render(write_values(tmp_path, extra))
+    assert one(docs, "ConfigMap", f"extra-{RELEASE}") and one(docs, "Secret", "extra-secret")
 
 
 def test_psa_namespace_label() -> None:
@@ -586,15 +631,6 @@ def test_hook_rbac_is_limited_to_the_crds() -> None:
 # --- generated files ---
 
 
-def test_chart_crds_match_the_operator() -> None:
-    shipped = {f.name: f.read_text() for f in sorted((REPO / "crds").glob("*.yaml"))}
-    chart = {f.name: f.read_text() for f in sorted((CHART / "crds").glob("*.yaml"))}
-    assert chart == shipped, f"charts/gpu-operator/crds/ is stale: {REGENERATE}"
-    # And the hook's `gpu-operator crds --apply` applies the same CRDs that `helm install` installs.
-    hook_crds = [d for d in yaml.safe_load_all(crds_yaml()) if d]
-    assert [d for f in chart.values() for d in yaml.safe_load_all(f) if d] == hook_crds, "run `make crds` first"
-
-
 def test_generated_files_are_up_to_date() -> None:
     proc = subprocess.run(
         [sys.executable, str(GENERATOR), "--check"], capture_output=True, text=True, timeout=120, cwd=REPO,
@@ -622,48 +658,6 @@ def test_plain_manifest() -> None:
     assert crd == yaml.safe_load((REPO / "crds" / "nvidia.com_clusterpolicies.yaml").read_text())
 
 
-# --- samples ---
-
-
-def gpu_operator_cli() -> list[str]:
-    script = Path(sys.executable).parent / "gpu-operator"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "gpu_operator.cli"]
-
-
-@pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.stem)
-def test_sample_validates(sample: Path) -> None:
-    proc = subprocess.run([*gpu_operator_cli(), "render", "--policy", str(sample)],
-                          capture_output=True, text=True, timeout=120, cwd=REPO)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stderr == "", "samples use no field the operator ignores"
-    assert "kind: DaemonSet" in proc.stdout
-
-
-def sample_docs(name: str) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all((REPO / "manifests" / "samples" / name).read_text()) if d]
-
-
-def test_sample_mig_mixed() -> None:
-    spec = parse_spec(one(sample_docs("clusterpolicy-mig-mixed.yaml"), "ClusterPolicy", "cluster-policy")["spec"])
-    assert spec.mig.strategy == "mixed" and spec.mig_manager.enabled
-
-
-def test_sample_time_slicing() -> None:
-    docs = sample_docs("clusterpolicy-time-slicing.yaml")
-    spec = parse_spec(one(docs, "ClusterPolicy", "cluster-policy")["spec"])
-    cm = one(docs, "ConfigMap", spec.device_plugin.config.name)
-    assert cm["metadata"]["namespace"] == NAMESPACE
-    default = yaml.safe_load(cm["data"][spec.device_plugin.config.default])
-    assert default["sharing"]["timeSlicing"]["resources"] == [{"name": "nvidia.com/gpu", "replicas": 4}]
-
-
-def test_sample_upgrades_drain() -> None:
-    spec = parse_spec(one(sample_docs("clusterpolicy-upgrades-drain.yaml"), "ClusterPolicy", "cluster-policy")["spec"])
-    up = spec.driver.upgrade_policy
-    assert up.auto_upgrade is True and up.max_parallel_upgrades == 3 and up.max_unavailable == "25%"
-    assert up.drain.enable is True and up.drain.pod_selector
-
-
 # --- the image ---
 
 
@@ -681,3 +675,108 @@ def test_dockerfile_matches_the_chart() -> None:
     assert installs and not any("[dev]" in i or "-e " in i for i in installs), "the package only, no dev extras"
     ignored = [line for line in (REPO / ".dockerignore").read_text().splitlines() if not line.startswith("#")]
     assert ignored[0] == "*" and {"!pyproject.toml", "!README.md", "!operator/"} <= set(ignored)
+
+
+# --- upstream's values through this chart: nothing silently ignored ---
+
+UPSTREAM_VALUES = REPO / "tests" / "fixtures" / "upstream" / "values.yaml"
+# ClusterPolicy sections of upstream's values (operator: only these keys reach the ClusterPolicy).
+OPERATOR_POLICY_KEYS = ("runtimeClass", "defaultRuntime", "use_ocp_driver_toolkit", "metrics.serviceMonitor")
+# Upstream values the chart turns into another ClusterPolicy field, or into a ConfigMap of its own.
+TRANSLATED = {
+    "driver.upgradePolicy.gpuPodDeletion.": "driver.upgradePolicy.podDeletion.",
+    "driver.nvidiaDriverCRD.enabled": "driver.useNvidiaDriverCRD",
+}
+MADE_INTO_CONFIGMAPS = ("devicePlugin.config.create", "devicePlugin.config.data", "migManager.config.create",
+                        "migManager.config.data", "dcgmExporter.config.create", "dcgmExporter.config.data")  # fmt: skip
+# Left to the operator's default on purpose: an image name with neither repository nor version (upstream would use
+# `vgpu-manager` verbatim, which names no registry; the operand is off by default).
+LEFT_TO_THE_OPERATOR = {"vgpuManager.image"}
+# Upstream values that do nothing at upstream's default settings: path prefix -> (the switch, its inert value).
+INERT = {
+    "platform.openshift": ("platform.openshift", False),
+    "nfd.nodefeaturerules": ("nfd.nodefeaturerules", False),
+    "gpuCluster.": ("gpuCluster.deployCR", False),
+    "draDriver.": ("gpuCluster.deployCR", False),  # the GPUCluster (DRA) stack's driver
+    "driver.nvidiaDriverCRD.": ("driver.nvidiaDriverCRD.enabled", False),  # settings of the NVIDIADriver CR
+}
+
+
+def leaves(node: Any, keys: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:
+    """(keys, value) of every non-empty leaf; lists are leaves."""
+    if isinstance(node, dict) and node:
+        for key, value in node.items():
+            yield from leaves(value, (*keys, key))
+    elif node not in (None, "", [], {}):
+        yield keys, node
+
+
+def dig(node: Any, keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        if not isinstance(node, dict) or key not in node:
+            return KeyError(".".join(keys))
+        node = node[key]
+    return node
+
+
+def ignored_chart_values(values: Path) -> list[str]:
+    """What the install notes name as ignored (the chart's gpu-operator.ignoredValues), rendered through a copy of
+    the chart with one extra template, since `helm template` does not render NOTES.txt."""
+    with tempfile.TemporaryDirectory() as tmp:
+        chart = Path(tmp) / "gpu-operator"
+        shutil.copytree(CHART, chart)
+        (chart / "templates" / "zz-ignored.yaml").write_text(
+            'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ignored}\n'
+            'data: {ignored: {{ include "gpu-operator.ignoredValues" . | quote }}}\n'
+        )
+        out = helm("template", RELEASE, str(chart), "--kube-version", KUBE_VERSION, "-f", str(values),
+                   "--show-only", "templates/zz-ignored.yaml").stdout  # fmt: skip
+    found: list[str] = yaml.safe_load(yaml.safe_load(out)["data"]["ignored"])
+    return found
+
+
+def test_upstream_values_reach_the_policy_or_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    upstream = yaml.safe_load(UPSTREAM_VALUES.read_text())
+    ours = yaml.safe_load((CHART / "values.yaml").read_text())
+    docs = render(UPSTREAM_VALUES)
+    spec = policy_spec(docs)
+    sections = {f.alias or n for n, f in ClusterPolicySpec.model_fields.items()}
+    ignored = ignored_chart_values(UPSTREAM_VALUES)
+    named = {line.split(":", 1)[0] for line in ignored}
+    dropped = []
+    for keys, value in leaves(upstream):
+        path = ".".join(keys)
+        inert = next((switch for prefix, switch in INERT.items() if path.startswith(prefix)), None)
+        if inert and dig(upstream, tuple(inert[0].split("."))) == inert[1]:
+            continue
+        policy_key = keys[0] in sections and (keys[0] != "operator" or path.startswith(
+            tuple(f"operator.{k}" for k in OPERATOR_POLICY_KEYS)))  # fmt: skip
+        if not policy_key:  # a chart value: ours has it (or the map holding it), or the notes name it
+            honoured = any(not isinstance(dig(ours, keys[:i]), KeyError) for i in range(1, len(keys) + 1))
+            if not honoured and not any(path.startswith(n) for n in named):
+                dropped.append(f"{path} (chart value)")
+            continue
+        if path.startswith(MADE_INTO_CONFIGMAPS) or path in LEFT_TO_THE_OPERATOR:
+            continue
+        target = next((path.replace(a, b, 1) for a, b in TRANSLATED.items() if path.startswith(a)), path)
+        if dig(spec, tuple(target.split("."))) != value:
+            dropped.append(f"{path} -> spec.{target}: {dig(spec, tuple(target.split('.')))!r} != {value!r}")
+    assert dropped == [], "upstream values dropped without a word:\n" + "\n".join(dropped)
+    assert ignored == [
+        "node-feature-discovery: NFD is not vendored; configure it in NFD's own chart",
+        "operator.logging: the operator logs at INFO level in its own format",
+    ]
+    # Our model parses the policy; `render` names exactly the fields the coverage table names, nothing else.
+    parsed = parse_spec(spec)
+    assert unknown_fields(parsed) == []
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(yaml.safe_dump(one(docs, "ClusterPolicy", "cluster-policy")))
+    assert cli_main(["render", "--policy", str(policy_file)]) == 0
+    warned = [line.split(": ", 2)[1] for line in capsys.readouterr().err.splitlines()]
+    reported = coverage.unsupported_fields(parsed)
+    assert warned == [f"spec.{path}" for path, _ in reported]
+    assert reported and all(coverage.rule_for(path) for path, _ in reported)
+    for path in set(coverage.set_fields(parsed)) - {p for p, _ in reported}:
+        rule = coverage.rule_for(path)  # a listed field set here is one whose component is off
+        switch = (*path.split(".")[:-1], "enabled")
+        assert rule is None or rule.when is not None or dig(spec, switch) is False, path

@@ -1,0 +1,121 @@
+"""The Helm chart's files that need no helm binary: metadata, values keys, the CRD copy, the default-image table,
+and the sample ClusterPolicies (helm-rendered checks are in e2e/test_chart.py)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gpu_operator import coverage, images
+from gpu_operator.api import ClusterPolicySpec, parse_spec
+from gpu_operator.crd import crds_yaml
+from support import NAMESPACE, REPO
+
+CHART = REPO / "charts" / "gpu-operator"
+REGENERATE = "run .venv/bin/python hack/gen-manifests.py"
+SAMPLES = [
+    REPO / "manifests" / "samples" / name
+    for name in (
+        "clusterpolicy-mig-mixed.yaml",
+        "clusterpolicy-time-slicing.yaml",
+        "clusterpolicy-upgrades-drain.yaml",
+    )
+]
+NOT_IN_UPSTREAM_VALUES = {"psp"}  # ClusterPolicy sections upstream's chart has no values for
+
+
+def one(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
+    return found[0]
+
+
+def test_chart_metadata() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2"
+    assert chart["name"] == "gpu-operator"
+    assert chart["version"] == "0.1.0" and chart["appVersion"] == "0.1.0"
+    assert chart["kubeVersion"] == ">=1.29.0-0"
+    assert "dependencies" not in chart, "NFD is not vendored: the chart has no dependencies"
+
+
+def test_values_mirror_the_upstream_keys() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    sections = {f.alias or name for name, f in ClusterPolicySpec.model_fields.items()} - NOT_IN_UPSTREAM_VALUES
+    assert sorted(sections - set(values)) == [], "every ClusterPolicy section has its values, as upstream's chart"
+    assert values["nfd"]["enabled"] is True
+    assert values["clusterPolicy"]["enabled"] is True and values["clusterPolicy"]["deployCR"] is True
+    assert values["extraObjects"] == []
+    assert values["dcgm"]["enabled"] is False
+    assert values["mig"]["strategy"] == "single"
+    assert values["driver"]["upgradePolicy"]["gpuPodDeletion"] == {
+        "force": False, "timeoutSeconds": 300, "deleteEmptyDir": False,
+    }  # fmt: skip
+    assert "podDeletion" not in values["driver"]["upgradePolicy"], "the Helm key is gpuPodDeletion, as upstream"
+    assert values["operator"]["cleanupCRD"] is False and values["operator"]["upgradeCRD"] is True
+    assert values["operator"]["metrics"]["serviceMonitor"]["enabled"] is False
+
+
+def test_chart_crds_match_the_operator() -> None:
+    shipped = {f.name: f.read_text() for f in sorted((REPO / "crds").glob("*.yaml"))}
+    chart = {f.name: f.read_text() for f in sorted((CHART / "crds").glob("*.yaml"))}
+    assert chart == shipped, f"charts/gpu-operator/crds/ is stale: {REGENERATE}"
+    # And the hook's `gpu-operator crds --apply` applies the same CRDs that `helm install` installs.
+    hook_crds = [d for d in yaml.safe_load_all(crds_yaml()) if d]
+    assert [d for f in chart.values() for d in yaml.safe_load_all(f) if d] == hook_crds, "run `make crds` first"
+
+
+def gpu_operator_cli() -> list[str]:
+    script = Path(sys.executable).parent / "gpu-operator"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "gpu_operator.cli"]
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=lambda p: p.stem)
+def test_sample_validates(sample: Path) -> None:
+    proc = subprocess.run([*gpu_operator_cli(), "render", "--policy", str(sample)],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "", "samples use no field the operator ignores"
+    assert "kind: DaemonSet" in proc.stdout
+
+
+def sample_docs(name: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((REPO / "manifests" / "samples" / name).read_text()) if d]
+
+
+def test_sample_mig_mixed() -> None:
+    spec = parse_spec(one(sample_docs("clusterpolicy-mig-mixed.yaml"), "ClusterPolicy", "cluster-policy")["spec"])
+    assert spec.mig.strategy == "mixed" and spec.mig_manager.enabled
+
+
+def test_sample_time_slicing() -> None:
+    docs = sample_docs("clusterpolicy-time-slicing.yaml")
+    spec = parse_spec(one(docs, "ClusterPolicy", "cluster-policy")["spec"])
+    cm = one(docs, "ConfigMap", spec.device_plugin.config.name)
+    assert cm["metadata"]["namespace"] == NAMESPACE
+    default = yaml.safe_load(cm["data"][spec.device_plugin.config.default])
+    assert default["sharing"]["timeSlicing"]["resources"] == [{"name": "nvidia.com/gpu", "replicas": 4}]
+
+
+def test_sample_upgrades_drain() -> None:
+    spec = parse_spec(one(sample_docs("clusterpolicy-upgrades-drain.yaml"), "ClusterPolicy", "cluster-policy")["spec"])
+    up = spec.driver.upgrade_policy
+    assert up.auto_upgrade is True and up.max_parallel_upgrades == 3 and up.max_unavailable == "25%"
+    assert up.drain.enable is True and up.drain.pod_selector
+
+
+def test_default_images_match_the_operator() -> None:
+    """files/default-images.yaml: the versions the chart fills in are the operator's own defaults."""
+    table = yaml.safe_load((CHART / "files" / "default-images.yaml").read_text())
+    for section, entry in table.items():
+        model: Any = ClusterPolicySpec()
+        for key in section.split("."):
+            model = coverage.child(model, key)
+        assert model is not None, f"{section} is not a ClusterPolicy section"
+        assert (entry["repository"], entry["image"], entry["version"]) == images.DEFAULTS[entry["component"]], section
+    assert {e["component"] for e in table.values()} == set(images.DEFAULTS), "every default image has a section"

@@ -233,8 +233,10 @@ def test_image_fields() -> None:
     assert images.resolve(spec.driver, "driver") == "nvcr.io/nvidia/driver:580.82.07"
     manager = images.resolve(spec.driver.manager, "driver-manager")
     assert manager == "nvcr.io/nvidia/cloud-native/k8s-driver-manager:v0.8.1"
-    # version "" (upstream's way of saying "the operator's own validator"): the default image.
-    assert images.resolve(spec.validator, "validator") == images.join(*images.DEFAULTS["validator"])
+    # version "" with v25's validator image name: that image, at the operator's default version.
+    version = images.DEFAULTS["validator"][2]
+    old_name = f"nvcr.io/nvidia/cloud-native/gpu-operator-validator:{version}"
+    assert images.resolve(spec.validator, "validator") == old_name
     assert spec.vgpu_manager.image is None and spec.vgpu_manager.repository is None
     # A full reference without repository and version is used verbatim.
     verbatim = parse_spec(policy_spec(render(CHART / "ci" / "sandbox-off-values.yaml")))
@@ -316,12 +318,16 @@ def test_mig_config_data_in_upstream_form_is_the_configmap_data(tmp_path: Path) 
 
 
 def test_image_fields_without_a_version_reach_the_policy() -> None:
-    # Upstream's chart leaves the validator's version empty (its own appVersion fills it in).
-    spec = policy_spec(render(sets=["validator.repository=nvcr.io/nvidia", "validator.image=gpu-operator"]))
+    # Upstream's chart leaves the validator's version empty (its own appVersion fills it in): another image
+    # gets the operator's default version; upstream v26.7's own (our default) is left to the operator.
+    old = ["validator.repository=nvcr.io/nvidia/cloud-native", "validator.image=gpu-operator-validator"]
+    spec = policy_spec(render(sets=old))
     default_version = images.DEFAULTS["validator"][2]
     assert {k: spec["validator"][k] for k in ("repository", "image", "version")} == {
-        "repository": "nvcr.io/nvidia", "image": "gpu-operator", "version": default_version}  # fmt: skip
-    assert images.resolve(parse_spec(spec).validator, "validator") == f"nvcr.io/nvidia/gpu-operator:{default_version}"
+        "repository": "nvcr.io/nvidia/cloud-native", "image": "gpu-operator-validator",
+        "version": default_version}  # fmt: skip
+    own = policy_spec(render(sets=["validator.repository=nvcr.io/nvidia", "validator.image=gpu-operator"]))
+    assert images.resolve(parse_spec(own).validator, "validator") == f"nvcr.io/nvidia/gpu-operator:{default_version}"
     # A mirror registry alone keeps the default image name and version.
     mirror = policy_spec(render(sets=["toolkit.repository=registry.local/nvidia/k8s"]))["toolkit"]
     repo, image, version = images.DEFAULTS["toolkit"]
@@ -330,7 +336,7 @@ def test_image_fields_without_a_version_reach_the_policy() -> None:
     assert manager["version"] == images.DEFAULTS["driver-manager"][2]
     # An explicit version is kept; the default repository and image with no version stay the operator's default.
     pinned = policy_spec(render(sets=["validator.repository=r.example.com", "validator.version=v1"]))["validator"]
-    assert [pinned[k] for k in ("repository", "image", "version")] == ["r.example.com", "gpu-operator-validator", "v1"]
+    assert [pinned[k] for k in ("repository", "image", "version")] == ["r.example.com", "gpu-operator", "v1"]
     assert not {"repository", "image", "version"} & set(policy_spec(render())["validator"])
 
 
@@ -735,6 +741,9 @@ def ignored_chart_values(values: Path) -> list[str]:
     return found
 
 
+DEFAULT_IMAGES: dict[str, dict[str, str]] = yaml.safe_load((CHART / "files" / "default-images.yaml").read_text())
+
+
 def test_upstream_values_reach_the_policy_or_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     upstream = yaml.safe_load(UPSTREAM_VALUES.read_text())
     ours = yaml.safe_load((CHART / "values.yaml").read_text())
@@ -758,6 +767,9 @@ def test_upstream_values_reach_the_policy_or_are_named(tmp_path: Path, capsys: p
             continue
         if path.startswith(MADE_INTO_CONFIGMAPS) or path in LEFT_TO_THE_OPERATOR:
             continue
+        default = DEFAULT_IMAGES.get(".".join(keys[:-1]), {})
+        if keys[-1] in ("repository", "image") and default.get(keys[-1]) == value:
+            continue  # the operator's own default image: left to the operator, same reference
         target = next((path.replace(a, b, 1) for a, b in TRANSLATED.items() if path.startswith(a)), path)
         if dig(spec, tuple(target.split("."))) != value:
             dropped.append(f"{path} -> spec.{target}: {dig(spec, tuple(target.split('.')))!r} != {value!r}")
@@ -775,7 +787,8 @@ def test_upstream_values_reach_the_policy_or_are_named(tmp_path: Path, capsys: p
     warned = [line.split(": ", 2)[1] for line in capsys.readouterr().err.splitlines()]
     reported = coverage.unsupported_fields(parsed)
     assert warned == [f"spec.{path}" for path, _ in reported]
-    assert reported and all(coverage.rule_for(path) for path, _ in reported)
+    # Every field upstream's own values set takes effect here: nothing to report.
+    assert reported == []
     for path in set(coverage.set_fields(parsed)) - {p for p, _ in reported}:
         rule = coverage.rule_for(path)  # a listed field set here is one whose component is off
         switch = (*path.split(".")[:-1], "enabled")

@@ -436,7 +436,7 @@ def test_containerd_gets_the_nvidia_runtimes_on_the_host(
 
 
 def test_install_dir_lands_on_the_host(tmp_path: Path, installer: Path, fake_containerd: tuple[Path, Path]) -> None:
-    pod = toolkit_pod(tmp_path, "containerd", {"toolkit": {"installDir": "/opt/nvidia"}})
+    pod = toolkit_pod(tmp_path, "containerd", {"toolkit": {"installDir": "/opt/nvidia"}, "cdi": {"enabled": False}})
     pod.host_file("/etc/containerd").mkdir(parents=True)
     pod.host_file("/etc/containerd/config.toml").write_text(CONTAINERD_V2)
     check(pod.run(installer, base_env(tmp_path, cdi=False)))
@@ -459,7 +459,7 @@ def test_a_host_driver_root_from_driver_ready_reaches_the_toolkit_config(
         "NVIDIA_DEV_ROOT": "/",
         "DEV_ROOT_CTR_PATH": "/host",
     }
-    pod = toolkit_pod(tmp_path, "containerd")
+    pod = toolkit_pod(tmp_path, "containerd", {"cdi": {"enabled": False}})
     pod.host_file("/etc/containerd").mkdir(parents=True)
     pod.host_file("/etc/containerd/config.toml").write_text(CONTAINERD_V2)
     check(pod.run(installer, base_env(tmp_path, cdi=False), driver_ready=host_driver))
@@ -498,7 +498,7 @@ def test_crio_gets_its_drop_in_on_the_host(tmp_path: Path, installer: Path, cdi:
 
 
 def test_docker_gets_the_runtimes_in_daemon_json(tmp_path: Path, installer: Path) -> None:
-    pod = toolkit_pod(tmp_path, "docker")
+    pod = toolkit_pod(tmp_path, "docker", {"cdi": {"enabled": False}})
     daemon = pod.host_file("/etc/docker/daemon.json")
     daemon.parent.mkdir(parents=True)
     daemon.write_text(DOCKER_DAEMON_JSON)

@@ -12,9 +12,8 @@ import pytest
 
 from gpu_operator.api import parse_spec
 from gpu_operator.nodes import RUNTIME_LABEL, NodeFacts, desired_labels, runtime_of, runtime_pools, unknown_runtime
-from gpu_operator.reconciler import _with_unknown_runtime
 from gpu_operator.render import node_patches, relabelled
-from gpu_operator.status import StateResult
+from gpu_operator.states import RenderContext, by_name
 from support import container, daemonsets, facts, objects, render_all
 
 STATE = "state-container-toolkit"
@@ -390,10 +389,11 @@ def test_unknown_runtime_is_named_in_the_status() -> None:
     nodes = relabelled(raw_nodes, node_patches(raw_nodes, spec))
     assert runtime_pools(nodes) == ["containerd"]
     assert unknown_runtime(nodes) == {"gpu-odd": "frakti"}
-    result = _with_unknown_runtime(StateResult(STATE, "ready"), nodes)
-    assert result.state == "notReady"
-    assert "gpu-odd (frakti)" in result.message and "not supported" in result.message
-    assert _with_unknown_runtime(StateResult(STATE, "ready"), nodes[:1]) == StateResult(STATE, "ready")
+    notes = by_name(STATE).readiness_notes
+    assert notes is not None
+    message = notes(RenderContext(spec=spec, namespace="gpu-operator", nodes=tuple(nodes)))
+    assert message is not None and "gpu-odd (frakti)" in message and "not supported" in message
+    assert notes(RenderContext(spec=spec, namespace="gpu-operator", nodes=tuple(nodes[:1]))) is None
 
 
 def test_every_toolkit_object_renders_once() -> None:

@@ -103,6 +103,8 @@ class OperandState:
     finalize: Callable[[list[dict[str, Any]], RenderContext], None] | None = None
     # The section's resources go on every container of the pod (upstream does so for the driver and validator).
     resources_everywhere: bool = False
+    # Why the state is not ready beyond its DaemonSets' readiness (GPU nodes it cannot serve), or None.
+    readiness_notes: Callable[[RenderContext], str | None] | None = None
 
     def settings(self, spec: ClusterPolicySpec) -> ComponentSpec | None:
         value = getattr(spec, self.section) if self.section else None

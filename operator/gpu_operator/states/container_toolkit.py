@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..api import ClusterPolicySpec
-from ..nodes import RUNTIME_LABEL, runtime_pools
+from ..nodes import RUNTIME_LABEL, runtime_pools, unknown_runtime
 from .base import OperandState, RenderContext
 
 BASE_NAME = "nvidia-container-toolkit-daemonset"
@@ -170,6 +170,16 @@ class ToolkitState(OperandState):
             pod["imagePullSecrets"] = secrets
 
 
+def _unknown_runtime_note(ctx: RenderContext) -> str | None:
+    """GPU nodes whose container runtime gets no toolkit, named with the runtime they report."""
+    missing = unknown_runtime(list(ctx.nodes))
+    if not missing:
+        return None
+    shown = ", ".join(f"{name} ({rt or 'none'})" for name, rt in list(missing.items())[:5])
+    more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+    return f"no container toolkit for {shown}{more}: container runtime not supported (containerd, cri-o, docker)"
+
+
 STATE = ToolkitState(
     name="state-container-toolkit",
     order=4,
@@ -179,4 +189,5 @@ STATE = ToolkitState(
     deploy_label="container-toolkit",
     extra_vars=_vars,
     depends_on_nodes=True,
+    readiness_notes=_unknown_runtime_note,
 )

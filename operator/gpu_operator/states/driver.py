@@ -15,7 +15,7 @@ from typing import Any
 
 from .. import images
 from ..api import ComponentSpec
-from ..nodes import NodeFacts, Pool, driver_pools, gets_driver
+from ..nodes import NodeFacts, Pool, driver_pools, gets_driver, unpooled
 from .base import OperandState, RenderContext, RenderProblem, extra_field
 
 # Upstream tags RHEL-family driver images by the major OS version only (getOSTag in internal/state/nodepool.go).
@@ -291,6 +291,17 @@ def _finalize(objects: list[dict[str, Any]], ctx: RenderContext) -> None:
             env[:] = [e for e in env if e["name"] != CONFIG_DIGEST_ENV] + [{"name": CONFIG_DIGEST_ENV, "value": digest}]
 
 
+def _unpooled_note(ctx: RenderContext) -> str | None:
+    """GPU nodes that fit no driver pool because NFD did not label their OS (or kernel), named."""
+    precompiled = ctx.spec.driver.use_precompiled
+    missing = unpooled(list(ctx.nodes), precompiled)
+    if not missing:
+        return None
+    labels = "os-release ID/VERSION_ID" + (" and kernel-version.full" if precompiled else "")
+    shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+    return f"no driver for {shown}: NFD labels {labels} missing"
+
+
 STATE = OperandState(
     name="state-driver",
     order=3,
@@ -305,4 +316,5 @@ STATE = OperandState(
     depends_on_nodes=True,
     finalize=_finalize,
     resources_everywhere=True,
+    readiness_notes=_unpooled_note,
 )

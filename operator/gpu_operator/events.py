@@ -1,0 +1,56 @@
+"""Kubernetes Events, posted only when what they say changes, so a steady cluster writes none."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from .kube import ApiError, Kube
+
+log = logging.getLogger("gpu_operator")
+
+EVENT_SOURCE = "gpu-operator"
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class EventRecorder:
+    def __init__(self, kube: Kube):
+        self.kube = kube
+        self._last: dict[tuple[str, str], str] = {}
+
+    def __call__(self, obj: dict[str, Any], etype: str, reason: str, message: str) -> None:
+        """An Event on `obj`, unless the last one recorded for it said the same."""
+        meta = obj["metadata"]
+        ref = (obj["kind"], meta["name"])
+        if self._last.get(ref) == reason + message:
+            return
+        self._last[ref] = reason + message
+        ns = meta.get("namespace") or "default"
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": ns},
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion", "v1"),
+                "kind": obj["kind"],
+                "name": meta["name"],
+                "uid": meta.get("uid"),
+                **({"namespace": meta["namespace"]} if meta.get("namespace") else {}),
+            },
+            "type": etype,
+            "reason": reason,
+            "message": message[:1000],
+            "source": {"component": EVENT_SOURCE},
+            "reportingComponent": EVENT_SOURCE,
+            "firstTimestamp": now(),
+            "lastTimestamp": now(),
+            "count": 1,
+        }
+        try:
+            self.kube.create(body)
+        except ApiError as exc:
+            log.warning("could not record event %s on %s: %s", reason, meta["name"], exc)

@@ -1,0 +1,72 @@
+"""One pass of driver-upgrade orchestration for the reconciler: plan, carry out, report (gauges, events, status)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .. import metrics
+from ..api import ClusterPolicySpec
+from ..kube import Kube
+from ..observe import Snapshot
+from .adapter import Executor, managed_nodes, steady, workload_pods
+from .model import EVENT_REASON, FAILED, FAILURE_REASON_ANNOTATION, IN_PROGRESS_STATES
+from .planner import plan
+
+Recorder = Callable[[dict[str, Any], str, str, str], None]
+GAUGES = (
+    metrics.nodes_upgrades_in_progress,
+    metrics.nodes_upgrades_done,
+    metrics.nodes_upgrades_failed,
+    metrics.nodes_upgrades_available,
+    metrics.nodes_upgrades_pending,
+)
+
+
+@dataclass
+class Orchestrated:
+    status: dict[str, Any] | None  # the ClusterPolicy's status.upgrade (None: nothing orchestrated)
+    busy: bool  # work in progress: recheck soon
+
+
+def orchestrate(kube: Kube, namespace: str, spec: ClusterPolicySpec, snap: Snapshot, events: Recorder) -> Orchestrated:
+    """`snap` carries the nodes as this pass has labelled them."""
+    managed = managed_nodes(spec, snap)
+    policy = spec.driver.upgrade_policy
+    metrics.driver_auto_upgrade_enabled.set(int(policy.auto_upgrade))
+    if not managed:  # nothing to upgrade (driver off, no GPU node): the gauges say so too
+        for gauge in GAUGES:
+            gauge.set(0)
+        return Orchestrated(None, False)
+    result = plan(managed, workload_pods(kube, managed), policy, time.time(), validation_enabled=spec.validator.enabled)
+    # The annotation k8s-driver-manager reads went out with the node's labels (render.node_patches).
+    Executor(kube, namespace, events).run(result)
+    c = result.counters
+    for gauge, value in zip(GAUGES, (c.in_progress, c.done, c.failed, c.available, c.pending), strict=True):
+        gauge.set(value)
+    busy = bool(result.actions) or c.in_progress > 0 or c.pending > 0
+    if not policy.auto_upgrade:
+        return Orchestrated(None, busy)
+    states = {n.name: n.state for n in managed}
+    reasons = dict(result.waiting)
+    for n in managed:  # a failed node says why it failed
+        if n.state == FAILED and n.name not in reasons:
+            reasons[n.name] = "failed: " + n.annotations.get(FAILURE_REASON_ANNOTATION, "see its events")
+    stuck = sorted((n, r) for n, r in reasons.items() if states.get(n) in IN_PROGRESS_STATES)
+    for node, reason in stuck:  # an event on each node that waits mid-upgrade, when its reason changes
+        ref = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}
+        events(ref, "Normal", EVENT_REASON, f"{states[node]}: {steady(reason)}")
+    return Orchestrated(
+        {
+            "total": c.total,
+            "inProgress": c.in_progress,
+            "done": c.done,
+            "failed": c.failed,
+            "pending": c.pending,
+            "available": c.available,
+            "waiting": [{"node": n, "state": states[n], "reason": steady(r)} for n, r in stuck[:50]],
+        },
+        busy,
+    )

@@ -1,19 +1,20 @@
-"""Plain-JSON access to the API server for tests and test infrastructure.
+"""Path-based, plain-JSON access to the API server for tests and test infrastructure.
 
-The kubernetes client (v37) validates request bodies against its pydantic models, which rejects valid
-objects (a Node status without ``nodeInfo.kubeProxyVersion``, for one).  ``Kube`` sends and returns plain
-dicts through the same ApiClient (its host, token and TLS settings), with no model in between.
+The transport is the operator's own client (`gpu_operator.kube.Kube`: plain dicts through the kubernetes
+ApiClient's host, token and TLS settings, no client models in between, errors as `ApiError`, which is also a
+`kubernetes.client.ApiException`, requests counted per verb and resource); this module adds the path-based
+verbs the tests use.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
-from urllib.parse import urlencode
 
 from kubernetes import client, config
+
+from gpu_operator.kube import Kube as Client
 
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_PATCH = "application/strategic-merge-patch+json"
@@ -25,6 +26,7 @@ T = TypeVar("T")
 class Kube:
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
+        self.client = Client(api)
 
     @classmethod
     def from_kubeconfig(cls, path: Any, pool_size: int | None = None) -> Kube:
@@ -37,21 +39,6 @@ class Kube:
     def close(self) -> None:
         self.api.close()
 
-    def _headers(self, content_type: str | None) -> dict[str, str]:
-        headers = {"Accept": "application/json"}
-        if content_type:
-            headers["Content-Type"] = content_type
-        for auth in self.api.configuration.auth_settings().values():
-            if auth.get("in") == "header" and auth.get("value"):
-                headers[str(auth["key"])] = str(auth["value"])
-        return headers
-
-    def _url(self, path: str, query: dict[str, Any] | None) -> str:
-        url = self.api.configuration.host.rstrip("/") + path
-        q = {k: (str(v).lower() if isinstance(v, bool) else v)
-             for k, v in (query or {}).items() if v is not None}
-        return f"{url}?{urlencode(q)}" if q else url
-
     def request(
         self,
         method: str,
@@ -62,17 +49,7 @@ class Kube:
         content_type: str | None = None,
         timeout: float = 30,
     ) -> Any:
-        if body is not None and content_type is None:
-            content_type = "application/json"
-        resp = self.api.rest_client.request(
-            method, self._url(path, query), headers=self._headers(content_type), body=body,
-            _request_timeout=timeout,
-        )
-        data = resp.read()
-        if not 200 <= resp.status <= 299:
-            raise client.ApiException(
-                status=resp.status, reason=resp.reason, body=data.decode(errors="replace"))
-        return json.loads(data) if data else None
+        return self.client.request(method, path, body, query=query, content_type=content_type, timeout=timeout)
 
     # --- verbs ---
     def get(self, path: str, **query: Any) -> Any:
@@ -107,34 +84,8 @@ class Kube:
         self, path: str, resource_version: str, timeout_seconds: int = 30, *,
         handle: list[Any] | None = None, **query: Any,
     ) -> Iterator[dict[str, Any]]:
-        """Watch events ({"type", "object"}) from a collection path until the server ends the watch.
-
-        While the watch is open its urllib3 response is in ``handle`` (if given), so another thread can end a
-        blocked read with ``response.shutdown()``.
-        """
-        q = {"watch": True, "resourceVersion": resource_version, "timeoutSeconds": timeout_seconds,
-             "allowWatchBookmarks": True, **query}
-        resp = self.api.rest_client.pool_manager.request(
-            "GET", self._url(path, q), headers=self._headers(None), preload_content=False,
-            timeout=timeout_seconds + 10,
-        )
-        if handle is not None:
-            handle.append(resp)
-        try:
-            if resp.status != 200:
-                raise client.ApiException(status=resp.status, reason=resp.reason,
-                                          body=resp.read().decode(errors="replace"))
-            buf = b""
-            for chunk in resp.stream(64 * 1024, decode_content=True):
-                buf += chunk
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    if line.strip():
-                        yield json.loads(line)
-        finally:
-            if handle is not None and resp in handle:
-                handle.remove(resp)
-            resp.release_conn()
+        """Watch events ({"type", "object"}) from a collection path (see `gpu_operator.kube.Kube.watch`)."""
+        return self.client.watch(path, resource_version, timeout_seconds, handle=handle, **query)
 
 
 def wait_for(

@@ -10,6 +10,7 @@ import os
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -20,15 +21,21 @@ from .kinds import lookup
 FIELD_MANAGER = "gpu-operator"
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, body: str, what: str):
+class ApiError(client.ApiException):
+    """An API server error: `status`, the server's `message`, and what was asked (also a client ApiException, so
+    code written against the kubernetes client's errors catches it too)."""
+
+    def __init__(self, status: int, body: str, what: str, reason: str = ""):
+        super().__init__(status=status, reason=reason, body=body)
         try:
             message = json.loads(body).get("message", body)
-        except ValueError:
+        except (ValueError, AttributeError):
             message = body
-        super().__init__(f"{what}: {status} {message}")
-        self.status = status
         self.message = message
+        self.what = what
+
+    def __str__(self) -> str:
+        return f"{self.what}: {self.status} {self.message}"
 
 
 def path_for(kind: str, name: str | None = None, namespace: str | None = None, sub: str | None = None) -> str:
@@ -62,8 +69,8 @@ class Kube:
         self._count_lock = threading.Lock()
 
     def writes(self) -> int:
-        """Requests that changed something (every verb but GET) so far."""
-        return sum(n for (verb, _), n in self.requests.items() if verb != "GET")
+        """Requests that changed something (every verb but GET and WATCH) so far."""
+        return sum(n for (verb, _), n in self.requests.items() if verb not in ("GET", "WATCH"))
 
     @classmethod
     def connect(cls, kubeconfig: str | None = None) -> Kube:
@@ -77,24 +84,82 @@ class Kube:
         cfg.connection_pool_maxsize = 16
         return cls(client.ApiClient(cfg))
 
+    def _headers(self, content_type: str | None) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        for auth in self.client.configuration.auth_settings().values():
+            if auth.get("in") == "header" and auth.get("value"):
+                headers[str(auth["key"])] = str(auth["value"])
+        return headers
+
+    def _url(self, path: str, query: dict[str, Any] | None) -> str:
+        q = {k: (str(v).lower() if isinstance(v, bool) else v) for k, v in (query or {}).items() if v is not None}
+        return self.host + path + ("?" + urlencode(q) if q else "")
+
+    def _count(self, method: str, path: str) -> None:
+        with self._count_lock:
+            self.requests[(method, _resource_of(path))] += 1
+
     def request(
         self,
         method: str,
         path: str,
         body: Any = None,
         query: dict[str, Any] | None = None,
-        content_type: str = "application/json",
+        content_type: str | None = None,
+        timeout: float = 30,
     ) -> Any:
-        url = self.host + path + ("?" + urlencode(query) if query else "")
-        with self._count_lock:
-            self.requests[(method, _resource_of(path))] += 1
-        headers = {"Accept": "application/json", "Content-Type": content_type}
-        self.client.update_params_for_auth(headers, [], ["BearerToken"], path, method, body)
-        resp = self.client.call_api(method, url, header_params=headers, body=body, _request_timeout=30)
+        """One request with plain JSON in and out (no client models in between); ApiError on a 4xx/5xx."""
+        if body is not None and content_type is None:
+            content_type = "application/json"
+        if isinstance(body, dict | list) and content_type and content_type.endswith("yaml"):
+            body = json.dumps(body)  # apply-patch bodies go as JSON text (JSON is YAML)
+        self._count(method, path)
+        resp = self.client.rest_client.request(
+            method, self._url(path, query), headers=self._headers(content_type), body=body, _request_timeout=timeout
+        )
         data = resp.read()
-        if resp.status >= 400:
-            raise ApiError(resp.status, data.decode(errors="replace"), f"{method} {path}")
+        if not 200 <= resp.status <= 299:
+            raise ApiError(resp.status, data.decode(errors="replace"), f"{method} {path}", resp.reason or "")
         return json.loads(data) if data else None
+
+    def watch(
+        self,
+        path: str,
+        resource_version: str,
+        timeout_seconds: int = 30,
+        *,
+        handle: list[Any] | None = None,
+        **query: Any,
+    ) -> Iterator[dict[str, Any]]:
+        """Watch events ({"type", "object"}) from a collection path until the server ends the watch.
+
+        While the watch is open its urllib3 response is in `handle` (if given), so another thread can end a
+        blocked read with `response.shutdown()`.
+        """
+        q = {"watch": True, "resourceVersion": resource_version, "timeoutSeconds": timeout_seconds,
+             "allowWatchBookmarks": True, **query}  # fmt: skip
+        self._count("WATCH", path)
+        resp = self.client.rest_client.pool_manager.request(
+            "GET", self._url(path, q), headers=self._headers(None), preload_content=False, timeout=timeout_seconds + 10
+        )
+        if handle is not None:
+            handle.append(resp)
+        try:
+            if resp.status != 200:
+                raise ApiError(resp.status, resp.read().decode(errors="replace"), f"WATCH {path}", resp.reason or "")
+            buf = b""
+            for chunk in resp.stream(64 * 1024, decode_content=True):
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if line.strip():
+                        yield json.loads(line)
+        finally:
+            if handle is not None and resp in handle:
+                handle.remove(resp)
+            resp.release_conn()
 
     # Convenience verbs
 

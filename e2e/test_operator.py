@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from e2e.cluster.localcluster import LocalCluster
+from e2e.cluster.localcluster import LocalCluster, audit_time
 from e2e.cluster.nodes import create_nodes, make_node
 from e2e.kube import Kube as E2EKube
 from e2e.kube import create_namespace, wait_for
@@ -368,7 +368,12 @@ def test_seed_document_gpu_pods_schedule_on_fitting_nodes(admin: Kube, operator:
 
 def test_steady_state_makes_no_writes(admin: Kube, operator: OperatorProcess, cluster: LocalCluster) -> None:
     wait_ready(admin, operator)
-    time.sleep(5)  # let the last status write and watch events settle
+
+    def quiet() -> bool:  # the operator's last write is a few seconds old: its last pass has settled
+        writes = cluster.writes(operator.username)
+        return not writes or time.time() - max(audit_time(e) for e in writes) >= 3
+
+    wait_for(quiet, 60, interval=0.5, message="the operator's writes to settle")
     wait_ready(admin, operator)
     start = time.time()
     time.sleep(60)

@@ -3,6 +3,7 @@ nothing else: it is rendered, watched, listed at start-up for pruning and grante
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import kopf
 import pytest
+import yaml
 
 from gpu_operator import kinds, states
 from gpu_operator.api import parse_spec
@@ -18,7 +20,7 @@ from gpu_operator.kube import path_for
 from gpu_operator.render import plan
 from gpu_operator.runtime import Operator, build_registry
 from gpu_operator.states import RenderContext, all_states
-from support import OWNER, fixed_nodes, load_scenario, scenario_names
+from support import OWNER, REPO, fixed_nodes, load_scenario, scenario_names
 
 STATE_MODULE = '''
 """A throw-away state shipped outside the package, with a kind no other state renders."""
@@ -110,8 +112,16 @@ def test_a_state_from_another_directory_is_rendered_watched_listed_and_granted(t
     assert path_for("PrometheusRule", namespace="gpu-operator") == (
         "/apis/monitoring.coreos.com/v1/namespaces/gpu-operator/prometheusrules"
     )
-    # granted: the rights the chart must hold include it
+    # granted: the rights the chart must hold include it, and the chart's generated rules grant them
     assert operand_rbac()[("monitoring.coreos.com", "prometheusrules")][0] is True
+    spec = importlib.util.spec_from_file_location("gen_manifests", REPO / "hack" / "gen-manifests.py")
+    assert spec is not None and spec.loader is not None
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    rules = yaml.safe_load(gen.operand_rbac())
+    verbs = ["get", "list", "watch", "create", "patch", "update", "delete"]
+    granted = {"apiGroups": ["monitoring.coreos.com"], "resources": ["prometheusrules", "servicemonitors"]}
+    assert {**granted, "verbs": verbs} in rules["namespaced"]
 
 
 def test_rendering_a_kind_the_state_did_not_declare_is_an_error(throwaway: Path) -> None:

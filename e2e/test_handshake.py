@@ -10,10 +10,13 @@ contracts hold, not merely that kwok marked pods ready. The module runs its own 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import yaml
 
 from e2e.cluster.localcluster import LocalCluster, ensure_binaries
 from e2e.cluster.nodes import PROFILES, create_nodes, make_node
@@ -154,3 +157,30 @@ def test_time_slicing_config_comes_up_through_the_handshake(env: Env) -> None:
         assert pod.get("shareProcessNamespace") is True, name
         assert "config-manager" in [c["name"] for c in pod["containers"]], name
         assert "config-manager-init" in [c["name"] for c in pod["initContainers"]], name
+
+
+def test_render_from_cluster_is_what_the_operator_would_do(env: Env, tmp_path: Any) -> None:
+    """A dry-run pass over the cluster's snapshot: nothing at steady state, the new objects for a changed policy."""
+    wait_ready(env)
+
+    def render(*extra: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "gpu_operator.cli", "render", "--from-cluster",
+               "--kubeconfig", str(env.cluster.kubeconfig), *extra]  # fmt: skip
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+    steady = render()
+    assert steady.returncode == 0, steady.stderr
+    assert steady.stdout == "" and "no changes" in steady.stderr
+
+    live = env.admin.get("ClusterPolicy", "cluster-policy") or {}
+    changed = {"apiVersion": live["apiVersion"], "kind": "ClusterPolicy", "metadata": {"name": "cluster-policy"},
+               "spec": {**live["spec"], "dcgm": {"enabled": True}}}  # fmt: skip
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump(changed))
+    preview = render("--policy", str(policy))
+    assert preview.returncode == 0, preview.stderr
+    headers = [line for line in preview.stdout.splitlines() if line.startswith("# ")]
+    assert f"# PATCH /apis/apps/v1/namespaces/{NAMESPACE}/daemonsets/nvidia-dcgm" in headers, headers
+    assert f"# PATCH /api/v1/namespaces/{NAMESPACE}/services/nvidia-dcgm" in headers, headers
+    # Only a preview: the cluster did not change.
+    assert env.admin.get("DaemonSet", "nvidia-dcgm", NAMESPACE) is None

@@ -17,7 +17,7 @@ from gpu_operator import kinds, states
 from gpu_operator.api import parse_spec
 from gpu_operator.kinds import Kind, operand_kinds, operand_rbac, registry
 from gpu_operator.kube import path_for
-from gpu_operator.render import plan
+from gpu_operator.render import node_patches, plan
 from gpu_operator.runtime import Operator, build_registry
 from gpu_operator.states import RenderContext, all_states
 from support import OWNER, REPO, fixed_nodes, load_scenario, scenario_names
@@ -35,6 +35,7 @@ RULE = Kind("PrometheusRule", "monitoring.coreos.com/v1", "prometheusrules", Tru
 STATE = OperandState(
     name="state-throwaway",
     order=99,
+    deploy_label="throwaway",
     kinds=(SERVICE_ACCOUNT, RULE),
     template_root=Path(__file__).parent / "templates",
 )
@@ -112,6 +113,11 @@ def test_a_state_from_another_directory_is_rendered_watched_listed_and_granted(t
     assert path_for("PrometheusRule", namespace="gpu-operator") == (
         "/apis/monitoring.coreos.com/v1/namespaces/gpu-operator/prometheusrules"
     )
+    # its deploy label goes on GPU nodes (and only on them)
+    patches = node_patches(list(fixed_nodes()), parse_spec(load_scenario("default").spec))
+    assert patches["gpu-h100-a"]["labels"]["nvidia.com/gpu.deploy.throwaway"] == "true"
+    assert "cpu-a" not in patches
+
     # granted: the rights the chart must hold include it, and the chart's generated rules grant them
     assert operand_rbac()[("monitoring.coreos.com", "prometheusrules")][0] is True
     spec = importlib.util.spec_from_file_location("gen_manifests", REPO / "hack" / "gen-manifests.py")

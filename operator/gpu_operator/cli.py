@@ -50,6 +50,11 @@ def _policy_from_file(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    if args.from_cluster:
+        return _render_from_cluster(args)
+    if not args.policy:
+        print("error: --policy is required (or --from-cluster)", file=sys.stderr)
+        return 2
     from .nodes import NodeFacts
     from .render import config_map_keys, node_patches, plan, relabelled
     from .states import RenderContext
@@ -114,6 +119,46 @@ def _optional_kinds() -> str:
     from .kinds import operand_kinds
 
     return ", ".join(f"{k.kind} ({k.group})" for k in operand_kinds() if k.optional)
+
+
+def _render_from_cluster(args: argparse.Namespace) -> int:
+    """What the operator would write now, from one dry-run reconcile pass over the cluster's snapshot."""
+    from .kube import ApiError, DryRunKube, Kube
+    from .observe import observe
+    from .reconciler import Reconciler
+    from .status import active_policy
+
+    try:
+        kube = Kube.connect(args.kubeconfig)
+        snap = observe(kube, args.namespace)
+        if args.policy:  # this policy instead of the active one's spec (or as the only one)
+            meta, raw_spec = _policy_from_file(args.policy)
+            parse_spec(raw_spec)
+            name = active_policy(list(snap.policies.values())) or meta.get("name", "cluster-policy")
+            current = snap.policies.get(name) or {
+                "apiVersion": "nvidia.com/v1",
+                "kind": "ClusterPolicy",
+                "metadata": {"name": name, "uid": "00000000-0000-0000-0000-000000000000", "generation": 1},
+            }
+            snap.policies[name] = {**current, "spec": raw_spec}
+        if args.api_group:
+            snap.api_groups = snap.api_groups | frozenset(args.api_group)
+        dry = DryRunKube(kube.client)
+        Reconciler(dry, args.namespace).reconcile(snap)
+    except PolicyError as exc:
+        for line in exc.problems:
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+    except (ApiError, OSError, ValueError, yaml.YAMLError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not dry.recorded:
+        print("# no changes: the operator would write nothing", file=sys.stderr)
+        return 0
+    docs = [f"# {verb} {path}\n" + yaml.safe_dump(body, sort_keys=True) for verb, path, body in dry.recorded]
+    sys.stdout.write("---\n".join(docs))
+    print(f"# {len(dry.recorded)} writes the operator would make now", file=sys.stderr)
+    return 0
 
 
 def cmd_crds(args: argparse.Namespace) -> int:
@@ -211,11 +256,19 @@ def build_parser() -> argparse.ArgumentParser:
         "render",
         help="print every object the operator would create for a policy and nodes",
         description="Print, as multi-document YAML in a stable order, every object the operator would create "
-        "for a ClusterPolicy and a set of nodes, plus the label patch for each node. Exits 2 on an invalid "
+        "for a ClusterPolicy and a set of nodes, plus the label patch for each node. With --from-cluster, read "
+        "the cluster instead and print only the writes the operator would make now. Exits 2 on an invalid "
         "policy, with one line per problem. Fields that are set but not acted on are named on stderr, one "
         "warning line each.",
     )
-    p.add_argument("--policy", required=True, help="ClusterPolicy YAML file ('-' for stdin)")
+    p.add_argument("--policy", help="ClusterPolicy YAML file ('-' for stdin)")
+    p.add_argument(
+        "--from-cluster",
+        action="store_true",
+        help="read the nodes, objects and active ClusterPolicy from the cluster (--policy replaces its spec) and "
+        "print the writes the operator would make now (a dry-run pass; nothing is written)",
+    )
+    p.add_argument("--kubeconfig", help="kubeconfig file, with --from-cluster")
     p.add_argument(
         "--nodes", help="Node objects (and the ConfigMaps the policy references): multi-document YAML or a List"
     )

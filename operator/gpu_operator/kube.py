@@ -253,3 +253,30 @@ class Kube:
     def api_groups(self) -> frozenset[str]:
         groups = self.request("GET", "/apis").get("groups") or []
         return frozenset(g["name"] for g in groups)
+
+
+class DryRunKube(Kube):
+    """Reads go to the API server; writes are recorded, not sent: what the operator would do now.
+
+    A recorded write answers as the server would in the simplest case (an apply or create returns its body),
+    so one reconcile pass runs to its end."""
+
+    def __init__(self, api_client: client.ApiClient):
+        super().__init__(api_client)
+        self.recorded: list[tuple[str, str, Any]] = []  # (verb, path, body)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: dict[str, Any] | None = None,
+        content_type: str | None = None,
+        timeout: float = 30,
+    ) -> Any:
+        if method == "GET":
+            return super().request(method, path, body, query, content_type, timeout)
+        self._count(method, path)
+        parsed = json.loads(body) if isinstance(body, str) else body
+        self.recorded.append((method, path, parsed))
+        return parsed if method in ("POST", "PUT") or (content_type or "").startswith("application/apply") else {}

@@ -146,9 +146,19 @@ def sandbox_mode(spec: ClusterPolicySpec) -> str:
     return "kata" if mode == "kata" else "kubevirt"
 
 
+def state_operands() -> tuple[str, ...]:
+    """Deploy labels of operand states beyond upstream's table (a state added here deploys on container nodes)."""
+    from .states import all_states  # the states import this module
+
+    known = {*ALL_OPERANDS, *DRA_OPERANDS}
+    return tuple(dict.fromkeys(s.deploy_label for s in all_states() if s.deploy_label and s.deploy_label not in known))
+
+
 def workload_operands(workload: str, mode: str) -> tuple[str, ...]:
     """The operands whose deploy labels a node of this workload config gets (mig-manager aside)."""
     ops = WORKLOAD_OPERANDS[workload]
+    if workload == "container":
+        return ops + state_operands()
     if workload == "vm-passthrough" and mode == "kata":
         return tuple(KATA_DEVICE_PLUGIN if op == "sandbox-device-plugin" else op for op in ops)
     return ops
@@ -180,7 +190,7 @@ def desired_labels(node: NodeFacts, spec: ClusterPolicySpec) -> dict[str, str | 
     if not node.has_gpu:
         if present == "true":
             want[GPU_PRESENT] = "false"
-        for op in (*ALL_OPERANDS, *DRA_OPERANDS):
+        for op in (*ALL_OPERANDS, *DRA_OPERANDS, *state_operands()):
             if written_by_us(labels.get(deploy_label(op))):
                 want[deploy_label(op)] = None
         _runtime_label(node, None, want)
@@ -192,14 +202,14 @@ def desired_labels(node: NodeFacts, spec: ClusterPolicySpec) -> dict[str, str | 
     capable = mig_capable(labels)
     # dra-driver stays on a GPU node: upstream removes it only once no pod holds a gpu.nvidia.com claim there.
     if labels.get(DEPLOY_OPERANDS) == "false":
-        for op in (*ALL_OPERANDS, *DRA_OPERANDS):
+        for op in (*ALL_OPERANDS, *DRA_OPERANDS, *state_operands()):
             if op != "dra-driver" and deploy_label(op) in labels:
                 want[deploy_label(op)] = None
         _runtime_label(node, None, want)
     else:
         workload = workload_of(node, spec)
         wanted = workload_operands(workload, sandbox_mode(spec))
-        for op in (*ALL_OPERANDS, *DRA_OPERANDS):
+        for op in (*ALL_OPERANDS, *DRA_OPERANDS, *state_operands()):
             key = deploy_label(op)
             if op in wanted:
                 if not labels.get(key):

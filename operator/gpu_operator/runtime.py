@@ -42,6 +42,7 @@ class Operator:
         self.revisions: dict[str, dict[str, Any]] = {}
         self.api_groups: frozenset[str] = frozenset()
         self.discovery_stale = False
+        self._gone: set[tuple[str, Any]] | None = None  # deletions seen during the initial listing
         self.config_maps: dict[str, tuple[str, ...]] = {}  # every ConfigMap in our namespace: name -> keys
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
@@ -51,6 +52,7 @@ class Operator:
     def on_node(self, event_type: str | None, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
         if event_type == "DELETED":
+            self._forget("node", name)
             if self.nodes.pop(name, None) is not None:
                 self.wake.set()
             return
@@ -62,6 +64,7 @@ class Operator:
     def on_policy(self, event_type: str | None, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
         if event_type == "DELETED":
+            self._forget("policy", name)
             self.policies.pop(name, None)
         elif newer(self.policies.get(name), body):
             self.policies[name] = dict(body)
@@ -70,6 +73,7 @@ class Operator:
     def on_owned(self, event_type: str | None, body: dict[str, Any]) -> None:
         key = key_of(body)
         if event_type == "DELETED":
+            self._forget("owned", key)
             self.owned.pop(key, None)
         elif newer(self.owned.get(key), body):
             self.owned[key] = dict(body)
@@ -85,6 +89,7 @@ class Operator:
     def on_pod(self, event_type: str | None, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
         if event_type == "DELETED":
+            self._forget("pod", name)
             self.pods.pop(name, None)
         else:
             self.pods[name] = pod_projection(body)
@@ -96,6 +101,7 @@ class Operator:
         if self.config_maps.get(name) == keys:
             return
         if keys is None:
+            self._forget("configmap", name)
             self.config_maps.pop(name, None)
         else:
             self.config_maps[name] = keys
@@ -104,6 +110,7 @@ class Operator:
     def on_revision(self, event_type: str | None, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
         if event_type == "DELETED":
+            self._forget("revision", name)
             self.revisions.pop(name, None)
         else:
             self.revisions[name] = revision_projection(body)
@@ -111,12 +118,31 @@ class Operator:
 
     # The loop
 
-    def _initial_sync(self) -> None:
-        """List everything once before the first pass, so no decision is made on a half-filled cache."""
-        snap = observe(self.kube, self.namespace)
+    def _forget(self, kind: str, key: Any) -> None:
+        """A deletion seen while the initial listing runs: the listing must not bring the object back."""
+        if self._gone is not None:
+            self._gone.add((kind, key))
+
+    def _merge(self, snap: Snapshot) -> None:
+        """Fill the caches from the initial listing, on the event loop: what a watch event delivered while the
+        listing ran is newer and stays (replacing the caches outright once lost a ClusterPolicy created then)."""
+        gone = self._gone or set()
         self.api_groups = snap.api_groups
-        self.nodes, self.policies, self.owned = snap.nodes, snap.policies, snap.owned
-        self.pods, self.revisions, self.config_maps = snap.pods, snap.revisions, snap.config_maps
+
+        def fill(kind: str, cache: dict[Any, Any], listed: dict[Any, Any], by_version: bool = False) -> None:
+            for key, value in listed.items():
+                if (kind, key) in gone:
+                    continue
+                if key not in cache or (by_version and newer(cache[key], value)):
+                    cache[key] = value
+
+        fill("node", self.nodes, snap.nodes)
+        fill("policy", self.policies, snap.policies, by_version=True)
+        fill("owned", self.owned, snap.owned, by_version=True)
+        fill("pod", self.pods, snap.pods)
+        fill("revision", self.revisions, snap.revisions)
+        fill("configmap", self.config_maps, snap.config_maps)
+        self._gone = None
 
     def refresh_discovery(self) -> None:
         """Re-read the served API groups; list the owned objects of optional kinds that just appeared."""
@@ -146,7 +172,8 @@ class Operator:
     async def loop(self) -> None:
         while True:
             try:
-                await asyncio.to_thread(self._initial_sync)
+                self._gone = set()
+                self._merge(await asyncio.to_thread(observe, self.kube, self.namespace))
                 break
             except Exception as exc:  # noqa: BLE001 - keep retrying until the API answers
                 log.warning("initial sync failed, retrying in 5s: %s", exc)

@@ -183,7 +183,8 @@ class Operator:
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout=delay)
             except TimeoutError:
-                pass
+                if delay >= RESYNC_S:  # a quiet resync also re-reads discovery, in case a CRD event was missed
+                    self.discovery_stale = True
             await asyncio.sleep(DEBOUNCE_S)
             self.wake.clear()
             if self.discovery_stale:

@@ -665,3 +665,29 @@ def test_device_plugin_settings_stay_off_the_mps_daemon() -> None:
     ds = daemonset(render_all(parse_spec(raw)), "nvidia-device-plugin-mps-control-daemon")
     mps = container(ds, "mps-control-daemon-ctr")
     assert "PLUGIN_ONLY" not in {e["name"] for e in mps["env"]} and mps.get("args") != ["--plugin"]
+
+
+def test_render_key_changes_exactly_when_the_inputs_do() -> None:
+    """The reconciler re-renders only on a new key, so every input of rendering must be in it."""
+    from dataclasses import replace
+
+    from gpu_operator.render import render_key
+    from gpu_operator.states import RenderContext
+
+    spec = parse_spec(default_raw())
+    nodes = tuple(fixed_nodes())
+    ctx = RenderContext(spec=spec, namespace=NAMESPACE, nodes=nodes, owner=OWNER)
+    same = RenderContext(spec=parse_spec(default_raw()), namespace=NAMESPACE, nodes=tuple(reversed(nodes)), owner=OWNER)
+    assert render_key(ctx) == render_key(same)
+    relabelled_node = replace(nodes[0], labels={**nodes[0].labels, "nvidia.com/gpu.deploy.driver": "false"})
+    variants = [
+        replace(ctx, spec=parse_spec({**default_raw(), "dcgm": {"enabled": True}})),
+        replace(ctx, namespace="other"),
+        replace(ctx, nodes=(relabelled_node, *nodes[1:])),
+        replace(ctx, nodes=nodes[1:]),
+        replace(ctx, api_groups=frozenset({MONITORING})),
+        replace(ctx, config_maps={"repo-config": ("a.repo",)}),
+        replace(ctx, owner={**OWNER, "uid": "another"}),
+    ]
+    keys = {render_key(v) for v in variants}
+    assert render_key(ctx) not in keys and len(keys) == len(variants)

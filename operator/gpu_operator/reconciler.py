@@ -21,7 +21,7 @@ from .kube import ApiError, Kube
 from .lifecycle import CLEANUP_FINALIZER, Lifecycle
 from .observe import Key, Snapshot, key_of
 from .readiness import daemonset_ready
-from .render import node_patches, plan, relabelled
+from .render import StatePlan, node_patches, plan, relabelled, render_key
 from .states import RenderContext, all_states
 from .states.base import STATE_LABEL, owning_state
 from .status import StateResult, active_policy, ignored_status, policy_status
@@ -50,6 +50,14 @@ class Reconciler:
         self.applier = Applier(kube)
         self.lifecycle = Lifecycle(kube, namespace, self.applier)
         self.status = StatusWriter(kube, self.events)
+        self._plan: tuple[str, list[StatePlan]] | None = None  # the last plan and its render key
+
+    def _render(self, ctx: RenderContext) -> list[StatePlan]:
+        """The plan for ctx, rendered again only when something it depends on changed."""
+        key = render_key(ctx)
+        if self._plan is None or self._plan[0] != key:
+            self._plan = (key, plan(ctx))
+        return self._plan[1]
 
     def reconcile(self, snap: Snapshot) -> Outcome:
         writes_before = self.kube.writes()
@@ -142,7 +150,7 @@ class Reconciler:
         desired: set[Key] = set()
         live = dict(snap.owned)
         states = frozenset(s.name for s in all_states())
-        for state_plan in plan(ctx):
+        for state_plan in self._render(ctx):
             state = state_plan.state
             if state_plan.problem:  # nothing rendered: keep what the state has, say why
                 desired |= {k for k, o in live.items() if owning_state(labels_of(o), states) == state.name}

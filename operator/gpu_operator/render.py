@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -55,6 +57,20 @@ def relabelled(nodes: list[NodeFacts], patches: dict[str, NodePatch]) -> list[No
             )
         out.append(n)
     return out
+
+
+def render_key(ctx: RenderContext) -> str:
+    """A digest of everything rendering depends on: equal keys, equal plans (rendering is deterministic)."""
+    nodes = [
+        [n.name, n.labels, n.annotations, n.unschedulable, n.ready, n.runtime, n.has_nfd]
+        for n in sorted(ctx.nodes, key=lambda n: n.name)
+    ]
+    blob = json.dumps(
+        [ctx.spec.model_dump(mode="json"), ctx.namespace, nodes, ctx.owner, sorted(ctx.api_groups), ctx.config_maps],
+        sort_keys=True,
+        default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def plan(ctx: RenderContext) -> list[StatePlan]:

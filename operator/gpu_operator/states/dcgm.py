@@ -8,11 +8,11 @@ deprecated dcgm.hostPort is not used upstream either).
 
 from typing import Any
 
-from .base import OperandState, RenderContext
+from .base import OperandState, RenderContext, extra_field
 
 
 def _vars(ctx: RenderContext) -> dict[str, Any]:
-    return {"host_network": ctx.spec.dcgm.host_network}
+    return {"host_network": bool(extra_field(ctx.spec.dcgm, "host_network", "hostNetwork", False))}
 
 
 STATE = OperandState(

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
-from pydantic.alias_generators import to_snake
 
 from . import images
 from .api import ClusterPolicySpec, ComponentSpec, EnvVar
@@ -33,23 +32,6 @@ def field_ref(name: str, path: str) -> Env:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
-def upstream_field(section: BaseModel, wire_name: str, default: Any = None) -> Any:
-    """A field by upstream's name: the model's attribute once api.py models it, else the value the spec carried.
-
-    Sections keep unknown fields (api.Section), so an upstream field takes effect before it is modelled.
-    """
-    attr = to_snake(wire_name)
-    if attr in type(section).model_fields:
-        value = getattr(section, attr)
-        return default if value is None else value
-    return (section.model_extra or {}).get(wire_name, default)
-
-
-def flag(section: BaseModel, wire_name: str) -> bool:
-    """An upstream *bool field (nil = false)."""
-    return upstream_field(section, wire_name) is True
-
-
 def resources_of(section: ComponentSpec | None) -> dict[str, Any] | None:
     if section is None or section.resources is None:
         return None
@@ -59,20 +41,20 @@ def resources_of(section: ComponentSpec | None) -> dict[str, Any] | None:
 def runtime_class_name(spec: ClusterPolicySpec, runtimes: set[str]) -> str | None:
     """`operator.runtimeClass` for the pods that need the NVIDIA runtime, or None (no runtimeClassName).
 
-    Upstream (setRuntimeClassName) leaves it out with the NRI plugin, and on cri-o without CDI, where the
-    toolkit installs an OCI hook instead of a runtime handler. Runtimes are per node here: one cri-o GPU node
-    without CDI leaves it out everywhere (on containerd without CDI `nvidia` is the default runtime anyway).
+    Upstream (setRuntimeClassName) leaves it out with the NRI plugin, and on cri-o without CDI. Runtimes are
+    per node here: with CDI off, one cri-o GPU node leaves it out for every pod (without CDI the toolkit makes
+    `nvidia` the default runtime, so the pods need no class on either runtime).
     """
-    if flag(spec.cdi, "nriPluginEnabled"):
+    if spec.cdi.nri_plugin_enabled:
         return None
     if not spec.cdi.enabled and CRIO in runtimes:
         return None
-    return spec.operator.runtime_class
+    return spec.operator.runtime_class or "nvidia"
 
 
 def nri_annotations(spec: ClusterPolicySpec, container: str) -> dict[str, str]:
     """With the CDI NRI plugin, the main container gets every GPU through an annotation instead."""
-    if not (spec.cdi.enabled and flag(spec.cdi, "nriPluginEnabled")):
+    if not (spec.cdi.enabled and spec.cdi.nri_plugin_enabled):
         return {}
     return {f"{NRI_ANNOTATION_DOMAIN}/container.{container}": NRI_MANAGEMENT_DEVICE}
 
@@ -100,7 +82,7 @@ def host_root_env(spec: ClusterPolicySpec) -> list[Env]:
 
 def host_network(section: BaseModel) -> bool:
     """applyHostNetworkConfig: <section>.hostNetwork (with dnsPolicy ClusterFirstWithHostNet)."""
-    return flag(section, "hostNetwork")
+    return bool(getattr(section, "host_network", False))
 
 
 @dataclass(frozen=True)

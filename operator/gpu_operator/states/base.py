@@ -14,7 +14,7 @@ from typing import Any
 import jinja2
 import yaml
 
-from .. import images
+from .. import contracts, images
 from ..api import ClusterPolicySpec, ComponentSpec
 from ..kinds import DEFAULT_OPERAND_KINDS, Kind, served
 from ..nodes import NodeFacts
@@ -58,24 +58,9 @@ def owning_state(labels: Mapping[str, str] | None, states: frozenset[str]) -> st
     return legacy if legacy in states else None
 
 
-def extra_field(section: Any, attr: str, wire: str, default: Any = None) -> Any:
-    """A section field by attribute, or by its wire name where the model keeps it as an unmodelled extra."""
-    if attr in type(section).model_fields:
-        return getattr(section, attr)
-    return (section.model_extra or {}).get(wire, default)
-
-
 def nvidia_runtime_class(ctx: RenderContext) -> str | None:
-    """The runtimeClassName of pods that need the NVIDIA runtime, as upstream's setRuntimeClassName decides:
-    none with CDI off on cri-o (the toolkit installs an OCI hook there, no runtime handler) or with CDI's NRI
-    plugin. Runtimes are per node here: cri-o means every GPU node runs cri-o."""
-    cdi = ctx.spec.cdi
-    if extra_field(cdi, "nri_plugin_enabled", "nriPluginEnabled", False):
-        return None
-    runtimes = {n.runtime for n in ctx.nodes if n.has_gpu}
-    if not cdi.enabled and runtimes == {"cri-o"}:
-        return None
-    return ctx.spec.operator.runtime_class or "nvidia"
+    """The runtimeClassName of pods that need the NVIDIA runtime (contracts.runtime_class_name)."""
+    return contracts.runtime_class_name(ctx.spec, contracts.gpu_runtimes(ctx.nodes))
 
 
 Vars = Callable[[RenderContext], dict[str, Any]]
@@ -124,7 +109,6 @@ class OperandState:
             "state": self.name,
             "settings": settings,
             "deploy_label": f"nvidia.com/gpu.deploy.{self.deploy_label}" if self.deploy_label else None,
-            "api_groups": ctx.api_groups,
             "validator_image": images.resolve(ctx.spec.validator, "validator"),
             "runtime_class": nvidia_runtime_class(ctx),
         }

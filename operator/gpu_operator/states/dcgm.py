@@ -8,11 +8,11 @@ deprecated dcgm.hostPort is not used upstream either).
 
 from typing import Any
 
-from .base import OperandState, RenderContext, extra_field
+from .base import OperandState, RenderContext
 
 
 def _vars(ctx: RenderContext) -> dict[str, Any]:
-    return {"host_network": bool(extra_field(ctx.spec.dcgm, "host_network", "hostNetwork", False))}
+    return {"host_network": ctx.spec.dcgm.host_network}
 
 
 STATE = OperandState(

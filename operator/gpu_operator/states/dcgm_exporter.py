@@ -34,12 +34,10 @@ def remote_hostengine(spec: ClusterPolicySpec) -> str | None:
 
 def job_mapping_dir(spec: ClusterPolicySpec) -> str | None:
     """dcgmExporter.hpcJobMapping: the host directory HPC schedulers write job files to, when enabled."""
-    mapping = c.upstream_field(spec.dcgm_exporter, "hpcJobMapping") or {}
-    if hasattr(mapping, "model_dump"):  # once api.py models the section
-        mapping = mapping.model_dump(by_alias=True)
-    if not isinstance(mapping, dict) or mapping.get("enabled") is not True:
+    mapping = spec.dcgm_exporter.hpc_job_mapping
+    if not mapping.enabled:
         return None
-    return str(mapping.get("directory") or DEFAULT_JOB_MAPPING_DIR)
+    return mapping.directory or DEFAULT_JOB_MAPPING_DIR
 
 
 def exporter_env(spec: ClusterPolicySpec) -> list[c.Env]:
@@ -51,11 +49,11 @@ def exporter_env(spec: ClusterPolicySpec) -> list[c.Env]:
     mapping = job_mapping_dir(spec)
     if mapping:
         out.append(c.env("DCGM_HPC_JOB_MAPPING_DIR", mapping))
-    if c.flag(exporter, "enablePodLabels"):
+    if exporter.enable_pod_labels:
         out.append(c.env(POD_LABELS, "true"))
-    if c.flag(exporter, "enablePodUID"):
+    if exporter.enable_pod_uid:
         out.append(c.env(POD_UID, "true"))
-    allow = c.upstream_field(exporter, "podLabelAllowlistRegex") or []
+    allow = exporter.pod_label_allowlist_regex
     if allow:
         out.append(c.env(LABEL_ALLOWLIST, ",".join(str(r) for r in allow)))
     return out
@@ -64,7 +62,7 @@ def exporter_env(spec: ClusterPolicySpec) -> list[c.Env]:
 def needs_api_token(spec: ClusterPolicySpec) -> bool:
     """The exporter reads the API (pod metadata, or a metrics ConfigMap named in env): mount the SA token."""
     exporter = spec.dcgm_exporter
-    if c.flag(exporter, "enablePodLabels") or c.flag(exporter, "enablePodUID"):
+    if exporter.enable_pod_labels or exporter.enable_pod_uid:
         return True
     for e in exporter.env:
         if e.name in (POD_LABELS, POD_UID) and e.value.lower() == "true":
@@ -77,20 +75,20 @@ def needs_api_token(spec: ClusterPolicySpec) -> bool:
 def variables(ctx: RenderContext) -> dict[str, Any]:
     spec = ctx.spec
     exporter = spec.dcgm_exporter
-    kubelet_root = c.upstream_field(spec.host_paths, "kubeletRootDir") or "/var/lib/kubelet"
-    annotations = {**(c.upstream_field(exporter, "annotations") or {}), **c.nri_annotations(spec, CONTAINER)}
+    kubelet_root = spec.host_paths.kubelet_root_dir or "/var/lib/kubelet"
+    annotations = {**exporter.annotations, **c.nri_annotations(spec, CONTAINER)}
     return {
         **c.pod_vars(spec, ctx.nodes, exporter, CONTAINER),
         "pod_annotations": annotations,
         "exporter_env": exporter_env(spec),
         "automount_token": needs_api_token(spec),
-        "host_pid": c.flag(exporter, "hostPID"),
+        "host_pid": exporter.host_pid,
         "job_mapping_dir": job_mapping_dir(spec),
         "pod_resources_dir": kubelet_root.rstrip("/") + "/pod-resources",
         "metrics_file": METRICS_FILE,
         "metrics_path": METRICS_PATH,
         "port": PORT,
-        "scrape_timeout": c.upstream_field(exporter.service_monitor, "scrapeTimeout"),
+        "scrape_timeout": exporter.service_monitor.scrape_timeout,
         "monitor_labels": {"app": CONTAINER, **exporter.service_monitor.additional_labels},
     }
 

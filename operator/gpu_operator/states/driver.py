@@ -16,7 +16,7 @@ from typing import Any
 from .. import images
 from ..api import ComponentSpec
 from ..nodes import NodeFacts, Pool, driver_pools, gets_driver, unpooled
-from .base import OperandState, RenderContext, RenderProblem, extra_field
+from .base import OperandState, RenderContext, RenderProblem
 
 # Upstream tags RHEL-family driver images by the major OS version only (getOSTag in internal/state/nodepool.go).
 MAJOR_VERSION_TAG_OS = frozenset({"ol", "rocky", "rhel"})
@@ -157,7 +157,7 @@ def _pool(ctx: RenderContext, pool: Pool) -> dict[str, Any]:
         add_volume(files["volume"])
 
     licensing = driver.licensing_config
-    secret = extra_field(licensing, "secret_name", "secretName", "")
+    secret = licensing.secret_name
     if secret or licensing.config_map_name:
         items = [{"key": GRIDD_CONF, "path": GRIDD_CONF}]
         driver_mounts.append(
@@ -220,8 +220,8 @@ def _vars(ctx: RenderContext) -> dict[str, Any]:
         "gds_pull_policy": _pull_policy(spec.gds),
         "gdrcopy_pull_policy": _pull_policy(spec.gdrcopy),
         "extra_pull_secrets": list(dict.fromkeys(extra_secrets)),
-        "secret_env_name": extra_field(driver, "secret_env", "secretEnv", ""),
-        "host_network": bool(extra_field(driver, "host_network", "hostNetwork", False)),
+        "secret_env_name": driver.secret_env,
+        "host_network": driver.host_network,
         "sidecar_probe": _probe(None, initial_delay=10, period=10, timeout=10, failures=120),
         "peermem_liveness": _probe(None, initial_delay=30, period=30, timeout=10, failures=1),
         "probes": {

@@ -7,12 +7,12 @@ image with COMPONENT=metrics on port 8000, run as root, a Service and (where the
 from typing import Any
 
 from ..kinds import DEFAULT_OPERAND_KINDS, SERVICE_MONITOR
-from .base import OperandState, RenderContext, extra_field
+from .base import OperandState, RenderContext
 
 
 def _vars(ctx: RenderContext) -> dict[str, Any]:
     section = ctx.spec.node_status_exporter
-    return {"host_network": bool(extra_field(section, "host_network", "hostNetwork", False))}
+    return {"host_network": section.host_network}
 
 
 STATE = OperandState(

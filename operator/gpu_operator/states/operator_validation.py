@@ -11,7 +11,7 @@ from typing import Any
 
 from .. import images
 from ..api import EnvVar
-from .base import OperandState, RenderContext, extra_field, nvidia_runtime_class
+from .base import OperandState, RenderContext, nvidia_runtime_class
 
 DEFAULT_DRIVER_INSTALL_DIR = "/run/nvidia/driver"
 _NODE_NAME = {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
@@ -89,7 +89,7 @@ def _vars(ctx: RenderContext) -> dict[str, Any]:
     }
     return {
         "check_env": {name: with_env(env, getattr(v, name).env) for name, env in checks.items()},
-        "host_network": bool(extra_field(v, "host_network", "hostNetwork", False)),
+        "host_network": v.host_network,
     }
 
 

@@ -5,11 +5,11 @@ As upstream (assets/pre-requisites, RuntimeClasses() in v26.7): `operator.runtim
 """
 
 from ..kinds import RUNTIME_CLASS
-from .base import OperandState, extra_field
+from .base import OperandState
 
 STATE = OperandState(
     name="pre-requisites",
     order=1,
     kinds=(RUNTIME_CLASS,),
-    enabled_when=lambda spec: not extra_field(spec.cdi, "nri_plugin_enabled", "nriPluginEnabled", False),
+    enabled_when=lambda spec: not spec.cdi.nri_plugin_enabled,
 )

@@ -117,7 +117,6 @@ class Executor:
         self.kube = kube
         self.namespace = namespace
         self.event = event
-        self.writes = 0
 
     def run(self, plan: Plan) -> None:
         failed: set[str] = set()
@@ -129,7 +128,6 @@ class Executor:
                 return True
             try:
                 self.kube.merge_patch("Node", node, patch)
-                self.writes += 1
                 return True
             except ApiError as exc:
                 log.warning("upgrade: patching node %s failed: %s", node, exc)
@@ -160,7 +158,6 @@ class Executor:
                         self.kube.delete("Pod", name, ns)
                     else:
                         self.kube.evict(name, ns)
-                    self.writes += 1
                 except ApiError as exc:
                     if exc.status == 429:  # a PodDisruptionBudget blocks it now; the planner sees it stay
                         log.info("upgrade: eviction of %s/%s blocked: %s", ns, name, exc.message)
@@ -169,7 +166,6 @@ class Executor:
                         raise
         elif isinstance(action, DeleteDriverPod):
             self.kube.delete("Pod", action.pod_name, self.namespace)
-            self.writes += 1
         elif isinstance(action, Event):
             node_ref = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": action.node, "uid": None}}
             self.event(node_ref, action.type, action.reason, action.message)

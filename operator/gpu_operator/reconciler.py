@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import coverage, metrics
+from . import coverage, metrics, mig, mig_pass
 from .api import PolicyError, parse_spec
 from .apply import Applier, labels_of
 from .events import EventRecorder, now
@@ -135,6 +135,7 @@ class Reconciler:
         patches = node_patches(nodes, spec)
         self.applier.patch_nodes(patches)
         nodes = relabelled(nodes, patches)
+        migs, nodes = mig_pass.run(self.kube, self.namespace, spec, snap, nodes, self.events)
 
         owner = {"apiVersion": policy["apiVersion"], "kind": policy["kind"], "name": meta["name"], "uid": meta["uid"]}
         ctx = RenderContext(
@@ -178,7 +179,7 @@ class Reconciler:
         upgrade = orchestrate(
             self.kube, self.namespace, spec, replace(snap, nodes={n.name: n for n in nodes}), self.events
         )
-        out.busy = upgrade.busy
+        out.busy = upgrade.busy or bool(migs.waiting)
         status = policy_status(
             generation=generation,
             namespace=self.namespace,
@@ -192,6 +193,9 @@ class Reconciler:
             extra={"upgrade": upgrade.status} if upgrade.status else None,
             unsupported=coverage.report(spec),
         )
+        mig_condition = mig.condition(migs, generation, (policy.get("status") or {}).get("conditions") or [], now())
+        if mig_condition:
+            status["conditions"].append(mig_condition)
         out.ready = status["state"] == "ready"
         self.status.write(policy, status)
 

@@ -1,0 +1,338 @@
+"""MIG layout changes per node (pure): check a requested layout before mig-manager acts on it, gate changes that
+must wait, and never leave a node's operands paused.
+
+How upstream's mig-manager behaves (mig-parted `cmd/nvidia-mig-manager/main.go`, `pkg/mig/reconfigure`): it
+watches its node's `nvidia.com/mig.config` label and, on start and on every change, runs one reconfigure:
+`mig-parted assert --valid-config` (state `failed` when the layout is not in the config), "already applied" ->
+`success`, else `nvidia.com/mig.config.state=pending`, the deploy labels of device-plugin, gpu-feature-discovery,
+dcgm, dcgm-exporter, nvsm (and client when set) go to `paused-for-mig-change` (a `false` stays `false`), it waits
+for those pods to go, applies the mode (`rebooting` and a reboot when the mode needs one) and the layout, then
+sets the labels back to `true` and the state to `success` or `failed`. It never looks at GPU workload pods, and a
+mig-manager killed mid-change leaves the labels paused.
+
+The gate: the operator holds a change by setting the node's own `nvidia.com/gpu.deploy.mig-manager` label to
+`paused-for-mig-change`, so the mig-manager DaemonSet (node selector `...deploy.mig-manager=true`) has no pod on
+that node and nothing acts on the label; releasing the label brings the pod back, and the real mig-manager image
+reconfigures to the current label on start, so no handshake with it is needed. The layout the operator last let
+through is kept in the node label `nvidia.com/gpu-operator.mig-config.approved`: a `mig.config` that differs from
+it is a change to check. A real mig-manager that sees a relabel before the operator holds it still validates the
+layout itself (state `failed`, nothing applied); the gate closes that window for every later change.
+
+Per MIG-capable node (mig-manager enabled, its deploy label not opted out with `false`):
+* a layout not valid for the node's GPU (device filter and profile counts of the default table, or of the user's
+  ConfigMap `migManager.config.name`) is refused: mig-manager held, a Warning event, the `MIGConfig` condition
+  names node, layout and GPU; the node's layout, operands and state label are left as they are;
+* a valid change on a node where GPU workloads run (pods that are not DaemonSet pods and request
+  `nvidia.com/gpu*` or `nvidia.com/mig-*`) waits, held, with `mig.config.state=pending` (the layout the label names
+  is not applied) and the reason in an event and the condition; with `driver.upgradePolicy.drain.enable` (the
+  policy's consent to evict workloads for a node-level GPU change; off by default) those pods are evicted through
+  the Eviction API instead, so PodDisruptionBudgets hold;
+* deploy labels left at `paused-for-mig-change` are restored to `true` once the change is over (state `success`
+  or `failed`) or its mig-manager is gone (no live pod and none coming: mig-manager disabled or held); a change
+  cut short that way ends `failed`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from . import mig_layouts
+from .api import ClusterPolicySpec
+from .nodes import (
+    GPU_PRODUCT,
+    MIG_CONFIG,
+    MIG_CONFIG_STATE,
+    MIG_MANAGER,
+    NodeFacts,
+    deploy_label,
+    mig_capable,
+    workload_of,
+)
+from .upgrade.model import WorkloadPod
+
+PAUSED = "paused-for-mig-change"
+APPROVED = "nvidia.com/gpu-operator.mig-config.approved"
+# The operands upstream's mig-manager pauses around a change (reconfigure.go).
+PAUSED_BY_MANAGER = ("device-plugin", "gpu-feature-discovery", "dcgm", "dcgm-exporter", "nvsm", "client")
+MANAGER_LABEL = deploy_label(MIG_MANAGER)
+CONDITION = "MIGConfig"
+IN_PROGRESS = ("pending", "rebooting")
+EVENT_REFUSED = "MIGConfigRefused"
+EVENT_WAITING = "MIGConfigWaiting"
+EVENT_RESTORED = "MIGOperandsRestored"
+
+# GFD's product name (after the -MIG-<profile> / -SHARED suffixes are cut) -> the GPU group of the table.
+# Checked in order: the first rule whose every token is in the product wins.
+_PRODUCT_RULES: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("GH200", "144G"), "GH200 144GB HBM3e"),
+    (("GH200",), "H100 96GB, PG506 96GB, GH200 96GB, H20"),
+    (("GB300",), "GB300"),
+    (("B300",), "B300"),
+    (("GB200",), "GB200"),
+    (("B200",), "B200"),
+    (("H200",), "H200 141GB, H200 NVL"),
+    (("H100", "NVL"), "H100 NVL, H800 NVL"),
+    (("H100", "96GB"), "H100 96GB, PG506 96GB, GH200 96GB, H20"),
+    (("H20",), "H100 96GB, PG506 96GB, GH200 96GB, H20"),
+    (("H100",), "H100 80GB, H800 80GB, A100 80GB, A800 80GB"),
+    (("H800",), "H100 80GB, H800 80GB, A100 80GB, A800 80GB"),
+    (("A100", "80GB"), "H100 80GB, H800 80GB, A100 80GB, A800 80GB"),
+    (("A800", "80GB"), "H100 80GB, H800 80GB, A100 80GB, A800 80GB"),
+    (("A100",), "A100 40GB, A800 40GB"),
+    (("A800",), "A100 40GB, A800 40GB"),
+    (("A30",), "A30 24GB"),
+    (("RTX-PRO-6000",), "RTX PRO 6000 96GB"),
+)
+
+
+def gpu_of_product(product: str) -> mig_layouts.MigGPU | None:
+    """The MIG GPU of a GFD product label (`NVIDIA-H100-80GB-HBM3`, `...-MIG-1g.10gb`, `...-SHARED`), or None."""
+    base = product.upper().split("-MIG-")[0].removesuffix("-SHARED")
+    for tokens, name in _PRODUCT_RULES:
+        if all(t in base for t in tokens):
+            return next((g for g in mig_layouts.gpus() if g.name == name), None)
+    return None
+
+
+Layouts = Mapping[str, tuple[mig_layouts.LayoutEntry, ...]]
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def parse_config(text: str) -> dict[str, tuple[mig_layouts.LayoutEntry, ...]]:
+    """A mig-parted config file (`version: v1`, `mig-configs: {name: [entries]}`) -> layout name -> entries."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not YAML: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("mig-configs"), dict):
+        raise ConfigError("no mig-configs map")
+    out = {}
+    for name, entries in doc["mig-configs"].items():
+        if not isinstance(entries, list):
+            raise ConfigError(f"{name}: not a list of entries")
+        parsed = []
+        for e in entries:
+            if not isinstance(e, dict) or "mig-enabled" not in e:
+                raise ConfigError(f"{name}: an entry without mig-enabled")
+            filt = e.get("device-filter") or ()
+            filt = (filt,) if isinstance(filt, str) else tuple(filt)
+            devices = e.get("mig-devices") or {}
+            if not isinstance(devices, dict):
+                raise ConfigError(f"{name}: mig-devices is not a map")
+            parsed.append(
+                mig_layouts.LayoutEntry(
+                    bool(e["mig-enabled"]),
+                    {str(k): int(v) for k, v in devices.items()},
+                    tuple(mig_layouts.normalize_id(str(d)) for d in filt),
+                )
+            )
+        out[str(name)] = tuple(parsed)
+    return out
+
+
+def layout_devices(gpu: mig_layouts.MigGPU, layout: str, layouts: Layouts | None = None) -> dict[str, int] | None:
+    """The MIG devices `layout` makes on one GPU of this model ({} = none), or None: not valid on it."""
+    entries = (layouts if layouts is not None else mig_layouts.default_layouts()).get(layout)
+    if entries is None:
+        return None
+    for entry in entries:
+        if entry.device_filter and not set(entry.device_filter) & set(gpu.device_ids):
+            continue
+        if all(gpu.profiles.get(p, 0) >= n for p, n in entry.mig_devices.items()):
+            return dict(entry.mig_devices)
+    return None
+
+
+def valid_layouts(gpu: mig_layouts.MigGPU, layouts: Layouts | None = None) -> list[str]:
+    names = layouts if layouts is not None else mig_layouts.default_layouts()
+    return [n for n in names if layout_devices(gpu, n, layouts) is not None]
+
+
+def advertised(devices: Mapping[str, int], gpus: int, strategy: str) -> dict[str, int]:
+    """Extended resources a node with `gpus` GPUs of this layout advertises under a MIG strategy."""
+    if not devices:
+        return {"nvidia.com/gpu": gpus}
+    if strategy == "single":
+        return {"nvidia.com/gpu": sum(devices.values()) * gpus} if len(devices) == 1 else {}
+    return {f"nvidia.com/mig-{p}": n * gpus for p, n in devices.items()}
+
+
+@dataclass(frozen=True)
+class NodeEvent:
+    node: str
+    type: str
+    reason: str
+    message: str
+
+
+@dataclass
+class Decision:
+    patches: dict[str, dict[str, str | None]] = field(default_factory=dict)  # node -> label patch
+    events: list[NodeEvent] = field(default_factory=list)
+    evict: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)  # node -> (namespace, name)
+    refused: list[tuple[str, str, str]] = field(default_factory=list)  # node, layout, GPU
+    waiting: list[tuple[str, str, str]] = field(default_factory=list)  # node, layout, why
+    managed: int = 0  # MIG nodes looked at
+
+    def _set(self, node: str, key: str, value: str | None) -> None:
+        self.patches.setdefault(node, {})[key] = value
+
+
+def mig_nodes(nodes: Iterable[NodeFacts], spec: ClusterPolicySpec) -> list[NodeFacts]:
+    """GPU nodes whose layout the operator checks: MIG-capable container nodes whose mig-manager is not opted out."""
+    if not spec.mig_manager.enabled:
+        return []
+    return [
+        n
+        for n in nodes
+        if n.has_gpu
+        and mig_capable(n.labels)
+        and workload_of(n, spec) == "container"
+        and n.labels.get(MANAGER_LABEL) in ("true", PAUSED)
+    ]
+
+
+def requested(node: NodeFacts, spec: ClusterPolicySpec) -> str:
+    return node.labels.get(MIG_CONFIG) or spec.mig_manager.config.default
+
+
+def changes_requested(nodes: Iterable[NodeFacts], spec: ClusterPolicySpec) -> list[str]:
+    """Nodes whose label asks for a layout not yet let through (their pods are needed for the decision)."""
+    return [n.name for n in mig_nodes(nodes, spec) if n.labels.get(APPROVED) not in (None, requested(n, spec))]
+
+
+def _gpu_pods(pods: Iterable[WorkloadPod]) -> list[WorkloadPod]:
+    return [p for p in pods if p.uses_gpu and not p.is_daemonset_pod and not p.finished]
+
+
+def decide(
+    nodes: Iterable[NodeFacts],
+    spec: ClusterPolicySpec,
+    *,
+    layouts: Layouts | None,
+    pods: Mapping[str, list[WorkloadPod]],
+    managers: frozenset[str],
+) -> Decision:
+    """`layouts`: the user's config (None: the default table); `pods`: the pods of each node in
+    `changes_requested`; `managers`: nodes with a live mig-manager pod."""
+    out = Decision()
+    nodes = list(nodes)
+    managed = mig_nodes(nodes, spec)
+    out.managed = len(managed)
+    by_name = {n.name for n in managed}
+    for node in nodes:  # restore labels on every GPU node, also those no longer managed
+        if node.has_gpu:
+            _restore(node, spec, node.name in managers and node.name in by_name, out)
+    for node in managed:
+        _gate(node, spec, layouts, pods.get(node.name, []), out)
+    return out
+
+
+def _restore(node: NodeFacts, spec: ClusterPolicySpec, manager_alive: bool, out: Decision) -> None:
+    labels = node.labels
+    paused = [op for op in PAUSED_BY_MANAGER if labels.get(deploy_label(op)) == PAUSED]
+    if not paused:
+        return
+    state = labels.get(MIG_CONFIG_STATE, "")
+    coming = spec.mig_manager.enabled and labels.get(MANAGER_LABEL) == "true"
+    over = state not in IN_PROGRESS
+    gone = not manager_alive and not coming
+    if not (over or gone):
+        return
+    for op in paused:
+        out._set(node.name, deploy_label(op), "true")
+    why = f"the MIG change is over ({state})" if over else "its mig-manager is gone"
+    if not over:
+        out._set(node.name, MIG_CONFIG_STATE, "failed")
+    names = ", ".join(paused)
+    out.events.append(NodeEvent(node.name, "Warning", EVENT_RESTORED, f"restored {names}: {why}"))
+
+
+def _gate(
+    node: NodeFacts, spec: ClusterPolicySpec, layouts: Layouts | None, pods: list[WorkloadPod], out: Decision
+) -> None:
+    labels = node.labels
+    name = node.name
+    want = requested(node, spec)
+    approved = labels.get(APPROVED)
+    held = labels.get(MANAGER_LABEL) == PAUSED
+    state = labels.get(MIG_CONFIG_STATE, "")
+    operands_paused = any(labels.get(deploy_label(op)) == PAUSED for op in PAUSED_BY_MANAGER)
+    if state in IN_PROGRESS and operands_paused and not held:
+        return  # mig-manager is mid-change: let it finish
+    if approved == want:
+        if held:
+            out._set(name, MANAGER_LABEL, "true")
+        return
+    gpu = gpu_of_product(labels.get(GPU_PRODUCT, ""))
+    if gpu is None:
+        return  # GPU not known yet (GFD labels missing): nothing to check against
+    if layout_devices(gpu, want, layouts) is None:
+        source = f"ConfigMap {spec.mig_manager.config.name}" if layouts is not None else "the default layouts"
+        out.refused.append((name, want, gpu.name))
+        if not held:
+            out._set(name, MANAGER_LABEL, PAUSED)
+        out.events.append(
+            NodeEvent(name, "Warning", EVENT_REFUSED, f"MIG layout {want!r} is not valid for {gpu.name} ({source})")
+        )
+        return
+    if approved is None and state not in IN_PROGRESS:  # first sight: what the node has is taken as let through
+        out._set(name, APPROVED, want)
+        if held:
+            out._set(name, MANAGER_LABEL, "true")
+        return
+    busy = _gpu_pods(pods)
+    if busy:
+        refs = ", ".join(p.ref for p in busy[:5]) + (f" and {len(busy) - 5} more" if len(busy) > 5 else "")
+        if spec.driver.upgrade_policy.drain.enable:
+            why = f"evicting {len(busy)} GPU pod(s): {refs}"
+            evict = tuple((p.namespace, p.name) for p in busy if not p.terminating)
+            if evict:
+                out.evict[name] = evict
+        else:
+            why = f"{len(busy)} GPU pod(s) running: {refs} (driver.upgradePolicy.drain.enable allows eviction)"
+        out.waiting.append((name, want, why))
+        if not held:
+            out._set(name, MANAGER_LABEL, PAUSED)
+        if state != "pending":
+            out._set(name, MIG_CONFIG_STATE, "pending")
+        out.events.append(NodeEvent(name, "Normal", EVENT_WAITING, f"MIG layout {want!r} waits: {why}"))
+        return
+    out._set(name, APPROVED, want)
+    if held:
+        out._set(name, MANAGER_LABEL, "true")
+
+
+def condition(
+    decision: Decision, generation: int | None, previous: list[dict[str, Any]], now: str
+) -> dict[str, Any] | None:
+    """The MIGConfig condition: True when every requested layout is accepted; None when no node is MIG-managed."""
+    if not decision.managed and not decision.refused:
+        return None
+    parts = [f"node {n}: layout {lay!r} is not valid for {gpu}" for n, lay, gpu in decision.refused]
+    parts += [f"node {n}: layout {lay!r} waits: {why}" for n, lay, why in decision.waiting]
+    if decision.refused:
+        value, reason = "False", "LayoutRefused"
+    elif decision.waiting:
+        value, reason = "False", "WaitingForGPUWorkloads"
+    else:
+        value, reason = "True", "LayoutsAccepted"
+    message = "; ".join(parts) or f"every requested MIG layout is valid on {decision.managed} node(s)"
+    before = next((c for c in previous if c.get("type") == CONDITION), {})
+    kept = before.get("status") == value and before.get("lastTransitionTime")
+    since = before["lastTransitionTime"] if kept else now
+    return {
+        "type": CONDITION,
+        "status": value,
+        "reason": reason,
+        "message": message[:2000],
+        "lastTransitionTime": since,
+        "observedGeneration": generation,
+    }

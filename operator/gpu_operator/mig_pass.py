@@ -1,0 +1,73 @@
+"""The thin edge of MIG layout gating for the reconciler: read what `mig.decide` needs, carry out its decision."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from . import mig
+from .api import ClusterPolicySpec
+from .kube import ApiError, Kube
+from .nodes import NodeFacts, apply_patch
+from .observe import Snapshot
+from .states.base import owning_state
+from .states.mig_manager import STATE, custom_config
+from .upgrade.adapter import Executor
+from .upgrade.model import EvictPods, Plan, WorkloadPod
+
+log = logging.getLogger("gpu_operator.mig")
+
+Recorder = Callable[[dict[str, Any], str, str, str], None]
+_STATES = frozenset({STATE.name})
+
+
+def _layouts(kube: Kube, namespace: str, spec: ClusterPolicySpec) -> mig.Layouts | None:
+    """The user's mig-parted config, or None for the default table; {} when it cannot be read (all refused)."""
+    name = custom_config(spec)
+    if not name:
+        return None
+    cm = kube.get("ConfigMap", name, namespace)
+    text = ((cm or {}).get("data") or {}).get("config.yaml")
+    if text is None:
+        log.warning("MIG: ConfigMap %s has no config.yaml", name)
+        return {}
+    try:
+        return mig.parse_config(text)
+    except mig.ConfigError as exc:
+        log.warning("MIG: ConfigMap %s: %s", name, exc)
+        return {}
+
+
+def run(
+    kube: Kube, namespace: str, spec: ClusterPolicySpec, snap: Snapshot, nodes: list[NodeFacts], events: Recorder
+) -> tuple[mig.Decision, list[NodeFacts]]:
+    """One pass: the decision, and the nodes as its label patches leave them."""
+    asked = mig.changes_requested(nodes, spec)
+    layouts = _layouts(kube, namespace, spec) if asked else None
+    pods = {n: [WorkloadPod.from_pod(p) for p in kube.list("Pod", field_selector=f"spec.nodeName={n}")] for n in asked}
+    managers = frozenset(
+        p["node"]
+        for p in snap.pods.values()
+        if owning_state(p["metadata"]["labels"], _STATES) and not p["metadata"].get("deletionTimestamp")
+    )
+    decision = mig.decide(nodes, spec, layouts=layouts, pods=pods, managers=managers)
+    for node, patch in sorted(decision.patches.items()):
+        log.info("MIG: node %s labels %s", node, patch)
+        try:
+            kube.merge_patch("Node", node, {"metadata": {"labels": patch}})
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+    for e in decision.events:
+        events({"apiVersion": "v1", "kind": "Node", "metadata": {"name": e.node}}, e.type, e.reason, e.message)
+    if decision.evict:
+        evictions = [EvictPods(n, refs, force=False, delete_emptydir=False) for n, refs in decision.evict.items()]
+        plan = Plan(actions=list(evictions))
+        Executor(kube, namespace, events).run(plan)
+    out = [
+        replace(n, labels=apply_patch(n.labels, decision.patches[n.name])) if n.name in decision.patches else n
+        for n in nodes
+    ]
+    return decision, out

@@ -52,6 +52,7 @@ from e2e.nodemodel import (
     runtime_of,
     same_status,
 )
+from e2e.sim_mig import MigSim
 
 log = logging.getLogger("e2e.simulator")
 
@@ -162,6 +163,7 @@ class NodeSimulator:
         workers: int = 4,
         driver_ready_delay: float = 0.0,
         crash_restart_seconds: float = 2.0,
+        mig_delay: float = 2.0,
     ) -> None:
         if driver_ready_delay < 0 or crash_restart_seconds <= 0:
             raise ValueError("driver_ready_delay must be >= 0 and crash_restart_seconds > 0")
@@ -183,6 +185,7 @@ class NodeSimulator:
         self._threads: list[threading.Thread] = []
         self._watch_response: list[Any] = []
         self.errors: list[str] = []  # recent reconcile/watch errors, for test diagnostics
+        self.mig = MigSim(delay=mig_delay)  # mig-manager's layout changes (e2e/sim_mig.py)
 
     # --- lifecycle ---
     def start(self) -> NodeSimulator:
@@ -406,6 +409,12 @@ class NodeSimulator:
         profile = profile_of(node)
         if profile is None or not profile.has_gpu:
             return
+        mig_patch, mig_again = self.mig.step(node, pods, time.monotonic())
+        if mig_patch:
+            log.info("simulator: node %s mig-manager %s", node_name, mig_patch)
+            node = self._kube.patch(f"/api/v1/nodes/{node_name}", {"metadata": {"labels": mig_patch}})
+        if mig_again is not None:
+            self._queue.add(node_name, delay=max(mig_again, 0.01))
         self._sync_gpus(node, result.gpus)
         self._sync_gfd(node, gfd_labels(profile, result.driver_version, self.mig_strategy) if result.gfd else {})
 

@@ -237,6 +237,71 @@ def cmd_upgrade_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resources(res: dict[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in res.items()) or "nothing"
+
+
+def cmd_mig_layouts(args: argparse.Namespace) -> int:
+    """The layouts valid for each GPU model, and what each would advertise (per node, or per GPU offline)."""
+    from . import mig, mig_layouts
+    from .kube import ApiError, Kube
+    from .nodes import GPU_PRODUCT, NodeFacts
+
+    layouts: mig.Layouts | None = None
+    groups: dict[str, tuple[mig_layouts.MigGPU, list[tuple[str, int]]]] = {}
+    if args.offline:
+        if args.node:
+            print("error: --node reads the cluster; drop --offline", file=sys.stderr)
+            return 2
+        groups = {g.name: (g, []) for g in mig_layouts.gpus()}
+    else:
+        try:
+            kube = Kube.connect(args.kubeconfig)
+            nodes = kube.list("Node")
+            policies = kube.list("ClusterPolicy")
+            from .mig_pass import _layouts
+            from .status import active_policy
+
+            active = active_policy(policies)
+            if active:
+                spec = parse_spec(next(p for p in policies if p["metadata"]["name"] == active).get("spec"))
+                layouts = _layouts(kube, args.namespace, spec)
+        except (ApiError, PolicyError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if args.node:
+            nodes = [n for n in nodes if n["metadata"]["name"] == args.node]
+            if not nodes:
+                print(f"error: no node {args.node}", file=sys.stderr)
+                return 2
+        for node in nodes:
+            facts = NodeFacts.from_node(node)
+            product = facts.labels.get(GPU_PRODUCT, "")
+            gpu = mig.gpu_of_product(product)
+            if gpu is None:
+                if args.node:
+                    print(f"node {args.node}: no MIG-capable GPU known (product {product or 'unknown'!r})")
+                continue
+            count = facts.labels.get("nvidia.com/gpu.count", "")
+            groups.setdefault(gpu.name, (gpu, []))[1].append((facts.name, int(count) if count.isdigit() else 1))
+        if not groups:
+            print("no node with a MIG-capable GPU (GFD's nvidia.com/gpu.product label names the model)")
+            return 0
+    source = "the default layouts" if layouts is None else "the ClusterPolicy's migManager.config ConfigMap"
+    print(f"# layouts from {source}")
+    for gpu, members in groups.values():
+        gpus = members[0][1] if members and len({c for _, c in members}) == 1 else 1
+        where = ", ".join(f"{n} ({c} GPUs)" for n, c in members) or "offline"
+        print(f"{gpu.name} [{where}]" + ("" if gpus > 1 else ": per GPU"))
+        for name in mig.valid_layouts(gpu, layouts):
+            entry = mig.layout_entry(gpu, name, layouts)
+            assert entry is not None
+            print(f"  {name}")
+            print(f"    mixed:  {_resources(mig.advertised(entry, gpus, 'mixed'))}")
+            print(f"    single: {_resources(mig.advertised(entry, gpus, 'single'))}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpu-operator",
@@ -294,6 +359,22 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--kubeconfig", help="kubeconfig file")
     q.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="operand namespace (%(default)s)")
     q.set_defaults(func=cmd_upgrade_plan)
+
+    p = sub.add_parser("mig", help="MIG layouts")
+    mig_sub = p.add_subparsers(dest="mig_command", required=True, metavar="COMMAND")
+    q = mig_sub.add_parser(
+        "layouts",
+        help="list the MIG layouts valid for each GPU model in the cluster and what each advertises (reads only)",
+        description="For each MIG-capable GPU model on the cluster's nodes (by GFD's nvidia.com/gpu.product), list "
+        "the layouts a node's nvidia.com/mig.config label may name (the default table, or the active "
+        "ClusterPolicy's migManager.config ConfigMap) and the extended resources each would advertise with "
+        "mig.strategy mixed and single (profiles x GPUs on the node). --offline lists every known model, per GPU.",
+    )
+    q.add_argument("--node", help="only this node")
+    q.add_argument("--offline", action="store_true", help="no cluster: every known GPU model, per GPU")
+    q.add_argument("--kubeconfig", help="kubeconfig file")
+    q.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="operand namespace (%(default)s)")
+    q.set_defaults(func=cmd_mig_layouts)
 
     p = sub.add_parser("crds", help="print the CRDs (or apply them with --apply)")
     p.add_argument("--apply", action="store_true", help="server-side apply them to the cluster")

@@ -137,17 +137,23 @@ def parse_config(text: str) -> dict[str, tuple[mig_layouts.LayoutEntry, ...]]:
     return out
 
 
-def layout_devices(gpu: mig_layouts.MigGPU, layout: str, layouts: Layouts | None = None) -> dict[str, int] | None:
-    """The MIG devices `layout` makes on one GPU of this model ({} = none), or None: not valid on it."""
+def layout_entry(
+    gpu: mig_layouts.MigGPU, layout: str, layouts: Layouts | None = None
+) -> mig_layouts.LayoutEntry | None:
+    """The entry of `layout` that applies to a GPU of this model, or None: the layout is not valid on it."""
     entries = (layouts if layouts is not None else mig_layouts.default_layouts()).get(layout)
-    if entries is None:
-        return None
-    for entry in entries:
+    for entry in entries or ():
         if entry.device_filter and not set(entry.device_filter) & set(gpu.device_ids):
             continue
         if all(gpu.profiles.get(p, 0) >= n for p, n in entry.mig_devices.items()):
-            return dict(entry.mig_devices)
+            return entry
     return None
+
+
+def layout_devices(gpu: mig_layouts.MigGPU, layout: str, layouts: Layouts | None = None) -> dict[str, int] | None:
+    """The MIG devices `layout` makes on one GPU of this model ({} = none), or None: not valid on it."""
+    entry = layout_entry(gpu, layout, layouts)
+    return None if entry is None else dict(entry.mig_devices)
 
 
 def valid_layouts(gpu: mig_layouts.MigGPU, layouts: Layouts | None = None) -> list[str]:
@@ -155,10 +161,13 @@ def valid_layouts(gpu: mig_layouts.MigGPU, layouts: Layouts | None = None) -> li
     return [n for n in names if layout_devices(gpu, n, layouts) is not None]
 
 
-def advertised(devices: Mapping[str, int], gpus: int, strategy: str) -> dict[str, int]:
+def advertised(entry: mig_layouts.LayoutEntry, gpus: int, strategy: str) -> dict[str, int]:
     """Extended resources a node with `gpus` GPUs of this layout advertises under a MIG strategy."""
-    if not devices:
+    devices = entry.mig_devices
+    if not entry.mig_enabled:
         return {"nvidia.com/gpu": gpus}
+    if not devices:
+        return {}  # MIG mode on, no instance: nothing to hand out
     if strategy == "single":
         return {"nvidia.com/gpu": sum(devices.values()) * gpus} if len(devices) == 1 else {}
     return {f"nvidia.com/mig-{p}": n * gpus for p, n in devices.items()}

@@ -1,0 +1,118 @@
+"""The simulated mig-manager of each fake node (test infrastructure), as upstream's k8s mig-manager behaves.
+
+While a mig-manager operand pod runs on a node, the node's ``nvidia.com/mig.config`` is compared with the layout
+that simulated host has applied (a fresh host has ``all-disabled``).  As in mig-parted's ``pkg/mig/reconfigure``:
+a layout not valid for the node's GPU ends ``failed`` at once; one already applied ends ``success``; otherwise
+``nvidia.com/mig.config.state=pending`` and the deploy labels of the GPU operands it pauses go to
+``paused-for-mig-change`` (a ``false`` stays ``false``), and ``delay`` seconds later the layout is applied
+(``success``) or, on a node given to ``fail``, not (``failed``); either way the labels go back to ``true`` first.
+
+A pod acts on each label value once (a new pod acts again, as upstream's does on start), and only ``settle``
+seconds after it started and after the value was first seen: the real one reacts at once, so this leaves the
+operator's gate (gpu_operator/mig.py) time to hold a change, which the tests check, rather than a race.
+A pod that goes away mid-change leaves the labels paused, like a killed mig-manager.  The node's labels are the
+whole interface: ``mig.config`` with ``mig.config.state=success`` names the applied layout.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from gpu_operator import mig
+from gpu_operator.nodes import MIG_CONFIG, MIG_CONFIG_STATE, deploy_label
+
+MANAGER_APP = "nvidia-mig-manager"
+INITIAL_LAYOUT = "all-disabled"
+
+
+@dataclass
+class _Host:
+    applied: str = INITIAL_LAYOUT
+    pod: str = ""  # uid of the mig-manager pod seen last
+    since: float = 0.0  # when that pod was first seen running
+    acted_on: str | None = None  # the label value that pod last acted on
+    seen: str | None = None  # the label value seen last, and since when
+    seen_at: float = 0.0
+    target: str | None = None  # a change under way
+    started: float = 0.0
+    saved: dict[str, str] = field(default_factory=dict)  # deploy label -> its value before the pause
+
+
+def _manager(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+    for pod in pods:
+        meta = pod["metadata"]
+        if (meta.get("labels") or {}).get("app") != MANAGER_APP or meta.get("deletionTimestamp"):
+            continue
+        if (pod.get("status") or {}).get("phase") == "Running":
+            return pod
+    return None
+
+
+class MigSim:
+    def __init__(self, delay: float = 2.0, settle: float = 1.5) -> None:
+        self.delay = delay
+        self.settle = settle
+        self._lock = threading.Lock()
+        self._hosts: dict[str, _Host] = {}
+        self._fail: set[str] = set()
+
+    def fail(self, node: str, on: bool = True) -> None:
+        """Changes on ``node`` fail (``on``), or apply again."""
+        with self._lock:
+            (self._fail.add if on else self._fail.discard)(node)
+
+    def applied(self, node: str) -> str | None:
+        with self._lock:
+            host = self._hosts.get(node)
+            return host.applied if host else None
+
+    def step(self, node: dict[str, Any], pods: list[dict[str, Any]], now: float) -> tuple[dict[str, Any], float | None]:
+        """(label patch, seconds until the node needs another look); called with the node's operand pods."""
+        name = node["metadata"]["name"]
+        labels = node["metadata"].get("labels") or {}
+        with self._lock:
+            host = self._hosts.setdefault(name, _Host())
+            failing = name in self._fail
+        pod = _manager(pods)
+        uid = str(pod["metadata"].get("uid")) if pod else ""
+        if host.target is not None:
+            if uid != host.pod:  # killed mid-change: everything stays as it is
+                host.target, host.acted_on = None, None
+                return {}, None
+            left = host.started + self.delay - now
+            if left > 0:
+                return {}, left
+            if not failing:
+                host.applied = host.target
+            host.target = None
+            patch: dict[str, Any] = {k: "false" if v == "false" else "true" for k, v in host.saved.items()}
+            patch[MIG_CONFIG_STATE] = "failed" if failing else "success"
+            return patch, None
+        if pod is None:
+            return {}, None
+        if uid != host.pod:
+            host.pod, host.since, host.acted_on = uid, now, None
+        want = labels.get(MIG_CONFIG)
+        if want != host.seen:
+            host.seen, host.seen_at = want, now
+        if not want or want == host.acted_on:
+            return {}, None
+        ready_at = max(host.since, host.seen_at) + self.settle
+        if now < ready_at:
+            return {}, ready_at - now
+        host.acted_on = want
+        state = labels.get(MIG_CONFIG_STATE)
+        gpu = mig.gpu_of_product(labels.get("nvidia.com/gpu.product", ""))
+        if gpu is not None and mig.layout_devices(gpu, want) is None:
+            return ({MIG_CONFIG_STATE: "failed"} if state != "failed" else {}), None
+        if want == host.applied:
+            return ({MIG_CONFIG_STATE: "success"} if state != "success" else {}), None
+        host.target, host.started = want, now
+        host.saved = {
+            deploy_label(op): labels[deploy_label(op)] for op in mig.PAUSED_BY_MANAGER if deploy_label(op) in labels
+        }
+        patch = {k: "false" if v == "false" else mig.PAUSED for k, v in host.saved.items()}
+        patch[MIG_CONFIG_STATE] = "pending"
+        return patch, self.delay

@@ -1,0 +1,228 @@
+"""End-to-end: MIG layout changes on H100 nodes, checked and gated by the operator, carried out by the simulated
+mig-manager (e2e/sim_mig.py).
+
+The tests share one operator and two nodes and run in file order.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from e2e.cluster.localcluster import LocalCluster
+from e2e.cluster.nodes import create_nodes, make_node
+from e2e.kube import wait_for
+from e2e.operator_process import NAMESPACE, OperatorProcess, install_crds_and_rbac, policy_from_sample
+from e2e.simulator import NodeSimulator
+from gpu_operator.kube import Kube
+
+NODE = "mig-h100-0"
+OTHER = "mig-h100-1"
+CONFIG = "nvidia.com/mig.config"
+STATE = "nvidia.com/mig.config.state"
+MANAGER = "nvidia.com/gpu.deploy.mig-manager"
+PAUSED = "paused-for-mig-change"
+WAIT = 90
+
+
+class Running:
+    """The operator process, restartable by a test."""
+
+    def __init__(self, cluster: LocalCluster, log: Any) -> None:
+        self.cluster, self.log = cluster, log
+        self.op = OperatorProcess(cluster, log).start()
+
+    def restart(self, sig: int = signal.SIGKILL) -> None:
+        self.op.stop(sig)
+        self.op = OperatorProcess(self.cluster, self.log).start()
+
+
+@pytest.fixture(scope="module")
+def admin(cluster: LocalCluster) -> Kube:
+    return Kube.connect(str(cluster.kubeconfig))
+
+
+@pytest.fixture(scope="module")
+def sim(cluster: LocalCluster) -> Iterator[NodeSimulator]:
+    s = NodeSimulator(cluster.simulator_kubeconfig, namespace=NAMESPACE, resync_seconds=2, mig_delay=2.0).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def operator(
+    cluster: LocalCluster, admin: Kube, sim: NodeSimulator, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Running]:
+    install_crds_and_rbac(admin)
+    for policy in admin.list("ClusterPolicy"):
+        admin.delete("ClusterPolicy", policy["metadata"]["name"])
+    wait_for(lambda: not admin.list("ClusterPolicy"), 30, message="old ClusterPolicies to go")
+    create_nodes(admin.client, [make_node(NODE, "h100x8"), make_node(OTHER, "h100x8")])
+    running = Running(cluster, tmp_path_factory.mktemp("operator") / "operator.log")
+    admin.create(policy_from_sample())
+    try:
+        yield running
+    finally:
+        for policy in admin.list("ClusterPolicy"):
+            admin.delete("ClusterPolicy", policy["metadata"]["name"])
+        wait_for(lambda: not admin.list("ClusterPolicy"), 60, message="ClusterPolicies deleted")
+        running.op.stop()
+
+
+def labels(admin: Kube, node: str = NODE) -> dict[str, str]:
+    obj = admin.get("Node", node)
+    assert obj is not None
+    return dict(obj["metadata"].get("labels") or {})
+
+
+def relabel(admin: Kube, layout: str, node: str = NODE) -> None:
+    admin.merge_patch("Node", node, {"metadata": {"labels": {CONFIG: layout}}})
+
+
+def mig_condition(admin: Kube) -> dict[str, Any]:
+    obj = admin.get("ClusterPolicy", "cluster-policy") or {}
+    return next((c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == "MIGConfig"), {})
+
+
+def node_events(admin: Kube, node: str, reason: str) -> list[dict[str, Any]]:
+    return [
+        e
+        for e in admin.list("Event", "default")
+        if e["involvedObject"].get("name") == node and e.get("reason") == reason
+    ]
+
+
+def paused_labels(admin: Kube, node: str = NODE) -> dict[str, str]:
+    return {k: v for k, v in labels(admin, node).items() if v == PAUSED}
+
+
+def settled(admin: Kube, layout: str, state: str = "success", node: str = NODE) -> dict[str, str] | None:
+    got = labels(admin, node)
+    done = got.get(CONFIG) == layout and got.get(STATE) == state and got.get(MANAGER) == "true"
+    return got if done and not paused_labels(admin, node) else None
+
+
+def explain(admin: Kube, run: Running, sim: NodeSimulator) -> str:
+    return f"labels: {labels(admin)}\ncondition: {mig_condition(admin)}\nsim: {sim.errors[-3:]}\n{run.op.log_tail(30)}"
+
+
+def test_a_fresh_node_reports_its_layout_and_a_change_ends_success(
+    admin: Kube, operator: Running, sim: NodeSimulator
+) -> None:
+    try:
+        wait_for(lambda: settled(admin, "all-disabled"), WAIT, interval=0.5, message="all-disabled success")
+        relabel(admin, "all-1g.10gb")
+        got = wait_for(lambda: settled(admin, "all-1g.10gb"), WAIT, interval=0.5, message="all-1g.10gb success")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{explain(admin, operator, sim)}") from None
+    assert sim.mig.applied(NODE) == "all-1g.10gb"
+    assert got["nvidia.com/gpu-operator.mig-config.approved"] == "all-1g.10gb"
+    assert got["nvidia.com/gpu.deploy.device-plugin"] == "true"
+    assert wait_for(lambda: mig_condition(admin).get("status") == "True", 30, message="MIGConfig True")
+
+
+def test_an_unknown_layout_is_refused_and_the_node_left_as_it_was(
+    admin: Kube, operator: Running, sim: NodeSimulator
+) -> None:
+    relabel(admin, "all-1g.18gb")  # an H200 profile: no such layout for an H100
+    cond = wait_for(
+        lambda: (c := mig_condition(admin)).get("reason") == "LayoutRefused" and c, 30, message="refused condition"
+    )
+    assert NODE in cond["message"] and "all-1g.18gb" in cond["message"] and "H100 80GB" in cond["message"]
+    events = wait_for(lambda: node_events(admin, NODE, "MIGConfigRefused"), 30, message="refused event")
+    assert events[0]["type"] == "Warning" and "all-1g.18gb" in events[0]["message"]
+    got = labels(admin)
+    assert got[STATE] == "success" and got[MANAGER] == PAUSED  # held: mig-manager does not act on it
+    assert {k: v for k, v in paused_labels(admin).items() if k != MANAGER} == {}
+    assert sim.mig.applied(NODE) == "all-1g.10gb"
+    # Steady: no second event for the same refusal.
+    count = len(node_events(admin, NODE, "MIGConfigRefused"))
+    relabel(admin, "all-1g.10gb")  # back to what is applied: released, nothing to do
+    wait_for(lambda: settled(admin, "all-1g.10gb"), WAIT, interval=0.5, message="released")
+    assert len(node_events(admin, NODE, "MIGConfigRefused")) == count
+    assert sim.mig.applied(NODE) == "all-1g.10gb"
+
+
+def test_a_change_waits_for_gpu_pods_and_survives_an_operator_kill(
+    admin: Kube, operator: Running, sim: NodeSimulator, namespace: str
+) -> None:
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "cuda-job", "namespace": namespace},
+        "spec": {
+            "nodeName": NODE,
+            "tolerations": [{"operator": "Exists"}],
+            "containers": [{"name": "c", "image": "cuda", "resources": {"limits": {"nvidia.com/mig-1g.10gb": "1"}}}],
+        },
+    }
+    admin.create(pod)
+    relabel(admin, "all-balanced")
+    try:
+        cond = wait_for(
+            lambda: (c := mig_condition(admin)).get("reason") == "WaitingForGPUWorkloads" and c,
+            30,
+            message="waiting condition",
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{explain(admin, operator, sim)}") from None
+    assert f"{namespace}/cuda-job" in cond["message"] and NODE in cond["message"]
+    events = wait_for(lambda: node_events(admin, NODE, "MIGConfigWaiting"), 30, message="waiting event")
+    assert f"{namespace}/cuda-job" in events[0]["message"]
+    got = labels(admin)
+    assert got[STATE] == "pending" and got[MANAGER] == PAUSED
+    assert sim.mig.applied(NODE) == "all-1g.10gb"
+
+    operator.op.stop(signal.SIGKILL)  # mid-change, the hold in place
+    admin.delete("Pod", "cuda-job", namespace)
+    wait_for(lambda: admin.get("Pod", "cuda-job", namespace) is None, 60, message="GPU pod gone")
+    operator.op = OperatorProcess(operator.cluster, operator.log).start()
+    try:
+        wait_for(lambda: settled(admin, "all-balanced"), WAIT, interval=0.5, message="all-balanced success")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{explain(admin, operator, sim)}") from None
+    assert sim.mig.applied(NODE) == "all-balanced"
+    assert not paused_labels(admin, NODE) and not paused_labels(admin, OTHER)
+
+
+def test_an_injected_failure_ends_failed_with_the_operands_restored(
+    admin: Kube, operator: Running, sim: NodeSimulator
+) -> None:
+    sim.mig.fail(OTHER)
+    try:
+        wait_for(lambda: settled(admin, "all-disabled", node=OTHER), WAIT, interval=0.5, message="other ready")
+        relabel(admin, "all-3g.40gb", node=OTHER)
+        wait_for(lambda: labels(admin, OTHER).get(STATE) == "pending", WAIT, interval=0.2, message="pending")
+        got = wait_for(lambda: settled(admin, "all-3g.40gb", "failed", node=OTHER), WAIT, interval=0.5,
+                       message="failed, operands restored")  # fmt: skip
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{explain(admin, operator, sim)}") from None
+    finally:
+        sim.mig.fail(OTHER, on=False)
+    for op in ("device-plugin", "gpu-feature-discovery", "dcgm-exporter"):
+        assert got[f"nvidia.com/gpu.deploy.{op}"] == "true"
+    assert sim.mig.applied(OTHER) == "all-disabled"
+
+
+def test_operands_paused_by_a_mig_manager_that_is_gone_are_restored(
+    admin: Kube, operator: Running, sim: NodeSimulator
+) -> None:
+    sim.mig.delay = 60.0
+    try:
+        relabel(admin, "all-7g.80gb")
+        wait_for(lambda: labels(admin).get("nvidia.com/gpu.deploy.device-plugin") == PAUSED, WAIT, interval=0.2,
+                 message="mig-manager mid-change")  # fmt: skip
+        admin.merge_patch("ClusterPolicy", "cluster-policy", {"spec": {"migManager": {"enabled": False}}})
+        wait_for(lambda: not paused_labels(admin) and labels(admin).get(STATE) == "failed", WAIT, interval=0.5,
+                 message="paused labels restored")  # fmt: skip
+        events = node_events(admin, NODE, "MIGOperandsRestored")
+        assert events and "mig-manager is gone" in events[-1]["message"]
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{explain(admin, operator, sim)}") from None
+    finally:
+        sim.mig.delay = 2.0
+        admin.merge_patch("ClusterPolicy", "cluster-policy", {"spec": {"migManager": {"enabled": True}}})
+    wait_for(lambda: settled(admin, "all-7g.80gb"), WAIT, interval=0.5, message="applied once mig-manager is back")

@@ -99,9 +99,15 @@ def paused_labels(admin: Kube, node: str = NODE) -> dict[str, str]:
     return {k: v for k, v in labels(admin, node).items() if v == PAUSED}
 
 
-def settled(admin: Kube, layout: str, state: str = "success", node: str = NODE) -> dict[str, str] | None:
+def settled(
+    admin: Kube, layout: str, state: str = "success", node: str = NODE, sim: NodeSimulator | None = None
+) -> dict[str, str] | None:
+    """The node's labels once it asks for `layout` and its change ended in `state` with nothing paused (and, given
+    the simulator, once its host has that layout: a relabel leaves the old state label until mig-manager acts)."""
     got = labels(admin, node)
     done = got.get(CONFIG) == layout and got.get(STATE) == state and got.get(MANAGER) == "true"
+    if sim is not None and sim.mig.applied(node) != layout:
+        return None
     return got if done and not paused_labels(admin, node) else None
 
 
@@ -115,7 +121,7 @@ def test_a_fresh_node_reports_its_layout_and_a_change_ends_success(
     try:
         wait_for(lambda: settled(admin, "all-disabled"), WAIT, interval=0.5, message="all-disabled success")
         relabel(admin, "all-1g.10gb")
-        got = wait_for(lambda: settled(admin, "all-1g.10gb"), WAIT, interval=0.5, message="all-1g.10gb success")
+        got = wait_for(lambda: settled(admin, "all-1g.10gb", sim=sim), WAIT, interval=0.5, message="1g.10gb applied")
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{explain(admin, operator, sim)}") from None
     assert sim.mig.applied(NODE) == "all-1g.10gb"
@@ -181,7 +187,7 @@ def test_a_change_waits_for_gpu_pods_and_survives_an_operator_kill(
     wait_for(lambda: admin.get("Pod", "cuda-job", namespace) is None, 60, message="GPU pod gone")
     operator.op = OperatorProcess(operator.cluster, operator.log).start()
     try:
-        wait_for(lambda: settled(admin, "all-balanced"), WAIT, interval=0.5, message="all-balanced success")
+        wait_for(lambda: settled(admin, "all-balanced", sim=sim), WAIT, interval=0.5, message="all-balanced success")
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{explain(admin, operator, sim)}") from None
     assert sim.mig.applied(NODE) == "all-balanced"
@@ -225,4 +231,6 @@ def test_operands_paused_by_a_mig_manager_that_is_gone_are_restored(
     finally:
         sim.mig.delay = 2.0
         admin.merge_patch("ClusterPolicy", "cluster-policy", {"spec": {"migManager": {"enabled": True}}})
-    wait_for(lambda: settled(admin, "all-7g.80gb"), WAIT, interval=0.5, message="applied once mig-manager is back")
+    wait_for(
+        lambda: settled(admin, "all-7g.80gb", sim=sim), WAIT, interval=0.5, message="applied once mig-manager is back"
+    )

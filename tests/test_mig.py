@@ -1,0 +1,223 @@
+"""MIG layout gating (gpu_operator.mig) and `gpu-operator mig layouts`."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpu_operator import mig
+from gpu_operator.api import parse_spec
+from gpu_operator.cli import main
+from gpu_operator.nodes import GPU_PCI_LABELS, MIG_CONFIG, MIG_CONFIG_STATE, NodeFacts, deploy_label
+from gpu_operator.upgrade.model import WorkloadPod
+
+SPEC = parse_spec({})
+EVICT = parse_spec({"driver": {"upgradePolicy": {"drain": {"enable": True}}}})
+H100 = "NVIDIA-H100-80GB-HBM3"
+MANAGER = mig.MANAGER_LABEL
+PLUGIN = deploy_label("device-plugin")
+
+
+def node(layout: str = "all-1g.10gb", approved: str | None = "all-disabled", **extra: str) -> NodeFacts:
+    labels = {
+        GPU_PCI_LABELS[0]: "true",
+        "nvidia.com/mig.capable": "true",
+        "nvidia.com/gpu.product": H100,
+        MIG_CONFIG: layout,
+        MIG_CONFIG_STATE: "success",
+        MANAGER: "true",
+        PLUGIN: "true",
+        **({mig.APPROVED: approved} if approved else {}),
+        **extra,
+    }
+    return NodeFacts("n1", labels=labels)
+
+
+GPU_POD = WorkloadPod("team", "train", "n1", uses_gpu=True)
+DS_POD = WorkloadPod("gpu-operator", "plugin", "n1", uses_gpu=True, is_daemonset_pod=True)
+
+
+def decide(n: NodeFacts, spec=SPEC, pods=(), managers=frozenset({"n1"}), layouts=None) -> mig.Decision:  # type: ignore[no-untyped-def]
+    return mig.decide([n], spec, layouts=layouts, pods={"n1": list(pods)}, managers=managers)
+
+
+@pytest.mark.parametrize(
+    ("product", "gpu"),
+    [
+        ("NVIDIA-H100-80GB-HBM3", "H100 80GB, H800 80GB, A100 80GB, A800 80GB"),
+        ("NVIDIA-H100-80GB-HBM3-MIG-1g.10gb", "H100 80GB, H800 80GB, A100 80GB, A800 80GB"),
+        ("NVIDIA-H100-80GB-HBM3-SHARED", "H100 80GB, H800 80GB, A100 80GB, A800 80GB"),
+        ("NVIDIA-A100-SXM4-80GB", "H100 80GB, H800 80GB, A100 80GB, A800 80GB"),
+        ("NVIDIA-A100-SXM4-40GB", "A100 40GB, A800 40GB"),
+        ("NVIDIA-H100-NVL", "H100 NVL, H800 NVL"),
+        ("NVIDIA-H200", "H200 141GB, H200 NVL"),
+        ("NVIDIA-GH200-480GB", "H100 96GB, PG506 96GB, GH200 96GB, H20"),
+        ("NVIDIA-B200", "B200"),
+        ("NVIDIA-GB200", "GB200"),
+    ],
+)
+def test_gpu_of_product(product: str, gpu: str) -> None:
+    found = mig.gpu_of_product(product)
+    assert found is not None and found.name == gpu
+
+
+def test_a_gpu_without_mig_is_not_found() -> None:
+    assert mig.gpu_of_product("NVIDIA-L4") is None
+    assert mig.gpu_of_product("") is None
+
+
+def test_a_valid_change_without_gpu_pods_is_let_through() -> None:
+    d = decide(node(), pods=[DS_POD])
+    assert d.patches == {"n1": {mig.APPROVED: "all-1g.10gb"}}
+    assert not d.events and not d.refused and not d.waiting
+
+
+def test_first_sight_takes_the_current_layout_as_let_through() -> None:
+    d = decide(node("all-balanced", approved=None), pods=[GPU_POD])
+    assert d.patches == {"n1": {mig.APPROVED: "all-balanced"}}
+
+
+def test_an_unknown_layout_is_refused_and_mig_manager_held() -> None:
+    d = decide(node("all-1g.18gb"))  # an H200 profile
+    assert d.refused == [("n1", "all-1g.18gb", "H100 80GB, H800 80GB, A100 80GB, A800 80GB")]
+    assert d.patches == {"n1": {MANAGER: mig.PAUSED}}  # the state label and operands are left alone
+    assert [(e.type, e.reason) for e in d.events] == [("Warning", mig.EVENT_REFUSED)]
+    cond = mig.condition(d, 3, [], "t0")
+    assert cond is not None and cond["status"] == "False" and cond["reason"] == "LayoutRefused"
+    assert "n1" in cond["message"] and "all-1g.18gb" in cond["message"] and "H100 80GB" in cond["message"]
+
+
+def test_a_held_refusal_writes_nothing_more_and_its_event_repeats_word_for_word() -> None:
+    first = decide(node("nope"))
+    again = decide(node("nope", **{MANAGER: mig.PAUSED}), managers=frozenset())
+    assert again.patches == {} and again.events == first.events  # the recorder drops a repeat
+
+
+def test_a_change_waits_while_gpu_pods_run() -> None:
+    d = decide(node(), pods=[GPU_POD, DS_POD])
+    assert d.patches == {"n1": {MANAGER: mig.PAUSED, MIG_CONFIG_STATE: "pending"}}
+    assert d.waiting and "team/train" in d.waiting[0][2] and not d.evict
+    assert [e.reason for e in d.events] == [mig.EVENT_WAITING]
+    cond = mig.condition(d, 1, [], "t0")
+    assert cond is not None and cond["reason"] == "WaitingForGPUWorkloads" and "team/train" in cond["message"]
+
+
+def test_a_finished_gpu_pod_does_not_hold_a_change() -> None:
+    done = WorkloadPod("team", "old", "n1", uses_gpu=True, phase="Succeeded")
+    assert decide(node(), pods=[done]).patches == {"n1": {mig.APPROVED: "all-1g.10gb"}}
+
+
+def test_eviction_when_the_policy_allows_it() -> None:
+    d = decide(node(), EVICT, pods=[GPU_POD])
+    assert d.evict == {"n1": (("team", "train"),)}
+    assert "evicting" in d.waiting[0][2]
+
+
+def test_the_hold_is_released_once_the_pods_are_gone() -> None:
+    held = node(**{MANAGER: mig.PAUSED, MIG_CONFIG_STATE: "pending"})
+    assert decide(held, managers=frozenset()).patches == {"n1": {mig.APPROVED: "all-1g.10gb", MANAGER: "true"}}
+
+
+def test_a_revert_to_the_approved_layout_releases_the_hold() -> None:
+    held = node("all-disabled", **{MANAGER: mig.PAUSED})
+    assert decide(held, managers=frozenset()).patches == {"n1": {MANAGER: "true"}}
+
+
+def test_mig_manager_mid_change_is_left_alone() -> None:
+    busy = node("all-3g.40gb", "all-1g.10gb", **{MIG_CONFIG_STATE: "pending", PLUGIN: mig.PAUSED})
+    assert decide(busy, pods=[GPU_POD]).patches == {}
+
+
+def test_paused_operands_are_restored_when_the_change_is_over() -> None:
+    over = node("all-1g.10gb", "all-1g.10gb", **{MIG_CONFIG_STATE: "success", PLUGIN: mig.PAUSED})
+    d = decide(over)
+    assert d.patches == {"n1": {PLUGIN: "true"}}
+    assert [e.reason for e in d.events] == [mig.EVENT_RESTORED]
+
+
+def test_paused_operands_are_restored_and_the_change_failed_when_mig_manager_is_gone() -> None:
+    cut = node("all-1g.10gb", "all-1g.10gb", **{MIG_CONFIG_STATE: "pending", PLUGIN: mig.PAUSED})
+    off = parse_spec({"migManager": {"enabled": False}})
+    d = decide(cut, off, managers=frozenset())
+    assert d.patches == {"n1": {PLUGIN: "true", MIG_CONFIG_STATE: "failed"}}
+    assert "gone" in d.events[0].message
+    assert mig.condition(d, 1, [], "t") is None  # no MIG node managed
+
+
+def test_paused_operands_wait_for_a_mig_manager_that_is_coming_back() -> None:
+    rebooting = node("all-1g.10gb", "all-1g.10gb", **{MIG_CONFIG_STATE: "rebooting", PLUGIN: mig.PAUSED})
+    assert decide(rebooting, managers=frozenset()).patches == {}
+
+
+def test_a_user_opt_out_of_mig_manager_is_not_gated() -> None:
+    assert decide(node("nope", **{MANAGER: "false"})).patches == {}
+
+
+def test_unknown_gpu_is_not_judged() -> None:
+    n = node("nope")
+    n.labels.pop("nvidia.com/gpu.product")
+    assert decide(n).patches == {}
+
+
+CUSTOM = """
+version: v1
+mig-configs:
+  all-disabled:
+    - devices: all
+      mig-enabled: false
+  team-a:
+    - device-filter: ["0x233010DE"]
+      devices: all
+      mig-enabled: true
+      mig-devices: {"3g.40gb": 2}
+  too-many:
+    - devices: all
+      mig-enabled: true
+      mig-devices: {"3g.40gb": 3}
+"""
+
+
+def test_a_users_config_replaces_the_default_layouts() -> None:
+    layouts = mig.parse_config(CUSTOM)
+    assert decide(node("team-a"), layouts=layouts).patches == {"n1": {mig.APPROVED: "team-a"}}
+    assert decide(node("too-many"), layouts=layouts).refused  # more than the GPU holds
+    assert decide(node("all-1g.10gb"), layouts=layouts).refused  # not in the user's config
+
+
+@pytest.mark.parametrize("text", ["{", "version: v1", "mig-configs: {a: 1}", "mig-configs: {a: [{devices: all}]}"])
+def test_a_broken_config_is_an_error(text: str) -> None:
+    with pytest.raises(mig.ConfigError):
+        mig.parse_config(text)
+
+
+def test_what_a_layout_advertises() -> None:
+    gpu = mig.gpu_of_product(H100)
+    assert gpu is not None
+
+    def adv(layout: str, strategy: str) -> dict[str, int]:
+        entry = mig.layout_entry(gpu, layout)
+        assert entry is not None
+        return mig.advertised(entry, 8, strategy)
+
+    assert adv("all-1g.10gb", "mixed") == {"nvidia.com/mig-1g.10gb": 56}
+    assert adv("all-1g.10gb", "single") == {"nvidia.com/gpu": 56}
+    assert adv("all-balanced", "mixed") == {
+        "nvidia.com/mig-1g.10gb": 16,
+        "nvidia.com/mig-2g.20gb": 8,
+        "nvidia.com/mig-3g.40gb": 8,
+    }
+    assert adv("all-balanced", "single") == {}
+    assert adv("all-disabled", "mixed") == {"nvidia.com/gpu": 8}
+
+
+def test_cli_lists_layouts_offline(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["mig", "layouts", "--offline"]) == 0
+    out = capsys.readouterr().out
+    assert "H100 80GB, H800 80GB, A100 80GB, A800 80GB [offline]: per GPU" in out
+    h100 = out.split("H100 80GB, H800 80GB")[1].split("\nH100 NVL")[0]
+    assert "  all-1g.10gb\n    mixed:  nvidia.com/mig-1g.10gb=7\n    single: nvidia.com/gpu=7" in h100
+    assert "all-1g.18gb" not in h100
+
+
+def test_cli_node_needs_the_cluster(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["mig", "layouts", "--offline", "--node", "n1"]) == 2
+    assert "--node" in capsys.readouterr().err

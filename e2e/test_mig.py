@@ -17,6 +17,7 @@ from e2e.cluster.nodes import create_nodes, make_node
 from e2e.kube import wait_for
 from e2e.operator_process import NAMESPACE, OperatorProcess, install_crds_and_rbac, policy_from_sample
 from e2e.simulator import NodeSimulator
+from gpu_operator.cli import main
 from gpu_operator.kube import Kube
 
 NODE = "mig-h100-0"
@@ -128,6 +129,17 @@ def test_a_fresh_node_reports_its_layout_and_a_change_ends_success(
     assert got["nvidia.com/gpu-operator.mig-config.approved"] == "all-1g.10gb"
     assert got["nvidia.com/gpu.deploy.device-plugin"] == "true"
     assert wait_for(lambda: mig_condition(admin).get("status") == "True", 30, message="MIGConfig True")
+
+
+def test_mig_layouts_cli_reads_the_nodes_gpu(
+    cluster: LocalCluster, admin: Kube, operator: Running, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wait_for(lambda: labels(admin).get("nvidia.com/gpu.count") == "8", WAIT, message="GFD labels back")
+    assert main(["mig", "layouts", "--node", NODE, "--kubeconfig", str(cluster.kubeconfig)]) == 0
+    out = capsys.readouterr().out
+    assert f"H100 80GB, H800 80GB, A100 80GB, A800 80GB [{NODE} (8 GPUs)]" in out
+    assert "  all-1g.10gb\n    mixed:  nvidia.com/mig-1g.10gb=56\n    single: nvidia.com/gpu=56" in out
+    assert "all-1g.18gb" not in out
 
 
 def test_an_unknown_layout_is_refused_and_the_node_left_as_it_was(

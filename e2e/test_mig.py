@@ -112,6 +112,21 @@ def settled(
     return got if done and not paused_labels(admin, node) else None
 
 
+def gpu_pod(namespace: str, name: str) -> dict[str, Any]:
+    """A workload pod on NODE holding a MIG slice (placed directly: the scheduler is not what is tested)."""
+    limits = {"nvidia.com/mig-1g.10gb": "1"}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "nodeName": NODE,
+            "tolerations": [{"operator": "Exists"}],
+            "containers": [{"name": "c", "image": "cuda", "resources": {"limits": limits}}],
+        },
+    }
+
+
 def explain(admin: Kube, run: Running, sim: NodeSimulator) -> str:
     return f"labels: {labels(admin)}\ncondition: {mig_condition(admin)}\nsim: {sim.errors[-3:]}\n{run.op.log_tail(30)}"
 
@@ -167,17 +182,7 @@ def test_an_unknown_layout_is_refused_and_the_node_left_as_it_was(
 def test_a_change_waits_for_gpu_pods_and_survives_an_operator_kill(
     admin: Kube, operator: Running, sim: NodeSimulator, namespace: str
 ) -> None:
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": "cuda-job", "namespace": namespace},
-        "spec": {
-            "nodeName": NODE,
-            "tolerations": [{"operator": "Exists"}],
-            "containers": [{"name": "c", "image": "cuda", "resources": {"limits": {"nvidia.com/mig-1g.10gb": "1"}}}],
-        },
-    }
-    admin.create(pod)
+    admin.create(gpu_pod(namespace, "cuda-job"))
     relabel(admin, "all-balanced")
     try:
         cond = wait_for(
@@ -246,3 +251,22 @@ def test_operands_paused_by_a_mig_manager_that_is_gone_are_restored(
     wait_for(
         lambda: settled(admin, "all-7g.80gb", sim=sim), WAIT, interval=0.5, message="applied once mig-manager is back"
     )
+
+
+def test_with_eviction_allowed_gpu_pods_are_evicted_and_the_change_goes_ahead(
+    admin: Kube, operator: Running, sim: NodeSimulator, namespace: str
+) -> None:
+    admin.merge_patch(
+        "ClusterPolicy", "cluster-policy", {"spec": {"driver": {"upgradePolicy": {"drain": {"enable": True}}}}}
+    )
+    try:
+        admin.create(gpu_pod(namespace, "infer"))
+        relabel(admin, "all-2g.20gb")
+        wait_for(lambda: admin.get("Pod", "infer", namespace) is None, WAIT, interval=0.5, message="GPU pod evicted")
+        wait_for(lambda: settled(admin, "all-2g.20gb", sim=sim), WAIT, interval=0.5, message="2g.20gb applied")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{explain(admin, operator, sim)}") from None
+    finally:
+        admin.merge_patch(
+            "ClusterPolicy", "cluster-policy", {"spec": {"driver": {"upgradePolicy": {"drain": {"enable": False}}}}}
+        )

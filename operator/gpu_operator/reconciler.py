@@ -51,6 +51,7 @@ class Reconciler:
         self.lifecycle = Lifecycle(kube, namespace, self.applier)
         self.status = StatusWriter(kube, self.events)
         self._plan: tuple[str, list[StatePlan]] | None = None  # the last plan and its render key
+        self._sharing_warned: str | None = None  # the refusal last posted as an event
 
     def _render(self, ctx: RenderContext) -> list[StatePlan]:
         """The plan for ctx, rendered again only when something it depends on changed."""
@@ -206,8 +207,10 @@ class Reconciler:
         if not name or name not in ctx.config_data:
             return None
         found = sharing.context_problems(ctx.spec, ctx.config_data, ctx.nodes)
-        if found:
-            self.events(policy, "Warning", sharing.REASON, sharing.summary(found))
+        message = sharing.summary(found) if found else None
+        if message and message != self._sharing_warned:
+            self.events(policy, "Warning", sharing.REASON, message)
+        self._sharing_warned = message
         return found
 
     def _daemonsets_ready(

@@ -17,6 +17,10 @@ k8s-device-plugin v0.20:
   MIG attributes ``memory``, ``slices.gi``, ``slices.ci`` (also multiprocessors and engines upstream; not
   modelled), ``-MIG-INVALID`` with count 0 for a non-uniform single layout, ``mps.capable=true`` only with an MPS
   config and no MIG-enabled GPU.
+* MIG attribute values: memory is the profile's size in GiB as MiB, as go-nvml's mock GPUs report it
+  (``pkg/nvml/mock/gpus/h100.go``: 1g.10gb -> 10240); slices are the profile's compute slices.
+* Layouts: the user's mig-parted config when the node's MIG manager pod mounts one (a ConfigMap volume holding
+  ``mig-configs``), else the default set; an entry applies to a GPU without ``device-filter`` or naming its ID.
 * ``cmd/config-manager/main.go``: the config is the ConfigMap key named by the node label (``NODE_LABEL``), else
   ``DEFAULT_CONFIG``, else the fallback (``empty``); a named key that does not exist is an error.  It reloads
   when the label changes (the sidecar signals the plugin), not when the ConfigMap's content changes.
@@ -25,9 +29,11 @@ k8s-device-plugin v0.20:
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import yaml
 
 from e2e.cluster.nodes import GFD_LABEL_KEYS, Profile
 from gpu_operator import mig_layouts, sharing
@@ -66,12 +72,57 @@ def applied_layout(labels: Mapping[str, str]) -> str | None:
     return labels.get(MIG_CONFIG) or None
 
 
-def mig_devices(profile: Profile, layout: str | None) -> dict[str, int] | None:
+MigConfigs = Mapping[str, Any]  # mig-parted's `mig-configs`: layout name -> entries
+
+
+def user_layout_devices(configs: MigConfigs, layout: str, device_id: str) -> dict[str, int] | None:
+    """The MIG devices a layout of a user's mig-parted config makes on one GPU ({}: MIG off), None: not valid."""
+    gpu = mig_layouts.gpu_for(device_id)
+    entries = configs.get(layout)
+    if gpu is None or not isinstance(entries, list):
+        return None
+    for entry in entries:
+        filters = entry.get("device-filter") or []
+        filters = [filters] if isinstance(filters, str) else filters
+        if filters and mig_layouts.normalize_id(device_id) not in {mig_layouts.normalize_id(f) for f in filters}:
+            continue
+        if not entry.get("mig-enabled"):
+            return {}
+        devices = {str(k): int(v) for k, v in (entry.get("mig-devices") or {}).items()}
+        return devices if all(gpu.profiles.get(p, 0) >= n for p, n in devices.items()) else None
+    return None
+
+
+def mig_configs_of(pods: Iterable[Mapping[str, Any]],
+                   config_maps: Mapping[tuple[str, str], Mapping[str, str]]) -> MigConfigs | None:
+    """The mig-parted config a pod on the node mounts from a ConfigMap (the MIG manager's), or None."""
+    for pod in pods:
+        ns = (pod.get("metadata") or {}).get("namespace") or ""
+        for v in (pod.get("spec") or {}).get("volumes") or []:
+            name = (v.get("configMap") or {}).get("name")
+            for text in (config_maps.get((ns, name)) or {}).values() if name else ():
+                if "mig-configs" not in text:
+                    continue
+                try:
+                    doc = yaml.safe_load(text)
+                except yaml.YAMLError:
+                    continue
+                if isinstance(doc, dict) and isinstance(doc.get("mig-configs"), dict):
+                    return dict(doc["mig-configs"])
+    return None
+
+
+def mig_devices(profile: Profile, layout: str | None, configs: MigConfigs | None = None) -> dict[str, int] | None:
     """MIG devices per GPU of the applied layout, or None: MIG disabled (no layout, all-disabled, unknown)."""
     if not layout or not profile.mig_capable or layout == mig_layouts.DISABLED:
         return None
     device_id = DEVICE_IDS.get(profile.product)
-    devices = mig_layouts.layout_devices(layout, device_id) if device_id else None
+    if not device_id:
+        return None
+    if configs is not None:
+        devices = user_layout_devices(configs, layout, device_id)
+    else:
+        devices = mig_layouts.layout_devices(layout, device_id)
     if devices is None:
         return None  # not valid on this GPU: mig-manager would not have applied it
     if not devices and layout != mig_layouts.ENABLED:
@@ -143,13 +194,13 @@ def _replicate(out: dict[str, int], resource: str, count: int, config: sharing.S
 
 
 def advertise(profile: Profile, layout: str | None, mig_strategy: str, config: sharing.SharingConfig,
-              mps_daemon_ready: bool = True) -> Advertised:
+              mps_daemon_ready: bool = True, configs: MigConfigs | None = None) -> Advertised:
     """The extended resources the device plugin advertises on the node."""
     if not profile.has_gpu:
         return Advertised()
     if mig_strategy not in sharing.MIG_STRATEGIES:
         return Advertised(error=f"unknown MIG strategy: {mig_strategy}")
-    devices = mig_devices(profile, layout) if mig_strategy != "none" else None
+    devices = mig_devices(profile, layout, configs) if mig_strategy != "none" else None
     if config.strategy == sharing.MPS:
         if mig_strategy == "mixed":
             return Advertised(error="using --mig-strategy=mixed is not supported with MPS")
@@ -184,10 +235,10 @@ def _resource_labels(prefix: str, product: str, count: int, config: sharing.Shar
             f"{prefix}.sharing-strategy": strategy}
 
 
-def gfd_overlay(profile: Profile, layout: str | None, mig_strategy: str,
-                config: sharing.SharingConfig) -> dict[str, str]:
+def gfd_overlay(profile: Profile, layout: str | None, mig_strategy: str, config: sharing.SharingConfig,
+                configs: MigConfigs | None = None) -> dict[str, str]:
     """What GFD's labels are beyond the plain profile's (``gfd_labels``): sharing, MIG strategy and MIG devices."""
-    devices = mig_devices(profile, layout) if mig_strategy != "none" else None
+    devices = mig_devices(profile, layout, configs) if mig_strategy != "none" else None
     out = {"nvidia.com/mig.strategy": mig_strategy,
            "nvidia.com/mps.capable": str(config.strategy == sharing.MPS and devices is None).lower()}
     n = profile.gpu_count

@@ -411,13 +411,14 @@ class NodeSimulator:
             return
         labels = node["metadata"].get("labels") or {}
         layout = adv.applied_layout(labels)
+        mig_configs = adv.mig_configs_of(pods, world.config_maps) if layout else None
         plugin = next((p for p in pods if _uid(p) in result.plugin_pods), None)
         resources: dict[str, int] = {}
         if result.gpus and plugin is not None:
             selected = self._config_of(plugin, labels, world)
             mps_ready = any(adv.runs_mps_daemon(p) for p in pods)
             advertised = adv.advertise(profile, layout, adv.mig_strategy_of(plugin, self.mig_strategy),
-                                       selected.config, mps_ready) if not selected.error else None
+                                       selected.config, mps_ready, mig_configs) if not selected.error else None
             resources = advertised.resources if advertised else {}
         self._sync_gpus(node, resources)
         gfd = next((p for p in pods if _uid(p) in result.gfd_pods), None)
@@ -427,7 +428,7 @@ class NodeSimulator:
             want = gfd_labels(profile, result.driver_version, strategy)
             selected = self._config_of(gfd, labels, world)
             if not selected.error:
-                want.update(adv.gfd_overlay(profile, layout, strategy, selected.config))
+                want.update(adv.gfd_overlay(profile, layout, strategy, selected.config, mig_configs))
         self._sync_gfd(node, want)
         with self._lock:
             live = {_uid(p) for p in self._pods.values()}

@@ -111,3 +111,36 @@ def test_reading_the_pod_specs() -> None:
     assert adv.runs_mps_daemon(_pod([daemon], []))
     assert not adv.runs_mps_daemon(_pod([daemon], [], ready=False))
     assert not adv.runs_mps_daemon(pod)
+
+
+USER_MIG_CONFIG = """\
+version: v1
+mig-configs:
+  all-disabled:
+  - devices: all
+    mig-enabled: false
+  custom:
+  - device-filter: ["0x233010DE"]
+    devices: all
+    mig-enabled: true
+    mig-devices: {"3g.40gb": 2}
+  too-big:
+  - devices: all
+    mig-enabled: true
+    mig-devices: {"3g.40gb": 3}
+"""
+
+
+def test_layouts_from_the_mig_managers_config_map() -> None:
+    pods = [{"metadata": {"namespace": "ns"},
+             "spec": {"volumes": [{"name": "mig-parted-config", "configMap": {"name": "custom-mig"}}]}}]
+    configs = adv.mig_configs_of(pods, {("ns", "custom-mig"): {"config.yaml": USER_MIG_CONFIG}})
+    assert configs is not None and set(configs) == {"all-disabled", "custom", "too-big"}
+    assert adv.advertise(H100, "custom", "mixed", sharing.EMPTY, configs=configs).resources == {
+        "nvidia.com/mig-3g.40gb": 16}
+    assert adv.advertise(A100, "custom", "mixed", sharing.EMPTY, configs=configs).resources == {"nvidia.com/gpu": 4}
+    assert adv.advertise(H100, "too-big", "mixed", sharing.EMPTY, configs=configs).resources == {"nvidia.com/gpu": 8}
+    # a layout only the default set has is not in the user's config
+    assert adv.advertise(H100, "all-1g.10gb", "mixed", sharing.EMPTY, configs=configs).resources == {
+        "nvidia.com/gpu": 8}
+    assert adv.mig_configs_of(pods, {}) is None

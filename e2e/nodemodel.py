@@ -614,6 +614,8 @@ class StepResult:
     gfd: bool  # a GPU feature discovery pod runs
     driver_version: str | None  # the driver GFD would see
     again: float | None  # seconds until something changes by itself
+    plugin_pods: frozenset[str] = frozenset()  # uids of the running device plugin pods
+    gfd_pods: frozenset[str] = frozenset()  # uids of the running GFD pods
 
 
 @dataclass
@@ -727,7 +729,8 @@ class NodeModel:
             statuses=statuses, events=events,
             gpus=self.host.gpus if self._gpu_owners and self.host.gpus else None,
             gfd=bool(self._gfd_owners), driver_version=self.driver_version(),
-            again=min(wake) if wake else None)
+            again=min(wake) if wake else None,
+            plugin_pods=frozenset(self._gpu_owners), gfd_pods=frozenset(self._gfd_owners))
 
     def driver_version(self) -> str | None:
         return self.host.driver_at(DRIVER_INSTALL_DIR) or self.host.driver_at("/")

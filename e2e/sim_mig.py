@@ -68,6 +68,12 @@ class MigSim:
             host = self._hosts.get(node)
             return host.applied if host else None
 
+    def managed(self, node: str) -> str | None:
+        """The layout applied on ``node`` once a mig-manager pod has run there (None before: nothing known)."""
+        with self._lock:
+            host = self._hosts.get(node)
+            return host.applied if host and host.pod else None
+
     def step(self, node: dict[str, Any], pods: list[dict[str, Any]], now: float) -> tuple[dict[str, Any], float | None]:
         """(label patch, seconds until the node needs another look); called with the node's operand pods."""
         name = node["metadata"]["name"]

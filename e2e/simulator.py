@@ -39,7 +39,8 @@ from typing import Any
 
 from kubernetes import client
 
-from e2e.cluster.nodes import GFD_LABEL_KEYS, HOST_DRIVER_ANNOTATION, PROFILE_LABEL, gfd_labels, profile_of
+from e2e import advertise as adv
+from e2e.cluster.nodes import HOST_DRIVER_ANNOTATION, PROFILE_LABEL, gfd_labels, profile_of
 from e2e.kube import Kube
 from e2e.nodemodel import (
     Finding,
@@ -180,6 +181,7 @@ class NodeSimulator:
         self._models: dict[str, NodeModel] = {}
         self._crash_nodes: set[str] = set()
         self._world: tuple[float, World] | None = None
+        self._configs: dict[str, tuple[str, adv.Selected]] = {}  # pod uid -> (node label value, its config)
         self._queue = _NodeQueue()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -312,8 +314,8 @@ class NodeSimulator:
         stale = {
             n["metadata"]["name"]
             for n in self._kube.items("/api/v1/nodes", labelSelector=PROFILE_LABEL)
-            if GPU_RESOURCE in ((n.get("status") or {}).get("capacity") or {})
-            or any(k in GFD_LABEL_KEYS for k in n["metadata"].get("labels") or {})
+            if any(adv.is_resource(r) for r in (n.get("status") or {}).get("capacity") or {})
+            or any(adv.is_gfd_label(k) for k in n["metadata"].get("labels") or {})
         }
         with self._lock:
             old = self._pods
@@ -391,7 +393,8 @@ class NodeSimulator:
                 self._models.pop(node_name, None)
             return
         model = self._model_for(node)
-        result = model.step(pods, self._world_now(), time.monotonic(), time.time())
+        world = self._world_now()
+        result = model.step(pods, world, time.monotonic(), time.time())
         host_ip = next((a["address"] for a in (node.get("status") or {}).get("addresses") or []
                         if a.get("type") == "InternalIP"), None)
         now = _now()
@@ -415,8 +418,52 @@ class NodeSimulator:
             node = self._kube.patch(f"/api/v1/nodes/{node_name}", {"metadata": {"labels": mig_patch}})
         if mig_again is not None:
             self._queue.add(node_name, delay=max(mig_again, 0.01))
-        self._sync_gpus(node, result.gpus)
-        self._sync_gfd(node, gfd_labels(profile, result.driver_version, self.mig_strategy) if result.gfd else {})
+        labels = node["metadata"].get("labels") or {}
+        # What the GPUs hold: the simulated mig-manager's layout once one ran here (a refused or held label
+        # changes nothing), else the labels' word for it.
+        managed = self.mig.managed(node_name)
+        layout = adv.applied_layout(labels) if managed is None else managed
+        mig_configs = adv.mig_configs_of(pods, world.config_maps) if layout else None
+        plugin = next((p for p in pods if _uid(p) in result.plugin_pods), None)
+        resources: dict[str, int] = {}
+        if result.gpus and plugin is not None:
+            selected = self._config_of(plugin, labels, world)
+            mps_ready = any(adv.runs_mps_daemon(p) for p in pods)
+            advertised = adv.advertise(profile, layout, adv.mig_strategy_of(plugin, self.mig_strategy),
+                                       selected.config, mps_ready, mig_configs) if not selected.error else None
+            resources = advertised.resources if advertised else {}
+        self._sync_gpus(node, resources)
+        gfd = next((p for p in pods if _uid(p) in result.gfd_pods), None)
+        want: dict[str, str] = {}
+        if result.gfd and gfd is not None:
+            strategy = adv.mig_strategy_of(gfd, self.mig_strategy)
+            want = gfd_labels(profile, result.driver_version, strategy)
+            selected = self._config_of(gfd, labels, world)
+            if not selected.error:
+                want.update(adv.gfd_overlay(profile, layout, strategy, selected.config, mig_configs))
+        self._sync_gfd(node, want)
+        with self._lock:
+            live = {_uid(p) for p in self._pods.values()}
+            for uid in [u for u in self._configs if u not in live]:
+                self._configs.pop(uid, None)
+
+    def _config_of(self, pod: dict[str, Any], labels: dict[str, str], world: World) -> adv.Selected:
+        """The sharing config the pod's config-manager selected: reselected when the node label changes (the
+        sidecar's behaviour), not when the ConfigMap's content changes; a failed selection is retried."""
+        source = adv.config_source(pod)
+        if source is None:
+            return adv.Selected()
+        value = labels.get(source.node_label, "")
+        with self._lock:
+            cached = self._configs.get(_uid(pod))
+        if cached is not None and cached[0] == value:
+            return cached[1]
+        data = world.config_maps.get((self.namespace, source.config_map))
+        selected = adv.select_config(data, labels, source.node_label, source.default, source.fallbacks)
+        if not selected.error:
+            with self._lock:
+                self._configs[_uid(pod)] = (value, selected)
+        return selected
 
     def _world_now(self) -> World:
         """RuntimeClasses, ConfigMaps and DaemonSets as the node's components read them (listed at most once a
@@ -481,24 +528,27 @@ class NodeSimulator:
         })
 
     # device plugin
-    def _sync_gpus(self, node: dict[str, Any], gpus: int | None) -> None:
-        want = str(gpus) if gpus else None
+    def _sync_gpus(self, node: dict[str, Any], resources: dict[str, int]) -> None:
+        want = {k: str(v) for k, v in resources.items()}
         status = node.get("status") or {}
-        have_cap = (status.get("capacity") or {}).get(GPU_RESOURCE)
-        have_alloc = (status.get("allocatable") or {}).get(GPU_RESOURCE)
-        if have_cap == want and have_alloc == want:
+        have = {k: v for part in ("capacity", "allocatable") for k, v in (status.get(part) or {}).items()
+                if adv.is_resource(k)}
+        cap = {k: v for k, v in (status.get("capacity") or {}).items() if adv.is_resource(k)}
+        alloc = {k: v for k, v in (status.get("allocatable") or {}).items() if adv.is_resource(k)}
+        if cap == want and alloc == want:
             return
+        patch: dict[str, str | None] = {k: None for k in have if k not in want}
+        patch.update(want)
         name = node["metadata"]["name"]
-        log.info("simulator: node %s %s=%s", name, GPU_RESOURCE, want)
-        self._kube.patch(f"/api/v1/nodes/{name}/status",
-                         {"status": {"capacity": {GPU_RESOURCE: want}, "allocatable": {GPU_RESOURCE: want}}})
+        log.info("simulator: node %s advertises %s", name, want or "nothing")
+        self._kube.patch(f"/api/v1/nodes/{name}/status", {"status": {"capacity": patch, "allocatable": patch}})
         with self._lock:
             self._touched.add(name)
 
     # gpu feature discovery
     def _sync_gfd(self, node: dict[str, Any], want: dict[str, str]) -> None:
         labels = node["metadata"].get("labels") or {}
-        have = {k: v for k, v in labels.items() if k in GFD_LABEL_KEYS}
+        have = {k: v for k, v in labels.items() if adv.is_gfd_label(k)}
         same = {k: v for k, v in have.items() if k != TIMESTAMP_LABEL} == {
             k: v for k, v in want.items() if k != TIMESTAMP_LABEL}
         if same and (TIMESTAMP_LABEL in have) == (TIMESTAMP_LABEL in want):

@@ -43,6 +43,7 @@ class Snapshot:
     revisions: dict[str, dict[str, Any]]  # ControllerRevisions in our namespace (small projections)
     api_groups: frozenset[str] = frozenset()
     config_maps: dict[str, tuple[str, ...]] = field(default_factory=dict)  # in our namespace: name -> keys
+    config_data: dict[str, dict[str, str]] = field(default_factory=dict)  # in our namespace: name -> data
 
 
 
@@ -108,6 +109,7 @@ def observe(kube: Kube, namespace: str) -> Snapshot:
         policy.setdefault("apiVersion", "nvidia.com/v1")
         policy.setdefault("kind", "ClusterPolicy")
         policies[policy["metadata"]["name"]] = policy
+    config_maps = kube.list("ConfigMap", namespace)
     owned = {}
     for kind in operand_kinds():
         for obj in list_owned(kube, kind, namespace, api_groups):
@@ -119,7 +121,8 @@ def observe(kube: Kube, namespace: str) -> Snapshot:
         pods={p["metadata"]["name"]: pod_projection(p) for p in kube.list("Pod", namespace, OWNED_SELECTOR)},
         revisions={r["metadata"]["name"]: revision_projection(r) for r in kube.list("ControllerRevision", namespace)},
         api_groups=api_groups,
-        config_maps={cm["metadata"]["name"]: config_map_keys(cm) for cm in kube.list("ConfigMap", namespace)},
+        config_maps={cm["metadata"]["name"]: config_map_keys(cm) for cm in config_maps},
+        config_data={cm["metadata"]["name"]: dict(cm.get("data") or {}) for cm in config_maps},
     )
 
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import coverage, metrics, mig, mig_pass
+from . import coverage, metrics, mig, mig_pass, sharing
 from .api import PolicyError, parse_spec
 from .apply import Applier, labels_of
 from .events import EventRecorder, now
@@ -51,6 +51,7 @@ class Reconciler:
         self.lifecycle = Lifecycle(kube, namespace, self.applier)
         self.status = StatusWriter(kube, self.events)
         self._plan: tuple[str, list[StatePlan]] | None = None  # the last plan and its render key
+        self._sharing_warned: str | None = None  # the refusal last posted as an event
 
     def _render(self, ctx: RenderContext) -> list[StatePlan]:
         """The plan for ctx, rendered again only when something it depends on changed."""
@@ -145,7 +146,9 @@ class Reconciler:
             owner=owner,
             api_groups=snap.api_groups,
             config_maps=snap.config_maps,
+            config_data=snap.config_data,
         )
+        refused = self._check_sharing(policy, ctx)
         results = []
         errors = []
         desired: set[Key] = set()
@@ -192,12 +195,27 @@ class Reconciler:
             settling=bool(patches or out.applied or out.deleted),
             extra={"upgrade": upgrade.status} if upgrade.status else None,
             unsupported=coverage.report(spec),
+            more_conditions=[c for c in [sharing.condition(
+                spec.device_plugin.config.name, refused, generation,
+                (policy.get("status") or {}).get("conditions") or [], now())] if c],
         )
         mig_condition = mig.condition(migs, generation, (policy.get("status") or {}).get("conditions") or [], now())
         if mig_condition:
             status["conditions"].append(mig_condition)
         out.ready = status["state"] == "ready"
         self.status.write(policy, status)
+
+    def _check_sharing(self, policy: dict[str, Any], ctx: RenderContext) -> list[sharing.Problem] | None:
+        """The sharing config's problems (None: no config); a Warning event on the policy once per change."""
+        name = ctx.spec.device_plugin.config.name
+        if not name or name not in ctx.config_data:
+            return None
+        found = sharing.context_problems(ctx.spec, ctx.config_data, ctx.nodes)
+        message = sharing.summary(found) if found else None
+        if message and message != self._sharing_warned:
+            self.events(policy, "Warning", sharing.REASON, message)
+        self._sharing_warned = message
+        return found
 
     def _daemonsets_ready(
         self, state: str, desired: set[Key], live: dict[Key, dict[str, Any]], snap: Snapshot

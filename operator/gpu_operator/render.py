@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from . import sharing
 from .api import ClusterPolicySpec
 from .nodes import NodeFacts, apply_patch, desired_annotations, desired_labels
 from .states import OperandState, RenderContext, all_states
@@ -66,7 +67,8 @@ def render_key(ctx: RenderContext) -> str:
         for n in sorted(ctx.nodes, key=lambda n: n.name)
     ]
     blob = json.dumps(
-        [ctx.spec.model_dump(mode="json"), ctx.namespace, nodes, ctx.owner, sorted(ctx.api_groups), ctx.config_maps],
+        [ctx.spec.model_dump(mode="json"), ctx.namespace, nodes, ctx.owner, sorted(ctx.api_groups), ctx.config_maps,
+         ctx.config_data.get(ctx.spec.device_plugin.config.name)],
         sort_keys=True,
         default=str,
     )
@@ -76,8 +78,12 @@ def render_key(ctx: RenderContext) -> str:
 def plan(ctx: RenderContext) -> list[StatePlan]:
     """Every state in order with its desired objects (none when disabled: its objects are to be deleted)."""
     plans = []
+    refused = sharing.context_problems(ctx.spec, ctx.config_data, ctx.nodes)
     for state in all_states():
         enabled = state.enabled(ctx.spec)
+        if enabled and refused and state.name in sharing.HELD_STATES:
+            plans.append(StatePlan(state, enabled, [], problem=sharing.summary(refused)))
+            continue
         try:
             plans.append(StatePlan(state, enabled, state.render(ctx) if enabled else []))
         except RenderProblem as exc:

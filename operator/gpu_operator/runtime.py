@@ -44,6 +44,7 @@ class Operator:
         self.discovery_stale = False
         self._gone: set[tuple[str, Any]] | None = None  # deletions seen during the initial listing
         self.config_maps: dict[str, tuple[str, ...]] = {}  # every ConfigMap in our namespace: name -> keys
+        self.config_data: dict[str, dict[str, str]] = {}  # and their data (the sharing config is validated)
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
@@ -98,13 +99,16 @@ class Operator:
     def on_config_map(self, event_type: str | None, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
         keys = None if event_type == "DELETED" else config_map_keys(body)
-        if self.config_maps.get(name) == keys:
+        data = None if keys is None else dict(body.get("data") or {})
+        if self.config_maps.get(name) == keys and self.config_data.get(name) == data:
             return
-        if keys is None:
+        if keys is None or data is None:
             self._forget("configmap", name)
             self.config_maps.pop(name, None)
+            self.config_data.pop(name, None)
         else:
             self.config_maps[name] = keys
+            self.config_data[name] = data
         self.wake.set()
 
     def on_revision(self, event_type: str | None, body: dict[str, Any]) -> None:
@@ -142,6 +146,7 @@ class Operator:
         fill("pod", self.pods, snap.pods)
         fill("revision", self.revisions, snap.revisions)
         fill("configmap", self.config_maps, snap.config_maps)
+        fill("configmap", self.config_data, snap.config_data)
         self._gone = None
 
     def refresh_discovery(self) -> None:
@@ -167,6 +172,7 @@ class Operator:
             revisions=dict(self.revisions),
             api_groups=self.api_groups,
             config_maps=dict(self.config_maps),
+            config_data=dict(self.config_data),
         )
 
     async def loop(self) -> None:

@@ -42,6 +42,8 @@ class RenderContext:
     api_groups: frozenset[str] = frozenset()
     # ConfigMaps in the operator namespace: name -> their keys (the driver mounts referenced ones key by key).
     config_maps: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Their data, where known (the device plugin's sharing config is validated before it rolls out).
+    config_data: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 class RenderProblem(Exception):

@@ -1,0 +1,157 @@
+"""Sharing configs parsed and checked as upstream's device plugin would, and the refusal that holds the rollout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gpu_operator import sharing
+from gpu_operator.api import parse_spec
+from gpu_operator.nodes import NodeFacts
+from gpu_operator.render import plan, render_key
+from gpu_operator.states import RenderContext
+
+FIXTURES = Path(__file__).parent / "fixtures" / "sharing"
+
+
+def fixture(name: str) -> str:
+    return (FIXTURES / name).read_text()
+
+
+def test_time_slicing_example() -> None:
+    cfg = sharing.parse(fixture("time-slicing.yaml"))
+    assert cfg.strategy == sharing.TIME_SLICING
+    assert cfg.mig_strategy == "none"
+    r = cfg.sharing_of("nvidia.com/gpu")
+    assert r is not None and r.replicas == 4 and r.advertised == "nvidia.com/gpu" and r.devices == "all"
+    assert cfg.time_slicing.fail_requests_greater_than_one is False
+    sharing.check(cfg, "single")
+
+
+def test_rename_by_default_and_device_lists() -> None:
+    cfg = sharing.parse(fixture("renamed.yaml"))
+    r = cfg.sharing_of("nvidia.com/gpu")
+    assert r is not None and r.advertised == "nvidia.com/gpu.shared"
+    assert r.devices == ("0", "1", "GPU-3c9d3bd5-1a4b-4f0e-9a7e-2b3b7a4b3d3c")
+
+
+def test_mig_time_slicing_example_is_valid_with_mixed() -> None:
+    cfg = sharing.parse(fixture("time-slicing-mig.yaml"))
+    assert cfg.sharing_of("nvidia.com/mig-3g.20gb").replicas == 3  # type: ignore[union-attr]
+    sharing.check(cfg, "mixed")
+
+
+def test_mps_defaults_fail_requests_greater_than_one() -> None:
+    cfg = sharing.parse(fixture("mps.yaml"))
+    assert cfg.strategy == sharing.MPS
+    assert cfg.mps is not None and cfg.mps.fail_requests_greater_than_one is True
+    assert cfg.replicated is cfg.mps
+    sharing.check(cfg, "single")
+
+
+def test_empty_and_unnamed_resource_names() -> None:
+    assert sharing.parse("") == sharing.EMPTY
+    assert sharing.parse("version: v1\n").strategy == sharing.NONE
+    cfg = sharing.parse("sharing: {timeSlicing: {resources: [{name: gpu, replicas: 2}]}}")
+    assert cfg.sharing_of("nvidia.com/gpu") is not None
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "message"),
+    [
+        ("version: v2", "version", "unknown version: v2"),
+        ("sharing: {timeSlicing: {resources: []}}", "sharing.timeSlicing.resources", "no resources specified"),
+        ("sharing: {timeSlicing: {renameByDefault: true}}", "sharing.timeSlicing.resources", "no resources"),
+        ("sharing: {timeSlicing: {resources: [{replicas: 2}]}}", "sharing.timeSlicing.resources[0].name",
+         "no resource name specified"),
+        ("sharing: {timeSlicing: {resources: [{name: nvidia.com/gpu}]}}",
+         "sharing.timeSlicing.resources[0].replicas", "no replicas specified"),
+        ("sharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, replicas: 1}]}}",
+         "sharing.timeSlicing.resources[0].replicas", "number of replicas must be >= 2"),
+        ("sharing: {mps: {resources: [{name: nvidia.com/gpu, replicas: 0}]}}",
+         "sharing.mps.resources[0].replicas", "number of replicas must be >= 2"),
+        ("sharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, replicas: 2, devices: some}]}}",
+         "sharing.timeSlicing.resources[0].devices", "the only valid string input is 'all'"),
+        ("sharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, replicas: 2, devices: 0}]}}",
+         "sharing.timeSlicing.resources[0].devices", "must be > 0"),
+        ("sharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, replicas: 2, devices: [GPU-x]}]}}",
+         "sharing.timeSlicing.resources[0].devices[0]", "unsupported type for device"),
+        ("sharing: {timeSlicing: {resources: [{name: NVIDIA_GPU, replicas: 2}]}}",
+         "sharing.timeSlicing.resources[0].name", "incorrect format for resource name"),
+        ("sharing: {timeSlicing: {renameByDefault: yes-please, resources: [{name: gpu, replicas: 2}]}}",
+         "sharing.timeSlicing.renameByDefault", "must be true or false"),
+        ("flags: {migStrategy: both}", "flags.migStrategy", "unknown MIG strategy: both"),
+        ("sharing: [", "", "unmarshal error"),
+    ],
+)
+def test_what_the_plugin_refuses_names_the_field(text: str, field: str, message: str) -> None:
+    with pytest.raises(sharing.ConfigError) as err:
+        sharing.parse(text)
+    assert err.value.field == field
+    assert message in err.value.message
+
+
+def test_mps_with_mig() -> None:
+    cfg = sharing.parse(fixture("mps.yaml"))
+    with pytest.raises(sharing.ConfigError, match="mixed is not supported with MPS"):
+        sharing.check(cfg, "mixed")
+    with pytest.raises(sharing.ConfigError, match="not supported for MIG devices"):
+        sharing.check(cfg, "single", mig_enabled=True)
+    sharing.check(cfg, "none", mig_enabled=True)  # strategy none: the plugin sees full GPUs
+
+
+def test_unknown_resource_is_refused() -> None:
+    cfg = sharing.parse("sharing: {timeSlicing: {resources: [{name: nvidia.com/tpu, replicas: 2}]}}")
+    with pytest.raises(sharing.ConfigError) as err:
+        sharing.check(cfg, "single")
+    assert err.value.field == "sharing.timeSlicing.resources[0].name" and "unknown resource" in err.value.message
+
+
+def _node(name: str, **labels: str) -> NodeFacts:
+    return NodeFacts.from_node({"metadata": {"name": name, "labels": {
+        "feature.node.kubernetes.io/pci-10de.present": "true", **labels}}, "status": {}})
+
+
+def test_config_map_problems_name_configmap_key_and_field() -> None:
+    data = {"ts": fixture("time-slicing.yaml"), "mps": fixture("mps.yaml"), "bad": "version: v0"}
+    found = sharing.problems("sharing", data, "single", default="missing")
+    assert [(p.key, p.field) for p in found] == [("bad", "version"), ("missing", "")]
+    assert str(found[0]) == "ConfigMap sharing key bad field version: unknown version: v0"
+    # MPS is refused only for a key a MIG-enabled node loads
+    mig = _node("n1", **{"nvidia.com/mig.config": "all-1g.10gb", "nvidia.com/device-plugin.config": "mps"})
+    plain = _node("n2", **{"nvidia.com/device-plugin.config": "mps"})
+    assert sharing.problems("sharing", {"mps": data["mps"]}, "single", nodes=[plain]) == []
+    found = sharing.problems("sharing", {"mps": data["mps"]}, "single", nodes=[plain, mig])
+    assert [(p.key, p.field) for p in found] == [("mps", "sharing.mps")]
+
+
+def _ctx(data: dict[str, str], strategy: str = "single") -> RenderContext:
+    spec = parse_spec({"devicePlugin": {"config": {"name": "sharing", "default": ""}}, "mig": {"strategy": strategy}})
+    return RenderContext(spec=spec, namespace="gpu-operator", nodes=(_node("n1"),),
+                         config_maps={"sharing": tuple(sorted(data))}, config_data={"sharing": data})
+
+
+def test_a_refused_config_holds_the_states_that_load_it() -> None:
+    good = {p.state.name: p for p in plan(_ctx({"ts": fixture("time-slicing.yaml")}))}
+    assert all(good[s].objects and good[s].problem is None for s in sharing.HELD_STATES)
+    held = {p.state.name: p for p in plan(_ctx({"ts": fixture("time-slicing.yaml"), "bad": "version: v9"}))}
+    for name in sharing.HELD_STATES:
+        assert held[name].objects == [] and "key bad field version" in (held[name].problem or "")
+    assert held["state-driver"].objects and held["state-driver"].problem is None
+
+
+def test_the_config_content_moves_the_render_key() -> None:
+    assert render_key(_ctx({"ts": "version: v1"})) != render_key(_ctx({"ts": "version: v2"}))
+
+
+def test_condition() -> None:
+    bad = sharing.problems("sharing", {"bad": "version: v9"}, "single")
+    cond = sharing.condition("sharing", bad, 3, [], "t1")
+    assert cond is not None and cond["status"] == "False" and cond["reason"] == sharing.REASON
+    assert "key bad field version" in cond["message"]
+    again = sharing.condition("sharing", bad, 4, [cond], "t2")
+    assert again is not None and again["lastTransitionTime"] == "t1"
+    ok = sharing.condition("sharing", [], 5, [cond], "t3")
+    assert ok is not None and ok["status"] == "True" and ok["lastTransitionTime"] == "t3"
+    assert sharing.condition("", None, 1, [], "t") is None

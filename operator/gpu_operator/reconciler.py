@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import coverage, metrics
+from . import compat, coverage, metrics
 from .api import PolicyError, parse_spec
 from .apply import Applier, labels_of
 from .events import EventRecorder, now
@@ -132,7 +132,13 @@ class Reconciler:
         self.lifecycle.ensure_namespace(spec.psa.enabled)
 
         nodes = list(snap.nodes.values())
-        patches = node_patches(nodes, spec)
+        verdicts = compat.verdicts(nodes, spec)
+        refused = compat.refused(verdicts)
+        # A refused node keeps a driver pod of ours it already runs; only one without gets the refused label.
+        with_driver = {
+            p["node"] for p in snap.pods.values() if p["metadata"]["labels"].get(STATE_LABEL) == "state-driver"
+        }
+        patches = node_patches(nodes, spec, {n for n in refused if n not in with_driver})
         self.applier.patch_nodes(patches)
         nodes = relabelled(nodes, patches)
 
@@ -166,7 +172,7 @@ class Reconciler:
             elif applied.failed:
                 results.append(StateResult(state.name, "notReady", "apply failed: " + applied.failed))
             else:
-                result = self._daemonsets_ready(state.name, desired, live, snap)
+                result = self._daemonsets_ready(state.name, desired, live, snap, set(refused))
                 note = state.readiness_notes(ctx) if state.readiness_notes else None
                 if note:
                     message = f"{result.message}; {note}" if result.message else note
@@ -179,6 +185,10 @@ class Reconciler:
             self.kube, self.namespace, spec, replace(snap, nodes={n.name: n for n in nodes}), self.events
         )
         out.busy = upgrade.busy
+        for name, message in refused.items():  # a Warning on each refused node, when its rule changes
+            ref = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}
+            self.events(ref, "Warning", compat.EVENT_REASON, f"driver not rolled out to this node: {message}")
+        previous_conditions = (policy.get("status") or {}).get("conditions") or []
         status = policy_status(
             generation=generation,
             namespace=self.namespace,
@@ -191,21 +201,27 @@ class Reconciler:
             settling=bool(patches or out.applied or out.deleted),
             extra={"upgrade": upgrade.status} if upgrade.status else None,
             unsupported=coverage.report(spec),
+            more_conditions=[compat.condition(verdicts, generation, previous_conditions, now())] if verdicts else None,
         )
         out.ready = status["state"] == "ready"
         self.status.write(policy, status)
 
     def _daemonsets_ready(
-        self, state: str, desired: set[Key], live: dict[Key, dict[str, Any]], snap: Snapshot
+        self, state: str, desired: set[Key], live: dict[Key, dict[str, Any]], snap: Snapshot, refused: set[str]
     ) -> StateResult:
-        """The state's DaemonSets, each by upstream's readiness rule (RollingUpdate or OnDelete)."""
+        """The state's DaemonSets, each by upstream's readiness rule (RollingUpdate or OnDelete).
+
+        A driver pod on a refused node is kept at its old revision on purpose and does not count."""
         messages = []
         for key in sorted(k for k in desired if k[0] == "DaemonSet"):
             ds = live.get(key)
             if ds is None or labels_of(ds).get(STATE_LABEL) != state:
                 continue
             name = key[2]
-            pods = [p for p in snap.pods.values() if p["owner"] == name]
+            pods = [
+                p for p in snap.pods.values()
+                if p["owner"] == name and not (state == "state-driver" and p["node"] in refused)
+            ]
             revisions = [r for r in snap.revisions.values() if r["owner"] == name]
             ok, why = daemonset_ready(ds, pods, revisions)
             if not ok:

@@ -109,6 +109,7 @@ def policy_status(
     settling: bool = False,
     extra: dict[str, Any] | None = None,
     unsupported: list[tuple[str, str]] | None = None,
+    more_conditions: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The status of the active ClusterPolicy.
 
@@ -147,6 +148,7 @@ def policy_status(
     )
     if fields is not None:
         conditions.append(fields)
+    conditions += more_conditions or []
     status = {
         "state": "ready" if ready else "notReady",
         "namespace": namespace,

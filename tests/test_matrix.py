@@ -332,3 +332,17 @@ def test_render_nodes_shows_the_refusals_offline(tmp_path: Any, capsys: pytest.C
     assert patches["h100"]["nvidia.com/gpu.deploy.driver"] == "true"
     assert "# v100-a: refused: driver 595.91.07 (R595) does not support volta GPUs" in captured.out
     assert "# h100: ok: hopper (NVIDIA-H100-80GB-HBM3) from gfd, open kernel modules" in captured.out
+
+
+def test_a_refused_node_gets_its_driver_label_back_only_after_the_daemonsets_changed() -> None:
+    from gpu_operator.reconciler import _hold_driver_restores
+
+    v100 = gpu_node("v100", **{V100_LABEL: "true", "nvidia.com/gpu.deploy.driver": DRIVER_REFUSED})
+    h100 = gpu_node("h100", **H100_GFD)
+    patches = node_patches([v100, h100], spec("580.95.05"))
+    assert patches["v100"]["labels"]["nvidia.com/gpu.deploy.driver"] == "true"
+    held = _hold_driver_restores(patches, [v100, h100])
+    assert held == {"v100": {"labels": {"nvidia.com/gpu.deploy.driver": "true"}}}
+    assert "nvidia.com/gpu.deploy.driver" not in patches["v100"]["labels"]
+    assert patches["v100"]["labels"]["nvidia.com/gpu.deploy.container-toolkit"] == "true"
+    assert patches["h100"]["labels"]["nvidia.com/gpu.deploy.driver"] == "true"

@@ -19,9 +19,10 @@ from .apply import Applier, labels_of
 from .events import EventRecorder, now
 from .kube import ApiError, Kube
 from .lifecycle import CLEANUP_FINALIZER, Lifecycle
+from .nodes import DRIVER_REFUSED, NodeFacts, deploy_label
 from .observe import Key, Snapshot, key_of
 from .readiness import daemonset_ready
-from .render import StatePlan, node_patches, plan, relabelled, render_key
+from .render import NodePatch, StatePlan, node_patches, plan, relabelled, render_key
 from .states import RenderContext, all_states
 from .states.base import STATE_LABEL, owning_state
 from .status import StateResult, active_policy, ignored_status, policy_status
@@ -139,6 +140,9 @@ class Reconciler:
             p["node"] for p in snap.pods.values() if p["metadata"]["labels"].get(STATE_LABEL) == "state-driver"
         }
         patches = node_patches(nodes, spec, {n for n in refused if n not in with_driver})
+        # A node the driver may run on again gets gpu.deploy.driver=true back only once the driver DaemonSets
+        # carry this version: before, the DaemonSet controller could start the refused version there.
+        held = _hold_driver_restores(patches, nodes)
         self.applier.patch_nodes(patches)
         nodes = relabelled(nodes, patches)
 
@@ -165,6 +169,9 @@ class Reconciler:
             desired |= {key_of(obj) for obj in state_plan.objects}
             applied = self.applier.apply_state(state_plan, live)
             out.applied += applied.objects
+            if state.name == "state-driver" and held and (applied.objects or applied.failed):
+                out.busy = True  # the DaemonSets changed just now: restore the held labels on a later pass
+                held = {}
             if applied.failed:
                 errors.append(f"{state.name}: {applied.failed}")
             if not state_plan.enabled:
@@ -180,6 +187,9 @@ class Reconciler:
                 results.append(result)
 
         out.deleted = self.applier.prune(snap.owned, desired, states)
+        if held:
+            self.applier.patch_nodes(held)
+            out.busy = True
 
         upgrade = orchestrate(
             self.kube, self.namespace, spec, replace(snap, nodes={n.name: n for n in nodes}), self.events
@@ -229,3 +239,20 @@ class Reconciler:
         if messages:
             return StateResult(state, "notReady", "; ".join(messages))
         return StateResult(state, "ready")
+
+
+def _hold_driver_restores(patches: dict[str, NodePatch], nodes: list[NodeFacts]) -> dict[str, NodePatch]:
+    """Take the refused -> true driver-label changes out of `patches` (in place) and return them."""
+    held: dict[str, NodePatch] = {}
+    key = deploy_label("driver")
+    refused_now = {n.name for n in nodes if n.labels.get(key) == DRIVER_REFUSED}
+    for name, patch in list(patches.items()):
+        labels = patch.get("labels") or {}
+        if labels.get(key) == "true" and name in refused_now:
+            held[name] = {"labels": {key: "true"}}
+            del labels[key]
+            if not labels:
+                patch.pop("labels")
+            if not patch:
+                del patches[name]
+    return held

@@ -200,3 +200,37 @@ def test_a_branch_that_runs_volta_reaches_the_v100_nodes(env: Env) -> None:
     assert all(":580.95.05-ubuntu22.04" in pods[n]["spec"]["containers"][0]["image"] for n in V100)
     wait(env, lambda: condition(env).get("status") == "False", "DriverRefused turns False")
     assert condition(env)["reason"] == "NoneRefused"
+
+
+def test_a_refused_node_keeps_its_running_driver_and_the_planner_skips_it(env: Env) -> None:
+    """Back to R595: the V100s keep their R580 driver pods (never deleted, never evicted), the upgrade planner
+    skips them with the rule, and the H100s upgrade."""
+    before = {n: driver_pods(env)[n]["metadata"]["uid"] for n in V100}
+    env.admin.merge_patch("ClusterPolicy", "cluster-policy", {"spec": {"driver": {"version": "595.91.07"}}})
+
+    def upgraded() -> bool:
+        pods = driver_pods(env)
+        return all(
+            n in pods
+            and ":595.91.07-" in pods[n]["spec"]["containers"][0]["image"]
+            and pod_ready(pods[n])
+            and labels(env, n).get("nvidia.com/gpu-driver-upgrade-state") == "upgrade-done"
+            for n in H100
+        )
+
+    wait(env, upgraded, "H100 nodes upgrade to R595", timeout=300)
+    wait(env, lambda: condition(env).get("status") == "True", "DriverRefused names the V100 nodes again")
+    assert RULE in condition(env)["message"]
+    pods = driver_pods(env)
+    for node in V100:
+        assert pods[node]["metadata"]["uid"] == before[node], node
+        assert ":580.95.05-" in pods[node]["spec"]["containers"][0]["image"]
+        assert labels(env, node).get(DRIVER_LABEL) == "true"  # it keeps its driver: no relabel, no deletion
+        assert not (env.admin.get("Node", node) or {}).get("spec", {}).get("unschedulable")
+    proc = subprocess.run(
+        [sys.executable, "-m", "gpu_operator.cli", "upgrade", "plan", "--kubeconfig", str(env.cluster.kubeconfig)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    for node in V100:
+        assert f"  {node} (upgrade-required): upgrade skipped: driver refused: {RULE}" in proc.stdout, proc.stdout

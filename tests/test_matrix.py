@@ -55,7 +55,7 @@ def test_every_row_names_its_source() -> None:
     d = matrix.data()
     rows = [*d["releases"], *d["architectures"], *d["devices"], *d["branches"]]
     assert rows and all(str(r.get("source", "")).strip() for r in rows)
-    assert d["kernel_modules"]["source"] and d["precompiled"]["source"]
+    assert d["kernel_modules"]["source"] and d["kernel_modules"]["proprietary_source"] and d["precompiled"]["source"]
     for release in d["releases"]:
         for extra in ("kubernetes", "operating_systems"):
             if extra in release:
@@ -120,6 +120,9 @@ def test_branch_of() -> None:
         ("570.133.20", "auto", ("blackwell",), "open", None),
         ("510.47.03", "open", ("ampere",), "open", "open-modules-too-old"),
         ("595.91.07", "auto", ("hopper", "volta"), "proprietary", "architecture-dropped"),
+        ("620.10.01", "proprietary", ("hopper",), "proprietary", "proprietary-modules-not-offered"),
+        ("620.10.01", "auto", ("hopper",), "open", None),
+        ("610.57.04", "proprietary", ("hopper",), "proprietary", None),
     ],
 )
 def test_check(version: str, module_type: str, archs: tuple[str, ...], resolved: str, rule: str | None) -> None:

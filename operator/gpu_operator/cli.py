@@ -322,6 +322,7 @@ def versions_text(report: dict[str, Any]) -> str:
     km = m["kernel_modules"]
     lines.append(f"kernel modules: open from R{km['open_from_branch']}, default (auto) from "
                  f"R{km['open_default_from_branch']}  [{km['source']}]")  # fmt: skip
+    lines.append(f"  no proprietary modules from R{km['no_proprietary_from_branch']}  [{km['proprietary_source']}]")
     lines.append("precompiled drivers:")
     for p in m["precompiled"]["rows"]:
         branches = ", ".join(f"R{b}" for b in p["branches"])

@@ -105,9 +105,11 @@ def kernel_module_type(requested: str, branch: int, archs: tuple[str, ...]) -> s
 
     auto: nvidia-installer recommends open when every GPU supports it (installers of R560 on); otherwise, and
     when it cannot say, the driver container falls back to the branch (open from R560 on)."""
+    km = data()["kernel_modules"]
     if requested in ("open", "proprietary"):
         return requested
-    km = data()["kernel_modules"]
+    if branch >= int(km["no_proprietary_from_branch"]):
+        return "open"  # the only flavor there is
     known = [architectures()[a] for a in archs if a in architectures()]
     if known and any(not a.open_modules for a in known):
         return "proprietary"
@@ -156,6 +158,12 @@ def check(version: str, requested_type: str, archs: tuple[str, ...]) -> tuple[st
                 f"ones [{arch.source}]",
             )
     km = data()["kernel_modules"]
+    if module_type == "proprietary" and branch >= int(km["no_proprietary_from_branch"]):
+        return module_type, Refusal(
+            "proprietary-modules-not-offered",
+            f"driver {version} (R{branch}) has no proprietary kernel modules (open only from "
+            f"R{km['no_proprietary_from_branch']} on) [{km['proprietary_source']}]",
+        )
     if module_type == "open" and branch < int(km["open_from_branch"]):
         return module_type, Refusal(
             "open-modules-too-old",

@@ -167,6 +167,16 @@ def test_h100_nodes_converge(env: Env) -> None:
         assert gpus(env, node) in (None, "0")
         assert len(refusal_events(env, node)) == 1  # once per change, not once per pass
 
+    def steady() -> bool:  # refusals cost no writes once made: a dry-run pass would write nothing
+        proc = subprocess.run(
+            [sys.executable, "-m", "gpu_operator.cli", "render", "--from-cluster", "--kubeconfig",
+             str(env.cluster.kubeconfig)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        return proc.returncode == 0 and "no changes" in proc.stderr
+
+    wait(env, steady, "a dry-run pass writes nothing (no repeated refusal events)", timeout=60)
+
 
 def test_versions_command_shows_where_each_node_falls(env: Env) -> None:
     proc = subprocess.run(

@@ -349,3 +349,16 @@ def test_a_refused_node_gets_its_driver_label_back_only_after_the_daemonsets_cha
     assert "nvidia.com/gpu.deploy.driver" not in patches["v100"]["labels"]
     assert patches["v100"]["labels"]["nvidia.com/gpu.deploy.container-toolkit"] == "true"
     assert patches["h100"]["labels"]["nvidia.com/gpu.deploy.driver"] == "true"
+
+
+def test_an_event_only_for_refusals_the_status_does_not_name_yet() -> None:
+    nodes = [gpu_node(f"v100-{i}", **{V100_LABEL: "true"}) for i in range(3)] + [gpu_node("h100", **H100_GFD)]
+    found = compat.verdicts(nodes, spec())
+    assert sorted(compat.newly_refused(found, [])) == ["v100-0", "v100-1", "v100-2"]
+    named = compat.condition({k: v for k, v in found.items() if k != "v100-2"}, 1, [], "t")
+    assert sorted(compat.newly_refused(found, [named])) == ["v100-2"]
+    assert compat.newly_refused(found, [compat.condition(found, 1, [], "t")]) == {}
+    # another rule for the same node is a change
+    assert sorted(compat.newly_refused(compat.verdicts(nodes, spec("580.95.05", "open")), [named])) == [
+        "v100-0", "v100-1", "v100-2",
+    ]  # fmt: skip

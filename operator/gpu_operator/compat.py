@@ -105,3 +105,17 @@ def condition(
         "lastTransitionTime": before["lastTransitionTime"] if same else now,
         "observedGeneration": generation,
     }
+
+
+def newly_refused(found: Mapping[str, Verdict], previous: list[dict[str, Any]]) -> dict[str, str]:
+    """The refusals the previous DriverRefused condition did not name yet (node -> message): what deserves an
+    event. Read from the status, so a restarted operator or a dry run posts nothing new at steady state."""
+    before = next((c for c in previous if c.get("type") == CONDITION and c.get("status") == "True"), None)
+    text = str((before or {}).get("message", ""))
+    out = {}
+    for node, message in refused(found).items():
+        at = text.find(": " + message)
+        named = text[:at].rsplit("; ", 1)[-1].removeprefix("driver not rolled out to ") if at >= 0 else ""
+        if node not in {part.split(" and ")[0].strip() for part in named.split(", ")}:
+            out[node] = message
+    return out

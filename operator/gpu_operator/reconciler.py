@@ -195,10 +195,11 @@ class Reconciler:
             self.kube, self.namespace, spec, replace(snap, nodes={n.name: n for n in nodes}), self.events
         )
         out.busy = upgrade.busy
-        for name, message in refused.items():  # a Warning on each refused node, when its rule changes
+        previous_conditions = (policy.get("status") or {}).get("conditions") or []
+        # A Warning on each node the status does not name with this rule yet (once per change).
+        for name, message in compat.newly_refused(verdicts, previous_conditions).items():
             ref = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}
             self.events(ref, "Warning", compat.EVENT_REASON, f"driver not rolled out to this node: {message}")
-        previous_conditions = (policy.get("status") or {}).get("conditions") or []
         status = policy_status(
             generation=generation,
             namespace=self.namespace,

@@ -194,7 +194,7 @@ class Reconciler:
         upgrade = orchestrate(
             self.kube, self.namespace, spec, replace(snap, nodes={n.name: n for n in nodes}), self.events
         )
-        out.busy = upgrade.busy
+        out.busy = out.busy or upgrade.busy
         previous_conditions = (policy.get("status") or {}).get("conditions") or []
         # A Warning on each node the status does not name with this rule yet (once per change).
         for name, message in compat.newly_refused(verdicts, previous_conditions).items():
@@ -209,7 +209,7 @@ class Reconciler:
             previous=policy.get("status"),
             now=now(),
             error="; ".join(errors) or None,
-            settling=bool(patches or out.applied or out.deleted),
+            settling=bool(patches or held or out.applied or out.deleted),
             extra={"upgrade": upgrade.status} if upgrade.status else None,
             unsupported=coverage.report(spec),
             more_conditions=[compat.condition(verdicts, generation, previous_conditions, now())] if verdicts else None,

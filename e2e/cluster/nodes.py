@@ -42,6 +42,9 @@ class Profile:
     instance_type: str = ""
     cpu: str = "96"
     memory: str = "1056Gi"
+    # PCI device ID (vendor 10de); when set, the node also carries NFD's label with it, as NFD does when its
+    # deviceLabelFields include `device` (feature.node.kubernetes.io/pci-0302_10de_<device>.present).
+    device_id: str = ""
 
     @property
     def has_gpu(self) -> bool:
@@ -55,6 +58,12 @@ PROFILES: dict[str, Profile] = {
             name="h100x8", gpu_count=8, product="NVIDIA-H100-80GB-HBM3", model="H100", family="hopper",
             compute=(9, 0), memory_mib=81559, mig_capable=True, machine="DGX-H100",
             instance_type="p5.48xlarge", memory="2048Gi",
+        ),
+        # Tesla V100-SXM2-16GB (device 0x1db1, pci-ids.ucw.cz), as on an AWS p3.16xlarge; R580 is its last branch.
+        Profile(
+            name="v100x8", gpu_count=8, product="Tesla-V100-SXM2-16GB", model="V100", family="volta",
+            compute=(7, 0), memory_mib=16384, mig_capable=False, machine="p3.16xlarge",
+            instance_type="p3.16xlarge", cpu="64", memory="488Gi", device_id="1db1",
         ),
         Profile(
             name="a100x4", gpu_count=4, product="NVIDIA-A100-SXM4-80GB", model="A100", family="ampere",
@@ -122,6 +131,8 @@ def make_node(
     if prof.has_gpu:
         labels[PCI_LABEL] = "true"
         labels[MODEL_LABEL] = prof.model
+        if prof.device_id:
+            labels[f"feature.node.kubernetes.io/pci-0302_10de_{prof.device_id}.present"] = "true"
     resources = {"cpu": prof.cpu, "memory": prof.memory, "pods": "110", "ephemeral-storage": "500Gi"}
     annotations = {KWOK_ANNOTATION: "fake"}
     if host_driver:

@@ -55,7 +55,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     if not args.policy:
         print("error: --policy is required (or --from-cluster)", file=sys.stderr)
         return 2
+    from . import compat
+    from .gpu_identity import device_ids_from_node_feature, node_of_feature
     from .nodes import NodeFacts
+    from .observe import with_devices
     from .render import config_map_keys, node_patches, plan, relabelled
     from .states import RenderContext
 
@@ -75,11 +78,22 @@ def cmd_render(args: argparse.Namespace) -> int:
     for path, reason in unsupported_fields(spec):
         print(f"warning: spec.{path}: set but not supported by this operator ({reason})", file=sys.stderr)
     nodes = [NodeFacts.from_node(n) for n in node_docs if n.get("kind", "Node") == "Node"]
+    # NFD NodeFeature objects in the same file give the nodes' PCI device IDs.
+    features: dict[str, tuple[str, ...]] = {}
+    for doc in node_docs:
+        if doc.get("kind") == "NodeFeature":
+            node = node_of_feature(doc)
+            features[node] = tuple(sorted({*features.get(node, ()), *device_ids_from_node_feature(doc)}))
+    nodes = list(with_devices({n.name: n for n in nodes}, features).values())
     # ConfigMaps in the same file stand for the cluster's (the driver mounts referenced ones key by key).
     config_maps = {
         (d.get("metadata") or {}).get("name", ""): config_map_keys(d) for d in node_docs if d.get("kind") == "ConfigMap"
     }
-    patches = node_patches(nodes, spec)
+    verdicts = compat.verdicts(nodes, spec)
+    refused = compat.refused(verdicts)
+    for name, message in refused.items():
+        print(f"warning: node {name}: driver not rolled out: {message}", file=sys.stderr)
+    patches = node_patches(nodes, spec, set(refused))
     owner = {
         "apiVersion": "nvidia.com/v1",
         "kind": "ClusterPolicy",
@@ -111,6 +125,9 @@ def cmd_render(args: argparse.Namespace) -> int:
             f"# label patch for node {name} (merge patch; null removes a label or annotation)\n"
             + yaml.safe_dump(patch, sort_keys=True)
         )
+    if refused:
+        lines = [f"# {name}: {v.describe()}" for name, v in verdicts.items()]
+        out.append("# driver compatibility per node (version matrix)\n" + "\n".join(lines) + "\n")
     sys.stdout.write("---\n".join(out))
     return 0
 
@@ -302,6 +319,119 @@ def cmd_mig_layouts(args: argparse.Namespace) -> int:
     return 0
 
 
+def versions_report(snap: Any | None = None) -> dict[str, Any]:
+    """The matrix, and with a cluster snapshot the active policy's driver verdict for each GPU node."""
+    from . import compat, matrix
+    from .status import active_policy
+
+    report: dict[str, Any] = {"matrix": matrix.data()}
+    if snap is None:
+        return report
+    name = active_policy(list(snap.policies.values()))
+    nodes = list(snap.nodes.values())
+    if name is None:
+        report["cluster"] = {"policy": None, "nodes": {}}
+        return report
+    spec = parse_spec(snap.policies[name].get("spec"))
+    found = compat.verdicts(nodes, spec)
+    report["cluster"] = {
+        "policy": name,
+        "driver": compat.driver_version(spec),
+        "kernelModuleType": spec.driver.kernel_module_type,
+        "nodes": {
+            n: {
+                "gpu": v.identity.describe(),
+                "architectures": list(v.identity.architectures),
+                "identifiedBy": v.identity.source or None,
+                "kernelModuleType": v.module_type,
+                "refused": {"rule": v.refusal.rule, "message": v.refusal.message} if v.refusal else None,
+                "verdict": v.describe(),
+            }
+            for n, v in found.items()
+        },
+    }
+    return report
+
+
+def versions_text(report: dict[str, Any]) -> str:
+    m = report["matrix"]
+    lines = ["operator releases (default component versions):"]
+    for r in m["releases"]:
+        comps = ", ".join(f"{k} {v}" for k, v in r["components"].items())
+        lines.append(f"  {r['release']}: {comps}  [{r['source']}]")
+        if r.get("kubernetes"):
+            k = r["kubernetes"]
+            lines.append(f"    kubernetes {k['min']}-{k['max']}  [{k['source']}]")
+        if r.get("operating_systems"):
+            supported = r["operating_systems"]["supported"]
+            oses = "; ".join(f"{o['id']} {' '.join(o['versions'])}".strip() for o in supported)
+            lines.append(f"    operating systems: {oses}  [{r['operating_systems']['source']}]")
+        if r.get("drivers"):
+            lines.append(f"    drivers: {', '.join(r['drivers'])}")
+    lines.append("driver branches (newest CUDA without the forward-compatibility package):")
+    for b in m["branches"]:
+        eol = f", end of life {b['eol']}" if b.get("eol") else ""
+        lines.append(f"  R{b['branch']}: CUDA {b['max_cuda']}{eol}  [{b['source']}]")
+    lines.append("GPU architectures:")
+    for a in m["architectures"]:
+        span = (f"R{a['min_branch']}+" if a.get("min_branch") else "") + (
+            f"up to R{a['last_branch']}" if a.get("last_branch") else ""
+        )
+        modules = "/".join(t for t, ok in (("open", a["open_modules"]), ("proprietary", a["proprietary"])) if ok)
+        lines.append(f"  {a['name']} (compute {', '.join(a['compute'])}): {span}, {modules} kernel modules  "
+                     f"[{a['source']}]")  # fmt: skip
+    lines.append("PCI device IDs (vendor 10de):")
+    for d in m["devices"]:
+        ids = ", ".join(f"{i} {p}" for i, p in d["ids"].items())
+        lines.append(f"  {d['architecture']}: {ids}  [{d['source']}]")
+    km = m["kernel_modules"]
+    lines.append(f"kernel modules: open from R{km['open_from_branch']}, default (auto) from "
+                 f"R{km['open_default_from_branch']}  [{km['source']}]")  # fmt: skip
+    lines.append(f"  no proprietary modules from R{km['no_proprietary_from_branch']}  [{km['proprietary_source']}]")
+    lines.append("precompiled drivers:")
+    for p in m["precompiled"]["rows"]:
+        branches = ", ".join(f"R{b}" for b in p["branches"])
+        lines.append(f"  {p['os']} kernel {', '.join(p['kernels'])}: {branches}  [{m['precompiled']['source']}]")
+    cluster = report.get("cluster")
+    if cluster is not None:
+        if cluster["policy"] is None:
+            lines.append("cluster: no ClusterPolicy")
+        else:
+            lines.append(f"cluster: ClusterPolicy {cluster['policy']}, driver {cluster['driver']}, "
+                         f"kernelModuleType {cluster['kernelModuleType']}")  # fmt: skip
+            for name, node in cluster["nodes"].items():
+                lines.append(f"  {name}: {node['verdict']}")
+            if not cluster["nodes"]:
+                lines.append("  no GPU node gets the ClusterPolicy's driver")
+    return "\n".join(lines) + "\n"
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    """The version matrix and, with a cluster, where each GPU node falls."""
+    import json
+
+    from .kube import ApiError, Kube
+    from .observe import observe
+
+    snap = None
+    if args.kubeconfig:
+        try:
+            snap = observe(Kube.connect(args.kubeconfig), args.namespace)
+            report = versions_report(snap)
+        except (ApiError, PolicyError, OSError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    else:
+        report = versions_report()
+    if args.output == "json":
+        sys.stdout.write(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    elif args.output == "yaml":
+        sys.stdout.write(yaml.safe_dump(report, sort_keys=True))
+    else:
+        sys.stdout.write(versions_text(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpu-operator",
@@ -375,6 +505,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--kubeconfig", help="kubeconfig file")
     q.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="operand namespace (%(default)s)")
     q.set_defaults(func=cmd_mig_layouts)
+
+    p = sub.add_parser(
+        "versions",
+        help="print the version matrix and, with --kubeconfig, where each GPU node falls",
+        description="Print the version matrix (operator releases and their default versions, driver branches, GPU "
+        "architectures, kernel module types, precompiled drivers; every row with its source). With --kubeconfig, "
+        "also the active ClusterPolicy's driver verdict for each GPU node: ok, refused (with the rule), or unknown, "
+        "not checked.",
+    )
+    p.add_argument("-o", "--output", choices=("text", "json", "yaml"), default="text", help="format (%(default)s)")
+    p.add_argument("--kubeconfig", help="kubeconfig file: also show the cluster's nodes")
+    p.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="operand namespace (%(default)s)")
+    p.set_defaults(func=cmd_versions)
 
     p = sub.add_parser("crds", help="print the CRDs (or apply them with --apply)")
     p.add_argument("--apply", action="store_true", help="server-side apply them to the cluster")

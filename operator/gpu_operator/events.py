@@ -20,12 +20,12 @@ def now() -> str:
 class EventRecorder:
     def __init__(self, kube: Kube):
         self.kube = kube
-        self._last: dict[tuple[str, str], str] = {}
+        self._last: dict[tuple[str, str, str], str] = {}
 
     def __call__(self, obj: dict[str, Any], etype: str, reason: str, message: str) -> None:
-        """An Event on `obj`, unless the last one recorded for it said the same."""
+        """An Event on `obj`, unless the last one recorded for it with this reason said the same."""
         meta = obj["metadata"]
-        ref = (obj["kind"], meta["name"])
+        ref = (obj["kind"], meta["name"], reason)
         if self._last.get(ref) == reason + message:
             return
         self._last[ref] = reason + message

@@ -45,6 +45,9 @@ CLUSTER_ROLE_BINDING = Kind("ClusterRoleBinding", "rbac.authorization.k8s.io/v1"
 DAEMON_SET = Kind("DaemonSet", "apps/v1", "daemonsets", True)
 RUNTIME_CLASS = Kind("RuntimeClass", "node.k8s.io/v1", "runtimeclasses", False)
 SERVICE_MONITOR = Kind("ServiceMonitor", "monitoring.coreos.com/v1", "servicemonitors", True, optional=True)
+# Node Feature Discovery's per-node PCI devices (read only, all namespaces): the GPU's device ID before any
+# driver runs (gpu_identity.py). Served only where NFD's CRDs are installed.
+NODE_FEATURE = Kind("NodeFeature", "nfd.k8s-sigs.io/v1alpha1", "nodefeatures", True, optional=True)
 
 # What a state renders unless it says otherwise.
 DEFAULT_OPERAND_KINDS = (
@@ -69,6 +72,7 @@ BUILTIN = (
     Kind("PodDisruptionBudget", "policy/v1", "poddisruptionbudgets", True),
     Kind("CustomResourceDefinition", "apiextensions.k8s.io/v1", "customresourcedefinitions", False),
     Kind("ClusterPolicy", "nvidia.com/v1", "clusterpolicies", False),
+    NODE_FEATURE,
 )
 
 

@@ -38,6 +38,9 @@ UPGRADE_ANNOTATION_PREFIX = "nvidia.com/gpu-driver-upgrade"
 # Read by k8s-driver-manager: "true" hands drain and GPU-pod eviction to the operator's upgrade controller.
 UPGRADE_ENABLED_ANNOTATION = "nvidia.com/gpu-driver-upgrade-enabled"
 PAUSED_VALUES = ("paused-for-driver-upgrade", "paused-for-mig-change")
+# gpu.deploy.driver on a node whose GPU the policy's driver version cannot run (see compat.py): ours, so it
+# goes back to "true" once the version fits, and the driver DaemonSets (which select "true") skip the node.
+DRIVER_REFUSED = "refused-by-version-matrix"
 
 CONTAINER_OPERANDS = (
     "driver",
@@ -79,7 +82,8 @@ _NFD_KEYS = frozenset(GPU_PCI_LABELS + (OS_ID, OS_VERSION, KERNEL))
 
 
 def _relevant(key: str) -> bool:
-    return key.startswith("nvidia.com/") or key in _NFD_KEYS
+    # NFD's NVIDIA PCI labels too: with device IDs in them they identify the GPU before any driver runs.
+    return key.startswith("nvidia.com/") or key in _NFD_KEYS or (key.startswith(NFD_PREFIX + "pci-") and "10de" in key)
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,7 @@ class NodeFacts:
     ready: bool = True
     runtime: str = ""
     has_nfd: bool = False
+    pci_devices: tuple[str, ...] = ()  # NVIDIA PCI device IDs from the node's NFD NodeFeature object
 
     @classmethod
     def from_node(cls, node: dict[str, Any]) -> NodeFacts:
@@ -178,11 +183,13 @@ def written_by_us(value: str | None) -> bool:
     """A deploy-label value the operator or an operand manager wrote, as opposed to a user's opt-out.
 
     "" counts as ours: k8s-driver-manager writes it when it pauses an operand that was never deployed."""
-    return value in ("true", "") or value in PAUSED_VALUES
+    return value in ("true", "", DRIVER_REFUSED) or value in PAUSED_VALUES
 
 
-def desired_labels(node: NodeFacts, spec: ClusterPolicySpec) -> dict[str, str | None]:
-    """The label patch for one node: key -> value to set, or None to remove. Empty when nothing changes."""
+def desired_labels(node: NodeFacts, spec: ClusterPolicySpec, refused: bool = False) -> dict[str, str | None]:
+    """The label patch for one node: key -> value to set, or None to remove. Empty when nothing changes.
+
+    `refused`: the policy's driver cannot run on this node and it runs no driver pod of ours (compat.py)."""
     labels = node.labels
     want: dict[str, str | None] = {}
     present = labels.get(GPU_PRESENT)
@@ -211,7 +218,13 @@ def desired_labels(node: NodeFacts, spec: ClusterPolicySpec) -> dict[str, str | 
         wanted = workload_operands(workload, sandbox_mode(spec))
         for op in (*ALL_OPERANDS, *DRA_OPERANDS, *state_operands()):
             key = deploy_label(op)
-            if op in wanted:
+            if op == "driver" and op in wanted and (refused or labels.get(key) == DRIVER_REFUSED):
+                current = labels.get(key)
+                if refused and current in (None, "", "true"):
+                    want[key] = DRIVER_REFUSED
+                elif not refused and current == DRIVER_REFUSED:
+                    want[key] = "true"
+            elif op in wanted:
                 if not labels.get(key):
                     want[key] = "true"
             elif op == MIG_MANAGER and workload == "container":

@@ -6,10 +6,12 @@ and `doctor`); the operator then keeps the same snapshot current from watch even
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .kinds import Kind, operand_kinds, served
+from .gpu_identity import device_ids_from_node_feature, node_of_feature
+from .kinds import NODE_FEATURE, Kind, operand_kinds, served
 from .kube import ApiError, Kube
 from .nodes import NodeFacts
 from .render import config_map_keys
@@ -101,6 +103,35 @@ def list_owned(kube: Kube, kind: Kind, namespace: str, api_groups: frozenset[str
     return found
 
 
+def node_features(kube: Kube, api_groups: frozenset[str]) -> dict[str, tuple[str, ...]]:
+    """Node -> NVIDIA PCI device IDs, from NFD's NodeFeature objects in every namespace (none when not served)."""
+    if not served(NODE_FEATURE, api_groups):
+        return {}
+    try:
+        found = kube.list(NODE_FEATURE.kind)
+    except ApiError as exc:
+        if exc.status in (403, 404):  # not served after all, or not granted: GPUs are identified by labels
+            return {}
+        raise
+    out: dict[str, tuple[str, ...]] = {}
+    for obj in found:
+        devices = device_ids_from_node_feature(obj)
+        if devices:
+            node = node_of_feature(obj)
+            out[node] = tuple(sorted({*out.get(node, ()), *devices}))
+    return out
+
+
+def with_devices(nodes: Mapping[str, NodeFacts], features: Mapping[str, tuple[str, ...]]) -> dict[str, NodeFacts]:
+    """The nodes with their NodeFeature PCI devices filled in."""
+    out = dict(nodes)
+    for name, facts in nodes.items():
+        devices = features.get(name, ())
+        if facts.pci_devices != devices:
+            out[name] = replace(facts, pci_devices=devices)
+    return out
+
+
 def observe(kube: Kube, namespace: str) -> Snapshot:
     """The cluster as the reconciler needs it, read from the API (lists only)."""
     api_groups = kube.api_groups()
@@ -115,7 +146,9 @@ def observe(kube: Kube, namespace: str) -> Snapshot:
         for obj in list_owned(kube, kind, namespace, api_groups):
             owned[key_of(obj)] = obj
     return Snapshot(
-        nodes={n["metadata"]["name"]: NodeFacts.from_node(n) for n in kube.list("Node")},
+        nodes=with_devices(
+            {n["metadata"]["name"]: NodeFacts.from_node(n) for n in kube.list("Node")}, node_features(kube, api_groups)
+        ),
         policies=policies,
         owned=owned,
         pods={p["metadata"]["name"]: pod_projection(p) for p in kube.list("Pod", namespace, OWNED_SELECTOR)},

@@ -13,15 +13,16 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import coverage, metrics, mig, mig_pass, sharing
+from . import compat, coverage, metrics, mig, mig_pass, sharing
 from .api import PolicyError, parse_spec
 from .apply import Applier, labels_of
 from .events import EventRecorder, now
 from .kube import ApiError, Kube
 from .lifecycle import CLEANUP_FINALIZER, Lifecycle
+from .nodes import DRIVER_REFUSED, NodeFacts, deploy_label
 from .observe import Key, Snapshot, key_of
 from .readiness import daemonset_ready
-from .render import StatePlan, node_patches, plan, relabelled, render_key
+from .render import NodePatch, StatePlan, node_patches, plan, relabelled, render_key
 from .states import RenderContext, all_states
 from .states.base import STATE_LABEL, owning_state
 from .status import StateResult, active_policy, ignored_status, policy_status
@@ -133,7 +134,16 @@ class Reconciler:
         self.lifecycle.ensure_namespace(spec.psa.enabled)
 
         nodes = list(snap.nodes.values())
-        patches = node_patches(nodes, spec)
+        verdicts = compat.verdicts(nodes, spec)
+        refused = compat.refused(verdicts)
+        # A refused node keeps a driver pod of ours it already runs; only one without gets the refused label.
+        with_driver = {
+            p["node"] for p in snap.pods.values() if p["metadata"]["labels"].get(STATE_LABEL) == "state-driver"
+        }
+        patches = node_patches(nodes, spec, {n for n in refused if n not in with_driver})
+        # A node the driver may run on again gets gpu.deploy.driver=true back only once the driver DaemonSets
+        # carry this version: before, the DaemonSet controller could start the refused version there.
+        held = _hold_driver_restores(patches, nodes)
         self.applier.patch_nodes(patches)
         nodes = relabelled(nodes, patches)
         migs, nodes = mig_pass.run(self.kube, self.namespace, spec, snap, nodes, self.events)
@@ -148,7 +158,7 @@ class Reconciler:
             config_maps=snap.config_maps,
             config_data=snap.config_data,
         )
-        refused = self._check_sharing(policy, ctx)
+        sharing_problems = self._check_sharing(policy, ctx)
         results = []
         errors = []
         desired: set[Key] = set()
@@ -163,6 +173,9 @@ class Reconciler:
             desired |= {key_of(obj) for obj in state_plan.objects}
             applied = self.applier.apply_state(state_plan, live)
             out.applied += applied.objects
+            if state.name == "state-driver" and held and (applied.objects or applied.failed):
+                out.busy = True  # the DaemonSets changed just now: restore the held labels on a later pass
+                held = {}
             if applied.failed:
                 errors.append(f"{state.name}: {applied.failed}")
             if not state_plan.enabled:
@@ -170,7 +183,7 @@ class Reconciler:
             elif applied.failed:
                 results.append(StateResult(state.name, "notReady", "apply failed: " + applied.failed))
             else:
-                result = self._daemonsets_ready(state.name, desired, live, snap)
+                result = self._daemonsets_ready(state.name, desired, live, snap, set(refused))
                 note = state.readiness_notes(ctx) if state.readiness_notes else None
                 if note:
                     message = f"{result.message}; {note}" if result.message else note
@@ -178,11 +191,19 @@ class Reconciler:
                 results.append(result)
 
         out.deleted = self.applier.prune(snap.owned, desired, states)
+        if held:
+            self.applier.patch_nodes(held)
+            out.busy = True
 
         upgrade = orchestrate(
             self.kube, self.namespace, spec, replace(snap, nodes={n.name: n for n in nodes}), self.events
         )
-        out.busy = upgrade.busy or bool(migs.waiting)
+        out.busy = out.busy or upgrade.busy or bool(migs.waiting)
+        previous_conditions = (policy.get("status") or {}).get("conditions") or []
+        # A Warning on each node the status does not name with this rule yet (once per change).
+        for name, message in compat.newly_refused(verdicts, previous_conditions).items():
+            ref = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}
+            self.events(ref, "Warning", compat.EVENT_REASON, f"driver not rolled out to this node: {message}")
         status = policy_status(
             generation=generation,
             namespace=self.namespace,
@@ -192,14 +213,20 @@ class Reconciler:
             previous=policy.get("status"),
             now=now(),
             error="; ".join(errors) or None,
-            settling=bool(patches or out.applied or out.deleted),
+            settling=bool(patches or held or out.applied or out.deleted),
             extra={"upgrade": upgrade.status} if upgrade.status else None,
             unsupported=coverage.report(spec),
-            more_conditions=[c for c in [sharing.condition(
-                spec.device_plugin.config.name, refused, generation,
-                (policy.get("status") or {}).get("conditions") or [], now())] if c],
+            more_conditions=[
+                c
+                for c in [
+                    compat.condition(verdicts, generation, previous_conditions, now()) if verdicts else None,
+                    sharing.condition(spec.device_plugin.config.name, sharing_problems, generation,
+                                      previous_conditions, now()),
+                ]
+                if c
+            ],
         )
-        mig_condition = mig.condition(migs, generation, (policy.get("status") or {}).get("conditions") or [], now())
+        mig_condition = mig.condition(migs, generation, previous_conditions, now())
         if mig_condition:
             status["conditions"].append(mig_condition)
         out.ready = status["state"] == "ready"
@@ -218,16 +245,21 @@ class Reconciler:
         return found
 
     def _daemonsets_ready(
-        self, state: str, desired: set[Key], live: dict[Key, dict[str, Any]], snap: Snapshot
+        self, state: str, desired: set[Key], live: dict[Key, dict[str, Any]], snap: Snapshot, refused: set[str]
     ) -> StateResult:
-        """The state's DaemonSets, each by upstream's readiness rule (RollingUpdate or OnDelete)."""
+        """The state's DaemonSets, each by upstream's readiness rule (RollingUpdate or OnDelete).
+
+        A driver pod on a refused node is kept at its old revision on purpose and does not count."""
         messages = []
         for key in sorted(k for k in desired if k[0] == "DaemonSet"):
             ds = live.get(key)
             if ds is None or labels_of(ds).get(STATE_LABEL) != state:
                 continue
             name = key[2]
-            pods = [p for p in snap.pods.values() if p["owner"] == name]
+            pods = [
+                p for p in snap.pods.values()
+                if p["owner"] == name and not (state == "state-driver" and p["node"] in refused)
+            ]
             revisions = [r for r in snap.revisions.values() if r["owner"] == name]
             ok, why = daemonset_ready(ds, pods, revisions)
             if not ok:
@@ -235,3 +267,20 @@ class Reconciler:
         if messages:
             return StateResult(state, "notReady", "; ".join(messages))
         return StateResult(state, "ready")
+
+
+def _hold_driver_restores(patches: dict[str, NodePatch], nodes: list[NodeFacts]) -> dict[str, NodePatch]:
+    """Take the refused -> true driver-label changes out of `patches` (in place) and return them."""
+    held: dict[str, NodePatch] = {}
+    key = deploy_label("driver")
+    refused_now = {n.name for n in nodes if n.labels.get(key) == DRIVER_REFUSED}
+    for name, patch in list(patches.items()):
+        labels = patch.get("labels") or {}
+        if labels.get(key) == "true" and name in refused_now:
+            held[name] = {"labels": {key: "true"}}
+            del labels[key]
+            if not labels:
+                patch.pop("labels")
+            if not patch:
+                del patches[name]
+    return held

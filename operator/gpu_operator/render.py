@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -26,14 +27,17 @@ class StatePlan:
 NodePatch = dict[str, dict[str, str | None]]  # {"labels": {...}, "annotations": {...}}; None removes a key
 
 
-def node_patches(nodes: list[NodeFacts], spec: ClusterPolicySpec) -> dict[str, NodePatch]:
+def node_patches(
+    nodes: list[NodeFacts], spec: ClusterPolicySpec, refused: Collection[str] = ()
+) -> dict[str, NodePatch]:
     """Node name -> the metadata patch for it (labels and annotations), only for nodes that must change.
 
-    One patch per node: the annotations are decided on the node as its labels will be."""
+    One patch per node: the annotations are decided on the node as its labels will be. `refused`: nodes the
+    driver is refused on that run no driver pod of ours (compat.py)."""
     out: dict[str, NodePatch] = {}
     for node in nodes:
         patch: NodePatch = {}
-        labels = desired_labels(node, spec)
+        labels = desired_labels(node, spec, node.name in refused)
         if labels:
             patch["labels"] = labels
             node = replace(node, labels=apply_patch(node.labels, labels))
@@ -63,7 +67,7 @@ def relabelled(nodes: list[NodeFacts], patches: dict[str, NodePatch]) -> list[No
 def render_key(ctx: RenderContext) -> str:
     """A digest of everything rendering depends on: equal keys, equal plans (rendering is deterministic)."""
     nodes = [
-        [n.name, n.labels, n.annotations, n.unschedulable, n.ready, n.runtime, n.has_nfd]
+        [n.name, n.labels, n.annotations, n.unschedulable, n.ready, n.runtime, n.has_nfd, n.pci_devices]
         for n in sorted(ctx.nodes, key=lambda n: n.name)
     ]
     blob = json.dumps(

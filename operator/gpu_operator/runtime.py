@@ -9,16 +9,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import kopf
 
 from . import metrics
-from .kinds import operand_kinds, served
+from .gpu_identity import identify
+from .kinds import NODE_FEATURE, operand_kinds, served
 from .kube import Kube
 from .nodes import NodeFacts
-from .observe import Key, Snapshot, key_of, list_owned, newer, observe, pod_projection, revision_projection
+from .observe import (
+    Key,
+    Snapshot,
+    key_of,
+    list_owned,
+    newer,
+    node_features,
+    observe,
+    pod_projection,
+    revision_projection,
+    with_devices,
+)
 from .reconciler import Reconciler
 from .render import config_map_keys
 from .states.base import MANAGED_BY, OPERATOR_NAME
@@ -28,6 +41,7 @@ log = logging.getLogger("gpu_operator")
 NOT_READY_RECHECK_S = 5.0
 RESYNC_S = 300.0
 DEBOUNCE_S = 0.3
+NODE_FEATURE_RELIST_S = 10.0
 
 
 class Operator:
@@ -45,6 +59,10 @@ class Operator:
         self._gone: set[tuple[str, Any]] | None = None  # deletions seen during the initial listing
         self.config_maps: dict[str, tuple[str, ...]] = {}  # every ConfigMap in our namespace: name -> keys
         self.config_data: dict[str, dict[str, str]] = {}  # and their data (the sharing config is validated)
+        # NFD NodeFeature PCI devices per node (other namespaces, so not watched: re-listed while a GPU node
+        # is not identified by its labels, at most every NODE_FEATURE_RELIST_S).
+        self.node_features: dict[str, tuple[str, ...]] = {}
+        self._features_listed = 0.0
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
 
@@ -83,7 +101,8 @@ class Operator:
     def on_crd(self, event_type: str | None, body: dict[str, Any]) -> None:
         """A CRD of an optional kind's group came or went: refresh what the API serves, then reconcile."""
         group = (body.get("spec") or {}).get("group")
-        if group in {k.group for k in operand_kinds() if k.optional} and event_type is not None:
+        optional = {k.group for k in (*operand_kinds(), NODE_FEATURE) if k.optional}
+        if group in optional and event_type is not None:
             self.discovery_stale = True
             self.wake.set()
 
@@ -147,6 +166,8 @@ class Operator:
         fill("revision", self.revisions, snap.revisions)
         fill("configmap", self.config_maps, snap.config_maps)
         fill("configmap", self.config_data, snap.config_data)
+        self.node_features = {n: f.pci_devices for n, f in snap.nodes.items() if f.pci_devices}
+        self._features_listed = time.monotonic()
         self._gone = None
 
     def refresh_discovery(self) -> None:
@@ -163,9 +184,25 @@ class Operator:
                 for key in [k for k in self.owned if k[0] == kind.kind]:
                     self.owned.pop(key, None)
 
+    def unidentified(self) -> bool:
+        """Whether some GPU node is not identified by its labels (its NodeFeature may tell)."""
+        return any(not identify(n.labels).known for n in self.nodes.values() if n.has_gpu)
+
+    def refresh_node_features(self) -> None:
+        """Re-list NodeFeature objects while some GPU node is not identified by its labels (rate-limited)."""
+        if not served(NODE_FEATURE, self.api_groups):
+            self.node_features = {}
+            return
+        if time.monotonic() - self._features_listed < NODE_FEATURE_RELIST_S:
+            return
+        if not self.unidentified():
+            return
+        self._features_listed = time.monotonic()
+        self.node_features = node_features(self.kube, self.api_groups)
+
     def snapshot(self) -> Snapshot:
         return Snapshot(
-            nodes=dict(self.nodes),
+            nodes=with_devices(self.nodes, self.node_features),
             policies={k: dict(v) for k, v in self.policies.items()},
             owned=dict(self.owned),
             pods=dict(self.pods),
@@ -201,6 +238,10 @@ class Operator:
                     log.warning("API discovery failed, retrying: %s", exc)
                     self.discovery_stale = True
             try:
+                await asyncio.to_thread(self.refresh_node_features)
+            except Exception as exc:  # noqa: BLE001 - GPUs stay identified by labels until the next try
+                log.warning("listing NodeFeatures failed: %s", exc)
+            try:
                 outcome = await asyncio.to_thread(self.reconciler.reconcile, self.snapshot())
             except Exception:  # noqa: BLE001 - one bad pass must not stop the operator
                 log.exception("reconcile pass failed")
@@ -216,6 +257,8 @@ class Operator:
             if outcome.writes:
                 log.info("reconciled: ready=%s, %d writes", outcome.ready, outcome.writes)
             delay = NOT_READY_RECHECK_S if outcome.ready is False or outcome.busy else RESYNC_S
+            if served(NODE_FEATURE, self.api_groups) and self.unidentified():
+                delay = min(delay, NODE_FEATURE_RELIST_S)
 
 
 class _NoDiffBase(kopf.AnnotationsDiffBaseStorage):

@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from .. import compat
 from ..api import ClusterPolicySpec
 from ..kube import ApiError, Kube
 from ..nodes import NodeFacts, gets_driver
@@ -55,13 +56,19 @@ def managed_nodes(spec: ClusterPolicySpec, snap: Snapshot) -> list[UpgradeNode]:
     The operator's pass and `gpu-operator upgrade plan` both call this, so they give one answer.
     """
     driver_on = spec.driver.enabled and not spec.driver.use_nvidia_driver_crd
-    return upgrade_nodes(snap.nodes.values() if driver_on else [], snap.pods, snap.revisions)
+    refused = compat.refused(compat.verdicts(snap.nodes.values(), spec)) if driver_on else {}
+    return upgrade_nodes(snap.nodes.values() if driver_on else [], snap.pods, snap.revisions, refused)
 
 
 def upgrade_nodes(
-    nodes: Iterable[NodeFacts], pods: Mapping[str, dict[str, Any]], revisions: Mapping[str, dict[str, Any]]
+    nodes: Iterable[NodeFacts],
+    pods: Mapping[str, dict[str, Any]],
+    revisions: Mapping[str, dict[str, Any]],
+    refused: Mapping[str, str] | None = None,
 ) -> list[UpgradeNode]:
-    """Planner inputs for every node a driver DaemonSet manages, from the watch-cache projections."""
+    """Planner inputs for every node a driver DaemonSet manages, from the watch-cache projections.
+
+    `refused`: node -> why the policy's driver cannot run there (the planner skips it)."""
     newest: dict[str, tuple[int, str | None]] = {}
     for rev in revisions.values():
         owner, number = rev["owner"], int(rev.get("revision", 0))
@@ -86,6 +93,7 @@ def upgrade_nodes(
                 driver_pod=driver,
                 driver_revision=newest.get(driver["owner"], (0, None))[1] if driver else None,
                 validator_pod=_pick(by_node.get((node.name, VALIDATOR), [])),
+                refused=(refused or {}).get(node.name, ""),
             )
         )
     return out

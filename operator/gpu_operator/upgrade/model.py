@@ -129,6 +129,7 @@ class UpgradeNode:
     driver_pod: PodDict | None = None
     driver_revision: str | None = None  # newest ControllerRevision hash of this node's driver DaemonSet
     validator_pod: PodDict | None = None
+    refused: str = ""  # why the policy's driver cannot run here (compat.py): the node is skipped
 
     @classmethod
     def from_node(
@@ -160,7 +161,7 @@ class UpgradeNode:
 
     @property
     def skipped(self) -> bool:
-        return self.labels.get(SKIP_LABEL) == "true"
+        return self.labels.get(SKIP_LABEL) == "true" or bool(self.refused)
 
     @property
     def requested(self) -> bool:

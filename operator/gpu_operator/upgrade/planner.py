@@ -540,7 +540,9 @@ def plan(
         if state in (UNKNOWN, DONE):
             steps[node.name] = p.unknown_or_done(node)
         elif state == REQUIRED:
-            if node.skipped:
+            if node.refused:
+                steps[node.name] = _Step(waiting=f"upgrade skipped: driver refused: {node.refused}")
+            elif node.skipped:
                 steps[node.name] = _Step(waiting=f"upgrade skipped: node is labelled {SKIP_LABEL}=true")
             elif _nothing_left_to_do(node):
                 steps[node.name] = p.move(

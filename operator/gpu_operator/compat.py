@@ -1,0 +1,121 @@
+"""Per-node compatibility of the policy's driver with the node's GPUs (pure): what is refused and why.
+
+A refused node keeps whatever driver pod of ours it runs (the driver DaemonSets are OnDelete, and the upgrade
+planner skips the node), so a refusal never stops a working driver; a refused node without one gets
+`gpu.deploy.driver=refused-by-version-matrix`, which the driver DaemonSets (selecting `true`) do not match.
+No DaemonSet template changes, so no other node restarts its driver because of a refusal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import images, matrix
+from .api import ClusterPolicySpec
+from .gpu_identity import Identity, identify
+from .nodes import DRIVER_REFUSED, PAUSED_VALUES, NodeFacts, deploy_label, workload_of
+
+CONDITION = "DriverRefused"
+EVENT_REASON = "DriverRefused"
+MAX_NODES_NAMED = 20
+
+
+@dataclass(frozen=True)
+class Verdict:
+    node: str
+    identity: Identity
+    version: str
+    module_type: str | None  # resolved kernel module type (None: not checked)
+    refusal: matrix.Refusal | None
+
+    def describe(self) -> str:
+        if self.refusal:
+            return f"refused: {self.refusal.message} (rule {self.refusal.rule})"
+        if not self.identity.known:
+            return self.identity.describe()
+        if self.module_type is None:
+            return f"driver version {self.version} unknown, not checked"
+        return f"ok: {self.identity.describe()}, {self.module_type} kernel modules"
+
+
+def driver_version(spec: ClusterPolicySpec) -> str:
+    return images.version_of(spec.driver, "driver")
+
+
+def _driver_candidate(node: NodeFacts, spec: ClusterPolicySpec) -> bool:
+    """A GPU node the ClusterPolicy's driver is (or would be) for: not opted out, no host driver."""
+    if not (spec.driver.enabled and not spec.driver.use_nvidia_driver_crd) or not node.has_gpu:
+        return False
+    if workload_of(node, spec) != "container" or node.labels.get(deploy_label("operands")) == "false":
+        return False
+    value = node.labels.get(deploy_label("driver"))
+    return value in (None, "", "true", DRIVER_REFUSED) or value in PAUSED_VALUES
+
+
+def verdicts(nodes: Iterable[NodeFacts], spec: ClusterPolicySpec) -> dict[str, Verdict]:
+    """Node name -> verdict, for every node the ClusterPolicy's driver is for."""
+    version = driver_version(spec)
+    out = {}
+    for node in sorted(nodes, key=lambda n: n.name):
+        if not _driver_candidate(node, spec):
+            continue
+        identity = identify(node.labels, node.pci_devices)
+        module_type, refusal = matrix.check(version, spec.driver.kernel_module_type, identity.architectures)
+        out[node.name] = Verdict(node.name, identity, version, module_type, refusal)
+    return out
+
+
+def refused(found: Mapping[str, Verdict]) -> dict[str, str]:
+    """Node -> the refusal message, for refused nodes."""
+    return {n: v.refusal.message for n, v in found.items() if v.refusal}
+
+
+def _named(names: list[str]) -> str:
+    more = len(names) - MAX_NODES_NAMED
+    return ", ".join(names[:MAX_NODES_NAMED]) + (f" and {more} more" if more > 0 else "")
+
+
+def condition(
+    found: Mapping[str, Verdict], generation: int | None, previous: list[dict[str, Any]], now: str
+) -> dict[str, Any]:
+    """The DriverRefused condition: True naming each refused node with its rule; unidentified nodes named too."""
+    by_rule: dict[str, list[str]] = {}
+    for v in found.values():
+        if v.refusal:
+            by_rule.setdefault(v.refusal.message, []).append(v.node)
+    unknown = sorted(v.node for v in found.values() if not v.identity.known)
+    parts = [f"{_named(sorted(nodes))}: {message}" for message, nodes in sorted(by_rule.items())]
+    if unknown:
+        parts.append(f"GPU unknown, not checked: {_named(unknown)}")
+    if by_rule:
+        value, reason = "True", "IncompatibleNodes"
+        message = "driver not rolled out to " + "; ".join(parts)
+    else:
+        value, reason = "False", "NoneRefused"
+        message = "; ".join(["no node refused"] + parts)
+    before = next((c for c in previous if c.get("type") == CONDITION), {})
+    same = before.get("status") == value and before.get("lastTransitionTime")
+    return {
+        "type": CONDITION,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": before["lastTransitionTime"] if same else now,
+        "observedGeneration": generation,
+    }
+
+
+def newly_refused(found: Mapping[str, Verdict], previous: list[dict[str, Any]]) -> dict[str, str]:
+    """The refusals the previous DriverRefused condition did not name yet (node -> message): what deserves an
+    event. Read from the status, so a restarted operator or a dry run posts nothing new at steady state."""
+    before = next((c for c in previous if c.get("type") == CONDITION and c.get("status") == "True"), None)
+    text = str((before or {}).get("message", ""))
+    out = {}
+    for node, message in refused(found).items():
+        at = text.find(": " + message)
+        named = text[:at].rsplit("; ", 1)[-1].removeprefix("driver not rolled out to ") if at >= 0 else ""
+        if node not in {part.split(" and ")[0].strip() for part in named.split(", ")}:
+            out[node] = message
+    return out

@@ -1,0 +1,116 @@
+"""Which GPUs a node has, before any driver runs (pure).
+
+In order: GPU feature discovery's labels (gpu.family, gpu.compute.major/minor, gpu.product), which exist only
+once a driver ran; the PCI devices of NFD's NodeFeature object (nfd.k8s-sigs.io/v1alpha1, vendor and device
+ID of every PCI device); NFD's labels when NFD is told to put the device ID in them
+(`feature.node.kubernetes.io/pci-<class>_10de_<device>.present`, deviceLabelFields with `device`). A node
+none of them identifies is "unknown, not checked".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import matrix
+
+NVIDIA_VENDOR = "10de"
+GFD_FAMILY = "nvidia.com/gpu.family"
+GFD_PRODUCT = "nvidia.com/gpu.product"
+GFD_COMPUTE_MAJOR = "nvidia.com/gpu.compute.major"
+GFD_COMPUTE_MINOR = "nvidia.com/gpu.compute.minor"
+_PCI_LABEL = re.compile(r"^feature\.node\.kubernetes\.io/pci-([0-9a-f_]+)\.present$")
+_HEX4 = re.compile(r"^[0-9a-f]{4}$")
+
+
+@dataclass(frozen=True)
+class Identity:
+    architectures: tuple[str, ...] = ()  # sorted; empty: unknown
+    products: tuple[str, ...] = ()
+    source: str = ""  # gfd | nodefeature | nfd-label | ""
+    detail: str = ""  # what was seen when the GPU could not be identified
+
+    @property
+    def known(self) -> bool:
+        return bool(self.architectures)
+
+    def describe(self) -> str:
+        if not self.known:
+            return f"unknown, not checked ({self.detail})" if self.detail else "unknown, not checked"
+        products = f" ({', '.join(self.products)})" if self.products else ""
+        return f"{'+'.join(self.architectures)}{products} from {self.source}"
+
+
+def device_ids_from_labels(labels: Mapping[str, str]) -> tuple[str, ...]:
+    """NVIDIA PCI device IDs in NFD labels whose device label fields include the device ID."""
+    out = set()
+    for key, value in labels.items():
+        m = _PCI_LABEL.match(key)
+        if not m or value != "true":
+            continue
+        parts = m.group(1).split("_")
+        if NVIDIA_VENDOR not in parts:
+            continue
+        after = parts[parts.index(NVIDIA_VENDOR) + 1 :]
+        if after and _HEX4.match(after[0]):
+            out.add(after[0])
+    return tuple(sorted(out))
+
+
+def device_ids_from_node_feature(obj: Mapping[str, Any]) -> tuple[str, ...]:
+    """NVIDIA display-class PCI device IDs in a NodeFeature object (spec.features.instances["pci.device"])."""
+    instances = ((obj.get("spec") or {}).get("features") or {}).get("instances") or {}
+    out = set()
+    for element in (instances.get("pci.device") or {}).get("elements") or []:
+        attrs = element.get("attributes") or {}
+        if str(attrs.get("vendor", "")).lower() != NVIDIA_VENDOR:
+            continue
+        if not str(attrs.get("class", "03")).startswith("03"):  # display controllers only (no NVSwitch, bridges)
+            continue
+        device = str(attrs.get("device", "")).lower()
+        if _HEX4.match(device):
+            out.add(device)
+    return tuple(sorted(out))
+
+
+def node_of_feature(obj: Mapping[str, Any]) -> str:
+    """The node a NodeFeature object describes (NFD's node-name label, else the object's name)."""
+    meta = obj.get("metadata") or {}
+    return str((meta.get("labels") or {}).get("nfd.node.kubernetes.io/node-name") or meta.get("name", ""))
+
+
+def _from_devices(devices: Iterable[str], source: str) -> Identity:
+    known = matrix.devices()
+    ids = sorted(set(devices))
+    archs = sorted({known[d][0] for d in ids if d in known})
+    if not archs:
+        return Identity(detail=f"PCI device {', '.join('0x' + d for d in ids)} not in the version matrix")
+    return Identity(tuple(archs), tuple(sorted({known[d][1] for d in ids if d in known})), source)
+
+
+def identify(labels: Mapping[str, str], pci_devices: Iterable[str] = ()) -> Identity:
+    """The node's GPUs from its labels and its NodeFeature devices (lower-case device IDs)."""
+    family = labels.get(GFD_FAMILY, "")
+    arch = matrix.architecture_of_family(family) if family else None
+    if arch is None:
+        try:
+            major, minor = int(labels[GFD_COMPUTE_MAJOR]), int(labels[GFD_COMPUTE_MINOR])
+        except (KeyError, ValueError):
+            pass
+        else:
+            arch = matrix.architecture_of_compute(major, minor)
+    if arch is not None:
+        product = labels.get(GFD_PRODUCT, "")
+        return Identity((arch,), (product,) if product else (), "gfd")
+    misses = []
+    for devices, source in ((tuple(pci_devices), "nodefeature"), (device_ids_from_labels(labels), "nfd-label")):
+        if devices:
+            found = _from_devices(devices, source)
+            if found.known:
+                return found
+            misses.append(found.detail)
+    if family:
+        misses.insert(0, f"gpu.family {family} not in the version matrix")
+    return Identity(detail="; ".join(misses) or "no GFD labels, NodeFeature devices or NFD device-ID labels yet")

@@ -1,0 +1,364 @@
+"""The version matrix (data file and rules), GPU identification before any driver runs, and per-node refusal."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import yaml
+
+from gpu_operator import compat, images, matrix
+from gpu_operator.api import parse_spec
+from gpu_operator.cli import main
+from gpu_operator.gpu_identity import (
+    device_ids_from_labels,
+    device_ids_from_node_feature,
+    identify,
+    node_of_feature,
+)
+from gpu_operator.kinds import NODE_FEATURE, registry, served
+from gpu_operator.nodes import DRIVER_REFUSED, NodeFacts, desired_labels, gets_driver
+from gpu_operator.render import node_patches
+from gpu_operator.upgrade import plan
+from gpu_operator.upgrade.adapter import upgrade_nodes
+from test_upgrade_planner import NEW, make_node, policy
+
+PCI = "feature.node.kubernetes.io/pci-10de.present"
+OS = {
+    "feature.node.kubernetes.io/system-os_release.ID": "ubuntu",
+    "feature.node.kubernetes.io/system-os_release.VERSION_ID": "22.04",
+}
+V100_LABEL = "feature.node.kubernetes.io/pci-0302_10de_1db1.present"
+H100_GFD = {"nvidia.com/gpu.family": "hopper", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+
+
+def gpu_node(name: str, **labels: str) -> NodeFacts:
+    return NodeFacts(name=name, labels={PCI: "true", **OS, **labels}, has_nfd=True)
+
+
+def spec(version: str | None = None, module_type: str | None = None) -> Any:
+    driver: dict[str, Any] = {}
+    if version:
+        driver.update(repository="nvcr.io/nvidia", image="driver", version=version)
+    if module_type:
+        driver["kernelModuleType"] = module_type
+    return parse_spec({"driver": driver})
+
+
+# The data file
+
+
+def test_every_row_names_its_source() -> None:
+    d = matrix.data()
+    rows = [*d["releases"], *d["architectures"], *d["devices"], *d["branches"]]
+    assert rows and all(str(r.get("source", "")).strip() for r in rows)
+    assert d["kernel_modules"]["source"] and d["kernel_modules"]["proprietary_source"] and d["precompiled"]["source"]
+    for release in d["releases"]:
+        for extra in ("kubernetes", "operating_systems"):
+            if extra in release:
+                assert release[extra]["source"]
+
+
+def _strip_os(tag: str) -> str:
+    return re.sub(r"-(ubuntu\d+\.\d+|distroless|ubi\d+)$", "", tag)
+
+
+def test_newest_release_agrees_with_the_images_the_operator_deploys() -> None:
+    """images.py holds the defaults the operator renders; the matrix's newest release must say the same."""
+    release = matrix.latest_release()
+    assert release["release"] == "v" + images.DEFAULTS["validator"][2].lstrip("v")
+    for component, version in release["components"].items():
+        assert _strip_os(images.DEFAULTS[component][2]) == _strip_os(version), component
+
+
+def test_releases_newest_first_and_branches_descending() -> None:
+    releases = [tuple(int(x) for x in r["release"].lstrip("v").split(".")) for r in matrix.data()["releases"]]
+    assert releases == sorted(releases, reverse=True)
+    branches = [b["branch"] for b in matrix.data()["branches"]]
+    assert branches == sorted(branches, reverse=True)
+
+
+def test_every_device_names_a_known_architecture() -> None:
+    archs = matrix.architectures()
+    for device, (arch, product) in matrix.devices().items():
+        assert re.fullmatch(r"[0-9a-f]{4}", device) and arch in archs and product
+
+
+@pytest.mark.parametrize(
+    ("major", "minor", "arch"),
+    [(7, 0, "volta"), (7, 5, "turing"), (8, 0, "ampere"), (8, 6, "ampere"), (8, 9, "ada-lovelace"),
+     (9, 0, "hopper"), (10, 0, "blackwell"), (12, 0, "blackwell"), (6, 1, "pascal"), (13, 0, None)],
+)  # fmt: skip
+def test_compute_capability_to_architecture_as_gfd(major: int, minor: int, arch: str | None) -> None:
+    assert matrix.architecture_of_compute(major, minor) == arch
+
+
+def test_branch_of() -> None:
+    assert matrix.branch_of("595.91.07") == 595
+    assert matrix.branch_of("580.65.06") == 580
+    assert matrix.branch_of("sha256:" + "a" * 64) is None
+    assert matrix.branch_of("latest") is None
+
+
+# The rules
+
+
+@pytest.mark.parametrize(
+    ("version", "module_type", "archs", "resolved", "rule"),
+    [
+        ("595.91.07", "auto", ("volta",), "proprietary", "architecture-dropped"),
+        ("590.44.01", "auto", ("pascal",), "proprietary", "architecture-dropped"),
+        ("580.95.05", "auto", ("volta",), "proprietary", None),
+        ("580.95.05", "open", ("volta",), "open", "open-modules-unsupported"),
+        ("595.91.07", "auto", ("hopper",), "open", None),
+        ("550.54.14", "auto", ("hopper",), "proprietary", None),
+        ("595.91.07", "proprietary", ("blackwell",), "proprietary", "proprietary-modules-unsupported"),
+        ("535.309.01", "auto", ("blackwell",), "proprietary", "architecture-too-new"),
+        ("570.133.20", "auto", ("blackwell",), "open", None),
+        ("510.47.03", "open", ("ampere",), "open", "open-modules-too-old"),
+        ("595.91.07", "auto", ("hopper", "volta"), "proprietary", "architecture-dropped"),
+        ("620.10.01", "proprietary", ("hopper",), "proprietary", "proprietary-modules-not-offered"),
+        ("620.10.01", "auto", ("hopper",), "open", None),
+        ("610.57.04", "proprietary", ("hopper",), "proprietary", None),
+    ],
+)
+def test_check(version: str, module_type: str, archs: tuple[str, ...], resolved: str, rule: str | None) -> None:
+    got, refusal = matrix.check(version, module_type, archs)
+    assert got == resolved
+    assert (refusal.rule if refusal else None) == rule
+    if refusal:
+        assert "[" in refusal.message and version in refusal.message or "kernelModuleType" in refusal.message
+
+
+def test_unknown_version_or_gpu_is_not_checked() -> None:
+    assert matrix.check("sha256:" + "0" * 64, "auto", ("volta",)) == (None, None)
+    assert matrix.check("595.91.07", "auto", ()) == (None, None)
+
+
+def test_auto_resolves_per_node_like_the_driver_container() -> None:
+    """auto: open from R560 when every GPU supports open modules; proprietary for a pre-Turing GPU or older branch."""
+    assert matrix.kernel_module_type("auto", 560, ("turing",)) == "open"
+    assert matrix.kernel_module_type("auto", 555, ("turing",)) == "proprietary"
+    assert matrix.kernel_module_type("auto", 580, ("volta",)) == "proprietary"
+    assert matrix.kernel_module_type("auto", 580, ()) == "open"  # the branch rule when the GPU is unknown
+    assert matrix.kernel_module_type("proprietary", 595, ("hopper",)) == "proprietary"
+
+
+# Identification
+
+
+def test_identify_from_gfd_labels_first() -> None:
+    ident = identify({**H100_GFD, V100_LABEL: "true"})
+    assert (ident.architectures, ident.source, ident.products) == (("hopper",), "gfd", ("NVIDIA-H100-80GB-HBM3",))
+
+
+def test_identify_from_gfd_compute_capability() -> None:
+    ident = identify({"nvidia.com/gpu.compute.major": "7", "nvidia.com/gpu.compute.minor": "0"})
+    assert ident.architectures == ("volta",) and ident.source == "gfd"
+
+
+def test_identify_from_node_feature_devices() -> None:
+    obj = {
+        "apiVersion": "nfd.k8s-sigs.io/v1alpha1",
+        "kind": "NodeFeature",
+        "metadata": {"name": "n1-abc", "namespace": "nfd", "labels": {"nfd.node.kubernetes.io/node-name": "n1"}},
+        "spec": {"features": {"instances": {"pci.device": {"elements": [
+            {"attributes": {"class": "0302", "vendor": "10de", "device": "1DB4"}},
+            {"attributes": {"class": "0680", "vendor": "10de", "device": "22a3"}},  # NVSwitch: not a GPU
+            {"attributes": {"class": "0200", "vendor": "15b3", "device": "101d"}},
+        ]}}}},
+    }  # fmt: skip
+    assert device_ids_from_node_feature(obj) == ("1db4",)
+    assert node_of_feature(obj) == "n1"
+    ident = identify({}, device_ids_from_node_feature(obj))
+    assert (ident.architectures, ident.source) == (("volta",), "nodefeature")
+    assert ident.products == ("Tesla V100-PCIE-16GB",)
+
+
+@pytest.mark.parametrize(
+    ("key", "device"),
+    [
+        ("feature.node.kubernetes.io/pci-0302_10de_1db1.present", "1db1"),
+        ("feature.node.kubernetes.io/pci-10de_2330.present", "2330"),
+        ("feature.node.kubernetes.io/pci-0302_10de_2330_10de_16c1.present", "2330"),
+        ("feature.node.kubernetes.io/pci-0302_10de.present", None),
+        ("feature.node.kubernetes.io/pci-10de.present", None),
+        ("feature.node.kubernetes.io/pci-0200_15b3_101d.present", None),
+    ],
+)
+def test_device_ids_from_nfd_labels(key: str, device: str | None) -> None:
+    assert device_ids_from_labels({key: "true"}) == ((device,) if device else ())
+
+
+def test_unknown_gpu_is_named_not_refused() -> None:
+    assert not identify({PCI: "true"}).known
+    odd = identify({"feature.node.kubernetes.io/pci-0302_10de_ffff.present": "true"})
+    assert not odd.known and "0xffff" in odd.describe() and odd.describe().startswith("unknown, not checked")
+
+
+def test_node_facts_keep_nfd_device_labels() -> None:
+    facts = NodeFacts.from_node({"metadata": {"name": "n", "labels": {V100_LABEL: "true", "other": "x"}}})
+    assert facts.labels == {V100_LABEL: "true"}
+
+
+# Refusal per node
+
+
+def test_refused_node_gets_our_driver_label_and_leaves_the_pools() -> None:
+    v100 = gpu_node("v100", **{V100_LABEL: "true"})
+    want = desired_labels(v100, spec(), refused=True)
+    assert want["nvidia.com/gpu.deploy.driver"] == DRIVER_REFUSED
+    assert want["nvidia.com/gpu.deploy.container-toolkit"] == "true"
+    labelled = replace(v100, labels={**v100.labels, **{k: v for k, v in want.items() if v}})
+    assert not gets_driver(labelled)
+    # once the version fits again, the label goes back to true; a refusal never overrides an opt-out or a pause
+    assert desired_labels(labelled, spec("580.95.05"))["nvidia.com/gpu.deploy.driver"] == "true"
+    for value in ("false", "pre-installed", "paused-for-driver-upgrade"):
+        node = gpu_node("n", **{"nvidia.com/gpu.deploy.driver": value})
+        assert "nvidia.com/gpu.deploy.driver" not in desired_labels(node, spec(), refused=True)
+
+
+def test_verdicts_refuse_only_what_cannot_run() -> None:
+    nodes = [
+        gpu_node("h100", **H100_GFD),
+        gpu_node("v100", **{V100_LABEL: "true"}),
+        gpu_node("unknown"),
+        gpu_node("opted-out", **{V100_LABEL: "true", "nvidia.com/gpu.deploy.driver": "false"}),
+        NodeFacts(name="cpu", labels=dict(OS), has_nfd=True),
+    ]
+    found = compat.verdicts(nodes, spec())
+    assert sorted(found) == ["h100", "unknown", "v100"]
+    assert compat.refused(found).keys() == {"v100"}
+    assert found["h100"].module_type == "open" and found["unknown"].refusal is None
+    cond = compat.condition(found, 3, [], "2026-01-01T00:00:00Z")
+    assert (cond["type"], cond["status"], cond["reason"], cond["observedGeneration"]) == (
+        "DriverRefused", "True", "IncompatibleNodes", 3,
+    )  # fmt: skip
+    assert "v100: driver 595.91.07 (R595) does not support volta GPUs" in cond["message"]
+    assert "GPU unknown, not checked: unknown" in cond["message"]
+    # R580 runs everything here
+    assert not compat.refused(compat.verdicts(nodes, spec("580.95.05")))
+    again = compat.condition(compat.verdicts(nodes, spec("580.95.05")), 4, [cond], "2026-01-02T00:00:00Z")
+    assert again["status"] == "False" and again["lastTransitionTime"] == "2026-01-02T00:00:00Z"
+
+
+def test_node_patches_label_refused_nodes_only() -> None:
+    nodes = [gpu_node("h100", **H100_GFD), gpu_node("v100", **{V100_LABEL: "true"})]
+    patches = node_patches(nodes, spec(), {"v100"})
+    assert patches["v100"]["labels"]["nvidia.com/gpu.deploy.driver"] == DRIVER_REFUSED
+    assert patches["h100"]["labels"]["nvidia.com/gpu.deploy.driver"] == "true"
+
+
+def test_planner_skips_a_refused_node_with_the_reason() -> None:
+    reason = "driver 595.91.07 (R595) does not support volta GPUs"
+    nodes = [make_node("h100", "upgrade-required"), replace(make_node("v100", "upgrade-required"), refused=reason)]
+    p = plan(nodes, [], policy(max_parallel_upgrades=0), 10_000.0)
+    assert p.waiting["v100"] == f"upgrade skipped: driver refused: {reason}"
+    assert "v100" not in {getattr(a, "node", None) for a in p.actions}
+    assert p.counters.skipped == 1 and p.counters.pending == 1
+
+
+def test_upgrade_nodes_carry_the_refusal() -> None:
+    node = gpu_node("v100", **{V100_LABEL: "true", "nvidia.com/gpu.deploy.driver": "true"})
+    (un,) = upgrade_nodes([node], {}, {}, {"v100": "why"})
+    assert un.refused == "why" and un.skipped
+    assert NEW  # the planner fixtures' revision names stay importable
+
+
+# The NodeFeature kind
+
+
+def test_node_feature_is_an_optional_kind() -> None:
+    kind = registry()["NodeFeature"]
+    assert kind == NODE_FEATURE and kind.optional and kind.namespaced
+    assert kind.api_version == "nfd.k8s-sigs.io/v1alpha1" and kind.plural == "nodefeatures"
+    assert not served(kind, frozenset()) and served(kind, frozenset({"nfd.k8s-sigs.io"}))
+
+
+# The command line
+
+
+def test_versions_json_is_the_data_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["versions", "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"matrix": matrix.data()}
+    assert main(["versions", "-o", "yaml"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == {"matrix": matrix.data()}
+
+
+def test_versions_text_shows_every_row_with_its_source(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["versions"]) == 0
+    out = capsys.readouterr().out
+    d = matrix.data()
+    for r in d["releases"]:
+        line = next(ln for ln in out.splitlines() if ln.startswith(f"  {r['release']}:"))
+        assert f"[{r['source']}]" in line and all(f"{k} {v}" in line for k, v in r["components"].items())
+    for b in d["branches"]:
+        line = next(ln for ln in out.splitlines() if ln.startswith(f"  R{b['branch']}:"))
+        assert f"CUDA {b['max_cuda']}" in line and f"[{b['source']}]" in line
+    for a in d["architectures"]:
+        line = next(ln for ln in out.splitlines() if ln.startswith(f"  {a['name']} (compute"))
+        assert f"[{a['source']}]" in line
+    for device in d["devices"]:
+        assert all(f"{i} {p}" in out for i, p in device["ids"].items())
+
+
+def _node_doc(name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {PCI: "true", **OS, **labels}}}
+
+
+def test_render_nodes_shows_the_refusals_offline(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    feature = {
+        "apiVersion": "nfd.k8s-sigs.io/v1alpha1",
+        "kind": "NodeFeature",
+        "metadata": {"name": "v100-b", "namespace": "nfd", "labels": {"nfd.node.kubernetes.io/node-name": "v100-b"}},
+        "spec": {"features": {"instances": {"pci.device": {"elements": [
+            {"attributes": {"class": "0302", "vendor": "10de", "device": "1db5"}}]}}}},
+    }  # fmt: skip
+    docs = [_node_doc("h100", H100_GFD), _node_doc("v100-a", {V100_LABEL: "true"}), _node_doc("v100-b", {}), feature]
+    nodes = tmp_path / "nodes.yaml"
+    nodes.write_text(yaml.safe_dump_all(docs))
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(yaml.safe_dump({"apiVersion": "nvidia.com/v1", "kind": "ClusterPolicy",
+                                           "metadata": {"name": "p"}, "spec": {}}))  # fmt: skip
+    assert main(["render", "--policy", str(policy_file), "--nodes", str(nodes)]) == 0
+    captured = capsys.readouterr()
+    warned = sorted(ln.split(":")[0] for ln in captured.err.splitlines() if "driver not rolled out" in ln)
+    assert warned == ["warning", "warning"]
+    assert "node v100-a: driver not rolled out" in captured.err and "node v100-b:" in captured.err
+    docs_out = [d for d in yaml.safe_load_all(captured.out) if d]
+    patches = {d["metadata"]["name"]: d["metadata"]["labels"] for d in docs_out if d.get("kind") == "Node"}
+    assert patches["v100-a"]["nvidia.com/gpu.deploy.driver"] == DRIVER_REFUSED
+    assert patches["v100-b"]["nvidia.com/gpu.deploy.driver"] == DRIVER_REFUSED
+    assert patches["h100"]["nvidia.com/gpu.deploy.driver"] == "true"
+    assert "# v100-a: refused: driver 595.91.07 (R595) does not support volta GPUs" in captured.out
+    assert "# h100: ok: hopper (NVIDIA-H100-80GB-HBM3) from gfd, open kernel modules" in captured.out
+
+
+def test_a_refused_node_gets_its_driver_label_back_only_after_the_daemonsets_changed() -> None:
+    from gpu_operator.reconciler import _hold_driver_restores
+
+    v100 = gpu_node("v100", **{V100_LABEL: "true", "nvidia.com/gpu.deploy.driver": DRIVER_REFUSED})
+    h100 = gpu_node("h100", **H100_GFD)
+    patches = node_patches([v100, h100], spec("580.95.05"))
+    assert patches["v100"]["labels"]["nvidia.com/gpu.deploy.driver"] == "true"
+    held = _hold_driver_restores(patches, [v100, h100])
+    assert held == {"v100": {"labels": {"nvidia.com/gpu.deploy.driver": "true"}}}
+    assert "nvidia.com/gpu.deploy.driver" not in patches["v100"]["labels"]
+    assert patches["v100"]["labels"]["nvidia.com/gpu.deploy.container-toolkit"] == "true"
+    assert patches["h100"]["labels"]["nvidia.com/gpu.deploy.driver"] == "true"
+
+
+def test_an_event_only_for_refusals_the_status_does_not_name_yet() -> None:
+    nodes = [gpu_node(f"v100-{i}", **{V100_LABEL: "true"}) for i in range(3)] + [gpu_node("h100", **H100_GFD)]
+    found = compat.verdicts(nodes, spec())
+    assert sorted(compat.newly_refused(found, [])) == ["v100-0", "v100-1", "v100-2"]
+    named = compat.condition({k: v for k, v in found.items() if k != "v100-2"}, 1, [], "t")
+    assert sorted(compat.newly_refused(found, [named])) == ["v100-2"]
+    assert compat.newly_refused(found, [compat.condition(found, 1, [], "t")]) == {}
+    # another rule for the same node is a change
+    assert sorted(compat.newly_refused(compat.verdicts(nodes, spec("580.95.05", "open")), [named])) == [
+        "v100-0", "v100-1", "v100-2",
+    ]  # fmt: skip

@@ -100,8 +100,11 @@ def list_owned(kube: Kube, kind: Kind, namespace: str, api_groups: frozenset[str
     return found
 
 
-def observe(kube: Kube, namespace: str) -> Snapshot:
-    """The cluster as the reconciler needs it, read from the API (lists only)."""
+def observe(kube: Kube, namespace: str, nodes: list[dict[str, Any]] | None = None) -> Snapshot:
+    """The cluster as the reconciler needs it, read from the API (lists only).
+
+    `nodes`: the Node objects when the caller has listed them already (doctor keeps them whole).
+    """
     api_groups = kube.api_groups()
     policies = {}
     for policy in kube.list("ClusterPolicy"):
@@ -113,7 +116,7 @@ def observe(kube: Kube, namespace: str) -> Snapshot:
         for obj in list_owned(kube, kind, namespace, api_groups):
             owned[key_of(obj)] = obj
     return Snapshot(
-        nodes={n["metadata"]["name"]: NodeFacts.from_node(n) for n in kube.list("Node")},
+        nodes={n["metadata"]["name"]: NodeFacts.from_node(n) for n in (kube.list("Node") if nodes is None else nodes)},
         policies=policies,
         owned=owned,
         pods={p["metadata"]["name"]: pod_projection(p) for p in kube.list("Pod", namespace, OWNED_SELECTOR)},

@@ -285,8 +285,9 @@ def test_a_64_gpu_pod(admin: Kube, ns: str, doctor_kubeconfig: Path) -> None:
 
 
 def test_affinity_to_a_gpu_model_no_node_has(admin: Kube, ns: str, doctor_kubeconfig: Path) -> None:
-    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
-        {"matchExpressions": [{"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-B200"]}]}]}}}  # fmt: skip
+    b200 = {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-B200"]}
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [b200]}]}}}  # fmt: skip
     admin.create(gpu_pod("b200", ns, 8, affinity=affinity))
     assert "node affinity" in unschedulable(admin, ns, "b200")
     f = finding(doctor_kubeconfig, "NoNodeMatchesAffinity", "-n", ns, "--pod", "b200")

@@ -77,14 +77,8 @@ def doctor_kubeconfig(cluster: LocalCluster, admin: Kube, tmp_path_factory: pyte
     if admin.get("ServiceAccount", DOCTOR_SA, NAMESPACE) is None:
         sa = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": DOCTOR_SA, "namespace": NAMESPACE}}
         admin.create(sa)
-    rendered = subprocess.run(
-        [helm(), "template", "gpu-operator", str(REPO / "charts/gpu-operator"), "-n", NAMESPACE,
-         "--kube-version", "1.37.2", "--show-only", "templates/doctor-rbac.yaml",
-         "--set", "doctor.subjects[0].kind=ServiceAccount", "--set", f"doctor.subjects[0].name={DOCTOR_SA}",
-         "--set", f"doctor.subjects[0].namespace={NAMESPACE}"],
-        check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
-    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    docs = render_chart("doctor.subjects[0].kind=ServiceAccount", f"doctor.subjects[0].name={DOCTOR_SA}",
+                        f"doctor.subjects[0].namespace={NAMESPACE}", show="templates/doctor-rbac.yaml")  # fmt: skip
     assert sorted(d["kind"] for d in docs) == ["ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"]
     for doc in docs:
         for rule in doc.get("rules") or []:
@@ -194,7 +188,39 @@ def wait_policy_ready(admin: Kube, op: OperatorProcess) -> None:
         raise AssertionError(f"{exc}\noperator log:\n{op.log_tail()}") from None
 
 
-# --- the tests, in order ---
+def render_chart(*sets: str, show: str) -> list[dict[str, Any]]:
+    args = [helm(), "template", "gpu-operator", str(REPO / "charts/gpu-operator"), "-n", NAMESPACE,
+            "--kube-version", "1.37.2", "--show-only", show]  # fmt: skip
+    for s in sets:
+        args += ["--set", s]
+    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def test_chart_alerts_and_dashboard_use_the_operators_metrics() -> None:
+    import re
+
+    from gpu_operator.metrics import REGISTRY
+
+    exposed = {s.name for family in REGISTRY.collect() for s in family.samples}
+    docs = {d["kind"]: d for d in render_chart(
+        "operator.metrics.prometheusRule.enabled=true", "operator.metrics.grafanaDashboard.enabled=true",
+        "operator.metrics.prometheusRule.labels.release=prom", show="templates/monitoring.yaml")}  # fmt: skip
+    rule = docs["PrometheusRule"]
+    assert rule["metadata"]["labels"]["release"] == "prom"
+    alerts = {r["alert"]: r for r in rule["spec"]["groups"][0]["rules"]}
+    assert {"GPUOperatorOperandNotReady", "GPUOperatorDriverUpgradeFailed", "GPUOperatorNodeStuckInUpgrade",
+            "GPUOperatorReconciliationFailing", "GPUsUnhealthy"} <= set(alerts)  # fmt: skip
+    used = {m for r in alerts.values() for m in re.findall(r"gpu_operator_\w+", r["expr"])}
+    assert used <= exposed, used - exposed
+    assert "{{ $value }}" in alerts["GPUOperatorDriverUpgradeFailed"]["annotations"]["description"]
+    dashboard = json.loads(docs["ConfigMap"]["data"]["gpu-operator.json"])
+    assert docs["ConfigMap"]["metadata"]["labels"]["grafana_dashboard"] == "1" and dashboard["panels"]
+    with pytest.raises(subprocess.CalledProcessError):  # off by default: nothing rendered
+        render_chart(show="templates/monitoring.yaml")
+
+
+# --- the tests on the cluster, in order ---
 
 
 def test_healthy_cluster_gives_exit_0_and_no_findings(
@@ -264,7 +290,7 @@ def test_broken_pytorch_is_shown_with_its_corrected_pod(admin: Kube, ns: str, do
     f = report["findings"][0]
     assert "requests no GPU" in f["summary"] and "nvidia.com/gpu: 1" in f["fix"]
     fixed = yaml.safe_load(f["fix_yaml"])
-    assert fixed["spec"]["containers"][0]["resources"]["limits"] == {"memory": "4Gi", "cpu": 2, "nvidia.com/gpu": 1}
+    assert fixed["spec"]["containers"][0]["resources"]["limits"] == {"memory": "4Gi", "cpu": "2", "nvidia.com/gpu": 1}
     # The corrected pod runs on a GPU node and doctor has nothing to say about it.
     fixed["metadata"] = {"name": "fixed-pytorch", "namespace": ns}
     admin.create(fixed)

@@ -233,3 +233,20 @@ def test_capacity_anti_affinity_taints_and_profiles() -> None:
     assert capacity.plan(EXERCISE3, 10, views, profile).extra_nodes == 2  # h-0 takes 4 (h-1 tainted): 6 left
     small = capacity.parse_profile("gpus=8,cpu=8,memory=1Ti", views)
     assert capacity.plan(EXERCISE3, 10, views, small).extra_nodes is None  # no gpu.product label: never matches
+
+
+def exposed_metrics() -> set[str]:
+    from gpu_operator.metrics import REGISTRY
+
+    return {s.name for family in REGISTRY.collect() for s in family.samples if not s.name.endswith("_created")}
+
+
+def test_grafana_dashboard_uses_only_the_operators_metrics() -> None:
+    import re
+
+    from support import REPO
+
+    dashboard = json.loads((REPO / "charts/gpu-operator/files/grafana-dashboard.json").read_text())
+    used = {m for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"gpu_operator_\w+", t["expr"])}
+    assert used and used <= exposed_metrics(), used - exposed_metrics()
+    assert {"gpu_operator_reconciliation_status", "gpu_operator_nodes_upgrades_failed"} <= used

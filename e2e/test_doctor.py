@@ -53,10 +53,10 @@ def stack(
     for old in admin.list("ClusterPolicy"):
         admin.delete("ClusterPolicy", old["metadata"]["name"])
     wait_for(lambda: not admin.list("ClusterPolicy"), 30, message="old ClusterPolicies to go")
-    create_nodes(admin.client, [
-        make_node(H100_0, "h100x8"), make_node(H100_1, "h100x8"),
-        make_node(L4, "l4x1", host_driver="570.172.08"),  # a driver already on the host: GFD reports 570
-    ])  # fmt: skip
+    # A driver 570 already on the L4 node's host, and the node opted out of the operator's driver: GFD reports 570.
+    l4 = make_node(L4, "l4x1", host_driver="570.172.08")
+    l4["metadata"]["labels"]["nvidia.com/gpu.deploy.driver"] = "false"
+    create_nodes(admin.client, [make_node(H100_0, "h100x8"), make_node(H100_1, "h100x8"), l4])
     sim = NodeSimulator(cluster.simulator_kubeconfig, namespace=NAMESPACE, resync_seconds=5).start()
     op = OperatorProcess(cluster, tmp_path_factory.mktemp("operator") / "operator.log").start()
     admin.create(policy_from_sample(**{"driver.upgradePolicy.waitForCompletion.podSelector": JOB_SELECTOR}))

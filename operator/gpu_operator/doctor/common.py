@@ -76,7 +76,13 @@ def driver_of_node(cluster: Cluster, node: str) -> tuple[str, str] | None:
 
 
 def upgrade_waiting(cluster: Cluster) -> dict[str, str]:
-    """Per node mid-upgrade, what it waits for: the policy's status.upgrade, else the planner run here."""
+    """Per node mid-upgrade, what it waits for: the policy's status.upgrade, else the planner run here (once)."""
+    if "upgrade_waiting" not in cluster.memo:
+        cluster.memo["upgrade_waiting"] = _upgrade_waiting(cluster)
+    return dict(cluster.memo["upgrade_waiting"])
+
+
+def _upgrade_waiting(cluster: Cluster) -> dict[str, str]:
     name, spec = policy(cluster)
     if name is None:
         return {}

@@ -47,6 +47,8 @@ class Cluster:
     events: list[dict[str, Any]]  # every namespace
     namespace: str  # the operator's (operands) namespace
     _views: dict[str, NodeView] | None = None
+    _events: dict[tuple[str, str, str], list[dict[str, Any]]] | None = None
+    memo: dict[str, Any] = field(default_factory=dict)  # facts computed once per run (upgrade reasons)
 
     @property
     def views(self) -> dict[str, NodeView]:
@@ -56,12 +58,17 @@ class Cluster:
         return self._views
 
     def events_for(self, kind: str, namespace: str, name: str) -> list[dict[str, Any]]:
-        out = []
-        for e in self.events:
-            obj = e.get("involvedObject") or {}
-            if obj.get("kind") == kind and obj.get("name") == name and (obj.get("namespace") or "") == namespace:
-                out.append(e)
-        return sorted(out, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+        """The object's events, oldest first (indexed once)."""
+        if self._events is None:
+            index: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+            for e in self.events:
+                obj = e.get("involvedObject") or {}
+                key = (obj.get("kind") or "", obj.get("namespace") or "", obj.get("name") or "")
+                index.setdefault(key, []).append(e)
+            for found in index.values():
+                found.sort(key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+            self._events = index
+        return self._events.get((kind, namespace, name), [])
 
 
 def pod_ref(pod: dict[str, Any]) -> str:

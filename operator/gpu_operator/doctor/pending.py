@@ -3,6 +3,8 @@ entries 1, 2, 14, 15, 16, 19, 21)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -48,19 +50,41 @@ def pending_gpu_pods(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _shape(pod: dict[str, Any]) -> str:
+    """What the scheduler filters on: pods of one shape (replicas of one workload) get one analysis."""
+    spec = pod.get("spec") or {}
+    keys = ("nodeSelector", "affinity", "tolerations", "containers", "initContainers", "overhead")
+    return json.dumps([spec.get(k) for k in keys], sort_keys=True)
+
+
 def findings(cluster: Cluster, pods: list[dict[str, Any]]) -> list[Finding]:
     out: list[Finding] = []
+    done: dict[str, Finding | None] = {}
     for pod in pending_gpu_pods(pods):
-        finding = _diagnose(cluster, pod)
+        shape = _shape(pod)
+        if shape not in done:
+            done[shape] = _diagnose(cluster, pod)
+            finding = done[shape]
+        else:  # the same cause and fix; this pod's own name and scheduler message
+            same = done[shape]
+            finding = None if same is None else dataclasses.replace(
+                same, object=pod_ref(pod), evidence=_scheduler_evidence(cluster, pod) + same.evidence[1:]
+            )  # fmt: skip
         if finding is not None:
             out.append(finding)
     return out
 
 
+def _scheduler_evidence(cluster: Cluster, pod: dict[str, Any]) -> list[Evidence]:
+    where, message = scheduler_message(cluster, pod)
+    return [Evidence(pod_ref(pod), where, message)] if message else []
+
+
 def _diagnose(cluster: Cluster, pod: dict[str, Any]) -> Finding | None:
     ref = pod_ref(pod)
-    where, message = scheduler_message(cluster, pod)
-    evidence = [Evidence(ref, where, message)] if message else []
+    evidence = _scheduler_evidence(cluster, pod)
+    if not evidence:  # keep the first slot for the scheduler's word, so replicas can swap in their own
+        evidence = [Evidence(ref, "status.phase", "Pending, not yet considered by the scheduler")]
     requests = pod_requests(pod)
     gpus = gpu_requests(pod)
     if not gpus:  # Volcano's GPU memory only (seed §7.1)

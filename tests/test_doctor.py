@@ -250,3 +250,19 @@ def test_grafana_dashboard_uses_only_the_operators_metrics() -> None:
     used = {m for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"gpu_operator_\w+", t["expr"])}
     assert used and used <= exposed_metrics(), used - exposed_metrics()
     assert {"gpu_operator_reconciliation_status", "gpu_operator_nodes_upgrades_failed"} <= used
+
+
+def test_cli_parsers() -> None:
+    import pytest
+
+    from gpu_operator.cli import _namespace_given, build_parser, kubectl_main
+
+    args = build_parser().parse_args(["doctor", "--pod", "p", "-o", "json"])
+    assert (args.pod, args.namespace, args.output, args.operator_namespace) == ("p", "default", "json", "gpu-operator")
+    args = build_parser().parse_args(["capacity", "--pod", "f.yaml", "--count", "10", "--node-profile", "gpus=8"])
+    assert (args.count, args.node_profile) == (10, "gpus=8")
+    assert _namespace_given(["doctor", "-n", "x"]) and _namespace_given(["doctor", "-nx"])
+    assert not _namespace_given(["doctor", "--node", "n"])
+    with pytest.raises(SystemExit) as done:  # `kubectl gpu doctor --help`
+        kubectl_main(["doctor", "--help"])
+    assert done.value.code == 0

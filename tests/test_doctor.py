@@ -92,6 +92,9 @@ def test_broken_pytorch_gets_a_gpu_limit_in_the_corrected_pod() -> None:
     assert f.severity == "warning" and f.object == "Pod default/broken-pytorch"
     assert "nvidia.com/gpu: 1" in f.fix_yaml and "memory: 4Gi" in f.fix_yaml and "nodeName" not in f.fix_yaml
     assert exit_status([f]) == 1
+    agent = pod("agent", image="nvcr.io/nvidia/cuda:12.8.0-base", node_name="h-0",
+                env=[{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}])  # fmt: skip
+    assert diagnose(cluster([node("h-0")], [agent])) == []
 
 
 def test_64_gpu_pod_names_the_largest_node_and_what_fits_now() -> None:

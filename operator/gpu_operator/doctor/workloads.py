@@ -63,7 +63,12 @@ def _containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _cuda_without_gpu(pod: dict[str, Any]) -> Finding | None:
-    cuda = [c for c in _containers(pod) if _CUDA_IMAGES.search(str(c.get("image", "")))]
+    # A container that sets NVIDIA_VISIBLE_DEVICES itself chose its devices (monitoring agents do): not this case.
+    cuda = [
+        c for c in _containers(pod)
+        if _CUDA_IMAGES.search(str(c.get("image", "")))
+        and not any(e.get("name") == "NVIDIA_VISIBLE_DEVICES" for e in c.get("env") or [])
+    ]  # fmt: skip
     if not cuda:
         return None
     ref = pod_ref(pod)

@@ -87,9 +87,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"operator CPU in steady state: {cpu_seconds(op.proc.pid) - cpu1:.1f}s over {args.idle:.0f}s")
             print(f"operator RSS after idle: {(rss_kib(op.proc.pid) or 0) / 1024:.0f} MiB")
             t_doc = time.monotonic()
-            found = diagnose(gather(Kube.connect(str(cluster.kubeconfig)), NAMESPACE))
-            print(f"gpu-operator doctor on {args.nodes} nodes: {time.monotonic() - t_doc:.2f}s "
-                  f"(reads and analysis), {len(found)} findings")  # fmt: skip
+            seen = gather(Kube.connect(str(cluster.kubeconfig)), NAMESPACE)
+            t_read = time.monotonic() - t_doc
+            found = diagnose(seen)
+            read = f"{t_read:.2f}s reading {len(seen.pods)} pods and {len(seen.events)} events"
+            print(f"gpu-operator doctor on {args.nodes} nodes: {time.monotonic() - t_doc:.2f}s ({read}, the rest "
+                  f"analysis), {len(found)} findings")  # fmt: skip
             op.stop()
             sim.stop()
         finally:

@@ -23,7 +23,8 @@ def gather(kube: Kube, namespace: str) -> Cluster:
     """Everything doctor reads, each list once."""
     nodes = kube.list("Node")
     snap = observe(kube, namespace, nodes=nodes)
-    return Cluster(snap, nodes, kube.list("Pod"), kube.list("Event"), namespace)
+    # Only Warning events say why something fails (FailedScheduling, FailedCreatePodSandBox, ...).
+    return Cluster(snap, nodes, kube.list("Pod"), kube.list("Event", field_selector="type=Warning"), namespace)
 
 
 def _pod_matches(pod: dict[str, Any], namespace: str | None, name: str | None) -> bool:

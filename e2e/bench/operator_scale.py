@@ -5,7 +5,8 @@
 Starts a cluster in a temporary directory with N fake GPU nodes (h100x8, a100x4, l4x1 in turn, half on
 ubuntu 22.04 and half on 24.04), the node simulator and the operator (under the chart's identity), applies
 the default sample policy and prints: time to `ready`, the operator's API writes by verb and resource
-until ready, its writes during `--idle` seconds of steady state, its memory (VmRSS), and the CPU it used.
+until ready, its writes during `--idle` seconds of steady state, its memory (VmRSS), the CPU it used, and how long
+`gpu-operator doctor` takes on the whole cluster.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from e2e.cluster.localcluster import LocalCluster, ensure_binaries, rss_kib
 from e2e.cluster.nodes import create_nodes, make_node
 from e2e.operator_process import NAMESPACE, OperatorProcess, install_crds_and_rbac, policy_from_sample
 from e2e.simulator import NodeSimulator
+from gpu_operator.doctor import diagnose, gather
 from gpu_operator.kube import Kube
 
 PROFILES = ("h100x8", "a100x4", "l4x1")
@@ -84,6 +86,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"operator writes in {args.idle:.0f}s of steady state: {sum(idle.values())} {dict(idle)}")
             print(f"operator CPU in steady state: {cpu_seconds(op.proc.pid) - cpu1:.1f}s over {args.idle:.0f}s")
             print(f"operator RSS after idle: {(rss_kib(op.proc.pid) or 0) / 1024:.0f} MiB")
+            t_doc = time.monotonic()
+            seen = gather(Kube.connect(str(cluster.kubeconfig)), NAMESPACE)
+            t_read = time.monotonic() - t_doc
+            found = diagnose(seen)
+            read = f"{t_read:.2f}s reading {len(seen.pods)} pods and {len(seen.events)} events"
+            print(f"gpu-operator doctor on {args.nodes} nodes: {time.monotonic() - t_doc:.2f}s ({read}, the rest "
+                  f"analysis), {len(found)} findings")  # fmt: skip
             op.stop()
             sim.stop()
         finally:

@@ -432,6 +432,86 @@ def cmd_versions(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Read-only: findings with evidence and fix; exit 0 healthy, 1 warnings, 2 errors (3: cannot read)."""
+    from .doctor import diagnose, exit_status, gather, render_json, render_text
+    from .kube import ApiError, Kube
+
+    try:
+        cluster = gather(Kube.connect(args.kubeconfig), args.operator_namespace)
+    except (ApiError, OSError) as exc:
+        print(f"error: cannot read the cluster: {exc}", file=sys.stderr)
+        return 3
+    names = {((p.get("metadata") or {}).get("namespace"), (p.get("metadata") or {}).get("name")) for p in cluster.pods}
+    if args.pod and (args.namespace, args.pod) not in names:
+        print(f"error: pod {args.namespace}/{args.pod} not found", file=sys.stderr)
+        return 3
+    found = diagnose(cluster, namespace=args.namespace if args.namespace_given or args.pod else None,
+                     pod=args.pod, node=args.node)  # fmt: skip
+    sys.stdout.write(render_json(found) if args.output == "json" else render_text(found))
+    return exit_status(found)
+
+
+def cmd_capacity(args: argparse.Namespace) -> int:
+    """Read-only: how many copies of a pod fit now, where, and the extra nodes for the rest."""
+    from . import capacity
+    from .doctor.sched import nodes_with_pods
+    from .kube import ApiError, Kube
+
+    try:
+        docs = [d for d in _load_yaml_docs(args.pod) if d.get("kind", "Pod") == "Pod"]
+        if not docs:
+            raise ValueError(f"{args.pod}: no Pod found")
+        pod = docs[0]
+        kube = Kube.connect(args.kubeconfig)
+        views = nodes_with_pods(kube.list("Node"), kube.list("Pod"))
+        profile = capacity.parse_profile(args.node_profile, views) if args.node_profile else None
+    except (ApiError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    pod.setdefault("metadata", {}).setdefault("namespace", args.namespace)
+    result = capacity.plan(pod, args.count, views, profile)
+    sys.stdout.write(capacity.render(result, pod["metadata"].get("name", "?")))
+    return 0
+
+
+def _add_doctor(sub: Any) -> None:
+    p = sub.add_parser(
+        "doctor",
+        help="explain why GPU pods do not run and what in the GPU stack is broken (reads only)",
+        description="Read the cluster once and report findings: pending GPU pods and why (insufficient or "
+        "fragmented GPUs, affinity, taints, MIG resources, cordoned nodes), workloads that misuse GPUs (CUDA "
+        "without a GPU request, CUDA newer than the driver, out of memory on a shared GPU) and operands that "
+        "are not ready, each with its evidence and fix. Exit status: 0 healthy, 1 warnings, 2 errors, 3 the "
+        "cluster could not be read.",
+    )
+    p.add_argument("--kubeconfig", help="kubeconfig file")
+    p.add_argument("-n", "--namespace", default="default", help="namespace of the workload pods to look at "
+                   "(default: every namespace; with --pod: default)")  # fmt: skip
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--pod", help="only this pod's findings")
+    target.add_argument("--node", help="only the findings about this node and its pods")
+    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    p.add_argument("--operator-namespace", default=DEFAULT_NAMESPACE, help="namespace of the operands (%(default)s)")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser(
+        "capacity",
+        help="how many copies of a pod fit now and how many nodes the rest needs (reads only)",
+        description="For a pod spec and a count: how many fit on the cluster now and on which nodes, and the "
+        "minimum number of extra nodes of a profile for the rest, honouring GPU, CPU and memory requests, node "
+        "selectors and affinity, taints, cordons and required pod anti-affinity (per hostname).",
+    )
+    p.add_argument("--pod", required=True, help="Pod YAML file ('-' for stdin)")
+    p.add_argument("--count", type=int, required=True, help="how many copies")
+    p.add_argument("--node-profile", help="shape of an extra node: an existing node's name, or "
+                   "gpus=8,cpu=96,memory=2048Gi,label.KEY=VALUE,taint.KEY=VALUE:EFFECT "
+                   "(default: the existing node shape that takes most copies)")  # fmt: skip
+    p.add_argument("--kubeconfig", help="kubeconfig file")
+    p.add_argument("-n", "--namespace", default="default", help="the pods' namespace (%(default)s)")
+    p.set_defaults(func=cmd_capacity)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpu-operator",
@@ -523,11 +603,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--apply", action="store_true", help="server-side apply them to the cluster")
     p.add_argument("--kubeconfig", help="kubeconfig file")
     p.set_defaults(func=cmd_crds)
+    _add_doctor(sub)
     return parser
 
 
+def _namespace_given(argv: list[str]) -> bool:
+    return any(a in ("-n", "--namespace") or a.startswith(("--namespace=", "-n")) for a in argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.namespace_given = _namespace_given(argv)
+    return int(args.func(args) or 0)
+
+
+def kubectl_main(argv: list[str] | None = None) -> int:
+    """`kubectl gpu doctor|capacity ...` (the `kubectl-gpu` plugin): the same commands, under kubectl's name."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="kubectl gpu", description="GPU diagnostics for the cluster.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_doctor(sub)
+    args = parser.parse_args(argv)
+    args.namespace_given = _namespace_given(argv)
     return int(args.func(args) or 0)
 
 

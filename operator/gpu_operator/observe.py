@@ -132,8 +132,11 @@ def with_devices(nodes: Mapping[str, NodeFacts], features: Mapping[str, tuple[st
     return out
 
 
-def observe(kube: Kube, namespace: str) -> Snapshot:
-    """The cluster as the reconciler needs it, read from the API (lists only)."""
+def observe(kube: Kube, namespace: str, nodes: list[dict[str, Any]] | None = None) -> Snapshot:
+    """The cluster as the reconciler needs it, read from the API (lists only).
+
+    `nodes`: the Node objects when the caller has listed them already (doctor keeps them whole).
+    """
     api_groups = kube.api_groups()
     policies = {}
     for policy in kube.list("ClusterPolicy"):
@@ -147,7 +150,8 @@ def observe(kube: Kube, namespace: str) -> Snapshot:
             owned[key_of(obj)] = obj
     return Snapshot(
         nodes=with_devices(
-            {n["metadata"]["name"]: NodeFacts.from_node(n) for n in kube.list("Node")}, node_features(kube, api_groups)
+            {n["metadata"]["name"]: NodeFacts.from_node(n) for n in (kube.list("Node") if nodes is None else nodes)},
+            node_features(kube, api_groups),
         ),
         policies=policies,
         owned=owned,

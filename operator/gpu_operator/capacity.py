@@ -1,0 +1,174 @@
+"""Capacity planning (pure): how many copies of a pod fit on the cluster now, where, and how many more nodes of
+a given profile the rest needs (seed Exercise 3). Honours resource requests (GPUs, CPU, memory, pods), node
+selectors and required node affinity, taints, cordons and required pod anti-affinity on the hostname topology."""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from .doctor.sched import (
+    NodeView,
+    anti_affinity_blocks,
+    anti_affinity_terms,
+    cordoned,
+    fmt,
+    pod_requests,
+    selector_ok,
+    self_anti_affinity,
+    untolerated_taints,
+)
+
+
+@dataclass
+class NodeFit:
+    node: str
+    fits: int
+    why: str  # what limits it (or why the node is excluded)
+
+
+@dataclass
+class CapacityPlan:
+    count: int
+    requests: dict[str, Decimal]
+    fits: list[NodeFit]  # every node, most copies first
+    profile: str
+    per_new_node: int
+    profile_why: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def fits_now(self) -> int:
+        return min(self.count, sum(f.fits for f in self.fits))
+
+    @property
+    def remaining(self) -> int:
+        return self.count - self.fits_now
+
+    @property
+    def extra_nodes(self) -> int | None:
+        """Nodes of the profile to add for the rest (None: the profile cannot take one)."""
+        if self.remaining == 0:
+            return 0
+        return math.ceil(self.remaining / self.per_new_node) if self.per_new_node else None
+
+    def placements(self) -> list[tuple[str, int]]:
+        """Copies per node, filling the nodes that take most first, up to the count."""
+        left, out = self.count, []
+        for f in self.fits:
+            if left <= 0 or f.fits <= 0:
+                continue
+            n = min(f.fits, left)
+            out.append((f.node, n))
+            left -= n
+        return out
+
+
+def fit_on(pod: dict[str, Any], node: NodeView, requests: dict[str, Decimal]) -> NodeFit:
+    """How many copies of the pod this node takes now, and what limits it."""
+    if not selector_ok(pod, node.labels):
+        return NodeFit(node.name, 0, "excluded: node selector or affinity does not match")
+    taints = untolerated_taints(pod, node)
+    if taints:
+        names = ", ".join(
+            f"{t.get('key')}{'=' + t['value'] if t.get('value') else ''}:{t.get('effect')}" for t in taints
+        )
+        return NodeFit(node.name, 0, f"excluded: untolerated taint {names}")
+    if cordoned(pod, node):
+        return NodeFit(node.name, 0, "excluded: cordoned (unschedulable)")
+    if anti_affinity_blocks(pod, node):
+        return NodeFit(node.name, 0, "excluded: a pod there matches the pod's required anti-affinity")
+    need = {**{k: v for k, v in requests.items() if v > 0}, "pods": Decimal(1)}
+    best, limit = None, ""
+    for resource, amount in sorted(need.items()):
+        free = node.free(resource)
+        n = max(int(free // amount), 0)
+        if best is None or n < best:
+            best, limit = n, f"{resource}: {fmt(max(free, Decimal(0)), resource)} free, {fmt(amount, resource)} each"
+    fits = best or 0
+    if fits and self_anti_affinity(pod) and fits > 1:
+        return NodeFit(node.name, 1, f"1 per node (required pod anti-affinity on kubernetes.io/hostname); {limit}")
+    return NodeFit(node.name, fits, f"limited by {limit}")
+
+
+def empty_copy(view: NodeView, name: str | None = None) -> NodeView:
+    """A new node like `view`, with nothing running and not cordoned."""
+    return NodeView(
+        name=name or f"new-{view.name}",
+        labels=dict(view.labels),
+        taints=[copy.deepcopy(t) for t in view.taints if t.get("key") != "node.kubernetes.io/unschedulable"],
+        unschedulable=False,
+        allocatable=dict(view.allocatable),
+        capacity=dict(view.capacity),
+    )
+
+
+def plan(pod: dict[str, Any], count: int, nodes: dict[str, NodeView], profile: NodeView | None = None) -> CapacityPlan:
+    """Copies of `pod` that fit on `nodes` now, and the extra nodes like `profile` for the rest (the best-fitting
+    existing node's shape when no profile is given)."""
+    requests = pod_requests(pod)
+    fits = sorted((fit_on(pod, v, requests) for v in nodes.values()), key=lambda f: (-f.fits, f.node))
+    notes = []
+    if any(t.get("topologyKey") != "kubernetes.io/hostname" for t in anti_affinity_terms(pod)):
+        notes.append("anti-affinity terms on topologies other than kubernetes.io/hostname are not modelled")
+    if profile is None:
+        shapes = [empty_copy(v) for v in nodes.values()]
+        scored = sorted(((fit_on(pod, s, requests), s) for s in shapes), key=lambda fs: (-fs[0].fits, fs[1].name))
+        if scored and scored[0][0].fits:
+            profile = scored[0][1]
+            profile.name = f"like {profile.name[len('new-') :]}"
+    if profile is None:
+        return CapacityPlan(count, requests, fits, "(none)", 0, "no existing node could take a copy even empty; "
+                            "give --node-profile", notes)  # fmt: skip
+    per_new = fit_on(pod, profile, requests)
+    return CapacityPlan(count, requests, fits, profile.name, per_new.fits, per_new.why, notes)
+
+
+def parse_profile(text: str, nodes: dict[str, NodeView]) -> NodeView:
+    """`NODE` (a node like an existing one, empty) or
+    `gpus=8,cpu=96,memory=2048Gi,label.KEY=VALUE,taint.KEY=VALUE:EFFECT`."""
+    if text in nodes:
+        return empty_copy(nodes[text], f"like {text}")
+    from .doctor.sched import GPU, quantity
+
+    view = NodeView(name=f"profile {text}", labels={}, taints=[], unschedulable=False, allocatable={}, capacity={})
+    view.allocatable["pods"] = Decimal(110)
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise ValueError(f"--node-profile: {part!r} is neither a node name nor KEY=VALUE")
+        if key.startswith("label."):
+            view.labels[key[len("label.") :]] = value
+        elif key.startswith("taint."):
+            val, _, effect = value.partition(":")
+            view.taints.append({"key": key[len("taint.") :], "value": val, "effect": effect or "NoSchedule"})
+        else:
+            resource = {"gpus": GPU, "gpu": GPU}.get(key, key)
+            view.allocatable[resource] = quantity(value)
+    view.capacity = dict(view.allocatable)
+    return view
+
+
+def render(result: CapacityPlan, pod_name: str) -> str:
+    wants = ", ".join(f"{k} {fmt(v, k)}" for k, v in sorted(result.requests.items()) if v > 0)
+    lines = [f"pod {pod_name} × {result.count}: each requests {wants or 'nothing'}", "", "nodes now:"]
+    for f in result.fits:
+        lines.append(f"  {f.node}: {f.fits} ({f.why})")
+    lines.append("")
+    placed = result.placements()
+    lines.append(f"fit now: {result.fits_now} of {result.count}"
+                 + (f" ({', '.join(f'{n} on {node}' for node, n in placed)})" if placed else ""))  # fmt: skip
+    if result.remaining:
+        lines.append(f"left over: {result.remaining}")
+        lines.append(f"a new node {result.profile} takes {result.per_new_node} ({result.profile_why})")
+        if result.extra_nodes is None:
+            lines.append(f"extra nodes needed: impossible with profile {result.profile}")
+        else:
+            lines.append(f"extra nodes needed: {result.extra_nodes} × {result.profile}")
+    else:
+        lines.append("extra nodes needed: 0")
+    lines += [f"note: {n}" for n in result.notes]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,131 @@
+"""Facts several finding families need: the active policy, scheduler messages, upgrade reasons, drivers."""
+
+from __future__ import annotations
+
+import re
+import time
+from functools import cache
+from typing import Any
+
+from ..api import ClusterPolicySpec, PolicyError, parse_spec
+from ..status import active_policy
+from .model import Cluster
+
+UPGRADE_STATE = "nvidia.com/gpu-driver-upgrade-state"
+MIG_STRATEGY_LABEL = "nvidia.com/mig.strategy"
+MIG_STATE_LABEL = "nvidia.com/mig.config.state"
+MIG_CONFIG_LABEL = "nvidia.com/mig.config"
+REPLICAS_LABEL = "nvidia.com/gpu.replicas"
+SHARING_LABEL = "nvidia.com/gpu.sharing-strategy"
+PRODUCT_LABEL = "nvidia.com/gpu.product"
+_DRIVER_LABELS = (
+    ("nvidia.com/cuda.driver-version.major", "nvidia.com/cuda.driver-version.minor",
+     "nvidia.com/cuda.driver-version.revision"),
+    ("nvidia.com/cuda.driver.major", "nvidia.com/cuda.driver.minor", "nvidia.com/cuda.driver.rev"),
+)  # fmt: skip
+_DRIVER_TAG = re.compile(r"^(\d{3})\.(\d+)(?:\.(\d+))?")
+
+
+def policy(cluster: Cluster) -> tuple[str | None, ClusterPolicySpec | None]:
+    """The active ClusterPolicy's name and parsed spec (spec None when absent or invalid)."""
+    name = active_policy(list(cluster.snapshot.policies.values()))
+    if name is None:
+        return None, None
+    try:
+        return name, parse_spec(cluster.snapshot.policies[name].get("spec"))
+    except PolicyError:
+        return name, None
+
+
+def scheduler_message(cluster: Cluster, pod: dict[str, Any]) -> tuple[str, str]:
+    """(field, message) of why the scheduler left the pod Pending: its PodScheduled condition or the last event."""
+    for c in (pod.get("status") or {}).get("conditions") or []:
+        if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("message"):
+            return "status.conditions[PodScheduled].message", str(c["message"])
+    meta = pod.get("metadata") or {}
+    events = cluster.events_for("Pod", meta.get("namespace") or "", meta.get("name", ""))
+    failed = [e for e in events if e.get("reason") == "FailedScheduling"]
+    if failed:
+        return "event FailedScheduling", str(failed[-1].get("message") or "")
+    return "", ""
+
+
+def driver_of_node(cluster: Cluster, node: str) -> tuple[str, str] | None:
+    """(driver version, where it was read) for a node: GFD's labels, else its driver pod's image tag."""
+    view = cluster.views.get(node)
+    if view is None:
+        return None
+    for major, minor, rev in _DRIVER_LABELS:
+        if view.labels.get(major):
+            version = ".".join(
+                p for p in (view.labels[major], view.labels.get(minor, ""), view.labels.get(rev, "")) if p
+            )
+            return version, f"label {major}"
+    for pod in cluster.pods:
+        meta = pod.get("metadata") or {}
+        if meta.get("namespace") != cluster.namespace or (pod.get("spec") or {}).get("nodeName") != node:
+            continue
+        if (meta.get("labels") or {}).get("app.kubernetes.io/component") != "nvidia-driver":
+            continue
+        for c in (pod.get("spec") or {}).get("containers") or []:
+            tag = str(c.get("image", "")).rsplit(":", 1)[-1]
+            m = _DRIVER_TAG.match(tag)
+            if m:
+                return m.group(0), f"driver pod {meta.get('name')} image {c.get('image')}"
+    return None
+
+
+def upgrade_waiting(cluster: Cluster) -> dict[str, str]:
+    """Per node mid-upgrade, what it waits for: the policy's status.upgrade, else the planner run here (once)."""
+    if "upgrade_waiting" not in cluster.memo:
+        cluster.memo["upgrade_waiting"] = _upgrade_waiting(cluster)
+    return dict(cluster.memo["upgrade_waiting"])
+
+
+def _upgrade_waiting(cluster: Cluster) -> dict[str, str]:
+    name, spec = policy(cluster)
+    if name is None:
+        return {}
+    status = cluster.snapshot.policies[name].get("status") or {}
+    out = {w["node"]: w.get("reason", "") for w in (status.get("upgrade") or {}).get("waiting") or [] if "node" in w}
+    if spec is None or not any(v.labels.get(UPGRADE_STATE) for v in cluster.views.values()):
+        return out
+    from ..upgrade import plan
+    from ..upgrade.adapter import managed_nodes, steady
+    from ..upgrade.model import WorkloadPod
+
+    managed = managed_nodes(spec, cluster.snapshot)
+    names = {n.name for n in managed}
+    pods = [WorkloadPod.from_pod(p) for p in cluster.pods if (p.get("spec") or {}).get("nodeName") in names]
+    result = plan(managed, pods, spec.driver.upgrade_policy, time.time(), validation_enabled=spec.validator.enabled)
+    for node, reason in result.waiting.items():
+        out.setdefault(node, steady(reason))
+    return out
+
+
+@cache
+def cuda_driver_table() -> tuple[tuple[tuple[int, int], tuple[int, ...]], ...]:
+    rows = {
+        (11, 8): "520.61.05", (12, 0): "525.60.13", (12, 1): "530.30.02", (12, 2): "535.54.03",
+        (12, 3): "545.23.06", (12, 4): "550.54.14", (12, 5): "555.42.02", (12, 6): "560.28.03",
+        (12, 8): "570.26", (12, 9): "575.51.03", (13, 0): "580.65.06", (13, 1): "590.44.01",
+        (13, 2): "595.45.04", (13, 3): "610.43.02",
+    }  # fmt: skip
+    return tuple((k, version_tuple(v)) for k, v in sorted(rows.items()))
+
+
+# CUDA minor-version compatibility: any driver of at least this branch runs every CUDA of that major.
+BRANCH_MINIMUM = {11: (450, 80, 2), 12: (525, 60, 13), 13: (580, 65, 6)}
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", version)[:3])
+
+
+def full_support_driver(cuda: tuple[int, int]) -> tuple[int, ...] | None:
+    """The minimum driver of the CUDA release's own toolkit (GA), the nearest earlier row when unlisted."""
+    best = None
+    for key, driver in cuda_driver_table():
+        if key <= cuda:
+            best = driver
+    return best

@@ -1,0 +1,82 @@
+"""What doctor reports (findings) and what it reads (one view of the cluster, read once)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..observe import Snapshot
+from .sched import NodeView, nodes_with_pods
+
+ERROR, WARNING, INFO = "error", "warning", "info"
+SEVERITY_ORDER = {ERROR: 0, WARNING: 1, INFO: 2}
+
+
+@dataclass(frozen=True)
+class Evidence:
+    object: str  # "Pod ns/name", "Node n", "DaemonSet ns/name"
+    field: str  # where it was seen: "status.conditions[PodScheduled].message"
+    message: str
+
+
+@dataclass
+class Finding:
+    severity: str  # error | warning | info
+    kind: str  # a stable name: InsufficientGPU, Fragmentation, ...
+    object: str  # the object the finding is about
+    summary: str  # the cause, one sentence
+    fix: str  # what to do, in plain words
+    evidence: list[Evidence] = field(default_factory=list)
+    fix_yaml: str = ""  # corrected YAML where it helps
+    details: list[str] = field(default_factory=list)  # extra lines (a per-node table)
+    nodes: tuple[str, ...] = ()  # the nodes concerned (for --node)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["nodes"] = list(self.nodes)
+        return {k: v for k, v in out.items() if v not in ("", [], ())}
+
+
+@dataclass
+class Cluster:
+    """Everything doctor looks at, read once: the operator's snapshot plus full nodes, pods and events."""
+
+    snapshot: Snapshot
+    nodes: list[dict[str, Any]]
+    pods: list[dict[str, Any]]  # every namespace
+    events: list[dict[str, Any]]  # every namespace
+    namespace: str  # the operator's (operands) namespace
+    _views: dict[str, NodeView] | None = None
+    _events: dict[tuple[str, str, str], list[dict[str, Any]]] | None = None
+    memo: dict[str, Any] = field(default_factory=dict)  # facts computed once per run (upgrade reasons)
+
+    @property
+    def views(self) -> dict[str, NodeView]:
+        """Nodes with the resources their bound pods use (computed once)."""
+        if self._views is None:
+            self._views = nodes_with_pods(self.nodes, self.pods)
+        return self._views
+
+    def events_for(self, kind: str, namespace: str, name: str) -> list[dict[str, Any]]:
+        """The object's events, oldest first (indexed once)."""
+        if self._events is None:
+            index: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+            for e in self.events:
+                obj = e.get("involvedObject") or {}
+                key = (obj.get("kind") or "", obj.get("namespace") or "", obj.get("name") or "")
+                index.setdefault(key, []).append(e)
+            for found in index.values():
+                found.sort(key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+            self._events = index
+        return self._events.get((kind, namespace, name), [])
+
+
+def pod_ref(pod: dict[str, Any]) -> str:
+    meta = pod.get("metadata") or {}
+    return f"Pod {meta.get('namespace', 'default')}/{meta.get('name', '?')}"
+
+
+def exit_status(findings: list[Finding]) -> int:
+    """0 healthy, 1 warnings, 2 errors (info findings do not count)."""
+    severities = {f.severity for f in findings}
+    return 2 if ERROR in severities else 1 if WARNING in severities else 0

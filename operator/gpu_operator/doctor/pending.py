@@ -1,0 +1,335 @@
+"""Pending GPU pods: why the scheduler cannot place them, following its filters in order (REFERENCE §12,
+entries 1, 2, 14, 15, 16, 19, 21)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from decimal import Decimal
+from typing import Any
+
+import yaml
+
+from .common import (
+    MIG_CONFIG_LABEL,
+    MIG_STATE_LABEL,
+    MIG_STRATEGY_LABEL,
+    PRODUCT_LABEL,
+    UPGRADE_STATE,
+    policy,
+    scheduler_message,
+    upgrade_waiting,
+)
+from .model import ERROR, WARNING, Cluster, Evidence, Finding, pod_ref
+from .sched import (
+    MIG_PREFIX,
+    NodeView,
+    cordoned,
+    fmt,
+    gpu_requests,
+    pod_requests,
+    required_terms,
+    selector_ok,
+    short_of,
+    untolerated_taints,
+)
+
+VOLCANO_GPU_MEMORY = "volcano.sh/gpu-memory"
+
+
+def pending_gpu_pods(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for pod in pods:
+        if (pod.get("metadata") or {}).get("deletionTimestamp") or (pod.get("spec") or {}).get("nodeName"):
+            continue
+        if (pod.get("status") or {}).get("phase", "Pending") != "Pending":
+            continue
+        requests = pod_requests(pod)
+        if gpu_requests(pod) or requests.get(VOLCANO_GPU_MEMORY):
+            out.append(pod)
+    return out
+
+
+def _shape(pod: dict[str, Any]) -> str:
+    """What the scheduler filters on: pods of one shape (replicas of one workload) get one analysis."""
+    spec = pod.get("spec") or {}
+    keys = ("nodeSelector", "affinity", "tolerations", "containers", "initContainers", "overhead")
+    return json.dumps([spec.get(k) for k in keys], sort_keys=True)
+
+
+def findings(cluster: Cluster, pods: list[dict[str, Any]]) -> list[Finding]:
+    out: list[Finding] = []
+    done: dict[str, Finding | None] = {}
+    for pod in pending_gpu_pods(pods):
+        shape = _shape(pod)
+        if shape not in done:
+            done[shape] = _diagnose(cluster, pod)
+            finding = done[shape]
+        else:  # the same cause and fix; this pod's own name and scheduler message
+            same = done[shape]
+            finding = None if same is None else dataclasses.replace(
+                same, object=pod_ref(pod), evidence=_scheduler_evidence(cluster, pod) + same.evidence[1:]
+            )  # fmt: skip
+        if finding is not None:
+            out.append(finding)
+    return out
+
+
+def _scheduler_evidence(cluster: Cluster, pod: dict[str, Any]) -> list[Evidence]:
+    where, message = scheduler_message(cluster, pod)
+    return [Evidence(pod_ref(pod), where, message)] if message else []
+
+
+def _diagnose(cluster: Cluster, pod: dict[str, Any]) -> Finding | None:
+    ref = pod_ref(pod)
+    evidence = _scheduler_evidence(cluster, pod)
+    if not evidence:  # keep the first slot for the scheduler's word, so replicas can swap in their own
+        evidence = [Evidence(ref, "status.phase", "Pending, not yet considered by the scheduler")]
+    requests = pod_requests(pod)
+    gpus = gpu_requests(pod)
+    if not gpus:  # Volcano's GPU memory only (seed §7.1)
+        return Finding(
+            ERROR, "VolcanoResourceNotAdvertised", ref,
+            f"the pod requests {VOLCANO_GPU_MEMORY}, which no node advertises: that resource comes from Volcano's "
+            "own device plugin, not from the NVIDIA GPU Operator",
+            "request whole GPUs (nvidia.com/gpu) or a MIG device, or install Volcano's vGPU device plugin and "
+            "scheduler for memory-based sharing",
+            evidence,
+        )  # fmt: skip
+    resource, count = max(gpus.items(), key=lambda kv: kv[1])
+    views = list(cluster.views.values())
+    advertising = [v for v in views if v.allocatable.get(resource, Decimal(0)) > 0]
+    if not advertising:
+        return _not_advertised(cluster, pod, ref, resource, count, evidence)
+    candidates = [v for v in views if selector_ok(pod, v.labels)]
+    if not candidates:
+        return _no_matching_node(cluster, pod, ref, evidence)
+    tolerated = [v for v in candidates if not untolerated_taints(pod, v)]
+    if not tolerated:
+        return _taints(pod, ref, candidates, evidence)
+    open_nodes = [v for v in tolerated if not cordoned(pod, v)]
+    if not open_nodes:
+        return _cordoned(cluster, ref, tolerated, evidence)
+    offering = [v for v in open_nodes if v.allocatable.get(resource, Decimal(0)) > 0]
+    if not offering:
+        if resource.startswith(MIG_PREFIX):
+            return _not_advertised(cluster, pod, ref, resource, count, evidence, open_nodes)
+        names = ", ".join(v.name for v in open_nodes[:8])
+        return Finding(
+            ERROR, "NoGPUOnMatchingNodes", ref,
+            f"the nodes this pod may use ({names}) advertise no {resource}; the nodes that do are excluded by its "
+            "node selector or affinity",
+            f"select nodes that have GPUs (e.g. nodeSelector {PRODUCT_LABEL}: <model>), or check the GPU stack on "
+            f"{names}",
+            evidence, nodes=tuple(v.name for v in open_nodes),
+        )  # fmt: skip
+    return _resources(ref, resource, count, requests, offering, evidence)
+
+
+def _table(resource: str, nodes: list[NodeView]) -> list[str]:
+    rows = [f"{'node':<32} {'allocatable':>11} {'free':>6}"]
+    for v in sorted(nodes, key=lambda v: (-v.free(resource), v.name))[:20]:
+        rows.append(
+            f"{v.name:<32} {fmt(v.allocatable.get(resource, Decimal(0))):>11} "
+            f"{fmt(max(v.free(resource), Decimal(0))):>6}"
+        )
+    if len(nodes) > 20:
+        rows.append(f"... and {len(nodes) - 20} more nodes")
+    return rows
+
+
+def _resources(
+    ref: str, resource: str, count: int, requests: dict[str, Decimal], nodes: list[NodeView], evidence: list[Evidence]
+) -> Finding | None:
+    table = _table(resource, nodes)
+    gpu_short = [v for v in nodes if v.free(resource) < count]
+    names = tuple(v.name for v in nodes)
+    if len(gpu_short) == len(nodes):
+        free = [max(v.free(resource), Decimal(0)) for v in nodes]
+        most_free, total_free = int(max(free)), int(sum(free))
+        largest = int(max(v.allocatable.get(resource, Decimal(0)) for v in nodes))
+        fits_now = f"the largest request that fits now is {resource}: {most_free}" if most_free else "none fits now"
+        if count > largest:
+            return Finding(
+                ERROR, "GPURequestExceedsEveryNode", ref,
+                f"the pod requests {count} {resource} but the largest eligible node has {largest}; "
+                "a pod never spans nodes",
+                f"request at most {largest} per pod ({fits_now}); run a larger job as several pods of at most "
+                f"{largest} GPUs each (multi-node training, e.g. a PyTorchJob or MPIJob), or add nodes with more GPUs",
+                evidence, details=table, nodes=names,
+            )  # fmt: skip
+        if total_free >= count:
+            return Finding(
+                WARNING, "GPUFragmentation", ref,
+                f"{total_free} {resource} are free in total, but no single node has {count} free (at most "
+                f"{most_free}): the free GPUs are fragmented across nodes",
+                f"{fits_now}; or free a node (move or pack smaller GPU pods together, e.g. with a bin-packing "
+                "scheduler profile, MostAllocated) or split the job into smaller pods",
+                evidence, details=table, nodes=names,
+            )  # fmt: skip
+        return Finding(
+            WARNING, "InsufficientGPU", ref,
+            f"every eligible node's {resource} is allocated: {total_free} free in all, {count} requested",
+            f"wait for running GPU pods to finish, add GPU nodes, or lower the request ({fits_now}); "
+            "a Job queue (Kueue, Volcano) keeps such pods from piling up",
+            evidence, details=table, nodes=names,
+        )  # fmt: skip
+    fitting_gpu = [v for v in nodes if v.free(resource) >= count]
+    others = sorted({r for v in fitting_gpu for r in short_of(requests, v)})
+    if not others:
+        return None  # it fits now: the scheduler has not retried yet
+    rows = [f"{'node':<32} " + " ".join(f"{r + ' free':>16}" for r in others)]
+    rows += [f"{v.name:<32} " + " ".join(f"{fmt(v.free(r), r):>16}" for r in others) for v in fitting_gpu[:20]]
+    want = ", ".join(f"{r} {fmt(requests.get(r, Decimal(1)), r)}" for r in others)
+    return Finding(
+        WARNING, "InsufficientResources", ref,
+        f"the nodes with {count} free {resource} lack {', '.join(others)} for this pod (it requests {want})",
+        "lower the pod's CPU or memory request, or free those resources on the GPU nodes",
+        evidence, details=rows, nodes=tuple(v.name for v in fitting_gpu),
+    )  # fmt: skip
+
+
+def _selector_keys(pod: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """(label key, values wanted) from the pod's nodeSelector and required affinity."""
+    out = [(k, [v]) for k, v in ((pod.get("spec") or {}).get("nodeSelector") or {}).items()]
+    for term in required_terms(pod):
+        for e in term.get("matchExpressions") or []:
+            if e.get("operator", "In") in ("In", "Exists"):
+                out.append((e.get("key", ""), list(e.get("values") or [])))
+    return out
+
+
+def _suggest(wanted: str, present: list[str]) -> list[str]:
+    """Values on the nodes that a wanted value means: with sharing or MIG single, gpu.product gets a suffix."""
+    base = wanted.split("-SHARED", 1)[0].split("-MIG-", 1)[0]
+    return [p for p in present if p != wanted and (p == base or p.startswith((base + "-SHARED", base + "-MIG-")))]
+
+
+def _no_matching_node(cluster: Cluster, pod: dict[str, Any], ref: str, evidence: list[Evidence]) -> Finding:
+    lines, corrected = [], {}
+    for key, wanted in _selector_keys(pod):
+        present = sorted({v.labels[key] for v in cluster.views.values() if key in v.labels})
+        if not present:
+            lines.append(f"no node has the label {key}")
+            continue
+        missing = [w for w in wanted if w not in present]
+        if not missing:
+            continue
+        hints = sorted({s for w in missing for s in _suggest(w, present)})
+        why = ""
+        if any("-SHARED" in h or "-MIG-" in h for h in hints + missing):
+            why = (" (GPU feature discovery appends -SHARED to gpu.product when a GPU is shared by time-slicing or "
+                   "MPS, and -MIG-<profile> with the MIG strategy single)")  # fmt: skip
+        lines.append(f"{key}: wanted {', '.join(missing)}; nodes have {', '.join(present[:10])}{why}")
+        corrected[key] = hints or present
+    summary = "no node matches the pod's node selector or required node affinity: " + "; ".join(
+        lines or ["the combination of labels it requires is on no node"]
+    )
+    fix_yaml = ""
+    if corrected:
+        exprs = [{"key": k, "operator": "In", "values": v} for k, v in corrected.items()]
+        fix_yaml = yaml.safe_dump(
+            {"spec": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": exprs}]}}}}},
+            sort_keys=False,
+        )  # fmt: skip
+    return Finding(
+        ERROR, "NoNodeMatchesAffinity", ref, summary,
+        "use label values that nodes carry (`kubectl get nodes -L nvidia.com/gpu.product`); for a GPU model no "
+        "node has, add such nodes",
+        evidence, fix_yaml=fix_yaml,
+    )  # fmt: skip
+
+
+def _taints(pod: dict[str, Any], ref: str, nodes: list[NodeView], evidence: list[Evidence]) -> Finding:
+    seen: dict[tuple[str, str, str], list[str]] = {}
+    for v in nodes:
+        for t in untolerated_taints(pod, v):
+            seen.setdefault((t.get("key", ""), t.get("value") or "", t.get("effect", "")), []).append(v.name)
+    taints = ", ".join(f"{k}{'=' + val if val else ''}:{eff} ({len(n)} nodes)" for (k, val, eff), n in seen.items())
+    tolerations = [
+        {"key": k, "operator": "Equal", "value": val, "effect": eff} if val else
+        {"key": k, "operator": "Exists", "effect": eff}
+        for (k, val, eff) in seen
+    ]  # fmt: skip
+    return Finding(
+        ERROR, "UntoleratedTaint", ref,
+        f"every node the pod may use has a taint it does not tolerate: {taints}",
+        "add a toleration for the taint to the pod (GPU nodes are often tainted so only GPU pods land there)",
+        evidence, fix_yaml=yaml.safe_dump({"spec": {"tolerations": tolerations}}, sort_keys=False),
+        nodes=tuple(v.name for v in nodes),
+    )  # fmt: skip
+
+
+def _cordoned(cluster: Cluster, ref: str, nodes: list[NodeView], evidence: list[Evidence]) -> Finding:
+    waiting = upgrade_waiting(cluster)
+    rows, upgrading = [], []
+    for v in nodes:
+        state = v.labels.get(UPGRADE_STATE)
+        if state and state != "upgrade-done":
+            upgrading.append(v.name)
+            rows.append(
+                f"{v.name}: driver upgrade state {state}"
+                + (f", waits for: {waiting[v.name]}" if v.name in waiting else "")
+            )
+        else:
+            rows.append(f"{v.name}: cordoned (spec.unschedulable)")
+    if upgrading:
+        summary = (f"every node the pod may use is cordoned; {len(upgrading)} of them by the GPU driver upgrade "
+                   f"({', '.join(upgrading[:5])})")  # fmt: skip
+        fix = ("the nodes come back when their upgrade finishes (see what each waits for below, or `gpu-operator "
+               "upgrade plan`); a node stuck in upgrade-failed is retried by relabelling it upgrade-required; "
+               "do not uncordon a node mid-upgrade by hand")  # fmt: skip
+    else:
+        summary = "every node the pod may use is cordoned (node(s) were unschedulable)"
+        fix = "uncordon a node when its maintenance is over (`kubectl uncordon NODE`) or add nodes"
+    return Finding(WARNING, "NodesCordoned", ref, summary, fix, evidence, details=rows,
+                   nodes=tuple(v.name for v in nodes))  # fmt: skip
+
+
+def _not_advertised(
+    cluster: Cluster, pod: dict[str, Any], ref: str, resource: str, count: int, evidence: list[Evidence],
+    nodes: list[NodeView] | None = None,
+) -> Finding:  # fmt: skip
+    views = nodes if nodes is not None else list(cluster.views.values())
+    if resource.startswith(MIG_PREFIX):
+        profile = resource[len(MIG_PREFIX) :]
+        _, spec = policy(cluster)
+        strategies = sorted({v.labels[MIG_STRATEGY_LABEL] for v in views if MIG_STRATEGY_LABEL in v.labels})
+        strategy = ", ".join(strategies) or (spec.mig.strategy if spec else "unknown")
+        capable = [v for v in views if v.labels.get("nvidia.com/mig.capable") == "true"]
+        rows = [
+            f"{v.name}: mig.strategy={v.labels.get(MIG_STRATEGY_LABEL, '-')}, mig.config="
+            f"{v.labels.get(MIG_CONFIG_LABEL, '-')}, mig.config.state={v.labels.get(MIG_STATE_LABEL, '-')}"
+            for v in capable[:20]
+        ]
+        if "mixed" in strategies:
+            summary = (f"no node advertises {resource}: the MIG strategy is mixed but no node's layout has "
+                       f"{profile} devices (or its MIG change failed or is pending)")  # fmt: skip
+            fix = (f"label a MIG-capable node with a layout that has {profile} (e.g. nvidia.com/mig.config=all-"
+                   f"{profile}) and wait for nvidia.com/mig.config.state=success")  # fmt: skip
+        else:
+            summary = (f"the pod requests {resource}, a resource only the MIG strategy mixed advertises; the "
+                       f"strategy is {strategy}")  # fmt: skip
+            fix = (f"either set the ClusterPolicy's mig.strategy to mixed and give the node a layout with {profile} "
+                   f"(nvidia.com/mig.config=all-{profile}), or, with strategy single, request nvidia.com/gpu and "
+                   f"select the MIG product (nodeSelector {PRODUCT_LABEL}: <model>-MIG-{profile})")  # fmt: skip
+        return Finding(ERROR, "MIGResourceNotAdvertised", ref, summary, fix, evidence, details=rows,
+                       nodes=tuple(v.name for v in capable))  # fmt: skip
+    gpu_nodes = [n.name for n in cluster.snapshot.nodes.values() if n.has_gpu]
+    if gpu_nodes:
+        return Finding(
+            ERROR, "GPUsNotAdvertised", ref,
+            f"no node advertises {resource} although {len(gpu_nodes)} nodes have NVIDIA GPUs: the device plugin "
+            "is not running or not ready on them",
+            f"fix the GPU stack first (see the operand findings; `kubectl get pods -n {cluster.namespace}`); "
+            f"the device plugin advertises {resource} once the driver and toolkit are validated",
+            evidence, nodes=tuple(gpu_nodes),
+        )  # fmt: skip
+    return Finding(
+        ERROR, "NoGPUNodes", ref,
+        f"no node advertises {resource} and no node has an NVIDIA GPU (no Node Feature Discovery label "
+        "feature.node.kubernetes.io/pci-10de.present=true)",
+        "add GPU nodes, or install Node Feature Discovery so the operator can find them",
+        evidence,
+    )  # fmt: skip

@@ -1,0 +1,226 @@
+"""Scheduling arithmetic (pure): quantities, pod requests, node free resources, selectors, affinity, taints.
+
+A small model of what kube-scheduler's filters check, enough for `doctor` to say why a pod does not fit and
+for `capacity` to count how many would.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+GPU = "nvidia.com/gpu"
+GPU_SHARED = "nvidia.com/gpu.shared"
+MIG_PREFIX = "nvidia.com/mig-"
+UNSCHEDULABLE_TAINT = "node.kubernetes.io/unschedulable"
+
+_SUFFIX = {
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+    "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
+    "k": 10**3, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+}  # fmt: skip
+_QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([A-Za-z]*)$")
+
+
+def quantity(value: Any) -> Decimal:
+    """A Kubernetes quantity ("500m", "32Gi", 2) as a number; 0 for what does not parse."""
+    m = _QUANTITY.match(str(value).strip())
+    if not m or m.group(2) not in ("", *_SUFFIX):
+        return Decimal(0)
+    try:
+        return Decimal(m.group(1)) * Decimal(str(_SUFFIX.get(m.group(2), 1)))
+    except ArithmeticError:
+        return Decimal(0)
+
+
+def is_gpu_resource(name: str) -> bool:
+    """Resources the NVIDIA device plugin advertises: whole or shared GPUs and MIG devices."""
+    return name.startswith(GPU) or name.startswith(MIG_PREFIX)
+
+
+def _container_requests(container: dict[str, Any]) -> dict[str, Decimal]:
+    res = container.get("resources") or {}
+    limits = {k: quantity(v) for k, v in (res.get("limits") or {}).items()}
+    requests = {k: quantity(v) for k, v in (res.get("requests") or {}).items()}
+    return {**limits, **requests}  # a limit alone is also the request
+
+
+def pod_requests(pod: dict[str, Any]) -> dict[str, Decimal]:
+    """What the scheduler reserves for a pod: containers summed, at least the largest init container."""
+    spec = pod.get("spec") or {}
+    total: dict[str, Decimal] = {}
+    for c in spec.get("containers") or []:
+        for k, v in _container_requests(c).items():
+            total[k] = total.get(k, Decimal(0)) + v
+    for c in spec.get("initContainers") or []:
+        for k, v in _container_requests(c).items():
+            total[k] = max(total.get(k, Decimal(0)), v)
+    for k, v in (spec.get("overhead") or {}).items():
+        total[k] = total.get(k, Decimal(0)) + quantity(v)
+    return total
+
+
+def gpu_requests(pod: dict[str, Any]) -> dict[str, int]:
+    return {k: int(v) for k, v in pod_requests(pod).items() if is_gpu_resource(k) and v > 0}
+
+
+def terminal(pod: dict[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
+@dataclass
+class NodeView:
+    """A node as the scheduler filters see it."""
+
+    name: str
+    labels: dict[str, str]
+    taints: list[dict[str, Any]]
+    unschedulable: bool
+    allocatable: dict[str, Decimal]
+    capacity: dict[str, Decimal]
+    used: dict[str, Decimal] = field(default_factory=dict)
+    pods: list[dict[str, Any]] = field(default_factory=list)  # non-terminal pods bound to it
+
+    @classmethod
+    def from_node(cls, node: dict[str, Any]) -> NodeView:
+        meta, spec, status = node.get("metadata") or {}, node.get("spec") or {}, node.get("status") or {}
+        return cls(
+            name=meta.get("name", ""),
+            labels=dict(meta.get("labels") or {}),
+            taints=list(spec.get("taints") or []),
+            unschedulable=bool(spec.get("unschedulable")),
+            allocatable={k: quantity(v) for k, v in (status.get("allocatable") or {}).items()},
+            capacity={k: quantity(v) for k, v in (status.get("capacity") or {}).items()},
+        )
+
+    def add_pod(self, pod: dict[str, Any]) -> None:
+        self.pods.append(pod)
+        for k, v in pod_requests(pod).items():
+            self.used[k] = self.used.get(k, Decimal(0)) + v
+        self.used["pods"] = self.used.get("pods", Decimal(0)) + 1
+
+    def free(self, resource: str) -> Decimal:
+        return self.allocatable.get(resource, Decimal(0)) - self.used.get(resource, Decimal(0))
+
+
+def nodes_with_pods(nodes: list[dict[str, Any]], pods: list[dict[str, Any]]) -> dict[str, NodeView]:
+    views = {n["metadata"]["name"]: NodeView.from_node(n) for n in nodes}
+    for pod in pods:
+        node = (pod.get("spec") or {}).get("nodeName")
+        if node in views and not terminal(pod):
+            views[node].add_pod(pod)
+    return views
+
+
+def _expression_ok(expr: dict[str, Any], labels: dict[str, str]) -> bool:
+    key, op, values = expr.get("key", ""), expr.get("operator", "In"), expr.get("values") or []
+    if op == "In":
+        return key in labels and labels[key] in values
+    if op == "NotIn":
+        return key not in labels or labels[key] not in values
+    if op == "Exists":
+        return key in labels
+    if op == "DoesNotExist":
+        return key not in labels
+    if op in ("Gt", "Lt") and key in labels and values:
+        try:
+            have, want = int(labels[key]), int(values[0])
+        except ValueError:
+            return False
+        return have > want if op == "Gt" else have < want
+    return False
+
+
+def required_terms(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    affinity = ((pod.get("spec") or {}).get("affinity") or {}).get("nodeAffinity") or {}
+    required = affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}
+    return list(required.get("nodeSelectorTerms") or [])
+
+
+def selector_ok(pod: dict[str, Any], labels: dict[str, str]) -> bool:
+    """nodeSelector and required node affinity (terms ORed, expressions ANDed)."""
+    selector = (pod.get("spec") or {}).get("nodeSelector") or {}
+    if any(labels.get(k) != v for k, v in selector.items()):
+        return False
+    terms = required_terms(pod)
+    if not terms:
+        return True
+    return any(all(_expression_ok(e, labels) for e in t.get("matchExpressions") or []) for t in terms)
+
+
+def _tolerates(toleration: dict[str, Any], taint: dict[str, Any]) -> bool:
+    if toleration.get("effect") and toleration["effect"] != taint.get("effect"):
+        return False
+    if toleration.get("operator", "Equal") == "Exists":
+        return not toleration.get("key") or toleration["key"] == taint.get("key")
+    return toleration.get("key") == taint.get("key") and (toleration.get("value") or "") == (taint.get("value") or "")
+
+
+def untolerated_taints(pod: dict[str, Any], node: NodeView) -> list[dict[str, Any]]:
+    """The node's NoSchedule/NoExecute taints that the pod does not tolerate (a cordon counts as a taint)."""
+    tolerations = (pod.get("spec") or {}).get("tolerations") or []
+    taints = [t for t in node.taints if t.get("effect") in ("NoSchedule", "NoExecute")]
+    return [t for t in taints if t.get("key") != UNSCHEDULABLE_TAINT and not any(_tolerates(x, t) for x in tolerations)]
+
+
+def cordoned(pod: dict[str, Any], node: NodeView) -> bool:
+    if not node.unschedulable:
+        return False
+    tolerations = (pod.get("spec") or {}).get("tolerations") or []
+    taint = {"key": UNSCHEDULABLE_TAINT, "effect": "NoSchedule"}
+    return not any(_tolerates(x, taint) for x in tolerations)
+
+
+def short_of(requests: dict[str, Decimal], node: NodeView, count: int = 1) -> list[str]:
+    """Resources of which the node has less free than `count` pods request (pods included)."""
+    need = dict(requests)
+    need["pods"] = Decimal(1)
+    return sorted(k for k, v in need.items() if v > 0 and node.free(k) < v * count)
+
+
+def _match_labels(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    if not selector:
+        return False
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    return all(_expression_ok(e, labels) for e in selector.get("matchExpressions") or [])
+
+
+def anti_affinity_terms(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    anti = ((pod.get("spec") or {}).get("affinity") or {}).get("podAntiAffinity") or {}
+    return list(anti.get("requiredDuringSchedulingIgnoredDuringExecution") or [])
+
+
+def anti_affinity_blocks(pod: dict[str, Any], node: NodeView) -> bool:
+    """A required pod anti-affinity term on the hostname topology that a pod on the node matches."""
+    namespace = (pod.get("metadata") or {}).get("namespace") or "default"
+    for term in anti_affinity_terms(pod):
+        if term.get("topologyKey") != "kubernetes.io/hostname":
+            continue
+        namespaces = term.get("namespaces") or [namespace]
+        for other in node.pods:
+            meta = other.get("metadata") or {}
+            if (meta.get("namespace") or "default") in namespaces and _match_labels(
+                term.get("labelSelector") or {}, meta.get("labels") or {}
+            ):
+                return True
+    return False
+
+
+def self_anti_affinity(pod: dict[str, Any]) -> bool:
+    """Whether copies of the pod repel each other per node (required anti-affinity matching its own labels)."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    return any(
+        t.get("topologyKey") == "kubernetes.io/hostname" and _match_labels(t.get("labelSelector") or {}, labels)
+        for t in anti_affinity_terms(pod)
+    )
+
+
+def fmt(value: Decimal, resource: str = "") -> str:
+    """A quantity for people: GiB for memory, plain numbers otherwise."""
+    if resource in ("memory", "ephemeral-storage") or resource.startswith("hugepages-"):
+        gib = value / Decimal(2**30)
+        return f"{gib.normalize():f}Gi" if gib == gib.to_integral_value() else f"{gib:.1f}Gi"
+    return f"{value.normalize():f}"

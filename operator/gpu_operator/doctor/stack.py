@@ -1,0 +1,293 @@
+"""The GPU stack (REFERENCE §12 entries 3, 9-13, 16, 19, 20): operands not ready, mapped to the first failing
+component on each node; operands that cannot run on a GPU node; nodes stuck in an upgrade or MIG change;
+GPUs advertised below capacity."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from ..readiness import pod_ready
+from ..states import all_states
+from ..states.base import STATE_LABEL
+from .common import MIG_CONFIG_LABEL, MIG_STATE_LABEL, UPGRADE_STATE, policy, upgrade_waiting
+from .model import ERROR, INFO, WARNING, Cluster, Evidence, Finding, pod_ref
+from .sched import GPU, NodeView, selector_ok
+
+_IN_PROGRESS_DONE = ("", "upgrade-done", "upgrade-required")
+# What a validator init container waits for, by its name (the component it validates).
+_VALIDATES = {
+    "driver-validation": "the driver (state-driver) on this node",
+    "toolkit-validation": "the container toolkit (state-container-toolkit) on this node",
+    "cuda-validation": "a CUDA workload run through the nvidia runtime",
+    "plugin-validation": "the device plugin to advertise nvidia.com/gpu on this node",
+    "mofed-validation": "the MOFED driver",
+    "vfio-pci-validation": "the vfio-pci driver",
+}
+
+
+def findings(cluster: Cluster) -> list[Finding]:
+    out: list[Finding] = []
+    name, spec = policy(cluster)
+    gpu_nodes = [n for n in cluster.snapshot.nodes.values() if n.has_gpu]
+    if name is None:
+        if gpu_nodes:
+            out.append(Finding(
+                ERROR, "NoClusterPolicy", "ClusterPolicy",
+                f"{len(gpu_nodes)} nodes have NVIDIA GPUs but there is no ClusterPolicy, so no operand is deployed",
+                "create one (`kubectl apply -f manifests/samples/clusterpolicy-default.yaml`) or install the chart "
+                "with deployCR/clusterPolicy enabled",
+            ))  # fmt: skip
+        return out + _capacity(cluster)
+    if not any(n.has_nfd for n in cluster.snapshot.nodes.values()):
+        out.append(Finding(
+            ERROR, "NFDLabelsMissing", f"ClusterPolicy {name}",
+            "no node carries Node Feature Discovery labels, so the operator finds no GPU node",
+            "install Node Feature Discovery (helm install nfd oci://registry.k8s.io/nfd/charts/node-feature-discovery)",
+        ))  # fmt: skip
+    out += _operands(cluster, name)
+    out += _blocked_daemonsets(cluster)
+    out += _upgrades(cluster)
+    out += _mig(cluster)
+    out += _capacity(cluster)
+    return out
+
+
+def _state_order() -> dict[str, int]:
+    return {s.name: i for i, s in enumerate(all_states())}
+
+
+def _why_not_ready(cluster: Cluster, pod: dict[str, Any]) -> tuple[str, str, str]:
+    """(component, reason, fix) for an operand pod that is not ready."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    events = cluster.events_for("Pod", meta.get("namespace") or "", meta.get("name", ""))
+    sandbox = [e for e in events if e.get("reason") == "FailedCreatePodSandBox"]
+    for cs in status.get("initContainerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated")
+        if term and term.get("exitCode") == 0:
+            continue
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        name = cs.get("name", "?")
+        what = _VALIDATES.get(name, "")
+        detail = (
+            waiting.get("message")
+            or waiting.get("reason")
+            or ("running" if "running" in (cs.get("state") or {}) else "not started")
+        )
+        if sandbox and not cs.get("state", {}).get("running"):
+            break
+        reason = f"init container {name} not done ({detail})" + (f": waits for {what}" if what else "")
+        fix = (f"look at {what} first; the validator's init containers pass in order, driver then toolkit, CUDA "
+               "and plugin") if what else f"read its log: {_logs(meta, name)}"  # fmt: skip
+        return name, reason, fix
+    if sandbox:
+        message = str(sandbox[-1].get("message") or "")
+        fix = ("the nvidia runtime handler is not configured on this node yet: the container toolkit configures it "
+               "(check its pod on the node); on k3s, k0s or RKE2 set CONTAINERD_CONFIG/CONTAINERD_SOCKET in "
+               "toolkit.env to that distribution's paths")  # fmt: skip
+        if "RuntimeClass" in message:
+            fix = (
+                "the RuntimeClass is missing or named differently: check the pre-requisites state and "
+                "operator.runtimeClass"
+            )
+        return "sandbox", f"FailedCreatePodSandBox: {message}", fix
+    for cs in status.get("containerStatuses") or []:
+        if cs.get("ready"):
+            continue
+        state = cs.get("state") or {}
+        waiting = state.get("waiting") or {}
+        last = ((cs.get("lastState") or {}).get("terminated") or {}).get("message") or ""
+        name = cs.get("name", "?")
+        if waiting.get("reason") == "CrashLoopBackOff" or cs.get("restartCount", 0) > 3:
+            reason = f"container {name} crash-looping ({cs.get('restartCount', 0)} restarts)" + (
+                f": {last.strip()[:200]}" if last else ""
+            )
+            fix = _crash_fix(last)
+            return name, reason, fix
+        detail = waiting.get("reason") or (
+            "running, not ready (probe failing)" if "running" in state else "not started"
+        )
+        return (
+            name,
+            f"container {name} not ready ({detail})",
+            _logs(meta, name),
+        )
+    if not status.get("containerStatuses") and status.get("phase") == "Pending":
+        return "pod", "pod Pending (not started)", f"kubectl describe pod -n {meta.get('namespace')} {meta.get('name')}"
+    return "pod", f"phase {status.get('phase')}", f"kubectl describe pod -n {meta.get('namespace')} {meta.get('name')}"
+
+
+def _logs(meta: dict[str, Any], container: str) -> str:
+    return f"kubectl logs -n {meta.get('namespace')} {meta.get('name')} -c {container}"
+
+
+def _crash_fix(message: str) -> str:
+    low = message.lower()
+    if "in use" in low:
+        return ("the old driver is still in use: enable driver.upgradePolicy pod eviction or drain "
+                "(gpuPodDeletion/drain) so GPU pods leave the node before the driver reloads")  # fmt: skip
+    if "kernel" in low and ("resolve" in low or "headers" in low):
+        return (
+            "the driver cannot build for this kernel: provide kernel headers or use precompiled drivers "
+            "(driver.usePrecompiled)"
+        )
+    if "secure boot" in low or "key was rejected" in low:
+        return "Secure Boot rejects the unsigned module: turn Secure Boot off or use signed precompiled drivers"
+    return "read the container's log and previous log (kubectl logs --previous)"
+
+
+def _operands(cluster: Cluster, name: str) -> list[Finding]:
+    status = cluster.snapshot.policies[name].get("status") or {}
+    not_ready = [s for s in status.get("states") or [] if s.get("state") == "notReady"]
+    order = _state_order()
+    first: dict[str, tuple[int, dict[str, Any]]] = {}  # node -> first failing operand pod
+    for pod in cluster.pods:
+        meta = pod.get("metadata") or {}
+        if meta.get("namespace") != cluster.namespace or pod_ready(pod) or meta.get("deletionTimestamp"):
+            continue
+        state = (meta.get("labels") or {}).get(STATE_LABEL)
+        node = (pod.get("spec") or {}).get("nodeName")
+        if not state or not node or (pod.get("status") or {}).get("phase") == "Succeeded":
+            continue
+        rank = order.get(state, 99)
+        if node not in first or rank < first[node][0]:
+            first[node] = (rank, pod)
+    groups: dict[tuple[str, str, str], list[tuple[str, dict[str, Any]]]] = {}
+    for node, (_, pod) in sorted(first.items()):
+        component, reason, fix = _why_not_ready(cluster, pod)
+        state = (pod["metadata"].get("labels") or {}).get(STATE_LABEL, "?")
+        groups.setdefault((state, reason, fix), []).append((node, pod))
+    out = []
+    policy_ev = [
+        Evidence(f"ClusterPolicy {name}", "status.states", f"{s.get('name')}: {s.get('message', '')}")
+        for s in not_ready
+    ]
+    for (state, reason, fix), members in groups.items():
+        nodes = [n for n, _ in members]
+        more = f" and {len(nodes) - 5} more" if len(nodes) > 5 else ""
+        ev = [Evidence(pod_ref(p), "status", reason) for _, p in members[:3]] + policy_ev[:3]
+        out.append(Finding(
+            ERROR, "OperandNotReady", f"{state} on {', '.join(nodes[:5])}{more}",
+            f"{state} is the first operand not ready on {len(nodes)} node(s): {reason}",
+            fix, ev, nodes=tuple(nodes),
+        ))  # fmt: skip
+    if not_ready and not groups:
+        out.append(Finding(
+            ERROR, "OperandNotReady", f"ClusterPolicy {name}",
+            "operands are not ready: " + "; ".join(f"{s.get('name')}: {s.get('message', '')}" for s in not_ready),
+            f"kubectl get pods -n {cluster.namespace} -o wide; and see the states' messages", policy_ev,
+        ))  # fmt: skip
+    return out
+
+
+def _tolerated(tolerations: list[dict[str, Any]], view: NodeView) -> list[dict[str, Any]]:
+    from .sched import untolerated_taints
+
+    return untolerated_taints({"spec": {"tolerations": tolerations}}, view)
+
+
+def _blocked_daemonsets(cluster: Cluster) -> list[Finding]:
+    """DaemonSets whose node selector takes a GPU node that a taint keeps them off (DESIRED lower than it should)."""
+    blocked: dict[str, list[str]] = {}
+    taints: dict[str, set[str]] = {}
+    gpu_nodes = [
+        cluster.views[n.name] for n in cluster.snapshot.nodes.values() if n.has_gpu and n.name in cluster.views
+    ]
+    for (kind, _, ds_name), ds in cluster.snapshot.owned.items():
+        if kind != "DaemonSet":
+            continue
+        template = ((ds.get("spec") or {}).get("template") or {}).get("spec") or {}
+        probe = {
+            "spec": {"nodeSelector": template.get("nodeSelector") or {}, "affinity": template.get("affinity") or {}}
+        }
+        for view in gpu_nodes:
+            if not selector_ok(probe, view.labels):
+                continue
+            bad = _tolerated(template.get("tolerations") or [], view)
+            if bad:
+                blocked.setdefault(ds_name, []).append(view.name)
+                taints.setdefault(ds_name, set()).update(f"{t.get('key')}:{t.get('effect')}" for t in bad)
+    out = []
+    for ds_name, nodes in sorted(blocked.items()):
+        out.append(Finding(
+            ERROR, "OperandBlockedByTaint", f"DaemonSet {cluster.namespace}/{ds_name}",
+            f"{ds_name} cannot run on {len(nodes)} GPU node(s) ({', '.join(nodes[:5])}): untolerated taint "
+            f"{', '.join(sorted(taints[ds_name]))}",
+            "add the taint's toleration to daemonsets.tolerations in the ClusterPolicy (or the chart values)",
+            [Evidence(f"Node {n}", "spec.taints", ", ".join(sorted(taints[ds_name]))) for n in nodes[:3]],
+            nodes=tuple(nodes),
+        ))  # fmt: skip
+    return out
+
+
+def _upgrades(cluster: Cluster) -> list[Finding]:
+    waiting = upgrade_waiting(cluster)
+    out = []
+    for view in cluster.views.values():
+        state = view.labels.get(UPGRADE_STATE, "")
+        if state in _IN_PROGRESS_DONE:
+            continue
+        reason = waiting.get(view.name, "")
+        ev = [Evidence(f"Node {view.name}", f"labels[{UPGRADE_STATE}]", state)]
+        if reason:
+            ev.append(Evidence("ClusterPolicy", "status.upgrade.waiting", reason))
+        if state == "upgrade-failed":
+            out.append(Finding(
+                ERROR, "DriverUpgradeFailed", f"Node {view.name}",
+                f"the driver upgrade failed on {view.name}" + (f": {reason}" if reason else ""),
+                "fix the cause (driver pod log, eviction refused by a PodDisruptionBudget); the node returns to "
+                "service by itself once its driver pod is in sync and ready, or relabel it "
+                f"{UPGRADE_STATE}=upgrade-required to retry",
+                ev, nodes=(view.name,),
+            ))  # fmt: skip
+        else:
+            out.append(Finding(
+                INFO, "NodeInDriverUpgrade", f"Node {view.name}",
+                f"{view.name} is in driver upgrade state {state}" + (f", waiting for: {reason}" if reason else "")
+                + ("; it is cordoned" if view.unschedulable else ""),
+                "nothing while it makes progress; `gpu-operator upgrade plan` shows every node's wait",
+                ev, nodes=(view.name,),
+            ))  # fmt: skip
+    return out
+
+
+def _mig(cluster: Cluster) -> list[Finding]:
+    out = []
+    for view in cluster.views.values():
+        state = view.labels.get(MIG_STATE_LABEL, "")
+        layout = view.labels.get(MIG_CONFIG_LABEL, "")
+        ev = [Evidence(f"Node {view.name}", f"labels[{MIG_STATE_LABEL}]", state),
+              Evidence(f"Node {view.name}", f"labels[{MIG_CONFIG_LABEL}]", layout)]  # fmt: skip
+        if state == "failed":
+            out.append(Finding(
+                ERROR, "MIGChangeFailed", f"Node {view.name}",
+                f"the MIG manager failed to apply layout {layout!r} on {view.name}",
+                "check that the layout exists in the mig-parted ConfigMap for this GPU and that no process holds "
+                "the GPU (MIG mode changes need an idle GPU, sometimes a reboot); read the nvidia-mig-manager log",
+                ev, nodes=(view.name,),
+            ))  # fmt: skip
+        elif state in ("pending", "rebooting"):
+            out.append(Finding(
+                INFO, "MIGChangeInProgress", f"Node {view.name}",
+                f"the MIG manager is applying layout {layout!r} on {view.name} ({state}); operands are paused "
+                "(paused-for-mig-change) until it succeeds",
+                "wait for nvidia.com/mig.config.state=success", ev, nodes=(view.name,),
+            ))  # fmt: skip
+    return out
+
+
+def _capacity(cluster: Cluster) -> list[Finding]:
+    out = []
+    for view in cluster.views.values():
+        cap, alloc = view.capacity.get(GPU, Decimal(0)), view.allocatable.get(GPU, Decimal(0))
+        if cap > alloc:
+            out.append(Finding(
+                WARNING, "GPUsUnhealthy", f"Node {view.name}",
+                f"{view.name} advertises {alloc} of its {cap} nvidia.com/gpu: the device plugin marked "
+                f"{cap - alloc} GPU(s) unhealthy (an Xid: 79 fallen off the bus, 48/94/95 ECC errors)",
+                "drain the node and reset or replace the GPU (nvidia-smi -r, or the node's provider); "
+                "the device plugin's log names the Xid",
+                [Evidence(f"Node {view.name}", "status.capacity / status.allocatable", f"{cap} / {alloc}")],
+                nodes=(view.name,),
+            ))  # fmt: skip
+    return out

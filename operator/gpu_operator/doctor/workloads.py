@@ -1,0 +1,269 @@
+"""Workload findings (REFERENCE §12 entries 6, 7, 17, 18): CUDA images without a GPU, more than one replica of a
+time-sliced GPU, the CUDA an image needs against the node's driver, CUDA out of memory on a shared GPU."""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+import yaml
+
+from .common import (
+    BRANCH_MINIMUM,
+    REPLICAS_LABEL,
+    SHARING_LABEL,
+    cuda_driver_table,
+    driver_of_node,
+    full_support_driver,
+    version_tuple,
+)
+from .model import ERROR, INFO, WARNING, Cluster, Evidence, Finding, pod_ref
+from .sched import GPU, GPU_SHARED, gpu_requests, required_terms, selector_ok
+
+_CUDA_IMAGES = re.compile(
+    r"(cuda|^pytorch/pytorch|(^|/)nvidia/(pytorch|tensorflow|tritonserver|nemo|jax|rapids)|tensorflow/tensorflow:.*gpu"
+    r"|vllm/vllm-openai|-gpu(:|$)|^nvcr\.io/nvidia/(pytorch|tensorflow|tritonserver|nemo))",
+    re.IGNORECASE,
+)
+_TAG_CUDA = (
+    re.compile(r"cuda[-_]?(\d{2})\.(\d)", re.IGNORECASE),  # pytorch:2.1.0-cuda12.1-cudnn8, cuda13.0
+    re.compile(r"\bcu(\d{2})(\d)\b"),  # cu121, cu128
+)
+_REQUIRE = re.compile(r"cuda>=(\d+)\.(\d+)")
+_OOM = re.compile(r"CUDA out of memory|CUDA error: out of memory|OutOfMemoryError", re.IGNORECASE)
+
+
+def _workload(cluster: Cluster, pod: dict[str, Any]) -> bool:
+    meta = pod.get("metadata") or {}
+    if meta.get("namespace") == cluster.namespace:
+        return False
+    return (meta.get("labels") or {}).get("app.kubernetes.io/managed-by") != "gpu-operator"
+
+
+def findings(cluster: Cluster, pods: list[dict[str, Any]]) -> list[Finding]:
+    out: list[Finding] = []
+    for pod in pods:
+        if not _workload(cluster, pod) or (pod.get("metadata") or {}).get("deletionTimestamp"):
+            continue
+        gpus = gpu_requests(pod)
+        if not gpus:
+            f = _cuda_without_gpu(pod)
+            if f:
+                out.append(f)
+            continue
+        out += _time_sliced(cluster, pod, gpus)
+        out += _cuda_vs_driver(cluster, pod)
+        out += _oom(cluster, pod)
+    return out
+
+
+def _containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    return list((pod.get("spec") or {}).get("containers") or [])
+
+
+def _cuda_without_gpu(pod: dict[str, Any]) -> Finding | None:
+    # A container that sets NVIDIA_VISIBLE_DEVICES itself chose its devices (monitoring agents do): not this case.
+    cuda = [
+        c for c in _containers(pod)
+        if _CUDA_IMAGES.search(str(c.get("image", "")))
+        and not any(e.get("name") == "NVIDIA_VISIBLE_DEVICES" for e in c.get("env") or [])
+    ]  # fmt: skip
+    if not cuda:
+        return None
+    ref = pod_ref(pod)
+    fixed = _corrected_pod(pod, {c.get("name") for c in cuda})
+    names = ", ".join(f"{c.get('name')} ({c.get('image')})" for c in cuda)
+    return Finding(
+        WARNING, "CUDAImageWithoutGPU", ref,
+        f"the pod runs a CUDA image ({names}) but requests no GPU: the device plugin gives it none, so CUDA "
+        "finds no device (torch.cuda.is_available() is False, 'CUDA device not found')",
+        "add `nvidia.com/gpu: 1` (or more) under resources.limits of the CUDA container; a GPU is requested by "
+        "its limit, and the request defaults to it",
+        [Evidence(ref, f"spec.containers[{c.get('name')}].resources.limits", str(_limits(c))) for c in cuda],
+        fix_yaml=yaml.safe_dump(fixed, sort_keys=False),
+    )  # fmt: skip
+
+
+def _limits(container: dict[str, Any]) -> dict[str, Any]:
+    return dict((container.get("resources") or {}).get("limits") or {})
+
+
+def _corrected_pod(pod: dict[str, Any], containers: set[Any]) -> dict[str, Any]:
+    meta = pod.get("metadata") or {}
+    spec = copy.deepcopy(pod.get("spec") or {})
+    for key in ("nodeName", "serviceAccount", "enableServiceLinks", "preemptionPolicy", "priority",
+                "schedulerName", "securityContext", "terminationGracePeriodSeconds", "dnsPolicy", "tolerations",
+                "serviceAccountName"):  # fmt: skip
+        spec.pop(key, None)  # the API server's defaults, noise in a correction
+    for c in spec.get("containers") or []:
+        for key in ("terminationMessagePath", "terminationMessagePolicy", "imagePullPolicy", "volumeMounts"):
+            c.pop(key, None)
+        if c.get("name") in containers:
+            limits = c.setdefault("resources", {}).setdefault("limits", {})
+            limits[GPU] = 1
+    spec.pop("volumes", None) if not any(c.get("volumeMounts") for c in spec.get("containers") or []) else None
+    out: dict[str, Any] = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": meta.get("name")}}
+    if meta.get("namespace") and meta["namespace"] != "default":
+        out["metadata"]["namespace"] = meta["namespace"]
+    out["spec"] = spec
+    return out
+
+
+def _node_replicas(cluster: Cluster, node: str) -> int:
+    view = cluster.views.get(node)
+    try:
+        return int(view.labels.get(REPLICAS_LABEL, "1")) if view else 1
+    except ValueError:
+        return 1
+
+
+def _time_sliced(cluster: Cluster, pod: dict[str, Any], gpus: dict[str, int]) -> list[Finding]:
+    count = max(gpus.get(GPU, 0), gpus.get(GPU_SHARED, 0))
+    if count <= 1:
+        return []
+    node = (pod.get("spec") or {}).get("nodeName")
+    nodes = [node] if node else [v.name for v in cluster.views.values() if selector_ok(pod, v.labels)]
+    shared = [n for n in nodes if _node_replicas(cluster, n) > 1]
+    if not shared or (not node and len(shared) < len(nodes)):
+        return []
+    ref = pod_ref(pod)
+    status = pod.get("status") or {}
+    evidence = [Evidence(f"Node {n}", f"labels[{REPLICAS_LABEL}]", str(_node_replicas(cluster, n))) for n in shared[:5]]
+    if status.get("reason") == "UnexpectedAdmissionError":
+        evidence.insert(0, Evidence(ref, "status.message", str(status.get("message", ""))))
+    return [Finding(
+        WARNING, "MultipleTimeSlicedGPUs", ref,
+        f"the pod requests {count} GPUs of a time-sliced resource: replicas are slices of time on the same "
+        "physical GPUs, so more than one may be the same GPU and adds no compute or memory (with "
+        "failRequestsGreaterThanOne the device plugin rejects the pod)",
+        "request 1 shared GPU, or run on nodes without time-slicing (whole GPUs) when the job needs several",
+        evidence, nodes=tuple(shared),
+    )]  # fmt: skip
+
+
+def cuda_need(pod: dict[str, Any]) -> tuple[tuple[int, int], str, str, bool] | None:
+    """(CUDA major.minor, container, where, strict) the pod's images need: NVIDIA_REQUIRE_CUDA (strict: checked by
+    the runtime hook) or the CUDA version in a well-known image tag."""
+    for c in _containers(pod):
+        env = {e.get("name"): str(e.get("value", "")) for e in c.get("env") or []}
+        if env.get("NVIDIA_DISABLE_REQUIRE", "").lower() in ("1", "true"):
+            continue
+        m = _REQUIRE.search(env.get("NVIDIA_REQUIRE_CUDA", ""))
+        if m:
+            return (int(m.group(1)), int(m.group(2))), str(c.get("name")), "env NVIDIA_REQUIRE_CUDA", True
+        tag = str(c.get("image", "")).rsplit("/", 1)[-1]
+        for rx in _TAG_CUDA:
+            m = rx.search(tag)
+            if m:
+                return (int(m.group(1)), int(m.group(2))), str(c.get("name")), f"image {c.get('image')}", False
+        if re.search(r"(^|/)cuda:(\d+)\.(\d+)", str(c.get("image", ""))):
+            m2 = re.search(r"cuda:(\d+)\.(\d+)", str(c.get("image", "")))
+            assert m2
+            return (int(m2.group(1)), int(m2.group(2))), str(c.get("name")), f"image {c.get('image')}", False
+    return None
+
+
+def driver_cuda(driver: tuple[int, ...]) -> tuple[int, int] | None:
+    """The newest CUDA a driver supports fully (its branch's own release)."""
+    best = None
+    for cuda, minimum in cuda_driver_table():
+        if driver >= minimum:
+            best = cuda
+    return best
+
+
+def _cuda_vs_driver(cluster: Cluster, pod: dict[str, Any]) -> list[Finding]:
+    need = cuda_need(pod)
+    if need is None:
+        return []
+    cuda, container, where, strict = need
+    bound = (pod.get("spec") or {}).get("nodeName")
+    pinned = bool(bound) or bool((pod.get("spec") or {}).get("nodeSelector")) or bool(required_terms(pod))
+    if bound:
+        nodes = [bound]
+    else:
+        nodes = [
+            v.name for v in cluster.views.values() if selector_ok(pod, v.labels) and driver_of_node(cluster, v.name)
+        ]
+    ref, cuda_s = pod_ref(pod), f"{cuda[0]}.{cuda[1]}"
+    too_old, limited = [], []
+    for n in nodes:
+        found = driver_of_node(cluster, n)
+        if not found:
+            continue
+        version, source = found
+        d = version_tuple(version)
+        branch_min = BRANCH_MINIMUM.get(cuda[0])
+        full = full_support_driver(cuda)
+        has = driver_cuda(d)
+        if strict and has is not None and has < cuda or branch_min is not None and d < branch_min:
+            too_old.append((n, version, source))
+        elif full is not None and d < full:
+            limited.append((n, version, source))
+    out: list[Finding] = []
+    need_ev = Evidence(ref, f"spec.containers[{container}] {where}", f"needs CUDA {cuda_s}")
+    if too_old and (pinned or len(too_old) == len(nodes)):
+        rows = [f"{n}: driver {v} (from {s})" for n, v, s in too_old]
+        minimum = ".".join(map(str, full_support_driver(cuda) or BRANCH_MINIMUM.get(cuda[0]) or (0,)))
+        out.append(Finding(
+            ERROR, "CUDADriverTooOld", ref,
+            f"the pod needs CUDA {cuda_s} but its node's driver is older than CUDA {cuda_s} supports: it fails with "
+            f"'requirement error: unsatisfied condition: cuda>={cuda_s}' (legacy mode) or 'CUDA driver version is "
+            "insufficient for CUDA runtime version' (CDI)",
+            f"run it on nodes with driver {minimum} or newer (set the ClusterPolicy's driver.version, or select "
+            f"such nodes), or use an image built for an older CUDA (a newer driver always runs older CUDA)",
+            [need_ev] + [Evidence(f"Node {n}", s, f"driver {v}") for n, v, s in too_old[:5]],
+            details=rows, nodes=tuple(n for n, _, _ in too_old),
+        ))  # fmt: skip
+    elif too_old:
+        out.append(Finding(
+            WARNING, "CUDADriverTooOldOnSomeNodes", ref,
+            f"the pod needs CUDA {cuda_s}; {len(too_old)} of the nodes it may land on have an older driver",
+            "select nodes with a new enough driver (node affinity on nvidia.com/cuda.driver.major)",
+            [need_ev] + [Evidence(f"Node {n}", s, f"driver {v}") for n, v, s in too_old[:5]],
+            nodes=tuple(n for n, _, _ in too_old),
+        ))  # fmt: skip
+    if limited and not too_old:
+        out.append(Finding(
+            INFO, "CUDAMinorVersionCompatibility", ref,
+            f"the pod's CUDA {cuda_s} runs on driver {limited[0][1]} only through minor-version compatibility "
+            "(no JIT of newer PTX, some new APIs missing)",
+            "upgrade the driver if the application needs features of that CUDA release",
+            [need_ev], nodes=tuple(n for n, _, _ in limited),
+        ))  # fmt: skip
+    return out
+
+
+def _oom(cluster: Cluster, pod: dict[str, Any]) -> list[Finding]:
+    node = (pod.get("spec") or {}).get("nodeName")
+    ref = pod_ref(pod)
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        for state_key in ("state", "lastState"):
+            term = (cs.get(state_key) or {}).get("terminated") or {}
+            message = str(term.get("message") or "")
+            if not _OOM.search(message):
+                continue
+            view = cluster.views.get(node or "")
+            labels = view.labels if view else {}
+            replicas = _node_replicas(cluster, node or "")
+            strategy = labels.get(SHARING_LABEL, "none")
+            ev = [Evidence(ref, f"status.containerStatuses[{cs.get('name')}].{state_key}.terminated.message",
+                           message.strip().splitlines()[-1][:300])]  # fmt: skip
+            if replicas > 1 or strategy == "time-slicing":
+                ev.append(Evidence(f"Node {node}", f"labels[{REPLICAS_LABEL}]", str(replicas)))
+                return [Finding(
+                    WARNING, "CUDAOOMTimeSliced", ref,
+                    f"the container ran out of GPU memory on a time-sliced GPU ({replicas} replicas): time-slicing "
+                    "shares the GPU's memory with no isolation, so other pods' allocations count against this one",
+                    "give the pod a whole GPU (a node without time-slicing), or isolate memory: MIG (a partition "
+                    "with its own memory) or MPS (per-client memory limits, devicePlugin sharing.mps)",
+                    ev, nodes=(node,) if node else (),
+                )]  # fmt: skip
+            return [Finding(
+                INFO, "CUDAOOM", ref,
+                "the container ran out of GPU memory on a GPU it does not share",
+                "reduce the batch size, use gradient accumulation or checkpointing, or request a GPU with more memory",
+                ev, nodes=(node,) if node else (),
+            )]  # fmt: skip
+    return []

@@ -1,0 +1,271 @@
+"""doctor's analysis (pure): each catalogue entry from objects as the API shows them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from gpu_operator import capacity
+from gpu_operator.doctor import Cluster, diagnose, exit_status, render_json, render_text
+from gpu_operator.doctor.sched import nodes_with_pods, quantity
+from gpu_operator.nodes import NodeFacts
+from gpu_operator.observe import Snapshot
+
+NS = "gpu-operator"
+H100 = "NVIDIA-H100-80GB-HBM3"
+
+
+def node(name: str, gpus: int = 8, product: str = H100, driver: str = "595.91.07", **extra: Any) -> dict[str, Any]:
+    labels = {
+        "kubernetes.io/hostname": name,
+        "feature.node.kubernetes.io/pci-10de.present": "true",
+        "nvidia.com/gpu.present": "true",
+        "nvidia.com/gpu.product": product,
+        "nvidia.com/gpu.count": str(gpus),
+        "nvidia.com/gpu.replicas": "1",
+        "nvidia.com/mig.capable": "true",
+        "nvidia.com/mig.strategy": "single",
+        "nvidia.com/cuda.driver.major": driver.split(".")[0],
+        "nvidia.com/cuda.driver.minor": driver.split(".")[1],
+        "nvidia.com/cuda.driver.rev": driver.split(".")[2],
+        **extra.pop("labels", {}),
+    }
+    res = {"cpu": "96", "memory": "2048Gi", "pods": "110", "nvidia.com/gpu": str(gpus)}
+    alloc = {**res, **extra.pop("allocatable", {})}
+    return {
+        "kind": "Node",
+        "metadata": {"name": name, "labels": labels},
+        "spec": extra.pop("spec", {}),
+        "status": {"capacity": res, "allocatable": alloc, "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+def pod(name: str, gpus: int = 0, ns: str = "default", node_name: str = "", image: str = "busybox", **spec: Any):
+    limits = {"nvidia.com/gpu": str(gpus)} if gpus else {}
+    resource = spec.pop("resource", None)
+    if resource:
+        limits = {resource: "1"}
+    container = {"name": "main", "image": image, "resources": {"limits": {**limits, **spec.pop("limits", {})}}}
+    if "env" in spec:
+        container["env"] = spec.pop("env")
+    status = spec.pop("status", None) or ({"phase": "Running"} if node_name else {"phase": "Pending"})
+    body = {"containers": [container], **spec}
+    if node_name:
+        body["nodeName"] = node_name
+    return {"kind": "Pod", "metadata": {"name": name, "namespace": ns, "labels": {"app": name}}, "spec": body,
+            "status": status}  # fmt: skip
+
+
+def cluster(nodes: list[dict[str, Any]], pods: list[dict[str, Any]], events: list[dict[str, Any]] | None = None,
+            policy_status: dict[str, Any] | None = None, policy: bool = True) -> Cluster:  # fmt: skip
+    policies = {}
+    if policy:
+        policies["cluster-policy"] = {
+            "metadata": {"name": "cluster-policy", "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {},
+            "status": policy_status or {"state": "ready", "states": []},
+        }
+    snap = Snapshot(
+        nodes={n["metadata"]["name"]: NodeFacts.from_node(n) for n in nodes},
+        policies=policies, owned={}, pods={}, revisions={},
+    )  # fmt: skip
+    return Cluster(snap, nodes, pods, events or [], NS)
+
+
+def kinds(c: Cluster, **kw: Any) -> dict[str, Any]:
+    return {f.kind: f for f in diagnose(c, **kw)}
+
+
+def test_healthy_cluster_has_no_findings() -> None:
+    train = pod("train", 2, node_name="h-0", image="nvcr.io/nvidia/pytorch:25.01-py3")
+    c = cluster([node("h-0"), node("h-1")], [train])
+    found = diagnose(c)
+    assert found == [] and exit_status(found) == 0
+    assert "no findings" in render_text(found)
+    assert json.loads(render_json(found)) == {"status": 0, "findings": []}
+
+
+def test_broken_pytorch_gets_a_gpu_limit_in_the_corrected_pod() -> None:
+    broken = pod("broken-pytorch", image="pytorch/pytorch:2.1.0-cuda12.1-cudnn8-devel", node_name="h-0",
+                 limits={"memory": "4Gi", "cpu": "2"})  # fmt: skip
+    f = kinds(cluster([node("h-0")], [broken]))["CUDAImageWithoutGPU"]
+    assert f.severity == "warning" and f.object == "Pod default/broken-pytorch"
+    assert "nvidia.com/gpu: 1" in f.fix_yaml and "memory: 4Gi" in f.fix_yaml and "nodeName" not in f.fix_yaml
+    assert exit_status([f]) == 1
+    agent = pod("agent", image="nvcr.io/nvidia/cuda:12.8.0-base", node_name="h-0",
+                env=[{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}])  # fmt: skip
+    assert diagnose(cluster([node("h-0")], [agent])) == []
+
+
+def test_64_gpu_pod_names_the_largest_node_and_what_fits_now() -> None:
+    c = cluster([node("h-0"), node("h-1")], [pod("big", 64), pod("run", 3, node_name="h-0")])
+    f = kinds(c)["GPURequestExceedsEveryNode"]
+    assert f.severity == "error" and "largest eligible node has 8" in f.summary
+    assert "nvidia.com/gpu: 8" in f.fix  # h-1 is empty
+    assert any(row.startswith("h-0") and row.split()[-1] == "5" for row in f.details)
+
+
+def test_fragmentation_and_insufficient() -> None:
+    nodes = [node("h-0"), node("h-1")]
+    frag = cluster(nodes, [pod("a", 5, node_name="h-0"), pod("b", 5, node_name="h-1"), pod("want", 4)])
+    f = kinds(frag)["GPUFragmentation"]
+    assert "6" in f.summary and "nvidia.com/gpu: 3" in f.fix
+    full = cluster(nodes, [pod("a", 8, node_name="h-0"), pod("b", 7, node_name="h-1"), pod("want", 2)])
+    assert "InsufficientGPU" in kinds(full)
+
+
+def test_affinity_to_a_product_with_the_shared_suffix() -> None:
+    shared = node("h-0", product=H100 + "-SHARED")
+    sel = {"nodeSelector": {"nvidia.com/gpu.product": H100}}
+    f = kinds(cluster([shared], [pod("p", 1, **sel)]))["NoNodeMatchesAffinity"]
+    assert H100 + "-SHARED" in f.fix_yaml and "-SHARED" in f.summary
+    model = {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-B200"]}]}]}}}}
+    f = kinds(cluster([node("h-0")], [pod("p", 1, **model)]))["NoNodeMatchesAffinity"]
+    assert "NVIDIA-B200" in f.summary and H100 in f.summary
+
+
+def test_untolerated_taint_gives_the_toleration() -> None:
+    tainted = node("h-0", spec={"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]})
+    f = kinds(cluster([tainted], [pod("p", 1)]))["UntoleratedTaint"]
+    assert "key: nvidia.com/gpu" in f.fix_yaml and "value: present" in f.fix_yaml
+    tolerated = pod("p", 1, tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists"}])
+    assert diagnose(cluster([tainted], [tolerated])) == []
+
+
+def test_mig_resource_under_single_strategy() -> None:
+    f = kinds(cluster([node("h-0")], [pod("p", resource="nvidia.com/mig-1g.10gb")]))["MIGResourceNotAdvertised"]
+    assert "mixed" in f.fix and "single" in f.summary and "-MIG-1g.10gb" in f.fix
+
+
+def test_cordoned_node_mid_upgrade() -> None:
+    state = {"nvidia.com/gpu-driver-upgrade-state": "wait-for-jobs-required"}
+    n = node("h-0", spec={"unschedulable": True}, labels=state)
+    f = kinds(cluster([n], [pod("p", 1)]))["NodesCordoned"]
+    assert "driver upgrade" in f.summary and "wait-for-jobs-required" in f.details[0]
+    assert "NodeInDriverUpgrade" in kinds(cluster([n], []))
+
+
+def test_cuda_13_on_driver_570() -> None:
+    pinned = pod("c13", 1, image="nvidia/cuda:13.0.1-base-ubuntu24.04", nodeSelector={"kubernetes.io/hostname": "old"})
+    c = cluster([node("old", driver="570.172.08"), node("new")], [pinned])
+    f = kinds(c)["CUDADriverTooOld"]
+    assert f.severity == "error" and "580" in f.fix and f.nodes == ("old",)
+    env = pod("env", 1, node_name="old", env=[{"name": "NVIDIA_REQUIRE_CUDA", "value": "cuda>=12.9 brand=tesla"}])
+    assert "CUDADriverTooOld" in kinds(cluster([node("old", driver="570.172.08")], [env]))
+    ok = pod("ok", 1, node_name="new", image="nvidia/cuda:13.0.1-base-ubuntu24.04")
+    assert diagnose(cluster([node("new")], [ok])) == []
+
+
+def test_cuda_oom_on_time_sliced_gpu_and_more_than_one_replica() -> None:
+    shared = node("h-0", labels={"nvidia.com/gpu.replicas": "4", "nvidia.com/gpu.sharing-strategy": "time-slicing"})
+    oom = pod("oom", 1, node_name="h-0", status={"phase": "Failed", "containerStatuses": [{"name": "main", "state": {
+        "terminated": {"exitCode": 1, "message": "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate"}}}]})
+    two = pod("two", 2, node_name="h-0")
+    found = kinds(cluster([shared], [oom, two]))
+    assert "MIG" in found["CUDAOOMTimeSliced"].fix and "MPS" in found["CUDAOOMTimeSliced"].fix
+    assert "request 1" in found["MultipleTimeSlicedGPUs"].fix
+
+
+def test_operand_stuck_in_init_names_the_first_failing_validator_step() -> None:
+    validator = {
+        "kind": "Pod",
+        "metadata": {"name": "nvidia-operator-validator-x", "namespace": NS,
+                     "labels": {"nvidia.com/gpu-operator.state": "state-operator-validation"}},
+        "spec": {"nodeName": "h-0"},
+        "status": {"phase": "Pending", "initContainerStatuses": [
+            {"name": "driver-validation", "state": {"terminated": {"exitCode": 0}}},
+            {"name": "toolkit-validation", "state": {"running": {}}},
+        ]},
+    }  # fmt: skip
+    status = {"state": "notReady", "states": [{"name": "state-operator-validation", "state": "notReady",
+                                               "message": "1 of 1 pods unavailable"}]}  # fmt: skip
+    f = kinds(cluster([node("h-0")], [validator], policy_status=status))["OperandNotReady"]
+    assert "toolkit-validation" in f.summary and "container toolkit" in f.summary and f.nodes == ("h-0",)
+
+
+def test_gpus_not_advertised_and_unhealthy() -> None:
+    bare = node("h-0", allocatable={"nvidia.com/gpu": "0"})
+    bare["status"]["capacity"].pop("nvidia.com/gpu")
+    assert "GPUsNotAdvertised" in kinds(cluster([bare], [pod("p", 1)]))
+    sick = node("h-0", allocatable={"nvidia.com/gpu": "6"})
+    assert kinds(cluster([sick], []))["GPUsUnhealthy"].severity == "warning"
+
+
+def test_filters_by_pod_and_node() -> None:
+    c = cluster([node("h-0"), node("h-1")], [pod("big", 64), pod("x", ns="other", image="nvidia/cuda:12.8.0-base")])
+    assert {f.kind for f in diagnose(c, pod="big", namespace="default")} == {"GPURequestExceedsEveryNode"}
+    assert {f.kind for f in diagnose(c, namespace="other")} == {"CUDAImageWithoutGPU"}
+    assert diagnose(c, node="h-1")  # the big pod's table names h-1
+
+
+def test_no_cluster_policy_with_gpu_nodes() -> None:
+    assert kinds(cluster([node("h-0")], [], policy=False))["NoClusterPolicy"].severity == "error"
+
+
+def test_quantities() -> None:
+    assert quantity("500m") == quantity("0.5") and quantity("32Gi") == 32 * 2**30 and quantity("1k") == 1000
+
+
+EXERCISE3 = {
+    "metadata": {"name": "train", "namespace": "default", "labels": {"app": "train"}},
+    "spec": {"nodeSelector": {"nvidia.com/gpu.product": H100}, "containers": [{"name": "t", "image": "x",
+             "resources": {"limits": {"nvidia.com/gpu": "2", "memory": "32Gi", "cpu": "8"}}}]},
+}  # fmt: skip
+
+
+def test_capacity_exercise_3() -> None:
+    views = nodes_with_pods([node("h-0"), node("h-1"), node("l4", gpus=1, product="NVIDIA-L4")], [])
+    result = capacity.plan(EXERCISE3, 10, views)
+    assert result.fits_now == 8 and result.placements() == [("h-0", 4), ("h-1", 4)]
+    assert result.per_new_node == 4 and result.extra_nodes == 1
+    assert "excluded: node selector" in {f.node: f.why for f in result.fits}["l4"]
+    text = capacity.render(result, "train")
+    assert "fit now: 8 of 10" in text and "extra nodes needed: 1" in text
+
+
+def test_capacity_anti_affinity_taints_and_profiles() -> None:
+    spread = json.loads(json.dumps(EXERCISE3))
+    spread["spec"]["affinity"] = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"app": "train"}}}]}}  # fmt: skip
+    tainted = node("h-1", spec={"taints": [{"key": "dedicated", "value": "x", "effect": "NoSchedule"}]})
+    views = nodes_with_pods([node("h-0"), tainted], [])
+    result = capacity.plan(spread, 10, views)
+    assert result.fits_now == 1 and result.per_new_node == 1 and result.extra_nodes == 9
+    profile = capacity.parse_profile(f"gpus=8,cpu=96,memory=1Ti,label.nvidia.com/gpu.product={H100}", views)
+    assert capacity.plan(EXERCISE3, 10, views, profile).extra_nodes == 2  # h-0 takes 4 (h-1 tainted): 6 left
+    small = capacity.parse_profile("gpus=8,cpu=8,memory=1Ti", views)
+    assert capacity.plan(EXERCISE3, 10, views, small).extra_nodes is None  # no gpu.product label: never matches
+
+
+def exposed_metrics() -> set[str]:
+    from gpu_operator.metrics import REGISTRY
+
+    return {s.name for family in REGISTRY.collect() for s in family.samples if not s.name.endswith("_created")}
+
+
+def test_grafana_dashboard_uses_only_the_operators_metrics() -> None:
+    import re
+
+    from support import REPO
+
+    dashboard = json.loads((REPO / "charts/gpu-operator/files/grafana-dashboard.json").read_text())
+    used = {m for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"gpu_operator_\w+", t["expr"])}
+    assert used and used <= exposed_metrics(), used - exposed_metrics()
+    assert {"gpu_operator_reconciliation_status", "gpu_operator_nodes_upgrades_failed"} <= used
+
+
+def test_cli_parsers() -> None:
+    import pytest
+
+    from gpu_operator.cli import _namespace_given, build_parser, kubectl_main
+
+    args = build_parser().parse_args(["doctor", "--pod", "p", "-o", "json"])
+    assert (args.pod, args.namespace, args.output, args.operator_namespace) == ("p", "default", "json", "gpu-operator")
+    args = build_parser().parse_args(["capacity", "--pod", "f.yaml", "--count", "10", "--node-profile", "gpus=8"])
+    assert (args.count, args.node_profile) == (10, "gpus=8")
+    assert _namespace_given(["doctor", "-n", "x"]) and _namespace_given(["doctor", "-nx"])
+    assert not _namespace_given(["doctor", "--node", "n"])
+    with pytest.raises(SystemExit) as done:  # `kubectl gpu doctor --help`
+        kubectl_main(["doctor", "--help"])
+    assert done.value.code == 0

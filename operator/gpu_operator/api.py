@@ -70,7 +70,7 @@ NonNegInt = Annotated[int, Field(ge=0)]
 class Model(BaseModel):
     """Closed model: unknown fields are errors, as under upstream's CRD (whose schema preserves none)."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", strict=True)
 
 
 class Section(Model):

@@ -125,7 +125,11 @@ class OperandState:
         variables = self.variables(ctx)
         objects: list[dict[str, Any]] = []
         for template in _templates(self.name, self.template_root):
-            objects += [doc for doc in yaml.safe_load_all(template.render(**variables)) if doc]
+            try:
+                objects += [doc for doc in yaml.safe_load_all(template.render(**variables)) if doc]
+            except yaml.YAMLError:  # a spec string that YAML reads as syntax, put in unquoted
+                fields = ", ".join(_yaml_unsafe_strings(ctx.spec)) or "a spec string"
+                raise RenderProblem(f"{fields}: not a plain string (YAML syntax in it), so not rendered") from None
         declared = {k.kind: k for k in self.kinds}
         for obj in objects:
             kind = declared.get(obj.get("kind", ""))
@@ -197,6 +201,25 @@ class OperandState:
             section = sections.get(container["name"])
             if section is not None:
                 _apply_section(container, section)
+
+
+def _yaml_unsafe_strings(value: Any, path: str = "spec") -> list[str]:
+    """Paths of the spec's strings that YAML does not read back as the same string when written bare."""
+    if isinstance(value, BaseModel):
+        return [p for name, f in type(value).model_fields.items()
+                for p in _yaml_unsafe_strings(getattr(value, name), f"{path}.{f.alias or name}")]  # fmt: skip
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _yaml_unsafe_strings(v, f"{path}[{i}]")]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _yaml_unsafe_strings(v, f"{path}.{k}")]
+    if isinstance(value, str) and value:
+        try:
+            if yaml.safe_load(f"k: {value}") == {"k": value}:
+                return []
+        except yaml.YAMLError:
+            pass
+        return [path]
+    return []
 
 
 def _apply_section(container: dict[str, Any], section: ImageSpec) -> None:

@@ -11,7 +11,9 @@ import contextlib
 import io
 import re
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
 from e2e.schemafuzz import Mutant, mutants, specs
 from hypothesis import HealthCheck, given, settings
@@ -64,3 +66,13 @@ def test_a_string_yaml_reads_as_syntax_is_named_not_a_traceback(tmp_path: Path) 
     rc, _, err = render({"hostPaths": {"driverInstallDir": "/run/x: y"}}, tmp_path)
     assert rc == 0
     assert "spec.hostPaths.driverInstallDir: not a plain string (YAML syntax in it), so not rendered" in err
+
+
+INVALID = yaml.safe_load((REPO / "tests" / "fixtures" / "invalid-policies.yaml").read_text())
+
+
+@pytest.mark.parametrize("case", INVALID, ids=[c["path"] for c in INVALID])
+def test_held_out_invalid_policies_fail_naming_the_field(case: dict[str, Any], tmp_path: Path) -> None:
+    rc, out, err = render(case["spec"], tmp_path)
+    assert (rc, out) == (2, "")
+    assert any(line.startswith(f"error: {case['path']}:") for line in err.splitlines()), err

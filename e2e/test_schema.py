@@ -1,11 +1,12 @@
 """End-to-end: the strict ClusterPolicy schema in the API server.
 
 A typo is rejected by `kubectl apply` (strict field validation, its default) naming the field, and pruned under
-`--validate=warn` (with a warning) or `--validate=false` (silently); the held-out invalid policies
-(tests/fixtures/invalid-policies.yaml) are rejected naming their path; specs drawn from the schema (e2e/schemafuzz.py) never get a 5xx: the valid ones are
-admitted, the mutants rejected naming the mutated field, and whatever the operator itself refuses among the
-admitted ones names `spec.<path>` (the message the operator puts in the InvalidSpec condition, see
-e2e/test_operator.py::test_invalid_spec_the_schema_admits_is_reported_in_the_status).
+`--validate=warn` (with a warning) or `--validate=false` (silently). The held-out invalid policies
+(tests/fixtures/invalid-policies.yaml) are rejected naming their path. Specs drawn from the schema
+(e2e/schemafuzz.py) never get a 5xx: the valid ones are admitted, the mutants rejected naming the mutated field,
+and whatever the operator itself refuses among the admitted ones names `spec.<path>` (the message the operator
+puts in the InvalidSpec condition: e2e/test_operator.py::
+test_invalid_spec_the_schema_admits_is_reported_in_the_status).
 """
 
 from __future__ import annotations

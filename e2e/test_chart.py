@@ -156,10 +156,21 @@ def test_helm_lint_strict(values: Path | None) -> None:
     assert "0 chart(s) failed" in proc.stdout
 
 
+TOO_OLD = "gpu-operator needs Kubernetes 1.29 or newer (the ClusterPolicy CRD uses CEL validation rules)"
+
+
 def test_kube_version_constraint_is_enforced() -> None:
     args = ["template", RELEASE, str(CHART), "--kube-version", "1.28.9"]
     proc = helm(*args, check=False)
-    assert proc.returncode != 0 and "kubeVersion" in proc.stderr
+    assert proc.returncode != 0 and f"{TOO_OLD}; the cluster is v1.28.9" in proc.stderr
+
+
+def test_plain_helm_template_needs_no_flags() -> None:
+    """What GitOps tools run first: no --kube-version (Helm's offline default version is older than 1.29)."""
+    proc = subprocess.run([helm_binary(), "template", str(CHART)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    assert find(docs, "Deployment") and find(docs, "ClusterPolicy")
 
 
 # --- the ClusterPolicy from values ---

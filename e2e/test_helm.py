@@ -128,7 +128,10 @@ def revision(tools: Tools) -> int:
 
 def install_crds(tools: Tools) -> None:
     tools.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
-    tools.kubectl("wait", "--for=condition=Established", "crd/clusterpolicies.nvidia.com")
+    # Not `kubectl wait`: it fails outright when asked before the new CRD has any status conditions.
+    established = '{.status.conditions[?(@.type=="Established")].status}'
+    get = ("get", "crd/clusterpolicies.nvidia.com", "-o", f"jsonpath={established}")
+    wait_for(lambda: tools.kubectl(*get, check=False).stdout == "True", 30, message="ClusterPolicy CRD established")
     # Established comes a moment before API discovery lists the new kind (which kubectl needs to map it).
     wait_for(lambda: "clusterpolicies.nvidia.com" in tools.kubectl("api-resources", "--api-group=nvidia.com",
                                                                    "-o", "name").stdout.split(),  # fmt: skip
@@ -181,6 +184,46 @@ def test_server_side_dry_run_rejects_a_bad_policy(prepared: None, tools: Tools, 
                         check=False)  # fmt: skip
     assert out.returncode != 0
     assert field in out.stderr, out.stderr
+
+
+def test_install_checks_the_live_cluster_version(prepared: None, tools: Tools) -> None:
+    """Offline (`helm template`, no flags) nothing is checked; against a cluster the chart checks its version."""
+    offline = tools.helm("template", RELEASE, str(CHART), "--kube-version", "1.20.0")  # Helm's offline default
+    assert "kind: Deployment" in offline.stdout
+    # Talking to the cluster (lookup finds kube-system), the same version is checked: here it stands for an old
+    # cluster's, as the local cluster is new enough.
+    old = tools.helm("template", RELEASE, str(CHART), "-n", NS, "--dry-run=server", "--kube-version", "1.20.0",
+                     check=False)  # fmt: skip
+    assert old.returncode != 0 and "gpu-operator needs Kubernetes 1.29 or newer" in old.stderr, old.stderr
+    assert "the cluster is v1.20.0" in old.stderr
+    live = tools.helm("install", RELEASE, str(CHART), "-n", NS, "--dry-run=server")
+    assert "kind: Deployment" in live.stdout
+
+
+def test_upstream_chart_values_through_the_api_server(prepared: None, tools: Tools, tmp_path: Path) -> None:
+    """extraObjects, clusterPolicy.deployCR and validator.repository/image reach the API server as given."""
+    install_crds(tools)
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({
+        "extraObjects": [{"apiVersion": "v1", "kind": "ConfigMap",
+                          "metadata": {"name": "extra-{{ .Release.Name }}", "namespace": NS}}],
+        "validator": {"repository": "registry.example.com/nvidia", "image": "gpu-operator-validator"},
+    }))  # fmt: skip
+    docs = tools.template("-f", str(values))
+    policy = next(d for d in docs if d["kind"] == "ClusterPolicy")
+    assert (policy["spec"]["validator"]["repository"], policy["spec"]["validator"]["image"]) == (
+        "registry.example.com/nvidia", "gpu-operator-validator")  # fmt: skip
+    out = tools.kubectl("apply", "--dry-run=server", "--server-side", "--force-conflicts",
+                        "--field-manager=e2e-dry-run", "-o", "json", "-f", "-",
+                        stdin=yaml.safe_dump_all(docs))  # fmt: skip
+    applied = json.loads(out.stdout)
+    items = applied.get("items", [applied])
+    assert any(i["kind"] == "ConfigMap" and i["metadata"]["name"] == f"extra-{RELEASE}" for i in items)
+    served = next(i for i in items if i["kind"] == "ClusterPolicy")
+    assert served["spec"]["validator"] == policy["spec"]["validator"]
+    without = tools.template("-f", str(values), "--set", "clusterPolicy.deployCR=false")
+    assert not [d for d in without if d["kind"] == "ClusterPolicy"]
+    assert any(d["kind"] == "ConfigMap" and d["metadata"]["name"] == f"extra-{RELEASE}" for d in without)
 
 
 # --- the release ---

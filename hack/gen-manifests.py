@@ -33,7 +33,7 @@ MANIFEST = ROOT / "manifests" / "gpu-operator.yaml"
 OPERAND_RBAC = CHART / "files" / "operand-rbac.yaml"
 NAMESPACE = "gpu-operator"
 RELEASE = "gpu-operator"
-# Only used to satisfy the chart's kubeVersion constraint; nothing in the templates depends on it.
+# The Kubernetes version the chart is rendered for (its version check); nothing else depends on it.
 KUBE_VERSION = "1.29.0"
 
 # Apply order of a plain install; anything else is an error (a new template must be placed here on purpose).

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gpu_operator import images
+from gpu_operator import api, images
 from gpu_operator.api import ComponentSpec, PolicyError, parse_spec, unknown_fields
 from support import load_policy
 
@@ -343,7 +343,8 @@ def test_upstream_spellings_of_the_newer_fields() -> None:
     assert spec.dcgm_exporter.host_pid and spec.dcgm_exporter.enable_pod_uid
     assert spec.dcgm_exporter.hpc_job_mapping.enabled and spec.operator.use_ocp_driver_toolkit
     assert spec.host_paths.kubelet_root_dir == "/data/kubelet"
-    assert spec.daemonsets.pod_security_context == {"runAsUser": 0, "seLinuxOptions": {"type": "spc_t"}}
+    assert spec.daemonsets.pod_security_context is not None
+    assert spec.daemonsets.pod_security_context.as_dict() == {"runAsUser": 0, "seLinuxOptions": {"type": "spc_t"}}
 
 
 def test_null_values_are_not_set() -> None:
@@ -353,12 +354,58 @@ def test_null_values_are_not_set() -> None:
     assert spec.driver.enabled is True
 
 
-def test_unknown_fields_are_reported_and_kept() -> None:
-    raw = {"devicePlugn": {"enabled": False}, "driver": {"fooBar": 1, "manager": {"extra": "x"}}}
-    spec = parse_spec(raw)
-    assert unknown_fields(spec) == ["spec.devicePlugn", "spec.driver.fooBar", "spec.driver.manager.extra"]
-    dumped = spec.model_dump(by_alias=True)
-    assert dumped["devicePlugn"] == {"enabled": False} and dumped["driver"]["fooBar"] == 1
+UNKNOWN_RAW = {
+    "devicePlugn": {"enabled": False},
+    "driver": {"fooBar": 1, "manager": {"extra": "x"}},
+    "daemonsets": {"tolerations": [{"key": "a", "tolerationSecond": 5}]},
+}
+
+
+def test_unknown_fields_are_errors_naming_the_path() -> None:
+    with pytest.raises(PolicyError) as info:
+        parse_spec(UNKNOWN_RAW)
+    assert info.value.problems == [
+        "spec.daemonsets.tolerations[0].tolerationSecond: unknown field (did you mean tolerationSeconds?)",
+        "spec.devicePlugn: unknown field (did you mean devicePlugin?)",
+        "spec.driver.fooBar: unknown field",
+        "spec.driver.manager.extra: unknown field",
+    ]
+
+
+def test_unknown_fields_when_allowed_are_dropped_and_named() -> None:
+    spec = parse_spec(UNKNOWN_RAW, allow_unknown=True)
+    assert unknown_fields(spec) == [
+        "spec.daemonsets.tolerations[0].tolerationSecond",
+        "spec.devicePlugn",
+        "spec.driver.fooBar",
+        "spec.driver.manager.extra",
+    ]
+    assert spec.device_plugin.enabled is True  # the misspelt section changed nothing
+    assert [t.as_dict() for t in spec.daemonsets.tolerations] == [{"key": "a"}]
+    assert "devicePlugn" not in spec.model_dump(by_alias=True)
+    assert UNKNOWN_RAW["devicePlugn"] == {"enabled": False}  # the caller's dict is not changed
+
+
+def test_allowed_unknown_fields_do_not_hide_other_errors() -> None:
+    with pytest.raises(PolicyError) as info:
+        parse_spec({"newSection": {"a": 1}, "mig": {"strategy": "x"}}, allow_unknown=True)
+    assert [p.split(":")[0] for p in info.value.problems] == ["spec.mig.strategy"]
+
+
+def test_python_names_are_not_wire_names() -> None:
+    """The CRD knows only upstream's camelCase names, so parse_spec does too."""
+    with pytest.raises(PolicyError) as info:
+        parse_spec({"device_plugin": {"enabled": False}})
+    assert info.value.problems == ["spec.device_plugin: unknown field (did you mean devicePlugin?)"]
+
+
+@pytest.mark.parametrize(
+    ("annotations", "allowed"),
+    [(None, False), ({}, False), ({api.ALLOW_UNKNOWN_ANNOTATION: "true"}, True),
+     ({api.ALLOW_UNKNOWN_ANNOTATION: "True"}, True), ({api.ALLOW_UNKNOWN_ANNOTATION: "false"}, False)],
+)  # fmt: skip
+def test_the_allow_unknown_annotation(annotations: dict[str, str] | None, allowed: bool) -> None:
+    assert api.allows_unknown({"name": "p", "annotations": annotations}) is allowed
 
 
 def test_upstream_field_names_are_not_unknown() -> None:
@@ -480,11 +527,11 @@ def test_partial_image_fields_in_a_nested_component() -> None:
         ({"dcgm": {"hostPort": "abc"}}, "spec.dcgm.hostPort", "valid integer"),
         ({"driver": {"upgradePolicy": {"maxUnavailable": True}}}, "spec.driver.upgradePolicy.maxUnavailable", "valid"),
         ({"driver": {"upgradePolicy": {"maxUnavailable": 1.5}}}, "spec.driver.upgradePolicy.maxUnavailable", "valid"),
-        ({"driver": {"startupProbe": {"initialDelay": 5}}}, "spec.driver.startupProbe.initialDelay", "Extra inputs"),
+        ({"driver": {"startupProbe": {"initialDelay": 5}}}, "spec.driver.startupProbe.initialDelay", "unknown field"),
         (
             {"driver": {"env": [{"name": "A", "value": "b", "valueFrom": {}}]}},
             "spec.driver.env[0].valueFrom",
-            "Extra inputs",
+            "unknown field",
         ),
         ({"driver": {"resources": {"limits": {"cpu": [1]}}}}, "spec.driver.resources.limits.cpu", "valid"),
     ],

@@ -187,17 +187,35 @@ def test_render_bare_spec_file(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert any(d["kind"] == "DaemonSet" and d["metadata"]["name"] == "nvidia-dcgm" for d in docs_of(out))
 
 
-def test_render_warns_about_unknown_fields(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def _policy_with_typos(tmp_path: Path, annotate: bool = False) -> Path:
     policy = yaml.safe_load(SAMPLE_POLICY.read_text())
     policy["spec"]["kataManagr"] = {"enabled": False}
     policy["spec"]["driver"]["virtualTopologyy"] = {"config": ""}
+    if annotate:
+        policy["metadata"]["annotations"] = {"nvidia.com/gpu-operator.allow-unknown-fields": "true"}
     path = tmp_path / "policy.yaml"
     path.write_text(yaml.safe_dump(policy))
-    rc, out, err = render_in_process(capsys, "--policy", str(path))
-    assert rc == 0 and out
+    return path
+
+
+def test_render_rejects_unknown_fields(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = render_in_process(capsys, "--policy", str(_policy_with_typos(tmp_path)))
+    assert (rc, out) == (2, "")
     assert err.splitlines() == [
-        "warning: spec.kataManagr: not used by this operator (kept as is)",
-        "warning: spec.driver.virtualTopologyy: not used by this operator (kept as is)",
+        "error: spec.driver.virtualTopologyy: unknown field (did you mean virtualTopology?)",
+        "error: spec.kataManagr: unknown field (did you mean kataManager?)",
+    ]
+
+
+@pytest.mark.parametrize("how", ["flag", "annotation"])
+def test_render_allows_unknown_fields_when_asked(how: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _policy_with_typos(tmp_path, annotate=how == "annotation")
+    flags = ["--allow-unknown-fields"] if how == "flag" else []
+    rc, out, err = render_in_process(capsys, "--policy", str(path), *flags)
+    assert rc == 0 and "kind: DaemonSet" in out
+    assert err.splitlines() == [
+        "warning: spec.driver.virtualTopologyy: unknown field, ignored (not in upstream v26.7's ClusterPolicy)",
+        "warning: spec.kataManagr: unknown field, ignored (not in upstream v26.7's ClusterPolicy)",
     ]
 
 

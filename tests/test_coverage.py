@@ -277,3 +277,11 @@ def test_upstream_samples_render_and_name_what_is_not_supported(name: str, capsy
                 coverage.unsupported_fields(spec)]  # fmt: skip
     assert err.splitlines() == expected
     assert [p for p, _ in coverage.unsupported_fields(spec)] == UPSTREAM_SAMPLES[name]
+
+
+def test_allowed_unknown_fields_are_reported_with_the_unsupported_ones() -> None:
+    spec = parse_spec({"futureSection": {"enabled": True}, "psp": {"enabled": True}}, allow_unknown=True)
+    assert coverage.report(spec) == [
+        ("spec.psp.enabled", coverage.rule_for("psp.enabled").reason),  # type: ignore[union-attr]
+        ("spec.futureSection", coverage.UNKNOWN),
+    ]

@@ -205,14 +205,28 @@ def test_upstream_field_names(spec_schema: dict[str, Any], path: str) -> None:
     at(spec_schema, path)
 
 
-def test_sections_keep_unknown_fields_and_leaves_are_closed(spec_schema: dict[str, Any]) -> None:
-    assert spec_schema["x-kubernetes-preserve-unknown-fields"] is True
-    for section in ("operator", "daemonsets", "driver", "toolkit", "devicePlugin", "dcgmExporter", "migManager"):
-        assert at(spec_schema, section).get("x-kubernetes-preserve-unknown-fields") is True, section
-    env_item = at(spec_schema, "driver.env")["items"]
-    assert "x-kubernetes-preserve-unknown-fields" not in env_item
-    assert env_item["properties"]["value"]["type"] == "string"
-    assert "x-kubernetes-preserve-unknown-fields" not in at(spec_schema, "driver.startupProbe")
+def test_no_unknown_fields_are_preserved(version: dict[str, Any]) -> None:
+    """As in upstream's schema: the API server rejects (strict validation) or prunes every unknown field."""
+    preserved = [path for path, node in walk(version["schema"]["openAPIV3Schema"])
+                 if "x-kubernetes-preserve-unknown-fields" in node]  # fmt: skip
+    assert preserved == []
+
+
+def test_kubernetes_objects_in_the_spec_are_typed(spec_schema: dict[str, Any]) -> None:
+    toleration = at(spec_schema, "daemonsets.tolerations")["items"]
+    assert set(toleration["properties"]) == {"key", "operator", "value", "effect", "tolerationSeconds"}
+    security = at(spec_schema, "daemonsets.podSecurityContext")
+    assert security["properties"]["seccompProfile"]["required"] == ["type"]
+    assert at(security, "seLinuxOptions")["properties"]["type"] == {"type": "string"}
+    relabel = at(spec_schema, "dcgmExporter.serviceMonitor.relabelings")["items"]
+    assert "keepequal" in relabel["properties"]["action"]["enum"]
+    assert relabel["properties"]["sourceLabels"]["items"] == {"type": "string"}
+
+
+@pytest.mark.parametrize("path", ["cdi.default", "devicePlugin.config.default", "migManager.config.default",
+                                  "vgpuDeviceManager.config.default"])  # fmt: skip
+def test_fields_named_default_are_in_the_schema(spec_schema: dict[str, Any], path: str) -> None:
+    at(spec_schema, path)
 
 
 def test_resource_quantities_are_int_or_string(spec_schema: dict[str, Any]) -> None:

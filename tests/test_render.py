@@ -646,15 +646,14 @@ def test_driver_manager_gets_its_own_section_and_not_the_drivers() -> None:
     raw = {
         "driver": {
             "env": [{"name": "DRIVER_ONLY", "value": "1"}],
-            "manager": {"env": [{"name": "MANAGER_ONLY", "value": "1"}], "imagePullPolicy": "Always",
-                        "resources": {"limits": {"cpu": "200m"}}},
+            "manager": {"env": [{"name": "MANAGER_ONLY", "value": "1"}], "imagePullPolicy": "Always"},
         }
     }  # fmt: skip
     ds = daemonset(render_all(parse_spec(raw)), "nvidia-driver-daemonset-ubuntu22.04")
     manager = init_container(ds, "k8s-driver-manager")
     names = {e["name"] for e in manager["env"]}
     assert "MANAGER_ONLY" in names and "DRIVER_ONLY" not in names
-    assert manager["imagePullPolicy"] == "Always" and manager["resources"] == {"limits": {"cpu": "200m"}}
+    assert manager["imagePullPolicy"] == "Always"
     assert "MANAGER_ONLY" not in {e["name"] for e in container(ds, "nvidia-driver-ctr")["env"]}
 
 

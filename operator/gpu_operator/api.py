@@ -2,20 +2,25 @@
 
 Python attributes are snake_case; the wire names (aliases) are upstream's camelCase, so an existing
 ClusterPolicy YAML validates unchanged. Every field of upstream v26.7's ClusterPolicy spec is modelled; the ones
-this operator does not act on are named by `coverage.unsupported_fields`. Fields upstream does not have either
-are kept and reported by `unknown_fields`.
+this operator does not act on are named by `coverage.unsupported_fields`. A field upstream does not have either is
+an error naming its path (as upstream's CRD rejects it), unless the caller allows unknown fields: then it is
+dropped and named by `unknown_fields`.
 """
 
 from __future__ import annotations
 
+import copy
+import difflib
 import re
-from typing import Annotated, Any, Literal
+import types
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     Strict,
     ValidationError,
     WithJsonSchema,
@@ -63,15 +68,101 @@ NonNegInt = Annotated[int, Field(ge=0)]
 
 
 class Model(BaseModel):
-    """Closed model: unknown fields are errors (used for small leaf objects)."""
+    """Closed model: unknown fields are errors, as under upstream's CRD (whose schema preserves none)."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", strict=True)
 
 
-class Section(BaseModel):
-    """Open model: unknown fields are kept, so upstream fields we do not model still round-trip."""
+class Section(Model):
+    """A section of the spec: coverage.py compares its fields one by one."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+class KubeObject(Model):
+    """A Kubernetes API type embedded in the spec (a toleration, a security context): passed on whole, so
+    coverage.py treats it as one field; `as_dict` is its wire form."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
+class Toleration(KubeObject):
+    key: str | None = None
+    operator: str | None = None
+    value: str | None = None
+    effect: str | None = None
+    toleration_seconds: int | None = None
+
+
+RelabelAction = Literal[
+    "replace", "Replace", "keep", "Keep", "drop", "Drop", "hashmod", "HashMod", "labelmap", "LabelMap",
+    "labeldrop", "LabelDrop", "labelkeep", "LabelKeep", "lowercase", "Lowercase", "uppercase", "Uppercase",
+    "keepequal", "KeepEqual", "dropequal", "DropEqual",
+]  # fmt: skip
+
+
+class RelabelConfig(KubeObject):
+    """A Prometheus-operator RelabelConfig (unset action means `replace`)."""
+
+    source_labels: list[str] | None = None
+    separator: str | None = None
+    target_label: str | None = None
+    regex: str | None = None
+    modulus: NonNegInt | None = None
+    replacement: str | None = None
+    action: RelabelAction | None = None
+
+
+class ProfileRef(Model):
+    type: str
+    localhost_profile: str | None = None
+
+
+class SELinuxOptions(Model):
+    user: str | None = None
+    role: str | None = None
+    type: str | None = None
+    level: str | None = None
+
+
+class Sysctl(Model):
+    name: str
+    value: str
+
+
+class WindowsOptions(Model):
+    gmsa_credential_spec_name: str | None = None
+    gmsa_credential_spec: str | None = None
+    run_as_user_name: str | None = None
+    host_process: bool | None = None
+
+
+class PodSecurityContext(KubeObject):
+    """core/v1 PodSecurityContext."""
+
+    se_linux_options: SELinuxOptions | None = Field(default=None, alias="seLinuxOptions")
+    windows_options: WindowsOptions | None = None
+    run_as_user: int | None = None
+    run_as_group: int | None = None
+    run_as_non_root: bool | None = None
+    supplemental_groups: list[int] | None = None
+    supplemental_groups_policy: str | None = None
+    fs_group: int | None = None
+    sysctls: list[Sysctl] | None = None
+    fs_group_change_policy: str | None = None
+    seccomp_profile: ProfileRef | None = None
+    app_armor_profile: ProfileRef | None = None
+    se_linux_change_policy: str | None = Field(default=None, alias="seLinuxChangePolicy")
+
+
+class KataArtifacts(Model):
+    url: str | None = None
+    pull_secret: str | None = None
+
+
+class KataRuntimeClass(KubeObject):
+    name: str
+    node_selector: dict[str, str] | None = None
+    artifacts: KataArtifacts | None = None
 
 
 class EnvVar(Model):
@@ -84,22 +175,17 @@ class ResourceRequirements(Model):
     requests: dict[str, int | str] = {}
 
 
-class ComponentSpec(Section):
-    """Fields shared by most component sections."""
+class ImageSpec(Section):
+    """An image and how to pull it."""
 
-    enabled: bool = True
     repository: str | None = None
     image: str | None = None
     version: str | None = None
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     image_pull_secrets: list[str] = []
-    resources: ResourceRequirements | None = None
-    args: list[str] = []
-    env: list[EnvVar] = []
-    host_network: bool = False
 
     @model_validator(mode="after")
-    def _image_fields_together(self) -> ComponentSpec:
+    def _image_fields_together(self) -> ImageSpec:
         given = [f for f in ("repository", "image", "version") if getattr(self, f)]
         if given and given != ["image"] and len(given) != 3:
             missing = [f for f in ("repository", "image", "version") if f not in given]
@@ -109,8 +195,26 @@ class ComponentSpec(Section):
         return self
 
 
+class ComponentSpec(ImageSpec):
+    """Fields shared by most component sections."""
+
+    enabled: bool = True
+    resources: ResourceRequirements | None = None
+    args: list[str] = []
+    env: list[EnvVar] = []
+    host_network: bool = False
+
+
 class DisabledComponentSpec(ComponentSpec):
     enabled: bool = False
+
+
+class SidecarSpec(ImageSpec):
+    """A driver sidecar (GDS, GDRCopy): upstream gives it no resources or host network."""
+
+    enabled: bool = False
+    args: list[str] = []
+    env: list[EnvVar] = []
 
 
 class ServiceMonitorSpec(Section):
@@ -119,7 +223,7 @@ class ServiceMonitorSpec(Section):
     scrape_timeout: str | None = None
     honor_labels: bool = False
     additional_labels: dict[str, str] = {}
-    relabelings: list[dict[str, Any]] = []
+    relabelings: list[RelabelConfig] = []
 
 
 class OperatorMetricsSpec(Section):
@@ -153,12 +257,11 @@ class RollingUpdateSpec(Section):
 class DaemonsetsSpec(Section):
     labels: dict[str, str] = {}
     annotations: dict[str, str] = {}
-    tolerations: list[dict[str, Any]] = []
+    tolerations: list[Toleration] = []
     priority_class_name: str = "system-node-critical"
     update_strategy: Literal["RollingUpdate", "OnDelete"] = "RollingUpdate"
     rolling_update: RollingUpdateSpec = RollingUpdateSpec()
-    # A Kubernetes PodSecurityContext for every operand pod, passed through as given.
-    pod_security_context: dict[str, Any] | None = None
+    pod_security_context: PodSecurityContext | None = None
 
 
 class PodDeletionSpec(Section):
@@ -220,8 +323,8 @@ class VirtualTopologySpec(Section):
     config: str = ""
 
 
-class DriverManagerSpec(ComponentSpec):
-    pass
+class DriverManagerSpec(ImageSpec):
+    env: list[EnvVar] = []
 
 
 class DriverSpec(ComponentSpec):
@@ -354,7 +457,7 @@ class CCManagerSpec(DisabledComponentSpec):
 
 class KataConfigSpec(Section):
     artifacts_dir: str = "/opt/nvidia-gpu-operator/artifacts/runtimeclasses"
-    runtime_classes: list[dict[str, Any]] = []
+    runtime_classes: list[KataRuntimeClass] = []
 
 
 class KataManagerSpec(DisabledComponentSpec):
@@ -407,11 +510,14 @@ class ClusterPolicySpec(Section):
     kata_manager: KataManagerSpec = KataManagerSpec()
     cc_manager: CCManagerSpec = CCManagerSpec()
     cdi: CDISpec = CDISpec()
-    gds: DisabledComponentSpec = DisabledComponentSpec()
-    gdrcopy: DisabledComponentSpec = DisabledComponentSpec()
+    gds: SidecarSpec = SidecarSpec()
+    gdrcopy: SidecarSpec = SidecarSpec()
     psa: PSASpec = PSASpec()
     psp: PSPSpec = PSPSpec()
     host_paths: HostPathsSpec = HostPathsSpec()
+
+    # Paths of unknown fields dropped when the caller allowed them (parse_spec); never on the wire.
+    _unknown: list[str] = PrivateAttr(default_factory=list)
 
 
 # Status
@@ -488,27 +594,87 @@ def _without_nulls(value: Any) -> Any:
     return value
 
 
-def parse_spec(spec: dict[str, Any] | None) -> ClusterPolicySpec:
-    """Validate a spec dict; raise PolicyError with `spec.<path>: <rule>` lines."""
-    try:
-        return ClusterPolicySpec.model_validate(_without_nulls(spec or {}))
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            # Drop pydantic's union-branch markers ("int", "str", "function-after[...]") from the path.
-            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p in {"int", "str"} or "[" in p)))
-            msg = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{_loc(loc)}: {msg}")
-        raise PolicyError(sorted(set(problems))) from None
+ALLOW_UNKNOWN_ANNOTATION = "nvidia.com/gpu-operator.allow-unknown-fields"
 
 
-def unknown_fields(spec: BaseModel, prefix: str = "spec") -> list[str]:
-    """Paths of fields we keep but do not act on (reported as warnings, never errors)."""
-    out = []
-    for key in sorted(spec.model_extra or {}):
-        out.append(f"{prefix}.{key}")
-    for name, field in type(spec).model_fields.items():
-        value = getattr(spec, name)
-        if isinstance(value, Section):
-            out += unknown_fields(value, f"{prefix}.{field.alias or name}")
-    return out
+def allows_unknown(metadata: dict[str, Any] | None) -> bool:
+    """Whether a ClusterPolicy's metadata opts in to fields this operator does not know (a newer upstream's)."""
+    value = ((metadata or {}).get("annotations") or {}).get(ALLOW_UNKNOWN_ANNOTATION, "")
+    return str(value).lower() == "true"
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The model an annotation holds, through Optional, Annotated and list."""
+    while True:
+        origin = get_origin(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return annotation
+        if origin in (Union, types.UnionType, Annotated, list):
+            models = [m for m in map(_model_of, get_args(annotation)) if m is not None]
+            return models[0] if models else None
+        return None
+
+
+def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
+    """The wire names of the fields of the object at `loc` (list indexes skipped), [] when not a model."""
+    model: type[BaseModel] | None = ClusterPolicySpec
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = next((f for n, f in model.model_fields.items() if (f.alias or n) == part), None)
+        model = _model_of(field.annotation) if field else None
+    return [f.alias or n for n, f in model.model_fields.items()] if model else []
+
+
+def _unknown_problem(loc: tuple[int | str, ...]) -> str:
+    key = str(loc[-1])
+    near = difflib.get_close_matches(key, _fields_at(loc[:-1]), n=1, cutoff=0.6)
+    hint = f" (did you mean {near[0]}?)" if near else ""
+    return f"{_loc(loc)}: unknown field{hint}"
+
+
+def _drop(raw: Any, loc: tuple[int | str, ...]) -> bool:
+    """Remove the key at `loc`; False when the path does not lead to a mapping holding it."""
+    for part in loc[:-1]:
+        try:
+            raw = raw[part]
+        except (KeyError, IndexError, TypeError):
+            return False
+    return isinstance(raw, dict) and raw.pop(loc[-1], _drop) is not _drop
+
+
+def parse_spec(spec: dict[str, Any] | None, allow_unknown: bool = False) -> ClusterPolicySpec:
+    """Validate a spec dict; raise PolicyError with `spec.<path>: <rule>` lines.
+
+    Only upstream's (camelCase) field names are accepted, as by the CRD. An unknown field is an error unless
+    `allow_unknown`: then it is dropped and its path kept for `unknown_fields`.
+    """
+    raw = _without_nulls(copy.deepcopy(spec) if isinstance(spec, dict) else spec or {})
+    unknown: list[tuple[int | str, ...]] = []
+    while True:
+        try:
+            parsed = ClusterPolicySpec.model_validate(raw, by_alias=True, by_name=False)
+            break
+        except ValidationError as exc:
+            errors = exc.errors()
+            extra = [tuple(e["loc"]) for e in errors if e["type"] == "extra_forbidden"]
+            if allow_unknown and extra and all([_drop(raw, loc) for loc in extra]):
+                unknown += extra
+                continue
+            problems = []
+            for err in errors:
+                # Drop pydantic's union-branch markers ("int", "str", "function-after[...]") from the path.
+                loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p in {"int", "str"} or "[" in p)))
+                if err["type"] == "extra_forbidden":
+                    problems.append(_unknown_problem(loc))
+                    continue
+                msg = err["msg"].removeprefix("Value error, ")
+                problems.append(f"{_loc(loc)}: {msg}")
+            raise PolicyError(sorted(set(problems))) from None
+    parsed._unknown = sorted({_loc(loc) for loc in unknown})
+    return parsed
+
+
+def unknown_fields(spec: ClusterPolicySpec) -> list[str]:
+    """Paths (`spec.<path>`) of the unknown fields parse_spec dropped because the caller allowed them."""
+    return list(spec._unknown)

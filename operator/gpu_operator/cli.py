@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from . import __version__
-from .api import PolicyError, parse_spec, unknown_fields
+from .api import ALLOW_UNKNOWN_ANNOTATION, PolicyError, allows_unknown, parse_spec, unknown_fields
 from .coverage import unsupported_fields
 
 DEFAULT_NAMESPACE = "gpu-operator"
@@ -64,7 +64,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     try:
         meta, raw_spec = _policy_from_file(args.policy)
-        spec = parse_spec(raw_spec)
+        spec = parse_spec(raw_spec, allow_unknown=args.allow_unknown_fields or allows_unknown(meta))
         node_docs = _load_yaml_docs(args.nodes) if args.nodes else []
     except PolicyError as exc:
         for line in exc.problems:
@@ -74,7 +74,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for path in unknown_fields(spec):
-        print(f"warning: {path}: not used by this operator (kept as is)", file=sys.stderr)
+        print(f"warning: {path}: unknown field, ignored (not in upstream v26.7's ClusterPolicy)", file=sys.stderr)
     for path, reason in unsupported_fields(spec):
         print(f"warning: spec.{path}: set but not supported by this operator ({reason})", file=sys.stderr)
     nodes = [NodeFacts.from_node(n) for n in node_docs if n.get("kind", "Node") == "Node"]
@@ -148,9 +148,11 @@ def _render_from_cluster(args: argparse.Namespace) -> int:
     try:
         kube = Kube.connect(args.kubeconfig)
         snap = observe(kube, args.namespace)
+        allow = args.allow_unknown_fields
         if args.policy:  # this policy instead of the active one's spec (or as the only one)
             meta, raw_spec = _policy_from_file(args.policy)
-            parse_spec(raw_spec)
+            allow = allow or allows_unknown(meta)
+            parse_spec(raw_spec, allow_unknown=allow)
             name = active_policy(list(snap.policies.values())) or meta.get("name", "cluster-policy")
             current = snap.policies.get(name) or {
                 "apiVersion": "nvidia.com/v1",
@@ -158,6 +160,12 @@ def _render_from_cluster(args: argparse.Namespace) -> int:
                 "metadata": {"name": name, "uid": "00000000-0000-0000-0000-000000000000", "generation": 1},
             }
             snap.policies[name] = {**current, "spec": raw_spec}
+        name = active_policy(list(snap.policies.values()))
+        if allow and name:  # as if the policy carried the annotation (nothing is written)
+            policy = snap.policies[name]
+            meta = policy.get("metadata") or {}
+            annotations = {**(meta.get("annotations") or {}), ALLOW_UNKNOWN_ANNOTATION: "true"}
+            snap.policies[name] = {**policy, "metadata": {**meta, "annotations": annotations}}
         if args.api_group:
             snap.api_groups = snap.api_groups | frozenset(args.api_group)
         dry = DryRunKube(kube.client)
@@ -222,7 +230,8 @@ def cmd_upgrade_plan(args: argparse.Namespace) -> int:
         if name is None:
             print("error: no ClusterPolicy in the cluster", file=sys.stderr)
             return 2
-        spec = parse_spec(snap.policies[name].get("spec"))
+        policy_obj = snap.policies[name]
+        spec = parse_spec(policy_obj.get("spec"), allow_unknown=allows_unknown(policy_obj.get("metadata")))
         managed = managed_nodes(spec, snap)
         policy = spec.driver.upgrade_policy
         result = upgrade.plan(managed, workload_pods(kube, managed), policy, time.time(),
@@ -533,8 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print, as multi-document YAML in a stable order, every object the operator would create "
         "for a ClusterPolicy and a set of nodes, plus the label patch for each node. With --from-cluster, read "
         "the cluster instead and print only the writes the operator would make now. Exits 2 on an invalid "
-        "policy, with one line per problem. Fields that are set but not acted on are named on stderr, one "
-        "warning line each.",
+        "policy, with one line per problem: an unknown field is one (as the API server rejects it) unless "
+        f"--allow-unknown-fields or the policy's annotation {ALLOW_UNKNOWN_ANNOTATION}=true allows it. Fields "
+        "that are set but not acted on (and allowed unknown fields) are named on stderr, one warning line each.",
     )
     p.add_argument("--policy", help="ClusterPolicy YAML file ('-' for stdin)")
     p.add_argument(
@@ -555,6 +565,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="GROUP",
         help="assume the cluster serves this optional API group (repeatable), e.g. monitoring.coreos.com for "
         f"ServiceMonitors; optional kinds: {_optional_kinds()}",
+    )
+    p.add_argument(
+        "--allow-unknown-fields",
+        action="store_true",
+        help="ignore spec fields this operator does not know (a newer upstream's), with a warning each, instead "
+        f"of failing; as the policy annotation {ALLOW_UNKNOWN_ANNOTATION}: \"true\" does for the operator",
     )
     p.set_defaults(func=cmd_render)
 

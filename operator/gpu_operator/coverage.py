@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .api import ClusterPolicySpec, unknown_fields
+from .api import ClusterPolicySpec, KubeObject, unknown_fields
 
 
 def _sandbox(spec: ClusterPolicySpec) -> bool:
@@ -87,7 +87,7 @@ def rule_for(path: str) -> Rule | None:
 
 def _paths(value: Any, default: Any, prefix: str) -> Iterator[str]:
     """Field paths (upstream names) under a model whose value differs from the default."""
-    if isinstance(value, BaseModel):
+    if isinstance(value, BaseModel) and not isinstance(value, KubeObject):  # a Kubernetes object is one field
         if not isinstance(default, type(value)):
             default = type(value).model_construct()  # an optional section given: compare with its defaults
         for name, field in type(value).model_fields.items():
@@ -138,7 +138,7 @@ def unsupported_fields(spec: ClusterPolicySpec) -> list[tuple[str, str]]:
     return out
 
 
-UNKNOWN = "not a ClusterPolicy field; kept, not used"
+UNKNOWN = "not a ClusterPolicy field of upstream v26.7; ignored (allowed by the policy's annotation)"
 
 
 def report(spec: ClusterPolicySpec) -> list[tuple[str, str]]:

@@ -30,14 +30,15 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         if types <= {"integer", "string"}:  # dict[str, int | str] values: quantities
             return {"x-kubernetes-int-or-string": True, **_keep(rest)}
         raise ValueError(f"cannot express union in a structural schema: {node}")
-    out = _keep({k: _structural(v, defs) for k, v in node.items() if k not in _DROP})
+    out = {k: _structural(v, defs) for k, v in node.items() if k not in _DROP and k != "properties"}
+    if "properties" in node:  # field names are kept as they are (`default` is a field of several sections)
+        out["properties"] = {name: _structural(v, defs) for name, v in node["properties"].items()}
     if node.get("type") == "object":
         extra = node.get("additionalProperties")
         if isinstance(extra, dict) and extra:
             out["additionalProperties"] = _structural(extra, defs)
-        elif "properties" not in node:
-            out["x-kubernetes-preserve-unknown-fields"] = True
         elif extra is not False:
+            # A free-form object: none is left in the spec (upstream's schema preserves no unknown fields).
             out["x-kubernetes-preserve-unknown-fields"] = True
     if "enum" in out and "type" not in out:
         out["type"] = "string"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .api import ComponentSpec
+from .api import ImageSpec
 
 # component key -> (repository, image, version)
 DEFAULTS: dict[str, tuple[str, str, str]] = {
@@ -32,7 +32,7 @@ def join(repository: str, image: str, version: str) -> str:
     return f"{repository}/{image}{sep}{version}"
 
 
-def resolve(spec: ComponentSpec, component: str, version: str | None = None) -> str:
+def resolve(spec: ImageSpec, component: str, version: str | None = None) -> str:
     """`repository/image:version`, `...@sha256:`, `image` verbatim, or the component's default.
 
     `version` overrides the version part (the driver's per-pool tag); partial fields are rejected by the model.
@@ -45,7 +45,7 @@ def resolve(spec: ComponentSpec, component: str, version: str | None = None) -> 
     return join(repo, image, version or default_version)
 
 
-def version_of(spec: ComponentSpec, component: str) -> str:
+def version_of(spec: ImageSpec, component: str) -> str:
     """The version a component will run: the spec's, the tag of a verbatim image, or the default."""
     if spec.version:
         return spec.version

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import compat, coverage, metrics, mig, mig_pass, sharing
-from .api import PolicyError, parse_spec
+from .api import PolicyError, allows_unknown, parse_spec
 from .apply import Applier, labels_of
 from .events import EventRecorder, now
 from .kube import ApiError, Kube
@@ -115,7 +115,7 @@ class Reconciler:
         self.lifecycle.ensure_finalizer(policy)
         generation = meta.get("generation")
         try:
-            spec = parse_spec(policy.get("spec"))
+            spec = parse_spec(policy.get("spec"), allow_unknown=allows_unknown(meta))
         except PolicyError as exc:
             out.ready = False
             status = policy_status(

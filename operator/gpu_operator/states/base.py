@@ -13,9 +13,10 @@ from typing import Any
 
 import jinja2
 import yaml
+from pydantic import BaseModel
 
 from .. import contracts, images
-from ..api import ClusterPolicySpec, ComponentSpec
+from ..api import ClusterPolicySpec, ComponentSpec, ImageSpec
 from ..kinds import DEFAULT_OPERAND_KINDS, Kind, served
 from ..nodes import NodeFacts
 
@@ -126,7 +127,11 @@ class OperandState:
         variables = self.variables(ctx)
         objects: list[dict[str, Any]] = []
         for template in _templates(self.name, self.template_root):
-            objects += [doc for doc in yaml.safe_load_all(template.render(**variables)) if doc]
+            try:
+                objects += [doc for doc in yaml.safe_load_all(template.render(**variables)) if doc]
+            except yaml.YAMLError:  # a spec string that YAML reads as syntax, put in unquoted
+                fields = ", ".join(_yaml_unsafe_strings(ctx.spec)) or "a spec string"
+                raise RenderProblem(f"{fields}: not a plain string (YAML syntax in it), so not rendered") from None
         declared = {k.kind: k for k in self.kinds}
         for obj in objects:
             kind = declared.get(obj.get("kind", ""))
@@ -173,7 +178,7 @@ class OperandState:
         pod = template["spec"]
         pod["priorityClassName"] = common.priority_class_name
         tolerations = list(pod.get("tolerations", []))
-        for tol in [GPU_TOLERATION, *common.tolerations]:
+        for tol in [GPU_TOLERATION, *(t.as_dict() for t in common.tolerations)]:
             if tol not in tolerations:
                 tolerations.append(tol)
         pod["tolerations"] = tolerations
@@ -190,7 +195,7 @@ class OperandState:
         if settings.image_pull_secrets:  # the section's first, then any the template names
             names = list(settings.image_pull_secrets) + [s["name"] for s in pod.get("imagePullSecrets", [])]
             pod["imagePullSecrets"] = [{"name": s} for s in dict.fromkeys(names)]
-        sections: dict[str | None, ComponentSpec] = {self.container: settings}
+        sections: dict[str | None, ImageSpec] = {self.container: settings}
         sections.update({name: getattr(settings, attr) for name, attr in self.sub_containers})
         for container in pod.get("initContainers", []) + pod.get("containers", []):
             if self.resources_everywhere and settings.resources is not None:
@@ -200,16 +205,39 @@ class OperandState:
                 _apply_section(container, section)
 
 
-def _apply_section(container: dict[str, Any], section: ComponentSpec) -> None:
-    """A component section's env (overriding by name), args (replacing) and resources, on one container."""
-    if section.env:
-        names = {e.name for e in section.env}
+def _yaml_unsafe_strings(value: Any, path: str = "spec") -> list[str]:
+    """Paths of the spec's strings that YAML does not read back as the same string when written bare."""
+    if isinstance(value, BaseModel):
+        return [p for name, f in type(value).model_fields.items()
+                for p in _yaml_unsafe_strings(getattr(value, name), f"{path}.{f.alias or name}")]  # fmt: skip
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _yaml_unsafe_strings(v, f"{path}[{i}]")]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _yaml_unsafe_strings(v, f"{path}.{k}")]
+    if isinstance(value, str) and value:
+        try:
+            if yaml.safe_load(f"k: {value}") == {"k": value}:
+                return []
+        except yaml.YAMLError:
+            pass
+        return [path]
+    return []
+
+
+def _apply_section(container: dict[str, Any], section: ImageSpec) -> None:
+    """A section's env (overriding by name), args (replacing) and resources, on one container (a driver
+    manager section has env only)."""
+    env = getattr(section, "env", [])
+    if env:
+        names = {e.name for e in env}
         kept = [e for e in container.get("env", []) if e["name"] not in names]
-        container["env"] = kept + [{"name": e.name, "value": e.value} for e in section.env]
-    if section.args:
-        container["args"] = list(section.args)
-    if section.resources is not None:
-        container["resources"] = section.resources.model_dump(exclude_defaults=True)
+        container["env"] = kept + [{"name": e.name, "value": e.value} for e in env]
+    args = getattr(section, "args", None)
+    if args:
+        container["args"] = list(args)
+    resources = getattr(section, "resources", None)
+    if resources is not None:
+        container["resources"] = resources.model_dump(exclude_defaults=True)
 
 
 CLUSTER_SCOPED = frozenset(
@@ -230,7 +258,9 @@ def object_hash(obj: dict[str, Any]) -> str:
 
 def _to_yaml(value: Any) -> str:
     """Jinja filter: a value as flow-style YAML/JSON, safe to embed on one line."""
-    if hasattr(value, "model_dump"):
+    if isinstance(value, list):
+        value = [v.model_dump(by_alias=True, exclude_none=True) if isinstance(v, BaseModel) else v for v in value]
+    elif isinstance(value, BaseModel):
         value = value.model_dump(by_alias=True, exclude_none=True)
     return json.dumps(value)
 

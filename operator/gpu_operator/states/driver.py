@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 from .. import images
-from ..api import ComponentSpec
+from ..api import ImageSpec
 from ..nodes import NodeFacts, Pool, driver_pools, gets_driver, unpooled
 from .base import OperandState, RenderContext, RenderProblem
 
@@ -198,7 +198,7 @@ def _pool(ctx: RenderContext, pool: Pool) -> dict[str, Any]:
     }
 
 
-def _pull_policy(section: ComponentSpec) -> str:
+def _pull_policy(section: ImageSpec) -> str:
     return section.image_pull_policy or "IfNotPresent"
 
 

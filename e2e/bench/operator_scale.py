@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import shutil
 import statistics
 import sys
 import tempfile
@@ -34,6 +35,11 @@ from gpu_operator.nodes import GPU_PRESENT, deploy_label
 
 PROFILES = ("h100x8", "a100x4", "l4x1")
 JOIN_LABEL = "e2e.gpu-operator/bench-join"
+
+
+def writes_by(cluster: LocalCluster, user: str, since: float = 0.0) -> collections.Counter[str]:
+    """A user's write requests since `since`, counted by verb and resource."""
+    return collections.Counter(what(e) for e in cluster.writes(user, since))
 
 
 def done_time(event: dict[str, Any]) -> float:
@@ -68,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle", type=float, default=60.0, help="seconds of steady state to watch for requests")
     parser.add_argument("--joins", type=int, default=50, help="nodes that join at once after the steady state")
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--log", type=Path, help="keep the operator's log here")
     args = parser.parse_args(argv)
     ensure_binaries()
     figures: list[tuple[str, str]] = []
@@ -187,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
                 figure("node patches per joining node", f"{len(patches) / args.joins:.1f}")
             op.stop()
             sim.stop()
+            if args.log:
+                shutil.copyfile(Path(tmp) / "operator.log", args.log)
         finally:
             cluster.down()
     print(f"\nfigures at {args.nodes} nodes")

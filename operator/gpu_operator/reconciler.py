@@ -8,20 +8,22 @@ is done by small parts, one job each: `apply.Applier` (objects and node patches)
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import coverage, metrics
-from .api import PolicyError, parse_spec
+from .api import ClusterPolicySpec, PolicyError, parse_spec
 from .apply import Applier, labels_of
 from .events import EventRecorder, now
 from .kube import ApiError, Kube
 from .lifecycle import CLEANUP_FINALIZER, Lifecycle
+from .nodes import NodeFacts
 from .observe import Key, Snapshot, key_of
 from .readiness import daemonset_ready
-from .render import StatePlan, node_patches, plan, relabelled, render_key
+from .render import NodePatch, StatePlan, node_patches, plan, relabelled, render_key
 from .states import RenderContext, all_states
 from .states.base import STATE_LABEL, owning_state
 from .status import StateResult, active_policy, ignored_status, policy_status
@@ -40,6 +42,17 @@ class Outcome:
     deleted: list[Key] = field(default_factory=list)
     writes: int = 0  # requests of the pass that changed something, events included (counted by the client)
     busy: bool = False  # work in progress that needs rechecking soon (a driver upgrade)
+    nodes: list[dict[str, Any]] = field(default_factory=list)  # the Nodes as this pass patched them
+
+
+@dataclass(frozen=True)
+class Labelling:
+    """What a node's labels are decided on between passes: the active policy's identity and its parsed spec."""
+
+    policy: str
+    uid: str
+    generation: int | None
+    spec: ClusterPolicySpec
 
 
 class Reconciler:
@@ -51,10 +64,47 @@ class Reconciler:
         self.lifecycle = Lifecycle(kube, namespace, self.applier)
         self.status = StatusWriter(kube, self.events)
         self._plan: tuple[str, list[StatePlan]] | None = None  # the last plan and its render key
+        self._spec: tuple[str, ClusterPolicySpec] | None = None  # the last parsed spec and its JSON text
+        # Node -> (the facts and spec a patch was decided on, that patch): a node that did not change is not
+        # decided again (the facts are the watch cache's own objects, replaced only when the node changes).
+        self._patches: dict[str, tuple[NodeFacts, ClusterPolicySpec, NodePatch]] = {}
+        self._rows: dict[str, tuple[NodeFacts, str]] = {}  # render_key's per-node part, by the same rule
+        # Set after each pass with an active, valid policy: single nodes are labelled by it between passes.
+        self.labelling: Labelling | None = None
+
+    def _parse(self, raw: Any) -> ClusterPolicySpec:
+        """The parsed spec, parsed again only when its text changed (PolicyError as parse_spec)."""
+        text = json.dumps(raw, sort_keys=True, default=str)
+        if self._spec is None or self._spec[0] != text:
+            self._spec = (text, parse_spec(raw))
+        return self._spec[1]
+
+    def _node_patches(self, nodes: list[NodeFacts], spec: ClusterPolicySpec) -> dict[str, NodePatch]:
+        """render.node_patches, decided again only for nodes (or a spec) that changed since the last pass."""
+        memo = self._patches
+        out: dict[str, NodePatch] = {}
+        fresh: dict[str, tuple[NodeFacts, ClusterPolicySpec, NodePatch]] = {}
+        todo = []
+        for node in nodes:
+            hit = memo.get(node.name)
+            if hit is not None and hit[0] is node and hit[1] is spec:
+                fresh[node.name] = hit
+                if hit[2]:
+                    out[node.name] = hit[2]
+            else:
+                todo.append(node)
+        decided = node_patches(todo, spec)
+        for node in todo:
+            patch = decided.get(node.name, {})
+            fresh[node.name] = (node, spec, patch)
+            if patch:
+                out[node.name] = patch
+        self._patches = fresh
+        return out
 
     def _render(self, ctx: RenderContext) -> list[StatePlan]:
         """The plan for ctx, rendered again only when something it depends on changed."""
-        key = render_key(ctx)
+        key = render_key(ctx, self._rows)
         if self._plan is None or self._plan[0] != key:
             self._plan = (key, plan(ctx))
         return self._plan[1]
@@ -83,6 +133,8 @@ class Reconciler:
         metrics.gpu_nodes_total.set(len(gpu_nodes))
         metrics.reconciliation_has_nfd_labels.set(int(any(n.has_nfd for n in snap.nodes.values())))
         self.lifecycle.cleanup_deleted(snap)
+        if active is None or snap.policies[active]["metadata"].get("deletionTimestamp"):
+            self.labelling = None
         if active is None:
             metrics.reconciliation_status.set(-1)
             return
@@ -113,8 +165,9 @@ class Reconciler:
         self.lifecycle.ensure_finalizer(policy)
         generation = meta.get("generation")
         try:
-            spec = parse_spec(policy.get("spec"))
+            spec = self._parse(policy.get("spec"))
         except PolicyError as exc:
+            self.labelling = None
             out.ready = False
             status = policy_status(
                 generation=generation,
@@ -131,9 +184,11 @@ class Reconciler:
             return
         self.lifecycle.ensure_namespace(spec.psa.enabled)
 
+        # Objects are rendered for the nodes as they will be labelled, applied first (none of them needs the
+        # labels to exist), then the nodes are labelled.
         nodes = list(snap.nodes.values())
-        patches = node_patches(nodes, spec)
-        self.applier.patch_nodes(patches)
+        patches = self._node_patches(nodes, spec)
+        versions = {n.name: n.resource_version for n in nodes if n.name in patches}
         nodes = relabelled(nodes, patches)
 
         owner = {"apiVersion": policy["apiVersion"], "kind": policy["kind"], "name": meta["name"], "uid": meta["uid"]}
@@ -150,14 +205,21 @@ class Reconciler:
         desired: set[Key] = set()
         live = dict(snap.owned)
         states = frozenset(s.name for s in all_states())
-        for state_plan in self._render(ctx):
+        plans = self._render(ctx)
+        applied_by_state = self.applier.apply_states([p for p in plans if not p.problem], live)
+        out.nodes = self.applier.patch_nodes(patches, versions)
+        self.labelling = Labelling(meta["name"], meta.get("uid", ""), generation, spec)
+        pods_by_owner: dict[str, list[dict[str, Any]]] = {}
+        for pod in snap.pods.values():
+            pods_by_owner.setdefault(pod["owner"], []).append(pod)
+        for state_plan in plans:
             state = state_plan.state
             if state_plan.problem:  # nothing rendered: keep what the state has, say why
                 desired |= {k for k, o in live.items() if owning_state(labels_of(o), states) == state.name}
                 results.append(StateResult(state.name, "notReady", state_plan.problem))
                 continue
             desired |= {key_of(obj) for obj in state_plan.objects}
-            applied = self.applier.apply_state(state_plan, live)
+            applied = applied_by_state[state.name]
             out.applied += applied.objects
             if applied.failed:
                 errors.append(f"{state.name}: {applied.failed}")
@@ -166,7 +228,7 @@ class Reconciler:
             elif applied.failed:
                 results.append(StateResult(state.name, "notReady", "apply failed: " + applied.failed))
             else:
-                result = self._daemonsets_ready(state.name, desired, live, snap)
+                result = self._daemonsets_ready(state.name, desired, live, snap, pods_by_owner)
                 note = state.readiness_notes(ctx) if state.readiness_notes else None
                 if note:
                     message = f"{result.message}; {note}" if result.message else note
@@ -196,7 +258,12 @@ class Reconciler:
         self.status.write(policy, status)
 
     def _daemonsets_ready(
-        self, state: str, desired: set[Key], live: dict[Key, dict[str, Any]], snap: Snapshot
+        self,
+        state: str,
+        desired: set[Key],
+        live: dict[Key, dict[str, Any]],
+        snap: Snapshot,
+        pods_by_owner: dict[str, list[dict[str, Any]]],
     ) -> StateResult:
         """The state's DaemonSets, each by upstream's readiness rule (RollingUpdate or OnDelete)."""
         messages = []
@@ -205,7 +272,7 @@ class Reconciler:
             if ds is None or labels_of(ds).get(STATE_LABEL) != state:
                 continue
             name = key[2]
-            pods = [p for p in snap.pods.values() if p["owner"] == name]
+            pods = pods_by_owner.get(name, [])
             revisions = [r for r in snap.revisions.values() if r["owner"] == name]
             ok, why = daemonset_ready(ds, pods, revisions)
             if not ok:

@@ -20,8 +20,9 @@ from .kube import Kube
 from .nodes import NodeFacts
 from .observe import Key, Snapshot, key_of, list_owned, newer, observe, pod_projection, revision_projection
 from .reconciler import Reconciler
-from .render import config_map_keys
+from .render import NodePatch, config_map_keys, node_patches
 from .states.base import MANAGED_BY, OPERATOR_NAME
+from .status import active_policy
 
 log = logging.getLogger("gpu_operator")
 
@@ -46,6 +47,7 @@ class Operator:
         self.config_maps: dict[str, tuple[str, ...]] = {}  # every ConfigMap in our namespace: name -> keys
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self._labelling: set[asyncio.Future[None]] = set()  # single-node label patches in flight
 
     # Cache updates from watch events (run in the event loop)
 
@@ -57,9 +59,43 @@ class Operator:
                 self.wake.set()
             return
         facts = NodeFacts.from_node(body)
-        if self.nodes.get(name) != facts:
+        cached = self.nodes.get(name)
+        if cached is not None and facts.resource_version < cached.resource_version:
+            return  # older than what we hold (the answer to our own patch came first)
+        if cached != facts:
             self.nodes[name] = facts
             self.wake.set()
+            self._label(facts)
+
+    def _label(self, node: NodeFacts) -> None:
+        """Label one changed node now, by the spec of the last pass, without waiting for a full pass (which
+        still follows: the node may change what is rendered). Only while that pass's policy is unchanged."""
+        current = self.reconciler.labelling
+        policy = self.policies.get(current.policy) if current else None
+        if current is None or policy is None or self.task is None:
+            return
+        meta = policy["metadata"]
+        if meta.get("uid", "") != current.uid or meta.get("generation") != current.generation:
+            return
+        if meta.get("deletionTimestamp") or active_policy(list(self.policies.values())) != current.policy:
+            return
+        patch = node_patches([node], current.spec).get(node.name)
+        if patch:
+            self._labelling.add(asyncio.ensure_future(self._patch_node(node, patch)))
+
+    async def _patch_node(self, node: NodeFacts, patch: NodePatch) -> None:
+        try:
+            patched = await asyncio.to_thread(
+                self.reconciler.applier.patch_nodes, {node.name: patch}, {node.name: node.resource_version}
+            )
+        except Exception as exc:  # noqa: BLE001 - the next full pass tries again
+            log.warning("labelling node %s failed: %s", node.name, exc)
+            self.wake.set()  # the full pass tries again
+            return
+        finally:
+            self._labelling.discard(asyncio.current_task())
+        for body in patched:
+            self.on_node("MODIFIED", body)
 
     def on_policy(self, event_type: str | None, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
@@ -207,6 +243,8 @@ class Operator:
                     self.owned[key_of(obj)] = obj
             for key in outcome.deleted:
                 self.owned.pop(key, None)
+            for body in outcome.nodes:
+                self.on_node("MODIFIED", body)
             if outcome.writes:
                 log.info("reconciled: ready=%s, %d writes", outcome.ready, outcome.writes)
             delay = NOT_READY_RECHECK_S if outcome.ready is False or outcome.busy else RESYNC_S

@@ -27,6 +27,8 @@ PART_OF = "app.kubernetes.io/part-of"
 STATE_LABEL = "nvidia.com/gpu-operator.state"
 OPERATOR_NAME = "gpu-operator"
 HASH_ANNOTATION = "nvidia.com/last-applied-hash"
+# libyaml's safe loader when PyYAML has it (ten times faster; rendering was mostly YAML parsing).
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
@@ -124,7 +126,7 @@ class OperandState:
         variables = self.variables(ctx)
         objects: list[dict[str, Any]] = []
         for template in _templates(self.name, self.template_root):
-            objects += [doc for doc in yaml.safe_load_all(template.render(**variables)) if doc]
+            objects += [doc for doc in yaml.load_all(template.render(**variables), Loader=_LOADER) if doc]
         declared = {k.kind: k for k in self.kinds}
         for obj in objects:
             kind = declared.get(obj.get("kind", ""))

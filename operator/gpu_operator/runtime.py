@@ -18,6 +18,7 @@ from . import metrics
 from .kinds import operand_kinds, served
 from .kube import Kube
 from .nodes import NodeFacts
+from .nodewatch import NodeWatch
 from .observe import Key, Snapshot, key_of, list_owned, newer, observe, pod_projection, revision_projection
 from .reconciler import Reconciler
 from .render import NodePatch, config_map_keys, node_patches
@@ -48,17 +49,21 @@ class Operator:
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self._labelling: set[asyncio.Future[None]] = set()  # single-node label patches in flight
+        self.node_watch: NodeWatch | None = None
 
     # Cache updates from watch events (run in the event loop)
 
     def on_node(self, event_type: str | None, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
-        if event_type == "DELETED":
+        self.on_node_facts(name, None if event_type == "DELETED" else NodeFacts.from_node(body))
+
+    def on_node_facts(self, name: str, facts: NodeFacts | None) -> None:
+        """A node changed (None: deleted), from the node watch or the answer to our own patch."""
+        if facts is None:
             self._forget("node", name)
             if self.nodes.pop(name, None) is not None:
                 self.wake.set()
             return
-        facts = NodeFacts.from_node(body)
         cached = self.nodes.get(name)
         if cached is not None and facts.resource_version < cached.resource_version:
             return  # older than what we hold (the answer to our own patch came first)
@@ -293,16 +298,23 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
         settings.scanning.disabled = False
         settings.watching.server_timeout = 300
         op.task = asyncio.create_task(op.loop())
+        loop = asyncio.get_running_loop()
+        op.node_watch = NodeWatch(
+            op.kube, op.nodes.get, lambda name, facts: loop.call_soon_threadsafe(op.on_node_facts, name, facts)
+        )
+        op.node_watch.start()
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
         if op.task:
             op.task.cancel()
+        if op.node_watch:
+            op.node_watch.stop.set()
 
     def watch(group: str, version: str, plural: str, callback: Callback, **filters: Any) -> None:
         kopf.on.event(group, version, plural, registry=registry, **filters)(_handler(callback))
 
-    watch("", "v1", "nodes", op.on_node)
+    # Nodes are watched by NodeWatch (heartbeats are dropped before they reach the event loop).
     watch("nvidia.com", "v1", "clusterpolicies", op.on_policy)
     for kind in operand_kinds():
         watch(kind.group, kind.version, kind.plural, op.on_owned, labels=managed)

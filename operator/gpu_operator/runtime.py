@@ -100,6 +100,7 @@ class Operator:
         finally:
             self._labelling.discard(asyncio.current_task())
         for body in patched:
+            log.info("labelled node %s", node.name)
             self.on_node("MODIFIED", body)
 
     def on_policy(self, event_type: str | None, body: dict[str, Any]) -> None:

@@ -338,13 +338,13 @@ def test_render_nodes_shows_the_refusals_offline(tmp_path: Any, capsys: pytest.C
 
 
 def test_a_refused_node_gets_its_driver_label_back_only_after_the_daemonsets_changed() -> None:
-    from gpu_operator.reconciler import _hold_driver_restores
+    from gpu_operator.reconciler import hold_driver_restores
 
     v100 = gpu_node("v100", **{V100_LABEL: "true", "nvidia.com/gpu.deploy.driver": DRIVER_REFUSED})
     h100 = gpu_node("h100", **H100_GFD)
     patches = node_patches([v100, h100], spec("580.95.05"))
     assert patches["v100"]["labels"]["nvidia.com/gpu.deploy.driver"] == "true"
-    held = _hold_driver_restores(patches, [v100, h100])
+    held = hold_driver_restores(patches, [v100, h100])
     assert held == {"v100": {"labels": {"nvidia.com/gpu.deploy.driver": "true"}}}
     assert "nvidia.com/gpu.deploy.driver" not in patches["v100"]["labels"]
     assert patches["v100"]["labels"]["nvidia.com/gpu.deploy.container-toolkit"] == "true"

@@ -1,51 +1,89 @@
 """The operator on many fake GPU nodes (prints numbers, asserts nothing).
 
-    python -m e2e.bench.operator_scale [--nodes 1000] [--idle 60]
+    python -m e2e.bench.operator_scale [--nodes 1000] [--idle 60] [--joins 50]
 
 Starts a cluster in a temporary directory with N fake GPU nodes (h100x8, a100x4, l4x1 in turn, half on
 ubuntu 22.04 and half on 24.04), the node simulator and the operator (under the chart's identity), applies
-the default sample policy and prints: time to `ready`, the operator's API writes by verb and resource
-until ready, its writes during `--idle` seconds of steady state, its memory (VmRSS), the CPU it used, and how long
-`gpu-operator doctor` takes on the whole cluster.
+the default sample policy and prints the figures of the operator's scale goals, read from the API server's
+audit log where they are about requests: ClusterPolicy -> every operand DaemonSet created, -> status ready
+(and how long after the last operand pod became ready), the operator's requests until ready, its writes and
+reads during `--idle` seconds of steady state, then `--joins` nodes joining at once (time to their
+`gpu.present` and deploy labels, p50/p99, and the operator's node patches per joining node), its memory
+(VmRSS), the CPU it used, and how long `gpu-operator doctor` takes on the whole cluster.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import shutil
+import statistics
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from e2e.bench.cluster_scale import cpu_seconds
-from e2e.cluster.localcluster import LocalCluster, ensure_binaries, rss_kib
+from e2e.cluster.localcluster import WRITE_VERBS, LocalCluster, audit_time, ensure_binaries, rss_kib
 from e2e.cluster.nodes import create_nodes, make_node
 from e2e.operator_process import NAMESPACE, OperatorProcess, install_crds_and_rbac, policy_from_sample
 from e2e.simulator import NodeSimulator
 from gpu_operator.doctor import diagnose, gather
 from gpu_operator.kube import Kube
+from gpu_operator.nodes import GPU_PRESENT, deploy_label
 
 PROFILES = ("h100x8", "a100x4", "l4x1")
+JOIN_LABEL = "e2e.gpu-operator/bench-join"
 
 
 def writes_by(cluster: LocalCluster, user: str, since: float = 0.0) -> collections.Counter[str]:
     """A user's write requests since `since`, counted by verb and resource."""
-    counts: collections.Counter[str] = collections.Counter()
-    for event in cluster.writes(user, since):
-        ref = event.get("objectRef", {})
-        sub = "/" + ref["subresource"] if ref.get("subresource") else ""
-        counts[f"{event['verb']} {ref.get('resource', '?')}{sub}"] += 1
-    return counts
+    return collections.Counter(what(e) for e in cluster.writes(user, since))
+
+
+def done_time(event: dict[str, Any]) -> float:
+    """When the API server answered an audit event's request, in epoch seconds."""
+    ts = event.get("stageTimestamp", "")
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() if ts else audit_time(event)
+
+
+def requests_of(cluster: LocalCluster, user: str) -> list[dict[str, Any]]:
+    """A user's requests, one audit event each (the ResponseComplete stage, or a watch's ResponseStarted)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for e in cluster.audit_events():
+        if e.get("user", {}).get("username") == user:
+            seen.setdefault(e.get("auditID", ""), e)
+    return list(seen.values())
+
+
+def what(event: dict[str, Any]) -> str:
+    ref = event.get("objectRef") or {}
+    sub = "/" + ref["subresource"] if ref.get("subresource") else ""
+    return f"{event['verb']} {ref.get('resource', '?')}{sub}"
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=1000)
-    parser.add_argument("--idle", type=float, default=60.0, help="seconds of steady state to watch for writes")
+    parser.add_argument("--idle", type=float, default=60.0, help="seconds of steady state to watch for requests")
+    parser.add_argument("--joins", type=int, default=50, help="nodes that join at once after the steady state")
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--log", type=Path, help="keep the operator's log here")
     args = parser.parse_args(argv)
     ensure_binaries()
+    figures: list[tuple[str, str]] = []
+
+    def figure(name: str, value: str) -> None:
+        figures.append((name, value))
+        print(f"{name}: {value}", flush=True)
+
     with tempfile.TemporaryDirectory(prefix="gpu-operator-bench-") as tmp:
         cluster = LocalCluster(Path(tmp) / "cluster")
         cluster.up()
@@ -65,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             assert op.proc is not None
             cpu0 = cpu_seconds(op.proc.pid)
             t0 = time.monotonic()
+            created_at = time.time()
             admin.create(policy_from_sample())
             state = None
             while time.monotonic() - t0 < args.timeout:
@@ -72,31 +111,106 @@ def main(argv: list[str] | None = None) -> int:
                 state = (obj.get("status") or {}).get("state")
                 if state == "ready":
                     break
-                time.sleep(1)
+                time.sleep(0.25)
+            ready_at = time.time()
             ready_s = time.monotonic() - t0
-            print(f"ClusterPolicy {state} after {ready_s:.1f}s; operator CPU {cpu_seconds(op.proc.pid) - cpu0:.1f}s")
-            print(f"operator RSS at ready: {(rss_kib(op.proc.pid) or 0) / 1024:.0f} MiB")
-            print("operator writes until ready:")
-            for what, n in sorted(writes_by(cluster, op.username).items()):
-                print(f"  {n:6d}  {what}")
+            cpu_ready = cpu_seconds(op.proc.pid) - cpu0
+            rss_ready = (rss_kib(op.proc.pid) or 0) / 1024
+
+            user = op.username
+            until_ready = [e for e in requests_of(cluster, user) if audit_time(e) <= ready_at]
+            created = [
+                done_time(e) for e in until_ready
+                if e.get("objectRef", {}).get("resource") == "daemonsets" and e["verb"] in ("create", "patch")
+                and e.get("responseStatus", {}).get("code") == 201
+            ]  # fmt: skip
+            pods_ready = [
+                done_time(e) for e in cluster.audit_events()
+                if e.get("stage") == "ResponseComplete" and e.get("objectRef", {}).get("resource") == "pods"
+                and e["objectRef"].get("subresource") == "status" and audit_time(e) <= ready_at
+            ]  # fmt: skip
+            figure("ClusterPolicy -> every operand DaemonSet created",
+                   f"{max(created) - created_at:.1f} s ({len(created)} DaemonSets)" if created else "none")
+            figure("ClusterPolicy -> status ready", f"{ready_s:.1f} s (state {state})")
+            if pods_ready:
+                figure("last operand pod status written -> ready seen", f"{ready_at - max(pods_ready):.1f} s")
+            by_verb = collections.Counter(what(e) for e in until_ready)
+            figure("API requests until ready", f"{len(until_ready)} ({2 * args.nodes + 300} is 2N+300)")
+            for name, n in sorted(by_verb.items()):
+                print(f"  {n:6d}  {name}")
+            figure("operator CPU from ClusterPolicy to ready", f"{cpu_ready:.1f} s")
+            figure("operator RSS at ready", f"{rss_ready:.0f} MiB")
+
             idle_from = time.time()
             cpu1 = cpu_seconds(op.proc.pid)
             time.sleep(args.idle)
-            idle = writes_by(cluster, op.username, since=idle_from)
-            print(f"operator writes in {args.idle:.0f}s of steady state: {sum(idle.values())} {dict(idle)}")
-            print(f"operator CPU in steady state: {cpu_seconds(op.proc.pid) - cpu1:.1f}s over {args.idle:.0f}s")
-            print(f"operator RSS after idle: {(rss_kib(op.proc.pid) or 0) / 1024:.0f} MiB")
+            idle_to = time.time()
+            idle_cpu = cpu_seconds(op.proc.pid) - cpu1
+            idle = [e for e in requests_of(cluster, user) if idle_from <= audit_time(e) <= idle_to]
+            writes = [e for e in idle if e["verb"] in WRITE_VERBS]
+            reads = [e for e in idle if e["verb"] not in WRITE_VERBS and e["verb"] != "watch"]
+            figure(f"writes / reads in {args.idle:.0f} s of steady state",
+                   f"{len(writes)} / {len(reads)} {dict(collections.Counter(what(e) for e in writes + reads))}")
+            figure("operator CPU at steady state", f"{100 * idle_cpu / args.idle:.1f}% of a core")
+            figure("operator RSS after idling", f"{(rss_kib(op.proc.pid) or 0) / 1024:.0f} MiB")
+
             t_doc = time.monotonic()
             seen = gather(Kube.connect(str(cluster.kubeconfig)), NAMESPACE)
             t_read = time.monotonic() - t_doc
             found = diagnose(seen)
-            read = f"{t_read:.2f}s reading {len(seen.pods)} pods and {len(seen.events)} events"
-            print(f"gpu-operator doctor on {args.nodes} nodes: {time.monotonic() - t_doc:.2f}s ({read}, the rest "
-                  f"analysis), {len(found)} findings")  # fmt: skip
+            figure("gpu-operator doctor on the whole cluster",
+                   f"{time.monotonic() - t_doc:.2f} s ({t_read:.2f} s reading {len(seen.pods)} pods and "
+                   f"{len(seen.events)} events, the rest analysis), {len(found)} findings")
+
+            if args.joins:
+                joiners = [
+                    make_node(f"join-{i:04d}", PROFILES[i % 3], os="ubuntu22.04" if i % 2 else "ubuntu24.04")
+                    for i in range(args.joins)
+                ]
+                for node in joiners:
+                    node["metadata"]["labels"][JOIN_LABEL] = "true"
+                join_from = time.time()
+                create_nodes(admin.client, joiners)
+                deadline = time.monotonic() + 120
+                want = {GPU_PRESENT: "true", deploy_label("driver"): "true"}
+                while time.monotonic() < deadline:
+                    listed = admin.list("Node", label_selector=JOIN_LABEL)
+                    labelled = [n for n in listed if want.items() <= n["metadata"].get("labels", {}).items()]
+                    if len(labelled) == args.joins:
+                        break
+                    time.sleep(0.2)
+                time.sleep(15)  # the follow-up labels (GFD's, then mig.config) come and go
+                names = {n["metadata"]["name"] for n in joiners}
+                events = [e for e in cluster.audit_events() if audit_time(e) >= join_from - 1]
+                joined = {
+                    e["objectRef"]["name"]: audit_time(e) for e in events
+                    if e.get("stage") == "ResponseComplete" and e["verb"] == "create"
+                    and e["objectRef"].get("resource") == "nodes" and e["objectRef"].get("name") in names
+                }  # fmt: skip
+                patches = sorted(
+                    (done_time(e), e["objectRef"]["name"]) for e in events
+                    if e.get("stage") == "ResponseComplete" and e.get("user", {}).get("username") == user
+                    and e["verb"] == "patch" and e["objectRef"].get("resource") == "nodes"
+                    and e["objectRef"].get("name") in names
+                )  # fmt: skip
+                first: dict[str, float] = {}
+                for at, name in patches:
+                    first.setdefault(name, at)
+                lat = [first[n] - joined[n] for n in first if n in joined]
+                if lat:
+                    figure(f"{args.joins} nodes join -> labels, p50 / p99",
+                           f"{statistics.median(lat):.2f} / {percentile(lat, 99):.2f} s ({len(lat)} labelled)")
+                figure("node patches per joining node", f"{len(patches) / args.joins:.1f}")
             op.stop()
             sim.stop()
+            if args.log:
+                shutil.copyfile(Path(tmp) / "operator.log", args.log)
         finally:
             cluster.down()
+    print(f"\nfigures at {args.nodes} nodes")
+    print("| figure | value |\n|---|---|")
+    for name, value in figures:
+        print(f"| {name} | {value} |")
     return 0
 
 

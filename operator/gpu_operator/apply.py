@@ -4,9 +4,11 @@ and node patches. Nothing is written when the rendered hash matches what is ther
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from .kube import ApiError, Kube
 from .observe import Key, key_of
@@ -14,6 +16,8 @@ from .render import NodePatch, StatePlan
 from .states.base import HASH_ANNOTATION, MANAGED_BY, OPERATOR_NAME, owning_state
 
 log = logging.getLogger("gpu_operator")
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def labels_of(obj: dict[str, Any]) -> dict[str, str]:
@@ -29,32 +33,57 @@ class Applied:
 
 
 class Applier:
-    def __init__(self, kube: Kube):
+    def __init__(self, kube: Kube, workers: int = 8):
         self.kube = kube
+        self.workers = workers  # requests in flight at once (the client's pool holds 16 connections)
+        # Node -> (the resourceVersion our last patch of it returned, or IN_FLIGHT; that patch). A decision made on
+        # an older view of the node that comes to the same patch was already carried out: not sent twice.
+        self._sent: dict[str, tuple[int, NodePatch]] = {}
+        self._lock = threading.Lock()
 
     def apply_state(self, state_plan: StatePlan, live: dict[Key, dict[str, Any]]) -> Applied:
         """Apply the plan's objects whose hash differs from the live ones; `live` is updated in place."""
-        out = Applied()
-        for obj in state_plan.objects:
-            key = key_of(obj)
-            current = live.get(key)
-            want = obj["metadata"]["annotations"][HASH_ANNOTATION]
-            have = ((current or {}).get("metadata", {}).get("annotations") or {}).get(HASH_ANNOTATION)
-            if have == want:
-                continue
-            log.info("applying %s %s (%s)", obj["kind"], obj["metadata"]["name"], "update" if current else "create")
-            try:
-                applied = self.kube.apply(obj)
-            except ApiError as exc:  # one broken object must not hold back the other states
-                out.failed = f"{obj['kind']} {obj['metadata']['name']}: {exc.message}"
-                continue
-            out.objects.append(applied)
-            live[key] = applied
+        return self.apply_states([state_plan], live)[state_plan.state.name]
+
+    def apply_states(self, plans: list[StatePlan], live: dict[Key, dict[str, Any]]) -> dict[str, Applied]:
+        """Apply the changed objects of every plan, a few requests at a time: first all but the DaemonSets
+        (accounts, roles, config, runtime classes), then the DaemonSets, so their pods find what they use.
+        State name -> what applying did; `live` is updated in place."""
+        out = {p.state.name: Applied() for p in plans}
+        changed = [
+            (p.state.name, obj) for p in plans for obj in p.objects if _hash(live.get(key_of(obj))) != _hash(obj)
+        ]
+        for wave in (
+            [(s, o) for s, o in changed if o["kind"] != "DaemonSet"],
+            [(s, o) for s, o in changed if o["kind"] == "DaemonSet"],
+        ):
+            results = self._map(self._apply_one, [(o, live) for _, o in wave])
+            for (state, obj), result in zip(wave, results, strict=True):
+                if isinstance(result, ApiError):  # one broken object must not hold back the others
+                    out[state].failed = f"{obj['kind']} {obj['metadata']['name']}: {result.message}"
+                else:
+                    out[state].objects.append(result)
+                    live[key_of(obj)] = result
         return out
+
+    def _apply_one(self, item: tuple[dict[str, Any], dict[Key, dict[str, Any]]]) -> dict[str, Any] | ApiError:
+        obj, live = item
+        verb = "update" if key_of(obj) in live else "create"
+        log.info("applying %s %s (%s)", obj["kind"], obj["metadata"]["name"], verb)
+        try:
+            return self.kube.apply(obj)
+        except ApiError as exc:
+            return exc
+
+    def _map(self, fn: Callable[[T], R], items: list[T]) -> list[R]:
+        if len(items) <= 1:
+            return [fn(i) for i in items]
+        with ThreadPoolExecutor(max_workers=min(self.workers, len(items))) as pool:
+            return list(pool.map(fn, items))
 
     def prune(self, owned: dict[Key, dict[str, Any]], desired: set[Key], states: frozenset[str]) -> list[Key]:
         """Delete the objects a state of ours owns that no state wants any more; the keys deleted."""
-        deleted = []
+        doomed = []
         for key, obj in sorted(owned.items()):
             if key in desired or key[0] == "ClusterPolicy":
                 continue
@@ -63,23 +92,69 @@ class Applier:
             if labels.get(MANAGED_BY) != OPERATOR_NAME or not state:
                 continue
             log.info("deleting %s %s (%s no longer wants it)", key[0], key[2], state)
-            self.kube.delete(key[0], key[2], key[1] or None)
-            deleted.append(key)
-        return deleted
+            doomed.append(key)
+        self._map(lambda key: self.kube.delete(key[0], key[2], key[1] or None), doomed)
+        return doomed
 
-    def patch_nodes(self, patches: dict[str, NodePatch]) -> None:
-        """One merge patch of labels and annotations per node, a few at a time."""
-        if not patches:
-            return
+    def patch_nodes(
+        self, patches: dict[str, NodePatch], versions: Mapping[str, int] | None = None
+    ) -> list[dict[str, Any]]:
+        """One merge patch of labels and annotations per node, a few at a time; the nodes as patched.
 
-        def patch(item: tuple[str, NodePatch]) -> None:
+        `versions`: the resourceVersion of the node each patch was decided on. A patch equal to one already sent
+        (or in flight) that returned a newer version is skipped: it was decided on a view older than our own
+        write (a pass and a single-node labelling that overlapped)."""
+        todo = []
+        with self._lock:
+            for name, patch in sorted(patches.items()):
+                sent = self._sent.get(name)
+                if sent is not None and versions is not None and name in versions:
+                    if sent[1] == patch and sent[0] > versions[name]:
+                        continue
+                self._sent[name] = (IN_FLIGHT, patch)
+                todo.append((name, patch))
+        if not todo:
+            return []
+
+        def send(item: tuple[str, NodePatch]) -> dict[str, Any] | None:
             name, metadata = item
             try:
-                self.kube.merge_patch("Node", name, {"metadata": metadata})
+                node = self.kube.merge_patch("Node", name, {"metadata": metadata})
             except ApiError as exc:
+                self._settle(name, metadata, None)
                 if exc.status != 404:  # a node that went away needs no labels
                     raise
+                return None
+            except BaseException:
+                self._settle(name, metadata, None)
+                raise
+            self._settle(name, metadata, node)
+            return node
 
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(patch, sorted(patches.items())))
-        log.info("labelled %d nodes", len(patches))
+        patched = [n for n in self._map(send, todo) if n is not None]
+        if len(patched) > 1:
+            log.info("labelled %d nodes", len(patched))
+        return patched
+
+    def _settle(self, name: str, patch: NodePatch, node: dict[str, Any] | None) -> None:
+        with self._lock:
+            if self._sent.get(name) != (IN_FLIGHT, patch):
+                return
+            if node is None:
+                del self._sent[name]
+            else:
+                self._sent[name] = (resource_version(node), patch)
+
+
+IN_FLIGHT = 1 << 62  # newer than any resourceVersion: an in-flight patch is not sent again
+
+
+def resource_version(obj: dict[str, Any]) -> int:
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+def _hash(obj: dict[str, Any] | None) -> str | None:
+    return ((obj or {}).get("metadata", {}).get("annotations") or {}).get(HASH_ANNOTATION)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from .api import ClusterPolicySpec
@@ -98,6 +99,8 @@ class NodeFacts:
     runtime: str = ""
     has_nfd: bool = False
     pci_devices: tuple[str, ...] = ()  # NVIDIA PCI device IDs from the node's NFD NodeFeature object
+    # The Node's resourceVersion this was read from (not part of what the node is: equal facts stay equal).
+    resource_version: int = field(default=0, compare=False)
 
     @classmethod
     def from_node(cls, node: dict[str, Any]) -> NodeFacts:
@@ -116,9 +119,10 @@ class NodeFacts:
             ready=ready,
             runtime=runtime,
             has_nfd=any(k.startswith(NFD_PREFIX) for k in labels),
+            resource_version=_int(meta.get("resourceVersion")),
         )
 
-    @property
+    @cached_property
     def has_gpu(self) -> bool:
         return any(self.labels.get(k) == "true" for k in GPU_PCI_LABELS)
 
@@ -136,6 +140,13 @@ class NodeFacts:
 
     def deploys(self, operand: str) -> bool:
         return self.labels.get(deploy_label(operand)) == "true"
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
 
 
 def workload_of(node: NodeFacts, spec: ClusterPolicySpec) -> str:

@@ -8,13 +8,14 @@ is done by small parts, one job each: `apply.Applier` (objects and node patches)
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import compat, coverage, metrics, mig, mig_pass, sharing
-from .api import PolicyError, allows_unknown, parse_spec
+from .api import ClusterPolicySpec, PolicyError, allows_unknown, parse_spec
 from .apply import Applier, labels_of
 from .events import EventRecorder, now
 from .kube import ApiError, Kube
@@ -41,6 +42,17 @@ class Outcome:
     deleted: list[Key] = field(default_factory=list)
     writes: int = 0  # requests of the pass that changed something, events included (counted by the client)
     busy: bool = False  # work in progress that needs rechecking soon (a driver upgrade)
+    nodes: list[dict[str, Any]] = field(default_factory=list)  # the Nodes as this pass patched them
+
+
+@dataclass(frozen=True)
+class Labelling:
+    """What a node's labels are decided on between passes: the active policy's identity and its parsed spec."""
+
+    policy: str
+    uid: str
+    generation: int | None
+    spec: ClusterPolicySpec
 
 
 class Reconciler:
@@ -53,10 +65,50 @@ class Reconciler:
         self.status = StatusWriter(kube, self.events)
         self._plan: tuple[str, list[StatePlan]] | None = None  # the last plan and its render key
         self._sharing_warned: str | None = None  # the refusal last posted as an event
+        self._spec: tuple[str, ClusterPolicySpec] | None = None  # the last parsed spec and its JSON text
+        # Node -> (the facts and spec a patch was decided on, that patch): a node that did not change is not
+        # decided again (the facts are the watch cache's own objects, replaced only when the node changes).
+        self._patches: dict[str, tuple[NodeFacts, ClusterPolicySpec, bool, NodePatch]] = {}
+        self._rows: dict[str, tuple[NodeFacts, str]] = {}  # render_key's per-node part, by the same rule
+        # Set after each pass with an active, valid policy: single nodes are labelled by it between passes.
+        self.labelling: Labelling | None = None
+
+    def _parse(self, raw: Any, allow_unknown: bool) -> ClusterPolicySpec:
+        """The parsed spec, parsed again only when its text changed (PolicyError as parse_spec)."""
+        text = json.dumps([raw, allow_unknown], sort_keys=True, default=str)
+        if self._spec is None or self._spec[0] != text:
+            self._spec = (text, parse_spec(raw, allow_unknown=allow_unknown))
+        return self._spec[1]
+
+    def _node_patches(
+        self, nodes: list[NodeFacts], spec: ClusterPolicySpec, refused: frozenset[str]
+    ) -> dict[str, NodePatch]:
+        """render.node_patches, decided again only for nodes (or a spec, or a refusal) that changed since the
+        last pass. The patches returned are shared with that memo: callers must not change them in place."""
+        memo = self._patches
+        out: dict[str, NodePatch] = {}
+        fresh: dict[str, tuple[NodeFacts, ClusterPolicySpec, bool, NodePatch]] = {}
+        todo = []
+        for node in nodes:
+            hit = memo.get(node.name)
+            if hit is not None and hit[0] is node and hit[1] is spec and hit[2] == (node.name in refused):
+                fresh[node.name] = hit
+                if hit[3]:
+                    out[node.name] = hit[3]
+            else:
+                todo.append(node)
+        decided = node_patches(todo, spec, refused)
+        for node in todo:
+            patch = decided.get(node.name, {})
+            fresh[node.name] = (node, spec, node.name in refused, patch)
+            if patch:
+                out[node.name] = patch
+        self._patches = fresh
+        return out
 
     def _render(self, ctx: RenderContext) -> list[StatePlan]:
         """The plan for ctx, rendered again only when something it depends on changed."""
-        key = render_key(ctx)
+        key = render_key(ctx, self._rows)
         if self._plan is None or self._plan[0] != key:
             self._plan = (key, plan(ctx))
         return self._plan[1]
@@ -85,6 +137,8 @@ class Reconciler:
         metrics.gpu_nodes_total.set(len(gpu_nodes))
         metrics.reconciliation_has_nfd_labels.set(int(any(n.has_nfd for n in snap.nodes.values())))
         self.lifecycle.cleanup_deleted(snap)
+        if active is None or snap.policies[active]["metadata"].get("deletionTimestamp"):
+            self.labelling = None
         if active is None:
             metrics.reconciliation_status.set(-1)
             return
@@ -115,8 +169,9 @@ class Reconciler:
         self.lifecycle.ensure_finalizer(policy)
         generation = meta.get("generation")
         try:
-            spec = parse_spec(policy.get("spec"), allow_unknown=allows_unknown(meta))
+            spec = self._parse(policy.get("spec"), allows_unknown(meta))
         except PolicyError as exc:
+            self.labelling = None
             out.ready = False
             status = policy_status(
                 generation=generation,
@@ -133,6 +188,8 @@ class Reconciler:
             return
         self.lifecycle.ensure_namespace(spec.psa.enabled)
 
+        # Objects are rendered for the nodes as they will be labelled, applied first (none of them needs the
+        # labels to exist), then the nodes are labelled.
         nodes = list(snap.nodes.values())
         verdicts = compat.verdicts(nodes, spec)
         refused = compat.refused(verdicts)
@@ -140,13 +197,20 @@ class Reconciler:
         with_driver = {
             p["node"] for p in snap.pods.values() if p["metadata"]["labels"].get(STATE_LABEL) == "state-driver"
         }
-        patches = node_patches(nodes, spec, {n for n in refused if n not in with_driver})
+        patches = self._node_patches(nodes, spec, frozenset(n for n in refused if n not in with_driver))
         # A node the driver may run on again gets gpu.deploy.driver=true back only once the driver DaemonSets
         # carry this version: before, the DaemonSet controller could start the refused version there.
-        held = _hold_driver_restores(patches, nodes)
-        self.applier.patch_nodes(patches)
+        held = hold_driver_restores(patches, nodes)
+        versions = {n.name: n.resource_version for n in nodes if n.name in patches}
         nodes = relabelled(nodes, patches)
         migs, nodes = mig_pass.run(self.kube, self.namespace, spec, snap, nodes, self.events)
+        # The MIG pass wrote its labels already; the label patch (sent after the objects) must not undo them.
+        for name, mig_labels in migs.patches.items():
+            patch = patches.get(name)
+            if patch and any(k in mig_labels for k in patch.get("labels") or {}):
+                labels = {k: v for k, v in (patch.get("labels") or {}).items() if k not in mig_labels}
+                rest = {k: v for k, v in patch.items() if k != "labels"}
+                patches[name] = {**rest, "labels": labels} if labels else rest
 
         owner = {"apiVersion": policy["apiVersion"], "kind": policy["kind"], "name": meta["name"], "uid": meta["uid"]}
         ctx = RenderContext(
@@ -164,14 +228,21 @@ class Reconciler:
         desired: set[Key] = set()
         live = dict(snap.owned)
         states = frozenset(s.name for s in all_states())
-        for state_plan in self._render(ctx):
+        plans = self._render(ctx)
+        applied_by_state = self.applier.apply_states([p for p in plans if not p.problem], live)
+        out.nodes = self.applier.patch_nodes(patches, versions)
+        self.labelling = Labelling(meta["name"], meta.get("uid", ""), generation, spec)
+        pods_by_owner: dict[str, list[dict[str, Any]]] = {}
+        for pod in snap.pods.values():
+            pods_by_owner.setdefault(pod["owner"], []).append(pod)
+        for state_plan in plans:
             state = state_plan.state
             if state_plan.problem:  # nothing rendered: keep what the state has, say why
                 desired |= {k for k, o in live.items() if owning_state(labels_of(o), states) == state.name}
                 results.append(StateResult(state.name, "notReady", state_plan.problem))
                 continue
             desired |= {key_of(obj) for obj in state_plan.objects}
-            applied = self.applier.apply_state(state_plan, live)
+            applied = applied_by_state[state.name]
             out.applied += applied.objects
             if state.name == "state-driver" and held and (applied.objects or applied.failed):
                 out.busy = True  # the DaemonSets changed just now: restore the held labels on a later pass
@@ -183,7 +254,7 @@ class Reconciler:
             elif applied.failed:
                 results.append(StateResult(state.name, "notReady", "apply failed: " + applied.failed))
             else:
-                result = self._daemonsets_ready(state.name, desired, live, snap, set(refused))
+                result = self._daemonsets_ready(state.name, desired, live, snap, pods_by_owner, set(refused))
                 note = state.readiness_notes(ctx) if state.readiness_notes else None
                 if note:
                     message = f"{result.message}; {note}" if result.message else note
@@ -245,7 +316,13 @@ class Reconciler:
         return found
 
     def _daemonsets_ready(
-        self, state: str, desired: set[Key], live: dict[Key, dict[str, Any]], snap: Snapshot, refused: set[str]
+        self,
+        state: str,
+        desired: set[Key],
+        live: dict[Key, dict[str, Any]],
+        snap: Snapshot,
+        pods_by_owner: dict[str, list[dict[str, Any]]],
+        refused: set[str],
     ) -> StateResult:
         """The state's DaemonSets, each by upstream's readiness rule (RollingUpdate or OnDelete).
 
@@ -257,8 +334,8 @@ class Reconciler:
                 continue
             name = key[2]
             pods = [
-                p for p in snap.pods.values()
-                if p["owner"] == name and not (state == "state-driver" and p["node"] in refused)
+                p for p in pods_by_owner.get(name, [])
+                if not (state == "state-driver" and p["node"] in refused)
             ]
             revisions = [r for r in snap.revisions.values() if r["owner"] == name]
             ok, why = daemonset_ready(ds, pods, revisions)
@@ -269,8 +346,9 @@ class Reconciler:
         return StateResult(state, "ready")
 
 
-def _hold_driver_restores(patches: dict[str, NodePatch], nodes: list[NodeFacts]) -> dict[str, NodePatch]:
-    """Take the refused -> true driver-label changes out of `patches` (in place) and return them."""
+def hold_driver_restores(patches: dict[str, NodePatch], nodes: list[NodeFacts]) -> dict[str, NodePatch]:
+    """Take the refused -> true driver-label changes out of `patches` and return them (the patch objects
+    themselves are not changed: they are shared with the reconciler's memo)."""
     held: dict[str, NodePatch] = {}
     key = deploy_label("driver")
     refused_now = {n.name for n in nodes if n.labels.get(key) == DRIVER_REFUSED}
@@ -278,9 +356,11 @@ def _hold_driver_restores(patches: dict[str, NodePatch], nodes: list[NodeFacts])
         labels = patch.get("labels") or {}
         if labels.get(key) == "true" and name in refused_now:
             held[name] = {"labels": {key: "true"}}
-            del labels[key]
-            if not labels:
-                patch.pop("labels")
-            if not patch:
+            rest = {k: v for k, v in patch.items() if k != "labels"}
+            if len(labels) > 1:
+                rest["labels"] = {k: v for k, v in labels.items() if k != key}
+            if rest:
+                patches[name] = rest
+            else:
                 del patches[name]
     return held

@@ -64,19 +64,32 @@ def relabelled(nodes: list[NodeFacts], patches: dict[str, NodePatch]) -> list[No
     return out
 
 
-def render_key(ctx: RenderContext) -> str:
-    """A digest of everything rendering depends on: equal keys, equal plans (rendering is deterministic)."""
-    nodes = [
-        [n.name, n.labels, n.annotations, n.unschedulable, n.ready, n.runtime, n.has_nfd, n.pci_devices]
-        for n in sorted(ctx.nodes, key=lambda n: n.name)
-    ]
+def render_key(ctx: RenderContext, rows: dict[str, tuple[NodeFacts, str]] | None = None) -> str:
+    """A digest of everything rendering depends on: equal keys, equal plans (rendering is deterministic).
+
+    `rows` keeps each node's part between calls (by the node's identity), so an unchanged node is not encoded
+    again."""
+    memo = rows if rows is not None else {}
+    fresh: dict[str, tuple[NodeFacts, str]] = {}
+    for n in ctx.nodes:
+        hit = memo.get(n.name)
+        if hit is None or hit[0] is not n:
+            row = [n.name, n.labels, n.annotations, n.unschedulable, n.ready, n.runtime, n.has_nfd, n.pci_devices]
+            hit = (n, json.dumps(row, sort_keys=True, default=str))
+        fresh[n.name] = hit
+    if rows is not None:
+        rows.clear()
+        rows.update(fresh)
     blob = json.dumps(
-        [ctx.spec.model_dump(mode="json"), ctx.namespace, nodes, ctx.owner, sorted(ctx.api_groups), ctx.config_maps,
+        [ctx.spec.model_dump(mode="json"), ctx.namespace, ctx.owner, sorted(ctx.api_groups), ctx.config_maps,
          ctx.config_data.get(ctx.spec.device_plugin.config.name)],
         sort_keys=True,
         default=str,
     )
-    return hashlib.sha256(blob.encode()).hexdigest()
+    digest = hashlib.sha256(blob.encode())
+    for name in sorted(fresh):
+        digest.update(b"\n" + fresh[name][1].encode())
+    return digest.hexdigest()
 
 
 def plan(ctx: RenderContext) -> list[StatePlan]:

@@ -15,11 +15,12 @@ from typing import Any
 
 import kopf
 
-from . import metrics
+from . import compat, metrics
 from .gpu_identity import identify
 from .kinds import NODE_FEATURE, operand_kinds, served
 from .kube import Kube
 from .nodes import NodeFacts
+from .nodewatch import NodeWatch
 from .observe import (
     Key,
     Snapshot,
@@ -32,9 +33,10 @@ from .observe import (
     revision_projection,
     with_devices,
 )
-from .reconciler import Reconciler
-from .render import config_map_keys
-from .states.base import MANAGED_BY, OPERATOR_NAME
+from .reconciler import Reconciler, hold_driver_restores
+from .render import NodePatch, config_map_keys, node_patches
+from .states.base import MANAGED_BY, OPERATOR_NAME, STATE_LABEL
+from .status import active_policy
 
 log = logging.getLogger("gpu_operator")
 
@@ -65,20 +67,70 @@ class Operator:
         self._features_listed = 0.0
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
+        self._labelling: set[asyncio.Future[None]] = set()  # single-node label patches in flight
+        self.node_watch: NodeWatch | None = None
 
     # Cache updates from watch events (run in the event loop)
 
     def on_node(self, event_type: str | None, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
-        if event_type == "DELETED":
+        self.on_node_facts(name, None if event_type == "DELETED" else NodeFacts.from_node(body))
+
+    def on_node_facts(self, name: str, facts: NodeFacts | None) -> None:
+        """A node changed (None: deleted), from the node watch or the answer to our own patch."""
+        if facts is None:
             self._forget("node", name)
             if self.nodes.pop(name, None) is not None:
                 self.wake.set()
             return
-        facts = NodeFacts.from_node(body)
-        if self.nodes.get(name) != facts:
+        cached = self.nodes.get(name)
+        if cached is not None and facts.resource_version < cached.resource_version:
+            return  # older than what we hold (the answer to our own patch came first)
+        if cached != facts:
             self.nodes[name] = facts
             self.wake.set()
+            self._label(facts)
+
+    def _label(self, node: NodeFacts) -> None:
+        """Label one changed node now, by the spec of the last pass, without waiting for a full pass (which
+        still follows: the node may change what is rendered). Only while that pass's policy is unchanged."""
+        current = self.reconciler.labelling
+        policy = self.policies.get(current.policy) if current else None
+        if current is None or policy is None or self.task is None:
+            return
+        meta = policy["metadata"]
+        if meta.get("uid", "") != current.uid or meta.get("generation") != current.generation:
+            return
+        if meta.get("deletionTimestamp") or active_policy(list(self.policies.values())) != current.policy:
+            return
+        # The version matrix's refusal as a full pass decides it (a node without a driver pod of ours).
+        node = with_devices({node.name: node}, self.node_features)[node.name]
+        refused = compat.refused(compat.verdicts([node], current.spec))
+        if refused and any(
+            p["node"] == node.name and p["metadata"]["labels"].get(STATE_LABEL) == "state-driver"
+            for p in self.pods.values()
+        ):
+            refused = {}
+        patches = node_patches([node], current.spec, set(refused))
+        hold_driver_restores(patches, [node])  # a refused node's driver label comes back in a full pass only
+        patch = patches.get(node.name)
+        if patch:
+            self._labelling.add(asyncio.ensure_future(self._patch_node(node, patch)))
+
+    async def _patch_node(self, node: NodeFacts, patch: NodePatch) -> None:
+        try:
+            patched = await asyncio.to_thread(
+                self.reconciler.applier.patch_nodes, {node.name: patch}, {node.name: node.resource_version}
+            )
+        except Exception as exc:  # noqa: BLE001 - the next full pass tries again
+            log.warning("labelling node %s failed: %s", node.name, exc)
+            self.wake.set()  # the full pass tries again
+            return
+        finally:
+            self._labelling.discard(asyncio.current_task())
+        for body in patched:
+            log.info("labelled node %s", node.name)
+            self.on_node("MODIFIED", body)
 
     def on_policy(self, event_type: str | None, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
@@ -254,6 +306,8 @@ class Operator:
                     self.owned[key_of(obj)] = obj
             for key in outcome.deleted:
                 self.owned.pop(key, None)
+            for body in outcome.nodes:
+                self.on_node("MODIFIED", body)
             if outcome.writes:
                 log.info("reconciled: ready=%s, %d writes", outcome.ready, outcome.writes)
             delay = NOT_READY_RECHECK_S if outcome.ready is False or outcome.busy else RESYNC_S
@@ -304,16 +358,23 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
         settings.scanning.disabled = False
         settings.watching.server_timeout = 300
         op.task = asyncio.create_task(op.loop())
+        loop = asyncio.get_running_loop()
+        op.node_watch = NodeWatch(
+            op.kube, op.nodes.get, lambda name, facts: loop.call_soon_threadsafe(op.on_node_facts, name, facts)
+        )
+        op.node_watch.start()
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
         if op.task:
             op.task.cancel()
+        if op.node_watch:
+            op.node_watch.stop.set()
 
     def watch(group: str, version: str, plural: str, callback: Callback, **filters: Any) -> None:
         kopf.on.event(group, version, plural, registry=registry, **filters)(_handler(callback))
 
-    watch("", "v1", "nodes", op.on_node)
+    # Nodes are watched by NodeWatch (heartbeats are dropped before they reach the event loop).
     watch("nvidia.com", "v1", "clusterpolicies", op.on_policy)
     for kind in operand_kinds():
         watch(kind.group, kind.version, kind.plural, op.on_owned, labels=managed)

@@ -28,6 +28,8 @@ PART_OF = "app.kubernetes.io/part-of"
 STATE_LABEL = "nvidia.com/gpu-operator.state"
 OPERATOR_NAME = "gpu-operator"
 HASH_ANNOTATION = "nvidia.com/last-applied-hash"
+# libyaml's safe loader when PyYAML has it (ten times faster; rendering was mostly YAML parsing).
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
@@ -128,7 +130,7 @@ class OperandState:
         objects: list[dict[str, Any]] = []
         for template in _templates(self.name, self.template_root):
             try:
-                objects += [doc for doc in yaml.safe_load_all(template.render(**variables)) if doc]
+                objects += [doc for doc in yaml.load_all(template.render(**variables), Loader=_LOADER) if doc]
             except yaml.YAMLError:  # a spec string that YAML reads as syntax, put in unquoted
                 fields = ", ".join(_yaml_unsafe_strings(ctx.spec)) or "a spec string"
                 raise RenderProblem(f"{fields}: not a plain string (YAML syntax in it), so not rendered") from None

@@ -1,0 +1,167 @@
+"""The Applier's write order and its node patches, and the operator's single-node labelling between passes,
+against a small in-memory stand-in for the client (no API server in unit tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from gpu_operator.apply import Applier
+from gpu_operator.kube import ApiError
+from gpu_operator.nodes import GPU_PRESENT
+from gpu_operator.reconciler import Labelling
+from gpu_operator.render import node_patches
+from gpu_operator.runtime import Operator
+from gpu_operator.states.base import HASH_ANNOTATION
+from support import load_policy, node, render_all, sample_spec
+
+
+class Client:
+    """Answers applies and merge patches as the API server would in the simplest case, and records them."""
+
+    def __init__(self, refuse: str | None = None):
+        self.calls: list[tuple[str, str, str]] = []  # verb, kind, name
+        self.refuse = refuse
+        self.rv = 100
+        self.lock = threading.Lock()
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            self.calls.append(("apply", obj["kind"], obj["metadata"]["name"]))
+        if obj["metadata"]["name"] == self.refuse:
+            raise ApiError(422, '{"message": "refused"}', "PATCH")
+        return obj
+
+    def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *_: Any) -> dict[str, Any]:
+        with self.lock:
+            self.calls.append(("patch", kind, name))
+            self.rv += 1
+            meta = patch["metadata"]
+            body = node(name, labels={k: v for k, v in meta.get("labels", {}).items() if v is not None})
+            body["metadata"]["annotations"] = {k: v for k, v in meta.get("annotations", {}).items() if v is not None}
+            body["metadata"]["resourceVersion"] = str(self.rv)
+            return body
+
+    def delete(self, kind: str, name: str, namespace: str | None = None) -> bool:
+        with self.lock:
+            self.calls.append(("delete", kind, name))
+        return True
+
+
+def test_every_object_but_the_daemonsets_is_applied_before_any_daemonset() -> None:
+    plans = render_all(sample_spec())
+    client = Client()
+    applied = Applier(client).apply_states(plans, {})  # type: ignore[arg-type]
+    kinds = [kind for verb, kind, _ in client.calls if verb == "apply"]
+    first_ds = kinds.index("DaemonSet")
+    assert "DaemonSet" in kinds and set(kinds[first_ds:]) == {"DaemonSet"}
+    assert len(kinds) == sum(len(p.objects) for p in plans)
+    assert sum(len(a.objects) for a in applied.values()) == len(kinds)
+
+
+def test_an_unchanged_object_is_not_applied_and_a_refused_one_is_reported_for_its_state() -> None:
+    plans = render_all(sample_spec())
+    first = Applier(Client()).apply_states(plans, {})  # type: ignore[arg-type]
+    live = {
+        (o["kind"], o["metadata"].get("namespace") or "", o["metadata"]["name"]): o
+        for a in first.values()
+        for o in a.objects
+    }
+    again = Client()
+    Applier(again).apply_states(plans, dict(live))  # type: ignore[arg-type]
+    assert again.calls == []
+
+    ds = next(o for p in plans for o in p.objects if o["kind"] == "DaemonSet")
+    state = next(p.state.name for p in plans if ds in p.objects)
+    changed = {k: v for k, v in live.items() if v is not ds}
+    stale = {**ds, "metadata": {**ds["metadata"], "annotations": {HASH_ANNOTATION: "old"}}}
+    changed[("DaemonSet", ds["metadata"]["namespace"], ds["metadata"]["name"])] = stale
+    refused = Client(refuse=ds["metadata"]["name"])
+    out = Applier(refused).apply_states(plans, changed)  # type: ignore[arg-type]
+    assert [c[2] for c in refused.calls] == [ds["metadata"]["name"]]
+    assert out[state].failed == f"DaemonSet {ds['metadata']['name']}: refused"
+
+
+def test_a_patch_decided_on_a_view_older_than_our_own_write_is_not_sent_again() -> None:
+    client = Client()
+    applier = Applier(client)  # type: ignore[arg-type]
+    patch = {"labels": {GPU_PRESENT: "true"}}
+    [patched] = applier.patch_nodes({"n1": patch}, {"n1": 7})
+    rv = int(patched["metadata"]["resourceVersion"])
+    assert applier.patch_nodes({"n1": patch}, {"n1": 7}) == []  # an overlapping pass decided on version 7
+    assert len(applier.patch_nodes({"n1": patch}, {"n1": rv})) == 1  # on a view with our write: sent
+    assert len(applier.patch_nodes({"n1": {"labels": {GPU_PRESENT: "false"}}}, {"n1": 7})) == 1  # another patch
+    assert len(applier.patch_nodes({"n1": patch})) == 1  # no versions given: always sent
+    assert [c[0] for c in client.calls] == ["patch"] * 4
+
+
+def _policy(generation: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "nvidia.com/v1",
+        "kind": "ClusterPolicy",
+        "metadata": {"name": "cluster-policy", "uid": "u1", "generation": generation, "resourceVersion": "5"},
+    }
+
+
+def test_a_joining_node_is_labelled_at_once_with_one_patch_and_an_older_event_does_not_undo_it() -> None:
+    async def scenario() -> tuple[Operator, Client]:
+        client = Client()
+        op = Operator(kube=client, namespace="gpu-operator")  # type: ignore[arg-type]
+        op.task = asyncio.current_task()
+        op.policies["cluster-policy"] = _policy(1)
+        op.reconciler.labelling = Labelling("cluster-policy", "u1", 1, sample_spec())
+        joined = node("join-1")
+        joined["metadata"]["resourceVersion"] = "50"
+        op.on_node("ADDED", joined)
+        op.on_node("MODIFIED", joined)  # a second event before the answer: no second patch
+        await asyncio.gather(*op._labelling)
+        op.on_node("MODIFIED", joined)  # the watch's older event arrives after our patch's answer
+        await asyncio.gather(*op._labelling)
+        return op, client
+
+    op, client = asyncio.run(scenario())
+    assert client.calls == [("patch", "Node", "join-1")]
+    facts = op.nodes["join-1"]
+    assert facts.labels.get(GPU_PRESENT) == "true" and facts.deploys("driver")
+    assert op.wake.is_set()  # the full pass still follows
+
+
+def test_no_labelling_between_passes_when_the_policy_changed_since_the_last_pass() -> None:
+    async def scenario() -> Client:
+        client = Client()
+        op = Operator(kube=client, namespace="gpu-operator")  # type: ignore[arg-type]
+        op.task = asyncio.current_task()
+        op.policies["cluster-policy"] = _policy(2)  # a new generation the last pass did not see
+        op.reconciler.labelling = Labelling("cluster-policy", "u1", 1, sample_spec())
+        op.on_node("ADDED", node("join-1"))
+        await asyncio.gather(*op._labelling)
+        return client
+
+    assert asyncio.run(scenario()).calls == []
+
+
+def _sample_raw() -> Any:
+    return load_policy()["spec"]
+
+
+def test_a_pass_decides_labels_only_for_nodes_that_changed(monkeypatch: Any) -> None:
+    import gpu_operator.reconciler as reconciler
+    from gpu_operator.nodes import NodeFacts
+
+    decided: list[str] = []
+
+    def counting(nodes: list[NodeFacts], spec: Any) -> Any:
+        decided.extend(n.name for n in nodes)
+        return node_patches(nodes, spec)
+
+    monkeypatch.setattr(reconciler, "node_patches", counting)
+    r = reconciler.Reconciler(Client(), "gpu-operator")  # type: ignore[arg-type]
+    spec = sample_spec()
+    nodes = [NodeFacts.from_node(node(f"n{i}")) for i in range(3)]
+    first = r._node_patches(nodes, spec)
+    assert sorted(first) == ["n0", "n1", "n2"] and decided == ["n0", "n1", "n2"]
+    changed = [nodes[0], NodeFacts.from_node(node("n1", labels={"x": "y"})), nodes[2]]
+    assert r._node_patches(changed, spec) == first
+    assert decided[3:] == ["n1"]
+    assert r._parse(_sample_raw()) is r._parse(_sample_raw())  # the same spec text is parsed once

@@ -151,17 +151,19 @@ def test_a_pass_decides_labels_only_for_nodes_that_changed(monkeypatch: Any) -> 
 
     decided: list[str] = []
 
-    def counting(nodes: list[NodeFacts], spec: Any) -> Any:
+    def counting(nodes: list[NodeFacts], spec: Any, refused: Any = ()) -> Any:
         decided.extend(n.name for n in nodes)
-        return node_patches(nodes, spec)
+        return node_patches(nodes, spec, refused)
 
     monkeypatch.setattr(reconciler, "node_patches", counting)
     r = reconciler.Reconciler(Client(), "gpu-operator")  # type: ignore[arg-type]
     spec = sample_spec()
     nodes = [NodeFacts.from_node(node(f"n{i}")) for i in range(3)]
-    first = r._node_patches(nodes, spec)
+    first = r._node_patches(nodes, spec, frozenset())
     assert sorted(first) == ["n0", "n1", "n2"] and decided == ["n0", "n1", "n2"]
     changed = [nodes[0], NodeFacts.from_node(node("n1", labels={"x": "y"})), nodes[2]]
-    assert r._node_patches(changed, spec) == first
+    assert r._node_patches(changed, spec, frozenset()) == first
     assert decided[3:] == ["n1"]
-    assert r._parse(_sample_raw()) is r._parse(_sample_raw())  # the same spec text is parsed once
+    r._node_patches(changed, spec, frozenset({"n2"}))  # a node refused since: decided again
+    assert decided[4:] == ["n2"]
+    assert r._parse(_sample_raw(), False) is r._parse(_sample_raw(), False)  # the same spec text is parsed once

@@ -501,6 +501,7 @@ REQUIRED_CLUSTER: dict[tuple[str, str], set[str]] = {
     ("", "events"): {"create"},
     ("nvidia.com", "clusterpolicies"): {"get", "list", "watch", "patch", "update"},
     ("nvidia.com", "clusterpolicies/status"): {"get", "patch", "update"},
+    ("nfd.k8s-sigs.io", "nodefeatures"): {"list"},  # PCI device IDs of GPUs no label identifies yet
 }
 # The objects the states render, from the registry of kinds: namespaced ones in the operand namespace.
 REQUIRED_CLUSTER.update({res: set(verbs) for res, (namespaced, verbs) in operand_rbac().items() if not namespaced})

@@ -87,17 +87,23 @@ def wait_ready(env: Env, timeout: float = 150) -> dict[str, Any]:
         ) from None
 
 
-def assert_handshake_done(env: Env) -> None:
-    """Every GPU node went through the whole start-up: four files, the runtime handler, GPUs advertised."""
+def assert_handshake_done(env: Env, replicas: int = 1) -> None:
+    """Every GPU node went through the whole start-up: four files, the runtime handler, GPUs advertised (each
+    `replicas` times with time-slicing)."""
     for name, (profile, _runtime) in NODES.items():
         model = env.sim.model(name)
         assert model is not None, name
         assert FILES <= set(model.host.files), (name, sorted(model.host.files))
         assert "nvidia" in model.host.handlers, (name, sorted(model.host.handlers))
         assert env.sim.diagnose(name) == [], name
-        node = env.admin.get("Node", name) or {}
-        gpus = str(PROFILES[profile].gpu_count)
-        assert node["status"]["allocatable"].get("nvidia.com/gpu") == gpus, name
+        gpus = str(PROFILES[profile].gpu_count * replicas)
+
+        def advertised(node: str = name, gpus: str = gpus) -> bool:
+            return ((env.admin.get("Node", node) or {}).get("status") or {}).get("allocatable", {}).get(
+                "nvidia.com/gpu"
+            ) == gpus
+
+        wait_for(advertised, 30, message=f"{name} advertising {gpus} nvidia.com/gpu")
     validators = env.admin.list("Pod", NAMESPACE, label_selector="app=nvidia-operator-validator")
     live = [p for p in validators if not p["metadata"].get("deletionTimestamp")]
     assert {p["spec"]["nodeName"] for p in live} == set(NODES)
@@ -150,7 +156,7 @@ def test_time_slicing_config_comes_up_through_the_handshake(env: Env) -> None:
     patch_spec(env, {"cdi": {"enabled": True}, "devicePlugin": {"config": {"name": "time-slicing-config",
                                                                            "default": "any"}}})  # fmt: skip
     wait_ready(env)
-    assert_handshake_done(env)
+    assert_handshake_done(env, replicas=4)
     for name in ("nvidia-device-plugin-daemonset", "gpu-feature-discovery"):
         ds = env.admin.get("DaemonSet", name, NAMESPACE) or {}
         pod = ds["spec"]["template"]["spec"]

@@ -221,3 +221,12 @@ def test_cli_lists_layouts_offline(capsys: pytest.CaptureFixture[str]) -> None:
 def test_cli_node_needs_the_cluster(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["mig", "layouts", "--offline", "--node", "n1"]) == 2
     assert "--node" in capsys.readouterr().err
+
+
+def test_physical_gpus_from_gfd_labels_under_each_strategy() -> None:
+    h100 = "NVIDIA-H100-80GB-HBM3"
+    assert mig.physical_gpus({"nvidia.com/gpu.count": "8", "nvidia.com/gpu.product": h100}) == 8
+    single = {"nvidia.com/gpu.count": "56", "nvidia.com/gpu.product": h100 + "-MIG-1g.10gb"}
+    assert mig.physical_gpus(single) == 8
+    assert mig.physical_gpus({"nvidia.com/gpu.count": "16", "nvidia.com/gpu.product": h100 + "-MIG-3g.40gb"}) == 8
+    assert mig.physical_gpus({"nvidia.com/gpu.product": h100}) is None

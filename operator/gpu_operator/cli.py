@@ -308,8 +308,7 @@ def cmd_mig_layouts(args: argparse.Namespace) -> int:
                 if args.node:
                     print(f"node {args.node}: no MIG-capable GPU known (product {product or 'unknown'!r})")
                 continue
-            count = facts.labels.get("nvidia.com/gpu.count", "")
-            groups.setdefault(gpu.name, (gpu, []))[1].append((facts.name, int(count) if count.isdigit() else 1))
+            groups.setdefault(gpu.name, (gpu, []))[1].append((facts.name, mig.physical_gpus(facts.labels) or 1))
         if not groups:
             print("no node with a MIG-capable GPU (GFD's nvidia.com/gpu.product label names the model)")
             return 0

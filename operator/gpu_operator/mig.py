@@ -98,6 +98,20 @@ def gpu_of_product(product: str) -> mig_layouts.MigGPU | None:
     return None
 
 
+def physical_gpus(labels: Mapping[str, str]) -> int | None:
+    """How many physical GPUs GFD's labels describe. Under the single strategy with MIG on, GFD's gpu.count
+    counts MIG devices and the product ends in `-MIG-<profile>`: divide by that profile's devices per GPU."""
+    count = labels.get("nvidia.com/gpu.count", "")
+    if not count.isdigit():
+        return None
+    product = labels.get("nvidia.com/gpu.product", "")
+    gpu = gpu_of_product(product)
+    if "-MIG-" in product and gpu is not None:
+        per_gpu = gpu.profiles.get(product.split("-MIG-", 1)[1], 0)
+        return int(count) // per_gpu if per_gpu else None
+    return int(count)
+
+
 Layouts = Mapping[str, tuple[mig_layouts.LayoutEntry, ...]]
 
 

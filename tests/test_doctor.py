@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from gpu_operator import capacity
-from gpu_operator.doctor import Cluster, diagnose, exit_status, render_json, render_text
+from gpu_operator.doctor import Cluster, diagnose, exit_status, render_json, render_prometheus, render_text
 from gpu_operator.doctor.sched import nodes_with_pods, quantity
 from gpu_operator.nodes import NodeFacts
 from gpu_operator.observe import Snapshot
@@ -95,6 +95,23 @@ def test_broken_pytorch_gets_a_gpu_limit_in_the_corrected_pod() -> None:
     agent = pod("agent", image="nvcr.io/nvidia/cuda:12.8.0-base", node_name="h-0",
                 env=[{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}])  # fmt: skip
     assert diagnose(cluster([node("h-0")], [agent])) == []
+
+
+def test_findings_counted_by_kind_in_prometheus_format() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    broken = pod("broken-pytorch", image="pytorch/pytorch:2.1.0-cuda12.1-cudnn8-devel", node_name="h-0")
+    found = diagnose(cluster([node("h-0"), node("h-1")], [broken, pod("big", 64)]))
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(render_prometheus(found)) for s in fam.samples
+    }  # fmt: skip
+    findings = "gpu_operator_doctor_findings"
+    assert samples[(findings, (("kind", "CUDAImageWithoutGPU"), ("severity", "warning")))] == 1
+    assert samples[(findings, (("kind", "GPURequestExceedsEveryNode"), ("severity", "error")))] == 1
+    assert samples[("gpu_operator_doctor_status", ())] == 2
+    healthy = render_prometheus([])
+    assert "gpu_operator_doctor_status 0.0" in healthy and "gpu_operator_doctor_findings{" not in healthy
 
 
 def test_64_gpu_pod_names_the_largest_node_and_what_fits_now() -> None:

@@ -442,7 +442,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     """Read-only: findings with evidence and fix; exit 0 healthy, 1 warnings, 2 errors (3: cannot read)."""
-    from .doctor import diagnose, exit_status, gather, render_json, render_text
+    from .doctor import diagnose, exit_status, gather, render_json, render_prometheus, render_text
     from .kube import ApiError, Kube
 
     try:
@@ -456,7 +456,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         return 3
     found = diagnose(cluster, namespace=args.namespace if args.namespace_given or args.pod else None,
                      pod=args.pod, node=args.node)  # fmt: skip
-    sys.stdout.write(render_json(found) if args.output == "json" else render_text(found))
+    render = {"json": render_json, "prometheus": render_prometheus}.get(args.output, render_text)
+    sys.stdout.write(render(found))
     return exit_status(found)
 
 
@@ -499,7 +500,8 @@ def _add_doctor(sub: Any) -> None:
     target = p.add_mutually_exclusive_group()
     target.add_argument("--pod", help="only this pod's findings")
     target.add_argument("--node", help="only the findings about this node and its pods")
-    p.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    p.add_argument("-o", "--output", choices=("text", "json", "prometheus"), default="text",
+                   help="text, json, or prometheus (findings counted by kind, for a textfile collector)")
     p.add_argument("--operator-namespace", default=DEFAULT_NAMESPACE, help="namespace of the operands (%(default)s)")
     p.set_defaults(func=cmd_doctor)
 

@@ -16,7 +16,7 @@ from . import pending, stack, workloads
 from .model import ERROR, INFO, SEVERITY_ORDER, WARNING, Cluster, Evidence, Finding, exit_status, pod_ref
 
 __all__ = ["Cluster", "Evidence", "Finding", "diagnose", "exit_status", "gather", "render_json", "render_text",
-           "ERROR", "WARNING", "INFO"]  # fmt: skip
+           "render_prometheus", "ERROR", "WARNING", "INFO"]  # fmt: skip
 
 
 def gather(kube: Kube, namespace: str) -> Cluster:
@@ -55,6 +55,25 @@ def diagnose(
 
 def render_json(findings: list[Finding]) -> str:
     return json.dumps({"status": exit_status(findings), "findings": [f.to_json() for f in findings]}, indent=2) + "\n"
+
+
+def render_prometheus(findings: list[Finding]) -> str:
+    """Findings counted by kind and severity, in Prometheus' text format (for node-exporter's textfile
+    collector or a push from a CronJob): gpu_operator_doctor_findings and gpu_operator_doctor_status."""
+    from prometheus_client import CollectorRegistry, Gauge, generate_latest
+
+    registry = CollectorRegistry()
+    by_kind = Gauge("gpu_operator_doctor_findings", "doctor's findings by kind and severity",
+                    ["kind", "severity"], registry=registry)  # fmt: skip
+    counts: dict[tuple[str, str], int] = {}
+    for f in findings:
+        counts[(f.kind, f.severity)] = counts.get((f.kind, f.severity), 0) + 1
+    for (kind, severity), n in sorted(counts.items()):
+        by_kind.labels(kind=kind, severity=severity).set(n)
+    status = Gauge("gpu_operator_doctor_status", "doctor's exit status: 0 healthy, 1 warnings, 2 errors",
+                   registry=registry)  # fmt: skip
+    status.set(exit_status(findings))
+    return generate_latest(registry).decode()
 
 
 def render_text(findings: list[Finding]) -> str:

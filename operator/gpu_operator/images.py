@@ -12,7 +12,7 @@ DEFAULTS: dict[str, tuple[str, str, str]] = {
     "device-plugin": ("nvcr.io/nvidia", "k8s-device-plugin", "v0.20.0"),
     "gfd": ("nvcr.io/nvidia", "k8s-device-plugin", "v0.20.0"),
     "dcgm": ("nvcr.io/nvidia/cloud-native", "dcgm", "4.6.0-1-ubuntu24.04"),
-    "dcgm-exporter": ("nvcr.io/nvidia/k8s", "dcgm-exporter", "4.6.0-4.8.3-ubuntu22.04"),
+    "dcgm-exporter": ("nvcr.io/nvidia/k8s", "dcgm-exporter", "4.6.0-4.8.3-distroless"),
     "mig-manager": ("nvcr.io/nvidia/cloud-native", "k8s-mig-manager", "v0.15.0"),
     # Since v26.x the validator (and the node-status exporter it runs) ships in the operator's own image.
     "validator": ("nvcr.io/nvidia", "gpu-operator", "v26.7.0"),

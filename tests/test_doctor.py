@@ -286,3 +286,16 @@ def test_cli_parsers() -> None:
     with pytest.raises(SystemExit) as done:  # `kubectl gpu doctor --help`
         kubectl_main(["doctor", "--help"])
     assert done.value.code == 0
+
+
+def test_operand_pods_are_taken_from_the_one_listing_of_every_pod() -> None:
+    from gpu_operator.observe import _operand_pods
+    from gpu_operator.states.base import MANAGED_BY, OPERATOR_NAME
+
+    def p(name: str, namespace: str, labels: dict[str, str]) -> dict[str, Any]:
+        return {"metadata": {"name": name, "namespace": namespace, "labels": labels}}
+
+    ours = p("plugin", NS, {MANAGED_BY: OPERATOR_NAME})
+    pods = [ours, p("elsewhere", "default", {MANAGED_BY: OPERATOR_NAME}), p("user", NS, {}), p("bare", NS, {})]
+    pods[3]["metadata"].pop("labels")
+    assert _operand_pods(pods, NS) == [ours]

@@ -132,10 +132,22 @@ def with_devices(nodes: Mapping[str, NodeFacts], features: Mapping[str, tuple[st
     return out
 
 
-def observe(kube: Kube, namespace: str, nodes: list[dict[str, Any]] | None = None) -> Snapshot:
+def _operand_pods(pods: list[dict[str, Any]], namespace: str) -> list[dict[str, Any]]:
+    """The pods OWNED_SELECTOR selects in `namespace`."""
+    return [
+        p for p in pods
+        if p["metadata"].get("namespace") == namespace
+        and (p["metadata"].get("labels") or {}).get(MANAGED_BY) == OPERATOR_NAME
+    ]  # fmt: skip
+
+
+def observe(
+    kube: Kube, namespace: str, nodes: list[dict[str, Any]] | None = None, pods: list[dict[str, Any]] | None = None
+) -> Snapshot:
     """The cluster as the reconciler needs it, read from the API (lists only).
 
-    `nodes`: the Node objects when the caller has listed them already (doctor keeps them whole).
+    `nodes`, `pods`: the Node objects and every Pod when the caller has listed them already (doctor keeps them
+    whole); the operand pods are then taken from `pods` instead of a second listing.
     """
     api_groups = kube.api_groups()
     policies = {}
@@ -155,7 +167,10 @@ def observe(kube: Kube, namespace: str, nodes: list[dict[str, Any]] | None = Non
         ),
         policies=policies,
         owned=owned,
-        pods={p["metadata"]["name"]: pod_projection(p) for p in kube.list("Pod", namespace, OWNED_SELECTOR)},
+        pods={
+            p["metadata"]["name"]: pod_projection(p)
+            for p in (kube.list("Pod", namespace, OWNED_SELECTOR) if pods is None else _operand_pods(pods, namespace))
+        },
         revisions={r["metadata"]["name"]: revision_projection(r) for r in kube.list("ControllerRevision", namespace)},
         api_groups=api_groups,
         config_maps={cm["metadata"]["name"]: config_map_keys(cm) for cm in config_maps},

@@ -22,9 +22,10 @@ __all__ = ["Cluster", "Evidence", "Finding", "diagnose", "exit_status", "gather"
 def gather(kube: Kube, namespace: str) -> Cluster:
     """Everything doctor reads, each list once."""
     nodes = kube.list("Node")
-    snap = observe(kube, namespace, nodes=nodes)
+    pods = kube.list("Pod")  # once: the snapshot's operand pods are taken from it
+    snap = observe(kube, namespace, nodes=nodes, pods=pods)
     # Only Warning events say why something fails (FailedScheduling, FailedCreatePodSandBox, ...).
-    return Cluster(snap, nodes, kube.list("Pod"), kube.list("Event", field_selector="type=Warning"), namespace)
+    return Cluster(snap, nodes, pods, kube.list("Event", field_selector="type=Warning"), namespace)
 
 
 def _pod_matches(pod: dict[str, Any], namespace: str | None, name: str | None) -> bool:

@@ -84,6 +84,16 @@ class OperatorProcess:
         return f"system:serviceaccount:{NAMESPACE}:gpu-operator"
 
 
+def delete_policies(admin: Kube, timeout: float = 60) -> None:
+    """Delete every ClusterPolicy and wait until they are gone (an operator running meanwhile removes its
+    finalizer and its node labels)."""
+    from e2e.kube import wait_for
+
+    for policy in admin.list("ClusterPolicy"):
+        admin.delete("ClusterPolicy", policy["metadata"]["name"])
+    wait_for(lambda: not admin.list("ClusterPolicy"), timeout, message="ClusterPolicies deleted")
+
+
 def policy_from_sample(name: str = "cluster-policy", **overrides: Any) -> dict[str, Any]:
     doc: dict[str, Any] = yaml.safe_load((REPO / "manifests/samples/clusterpolicy-default.yaml").read_text())
     doc["metadata"] = {"name": name}

@@ -20,9 +20,16 @@ import pytest
 import yaml
 
 from e2e.cluster.localcluster import LocalCluster
-from e2e.cluster.nodes import create_nodes, make_node
+from e2e.cluster.nodes import create_nodes, delete_nodes, make_node
 from e2e.kube import wait_for
-from e2e.operator_process import NAMESPACE, REPO, OperatorProcess, install_crds_and_rbac, policy_from_sample
+from e2e.operator_process import (
+    NAMESPACE,
+    REPO,
+    OperatorProcess,
+    delete_policies,
+    install_crds_and_rbac,
+    policy_from_sample,
+)
 from e2e.simulator import NodeSimulator
 from gpu_operator.kube import ApiError, Kube
 
@@ -50,9 +57,7 @@ def stack(
     cluster: LocalCluster, admin: Kube, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[OperatorProcess, NodeSimulator]]:
     install_crds_and_rbac(admin)
-    for old in admin.list("ClusterPolicy"):
-        admin.delete("ClusterPolicy", old["metadata"]["name"])
-    wait_for(lambda: not admin.list("ClusterPolicy"), 30, message="old ClusterPolicies to go")
+    delete_policies(admin, 30)
     # A driver 570 already on the L4 node's host, and the node opted out of the operator's driver: GFD reports 570.
     l4 = make_node(L4, "l4x1", host_driver="570.172.08")
     l4["metadata"]["labels"]["nvidia.com/gpu.deploy.driver"] = "false"
@@ -63,11 +68,10 @@ def stack(
     try:
         yield op, sim
     finally:
-        for policy in admin.list("ClusterPolicy"):
-            admin.delete("ClusterPolicy", policy["metadata"]["name"])
-        wait_for(lambda: not admin.list("ClusterPolicy"), 60, message="ClusterPolicies deleted")
+        delete_policies(admin)
         op.stop()
         sim.stop()
+        delete_nodes(admin.client, [H100_0, H100_1, L4])  # later modules share the cluster
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 
 from e2e.cluster.localcluster import LocalCluster
 from e2e.kube import wait_for
-from e2e.operator_process import NAMESPACE, OperatorProcess, install_crds_and_rbac, policy_from_sample
+from e2e.operator_process import NAMESPACE, OperatorProcess, delete_policies, install_crds_and_rbac, policy_from_sample
 from gpu_operator.kube import Kube
 
 CRD_NAME = "servicemonitors.monitoring.coreos.com"
@@ -49,9 +49,7 @@ def _remove_crd(admin: Kube) -> None:
 def setup(cluster: LocalCluster, admin: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     install_crds_and_rbac(admin)
     _remove_crd(admin)
-    for policy in admin.list("ClusterPolicy"):
-        admin.delete("ClusterPolicy", policy["metadata"]["name"])
-    wait_for(lambda: not admin.list("ClusterPolicy"), 60, message="old ClusterPolicies to go")
+    delete_policies(admin)
     log = tmp_path_factory.mktemp("operator-kinds") / "operator.log"
     overrides: dict[str, Any] = {
         "operator.metrics": {"serviceMonitor": {"enabled": True}},

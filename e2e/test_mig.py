@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from e2e.cluster.localcluster import LocalCluster
-from e2e.cluster.nodes import create_nodes, make_node
+from e2e.cluster.nodes import create_nodes, delete_nodes, make_node
 from e2e.kube import wait_for
-from e2e.operator_process import NAMESPACE, OperatorProcess, install_crds_and_rbac, policy_from_sample
+from e2e.operator_process import NAMESPACE, OperatorProcess, delete_policies, install_crds_and_rbac, policy_from_sample
 from e2e.simulator import NodeSimulator
 from gpu_operator.cli import main
 from gpu_operator.kube import Kube
@@ -58,19 +58,16 @@ def operator(
     cluster: LocalCluster, admin: Kube, sim: NodeSimulator, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Running]:
     install_crds_and_rbac(admin)
-    for policy in admin.list("ClusterPolicy"):
-        admin.delete("ClusterPolicy", policy["metadata"]["name"])
-    wait_for(lambda: not admin.list("ClusterPolicy"), 30, message="old ClusterPolicies to go")
+    delete_policies(admin, 30)
     create_nodes(admin.client, [make_node(NODE, "h100x8"), make_node(OTHER, "h100x8")])
     running = Running(cluster, tmp_path_factory.mktemp("operator") / "operator.log")
     admin.create(policy_from_sample())
     try:
         yield running
     finally:
-        for policy in admin.list("ClusterPolicy"):
-            admin.delete("ClusterPolicy", policy["metadata"]["name"])
-        wait_for(lambda: not admin.list("ClusterPolicy"), 60, message="ClusterPolicies deleted")
+        delete_policies(admin)
         running.op.stop()
+        delete_nodes(admin.client, [NODE, OTHER])  # later modules share the cluster
 
 
 def labels(admin: Kube, node: str = NODE) -> dict[str, str]:

@@ -15,7 +15,7 @@ from e2e.cluster.localcluster import LocalCluster, audit_time
 from e2e.cluster.nodes import create_nodes, make_node
 from e2e.kube import Kube as E2EKube
 from e2e.kube import create_namespace, wait_for
-from e2e.operator_process import NAMESPACE, OperatorProcess, install_crds_and_rbac, policy_from_sample
+from e2e.operator_process import NAMESPACE, OperatorProcess, delete_policies, install_crds_and_rbac, policy_from_sample
 from e2e.simulator import NodeSimulator
 from gpu_operator.kube import ApiError, Kube
 
@@ -44,9 +44,7 @@ def admin(cluster: LocalCluster) -> Kube:
 @pytest.fixture(scope="module")
 def operator(cluster: LocalCluster, admin: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     install_crds_and_rbac(admin)
-    for policy in admin.list("ClusterPolicy"):
-        admin.delete("ClusterPolicy", policy["metadata"]["name"])
-    wait_for(lambda: not admin.list("ClusterPolicy"), 30, message="old ClusterPolicies to go")
+    delete_policies(admin, 30)
     nodes = [make_node(name, profile, os=os) for name, (profile, os) in {**GPU_NODES, **CPU_NODES}.items()]
     create_nodes(admin.client, nodes)
     sim = NodeSimulator(cluster.simulator_kubeconfig, namespace=NAMESPACE, resync_seconds=5).start()
@@ -56,9 +54,7 @@ def operator(cluster: LocalCluster, admin: Kube, tmp_path_factory: pytest.TempPa
         yield op
     finally:
         # Delete the policy while the operator runs: it removes its finalizer and the node labels.
-        for policy in admin.list("ClusterPolicy"):
-            admin.delete("ClusterPolicy", policy["metadata"]["name"])
-        wait_for(lambda: not admin.list("ClusterPolicy"), 60, message="ClusterPolicies deleted")
+        delete_policies(admin)
         op.stop()
         sim.stop()
 

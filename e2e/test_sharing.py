@@ -17,7 +17,7 @@ from e2e.cluster.localcluster import LocalCluster
 from e2e.cluster.nodes import create_nodes, delete_nodes, make_node
 from e2e.kube import Kube as E2EKube
 from e2e.kube import create_namespace, wait_for
-from e2e.operator_process import NAMESPACE, OperatorProcess, install_crds_and_rbac, policy_from_sample
+from e2e.operator_process import NAMESPACE, OperatorProcess, delete_policies, install_crds_and_rbac, policy_from_sample
 from e2e.simulator import NodeSimulator
 from gpu_operator.kube import Kube
 
@@ -69,9 +69,7 @@ def admin(cluster: LocalCluster) -> Kube:
 @pytest.fixture(scope="module")
 def operator(cluster: LocalCluster, admin: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     install_crds_and_rbac(admin)
-    for policy in admin.list("ClusterPolicy"):
-        admin.delete("ClusterPolicy", policy["metadata"]["name"])
-    wait_for(lambda: not admin.list("ClusterPolicy"), 30, message="old ClusterPolicies to go")
+    delete_policies(admin, 30)
     create_nodes(admin.client, [make_node(H100, "h100x8"), make_node(L4, "l4x1")])
     create_namespace(E2EKube(admin.client), NAMESPACE)
     admin.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": CONFIG_MAP, "namespace": NAMESPACE},
@@ -85,9 +83,7 @@ def operator(cluster: LocalCluster, admin: Kube, tmp_path_factory: pytest.TempPa
     try:
         yield op
     finally:
-        for policy in admin.list("ClusterPolicy"):
-            admin.delete("ClusterPolicy", policy["metadata"]["name"])
-        wait_for(lambda: not admin.list("ClusterPolicy"), 60, message="ClusterPolicies deleted")
+        delete_policies(admin)
         op.stop()
         sim.stop()
         admin.delete("Namespace", WORKLOADS)

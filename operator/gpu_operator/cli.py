@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -210,6 +211,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         namespace=args.namespace,
         metrics_port=args.metrics_port,
         health_port=args.health_port,
+        leader_elect=args.leader_elect,
     )
 
 
@@ -535,6 +537,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="namespace of the operands (%(default)s)")
     p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus metrics port (%(default)s; 0 = off)")
     p.add_argument("--health-port", type=int, default=8081, help="liveness endpoint port (%(default)s; 0 = off)")
+    p.add_argument("--leader-elect", action="store_true",
+                   default=os.environ.get("GPU_OPERATOR_LEADER_ELECT", "").lower() in ("1", "true"),
+                   help="elect a leader through the Lease 53822513.nvidia.com in --namespace, so several replicas "
+                   "can run and one acts (env GPU_OPERATOR_LEADER_ELECT=true; the chart turns it on)")  # fmt: skip
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(

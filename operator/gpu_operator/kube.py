@@ -10,7 +10,8 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -36,6 +37,52 @@ class ApiError(client.ApiException):
 
     def __str__(self) -> str:
         return f"{self.what}: {self.status} {self.message}"
+
+
+class NotLeader(RuntimeError):
+    """A write refused because this replica does not (or no longer surely) hold the leader Lease."""
+
+
+class Fence:
+    """Lets writes through only until a deadline (the leader's renew deadline), checked before each one is sent.
+
+    The leader election extends it on every renew and closes it when leadership ends; `drain` waits for the
+    writes already sent, so the Lease is released only after the last of them is answered."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.until = float("-inf")
+        self._inflight = 0
+        self._cond = threading.Condition()
+
+    def extend(self, until: float) -> None:
+        with self._cond:
+            self.until = max(self.until, until)
+
+    def close(self) -> None:
+        with self._cond:
+            self.until = float("-inf")
+
+    def is_open(self) -> bool:
+        return self.clock() < self.until
+
+    @contextmanager
+    def write(self, what: str) -> Iterator[None]:
+        with self._cond:
+            if not self.is_open():
+                raise NotLeader(f"{what}: not the leader")
+            self._inflight += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._inflight -= 1
+                self._cond.notify_all()
+
+    def drain(self, timeout: float) -> bool:
+        """Wait until no write is in flight; whether none is."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._inflight == 0, timeout)
 
 
 def path_for(kind: str, name: str | None = None, namespace: str | None = None, sub: str | None = None) -> str:
@@ -67,6 +114,8 @@ class Kube:
         # Requests made, by (verb, resource), for logs, metrics and benchmarks.
         self.requests: Counter[tuple[str, str]] = Counter()
         self._count_lock = threading.Lock()
+        self.user_agent: str | None = None  # sent on every request (tells replicas apart in the audit log)
+        self.fence: Fence | None = None  # when set, every write must pass it (leader election)
 
     def writes(self) -> int:
         """Requests that changed something (every verb but GET and WATCH) so far."""
@@ -86,6 +135,8 @@ class Kube:
 
     def _headers(self, content_type: str | None) -> dict[str, str]:
         headers = {"Accept": "application/json"}
+        if self.user_agent:
+            headers["User-Agent"] = self.user_agent
         if content_type:
             headers["Content-Type"] = content_type
         for auth in self.client.configuration.auth_settings().values():
@@ -116,10 +167,13 @@ class Kube:
         if isinstance(body, dict | list) and content_type and content_type.endswith("yaml"):
             body = json.dumps(body)  # apply-patch bodies go as JSON text (JSON is YAML)
         self._count(method, path)
-        resp = self.client.rest_client.request(
-            method, self._url(path, query), headers=self._headers(content_type), body=body, _request_timeout=timeout
-        )
-        data = resp.read()
+        fenced = self.fence.write(f"{method} {path}") if self.fence and method != "GET" else nullcontext()
+        with fenced:
+            resp = self.client.rest_client.request(
+                method, self._url(path, query), headers=self._headers(content_type), body=body,
+                _request_timeout=timeout,
+            )  # fmt: skip
+            data = resp.read()
         if not 200 <= resp.status <= 299:
             raise ApiError(resp.status, data.decode(errors="replace"), f"{method} {path}", resp.reason or "")
         return json.loads(data) if data else None

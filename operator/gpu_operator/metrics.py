@@ -29,6 +29,7 @@ nodes_upgrades_done = _g("nodes_upgrades_done", "Nodes whose driver is up to dat
 nodes_upgrades_failed = _g("nodes_upgrades_failed", "Nodes whose driver upgrade failed")
 nodes_upgrades_available = _g("nodes_upgrades_available", "Upgrade slots free now")
 nodes_upgrades_pending = _g("nodes_upgrades_pending", "Nodes waiting for an upgrade slot")
+leader = _g("leader", "1 while this replica holds the leader Lease (or runs without leader election), else 0")
 
 
 def serve(port: int) -> None:

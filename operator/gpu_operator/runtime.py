@@ -15,10 +15,11 @@ from typing import Any
 
 import kopf
 
-from . import compat, metrics
+from . import __version__, compat, metrics
 from .gpu_identity import identify
 from .kinds import NODE_FEATURE, operand_kinds, served
-from .kube import Kube
+from .kube import Fence, Kube
+from .leader import Elector, identity
 from .nodes import NodeFacts
 from .nodewatch import NodeWatch
 from .observe import (
@@ -69,6 +70,11 @@ class Operator:
         self.task: asyncio.Task[None] | None = None
         self._labelling: set[asyncio.Future[None]] = set()  # single-node label patches in flight
         self.node_watch: NodeWatch | None = None
+        # Set while this replica may write: at once without leader election, else while it holds the Lease.
+        # Until then the caches fill from the watches as usual (a takeover starts warm), but nothing is written.
+        self.leading = asyncio.Event()
+        self.elector: Elector | None = None
+        self.event_loop: asyncio.AbstractEventLoop | None = None
 
     # Cache updates from watch events (run in the event loop)
 
@@ -94,6 +100,8 @@ class Operator:
     def _label(self, node: NodeFacts) -> None:
         """Label one changed node now, by the spec of the last pass, without waiting for a full pass (which
         still follows: the node may change what is rendered). Only while that pass's policy is unchanged."""
+        if not self.leading.is_set():
+            return
         current = self.reconciler.labelling
         policy = self.policies.get(current.policy) if current else None
         if current is None or policy is None or self.task is None:
@@ -191,6 +199,35 @@ class Operator:
             self.revisions[name] = revision_projection(body)
         self.wake.set()
 
+    # Leadership
+
+    def lead(self) -> None:
+        """This replica may write from now on (in the event loop)."""
+        metrics.leader.set(1)
+        self.leading.set()
+        self.wake.set()
+
+    def started_leading(self) -> None:
+        """The elector won the Lease (in its thread)."""
+        if self.event_loop is not None:
+            self.event_loop.call_soon_threadsafe(self.lead)
+
+    async def step_down(self) -> None:
+        """On shutdown: stop writing, let the writes in flight finish, then release the Lease for a quick
+        takeover."""
+        if self.elector is None:
+            return
+        fence = self.kube.fence
+        if fence is not None:
+            fence.close()
+            if not await asyncio.to_thread(fence.drain, 5.0):
+                log.warning("writes still in flight after 5s; the Lease is left to expire")
+                self.elector.stop.set()
+                return
+        if await asyncio.to_thread(self.elector.release):
+            log.info("leader election: %s released the Lease", self.elector.me)
+        metrics.leader.set(0)
+
     # The loop
 
     def _forget(self, kind: str, key: Any) -> None:
@@ -273,6 +310,9 @@ class Operator:
             except Exception as exc:  # noqa: BLE001 - keep retrying until the API answers
                 log.warning("initial sync failed, retrying in 5s: %s", exc)
                 await asyncio.sleep(5)
+        if not self.leading.is_set():
+            log.info("following: caches filled, waiting for the leader Lease")
+            await self.leading.wait()
         delay = 0.0
         while True:
             try:
@@ -359,6 +399,11 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
         settings.watching.server_timeout = 300
         op.task = asyncio.create_task(op.loop())
         loop = asyncio.get_running_loop()
+        op.event_loop = loop
+        if op.elector is None:
+            op.lead()
+        else:
+            op.elector.start()
         op.node_watch = NodeWatch(
             op.kube, op.nodes.get, lambda name, facts: loop.call_soon_threadsafe(op.on_node_facts, name, facts)
         )
@@ -370,6 +415,7 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
             op.task.cancel()
         if op.node_watch:
             op.node_watch.stop.set()
+        await op.step_down()
 
     def watch(group: str, version: str, plural: str, callback: Callback, **filters: Any) -> None:
         kopf.on.event(group, version, plural, registry=registry, **filters)(_handler(callback))
@@ -395,15 +441,34 @@ def _handler(callback: Callback) -> Callable[..., Coroutine[Any, Any, None]]:
     return on_event
 
 
-def run(kubeconfig: str | None, namespace: str, metrics_port: int, health_port: int) -> int:
+def _lost(why: str) -> None:
+    """Leadership ended without a release (the fence is closed already): exit, to restart as a follower."""
+    metrics.leader.set(0)
+    log.error("leader election: stopped leading (%s); exiting", why)
+    logging.shutdown()
+    os._exit(1)
+
+
+def run(
+    kubeconfig: str | None, namespace: str, metrics_port: int, health_port: int, leader_elect: bool = False
+) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kopf").setLevel(logging.WARNING)
     if kubeconfig:
         os.environ["KUBECONFIG"] = os.path.abspath(kubeconfig)
+    me = identity()
     kube = Kube.connect(kubeconfig)
+    kube.user_agent = f"gpu-operator/{__version__} ({me})"
     op = Operator(kube, namespace)
+    metrics.leader.set(0)
+    if leader_elect:
+        kube.fence = Fence()
+        lease_kube = Kube.connect(kubeconfig)
+        lease_kube.user_agent = kube.user_agent
+        op.elector = Elector(lease_kube, namespace, me, kube.fence, op.started_leading, _lost)
     metrics.serve(metrics_port)
-    log.info("gpu-operator starting: namespace %s, API %s", namespace, kube.host)
+    log.info("gpu-operator starting: namespace %s, API %s, identity %s, leader election %s",
+             namespace, kube.host, me, "on" if leader_elect else "off")  # fmt: skip
     kopf.run(
         registry=build_registry(op),
         standalone=True,

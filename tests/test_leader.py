@@ -1,0 +1,257 @@
+"""Leader election: the pure decisions over a fake clock, and two electors over an in-memory Lease store."""
+
+from __future__ import annotations
+
+import copy
+import threading
+from typing import Any
+
+import pytest
+
+from gpu_operator.kube import ApiError, Fence, NotLeader
+from gpu_operator.leader import (
+    LEASE_DURATION_S,
+    RENEW_DEADLINE_S,
+    RENEW_PERIOD_S,
+    RETRY_S,
+    Action,
+    Elector,
+    Observation,
+    Record,
+    decide,
+    lease_body,
+    next_wait,
+    observe,
+    still_leading,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+# --- pure decisions ---
+
+
+def test_observed_time_moves_only_when_the_record_changes() -> None:
+    rec = Record(holder="a", renew_time="t1")
+    first = observe(None, rec, 10.0)
+    assert observe(first, Record(holder="a", renew_time="t1"), 20.0) is first
+    renewed = observe(first, Record(holder="a", renew_time="t2"), 20.0)
+    assert renewed.since == 20.0
+    assert observe(renewed, None, 25.0) == Observation(None, 25.0)
+
+
+def test_decisions() -> None:
+    assert decide(Observation(None, 0.0), "me", 0.0) is Action.CREATE
+    assert decide(Observation(Record(holder="me"), 0.0), "me", 100.0) is Action.RENEW
+    assert decide(Observation(Record(holder=""), 0.0), "me", 0.0) is Action.TAKE, "released: at once"
+    held = Observation(Record(holder="other"), 50.0)
+    assert decide(held, "me", 50.0 + LEASE_DURATION_S - 0.01) is Action.WAIT
+    assert decide(held, "me", 50.0 + LEASE_DURATION_S) is Action.TAKE
+    short = Observation(Record(holder="other", duration_s=1), 50.0)  # a release sets a 1 s duration
+    assert decide(short, "me", 51.0) is Action.TAKE
+
+
+def test_the_leader_stops_before_anyone_may_take_over() -> None:
+    sent = 100.0  # the leader sent its last successful renew
+    observed = sent + 0.001  # a follower read the result, necessarily later
+    assert still_leading(sent, sent + RENEW_DEADLINE_S - 0.01)
+    assert not still_leading(sent, sent + RENEW_DEADLINE_S)
+    first_take = observed + LEASE_DURATION_S
+    assert sent + RENEW_DEADLINE_S <= first_take - 4.9
+    assert decide(Observation(Record(holder="old"), observed), "new", first_take - 0.01) is Action.WAIT
+
+
+def test_waits() -> None:
+    assert next_wait(True, True, None, 0.0) == RENEW_PERIOD_S
+    assert next_wait(True, False, None, 0.0) == RETRY_S
+    held = Observation(Record(holder="other"), 10.0)
+    assert next_wait(False, False, held, 11.0) == RETRY_S
+    assert next_wait(False, False, held, 10.0 + LEASE_DURATION_S - 0.25) == pytest.approx(0.25)
+    assert next_wait(False, False, held, 10.0 + LEASE_DURATION_S + 3) == 0.0
+
+
+def test_lease_bodies() -> None:
+    prev = {"metadata": {"name": "l", "namespace": "ns", "resourceVersion": "7"}}
+    rec = Record(holder="a", acquire_time="2026-01-01T00:00:00.000000Z", transitions=2)
+    renew = lease_body(prev, rec, "a", Action.RENEW, "ns", "l", at=0.0)
+    assert renew["metadata"]["resourceVersion"] == "7"
+    assert renew["spec"]["acquireTime"] == rec.acquire_time and renew["spec"]["leaseTransitions"] == 2
+    assert renew["spec"]["renewTime"] == "1970-01-01T00:00:00.000000Z"
+    take = lease_body(prev, rec, "b", Action.TAKE, "ns", "l", at=0.0)
+    assert take["spec"]["holderIdentity"] == "b" and take["spec"]["leaseTransitions"] == 3
+    assert take["spec"]["acquireTime"] == take["spec"]["renewTime"]
+    create = lease_body(None, Record(), "a", Action.CREATE, "ns", "l", at=0.0)
+    assert "resourceVersion" not in create["metadata"] and create["spec"]["leaseDurationSeconds"] == 15
+
+
+# --- the fence ---
+
+
+def test_fence_lets_writes_through_only_until_its_deadline() -> None:
+    clock = Clock()
+    fence = Fence(clock)
+    with pytest.raises(NotLeader):
+        with fence.write("PATCH x"):
+            pass
+    fence.extend(clock.t + 10)
+    with fence.write("PATCH x"):
+        pass
+    clock.t += 10
+    with pytest.raises(NotLeader):
+        with fence.write("PATCH x"):
+            pass
+
+
+def test_fence_drain_waits_for_writes_in_flight() -> None:
+    fence = Fence()
+    fence.extend(float("inf"))
+    entered, leave = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with fence.write("PUT y"):
+            entered.set()
+            leave.wait(5)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    entered.wait(5)
+    fence.close()
+    assert not fence.drain(0.05), "a write is still in flight"
+    leave.set()
+    assert fence.drain(5)
+    t.join()
+
+
+# --- two electors over one in-memory Lease (resourceVersion conflicts as the API server answers them) ---
+
+
+class LeaseStore:
+    def __init__(self) -> None:
+        self.lease: dict[str, Any] | None = None
+        self.rv = 0
+        self.down = False
+        self.events: list[str] = []
+
+
+class FakeKube:
+    def __init__(self, store: LeaseStore):
+        self.store = store
+
+    def request(self, method: str, path: str, body: Any = None, timeout: float = 30, **_: Any) -> Any:
+        s = self.store
+        if s.down:
+            raise ApiError(503, '{"message": "unavailable"}', f"{method} {path}")
+        if path.endswith("/events"):
+            s.events.append(body["message"])
+            return body
+        if method == "GET":
+            if s.lease is None:
+                raise ApiError(404, '{"message": "not found"}', path)
+            return copy.deepcopy(s.lease)
+        if method == "POST":
+            if s.lease is not None:
+                raise ApiError(409, '{"message": "already exists"}', path)
+        elif s.lease is None or body["metadata"].get("resourceVersion") != s.lease["metadata"]["resourceVersion"]:
+            raise ApiError(409, '{"message": "conflict"}', path)
+        s.rv += 1
+        s.lease = copy.deepcopy(body)
+        s.lease["metadata"]["resourceVersion"] = str(s.rv)
+        return copy.deepcopy(s.lease)
+
+
+class Replica:
+    def __init__(self, name: str, store: LeaseStore, clock: Clock):
+        self.fence = Fence(clock)
+        self.started = 0
+        self.lost: list[str] = []
+        self.elector = Elector(FakeKube(store), "ns", name, self.fence, self._started, self.lost.append,  # type: ignore[arg-type]
+                               clock=clock)  # fmt: skip
+        self.next = clock.t
+        self.alive = True
+
+    def _started(self) -> None:
+        self.started += 1
+
+
+def run_until(replicas: list[Replica], clock: Clock, until: float, tick: float = 0.1) -> list[set[str]]:
+    """Step each live replica when its wait is over; the set of open fences at every tick."""
+    open_fences = []
+    while clock.t < until:
+        for r in replicas:
+            if r.alive and not r.elector.stop.is_set() and clock.t >= r.next:
+                renewed = r.elector.step()
+                r.next = clock.t + max(tick, next_wait(r.elector.leading, renewed, r.elector.obs, clock.t))
+        open_fences.append({r.elector.me for r in replicas if r.fence.is_open()})
+        clock.t += tick
+    return open_fences
+
+
+def test_one_leader_takes_over_when_the_other_dies_and_fences_never_overlap() -> None:
+    clock, store = Clock(), LeaseStore()
+    a, b = Replica("a", store, clock), Replica("b", store, clock)
+    fences = run_until([a, b], clock, clock.t + 30)
+    assert store.lease and store.lease["spec"]["holderIdentity"] == "a"
+    assert (a.started, b.started) == (1, 0) and all(f == {"a"} for f in fences[1:])
+    assert store.events == ["a became leader"]
+    died = clock.t
+    a.alive = False  # SIGKILL: no release
+    fences = run_until([a, b], clock, clock.t + 30)
+    took = next(i for i, f in enumerate(fences) if "b" in f) * 0.1
+    assert LEASE_DURATION_S - RENEW_PERIOD_S <= took <= LEASE_DURATION_S + 0.2, took
+    assert all(len(f) <= 1 for f in fences)
+    assert store.lease["spec"]["holderIdentity"] == "b" and store.lease["spec"]["leaseTransitions"] == 1
+    assert clock.t > died
+
+
+def test_a_paused_leader_is_fenced_before_the_other_takes_over_and_then_exits() -> None:
+    clock, store = Clock(), LeaseStore()
+    a, b = Replica("a", store, clock), Replica("b", store, clock)
+    run_until([a, b], clock, clock.t + 10)
+    a.alive = False  # SIGSTOP: a's threads stop, its fence stays as it was
+    fences = run_until([a, b], clock, clock.t + 25)
+    assert store.lease and store.lease["spec"]["holderIdentity"] == "b"
+    assert all(len(f) <= 1 for f in fences), "never two replicas allowed to write"
+    a.alive = True  # SIGCONT: its fence is past its deadline already, then it sees b holds the Lease
+    assert not a.fence.is_open()
+    run_until([a, b], clock, clock.t + 2)
+    assert a.lost and "held by b" in a.lost[0] and not a.elector.leading
+    assert b.fence.is_open()
+
+
+def test_renew_failures_past_the_deadline_end_leadership() -> None:
+    clock, store = Clock(), LeaseStore()
+    a = Replica("a", store, clock)
+    run_until([a], clock, clock.t + 6)
+    assert a.elector.leading
+    store.down = True
+    fences = run_until([a], clock, clock.t + RENEW_DEADLINE_S + 2)
+    assert a.lost and "no renew succeeded" in a.lost[0]
+    assert not a.fence.is_open()
+    closed_at = next(i for i, f in enumerate(fences) if not f) * 0.1
+    assert closed_at <= RENEW_DEADLINE_S, "the fence closes by the deadline, whatever the elector thread does"
+
+
+def test_release_hands_over_at_once() -> None:
+    clock, store = Clock(), LeaseStore()
+    a, b = Replica("a", store, clock), Replica("b", store, clock)
+    run_until([a, b], clock, clock.t + 7)
+    a.fence.close()
+    assert a.elector.release()
+    assert store.lease and store.lease["spec"]["holderIdentity"] == ""
+    fences = run_until([a, b], clock, clock.t + RETRY_S + 0.3)
+    assert fences[-1] == {"b"} and not a.lost
+    assert store.events[-2:] == ["a stopped leading, releasing the Lease", "b became leader"]
+
+
+def test_simultaneous_starts_elect_one() -> None:
+    clock, store = Clock(), LeaseStore()
+    replicas = [Replica(n, store, clock) for n in "abc"]
+    fences = run_until(replicas, clock, clock.t + 20)
+    assert all(len(f) <= 1 for f in fences)
+    assert sum(r.started for r in replicas) == 1

@@ -396,15 +396,17 @@ def test_operator_deployment(namespace: str) -> None:
     docs = render(namespace=namespace)
     deploy = one(docs, "Deployment", "gpu-operator")
     assert deploy["spec"]["replicas"] == 1
-    assert deploy["spec"]["strategy"] == {"type": "Recreate"}, "a singleton without leader election"
+    # Leader election is on: the new pod waits as a follower until the old one releases the Lease.
+    assert deploy["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     pod = deploy["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "gpu-operator"
     assert_locked_down(pod)
     c = operator_container(docs)
     assert c["image"] == "gpu-operator:0.1.0"
-    assert c["args"][:3] == ["run", "--namespace", namespace]
-    args = dict(zip(c["args"][3::2], c["args"][4::2], strict=True))
+    assert c["args"][:3] == ["run", "--namespace", namespace] and c["args"][-1] == "--leader-elect"
+    args = dict(zip(c["args"][3:-1:2], c["args"][4:-1:2], strict=True))
     assert args == {"--metrics-port": "8080", "--health-port": "8081"}
+    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in c["env"]
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"metrics": 8080, "health": 8081}
     for probe in ("livenessProbe", "readinessProbe"):
@@ -412,6 +414,41 @@ def test_operator_deployment(namespace: str) -> None:
     assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
     # The read-only root filesystem gets a writable /tmp.
     assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+
+
+def test_operator_replicas_with_a_pdb_and_anti_affinity() -> None:
+    assert not find(render(), "PodDisruptionBudget")
+    assert "podAntiAffinity" not in one(render(), "Deployment", "gpu-operator")["spec"]["template"]["spec"]["affinity"]
+    docs = render(sets=["operator.replicas=2"])
+    deploy = one(docs, "Deployment", "gpu-operator")
+    assert deploy["spec"]["replicas"] == 2
+    selector = deploy["spec"]["selector"]["matchLabels"]
+    pdb = one(docs, "PodDisruptionBudget", "gpu-operator")
+    assert pdb["metadata"]["namespace"] == NAMESPACE
+    assert pdb["spec"] == {"minAvailable": 1, "selector": {"matchLabels": selector}}
+    affinity = deploy["spec"]["template"]["spec"]["affinity"]
+    assert affinity["podAntiAffinity"] == {"preferredDuringSchedulingIgnoredDuringExecution": [
+        {"weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+                                            "labelSelector": {"matchLabels": selector}}}]}  # fmt: skip
+    assert "nodeAffinity" in affinity, "the values' affinity stays"
+    for job in ("gpu-operator-upgrade-crd",):
+        pod = one(docs, "Job", job)["spec"]["template"]["spec"]
+        assert "podAntiAffinity" not in pod.get("affinity", {}), "hook Jobs are not spread"
+    # The user's own podAntiAffinity wins.
+    own = render(sets=["operator.replicas=3", "operator.affinity.podAntiAffinity.x=1"])
+    assert one(own, "Deployment", "gpu-operator")["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"] == {"x": 1}
+
+
+def test_operator_without_leader_election_is_recreated() -> None:
+    docs = render(sets=["operator.leaderElection.enabled=false"])
+    deploy = one(docs, "Deployment", "gpu-operator")
+    assert deploy["spec"]["strategy"] == {"type": "Recreate"}, "two unelected replicas must never run at once"
+    assert "--leader-elect" not in operator_container(docs)["args"]
+
+
+def test_operator_may_hold_its_lease() -> None:
+    rules = one(render(), "Role", "gpu-operator")["rules"]
+    assert {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]} in rules
 
 
 def test_operator_image_and_extra_args() -> None:
@@ -507,6 +544,7 @@ REQUIRED_CLUSTER: dict[tuple[str, str], set[str]] = {
 REQUIRED_CLUSTER.update({res: set(verbs) for res, (namespaced, verbs) in operand_rbac().items() if not namespaced})
 REQUIRED_NAMESPACED: dict[tuple[str, str], set[str]] = {
     ("apps", "controllerrevisions"): {"get", "list", "watch"},
+    ("coordination.k8s.io", "leases"): {"get", "create", "update"},  # the leader Lease
     **{res: set(verbs) for res, (namespaced, verbs) in operand_rbac().items() if namespaced},
 }
 

@@ -46,6 +46,7 @@ KIND_ORDER = (
     "Role",
     "RoleBinding",
     "Service",
+    "PodDisruptionBudget",
     "Deployment",
 )
 LEFT_OUT = {"ClusterPolicy"}  # applied by the user, from manifests/samples/

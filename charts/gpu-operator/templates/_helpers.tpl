@@ -50,11 +50,21 @@ capabilities:
 
 {{/* Scheduling settings of the operator pod, reused by the hook Jobs. */}}
 {{- define "gpu-operator.scheduling" -}}
+{{- /* Called with the root context, or (dict "root" . "spread" true) for the operator's pods: with more than one
+replica they then prefer different nodes. */}}
+{{- $spread := and (hasKey . "spread") .spread }}
+{{- with (hasKey . "root" | ternary .root .) }}
 {{- with .Values.operator.nodeSelector }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with .Values.operator.affinity }}
+{{- $affinity := deepCopy (.Values.operator.affinity | default dict) }}
+{{- if and $spread (gt (int .Values.operator.replicas) 1) (not (hasKey $affinity "podAntiAffinity")) }}
+{{- /* Replicas on different nodes where possible, so one node's loss leaves a follower to take over. */}}
+{{- $term := dict "topologyKey" "kubernetes.io/hostname" "labelSelector" (dict "matchLabels" (include "gpu-operator.selectorLabels" . | fromYaml)) }}
+{{- $_ := set $affinity "podAntiAffinity" (dict "preferredDuringSchedulingIgnoredDuringExecution" (list (dict "weight" 100 "podAffinityTerm" $term))) }}
+{{- end }}
+{{- with $affinity }}
 affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
@@ -66,6 +76,7 @@ tolerations:
 imagePullSecrets:
 {{- range . }}
 - name: {{ . }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- end -}}

@@ -43,9 +43,15 @@ def install_crds_and_rbac(admin: Kube) -> None:
 
 
 class OperatorProcess:
-    def __init__(self, cluster: LocalCluster, log_path: Path):
+    """`identity` (POD_NAME) names the replica in the leader Lease and in its requests' User-Agent
+    (`gpu-operator/<version> (<identity>)`, in the audit log); `leader_elect` passes --leader-elect."""
+
+    def __init__(self, cluster: LocalCluster, log_path: Path, *, identity: str = "",
+                 leader_elect: bool = False):  # fmt: skip
         self.cluster = cluster
         self.log_path = log_path
+        self.identity = identity
+        self.leader_elect = leader_elect
         self.proc: subprocess.Popen[bytes] | None = None
         self.metrics_port = free_port()
         self.health_port = free_port()
@@ -59,7 +65,12 @@ class OperatorProcess:
             "--metrics-port", str(self.metrics_port),
             "--health-port", str(self.health_port),
         ]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
+        if self.leader_elect:
+            cmd.append("--leader-elect")
+        env = dict(os.environ)
+        if self.identity:
+            env["POD_NAME"] = self.identity
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
         return self
 

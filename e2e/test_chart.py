@@ -397,7 +397,8 @@ def test_operator_deployment(namespace: str) -> None:
     deploy = one(docs, "Deployment", "gpu-operator")
     assert deploy["spec"]["replicas"] == 1
     # Leader election is on: the new pod waits as a follower until the old one releases the Lease.
-    assert deploy["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    rolling = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    assert deploy["spec"]["strategy"] == rolling
     pod = deploy["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "gpu-operator"
     assert_locked_down(pod)
@@ -448,7 +449,8 @@ def test_operator_without_leader_election_is_recreated() -> None:
 
 def test_operator_may_hold_its_lease() -> None:
     rules = one(render(), "Role", "gpu-operator")["rules"]
-    assert {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]} in rules
+    lease = {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}
+    assert lease in rules
 
 
 def test_operator_image_and_extra_args() -> None:

@@ -127,6 +127,29 @@ def test_a_joining_node_is_labelled_at_once_with_one_patch_and_an_older_event_do
     assert op.wake.is_set()  # the full pass still follows
 
 
+def test_a_follower_labels_nothing_until_it_leads() -> None:
+    async def scenario() -> Client:
+        client = Client()
+        op = Operator(kube=client, namespace="gpu-operator", elected=True)  # type: ignore[arg-type]
+        op.task = asyncio.current_task()
+        op.policies["cluster-policy"] = _policy(1)
+        op.reconciler.labelling = Labelling("cluster-policy", "u1", 1, sample_spec())
+        joined = node("join-1")
+        joined["metadata"]["resourceVersion"] = "50"
+        op.on_node("ADDED", joined)
+        await asyncio.gather(*op._labelling)
+        assert client.calls == [] and "join-1" in op.nodes, "cached, not labelled"
+        op.lead()  # the next joining node is labelled at once (join-1 by the full pass that lead() wakes)
+        assert op.wake.is_set()
+        other = node("join-2")
+        other["metadata"]["resourceVersion"] = "51"
+        op.on_node("ADDED", other)
+        await asyncio.gather(*op._labelling)
+        return client
+
+    assert asyncio.run(scenario()).calls == [("patch", "Node", "join-2")]
+
+
 def test_no_labelling_between_passes_when_the_policy_changed_since_the_last_pass() -> None:
     async def scenario() -> Client:
         client = Client()

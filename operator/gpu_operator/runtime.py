@@ -48,7 +48,7 @@ NODE_FEATURE_RELIST_S = 10.0
 
 
 class Operator:
-    def __init__(self, kube: Kube, namespace: str):
+    def __init__(self, kube: Kube, namespace: str, elected: bool = False):
         self.kube = kube
         self.namespace = namespace
         self.reconciler = Reconciler(kube, namespace)
@@ -70,9 +70,12 @@ class Operator:
         self.task: asyncio.Task[None] | None = None
         self._labelling: set[asyncio.Future[None]] = set()  # single-node label patches in flight
         self.node_watch: NodeWatch | None = None
-        # Set while this replica may write: at once without leader election, else while it holds the Lease.
-        # Until then the caches fill from the watches as usual (a takeover starts warm), but nothing is written.
+        # Set while this replica may write: from the start without leader election (`elected` False), else once
+        # it holds the Lease. Until then the caches fill from the watches as usual (a takeover starts warm), but
+        # nothing is written.
         self.leading = asyncio.Event()
+        if not elected:
+            self.leading.set()
         self.elector: Elector | None = None
         self.event_loop: asyncio.AbstractEventLoop | None = None
 
@@ -459,7 +462,7 @@ def run(
     me = identity()
     kube = Kube.connect(kubeconfig)
     kube.user_agent = f"gpu-operator/{__version__} ({me})"
-    op = Operator(kube, namespace)
+    op = Operator(kube, namespace, elected=leader_elect)
     metrics.leader.set(0)
     if leader_elect:
         kube.fence = Fence()

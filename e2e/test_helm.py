@@ -422,7 +422,8 @@ def test_operator_brings_the_chart_policy_to_ready_and_the_cleanup_hook_lets_it_
         tools.helm("upgrade", RELEASE, str(CHART), "-n", NS, "--reuse-values", "--wait", "--timeout", "120s")
     start = time.time()
     create_nodes(kube.api, [make_node(name, profile) for name, profile in GPU_NODES.items()])
-    op = OperatorProcess(cluster, tmp_path / "operator.log").start()
+    # With --leader-elect, as the chart runs it: the Lease is in the chart's Role too.
+    op = OperatorProcess(cluster, tmp_path / "operator.log", identity="helm-operator", leader_elect=True).start()
     try:
         def ready() -> bool:
             status = kube.get(POLICY).get("status") or {}

@@ -18,7 +18,7 @@ import kopf
 from . import __version__, compat, metrics
 from .gpu_identity import identify
 from .kinds import NODE_FEATURE, operand_kinds, served
-from .kube import Fence, Kube
+from .kube import Fence, Kube, NotLeader
 from .leader import Elector, identity
 from .nodes import NodeFacts
 from .nodewatch import NodeWatch
@@ -338,6 +338,10 @@ class Operator:
                 log.warning("listing NodeFeatures failed: %s", exc)
             try:
                 outcome = await asyncio.to_thread(self.reconciler.reconcile, self.snapshot())
+            except NotLeader as exc:  # shutting down, or the Lease is lost (the process exits)
+                log.info("reconcile pass stopped: %s", exc)
+                delay = NOT_READY_RECHECK_S
+                continue
             except Exception:  # noqa: BLE001 - one bad pass must not stop the operator
                 log.exception("reconcile pass failed")
                 metrics.reconciliation_failed_total.inc()

@@ -256,8 +256,13 @@ class Elector:
             "apiVersion": "v1",
             "kind": "Event",
             "metadata": {"generateName": f"{self.name}.", "namespace": self.namespace},
-            "involvedObject": {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "name": self.name,
-                               "namespace": self.namespace, "uid": meta.get("uid")},  # fmt: skip
+            "involvedObject": {
+                "apiVersion": "coordination.k8s.io/v1",
+                "kind": "Lease",
+                "name": self.name,
+                "namespace": self.namespace,
+                "uid": meta.get("uid"),
+            },  # fmt: skip
             "type": "Normal",
             "reason": "LeaderElection",
             "message": f"{self.me} {message}",
@@ -291,4 +296,3 @@ class Elector:
                             record.duration_s, exc)  # fmt: skip
                 return False
             return True
-

@@ -351,6 +351,25 @@ def test_image_fields_without_a_version_reach_the_policy() -> None:
     assert not {"repository", "image", "version"} & set(policy_spec(render())["validator"])
 
 
+@pytest.mark.parametrize("sets", [
+    [],
+    ["validator.repository=registry.example.com/nvidia", "validator.image=gpu-operator-validator"],
+    ["validator.repository=registry.example.com/nvidia", "validator.version=v26.7.1"],
+    ["validator.repository=", "validator.image=registry.example.com/validator@sha256:" + "a" * 64],
+    ["driver.manager.repository=registry.example.com/cloud-native"],
+], ids=["defaults", "mirror-and-image", "pinned-version", "verbatim-digest", "driver-manager-mirror"])  # fmt: skip
+def test_validator_values_reach_the_operator_env_and_the_policy(sets: list[str]) -> None:
+    """As upstream's chart: the operator gets VALIDATOR_IMAGE and DRIVER_MANAGER_IMAGE from the values, and they
+    name the image the ClusterPolicy's validator (driver manager) resolves to, so both agree."""
+    docs = render(sets=sets)
+    env = {e["name"]: e.get("value") for e in operator_container(docs)["env"]}
+    spec = parse_spec(policy_spec(docs))
+    assert env["VALIDATOR_IMAGE"] == images.resolve(spec.validator, "validator")
+    assert env["DRIVER_MANAGER_IMAGE"] == images.resolve(spec.driver.manager, "driver-manager")
+    if sets and sets[0].startswith("validator.repository=registry"):
+        assert env["VALIDATOR_IMAGE"].startswith("registry.example.com/nvidia/")
+
+
 def test_deploy_cr_and_extra_objects(tmp_path: Path) -> None:
     assert not find(render(sets=["clusterPolicy.deployCR=false"]), "ClusterPolicy")
     extra = {"extraObjects": [

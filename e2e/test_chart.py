@@ -38,6 +38,7 @@ NAMESPACE = "gpu-operator"
 KUBE_VERSION = "1.37.2"
 MANIFEST = REPO / "manifests" / "gpu-operator.yaml"
 GENERATOR = REPO / "hack" / "gen-manifests.py"
+CHART_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
 REGENERATE = "run .venv/bin/python hack/gen-manifests.py"
 CLUSTER_POLICY_SECTIONS = (
     "operator", "daemonsets", "driver", "toolkit", "devicePlugin", "dcgm", "dcgmExporter", "gfd", "mig",
@@ -688,7 +689,7 @@ def test_plain_manifest() -> None:
     for _, node in walk(helm_docs):  # the same objects as `helm install`, less Helm's bookkeeping labels
         if isinstance(node, dict) and isinstance(node.get("labels"), dict):
             assert node["labels"].pop("app.kubernetes.io/managed-by") == "Helm"
-            assert node["labels"].pop("helm.sh/chart") == "gpu-operator-0.1.0"
+            assert node["labels"].pop("helm.sh/chart") == f"gpu-operator-{CHART_VERSION}"
     plain_docs = [d for d in docs[1:] if d["kind"] != "CustomResourceDefinition"]
     assert sorted(helm_docs, key=str) == sorted(plain_docs, key=str)
     crd = one(docs, "CustomResourceDefinition", "clusterpolicies.nvidia.com")

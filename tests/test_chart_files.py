@@ -39,7 +39,7 @@ def test_chart_metadata() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["apiVersion"] == "v2"
     assert chart["name"] == "gpu-operator"
-    assert chart["version"] == "0.1.0" and chart["appVersion"] == "0.1.0"
+    assert chart["version"] == "0.2.0" and chart["appVersion"] == "0.1.0"
     # No kubeVersion: it would fail an offline `helm template`; templates/kube-version-check.yaml checks instead.
     assert "kubeVersion" not in chart
     check = (CHART / "templates" / "kube-version-check.yaml").read_text()

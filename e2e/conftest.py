@@ -21,7 +21,7 @@ import pytest
 from kubernetes import client, config
 
 from e2e.cluster.existing import RUN_ENV, ExistingCluster, NotLocalCluster
-from e2e.cluster.localcluster import LocalCluster, ensure_binaries
+from e2e.cluster.localcluster import ClusterError, LocalCluster, ensure_binaries
 from e2e.kube import Kube, create_namespace, delete_namespace
 from e2e.simulator import NodeSimulator
 
@@ -76,8 +76,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Confi
             c = LocalCluster(tmp_path_factory.mktemp("cluster"), binaries=binaries)
         try:
             c.up()
-        except BaseException:
+        except BaseException as e:
             c.down()
+            os.environ.pop(RUN_ENV, None)
+            if EXISTING_KUBECONFIG and isinstance(e, ClusterError):  # e.g. a cluster the run may not use
+                pytest.exit(str(e), returncode=pytest.ExitCode.USAGE_ERROR)
             raise
     try:
         yield c

@@ -20,8 +20,15 @@ from typing import Any
 
 import pytest
 
-from e2e.cluster.existing import RUN_ENV
-from e2e.cluster.localcluster import ADMIN_USER, WRITE_VERBS, LocalCluster, audit_time, ensure_binaries
+from e2e.cluster.existing import RUN_ENV, ExistingCluster
+from e2e.cluster.localcluster import (
+    ADMIN_USER,
+    WRITE_VERBS,
+    ClusterError,
+    LocalCluster,
+    audit_time,
+    ensure_binaries,
+)
 from e2e.kube import Kube, wait_for
 from gpu_operator.events import EVENT_SOURCE
 
@@ -120,4 +127,28 @@ def test_suite_against_an_existing_cluster_touches_nothing_it_did_not_create(
                 if kind == "ClusterPolicy" or (kind == "Node" and name not in before["nodes"])]  # fmt: skip
         assert not left, f"Events about the run's objects are left: {left}"
     finally:
+        kube.close()
+
+
+def test_refuses_a_cluster_where_it_would_act_on_what_it_did_not_create(
+    users_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    kube = Kube.from_kubeconfig(users_cluster.kubeconfig)
+    try:
+        kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                           "metadata": {"name": "gpu-operator"}})  # fmt: skip
+        kube.create("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {
+            "name": "users-gpu-node", "labels": {"feature.node.kubernetes.io/pci-10de.present": "true"}}})
+        before = names(kube)
+        run = ExistingCluster(users_cluster.kubeconfig, tmp_path / "run", binaries=ensure_binaries())
+        with pytest.raises(ClusterError) as refused:
+            run.up()
+        run.down()
+        message = str(refused.value)
+        assert "namespaces gpu-operator exist" in message, message
+        assert "nodes users-gpu-node carry feature.node.kubernetes.io/pci-10de.present=true" in message, message
+        assert not run.running() and names(kube) == before
+    finally:
+        kube.delete("/api/v1/namespaces/gpu-operator")
+        kube.delete("/api/v1/nodes/users-gpu-node")
         kube.close()

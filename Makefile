@@ -21,6 +21,7 @@ test: $(STAMP) lint binaries
 unit: $(STAMP)
 	$(PY) -m pytest -q tests
 
+## e2e: the end-to-end suite; with E2E_KUBECONFIG=PATH against that cluster instead of a local one (README)
 e2e: $(STAMP) binaries
 	$(PY) -m pytest -q e2e
 

@@ -136,8 +136,10 @@ def create_namespace(kube: Kube, name: str, timeout: float = 30) -> None:
     """Create a namespace (if missing) and wait until pods can be made in it: its default ServiceAccount exists."""
     if kube.get_or_none(f"/api/v1/namespaces/{name}") is None:
         try:
+            from e2e.cluster.existing import run_labels
+
             kube.create("/api/v1/namespaces",
-                        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+                        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": run_labels()}})
         except client.ApiException as e:
             if e.status != 409:
                 raise

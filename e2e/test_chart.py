@@ -38,6 +38,7 @@ NAMESPACE = "gpu-operator"
 KUBE_VERSION = "1.37.2"
 MANIFEST = REPO / "manifests" / "gpu-operator.yaml"
 GENERATOR = REPO / "hack" / "gen-manifests.py"
+CHART_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
 REGENERATE = "run .venv/bin/python hack/gen-manifests.py"
 CLUSTER_POLICY_SECTIONS = (
     "operator", "daemonsets", "driver", "toolkit", "devicePlugin", "dcgm", "dcgmExporter", "gfd", "mig",
@@ -349,6 +350,25 @@ def test_image_fields_without_a_version_reach_the_policy() -> None:
     pinned = policy_spec(render(sets=["validator.repository=r.example.com", "validator.version=v1"]))["validator"]
     assert [pinned[k] for k in ("repository", "image", "version")] == ["r.example.com", "gpu-operator", "v1"]
     assert not {"repository", "image", "version"} & set(policy_spec(render())["validator"])
+
+
+@pytest.mark.parametrize("sets", [
+    [],
+    ["validator.repository=registry.example.com/nvidia", "validator.image=gpu-operator-validator"],
+    ["validator.repository=registry.example.com/nvidia", "validator.version=v26.7.1"],
+    ["validator.repository=", "validator.image=registry.example.com/validator@sha256:" + "a" * 64],
+    ["driver.manager.repository=registry.example.com/cloud-native"],
+], ids=["defaults", "mirror-and-image", "pinned-version", "verbatim-digest", "driver-manager-mirror"])  # fmt: skip
+def test_validator_values_reach_the_operator_env_and_the_policy(sets: list[str]) -> None:
+    """As upstream's chart: the operator gets VALIDATOR_IMAGE and DRIVER_MANAGER_IMAGE from the values, and they
+    name the image the ClusterPolicy's validator (driver manager) resolves to, so both agree."""
+    docs = render(sets=sets)
+    env = {e["name"]: e.get("value") for e in operator_container(docs)["env"]}
+    spec = parse_spec(policy_spec(docs))
+    assert env["VALIDATOR_IMAGE"] == images.resolve(spec.validator, "validator")
+    assert env["DRIVER_MANAGER_IMAGE"] == images.resolve(spec.driver.manager, "driver-manager")
+    if sets and sets[0].startswith("validator.repository=registry"):
+        assert env["VALIDATOR_IMAGE"].startswith("registry.example.com/nvidia/")
 
 
 def test_deploy_cr_and_extra_objects(tmp_path: Path) -> None:
@@ -709,7 +729,7 @@ def test_plain_manifest() -> None:
     for _, node in walk(helm_docs):  # the same objects as `helm install`, less Helm's bookkeeping labels
         if isinstance(node, dict) and isinstance(node.get("labels"), dict):
             assert node["labels"].pop("app.kubernetes.io/managed-by") == "Helm"
-            assert node["labels"].pop("helm.sh/chart") == "gpu-operator-0.1.0"
+            assert node["labels"].pop("helm.sh/chart") == f"gpu-operator-{CHART_VERSION}"
     plain_docs = [d for d in docs[1:] if d["kind"] != "CustomResourceDefinition"]
     assert sorted(helm_docs, key=str) == sorted(plain_docs, key=str)
     crd = one(docs, "CustomResourceDefinition", "clusterpolicies.nvidia.com")

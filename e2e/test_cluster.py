@@ -115,6 +115,7 @@ def _gpu_resource(node: dict[str, Any]) -> tuple[str | None, str | None]:
     return (status.get("capacity") or {}).get(GPU), (status.get("allocatable") or {}).get(GPU)
 
 
+@pytest.mark.local_cluster_only("checks the version of the suite's own control plane")
 def test_version(kube: Kube) -> None:
     assert kube.get("/version")["gitVersion"] == "v1.37.2"
 

@@ -25,6 +25,8 @@ from e2e.operator_process import NAMESPACE, OperatorProcess, install_crds_and_rb
 from e2e.simulator import NodeSimulator
 from gpu_operator.kube import Kube
 
+pytestmark = pytest.mark.local_cluster_only("the module starts its own control plane")
+
 V = "/run/nvidia/validations"
 FILES = {f"{V}/driver-ready", f"{V}/toolkit-ready", f"{V}/cuda-ready", f"{V}/plugin-ready"}
 NODES = {  # name: (profile, runtime)

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
+from e2e.cluster.existing import ExistingCluster
 from e2e.cluster.localcluster import OPERATOR_USER, LocalCluster, audit_time, bin_dir
 from e2e.cluster.nodes import create_nodes, delete_nodes, make_node
 from e2e.kube import Kube, create_namespace, node_ready, wait_for
@@ -441,12 +442,14 @@ def test_operator_brings_the_chart_policy_to_ready_and_the_cleanup_hook_lets_it_
             assert r.status == 200
         with urllib.request.urlopen(f"http://127.0.0.1:{op.metrics_port}/metrics", timeout=5) as r:
             assert "gpu_operator_reconciliation_status 1.0" in r.read().decode()
-        # The chart's RBAC was enough: the API server refused the operator nothing.
-        refused = [f"{e['verb']} {e['requestURI']}" for e in cluster.audit_events()
-                   if e.get("user", {}).get("username") == OPERATOR_USER
-                   and e.get("responseStatus", {}).get("code") == 403
-                   and audit_time(e) >= start]  # fmt: skip
-        assert refused == [], f"the chart's RBAC refused the operator: {refused}"
+        # The chart's RBAC was enough: the API server refused the operator nothing (from the audit log, which an
+        # existing cluster does not expose: there the test goes on, so the hook below still lets the policy go).
+        if not isinstance(cluster, ExistingCluster):
+            refused = [f"{e['verb']} {e['requestURI']}" for e in cluster.audit_events()
+                       if e.get("user", {}).get("username") == OPERATOR_USER
+                       and e.get("responseStatus", {}).get("code") == 403
+                       and audit_time(e) >= start]  # fmt: skip
+            assert refused == [], f"the chart's RBAC refused the operator: {refused}"
         assert CLEANUP_FINALIZER in kube.get(POLICY)["metadata"]["finalizers"]
 
         # The pre-delete hook, under its identity, while the operator runs: the policy goes, and with it the labels.

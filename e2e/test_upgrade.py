@@ -25,6 +25,8 @@ from e2e.simulator import NodeSimulator
 from gpu_operator.kube import Kube
 from gpu_operator.upgrade import IN_PROGRESS_STATES, SKIP_LABEL, STATE_LABEL
 
+pytestmark = pytest.mark.local_cluster_only("the module starts its own control plane")
+
 NODES = [f"up-{i:02d}" for i in range(12)]
 POOL_OS = {name: ("ubuntu22.04" if i < 6 else "ubuntu24.04") for i, name in enumerate(NODES)}
 LIMITS = {"autoUpgrade": True, "maxParallelUpgrades": 3, "maxUnavailable": "25%",

@@ -24,6 +24,8 @@ from e2e.simulator import NodeSimulator
 from gpu_operator.kube import Kube
 from gpu_operator.nodes import DRIVER_REFUSED
 
+pytestmark = pytest.mark.local_cluster_only("the module starts its own control plane")
+
 H100 = ["mx-h100-0", "mx-h100-1"]
 V100 = ["mx-v100-0", "mx-v100-1"]  # -0: NFD device-ID label; -1: NodeFeature object only
 NFD_NAMESPACE = "node-feature-discovery"

@@ -39,7 +39,7 @@ def test_chart_metadata() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["apiVersion"] == "v2"
     assert chart["name"] == "gpu-operator"
-    assert chart["version"] == "0.1.0" and chart["appVersion"] == "0.1.0"
+    assert chart["version"] == "0.2.0" and chart["appVersion"] == "0.1.0"
     # No kubeVersion: it would fail an offline `helm template`; templates/kube-version-check.yaml checks instead.
     assert "kubeVersion" not in chart
     check = (CHART / "templates" / "kube-version-check.yaml").read_text()
@@ -122,3 +122,20 @@ def test_default_images_match_the_operator() -> None:
         assert model is not None, f"{section} is not a ClusterPolicy section"
         assert (entry["repository"], entry["image"], entry["version"]) == images.DEFAULTS[entry["component"]], section
     assert {e["component"] for e in table.values()} == set(images.DEFAULTS), "every default image has a section"
+
+
+def test_operator_env_image_is_the_default_when_the_policy_names_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Upstream's imagePath: the ClusterPolicy's image first, then the operator's env (VALIDATOR_IMAGE,
+    DRIVER_MANAGER_IMAGE, set by the chart), then the built-in default."""
+    empty = parse_spec({})
+    assert images.resolve(empty.validator, "validator") == images.join(*images.DEFAULTS["validator"])
+    monkeypatch.setenv("VALIDATOR_IMAGE", "mirror.example.com/nvidia/gpu-operator:v26.7.0")
+    monkeypatch.setenv("DRIVER_MANAGER_IMAGE", "mirror.example.com/k8s-driver-manager:v0.12.0")
+    for component in ("validator", "node-status-exporter"):
+        assert images.resolve(empty.validator, component) == "mirror.example.com/nvidia/gpu-operator:v26.7.0"
+    assert images.resolve(empty.driver.manager, "driver-manager") == "mirror.example.com/k8s-driver-manager:v0.12.0"
+    assert images.version_of(empty.validator, "validator") == "v26.7.0"
+    # The policy's own image wins; components without an env entry keep their default.
+    own = parse_spec({"validator": {"repository": "r.example.com", "image": "validator", "version": "v1"}})
+    assert images.resolve(own.validator, "validator") == "r.example.com/validator:v1"
+    assert images.resolve(empty.toolkit, "toolkit") == images.join(*images.DEFAULTS["toolkit"])

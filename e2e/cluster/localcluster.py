@@ -330,6 +330,20 @@ class LocalCluster:
         self.startup_seconds = time.monotonic() - t0
         self._log(f"cluster up in {self.startup_seconds:.1f}s: {self.server}  (kubeconfig {self.kubeconfig})")
 
+    def stop_component(self, name: str, grace: float = 5.0) -> None:
+        """Stop one component (e.g. kwok, to stand for a cluster that has none); down() still cleans up."""
+        pid = self.pids.get(name)
+        if pid is None or not self._owned_alive(pid):
+            return
+        self._signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.05)
+        if _pid_alive(pid):
+            self._signal(pid, signal.SIGKILL)
+        self._reap()
+
     def down(self) -> None:
         self._stop_processes()
         if (self.state_dir / MARKER).exists():

@@ -15,6 +15,7 @@ from typing import Any
 
 from kubernetes import client
 
+from e2e.cluster.existing import RUN_LABEL, run_id, run_labels
 from e2e.kube import Kube
 
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
@@ -134,6 +135,7 @@ def make_node(
         if prof.device_id:
             labels[f"feature.node.kubernetes.io/pci-0302_10de_{prof.device_id}.present"] = "true"
     resources = {"cpu": prof.cpu, "memory": prof.memory, "pods": "110", "ephemeral-storage": "500Gi"}
+    labels.update(run_labels())  # against an existing cluster: the run's label, which its kwok manages
     annotations = {KWOK_ANNOTATION: "fake"}
     if host_driver:
         annotations[HOST_DRIVER_ANNOTATION] = host_driver
@@ -240,6 +242,8 @@ def create_nodes(api: Any, nodes: Iterable[dict[str, Any]] | str, concurrency: i
                 return name
             except client.ApiException as e:
                 if e.status == 409:
+                    if run_id() and _labels(kube, name).get(RUN_LABEL) != run_id():
+                        raise RuntimeError(f"node {name} exists and was not made by this run") from None
                     return name
                 if (e.status and e.status < 500 and e.status != 429) or attempt == 4:
                     raise
@@ -253,11 +257,23 @@ def create_nodes(api: Any, nodes: Iterable[dict[str, Any]] | str, concurrency: i
         kube.close()
 
 
+def _labels(kube: Kube, name: str) -> dict[str, str]:
+    node = kube.get_or_none(f"/api/v1/nodes/{name}")
+    return dict((node or {}).get("metadata", {}).get("labels") or {})
+
+
 def delete_nodes(api: Any, names: Iterable[str], concurrency: int = 16) -> None:
+    """Delete nodes by name; against an existing cluster only those this run made (its label)."""
     kube = _kube(api, concurrency)
+
+    def delete(name: str) -> None:
+        if run_id() and _labels(kube, name).get(RUN_LABEL) != run_id():
+            return
+        kube.delete(f"/api/v1/nodes/{name}")
+
     try:
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            list(pool.map(lambda n: kube.delete(f"/api/v1/nodes/{n}"), names))
+            list(pool.map(delete, names))
     finally:
         kube.close()
 

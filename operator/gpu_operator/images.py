@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from .api import ImageSpec
 
 # component key -> (repository, image, version)
@@ -27,6 +29,21 @@ DEFAULTS: dict[str, tuple[str, str, str]] = {
 }
 
 
+# The operator's own env that overrides a component's default image (upstream's imagePath falls back to these;
+# its chart sets VALIDATOR_IMAGE and DRIVER_MANAGER_IMAGE on the operator Deployment).
+ENV: dict[str, str] = {
+    "validator": "VALIDATOR_IMAGE",
+    "node-status-exporter": "VALIDATOR_IMAGE",
+    "driver-manager": "DRIVER_MANAGER_IMAGE",
+}
+
+
+def env_default(component: str) -> str:
+    """The image the operator's env names for a component (ENV), or ""."""
+    name = ENV.get(component)
+    return os.environ.get(name, "").strip() if name else ""
+
+
 def join(repository: str, image: str, version: str) -> str:
     sep = "@" if version.startswith("sha256:") else ":"
     return f"{repository}/{image}{sep}{version}"
@@ -41,6 +58,8 @@ def resolve(spec: ImageSpec, component: str, version: str | None = None) -> str:
         return join(spec.repository, spec.image, version or spec.version)
     if spec.image:
         return spec.image
+    if (from_env := env_default(component)) and not version:
+        return from_env
     repo, image, default_version = DEFAULTS[component]
     return join(repo, image, version or default_version)
 
@@ -51,4 +70,6 @@ def version_of(spec: ImageSpec, component: str) -> str:
         return spec.version
     if spec.image and ":" in spec.image.rsplit("/", 1)[-1]:
         return spec.image.rsplit(":", 1)[1]
+    if (from_env := env_default(component)) and ":" in from_env.rsplit("/", 1)[-1]:
+        return from_env.rsplit(":", 1)[1]
     return DEFAULTS[component][2]

@@ -30,6 +30,25 @@ app.kubernetes.io/component: gpu-operator
 {{- end -}}
 {{- end -}}
 
+{{/*
+componentImage: (dict "section" <values map> "default" <files/default-images.yaml entry>) as one reference,
+`repository/image:version` with the operator's default filling what is empty, or `image` verbatim when it is a
+full reference and there is no repository. Upstream's chart passes these to its operator as VALIDATOR_IMAGE and
+DRIVER_MANAGER_IMAGE (the images used when the ClusterPolicy names none).
+*/}}
+{{- define "gpu-operator.componentImage" -}}
+{{- $s := .section | default dict -}}
+{{- $d := .default -}}
+{{- $image := toString ($s.image | default "") -}}
+{{- if and (not $s.repository) (regexMatch "[:@]" $image) -}}
+{{- $image -}}
+{{- else -}}
+{{- $version := toString ($s.version | default $d.version) -}}
+{{- $sep := ternary "@" ":" (hasPrefix "sha256:" $version) -}}
+{{- printf "%s/%s%s%s" ($s.repository | default $d.repository) ($image | default $d.image) $sep $version -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Pod and container security settings shared by the operator and its hook Jobs. */}}
 {{- define "gpu-operator.podSecurityContext" -}}
 runAsNonRoot: true

@@ -30,7 +30,7 @@ from e2e.cluster.localcluster import LocalCluster
 from e2e.cluster.nodes import create_nodes, delete_nodes, make_node
 from e2e.kube import wait_for
 from e2e.operator_process import NAMESPACE, delete_policies, free_port, install_crds_and_rbac, policy_from_sample
-from e2e.test_chart import find, render
+from e2e.test_chart import one, render
 from gpu_operator.kube import Kube
 
 pytestmark = pytest.mark.image
@@ -74,24 +74,25 @@ class Image:
         return f
 
     def unpack(self, root: Path) -> None:
-        """Apply the layers in order (with OCI whiteouts), as a container runtime's snapshotter would."""
+        """Apply the layers in order, as a container runtime's snapshotter would: a layer's OCI whiteouts
+        (`.wh.NAME` deletes NAME from the layers below, `.wh..wh..opq` empties its directory) first, then its
+        files (GNU tar, as root: owners, modes and links as recorded)."""
         root.mkdir(parents=True)
+        blob_path = root.parent / "layer.blob"
         with tarfile.open(self.archive) as t:
             for layer in self.manifest["layers"]:
-                with tarfile.open(fileobj=self._verified(t, layer), mode="r|*") as lt:
-                    for member in lt:
-                        path = root / member.name
-                        name = path.name
-                        if name == ".wh..wh..opq":
-                            for child in path.parent.iterdir():
-                                _remove(child)
-                        elif name.startswith(".wh."):
-                            _remove(path.with_name(name[4:]))
-                        else:
-                            if path.is_symlink() or (path.exists() and not path.is_dir()):
-                                path.unlink()
-                            # Our own archive, extracted as root: owners, modes and links as recorded.
-                            lt.extract(member, root, filter="fully_trusted")
+                blob_path.write_bytes(self._verified(t, layer).read())
+                listing = subprocess.run(["tar", "-tf", str(blob_path)], capture_output=True, text=True, check=True)
+                for name in listing.stdout.splitlines():
+                    path = root / name.rstrip("/")
+                    if path.name == ".wh..wh..opq":
+                        for child in path.parent.iterdir() if path.parent.is_dir() else ():
+                            _remove(child)
+                    elif path.name.startswith(".wh."):
+                        _remove(path.with_name(path.name[4:]))
+                subprocess.run(["tar", "-xf", str(blob_path), "-C", str(root), "--numeric-owner", "--same-owner",
+                                "--same-permissions", "--exclude=.wh.*"], check=True)  # fmt: skip
+        blob_path.unlink()
 
 
 def _remove(path: Path) -> None:
@@ -161,9 +162,8 @@ def rootfs(image: Image, tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
 
 
 def test_archive_is_named_as_the_charts_default_image(image: Image) -> None:
-    deployments = [d for d in find(render(), "Deployment") if d["metadata"]["name"] == "gpu-operator"]
-    (deployment,) = deployments
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    pod = one(render(), "Deployment", "gpu-operator")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
     ref = container["image"]
     full = ref if "/" in ref.split(":")[0] else f"docker.io/library/{ref}"
     # containerd (kind load image-archive, ctr import) and Docker >= 25 name it from index.json, older Docker from
@@ -174,9 +174,10 @@ def test_archive_is_named_as_the_charts_default_image(image: Image) -> None:
     assert image.docker_manifest[0]["Layers"] == [_blob(d) for d in image.manifest["layers"]]
     cfg = image.config["config"]
     assert image.config["os"] == "linux"
-    # As the Dockerfile: `gpu-operator run`, a numeric non-root user (the chart sets runAsNonRoot).
+    # As the Dockerfile: `gpu-operator run`, as the numeric non-root user the chart's pod runs as.
     assert Path(cfg["Entrypoint"][-1]).name == "gpu-operator" and cfg["Cmd"] == ["run"]
-    assert cfg["User"] == "65532:65532"
+    security = pod["securityContext"]
+    assert cfg["User"] == f"{security['runAsUser']}:{security['runAsGroup']}"
     assert {"8080/tcp", "8081/tcp"} <= set(cfg["ExposedPorts"])
 
 

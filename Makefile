@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test unit e2e lint demo cluster-up cluster-down binaries crds manifests clean
+.PHONY: venv test unit e2e lint demo cluster-up cluster-down binaries crds manifests image clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,5 +50,10 @@ crds: $(STAMP)
 manifests: $(STAMP) binaries
 	$(PY) hack/gen-manifests.py
 
+## image: the operator image as an OCI image archive, dist/gpu-operator-image.tar, without a container engine
+## (needs root; the Debian base is cached in ~/.cache/gpu-operator-e2e/image)
+image: $(STAMP)
+	PYTHON=$(PY) bash hack/build-image.sh
+
 clean:
-	rm -rf $(VENV) .e2e-state
+	rm -rf $(VENV) .e2e-state dist

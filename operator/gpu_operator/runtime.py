@@ -481,7 +481,7 @@ def run(
         standalone=True,
         clusterwide=False,
         namespaces=[namespace],
-        identity=me,  # kopf's default calls getpass.getuser(), which fails for a uid without a passwd entry
+        identity=kopf.Identity(me),  # kopf's default calls getpass.getuser(), which fails for a uid without a passwd entry
         liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz" if health_port else None,
     )
     return 0

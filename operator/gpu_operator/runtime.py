@@ -11,10 +11,9 @@ import logging
 import os
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, cast
 
 import kopf
-from kopf._core.engines.peering import Identity
 
 from . import __version__, compat, metrics
 from .gpu_identity import identify
@@ -482,7 +481,7 @@ def run(
         standalone=True,
         clusterwide=False,
         namespaces=[namespace],
-        identity=Identity(me),  # kopf's default calls getpass.getuser(), which fails for a uid without a passwd entry
+        identity=cast(Any, me),  # kopf's default calls getpass.getuser(), which fails for a uid without a passwd entry
         liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz" if health_port else None,
     )
     return 0

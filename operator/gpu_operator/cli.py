@@ -189,6 +189,14 @@ def _render_from_cluster(args: argparse.Namespace) -> int:
 def cmd_crds(args: argparse.Namespace) -> int:
     from .crd import all_crds, crds_yaml
 
+    if args.dir:
+        from pathlib import Path
+
+        from .crd import crd_files
+
+        for name, text in crd_files().items():
+            (Path(args.dir) / name).write_text(text)
+        return 0
     if not args.apply:
         sys.stdout.write(crds_yaml())
         return 0
@@ -618,6 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("crds", help="print the CRDs (or apply them with --apply)")
     p.add_argument("--apply", action="store_true", help="server-side apply them to the cluster")
+    p.add_argument("--dir", help="write one file per CRD into this directory (make crds)")
     p.add_argument("--kubeconfig", help="kubeconfig file")
     p.set_defaults(func=cmd_crds)
     _add_doctor(sub)

@@ -78,13 +78,19 @@ def deploy_label(operand: str) -> str:
     return DEPLOY_PREFIX + operand
 
 
-# Only these label keys matter to the operator; the in-memory projection keeps nothing else.
+# Of NFD's labels only these matter to the operator; the in-memory projection drops NFD's others.
 _NFD_KEYS = frozenset(GPU_PCI_LABELS + (OS_ID, OS_VERSION, KERNEL))
 
 
 def _relevant(key: str) -> bool:
     # NFD's NVIDIA PCI labels too: with device IDs in them they identify the GPU before any driver runs.
-    return key.startswith("nvidia.com/") or key in _NFD_KEYS or (key.startswith(NFD_PREFIX + "pci-") and "10de" in key)
+    # Labels outside NFD's are kept as well: an NVIDIADriver's nodeSelector may name any of them.
+    return (
+        key.startswith("nvidia.com/")
+        or key in _NFD_KEYS
+        or (key.startswith(NFD_PREFIX + "pci-") and "10de" in key)
+        or not key.startswith(NFD_PREFIX)
+    )
 
 
 @dataclass(frozen=True)

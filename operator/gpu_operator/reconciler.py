@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import compat, coverage, metrics, mig, mig_pass, sharing
+from . import compat, coverage, metrics, mig, mig_pass, nvidiadriver, sharing
 from .api import ClusterPolicySpec, PolicyError, allows_unknown, parse_spec
 from .apply import Applier, labels_of
 from .events import EventRecorder, now
@@ -26,7 +26,7 @@ from .readiness import daemonset_ready
 from .render import NodePatch, StatePlan, node_patches, plan, relabelled, render_key
 from .states import RenderContext, all_states
 from .states.base import STATE_LABEL, owning_state
-from .status import StateResult, active_policy, ignored_status, policy_status
+from .status import StateResult, active_policy, ignored_status, policy_status, status_changed
 from .status_writer import StatusWriter
 from .upgrade.orchestrate import orchestrate
 
@@ -191,7 +191,16 @@ class Reconciler:
         # Objects are rendered for the nodes as they will be labelled, applied first (none of them needs the
         # labels to exist), then the nodes are labelled.
         nodes = list(snap.nodes.values())
-        verdicts = compat.verdicts(nodes, spec)
+        drivers = [nvidiadriver.NVIDIADriver.from_object(o) for o in snap.nvidia_drivers.values()]
+        crd_mode = spec.driver.enabled and spec.driver.use_nvidia_driver_crd
+        assignment = nvidiadriver.assign(nodes, drivers) if crd_mode else None
+        groups = nvidiadriver.groups(spec, drivers, assignment) if assignment is not None else ()
+        if crd_mode:  # each NVIDIADriver's version is checked on the nodes it drives
+            verdicts = {}
+            for group in groups:
+                verdicts.update(compat.verdicts([n for n in nodes if n.name in group.nodes], group.spec))
+        else:
+            verdicts = compat.verdicts(nodes, spec)
         refused = compat.refused(verdicts)
         # A refused node keeps a driver pod of ours it already runs; only one without gets the refused label.
         with_driver = {
@@ -201,6 +210,14 @@ class Reconciler:
         # A node the driver may run on again gets gpu.deploy.driver=true back only once the driver DaemonSets
         # carry this version: before, the DaemonSet controller could start the refused version there.
         held = hold_driver_restores(patches, nodes)
+        extra = nvidiadriver.node_patches(relabelled(nodes, patches), assignment, groups)
+        if extra:  # merged into copies: the memo's patches are shared
+            patches = dict(patches)
+            for name, more in extra.items():
+                merged = {k: dict(v) for k, v in patches.get(name, {}).items()}
+                for part, values in more.items():
+                    merged.setdefault(part, {}).update(values)
+                patches[name] = merged
         versions = {n.name: n.resource_version for n in nodes if n.name in patches}
         nodes = relabelled(nodes, patches)
         migs, nodes = mig_pass.run(self.kube, self.namespace, spec, snap, nodes, self.events)
@@ -221,6 +238,7 @@ class Reconciler:
             api_groups=snap.api_groups,
             config_maps=snap.config_maps,
             config_data=snap.config_data,
+            nvidia_drivers=groups,
         )
         sharing_problems = self._check_sharing(policy, ctx)
         results = []
@@ -266,9 +284,17 @@ class Reconciler:
             self.applier.patch_nodes(held)
             out.busy = True
 
-        upgrade = orchestrate(
-            self.kube, self.namespace, spec, replace(snap, nodes={n.name: n for n in nodes}), self.events
-        )
+        by_name = {n.name: n for n in nodes}
+        if crd_mode:  # each NVIDIADriver's nodes by its own upgradePolicy
+            upgrade = orchestrate(self.kube, self.namespace, spec, replace(snap, nodes={}), self.events)
+            for group in groups:
+                mine = {k: v for k, v in by_name.items() if k in group.nodes}
+                one = orchestrate(self.kube, self.namespace, group.spec, replace(snap, nodes=mine), self.events)
+                upgrade.busy = upgrade.busy or one.busy
+                upgrade.status = _sum_upgrades(upgrade.status, one.status)
+        else:
+            upgrade = orchestrate(self.kube, self.namespace, spec, replace(snap, nodes=by_name), self.events)
+        self._driver_statuses(snap, drivers, assignment, plans, live, pods_by_owner, set(refused))
         out.busy = out.busy or upgrade.busy or bool(migs.waiting)
         previous_conditions = (policy.get("status") or {}).get("conditions") or []
         # A Warning on each node the status does not name with this rule yet (once per change).
@@ -302,6 +328,45 @@ class Reconciler:
             status["conditions"].append(mig_condition)
         out.ready = status["state"] == "ready"
         self.status.write(policy, status)
+
+    def _driver_statuses(
+        self,
+        snap: Snapshot,
+        drivers: list[nvidiadriver.NVIDIADriver],
+        assignment: nvidiadriver.Assignment | None,
+        plans: list[StatePlan],
+        live: dict[Key, dict[str, Any]],
+        pods_by_owner: dict[str, list[dict[str, Any]]],
+        refused: set[str],
+    ) -> None:
+        """Each NVIDIADriver's status (written when it changed) and a Warning event when it newly conflicts."""
+        driver_plan = next((p for p in plans if p.state.name == "state-driver"), None)
+        for driver in drivers:
+            obj = snap.nvidia_drivers[driver.name]
+            if driver.deleting:
+                continue
+            ready = None
+            if assignment is not None and driver_plan is not None:
+                keys = {
+                    key_of(o) for o in driver_plan.objects
+                    if o["kind"] == "DaemonSet"
+                    and any(r.get("uid") == driver.uid for r in o["metadata"].get("ownerReferences") or [])
+                }  # fmt: skip
+                result = self._daemonsets_ready("state-driver", keys, live, snap, pods_by_owner, refused)
+                ready = (result.state == "ready", result.message)
+                if driver_plan.problem:
+                    ready = (False, driver_plan.problem)
+            previous = obj.get("status") or {}
+            status = nvidiadriver.driver_status(driver, assignment, ready, self.namespace, previous, now())
+            error = next(c for c in status["conditions"] if c["type"] == "Error")
+            before: dict[str, Any] = next(
+                (c for c in previous.get("conditions") or [] if c.get("type") == "Error"), {}
+            )
+            if error["reason"] == nvidiadriver.CONFLICT_REASON and before.get("message") != error["message"]:
+                self.events(obj, "Warning", nvidiadriver.EVENT_REASON, error["message"])
+            if status_changed(previous, status):
+                gone = {k: None for k in previous if k not in status}
+                self.kube.merge_patch("NVIDIADriver", driver.name, {"status": {**gone, **status}}, sub="status")
 
     def _check_sharing(self, policy: dict[str, Any], ctx: RenderContext) -> list[sharing.Problem] | None:
         """The sharing config's problems (None: no config); a Warning event on the policy once per change."""
@@ -344,6 +409,15 @@ class Reconciler:
         if messages:
             return StateResult(state, "notReady", "; ".join(messages))
         return StateResult(state, "ready")
+
+
+def _sum_upgrades(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Two upgrade statuses as one: counts added, waiting nodes joined."""
+    if a is None or b is None:
+        return a or b
+    out = {k: a.get(k, 0) + b.get(k, 0) for k in ("total", "inProgress", "done", "failed", "pending", "available")}
+    out["waiting"] = (a.get("waiting") or []) + (b.get("waiting") or [])
+    return out
 
 
 def hold_driver_restores(patches: dict[str, NodePatch], nodes: list[NodeFacts]) -> dict[str, NodePatch]:

@@ -82,7 +82,7 @@ def render_key(ctx: RenderContext, rows: dict[str, tuple[NodeFacts, str]] | None
         rows.update(fresh)
     blob = json.dumps(
         [ctx.spec.model_dump(mode="json"), ctx.namespace, ctx.owner, sorted(ctx.api_groups), ctx.config_maps,
-         ctx.config_data.get(ctx.spec.device_plugin.config.name)],
+         ctx.config_data.get(ctx.spec.device_plugin.config.name), [g.key() for g in ctx.nvidia_drivers]],
         sort_keys=True,
         default=str,
     )

@@ -53,6 +53,7 @@ class Operator:
         self.reconciler = Reconciler(kube, namespace)
         self.nodes: dict[str, NodeFacts] = {}
         self.policies: dict[str, dict[str, Any]] = {}
+        self.nvidia_drivers: dict[str, dict[str, Any]] = {}
         self.owned: dict[Key, dict[str, Any]] = {}
         self.pods: dict[str, dict[str, Any]] = {}
         self.revisions: dict[str, dict[str, Any]] = {}
@@ -141,6 +142,15 @@ class Operator:
             self.policies[name] = dict(body)
         self.wake.set()
 
+    def on_nvidia_driver(self, event_type: str | None, body: dict[str, Any]) -> None:
+        name = body["metadata"]["name"]
+        if event_type == "DELETED":
+            self._forget("nvidiadriver", name)
+            self.nvidia_drivers.pop(name, None)
+        elif newer(self.nvidia_drivers.get(name), body):
+            self.nvidia_drivers[name] = dict(body)
+        self.wake.set()
+
     def on_owned(self, event_type: str | None, body: dict[str, Any]) -> None:
         key = key_of(body)
         if event_type == "DELETED":
@@ -213,6 +223,7 @@ class Operator:
 
         fill("node", self.nodes, snap.nodes)
         fill("policy", self.policies, snap.policies, by_version=True)
+        fill("nvidiadriver", self.nvidia_drivers, snap.nvidia_drivers, by_version=True)
         fill("owned", self.owned, snap.owned, by_version=True)
         fill("pod", self.pods, snap.pods)
         fill("revision", self.revisions, snap.revisions)
@@ -262,6 +273,7 @@ class Operator:
             api_groups=self.api_groups,
             config_maps=dict(self.config_maps),
             config_data=dict(self.config_data),
+            nvidia_drivers={k: dict(v) for k, v in self.nvidia_drivers.items()},
         )
 
     async def loop(self) -> None:
@@ -376,6 +388,7 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
 
     # Nodes are watched by NodeWatch (heartbeats are dropped before they reach the event loop).
     watch("nvidia.com", "v1", "clusterpolicies", op.on_policy)
+    watch("nvidia.com", "v1alpha1", "nvidiadrivers", op.on_nvidia_driver)
     for kind in operand_kinds():
         watch(kind.group, kind.version, kind.plural, op.on_owned, labels=managed)
     watch("apiextensions.k8s.io", "v1", "customresourcedefinitions", op.on_crd)

@@ -1,0 +1,194 @@
+"""NVIDIADriver resources: node routing, conflicts, the derived driver spec, and what the driver state renders."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from gpu_operator import nvidiadriver
+from gpu_operator.api import parse_spec
+from gpu_operator.crd import nvidiadriver_crd
+from gpu_operator.nodes import UPGRADE_ENABLED_ANNOTATION
+from gpu_operator.nvidiadriver import CONFLICT_VALUE, NVIDIADriver, assign
+from gpu_operator.nvidiadriver_api import OWNER_LABEL
+from support import daemonset, daemonsets, facts, load_policy, render_all
+
+
+def nvd(name: str, **spec: Any) -> NVIDIADriver:
+    return NVIDIADriver.from_object({"metadata": {"name": name, "uid": f"uid-{name}"}, "spec": spec})
+
+
+NODES = [
+    facts("a1", labels={"pool": "a"}),
+    facts("b1", labels={"pool": "b"}),
+    facts("b2", labels={"pool": "b", "rack": "r7"}),
+    facts("cpu", gpu=False, labels={"pool": "b"}),
+]
+
+
+def test_selected_nodes_go_to_their_driver_and_the_rest_to_the_default() -> None:
+    found = assign(NODES, [nvd("default", default=True), nvd("pool-b", nodeSelector={"pool": "b"})])
+    assert found.owner == {"a1": "default", "b1": "pool-b", "b2": "pool-b"}  # no CPU node
+    assert not found.conflicts and not found.problems
+    assert found.owner_label("a1") is None and found.owner_label("b1") == "pool-b"
+
+
+def test_without_a_default_unselected_nodes_get_no_driver() -> None:
+    found = assign(NODES, [nvd("pool-b", nodeSelector={"pool": "b"})])
+    assert found.owner == {"b1": "pool-b", "b2": "pool-b"}
+
+
+def test_an_empty_node_selector_selects_every_gpu_node() -> None:
+    assert assign(NODES, [nvd("all")]).owner == {"a1": "all", "b1": "all", "b2": "all"}
+
+
+def test_overlapping_selectors_conflict_on_both_and_neither_takes_the_node() -> None:
+    drivers = [nvd("default", default=True), nvd("pool-b", nodeSelector={"pool": "b"}),
+               nvd("rack", nodeSelector={"rack": "r7"})]  # fmt: skip
+    found = assign(NODES, drivers)
+    assert found.conflicts == {"pool-b": ["b2"], "rack": ["b2"]}
+    assert "b2" not in found.owner  # not even the default's
+    assert found.owner_label("b2") == CONFLICT_VALUE
+    assert found.nodes_of("pool-b") == ["b1"] and found.nodes_of("rack") == []
+    message = nvidiadriver.conflict_message("pool-b", found)
+    assert message is not None and "rack" in message and "b2" in message
+
+
+def test_a_conflict_keeps_the_driver_a_node_already_runs() -> None:
+    routed = facts("b2", labels={"pool": "b", "rack": "r7", OWNER_LABEL: "pool-b"})
+    found = assign([routed], [nvd("pool-b", nodeSelector={"pool": "b"}), nvd("rack", nodeSelector={"rack": "r7"})])
+    assert found.owner == {"b2": "pool-b"}
+    assert found.conflicts == {"pool-b": ["b2"], "rack": ["b2"]}
+
+
+def test_two_defaults_and_invalid_specs_drive_nothing() -> None:
+    drivers = [nvd("d1", default=True), nvd("d2", default=True), nvd("bad", driverType="cpu")]
+    found = assign(NODES, drivers)
+    assert found.owner == {}
+    assert set(found.problems) == {"d1", "d2", "bad"}
+    assert "spec.driverType" in found.problems["bad"]
+
+
+def test_owner_label_patch_sets_and_removes() -> None:
+    found = assign(NODES, [nvd("pool-b", nodeSelector={"pool": "b"})])
+    assert nvidiadriver.owner_patch(NODES[1], found) == {OWNER_LABEL: "pool-b"}
+    routed = facts("b1", labels={"pool": "b", OWNER_LABEL: "pool-b"})
+    assert nvidiadriver.owner_patch(routed, found) == {}
+    assert nvidiadriver.owner_patch(routed, None) == {OWNER_LABEL: None}  # useNvidiaDriverCRD switched off
+
+
+def crd_policy() -> dict[str, Any]:
+    raw = copy.deepcopy(load_policy()["spec"])
+    raw["driver"]["useNvidiaDriverCRD"] = True
+    return raw
+
+
+def drivers_objects(*specs: tuple[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"metadata": {"name": n, "uid": f"uid-{n}"}, "spec": s} for n, s in specs]
+
+
+def test_default_nvidiadriver_renders_the_cluster_policy_driver_unchanged() -> None:
+    """Switching useNvidiaDriverCRD on with a default NVIDIADriver of the same settings restarts nothing: the
+    DaemonSets keep their names and pod templates (only their owner changes)."""
+    raw = load_policy()["spec"]
+    before = {d["metadata"]["name"]: d for d in daemonsets(render_all(parse_spec(raw))) if "driver-daemonset" in
+              d["metadata"]["name"]}  # fmt: skip
+    driver = raw["driver"]
+    same = {k: driver[k] for k in ("repository", "image", "version", "imagePullPolicy", "startupProbe", "rdma",
+                                   "manager", "kernelModuleType") if k in driver}  # fmt: skip
+    same["upgradePolicy"] = driver.get("upgradePolicy", {})
+    same["default"] = True
+    after_plans = render_all(parse_spec(crd_policy()), nvidia_drivers=drivers_objects(("default", same)))
+    after = {d["metadata"]["name"]: d for d in daemonsets(after_plans) if "driver-daemonset" in d["metadata"]["name"]}
+    assert sorted(after) == sorted(before) and before
+    for name, ds in after.items():
+        assert ds["spec"]["template"] == before[name]["spec"]["template"], name
+        assert ds["metadata"]["ownerReferences"][0]["kind"] == "NVIDIADriver"
+
+
+def test_each_nvidiadriver_renders_its_own_pools_with_its_version() -> None:
+    nodes = [facts("a1", labels={"pool": "a"}), facts("b1", labels={"pool": "b"})]
+    objs = drivers_objects(("default", {"default": True}),
+                           ("pool-b", {"repository": "nvcr.io/nvidia", "image": "driver", "version": "580.95.05",
+                                       "nodeSelector": {"pool": "b"}}))  # fmt: skip
+    plans = render_all(parse_spec(crd_policy()), nodes, nvidia_drivers=objs)
+    default = daemonset(plans, "nvidia-driver-daemonset-ubuntu22.04")
+    mine = daemonset(plans, "nvidia-driver-daemonset-pool-b-ubuntu22.04")
+    pod = mine["spec"]["template"]["spec"]
+    assert pod["nodeSelector"][OWNER_LABEL] == "pool-b"
+    assert pod["containers"][0]["image"] == "nvcr.io/nvidia/driver:580.95.05-ubuntu22.04"
+    assert mine["metadata"]["ownerReferences"][0]["name"] == "pool-b"
+    # The default now avoids nodes routed to another NVIDIADriver.
+    affinity = default["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
+    term = affinity["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
+    assert term["matchExpressions"] == [{"key": OWNER_LABEL, "operator": "DoesNotExist"}]
+
+
+def test_precompiled_nvidiadriver_tags_images_per_kernel() -> None:
+    nodes = [facts("c1", kernel="5.15.0-122-generic", labels={"pool": "c"}),
+             facts("c2", kernel="5.15.0-130-generic", labels={"pool": "c"})]  # fmt: skip
+    objs = drivers_objects(("pool-c", {"repository": "nvcr.io/nvidia", "image": "driver", "version": "580",
+                                       "usePrecompiled": True, "nodeSelector": {"pool": "c"}}))  # fmt: skip
+    plans = render_all(parse_spec(crd_policy()), nodes, nvidia_drivers=objs)
+    images = sorted(
+        ds["spec"]["template"]["spec"]["containers"][0]["image"]
+        for ds in daemonsets(plans) if ds["metadata"]["labels"].get("nvidia.com/gpu-operator.state") == "state-driver"
+    )  # fmt: skip
+    assert images == ["nvcr.io/nvidia/driver:580-5.15.0-122-generic-ubuntu22.04",
+                      "nvcr.io/nvidia/driver:580-5.15.0-130-generic-ubuntu22.04"]  # fmt: skip
+
+
+def test_node_patches_carry_the_owner_and_the_nvidiadrivers_auto_upgrade() -> None:
+    spec = parse_spec(crd_policy())
+    node = facts("b1", labels={"pool": "b", "nvidia.com/gpu.present": "true"})
+    drivers = [nvd("pool-b", nodeSelector={"pool": "b"}, upgradePolicy={"autoUpgrade": False}),
+               nvd("default", default=True)]  # fmt: skip
+    found = assign([node], drivers)
+    groups = nvidiadriver.groups(spec, drivers, found)
+    patch = nvidiadriver.node_patches([node], found, groups)["b1"]
+    assert patch["labels"] == {OWNER_LABEL: "pool-b"}
+    assert "annotations" not in patch  # autoUpgrade false and no annotation yet
+    drivers[0] = nvd("pool-b", nodeSelector={"pool": "b"})  # upstream's default: autoUpgrade true
+    groups = nvidiadriver.groups(spec, drivers, found)
+    patch = nvidiadriver.node_patches([node], found, groups)["b1"]
+    assert patch["annotations"] == {UPGRADE_ENABLED_ANNOTATION: "true"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "image"),
+    [
+        ({"version": "580.95.05"}, "nvcr.io/nvidia/driver:580.95.05"),
+        ({"repository": "r.example/nv", "image": "driver", "version": "570.1"}, "r.example/nv/driver:570.1"),
+        ({"image": "r.example/driver@sha256:abc"}, "r.example/driver@sha256:abc"),
+    ],
+)
+def test_image_fields(spec: dict[str, Any], image: str) -> None:
+    from gpu_operator import images
+
+    derived = nvidiadriver.cluster_spec(parse_spec({}), nvd("x", **spec).spec)  # type: ignore[arg-type]
+    assert images.resolve(derived.driver, "driver") == image
+
+
+def test_status_reports_conflicts_and_readiness() -> None:
+    drivers = [nvd("pool-b", nodeSelector={"pool": "b"}), nvd("rack", nodeSelector={"rack": "r7"})]
+    found = assign(NODES, drivers)
+    status = nvidiadriver.driver_status(drivers[0], found, (True, ""), "gpu-operator", None, "t0")
+    assert status["state"] == "notReady" and status["conflictingNodes"] == ["b2"]
+    error = next(c for c in status["conditions"] if c["type"] == "Error")
+    assert error["status"] == "True" and error["reason"] == "ConflictingNodeSelector"
+    alone = assign(NODES, drivers[:1])
+    status = nvidiadriver.driver_status(drivers[0], alone, (True, ""), "gpu-operator", None, "t0")
+    assert status["state"] == "ready" and status["nodes"] == 2
+    off = nvidiadriver.driver_status(drivers[0], None, None, "gpu-operator", None, "t0")
+    assert off["state"] == "disabled"
+
+
+def test_crd_has_printer_columns_and_rules() -> None:
+    crd = nvidiadriver_crd()
+    version = crd["spec"]["versions"][0]
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Status", "Default", "Nodes", "Age"]
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert any("default NVIDIADriver" in r["message"] for r in spec["x-kubernetes-validations"])
+    assert spec["properties"]["driverType"]["enum"] == ["gpu", "vgpu", "vgpu-host-manager"]

@@ -4,7 +4,8 @@ Five H100 nodes: a0, a1 (pool=a), b0, b1 (pool=b) and c0 (pool=c). The cluster s
 (one driver for all); a default NVIDIADriver with the same settings is created and useNvidiaDriverCRD switched
 on: no driver pod restarts. An NVIDIADriver for pool=b with another version converges there (two versions in the
 cluster); a third selecting b1 again is a conflict named on both. A precompiled NVIDIADriver for pool=c gets
-per-kernel images; when c0's kernel label changes the node moves to the new kernel's pool. The module runs its
+per-kernel images; when c0's kernel label changes the upgrade state machine cordons it and moves it to the new
+kernel's pool. The module runs its
 own cluster.
 """
 
@@ -21,10 +22,12 @@ from e2e.kube import wait_for
 from e2e.operator_process import NAMESPACE, OperatorProcess, install_crds_and_rbac, policy_from_sample
 from e2e.simulator import NodeSimulator
 from gpu_operator.kube import Kube
+from gpu_operator.nodes import DRIVER_KERNEL
 from gpu_operator.nvidiadriver_api import OWNER_LABEL
 
 POOLS = {"nd-a0": "a", "nd-a1": "a", "nd-b0": "b", "nd-b1": "b", "nd-c0": "c"}
 KERNEL = "feature.node.kubernetes.io/kernel-version.full"
+UPGRADE_STATE = "nvidia.com/gpu-driver-upgrade-state"
 WAIT = 240
 
 
@@ -73,6 +76,10 @@ def ready(pod: dict[str, Any] | None) -> bool:
 
 def image(pod: dict[str, Any]) -> str:
     return str(next(c["image"] for c in pod["spec"]["containers"] if c["name"] == "nvidia-driver-ctr"))
+
+
+def labels(env: Env, node: str) -> dict[str, str]:
+    return dict(((env.admin.get("Node", node) or {}).get("metadata") or {}).get("labels") or {})
 
 
 def nvd_status(env: Env, name: str) -> dict[str, Any]:
@@ -136,7 +143,7 @@ def test_an_overlapping_nvidiadriver_is_a_conflict_on_both(env: Env) -> None:
 
         def conflict(name: str = name) -> bool:
             conds = nvd_status(env, name).get("conditions") or []
-            err = next((c for c in conds if c["type"] == "Error"), {})
+            err: dict[str, Any] = next((c for c in conds if c["type"] == "Error"), {})
             return err.get("reason") == "ConflictingNodeSelector" and "nd-b1" in err.get("message", "")
 
         wait(env, conflict, f"{name} names the conflict on nd-b1")
@@ -162,6 +169,19 @@ def test_precompiled_node_moves_to_its_new_kernels_pool(env: Env) -> None:
         return ready(pod) and pod is not None and image(pod).endswith(f":580-{tag}-ubuntu22.04")
 
     wait(env, lambda: runs(kernel), "nd-c0 runs the precompiled driver for its kernel")
+    wait(env, lambda: labels(env, "nd-c0").get(UPGRADE_STATE) == "upgrade-done", "nd-c0 is upgrade-done")
     new_kernel = "6.8.0-60-generic"
     env.admin.merge_patch("Node", "nd-c0", {"metadata": {"labels": {KERNEL: new_kernel}}})
+    # The upgrade state machine moves it: cordoned, drained, then its driver pod changes pools.
+    wait(env, lambda: (env.admin.get("Node", "nd-c0") or {}).get("spec", {}).get("unschedulable") is True,
+         "nd-c0 is cordoned for the move")  # fmt: skip
     wait(env, lambda: runs(new_kernel), "nd-c0 runs the precompiled driver for its new kernel")
+    wait(env, lambda: labels(env, "nd-c0").get(UPGRADE_STATE) == "upgrade-done", "nd-c0 is upgrade-done again")
+    wait(env, lambda: not (env.admin.get("Node", "nd-c0") or {}).get("spec", {}).get("unschedulable"),
+         "nd-c0 is uncordoned")  # fmt: skip
+    assert labels(env, "nd-c0")[DRIVER_KERNEL] == new_kernel
+    messages = [
+        e.get("message", "") for e in env.admin.list("Event", "default")
+        if e["involvedObject"]["name"] == "nd-c0" and e.get("reason") == "GPUDriverUpgrade"
+    ]  # fmt: skip
+    assert any(f"kernel is now {new_kernel}" in m for m in messages), messages

@@ -12,7 +12,7 @@ import yaml
 from gpu_operator import nvidiadriver
 from gpu_operator.api import ClusterPolicySpec, parse_spec
 from gpu_operator.nodes import NodeFacts
-from gpu_operator.render import StatePlan, node_patches, plan, relabelled
+from gpu_operator.render import StatePlan, driver_node_patches, driver_routing, node_patches, plan, relabelled
 from gpu_operator.states import RenderContext
 
 REPO = Path(__file__).resolve().parent.parent
@@ -112,12 +112,10 @@ def render_all(
     """The whole pipeline as the operator runs it: label the nodes, then plan on the relabelled nodes."""
     nodes = fixed_nodes() if nodes is None else nodes
     patched = relabelled(nodes, node_patches(nodes, spec))
-    groups: tuple[Any, ...] = ()
-    if spec.driver.use_nvidia_driver_crd:
-        drivers = [nvidiadriver.NVIDIADriver.from_object(o) for o in nvidia_drivers or []]
-        assignment = nvidiadriver.assign(patched, drivers)
-        groups = nvidiadriver.groups(spec, drivers, assignment)
-        patched = relabelled(patched, nvidiadriver.node_patches(patched, assignment, groups))
+    drivers = [nvidiadriver.NVIDIADriver.from_object(o) for o in nvidia_drivers or []]
+    routing = driver_routing(patched, spec, drivers)
+    groups = routing.groups
+    patched = relabelled(patched, driver_node_patches(patched, spec, routing))
     ctx = RenderContext(
         spec=spec,
         namespace=namespace,

@@ -192,3 +192,73 @@ def test_crd_has_printer_columns_and_rules() -> None:
     spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
     assert any("default NVIDIADriver" in r["message"] for r in spec["x-kubernetes-validations"])
     assert spec["properties"]["driverType"]["enum"] == ["gpu", "vgpu", "vgpu-host-manager"]
+
+
+# Precompiled pools follow the kernel through the upgrade state machine (nodes.DRIVER_KERNEL).
+
+
+def test_driver_kernel_label_follows_the_kernel_unless_held() -> None:
+    from gpu_operator.nodes import DRIVER_KERNEL, driver_kernel_patch
+
+    deploy = {"nvidia.com/gpu.deploy.driver": "true"}
+    fresh = facts("c1", kernel="5.15.0-122-generic", labels=deploy)
+    assert driver_kernel_patch(fresh, precompiled=True, hold=True) == {DRIVER_KERNEL: "5.15.0-122-generic"}
+    moved = facts("c1", kernel="6.8.0-60-generic", labels={**deploy, DRIVER_KERNEL: "5.15.0-122-generic"})
+    assert driver_kernel_patch(moved, precompiled=True, hold=True) == {}  # the upgrade planner moves it
+    assert driver_kernel_patch(moved, precompiled=True, hold=False) == {DRIVER_KERNEL: "6.8.0-60-generic"}
+    assert driver_kernel_patch(moved, precompiled=False, hold=True) == {DRIVER_KERNEL: None}
+
+
+def test_a_held_node_stays_in_its_old_kernels_pool() -> None:
+    from gpu_operator.nodes import DRIVER_KERNEL
+    from gpu_operator.render import driver_node_patches, driver_routing, plan, relabelled
+    from gpu_operator.states import RenderContext
+
+    labels = {"pool": "c", DRIVER_KERNEL: "5.15.0-122-generic", "nvidia.com/gpu.deploy.driver": "true",
+              "nvidia.com/gpu.present": "true"}  # fmt: skip
+    held = facts("c1", kernel="6.8.0-60-generic", labels=labels)
+    spec = parse_spec(crd_policy())
+    drivers = [nvd("pool-c", repository="nvcr.io/nvidia", image="driver", version="580", usePrecompiled=True,
+                   nodeSelector={"pool": "c"})]  # fmt: skip
+    routing = driver_routing([held], spec, drivers)
+    assert driver_node_patches([held], spec, routing, holding={"c1"}).get("c1", {}).get("labels", {}) == {
+        OWNER_LABEL: "pool-c"
+    }
+    nodes = relabelled([held], driver_node_patches([held], spec, routing, holding={"c1"}))
+    ctx = RenderContext(spec=spec, namespace="gpu-operator", nodes=tuple(nodes), nvidia_drivers=routing.groups)
+    ds = daemonset(plan(ctx), "nvidia-driver-daemonset-pool-c-ubuntu22.04-5.15.0-122-generic")
+    assert ds["spec"]["template"]["spec"]["nodeSelector"][DRIVER_KERNEL] == "5.15.0-122-generic"
+    # Without a driver pod to keep (or without autoUpgrade) the node moves at once.
+    moved = driver_node_patches([held], spec, routing)["c1"]["labels"]
+    assert moved[DRIVER_KERNEL] == "6.8.0-60-generic"
+
+
+def test_planner_moves_a_node_to_its_new_kernels_pool_at_pod_restart() -> None:
+    from gpu_operator.api import DriverUpgradePolicySpec
+    from gpu_operator.upgrade import STATE_LABEL, DeleteDriverPod, MovePool, SetState, UpgradeNode, plan
+
+    ready = [{"name": "x", "ready": True, "restartCount": 0}]
+    pod = {"metadata": {"name": "drv-c1", "labels": {"controller-revision-hash": "r1"}},
+           "status": {"phase": "Running", "containerStatuses": ready}}  # fmt: skip
+    policy = DriverUpgradePolicySpec(auto_upgrade=True)
+    done = UpgradeNode("c1", labels={STATE_LABEL: "upgrade-done"}, driver_pod=pod, driver_revision="r1",
+                       pool_move="6.8.0-60-generic")  # fmt: skip
+    first = plan([done], [], policy, 0.0)
+    assert SetState("c1", "upgrade-required") in first.actions
+    assert "kernel is now 6.8.0-60-generic" in next(a.message for a in first.actions if hasattr(a, "message"))
+    restart = UpgradeNode("c1", labels={STATE_LABEL: "pod-restart-required"}, driver_pod=pod, driver_revision="r1",
+                          unschedulable=True, pool_move="6.8.0-60-generic")  # fmt: skip
+    actions = plan([restart], [], policy, 0.0).actions
+    assert MovePool("c1", "6.8.0-60-generic") in actions
+    assert actions.index(MovePool("c1", "6.8.0-60-generic")) < actions.index(DeleteDriverPod("c1", "drv-c1"))
+
+
+def test_pool_move_is_read_from_the_labels() -> None:
+    from gpu_operator.nodes import DRIVER_KERNEL
+    from gpu_operator.upgrade.adapter import _pool_move
+
+    assert _pool_move(facts("c1", kernel="6.8.0-60-generic", labels={DRIVER_KERNEL: "5.15.0-122-generic"})) == (
+        "6.8.0-60-generic"
+    )
+    assert _pool_move(facts("c1", kernel="6.8.0-60-generic", labels={DRIVER_KERNEL: "6.8.0-60-generic"})) == ""
+    assert _pool_move(facts("c1", kernel="6.8.0-60-generic")) == ""

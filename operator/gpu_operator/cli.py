@@ -58,8 +58,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     from . import compat
     from .gpu_identity import device_ids_from_node_feature, node_of_feature
     from .nodes import NodeFacts
+    from .nvidiadriver import NVIDIADriver, conflict_message
     from .observe import with_devices
-    from .render import config_map_keys, node_patches, plan, relabelled
+    from .render import config_map_keys, driver_node_patches, driver_routing, merged, node_patches, plan, relabelled
     from .states import RenderContext
 
     try:
@@ -89,11 +90,21 @@ def cmd_render(args: argparse.Namespace) -> int:
     config_maps = {
         (d.get("metadata") or {}).get("name", ""): config_map_keys(d) for d in node_docs if d.get("kind") == "ConfigMap"
     }
-    verdicts = compat.verdicts(nodes, spec)
+    # NVIDIADriver objects in the same file drive the nodes they select (with driver.useNvidiaDriverCRD).
+    drivers = [NVIDIADriver.from_object(d) for d in node_docs if d.get("kind") == "NVIDIADriver"]
+    routing = driver_routing(nodes, spec, drivers)
+    for d in drivers:
+        if routing.assignment is not None and d.name in routing.assignment.problems:
+            print(f"warning: NVIDIADriver {d.name}: {routing.assignment.problems[d.name]}", file=sys.stderr)
+        message = conflict_message(d.name, routing.assignment) if routing.assignment is not None else None
+        if message:
+            print(f"warning: NVIDIADriver {d.name}: {message}", file=sys.stderr)
+    verdicts = compat.verdicts_for(nodes, spec, routing.groups)
     refused = compat.refused(verdicts)
     for name, message in refused.items():
         print(f"warning: node {name}: driver not rolled out: {message}", file=sys.stderr)
     patches = node_patches(nodes, spec, set(refused))
+    patches = merged(patches, driver_node_patches(relabelled(nodes, patches), spec, routing))
     owner = {
         "apiVersion": "nvidia.com/v1",
         "kind": "ClusterPolicy",
@@ -107,6 +118,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         owner=owner,
         api_groups=frozenset(args.api_group),
         config_maps=config_maps,
+        nvidia_drivers=routing.groups,
     )
     out: list[str] = []
     for state_plan in plan(ctx):

@@ -23,6 +23,7 @@ from .api import (
     RDMASpec,
     ResourceRequirements,
     SidecarSpec,
+    State,
     Toleration,
 )
 
@@ -130,7 +131,8 @@ class NVIDIADriverSpec(Model):
         return bool(self.use_precompiled)
 
 
-NVDState = Literal["ignored", "ready", "notReady", "disabled"]
+# The ClusterPolicy's states (one Literal: typing treats Literals of the same values as one, in either order).
+NVDState = State
 
 
 class NVIDIADriverStatus(Model):

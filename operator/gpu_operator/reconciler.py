@@ -20,10 +20,20 @@ from .apply import Applier, labels_of
 from .events import EventRecorder, now
 from .kube import ApiError, Kube
 from .lifecycle import CLEANUP_FINALIZER, Lifecycle
-from .nodes import DRIVER_REFUSED, NodeFacts, deploy_label
+from .nodes import DRIVER_KERNEL, DRIVER_REFUSED, NodeFacts, deploy_label
 from .observe import Key, Snapshot, key_of
 from .readiness import daemonset_ready
-from .render import NodePatch, StatePlan, node_patches, plan, relabelled, render_key
+from .render import (
+    NodePatch,
+    StatePlan,
+    driver_node_patches,
+    driver_routing,
+    merged,
+    node_patches,
+    plan,
+    relabelled,
+    render_key,
+)
 from .states import RenderContext, all_states
 from .states.base import STATE_LABEL, owning_state
 from .status import StateResult, active_policy, ignored_status, policy_status, status_changed
@@ -192,15 +202,10 @@ class Reconciler:
         # labels to exist), then the nodes are labelled.
         nodes = list(snap.nodes.values())
         drivers = [nvidiadriver.NVIDIADriver.from_object(o) for o in snap.nvidia_drivers.values()]
-        crd_mode = spec.driver.enabled and spec.driver.use_nvidia_driver_crd
-        assignment = nvidiadriver.assign(nodes, drivers) if crd_mode else None
-        groups = nvidiadriver.groups(spec, drivers, assignment) if assignment is not None else ()
-        if crd_mode:  # each NVIDIADriver's version is checked on the nodes it drives
-            verdicts = {}
-            for group in groups:
-                verdicts.update(compat.verdicts([n for n in nodes if n.name in group.nodes], group.spec))
-        else:
-            verdicts = compat.verdicts(nodes, spec)
+        routing = driver_routing(nodes, spec, drivers)
+        assignment, groups = routing.assignment, routing.groups
+        crd_mode = assignment is not None
+        verdicts = compat.verdicts_for(nodes, spec, groups)  # each NVIDIADriver's version on its own nodes
         refused = compat.refused(verdicts)
         # A refused node keeps a driver pod of ours it already runs; only one without gets the refused label.
         with_driver = {
@@ -210,16 +215,21 @@ class Reconciler:
         # A node the driver may run on again gets gpu.deploy.driver=true back only once the driver DaemonSets
         # carry this version: before, the DaemonSet controller could start the refused version there.
         held = hold_driver_restores(patches, nodes)
-        extra = nvidiadriver.node_patches(relabelled(nodes, patches), assignment, groups)
-        if extra:  # merged into copies: the memo's patches are shared
-            patches = dict(patches)
-            for name, more in extra.items():
-                merged = {k: dict(v) for k, v in patches.get(name, {}).items()}
-                for part, values in more.items():
-                    merged.setdefault(part, {}).update(values)
-                patches[name] = merged
+        patches = merged(patches, driver_node_patches(relabelled(nodes, patches), spec, routing, with_driver))
+        # A node joining a precompiled pool gets its driver-kernel label before the DaemonSets select it, so
+        # a pod already running there (an install from before the label) is not deleted meanwhile.
+        early: dict[str, NodePatch] = {}
+        for n in nodes:
+            added = (patches.get(n.name) or {}).get("labels", {}).get(DRIVER_KERNEL)
+            if added and DRIVER_KERNEL not in n.labels:
+                early[n.name] = {"labels": {DRIVER_KERNEL: added}}
+                rest = {k: dict(v) for k, v in patches[n.name].items()}
+                del rest["labels"][DRIVER_KERNEL]
+                patches[n.name] = {k: v for k, v in rest.items() if v}
+                if not patches[n.name]:
+                    del patches[n.name]
         versions = {n.name: n.resource_version for n in nodes if n.name in patches}
-        nodes = relabelled(nodes, patches)
+        nodes = relabelled(relabelled(nodes, patches), early)
         migs, nodes = mig_pass.run(self.kube, self.namespace, spec, snap, nodes, self.events)
         # The MIG pass wrote its labels already; the label patch (sent after the objects) must not undo them.
         for name, mig_labels in migs.patches.items():
@@ -247,8 +257,9 @@ class Reconciler:
         live = dict(snap.owned)
         states = frozenset(s.name for s in all_states())
         plans = self._render(ctx)
+        early_nodes = self.applier.patch_nodes(early) if early else []
         applied_by_state = self.applier.apply_states([p for p in plans if not p.problem], live)
-        out.nodes = self.applier.patch_nodes(patches, versions)
+        out.nodes = early_nodes + self.applier.patch_nodes(patches, versions)
         self.labelling = Labelling(meta["name"], meta.get("uid", ""), generation, spec)
         pods_by_owner: dict[str, list[dict[str, Any]]] = {}
         for pod in snap.pods.values():

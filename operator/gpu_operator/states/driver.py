@@ -16,7 +16,7 @@ from typing import Any
 
 from .. import images
 from ..api import ImageSpec
-from ..nodes import NodeFacts, Pool, driver_pools, gets_driver, unpooled
+from ..nodes import NodeFacts, Pool, driver_pools, gets_driver, pool_kernel, unpooled
 from .base import OperandState, RenderContext, RenderProblem
 
 # Upstream tags RHEL-family driver images by the major OS version only (getOSTag in internal/state/nodepool.go).
@@ -104,7 +104,7 @@ def _pool_nodes(nodes: tuple[NodeFacts, ...], pool: Pool) -> list[NodeFacts]:
         for n in nodes
         if gets_driver(n)
         and (n.os_id, n.os_version) == (pool.os_id, pool.os_version)
-        and (not pool.kernel or n.kernel == pool.kernel)
+        and (not pool.kernel or pool_kernel(n) == pool.kernel)
     ]
 
 

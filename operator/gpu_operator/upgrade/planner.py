@@ -53,6 +53,7 @@ from .model import (
     DeleteDriverPod,
     Event,
     EvictPods,
+    MovePool,
     Plan,
     SetState,
     Uncordon,
@@ -266,7 +267,9 @@ class _Pass:
             return _Step(waiting=f"driver pod {pod_name(pod)} is terminating") if state == UNKNOWN else _Step()
         if node.driver_out_of_date or node.requested:
             why = (
-                f"driver pod {pod_name(pod)} runs revision {pod_revision(pod)}, "
+                f"kernel is now {node.pool_move}: driver pod {pod_name(pod)} is of the old kernel's pool"
+                if node.pool_move
+                else f"driver pod {pod_name(pod)} runs revision {pod_revision(pod)}, "
                 f"its DaemonSet is at {node.driver_revision}"
                 if node.driver_out_of_date
                 else f"upgrade requested by annotation {REQUESTED_ANNOTATION}"
@@ -432,6 +435,8 @@ class _Pass:
                 actions.append(Annotate(node.name, DELETED_DRIVER_POD_ANNOTATION, name))
             if node.requested:
                 actions.append(Annotate(node.name, REQUESTED_ANNOTATION, None))
+            if node.pool_move:  # the old pool's DaemonSet lets go of the node; its new pool's takes it
+                actions.append(MovePool(node.name, node.pool_move))
             actions.append(DeleteDriverPod(node.name, name))
             actions.append(
                 Event(node.name, "Normal", EVENT_REASON, f"deleting driver pod {name} to restart the driver")

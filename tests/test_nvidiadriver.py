@@ -262,3 +262,30 @@ def test_pool_move_is_read_from_the_labels() -> None:
     )
     assert _pool_move(facts("c1", kernel="6.8.0-60-generic", labels={DRIVER_KERNEL: "6.8.0-60-generic"})) == ""
     assert _pool_move(facts("c1", kernel="6.8.0-60-generic")) == ""
+
+
+def test_cluster_wide_limit_caps_the_starts_of_every_nvidiadriver() -> None:
+    from gpu_operator.api import DriverUpgradePolicySpec
+    from gpu_operator.upgrade import STATE_LABEL, Limit, SetState, UpgradeNode, plan
+
+    ready = [{"name": "x", "ready": True, "restartCount": 0}]
+
+    def node(name: str) -> UpgradeNode:
+        pod = {"metadata": {"name": f"drv-{name}", "labels": {"controller-revision-hash": "old"}},
+               "status": {"phase": "Running", "containerStatuses": ready}}  # fmt: skip
+        return UpgradeNode(name, labels={STATE_LABEL: "upgrade-required"}, driver_pod=pod, driver_revision="new")
+
+    a, b = [node("a1"), node("a2")], [node("b1"), node("b2")]
+    own = DriverUpgradePolicySpec(auto_upgrade=True, max_parallel_upgrades=2, max_unavailable="100%")
+    cluster = DriverUpgradePolicySpec(max_parallel_upgrades=3, max_unavailable="100%")
+    limit = Limit.over(a + b, cluster, "all NVIDIADrivers")
+
+    def starts(p: Any) -> list[str]:
+        return [x.node for x in p.actions if isinstance(x, SetState) and x.state == "cordon-required"]
+
+    first = plan(a, [], own, 0.0, limit=limit)
+    assert starts(first) == ["a1", "a2"]
+    limit = limit.after(2, 2)
+    second = plan(b, [], own, 0.0, limit=limit)
+    assert starts(second) == ["b1"]  # three at once in the cluster, although b's own policy allows two
+    assert "across all NVIDIADrivers" in second.waiting["b2"]

@@ -38,7 +38,9 @@ from .states import RenderContext, all_states
 from .states.base import STATE_LABEL, owning_state
 from .status import StateResult, active_policy, ignored_status, policy_status, status_changed
 from .status_writer import StatusWriter
-from .upgrade.orchestrate import orchestrate
+from .upgrade import Counters, Limit
+from .upgrade.adapter import managed_nodes
+from .upgrade.orchestrate import Orchestrated, orchestrate, set_gauges
 
 log = logging.getLogger("gpu_operator")
 
@@ -296,13 +298,8 @@ class Reconciler:
             out.busy = True
 
         by_name = {n.name: n for n in nodes}
-        if crd_mode:  # each NVIDIADriver's nodes by its own upgradePolicy
-            upgrade = orchestrate(self.kube, self.namespace, spec, replace(snap, nodes={}), self.events)
-            for group in groups:
-                mine = {k: v for k, v in by_name.items() if k in group.nodes}
-                one = orchestrate(self.kube, self.namespace, group.spec, replace(snap, nodes=mine), self.events)
-                upgrade.busy = upgrade.busy or one.busy
-                upgrade.status = _sum_upgrades(upgrade.status, one.status)
+        if crd_mode:
+            upgrade = self._orchestrate_nvidia_drivers(spec, snap, by_name, groups)
         else:
             upgrade = orchestrate(self.kube, self.namespace, spec, replace(snap, nodes=by_name), self.events)
         self._driver_statuses(snap, drivers, assignment, plans, live, pods_by_owner, set(refused))
@@ -339,6 +336,33 @@ class Reconciler:
             status["conditions"].append(mig_condition)
         out.ready = status["state"] == "ready"
         self.status.write(policy, status)
+
+    def _orchestrate_nvidia_drivers(
+        self,
+        spec: ClusterPolicySpec,
+        snap: Snapshot,
+        by_name: dict[str, NodeFacts],
+        groups: tuple[nvidiadriver.DriverGroup, ...],
+    ) -> Orchestrated:
+        """Each NVIDIADriver's nodes by its own upgradePolicy, and all of them within the ClusterPolicy's
+        maxParallelUpgrades and maxUnavailable (over every node the NVIDIADrivers drive)."""
+        parts = [(g, replace(snap, nodes={k: v for k, v in by_name.items() if k in g.nodes})) for g in groups]
+        everyone = [n for g, part in parts for n in managed_nodes(g.spec, part)]
+        what = "all NVIDIADrivers (ClusterPolicy driver.upgradePolicy)"
+        limit = Limit.over(everyone, spec.driver.upgrade_policy, what)
+        out = Orchestrated(None, False)
+        totals: dict[str, int] = {}
+        for group, part in parts:
+            one = orchestrate(self.kube, self.namespace, group.spec, part, self.events, limit=limit, gauges=False)
+            limit = limit.after(one.started, one.made_unavailable)
+            out.busy = out.busy or one.busy
+            out.status = _sum_upgrades(out.status, one.status)
+            for key, value in vars(one.counters).items():
+                totals[key] = totals.get(key, 0) + value
+        out.counters = Counters(**totals)
+        set_gauges(out.counters)
+        metrics.driver_auto_upgrade_enabled.set(int(any(g.spec.driver.upgrade_policy.auto_upgrade for g in groups)))
+        return out
 
     def _driver_statuses(
         self,

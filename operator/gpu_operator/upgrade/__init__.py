@@ -36,7 +36,7 @@ from .model import (
     UpgradeNode,
     WorkloadPod,
 )
-from .planner import Slots, max_unavailable_count, plan, preview_waves, select_starts
+from .planner import Limit, Slots, max_unavailable_count, plan, preview_waves, select_starts
 from .selector import Selector, SelectorError, parse_selector
 
 __all__ = [
@@ -48,6 +48,7 @@ __all__ = [
     "FAILED",
     "FAILURE_REASON_ANNOTATION",
     "IN_PROGRESS_STATES",
+    "Limit",
     "INITIAL_UNSCHEDULABLE_ANNOTATION",
     "POD_DELETION_START_ANNOTATION",
     "REQUESTED_ANNOTATION",

@@ -11,6 +11,8 @@ own cluster.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -134,6 +136,12 @@ def test_two_nvidiadrivers_converge_with_two_versions(env: Env) -> None:
     node = env.admin.get("Node", "nd-b0") or {}
     assert node["metadata"]["labels"].get(OWNER_LABEL) == "pool-b"
     assert nvd_status(env, "pool-b")["nodes"] == 2
+    # `upgrade plan` shows one section per NVIDIADriver, each with its own policy and nodes.
+    cmd = [sys.executable, "-m", "gpu_operator.cli", "upgrade", "plan", "--kubeconfig", str(env.cluster.kubeconfig)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "NVIDIADriver default: autoUpgrade=true" in done.stdout and "of 3 nodes)" in done.stdout
+    assert "NVIDIADriver pool-b: autoUpgrade=true" in done.stdout, done.stdout
 
 
 def test_an_overlapping_nvidiadriver_is_a_conflict_on_both(env: Env) -> None:

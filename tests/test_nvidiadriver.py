@@ -71,6 +71,14 @@ def test_two_defaults_and_invalid_specs_drive_nothing() -> None:
     assert "spec.driverType" in found.problems["bad"]
 
 
+def test_vgpu_host_manager_is_refused_and_takes_no_node() -> None:
+    found = assign(NODES, [nvd("host", driverType="vgpu-host-manager"), nvd("default", default=True)])
+    assert set(found.owner.values()) == {"default"}
+    assert "not supported" in found.problems["host"]
+    status = nvidiadriver.driver_status(nvd("host", driverType="vgpu-host-manager"), found, None, "ns", None, "t")
+    assert status["state"] == "notReady"
+
+
 def test_owner_label_patch_sets_and_removes() -> None:
     found = assign(NODES, [nvd("pool-b", nodeSelector={"pool": "b"})])
     assert nvidiadriver.owner_patch(NODES[1], found) == {OWNER_LABEL: "pool-b"}

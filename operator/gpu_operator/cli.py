@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from . import __version__
-from .api import ALLOW_UNKNOWN_ANNOTATION, PolicyError, allows_unknown, parse_spec, unknown_fields
+from .api import ALLOW_UNKNOWN_ANNOTATION, ClusterPolicySpec, PolicyError, allows_unknown, parse_spec, unknown_fields
 from .coverage import unsupported_fields
 
 DEFAULT_NAMESPACE = "gpu-operator"
@@ -239,9 +239,9 @@ def cmd_upgrade_plan(args: argparse.Namespace) -> int:
 
     from . import upgrade
     from .kube import ApiError, Kube
-    from .observe import observe
+    from .observe import Snapshot, observe
     from .status import active_policy
-    from .upgrade.adapter import managed_nodes, steady, workload_pods
+    from .upgrade.adapter import managed_nodes, workload_pods
 
     try:
         kube = Kube.connect(args.kubeconfig)
@@ -252,16 +252,56 @@ def cmd_upgrade_plan(args: argparse.Namespace) -> int:
             return 2
         policy_obj = snap.policies[name]
         spec = parse_spec(policy_obj.get("spec"), allow_unknown=allows_unknown(policy_obj.get("metadata")))
-        managed = managed_nodes(spec, snap)
-        policy = spec.driver.upgrade_policy
-        result = upgrade.plan(managed, workload_pods(kube, managed), policy, time.time(),
-                              validation_enabled=spec.validator.enabled)  # fmt: skip
+        # One section per upgrade policy: the ClusterPolicy's, or each NVIDIADriver's (useNvidiaDriverCRD).
+        sections: list[tuple[str, ClusterPolicySpec, Snapshot]] = [(f"ClusterPolicy {name}", spec, snap)]
+        limit = None
+        if spec.driver.enabled and spec.driver.use_nvidia_driver_crd:
+            from dataclasses import replace
+
+            from .nvidiadriver import NVIDIADriver
+            from .render import driver_routing
+
+            drivers = [NVIDIADriver.from_object(o) for o in snap.nvidia_drivers.values()]
+            routing = driver_routing(list(snap.nodes.values()), spec, drivers)
+            sections = [
+                (f"NVIDIADriver {g.name}", g.spec,
+                 replace(snap, nodes={k: v for k, v in snap.nodes.items() if k in g.nodes}))
+                for g in routing.groups
+            ]  # fmt: skip
+            everyone = [n for _, s_, part in sections for n in managed_nodes(s_, part)]
+            what = "all NVIDIADrivers (ClusterPolicy driver.upgradePolicy)"
+            limit = upgrade.Limit.over(everyone, spec.driver.upgrade_policy, what)
+            if not sections:
+                print("the ClusterPolicy's driver is handed to NVIDIADriver resources (useNvidiaDriverCRD); none "
+                      "drives a node")  # fmt: skip
+        results = []
+        for title, section_spec, part in sections:
+            managed = managed_nodes(section_spec, part)
+            policy = section_spec.driver.upgrade_policy
+            result = upgrade.plan(managed, workload_pods(kube, managed), policy, time.time(),
+                                  validation_enabled=spec.validator.enabled, limit=limit)  # fmt: skip
+            if limit is not None:
+                starts = [a.node for a in result.actions
+                          if isinstance(a, upgrade.SetState) and a.state == "cordon-required"]  # fmt: skip
+                by_name = {n.name: n for n in managed}
+                limit = limit.after(len(starts), sum(1 for n in starts if not by_name[n].unavailable))
+            results.append((title, section_spec, managed, result))
     except (ApiError, PolicyError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    for title, section_spec, managed, result in results:
+        _print_upgrade_plan(title, section_spec, managed, result)
+    return 0
+
+
+def _print_upgrade_plan(title: str, spec: ClusterPolicySpec, managed: list[Any], result: Any) -> None:
+    from . import upgrade
+    from .upgrade.adapter import steady
+
+    policy = spec.driver.upgrade_policy
     c = result.counters
     limit = policy.max_parallel_upgrades or "unlimited"
-    print(f"ClusterPolicy {name}: autoUpgrade={str(policy.auto_upgrade).lower()}, maxParallelUpgrades={limit}, "
+    print(f"{title}: autoUpgrade={str(policy.auto_upgrade).lower()}, maxParallelUpgrades={limit}, "
           f"maxUnavailable={policy.max_unavailable} ({c.max_unavailable} of {c.total} nodes)")  # fmt: skip
     print(f"nodes: {c.total} managed, {c.done} done, {c.in_progress} in progress, {c.failed} failed, "
           f"{c.pending} waiting to start, {c.skipped} skipped")  # fmt: skip
@@ -280,7 +320,6 @@ def cmd_upgrade_plan(args: argparse.Namespace) -> int:
         print("waiting:")
         for node in sorted(result.waiting):
             print(f"  {node} ({states[node]}): {steady(result.waiting[node])}")
-    return 0
 
 
 def _resources(res: dict[str, int]) -> str:

@@ -6,6 +6,8 @@ DaemonSets per NVIDIADriver, from the ClusterPolicy spec with its driver section
 
 - a non-default NVIDIADriver takes the GPU nodes its nodeSelector matches (an empty one: every GPU node);
 - the default one (`spec.default: true`, at most one) takes the GPU nodes no other one matches;
+- `driverType` gpu and vgpu (the guest driver, another image) render the driver; vgpu-host-manager is refused
+  (named in its status) and takes no node;
 - a node two non-default ones match is a conflict, reported on both; neither takes it (a node already routed to
   one of them by the owner label keeps that driver, so a conflict never removes a running driver).
 
@@ -112,6 +114,12 @@ def assign(nodes: Iterable[NodeFacts], drivers: Iterable[NVIDIADriver]) -> Assig
             continue
         if d.spec is None:
             out.problems[d.name] = f"invalid spec: {d.problem}"
+            continue
+        if d.spec.driver_type == "vgpu-host-manager":
+            out.problems[d.name] = (
+                "driverType vgpu-host-manager: not supported by this operator (the vGPU host manager is not "
+                "rendered); it takes no node"
+            )
             continue
         live.append(d)
     defaults = [d for d in live if d.default]

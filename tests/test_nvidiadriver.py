@@ -193,6 +193,28 @@ def test_status_reports_conflicts_and_readiness() -> None:
     assert off["state"] == "disabled"
 
 
+def test_node_affinity_is_kept_and_the_default_adds_its_exclusion_to_every_term() -> None:
+    terms = [{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
+             {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]}]  # fmt: skip
+    affinity = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}
+    drivers = [nvd("default", default=True, nodeAffinity=affinity), nvd("pool-b", nodeSelector={"pool": "b"})]
+    found = assign(NODES, drivers)
+    default, pool_b = sorted(nvidiadriver.groups(parse_spec({}), drivers, found), key=lambda g: not g.default)
+    got = default.node_affinity()
+    assert got is not None
+    for term in got["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]:
+        assert term["matchExpressions"][-1] == {"key": OWNER_LABEL, "operator": "DoesNotExist"}
+    assert affinity["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"] == terms  # not changed
+    assert pool_b.node_affinity() is None
+
+
+def test_unsupported_fields_are_named_in_the_status() -> None:
+    driver = nvd("x", podSecurityContext={"runAsUser": 0})
+    status = nvidiadriver.driver_status(driver, assign(NODES, [driver]), (True, ""), "ns", None, "t")
+    cond = next(c for c in status["conditions"] if c["type"] == "UnsupportedFields")
+    assert cond["status"] == "True" and "podSecurityContext" in cond["message"]
+
+
 def test_crd_has_printer_columns_and_rules() -> None:
     crd = nvidiadriver_crd()
     version = crd["spec"]["versions"][0]

@@ -19,6 +19,7 @@ nodes (affinity on the owner label) only while some node has an owner.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -257,6 +258,7 @@ class DriverGroup:
     nodes: frozenset[str]
     default: bool
     exclude_owned: bool  # the default's DaemonSets avoid nodes with an owner label
+    affinity: dict[str, Any] | None = None  # the NVIDIADriver's nodeAffinity
 
     def pool_name(self, pool: Pool) -> str:
         """The default keeps the ClusterPolicy's pool names (and so its DaemonSets); others are prefixed."""
@@ -272,14 +274,19 @@ class DriverGroup:
         return {} if self.default else {OWNER_LABEL: self.name}
 
     def node_affinity(self) -> dict[str, Any] | None:
-        if not (self.default and self.exclude_owned):
-            return None
-        term = {"matchExpressions": [{"key": OWNER_LABEL, "operator": "DoesNotExist"}]}
-        return {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}
+        """The NVIDIADriver's nodeAffinity; the default's also avoids owned nodes (in every term: terms are ORed)."""
+        out = copy.deepcopy(self.affinity) if self.affinity else {}
+        if self.default and self.exclude_owned:
+            required = out.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
+            terms = required.get("nodeSelectorTerms") or [{}]
+            for term in terms:
+                term.setdefault("matchExpressions", []).append({"key": OWNER_LABEL, "operator": "DoesNotExist"})
+            required["nodeSelectorTerms"] = terms
+        return out or None
 
     def key(self) -> list[Any]:
         return [self.name, self.owner, self.spec.model_dump(mode="json"), sorted(self.nodes), self.default,
-                self.exclude_owned]  # fmt: skip
+                self.exclude_owned, self.affinity]  # fmt: skip
 
 
 def groups(
@@ -301,6 +308,7 @@ def groups(
                 nodes=frozenset(assignment.nodes_of(d.name)),
                 default=d.default,
                 exclude_owned=exclude,
+                affinity=d.spec.node_affinity,
             )
         )
     return tuple(out)
@@ -323,6 +331,18 @@ def _condition(ctype: str, value: bool, reason: str, message: str, generation: i
         "lastTransitionTime": before["lastTransitionTime"] if same else now,
         "observedGeneration": generation,
     }
+
+
+def unsupported_fields(spec: NVIDIADriverSpec) -> list[str]:
+    """Fields set on an NVIDIADriver that this operator does not act on, each with the reason."""
+    out = []
+    if spec.use_open_kernel_modules is not None:
+        out.append("useOpenKernelModules: deprecated upstream and not honoured there; use kernelModuleType")
+    if spec.virtual_topology_config and spec.virtual_topology_config.name:
+        out.append("virtualTopologyConfig: the vGPU topology ConfigMap is not mounted into the driver yet")
+    if spec.pod_security_context is not None:
+        out.append("podSecurityContext: not applied to the driver pod yet")
+    return out
 
 
 def driver_status(
@@ -362,6 +382,10 @@ def driver_status(
         _condition("Ready", state == "ready", reason, message, gen, conditions, now),
         _condition("Error", bool(error), reason if error else "Ready", error, gen, conditions, now),
     ]
+    unsupported = unsupported_fields(driver.spec) if driver.spec is not None else []
+    if unsupported:
+        text = "set but not supported by this operator: " + "; ".join(unsupported)
+        out_conditions.append(_condition("UnsupportedFields", True, "UnsupportedFields", text, gen, conditions, now))
     return {
         "state": state,
         "namespace": namespace,

@@ -21,6 +21,7 @@ from .kinds import NODE_FEATURE, operand_kinds, served
 from .kube import Kube
 from .nodes import NodeFacts
 from .nodewatch import NodeWatch
+from .nvidiadriver import NVIDIADriver
 from .observe import (
     Key,
     Snapshot,
@@ -34,7 +35,7 @@ from .observe import (
     with_devices,
 )
 from .reconciler import Reconciler, hold_driver_restores
-from .render import NodePatch, config_map_keys, node_patches
+from .render import NodePatch, config_map_keys, driver_node_patches, driver_routing, merged, node_patches, relabelled
 from .states.base import MANAGED_BY, OPERATOR_NAME, STATE_LABEL
 from .status import active_policy
 
@@ -106,14 +107,20 @@ class Operator:
             return
         # The version matrix's refusal as a full pass decides it (a node without a driver pod of ours).
         node = with_devices({node.name: node}, self.node_features)[node.name]
-        refused = compat.refused(compat.verdicts([node], current.spec))
-        if refused and any(
+        # With useNvidiaDriverCRD, by the NVIDIADriver that drives the node (its version, its labels).
+        drivers = [NVIDIADriver.from_object(o) for o in self.nvidia_drivers.values()]
+        routing = driver_routing([node], current.spec, drivers)
+        refused = compat.refused(compat.verdicts_for([node], current.spec, routing.groups))
+        runs_driver = any(
             p["node"] == node.name and p["metadata"]["labels"].get(STATE_LABEL) == "state-driver"
             for p in self.pods.values()
-        ):
+        )
+        if runs_driver:
             refused = {}
         patches = node_patches([node], current.spec, set(refused))
         hold_driver_restores(patches, [node])  # a refused node's driver label comes back in a full pass only
+        holding = {node.name} if runs_driver else set()
+        patches = merged(patches, driver_node_patches(relabelled([node], patches), current.spec, routing, holding))
         patch = patches.get(node.name)
         if patch:
             self._labelling.add(asyncio.ensure_future(self._patch_node(node, patch)))

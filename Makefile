@@ -44,7 +44,7 @@ demo: $(STAMP) binaries
 
 ## crds, manifests: regenerate the CRDs from the model, then the chart's copy and the plain install manifest
 crds: $(STAMP)
-	$(VENV)/bin/gpu-operator crds > crds/nvidia.com_clusterpolicies.yaml
+	$(VENV)/bin/gpu-operator crds --dir crds
 	$(MAKE) manifests
 
 manifests: $(STAMP) binaries

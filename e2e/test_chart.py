@@ -240,6 +240,38 @@ def test_nvidia_driver_crd_switch_maps_to_use_nvidia_driver_crd() -> None:
     assert "nvidiaDriverCRD" not in spec["driver"]
 
 
+def test_nvidia_driver_crd_deploys_a_default_nvidiadriver_that_renders_the_same_driver() -> None:
+    """The default NVIDIADriver is made from the same driver values as the ClusterPolicy: switching over keeps
+    every driver DaemonSet's pod template (so no driver pod restarts)."""
+    from gpu_operator.nvidiadriver import NVIDIADriver
+    from gpu_operator.render import driver_node_patches, driver_routing
+
+    assert not find(render(), "NVIDIADriver")
+    assert not find(render(sets=["driver.nvidiaDriverCRD.enabled=true",
+                                 "driver.nvidiaDriverCRD.deployDefaultCR=false"]), "NVIDIADriver")  # fmt: skip
+    sets = ["driver.version=580.95.05", "driver.upgradePolicy.maxParallelUpgrades=3"]
+    before = parse_spec(policy_spec(render(sets=sets)))
+    docs = render(sets=[*sets, "driver.nvidiaDriverCRD.enabled=true"])
+    nvd = one(docs, "NVIDIADriver", "default")
+    assert nvd["spec"]["default"] is True and nvd["spec"]["driverType"] == "gpu"
+    driver = NVIDIADriver.from_object(nvd)
+    assert driver.spec is not None, driver.problem
+    after = parse_spec(policy_spec(docs))
+    nodes = fixed_nodes()
+
+    def driver_templates(spec: Any, drivers: list[NVIDIADriver]) -> dict[str, Any]:
+        patched = relabelled(nodes, node_patches(nodes, spec))
+        routing = driver_routing(patched, spec, drivers)
+        patched = relabelled(patched, driver_node_patches(patched, spec, routing))
+        ctx = RenderContext(spec=spec, namespace=NAMESPACE, nodes=tuple(patched), owner=OWNER,
+                            nvidia_drivers=routing.groups)  # fmt: skip
+        driver_plan = next(p for p in plan(ctx) if p.state.name == "state-driver")
+        return {o["metadata"]["name"]: o["spec"]["template"] for o in driver_plan.objects if o["kind"] == "DaemonSet"}
+
+    templates = driver_templates(before, [])
+    assert templates and driver_templates(after, [driver]) == templates
+
+
 def test_image_fields() -> None:
     spec = parse_spec(policy_spec(render(CHART / "ci" / "upstream-values.yaml")))
     assert images.resolve(spec.driver, "driver") == "nvcr.io/nvidia/driver:580.82.07"
@@ -288,7 +320,7 @@ def test_sandbox_off_values() -> None:
     assert not [d for d in docs if hook(d) == "pre-upgrade"]
     job = one(docs, "Job", "gpu-operator-cleanup")
     env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["DELETE_CRDS"] == "clusterpolicies.nvidia.com"
+    assert env["DELETE_CRDS"] == "clusterpolicies.nvidia.com,nvidiadrivers.nvidia.com"
     assert env["CLUSTERPOLICIES"] == "*" and env["TIMEOUT_SECONDS"] == "30"
 
 
@@ -560,6 +592,9 @@ REQUIRED_CLUSTER: dict[tuple[str, str], set[str]] = {
     ("", "events"): {"create"},
     ("nvidia.com", "clusterpolicies"): {"get", "list", "watch", "patch", "update"},
     ("nvidia.com", "clusterpolicies/status"): {"get", "patch", "update"},
+    ("nvidia.com", "nvidiadrivers"): {"get", "list", "watch"},
+    ("nvidia.com", "nvidiadrivers/status"): {"get", "patch", "update"},
+    ("nvidia.com", "nvidiadrivers/finalizers"): {"update"},  # driver DaemonSets owned with blockOwnerDeletion
     ("nfd.k8s-sigs.io", "nodefeatures"): {"list"},  # PCI device IDs of GPUs no label identifies yet
 }
 # The objects the states render, from the registry of kinds: namespaced ones in the operand namespace.

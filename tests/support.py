@@ -9,9 +9,10 @@ from typing import Any
 
 import yaml
 
+from gpu_operator import nvidiadriver
 from gpu_operator.api import ClusterPolicySpec, parse_spec
 from gpu_operator.nodes import NodeFacts
-from gpu_operator.render import StatePlan, node_patches, plan, relabelled
+from gpu_operator.render import StatePlan, driver_node_patches, driver_routing, node_patches, plan, relabelled
 from gpu_operator.states import RenderContext
 
 REPO = Path(__file__).resolve().parent.parent
@@ -106,10 +107,15 @@ def render_all(
     namespace: str = NAMESPACE,
     api_groups: frozenset[str] = frozenset(),
     config_maps: dict[str, tuple[str, ...]] | None = None,
+    nvidia_drivers: list[dict[str, Any]] | None = None,
 ) -> list[StatePlan]:
     """The whole pipeline as the operator runs it: label the nodes, then plan on the relabelled nodes."""
     nodes = fixed_nodes() if nodes is None else nodes
     patched = relabelled(nodes, node_patches(nodes, spec))
+    drivers = [nvidiadriver.NVIDIADriver.from_object(o) for o in nvidia_drivers or []]
+    routing = driver_routing(patched, spec, drivers)
+    groups = routing.groups
+    patched = relabelled(patched, driver_node_patches(patched, spec, routing))
     ctx = RenderContext(
         spec=spec,
         namespace=namespace,
@@ -117,6 +123,7 @@ def render_all(
         owner=OWNER,
         api_groups=api_groups,
         config_maps=CONFIG_MAPS if config_maps is None else config_maps,
+        nvidia_drivers=groups,
     )
     return plan(ctx)
 
@@ -155,10 +162,14 @@ class Scenario:
     nodes: list[NodeFacts] | None
     api_groups: frozenset[str]
     config_maps: dict[str, tuple[str, ...]] | None = None
+    nvidia_drivers: list[dict[str, Any]] | None = None
 
     def render(self) -> list[StatePlan]:
         spec = parse_spec(copy.deepcopy(self.spec))
-        return render_all(spec, self.nodes, api_groups=self.api_groups, config_maps=self.config_maps)
+        return render_all(
+            spec, self.nodes, api_groups=self.api_groups, config_maps=self.config_maps,
+            nvidia_drivers=self.nvidia_drivers,
+        )  # fmt: skip
 
 
 def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
@@ -176,7 +187,7 @@ def deep_merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
 
 def load_scenario(name: str) -> Scenario:
     data = yaml.safe_load((SCENARIOS / name / "scenario.yaml").read_text()) or {}
-    unknown = set(data) - {"description", "base", "overlay", "nodes", "api_groups", "config_maps"}
+    unknown = set(data) - {"description", "base", "overlay", "nodes", "api_groups", "config_maps", "nvidia_drivers"}
     assert not unknown, f"scenario {name}: unknown keys {sorted(unknown)}"
     base = {"default": dict(load_policy()["spec"]), "empty": {}}[data.get("base", "default")]
     nodes = None
@@ -195,6 +206,7 @@ def load_scenario(name: str) -> Scenario:
         nodes=nodes,
         api_groups=frozenset(data.get("api_groups", [MONITORING])),
         config_maps={k: tuple(v) for k, v in data["config_maps"].items()} if "config_maps" in data else None,
+        nvidia_drivers=data.get("nvidia_drivers"),
     )
 
 

@@ -11,14 +11,15 @@ import yaml
 
 from gpu_operator import api
 from gpu_operator.cli import main
-from gpu_operator.crd import clusterpolicy_crd, crds_yaml
+from gpu_operator.crd import clusterpolicy_crd, crd_files, crds_yaml
 from support import REPO
 
-COMMITTED = REPO / "crds" / "nvidia.com_clusterpolicies.yaml"
+COMMITTED = REPO / "crds"
 
 
 def test_committed_crd_is_up_to_date() -> None:
-    committed = COMMITTED.read_text()
+    committed = "".join(f.read_text() for f in sorted(COMMITTED.glob("*.yaml")))
+    assert sorted(f.name for f in COMMITTED.glob("*.yaml")) == list(crd_files())
     generated = crds_yaml()
     if committed != generated:
         diff = "".join(
@@ -26,7 +27,7 @@ def test_committed_crd_is_up_to_date() -> None:
                 difflib.unified_diff(committed.splitlines(True), generated.splitlines(True), "committed", "generated")
             )[:60]
         )
-        pytest.fail(f"{COMMITTED.relative_to(REPO)} is stale: run `make crds` and commit the result.\n{diff}")
+        pytest.fail(f"{COMMITTED.relative_to(REPO)}/ is stale: run `make crds` and commit the result.\n{diff}")
 
 
 def test_cli_prints_the_same_crds(capsys: pytest.CaptureFixture[str]) -> None:

@@ -200,8 +200,11 @@ def test_unknown_gpu_is_named_not_refused() -> None:
 
 
 def test_node_facts_keep_nfd_device_labels() -> None:
-    facts = NodeFacts.from_node({"metadata": {"name": "n", "labels": {V100_LABEL: "true", "other": "x"}}})
-    assert facts.labels == {V100_LABEL: "true"}
+    nfd_other = "feature.node.kubernetes.io/cpu-cpuid.AVX512F"
+    labels = {V100_LABEL: "true", nfd_other: "true", "pool": "a"}
+    facts = NodeFacts.from_node({"metadata": {"name": "n", "labels": labels}})
+    # NFD's other labels are dropped; labels outside NFD stay (an NVIDIADriver's nodeSelector may name them).
+    assert facts.labels == {V100_LABEL: "true", "pool": "a"}
 
 
 # Refusal per node

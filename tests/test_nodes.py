@@ -14,6 +14,7 @@ from gpu_operator.nodes import (
     ALL_OPERANDS,
     DEPLOY_PREFIX,
     DRA_OPERANDS,
+    DRIVER_KERNEL,
     GPU_PCI_LABELS,
     RUNTIME_LABEL,
     NodeFacts,
@@ -41,16 +42,22 @@ def labelled(n: NodeFacts, spec: ClusterPolicySpec = DEFAULT) -> NodeFacts:
 
 
 def test_from_node_keeps_only_relevant_labels_and_reads_status() -> None:
-    raw = node("n1", labels={"nvidia.com/gpu.deploy.driver": "true", "example.com/other": "x"})
+    nfd_other = "feature.node.kubernetes.io/cpu-cpuid.AVX512F"
+    raw = node("n1", labels={"nvidia.com/gpu.deploy.driver": "true", "example.com/other": "x", nfd_other: "true"})
     raw["spec"] = {"unschedulable": True}
     n = NodeFacts.from_node(raw)
     assert n.name == "n1"
+    # NFD's labels other than the OS, kernel and NVIDIA PCI ones are dropped; labels outside NFD are kept (an
+    # NVIDIADriver's nodeSelector may name any of them).
     assert n.labels == {
         PCI: "true",
         OS_ID: "ubuntu",
         OS_VERSION: "22.04",
         KERNEL: "5.15.0-122-generic",
         "nvidia.com/gpu.deploy.driver": "true",
+        "example.com/other": "x",
+        "kubernetes.io/hostname": "n1",
+        "kubernetes.io/os": "linux",
     }
     assert (n.unschedulable, n.ready, n.runtime, n.has_nfd) == (True, True, "containerd", True)
     assert (n.os_id, n.os_version, n.kernel) == ("ubuntu", "22.04", "5.15.0-122-generic")
@@ -463,7 +470,10 @@ def test_precompiled_pools_split_by_kernel() -> None:
     pools = driver_pools(nodes, precompiled=True)
     assert pools == [Pool("ubuntu", "22.04", "5.15.0-122-generic"), Pool("ubuntu", "22.04", "5.15.0-130-generic")]
     assert pools[0].name == "ubuntu22.04-5.15.0-122-generic"
-    assert pools[0].node_selector() == {OS_ID: "ubuntu", OS_VERSION: "22.04", KERNEL: "5.15.0-122-generic"}
+    # The operator's driver-kernel label, which the upgrade planner moves when the kernel changes.
+    assert pools[0].node_selector() == {OS_ID: "ubuntu", OS_VERSION: "22.04", DRIVER_KERNEL: "5.15.0-122-generic"}
+    odd = Pool("rhel", "9.4", "5.14.0-427.13.1.el9_4.x86_64+debug")  # no label value: NFD's label is selected
+    assert odd.node_selector()[KERNEL] == "5.14.0-427.13.1.el9_4.x86_64+debug"
 
 
 def test_pool_name_is_dns_safe() -> None:

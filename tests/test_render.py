@@ -347,7 +347,7 @@ def test_precompiled_driver_pools_per_kernel() -> None:
         "nvidia-driver-daemonset-ubuntu24.04-6.8.0-45-generic": f"{repo}:595.91.07-6.8.0-45-generic-ubuntu24.04",
     }
     ds = daemonset(plans, "nvidia-driver-daemonset-ubuntu24.04-6.8.0-45-generic")
-    assert ds["spec"]["template"]["spec"]["nodeSelector"]["feature.node.kubernetes.io/kernel-version.full"] == (
+    assert ds["spec"]["template"]["spec"]["nodeSelector"]["nvidia.com/gpu-operator.driver-kernel"] == (
         "6.8.0-45-generic"
     )
     assert ds["spec"]["template"]["metadata"]["labels"]["nvidia.com/precompiled"] == "true"
@@ -410,7 +410,6 @@ def test_driver_opt_out_nodes_get_no_pool() -> None:
     ("raw", "state"),
     [
         ({"driver": {"enabled": False}}, "state-driver"),
-        ({"driver": {"useNvidiaDriverCRD": True}}, "state-driver"),
         ({"toolkit": {"enabled": False}}, "state-container-toolkit"),
         ({"devicePlugin": {"enabled": False}}, "state-device-plugin"),
         ({"devicePlugin": {"enabled": False}}, "state-mps-control-daemon"),
@@ -428,6 +427,14 @@ def test_disabled_state_renders_nothing(raw: dict[str, Any], state: str) -> None
     assert plans[state].objects == []
     others = [p for name, p in plans.items() if name != state and p.enabled]
     assert others and all(p.objects for p in others)
+
+
+def test_driver_handed_to_nvidiadrivers_renders_no_daemonset_without_one() -> None:
+    raw = default_raw()
+    raw["driver"]["useNvidiaDriverCRD"] = True
+    driver = next(p for p in render_all(parse_spec(raw)) if p.state.name == "state-driver")
+    assert driver.enabled and driver.objects  # its service account, roles and probe script
+    assert not [o for o in driver.objects if o["kind"] == "DaemonSet"]
 
 
 def test_validator_skips_the_plugin_check_without_device_plugin_but_keeps_the_toolkit_check() -> None:

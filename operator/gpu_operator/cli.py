@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from . import __version__
-from .api import ALLOW_UNKNOWN_ANNOTATION, PolicyError, allows_unknown, parse_spec, unknown_fields
+from .api import ALLOW_UNKNOWN_ANNOTATION, ClusterPolicySpec, PolicyError, allows_unknown, parse_spec, unknown_fields
 from .coverage import unsupported_fields
 
 DEFAULT_NAMESPACE = "gpu-operator"
@@ -59,8 +59,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     from . import compat
     from .gpu_identity import device_ids_from_node_feature, node_of_feature
     from .nodes import NodeFacts
+    from .nvidiadriver import NVIDIADriver, conflict_message
     from .observe import with_devices
-    from .render import config_map_keys, node_patches, plan, relabelled
+    from .render import config_map_keys, driver_node_patches, driver_routing, merged, node_patches, plan, relabelled
     from .states import RenderContext
 
     try:
@@ -90,11 +91,21 @@ def cmd_render(args: argparse.Namespace) -> int:
     config_maps = {
         (d.get("metadata") or {}).get("name", ""): config_map_keys(d) for d in node_docs if d.get("kind") == "ConfigMap"
     }
-    verdicts = compat.verdicts(nodes, spec)
+    # NVIDIADriver objects in the same file drive the nodes they select (with driver.useNvidiaDriverCRD).
+    drivers = [NVIDIADriver.from_object(d) for d in node_docs if d.get("kind") == "NVIDIADriver"]
+    routing = driver_routing(nodes, spec, drivers)
+    for d in drivers:
+        if routing.assignment is not None and d.name in routing.assignment.problems:
+            print(f"warning: NVIDIADriver {d.name}: {routing.assignment.problems[d.name]}", file=sys.stderr)
+        message = conflict_message(d.name, routing.assignment) if routing.assignment is not None else None
+        if message:
+            print(f"warning: NVIDIADriver {d.name}: {message}", file=sys.stderr)
+    verdicts = compat.verdicts_for(nodes, spec, routing.groups)
     refused = compat.refused(verdicts)
     for name, message in refused.items():
         print(f"warning: node {name}: driver not rolled out: {message}", file=sys.stderr)
     patches = node_patches(nodes, spec, set(refused))
+    patches = merged(patches, driver_node_patches(relabelled(nodes, patches), spec, routing))
     owner = {
         "apiVersion": "nvidia.com/v1",
         "kind": "ClusterPolicy",
@@ -108,6 +119,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         owner=owner,
         api_groups=frozenset(args.api_group),
         config_maps=config_maps,
+        nvidia_drivers=routing.groups,
     )
     out: list[str] = []
     for state_plan in plan(ctx):
@@ -190,6 +202,14 @@ def _render_from_cluster(args: argparse.Namespace) -> int:
 def cmd_crds(args: argparse.Namespace) -> int:
     from .crd import all_crds, crds_yaml
 
+    if args.dir:
+        from pathlib import Path
+
+        from .crd import crd_files
+
+        for name, text in crd_files().items():
+            (Path(args.dir) / name).write_text(text)
+        return 0
     if not args.apply:
         sys.stdout.write(crds_yaml())
         return 0
@@ -221,9 +241,9 @@ def cmd_upgrade_plan(args: argparse.Namespace) -> int:
 
     from . import upgrade
     from .kube import ApiError, Kube
-    from .observe import observe
+    from .observe import Snapshot, observe
     from .status import active_policy
-    from .upgrade.adapter import managed_nodes, steady, workload_pods
+    from .upgrade.adapter import managed_nodes, workload_pods
 
     try:
         kube = Kube.connect(args.kubeconfig)
@@ -234,16 +254,56 @@ def cmd_upgrade_plan(args: argparse.Namespace) -> int:
             return 2
         policy_obj = snap.policies[name]
         spec = parse_spec(policy_obj.get("spec"), allow_unknown=allows_unknown(policy_obj.get("metadata")))
-        managed = managed_nodes(spec, snap)
-        policy = spec.driver.upgrade_policy
-        result = upgrade.plan(managed, workload_pods(kube, managed), policy, time.time(),
-                              validation_enabled=spec.validator.enabled)  # fmt: skip
+        # One section per upgrade policy: the ClusterPolicy's, or each NVIDIADriver's (useNvidiaDriverCRD).
+        sections: list[tuple[str, ClusterPolicySpec, Snapshot]] = [(f"ClusterPolicy {name}", spec, snap)]
+        limit = None
+        if spec.driver.enabled and spec.driver.use_nvidia_driver_crd:
+            from dataclasses import replace
+
+            from .nvidiadriver import NVIDIADriver
+            from .render import driver_routing
+
+            drivers = [NVIDIADriver.from_object(o) for o in snap.nvidia_drivers.values()]
+            routing = driver_routing(list(snap.nodes.values()), spec, drivers)
+            sections = [
+                (f"NVIDIADriver {g.name}", g.spec,
+                 replace(snap, nodes={k: v for k, v in snap.nodes.items() if k in g.nodes}))
+                for g in routing.groups
+            ]  # fmt: skip
+            everyone = [n for _, s_, part in sections for n in managed_nodes(s_, part)]
+            what = "all NVIDIADrivers (ClusterPolicy driver.upgradePolicy)"
+            limit = upgrade.Limit.over(everyone, spec.driver.upgrade_policy, what)
+            if not sections:
+                print("the ClusterPolicy's driver is handed to NVIDIADriver resources (useNvidiaDriverCRD); none "
+                      "drives a node")  # fmt: skip
+        results = []
+        for title, section_spec, part in sections:
+            managed = managed_nodes(section_spec, part)
+            policy = section_spec.driver.upgrade_policy
+            result = upgrade.plan(managed, workload_pods(kube, managed), policy, time.time(),
+                                  validation_enabled=spec.validator.enabled, limit=limit)  # fmt: skip
+            if limit is not None:
+                starts = [a.node for a in result.actions
+                          if isinstance(a, upgrade.SetState) and a.state == "cordon-required"]  # fmt: skip
+                by_name = {n.name: n for n in managed}
+                limit = limit.after(len(starts), sum(1 for n in starts if not by_name[n].unavailable))
+            results.append((title, section_spec, managed, result))
     except (ApiError, PolicyError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    for title, section_spec, managed, result in results:
+        _print_upgrade_plan(title, section_spec, managed, result)
+    return 0
+
+
+def _print_upgrade_plan(title: str, spec: ClusterPolicySpec, managed: list[Any], result: Any) -> None:
+    from . import upgrade
+    from .upgrade.adapter import steady
+
+    policy = spec.driver.upgrade_policy
     c = result.counters
     limit = policy.max_parallel_upgrades or "unlimited"
-    print(f"ClusterPolicy {name}: autoUpgrade={str(policy.auto_upgrade).lower()}, maxParallelUpgrades={limit}, "
+    print(f"{title}: autoUpgrade={str(policy.auto_upgrade).lower()}, maxParallelUpgrades={limit}, "
           f"maxUnavailable={policy.max_unavailable} ({c.max_unavailable} of {c.total} nodes)")  # fmt: skip
     print(f"nodes: {c.total} managed, {c.done} done, {c.in_progress} in progress, {c.failed} failed, "
           f"{c.pending} waiting to start, {c.skipped} skipped")  # fmt: skip
@@ -262,7 +322,6 @@ def cmd_upgrade_plan(args: argparse.Namespace) -> int:
         print("waiting:")
         for node in sorted(result.waiting):
             print(f"  {node} ({states[node]}): {steady(result.waiting[node])}")
-    return 0
 
 
 def _resources(res: dict[str, int]) -> str:
@@ -624,6 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("crds", help="print the CRDs (or apply them with --apply)")
     p.add_argument("--apply", action="store_true", help="server-side apply them to the cluster")
+    p.add_argument("--dir", help="write one file per CRD into this directory (make crds)")
     p.add_argument("--kubeconfig", help="kubeconfig file")
     p.set_defaults(func=cmd_crds)
     _add_doctor(sub)

@@ -67,6 +67,17 @@ def verdicts(nodes: Iterable[NodeFacts], spec: ClusterPolicySpec) -> dict[str, V
     return out
 
 
+def verdicts_for(nodes: Iterable[NodeFacts], spec: ClusterPolicySpec, groups: Iterable[Any] = ()) -> dict[str, Verdict]:
+    """verdicts(); with useNvidiaDriverCRD, each NVIDIADriver's (nvidiadriver.DriverGroup) on its own nodes."""
+    if not spec.driver.use_nvidia_driver_crd:
+        return verdicts(nodes, spec)
+    nodes = list(nodes)
+    out: dict[str, Verdict] = {}
+    for group in groups:
+        out.update(verdicts([n for n in nodes if n.name in group.nodes], group.spec))
+    return dict(sorted(out.items()))
+
+
 def refused(found: Mapping[str, Verdict]) -> dict[str, str]:
     """Node -> the refusal message, for refused nodes."""
     return {n: v.refusal.message for n, v in found.items() if v.refusal}

@@ -63,11 +63,6 @@ UNSUPPORTED: tuple[Rule, ...] = (
     Rule("validator.vfioPCI.env", VM, when=_sandbox),
     Rule("validator.vgpuManager.env", VM, when=_sandbox),
     Rule("validator.vgpuDevices.env", VM, when=_sandbox),
-    Rule(
-        "driver.useNvidiaDriverCRD",
-        "turns the ClusterPolicy's driver off, but the NVIDIADriver CRD is not served, so no driver is deployed",
-        partial=True,
-    ),
     # Driver pod features not rendered yet.
     Rule("driver.licensingConfig.nlsEnabled", "NLS licensing is not configured in the driver container yet"),
     Rule("driver.virtualTopology.config", "the vGPU topology ConfigMap is not mounted into the driver yet"),

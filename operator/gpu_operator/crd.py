@@ -1,4 +1,4 @@
-"""Generate the ClusterPolicy CRD from the pydantic model, as a structural OpenAPI v3 schema."""
+"""Generate the ClusterPolicy and NVIDIADriver CRDs from the pydantic model, as a structural OpenAPI v3 schema."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 import yaml
 
-from . import api
+from . import api, nvidiadriver_api
 
 _DROP = {"title", "default", "additionalProperties", "$defs", "discriminator"}
 
@@ -107,9 +107,72 @@ def clusterpolicy_crd() -> dict[str, Any]:
     }
 
 
+def nvidiadriver_crd() -> dict[str, Any]:
+    n = nvidiadriver_api
+    spec_schema = _schema(n.NVIDIADriverSpec)
+    status_schema = _schema(n.NVIDIADriverStatus)
+    status_schema.pop("x-kubernetes-preserve-unknown-fields", None)
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{n.PLURAL}.{n.GROUP}",
+            "labels": {"app.kubernetes.io/part-of": "gpu-operator"},
+        },
+        "spec": {
+            "group": n.GROUP,
+            "scope": "Cluster",
+            "names": {
+                "kind": n.KIND,
+                "listKind": f"{n.KIND}List",
+                "plural": n.PLURAL,
+                "singular": "nvidiadriver",
+                "shortNames": ["nvd", "nvdriver", "nvdrivers"],
+            },
+            "versions": [
+                {
+                    "name": n.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": [
+                        {"name": "Status", "type": "string", "jsonPath": ".status.state"},
+                        {"name": "Default", "type": "boolean", "jsonPath": ".spec.default"},
+                        {"name": "Nodes", "type": "integer", "jsonPath": ".status.nodes"},
+                        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                    ],
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "NVIDIADriver deploys one driver configuration on the GPU nodes it selects.",
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema,
+                                "status": status_schema,
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
 def all_crds() -> list[dict[str, Any]]:
-    return [clusterpolicy_crd()]
+    return [clusterpolicy_crd(), nvidiadriver_crd()]
 
 
 def crds_yaml() -> str:
-    return yaml.safe_dump_all(all_crds(), sort_keys=False, width=120)
+    return "".join(crd_files().values())
+
+
+def crd_files() -> dict[str, str]:
+    """File name (`<group>_<plural>.yaml`, as crds/ holds them) -> that CRD as a YAML document, in all_crds()
+    order, which is also the files' name order: the files joined are crds_yaml()."""
+    out = {}
+    for crd in all_crds():
+        group, plural = crd["spec"]["group"], crd["spec"]["names"]["plural"]
+        out[f"{group}_{plural}.yaml"] = "---\n" + yaml.safe_dump(crd, sort_keys=False, width=120)
+    return out

@@ -72,6 +72,7 @@ BUILTIN = (
     Kind("PodDisruptionBudget", "policy/v1", "poddisruptionbudgets", True),
     Kind("CustomResourceDefinition", "apiextensions.k8s.io/v1", "customresourcedefinitions", False),
     Kind("ClusterPolicy", "nvidia.com/v1", "clusterpolicies", False),
+    Kind("NVIDIADriver", "nvidia.com/v1alpha1", "nvidiadrivers", False),
     NODE_FEATURE,
 )
 

@@ -8,7 +8,8 @@ from typing import Any
 
 from .apply import Applier
 from .kube import Kube
-from .nodes import DEPLOY_PREFIX, GPU_PRESENT, RUNTIME_LABEL, written_by_us
+from .nodes import DEPLOY_PREFIX, DRIVER_KERNEL, GPU_PRESENT, RUNTIME_LABEL, written_by_us
+from .nvidiadriver_api import OWNER_LABEL
 from .observe import Snapshot
 from .render import NodePatch
 
@@ -57,7 +58,8 @@ class Lifecycle:
                     drop: dict[str, str | None] = {
                         k: None
                         for k, v in node.labels.items()
-                        if k in (GPU_PRESENT, RUNTIME_LABEL) or (k.startswith(DEPLOY_PREFIX) and written_by_us(v))
+                        if k in (GPU_PRESENT, RUNTIME_LABEL, DRIVER_KERNEL, OWNER_LABEL)
+                        or (k.startswith(DEPLOY_PREFIX) and written_by_us(v))
                     }
                     if drop:
                         patches[node.name] = {"labels": drop}

@@ -42,6 +42,11 @@ PAUSED_VALUES = ("paused-for-driver-upgrade", "paused-for-mig-change")
 # gpu.deploy.driver on a node whose GPU the policy's driver version cannot run (see compat.py): ours, so it
 # goes back to "true" once the version fits, and the driver DaemonSets (which select "true") skip the node.
 DRIVER_REFUSED = "refused-by-version-matrix"
+# Ours: the kernel whose precompiled driver pool a node is in (the precompiled driver DaemonSets select it). It
+# follows the node's kernel label, except on a node running a driver under autoUpgrade: there the upgrade state
+# machine moves it, so the node is cordoned and drained before its driver pod changes pools.
+DRIVER_KERNEL = "nvidia.com/gpu-operator.driver-kernel"
+_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 CONTAINER_OPERANDS = (
     "driver",
@@ -78,13 +83,19 @@ def deploy_label(operand: str) -> str:
     return DEPLOY_PREFIX + operand
 
 
-# Only these label keys matter to the operator; the in-memory projection keeps nothing else.
+# Of NFD's labels only these matter to the operator; the in-memory projection drops NFD's others.
 _NFD_KEYS = frozenset(GPU_PCI_LABELS + (OS_ID, OS_VERSION, KERNEL))
 
 
 def _relevant(key: str) -> bool:
     # NFD's NVIDIA PCI labels too: with device IDs in them they identify the GPU before any driver runs.
-    return key.startswith("nvidia.com/") or key in _NFD_KEYS or (key.startswith(NFD_PREFIX + "pci-") and "10de" in key)
+    # Labels outside NFD's are kept as well: an NVIDIADriver's nodeSelector may name any of them.
+    return (
+        key.startswith("nvidia.com/")
+        or key in _NFD_KEYS
+        or (key.startswith(NFD_PREFIX + "pci-") and "10de" in key)
+        or not key.startswith(NFD_PREFIX)
+    )
 
 
 @dataclass(frozen=True)
@@ -310,8 +321,27 @@ class Pool:
     def node_selector(self) -> dict[str, str]:
         sel = {OS_ID: self.os_id, OS_VERSION: self.os_version}
         if self.kernel:
-            sel[KERNEL] = self.kernel
+            sel[DRIVER_KERNEL if label_value_ok(self.kernel) else KERNEL] = self.kernel
         return sel
+
+
+def label_value_ok(value: str) -> bool:
+    return bool(_LABEL_VALUE.match(value))
+
+
+def pool_kernel(node: NodeFacts) -> str:
+    """The kernel of the precompiled pool a node is in: its driver-kernel label, else its kernel."""
+    return node.labels.get(DRIVER_KERNEL) or node.kernel
+
+
+def driver_kernel_patch(node: NodeFacts, precompiled: bool, hold: bool) -> dict[str, str | None]:
+    """The driver-kernel label change for one node. `precompiled`: the node's driver is precompiled; `hold`:
+    the node runs a driver pod under autoUpgrade (a changed kernel is then left to the upgrade planner)."""
+    current = node.labels.get(DRIVER_KERNEL)
+    want = node.kernel if precompiled and gets_driver(node) and label_value_ok(node.kernel) else None
+    if current == want or (want is not None and current is not None and hold):
+        return {}
+    return {DRIVER_KERNEL: want}
 
 
 def gets_driver(node: NodeFacts) -> bool:
@@ -323,7 +353,7 @@ def gets_driver(node: NodeFacts) -> bool:
 def driver_pools(nodes: list[NodeFacts], precompiled: bool) -> list[Pool]:
     """The pools of the nodes that get the operator's driver, in a stable order."""
     pools = {
-        Pool(n.os_id, n.os_version, n.kernel if precompiled else "")
+        Pool(n.os_id, n.os_version, pool_kernel(n) if precompiled else "")
         for n in nodes
         if gets_driver(n) and n.os_id and n.os_version and (n.kernel or not precompiled)
     }

@@ -46,6 +46,7 @@ class Snapshot:
     api_groups: frozenset[str] = frozenset()
     config_maps: dict[str, tuple[str, ...]] = field(default_factory=dict)  # in our namespace: name -> keys
     config_data: dict[str, dict[str, str]] = field(default_factory=dict)  # in our namespace: name -> data
+    nvidia_drivers: dict[str, dict[str, Any]] = field(default_factory=dict)  # NVIDIADriver objects by name
 
 
 
@@ -156,6 +157,7 @@ def observe(
         policy.setdefault("kind", "ClusterPolicy")
         policies[policy["metadata"]["name"]] = policy
     config_maps = kube.list("ConfigMap", namespace)
+    drivers = list_nvidia_drivers(kube)
     owned = {}
     for kind in operand_kinds():
         for obj in list_owned(kube, kind, namespace, api_groups):
@@ -175,7 +177,22 @@ def observe(
         api_groups=api_groups,
         config_maps={cm["metadata"]["name"]: config_map_keys(cm) for cm in config_maps},
         config_data={cm["metadata"]["name"]: dict(cm.get("data") or {}) for cm in config_maps},
+        nvidia_drivers=drivers,
     )
+
+
+def list_nvidia_drivers(kube: Kube) -> dict[str, dict[str, Any]]:
+    """Every NVIDIADriver by name (none where the CRD is not installed)."""
+    try:
+        found = kube.list("NVIDIADriver")
+    except ApiError as exc:
+        if exc.status in (403, 404):
+            return {}
+        raise
+    for obj in found:
+        obj.setdefault("apiVersion", "nvidia.com/v1alpha1")
+        obj.setdefault("kind", "NVIDIADriver")
+    return {obj["metadata"]["name"]: obj for obj in found}
 
 
 def newer(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:

@@ -14,21 +14,33 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import compat, coverage, metrics, mig, mig_pass, sharing
+from . import compat, coverage, metrics, mig, mig_pass, nvidiadriver, sharing
 from .api import ClusterPolicySpec, PolicyError, allows_unknown, parse_spec
 from .apply import Applier, labels_of
 from .events import EventRecorder, now
 from .kube import ApiError, Kube
 from .lifecycle import CLEANUP_FINALIZER, Lifecycle
-from .nodes import DRIVER_REFUSED, NodeFacts, deploy_label
+from .nodes import DRIVER_KERNEL, DRIVER_REFUSED, NodeFacts, deploy_label
 from .observe import Key, Snapshot, key_of
 from .readiness import daemonset_ready
-from .render import NodePatch, StatePlan, node_patches, plan, relabelled, render_key
+from .render import (
+    NodePatch,
+    StatePlan,
+    driver_node_patches,
+    driver_routing,
+    merged,
+    node_patches,
+    plan,
+    relabelled,
+    render_key,
+)
 from .states import RenderContext, all_states
 from .states.base import STATE_LABEL, owning_state
-from .status import StateResult, active_policy, ignored_status, policy_status
+from .status import StateResult, active_policy, ignored_status, policy_status, status_changed
 from .status_writer import StatusWriter
-from .upgrade.orchestrate import orchestrate
+from .upgrade import Counters, Limit
+from .upgrade.adapter import managed_nodes
+from .upgrade.orchestrate import Orchestrated, orchestrate, set_gauges
 
 log = logging.getLogger("gpu_operator")
 
@@ -191,7 +203,11 @@ class Reconciler:
         # Objects are rendered for the nodes as they will be labelled, applied first (none of them needs the
         # labels to exist), then the nodes are labelled.
         nodes = list(snap.nodes.values())
-        verdicts = compat.verdicts(nodes, spec)
+        drivers = [nvidiadriver.NVIDIADriver.from_object(o) for o in snap.nvidia_drivers.values()]
+        routing = driver_routing(nodes, spec, drivers)
+        assignment, groups = routing.assignment, routing.groups
+        crd_mode = assignment is not None
+        verdicts = compat.verdicts_for(nodes, spec, groups)  # each NVIDIADriver's version on its own nodes
         refused = compat.refused(verdicts)
         # A refused node keeps a driver pod of ours it already runs; only one without gets the refused label.
         with_driver = {
@@ -201,8 +217,21 @@ class Reconciler:
         # A node the driver may run on again gets gpu.deploy.driver=true back only once the driver DaemonSets
         # carry this version: before, the DaemonSet controller could start the refused version there.
         held = hold_driver_restores(patches, nodes)
+        patches = merged(patches, driver_node_patches(relabelled(nodes, patches), spec, routing, with_driver))
+        # A node joining a precompiled pool gets its driver-kernel label before the DaemonSets select it, so
+        # a pod already running there (an install from before the label) is not deleted meanwhile.
+        early: dict[str, NodePatch] = {}
+        for n in nodes:
+            added = (patches.get(n.name) or {}).get("labels", {}).get(DRIVER_KERNEL)
+            if added and DRIVER_KERNEL not in n.labels:
+                early[n.name] = {"labels": {DRIVER_KERNEL: added}}
+                rest = {k: dict(v) for k, v in patches[n.name].items()}
+                del rest["labels"][DRIVER_KERNEL]
+                patches[n.name] = {k: v for k, v in rest.items() if v}
+                if not patches[n.name]:
+                    del patches[n.name]
         versions = {n.name: n.resource_version for n in nodes if n.name in patches}
-        nodes = relabelled(nodes, patches)
+        nodes = relabelled(relabelled(nodes, patches), early)
         migs, nodes = mig_pass.run(self.kube, self.namespace, spec, snap, nodes, self.events)
         # The MIG pass wrote its labels already; the label patch (sent after the objects) must not undo them.
         for name, mig_labels in migs.patches.items():
@@ -221,6 +250,7 @@ class Reconciler:
             api_groups=snap.api_groups,
             config_maps=snap.config_maps,
             config_data=snap.config_data,
+            nvidia_drivers=groups,
         )
         sharing_problems = self._check_sharing(policy, ctx)
         results = []
@@ -229,8 +259,9 @@ class Reconciler:
         live = dict(snap.owned)
         states = frozenset(s.name for s in all_states())
         plans = self._render(ctx)
+        early_nodes = self.applier.patch_nodes(early) if early else []
         applied_by_state = self.applier.apply_states([p for p in plans if not p.problem], live)
-        out.nodes = self.applier.patch_nodes(patches, versions)
+        out.nodes = early_nodes + self.applier.patch_nodes(patches, versions)
         self.labelling = Labelling(meta["name"], meta.get("uid", ""), generation, spec)
         pods_by_owner: dict[str, list[dict[str, Any]]] = {}
         for pod in snap.pods.values():
@@ -266,9 +297,12 @@ class Reconciler:
             self.applier.patch_nodes(held)
             out.busy = True
 
-        upgrade = orchestrate(
-            self.kube, self.namespace, spec, replace(snap, nodes={n.name: n for n in nodes}), self.events
-        )
+        by_name = {n.name: n for n in nodes}
+        if crd_mode:
+            upgrade = self._orchestrate_nvidia_drivers(spec, snap, by_name, groups)
+        else:
+            upgrade = orchestrate(self.kube, self.namespace, spec, replace(snap, nodes=by_name), self.events)
+        self._driver_statuses(snap, drivers, assignment, plans, live, pods_by_owner, set(refused))
         out.busy = out.busy or upgrade.busy or bool(migs.waiting)
         previous_conditions = (policy.get("status") or {}).get("conditions") or []
         # A Warning on each node the status does not name with this rule yet (once per change).
@@ -302,6 +336,72 @@ class Reconciler:
             status["conditions"].append(mig_condition)
         out.ready = status["state"] == "ready"
         self.status.write(policy, status)
+
+    def _orchestrate_nvidia_drivers(
+        self,
+        spec: ClusterPolicySpec,
+        snap: Snapshot,
+        by_name: dict[str, NodeFacts],
+        groups: tuple[nvidiadriver.DriverGroup, ...],
+    ) -> Orchestrated:
+        """Each NVIDIADriver's nodes by its own upgradePolicy, and all of them within the ClusterPolicy's
+        maxParallelUpgrades and maxUnavailable (over every node the NVIDIADrivers drive)."""
+        parts = [(g, replace(snap, nodes={k: v for k, v in by_name.items() if k in g.nodes})) for g in groups]
+        everyone = [n for g, part in parts for n in managed_nodes(g.spec, part)]
+        what = "all NVIDIADrivers (ClusterPolicy driver.upgradePolicy)"
+        limit = Limit.over(everyone, spec.driver.upgrade_policy, what)
+        out = Orchestrated(None, False)
+        totals: dict[str, int] = {}
+        for group, part in parts:
+            one = orchestrate(self.kube, self.namespace, group.spec, part, self.events, limit=limit, gauges=False)
+            limit = limit.after(one.started, one.made_unavailable)
+            out.busy = out.busy or one.busy
+            out.status = _sum_upgrades(out.status, one.status)
+            for key, value in vars(one.counters).items():
+                totals[key] = totals.get(key, 0) + value
+        out.counters = Counters(**totals)
+        set_gauges(out.counters)
+        metrics.driver_auto_upgrade_enabled.set(int(any(g.spec.driver.upgrade_policy.auto_upgrade for g in groups)))
+        return out
+
+    def _driver_statuses(
+        self,
+        snap: Snapshot,
+        drivers: list[nvidiadriver.NVIDIADriver],
+        assignment: nvidiadriver.Assignment | None,
+        plans: list[StatePlan],
+        live: dict[Key, dict[str, Any]],
+        pods_by_owner: dict[str, list[dict[str, Any]]],
+        refused: set[str],
+    ) -> None:
+        """Each NVIDIADriver's status (written when it changed) and a Warning event when it newly conflicts."""
+        driver_plan = next((p for p in plans if p.state.name == "state-driver"), None)
+        for driver in drivers:
+            obj = snap.nvidia_drivers[driver.name]
+            if driver.deleting:
+                continue
+            ready = None
+            if assignment is not None and driver_plan is not None:
+                keys = {
+                    key_of(o) for o in driver_plan.objects
+                    if o["kind"] == "DaemonSet"
+                    and any(r.get("uid") == driver.uid for r in o["metadata"].get("ownerReferences") or [])
+                }  # fmt: skip
+                result = self._daemonsets_ready("state-driver", keys, live, snap, pods_by_owner, refused)
+                ready = (result.state == "ready", result.message)
+                if driver_plan.problem:
+                    ready = (False, driver_plan.problem)
+            previous = obj.get("status") or {}
+            status = nvidiadriver.driver_status(driver, assignment, ready, self.namespace, previous, now())
+            error = next(c for c in status["conditions"] if c["type"] == "Error")
+            before: dict[str, Any] = next(
+                (c for c in previous.get("conditions") or [] if c.get("type") == "Error"), {}
+            )
+            if error["reason"] == nvidiadriver.CONFLICT_REASON and before.get("message") != error["message"]:
+                self.events(obj, "Warning", nvidiadriver.EVENT_REASON, error["message"])
+            if status_changed(previous, status):
+                gone = {k: None for k in previous if k not in status}
+                self.kube.merge_patch("NVIDIADriver", driver.name, {"status": {**gone, **status}}, sub="status")
 
     def _check_sharing(self, policy: dict[str, Any], ctx: RenderContext) -> list[sharing.Problem] | None:
         """The sharing config's problems (None: no config); a Warning event on the policy once per change."""
@@ -344,6 +444,15 @@ class Reconciler:
         if messages:
             return StateResult(state, "notReady", "; ".join(messages))
         return StateResult(state, "ready")
+
+
+def _sum_upgrades(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Two upgrade statuses as one: counts added, waiting nodes joined."""
+    if a is None or b is None:
+        return a or b
+    out = {k: a.get(k, 0) + b.get(k, 0) for k in ("total", "inProgress", "done", "failed", "pending", "available")}
+    out["waiting"] = (a.get("waiting") or []) + (b.get("waiting") or [])
+    return out
 
 
 def hold_driver_restores(patches: dict[str, NodePatch], nodes: list[NodeFacts]) -> dict[str, NodePatch]:

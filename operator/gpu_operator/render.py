@@ -8,9 +8,9 @@ from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import sharing
+from . import nvidiadriver, sharing
 from .api import ClusterPolicySpec
-from .nodes import NodeFacts, apply_patch, desired_annotations, desired_labels
+from .nodes import NodeFacts, apply_patch, desired_annotations, desired_labels, driver_kernel_patch
 from .states import OperandState, RenderContext, all_states
 from .states.base import RenderProblem
 
@@ -49,6 +49,58 @@ def node_patches(
     return out
 
 
+@dataclass(frozen=True)
+class DriverRouting:
+    """Which NVIDIADriver drives which node (None and () unless the ClusterPolicy hands the driver to them)."""
+
+    assignment: nvidiadriver.Assignment | None = None
+    groups: tuple[nvidiadriver.DriverGroup, ...] = ()
+
+
+def driver_routing(
+    nodes: list[NodeFacts], spec: ClusterPolicySpec, drivers: list[nvidiadriver.NVIDIADriver]
+) -> DriverRouting:
+    if not (spec.driver.enabled and spec.driver.use_nvidia_driver_crd):
+        return DriverRouting()
+    assignment = nvidiadriver.assign(nodes, drivers)
+    return DriverRouting(assignment, nvidiadriver.groups(spec, drivers, assignment))
+
+
+def driver_node_patches(
+    nodes: list[NodeFacts], spec: ClusterPolicySpec, routing: DriverRouting, holding: Collection[str] = ()
+) -> dict[str, NodePatch]:
+    """The driver's own node metadata, decided on the nodes as node_patches leaves them: the NVIDIADriver
+    owner label and upgrade-enabled annotation, and the driver-kernel label of precompiled pools.
+
+    `holding`: nodes whose changed kernel is left to the upgrade planner (they run a driver pod under
+    autoUpgrade)."""
+    out = nvidiadriver.node_patches(nodes, routing.assignment, routing.groups)
+    by_node = {n: g.spec for g in routing.groups for n in g.nodes}
+    crd_mode = spec.driver.use_nvidia_driver_crd
+    kernels: dict[str, NodePatch] = {}
+    for node in nodes:
+        driver_spec = by_node.get(node.name) if crd_mode else spec
+        precompiled = bool(driver_spec and driver_spec.driver.enabled and driver_spec.driver.use_precompiled)
+        hold = bool(driver_spec and driver_spec.driver.upgrade_policy.auto_upgrade) and node.name in holding
+        labels = driver_kernel_patch(node, precompiled, hold)
+        if labels:
+            kernels[node.name] = {"labels": labels}
+    return merged(out, kernels)
+
+
+def merged(patches: dict[str, NodePatch], extra: dict[str, NodePatch]) -> dict[str, NodePatch]:
+    """patches with extra merged in, as copies (the reconciler's memo shares its patches)."""
+    if not extra:
+        return patches
+    out = dict(patches)
+    for name, more in extra.items():
+        both = {k: dict(v) for k, v in out.get(name, {}).items()}
+        for part, values in more.items():
+            both.setdefault(part, {}).update(values)
+        out[name] = both
+    return out
+
+
 def relabelled(nodes: list[NodeFacts], patches: dict[str, NodePatch]) -> list[NodeFacts]:
     """The nodes as they will look once the patches are applied."""
     out = []
@@ -82,7 +134,8 @@ def render_key(ctx: RenderContext, rows: dict[str, tuple[NodeFacts, str]] | None
         rows.update(fresh)
     blob = json.dumps(
         [ctx.spec.model_dump(mode="json"), ctx.namespace, ctx.owner, sorted(ctx.api_groups), ctx.config_maps,
-         ctx.config_data.get(ctx.spec.device_plugin.config.name)],
+         ctx.config_data.get(ctx.spec.device_plugin.config.name),
+         [g.key() for g in ctx.nvidia_drivers]],
         sort_keys=True,
         default=str,
     )

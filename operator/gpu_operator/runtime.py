@@ -22,6 +22,7 @@ from .kube import Fence, Kube, NotLeader
 from .leader import Elector, identity
 from .nodes import NodeFacts
 from .nodewatch import NodeWatch
+from .nvidiadriver import NVIDIADriver
 from .observe import (
     Key,
     Snapshot,
@@ -35,7 +36,7 @@ from .observe import (
     with_devices,
 )
 from .reconciler import Reconciler, hold_driver_restores
-from .render import NodePatch, config_map_keys, node_patches
+from .render import NodePatch, config_map_keys, driver_node_patches, driver_routing, merged, node_patches, relabelled
 from .states.base import MANAGED_BY, OPERATOR_NAME, STATE_LABEL
 from .status import active_policy
 
@@ -54,6 +55,7 @@ class Operator:
         self.reconciler = Reconciler(kube, namespace)
         self.nodes: dict[str, NodeFacts] = {}
         self.policies: dict[str, dict[str, Any]] = {}
+        self.nvidia_drivers: dict[str, dict[str, Any]] = {}
         self.owned: dict[Key, dict[str, Any]] = {}
         self.pods: dict[str, dict[str, Any]] = {}
         self.revisions: dict[str, dict[str, Any]] = {}
@@ -116,14 +118,20 @@ class Operator:
             return
         # The version matrix's refusal as a full pass decides it (a node without a driver pod of ours).
         node = with_devices({node.name: node}, self.node_features)[node.name]
-        refused = compat.refused(compat.verdicts([node], current.spec))
-        if refused and any(
+        # With useNvidiaDriverCRD, by the NVIDIADriver that drives the node (its version, its labels).
+        drivers = [NVIDIADriver.from_object(o) for o in self.nvidia_drivers.values()]
+        routing = driver_routing([node], current.spec, drivers)
+        refused = compat.refused(compat.verdicts_for([node], current.spec, routing.groups))
+        runs_driver = any(
             p["node"] == node.name and p["metadata"]["labels"].get(STATE_LABEL) == "state-driver"
             for p in self.pods.values()
-        ):
+        )
+        if runs_driver:
             refused = {}
         patches = node_patches([node], current.spec, set(refused))
         hold_driver_restores(patches, [node])  # a refused node's driver label comes back in a full pass only
+        holding = {node.name} if runs_driver else set()
+        patches = merged(patches, driver_node_patches(relabelled([node], patches), current.spec, routing, holding))
         patch = patches.get(node.name)
         if patch:
             self._labelling.add(asyncio.ensure_future(self._patch_node(node, patch)))
@@ -150,6 +158,15 @@ class Operator:
             self.policies.pop(name, None)
         elif newer(self.policies.get(name), body):
             self.policies[name] = dict(body)
+        self.wake.set()
+
+    def on_nvidia_driver(self, event_type: str | None, body: dict[str, Any]) -> None:
+        name = body["metadata"]["name"]
+        if event_type == "DELETED":
+            self._forget("nvidiadriver", name)
+            self.nvidia_drivers.pop(name, None)
+        elif newer(self.nvidia_drivers.get(name), body):
+            self.nvidia_drivers[name] = dict(body)
         self.wake.set()
 
     def on_owned(self, event_type: str | None, body: dict[str, Any]) -> None:
@@ -253,6 +270,7 @@ class Operator:
 
         fill("node", self.nodes, snap.nodes)
         fill("policy", self.policies, snap.policies, by_version=True)
+        fill("nvidiadriver", self.nvidia_drivers, snap.nvidia_drivers, by_version=True)
         fill("owned", self.owned, snap.owned, by_version=True)
         fill("pod", self.pods, snap.pods)
         fill("revision", self.revisions, snap.revisions)
@@ -302,6 +320,7 @@ class Operator:
             api_groups=self.api_groups,
             config_maps=dict(self.config_maps),
             config_data=dict(self.config_data),
+            nvidia_drivers={k: dict(v) for k, v in self.nvidia_drivers.items()},
         )
 
     async def loop(self) -> None:
@@ -429,6 +448,7 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
 
     # Nodes are watched by NodeWatch (heartbeats are dropped before they reach the event loop).
     watch("nvidia.com", "v1", "clusterpolicies", op.on_policy)
+    watch("nvidia.com", "v1alpha1", "nvidiadrivers", op.on_nvidia_driver)
     for kind in operand_kinds():
         watch(kind.group, kind.version, kind.plural, op.on_owned, labels=managed)
     watch("apiextensions.k8s.io", "v1", "customresourcedefinitions", op.on_crd)

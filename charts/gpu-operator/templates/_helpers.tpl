@@ -186,9 +186,6 @@ chart does not do (the install notes print them; nothing upstream's values ask f
 {{- if dig "gpuCluster" "deployCR" false $v -}}
 {{- $out = append $out "gpuCluster.deployCR: the GPUCluster (DRA) stack is not supported; draDriver is unused" -}}
 {{- end -}}
-{{- if dig "driver" "nvidiaDriverCRD" "enabled" false $v -}}
-{{- $out = append $out "driver.nvidiaDriverCRD: no NVIDIADriver resource is created (that CRD is not served)" -}}
-{{- end -}}
 {{- if dig "operator" "logging" dict $v -}}
 {{- $out = append $out "operator.logging: the operator logs at INFO level in its own format" -}}
 {{- end -}}

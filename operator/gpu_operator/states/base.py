@@ -47,6 +47,10 @@ class RenderContext:
     config_maps: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # Their data, where known (the device plugin's sharing config is validated before it rolls out).
     config_data: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # With driver.useNvidiaDriverCRD: what the driver state renders per NVIDIADriver (nvidiadriver.DriverGroup).
+    nvidia_drivers: tuple[Any, ...] = ()
+    # Set by the driver state while it renders one of them.
+    driver_group: Any = None
 
 
 class RenderProblem(Exception):

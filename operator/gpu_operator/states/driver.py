@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import images
 from ..api import ImageSpec
-from ..nodes import NodeFacts, Pool, driver_pools, gets_driver, unpooled
+from ..nodes import NodeFacts, Pool, driver_pools, gets_driver, pool_kernel, unpooled
 from .base import OperandState, RenderContext, RenderProblem
 
 # Upstream tags RHEL-family driver images by the major OS version only (getOSTag in internal/state/nodepool.go).
@@ -103,7 +104,7 @@ def _pool_nodes(nodes: tuple[NodeFacts, ...], pool: Pool) -> list[NodeFacts]:
         for n in nodes
         if gets_driver(n)
         and (n.os_id, n.os_version) == (pool.os_id, pool.os_version)
-        and (not pool.kernel or n.kernel == pool.kernel)
+        and (not pool.kernel or pool_kernel(n) == pool.kernel)
     ]
 
 
@@ -185,10 +186,16 @@ def _pool(ctx: RenderContext, pool: Pool) -> dict[str, Any]:
         )
         add_volume({"name": "licensing-config", **source})
 
+    group = ctx.driver_group  # an NVIDIADriver's pools: its names, and only its nodes
     return {
-        "name": pool.name,
+        "name": group.pool_name(pool) if group else pool.name,
         "image": image,
-        "node_selector": {"nvidia.com/gpu.deploy.driver": "true", **pool.node_selector()},
+        "node_selector": {
+            "nvidia.com/gpu.deploy.driver": "true",
+            **pool.node_selector(),
+            **(group.node_selector() if group else {}),
+        },
+        "node_affinity": group.node_affinity() if group else None,
         "gds_image": _tagged(images.resolve(spec.gds, "gds"), os_tag),
         "gdrcopy_image": _tagged(images.resolve(spec.gdrcopy, "gdrcopy"), os_tag),
         "driver_mounts": driver_mounts,
@@ -302,7 +309,22 @@ def _unpooled_note(ctx: RenderContext) -> str | None:
     return f"no driver for {shown}: NFD labels {labels} missing"
 
 
-STATE = OperandState(
+@dataclass(frozen=True)
+class DriverState(OperandState):
+    """With driver.useNvidiaDriverCRD, the shared objects once and each NVIDIADriver's pool DaemonSets."""
+
+    def render(self, ctx: RenderContext) -> list[dict[str, Any]]:
+        if not ctx.spec.driver.use_nvidia_driver_crd:
+            return super().render(ctx)
+        objects = super().render(replace(ctx, nodes=()))  # service account, roles, config map: no pools
+        for group in ctx.nvidia_drivers:
+            nodes = tuple(n for n in ctx.nodes if n.name in group.nodes)
+            sub = replace(ctx, spec=group.spec, nodes=nodes, owner=group.owner, driver_group=group)
+            objects += [o for o in super().render(sub) if o["kind"] == "DaemonSet"]
+        return objects
+
+
+STATE = DriverState(
     name="state-driver",
     order=3,
     section="driver",
@@ -311,7 +333,7 @@ STATE = OperandState(
     sub_containers=(("k8s-driver-manager", "manager"),),
     deploy_label="driver",
     on_delete=True,
-    enabled_when=lambda spec: spec.driver.enabled and not spec.driver.use_nvidia_driver_crd,
+    enabled_when=lambda spec: spec.driver.enabled,
     extra_vars=_vars,
     depends_on_nodes=True,
     finalize=_finalize,

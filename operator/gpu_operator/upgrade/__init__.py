@@ -29,13 +29,14 @@ from .model import (
     DeleteDriverPod,
     Event,
     EvictPods,
+    MovePool,
     Plan,
     SetState,
     Uncordon,
     UpgradeNode,
     WorkloadPod,
 )
-from .planner import Slots, max_unavailable_count, plan, preview_waves, select_starts
+from .planner import Limit, Slots, max_unavailable_count, plan, preview_waves, select_starts
 from .selector import Selector, SelectorError, parse_selector
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "FAILED",
     "FAILURE_REASON_ANNOTATION",
     "IN_PROGRESS_STATES",
+    "Limit",
     "INITIAL_UNSCHEDULABLE_ANNOTATION",
     "POD_DELETION_START_ANNOTATION",
     "REQUESTED_ANNOTATION",
@@ -63,6 +65,7 @@ __all__ = [
     "DeleteDriverPod",
     "Event",
     "EvictPods",
+    "MovePool",
     "Plan",
     "SetState",
     "Selector",

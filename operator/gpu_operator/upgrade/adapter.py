@@ -15,7 +15,7 @@ from typing import Any
 from .. import compat
 from ..api import ClusterPolicySpec
 from ..kube import ApiError, Kube
-from ..nodes import NodeFacts, gets_driver
+from ..nodes import DRIVER_KERNEL, NodeFacts, gets_driver, label_value_ok
 from ..observe import Snapshot
 from ..states.base import owning_state
 from .model import (
@@ -29,6 +29,7 @@ from .model import (
     DeleteDriverPod,
     Event,
     EvictPods,
+    MovePool,
     Plan,
     SetState,
     Uncordon,
@@ -95,9 +96,18 @@ def upgrade_nodes(
                 driver_revision=newest.get(driver["owner"], (0, None))[1] if driver else None,
                 validator_pod=_pick(by_node.get((node.name, VALIDATOR), [])),
                 refused=(refused or {}).get(node.name, ""),
+                pool_move=_pool_move(node),
             )
         )
     return out
+
+
+def _pool_move(node: NodeFacts) -> str:
+    """The new kernel of a precompiled node still in its old kernel's pool, else ""."""
+    held = node.labels.get(DRIVER_KERNEL)
+    if held and node.kernel and held != node.kernel and label_value_ok(node.kernel):
+        return node.kernel
+    return ""
 
 
 def workload_pods(kube: Kube, nodes: Iterable[UpgradeNode]) -> list[WorkloadPod]:
@@ -192,6 +202,8 @@ def _merge(patch: dict[str, Any], action: Action) -> bool:
         patch.setdefault("spec", {})["unschedulable"] = True
     elif isinstance(action, Uncordon):
         patch.setdefault("spec", {})["unschedulable"] = None
+    elif isinstance(action, MovePool):
+        meta.setdefault("labels", {})[DRIVER_KERNEL] = action.kernel
     else:
         if not meta:
             del patch["metadata"]

@@ -130,6 +130,8 @@ class UpgradeNode:
     driver_revision: str | None = None  # newest ControllerRevision hash of this node's driver DaemonSet
     validator_pod: PodDict | None = None
     refused: str = ""  # why the policy's driver cannot run here (compat.py): the node is skipped
+    # The kernel a precompiled node now runs, when its driver pod is still in the pool of its old kernel.
+    pool_move: str = ""
 
     @classmethod
     def from_node(
@@ -179,6 +181,8 @@ class UpgradeNode:
     @property
     def driver_out_of_date(self) -> bool:
         """The driver pod runs another revision than its DaemonSet's newest (unknown revision: not out of date)."""
+        if self.driver_pod is not None and self.pool_move:
+            return True
         if self.driver_pod is None or self.driver_revision is None:
             return False
         return pod_revision(self.driver_pod) != self.driver_revision
@@ -282,6 +286,14 @@ class DeleteDriverPod:
 
 
 @dataclass(frozen=True)
+class MovePool:
+    """Move a precompiled node to the driver pool of its new kernel (its driver-kernel label)."""
+
+    node: str
+    kernel: str
+
+
+@dataclass(frozen=True)
 class Event:
     node: str
     type: str  # "Normal" or "Warning"
@@ -289,7 +301,7 @@ class Event:
     message: str
 
 
-Action = SetState | Cordon | Uncordon | Annotate | EvictPods | DeleteDriverPod | Event
+Action = SetState | Cordon | Uncordon | Annotate | EvictPods | DeleteDriverPod | MovePool | Event
 
 
 @dataclass(frozen=True)

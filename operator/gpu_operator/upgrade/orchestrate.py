@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .. import metrics
@@ -12,8 +12,16 @@ from ..api import ClusterPolicySpec
 from ..kube import Kube
 from ..observe import Snapshot
 from .adapter import Executor, managed_nodes, steady, workload_pods
-from .model import EVENT_REASON, FAILED, FAILURE_REASON_ANNOTATION, IN_PROGRESS_STATES
-from .planner import plan
+from .model import (
+    CORDON_REQUIRED,
+    EVENT_REASON,
+    FAILED,
+    FAILURE_REASON_ANNOTATION,
+    IN_PROGRESS_STATES,
+    Counters,
+    SetState,
+)
+from .planner import Limit, plan
 
 Recorder = Callable[[dict[str, Any], str, str, str], None]
 GAUGES = (
@@ -29,26 +37,49 @@ GAUGES = (
 class Orchestrated:
     status: dict[str, Any] | None  # the ClusterPolicy's status.upgrade (None: nothing orchestrated)
     busy: bool  # work in progress: recheck soon
+    counters: Counters = field(default_factory=Counters)
+    started: int = 0  # upgrades started by this pass
+    made_unavailable: int = 0  # of them, on nodes that were available
 
 
-def orchestrate(kube: Kube, namespace: str, spec: ClusterPolicySpec, snap: Snapshot, events: Recorder) -> Orchestrated:
-    """`snap` carries the nodes as this pass has labelled them."""
+def set_gauges(c: Counters) -> None:
+    for gauge, value in zip(GAUGES, (c.in_progress, c.done, c.failed, c.available, c.pending), strict=True):
+        gauge.set(value)
+
+
+def orchestrate(
+    kube: Kube,
+    namespace: str,
+    spec: ClusterPolicySpec,
+    snap: Snapshot,
+    events: Recorder,
+    limit: Limit | None = None,
+    gauges: bool = True,
+) -> Orchestrated:
+    """`snap` carries the nodes as this pass has labelled them. `limit`: cluster-wide limits left (several
+    NVIDIADrivers); `gauges` False: the caller sets the metrics from the counters of all of them."""
     managed = managed_nodes(spec, snap)
     policy = spec.driver.upgrade_policy
-    metrics.driver_auto_upgrade_enabled.set(int(policy.auto_upgrade))
+    if gauges:
+        metrics.driver_auto_upgrade_enabled.set(int(policy.auto_upgrade))
     if not managed:  # nothing to upgrade (driver off, no GPU node): the gauges say so too
-        for gauge in GAUGES:
-            gauge.set(0)
+        if gauges:
+            set_gauges(Counters())
         return Orchestrated(None, False)
-    result = plan(managed, workload_pods(kube, managed), policy, time.time(), validation_enabled=spec.validator.enabled)
+    result = plan(managed, workload_pods(kube, managed), policy, time.time(), validation_enabled=spec.validator.enabled,
+                  limit=limit)  # fmt: skip
     # The annotation k8s-driver-manager reads went out with the node's labels (render.node_patches).
     Executor(kube, namespace, events).run(result)
     c = result.counters
-    for gauge, value in zip(GAUGES, (c.in_progress, c.done, c.failed, c.available, c.pending), strict=True):
-        gauge.set(value)
+    if gauges:
+        set_gauges(c)
     busy = bool(result.actions) or c.in_progress > 0 or c.pending > 0
+    by_name = {n.name: n for n in managed}
+    starts = [a.node for a in result.actions if isinstance(a, SetState) and a.state == CORDON_REQUIRED]
+    started = len(starts)
+    made_unavailable = sum(1 for n in starts if not by_name[n].unavailable)
     if not policy.auto_upgrade:
-        return Orchestrated(None, busy)
+        return Orchestrated(None, busy, c, started, made_unavailable)
     states = {n.name: n.state for n in managed}
     reasons = dict(result.waiting)
     for n in managed:  # a failed node says why it failed
@@ -69,4 +100,7 @@ def orchestrate(kube: Kube, namespace: str, spec: ClusterPolicySpec, snap: Snaps
             "waiting": [{"node": n, "state": states[n], "reason": steady(r)} for n, r in stuck[:50]],
         },
         busy,
+        c,
+        started,
+        made_unavailable,
     )

@@ -53,6 +53,7 @@ from .model import (
     DeleteDriverPod,
     Event,
     EvictPods,
+    MovePool,
     Plan,
     SetState,
     Uncordon,
@@ -133,21 +134,32 @@ class Slots:
 
 
 def select_starts(
-    candidates: Sequence[UpgradeNode], slots: Slots, unavailable_names: Sequence[str] = ()
+    candidates: Sequence[UpgradeNode],
+    slots: Slots,
+    unavailable_names: Sequence[str] = (),
+    limit: Limit | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """Which of the (sorted, not skipped) candidates start now, and why each other one waits.
 
     A node that is already cordoned or NotReady costs a parallel slot but no maxUnavailable budget:
-    upgrading it does not make one more node unavailable.
+    upgrading it does not make one more node unavailable. `limit`: what is left of limits beyond the policy's
+    (the cluster-wide ones over several NVIDIADrivers' upgrades).
     """
     parallel_left = slots.max_parallel - slots.in_progress if slots.max_parallel else None
     unavailable_left = slots.max_unavailable - slots.unavailable
     unavailable = list(unavailable_names)
     started: list[str] = []
     waiting: dict[str, str] = {}
+    outer_parallel = limit.parallel if limit is not None else None
+    outer_unavailable = limit.unavailable if limit is not None else None
     for node in candidates:
         free = node.unavailable
-        if parallel_left is not None and parallel_left <= 0:
+        if limit is not None and (
+            (outer_parallel is not None and outer_parallel <= 0)
+            or (not free and outer_unavailable is not None and outer_unavailable <= 0)
+        ):
+            waiting[node.name] = f"waiting for an upgrade slot: {limit.why}"
+        elif parallel_left is not None and parallel_left <= 0:
             msg = (
                 f"waiting for an upgrade slot: {slots.in_progress + len(started)} of {slots.max_parallel} "
                 "in progress (maxParallelUpgrades)"
@@ -167,10 +179,42 @@ def select_starts(
             started.append(node.name)
             if parallel_left is not None:
                 parallel_left -= 1
+            if outer_parallel is not None:
+                outer_parallel -= 1
             if not free:
                 unavailable_left -= 1
                 unavailable.append(node.name)
+                if outer_unavailable is not None:
+                    outer_unavailable -= 1
     return started, waiting
+
+
+@dataclass(frozen=True)
+class Limit:
+    """Upgrade starts left under limits beyond one policy's (None: no such limit), and how to say so."""
+
+    parallel: int | None
+    unavailable: int | None
+    why: str
+
+    @classmethod
+    def over(cls, nodes: Sequence[UpgradeNode], policy: DriverUpgradePolicySpec, what: str) -> Limit:
+        """What the policy's limits leave over all these nodes."""
+        slots = Slots.observe(nodes, policy)
+        parallel = slots.max_parallel - slots.in_progress if slots.max_parallel else None
+        unavailable = slots.max_unavailable - slots.unavailable
+        why = (
+            f"{slots.in_progress} in progress and {slots.unavailable} of at most {slots.max_unavailable} nodes "
+            f"unavailable across {what} (maxParallelUpgrades {slots.max_parallel or 'unlimited'})"
+        )
+        return cls(parallel, unavailable, why)
+
+    def after(self, started: int, made_unavailable: int) -> Limit:
+        return Limit(
+            None if self.parallel is None else self.parallel - started,
+            None if self.unavailable is None else self.unavailable - made_unavailable,
+            self.why,
+        )
 
 
 @dataclass
@@ -266,7 +310,9 @@ class _Pass:
             return _Step(waiting=f"driver pod {pod_name(pod)} is terminating") if state == UNKNOWN else _Step()
         if node.driver_out_of_date or node.requested:
             why = (
-                f"driver pod {pod_name(pod)} runs revision {pod_revision(pod)}, "
+                f"kernel is now {node.pool_move}: driver pod {pod_name(pod)} is of the old kernel's pool"
+                if node.pool_move
+                else f"driver pod {pod_name(pod)} runs revision {pod_revision(pod)}, "
                 f"its DaemonSet is at {node.driver_revision}"
                 if node.driver_out_of_date
                 else f"upgrade requested by annotation {REQUESTED_ANNOTATION}"
@@ -432,6 +478,8 @@ class _Pass:
                 actions.append(Annotate(node.name, DELETED_DRIVER_POD_ANNOTATION, name))
             if node.requested:
                 actions.append(Annotate(node.name, REQUESTED_ANNOTATION, None))
+            if node.pool_move:  # the old pool's DaemonSet lets go of the node; its new pool's takes it
+                actions.append(MovePool(node.name, node.pool_move))
             actions.append(DeleteDriverPod(node.name, name))
             actions.append(
                 Event(node.name, "Normal", EVENT_REASON, f"deleting driver pod {name} to restart the driver")
@@ -504,6 +552,7 @@ def plan(
     now: float,
     *,
     validation_enabled: bool = True,
+    limit: Limit | None = None,
 ) -> Plan:
     """One pass of the upgrade state machine over all managed nodes (see the module docstring).
 
@@ -511,6 +560,7 @@ def plan(
     `pods`: the pods on those nodes (all of them: DaemonSet and static pods are never evicted, but may match
     waitForCompletion.podSelector). `now`: epoch seconds.
     `validation_enabled`: False when no validator runs (validation-required then passes at once).
+    `limit`: what is left of cluster-wide limits beyond the policy's (several NVIDIADrivers upgrading).
     """
     nodes = sorted(nodes, key=lambda n: n.name)
     slots = Slots.observe(nodes, policy)
@@ -571,7 +621,7 @@ def plan(
             steps[node.name] = p.failed(node)
 
     unavailable_names = [n.name for n in nodes if n.unavailable or n.state in IN_PROGRESS_STATES]
-    started, slot_waits = select_starts(candidates, slots, unavailable_names)
+    started, slot_waits = select_starts(candidates, slots, unavailable_names, limit)
     for node in candidates:
         if node.name in started:
             steps[node.name] = p.start(node)

@@ -1,0 +1,423 @@
+"""NVIDIADriver resources (pure): which GPU nodes each one drives, conflicts, and the driver spec it renders.
+
+With `driver.useNvidiaDriverCRD: true` the ClusterPolicy's driver state renders one set of per-pool driver
+DaemonSets per NVIDIADriver, from the ClusterPolicy spec with its driver section replaced by the resource's
+(`cluster_spec`). Nodes are routed as upstream v26.7 does:
+
+- a non-default NVIDIADriver takes the GPU nodes its nodeSelector matches (an empty one: every GPU node);
+- the default one (`spec.default: true`, at most one) takes the GPU nodes no other one matches;
+- `driverType` gpu and vgpu (the guest driver, another image) render the driver; vgpu-host-manager is refused
+  (named in its status) and takes no node;
+- a node two non-default ones match is a conflict, reported on both; neither takes it (a node already routed to
+  one of them by the owner label keeps that driver, so a conflict never removes a running driver).
+
+Nodes of a non-default NVIDIADriver carry `nvidia.com/gpu-operator.driver.owner=<name>`, which its DaemonSets
+select. The default one's DaemonSets keep the ClusterPolicy's names and pod template, so switching
+useNvidiaDriverCRD on with a default NVIDIADriver of the same settings changes no driver pod; they exclude owned
+nodes (affinity on the owner label) only while some node has an owner.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .api import (
+    ClusterPolicySpec,
+    ConfigMapRef,
+    DriverUpgradePolicySpec,
+    LicensingConfigSpec,
+    RepoConfigSpec,
+    SidecarSpec,
+    VirtualTopologySpec,
+)
+from .nodes import GPU_PRESENT, MAX_POOL_NAME, NodeFacts, Pool
+from .nvidiadriver_api import API_VERSION, KIND, OWNER_LABEL, NVDUpgradePolicy, NVIDIADriverSpec, parse_spec
+
+CONFLICT_REASON = "ConflictingNodeSelector"
+EVENT_REASON = "ConflictingNodeSelector"
+# The owner label's value on a node two NVIDIADrivers select (not a valid object name: it names none).
+CONFLICT_VALUE = "Conflict"
+
+
+@dataclass(frozen=True)
+class NVIDIADriver:
+    """One NVIDIADriver object, parsed (spec None: invalid, `problem` says why)."""
+
+    name: str
+    uid: str = ""
+    generation: int | None = None
+    spec: NVIDIADriverSpec | None = None
+    problem: str | None = None
+    deleting: bool = False
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> NVIDIADriver:
+        meta = obj.get("metadata") or {}
+        try:
+            spec: NVIDIADriverSpec | None = parse_spec(obj.get("spec"))
+            problem = None
+        except ValueError as exc:
+            spec, problem = None, str(exc)
+        return cls(
+            name=meta.get("name", ""),
+            uid=meta.get("uid", ""),
+            generation=meta.get("generation"),
+            spec=spec,
+            problem=problem,
+            deleting=bool(meta.get("deletionTimestamp")),
+        )
+
+    @property
+    def default(self) -> bool:
+        return bool(self.spec and self.spec.default)
+
+    def ref(self) -> dict[str, Any]:
+        return {"apiVersion": API_VERSION, "kind": KIND, "name": self.name, "uid": self.uid}
+
+
+def selects(driver: NVIDIADriver, node: NodeFacts) -> bool:
+    """Whether a non-default NVIDIADriver's nodeSelector matches a GPU node (empty: every GPU node)."""
+    assert driver.spec is not None
+    selector = driver.spec.node_selector or {GPU_PRESENT: "true"}
+    labels = {**node.labels, GPU_PRESENT: "true"} if node.has_gpu else node.labels
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+@dataclass
+class Assignment:
+    owner: dict[str, str] = field(default_factory=dict)  # GPU node -> the NVIDIADriver that drives it
+    conflicts: dict[str, list[str]] = field(default_factory=dict)  # NVIDIADriver -> nodes it conflicts on
+    with_whom: dict[str, list[str]] = field(default_factory=dict)  # NVIDIADriver -> the ones it conflicts with
+    problems: dict[str, str] = field(default_factory=dict)  # NVIDIADriver -> why it drives no node at all
+    default: str | None = None
+
+    def nodes_of(self, driver: str) -> list[str]:
+        return sorted(n for n, d in self.owner.items() if d == driver)
+
+    def owner_label(self, node: str) -> str | None:
+        """The owner label a node should carry: a non-default owner's name, the conflict marker, or none."""
+        driver = self.owner.get(node)
+        if driver is not None:
+            return None if driver == self.default else driver
+        return CONFLICT_VALUE if any(node in nodes for nodes in self.conflicts.values()) else None
+
+
+def assign(nodes: Iterable[NodeFacts], drivers: Iterable[NVIDIADriver]) -> Assignment:
+    """Route every GPU node to at most one NVIDIADriver (see the module doc)."""
+    out = Assignment()
+    live = []
+    for d in sorted(drivers, key=lambda d: d.name):
+        if d.deleting:
+            continue
+        if d.spec is None:
+            out.problems[d.name] = f"invalid spec: {d.problem}"
+            continue
+        if d.spec.driver_type == "vgpu-host-manager":
+            out.problems[d.name] = (
+                "driverType vgpu-host-manager: not supported by this operator (the vGPU host manager is not "
+                "rendered); it takes no node"
+            )
+            continue
+        live.append(d)
+    defaults = [d for d in live if d.default]
+    if len(defaults) > 1:
+        names = ", ".join(d.name for d in defaults)
+        for d in defaults:
+            out.problems[d.name] = f"more than one default NVIDIADriver ({names}): none of them is used"
+    elif defaults:
+        out.default = defaults[0].name
+    chosen = [d for d in live if not d.default]
+    for node in sorted(nodes, key=lambda n: n.name):
+        if not node.has_gpu:
+            continue
+        matches = [d.name for d in chosen if selects(d, node)]
+        if len(matches) == 1:
+            out.owner[node.name] = matches[0]
+        elif matches:
+            for name in matches:
+                out.conflicts.setdefault(name, []).append(node.name)
+                others = out.with_whom.setdefault(name, [])
+                others += [m for m in matches if m != name and m not in others]
+            current = node.labels.get(OWNER_LABEL)
+            if current in matches:  # already driven by one of them: keep that driver running
+                out.owner[node.name] = current
+        elif out.default is not None:
+            out.owner[node.name] = out.default
+    return out
+
+
+def owner_patch(node: NodeFacts, assignment: Assignment | None) -> dict[str, str | None]:
+    """The owner-label change for one node (removed when the NVIDIADrivers do not drive the cluster)."""
+    want = assignment.owner_label(node.name) if assignment is not None else None
+    have = node.labels.get(OWNER_LABEL)
+    if want == have:
+        return {}
+    return {OWNER_LABEL: want}
+
+
+def conflict_message(driver: str, assignment: Assignment) -> str | None:
+    nodes = assignment.conflicts.get(driver)
+    if not nodes:
+        return None
+    shown = ", ".join(nodes[:10]) + (f" and {len(nodes) - 10} more" if len(nodes) > 10 else "")
+    others = ", ".join(sorted(assignment.with_whom.get(driver, [])))
+    return f"nodeSelector conflicts with NVIDIADriver {others} on {shown}: no driver is deployed there by either"
+
+
+def _image_fields(spec: NVIDIADriverSpec) -> dict[str, Any]:
+    """repository/image/version as the ClusterPolicy's driver section takes them (upstream's ImagePath)."""
+    image = spec.image
+    if "@" in image or ":" in image.rsplit("/", 1)[-1]:
+        return {"repository": None, "image": image, "version": None}
+    repository = spec.repository
+    if not repository and "/" in image:
+        repository, image = image.rsplit("/", 1)
+    if not spec.version:
+        from . import images
+
+        version = images.DEFAULTS["driver"][2]
+    else:
+        version = spec.version
+    if not repository:
+        return {"repository": None, "image": f"{image}:{version}", "version": None}
+    return {"repository": repository, "image": image, "version": version}
+
+
+def cluster_spec(policy: ClusterPolicySpec, spec: NVIDIADriverSpec) -> ClusterPolicySpec:
+    """The ClusterPolicy spec with its driver (and GDS, GDRCopy) sections taken from an NVIDIADriver."""
+    base = policy.driver
+    licensing = spec.licensing_config
+    upgrade = spec.upgrade_policy
+    driver = base.model_copy(
+        update={
+            **_image_fields(spec),
+            "enabled": True,
+            "use_nvidia_driver_crd": False,
+            "use_precompiled": spec.precompiled,
+            "kernel_module_type": spec.kernel_module_type,
+            "startup_probe": spec.startup_probe or base.startup_probe,
+            "liveness_probe": spec.liveness_probe,
+            "readiness_probe": spec.readiness_probe,
+            "rdma": spec.rdma or type(base.rdma)(),
+            "image_pull_policy": spec.image_pull_policy,
+            "image_pull_secrets": list(spec.image_pull_secrets),
+            "manager": spec.manager,
+            "resources": spec.resources,
+            "args": list(spec.args),
+            "env": list(spec.env),
+            "repo_config": RepoConfigSpec(config_map_name=spec.repo_config.name if spec.repo_config else ""),
+            "cert_config": ConfigMapRef(name=spec.cert_config.name if spec.cert_config else ""),
+            "licensing_config": LicensingConfigSpec(
+                config_map_name=licensing.name if licensing else "",
+                secret_name=licensing.secret_name if licensing else "",
+                nls_enabled=licensing.nls_enabled is not False if licensing else True,
+            ),
+            "virtual_topology": VirtualTopologySpec(
+                config=spec.virtual_topology_config.name if spec.virtual_topology_config else ""
+            ),
+            "kernel_module_config": ConfigMapRef(
+                name=spec.kernel_module_config.name if spec.kernel_module_config else ""
+            ),
+            "secret_env": spec.secret_env,
+            "host_network": bool(spec.host_network),
+            "upgrade_policy": DriverUpgradePolicySpec.model_validate((upgrade or NVDUpgradePolicy()).model_dump()),
+        }
+    )
+    common = policy.daemonsets
+    tolerations = list(common.tolerations) + [t for t in spec.tolerations if t not in common.tolerations]
+    daemonsets = common.model_copy(
+        update={
+            "labels": {**common.labels, **spec.labels},
+            "annotations": {**common.annotations, **spec.annotations},
+            "tolerations": tolerations,
+            "priority_class_name": spec.priority_class_name or common.priority_class_name,
+            "pod_security_context": spec.pod_security_context or common.pod_security_context,
+        }
+    )
+    return policy.model_copy(
+        update={
+            "driver": driver,
+            "gds": spec.gds or SidecarSpec(),
+            "gdrcopy": spec.gdrcopy or SidecarSpec(),
+            "daemonsets": daemonsets,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class DriverGroup:
+    """What the driver state renders for one NVIDIADriver: its spec as a ClusterPolicy spec, and its nodes."""
+
+    name: str
+    owner: dict[str, Any]  # ownerReference of its DaemonSets
+    spec: ClusterPolicySpec
+    nodes: frozenset[str]
+    default: bool
+    exclude_owned: bool  # the default's DaemonSets avoid nodes with an owner label
+    affinity: dict[str, Any] | None = None  # the NVIDIADriver's nodeAffinity
+
+    def pool_name(self, pool: Pool) -> str:
+        """The default keeps the ClusterPolicy's pool names (and so its DaemonSets); others are prefixed."""
+        if self.default:
+            return pool.name
+        name = f"{self.name}-{pool.name}"
+        if len(name) <= MAX_POOL_NAME:
+            return name
+        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+        return f"{name[: MAX_POOL_NAME - 9].rstrip('-.')}-{digest}"
+
+    def node_selector(self) -> dict[str, str]:
+        return {} if self.default else {OWNER_LABEL: self.name}
+
+    def node_affinity(self) -> dict[str, Any] | None:
+        """The NVIDIADriver's nodeAffinity; the default's also avoids owned nodes (in every term: terms are ORed)."""
+        out = copy.deepcopy(self.affinity) if self.affinity else {}
+        if self.default and self.exclude_owned:
+            required = out.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
+            terms = required.get("nodeSelectorTerms") or [{}]
+            for term in terms:
+                term.setdefault("matchExpressions", []).append({"key": OWNER_LABEL, "operator": "DoesNotExist"})
+            required["nodeSelectorTerms"] = terms
+        return out or None
+
+    def key(self) -> list[Any]:
+        return [self.name, self.owner, self.spec.model_dump(mode="json"), sorted(self.nodes), self.default,
+                self.exclude_owned, self.affinity]  # fmt: skip
+
+
+def groups(
+    policy: ClusterPolicySpec,
+    drivers: Iterable[NVIDIADriver],
+    assignment: Assignment,
+) -> tuple[DriverGroup, ...]:
+    """One group per NVIDIADriver that drives nodes (or may: a valid one), by name."""
+    exclude = any(assignment.owner_label(n) for n in {*assignment.owner, *_conflicted(assignment)})
+    out = []
+    for d in sorted(drivers, key=lambda d: d.name):
+        if d.spec is None or d.deleting or d.name in assignment.problems:
+            continue
+        out.append(
+            DriverGroup(
+                name=d.name,
+                owner=d.ref(),
+                spec=cluster_spec(policy, d.spec),
+                nodes=frozenset(assignment.nodes_of(d.name)),
+                default=d.default,
+                exclude_owned=exclude,
+                affinity=d.spec.node_affinity,
+            )
+        )
+    return tuple(out)
+
+
+def _conflicted(assignment: Assignment) -> set[str]:
+    return {n for nodes in assignment.conflicts.values() for n in nodes}
+
+
+def _condition(ctype: str, value: bool, reason: str, message: str, generation: int | None,
+               previous: list[dict[str, Any]], now: str) -> dict[str, Any]:  # fmt: skip
+    status = "True" if value else "False"
+    before = next((c for c in previous if c.get("type") == ctype), {})
+    same = before.get("status") == status and before.get("lastTransitionTime")
+    return {
+        "type": ctype,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": before["lastTransitionTime"] if same else now,
+        "observedGeneration": generation,
+    }
+
+
+def unsupported_fields(spec: NVIDIADriverSpec) -> list[str]:
+    """Fields set on an NVIDIADriver that this operator does not act on, each with the reason."""
+    out = []
+    if spec.use_open_kernel_modules is not None:
+        out.append("useOpenKernelModules: deprecated upstream and not honoured there; use kernelModuleType")
+    if spec.virtual_topology_config and spec.virtual_topology_config.name:
+        out.append("virtualTopologyConfig: the vGPU topology ConfigMap is not mounted into the driver yet")
+    if spec.pod_security_context is not None:
+        out.append("podSecurityContext: not applied to the driver pod yet")
+    return out
+
+
+def driver_status(
+    driver: NVIDIADriver,
+    assignment: Assignment | None,
+    ready: tuple[bool, str] | None,
+    namespace: str,
+    previous: Mapping[str, Any] | None,
+    now: str,
+) -> dict[str, Any]:
+    """An NVIDIADriver's status, with upstream's Ready and Error conditions.
+
+    `assignment` None: the ClusterPolicy does not hand the driver to NVIDIADrivers. `ready`: whether its
+    DaemonSets are ready, and why not."""
+    conditions = list((previous or {}).get("conditions") or [])
+    gen = driver.generation
+    nodes: list[str] = []
+    conflicting: list[str] = []
+    if assignment is None:
+        state, reason, message = "disabled", "Reconciled", "useNvidiaDriverCRD is not enabled in ClusterPolicy"
+        error = message
+    elif driver.name in assignment.problems:
+        state, reason, message = "notReady", "ReconcileFailed", assignment.problems[driver.name]
+        error = message
+    else:
+        nodes = assignment.nodes_of(driver.name)
+        conflicting = assignment.conflicts.get(driver.name, [])
+        conflict = conflict_message(driver.name, assignment)
+        ok, why = ready if ready is not None else (True, "")
+        if conflict:
+            state, reason, message, error = "notReady", CONFLICT_REASON, conflict, conflict
+        elif not ok:
+            state, reason, message, error = "notReady", "DriverNotReady", why or "waiting for driver pods", ""
+        else:
+            state, reason, message, error = "ready", "Reconciled", "All resources have been successfully reconciled", ""
+    out_conditions = [
+        _condition("Ready", state == "ready", reason, message, gen, conditions, now),
+        _condition("Error", bool(error), reason if error else "Ready", error, gen, conditions, now),
+    ]
+    unsupported = unsupported_fields(driver.spec) if driver.spec is not None else []
+    if unsupported:
+        text = "set but not supported by this operator: " + "; ".join(unsupported)
+        out_conditions.append(_condition("UnsupportedFields", True, "UnsupportedFields", text, gen, conditions, now))
+    return {
+        "state": state,
+        "namespace": namespace,
+        "observedGeneration": gen,
+        "conditions": out_conditions,
+        "nodes": len(nodes),
+        "conflictingNodes": conflicting[:50],
+    }
+
+
+def node_patches(
+    nodes: Iterable[NodeFacts], assignment: Assignment | None, groups: Iterable[DriverGroup]
+) -> dict[str, dict[str, dict[str, str | None]]]:
+    """Per node: the owner label, and (for a node an NVIDIADriver drives) the upgrade-enabled annotation that
+    k8s-driver-manager reads, from that NVIDIADriver's upgradePolicy."""
+    from .nodes import UPGRADE_ENABLED_ANNOTATION
+
+    by_node = {n: g for g in groups for n in g.nodes}
+    out: dict[str, dict[str, dict[str, str | None]]] = {}
+    for node in nodes:
+        patch: dict[str, dict[str, str | None]] = {}
+        labels = owner_patch(node, assignment)
+        if labels:
+            patch["labels"] = labels
+        group = by_node.get(node.name)
+        if group is not None and node.labels.get(GPU_PRESENT) == "true":
+            policy = group.spec.driver.upgrade_policy
+            value = node.annotations.get(UPGRADE_ENABLED_ANNOTATION)
+            if policy.auto_upgrade and value != "true":
+                patch["annotations"] = {UPGRADE_ENABLED_ANNOTATION: "true"}
+            elif not policy.auto_upgrade and value is not None:
+                patch["annotations"] = {UPGRADE_ENABLED_ANNOTATION: None}
+        if patch:
+            out[node.name] = patch
+    return out

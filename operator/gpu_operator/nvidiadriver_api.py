@@ -1,0 +1,157 @@
+"""The NVIDIADriver API (nvidia.com/v1alpha1): one driver configuration for the GPU nodes it selects.
+
+Field names and defaults are upstream v26.7's (api/nvidia/v1alpha1/nvidiadriver_types.go). A ClusterPolicy with
+`driver.useNvidiaDriverCRD: true` hands the driver to these resources (nvidiadriver.py decides which nodes each
+one gets; states/driver.py renders its per-pool DaemonSets).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+from .api import (
+    Condition,
+    DriverManagerSpec,
+    DriverUpgradePolicySpec,
+    EnvVar,
+    Model,
+    PodSecurityContext,
+    ProbeSpec,
+    RDMASpec,
+    ResourceRequirements,
+    SidecarSpec,
+    State,
+    Toleration,
+)
+
+GROUP = "nvidia.com"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "NVIDIADriver"
+PLURAL = "nvidiadrivers"
+DEFAULT_IMAGE = "nvcr.io/nvidia/driver"
+# Upstream's operator-managed node label that routes each GPU node to one NVIDIADriver (internal/consts).
+OWNER_LABEL = "nvidia.com/gpu-operator.driver.owner"
+
+DriverType = Literal["gpu", "vgpu", "vgpu-host-manager"]
+
+
+class NameRef(Model):
+    name: str = ""
+
+
+class NVDLicensingConfig(Model):
+    secret_name: str = ""
+    name: str = ""  # deprecated upstream in favour of secretName
+    nls_enabled: bool | None = None
+
+
+class NVDUpgradePolicy(DriverUpgradePolicySpec):
+    """As the ClusterPolicy's, but upstream's NVIDIADriver defaults autoUpgrade to true."""
+
+    auto_upgrade: bool = True
+
+
+_SPEC_RULES: Any = [
+    {
+        "rule": "has(self.default) && self.default ? !has(self.nodeSelector) || size(self.nodeSelector) == 0 : true",
+        "message": "default NVIDIADriver must not use nodeSelector",
+    },
+    {
+        "rule": f"!has(self.nodeSelector) || !('{OWNER_LABEL}' in self.nodeSelector)",
+        "message": f"nodeSelector must not use the operator's label {OWNER_LABEL}",
+    },
+]
+_IMMUTABLE = (
+    "is an immutable field. Please create a new NvidiaDriver resource instead when you want to change this setting."
+)
+
+
+def _immutable(field: str) -> dict[str, Any]:
+    return {"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": f"{field} {_IMMUTABLE}"}]}
+
+
+
+class NVIDIADriverSpec(Model):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        strict=True,
+        json_schema_extra={"x-kubernetes-validations": _SPEC_RULES},
+    )
+
+    default: bool = False
+    driver_type: DriverType = Field(
+        default="gpu",
+        json_schema_extra=_immutable("driverType"),
+    )
+    use_precompiled: bool | None = Field(
+        default=None,
+        json_schema_extra=_immutable("usePrecompiled"),
+    )
+    use_open_kernel_modules: bool | None = None  # deprecated upstream, not honoured
+    kernel_module_type: Literal["auto", "open", "proprietary"] = "auto"
+    startup_probe: ProbeSpec | None = None
+    liveness_probe: ProbeSpec | None = None
+    readiness_probe: ProbeSpec | None = None
+    rdma: RDMASpec | None = None
+    gds: SidecarSpec | None = None
+    gdrcopy: SidecarSpec | None = None
+    repository: str = ""
+    image: str = DEFAULT_IMAGE
+    version: str = ""
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    image_pull_secrets: list[str] = []
+    manager: DriverManagerSpec = DriverManagerSpec()
+    resources: ResourceRequirements | None = None
+    args: list[str] = []
+    env: list[EnvVar] = []
+    repo_config: NameRef | None = None
+    cert_config: NameRef | None = None
+    licensing_config: NVDLicensingConfig | None = None
+    virtual_topology_config: NameRef | None = None
+    kernel_module_config: NameRef | None = None
+    secret_env: str = ""
+    upgrade_policy: NVDUpgradePolicy | None = None
+    node_selector: dict[str, str] = {}
+    node_affinity: dict[str, Any] | None = None
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+    tolerations: list[Toleration] = []
+    priority_class_name: str = ""
+    pod_security_context: PodSecurityContext | None = None
+    host_network: bool | None = None
+
+    @property
+    def precompiled(self) -> bool:
+        return bool(self.use_precompiled)
+
+
+# The ClusterPolicy's states (one Literal: typing treats Literals of the same values as one, in either order).
+NVDState = State
+
+
+class NVIDIADriverStatus(Model):
+    state: NVDState | None = None
+    namespace: str | None = None
+    observed_generation: int | None = None
+    conditions: list[Condition] = []
+    # Beyond upstream: the GPU nodes this resource drives, and the ones it conflicts on.
+    nodes: int = 0
+    conflicting_nodes: list[str] = []
+
+
+def parse_spec(raw: dict[str, Any] | None) -> NVIDIADriverSpec:
+    """Validate an NVIDIADriver spec; ValueError with `spec.<path>: <rule>` lines."""
+    try:
+        return NVIDIADriverSpec.model_validate(raw or {}, by_alias=True, by_name=False)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = "spec" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
+            problems.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
+        raise ValueError("; ".join(sorted(set(problems)))) from None

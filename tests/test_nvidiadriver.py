@@ -1,0 +1,321 @@
+"""NVIDIADriver resources: node routing, conflicts, the derived driver spec, and what the driver state renders."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from gpu_operator import nvidiadriver
+from gpu_operator.api import parse_spec
+from gpu_operator.crd import nvidiadriver_crd
+from gpu_operator.nodes import UPGRADE_ENABLED_ANNOTATION
+from gpu_operator.nvidiadriver import CONFLICT_VALUE, NVIDIADriver, assign
+from gpu_operator.nvidiadriver_api import OWNER_LABEL
+from support import daemonset, daemonsets, facts, load_policy, render_all
+
+
+def nvd(name: str, **spec: Any) -> NVIDIADriver:
+    return NVIDIADriver.from_object({"metadata": {"name": name, "uid": f"uid-{name}"}, "spec": spec})
+
+
+NODES = [
+    facts("a1", labels={"pool": "a"}),
+    facts("b1", labels={"pool": "b"}),
+    facts("b2", labels={"pool": "b", "rack": "r7"}),
+    facts("cpu", gpu=False, labels={"pool": "b"}),
+]
+
+
+def test_selected_nodes_go_to_their_driver_and_the_rest_to_the_default() -> None:
+    found = assign(NODES, [nvd("default", default=True), nvd("pool-b", nodeSelector={"pool": "b"})])
+    assert found.owner == {"a1": "default", "b1": "pool-b", "b2": "pool-b"}  # no CPU node
+    assert not found.conflicts and not found.problems
+    assert found.owner_label("a1") is None and found.owner_label("b1") == "pool-b"
+
+
+def test_without_a_default_unselected_nodes_get_no_driver() -> None:
+    found = assign(NODES, [nvd("pool-b", nodeSelector={"pool": "b"})])
+    assert found.owner == {"b1": "pool-b", "b2": "pool-b"}
+
+
+def test_an_empty_node_selector_selects_every_gpu_node() -> None:
+    assert assign(NODES, [nvd("all")]).owner == {"a1": "all", "b1": "all", "b2": "all"}
+
+
+def test_overlapping_selectors_conflict_on_both_and_neither_takes_the_node() -> None:
+    drivers = [nvd("default", default=True), nvd("pool-b", nodeSelector={"pool": "b"}),
+               nvd("rack", nodeSelector={"rack": "r7"})]  # fmt: skip
+    found = assign(NODES, drivers)
+    assert found.conflicts == {"pool-b": ["b2"], "rack": ["b2"]}
+    assert "b2" not in found.owner  # not even the default's
+    assert found.owner_label("b2") == CONFLICT_VALUE
+    assert found.nodes_of("pool-b") == ["b1"] and found.nodes_of("rack") == []
+    message = nvidiadriver.conflict_message("pool-b", found)
+    assert message is not None and "rack" in message and "b2" in message
+
+
+def test_a_conflict_keeps_the_driver_a_node_already_runs() -> None:
+    routed = facts("b2", labels={"pool": "b", "rack": "r7", OWNER_LABEL: "pool-b"})
+    found = assign([routed], [nvd("pool-b", nodeSelector={"pool": "b"}), nvd("rack", nodeSelector={"rack": "r7"})])
+    assert found.owner == {"b2": "pool-b"}
+    assert found.conflicts == {"pool-b": ["b2"], "rack": ["b2"]}
+
+
+def test_two_defaults_and_invalid_specs_drive_nothing() -> None:
+    drivers = [nvd("d1", default=True), nvd("d2", default=True), nvd("bad", driverType="cpu")]
+    found = assign(NODES, drivers)
+    assert found.owner == {}
+    assert set(found.problems) == {"d1", "d2", "bad"}
+    assert "spec.driverType" in found.problems["bad"]
+
+
+def test_vgpu_host_manager_is_refused_and_takes_no_node() -> None:
+    found = assign(NODES, [nvd("host", driverType="vgpu-host-manager"), nvd("default", default=True)])
+    assert set(found.owner.values()) == {"default"}
+    assert "not supported" in found.problems["host"]
+    status = nvidiadriver.driver_status(nvd("host", driverType="vgpu-host-manager"), found, None, "ns", None, "t")
+    assert status["state"] == "notReady"
+
+
+def test_owner_label_patch_sets_and_removes() -> None:
+    found = assign(NODES, [nvd("pool-b", nodeSelector={"pool": "b"})])
+    assert nvidiadriver.owner_patch(NODES[1], found) == {OWNER_LABEL: "pool-b"}
+    routed = facts("b1", labels={"pool": "b", OWNER_LABEL: "pool-b"})
+    assert nvidiadriver.owner_patch(routed, found) == {}
+    assert nvidiadriver.owner_patch(routed, None) == {OWNER_LABEL: None}  # useNvidiaDriverCRD switched off
+
+
+def crd_policy() -> dict[str, Any]:
+    raw = copy.deepcopy(load_policy()["spec"])
+    raw["driver"]["useNvidiaDriverCRD"] = True
+    return raw
+
+
+def drivers_objects(*specs: tuple[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{"metadata": {"name": n, "uid": f"uid-{n}"}, "spec": s} for n, s in specs]
+
+
+def test_default_nvidiadriver_renders_the_cluster_policy_driver_unchanged() -> None:
+    """Switching useNvidiaDriverCRD on with a default NVIDIADriver of the same settings restarts nothing: the
+    DaemonSets keep their names and pod templates (only their owner changes)."""
+    raw = load_policy()["spec"]
+    before = {d["metadata"]["name"]: d for d in daemonsets(render_all(parse_spec(raw))) if "driver-daemonset" in
+              d["metadata"]["name"]}  # fmt: skip
+    driver = raw["driver"]
+    same = {k: driver[k] for k in ("repository", "image", "version", "imagePullPolicy", "startupProbe", "rdma",
+                                   "manager", "kernelModuleType") if k in driver}  # fmt: skip
+    same["upgradePolicy"] = driver.get("upgradePolicy", {})
+    same["default"] = True
+    after_plans = render_all(parse_spec(crd_policy()), nvidia_drivers=drivers_objects(("default", same)))
+    after = {d["metadata"]["name"]: d for d in daemonsets(after_plans) if "driver-daemonset" in d["metadata"]["name"]}
+    assert sorted(after) == sorted(before) and before
+    for name, ds in after.items():
+        assert ds["spec"]["template"] == before[name]["spec"]["template"], name
+        assert ds["metadata"]["ownerReferences"][0]["kind"] == "NVIDIADriver"
+
+
+def test_each_nvidiadriver_renders_its_own_pools_with_its_version() -> None:
+    nodes = [facts("a1", labels={"pool": "a"}), facts("b1", labels={"pool": "b"})]
+    objs = drivers_objects(("default", {"default": True}),
+                           ("pool-b", {"repository": "nvcr.io/nvidia", "image": "driver", "version": "580.95.05",
+                                       "nodeSelector": {"pool": "b"}}))  # fmt: skip
+    plans = render_all(parse_spec(crd_policy()), nodes, nvidia_drivers=objs)
+    default = daemonset(plans, "nvidia-driver-daemonset-ubuntu22.04")
+    mine = daemonset(plans, "nvidia-driver-daemonset-pool-b-ubuntu22.04")
+    pod = mine["spec"]["template"]["spec"]
+    assert pod["nodeSelector"][OWNER_LABEL] == "pool-b"
+    assert pod["containers"][0]["image"] == "nvcr.io/nvidia/driver:580.95.05-ubuntu22.04"
+    assert mine["metadata"]["ownerReferences"][0]["name"] == "pool-b"
+    # The default now avoids nodes routed to another NVIDIADriver.
+    affinity = default["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
+    term = affinity["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
+    assert term["matchExpressions"] == [{"key": OWNER_LABEL, "operator": "DoesNotExist"}]
+
+
+def test_precompiled_nvidiadriver_tags_images_per_kernel() -> None:
+    nodes = [facts("c1", kernel="5.15.0-122-generic", labels={"pool": "c"}),
+             facts("c2", kernel="5.15.0-130-generic", labels={"pool": "c"})]  # fmt: skip
+    objs = drivers_objects(("pool-c", {"repository": "nvcr.io/nvidia", "image": "driver", "version": "580",
+                                       "usePrecompiled": True, "nodeSelector": {"pool": "c"}}))  # fmt: skip
+    plans = render_all(parse_spec(crd_policy()), nodes, nvidia_drivers=objs)
+    images = sorted(
+        ds["spec"]["template"]["spec"]["containers"][0]["image"]
+        for ds in daemonsets(plans) if ds["metadata"]["labels"].get("nvidia.com/gpu-operator.state") == "state-driver"
+    )  # fmt: skip
+    assert images == ["nvcr.io/nvidia/driver:580-5.15.0-122-generic-ubuntu22.04",
+                      "nvcr.io/nvidia/driver:580-5.15.0-130-generic-ubuntu22.04"]  # fmt: skip
+
+
+def test_node_patches_carry_the_owner_and_the_nvidiadrivers_auto_upgrade() -> None:
+    spec = parse_spec(crd_policy())
+    node = facts("b1", labels={"pool": "b", "nvidia.com/gpu.present": "true"})
+    drivers = [nvd("pool-b", nodeSelector={"pool": "b"}, upgradePolicy={"autoUpgrade": False}),
+               nvd("default", default=True)]  # fmt: skip
+    found = assign([node], drivers)
+    groups = nvidiadriver.groups(spec, drivers, found)
+    patch = nvidiadriver.node_patches([node], found, groups)["b1"]
+    assert patch["labels"] == {OWNER_LABEL: "pool-b"}
+    assert "annotations" not in patch  # autoUpgrade false and no annotation yet
+    drivers[0] = nvd("pool-b", nodeSelector={"pool": "b"})  # upstream's default: autoUpgrade true
+    groups = nvidiadriver.groups(spec, drivers, found)
+    patch = nvidiadriver.node_patches([node], found, groups)["b1"]
+    assert patch["annotations"] == {UPGRADE_ENABLED_ANNOTATION: "true"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "image"),
+    [
+        ({"version": "580.95.05"}, "nvcr.io/nvidia/driver:580.95.05"),
+        ({"repository": "r.example/nv", "image": "driver", "version": "570.1"}, "r.example/nv/driver:570.1"),
+        ({"image": "r.example/driver@sha256:abc"}, "r.example/driver@sha256:abc"),
+    ],
+)
+def test_image_fields(spec: dict[str, Any], image: str) -> None:
+    from gpu_operator import images
+
+    derived = nvidiadriver.cluster_spec(parse_spec({}), nvd("x", **spec).spec)  # type: ignore[arg-type]
+    assert images.resolve(derived.driver, "driver") == image
+
+
+def test_status_reports_conflicts_and_readiness() -> None:
+    drivers = [nvd("pool-b", nodeSelector={"pool": "b"}), nvd("rack", nodeSelector={"rack": "r7"})]
+    found = assign(NODES, drivers)
+    status = nvidiadriver.driver_status(drivers[0], found, (True, ""), "gpu-operator", None, "t0")
+    assert status["state"] == "notReady" and status["conflictingNodes"] == ["b2"]
+    error = next(c for c in status["conditions"] if c["type"] == "Error")
+    assert error["status"] == "True" and error["reason"] == "ConflictingNodeSelector"
+    alone = assign(NODES, drivers[:1])
+    status = nvidiadriver.driver_status(drivers[0], alone, (True, ""), "gpu-operator", None, "t0")
+    assert status["state"] == "ready" and status["nodes"] == 2
+    off = nvidiadriver.driver_status(drivers[0], None, None, "gpu-operator", None, "t0")
+    assert off["state"] == "disabled"
+
+
+def test_node_affinity_is_kept_and_the_default_adds_its_exclusion_to_every_term() -> None:
+    terms = [{"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
+             {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]}]  # fmt: skip
+    affinity = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}
+    drivers = [nvd("default", default=True, nodeAffinity=affinity), nvd("pool-b", nodeSelector={"pool": "b"})]
+    found = assign(NODES, drivers)
+    default, pool_b = sorted(nvidiadriver.groups(parse_spec({}), drivers, found), key=lambda g: not g.default)
+    got = default.node_affinity()
+    assert got is not None
+    for term in got["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]:
+        assert term["matchExpressions"][-1] == {"key": OWNER_LABEL, "operator": "DoesNotExist"}
+    assert affinity["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"] == terms  # not changed
+    assert pool_b.node_affinity() is None
+
+
+def test_unsupported_fields_are_named_in_the_status() -> None:
+    driver = nvd("x", podSecurityContext={"runAsUser": 0})
+    status = nvidiadriver.driver_status(driver, assign(NODES, [driver]), (True, ""), "ns", None, "t")
+    cond = next(c for c in status["conditions"] if c["type"] == "UnsupportedFields")
+    assert cond["status"] == "True" and "podSecurityContext" in cond["message"]
+
+
+def test_crd_has_printer_columns_and_rules() -> None:
+    crd = nvidiadriver_crd()
+    version = crd["spec"]["versions"][0]
+    assert [c["name"] for c in version["additionalPrinterColumns"]] == ["Status", "Default", "Nodes", "Age"]
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert any("default NVIDIADriver" in r["message"] for r in spec["x-kubernetes-validations"])
+    assert spec["properties"]["driverType"]["enum"] == ["gpu", "vgpu", "vgpu-host-manager"]
+
+
+# Precompiled pools follow the kernel through the upgrade state machine (nodes.DRIVER_KERNEL).
+
+
+def test_driver_kernel_label_follows_the_kernel_unless_held() -> None:
+    from gpu_operator.nodes import DRIVER_KERNEL, driver_kernel_patch
+
+    deploy = {"nvidia.com/gpu.deploy.driver": "true"}
+    fresh = facts("c1", kernel="5.15.0-122-generic", labels=deploy)
+    assert driver_kernel_patch(fresh, precompiled=True, hold=True) == {DRIVER_KERNEL: "5.15.0-122-generic"}
+    moved = facts("c1", kernel="6.8.0-60-generic", labels={**deploy, DRIVER_KERNEL: "5.15.0-122-generic"})
+    assert driver_kernel_patch(moved, precompiled=True, hold=True) == {}  # the upgrade planner moves it
+    assert driver_kernel_patch(moved, precompiled=True, hold=False) == {DRIVER_KERNEL: "6.8.0-60-generic"}
+    assert driver_kernel_patch(moved, precompiled=False, hold=True) == {DRIVER_KERNEL: None}
+
+
+def test_a_held_node_stays_in_its_old_kernels_pool() -> None:
+    from gpu_operator.nodes import DRIVER_KERNEL
+    from gpu_operator.render import driver_node_patches, driver_routing, plan, relabelled
+    from gpu_operator.states import RenderContext
+
+    labels = {"pool": "c", DRIVER_KERNEL: "5.15.0-122-generic", "nvidia.com/gpu.deploy.driver": "true",
+              "nvidia.com/gpu.present": "true"}  # fmt: skip
+    held = facts("c1", kernel="6.8.0-60-generic", labels=labels)
+    spec = parse_spec(crd_policy())
+    drivers = [nvd("pool-c", repository="nvcr.io/nvidia", image="driver", version="580", usePrecompiled=True,
+                   nodeSelector={"pool": "c"})]  # fmt: skip
+    routing = driver_routing([held], spec, drivers)
+    assert driver_node_patches([held], spec, routing, holding={"c1"}).get("c1", {}).get("labels", {}) == {
+        OWNER_LABEL: "pool-c"
+    }
+    nodes = relabelled([held], driver_node_patches([held], spec, routing, holding={"c1"}))
+    ctx = RenderContext(spec=spec, namespace="gpu-operator", nodes=tuple(nodes), nvidia_drivers=routing.groups)
+    ds = daemonset(plan(ctx), "nvidia-driver-daemonset-pool-c-ubuntu22.04-5.15.0-122-generic")
+    assert ds["spec"]["template"]["spec"]["nodeSelector"][DRIVER_KERNEL] == "5.15.0-122-generic"
+    # Without a driver pod to keep (or without autoUpgrade) the node moves at once.
+    moved = driver_node_patches([held], spec, routing)["c1"]["labels"]
+    assert moved[DRIVER_KERNEL] == "6.8.0-60-generic"
+
+
+def test_planner_moves_a_node_to_its_new_kernels_pool_at_pod_restart() -> None:
+    from gpu_operator.api import DriverUpgradePolicySpec
+    from gpu_operator.upgrade import STATE_LABEL, DeleteDriverPod, MovePool, SetState, UpgradeNode, plan
+
+    ready = [{"name": "x", "ready": True, "restartCount": 0}]
+    pod = {"metadata": {"name": "drv-c1", "labels": {"controller-revision-hash": "r1"}},
+           "status": {"phase": "Running", "containerStatuses": ready}}  # fmt: skip
+    policy = DriverUpgradePolicySpec(auto_upgrade=True)
+    done = UpgradeNode("c1", labels={STATE_LABEL: "upgrade-done"}, driver_pod=pod, driver_revision="r1",
+                       pool_move="6.8.0-60-generic")  # fmt: skip
+    first = plan([done], [], policy, 0.0)
+    assert SetState("c1", "upgrade-required") in first.actions
+    assert "kernel is now 6.8.0-60-generic" in next(a.message for a in first.actions if hasattr(a, "message"))
+    restart = UpgradeNode("c1", labels={STATE_LABEL: "pod-restart-required"}, driver_pod=pod, driver_revision="r1",
+                          unschedulable=True, pool_move="6.8.0-60-generic")  # fmt: skip
+    actions = plan([restart], [], policy, 0.0).actions
+    assert MovePool("c1", "6.8.0-60-generic") in actions
+    assert actions.index(MovePool("c1", "6.8.0-60-generic")) < actions.index(DeleteDriverPod("c1", "drv-c1"))
+
+
+def test_pool_move_is_read_from_the_labels() -> None:
+    from gpu_operator.nodes import DRIVER_KERNEL
+    from gpu_operator.upgrade.adapter import _pool_move
+
+    assert _pool_move(facts("c1", kernel="6.8.0-60-generic", labels={DRIVER_KERNEL: "5.15.0-122-generic"})) == (
+        "6.8.0-60-generic"
+    )
+    assert _pool_move(facts("c1", kernel="6.8.0-60-generic", labels={DRIVER_KERNEL: "6.8.0-60-generic"})) == ""
+    assert _pool_move(facts("c1", kernel="6.8.0-60-generic")) == ""
+
+
+def test_cluster_wide_limit_caps_the_starts_of_every_nvidiadriver() -> None:
+    from gpu_operator.api import DriverUpgradePolicySpec
+    from gpu_operator.upgrade import STATE_LABEL, Limit, SetState, UpgradeNode, plan
+
+    ready = [{"name": "x", "ready": True, "restartCount": 0}]
+
+    def node(name: str) -> UpgradeNode:
+        pod = {"metadata": {"name": f"drv-{name}", "labels": {"controller-revision-hash": "old"}},
+               "status": {"phase": "Running", "containerStatuses": ready}}  # fmt: skip
+        return UpgradeNode(name, labels={STATE_LABEL: "upgrade-required"}, driver_pod=pod, driver_revision="new")
+
+    a, b = [node("a1"), node("a2")], [node("b1"), node("b2")]
+    own = DriverUpgradePolicySpec(auto_upgrade=True, max_parallel_upgrades=2, max_unavailable="100%")
+    cluster = DriverUpgradePolicySpec(max_parallel_upgrades=3, max_unavailable="100%")
+    limit = Limit.over(a + b, cluster, "all NVIDIADrivers")
+
+    def starts(p: Any) -> list[str]:
+        return [x.node for x in p.actions if isinstance(x, SetState) and x.state == "cordon-required"]
+
+    first = plan(a, [], own, 0.0, limit=limit)
+    assert starts(first) == ["a1", "a2"]
+    limit = limit.after(2, 2)
+    second = plan(b, [], own, 0.0, limit=limit)
+    assert starts(second) == ["b1"]  # three at once in the cluster, although b's own policy allows two
+    assert "across all NVIDIADrivers" in second.waiting["b2"]

@@ -95,9 +95,9 @@ class NodeView:
             capacity={k: quantity(v) for k, v in (status.get("capacity") or {}).items()},
         )
 
-    def add_pod(self, pod: dict[str, Any]) -> None:
+    def add_pod(self, pod: dict[str, Any], requests: dict[str, Decimal] | None = None) -> None:
         self.pods.append(pod)
-        for k, v in pod_requests(pod).items():
+        for k, v in (pod_requests(pod) if requests is None else requests).items():
             self.used[k] = self.used.get(k, Decimal(0)) + v
         self.used["pods"] = self.used.get("pods", Decimal(0)) + 1
 

@@ -135,7 +135,7 @@ def operand_pods(admin: Kube, nodes: list[dict[str, Any]], workers: int = 16) ->
             pod = {
                 "apiVersion": "v1", "kind": "Pod",
                 "metadata": {
-                    "name": f"{meta['name']}-{secrets.token_hex(3)}", "namespace": NAMESPACE,
+                    "name": f"{meta['name']}-{i:05d}", "namespace": NAMESPACE,
                     "labels": {**template["metadata"].get("labels", {}), "controller-revision-hash": digest,
                                "pod-template-generation": "1"},
                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": meta["name"],

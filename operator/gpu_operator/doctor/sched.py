@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 GPU = "nvidia.com/gpu"
@@ -26,7 +27,12 @@ _QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([A-Za-z]*)$")
 
 def quantity(value: Any) -> Decimal:
     """A Kubernetes quantity ("500m", "32Gi", 2) as a number; 0 for what does not parse."""
-    m = _QUANTITY.match(str(value).strip())
+    return _quantity(str(value).strip())
+
+
+@lru_cache(maxsize=4096)  # a cluster's nodes and pods repeat a few values
+def _quantity(text: str) -> Decimal:
+    m = _QUANTITY.match(text)
     if not m or m.group(2) not in ("", *_SUFFIX):
         return Decimal(0)
     try:

@@ -299,3 +299,69 @@ def test_operand_pods_are_taken_from_the_one_listing_of_every_pod() -> None:
     pods = [ours, p("elsewhere", "default", {MANAGED_BY: OPERATOR_NAME}), p("user", NS, {}), p("bare", NS, {})]
     pods[3]["metadata"].pop("labels")
     assert _operand_pods(pods, NS) == [ours]
+
+
+def daemonset(name: str, selector: dict[str, str] | None = None, ready: int | None = 2, want: int = 2,
+              component: str = "", **template: Any) -> dict[str, Any]:  # fmt: skip
+    labels = {"app": name, **({"app.kubernetes.io/component": component} if component else {})}
+    status = {"desiredNumberScheduled": want, "currentNumberScheduled": want, "updatedNumberScheduled": want,
+              "numberReady": want if ready is None else ready, "numberAvailable": want if ready is None else ready,
+              "observedGeneration": 1}  # fmt: skip
+    return {
+        "kind": "DaemonSet",
+        "metadata": {"name": name, "namespace": NS, "generation": 1},
+        "spec": {"selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": labels},
+                              "spec": {"nodeSelector": selector or {}, "containers": [{"name": "c"}], **template}}},
+        "status": status,
+    }  # fmt: skip
+
+
+def reads_for(daemonsets: list[dict[str, Any]], nodes: list[dict[str, Any]], read: list[dict[str, Any]] | None = None
+              ) -> tuple[list[str], list[Any]]:  # fmt: skip
+    from gpu_operator.doctor.reads import _operand_reads
+
+    owned = {("DaemonSet", NS, d["metadata"]["name"]): d for d in daemonsets}
+    facts = {n["metadata"]["name"]: NodeFacts.from_node(n) for n in nodes}
+    return _operand_reads(owned, nodes, facts, read or [])
+
+
+def test_settled_daemonsets_pods_are_not_read_their_template_stands_in() -> None:
+    from gpu_operator.observe import OWNED_SELECTOR
+
+    nodes = [node("h-0"), node("h-1"), node("c-0", gpus=0, labels={"nvidia.com/gpu.present": "false"})]
+    on_gpus = {"nvidia.com/gpu.present": "true"}
+    plugin = daemonset("plugin", on_gpus, ready=None)
+    plugin["spec"]["template"]["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "1"}}
+    selectors, stand_ins = reads_for([plugin], nodes)
+    assert selectors == [] and [(d.pod["metadata"]["labels"]["app"], d.nodes) for d in stand_ins] == [
+        ("plugin", ("h-0", "h-1"))
+    ]
+    c = cluster(nodes, [])
+    c.daemon_pods = stand_ins
+    assert c.views["h-0"].used["cpu"] == 1 and c.views["h-0"].used["pods"] == 1 and not c.views["c-0"].used
+    # One DaemonSet not ready: only its pods are read; the others still stand in.
+    failing = daemonset("validator", on_gpus, ready=1)
+    selectors, stand_ins = reads_for([plugin, failing], nodes)
+    assert selectors == ["app=validator"] and [d.nodes for d in stand_ins] == [("h-0", "h-1")]
+    # A taint the DaemonSet does not tolerate: the controller placed fewer pods than the selector allows, and
+    # the status (2 pods) disagrees with the nodes found (1): its pods are read.
+    tainted = node("h-1", spec={"taints": [{"key": "dedicated", "effect": "NoSchedule"}]})
+    assert reads_for([plugin], [nodes[0], tainted])[0] == ["app=plugin"]
+    # Many DaemonSets not ready, or a node in a driver upgrade (the planner needs every operand pod): one listing.
+    many = [daemonset(f"ds-{i}", on_gpus, ready=0) for i in range(4)]
+    assert reads_for(many, nodes) == ([OWNED_SELECTOR], [])
+    upgrading = node("h-0", labels={"nvidia.com/gpu-driver-upgrade-state": "wait-for-jobs-required"})
+    assert reads_for([plugin], [upgrading, nodes[1]]) == ([OWNED_SELECTOR], [])
+    done = node("h-0", labels={"nvidia.com/gpu-driver-upgrade-state": "upgrade-done"})
+    assert reads_for([plugin], [done, nodes[1]])[0] == []
+
+
+def test_driver_pods_are_read_when_a_gpu_node_has_no_driver_labels() -> None:
+    bare = node("h-0")
+    for key in ("nvidia.com/cuda.driver.major", "nvidia.com/cuda.driver.minor", "nvidia.com/cuda.driver.rev"):
+        bare["metadata"]["labels"].pop(key)
+    driver = daemonset("driver", component="nvidia-driver", ready=None, want=1)
+    plugin = daemonset("plugin", ready=None, want=1)
+    assert reads_for([driver, plugin], [bare]) == (["app=driver"], reads_for([plugin], [bare])[1])
+    assert reads_for([driver, plugin], [node("h-0")])[0] == []

@@ -507,13 +507,18 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from .kube import ApiError, Kube
 
     try:
-        cluster = gather(Kube.connect(args.kubeconfig), args.operator_namespace)
+        kube = Kube.connect(args.kubeconfig)
+        cluster = gather(kube, args.operator_namespace)
+        names = {((p.get("metadata") or {}).get("namespace"), (p.get("metadata") or {}).get("name"))
+                 for p in cluster.pods}  # fmt: skip
+        if args.pod and (args.namespace, args.pod) not in names:
+            extra = kube.get("Pod", args.pod, args.namespace)  # an operand pod doctor did not need to read
+            if extra is None:
+                print(f"error: pod {args.namespace}/{args.pod} not found", file=sys.stderr)
+                return 3
+            cluster.pods.append(extra)
     except (ApiError, OSError) as exc:
         print(f"error: cannot read the cluster: {exc}", file=sys.stderr)
-        return 3
-    names = {((p.get("metadata") or {}).get("namespace"), (p.get("metadata") or {}).get("name")) for p in cluster.pods}
-    if args.pod and (args.namespace, args.pod) not in names:
-        print(f"error: pod {args.namespace}/{args.pod} not found", file=sys.stderr)
         return 3
     found = diagnose(cluster, namespace=args.namespace if args.namespace_given or args.pod else None,
                      pod=args.pod, node=args.node)  # fmt: skip

@@ -6,9 +6,10 @@ and `doctor`); the operator then keeps the same snapshot current from watch even
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from .gpu_identity import device_ids_from_node_feature, node_of_feature
 from .kinds import NODE_FEATURE, Kind, operand_kinds, served
@@ -20,6 +21,7 @@ from .states.base import COMPONENT, MANAGED_BY, OPERATOR_NAME, STATE_LABEL
 OWNED_SELECTOR = f"{MANAGED_BY}={OPERATOR_NAME}"
 
 Key = tuple[str, str, str]  # kind, namespace, name
+_T = TypeVar("_T")
 
 
 def key_of(obj: dict[str, Any]) -> Key:
@@ -47,7 +49,6 @@ class Snapshot:
     config_maps: dict[str, tuple[str, ...]] = field(default_factory=dict)  # in our namespace: name -> keys
     config_data: dict[str, dict[str, str]] = field(default_factory=dict)  # in our namespace: name -> data
     nvidia_drivers: dict[str, dict[str, Any]] = field(default_factory=dict)  # NVIDIADriver objects by name
-
 
 
 # The component label too: pods started before the state label existed are found by it.
@@ -143,37 +144,60 @@ def _operand_pods(pods: list[dict[str, Any]], namespace: str) -> list[dict[str, 
 
 
 def observe(
-    kube: Kube, namespace: str, nodes: list[dict[str, Any]] | None = None, pods: list[dict[str, Any]] | None = None
+    kube: Kube,
+    namespace: str,
+    nodes: list[dict[str, Any]] | Future[list[dict[str, Any]]] | None = None,
+    pods: list[dict[str, Any]] | None = None,
+    pool: Executor | None = None,
 ) -> Snapshot:
     """The cluster as the reconciler needs it, read from the API (lists only).
 
-    `nodes`, `pods`: the Node objects and every Pod when the caller has listed them already (doctor keeps them
-    whole); the operand pods are then taken from `pods` instead of a second listing.
+    `nodes`, `pods`: the Node objects (or a Future of them) and every Pod when the caller lists them anyway
+    (doctor keeps them whole); the operand pods are then taken from `pods` instead of a second listing.
+    `pool`: run the lists concurrently on it.
     """
+
+    def later(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> Callable[[], _T]:
+        if pool is None:
+            done = fn(*args, **kwargs)
+            return lambda: done
+        return pool.submit(fn, *args, **kwargs).result
+
     api_groups = kube.api_groups()
+    listed_policies = later(kube.list, "ClusterPolicy")
+    listed_config_maps = later(kube.list, "ConfigMap", namespace)
+    listed_owned = [later(list_owned, kube, kind, namespace, api_groups) for kind in operand_kinds()]
+    if nodes is None:
+        listed_nodes = later(kube.list, "Node")
+    elif isinstance(nodes, Future):
+        listed_nodes = nodes.result
+    else:
+        given = nodes
+        listed_nodes = lambda: given  # noqa: E731
+    features = later(node_features, kube, api_groups)
+    listed_pods = later(kube.list, "Pod", namespace, OWNED_SELECTOR) if pods is None else None
+    listed_revisions = later(kube.list, "ControllerRevision", namespace)
+    listed_drivers = later(list_nvidia_drivers, kube)
     policies = {}
-    for policy in kube.list("ClusterPolicy"):
+    for policy in listed_policies():
         policy.setdefault("apiVersion", "nvidia.com/v1")
         policy.setdefault("kind", "ClusterPolicy")
         policies[policy["metadata"]["name"]] = policy
-    config_maps = kube.list("ConfigMap", namespace)
-    drivers = list_nvidia_drivers(kube)
+    config_maps = listed_config_maps()
+    drivers = listed_drivers()
     owned = {}
-    for kind in operand_kinds():
-        for obj in list_owned(kube, kind, namespace, api_groups):
+    for found in listed_owned:
+        for obj in found():
             owned[key_of(obj)] = obj
     return Snapshot(
-        nodes=with_devices(
-            {n["metadata"]["name"]: NodeFacts.from_node(n) for n in (kube.list("Node") if nodes is None else nodes)},
-            node_features(kube, api_groups),
-        ),
+        nodes=with_devices({n["metadata"]["name"]: NodeFacts.from_node(n) for n in listed_nodes()}, features()),
         policies=policies,
         owned=owned,
         pods={
             p["metadata"]["name"]: pod_projection(p)
-            for p in (kube.list("Pod", namespace, OWNED_SELECTOR) if pods is None else _operand_pods(pods, namespace))
+            for p in (listed_pods() if listed_pods is not None else _operand_pods(pods or [], namespace))
         },
-        revisions={r["metadata"]["name"]: revision_projection(r) for r in kube.list("ControllerRevision", namespace)},
+        revisions={r["metadata"]["name"]: revision_projection(r) for r in listed_revisions()},
         api_groups=api_groups,
         config_maps={cm["metadata"]["name"]: config_map_keys(cm) for cm in config_maps},
         config_data={cm["metadata"]["name"]: dict(cm.get("data") or {}) for cm in config_maps},

@@ -1,8 +1,9 @@
 """`gpu-operator doctor`: why GPU pods do not run and what in the stack is broken, from what the API shows.
 
-Read-only: `gather` lists the cluster once (the operator's snapshot plus nodes, pods and events); `diagnose`
-is pure. Finding families: `pending` (the scheduler's view), `workloads` (pods that run but misbehave),
-`stack` (the operands, upgrades, MIG, GPU health).
+Read-only: `gather` lists the cluster once (the operator's snapshot plus nodes, pods and events; the operand
+pods only where their DaemonSet is not ready, see `reads`); `diagnose` is pure. Finding families: `pending`
+(the scheduler's view), `workloads` (pods that run but misbehave), `stack` (the operands, upgrades, MIG, GPU
+health).
 """
 
 from __future__ import annotations
@@ -10,22 +11,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..kube import Kube
-from ..observe import observe
 from . import pending, stack, workloads
 from .model import ERROR, INFO, SEVERITY_ORDER, WARNING, Cluster, Evidence, Finding, exit_status, pod_ref
+from .reads import gather
 
 __all__ = ["Cluster", "Evidence", "Finding", "diagnose", "exit_status", "gather", "render_json", "render_text",
            "render_prometheus", "ERROR", "WARNING", "INFO"]  # fmt: skip
-
-
-def gather(kube: Kube, namespace: str) -> Cluster:
-    """Everything doctor reads, each list once."""
-    nodes = kube.list("Node")
-    pods = kube.list("Pod")  # once: the snapshot's operand pods are taken from it
-    snap = observe(kube, namespace, nodes=nodes, pods=pods)
-    # Only Warning events say why something fails (FailedScheduling, FailedCreatePodSandBox, ...).
-    return Cluster(snap, nodes, pods, kube.list("Event", field_selector="type=Warning"), namespace)
 
 
 def _pod_matches(pod: dict[str, Any], namespace: str | None, name: str | None) -> bool:

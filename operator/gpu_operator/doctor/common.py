@@ -12,6 +12,7 @@ from ..status import active_policy
 from .model import Cluster
 
 UPGRADE_STATE = "nvidia.com/gpu-driver-upgrade-state"
+SETTLED_UPGRADE = ("", "upgrade-done")  # upgrade states in which a node waits for nothing
 MIG_STRATEGY_LABEL = "nvidia.com/mig.strategy"
 MIG_STATE_LABEL = "nvidia.com/mig.config.state"
 MIG_CONFIG_LABEL = "nvidia.com/mig.config"
@@ -48,6 +49,11 @@ def scheduler_message(cluster: Cluster, pod: dict[str, Any]) -> tuple[str, str]:
     if failed:
         return "event FailedScheduling", str(failed[-1].get("message") or "")
     return "", ""
+
+
+def has_driver_labels(labels: dict[str, str]) -> bool:
+    """Whether GFD's CUDA driver labels are on the node (the driver version is read from them)."""
+    return any(labels.get(major) for major, _, _ in _DRIVER_LABELS)
 
 
 def driver_of_node(cluster: Cluster, node: str) -> tuple[str, str] | None:
@@ -88,8 +94,8 @@ def _upgrade_waiting(cluster: Cluster) -> dict[str, str]:
         return {}
     status = cluster.snapshot.policies[name].get("status") or {}
     out = {w["node"]: w.get("reason", "") for w in (status.get("upgrade") or {}).get("waiting") or [] if "node" in w}
-    if spec is None or not any(v.labels.get(UPGRADE_STATE) for v in cluster.views.values()):
-        return out
+    if spec is None or all(v.labels.get(UPGRADE_STATE, "") in SETTLED_UPGRADE for v in cluster.views.values()):
+        return out  # no node waits for anything
     from ..upgrade import plan
     from ..upgrade.adapter import managed_nodes, steady
     from ..upgrade.model import WorkloadPod

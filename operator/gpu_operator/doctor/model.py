@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..observe import Snapshot
-from .sched import NodeView, nodes_with_pods
+from .sched import NodeView, nodes_with_pods, pod_requests
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 SEVERITY_ORDER = {ERROR: 0, WARNING: 1, INFO: 2}
@@ -37,15 +37,28 @@ class Finding:
         return {k: v for k, v in out.items() if v not in ("", [], ())}
 
 
+@dataclass(frozen=True)
+class DaemonPods:
+    """The pods of a DaemonSet whose status says all are ready, not read one by one: its pod template, and the
+    nodes it runs on."""
+
+    pod: dict[str, Any]
+    nodes: tuple[str, ...]
+
+
 @dataclass
 class Cluster:
-    """Everything doctor looks at, read once: the operator's snapshot plus full nodes, pods and events."""
+    """Everything doctor looks at, read once: the operator's snapshot plus full nodes, pods and events.
+
+    `pods` holds every pod but the operand pods of settled DaemonSets, which `daemon_pods` stands in for (they
+    count in the nodes' resources); the snapshot's `pods` holds the operand pods that were read."""
 
     snapshot: Snapshot
     nodes: list[dict[str, Any]]
     pods: list[dict[str, Any]]  # every namespace
-    events: list[dict[str, Any]]  # every namespace
+    events: list[dict[str, Any]]  # every namespace (gather reads the Warning events about pods)
     namespace: str  # the operator's (operands) namespace
+    daemon_pods: list[DaemonPods] = field(default_factory=list)
     _views: dict[str, NodeView] | None = None
     _events: dict[tuple[str, str, str], list[dict[str, Any]]] | None = None
     memo: dict[str, Any] = field(default_factory=dict)  # facts computed once per run (upgrade reasons)
@@ -54,7 +67,13 @@ class Cluster:
     def views(self) -> dict[str, NodeView]:
         """Nodes with the resources their bound pods use (computed once)."""
         if self._views is None:
-            self._views = nodes_with_pods(self.nodes, self.pods)
+            views = nodes_with_pods(self.nodes, self.pods)
+            for daemon in self.daemon_pods:
+                requests = pod_requests(daemon.pod)
+                for node in daemon.nodes:
+                    if node in views:
+                        views[node].add_pod(daemon.pod, requests)
+            self._views = views
         return self._views
 
     def events_for(self, kind: str, namespace: str, name: str) -> list[dict[str, Any]]:

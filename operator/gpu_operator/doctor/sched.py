@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 GPU = "nvidia.com/gpu"
@@ -26,7 +27,12 @@ _QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([A-Za-z]*)$")
 
 def quantity(value: Any) -> Decimal:
     """A Kubernetes quantity ("500m", "32Gi", 2) as a number; 0 for what does not parse."""
-    m = _QUANTITY.match(str(value).strip())
+    return _quantity(str(value).strip())
+
+
+@lru_cache(maxsize=4096)  # a cluster's nodes and pods repeat a few values
+def _quantity(text: str) -> Decimal:
+    m = _QUANTITY.match(text)
     if not m or m.group(2) not in ("", *_SUFFIX):
         return Decimal(0)
     try:
@@ -95,9 +101,9 @@ class NodeView:
             capacity={k: quantity(v) for k, v in (status.get("capacity") or {}).items()},
         )
 
-    def add_pod(self, pod: dict[str, Any]) -> None:
+    def add_pod(self, pod: dict[str, Any], requests: dict[str, Decimal] | None = None) -> None:
         self.pods.append(pod)
-        for k, v in pod_requests(pod).items():
+        for k, v in (pod_requests(pod) if requests is None else requests).items():
             self.used[k] = self.used.get(k, Decimal(0)) + v
         self.used["pods"] = self.used.get("pods", Decimal(0)) + 1
 

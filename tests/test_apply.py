@@ -83,6 +83,42 @@ def test_an_unchanged_object_is_not_applied_and_a_refused_one_is_reported_for_it
     assert out[state].failed == f"DaemonSet {ds['metadata']['name']}: refused"
 
 
+def test_a_spec_changed_by_another_writer_is_applied_again_once() -> None:
+    """Another field manager edits a DaemonSet's image and leaves our hash annotation: the generation tells."""
+    plans = render_all(sample_spec())
+
+    class Generations(Client):
+        """Every apply leaves the object at the next generation."""
+
+        generation = 0
+
+        def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+            out = super().apply(obj)
+            self.generation += 1
+            return {**out, "metadata": {**out["metadata"], "generation": self.generation}}
+
+    client = Generations()
+    applier = Applier(client)  # type: ignore[arg-type]
+    first = applier.apply_states(plans, {})  # type: ignore[arg-type]
+    live = {
+        (o["kind"], o["metadata"].get("namespace") or "", o["metadata"]["name"]): o
+        for a in first.values()
+        for o in a.objects
+    }
+    client.calls.clear()
+    applier.apply_states(plans, live)  # steady: nothing
+    assert client.calls == []
+    key, ds = next((k, o) for k, o in live.items() if o["kind"] == "DaemonSet")
+    live[key] = {**ds, "metadata": {**ds["metadata"], "generation": client.generation + 1}}  # same hash, newer spec
+    out = applier.apply_states(plans, live)
+    assert client.calls == [("apply", "DaemonSet", ds["metadata"]["name"])]
+    assert any(o["metadata"]["name"] == ds["metadata"]["name"] for a in out.values() for o in a.objects)
+    # `live` now holds our apply's answer: nothing more to take back, no fight loop.
+    client.calls.clear()
+    applier.apply_states(plans, live)
+    assert client.calls == []
+
+
 def test_a_patch_decided_on_a_view_older_than_our_own_write_is_not_sent_again() -> None:
     client = Client()
     applier = Applier(client)  # type: ignore[arg-type]

@@ -39,6 +39,10 @@ class Applier:
         # Node -> (the resourceVersion our last patch of it returned, or IN_FLIGHT; that patch). A decision made on
         # an older view of the node that comes to the same patch was already carried out: not sent twice.
         self._sent: dict[str, tuple[int, NodePatch]] = {}
+        # Object -> the metadata.generation our last apply of it left. A live object past it had its spec changed
+        # by another writer, which left our hash annotation as it was: applied again (once: that apply's
+        # generation is recorded in turn, so a change that only touched fields we do not set costs one write).
+        self._generations: dict[Key, int] = {}
         self._lock = threading.Lock()
 
     def apply_state(self, state_plan: StatePlan, live: dict[Key, dict[str, Any]]) -> Applied:
@@ -51,7 +55,10 @@ class Applier:
         State name -> what applying did; `live` is updated in place."""
         out = {p.state.name: Applied() for p in plans}
         changed = [
-            (p.state.name, obj) for p in plans for obj in p.objects if _hash(live.get(key_of(obj))) != _hash(obj)
+            (p.state.name, obj)
+            for p in plans
+            for obj in p.objects
+            if _hash(live.get(key_of(obj))) != _hash(obj) or self.changed_by_others(live.get(key_of(obj)))
         ]
         for wave in (
             [(s, o) for s, o in changed if o["kind"] != "DaemonSet"],
@@ -64,7 +71,22 @@ class Applier:
                 else:
                     out[state].objects.append(result)
                     live[key_of(obj)] = result
+                    generation = (result.get("metadata") or {}).get("generation")
+                    if isinstance(generation, int):
+                        self._generations[key_of(obj)] = generation
         return out
+
+    def changed_by_others(self, live: dict[str, Any] | None) -> bool:
+        """Whether another writer changed the spec of an object since our last apply of it."""
+        if live is None:
+            return False
+        ours = self._generations.get(key_of(live))
+        generation = (live.get("metadata") or {}).get("generation")
+        if ours is None or not isinstance(generation, int) or generation <= ours:
+            return False
+        log.info("%s %s was changed by another writer (generation %d, ours %d): applying it again",
+                 live.get("kind"), (live.get("metadata") or {}).get("name"), generation, ours)  # fmt: skip
+        return True
 
     def _apply_one(self, item: tuple[dict[str, Any], dict[Key, dict[str, Any]]]) -> dict[str, Any] | ApiError:
         obj, live = item

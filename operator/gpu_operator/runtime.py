@@ -58,7 +58,13 @@ class Operator:
         self.revisions: dict[str, dict[str, Any]] = {}
         self.api_groups: frozenset[str] = frozenset()
         self.discovery_stale = False
-        self._gone: set[tuple[str, Any]] | None = None  # deletions seen during the initial listing
+        self._gone: set[tuple[str, Any]] | None = None  # deletions seen during a listing of ours
+        self._touched: set[tuple[str, Any]] | None = None  # and updates (a relisting keeps what they brought)
+        # kopf lists a resource again after its watch ended in 410 Gone, but sends no deletions for what went away
+        # meanwhile: the keys of each resource's current listing (None once its watch streams) tell a relisting
+        # apart, and one makes the operator list everything again and drop what is gone.
+        self._listings: dict[str, set[Any] | None] = {}
+        self.relist = False
         self.config_maps: dict[str, tuple[str, ...]] = {}  # every ConfigMap in our namespace: name -> keys
         self.config_data: dict[str, dict[str, str]] = {}  # and their data (the sharing config is validated)
         # NFD NodeFeature PCI devices per node (other namespaces, so not watched: re-listed while a GPU node
@@ -71,6 +77,21 @@ class Operator:
         self.node_watch: NodeWatch | None = None
 
     # Cache updates from watch events (run in the event loop)
+
+    def on_listing(self, resource: str, event_type: str | None, key: Any) -> None:
+        """Every kopf event, before its handler: notes a relisting (a listing after the first one)."""
+        listing = self._listings.get(resource, set())
+        if event_type is not None:
+            self._listings[resource] = None
+        elif resource not in self._listings:
+            self._listings[resource] = {key}  # the first listing
+        elif listing is None or key in listing:
+            log.info("%s listed again (its watch expired): re-reading the cluster", resource)
+            self._listings[resource] = {key}
+            self.relist = True
+            self.wake.set()
+        else:
+            listing.add(key)
 
     def on_node(self, event_type: str | None, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
@@ -138,6 +159,7 @@ class Operator:
             self._forget("policy", name)
             self.policies.pop(name, None)
         elif newer(self.policies.get(name), body):
+            self._touch("policy", name)
             self.policies[name] = dict(body)
         self.wake.set()
 
@@ -147,6 +169,7 @@ class Operator:
             self._forget("owned", key)
             self.owned.pop(key, None)
         elif newer(self.owned.get(key), body):
+            self._touch("owned", key)
             self.owned[key] = dict(body)
         self.wake.set()
 
@@ -164,6 +187,7 @@ class Operator:
             self._forget("pod", name)
             self.pods.pop(name, None)
         else:
+            self._touch("pod", name)
             self.pods[name] = pod_projection(body)
         self.wake.set()
 
@@ -178,6 +202,7 @@ class Operator:
             self.config_maps.pop(name, None)
             self.config_data.pop(name, None)
         else:
+            self._touch("configmap", name)
             self.config_maps[name] = keys
             self.config_data[name] = data
         self.wake.set()
@@ -188,6 +213,7 @@ class Operator:
             self._forget("revision", name)
             self.revisions.pop(name, None)
         else:
+            self._touch("revision", name)
             self.revisions[name] = revision_projection(body)
         self.wake.set()
 
@@ -198,10 +224,16 @@ class Operator:
         if self._gone is not None:
             self._gone.add((kind, key))
 
-    def _merge(self, snap: Snapshot) -> None:
-        """Fill the caches from the initial listing, on the event loop: what a watch event delivered while the
-        listing ran is newer and stays (replacing the caches outright once lost a ClusterPolicy created then)."""
+    def _touch(self, kind: str, key: Any) -> None:
+        if self._touched is not None:
+            self._touched.add((kind, key))
+
+    def _merge(self, snap: Snapshot, prune: bool = False) -> None:
+        """Fill the caches from a listing of ours, on the event loop: what a watch event delivered while the
+        listing ran is newer and stays (replacing the caches outright once lost a ClusterPolicy created then).
+        With `prune` (a relisting), what the listing lacks and no event brought meanwhile is dropped."""
         gone = self._gone or set()
+        touched = self._touched or set()
         self.api_groups = snap.api_groups
 
         def fill(kind: str, cache: dict[Any, Any], listed: dict[Any, Any], by_version: bool = False) -> None:
@@ -210,6 +242,10 @@ class Operator:
                     continue
                 if key not in cache or (by_version and newer(cache[key], value)):
                     cache[key] = value
+            if prune and kind != "node":  # nodes: NodeWatch lists them again itself
+                for key in [k for k in cache if k not in listed and (kind, k) not in touched]:
+                    log.info("%s %s is gone (missed while the watch was down)", kind, key)
+                    cache.pop(key)
 
         fill("node", self.nodes, snap.nodes)
         fill("policy", self.policies, snap.policies, by_version=True)
@@ -220,7 +256,7 @@ class Operator:
         fill("configmap", self.config_data, snap.config_data)
         self.node_features = {n: f.pci_devices for n, f in snap.nodes.items() if f.pci_devices}
         self._features_listed = time.monotonic()
-        self._gone = None
+        self._gone = self._touched = None
 
     def refresh_discovery(self) -> None:
         """Re-read the served API groups; list the owned objects of optional kinds that just appeared."""
@@ -264,15 +300,20 @@ class Operator:
             config_data=dict(self.config_data),
         )
 
-    async def loop(self) -> None:
+    async def sync(self, prune: bool = False) -> None:
+        """List everything into the caches (at start, and again after a watch expired); retries until it works."""
         while True:
             try:
-                self._gone = set()
-                self._merge(await asyncio.to_thread(observe, self.kube, self.namespace))
-                break
+                self._gone, self._touched = set(), set()
+                self._merge(await asyncio.to_thread(observe, self.kube, self.namespace), prune=prune)
+                return
             except Exception as exc:  # noqa: BLE001 - keep retrying until the API answers
-                log.warning("initial sync failed, retrying in 5s: %s", exc)
+                self._gone = self._touched = None
+                log.warning("listing the cluster failed, retrying in 5s: %s", exc)
                 await asyncio.sleep(5)
+
+    async def loop(self) -> None:
+        await self.sync()
         delay = 0.0
         while True:
             try:
@@ -282,6 +323,9 @@ class Operator:
                     self.discovery_stale = True
             await asyncio.sleep(DEBOUNCE_S)
             self.wake.clear()
+            if self.relist:
+                self.relist = False
+                await self.sync(prune=True)
             if self.discovery_stale:
                 self.discovery_stale = False
                 try:
@@ -372,7 +416,12 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
             op.node_watch.stop.set()
 
     def watch(group: str, version: str, plural: str, callback: Callback, **filters: Any) -> None:
-        kopf.on.event(group, version, plural, registry=registry, **filters)(_handler(callback))
+        def noted(event_type: str | None, body: dict[str, Any]) -> None:
+            meta = body.get("metadata") or {}
+            op.on_listing(plural, event_type, (meta.get("namespace"), meta.get("name")))
+            callback(event_type, body)
+
+        kopf.on.event(group, version, plural, registry=registry, **filters)(_handler(noted))
 
     # Nodes are watched by NodeWatch (heartbeats are dropped before they reach the event loop).
     watch("nvidia.com", "v1", "clusterpolicies", op.on_policy)

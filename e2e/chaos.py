@@ -175,11 +175,15 @@ class Result:
 class Chaos:
     """The cluster, the simulator, the operator and what the converged state must be."""
 
-    def __init__(self, state_dir: Path, rng: random.Random, window: float = 15.0) -> None:
+    def __init__(self, state_dir: Path, rng: random.Random, window: float = 15.0, timeout: float = CONVERGE_S) -> None:
         self.state_dir = state_dir
         self.rng = rng
         self.window = window
-        self.cluster = LocalCluster(state_dir / "cluster", binaries=ensure_binaries(), log=lambda _m: None)
+        self.timeout = timeout
+        # Nodes are patched for minutes on end here: see LocalCluster's node_monitor_grace.
+        self.cluster = LocalCluster(
+            state_dir / "cluster", binaries=ensure_binaries(), log=lambda _m: None, node_monitor_grace="1h"
+        )
         self.version = "595.91.07"
         self.layout = "all-disabled"
         self.expected_ds: dict[str, str] = {}  # operand DaemonSet -> its containers' images
@@ -295,7 +299,8 @@ class Chaos:
                 return f"node {name}: paused {paused}"
         return None
 
-    def wait_converged(self, what: str, timeout: float = CONVERGE_S) -> float:
+    def wait_converged(self, what: str, timeout: float | None = None) -> float:
+        timeout = timeout or self.timeout
         t = time.monotonic()
         last: list[str | None] = [None]
 
@@ -384,7 +389,11 @@ class Chaos:
     def run(self, scenario: str) -> Result:
         fn: Callable[[], tuple[str, float, bool]] = getattr(self, "s_" + scenario.replace("-", "_"))
         self._after = None
-        fault, t0, evictions_allowed = fn()
+        t = time.monotonic()
+        try:
+            fault, t0, evictions_allowed = fn()
+        except AssertionError as exc:  # the scenario's own wait (a DaemonSet recreated, say) timed out
+            return Result(scenario, "fault injected", time.monotonic() - t, 0, [f"{exc}\n{self.op.log_tail(20)}"])
         since = time.time() - (time.monotonic() - t0)
         try:
             self.wait_converged(scenario)
@@ -535,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--window", type=float, default=15.0, help="seconds of steady state checked for writes")
+    parser.add_argument("--timeout", type=float, default=CONVERGE_S, help="seconds allowed to converge")
     parser.add_argument("--keep", type=Path, help="keep the cluster's files and the operator's log in this directory")
     args = parser.parse_args(argv)
     scenarios = [s for s in args.scenarios.split(",") if s]
@@ -549,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.keep:
             state = args.keep.resolve()
             state.mkdir(parents=True, exist_ok=True)
-        env = Chaos(state, rng, args.window)
+        env = Chaos(state, rng, args.window, args.timeout)
         try:
             _say(f"cluster up and converged in {env.up():.1f}s (seed {args.seed})")
             for run in range(1, args.runs + 1):

@@ -206,8 +206,14 @@ class LocalCluster:
         binaries: Path | None = None,
         stages_dir: Path = STAGES_DIR,
         log: Callable[[str], None] = _say,
+        node_monitor_grace: str = "2m",
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
+        # kube-controller-manager's --node-monitor-grace-period. kwok re-arms a node's heartbeat stage whenever the
+        # node changes, so a node patched every few seconds (a driver rollout) can miss heartbeats past 2m: it
+        # goes Unknown and its pods NotReady for good (kwok does not make them Ready again). Longer for tests that
+        # keep patching nodes for minutes.
+        self.node_monitor_grace = node_monitor_grace
         self.detach = detach
         self._bin = binaries
         self.stages_dir = stages_dir
@@ -526,7 +532,7 @@ class LocalCluster:
             "--kube-api-qps=500",
             "--kube-api-burst=1000",
             # kwok heartbeats every 20-25s; leave slack for a loaded 2-core machine before nodes go NotReady.
-            "--node-monitor-grace-period=2m",
+            f"--node-monitor-grace-period={self.node_monitor_grace}",
             "--profiling=false",
         ]
 

@@ -573,8 +573,9 @@ def main(argv: list[str] | None = None) -> int:
                           f"[{r.fault}] {verdict}", flush=True)  # fmt: skip
         finally:
             env.down(keep=bool(args.keep))
-    print()
-    print(summary(results))
+            if results:  # also when stopped early (SIGTERM, Ctrl-C): the runs so far
+                print(f"\n{len(results)} scenario runs, seed {args.seed}")
+                print(summary(results), flush=True)
     return 1 if any(r.violations for r in results) else 0
 
 

@@ -515,13 +515,19 @@ def _ready(pod: dict[str, Any]) -> bool:
 
 
 def gpu_deployment() -> dict[str, Any]:
+    """The GPU workload, kept off the MIG node: there a layout change waits for GPU pods (drain is off), which
+    is tested in e2e/test_mig.py, not here."""
+    off_mig = {"nodeSelectorTerms": [{"matchExpressions": [
+        {"key": "kubernetes.io/hostname", "operator": "NotIn", "values": [MIG_NODE]}]}]}  # fmt: skip
     return {
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": GPU_APP, "namespace": WORK},
         "spec": {
             "replicas": GPU_REPLICAS, "selector": {"matchLabels": {"app": GPU_APP}},
-            "template": {"metadata": {"labels": {"app": GPU_APP}}, "spec": {"containers": [{
-                "name": "main", "image": "registry.k8s.io/pause:3.10",
-                "resources": {"limits": {"nvidia.com/gpu": 1}}}]}},
+            "template": {"metadata": {"labels": {"app": GPU_APP}}, "spec": {
+                "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": off_mig}},
+                "containers": [{
+                    "name": "main", "image": "registry.k8s.io/pause:3.10",
+                    "resources": {"limits": {"nvidia.com/gpu": 1}}}]}},
         },
     }  # fmt: skip
 

@@ -193,6 +193,7 @@ class Chaos:
         self.op: OperatorProcess
         self.audit: Audit
         self.sampler: Sampler
+        self.started_at = 0.0  # when the operator process last started (wall clock)
         self._after: Callable[[], list[str]] | None = None  # a scenario's own checks, run after the invariants
 
     # --- lifecycle ---
@@ -209,6 +210,7 @@ class Chaos:
         self.sim = NodeSimulator(self.cluster.simulator_kubeconfig, namespace=NAMESPACE, resync_seconds=5,
                                  driver_ready_delay=1.0, mig_delay=1.0).start()  # fmt: skip
         self.op = OperatorProcess(self.cluster, self.state_dir / "operator.log").start()
+        self.started_at = time.time()
         since = time.time()
         self.admin.create(self.policy())
         self.wait_converged("install")
@@ -315,12 +317,12 @@ class Chaos:
         return time.monotonic() - t
 
     def quiet(self, settle: float = 6.0, timeout: float = 90.0) -> list[str]:
-        """Wait until the operator's last write is `settle` seconds old (longer than its 5s re-check of what is
-        not ready), then its writes over the window (want none)."""
+        """Wait until the operator's last write and its last start are `settle` seconds old (longer than its 5s
+        re-check of what is not ready), then its writes over the window (want none)."""
 
-        def settled() -> bool:
+        def settled() -> bool:  # a restarted operator's first pass may write what changed while it was away
             writes = self.audit.writes(OPERATOR_USER, time.time() - 3600)
-            return not writes or time.time() - max(e["_t"] for e in writes) >= settle
+            return time.time() - max([self.started_at] + [e["_t"] for e in writes]) >= settle
 
         wait_for(settled, timeout, interval=0.5, message="the operator's writes to settle")
         start = time.time()
@@ -368,6 +370,7 @@ class Chaos:
         made = len(self.audit.writes(OPERATOR_USER, since))
         self.op.stop(signal.SIGKILL)
         self.op.start()
+        self.started_at = time.time()
         return f"SIGKILL after {made} writes (drew {n})"
 
     def next_version(self) -> str:

@@ -83,6 +83,71 @@ def test_an_unchanged_object_is_not_applied_and_a_refused_one_is_reported_for_it
     assert out[state].failed == f"DaemonSet {ds['metadata']['name']}: refused"
 
 
+def test_a_spec_changed_by_another_writer_is_applied_again_once() -> None:
+    """Another field manager edits a DaemonSet's image and leaves our hash annotation: the generation tells."""
+    plans = render_all(sample_spec())
+
+    class Generations(Client):
+        """Every apply leaves the object at the next generation."""
+
+        generation = 0
+
+        def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+            out = super().apply(obj)
+            self.generation += 1
+            return {**out, "metadata": {**out["metadata"], "generation": self.generation}}
+
+    client = Generations()
+    applier = Applier(client)  # type: ignore[arg-type]
+    first = applier.apply_states(plans, {})  # type: ignore[arg-type]
+    live = {
+        (o["kind"], o["metadata"].get("namespace") or "", o["metadata"]["name"]): o
+        for a in first.values()
+        for o in a.objects
+    }
+    client.calls.clear()
+    applier.apply_states(plans, live)  # steady: nothing
+    assert client.calls == []
+    key, ds = next((k, o) for k, o in live.items() if o["kind"] == "DaemonSet")
+    live[key] = {**ds, "metadata": {**ds["metadata"], "generation": client.generation + 1}}  # same hash, newer spec
+    out = applier.apply_states(plans, live)
+    assert client.calls == [("apply", "DaemonSet", ds["metadata"]["name"])]
+    assert any(o["metadata"]["name"] == ds["metadata"]["name"] for a in out.values() for o in a.objects)
+    # `live` now holds our apply's answer: nothing more to take back, no fight loop.
+    client.calls.clear()
+    applier.apply_states(plans, live)
+    assert client.calls == []
+
+
+def test_after_a_restart_the_managed_fields_tell_a_foreign_write_from_ours() -> None:
+    """An operator that has not applied an object since it started reads managedFields: another manager's spec
+    write later than our apply is taken back; status writes and older foreign writes are not."""
+    plans = render_all(sample_spec())
+    ds = next(o for p in plans for o in p.objects if o["kind"] == "DaemonSet")
+    key = ("DaemonSet", ds["metadata"]["namespace"], ds["metadata"]["name"])
+
+    def live(*entries: tuple[str, str, str | None]) -> dict[str, Any]:
+        fields = [{"manager": m, "operation": "Update" if m != "gpu-operator" else "Apply", "time": t}
+                  | ({"subresource": sub} if sub else {}) for m, t, sub in entries]  # fmt: skip
+        return {**ds, "metadata": {**ds["metadata"], "generation": 2, "managedFields": fields}}
+
+    ours, later, earlier = "2026-11-30T10:00:05Z", "2026-11-30T10:00:09Z", "2026-11-30T10:00:01Z"
+    for entries, applied in (
+        ([("gpu-operator", ours, None), ("kube-controller-manager", later, "status")], False),
+        ([("gpu-operator", ours, None), ("kubectl-edit", earlier, None)], False),
+        ([("gpu-operator", ours, None), ("kubectl-edit", later, None)], True),
+    ):
+        client = Client()
+        Applier(client).apply_states(plans, {**_live_of(plans), key: live(*entries)})  # type: ignore[arg-type]
+        assert client.calls == ([("apply", "DaemonSet", ds["metadata"]["name"])] if applied else []), entries
+
+
+def _live_of(plans: Any) -> dict[Any, dict[str, Any]]:
+    return {
+        (o["kind"], o["metadata"].get("namespace") or "", o["metadata"]["name"]): o for p in plans for o in p.objects
+    }
+
+
 def test_a_patch_decided_on_a_view_older_than_our_own_write_is_not_sent_again() -> None:
     client = Client()
     applier = Applier(client)  # type: ignore[arg-type]

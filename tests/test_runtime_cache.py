@@ -48,3 +48,50 @@ def test_a_deletion_seen_during_the_listing_is_not_undone() -> None:
     op._merge(snapshot(policies={"old": policy("old", 8)}, nodes={"gone-node": facts("gone-node")}))
     assert op.policies == {} and op.nodes == {}
     assert op._gone is None  # after the listing, deletions are plain deletions again
+
+
+def daemonset(name: str, rv: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": name, "namespace": "gpu-operator", "resourceVersion": str(rv)},
+    }
+
+
+def listed(op: Operator, resource: str, *names: str) -> None:
+    for name in names:
+        op.on_listing(resource, None, ("gpu-operator", name))
+
+
+def test_a_second_listing_of_a_resource_is_a_relisting() -> None:
+    """kopf lists again after 410 Gone (type None events) and sends no deletion for what went away meanwhile."""
+    op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
+    listed(op, "daemonsets", "a", "b")  # the first listing
+    assert not op.relist
+    op.on_listing("daemonsets", "MODIFIED", ("gpu-operator", "a"))  # streaming
+    listed(op, "daemonsets", "a")
+    assert op.relist and op.wake.is_set()
+    # Back to back, with no event in between: a name seen twice starts the next listing.
+    op.relist = False
+    listed(op, "pods", "p1", "p2")
+    listed(op, "pods", "p2")
+    assert op.relist
+    # An empty first listing, then streaming, then a listing.
+    op.relist = False
+    op.on_listing("configmaps", "ADDED", ("gpu-operator", "c"))
+    listed(op, "configmaps", "c")
+    assert op.relist
+
+
+def test_a_relisting_drops_what_went_away_and_keeps_what_events_brought() -> None:
+    op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
+    gone, kept, new = daemonset("gone", 5), daemonset("kept", 6), daemonset("new", 30)
+    for ds in (gone, kept):
+        op.on_owned("ADDED", ds)
+    op.nodes["n1"] = facts("n1")
+    op._gone, op._touched = set(), set()
+    op.on_owned("ADDED", new)  # delivered by a watch while our listing ran, which missed it
+    op._merge(snapshot(owned={("DaemonSet", "gpu-operator", "kept"): kept}), prune=True)
+    assert {k[-1] for k in op.owned} == {"kept", "new"}
+    assert set(op.nodes) == {"n1"}  # nodes are relisted by NodeWatch, not here
+    assert op._gone is None and op._touched is None

@@ -206,8 +206,14 @@ class LocalCluster:
         binaries: Path | None = None,
         stages_dir: Path = STAGES_DIR,
         log: Callable[[str], None] = _say,
+        node_monitor_grace: str = "2m",
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
+        # kube-controller-manager's --node-monitor-grace-period. kwok re-arms a node's heartbeat stage whenever the
+        # node changes, so a node patched every few seconds (a driver rollout) can miss heartbeats past 2m: it
+        # goes Unknown and its pods NotReady for good (kwok does not make them Ready again). Longer for tests that
+        # keep patching nodes for minutes.
+        self.node_monitor_grace = node_monitor_grace
         self.detach = detach
         self._bin = binaries
         self.stages_dir = stages_dir
@@ -344,11 +350,59 @@ class LocalCluster:
             self._signal(pid, signal.SIGKILL)
         self._reap()
 
+    def stop(self) -> None:
+        """Stop the processes and keep the state directory (logs, audit log) for a look afterwards."""
+        self._stop_processes()
+
     def down(self) -> None:
         self._stop_processes()
         if (self.state_dir / MARKER).exists():
             shutil.rmtree(self.state_dir, ignore_errors=True)
         self._state = {}
+
+    # --- faults (the chaos tests) ---
+    def restart(self, component: str, timeout: float = 60.0) -> float:
+        """SIGKILL one control-plane component (etcd or kube-apiserver, say) and start it again with the same
+        flags and data; returns once it answers again, with the seconds it was away."""
+        starts: dict[str, tuple[Callable[[], list[str]], Callable[[], bool]]] = {
+            "etcd": (self._etcd_args, self._etcd_ready),
+            "kube-apiserver": (self._apiserver_args, self._apiserver_ready),
+            "kube-controller-manager": (
+                self._controller_manager_args, lambda: self._https_ok(self._state["ports"]["kube-controller-manager"])),
+            "kube-scheduler": (self._scheduler_args, lambda: self._https_ok(self._state["ports"]["kube-scheduler"])),
+            "kwok": (self._kwok_args, lambda: self._http_ok(self._state["ports"]["kwok"])),
+        }  # fmt: skip
+        args, ready = starts[component]
+        t = time.monotonic()
+        pid = self.pids.get(component)
+        if pid is not None and self._owned_alive(pid):
+            self._signal(pid, signal.SIGKILL)
+            proc = self._procs.get(component)
+            if proc is not None and proc.popen is not None:
+                proc.popen.wait(timeout=15)
+            deadline = time.monotonic() + 15
+            while _pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        self._start_and_wait(component, args(), ready, time.monotonic() + timeout)
+        return time.monotonic() - t
+
+    def etcd_revision(self) -> int:
+        """etcd's current revision (the newest resourceVersion the API server can have handed out)."""
+        return int(self._etcd_post("/v3/kv/range", {"key": base64.b64encode(b"/").decode()})["header"]["revision"])
+
+    def etcd_compact(self, revision: int | None = None) -> int:
+        """Compact etcd's history up to `revision` (default: now); a watch from an older resourceVersion that the
+        API server's watch cache cannot serve then ends in 410 Gone. Returns the revision."""
+        rev = revision if revision is not None else self.etcd_revision()
+        self._etcd_post("/v3/kv/compaction", {"revision": str(rev), "physical": True})
+        return rev
+
+    def _etcd_post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{self._state['ports']['etcd']}{path}"
+        req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            out: dict[str, Any] = json.loads(r.read())
+            return out
 
     # --- internals ---
     def _load_state(self) -> None:
@@ -492,7 +546,7 @@ class LocalCluster:
             "--kube-api-qps=500",
             "--kube-api-burst=1000",
             # kwok heartbeats every 20-25s; leave slack for a loaded 2-core machine before nodes go NotReady.
-            "--node-monitor-grace-period=2m",
+            f"--node-monitor-grace-period={self.node_monitor_grace}",
             "--profiling=false",
         ]
 

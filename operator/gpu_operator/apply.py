@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .kube import ApiError, Kube
+from .kube import FIELD_MANAGER, ApiError, Kube
 from .observe import Key, key_of
 from .render import NodePatch, StatePlan
 from .states.base import HASH_ANNOTATION, MANAGED_BY, OPERATOR_NAME, owning_state
@@ -39,6 +39,11 @@ class Applier:
         # Node -> (the resourceVersion our last patch of it returned, or IN_FLIGHT; that patch). A decision made on
         # an older view of the node that comes to the same patch was already carried out: not sent twice.
         self._sent: dict[str, tuple[int, NodePatch]] = {}
+        # Object -> the metadata.generation our last apply of it left (or, for one not applied since we started,
+        # the generation first seen). A live object past it had its spec changed by another writer, which left our
+        # hash annotation as it was: applied again (once: that apply's generation is recorded in turn, so a change
+        # that only touched fields we do not set costs one write).
+        self._generations: dict[Key, int] = {}
         self._lock = threading.Lock()
 
     def apply_state(self, state_plan: StatePlan, live: dict[Key, dict[str, Any]]) -> Applied:
@@ -51,7 +56,10 @@ class Applier:
         State name -> what applying did; `live` is updated in place."""
         out = {p.state.name: Applied() for p in plans}
         changed = [
-            (p.state.name, obj) for p in plans for obj in p.objects if _hash(live.get(key_of(obj))) != _hash(obj)
+            (p.state.name, obj)
+            for p in plans
+            for obj in p.objects
+            if _hash(live.get(key_of(obj))) != _hash(obj) or self.changed_by_others(live.get(key_of(obj)))
         ]
         for wave in (
             [(s, o) for s, o in changed if o["kind"] != "DaemonSet"],
@@ -64,7 +72,30 @@ class Applier:
                 else:
                     out[state].objects.append(result)
                     live[key_of(obj)] = result
+                    generation = (result.get("metadata") or {}).get("generation")
+                    if isinstance(generation, int):
+                        self._generations[key_of(obj)] = generation
         return out
+
+    def changed_by_others(self, live: dict[str, Any] | None) -> bool:
+        """Whether another writer changed the spec of an object since our last apply of it."""
+        if live is None:
+            return False
+        meta = live.get("metadata") or {}
+        generation = meta.get("generation")
+        if not isinstance(generation, int):
+            return False
+        ours = self._generations.get(key_of(live))
+        if ours is None:  # not applied since we started: did another writer come after our last apply?
+            if not foreign_write_after_ours(meta.get("managedFields") or []):
+                self._generations[key_of(live)] = generation
+                return False
+            ours = 0
+        elif generation <= ours:
+            return False
+        log.info("%s %s was changed by another writer (generation %d, ours %d): applying it again",
+                 live.get("kind"), (live.get("metadata") or {}).get("name"), generation, ours)  # fmt: skip
+        return True
 
     def _apply_one(self, item: tuple[dict[str, Any], dict[Key, dict[str, Any]]]) -> dict[str, Any] | ApiError:
         obj, live = item
@@ -144,6 +175,15 @@ class Applier:
                 del self._sent[name]
             else:
                 self._sent[name] = (resource_version(node), patch)
+
+
+def foreign_write_after_ours(managed_fields: list[dict[str, Any]]) -> bool:
+    """Whether another field manager wrote an object (not its status) later than our last apply changed it
+    (managedFields times are whole seconds in RFC 3339, UTC: they compare as strings)."""
+    spec = [e for e in managed_fields if not e.get("subresource") and e.get("operation") in ("Update", "Apply")]
+    ours = [e.get("time") or "" for e in spec if e.get("manager") == FIELD_MANAGER]
+    theirs = [e.get("time") or "" for e in spec if e.get("manager") != FIELD_MANAGER]
+    return bool(ours and theirs) and max(theirs) > max(ours)
 
 
 IN_FLIGHT = 1 << 62  # newer than any resourceVersion: an in-flight patch is not sent again

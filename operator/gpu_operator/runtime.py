@@ -61,7 +61,13 @@ class Operator:
         self.revisions: dict[str, dict[str, Any]] = {}
         self.api_groups: frozenset[str] = frozenset()
         self.discovery_stale = False
-        self._gone: set[tuple[str, Any]] | None = None  # deletions seen during the initial listing
+        self._gone: set[tuple[str, Any]] | None = None  # deletions seen during a listing of ours
+        self._touched: set[tuple[str, Any]] | None = None  # and updates (a relisting keeps what they brought)
+        # kopf lists a resource again after its watch ended in 410 Gone, but sends no deletions for what went away
+        # meanwhile: the keys of each resource's current listing (None once its watch streams) tell a relisting
+        # apart, and one makes the operator list everything again and drop what is gone.
+        self._listings: dict[str, set[Any] | None] = {}
+        self.relist = False
         self.config_maps: dict[str, tuple[str, ...]] = {}  # every ConfigMap in our namespace: name -> keys
         self.config_data: dict[str, dict[str, str]] = {}  # and their data (the sharing config is validated)
         # NFD NodeFeature PCI devices per node (other namespaces, so not watched: re-listed while a GPU node
@@ -82,6 +88,21 @@ class Operator:
         self.event_loop: asyncio.AbstractEventLoop | None = None
 
     # Cache updates from watch events (run in the event loop)
+
+    def on_listing(self, resource: str, event_type: str | None, key: Any) -> None:
+        """Every kopf event, before its handler: notes a relisting (a listing after the first one)."""
+        listing = self._listings.get(resource, set())
+        if event_type is not None:
+            self._listings[resource] = None
+        elif resource not in self._listings:
+            self._listings[resource] = {key}  # the first listing
+        elif listing is None or key in listing:
+            log.info("%s listed again (its watch expired): re-reading the cluster", resource)
+            self._listings[resource] = {key}
+            self.relist = True
+            self.wake.set()
+        else:
+            listing.add(key)
 
     def on_node(self, event_type: str | None, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
@@ -157,6 +178,7 @@ class Operator:
             self._forget("policy", name)
             self.policies.pop(name, None)
         elif newer(self.policies.get(name), body):
+            self._touch("policy", name)
             self.policies[name] = dict(body)
         self.wake.set()
 
@@ -175,6 +197,7 @@ class Operator:
             self._forget("owned", key)
             self.owned.pop(key, None)
         elif newer(self.owned.get(key), body):
+            self._touch("owned", key)
             self.owned[key] = dict(body)
         self.wake.set()
 
@@ -192,6 +215,7 @@ class Operator:
             self._forget("pod", name)
             self.pods.pop(name, None)
         else:
+            self._touch("pod", name)
             self.pods[name] = pod_projection(body)
         self.wake.set()
 
@@ -206,6 +230,7 @@ class Operator:
             self.config_maps.pop(name, None)
             self.config_data.pop(name, None)
         else:
+            self._touch("configmap", name)
             self.config_maps[name] = keys
             self.config_data[name] = data
         self.wake.set()
@@ -216,6 +241,7 @@ class Operator:
             self._forget("revision", name)
             self.revisions.pop(name, None)
         else:
+            self._touch("revision", name)
             self.revisions[name] = revision_projection(body)
         self.wake.set()
 
@@ -255,10 +281,16 @@ class Operator:
         if self._gone is not None:
             self._gone.add((kind, key))
 
-    def _merge(self, snap: Snapshot) -> None:
-        """Fill the caches from the initial listing, on the event loop: what a watch event delivered while the
-        listing ran is newer and stays (replacing the caches outright once lost a ClusterPolicy created then)."""
+    def _touch(self, kind: str, key: Any) -> None:
+        if self._touched is not None:
+            self._touched.add((kind, key))
+
+    def _merge(self, snap: Snapshot, prune: bool = False) -> None:
+        """Fill the caches from a listing of ours, on the event loop: what a watch event delivered while the
+        listing ran is newer and stays (replacing the caches outright once lost a ClusterPolicy created then).
+        With `prune` (a relisting), what the listing lacks and no event brought meanwhile is dropped."""
         gone = self._gone or set()
+        touched = self._touched or set()
         self.api_groups = snap.api_groups
 
         def fill(kind: str, cache: dict[Any, Any], listed: dict[Any, Any], by_version: bool = False) -> None:
@@ -267,6 +299,10 @@ class Operator:
                     continue
                 if key not in cache or (by_version and newer(cache[key], value)):
                     cache[key] = value
+            if prune and kind != "node":  # nodes: NodeWatch lists them again itself
+                for key in [k for k in cache if k not in listed and (kind, k) not in touched]:
+                    log.info("%s %s is gone (missed while the watch was down)", kind, key)
+                    cache.pop(key)
 
         fill("node", self.nodes, snap.nodes)
         fill("policy", self.policies, snap.policies, by_version=True)
@@ -278,7 +314,7 @@ class Operator:
         fill("configmap", self.config_data, snap.config_data)
         self.node_features = {n: f.pci_devices for n, f in snap.nodes.items() if f.pci_devices}
         self._features_listed = time.monotonic()
-        self._gone = None
+        self._gone = self._touched = None
 
     def refresh_discovery(self) -> None:
         """Re-read the served API groups; list the owned objects of optional kinds that just appeared."""
@@ -323,15 +359,20 @@ class Operator:
             nvidia_drivers={k: dict(v) for k, v in self.nvidia_drivers.items()},
         )
 
-    async def loop(self) -> None:
+    async def sync(self, prune: bool = False) -> None:
+        """List everything into the caches (at start, and again after a watch expired); retries until it works."""
         while True:
             try:
-                self._gone = set()
-                self._merge(await asyncio.to_thread(observe, self.kube, self.namespace))
-                break
+                self._gone, self._touched = set(), set()
+                self._merge(await asyncio.to_thread(observe, self.kube, self.namespace), prune=prune)
+                return
             except Exception as exc:  # noqa: BLE001 - keep retrying until the API answers
-                log.warning("initial sync failed, retrying in 5s: %s", exc)
+                self._gone = self._touched = None
+                log.warning("listing the cluster failed, retrying in 5s: %s", exc)
                 await asyncio.sleep(5)
+
+    async def loop(self) -> None:
+        await self.sync()
         if not self.leading.is_set():
             log.info("following: caches filled, waiting for the leader Lease")
             await self.leading.wait()
@@ -344,6 +385,9 @@ class Operator:
                     self.discovery_stale = True
             await asyncio.sleep(DEBOUNCE_S)
             self.wake.clear()
+            if self.relist:
+                self.relist = False
+                await self.sync(prune=True)
             if self.discovery_stale:
                 self.discovery_stale = False
                 try:
@@ -444,7 +488,12 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
         await op.step_down()
 
     def watch(group: str, version: str, plural: str, callback: Callback, **filters: Any) -> None:
-        kopf.on.event(group, version, plural, registry=registry, **filters)(_handler(callback))
+        def noted(event_type: str | None, body: dict[str, Any]) -> None:
+            meta = body.get("metadata") or {}
+            op.on_listing(plural, event_type, (meta.get("namespace"), meta.get("name")))
+            callback(event_type, body)
+
+        kopf.on.event(group, version, plural, registry=registry, **filters)(_handler(noted))
 
     # Nodes are watched by NodeWatch (heartbeats are dropped before they reach the event loop).
     watch("nvidia.com", "v1", "clusterpolicies", op.on_policy)

@@ -88,7 +88,7 @@ def test_a_patch_decided_on_a_view_older_than_our_own_write_is_not_sent_again() 
     applier = Applier(client)  # type: ignore[arg-type]
     patch = {"labels": {GPU_PRESENT: "true"}}
     [patched] = applier.patch_nodes({"n1": patch}, {"n1": 7})
-    rv = int(patched["metadata"]["resourceVersion"])
+    rv = patched.resource_version
     assert applier.patch_nodes({"n1": patch}, {"n1": 7}) == []  # an overlapping pass decided on version 7
     assert len(applier.patch_nodes({"n1": patch}, {"n1": rv})) == 1  # on a view with our write: sent
     assert len(applier.patch_nodes({"n1": {"labels": {GPU_PRESENT: "false"}}}, {"n1": 7})) == 1  # another patch

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from sys import intern
 from typing import Any
 
 from .gpu_identity import device_ids_from_node_feature, node_of_feature
@@ -57,20 +58,23 @@ def pod_projection(pod: dict[str, Any]) -> dict[str, Any]:
     meta = pod.get("metadata") or {}
     status = pod.get("status") or {}
     owner = next((o["name"] for o in meta.get("ownerReferences") or [] if o.get("kind") == "DaemonSet"), "")
+    phase = status.get("phase")
+    # Strings shared by many pods (label values, node, owner and container names) are interned.
     return {
         "metadata": {
             "name": meta.get("name"),
-            "labels": {k: v for k, v in (meta.get("labels") or {}).items() if k in _POD_LABELS},
+            "labels": {intern(k): intern(v) for k, v in (meta.get("labels") or {}).items() if k in _POD_LABELS},
             **({"deletionTimestamp": meta["deletionTimestamp"]} if meta.get("deletionTimestamp") else {}),
         },
-        "node": (pod.get("spec") or {}).get("nodeName", ""),
-        "owner": owner,
+        "node": intern((pod.get("spec") or {}).get("nodeName", "")),
+        "owner": intern(owner),
         "status": {
-            "phase": status.get("phase"),
+            "phase": intern(phase) if isinstance(phase, str) else phase,
             "containerStatuses": [
-                {"name": c.get("name"), "ready": bool(c.get("ready")), "restartCount": c.get("restartCount", 0)}
+                {"name": intern(c.get("name") or ""), "ready": bool(c.get("ready")),
+                 "restartCount": c.get("restartCount", 0)}
                 for c in status.get("containerStatuses") or []
-            ],
+            ],  # fmt: skip
         },
     }
 
@@ -162,14 +166,18 @@ def observe(
             owned[key_of(obj)] = obj
     return Snapshot(
         nodes=with_devices(
-            {n["metadata"]["name"]: NodeFacts.from_node(n) for n in (kube.list("Node") if nodes is None else nodes)},
+            {f.name: f for f in map(NodeFacts.from_node, kube.each("Node", limit=100) if nodes is None else nodes)},
             node_features(kube, api_groups),
         ),
         policies=policies,
         owned=owned,
         pods={
             p["metadata"]["name"]: pod_projection(p)
-            for p in (kube.list("Pod", namespace, OWNED_SELECTOR) if pods is None else _operand_pods(pods, namespace))
+            for p in (
+                kube.each("Pod", namespace, OWNED_SELECTOR, limit=100)
+                if pods is None
+                else _operand_pods(pods, namespace)
+            )
         },
         revisions={r["metadata"]["name"]: revision_projection(r) for r in kube.list("ControllerRevision", namespace)},
         api_groups=api_groups,

@@ -42,7 +42,7 @@ class Outcome:
     deleted: list[Key] = field(default_factory=list)
     writes: int = 0  # requests of the pass that changed something, events included (counted by the client)
     busy: bool = False  # work in progress that needs rechecking soon (a driver upgrade)
-    nodes: list[dict[str, Any]] = field(default_factory=list)  # the Nodes as this pass patched them
+    nodes: list[NodeFacts] = field(default_factory=list)  # the Nodes as this pass patched them
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,10 @@ import asyncio
 import threading
 from typing import Any
 
+from gpu_operator import mig
 from gpu_operator.apply import Applier
 from gpu_operator.kube import ApiError
-from gpu_operator.nodes import GPU_PRESENT
+from gpu_operator.nodes import GPU_PRESENT, MIG_CONFIG, deploy_label
 from gpu_operator.reconciler import Labelling
 from gpu_operator.render import node_patches
 from gpu_operator.runtime import Operator
@@ -125,6 +126,25 @@ def test_a_joining_node_is_labelled_at_once_with_one_patch_and_an_older_event_do
     facts = op.nodes["join-1"]
     assert facts.labels.get(GPU_PRESENT) == "true" and facts.deploys("driver")
     assert op.wake.is_set()  # the full pass still follows
+
+
+def test_a_node_gfd_shows_mig_capable_gets_its_layout_and_its_approval_in_one_patch() -> None:
+    async def scenario() -> tuple[Operator, Client]:
+        client = Client()
+        op = Operator(kube=client, namespace="gpu-operator")  # type: ignore[arg-type]
+        op.task = asyncio.current_task()
+        op.policies["cluster-policy"] = _policy(1)
+        op.reconciler.labelling = Labelling("cluster-policy", "u1", 1, sample_spec())
+        gfd = {"nvidia.com/mig.capable": "true", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+        op.on_node("ADDED", node("join-1", labels=gfd))
+        await asyncio.gather(*op._labelling)
+        return op, client
+
+    op, client = asyncio.run(scenario())
+    assert client.calls == [("patch", "Node", "join-1")]
+    labels = op.nodes["join-1"].labels
+    assert labels.get(MIG_CONFIG) == "all-disabled" and labels.get(mig.APPROVED) == "all-disabled"
+    assert labels.get(deploy_label("mig-manager")) == "true"
 
 
 def test_no_labelling_between_passes_when_the_policy_changed_since_the_last_pass() -> None:

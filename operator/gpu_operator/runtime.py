@@ -15,7 +15,7 @@ from typing import Any
 
 import kopf
 
-from . import compat, debug, metrics
+from . import compat, debug, metrics, mig_pass
 from .gpu_identity import identify
 from .kinds import NODE_FEATURE, operand_kinds, served
 from .kube import Kube
@@ -35,7 +35,7 @@ from .observe import (
     with_devices,
 )
 from .reconciler import Reconciler, hold_driver_restores
-from .render import NodePatch, config_map_keys, node_patches
+from .render import NodePatch, config_map_keys, node_patches, relabelled
 from .states.base import MANAGED_BY, OPERATOR_NAME, STATE_LABEL
 from .status import active_policy
 
@@ -116,6 +116,11 @@ class Operator:
         hold_driver_restores(patches, [node])  # a refused node's driver label comes back in a full pass only
         patch = patches.get(node.name)
         if patch:
+            # The MIG layout it gets now is recorded as let through in the same patch (a pass would write it next).
+            [after] = relabelled([node], patches)
+            approve = mig_pass.first_sight(after, current.spec, self.pods.values())
+            if approve:
+                patch = {**patch, "labels": {**(patch.get("labels") or {}), **approve}}
             self._labelling.add(asyncio.ensure_future(self._patch_node(node, patch)))
 
     async def _patch_node(self, node: NodeFacts, patch: NodePatch) -> None:

@@ -7,9 +7,10 @@ import asyncio
 import threading
 from typing import Any
 
+from gpu_operator import mig
 from gpu_operator.apply import Applier
 from gpu_operator.kube import ApiError
-from gpu_operator.nodes import GPU_PRESENT
+from gpu_operator.nodes import GPU_PRESENT, MIG_CONFIG, deploy_label
 from gpu_operator.reconciler import Labelling
 from gpu_operator.render import node_patches
 from gpu_operator.runtime import Operator
@@ -153,7 +154,7 @@ def test_a_patch_decided_on_a_view_older_than_our_own_write_is_not_sent_again() 
     applier = Applier(client)  # type: ignore[arg-type]
     patch = {"labels": {GPU_PRESENT: "true"}}
     [patched] = applier.patch_nodes({"n1": patch}, {"n1": 7})
-    rv = int(patched["metadata"]["resourceVersion"])
+    rv = patched.resource_version
     assert applier.patch_nodes({"n1": patch}, {"n1": 7}) == []  # an overlapping pass decided on version 7
     assert len(applier.patch_nodes({"n1": patch}, {"n1": rv})) == 1  # on a view with our write: sent
     assert len(applier.patch_nodes({"n1": {"labels": {GPU_PRESENT: "false"}}}, {"n1": 7})) == 1  # another patch
@@ -213,6 +214,25 @@ def test_a_follower_labels_nothing_until_it_leads() -> None:
         return client
 
     assert asyncio.run(scenario()).calls == [("patch", "Node", "join-2")]
+
+
+def test_a_node_gfd_shows_mig_capable_gets_its_layout_and_its_approval_in_one_patch() -> None:
+    async def scenario() -> tuple[Operator, Client]:
+        client = Client()
+        op = Operator(kube=client, namespace="gpu-operator")  # type: ignore[arg-type]
+        op.task = asyncio.current_task()
+        op.policies["cluster-policy"] = _policy(1)
+        op.reconciler.labelling = Labelling("cluster-policy", "u1", 1, sample_spec())
+        gfd = {"nvidia.com/mig.capable": "true", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+        op.on_node("ADDED", node("join-1", labels=gfd))
+        await asyncio.gather(*op._labelling)
+        return op, client
+
+    op, client = asyncio.run(scenario())
+    assert client.calls == [("patch", "Node", "join-1")]
+    labels = op.nodes["join-1"].labels
+    assert labels.get(MIG_CONFIG) == "all-disabled" and labels.get(mig.APPROVED) == "all-disabled"
+    assert labels.get(deploy_label("mig-manager")) == "true"
 
 
 def test_no_labelling_between_passes_when_the_policy_changed_since_the_last_pass() -> None:

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +33,7 @@ from e2e.cluster.localcluster import WRITE_VERBS, LocalCluster, audit_time, ensu
 from e2e.cluster.nodes import create_nodes, make_node
 from e2e.operator_process import NAMESPACE, OperatorProcess, install_crds_and_rbac, policy_from_sample
 from e2e.simulator import NodeSimulator
+from gpu_operator.debug import DEBUG_DIR
 from gpu_operator.doctor import diagnose, gather
 from gpu_operator.kube import Kube
 from gpu_operator.nodes import GPU_PRESENT, deploy_label
@@ -69,6 +73,47 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]
 
 
+def py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
+    """py-spy sampling the operator for `seconds` (its raw stacks in `out`)."""
+    spy = Path(sys.executable).with_name("py-spy")
+    cmd = [str(spy), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--threads", "--format", "raw",
+           "-o", str(out)]  # fmt: skip
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def print_profile(raw: Path, top: int = 25) -> None:
+    """Where the sampled CPU went: per thread, and the functions with the most samples (own and inclusive)."""
+    own: collections.Counter[str] = collections.Counter()
+    incl: collections.Counter[str] = collections.Counter()
+    threads: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines() if raw.exists() else []:
+        stack, _, n = line.rpartition(" ")
+        frames = stack.split(";")
+        count = int(n)
+        total += count
+        threads[frames[0]] += count
+        own[frames[-1]] += count
+        for f in set(frames[1:]):
+            incl[f] += count
+    print(f"py-spy: {total} busy samples (100 a second)")
+    for by, counter in (("thread", threads), ("own", own), ("inclusive", incl)):
+        print(f"  by {by}:")
+        for name, samples in counter.most_common(top):
+            print(f"    {samples:6d}  {name}")
+
+
+def heap_report(pid: int, where: Path) -> str:
+    """The operator's heap report (gpu_operator.debug), asked for with SIGUSR1."""
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if (where / "heap-1.txt").exists():
+            return (where / "heap-1.txt").read_text()
+        time.sleep(0.5)
+    return "no heap report"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=1000)
@@ -76,6 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--joins", type=int, default=50, help="nodes that join at once after the steady state")
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--log", type=Path, help="keep the operator's log here")
+    parser.add_argument("--alloc-top", type=int, default=0, metavar="N",
+                        help="trace allocations (tracemalloc: CPU and RSS figures grow) and print the operator's "
+                             "top N allocation sites after idling")
+    parser.add_argument("--heap-report", action="store_true",
+                        help="print the operator's heap report after idling (RSS after gc and malloc_trim, objects by "
+                             "type; with --alloc-top, the allocation sites)")
+    parser.add_argument("--cpu-profile", action="store_true",
+                        help="sample the operator with py-spy while it idles and print where its CPU goes")
     args = parser.parse_args(argv)
     ensure_binaries()
     figures: list[tuple[str, str]] = []
@@ -98,7 +151,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.nodes} nodes created in {time.monotonic() - t0:.1f}s")
             install_crds_and_rbac(admin)
             sim = NodeSimulator(cluster.simulator_kubeconfig, namespace=NAMESPACE, workers=8).start()
+            if args.alloc_top:
+                os.environ["PYTHONTRACEMALLOC"] = "1"
+            if args.alloc_top or args.heap_report:
+                os.environ[DEBUG_DIR] = tmp
             op = OperatorProcess(cluster, Path(tmp) / "operator.log").start()
+            os.environ.pop("PYTHONTRACEMALLOC", None)
+            os.environ.pop(DEBUG_DIR, None)
             time.sleep(3)
             assert op.proc is not None
             cpu0 = cpu_seconds(op.proc.pid)
@@ -143,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
 
             idle_from = time.time()
             cpu1 = cpu_seconds(op.proc.pid)
+            spy = py_spy(op.proc.pid, args.idle, Path(tmp) / "idle.prof") if args.cpu_profile else None
             time.sleep(args.idle)
             idle_to = time.time()
             idle_cpu = cpu_seconds(op.proc.pid) - cpu1
@@ -153,6 +213,11 @@ def main(argv: list[str] | None = None) -> int:
                    f"{len(writes)} / {len(reads)} {dict(collections.Counter(what(e) for e in writes + reads))}")
             figure("operator CPU at steady state", f"{100 * idle_cpu / args.idle:.1f}% of a core")
             figure("operator RSS after idling", f"{(rss_kib(op.proc.pid) or 0) / 1024:.0f} MiB")
+            if spy is not None:
+                spy.wait(timeout=60)
+                print_profile(Path(tmp) / "idle.prof")
+            if args.alloc_top or args.heap_report:
+                print(heap_report(op.proc.pid, Path(tmp)), flush=True)
 
             t_doc = time.monotonic()
             seen = gather(Kube.connect(str(cluster.kubeconfig)), NAMESPACE)
@@ -171,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                     node["metadata"]["labels"][JOIN_LABEL] = "true"
                 join_from = time.time()
                 create_nodes(admin.client, joiners)
-                deadline = time.monotonic() + 120
+                deadline = time.monotonic() + 600
                 want = {GPU_PRESENT: "true", deploy_label("driver"): "true"}
                 while time.monotonic() < deadline:
                     listed = admin.list("Node", label_selector=JOIN_LABEL)

@@ -243,6 +243,23 @@ class Kube:
                 return items
             query["continue"] = cont
 
+    def each(
+        self, kind: str, namespace: str | None = None, label_selector: str | None = None, limit: int = 500
+    ) -> Iterator[dict[str, Any]]:
+        """The objects of a kind one by one, a page at a time: a caller that keeps only a projection of each never
+        holds more than one page of whole objects."""
+        query: dict[str, Any] = {"labelSelector": label_selector} if label_selector else {}
+        while True:
+            page = self.request("GET", path_for(kind, namespace=namespace), query={**query, "limit": limit})
+            items = page.pop("items", None) or []
+            for i in range(len(items)):
+                obj, items[i] = items[i], None
+                yield obj
+            cont = (page.get("metadata") or {}).get("continue")
+            if not cont:
+                return
+            query["continue"] = cont
+
     def apply(self, obj: dict[str, Any], sub: str | None = None) -> dict[str, Any]:
         """Server-side apply under the operator's field manager."""
         meta = obj["metadata"]

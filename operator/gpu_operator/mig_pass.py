@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -40,10 +40,34 @@ def _layouts(kube: Kube, namespace: str, spec: ClusterPolicySpec) -> mig.Layouts
         return {}
 
 
+def first_sight(node: NodeFacts, spec: ClusterPolicySpec, pods: Iterable[dict[str, Any]]) -> dict[str, str | None]:
+    """The patch a pass would make to record a node's layout as let through on first sight, when that is all it
+    would write there (the default layouts only: a user's config is read by a pass); else {}. `node`: as its label
+    patch leaves it; `pods`: operand pod projections."""
+    if custom_config(spec) or not mig.mig_nodes([node], spec) or mig.changes_requested([node], spec):
+        return {}
+    managers = frozenset(
+        p["node"] for p in pods
+        if p["node"] == node.name and owning_state(p["metadata"]["labels"], _STATES)
+        and not p["metadata"].get("deletionTimestamp")
+    )  # fmt: skip
+    patch = mig.decide([node], spec, layouts=None, pods={}, managers=managers).patches.get(node.name, {})
+    return patch if patch.keys() == {mig.APPROVED} else {}
+
+
 def run(
-    kube: Kube, namespace: str, spec: ClusterPolicySpec, snap: Snapshot, nodes: list[NodeFacts], events: Recorder
-) -> tuple[mig.Decision, list[NodeFacts]]:
-    """One pass: the decision, and the nodes as its label patches leave them."""
+    kube: Kube,
+    namespace: str,
+    spec: ClusterPolicySpec,
+    snap: Snapshot,
+    nodes: list[NodeFacts],
+    events: Recorder,
+    fold: Collection[str] = (),
+) -> tuple[mig.Decision, list[NodeFacts], dict[str, dict[str, str | None]]]:
+    """One pass: the decision, the nodes as its label patches leave them, and the patches left to the caller.
+
+    `fold`: nodes the caller patches later in this pass anyway; a patch that only records a layout as let through
+    is left to go with that patch (one write per node instead of two) rather than written here."""
     asked = mig.changes_requested(nodes, spec)
     layouts = _layouts(kube, namespace, spec) if asked else None
     pods = {n: [WorkloadPod.from_pod(p) for p in kube.list("Pod", field_selector=f"spec.nodeName={n}")] for n in asked}
@@ -53,8 +77,12 @@ def run(
         if owning_state(p["metadata"]["labels"], _STATES) and not p["metadata"].get("deletionTimestamp")
     )
     decision = mig.decide(nodes, spec, layouts=layouts, pods=pods, managers=managers)
+    folded: dict[str, dict[str, str | None]] = {}
     for node, patch in sorted(decision.patches.items()):
         log.info("MIG: node %s labels %s", node, patch)
+        if node in fold and patch.keys() == {mig.APPROVED}:
+            folded[node] = patch
+            continue
         try:
             kube.merge_patch("Node", node, {"metadata": {"labels": patch}})
         except ApiError as exc:
@@ -70,4 +98,4 @@ def run(
         replace(n, labels=apply_patch(n.labels, decision.patches[n.name])) if n.name in decision.patches else n
         for n in nodes
     ]
-    return decision, out
+    return decision, out, folded

@@ -12,6 +12,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
+from sys import intern
 from typing import Any
 
 from .api import ClusterPolicySpec
@@ -120,15 +121,18 @@ class NodeFacts:
         status = node.get("status") or {}
         ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
         runtime = ((status.get("nodeInfo") or {}).get("containerRuntimeVersion") or "").split(":", 1)[0]
+        # Label keys and values are interned: 1,000 nodes carry the same few dozen of each.
         return cls(
             name=meta.get("name", ""),
-            labels={k: v for k, v in labels.items() if _relevant(k)},
+            labels={intern(k): intern(v) for k, v in labels.items() if _relevant(k)},
             annotations={
-                k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith(UPGRADE_ANNOTATION_PREFIX)
+                intern(k): intern(v)
+                for k, v in (meta.get("annotations") or {}).items()
+                if k.startswith(UPGRADE_ANNOTATION_PREFIX)
             },
             unschedulable=bool((node.get("spec") or {}).get("unschedulable")),
             ready=ready,
-            runtime=runtime,
+            runtime=intern(runtime),
             has_nfd=any(k.startswith(NFD_PREFIX) for k in labels),
             resource_version=_int(meta.get("resourceVersion")),
         )

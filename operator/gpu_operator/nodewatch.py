@@ -1,7 +1,10 @@
-"""The Node watch, kept out of kopf: every node heartbeats (a status write every ~20 s), so a 1,000-node cluster
-sends ~50 Node events a second that change nothing the operator reads. kopf's per-event machinery cost more than
-the rest of the operator at steady state (py-spy); here an event is parsed and projected to `NodeFacts` in the
-watching thread and dropped there when the facts did not change, so only changes reach the event loop.
+"""Watches kept out of kopf, for the kinds with many objects: Nodes and operand Pods.
+
+Every node heartbeats (a status write every ~20 s), so a 1,000-node cluster sends ~50 Node events a second that
+change nothing the operator reads, and the operand pods of 1,000 nodes are ~8,000 objects of ~50 KB each once
+parsed. kopf's per-event machinery cost more than the rest of the operator at steady state (py-spy) and kept
+per-object state for each pod; here an event is parsed and projected in the watching thread (the whole object
+dropped there) and dropped when the projection did not change, so only changes reach the event loop.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from .kube import Kube
 from .nodes import NodeFacts
@@ -19,20 +22,41 @@ log = logging.getLogger("gpu_operator")
 NODES = "/api/v1/nodes"
 WATCH_TIMEOUT_S = 300
 
-Current = Callable[[str], NodeFacts | None]  # what the cache holds for a node
-Deliver = Callable[[str, NodeFacts | None], object]  # a changed node (None: deleted), handed to the event loop
+T = TypeVar("T")
+Current = Callable[[str], T | None]  # what the cache holds for an object, by name
+Deliver = Callable[[str, T | None], object]  # a changed object (None: deleted), handed to the event loop
 
 
-class NodeWatch:
-    def __init__(self, kube: Kube, current: Current, deliver: Deliver):
+class Watch(Generic[T]):
+    """List, then watch, one collection in a thread; each object projected there, only changes delivered.
+
+    `stale(new, cached)`: whether a projection is older than the cached one (it is then dropped too)."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        path: str,
+        project: Callable[[dict[str, Any]], T],
+        current: Current[T],
+        deliver: Deliver[T],
+        *,
+        label_selector: str | None = None,
+        stale: Callable[[T, T], bool] | None = None,
+        name: str = "watch",
+    ):
         self.kube = kube
+        self.path = path
+        self.project = project
         self.current = current
         self.deliver = deliver
+        self.query: dict[str, Any] = {"labelSelector": label_selector} if label_selector else {}
+        self.stale = stale
+        self.name = name
         self.stop = threading.Event()
         self._known: set[str] = set()
 
     def start(self) -> threading.Thread:
-        thread = threading.Thread(target=self.run, name="node-watch", daemon=True)
+        thread = threading.Thread(target=self.run, name=self.name, daemon=True)
         thread.start()
         return thread
 
@@ -44,19 +68,21 @@ class NodeWatch:
                     rv = self.relist()
                 rv = self.watch(rv)
             except Exception as exc:  # noqa: BLE001 - a broken watch is listed again
-                log.warning("node watch failed, listing again: %s", exc)
+                log.warning("%s failed, listing again: %s", self.name, exc)
                 rv = None
                 self.stop.wait(1)
 
     def relist(self) -> str:
-        """Every node through `offer`, nodes no longer there as deleted; the list's resourceVersion."""
-        query: dict[str, Any] = {"limit": 500}
+        """Every object through `offer`, objects no longer there as deleted; the list's resourceVersion."""
+        query: dict[str, Any] = {**self.query, "limit": 500}
         seen: set[str] = set()
         while True:
-            page = self.kube.request("GET", NODES, query=query)
-            for node in page.get("items") or []:
-                seen.add(node["metadata"]["name"])
-                self.offer(node)
+            page = self.kube.request("GET", self.path, query=query)
+            items = page.pop("items", None) or []
+            for i in range(len(items)):
+                obj, items[i] = items[i], None  # each whole object is dropped as soon as it is projected
+                seen.add(obj["metadata"]["name"])
+                self.offer(obj)
             meta = page.get("metadata") or {}
             if not meta.get("continue"):
                 break
@@ -68,10 +94,10 @@ class NodeWatch:
 
     def watch(self, rv: str) -> str | None:
         """Events from `rv` until the server ends the watch: the version to go on from, or None to list again."""
-        for event in self.kube.watch(NODES, rv, timeout_seconds=WATCH_TIMEOUT_S):
+        for event in self.kube.watch(self.path, rv, timeout_seconds=WATCH_TIMEOUT_S, **self.query):
             kind, obj = event.get("type"), event.get("object") or {}
             if kind == "ERROR":
-                log.info("node watch: %s; listing again", obj.get("message"))
+                log.info("%s: %s; listing again", self.name, obj.get("message"))
                 return None
             rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
             if kind == "DELETED":
@@ -85,9 +111,19 @@ class NodeWatch:
                 return rv
         return rv
 
-    def offer(self, node: dict[str, Any]) -> None:
-        facts = NodeFacts.from_node(node)
-        cached = self.current(facts.name)
-        if cached is not None and (cached == facts or facts.resource_version < cached.resource_version):
+    def offer(self, obj: dict[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        new = self.project(obj)
+        cached = self.current(name)
+        if cached is not None and (cached == new or (self.stale is not None and self.stale(new, cached))):
             return
-        self.deliver(facts.name, facts)
+        self.deliver(name, new)
+
+
+def _older(new: NodeFacts, cached: NodeFacts) -> bool:
+    return new.resource_version < cached.resource_version
+
+
+class NodeWatch(Watch[NodeFacts]):
+    def __init__(self, kube: Kube, current: Current[NodeFacts], deliver: Deliver[NodeFacts]):
+        super().__init__(kube, NODES, NodeFacts.from_node, current, deliver, stale=_older, name="node-watch")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
+from sys import intern
 from typing import Any, TypeVar
 
 from .gpu_identity import device_ids_from_node_feature, node_of_feature
@@ -59,20 +60,23 @@ def pod_projection(pod: dict[str, Any]) -> dict[str, Any]:
     meta = pod.get("metadata") or {}
     status = pod.get("status") or {}
     owner = next((o["name"] for o in meta.get("ownerReferences") or [] if o.get("kind") == "DaemonSet"), "")
+    phase = status.get("phase")
+    # Strings shared by many pods (label values, node, owner and container names) are interned.
     return {
         "metadata": {
             "name": meta.get("name"),
-            "labels": {k: v for k, v in (meta.get("labels") or {}).items() if k in _POD_LABELS},
+            "labels": {intern(k): intern(v) for k, v in (meta.get("labels") or {}).items() if k in _POD_LABELS},
             **({"deletionTimestamp": meta["deletionTimestamp"]} if meta.get("deletionTimestamp") else {}),
         },
-        "node": (pod.get("spec") or {}).get("nodeName", ""),
-        "owner": owner,
+        "node": intern((pod.get("spec") or {}).get("nodeName", "")),
+        "owner": intern(owner),
         "status": {
-            "phase": status.get("phase"),
+            "phase": intern(phase) if isinstance(phase, str) else phase,
             "containerStatuses": [
-                {"name": c.get("name"), "ready": bool(c.get("ready")), "restartCount": c.get("restartCount", 0)}
+                {"name": intern(c.get("name") or ""), "ready": bool(c.get("ready")),
+                 "restartCount": c.get("restartCount", 0)}
                 for c in status.get("containerStatuses") or []
-            ],
+            ],  # fmt: skip
         },
     }
 
@@ -168,14 +172,20 @@ def observe(
     listed_config_maps = later(kube.list, "ConfigMap", namespace)
     listed_owned = [later(list_owned, kube, kind, namespace, api_groups) for kind in operand_kinds()]
     if nodes is None:
-        listed_nodes = later(kube.list, "Node")
+        # Projected a page at a time: no more than one page of whole Node objects is held.
+        listed_nodes = later(lambda: list(map(NodeFacts.from_node, kube.each("Node", limit=100))))
     elif isinstance(nodes, Future):
-        listed_nodes = nodes.result
+        given_later = nodes
+        listed_nodes = lambda: list(map(NodeFacts.from_node, given_later.result()))  # noqa: E731
     else:
         given = nodes
-        listed_nodes = lambda: given  # noqa: E731
+        listed_nodes = lambda: list(map(NodeFacts.from_node, given))  # noqa: E731
     features = later(node_features, kube, api_groups)
-    listed_pods = later(kube.list, "Pod", namespace, OWNED_SELECTOR) if pods is None else None
+    listed_pods = (
+        later(lambda: [pod_projection(p) for p in kube.each("Pod", namespace, OWNED_SELECTOR, limit=100)])
+        if pods is None
+        else None
+    )
     listed_revisions = later(kube.list, "ControllerRevision", namespace)
     listed_drivers = later(list_nvidia_drivers, kube)
     policies = {}
@@ -190,12 +200,14 @@ def observe(
         for obj in found():
             owned[key_of(obj)] = obj
     return Snapshot(
-        nodes=with_devices({n["metadata"]["name"]: NodeFacts.from_node(n) for n in listed_nodes()}, features()),
+        nodes=with_devices({f.name: f for f in listed_nodes()}, features()),
         policies=policies,
         owned=owned,
         pods={
-            p["metadata"]["name"]: pod_projection(p)
-            for p in (listed_pods() if listed_pods is not None else _operand_pods(pods or [], namespace))
+            p["metadata"]["name"]: p
+            for p in (
+                listed_pods() if listed_pods is not None else map(pod_projection, _operand_pods(pods or [], namespace))
+            )
         },
         revisions={r["metadata"]["name"]: revision_projection(r) for r in listed_revisions()},
         api_groups=api_groups,

@@ -54,7 +54,7 @@ class Outcome:
     deleted: list[Key] = field(default_factory=list)
     writes: int = 0  # requests of the pass that changed something, events included (counted by the client)
     busy: bool = False  # work in progress that needs rechecking soon (a driver upgrade)
-    nodes: list[dict[str, Any]] = field(default_factory=list)  # the Nodes as this pass patched them
+    nodes: list[NodeFacts] = field(default_factory=list)  # the Nodes as this pass patched them
 
 
 @dataclass(frozen=True)
@@ -232,9 +232,14 @@ class Reconciler:
                     del patches[n.name]
         versions = {n.name: n.resource_version for n in nodes if n.name in patches}
         nodes = relabelled(relabelled(nodes, patches), early)
-        migs, nodes = mig_pass.run(self.kube, self.namespace, spec, snap, nodes, self.events)
-        # The MIG pass wrote its labels already; the label patch (sent after the objects) must not undo them.
+        migs, nodes, folded = mig_pass.run(self.kube, self.namespace, spec, snap, nodes, self.events, set(patches))
+        # The MIG pass wrote its labels already (but those it left to the label patch); the label patch (sent after
+        # the objects) must not undo them.
+        for name, mig_labels in folded.items():
+            patches[name] = {**patches[name], "labels": {**(patches[name].get("labels") or {}), **mig_labels}}
         for name, mig_labels in migs.patches.items():
+            if name in folded:
+                continue
             patch = patches.get(name)
             if patch and any(k in mig_labels for k in patch.get("labels") or {}):
                 labels = {k: v for k, v in (patch.get("labels") or {}).items() if k not in mig_labels}

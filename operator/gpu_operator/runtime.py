@@ -15,15 +15,16 @@ from typing import Any, cast
 
 import kopf
 
-from . import __version__, compat, metrics
+from . import __version__, compat, debug, metrics, mig_pass
 from .gpu_identity import identify
 from .kinds import NODE_FEATURE, operand_kinds, served
 from .kube import Fence, Kube, NotLeader
 from .leader import Elector, identity
 from .nodes import NodeFacts
-from .nodewatch import NodeWatch
+from .nodewatch import NodeWatch, Watch
 from .nvidiadriver import NVIDIADriver
 from .observe import (
+    OWNED_SELECTOR,
     Key,
     Snapshot,
     key_of,
@@ -77,7 +78,7 @@ class Operator:
         self.wake = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self._labelling: set[asyncio.Future[None]] = set()  # single-node label patches in flight
-        self.node_watch: NodeWatch | None = None
+        self.watches: list[Watch[Any]] = []  # the node, pod and revision watches (threads), once started
         # Set while this replica may write: from the start without leader election (`elected` False), else once
         # it holds the Lease. Until then the caches fill from the watches as usual (a takeover starts warm), but
         # nothing is written.
@@ -155,6 +156,11 @@ class Operator:
         patches = merged(patches, driver_node_patches(relabelled([node], patches), current.spec, routing, holding))
         patch = patches.get(node.name)
         if patch:
+            # The MIG layout it gets now is recorded as let through in the same patch (a pass would write it next).
+            [after] = relabelled([node], patches)
+            approve = mig_pass.first_sight(after, current.spec, self.pods.values())
+            if approve:
+                patch = {**patch, "labels": {**(patch.get("labels") or {}), **approve}}
             self._labelling.add(asyncio.ensure_future(self._patch_node(node, patch)))
 
     async def _patch_node(self, node: NodeFacts, patch: NodePatch) -> None:
@@ -168,9 +174,9 @@ class Operator:
             return
         finally:
             self._labelling.discard(asyncio.current_task())
-        for body in patched:
+        for facts in patched:
             log.info("labelled node %s", node.name)
-            self.on_node("MODIFIED", body)
+            self.on_node_facts(facts.name, facts)
 
     def on_policy(self, event_type: str | None, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
@@ -209,14 +215,14 @@ class Operator:
             self.discovery_stale = True
             self.wake.set()
 
-    def on_pod(self, event_type: str | None, body: dict[str, Any]) -> None:
-        name = body["metadata"]["name"]
-        if event_type == "DELETED":
+    def on_pod(self, name: str, pod: dict[str, Any] | None) -> None:
+        """An operand pod's projection changed (None: deleted), from the pod watch."""
+        if pod is None:
             self._forget("pod", name)
             self.pods.pop(name, None)
         else:
             self._touch("pod", name)
-            self.pods[name] = pod_projection(body)
+            self.pods[name] = pod
         self.wake.set()
 
     def on_config_map(self, event_type: str | None, body: dict[str, Any]) -> None:
@@ -235,14 +241,14 @@ class Operator:
             self.config_data[name] = data
         self.wake.set()
 
-    def on_revision(self, event_type: str | None, body: dict[str, Any]) -> None:
-        name = body["metadata"]["name"]
-        if event_type == "DELETED":
+    def on_revision(self, name: str, rev: dict[str, Any] | None) -> None:
+        """A ControllerRevision's projection changed (None: deleted), from the revision watch."""
+        if rev is None:
             self._forget("revision", name)
             self.revisions.pop(name, None)
         else:
             self._touch("revision", name)
-            self.revisions[name] = revision_projection(body)
+            self.revisions[name] = rev
         self.wake.set()
 
     # Leadership
@@ -416,8 +422,9 @@ class Operator:
                     self.owned[key_of(obj)] = obj
             for key in outcome.deleted:
                 self.owned.pop(key, None)
-            for body in outcome.nodes:
-                self.on_node("MODIFIED", body)
+            for facts in outcome.nodes:
+                self.on_node_facts(facts.name, facts)
+            debug.trim()  # what the pass freed goes back to the OS
             if outcome.writes:
                 log.info("reconciled: ready=%s, %d writes", outcome.ready, outcome.writes)
             delay = NOT_READY_RECHECK_S if outcome.ready is False or outcome.busy else RESYNC_S
@@ -474,17 +481,27 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
             op.lead()
         else:
             op.elector.start()
-        op.node_watch = NodeWatch(
-            op.kube, op.nodes.get, lambda name, facts: loop.call_soon_threadsafe(op.on_node_facts, name, facts)
-        )
-        op.node_watch.start()
+
+        def to_loop(handler: Callable[[str, Any], None]) -> Callable[[str, Any], object]:
+            return lambda name, value: loop.call_soon_threadsafe(handler, name, value)
+
+        ns = f"/api/v1/namespaces/{op.namespace}"
+        op.watches = [
+            NodeWatch(op.kube, op.nodes.get, to_loop(op.on_node_facts)),
+            Watch(op.kube, ns + "/pods", pod_projection, op.pods.get, to_loop(op.on_pod),
+                  label_selector=OWNED_SELECTOR, name="pod-watch"),
+            Watch(op.kube, ns.replace("/api/v1", "/apis/apps/v1") + "/controllerrevisions", revision_projection,
+                  op.revisions.get, to_loop(op.on_revision), name="revision-watch"),
+        ]  # fmt: skip
+        for w in op.watches:
+            w.start()
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
         if op.task:
             op.task.cancel()
-        if op.node_watch:
-            op.node_watch.stop.set()
+        for w in op.watches:
+            w.stop.set()
         await op.step_down()
 
     def watch(group: str, version: str, plural: str, callback: Callback, **filters: Any) -> None:
@@ -495,15 +512,13 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
 
         kopf.on.event(group, version, plural, registry=registry, **filters)(_handler(noted))
 
-    # Nodes are watched by NodeWatch (heartbeats are dropped before they reach the event loop).
+    # Nodes, operand pods and ControllerRevisions are watched outside kopf (nodewatch.py).
     watch("nvidia.com", "v1", "clusterpolicies", op.on_policy)
     watch("nvidia.com", "v1alpha1", "nvidiadrivers", op.on_nvidia_driver)
     for kind in operand_kinds():
         watch(kind.group, kind.version, kind.plural, op.on_owned, labels=managed)
     watch("apiextensions.k8s.io", "v1", "customresourcedefinitions", op.on_crd)
     watch("", "v1", "configmaps", op.on_config_map)  # users' too: the driver mounts referenced ones key by key
-    watch("", "v1", "pods", op.on_pod, labels=managed)
-    watch("apps", "v1", "controllerrevisions", op.on_revision)
     return registry
 
 
@@ -533,6 +548,8 @@ def run(
     if kubeconfig:
         os.environ["KUBECONFIG"] = os.path.abspath(kubeconfig)
     me = identity()
+    debug.install()
+    debug.tune_malloc()
     kube = Kube.connect(kubeconfig)
     kube.user_agent = f"gpu-operator/{__version__} ({me})"
     op = Operator(kube, namespace, elected=leader_elect)

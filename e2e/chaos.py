@@ -500,9 +500,16 @@ class Chaos:
             self.op.proc.send_signal(signal.SIGCONT)
         thawed = time.time()
         wait_for(lambda: self.admin.get("DaemonSet", first, NAMESPACE), 120, message=f"{first} recreated")
-        # and the watches that came back still deliver: a later deletion is noticed
+        # and the watches that came back still deliver: a later deletion is noticed (the operator may recreate
+        # it before a poll sees it gone, so it is told by its uid)
+        uid = ((self.admin.get("DaemonSet", second, NAMESPACE) or {}).get("metadata") or {}).get("uid")
         self.admin.delete("DaemonSet", second, NAMESPACE)
-        wait_for(lambda: self.admin.get("DaemonSet", second, NAMESPACE) is None, 30, message=f"{second} gone")
+
+        def replaced() -> bool:
+            obj = self.admin.get("DaemonSet", second, NAMESPACE)
+            return obj is not None and obj["metadata"].get("uid") != uid
+
+        wait_for(replaced, 60, message=f"{second} recreated")
 
         def relisted() -> list[str]:
             listed = {str((e.get("objectRef") or {}).get("resource")) for e in self.audit.lists(OPERATOR_USER, thawed)}

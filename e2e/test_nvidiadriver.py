@@ -18,12 +18,10 @@ from typing import Any
 
 import pytest
 
-from e2e.cluster.localcluster import LocalCluster, ensure_binaries
-from e2e.cluster.nodes import create_nodes, make_node
+from e2e.cluster.nodes import make_node
 from e2e.kube import wait_for
-from e2e.operator_process import NAMESPACE, OperatorProcess, install_crds_and_rbac, policy_from_sample
-from e2e.simulator import NodeSimulator
-from gpu_operator.kube import Kube
+from e2e.operator_process import NAMESPACE, policy_from_sample
+from e2e.stack import Env, driver_pods, own_stack, pod_ready
 from gpu_operator.nodes import DRIVER_KERNEL
 from gpu_operator.nvidiadriver_api import OWNER_LABEL
 
@@ -33,47 +31,15 @@ UPGRADE_STATE = "nvidia.com/gpu-driver-upgrade-state"
 WAIT = 240
 
 
-class Env:
-    def __init__(self, cluster: LocalCluster, admin: Kube, op: OperatorProcess):
-        self.cluster, self.admin, self.op = cluster, admin, op
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    cluster = LocalCluster(tmp_path_factory.mktemp("nvd-cluster"), binaries=ensure_binaries())
-    cluster.up()
-    try:
-        admin = Kube.connect(str(cluster.kubeconfig))
-        nodes = []
-        for name, pool in POOLS.items():
-            node = make_node(name, "h100x8")
-            node["metadata"]["labels"]["pool"] = pool
-            nodes.append(node)
-        create_nodes(admin.client, nodes)
-        install_crds_and_rbac(admin)
-        sim = NodeSimulator(cluster.simulator_kubeconfig, namespace=NAMESPACE, resync_seconds=5).start()
-        op = OperatorProcess(cluster, tmp_path_factory.mktemp("nvd-operator") / "operator.log").start()
-        admin.create(policy_from_sample())
-        yield Env(cluster, admin, op)
-        op.stop()
-        sim.stop()
-    finally:
-        cluster.down()
-
-
-def driver_pods(env: Env) -> dict[str, dict[str, Any]]:
-    out = {}
-    for pod in env.admin.list("Pod", NAMESPACE, label_selector="nvidia.com/gpu-operator.state=state-driver"):
-        if not pod["metadata"].get("deletionTimestamp"):
-            out[pod["spec"].get("nodeName", "")] = pod
-    return out
-
-
-def ready(pod: dict[str, Any] | None) -> bool:
-    if pod is None:
-        return False
-    statuses = pod.get("status", {}).get("containerStatuses") or []
-    return pod.get("status", {}).get("phase") == "Running" and bool(statuses) and all(c["ready"] for c in statuses)
+    nodes = []
+    for name, pool in POOLS.items():
+        node = make_node(name, "h100x8")
+        node["metadata"]["labels"]["pool"] = pool
+        nodes.append(node)
+    with own_stack(tmp_path_factory, "nvd", nodes) as e:
+        yield e
 
 
 def image(pod: dict[str, Any]) -> str:
@@ -92,7 +58,7 @@ def wait(env: Env, fn: Any, message: str, timeout: float = WAIT) -> Any:
     try:
         return wait_for(fn, timeout, interval=0.5, message=message)
     except AssertionError as exc:
-        pods = {n: (image(p), ready(p)) for n, p in driver_pods(env).items()}
+        pods = {n: (image(p), pod_ready(p)) for n, p in driver_pods(env.admin).items()}
         raise AssertionError(f"{exc}\ndriver pods: {pods}\noperator log:\n{env.op.log_tail(30)}") from None
 
 
@@ -101,13 +67,13 @@ def nvidiadriver(name: str, **spec: Any) -> dict[str, Any]:
 
 
 def all_ready(env: Env, nodes: list[str]) -> bool:
-    pods = driver_pods(env)
-    return all(ready(pods.get(n)) for n in nodes)
+    pods = driver_pods(env.admin)
+    return all(pod_ready(pods.get(n)) for n in nodes)
 
 
 def test_switching_to_a_default_nvidiadriver_restarts_no_driver_pod(env: Env) -> None:
     wait(env, lambda: all_ready(env, list(POOLS)), "every node runs a ready driver under the ClusterPolicy")
-    before = {n: p["metadata"]["uid"] for n, p in driver_pods(env).items()}
+    before = {n: p["metadata"]["uid"] for n, p in driver_pods(env.admin).items()}
     driver = policy_from_sample()["spec"]["driver"]
     same = {k: driver[k] for k in ("repository", "image", "version", "imagePullPolicy", "startupProbe", "rdma",
                                    "manager", "kernelModuleType", "upgradePolicy") if k in driver}  # fmt: skip
@@ -117,7 +83,7 @@ def test_switching_to_a_default_nvidiadriver_restarts_no_driver_pod(env: Env) ->
     wait(env, lambda: nvd_status(env, "default").get("nodes") == len(POOLS), "it drives every node")
     ds = env.admin.list("DaemonSet", NAMESPACE, label_selector="nvidia.com/gpu-operator.state=state-driver")
     assert ds and all(d["metadata"]["ownerReferences"][0]["kind"] == "NVIDIADriver" for d in ds)
-    after = {n: p["metadata"]["uid"] for n, p in driver_pods(env).items()}
+    after = {n: p["metadata"]["uid"] for n, p in driver_pods(env.admin).items()}
     assert after == before, "a driver pod restarted although its driver did not change"
 
 
@@ -126,9 +92,9 @@ def test_two_nvidiadrivers_converge_with_two_versions(env: Env) -> None:
                                   nodeSelector={"pool": "b"}))  # fmt: skip
 
     def converged() -> bool:
-        pods = driver_pods(env)
+        pods = driver_pods(env.admin)
         return all(
-            ready(pods.get(n)) and ("580.95.05" in image(pods[n])) == (pool == "b") for n, pool in POOLS.items()
+            pod_ready(pods.get(n)) and ("580.95.05" in image(pods[n])) == (pool == "b") for n, pool in POOLS.items()
         )
 
     wait(env, converged, "pool b runs 580.95.05, the other nodes keep the default version")
@@ -173,8 +139,8 @@ def test_precompiled_node_moves_to_its_new_kernels_pool(env: Env) -> None:
     kernel = (env.admin.get("Node", "nd-c0") or {})["metadata"]["labels"][KERNEL]
 
     def runs(tag: str) -> bool:
-        pod = driver_pods(env).get("nd-c0")
-        return ready(pod) and pod is not None and image(pod).endswith(f":580-{tag}-ubuntu22.04")
+        pod = driver_pods(env.admin).get("nd-c0")
+        return pod_ready(pod) and pod is not None and image(pod).endswith(f":580-{tag}-ubuntu22.04")
 
     wait(env, lambda: runs(kernel), "nd-c0 runs the precompiled driver for its kernel")
     wait(env, lambda: labels(env, "nd-c0").get(UPGRADE_STATE) == "upgrade-done", "nd-c0 is upgrade-done")

@@ -17,11 +17,10 @@ from typing import Any
 
 import pytest
 
-from e2e.cluster.localcluster import LocalCluster, ensure_binaries
-from e2e.cluster.nodes import create_nodes, make_node
+from e2e.cluster.nodes import make_node
 from e2e.kube import wait_for
-from e2e.operator_process import NAMESPACE, OperatorProcess, install_crds_and_rbac, policy_from_sample
-from e2e.simulator import NodeSimulator
+from e2e.operator_process import NAMESPACE, policy_from_sample
+from e2e.stack import Env, driver_pods, own_stack, pod_ready
 from gpu_operator.kube import Kube
 from gpu_operator.upgrade import IN_PROGRESS_STATES, SKIP_LABEL, STATE_LABEL
 
@@ -38,34 +37,19 @@ DRIVER_READY_DELAY = 2.0
 WORK = "workloads"
 
 
-class Env:
-    def __init__(self, cluster: LocalCluster, admin: Kube, sim: NodeSimulator, op: OperatorProcess):
-        self.cluster, self.admin, self.sim, self.op = cluster, admin, sim, op
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    cluster = LocalCluster(tmp_path_factory.mktemp("upgrade-cluster"), binaries=ensure_binaries())
-    cluster.up()
-    try:
-        admin = Kube.connect(str(cluster.kubeconfig))
-        nodes = [make_node(n, "h100x8" if POOL_OS[n] == "ubuntu22.04" else "a100x4", os=POOL_OS[n]) for n in NODES]
-        create_nodes(admin.client, nodes + [make_node("up-cpu", "cpu")])
-        install_crds_and_rbac(admin)
+    nodes = [make_node(n, "h100x8" if POOL_OS[n] == "ubuntu22.04" else "a100x4", os=POOL_OS[n]) for n in NODES]
+    policy = policy_from_sample()
+    policy["spec"]["driver"]["upgradePolicy"] = LIMITS
+
+    def prepare(admin: Kube) -> None:
         admin.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": WORK}})
-        sim = NodeSimulator(cluster.simulator_kubeconfig, namespace=NAMESPACE, resync_seconds=5,
-                            driver_ready_delay=DRIVER_READY_DELAY).start()  # fmt: skip
-        op = OperatorProcess(cluster, tmp_path_factory.mktemp("upgrade-operator") / "operator.log").start()
-        policy = policy_from_sample()
-        policy["spec"]["driver"]["upgradePolicy"] = LIMITS
-        admin.create(policy)
-        e = Env(cluster, admin, sim, op)
+
+    with own_stack(tmp_path_factory, "upgrade", nodes + [make_node("up-cpu", "cpu")], prepare, policy,
+                   driver_ready_delay=DRIVER_READY_DELAY) as e:  # fmt: skip
         wait_done(e, "595.91.07", timeout=180)
         yield e
-        op.stop()
-        sim.stop()
-    finally:
-        cluster.down()
 
 
 def node(env: Env, name: str) -> dict[str, Any]:
@@ -74,23 +58,9 @@ def node(env: Env, name: str) -> dict[str, Any]:
     return obj
 
 
-def driver_pods(env: Env) -> dict[str, dict[str, Any]]:
-    """Node -> its live driver pod."""
-    out = {}
-    for pod in env.admin.list("Pod", NAMESPACE, label_selector="nvidia.com/gpu-operator.state=state-driver"):
-        if not pod["metadata"].get("deletionTimestamp"):
-            out[pod["spec"].get("nodeName", "")] = pod
-    return out
-
-
-def pod_ready(pod: dict[str, Any]) -> bool:
-    statuses = pod.get("status", {}).get("containerStatuses") or []
-    return pod.get("status", {}).get("phase") == "Running" and bool(statuses) and all(c["ready"] for c in statuses)
-
-
 def rollout_state(env: Env, version: str, nodes: list[str]) -> str | None:
     """None when every node is upgrade-done, uncordoned, on a Ready driver of `version`; else what is left."""
-    pods = driver_pods(env)
+    pods = driver_pods(env.admin)
     left = []
     for name in nodes:
         n = node(env, name)
@@ -148,7 +118,7 @@ class Watcher(threading.Thread):
                 unavailable = [n for n in nodes if n["spec"].get("unschedulable") or not _ready(n)]
                 self.max_in_progress = max(self.max_in_progress, sum(s in IN_PROGRESS_STATES for s in states))
                 self.max_unavailable = max(self.max_unavailable, len(unavailable))
-                for name, pod in driver_pods(self.env).items():
+                for name, pod in driver_pods(self.env.admin).items():
                     if name in self.driver_pods:
                         self.driver_pods[name].add(pod["metadata"]["name"])
             except Exception:  # noqa: BLE001 - a failed sample is skipped; the next one counts
@@ -219,7 +189,7 @@ def test_rollout_across_two_pools_stays_within_limits(env: Env) -> None:
     twice = {n: p for n, p in watcher.driver_pods.items() if len(p) > 2}
     assert not twice, f"driver restarted more than once: {twice}"
     # Both pools moved to their own new image.
-    pods = driver_pods(env)
+    pods = driver_pods(env.admin)
     assert pods["up-00"]["spec"]["containers"][0]["image"].endswith(":600.10.01-ubuntu22.04")
     assert pods["up-11"]["spec"]["containers"][0]["image"].endswith(":600.10.01-ubuntu24.04")
     # GPU pods were evicted and came back elsewhere; CPU-only pods were never touched.
@@ -312,9 +282,9 @@ def test_skip_label_pre_cordoned_node_and_crash_looping_driver(env: Env) -> None
     # The pre-cordoned node is upgraded and stays cordoned.
     c = node(env, cordoned)
     assert c["metadata"]["labels"][STATE_LABEL] == "upgrade-done" and c["spec"].get("unschedulable")
-    assert ":600.30.03-" in driver_pods(env)[cordoned]["spec"]["containers"][0]["image"]
+    assert ":600.30.03-" in driver_pods(env.admin)[cordoned]["spec"]["containers"][0]["image"]
     # The skipped node keeps its old driver.
-    assert ":600.20.02-" in driver_pods(env)[skipped]["spec"]["containers"][0]["image"]
+    assert ":600.20.02-" in driver_pods(env.admin)[skipped]["spec"]["containers"][0]["image"]
 
     def crash_reported() -> str | None:
         status = (env.admin.get("ClusterPolicy", "cluster-policy") or {})["status"]["upgrade"]
@@ -324,7 +294,7 @@ def test_skip_label_pre_cordoned_node_and_crash_looping_driver(env: Env) -> None
     assert "restart" in reason or "crash" in reason.lower(), reason
     # Once the driver runs, the failed node recovers by itself.
     env.sim.crash_loop_driver(crashing, False)
-    env.admin.delete("Pod", driver_pods(env)[crashing]["metadata"]["name"], NAMESPACE)
+    env.admin.delete("Pod", driver_pods(env.admin)[crashing]["metadata"]["name"], NAMESPACE)
     wait_done(env, "600.30.03", [crashing], timeout=180)
     env.admin.merge_patch("Node", cordoned, {"spec": {"unschedulable": None}})
 

@@ -16,11 +16,9 @@ from typing import Any
 
 import pytest
 
-from e2e.cluster.localcluster import LocalCluster, ensure_binaries
-from e2e.cluster.nodes import create_nodes, make_node
+from e2e.cluster.nodes import make_node
 from e2e.kube import wait_for
-from e2e.operator_process import NAMESPACE, OperatorProcess, install_crds_and_rbac, policy_from_sample
-from e2e.simulator import NodeSimulator
+from e2e.stack import Env, driver_pods, own_stack, pod_ready
 from gpu_operator.kube import Kube
 from gpu_operator.nodes import DRIVER_REFUSED
 
@@ -62,47 +60,19 @@ def node_feature(node: str, device: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-class Env:
-    def __init__(self, cluster: LocalCluster, admin: Kube, op: OperatorProcess):
-        self.cluster, self.admin, self.op = cluster, admin, op
-
-
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
-    cluster = LocalCluster(tmp_path_factory.mktemp("versions-cluster"), binaries=ensure_binaries())
-    cluster.up()
-    try:
-        admin = Kube.connect(str(cluster.kubeconfig))
+    def prepare(admin: Kube) -> None:
         admin.apply(NODE_FEATURE_CRD)
         admin.wait_established("nodefeatures.nfd.k8s-sigs.io")
         admin.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NFD_NAMESPACE}})
-        v100_plain = make_node(V100[1], "v100x8")
-        del v100_plain["metadata"]["labels"]["feature.node.kubernetes.io/pci-0302_10de_1db1.present"]
-        nodes = [make_node(n, "h100x8") for n in H100] + [make_node(V100[0], "v100x8"), v100_plain]
-        create_nodes(admin.client, nodes + [make_node("mx-cpu", "cpu")])
         admin.create(node_feature(V100[1], "1db1"))
-        install_crds_and_rbac(admin)
-        sim = NodeSimulator(cluster.simulator_kubeconfig, namespace=NAMESPACE, resync_seconds=5).start()
-        op = OperatorProcess(cluster, tmp_path_factory.mktemp("versions-operator") / "operator.log").start()
-        admin.create(policy_from_sample())
-        yield Env(cluster, admin, op)
-        op.stop()
-        sim.stop()
-    finally:
-        cluster.down()
 
-
-def driver_pods(env: Env) -> dict[str, dict[str, Any]]:
-    out = {}
-    for pod in env.admin.list("Pod", NAMESPACE, label_selector="nvidia.com/gpu-operator.state=state-driver"):
-        if not pod["metadata"].get("deletionTimestamp"):
-            out[pod["spec"].get("nodeName", "")] = pod
-    return out
-
-
-def pod_ready(pod: dict[str, Any]) -> bool:
-    statuses = pod.get("status", {}).get("containerStatuses") or []
-    return pod.get("status", {}).get("phase") == "Running" and bool(statuses) and all(c["ready"] for c in statuses)
+    v100_plain = make_node(V100[1], "v100x8")
+    del v100_plain["metadata"]["labels"]["feature.node.kubernetes.io/pci-0302_10de_1db1.present"]
+    nodes = [make_node(n, "h100x8") for n in H100] + [make_node(V100[0], "v100x8"), v100_plain]
+    with own_stack(tmp_path_factory, "versions", nodes + [make_node("mx-cpu", "cpu")], prepare) as e:
+        yield e
 
 
 def labels(env: Env, node: str) -> dict[str, str]:
@@ -155,13 +125,13 @@ def test_v100_nodes_get_no_driver_and_are_named_with_the_rule(env: Env) -> None:
 
 def test_h100_nodes_converge(env: Env) -> None:
     def converged() -> bool:
-        pods = driver_pods(env)
+        pods = driver_pods(env.admin)
         return all(n in pods and pod_ready(pods[n]) and gpus(env, n) == "8" for n in H100)
 
     wait(env, converged, "H100 nodes run a ready driver and advertise their GPUs")
     # once GFD ran there, the H100 nodes are identified (hopper, fine) and no longer named at all
     wait(env, lambda: not any(h in condition(env).get("message", "") for h in H100), "H100 nodes identified")
-    pods = driver_pods(env)
+    pods = driver_pods(env.admin)
     assert not set(V100) & set(pods), sorted(pods)
     assert all(":595.91.07-ubuntu22.04" in pods[n]["spec"]["containers"][0]["image"] for n in H100)
     for node in V100:
@@ -204,11 +174,11 @@ def test_a_branch_that_runs_volta_reaches_the_v100_nodes(env: Env) -> None:
     env.admin.merge_patch("ClusterPolicy", "cluster-policy", {"spec": {"driver": {"version": "580.95.05"}}})
 
     def rolled() -> bool:
-        pods = driver_pods(env)
+        pods = driver_pods(env.admin)
         return all(labels(env, n).get(DRIVER_LABEL) == "true" and n in pods for n in V100)
 
     wait(env, rolled, "V100 nodes get the R580 driver")
-    pods = driver_pods(env)
+    pods = driver_pods(env.admin)
     assert all(":580.95.05-ubuntu22.04" in pods[n]["spec"]["containers"][0]["image"] for n in V100)
     wait(env, lambda: condition(env).get("status") == "False", "DriverRefused turns False")
     assert condition(env)["reason"] == "NoneRefused"
@@ -217,11 +187,11 @@ def test_a_branch_that_runs_volta_reaches_the_v100_nodes(env: Env) -> None:
 def test_a_refused_node_keeps_its_running_driver_and_the_planner_skips_it(env: Env) -> None:
     """Back to R595: the V100s keep their R580 driver pods (never deleted, never evicted), the upgrade planner
     skips them with the rule, and the H100s upgrade."""
-    before = {n: driver_pods(env)[n]["metadata"]["uid"] for n in V100}
+    before = {n: driver_pods(env.admin)[n]["metadata"]["uid"] for n in V100}
     env.admin.merge_patch("ClusterPolicy", "cluster-policy", {"spec": {"driver": {"version": "595.91.07"}}})
 
     def upgraded() -> bool:
-        pods = driver_pods(env)
+        pods = driver_pods(env.admin)
         return all(
             n in pods
             and ":595.91.07-" in pods[n]["spec"]["containers"][0]["image"]
@@ -233,7 +203,7 @@ def test_a_refused_node_keeps_its_running_driver_and_the_planner_skips_it(env: E
     wait(env, upgraded, "H100 nodes upgrade to R595", timeout=300)
     wait(env, lambda: condition(env).get("status") == "True", "DriverRefused names the V100 nodes again")
     assert RULE in condition(env)["message"]
-    pods = driver_pods(env)
+    pods = driver_pods(env.admin)
     for node in V100:
         assert pods[node]["metadata"]["uid"] == before[node], node
         assert ":580.95.05-" in pods[node]["spec"]["containers"][0]["image"]

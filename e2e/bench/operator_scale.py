@@ -1,6 +1,6 @@
 """The operator on many fake GPU nodes (prints numbers, asserts nothing).
 
-    python -m e2e.bench.operator_scale [--nodes 1000] [--idle 60] [--joins 50]
+    python -m e2e.bench.operator_scale [--nodes 1000] [--runs 3] [--idle 60] [--joins 50]
 
 Starts a cluster in a temporary directory with N fake GPU nodes (h100x8, a100x4, l4x1 in turn, half on
 ubuntu 22.04 and half on 24.04), the node simulator and the operator (under the chart's identity), applies
@@ -117,10 +117,11 @@ def heap_report(pid: int, where: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=1, help="runs, each on a fresh cluster; the table gives medians")
     parser.add_argument("--idle", type=float, default=60.0, help="seconds of steady state to watch for requests")
     parser.add_argument("--joins", type=int, default=50, help="nodes that join at once after the steady state")
     parser.add_argument("--timeout", type=float, default=900.0)
-    parser.add_argument("--log", type=Path, help="keep the operator's log here")
+    parser.add_argument("--log", type=Path, help="keep the (last run's) operator log here")
     parser.add_argument("--alloc-top", type=int, default=0, metavar="N",
                         help="trace allocations (tracemalloc: CPU and RSS figures grow) and print the operator's "
                              "top N allocation sites after idling")
@@ -131,11 +132,40 @@ def main(argv: list[str] | None = None) -> int:
                         help="sample the operator with py-spy while it idles and print where its CPU goes")
     args = parser.parse_args(argv)
     ensure_binaries()
-    figures: list[tuple[str, str]] = []
+    runs: list[dict[str, tuple[float, str]]] = []
+    for n in range(1, args.runs + 1):
+        if args.runs > 1:
+            print(f"\n== run {n} of {args.runs}", flush=True)
+        runs.append(one_run(args))
+    of = f", medians of {len(runs)} runs (each run's value)" if len(runs) > 1 else ""
+    print(f"\nfigures at {args.nodes} nodes{of}")
+    print("| figure | value |\n|---|---|")
+    for name in dict.fromkeys(k for r in runs for k in r):
+        values = [r[name] for r in runs if name in r]
+        unit = values[0][1]
+        med = statistics.median(v for v, _ in values)
+        each = f" ({', '.join(_fmt(v, unit) for v, _ in values)})" if len(values) > 1 else ""
+        print(f"| {name} | {_fmt(med, unit)}{each} |")
+    return 0
 
-    def figure(name: str, value: str) -> None:
-        figures.append((name, value))
-        print(f"{name}: {value}", flush=True)
+
+def _fmt(value: float, unit: str) -> str:
+    if unit in ("s", "% of a core"):
+        return f"{value:.2f} {unit}" if value < 10 else f"{value:.1f} {unit}"
+    if unit == "MiB":
+        return f"{value:.0f} MiB"
+    if unit == "per node":
+        return f"{value:.1f}"
+    return f"{value:.0f}"
+
+
+def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
+    """One fresh cluster, every figure: name -> (value, unit)."""
+    figures: dict[str, tuple[float, str]] = {}
+
+    def figure(name: str, value: float, unit: str, detail: str = "") -> None:
+        figures[name] = (value, unit)
+        print(f"{name}: {_fmt(value, unit)}{' ' + detail if detail else ''}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="gpu-operator-bench-") as tmp:
         cluster = LocalCluster(Path(tmp) / "cluster")
@@ -188,17 +218,18 @@ def main(argv: list[str] | None = None) -> int:
                 if e.get("stage") == "ResponseComplete" and e.get("objectRef", {}).get("resource") == "pods"
                 and e["objectRef"].get("subresource") == "status" and audit_time(e) <= ready_at
             ]  # fmt: skip
-            figure("ClusterPolicy -> every operand DaemonSet created",
-                   f"{max(created) - created_at:.1f} s ({len(created)} DaemonSets)" if created else "none")
-            figure("ClusterPolicy -> status ready", f"{ready_s:.1f} s (state {state})")
+            if created:
+                figure("ClusterPolicy -> every operand DaemonSet created", max(created) - created_at, "s",
+                       f"({len(created)} DaemonSets)")
+            figure("ClusterPolicy -> status ready", ready_s, "s", f"(state {state})")
             if pods_ready:
-                figure("last operand pod status written -> ready seen", f"{ready_at - max(pods_ready):.1f} s")
+                figure("last operand pod status written -> ready seen", ready_at - max(pods_ready), "s")
             by_verb = collections.Counter(what(e) for e in until_ready)
-            figure("API requests until ready", f"{len(until_ready)} ({2 * args.nodes + 300} is 2N+300)")
+            figure("API requests until ready", len(until_ready), "", f"({2 * args.nodes + 300} is 2N+300)")
             for name, n in sorted(by_verb.items()):
                 print(f"  {n:6d}  {name}")
-            figure("operator CPU from ClusterPolicy to ready", f"{cpu_ready:.1f} s")
-            figure("operator RSS at ready", f"{rss_ready:.0f} MiB")
+            figure("operator CPU from ClusterPolicy to ready", cpu_ready, "s")
+            figure("operator RSS at ready", rss_ready, "MiB")
 
             idle_from = time.time()
             cpu1 = cpu_seconds(op.proc.pid)
@@ -209,10 +240,11 @@ def main(argv: list[str] | None = None) -> int:
             idle = [e for e in requests_of(cluster, user) if idle_from <= audit_time(e) <= idle_to]
             writes = [e for e in idle if e["verb"] in WRITE_VERBS]
             reads = [e for e in idle if e["verb"] not in WRITE_VERBS and e["verb"] != "watch"]
-            figure(f"writes / reads in {args.idle:.0f} s of steady state",
-                   f"{len(writes)} / {len(reads)} {dict(collections.Counter(what(e) for e in writes + reads))}")
-            figure("operator CPU at steady state", f"{100 * idle_cpu / args.idle:.1f}% of a core")
-            figure("operator RSS after idling", f"{(rss_kib(op.proc.pid) or 0) / 1024:.0f} MiB")
+            steady = dict(collections.Counter(what(e) for e in writes + reads))
+            figure(f"writes in {args.idle:.0f} s of steady state", len(writes), "", str(steady) if steady else "")
+            figure(f"reads in {args.idle:.0f} s of steady state", len(reads), "")
+            figure("operator CPU at steady state", 100 * idle_cpu / args.idle, "% of a core")
+            figure("operator RSS after idling", (rss_kib(op.proc.pid) or 0) / 1024, "MiB")
             if spy is not None:
                 spy.wait(timeout=60)
                 print_profile(Path(tmp) / "idle.prof")
@@ -223,9 +255,9 @@ def main(argv: list[str] | None = None) -> int:
             seen = gather(Kube.connect(str(cluster.kubeconfig)), NAMESPACE)
             t_read = time.monotonic() - t_doc
             found = diagnose(seen)
-            figure("gpu-operator doctor on the whole cluster",
-                   f"{time.monotonic() - t_doc:.2f} s ({t_read:.2f} s reading {len(seen.pods)} pods and "
-                   f"{len(seen.events)} events, the rest analysis), {len(found)} findings")
+            figure("gpu-operator doctor on the whole cluster", time.monotonic() - t_doc, "s",
+                   f"({t_read:.2f} s reading {len(seen.pods)} pods and {len(seen.events)} events, the rest analysis), "
+                   f"{len(found)} findings")
 
             if args.joins:
                 joiners = [
@@ -263,20 +295,17 @@ def main(argv: list[str] | None = None) -> int:
                     first.setdefault(name, at)
                 lat = [first[n] - joined[n] for n in first if n in joined]
                 if lat:
-                    figure(f"{args.joins} nodes join -> labels, p50 / p99",
-                           f"{statistics.median(lat):.2f} / {percentile(lat, 99):.2f} s ({len(lat)} labelled)")
-                figure("node patches per joining node", f"{len(patches) / args.joins:.1f}")
+                    figure(f"{args.joins} nodes join -> labels, p50", statistics.median(lat), "s",
+                           f"({len(lat)} labelled)")
+                    figure(f"{args.joins} nodes join -> labels, p99", percentile(lat, 99), "s")
+                figure("node patches per joining node", len(patches) / args.joins, "per node")
             op.stop()
             sim.stop()
             if args.log:
                 shutil.copyfile(Path(tmp) / "operator.log", args.log)
         finally:
             cluster.down()
-    print(f"\nfigures at {args.nodes} nodes")
-    print("| figure | value |\n|---|---|")
-    for name, value in figures:
-        print(f"| {name} | {value} |")
-    return 0
+    return figures
 
 
 if __name__ == "__main__":

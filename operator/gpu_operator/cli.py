@@ -519,6 +519,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             cluster.pods.append(extra)
     except (ApiError, OSError) as exc:
         print(f"error: cannot read the cluster: {exc}", file=sys.stderr)
+        if isinstance(exc, ApiError) and exc.status == 404 and "/apis/nvidia.com/" in exc.what:
+            print("the GPU operator's CRDs are not installed here: install the operator first (README, Install)",
+                  file=sys.stderr)
         return 3
     found = diagnose(cluster, namespace=args.namespace if args.namespace_given or args.pod else None,
                      pod=args.pod, node=args.node)  # fmt: skip

@@ -205,9 +205,9 @@ class Kube:
                 raise ApiError(resp.status, resp.read().decode(errors="replace"), f"WATCH {path}", resp.reason or "")
             buf = b""
             for chunk in resp.stream(64 * 1024, decode_content=True):
-                buf += chunk
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
+                lines = (buf + chunk).split(b"\n")  # one split a chunk: no copy of the rest per line
+                buf = lines.pop()
+                for line in lines:
                     if line.strip():
                         yield json.loads(line)
         finally:

@@ -697,3 +697,19 @@ def test_render_key_changes_exactly_when_the_inputs_do() -> None:
     ]
     keys = {render_key(v) for v in variants}
     assert render_key(ctx) not in keys and len(keys) == len(variants)
+
+
+def test_a_rendered_text_parsed_before_gives_fresh_equal_objects() -> None:
+    from gpu_operator.states.base import _PARSED, _parse
+
+    text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata: {k: v}\n---\n---\nkind: X\nn: 1\n"
+    first = _parse(text)
+    assert text in _PARSED
+    again = _parse(text)
+    assert again == first == [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"}, "data": {"k": "v"}},
+                              {"kind": "X", "n": 1}]  # fmt: skip
+    again[0]["metadata"]["name"] = "changed"
+    assert _parse(text)[0]["metadata"]["name"] == "a", "a caller's change does not reach the next pass"
+    odd = "kind: Y\nports: {80: http}\nwhen: 2026-01-01\n"
+    assert _parse(odd) == [{"kind": "Y", "ports": {80: "http"}, "when": __import__("datetime").date(2026, 1, 1)}]
+    assert odd not in _PARSED, "what JSON cannot hold as it is is parsed each time"

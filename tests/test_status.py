@@ -280,3 +280,48 @@ def test_ignored_status_is_stable() -> None:
     assert second == first
     assert not status_changed(first, second)
     assert status_changed(first, ignored_status(generation=2, namespace="ns", active="b", previous=first, now=T1))
+
+
+# Writing: progress at most every PROGRESS_INTERVAL_S, anything else at once
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.patches: list[dict[str, Any]] = []
+        self.events: list[tuple[str, str]] = []
+
+    def merge_patch(self, kind: str, name: str, patch: dict[str, Any], sub: str | None = None) -> dict[str, Any]:
+        self.patches.append(patch["status"])
+        return {}
+
+    def __call__(self, obj: dict[str, Any], etype: str, reason: str, message: str) -> None:
+        self.events.append((etype, reason))
+
+
+def _rollout(ready_pods: int, ready: bool = False) -> dict[str, Any]:
+    message = "" if ready else f"{ready_pods}/1000 driver pods ready"
+    results = [StateResult("state-driver", "ready" if ready else "notReady", message)]
+    return policy_status(generation=1, namespace="gpu-operator", results=results, gpu_nodes=1000, has_nfd=True,
+                         previous=None, now=T0)  # fmt: skip
+
+
+def test_progress_is_written_at_most_every_interval_and_a_state_change_at_once() -> None:
+    from gpu_operator.status_writer import PROGRESS_INTERVAL_S, StatusWriter
+
+    now = [0.0]
+    rec = _Recorder()
+    writer = StatusWriter(rec, rec, clock=lambda: now[0])  # type: ignore[arg-type]
+    pol = policy("cluster-policy", T0)
+    assert writer.write(pol, _rollout(10))  # the first write goes out
+    pol["status"] = _rollout(10)
+    now[0] = 1.0
+    assert not writer.write(pol, _rollout(20)), "progress only, too soon: held back"
+    assert writer.write(pol, _rollout(10)), "no change: nothing to hold"
+    now[0] = PROGRESS_INTERVAL_S + 0.1
+    assert writer.write(pol, _rollout(30))
+    pol["status"] = _rollout(30)
+    now[0] += 0.1
+    assert writer.write(pol, _rollout(1000, ready=True)), "ready is a state change: at once"
+    assert [p["state"] for p in rec.patches] == ["notReady", "notReady", "ready"]
+    assert "30/1000" in rec.patches[1]["states"][0]["message"]
+    assert rec.events[-1][0] == "Normal"

@@ -74,6 +74,7 @@ def architecture_of_compute(major: int, minor: int) -> str | None:
     return architecture_of_family(family or "")
 
 
+@cache
 def architecture_of_family(family: str) -> str | None:
     return next((a.name for a in architectures().values() if a.family == family), None)
 

@@ -340,7 +340,8 @@ class Reconciler:
         if mig_condition:
             status["conditions"].append(mig_condition)
         out.ready = status["state"] == "ready"
-        self.status.write(policy, status)
+        if not self.status.write(policy, status):
+            out.busy = True  # progress held back: the next pass (soon) writes it
 
     def _orchestrate_nvidia_drivers(
         self,

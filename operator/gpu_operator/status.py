@@ -188,3 +188,24 @@ def _comparable(status: dict[str, Any] | None) -> Any:
 def status_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
     """Whether writing `new` would change anything but timestamps."""
     return _comparable(old) != _comparable(new)
+
+
+def _outline(status: dict[str, Any] | None) -> Any:
+    """A status without its messages and counts: the state, each condition's status and reason, each operand
+    state's state, the generation observed and which sections there are."""
+    if not status:
+        return None
+    return (
+        status.get("state"),
+        status.get("observedGeneration"),
+        sorted(status),
+        [(c.get("type"), c.get("status"), c.get("reason"), c.get("observedGeneration"))
+         for c in status.get("conditions") or []],
+        [(s.get("name"), s.get("state")) for s in status.get("states") or []],
+    )  # fmt: skip
+
+
+def progress_only(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    """Whether `new` differs from `old` only in messages and counts (a rollout's progress), not in any state,
+    condition, reason or observed generation."""
+    return _outline(old) == _outline(new)

@@ -1,24 +1,39 @@
-"""Writing a ClusterPolicy's status: only when it changed (timestamps aside), and an Event when its state does."""
+"""Writing a ClusterPolicy's status: only when it changed (timestamps aside), and an Event when its state does.
+
+A change of progress only (messages and counts, while pods come up on a thousand nodes) is written at most every
+PROGRESS_INTERVAL_S; anything else (a state, a condition, a reason) at once."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from .events import EventRecorder
 from .kube import Kube
-from .status import status_changed
+from .status import progress_only, status_changed
+
+PROGRESS_INTERVAL_S = 3.0
 
 
 class StatusWriter:
-    def __init__(self, kube: Kube, events: EventRecorder):
+    def __init__(self, kube: Kube, events: EventRecorder, clock: Callable[[], float] = time.monotonic):
         self.kube = kube
         self.events = events
+        self.clock = clock
+        self._written: dict[str, float] = {}  # policy name -> when its status was last written
 
-    def write(self, policy: dict[str, Any], status: dict[str, Any], quiet: bool = False) -> None:
+    def write(self, policy: dict[str, Any], status: dict[str, Any], quiet: bool = False) -> bool:
+        """Write `status` if it changed; False when a progress-only change was held back (the caller passes
+        again soon, and writes it then)."""
         old = policy.get("status")
         if not status_changed(old, status):
-            return
+            return True
         name = policy["metadata"]["name"]
+        last = self._written.get(name)
+        if last is not None and self.clock() - last < PROGRESS_INTERVAL_S and progress_only(old, status):
+            return False
+        self._written[name] = self.clock()
         # A merge patch keeps keys it does not name: drop the ones the new status no longer has (status.upgrade).
         gone = {k: None for k in (old or {}) if k not in status}
         self.kube.merge_patch("ClusterPolicy", name, {"status": {**gone, **status}}, sub="status")
@@ -27,3 +42,4 @@ class StatusWriter:
             etype = "Normal" if status["state"] in ("ready", "disabled") else "Warning"
             reason = ready.get("reason", "StateChanged")
             self.events(policy, etype, reason, f"state {status['state']}: {ready.get('message', '')}")
+        return True

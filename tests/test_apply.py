@@ -170,13 +170,19 @@ def _policy(generation: int) -> dict[str, Any]:
     }
 
 
+def _labelling_operator(client: Client, elected: bool = False) -> Operator:
+    """An operator in a running event loop whose last pass labelled by the sample spec (policy generation 1)."""
+    op = Operator(kube=client, namespace="gpu-operator", elected=elected)  # type: ignore[arg-type]
+    op.task = asyncio.current_task()
+    op.policies["cluster-policy"] = _policy(1)
+    op.reconciler.labelling = Labelling("cluster-policy", "u1", 1, sample_spec())
+    return op
+
+
 def test_a_joining_node_is_labelled_at_once_with_one_patch_and_an_older_event_does_not_undo_it() -> None:
     async def scenario() -> tuple[Operator, Client]:
         client = Client()
-        op = Operator(kube=client, namespace="gpu-operator")  # type: ignore[arg-type]
-        op.task = asyncio.current_task()
-        op.policies["cluster-policy"] = _policy(1)
-        op.reconciler.labelling = Labelling("cluster-policy", "u1", 1, sample_spec())
+        op = _labelling_operator(client)
         joined = node("join-1")
         joined["metadata"]["resourceVersion"] = "50"
         op.on_node("ADDED", joined)
@@ -196,10 +202,7 @@ def test_a_joining_node_is_labelled_at_once_with_one_patch_and_an_older_event_do
 def test_a_follower_labels_nothing_until_it_leads() -> None:
     async def scenario() -> Client:
         client = Client()
-        op = Operator(kube=client, namespace="gpu-operator", elected=True)  # type: ignore[arg-type]
-        op.task = asyncio.current_task()
-        op.policies["cluster-policy"] = _policy(1)
-        op.reconciler.labelling = Labelling("cluster-policy", "u1", 1, sample_spec())
+        op = _labelling_operator(client, elected=True)
         joined = node("join-1")
         joined["metadata"]["resourceVersion"] = "50"
         op.on_node("ADDED", joined)
@@ -219,10 +222,7 @@ def test_a_follower_labels_nothing_until_it_leads() -> None:
 def test_a_node_gfd_shows_mig_capable_gets_its_layout_and_its_approval_in_one_patch() -> None:
     async def scenario() -> tuple[Operator, Client]:
         client = Client()
-        op = Operator(kube=client, namespace="gpu-operator")  # type: ignore[arg-type]
-        op.task = asyncio.current_task()
-        op.policies["cluster-policy"] = _policy(1)
-        op.reconciler.labelling = Labelling("cluster-policy", "u1", 1, sample_spec())
+        op = _labelling_operator(client)
         gfd = {"nvidia.com/mig.capable": "true", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
         op.on_node("ADDED", node("join-1", labels=gfd))
         await asyncio.gather(*op._labelling)

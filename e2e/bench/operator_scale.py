@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,14 @@ def what(event: dict[str, Any]) -> str:
     ref = event.get("objectRef") or {}
     sub = "/" + ref["subresource"] if ref.get("subresource") else ""
     return f"{event['verb']} {ref.get('resource', '?')}{sub}"
+
+
+def passes(metrics_port: int) -> float:
+    """The operator's reconcile passes so far (its gpu_operator_reconciliation_total)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    found = re.search(r"^gpu_operator_reconciliation_total (\S+)", text, re.M)
+    return float(found.group(1)) if found else 0.0
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -120,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=1, help="runs, each on a fresh cluster; the table gives medians")
     parser.add_argument("--idle", type=float, default=60.0, help="seconds of steady state to watch for requests")
     parser.add_argument("--joins", type=int, default=50, help="nodes that join at once after the steady state")
+    parser.add_argument("--settled", type=float, default=60.0,
+                        help="seconds of steady state measured again once the passes after ready stop (0: not)")
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--log", type=Path, help="keep the (last run's) operator log here")
     parser.add_argument("--alloc-top", type=int, default=0, metavar="N",
@@ -250,6 +262,22 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
                 print_profile(Path(tmp) / "idle.prof")
             if args.alloc_top or args.heap_report:
                 print(heap_report(op.proc.pid, Path(tmp)), flush=True)
+            if args.settled:
+                # Right after ready, node labels still change for a while (mig-manager reports each node's
+                # layout applied), each change a full pass. Measure again once the passes stop for 15 s.
+                t_wait = time.monotonic()
+                last, still = passes(op.metrics_port), time.monotonic()
+                while time.monotonic() - still < 15 and time.monotonic() - t_wait < 600:
+                    time.sleep(1)
+                    now = passes(op.metrics_port)
+                    if now != last:
+                        last, still = now, time.monotonic()
+                figure("last pass after ready", still - (t0 + ready_s), "s")
+                cpu2, p0 = cpu_seconds(op.proc.pid), passes(op.metrics_port)
+                time.sleep(args.settled)
+                settled_cpu = 100 * (cpu_seconds(op.proc.pid) - cpu2) / args.settled
+                figure("operator CPU at steady state, once settled", settled_cpu, "% of a core",
+                       f"({passes(op.metrics_port) - p0:.0f} passes in {args.settled:.0f} s)")
 
             t_doc = time.monotonic()
             seen = gather(Kube.connect(str(cluster.kubeconfig)), NAMESPACE)

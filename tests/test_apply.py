@@ -196,6 +196,7 @@ def test_a_joining_node_is_labelled_at_once_with_one_patch_and_an_older_event_do
     assert client.calls == [("patch", "Node", "join-1")]
     facts = op.nodes["join-1"]
     assert facts.labels.get(GPU_PRESENT) == "true" and facts.deploys("driver")
+    assert facts.labels.get("nvidia.com/gpu-driver-upgrade-state") == "upgrade-done"  # no driver pod yet
     assert op.wake.is_set()  # the full pass still follows
 
 
@@ -233,6 +234,22 @@ def test_a_node_gfd_shows_mig_capable_gets_its_layout_and_its_approval_in_one_pa
     labels = op.nodes["join-1"].labels
     assert labels.get(MIG_CONFIG) == "all-disabled" and labels.get(mig.APPROVED) == "all-disabled"
     assert labels.get(deploy_label("mig-manager")) == "true"
+
+
+def test_a_joining_mig_capable_node_gets_its_layout_and_approval_in_its_first_patch_before_gfd() -> None:
+    async def scenario() -> tuple[Operator, Client]:
+        client = Client()
+        op = _labelling_operator(client)
+        nfd = {"feature.node.kubernetes.io/pci-0302_10de_2330.present": "true"}  # an H100 80GB, no GFD labels yet
+        op.on_node("ADDED", node("join-1", labels=nfd))
+        await asyncio.gather(*op._labelling)
+        return op, client
+
+    op, client = asyncio.run(scenario())
+    assert client.calls == [("patch", "Node", "join-1")]
+    labels = op.nodes["join-1"].labels
+    assert labels.get(MIG_CONFIG) == "all-disabled" and labels.get(mig.APPROVED) == "all-disabled"
+    assert labels.get(deploy_label("mig-manager")) == "true" and labels.get(deploy_label("driver")) == "true"
 
 
 def test_no_labelling_between_passes_when_the_policy_changed_since_the_last_pass() -> None:
@@ -275,3 +292,28 @@ def test_a_pass_decides_labels_only_for_nodes_that_changed(monkeypatch: Any) -> 
     r._node_patches(changed, spec, frozenset({"n2"}))  # a node refused since: decided again
     assert decided[4:] == ["n2"]
     assert r._parse(_sample_raw(), False) is r._parse(_sample_raw(), False)  # the same spec text is parsed once
+
+
+def test_a_node_labelled_for_the_driver_without_a_driver_pod_gets_upgrade_done_in_the_same_patch() -> None:
+    from gpu_operator.render import relabelled, upgrade_first_sight
+    from gpu_operator.upgrade.model import DONE
+    from gpu_operator.upgrade.model import STATE_LABEL as UPGRADE_STATE
+    from support import facts
+
+    spec = sample_spec()
+    assert spec.driver.upgrade_policy.auto_upgrade
+    fresh, running, stated, cpu = facts("fresh"), facts("running"), facts("stated"), facts("cpu", gpu=False)
+    stated = facts("stated", labels={UPGRADE_STATE: "upgrade-required"})
+    nodes = [fresh, running, stated, cpu]
+    patches = node_patches(nodes, spec)
+    assert {"fresh", "running", "stated", "cpu"} - set(patches) == {"cpu"}  # every GPU node gets its labels
+    after = upgrade_first_sight(relabelled(nodes, patches), patches, spec, with_driver={"running"})
+    assert after["fresh"]["labels"][UPGRADE_STATE] == DONE
+    assert UPGRADE_STATE not in after["running"]["labels"]  # its pod decides (the planner)
+    assert UPGRADE_STATE not in after["stated"]["labels"]  # mid-upgrade state kept
+    assert UPGRADE_STATE not in patches["fresh"]["labels"]  # the memo's patches are not changed in place
+    # A node not patched anyway gets no write of its own; without autoUpgrade nothing is added.
+    assert upgrade_first_sight(relabelled(nodes, {}), {}, spec, with_driver=set()) == {}
+    off = spec.model_copy(deep=True)
+    off.driver.upgrade_policy.auto_upgrade = False
+    assert upgrade_first_sight(relabelled(nodes, patches), patches, off, with_driver=set()) == patches

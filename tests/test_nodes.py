@@ -92,6 +92,7 @@ def test_pci_label_must_be_true() -> None:
 MIG_CAPABLE = "nvidia.com/mig.capable"
 MIG_CONFIG = "nvidia.com/mig.config"
 PRODUCT = "nvidia.com/gpu.product"
+NFD_DEVICE = "feature.node.kubernetes.io/pci-0302_10de_{}.present"
 VGPU_HOST = "nvidia.com/vgpu.host-driver-version"
 WORKLOAD = "nvidia.com/gpu.workload.config"
 OPERANDS = "nvidia.com/gpu.deploy.operands"
@@ -169,6 +170,16 @@ ROWS = [
     row("product-rtx-a3000-only", "default", {PRODUCT: "NVIDIA-RTX-A3000-Laptop-GPU"},
         PRESENT | on(*CONTAINER, "mig-manager") | ALL_DISABLED),
     row("product-h200-only", "default", {PRODUCT: "NVIDIA-H200"}, PRESENT | on(*CONTAINER)),
+    # ours: before GFD's labels (no driver ran yet), NFD's PCI device-ID label by the default MIG table
+    row("nfd-device-a100-80gb-only", "default", {NFD_DEVICE.format("20b5"): "true"},
+        PRESENT | on(*CONTAINER, "mig-manager") | ALL_DISABLED),
+    row("nfd-device-h200-only", "default", {NFD_DEVICE.format("2335"): "true"},
+        PRESENT | on(*CONTAINER, "mig-manager") | ALL_DISABLED),
+    row("nfd-device-l4-only", "default", {NFD_DEVICE.format("27b8"): "true"}, PRESENT | on(*CONTAINER)),
+    row("nfd-device-two-models-not-decided", "default",
+        {NFD_DEVICE.format("20b5"): "true", NFD_DEVICE.format("2335"): "true"}, PRESENT | on(*CONTAINER)),
+    row("gfd-product-beats-nfd-device", "default", {PRODUCT: "NVIDIA-L4", NFD_DEVICE.format("20b5"): "true"},
+        PRESENT | on(*CONTAINER)),
     row("product-l4-only", "default", {PRODUCT: "NVIDIA-L4"}, PRESENT | on(*CONTAINER)),
     row("mig-capable-false-beats-product", "default", {MIG_CAPABLE: "false", PRODUCT: H100}, PRESENT | on(*CONTAINER)),
     row("mig-capable-empty-beats-product", "default", {MIG_CAPABLE: "", PRODUCT: H100}, PRESENT | on(*CONTAINER)),
@@ -522,3 +533,15 @@ def test_pool_names_fit_a_label_value_and_stay_distinct() -> None:
         assert len(pool.name) <= 63 and pool.name[0].isalnum() and pool.name[-1].isalnum()
     assert long_a.name != long_b.name
     assert Pool("rhel", "9.4", "5.14.0-427.el9.x86_64").name == "rhel9.4-5.14.0-427.el9.x86-64"
+
+
+def test_a_node_known_by_its_nodefeature_devices_only_is_mig_capable_before_gfd() -> None:
+    from gpu_operator.nodes import desired_labels
+    from support import sample_spec
+
+    spec = sample_spec()
+    h100 = replace(facts("n1"), pci_devices=("2330",))
+    l4 = replace(facts("n2"), pci_devices=("27b8",))
+    assert desired_labels(h100, spec).get(MIG_CONFIG) == "all-disabled"
+    assert desired_labels(h100, spec).get("nvidia.com/gpu.deploy.mig-manager") == "true"
+    assert MIG_CONFIG not in desired_labels(l4, spec)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from gpu_operator.observe import Snapshot
 from gpu_operator.runtime import Operator
 from support import facts
@@ -95,3 +97,50 @@ def test_a_relisting_drops_what_went_away_and_keeps_what_events_brought() -> Non
     assert {k[-1] for k in op.owned} == {"kept", "new"}
     assert set(op.nodes) == {"n1"}  # nodes are relisted by NodeWatch, not here
     assert op._gone is None and op._touched is None
+
+
+def pod(name: str, node: str, ready: bool) -> dict[str, Any]:
+    """A pod projection (observe.pod_projection's shape)."""
+    return {
+        "metadata": {"name": name, "labels": {"nvidia.com/gpu-operator.state": "state-device-plugin"}},
+        "node": node,
+        "owner": "nvidia-device-plugin-daemonset",
+        "status": {"phase": "Running", "containerStatuses": [{"name": "c", "ready": ready, "restartCount": 0}]},
+    }
+
+
+def test_during_a_rollout_pod_changes_are_paced_and_the_last_pod_turning_ready_is_not() -> None:
+    op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
+    op.on_pod("a", pod("a", "n1", ready=False))  # the first pod of a rollout: nothing is paced yet
+    assert op.urgent.is_set()
+    op.urgent.clear()
+    op.on_pod("b", pod("b", "n2", ready=False))
+    op.on_pod("a", pod("a", "n1", ready=True))
+    assert op.wake.is_set() and not op.urgent.is_set()  # paced: b is still rolling out
+    assert op.unready == {"b"} and op.pods_on == {"n1": {"a"}, "n2": {"b"}}
+    op.on_pod("b", pod("b", "n2", ready=True))
+    assert op.urgent.is_set() and op.unready == set()  # the status may turn ready: at once
+    op.urgent.clear()
+    op.on_pod("b", None)
+    assert op.urgent.is_set() and op.pods_on == {"n1": {"a"}}  # with none rolling out, nothing is paced
+
+
+def test_during_a_rollout_a_daemonset_status_change_is_paced_and_a_spec_change_is_not() -> None:
+    op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
+    op.on_pod("a", pod("a", "n1", ready=False))
+    ds = {**daemonset("nvidia-device-plugin-daemonset", 10)}
+    ds["metadata"] = {**ds["metadata"], "generation": 1}
+    op.on_owned("ADDED", ds)
+    op.urgent.clear()
+    op.on_owned("MODIFIED", {**ds, "metadata": {**ds["metadata"], "resourceVersion": "11"}, "status": {"x": 1}})
+    assert op.wake.is_set() and not op.urgent.is_set()
+    op.on_owned("MODIFIED", {**ds, "metadata": {**ds["metadata"], "resourceVersion": "12", "generation": 2}})
+    assert op.urgent.is_set()
+
+
+def test_the_gap_between_passes_grows_with_their_cost_up_to_a_cap() -> None:
+    from gpu_operator.runtime import DEBOUNCE_S, MAX_GAP_S, pass_gap
+
+    assert pass_gap(0.02) < DEBOUNCE_S  # a small cluster: the debounce alone decides
+    assert pass_gap(0.4) == pytest.approx(1.2)
+    assert pass_gap(5.0) == MAX_GAP_S

@@ -14,7 +14,7 @@ from typing import Any
 
 from . import images, matrix
 from .api import ClusterPolicySpec
-from .gpu_identity import Identity, identify
+from .gpu_identity import Identity
 from .nodes import DRIVER_REFUSED, PAUSED_VALUES, NodeFacts, deploy_label, workload_of
 
 CONDITION = "DriverRefused"
@@ -61,7 +61,7 @@ def verdicts(nodes: Iterable[NodeFacts], spec: ClusterPolicySpec) -> dict[str, V
     for node in sorted(nodes, key=lambda n: n.name):
         if not _driver_candidate(node, spec):
             continue
-        identity = identify(node.labels, node.pci_devices)
+        identity = node.identity
         module_type, refusal = matrix.check(version, spec.driver.kernel_module_type, identity.architectures)
         out[node.name] = Verdict(node.name, identity, version, module_type, refusal)
     return out

@@ -2,24 +2,49 @@
 
 With `GPU_OPERATOR_DEBUG_DIR` set, SIGUSR1 writes `heap-<n>.txt` there: the process's RSS, the objects the
 garbage collector tracks by type, and, when tracemalloc runs (start Python with `PYTHONTRACEMALLOC=<frames>`),
-the top allocation sites of what is still allocated.
+the top allocation sites of what is still allocated. With `GPU_OPERATOR_PROFILE_PASSES=1` as well, the reconcile
+passes run under cProfile and `passes.prof` there (pstats) holds all of them so far, rewritten at most every 5 s.
 """
 
 from __future__ import annotations
 
 import collections
+import cProfile
 import ctypes
 import ctypes.util
 import gc
 import os
 import signal
 import sys
+import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import TypeVar
 
 DEBUG_DIR = "GPU_OPERATOR_DEBUG_DIR"
+PROFILE_PASSES = "GPU_OPERATOR_PROFILE_PASSES"
 TOP = 40
+R = TypeVar("R")
+_passes = cProfile.Profile() if os.environ.get(PROFILE_PASSES) and os.environ.get(DEBUG_DIR) else None
+_dumped = [0.0]
+
+
+def profiled(fn: Callable[[], R]) -> R:
+    """fn(), under the passes' profiler when it is on (one pass at a time: the loop is single-flight)."""
+    if _passes is None:
+        return fn()
+    _passes.enable()
+    try:
+        return fn()
+    finally:
+        _passes.disable()
+        if time.monotonic() - _dumped[0] >= 5:
+            _dumped[0] = time.monotonic()
+            path = Path(os.environ[DEBUG_DIR]) / "passes.prof"
+            _passes.dump_stats(str(path.with_suffix(".tmp")))
+            path.with_suffix(".tmp").rename(path)
 
 
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter

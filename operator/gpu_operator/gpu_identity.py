@@ -22,6 +22,7 @@ GFD_PRODUCT = "nvidia.com/gpu.product"
 GFD_COMPUTE_MAJOR = "nvidia.com/gpu.compute.major"
 GFD_COMPUTE_MINOR = "nvidia.com/gpu.compute.minor"
 _PCI_LABEL = re.compile(r"^feature\.node\.kubernetes\.io/pci-([0-9a-f_]+)\.present$")
+_PCI_PREFIX = "feature.node.kubernetes.io/pci-"
 _HEX4 = re.compile(r"^[0-9a-f]{4}$")
 
 
@@ -47,6 +48,8 @@ def device_ids_from_labels(labels: Mapping[str, str]) -> tuple[str, ...]:
     """NVIDIA PCI device IDs in NFD labels whose device label fields include the device ID."""
     out = set()
     for key, value in labels.items():
+        if not key.startswith(_PCI_PREFIX):
+            continue
         m = _PCI_LABEL.match(key)
         if not m or value != "true":
             continue

@@ -123,6 +123,7 @@ class Refusal:
     message: str
 
 
+@cache
 def check(version: str, requested_type: str, archs: tuple[str, ...]) -> tuple[str | None, Refusal | None]:
     """(resolved kernel module type, refusal or None) for a driver version on GPUs of these architectures.
 

@@ -42,6 +42,7 @@ import yaml
 
 from . import mig_layouts
 from .api import ClusterPolicySpec
+from .gpu_identity import device_ids_from_labels
 from .nodes import (
     GPU_PRODUCT,
     MIG_CONFIG,
@@ -49,7 +50,6 @@ from .nodes import (
     MIG_MANAGER,
     NodeFacts,
     deploy_label,
-    mig_capable,
     workload_of,
 )
 from .upgrade.model import WorkloadPod
@@ -96,6 +96,15 @@ def gpu_of_product(product: str) -> mig_layouts.MigGPU | None:
         if all(t in base for t in tokens):
             return next((g for g in mig_layouts.gpus() if g.name == name), None)
     return None
+
+
+def gpu_of_node(node: NodeFacts) -> mig_layouts.MigGPU | None:
+    """The node's MIG GPU: by GFD's product label, else (before a driver ran) by the PCI device IDs of NFD's labels
+    or NodeFeature object."""
+    product = node.labels.get(GPU_PRODUCT, "")
+    if product:
+        return gpu_of_product(product)
+    return mig_layouts.gpu_of_devices(device_ids_from_labels(node.labels) or node.pci_devices)
 
 
 def physical_gpus(labels: Mapping[str, str]) -> int | None:
@@ -216,7 +225,7 @@ def mig_nodes(nodes: Iterable[NodeFacts], spec: ClusterPolicySpec) -> list[NodeF
         n
         for n in nodes
         if n.has_gpu
-        and mig_capable(n.labels)
+        and n.is_mig_capable
         and workload_of(n, spec) == "container"
         and n.labels.get(MANAGER_LABEL) in ("true", PAUSED)
     ]
@@ -294,9 +303,9 @@ def _gate(
         if held:
             out._set(name, MANAGER_LABEL, "true")
         return
-    gpu = gpu_of_product(labels.get(GPU_PRODUCT, ""))
+    gpu = gpu_of_node(node)
     if gpu is None:
-        return  # GPU not known yet (GFD labels missing): nothing to check against
+        return  # GPU not known yet (no GFD product or NFD device-ID label): nothing to check against
     if layout_devices(gpu, want, layouts) is None:
         source = f"ConfigMap {spec.mig_manager.config.name}" if layouts is not None else "the default layouts"
         out.refused.append((name, want, gpu.name))

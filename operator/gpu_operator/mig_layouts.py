@@ -79,6 +79,14 @@ def gpu_for(device_id: str) -> MigGPU | None:
     return next((g for g in gpus() if wanted in g.device_ids), None)
 
 
+def gpu_of_devices(devices: tuple[str, ...]) -> MigGPU | None:
+    """The MIG GPU of a node's NVIDIA PCI device IDs (4 hex digits each, as NFD names them), when they are all
+    of one MIG-capable model; else None."""
+    found = [gpu_for(d + "10de") for d in devices]
+    first = found[0] if found else None
+    return first if first is not None and all(g is not None and g.name == first.name for g in found) else None
+
+
 def _grouped(members: list[tuple[MigGPU, Mapping[str, int]]]) -> tuple[LayoutEntry, ...]:
     """One entry per distinct set of MIG devices; filtered by device ID only when the GPUs disagree."""
     groups: dict[tuple[tuple[str, int], ...], list[MigGPU]] = {}

@@ -71,11 +71,7 @@ def run(
     asked = mig.changes_requested(nodes, spec)
     layouts = _layouts(kube, namespace, spec) if asked else None
     pods = {n: [WorkloadPod.from_pod(p) for p in kube.list("Pod", field_selector=f"spec.nodeName={n}")] for n in asked}
-    managers = frozenset(
-        p["node"]
-        for p in snap.pods.values()
-        if owning_state(p["metadata"]["labels"], _STATES) and not p["metadata"].get("deletionTimestamp")
-    )
+    managers = frozenset(snap.pod_index.nodes_with(STATE.name, live=True))
     decision = mig.decide(nodes, spec, layouts=layouts, pods=pods, managers=managers)
     folded: dict[str, dict[str, str | None]] = {}
     for node, patch in sorted(decision.patches.items()):

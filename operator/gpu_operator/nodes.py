@@ -15,7 +15,9 @@ from functools import cached_property
 from sys import intern
 from typing import Any
 
+from . import mig_layouts
 from .api import ClusterPolicySpec
+from .gpu_identity import Identity, device_ids_from_labels, identify
 
 NFD_PREFIX = "feature.node.kubernetes.io/"
 GPU_PCI_LABELS = (
@@ -138,6 +140,16 @@ class NodeFacts:
         )
 
     @cached_property
+    def identity(self) -> Identity:
+        """The node's GPUs (gpu_identity.identify), worked out once per node object."""
+        return identify(self.labels, self.pci_devices)
+
+    @cached_property
+    def is_mig_capable(self) -> bool:
+        """mig_capable(), worked out once per node object."""
+        return mig_capable(self.labels, self.pci_devices)
+
+    @cached_property
     def has_gpu(self) -> bool:
         return any(self.labels.get(k) == "true" for k in GPU_PCI_LABELS)
 
@@ -195,14 +207,18 @@ def workload_operands(workload: str, mode: str) -> tuple[str, ...]:
     return ops
 
 
-def mig_capable(labels: dict[str, str]) -> bool:
-    """GFD's nvidia.com/mig.capable; without it, the product name. Never on a vGPU host."""
+def mig_capable(labels: dict[str, str], pci_devices: tuple[str, ...] = ()) -> bool:
+    """GFD's nvidia.com/mig.capable; without it, the product name; without GFD's labels (no driver ran yet), the
+    PCI device IDs of NFD's labels (or of its NodeFeature object: `pci_devices`), by the default MIG table (beyond
+    upstream: a joining node gets its MIG labels in its first patch). Never on a vGPU host."""
     if labels.get(VGPU_HOST_DRIVER):
         return False
     if MIG_CAPABLE in labels:
         return labels[MIG_CAPABLE] == "true"
     product = labels.get(GPU_PRODUCT, "").lower()
-    return any(hint in product for hint in MIG_PRODUCT_HINTS)
+    if product:
+        return any(hint in product for hint in MIG_PRODUCT_HINTS)
+    return mig_layouts.gpu_of_devices(device_ids_from_labels(labels) or pci_devices) is not None
 
 
 def written_by_us(value: str | None) -> bool:
@@ -232,7 +248,7 @@ def desired_labels(node: NodeFacts, spec: ClusterPolicySpec, refused: bool = Fal
     if present != "true":
         want[GPU_PRESENT] = "true"
 
-    capable = mig_capable(labels)
+    capable = node.is_mig_capable
     # dra-driver stays on a GPU node: upstream removes it only once no pod holds a gpu.nvidia.com claim there.
     if labels.get(DEPLOY_OPERANDS) == "false":
         for op in (*ALL_OPERANDS, *DRA_OPERANDS, *state_operands()):

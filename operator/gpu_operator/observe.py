@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from sys import intern
 from typing import Any, TypeVar
 
@@ -50,6 +51,56 @@ class Snapshot:
     config_maps: dict[str, tuple[str, ...]] = field(default_factory=dict)  # in our namespace: name -> keys
     config_data: dict[str, dict[str, str]] = field(default_factory=dict)  # in our namespace: name -> data
     nvidia_drivers: dict[str, dict[str, Any]] = field(default_factory=dict)  # NVIDIADriver objects by name
+
+    @cached_property
+    def pod_index(self) -> PodIndex:
+        """The operand pods by node and state, and by owning DaemonSet (built once per snapshot)."""
+        return PodIndex.of(self.pods)
+
+    def with_nodes(self, nodes: dict[str, NodeFacts]) -> Snapshot:
+        """This snapshot with other nodes (the same pods: their index is kept)."""
+        out = replace(self, nodes=nodes)
+        if "pod_index" in self.__dict__:
+            out.__dict__["pod_index"] = self.__dict__["pod_index"]
+        return out
+
+
+def pod_state(labels: Mapping[str, str]) -> str:
+    """The operand state a pod projection belongs to (owning_state, without the check that a legacy component
+    label names a state: lookups are by state name)."""
+    return labels.get(STATE_LABEL) or labels.get(COMPONENT) or ""
+
+
+@dataclass(frozen=True)
+class PodIndex:
+    by_node_state: dict[tuple[str, str], list[dict[str, Any]]]
+    by_owner: dict[str, list[dict[str, Any]]]
+
+    @classmethod
+    def of(cls, pods: Mapping[str, dict[str, Any]]) -> PodIndex:
+        by_node_state: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        by_owner: dict[str, list[dict[str, Any]]] = {}
+        for pod in pods.values():
+            labels = pod["metadata"]["labels"]
+            key = (pod["node"], labels.get(STATE_LABEL) or labels.get(COMPONENT) or "")  # pod_state, inlined
+            found = by_node_state.get(key)
+            if found is None:
+                by_node_state[key] = [pod]
+            else:
+                found.append(pod)
+            found = by_owner.get(pod["owner"])
+            if found is None:
+                by_owner[pod["owner"]] = [pod]
+            else:
+                found.append(pod)
+        return cls(by_node_state, by_owner)
+
+    def nodes_with(self, state: str, live: bool = False) -> set[str]:
+        """Nodes with a pod of that state (`live`: one not being deleted)."""
+        return {
+            node for (node, s), pods in self.by_node_state.items()
+            if s == state and node and (not live or any(not p["metadata"].get("deletionTimestamp") for p in pods))
+        }  # fmt: skip
 
 
 # The component label too: pods started before the state label existed are found by it.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import compat, coverage, metrics, mig, mig_pass, nvidiadriver, sharing
@@ -33,6 +33,7 @@ from .render import (
     plan,
     relabelled,
     render_key,
+    upgrade_first_sight,
 )
 from .states import RenderContext, all_states
 from .states.base import STATE_LABEL, owning_state
@@ -210,14 +211,13 @@ class Reconciler:
         verdicts = compat.verdicts_for(nodes, spec, groups)  # each NVIDIADriver's version on its own nodes
         refused = compat.refused(verdicts)
         # A refused node keeps a driver pod of ours it already runs; only one without gets the refused label.
-        with_driver = {
-            p["node"] for p in snap.pods.values() if p["metadata"]["labels"].get(STATE_LABEL) == "state-driver"
-        }
+        with_driver = snap.pod_index.nodes_with("state-driver")
         patches = self._node_patches(nodes, spec, frozenset(n for n in refused if n not in with_driver))
         # A node the driver may run on again gets gpu.deploy.driver=true back only once the driver DaemonSets
         # carry this version: before, the DaemonSet controller could start the refused version there.
         held = hold_driver_restores(patches, nodes)
         patches = merged(patches, driver_node_patches(relabelled(nodes, patches), spec, routing, with_driver))
+        patches = upgrade_first_sight(relabelled(nodes, patches), patches, spec, with_driver)
         # A node joining a precompiled pool gets its driver-kernel label before the DaemonSets select it, so
         # a pod already running there (an install from before the label) is not deleted meanwhile.
         early: dict[str, NodePatch] = {}
@@ -268,9 +268,7 @@ class Reconciler:
         applied_by_state = self.applier.apply_states([p for p in plans if not p.problem], live)
         out.nodes = early_nodes + self.applier.patch_nodes(patches, versions)
         self.labelling = Labelling(meta["name"], meta.get("uid", ""), generation, spec)
-        pods_by_owner: dict[str, list[dict[str, Any]]] = {}
-        for pod in snap.pods.values():
-            pods_by_owner.setdefault(pod["owner"], []).append(pod)
+        pods_by_owner = snap.pod_index.by_owner
         for state_plan in plans:
             state = state_plan.state
             if state_plan.problem:  # nothing rendered: keep what the state has, say why
@@ -306,7 +304,7 @@ class Reconciler:
         if crd_mode:
             upgrade = self._orchestrate_nvidia_drivers(spec, snap, by_name, groups)
         else:
-            upgrade = orchestrate(self.kube, self.namespace, spec, replace(snap, nodes=by_name), self.events)
+            upgrade = orchestrate(self.kube, self.namespace, spec, snap.with_nodes(by_name), self.events)
         self._driver_statuses(snap, drivers, assignment, plans, live, pods_by_owner, set(refused))
         out.busy = out.busy or upgrade.busy or bool(migs.waiting)
         previous_conditions = (policy.get("status") or {}).get("conditions") or []
@@ -352,7 +350,7 @@ class Reconciler:
     ) -> Orchestrated:
         """Each NVIDIADriver's nodes by its own upgradePolicy, and all of them within the ClusterPolicy's
         maxParallelUpgrades and maxUnavailable (over every node the NVIDIADrivers drive)."""
-        parts = [(g, replace(snap, nodes={k: v for k, v in by_name.items() if k in g.nodes})) for g in groups]
+        parts = [(g, snap.with_nodes({k: v for k, v in by_name.items() if k in g.nodes})) for g in groups]
         everyone = [n for g, part in parts for n in managed_nodes(g.spec, part)]
         what = "all NVIDIADrivers (ClusterPolicy driver.upgradePolicy)"
         limit = Limit.over(everyone, spec.driver.upgrade_policy, what)

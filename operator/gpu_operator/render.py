@@ -10,9 +10,11 @@ from typing import Any
 
 from . import nvidiadriver, sharing
 from .api import ClusterPolicySpec
-from .nodes import NodeFacts, apply_patch, desired_annotations, desired_labels, driver_kernel_patch
+from .nodes import NodeFacts, apply_patch, desired_annotations, desired_labels, driver_kernel_patch, gets_driver
 from .states import OperandState, RenderContext, all_states
 from .states.base import RenderProblem
+from .upgrade.model import DONE
+from .upgrade.model import STATE_LABEL as UPGRADE_STATE
 
 
 @dataclass
@@ -86,6 +88,25 @@ def driver_node_patches(
         if labels:
             kernels[node.name] = {"labels": labels}
     return merged(out, kernels)
+
+
+def upgrade_first_sight(
+    nodes: list[NodeFacts], patches: dict[str, NodePatch], spec: ClusterPolicySpec, with_driver: Collection[str]
+) -> dict[str, NodePatch]:
+    """patches with the driver-upgrade state `upgrade-done` added for the nodes they label that get the driver,
+    run no driver pod of ours yet and have no state: the pod they get is of the DaemonSet's newest revision, so
+    there is nothing to upgrade. Upstream writes that label in a patch of its own once the pod exists; here it
+    goes with the node's labels (one write per node). `nodes`: as the patches leave them; only with the
+    ClusterPolicy's driver under autoUpgrade (the planner's domain)."""
+    driver = spec.driver
+    if not (driver.enabled and not driver.use_nvidia_driver_crd and driver.upgrade_policy.auto_upgrade):
+        return patches
+    extra: dict[str, NodePatch] = {
+        n.name: {"labels": {UPGRADE_STATE: DONE}}
+        for n in nodes
+        if n.name in patches and n.name not in with_driver and UPGRADE_STATE not in n.labels and gets_driver(n)
+    }
+    return merged(patches, extra)
 
 
 def merged(patches: dict[str, NodePatch], extra: dict[str, NodePatch]) -> dict[str, NodePatch]:

@@ -7,6 +7,7 @@ annotations or finalizers of its own to any object, and a steady cluster costs n
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -36,8 +37,18 @@ from .observe import (
     revision_projection,
     with_devices,
 )
+from .readiness import pod_ready
 from .reconciler import Reconciler, hold_driver_restores
-from .render import NodePatch, config_map_keys, driver_node_patches, driver_routing, merged, node_patches, relabelled
+from .render import (
+    NodePatch,
+    config_map_keys,
+    driver_node_patches,
+    driver_routing,
+    merged,
+    node_patches,
+    relabelled,
+    upgrade_first_sight,
+)
 from .states.base import MANAGED_BY, OPERATOR_NAME, STATE_LABEL
 from .status import active_policy
 
@@ -46,6 +57,11 @@ log = logging.getLogger("gpu_operator")
 NOT_READY_RECHECK_S = 5.0
 RESYNC_S = 300.0
 DEBOUNCE_S = 0.3
+# Pacing: while operand pods are not all ready (a rollout), a pass waits after the previous one PACE times that
+# pass's duration, at most MAX_GAP_S, unless something urgent came (the policy, objects' specs, nodes coming or
+# going, the last pod turning ready). A small cluster's passes are short, so only the debounce applies there.
+PACE = 3.0
+MAX_GAP_S = 2.0
 NODE_FEATURE_RELIST_S = 10.0
 
 
@@ -59,6 +75,7 @@ class Operator:
         self.nvidia_drivers: dict[str, dict[str, Any]] = {}
         self.owned: dict[Key, dict[str, Any]] = {}
         self.pods: dict[str, dict[str, Any]] = {}
+        self.pods_on: dict[str, set[str]] = {}  # node -> names of the operand pods there (kept with `pods`)
         self.revisions: dict[str, dict[str, Any]] = {}
         self.api_groups: frozenset[str] = frozenset()
         self.discovery_stale = False
@@ -76,6 +93,8 @@ class Operator:
         self.node_features: dict[str, tuple[str, ...]] = {}
         self._features_listed = 0.0
         self.wake = asyncio.Event()
+        self.urgent = asyncio.Event()  # a change that is not paced (set with `wake`)
+        self.unready: set[str] = set()  # operand pods not ready (kept with `pods`)
         self.task: asyncio.Task[None] | None = None
         self._labelling: set[asyncio.Future[None]] = set()  # single-node label patches in flight
         self.watches: list[Watch[Any]] = []  # the node, pod and revision watches (threads), once started
@@ -90,6 +109,11 @@ class Operator:
 
     # Cache updates from watch events (run in the event loop)
 
+    def wake_now(self) -> None:
+        """Wake the loop for a change a pass should not wait for (see PACE)."""
+        self.wake.set()
+        self.urgent.set()
+
     def on_listing(self, resource: str, event_type: str | None, key: Any) -> None:
         """Every kopf event, before its handler: notes a relisting (a listing after the first one)."""
         listing = self._listings.get(resource, set())
@@ -101,7 +125,7 @@ class Operator:
             log.info("%s listed again (its watch expired): re-reading the cluster", resource)
             self._listings[resource] = {key}
             self.relist = True
-            self.wake.set()
+            self.wake_now()
         else:
             listing.add(key)
 
@@ -114,14 +138,17 @@ class Operator:
         if facts is None:
             self._forget("node", name)
             if self.nodes.pop(name, None) is not None:
-                self.wake.set()
+                self.wake_now()
             return
         cached = self.nodes.get(name)
         if cached is not None and facts.resource_version < cached.resource_version:
             return  # older than what we hold (the answer to our own patch came first)
         if cached != facts:
             self.nodes[name] = facts
-            self.wake.set()
+            if cached is None:
+                self.wake_now()
+            else:
+                self.wake.set()
             self._label(facts)
 
     def _label(self, node: NodeFacts) -> None:
@@ -144,21 +171,20 @@ class Operator:
         drivers = [NVIDIADriver.from_object(o) for o in self.nvidia_drivers.values()]
         routing = driver_routing([node], current.spec, drivers)
         refused = compat.refused(compat.verdicts_for([node], current.spec, routing.groups))
-        runs_driver = any(
-            p["node"] == node.name and p["metadata"]["labels"].get(STATE_LABEL) == "state-driver"
-            for p in self.pods.values()
-        )
+        here = [self.pods[p] for p in self.pods_on.get(node.name, ()) if p in self.pods]
+        runs_driver = any(p["metadata"]["labels"].get(STATE_LABEL) == "state-driver" for p in here)
         if runs_driver:
             refused = {}
         patches = node_patches([node], current.spec, set(refused))
         hold_driver_restores(patches, [node])  # a refused node's driver label comes back in a full pass only
         holding = {node.name} if runs_driver else set()
         patches = merged(patches, driver_node_patches(relabelled([node], patches), current.spec, routing, holding))
+        patches = upgrade_first_sight(relabelled([node], patches), patches, current.spec, holding)
         patch = patches.get(node.name)
         if patch:
             # The MIG layout it gets now is recorded as let through in the same patch (a pass would write it next).
             [after] = relabelled([node], patches)
-            approve = mig_pass.first_sight(after, current.spec, self.pods.values())
+            approve = mig_pass.first_sight(after, current.spec, here)
             if approve:
                 patch = {**patch, "labels": {**(patch.get("labels") or {}), **approve}}
             self._labelling.add(asyncio.ensure_future(self._patch_node(node, patch)))
@@ -186,7 +212,7 @@ class Operator:
         elif newer(self.policies.get(name), body):
             self._touch("policy", name)
             self.policies[name] = dict(body)
-        self.wake.set()
+        self.wake_now()
 
     def on_nvidia_driver(self, event_type: str | None, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
@@ -195,17 +221,22 @@ class Operator:
             self.nvidia_drivers.pop(name, None)
         elif newer(self.nvidia_drivers.get(name), body):
             self.nvidia_drivers[name] = dict(body)
-        self.wake.set()
+        self.wake_now()
 
     def on_owned(self, event_type: str | None, body: dict[str, Any]) -> None:
         key = key_of(body)
+        cached = self.owned.get(key)
         if event_type == "DELETED":
             self._forget("owned", key)
             self.owned.pop(key, None)
-        elif newer(self.owned.get(key), body):
+        elif newer(cached, body):
             self._touch("owned", key)
             self.owned[key] = dict(body)
-        self.wake.set()
+        # A status-only change (a DaemonSet counting its pods) is paced like the pods it counts.
+        if event_type == "DELETED" or cached is None or _generation(cached) != _generation(body) or not self.unready:
+            self.wake_now()
+        else:
+            self.wake.set()
 
     def on_crd(self, event_type: str | None, body: dict[str, Any]) -> None:
         """A CRD of an optional kind's group came or went: refresh what the API serves, then reconcile."""
@@ -213,17 +244,37 @@ class Operator:
         optional = {k.group for k in (*operand_kinds(), NODE_FEATURE) if k.optional}
         if group in optional and event_type is not None:
             self.discovery_stale = True
-            self.wake.set()
+            self.wake_now()
 
     def on_pod(self, name: str, pod: dict[str, Any] | None) -> None:
         """An operand pod's projection changed (None: deleted), from the pod watch."""
+        old = self.pods.get(name)
+        if old is not None:
+            self._unindex(name, old)
+        was_unready = bool(self.unready)
         if pod is None:
             self._forget("pod", name)
             self.pods.pop(name, None)
+            self.unready.discard(name)
         else:
             self._touch("pod", name)
             self.pods[name] = pod
-        self.wake.set()
+            self.pods_on.setdefault(pod["node"], set()).add(name)
+            if pod_ready(pod):
+                self.unready.discard(name)
+            else:
+                self.unready.add(name)
+        if was_unready and self.unready:
+            self.wake.set()
+        else:
+            self.wake_now()  # the last pod turned ready (status says so at once), or none is rolling out
+
+    def _unindex(self, name: str, pod: dict[str, Any]) -> None:
+        names = self.pods_on.get(pod["node"])
+        if names is not None:
+            names.discard(name)
+            if not names:
+                del self.pods_on[pod["node"]]
 
     def on_config_map(self, event_type: str | None, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
@@ -239,7 +290,7 @@ class Operator:
             self._touch("configmap", name)
             self.config_maps[name] = keys
             self.config_data[name] = data
-        self.wake.set()
+        self.wake_now()
 
     def on_revision(self, name: str, rev: dict[str, Any] | None) -> None:
         """A ControllerRevision's projection changed (None: deleted), from the revision watch."""
@@ -257,7 +308,7 @@ class Operator:
         """This replica may write from now on (in the event loop)."""
         metrics.leader.set(1)
         self.leading.set()
-        self.wake.set()
+        self.wake_now()
 
     def started_leading(self) -> None:
         """The elector won the Lease (in its thread)."""
@@ -315,6 +366,10 @@ class Operator:
         fill("nvidiadriver", self.nvidia_drivers, snap.nvidia_drivers, by_version=True)
         fill("owned", self.owned, snap.owned, by_version=True)
         fill("pod", self.pods, snap.pods)
+        self.pods_on = {}
+        for name, pod in self.pods.items():
+            self.pods_on.setdefault(pod["node"], set()).add(name)
+        self.unready = {name for name, pod in self.pods.items() if not pod_ready(pod)}
         fill("revision", self.revisions, snap.revisions)
         fill("configmap", self.config_maps, snap.config_maps)
         fill("configmap", self.config_data, snap.config_data)
@@ -383,6 +438,7 @@ class Operator:
             log.info("following: caches filled, waiting for the leader Lease")
             await self.leading.wait()
         delay = 0.0
+        last_end = gap = 0.0
         while True:
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout=delay)
@@ -390,7 +446,14 @@ class Operator:
                 if delay >= RESYNC_S:  # a quiet resync also re-reads discovery, in case a CRD event was missed
                     self.discovery_stale = True
             await asyncio.sleep(DEBOUNCE_S)
+            left = last_end + gap - time.monotonic()
+            if left > 0 and self.unready and not self.urgent.is_set():
+                try:
+                    await asyncio.wait_for(self.urgent.wait(), timeout=left)
+                except TimeoutError:
+                    pass
             self.wake.clear()
+            self.urgent.clear()
             if self.relist:
                 self.relist = False
                 await self.sync(prune=True)
@@ -405,8 +468,10 @@ class Operator:
                 await asyncio.to_thread(self.refresh_node_features)
             except Exception as exc:  # noqa: BLE001 - GPUs stay identified by labels until the next try
                 log.warning("listing NodeFeatures failed: %s", exc)
+            started = time.monotonic()
             try:
-                outcome = await asyncio.to_thread(self.reconciler.reconcile, self.snapshot())
+                outcome = await asyncio.to_thread(debug.profiled, functools.partial(self.reconciler.reconcile,
+                                                                                    self.snapshot()))
             except NotLeader as exc:  # shutting down, or the Lease is lost (the process exits)
                 log.info("reconcile pass stopped: %s", exc)
                 delay = NOT_READY_RECHECK_S
@@ -417,6 +482,8 @@ class Operator:
                 metrics.reconciliation_status.set(-2)
                 delay = NOT_READY_RECHECK_S
                 continue
+            last_end = time.monotonic()
+            gap = pass_gap(last_end - started)
             for obj in outcome.applied:
                 if newer(self.owned.get(key_of(obj)), obj):
                     self.owned[key_of(obj)] = obj
@@ -430,6 +497,15 @@ class Operator:
             delay = NOT_READY_RECHECK_S if outcome.ready is False or outcome.busy else RESYNC_S
             if served(NODE_FEATURE, self.api_groups) and self.unidentified():
                 delay = min(delay, NODE_FEATURE_RELIST_S)
+
+
+def pass_gap(took: float) -> float:
+    """How long after a pass that took `took` seconds the next one waits while a rollout runs (see PACE)."""
+    return min(MAX_GAP_S, PACE * took)
+
+
+def _generation(obj: dict[str, Any] | None) -> Any:
+    return ((obj or {}).get("metadata") or {}).get("generation")
 
 
 class _NoDiffBase(kopf.AnnotationsDiffBaseStorage):

@@ -16,8 +16,7 @@ from .. import compat
 from ..api import ClusterPolicySpec
 from ..kube import ApiError, Kube
 from ..nodes import DRIVER_KERNEL, NodeFacts, gets_driver, label_value_ok
-from ..observe import Snapshot
-from ..states.base import owning_state
+from ..observe import PodIndex, Snapshot
 from .model import (
     DRAIN_REQUIRED,
     POD_DELETION_REQUIRED,
@@ -41,7 +40,6 @@ log = logging.getLogger("gpu_operator.upgrade")
 
 DRIVER = "state-driver"
 VALIDATOR = "state-operator-validation"
-_STATES = frozenset({DRIVER, VALIDATOR})
 # States in which the planner looks at the workload pods of a node.
 NEEDS_PODS = frozenset({WAIT_FOR_JOBS_REQUIRED, POD_DELETION_REQUIRED, DRAIN_REQUIRED})
 
@@ -59,7 +57,8 @@ def managed_nodes(spec: ClusterPolicySpec, snap: Snapshot) -> list[UpgradeNode]:
     """
     driver_on = spec.driver.enabled and not spec.driver.use_nvidia_driver_crd
     refused = compat.refused(compat.verdicts(snap.nodes.values(), spec)) if driver_on else {}
-    return upgrade_nodes(snap.nodes.values() if driver_on else [], snap.pods, snap.revisions, refused)
+    return upgrade_nodes(snap.nodes.values() if driver_on else [], snap.pods, snap.revisions, refused,
+                         index=snap.pod_index)
 
 
 def upgrade_nodes(
@@ -67,19 +66,17 @@ def upgrade_nodes(
     pods: Mapping[str, dict[str, Any]],
     revisions: Mapping[str, dict[str, Any]],
     refused: Mapping[str, str] | None = None,
+    index: PodIndex | None = None,
 ) -> list[UpgradeNode]:
     """Planner inputs for every node a driver DaemonSet manages, from the watch-cache projections.
 
-    `refused`: node -> why the policy's driver cannot run there (the planner skips it)."""
+    `refused`: node -> why the policy's driver cannot run there (the planner skips it); `index`: of `pods`."""
     newest: dict[str, tuple[int, str | None]] = {}
     for rev in revisions.values():
         owner, number = rev["owner"], int(rev.get("revision", 0))
         if owner and number >= newest.get(owner, (-1, None))[0]:
             newest[owner] = (number, rev["metadata"]["labels"].get("controller-revision-hash"))
-    by_node: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for pod in pods.values():
-        state = owning_state(pod["metadata"]["labels"], _STATES) or ""
-        by_node.setdefault((pod["node"], state), []).append(pod)
+    by_node = (index or PodIndex.of(pods)).by_node_state
     out = []
     for node in nodes:
         if not gets_driver(node):

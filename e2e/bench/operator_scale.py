@@ -8,8 +8,13 @@ the default sample policy and prints the figures of the operator's scale goals, 
 audit log where they are about requests: ClusterPolicy -> every operand DaemonSet created, -> status ready
 (and how long after the last operand pod became ready), the operator's requests until ready, its writes and
 reads during `--idle` seconds of steady state, then `--joins` nodes joining at once (time to their
-`gpu.present` and deploy labels, p50/p99, and the operator's node patches per joining node), its memory
-(VmRSS), the CPU it used, and how long `gpu-operator doctor` takes on the whole cluster.
+`gpu.present` and deploy labels, p50/p99, and the operator's node patches per joining node until GFD has
+labelled it and a MIG node's layout is applied), its memory (VmRSS), the CPU it used, and how long
+`gpu-operator doctor` takes on the whole cluster.
+
+The nodes carry NFD's PCI device-ID label (`pci-0302_10de_<device>.present`, NFD's deviceLabelFields with
+`device`), so their GPUs are known before a driver runs (`--no-device-labels`: NFD's default labels only; a
+MIG-capable node then gets its MIG labels in a second patch, once GFD reports).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import pstats
 import re
 import shutil
 import signal
@@ -35,12 +41,23 @@ from e2e.cluster.localcluster import WRITE_VERBS, LocalCluster, audit_time, ensu
 from e2e.cluster.nodes import create_nodes, make_node
 from e2e.operator_process import NAMESPACE, OperatorProcess, install_crds_and_rbac, policy_from_sample
 from e2e.simulator import NodeSimulator
-from gpu_operator.debug import DEBUG_DIR
+from gpu_operator.debug import DEBUG_DIR, PROFILE_PASSES
 from gpu_operator.doctor import diagnose, gather
 from gpu_operator.kube import Kube
 from gpu_operator.nodes import GPU_PRESENT, deploy_label
 
 PROFILES = ("h100x8", "a100x4", "l4x1")
+DEVICE_IDS = {"h100x8": "2330", "a100x4": "20b2", "l4x1": "27b8"}  # H100 SXM5 80GB, A100 SXM4 80GB, L4
+GFD_PRODUCT = "nvidia.com/gpu.product"
+MIG_STATE = "nvidia.com/mig.config.state"
+
+
+def bench_node(name: str, i: int, device_labels: bool) -> dict[str, Any]:
+    node = make_node(name, PROFILES[i % 3], os="ubuntu22.04" if i % 2 else "ubuntu24.04")
+    if device_labels:
+        device = DEVICE_IDS[PROFILES[i % 3]]
+        node["metadata"]["labels"][f"feature.node.kubernetes.io/pci-0302_10de_{device}.present"] = "true"
+    return node
 JOIN_LABEL = "e2e.gpu-operator/bench-join"
 
 
@@ -113,6 +130,36 @@ def print_profile(raw: Path, top: int = 25) -> None:
             print(f"    {samples:6d}  {name}")
 
 
+def _mig(labels: dict[str, str]) -> bool:
+    return labels.get("nvidia.com/mig.capable") == "true"
+
+
+def print_pass_profile(path: Path, count: float, top: int = 35) -> None:
+    """The reconcile passes' cProfile so far: our functions by own and by cumulative time."""
+    if not path.exists():
+        print("no pass profile written")
+        return
+    stats = pstats.Stats(str(path))
+    rows: list[tuple[float, float, int, str]] = [
+        (tt, ct, nc, f"{_short(file)}:{line} {fn}")
+        for (file, line, fn), (_, nc, tt, ct, _) in stats.stats.items()  # type: ignore[attr-defined]
+    ]
+    total = max((ct for _, ct, _, name in rows if name.startswith("gpu_operator/reconciler.py:") and
+                 name.endswith(" reconcile")), default=0.0)
+    print(f"reconcile passes: {count:.0f}, {total:.1f} s under cProfile ({1000 * total / max(count, 1):.0f} ms each)")
+    for title, key in (("own time", 0), ("cumulative", 1)):
+        print(f"  by {title} (s, calls):")
+        for row in sorted(rows, key=lambda r: -float(r[key]))[:top]:
+            print(f"    {row[key]:8.2f}  {row[2]:9d}  {row[3]}")
+
+
+def _short(path: str) -> str:
+    for marker in ("site-packages/", "/lib/python3", "/operator/"):
+        if marker in path:
+            return path.split(marker, 1)[1]
+    return path
+
+
 def heap_report(pid: int, where: Path) -> str:
     """The operator's heap report (gpu_operator.debug), asked for with SIGUSR1."""
     os.kill(pid, signal.SIGUSR1)
@@ -137,11 +184,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--alloc-top", type=int, default=0, metavar="N",
                         help="trace allocations (tracemalloc: CPU and RSS figures grow) and print the operator's "
                              "top N allocation sites after idling")
+    parser.add_argument("--no-device-labels", dest="device_labels", action="store_false",
+                        help="nodes without NFD's PCI device-ID label (NFD's default labels)")
+    parser.add_argument("--node-leases", action="store_true",
+                        help="kubelet-like heartbeats: node Leases every 10 s, node status every 5 min (default: "
+                             "kwok's node status every 20-25 s)")
+    parser.add_argument("--pass-profile", action="store_true",
+                        help="run the reconcile passes under cProfile and print where their time went at ready")
     parser.add_argument("--heap-report", action="store_true",
                         help="print the operator's heap report after idling (RSS after gc and malloc_trim, objects by "
                              "type; with --alloc-top, the allocation sites)")
     parser.add_argument("--cpu-profile", action="store_true",
-                        help="sample the operator with py-spy while it idles and print where its CPU goes")
+                        help="sample the operator with py-spy from ClusterPolicy to ready and while it idles; print "
+                             "where its CPU goes")
     args = parser.parse_args(argv)
     ensure_binaries()
     runs: list[dict[str, tuple[float, str]]] = []
@@ -180,14 +235,11 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
         print(f"{name}: {_fmt(value, unit)}{' ' + detail if detail else ''}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="gpu-operator-bench-") as tmp:
-        cluster = LocalCluster(Path(tmp) / "cluster")
+        cluster = LocalCluster(Path(tmp) / "cluster", node_leases=args.node_leases)
         cluster.up()
         try:
             admin = Kube.connect(str(cluster.kubeconfig))
-            nodes = [
-                make_node(f"gpu-{i:04d}", PROFILES[i % 3], os="ubuntu22.04" if i % 2 else "ubuntu24.04")
-                for i in range(args.nodes)
-            ]
+            nodes = [bench_node(f"gpu-{i:04d}", i, args.device_labels) for i in range(args.nodes)]
             t0 = time.monotonic()
             create_nodes(admin.client, nodes)
             print(f"{args.nodes} nodes created in {time.monotonic() - t0:.1f}s")
@@ -195,16 +247,21 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
             sim = NodeSimulator(cluster.simulator_kubeconfig, namespace=NAMESPACE, workers=8).start()
             if args.alloc_top:
                 os.environ["PYTHONTRACEMALLOC"] = "1"
-            if args.alloc_top or args.heap_report:
+            if args.alloc_top or args.heap_report or args.pass_profile:
                 os.environ[DEBUG_DIR] = tmp
+            if args.pass_profile:
+                os.environ[PROFILE_PASSES] = "1"
             op = OperatorProcess(cluster, Path(tmp) / "operator.log").start()
             os.environ.pop("PYTHONTRACEMALLOC", None)
             os.environ.pop(DEBUG_DIR, None)
+            os.environ.pop(PROFILE_PASSES, None)
             time.sleep(3)
             assert op.proc is not None
             cpu0 = cpu_seconds(op.proc.pid)
             t0 = time.monotonic()
             created_at = time.time()
+            rollout = Path(tmp) / "rollout.prof"
+            spy_rollout = py_spy(op.proc.pid, args.timeout, rollout) if args.cpu_profile else None
             admin.create(policy_from_sample())
             state = None
             while time.monotonic() - t0 < args.timeout:
@@ -217,6 +274,14 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
             ready_s = time.monotonic() - t0
             cpu_ready = cpu_seconds(op.proc.pid) - cpu0
             rss_ready = (rss_kib(op.proc.pid) or 0) / 1024
+            if args.pass_profile:
+                time.sleep(6)  # the next pass writes its profile (at most every 5 s)
+                print_pass_profile(Path(tmp) / "passes.prof", passes(op.metrics_port))
+            if spy_rollout is not None:
+                spy_rollout.send_signal(signal.SIGINT)  # py-spy writes what it sampled so far
+                spy_rollout.wait(timeout=60)
+                print("CPU from ClusterPolicy to ready:")
+                print_profile(rollout, top=40)
 
             user = op.username
             until_ready = [e for e in requests_of(cluster, user) if audit_time(e) <= ready_at]
@@ -288,10 +353,7 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
                    f"{len(found)} findings")
 
             if args.joins:
-                joiners = [
-                    make_node(f"join-{i:04d}", PROFILES[i % 3], os="ubuntu22.04" if i % 2 else "ubuntu24.04")
-                    for i in range(args.joins)
-                ]
+                joiners = [bench_node(f"join-{i:04d}", i, args.device_labels) for i in range(args.joins)]
                 for node in joiners:
                     node["metadata"]["labels"][JOIN_LABEL] = "true"
                 join_from = time.time()
@@ -304,7 +366,14 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
                     if len(labelled) == args.joins:
                         break
                     time.sleep(0.2)
-                time.sleep(15)  # the follow-up labels (GFD's, then mig.config) come and go
+                # The follow-up labels: GFD's, then (MIG nodes) the layout applied; the operator's answers to them.
+                while time.monotonic() < deadline:
+                    listed = admin.list("Node", label_selector=JOIN_LABEL)
+                    labels = [n["metadata"]["labels"] for n in listed]
+                    if all(GFD_PRODUCT in ls and (MIG_STATE in ls or not _mig(ls)) for ls in labels):
+                        break
+                    time.sleep(1)
+                time.sleep(5)
                 names = {n["metadata"]["name"] for n in joiners}
                 events = [e for e in cluster.audit_events() if audit_time(e) >= join_from - 1]
                 joined = {

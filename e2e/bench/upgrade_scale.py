@@ -11,6 +11,7 @@ with the operator's API writes during the rollout.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -36,6 +37,16 @@ def all_done(admin: Kube, version: str, count: int) -> bool:
     )
     nodes = admin.list("Node", label_selector=f"{STATE_LABEL}=upgrade-done")
     return current == count and len([n for n in nodes if not n["spec"].get("unschedulable")]) == count
+
+
+def new_driver_ready(admin: Kube, version: str) -> list[str]:
+    """Nodes whose driver pod of that version is Ready."""
+    pods = admin.list("Pod", NAMESPACE, label_selector="nvidia.com/gpu-operator.state=state-driver")
+    return [
+        p["spec"]["nodeName"] for p in pods
+        if f":{version}-" in p["spec"]["containers"][0]["image"] and p["spec"].get("nodeName")
+        and all(c.get("ready") for c in p.get("status", {}).get("containerStatuses") or [{}])
+    ]  # fmt: skip
 
 
 def run(count: int, parallel: int, max_unavailable: str, delay: float, timeout: float) -> dict[str, Any]:
@@ -65,13 +76,27 @@ def run(count: int, parallel: int, max_unavailable: str, delay: float, timeout: 
             admin.merge_patch("ClusterPolicy", "cluster-policy", {"spec": {"driver": {"version": "600.10.01"}}})
             since = time.time()
             began = time.monotonic()
-            while not all_done(admin, "600.10.01", count) and time.monotonic() - began < timeout:
-                time.sleep(1)
+            ready_at: dict[str, float] = {}  # node -> when its new driver pod was first seen Ready
+            done_at: dict[str, float] = {}  # node -> when it was first seen upgrade-done (uncordoned) after that
+            while time.monotonic() - began < timeout:
+                now = time.monotonic()
+                for node in new_driver_ready(admin, "600.10.01"):
+                    ready_at.setdefault(node, now)
+                for n in admin.list("Node", label_selector=f"{STATE_LABEL}=upgrade-done"):
+                    name = n["metadata"]["name"]
+                    if name in ready_at and not n["spec"].get("unschedulable"):
+                        done_at.setdefault(name, now)
+                if len(done_at) == count:
+                    break
+                time.sleep(0.5)
             seconds = time.monotonic() - began
             writes = writes_by(cluster, op.username, since=since)
+            lags = sorted(done_at[n] - ready_at[n] for n in done_at)
             op.stop()
             sim.stop()
-            return {"nodes": count, "seconds": seconds, "writes": sum(writes.values()), "by": dict(writes)}
+            return {"nodes": count, "seconds": seconds, "writes": sum(writes.values()), "by": dict(writes),
+                    "lag_p50": statistics.median(lags) if lags else float("nan"),
+                    "lag_max": lags[-1] if lags else float("nan")}
         finally:
             cluster.down()
 
@@ -95,8 +120,12 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{r['nodes']:5d} nodes: rollout {r['seconds']:7.1f}s  ({r['seconds'] / waves:5.1f}s per wave of "
             f"{args.parallel or 'all'}; x{r['seconds'] / base['seconds']:.1f} vs {base['nodes']} nodes)  "
-            f"operator writes {r['writes']}"
+            f"operator writes {r['writes']} ({r['writes'] / r['nodes']:.1f} per node)"
         )
+        print(f"       new driver pod Ready -> node upgrade-done and uncordoned: p50 {r['lag_p50']:.1f}s, "
+              f"max {r['lag_max']:.1f}s (polled every 0.5 s)")
+        for name, n in sorted(r["by"].items(), key=lambda kv: -kv[1]):
+            print(f"       {n:6d}  {name}")
     return 0
 
 

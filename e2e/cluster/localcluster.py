@@ -36,6 +36,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SH = Path(__file__).resolve().parent / "build.sh"
 STAGES_DIR = Path(__file__).resolve().parent / "stages"
+HEARTBEAT_STAGE = "node-heartbeat.yaml"
 K8S_VERSION = "v1.37.2"
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl", "helm")
 
@@ -207,8 +208,12 @@ class LocalCluster:
         stages_dir: Path = STAGES_DIR,
         log: Callable[[str], None] = _say,
         node_monitor_grace: str = "2m",
+        node_leases: bool = False,
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
+        # As a kubelet does: kwok renews each node's Lease every 10 s and posts the node's status every 5 min
+        # (nodeStatusReportFrequency) instead of every 20-25 s. Off by default (tests keep the fast heartbeat).
+        self.node_leases = node_leases
         # kube-controller-manager's --node-monitor-grace-period. kwok re-arms a node's heartbeat stage whenever the
         # node changes, so a node patched every few seconds (a driver rollout) can miss heartbeats past 2m: it
         # goes Unknown and its pods NotReady for good (kwok does not make them Ready again). Longer for tests that
@@ -570,6 +575,10 @@ class LocalCluster:
         stages = sorted(str(f) for f in self.stages_dir.glob("*.yaml"))
         if not stages:
             raise ClusterError(f"no kwok stage files in {self.stages_dir}")
+        leases: list[str] = []
+        if self.node_leases:
+            leases = ["--node-lease-duration-seconds=40"]
+            stages = [self._kubelet_heartbeat(Path(s)) if Path(s).name == HEARTBEAT_STAGE else s for s in stages]
         return [
             self._binary("kwok"),
             f"--kubeconfig={sd / 'kwok.kubeconfig'}",
@@ -579,7 +588,20 @@ class LocalCluster:
             "--cidr=10.128.0.0/10",
             "--node-ip=10.64.0.1",
             *(f"-c={s}" for s in stages),
+            *leases,
         ]
+
+    def _kubelet_heartbeat(self, stage: Path) -> str:
+        """The heartbeat stage with a kubelet's status cadence (every 5 min, up to 1 min later), in state_dir."""
+        text = stage.read_text()
+        for old, new in (("durationMilliseconds: 20000", "durationMilliseconds: 300000"),
+                         ("jitterDurationMilliseconds: 25000", "jitterDurationMilliseconds: 360000")):
+            if old not in text:
+                raise ClusterError(f"{stage}: no {old!r} to change for node leases")
+            text = text.replace(old, new)
+        out = self.state_dir / HEARTBEAT_STAGE
+        out.write_text(text)
+        return str(out)
 
     def _spawn(self, name: str, args: list[str]) -> None:
         log = self.log_path(name).open("ab")

@@ -307,6 +307,9 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
                 print(f"  {n:6d}  {name}")
             figure("operator CPU from ClusterPolicy to ready", cpu_ready, "s")
             figure("operator RSS at ready", rss_ready, "MiB")
+            plane = {name: (rss_kib(pid) or 0) / 1024 for name, pid in cluster.pids.items()}
+            figure("control plane RSS at ready", sum(plane.values()), "MiB",
+                   "(" + ", ".join(f"{name} {mib:.0f}" for name, mib in sorted(plane.items())) + ")")
 
             idle_from = time.time()
             cpu1 = cpu_seconds(op.proc.pid)

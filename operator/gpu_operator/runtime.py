@@ -57,11 +57,13 @@ log = logging.getLogger("gpu_operator")
 NOT_READY_RECHECK_S = 5.0
 RESYNC_S = 300.0
 DEBOUNCE_S = 0.3
-# Pacing: while operand pods are not all ready (a rollout), a pass waits after the previous one PACE times that
-# pass's duration, at most MAX_GAP_S, unless something urgent came (the policy, objects' specs, nodes coming or
-# going, the last pod turning ready). A small cluster's passes are short, so only the debounce applies there.
+# Pacing: a pass woken by node label changes, or by pod and DaemonSet status changes while operand pods roll out,
+# waits after the previous one PACE times that pass's duration, at most MAX_GAP_S. Anything else is urgent (the
+# policy, objects' specs, nodes coming or going, the last pod turning ready, a pod change once none rolls out).
+# A small cluster's passes are short, so only the debounce applies there.
 PACE = 3.0
 MAX_GAP_S = 2.0
+LABELLING_WAIT_S = 1.0
 NODE_FEATURE_RELIST_S = 10.0
 
 
@@ -447,11 +449,13 @@ class Operator:
                     self.discovery_stale = True
             await asyncio.sleep(DEBOUNCE_S)
             left = last_end + gap - time.monotonic()
-            if left > 0 and self.unready and not self.urgent.is_set():
+            if left > 0 and not self.urgent.is_set():
                 try:
                     await asyncio.wait_for(self.urgent.wait(), timeout=left)
                 except TimeoutError:
                     pass
+            if self._labelling:  # single-node label patches in flight go first: the pass then sees their answers
+                await asyncio.wait(set(self._labelling), timeout=LABELLING_WAIT_S)
             self.wake.clear()
             self.urgent.clear()
             if self.relist:
@@ -500,7 +504,7 @@ class Operator:
 
 
 def pass_gap(took: float) -> float:
-    """How long after a pass that took `took` seconds the next one waits while a rollout runs (see PACE)."""
+    """How long after a pass that took `took` seconds a paced one waits (see PACE)."""
     return min(MAX_GAP_S, PACE * took)
 
 

@@ -7,6 +7,8 @@ import asyncio
 import threading
 from typing import Any
 
+import pytest
+
 from gpu_operator import mig
 from gpu_operator.apply import Applier
 from gpu_operator.kube import ApiError
@@ -220,36 +222,27 @@ def test_a_follower_labels_nothing_until_it_leads() -> None:
     assert asyncio.run(scenario()).calls == [("patch", "Node", "join-2")]
 
 
-def test_a_node_gfd_shows_mig_capable_gets_its_layout_and_its_approval_in_one_patch() -> None:
+@pytest.mark.parametrize(
+    "labels",
+    [
+        {"nvidia.com/mig.capable": "true", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},  # GFD's labels
+        {"feature.node.kubernetes.io/pci-0302_10de_2330.present": "true"},  # before GFD: NFD's H100 80GB device ID
+    ],
+    ids=["gfd", "nfd-device-id"],
+)
+def test_a_joining_mig_capable_node_gets_its_layout_and_its_approval_in_its_first_patch(labels: dict[str, str]) -> None:
     async def scenario() -> tuple[Operator, Client]:
         client = Client()
         op = _labelling_operator(client)
-        gfd = {"nvidia.com/mig.capable": "true", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
-        op.on_node("ADDED", node("join-1", labels=gfd))
+        op.on_node("ADDED", node("join-1", labels=labels))
         await asyncio.gather(*op._labelling)
         return op, client
 
     op, client = asyncio.run(scenario())
     assert client.calls == [("patch", "Node", "join-1")]
-    labels = op.nodes["join-1"].labels
-    assert labels.get(MIG_CONFIG) == "all-disabled" and labels.get(mig.APPROVED) == "all-disabled"
-    assert labels.get(deploy_label("mig-manager")) == "true"
-
-
-def test_a_joining_mig_capable_node_gets_its_layout_and_approval_in_its_first_patch_before_gfd() -> None:
-    async def scenario() -> tuple[Operator, Client]:
-        client = Client()
-        op = _labelling_operator(client)
-        nfd = {"feature.node.kubernetes.io/pci-0302_10de_2330.present": "true"}  # an H100 80GB, no GFD labels yet
-        op.on_node("ADDED", node("join-1", labels=nfd))
-        await asyncio.gather(*op._labelling)
-        return op, client
-
-    op, client = asyncio.run(scenario())
-    assert client.calls == [("patch", "Node", "join-1")]
-    labels = op.nodes["join-1"].labels
-    assert labels.get(MIG_CONFIG) == "all-disabled" and labels.get(mig.APPROVED) == "all-disabled"
-    assert labels.get(deploy_label("mig-manager")) == "true" and labels.get(deploy_label("driver")) == "true"
+    got = op.nodes["join-1"].labels
+    assert got.get(MIG_CONFIG) == "all-disabled" and got.get(mig.APPROVED) == "all-disabled"
+    assert got.get(deploy_label("mig-manager")) == "true" and got.get(deploy_label("driver")) == "true"
 
 
 def test_no_labelling_between_passes_when_the_policy_changed_since_the_last_pass() -> None:

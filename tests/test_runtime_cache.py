@@ -99,12 +99,12 @@ def test_a_relisting_drops_what_went_away_and_keeps_what_events_brought() -> Non
     assert op._gone is None and op._touched is None
 
 
-def pod(name: str, node: str, ready: bool) -> dict[str, Any]:
+def pod(name: str, node: str, ready: bool, owner: str = "nvidia-device-plugin-daemonset") -> dict[str, Any]:
     """A pod projection (observe.pod_projection's shape)."""
     return {
         "metadata": {"name": name, "labels": {"nvidia.com/gpu-operator.state": "state-device-plugin"}},
         "node": node,
-        "owner": "nvidia-device-plugin-daemonset",
+        "owner": owner,
         "status": {"phase": "Running", "containerStatuses": [{"name": "c", "ready": ready, "restartCount": 0}]},
     }
 
@@ -144,3 +144,20 @@ def test_the_gap_between_passes_grows_with_their_cost_up_to_a_cap() -> None:
     assert pass_gap(0.02) < DEBOUNCE_S  # a small cluster: the debounce alone decides
     assert pass_gap(0.4) == pytest.approx(1.2)
     assert pass_gap(5.0) == MAX_GAP_S
+
+
+def test_a_daemonsets_last_pod_turning_ready_is_not_paced_while_another_daemonset_rolls_out() -> None:
+    op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
+    op.on_pod("dp-1", pod("dp-1", "n1", ready=False))
+    op.on_pod("dp-2", pod("dp-2", "n2", ready=False))
+    op.on_pod("gfd-1", pod("gfd-1", "n1", ready=False, owner="gpu-feature-discovery"))
+    op.urgent.clear()
+    op.on_pod("dp-1", pod("dp-1", "n1", ready=True))
+    assert not op.urgent.is_set()  # dp-2 still rolls out
+    op.on_pod("dp-2", pod("dp-2", "n2", ready=True))
+    assert op.urgent.is_set() and op.unready == {"gfd-1"}  # the device plugin's state may be ready now
+    op.urgent.clear()
+    leaving = pod("gfd-1", "n1", ready=False, owner="gpu-feature-discovery")
+    leaving["metadata"]["deletionTimestamp"] = "2026-12-01T00:00:00Z"
+    op.on_pod("gfd-1", leaving)
+    assert op.unready == set() and op.urgent.is_set()  # a pod being deleted does not hold a rollout open

@@ -96,7 +96,8 @@ class Operator:
         self._features_listed = 0.0
         self.wake = asyncio.Event()
         self.urgent = asyncio.Event()  # a change that is not paced (set with `wake`)
-        self.unready: set[str] = set()  # operand pods not ready (kept with `pods`)
+        self.unready: set[str] = set()  # operand pods not ready and not being deleted (kept with `pods`)
+        self.unready_of: dict[str, set[str]] = {}  # the same by owning DaemonSet
         self.task: asyncio.Task[None] | None = None
         self._labelling: set[asyncio.Future[None]] = set()  # single-node label patches in flight
         self.watches: list[Watch[Any]] = []  # the node, pod and revision watches (threads), once started
@@ -254,22 +255,37 @@ class Operator:
         if old is not None:
             self._unindex(name, old)
         was_unready = bool(self.unready)
+        owner_done = self._unready_drop(name, old)
         if pod is None:
             self._forget("pod", name)
             self.pods.pop(name, None)
-            self.unready.discard(name)
         else:
             self._touch("pod", name)
             self.pods[name] = pod
             self.pods_on.setdefault(pod["node"], set()).add(name)
-            if pod_ready(pod):
-                self.unready.discard(name)
-            else:
+            if not pod_ready(pod) and not pod["metadata"].get("deletionTimestamp"):
                 self.unready.add(name)
-        if was_unready and self.unready:
+                self.unready_of.setdefault(pod["owner"], set()).add(name)
+                owner_done = False
+        if was_unready and self.unready and not owner_done:
             self.wake.set()
         else:
-            self.wake_now()  # the last pod turned ready (status says so at once), or none is rolling out
+            # A DaemonSet's last pod turned ready (its state may be ready now: said at once), or none rolls out.
+            self.wake_now()
+
+    def _unready_drop(self, name: str, old: dict[str, Any] | None) -> bool:
+        """Forget a pod as not ready; whether that left its DaemonSet without a pod not ready."""
+        if old is None or name not in self.unready:
+            return False
+        self.unready.discard(name)
+        left = self.unready_of.get(old["owner"])
+        if left is None:
+            return False
+        left.discard(name)
+        if left:
+            return False
+        del self.unready_of[old["owner"]]
+        return True
 
     def _unindex(self, name: str, pod: dict[str, Any]) -> None:
         names = self.pods_on.get(pod["node"])
@@ -371,7 +387,11 @@ class Operator:
         self.pods_on = {}
         for name, pod in self.pods.items():
             self.pods_on.setdefault(pod["node"], set()).add(name)
-        self.unready = {name for name, pod in self.pods.items() if not pod_ready(pod)}
+        self.unready, self.unready_of = set(), {}
+        for name, pod in self.pods.items():
+            if not pod_ready(pod) and not pod["metadata"].get("deletionTimestamp"):
+                self.unready.add(name)
+                self.unready_of.setdefault(pod["owner"], set()).add(name)
         fill("revision", self.revisions, snap.revisions)
         fill("configmap", self.config_maps, snap.config_maps)
         fill("configmap", self.config_data, snap.config_data)

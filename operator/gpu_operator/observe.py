@@ -65,12 +65,6 @@ class Snapshot:
         return out
 
 
-def pod_state(labels: Mapping[str, str]) -> str:
-    """The operand state a pod projection belongs to (owning_state, without the check that a legacy component
-    label names a state: lookups are by state name)."""
-    return labels.get(STATE_LABEL) or labels.get(COMPONENT) or ""
-
-
 @dataclass(frozen=True)
 class PodIndex:
     by_node_state: dict[tuple[str, str], list[dict[str, Any]]]
@@ -82,7 +76,8 @@ class PodIndex:
         by_owner: dict[str, list[dict[str, Any]]] = {}
         for pod in pods.values():
             labels = pod["metadata"]["labels"]
-            key = (pod["node"], labels.get(STATE_LABEL) or labels.get(COMPONENT) or "")  # pod_state, inlined
+            # owning_state without its check that a legacy component label names a state: lookups are by name.
+            key = (pod["node"], labels.get(STATE_LABEL) or labels.get(COMPONENT) or "")
             found = by_node_state.get(key)
             if found is None:
                 by_node_state[key] = [pod]

@@ -296,7 +296,7 @@ def test_pool_move_is_read_from_the_labels() -> None:
 
 def test_cluster_wide_limit_caps_the_starts_of_every_nvidiadriver() -> None:
     from gpu_operator.api import DriverUpgradePolicySpec
-    from gpu_operator.upgrade import STATE_LABEL, Limit, SetState, UpgradeNode, plan
+    from gpu_operator.upgrade import STATE_LABEL, Limit, UpgradeNode, plan
 
     ready = [{"name": "x", "ready": True, "restartCount": 0}]
 
@@ -311,7 +311,7 @@ def test_cluster_wide_limit_caps_the_starts_of_every_nvidiadriver() -> None:
     limit = Limit.over(a + b, cluster, "all NVIDIADrivers")
 
     def starts(p: Any) -> list[str]:
-        return [x.node for x in p.actions if isinstance(x, SetState) and x.state == "cordon-required"]
+        return list(p.started)
 
     first = plan(a, [], own, 0.0, limit=limit)
     assert starts(first) == ["a1", "a2"]

@@ -133,16 +133,30 @@ def test_done_in_sync_does_nothing() -> None:
 
 
 def test_out_of_date_becomes_required_with_event() -> None:
-    p = run([make_node(state="upgrade-done", rev=OLD)])
+    # No slot (maxUnavailable 0): the node stays upgrade-required.
+    p = run([make_node(state="upgrade-done", rev=OLD)], pol=policy(max_unavailable=0))
     assert states(p) == {"n1": "upgrade-required"}
     (event,) = of(p, Event)
     assert event.reason == EVENT_REASON and event.type == "Normal"
     assert "rev-old" in event.message and "rev-new" in event.message
 
 
+def test_out_of_date_with_a_slot_starts_and_is_cordoned_in_one_patch_and_one_event() -> None:
+    p = run([make_node(state="upgrade-done", rev=OLD)])
+    assert p.started == ("n1",)
+    assert [a.state for a in of(p, SetState)] == ["upgrade-required", "cordon-required", "wait-for-jobs-required"]
+    assert of(p, Cordon) == [Cordon("n1")]
+    (event,) = of(p, Event)
+    assert p.actions[-1] == event  # node-patch actions first: the adapter folds them into one patch
+    assert event.message.startswith("upgrade-done -> upgrade-required -> cordon-required -> wait-for-jobs-required: ")
+    assert "rev-old" in event.message and "upgrade slot granted" in event.message and "cordoned" in event.message
+    # The chain stops at the cordon: wait-for-jobs reads the node's pods, which a later pass reads fresh.
+    assert of(p, DeleteDriverPod) == [] and "n1" not in p.waiting
+
+
 def test_requested_annotation_starts_upgrade_of_in_sync_node() -> None:
     p = run([make_node(rev=NEW, annotations={REQUESTED_ANNOTATION: "true"})])
-    assert states(p) == {"n1": "upgrade-required"}
+    assert states(p) == {"n1": "wait-for-jobs-required"} and p.started == ("n1",)
 
 
 def test_done_node_sheds_leftover_bookkeeping() -> None:
@@ -192,7 +206,7 @@ def test_stale_bookkeeping_is_cleared_when_an_upgrade_begins() -> None:
 def test_required_starts_within_max_parallel() -> None:
     nodes = [make_node(f"n{i}", "upgrade-required") for i in range(3)]
     p = run(nodes, pol=policy(max_parallel_upgrades=2, max_unavailable="100%"))
-    assert states(p) == {"n0": "cordon-required", "n1": "cordon-required"}
+    assert states(p) == {"n0": "wait-for-jobs-required", "n1": "wait-for-jobs-required"}
     assert p.waiting["n2"] == "waiting for an upgrade slot: 2 of 2 in progress (maxParallelUpgrades)"
     assert p.counters.available == 2 and p.counters.pending == 3
 
@@ -252,7 +266,7 @@ def test_cordoned_and_not_ready_nodes_count_as_unavailable() -> None:
         make_node("d", "upgrade-required"),
     ]
     p = run(nodes, pol=policy(max_parallel_upgrades=0, max_unavailable=3))
-    assert states(p) == {"c": "cordon-required"}
+    assert states(p) == {"c": "wait-for-jobs-required"}
     assert "3 of at most 3 nodes unavailable" in p.waiting["d"]
     assert p.waiting["d"].endswith("cordoned, NotReady or upgrading: a, b, c")
     assert p.counters.unavailable == 2 and p.counters.available == 1
@@ -262,13 +276,13 @@ def test_already_unavailable_node_needs_no_unavailable_budget() -> None:
     nodes = [make_node("a", "upgrade-required", unschedulable=True), make_node("b", "upgrade-required")]
     p = run(nodes, pol=policy(max_parallel_upgrades=0, max_unavailable=1))
     # a is already unavailable: upgrading it costs nothing; b would make a second node unavailable.
-    assert states(p) == {"a": "cordon-required"}
+    assert states(p) == {"a": "wait-for-jobs-required"}
 
 
 def test_skip_label() -> None:
     nodes = [make_node("a", "upgrade-required", labels={SKIP_LABEL: "true"}), make_node("b", "upgrade-required")]
     p = run(nodes, pol=policy(max_parallel_upgrades=1, max_unavailable="100%"))
-    assert states(p) == {"b": "cordon-required"}
+    assert states(p) == {"b": "wait-for-jobs-required"}
     assert "skipped" in p.waiting["a"]
     assert p.counters.skipped == 1 and p.counters.pending == 1
 
@@ -281,7 +295,7 @@ def test_required_node_rolled_back_is_done() -> None:
 def test_required_node_cordoned_by_a_failed_attempt_goes_through_the_upgrade() -> None:
     # In sync, but cordoned by us (no initial-state annotation): it must go round to be uncordoned.
     p = run([make_node("a", "upgrade-required", rev=NEW, unschedulable=True)])
-    assert states(p) == {"a": "cordon-required"}
+    assert states(p) == {"a": "wait-for-jobs-required"}
 
 
 def test_start_clears_bookkeeping_of_a_failed_attempt() -> None:
@@ -310,9 +324,18 @@ def test_cordon_required_already_cordoned() -> None:
 
 
 def test_wait_for_jobs_without_selector_moves_on() -> None:
-    assert states(run([make_node(state="wait-for-jobs-required")])) == {"n1": "drain-required"}
+    # Its pods were read for this pass (and after the cordon): it goes on to the driver pod's deletion.
+    p = run([make_node(state="wait-for-jobs-required", unschedulable=True)])
+    assert [a.state for a in of(p, SetState)] == ["drain-required", "pod-restart-required"]
+    assert of(p, DeleteDriverPod) == [DeleteDriverPod("n1", "nvidia-driver-n1")]
+    (event,) = of(p, Event)
+    assert event.message == (
+        "wait-for-jobs-required -> drain-required -> pod-restart-required: no waitForCompletion.podSelector; "
+        "drain is not enabled; deleting driver pod nvidia-driver-n1 to restart the driver"
+    )
     pol = policy(pod_deletion=PodDeletionSpec())
-    assert states(run([make_node(state="wait-for-jobs-required")], pol=pol)) == {"n1": "pod-deletion-required"}
+    p = run([make_node(state="wait-for-jobs-required")], pol=pol)
+    assert [a.state for a in of(p, SetState)] == ["pod-deletion-required", "pod-restart-required"]
 
 
 def test_wait_for_jobs_waits_forever_without_timeout() -> None:
@@ -336,7 +359,7 @@ def test_wait_for_jobs_done_when_jobs_finish() -> None:
     pol = policy(wait_for_completion=WaitForCompletionSpec(pod_selector="app in (train)"))
     node = make_node(state="wait-for-jobs-required", annotations={WAIT_FOR_JOBS_START_ANNOTATION: "1"})
     p = run([node], [gpu_pod("t", labels={"app": "train"}, phase="Failed")], pol=pol)
-    assert states(p) == {"n1": "drain-required"}
+    assert of(p, SetState)[0] == SetState("n1", "drain-required")
     assert Annotate("n1", WAIT_FOR_JOBS_START_ANNOTATION, None) in p.actions
 
 
@@ -348,7 +371,7 @@ def test_wait_for_jobs_timeout() -> None:
     assert states(p) == {} and "599s of 600s" in p.waiting["n1"]
     start = {WAIT_FOR_JOBS_START_ANNOTATION: str(int(NOW - 600))}
     p = run([make_node(state="wait-for-jobs-required", annotations=start)], pods, pol=pol)
-    assert states(p) == {"n1": "drain-required"}
+    assert of(p, SetState)[0] == SetState("n1", "drain-required")
 
 
 def test_wait_for_jobs_invalid_selector_waits_with_reason() -> None:
@@ -386,7 +409,7 @@ def test_pod_deletion_done_when_no_gpu_pods() -> None:
 
 def test_pod_deletion_not_configured_goes_to_drain() -> None:
     p = run([make_node(state="pod-deletion-required")])
-    assert states(p) == {"n1": "drain-required"}
+    assert of(p, SetState)[0] == SetState("n1", "drain-required")
 
 
 def test_pod_deletion_blocked_eviction_is_retried_and_explained() -> None:
@@ -534,9 +557,42 @@ def test_pod_restart_waits_for_new_pod_ready_then_validates() -> None:
     starting = driver_pod("new", rev=NEW, ready=False, phase="Pending")
     p = run([make_node(state="pod-restart-required", pod=starting, annotations=ann)])
     assert p.actions == [] and "Running and Ready (phase Pending)" in p.waiting["n1"]
-    p = run([make_node(state="pod-restart-required", pod=driver_pod("new", rev=NEW), annotations=ann)])
+    new = driver_pod("new", NEW)
+    p = run([make_node(state="pod-restart-required", pod=new, annotations=ann, validator=validator_pod(False))])
     assert states(p) == {"n1": "validation-required"}
     assert Annotate("n1", DELETED_DRIVER_POD_ANNOTATION, None) in p.actions
+    # The validation clock starts in the same patch; the move is bookkeeping, worth no event.
+    assert Annotate("n1", VALIDATION_START_ANNOTATION, str(int(NOW))) in p.actions
+    assert of(p, Event) == []
+
+
+def test_pod_restart_goes_on_to_done_when_the_validator_is_ready() -> None:
+    ann = {DELETED_DRIVER_POD_ANNOTATION: "old"}
+    node = make_node(state="pod-restart-required", pod=driver_pod("new", rev=NEW), unschedulable=True, annotations=ann)
+    p = run([node])
+    assert [a.state for a in of(p, SetState)] == ["validation-required", "uncordon-required", "upgrade-done"]
+    assert of(p, Uncordon) == [Uncordon("n1")]
+    (event,) = of(p, Event)
+    assert event.message.startswith("pod-restart-required -> validation-required -> uncordon-required -> upgrade-done:")
+    # Whatever the chain wrote on the way is gone at the end.
+    after = {}
+    for a in of(p, Annotate):
+        after[a.key] = a.value
+    assert after.get(VALIDATION_START_ANNOTATION) is None and after.get(DELETED_DRIVER_POD_ANNOTATION) is None
+
+
+def test_waits_of_ordinary_progress_are_quiet_and_blocks_are_not() -> None:
+    ann = {DELETED_DRIVER_POD_ANNOTATION: "old"}
+    starting = driver_pod("new", rev=NEW, ready=False, phase="Pending")
+    nodes = [
+        make_node("a", "pod-restart-required", pod=starting, annotations=ann),
+        make_node("b", "validation-required", validator=validator_pod(ready=False)),
+        make_node("c", "pod-deletion-required", annotations={POD_DELETION_START_ANNOTATION: str(int(NOW - 60))}),
+        make_node("d", "upgrade-failed", annotations={FAILURE_REASON_ANNOTATION: "x"}),
+    ]
+    p = run(nodes, [gpu_pod("x", node="c")], pol=policy(pod_deletion=PD))
+    assert sorted(p.waiting) == ["a", "b", "c", "d"]
+    assert p.quiet == {"a", "b"}
 
 
 def test_pod_restart_crash_loop_fails() -> None:
@@ -561,12 +617,12 @@ def test_pod_restart_of_requested_upgrade_restarts_in_sync_pod_once() -> None:
     # Next pass: a new pod runs, the request is gone, nothing is deleted again.
     ann = {DELETED_DRIVER_POD_ANNOTATION: "nvidia-driver-n1"}
     p = run([make_node(state="pod-restart-required", pod=driver_pod("nvidia-driver-n1-b", NEW), annotations=ann)])
-    assert of(p, DeleteDriverPod) == [] and states(p) == {"n1": "validation-required"}
+    assert of(p, DeleteDriverPod) == [] and of(p, SetState)[0] == SetState("n1", "validation-required")
 
 
 def test_pod_restart_of_already_updated_pod_does_not_delete_it() -> None:
     p = run([make_node(state="pod-restart-required", rev=NEW)])
-    assert of(p, DeleteDriverPod) == [] and states(p) == {"n1": "validation-required"}
+    assert of(p, DeleteDriverPod) == [] and of(p, SetState)[0] == SetState("n1", "validation-required")
 
 
 # validation
@@ -575,7 +631,7 @@ def test_pod_restart_of_already_updated_pod_does_not_delete_it() -> None:
 def test_validation_passes_when_validator_ready() -> None:
     node = make_node(state="validation-required", annotations={VALIDATION_START_ANNOTATION: "1"})
     p = run([node])
-    assert states(p) == {"n1": "uncordon-required"}
+    assert of(p, SetState) == [SetState("n1", "uncordon-required"), SetState("n1", "upgrade-done")]
     assert Annotate("n1", VALIDATION_START_ANNOTATION, None) in p.actions
 
 
@@ -599,7 +655,7 @@ def test_validation_timeout_fails() -> None:
 
 def test_validation_disabled_passes() -> None:
     p = run([make_node(state="validation-required", validator=validator_pod(ready=False))], validation_enabled=False)
-    assert states(p) == {"n1": "uncordon-required"}
+    assert of(p, SetState)[0] == SetState("n1", "uncordon-required")
 
 
 def test_pre_cordoned_node_goes_straight_to_done_and_stays_cordoned() -> None:
@@ -637,7 +693,8 @@ def test_failed_waits_with_reason() -> None:
 def test_failed_recovers_when_driver_in_sync_and_ready() -> None:
     ann = {FAILURE_REASON_ANNOTATION: "x"}
     p = run([make_node(state="upgrade-failed", rev=NEW, unschedulable=True, annotations=ann)])
-    assert states(p) == {"n1": "uncordon-required"}
+    assert of(p, SetState)[0] == SetState("n1", "uncordon-required")
+    assert of(p, Uncordon) == [Uncordon("n1")] and states(p) == {"n1": "upgrade-done"}
     assert Annotate("n1", FAILURE_REASON_ANNOTATION, None) in p.actions
     p = run([make_node(state="upgrade-failed", pod=driver_pod(rev=NEW, ready=False, restarts=30))])
     assert states(p) == {}

@@ -283,8 +283,7 @@ def cmd_upgrade_plan(args: argparse.Namespace) -> int:
             result = upgrade.plan(managed, workload_pods(kube, managed), policy, time.time(),
                                   validation_enabled=spec.validator.enabled, limit=limit)  # fmt: skip
             if limit is not None:
-                starts = [a.node for a in result.actions
-                          if isinstance(a, upgrade.SetState) and a.state == "cordon-required"]  # fmt: skip
+                starts = result.started
                 by_name = {n.name: n for n in managed}
                 limit = limit.after(len(starts), sum(1 for n in starts if not by_name[n].unavailable))
             results.append((title, section_spec, managed, result))

@@ -18,10 +18,8 @@ from ..kube import ApiError, Kube
 from ..nodes import DRIVER_KERNEL, NodeFacts, gets_driver, label_value_ok
 from ..observe import PodIndex, Snapshot
 from .model import (
-    DRAIN_REQUIRED,
-    POD_DELETION_REQUIRED,
+    NEEDS_PODS,
     STATE_LABEL,
-    WAIT_FOR_JOBS_REQUIRED,
     Action,
     Annotate,
     Cordon,
@@ -40,8 +38,6 @@ log = logging.getLogger("gpu_operator.upgrade")
 
 DRIVER = "state-driver"
 VALIDATOR = "state-operator-validation"
-# States in which the planner looks at the workload pods of a node.
-NEEDS_PODS = frozenset({WAIT_FOR_JOBS_REQUIRED, POD_DELETION_REQUIRED, DRAIN_REQUIRED})
 
 
 def _pick(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -85,8 +81,8 @@ def upgrade_nodes(
         out.append(
             UpgradeNode(
                 name=node.name,
-                labels=dict(node.labels),
-                annotations=dict(node.annotations),
+                labels=node.labels,  # shared, not copied: neither side changes them
+                annotations=node.annotations,
                 unschedulable=node.unschedulable,
                 ready=node.ready,
                 driver_pod=driver,

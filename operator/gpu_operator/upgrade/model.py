@@ -71,6 +71,8 @@ STATES = (
 )
 # States that hold an upgrade slot (upstream: everything but unknown, done and required).
 IN_PROGRESS_STATES = frozenset(STATES) - {UNKNOWN, DONE, REQUIRED}
+# States in which the planner looks at the workload pods of a node (the adapter reads them fresh).
+NEEDS_PODS = frozenset({WAIT_FOR_JOBS_REQUIRED, POD_DELETION_REQUIRED, DRAIN_REQUIRED})
 
 VALIDATION_TIMEOUT_S = 600
 CRASH_LOOP_RESTARTS = 10  # a container not Ready with more restarts than this is crash-looping
@@ -324,6 +326,9 @@ class Plan:
     actions: list[Action] = field(default_factory=list)
     waiting: dict[str, str] = field(default_factory=dict)  # node -> why it is not moving on
     counters: Counters = Counters()
+    started: tuple[str, ...] = ()  # nodes whose upgrade this pass started (took a slot)
+    # Nodes whose wait is ordinary progress (a pod starting, a validator coming up): no event for it.
+    quiet: frozenset[str] = frozenset()
 
     def actions_for(self, node: str) -> list[Action]:
         return [a for a in self.actions if a.node == node]

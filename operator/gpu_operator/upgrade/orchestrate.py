@@ -13,13 +13,11 @@ from ..kube import Kube
 from ..observe import Snapshot
 from .adapter import Executor, managed_nodes, steady, workload_pods
 from .model import (
-    CORDON_REQUIRED,
     EVENT_REASON,
     FAILED,
     FAILURE_REASON_ANNOTATION,
     IN_PROGRESS_STATES,
     Counters,
-    SetState,
 )
 from .planner import Limit, plan
 
@@ -75,7 +73,7 @@ def orchestrate(
         set_gauges(c)
     busy = bool(result.actions) or c.in_progress > 0 or c.pending > 0
     by_name = {n.name: n for n in managed}
-    starts = [a.node for a in result.actions if isinstance(a, SetState) and a.state == CORDON_REQUIRED]
+    starts = result.started
     started = len(starts)
     made_unavailable = sum(1 for n in starts if not by_name[n].unavailable)
     if not policy.auto_upgrade:
@@ -87,6 +85,8 @@ def orchestrate(
             reasons[n.name] = "failed: " + n.annotations.get(FAILURE_REASON_ANNOTATION, "see its events")
     stuck = sorted((n, r) for n, r in reasons.items() if states.get(n) in IN_PROGRESS_STATES)
     for node, reason in stuck:  # an event on each node that waits mid-upgrade, when its reason changes
+        if node in result.quiet:
+            continue  # ordinary progress (a pod starting): status.upgrade.waiting says it, no event
         ref = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}
         events(ref, "Normal", EVENT_REASON, f"{states[node]}: {steady(reason)}")
     return Orchestrated(

@@ -1,9 +1,17 @@
 """The driver-upgrade state machine (REFERENCE §5) as a pure function of what the cluster shows.
 
 `plan(nodes, pods, policy, now)` looks at every managed node once and returns the actions that move each
-node at most ONE state further, plus a sentence for every node that cannot move yet. It reads no clock
-and calls no API: the adapter observes, calls it, carries the actions out, and observes again. All the
-progress lives in node labels and annotations, so any pass may be the first after a restart.
+node on, plus a sentence for every node that cannot move yet. It reads no clock and calls no API: the
+adapter observes, calls it, carries the actions out, and observes again. All the progress lives in node
+labels and annotations, so any pass may be the first after a restart.
+
+A node goes through as many states in one pass as need no new observation (beyond upstream, which moves
+one state per pass): its actions fold into one node patch and one event. The chain stops after any write
+whose effect must be observed (a cordon, an eviction, a driver pod deletion, an uncordon), before a state
+that reads the node's workload pods when they were not read for this pass (they are read fresh, after
+the cordon, only for nodes observed in such a state), at upgrade-failed and upgrade-done, and before
+validation-required unless the node's validator pod is already Ready. On the happy path a node costs four
+passes: start (cordon), driver pod deletion, new driver pod Ready, validator Ready (often the same pass).
 
 Slots (computed from the observed states, before any of this pass's actions): `inProgress` = nodes in a
 state other than unknown/done/required (upgrade-failed holds its slot); a new upgrade may start while
@@ -16,7 +24,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..api import DriverUpgradePolicySpec
 from .model import (
@@ -31,6 +39,7 @@ from .model import (
     FAILURE_REASON_ANNOTATION,
     IN_PROGRESS_STATES,
     INITIAL_UNSCHEDULABLE_ANNOTATION,
+    NEEDS_PODS,
     POD_DELETION_REQUIRED,
     POD_DELETION_START_ANNOTATION,
     POD_RESTART_REQUIRED,
@@ -217,10 +226,63 @@ class Limit:
         )
 
 
+@dataclass(frozen=True)
+class _Move:
+    old: str
+    new: str
+    why: str
+    warning: bool
+    event: bool  # False: bookkeeping, worth no event of its own
+
+
 @dataclass
 class _Step:
-    actions: list[Action] = field(default_factory=list)
+    actions: list[Action] = field(default_factory=list)  # no Event: `_conclude` writes one per node
     waiting: str | None = None
+    move: _Move | None = None
+    note: str | None = None  # said in the node's event even without a move
+    quiet: bool = False  # the wait is ordinary progress: no event of its own
+
+
+# Writes whose effect the next pass must observe before the node goes on.
+_CHAIN_STOPS = (Cordon, Uncordon, EvictPods, DeleteDriverPod, MovePool)
+
+
+def _after(node: UpgradeNode, actions: Iterable[Action]) -> UpgradeNode:
+    """The node as it will be once `actions` are carried out (labels, annotations, cordon)."""
+    labels, annotations, unschedulable = dict(node.labels), dict(node.annotations), node.unschedulable
+    for a in actions:
+        if isinstance(a, SetState):
+            if a.state:
+                labels[STATE_LABEL] = a.state
+            else:
+                labels.pop(STATE_LABEL, None)
+        elif isinstance(a, Annotate):
+            if a.value is None:
+                annotations.pop(a.key, None)
+            else:
+                annotations[a.key] = a.value
+        elif isinstance(a, Cordon):
+            unschedulable = True
+        elif isinstance(a, Uncordon):
+            unschedulable = False
+    return replace(node, labels=labels, annotations=annotations, unschedulable=unschedulable)
+
+
+def _conclude(node: str, steps: Sequence[_Step]) -> _Step:
+    """The steps one node took in this pass as one: their actions in order, then one event for all of them."""
+    if len(steps) == 1 and steps[0].move is None and steps[0].note is None:
+        return steps[0]
+    actions = [a for s in steps for a in s.actions]
+    moves = [s.move for s in steps if s.move is not None]
+    notes = [s.note for s in steps if s.note is not None]
+    if notes or any(m.event for m in moves):
+        path = " -> ".join([moves[0].old, *(m.new for m in moves)]) + ": " if moves else ""
+        message = path + "; ".join([*(m.why for m in moves), *notes])
+        kind = "Warning" if any(m.warning for m in moves) else "Normal"
+        actions.append(Event(node, kind, EVENT_REASON, message))
+    last = steps[-1]
+    return _Step(actions, last.waiting, quiet=last.quiet)
 
 
 @dataclass(frozen=True)
@@ -283,9 +345,48 @@ class _Pass:
         actions.append(SetState(node.name, new))
         actions += [Annotate(node.name, k, None) for k in present if k == INITIAL_UNSCHEDULABLE_ANNOTATION]
         old = node.labels.get(STATE_LABEL, UNKNOWN) or "unknown"
-        if event:
-            actions.append(Event(node.name, "Warning" if warning else "Normal", EVENT_REASON, f"{old} -> {new}: {why}"))
-        return _Step(actions)
+        return _Step(actions, move=_Move(old, new, why, warning, event))
+
+    def step(self, node: UpgradeNode) -> _Step | None:
+        """The node's next step from its state; None for an upgrade that waits for a slot."""
+        state = node.state
+        if state in (UNKNOWN, DONE):
+            return self.unknown_or_done(node)
+        if state == REQUIRED:
+            if node.refused:
+                return _Step(waiting=f"upgrade skipped: driver refused: {node.refused}")
+            if node.skipped:
+                return _Step(waiting=f"upgrade skipped: node is labelled {SKIP_LABEL}=true")
+            if _nothing_left_to_do(node):
+                clear = (*TRANSIENT_ANNOTATIONS, INITIAL_UNSCHEDULABLE_ANNOTATION)
+                return self.move(node, DONE, "driver pod is up to date", clear=clear)
+            return None
+        handler = {
+            CORDON_REQUIRED: self.cordon,
+            WAIT_FOR_JOBS_REQUIRED: self.wait_for_jobs,
+            POD_DELETION_REQUIRED: self.pod_deletion,
+            DRAIN_REQUIRED: self.drain,
+            POD_RESTART_REQUIRED: self.pod_restart,
+            VALIDATION_REQUIRED: self.validation,
+            UNCORDON_REQUIRED: self.uncordon,
+            FAILED: self.failed,
+        }[state]
+        return handler(node)
+
+    def goes_on(self, step: _Step, observed: UpgradeNode, now: UpgradeNode) -> bool:
+        """Whether a node that took `step` (and is now `now`) takes its next step in the same pass."""
+        if step.move is None or step.waiting is not None:
+            return False
+        if any(isinstance(a, _CHAIN_STOPS) for a in step.actions):
+            return False
+        state = now.state
+        if state in (UNKNOWN, DONE, FAILED):
+            return False
+        if state in NEEDS_PODS and observed.state not in NEEDS_PODS:
+            return False  # its pods were not read for this pass
+        if state == VALIDATION_REQUIRED and self.validation_enabled:
+            return now.validator_pod is not None and pod_is_ready(now.validator_pod)
+        return True
 
     def fail(self, node: UpgradeNode, why: str, clear: Iterable[str] = ()) -> _Step:
         return self.move(
@@ -465,10 +566,10 @@ class _Pass:
     def pod_restart(self, node: UpgradeNode) -> _Step:
         pod = node.driver_pod
         if pod is None:
-            return _Step(waiting="waiting for the DaemonSet to create the new driver pod")
+            return _Step(waiting="waiting for the DaemonSet to create the new driver pod", quiet=True)
         name = pod_name(pod)
         if pod_terminating(pod):
-            return _Step(waiting=f"waiting for driver pod {name} to terminate")
+            return _Step(waiting=f"waiting for driver pod {name} to terminate", quiet=True)
         deleted = node.annotations.get(DELETED_DRIVER_POD_ANNOTATION)
         # Delete: the pod we meant to delete is still there (retry), or we have not restarted this node's
         # driver yet and it is out of date or an upgrade was requested, or the DaemonSet moved on again.
@@ -481,23 +582,31 @@ class _Pass:
             if node.pool_move:  # the old pool's DaemonSet lets go of the node; its new pool's takes it
                 actions.append(MovePool(node.name, node.pool_move))
             actions.append(DeleteDriverPod(node.name, name))
-            actions.append(
-                Event(node.name, "Normal", EVENT_REASON, f"deleting driver pod {name} to restart the driver")
+            return _Step(
+                actions,
+                f"deleted driver pod {name}; waiting for its replacement",
+                note=f"deleting driver pod {name} to restart the driver",
+                quiet=True,
             )
-            return _Step(actions, f"deleted driver pod {name}; waiting for its replacement")
         if pod_is_ready(pod):
+            # The validation clock starts in the same patch; the move itself is bookkeeping (no event).
+            stamp = [Annotate(node.name, VALIDATION_START_ANNOTATION, _stamp(self.now))]
+            if not self.validation_enabled:
+                stamp = []
             return self.move(
                 node,
                 VALIDATION_REQUIRED,
                 f"driver pod {name} is Running and Ready",
+                before=stamp,
                 clear=[DELETED_DRIVER_POD_ANNOTATION],
+                event=False,
             )
         looping = crash_loop(pod)
         if looping is not None:
             container, restarts = looping
             return self.fail(node, f"driver pod crash-looping: {container} restarted {restarts} times")
         phase = (pod.get("status") or {}).get("phase") or "Pending"
-        return _Step(waiting=f"waiting for driver pod {name} to be Running and Ready (phase {phase})")
+        return _Step(waiting=f"waiting for driver pod {name} to be Running and Ready (phase {phase})", quiet=True)
 
     def validation(self, node: UpgradeNode) -> _Step:
         if not self.validation_enabled:
@@ -513,7 +622,7 @@ class _Pass:
                 clear=[VALIDATION_START_ANNOTATION],
             )
         what = "validator pod on node to be Ready" if validator else "a validator pod to appear on the node"
-        return _Step(actions, f"waiting for {what} ({int(elapsed)}s of {VALIDATION_TIMEOUT_S}s)")
+        return _Step(actions, f"waiting for {what} ({int(elapsed)}s of {VALIDATION_TIMEOUT_S}s)", quiet=True)
 
     def validated(self, node: UpgradeNode, why: str) -> _Step:
         if node.initially_unschedulable:
@@ -582,62 +691,50 @@ def plan(
         return Plan(actions, {}, counters)
 
     p = _Pass(policy, pods, now, validation_enabled)
-    steps: dict[str, _Step] = {}
+    taken: dict[str, list[_Step]] = defaultdict(list)  # node -> the steps it takes in this pass
+    observed = {n.name: n for n in nodes}
+    candidates: list[UpgradeNode] = []  # upgrade-required, waiting for a slot (observed, or moved there now)
 
-    candidates: list[UpgradeNode] = []
-    for node in nodes:
-        state = node.state
-        if state in (UNKNOWN, DONE):
-            steps[node.name] = p.unknown_or_done(node)
-        elif state == REQUIRED:
-            if node.refused:
-                steps[node.name] = _Step(waiting=f"upgrade skipped: driver refused: {node.refused}")
-            elif node.skipped:
-                steps[node.name] = _Step(waiting=f"upgrade skipped: node is labelled {SKIP_LABEL}=true")
-            elif _nothing_left_to_do(node):
-                steps[node.name] = p.move(
-                    node,
-                    DONE,
-                    "driver pod is up to date",
-                    clear=(*TRANSIENT_ANNOTATIONS, INITIAL_UNSCHEDULABLE_ANNOTATION),
-                )
-            else:
+    def advance(node: UpgradeNode) -> None:
+        while True:
+            step = p.step(node)
+            if step is None:
                 candidates.append(node)
-        elif state == CORDON_REQUIRED:
-            steps[node.name] = p.cordon(node)
-        elif state == WAIT_FOR_JOBS_REQUIRED:
-            steps[node.name] = p.wait_for_jobs(node)
-        elif state == POD_DELETION_REQUIRED:
-            steps[node.name] = p.pod_deletion(node)
-        elif state == DRAIN_REQUIRED:
-            steps[node.name] = p.drain(node)
-        elif state == POD_RESTART_REQUIRED:
-            steps[node.name] = p.pod_restart(node)
-        elif state == VALIDATION_REQUIRED:
-            steps[node.name] = p.validation(node)
-        elif state == UNCORDON_REQUIRED:
-            steps[node.name] = p.uncordon(node)
-        elif state == FAILED:
-            steps[node.name] = p.failed(node)
+                return
+            taken[node.name].append(step)
+            after = _after(node, step.actions)
+            if not p.goes_on(step, observed[node.name], after):
+                return
+            node = after
+
+    for node in nodes:
+        advance(node)
 
     unavailable_names = [n.name for n in nodes if n.unavailable or n.state in IN_PROGRESS_STATES]
-    started, slot_waits = select_starts(candidates, slots, unavailable_names, limit)
+    started, slot_waits = select_starts(sorted(candidates, key=lambda n: n.name), slots, unavailable_names, limit)
     for node in candidates:
         if node.name in started:
-            steps[node.name] = p.start(node)
+            step = p.start(node)
+            taken[node.name].append(step)
+            after = _after(node, step.actions)
+            if p.goes_on(step, observed[node.name], after):
+                advance(after)
         else:
-            steps[node.name] = _Step(waiting=slot_waits[node.name])
+            taken[node.name].append(_Step(waiting=slot_waits[node.name]))
 
     out: list[Action] = []
     waiting: dict[str, str] = {}
+    quiet: set[str] = set()
     for node in nodes:
-        step = steps.get(node.name)
-        if step is None:
+        if node.name not in taken:
             continue
+        step = _conclude(node.name, taken[node.name])
         out += step.actions
         if step.waiting is not None:
             waiting[node.name] = step.waiting
-    return Plan(out, waiting, counters)
+            if step.quiet:
+                quiet.add(node.name)
+    return Plan(out, waiting, counters, tuple(started), frozenset(quiet))
 
 
 def _nothing_left_to_do(node: UpgradeNode) -> bool:

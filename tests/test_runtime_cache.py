@@ -142,7 +142,7 @@ def test_the_gap_between_passes_grows_with_their_cost_up_to_a_cap() -> None:
     from gpu_operator.runtime import DEBOUNCE_S, MAX_GAP_S, pass_gap
 
     assert pass_gap(0.02) < DEBOUNCE_S  # a small cluster: the debounce alone decides
-    assert pass_gap(0.4) == pytest.approx(1.2)
+    assert pass_gap(0.1) == pytest.approx(1.0)
     assert pass_gap(5.0) == MAX_GAP_S
 
 
@@ -161,3 +161,21 @@ def test_a_daemonsets_last_pod_turning_ready_is_not_paced_while_another_daemonse
     leaving["metadata"]["deletionTimestamp"] = "2026-12-01T00:00:00Z"
     op.on_pod("gfd-1", leaving)
     assert op.unready == set() and op.urgent.is_set()  # a pod being deleted does not hold a rollout open
+
+
+def test_a_pod_turning_ready_on_a_node_mid_upgrade_is_not_paced() -> None:
+    from dataclasses import replace
+
+    op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
+    op.nodes["n1"] = replace(facts("n1"), labels={"nvidia.com/gpu-driver-upgrade-state": "pod-restart-required"})
+    op.nodes["n2"] = replace(facts("n2"), labels={"nvidia.com/gpu-driver-upgrade-state": "upgrade-done"})
+    for name, node in (("drv-1", "n1"), ("drv-2", "n2"), ("drv-3", "n2")):
+        op.on_pod(name, pod(name, node, ready=False, owner="nvidia-driver-daemonset"))
+    op.urgent.clear()
+    op.on_pod("drv-2", pod("drv-2", "n2", ready=True, owner="nvidia-driver-daemonset"))
+    assert not op.urgent.is_set()  # n2 is not upgrading, and drv-1 and drv-3 still roll out
+    op.on_pod("drv-1", pod("drv-1", "n1", ready=True, owner="nvidia-driver-daemonset"))
+    assert op.urgent.is_set()  # n1 waits for its new driver pod: its next step goes at once
+    op.urgent.clear()
+    op.on_pod("drv-1", None)
+    assert not op.urgent.is_set()  # a deletion is not a pod turning ready

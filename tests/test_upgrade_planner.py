@@ -132,13 +132,19 @@ def test_done_in_sync_does_nothing() -> None:
     assert p.actions == [] and p.waiting == {}
 
 
-def test_out_of_date_becomes_required_with_event() -> None:
-    # No slot (maxUnavailable 0): the node stays upgrade-required.
+def test_out_of_date_becomes_required_and_its_start_says_why() -> None:
+    # No slot (maxUnavailable 0): the node stays upgrade-required, without an event yet.
     p = run([make_node(state="upgrade-done", rev=OLD)], pol=policy(max_unavailable=0))
-    assert states(p) == {"n1": "upgrade-required"}
+    assert states(p) == {"n1": "upgrade-required"} and of(p, Event) == []
+    assert "waiting for an upgrade slot" in p.waiting["n1"]
+    # A later pass grants the slot: the event names the revisions.
+    p = run([make_node(state="upgrade-required", rev=OLD)])
     (event,) = of(p, Event)
     assert event.reason == EVENT_REASON and event.type == "Normal"
-    assert "rev-old" in event.message and "rev-new" in event.message
+    assert event.message == (
+        "upgrade-required -> cordon-required -> wait-for-jobs-required: driver pod nvidia-driver-n1 runs revision "
+        "rev-old, its DaemonSet is at rev-new; upgrade slot granted; node cordoned"
+    )
 
 
 def test_out_of_date_with_a_slot_starts_and_is_cordoned_in_one_patch_and_one_event() -> None:

@@ -51,6 +51,8 @@ from .render import (
 )
 from .states.base import MANAGED_BY, OPERATOR_NAME, STATE_LABEL
 from .status import active_policy
+from .upgrade import IN_PROGRESS_STATES
+from .upgrade import STATE_LABEL as UPGRADE_STATE_LABEL
 
 log = logging.getLogger("gpu_operator")
 
@@ -58,10 +60,11 @@ NOT_READY_RECHECK_S = 5.0
 RESYNC_S = 300.0
 DEBOUNCE_S = 0.3
 # Pacing: a pass woken by node label changes, or by pod and DaemonSet status changes while operand pods roll out,
-# waits after the previous one PACE times that pass's duration, at most MAX_GAP_S. Anything else is urgent (the
-# policy, objects' specs, nodes coming or going, the last pod turning ready, a pod change once none rolls out).
-# A small cluster's passes are short, so only the debounce applies there.
-PACE = 3.0
+# waits after the previous one PACE times that pass's duration, at most MAX_GAP_S: a rollout then costs at most
+# about a tenth of a core. Anything else is urgent (the policy, objects' specs, nodes coming or going, a DaemonSet's
+# last pod turning ready, a pod turning ready on a node mid-upgrade, a pod change once none rolls out). A small
+# cluster's passes are short, so only the debounce applies there.
+PACE = 10.0
 MAX_GAP_S = 2.0
 LABELLING_WAIT_S = 1.0
 NODE_FEATURE_RELIST_S = 10.0
@@ -255,6 +258,7 @@ class Operator:
         if old is not None:
             self._unindex(name, old)
         was_unready = bool(self.unready)
+        turned_ready = pod is not None and name in self.unready  # unless it is still not ready (below)
         owner_done = self._unready_drop(name, old)
         if pod is None:
             self._forget("pod", name)
@@ -267,11 +271,17 @@ class Operator:
                 self.unready.add(name)
                 self.unready_of.setdefault(pod["owner"], set()).add(name)
                 owner_done = False
-        if was_unready and self.unready and not owner_done:
+                turned_ready = False
+        if was_unready and self.unready and not owner_done and not (turned_ready and self._upgrading(old)):
             self.wake.set()
         else:
             # A DaemonSet's last pod turned ready (its state may be ready now: said at once), or none rolls out.
             self.wake_now()
+
+    def _upgrading(self, pod: dict[str, Any] | None) -> bool:
+        """Whether the pod's node is mid driver upgrade (its next step may wait for this pod)."""
+        node = self.nodes.get(pod["node"]) if pod is not None else None
+        return node is not None and node.labels.get(UPGRADE_STATE_LABEL, "") in IN_PROGRESS_STATES
 
     def _unready_drop(self, name: str, old: dict[str, Any] | None) -> bool:
         """Forget a pod as not ready; whether that left its DaemonSet without a pod not ready."""

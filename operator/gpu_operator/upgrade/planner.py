@@ -409,22 +409,16 @@ class _Pass:
             return _Step(waiting="no driver pod on the node yet") if state == UNKNOWN else _Step()
         if pod_terminating(pod):
             return _Step(waiting=f"driver pod {pod_name(pod)} is terminating") if state == UNKNOWN else _Step()
-        if node.driver_out_of_date or node.requested:
-            why = (
-                f"kernel is now {node.pool_move}: driver pod {pod_name(pod)} is of the old kernel's pool"
-                if node.pool_move
-                else f"driver pod {pod_name(pod)} runs revision {pod_revision(pod)}, "
-                f"its DaemonSet is at {node.driver_revision}"
-                if node.driver_out_of_date
-                else f"upgrade requested by annotation {REQUESTED_ANNOTATION}"
-            )
+        why = _reason(node)
+        if why is not None:
             # Remember a cordon that is not ours, so the upgrade leaves the node cordoned.
             before: list[Action] = []
             if node.unschedulable and not node.initially_unschedulable:
                 before.append(Annotate(node.name, INITIAL_UNSCHEDULABLE_ANNOTATION, "true"))
             elif not node.unschedulable and node.initially_unschedulable:
                 before.append(Annotate(node.name, INITIAL_UNSCHEDULABLE_ANNOTATION, None))
-            return self.move(node, REQUIRED, why, before=before, clear=TRANSIENT_ANNOTATIONS)
+            # No event of its own: the start of the upgrade says why (nodes waiting for a slot get none yet).
+            return self.move(node, REQUIRED, why, before=before, clear=TRANSIENT_ANNOTATIONS, event=False)
         if node.labels.get(STATE_LABEL) != DONE:
             # Bookkeeping only (a node first seen, or back in sync): no event, or every node would get one.
             return self.move(node, DONE, "driver pod is up to date", clear=TRANSIENT_ANNOTATIONS, event=False)
@@ -432,9 +426,12 @@ class _Pass:
         leftover = [k for k in (*TRANSIENT_ANNOTATIONS, INITIAL_UNSCHEDULABLE_ANNOTATION) if k in node.annotations]
         return _Step([Annotate(node.name, k, None) for k in leftover])
 
-    def start(self, node: UpgradeNode) -> _Step:
+    def start(self, node: UpgradeNode, said: bool) -> _Step:
+        """`said`: this pass's earlier step (to upgrade-required) gave the reason already."""
+        reason = None if said else _reason(node)
+        why = f"{reason}; upgrade slot granted" if reason else "upgrade slot granted"
         # Bookkeeping left by a failed attempt (relabelled upgrade-required to retry) must not shorten this one.
-        return self.move(node, CORDON_REQUIRED, "upgrade slot granted", clear=TRANSIENT_ANNOTATIONS)
+        return self.move(node, CORDON_REQUIRED, why, clear=TRANSIENT_ANNOTATIONS)
 
     def cordon(self, node: UpgradeNode) -> _Step:
         before: list[Action] = [] if node.unschedulable else [Cordon(node.name)]
@@ -714,7 +711,7 @@ def plan(
     started, slot_waits = select_starts(sorted(candidates, key=lambda n: n.name), slots, unavailable_names, limit)
     for node in candidates:
         if node.name in started:
-            step = p.start(node)
+            step = p.start(node, said=bool(taken[node.name]))
             taken[node.name].append(step)
             after = _after(node, step.actions)
             if p.goes_on(step, observed[node.name], after):
@@ -735,6 +732,21 @@ def plan(
             if step.quiet:
                 quiet.add(node.name)
     return Plan(out, waiting, counters, tuple(started), frozenset(quiet))
+
+
+def _reason(node: UpgradeNode) -> str | None:
+    """Why the node's driver needs an upgrade, or None."""
+    pod = node.driver_pod
+    if pod is None:
+        return None
+    if node.pool_move:
+        return f"kernel is now {node.pool_move}: driver pod {pod_name(pod)} is of the old kernel's pool"
+    if node.driver_out_of_date:
+        revisions = f"runs revision {pod_revision(pod)}, its DaemonSet is at {node.driver_revision}"
+        return f"driver pod {pod_name(pod)} {revisions}"
+    if node.requested:
+        return f"upgrade requested by annotation {REQUESTED_ANNOTATION}"
+    return None
 
 
 def _nothing_left_to_do(node: UpgradeNode) -> bool:

@@ -545,3 +545,15 @@ def test_a_node_known_by_its_nodefeature_devices_only_is_mig_capable_before_gfd(
     assert desired_labels(h100, spec).get(MIG_CONFIG) == "all-disabled"
     assert desired_labels(h100, spec).get("nvidia.com/gpu.deploy.mig-manager") == "true"
     assert MIG_CONFIG not in desired_labels(l4, spec)
+
+
+def test_relabelling_with_our_labels_keeps_the_gpu_facts_and_with_gfds_works_them_out_again() -> None:
+    from gpu_operator.render import relabelled
+
+    node = facts("n1", labels={"nvidia.com/mig.capable": "true"})
+    assert node.is_mig_capable and node.has_gpu and node.identity
+    [ours] = relabelled([node], {"n1": {"labels": {"nvidia.com/gpu.deploy.driver": "true"}}})
+    assert ours.labels["nvidia.com/gpu.deploy.driver"] == "true"
+    assert ours.__dict__["is_mig_capable"] is True and ours.__dict__["identity"] is node.identity
+    [gfd] = relabelled([node], {"n1": {"labels": {"nvidia.com/mig.capable": "false"}}})
+    assert "is_mig_capable" not in gfd.__dict__ and not gfd.is_mig_capable

@@ -54,16 +54,31 @@ def _driver_candidate(node: NodeFacts, spec: ClusterPolicySpec) -> bool:
     return value in (None, "", "true", DRIVER_REFUSED) or value in PAUSED_VALUES
 
 
+# Node name -> (the node object and spec a verdict was worked out for, the verdict or None): a node object
+# that did not change (the watch cache replaces it when the node changes) is not judged again.
+_judged: dict[str, tuple[NodeFacts, ClusterPolicySpec, Verdict | None]] = {}
+
+
 def verdicts(nodes: Iterable[NodeFacts], spec: ClusterPolicySpec) -> dict[str, Verdict]:
     """Node name -> verdict, for every node the ClusterPolicy's driver is for."""
     version = driver_version(spec)
     out = {}
-    for node in sorted(nodes, key=lambda n: n.name):
-        if not _driver_candidate(node, spec):
-            continue
-        identity = node.identity
-        module_type, refusal = matrix.check(version, spec.driver.kernel_module_type, identity.architectures)
-        out[node.name] = Verdict(node.name, identity, version, module_type, refusal)
+    nodes = sorted(nodes, key=lambda n: n.name)
+    if len(_judged) > 2 * len(nodes) + 100:  # nodes that went away
+        _judged.clear()
+    for node in nodes:
+        hit = _judged.get(node.name)
+        if hit is not None and hit[0] is node and hit[1] is spec:
+            found = hit[2]
+        else:
+            found = None
+            if _driver_candidate(node, spec):
+                identity = node.identity
+                module_type, refusal = matrix.check(version, spec.driver.kernel_module_type, identity.architectures)
+                found = Verdict(node.name, identity, version, module_type, refusal)
+            _judged[node.name] = (node, spec, found)
+        if found is not None:
+            out[node.name] = found
     return out
 
 

@@ -93,8 +93,11 @@ def _from_devices(devices: Iterable[str], source: str) -> Identity:
     return Identity(tuple(archs), tuple(sorted({known[d][1] for d in ids if d in known})), source)
 
 
-def identify(labels: Mapping[str, str], pci_devices: Iterable[str] = ()) -> Identity:
-    """The node's GPUs from its labels and its NodeFeature devices (lower-case device IDs)."""
+def identify(
+    labels: Mapping[str, str], pci_devices: Iterable[str] = (), label_devices: tuple[str, ...] | None = None
+) -> Identity:
+    """The node's GPUs from its labels and its NodeFeature devices (lower-case device IDs); `label_devices`:
+    device_ids_from_labels(labels), when the caller has it already."""
     family = labels.get(GFD_FAMILY, "")
     arch = matrix.architecture_of_family(family) if family else None
     if arch is None:
@@ -108,7 +111,9 @@ def identify(labels: Mapping[str, str], pci_devices: Iterable[str] = ()) -> Iden
         product = labels.get(GFD_PRODUCT, "")
         return Identity((arch,), (product,) if product else (), "gfd")
     misses = []
-    for devices, source in ((tuple(pci_devices), "nodefeature"), (device_ids_from_labels(labels), "nfd-label")):
+    if label_devices is None:
+        label_devices = device_ids_from_labels(labels)
+    for devices, source in ((tuple(pci_devices), "nodefeature"), (label_devices, "nfd-label")):
         if devices:
             found = _from_devices(devices, source)
             if found.known:

@@ -10,14 +10,22 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
-from functools import cached_property
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from functools import cache, cached_property
 from sys import intern
 from typing import Any
 
 from . import mig_layouts
 from .api import ClusterPolicySpec
-from .gpu_identity import Identity, device_ids_from_labels, identify
+from .gpu_identity import (
+    GFD_COMPUTE_MAJOR,
+    GFD_COMPUTE_MINOR,
+    GFD_FAMILY,
+    Identity,
+    device_ids_from_labels,
+    identify,
+)
 
 NFD_PREFIX = "feature.node.kubernetes.io/"
 GPU_PCI_LABELS = (
@@ -139,15 +147,30 @@ class NodeFacts:
             resource_version=_int(meta.get("resourceVersion")),
         )
 
+    def relabel(self, labels: dict[str, str], annotations: dict[str, str], changed: Iterable[str]) -> NodeFacts:
+        """This node with other labels and annotations; the GPU facts worked out already are kept when none of
+        the `changed` label keys is one they are read from."""
+        out = replace(self, labels=labels, annotations=annotations)
+        if not any(k.startswith(NFD_PREFIX) or k in _GPU_FACT_LABELS for k in changed):
+            for name in _GPU_FACTS:
+                if name in self.__dict__:
+                    out.__dict__[name] = self.__dict__[name]
+        return out
+
+    @cached_property
+    def label_devices(self) -> tuple[str, ...]:
+        """NVIDIA PCI device IDs in the node's NFD labels, read once per node object."""
+        return device_ids_from_labels(self.labels)
+
     @cached_property
     def identity(self) -> Identity:
         """The node's GPUs (gpu_identity.identify), worked out once per node object."""
-        return identify(self.labels, self.pci_devices)
+        return identify(self.labels, self.pci_devices, self.label_devices)
 
     @cached_property
     def is_mig_capable(self) -> bool:
         """mig_capable(), worked out once per node object."""
-        return mig_capable(self.labels, self.pci_devices)
+        return mig_capable(self.labels, self.pci_devices, self.label_devices)
 
     @cached_property
     def has_gpu(self) -> bool:
@@ -167,6 +190,13 @@ class NodeFacts:
 
     def deploys(self, operand: str) -> bool:
         return self.labels.get(deploy_label(operand)) == "true"
+
+
+# The cached GPU facts of NodeFacts and the labels (besides NFD's) they are read from.
+_GPU_FACTS = ("label_devices", "identity", "is_mig_capable", "has_gpu")
+_GPU_FACT_LABELS = frozenset(
+    {MIG_CAPABLE, GPU_PRODUCT, VGPU_HOST_DRIVER, GFD_FAMILY, GFD_COMPUTE_MAJOR, GFD_COMPUTE_MINOR}
+)
 
 
 def _int(value: Any) -> int:
@@ -193,8 +223,23 @@ def state_operands() -> tuple[str, ...]:
     """Deploy labels of operand states beyond upstream's table (a state added here deploys on container nodes)."""
     from .states import all_states  # the states import this module
 
+    return _state_operands(all_states())
+
+
+@cache
+def _state_operands(states: tuple[Any, ...]) -> tuple[str, ...]:
     known = {*ALL_OPERANDS, *DRA_OPERANDS}
-    return tuple(dict.fromkeys(s.deploy_label for s in all_states() if s.deploy_label and s.deploy_label not in known))
+    return tuple(dict.fromkeys(s.deploy_label for s in states if s.deploy_label and s.deploy_label not in known))
+
+
+def _every_operand() -> tuple[tuple[str, str], ...]:
+    """(operand, its deploy label) for every operand a node may carry a deploy label of."""
+    return _with_keys(state_operands())
+
+
+@cache
+def _with_keys(extra: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    return tuple((op, deploy_label(op)) for op in (*ALL_OPERANDS, *DRA_OPERANDS, *extra))
 
 
 def workload_operands(workload: str, mode: str) -> tuple[str, ...]:
@@ -207,7 +252,9 @@ def workload_operands(workload: str, mode: str) -> tuple[str, ...]:
     return ops
 
 
-def mig_capable(labels: dict[str, str], pci_devices: tuple[str, ...] = ()) -> bool:
+def mig_capable(
+    labels: dict[str, str], pci_devices: tuple[str, ...] = (), label_devices: tuple[str, ...] | None = None
+) -> bool:
     """GFD's nvidia.com/mig.capable; without it, the product name; without GFD's labels (no driver ran yet), the
     PCI device IDs of NFD's labels (or of its NodeFeature object: `pci_devices`), by the default MIG table (beyond
     upstream: a joining node gets its MIG labels in its first patch). Never on a vGPU host."""
@@ -218,7 +265,9 @@ def mig_capable(labels: dict[str, str], pci_devices: tuple[str, ...] = ()) -> bo
     product = labels.get(GPU_PRODUCT, "").lower()
     if product:
         return any(hint in product for hint in MIG_PRODUCT_HINTS)
-    return mig_layouts.gpu_of_devices(device_ids_from_labels(labels) or pci_devices) is not None
+    if label_devices is None:
+        label_devices = device_ids_from_labels(labels)
+    return mig_layouts.gpu_of_devices(label_devices or pci_devices) is not None
 
 
 def written_by_us(value: str | None) -> bool:
@@ -239,9 +288,9 @@ def desired_labels(node: NodeFacts, spec: ClusterPolicySpec, refused: bool = Fal
     if not node.has_gpu:
         if present == "true":
             want[GPU_PRESENT] = "false"
-        for op in (*ALL_OPERANDS, *DRA_OPERANDS, *state_operands()):
-            if written_by_us(labels.get(deploy_label(op))):
-                want[deploy_label(op)] = None
+        for _op, key in _every_operand():
+            if written_by_us(labels.get(key)):
+                want[key] = None
         _runtime_label(node, None, want)
         return want
 
@@ -251,15 +300,14 @@ def desired_labels(node: NodeFacts, spec: ClusterPolicySpec, refused: bool = Fal
     capable = node.is_mig_capable
     # dra-driver stays on a GPU node: upstream removes it only once no pod holds a gpu.nvidia.com claim there.
     if labels.get(DEPLOY_OPERANDS) == "false":
-        for op in (*ALL_OPERANDS, *DRA_OPERANDS, *state_operands()):
-            if op != "dra-driver" and deploy_label(op) in labels:
-                want[deploy_label(op)] = None
+        for op, key in _every_operand():
+            if op != "dra-driver" and key in labels:
+                want[key] = None
         _runtime_label(node, None, want)
     else:
         workload = workload_of(node, spec)
         wanted = workload_operands(workload, sandbox_mode(spec))
-        for op in (*ALL_OPERANDS, *DRA_OPERANDS, *state_operands()):
-            key = deploy_label(op)
+        for op, key in _every_operand():
             if op == "driver" and op in wanted and (refused or labels.get(key) == DRIVER_REFUSED):
                 current = labels.get(key)
                 if refused and current in (None, "", "true"):

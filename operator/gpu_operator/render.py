@@ -128,11 +128,9 @@ def relabelled(nodes: list[NodeFacts], patches: dict[str, NodePatch]) -> list[No
     for n in nodes:
         patch = patches.get(n.name)
         if patch:
-            n = replace(
-                n,
-                labels=apply_patch(n.labels, patch.get("labels", {})),
-                annotations=apply_patch(n.annotations, patch.get("annotations", {})),
-            )
+            changed = patch.get("labels", {})
+            annotations = apply_patch(n.annotations, patch.get("annotations", {}))
+            n = n.relabel(apply_patch(n.labels, changed), annotations, changed)
         out.append(n)
     return out
 

@@ -69,6 +69,7 @@ STATES = (
     UNCORDON_REQUIRED,
     FAILED,
 )
+_KNOWN_STATES = frozenset(STATES)
 # States that hold an upgrade slot (upstream: everything but unknown, done and required).
 IN_PROGRESS_STATES = frozenset(STATES) - {UNKNOWN, DONE, REQUIRED}
 # States in which the planner looks at the workload pods of a node (the adapter reads them fresh).
@@ -161,7 +162,7 @@ class UpgradeNode:
     def state(self) -> str:
         """The state label; a value we do not know reads as unknown (and gets overwritten)."""
         value = self.labels.get(STATE_LABEL, UNKNOWN)
-        return value if value in STATES else UNKNOWN
+        return value if value in _KNOWN_STATES else UNKNOWN
 
     @property
     def skipped(self) -> bool:

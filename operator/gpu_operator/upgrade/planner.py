@@ -698,7 +698,10 @@ def plan(
             if step is None:
                 candidates.append(node)
                 return
-            taken[node.name].append(step)
+            if step.actions or step.waiting is not None or step.move is not None:
+                taken[node.name].append(step)
+            if step.move is None or step.waiting is not None:
+                return
             after = _after(node, step.actions)
             if not p.goes_on(step, observed[node.name], after):
                 return

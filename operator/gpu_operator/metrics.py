@@ -16,6 +16,10 @@ reconciliation_status = _g(
     "reconciliation_status", "1 ready, 0 not ready, -1 no ClusterPolicy, -2 reconciliation error"
 )
 reconciliation_total = Counter("gpu_operator_reconciliation", "Reconciliations of the ClusterPolicy", registry=REGISTRY)
+# Ours: the CPU the passes' own thread spent (the process's CPU less this is the watches' and the event loop's).
+reconciliation_cpu_seconds_total = Counter(
+    "gpu_operator_reconciliation_cpu_seconds", "CPU time spent in reconcile passes (their thread)", registry=REGISTRY
+)
 reconciliation_failed_total = Counter(
     "gpu_operator_reconciliation_failed", "Failed reconciliations of the ClusterPolicy", registry=REGISTRY
 )

@@ -106,8 +106,9 @@ def percentile(values: list[float], p: float) -> float:
 def py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
     """py-spy sampling the operator for `seconds` (its raw stacks in `out`)."""
     spy = Path(sys.executable).with_name("py-spy")
-    cmd = [str(spy), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--threads", "--format", "raw",
-           "-o", str(out)]  # fmt: skip
+    # --gil: only the thread holding the GIL is sampled, so samples are Python's CPU, not threads waiting on sockets.
+    cmd = [str(spy), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--threads", "--gil", "--format",
+           "raw", "-o", str(out)]  # fmt: skip
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

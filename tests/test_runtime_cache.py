@@ -179,3 +179,23 @@ def test_a_pod_turning_ready_on_a_node_mid_upgrade_is_not_paced() -> None:
     op.urgent.clear()
     op.on_pod("drv-1", None)
     assert not op.urgent.is_set()  # a deletion is not a pod turning ready
+
+
+def test_a_node_change_is_urgent_only_while_the_status_waits_and_nothing_rolls_out() -> None:
+    from dataclasses import replace
+
+    op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
+    op.on_node_facts("n1", facts("n1"))
+    op.urgent.clear()
+    changed = replace(facts("n1"), labels={**facts("n1").labels, "nvidia.com/mig.config.state": "success"})
+    op.on_node_facts("n1", changed)
+    assert op.wake.is_set() and not op.urgent.is_set()  # the status is ready (or not known yet): paced
+    op.not_ready = True
+    op.on_pod("a", pod("a", "n1", ready=False))
+    op.urgent.clear()
+    op.on_node_facts("n1", replace(changed, labels={**changed.labels, "x": "1"}))
+    assert not op.urgent.is_set()  # a pod still rolls out: paced
+    op.on_pod("a", pod("a", "n1", ready=True))
+    op.urgent.clear()
+    op.on_node_facts("n1", replace(changed, labels={**changed.labels, "x": "2"}))
+    assert op.urgent.is_set()  # this change may be all the status waits for

@@ -2,7 +2,9 @@
 
 1. One pass over any mix of states, cordons, readiness and policy limits never starts more upgrades
    than maxParallelUpgrades allows, never makes more nodes unavailable than maxUnavailable allows,
-   moves each node at most one state, and gives a reason for every node it leaves behind.
+   moves a node past a cordon, an eviction, a driver pod deletion or an uncordon only in a later pass,
+   deletes and evicts only on nodes whose pods were read after their cordon, posts at most one event per
+   node, and gives a reason for every node it leaves behind.
 2. A simulated rollout (plan -> apply to an in-memory cluster whose DaemonSet recreates deleted driver
    pods on the new revision -> advance time) ends with every node upgraded exactly once, uncordoned
    unless it was cordoned before, without exceeding a limit at any step, even when the adapter dies

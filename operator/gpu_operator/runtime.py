@@ -63,8 +63,9 @@ DEBOUNCE_S = 0.3
 # Pacing: a pass woken by node label changes, or by pod and DaemonSet status changes while operand pods roll out,
 # waits after the previous one PACE times that pass's duration, at most MAX_GAP_S: a rollout then costs at most
 # about a tenth of a core. Anything else is urgent (the policy, objects' specs, nodes coming or going, a DaemonSet's
-# last pod turning ready, a pod turning ready on a node mid-upgrade, a pod change once none rolls out). A small
-# cluster's passes are short, so only the debounce applies there.
+# last pod turning ready, a pod turning ready on a node mid-upgrade, a pod change once none rolls out, a node
+# change once none rolls out while the status is not ready). A small cluster's passes are short, so only the
+# debounce applies there.
 PACE = 10.0
 MAX_GAP_S = 2.0
 LABELLING_WAIT_S = 1.0
@@ -93,6 +94,7 @@ class Operator:
         # apart, and one makes the operator list everything again and drop what is gone.
         self._listings: dict[str, set[Any] | None] = {}
         self.relist = False
+        self.not_ready = False  # the last pass found the ClusterPolicy not ready
         self.config_maps: dict[str, tuple[str, ...]] = {}  # every ConfigMap in our namespace: name -> keys
         self.config_data: dict[str, dict[str, str]] = {}  # and their data (the sharing config is validated)
         # NFD NodeFeature PCI devices per node (other namespaces, so not watched: re-listed while a GPU node
@@ -155,7 +157,8 @@ class Operator:
             return  # older than what we hold (the answer to our own patch came first)
         if cached != facts:
             self.nodes[name] = facts
-            if cached is None:
+            if cached is None or (self.not_ready and not self.unready):
+                # A node came, or a node's labels (mig-manager's report, say) may be all the status waits for.
                 self.wake_now()
             else:
                 self.wake.set()
@@ -534,6 +537,7 @@ class Operator:
             debug.trim()  # what the pass freed goes back to the OS
             if outcome.writes:
                 log.info("reconciled: ready=%s, %d writes", outcome.ready, outcome.writes)
+            self.not_ready = outcome.ready is False
             delay = NOT_READY_RECHECK_S if outcome.ready is False or outcome.busy else RESYNC_S
             if served(NODE_FEATURE, self.api_groups) and self.unidentified():
                 delay = min(delay, NODE_FEATURE_RELIST_S)

@@ -712,8 +712,9 @@ def plan(
 
     unavailable_names = [n.name for n in nodes if n.unavailable or n.state in IN_PROGRESS_STATES]
     started, slot_waits = select_starts(sorted(candidates, key=lambda n: n.name), slots, unavailable_names, limit)
+    starting = set(started)
     for node in candidates:
-        if node.name in started:
+        if node.name in starting:
             step = p.start(node, said=bool(taken[node.name]))
             taken[node.name].append(step)
             after = _after(node, step.actions)

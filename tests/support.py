@@ -110,13 +110,27 @@ def render_all(
     nvidia_drivers: list[dict[str, Any]] | None = None,
 ) -> list[StatePlan]:
     """The whole pipeline as the operator runs it: label the nodes, then plan on the relabelled nodes."""
+    return plan(render_context(spec, nodes, namespace=namespace, api_groups=api_groups, config_maps=config_maps,
+                               nvidia_drivers=nvidia_drivers))
+
+
+def render_context(
+    spec: ClusterPolicySpec,
+    nodes: list[NodeFacts] | None = None,
+    *,
+    namespace: str = NAMESPACE,
+    api_groups: frozenset[str] = frozenset(),
+    config_maps: dict[str, tuple[str, ...]] | None = None,
+    nvidia_drivers: list[dict[str, Any]] | None = None,
+) -> RenderContext:
+    """What render_all plans from: the nodes as the operator labels them, and the cluster's other facts."""
     nodes = fixed_nodes() if nodes is None else nodes
     patched = relabelled(nodes, node_patches(nodes, spec))
     drivers = [nvidiadriver.NVIDIADriver.from_object(o) for o in nvidia_drivers or []]
     routing = driver_routing(patched, spec, drivers)
     groups = routing.groups
     patched = relabelled(patched, driver_node_patches(patched, spec, routing))
-    ctx = RenderContext(
+    return RenderContext(
         spec=spec,
         namespace=namespace,
         nodes=tuple(patched),
@@ -125,7 +139,6 @@ def render_all(
         config_maps=CONFIG_MAPS if config_maps is None else config_maps,
         nvidia_drivers=groups,
     )
-    return plan(ctx)
 
 
 def objects(plans: list[StatePlan]) -> list[dict[str, Any]]:
@@ -165,8 +178,11 @@ class Scenario:
     nvidia_drivers: list[dict[str, Any]] | None = None
 
     def render(self) -> list[StatePlan]:
+        return plan(self.context())
+
+    def context(self) -> RenderContext:
         spec = parse_spec(copy.deepcopy(self.spec))
-        return render_all(
+        return render_context(
             spec, self.nodes, api_groups=self.api_groups, config_maps=self.config_maps,
             nvidia_drivers=self.nvidia_drivers,
         )  # fmt: skip

@@ -4,7 +4,9 @@ against a small in-memory stand-in for the client (no API server in unit tests).
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -14,10 +16,10 @@ from gpu_operator.apply import Applier
 from gpu_operator.kube import ApiError
 from gpu_operator.nodes import GPU_PRESENT, MIG_CONFIG, deploy_label
 from gpu_operator.reconciler import Labelling
-from gpu_operator.render import node_patches
+from gpu_operator.render import node_patches, plan
 from gpu_operator.runtime import Operator
 from gpu_operator.states.base import HASH_ANNOTATION
-from support import load_policy, node, render_all, sample_spec
+from support import load_policy, load_scenario, node, objects, render_all, sample_spec
 
 
 class Client:
@@ -52,15 +54,80 @@ class Client:
         return True
 
 
-def test_every_object_but_the_daemonsets_is_applied_before_any_daemonset() -> None:
+class Jitter(Client):
+    """Answers after a random few milliseconds (seeded): requests finish out of order, as on a busy API server."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.random = random.Random(seed)
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            delay = self.random.uniform(0, 0.01)
+        time.sleep(delay)
+        return super().apply(obj)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_each_object_is_applied_after_what_it_needs(seed: int) -> None:
+    """A DaemonSet after every other object of its state and every RuntimeClass (its pods use them); a binding
+    after the role it names (the API server refuses a binding to a role it does not know yet)."""
     plans = render_all(sample_spec())
-    client = Client()
+    client = Jitter(seed)
     applied = Applier(client).apply_states(plans, {})  # type: ignore[arg-type]
-    kinds = [kind for verb, kind, _ in client.calls if verb == "apply"]
-    first_ds = kinds.index("DaemonSet")
-    assert "DaemonSet" in kinds and set(kinds[first_ds:]) == {"DaemonSet"}
-    assert len(kinds) == sum(len(p.objects) for p in plans)
-    assert sum(len(a.objects) for a in applied.values()) == len(kinds)
+    calls = [(kind, name) for verb, kind, name in client.calls if verb == "apply"]
+    assert len(calls) == len(set(calls)) == sum(len(p.objects) for p in plans)
+    assert sum(len(a.objects) for a in applied.values()) == len(calls)
+    runtime_classes = [calls.index(c) for c in calls if c[0] == "RuntimeClass"]
+    assert runtime_classes
+    for p in plans:
+        for ds in (o for o in p.objects if o["kind"] == "DaemonSet"):
+            at = calls.index(("DaemonSet", ds["metadata"]["name"]))
+            needs = [calls.index((o["kind"], o["metadata"]["name"])) for o in p.objects if o["kind"] != "DaemonSet"]
+            assert needs and max(needs + runtime_classes) < at, ds["metadata"]["name"]
+    bindings = [o for o in objects(plans) if o["kind"].endswith("RoleBinding")]
+    assert bindings
+    for binding in bindings:
+        role = (binding["roleRef"]["kind"], binding["roleRef"]["name"])
+        assert calls.index(role) < calls.index((binding["kind"], binding["metadata"]["name"]))
+
+
+def test_objects_sent_ahead_are_not_sent_again() -> None:
+    """A pass sends what needs no node before deciding the nodes; its full apply waits for those answers (a
+    DaemonSet still after its state's objects) instead of sending them twice."""
+    from gpu_operator.render import node_independent
+
+    ctx = load_scenario("default").context()
+    client = Jitter(7)
+    applier = Applier(client)  # type: ignore[arg-type]
+    ahead = applier.start(node_independent(ctx), {})
+    assert ahead
+    live: dict[Any, Any] = {}
+    applied = applier.apply_states(plan(ctx), live, ahead)
+    calls = [(kind, name) for verb, kind, name in client.calls if verb == "apply"]
+    assert len(calls) == len(set(calls)) == len(objects(plan(ctx)))
+    assert len(live) == len(calls) == sum(len(a.objects) for a in applied.values())
+
+
+def test_a_binding_waits_for_its_role_even_when_the_role_is_slow() -> None:
+    plans = render_all(sample_spec())
+    role = next(o for o in objects(plans) if o["kind"] == "ClusterRole")
+
+    class Slow(Client):
+        def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+            if obj is role:
+                time.sleep(0.3)
+            return super().apply(obj)
+
+    client = Slow()
+    Applier(client, workers=8).apply_states(plans, {})  # type: ignore[arg-type]
+    calls = [(kind, name) for verb, kind, name in client.calls if verb == "apply"]
+    name = role["metadata"]["name"]
+    bound = [b for b in objects(plans) if b["kind"] == "ClusterRoleBinding" and b["roleRef"]["name"] == name]
+    assert bound and all(
+        calls.index(("ClusterRole", role["metadata"]["name"])) < calls.index((b["kind"], b["metadata"]["name"]))
+        for b in bound
+    )
 
 
 def test_an_unchanged_object_is_not_applied_and_a_refused_one_is_reported_for_its_state() -> None:
@@ -284,7 +351,9 @@ def test_a_pass_decides_labels_only_for_nodes_that_changed(monkeypatch: Any) -> 
     assert decided[3:] == ["n1"]
     r._node_patches(changed, spec, frozenset({"n2"}))  # a node refused since: decided again
     assert decided[4:] == ["n2"]
-    assert r._parse(_sample_raw(), False) is r._parse(_sample_raw(), False)  # the same spec text is parsed once
+    first_spec, new = r._parse(_sample_raw(), False)
+    again, new_again = r._parse(_sample_raw(), False)
+    assert first_spec is again and (new, new_again) == (True, False)  # the same spec text is parsed once
 
 
 def test_a_node_labelled_for_the_driver_without_a_driver_pod_gets_upgrade_done_in_the_same_patch() -> None:

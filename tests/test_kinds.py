@@ -62,7 +62,7 @@ def _clear() -> None:
     sys.modules.pop("gpu_operator.states.throwaway_state", None)
     all_states.cache_clear()
     operand_kinds.cache_clear()
-    states.base._templates.cache_clear()
+    states.base.templates.cache_clear()
 
 
 @pytest.fixture

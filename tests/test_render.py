@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 import yaml
 
+from gpu_operator import sharing
 from gpu_operator.api import ClusterPolicySpec, parse_spec
 from gpu_operator.nodes import NodeFacts
-from gpu_operator.render import object_key
+from gpu_operator.render import node_independent, object_key, plan
 from gpu_operator.states import all_states
-from gpu_operator.states.base import CLUSTER_SCOPED, HASH_ANNOTATION, object_hash
+from gpu_operator.states.base import CLUSTER_SCOPED, HASH_ANNOTATION, object_hash, owning_state
 from support import (
     MONITORING,
     NAMESPACE,
@@ -664,8 +665,6 @@ def test_driver_manager_gets_its_own_section_and_not_the_drivers() -> None:
     assert "MANAGER_ONLY" not in {e["name"] for e in container(ds, "nvidia-driver-ctr")["env"]}
 
 
-
-
 def test_device_plugin_settings_stay_off_the_mps_daemon() -> None:
     raw = {"devicePlugin": {"env": [{"name": "PLUGIN_ONLY", "value": "1"}], "args": ["--plugin"]}}
     ds = daemonset(render_all(parse_spec(raw)), "nvidia-device-plugin-mps-control-daemon")
@@ -713,3 +712,33 @@ def test_a_rendered_text_parsed_before_gives_fresh_equal_objects() -> None:
     odd = "kind: Y\nports: {80: http}\nwhen: 2026-01-01\n"
     assert _parse(odd) == [{"kind": "Y", "ports": {80: "http"}, "when": __import__("datetime").date(2026, 1, 1)}]
     assert odd not in _PARSED, "what JSON cannot hold as it is is parsed each time"
+
+
+# What a pass applies before its node decisions
+
+
+@pytest.mark.parametrize("policy", SCENARIO_NAMES)
+def test_node_independent_objects_are_the_final_ones(policy: str) -> None:
+    """Objects applied before any node is labelled are exactly as the full render wants them: the pass's own
+    apply then finds nothing to change, and nothing it will not keep is ever created."""
+    ctx = load_scenario(policy).context()
+    final = {object_key(o): o for p in plan(ctx) for o in p.objects}
+    early = [o for p in node_independent(ctx) for o in p.objects]
+    assert early, "every scenario has accounts and roles to apply early"
+    assert not [o for o in early if o["kind"] == "DaemonSet"]
+    for obj in early:
+        assert final.get(object_key(obj)) == obj, f"{policy}: {obj['kind']} {obj['metadata']['name']} differs"
+    wanted = {object_key(o) for o in final.values() if o["kind"] != "DaemonSet"}
+    missed = wanted - {object_key(o) for o in early}
+    held = set(sharing.HELD_STATES) if ctx.spec.device_plugin.config.name else set()
+    assert all(
+        owning_state(o["metadata"].get("labels"), frozenset(STATE_NAMES)) in held
+        for o in final.values()
+        if object_key(o) in missed
+    ), f"{policy}: left for later {sorted(missed)}"
+
+
+def test_node_independent_leaves_out_states_a_sharing_config_may_hold() -> None:
+    ctx = load_scenario("sharing-config").context()
+    early = {p.state.name for p in node_independent(ctx)}
+    assert early and not early & set(sharing.HELD_STATES)

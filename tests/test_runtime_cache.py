@@ -199,3 +199,17 @@ def test_a_node_change_is_urgent_only_while_the_status_waits_and_nothing_rolls_o
     op.urgent.clear()
     op.on_node_facts("n1", replace(changed, labels={**changed.labels, "x": "2"}))
     assert op.urgent.is_set()  # this change may be all the status waits for
+
+
+def test_a_new_or_changed_policy_spec_skips_the_debounce_and_its_status_updates_do_not() -> None:
+    op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
+    first = {**policy("cluster-policy", 10), "metadata": {**policy("cluster-policy", 10)["metadata"], "generation": 1}}
+    op.on_policy("ADDED", first)
+    assert op.prompt.is_set() and op.urgent.is_set()
+    op.prompt.clear()
+    status = {**first, "metadata": {**first["metadata"], "resourceVersion": "11"}, "status": {"state": "notReady"}}
+    op.on_policy("MODIFIED", status)  # our own status write: same generation
+    assert not op.prompt.is_set()
+    edited = {**status, "metadata": {**status["metadata"], "resourceVersion": "12", "generation": 2}}
+    op.on_policy("MODIFIED", edited)
+    assert op.prompt.is_set()

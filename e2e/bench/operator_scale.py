@@ -87,6 +87,25 @@ def what(event: dict[str, Any]) -> str:
     return f"{event['verb']} {ref.get('resource', '?')}{sub}"
 
 
+def print_timeline(events: list[dict[str, Any]], start: float, end: float) -> None:
+    """Requests received in [start, end], in order: runs of one kind of request folded into one line."""
+    rows = sorted((audit_time(e), done_time(e), what(e), (e.get("objectRef") or {}).get("name", ""))
+                  for e in events if start <= audit_time(e) <= end)  # fmt: skip
+    print("operator requests, seconds after the ClusterPolicy create (received -> answered):")
+    i = 0
+    while i < len(rows):
+        j = i
+        while j + 1 < len(rows) and rows[j + 1][2] == rows[i][2]:
+            j += 1
+        if j - i + 1 >= 8:
+            last = max(r[1] for r in rows[i : j + 1])
+            print(f"  {rows[i][0] - start:6.3f} -> {last - start:6.3f}  {j - i + 1} x {rows[i][2]}")
+        else:
+            for r in rows[i : j + 1]:
+                print(f"  {r[0] - start:6.3f} -> {r[1] - start:6.3f}  {r[2]} {r[3]}")
+        i = j + 1
+
+
 def passes(metrics_port: int, metric: str = "gpu_operator_reconciliation_total") -> float:
     """The operator's reconcile passes so far (or another of its counters)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
@@ -201,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--until-created", action="store_true",
                         help="end each run once the operand DaemonSets exist (their count steady for 5 s): the "
                              "figures of the first seconds only, with the profiles of that span")
+    parser.add_argument("--timeline", action="store_true",
+                        help="print the operator's requests from the ClusterPolicy to the last DaemonSet created "
+                             "(received and answered, relative to the create; groups of 8 or more folded)")
     parser.add_argument("--cpu-profile", action="store_true",
                         help="sample the operator with py-spy from ClusterPolicy to ready and while it idles; print "
                              "where its CPU goes")
@@ -326,6 +348,10 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
             if created:
                 figure("ClusterPolicy -> every operand DaemonSet created", max(created) - created_at, "s",
                        f"({len(created)} DaemonSets)")
+                if args.timeline:
+                    policy_create = [e for e in cluster.audit_events() if e.get("verb") == "create"
+                                     and (e.get("objectRef") or {}).get("resource") == "clusterpolicies"]  # fmt: skip
+                    print_timeline(policy_create[-1:] + until_ready, created_at, max(created))
             if args.until_created:
                 figure("operator CPU from ClusterPolicy to DaemonSets created (+5 s)", cpu_ready, "s")
                 figure("operator RSS then", rss_ready, "MiB")
@@ -423,20 +449,36 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
                     if e.get("stage") == "ResponseComplete" and e["verb"] == "create"
                     and e["objectRef"].get("resource") == "nodes" and e["objectRef"].get("name") in names
                 }  # fmt: skip
+                node_made = {
+                    e["objectRef"]["name"]: done_time(e) for e in events
+                    if e.get("stage") == "ResponseComplete" and e["verb"] == "create"
+                    and e["objectRef"].get("resource") == "nodes" and e["objectRef"].get("name") in names
+                }  # fmt: skip
                 patches = sorted(
-                    (done_time(e), e["objectRef"]["name"]) for e in events
+                    (done_time(e), e["objectRef"]["name"], audit_time(e)) for e in events
                     if e.get("stage") == "ResponseComplete" and e.get("user", {}).get("username") == user
                     and e["verb"] == "patch" and e["objectRef"].get("resource") == "nodes"
                     and e["objectRef"].get("name") in names
                 )  # fmt: skip
                 first: dict[str, float] = {}
-                for at, name in patches:
-                    first.setdefault(name, at)
+                sent: dict[str, float] = {}
+                for at, name, received in patches:
+                    if name not in first:
+                        first[name], sent[name] = at, received
                 lat = [first[n] - joined[n] for n in first if n in joined]
                 if lat:
                     figure(f"{args.joins} nodes join -> labels, p50", statistics.median(lat), "s",
                            f"({len(lat)} labelled)")
                     figure(f"{args.joins} nodes join -> labels, p99", percentile(lat, 99), "s")
+                    # Where a join's time goes: the API server creating the node, the operator until its patch
+                    # arrives (watch, decision, sending), the API server answering the patch.
+                    parts = {
+                        "create": [node_made[n] - joined[n] for n in first if n in node_made],
+                        "operator": [sent[n] - node_made[n] for n in first if n in node_made],
+                        "patch": [first[n] - sent[n] for n in first],
+                    }
+                    print("  join p50 by part: " + ", ".join(
+                        f"{k} {statistics.median(v):.3f} s" for k, v in parts.items() if v))
                 figure("node patches per joining node", len(patches) / args.joins, "per node")
             op.stop()
             sim.stop()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -21,6 +21,16 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+_BINDINGS = frozenset({"RoleBinding", "ClusterRoleBinding"})
+
+
+def _role_of(binding: dict[str, Any]) -> Key:
+    """The key of the Role or ClusterRole a binding names."""
+    ref = binding.get("roleRef") or {}
+    namespace = ((binding.get("metadata") or {}).get("namespace") or "") if ref.get("kind") == "Role" else ""
+    return (ref.get("kind", ""), namespace, ref.get("name", ""))
+
+
 def labels_of(obj: dict[str, Any]) -> dict[str, str]:
     return (obj.get("metadata") or {}).get("labels") or {}
 
@@ -33,10 +43,23 @@ class Applied:
     failed: str | None = None  # the last object the API server refused, with its message
 
 
+Result = dict[str, Any] | ApiError  # an apply's answer: the object as written, or the API server's refusal
+Started = dict[Key, tuple[str, dict[str, Any], "Future[Result]"]]  # object -> (its state, the object, its apply)
+
+
+def _settle(out: Future[Result], done: Future[Result]) -> None:
+    """Pass a finished future's outcome on to `out`."""
+    exc = done.exception()
+    if exc is not None:
+        out.set_exception(exc)
+    else:
+        out.set_result(done.result())
+
+
 class Applier:
-    def __init__(self, kube: Kube, workers: int = 8):
+    def __init__(self, kube: Kube, workers: int = 16):
         self.kube = kube
-        self.workers = workers  # requests in flight at once (the client's pool holds 16 connections)
+        self.workers = workers  # requests in flight at once
         # Node -> (the resourceVersion our last patch of it returned, or IN_FLIGHT; that patch). A decision made on
         # an older view of the node that comes to the same patch was already carried out: not sent twice.
         self._sent: dict[str, tuple[int, NodePatch]] = {}
@@ -46,36 +69,86 @@ class Applier:
         # that only touched fields we do not set costs one write).
         self._generations: dict[Key, int] = {}
         self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="apply")
 
     def apply_state(self, state_plan: StatePlan, live: dict[Key, dict[str, Any]]) -> Applied:
         """Apply the plan's objects whose hash differs from the live ones; `live` is updated in place."""
         return self.apply_states([state_plan], live)[state_plan.state.name]
 
-    def apply_states(self, plans: list[StatePlan], live: dict[Key, dict[str, Any]]) -> dict[str, Applied]:
-        """Apply the changed objects of every plan, a few requests at a time: first all but the DaemonSets
-        (accounts, roles, config, runtime classes), then the DaemonSets, so their pods find what they use.
-        State name -> what applying did; `live` is updated in place."""
+    def apply_states(
+        self, plans: list[StatePlan], live: dict[Key, dict[str, Any]], ahead: Started | None = None
+    ) -> dict[str, Applied]:
+        """Apply the changed objects of every plan (see `start`) and wait for them. State name -> what applying
+        did; `live` is updated in place.
+
+        `ahead`: objects another `start` sent earlier (this pass's node-independent ones); one of them this plan
+        wants unchanged is not sent again, its answer counts as this apply's."""
         out = {p.state.name: Applied() for p in plans}
+        sent = self.start(plans, live, ahead)
+        for key, (state, obj, future) in sent.items():
+            result = future.result()
+            if isinstance(result, ApiError):  # one broken object must not hold back the others
+                out[state].failed = f"{obj['kind']} {obj['metadata']['name']}: {result.message}"
+            else:
+                out[state].objects.append(result)
+                live[key] = result
+        return out
+
+    def start(
+        self, plans: list[StatePlan], live: Mapping[Key, dict[str, Any]], ahead: Started | None = None
+    ) -> Started:
+        """Send the plans' objects whose hash differs from the live ones, at most `workers` requests at a time,
+        each as soon as what it needs is there, and return at once: a binding after the role it names (the API
+        server refuses a binding to a role it does not know yet: it checks that we hold what the role grants), a
+        DaemonSet after its own state's other objects and every RuntimeClass (so its pods find what they use)."""
         changed = [
             (p.state.name, obj)
             for p in plans
             for obj in p.objects
             if _hash(live.get(key_of(obj))) != _hash(obj) or self.changed_by_others(live.get(key_of(obj)))
         ]
-        for wave in (
-            [(s, o) for s, o in changed if o["kind"] != "DaemonSet"],
-            [(s, o) for s, o in changed if o["kind"] == "DaemonSet"],
-        ):
-            results = self._map(self._apply_one, [(o, live) for _, o in wave])
-            for (state, obj), result in zip(wave, results, strict=True):
-                if isinstance(result, ApiError):  # one broken object must not hold back the others
-                    out[state].failed = f"{obj['kind']} {obj['metadata']['name']}: {result.message}"
-                else:
-                    out[state].objects.append(result)
-                    live[key_of(obj)] = result
-                    generation = (result.get("metadata") or {}).get("generation")
-                    if isinstance(generation, int):
-                        self._generations[key_of(obj)] = generation
+        sent: Started = {}
+        by_state: dict[str, list[Future[Result]]] = {}
+        runtime_classes: list[Future[Result]] = []
+        rank = {"DaemonSet": 2, "RoleBinding": 1, "ClusterRoleBinding": 1}  # what waits is sent after what it needs
+        for state, obj in sorted(changed, key=lambda item: rank.get(item[1]["kind"], 0)):
+            key, kind = key_of(obj), obj["kind"]
+            early = (ahead or {}).get(key)
+            if early is not None and early[1] == obj:
+                future = early[2]
+            elif kind == "DaemonSet":
+                future = self._after(by_state.get(state, []) + runtime_classes, obj, live)
+            elif kind in _BINDINGS:
+                role = sent.get(_role_of(obj)) or (ahead or {}).get(_role_of(obj))
+                future = self._after([role[2]] if role else [], obj, live)
+            else:
+                future = self._after([], obj, live)
+            sent[key] = (state, obj, future)
+            if kind != "DaemonSet":
+                by_state.setdefault(state, []).append(future)
+            if kind == "RuntimeClass":
+                runtime_classes.append(future)
+        return sent
+
+    def _after(
+        self, needs: list[Future[Result]], obj: dict[str, Any], live: Mapping[Key, dict[str, Any]]
+    ) -> Future[Result]:
+        """The apply of obj, sent once every future in `needs` is done (whatever its answer)."""
+        out: Future[Result] = Future()
+        left = [len(needs)]
+        lock = threading.Lock()
+
+        def send(_: object = None) -> None:
+            with lock:
+                left[0] -= 1
+                if left[0] > 0:
+                    return
+            self._pool.submit(self._apply_one, obj, live).add_done_callback(lambda f: _settle(out, f))
+
+        left[0] += 1  # held until every callback is registered (a done future calls back at once)
+        for need in needs:
+            need.add_done_callback(send)
+        send()
         return out
 
     def changed_by_others(self, live: dict[str, Any] | None) -> bool:
@@ -98,14 +171,17 @@ class Applier:
                  live.get("kind"), (live.get("metadata") or {}).get("name"), generation, ours)  # fmt: skip
         return True
 
-    def _apply_one(self, item: tuple[dict[str, Any], dict[Key, dict[str, Any]]]) -> dict[str, Any] | ApiError:
-        obj, live = item
+    def _apply_one(self, obj: dict[str, Any], live: Mapping[Key, dict[str, Any]]) -> Result:
         verb = "update" if key_of(obj) in live else "create"
         log.info("applying %s %s (%s)", obj["kind"], obj["metadata"]["name"], verb)
         try:
-            return self.kube.apply(obj)
+            result = self.kube.apply(obj)
         except ApiError as exc:
             return exc
+        generation = (result.get("metadata") or {}).get("generation")
+        if isinstance(generation, int):
+            self._generations[key_of(obj)] = generation
+        return result
 
     def _map(self, fn: Callable[[T], R], items: list[T]) -> list[R]:
         if len(items) <= 1:

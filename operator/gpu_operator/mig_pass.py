@@ -75,15 +75,18 @@ def run(
     decision = mig.decide(nodes, spec, layouts=layouts, pods=pods, managers=managers)
     folded: dict[str, dict[str, str | None]] = {}
     for node, patch in sorted(decision.patches.items()):
-        log.info("MIG: node %s labels %s", node, patch)
         if node in fold and patch.keys() == {mig.APPROVED}:
+            log.debug("MIG: node %s labels %s (with its label patch)", node, patch)
             folded[node] = patch
             continue
+        log.info("MIG: node %s labels %s", node, patch)
         try:
             kube.merge_patch("Node", node, {"metadata": {"labels": patch}})
         except ApiError as exc:
             if exc.status != 404:
                 raise
+    if folded:
+        log.info("MIG: %d nodes' layouts recorded as let through, with their label patches", len(folded))
     for e in decision.events:
         events({"apiVersion": "v1", "kind": "Node", "metadata": {"name": e.node}}, e.type, e.reason, e.message)
     if decision.evict:

@@ -223,13 +223,17 @@ def state_operands() -> tuple[str, ...]:
     """Deploy labels of operand states beyond upstream's table (a state added here deploys on container nodes)."""
     from .states import all_states  # the states import this module
 
-    return _state_operands(all_states())
-
-
-@cache
-def _state_operands(states: tuple[Any, ...]) -> tuple[str, ...]:
+    states = all_states()
+    memo = _STATE_OPERANDS
+    if memo and memo[0] is states:  # by identity: hashing the states (frozen dataclasses) costs ~85 hash calls
+        return memo[1]
     known = {*ALL_OPERANDS, *DRA_OPERANDS}
-    return tuple(dict.fromkeys(s.deploy_label for s in states if s.deploy_label and s.deploy_label not in known))
+    found = tuple(dict.fromkeys(s.deploy_label for s in states if s.deploy_label and s.deploy_label not in known))
+    _STATE_OPERANDS[:] = [states, found]
+    return found
+
+
+_STATE_OPERANDS: list[Any] = []  # [the states, their extra deploy labels]
 
 
 def _every_operand() -> tuple[tuple[str, str], ...]:

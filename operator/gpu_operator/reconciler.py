@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import compat, coverage, metrics, mig, mig_pass, nvidiadriver, sharing
@@ -29,6 +29,7 @@ from .render import (
     driver_node_patches,
     driver_routing,
     merged,
+    node_independent,
     node_patches,
     plan,
     relabelled,
@@ -86,12 +87,14 @@ class Reconciler:
         # Set after each pass with an active, valid policy: single nodes are labelled by it between passes.
         self.labelling: Labelling | None = None
 
-    def _parse(self, raw: Any, allow_unknown: bool) -> ClusterPolicySpec:
-        """The parsed spec, parsed again only when its text changed (PolicyError as parse_spec)."""
+    def _parse(self, raw: Any, allow_unknown: bool) -> tuple[ClusterPolicySpec, bool]:
+        """The parsed spec, parsed again only when its text changed (PolicyError as parse_spec), and whether it
+        was (a new or changed spec)."""
         text = json.dumps([raw, allow_unknown], sort_keys=True, default=str)
         if self._spec is None or self._spec[0] != text:
             self._spec = (text, parse_spec(raw, allow_unknown=allow_unknown))
-        return self._spec[1]
+            return self._spec[1], True
+        return self._spec[1], False
 
     def _node_patches(
         self, nodes: list[NodeFacts], spec: ClusterPolicySpec, refused: frozenset[str]
@@ -182,7 +185,7 @@ class Reconciler:
         self.lifecycle.ensure_finalizer(policy)
         generation = meta.get("generation")
         try:
-            spec = self._parse(policy.get("spec"), allows_unknown(meta))
+            spec, new_spec = self._parse(policy.get("spec"), allows_unknown(meta))
         except PolicyError as exc:
             self.labelling = None
             out.ready = False
@@ -208,6 +211,20 @@ class Reconciler:
         routing = driver_routing(nodes, spec, drivers)
         assignment, groups = routing.assignment, routing.groups
         crd_mode = assignment is not None
+        owner = {"apiVersion": policy["apiVersion"], "kind": policy["kind"], "name": meta["name"], "uid": meta["uid"]}
+        ctx = RenderContext(
+            spec=spec,
+            namespace=self.namespace,
+            nodes=(),
+            owner=owner,
+            api_groups=snap.api_groups,
+            config_maps=snap.config_maps,
+            config_data=snap.config_data,
+            nvidia_drivers=groups,
+        )
+        # A new or changed spec: what needs no node is sent now, while the nodes are decided (at 5,000 nodes that
+        # takes a second).
+        ahead = self.applier.start(node_independent(ctx), snap.owned) if new_spec else None
         verdicts = compat.verdicts_for(nodes, spec, groups)  # each NVIDIADriver's version on its own nodes
         refused = compat.refused(verdicts)
         # A refused node keeps a driver pod of ours it already runs; only one without gets the refused label.
@@ -246,17 +263,7 @@ class Reconciler:
                 rest = {k: v for k, v in patch.items() if k != "labels"}
                 patches[name] = {**rest, "labels": labels} if labels else rest
 
-        owner = {"apiVersion": policy["apiVersion"], "kind": policy["kind"], "name": meta["name"], "uid": meta["uid"]}
-        ctx = RenderContext(
-            spec=spec,
-            namespace=self.namespace,
-            nodes=tuple(nodes),
-            owner=owner,
-            api_groups=snap.api_groups,
-            config_maps=snap.config_maps,
-            config_data=snap.config_data,
-            nvidia_drivers=groups,
-        )
+        ctx = replace(ctx, nodes=tuple(nodes))
         sharing_problems = self._check_sharing(policy, ctx)
         results = []
         errors = []
@@ -265,7 +272,9 @@ class Reconciler:
         states = frozenset(s.name for s in all_states())
         plans = self._render(ctx)
         early_nodes = self.applier.patch_nodes(early) if early else []
-        applied_by_state = self.applier.apply_states([p for p in plans if not p.problem], live)
+        applied_by_state = self.applier.apply_states([p for p in plans if not p.problem], live, ahead)
+        for _, _, future in (ahead or {}).values():
+            future.result()  # every one answered (an object the full plan dropped meanwhile comes by the watch)
         out.nodes = early_nodes + self.applier.patch_nodes(patches, versions)
         self.labelling = Labelling(meta["name"], meta.get("uid", ""), generation, spec)
         pods_by_owner = snap.pod_index.by_owner

@@ -8,11 +8,11 @@ from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import nvidiadriver, sharing
+from . import matrix, mig_layouts, nvidiadriver, sharing
 from .api import ClusterPolicySpec
 from .nodes import NodeFacts, apply_patch, desired_annotations, desired_labels, driver_kernel_patch, gets_driver
 from .states import OperandState, RenderContext, all_states
-from .states.base import RenderProblem
+from .states.base import RenderProblem, templates
 from .upgrade.model import DONE
 from .upgrade.model import STATE_LABEL as UPGRADE_STATE
 
@@ -178,6 +178,27 @@ def plan(ctx: RenderContext) -> list[StatePlan]:
         except RenderProblem as exc:
             plans.append(StatePlan(state, enabled, [], problem=str(exc)))
     return plans
+
+
+def node_independent(ctx: RenderContext) -> list[StatePlan]:
+    """What a pass can apply before it has decided any node's labels: every state's objects but its DaemonSets,
+    rendered without nodes (accounts, roles, ConfigMaps, RuntimeClasses; none of them reads the nodes, which
+    tests check for every scenario). States a sharing config may hold back are left out when one is named."""
+    held: Collection[str] = sharing.HELD_STATES if ctx.spec.device_plugin.config.name else ()
+    out = []
+    for p in plan(replace(ctx, nodes=())):
+        if p.enabled and not p.problem and p.state.name not in held:
+            out.append(StatePlan(p.state, True, [o for o in p.objects if o.get("kind") != "DaemonSet"]))
+    return out
+
+
+def warm_up() -> None:
+    """Load what a first pass would otherwise load while a new ClusterPolicy waits (~0.3 s): every state's
+    templates compiled, the version matrix and the MIG tables parsed."""
+    for state in all_states():
+        templates(state.name, state.template_root)
+    matrix.data()
+    mig_layouts.gpus()
 
 
 def object_key(obj: dict[str, Any]) -> tuple[str, str, str, str]:

@@ -49,6 +49,7 @@ from .render import (
     node_patches,
     relabelled,
     upgrade_first_sight,
+    warm_up,
 )
 from .states.base import MANAGED_BY, OPERATOR_NAME, STATE_LABEL
 from .status import active_policy
@@ -69,7 +70,7 @@ DEBOUNCE_S = 0.3
 PACE = 10.0
 MAX_GAP_S = 2.0
 LABELLING_WAIT_S = 1.0
-LABEL_THREADS = 16  # the client's connection pool holds as many
+LABEL_THREADS = 16
 NODE_FEATURE_RELIST_S = 10.0
 
 
@@ -103,6 +104,7 @@ class Operator:
         self._features_listed = 0.0
         self.wake = asyncio.Event()
         self.urgent = asyncio.Event()  # a change that is not paced (set with `wake`)
+        self.prompt = asyncio.Event()  # a ClusterPolicy's spec changed: the next pass skips (or ends) the debounce
         self.unready: set[str] = set()  # operand pods not ready and not being deleted (kept with `pods`)
         self.unready_of: dict[str, set[str]] = {}  # the same by owning DaemonSet
         self.task: asyncio.Task[None] | None = None
@@ -227,6 +229,9 @@ class Operator:
             self.policies.pop(name, None)
         elif newer(self.policies.get(name), body):
             self._touch("policy", name)
+            before = self.policies.get(name)
+            if before is None or _generation(before) != _generation(body):
+                self.prompt.set()  # a new or changed spec: no debounce (one write, nothing to coalesce)
             self.policies[name] = dict(body)
         self.wake_now()
 
@@ -476,6 +481,7 @@ class Operator:
 
     async def loop(self) -> None:
         await self.sync()
+        await asyncio.to_thread(warm_up)
         if not self.leading.is_set():
             log.info("following: caches filled, waiting for the leader Lease")
             await self.leading.wait()
@@ -487,7 +493,11 @@ class Operator:
             except TimeoutError:
                 if delay >= RESYNC_S:  # a quiet resync also re-reads discovery, in case a CRD event was missed
                     self.discovery_stale = True
-            await asyncio.sleep(DEBOUNCE_S)
+            try:
+                await asyncio.wait_for(self.prompt.wait(), timeout=DEBOUNCE_S)
+            except TimeoutError:
+                pass
+            self.prompt.clear()
             left = last_end + gap - time.monotonic()
             if left > 0 and not self.urgent.is_set():
                 try:

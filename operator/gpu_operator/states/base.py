@@ -153,7 +153,7 @@ class OperandState:
         """The state's objects, decorated and hashed, in template-file order."""
         variables = self.variables(ctx)
         objects: list[dict[str, Any]] = []
-        for template in _templates(self.name, self.template_root):
+        for template in templates(self.name, self.template_root):
             try:
                 objects += _parse(template.render(**variables))
             except yaml.YAMLError:  # a spec string that YAML reads as syntax, put in unquoted
@@ -305,7 +305,7 @@ _ENV.filters["str"] = lambda v: json.dumps(str(v).lower() if isinstance(v, bool)
 
 
 @cache
-def _templates(state: str, root: Path | None = None) -> tuple[jinja2.Template, ...]:
+def templates(state: str, root: Path | None = None) -> tuple[jinja2.Template, ...]:
     """The state folder's templates in file-name order (from the package, or from `root`)."""
     env = _ENV
     folder: Any = resources.files("gpu_operator") / "templates" / state

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,8 +25,16 @@ class Api:
     def request(self, method: str, path: str, query: dict[str, Any] | None = None) -> dict[str, Any]:
         return {"items": self.listed, "metadata": {"resourceVersion": "10"}}
 
-    def watch(self, path: str, rv: str, timeout_seconds: int = 30) -> Iterator[dict[str, Any]]:
-        yield from self.events
+    def watch(
+        self, path: str, rv: str, timeout_seconds: int = 30, parse: Any = json.loads
+    ) -> Iterator[dict[str, Any]]:
+        """The events as the API server sends them: one compact JSON line each, through `parse`."""
+        self.parsed = 0
+        for event in self.events:
+            found = parse(json.dumps(event, separators=(",", ":")).encode())
+            if found is not None:
+                self.parsed += 1
+                yield found
 
 
 def test_heartbeats_are_dropped_changes_and_deletions_delivered() -> None:
@@ -58,3 +67,50 @@ def test_heartbeats_are_dropped_changes_and_deletions_delivered() -> None:
     delivered.clear()
     watch.relist()
     assert delivered == [("c", True), ("a", False)]
+
+
+def heartbeat(name: str, rv: int, beat: str, **kw: Any) -> dict[str, Any]:
+    """A node as the API server writes it after a status heartbeat at `beat`."""
+    body = versioned(name, rv, **kw)
+    body = {"kind": "Node", "apiVersion": "v1", **body}
+    body["metadata"] = {"name": name, **{k: v for k, v in body["metadata"].items() if k != "name"}}
+    body["metadata"]["managedFields"] = [{"manager": "kwok", "operation": "Update", "time": beat}]
+    body.setdefault("status", {})["conditions"] = [
+        {"type": "Ready", "status": "True", "lastHeartbeatTime": beat, "lastTransitionTime": "2026-01-01T00:00:00Z"}
+    ]
+    return body
+
+
+def test_a_heartbeat_line_is_skipped_unparsed_and_its_version_still_counts() -> None:
+    cache: dict[str, NodeFacts] = {}
+    delivered: list[tuple[str, bool]] = []
+
+    def deliver(name: str, facts: NodeFacts | None) -> None:
+        delivered.append((name, facts is not None))
+        if facts is not None:
+            cache[name] = facts
+
+    not_ready = heartbeat("a", 14, "2026-01-01T00:01:00Z")
+    not_ready["status"]["conditions"][0]["status"] = "False"
+    api = Api([], [
+        {"type": "MODIFIED", "object": heartbeat("a", 11, "2026-01-01T00:00:20Z")},
+        {"type": "MODIFIED", "object": heartbeat("a", 12, "2026-01-01T00:00:40Z")},  # only the beat: skipped
+        {"type": "MODIFIED", "object": heartbeat("b", 13, "2026-01-01T00:00:41Z")},  # another node: parsed
+        {"type": "MODIFIED", "object": not_ready},  # readiness changed: parsed
+        {"type": "MODIFIED", "object": heartbeat("a", 15, "2026-01-01T00:01:20Z", labels={"x": "y"})},  # a label
+        {"type": "MODIFIED", "object": heartbeat("a", 16, "2026-01-01T00:01:40Z", labels={"x": "y"})},  # skipped
+        {"type": "DELETED", "object": heartbeat("a", 17, "2026-01-01T00:01:40Z", labels={"x": "y"})},
+    ])  # fmt: skip
+    watch = NodeWatch(api, cache.get, deliver)  # type: ignore[arg-type]
+    assert watch.watch("10") == "17"
+    assert api.parsed == 5
+    assert delivered == [("a", True), ("b", True), ("a", True), ("a", True), ("a", False)]
+    api.events = [{"type": "MODIFIED", "object": heartbeat("a", 18, "2026-01-01T00:02:00Z", labels={"x": "y"})}]
+    watch.watch("17")
+    assert api.parsed == 1  # after a deletion the name's next line is parsed again
+    api.events = [
+        {"type": "MODIFIED", "object": heartbeat("a", rv, f"2026-01-01T00:0{rv - 16}:00Z", labels={"x": "y"})}
+        for rv in (19, 20)
+    ]
+    assert watch.watch("18") == "20"  # the version to go on from is read from skipped lines too
+    assert api.parsed == 0

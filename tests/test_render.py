@@ -20,7 +20,15 @@ import yaml
 from gpu_operator import sharing
 from gpu_operator.api import ClusterPolicySpec, parse_spec
 from gpu_operator.nodes import NodeFacts
-from gpu_operator.render import node_independent, object_key, plan
+from gpu_operator.render import (
+    RENDER_BLIND,
+    RENDER_BLIND_PREFIXES,
+    node_independent,
+    object_key,
+    plan,
+    render_blind,
+    render_key,
+)
 from gpu_operator.states import all_states
 from gpu_operator.states.base import CLUSTER_SCOPED, HASH_ANNOTATION, object_hash, owning_state
 from support import (
@@ -742,3 +750,55 @@ def test_node_independent_leaves_out_states_a_sharing_config_may_hold() -> None:
     ctx = load_scenario("sharing-config").context()
     early = {p.state.name for p in node_independent(ctx)}
     assert early and not early & set(sharing.HELD_STATES)
+
+
+# The render key leaves out what rendering never reads
+
+
+def _blind_changes(node: NodeFacts, rng: random.Random) -> NodeFacts:
+    """The node with every label rendering is blind to changed (set, changed or removed), and its annotations,
+    readiness and cordon changed: what a rollout changes on every node."""
+    from gpu_operator.upgrade.model import STATE_LABEL as UPGRADE_STATE
+
+    labels = {k: v for k, v in node.labels.items() if not (render_blind(k) and rng.random() < 0.3)}
+    for key in sorted(RENDER_BLIND):
+        if rng.random() < 0.7:
+            labels[key] = rng.choice(["true", "false", "2", "NVIDIA-A100-SXM4-80GB", "NVIDIA-H100-80GB-HBM3",
+                                      "Tesla-T4", "mixed", "single", "success", "pending", "upgrade-done"])
+    labels[UPGRADE_STATE] = rng.choice(["upgrade-required", "pod-restart-required", "upgrade-done"])
+    for prefix in RENDER_BLIND_PREFIXES:
+        labels[prefix + "x"] = str(rng.randint(0, 9))
+    annotations = {"nvidia.com/gpu-driver-upgrade-state.validation-start-time": str(rng.randint(0, 10**9))}
+    return NodeFacts(
+        name=node.name, labels=labels, annotations=annotations, unschedulable=not node.unschedulable,
+        ready=not node.ready, runtime=node.runtime, has_nfd=node.has_nfd, pci_devices=node.pci_devices,
+    )  # fmt: skip
+
+
+def _comparable(plans: list[Any]) -> list[Any]:
+    return [(p.state.name, p.enabled, p.problem, p.objects) for p in plans]
+
+
+@pytest.mark.parametrize("policy", SCENARIO_NAMES)
+def test_what_the_render_key_leaves_out_changes_no_plan(policy: str) -> None:
+    from dataclasses import replace
+
+    ctx = load_scenario(policy).context()
+    want = _comparable(plan(ctx))
+    for seed in range(4):
+        rng = random.Random(f"{policy}-{seed}")
+        changed = replace(ctx, nodes=tuple(_blind_changes(n, rng) for n in ctx.nodes))
+        assert render_key(changed) == render_key(ctx)
+        assert _comparable(plan(changed)) == want, f"{policy}: rendering read a label RENDER_BLIND names"
+
+
+def test_the_render_key_changes_with_a_label_rendering_reads() -> None:
+    from dataclasses import replace
+
+    from gpu_operator.nodes import deploy_label
+
+    ctx = load_scenario("default").context()
+    node = next(n for n in ctx.nodes if n.has_gpu)
+    off = replace(node, labels={**node.labels, deploy_label("container-toolkit"): "false"})
+    changed = replace(ctx, nodes=tuple(off if n is node else n for n in ctx.nodes))
+    assert render_key(changed) != render_key(ctx)

@@ -185,12 +185,13 @@ class Kube:
         timeout_seconds: int = 30,
         *,
         handle: list[Any] | None = None,
+        parse: Callable[[bytes], dict[str, Any] | None] = json.loads,
         **query: Any,
     ) -> Iterator[dict[str, Any]]:
         """Watch events ({"type", "object"}) from a collection path until the server ends the watch.
 
         While the watch is open its urllib3 response is in `handle` (if given), so another thread can end a
-        blocked read with `response.shutdown()`.
+        blocked read with `response.shutdown()`. `parse`: an event line to the event, or None to skip it.
         """
         q = {"watch": True, "resourceVersion": resource_version, "timeoutSeconds": timeout_seconds,
              "allowWatchBookmarks": True, **query}  # fmt: skip
@@ -209,7 +210,9 @@ class Kube:
                 buf = lines.pop()
                 for line in lines:
                     if line.strip():
-                        yield json.loads(line)
+                        event = parse(line)
+                        if event is not None:
+                            yield event
         finally:
             if handle is not None and resp in handle:
                 handle.remove(resp)

@@ -9,7 +9,9 @@ dropped there) and dropped when the projection did not change, so only changes r
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -43,6 +45,7 @@ class Watch(Generic[T]):
         label_selector: str | None = None,
         stale: Callable[[T, T], bool] | None = None,
         name: str = "watch",
+        volatile: re.Pattern[bytes] | None = None,
     ):
         self.kube = kube
         self.path = path
@@ -54,6 +57,11 @@ class Watch(Generic[T]):
         self.name = name
         self.stop = threading.Event()
         self._known: set[str] = set()
+        # `volatile`: the fields of an event line that change without anything this watch projects changing (a
+        # heartbeat's times). A line equal to the object's last one once they are taken out is skipped unparsed.
+        self.volatile = volatile
+        self._digests: dict[bytes, int] = {}  # object name -> digest of its last line without the volatile fields
+        self._rv = ""
 
     def start(self) -> threading.Thread:
         thread = threading.Thread(target=self.run, name=self.name, daemon=True)
@@ -90,26 +98,45 @@ class Watch(Generic[T]):
         for name in self._known - seen:
             self.deliver(name, None)
         self._known = seen
+        self._digests.clear()
         return str(meta.get("resourceVersion") or "")
 
     def watch(self, rv: str) -> str | None:
         """Events from `rv` until the server ends the watch: the version to go on from, or None to list again."""
-        for event in self.kube.watch(self.path, rv, timeout_seconds=WATCH_TIMEOUT_S, **self.query):
+        self._rv = rv
+        parse = self._parse if self.volatile is not None else json.loads
+        for event in self.kube.watch(self.path, rv, timeout_seconds=WATCH_TIMEOUT_S, parse=parse, **self.query):
             kind, obj = event.get("type"), event.get("object") or {}
             if kind == "ERROR":
                 log.info("%s: %s; listing again", self.name, obj.get("message"))
                 return None
-            rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
+            self._rv = (obj.get("metadata") or {}).get("resourceVersion") or self._rv
             if kind == "DELETED":
                 name = obj["metadata"]["name"]
                 self._known.discard(name)
+                self._digests.pop(name.encode(), None)
                 self.deliver(name, None)
             elif kind in ("ADDED", "MODIFIED"):
                 self._known.add(obj["metadata"]["name"])
                 self.offer(obj)
             if self.stop.is_set():
-                return rv
-        return rv
+                return self._rv
+        return self._rv
+
+    def _parse(self, line: bytes) -> dict[str, Any] | None:
+        """The event of a line, or None (skipped) when only its volatile fields changed since the object's last."""
+        assert self.volatile is not None
+        named = _NAME.search(line, 0, 512)
+        if named is None:
+            return dict(json.loads(line))
+        digest = hash(self.volatile.sub(b"", line))
+        if self._digests.get(named.group(1)) == digest:
+            version = _VERSION.search(line)
+            if version is not None:
+                self._rv = version.group(1).decode()
+            return None
+        self._digests[named.group(1)] = digest
+        return dict(json.loads(line))
 
     def offer(self, obj: dict[str, Any]) -> None:
         name = obj["metadata"]["name"]
@@ -124,6 +151,15 @@ def _older(new: NodeFacts, cached: NodeFacts) -> bool:
     return new.resource_version < cached.resource_version
 
 
+# A watch event line starts {"type":"...","object":{"kind":"...","apiVersion":"...","metadata":{"name":"...",
+# "uid":"...","resourceVersion":"..." (the API server writes the fields in that order).
+_NAME = re.compile(rb'"metadata":\{"name":"([^"]+)"')
+_VERSION = re.compile(rb'"resourceVersion":"([0-9]+)"')
+# What a node heartbeat changes: the conditions' heartbeat times, the writer's managedFields time and the version.
+NODE_VOLATILE = re.compile(rb'"(?:lastHeartbeatTime|time|resourceVersion)":"[^"]*"')
+
+
 class NodeWatch(Watch[NodeFacts]):
     def __init__(self, kube: Kube, current: Current[NodeFacts], deliver: Deliver[NodeFacts]):
-        super().__init__(kube, NODES, NodeFacts.from_node, current, deliver, stale=_older, name="node-watch")
+        super().__init__(kube, NODES, NodeFacts.from_node, current, deliver, stale=_older, name="node-watch",
+                         volatile=NODE_VOLATILE)  # fmt: skip

@@ -135,6 +135,24 @@ def relabelled(nodes: list[NodeFacts], patches: dict[str, NodePatch]) -> list[No
     return out
 
 
+# Node labels the operands write about themselves and rendering never reads (GPU feature discovery's, the MIG
+# manager's report, the upgrade state), left out of the render key: a rollout changes them on every node, and each
+# change would render again. tests/test_render.py changes them (and a node's annotations, readiness and cordon,
+# also left out) on every scenario's nodes and checks the plans stay equal.
+RENDER_BLIND = frozenset({
+    "nvidia.com/gpu.product", "nvidia.com/gpu.memory", "nvidia.com/gpu.count", "nvidia.com/gpu.family",
+    "nvidia.com/gpu.machine", "nvidia.com/gpu.replicas", "nvidia.com/gpu.sharing-strategy",
+    "nvidia.com/gpu.compute.major", "nvidia.com/gpu.compute.minor", "nvidia.com/mig.capable", "nvidia.com/mig.strategy",
+    "nvidia.com/mps.capable", "nvidia.com/mig.config.state", UPGRADE_STATE,
+})  # fmt: skip
+RENDER_BLIND_PREFIXES = ("nvidia.com/cuda.", "nvidia.com/gfd.", "nvidia.com/mig-", "nvidia.com/vgpu.")
+
+
+def render_blind(key: str) -> bool:
+    """Whether rendering never reads a node label (RENDER_BLIND)."""
+    return key in RENDER_BLIND or key.startswith(RENDER_BLIND_PREFIXES)
+
+
 def render_key(ctx: RenderContext, rows: dict[str, tuple[NodeFacts, str]] | None = None) -> str:
     """A digest of everything rendering depends on: equal keys, equal plans (rendering is deterministic).
 
@@ -145,7 +163,8 @@ def render_key(ctx: RenderContext, rows: dict[str, tuple[NodeFacts, str]] | None
     for n in ctx.nodes:
         hit = memo.get(n.name)
         if hit is None or hit[0] is not n:
-            row = [n.name, n.labels, n.annotations, n.unschedulable, n.ready, n.runtime, n.has_nfd, n.pci_devices]
+            labels = {k: v for k, v in n.labels.items() if not render_blind(k)}
+            row = [n.name, labels, n.runtime, n.has_nfd, n.pci_devices]
             hit = (n, json.dumps(row, sort_keys=True, default=str))
         fresh[n.name] = hit
     if rows is not None:

@@ -201,15 +201,54 @@ def test_a_node_change_is_urgent_only_while_the_status_waits_and_nothing_rolls_o
     assert op.urgent.is_set()  # this change may be all the status waits for
 
 
-def test_a_new_or_changed_policy_spec_skips_the_debounce_and_its_status_updates_do_not() -> None:
+def test_a_new_or_changed_policy_spec_skips_the_debounce_and_a_status_update_starts_no_pass() -> None:
     op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
     first = {**policy("cluster-policy", 10), "metadata": {**policy("cluster-policy", 10)["metadata"], "generation": 1}}
     op.on_policy("ADDED", first)
     assert op.prompt.is_set() and op.urgent.is_set()
     op.prompt.clear()
     status = {**first, "metadata": {**first["metadata"], "resourceVersion": "11"}, "status": {"state": "notReady"}}
-    op.on_policy("MODIFIED", status)  # our own status write: same generation
-    assert not op.prompt.is_set()
-    edited = {**status, "metadata": {**status["metadata"], "resourceVersion": "12", "generation": 2}}
+    op.urgent.clear()
+    op.wake.clear()
+    op.on_policy("MODIFIED", status)  # our own status write: same generation, and no pass for it
+    assert not op.prompt.is_set() and not op.wake.is_set()
+    assert op.policies["cluster-policy"]["status"] == {"state": "notReady"}  # the cache has it all the same
+    deleting = {**status, "metadata": {**status["metadata"], "resourceVersion": "12", "deletionTimestamp": "now"}}
+    op.on_policy("MODIFIED", deleting)  # metadata changed: a pass
+    assert op.urgent.is_set() and not op.prompt.is_set()
+    edited = {**deleting, "metadata": {**deleting["metadata"], "resourceVersion": "13", "generation": 2}}
     op.on_policy("MODIFIED", edited)
     assert op.prompt.is_set()
+
+
+def _by_name(index: Any) -> tuple[dict[Any, list[str]], dict[str, list[str]]]:
+    """A PodIndex as names (sorted): what it holds, not the order it found it in."""
+    return (
+        {k: sorted(p["metadata"]["name"] for p in v) for k, v in index.by_node_state.items()},
+        {k: sorted(p["metadata"]["name"] for p in v) for k, v in index.by_owner.items()},
+    )
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_pod_index_kept_between_passes_is_the_one_built_from_the_pods(seed: int) -> None:
+    import random
+
+    from gpu_operator.observe import PodIndex
+    from gpu_operator.states.base import STATE_LABEL
+
+    rng = random.Random(seed)
+    op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
+    for step in range(300):
+        name = f"p{rng.randint(0, 25)}"
+        if rng.random() < 0.2:
+            op.on_pod(name, None)
+        else:
+            owner = rng.choice(["nvidia-driver-daemonset", "nvidia-device-plugin-daemonset"])
+            body = pod(name, rng.choice(["", "n1", "n2", "n3"]), ready=rng.random() < 0.5, owner=owner)
+            body["metadata"]["labels"][STATE_LABEL] = rng.choice(["state-driver", "state-device-plugin"])
+            if rng.random() < 0.2:
+                body["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+            op.on_pod(name, body)
+        if step % 50 == 49:  # a relisting rebuilds it
+            op._merge(snapshot(pods=dict(op.pods)))
+        assert _by_name(op.snapshot().pod_index) == _by_name(PodIndex.of(op.pods)), f"step {step}"

@@ -117,6 +117,19 @@ def passes(metrics_port: int, metric: str = "gpu_operator_reconciliation_total")
 PASS_CPU = "gpu_operator_reconciliation_cpu_seconds_total"
 
 
+def triggers(metrics_port: int) -> collections.Counter[str]:
+    """The operator's passes so far by what started them (gpu_operator_reconciliation_triggers_total)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    found = re.findall(r'^gpu_operator_reconciliation_triggers_total\{source="([^"]+)"\} (\S+)', text, re.M)
+    return collections.Counter({k: int(float(v)) for k, v in found})
+
+
+def _since(now: collections.Counter[str], before: collections.Counter[str]) -> str:
+    diff = now - before
+    return ", ".join(f"{k} {n}" for k, n in diff.most_common()) or "none"
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]
@@ -136,6 +149,8 @@ def print_profile(raw: Path, top: int = 25) -> None:
     own: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
     threads: collections.Counter[str] = collections.Counter()
+    outside_own: collections.Counter[str] = collections.Counter()
+    outside_incl: collections.Counter[str] = collections.Counter()
     total = 0
     for line in raw.read_text().splitlines() if raw.exists() else []:
         stack, _, n = line.rpartition(" ")
@@ -146,8 +161,13 @@ def print_profile(raw: Path, top: int = 25) -> None:
         own[frames[-1]] += count
         for f in set(frames[1:]):
             incl[f] += count
+        if not any(f.startswith("_timed (") for f in frames):  # outside the reconcile passes
+            outside_own[frames[-1]] += count
+            for f in set(frames[1:]):
+                outside_incl[f] += count
     print(f"py-spy: {total} busy samples (100 a second)")
-    for by, counter in (("thread", threads), ("own", own), ("inclusive", incl)):
+    for by, counter in (("thread", threads), ("own", own), ("inclusive", incl),
+                        ("own, outside the passes", outside_own), ("inclusive, outside the passes", outside_incl)):
         print(f"  by {by}:")
         for name, samples in counter.most_common(top):
             print(f"    {samples:6d}  {name}")
@@ -298,6 +318,7 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
             time.sleep(1)
             assert op.proc is not None
             cpu0, passes0 = cpu_seconds(op.proc.pid), passes(op.metrics_port)
+            triggers0 = triggers(op.metrics_port)
             pass_cpu0 = passes(op.metrics_port, PASS_CPU)
             t0 = time.monotonic()
             created_at = time.time()
@@ -322,6 +343,7 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
             ready_s = time.monotonic() - t0
             cpu_ready = cpu_seconds(op.proc.pid) - cpu0
             passes_ready = passes(op.metrics_port) - passes0
+            triggers_ready = triggers(op.metrics_port)
             pass_cpu = passes(op.metrics_port, PASS_CPU) - pass_cpu0
             rss_ready = (rss_kib(op.proc.pid) or 0) / 1024
             if args.pass_profile:
@@ -371,6 +393,7 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
             figure("operator CPU from ClusterPolicy to ready", cpu_ready, "s")
             figure("reconcile passes from ClusterPolicy to ready", passes_ready, "",
                    f"(their thread's CPU {pass_cpu:.1f} s; the rest is the watches, the event loop and HTTP)")
+            print(f"  started by: {_since(triggers_ready, triggers0)}")
             figure("operator RSS at ready", rss_ready, "MiB")
             plane = {name: (rss_kib(pid) or 0) / 1024 for name, pid in cluster.pids.items()}
             figure("control plane RSS at ready", sum(plane.values()), "MiB",
@@ -406,6 +429,7 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
                     if now != last:
                         last, still = now, time.monotonic()
                 figure("last pass after ready", still - (t0 + ready_s), "s")
+                print(f"  passes after ready started by: {_since(triggers(op.metrics_port), triggers_ready)}")
                 cpu2, p0 = cpu_seconds(op.proc.pid), passes(op.metrics_port)
                 time.sleep(args.settled)
                 settled_cpu = 100 * (cpu_seconds(op.proc.pid) - cpu2) / args.settled

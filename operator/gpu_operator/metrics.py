@@ -20,6 +20,13 @@ reconciliation_total = Counter("gpu_operator_reconciliation", "Reconciliations o
 reconciliation_cpu_seconds_total = Counter(
     "gpu_operator_reconciliation_cpu_seconds", "CPU time spent in reconcile passes (their thread)", registry=REGISTRY
 )
+# Ours: what the passes were started by (a pass started by changes of several kinds counts once for each).
+reconciliation_triggers_total = Counter(
+    "gpu_operator_reconciliation_triggers",
+    "Reconcile passes by the kind of change that started them (timer: none, a periodic recheck)",
+    ["source"],
+    registry=REGISTRY,
+)
 reconciliation_failed_total = Counter(
     "gpu_operator_reconciliation_failed", "Failed reconciliations of the ClusterPolicy", registry=REGISTRY
 )

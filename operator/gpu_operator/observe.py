@@ -6,7 +6,7 @@ and `doctor`); the operator then keeps the same snapshot current from watch even
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -65,19 +65,24 @@ class Snapshot:
         return out
 
 
+def node_state(pod: dict[str, Any]) -> tuple[str, str]:
+    """A pod projection's (node, operand state) key in the PodIndex."""
+    labels = pod["metadata"]["labels"]
+    # owning_state without its check that a legacy component label names a state: lookups are by name.
+    return (pod["node"], labels.get(STATE_LABEL) or labels.get(COMPONENT) or "")
+
+
 @dataclass(frozen=True)
 class PodIndex:
-    by_node_state: dict[tuple[str, str], list[dict[str, Any]]]
-    by_owner: dict[str, list[dict[str, Any]]]
+    by_node_state: Mapping[tuple[str, str], Sequence[dict[str, Any]]]
+    by_owner: Mapping[str, Sequence[dict[str, Any]]]
 
     @classmethod
     def of(cls, pods: Mapping[str, dict[str, Any]]) -> PodIndex:
         by_node_state: dict[tuple[str, str], list[dict[str, Any]]] = {}
         by_owner: dict[str, list[dict[str, Any]]] = {}
         for pod in pods.values():
-            labels = pod["metadata"]["labels"]
-            # owning_state without its check that a legacy component label names a state: lookups are by name.
-            key = (pod["node"], labels.get(STATE_LABEL) or labels.get(COMPONENT) or "")
+            key = node_state(pod)
             found = by_node_state.get(key)
             if found is None:
                 by_node_state[key] = [pod]

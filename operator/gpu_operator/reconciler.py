@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -384,7 +385,7 @@ class Reconciler:
         assignment: nvidiadriver.Assignment | None,
         plans: list[StatePlan],
         live: dict[Key, dict[str, Any]],
-        pods_by_owner: dict[str, list[dict[str, Any]]],
+        pods_by_owner: Mapping[str, Sequence[dict[str, Any]]],
         refused: set[str],
     ) -> None:
         """Each NVIDIADriver's status (written when it changed) and a Warning event when it newly conflicts."""
@@ -434,7 +435,7 @@ class Reconciler:
         desired: set[Key],
         live: dict[Key, dict[str, Any]],
         snap: Snapshot,
-        pods_by_owner: dict[str, list[dict[str, Any]]],
+        pods_by_owner: Mapping[str, Sequence[dict[str, Any]]],
         refused: set[str],
     ) -> StateResult:
         """The state's DaemonSets, each by upstream's readiness rule (RollingUpdate or OnDelete).

@@ -28,11 +28,13 @@ from .nvidiadriver import NVIDIADriver
 from .observe import (
     OWNED_SELECTOR,
     Key,
+    PodIndex,
     Snapshot,
     key_of,
     list_owned,
     newer,
     node_features,
+    node_state,
     observe,
     pod_projection,
     revision_projection,
@@ -85,6 +87,10 @@ class Operator:
         self.owned: dict[Key, dict[str, Any]] = {}
         self.pods: dict[str, dict[str, Any]] = {}
         self.pods_on: dict[str, set[str]] = {}  # node -> names of the operand pods there (kept with `pods`)
+        # `pods` as observe.PodIndex has it, kept with `pods` too (a pass's snapshot copies it instead of building it
+        # over every pod): (node, state) -> the pods, a tuple replaced on change; owner -> name -> pod.
+        self._by_node_state: dict[tuple[str, str], tuple[dict[str, Any], ...]] = {}
+        self._by_owner: dict[str, dict[str, dict[str, Any]]] = {}
         self.revisions: dict[str, dict[str, Any]] = {}
         self.api_groups: frozenset[str] = frozenset()
         self.discovery_stale = False
@@ -104,6 +110,7 @@ class Operator:
         self._features_listed = 0.0
         self.wake = asyncio.Event()
         self.urgent = asyncio.Event()  # a change that is not paced (set with `wake`)
+        self.causes: set[str] = set()  # the kinds of change since the last pass (counted in the metrics)
         self.prompt = asyncio.Event()  # a ClusterPolicy's spec changed: the next pass skips (or ends) the debounce
         self.unready: set[str] = set()  # operand pods not ready and not being deleted (kept with `pods`)
         self.unready_of: dict[str, set[str]] = {}  # the same by owning DaemonSet
@@ -123,10 +130,16 @@ class Operator:
 
     # Cache updates from watch events (run in the event loop)
 
-    def wake_now(self) -> None:
-        """Wake the loop for a change a pass should not wait for (see PACE)."""
+    def wake_now(self, source: str) -> None:
+        """Wake the loop for a change a pass should not wait for (see PACE); `source`: the kind that changed."""
+        self.causes.add(source)
         self.wake.set()
         self.urgent.set()
+
+    def paced(self, source: str) -> None:
+        """Wake the loop for a change a pass may wait for (see PACE)."""
+        self.causes.add(source)
+        self.wake.set()
 
     def on_listing(self, resource: str, event_type: str | None, key: Any) -> None:
         """Every kopf event, before its handler: notes a relisting (a listing after the first one)."""
@@ -139,7 +152,7 @@ class Operator:
             log.info("%s listed again (its watch expired): re-reading the cluster", resource)
             self._listings[resource] = {key}
             self.relist = True
-            self.wake_now()
+            self.wake_now("relist")
         else:
             listing.add(key)
 
@@ -152,7 +165,7 @@ class Operator:
         if facts is None:
             self._forget("node", name)
             if self.nodes.pop(name, None) is not None:
-                self.wake_now()
+                self.wake_now("node")
             return
         cached = self.nodes.get(name)
         if cached is not None and facts.resource_version < cached.resource_version:
@@ -161,9 +174,9 @@ class Operator:
             self.nodes[name] = facts
             if cached is None or (self.not_ready and not self.unready):
                 # A node came, or a node's labels (mig-manager's report, say) may be all the status waits for.
-                self.wake_now()
+                self.wake_now("node")
             else:
-                self.wake.set()
+                self.paced("node")
             self._label(facts)
 
     def _label(self, node: NodeFacts) -> None:
@@ -214,7 +227,7 @@ class Operator:
             )
         except Exception as exc:  # noqa: BLE001 - the next full pass tries again
             log.warning("labelling node %s failed: %s", node.name, exc)
-            self.wake.set()  # the full pass tries again
+            self.paced("node")  # the full pass tries again
             return
         finally:
             self._labelling.discard(asyncio.current_task())
@@ -233,7 +246,9 @@ class Operator:
             if before is None or _generation(before) != _generation(body):
                 self.prompt.set()  # a new or changed spec: no debounce (one write, nothing to coalesce)
             self.policies[name] = dict(body)
-        self.wake_now()
+            if before is not None and _status_only(before, body):
+                return  # our own status write coming back: nothing a pass decides on changed
+        self.wake_now("policy")
 
     def on_nvidia_driver(self, event_type: str | None, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
@@ -242,7 +257,7 @@ class Operator:
             self.nvidia_drivers.pop(name, None)
         elif newer(self.nvidia_drivers.get(name), body):
             self.nvidia_drivers[name] = dict(body)
-        self.wake_now()
+        self.wake_now("nvidiadriver")
 
     def on_owned(self, event_type: str | None, body: dict[str, Any]) -> None:
         key = key_of(body)
@@ -255,9 +270,9 @@ class Operator:
             self.owned[key] = dict(body)
         # A status-only change (a DaemonSet counting its pods) is paced like the pods it counts.
         if event_type == "DELETED" or cached is None or _generation(cached) != _generation(body) or not self.unready:
-            self.wake_now()
+            self.wake_now("owned")
         else:
-            self.wake.set()
+            self.paced("owned")
 
     def on_crd(self, event_type: str | None, body: dict[str, Any]) -> None:
         """A CRD of an optional kind's group came or went: refresh what the API serves, then reconcile."""
@@ -265,7 +280,7 @@ class Operator:
         optional = {k.group for k in (*operand_kinds(), NODE_FEATURE) if k.optional}
         if group in optional and event_type is not None:
             self.discovery_stale = True
-            self.wake_now()
+            self.wake_now("crd")
 
     def on_pod(self, name: str, pod: dict[str, Any] | None) -> None:
         """An operand pod's projection changed (None: deleted), from the pod watch."""
@@ -278,20 +293,23 @@ class Operator:
         if pod is None:
             self._forget("pod", name)
             self.pods.pop(name, None)
+            if old is not None:
+                self._drop_indexed(name, old)
         else:
             self._touch("pod", name)
             self.pods[name] = pod
             self.pods_on.setdefault(pod["node"], set()).add(name)
+            self._index(name, pod, old)
             if not pod_ready(pod) and not pod["metadata"].get("deletionTimestamp"):
                 self.unready.add(name)
                 self.unready_of.setdefault(pod["owner"], set()).add(name)
                 owner_done = False
                 turned_ready = False
         if was_unready and self.unready and not owner_done and not (turned_ready and self._upgrading(old)):
-            self.wake.set()
+            self.paced("pod")
         else:
             # A DaemonSet's last pod turned ready (its state may be ready now: said at once), or none rolls out.
-            self.wake_now()
+            self.wake_now("pod")
 
     def _upgrading(self, pod: dict[str, Any] | None) -> bool:
         """Whether the pod's node is mid driver upgrade (its next step may wait for this pod)."""
@@ -319,6 +337,30 @@ class Operator:
             if not names:
                 del self.pods_on[pod["node"]]
 
+    def _index(self, name: str, pod: dict[str, Any], old: dict[str, Any] | None) -> None:
+        """Put a pod in the PodIndex kept here, in its old pod's place when it has the same key."""
+        key = node_state(pod)
+        if old is not None and node_state(old) == key and old["owner"] == pod["owner"]:
+            self._by_node_state[key] = tuple(pod if p is old else p for p in self._by_node_state.get(key, ()))
+        else:
+            if old is not None:
+                self._drop_indexed(name, old)
+            self._by_node_state[key] = (*self._by_node_state.get(key, ()), pod)
+        self._by_owner.setdefault(pod["owner"], {})[name] = pod
+
+    def _drop_indexed(self, name: str, pod: dict[str, Any]) -> None:
+        key = node_state(pod)
+        left = tuple(p for p in self._by_node_state.get(key, ()) if p["metadata"]["name"] != name)
+        if left:
+            self._by_node_state[key] = left
+        else:
+            self._by_node_state.pop(key, None)
+        owned = self._by_owner.get(pod["owner"])
+        if owned is not None:
+            owned.pop(name, None)
+            if not owned:
+                del self._by_owner[pod["owner"]]
+
     def on_config_map(self, event_type: str | None, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
         keys = None if event_type == "DELETED" else config_map_keys(body)
@@ -333,7 +375,7 @@ class Operator:
             self._touch("configmap", name)
             self.config_maps[name] = keys
             self.config_data[name] = data
-        self.wake_now()
+        self.wake_now("configmap")
 
     def on_revision(self, name: str, rev: dict[str, Any] | None) -> None:
         """A ControllerRevision's projection changed (None: deleted), from the revision watch."""
@@ -343,7 +385,7 @@ class Operator:
         else:
             self._touch("revision", name)
             self.revisions[name] = rev
-        self.wake.set()
+        self.paced("revision")
 
     # Leadership
 
@@ -351,7 +393,7 @@ class Operator:
         """This replica may write from now on (in the event loop)."""
         metrics.leader.set(1)
         self.leading.set()
-        self.wake_now()
+        self.wake_now("leader")
 
     def started_leading(self) -> None:
         """The elector won the Lease (in its thread)."""
@@ -412,6 +454,9 @@ class Operator:
         self.pods_on = {}
         for name, pod in self.pods.items():
             self.pods_on.setdefault(pod["node"], set()).add(name)
+        index = PodIndex.of(self.pods)
+        self._by_node_state = {k: tuple(v) for k, v in index.by_node_state.items()}
+        self._by_owner = {o: {p["metadata"]["name"]: p for p in pods} for o, pods in index.by_owner.items()}
         self.unready, self.unready_of = set(), {}
         for name, pod in self.pods.items():
             if not pod_ready(pod) and not pod["metadata"].get("deletionTimestamp"):
@@ -455,6 +500,13 @@ class Operator:
         self.node_features = node_features(self.kube, self.api_groups)
 
     def snapshot(self) -> Snapshot:
+        snap = self._snapshot()
+        snap.__dict__["pod_index"] = PodIndex(
+            dict(self._by_node_state), {o: list(pods.values()) for o, pods in self._by_owner.items()}
+        )
+        return snap
+
+    def _snapshot(self) -> Snapshot:
         return Snapshot(
             nodes=with_devices(self.nodes, self.node_features),
             policies={k: dict(v) for k, v in self.policies.items()},
@@ -508,6 +560,9 @@ class Operator:
                 await asyncio.wait(set(self._labelling), timeout=LABELLING_WAIT_S)
             self.wake.clear()
             self.urgent.clear()
+            for cause in self.causes or ("timer",):
+                metrics.reconciliation_triggers_total.labels(cause).inc()
+            self.causes.clear()
             if self.relist:
                 self.relist = False
                 await self.sync(prune=True)
@@ -565,6 +620,21 @@ def _timed(fn: Callable[[], Outcome]) -> Outcome:
 def pass_gap(took: float) -> float:
     """How long after a pass that took `took` seconds a paced one waits (see PACE)."""
     return min(MAX_GAP_S, PACE * took)
+
+
+_VOLATILE_META = ("resourceVersion", "managedFields")
+
+
+def _status_only(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Whether an object changed in its status alone (its metadata but the version and managedFields, and every
+    other field, are equal)."""
+    if set(before) - {"status"} != set(after) - {"status"}:
+        return False
+    if any(before[k] != after[k] for k in before if k not in ("status", "metadata")):
+        return False
+    meta_a, meta_b = before.get("metadata") or {}, after.get("metadata") or {}
+    keys = (set(meta_a) | set(meta_b)) - set(_VOLATILE_META)
+    return all(meta_a.get(k) == meta_b.get(k) for k in keys)
 
 
 def _generation(obj: dict[str, Any] | None) -> Any:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -40,7 +40,7 @@ DRIVER = "state-driver"
 VALIDATOR = "state-operator-validation"
 
 
-def _pick(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _pick(pods: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     """The pod that matters on a node: a live one over a terminating one."""
     live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
     return live[0] if live else (pods[0] if pods else None)

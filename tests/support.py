@@ -100,18 +100,10 @@ CONFIG_MAPS: dict[str, tuple[str, ...]] = {
 }
 
 
-def render_all(
-    spec: ClusterPolicySpec,
-    nodes: list[NodeFacts] | None = None,
-    *,
-    namespace: str = NAMESPACE,
-    api_groups: frozenset[str] = frozenset(),
-    config_maps: dict[str, tuple[str, ...]] | None = None,
-    nvidia_drivers: list[dict[str, Any]] | None = None,
-) -> list[StatePlan]:
-    """The whole pipeline as the operator runs it: label the nodes, then plan on the relabelled nodes."""
-    return plan(render_context(spec, nodes, namespace=namespace, api_groups=api_groups, config_maps=config_maps,
-                               nvidia_drivers=nvidia_drivers))
+def render_all(spec: ClusterPolicySpec, nodes: list[NodeFacts] | None = None, **facts: Any) -> list[StatePlan]:
+    """The whole pipeline as the operator runs it: label the nodes, then plan on the relabelled nodes (`facts`:
+    render_context's keywords)."""
+    return plan(render_context(spec, nodes, **facts))
 
 
 def render_context(

@@ -37,16 +37,24 @@ class Api:
                 yield found
 
 
-def test_heartbeats_are_dropped_changes_and_deletions_delivered() -> None:
-    cache: dict[str, NodeFacts] = {}
-    delivered: list[tuple[str, bool]] = []
+class Cache:
+    """The operator's node cache as the watch feeds it, and what was delivered: (name, not deleted)."""
 
-    def deliver(name: str, facts: NodeFacts | None) -> None:
-        delivered.append((name, facts is not None))
+    def __init__(self) -> None:
+        self.nodes: dict[str, NodeFacts] = {}
+        self.delivered: list[tuple[str, bool]] = []
+
+    def deliver(self, name: str, facts: NodeFacts | None) -> None:
+        self.delivered.append((name, facts is not None))
         if facts is None:
-            cache.pop(name, None)
+            self.nodes.pop(name, None)
         else:
-            cache[name] = facts
+            self.nodes[name] = facts
+
+
+def test_heartbeats_are_dropped_changes_and_deletions_delivered() -> None:
+    cache = Cache()
+    delivered = cache.delivered
 
     api = Api(
         [versioned("a", 5), versioned("b", 6)],
@@ -57,11 +65,11 @@ def test_heartbeats_are_dropped_changes_and_deletions_delivered() -> None:
             {"type": "DELETED", "object": versioned("b", 14)},
         ],
     )
-    watch = NodeWatch(api, cache.get, deliver)  # type: ignore[arg-type]
+    watch = NodeWatch(api, cache.nodes.get, cache.deliver)  # type: ignore[arg-type]
     assert watch.relist() == "10"
     assert watch.watch("10") == "14"  # where the next watch goes on from
     assert delivered == [("a", True), ("b", True), ("a", True), ("b", False)]
-    assert cache["a"].labels["nvidia.com/gpu.present"] == "true"
+    assert cache.nodes["a"].labels["nvidia.com/gpu.present"] == "true"
 
     api.listed = [versioned("c", 20)]  # listed again after a broken watch: a is gone
     delivered.clear()
@@ -82,13 +90,8 @@ def heartbeat(name: str, rv: int, beat: str, **kw: Any) -> dict[str, Any]:
 
 
 def test_a_heartbeat_line_is_skipped_unparsed_and_its_version_still_counts() -> None:
-    cache: dict[str, NodeFacts] = {}
-    delivered: list[tuple[str, bool]] = []
-
-    def deliver(name: str, facts: NodeFacts | None) -> None:
-        delivered.append((name, facts is not None))
-        if facts is not None:
-            cache[name] = facts
+    cache = Cache()
+    delivered = cache.delivered
 
     not_ready = heartbeat("a", 14, "2026-01-01T00:01:00Z")
     not_ready["status"]["conditions"][0]["status"] = "False"
@@ -101,7 +104,7 @@ def test_a_heartbeat_line_is_skipped_unparsed_and_its_version_still_counts() -> 
         {"type": "MODIFIED", "object": heartbeat("a", 16, "2026-01-01T00:01:40Z", labels={"x": "y"})},  # skipped
         {"type": "DELETED", "object": heartbeat("a", 17, "2026-01-01T00:01:40Z", labels={"x": "y"})},
     ])  # fmt: skip
-    watch = NodeWatch(api, cache.get, deliver)  # type: ignore[arg-type]
+    watch = NodeWatch(api, cache.nodes.get, cache.deliver)  # type: ignore[arg-type]
     assert watch.watch("10") == "17"
     assert api.parsed == 5
     assert delivered == [("a", True), ("b", True), ("a", True), ("a", True), ("a", False)]

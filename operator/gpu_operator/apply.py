@@ -135,7 +135,7 @@ class Applier:
     ) -> Future[Result]:
         """The apply of obj, sent once every future in `needs` is done (whatever its answer)."""
         out: Future[Result] = Future()
-        left = [len(needs)]
+        left = [len(needs) + 1]  # one more, held until every callback is registered (a done future calls back at once)
         lock = threading.Lock()
 
         def send(_: object = None) -> None:
@@ -145,7 +145,6 @@ class Applier:
                     return
             self._pool.submit(self._apply_one, obj, live).add_done_callback(lambda f: _settle(out, f))
 
-        left[0] += 1  # held until every callback is registered (a done future calls back at once)
         for need in needs:
             need.add_done_callback(send)
         send()

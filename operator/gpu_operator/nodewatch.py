@@ -14,7 +14,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from .kube import Kube
 from .nodes import NodeFacts
@@ -128,7 +128,7 @@ class Watch(Generic[T]):
         assert self.volatile is not None
         named = _NAME.search(line, 0, 512)
         if named is None:
-            return dict(json.loads(line))
+            return cast(dict[str, Any], json.loads(line))
         digest = hash(self.volatile.sub(b"", line))
         if self._digests.get(named.group(1)) == digest:
             version = _VERSION.search(line)
@@ -136,7 +136,7 @@ class Watch(Generic[T]):
                 self._rv = version.group(1).decode()
             return None
         self._digests[named.group(1)] = digest
-        return dict(json.loads(line))
+        return cast(dict[str, Any], json.loads(line))
 
     def offer(self, obj: dict[str, Any]) -> None:
         name = obj["metadata"]["name"]

@@ -160,8 +160,11 @@ class Kube:
         query: dict[str, Any] | None = None,
         content_type: str | None = None,
         timeout: float = 30,
+        decode: Callable[[bytes], Any] = json.loads,
     ) -> Any:
-        """One request with plain JSON in and out (no client models in between); ApiError on a 4xx/5xx."""
+        """One request with plain JSON in and out (no client models in between); ApiError on a 4xx/5xx.
+
+        `decode`: the answer's body to what is returned (wire.py's typed decoders read only some fields)."""
         if body is not None and content_type is None:
             content_type = "application/json"
         if isinstance(body, dict | list) and content_type and content_type.endswith("yaml"):
@@ -176,7 +179,7 @@ class Kube:
             data = resp.read()
         if not 200 <= resp.status <= 299:
             raise ApiError(resp.status, data.decode(errors="replace"), f"{method} {path}", resp.reason or "")
-        return json.loads(data) if data else None
+        return decode(data) if data else None
 
     def watch(
         self,
@@ -185,9 +188,9 @@ class Kube:
         timeout_seconds: int = 30,
         *,
         handle: list[Any] | None = None,
-        parse: Callable[[bytes], dict[str, Any] | None] = json.loads,
+        parse: Callable[[bytes], Any] = json.loads,
         **query: Any,
-    ) -> Iterator[dict[str, Any]]:
+    ) -> Iterator[Any]:
         """Watch events ({"type", "object"}) from a collection path until the server ends the watch.
 
         While the watch is open its urllib3 response is in `handle` (if given), so another thread can end a
@@ -347,9 +350,10 @@ class DryRunKube(Kube):
         query: dict[str, Any] | None = None,
         content_type: str | None = None,
         timeout: float = 30,
+        decode: Callable[[bytes], Any] = json.loads,
     ) -> Any:
         if method == "GET":
-            return super().request(method, path, body, query, content_type, timeout)
+            return super().request(method, path, body, query, content_type, timeout, decode)
         self._count(method, path)
         parsed = json.loads(body) if isinstance(body, str) else body
         self.recorded.append((method, path, parsed))

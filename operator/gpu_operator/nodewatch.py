@@ -4,7 +4,8 @@ Every node heartbeats (a status write every ~20 s), so a 1,000-node cluster send
 change nothing the operator reads, and the operand pods of 1,000 nodes are ~8,000 objects of ~50 KB each once
 parsed. kopf's per-event machinery cost more than the rest of the operator at steady state (py-spy) and kept
 per-object state for each pod; here an event is parsed and projected in the watching thread (the whole object
-dropped there) and dropped when the projection did not change, so only changes reach the event loop.
+dropped there) and dropped when the projection did not change, so only changes reach the event loop. Pod events
+are decoded into typed Structs that read only the fields projected (wire.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Generic, TypeVar, cast
 
 from .kube import Kube
 from .nodes import NodeFacts
+from .wire import Codec
 
 log = logging.getLogger("gpu_operator")
 
@@ -38,7 +40,7 @@ class Watch(Generic[T]):
         self,
         kube: Kube,
         path: str,
-        project: Callable[[dict[str, Any]], T],
+        project: Callable[[Any], T],
         current: Current[T],
         deliver: Deliver[T],
         *,
@@ -46,6 +48,7 @@ class Watch(Generic[T]):
         stale: Callable[[T, T], bool] | None = None,
         name: str = "watch",
         volatile: re.Pattern[bytes] | None = None,
+        codec: Codec[Any] | None = None,
     ):
         self.kube = kube
         self.path = path
@@ -62,6 +65,8 @@ class Watch(Generic[T]):
         self.volatile = volatile
         self._digests: dict[bytes, int] = {}  # object name -> digest of its last line without the volatile fields
         self._rv = ""
+        # `codec`: the list pages and events are decoded into its Structs (wire.py), and `project` takes one.
+        self.codec = codec
 
     def start(self) -> threading.Thread:
         thread = threading.Thread(target=self.run, name=self.name, daemon=True)
@@ -85,40 +90,57 @@ class Watch(Generic[T]):
         query: dict[str, Any] = {**self.query, "limit": 500}
         seen: set[str] = set()
         while True:
-            page = self.kube.request("GET", self.path, query=query)
-            items = page.pop("items", None) or []
-            for i in range(len(items)):
-                obj, items[i] = items[i], None  # each whole object is dropped as soon as it is projected
-                seen.add(obj["metadata"]["name"])
-                self.offer(obj)
-            meta = page.get("metadata") or {}
-            if not meta.get("continue"):
+            if self.codec is not None:
+                page = self.kube.request("GET", self.path, query=query, decode=self.codec.decode_page)
+                for item in page.items or ():
+                    seen.add(item.metadata.name)
+                    self._offer(item.metadata.name, self.project(item))
+                rv, more = page.metadata.resourceVersion, page.metadata.next
+            else:
+                data = self.kube.request("GET", self.path, query=query)
+                items = data.pop("items", None) or []
+                for i in range(len(items)):
+                    obj, items[i] = items[i], None  # each whole object is dropped as soon as it is projected
+                    seen.add(obj["metadata"]["name"])
+                    self.offer(obj)
+                meta = data.get("metadata") or {}
+                rv, more = meta.get("resourceVersion"), meta.get("continue")
+            if not more:
                 break
-            query["continue"] = meta["continue"]
+            query["continue"] = more
         for name in self._known - seen:
             self.deliver(name, None)
         self._known = seen
         self._digests.clear()
-        return str(meta.get("resourceVersion") or "")
+        return str(rv or "")
 
     def watch(self, rv: str) -> str | None:
         """Events from `rv` until the server ends the watch: the version to go on from, or None to list again."""
         self._rv = rv
-        parse = self._parse if self.volatile is not None else json.loads
+        typed = self.codec is not None
+        parse = self.codec.decode_event if self.codec else self._parse if self.volatile is not None else json.loads
         for event in self.kube.watch(self.path, rv, timeout_seconds=WATCH_TIMEOUT_S, parse=parse, **self.query):
-            kind, obj = event.get("type"), event.get("object") or {}
+            if typed:  # a wire.Event
+                kind, obj = event.type, event.object
+                name, version, message = (obj.metadata.name, obj.metadata.resourceVersion, obj.message) if obj else (
+                    "", "", None)  # fmt: skip
+            else:
+                kind, obj = event.get("type"), event.get("object") or {}
+                meta = obj.get("metadata") or {}
+                name, version, message = meta.get("name", ""), meta.get("resourceVersion"), obj.get("message")
             if kind == "ERROR":
-                log.info("%s: %s; listing again", self.name, obj.get("message"))
+                log.info("%s: %s; listing again", self.name, message)
                 return None
-            self._rv = (obj.get("metadata") or {}).get("resourceVersion") or self._rv
-            if kind == "DELETED":
-                name = obj["metadata"]["name"]
+            self._rv = version or self._rv
+            if not name:  # a bookmark
+                pass
+            elif kind == "DELETED":
                 self._known.discard(name)
                 self._digests.pop(name.encode(), None)
                 self.deliver(name, None)
             elif kind in ("ADDED", "MODIFIED"):
-                self._known.add(obj["metadata"]["name"])
-                self.offer(obj)
+                self._known.add(name)
+                self._offer(name, self.project(obj))
             if self.stop.is_set():
                 return self._rv
         return self._rv
@@ -139,8 +161,9 @@ class Watch(Generic[T]):
         return cast(dict[str, Any], json.loads(line))
 
     def offer(self, obj: dict[str, Any]) -> None:
-        name = obj["metadata"]["name"]
-        new = self.project(obj)
+        self._offer(obj["metadata"]["name"], self.project(obj))
+
+    def _offer(self, name: str, new: T) -> None:
         cached = self.current(name)
         if cached is not None and (cached == new or (self.stale is not None and self.stale(new, cached))):
             return

@@ -13,6 +13,7 @@ from functools import cached_property
 from sys import intern
 from typing import Any, TypeVar
 
+from . import wire
 from .gpu_identity import device_ids_from_node_feature, node_of_feature
 from .kinds import NODE_FEATURE, Kind, operand_kinds, served
 from .kube import ApiError, Kube
@@ -108,27 +109,36 @@ _POD_LABELS = ("controller-revision-hash", STATE_LABEL, COMPONENT)
 
 
 def pod_projection(pod: dict[str, Any]) -> dict[str, Any]:
-    meta = pod.get("metadata") or {}
-    status = pod.get("status") or {}
-    owner = next((o["name"] for o in meta.get("ownerReferences") or [] if o.get("kind") == "DaemonSet"), "")
-    phase = status.get("phase")
+    """The projection of a parsed pod (a listing's): the same as the pod watch's (`project_pod`)."""
+    return project_pod(wire.convert(pod, wire.Pod))
+
+
+def project_pod(pod: wire.Pod) -> dict[str, Any]:
+    """What the operator keeps of an operand pod."""
+    meta = pod.metadata
+    status = pod.status if isinstance(pod.status, wire.PodStatus) else wire.PodStatus()
+    owner = next((o.name for o in meta.ownerReferences or () if o.kind == "DaemonSet"), "")
+    phase = status.phase
+    containers = status.containerStatuses or ()
     # Strings shared by many pods (label values, node, owner and container names) are interned.
     return {
         "metadata": {
-            "name": meta.get("name"),
-            "labels": {intern(k): intern(v) for k, v in (meta.get("labels") or {}).items() if k in _POD_LABELS},
-            **({"deletionTimestamp": meta["deletionTimestamp"]} if meta.get("deletionTimestamp") else {}),
+            "name": meta.name,
+            "labels": {intern(k): intern(v) for k, v in (meta.labels or {}).items() if k in _POD_LABELS},
+            **({"deletionTimestamp": meta.deletionTimestamp} if meta.deletionTimestamp else {}),
         },
-        "node": intern((pod.get("spec") or {}).get("nodeName", "")),
+        "node": intern((pod.spec.nodeName if pod.spec else None) or ""),
         "owner": intern(owner),
         "status": {
             "phase": intern(phase) if isinstance(phase, str) else phase,
             "containerStatuses": [
-                {"name": intern(c.get("name") or ""), "ready": bool(c.get("ready")),
-                 "restartCount": c.get("restartCount", 0)}
-                for c in status.get("containerStatuses") or []
-            ],  # fmt: skip
+                {"name": intern(c.name or ""), "ready": bool(c.ready), "restartCount": c.restartCount}
+                for c in containers
+            ],
         },
+        # readiness.pod_ready's answer, worked out once here: each pass asks it of every pod of a DaemonSet
+        # that is not ready.
+        "ready": phase == "Running" and bool(containers) and all(c.ready for c in containers),
     }
 
 

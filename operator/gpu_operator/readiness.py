@@ -16,6 +16,9 @@ def newest_revision_hash(revisions: list[dict[str, Any]]) -> str | None:
 
 
 def pod_ready(pod: dict[str, Any]) -> bool:
+    ready = pod.get("ready")
+    if ready is not None:  # a projection (observe.project_pod) carries the answer
+        return bool(ready)
     status = pod.get("status") or {}
     if status.get("phase") != "Running":
         return False

@@ -1,0 +1,92 @@
+"""Typed decoding of the watch streams that carry many objects (msgspec).
+
+An operand pod's watch event is ~8 KB of JSON (managedFields, the whole spec), of which the operator reads a
+dozen fields. `json.loads` builds every dict and string of it (~165 µs a pod); decoding into the Structs here
+reads only the declared fields and skips the rest without building them (~11 µs). At 1,000 nodes the pod watch
+parses ~20,000 such events during a rollout.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+T = TypeVar("T")
+
+
+class OwnerRef(msgspec.Struct):
+    kind: str = ""
+    name: str = ""
+
+
+class Meta(msgspec.Struct):
+    name: str = ""
+    resourceVersion: str = ""  # noqa: N815 - the API's field names
+    labels: dict[str, str] | None = None
+    ownerReferences: list[OwnerRef] | None = None  # noqa: N815
+    deletionTimestamp: str | None = None  # noqa: N815
+
+
+class ContainerStatus(msgspec.Struct):
+    name: str | None = None
+    ready: bool | None = None
+    restartCount: int = 0  # noqa: N815
+
+
+class PodStatus(msgspec.Struct):
+    phase: str | None = None
+    containerStatuses: list[ContainerStatus] | None = None  # noqa: N815
+
+
+class PodSpec(msgspec.Struct):
+    nodeName: str | None = None  # noqa: N815
+
+
+class Pod(msgspec.Struct):
+    """The fields of a Pod the operator reads (observe.pod_projection)."""
+
+    metadata: Meta = msgspec.field(default_factory=Meta)
+    spec: PodSpec | None = None
+    # A watch ERROR event's object is a Status: its `status` a string, and a `message`.
+    status: PodStatus | str | None = None
+    message: str | None = None
+
+
+class ListMeta(msgspec.Struct):
+    resourceVersion: str = ""  # noqa: N815
+    # `continue` is a Python keyword: the Struct field is renamed.
+    next: str | None = msgspec.field(default=None, name="continue")
+
+
+class Page(msgspec.Struct, Generic[T]):
+    """One page of a list."""
+
+    metadata: ListMeta = msgspec.field(default_factory=ListMeta)
+    items: list[T] | None = None
+
+
+class Event(msgspec.Struct, Generic[T]):
+    """One watch event."""
+
+    type: str = ""
+    object: T | None = None
+
+
+class Codec(Generic[T]):
+    """The decoders of one kind's list pages and watch events."""
+
+    def __init__(self, kind: type[T]):
+        self.page = msgspec.json.Decoder(Page[kind])  # type: ignore[valid-type]
+        self.event = msgspec.json.Decoder(Event[kind])  # type: ignore[valid-type]
+
+    def decode_page(self, data: bytes) -> Page[T]:
+        return self.page.decode(data)
+
+    def decode_event(self, line: bytes) -> Event[T]:
+        return self.event.decode(line)
+
+
+def convert(obj: dict[str, Any], kind: type[T]) -> T:
+    """An object already parsed (a listing's) as its Struct, so both paths project the same way."""
+    return msgspec.convert(obj, kind, strict=False)

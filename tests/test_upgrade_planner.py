@@ -7,6 +7,9 @@ from typing import Any
 import pytest
 
 from gpu_operator.api import DrainSpec, DriverUpgradePolicySpec, PodDeletionSpec, WaitForCompletionSpec
+from gpu_operator.nodes import NodeFacts
+from gpu_operator.observe import PodIndex
+from gpu_operator.states.base import STATE_LABEL as OPERAND_STATE_LABEL
 from gpu_operator.upgrade import (
     DELETED_DRIVER_POD_ANNOTATION,
     DRAIN_SKIP_LABEL,
@@ -34,10 +37,13 @@ from gpu_operator.upgrade import (
     max_unavailable_count,
     parse_selector,
     plan,
+    planner,
     preview_waves,
 )
+from gpu_operator.upgrade.adapter import upgrade_nodes
 
 OLD, NEW = "rev-old", "rev-new"
+DEPLOY_DRIVER = "nvidia.com/gpu.deploy.driver"
 NOW = 10_000.0
 
 
@@ -862,3 +868,41 @@ def test_a_node_first_seen_in_sync_is_marked_done_without_an_event() -> None:
     result = plan([node], [], DriverUpgradePolicySpec(auto_upgrade=True), 0.0)
     assert SetState("n1", "upgrade-done") in result.actions
     assert not [a for a in result.actions if isinstance(a, Event)]
+
+
+# The settled-node shortcut (planner._settled, adapter._built)
+
+
+def test_a_settled_node_object_is_skipped_and_a_changed_one_stepped_again() -> None:
+    done = make_node("s1", "upgrade-done", rev=NEW)
+    assert plan([done], [], policy(), 0.0).actions == []
+    assert planner._settled.get("s1") is done
+    assert plan([done], [], policy(), 0.0).actions == []  # the same object: skipped, still nothing
+    # Its DaemonSet moved on: a new object (the adapter makes one when an input changes) is stepped again.
+    behind = make_node("s1", "upgrade-done", rev=NEW, revision="rev-newer")
+    assert plan([behind], [], policy(), 0.0).started == ("s1",)
+    assert "s1" not in planner._settled
+    # A node with something to say is never taken as settled.
+    waiting = make_node("s2", None, rev=None)
+    assert plan([waiting], [], policy(), 0.0).waiting == {"s2": "no driver pod on the node yet"}
+    assert "s2" not in planner._settled
+
+
+def test_the_adapter_gives_the_same_object_for_the_same_inputs() -> None:
+    facts = NodeFacts(name="a1", labels={DEPLOY_DRIVER: "true", "feature.node.kubernetes.io/pci-10de.present": "true"})
+    pod = {**driver_pod("drv-a1", rev=NEW), "node": "a1", "owner": "nvidia-driver-daemonset"}
+    pod["metadata"]["labels"][OPERAND_STATE_LABEL] = "state-driver"
+    pods = {"drv-a1": pod}
+    revisions = {"r": {"metadata": {"labels": {"controller-revision-hash": NEW}}, "revision": 3,
+                       "owner": "nvidia-driver-daemonset"}}  # fmt: skip
+    (first,) = upgrade_nodes([facts], pods, revisions, index=PodIndex.of(pods))
+    (again,) = upgrade_nodes([facts], pods, revisions, index=PodIndex.of(pods))
+    assert again is first and first.driver_pod is pod and first.driver_revision == NEW
+    (refused,) = upgrade_nodes([facts], pods, revisions, {"a1": "why"}, index=PodIndex.of(pods))
+    assert refused is not first and refused.refused == "why"
+    newer = {**pod, "metadata": {**pod["metadata"], "deletionTimestamp": "2026-01-01T00:00:00Z"}}
+    (moved,) = upgrade_nodes([facts], {"drv-a1": newer}, revisions, index=PodIndex.of({"drv-a1": newer}))
+    assert moved.driver_pod is newer
+    relabelled = NodeFacts(name="a1", labels={**facts.labels, DEPLOY_DRIVER: "paused-for-driver-upgrade"})
+    (paused,) = upgrade_nodes([relabelled], pods, revisions, index=PodIndex.of(pods))
+    assert paused.labels is relabelled.labels

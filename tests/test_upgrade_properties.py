@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -367,10 +368,19 @@ class Cluster:
         self.interventions = 0
         self.steps = 0
         self.failures = 0
+        self.seen: dict[str, tuple[tuple[Any, ...], UpgradeNode]] = {}
 
     def observe(self) -> tuple[list[UpgradeNode], list[WorkloadPod]]:
-        nodes = [
-            UpgradeNode(
+        nodes = []
+        for n in self.nodes.values():
+            # A node that did not change is the same object again, as the operator's adapter gives it (the
+            # planner then skips a settled one without stepping it: this rollout goes through that too).
+            seen = copy.deepcopy((n.labels, n.annotations, n.unschedulable, n.ready, n.pod, n.validator_ready))
+            kept = self.seen.get(n.name)
+            if kept is not None and kept[0] == seen:
+                nodes.append(kept[1])
+                continue
+            made = UpgradeNode(
                 name=n.name,
                 labels=dict(n.labels),
                 annotations=dict(n.annotations),
@@ -380,8 +390,8 @@ class Cluster:
                 driver_revision=NEW,
                 validator_pod=pod_dict(f"val-{n.name}", "v", n.validator_ready),
             )
-            for n in self.nodes.values()
-        ]
+            self.seen[n.name] = (seen, made)
+            nodes.append(made)
         return nodes, [p.projection() for p in self.pods.values()]
 
     def apply(self, actions: list[Action]) -> None:

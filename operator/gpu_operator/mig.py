@@ -59,6 +59,7 @@ APPROVED = "nvidia.com/gpu-operator.mig-config.approved"
 # The operands upstream's mig-manager pauses around a change (reconfigure.go).
 PAUSED_BY_MANAGER = ("device-plugin", "gpu-feature-discovery", "dcgm", "dcgm-exporter", "nvsm", "client")
 MANAGER_LABEL = deploy_label(MIG_MANAGER)
+_PAUSED_KEYS = tuple((op, deploy_label(op)) for op in PAUSED_BY_MANAGER)  # (operand, its deploy label)
 CONDITION = "MIGConfig"
 IN_PROGRESS = ("pending", "rebooting")
 EVENT_REFUSED = "MIGConfigRefused"
@@ -269,7 +270,7 @@ def decide(
 
 def _restore(node: NodeFacts, spec: ClusterPolicySpec, manager_alive: bool, out: Decision) -> None:
     labels = node.labels
-    paused = [op for op in PAUSED_BY_MANAGER if labels.get(deploy_label(op)) == PAUSED]
+    paused = [op for op, key in _PAUSED_KEYS if labels.get(key) == PAUSED]
     if not paused:
         return
     state = labels.get(MIG_CONFIG_STATE, "")
@@ -296,7 +297,7 @@ def _gate(
     approved = labels.get(APPROVED)
     held = labels.get(MANAGER_LABEL) == PAUSED
     state = labels.get(MIG_CONFIG_STATE, "")
-    operands_paused = any(labels.get(deploy_label(op)) == PAUSED for op in PAUSED_BY_MANAGER)
+    operands_paused = any(labels.get(key) == PAUSED for _, key in _PAUSED_KEYS)
     if state in IN_PROGRESS and operands_paused and not held:
         return  # mig-manager is mid-change: let it finish
     if approved == want:

@@ -416,9 +416,12 @@ def driver_kernel_patch(node: NodeFacts, precompiled: bool, hold: bool) -> dict[
     return {DRIVER_KERNEL: want}
 
 
+_DEPLOY_DRIVER = deploy_label("driver")
+
+
 def gets_driver(node: NodeFacts) -> bool:
     """A GPU node the operator's driver is for (a paused label keeps the node in its pool)."""
-    value = node.labels.get(deploy_label("driver"))
+    value = node.labels.get(_DEPLOY_DRIVER)
     return node.has_gpu and (value == "true" or value in PAUSED_VALUES)
 
 

@@ -81,6 +81,7 @@ class Reconciler:
         self._plan: tuple[str, list[StatePlan]] | None = None  # the last plan and its render key
         self._sharing_warned: str | None = None  # the refusal last posted as an event
         self._spec: tuple[str, ClusterPolicySpec] | None = None  # the last parsed spec and its JSON text
+        self._coverage: tuple[ClusterPolicySpec, list[tuple[str, str]]] | None = None  # coverage.report of a spec
         # Node -> (the facts and spec a patch was decided on, that patch): a node that did not change is not
         # decided again (the facts are the watch cache's own objects, replaced only when the node changes).
         self._patches: dict[str, tuple[NodeFacts, ClusterPolicySpec, bool, NodePatch]] = {}
@@ -96,6 +97,12 @@ class Reconciler:
             self._spec = (text, parse_spec(raw, allow_unknown=allow_unknown))
             return self._spec[1], True
         return self._spec[1], False
+
+    def _unsupported(self, spec: ClusterPolicySpec) -> list[tuple[str, str]]:
+        """coverage.report, worked out once per parsed spec."""
+        if self._coverage is None or self._coverage[0] is not spec:
+            self._coverage = (spec, coverage.report(spec))
+        return self._coverage[1]
 
     def _node_patches(
         self, nodes: list[NodeFacts], spec: ClusterPolicySpec, refused: frozenset[str]
@@ -333,7 +340,7 @@ class Reconciler:
             error="; ".join(errors) or None,
             settling=bool(patches or held or out.applied or out.deleted),
             extra={"upgrade": upgrade.status} if upgrade.status else None,
-            unsupported=coverage.report(spec),
+            unsupported=self._unsupported(spec),
             more_conditions=[
                 c
                 for c in [

@@ -42,6 +42,8 @@ VALIDATOR = "state-operator-validation"
 
 def _pick(pods: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     """The pod that matters on a node: a live one over a terminating one."""
+    if len(pods) == 1:
+        return pods[0]
     live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
     return live[0] if live else (pods[0] if pods else None)
 
@@ -74,25 +76,40 @@ def upgrade_nodes(
             newest[owner] = (number, rev["metadata"]["labels"].get("controller-revision-hash"))
     by_node = (index or PodIndex.of(pods)).by_node_state
     out = []
+    if len(_built) > 2 * len(by_node) + 100:  # nodes that went away (by_node: at most a few keys per node)
+        _built.clear()
     for node in nodes:
         if not gets_driver(node):
             continue
         driver = _pick(by_node.get((node.name, DRIVER), []))
-        out.append(
-            UpgradeNode(
-                name=node.name,
-                labels=node.labels,  # shared, not copied: neither side changes them
-                annotations=node.annotations,
-                unschedulable=node.unschedulable,
-                ready=node.ready,
-                driver_pod=driver,
-                driver_revision=newest.get(driver["owner"], (0, None))[1] if driver else None,
-                validator_pod=_pick(by_node.get((node.name, VALIDATOR), [])),
-                refused=(refused or {}).get(node.name, ""),
-                pool_move=_pool_move(node),
-            )
+        validator = _pick(by_node.get((node.name, VALIDATOR), []))
+        revision = newest.get(driver["owner"], (0, None))[1] if driver else None
+        why = (refused or {}).get(node.name, "")
+        hit = _built.get(node.name)
+        if hit and hit[0] is node and hit[1] is driver and hit[2] is validator and hit[3] == (revision, why):
+            out.append(hit[4])  # the same inputs: the same object (the planner knows it settled)
+            continue
+        made = UpgradeNode(
+            name=node.name,
+            labels=node.labels,  # shared, not copied: neither side changes them
+            annotations=node.annotations,
+            unschedulable=node.unschedulable,
+            ready=node.ready,
+            driver_pod=driver,
+            driver_revision=revision,
+            validator_pod=validator,
+            refused=why,
+            pool_move=_pool_move(node),
         )
+        _built[node.name] = (node, driver, validator, (revision, why), made)
+        out.append(made)
     return out
+
+
+# Node name -> (the node object, driver and validator pod projections and (revision, refusal) an UpgradeNode was
+# made of, that UpgradeNode): a node whose inputs are the very same objects (the caches replace them on change)
+# gets the same UpgradeNode again, which the planner recognizes as settled without stepping it.
+_built: dict[str, tuple[NodeFacts, Any, Any, tuple[str | None, str], UpgradeNode]] = {}
 
 
 def _pool_move(node: NodeFacts) -> str:

@@ -669,6 +669,8 @@ def plan(
     `limit`: what is left of cluster-wide limits beyond the policy's (several NVIDIADrivers upgrading).
     """
     nodes = sorted(nodes, key=lambda n: n.name)
+    if len(_settled) > 2 * len(nodes) + 100:  # nodes that went away
+        _settled.clear()
     slots = Slots.observe(nodes, policy)
     counters = Counters(
         total=slots.total,
@@ -694,7 +696,14 @@ def plan(
 
     def advance(node: UpgradeNode) -> None:
         while True:
+            if _settled.get(node.name) is node:
+                return  # this very node object had nothing to do last time (its step depends on it alone)
             step = p.step(node)
+            if step is not None and node.state in (UNKNOWN, DONE):
+                if step == _NOTHING:
+                    _settled[node.name] = node
+                else:
+                    _settled.pop(node.name, None)
             if step is None:
                 candidates.append(node)
                 return
@@ -736,6 +745,12 @@ def plan(
             if step.quiet:
                 quiet.add(node.name)
     return Plan(out, waiting, counters, tuple(started), frozenset(quiet))
+
+
+# Node name -> the UpgradeNode object (upgrade-done or unknown) whose step was to do nothing and say nothing: a step
+# from those states depends on the node alone (not the time, the pods or the policy), so the same object is skipped.
+_settled: dict[str, UpgradeNode] = {}
+_NOTHING = _Step()
 
 
 def _reason(node: UpgradeNode) -> str | None:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from gpu_operator.observe import Snapshot
-from gpu_operator.runtime import Operator
+from gpu_operator.runtime import Operator, _daemonset
 from support import facts
 
 
@@ -138,11 +138,28 @@ def test_during_a_rollout_a_daemonset_status_change_is_paced_and_a_spec_change_i
     assert op.urgent.is_set()
 
 
+def test_the_daemonset_watch_feeds_the_owned_cache() -> None:
+    """Our DaemonSets come from their own watch (nodewatch.Watch), by name; None when deleted."""
+    op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
+    key = ("DaemonSet", "gpu-operator", "nvidia-driver-daemonset")
+    listed_item = {"metadata": {"name": "nvidia-driver-daemonset", "namespace": "gpu-operator", "resourceVersion": "7"}}
+    body = _daemonset(listed_item)  # a listing's item carries no kind
+    assert body["kind"] == "DaemonSet" and body["apiVersion"] == "apps/v1"
+    op.on_daemonset("nvidia-driver-daemonset", body)
+    assert op.owned[key] == body and op.daemonset("nvidia-driver-daemonset") == body and op.urgent.is_set()
+    op.urgent.clear()
+    older = _daemonset({**listed_item, "metadata": {**listed_item["metadata"], "resourceVersion": "6"}})
+    op.on_daemonset("nvidia-driver-daemonset", older)
+    assert op.owned[key]["metadata"]["resourceVersion"] == "7"  # an older version does not replace the cached one
+    op.on_daemonset("nvidia-driver-daemonset", None)
+    assert key not in op.owned and op.urgent.is_set()  # deleted (by someone else): a pass at once
+
+
 def test_the_gap_between_passes_grows_with_their_cost_up_to_a_cap() -> None:
     from gpu_operator.runtime import DEBOUNCE_S, MAX_GAP_S, pass_gap
 
-    assert pass_gap(0.02) < DEBOUNCE_S  # a small cluster: the debounce alone decides
-    assert pass_gap(0.1) == pytest.approx(1.0)
+    assert pass_gap(0.005) < DEBOUNCE_S  # a small cluster: the debounce alone decides
+    assert pass_gap(0.025) == pytest.approx(1.0)
     assert pass_gap(5.0) == MAX_GAP_S
 
 

@@ -138,6 +138,27 @@ def test_during_a_rollout_a_daemonset_status_change_is_paced_and_a_spec_change_i
     assert op.urgent.is_set()
 
 
+def test_a_daemonset_count_that_may_turn_the_status_ready_skips_the_debounce() -> None:
+    op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
+    ds = {**daemonset("nvidia-device-plugin-daemonset", 10)}
+    ds["metadata"] = {**ds["metadata"], "generation": 1}
+    op.on_owned("ADDED", ds)
+    op.prompt.clear()
+
+    def counted(rv: int) -> None:
+        op.on_owned("MODIFIED", {**ds, "metadata": {**ds["metadata"], "resourceVersion": str(rv)}, "status": {"n": rv}})
+
+    counted(11)
+    assert not op.prompt.is_set()  # the status is ready (or not known yet): the debounce coalesces as usual
+    op.not_ready = True
+    op.on_pod("a", pod("a", "n1", ready=False))
+    counted(12)
+    assert not op.prompt.is_set()  # a pod still rolls out: paced
+    op.on_pod("a", pod("a", "n1", ready=True))
+    counted(13)
+    assert op.prompt.is_set() and op.urgent.is_set()  # none rolls out: this count may be the last one awaited
+
+
 def test_the_daemonset_watch_feeds_the_owned_cache() -> None:
     """Our DaemonSets come from their own watch (nodewatch.Watch), by name; None when deleted."""
     op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]

@@ -130,7 +130,7 @@ class Kube:
             config.load_incluster_config(client_configuration=cfg)
         else:
             config.load_kube_config(client_configuration=cfg)
-        cfg.connection_pool_maxsize = 32  # the apply (16) and single-node label (16) threads
+        cfg.connection_pool_maxsize = 64  # the apply (16) and single-node label (48) threads
         return cls(client.ApiClient(cfg))
 
     def _headers(self, content_type: str | None) -> dict[str, str]:

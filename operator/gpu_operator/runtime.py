@@ -73,7 +73,7 @@ DEBOUNCE_S = 0.3
 PACE = 40.0
 MAX_GAP_S = 2.0
 LABELLING_WAIT_S = 1.0
-LABEL_THREADS = 16
+LABEL_THREADS = 48
 NODE_FEATURE_RELIST_S = 10.0
 
 
@@ -112,7 +112,7 @@ class Operator:
         self.wake = asyncio.Event()
         self.urgent = asyncio.Event()  # a change that is not paced (set with `wake`)
         self.causes: set[str] = set()  # the kinds of change since the last pass (counted in the metrics)
-        self.prompt = asyncio.Event()  # a ClusterPolicy's spec changed: the next pass skips (or ends) the debounce
+        self.prompt = asyncio.Event()  # the next pass skips (or ends) the debounce: a new spec, or a last count
         self.unready: set[str] = set()  # operand pods not ready and not being deleted (kept with `pods`)
         self.unready_of: dict[str, set[str]] = {}  # the same by owning DaemonSet
         self.task: asyncio.Task[None] | None = None
@@ -272,6 +272,9 @@ class Operator:
         # A status-only change (a DaemonSet counting its pods) is paced like the pods it counts.
         if event_type == "DELETED" or cached is None or _generation(cached) != _generation(body) or not self.unready:
             self.wake_now("owned")
+            if self.not_ready and not self.unready and event_type != "DELETED":
+                # No operand pod is left rolling out: this count may be what the status waits for to turn ready.
+                self.prompt.set()
         else:
             self.paced("owned")
 

@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
                              "(received and answered, relative to the create; groups of 8 or more folded)")
     parser.add_argument("--cpu-profile", action="store_true",
                         help="sample the operator with py-spy from ClusterPolicy to ready and while it idles; print "
-                             "where its CPU goes")
+                             "where its CPU goes (with --log, the raw stacks to ready beside the log)")
     args = parser.parse_args(argv)
     ensure_binaries()
     runs: list[dict[str, tuple[float, str]]] = []
@@ -354,6 +354,8 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
                 spy_rollout.wait(timeout=60)
                 print("CPU from ClusterPolicy to ready:")
                 print_profile(rollout, top=40)
+                if args.log and rollout.exists():
+                    shutil.copyfile(rollout, f"{args.log}.rollout.prof")  # the raw stacks, for a closer look
 
             user = op.username
             until_ready = [e for e in requests_of(cluster, user) if audit_time(e) <= ready_at]
@@ -386,6 +388,17 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
             figure("ClusterPolicy -> status ready", ready_s, "s", f"(state {state})")
             if pods_ready:
                 figure("last operand pod status written -> ready seen", ready_at - max(pods_ready), "s")
+                # Where that time went: the DaemonSet controller's last status write, then our status patch.
+                ds_status = [
+                    done_time(e) for e in cluster.audit_events()
+                    if e.get("stage") == "ResponseComplete" and e.get("objectRef", {}).get("resource") == "daemonsets"
+                    and e["objectRef"].get("subresource") == "status" and audit_time(e) <= ready_at
+                ]  # fmt: skip
+                ours = [done_time(e) for e in until_ready if what(e) == "patch clusterpolicies/status"]
+                if ds_status and ours:
+                    print(f"  last pod status {max(pods_ready) - created_at:.2f} s after the create, last DaemonSet "
+                          f"status +{max(ds_status) - max(pods_ready):.2f} s, our ready status patch "
+                          f"+{max(ours) - max(pods_ready):.2f} s")
             by_verb = collections.Counter(what(e) for e in until_ready)
             figure("API requests until ready", len(until_ready), "", f"({2 * args.nodes + 300} is 2N+300)")
             for name, n in sorted(by_verb.items()):

@@ -287,10 +287,13 @@ def test_skip_label_pre_cordoned_node_and_crash_looping_driver(env: Env) -> None
     assert ":600.20.02-" in driver_pods(env.admin)[skipped]["spec"]["containers"][0]["image"]
 
     def crash_reported() -> str | None:
+        # The status is written at the end of the pass that labelled the node, so right after the label it may
+        # still give the reason of the pass before (waiting for the pod): wait for the failure's.
         status = (env.admin.get("ClusterPolicy", "cluster-policy") or {})["status"]["upgrade"]
-        return {w["node"]: w["reason"] for w in status["waiting"]}.get(crashing)
+        reason = {w["node"]: w["reason"] for w in status["waiting"]}.get(crashing)
+        return reason if reason and reason.startswith("upgrade failed") else None
 
-    reason: str = wait_for(crash_reported, 30, message=f"status.upgrade names {crashing}")
+    reason: str = wait_for(crash_reported, 30, message=f"status.upgrade names {crashing} as failed")
     assert "restart" in reason or "crash" in reason.lower(), reason
     # Once the driver runs, the failed node recovers by itself.
     env.sim.crash_loop_driver(crashing, False)

@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from gpu_operator import wire
 from gpu_operator.nodes import NodeFacts
 from gpu_operator.nodewatch import NodeWatch
 from support import node
@@ -17,22 +18,40 @@ def versioned(name: str, rv: int, **kw: Any) -> dict[str, Any]:
     return body
 
 
+def line(obj: Any) -> bytes:
+    """JSON the way the API server writes it: compact, one line."""
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
 class Api:
-    def __init__(self, listed: list[dict[str, Any]], events: list[dict[str, Any]]):
+    """Node list pages and watch lines as the API server sends them, through the decoders the watch passes."""
+
+    def __init__(self, listed: list[dict[str, Any]], events: list[dict[str, Any]], page: int = 500):
         self.listed = listed
         self.events = events
+        self.page = page  # items a list page holds
+        self.queries: list[dict[str, Any]] = []
+        self.watches = 0
+        self.parsed = 0
 
-    def request(self, method: str, path: str, query: dict[str, Any] | None = None) -> dict[str, Any]:
-        return {"items": self.listed, "metadata": {"resourceVersion": "10"}}
+    def request(
+        self, method: str, path: str, query: dict[str, Any] | None = None, decode: Any = json.loads
+    ) -> Any:
+        query = dict(query or {})
+        self.queries.append(query)
+        start = int(query.get("continue") or 0)
+        more = start + self.page < len(self.listed)
+        meta = {"resourceVersion": "10", **({"continue": str(start + self.page)} if more else {})}
+        return decode(line({"kind": "NodeList", "metadata": meta, "items": self.listed[start:start + self.page]}))
 
-    def watch(
-        self, path: str, rv: str, timeout_seconds: int = 30, parse: Any = json.loads
-    ) -> Iterator[dict[str, Any]]:
+    def watch(self, path: str, rv: str, timeout_seconds: int = 30, parse: Any = json.loads) -> Iterator[Any]:
         """The events as the API server sends them: one compact JSON line each, through `parse`."""
+        self.watches += 1
         self.parsed = 0
         for event in self.events:
-            found = parse(json.dumps(event, separators=(",", ":")).encode())
+            found = parse(line(event))
             if found is not None:
+                assert isinstance(found, wire.Event) and isinstance(found.object, wire.Node)  # decoded typed
                 self.parsed += 1
                 yield found
 
@@ -70,6 +89,8 @@ def test_heartbeats_are_dropped_changes_and_deletions_delivered() -> None:
     assert watch.watch("10") == "14"  # where the next watch goes on from
     assert delivered == [("a", True), ("b", True), ("a", True), ("b", False)]
     assert cache.nodes["a"].labels["nvidia.com/gpu.present"] == "true"
+    assert cache.nodes["a"] == NodeFacts.from_node(versioned("a", 12, labels={"nvidia.com/gpu.present": "true"}))
+    assert cache.nodes["a"].resource_version == 12
 
     api.listed = [versioned("c", 20)]  # listed again after a broken watch: a is gone
     delivered.clear()
@@ -108,6 +129,7 @@ def test_a_heartbeat_line_is_skipped_unparsed_and_its_version_still_counts() -> 
     assert watch.watch("10") == "17"
     assert api.parsed == 5
     assert delivered == [("a", True), ("b", True), ("a", True), ("a", True), ("a", False)]
+    assert cache.nodes["b"] == NodeFacts.from_node(heartbeat("b", 13, "2026-01-01T00:00:41Z"))
     api.events = [{"type": "MODIFIED", "object": heartbeat("a", 18, "2026-01-01T00:02:00Z", labels={"x": "y"})}]
     watch.watch("17")
     assert api.parsed == 1  # after a deletion the name's next line is parsed again
@@ -117,3 +139,75 @@ def test_a_heartbeat_line_is_skipped_unparsed_and_its_version_still_counts() -> 
     ]
     assert watch.watch("18") == "20"  # the version to go on from is read from skipped lines too
     assert api.parsed == 0
+
+
+def test_a_line_not_written_name_first_is_decoded_and_delivered() -> None:
+    """The heartbeat digest needs the name at the line's start; a line without it is decoded as it is."""
+    cache = Cache()
+    body = heartbeat("a", 11, "2026-01-01T00:00:20Z")
+    meta = body["metadata"]
+    body["metadata"] = {"labels": meta.pop("labels"), **meta}  # the name not first (keys sorted, as kubectl's)
+    api = Api([], [{"type": "MODIFIED", "object": body}] * 2)
+    watch = NodeWatch(api, cache.nodes.get, cache.deliver)  # type: ignore[arg-type]
+    assert watch.watch("10") == "11"
+    assert api.parsed == 2  # neither skipped: the digest is not taken without the name
+    assert cache.delivered == [("a", True)]  # the second dropped as unchanged once decoded
+    assert cache.nodes["a"] == NodeFacts.from_node(body) and cache.nodes["a"].has_gpu
+
+
+def test_an_error_event_ends_the_watch_and_the_nodes_are_listed_again() -> None:
+    cache = Cache()
+    error = {"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                                         "message": "too old resource version: 3 (4)", "reason": "Expired",
+                                         "code": 410}}  # fmt: skip
+    api = Api([versioned("a", 5)], [
+        {"type": "ADDED", "object": versioned("b", 11)},
+        error,
+        {"type": "ADDED", "object": versioned("c", 12)},
+    ])  # fmt: skip
+    watch = NodeWatch(api, cache.nodes.get, cache.deliver)  # type: ignore[arg-type]
+    assert watch.watch("3") is None  # None: list again
+    assert cache.delivered == [("b", True)]  # nothing after the error
+
+    # In the watch's thread: listed, watched until the error, listed again (b, not listed, is deleted).
+    cache, api = Cache(), Api([versioned("a", 5)], [{"type": "ADDED", "object": versioned("b", 11)}, error])
+    watch = NodeWatch(api, cache.nodes.get, cache.deliver)  # type: ignore[arg-type]
+
+    def request(*args: Any, **kwargs: Any) -> Any:
+        if api.queries:  # the listing after the error: the last this test waits for
+            api.events = []
+            watch.stop.set()
+        return Api.request(api, *args, **kwargs)
+
+    def watched(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        if api.watches >= 3:  # not listed again after the error: the test ends instead of watching forever
+            watch.stop.set()
+        return Api.watch(api, *args, **kwargs)
+
+    api.request, api.watch = request, watched  # type: ignore[method-assign]
+    watch.run()
+    assert len(api.queries) == 2 and api.watches == 2
+    assert cache.delivered == [("a", True), ("b", True), ("b", False)]
+
+
+def test_a_listing_over_pages_delivers_changes_and_deletions() -> None:
+    cache = Cache()
+    api = Api([versioned(n, 5 + i) for i, n in enumerate("abcde")], [], page=2)
+    watch = NodeWatch(api, cache.nodes.get, cache.deliver)  # type: ignore[arg-type]
+    assert watch.relist() == "10"
+    assert [q.get("continue") for q in api.queries] == [None, "2", "4"]  # each page asked from where the last ended
+    assert all(q["limit"] == 500 for q in api.queries)
+    assert cache.delivered == [(n, True) for n in "abcde"]
+    assert cache.nodes["c"] == NodeFacts.from_node(versioned("c", 7)) and cache.nodes["c"].resource_version == 7
+
+    api.listed = [versioned("a", 5), versioned("c", 20, ready=False), versioned("e", 9), versioned("f", 21)]
+    cache.delivered.clear()
+    watch.relist()
+    # a and e unchanged: not delivered; c changed, f new; b and d gone: deleted.
+    assert sorted(cache.delivered) == [("b", False), ("c", True), ("d", False), ("f", True)]
+    assert not cache.nodes["c"].ready
+
+    api.listed = [versioned("a", 4, labels={"x": "y"})]  # older than the cached a: dropped
+    cache.delivered.clear()
+    watch.relist()
+    assert sorted(cache.delivered) == [("c", False), ("e", False), ("f", False)]

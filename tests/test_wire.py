@@ -1,4 +1,5 @@
-"""The pod watch's typed decoding (wire.py): the same projection as from the parsed pod, and the watch around it."""
+"""The typed decoding of pod and node events (wire.py): the same projections as from the parsed objects, and the
+watch around the pods' (the node watch's is in test_nodewatch.py)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from gpu_operator import wire
+from gpu_operator.nodes import NFD_PREFIX, UPGRADE_ANNOTATION_PREFIX, NodeFacts
 from gpu_operator.nodewatch import Watch
 from gpu_operator.observe import pod_projection, project_pod
 from gpu_operator.readiness import pod_ready
 from gpu_operator.states.base import COMPONENT, STATE_LABEL
 
 CODEC = wire.Codec(wire.Pod)
+NODE_CODEC = wire.Codec(wire.Node)
 
 
 def line(obj: Any) -> bytes:
@@ -265,3 +268,217 @@ def test_an_error_event_ends_the_watch_for_a_new_listing() -> None:
     ])  # fmt: skip
     assert pod_watch(api, cache).watch("3") is None
     assert cache.delivered == [("a", True)]
+
+
+# Nodes: NodeFacts.from_wire of a decoded Node equals NodeFacts.from_node of the parsed one.
+
+NFD_LABELS = {
+    **{f"{NFD_PREFIX}cpu-cpuid.{f}": "true" for f in ("ADX", "AESNI", "AVX", "AVX2", "AVX512F", "FMA3", "SHA", "VMX")},
+    **{f"{NFD_PREFIX}cpu-{k}": v for k, v in (("hardware_multithreading", "true"), ("model.family", "6"),
+                                              ("model.id", "143"), ("model.vendor_id", "Intel"))},
+    **{f"{NFD_PREFIX}kernel-config.{k}": "true" for k in ("NO_HZ", "NO_HZ_IDLE", "PREEMPT", "IOMMU")},
+    f"{NFD_PREFIX}kernel-version.full": "6.8.0-45-generic",
+    f"{NFD_PREFIX}kernel-version.major": "6",
+    f"{NFD_PREFIX}kernel-version.minor": "8",
+    f"{NFD_PREFIX}kernel-version.revision": "0",
+    f"{NFD_PREFIX}memory-numa": "true",
+    f"{NFD_PREFIX}pci-0302_10de.present": "true",
+    f"{NFD_PREFIX}pci-10de.present": "true",
+    f"{NFD_PREFIX}pci-1af4.present": "true",
+    f"{NFD_PREFIX}pci-8086.present": "true",
+    f"{NFD_PREFIX}storage-nonrotationaldisk": "true",
+    f"{NFD_PREFIX}system-os_release.ID": "ubuntu",
+    f"{NFD_PREFIX}system-os_release.VERSION_ID": "24.04",
+    f"{NFD_PREFIX}system-os_release.VERSION_ID.major": "24",
+    f"{NFD_PREFIX}system-os_release.VERSION_ID.minor": "04",
+}  # fmt: skip
+
+
+def api_node(name: str = "gpu-node-3", rv: str = "583", **over: Any) -> dict[str, Any]:
+    """A GPU node as the API server sends it: NFD's and GFD's labels, managedFields, the whole status."""
+    condition = {"lastHeartbeatTime": "2026-12-01T16:58:31Z", "lastTransitionTime": "2026-12-01T16:00:00Z"}
+    node: dict[str, Any] = {
+        "kind": "Node",
+        "apiVersion": "v1",
+        "metadata": {
+            "name": name,
+            "uid": "a40ea428-88f8-4640-99aa-4db1dac545dc",
+            "resourceVersion": rv,
+            "creationTimestamp": "2026-12-01T16:00:00Z",
+            "labels": {
+                "kubernetes.io/arch": "amd64", "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                "node.kubernetes.io/instance-type": "a2-ultragpu-4g", **NFD_LABELS,
+                "nvidia.com/gpu.present": "true", "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB",
+                "nvidia.com/gpu.count": "4", "nvidia.com/mig.capable": "true", "nvidia.com/gpu.deploy.driver": "true",
+                "nvidia.com/gpu.deploy.device-plugin": "true", "nvidia.com/gfd.timestamp": "1796144325",
+            },
+            "annotations": {
+                "node.alpha.kubernetes.io/ttl": "0",
+                "nfd.node.kubernetes.io/feature-labels": ",".join(k[len(NFD_PREFIX):] for k in NFD_LABELS),
+                "nvidia.com/gpu-driver-upgrade-enabled": "true",
+                "nvidia.com/gpu-driver-upgrade-state": "upgrade-done",
+                "volumes.kubernetes.io/controller-managed-attach-detach": "true",
+            },
+            "managedFields": [
+                {"manager": manager, "operation": "Update", "apiVersion": "v1", "time": "2026-12-01T16:58:31Z",
+                 "fieldsType": "FieldsV1", **({"subresource": "status"} if manager == "kubelet" else {}),
+                 "fieldsV1": {"f:metadata": {"f:labels": {f"f:{k}": {} for k in NFD_LABELS}},
+                              "f:status": {"f:conditions": {'k:{"type":"Ready"}': {"f:lastHeartbeatTime": {}}}}}}
+                for manager in ("kubelet", "nfd-master", "gpu-operator")
+            ],
+        },
+        "spec": {"podCIDR": "10.244.3.0/24", "providerID": "kwok://" + name},
+        "status": {
+            "capacity": {"cpu": "96", "memory": "680Gi", "nvidia.com/gpu": "4", "pods": "110"},
+            "allocatable": {"cpu": "96", "memory": "680Gi", "nvidia.com/gpu": "4", "pods": "110"},
+            "conditions": [
+                {**condition, "type": t, "status": s, "reason": "Kubelet" + t, "message": "kubelet says so"}
+                for t, s in (("MemoryPressure", "False"), ("DiskPressure", "False"), ("PIDPressure", "False"),
+                             ("NetworkUnavailable", "False"), ("Ready", "True"))
+            ],
+            "addresses": [{"type": "InternalIP", "address": "10.64.0.3"}, {"type": "Hostname", "address": name}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "nodeInfo": {"architecture": "amd64", "containerRuntimeVersion": "containerd://1.7.27",
+                         "kernelVersion": "6.8.0-45-generic", "kubeletVersion": "v1.31.2",
+                         "osImage": "Ubuntu 24.04.1 LTS", "operatingSystem": "linux"},
+            "images": [{"names": [f"nvcr.io/nvidia/image-{i}@sha256:{i:064x}", f"nvcr.io/nvidia/image-{i}:v1"],
+                        "sizeBytes": 10**8 + i} for i in range(8)],
+        },
+    }  # fmt: skip
+    for path, value in over.items():
+        *parents, leaf = path.split("__")
+        target = node
+        for p in parents:
+            target = target.setdefault(p, {})
+        if value is None:
+            target.pop(leaf, None)
+        else:
+            target[leaf] = value
+    return node
+
+
+def decoded_node(obj: dict[str, Any], kind: str = "MODIFIED") -> wire.Node:
+    event = NODE_CODEC.decode_event(line({"type": kind, "object": obj}))
+    assert event.type == kind and event.object is not None
+    return event.object
+
+
+def test_an_api_servers_node_decodes_to_the_facts_the_operator_keeps() -> None:
+    node = api_node(spec__unschedulable=True)
+    facts = NodeFacts.from_wire(decoded_node(node))
+    # Of NFD's labels those the operator reads (the NVIDIA PCI ones, the OS, the kernel); every other label.
+    kept = ("pci-0302_10de.present", "pci-10de.present", "system-os_release.ID", "system-os_release.VERSION_ID",
+            "kernel-version.full")  # fmt: skip
+    labels = node["metadata"]["labels"]
+    relevant = {k: v for k, v in labels.items() if not k.startswith(NFD_PREFIX) or k[len(NFD_PREFIX):] in kept}
+    assert len(relevant) == len(labels) - len(NFD_LABELS) + len(kept)
+    assert facts == NodeFacts(
+        name="gpu-node-3",
+        labels=relevant,
+        annotations={
+            UPGRADE_ANNOTATION_PREFIX + "-enabled": "true", UPGRADE_ANNOTATION_PREFIX + "-state": "upgrade-done",
+        },
+        unschedulable=True,
+        ready=True,
+        runtime="containerd",
+        has_nfd=True,
+    )
+    assert facts.resource_version == 583
+    assert NFD_PREFIX + "cpu-cpuid.AVX" not in facts.labels and NFD_PREFIX + "pci-10de.present" in facts.labels
+    parsed = NodeFacts.from_node(node)
+    assert facts == parsed and facts.resource_version == parsed.resource_version
+
+
+def test_missing_parts_of_a_node_decode_to_the_same_facts() -> None:
+    for node in (
+        api_node(status=None, spec=None),
+        api_node(metadata__labels=None, metadata__annotations=None, metadata__resourceVersion=None),
+        api_node(status__conditions=[{"type": "Ready"}, {"status": "True"}], status__nodeInfo={}),
+        api_node(status__conditions=[{"type": "Ready", "status": "False"}, {"type": "Ready", "status": "True"}]),
+        api_node(metadata__resourceVersion="not-a-number", spec__unschedulable=False),
+        # Only NFD labels the operator drops: has_nfd is still true, the labels kept are none of them.
+        api_node(metadata__labels={NFD_PREFIX + "cpu-cpuid.AVX": "true"}),
+        {"metadata": {"name": "bare"}},
+        {},
+    ):
+        facts, parsed = NodeFacts.from_wire(decoded_node(node)), NodeFacts.from_node(node)
+        assert facts == parsed and facts.resource_version == parsed.resource_version
+    assert NodeFacts.from_wire(decoded_node(api_node(metadata__labels={NFD_PREFIX + "cpu-cpuid.AVX": "true"}))).has_nfd
+
+
+def test_a_node_watch_error_event_decodes_as_a_status() -> None:
+    status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "code": 410,
+              "reason": "Expired", "message": "too old resource version: 3 (4)"}  # fmt: skip
+    obj = decoded_node(status, "ERROR")
+    assert obj.status == "Failure" and obj.message == "too old resource version: 3 (4)" and obj.metadata.name == ""
+
+
+key_text = st.text("ab10de.-_/\u00e9\"", min_size=1, max_size=8)  # JSON escapes too
+node_label_keys = st.one_of(
+    st.sampled_from([*NFD_LABELS, "kubernetes.io/hostname", "nvidia.com/gpu.present", "nvidia.com/mig.config",
+                     "nvidia.com/gpu.deploy.driver", NFD_PREFIX + "pci-0300_10de.present", "example.com/pool"]),
+    st.tuples(st.sampled_from([NFD_PREFIX, NFD_PREFIX + "pci-", "nvidia.com/", ""]), key_text).map("".join),
+)  # fmt: skip
+annotation_keys = st.one_of(
+    st.sampled_from([UPGRADE_ANNOTATION_PREFIX + "-state", UPGRADE_ANNOTATION_PREFIX + "-enabled",
+                     UPGRADE_ANNOTATION_PREFIX + ".requested", "nvidia.com/other", "node.alpha.kubernetes.io/ttl"]),
+    key_text,
+)  # fmt: skip
+label_values = st.one_of(st.sampled_from(["true", "false", "", "ubuntu", "24.04"]), key_text)
+conditions = st.fixed_dictionaries({}, optional={
+    "type": st.one_of(st.none(), st.sampled_from(["Ready", "MemoryPressure", "DiskPressure", "PIDPressure", "ready"])),
+    "status": st.one_of(st.none(), st.sampled_from(["True", "False", "Unknown", "true"])),
+    "lastHeartbeatTime": st.just("2026-12-01T16:58:31Z"),
+    "reason": names,
+})  # fmt: skip
+runtimes = st.one_of(
+    st.none(), st.sampled_from(["containerd://1.7.22", "cri-o://1.30.4", "docker://24.0.7", "containerd", "", "a:b:c"])
+)
+nodes = st.fixed_dictionaries(
+    {"metadata": st.fixed_dictionaries(
+        {"name": names},
+        optional={
+            "resourceVersion": st.one_of(st.integers(0, 10**12).map(str), st.sampled_from(["", "abc", "-3"])),
+            "labels": st.one_of(st.none(), st.dictionaries(node_label_keys, label_values, max_size=8)),
+            "annotations": st.one_of(st.none(), st.dictionaries(annotation_keys, label_values, max_size=4)),
+            "uid": names,
+            "managedFields": st.lists(st.fixed_dictionaries({"manager": names, "time": names}), max_size=2),
+        })},
+    optional={
+        "kind": st.just("Node"),
+        "spec": st.one_of(st.none(), st.fixed_dictionaries({}, optional={
+            "unschedulable": st.one_of(st.none(), st.booleans()),
+            "taints": st.lists(st.fixed_dictionaries({"key": names, "effect": st.just("NoSchedule")}), max_size=2),
+        })),
+        "status": st.one_of(st.none(), st.fixed_dictionaries({}, optional={
+            "conditions": st.one_of(st.none(), st.lists(conditions, max_size=6)),
+            "nodeInfo": st.one_of(st.none(), st.fixed_dictionaries({}, optional={
+                "containerRuntimeVersion": runtimes, "kubeletVersion": names})),
+            "capacity": st.dictionaries(names, names, max_size=3),
+            "images": st.lists(st.fixed_dictionaries({"names": st.lists(names, max_size=2),
+                                                      "sizeBytes": st.integers(0, 10**10)}), max_size=2),
+        })),
+    },
+)  # fmt: skip
+
+
+@given(nodes)
+@example({"metadata": {"name": "a", "labels": {NFD_PREFIX + "cpu-cpuid.AVX": "true"}}})  # has_nfd over all labels
+@example({"metadata": {"name": "a"}, "status": {"conditions": [{"type": "Ready", "status": "False"},
+                                                               {"type": "Ready", "status": "True"}]}})
+def test_facts_of_a_decoded_node_equal_the_parsed_ones(node: dict[str, Any]) -> None:
+    facts, parsed = NodeFacts.from_wire(decoded_node(node)), NodeFacts.from_node(json.loads(line(node)))
+    assert facts == parsed
+    assert facts.resource_version == parsed.resource_version
+    # Interned as from_node's are: 1,000 nodes share the strings of one.
+    assert all(k is intern(k) and v is intern(v) for k, v in (*facts.labels.items(), *facts.annotations.items()))
+    assert facts.runtime is intern(facts.runtime)
+
+
+def test_strings_shared_by_nodes_are_interned() -> None:
+    a, b = (NodeFacts.from_wire(decoded_node(api_node(n))) for n in ("n1", "n2"))
+    assert a.runtime is b.runtime
+    for key, value in a.labels.items():
+        if key != "kubernetes.io/hostname":
+            other_key = next(k for k in b.labels if k == key)
+            assert other_key is key and b.labels[key] is value

@@ -12,11 +12,11 @@ import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from functools import cache, cached_property
+from functools import cache, cached_property, lru_cache
 from sys import intern
 from typing import Any
 
-from . import mig_layouts
+from . import mig_layouts, wire
 from .api import ClusterPolicySpec
 from .gpu_identity import (
     GFD_COMPUTE_MAJOR,
@@ -98,6 +98,7 @@ def deploy_label(operand: str) -> str:
 _NFD_KEYS = frozenset(GPU_PCI_LABELS + (OS_ID, OS_VERSION, KERNEL))
 
 
+@lru_cache(maxsize=4096)  # every node event asks it of each of ~60 label keys, the same few dozen on every node
 def _relevant(key: str) -> bool:
     # NFD's NVIDIA PCI labels too: with device IDs in them they identify the GPU before any driver runs.
     # Labels outside NFD's are kept as well: an NVIDIADriver's nodeSelector may name any of them.
@@ -126,25 +127,59 @@ class NodeFacts:
 
     @classmethod
     def from_node(cls, node: dict[str, Any]) -> NodeFacts:
+        """The facts of a parsed Node (a listing's, a test's)."""
         meta = node.get("metadata") or {}
-        labels = meta.get("labels") or {}
         status = node.get("status") or {}
-        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
-        runtime = ((status.get("nodeInfo") or {}).get("containerRuntimeVersion") or "").split(":", 1)[0]
+        return cls._of(
+            meta.get("name", ""),
+            meta.get("resourceVersion"),
+            meta.get("labels") or {},
+            meta.get("annotations") or {},
+            unschedulable=bool((node.get("spec") or {}).get("unschedulable")),
+            ready=any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []),
+            runtime=(status.get("nodeInfo") or {}).get("containerRuntimeVersion") or "",
+        )
+
+    @classmethod
+    def from_wire(cls, node: wire.Node) -> NodeFacts:
+        """The facts of a Node decoded into wire.py's Structs (the node watch's): the same as `from_node`'s."""
+        meta = node.metadata
+        status = node.status if isinstance(node.status, wire.NodeStatus) else _NO_STATUS
+        info = status.nodeInfo
+        return cls._of(
+            meta.name,
+            meta.resourceVersion,
+            meta.labels or {},
+            meta.annotations or {},
+            unschedulable=bool(node.spec is not None and node.spec.unschedulable),
+            ready=any(c.type == "Ready" and c.status == "True" for c in status.conditions or ()),
+            runtime=(info.containerRuntimeVersion if info is not None else None) or "",
+        )
+
+    @classmethod
+    def _of(
+        cls,
+        name: str,
+        resource_version: str | None,
+        labels: dict[str, str],
+        annotations: dict[str, str],
+        *,
+        unschedulable: bool,
+        ready: bool,
+        runtime: str,
+    ) -> NodeFacts:
         # Label keys and values are interned: 1,000 nodes carry the same few dozen of each.
         return cls(
-            name=meta.get("name", ""),
+            name=name,
             labels={intern(k): intern(v) for k, v in labels.items() if _relevant(k)},
             annotations={
-                intern(k): intern(v)
-                for k, v in (meta.get("annotations") or {}).items()
-                if k.startswith(UPGRADE_ANNOTATION_PREFIX)
+                intern(k): intern(v) for k, v in annotations.items() if k.startswith(UPGRADE_ANNOTATION_PREFIX)
             },
-            unschedulable=bool((node.get("spec") or {}).get("unschedulable")),
+            unschedulable=unschedulable,
             ready=ready,
-            runtime=intern(runtime),
-            has_nfd=any(k.startswith(NFD_PREFIX) for k in labels),
-            resource_version=_int(meta.get("resourceVersion")),
+            runtime=intern(runtime.split(":", 1)[0]),
+            has_nfd=any(k.startswith(NFD_PREFIX) for k in labels),  # over all labels, not only those kept
+            resource_version=_int(resource_version),
         )
 
     def relabel(self, labels: dict[str, str], annotations: dict[str, str], changed: Iterable[str]) -> NodeFacts:
@@ -191,6 +226,8 @@ class NodeFacts:
     def deploys(self, operand: str) -> bool:
         return self.labels.get(deploy_label(operand)) == "true"
 
+
+_NO_STATUS = wire.NodeStatus()
 
 # The cached GPU facts of NodeFacts and the labels (besides NFD's) they are read from.
 _GPU_FACTS = ("label_devices", "identity", "is_mig_capable", "has_gpu")

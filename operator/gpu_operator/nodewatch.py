@@ -4,8 +4,8 @@ Every node heartbeats (a status write every ~20 s), so a 1,000-node cluster send
 change nothing the operator reads, and the operand pods of 1,000 nodes are ~8,000 objects of ~50 KB each once
 parsed. kopf's per-event machinery cost more than the rest of the operator at steady state (py-spy) and kept
 per-object state for each pod; here an event is parsed and projected in the watching thread (the whole object
-dropped there) and dropped when the projection did not change, so only changes reach the event loop. Pod events
-are decoded into typed Structs that read only the fields projected (wire.py).
+dropped there) and dropped when the projection did not change, so only changes reach the event loop. Node and pod
+events are decoded into typed Structs that read only the fields projected (wire.py).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import logging
 import re
 import threading
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
 from .kube import Kube
 from .nodes import NodeFacts
-from .wire import Codec
+from .wire import Codec, Event, Node, Page
 
 log = logging.getLogger("gpu_operator")
 
@@ -65,8 +65,15 @@ class Watch(Generic[T]):
         self.volatile = volatile
         self._digests: dict[bytes, int] = {}  # object name -> digest of its last line without the volatile fields
         self._rv = ""
-        # `codec`: the list pages and events are decoded into its Structs (wire.py), and `project` takes one.
+        # `codec`: the list pages and events are decoded into its Structs (wire.py), and `project` takes one;
+        # without one they are parsed into dicts. How a page, an event and an object are read is chosen here once.
         self.codec = codec
+        typed = codec is not None
+        self._decode_page: Callable[[bytes], Any] = codec.decode_page if codec is not None else json.loads
+        self._decode_event: Callable[[bytes], Any] = codec.decode_event if codec is not None else json.loads
+        self._page: Callable[[Any], tuple[list[Any], str | None, str | None]] = _struct_page if typed else _dict_page
+        self._event: Callable[[Any], tuple[str | None, Any]] = _struct_event if typed else _dict_event
+        self._head: Callable[[Any], tuple[str, str | None, str | None]] = _struct_head if typed else _dict_head
 
     def start(self) -> threading.Thread:
         thread = threading.Thread(target=self.run, name=self.name, daemon=True)
@@ -86,25 +93,16 @@ class Watch(Generic[T]):
                 self.stop.wait(1)
 
     def relist(self) -> str:
-        """Every object through `offer`, objects no longer there as deleted; the list's resourceVersion."""
+        """Every object offered, objects no longer there delivered as deleted; the list's resourceVersion."""
         query: dict[str, Any] = {**self.query, "limit": 500}
         seen: set[str] = set()
         while True:
-            if self.codec is not None:
-                page = self.kube.request("GET", self.path, query=query, decode=self.codec.decode_page)
-                for item in page.items or ():
-                    seen.add(item.metadata.name)
-                    self._offer(item.metadata.name, self.project(item))
-                rv, more = page.metadata.resourceVersion, page.metadata.next
-            else:
-                data = self.kube.request("GET", self.path, query=query)
-                items = data.pop("items", None) or []
-                for i in range(len(items)):
-                    obj, items[i] = items[i], None  # each whole object is dropped as soon as it is projected
-                    seen.add(obj["metadata"]["name"])
-                    self.offer(obj)
-                meta = data.get("metadata") or {}
-                rv, more = meta.get("resourceVersion"), meta.get("continue")
+            items, rv, more = self._page(self.kube.request("GET", self.path, query=query, decode=self._decode_page))
+            for i in range(len(items)):
+                obj, items[i] = items[i], None  # each whole object is dropped as soon as it is projected
+                name = self._head(obj)[0]
+                seen.add(name)
+                self._offer(name, self.project(obj))
             if not more:
                 break
             query["continue"] = more
@@ -117,17 +115,10 @@ class Watch(Generic[T]):
     def watch(self, rv: str) -> str | None:
         """Events from `rv` until the server ends the watch: the version to go on from, or None to list again."""
         self._rv = rv
-        typed = self.codec is not None
-        parse = self.codec.decode_event if self.codec else self._parse if self.volatile is not None else json.loads
+        parse = self._parse if self.volatile is not None else self._decode_event
         for event in self.kube.watch(self.path, rv, timeout_seconds=WATCH_TIMEOUT_S, parse=parse, **self.query):
-            if typed:  # a wire.Event
-                kind, obj = event.type, event.object
-                name, version, message = (obj.metadata.name, obj.metadata.resourceVersion, obj.message) if obj else (
-                    "", "", None)  # fmt: skip
-            else:
-                kind, obj = event.get("type"), event.get("object") or {}
-                meta = obj.get("metadata") or {}
-                name, version, message = meta.get("name", ""), meta.get("resourceVersion"), obj.get("message")
+            kind, obj = self._event(event)
+            name, version, message = self._head(obj)
             if kind == "ERROR":
                 log.info("%s: %s; listing again", self.name, message)
                 return None
@@ -145,29 +136,56 @@ class Watch(Generic[T]):
                 return self._rv
         return self._rv
 
-    def _parse(self, line: bytes) -> dict[str, Any] | None:
+    def _parse(self, line: bytes) -> Any:
         """The event of a line, or None (skipped) when only its volatile fields changed since the object's last."""
         assert self.volatile is not None
         named = _NAME.search(line, 0, 512)
-        if named is None:
-            return cast(dict[str, Any], json.loads(line))
-        digest = hash(self.volatile.sub(b"", line))
-        if self._digests.get(named.group(1)) == digest:
-            version = _VERSION.search(line)
-            if version is not None:
-                self._rv = version.group(1).decode()
-            return None
-        self._digests[named.group(1)] = digest
-        return cast(dict[str, Any], json.loads(line))
-
-    def offer(self, obj: dict[str, Any]) -> None:
-        self._offer(obj["metadata"]["name"], self.project(obj))
+        if named is not None:
+            digest = hash(self.volatile.sub(b"", line))
+            if self._digests.get(named.group(1)) == digest:
+                version = _VERSION.search(line)
+                if version is not None:
+                    self._rv = version.group(1).decode()
+                return None
+            self._digests[named.group(1)] = digest
+        return self._decode_event(line)
 
     def _offer(self, name: str, new: T) -> None:
         cached = self.current(name)
         if cached is not None and (cached == new or (self.stale is not None and self.stale(new, cached))):
             return
         self.deliver(name, new)
+
+
+# How a watch reads a list page (its items, resourceVersion and continue token), an event (its type and object)
+# and an object (its name, resourceVersion and, in an ERROR event's Status, message): parsed dicts or wire.py's
+# Structs (a Page, an Event, and a Struct with `metadata` and `message`, as wire.Pod and wire.Node are).
+def _dict_page(page: dict[str, Any]) -> tuple[list[Any], str | None, str | None]:
+    meta = page.get("metadata") or {}
+    return page.pop("items", None) or [], meta.get("resourceVersion"), meta.get("continue")
+
+
+def _dict_event(event: dict[str, Any]) -> tuple[str | None, Any]:
+    return event.get("type"), event.get("object") or {}
+
+
+def _dict_head(obj: dict[str, Any]) -> tuple[str, str | None, str | None]:
+    meta = obj.get("metadata") or {}
+    return meta.get("name", ""), meta.get("resourceVersion"), obj.get("message")
+
+
+def _struct_page(page: Page[Any]) -> tuple[list[Any], str | None, str | None]:
+    return page.items or [], page.metadata.resourceVersion, page.metadata.next
+
+
+def _struct_event(event: Event[Any]) -> tuple[str | None, Any]:
+    return event.type, event.object
+
+
+def _struct_head(obj: Any) -> tuple[str, str | None, str | None]:
+    if obj is None:
+        return "", None, None
+    return obj.metadata.name, obj.metadata.resourceVersion, obj.message
 
 
 def _older(new: NodeFacts, cached: NodeFacts) -> bool:
@@ -184,5 +202,5 @@ NODE_VOLATILE = re.compile(rb'"(?:lastHeartbeatTime|time|resourceVersion)":"[^"]
 
 class NodeWatch(Watch[NodeFacts]):
     def __init__(self, kube: Kube, current: Current[NodeFacts], deliver: Deliver[NodeFacts]):
-        super().__init__(kube, NODES, NodeFacts.from_node, current, deliver, stale=_older, name="node-watch",
-                         volatile=NODE_VOLATILE)  # fmt: skip
+        super().__init__(kube, NODES, NodeFacts.from_wire, current, deliver, stale=_older, name="node-watch",
+                         volatile=NODE_VOLATILE, codec=Codec(Node))  # fmt: skip

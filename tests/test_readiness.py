@@ -176,3 +176,74 @@ def test_unavailable_pods_name_their_nodes() -> None:
     ok, reason = daemonset_ready(ds, pods)
     assert not ok
     assert reason == "nvidia-x: 7 of 8 pods unavailable (not ready on n0, n1, n2, n3, n4 and 2 more)"
+
+
+# The pods say it before the controller counts them
+
+
+def placed(node: str, revision: str = "new", **kw: Any) -> dict[str, Any]:
+    """A pod projection as the runtime keeps it: bound to `node`, with its readiness worked out."""
+    p = pod(revision, **kw)
+    p["metadata"]["name"] = f"p-{node}"
+    p["node"] = node
+    p["ready"] = pod_ready(p)
+    return p
+
+
+LAGGING = {**SETTLED, "numberAvailable": 1, "numberUnavailable": 2}  # the controller has counted 1 of 3
+
+
+@pytest.mark.parametrize("strategy", ["RollingUpdate", "OnDelete"])
+def test_own_pods_all_ready_at_the_newest_revision_are_ready_before_the_count(strategy: str) -> None:
+    pods = [placed("a"), placed("b"), placed("c")]
+    assert daemonset_ready(ds(strategy, **LAGGING), pods, REVISIONS) == (True, "")
+    # Without the pods the counts decide, as upstream.
+    assert daemonset_ready(ds(strategy, **LAGGING))[0] is False
+
+
+def _broken(pods: list[dict[str, Any]], how: str) -> list[dict[str, Any]]:
+    if how == "one not ready":
+        pods[1] = placed("b", ready=(True, False))
+    elif how == "one at an old revision":
+        pods[1] = placed("b", revision="middle")
+    elif how == "one deleting":
+        pods[1]["metadata"]["deletionTimestamp"] = "2026-12-01T00:00:00Z"
+    elif how == "two on one node":
+        pods[1] = placed("a")
+    elif how == "one not bound":
+        pods[1] = placed("")
+    elif how == "one missing":
+        del pods[1]
+    elif how == "one extra":
+        pods.append(placed("d"))
+    return pods
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["one not ready", "one at an old revision", "one deleting", "two on one node", "one not bound", "one missing",
+     "one extra"],
+)  # fmt: skip
+@pytest.mark.parametrize("strategy", ["RollingUpdate", "OnDelete"])
+def test_pods_that_do_not_all_say_ready_leave_it_to_the_counts(strategy: str, how: str) -> None:
+    pods = _broken([placed("a"), placed("b"), placed("c")], how)
+    ready, reason = daemonset_ready(ds(strategy, **LAGGING), pods, REVISIONS)
+    assert not ready
+    assert reason.startswith("nvidia-x: 2 of 3 pods unavailable")
+
+
+def test_pods_do_not_decide_while_the_counts_say_some_are_of_an_older_spec() -> None:
+    """A revision the operator has not seen yet: its old pods look current to it, the counts know better."""
+    pods = [placed("a", revision="old"), placed("b", revision="old"), placed("c", revision="old")]
+    older = [revision(1, "old")]  # the operator's revision cache lags the controller's new revision
+    assert daemonset_ready(ds(**{**LAGGING, "updatedNumberScheduled": 0}), pods, older)[0] is False
+    current = [placed(n) for n in "abc"]
+    assert daemonset_ready(ds(**{**LAGGING, "updatedNumberScheduled": 2}), current, REVISIONS)[0] is False
+
+
+def test_pods_do_not_decide_without_the_revisions_or_with_min_ready_seconds() -> None:
+    pods = [placed("a"), placed("b"), placed("c")]
+    assert daemonset_ready(ds(**LAGGING), pods, [])[0] is False
+    slow = ds(**LAGGING)
+    slow["spec"]["minReadySeconds"] = 10
+    assert daemonset_ready(slow, pods, REVISIONS)[0] is False

@@ -1,4 +1,7 @@
-"""DaemonSet readiness (pure), following upstream's rules for RollingUpdate and OnDelete DaemonSets."""
+"""DaemonSet readiness (pure), following upstream's rules for RollingUpdate and OnDelete DaemonSets.
+
+Beyond upstream: a DaemonSet whose own pods are all ready at its newest revision, one on each node it is
+scheduled to, is ready without waiting for the controller to count them (`_pods_say_ready`)."""
 
 from __future__ import annotations
 
@@ -35,6 +38,36 @@ def _where(pods: list[dict[str, Any]] | None, most: int = 5) -> str:
     return f" (not ready on {', '.join(nodes[:most])}{more})"
 
 
+def _pods_say_ready(
+    ds: dict[str, Any],
+    status: dict[str, Any],
+    desired: int,
+    pods: list[dict[str, Any]] | None,
+    revisions: list[dict[str, Any]] | None,
+) -> bool:
+    """Whether the DaemonSet's own pods already say what its counts will: one pod on each of the `desired`
+    nodes, each bound, ready, not deleting, at the newest revision.
+
+    The controller counts a pod's readiness after the pod's status, up to seconds later on a busy control plane
+    (1,000 nodes rolling out). The counts must still say every pod is of the current spec (`updated`), and the
+    newest revision must be known, so a revision the operator has not seen yet cannot pass old pods as current.
+    With `minReadySeconds` a pod is available only some time after it is ready: the counts decide."""
+    if not pods or len(pods) != desired or status.get("updatedNumberScheduled", 0) != desired:
+        return False
+    if (ds.get("spec") or {}).get("minReadySeconds"):
+        return False
+    newest = newest_revision_hash(revisions or [])
+    if newest is None:
+        return False
+    nodes = set()
+    for p in pods:
+        meta = p["metadata"]
+        if not pod_ready(p) or meta.get("deletionTimestamp") or (meta.get("labels") or {}).get(REVISION_HASH) != newest:
+            return False
+        nodes.add(p.get("node"))
+    return len(nodes) == desired and "" not in nodes and None not in nodes
+
+
 def daemonset_ready(
     ds: dict[str, Any],
     pods: list[dict[str, Any]] | None = None,
@@ -47,7 +80,7 @@ def daemonset_ready(
     if status.get("observedGeneration", 0) < ds.get("metadata", {}).get("generation", 0):
         return False, f"{name}: waiting for the DaemonSet controller to observe the latest spec"
     desired = status.get("desiredNumberScheduled", 0)
-    if desired == 0:
+    if desired == 0 or _pods_say_ready(ds, status, desired, pods, revisions):
         return True, ""
     unavailable = status.get("numberUnavailable", 0)
     if unavailable:

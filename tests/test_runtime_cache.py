@@ -155,8 +155,27 @@ def test_a_daemonset_count_that_may_turn_the_status_ready_skips_the_debounce() -
     counted(12)
     assert not op.prompt.is_set()  # a pod still rolls out: paced
     op.on_pod("a", pod("a", "n1", ready=True))
+    op.prompt.clear()  # (the pod turning ready set it too: test_the_last_pod_turning_ready_skips_the_debounce)
     counted(13)
     assert op.prompt.is_set() and op.urgent.is_set()  # none rolls out: this count may be the last one awaited
+
+
+def test_the_last_pod_turning_ready_skips_the_debounce() -> None:
+    """Its DaemonSet's pods may say the status is ready before the controller counts them."""
+    op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
+    op.not_ready = True
+    op.on_pod("dp-1", pod("dp-1", "n1", ready=False))
+    op.on_pod("gfd-1", pod("gfd-1", "n1", ready=False, owner="gpu-feature-discovery"))
+    op.prompt.clear()
+    op.on_pod("dp-1", pod("dp-1", "n1", ready=True))
+    assert not op.prompt.is_set()  # gfd-1 still rolls out
+    op.on_pod("gfd-1", pod("gfd-1", "n1", ready=True))
+    assert op.prompt.is_set() and op.urgent.is_set()
+    op.prompt.clear()
+    op.not_ready = False
+    op.on_pod("dp-1", pod("dp-1", "n1", ready=False))
+    op.on_pod("dp-1", pod("dp-1", "n1", ready=True))
+    assert not op.prompt.is_set()  # the status was ready already: the debounce coalesces as usual
 
 
 def test_the_daemonset_watch_feeds_the_owned_cache() -> None:
@@ -290,3 +309,50 @@ def test_the_pod_index_kept_between_passes_is_the_one_built_from_the_pods(seed: 
         if step % 50 == 49:  # a relisting rebuilds it
             op._merge(snapshot(pods=dict(op.pods)))
         assert _by_name(op.snapshot().pod_index) == _by_name(PodIndex.of(op.pods)), f"step {step}"
+
+
+def test_the_inbox_hands_deliveries_to_the_loop_in_order_and_in_batches() -> None:
+    import asyncio
+    import threading
+
+    from gpu_operator.runtime import Inbox
+
+    got: list[tuple[str, Any]] = []
+    drains: list[int] = []
+
+    def handler(name: str, value: Any) -> None:
+        if name == "bad":
+            raise ValueError("a handler's bug")
+        got.append((name, value))
+
+    async def main() -> None:
+        inbox = Inbox(asyncio.get_running_loop())
+        real = inbox.drain
+
+        def counted() -> None:
+            drains.append(len(inbox.queue))
+            real()
+
+        inbox.drain = counted  # type: ignore[method-assign]
+        deliver = inbox.deliverer(handler)
+        # The loop is busy (blocked here) while a thread delivers: all of it waits for one drain.
+        def send() -> None:
+            for i in range(100):
+                deliver(str(i), i)
+            deliver("bad", 0)
+            deliver("last", 1)
+
+        sent = threading.Thread(target=send)
+        sent.start()
+        sent.join()
+        await asyncio.sleep(0.05)
+        # Another delivery after that drain schedules a drain of its own.
+        threading.Thread(target=deliver, args=("later", 2)).start()
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if len(got) == 102:
+                break
+
+    asyncio.run(main())
+    assert got == [(str(i), i) for i in range(100)] + [("last", 1), ("later", 2)]  # the failing one did not stop it
+    assert drains == [102, 1]

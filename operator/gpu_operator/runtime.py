@@ -10,6 +10,7 @@ import asyncio
 import functools
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -324,6 +325,10 @@ class Operator:
         else:
             # A DaemonSet's last pod turned ready (its state may be ready now: said at once), or none rolls out.
             self.wake_now("pod")
+            if owner_done and self.not_ready and not self.unready:
+                # The last operand pod rolling out is ready: its pods may say the status is ready
+                # (readiness._pods_say_ready) before the DaemonSet controller counts it. No debounce.
+                self.prompt.set()
 
     def _upgrading(self, pod: dict[str, Any] | None) -> bool:
         """Whether the pod's node is mid driver upgrade (its next step may wait for this pod)."""
@@ -622,6 +627,38 @@ class Operator:
                 delay = min(delay, NODE_FEATURE_RELIST_S)
 
 
+class Inbox:
+    """The watch threads' deliveries, handed to the event loop in batches, in the order they came.
+
+    The first delivery since the loop last drained the inbox schedules a drain; those that come before it runs
+    join it. One `call_soon_threadsafe` each (a Handle, a write to the loop's self-pipe, a wakeup) was a fifth
+    of the event loop's time at 1,000 nodes rolling out (py-spy)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.queue: list[tuple[Callable[[str, Any], None], str, Any]] = []
+
+    def deliverer(self, handler: Callable[[str, Any], None]) -> Callable[[str, Any], object]:
+        def deliver(name: str, value: Any) -> None:
+            with self.lock:
+                self.queue.append((handler, name, value))
+                first = len(self.queue) == 1
+            if first:
+                self.loop.call_soon_threadsafe(self.drain)
+
+        return deliver
+
+    def drain(self) -> None:
+        with self.lock:
+            batch, self.queue = self.queue, []
+        for handler, name, value in batch:
+            try:
+                handler(name, value)
+            except Exception:  # noqa: BLE001 - one bad delivery must not drop the others
+                log.exception("handling a watch event for %s failed", name)
+
+
 def _timed(fn: Callable[[], Outcome]) -> tuple[Outcome, float]:
     """A pass (under the passes' profiler when it is on) and the CPU its thread used, counted in the metrics."""
     start = time.thread_time()
@@ -705,9 +742,7 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
         else:
             op.elector.start()
 
-        def to_loop(handler: Callable[[str, Any], None]) -> Callable[[str, Any], object]:
-            return lambda name, value: loop.call_soon_threadsafe(handler, name, value)
-
+        to_loop = Inbox(loop).deliverer
         ns = f"/api/v1/namespaces/{op.namespace}"
         apps = f"/apis/apps/v1/namespaces/{op.namespace}"
         op.watches = [

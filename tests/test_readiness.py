@@ -247,3 +247,24 @@ def test_pods_do_not_decide_without_the_revisions_or_with_min_ready_seconds() ->
     slow = ds(**LAGGING)
     slow["spec"]["minReadySeconds"] = 10
     assert daemonset_ready(slow, pods, REVISIONS)[0] is False
+
+
+def test_the_unready_pods_kept_by_the_runtime_name_the_nodes_and_hold_the_pods_verdict() -> None:
+    pods = [placed("a"), placed("b", ready=(False,)), placed("c", ready=(False,))]
+    ready, reason = daemonset_ready(ds(**LAGGING), pods, REVISIONS, unready=[pods[2]])
+    assert not ready and reason == "nvidia-x: 2 of 3 pods unavailable (not ready on c)"  # the list given, not a scan
+    # An empty list given lets the pods decide, and they still must each be ready.
+    assert daemonset_ready(ds(**LAGGING), pods, REVISIONS, unready=[])[0] is False
+    current = [placed("a"), placed("b"), placed("c")]
+    assert daemonset_ready(ds(**LAGGING), current, REVISIONS, unready=[]) == (True, "")
+    assert daemonset_ready(ds(**LAGGING), current, REVISIONS, unready=[current[0]])[0] is False
+
+
+def test_the_pod_index_keeps_each_daemonsets_unready_pods() -> None:
+    from gpu_operator.observe import PodIndex
+
+    pods = {f"p{i}": {**placed(f"n{i}", ready=(i % 2 == 0,)), "owner": "ds-a" if i < 4 else "ds-b"} for i in range(6)}
+    leaving = pods["p1"]
+    leaving["metadata"]["deletionTimestamp"] = "2026-12-01T00:00:00Z"
+    index = PodIndex.of(pods)
+    assert {o: [p["node"] for p in ps] for o, ps in index.unready_by_owner.items()} == {"ds-a": ["n3"], "ds-b": ["n5"]}

@@ -198,8 +198,8 @@ def test_the_daemonset_watch_feeds_the_owned_cache() -> None:
 def test_the_gap_between_passes_grows_with_their_cost_up_to_a_cap() -> None:
     from gpu_operator.runtime import DEBOUNCE_S, MAX_GAP_S, pass_gap
 
-    assert pass_gap(0.005) < DEBOUNCE_S  # a small cluster: the debounce alone decides
-    assert pass_gap(0.025) == pytest.approx(1.0)
+    assert pass_gap(0.004) < DEBOUNCE_S  # a small cluster: the debounce alone decides
+    assert pass_gap(0.025) == pytest.approx(1.5)
     assert pass_gap(5.0) == MAX_GAP_S
 
 
@@ -278,11 +278,12 @@ def test_a_new_or_changed_policy_spec_skips_the_debounce_and_a_status_update_sta
     assert op.prompt.is_set()
 
 
-def _by_name(index: Any) -> tuple[dict[Any, list[str]], dict[str, list[str]]]:
+def _by_name(index: Any) -> tuple[dict[Any, list[str]], ...]:
     """A PodIndex as names (sorted): what it holds, not the order it found it in."""
     return (
         {k: sorted(p["metadata"]["name"] for p in v) for k, v in index.by_node_state.items()},
         {k: sorted(p["metadata"]["name"] for p in v) for k, v in index.by_owner.items()},
+        {k: sorted(p["metadata"]["name"] for p in v) for k, v in index.unready_by_owner.items()},
     )
 
 

@@ -18,6 +18,7 @@ from .gpu_identity import device_ids_from_node_feature, node_of_feature
 from .kinds import NODE_FEATURE, Kind, operand_kinds, served
 from .kube import ApiError, Kube
 from .nodes import NodeFacts
+from .readiness import is_unready
 from .render import config_map_keys
 from .states.base import COMPONENT, MANAGED_BY, OPERATOR_NAME, STATE_LABEL
 
@@ -77,12 +78,18 @@ def node_state(pod: dict[str, Any]) -> tuple[str, str]:
 class PodIndex:
     by_node_state: Mapping[tuple[str, str], Sequence[dict[str, Any]]]
     by_owner: Mapping[str, Sequence[dict[str, Any]]]
+    # Each DaemonSet's pods that are not ready and not being deleted (readiness.unready_pods); a DaemonSet with
+    # none is absent. Kept as they change by the runtime, so a pass does not scan every pod of a rollout for them.
+    unready_by_owner: Mapping[str, Sequence[dict[str, Any]]]
 
     @classmethod
     def of(cls, pods: Mapping[str, dict[str, Any]]) -> PodIndex:
         by_node_state: dict[tuple[str, str], list[dict[str, Any]]] = {}
         by_owner: dict[str, list[dict[str, Any]]] = {}
+        unready: dict[str, list[dict[str, Any]]] = {}
         for pod in pods.values():
+            if is_unready(pod):
+                unready.setdefault(pod["owner"], []).append(pod)
             key = node_state(pod)
             found = by_node_state.get(key)
             if found is None:
@@ -94,7 +101,7 @@ class PodIndex:
                 by_owner[pod["owner"]] = [pod]
             else:
                 found.append(pod)
-        return cls(by_node_state, by_owner)
+        return cls(by_node_state, by_owner, unready)
 
     def nodes_with(self, state: str, live: bool = False) -> set[str]:
         """Nodes with a pod of that state (`live`: one not being deleted)."""

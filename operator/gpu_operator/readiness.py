@@ -5,6 +5,7 @@ scheduled to, is ready without waiting for the controller to count them (`_pods_
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 REVISION_HASH = "controller-revision-hash"
@@ -29,9 +30,14 @@ def pod_ready(pod: dict[str, Any]) -> bool:
     return bool(containers) and all(c.get("ready") for c in containers)
 
 
-def _where(pods: list[dict[str, Any]] | None, most: int = 5) -> str:
+def is_unready(pod: dict[str, Any]) -> bool:
+    """Whether a pod holds its DaemonSet's rollout open: not ready, and not being deleted."""
+    return not pod_ready(pod) and not pod["metadata"].get("deletionTimestamp")
+
+
+def _where(unready: Sequence[dict[str, Any]] | None, most: int = 5) -> str:
     """ " (not ready on a, b and 3 more)" from pod projections that carry their node; "" when unknown."""
-    nodes = sorted({p.get("node") or "?" for p in pods or [] if not pod_ready(p)})
+    nodes = sorted({p.get("node") or "?" for p in unready or ()})
     if not nodes:
         return ""
     more = f" and {len(nodes) - most} more" if len(nodes) > most else ""
@@ -42,7 +48,7 @@ def _pods_say_ready(
     ds: dict[str, Any],
     status: dict[str, Any],
     desired: int,
-    pods: list[dict[str, Any]] | None,
+    pods: Sequence[dict[str, Any]] | None,
     revisions: list[dict[str, Any]] | None,
 ) -> bool:
     """Whether the DaemonSet's own pods already say what its counts will: one pod on each of the `desired`
@@ -70,36 +76,57 @@ def _pods_say_ready(
 
 def daemonset_ready(
     ds: dict[str, Any],
-    pods: list[dict[str, Any]] | None = None,
+    pods: Sequence[dict[str, Any]] | None = None,
     revisions: list[dict[str, Any]] | None = None,
+    unready: Sequence[dict[str, Any]] | None = None,
 ) -> tuple[bool, str]:
-    """(ready, reason when not). `pods` and `revisions` are the DaemonSet's own, needed for OnDelete."""
+    """(ready, reason when not). `pods` and `revisions` are the DaemonSet's own, needed for OnDelete; `unready`
+    those of its pods that are not ready and not being deleted (`is_unready`), worked out from `pods` when not
+    given (the runtime keeps them as pods change: a pass need not scan every pod of a rollout)."""
     name = ds.get("metadata", {}).get("name", "?")
     status = ds.get("status") or {}
     # A new or changed DaemonSet whose status the controller has not written yet says nothing: not ready.
     if status.get("observedGeneration", 0) < ds.get("metadata", {}).get("generation", 0):
         return False, f"{name}: waiting for the DaemonSet controller to observe the latest spec"
     desired = status.get("desiredNumberScheduled", 0)
-    if desired == 0 or _pods_say_ready(ds, status, desired, pods, revisions):
+    if desired == 0:
         return True, ""
     unavailable = status.get("numberUnavailable", 0)
-    if unavailable:
-        return False, f"{name}: {unavailable} of {desired} pods unavailable{_where(pods)}"
+    why = f"{unavailable} of {desired} pods unavailable" if unavailable else _counted(ds, status, desired, pods,
+                                                                                       revisions)  # fmt: skip
+    if not why:
+        return True, ""
+    if unready is None:
+        unready = [p for p in pods or () if is_unready(p)]
+    if not unready and _pods_say_ready(ds, status, desired, pods, revisions):
+        return True, ""
+    return False, f"{name}: {why}{_where(unready) if unavailable else ''}"
+
+
+def _counted(
+    ds: dict[str, Any],
+    status: dict[str, Any],
+    desired: int,
+    pods: Sequence[dict[str, Any]] | None,
+    revisions: list[dict[str, Any]] | None,
+) -> str:
+    """Upstream's rule by the controller's counts, once none is unavailable (and, for OnDelete, the pods'
+    revisions): why the DaemonSet is not ready, or "" when it is."""
     strategy = ((ds.get("spec") or {}).get("updateStrategy") or {}).get("type", "RollingUpdate")
     if strategy == "OnDelete":
         newest = newest_revision_hash(revisions or [])
         pods = pods or []
         if len(pods) < desired:
-            return False, f"{name}: {len(pods)} of {desired} pods exist"
+            return f"{len(pods)} of {desired} pods exist"
         stale = [p for p in pods if (p["metadata"].get("labels") or {}).get(REVISION_HASH) != newest]
         if newest is None or stale:
-            return False, f"{name}: {len(stale) if newest else len(pods)} pods run an old revision"
+            return f"{len(stale) if newest else len(pods)} pods run an old revision"
         not_ready = [p for p in pods if not pod_ready(p)]
         if not_ready:
-            return False, f"{name}: {len(not_ready)} of {desired} pods not ready"
-        return True, ""
+            return f"{len(not_ready)} of {desired} pods not ready"
+        return ""
     updated = status.get("updatedNumberScheduled", 0)
     available = status.get("numberAvailable", 0)
     if not updated == desired == available:
-        return False, f"{name}: {updated} updated, {available} available of {desired}"
-    return True, ""
+        return f"{updated} updated, {available} available of {desired}"
+    return ""

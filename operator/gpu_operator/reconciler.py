@@ -454,12 +454,13 @@ class Reconciler:
             if ds is None or labels_of(ds).get(STATE_LABEL) != state:
                 continue
             name = key[2]
-            pods = [
-                p for p in pods_by_owner.get(name, [])
-                if not (state == "state-driver" and p["node"] in refused)
-            ]
+            pods = pods_by_owner.get(name, ())
+            unready = snap.pod_index.unready_by_owner.get(name, ())
+            if state == "state-driver" and refused:
+                pods = [p for p in pods if p["node"] not in refused]
+                unready = [p for p in unready if p["node"] not in refused]
             revisions = [r for r in snap.revisions.values() if r["owner"] == name]
-            ok, why = daemonset_ready(ds, pods, revisions)
+            ok, why = daemonset_ready(ds, pods, revisions, unready)
             if not ok:
                 messages.append(why)
         if messages:

@@ -41,7 +41,7 @@ from .observe import (
     revision_projection,
     with_devices,
 )
-from .readiness import pod_ready
+from .readiness import is_unready
 from .reconciler import Outcome, Reconciler, hold_driver_restores
 from .render import (
     NodePatch,
@@ -67,12 +67,14 @@ RESYNC_S = 300.0
 DEBOUNCE_S = 0.3
 # Pacing: a pass woken by node label changes, or by pod and DaemonSet status changes while operand pods roll out,
 # waits after the previous one PACE times that pass's CPU time, at most MAX_GAP_S: a rollout then costs at most
-# about a fortieth of a core in passes (at 1,000 nodes a pass takes ~40 ms of CPU: one every 1.6-2 s). Anything else is
+# about a sixtieth of a core in passes (at 1,000 nodes a pass takes ~40 ms of CPU: one every 2.4-3 s; with 40x and
+# 2 s, 130-145 passes of a 210-290 s rollout were a third of the operator's CPU). What such a pass brings is the
+# status's progress: the last pod turning ready, what the status waits for, is not paced. Anything else is
 # urgent (the policy, objects' specs, nodes coming or going, a DaemonSet's last pod turning ready, a pod turning
 # ready on a node mid-upgrade, a pod change once none rolls out, a node change once none rolls out while the
 # status is not ready). A small cluster's passes take a few ms, so only the debounce applies there.
-PACE = 40.0
-MAX_GAP_S = 2.0
+PACE = 60.0
+MAX_GAP_S = 3.0
 LABELLING_WAIT_S = 1.0
 LABEL_THREADS = 48
 NODE_FEATURE_RELIST_S = 10.0
@@ -315,7 +317,7 @@ class Operator:
             self.pods[name] = pod
             self.pods_on.setdefault(pod["node"], set()).add(name)
             self._index(name, pod, old)
-            if not pod_ready(pod) and not pod["metadata"].get("deletionTimestamp"):
+            if is_unready(pod):
                 self.unready.add(name)
                 self.unready_of.setdefault(pod["owner"], set()).add(name)
                 owner_done = False
@@ -478,7 +480,7 @@ class Operator:
         self._by_owner = {o: {p["metadata"]["name"]: p for p in pods} for o, pods in index.by_owner.items()}
         self.unready, self.unready_of = set(), {}
         for name, pod in self.pods.items():
-            if not pod_ready(pod) and not pod["metadata"].get("deletionTimestamp"):
+            if is_unready(pod):
                 self.unready.add(name)
                 self.unready_of.setdefault(pod["owner"], set()).add(name)
         fill("revision", self.revisions, snap.revisions)
@@ -520,8 +522,9 @@ class Operator:
 
     def snapshot(self) -> Snapshot:
         snap = self._snapshot()
+        unready = {o: [self.pods[n] for n in names if n in self.pods] for o, names in self.unready_of.items()}
         snap.__dict__["pod_index"] = PodIndex(
-            dict(self._by_node_state), {o: list(pods.values()) for o, pods in self._by_owner.items()}
+            dict(self._by_node_state), {o: list(pods.values()) for o, pods in self._by_owner.items()}, unready
         )
         return snap
 

@@ -521,9 +521,9 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
                     # kwok's own reaction, on the same busy machine.
                     kwok: dict[str, float] = {}
                     for e in sorted(events, key=audit_time):
-                        ref = e["objectRef"]
+                        ref = e.get("objectRef") or {}  # a non-resource request has none
                         if (e.get("stage") == "ResponseComplete" and ref.get("resource") == "nodes"
-                                and ref.get("subresource") == "status" and e["verb"] in ("patch", "update")
+                                and ref.get("subresource") == "status" and e.get("verb") in ("patch", "update")
                                 and ref.get("name") in names and ref["name"] not in kwok):  # fmt: skip
                             kwok[ref["name"]] = audit_time(e)
                     reacted = [kwok[n] - node_made[n] for n in kwok if n in node_made]

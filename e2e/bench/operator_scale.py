@@ -516,20 +516,6 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
                     }
                     print("  join p50 by part: " + ", ".join(
                         f"{k} {statistics.median(v):.3f} s" for k, v in parts.items() if v))
-                    # A reference for the operator's part: kwok (Go) watches the same nodes and writes each new
-                    # node's status; its first write after the create is the API server's watch delivery plus
-                    # kwok's own reaction, on the same busy machine.
-                    kwok: dict[str, float] = {}
-                    for e in sorted(events, key=audit_time):
-                        ref = e.get("objectRef") or {}  # a non-resource request has none
-                        if (e.get("stage") == "ResponseComplete" and ref.get("resource") == "nodes"
-                                and ref.get("subresource") == "status" and e.get("verb") in ("patch", "update")
-                                and ref.get("name") in names and ref["name"] not in kwok):  # fmt: skip
-                            kwok[ref["name"]] = audit_time(e)
-                    reacted = [kwok[n] - node_made[n] for n in kwok if n in node_made]
-                    if reacted:
-                        print(f"  kwok's first status write after the create: p50 {statistics.median(reacted):.3f} s, "
-                              f"p99 {percentile(reacted, 99):.3f} s (the API server's watch delivery, for reference)")
                 figure("node patches per joining node", len(patches) / args.joins, "per node")
             op.stop()
             sim.stop()

@@ -100,16 +100,7 @@ def api_pod(name: str = "nvidia-driver-daemonset-x1", rv: str = "7", **over: Any
             "hostIP": "10.0.0.3",
         },
     }  # fmt: skip
-    for path, value in over.items():
-        *parents, leaf = path.split("__")
-        target = pod
-        for p in parents:
-            target = target.setdefault(p, {})
-        if value is None:
-            target.pop(leaf, None)
-        else:
-            target[leaf] = value
-    return pod
+    return _override(pod, over)
 
 
 def test_an_api_servers_pod_projects_to_the_fields_the_operator_reads() -> None:
@@ -345,16 +336,7 @@ def api_node(name: str = "gpu-node-3", rv: str = "583", **over: Any) -> dict[str
                         "sizeBytes": 10**8 + i} for i in range(8)],
         },
     }  # fmt: skip
-    for path, value in over.items():
-        *parents, leaf = path.split("__")
-        target = node
-        for p in parents:
-            target = target.setdefault(p, {})
-        if value is None:
-            target.pop(leaf, None)
-        else:
-            target[leaf] = value
-    return node
+    return _override(node, over)
 
 
 def decoded_node(obj: dict[str, Any], kind: str = "MODIFIED") -> wire.Node:
@@ -482,3 +464,17 @@ def test_strings_shared_by_nodes_are_interned() -> None:
         if key != "kubernetes.io/hostname":
             other_key = next(k for k in b.labels if k == key)
             assert other_key is key and b.labels[key] is value
+
+
+def _override(obj: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`obj` with `over`'s values set at their paths (`status__phase`); None removes the field."""
+    for path, value in over.items():
+        *parents, leaf = path.split("__")
+        target = obj
+        for p in parents:
+            target = target.setdefault(p, {})
+        if value is None:
+            target.pop(leaf, None)
+        else:
+            target[leaf] = value
+    return obj

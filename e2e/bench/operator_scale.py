@@ -286,6 +286,7 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
     with tempfile.TemporaryDirectory(prefix="gpu-operator-bench-") as tmp:
         cluster = LocalCluster(Path(tmp) / "cluster", node_leases=args.node_leases)
         cluster.up()
+        op: OperatorProcess | None = None
         try:
             admin = Kube.connect(str(cluster.kubeconfig))
             nodes = [bench_node(f"gpu-{i:04d}", i, args.device_labels) for i in range(args.nodes)]
@@ -522,6 +523,8 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
             if args.log:
                 shutil.copyfile(Path(tmp) / "operator.log", args.log)
         finally:
+            if op is not None:  # a run that failed must not leave the operator process behind
+                op.stop()
             cluster.down()
     return figures
 

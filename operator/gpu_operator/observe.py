@@ -78,7 +78,7 @@ def node_state(pod: dict[str, Any]) -> tuple[str, str]:
 class PodIndex:
     by_node_state: Mapping[tuple[str, str], Sequence[dict[str, Any]]]
     by_owner: Mapping[str, Sequence[dict[str, Any]]]
-    # Each DaemonSet's pods that are not ready and not being deleted (readiness.unready_pods); a DaemonSet with
+    # Each DaemonSet's pods that are not ready and not being deleted (readiness.is_unready); a DaemonSet with
     # none is absent. Kept as they change by the runtime, so a pass does not scan every pod of a rollout for them.
     unready_by_owner: Mapping[str, Sequence[dict[str, Any]]]
 

@@ -92,8 +92,10 @@ def daemonset_ready(
     if desired == 0:
         return True, ""
     unavailable = status.get("numberUnavailable", 0)
-    why = f"{unavailable} of {desired} pods unavailable" if unavailable else _counted(ds, status, desired, pods,
-                                                                                       revisions)  # fmt: skip
+    if unavailable:
+        why = f"{unavailable} of {desired} pods unavailable"
+    else:
+        why = _counted(ds, status, desired, pods, revisions)
     if not why:
         return True, ""
     if unready is None:

@@ -340,14 +340,41 @@ def test_wait_for_jobs_without_selector_moves_on() -> None:
     p = run([make_node(state="wait-for-jobs-required", unschedulable=True)])
     assert [a.state for a in of(p, SetState)] == ["drain-required", "pod-restart-required"]
     assert of(p, DeleteDriverPod) == [DeleteDriverPod("n1", "nvidia-driver-n1")]
-    (event,) = of(p, Event)
-    assert event.message == (
-        "wait-for-jobs-required -> drain-required -> pod-restart-required: no waitForCompletion.podSelector; "
-        "drain is not enabled; deleting driver pod nvidia-driver-n1 to restart the driver"
-    )
+    # Routine: no event of its own (the upgrade's start and end have one each).
+    assert of(p, Event) == []
     pol = policy(pod_deletion=PodDeletionSpec())
     p = run([make_node(state="wait-for-jobs-required")], pol=pol)
     assert [a.state for a in of(p, SetState)] == ["pod-deletion-required", "pod-restart-required"]
+
+
+def test_a_noteworthy_step_says_the_routine_ones_of_its_pass() -> None:
+    # Giving up on job pods is worth an event; it names the rest of the pass, the driver pod's deletion too.
+    pol = policy(wait_for_completion=WaitForCompletionSpec(pod_selector="app=train", timeout_seconds=60))
+    start = {WAIT_FOR_JOBS_START_ANNOTATION: str(int(NOW - 60))}
+    node = make_node(state="wait-for-jobs-required", unschedulable=True, annotations=start)
+    p = run([node], [gpu_pod("t", labels={"app": "train"})], pol=pol)
+    (event,) = of(p, Event)
+    assert event.message == (
+        "wait-for-jobs-required -> drain-required -> pod-restart-required: gave up waiting for default/t after 60s "
+        "(waitForCompletion.timeoutSeconds); drain is not enabled; deleting driver pod nvidia-driver-n1 to restart "
+        "the driver"
+    )
+
+
+def test_a_happy_upgrade_gets_two_events_its_start_and_its_end() -> None:
+    # Each pass from what the previous one left: the start (cordon), the driver pod's deletion, the new pod Ready.
+    start = run([make_node("a", "upgrade-required")])
+    cordoned = planner._after(make_node("a", "upgrade-required"), start.actions)
+    deletion = run([cordoned])
+    assert of(deletion, DeleteDriverPod) == [DeleteDriverPod("a", "nvidia-driver-a")]
+    ann = planner._after(cordoned, deletion.actions).annotations
+    end = run([make_node("a", "pod-restart-required", pod=driver_pod("new", rev=NEW), unschedulable=True,
+                         annotations=ann)])  # fmt: skip
+    events = [e.message for p in (start, deletion, end) for e in of(p, Event)]
+    assert len(events) == 2
+    assert events[0].startswith("upgrade-required -> cordon-required -> wait-for-jobs-required:")
+    assert events[1].startswith("pod-restart-required -> validation-required -> uncordon-required -> upgrade-done:")
+    assert "driver pod new is Running and Ready (replaced nvidia-driver-a)" in events[1]
 
 
 def test_wait_for_jobs_waits_forever_without_timeout() -> None:

@@ -12,6 +12,9 @@ that reads the node's workload pods when they were not read for this pass (they 
 the cordon, only for nodes observed in such a state), at upgrade-failed and upgrade-done, and before
 validation-required unless the node's validator pod is already Ready. On the happy path a node costs four
 passes: start (cordon), driver pod deletion, new driver pod Ready, validator Ready (often the same pass).
+Routine steps (nothing to wait for, evict or drain, and the driver pod's deletion) get no event of their own,
+only a mention in one that is written anyway: on the happy path a node gets two, its upgrade's start (the
+cordon) and its end (upstream: one per state).
 
 Slots (computed from the observed states, before any of this pass's actions): `inProgress` = nodes in a
 state other than unknown/done/required (upgrade-failed holds its slot); a new upgrade may start while
@@ -240,7 +243,7 @@ class _Step:
     actions: list[Action] = field(default_factory=list)  # no Event: `_conclude` writes one per node
     waiting: str | None = None
     move: _Move | None = None
-    note: str | None = None  # said in the node's event even without a move
+    note: str | None = None  # said in the node's event even without a move (a quiet step's: only in one)
     quiet: bool = False  # the wait is ordinary progress: no event of its own
 
 
@@ -276,7 +279,7 @@ def _conclude(node: str, steps: Sequence[_Step]) -> _Step:
     actions = [a for s in steps for a in s.actions]
     moves = [s.move for s in steps if s.move is not None]
     notes = [s.note for s in steps if s.note is not None]
-    if notes or any(m.event for m in moves):
+    if any(s.note is not None and not s.quiet for s in steps) or any(m.event for m in moves):
         path = " -> ".join([moves[0].old, *(m.new for m in moves)]) + ": " if moves else ""
         message = path + "; ".join([*(m.why for m in moves), *notes])
         kind = "Warning" if any(m.warning for m in moves) else "Normal"
@@ -444,12 +447,12 @@ class _Pass:
         spec = self.policy.wait_for_completion
         clear = [WAIT_FOR_JOBS_START_ANNOTATION]
         if not spec.pod_selector.strip():
-            return self.move(node, self.after_jobs(), "no waitForCompletion.podSelector", clear=clear)
+            return self.move(node, self.after_jobs(), "no waitForCompletion.podSelector", clear=clear, event=False)
         if self.wait_selector is None:
             return _Step(waiting=f"waitForCompletion.podSelector is invalid: {self.wait_selector_error}")
         running = [p for p in self.pods[node.name] if not p.finished and self.wait_selector.matches(p.labels)]
         if not running:
-            return self.move(node, self.after_jobs(), "no job pods left to wait for", clear=clear)
+            return self.move(node, self.after_jobs(), "no job pods left to wait for", clear=clear, event=False)
         elapsed, actions = self.elapsed(node, WAIT_FOR_JOBS_START_ANNOTATION)
         refs = _names(p.ref for p in running)
         if spec.timeout_seconds and elapsed >= spec.timeout_seconds:
@@ -510,7 +513,7 @@ class _Pass:
         spec = self.policy.pod_deletion
         clear = [POD_DELETION_START_ANNOTATION]
         if spec is None:
-            return self.move(node, DRAIN_REQUIRED, "podDeletion is not configured", clear=clear)
+            return self.move(node, DRAIN_REQUIRED, "podDeletion is not configured", clear=clear, event=False)
         gpu_pods = [p for p in self.pods[node.name] if p.uses_gpu and not p.is_daemonset_pod and not p.finished]
         result = self.evict(
             node,
@@ -522,7 +525,7 @@ class _Pass:
             field="podDeletion",
         )
         if result.done:
-            return self.move(node, POD_RESTART_REQUIRED, "no GPU pods left on the node", clear=clear)
+            return self.move(node, POD_RESTART_REQUIRED, "no GPU pods left on the node", clear=clear, event=False)
         if result.failure is not None:
             if self.policy.drain.enable:
                 return self.move(node, DRAIN_REQUIRED, f"{result.failure}; trying drain", clear=clear, warning=True)
@@ -533,7 +536,7 @@ class _Pass:
         spec = self.policy.drain
         clear = [DRAIN_START_ANNOTATION]
         if not spec.enable:
-            return self.move(node, POD_RESTART_REQUIRED, "drain is not enabled", clear=clear)
+            return self.move(node, POD_RESTART_REQUIRED, "drain is not enabled", clear=clear, event=False)
         if self.drain_selector is None:
             return _Step(waiting=f"drain.podSelector is invalid: {self.drain_selector_error}")
         selector = self.drain_selector
@@ -555,7 +558,7 @@ class _Pass:
             field="drain",
         )
         if result.done:
-            return self.move(node, POD_RESTART_REQUIRED, "node drained", clear=clear)
+            return self.move(node, POD_RESTART_REQUIRED, "node drained", clear=clear, event=False)
         if result.failure is not None:
             return self.fail(node, result.failure, clear=clear)
         return _Step(list(result.actions), result.waiting)
@@ -590,10 +593,11 @@ class _Pass:
             stamp = [Annotate(node.name, VALIDATION_START_ANNOTATION, _stamp(self.now))]
             if not self.validation_enabled:
                 stamp = []
+            replaced = f" (replaced {deleted})" if deleted and deleted != name else ""
             return self.move(
                 node,
                 VALIDATION_REQUIRED,
-                f"driver pod {name} is Running and Ready",
+                f"driver pod {name} is Running and Ready{replaced}",
                 before=stamp,
                 clear=[DELETED_DRIVER_POD_ANNOTATION],
                 event=False,

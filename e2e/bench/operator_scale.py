@@ -1,6 +1,6 @@
 """The operator on many fake GPU nodes (prints numbers, asserts nothing).
 
-    python -m e2e.bench.operator_scale [--nodes 1000] [--runs 3] [--idle 60] [--joins 50]
+    python -m e2e.bench.operator_scale [--nodes 1000] [--runs 3] [--idle 60] [--joins 50] [--mass-join 1000]
 
 Starts a cluster in a temporary directory with N fake GPU nodes (h100x8, a100x4, l4x1 in turn, half on
 ubuntu 22.04 and half on 24.04), the node simulator and the operator (under the chart's identity), applies
@@ -10,7 +10,10 @@ audit log where they are about requests: ClusterPolicy -> every operand DaemonSe
 reads during `--idle` seconds of steady state, then `--joins` nodes joining at once (time to their
 `gpu.present` and deploy labels, p50/p99, and the operator's node patches per joining node until GFD has
 labelled it and a MIG node's layout is applied), its memory (VmRSS), the CPU it used, and how long
-`gpu-operator doctor` takes on the whole cluster.
+`gpu-operator doctor` takes on the whole cluster. Last, the driver version changes (`--upgrade-parallel`
+nodes at a time, 10% by default; 0: no upgrade): how long every node takes to be upgrade-done on the new driver,
+the operator's writes per node meanwhile, and how long after a node's new driver pod is Ready it is done. Then
+`--mass-join` nodes join at once (1,000 by default): how long until every one of them is labelled.
 
 The nodes carry NFD's PCI device-ID label (`pci-0302_10de_<device>.present`, NFD's deviceLabelFields with
 `device`), so their GPUs are known before a driver runs (`--no-device-labels`: NFD's default labels only; a
@@ -30,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from datetime import datetime
@@ -43,8 +47,9 @@ from e2e.operator_process import NAMESPACE, OperatorProcess, install_crds_and_rb
 from e2e.simulator import NodeSimulator
 from gpu_operator.debug import DEBUG_DIR, PROFILE_PASSES
 from gpu_operator.doctor import diagnose, gather
-from gpu_operator.kube import Kube
+from gpu_operator.kube import Kube, path_for
 from gpu_operator.nodes import GPU_PRESENT, deploy_label
+from gpu_operator.upgrade import STATE_LABEL as UPGRADE_STATE
 
 PROFILES = ("h100x8", "a100x4", "l4x1")
 DEVICE_IDS = {"h100x8": "2330", "a100x4": "20b2", "l4x1": "27b8"}  # H100 SXM5 80GB, A100 SXM4 80GB, L4
@@ -214,12 +219,159 @@ def heap_report(pid: int, where: Path) -> str:
     return "no heap report"
 
 
+def join(cluster: LocalCluster, admin: Kube, user: str, count: int, prefix: str, device_labels: bool, figure: Any,
+         follow_up: bool) -> None:
+    """`count` nodes join at once: how long until each has its GPU and deploy labels (from the audit log: the
+    create's arrival to our first patch answered); with `follow_up`, also the node patches per joining node until
+    GFD has labelled each and a MIG node's layout is applied."""
+    joiners = [bench_node(f"{prefix}-{i:04d}", i, device_labels) for i in range(count)]
+    for node in joiners:
+        node["metadata"]["labels"][JOIN_LABEL] = prefix
+    selector = f"{JOIN_LABEL}={prefix}"
+    join_from = time.time()
+    create_nodes(admin.client, joiners)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:  # the nodes not labelled yet (a list that shrinks to nothing)
+        if not any(admin.list("Node", label_selector=f"{selector},{missing}")
+                   for missing in (f"!{GPU_PRESENT}", f"{deploy_label('driver')}!=true")):  # fmt: skip
+            break
+        time.sleep(0.2)
+    # The follow-up labels: GFD's, then (MIG nodes) the layout applied; the operator's answers to them.
+    while follow_up and time.monotonic() < deadline:
+        listed = admin.list("Node", label_selector=selector)
+        labels = [n["metadata"]["labels"] for n in listed]
+        if all(GFD_PRODUCT in ls and (MIG_STATE in ls or not _mig(ls)) for ls in labels):
+            break
+        time.sleep(1)
+    time.sleep(5)
+    names = {n["metadata"]["name"] for n in joiners}
+    events = [e for e in cluster.audit_events() if audit_time(e) >= join_from - 1]
+    creates = [
+        e for e in events if e.get("stage") == "ResponseComplete" and e["verb"] == "create"
+        and e["objectRef"].get("resource") == "nodes" and e["objectRef"].get("name") in names
+    ]  # fmt: skip
+    joined = {e["objectRef"]["name"]: audit_time(e) for e in creates}
+    node_made = {e["objectRef"]["name"]: done_time(e) for e in creates}
+    patches = sorted(
+        (done_time(e), e["objectRef"]["name"], audit_time(e)) for e in events
+        if e.get("stage") == "ResponseComplete" and e.get("user", {}).get("username") == user
+        and e["verb"] == "patch" and e["objectRef"].get("resource") == "nodes"
+        and e["objectRef"].get("name") in names
+    )  # fmt: skip
+    first: dict[str, float] = {}
+    sent: dict[str, float] = {}
+    for at, name, received in patches:
+        if name not in first:
+            first[name], sent[name] = at, received
+    lat = [first[n] - joined[n] for n in first if n in joined]
+    if not follow_up and first and joined:
+        figure(f"{count} nodes join at once -> all labelled", max(first.values()) - min(joined.values()), "s",
+               f"({len(lat)} labelled)")
+    if lat:
+        figure(f"{count} nodes join -> labels, p50", statistics.median(lat), "s", f"({len(lat)} labelled)")
+        figure(f"{count} nodes join -> labels, p99", percentile(lat, 99), "s")
+        # Where a join's time goes: the API server creating the node, the operator until its patch arrives
+        # (watch, decision, sending), the API server answering the patch.
+        parts = {
+            "create": [node_made[n] - joined[n] for n in first if n in node_made],
+            "operator": [sent[n] - node_made[n] for n in first if n in node_made],
+            "patch": [first[n] - sent[n] for n in first],
+        }
+        print("  join p50 by part: " + ", ".join(f"{k} {statistics.median(v):.3f} s" for k, v in parts.items() if v))
+    if follow_up:
+        figure("node patches per joining node", len(patches) / count, "per node")
+
+
+NEW_DRIVER = "600.10.01"
+
+
+def _watch(kube: Kube, path: str, selector: str, seen: Any, stop: threading.Event) -> None:
+    """Every object under `path` matching `selector`, then each change, to `seen(obj)` until `stop` is set."""
+    page = kube.request("GET", path, query={"labelSelector": selector})
+    for obj in page["items"]:
+        seen(obj)
+    rv = page["metadata"]["resourceVersion"]
+    try:
+        while not stop.is_set():
+            for event in kube.watch(path, rv, timeout_seconds=60, labelSelector=selector):
+                if event["type"] in ("ADDED", "MODIFIED"):
+                    seen(event["object"])
+                rv = event["object"]["metadata"].get("resourceVersion", rv)
+                if stop.is_set():
+                    return
+    except Exception:
+        if not stop.is_set():  # once stopped, the cluster going down ends the watch
+            raise
+
+
+def upgrade(cluster: LocalCluster, admin: Kube, user: str, total: int, parallel: int, timeout: float,
+            figure: Any) -> None:
+    """A driver upgrade of every node, `parallel` at a time: its figures (watched, not polled: a list of every
+    driver pod each half second costs the API server more than the operator does)."""
+    ready_at: dict[str, float] = {}  # node -> when its new driver pod was first seen Ready
+    left: set[str] = set()  # nodes seen in a state other than upgrade-done since the change
+    done_at: dict[str, float] = {}  # node -> when first seen upgrade-done and schedulable after that
+    lock = threading.Lock()
+
+    def pod(obj: dict[str, Any]) -> None:
+        node = obj["spec"].get("nodeName")
+        statuses = (obj.get("status") or {}).get("containerStatuses") or [{}]
+        new = f":{NEW_DRIVER}-" in obj["spec"]["containers"][0]["image"]
+        if node and new and all(c.get("ready") for c in statuses):
+            with lock:
+                ready_at.setdefault(node, time.time())
+
+    def node(obj: dict[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        with lock:
+            if obj["metadata"]["labels"].get(UPGRADE_STATE) != "upgrade-done":
+                left.add(name)
+            elif name in left and not obj["spec"].get("unschedulable"):
+                done_at.setdefault(name, time.time())
+
+    stop = threading.Event()
+    pods = (path_for("Pod", namespace=NAMESPACE), "nvidia.com/gpu-operator.state=state-driver", pod)
+    nodes = (path_for("Node"), UPGRADE_STATE, node)
+    watchers = [
+        threading.Thread(target=_watch, daemon=True, args=(Kube.connect(str(cluster.kubeconfig)), *spec, stop))
+        for spec in (pods, nodes)
+    ]
+    for w in watchers:
+        w.start()
+    since = time.time()
+    began = time.monotonic()
+    policy = {"version": NEW_DRIVER, "upgradePolicy": {"autoUpgrade": True, "maxParallelUpgrades": parallel,
+                                                       "maxUnavailable": "100%"}}  # fmt: skip
+    admin.merge_patch("ClusterPolicy", "cluster-policy", {"spec": {"driver": policy}})
+    while time.monotonic() - began < timeout:
+        with lock:
+            if len(done_at) >= total and all(n in ready_at for n in done_at):
+                break
+        time.sleep(0.5)
+    seconds = time.monotonic() - began
+    stop.set()
+    writes = writes_by(cluster, user, since=since)
+    lags = sorted(max(0.0, done_at[n] - ready_at[n]) for n in done_at if n in ready_at)
+    figure(f"driver upgrade, {parallel} nodes at a time: all done", seconds, "s",
+           f"({len(done_at)} of {total} nodes)")
+    figure("driver upgrade: operator writes per node", sum(writes.values()) / total, "per node",
+           "(" + ", ".join(f"{n} {k}" for k, n in writes.most_common()) + ")")
+    if lags:
+        figure("driver upgrade: new driver pod Ready -> node done, p50", statistics.median(lags), "s")
+        figure("driver upgrade: new driver pod Ready -> node done, max", lags[-1], "s")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=1, help="runs, each on a fresh cluster; the table gives medians")
     parser.add_argument("--idle", type=float, default=60.0, help="seconds of steady state to watch for requests")
     parser.add_argument("--joins", type=int, default=50, help="nodes that join at once after the steady state")
+    parser.add_argument("--mass-join", type=int, default=1000, metavar="N",
+                        help="last, N nodes join at once: time until all are labelled (0: not)")
+    parser.add_argument("--upgrade-parallel", type=int, default=-1, metavar="N",
+                        help="after the joins, upgrade the driver N nodes at a time (maxParallelUpgrades; default "
+                             "10%% of the nodes; 0: no upgrade)")
     parser.add_argument("--settled", type=float, default=60.0,
                         help="seconds of steady state measured again once the passes after ready stop (0: not)")
     parser.add_argument("--timeout", type=float, default=900.0)
@@ -459,65 +611,13 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
                    f"{len(found)} findings")
 
             if args.joins:
-                joiners = [bench_node(f"join-{i:04d}", i, args.device_labels) for i in range(args.joins)]
-                for node in joiners:
-                    node["metadata"]["labels"][JOIN_LABEL] = "true"
-                join_from = time.time()
-                create_nodes(admin.client, joiners)
-                deadline = time.monotonic() + 600
-                want = {GPU_PRESENT: "true", deploy_label("driver"): "true"}
-                while time.monotonic() < deadline:
-                    listed = admin.list("Node", label_selector=JOIN_LABEL)
-                    labelled = [n for n in listed if want.items() <= n["metadata"].get("labels", {}).items()]
-                    if len(labelled) == args.joins:
-                        break
-                    time.sleep(0.2)
-                # The follow-up labels: GFD's, then (MIG nodes) the layout applied; the operator's answers to them.
-                while time.monotonic() < deadline:
-                    listed = admin.list("Node", label_selector=JOIN_LABEL)
-                    labels = [n["metadata"]["labels"] for n in listed]
-                    if all(GFD_PRODUCT in ls and (MIG_STATE in ls or not _mig(ls)) for ls in labels):
-                        break
-                    time.sleep(1)
-                time.sleep(5)
-                names = {n["metadata"]["name"] for n in joiners}
-                events = [e for e in cluster.audit_events() if audit_time(e) >= join_from - 1]
-                joined = {
-                    e["objectRef"]["name"]: audit_time(e) for e in events
-                    if e.get("stage") == "ResponseComplete" and e["verb"] == "create"
-                    and e["objectRef"].get("resource") == "nodes" and e["objectRef"].get("name") in names
-                }  # fmt: skip
-                node_made = {
-                    e["objectRef"]["name"]: done_time(e) for e in events
-                    if e.get("stage") == "ResponseComplete" and e["verb"] == "create"
-                    and e["objectRef"].get("resource") == "nodes" and e["objectRef"].get("name") in names
-                }  # fmt: skip
-                patches = sorted(
-                    (done_time(e), e["objectRef"]["name"], audit_time(e)) for e in events
-                    if e.get("stage") == "ResponseComplete" and e.get("user", {}).get("username") == user
-                    and e["verb"] == "patch" and e["objectRef"].get("resource") == "nodes"
-                    and e["objectRef"].get("name") in names
-                )  # fmt: skip
-                first: dict[str, float] = {}
-                sent: dict[str, float] = {}
-                for at, name, received in patches:
-                    if name not in first:
-                        first[name], sent[name] = at, received
-                lat = [first[n] - joined[n] for n in first if n in joined]
-                if lat:
-                    figure(f"{args.joins} nodes join -> labels, p50", statistics.median(lat), "s",
-                           f"({len(lat)} labelled)")
-                    figure(f"{args.joins} nodes join -> labels, p99", percentile(lat, 99), "s")
-                    # Where a join's time goes: the API server creating the node, the operator until its patch
-                    # arrives (watch, decision, sending), the API server answering the patch.
-                    parts = {
-                        "create": [node_made[n] - joined[n] for n in first if n in node_made],
-                        "operator": [sent[n] - node_made[n] for n in first if n in node_made],
-                        "patch": [first[n] - sent[n] for n in first],
-                    }
-                    print("  join p50 by part: " + ", ".join(
-                        f"{k} {statistics.median(v):.3f} s" for k, v in parts.items() if v))
-                figure("node patches per joining node", len(patches) / args.joins, "per node")
+                join(cluster, admin, user, args.joins, "join", args.device_labels, figure, follow_up=True)
+            total = args.nodes + args.joins
+            parallel = args.upgrade_parallel if args.upgrade_parallel >= 0 else max(1, total // 10)
+            if parallel:
+                upgrade(cluster, admin, user, total, parallel, args.timeout, figure)
+            if args.mass_join:
+                join(cluster, admin, user, args.mass_join, "mass", args.device_labels, figure, follow_up=False)
             op.stop()
             sim.stop()
             if args.log:

@@ -309,6 +309,8 @@ def upgrade(cluster: LocalCluster, admin: Kube, user: str, total: int, parallel:
     """A driver upgrade of every node, `parallel` at a time: its figures (watched, not polled: a list of every
     driver pod each half second costs the API server more than the operator does)."""
     ready_at: dict[str, float] = {}  # node -> when its new driver pod was first seen Ready
+    validated: dict[str, list[float]] = collections.defaultdict(list)  # node -> when its validator turned Ready
+    validator_ready: dict[str, bool] = {}
     left: set[str] = set()  # nodes seen in a state other than upgrade-done since the change
     done_at: dict[str, float] = {}  # node -> when first seen upgrade-done and schedulable after that
     lock = threading.Lock()
@@ -321,6 +323,16 @@ def upgrade(cluster: LocalCluster, admin: Kube, user: str, total: int, parallel:
             with lock:
                 ready_at.setdefault(node, time.time())
 
+    def validator(obj: dict[str, Any]) -> None:
+        node = obj["spec"].get("nodeName")
+        statuses = (obj.get("status") or {}).get("containerStatuses") or [{}]
+        ready = bool(node) and all(c.get("ready") for c in statuses) and not obj["metadata"].get("deletionTimestamp")
+        with lock:
+            if node and ready and not validator_ready.get(node, True):
+                validated[node].append(time.time())
+            if node:
+                validator_ready[node] = ready
+
     def node(obj: dict[str, Any]) -> None:
         name = obj["metadata"]["name"]
         with lock:
@@ -331,10 +343,12 @@ def upgrade(cluster: LocalCluster, admin: Kube, user: str, total: int, parallel:
 
     stop = threading.Event()
     pods = (path_for("Pod", namespace=NAMESPACE), "nvidia.com/gpu-operator.state=state-driver", pod)
+    validators = (path_for("Pod", namespace=NAMESPACE), "nvidia.com/gpu-operator.state=state-operator-validation",
+                  validator)
     nodes = (path_for("Node"), UPGRADE_STATE, node)
     watchers = [
         threading.Thread(target=_watch, daemon=True, args=(Kube.connect(str(cluster.kubeconfig)), *spec, stop))
-        for spec in (pods, nodes)
+        for spec in (pods, validators, nodes)
     ]
     for w in watchers:
         w.start()
@@ -359,6 +373,16 @@ def upgrade(cluster: LocalCluster, admin: Kube, user: str, total: int, parallel:
     if lags:
         figure("driver upgrade: new driver pod Ready -> node done, p50", statistics.median(lags), "s")
         figure("driver upgrade: new driver pod Ready -> node done, max", lags[-1], "s")
+    # The operator's part: a node is done once its validator is Ready again too (validation-required).
+    ours = []
+    for n, done in done_at.items():
+        if n in ready_at:
+            turned = [t for t in validated.get(n, ()) if t <= done]
+            ours.append(max(0.0, done - max([ready_at[n], *turned[-1:]])))
+    if ours:
+        ours.sort()
+        figure("driver upgrade: driver and validator Ready -> node done, p50", statistics.median(ours), "s")
+        figure("driver upgrade: driver and validator Ready -> node done, max", ours[-1], "s")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,63 @@
+"""The upgrade executor against the API server: each node's actions in order, the nodes side by side, and a node's
+first failed write stopping only that node's remaining actions."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from e2e.cluster.localcluster import LocalCluster
+from e2e.cluster.nodes import create_nodes, make_node
+from gpu_operator.events import EventRecorder
+from gpu_operator.kube import Kube
+from gpu_operator.upgrade import STATE_LABEL
+from gpu_operator.upgrade.adapter import Executor
+from gpu_operator.upgrade.model import Action, Annotate, Cordon, Event, Plan, SetState
+
+
+@pytest.fixture
+def admin(cluster: LocalCluster) -> Kube:
+    return Kube.connect(str(cluster.kubeconfig))
+
+
+@pytest.fixture
+def names(admin: Kube) -> Iterator[list[str]]:
+    run = uuid.uuid4().hex[:6]
+    made = [f"exec-{run}-{i}" for i in range(12)]
+    create_nodes(admin.client, [make_node(n, "cpu") for n in made])
+    yield made
+    for n in made:
+        admin.delete("Node", n)
+
+
+def events_on(admin: Kube, node: str) -> list[str]:
+    found = admin.list("Event", "default", field_selector=f"involvedObject.name={node}")
+    return [e["message"] for e in found if e.get("reason") == "GPUDriverUpgrade"]
+
+
+def test_each_node_in_order_and_a_failed_write_stops_only_its_node(admin: Kube, names: list[str]) -> None:
+    bad, *good = names
+    actions: list[Action] = [
+        # The bad node: its first patch is refused (an invalid annotation key), so nothing after it happens.
+        Annotate(bad, "not a valid key!", "x"),
+        Event(bad, "Normal", "GPUDriverUpgrade", "must not be written"),
+        SetState(bad, "cordon-required"),
+    ]
+    for n in good:  # the rest: a patch, an event between two patches, then the last patch
+        actions += [
+            SetState(n, "cordon-required"),
+            Cordon(n),
+            Event(n, "Normal", "GPUDriverUpgrade", f"{n} cordoned"),
+            SetState(n, "wait-for-jobs-required"),
+        ]
+    Executor(admin, "default", EventRecorder(admin)).run(Plan(actions=actions))
+    for n in good:
+        node = admin.get("Node", n) or {}
+        assert node["metadata"]["labels"][STATE_LABEL] == "wait-for-jobs-required", n
+        assert node["spec"].get("unschedulable") is True, n
+        assert events_on(admin, n) == [f"{n} cordoned"]
+    node = admin.get("Node", bad) or {}
+    assert STATE_LABEL not in node["metadata"].get("labels", {})
+    assert events_on(admin, bad) == []

@@ -147,7 +147,8 @@ WRITERS = 8  # threads for one pass's upgrade writes (and its reads of workload 
 
 
 class Executor:
-    """Carries out a plan's actions in order; a node's remaining actions stop at its first failed write."""
+    """Carries out a plan's actions, each node's in order, the nodes side by side; a node's remaining actions stop
+    at its first failed write."""
 
     def __init__(self, kube: Kube, namespace: str, event: EventFn):
         self.kube = kube

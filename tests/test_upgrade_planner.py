@@ -361,7 +361,7 @@ def test_a_noteworthy_step_says_the_routine_ones_of_its_pass() -> None:
     )
 
 
-def test_a_happy_upgrade_gets_two_events_its_start_and_its_end() -> None:
+def test_a_happy_upgrade_gets_one_event_its_start_and_its_end_goes_to_the_log() -> None:
     # Each pass from what the previous one left: the start (cordon), the driver pod's deletion, the new pod Ready.
     start = run([make_node("a", "upgrade-required")])
     cordoned = planner._after(make_node("a", "upgrade-required"), start.actions)
@@ -371,10 +371,14 @@ def test_a_happy_upgrade_gets_two_events_its_start_and_its_end() -> None:
     end = run([make_node("a", "pod-restart-required", pod=driver_pod("new", rev=NEW), unschedulable=True,
                          annotations=ann)])  # fmt: skip
     events = [e.message for p in (start, deletion, end) for e in of(p, Event)]
-    assert len(events) == 2
+    assert len(events) == 1
     assert events[0].startswith("upgrade-required -> cordon-required -> wait-for-jobs-required:")
-    assert events[1].startswith("pod-restart-required -> validation-required -> uncordon-required -> upgrade-done:")
-    assert "driver pod new is Running and Ready (replaced nvidia-driver-a)" in events[1]
+    assert start.finished == {} and deletion.finished == {}
+    assert end.finished["a"].startswith(
+        "pod-restart-required -> validation-required -> uncordon-required -> upgrade-done:"
+    )
+    assert "driver pod new is Running and Ready (replaced nvidia-driver-a)" in end.finished["a"]
+    assert of(end, Uncordon) == [Uncordon("a")] and states(end) == {"a": "upgrade-done"}
 
 
 def test_wait_for_jobs_waits_forever_without_timeout() -> None:
@@ -611,8 +615,8 @@ def test_pod_restart_goes_on_to_done_when_the_validator_is_ready() -> None:
     p = run([node])
     assert [a.state for a in of(p, SetState)] == ["validation-required", "uncordon-required", "upgrade-done"]
     assert of(p, Uncordon) == [Uncordon("n1")]
-    (event,) = of(p, Event)
-    assert event.message.startswith("pod-restart-required -> validation-required -> uncordon-required -> upgrade-done:")
+    assert of(p, Event) == []  # the happy path's end: the label and the uncordon say it, and the log
+    assert p.finished["n1"].startswith("pod-restart-required -> validation-required -> uncordon-required -> ")
     # Whatever the chain wrote on the way is gone at the end.
     after = {}
     for a in of(p, Annotate):
@@ -702,6 +706,9 @@ def test_pre_cordoned_node_goes_straight_to_done_and_stays_cordoned() -> None:
     p = run([make_node(state="validation-required", rev=NEW, unschedulable=True, annotations=ann)])
     assert states(p) == {"n1": "upgrade-done"}
     assert of(p, Uncordon) == []
+    # Left cordoned: worth an event, unlike an ordinary end.
+    (event,) = of(p, Event)
+    assert "stays cordoned as it was before the upgrade" in event.message and p.finished == {}
     # The initial-state annotation is removed only after the state label says done.
     done = p.actions.index(SetState("n1", "upgrade-done"))
     assert p.actions.index(Annotate("n1", INITIAL_UNSCHEDULABLE_ANNOTATION, None)) > done
@@ -735,6 +742,8 @@ def test_failed_recovers_when_driver_in_sync_and_ready() -> None:
     assert of(p, SetState)[0] == SetState("n1", "uncordon-required")
     assert of(p, Uncordon) == [Uncordon("n1")] and states(p) == {"n1": "upgrade-done"}
     assert Annotate("n1", FAILURE_REASON_ANNOTATION, None) in p.actions
+    (event,) = of(p, Event)  # a recovery is worth an event
+    assert event.message.startswith("upgrade-failed -> uncordon-required -> upgrade-done:") and p.finished == {}
     p = run([make_node(state="upgrade-failed", pod=driver_pod(rev=NEW, ready=False, restarts=30))])
     assert states(p) == {}
 

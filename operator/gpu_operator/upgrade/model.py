@@ -330,6 +330,8 @@ class Plan:
     started: tuple[str, ...] = ()  # nodes whose upgrade this pass started (took a slot)
     # Nodes whose wait is ordinary progress (a pod starting, a validator coming up): no event for it.
     quiet: frozenset[str] = frozenset()
+    # Nodes whose upgrade ended in this pass without an event (the happy path): what it did, for the log.
+    finished: dict[str, str] = field(default_factory=dict)
 
     def actions_for(self, node: str) -> list[Action]:
         return [a for a in self.actions if a.node == node]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from .model import (
     Counters,
 )
 from .planner import Limit, plan
+
+log = logging.getLogger("gpu_operator.upgrade")
 
 Recorder = Callable[[dict[str, Any], str, str, str], None]
 GAUGES = (
@@ -68,6 +71,8 @@ def orchestrate(
                   limit=limit)  # fmt: skip
     # The annotation k8s-driver-manager reads went out with the node's labels (render.node_patches).
     Executor(kube, namespace, events).run(result)
+    for node, what in result.finished.items():  # the happy path's end: no event (the label says it), a log line
+        log.info("upgrade of node %s done: %s", node, what)
     c = result.counters
     if gauges:
         set_gauges(c)

@@ -12,9 +12,10 @@ that reads the node's workload pods when they were not read for this pass (they 
 the cordon, only for nodes observed in such a state), at upgrade-failed and upgrade-done, and before
 validation-required unless the node's validator pod is already Ready. On the happy path a node costs four
 passes: start (cordon), driver pod deletion, new driver pod Ready, validator Ready (often the same pass).
-Routine steps (nothing to wait for, evict or drain, and the driver pod's deletion) get no event of their own,
-only a mention in one that is written anyway: on the happy path a node gets two, its upgrade's start (the
-cordon) and its end (upstream: one per state).
+Routine steps (nothing to wait for, evict or drain, the driver pod's deletion, the new pod Ready, the uncordon)
+get no event of their own, only a mention in one that is written anyway: on the happy path a node gets one, its
+upgrade's start (the cordon and why; upstream: one per state). Its end is the `upgrade-done` label and the
+uncordon themselves, and a line in the operator's log (`Plan.finished`).
 
 Slots (computed from the observed states, before any of this pass's actions): `inProgress` = nodes in a
 state other than unknown/done/required (upgrade-failed holds its slot); a new upgrade may start while
@@ -245,6 +246,7 @@ class _Step:
     move: _Move | None = None
     note: str | None = None  # said in the node's event even without a move (a quiet step's: only in one)
     quiet: bool = False  # the wait is ordinary progress: no event of its own
+    finished: str | None = None  # (concluded) an upgrade that ended in this pass without an event: what it did
 
 
 # Writes whose effect the next pass must observe before the node goes on.
@@ -279,12 +281,14 @@ def _conclude(node: str, steps: Sequence[_Step]) -> _Step:
     actions = [a for s in steps for a in s.actions]
     moves = [s.move for s in steps if s.move is not None]
     notes = [s.note for s in steps if s.note is not None]
+    path = " -> ".join([moves[0].old, *(m.new for m in moves)]) + ": " if moves else ""
+    message = path + "; ".join([*(m.why for m in moves), *notes])
+    last = steps[-1]
     if any(s.note is not None and not s.quiet for s in steps) or any(m.event for m in moves):
-        path = " -> ".join([moves[0].old, *(m.new for m in moves)]) + ": " if moves else ""
-        message = path + "; ".join([*(m.why for m in moves), *notes])
         kind = "Warning" if any(m.warning for m in moves) else "Normal"
         actions.append(Event(node, kind, EVENT_REASON, message))
-    last = steps[-1]
+    elif moves and moves[-1].new == DONE and moves[0].old in IN_PROGRESS_STATES:
+        return _Step(actions, last.waiting, quiet=last.quiet, finished=message)
     return _Step(actions, last.waiting, quiet=last.quiet)
 
 
@@ -629,18 +633,18 @@ class _Pass:
         if node.initially_unschedulable:
             # Cordoned before the upgrade began: it stays cordoned, nothing to undo.
             return self.finish(node, why + "; node stays cordoned as it was before the upgrade")
-        return self.move(node, UNCORDON_REQUIRED, why, clear=[VALIDATION_START_ANNOTATION])
+        return self.move(node, UNCORDON_REQUIRED, why, clear=[VALIDATION_START_ANNOTATION], event=False)
 
-    def finish(self, node: UpgradeNode, why: str) -> _Step:
+    def finish(self, node: UpgradeNode, why: str, event: bool = True) -> _Step:
         before: list[Action] = []
         if node.unschedulable and not node.initially_unschedulable:
             before.append(Uncordon(node.name))
-        return self.move(
-            node, DONE, why, before=before, clear=(*TRANSIENT_ANNOTATIONS, INITIAL_UNSCHEDULABLE_ANNOTATION)
-        )
+        clear = (*TRANSIENT_ANNOTATIONS, INITIAL_UNSCHEDULABLE_ANNOTATION)
+        return self.move(node, DONE, why, before=before, clear=clear, event=event)
 
     def uncordon(self, node: UpgradeNode) -> _Step:
-        return self.finish(node, "node uncordoned" if node.unschedulable else "upgrade complete")
+        # The happy path's end: the label and the uncordon say it (a recovery from upgrade-failed has its event).
+        return self.finish(node, "node uncordoned" if node.unschedulable else "upgrade complete", event=False)
 
     def failed(self, node: UpgradeNode) -> _Step:
         # A request still pending means the driver was not restarted yet: that upgrade has not happened.
@@ -739,16 +743,19 @@ def plan(
     out: list[Action] = []
     waiting: dict[str, str] = {}
     quiet: set[str] = set()
+    finished: dict[str, str] = {}
     for node in nodes:
         if node.name not in taken:
             continue
         step = _conclude(node.name, taken[node.name])
         out += step.actions
+        if step.finished is not None:
+            finished[node.name] = step.finished
         if step.waiting is not None:
             waiting[node.name] = step.waiting
             if step.quiet:
                 quiet.add(node.name)
-    return Plan(out, waiting, counters, tuple(started), frozenset(quiet))
+    return Plan(out, waiting, counters, tuple(started), frozenset(quiet), finished)
 
 
 # Node name -> the UpgradeNode object (upgrade-done or unknown) whose step was to do nothing and say nothing: a step

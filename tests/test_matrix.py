@@ -248,6 +248,31 @@ def test_verdicts_refuse_only_what_cannot_run() -> None:
     assert again["status"] == "False" and again["lastTransitionTime"] == "2026-01-02T00:00:00Z"
 
 
+def test_a_node_object_is_judged_once_per_spec_whatever_else_is_judged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass judges every node twice (the rollout, the upgrade planner) and one joining node is judged between
+    passes: neither may make the next pass judge every node again (it did: 0.1 s a pass at 5,000 nodes)."""
+    checked: list[str] = []
+    real = matrix.check
+
+    def counting(version: str, module_type: str | None, archs: tuple[str, ...]) -> Any:
+        checked.append(version)
+        return real(version, module_type, archs)
+
+    monkeypatch.setattr(matrix, "check", counting)
+    everyone, policy = [gpu_node(f"n{i}", **H100_GFD) for i in range(300)], spec()
+    first = compat.verdicts(everyone, policy)
+    assert len(first) == 300 and len(checked) == 300
+    compat.verdicts([gpu_node("joining", **H100_GFD)], policy)  # one node, between passes
+    assert compat.verdicts(everyone, policy) == first
+    assert len(checked) == 301
+    changed = replace(everyone[7], labels={**everyone[7].labels, "nvidia.com/gpu.deploy.driver": "false"})
+    after = compat.verdicts([*everyone[:7], changed, *everyone[8:]], policy)
+    assert len(checked) == 301 and "n7" not in after and len(after) == 299  # a changed node: judged again
+    other = spec("580.95.05")
+    compat.verdicts(everyone, other)
+    assert len(checked) == 301 + 300  # another spec: every node again
+
+
 def test_node_patches_label_refused_nodes_only() -> None:
     nodes = [gpu_node("h100", **H100_GFD), gpu_node("v100", **{V100_LABEL: "true"})]
     patches = node_patches(nodes, spec(), {"v100"})

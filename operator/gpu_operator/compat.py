@@ -54,29 +54,27 @@ def _driver_candidate(node: NodeFacts, spec: ClusterPolicySpec) -> bool:
     return value in (None, "", "true", DRIVER_REFUSED) or value in PAUSED_VALUES
 
 
-# Node name -> (the node object and spec a verdict was worked out for, the verdict or None): a node object
-# that did not change (the watch cache replaces it when the node changes) is not judged again.
-_judged: dict[str, tuple[NodeFacts, ClusterPolicySpec, Verdict | None]] = {}
+# Where a node object keeps the verdict worked out for it, with the spec it was for: a node object that did not
+# change (the watch cache replaces it when the node changes) is not judged again. Kept on the object, not in a
+# table by node name, so calls for other nodes (one joining node, one NVIDIADriver's) do not evict it.
+_VERDICT = "_compat_verdict"
 
 
 def verdicts(nodes: Iterable[NodeFacts], spec: ClusterPolicySpec) -> dict[str, Verdict]:
     """Node name -> verdict, for every node the ClusterPolicy's driver is for."""
     version = driver_version(spec)
     out = {}
-    nodes = sorted(nodes, key=lambda n: n.name)
-    if len(_judged) > 2 * len(nodes) + 100:  # nodes that went away
-        _judged.clear()
-    for node in nodes:
-        hit = _judged.get(node.name)
-        if hit is not None and hit[0] is node and hit[1] is spec:
-            found = hit[2]
+    for node in sorted(nodes, key=lambda n: n.name):
+        memo = node.__dict__.get(_VERDICT)
+        if memo is not None and memo[0] is spec:
+            found = memo[1]
         else:
             found = None
             if _driver_candidate(node, spec):
                 identity = node.identity
                 module_type, refusal = matrix.check(version, spec.driver.kernel_module_type, identity.architectures)
                 found = Verdict(node.name, identity, version, module_type, refusal)
-            _judged[node.name] = (node, spec, found)
+            node.__dict__[_VERDICT] = (spec, found)
         if found is not None:
             out[node.name] = found
     return out

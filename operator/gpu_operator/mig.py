@@ -222,14 +222,41 @@ def mig_nodes(nodes: Iterable[NodeFacts], spec: ClusterPolicySpec) -> list[NodeF
     """GPU nodes whose layout the operator checks: MIG-capable container nodes whose mig-manager is not opted out."""
     if not spec.mig_manager.enabled:
         return []
-    return [
-        n
-        for n in nodes
-        if n.has_gpu
-        and n.is_mig_capable
-        and workload_of(n, spec) == "container"
-        and n.labels.get(MANAGER_LABEL) in ("true", PAUSED)
-    ]
+    return [n for n in nodes if _managed(n, spec)]
+
+
+# Node objects keep what the MIG pass worked out for them, with the spec it was for (a pass looks at every node;
+# the watch cache replaces a node's object when the node changes, and nothing changes one in place).
+_MANAGED = "_mig_managed"
+_QUIET = "_mig_quiet"
+
+
+def _managed(node: NodeFacts, spec: ClusterPolicySpec) -> bool:
+    hit = node.__dict__.get(_MANAGED)
+    if hit is not None and hit[0] is spec:
+        return bool(hit[1])
+    managed = (
+        node.has_gpu
+        and node.is_mig_capable
+        and workload_of(node, spec) == "container"
+        and node.labels.get(MANAGER_LABEL) in ("true", PAUSED)
+    )
+    node.__dict__[_MANAGED] = (spec, managed)
+    return managed
+
+
+def _quiet(node: NodeFacts, spec: ClusterPolicySpec) -> bool:
+    """Nothing for `decide` to do on this node, whatever its pods and mig-managers: no operand paused for a MIG
+    change, and (a node whose layout is checked) the layout its label asks for let through, mig-manager not held."""
+    hit = node.__dict__.get(_QUIET)
+    if hit is not None and hit[0] is spec:
+        return bool(hit[1])
+    labels = node.labels
+    quiet = not any(labels.get(key) == PAUSED for _, key in _PAUSED_KEYS)
+    if quiet and spec.mig_manager.enabled and _managed(node, spec):
+        quiet = labels.get(APPROVED) == requested(node, spec) and labels.get(MANAGER_LABEL) != PAUSED
+    node.__dict__[_QUIET] = (spec, quiet)
+    return quiet
 
 
 def requested(node: NodeFacts, spec: ClusterPolicySpec) -> str:
@@ -261,10 +288,11 @@ def decide(
     out.managed = len(managed)
     by_name = {n.name for n in managed}
     for node in nodes:  # restore labels on every GPU node, also those no longer managed
-        if node.has_gpu:
+        if node.has_gpu and not _quiet(node, spec):
             _restore(node, spec, node.name in managers and node.name in by_name, out)
     for node in managed:
-        _gate(node, spec, layouts, pods.get(node.name, []), out)
+        if not _quiet(node, spec):
+            _gate(node, spec, layouts, pods.get(node.name, []), out)
     return out
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from ..readiness import REVISION_HASH, pod_ready
@@ -158,13 +159,14 @@ class UpgradeNode:
             validator_pod=validator_pod,
         )
 
-    @property
+    @cached_property
     def state(self) -> str:
-        """The state label; a value we do not know reads as unknown (and gets overwritten)."""
+        """The state label; a value we do not know reads as unknown (and gets overwritten). Read once per node
+        object (the planner reads it several times a pass for each node; the labels are never changed in place)."""
         value = self.labels.get(STATE_LABEL, UNKNOWN)
         return value if value in _KNOWN_STATES else UNKNOWN
 
-    @property
+    @cached_property
     def skipped(self) -> bool:
         return self.labels.get(SKIP_LABEL) == "true" or bool(self.refused)
 

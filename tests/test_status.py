@@ -316,6 +316,7 @@ def test_progress_is_written_at_most_every_interval_and_a_state_change_at_once()
     pol["status"] = _rollout(10)
     now[0] = 1.0
     assert not writer.write(pol, _rollout(20)), "progress only, too soon: held back"
+    assert writer.retry_in("cluster-policy") == PROGRESS_INTERVAL_S - 1.0, "the operator passes again then"
     assert writer.write(pol, _rollout(10)), "no change: nothing to hold"
     now[0] = PROGRESS_INTERVAL_S + 0.1
     assert writer.write(pol, _rollout(30))

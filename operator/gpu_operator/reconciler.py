@@ -58,6 +58,7 @@ class Outcome:
     writes: int = 0  # requests of the pass that changed something, events included (counted by the client)
     busy: bool = False  # work in progress that needs rechecking soon (a driver upgrade)
     nodes: list[NodeFacts] = field(default_factory=list)  # the Nodes as this pass patched them
+    recheck_s: float | None = None  # pass again this soon (a status change held back until then), if set
 
 
 @dataclass(frozen=True)
@@ -356,7 +357,8 @@ class Reconciler:
             status["conditions"].append(mig_condition)
         out.ready = status["state"] == "ready"
         if not self.status.write(policy, status):
-            out.busy = True  # progress held back: the next pass (soon) writes it
+            out.busy = True  # progress held back: the next pass writes it, once it may
+            out.recheck_s = self.status.retry_in(meta["name"])
 
     def _orchestrate_nvidia_drivers(
         self,

@@ -626,6 +626,8 @@ class Operator:
                 log.info("reconciled: ready=%s, %d writes", outcome.ready, outcome.writes)
             self.not_ready = outcome.ready is False
             delay = NOT_READY_RECHECK_S if outcome.ready is False or outcome.busy else RESYNC_S
+            if outcome.recheck_s is not None:  # a held-back status change: written as soon as it may be
+                delay = min(delay, outcome.recheck_s)
             if served(NODE_FEATURE, self.api_groups) and self.unidentified():
                 delay = min(delay, NODE_FEATURE_RELIST_S)
 

@@ -32,7 +32,7 @@ class StatusWriter:
         name = policy["metadata"]["name"]
         last = self._written.get(name)
         if last is not None and self.clock() - last < PROGRESS_INTERVAL_S and progress_only(old, status):
-            return False
+            return False  # retry_in says when it may go
         self._written[name] = self.clock()
         # A merge patch keeps keys it does not name: drop the ones the new status no longer has (status.upgrade).
         gone = {k: None for k in (old or {}) if k not in status}
@@ -43,3 +43,8 @@ class StatusWriter:
             reason = ready.get("reason", "StateChanged")
             self.events(policy, etype, reason, f"state {status['state']}: {ready.get('message', '')}")
         return True
+
+    def retry_in(self, name: str) -> float:
+        """Seconds until a progress change held back for the policy `name` may be written."""
+        last = self._written.get(name)
+        return 0.0 if last is None else max(0.0, last + PROGRESS_INTERVAL_S - self.clock())

@@ -906,22 +906,24 @@ def test_a_node_first_seen_in_sync_is_marked_done_without_an_event() -> None:
     assert not [a for a in result.actions if isinstance(a, Event)]
 
 
-# The settled-node shortcut (planner._settled, adapter._built)
+# The settled-node shortcut (planner.settled, adapter._built)
 
 
 def test_a_settled_node_object_is_skipped_and_a_changed_one_stepped_again() -> None:
     done = make_node("s1", "upgrade-done", rev=NEW)
     assert plan([done], [], policy(), 0.0).actions == []
-    assert planner._settled.get("s1") is done
+    assert planner.settled(done)
     assert plan([done], [], policy(), 0.0).actions == []  # the same object: skipped, still nothing
+    plan([make_node("other", "upgrade-done", rev=NEW)], [], policy(), 0.0)  # another NVIDIADriver's nodes
+    assert planner.settled(done)
     # Its DaemonSet moved on: a new object (the adapter makes one when an input changes) is stepped again.
     behind = make_node("s1", "upgrade-done", rev=NEW, revision="rev-newer")
     assert plan([behind], [], policy(), 0.0).started == ("s1",)
-    assert "s1" not in planner._settled
+    assert not planner.settled(behind)
     # A node with something to say is never taken as settled.
     waiting = make_node("s2", None, rev=None)
     assert plan([waiting], [], policy(), 0.0).waiting == {"s2": "no driver pod on the node yet"}
-    assert "s2" not in planner._settled
+    assert not planner.settled(waiting)
 
 
 def test_the_adapter_gives_the_same_object_for_the_same_inputs() -> None:

@@ -677,8 +677,6 @@ def plan(
     `limit`: what is left of cluster-wide limits beyond the policy's (several NVIDIADrivers upgrading).
     """
     nodes = sorted(nodes, key=lambda n: n.name)
-    if len(_settled) > 2 * len(nodes) + 100:  # nodes that went away
-        _settled.clear()
     slots = Slots.observe(nodes, policy)
     counters = Counters(
         total=slots.total,
@@ -704,14 +702,11 @@ def plan(
 
     def advance(node: UpgradeNode) -> None:
         while True:
-            if _settled.get(node.name) is node:
+            if settled(node):
                 return  # this very node object had nothing to do last time (its step depends on it alone)
             step = p.step(node)
-            if step is not None and node.state in (UNKNOWN, DONE):
-                if step == _NOTHING:
-                    _settled[node.name] = node
-                else:
-                    _settled.pop(node.name, None)
+            if step == _NOTHING and node.state in (UNKNOWN, DONE):
+                node.__dict__[_SETTLED] = True
             if step is None:
                 candidates.append(node)
                 return
@@ -758,10 +753,17 @@ def plan(
     return Plan(out, waiting, counters, tuple(started), frozenset(quiet), finished)
 
 
-# Node name -> the UpgradeNode object (upgrade-done or unknown) whose step was to do nothing and say nothing: a step
-# from those states depends on the node alone (not the time, the pods or the policy), so the same object is skipped.
-_settled: dict[str, UpgradeNode] = {}
+# Set on an UpgradeNode (upgrade-done or unknown) whose step was to do nothing and say nothing: a step from those
+# states depends on the node alone (not the time, the pods or the policy), so the same object is skipped. Kept on
+# the object (the adapter gives the same one while its inputs stay the same), so a plan for other nodes (another
+# NVIDIADriver's) leaves it.
+_SETTLED = "_planner_settled"
 _NOTHING = _Step()
+
+
+def settled(node: UpgradeNode) -> bool:
+    """Whether this node object had nothing to do in an earlier pass (and is skipped)."""
+    return bool(node.__dict__.get(_SETTLED))
 
 
 def _reason(node: UpgradeNode) -> str | None:

@@ -15,7 +15,7 @@ from typing import Any
 from . import images, matrix
 from .api import ClusterPolicySpec
 from .gpu_identity import Identity
-from .nodes import DRIVER_REFUSED, PAUSED_VALUES, NodeFacts, deploy_label, workload_of
+from .nodes import DRIVER_REFUSED, PAUSED_VALUES, NodeFacts, deploy_label, per_spec, workload_of
 
 CONDITION = "DriverRefused"
 EVENT_REASON = "DriverRefused"
@@ -54,30 +54,23 @@ def _driver_candidate(node: NodeFacts, spec: ClusterPolicySpec) -> bool:
     return value in (None, "", "true", DRIVER_REFUSED) or value in PAUSED_VALUES
 
 
-# Where a node object keeps the verdict worked out for it, with the spec it was for: a node object that did not
-# change (the watch cache replaces it when the node changes) is not judged again. Kept on the object, not in a
-# table by node name, so calls for other nodes (one joining node, one NVIDIADriver's) do not evict it.
-_VERDICT = "_compat_verdict"
-
-
 def verdicts(nodes: Iterable[NodeFacts], spec: ClusterPolicySpec) -> dict[str, Verdict]:
     """Node name -> verdict, for every node the ClusterPolicy's driver is for."""
-    version = driver_version(spec)
     out = {}
     for node in sorted(nodes, key=lambda n: n.name):
-        memo = node.__dict__.get(_VERDICT)
-        if memo is not None and memo[0] is spec:
-            found = memo[1]
-        else:
-            found = None
-            if _driver_candidate(node, spec):
-                identity = node.identity
-                module_type, refusal = matrix.check(version, spec.driver.kernel_module_type, identity.architectures)
-                found = Verdict(node.name, identity, version, module_type, refusal)
-            node.__dict__[_VERDICT] = (spec, found)
+        found = per_spec(node, "_compat_verdict", spec, _verdict)
         if found is not None:
             out[node.name] = found
     return out
+
+
+def _verdict(node: NodeFacts, spec: ClusterPolicySpec) -> Verdict | None:
+    if not _driver_candidate(node, spec):
+        return None
+    version = driver_version(spec)
+    identity = node.identity
+    module_type, refusal = matrix.check(version, spec.driver.kernel_module_type, identity.architectures)
+    return Verdict(node.name, identity, version, module_type, refusal)
 
 
 def verdicts_for(nodes: Iterable[NodeFacts], spec: ClusterPolicySpec, groups: Iterable[Any] = ()) -> dict[str, Verdict]:

@@ -50,6 +50,7 @@ from .nodes import (
     MIG_MANAGER,
     NodeFacts,
     deploy_label,
+    per_spec,
     workload_of,
 )
 from .upgrade.model import WorkloadPod
@@ -225,38 +226,34 @@ def mig_nodes(nodes: Iterable[NodeFacts], spec: ClusterPolicySpec) -> list[NodeF
     return [n for n in nodes if _managed(n, spec)]
 
 
-# Node objects keep what the MIG pass worked out for them, with the spec it was for (a pass looks at every node;
-# the watch cache replaces a node's object when the node changes, and nothing changes one in place).
-_MANAGED = "_mig_managed"
-_QUIET = "_mig_quiet"
-
-
+# What the MIG pass works out per node is kept on the node object with the spec (nodes.per_spec): a pass looks at
+# every node, and most did not change since the last.
 def _managed(node: NodeFacts, spec: ClusterPolicySpec) -> bool:
-    hit = node.__dict__.get(_MANAGED)
-    if hit is not None and hit[0] is spec:
-        return bool(hit[1])
-    managed = (
+    return per_spec(node, "_mig_managed", spec, _is_managed)
+
+
+def _is_managed(node: NodeFacts, spec: ClusterPolicySpec) -> bool:
+    return (
         node.has_gpu
         and node.is_mig_capable
         and workload_of(node, spec) == "container"
         and node.labels.get(MANAGER_LABEL) in ("true", PAUSED)
     )
-    node.__dict__[_MANAGED] = (spec, managed)
-    return managed
 
 
 def _quiet(node: NodeFacts, spec: ClusterPolicySpec) -> bool:
     """Nothing for `decide` to do on this node, whatever its pods and mig-managers: no operand paused for a MIG
     change, and (a node whose layout is checked) the layout its label asks for let through, mig-manager not held."""
-    hit = node.__dict__.get(_QUIET)
-    if hit is not None and hit[0] is spec:
-        return bool(hit[1])
+    return per_spec(node, "_mig_quiet", spec, _is_quiet)
+
+
+def _is_quiet(node: NodeFacts, spec: ClusterPolicySpec) -> bool:
     labels = node.labels
-    quiet = not any(labels.get(key) == PAUSED for _, key in _PAUSED_KEYS)
-    if quiet and spec.mig_manager.enabled and _managed(node, spec):
-        quiet = labels.get(APPROVED) == requested(node, spec) and labels.get(MANAGER_LABEL) != PAUSED
-    node.__dict__[_QUIET] = (spec, quiet)
-    return quiet
+    if any(labels.get(key) == PAUSED for _, key in _PAUSED_KEYS):
+        return False
+    if spec.mig_manager.enabled and _managed(node, spec):
+        return labels.get(APPROVED) == requested(node, spec) and labels.get(MANAGER_LABEL) != PAUSED
+    return True
 
 
 def requested(node: NodeFacts, spec: ClusterPolicySpec) -> str:

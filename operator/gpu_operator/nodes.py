@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from functools import cache, cached_property, lru_cache
 from sys import intern
-from typing import Any
+from typing import Any, TypeVar
 
 from . import mig_layouts, wire
 from .api import ClusterPolicySpec
@@ -234,6 +234,22 @@ _GPU_FACTS = ("label_devices", "identity", "is_mig_capable", "has_gpu")
 _GPU_FACT_LABELS = frozenset(
     {MIG_CAPABLE, GPU_PRODUCT, VGPU_HOST_DRIVER, GFD_FAMILY, GFD_COMPUTE_MAJOR, GFD_COMPUTE_MINOR}
 )
+
+
+_T = TypeVar("_T")
+
+
+def per_spec(node: NodeFacts, key: str, spec: ClusterPolicySpec,
+             compute: Callable[[NodeFacts, ClusterPolicySpec], _T]) -> _T:  # fmt: skip
+    """`compute(node, spec)`, worked out once per node object and spec. Kept on the object under `key`, not in a
+    table by node name: the watch cache replaces a node's object when the node changes (nothing changes one in
+    place), and calls for other nodes (one joining node, one NVIDIADriver's) leave it."""
+    hit = node.__dict__.get(key)
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    value = compute(node, spec)
+    node.__dict__[key] = (spec, value)
+    return value
 
 
 def _int(value: Any) -> int:

@@ -10,10 +10,13 @@ audit log where they are about requests: ClusterPolicy -> every operand DaemonSe
 reads during `--idle` seconds of steady state, then `--joins` nodes joining at once (time to their
 `gpu.present` and deploy labels, p50/p99, and the operator's node patches per joining node until GFD has
 labelled it and a MIG node's layout is applied), its memory (VmRSS), the CPU it used, and how long
-`gpu-operator doctor` takes on the whole cluster. Last, the driver version changes (`--upgrade-parallel`
-nodes at a time, 10% by default; 0: no upgrade): how long every node takes to be upgrade-done on the new driver,
-the operator's writes per node meanwhile, and how long after a node's new driver pod is Ready it is done. Then
-`--mass-join` nodes join at once (1,000 by default): how long until every one of them is labelled.
+`gpu-operator doctor` takes on the whole cluster. Between doctor and the joins, one component (`--switch`,
+dcgmExporter by default) is switched off and, once its DaemonSet and pods are gone, back on: how long until its
+DaemonSet is ready, until the status is ready again, and the ClusterPolicy status patches spent. Last, the
+driver version changes (`--upgrade-parallel` nodes at a time, 10% by default; 0: no upgrade): how long every
+node takes to be upgrade-done on the new driver, the operator's writes per node meanwhile, and how long after
+a node's new driver pod is Ready it is done. Then `--mass-join` nodes join at once (1,000 by default): how
+long until every one of them is labelled.
 
 The nodes carry NFD's PCI device-ID label (`pci-0302_10de_<device>.present`, NFD's deviceLabelFields with
 `device`), so their GPUs are known before a driver runs (`--no-device-labels`: NFD's default labels only; a
@@ -49,6 +52,7 @@ from gpu_operator.debug import DEBUG_DIR, PROFILE_PASSES
 from gpu_operator.doctor import diagnose, gather
 from gpu_operator.kube import Kube, path_for
 from gpu_operator.nodes import GPU_PRESENT, deploy_label
+from gpu_operator.states.base import STATE_LABEL
 from gpu_operator.upgrade import STATE_LABEL as UPGRADE_STATE
 
 PROFILES = ("h100x8", "a100x4", "l4x1")
@@ -282,6 +286,70 @@ def join(cluster: LocalCluster, admin: Kube, user: str, count: int, prefix: str,
         figure("node patches per joining node", len(patches) / count, "per node")
 
 
+def switch_back_on(cluster: LocalCluster, admin: Kube, user: str, component: str, timeout: float,
+                   figure: Any) -> None:
+    """A component (a ClusterPolicy section) switched off, then back on: time until its DaemonSet is ready and
+    until the ClusterPolicy status says ready again, and what the operator wrote in between."""
+    policy = admin.get("ClusterPolicy", "cluster-policy") or {}
+    if not ((policy.get("spec") or {}).get(component) or {}).get("enabled", True):
+        print(f"  {component} is not enabled in the sample policy: not switched")
+        return
+    before = {ds["metadata"]["name"]: ds["metadata"]["labels"].get(STATE_LABEL, "")
+              for ds in admin.list("DaemonSet", NAMESPACE)}
+
+    def state() -> str | None:
+        return ((admin.get("ClusterPolicy", "cluster-policy") or {}).get("status") or {}).get("state")
+
+    def switch(on: bool) -> None:
+        admin.merge_patch("ClusterPolicy", "cluster-policy", {"spec": {component: {"enabled": on}}})
+
+    switch(False)
+    began = time.monotonic()
+    gone: set[str] = set()
+    while time.monotonic() - began < timeout:
+        gone = set(before) - {ds["metadata"]["name"] for ds in admin.list("DaemonSet", NAMESPACE)}
+        pods = [admin.request("GET", path_for("Pod", namespace=NAMESPACE),
+                              query={"labelSelector": f"{STATE_LABEL}={before[n]}", "limit": 1})["items"]
+                for n in gone]  # fmt: skip
+        if gone and not any(pods) and state() == "ready":
+            break
+        time.sleep(1)
+    if not gone:
+        print(f"  {component} switched off: no DaemonSet went away in {timeout:.0f} s: not switched back on")
+        return
+    print(f"  {component} switched off: {', '.join(sorted(gone))} and its pods gone, status ready, in "
+          f"{time.monotonic() - began:.1f} s")
+    time.sleep(5)  # the passes after it end
+    since = time.time()
+    t0 = time.monotonic()
+    switch(True)
+    ds_ready = seen_ready = None
+    while time.monotonic() - t0 < timeout:
+        sets = [admin.get("DaemonSet", name, NAMESPACE) for name in gone]
+        if ds_ready is None and all(ds is not None and _rolled_out(ds) for ds in sets):
+            ds_ready = time.monotonic() - t0
+        if ds_ready is not None and state() == "ready":
+            seen_ready = time.monotonic() - t0
+            break
+        time.sleep(0.25)
+    time.sleep(5)  # what the operator writes right after
+    writes = writes_by(cluster, user, since=since)
+    if ds_ready is None or seen_ready is None:
+        print(f"  {component} switched back on: not ready again in {timeout:.0f} s")
+        return
+    figure(f"{component} switched back on -> its DaemonSet ready", ds_ready, "s")
+    figure(f"{component} switched back on -> status ready", seen_ready, "s")
+    figure(f"{component} switched back on: ClusterPolicy status patches", writes["patch clusterpolicies/status"], "",
+           "(all writes: " + ", ".join(f"{n} {k}" for k, n in writes.most_common()) + ")")
+
+
+def _rolled_out(ds: dict[str, Any]) -> bool:
+    """A DaemonSet's controller has seen its spec and every pod it wants is ready."""
+    st = ds.get("status") or {}
+    return (st.get("observedGeneration") == ds["metadata"]["generation"] and st.get("desiredNumberScheduled", 0) > 0
+            and st.get("numberReady") == st.get("desiredNumberScheduled"))  # fmt: skip
+
+
 NEW_DRIVER = "600.10.01"
 
 
@@ -398,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
                              "10%% of the nodes; 0: no upgrade)")
     parser.add_argument("--settled", type=float, default=60.0,
                         help="seconds of steady state measured again once the passes after ready stop (0: not)")
+    parser.add_argument("--switch", default="dcgmExporter", metavar="SECTION",
+                        help="after doctor, switch this ClusterPolicy section off, then back on: time until its "
+                             "DaemonSet and the status are ready again, status patches spent (\"\": not)")
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--log", type=Path, help="keep the (last run's) operator log here")
     parser.add_argument("--alloc-top", type=int, default=0, metavar="N",
@@ -638,6 +709,8 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
                    f"({t_read:.2f} s reading {len(seen.pods)} pods and {len(seen.events)} events, the rest analysis), "
                    f"{len(found)} findings")
 
+            if args.switch:
+                switch_back_on(cluster, admin, user, args.switch, args.timeout, figure)
             if args.joins:
                 join(cluster, admin, user, args.joins, "join", args.device_labels, figure, follow_up=True)
             total = args.nodes + args.joins

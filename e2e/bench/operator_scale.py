@@ -10,7 +10,7 @@ audit log where they are about requests: ClusterPolicy -> every operand DaemonSe
 reads during `--idle` seconds of steady state, then `--joins` nodes joining at once (time to their
 `gpu.present` and deploy labels, p50/p99, and the operator's node patches per joining node until GFD has
 labelled it and a MIG node's layout is applied), its memory (VmRSS), the CPU it used, and how long
-`gpu-operator doctor` takes on the whole cluster. Between doctor and the joins, one component (`--switch`,
+`gpu-operator doctor` takes on the whole cluster. After the joins, one component (`--switch`,
 dcgmExporter by default) is switched off and, once its DaemonSet and pods are gone, back on: how long until its
 DaemonSet is ready, until the status is ready again, and the ClusterPolicy status patches spent. Last, the
 driver version changes (`--upgrade-parallel` nodes at a time, 10% by default; 0: no upgrade): how long every
@@ -467,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settled", type=float, default=60.0,
                         help="seconds of steady state measured again once the passes after ready stop (0: not)")
     parser.add_argument("--switch", default="dcgmExporter", metavar="SECTION",
-                        help="after doctor, switch this ClusterPolicy section off, then back on: time until its "
+                        help="after the joins, switch this ClusterPolicy section off, then back on: time until its "
                              "DaemonSet and the status are ready again, status patches spent (\"\": not)")
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--log", type=Path, help="keep the (last run's) operator log here")
@@ -709,10 +709,10 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
                    f"({t_read:.2f} s reading {len(seen.pods)} pods and {len(seen.events)} events, the rest analysis), "
                    f"{len(found)} findings")
 
-            if args.switch:
-                switch_back_on(cluster, admin, user, args.switch, args.timeout, figure)
             if args.joins:
                 join(cluster, admin, user, args.joins, "join", args.device_labels, figure, follow_up=True)
+            if args.switch:  # after the joins: they are measured on a cluster at rest
+                switch_back_on(cluster, admin, user, args.switch, args.timeout, figure)
             total = args.nodes + args.joins
             parallel = args.upgrade_parallel if args.upgrade_parallel >= 0 else max(1, total // 10)
             if parallel:

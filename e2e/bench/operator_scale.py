@@ -297,11 +297,15 @@ def switch_back_on(cluster: LocalCluster, admin: Kube, user: str, component: str
     before = {ds["metadata"]["name"]: ds["metadata"]["labels"].get(STATE_LABEL, "")
               for ds in admin.list("DaemonSet", NAMESPACE)}
 
-    def state() -> str | None:
-        return ((admin.get("ClusterPolicy", "cluster-policy") or {}).get("status") or {}).get("state")
+    def status() -> dict[str, Any]:
+        return (admin.get("ClusterPolicy", "cluster-policy") or {}).get("status") or {}
 
-    def switch(on: bool) -> None:
-        admin.merge_patch("ClusterPolicy", "cluster-policy", {"spec": {component: {"enabled": on}}})
+    def state() -> str | None:
+        return status().get("state")
+
+    def switch(on: bool) -> int:
+        return int(admin.merge_patch("ClusterPolicy", "cluster-policy", {"spec": {component: {"enabled": on}}})
+                   ["metadata"]["generation"])  # fmt: skip
 
     switch(False)
     began = time.monotonic()
@@ -322,20 +326,29 @@ def switch_back_on(cluster: LocalCluster, admin: Kube, user: str, component: str
     time.sleep(5)  # the passes after it end
     since = time.time()
     t0 = time.monotonic()
-    switch(True)
+    generation = switch(True)
+    # Each is polled on its own: our status reads the pods, which the controller's counts lag, so the status
+    # may turn ready first. A status counts once it was written for the new generation after a notReady one.
     ds_ready = seen_ready = None
-    while time.monotonic() - t0 < timeout:
-        sets = [admin.get("DaemonSet", name, NAMESPACE) for name in gone]
-        if ds_ready is None and all(ds is not None and _rolled_out(ds) for ds in sets):
-            ds_ready = time.monotonic() - t0
-        if ds_ready is not None and state() == "ready":
-            seen_ready = time.monotonic() - t0
-            break
+    not_ready_seen = False
+    while time.monotonic() - t0 < timeout and (ds_ready is None or seen_ready is None):
+        if ds_ready is None:
+            sets = [admin.get("DaemonSet", name, NAMESPACE) for name in gone]
+            if all(ds is not None and _rolled_out(ds) for ds in sets):
+                ds_ready = time.monotonic() - t0
+        if seen_ready is None:
+            st = status()
+            if st.get("observedGeneration") == generation:
+                if st.get("state") != "ready":
+                    not_ready_seen = True
+                elif not_ready_seen:
+                    seen_ready = time.monotonic() - t0
         time.sleep(0.25)
     time.sleep(5)  # what the operator writes right after
     writes = writes_by(cluster, user, since=since)
     if ds_ready is None or seen_ready is None:
-        print(f"  {component} switched back on: not ready again in {timeout:.0f} s")
+        print(f"  {component} switched back on: not ready again in {timeout:.0f} s (DaemonSet ready: "
+              f"{ds_ready is not None}, status ready after a notReady one: {seen_ready is not None})")
         return
     figure(f"{component} switched back on -> its DaemonSet ready", ds_ready, "s")
     figure(f"{component} switched back on -> status ready", seen_ready, "s")

@@ -43,7 +43,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from e2e.bench.cluster_scale import cpu_seconds
+from e2e.bench.cluster_scale import cpu_seconds, proc_times
 from e2e.cluster.localcluster import WRITE_VERBS, LocalCluster, audit_time, ensure_binaries, rss_kib
 from e2e.cluster.nodes import create_nodes, make_node
 from e2e.operator_process import NAMESPACE, OperatorProcess, install_crds_and_rbac, policy_from_sample
@@ -137,16 +137,6 @@ def triggers(metrics_port: int) -> collections.Counter[str]:
 def _since(now: collections.Counter[str], before: collections.Counter[str]) -> str:
     diff = now - before
     return ", ".join(f"{k} {n}" for k, n in diff.most_common()) or "none"
-
-
-def proc_times(pid: int) -> tuple[float, float, float]:
-    """A process's user and system CPU seconds and its minor page faults so far (proc(5): fields 14, 15, 10)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0, 0.0, 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick, float(fields[7])
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -474,6 +464,11 @@ def upgrade(cluster: LocalCluster, admin: Kube, user: str, total: int, parallel:
         ours.sort()
         figure("driver upgrade: driver and validator Ready -> node done, p50", statistics.median(ours), "s")
         figure("driver upgrade: driver and validator Ready -> node done, max", ours[-1], "s")
+    slowest = sorted((n for n in done_at if n in ready_at), key=lambda n: done_at[n] - ready_at[n])[-5:]
+    for n in reversed(slowest):  # where the tail's time went, from the change (+s)
+        turned = [round(t - since, 1) for t in validated.get(n, ())]
+        print(f"  slow node {n}: driver pod Ready +{ready_at[n] - since:.1f} s, validator Ready at {turned} s, "
+              f"done +{done_at[n] - since:.1f} s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -592,8 +587,7 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
             print(f"operator started (caches filled, first pass done) in {time.monotonic() - t0:.1f}s", flush=True)
             time.sleep(1)
             assert op.proc is not None
-            cpu0, passes0 = cpu_seconds(op.proc.pid), passes(op.metrics_port)
-            times0 = proc_times(op.proc.pid)
+            times0, passes0 = proc_times(op.proc.pid), passes(op.metrics_port)
             triggers0 = triggers(op.metrics_port)
             pass_cpu0 = passes(op.metrics_port, PASS_CPU)
             t0 = time.monotonic()
@@ -617,8 +611,8 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
                 time.sleep(0.25)
             ready_at = time.time()
             ready_s = time.monotonic() - t0
-            cpu_ready = cpu_seconds(op.proc.pid) - cpu0
             user_s, system_s, faults = (b - a for a, b in zip(times0, proc_times(op.proc.pid), strict=True))
+            cpu_ready = user_s + system_s
             passes_ready = passes(op.metrics_port) - passes0
             triggers_ready = triggers(op.metrics_port)
             pass_cpu = passes(op.metrics_port, PASS_CPU) - pass_cpu0

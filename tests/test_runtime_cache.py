@@ -357,3 +357,50 @@ def test_the_inbox_hands_deliveries_to_the_loop_in_order_and_in_batches() -> Non
     asyncio.run(main())
     assert got == [(str(i), i) for i in range(100)] + [("last", 1), ("later", 2)]  # the failing one did not stop it
     assert drains == [102, 1]
+
+
+def test_a_gathering_inbox_hands_a_stream_of_deliveries_to_the_loop_in_one_drain() -> None:
+    import asyncio
+    import threading
+
+    from gpu_operator.runtime import Inbox
+
+    got: list[str] = []
+    drains: list[int] = []
+    seen_early: list[list[str]] = []
+
+    async def main() -> None:
+        inbox = Inbox(asyncio.get_running_loop(), gather_s=1.0)
+        real = inbox.drain
+
+        def counted() -> None:
+            drains.append(len(inbox.queue))
+            real()
+
+        inbox.drain = counted  # type: ignore[method-assign]
+        deliver = inbox.deliverer(lambda name, _value: got.append(name))
+
+        def send(name: str) -> None:
+            t = threading.Thread(target=deliver, args=(name, None))
+            t.start()
+            t.join()
+
+        send("a")
+        await asyncio.sleep(0.05)  # the loop ran: the drain is due, not done
+        seen_early.append(list(got))
+        send("b")
+        for _ in range(300):
+            await asyncio.sleep(0.01)
+            if got:
+                break
+        await asyncio.sleep(0.05)
+        send("c")  # after a drain, a delivery schedules the next one
+        for _ in range(300):
+            await asyncio.sleep(0.01)
+            if len(got) == 3:
+                break
+
+    asyncio.run(main())
+    assert seen_early == [[]]
+    assert got == ["a", "b", "c"]
+    assert drains == [2, 1]

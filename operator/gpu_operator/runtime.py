@@ -78,6 +78,7 @@ MAX_GAP_S = 3.0
 LABELLING_WAIT_S = 1.0
 LABEL_THREADS = 48
 NODE_FEATURE_RELIST_S = 10.0
+GATHER_S = 0.05  # how long pod, revision and DaemonSet events gather before the loop takes them (see Inbox)
 
 
 class Operator:
@@ -637,10 +638,12 @@ class Inbox:
 
     The first delivery since the loop last drained the inbox schedules a drain; those that come before it runs
     join it. With one `call_soon_threadsafe` each (a Handle, a write to the loop's self-pipe, a wakeup), the loop's
-    own scheduling was over a third of its samples at 1,000 nodes rolling out (py-spy)."""
+    own scheduling was over a third of its samples at 1,000 nodes rolling out (py-spy). `gather_s`: the drain waits
+    that long after the first delivery, so that a stream of events wakes the loop at most once per `gather_s`."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
+    def __init__(self, loop: asyncio.AbstractEventLoop, gather_s: float = 0.0):
         self.loop = loop
+        self.gather_s = gather_s
         self.lock = threading.Lock()
         self.queue: list[tuple[Callable[[str, Any], None], str, Any]] = []
 
@@ -650,9 +653,15 @@ class Inbox:
                 self.queue.append((handler, name, value))
                 first = len(self.queue) == 1
             if first:
-                self.loop.call_soon_threadsafe(self.drain)
+                self.loop.call_soon_threadsafe(self._schedule)
 
         return deliver
+
+    def _schedule(self) -> None:
+        if self.gather_s > 0:
+            self.loop.call_later(self.gather_s, self.drain)
+        else:
+            self.drain()
 
     def drain(self) -> None:
         with self.lock:
@@ -748,17 +757,20 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
             op.elector.start()
 
         to_loop = Inbox(loop).deliverer
+        # Pod, revision and DaemonSet events come in streams while operands roll out, and what they wake is paced:
+        # gathered for GATHER_S, a stream wakes the loop a few times a second instead of once per event or two.
+        gathered = Inbox(loop, GATHER_S).deliverer
         ns = f"/api/v1/namespaces/{op.namespace}"
         apps = f"/apis/apps/v1/namespaces/{op.namespace}"
         op.watches = [
             NodeWatch(op.kube, op.nodes.get, to_loop(op.on_node_facts)),
-            Watch(op.kube, ns + "/pods", project_pod, op.pods.get, to_loop(op.on_pod),
+            Watch(op.kube, ns + "/pods", project_pod, op.pods.get, gathered(op.on_pod),
                   label_selector=OWNED_SELECTOR, name="pod-watch", codec=Codec(wire.Pod)),
             Watch(op.kube, apps + "/controllerrevisions", revision_projection, op.revisions.get,
-                  to_loop(op.on_revision), name="revision-watch"),
+                  gathered(op.on_revision), name="revision-watch"),
             # Our DaemonSets: each counts its pods in its status, an event per change during a rollout (kopf's
             # handling of those was an eighth of the operator's CPU at 1,000 nodes). Kept whole.
-            Watch(op.kube, apps + "/daemonsets", _daemonset, op.daemonset, to_loop(op.on_daemonset),
+            Watch(op.kube, apps + "/daemonsets", _daemonset, op.daemonset, gathered(op.on_daemonset),
                   label_selector=OWNED_SELECTOR, name="daemonset-watch"),
         ]  # fmt: skip
         for w in op.watches:

@@ -61,3 +61,18 @@ def test_each_node_in_order_and_a_failed_write_stops_only_its_node(admin: Kube, 
     node = admin.get("Node", bad) or {}
     assert STATE_LABEL not in node["metadata"].get("labels", {})
     assert events_on(admin, bad) == []
+
+
+def test_out_of_budget_the_nodes_nearest_done_are_written_and_the_rest_left_for_the_next_pass(
+    admin: Kube, names: list[str]
+) -> None:
+    # Twelve nodes, one patch each, in name order; no time to spare: only the first WRITERS (8) nodes begin, and
+    # they are the ones nearest the end of their upgrade, wherever the plan put them.
+    labelled, starting, finishing = names[:4], names[4:8], names[8:]
+    states = {**dict.fromkeys(starting, "upgrade-required"), **dict.fromkeys(finishing, "uncordon-required")}
+    plan = Plan(actions=[SetState(n, "cordon-required") for n in names])
+    left = Executor(admin, "default", EventRecorder(admin)).run(plan, states, budget_s=0.0)
+    assert left == set(labelled)
+    for n in names:
+        labels = (admin.get("Node", n) or {})["metadata"].get("labels", {})
+        assert labels.get(STATE_LABEL) == (None if n in labelled else "cordon-required"), n

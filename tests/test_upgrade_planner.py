@@ -944,3 +944,25 @@ def test_the_adapter_gives_the_same_object_for_the_same_inputs() -> None:
     relabelled = NodeFacts(name="a1", labels={**facts.labels, DEPLOY_DRIVER: "paused-for-driver-upgrade"})
     (paused,) = upgrade_nodes([relabelled], pods, revisions, index=PodIndex.of(pods))
     assert paused.labels is relabelled.labels
+
+
+def test_by_urgency_puts_the_nodes_nearest_done_first_and_keeps_each_nodes_actions_in_order() -> None:
+    actions = [
+        SetState("idle", "upgrade-required"),
+        SetState("new", "cordon-required"),
+        Cordon("new"),
+        SetState("failed", "upgrade-required"),
+        DeleteDriverPod("restart", "driver-x"),
+        Uncordon("finish"),
+        SetState("finish", "upgrade-done"),
+        SetState("validate", "uncordon-required"),
+    ]
+    states = {"new": "upgrade-required", "failed": "upgrade-failed", "restart": "pod-restart-required",
+              "finish": "uncordon-required", "validate": "validation-required"}  # fmt: skip
+    groups = planner.by_urgency(actions, states)
+    assert [g[0].node for g in groups] == ["finish", "validate", "restart", "failed", "new", "idle"]
+    assert groups[0] == [Uncordon("finish"), SetState("finish", "upgrade-done")]
+    assert groups[4] == [SetState("new", "cordon-required"), Cordon("new")]
+    # Among equals, the plan's order.
+    same = [SetState(n, "upgrade-required") for n in ("c", "a", "b")]
+    assert [g[0].node for g in planner.by_urgency(same, {})] == ["c", "a", "b"]

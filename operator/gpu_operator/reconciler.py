@@ -59,6 +59,7 @@ class Outcome:
     busy: bool = False  # work in progress that needs rechecking soon (a driver upgrade)
     nodes: list[NodeFacts] = field(default_factory=list)  # the Nodes as this pass patched them
     recheck_s: float | None = None  # pass again this soon (a status change held back until then), if set
+    more: bool = False  # writes left for the next pass (the upgrade's write budget): pass again at once
 
 
 @dataclass(frozen=True)
@@ -325,6 +326,7 @@ class Reconciler:
             upgrade = orchestrate(self.kube, self.namespace, spec, snap.with_nodes(by_name), self.events)
         self._driver_statuses(snap, drivers, assignment, plans, live, pods_by_owner, set(refused))
         out.busy = out.busy or upgrade.busy or bool(migs.waiting)
+        out.more = upgrade.deferred > 0
         previous_conditions = (policy.get("status") or {}).get("conditions") or []
         # A Warning on each node the status does not name with this rule yet (once per change).
         for name, message in compat.newly_refused(verdicts, previous_conditions).items():
@@ -379,6 +381,7 @@ class Reconciler:
             one = orchestrate(self.kube, self.namespace, group.spec, part, self.events, limit=limit, gauges=False)
             limit = limit.after(one.started, one.made_unavailable)
             out.busy = out.busy or one.busy
+            out.deferred += one.deferred
             out.status = _sum_upgrades(out.status, one.status)
             for key, value in vars(one.counters).items():
                 totals[key] = totals.get(key, 0) + value

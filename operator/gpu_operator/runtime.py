@@ -629,6 +629,9 @@ class Operator:
             delay = NOT_READY_RECHECK_S if outcome.ready is False or outcome.busy else RESYNC_S
             if outcome.recheck_s is not None:  # a held-back status change: written as soon as it may be
                 delay = min(delay, outcome.recheck_s)
+            if outcome.more:  # the upgrade's writes left over: the next pass goes on with them, unpaced
+                delay = 0.0
+                self.urgent.set()
             if served(NODE_FEATURE, self.api_groups) and self.unidentified():
                 delay = min(delay, NODE_FEATURE_RELIST_S)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -33,6 +34,7 @@ from .model import (
     UpgradeNode,
     WorkloadPod,
 )
+from .planner import by_urgency
 
 log = logging.getLogger("gpu_operator.upgrade")
 
@@ -144,6 +146,10 @@ EventFn = Callable[[dict[str, Any], str, str, str], None]
 
 
 WRITERS = 8  # threads for one pass's upgrade writes (and its reads of workload pods)
+# A pass starts no further node's writes this long after its first: the rest wait for the next pass, which comes at
+# once. At 2,000 nodes a pass that labelled every node and started a wave of 500 wrote for 56 s, and a node whose new
+# driver turned Ready meanwhile waited for all of it (31 s after Ready before it was done).
+WRITE_BUDGET_S = 2.0
 
 
 class Executor:
@@ -155,14 +161,26 @@ class Executor:
         self.namespace = namespace
         self.event = event
 
-    def run(self, plan: Plan) -> None:
-        by_node: dict[str, list[Action]] = {}
-        for action in plan.actions:
-            by_node.setdefault(action.node, []).append(action)
+    def run(self, plan: Plan, states: Mapping[str, str] | None = None, budget_s: float | None = None) -> set[str]:
+        """The nodes whose actions were left for the next pass: with `budget_s`, those not begun that long after
+        the start (the first WRITERS always are), the nodes taken by urgency (`states`: each one's observed state,
+        see planner.by_urgency)."""
+        groups = by_urgency(plan.actions, states or {})
+        deadline = None if budget_s is None else time.monotonic() + budget_s
+        left: set[str] = set()
+
+        def one(numbered: tuple[int, list[Action]]) -> None:
+            i, actions = numbered
+            if deadline is not None and i >= WRITERS and time.monotonic() > deadline:
+                left.add(actions[0].node)
+                return
+            self._node(actions)
+
         # Each node's actions in order, the nodes side by side: a wave of 105 nodes cordoned, or their driver pods
         # deleted, one node after another took seconds, and a node whose new driver was Ready waited for them.
         with ThreadPoolExecutor(max_workers=WRITERS) as pool:
-            list(pool.map(self._node, by_node.values()))
+            list(pool.map(one, enumerate(groups)))
+        return left
 
     def _node(self, actions: list[Action]) -> None:
         """One node's actions: consecutive label, annotation and cordon changes as one merge patch; the rest stop

@@ -12,7 +12,7 @@ from .. import metrics
 from ..api import ClusterPolicySpec
 from ..kube import Kube
 from ..observe import Snapshot
-from .adapter import Executor, managed_nodes, steady, workload_pods
+from .adapter import WRITE_BUDGET_S, Executor, managed_nodes, steady, workload_pods
 from .model import (
     EVENT_REASON,
     FAILED,
@@ -41,6 +41,7 @@ class Orchestrated:
     counters: Counters = field(default_factory=Counters)
     started: int = 0  # upgrades started by this pass
     made_unavailable: int = 0  # of them, on nodes that were available
+    deferred: int = 0  # nodes whose actions wait for the next pass (out of this pass's write budget)
 
 
 def set_gauges(c: Counters) -> None:
@@ -70,27 +71,30 @@ def orchestrate(
     result = plan(managed, workload_pods(kube, managed), policy, time.time(), validation_enabled=spec.validator.enabled,
                   limit=limit)  # fmt: skip
     # The annotation k8s-driver-manager reads went out with the node's labels (render.node_patches).
-    Executor(kube, namespace, events).run(result)
+    states = {n.name: n.state for n in managed}
+    left = Executor(kube, namespace, events).run(result, states, WRITE_BUDGET_S)
     for node, what in result.finished.items():  # the happy path's end: no event (the label says it), a log line
-        log.info("upgrade of node %s done: %s", node, what)
+        if node not in left:
+            log.info("upgrade of node %s done: %s", node, what)
     c = result.counters
     if gauges:
         set_gauges(c)
     busy = bool(result.actions) or c.in_progress > 0 or c.pending > 0
+    if left:
+        log.info("upgrade: %d nodes' writes left for the next pass (write budget %.0f s)", len(left), WRITE_BUDGET_S)
     by_name = {n.name: n for n in managed}
     starts = result.started
     started = len(starts)
     made_unavailable = sum(1 for n in starts if not by_name[n].unavailable)
     if not policy.auto_upgrade:
-        return Orchestrated(None, busy, c, started, made_unavailable)
-    states = {n.name: n.state for n in managed}
+        return Orchestrated(None, busy, c, started, made_unavailable, len(left))
     reasons = dict(result.waiting)
     for n in managed:  # a failed node says why it failed
         if n.state == FAILED and n.name not in reasons:
             reasons[n.name] = "failed: " + n.annotations.get(FAILURE_REASON_ANNOTATION, "see its events")
     stuck = sorted((n, r) for n, r in reasons.items() if states.get(n) in IN_PROGRESS_STATES)
     for node, reason in stuck:  # an event on each node that waits mid-upgrade, when its reason changes
-        if node in result.quiet:
+        if node in result.quiet or node in left:
             continue  # ordinary progress (a pod starting): status.upgrade.waiting says it, no event
         ref = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}
         events(ref, "Normal", EVENT_REASON, f"{states[node]}: {steady(reason)}")
@@ -108,4 +112,5 @@ def orchestrate(
         c,
         started,
         made_unavailable,
+        len(left),
     )

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from ..api import DriverUpgradePolicySpec
@@ -853,3 +853,22 @@ def preview_waves(nodes: Sequence[UpgradeNode], policy: DriverUpgradePolicySpec)
         remaining = [n for n in remaining if n.name not in started]
         first = False
     return waves
+
+
+# When a pass cannot carry out every node's actions in time, the nodes nearest the end of their upgrade go first
+# (they give their slot back soonest), then the ones that start, then those that are only labelled.
+_URGENCY = {
+    state: rank
+    for rank, state in enumerate((UNCORDON_REQUIRED, VALIDATION_REQUIRED, POD_RESTART_REQUIRED, DRAIN_REQUIRED,
+                                  POD_DELETION_REQUIRED, WAIT_FOR_JOBS_REQUIRED, CORDON_REQUIRED, FAILED, REQUIRED))
+}  # fmt: skip
+
+
+def by_urgency(actions: Sequence[Action], states: Mapping[str, str]) -> list[list[Action]]:
+    """`actions` grouped by node, each node's in their order, the nodes ordered by the state `states` observed them
+    in (see _URGENCY; the plan's order among equals)."""
+    by_node: dict[str, list[Action]] = {}
+    for action in actions:
+        by_node.setdefault(action.node, []).append(action)
+    last = len(_URGENCY)
+    return sorted(by_node.values(), key=lambda group: _URGENCY.get(states.get(group[0].node, UNKNOWN), last))

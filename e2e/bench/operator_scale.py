@@ -369,25 +369,25 @@ NEW_DRIVER = "600.10.01"
 def _watch(kube: Kube, path: str, selector: str, seen: Any, stop: threading.Event) -> None:
     """Every object under `path` matching `selector`, then each change, to `seen(obj)` until `stop` is set.
 
-    An ERROR event (410: the resourceVersion fell out of the API server's watch cache while the selector matched
-    nothing new) lists again; without that the watch would retry the stale version and see nothing more."""
+    An ERROR event (a 410 when the version has left the API server's watch cache) lists again: a watch that retried
+    the same version would see nothing more."""
+    rv = ""  # empty: list again
     try:
         while not stop.is_set():
-            page = kube.request("GET", path, query={"labelSelector": selector})
-            for obj in page["items"]:
-                seen(obj)
-            rv = page["metadata"]["resourceVersion"]
-            expired = False
-            while not stop.is_set() and not expired:
-                for event in kube.watch(path, rv, timeout_seconds=60, labelSelector=selector):
-                    if event["type"] == "ERROR":
-                        expired = True
-                        break
-                    if event["type"] in ("ADDED", "MODIFIED"):
-                        seen(event["object"])
-                    rv = event["object"]["metadata"].get("resourceVersion", rv)
-                    if stop.is_set():
-                        return
+            if not rv:
+                page = kube.request("GET", path, query={"labelSelector": selector})
+                for obj in page["items"]:
+                    seen(obj)
+                rv = page["metadata"]["resourceVersion"]
+            for event in kube.watch(path, rv, timeout_seconds=60, labelSelector=selector):
+                if event["type"] == "ERROR":
+                    rv = ""
+                    break
+                if event["type"] in ("ADDED", "MODIFIED"):
+                    seen(event["object"])
+                rv = event["object"]["metadata"].get("resourceVersion", rv)
+                if stop.is_set():
+                    return
     except Exception:
         if not stop.is_set():  # once stopped, the cluster going down ends the watch
             raise

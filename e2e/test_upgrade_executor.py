@@ -76,3 +76,23 @@ def test_out_of_budget_the_nodes_nearest_done_are_written_and_the_rest_left_for_
     for n in names:
         labels = (admin.get("Node", n) or {})["metadata"].get("labels", {})
         assert labels.get(STATE_LABEL) == (None if n in labelled else "cordon-required"), n
+
+
+def test_a_node_that_moved_on_since_the_plan_is_not_written_and_one_node_returns_its_answer(
+    admin: Kube, names: list[str]
+) -> None:
+    # Between passes a node's new pods moved it on (upgrade.orchestrate.advance): the pass's older plan for it
+    # must not write it back; the other nodes' actions go as planned.
+    moved, *rest = names[:4]
+    executor = Executor(admin, "default", EventRecorder(admin))
+    answer = executor.node([SetState(moved, "upgrade-done"), Annotate(moved, "nvidia.com/gpu-driver-upgrade-x", "1")])
+    assert answer is not None and answer["metadata"]["labels"][STATE_LABEL] == "upgrade-done"
+    assert answer["metadata"]["annotations"]["nvidia.com/gpu-driver-upgrade-x"] == "1"
+    plan = Plan(actions=[SetState(n, "validation-required") for n in [moved, *rest]])
+    left = executor.run(plan, moved=lambda n: n == moved)
+    assert left == set()
+    assert (admin.get("Node", moved) or {})["metadata"]["labels"][STATE_LABEL] == "upgrade-done"
+    for n in rest:
+        assert (admin.get("Node", n) or {})["metadata"]["labels"][STATE_LABEL] == "validation-required", n
+    # A refused write: no answer.
+    assert executor.node([Annotate(moved, "not a valid key!", "x")]) is None

@@ -40,7 +40,7 @@ from gpu_operator.upgrade import (
     planner,
     preview_waves,
 )
-from gpu_operator.upgrade.adapter import upgrade_nodes
+from gpu_operator.upgrade.adapter import upgrade_node, upgrade_nodes
 
 OLD, NEW = "rev-old", "rev-new"
 DEPLOY_DRIVER = "nvidia.com/gpu.deploy.driver"
@@ -966,3 +966,75 @@ def test_by_urgency_puts_the_nodes_nearest_done_first_and_keeps_each_nodes_actio
     # Among equals, the plan's order.
     same = [SetState(n, "upgrade-required") for n in ("c", "a", "b")]
     assert [g[0].node for g in planner.by_urgency(same, {})] == ["c", "a", "b"]
+
+
+# plan_forward: one node moved on between passes
+
+
+def test_plan_forward_takes_a_node_whose_new_pods_are_ready_to_done_in_one_patch() -> None:
+    node = make_node(state="pod-restart-required", pod=driver_pod("new", rev=NEW), unschedulable=True,
+                     annotations={DELETED_DRIVER_POD_ANNOTATION: "old"})  # fmt: skip
+    step = planner.plan_forward(node, policy(), NOW)
+    assert step is not None
+    assert [a.state for a in of(step, SetState)] == ["validation-required", "uncordon-required", "upgrade-done"]
+    assert of(step, Uncordon) == [Uncordon("n1")]
+    assert Annotate("n1", DELETED_DRIVER_POD_ANNOTATION, None) in step.actions
+    assert "n1" in step.finished and step.waiting == {}
+
+
+def test_plan_forward_stops_at_validation_while_the_validator_is_not_ready_and_stamps_its_clock() -> None:
+    node = make_node(state="pod-restart-required", pod=driver_pod("new", rev=NEW), unschedulable=True,
+                     validator=validator_pod(ready=False))  # fmt: skip
+    step = planner.plan_forward(node, policy(), NOW)
+    assert step is not None and states(step) == {"n1": "validation-required"}
+    assert of(step, Uncordon) == []
+    (stamp,) = [a for a in of(step, Annotate) if a.key == VALIDATION_START_ANNOTATION]
+    assert stamp.value is not None
+    # Then the validator turns Ready: validated, uncordoned, done.
+    later = make_node(state="validation-required", rev=NEW, unschedulable=True,
+                      annotations={VALIDATION_START_ANNOTATION: str(stamp.value)})  # fmt: skip
+    step = planner.plan_forward(later, policy(), NOW + 5)
+    assert step is not None and states(step) == {"n1": "upgrade-done"} and of(step, Uncordon) == [Uncordon("n1")]
+
+
+@pytest.mark.parametrize(
+    ("why", "node", "pol"),
+    [
+        ("its driver pod is not ready yet (a wait)", make_node(state="pod-restart-required",
+                                                               pod=driver_pod("new", rev=NEW, ready=False)), None),
+        ("its driver pod is out of date (a deletion: the pass's)", make_node(state="pod-restart-required", rev=OLD),
+         None),
+        ("the validator is still not ready (the stamp alone is no move)",
+         make_node(state="validation-required", rev=NEW, validator=validator_pod(ready=False)), None),
+        ("a state before the restart (its pods are read by the pass)", make_node(state="drain-required"), None),
+        ("done already", make_node(state="upgrade-done", rev=NEW), None),
+        ("failed (a recovery has its event: the pass's)", make_node(state="upgrade-failed", rev=NEW), None),
+        ("orchestration is off", make_node(state="pod-restart-required", pod=driver_pod("new", rev=NEW)),
+         policy(auto_upgrade=False)),
+    ],
+)
+def test_plan_forward_leaves_to_the_pass_whatever_is_not_a_move_forward(
+    why: str, node: UpgradeNode, pol: DriverUpgradePolicySpec | None
+) -> None:
+    assert planner.plan_forward(node, pol or policy(), NOW) is None, why
+
+
+def test_upgrade_node_builds_one_nodes_input_as_a_pass_would() -> None:
+    facts = NodeFacts(name="n1", labels={DEPLOY_DRIVER: "true", "feature.node.kubernetes.io/pci-10de.present": "true",
+                                         STATE_LABEL: "pod-restart-required"})  # fmt: skip
+
+    def projected(name: str, state: str, rev: str, ready: bool = True) -> dict[str, Any]:
+        pod = driver_pod(name, rev=rev, ready=ready)
+        pod["metadata"]["labels"][OPERAND_STATE_LABEL] = state
+        return {**pod, "node": "n1", "owner": f"ds-{state}"}
+
+    pods = [projected("drv", "state-driver", NEW), projected("val", "state-operator-validation", "v", ready=False)]
+    revisions = {name: {"owner": "ds-state-driver", "revision": number,
+                        "metadata": {"name": name, "labels": {"controller-revision-hash": rev}}}
+                 for name, number, rev in (("r1", 1, OLD), ("r2", 2, NEW))}  # fmt: skip
+    one = upgrade_node(facts, pods, revisions, "why")
+    (by_pass,) = upgrade_nodes([facts], {p["metadata"]["name"]: p for p in pods}, revisions, {"n1": "why"})
+    assert one == by_pass
+    assert one is not None and one.driver_revision == NEW and not one.driver_out_of_date and one.refused == "why"
+    assert one.validator_pod is not None and one.validator_pod["metadata"]["name"] == "val"
+    assert upgrade_node(NodeFacts(name="cpu"), [], revisions) is None  # no driver of ours there

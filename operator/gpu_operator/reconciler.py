@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -90,6 +90,9 @@ class Reconciler:
         self._rows: dict[str, tuple[NodeFacts, str]] = {}  # render_key's per-node part, by the same rule
         # Set after each pass with an active, valid policy: single nodes are labelled by it between passes.
         self.labelling: Labelling | None = None
+        # Set by the runtime: whether a node's upgrade moved on between passes since these facts of it (see
+        # upgrade.orchestrate.advance); a pass drops its actions for such a node.
+        self.moved: Callable[[NodeFacts], bool] | None = None
 
     def _parse(self, raw: Any, allow_unknown: bool) -> tuple[ClusterPolicySpec, bool]:
         """The parsed spec, parsed again only when its text changed (PolicyError as parse_spec), and whether it
@@ -323,7 +326,9 @@ class Reconciler:
         if crd_mode:
             upgrade = self._orchestrate_nvidia_drivers(spec, snap, by_name, groups)
         else:
-            upgrade = orchestrate(self.kube, self.namespace, spec, snap.with_nodes(by_name), self.events)
+            moved = self.moved
+            upgrade = orchestrate(self.kube, self.namespace, spec, snap.with_nodes(by_name), self.events,
+                                  moved=None if moved is None else lambda name: moved(by_name[name]))
         self._driver_statuses(snap, drivers, assignment, plans, live, pods_by_owner, set(refused))
         out.busy = out.busy or upgrade.busy or bool(migs.waiting)
         out.more = upgrade.deferred > 0

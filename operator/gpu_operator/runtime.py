@@ -10,6 +10,7 @@ import asyncio
 import functools
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -19,6 +20,7 @@ from typing import Any, cast
 import kopf
 
 from . import __version__, compat, debug, metrics, mig_pass, wire
+from .api import ClusterPolicySpec
 from .gpu_identity import identify
 from .kinds import DAEMON_SET, NODE_FEATURE, operand_kinds, served
 from .kube import Fence, Kube, NotLeader
@@ -42,7 +44,7 @@ from .observe import (
     with_devices,
 )
 from .readiness import is_unready
-from .reconciler import Outcome, Reconciler, hold_driver_restores
+from .reconciler import Labelling, Outcome, Reconciler, hold_driver_restores
 from .render import (
     NodePatch,
     config_map_keys,
@@ -56,8 +58,11 @@ from .render import (
 )
 from .states.base import MANAGED_BY, OPERATOR_NAME, STATE_LABEL
 from .status import active_policy
-from .upgrade import IN_PROGRESS_STATES
+from .upgrade import IN_PROGRESS_STATES, UpgradeNode
 from .upgrade import STATE_LABEL as UPGRADE_STATE_LABEL
+from .upgrade.adapter import DRIVER, VALIDATOR, upgrade_node
+from .upgrade.orchestrate import advance
+from .upgrade.planner import plan_forward
 from .wire import Codec
 
 log = logging.getLogger("gpu_operator")
@@ -78,6 +83,7 @@ MAX_GAP_S = 3.0
 LABELLING_WAIT_S = 1.0
 LABEL_THREADS = 48
 NODE_FEATURE_RELIST_S = 10.0
+IN_FLIGHT = sys.maxsize  # a node's upgrade write between passes has not answered yet
 GATHER_S = 0.05  # how long pod, revision and DaemonSet events gather before the loop takes them (see Inbox)
 
 
@@ -86,6 +92,7 @@ class Operator:
         self.kube = kube
         self.namespace = namespace
         self.reconciler = Reconciler(kube, namespace)
+        self.reconciler.moved = self.moved
         self.nodes: dict[str, NodeFacts] = {}
         self.policies: dict[str, dict[str, Any]] = {}
         self.nvidia_drivers: dict[str, dict[str, Any]] = {}
@@ -121,6 +128,8 @@ class Operator:
         self.unready_of: dict[str, set[str]] = {}  # the same by owning DaemonSet
         self.task: asyncio.Task[None] | None = None
         self._labelling: set[asyncio.Future[None]] = set()  # single-node label patches in flight
+        # Node -> the resourceVersion its upgrade moved on at between passes (IN_FLIGHT while that write runs).
+        self._advanced: dict[str, int] = {}
         # Their own threads: nodes joining together are labelled together (the default pool has cores + 4).
         self._label_pool = ThreadPoolExecutor(max_workers=LABEL_THREADS, thread_name_prefix="label")
         self.watches: list[Watch[Any]] = []  # the node, pod and revision watches (threads), once started
@@ -169,6 +178,7 @@ class Operator:
         """A node changed (None: deleted), from the node watch or the answer to our own patch."""
         if facts is None:
             self._forget("node", name)
+            self._advanced.pop(name, None)
             if self.nodes.pop(name, None) is not None:
                 self.wake_now("node")
             return
@@ -184,19 +194,27 @@ class Operator:
                 self.paced("node")
             self._label(facts)
 
-    def _label(self, node: NodeFacts) -> None:
-        """Label one changed node now, by the spec of the last pass, without waiting for a full pass (which
-        still follows: the node may change what is rendered). Only while that pass's policy is unchanged."""
+    def _between_passes(self) -> Labelling | None:
+        """The last pass's policy and spec, while a node may be written by it between passes: this replica leads
+        and that policy is still the active one, unchanged."""
         if not self.leading.is_set():
-            return
+            return None
         current = self.reconciler.labelling
         policy = self.policies.get(current.policy) if current else None
         if current is None or policy is None or self.task is None:
-            return
+            return None
         meta = policy["metadata"]
         if meta.get("uid", "") != current.uid or meta.get("generation") != current.generation:
-            return
+            return None
         if meta.get("deletionTimestamp") or active_policy(list(self.policies.values())) != current.policy:
+            return None
+        return current
+
+    def _label(self, node: NodeFacts) -> None:
+        """Label one changed node now, by the spec of the last pass, without waiting for a full pass (which
+        still follows: the node may change what is rendered). Only while that pass's policy is unchanged."""
+        current = self._between_passes()
+        if current is None:
             return
         # The version matrix's refusal as a full pass decides it (a node without a driver pod of ours).
         node = with_devices({node.name: node}, self.node_features)[node.name]
@@ -239,6 +257,52 @@ class Operator:
         for facts in patched:
             log.info("labelled node %s", node.name)
             self.on_node_facts(facts.name, facts)
+
+    def _advance(self, name: str) -> None:
+        """A node mid driver upgrade whose new driver pod or validator just turned Ready: its next steps now, by
+        the spec of the last pass (upgrade.orchestrate.advance), without waiting for a pass over every node."""
+        current = self._between_passes()
+        if current is None or self._advanced.get(name) == IN_FLIGHT:
+            return
+        spec = current.spec
+        if not spec.driver.enabled or spec.driver.use_nvidia_driver_crd or not spec.driver.upgrade_policy.auto_upgrade:
+            return  # no driver of ours, or NVIDIADrivers' upgrades (a pass orchestrates those)
+        facts = self.nodes.get(name)
+        if facts is None:
+            return
+        facts = with_devices({name: facts}, self.node_features)[name]
+        refused = compat.refused(compat.verdicts([facts], spec)).get(name, "")
+        here = [self.pods[p] for p in self.pods_on.get(name, ()) if p in self.pods]
+        node = upgrade_node(facts, here, self.revisions, refused)
+        if node is None or plan_forward(node, spec.driver.upgrade_policy, time.time(),
+                                        validation_enabled=spec.validator.enabled) is None:
+            return
+        self._advanced[name] = IN_FLIGHT
+        self._labelling.add(asyncio.ensure_future(self._advance_node(spec, node)))
+
+    async def _advance_node(self, spec: ClusterPolicySpec, node: UpgradeNode) -> None:
+        answer = None
+        try:
+            answer = await asyncio.get_running_loop().run_in_executor(
+                self._label_pool, advance, self.kube, self.namespace, spec, node, self.reconciler.events
+            )
+        except Exception as exc:  # noqa: BLE001 - the next full pass takes the node on
+            log.warning("upgrade: moving node %s on failed: %s", node.name, exc)
+        finally:
+            self._labelling.discard(asyncio.current_task())
+        if answer is None:
+            self._advanced.pop(node.name, None)
+            self.paced("node")
+            return
+        facts = NodeFacts.from_node(answer)
+        self._advanced[node.name] = facts.resource_version
+        self.on_node_facts(facts.name, facts)
+
+    def moved(self, facts: NodeFacts) -> bool:
+        """Whether `facts` are older than a move of the node's upgrade between passes (or one in flight); called
+        from the passes' thread."""
+        version = self._advanced.get(facts.name)
+        return version is not None and facts.resource_version < version
 
     def on_policy(self, event_type: str | None, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
@@ -323,6 +387,8 @@ class Operator:
                 self.unready_of.setdefault(pod["owner"], set()).add(name)
                 owner_done = False
                 turned_ready = False
+        if turned_ready and pod is not None and self._upgrading(old) and node_state(pod)[1] in (DRIVER, VALIDATOR):
+            self._advance(pod["node"])
         if was_unready and self.unready and not owner_done and not (turned_ready and self._upgrading(old)):
             self.paced("pod")
         else:

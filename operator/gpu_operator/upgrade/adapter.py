@@ -17,7 +17,7 @@ from .. import compat
 from ..api import ClusterPolicySpec
 from ..kube import ApiError, Kube
 from ..nodes import DRIVER_KERNEL, NodeFacts, gets_driver, label_value_ok
-from ..observe import PodIndex, Snapshot
+from ..observe import PodIndex, Snapshot, node_state
 from .model import (
     NEEDS_PODS,
     STATE_LABEL,
@@ -71,11 +71,7 @@ def upgrade_nodes(
     """Planner inputs for every node a driver DaemonSet manages, from the watch-cache projections.
 
     `refused`: node -> why the policy's driver cannot run there (the planner skips it); `index`: of `pods`."""
-    newest: dict[str, tuple[int, str | None]] = {}
-    for rev in revisions.values():
-        owner, number = rev["owner"], int(rev.get("revision", 0))
-        if owner and number >= newest.get(owner, (-1, None))[0]:
-            newest[owner] = (number, rev["metadata"]["labels"].get("controller-revision-hash"))
+    newest = newest_revisions(revisions)
     by_node = (index or PodIndex.of(pods)).by_node_state
     out = []
     if len(_built) > 2 * len(by_node) + 100:  # nodes that went away (by_node: at most a few keys per node)
@@ -91,21 +87,53 @@ def upgrade_nodes(
         if hit and hit[0] is node and hit[1] is driver and hit[2] is validator and hit[3] == (revision, why):
             out.append(hit[4])  # the same inputs: the same object (the planner knows it settled)
             continue
-        made = UpgradeNode(
-            name=node.name,
-            labels=node.labels,  # shared, not copied: neither side changes them
-            annotations=node.annotations,
-            unschedulable=node.unschedulable,
-            ready=node.ready,
-            driver_pod=driver,
-            driver_revision=revision,
-            validator_pod=validator,
-            refused=why,
-            pool_move=_pool_move(node),
-        )
+        made = _upgrade_node(node, driver, validator, revision, why)
         _built[node.name] = (node, driver, validator, (revision, why), made)
         out.append(made)
     return out
+
+
+def upgrade_node(
+    node: NodeFacts,
+    pods: Sequence[dict[str, Any]],
+    revisions: Mapping[str, dict[str, Any]],
+    refused: str = "",
+) -> UpgradeNode | None:
+    """One node's planner input (None: no driver of ours goes there), from the projections of its operand pods
+    (`pods`: those on the node), outside a pass (nothing is kept for one)."""
+    if not gets_driver(node):
+        return None
+    driver = _pick([p for p in pods if node_state(p)[1] == DRIVER])
+    validator = _pick([p for p in pods if node_state(p)[1] == VALIDATOR])
+    revision = newest_revisions(revisions).get(driver["owner"], (0, None))[1] if driver else None
+    return _upgrade_node(node, driver, validator, revision, refused)
+
+
+def newest_revisions(revisions: Mapping[str, dict[str, Any]]) -> dict[str, tuple[int, str | None]]:
+    """Each DaemonSet's newest ControllerRevision: owner -> (its number, its hash)."""
+    newest: dict[str, tuple[int, str | None]] = {}
+    for rev in revisions.values():
+        owner, number = rev["owner"], int(rev.get("revision", 0))
+        if owner and number >= newest.get(owner, (-1, None))[0]:
+            newest[owner] = (number, rev["metadata"]["labels"].get("controller-revision-hash"))
+    return newest
+
+
+def _upgrade_node(
+    node: NodeFacts, driver: dict[str, Any] | None, validator: dict[str, Any] | None, revision: str | None, why: str
+) -> UpgradeNode:
+    return UpgradeNode(
+        name=node.name,
+        labels=node.labels,  # shared, not copied: neither side changes them
+        annotations=node.annotations,
+        unschedulable=node.unschedulable,
+        ready=node.ready,
+        driver_pod=driver,
+        driver_revision=revision,
+        validator_pod=validator,
+        refused=why,
+        pool_move=_pool_move(node),
+    )
 
 
 # Node name -> (the node object, driver and validator pod projections and (revision, refusal) an UpgradeNode was
@@ -161,10 +189,17 @@ class Executor:
         self.namespace = namespace
         self.event = event
 
-    def run(self, plan: Plan, states: Mapping[str, str] | None = None, budget_s: float | None = None) -> set[str]:
+    def run(
+        self,
+        plan: Plan,
+        states: Mapping[str, str] | None = None,
+        budget_s: float | None = None,
+        moved: Callable[[str], bool] | None = None,
+    ) -> set[str]:
         """The nodes whose actions were left for the next pass: with `budget_s`, those not begun that long after
         the start (the first WRITERS always are), the nodes taken by urgency (`states`: each one's observed state,
-        see planner.by_urgency)."""
+        see planner.by_urgency). `moved(node)`: whether the node moved on since the plan saw it (its new pods
+        moved it between passes); its actions are dropped, the next pass plans it again."""
         groups = by_urgency(plan.actions, states or {})
         deadline = None if budget_s is None else time.monotonic() + budget_s
         left: set[str] = set()
@@ -174,7 +209,11 @@ class Executor:
             if deadline is not None and i >= WRITERS and time.monotonic() > deadline:
                 left.add(actions[0].node)
                 return
-            self._node(actions)
+            if moved is not None and moved(actions[0].node):
+                log.info("upgrade: node %s moved on since this pass saw it; its next step waits for the next pass",
+                         actions[0].node)
+                return
+            self.node(actions)
 
         # Each node's actions in order, the nodes side by side: a wave of 105 nodes cordoned, or their driver pods
         # deleted, one node after another took seconds, and a node whose new driver was Ready waited for them.
@@ -182,10 +221,11 @@ class Executor:
             list(pool.map(one, enumerate(groups)))
         return left
 
-    def _node(self, actions: list[Action]) -> None:
+    def node(self, actions: list[Action]) -> dict[str, Any] | None:
         """One node's actions: consecutive label, annotation and cordon changes as one merge patch; the rest stop
-        at the node's first failed write."""
+        at the node's first failed write. The node as its last patch answered, if all went."""
         patch: dict[str, Any] = {}
+        answer: list[dict[str, Any]] = []
 
         def flush() -> bool:
             if not patch:
@@ -193,7 +233,7 @@ class Executor:
             body = dict(patch)
             patch.clear()
             try:
-                self.kube.merge_patch("Node", actions[0].node, body)
+                answer[:] = [self.kube.merge_patch("Node", actions[0].node, body)]
                 return True
             except ApiError as exc:
                 log.warning("upgrade: patching node %s failed: %s", actions[0].node, exc)
@@ -203,13 +243,13 @@ class Executor:
             if _merge(patch, action):
                 continue
             if not flush():
-                return
+                return None
             try:
                 self._act(action)
             except ApiError as exc:
                 log.warning("upgrade: %s on %s failed: %s", type(action).__name__, action.node, exc)
-                return
-        flush()
+                return None
+        return answer[0] if flush() and answer else None
 
     def _act(self, action: Action) -> None:
         if isinstance(action, EvictPods):

@@ -18,9 +18,11 @@ from .model import (
     FAILED,
     FAILURE_REASON_ANNOTATION,
     IN_PROGRESS_STATES,
+    STATE_LABEL,
     Counters,
+    UpgradeNode,
 )
-from .planner import Limit, plan
+from .planner import Limit, plan, plan_forward
 
 log = logging.getLogger("gpu_operator.upgrade")
 
@@ -57,9 +59,11 @@ def orchestrate(
     events: Recorder,
     limit: Limit | None = None,
     gauges: bool = True,
+    moved: Callable[[str], bool] | None = None,
 ) -> Orchestrated:
     """`snap` carries the nodes as this pass has labelled them. `limit`: cluster-wide limits left (several
-    NVIDIADrivers); `gauges` False: the caller sets the metrics from the counters of all of them."""
+    NVIDIADrivers); `gauges` False: the caller sets the metrics from the counters of all of them. `moved(node)`:
+    whether the node moved on since `snap` (see `advance`): its actions are dropped."""
     managed = managed_nodes(spec, snap)
     policy = spec.driver.upgrade_policy
     if gauges:
@@ -72,7 +76,7 @@ def orchestrate(
                   limit=limit)  # fmt: skip
     # The annotation k8s-driver-manager reads went out with the node's labels (render.node_patches).
     states = {n.name: n.state for n in managed}
-    left = Executor(kube, namespace, events).run(result, states, WRITE_BUDGET_S)
+    left = Executor(kube, namespace, events).run(result, states, WRITE_BUDGET_S, moved)
     for node, what in result.finished.items():  # the happy path's end: no event (the label says it), a log line
         if node not in left:
             log.info("upgrade of node %s done: %s", node, what)
@@ -114,3 +118,20 @@ def orchestrate(
         made_unavailable,
         len(left),
     )
+
+
+def advance(
+    kube: Kube, namespace: str, spec: ClusterPolicySpec, node: UpgradeNode, events: Recorder
+) -> dict[str, Any] | None:
+    """Between passes, move one node whose new driver pod or validator turned Ready on toward upgrade-done
+    (planner.plan_forward), so it need not wait for a pass over every node. The node as patched, or None when
+    there was nothing to write (or a write failed: the next pass tries)."""
+    step = plan_forward(node, spec.driver.upgrade_policy, time.time(), validation_enabled=spec.validator.enabled)
+    if step is None:
+        return None
+    answer = Executor(kube, namespace, events).node(step.actions)
+    if answer is not None:
+        state = (answer["metadata"].get("labels") or {}).get(STATE_LABEL)
+        why = step.finished.get(node.name) or "; ".join(step.waiting.values()) or "moved on"
+        log.info("upgrade of node %s: %s -> %s between passes (%s)", node.name, node.state, state, why)
+    return answer

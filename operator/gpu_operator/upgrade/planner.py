@@ -11,7 +11,9 @@ whose effect must be observed (a cordon, an eviction, a driver pod deletion, an 
 that reads the node's workload pods when they were not read for this pass (they are read fresh, after
 the cordon, only for nodes observed in such a state), at upgrade-failed and upgrade-done, and before
 validation-required unless the node's validator pod is already Ready. On the happy path a node costs four
-passes: start (cordon), driver pod deletion, new driver pod Ready, validator Ready (often the same pass).
+steps: start (cordon), driver pod deletion, new driver pod Ready, validator Ready (often the same step). The last
+two need no pass over every node: when one of those pods turns Ready, the operator plans that node alone
+(`plan_forward`) and writes what moves it on.
 Routine steps (nothing to wait for, evict or drain, the driver pod's deletion, the new pod Ready, the uncordon)
 get no event of their own, only a mention in one that is written anyway: on the happy path a node gets one, its
 upgrade's start (the cordon and why; upstream: one per state). Its end is the `upgrade-done` label and the
@@ -751,6 +753,26 @@ def plan(
             if step.quiet:
                 quiet.add(node.name)
     return Plan(out, waiting, counters, tuple(started), frozenset(quiet), finished)
+
+
+# The states a node leaves once a pod of its turns Ready: its new driver pod, then its validator.
+FORWARD_STATES = frozenset({POD_RESTART_REQUIRED, VALIDATION_REQUIRED, UNCORDON_REQUIRED})
+_FORWARD_ACTIONS = (SetState, Annotate, Uncordon)
+
+
+def plan_forward(
+    node: UpgradeNode, policy: DriverUpgradePolicySpec, now: float, *, validation_enabled: bool = True
+) -> Plan | None:
+    """The steps one node past its driver pod's deletion takes on its own, between passes (its new driver pod or
+    its validator turned Ready): a plan of state, annotation and uncordon writes that moves it to a new state, or
+    None. Anything else (a pod to delete, a failure, a wait) is left to the next pass, which sees every node."""
+    if not policy.auto_upgrade or node.state not in FORWARD_STATES:
+        return None
+    result = plan([node], [], policy, now, validation_enabled=validation_enabled)
+    moved = any(isinstance(a, SetState) for a in result.actions)
+    if not moved or not all(isinstance(a, _FORWARD_ACTIONS) for a in result.actions):
+        return None
+    return result
 
 
 # Set on an UpgradeNode (upgrade-done or unknown) whose step was to do nothing and say nothing: a step from those

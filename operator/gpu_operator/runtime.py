@@ -278,13 +278,13 @@ class Operator:
                                         validation_enabled=spec.validator.enabled) is None:
             return
         self._advanced[name] = IN_FLIGHT
-        self._labelling.add(asyncio.ensure_future(self._advance_node(spec, node)))
+        self._labelling.add(asyncio.ensure_future(self._advance_node(spec, node, time.monotonic())))
 
-    async def _advance_node(self, spec: ClusterPolicySpec, node: UpgradeNode) -> None:
+    async def _advance_node(self, spec: ClusterPolicySpec, node: UpgradeNode, seen: float) -> None:
         answer = None
         try:
             answer = await asyncio.get_running_loop().run_in_executor(
-                self._label_pool, advance, self.kube, self.namespace, spec, node, self.reconciler.events
+                self._label_pool, advance, self.kube, self.namespace, spec, node, self.reconciler.events, seen
             )
         except Exception as exc:  # noqa: BLE001 - the next full pass takes the node on
             log.warning("upgrade: moving node %s on failed: %s", node.name, exc)
@@ -297,6 +297,7 @@ class Operator:
         facts = NodeFacts.from_node(answer)
         self._advanced[node.name] = facts.resource_version
         self.on_node_facts(facts.name, facts)
+        self._advance(node.name)  # a pod that turned Ready while this write ran (its own try was turned away)
 
     def moved(self, facts: NodeFacts) -> bool:
         """Whether `facts` are older than a move of the node's upgrade between passes (or one in flight); called

@@ -78,7 +78,7 @@ def orchestrate(
     states = {n.name: n.state for n in managed}
     left = Executor(kube, namespace, events).run(result, states, WRITE_BUDGET_S, moved)
     for node, what in result.finished.items():  # the happy path's end: no event (the label says it), a log line
-        if node not in left:
+        if node not in left and not (moved is not None and moved(node)):
             log.info("upgrade of node %s done: %s", node, what)
     c = result.counters
     if gauges:
@@ -121,17 +121,20 @@ def orchestrate(
 
 
 def advance(
-    kube: Kube, namespace: str, spec: ClusterPolicySpec, node: UpgradeNode, events: Recorder
+    kube: Kube, namespace: str, spec: ClusterPolicySpec, node: UpgradeNode, events: Recorder, seen: float
 ) -> dict[str, Any] | None:
     """Between passes, move one node whose new driver pod or validator turned Ready on toward upgrade-done
-    (planner.plan_forward), so it need not wait for a pass over every node. The node as patched, or None when
-    there was nothing to write (or a write failed: the next pass tries)."""
+    (planner.plan_forward), so it need not wait for a pass over every node. `seen`: when that pod was seen Ready
+    (time.monotonic). The node as patched, or None when there was nothing to write (or a write failed: the next
+    pass tries)."""
     step = plan_forward(node, spec.driver.upgrade_policy, time.time(), validation_enabled=spec.validator.enabled)
     if step is None:
         return None
+    began = time.monotonic()
     answer = Executor(kube, namespace, events).node(step.actions)
     if answer is not None:
         state = (answer["metadata"].get("labels") or {}).get(STATE_LABEL)
         why = step.finished.get(node.name) or "; ".join(step.waiting.values()) or "moved on"
-        log.info("upgrade of node %s: %s -> %s between passes (%s)", node.name, node.state, state, why)
+        log.info("upgrade of node %s: %s -> %s between passes, %.2f s after its pod was seen Ready (%.2f s of it "
+                 "writing) (%s)", node.name, node.state, state, time.monotonic() - seen, time.monotonic() - began, why)
     return answer

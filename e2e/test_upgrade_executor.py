@@ -71,8 +71,8 @@ def test_out_of_budget_the_nodes_nearest_done_are_written_and_the_rest_left_for_
     labelled, starting, finishing = names[:4], names[4:8], names[8:]
     states = {**dict.fromkeys(starting, "upgrade-required"), **dict.fromkeys(finishing, "uncordon-required")}
     plan = Plan(actions=[SetState(n, "cordon-required") for n in names])
-    left = Executor(admin, "default", EventRecorder(admin)).run(plan, states, budget_s=0.0)
-    assert left == set(labelled)
+    ran = Executor(admin, "default", EventRecorder(admin)).run(plan, states, budget_s=0.0)
+    assert ran.left == set(labelled) and ran.dropped == set()
     for n in names:
         labels = (admin.get("Node", n) or {})["metadata"].get("labels", {})
         assert labels.get(STATE_LABEL) == (None if n in labelled else "cordon-required"), n
@@ -89,8 +89,8 @@ def test_a_node_that_moved_on_since_the_plan_is_not_written_and_one_node_returns
     assert answer is not None and answer["metadata"]["labels"][STATE_LABEL] == "upgrade-done"
     assert answer["metadata"]["annotations"]["nvidia.com/gpu-driver-upgrade-x"] == "1"
     plan = Plan(actions=[SetState(n, "validation-required") for n in [moved, *rest]])
-    left = executor.run(plan, moved=lambda n: n == moved)
-    assert left == set()
+    ran = executor.run(plan, moved=lambda n: n == moved)
+    assert ran.left == set() and ran.dropped == {moved}
     assert (admin.get("Node", moved) or {})["metadata"]["labels"][STATE_LABEL] == "upgrade-done"
     for n in rest:
         assert (admin.get("Node", n) or {})["metadata"]["labels"][STATE_LABEL] == "validation-required", n

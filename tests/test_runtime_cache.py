@@ -404,3 +404,60 @@ def test_a_gathering_inbox_hands_a_stream_of_deliveries_to_the_loop_in_one_drain
     assert seen_early == [[]]
     assert got == ["a", "b", "c"]
     assert drains == [2, 1]
+
+
+def test_a_pass_drops_a_node_only_while_its_move_between_passes_is_newer_than_what_the_pass_saw() -> None:
+    from dataclasses import replace
+
+    op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
+    moved = op.reconciler.moved  # what a pass asks of each node before writing it
+    assert moved is not None
+    seen = replace(facts("n1"), resource_version=40)
+    assert not moved(seen)  # never moved between passes
+    op.moves.begin("n1")
+    assert op.moves.in_flight("n1")
+    assert moved(seen) and moved(replace(seen, resource_version=10**12))  # in flight: whatever the pass saw
+    op.moves.done("n1", 50)
+    assert not op.moves.in_flight("n1")
+    assert moved(seen)  # the pass saw the node before the move: its plan is stale
+    assert not moved(replace(seen, resource_version=50)) and not moved(replace(seen, resource_version=51))
+    assert not moved(replace(facts("n2"), resource_version=1))  # another node
+    op.moves.begin("n1")
+    op.moves.forget("n1")  # the move's write failed: the pass takes the node on
+    assert not moved(seen)
+    op.moves.done("n1", 50)
+    op.on_node("DELETED", {"metadata": {"name": "n1"}})
+    assert not moved(seen)  # forgotten with the node
+
+
+def test_a_driver_pod_turning_ready_mid_upgrade_starts_a_move_that_the_pass_sees_in_flight() -> None:
+    import asyncio
+    from dataclasses import replace
+
+    from gpu_operator.api import ClusterPolicySpec
+    from gpu_operator.reconciler import Labelling
+
+    async def scenario() -> None:
+        op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]  # every write fails
+        spec = ClusterPolicySpec.model_validate({"driver": {"upgradePolicy": {"autoUpgrade": True}}})
+        op.policies["p"] = {"metadata": {"name": "p", "uid": "u", "generation": 1}}
+        op.reconciler.labelling = Labelling("p", "u", 1, spec)
+        op.leading.set()
+        op.task = asyncio.ensure_future(asyncio.sleep(0))
+        labels = {"nvidia.com/gpu.deploy.driver": "true", "nvidia.com/gpu-driver-upgrade-state": "pod-restart-required"}
+        seen = replace(facts("n1", labels=labels), resource_version=40)
+        op.nodes["n1"] = seen
+        op.on_revision("r2", {"metadata": {"name": "r2", "labels": {"controller-revision-hash": "new"}},
+                              "owner": "nvidia-driver-daemonset", "revision": 2})  # fmt: skip
+        driver = pod("drv", "n1", ready=False, owner="nvidia-driver-daemonset")
+        driver["metadata"]["labels"] = {"nvidia.com/gpu-operator.state": "state-driver",
+                                        "controller-revision-hash": "new"}  # fmt: skip
+        op.on_pod("drv", driver)
+        assert not op.moves.in_flight("n1")  # not Ready yet: nothing moves
+        op.on_pod("drv", {**driver, "status": pod("drv", "n1", ready=True)["status"]})
+        assert op.moves.in_flight("n1") and op.reconciler.moved is not None and op.reconciler.moved(seen)
+        await asyncio.gather(*op._labelling)  # the write fails (no API server): the next pass takes the node on
+        assert not op.moves.in_flight("n1") and not op.reconciler.moved(seen)
+        op._label_pool.shutdown()
+
+    asyncio.run(scenario())

@@ -1032,9 +1032,10 @@ def test_upgrade_node_builds_one_nodes_input_as_a_pass_would() -> None:
     revisions = {name: {"owner": "ds-state-driver", "revision": number,
                         "metadata": {"name": name, "labels": {"controller-revision-hash": rev}}}
                  for name, number, rev in (("r1", 1, OLD), ("r2", 2, NEW))}  # fmt: skip
-    one = upgrade_node(facts, pods, revisions, "why")
-    (by_pass,) = upgrade_nodes([facts], {p["metadata"]["name"]: p for p in pods}, revisions, {"n1": "why"})
+    by_name = {p["metadata"]["name"]: p for p in pods}
+    one = upgrade_node(facts, PodIndex.of(by_name).by_node_state, revisions, "why")
+    (by_pass,) = upgrade_nodes([facts], by_name, revisions, {"n1": "why"})
     assert one == by_pass
     assert one is not None and one.driver_revision == NEW and not one.driver_out_of_date and one.refused == "why"
     assert one.validator_pod is not None and one.validator_pod["metadata"]["name"] == "val"
-    assert upgrade_node(NodeFacts(name="cpu"), [], revisions) is None  # no driver of ours there
+    assert upgrade_node(NodeFacts(name="cpu"), {}, revisions) is None  # no driver of ours there

@@ -20,7 +20,6 @@ from typing import Any, cast
 import kopf
 
 from . import __version__, compat, debug, metrics, mig_pass, wire
-from .api import ClusterPolicySpec
 from .gpu_identity import identify
 from .kinds import DAEMON_SET, NODE_FEATURE, operand_kinds, served
 from .kube import Fence, Kube, NotLeader
@@ -58,7 +57,7 @@ from .render import (
 )
 from .states.base import MANAGED_BY, OPERATOR_NAME, STATE_LABEL
 from .status import active_policy
-from .upgrade import IN_PROGRESS_STATES, UpgradeNode
+from .upgrade import IN_PROGRESS_STATES, Plan, UpgradeNode
 from .upgrade import STATE_LABEL as UPGRADE_STATE_LABEL
 from .upgrade.adapter import DRIVER, VALIDATOR, upgrade_node
 from .upgrade.orchestrate import advance
@@ -83,8 +82,36 @@ MAX_GAP_S = 3.0
 LABELLING_WAIT_S = 1.0
 LABEL_THREADS = 48
 NODE_FEATURE_RELIST_S = 10.0
-IN_FLIGHT = sys.maxsize  # a node's upgrade write between passes has not answered yet
 GATHER_S = 0.05  # how long pod, revision and DaemonSet events gather before the loop takes them (see Inbox)
+
+
+class Moves:
+    """The nodes whose driver upgrade was moved on between passes (Operator._advance), so that a pass whose snapshot
+    is older does not write them back: node -> the resourceVersion the move's write answered with, or IN_FLIGHT
+    while it runs."""
+
+    IN_FLIGHT = sys.maxsize
+
+    def __init__(self) -> None:
+        self._at: dict[str, int] = {}
+
+    def begin(self, node: str) -> None:
+        self._at[node] = self.IN_FLIGHT
+
+    def in_flight(self, node: str) -> bool:
+        return self._at.get(node) == self.IN_FLIGHT
+
+    def done(self, node: str, resource_version: int) -> None:
+        self._at[node] = resource_version
+
+    def forget(self, node: str) -> None:
+        """The move failed (the next pass takes the node on), or the node went away."""
+        self._at.pop(node, None)
+
+    def since(self, facts: NodeFacts) -> bool:
+        """Whether the node moved on since `facts` of it (or a move is in flight); called from the passes' thread."""
+        at = self._at.get(facts.name)
+        return at is not None and facts.resource_version < at
 
 
 class Operator:
@@ -92,7 +119,8 @@ class Operator:
         self.kube = kube
         self.namespace = namespace
         self.reconciler = Reconciler(kube, namespace)
-        self.reconciler.moved = self.moved
+        self.moves = Moves()  # nodes whose upgrade moved on between passes
+        self.reconciler.moved = self.moves.since
         self.nodes: dict[str, NodeFacts] = {}
         self.policies: dict[str, dict[str, Any]] = {}
         self.nvidia_drivers: dict[str, dict[str, Any]] = {}
@@ -128,8 +156,6 @@ class Operator:
         self.unready_of: dict[str, set[str]] = {}  # the same by owning DaemonSet
         self.task: asyncio.Task[None] | None = None
         self._labelling: set[asyncio.Future[None]] = set()  # single-node label patches in flight
-        # Node -> the resourceVersion its upgrade moved on at between passes (IN_FLIGHT while that write runs).
-        self._advanced: dict[str, int] = {}
         # Their own threads: nodes joining together are labelled together (the default pool has cores + 4).
         self._label_pool = ThreadPoolExecutor(max_workers=LABEL_THREADS, thread_name_prefix="label")
         self.watches: list[Watch[Any]] = []  # the node, pod and revision watches (threads), once started
@@ -178,7 +204,7 @@ class Operator:
         """A node changed (None: deleted), from the node watch or the answer to our own patch."""
         if facts is None:
             self._forget("node", name)
-            self._advanced.pop(name, None)
+            self.moves.forget(name)
             if self.nodes.pop(name, None) is not None:
                 self.wake_now("node")
             return
@@ -262,7 +288,7 @@ class Operator:
         """A node mid driver upgrade whose new driver pod or validator just turned Ready: its next steps now, by
         the spec of the last pass (upgrade.orchestrate.advance), without waiting for a pass over every node."""
         current = self._between_passes()
-        if current is None or self._advanced.get(name) == IN_FLIGHT:
+        if current is None or self.moves.in_flight(name):
             return
         spec = current.spec
         if not spec.driver.enabled or spec.driver.use_nvidia_driver_crd or not spec.driver.upgrade_policy.auto_upgrade:
@@ -272,38 +298,32 @@ class Operator:
             return
         facts = with_devices({name: facts}, self.node_features)[name]
         refused = compat.refused(compat.verdicts([facts], spec)).get(name, "")
-        here = [self.pods[p] for p in self.pods_on.get(name, ()) if p in self.pods]
-        node = upgrade_node(facts, here, self.revisions, refused)
-        if node is None or plan_forward(node, spec.driver.upgrade_policy, time.time(),
-                                        validation_enabled=spec.validator.enabled) is None:
+        node = upgrade_node(facts, self._by_node_state, self.revisions, refused)
+        step = None if node is None else plan_forward(node, spec.driver.upgrade_policy, time.time(),
+                                                      validation_enabled=spec.validator.enabled)  # fmt: skip
+        if node is None or step is None:
             return
-        self._advanced[name] = IN_FLIGHT
-        self._labelling.add(asyncio.ensure_future(self._advance_node(spec, node, time.monotonic())))
+        self.moves.begin(name)
+        self._labelling.add(asyncio.ensure_future(self._advance_node(node, step, time.monotonic())))
 
-    async def _advance_node(self, spec: ClusterPolicySpec, node: UpgradeNode, seen: float) -> None:
+    async def _advance_node(self, node: UpgradeNode, step: Plan, seen: float) -> None:
         answer = None
         try:
             answer = await asyncio.get_running_loop().run_in_executor(
-                self._label_pool, advance, self.kube, self.namespace, spec, node, self.reconciler.events, seen
+                self._label_pool, advance, self.kube, self.namespace, node, step, self.reconciler.events, seen
             )
         except Exception as exc:  # noqa: BLE001 - the next full pass takes the node on
             log.warning("upgrade: moving node %s on failed: %s", node.name, exc)
         finally:
             self._labelling.discard(asyncio.current_task())
         if answer is None:
-            self._advanced.pop(node.name, None)
+            self.moves.forget(node.name)
             self.paced("node")
             return
         facts = NodeFacts.from_node(answer)
-        self._advanced[node.name] = facts.resource_version
+        self.moves.done(node.name, facts.resource_version)
         self.on_node_facts(facts.name, facts)
         self._advance(node.name)  # a pod that turned Ready while this write ran (its own try was turned away)
-
-    def moved(self, facts: NodeFacts) -> bool:
-        """Whether `facts` are older than a move of the node's upgrade between passes (or one in flight); called
-        from the passes' thread."""
-        version = self._advanced.get(facts.name)
-        return version is not None and facts.resource_version < version
 
     def on_policy(self, event_type: str | None, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]

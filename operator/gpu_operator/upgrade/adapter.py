@@ -11,13 +11,14 @@ import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 from .. import compat
 from ..api import ClusterPolicySpec
 from ..kube import ApiError, Kube
 from ..nodes import DRIVER_KERNEL, NodeFacts, gets_driver, label_value_ok
-from ..observe import PodIndex, Snapshot, node_state
+from ..observe import PodIndex, Snapshot
 from .model import (
     NEEDS_PODS,
     STATE_LABEL,
@@ -79,9 +80,7 @@ def upgrade_nodes(
     for node in nodes:
         if not gets_driver(node):
             continue
-        driver = _pick(by_node.get((node.name, DRIVER), []))
-        validator = _pick(by_node.get((node.name, VALIDATOR), []))
-        revision = newest.get(driver["owner"], (0, None))[1] if driver else None
+        driver, validator, revision = _operand_pods(node.name, by_node, newest)
         why = (refused or {}).get(node.name, "")
         hit = _built.get(node.name)
         if hit and hit[0] is node and hit[1] is driver and hit[2] is validator and hit[3] == (revision, why):
@@ -95,18 +94,27 @@ def upgrade_nodes(
 
 def upgrade_node(
     node: NodeFacts,
-    pods: Sequence[dict[str, Any]],
+    by_node_state: Mapping[tuple[str, str], Sequence[dict[str, Any]]],
     revisions: Mapping[str, dict[str, Any]],
     refused: str = "",
 ) -> UpgradeNode | None:
-    """One node's planner input (None: no driver of ours goes there), from the projections of its operand pods
-    (`pods`: those on the node), outside a pass (nothing is kept for one)."""
+    """One node's planner input (None: no driver of ours goes there) outside a pass (nothing is kept for one);
+    `by_node_state`: the operand pods as PodIndex.by_node_state has them."""
     if not gets_driver(node):
         return None
-    driver = _pick([p for p in pods if node_state(p)[1] == DRIVER])
-    validator = _pick([p for p in pods if node_state(p)[1] == VALIDATOR])
-    revision = newest_revisions(revisions).get(driver["owner"], (0, None))[1] if driver else None
+    driver, validator, revision = _operand_pods(node.name, by_node_state, newest_revisions(revisions))
     return _upgrade_node(node, driver, validator, revision, refused)
+
+
+def _operand_pods(
+    node: str,
+    by_node_state: Mapping[tuple[str, str], Sequence[dict[str, Any]]],
+    newest: Mapping[str, tuple[int, str | None]],
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str | None]:
+    """The node's driver pod, its validator pod, and the newest revision of the driver pod's DaemonSet."""
+    driver = _pick(by_node_state.get((node, DRIVER), ()))
+    validator = _pick(by_node_state.get((node, VALIDATOR), ()))
+    return driver, validator, newest.get(driver["owner"], (0, None))[1] if driver else None
 
 
 def newest_revisions(revisions: Mapping[str, dict[str, Any]]) -> dict[str, tuple[int, str | None]]:
@@ -180,6 +188,15 @@ WRITERS = 8  # threads for one pass's upgrade writes (and its reads of workload 
 WRITE_BUDGET_S = 2.0
 
 
+@dataclass(frozen=True)
+class Ran:
+    """What a run did not write: nodes left for the next pass (out of its write budget), and nodes dropped
+    because they moved on since the plan."""
+
+    left: set[str] = field(default_factory=set)
+    dropped: set[str] = field(default_factory=set)
+
+
 class Executor:
     """Carries out a plan's actions, each node's in order, the nodes side by side; a node's remaining actions stop
     at its first failed write."""
@@ -195,14 +212,15 @@ class Executor:
         states: Mapping[str, str] | None = None,
         budget_s: float | None = None,
         moved: Callable[[str], bool] | None = None,
-    ) -> set[str]:
-        """The nodes whose actions were left for the next pass: with `budget_s`, those not begun that long after
-        the start (the first WRITERS always are), the nodes taken by urgency (`states`: each one's observed state,
-        see planner.by_urgency). `moved(node)`: whether the node moved on since the plan saw it (its new pods
-        moved it between passes); its actions are dropped, the next pass plans it again."""
+    ) -> Ran:
+        """With `budget_s`, the nodes not begun that long after the start (the first WRITERS always are) are left
+        for the next pass, the nodes taken by urgency (`states`: each one's observed state, see
+        planner.by_urgency). `moved(node)`: whether the node moved on since the plan saw it (its new pods moved it
+        between passes); its actions are dropped, the next pass plans it again."""
         groups = by_urgency(plan.actions, states or {})
         deadline = None if budget_s is None else time.monotonic() + budget_s
         left: set[str] = set()
+        dropped: set[str] = set()
 
         def one(numbered: tuple[int, list[Action]]) -> None:
             i, actions = numbered
@@ -212,6 +230,7 @@ class Executor:
             if moved is not None and moved(actions[0].node):
                 log.info("upgrade: node %s moved on since this pass saw it; its next step waits for the next pass",
                          actions[0].node)
+                dropped.add(actions[0].node)
                 return
             self.node(actions)
 
@@ -219,7 +238,7 @@ class Executor:
         # deleted, one node after another took seconds, and a node whose new driver was Ready waited for them.
         with ThreadPoolExecutor(max_workers=WRITERS) as pool:
             list(pool.map(one, enumerate(groups)))
-        return left
+        return Ran(left, dropped)
 
     def node(self, actions: list[Action]) -> dict[str, Any] | None:
         """One node's actions: consecutive label, annotation and cordon changes as one merge patch; the rest stop

@@ -20,9 +20,10 @@ from .model import (
     IN_PROGRESS_STATES,
     STATE_LABEL,
     Counters,
+    Plan,
     UpgradeNode,
 )
-from .planner import Limit, plan, plan_forward
+from .planner import Limit, plan
 
 log = logging.getLogger("gpu_operator.upgrade")
 
@@ -76,9 +77,10 @@ def orchestrate(
                   limit=limit)  # fmt: skip
     # The annotation k8s-driver-manager reads went out with the node's labels (render.node_patches).
     states = {n.name: n.state for n in managed}
-    left = Executor(kube, namespace, events).run(result, states, WRITE_BUDGET_S, moved)
+    ran = Executor(kube, namespace, events).run(result, states, WRITE_BUDGET_S, moved)
+    left = ran.left
     for node, what in result.finished.items():  # the happy path's end: no event (the label says it), a log line
-        if node not in left and not (moved is not None and moved(node)):
+        if node not in left and node not in ran.dropped:
             log.info("upgrade of node %s done: %s", node, what)
     c = result.counters
     if gauges:
@@ -121,15 +123,11 @@ def orchestrate(
 
 
 def advance(
-    kube: Kube, namespace: str, spec: ClusterPolicySpec, node: UpgradeNode, events: Recorder, seen: float
+    kube: Kube, namespace: str, node: UpgradeNode, step: Plan, events: Recorder, seen: float
 ) -> dict[str, Any] | None:
-    """Between passes, move one node whose new driver pod or validator turned Ready on toward upgrade-done
-    (planner.plan_forward), so it need not wait for a pass over every node. `seen`: when that pod was seen Ready
-    (time.monotonic). The node as patched, or None when there was nothing to write (or a write failed: the next
-    pass tries)."""
-    step = plan_forward(node, spec.driver.upgrade_policy, time.time(), validation_enabled=spec.validator.enabled)
-    if step is None:
-        return None
+    """Between passes, write `step`: what moves one node whose new driver pod or validator turned Ready on toward
+    upgrade-done (planner.plan_forward), so it need not wait for a pass over every node. `seen`: when that pod was
+    seen Ready (time.monotonic). The node as patched, or None when a write failed (the next pass tries)."""
     began = time.monotonic()
     answer = Executor(kube, namespace, events).node(step.actions)
     if answer is not None:

@@ -215,7 +215,12 @@ ROWS = [
     row("vm-labels-swept-opt-out-kept-ours", "default",
         {**LABELLED, dl("vfio-manager"): "true", dl("sandbox-device-plugin"): PAUSED_DRIVER, dl("vgpu-manager"): "",
          dl("kata-sandbox-device-plugin"): "true", dl("cc-manager"): "true", dl("kata-manager"): "false"},
-        off("vfio-manager", "sandbox-device-plugin", "vgpu-manager", "kata-sandbox-device-plugin", "cc-manager")),
+        off("vfio-manager", "sandbox-device-plugin", "kata-sandbox-device-plugin", "cc-manager")),
+    # k8s-driver-manager's empty values for the operands it pauses that were not set: they deploy nothing, left
+    row("driver-manager-empty-values-left", "default",
+        {**LABELLED, **{dl(op): "" for op in ("nvsm", "sandbox-validator", "sandbox-device-plugin",
+                                              "vgpu-device-manager", "dra-validator", "dcgm-dra", "dcgm-exporter-dra",
+                                              "dra-driver")}}, {}),
     row("workload-label-ignored-without-sandbox", "default", {WORKLOAD: "vm-passthrough"}, PRESENT | on(*CONTAINER)),
     row("dra-labels-swept-dra-driver-kept-ours", "default",
         {**LABELLED, dl("dra-validator"): "true", dl("dcgm-dra"): "true", dl("dcgm-exporter-dra"): PAUSED_DRIVER,

@@ -378,7 +378,9 @@ def desired_labels(node: NodeFacts, spec: ClusterPolicySpec, refused: bool = Fal
                 # Never swept from a container node; set once the node is MIG-capable.
                 if capable and key not in labels:
                     want[key] = "true"
-            elif op != "dra-driver" and written_by_us(labels.get(key)):
+            elif op != "dra-driver" and labels.get(key) and written_by_us(labels.get(key)):
+                # An empty value deploys nothing and stays: k8s-driver-manager writes one for every operand it
+                # pauses that was not set, on every driver pod start; sweeping it cost a node write each time.
                 want[key] = None
         # The toolkit pool this node belongs to (one toolkit DaemonSet per container runtime).
         toolkit = "container-toolkit" in wanted

@@ -13,7 +13,10 @@ its container runtime (``runc`` at first) and, on cri-o, OCI hooks.  The kubelet
   (containers waiting ``ContainerCreating``, ``PodInitializing`` with init containers, as the kubelet reports)
   and one Warning event ``FailedCreatePodSandBox`` says so with containerd's message.
 * Init containers run in order, each blocking the next; a script loop ``until [ -f PATH ]`` waits for the file.
-  Other init containers (driver manager, config-manager-init, ...) complete at once.
+  k8s-driver-manager (``driver-manager uninstall_driver``), given the node's labels: with a driver loaded (a driver
+  container ran here since the last unload) it pauses the operands' deploy labels (``StepResult.labels``, which
+  the simulator writes), waits until their pods are gone, unloads the driver and sets the labels back; with none
+  loaded it writes them back as they are.  Other init containers (config-manager-init, ...) complete at once.
 * Main containers then run (Ready without probes; a script's wait loops gate only what it starts next, once);
   one whose ``startupProbe`` script writes files (the driver's probe writes ``.driver-ctr-ready``) is started
   after the node's driver delay (or crash-loops on a crash-looping node) and writes them then.  A ``preStop``
@@ -35,7 +38,7 @@ The components (facts from upstream's sources, named in each rule):
   ``plugin-ready``.  ``metrics`` serves (needs ``METRICS_PORT`` and ``NODE_NAME``).  ``WITH_WAIT=true`` waits,
   otherwise an unmet check fails the container (CrashLoopBackOff, the error as its last termination message).
   A validator pod whose driver check no longer holds (driver pod gone or crash-looping) re-validates: it goes
-  back to that init container, as it does upstream when the driver manager evicts it on a driver restart.
+  back to that init container (a pod in the driver manager's way is replaced instead, as above).
 * Driver container (``nvidia-driver init``): while started, the driver lives under ``/run/nvidia/driver`` (the
   host path its mounts give).
 * Toolkit installer (``nvidia-ctk-installer`` v1.20 env: ``RUNTIME``, ``RUNTIME_CONFIG``/``CONTAINERD_CONFIG``,
@@ -414,8 +417,43 @@ def driver_version_from_image(image: str) -> str | None:
 
 # --- what a container is ---
 
-VALIDATOR, DRIVER, TOOLKIT, DEVICE_PLUGIN, GFD, OTHER = (
-    "nvidia-validator", "driver", "toolkit", "device-plugin", "gpu-feature-discovery", "other")
+VALIDATOR, DRIVER, TOOLKIT, DEVICE_PLUGIN, GFD, DRIVER_MANAGER, OTHER = (
+    "nvidia-validator", "driver", "toolkit", "device-plugin", "gpu-feature-discovery", "driver-manager", "other")
+
+# k8s-driver-manager's uninstall_driver (cmd/driver-manager/main.go): with a driver loaded it sets these deploy
+# labels to PAUSED (evictAllGPUOperatorComponents, maybeSetPaused: "true" -> PAUSED, "" and "false" kept, another
+# value gets "_" + PAUSED), mig-manager and client only when set; waits for the pods of these `app` labels to
+# terminate (waitForPodsToTerminate; the optional ones when their label was set); unloads the driver; and sets the
+# labels back from the values it read first (rescheduleGPUOperatorComponents, maybeSetTrue; dra-driver too).
+PAUSED_FOR_DRIVER = "paused-for-driver-upgrade"
+_DEPLOY = "nvidia.com/gpu.deploy."
+MANAGER_PAUSES = tuple(_DEPLOY + op for op in (
+    "operator-validator", "container-toolkit", "device-plugin", "gpu-feature-discovery", "dcgm-exporter", "dcgm",
+    "nvsm", "sandbox-validator", "sandbox-device-plugin", "vgpu-device-manager", "dra-validator", "dcgm-dra",
+    "dcgm-exporter-dra"))
+MANAGER_PAUSES_WHEN_SET = (_DEPLOY + "mig-manager", _DEPLOY + "client")
+MANAGER_RESTORES_TOO = _DEPLOY + "dra-driver"
+MANAGER_WAITS_FOR = ("nvidia-operator-validator", "nvidia-container-toolkit-daemonset",
+                     "nvidia-device-plugin-daemonset", "gpu-feature-discovery", "nvidia-dcgm-exporter", "nvidia-dcgm",
+                     "nvidia-dcgm-exporter-dra", "nvidia-dcgm-dra")
+MANAGER_WAITS_WHEN_SET = {_DEPLOY + "mig-manager": "nvidia-mig-manager",
+                          _DEPLOY + "sandbox-validator": "nvidia-sandbox-validator",
+                          _DEPLOY + "sandbox-device-plugin": "nvidia-sandbox-device-plugin-daemonset",
+                          _DEPLOY + "vgpu-device-manager": "nvidia-vgpu-device-manager"}
+
+
+def paused_value(value: str) -> str:
+    """maybeSetPaused."""
+    if value in ("", "false") or PAUSED_FOR_DRIVER in value:
+        return value
+    return PAUSED_FOR_DRIVER if value == "true" else f"{value}_{PAUSED_FOR_DRIVER}"
+
+
+def unpaused_value(value: str) -> str:
+    """maybeSetTrue."""
+    if value == PAUSED_FOR_DRIVER:
+        return "true"
+    return re.sub(PAUSED_FOR_DRIVER + "_?", "", value).strip("_")
 
 
 @dataclass
@@ -462,6 +500,8 @@ def read_container(pod: dict[str, Any], c: dict[str, Any], init: bool, index: in
             role, args = DEVICE_PLUGIN, pargs
         elif prog == "gpu-feature-discovery":
             role, args = GFD, pargs
+        elif prog == "driver-manager" and pargs[:1] == ["uninstall_driver"]:
+            role, args = DRIVER_MANAGER, pargs
         else:
             continue
         break
@@ -500,6 +540,7 @@ class Host:
     files: dict[str, str] = field(default_factory=dict)
     handlers: dict[str, Handler] = field(default_factory=dict)
     hooks: dict[str, Handler] = field(default_factory=dict)  # cri-o OCI hook file -> what it injects
+    driver_loaded: bool = False  # a driver container's kernel modules (they stay when its pod goes)
 
     def has(self, path: str | None) -> bool:
         return path is not None and _canonical(path) in self.files
@@ -567,7 +608,7 @@ def offline_dry_run(pod: dict[str, Any]) -> str | None:
 class Need:
     """Why a pod (or one of its containers' effects) does not get further."""
 
-    kind: str  # file | handler | runtimeclass | configmap | gpu-resource | gpu-runtime | error
+    kind: str  # file | handler | runtimeclass | configmap | gpu-resource | gpu-runtime | evict | error
     target: str  # host path, handler name, ...
     where: str  # "init container x", "container y", "sandbox"
     message: str = ""
@@ -585,6 +626,8 @@ class Need:
             return f"waits for {GPU_RESOURCE} on the node"
         if self.kind == "gpu-runtime":
             return "gets no GPUs: no runtime on the node injects them"
+        if self.kind == "evict":
+            return f"waits for pods {self.target} to leave the node (their deploy labels {PAUSED_FOR_DRIVER})"
         return f"fails: {self.message}"
 
 
@@ -616,6 +659,7 @@ class StepResult:
     again: float | None  # seconds until something changes by itself
     plugin_pods: frozenset[str] = frozenset()  # uids of the running device plugin pods
     gfd_pods: frozenset[str] = frozenset()  # uids of the running GFD pods
+    labels: dict[str, str] = field(default_factory=dict)  # node labels k8s-driver-manager sets (a merge patch)
 
 
 @dataclass
@@ -638,6 +682,7 @@ class _Memo:
     started_main: bool = False
     waited: set[int] = field(default_factory=set)  # main containers whose script waits (and NVML) have passed
     probed: bool = False  # the startup probe has succeeded (it runs until then, not after)
+    paused: dict[str, str] | None = None  # k8s-driver-manager: the deploy labels it paused, as they were
     gone: bool = False
     pod: dict[str, Any] = field(default_factory=dict)  # as last seen (its preStop runs when it goes)
 
@@ -664,14 +709,21 @@ class NodeModel:
         self._world = World()
         self._ctrs: dict[str, tuple[list[Ctr], list[Ctr]]] = {}
         self._ctrs_version: dict[str, str] = {}
+        self._labels: dict[str, str] | None = None  # the node's labels, when a step is given them
+        self._label_patch: dict[str, str] = {}
+        self._all_pods: list[dict[str, Any]] = []  # this step's pods, those being deleted too
 
     # --- stepping ---
     def step(self, pods: Iterable[dict[str, Any]], world: World, now: float,
-             wall_now: float | None = None) -> StepResult:
-        """Advance the node to ``now`` (monotonic seconds) with these pods (all of the node's operand pods)."""
+             wall_now: float | None = None, labels: dict[str, str] | None = None) -> StepResult:
+        """Advance the node to ``now`` (monotonic seconds) with these pods (all of the node's operand pods).
+        ``labels``: the node's labels, for k8s-driver-manager (without them it completes at once)."""
         wall = _now_wall() if wall_now is None else wall_now
         self._world = world
+        self._labels = None if labels is None else dict(labels)
+        self._label_patch = {}
         pods = sorted(pods, key=lambda p: (p["metadata"].get("creationTimestamp") or "", _name(p)))
+        self._all_pods = pods
         live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
         live_uids = {_uid(p) for p in live}
         all_uids = {_uid(p) for p in pods}
@@ -730,7 +782,8 @@ class NodeModel:
             gpus=self.host.gpus if self._gpu_owners and self.host.gpus else None,
             gfd=bool(self._gfd_owners), driver_version=self.driver_version(),
             again=min(wake) if wake else None,
-            plugin_pods=frozenset(self._gpu_owners), gfd_pods=frozenset(self._gfd_owners))
+            plugin_pods=frozenset(self._gpu_owners), gfd_pods=frozenset(self._gfd_owners),
+            labels=dict(self._label_patch))
 
     def driver_version(self) -> str | None:
         return self.host.driver_at(DRIVER_INSTALL_DIR) or self.host.driver_at("/")
@@ -741,7 +794,8 @@ class NodeModel:
             tuple(sorted((n, h.default, h.driver_root, tuple(sorted(h.owners)))
                          for n, h in self.host.handlers.items())),
             tuple(sorted(self.host.hooks)),
-            tuple(sorted(self._gpu_owners)), tuple(sorted(self._gfd_owners)),
+            tuple(sorted(self._gpu_owners)), tuple(sorted(self._gfd_owners)), self.host.driver_loaded,
+            tuple(sorted(self._label_patch.items())),
             tuple((m.uid, m.sandbox, m.init_done, m.need, tuple(m.effect_needs), m.started_main,
                    tuple(sorted(m.waited)), m.probed) for m in self._memos.values()),
         )
@@ -920,7 +974,37 @@ class NodeModel:
             return need, ""
         if c.role == VALIDATOR:
             return self._run_validator(pod, c, memo)
+        if c.role == DRIVER_MANAGER:
+            return self._run_driver_manager(c, memo), ""
         return None, ""
+
+    def _run_driver_manager(self, c: Ctr, memo: _Memo) -> Need | None:
+        """k8s-driver-manager uninstall_driver (see MANAGER_PAUSES): with a driver loaded, pause the operands' deploy
+        labels, wait for their pods to go, unload the driver, set the labels back."""
+        labels = self._labels
+        if labels is None:
+            return None  # no node labels given (offline): nothing to evict
+        if memo.paused is None:
+            keys = list(MANAGER_PAUSES) + [k for k in MANAGER_PAUSES_WHEN_SET if labels.get(k)]
+            if not self.host.driver_loaded:  # rescheduleGPUOperatorComponents from what is there
+                self._set_labels({k: unpaused_value(labels.get(k, "")) for k in [*keys, MANAGER_RESTORES_TOO]})
+                return None
+            memo.paused = {k: labels.get(k, "") for k in keys}
+            self._set_labels({k: paused_value(v) for k, v in memo.paused.items()})
+        apps = set(MANAGER_WAITS_FOR) | {app for k, app in MANAGER_WAITS_WHEN_SET.items() if memo.paused.get(k)}
+        staying = sorted(_name(p) for p in self._all_pods if (p["metadata"].get("labels") or {}).get("app") in apps)
+        if staying:
+            return Need("evict", ", ".join(staying), c.where)
+        self.host.driver_loaded = False  # cleanupDriver: the modules unloaded
+        restore = {**memo.paused, MANAGER_RESTORES_TOO: labels.get(MANAGER_RESTORES_TOO, "")}
+        self._set_labels({k: unpaused_value(v) for k, v in restore.items()})
+        return None
+
+    def _set_labels(self, want: dict[str, str]) -> None:
+        """k8s-driver-manager's label writes (UpdateNodeLabels: every key it names, even an unchanged one)."""
+        assert self._labels is not None
+        self._labels.update(want)
+        self._label_patch.update(want)
 
     def _run_main(self, pod: dict[str, Any], c: Ctr, memo: _Memo, now: float) -> tuple[dict[str, Any], float | None]:
         uid = memo.uid
@@ -953,6 +1037,7 @@ class NodeModel:
                 return state, None
             memo.waited.add(c.index)
         if c.role == DRIVER:
+            self.host.driver_loaded = True
             version = driver_version_from_image(str(c.spec.get("image") or "")) or "0.0"
             target, _ = host_path(pod, c.spec, DRIVER_INSTALL_DIR)
             if target is not None:

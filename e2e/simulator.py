@@ -420,7 +420,13 @@ class NodeSimulator:
             return
         model = self._model_for(node)
         world = self._world_now()
-        result = model.step(pods, world, time.monotonic(), time.time())
+        labels = node["metadata"].get("labels") or {}
+        result = model.step(pods, world, time.monotonic(), time.time(), labels=labels)
+        manager_patch = {k: v for k, v in result.labels.items() if labels.get(k) != v}
+        if manager_patch:  # k8s-driver-manager pausing the operands or setting them back
+            log.info("simulator: node %s k8s-driver-manager %s", node_name, manager_patch)
+            node = self._kube.patch(f"/api/v1/nodes/{node_name}", {"metadata": {"labels": manager_patch}})
+            self._queue.add(node_name, delay=0.01)
         host_ip = next((a["address"] for a in (node.get("status") or {}).get("addresses") or []
                         if a.get("type") == "InternalIP"), None)
         now = _now()

@@ -49,6 +49,7 @@ class Node:
         self.events: list[tuple[str, str, str]] = []
         self.t = 1000.0
         self.result: Any = None
+        self.labels: dict[str, str] | None = None  # the node's labels, once a test gives them (k8s-driver-manager)
 
     def add(self, name: str, template: dict[str, Any]) -> dict[str, Any]:
         self.pods[name] = U.pod(template, name, NODE, created=_iso(time.time()))
@@ -59,7 +60,9 @@ class Node:
 
     def step(self, dt: float = 0.0) -> dict[str, dict[str, Any]]:
         self.t += dt
-        self.result = self.model.step(list(self.pods.values()), self.world, self.t)
+        self.result = self.model.step(list(self.pods.values()), self.world, self.t, labels=self.labels)
+        if self.labels is not None:
+            self.labels.update(self.result.labels)
         for e in self.result.events:
             self.events.append((e.pod["metadata"]["name"], e.reason, e.message))
         for pod in self.pods.values():
@@ -482,6 +485,54 @@ def test_removing_the_driver_pod_makes_the_validator_validate_again() -> None:
     node.step(dt=3)
     assert ready(node.pods["nvidia-operator-validator"]["status"]) and FOUR <= node.files()
     assert node.result.driver_version == "600.10.01"
+
+
+def test_a_new_driver_pods_manager_pauses_the_operands_waits_for_them_to_go_and_sets_them_back() -> None:
+    deploy = "nvidia.com/gpu.deploy."
+    node = Node()
+    node.labels = {deploy + op: "true" for op in ("driver", "operator-validator", "container-toolkit", "device-plugin",
+                                                  "gpu-feature-discovery", "dcgm")}  # fmt: skip
+    node.labels[deploy + "dcgm-exporter"] = "false"  # a user's opt-out
+    node.labels[deploy + "nvsm"] = "custom"
+    _stack(node)
+    node.step()  # a fresh node: no driver loaded, nothing to evict; the manager writes every label it knows back
+    assert all(ready(p["status"]) for p in node.pods.values())
+    assert node.labels[deploy + "operator-validator"] == "true" and node.labels[deploy + "dcgm-exporter"] == "false"
+    assert node.labels[deploy + "sandbox-validator"] == "" and node.labels[deploy + "dra-driver"] == ""
+    assert deploy + "mig-manager" not in node.labels  # only when set
+    assert node.model.host.driver_loaded
+    # A driver upgrade: the old driver pod goes, the new one's init container finds the driver loaded.
+    node.delete("nvidia-driver-daemonset")
+    node.add("driver-2", U.driver("600.10.01"))
+    node.step()
+    paused = {op: node.labels[deploy + op] for op in ("operator-validator", "container-toolkit", "device-plugin",
+                                                      "gpu-feature-discovery", "dcgm", "dcgm-exporter", "nvsm")}
+    assert paused == {**dict.fromkeys(("operator-validator", "container-toolkit", "device-plugin",
+                                       "gpu-feature-discovery", "dcgm"), "paused-for-driver-upgrade"),
+                      "dcgm-exporter": "false", "nvsm": "custom_paused-for-driver-upgrade"}  # fmt: skip
+    assert _state(node.container("driver-2", "k8s-driver-manager")) == ("running", "")
+    assert not ready(node.pods["driver-2"]["status"]) and node.model.host.driver_loaded
+    operands = ["nvidia-container-toolkit-daemonset", "nvidia-operator-validator", "nvidia-device-plugin-daemonset",
+                "gpu-feature-discovery"]
+    blocked = node.model.blockers()["driver-2"]
+    assert blocked.kind == "evict" and blocked.target == ", ".join(sorted(operands)), blocked
+    # The DaemonSet controller deletes the pods whose node no longer matches; one left keeps the manager waiting.
+    for name in operands[:-1]:
+        node.delete(name)
+    node.step()
+    assert node.model.blockers()["driver-2"].target == "gpu-feature-discovery"
+    node.delete(operands[-1])
+    node.step()
+    assert node.labels[deploy + "operator-validator"] == "true" and node.labels[deploy + "nvsm"] == "custom"
+    assert node.labels[deploy + "dcgm-exporter"] == "false"
+    assert _state(node.container("driver-2", "k8s-driver-manager"))[0] == "terminated"
+    assert ready(node.pods["driver-2"]["status"]) and node.model.host.driver_loaded  # the new driver loaded
+    for name, template in U.stack().items():  # the DaemonSet controller makes new pods for them
+        if name in operands:
+            node.add(name + "-2", template)
+    node.step()
+    assert all(ready(p["status"]) for p in node.pods.values()) and node.result.driver_version == "600.10.01"
+    assert node.model.diagnose() == []
 
 
 def test_validator_pod_removal_runs_its_prestop() -> None:

@@ -19,6 +19,7 @@ import pytest
 
 from e2e.cluster.nodes import make_node
 from e2e.kube import wait_for
+from e2e.nodemodel import PAUSED_FOR_DRIVER
 from e2e.operator_process import NAMESPACE, policy_from_sample
 from e2e.stack import Env, driver_pods, own_stack, pod_ready
 from gpu_operator.kube import Kube
@@ -34,6 +35,7 @@ LIMITS = {"autoUpgrade": True, "maxParallelUpgrades": 3, "maxUnavailable": "25%"
 MAX_UNAVAILABLE = 3  # 25% of 12
 ROLLOUT_TIMEOUT = 420
 DRIVER_READY_DELAY = 2.0
+VALIDATOR_DEPLOY = "nvidia.com/gpu.deploy.operator-validator"
 WORK = "workloads"
 
 
@@ -108,6 +110,7 @@ class Watcher(threading.Thread):
         self.env, self.nodes = env, set(nodes)
         self.max_in_progress = self.max_unavailable = 0
         self.driver_pods: dict[str, set[str]] = {n: set() for n in nodes}
+        self.paused: set[str] = set()  # nodes seen with their operands paused by k8s-driver-manager
         self.stop_flag = threading.Event()
 
     def run(self) -> None:
@@ -118,6 +121,8 @@ class Watcher(threading.Thread):
                 unavailable = [n for n in nodes if n["spec"].get("unschedulable") or not _ready(n)]
                 self.max_in_progress = max(self.max_in_progress, sum(s in IN_PROGRESS_STATES for s in states))
                 self.max_unavailable = max(self.max_unavailable, len(unavailable))
+                self.paused |= {n["metadata"]["name"] for n in nodes
+                                if n["metadata"].get("labels", {}).get(VALIDATOR_DEPLOY) == PAUSED_FOR_DRIVER}
                 for name, pod in driver_pods(self.env.admin).items():
                     if name in self.driver_pods:
                         self.driver_pods[name].add(pod["metadata"]["name"])
@@ -188,6 +193,11 @@ def test_rollout_across_two_pools_stays_within_limits(env: Env) -> None:
     assert watcher.max_in_progress >= 2, "the rollout never ran nodes in parallel"
     twice = {n: p for n, p in watcher.driver_pods.items() if len(p) > 2}
     assert not twice, f"driver restarted more than once: {twice}"
+    # Each new driver pod's k8s-driver-manager paused the node's operands; the operator left them paused (the
+    # manager waits for their pods to go) and every node has them back.
+    assert watcher.paused, "no node was seen with its operands paused for the driver upgrade"
+    left = {n: node(env, n)["metadata"]["labels"].get(VALIDATOR_DEPLOY) for n in NODES}
+    assert set(left.values()) == {"true"}, left
     # Both pools moved to their own new image.
     pods = driver_pods(env.admin)
     assert pods["up-00"]["spec"]["containers"][0]["image"].endswith(":600.10.01-ubuntu22.04")
@@ -325,12 +335,18 @@ def test_upgrade_plan_previews_the_waves_then_the_rollout_follows_them(env: Env)
         out = run_cli(env, "upgrade", "plan")
         return [line.split(": ", 1)[1].split(", ") for line in out.splitlines() if line.startswith("wave ")]
 
-    def all_twelve() -> list[list[str]] | None:
+    def all_twelve_available() -> list[list[str]] | None:
+        # Nodes the last test upgraded may still be starting their operands again (k8s-driver-manager evicted
+        # them): unavailable, they shrink the first waves until they are up.
         w = previewed()
-        return w if sum(map(len, w)) == 12 else None
+        return w if [len(x) for x in w] == [3, 3, 3, 3] else None
 
-    waves: list[list[str]] = wait_for(all_twelve, 60, message="12 nodes in waves")
-    assert [len(w) for w in waves] == [3, 3, 3, 3]
+    try:
+        waves: list[list[str]] = wait_for(all_twelve_available, 120, message="12 nodes in 4 waves of 3")
+    except AssertionError as exc:  # say which nodes keep a slot
+        held = {n: (o["spec"].get("unschedulable"), _ready(o), o["metadata"]["labels"].get(STATE_LABEL))
+                for n in NODES for o in [node(env, n)]}  # fmt: skip
+        raise AssertionError(f"{exc}\n{run_cli(env, 'upgrade', 'plan')}\n(cordoned, Ready, state): {held}") from exc
     assert "autoUpgrade is off" in run_cli(env, "upgrade", "plan")
     time.sleep(3)
     assert all(node(env, n)["metadata"]["labels"].get(STATE_LABEL) is None for n in NODES), "orchestrated while off"

@@ -126,7 +126,10 @@ def namespace(kube: Kube) -> Iterator[str]:
 def simulator(cluster: LocalCluster, kube: Kube) -> Iterator[NodeSimulator]:
     """A running node simulator for the gpu-operator namespace (created if missing)."""
     create_namespace(kube, "gpu-operator")
-    sim = NodeSimulator(cluster.simulator_kubeconfig, namespace="gpu-operator", resync_seconds=5)
+    # The tests' upstream-shaped DaemonSets select nodes by a pool label, not by deploy labels: no
+    # k8s-driver-manager pause (it would wait for pods nothing removes).
+    sim = NodeSimulator(cluster.simulator_kubeconfig, namespace="gpu-operator", resync_seconds=5,
+                        driver_manager=False)
     sim.start()
     try:
         yield sim

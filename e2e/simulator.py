@@ -165,6 +165,7 @@ class NodeSimulator:
         driver_ready_delay: float = 0.0,
         crash_restart_seconds: float = 2.0,
         mig_delay: float = 2.0,
+        driver_manager: bool = True,
     ) -> None:
         if driver_ready_delay < 0 or crash_restart_seconds <= 0:
             raise ValueError("driver_ready_delay must be >= 0 and crash_restart_seconds > 0")
@@ -173,6 +174,9 @@ class NodeSimulator:
         self.resync_seconds = resync_seconds
         self.crash_restart_seconds = crash_restart_seconds
         self._driver_ready_delay = float(driver_ready_delay)
+        # k8s-driver-manager pauses the node's deploy labels (nodemodel): off for DaemonSets that select nodes
+        # otherwise, whose pods the pause would never remove (upstream's manager waits 5 minutes, then fails).
+        self.driver_manager = driver_manager
         self._kube = Kube.from_kubeconfig(kubeconfig, pool_size=workers + 2)
         self._n_workers = workers
         self._lock = threading.Lock()
@@ -421,7 +425,8 @@ class NodeSimulator:
         model = self._model_for(node)
         world = self._world_now()
         labels = node["metadata"].get("labels") or {}
-        result = model.step(pods, world, time.monotonic(), time.time(), labels=labels)
+        result = model.step(pods, world, time.monotonic(), time.time(),
+                            labels=labels if self.driver_manager else None)
         manager_patch = {k: v for k, v in result.labels.items() if labels.get(k) != v}
         if manager_patch:  # k8s-driver-manager pausing the operands or setting them back
             log.info("simulator: node %s k8s-driver-manager %s", node_name, manager_patch)

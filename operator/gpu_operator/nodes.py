@@ -327,6 +327,11 @@ def mig_capable(
     return mig_layouts.gpu_of_devices(label_devices or pci_devices) is not None
 
 
+# Deploy labels of operands we never deploy that k8s-driver-manager writes on each driver pod start ("" when unset,
+# paused during a restart): its values go with the GPU, as ours do; any other value is someone else's.
+MANAGER_ONLY = (DEPLOY_PREFIX + "nvsm",)
+
+
 def written_by_us(value: str | None) -> bool:
     """A deploy-label value the operator or an operand manager wrote, as opposed to a user's opt-out.
 
@@ -347,6 +352,9 @@ def desired_labels(node: NodeFacts, spec: ClusterPolicySpec, refused: bool = Fal
             want[GPU_PRESENT] = "false"
         for _op, key in _every_operand():
             if written_by_us(labels.get(key)):
+                want[key] = None
+        for key in MANAGER_ONLY:
+            if labels.get(key) == "" or labels.get(key) in PAUSED_VALUES:
                 want[key] = None
         _runtime_label(node, None, want)
         return want

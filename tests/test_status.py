@@ -326,3 +326,40 @@ def test_progress_is_written_at_most_every_interval_and_a_state_change_at_once()
     assert [p["state"] for p in rec.patches] == ["notReady", "notReady", "ready"]
     assert "30/1000" in rec.patches[1]["states"][0]["message"]
     assert rec.events[-1][0] == "Normal"
+
+
+class _AnyKube:
+    """Takes every call; answers with what it was sent."""
+
+    def writes(self) -> int:
+        return 0
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *a, **k: a[0] if a and isinstance(a[0], dict) else {}
+
+
+@pytest.mark.parametrize("invalid", [False, True], ids=["not-ready", "invalid-spec"])
+def test_the_metric_says_what_the_status_says_before_the_status_is_written(invalid: bool) -> None:
+    # Whoever reads the written status and then /metrics gets the same answer (a race seen in CI).
+    from gpu_operator import metrics
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+    from support import load_policy
+
+    pol = load_policy()
+    pol["metadata"].update(uid="u1", generation=1, resourceVersion="1")
+    if invalid:
+        pol["spec"]["driver"]["enabled"] = "perhaps"
+    r = Reconciler(_AnyKube(), "gpu-operator")  # type: ignore[arg-type]
+    seen: list[tuple[str, float]] = []
+    write = r.status.write
+
+    def recording(policy: dict[str, Any], status: dict[str, Any], quiet: bool = False) -> bool:
+        seen.append((status["state"], metrics.reconciliation_status._value.get()))
+        return write(policy, status, quiet)
+
+    r.status.write = recording  # type: ignore[method-assign]
+    metrics.reconciliation_status.set(1)  # ready after an earlier pass
+    out = r.reconcile(Snapshot(nodes={}, policies={"cluster-policy": pol}, owned={}, pods={}, revisions={}))
+    assert out.ready is False
+    assert seen == [("notReady", 0.0)]

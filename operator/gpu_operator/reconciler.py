@@ -202,6 +202,7 @@ class Reconciler:
         except PolicyError as exc:
             self.labelling = None
             out.ready = False
+            metrics.reconciliation_status.set(0)
             status = policy_status(
                 generation=generation,
                 namespace=self.namespace,
@@ -363,6 +364,8 @@ class Reconciler:
         if mig_condition:
             status["conditions"].append(mig_condition)
         out.ready = status["state"] == "ready"
+        # Set before the write (which also posts an Event): whoever sees the status has the same answer here.
+        metrics.reconciliation_status.set(1 if out.ready else 0)
         if not self.status.write(policy, status):
             out.busy = True  # progress held back: the next pass writes it, once it may
             out.recheck_s = self.status.retry_in(meta["name"])

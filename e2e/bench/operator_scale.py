@@ -463,17 +463,16 @@ def upgrade(cluster: LocalCluster, admin: Kube, user: str, total: int, parallel:
         figure("driver upgrade: new driver pod Ready -> node done, p50", statistics.median(lags), "s")
         figure("driver upgrade: new driver pod Ready -> node done, max", lags[-1], "s")
     # The operator's part: a node is done once its validator is Ready again too (validation-required).
-    ours = []
+    ours: dict[str, float] = {}
     for n, done in done_at.items():
         if n in ready_at:
             turned = [t for t in validated.get(n, ()) if t <= done]
-            ours.append(max(0.0, done - max([ready_at[n], *turned[-1:]])))
+            ours[n] = max(0.0, done - max([ready_at[n], *turned[-1:]]))
     if ours:
-        ours.sort()
-        figure("driver upgrade: driver and validator Ready -> node done, p50", statistics.median(ours), "s")
-        figure("driver upgrade: driver and validator Ready -> node done, max", ours[-1], "s")
-    slowest = sorted((n for n in done_at if n in ready_at), key=lambda n: done_at[n] - ready_at[n])[-5:]
-    for n in reversed(slowest):  # where the tail's time went, from the change (+s)
+        lag = sorted(ours.values())
+        figure("driver upgrade: driver and validator Ready -> node done, p50", statistics.median(lag), "s")
+        figure("driver upgrade: driver and validator Ready -> node done, max", lag[-1], "s")
+    for n in sorted(ours, key=ours.__getitem__)[-5:][::-1]:  # where the operator's tail went, from the change (+s)
         turned = [round(t - since, 1) for t in validated.get(n, ())]
         print(f"  slow node {n}: driver pod Ready +{ready_at[n] - since:.1f} s, validator Ready at {turned} s, "
               f"done +{done_at[n] - since:.1f} s")

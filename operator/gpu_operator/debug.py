@@ -71,6 +71,18 @@ def tune_malloc() -> None:
         _LIBC.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
+# A watch thread gives up the GIL for each event it reads (one TLS record, one read) and, while a pass computes in
+# another thread, waits a whole switch interval to get it back: at Python's 5 ms a watch read ~200 events a second
+# beside a busy thread, ~29,000 alone (e2e/bench/gil_watch.py). At 0.5 ms it reads 10-40 times more, for a few per
+# cent of CPU when threads do contend (and nothing when they do not).
+SWITCH_INTERVAL_S = 0.0005
+
+
+def tune_threads() -> None:
+    """A shorter GIL switch interval, so watch threads keep up while a pass runs (SWITCH_INTERVAL_S)."""
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+
+
 def trim() -> None:
     """Give the heap's free pages back to the OS (glibc's malloc_trim; nothing elsewhere)."""
     if _LIBC is not None:

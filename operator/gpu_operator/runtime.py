@@ -926,6 +926,7 @@ def run(
     me = identity()
     debug.install()
     debug.tune_malloc()
+    debug.tune_threads()
     kube = Kube.connect(kubeconfig)
     kube.user_agent = f"gpu-operator/{__version__} ({me})"
     op = Operator(kube, namespace, elected=leader_elect)

@@ -48,7 +48,7 @@ from e2e.cluster.localcluster import WRITE_VERBS, LocalCluster, audit_time, ensu
 from e2e.cluster.nodes import create_nodes, make_node
 from e2e.operator_process import NAMESPACE, OperatorProcess, install_crds_and_rbac, policy_from_sample
 from e2e.simulator import NodeSimulator
-from gpu_operator.debug import DEBUG_DIR, PROFILE_PASSES
+from gpu_operator.debug import DEBUG_DIR, PROFILE_PASSES, SWITCH_INTERVAL_S
 from gpu_operator.doctor import diagnose, gather
 from gpu_operator.kube import Kube, path_for
 from gpu_operator.nodes import GPU_PRESENT, deploy_label
@@ -466,8 +466,10 @@ def upgrade(cluster: LocalCluster, admin: Kube, user: str, total: int, parallel:
     ours: dict[str, float] = {}
     for n, done in done_at.items():
         if n in ready_at:
-            turned = [t for t in validated.get(n, ()) if t <= done]
-            ours[n] = max(0.0, done - max([ready_at[n], *turned[-1:]]))
+            # The validator's first Ready after the new driver's (this watch may see it a moment after the node's
+            # upgrade-done, which the operator wrote on seeing it).
+            turned = [t for t in validated.get(n, ()) if t >= ready_at[n]]
+            ours[n] = max(0.0, done - max([ready_at[n], *turned[:1]]))
     if ours:
         lag = sorted(ours.values())
         figure("driver upgrade: driver and validator Ready -> node done, p50", statistics.median(lag), "s")
@@ -519,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="sample the operator with py-spy from ClusterPolicy to ready and while it idles; print "
                              "where its CPU goes (with --log, the raw stacks to ready beside the log)")
     args = parser.parse_args(argv)
+    # This process's watches time what they see, beside the node simulator's busy threads: the operator's interval.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     ensure_binaries()
     runs: list[dict[str, tuple[float, str]]] = []
     for n in range(1, args.runs + 1):

@@ -324,11 +324,13 @@ def run_cli(env: Env, *args: str) -> str:
 
 
 def test_upgrade_plan_previews_the_waves_then_the_rollout_follows_them(env: Env) -> None:
-    env.admin.merge_patch("Node", "up-02", {"metadata": {"labels": {SKIP_LABEL: None}}})
+    # autoUpgrade off first: the skipped node, let go while it was on, would start its upgrade (cordoned), and
+    # switching it off drops the state labels only (as upstream), leaving that cordon.
     policy_patch = {"spec": {"driver": {"upgradePolicy": {"autoUpgrade": False}}}}
     env.admin.merge_patch("ClusterPolicy", "cluster-policy", policy_patch)
     wait_for(lambda: not [n for n in NODES if STATE_LABEL in node(env, n)["metadata"]["labels"]], 60,
              message="state labels removed with autoUpgrade off")  # fmt: skip
+    env.admin.merge_patch("Node", "up-02", {"metadata": {"labels": {SKIP_LABEL: None}}})
     set_version(env, "600.40.04")
 
     def previewed() -> list[list[str]]:

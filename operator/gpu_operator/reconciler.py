@@ -175,7 +175,6 @@ class Reconciler:
         try:
             self._reconcile_active(policy, snap, out)
             metrics.reconciliation_last_success_ts_seconds.set(time.time())
-            metrics.reconciliation_status.set(1 if out.ready else 0)
         except ApiError as exc:
             log.warning("reconcile failed: %s", exc)
             metrics.reconciliation_failed_total.inc()

@@ -72,9 +72,9 @@ def tune_malloc() -> None:
 
 
 # A watch thread gives up the GIL for each event it reads (one TLS record, one read) and, while a pass computes in
-# another thread, waits a whole switch interval to get it back: at Python's 5 ms a watch read ~200 events a second
-# beside a busy thread, ~29,000 alone (e2e/bench/gil_watch.py). At 0.5 ms it reads 10-40 times more, for a few per
-# cent of CPU when threads do contend (and nothing when they do not).
+# another thread, waits a whole switch interval to get it back: at Python's 5 ms a watch read ~310 events a second
+# beside a busy thread, ~29,000 alone; at 0.5 ms ~2,550, about 8 times more (e2e/bench/gil_watch.py, medians of 3),
+# for a few per cent of CPU when threads do contend (and nothing when they do not).
 SWITCH_INTERVAL_S = 0.0005
 
 

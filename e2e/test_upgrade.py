@@ -23,7 +23,7 @@ from e2e.nodemodel import PAUSED_FOR_DRIVER
 from e2e.operator_process import NAMESPACE, policy_from_sample
 from e2e.stack import Env, driver_pods, own_stack, pod_ready
 from gpu_operator.kube import Kube
-from gpu_operator.upgrade import IN_PROGRESS_STATES, SKIP_LABEL, STATE_LABEL
+from gpu_operator.upgrade import IN_PROGRESS_STATES, SKIP_LABEL, STATE_LABEL, WAIT_FOR_JOBS_START_ANNOTATION
 
 pytestmark = pytest.mark.local_cluster_only("the module starts its own control plane")
 
@@ -323,14 +323,44 @@ def run_cli(env: Env, *args: str) -> str:
     return done.stdout
 
 
+def test_auto_upgrade_switched_off_mid_upgrade_uncordons_the_node_it_had_cordoned(env: Env) -> None:
+    held = "up-02"  # skipped so far, so still on its old driver: let go, it starts its upgrade
+    env.admin.apply(deployment("long-job", 1, gpu=False, on_node=held))
+    wait_for(lambda: running(workload_pods(env, "long-job")) == 1, 60, message="long-job running")
+    wait = {"waitForCompletion": {"podSelector": "app=long-job", "timeoutSeconds": 0}}
+    env.admin.merge_patch("ClusterPolicy", "cluster-policy", {"spec": {"driver": {"upgradePolicy": wait}}})
+    try:
+        env.admin.merge_patch("Node", held, {"metadata": {"labels": {SKIP_LABEL: None}}})
+
+        def waiting_cordoned() -> bool:
+            n = node(env, held)
+            waiting = n["metadata"]["labels"].get(STATE_LABEL) == "wait-for-jobs-required"
+            stamped = WAIT_FOR_JOBS_START_ANNOTATION in n["metadata"].get("annotations", {})
+            return waiting and stamped and bool(n["spec"].get("unschedulable"))
+
+        wait_for(waiting_cordoned, 60, message=f"{held} cordoned, waiting for long-job")
+        off = {"autoUpgrade": False, "waitForCompletion": None}
+        env.admin.merge_patch("ClusterPolicy", "cluster-policy", {"spec": {"driver": {"upgradePolicy": off}}})
+
+        def handed_back() -> bool:
+            n = node(env, held)
+            return STATE_LABEL not in n["metadata"]["labels"] and not n["spec"].get("unschedulable")
+
+        wait_for(handed_back, 60, message=f"{held} uncordoned and unlabelled with autoUpgrade off")
+        events = env.admin.list("Event", "default", field_selector=f"involvedObject.name={held}")
+        texts = [e.get("message", "") for e in events if e.get("reason") == "GPUDriverUpgrade"]
+        assert any("autoUpgrade switched off in wait-for-jobs-required: node uncordoned" in t for t in texts), texts
+        assert WAIT_FOR_JOBS_START_ANNOTATION not in node(env, held)["metadata"].get("annotations", {})
+    finally:
+        env.admin.delete("Deployment", "long-job", WORK)
+
+
 def test_upgrade_plan_previews_the_waves_then_the_rollout_follows_them(env: Env) -> None:
-    # autoUpgrade off first: the skipped node, let go while it was on, would start its upgrade (cordoned), and
-    # switching it off drops the state labels only (as upstream), leaving that cordon.
+    # The test before left autoUpgrade off and every node unlabelled and uncordoned.
     policy_patch = {"spec": {"driver": {"upgradePolicy": {"autoUpgrade": False}}}}
     env.admin.merge_patch("ClusterPolicy", "cluster-policy", policy_patch)
     wait_for(lambda: not [n for n in NODES if STATE_LABEL in node(env, n)["metadata"]["labels"]], 60,
              message="state labels removed with autoUpgrade off")  # fmt: skip
-    env.admin.merge_patch("Node", "up-02", {"metadata": {"labels": {SKIP_LABEL: None}}})
     set_version(env, "600.40.04")
 
     def previewed() -> list[list[str]]:

@@ -758,15 +758,50 @@ def test_failed_requested_upgrade_does_not_recover_before_its_restart() -> None:
 # autoUpgrade off
 
 
-def test_auto_upgrade_false_removes_state_labels_only() -> None:
+def test_auto_upgrade_false_removes_the_state_labels_and_undoes_only_the_upgrades_own_cordons() -> None:
+    admins = {INITIAL_UNSCHEDULABLE_ANNOTATION: "true", DRAIN_START_ANNOTATION: "2026-01-01T00:00:00Z"}
     nodes = [
-        make_node("a", "drain-required", unschedulable=True),
+        make_node("a", "drain-required", unschedulable=True, annotations={DRAIN_START_ANNOTATION: "x"}),
         make_node("b"),
         make_node("c", "upgrade-done", rev=NEW),
+        make_node("d", "validation-required", unschedulable=True, annotations=admins),  # cordoned by the admin
+        make_node("e", "cordon-required"),  # not cordoned yet
+        make_node("f", "pod-restart-required", unschedulable=False),  # uncordoned by someone meanwhile
     ]
     p = run(nodes, pol=policy(auto_upgrade=False))
-    assert p.actions == [SetState("a", ""), SetState("c", "")]
-    assert p.waiting == {}
+    assert p.actions == [
+        Uncordon("a"),
+        Annotate("a", DRAIN_START_ANNOTATION, None),
+        SetState("a", ""),
+        Event("a", "Normal", EVENT_REASON,
+              "autoUpgrade switched off in drain-required: node uncordoned (the upgrade had cordoned it)"),
+        SetState("c", ""),
+        Annotate("d", DRAIN_START_ANNOTATION, None),
+        Annotate("d", INITIAL_UNSCHEDULABLE_ANNOTATION, None),
+        SetState("d", ""),
+        SetState("e", ""),
+        SetState("f", ""),
+    ]  # fmt: skip
+    assert p.waiting == {} and p.started == ()
+
+
+def test_auto_upgrade_false_leaves_a_failed_node_cordoned_with_its_reason_and_says_so() -> None:
+    ann = {FAILURE_REASON_ANNOTATION: "driver pod crash-looping", VALIDATION_START_ANNOTATION: "x"}
+    p = run([make_node("a", "upgrade-failed", unschedulable=True, annotations=ann)], pol=policy(auto_upgrade=False))
+    assert p.actions == [
+        Annotate("a", VALIDATION_START_ANNOTATION, None),
+        SetState("a", ""),
+        Event("a", "Warning", EVENT_REASON, "autoUpgrade switched off in upgrade-failed (driver pod crash-looping): "
+              "node left cordoned for the admin; uncordon it once its driver works"),
+    ]  # fmt: skip
+
+
+def test_auto_upgrade_false_twice_writes_nothing_the_second_time() -> None:
+    nodes = [make_node("a", "drain-required", unschedulable=True), make_node("f", "upgrade-failed", unschedulable=True)]
+    first = run(nodes, pol=policy(auto_upgrade=False))
+    after = [planner._after(n, first.actions_for(n.name)) for n in nodes]
+    assert [a.unschedulable for a in after] == [False, True]
+    assert run(after, pol=policy(auto_upgrade=False)).actions == []
 
 
 # counters and preview

@@ -301,9 +301,22 @@ def test_one_pass_respects_limits_and_explains(data: st.DataObject, policy: Driv
 
 @settings(deadline=None)
 @given(nodes=random_nodes())
-def test_auto_upgrade_off_only_removes_state_labels(nodes: list[UpgradeNode]) -> None:
-    result = plan(nodes, [], DriverUpgradePolicySpec(auto_upgrade=False), T0)
-    assert result.actions == [SetState(n.name, "") for n in nodes if STATE_LABEL in n.labels]
+def test_auto_upgrade_off_removes_state_labels_and_undoes_only_its_own_cordons(nodes: list[UpgradeNode]) -> None:
+    off = DriverUpgradePolicySpec(auto_upgrade=False)
+    result = plan(nodes, [], off, T0)
+    labelled = {n.name for n in nodes if STATE_LABEL in n.labels}
+    assert [a for a in result.actions if isinstance(a, SetState)] == [SetState(n.name, "") for n in nodes
+                                                                      if n.name in labelled]  # fmt: skip
+    assert {a.node for a in result.actions} <= labelled
+    ours = {n.name for n in nodes if n.unschedulable and not n.initially_unschedulable and n.state in (
+        "wait-for-jobs-required", "pod-deletion-required", "drain-required", "pod-restart-required",
+        "validation-required", "uncordon-required")}  # fmt: skip
+    assert {a.node for a in result.actions if isinstance(a, Uncordon)} == ours
+    for a in result.actions:  # nothing else is written: no cordon, eviction, deletion, new annotation
+        assert isinstance(a, (SetState, Uncordon, Annotate, Event)), a
+        assert not isinstance(a, Annotate) or a.value is None, a
+    after = apply_to_nodes(nodes, result.actions)
+    assert plan(after, [], off, T0).actions == []
 
 
 # 2. Simulated rollouts

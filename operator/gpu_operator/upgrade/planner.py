@@ -693,9 +693,7 @@ def plan(
     )
 
     if not policy.auto_upgrade:
-        # Orchestration off: drop the state labels, touch nothing else.
-        actions: list[Action] = [SetState(n.name, "") for n in nodes if STATE_LABEL in n.labels]
-        return Plan(actions, {}, counters)
+        return Plan([a for n in nodes for a in switched_off(n)], {}, counters)
 
     p = _Pass(policy, pods, now, validation_enabled)
     taken: dict[str, list[_Step]] = defaultdict(list)  # node -> the steps it takes in this pass
@@ -753,6 +751,40 @@ def plan(
             if step.quiet:
                 quiet.add(node.name)
     return Plan(out, waiting, counters, tuple(started), frozenset(quiet), finished)
+
+
+# States in which the upgrade has cordoned the node (the cordon goes out in one patch with wait-for-jobs-required).
+CORDONED_STATES = frozenset({
+    WAIT_FOR_JOBS_REQUIRED, POD_DELETION_REQUIRED, DRAIN_REQUIRED, POD_RESTART_REQUIRED, VALIDATION_REQUIRED,
+    UNCORDON_REQUIRED, FAILED,
+})  # fmt: skip
+
+
+def switched_off(node: UpgradeNode) -> list[Action]:
+    """autoUpgrade off: the node's state label and the upgrade's bookkeeping go. Beyond upstream (which drops
+    the label alone, leaving the nodes it cordoned cordoned for good): a node the upgrade cordoned is
+    uncordoned, unless its upgrade failed. A failed node stays cordoned, its failure reason kept, and an
+    event hands the cordon to the admin. A cordon that was there before the upgrade is never touched."""
+    if STATE_LABEL not in node.labels:
+        return []
+    ours = node.state in CORDONED_STATES and node.unschedulable and not node.initially_unschedulable
+    failed = ours and node.state == FAILED
+    keep = {FAILURE_REASON_ANNOTATION} if failed else set()
+    clear = [k for k in (*TRANSIENT_ANNOTATIONS, INITIAL_UNSCHEDULABLE_ANNOTATION)
+             if k in node.annotations and k not in keep]  # fmt: skip
+    actions: list[Action] = [Uncordon(node.name)] if ours and not failed else []
+    actions += [Annotate(node.name, k, None) for k in clear]
+    actions.append(SetState(node.name, ""))
+    state = node.labels[STATE_LABEL]
+    if failed:
+        reason = node.annotations.get(FAILURE_REASON_ANNOTATION, "reason unknown")
+        message = (f"autoUpgrade switched off in {state} ({reason}): node left cordoned for the admin; "
+                   f"uncordon it once its driver works")  # fmt: skip
+        actions.append(Event(node.name, "Warning", EVENT_REASON, message))
+    elif ours:
+        message = f"autoUpgrade switched off in {state}: node uncordoned (the upgrade had cordoned it)"
+        actions.append(Event(node.name, "Normal", EVENT_REASON, message))
+    return actions
 
 
 # The states a node leaves once a pod of its turns Ready: its new driver pod, then its validator.

@@ -34,7 +34,9 @@ ACTED_ELSEWHERE = {
     "operator.defaultRuntime": (
         "tests/test_toolkit.py::test_runtime_comes_from_the_node_and_the_default_only_when_it_reports_none"
     ),
-    "driver.upgradePolicy.autoUpgrade": f"{PLANNER}::test_auto_upgrade_false_removes_state_labels_only",
+    "driver.upgradePolicy.autoUpgrade": (
+        f"{PLANNER}::test_auto_upgrade_false_removes_the_state_labels_and_undoes_only_the_upgrades_own_cordons"
+    ),
     "driver.upgradePolicy.maxParallelUpgrades": f"{PLANNER}::test_required_starts_within_max_parallel",
     "driver.upgradePolicy.maxUnavailable": f"{PLANNER}::test_max_unavailable_caps_parallel",
     "driver.upgradePolicy.podDeletion.force": f"{PLANNER}::test_pod_deletion_timeout_with_force_deletes",

@@ -10,6 +10,8 @@ contracts hold, not merely that kwok marked pods ready. The module runs its own 
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -203,3 +205,46 @@ def test_render_from_cluster_is_what_the_operator_would_do(env: Env, tmp_path: A
     assert f"# PATCH /api/v1/namespaces/{NAMESPACE}/services/nvidia-dcgm" in headers, headers
     # Only a preview: the cluster did not change.
     assert env.admin.get("DaemonSet", "nvidia-dcgm", NAMESPACE) is None
+
+
+def test_a_labelled_node_the_daemonset_controller_has_not_counted_keeps_the_policy_from_ready(env: Env) -> None:
+    """The counts of a DaemonSet whose controller has not seen a node's new deploy labels still say every pod is
+    ready (as 0 of 0 do before the controller's first sync): the operator's own view of the nodes says one is
+    missing, and ready waits. Frozen here by stopping kube-controller-manager while a node's GPU shows up."""
+    wait_ready(env)
+    late = "hs-late"
+    node = make_node(late, "h100x8", runtime="containerd")
+    gpu = {k: v for k, v in node["metadata"]["labels"].items() if "10de" in k or k.startswith("nvidia.com/")}
+    node["metadata"]["labels"] = {k: v for k, v in node["metadata"]["labels"].items() if k not in gpu}
+    create_nodes(env.admin.client, [node])
+    # Ready, and without the not-ready taint a new Node starts with (no daemon pod tolerates it).
+    wait_for(lambda: not ((env.admin.get("Node", late) or {}).get("spec") or {}).get("taints"), 90,
+             message=f"{late} without taints")  # fmt: skip
+    kcm = env.cluster.pids["kube-controller-manager"]
+    os.kill(kcm, signal.SIGSTOP)
+    try:
+        env.admin.merge_patch("Node", late, {"metadata": {"labels": gpu}})
+        validator = "nvidia.com/gpu.deploy.operator-validator"
+        wait_for(lambda: labels_of(env.admin.get("Node", late)).get(validator) == "true", 60,
+                 message=f"{late} labelled by the operator")  # fmt: skip
+
+        def held() -> dict[str, Any] | None:
+            status = (env.admin.get("ClusterPolicy", "cluster-policy") or {}).get("status") or {}
+            return status if status.get("state") == "notReady" else None
+
+        status = wait_for(held, 30, interval=0.5, message="ClusterPolicy notReady while the controller is stopped")
+        assert "4 nodes should run its pod, the DaemonSet controller counts 3 so far" in str(status), status
+    finally:
+        os.kill(kcm, signal.SIGCONT)
+    try:
+        wait_ready(env)
+        pods = env.admin.list("Pod", NAMESPACE, label_selector="app=nvidia-operator-validator")
+        assert late in {p["spec"].get("nodeName") for p in pods}
+        model = env.sim.model(late)
+        assert model is not None and FILES <= set(model.host.files), sorted(model.host.files if model else ())
+    finally:
+        env.admin.delete("Node", late)
+
+
+def labels_of(obj: dict[str, Any] | None) -> dict[str, str]:
+    return ((obj or {}).get("metadata") or {}).get("labels") or {}

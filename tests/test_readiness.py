@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import msgspec
 import pytest
 
-from gpu_operator.readiness import daemonset_ready, newest_revision_hash, pod_ready
+from gpu_operator import wire
+from gpu_operator.nodes import NodeFacts
+from gpu_operator.readiness import daemon_node_count, daemonset_ready, newest_revision_hash, pod_ready
 
 
 def ds(strategy: str = "RollingUpdate", generation: int = 2, **status: int) -> dict[str, Any]:
@@ -268,3 +272,110 @@ def test_the_pod_index_keeps_each_daemonsets_unready_pods() -> None:
     leaving["metadata"]["deletionTimestamp"] = "2026-12-01T00:00:00Z"
     index = PodIndex.of(pods)
     assert {o: [p["node"] for p in ps] for o, ps in index.unready_by_owner.items()} == {"ds-a": ["n3"], "ds-b": ["n5"]}
+
+
+# Counts the controller has not brought up to date with the nodes' labels
+
+
+VALIDATOR = {"nvidia.com/gpu.deploy.operator-validator": "true"}
+GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+
+
+def templated(spec: dict[str, Any], **status: int) -> dict[str, Any]:
+    out = ds(**status)
+    out["spec"]["template"] = {"spec": spec}
+    return out
+
+
+def labelled(name: str, taints: tuple[tuple[str, str, str], ...] = ()) -> NodeFacts:
+    return NodeFacts(name=name, labels=dict(VALIDATOR), taints=taints)
+
+
+def test_a_daemonset_counted_before_its_nodes_were_labelled_is_not_ready() -> None:
+    """The operator creates its DaemonSets before it labels the nodes: a controller that has not seen the labels
+    yet says 0 (or 2) of 0 (or 2), which by the counts alone is ready."""
+    spec = {"nodeSelector": VALIDATOR, "tolerations": [GPU_TOLERATION]}
+    nodes = [labelled("a"), labelled("b"), labelled("c"), NodeFacts(name="cpu")]
+    empty = templated(spec, desiredNumberScheduled=0, observedGeneration=2)
+    assert daemonset_ready(empty) == (True, "")  # without the nodes: the counts alone
+    assert daemonset_ready(empty, nodes=nodes) == (
+        False,
+        "nvidia-x: 3 nodes should run its pod, the DaemonSet controller counts 0 so far",
+    )
+    two = templated(spec, **{**SETTLED, "desiredNumberScheduled": 2, "numberAvailable": 2, "updatedNumberScheduled": 2})
+    assert daemonset_ready(two, nodes=nodes)[0] is False
+    assert daemonset_ready(templated(spec, **SETTLED), nodes=nodes) == (True, "")
+    # More counted than the operator sees (a node whose labels reach the operator later): the counts decide.
+    assert daemonset_ready(templated(spec, **SETTLED), nodes=nodes[:2]) == (True, "")
+
+
+def test_nodes_the_controller_would_not_count_are_not_expected() -> None:
+    """Taints not tolerated keep a node out; the controller's own tolerations (cordon, NotReady, pressure) and
+    the pod's do not; a required node affinity narrows the nodes."""
+    spec = {"nodeSelector": VALIDATOR, "tolerations": [GPU_TOLERATION]}
+    nodes = [
+        labelled("tainted", (("dedicated", "infra", "NoSchedule"),)),
+        labelled("evicting", (("dedicated", "", "NoExecute"),)),
+        labelled("cordoned", (("node.kubernetes.io/unschedulable", "", "NoSchedule"),)),
+        labelled("not-ready", (("node.kubernetes.io/not-ready", "", "NoExecute"),)),
+        labelled("gpu-taint", (("nvidia.com/gpu", "present", "NoSchedule"),)),
+        labelled("network", (("node.kubernetes.io/network-unavailable", "", "NoSchedule"),)),
+    ]
+    assert daemon_node_count(spec, nodes) == 3  # cordoned, not-ready, gpu-taint
+    assert daemon_node_count({**spec, "hostNetwork": True}, nodes) == 4
+    everything = {**spec, "tolerations": [{"operator": "Exists"}]}
+    assert daemon_node_count(everything, nodes) == 6
+    infra = {**spec, "tolerations": [{"key": "dedicated", "value": "infra", "effect": "NoSchedule"}]}
+    assert daemon_node_count(infra, nodes) == 3  # tainted, cordoned, not-ready
+
+    def affinity(*terms: dict[str, Any]) -> dict[str, Any]:
+        required = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": list(terms)}}
+        return {"nodeSelector": VALIDATOR, "affinity": {"nodeAffinity": required}}
+
+    pool = [
+        NodeFacts(name="u22", labels={**VALIDATOR, "feature.node.kubernetes.io/system-os_release.VERSION_ID": "22"}),
+        NodeFacts(name="u24", labels={**VALIDATOR, "feature.node.kubernetes.io/system-os_release.VERSION_ID": "24"}),
+        NodeFacts(name="bare", labels=dict(VALIDATOR)),
+    ]
+    key = "feature.node.kubernetes.io/system-os_release.VERSION_ID"
+    assert daemon_node_count(affinity({"matchExpressions": [{"key": key, "operator": "In", "values": ["22"]}]}),
+                             pool) == 1  # fmt: skip
+    assert daemon_node_count(affinity({"matchExpressions": [{"key": key, "operator": "NotIn", "values": ["22"]}]}),
+                             pool) == 2  # fmt: skip
+    assert daemon_node_count(affinity({"matchExpressions": [{"key": key, "operator": "DoesNotExist"}]}), pool) == 1
+    assert daemon_node_count(affinity({"matchExpressions": [{"key": key, "operator": "Gt", "values": ["23"]}]}),
+                             pool) == 1  # fmt: skip
+    assert daemon_node_count(affinity({"matchFields": [{"key": "metadata.name", "operator": "In",
+                                                        "values": ["bare", "u24"]}]}), pool) == 2  # fmt: skip
+    # Terms are ORed; an empty term matches nothing.
+    either = affinity({"matchExpressions": [{"key": key, "operator": "In", "values": ["22"]}]},
+                      {"matchExpressions": [{"key": key, "operator": "In", "values": ["24"]}]})  # fmt: skip
+    assert daemon_node_count(either, pool) == 2
+    assert daemon_node_count(affinity({}), pool) == 0
+
+
+def test_a_selector_on_a_label_the_operator_does_not_keep_errs_low() -> None:
+    """NodeFacts drops NFD's labels it has no use for: a selector naming one cannot be judged and counts no
+    node, so readiness falls back to the controller's counts rather than waiting forever."""
+    dropped = "feature.node.kubernetes.io/cpu-model.vendor_id"
+    node_ = NodeFacts.from_node({"metadata": {"name": "n", "labels": {**VALIDATOR, dropped: "Intel"}}})
+    assert dropped not in node_.labels
+    assert daemon_node_count({"nodeSelector": {**VALIDATOR, dropped: "Intel"}}, [node_]) == 0
+    expression = {"key": dropped, "operator": "NotIn", "values": ["AMD"]}
+    spec = {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [expression]}]}}}}  # fmt: skip
+    assert daemon_node_count(spec, [node_]) == 0
+
+
+def test_node_facts_keep_the_taints_that_keep_pods_off() -> None:
+    raw = {
+        "metadata": {"name": "n"},
+        "spec": {"taints": [
+            {"key": "a", "value": "x", "effect": "NoSchedule"},
+            {"key": "b", "effect": "NoExecute"},
+            {"key": "c", "effect": "PreferNoSchedule"},
+        ]},
+    }  # fmt: skip
+    assert NodeFacts.from_node(raw).taints == (("a", "x", "NoSchedule"), ("b", "", "NoExecute"))
+    wired = msgspec.json.decode(json.dumps(raw).encode(), type=wire.Node)
+    assert NodeFacts.from_wire(wired) == NodeFacts.from_node(raw)

@@ -98,6 +98,14 @@ def deploy_label(operand: str) -> str:
 _NFD_KEYS = frozenset(GPU_PCI_LABELS + (OS_ID, OS_VERSION, KERNEL))
 
 
+Taint = tuple[str, str, str]  # key, value, effect
+
+
+def kept_label(key: str) -> bool:
+    """Whether NodeFacts keeps the node's label with this key (a selector on another key cannot be judged)."""
+    return _relevant(key)
+
+
 @lru_cache(maxsize=4096)  # every node event asks it of each of ~60 label keys, the same few dozen on every node
 def _relevant(key: str) -> bool:
     # NFD's NVIDIA PCI labels too: with device IDs in them they identify the GPU before any driver runs.
@@ -122,6 +130,7 @@ class NodeFacts:
     runtime: str = ""
     has_nfd: bool = False
     pci_devices: tuple[str, ...] = ()  # NVIDIA PCI device IDs from the node's NFD NodeFeature object
+    taints: tuple[Taint, ...] = ()  # those that keep pods off (NoSchedule, NoExecute)
     # The Node's resourceVersion this was read from (not part of what the node is: equal facts stay equal).
     resource_version: int = field(default=0, compare=False)
 
@@ -138,6 +147,10 @@ class NodeFacts:
             unschedulable=bool((node.get("spec") or {}).get("unschedulable")),
             ready=any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []),
             runtime=(status.get("nodeInfo") or {}).get("containerRuntimeVersion") or "",
+            taints=[
+                (t.get("key") or "", t.get("value") or "", t.get("effect") or "")
+                for t in (node.get("spec") or {}).get("taints") or []
+            ],
         )
 
     @classmethod
@@ -154,6 +167,7 @@ class NodeFacts:
             unschedulable=bool(node.spec is not None and node.spec.unschedulable),
             ready=any(c.type == "Ready" and c.status == "True" for c in status.conditions or ()),
             runtime=(info.containerRuntimeVersion if info is not None else None) or "",
+            taints=[(t.key, t.value or "", t.effect) for t in (node.spec.taints if node.spec else None) or ()],
         )
 
     @classmethod
@@ -167,6 +181,7 @@ class NodeFacts:
         unschedulable: bool,
         ready: bool,
         runtime: str,
+        taints: list[Taint] = [],  # noqa: B006 (read, never changed)
     ) -> NodeFacts:
         # Label keys and values are interned: 1,000 nodes carry the same few dozen of each.
         return cls(
@@ -179,6 +194,7 @@ class NodeFacts:
             ready=ready,
             runtime=intern(runtime.split(":", 1)[0]),
             has_nfd=any(k.startswith(NFD_PREFIX) for k in labels),  # over all labels, not only those kept
+            taints=tuple((intern(k), intern(v), intern(e)) for k, v, e in taints if e in ("NoSchedule", "NoExecute")),
             resource_version=_int(resource_version),
         )
 

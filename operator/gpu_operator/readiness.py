@@ -1,14 +1,102 @@
 """DaemonSet readiness (pure), following upstream's rules for RollingUpdate and OnDelete DaemonSets.
 
 Beyond upstream: a DaemonSet whose own pods are all ready at its newest revision, one on each node it is
-scheduled to, is ready without waiting for the controller to count them (`_pods_say_ready`)."""
+scheduled to, is ready without waiting for the controller to count them (`_pods_say_ready`). And a DaemonSet is
+not ready while the controller counts fewer nodes than the operator's own view says should run its pod
+(`daemon_node_count`): the operator creates its DaemonSets before it labels the nodes, and a controller that
+has not yet seen the labels reports 0 of 0 pods, which by the counts alone is ready."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
+from .nodes import NodeFacts, Taint, kept_label
+
 REVISION_HASH = "controller-revision-hash"
+
+# The DaemonSet controller gives every daemon pod these tolerations (key, effect) and counts the nodes its pods
+# should run on with them: a cordoned, NotReady or pressured node still counts.
+_DAEMON_TOLERATED = frozenset({
+    ("node.kubernetes.io/not-ready", "NoExecute"),
+    ("node.kubernetes.io/unreachable", "NoExecute"),
+    ("node.kubernetes.io/disk-pressure", "NoSchedule"),
+    ("node.kubernetes.io/memory-pressure", "NoSchedule"),
+    ("node.kubernetes.io/pid-pressure", "NoSchedule"),
+    ("node.kubernetes.io/unschedulable", "NoSchedule"),
+})  # fmt: skip
+_HOST_NETWORK_TOLERATED = ("node.kubernetes.io/network-unavailable", "NoSchedule")
+
+
+def daemon_node_count(template_spec: dict[str, Any], nodes: Collection[NodeFacts]) -> int:
+    """On how many of `nodes` the DaemonSet controller should run a pod of this template: its nodeSelector,
+    required node affinity and the node's taints against its tolerations (the controller's
+    NodeShouldRunDaemonPod). A selector on a label the node projection does not keep matches nothing, so the
+    count errs low, never high."""
+    selector = list((template_spec.get("nodeSelector") or {}).items())
+    if any(not kept_label(k) for k, _ in selector):
+        return 0
+    affinity = ((template_spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    )
+    terms = None if affinity is None else affinity.get("nodeSelectorTerms") or []
+    tolerations = template_spec.get("tolerations") or []
+    tolerated = _DAEMON_TOLERATED | ({_HOST_NETWORK_TOLERATED} if template_spec.get("hostNetwork") else set())
+    count = 0
+    for node in nodes:
+        labels = node.labels
+        if any(labels.get(k) != v for k, v in selector):
+            continue
+        if terms is not None and not any(_term_matches(t, node) for t in terms):
+            continue
+        if node.taints and any(
+            (t[0], t[2]) not in tolerated and not any(_tolerates(x, t) for x in tolerations) for t in node.taints
+        ):
+            continue
+        count += 1
+    return count
+
+
+def _term_matches(term: dict[str, Any], node: NodeFacts) -> bool:
+    """A node selector term: every expression holds; an empty term matches nothing."""
+    expressions = term.get("matchExpressions") or []
+    fields = term.get("matchFields") or []
+    if not expressions and not fields:
+        return False
+    for e in expressions:
+        key = e.get("key") or ""
+        if not kept_label(key) or not _holds(e, node.labels.get(key)):
+            return False
+    return all(f.get("key") == "metadata.name" and _holds(f, node.name) for f in fields)
+
+
+def _holds(expression: dict[str, Any], value: str | None) -> bool:
+    op = expression.get("operator")
+    values = expression.get("values") or []
+    if op == "In":
+        return value is not None and value in values
+    if op == "NotIn":
+        return value is None or value not in values
+    if op == "Exists":
+        return value is not None
+    if op == "DoesNotExist":
+        return value is None
+    if op in ("Gt", "Lt") and value is not None and len(values) == 1:
+        try:
+            have, bound = int(value), int(values[0])
+        except ValueError:
+            return False
+        return have > bound if op == "Gt" else have < bound
+    return False
+
+
+def _tolerates(toleration: dict[str, Any], taint: Taint) -> bool:
+    key, value, effect = taint
+    if toleration.get("effect") and toleration["effect"] != effect:
+        return False
+    if toleration.get("operator", "Equal") == "Exists":
+        return not toleration.get("key") or toleration["key"] == key
+    return (toleration.get("key") or "") == key and (toleration.get("value") or "") == value
 
 
 def newest_revision_hash(revisions: list[dict[str, Any]]) -> str | None:
@@ -79,10 +167,30 @@ def daemonset_ready(
     pods: Sequence[dict[str, Any]] | None = None,
     revisions: list[dict[str, Any]] | None = None,
     unready: Sequence[dict[str, Any]] | None = None,
+    nodes: Collection[NodeFacts] | None = None,
 ) -> tuple[bool, str]:
     """(ready, reason when not). `pods` and `revisions` are the DaemonSet's own, needed for OnDelete; `unready`
     those of its pods that are not ready and not being deleted (`is_unready`), worked out from `pods` when not
-    given (the runtime keeps them as pods change: a pass need not scan every pod of a rollout)."""
+    given (the runtime keeps them as pods change: a pass need not scan every pod of a rollout); `nodes` the
+    cluster's, to tell counts the controller has not brought up to date with the nodes' labels."""
+    ok, why = _ready(ds, pods, revisions, unready)
+    if not ok or nodes is None:
+        return ok, why
+    desired = (ds.get("status") or {}).get("desiredNumberScheduled", 0)
+    spec = ((ds.get("spec") or {}).get("template") or {}).get("spec") or {}
+    expected = daemon_node_count(spec, nodes)
+    if expected > desired:
+        name = ds.get("metadata", {}).get("name", "?")
+        return False, f"{name}: {expected} nodes should run its pod, the DaemonSet controller counts {desired} so far"
+    return True, ""
+
+
+def _ready(
+    ds: dict[str, Any],
+    pods: Sequence[dict[str, Any]] | None,
+    revisions: list[dict[str, Any]] | None,
+    unready: Sequence[dict[str, Any]] | None,
+) -> tuple[bool, str]:
     name = ds.get("metadata", {}).get("name", "?")
     status = ds.get("status") or {}
     # A new or changed DaemonSet whose status the controller has not written yet says nothing: not ready.

@@ -472,7 +472,7 @@ class Reconciler:
                 pods = [p for p in pods if p["node"] not in refused]
                 unready = [p for p in unready if p["node"] not in refused]
             revisions = [r for r in snap.revisions.values() if r["owner"] == name]
-            ok, why = daemonset_ready(ds, pods, revisions, unready)
+            ok, why = daemonset_ready(ds, pods, revisions, unready, nodes=snap.nodes.values())
             if not ok:
                 messages.append(why)
         if messages:

@@ -78,8 +78,15 @@ class NodeStatus(msgspec.Struct):
     nodeInfo: NodeInfo | None = None  # noqa: N815
 
 
+class Taint(msgspec.Struct):
+    key: str = ""
+    value: str | None = None
+    effect: str = ""
+
+
 class NodeSpec(msgspec.Struct):
     unschedulable: bool | None = None
+    taints: list[Taint] | None = None
 
 
 class Node(msgspec.Struct):

@@ -289,6 +289,8 @@ class Reconciler:
         for _, _, future in (ahead or {}).values():
             future.result()  # every one answered (an object the full plan dropped meanwhile comes by the watch)
         out.nodes = early_nodes + self.applier.patch_nodes(patches, versions)
+        # Readiness counts the nodes as this pass left them (a node labelled just now must have its pods).
+        patched = {**snap.nodes, **{n.name: n for n in out.nodes}} if out.nodes else snap.nodes
         self.labelling = Labelling(meta["name"], meta.get("uid", ""), generation, spec)
         pods_by_owner = snap.pod_index.by_owner
         for state_plan in plans:
@@ -310,7 +312,9 @@ class Reconciler:
             elif applied.failed:
                 results.append(StateResult(state.name, "notReady", "apply failed: " + applied.failed))
             else:
-                result = self._daemonsets_ready(state.name, desired, live, snap, pods_by_owner, set(refused))
+                result = self._daemonsets_ready(
+                    state.name, desired, live, snap, pods_by_owner, set(refused), patched
+                )
                 note = state.readiness_notes(ctx) if state.readiness_notes else None
                 if note:
                     message = f"{result.message}; {note}" if result.message else note
@@ -456,10 +460,13 @@ class Reconciler:
         snap: Snapshot,
         pods_by_owner: Mapping[str, Sequence[dict[str, Any]]],
         refused: set[str],
+        nodes: Mapping[str, NodeFacts] | None = None,
     ) -> StateResult:
         """The state's DaemonSets, each by upstream's readiness rule (RollingUpdate or OnDelete).
 
-        A driver pod on a refused node is kept at its old revision on purpose and does not count."""
+        A driver pod on a refused node is kept at its old revision on purpose and does not count. `nodes`: the
+        nodes to count against the controller's counts (the snapshot's by default)."""
+        nodes = snap.nodes if nodes is None else nodes
         messages = []
         for key in sorted(k for k in desired if k[0] == "DaemonSet"):
             ds = live.get(key)
@@ -472,7 +479,7 @@ class Reconciler:
                 pods = [p for p in pods if p["node"] not in refused]
                 unready = [p for p in unready if p["node"] not in refused]
             revisions = [r for r in snap.revisions.values() if r["owner"] == name]
-            ok, why = daemonset_ready(ds, pods, revisions, unready, nodes=snap.nodes.values())
+            ok, why = daemonset_ready(ds, pods, revisions, unready, nodes=nodes.values())
             if not ok:
                 messages.append(why)
         if messages:

@@ -26,6 +26,7 @@ from e2e.cluster.nodes import PROFILES, create_nodes, make_node
 from e2e.kube import wait_for
 from e2e.operator_process import NAMESPACE, OperatorProcess, install_crds_and_rbac, policy_from_sample
 from e2e.simulator import NodeSimulator
+from gpu_operator.apply import labels_of
 from gpu_operator.kube import Kube
 
 pytestmark = pytest.mark.local_cluster_only("the module starts its own control plane")
@@ -225,7 +226,7 @@ def test_a_labelled_node_the_daemonset_controller_has_not_counted_keeps_the_poli
     try:
         env.admin.merge_patch("Node", late, {"metadata": {"labels": gpu}})
         validator = "nvidia.com/gpu.deploy.operator-validator"
-        wait_for(lambda: labels_of(env.admin.get("Node", late)).get(validator) == "true", 60,
+        wait_for(lambda: labels_of(env.admin.get("Node", late) or {}).get(validator) == "true", 60,
                  message=f"{late} labelled by the operator")  # fmt: skip
 
         def held() -> dict[str, Any] | None:
@@ -244,7 +245,3 @@ def test_a_labelled_node_the_daemonset_controller_has_not_counted_keeps_the_poli
         assert model is not None and FILES <= set(model.host.files), sorted(model.host.files if model else ())
     finally:
         env.admin.delete("Node", late)
-
-
-def labels_of(obj: dict[str, Any] | None) -> dict[str, str]:
-    return ((obj or {}).get("metadata") or {}).get("labels") or {}

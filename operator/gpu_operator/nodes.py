@@ -181,7 +181,7 @@ class NodeFacts:
         unschedulable: bool,
         ready: bool,
         runtime: str,
-        taints: list[Taint] = [],  # noqa: B006 (read, never changed)
+        taints: Iterable[Taint] = (),
     ) -> NodeFacts:
         # Label keys and values are interned: 1,000 nodes carry the same few dozen of each.
         return cls(

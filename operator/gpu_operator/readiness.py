@@ -9,9 +9,11 @@ has not yet seen the labels reports 0 of 0 pods, which by the counts alone is re
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 from .nodes import NodeFacts, Taint, kept_label
+from .selectors import expression_ok, tolerates
 
 REVISION_HASH = "controller-revision-hash"
 
@@ -49,54 +51,29 @@ def daemon_node_count(template_spec: dict[str, Any], nodes: Collection[NodeFacts
             continue
         if terms is not None and not any(_term_matches(t, node) for t in terms):
             continue
-        if node.taints and any(
-            (t[0], t[2]) not in tolerated and not any(_tolerates(x, t) for x in tolerations) for t in node.taints
-        ):
+        if node.taints and any(_untolerated(t, tolerated, tolerations) for t in node.taints):
             continue
         count += 1
     return count
 
 
 def _term_matches(term: dict[str, Any], node: NodeFacts) -> bool:
-    """A node selector term: every expression holds; an empty term matches nothing."""
+    """A node selector term: every requirement holds; an empty term matches nothing."""
     expressions = term.get("matchExpressions") or []
     fields = term.get("matchFields") or []
     if not expressions and not fields:
         return False
-    for e in expressions:
-        key = e.get("key") or ""
-        if not kept_label(key) or not _holds(e, node.labels.get(key)):
-            return False
-    return all(f.get("key") == "metadata.name" and _holds(f, node.name) for f in fields)
-
-
-def _holds(expression: dict[str, Any], value: str | None) -> bool:
-    op = expression.get("operator")
-    values = expression.get("values") or []
-    if op == "In":
-        return value is not None and value in values
-    if op == "NotIn":
-        return value is None or value not in values
-    if op == "Exists":
-        return value is not None
-    if op == "DoesNotExist":
-        return value is None
-    if op in ("Gt", "Lt") and value is not None and len(values) == 1:
-        try:
-            have, bound = int(value), int(values[0])
-        except ValueError:
-            return False
-        return have > bound if op == "Gt" else have < bound
-    return False
-
-
-def _tolerates(toleration: dict[str, Any], taint: Taint) -> bool:
-    key, value, effect = taint
-    if toleration.get("effect") and toleration["effect"] != effect:
+    if any(not kept_label(e.get("key") or "") or not expression_ok(e, node.labels) for e in expressions):
         return False
-    if toleration.get("operator", "Equal") == "Exists":
-        return not toleration.get("key") or toleration["key"] == key
-    return (toleration.get("key") or "") == key and (toleration.get("value") or "") == value
+    return all(f.get("key") == "metadata.name" and expression_ok(f, {"metadata.name": node.name}) for f in fields)
+
+
+def _untolerated(taint: Taint, tolerated: AbstractSet[tuple[str, str]], tolerations: list[dict[str, Any]]) -> bool:
+    key, value, effect = taint
+    if (key, effect) in tolerated:
+        return False
+    as_dict = {"key": key, "value": value, "effect": effect}
+    return not any(tolerates(x, as_dict) for x in tolerations)
 
 
 def newest_revision_hash(revisions: list[dict[str, Any]]) -> str | None:

@@ -12,6 +12,8 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
+from ..selectors import expression_ok, tolerates
+
 GPU = "nvidia.com/gpu"
 GPU_SHARED = "nvidia.com/gpu.shared"
 MIG_PREFIX = "nvidia.com/mig-"
@@ -120,25 +122,6 @@ def nodes_with_pods(nodes: list[dict[str, Any]], pods: list[dict[str, Any]]) -> 
     return views
 
 
-def _expression_ok(expr: dict[str, Any], labels: dict[str, str]) -> bool:
-    key, op, values = expr.get("key", ""), expr.get("operator", "In"), expr.get("values") or []
-    if op == "In":
-        return key in labels and labels[key] in values
-    if op == "NotIn":
-        return key not in labels or labels[key] not in values
-    if op == "Exists":
-        return key in labels
-    if op == "DoesNotExist":
-        return key not in labels
-    if op in ("Gt", "Lt") and key in labels and values:
-        try:
-            have, want = int(labels[key]), int(values[0])
-        except ValueError:
-            return False
-        return have > want if op == "Gt" else have < want
-    return False
-
-
 def required_terms(pod: dict[str, Any]) -> list[dict[str, Any]]:
     affinity = ((pod.get("spec") or {}).get("affinity") or {}).get("nodeAffinity") or {}
     required = affinity.get("requiredDuringSchedulingIgnoredDuringExecution") or {}
@@ -153,22 +136,14 @@ def selector_ok(pod: dict[str, Any], labels: dict[str, str]) -> bool:
     terms = required_terms(pod)
     if not terms:
         return True
-    return any(all(_expression_ok(e, labels) for e in t.get("matchExpressions") or []) for t in terms)
-
-
-def _tolerates(toleration: dict[str, Any], taint: dict[str, Any]) -> bool:
-    if toleration.get("effect") and toleration["effect"] != taint.get("effect"):
-        return False
-    if toleration.get("operator", "Equal") == "Exists":
-        return not toleration.get("key") or toleration["key"] == taint.get("key")
-    return toleration.get("key") == taint.get("key") and (toleration.get("value") or "") == (taint.get("value") or "")
+    return any(all(expression_ok(e, labels) for e in t.get("matchExpressions") or []) for t in terms)
 
 
 def untolerated_taints(pod: dict[str, Any], node: NodeView) -> list[dict[str, Any]]:
     """The node's NoSchedule/NoExecute taints that the pod does not tolerate (a cordon counts as a taint)."""
     tolerations = (pod.get("spec") or {}).get("tolerations") or []
     taints = [t for t in node.taints if t.get("effect") in ("NoSchedule", "NoExecute")]
-    return [t for t in taints if t.get("key") != UNSCHEDULABLE_TAINT and not any(_tolerates(x, t) for x in tolerations)]
+    return [t for t in taints if t.get("key") != UNSCHEDULABLE_TAINT and not any(tolerates(x, t) for x in tolerations)]
 
 
 def cordoned(pod: dict[str, Any], node: NodeView) -> bool:
@@ -176,7 +151,7 @@ def cordoned(pod: dict[str, Any], node: NodeView) -> bool:
         return False
     tolerations = (pod.get("spec") or {}).get("tolerations") or []
     taint = {"key": UNSCHEDULABLE_TAINT, "effect": "NoSchedule"}
-    return not any(_tolerates(x, taint) for x in tolerations)
+    return not any(tolerates(x, taint) for x in tolerations)
 
 
 def short_of(requests: dict[str, Decimal], node: NodeView, count: int = 1) -> list[str]:
@@ -191,7 +166,7 @@ def _match_labels(selector: dict[str, Any], labels: dict[str, str]) -> bool:
         return False
     if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
         return False
-    return all(_expression_ok(e, labels) for e in selector.get("matchExpressions") or [])
+    return all(expression_ok(e, labels) for e in selector.get("matchExpressions") or [])
 
 
 def anti_affinity_terms(pod: dict[str, Any]) -> list[dict[str, Any]]:

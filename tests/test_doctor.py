@@ -7,7 +7,7 @@ from typing import Any
 
 from gpu_operator import capacity
 from gpu_operator.doctor import Cluster, diagnose, exit_status, render_json, render_prometheus, render_text
-from gpu_operator.doctor.sched import nodes_with_pods, quantity
+from gpu_operator.doctor.sched import nodes_with_pods, quantity, selector_ok
 from gpu_operator.nodes import NodeFacts
 from gpu_operator.observe import Snapshot
 
@@ -140,6 +140,27 @@ def test_affinity_to_a_product_with_the_shared_suffix() -> None:
         {"matchExpressions": [{"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-B200"]}]}]}}}}
     f = kinds(cluster([node("h-0")], [pod("p", 1, **model)]))["NoNodeMatchesAffinity"]
     assert "NVIDIA-B200" in f.summary and H100 in f.summary
+
+
+def test_scheduler_model_reads_node_selector_terms_as_kubernetes_does() -> None:
+    def required(*terms: dict[str, Any]) -> dict[str, Any]:
+        affinity = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": list(terms)}}
+        return {"spec": {"affinity": {"nodeAffinity": affinity}}}
+
+    labels = {"nvidia.com/gpu.present": "true"}
+    present = {"matchExpressions": [{"key": "nvidia.com/gpu.present", "operator": "In", "values": ["true"]}]}
+    by_name = {"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["h-0"]}]}
+    assert selector_ok(required(present), labels, "h-0")
+    assert not selector_ok(required({}), labels, "h-0")  # an empty term matches no node
+    assert selector_ok(required({}, present), labels, "h-0")  # terms are ORed
+    assert selector_ok(required(by_name), {}, "h-0") and not selector_ok(required(by_name), labels, "h-1")
+    assert not selector_ok(required({**present, **by_name}), {}, "h-0")  # requirements in a term are ANDed
+    # The scheduler's reading is what doctor's pending-pod analysis sees: a pod pinned by name to a node that
+    # does not exist matches none.
+    f = kinds(cluster([node("h-0")], [pod("p", 1, **required(by_name)["spec"])]))
+    assert "NoNodeMatchesAffinity" not in f
+    f = kinds(cluster([node("h-1")], [pod("p", 1, **required(by_name)["spec"])]))
+    assert "NoNodeMatchesAffinity" in f
 
 
 def test_untolerated_taint_gives_the_toleration() -> None:

@@ -130,7 +130,8 @@ def operand_pods(admin: Kube, nodes: list[dict[str, Any]], workers: int = 16) ->
                                               "uid": meta["uid"], "controller": True}]},
             "data": {"spec": {"template": {**template, "$patch": "replace"}}}, "revision": 1,
         })  # fmt: skip
-        on = [x for x in nodes if selector_ok({"spec": template["spec"]}, x["metadata"].get("labels") or {})]
+        probe = {"spec": template["spec"]}
+        on = [x for x in nodes if selector_ok(probe, x["metadata"].get("labels") or {}, x["metadata"]["name"])]
         for i, node in enumerate(on):
             pod = {
                 "apiVersion": "v1", "kind": "Pod",

@@ -69,7 +69,7 @@ class CapacityPlan:
 
 def fit_on(pod: dict[str, Any], node: NodeView, requests: dict[str, Decimal]) -> NodeFit:
     """How many copies of the pod this node takes now, and what limits it."""
-    if not selector_ok(pod, node.labels):
+    if not selector_ok(pod, node.labels, node.name):
         return NodeFit(node.name, 0, "excluded: node selector or affinity does not match")
     taints = untolerated_taints(pod, node)
     if taints:

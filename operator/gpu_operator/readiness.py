@@ -13,7 +13,7 @@ from collections.abc import Set as AbstractSet
 from typing import Any
 
 from .nodes import NodeFacts, Taint, kept_label
-from .selectors import expression_ok, tolerates
+from .selectors import term_matches, tolerates
 
 REVISION_HASH = "controller-revision-hash"
 
@@ -58,14 +58,10 @@ def daemon_node_count(template_spec: dict[str, Any], nodes: Collection[NodeFacts
 
 
 def _term_matches(term: dict[str, Any], node: NodeFacts) -> bool:
-    """A node selector term: every requirement holds; an empty term matches nothing."""
-    expressions = term.get("matchExpressions") or []
-    fields = term.get("matchFields") or []
-    if not expressions and not fields:
+    """A node selector term, on the labels NodeFacts keeps (one on a dropped label matches no node)."""
+    if not all(kept_label(e.get("key") or "") for e in term.get("matchExpressions") or []):
         return False
-    if any(not kept_label(e.get("key") or "") or not expression_ok(e, node.labels) for e in expressions):
-        return False
-    return all(f.get("key") == "metadata.name" and expression_ok(f, {"metadata.name": node.name}) for f in fields)
+    return term_matches(term, node.labels, node.name)
 
 
 def _untolerated(taint: Taint, tolerated: AbstractSet[tuple[str, str]], tolerations: list[dict[str, Any]]) -> bool:

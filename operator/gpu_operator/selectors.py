@@ -26,6 +26,18 @@ def expression_ok(expr: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
     return False
 
 
+def term_matches(term: Mapping[str, Any], labels: Mapping[str, str], name: str) -> bool:
+    """A required node selector term: every requirement holds (matchFields on the node's name); a term with none
+    matches nothing, as in Kubernetes."""
+    expressions = term.get("matchExpressions") or []
+    fields = term.get("matchFields") or []
+    if not expressions and not fields:
+        return False
+    if not all(expression_ok(e, labels) for e in expressions):
+        return False
+    return all(f.get("key") == "metadata.name" and expression_ok(f, {"metadata.name": name}) for f in fields)
+
+
 def tolerates(toleration: Mapping[str, Any], taint: Mapping[str, Any]) -> bool:
     """Whether a pod's toleration tolerates a taint (key, value, effect)."""
     if toleration.get("effect") and toleration["effect"] != taint.get("effect"):

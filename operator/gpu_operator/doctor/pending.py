@@ -101,7 +101,7 @@ def _diagnose(cluster: Cluster, pod: dict[str, Any]) -> Finding | None:
     advertising = [v for v in views if v.allocatable.get(resource, Decimal(0)) > 0]
     if not advertising:
         return _not_advertised(cluster, pod, ref, resource, count, evidence)
-    candidates = [v for v in views if selector_ok(pod, v.labels)]
+    candidates = [v for v in views if selector_ok(pod, v.labels, v.name)]
     if not candidates:
         return _no_matching_node(cluster, pod, ref, evidence)
     tolerated = [v for v in candidates if not untolerated_taints(pod, v)]

@@ -121,7 +121,7 @@ def _runs_on(ds: dict[str, Any], views: list[NodeView]) -> list[str]:
     """The nodes the DaemonSet controller places the DaemonSet's pods on: selector, affinity and taints."""
     template = ((ds.get("spec") or {}).get("template") or {}).get("spec") or {}
     probe = {"spec": {**template, "tolerations": list(template.get("tolerations") or []) + DAEMON_TOLERATIONS}}
-    return [v.name for v in views if selector_ok(probe, v.labels) and not untolerated_taints(probe, v)]
+    return [v.name for v in views if selector_ok(probe, v.labels, v.name) and not untolerated_taints(probe, v)]
 
 
 def _template_labels(ds: dict[str, Any]) -> dict[str, str]:

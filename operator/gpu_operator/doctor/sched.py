@@ -12,7 +12,7 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
-from ..selectors import expression_ok, tolerates
+from ..selectors import expression_ok, term_matches, tolerates
 
 GPU = "nvidia.com/gpu"
 GPU_SHARED = "nvidia.com/gpu.shared"
@@ -128,15 +128,15 @@ def required_terms(pod: dict[str, Any]) -> list[dict[str, Any]]:
     return list(required.get("nodeSelectorTerms") or [])
 
 
-def selector_ok(pod: dict[str, Any], labels: dict[str, str]) -> bool:
-    """nodeSelector and required node affinity (terms ORed, expressions ANDed)."""
+def selector_ok(pod: dict[str, Any], labels: dict[str, str], name: str) -> bool:
+    """nodeSelector and required node affinity (terms ORed, requirements ANDed) on node `name` with `labels`."""
     selector = (pod.get("spec") or {}).get("nodeSelector") or {}
     if any(labels.get(k) != v for k, v in selector.items()):
         return False
     terms = required_terms(pod)
     if not terms:
         return True
-    return any(all(expression_ok(e, labels) for e in t.get("matchExpressions") or []) for t in terms)
+    return any(term_matches(t, labels, name) for t in terms)
 
 
 def untolerated_taints(pod: dict[str, Any], node: NodeView) -> list[dict[str, Any]]:

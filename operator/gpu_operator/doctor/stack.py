@@ -201,7 +201,7 @@ def _blocked_daemonsets(cluster: Cluster) -> list[Finding]:
             "spec": {"nodeSelector": template.get("nodeSelector") or {}, "affinity": template.get("affinity") or {}}
         }
         for view in gpu_nodes:
-            if not selector_ok(probe, view.labels):
+            if not selector_ok(probe, view.labels, view.name):
                 continue
             bad = _tolerated(template.get("tolerations") or [], view)
             if bad:

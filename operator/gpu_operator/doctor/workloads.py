@@ -123,7 +123,7 @@ def _time_sliced(cluster: Cluster, pod: dict[str, Any], gpus: dict[str, int]) ->
     if count <= 1:
         return []
     node = (pod.get("spec") or {}).get("nodeName")
-    nodes = [node] if node else [v.name for v in cluster.views.values() if selector_ok(pod, v.labels)]
+    nodes = [node] if node else [v.name for v in cluster.views.values() if selector_ok(pod, v.labels, v.name)]
     shared = [n for n in nodes if _node_replicas(cluster, n) > 1]
     if not shared or (not node and len(shared) < len(nodes)):
         return []
@@ -184,7 +184,9 @@ def _cuda_vs_driver(cluster: Cluster, pod: dict[str, Any]) -> list[Finding]:
         nodes = [bound]
     else:
         nodes = [
-            v.name for v in cluster.views.values() if selector_ok(pod, v.labels) and driver_of_node(cluster, v.name)
+            v.name
+            for v in cluster.views.values()
+            if selector_ok(pod, v.labels, v.name) and driver_of_node(cluster, v.name)
         ]
     ref, cuda_s = pod_ref(pod), f"{cuda[0]}.{cuda[1]}"
     too_old, limited = [], []

@@ -161,6 +161,9 @@ def test_scheduler_model_reads_node_selector_terms_as_kubernetes_does() -> None:
     assert "NoNodeMatchesAffinity" not in f
     f = kinds(cluster([node("h-1")], [pod("p", 1, **required(by_name)["spec"])]))
     assert "NoNodeMatchesAffinity" in f
+    assert "metadata.name wants h-0: no node has that name" in f["NoNodeMatchesAffinity"].summary
+    f = kinds(cluster([node("h-0")], [pod("p", 1, **required({})["spec"])]))
+    assert "term with no requirements matches no node" in f["NoNodeMatchesAffinity"].summary
 
 
 def test_untolerated_taint_gives_the_toleration() -> None:

@@ -199,6 +199,22 @@ def _selector_keys(pod: dict[str, Any]) -> list[tuple[str, list[str]]]:
     return out
 
 
+def _unmatched_terms(cluster: Cluster, pod: dict[str, Any]) -> list[str]:
+    """What no label names: required terms with no requirements, and node names pinned by matchFields."""
+    names = {v.name for v in cluster.views.values()}
+    lines = []
+    for term in required_terms(pod):
+        fields = term.get("matchFields") or []
+        if not fields and not term.get("matchExpressions"):
+            lines.append("a required node affinity term with no requirements matches no node")
+        for f in fields:
+            if f.get("key") == "metadata.name" and f.get("operator", "In") == "In":
+                gone = [n for n in f.get("values") or [] if n not in names]
+                if gone:
+                    lines.append(f"matchFields metadata.name wants {', '.join(gone)}: no node has that name")
+    return lines
+
+
 def _suggest(wanted: str, present: list[str]) -> list[str]:
     """Values on the nodes that a wanted value means: with sharing or MIG single, gpu.product gets a suffix."""
     base = wanted.split("-SHARED", 1)[0].split("-MIG-", 1)[0]
@@ -222,6 +238,7 @@ def _no_matching_node(cluster: Cluster, pod: dict[str, Any], ref: str, evidence:
                    "MPS, and -MIG-<profile> with the MIG strategy single)")  # fmt: skip
         lines.append(f"{key}: wanted {', '.join(missing)}; nodes have {', '.join(present[:10])}{why}")
         corrected[key] = hints or present
+    lines += _unmatched_terms(cluster, pod)
     summary = "no node matches the pod's node selector or required node affinity: " + "; ".join(
         lines or ["the combination of labels it requires is on no node"]
     )

@@ -521,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="sample the operator with py-spy from ClusterPolicy to ready and while it idles; print "
                              "where its CPU goes (with --log, the raw stacks to ready beside the log)")
     args = parser.parse_args(argv)
+    if args.cpu_profile and not Path(sys.executable).with_name("py-spy").exists():
+        parser.error(f"--cpu-profile needs py-spy: {Path(sys.executable).with_name('pip')} install py-spy")
     # This process's watches time what they see, beside the node simulator's busy threads: the operator's interval.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     ensure_binaries()

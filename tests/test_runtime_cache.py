@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
+from gpu_operator import wire
 from gpu_operator.observe import Snapshot
-from gpu_operator.runtime import Operator, _daemonset
+from gpu_operator.runtime import Operator
 from support import facts
 
 
@@ -183,12 +184,14 @@ def test_the_daemonset_watch_feeds_the_owned_cache() -> None:
     op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
     key = ("DaemonSet", "gpu-operator", "nvidia-driver-daemonset")
     listed_item = {"metadata": {"name": "nvidia-driver-daemonset", "namespace": "gpu-operator", "resourceVersion": "7"}}
-    body = _daemonset(listed_item)  # a listing's item carries no kind
+    body = wire.daemonset_dict(wire.convert(listed_item, wire.DaemonSet))  # a listing's item carries no kind
     assert body["kind"] == "DaemonSet" and body["apiVersion"] == "apps/v1"
     op.on_daemonset("nvidia-driver-daemonset", body)
     assert op.owned[key] == body and op.daemonset("nvidia-driver-daemonset") == body and op.urgent.is_set()
     op.urgent.clear()
-    older = _daemonset({**listed_item, "metadata": {**listed_item["metadata"], "resourceVersion": "6"}})
+    older = wire.daemonset_dict(
+        wire.convert({**listed_item, "metadata": {**listed_item["metadata"], "resourceVersion": "6"}}, wire.DaemonSet)
+    )
     op.on_daemonset("nvidia-driver-daemonset", older)
     assert op.owned[key]["metadata"]["resourceVersion"] == "7"  # an older version does not replace the cached one
     op.on_daemonset("nvidia-driver-daemonset", None)

@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from sys import intern
 from typing import Any
 
+import yaml
 from hypothesis import example, given
 from hypothesis import strategies as st
 
 from gpu_operator import wire
+from gpu_operator.apply import foreign_write_after_ours, labels_of
 from gpu_operator.nodes import NFD_PREFIX, UPGRADE_ANNOTATION_PREFIX, NodeFacts
 from gpu_operator.nodewatch import Watch
-from gpu_operator.observe import pod_projection, project_pod
-from gpu_operator.readiness import pod_ready
+from gpu_operator.observe import key_of, pod_projection, project_pod
+from gpu_operator.readiness import daemon_node_count, daemonset_ready, pod_ready
 from gpu_operator.states.base import COMPONENT, STATE_LABEL
 
 CODEC = wire.Codec(wire.Pod)
@@ -478,3 +481,77 @@ def _override(obj: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         else:
             target[leaf] = value
     return obj
+
+
+# Our DaemonSets (the daemonset watch): kept without their templates' containers and volumes.
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+def api_daemonsets() -> list[dict[str, Any]]:
+    """Every rendered DaemonSet of the all-on scenario as the API server sends it: managedFields with their
+    fieldsV1, uid, generation and a status of the controller's counts."""
+    out = []
+    for path in sorted((GOLDEN / "all-on").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc or doc.get("kind") != "DaemonSet":
+                continue
+            doc["metadata"].update(uid="u-1", resourceVersion="88", generation=3,
+                                   creationTimestamp="2026-12-01T10:00:00Z", managedFields=[
+                {"manager": "gpu-operator", "operation": "Apply", "apiVersion": "apps/v1",
+                 "time": "2026-12-01T10:00:00Z", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}},
+                {"manager": "kubectl-edit", "operation": "Update", "apiVersion": "apps/v1",
+                 "time": "2026-12-01T10:05:00Z", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}},
+                {"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "apps/v1",
+                 "time": "2026-12-01T10:06:00Z", "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {}},
+                 "subresource": "status"},
+            ])  # fmt: skip
+            doc["status"] = {"currentNumberScheduled": 2, "desiredNumberScheduled": 2, "numberAvailable": 1,
+                             "numberMisscheduled": 0, "numberReady": 1, "numberUnavailable": 1,
+                             "observedGeneration": 3, "updatedNumberScheduled": 2}  # fmt: skip
+            out.append(doc)
+    return out
+
+
+def test_a_cached_daemonset_reads_as_the_whole_one_where_the_operator_reads_it() -> None:
+    """Readiness (counts, strategy, where its pods go), the apply (hash, generation, who wrote after us) and the
+    prune (labels, owner) decide the same on the cached DaemonSet as on the whole one; the containers and volumes
+    of its template, and managedFields' fieldsV1, are not kept."""
+    codec = wire.Codec(wire.DaemonSet)
+    whole = api_daemonsets()
+    assert len(whole) >= 8
+    selected = {k: v for ds in whole for k, v in (ds["spec"]["template"]["spec"].get("nodeSelector") or {}).items()}
+    gpu = NodeFacts.from_node({"metadata": {"name": "g1", "labels": selected}})
+    cpu = NodeFacts.from_node({"metadata": {"name": "c1", "labels": {}}})
+    assert selected and gpu.labels == selected
+    kept_bytes = 0
+    for ds in whole:
+        event = codec.decode_event(line({"type": "MODIFIED", "object": ds}))
+        kept = wire.daemonset_dict(event.object)
+        name = ds["metadata"]["name"]
+        assert kept["kind"] == "DaemonSet" and kept["apiVersion"] == "apps/v1", name
+        assert kept["metadata"] == {**ds["metadata"], "managedFields": [
+            {k: v for k, v in e.items() if k not in ("fieldsType", "fieldsV1")} for e in ds["metadata"]["managedFields"]
+        ]}, name  # fmt: skip
+        assert kept["status"] == ds["status"] and key_of(kept) == key_of(ds), name
+        template = kept["spec"]["template"]
+        assert template["metadata"] == ds["spec"]["template"]["metadata"], name
+        assert set(template["spec"]) <= {"nodeSelector", "affinity", "tolerations", "hostNetwork"}, name
+        assert {k: v for k, v in kept["spec"].items() if k != "template"} == {
+            k: v for k, v in ds["spec"].items() if k != "template"
+        }, name  # fmt: skip
+        for nodes in ([gpu], [gpu, cpu], []):
+            assert daemonset_ready(kept, [], [], [], nodes) == daemonset_ready(ds, [], [], [], nodes), name
+            assert daemon_node_count(template["spec"], nodes) == daemon_node_count(ds["spec"]["template"]["spec"],
+                                                                                   nodes), name  # fmt: skip
+        assert foreign_write_after_ours(kept["metadata"]["managedFields"]), name  # kubectl-edit came after us
+        assert labels_of(kept) == labels_of(ds), name
+        kept_bytes += len(json.dumps(kept))
+    assert kept_bytes < sum(len(json.dumps(ds)) for ds in whole) / 2
+
+
+def test_a_daemonset_watch_error_event_decodes_as_a_status() -> None:
+    status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "code": 410,
+              "reason": "Expired", "message": "too old resource version: 3 (4)"}  # fmt: skip
+    obj = wire.Codec(wire.DaemonSet).decode_event(line({"type": "ERROR", "object": status})).object
+    assert obj is not None and obj.status == "Failure" and obj.message == "too old resource version: 3 (4)"

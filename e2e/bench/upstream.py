@@ -1,0 +1,136 @@
+"""NVIDIA's own GPU operator, built from its source, run in place of ours by `operator_scale --upstream SRC`.
+
+SRC is a checkout of NVIDIA/gpu-operator (v26.7.0 measured) where the operator was built with
+
+    go build -mod=vendor -o bin/gpu-operator ./cmd/gpu-operator      # ~2 min here; its modules are vendored
+
+It runs outside the cluster like ours, under the same identity (so the audit log counts its requests the same
+way), with its own CRDs (SRC/deployments/gpu-operator/crds). It reads its operand manifests from the fixed path
+/opt/gpu-operator: the process gets a private mount namespace (`unshare`) with a tmpfs on /opt laid out as its
+image has it (assets, manifests, validator manifests), so nothing on this machine changes. Its ClusterRole is not
+rendered from its chart: the identity is bound to cluster-admin instead (the request counts do not depend on it).
+Component images: v26.7's defaults (gpu_operator.images) through the env variables upstream falls back to.
+
+Its operand pods lack our `app.kubernetes.io/managed-by=gpu-operator` label, so kwok runs them (Running and Ready
+once scheduled), not the node simulator: no start-up handshake, no GFD labels, hence no MIG manager pods and fewer
+node events than our operator gets. Its CPU and request figures are lower bounds for the same rollout.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import yaml
+
+from e2e.cluster.localcluster import OPERATOR_USER, LocalCluster
+from e2e.operator_process import INSTALL_MANIFEST, NAMESPACE, RBAC_KINDS, free_port
+from gpu_operator import images
+from gpu_operator.kube import Kube
+
+BINARY = Path("bin") / "gpu-operator"
+CRDS = Path("deployments") / "gpu-operator" / "crds"
+LAYOUT = (Path("assets"), Path("manifests"), Path("validator") / "manifests")
+# Each controller logs this once its caches are filled (controller-runtime), five of them in v26.7.
+STARTED = '"Starting workers"'
+# Its chart sets each component's image in the ClusterPolicy; the sample leaves them to our defaults. Upstream falls
+# back to these env variables (ImagePath): the same images, v26.7's.
+IMAGE_ENV = {
+    "DRIVER_IMAGE": "driver", "DRIVER_MANAGER_IMAGE": "driver-manager", "CONTAINER_TOOLKIT_IMAGE": "toolkit",
+    "DEVICE_PLUGIN_IMAGE": "device-plugin", "GFD_IMAGE": "gfd", "DCGM_IMAGE": "dcgm",
+    "DCGM_EXPORTER_IMAGE": "dcgm-exporter", "MIG_MANAGER_IMAGE": "mig-manager", "VALIDATOR_IMAGE": "validator",
+}
+
+
+def check_source(src: Path) -> str | None:
+    """Why SRC cannot be run (None: it can)."""
+    for need in (BINARY, CRDS, *LAYOUT):
+        if not (src / need).exists():
+            hint = " (build it: go build -mod=vendor -o bin/gpu-operator ./cmd/gpu-operator)" if need == BINARY else ""
+            return f"{src / need} is missing{hint}"
+    return None
+
+
+def install_crds_and_rbac(admin: Kube, src: Path) -> None:
+    """Its CRDs; our install manifest's namespace and ServiceAccount, the identity bound to cluster-admin."""
+    for path in sorted((src / CRDS).glob("*.yaml")):
+        for crd in yaml.safe_load_all(path.read_text()):
+            if crd:
+                admin.apply(crd)
+                admin.wait_established(crd["metadata"]["name"])
+    for doc in yaml.safe_load_all(INSTALL_MANIFEST.read_text()):
+        if doc and doc.get("kind") in RBAC_KINDS:
+            admin.apply(doc)
+    admin.apply({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": "bench-upstream-operator"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "User", "name": OPERATOR_USER, "apiGroup": "rbac.authorization.k8s.io"}],
+    })  # fmt: skip
+
+
+class UpstreamProcess:
+    """The same surface as OperatorProcess where the bench uses it: proc, username, stop(); started() waits for
+    its controllers' caches."""
+
+    def __init__(self, cluster: LocalCluster, log_path: Path, src: Path):
+        self.cluster = cluster
+        self.log_path = log_path
+        self.src = src.resolve()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.metrics_port = free_port()
+        self.health_port = free_port()
+
+    def start(self) -> UpstreamProcess:
+        run = [
+            str(self.src / BINARY), "--kubeconfig", str(self.cluster.operator_kubeconfig),
+            "--metrics-bind-address", f"127.0.0.1:{self.metrics_port}",
+            "--health-probe-bind-address", f"127.0.0.1:{self.health_port}",
+        ]  # fmt: skip
+        # /opt as its image lays it out (its Dockerfile's COPY lines), on a tmpfs only this process sees.
+        src = shlex.quote(str(self.src))
+        layout = (f"mount -t tmpfs none /opt && mkdir -p /opt/gpu-operator /opt/validator && "
+                  f"cp -r {src}/assets/. /opt/gpu-operator/ && cp -r {src}/manifests /opt/gpu-operator/manifests && "
+                  f"cp -r {src}/validator/manifests /opt/validator/manifests && exec {shlex.join(run)}")
+        env = dict(os.environ, OPERATOR_NAMESPACE=NAMESPACE, WATCH_NAMESPACE="")
+        env.update({name: images.join(*images.DEFAULTS[key]) for name, key in IMAGE_ENV.items()})
+        log = self.log_path.open("ab")
+        # unshare execs sh, which execs the operator: proc.pid is the operator's own pid.
+        self.proc = subprocess.Popen(["unshare", "--map-root-user", "--mount", "sh", "-c", layout],
+                                     stdout=log, stderr=subprocess.STDOUT, env=env)  # fmt: skip
+        log.close()
+        return self
+
+    def started(self, controllers: int = 5, timeout: float = 300) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                return False
+            if self.log_path.read_text(errors="replace").count(STARTED) >= controllers:
+                return True
+            time.sleep(0.5)
+        return False
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    @property
+    def username(self) -> str:
+        return OPERATOR_USER

@@ -566,3 +566,33 @@ def test_relabelling_with_our_labels_keeps_the_gpu_facts_and_with_gfds_works_the
     assert ours.__dict__["is_mig_capable"] is True and ours.__dict__["identity"] is node.identity
     [gfd] = relabelled([node], {"n1": {"labels": {"nvidia.com/mig.capable": "false"}}})
     assert "is_mig_capable" not in gfd.__dict__ and not gfd.is_mig_capable
+
+
+def test_a_nodes_next_object_inherits_its_gpu_facts_unless_what_they_are_read_from_changed() -> None:
+    gfd = {"nvidia.com/mig.capable": "true", "nvidia.com/gpu.family": "hopper", "nvidia.com/gpu.product": H100}
+    node = facts("n1", labels=gfd)
+    assert node.is_mig_capable and node.has_gpu and node.identity.known and node.label_devices == ()
+
+    def next_object(labels: dict[str, str], **changes: Any) -> NodeFacts:
+        return replace(node, labels={**node.labels, **labels}, **changes)
+
+    ours = next_object({"nvidia.com/gpu.deploy.driver": "true"})
+    ours.inherit(node)
+    assert ours.__dict__["identity"] is node.identity and ours.__dict__["is_mig_capable"] is True
+    assert ours.__dict__["label_devices"] == () and ours.__dict__["has_gpu"] is True
+    for changed in (
+        next_object({"nvidia.com/mig.capable": "false"}),  # GFD's
+        next_object({"nvidia.com/gpu.product": "NVIDIA-L4"}),
+        next_object({"feature.node.kubernetes.io/pci-0302_10de_27b8.present": "true"}),  # NFD's
+        next_object({}, pci_devices=("27b8",)),  # its NodeFeature's
+    ):
+        changed.inherit(node)
+        assert "identity" not in changed.__dict__ and "is_mig_capable" not in changed.__dict__, changed.labels
+    gone = replace(node, labels={k: v for k, v in node.labels.items() if k != "nvidia.com/mig.capable"})
+    gone.inherit(node)
+    assert "is_mig_capable" not in gone.__dict__  # worked out again (from the product, then)
+    # What a node object worked out itself stays its own.
+    fresh = next_object({"nvidia.com/gpu.deploy.driver": "true"})
+    mine = fresh.identity
+    fresh.inherit(node)
+    assert fresh.identity is mine

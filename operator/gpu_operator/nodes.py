@@ -203,10 +203,26 @@ class NodeFacts:
         the `changed` label keys is one they are read from."""
         out = replace(self, labels=labels, annotations=annotations)
         if not any(k.startswith(NFD_PREFIX) or k in _GPU_FACT_LABELS for k in changed):
-            for name in _GPU_FACTS:
-                if name in self.__dict__:
-                    out.__dict__[name] = self.__dict__[name]
+            out._take_gpu_facts(self)
         return out
+
+    def inherit(self, previous: NodeFacts) -> None:
+        """Take the GPU facts `previous` (this node's last object, from the watch) worked out, when none of the
+        labels or devices they are read from differ: a node's label events (GFD's, mig-manager's, ours) then
+        cost no new GPU identification each."""
+        if previous is self or previous.pci_devices != self.pci_devices:
+            return
+        old, new = previous.labels, self.labels
+        if old != new:
+            for k in old.keys() | new.keys():
+                if (k in _GPU_FACT_LABELS or k.startswith(NFD_PREFIX)) and old.get(k) != new.get(k):
+                    return
+        self._take_gpu_facts(previous)
+
+    def _take_gpu_facts(self, other: NodeFacts) -> None:
+        for name in _GPU_FACTS:
+            if name in other.__dict__ and name not in self.__dict__:
+                self.__dict__[name] = other.__dict__[name]
 
     @cached_property
     def label_devices(self) -> tuple[str, ...]:

@@ -213,6 +213,8 @@ class Operator:
         if cached is not None and facts.resource_version < cached.resource_version:
             return  # older than what we hold (the answer to our own patch came first)
         if cached != facts:
+            if cached is not None:
+                facts.inherit(cached)
             self.nodes[name] = facts
             if cached is None or (self.not_ready and not self.unready):
                 # A node came, or a node's labels (mig-manager's report, say) may be all the status waits for.

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def install_crds_and_rbac(admin: Kube) -> None:
-    """What `kubectl apply -f manifests/gpu-operator.yaml` installs, minus the Deployment (no image here)."""
-    for crd in all_crds():
+def install_crds_and_rbac(admin: Kube, crds: Iterable[dict[str, Any]] | None = None) -> None:
+    """What `kubectl apply -f manifests/gpu-operator.yaml` installs, minus the Deployment (no image here); `crds`:
+    other CRDs than ours (NVIDIA's, for its operator)."""
+    for crd in all_crds() if crds is None else crds:
         admin.apply(crd)
         admin.wait_established(crd["metadata"]["name"])
     for doc in yaml.safe_load_all(INSTALL_MANIFEST.read_text()):

@@ -20,15 +20,15 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import yaml
 
+from e2e import operator_process
 from e2e.cluster.localcluster import OPERATOR_USER, LocalCluster
-from e2e.operator_process import INSTALL_MANIFEST, NAMESPACE, RBAC_KINDS, free_port
+from e2e.operator_process import NAMESPACE, OperatorProcess
 from gpu_operator import images
 from gpu_operator.kube import Kube
 
@@ -57,14 +57,8 @@ def check_source(src: Path) -> str | None:
 
 def install_crds_and_rbac(admin: Kube, src: Path) -> None:
     """Its CRDs; our install manifest's namespace and ServiceAccount, the identity bound to cluster-admin."""
-    for path in sorted((src / CRDS).glob("*.yaml")):
-        for crd in yaml.safe_load_all(path.read_text()):
-            if crd:
-                admin.apply(crd)
-                admin.wait_established(crd["metadata"]["name"])
-    for doc in yaml.safe_load_all(INSTALL_MANIFEST.read_text()):
-        if doc and doc.get("kind") in RBAC_KINDS:
-            admin.apply(doc)
+    crds = [doc for path in sorted((src / CRDS).glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    operator_process.install_crds_and_rbac(admin, crds)
     admin.apply({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
         "metadata": {"name": "bench-upstream-operator"},
@@ -73,17 +67,13 @@ def install_crds_and_rbac(admin: Kube, src: Path) -> None:
     })  # fmt: skip
 
 
-class UpstreamProcess:
-    """The same surface as OperatorProcess where the bench uses it: proc, username, stop(); started() waits for
-    its controllers' caches."""
+class UpstreamProcess(OperatorProcess):
+    """OperatorProcess's surface (proc, stop, log_tail, username) for NVIDIA's binary; started() waits for its
+    controllers' caches."""
 
     def __init__(self, cluster: LocalCluster, log_path: Path, src: Path):
-        self.cluster = cluster
-        self.log_path = log_path
+        super().__init__(cluster, log_path)
         self.src = src.resolve()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.metrics_port = free_port()
-        self.health_port = free_port()
 
     def start(self) -> UpstreamProcess:
         run = [
@@ -114,23 +104,3 @@ class UpstreamProcess:
                 return True
             time.sleep(0.5)
         return False
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def log_tail(self, lines: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return ""
-
-    @property
-    def username(self) -> str:
-        return OPERATOR_USER

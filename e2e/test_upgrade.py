@@ -347,9 +347,19 @@ def test_auto_upgrade_switched_off_mid_upgrade_uncordons_the_node_it_had_cordone
             return STATE_LABEL not in n["metadata"]["labels"] and not n["spec"].get("unschedulable")
 
         wait_for(handed_back, 60, message=f"{held} uncordoned and unlabelled with autoUpgrade off")
-        events = env.admin.list("Event", "default", field_selector=f"involvedObject.name={held}")
-        texts = [e.get("message", "") for e in events if e.get("reason") == "GPUDriverUpgrade"]
-        assert any("autoUpgrade switched off in wait-for-jobs-required: node uncordoned" in t for t in texts), texts
+
+        def upgrade_texts() -> list[str]:
+            events = env.admin.list("Event", "default", field_selector=f"involvedObject.name={held}")
+            return [e.get("message", "") for e in events if e.get("reason") == "GPUDriverUpgrade"]
+
+        # The event follows the node's patch (posted after it): wait for it rather than read once.
+        said = "autoUpgrade switched off in wait-for-jobs-required: node uncordoned"
+        try:
+            wait_for(lambda: any(said in t for t in upgrade_texts()), 15, message="the switched-off event")
+        except Exception:  # noqa: BLE001 - the assertion below shows what was posted
+            pass
+        texts = upgrade_texts()
+        assert any(said in t for t in texts), texts
         assert WAIT_FOR_JOBS_START_ANNOTATION not in node(env, held)["metadata"].get("annotations", {})
     finally:
         env.admin.delete("Deployment", "long-job", WORK)

@@ -34,7 +34,9 @@ from gpu_operator.kube import Kube
 
 BINARY = Path("bin") / "gpu-operator"
 CRDS = Path("deployments") / "gpu-operator" / "crds"
-LAYOUT = (Path("assets"), Path("manifests"), Path("validator") / "manifests")
+# /opt as its image lays it out (its Dockerfile's COPY lines): what of SRC goes where.
+LAYOUT = {"assets": "/opt/gpu-operator", "manifests": "/opt/gpu-operator/manifests",
+          "validator/manifests": "/opt/validator/manifests"}  # fmt: skip
 # Each controller logs this once its caches are filled (controller-runtime), five of them in v26.7.
 STARTED = '"Starting workers"'
 # Its chart sets each component's image in the ClusterPolicy; the sample leaves them to our defaults. Upstream falls
@@ -48,7 +50,7 @@ IMAGE_ENV = {
 
 def check_source(src: Path) -> str | None:
     """Why SRC cannot be run (None: it can)."""
-    for need in (BINARY, CRDS, *LAYOUT):
+    for need in (BINARY, CRDS, *map(Path, LAYOUT)):
         if not (src / need).exists():
             hint = " (build it: go build -mod=vendor -o bin/gpu-operator ./cmd/gpu-operator)" if need == BINARY else ""
             return f"{src / need} is missing{hint}"
@@ -81,11 +83,9 @@ class UpstreamProcess(OperatorProcess):
             "--metrics-bind-address", f"127.0.0.1:{self.metrics_port}",
             "--health-probe-bind-address", f"127.0.0.1:{self.health_port}",
         ]  # fmt: skip
-        # /opt as its image lays it out (its Dockerfile's COPY lines), on a tmpfs only this process sees.
-        src = shlex.quote(str(self.src))
-        layout = (f"mount -t tmpfs none /opt && mkdir -p /opt/gpu-operator /opt/validator && "
-                  f"cp -r {src}/assets/. /opt/gpu-operator/ && cp -r {src}/manifests /opt/gpu-operator/manifests && "
-                  f"cp -r {src}/validator/manifests /opt/validator/manifests && exec {shlex.join(run)}")
+        # LAYOUT on a tmpfs only this process sees (each destination made, then filled, in order).
+        copies = [f"mkdir -p {to} && cp -r {shlex.quote(str(self.src / part))}/. {to}/" for part, to in LAYOUT.items()]
+        layout = " && ".join(["mount -t tmpfs none /opt", *copies, f"exec {shlex.join(run)}"])
         env = dict(os.environ, OPERATOR_NAMESPACE=NAMESPACE, WATCH_NAMESPACE="")
         env.update({name: images.join(*images.DEFAULTS[key]) for name, key in IMAGE_ENV.items()})
         log = self.log_path.open("ab")

@@ -212,6 +212,11 @@ def _short(path: str) -> str:
     return path
 
 
+def _last_write(cluster: LocalCluster, user: str) -> float:
+    """When `user` last wrote, by the audit log (0 if never)."""
+    return max((audit_time(e) for e in requests_of(cluster, user) if e["verb"] in WRITE_VERBS), default=0.0)
+
+
 def heap_report(pid: int, where: Path) -> str:
     """The operator's heap report (gpu_operator.debug), asked for with SIGUSR1."""
     os.kill(pid, signal.SIGUSR1)
@@ -510,7 +515,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="after the joins, upgrade the driver N nodes at a time (maxParallelUpgrades; default "
                              "10%% of the nodes; 0: no upgrade)")
     parser.add_argument("--settled", type=float, default=60.0,
-                        help="seconds of steady state measured again once the passes after ready stop (0: not)")
+                        help="seconds of steady state measured again (CPU, writes, reads) once the passes after "
+                             "ready stop (NVIDIA's: once it has not written for 15 s) (0: not)")
     parser.add_argument("--switch", default="dcgmExporter", metavar="SECTION",
                         help="after the joins, switch this ClusterPolicy section off, then back on: time until its "
                              "DaemonSet and the status are ready again, status patches spent (\"\": not)")
@@ -544,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upstream", type=Path, metavar="SRC",
                         help="run NVIDIA's operator instead of ours: SRC is a NVIDIA/gpu-operator checkout with "
                              "bin/gpu-operator built in it (see e2e/bench/upstream.py); figures of our operator "
-                             "alone (reconcile passes, --settled, doctor) are left out")
+                             "alone (reconcile passes, doctor) are left out")
     args = parser.parse_args(argv)
     if args.upstream:
         if args.cpu_profile or args.pass_profile or args.heap_report or args.alloc_top:
@@ -652,7 +658,8 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
             created_at = time.time()
             rollout = Path(tmp) / "rollout.prof"
             spy_rollout = py_spy(op.proc.pid, args.timeout, rollout) if args.cpu_profile else None
-            admin.create(policy_from_sample())
+            policy = policy_from_sample()
+            admin.create(nvidia.through_simulator(policy) if args.upstream else policy)
             state = None
             daemonsets, steady_since = 0, time.monotonic()
             said_ready: float | None = None  # when the status said ready, while it still says so
@@ -771,23 +778,38 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
                 print_profile(Path(tmp) / "idle.prof")
             if args.alloc_top or args.heap_report:
                 print(heap_report(op.proc.pid, Path(tmp)), flush=True)
-            if args.settled and ours:
+            if args.settled:
                 # Right after ready, node labels still change for a while (mig-manager reports each node's
-                # layout applied), each change a full pass. Measure again once the passes stop for 15 s.
+                # layout applied, each change a full pass of ours; NVIDIA's upgrade controller marks each node's
+                # upgrade state). Measure again once ours has run no pass, or NVIDIA's has written nothing, for 15 s.
                 t_wait = time.monotonic()
-                last, still = passes(op.metrics_port), time.monotonic()
-                while time.monotonic() - still < 15 and time.monotonic() - t_wait < 600:
-                    time.sleep(1)
-                    now = passes(op.metrics_port)
-                    if now != last:
-                        last, still = now, time.monotonic()
-                figure("last pass after ready", still - (t0 + ready_s), "s")
-                print(f"  passes after ready started by: {_since(triggers(op.metrics_port), triggers_ready)}")
-                cpu2, p0 = cpu_seconds(op.proc.pid), passes(op.metrics_port)
+                if ours:
+                    last, still = passes(op.metrics_port), time.monotonic()
+                    while time.monotonic() - still < 15 and time.monotonic() - t_wait < 600:
+                        time.sleep(1)
+                        now = passes(op.metrics_port)
+                        if now != last:
+                            last, still = now, time.monotonic()
+                    figure("last pass after ready", still - (t0 + ready_s), "s")
+                    print(f"  passes after ready started by: {_since(triggers(op.metrics_port), triggers_ready)}")
+                else:
+                    while time.monotonic() - t_wait < 600:
+                        wrote = _last_write(cluster, user)
+                        if time.time() - wrote >= 15:
+                            break
+                        time.sleep(5)
+                    figure("last write after ready", wrote - ready_at, "s")
+                cpu2, p0 = cpu_seconds(op.proc.pid), passes(op.metrics_port) if ours else 0.0
+                settled_from = time.time()
                 time.sleep(args.settled)
                 settled_cpu = 100 * (cpu_seconds(op.proc.pid) - cpu2) / args.settled
+                settled = [e for e in requests_of(cluster, user) if settled_from <= audit_time(e) <= time.time()]
                 figure("operator CPU at steady state, once settled", settled_cpu, "% of a core",
-                       f"({passes(op.metrics_port) - p0:.0f} passes in {args.settled:.0f} s)")
+                       f"({passes(op.metrics_port) - p0:.0f} passes in {args.settled:.0f} s)" if ours else "")
+                figure(f"writes in {args.settled:.0f} s once settled", sum(e["verb"] in WRITE_VERBS for e in settled),
+                       "")
+                figure(f"reads in {args.settled:.0f} s once settled",
+                       sum(e["verb"] not in WRITE_VERBS and e["verb"] != "watch" for e in settled), "")
 
             if ours:
                 t_doc = time.monotonic()
@@ -799,9 +821,7 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
                        f"analysis), {len(found)} findings")
 
             if args.joins:
-                # Not with NVIDIA's: under its GFD DaemonSet our node simulator publishes no GFD labels (its pods
-                # run; why the model does not publish was not looked into), so the follow-up would wait 10 min.
-                join(cluster, admin, user, args.joins, "join", args.device_labels, figure, follow_up=ours,
+                join(cluster, admin, user, args.joins, "join", args.device_labels, figure, follow_up=True,
                      one_os=args.one_os)
             if args.switch:  # after the joins: they are measured on a cluster at rest
                 switch_back_on(cluster, admin, user, args.switch, args.timeout, figure)

@@ -11,9 +11,9 @@ image has it (assets, manifests, validator manifests), so nothing on this machin
 rendered from its chart: the identity is bound to cluster-admin instead (the request counts do not depend on it).
 Component images: v26.7's defaults (gpu_operator.images) through the env variables upstream falls back to.
 
-Its operand pods lack our `app.kubernetes.io/managed-by=gpu-operator` label, so kwok runs them (Running and Ready
-once scheduled), not the node simulator: no start-up handshake, no GFD labels, hence no MIG manager pods and fewer
-node events than our operator gets. Its CPU and request figures are lower bounds for the same rollout.
+Its operand pods go through the node simulator as ours do: its ClusterPolicy's `daemonsets.labels` puts our
+`app.kubernetes.io/managed-by=gpu-operator` on each pod template (upstream applies those labels to every operand
+DaemonSet), so kwok leaves them to the simulator (e2e/cluster/stages/pod-ready.yaml).
 """
 
 from __future__ import annotations
@@ -23,16 +23,19 @@ import shlex
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from e2e import operator_process
 from e2e.cluster.localcluster import OPERATOR_USER, LocalCluster
 from e2e.operator_process import NAMESPACE, OperatorProcess
+from e2e.simulator import MANAGED_SELECTOR
 from gpu_operator import images
 from gpu_operator.kube import Kube
 
 BINARY = Path("bin") / "gpu-operator"
+MANAGED_SELECTOR_LABEL = dict([MANAGED_SELECTOR.split("=")])
 CRDS = Path("deployments") / "gpu-operator" / "crds"
 # /opt as its image lays it out (its Dockerfile's COPY lines): what of SRC goes where.
 LAYOUT = {"assets": "/opt/gpu-operator", "manifests": "/opt/gpu-operator/manifests",
@@ -46,6 +49,13 @@ IMAGE_ENV = {
     "DEVICE_PLUGIN_IMAGE": "device-plugin", "GFD_IMAGE": "gfd", "DCGM_IMAGE": "dcgm",
     "DCGM_EXPORTER_IMAGE": "dcgm-exporter", "MIG_MANAGER_IMAGE": "mig-manager", "VALIDATOR_IMAGE": "validator",
 }
+
+
+def through_simulator(policy: dict[str, Any]) -> dict[str, Any]:
+    """The ClusterPolicy with the label that hands NVIDIA's operand pods to the node simulator (see above)."""
+    labels = policy["spec"].setdefault("daemonsets", {}).setdefault("labels", {})
+    labels.update(MANAGED_SELECTOR_LABEL)
+    return policy
 
 
 def check_source(src: Path) -> str | None:

@@ -35,7 +35,7 @@ from gpu_operator import images
 from gpu_operator.kube import Kube
 
 BINARY = Path("bin") / "gpu-operator"
-MANAGED_SELECTOR_LABEL = dict([MANAGED_SELECTOR.split("=")])
+MANAGED_KEY, MANAGED_VALUE = MANAGED_SELECTOR.split("=")  # the label kwok leaves to the node simulator
 CRDS = Path("deployments") / "gpu-operator" / "crds"
 # /opt as its image lays it out (its Dockerfile's COPY lines): what of SRC goes where.
 LAYOUT = {"assets": "/opt/gpu-operator", "manifests": "/opt/gpu-operator/manifests",
@@ -53,8 +53,7 @@ IMAGE_ENV = {
 
 def through_simulator(policy: dict[str, Any]) -> dict[str, Any]:
     """The ClusterPolicy with the label that hands NVIDIA's operand pods to the node simulator (see above)."""
-    labels = policy["spec"].setdefault("daemonsets", {}).setdefault("labels", {})
-    labels.update(MANAGED_SELECTOR_LABEL)
+    policy["spec"].setdefault("daemonsets", {}).setdefault("labels", {})[MANAGED_KEY] = MANAGED_VALUE
     return policy
 
 

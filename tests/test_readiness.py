@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from gpu_operator import wire
 from gpu_operator.nodes import NodeFacts
 from gpu_operator.readiness import daemon_node_count, daemonset_ready, newest_revision_hash, pod_ready
+from support import load_policy, node
 
 
 def ds(strategy: str = "RollingUpdate", generation: int = 2, **status: int) -> dict[str, Any]:
@@ -379,3 +381,82 @@ def test_node_facts_keep_the_taints_that_keep_pods_off() -> None:
     assert NodeFacts.from_node(raw).taints == (("a", "x", "NoSchedule"), ("b", "", "NoExecute"))
     wired = msgspec.json.decode(json.dumps(raw).encode(), type=wire.Node)
     assert NodeFacts.from_wire(wired) == NodeFacts.from_node(raw)
+
+
+class _Cluster:
+    """Nodes patched as the API server merges a patch; each DaemonSet applied answered with a status that counts
+    `scheduled` pods, all ready and current; anything else a pass writes (its status, events) taken as sent."""
+
+    def __init__(self, nodes: list[dict[str, Any]], scheduled: int):
+        self.nodes = {n["metadata"]["name"]: n for n in nodes}
+        self.scheduled = scheduled
+        self.rv = 100
+
+    def writes(self) -> int:
+        return 0
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        if obj["kind"] != "DaemonSet":
+            return obj
+        return {**obj, "metadata": {**obj["metadata"], "generation": 1}, "status": _counted(self.scheduled)}
+
+    def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *_: Any, **__: Any) -> dict[str, Any]:
+        if kind != "Node":
+            return patch
+        meta = self.nodes[name]["metadata"]
+        for part in ("labels", "annotations"):
+            held = meta.setdefault(part, {})
+            for k, v in (patch["metadata"].get(part) or {}).items():
+                if v is None:
+                    held.pop(k, None)
+                else:
+                    held[k] = v
+        self.rv += 1
+        meta["resourceVersion"] = str(self.rv)
+        return copy.deepcopy(self.nodes[name])
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *a, **k: a[0] if a and isinstance(a[0], dict) else {}
+
+
+def _counted(n: int) -> dict[str, Any]:
+    counts = ("desiredNumberScheduled", "currentNumberScheduled", "numberReady", "updatedNumberScheduled",
+              "numberAvailable")
+    return {"observedGeneration": 1, **dict.fromkeys(counts, n)}
+
+
+def test_a_pass_counts_the_nodes_it_labels_itself_before_it_calls_a_daemonset_ready() -> None:
+    # The snapshot still holds a node's labels from before the pass's own patch: a node labelled just now must
+    # have its pod too before the DaemonSet is ready, though the controller's count matches the snapshot.
+    from gpu_operator.observe import Snapshot, key_of
+    from gpu_operator.reconciler import Reconciler
+
+    pol = load_policy()
+    pol["metadata"].update(uid="u1", generation=1, resourceVersion="1")
+    cluster = _Cluster([node("n1"), node("n2")], scheduled=1)
+    r = Reconciler(cluster, "gpu-operator")  # type: ignore[arg-type]
+    written: list[dict[str, Any]] = []
+    write = r.status.write
+
+    def recording(policy: dict[str, Any], status: dict[str, Any], quiet: bool = False) -> bool:
+        written.append(status)
+        return write(policy, status, quiet)
+
+    r.status.write = recording  # type: ignore[method-assign]
+
+    def toolkit(names: list[str], owned: dict[Any, dict[str, Any]]) -> tuple[Any, tuple[str, str]]:
+        nodes = {n: NodeFacts.from_node(copy.deepcopy(cluster.nodes[n])) for n in names}
+        out = r.reconcile(Snapshot(nodes=nodes, policies={"cluster-policy": pol}, owned=owned, pods={}, revisions={}))
+        [state] = [s for s in written[-1]["states"] if s["name"] == "state-container-toolkit"]
+        return out, (state["state"], state["message"])
+
+    first, verdict = toolkit(["n1"], {})
+    assert [n.name for n in first.nodes] == ["n1"] and verdict == ("ready", "")  # n1 labelled and counted
+    owned = {key_of(o): o for o in first.applied}
+    second, verdict = toolkit(["n1", "n2"], owned)
+    assert [n.name for n in second.nodes] == ["n2"] and not second.applied  # n2 labelled; no object changed
+    expected = "nvidia-container-toolkit-daemonset: 2 nodes should run its pod, the DaemonSet controller counts 1"
+    assert verdict[0] == "notReady" and verdict[1].startswith(expected), verdict
+    recounted = {k: {**o, "status": _counted(2)} if o["kind"] == "DaemonSet" else o for k, o in owned.items()}
+    _, verdict = toolkit(["n1", "n2"], recounted)
+    assert verdict == ("ready", "")  # once the controller counts n2 too

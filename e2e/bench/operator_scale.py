@@ -386,6 +386,7 @@ def all_rolled_out(daemonsets: list[dict[str, Any]], gpu_nodes: int) -> bool:
 
 
 VALIDATOR_APP = "nvidia-operator-validator"
+DRIVER_APP = "nvidia-driver-daemonset"
 NEW_DRIVER = "600.10.01"
 
 
@@ -454,9 +455,9 @@ def upgrade(cluster: LocalCluster, admin: Kube, user: str, total: int, parallel:
                 done_at.setdefault(name, time.time())
 
     stop = threading.Event()
-    pods = (path_for("Pod", namespace=NAMESPACE), "nvidia.com/gpu-operator.state=state-driver", pod)
-    validators = (path_for("Pod", namespace=NAMESPACE), "nvidia.com/gpu-operator.state=state-operator-validation",
-                  validator)
+    # By upstream's `app` labels, which both operators' pods carry.
+    pods = (path_for("Pod", namespace=NAMESPACE), f"app={DRIVER_APP}", pod)
+    validators = (path_for("Pod", namespace=NAMESPACE), f"app={VALIDATOR_APP}", validator)
     nodes = (path_for("Node"), UPGRADE_STATE, node)
     watchers = [
         threading.Thread(target=_watch, daemon=True, args=(Kube.connect(str(cluster.kubeconfig)), *spec, stop))

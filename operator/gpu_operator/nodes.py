@@ -202,7 +202,7 @@ class NodeFacts:
         """This node with other labels and annotations; the GPU facts worked out already are kept when none of
         the `changed` label keys is one they are read from."""
         out = replace(self, labels=labels, annotations=annotations)
-        if not any(k.startswith(NFD_PREFIX) or k in _GPU_FACT_LABELS for k in changed):
+        if not any(map(_gpu_fact_label, changed)):
             out._take_gpu_facts(self)
         return out
 
@@ -215,7 +215,7 @@ class NodeFacts:
         old, new = previous.labels, self.labels
         if old != new:
             for k in old.keys() | new.keys():
-                if (k in _GPU_FACT_LABELS or k.startswith(NFD_PREFIX)) and old.get(k) != new.get(k):
+                if _gpu_fact_label(k) and old.get(k) != new.get(k):
                     return
         self._take_gpu_facts(previous)
 
@@ -266,6 +266,11 @@ _GPU_FACTS = ("label_devices", "identity", "is_mig_capable", "has_gpu")
 _GPU_FACT_LABELS = frozenset(
     {MIG_CAPABLE, GPU_PRODUCT, VGPU_HOST_DRIVER, GFD_FAMILY, GFD_COMPUTE_MAJOR, GFD_COMPUTE_MINOR}
 )
+
+
+def _gpu_fact_label(key: str) -> bool:
+    """Whether the cached GPU facts are read from this label (NFD's, or one of _GPU_FACT_LABELS)."""
+    return key in _GPU_FACT_LABELS or key.startswith(NFD_PREFIX)
 
 
 _T = TypeVar("_T")

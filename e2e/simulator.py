@@ -368,7 +368,11 @@ class NodeSimulator:
             except Exception as e:  # noqa: BLE001 - keep going; retry the node later
                 if self._stop.is_set():
                     return
-                self._note_error(f"node {node}: {e!r}")
+                if isinstance(e, client.ApiException) and e.status == 404:
+                    # Deleted since this reconcile read it (a pod an upgrade replaced): its watch event follows.
+                    log.info("simulator: node %s: %s (deleted meanwhile; retrying)", node, e)
+                else:
+                    self._note_error(f"node {node}: {e!r}")
                 self._queue.add(node, delay=1.0)
             finally:
                 self._queue.done(node)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import random
 from typing import Any
 
 import msgspec
@@ -11,7 +12,7 @@ import pytest
 
 from gpu_operator import wire
 from gpu_operator.nodes import NodeFacts
-from gpu_operator.readiness import daemon_node_count, daemonset_ready, newest_revision_hash, pod_ready
+from gpu_operator.readiness import NodeCounter, daemon_node_count, daemonset_ready, newest_revision_hash, pod_ready
 from support import load_policy, node
 
 
@@ -354,6 +355,46 @@ def test_nodes_the_controller_would_not_count_are_not_expected() -> None:
                       {"matchExpressions": [{"key": key, "operator": "In", "values": ["24"]}]})  # fmt: skip
     assert daemon_node_count(either, pool) == 2
     assert daemon_node_count(affinity({}), pool) == 0
+
+
+def test_the_node_counter_kept_pass_by_pass_counts_as_daemon_node_count() -> None:
+    """NodeCounter looks again only at nodes whose facts changed: over nodes coming, going, relabelled and
+    tainted, pass after pass, each count is daemon_node_count's over the same nodes, also for a template first
+    asked mid-way and for one asked again after others pushed it out."""
+    rng = random.Random(7)
+    key = "feature.node.kubernetes.io/system-os_release.VERSION_ID"
+    specs = [
+        {"nodeSelector": VALIDATOR},
+        {"nodeSelector": VALIDATOR, "tolerations": [GPU_TOLERATION]},
+        {"nodeSelector": VALIDATOR, "hostNetwork": True, "affinity": {"nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": key, "operator": "In", "values": ["22"]}]}]}}}},
+        {"nodeSelector": {"e2e.example/not-kept": "x"}},
+    ]  # fmt: skip
+    taints = [(), (("nvidia.com/gpu", "present", "NoSchedule"),), (("dedicated", "", "NoSchedule"),),
+              (("node.kubernetes.io/network-unavailable", "", "NoSchedule"),)]  # fmt: skip
+
+    def made(name: str) -> NodeFacts:
+        labels = {key: rng.choice(["22", "24"])}
+        if rng.random() < 0.8:
+            labels.update(VALIDATOR)
+        return NodeFacts(name=name, labels=labels, taints=rng.choice(taints))
+
+    counter = NodeCounter()
+    counter.KEEP = 2  # type: ignore[misc]  # templates pushed out and asked again
+    nodes = {f"n{i}": made(f"n{i}") for i in range(30)}
+    for step in range(60):
+        for _ in range(rng.randint(0, 6)):
+            name = f"n{rng.randint(0, 40)}"
+            if name in nodes and rng.random() < 0.3:
+                del nodes[name]
+            else:
+                nodes[name] = made(name)
+        count = counter.over(dict(nodes))
+        asked = specs[: 2 + step // 20] if step < 40 else rng.sample(specs, 3)
+        for spec in asked:
+            assert count(spec) == daemon_node_count(spec, list(nodes.values())), (step, spec)
+    assert count(specs[3]) == 0 and len(nodes) > 20
 
 
 def test_a_selector_on_a_label_the_operator_does_not_keep_errs_low() -> None:

@@ -764,7 +764,8 @@ def _blind_changes(node: NodeFacts, rng: random.Random) -> NodeFacts:
     for key in sorted(RENDER_BLIND):
         if rng.random() < 0.7:
             labels[key] = rng.choice(["true", "false", "2", "NVIDIA-A100-SXM4-80GB", "NVIDIA-H100-80GB-HBM3",
-                                      "Tesla-T4", "mixed", "single", "success", "pending", "upgrade-done"])
+                                      "Tesla-T4", "mixed", "single", "success", "pending", "upgrade-done", "",
+                                      "paused-for-driver-upgrade"])
     labels[UPGRADE_STATE] = rng.choice(["upgrade-required", "pod-restart-required", "upgrade-done"])
     for prefix in RENDER_BLIND_PREFIXES:
         labels[prefix + "x"] = str(rng.randint(0, 9))

@@ -23,7 +23,7 @@ from .kube import ApiError, Kube
 from .lifecycle import CLEANUP_FINALIZER, Lifecycle
 from .nodes import DRIVER_KERNEL, DRIVER_REFUSED, NodeFacts, deploy_label
 from .observe import Key, Snapshot, key_of
-from .readiness import daemonset_ready
+from .readiness import NodeCounter, daemonset_ready
 from .render import (
     NodePatch,
     StatePlan,
@@ -88,6 +88,7 @@ class Reconciler:
         # decided again (the facts are the watch cache's own objects, replaced only when the node changes).
         self._patches: dict[str, tuple[NodeFacts, ClusterPolicySpec, bool, NodePatch]] = {}
         self._rows: dict[str, tuple[NodeFacts, str]] = {}  # render_key's per-node part, by the same rule
+        self._count = NodeCounter()  # on how many nodes each DaemonSet should run, by the same rule
         # Set after each pass with an active, valid policy: single nodes are labelled by it between passes.
         self.labelling: Labelling | None = None
         # Set by the runtime: whether a node's upgrade moved on between passes since these facts of it (see
@@ -291,6 +292,7 @@ class Reconciler:
         out.nodes = early_nodes + self.applier.patch_nodes(patches, versions)
         # Readiness counts the nodes as this pass left them (a node labelled just now must have its pods).
         patched = {**snap.nodes, **{n.name: n for n in out.nodes}} if out.nodes else snap.nodes
+        count = self._count.over(patched)
         self.labelling = Labelling(meta["name"], meta.get("uid", ""), generation, spec)
         pods_by_owner = snap.pod_index.by_owner
         for state_plan in plans:
@@ -312,9 +314,7 @@ class Reconciler:
             elif applied.failed:
                 results.append(StateResult(state.name, "notReady", "apply failed: " + applied.failed))
             else:
-                result = self._daemonsets_ready(
-                    state.name, desired, live, snap, pods_by_owner, set(refused), patched
-                )
+                result = self._daemonsets_ready(state.name, desired, live, snap, pods_by_owner, set(refused), count)
                 note = state.readiness_notes(ctx) if state.readiness_notes else None
                 if note:
                     message = f"{result.message}; {note}" if result.message else note
@@ -413,6 +413,7 @@ class Reconciler:
     ) -> None:
         """Each NVIDIADriver's status (written when it changed) and a Warning event when it newly conflicts."""
         driver_plan = next((p for p in plans if p.state.name == "state-driver"), None)
+        count = None
         for driver in drivers:
             obj = snap.nvidia_drivers[driver.name]
             if driver.deleting:
@@ -424,7 +425,8 @@ class Reconciler:
                     if o["kind"] == "DaemonSet"
                     and any(r.get("uid") == driver.uid for r in o["metadata"].get("ownerReferences") or [])
                 }  # fmt: skip
-                result = self._daemonsets_ready("state-driver", keys, live, snap, pods_by_owner, refused)
+                count = count or self._count.over(snap.nodes)
+                result = self._daemonsets_ready("state-driver", keys, live, snap, pods_by_owner, refused, count)
                 ready = (result.state == "ready", result.message)
                 if driver_plan.problem:
                     ready = (False, driver_plan.problem)
@@ -460,13 +462,12 @@ class Reconciler:
         snap: Snapshot,
         pods_by_owner: Mapping[str, Sequence[dict[str, Any]]],
         refused: set[str],
-        nodes: Mapping[str, NodeFacts] | None = None,
+        count: Callable[[dict[str, Any]], int],
     ) -> StateResult:
         """The state's DaemonSets, each by upstream's readiness rule (RollingUpdate or OnDelete).
 
-        A driver pod on a refused node is kept at its old revision on purpose and does not count. `nodes`: the
-        nodes to count against the controller's counts (the snapshot's by default)."""
-        nodes = snap.nodes if nodes is None else nodes
+        A driver pod on a refused node is kept at its old revision on purpose and does not count. `count`: on how
+        many nodes a pod template should run, to hold against the controller's counts (NodeCounter.over)."""
         messages = []
         for key in sorted(k for k in desired if k[0] == "DaemonSet"):
             ds = live.get(key)
@@ -479,7 +480,7 @@ class Reconciler:
                 pods = [p for p in pods if p["node"] not in refused]
                 unready = [p for p in unready if p["node"] not in refused]
             revisions = [r for r in snap.revisions.values() if r["owner"] == name]
-            ok, why = daemonset_ready(ds, pods, revisions, unready, nodes=nodes.values())
+            ok, why = daemonset_ready(ds, pods, revisions, unready, count=count)
             if not ok:
                 messages.append(why)
         if messages:

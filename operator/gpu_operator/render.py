@@ -10,7 +10,17 @@ from typing import Any
 
 from . import matrix, mig_layouts, nvidiadriver, sharing
 from .api import ClusterPolicySpec
-from .nodes import NodeFacts, apply_patch, desired_annotations, desired_labels, driver_kernel_patch, gets_driver
+from .nodes import (
+    ALL_OPERANDS,
+    DRA_OPERANDS,
+    NodeFacts,
+    apply_patch,
+    deploy_label,
+    desired_annotations,
+    desired_labels,
+    driver_kernel_patch,
+    gets_driver,
+)
 from .states import OperandState, RenderContext, all_states
 from .states.base import RenderProblem, templates
 from .upgrade.model import DONE
@@ -136,14 +146,18 @@ def relabelled(nodes: list[NodeFacts], patches: dict[str, NodePatch]) -> list[No
 
 
 # Node labels the operands write about themselves and rendering never reads (GPU feature discovery's, the MIG
-# manager's report, the upgrade state), left out of the render key: a rollout changes them on every node, and each
-# change would render again. tests/test_render.py changes them (and a node's annotations, readiness and cordon,
-# also left out) on every scenario's nodes and checks the plans stay equal.
+# manager's report, the upgrade state, and the deploy labels k8s-driver-manager sets around every driver start:
+# back to the values it read, "" where there was none, paused during a reload; nvsm's too, an operand we do not
+# render), left out of the render key: a rollout changes them on every node, and each change would render again
+# (at 1,000 nodes the driver manager's "" labels alone re-rendered in 49 of 53 passes). The driver's and the
+# toolkit's deploy labels choose pools: kept. tests/test_render.py changes these (and a node's annotations,
+# readiness and cordon, also left out) on every scenario's nodes and checks the plans stay equal.
 RENDER_BLIND = frozenset({
     "nvidia.com/gpu.product", "nvidia.com/gpu.memory", "nvidia.com/gpu.count", "nvidia.com/gpu.family",
     "nvidia.com/gpu.machine", "nvidia.com/gpu.replicas", "nvidia.com/gpu.sharing-strategy",
     "nvidia.com/gpu.compute.major", "nvidia.com/gpu.compute.minor", "nvidia.com/mig.capable", "nvidia.com/mig.strategy",
     "nvidia.com/mps.capable", "nvidia.com/mig.config.state", UPGRADE_STATE,
+    *(deploy_label(op) for op in (*ALL_OPERANDS, *DRA_OPERANDS, "nvsm") if op not in ("driver", "container-toolkit")),
 })  # fmt: skip
 RENDER_BLIND_PREFIXES = ("nvidia.com/cuda.", "nvidia.com/gfd.", "nvidia.com/mig-", "nvidia.com/vgpu.")
 

@@ -1,0 +1,239 @@
+"""The CPU of one reconcile pass on a settled cluster of N nodes, without a cluster (prints numbers, asserts nothing).
+
+    python -m e2e.bench.pass_cpu [--nodes 1000 5000] [--passes 15] [--profile 25]
+
+The operator's Reconciler runs on snapshots as the watch caches hold them once everything is rolled out: N nodes
+as operator_scale makes them (h100x8, a100x4, l4x1 in turn, half on ubuntu 22.04 and half on 24.04), labelled by a
+first pass, every operand DaemonSet counted by its controller, one ready pod of each on each of its nodes, the
+default sample policy. The API server is a stand-in that merges node patches and answers applies with the object
+(nothing is written once settled; a settled pass that writes is printed). Printed per N: the first pass's CPU
+(every node labelled, every object applied), then the medians over `--passes` passes of a pass with nothing
+changed and of one where one node's labels changed (what a node label report costs once ready), and with
+`--profile K` the K functions of most cumulative time over the settled passes. Thread CPU time, so what the
+machine's other processes take is left out; on the live cluster (operator_scale) passes also wait for the cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import cProfile
+import dataclasses
+import gc
+import pstats
+import statistics
+import time
+from typing import Any
+
+from e2e.bench.operator_scale import bench_node
+from e2e.operator_process import NAMESPACE, policy_from_sample
+from gpu_operator.lifecycle import CLEANUP_FINALIZER
+from gpu_operator.nodes import NodeFacts, deploy_label
+from gpu_operator.observe import Key, PodIndex, Snapshot, key_of
+from gpu_operator.readiness import daemon_node_count
+from gpu_operator.reconciler import Reconciler
+from gpu_operator.states.base import STATE_LABEL
+
+COUNTS = ("desiredNumberScheduled", "currentNumberScheduled", "numberReady", "updatedNumberScheduled",
+          "numberAvailable")  # fmt: skip
+
+
+def counted(n: int) -> dict[str, Any]:
+    return {"observedGeneration": 1, **dict.fromkeys(COUNTS, n)}
+
+
+class StandIn:
+    """What a pass asks of the API server, answered in memory: node patches merged, applies and creates echoed
+    (a DaemonSet with its generation observed), anything else refused loudly."""
+
+    def __init__(self, nodes: list[dict[str, Any]], policy: dict[str, Any]):
+        self.nodes = {n["metadata"]["name"]: n for n in nodes}
+        self.policy = policy  # its status patches are merged into it, as the next snapshot would have it
+        self.rv = 10 * len(nodes)
+        self.count = 0
+
+    def writes(self) -> int:
+        return self.count
+
+    def apply(self, obj: dict[str, Any], *_: Any, **__: Any) -> dict[str, Any]:
+        self.count += 1
+        if obj["kind"] == "DaemonSet":
+            return {**obj, "metadata": {**obj["metadata"], "generation": 1}, "status": counted(0)}
+        return obj
+
+    def create(self, obj: dict[str, Any], *_: Any, **__: Any) -> dict[str, Any]:
+        self.count += 1  # events, mostly
+        return obj
+
+    def get(self, *_: Any, **__: Any) -> dict[str, Any] | None:
+        return None  # the operand namespace: created once
+
+    def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *_: Any, **__: Any) -> dict[str, Any]:
+        self.count += 1
+        if kind == "ClusterPolicy" and "status" in patch:
+            status = {**(self.policy.get("status") or {}), **patch["status"]}
+            self.policy["status"] = {k: v for k, v in status.items() if v is not None}
+        if kind != "Node":
+            return patch
+        meta = self.nodes[name]["metadata"]
+        for part in ("labels", "annotations"):
+            held = meta.setdefault(part, {})
+            for k, v in ((patch.get("metadata") or {}).get(part) or {}).items():
+                if v is None:
+                    held.pop(k, None)
+                else:
+                    held[k] = v
+        self.rv += 1
+        meta["resourceVersion"] = str(self.rv)
+        return copy.deepcopy(self.nodes[name])
+
+    def list(self, *_: Any, **__: Any) -> list[dict[str, Any]]:
+        return []
+
+
+def settled(n: int) -> tuple[Reconciler, StandIn, Snapshot]:
+    """A reconciler that has labelled `n` nodes and applied every object, and the snapshot of the rolled-out
+    cluster that follows."""
+    raw = [bench_node(f"node-{i:05d}", i, device_labels=True) for i in range(n)]
+    for i, obj in enumerate(raw):
+        obj["metadata"]["resourceVersion"] = str(i + 1)
+    policy = policy_from_sample()
+    policy["metadata"].update(uid="u1", generation=1, resourceVersion="1", finalizers=[CLEANUP_FINALIZER])
+    api = StandIn(raw, policy)
+    reconciler = Reconciler(api, NAMESPACE)  # type: ignore[arg-type]
+    facts = {name: NodeFacts.from_node(obj) for name, obj in api.nodes.items()}
+    start = time.thread_time()
+    first = reconciler.reconcile(Snapshot(nodes=facts, policies={"cluster-policy": policy}, owned={}, pods={},
+                                          revisions={}))  # fmt: skip
+    print(f"  first pass: {time.thread_time() - start:.3f} s CPU, {first.writes} writes")
+    nodes = {name: NodeFacts.from_node(copy.deepcopy(obj)) for name, obj in api.nodes.items()}
+    owned: dict[Key, dict[str, Any]] = {key_of(o): o for o in first.applied}
+    pods: dict[str, dict[str, Any]] = {}
+    revisions: dict[str, dict[str, Any]] = {}
+    for key, obj in list(owned.items()):
+        if obj["kind"] != "DaemonSet":
+            continue
+        name = obj["metadata"]["name"]
+        template = obj["spec"]["template"]
+        revision = f"{abs(hash(name)) % 10**9:09d}"
+        revisions[f"{name}-1"] = {"metadata": {"labels": {"controller-revision-hash": revision}}, "revision": 1,
+                                  "owner": name}  # fmt: skip
+        state = obj["metadata"]["labels"].get(STATE_LABEL, "")
+        on = [f for f in nodes.values() if daemon_node_count(template["spec"], [f])]
+        for f in on:
+            pod = f"{name}-{f.name}"
+            pods[pod] = {
+                "metadata": {"name": pod, "labels": {"controller-revision-hash": revision, STATE_LABEL: state}},
+                "node": f.name, "owner": name, "ready": True,
+                "status": {"phase": "Running", "containerStatuses": [{"name": "main", "ready": True,
+                                                                      "restartCount": 0}]},
+            }  # fmt: skip
+        owned[key] = {**obj, "status": counted(len(on))}
+    snap = Snapshot(nodes=nodes, policies={"cluster-policy": policy}, owned=owned, pods=pods, revisions=revisions)
+    snap.__dict__["pod_index"] = PodIndex.of(pods)  # the runtime keeps its index as pods change
+    reconciler.reconcile(snap)  # the status written ready once
+    return reconciler, api, snap
+
+
+def timed(reconciler: Reconciler, snap: Snapshot) -> tuple[float, int, bool | None]:
+    index = snap.pod_index  # a fresh index per pass, as the runtime's snapshot has (made outside the pass)
+    snap.__dict__["pod_index"] = PodIndex(dict(index.by_node_state), dict(index.by_owner), index.unready_by_owner)
+    start = time.thread_time()
+    out = reconciler.reconcile(snap)
+    return time.thread_time() - start, out.writes, out.ready
+
+
+def relabelled(snap: Snapshot, i: int, count: int = 1) -> Snapshot:
+    """The snapshot with `count` nodes' facts replaced by new ones: labels reported on each, as GFD and
+    k8s-driver-manager do during a rollout (the latter sets deploy labels it found unset to "")."""
+    names = sorted(snap.nodes)
+    changed = dict(snap.nodes)
+    for j in range(i * count, (i + 1) * count):
+        old = snap.nodes[names[j % len(names)]]
+        labels = {**old.labels, "nvidia.com/gpu.count": str(8 + i % 2), deploy_label("nvsm"): ""}
+        changed[old.name] = dataclasses.replace(old, labels=labels)
+    return snap.with_nodes(changed)
+
+
+def rolling(snap: Snapshot, late: float) -> Snapshot:
+    """The snapshot near the end of a rollout: the last `late` of each DaemonSet's pods (by node) not ready yet,
+    its counts saying so."""
+    pods = dict(snap.pods)
+    owned = dict(snap.owned)
+    for key, ds in snap.owned.items():
+        if ds["kind"] != "DaemonSet":
+            continue
+        mine = sorted(name for name, pod in pods.items() if pod["owner"] == ds["metadata"]["name"])
+        waiting = mine[len(mine) - int(len(mine) * late):]
+        for name in waiting:
+            pods[name] = {**pods[name], "ready": False, "status": {"phase": "Pending", "containerStatuses": []}}
+        status = dict(ds["status"])
+        status.update(numberReady=status["numberReady"] - len(waiting), numberUnavailable=len(waiting),
+                      numberAvailable=status["numberAvailable"] - len(waiting))  # fmt: skip
+        owned[key] = {**ds, "status": status}
+    out = dataclasses.replace(snap, pods=pods, owned=owned)
+    out.__dict__["pod_index"] = PodIndex.of(pods)
+    return out
+
+
+class GcClock:
+    """Time spent in the garbage collector, by generation, while on."""
+
+    def __init__(self) -> None:
+        self.spent = [0.0, 0.0, 0.0]
+        self.runs = [0, 0, 0]
+        self._start = 0.0
+        gc.callbacks.append(self._note)
+
+    def _note(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.thread_time()
+        else:
+            self.spent[info["generation"]] += time.thread_time() - self._start
+            self.runs[info["generation"]] += 1
+
+    def close(self) -> str:
+        gc.callbacks.remove(self._note)
+        return ", ".join(f"gen{g}: {self.runs[g]} runs {self.spent[g] * 1000:.0f} ms" for g in range(3))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, nargs="+", default=[1000, 5000])
+    parser.add_argument("--passes", type=int, default=15)
+    parser.add_argument("--profile", type=int, default=0, metavar="K", help="print the K costliest functions")
+    args = parser.parse_args()
+    for n in args.nodes:
+        print(f"{n} nodes:")
+        reconciler, _, snap = settled(n)
+        clock = GcClock()
+        quiet = [timed(reconciler, snap) for _ in range(args.passes)]
+        changed = []
+        for i in range(args.passes):
+            snap = relabelled(snap, i)
+            changed.append(timed(reconciler, snap))
+        rollout = rolling(snap, 0.02)
+        rolled = []
+        for i in range(args.passes):
+            rollout = relabelled(rollout, i, 10)
+            rolled.append(timed(reconciler, rollout))
+        collected = clock.close()
+        for what, runs in (("settled, nothing changed", quiet), ("settled, one node's labels changed", changed),
+                           ("2% of each DaemonSet's pods not ready, 10 nodes' labels changed", rolled)):
+            cpu = sorted(r[0] for r in runs)
+            writes = sorted({r[1] for r in runs})
+            ready = sorted({str(r[2]) for r in runs})
+            print(f"  pass, {what}: median {statistics.median(cpu) * 1000:.1f} ms CPU "
+                  f"(min {cpu[0] * 1000:.1f}, max {cpu[-1] * 1000:.1f}; writes {writes}, ready {ready})")
+        print(f"  garbage collector in those {3 * args.passes} passes: {collected}")
+        if args.profile:
+            profile = cProfile.Profile()
+            profile.enable()
+            for _ in range(args.passes):
+                reconciler.reconcile(snap)
+            profile.disable()
+            pstats.Stats(profile).sort_stats("cumulative").print_stats(args.profile)
+
+
+if __name__ == "__main__":
+    main()

@@ -34,6 +34,7 @@ from e2e.kube import (
     wait_pod_running_ready,
 )
 from e2e.simulator import NodeSimulator, image_id
+from e2e.upstream_specs import DRIVER_APP, TOOLKIT_APP, VALIDATOR_APP
 
 POOL_LABEL = "e2e.test/pool"
 POOL = "infra"
@@ -255,8 +256,6 @@ REVISION_LABEL = "controller-revision-hash"
 RUNTIME_LABEL = "e2e.test/runtime"
 V = "/run/nvidia/validations"
 FOUR = {f"{V}/driver-ready", f"{V}/toolkit-ready", f"{V}/cuda-ready", f"{V}/plugin-ready"}
-DRIVER_APP, TOOLKIT_APP, VALIDATOR_APP = ("nvidia-driver-daemonset", "nvidia-container-toolkit-daemonset",
-                                          "nvidia-operator-validator")
 GFD_APP = "gpu-feature-discovery"
 DRIVER_CONTAINER = "nvidia-driver-ctr"
 CONTAINERD_MESSAGE = ('Failed to create pod sandbox: rpc error: code = Unknown desc = failed to get sandbox runtime: '

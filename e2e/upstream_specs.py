@@ -12,6 +12,9 @@ import hashlib
 from typing import Any
 
 NAMESPACE = "gpu-operator"
+# Upstream's DaemonSet names, also their pods' `app` label (ours keep them).
+DRIVER_APP, TOOLKIT_APP, VALIDATOR_APP = ("nvidia-driver-daemonset", "nvidia-container-toolkit-daemonset",
+                                          "nvidia-operator-validator")
 MANAGED = {"app.kubernetes.io/managed-by": "gpu-operator"}
 VALIDATOR_IMAGE = "nvcr.io/nvidia/gpu-operator:v26.7.0"
 TOOLKIT_IMAGE = "nvcr.io/nvidia/k8s/container-toolkit:v1.20.0"

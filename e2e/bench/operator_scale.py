@@ -48,6 +48,7 @@ from e2e.cluster.localcluster import WRITE_VERBS, LocalCluster, audit_time, ensu
 from e2e.cluster.nodes import create_nodes, make_node
 from e2e.operator_process import NAMESPACE, OperatorProcess, install_crds_and_rbac, policy_from_sample
 from e2e.simulator import NodeSimulator
+from e2e.upstream_specs import DRIVER_APP, VALIDATOR_APP
 from gpu_operator.debug import DEBUG_DIR, PROFILE_PASSES, SWITCH_INTERVAL_S
 from gpu_operator.doctor import diagnose, gather
 from gpu_operator.kube import Kube, path_for
@@ -385,8 +386,6 @@ def all_rolled_out(daemonsets: list[dict[str, Any]], gpu_nodes: int) -> bool:
     return True
 
 
-VALIDATOR_APP = "nvidia-operator-validator"
-DRIVER_APP = "nvidia-driver-daemonset"
 NEW_DRIVER = "600.10.01"
 
 

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from gpu_operator import wire
-from gpu_operator.nodes import NodeFacts
+from gpu_operator.nodes import NodeFacts, apply_patch
 from gpu_operator.readiness import NodeCounter, daemon_node_count, daemonset_ready, newest_revision_hash, pod_ready
 from support import load_policy, node
 
@@ -446,12 +446,7 @@ class _Cluster:
             return patch
         meta = self.nodes[name]["metadata"]
         for part in ("labels", "annotations"):
-            held = meta.setdefault(part, {})
-            for k, v in (patch["metadata"].get(part) or {}).items():
-                if v is None:
-                    held.pop(k, None)
-                else:
-                    held[k] = v
+            meta[part] = apply_patch(meta.get(part) or {}, patch["metadata"].get(part) or {})
         self.rv += 1
         meta["resourceVersion"] = str(self.rv)
         return copy.deepcopy(self.nodes[name])

@@ -28,7 +28,7 @@ from typing import Any
 from e2e.bench.operator_scale import bench_node
 from e2e.operator_process import NAMESPACE, policy_from_sample
 from gpu_operator.lifecycle import CLEANUP_FINALIZER
-from gpu_operator.nodes import NodeFacts, deploy_label
+from gpu_operator.nodes import NodeFacts, apply_patch, deploy_label
 from gpu_operator.observe import Key, PodIndex, Snapshot, key_of
 from gpu_operator.readiness import daemon_node_count
 from gpu_operator.reconciler import Reconciler
@@ -77,12 +77,7 @@ class StandIn:
             return patch
         meta = self.nodes[name]["metadata"]
         for part in ("labels", "annotations"):
-            held = meta.setdefault(part, {})
-            for k, v in ((patch.get("metadata") or {}).get(part) or {}).items():
-                if v is None:
-                    held.pop(k, None)
-                else:
-                    held[k] = v
+            meta[part] = apply_patch(meta.get(part) or {}, (patch.get("metadata") or {}).get(part) or {})
         self.rv += 1
         meta["resourceVersion"] = str(self.rv)
         return copy.deepcopy(self.nodes[name])

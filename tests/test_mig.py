@@ -230,3 +230,27 @@ def test_physical_gpus_from_gfd_labels_under_each_strategy() -> None:
     assert mig.physical_gpus(single) == 8
     assert mig.physical_gpus({"nvidia.com/gpu.count": "16", "nvidia.com/gpu.product": h100 + "-MIG-3g.40gb"}) == 8
     assert mig.physical_gpus({"nvidia.com/gpu.product": h100}) is None
+
+
+def test_a_decision_over_many_nodes_is_each_nodes_own_decision() -> None:
+    """decide walks the nodes once: what it decides for each node, and how many it manages, are what it decides
+    for that node alone."""
+    variants = [
+        node(),  # a layout asked for, not let through
+        node("all-1g.10gb", "all-1g.10gb"),  # quiet
+        node("all-1g.10gb", "all-1g.10gb", **{MIG_CONFIG_STATE: "success", PLUGIN: mig.PAUSED}),  # restore
+        node("all-1g.10gb", "all-1g.10gb", **{MIG_CONFIG_STATE: "pending", PLUGIN: mig.PAUSED}),  # mid-change
+        node(**{MANAGER: "false"}),  # opted out
+        NodeFacts("n1", labels={"nvidia.com/gpu.product": H100}),  # no GPU label
+    ]
+    nodes = [NodeFacts(f"n{i}", labels=v.labels) for i, v in enumerate(variants)]
+    pods = {n.name: [GPU_POD] for n in nodes}
+    off = parse_spec({"migManager": {"enabled": False}})
+    for spec, managers in ((SPEC, frozenset({"n0", "n2"})), (off, frozenset())):
+        whole = mig.decide(nodes, spec, layouts=None, pods=pods, managers=managers)
+        alone = [mig.decide([n], spec, layouts=None, pods=pods, managers=managers) for n in nodes]
+        assert whole.patches == {k: v for d in alone for k, v in d.patches.items()}
+        assert sorted(whole.events, key=repr) == sorted((e for d in alone for e in d.events), key=repr)
+        assert whole.managed == sum(d.managed for d in alone) == (4 if spec is SPEC else 0)
+        asked = mig.changes_requested(nodes, spec)
+        assert asked == [n.name for n in nodes if mig.changes_requested([n], spec)] == (["n0"] if spec is SPEC else [])

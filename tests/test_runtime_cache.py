@@ -284,7 +284,7 @@ def test_a_new_or_changed_policy_spec_skips_the_debounce_and_a_status_update_sta
 def _by_name(index: Any) -> tuple[dict[Any, list[str]], ...]:
     """A PodIndex as names (sorted): what it holds, not the order it found it in."""
     return (
-        {k: sorted(p["metadata"]["name"] for p in v) for k, v in index.by_node_state.items()},
+        {(n, s): sorted(p["metadata"]["name"] for p in v) for s, on in index.by_state.items() for n, v in on.items()},
         {k: sorted(p["metadata"]["name"] for p in v) for k, v in index.by_owner.items()},
         {k: sorted(p["metadata"]["name"] for p in v) for k, v in index.unready_by_owner.items()},
     )
@@ -464,3 +464,22 @@ def test_a_driver_pod_turning_ready_mid_upgrade_starts_a_move_that_the_pass_sees
         op._label_pool.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_the_pod_index_names_the_nodes_with_a_pod_of_a_state() -> None:
+    from gpu_operator.observe import PodIndex
+    from gpu_operator.states.base import STATE_LABEL
+
+    def projected(name: str, node: str, state: str, deleting: bool = False) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": name, "labels": {STATE_LABEL: state}}
+        if deleting:
+            meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+        return {"metadata": meta, "node": node, "owner": f"ds-{state}", "status": {}}
+
+    pods = [projected("a", "n1", "state-mig-manager"), projected("b", "n2", "state-mig-manager", deleting=True),
+            projected("c", "n3", "state-mig-manager", deleting=True), projected("d", "n3", "state-mig-manager"),
+            projected("e", "", "state-mig-manager"), projected("f", "n4", "state-driver")]  # fmt: skip
+    index = PodIndex.of({p["metadata"]["name"]: p for p in pods})
+    assert index.nodes_with("state-mig-manager") == {"n1", "n2", "n3"}  # a pod not scheduled yet names no node
+    assert index.nodes_with("state-mig-manager", live=True) == {"n1", "n3"}
+    assert index.nodes_with("state-driver") == {"n4"} and index.nodes_with("state-device-plugin") == set()

@@ -1068,9 +1068,56 @@ def test_upgrade_node_builds_one_nodes_input_as_a_pass_would() -> None:
                         "metadata": {"name": name, "labels": {"controller-revision-hash": rev}}}
                  for name, number, rev in (("r1", 1, OLD), ("r2", 2, NEW))}  # fmt: skip
     by_name = {p["metadata"]["name"]: p for p in pods}
-    one = upgrade_node(facts, PodIndex.of(by_name).by_node_state, revisions, "why")
+    one = upgrade_node(facts, PodIndex.of(by_name).by_state, revisions, "why")
     (by_pass,) = upgrade_nodes([facts], by_name, revisions, {"n1": "why"})
     assert one == by_pass
     assert one is not None and one.driver_revision == NEW and not one.driver_out_of_date and one.refused == "why"
     assert one.validator_pod is not None and one.validator_pod["metadata"]["name"] == "val"
     assert upgrade_node(NodeFacts(name="cpu"), {}, revisions) is None  # no driver of ours there
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_one_walk_counts_the_nodes_as_a_walk_per_count_does(seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    states = [None, "upgrade-done", "upgrade-required", "upgrade-failed", "cordon-required", "drain-required",
+              "validation-required", "uncordon-required", "no-such-state"]  # fmt: skip
+    nodes = []
+    for i in range(rng.randint(0, 60)):
+        labels = {SKIP_LABEL: "true"} if rng.random() < 0.2 else {}
+        node = make_node(f"n{i}", rng.choice(states), unschedulable=rng.random() < 0.3, ready=rng.random() < 0.8,
+                         labels=labels)  # fmt: skip
+        nodes.append(UpgradeNode(**{**node.__dict__, "refused": "why" if rng.random() < 0.1 else ""}))
+    busy = planner.IN_PROGRESS_STATES
+    tally = planner._Tally.of(nodes)
+    assert tally == planner._Tally(
+        total=len(nodes),
+        in_progress=sum(n.state in busy for n in nodes),
+        unavailable=sum(n.unavailable or n.state in busy for n in nodes),
+        failed=sum(n.state == "upgrade-failed" for n in nodes),
+        done=sum(n.state == "upgrade-done" for n in nodes),
+        pending=sum(n.state == "upgrade-required" and not n.skipped for n in nodes),
+        skipped=sum(n.skipped for n in nodes),
+    )
+    counters = plan(nodes, [], policy(max_unavailable="30%"), NOW).counters
+    assert (counters.total, counters.done, counters.pending, counters.skipped, counters.failed) == (
+        tally.total, tally.done, tally.pending, tally.skipped, tally.failed)  # fmt: skip
+
+
+def test_the_adapter_makes_a_new_object_when_the_driver_daemonset_has_a_newer_revision() -> None:
+    facts = NodeFacts(name="a1", labels={DEPLOY_DRIVER: "true", "feature.node.kubernetes.io/pci-10de.present": "true"})
+    pod = {**driver_pod("drv-a1", rev=NEW), "node": "a1", "owner": "nvidia-driver-daemonset"}
+    pod["metadata"]["labels"][OPERAND_STATE_LABEL] = "state-driver"
+    pods = {"drv-a1": pod}
+    index = PodIndex.of(pods)
+    revisions = {"r": {"metadata": {"labels": {"controller-revision-hash": NEW}}, "revision": 3,
+                       "owner": "nvidia-driver-daemonset"}}  # fmt: skip
+    (first,) = upgrade_nodes([facts], pods, revisions, index=index)
+    assert not first.driver_out_of_date
+    newer = {**revisions, "r2": {"metadata": {"labels": {"controller-revision-hash": "rev-newer"}}, "revision": 4,
+                                 "owner": "nvidia-driver-daemonset"}}  # fmt: skip
+    (second,) = upgrade_nodes([facts], pods, newer, index=index)  # the same pods, the very sequences
+    assert second is not first and second.driver_revision == "rev-newer" and second.driver_out_of_date
+    (third,) = upgrade_nodes([facts], pods, newer, index=index)
+    assert third is second

@@ -8,8 +8,9 @@ first pass, every operand DaemonSet counted by its controller, one ready pod of 
 default sample policy. The API server is a stand-in that merges node patches and answers applies with the object
 (nothing is written once settled; a settled pass that writes is printed). Printed per N: the first pass's CPU
 (every node labelled, every object applied), then the medians over `--passes` passes of a pass with nothing
-changed and of one where one node's labels changed (what a node label report costs once ready), and with
-`--profile K` the K functions of most cumulative time over the settled passes. Thread CPU time, so what the
+changed and of one where one node's labels changed (what a node label report costs once ready), of passes near the
+end of a rollout (2% of pods not ready, 10 nodes relabelled each) and midway (40%, 150), and with `--profile K` the
+K functions of most cumulative time over midway passes. Thread CPU time, so what the
 machine's other processes take is left out; on the live cluster (operator_scale) passes also wait for the cores.
 """
 
@@ -132,7 +133,8 @@ def settled(n: int) -> tuple[Reconciler, StandIn, Snapshot]:
 
 def timed(reconciler: Reconciler, snap: Snapshot) -> tuple[float, int, bool | None]:
     index = snap.pod_index  # a fresh index per pass, as the runtime's snapshot has (made outside the pass)
-    snap.__dict__["pod_index"] = PodIndex(dict(index.by_node_state), dict(index.by_owner), index.unready_by_owner)
+    snap.__dict__["pod_index"] = PodIndex({s: dict(on) for s, on in index.by_state.items()}, dict(index.by_owner),
+                                          index.unready_by_owner)  # fmt: skip
     start = time.thread_time()
     out = reconciler.reconcile(snap)
     return time.thread_time() - start, out.writes, out.ready
@@ -145,8 +147,8 @@ def relabelled(snap: Snapshot, i: int, count: int = 1) -> Snapshot:
     changed = dict(snap.nodes)
     for j in range(i * count, (i + 1) * count):
         old = snap.nodes[names[j % len(names)]]
-        labels = {**old.labels, "nvidia.com/gpu.count": str(8 + i % 2), deploy_label("nvsm"): ""}
-        changed[old.name] = dataclasses.replace(old, labels=labels)
+        report = {"nvidia.com/gpu.count": str(8 + i % 2), deploy_label("nvsm"): ""}
+        changed[old.name] = old.relabel({**old.labels, **report}, old.annotations, report)  # as the node watch does
     return snap.with_nodes(changed)
 
 
@@ -212,20 +214,27 @@ def main() -> None:
         for i in range(args.passes):
             rollout = relabelled(rollout, i, 10)
             rolled.append(timed(reconciler, rollout))
+        midway = rolling(snap, 0.4)
+        busy = []
+        for i in range(args.passes):
+            midway = relabelled(midway, i, 150)
+            busy.append(timed(reconciler, midway))
         collected = clock.close()
         for what, runs in (("settled, nothing changed", quiet), ("settled, one node's labels changed", changed),
-                           ("2% of each DaemonSet's pods not ready, 10 nodes' labels changed", rolled)):
+                           ("2% of each DaemonSet's pods not ready, 10 nodes' labels changed", rolled),
+                           ("40% of each DaemonSet's pods not ready, 150 nodes' labels changed", busy)):
             cpu = sorted(r[0] for r in runs)
             writes = sorted({r[1] for r in runs})
             ready = sorted({str(r[2]) for r in runs})
             print(f"  pass, {what}: median {statistics.median(cpu) * 1000:.1f} ms CPU "
                   f"(min {cpu[0] * 1000:.1f}, max {cpu[-1] * 1000:.1f}; writes {writes}, ready {ready})")
-        print(f"  garbage collector in those {3 * args.passes} passes: {collected}")
+        print(f"  garbage collector in those {4 * args.passes} passes: {collected}")
         if args.profile:
             profile = cProfile.Profile()
             profile.enable()
-            for _ in range(args.passes):
-                reconciler.reconcile(snap)
+            for i in range(args.passes):
+                midway = relabelled(midway, args.passes + i, 150)
+                timed(reconciler, midway)
             profile.disable()
             pstats.Stats(profile).sort_stats("cumulative").print_stats(args.profile)
 

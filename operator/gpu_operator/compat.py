@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from . import images, matrix
@@ -54,10 +55,13 @@ def _driver_candidate(node: NodeFacts, spec: ClusterPolicySpec) -> bool:
     return value in (None, "", "true", DRIVER_REFUSED) or value in PAUSED_VALUES
 
 
+_by_name = attrgetter("name")
+
+
 def verdicts(nodes: Iterable[NodeFacts], spec: ClusterPolicySpec) -> dict[str, Verdict]:
     """Node name -> verdict, for every node the ClusterPolicy's driver is for."""
     out = {}
-    for node in sorted(nodes, key=lambda n: n.name):
+    for node in sorted(nodes, key=_by_name):
         found = per_spec(node, "_compat_verdict", spec, _verdict)
         if found is not None:
             out[node.name] = found

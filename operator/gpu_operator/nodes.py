@@ -564,9 +564,12 @@ def _runtime_label(node: NodeFacts, runtime: str | None, want: dict[str, str | N
         want[RUNTIME_LABEL] = runtime
 
 
+_DEPLOY_TOOLKIT = deploy_label("container-toolkit")
+
+
 def gets_toolkit(node: NodeFacts) -> bool:
     """A GPU node the operator's container toolkit is for (a paused label keeps it in its pool)."""
-    value = node.labels.get(deploy_label("container-toolkit"))
+    value = node.labels.get(_DEPLOY_TOOLKIT)
     return node.has_gpu and (value == "true" or value in PAUSED_VALUES)
 
 
@@ -579,8 +582,5 @@ def runtime_pools(nodes: list[NodeFacts]) -> list[str]:
 def unknown_runtime(nodes: list[NodeFacts]) -> dict[str, str]:
     """Toolkit nodes whose container runtime is not supported: name -> the runtime they report."""
     known = set(RUNTIMES.values())
-    return {
-        n.name: n.runtime
-        for n in sorted(nodes, key=lambda n: n.name)
-        if gets_toolkit(n) and n.labels.get(RUNTIME_LABEL) not in known
-    }
+    found = [n for n in nodes if gets_toolkit(n) and n.labels.get(RUNTIME_LABEL) not in known]
+    return {n.name: n.runtime for n in sorted(found, key=lambda n: n.name)}

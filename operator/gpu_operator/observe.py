@@ -76,7 +76,9 @@ def node_state(pod: dict[str, Any]) -> tuple[str, str]:
 
 @dataclass(frozen=True)
 class PodIndex:
-    by_node_state: Mapping[tuple[str, str], Sequence[dict[str, Any]]]
+    # Operand state -> node -> the pods of that state there (node_state's key, state first: a pass asks for one
+    # state's nodes, and a walk of every state's keys for them was a tenth of a 5,000-node pass).
+    by_state: Mapping[str, Mapping[str, Sequence[dict[str, Any]]]]
     by_owner: Mapping[str, Sequence[dict[str, Any]]]
     # Each DaemonSet's pods that are not ready and not being deleted (readiness.is_unready); a DaemonSet with
     # none is absent. Kept as they change by the runtime, so a pass does not scan every pod of a rollout for them.
@@ -84,16 +86,16 @@ class PodIndex:
 
     @classmethod
     def of(cls, pods: Mapping[str, dict[str, Any]]) -> PodIndex:
-        by_node_state: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        by_state: dict[str, dict[str, list[dict[str, Any]]]] = {}
         by_owner: dict[str, list[dict[str, Any]]] = {}
         unready: dict[str, list[dict[str, Any]]] = {}
         for pod in pods.values():
             if is_unready(pod):
                 unready.setdefault(pod["owner"], []).append(pod)
-            key = node_state(pod)
-            found = by_node_state.get(key)
+            node, state = node_state(pod)
+            found = by_state.setdefault(state, {}).get(node)
             if found is None:
-                by_node_state[key] = [pod]
+                by_state[state][node] = [pod]
             else:
                 found.append(pod)
             found = by_owner.get(pod["owner"])
@@ -101,14 +103,18 @@ class PodIndex:
                 by_owner[pod["owner"]] = [pod]
             else:
                 found.append(pod)
-        return cls(by_node_state, by_owner, unready)
+        return cls(by_state, by_owner, unready)
 
     def nodes_with(self, state: str, live: bool = False) -> set[str]:
         """Nodes with a pod of that state (`live`: one not being deleted)."""
-        return {
-            node for (node, s), pods in self.by_node_state.items()
-            if s == state and node and (not live or any(not p["metadata"].get("deletionTimestamp") for p in pods))
-        }  # fmt: skip
+        on = self.by_state.get(state) or {}
+        if not live:
+            return {node for node in on if node}
+        return {node for node, pods in on.items() if node and not all(_deleting(p) for p in pods)}
+
+
+def _deleting(pod: dict[str, Any]) -> bool:
+    return bool(pod["metadata"].get("deletionTimestamp"))
 
 
 # The component label too: pods started before the state label existed are found by it.

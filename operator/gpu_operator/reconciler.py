@@ -87,7 +87,7 @@ class Reconciler:
         # Node -> (the facts and spec a patch was decided on, that patch): a node that did not change is not
         # decided again (the facts are the watch cache's own objects, replaced only when the node changes).
         self._patches: dict[str, tuple[NodeFacts, ClusterPolicySpec, bool, NodePatch]] = {}
-        self._rows: dict[str, tuple[NodeFacts, str]] = {}  # render_key's per-node part, by the same rule
+        self._rows: dict[str, tuple[NodeFacts, bytes]] = {}  # render_key's per-node part, by the same rule
         self._count = NodeCounter()  # on how many nodes each DaemonSet should run, by the same rule
         # Set after each pass with an active, valid policy: single nodes are labelled by it between passes.
         self.labelling: Labelling | None = None

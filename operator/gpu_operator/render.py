@@ -167,19 +167,20 @@ def render_blind(key: str) -> bool:
     return key in RENDER_BLIND or key.startswith(RENDER_BLIND_PREFIXES)
 
 
-def render_key(ctx: RenderContext, rows: dict[str, tuple[NodeFacts, str]] | None = None) -> str:
+def render_key(ctx: RenderContext, rows: dict[str, tuple[NodeFacts, bytes]] | None = None) -> str:
     """A digest of everything rendering depends on: equal keys, equal plans (rendering is deterministic).
 
-    `rows` keeps each node's part between calls (by the node's identity), so an unchanged node is not encoded
-    again."""
+    `rows` keeps each node's part, the digest of its encoding, between calls (by the node's identity), so an
+    unchanged node is neither encoded nor hashed again (at 5,000 nodes hashing every node's encoding again was a
+    tenth of a pass)."""
     memo = rows if rows is not None else {}
-    fresh: dict[str, tuple[NodeFacts, str]] = {}
+    fresh: dict[str, tuple[NodeFacts, bytes]] = {}
     for n in ctx.nodes:
         hit = memo.get(n.name)
         if hit is None or hit[0] is not n:
             labels = {k: v for k, v in n.labels.items() if not render_blind(k)}
             row = [n.name, labels, n.runtime, n.has_nfd, n.pci_devices]
-            hit = (n, json.dumps(row, sort_keys=True, default=str))
+            hit = (n, hashlib.sha256(json.dumps(row, sort_keys=True, default=str).encode()).digest())
         fresh[n.name] = hit
     if rows is not None:
         rows.clear()
@@ -192,8 +193,7 @@ def render_key(ctx: RenderContext, rows: dict[str, tuple[NodeFacts, str]] | None
         default=str,
     )
     digest = hashlib.sha256(blob.encode())
-    for name in sorted(fresh):
-        digest.update(b"\n" + fresh[name][1].encode())
+    digest.update(b"".join(fresh[name][1] for name in sorted(fresh)))
     return digest.hexdigest()
 
 

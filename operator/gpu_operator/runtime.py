@@ -130,7 +130,7 @@ class Operator:
         self.pods_on: dict[str, set[str]] = {}  # node -> names of the operand pods there (kept with `pods`)
         # `pods` as observe.PodIndex has it, kept with `pods` too (a pass's snapshot copies it instead of building it
         # over every pod): (node, state) -> the pods, a tuple replaced on change; owner -> name -> pod.
-        self._by_node_state: dict[tuple[str, str], tuple[dict[str, Any], ...]] = {}
+        self._by_state: dict[str, dict[str, tuple[dict[str, Any], ...]]] = {}  # PodIndex.by_state
         self._by_owner: dict[str, dict[str, dict[str, Any]]] = {}
         self.revisions: dict[str, dict[str, Any]] = {}
         self.api_groups: frozenset[str] = frozenset()
@@ -301,7 +301,7 @@ class Operator:
             return
         facts = with_devices({name: facts}, self.node_features)[name]
         refused = compat.refused(compat.verdicts([facts], spec)).get(name, "")
-        node = upgrade_node(facts, self._by_node_state, self.revisions, refused)
+        node = upgrade_node(facts, self._by_state, self.revisions, refused)
         step = None if node is None else plan_forward(node, spec.driver.upgrade_policy, time.time(),
                                                       validation_enabled=spec.validator.enabled)  # fmt: skip
         if node is None or step is None:
@@ -451,22 +451,27 @@ class Operator:
 
     def _index(self, name: str, pod: dict[str, Any], old: dict[str, Any] | None) -> None:
         """Put a pod in the PodIndex kept here, in its old pod's place when it has the same key."""
-        key = node_state(pod)
+        node, state = key = node_state(pod)
         if old is not None and node_state(old) == key and old["owner"] == pod["owner"]:
-            self._by_node_state[key] = tuple(pod if p is old else p for p in self._by_node_state.get(key, ()))
+            here = self._by_state.setdefault(state, {})
+            here[node] = tuple(pod if p is old else p for p in here.get(node, ()))
         else:
             if old is not None:
-                self._drop_indexed(name, old)
-            self._by_node_state[key] = (*self._by_node_state.get(key, ()), pod)
+                self._drop_indexed(name, old)  # before `here` is taken: it may drop this state's last node
+            here = self._by_state.setdefault(state, {})
+            here[node] = (*here.get(node, ()), pod)
         self._by_owner.setdefault(pod["owner"], {})[name] = pod
 
     def _drop_indexed(self, name: str, pod: dict[str, Any]) -> None:
-        key = node_state(pod)
-        left = tuple(p for p in self._by_node_state.get(key, ()) if p["metadata"]["name"] != name)
+        node, state = node_state(pod)
+        here = self._by_state.get(state, {})
+        left = tuple(p for p in here.get(node, ()) if p["metadata"]["name"] != name)
         if left:
-            self._by_node_state[key] = left
+            here[node] = left
         else:
-            self._by_node_state.pop(key, None)
+            here.pop(node, None)
+            if not here:
+                self._by_state.pop(state, None)
         owned = self._by_owner.get(pod["owner"])
         if owned is not None:
             owned.pop(name, None)
@@ -567,7 +572,7 @@ class Operator:
         for name, pod in self.pods.items():
             self.pods_on.setdefault(pod["node"], set()).add(name)
         index = PodIndex.of(self.pods)
-        self._by_node_state = {k: tuple(v) for k, v in index.by_node_state.items()}
+        self._by_state = {s: {n: tuple(v) for n, v in on.items()} for s, on in index.by_state.items()}
         self._by_owner = {o: {p["metadata"]["name"]: p for p in pods} for o, pods in index.by_owner.items()}
         self.unready, self.unready_of = set(), {}
         for name, pod in self.pods.items():
@@ -614,9 +619,9 @@ class Operator:
     def snapshot(self) -> Snapshot:
         snap = self._snapshot()
         unready = {o: [self.pods[n] for n in names if n in self.pods] for o, names in self.unready_of.items()}
-        snap.__dict__["pod_index"] = PodIndex(
-            dict(self._by_node_state), {o: list(pods.values()) for o, pods in self._by_owner.items()}, unready
-        )
+        by_state = {s: dict(on) for s, on in self._by_state.items()}
+        by_owner = {o: list(pods.values()) for o, pods in self._by_owner.items()}
+        snap.__dict__["pod_index"] = PodIndex(by_state, by_owner, unready)
         return snap
 
     def _snapshot(self) -> Snapshot:

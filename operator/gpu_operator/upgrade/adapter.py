@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from operator import is_
 from typing import Any
 
 from .. import compat
@@ -73,47 +74,63 @@ def upgrade_nodes(
 
     `refused`: node -> why the policy's driver cannot run there (the planner skips it); `index`: of `pods`."""
     newest = newest_revisions(revisions)
-    by_node = (index or PodIndex.of(pods)).by_node_state
+    by_state = (index or PodIndex.of(pods)).by_state
     out = []
-    if len(_built) > 2 * len(by_node) + 100:  # nodes that went away (by_node: at most a few keys per node)
+    drivers, validators = by_state.get(DRIVER) or {}, by_state.get(VALIDATOR) or {}
+    if len(_built) > 2 * len(drivers) + 100:  # nodes that went away
         _built.clear()
+    refused = refused or {}
     for node in nodes:
         if not gets_driver(node):
             continue
-        driver, validator, revision = _operand_pods(node.name, by_node, newest)
-        why = (refused or {}).get(node.name, "")
-        hit = _built.get(node.name)
-        if hit and hit[0] is node and hit[1] is driver and hit[2] is validator and hit[3] == (revision, why):
-            out.append(hit[4])  # the same inputs: the same object (the planner knows it settled)
-            continue
+        name = node.name
+        driver_pods, validator_pods = drivers.get(name, ()), validators.get(name, ())
+        why = refused.get(name, "")
+        hit = _built.get(name)
+        if hit and hit[0] is node and _same(hit[1], driver_pods) and _same(hit[2], validator_pods) and hit[3] == why:
+            made = hit[4]
+            owner = made.driver_pod["owner"] if made.driver_pod else None
+            if made.driver_revision == (newest.get(owner, (0, None))[1] if owner is not None else None):
+                out.append(made)  # the same inputs: the same object (the planner knows it settled)
+                continue
+        driver, validator = _pick(driver_pods), _pick(validator_pods)
+        revision = newest.get(driver["owner"], (0, None))[1] if driver else None
         made = _upgrade_node(node, driver, validator, revision, why)
-        _built[node.name] = (node, driver, validator, (revision, why), made)
+        _built[name] = (node, driver_pods, validator_pods, why, made)
         out.append(made)
     return out
 
 
+def _same(a: Sequence[Any], b: Sequence[Any]) -> bool:
+    """The same pods (the very objects), in the same sequence or not."""
+    return a is b or (len(a) == len(b) and all(map(is_, a, b)))
+
+
 def upgrade_node(
     node: NodeFacts,
-    by_node_state: Mapping[tuple[str, str], Sequence[dict[str, Any]]],
+    by_state: Mapping[str, Mapping[str, Sequence[dict[str, Any]]]],
     revisions: Mapping[str, dict[str, Any]],
     refused: str = "",
 ) -> UpgradeNode | None:
     """One node's planner input (None: no driver of ours goes there) outside a pass (nothing is kept for one);
-    `by_node_state`: the operand pods as PodIndex.by_node_state has them."""
+    `by_state`: the operand pods as PodIndex.by_state has them."""
     if not gets_driver(node):
         return None
-    driver, validator, revision = _operand_pods(node.name, by_node_state, newest_revisions(revisions))
+    drivers, validators = by_state.get(DRIVER) or {}, by_state.get(VALIDATOR) or {}
+    driver, validator, revision = _operand_pods(node.name, drivers, validators, newest_revisions(revisions))
     return _upgrade_node(node, driver, validator, revision, refused)
 
 
 def _operand_pods(
     node: str,
-    by_node_state: Mapping[tuple[str, str], Sequence[dict[str, Any]]],
+    drivers: Mapping[str, Sequence[dict[str, Any]]],
+    validators: Mapping[str, Sequence[dict[str, Any]]],
     newest: Mapping[str, tuple[int, str | None]],
 ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str | None]:
-    """The node's driver pod, its validator pod, and the newest revision of the driver pod's DaemonSet."""
-    driver = _pick(by_node_state.get((node, DRIVER), ()))
-    validator = _pick(by_node_state.get((node, VALIDATOR), ()))
+    """The node's driver pod, its validator pod (from those pods by node), and the newest revision of the driver
+    pod's DaemonSet."""
+    driver = _pick(drivers.get(node, ()))
+    validator = _pick(validators.get(node, ()))
     return driver, validator, newest.get(driver["owner"], (0, None))[1] if driver else None
 
 
@@ -144,10 +161,11 @@ def _upgrade_node(
     )
 
 
-# Node name -> (the node object, driver and validator pod projections and (revision, refusal) an UpgradeNode was
-# made of, that UpgradeNode): a node whose inputs are the very same objects (the caches replace them on change)
-# gets the same UpgradeNode again, which the planner recognizes as settled without stepping it.
-_built: dict[str, tuple[NodeFacts, Any, Any, tuple[str | None, str], UpgradeNode]] = {}
+# Node name -> (the node object, its driver and validator pods as the PodIndex holds them, the refusal an
+# UpgradeNode was made of, that UpgradeNode): a node whose inputs are the very same objects (the caches replace
+# them on change) and whose driver DaemonSet's newest revision is the same gets the same UpgradeNode again, which
+# the planner recognizes as settled without stepping it.
+_built: dict[str, tuple[NodeFacts, Sequence[Any], Sequence[Any], str, UpgradeNode]] = {}
 
 
 def _pool_move(node: NodeFacts) -> str:
@@ -161,7 +179,7 @@ def _pool_move(node: NodeFacts) -> str:
 def workload_pods(kube: Kube, nodes: Iterable[UpgradeNode]) -> list[WorkloadPod]:
     """All pods on the nodes whose state needs them (reads only; nothing is cached), a few nodes at a time (a
     wave just cordoned is read in the next pass)."""
-    names = [n.name for n in nodes if n.labels.get(STATE_LABEL) in NEEDS_PODS]
+    names = [n.name for n in nodes if n.state in NEEDS_PODS]
 
     def on(name: str) -> list[WorkloadPod]:
         return [WorkloadPod.from_pod(p) for p in kube.list("Pod", field_selector=f"spec.nodeName={name}")]

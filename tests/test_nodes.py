@@ -596,3 +596,51 @@ def test_a_nodes_next_object_inherits_its_gpu_facts_unless_what_they_are_read_fr
     mine = fresh.identity
     fresh.inherit(node)
     assert fresh.identity is mine
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_by_node_keeps_what_a_walk_of_every_node_gives(seed: int) -> None:
+    """ByNode over passes of nodes coming, going and relabelled (and the spec changing) gives what calling the
+    function on every node gives, sorted by name, and calls it only for nodes whose object it has not seen."""
+    import random
+
+    from gpu_operator import compat
+    from gpu_operator.api import parse_spec
+    from gpu_operator.nodes import ByNode
+
+    rng = random.Random(seed)
+    specs = [parse_spec({}), parse_spec({"driver": {"usePrecompiled": True}})]
+    calls: list[str] = []
+
+    def f(node: NodeFacts, spec: object) -> str | None:
+        calls.append(node.name)
+        value = node.labels.get("pick")
+        return None if value is None else f"{value}/{id(spec)}"
+
+    kept, verdicts = ByNode(f), compat.kept_verdicts()
+    nodes: dict[str, NodeFacts] = {}
+    spec = specs[0]
+    for step in range(50):
+        changed = set()
+        for _ in range(rng.randint(0, 5)):
+            name = f"n{rng.randint(0, 20):02d}"
+            if rng.random() < 0.2:
+                nodes.pop(name, None)
+            else:
+                labels = {GPU_PCI_LABELS[0]: "true", deploy_label("driver"): rng.choice(["true", "false"])}
+                if rng.random() < 0.7:
+                    labels["pick"] = rng.choice("ab")
+                nodes[name] = NodeFacts(name, labels=labels)
+                changed.add(name)
+        respecced = rng.random() < 0.1
+        if respecced:
+            spec = specs[1] if spec is specs[0] else specs[0]
+        order = list(nodes.values())
+        rng.shuffle(order)
+        calls.clear()
+        got = kept.over(order, spec)
+        want = {n.name: f(n, spec) for n in sorted(order, key=lambda n: n.name)}
+        assert got == {k: v for k, v in want.items() if v is not None} and list(got) == sorted(got), f"step {step}"
+        if not respecced and step:
+            assert set(calls[: len(calls) - len(order)]) <= changed, f"step {step}"  # then the walk's calls
+        assert verdicts.over(order, spec) == compat.verdicts(order, spec), f"step {step}"

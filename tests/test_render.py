@@ -803,3 +803,42 @@ def test_the_render_key_changes_with_a_label_rendering_reads() -> None:
     off = replace(node, labels={**node.labels, deploy_label("container-toolkit"): "false"})
     changed = replace(ctx, nodes=tuple(off if n is node else n for n in ctx.nodes))
     assert render_key(changed) != render_key(ctx)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_driver_patches_a_pass_keeps_are_the_ones_decided_from_scratch(seed: int) -> None:
+    """driver_node_patches with what the last pass kept (kept_driver_patches) equals the walk of every node, over
+    passes of nodes relabelled, new kernels, driver pods coming (holding) and the spec switching precompiled and
+    autoUpgrade."""
+    from gpu_operator.nodes import DRIVER_KERNEL, GPU_PCI_LABELS, KERNEL, OS_ID, OS_VERSION, deploy_label
+    from gpu_operator.nvidiadriver import OWNER_LABEL
+    from gpu_operator.render import DriverRouting, driver_node_patches, kept_driver_patches
+
+    rng = random.Random(seed)
+    specs = [parse_spec({"driver": {"usePrecompiled": p, "upgradePolicy": {"autoUpgrade": a}}})
+             for p in (False, True) for a in (False, True)]  # fmt: skip
+    kept = kept_driver_patches()
+    nodes: dict[str, NodeFacts] = {}
+    spec = specs[0]
+    patched = 0
+    for step in range(40):
+        for _ in range(rng.randint(0, 6)):
+            name = f"n{rng.randint(0, 12)}"
+            labels = {GPU_PCI_LABELS[0]: "true", OS_ID: "ubuntu", OS_VERSION: "22.04",
+                      deploy_label("driver"): rng.choice(["true", "false", "paused-for-driver-upgrade"]),
+                      KERNEL: rng.choice(["5.15.0-1", "6.8.0-2", "bad kernel!"])}  # fmt: skip
+            if rng.random() < 0.5:
+                labels[DRIVER_KERNEL] = rng.choice(["5.15.0-1", "6.8.0-2"])
+            if rng.random() < 0.2:
+                labels[OWNER_LABEL] = "some-driver"
+            nodes[name] = NodeFacts(name, labels=labels)
+            if rng.random() < 0.1:
+                del nodes[name]
+        if rng.random() < 0.15:
+            spec = rng.choice(specs)
+        holding = {n for n in nodes if rng.random() < 0.5}
+        order = list(nodes.values())
+        got = driver_node_patches(order, spec, DriverRouting(), holding, kept)
+        assert got == driver_node_patches(order, spec, DriverRouting(), holding), f"step {step}"
+        patched += bool(got)
+    assert patched > 10  # most passes had patches to compare

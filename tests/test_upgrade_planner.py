@@ -17,6 +17,7 @@ from gpu_operator.upgrade import (
     EVENT_REASON,
     FAILURE_REASON_ANNOTATION,
     INITIAL_UNSCHEDULABLE_ANNOTATION,
+    NEEDS_PODS,
     POD_DELETION_START_ANNOTATION,
     REQUESTED_ANNOTATION,
     SKIP_LABEL,
@@ -1121,3 +1122,77 @@ def test_the_adapter_makes_a_new_object_when_the_driver_daemonset_has_a_newer_re
     assert second is not first and second.driver_revision == "rev-newer" and second.driver_out_of_date
     (third,) = upgrade_nodes([facts], pods, newer, index=index)
     assert third is second
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_inputs_a_pass_keeps_are_the_ones_made_from_scratch(seed: int) -> None:
+    """Over passes of nodes coming, going and relabelled, driver and validator pods replaced, refusals and the
+    DaemonSet's newest revision changing, UpgradeInputs gives what upgrade_nodes makes from scratch, and keeps
+    the very object of a node none of whose inputs changed."""
+    import random
+
+    from gpu_operator.upgrade.adapter import UpgradeInputs
+
+    rng = random.Random(seed)
+    gpu = "feature.node.kubernetes.io/pci-10de.present"
+    nodes: dict[str, NodeFacts] = {}
+    pods: dict[str, dict[str, Any]] = {}
+    revisions = {"r1": {"metadata": {"labels": {"controller-revision-hash": OLD}}, "revision": 1,
+                        "owner": "nvidia-driver-daemonset"}}  # fmt: skip
+    refused: dict[str, str] = {}
+    kept = UpgradeInputs()
+    index = PodIndex.of(pods)
+    by_state: dict[str, dict[str, tuple[dict[str, Any], ...]]] = {}
+    last: dict[str, UpgradeNode] = {}
+    last_inputs: dict[str, tuple[Any, ...]] = {}
+
+    def put_pod(node: str, state: str) -> None:
+        name = f"{state}-{node}"
+        made = {**driver_pod(name, rev=rng.choice([OLD, NEW]), ready=rng.random() < 0.7), "node": node,
+                "owner": "nvidia-driver-daemonset" if state == "state-driver" else "nvidia-operator-validator"}
+        made["metadata"]["labels"][OPERAND_STATE_LABEL] = state
+        pods[name] = made
+        by_state.setdefault(state, {})[node] = (made,)  # replaced on change, as the runtime's index does
+
+    for step in range(40):
+        for _ in range(rng.randint(0, 6)):
+            name = f"n{rng.randint(0, 14)}"
+            roll = rng.random()
+            if roll < 0.15 and name in nodes:
+                del nodes[name]
+            elif roll < 0.6:
+                value = rng.choice(["true", "true", "false", "paused-for-driver-upgrade"])
+                state = rng.choice([None, "upgrade-done", "upgrade-required", "drain-required", "pod-restart-required"])
+                labels = {DEPLOY_DRIVER: value, gpu: "true", **({STATE_LABEL: state} if state else {})}
+                nodes[name] = NodeFacts(name=name, labels=labels, unschedulable=rng.random() < 0.2)
+            elif roll < 0.85:
+                put_pod(name, rng.choice(["state-driver", "state-operator-validation"]))
+            elif roll < 0.92:
+                for state in ("state-driver", "state-operator-validation"):
+                    if by_state.get(state, {}).pop(name, None) is not None:
+                        del pods[f"{state}-{name}"]
+            elif name in refused:
+                del refused[name]
+            else:
+                refused[name] = "not in the matrix"
+        if rng.random() < 0.1:
+            number = len(revisions) + 1
+            revisions[f"r{number}"] = {"metadata": {"labels": {"controller-revision-hash": f"rev-{number}"}},
+                                       "revision": number, "owner": "nvidia-driver-daemonset"}  # fmt: skip
+        index = PodIndex({s: dict(on) for s, on in by_state.items()}, {}, {})
+        order = list(nodes.values())
+        rng.shuffle(order)
+        got = {n.name: n for n in kept.over(order, index, revisions, refused)}
+        want = {n.name: n for n in upgrade_nodes(order, pods, revisions, refused)}
+        assert got == want, f"step {step}"
+        assert kept.needs_pods == {n for n, u in want.items() if u.state in NEEDS_PODS}, f"step {step}"
+        inputs = {name: (nodes[name], by_state.get("state-driver", {}).get(name),
+                         by_state.get("state-operator-validation", {}).get(name), refused.get(name), len(revisions))
+                  for name in got}  # fmt: skip
+        for name, node in got.items():
+            before = last_inputs.get(name)
+            now = inputs[name]
+            same = before is not None and all(x is y for x, y in zip(before[:3], now[:3], strict=True))
+            if same and before is not None and before[3:] == now[3:]:
+                assert node is last[name], f"step {step}: {name} made again with the same inputs"
+        last, last_inputs = got, inputs

@@ -16,7 +16,7 @@ from typing import Any
 from . import images, matrix
 from .api import ClusterPolicySpec
 from .gpu_identity import Identity
-from .nodes import DRIVER_REFUSED, PAUSED_VALUES, NodeFacts, deploy_label, per_spec, workload_of
+from .nodes import DRIVER_REFUSED, PAUSED_VALUES, ByNode, NodeFacts, deploy_label, per_spec, workload_of
 
 CONDITION = "DriverRefused"
 EVENT_REASON = "DriverRefused"
@@ -58,14 +58,24 @@ def _driver_candidate(node: NodeFacts, spec: ClusterPolicySpec) -> bool:
 _by_name = attrgetter("name")
 
 
-def verdicts(nodes: Iterable[NodeFacts], spec: ClusterPolicySpec) -> dict[str, Verdict]:
-    """Node name -> verdict, for every node the ClusterPolicy's driver is for."""
+def verdicts(
+    nodes: Iterable[NodeFacts], spec: ClusterPolicySpec, kept: ByNode[Verdict] | None = None
+) -> dict[str, Verdict]:
+    """Node name -> verdict, for every node the ClusterPolicy's driver is for, sorted by name. `kept`: the last
+    call's, worked out again only for the nodes that changed since."""
+    if kept is not None:
+        return kept.over(nodes, spec)
     out = {}
     for node in sorted(nodes, key=_by_name):
         found = per_spec(node, "_compat_verdict", spec, _verdict)
         if found is not None:
             out[node.name] = found
     return out
+
+
+def kept_verdicts() -> ByNode[Verdict]:
+    """What a pass keeps of `verdicts` between passes."""
+    return ByNode(lambda node, spec: per_spec(node, "_compat_verdict", spec, _verdict))
 
 
 def _verdict(node: NodeFacts, spec: ClusterPolicySpec) -> Verdict | None:
@@ -77,10 +87,13 @@ def _verdict(node: NodeFacts, spec: ClusterPolicySpec) -> Verdict | None:
     return Verdict(node.name, identity, version, module_type, refusal)
 
 
-def verdicts_for(nodes: Iterable[NodeFacts], spec: ClusterPolicySpec, groups: Iterable[Any] = ()) -> dict[str, Verdict]:
-    """verdicts(); with useNvidiaDriverCRD, each NVIDIADriver's (nvidiadriver.DriverGroup) on its own nodes."""
+def verdicts_for(
+    nodes: Iterable[NodeFacts], spec: ClusterPolicySpec, groups: Iterable[Any] = (), kept: ByNode[Verdict] | None = None
+) -> dict[str, Verdict]:
+    """verdicts(); with useNvidiaDriverCRD, each NVIDIADriver's (nvidiadriver.DriverGroup) on its own nodes (`kept`
+    is for the ClusterPolicy's alone)."""
     if not spec.driver.use_nvidia_driver_crd:
-        return verdicts(nodes, spec)
+        return verdicts(nodes, spec, kept)
     nodes = list(nodes)
     out: dict[str, Verdict] = {}
     for group in groups:

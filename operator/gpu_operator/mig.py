@@ -241,6 +241,17 @@ def _is_managed(node: NodeFacts, spec: ClusterPolicySpec) -> bool:
     )
 
 
+def managed(node: NodeFacts, spec: ClusterPolicySpec) -> bool:
+    """Whether `decide` checks the node's layout (one of mig_nodes)."""
+    return spec.mig_manager.enabled and _managed(node, spec)
+
+
+def busy(node: NodeFacts, spec: ClusterPolicySpec) -> bool:
+    """Whether `decide` may have something to do on the node; `decide` over the busy nodes alone decides as over
+    all (its node count aside), and `changes_requested` are busy ones."""
+    return node.has_gpu and not _quiet(node, spec)
+
+
 def _quiet(node: NodeFacts, spec: ClusterPolicySpec) -> bool:
     """Nothing for `decide` to do on this node, whatever its pods and mig-managers: no operand paused for a MIG
     change, and (a node whose layout is checked) the layout its label asks for let through, mig-manager not held."""
@@ -285,14 +296,14 @@ def decide(
     checked = spec.mig_manager.enabled
     busy: list[tuple[NodeFacts, bool]] = []  # GPU nodes with something to do, whether each is managed
     for node in nodes:  # one walk: at 5,000 nodes each walk is ~1 ms, and most nodes are quiet
-        managed = checked and _managed(node, spec)
-        out.managed += managed
+        checks = checked and _managed(node, spec)
+        out.managed += checks
         if node.has_gpu and not _quiet(node, spec):
-            busy.append((node, managed))
-    for node, managed in busy:  # restore labels on every GPU node, also those no longer managed
-        _restore(node, spec, managed and node.name in managers, out)
-    for node, managed in busy:
-        if managed:
+            busy.append((node, checks))
+    for node, checks in busy:  # restore labels on every GPU node, also those no longer managed
+        _restore(node, spec, checks and node.name in managers, out)
+    for node, checks in busy:
+        if checks:
             _gate(node, spec, layouts, pods.get(node.name, []), out)
     return out
 

@@ -29,6 +29,7 @@ from .render import (
     StatePlan,
     driver_node_patches,
     driver_routing,
+    kept_driver_patches,
     merged,
     node_independent,
     node_patches,
@@ -42,7 +43,7 @@ from .states.base import STATE_LABEL, owning_state
 from .status import StateResult, active_policy, ignored_status, policy_status, status_changed
 from .status_writer import StatusWriter
 from .upgrade import Counters, Limit
-from .upgrade.adapter import managed_nodes
+from .upgrade.adapter import Kept, managed_nodes
 from .upgrade.orchestrate import Orchestrated, orchestrate, set_gauges
 
 log = logging.getLogger("gpu_operator")
@@ -89,6 +90,9 @@ class Reconciler:
         self._patches: dict[str, tuple[NodeFacts, ClusterPolicySpec, bool, NodePatch]] = {}
         self._rows: dict[str, tuple[NodeFacts, bytes]] = {}  # render_key's per-node part, by the same rule
         self._count = NodeCounter()  # on how many nodes each DaemonSet should run, by the same rule
+        self._kept = Kept()  # the version matrix's verdicts and the upgrade planner's inputs, by the same rule
+        self._driver_patches = kept_driver_patches()  # the driver's own node labels, by the same rule
+        self._mig = mig_pass.Kept()  # the nodes the MIG pass may have something to do on, by the same rule
         # Set after each pass with an active, valid policy: single nodes are labelled by it between passes.
         self.labelling: Labelling | None = None
         # Set by the runtime: whether a node's upgrade moved on between passes since these facts of it (see
@@ -239,7 +243,7 @@ class Reconciler:
         # A new or changed spec: what needs no node is sent now, while the nodes are decided (at 5,000 nodes that
         # takes a second).
         ahead = self.applier.start(node_independent(ctx), snap.owned) if new_spec else None
-        verdicts = compat.verdicts_for(nodes, spec, groups)  # each NVIDIADriver's version on its own nodes
+        verdicts = compat.verdicts_for(nodes, spec, groups, self._kept.verdicts)  # each NVIDIADriver's on its nodes
         refused = compat.refused(verdicts)
         # A refused node keeps a driver pod of ours it already runs; only one without gets the refused label.
         with_driver = snap.pod_index.nodes_with("state-driver")
@@ -247,7 +251,8 @@ class Reconciler:
         # A node the driver may run on again gets gpu.deploy.driver=true back only once the driver DaemonSets
         # carry this version: before, the DaemonSet controller could start the refused version there.
         held = hold_driver_restores(patches, nodes)
-        patches = merged(patches, driver_node_patches(relabelled(nodes, patches), spec, routing, with_driver))
+        patches = merged(patches, driver_node_patches(relabelled(nodes, patches), spec, routing, with_driver,
+                                                      self._driver_patches))  # fmt: skip
         patches = upgrade_first_sight(relabelled(nodes, patches), patches, spec, with_driver)
         # A node joining a precompiled pool gets its driver-kernel label before the DaemonSets select it, so
         # a pod already running there (an install from before the label) is not deleted meanwhile.
@@ -263,7 +268,8 @@ class Reconciler:
                     del patches[n.name]
         versions = {n.name: n.resource_version for n in nodes if n.name in patches}
         nodes = relabelled(relabelled(nodes, patches), early)
-        migs, nodes, folded = mig_pass.run(self.kube, self.namespace, spec, snap, nodes, self.events, set(patches))
+        migs, nodes, folded = mig_pass.run(self.kube, self.namespace, spec, snap, nodes, self.events, set(patches),
+                                           self._mig)  # fmt: skip
         # The MIG pass wrote its labels already (but those it left to the label patch); the label patch (sent after
         # the objects) must not undo them.
         for name, mig_labels in folded.items():
@@ -332,7 +338,7 @@ class Reconciler:
         else:
             moved = self.moved
             upgrade = orchestrate(self.kube, self.namespace, spec, snap.with_nodes(by_name), self.events,
-                                  moved=None if moved is None else lambda name: moved(by_name[name]))
+                                  moved=None if moved is None else lambda name: moved(by_name[name]), kept=self._kept)
         self._driver_statuses(snap, drivers, assignment, plans, live, pods_by_owner, set(refused))
         out.busy = out.busy or upgrade.busy or bool(migs.waiting)
         out.more = upgrade.deferred > 0
@@ -502,6 +508,8 @@ def hold_driver_restores(patches: dict[str, NodePatch], nodes: list[NodeFacts]) 
     themselves are not changed: they are shared with the reconciler's memo)."""
     held: dict[str, NodePatch] = {}
     key = deploy_label("driver")
+    if not any((patch.get("labels") or {}).get(key) == "true" for patch in patches.values()):
+        return held  # no driver label restored: no walk of the nodes for refused ones
     refused_now = {n.name for n in nodes if n.labels.get(key) == DRIVER_REFUSED}
     for name, patch in list(patches.items()):
         labels = patch.get("labels") or {}

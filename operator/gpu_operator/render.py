@@ -13,6 +13,7 @@ from .api import ClusterPolicySpec
 from .nodes import (
     ALL_OPERANDS,
     DRA_OPERANDS,
+    ByNode,
     NodeFacts,
     apply_patch,
     deploy_label,
@@ -79,13 +80,20 @@ def driver_routing(
 
 
 def driver_node_patches(
-    nodes: list[NodeFacts], spec: ClusterPolicySpec, routing: DriverRouting, holding: Collection[str] = ()
-) -> dict[str, NodePatch]:
+    nodes: list[NodeFacts], spec: ClusterPolicySpec, routing: DriverRouting, holding: Collection[str] = (),
+    kept: ByNode[tuple[NodePatch, NodePatch]] | None = None,
+) -> dict[str, NodePatch]:  # fmt: skip
     """The driver's own node metadata, decided on the nodes as node_patches leaves them: the NVIDIADriver
     owner label and upgrade-enabled annotation, and the driver-kernel label of precompiled pools.
 
     `holding`: nodes whose changed kernel is left to the upgrade planner (they run a driver pod under
-    autoUpgrade)."""
+    autoUpgrade). `kept` (kept_driver_patches): the last call's, worked out again for the nodes that changed;
+    for the ClusterPolicy's driver (no NVIDIADriver routing), else not used."""
+    if kept is not None and routing.assignment is None:
+        hold_on = spec.driver.upgrade_policy.auto_upgrade
+        found = kept.over(nodes, spec)
+        chosen = ((name, held if hold_on and name in holding else free) for name, (free, held) in found.items())
+        return {name: patch for name, patch in chosen if patch}
     out = nvidiadriver.node_patches(nodes, routing.assignment, routing.groups)
     by_node = {n: g.spec for g in routing.groups for n in g.nodes}
     crd_mode = spec.driver.use_nvidia_driver_crd
@@ -98,6 +106,22 @@ def driver_node_patches(
         if labels:
             kernels[node.name] = {"labels": labels}
     return merged(out, kernels)
+
+
+def _own_patches(node: NodeFacts, spec: ClusterPolicySpec) -> tuple[NodePatch, NodePatch] | None:
+    """driver_node_patches for one node without NVIDIADrivers: (the patch, the patch when the node is held), or
+    None when both are empty."""
+    owner = nvidiadriver.owner_patch(node, None)
+    precompiled = spec.driver.enabled and spec.driver.use_precompiled
+    free, held = ({**owner, **driver_kernel_patch(node, precompiled, hold)} for hold in (False, True))
+    if not free and not held:
+        return None
+    return ({"labels": free} if free else {}), ({"labels": held} if held else {})
+
+
+def kept_driver_patches() -> ByNode[tuple[NodePatch, NodePatch]]:
+    """What a pass keeps of driver_node_patches between passes."""
+    return ByNode(_own_patches)
 
 
 def upgrade_first_sight(

@@ -12,7 +12,7 @@ from .. import metrics
 from ..api import ClusterPolicySpec
 from ..kube import Kube
 from ..observe import Snapshot
-from .adapter import WRITE_BUDGET_S, Executor, managed_nodes, steady, workload_pods
+from .adapter import WRITE_BUDGET_S, Executor, Kept, managed_nodes, steady, workload_pods
 from .model import (
     EVENT_REASON,
     FAILED,
@@ -61,11 +61,13 @@ def orchestrate(
     limit: Limit | None = None,
     gauges: bool = True,
     moved: Callable[[str], bool] | None = None,
+    kept: Kept | None = None,
 ) -> Orchestrated:
     """`snap` carries the nodes as this pass has labelled them. `limit`: cluster-wide limits left (several
     NVIDIADrivers); `gauges` False: the caller sets the metrics from the counters of all of them. `moved(node)`:
-    whether the node moved on since `snap` (see `advance`): its actions are dropped."""
-    managed = managed_nodes(spec, snap)
+    whether the node moved on since `snap` (see `advance`): its actions are dropped. `kept`: the planner inputs
+    kept from the last pass (managed_nodes)."""
+    managed = managed_nodes(spec, snap, kept)
     policy = spec.driver.upgrade_policy
     if gauges:
         metrics.driver_auto_upgrade_enabled.set(int(policy.auto_upgrade))
@@ -73,29 +75,31 @@ def orchestrate(
         if gauges:
             set_gauges(Counters())
         return Orchestrated(None, False)
-    result = plan(managed, workload_pods(kube, managed), policy, time.time(), validation_enabled=spec.validator.enabled,
-                  limit=limit)  # fmt: skip
+    needs = kept.inputs.needs_pods if kept is not None else None  # kept with `managed`
+    result = plan(managed, workload_pods(kube, managed, needs), policy, time.time(),
+                  validation_enabled=spec.validator.enabled, limit=limit)  # fmt: skip
     # The annotation k8s-driver-manager reads went out with the node's labels (render.node_patches).
-    states = {n.name: n.state for n in managed}
+    c = result.counters
+    # Each node's state orders the writes and names the waits: with neither (a settled cluster), no walk for it.
+    states = {n.name: n.state for n in managed} if result.actions or result.waiting or c.failed else {}
     ran = Executor(kube, namespace, events).run(result, states, WRITE_BUDGET_S, moved)
     left = ran.left
     for node, what in result.finished.items():  # the happy path's end: no event (the label says it), a log line
         if node not in left and node not in ran.dropped:
             log.info("upgrade of node %s done: %s", node, what)
-    c = result.counters
     if gauges:
         set_gauges(c)
     busy = bool(result.actions) or c.in_progress > 0 or c.pending > 0
     if left:
         log.info("upgrade: %d nodes' writes left for the next pass (write budget %.0f s)", len(left), WRITE_BUDGET_S)
-    by_name = {n.name: n for n in managed}
     starts = result.started
     started = len(starts)
+    by_name = {n.name: n for n in managed} if starts else {}
     made_unavailable = sum(1 for n in starts if not by_name[n].unavailable)
     if not policy.auto_upgrade:
         return Orchestrated(None, busy, c, started, made_unavailable, len(left))
     reasons = dict(result.waiting)
-    for n in managed:  # a failed node says why it failed
+    for n in managed if c.failed else ():  # a failed node says why it failed
         if n.state == FAILED and n.name not in reasons:
             reasons[n.name] = "failed: " + n.annotations.get(FAILURE_REASON_ANNOTATION, "see its events")
     stuck = sorted((n, r) for n, r in reasons.items() if states.get(n) in IN_PROGRESS_STATES)

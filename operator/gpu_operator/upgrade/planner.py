@@ -759,7 +759,8 @@ def plan(
             node = after
 
     for node in nodes:
-        advance(node)
+        if _SETTLED not in node.__dict__:  # settled(node), without a call for each of thousands of settled nodes
+            advance(node)
 
     # Named in a candidate's wait only: no candidate, no walk.
     unavailable_names = [n.name for n in nodes if n.unavailable or n.state in IN_PROGRESS_STATES] if candidates else []
@@ -779,17 +780,15 @@ def plan(
     waiting: dict[str, str] = {}
     quiet: set[str] = set()
     finished: dict[str, str] = {}
-    for node in nodes:
-        if node.name not in taken:
-            continue
-        step = _conclude(node.name, taken[node.name])
+    for name in sorted(taken):  # the nodes' order (sorted by name), only those that took steps
+        step = _conclude(name, taken[name])
         out += step.actions
         if step.finished is not None:
-            finished[node.name] = step.finished
+            finished[name] = step.finished
         if step.waiting is not None:
-            waiting[node.name] = step.waiting
+            waiting[name] = step.waiting
             if step.quiet:
-                quiet.add(node.name)
+                quiet.add(name)
     return Plan(out, waiting, counters, tuple(started), frozenset(quiet), finished)
 
 

@@ -644,3 +644,23 @@ def test_by_node_keeps_what_a_walk_of_every_node_gives(seed: int) -> None:
         if not respecced and step:
             assert set(calls[: len(calls) - len(order)]) <= changed, f"step {step}"  # then the walk's calls
         assert verdicts.over(order, spec) == compat.verdicts(order, spec), f"step {step}"
+
+
+def test_by_node_starts_over_after_a_call_that_failed() -> None:
+    """A call that raises midway leaves nothing half kept: the next one works every node out again."""
+    from gpu_operator.nodes import ByNode
+
+    broken = {"n1"}
+
+    def f(node: NodeFacts, _: object) -> str:
+        if node.name in broken:
+            raise ValueError(node.name)
+        return node.labels["v"]
+
+    kept: ByNode[str] = ByNode(f)
+    first = [NodeFacts(f"n{i}", labels={"v": str(i)}) for i in range(3)]
+    assert kept.over(first[:1], True) == {"n0": "0"}
+    with pytest.raises(ValueError):
+        kept.over(first, True)
+    broken.clear()
+    assert kept.over(first, True) == {"n0": "0", "n1": "1", "n2": "2"}

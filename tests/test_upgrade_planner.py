@@ -1196,3 +1196,31 @@ def test_the_inputs_a_pass_keeps_are_the_ones_made_from_scratch(seed: int) -> No
             if same and before is not None and before[3:] == now[3:]:
                 assert node is last[name], f"step {step}: {name} made again with the same inputs"
         last, last_inputs = got, inputs
+
+
+def test_the_inputs_a_pass_keeps_start_over_after_a_call_that_failed() -> None:
+    from gpu_operator.upgrade.adapter import UpgradeInputs
+
+    labels = {DEPLOY_DRIVER: "true", "feature.node.kubernetes.io/pci-10de.present": "true"}
+    nodes = [NodeFacts(name=f"a{i}", labels=labels) for i in range(3)]
+    revisions = {"r": {"metadata": {"labels": {"controller-revision-hash": NEW}}, "revision": 1,
+                       "owner": "nvidia-driver-daemonset"}}  # fmt: skip
+
+    def pod(node: str, owner: bool = True) -> dict[str, Any]:
+        made = {**driver_pod(f"drv-{node}", rev=NEW), "node": node}
+        if owner:
+            made["owner"] = "nvidia-driver-daemonset"
+        made["metadata"]["labels"][OPERAND_STATE_LABEL] = "state-driver"
+        return made
+
+    kept = UpgradeInputs()
+    good = {f"drv-{n.name}": pod(n.name) for n in nodes}
+    kept.over(nodes[:1], PodIndex.of(good), revisions, {})
+    index = PodIndex.of(good)
+    broken = {n: ((pod(n, owner=False),) if n == "a1" else p) for n, p in index.by_state["state-driver"].items()}
+    with pytest.raises(KeyError):  # a projection without its owner: the pass fails
+        kept.over(nodes, PodIndex({"state-driver": broken}, {}, {}), revisions, {})
+    assert not kept.nodes and not kept.made  # nothing half kept (which nodes were made first is the set's order)
+    got = kept.over(nodes, PodIndex.of(good), revisions, {})
+    assert sorted(got, key=lambda n: n.name) == upgrade_nodes(nodes, good, revisions, {})
+    assert all(n.driver_pod is not None for n in got)

@@ -306,7 +306,11 @@ class ByNode(Generic[_T]):
 
     def over(self, nodes: Iterable[NodeFacts], key: Any) -> dict[str, _T]:
         with self.lock:
-            return self._over(nodes, key)
+            try:
+                return self._over(nodes, key)
+            except BaseException:
+                self.key, self.seen, self.values = None, {}, {}  # half updated: the next call starts over
+                raise
 
     def _over(self, nodes: Iterable[NodeFacts], key: Any) -> dict[str, _T]:
         if key is not self.key:

@@ -73,6 +73,9 @@ class UpgradeInputs:
     identity scans of the nodes and of the two pod maps are ~1 ms. One reconciler's: not for concurrent use."""
 
     def __init__(self) -> None:
+        self._forget()
+
+    def _forget(self) -> None:
         self.nodes: dict[str, NodeFacts] = {}
         self.drivers: Mapping[str, Sequence[dict[str, Any]]] = {}
         self.validators: Mapping[str, Sequence[dict[str, Any]]] = {}
@@ -82,6 +85,16 @@ class UpgradeInputs:
         self.needs_pods: set[str] = set()  # nodes in a state whose step reads the node's pods (workload_pods)
 
     def over(
+        self, nodes: Iterable[NodeFacts], index: PodIndex, revisions: Mapping[str, dict[str, Any]],
+        refused: Mapping[str, str],
+    ) -> list[UpgradeNode]:  # fmt: skip
+        try:
+            return self._over(nodes, index, revisions, refused)
+        except BaseException:
+            self._forget()  # half updated: the next call makes every node again
+            raise
+
+    def _over(
         self, nodes: Iterable[NodeFacts], index: PodIndex, revisions: Mapping[str, dict[str, Any]],
         refused: Mapping[str, str],
     ) -> list[UpgradeNode]:  # fmt: skip

@@ -254,7 +254,7 @@ def test_a_decision_over_many_nodes_is_each_nodes_own_decision() -> None:
         assert whole.managed == sum(d.managed for d in alone) == (4 if spec is SPEC else 0)
         asked = mig.changes_requested(nodes, spec)
         assert asked == [n.name for n in nodes if mig.changes_requested([n], spec)] == (["n0"] if spec is SPEC else [])
-        # What the pass keeps by node (mig_pass.Kept): deciding over the busy nodes alone decides the same.
+        # What the pass keeps by node (mig_pass.MigKept): deciding over the busy nodes alone decides the same.
         busy = [n for n in nodes if mig.busy(n, spec)]
         assert [n.name for n in busy] == (["n0", "n2", "n3"] if spec is SPEC else ["n2", "n3"])  # paused ones
         some = mig.decide(busy, spec, layouts=None, pods=pods, managers=managers)

@@ -41,7 +41,7 @@ from gpu_operator.upgrade import (
     planner,
     preview_waves,
 )
-from gpu_operator.upgrade.adapter import upgrade_node, upgrade_nodes
+from gpu_operator.upgrade.adapter import UpgradeInputs, upgrade_node, upgrade_nodes
 
 OLD, NEW = "rev-old", "rev-new"
 DEPLOY_DRIVER = "nvidia.com/gpu.deploy.driver"
@@ -969,17 +969,19 @@ def test_the_adapter_gives_the_same_object_for_the_same_inputs() -> None:
     pods = {"drv-a1": pod}
     revisions = {"r": {"metadata": {"labels": {"controller-revision-hash": NEW}}, "revision": 3,
                        "owner": "nvidia-driver-daemonset"}}  # fmt: skip
-    (first,) = upgrade_nodes([facts], pods, revisions, index=PodIndex.of(pods))
-    (again,) = upgrade_nodes([facts], pods, revisions, index=PodIndex.of(pods))
+    kept, index = UpgradeInputs(), PodIndex.of(pods)
+    (first,) = kept.over([facts], index, revisions, {})
+    (again,) = kept.over([facts], index, revisions, {})
     assert again is first and first.driver_pod is pod and first.driver_revision == NEW
-    (refused,) = upgrade_nodes([facts], pods, revisions, {"a1": "why"}, index=PodIndex.of(pods))
+    assert upgrade_nodes([facts], pods, revisions, index=index) == [first]  # made afresh, the same
+    (refused,) = kept.over([facts], index, revisions, {"a1": "why"})
     assert refused is not first and refused.refused == "why"
     newer = {**pod, "metadata": {**pod["metadata"], "deletionTimestamp": "2026-01-01T00:00:00Z"}}
-    (moved,) = upgrade_nodes([facts], {"drv-a1": newer}, revisions, index=PodIndex.of({"drv-a1": newer}))
+    (moved,) = kept.over([facts], PodIndex.of({"drv-a1": newer}), revisions, {"a1": "why"})
     assert moved.driver_pod is newer
     relabelled = NodeFacts(name="a1", labels={**facts.labels, DEPLOY_DRIVER: "paused-for-driver-upgrade"})
-    (paused,) = upgrade_nodes([relabelled], pods, revisions, index=PodIndex.of(pods))
-    assert paused.labels is relabelled.labels
+    (paused,) = kept.over([relabelled], index, revisions, {"a1": "why"})
+    assert paused.labels is relabelled.labels and paused.driver_pod is pod
 
 
 def test_by_urgency_puts_the_nodes_nearest_done_first_and_keeps_each_nodes_actions_in_order() -> None:
@@ -1114,13 +1116,14 @@ def test_the_adapter_makes_a_new_object_when_the_driver_daemonset_has_a_newer_re
     index = PodIndex.of(pods)
     revisions = {"r": {"metadata": {"labels": {"controller-revision-hash": NEW}}, "revision": 3,
                        "owner": "nvidia-driver-daemonset"}}  # fmt: skip
-    (first,) = upgrade_nodes([facts], pods, revisions, index=index)
+    kept = UpgradeInputs()
+    (first,) = kept.over([facts], index, revisions, {})
     assert not first.driver_out_of_date
     newer = {**revisions, "r2": {"metadata": {"labels": {"controller-revision-hash": "rev-newer"}}, "revision": 4,
                                  "owner": "nvidia-driver-daemonset"}}  # fmt: skip
-    (second,) = upgrade_nodes([facts], pods, newer, index=index)  # the same pods, the very sequences
+    (second,) = kept.over([facts], index, newer, {})  # the same pods, the very sequences
     assert second is not first and second.driver_revision == "rev-newer" and second.driver_out_of_date
-    (third,) = upgrade_nodes([facts], pods, newer, index=index)
+    (third,) = kept.over([facts], index, newer, {})
     assert third is second
 
 
@@ -1128,10 +1131,9 @@ def test_the_adapter_makes_a_new_object_when_the_driver_daemonset_has_a_newer_re
 def test_the_inputs_a_pass_keeps_are_the_ones_made_from_scratch(seed: int) -> None:
     """Over passes of nodes coming, going and relabelled, driver and validator pods replaced, refusals and the
     DaemonSet's newest revision changing, UpgradeInputs gives what upgrade_nodes makes from scratch, and keeps
-    the very object of a node none of whose inputs changed."""
+    the very object of a node none of whose inputs changed; so do two kept over two NVIDIADrivers' nodes (the
+    pods of all of them in the index) while nodes move from one to the other."""
     import random
-
-    from gpu_operator.upgrade.adapter import UpgradeInputs
 
     rng = random.Random(seed)
     gpu = "feature.node.kubernetes.io/pci-10de.present"
@@ -1141,6 +1143,8 @@ def test_the_inputs_a_pass_keeps_are_the_ones_made_from_scratch(seed: int) -> No
                         "owner": "nvidia-driver-daemonset"}}  # fmt: skip
     refused: dict[str, str] = {}
     kept = UpgradeInputs()
+    groups = {"a": UpgradeInputs(), "b": UpgradeInputs()}
+    owner: dict[str, str] = {}  # node -> its NVIDIADriver
     index = PodIndex.of(pods)
     by_state: dict[str, dict[str, tuple[dict[str, Any], ...]]] = {}
     last: dict[str, UpgradeNode] = {}
@@ -1186,6 +1190,12 @@ def test_the_inputs_a_pass_keeps_are_the_ones_made_from_scratch(seed: int) -> No
         want = {n.name: n for n in upgrade_nodes(order, pods, revisions, refused)}
         assert got == want, f"step {step}"
         assert kept.needs_pods == {n for n, u in want.items() if u.state in NEEDS_PODS}, f"step {step}"
+        for name in rng.sample(sorted(nodes), min(len(nodes), 3)):
+            owner[name] = rng.choice("ab")
+        for group, its in groups.items():
+            part = [n for n in order if owner.get(n.name, "a") == group]
+            mine = {n.name: n for n in its.over(part, index, revisions, refused)}
+            assert mine == {n.name: n for n in upgrade_nodes(part, pods, revisions, refused)}, f"step {step}"
         inputs = {name: (nodes[name], by_state.get("state-driver", {}).get(name),
                          by_state.get("state-operator-validation", {}).get(name), refused.get(name), len(revisions))
                   for name in got}  # fmt: skip
@@ -1199,8 +1209,6 @@ def test_the_inputs_a_pass_keeps_are_the_ones_made_from_scratch(seed: int) -> No
 
 
 def test_the_inputs_a_pass_keeps_start_over_after_a_call_that_failed() -> None:
-    from gpu_operator.upgrade.adapter import UpgradeInputs
-
     labels = {DEPLOY_DRIVER: "true", "feature.node.kubernetes.io/pci-10de.present": "true"}
     nodes = [NodeFacts(name=f"a{i}", labels=labels) for i in range(3)]
     revisions = {"r": {"metadata": {"labels": {"controller-revision-hash": NEW}}, "revision": 1,

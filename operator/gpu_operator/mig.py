@@ -293,16 +293,15 @@ def decide(
     """`layouts`: the user's config (None: the default table); `pods`: the pods of each node in
     `changes_requested`; `managers`: nodes with a live mig-manager pod."""
     out = Decision()
-    checked = spec.mig_manager.enabled
-    busy: list[tuple[NodeFacts, bool]] = []  # GPU nodes with something to do, whether each is managed
+    doing: list[tuple[NodeFacts, bool]] = []  # GPU nodes with something to do, whether each is managed
     for node in nodes:  # one walk: at 5,000 nodes each walk is ~1 ms, and most nodes are quiet
-        checks = checked and _managed(node, spec)
+        checks = managed(node, spec)
         out.managed += checks
-        if node.has_gpu and not _quiet(node, spec):
-            busy.append((node, checks))
-    for node, checks in busy:  # restore labels on every GPU node, also those no longer managed
+        if busy(node, spec):
+            doing.append((node, checks))
+    for node, checks in doing:  # restore labels on every GPU node, also those no longer managed
         _restore(node, spec, checks and node.name in managers, out)
-    for node, checks in busy:
+    for node, checks in doing:
         if checks:
             _gate(node, spec, layouts, pods.get(node.name, []), out)
     return out

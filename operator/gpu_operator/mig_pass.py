@@ -65,7 +65,7 @@ def _managed(node: NodeFacts, spec: ClusterPolicySpec) -> bool | None:
 
 
 @dataclass
-class Kept:
+class MigKept:
     """What a reconciler keeps between MIG passes, by node (nodes.ByNode): the nodes `decide` may have something to
     do on (most have none: their layout let through, nothing paused) and those whose layout is checked. A pass
     then decides over the few busy ones, not every node (at 5,000 nodes the walks were a seventh of a pass)."""
@@ -82,13 +82,13 @@ def run(
     nodes: list[NodeFacts],
     events: Recorder,
     fold: Collection[str] = (),
-    kept: Kept | None = None,
+    kept: MigKept | None = None,
 ) -> tuple[mig.Decision, list[NodeFacts], dict[str, dict[str, str | None]]]:
     """One pass: the decision, the nodes as its label patches leave them, and the patches left to the caller.
 
     `fold`: nodes the caller patches later in this pass anyway; a patch that only records a layout as let through
     is left to go with that patch (one write per node instead of two) rather than written here. `kept`: what the
-    last pass worked out per node, kept (see Kept)."""
+    last pass worked out per node, kept (see MigKept)."""
     managed = None
     busy: list[NodeFacts] = nodes
     if kept is not None:

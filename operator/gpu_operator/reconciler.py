@@ -43,7 +43,7 @@ from .states.base import STATE_LABEL, owning_state
 from .status import StateResult, active_policy, ignored_status, policy_status, status_changed
 from .status_writer import StatusWriter
 from .upgrade import Counters, Limit
-from .upgrade.adapter import Kept, managed_nodes
+from .upgrade.adapter import UpgradeKept, managed_nodes
 from .upgrade.orchestrate import Orchestrated, orchestrate, set_gauges
 
 log = logging.getLogger("gpu_operator")
@@ -90,9 +90,10 @@ class Reconciler:
         self._patches: dict[str, tuple[NodeFacts, ClusterPolicySpec, bool, NodePatch]] = {}
         self._rows: dict[str, tuple[NodeFacts, bytes]] = {}  # render_key's per-node part, by the same rule
         self._count = NodeCounter()  # on how many nodes each DaemonSet should run, by the same rule
-        self._kept = Kept()  # the version matrix's verdicts and the upgrade planner's inputs, by the same rule
+        self._kept = UpgradeKept()  # the version matrix's verdicts and the upgrade planner's inputs, by the same rule
         self._driver_patches = kept_driver_patches()  # the driver's own node labels, by the same rule
-        self._mig = mig_pass.Kept()  # the nodes the MIG pass may have something to do on, by the same rule
+        self._mig = mig_pass.MigKept()  # the nodes the MIG pass may have something to do on, by the same rule
+        self._group_kept: dict[str, UpgradeKept] = {}  # each NVIDIADriver's upgrade inputs, by its name
         # Set after each pass with an active, valid policy: single nodes are labelled by it between passes.
         self.labelling: Labelling | None = None
         # Set by the runtime: whether a node's upgrade moved on between passes since these facts of it (see
@@ -389,13 +390,15 @@ class Reconciler:
         """Each NVIDIADriver's nodes by its own upgradePolicy, and all of them within the ClusterPolicy's
         maxParallelUpgrades and maxUnavailable (over every node the NVIDIADrivers drive)."""
         parts = [(g, snap.with_nodes({k: v for k, v in by_name.items() if k in g.nodes})) for g in groups]
-        everyone = [n for g, part in parts for n in managed_nodes(g.spec, part)]
+        self._group_kept = kept = {g.name: self._group_kept.get(g.name) or UpgradeKept() for g in groups}
+        everyone = [n for g, part in parts for n in managed_nodes(g.spec, part, kept[g.name])]
         what = "all NVIDIADrivers (ClusterPolicy driver.upgradePolicy)"
         limit = Limit.over(everyone, spec.driver.upgrade_policy, what)
         out = Orchestrated(None, False)
         totals: dict[str, int] = {}
         for group, part in parts:
-            one = orchestrate(self.kube, self.namespace, group.spec, part, self.events, limit=limit, gauges=False)
+            one = orchestrate(self.kube, self.namespace, group.spec, part, self.events, limit=limit, gauges=False,
+                              kept=kept[group.name])
             limit = limit.after(one.started, one.made_unavailable)
             out.busy = out.busy or one.busy
             out.deferred += one.deferred

@@ -12,7 +12,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from operator import is_
 from typing import Any
 
 from .. import compat
@@ -52,7 +51,7 @@ def _pick(pods: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     return live[0] if live else (pods[0] if pods else None)
 
 
-def managed_nodes(spec: ClusterPolicySpec, snap: Snapshot, kept: Kept | None = None) -> list[UpgradeNode]:
+def managed_nodes(spec: ClusterPolicySpec, snap: Snapshot, kept: UpgradeKept | None = None) -> list[UpgradeNode]:
     """The nodes whose driver the operator upgrades: none while the ClusterPolicy's driver is off.
 
     The operator's pass and `gpu-operator upgrade plan` both call this, so they give one answer. `kept`: what the
@@ -128,8 +127,7 @@ class UpgradeInputs:
                 made.pop(name, None)
                 self.needs_pods.discard(name)
                 continue
-            driver, validator = _pick(drivers.get(name, ())), _pick(validators.get(name, ()))
-            revision = newest.get(driver["owner"], (0, None))[1] if driver else None
+            driver, validator, revision = _operand_pods(name, drivers, validators, newest)
             made[name] = one = _upgrade_node(node, driver, validator, revision, refused.get(name, ""))
             if one.state in NEEDS_PODS:
                 self.needs_pods.add(name)
@@ -139,7 +137,7 @@ class UpgradeInputs:
 
 
 @dataclass
-class Kept:
+class UpgradeKept:
     """What a reconciler keeps of its upgrade inputs between passes (the ClusterPolicy's driver)."""
 
     verdicts: ByNode[compat.Verdict] = field(default_factory=compat.kept_verdicts)
@@ -153,40 +151,19 @@ def upgrade_nodes(
     refused: Mapping[str, str] | None = None,
     index: PodIndex | None = None,
 ) -> list[UpgradeNode]:
-    """Planner inputs for every node a driver DaemonSet manages, from the watch-cache projections.
-
-    `refused`: node -> why the policy's driver cannot run there (the planner skips it); `index`: of `pods`."""
+    """Planner inputs for every node a driver DaemonSet manages, from the watch-cache projections, made afresh
+    (a pass keeps them with UpgradeInputs). `refused`: node -> why the policy's driver cannot run there (the planner
+    skips it); `index`: of `pods`."""
     newest = newest_revisions(revisions)
     by_state = (index or PodIndex.of(pods)).by_state
-    out = []
     drivers, validators = by_state.get(DRIVER) or {}, by_state.get(VALIDATOR) or {}
-    if len(_built) > 2 * len(drivers) + 100:  # nodes that went away
-        _built.clear()
     refused = refused or {}
+    out = []
     for node in nodes:
-        if not gets_driver(node):
-            continue
-        name = node.name
-        driver_pods, validator_pods = drivers.get(name, ()), validators.get(name, ())
-        why = refused.get(name, "")
-        hit = _built.get(name)
-        if hit and hit[0] is node and _same(hit[1], driver_pods) and _same(hit[2], validator_pods) and hit[3] == why:
-            made = hit[4]
-            owner = made.driver_pod["owner"] if made.driver_pod else None
-            if made.driver_revision == (newest.get(owner, (0, None))[1] if owner is not None else None):
-                out.append(made)  # the same inputs: the same object (the planner knows it settled)
-                continue
-        driver, validator = _pick(driver_pods), _pick(validator_pods)
-        revision = newest.get(driver["owner"], (0, None))[1] if driver else None
-        made = _upgrade_node(node, driver, validator, revision, why)
-        _built[name] = (node, driver_pods, validator_pods, why, made)
-        out.append(made)
+        if gets_driver(node):
+            driver, validator, revision = _operand_pods(node.name, drivers, validators, newest)
+            out.append(_upgrade_node(node, driver, validator, revision, refused.get(node.name, "")))
     return out
-
-
-def _same(a: Sequence[Any], b: Sequence[Any]) -> bool:
-    """The same pods (the very objects), in the same sequence or not."""
-    return a is b or (len(a) == len(b) and all(map(is_, a, b)))
 
 
 def upgrade_node(
@@ -242,13 +219,6 @@ def _upgrade_node(
         refused=why,
         pool_move=_pool_move(node),
     )
-
-
-# Node name -> (the node object, its driver and validator pods as the PodIndex holds them, the refusal an
-# UpgradeNode was made of, that UpgradeNode): a node whose inputs are the very same objects (the caches replace
-# them on change) and whose driver DaemonSet's newest revision is the same gets the same UpgradeNode again, which
-# the planner recognizes as settled without stepping it.
-_built: dict[str, tuple[NodeFacts, Sequence[Any], Sequence[Any], str, UpgradeNode]] = {}
 
 
 def _pool_move(node: NodeFacts) -> str:

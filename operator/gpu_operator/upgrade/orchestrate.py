@@ -12,7 +12,7 @@ from .. import metrics
 from ..api import ClusterPolicySpec
 from ..kube import Kube
 from ..observe import Snapshot
-from .adapter import WRITE_BUDGET_S, Executor, Kept, managed_nodes, steady, workload_pods
+from .adapter import WRITE_BUDGET_S, Executor, UpgradeKept, managed_nodes, steady, workload_pods
 from .model import (
     EVENT_REASON,
     FAILED,
@@ -61,7 +61,7 @@ def orchestrate(
     limit: Limit | None = None,
     gauges: bool = True,
     moved: Callable[[str], bool] | None = None,
-    kept: Kept | None = None,
+    kept: UpgradeKept | None = None,
 ) -> Orchestrated:
     """`snap` carries the nodes as this pass has labelled them. `limit`: cluster-wide limits left (several
     NVIDIADrivers); `gauges` False: the caller sets the metrics from the counters of all of them. `moved(node)`:

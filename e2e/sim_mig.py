@@ -74,6 +74,17 @@ class MigSim:
             host = self._hosts.get(node)
             return host.applied if host and host.pod else None
 
+    def describe(self, node: str, now: float) -> str:
+        """The simulated host's MIG state, for a test's or a bench's report."""
+        with self._lock:
+            host = self._hosts.get(node)
+        if host is None:
+            return "never looked at"
+        pod = f"pod {host.pod[:8]} seen {now - host.since:.0f} s ago" if host.pod else "no mig-manager pod seen"
+        doing = f", applying {host.target} since {now - host.started:.0f} s" if host.target else ""
+        return (f"applied {host.applied}, {pod}, label {host.seen!r} seen {now - host.seen_at:.0f} s ago, "
+                f"acted on {host.acted_on!r}{doing}")
+
     def step(self, node: dict[str, Any], pods: list[dict[str, Any]], now: float) -> tuple[dict[str, Any], float | None]:
         """(label patch, seconds until the node needs another look); called with the node's operand pods."""
         name = node["metadata"]["name"]

@@ -586,6 +586,30 @@ def test_queue_keeps_the_earliest_delayed_add() -> None:
     assert q.get() is None
 
 
+def test_queue_serves_background_adds_after_the_others() -> None:
+    q = _NodeQueue()
+    for name in ("a", "b", "c"):
+        q.add(name, background=True)  # the resync's looks
+    assert not q.idle()
+    q.add("d")
+    q.add("b")  # an event for a node queued in the background: it goes ahead, once
+    q.add("c", delay=0.01)  # a timed step comes due: ahead too
+    time.sleep(0.05)
+    got = []
+    while not q.idle():
+        one = q.get()
+        assert one is not None
+        got.append(one)
+        q.done(one)
+    assert got == ["d", "b", "c", "a"]
+    q.add("a")
+    q.add("a", background=True)  # already queued: stays ahead, and once
+    assert q.get() == "a"
+    q.done("a")
+    assert q.idle()
+    q.close()
+
+
 def test_offline_check_of_rendered_manifests(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
     import yaml
 

@@ -230,7 +230,7 @@ def heap_report(pid: int, where: Path) -> str:
 
 
 def join(cluster: LocalCluster, admin: Kube, user: str, count: int, prefix: str, device_labels: bool, figure: Any,
-         follow_up: bool, one_os: bool = False) -> None:
+         follow_up: bool, one_os: bool = False, sim: NodeSimulator | None = None) -> None:
     """`count` nodes join at once: how long until each has its GPU and deploy labels (from the audit log: the
     create's arrival to our first patch answered); with `follow_up`, also the node patches per joining node until
     GFD has labelled each and a MIG node's layout is applied."""
@@ -247,12 +247,24 @@ def join(cluster: LocalCluster, admin: Kube, user: str, count: int, prefix: str,
             break
         time.sleep(0.2)
     # The follow-up labels: GFD's, then (MIG nodes) the layout applied; the operator's answers to them.
+    waiting: list[dict[str, Any]] = []
     while follow_up and time.monotonic() < deadline:
         listed = admin.list("Node", label_selector=selector)
-        labels = [n["metadata"]["labels"] for n in listed]
-        if all(GFD_PRODUCT in ls and (MIG_STATE in ls or not _mig(ls)) for ls in labels):
+        waiting = [n for n in listed if not (GFD_PRODUCT in (ls := n["metadata"]["labels"]) and
+                                            (MIG_STATE in ls or not _mig(ls)))]  # fmt: skip
+        if not waiting:
             break
         time.sleep(1)
+    if waiting:  # why the follow-up's figure below counts fewer answers than it should
+        print(f"  follow-up: {len(waiting)} joined nodes still without GFD's labels or their MIG layout's state")
+        for node in waiting[:3]:
+            ls = node["metadata"]["labels"]
+            mine = {k: v for k, v in sorted(ls.items()) if "mig" in k or k in (GFD_PRODUCT,)}
+            print(f"    {node['metadata']['name']}: {mine}")
+            if sim is not None:
+                print(f"      simulator: {sim.describe(node['metadata']['name'])}")
+        if sim is not None and sim.errors:
+            print(f"    simulator's last errors: {sim.errors[-3:]}")
     time.sleep(5)
     names = {n["metadata"]["name"] for n in joiners}
     events = [e for e in cluster.audit_events() if audit_time(e) >= join_from - 1]
@@ -822,7 +834,7 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
 
             if args.joins:
                 join(cluster, admin, user, args.joins, "join", args.device_labels, figure, follow_up=True,
-                     one_os=args.one_os)
+                     one_os=args.one_os, sim=sim)
             if args.switch:  # after the joins: they are measured on a cluster at rest
                 switch_back_on(cluster, admin, user, args.switch, args.timeout, figure)
             total = args.nodes + args.joins

@@ -496,3 +496,79 @@ def test_a_pass_counts_the_nodes_it_labels_itself_before_it_calls_a_daemonset_re
     recounted = {k: {**o, "status": _counted(2)} if o["kind"] == "DaemonSet" else o for k, o in owned.items()}
     _, verdict = toolkit(["n1", "n2"], recounted)
     assert verdict == ("ready", "")  # once the controller counts n2 too
+
+
+def test_a_pod_turning_ready_while_a_pass_runs_is_in_that_pass_status() -> None:
+    # A pass whose status would be ready but for a DaemonSet not ready yet asks what the watches brought since its
+    # snapshot (Reconciler.newer): the device plugin's last pod turned ready meanwhile, before the controller
+    # counted it, and the pass writes ready; without that look it writes notReady and the next pass writes ready.
+    from gpu_operator.observe import Newer, PodIndex, Snapshot, key_of
+    from gpu_operator.reconciler import Reconciler
+
+    pol = load_policy()
+    pol["metadata"].update(uid="u1", generation=1, resourceVersion="1")
+    cluster = _Cluster([node("n1"), node("n2")], scheduled=2)
+    r = Reconciler(cluster, "gpu-operator")  # type: ignore[arg-type]
+    written: list[dict[str, Any]] = []
+    write = r.status.write
+
+    def recording(policy: dict[str, Any], status: dict[str, Any], quiet: bool = False) -> bool:
+        written.append(status)
+        return write(policy, status, quiet)
+
+    r.status.write = recording  # type: ignore[method-assign]
+    asked: list[int] = []
+    later: list[Newer | None] = [None]
+
+    def newer() -> Newer | None:
+        asked.append(1)
+        return later[0]
+
+    r.newer = newer
+
+    def snapshot(owned: dict[Any, dict[str, Any]], pods: dict[str, dict[str, Any]], revisions: dict[str, Any]) -> Any:
+        nodes = {n: NodeFacts.from_node(copy.deepcopy(cluster.nodes[n])) for n in cluster.nodes}
+        return Snapshot(nodes=nodes, policies={"cluster-policy": pol}, owned=owned, pods=pods, revisions=revisions)
+
+    first = r.reconcile(snapshot({}, {}, {}))
+    assert first.ready is False and not asked  # objects applied just now: not ready for that reason too
+    owned = {key_of(o): o for o in first.applied}
+    daemonsets = [o for o in first.applied if o["kind"] == "DaemonSet"]
+    plugin = "nvidia-device-plugin-daemonset"
+    assert plugin in {d["metadata"]["name"] for d in daemonsets}
+
+    def projection(ds: str, on: str, ready: bool) -> dict[str, Any]:
+        labels = {**daemonsets_by_name[ds]["spec"]["template"]["metadata"]["labels"], "controller-revision-hash": "h1"}
+        return {"metadata": {"name": f"{ds}-{on}", "labels": labels}, "node": on, "owner": ds, "ready": ready,
+                "status": {}}  # fmt: skip
+
+    daemonsets_by_name = {d["metadata"]["name"]: d for d in daemonsets}
+    pods = {f"{d}-{n}": projection(d, n, True) for d in daemonsets_by_name for n in cluster.nodes}
+    revisions = {f"{d}-h1": {"metadata": {"labels": {"controller-revision-hash": "h1"}}, "revision": 1, "owner": d}
+                 for d in daemonsets_by_name}  # fmt: skip
+    key = key_of(daemonsets_by_name[plugin])
+    # The controller has not counted the last pod yet: 1 of 2 available, and in the snapshot the pod is not ready.
+    lagging = {**owned, key: {**owned[key], "status": {**_counted(2), "numberAvailable": 1, "numberUnavailable": 1}}}
+    unready = {**pods, f"{plugin}-n2": projection(plugin, "n2", False)}
+
+    def plugin_state() -> tuple[str, str]:
+        [state] = [s for s in written[-1]["states"] if s["name"] == "state-device-plugin"]
+        return state["state"], state["message"]
+
+    out = r.reconcile(snapshot(lagging, unready, revisions))  # nothing newer: notReady
+    assert (out.ready, written[-1]["state"], len(asked)) == (False, "notReady", 1)
+    assert plugin_state() == ("notReady", f"{plugin}: 1 of 2 pods unavailable (not ready on n2)")
+    later[0] = Newer(lagging, revisions, PodIndex.of(pods))  # the pod's status came while the pass ran
+    out = r.reconcile(snapshot(lagging, unready, revisions))
+    assert (out.ready, written[-1]["state"], len(asked)) == (True, "ready", 2)
+    assert plugin_state() == ("ready", "")
+    r.newer = None  # the same pass without the look
+    out = r.reconcile(snapshot(lagging, unready, revisions))
+    assert (out.ready, written[-1]["state"]) == (False, "notReady")
+    r.newer = newer
+    # A pass that writes something (here a node's label the pass puts back) is not ready for that too: it does
+    # not ask (nor did the first pass, which applied the objects).
+    del cluster.nodes["n2"]["metadata"]["labels"]["nvidia.com/gpu.deploy.device-plugin"]
+    del asked[:]
+    out = r.reconcile(snapshot(lagging, unready, revisions))
+    assert [n.name for n in out.nodes] == ["n2"] and out.ready is False and not asked

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 
 from gpu_operator import wire
-from gpu_operator.observe import Snapshot
+from gpu_operator.observe import Newer, Snapshot
 from gpu_operator.runtime import Operator
 from support import facts
 
@@ -179,6 +180,46 @@ def test_the_last_pod_turning_ready_skips_the_debounce() -> None:
     assert not op.prompt.is_set()  # the status was ready already: the debounce coalesces as usual
 
 
+def test_a_pass_asks_what_came_since_its_snapshot_once_every_pod_is_ready() -> None:
+    """Operator.newer, asked in a pass's thread: copied on the event loop, only once no operand pod is left not
+    ready and something came since the snapshot."""
+
+    async def scenario() -> list[Any]:
+        op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
+        op.event_loop = asyncio.get_running_loop()
+        op.on_pod("a", pod("a", "n1", ready=True))
+        op.on_pod("b", pod("b", "n2", ready=False))
+        op.snapshot()
+        seen: list[Any] = [await asyncio.to_thread(op.newer)]  # nothing came since the snapshot
+        op.on_pod("c", pod("c", "n3", ready=False))
+        seen.append(await asyncio.to_thread(op.newer))  # a pod came, and b and c are not ready
+        op.on_pod("b", pod("b", "n2", ready=True))
+        op.on_pod("c", pod("c", "n3", ready=True))
+        ds = {**daemonset("nvidia-device-plugin-daemonset", 10), "status": {"numberReady": 3}}
+        op.on_owned("MODIFIED", ds)
+        seen.append(await asyncio.to_thread(op.newer))  # every pod is ready now
+        op.snapshot()
+        seen.append(await asyncio.to_thread(op.newer))  # a later pass's snapshot has them
+        return seen
+
+    none, still_unready, later, again = asyncio.run(scenario())
+    assert none is None and still_unready is None and again is None
+    assert isinstance(later, Newer)
+    assert [(p["metadata"]["name"], p["node"]) for p in later.pod_index.by_owner["nvidia-device-plugin-daemonset"]] \
+        == [("a", "n1"), ("b", "n2"), ("c", "n3")]
+    assert later.pod_index.unready_by_owner == {}
+    assert later.owned[("DaemonSet", "gpu-operator", "nvidia-device-plugin-daemonset")]["status"] == {"numberReady": 3}
+
+
+def test_a_pass_does_not_wait_long_for_a_closed_event_loop() -> None:
+    op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
+    loop = asyncio.new_event_loop()
+    loop.close()
+    op.event_loop = loop
+    op.on_pod("a", pod("a", "n1", ready=True))
+    assert op.newer() is None
+
+
 def test_the_daemonset_watch_feeds_the_owned_cache() -> None:
     """Our DaemonSets come from their own watch (nodewatch.Watch), by name; None when deleted."""
     op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
@@ -316,7 +357,6 @@ def test_the_pod_index_kept_between_passes_is_the_one_built_from_the_pods(seed: 
 
 
 def test_the_inbox_hands_deliveries_to_the_loop_in_order_and_in_batches() -> None:
-    import asyncio
     import threading
 
     from gpu_operator.runtime import Inbox
@@ -363,7 +403,6 @@ def test_the_inbox_hands_deliveries_to_the_loop_in_order_and_in_batches() -> Non
 
 
 def test_a_gathering_inbox_hands_a_stream_of_deliveries_to_the_loop_in_one_drain() -> None:
-    import asyncio
     import threading
 
     from gpu_operator.runtime import Inbox
@@ -434,7 +473,6 @@ def test_a_pass_drops_a_node_only_while_its_move_between_passes_is_newer_than_wh
 
 
 def test_a_driver_pod_turning_ready_mid_upgrade_starts_a_move_that_the_pass_sees_in_flight() -> None:
-    import asyncio
     from dataclasses import replace
 
     from gpu_operator.api import ClusterPolicySpec

@@ -67,6 +67,15 @@ class Snapshot:
         return out
 
 
+@dataclass(frozen=True)
+class Newer:
+    """What the watch cache holds, later than a pass's snapshot, of what the pass's readiness reads."""
+
+    owned: Mapping[Key, dict[str, Any]]
+    revisions: Mapping[str, dict[str, Any]]
+    pod_index: PodIndex
+
+
 def node_state(pod: dict[str, Any]) -> tuple[str, str]:
     """A pod projection's (node, operand state) key in the PodIndex."""
     labels = pod["metadata"]["labels"]

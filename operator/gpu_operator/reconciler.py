@@ -22,7 +22,7 @@ from .events import EventRecorder, now
 from .kube import ApiError, Kube
 from .lifecycle import CLEANUP_FINALIZER, Lifecycle
 from .nodes import DRIVER_KERNEL, DRIVER_REFUSED, NodeFacts, deploy_label
-from .observe import Key, Snapshot, key_of
+from .observe import Key, Newer, Snapshot, key_of, newer
 from .readiness import NodeCounter, daemonset_ready
 from .render import (
     NodePatch,
@@ -99,6 +99,10 @@ class Reconciler:
         # Set by the runtime: whether a node's upgrade moved on between passes since these facts of it (see
         # upgrade.orchestrate.advance); a pass drops its actions for such a node.
         self.moved: Callable[[NodeFacts], bool] | None = None
+        # Set by the runtime: asked late in a pass whose status would be ready but for DaemonSets not ready yet,
+        # what the watches brought since the pass's snapshot (None: nothing that may make them ready). A last
+        # operand pod turning ready while a pass runs is then in that pass's status, not a pass later.
+        self.newer: Callable[[], Newer | None] | None = None
 
     def _parse(self, raw: Any, allow_unknown: bool) -> tuple[ClusterPolicySpec, bool]:
         """The parsed spec, parsed again only when its text changed (PolicyError as parse_spec), and whether it
@@ -302,6 +306,7 @@ class Reconciler:
         count = self._count.over(patched)
         self.labelling = Labelling(meta["name"], meta.get("uid", ""), generation, spec)
         pods_by_owner = snap.pod_index.by_owner
+        waiting: list[int] = []  # results not ready only by their DaemonSets' readiness
         for state_plan in plans:
             state = state_plan.state
             if state_plan.problem:  # nothing rendered: keep what the state has, say why
@@ -326,6 +331,8 @@ class Reconciler:
                 if note:
                     message = f"{result.message}; {note}" if result.message else note
                     result = StateResult(state.name, "notReady", message)
+                elif result.state == "notReady":
+                    waiting.append(len(results))
                 results.append(result)
 
         out.deleted = self.applier.prune(snap.owned, desired, states)
@@ -340,6 +347,17 @@ class Reconciler:
             moved = self.moved
             upgrade = orchestrate(self.kube, self.namespace, spec, snap.with_nodes(by_name), self.events,
                                   moved=None if moved is None else lambda name: moved(by_name[name]), kept=self._kept)
+        settling = bool(patches or held or out.applied or out.deleted)
+        if waiting and self.newer is not None and not errors and not settling:
+            if len(waiting) == sum(r.state == "notReady" for r in results):
+                later = self.newer()
+                if later is not None:
+                    snap, live = _with_newer(snap, live, later)
+                    pods_by_owner = later.pod_index.by_owner
+                    for i in waiting:
+                        name = results[i].name
+                        results[i] = self._daemonsets_ready(name, desired, live, snap, pods_by_owner, set(refused),
+                                                            count)  # fmt: skip
         self._driver_statuses(snap, drivers, assignment, plans, live, pods_by_owner, set(refused))
         out.busy = out.busy or upgrade.busy or bool(migs.waiting)
         out.more = upgrade.deferred > 0
@@ -357,7 +375,7 @@ class Reconciler:
             previous=policy.get("status"),
             now=now(),
             error="; ".join(errors) or None,
-            settling=bool(patches or held or out.applied or out.deleted),
+            settling=settling,
             extra={"upgrade": upgrade.status} if upgrade.status else None,
             unsupported=self._unsupported(spec),
             more_conditions=[
@@ -495,6 +513,20 @@ class Reconciler:
         if messages:
             return StateResult(state, "notReady", "; ".join(messages))
         return StateResult(state, "ready")
+
+
+def _with_newer(
+    snap: Snapshot, live: dict[Key, dict[str, Any]], later: Newer
+) -> tuple[Snapshot, dict[Key, dict[str, Any]]]:
+    """The snapshot and the live objects with what the watches brought since (an object this pass applied is kept
+    until the watch brings it or a newer one)."""
+    live = dict(live)
+    for key, obj in later.owned.items():
+        if newer(live.get(key), obj):
+            live[key] = obj
+    out = replace(snap, revisions=dict(later.revisions))
+    out.__dict__["pod_index"] = later.pod_index
+    return out, live
 
 
 def _sum_upgrades(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[str, Any] | None:

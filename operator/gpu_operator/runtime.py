@@ -7,6 +7,7 @@ annotations or finalizers of its own to any object, and a steady cluster costs n
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import gc
 import logging
@@ -31,6 +32,7 @@ from .nvidiadriver import NVIDIADriver
 from .observe import (
     OWNED_SELECTOR,
     Key,
+    Newer,
     PodIndex,
     Snapshot,
     key_of,
@@ -83,6 +85,7 @@ MAX_GAP_S = 3.0
 LABELLING_WAIT_S = 1.0
 LABEL_THREADS = 48
 NODE_FEATURE_RELIST_S = 10.0
+NEWER_WAIT_S = 1.0  # how long a pass waits for the event loop's copy of what came since its snapshot
 GATHER_S = 0.05  # how long pod, revision and DaemonSet events gather before the loop takes them (see Inbox)
 
 
@@ -122,6 +125,7 @@ class Operator:
         self.reconciler = Reconciler(kube, namespace)
         self.moves = Moves()  # nodes whose upgrade moved on between passes
         self.reconciler.moved = self.moves.since
+        self.reconciler.newer = self.newer
         self.nodes: dict[str, NodeFacts] = {}
         self.policies: dict[str, dict[str, Any]] = {}
         self.nvidia_drivers: dict[str, dict[str, Any]] = {}
@@ -168,6 +172,8 @@ class Operator:
             self.leading.set()
         self.elector: Elector | None = None
         self.event_loop: asyncio.AbstractEventLoop | None = None
+        self.changes = 0  # pod, DaemonSet and revision events so far (what a pass's readiness reads)
+        self.snapped = 0  # `changes` at the last snapshot
 
     # Cache updates from watch events (run in the event loop)
 
@@ -353,6 +359,7 @@ class Operator:
         self.wake_now("nvidiadriver")
 
     def on_owned(self, event_type: str | None, body: dict[str, Any]) -> None:
+        self.changes += 1
         key = key_of(body)
         cached = self.owned.get(key)
         if event_type == "DELETED":
@@ -390,6 +397,7 @@ class Operator:
 
     def on_pod(self, name: str, pod: dict[str, Any] | None) -> None:
         """An operand pod's projection changed (None: deleted), from the pod watch."""
+        self.changes += 1
         old = self.pods.get(name)
         if old is not None:
             self._unindex(name, old)
@@ -496,6 +504,7 @@ class Operator:
 
     def on_revision(self, name: str, rev: dict[str, Any] | None) -> None:
         """A ControllerRevision's projection changed (None: deleted), from the revision watch."""
+        self.changes += 1
         if rev is None:
             self._forget("revision", name)
             self.revisions.pop(name, None)
@@ -617,12 +626,36 @@ class Operator:
         self.node_features = node_features(self.kube, self.api_groups)
 
     def snapshot(self) -> Snapshot:
+        self.snapped = self.changes
         snap = self._snapshot()
+        snap.__dict__["pod_index"] = self._pod_index()
+        return snap
+
+    def _pod_index(self) -> PodIndex:
         unready = {o: [self.pods[n] for n in names if n in self.pods] for o, names in self.unready_of.items()}
         by_state = {s: dict(on) for s, on in self._by_state.items()}
         by_owner = {o: list(pods.values()) for o, pods in self._by_owner.items()}
-        snap.__dict__["pod_index"] = PodIndex(by_state, by_owner, unready)
-        return snap
+        return PodIndex(by_state, by_owner, unready)
+
+    def newer(self) -> Newer | None:
+        """Reconciler.newer, asked in the pass's thread: once every operand pod is ready, the pods, DaemonSets and
+        revisions as the watches left them since the pass's snapshot (None when nothing came, or some pod is not
+        ready yet: then the next pass sees it as usual). Copied on the event loop, which changes them."""
+        loop = self.event_loop
+        if loop is None or self.changes == self.snapped or self.unready:
+            return None
+        answer: concurrent.futures.Future[Newer] = concurrent.futures.Future()
+
+        def copy() -> None:
+            if answer.set_running_or_notify_cancel():
+                answer.set_result(Newer(dict(self.owned), dict(self.revisions), self._pod_index()))
+
+        try:
+            loop.call_soon_threadsafe(copy)
+            return answer.result(timeout=NEWER_WAIT_S)
+        except (RuntimeError, TimeoutError):  # the loop closed, or is too busy: the next pass sees it
+            answer.cancel()
+            return None
 
     def _snapshot(self) -> Snapshot:
         return Snapshot(

@@ -461,15 +461,13 @@ def _counted(n: int) -> dict[str, Any]:
     return {"observedGeneration": 1, **dict.fromkeys(counts, n)}
 
 
-def test_a_pass_counts_the_nodes_it_labels_itself_before_it_calls_a_daemonset_ready() -> None:
-    # The snapshot still holds a node's labels from before the pass's own patch: a node labelled just now must
-    # have its pod too before the DaemonSet is ready, though the controller's count matches the snapshot.
-    from gpu_operator.observe import Snapshot, key_of
+def _recording(scheduled: int) -> tuple[dict[str, Any], _Cluster, Any, list[dict[str, Any]]]:
+    """The sample policy, a two-node _Cluster, a Reconciler on it, and the statuses its passes write."""
     from gpu_operator.reconciler import Reconciler
 
     pol = load_policy()
     pol["metadata"].update(uid="u1", generation=1, resourceVersion="1")
-    cluster = _Cluster([node("n1"), node("n2")], scheduled=1)
+    cluster = _Cluster([node("n1"), node("n2")], scheduled=scheduled)
     r = Reconciler(cluster, "gpu-operator")  # type: ignore[arg-type]
     written: list[dict[str, Any]] = []
     write = r.status.write
@@ -478,7 +476,16 @@ def test_a_pass_counts_the_nodes_it_labels_itself_before_it_calls_a_daemonset_re
         written.append(status)
         return write(policy, status, quiet)
 
-    r.status.write = recording  # type: ignore[method-assign]
+    r.status.write = recording
+    return pol, cluster, r, written
+
+
+def test_a_pass_counts_the_nodes_it_labels_itself_before_it_calls_a_daemonset_ready() -> None:
+    # The snapshot still holds a node's labels from before the pass's own patch: a node labelled just now must
+    # have its pod too before the DaemonSet is ready, though the controller's count matches the snapshot.
+    from gpu_operator.observe import Snapshot, key_of
+
+    pol, cluster, r, written = _recording(1)
 
     def toolkit(names: list[str], owned: dict[Any, dict[str, Any]]) -> tuple[Any, tuple[str, str]]:
         nodes = {n: NodeFacts.from_node(copy.deepcopy(cluster.nodes[n])) for n in names}
@@ -503,20 +510,8 @@ def test_a_pod_turning_ready_while_a_pass_runs_is_in_that_pass_status() -> None:
     # snapshot (Reconciler.newer): the device plugin's last pod turned ready meanwhile, before the controller
     # counted it, and the pass writes ready; without that look it writes notReady and the next pass writes ready.
     from gpu_operator.observe import Newer, PodIndex, Snapshot, key_of
-    from gpu_operator.reconciler import Reconciler
 
-    pol = load_policy()
-    pol["metadata"].update(uid="u1", generation=1, resourceVersion="1")
-    cluster = _Cluster([node("n1"), node("n2")], scheduled=2)
-    r = Reconciler(cluster, "gpu-operator")  # type: ignore[arg-type]
-    written: list[dict[str, Any]] = []
-    write = r.status.write
-
-    def recording(policy: dict[str, Any], status: dict[str, Any], quiet: bool = False) -> bool:
-        written.append(status)
-        return write(policy, status, quiet)
-
-    r.status.write = recording  # type: ignore[method-assign]
+    pol, cluster, r, written = _recording(2)
     asked: list[int] = []
     later: list[Newer | None] = [None]
 

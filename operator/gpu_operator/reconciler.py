@@ -348,16 +348,15 @@ class Reconciler:
             upgrade = orchestrate(self.kube, self.namespace, spec, snap.with_nodes(by_name), self.events,
                                   moved=None if moved is None else lambda name: moved(by_name[name]), kept=self._kept)
         settling = bool(patches or held or out.applied or out.deleted)
-        if waiting and self.newer is not None and not errors and not settling:
-            if len(waiting) == sum(r.state == "notReady" for r in results):
-                later = self.newer()
-                if later is not None:
-                    snap, live = _with_newer(snap, live, later)
-                    pods_by_owner = later.pod_index.by_owner
-                    for i in waiting:
-                        name = results[i].name
-                        results[i] = self._daemonsets_ready(name, desired, live, snap, pods_by_owner, set(refused),
-                                                            count)  # fmt: skip
+        # Not ready only by DaemonSets' readiness: what came since the snapshot may make them ready.
+        only_waiting = bool(waiting) and len(waiting) == sum(r.state == "notReady" for r in results)
+        later = self.newer() if self.newer and only_waiting and not errors and not settling else None
+        if later is not None:
+            snap, live = _with_newer(snap, live, later)
+            pods_by_owner = later.pod_index.by_owner
+            for i in waiting:
+                name = results[i].name
+                results[i] = self._daemonsets_ready(name, desired, live, snap, pods_by_owner, set(refused), count)
         self._driver_statuses(snap, drivers, assignment, plans, live, pods_by_owner, set(refused))
         out.busy = out.busy or upgrade.busy or bool(migs.waiting)
         out.more = upgrade.deferred > 0

@@ -86,7 +86,8 @@ class _NodeQueue:
         self._behind: set[str] = set()  # the names queued in the background
         self._queued: set[str] = set()  # queued in either
         self._active: set[str] = set()
-        self._again: set[str] = set()
+        self._again: set[str] = set()  # looked at now, queued again once done (ahead)
+        self._again_behind: set[str] = set()  # and in the background (a resync's add)
         self._delayed: list[tuple[float, int, str]] = []
         self._due: dict[str, float] = {}  # name -> the deadline of its live entry in _delayed
         self._seq = itertools.count()
@@ -102,15 +103,19 @@ class _NodeQueue:
                 self._due[name] = when
                 heapq.heappush(self._delayed, (when, next(self._seq), name))
             elif name in self._active:
-                self._again.add(name)
+                (self._again_behind if background else self._again).add(name)
             elif background:
-                if name not in self._queued:
-                    self._queued.add(name)
-                    self._behind.add(name)
-                    self._background.append(name)
+                self._later(name)
             else:
                 self._now(name)
             self._cv.notify()
+
+    def _later(self, name: str) -> None:
+        """(Under the lock) `name` queued in the background, unless it is queued already."""
+        if name not in self._queued:
+            self._queued.add(name)
+            self._behind.add(name)
+            self._background.append(name)
 
     def _now(self, name: str) -> None:
         """(Under the lock) `name` queued, ahead of the background."""
@@ -155,11 +160,14 @@ class _NodeQueue:
     def done(self, name: str) -> None:
         with self._cv:
             self._active.discard(name)
+            behind = name in self._again_behind
+            self._again_behind.discard(name)
             if name in self._again:
                 self._again.discard(name)
-                self._queued.add(name)
-                self._ready.append(name)
-                self._cv.notify()
+                self._now(name)
+            elif behind:
+                self._later(name)
+            self._cv.notify()
 
     def idle(self) -> bool:
         """Nothing is queued to run now or running (delayed adds do not count)."""

@@ -607,6 +607,22 @@ def test_queue_serves_background_adds_after_the_others() -> None:
     assert q.get() == "a"
     q.done("a")
     assert q.idle()
+    # A resync's add for a node being looked at waits behind the others once that look is done.
+    q.add("a")
+    assert q.get() == "a"
+    q.add("e", background=True)
+    q.add("a", background=True)
+    q.done("a")
+    assert [q.get(), q.get()] == ["e", "a"]
+    q.done("e")
+    q.add("g", background=True)
+    q.add("a", background=True)  # an event's add during the same look still goes ahead, once
+    q.add("a")
+    q.done("a")
+    assert [q.get(), q.get()] == ["a", "g"]
+    q.done("a")
+    q.done("g")
+    assert q.idle()
     q.close()
 
 

@@ -17,6 +17,7 @@ from urllib.parse import quote, urlencode
 
 from kubernetes import client, config
 
+from . import tls
 from .kinds import lookup
 
 FIELD_MANAGER = "gpu-operator"
@@ -122,7 +123,9 @@ class Kube:
         return sum(n for (verb, _), n in self.requests.items() if verb not in ("GET", "WATCH"))
 
     @classmethod
-    def connect(cls, kubeconfig: str | None = None) -> Kube:
+    def connect(cls, kubeconfig: str | None = None, resume_tls: bool = True) -> Kube:
+        """A client from a kubeconfig, the in-cluster config, or the default kubeconfig. `resume_tls`: new
+        connections resume the last TLS session (tls.py); without, each is a full handshake."""
         cfg = client.Configuration()
         if kubeconfig:
             config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
@@ -131,7 +134,10 @@ class Kube:
         else:
             config.load_kube_config(client_configuration=cfg)
         cfg.connection_pool_maxsize = 64  # the apply (16) and single-node label (48) threads
-        return cls(client.ApiClient(cfg))
+        api_client = client.ApiClient(cfg)
+        if resume_tls:
+            tls.resume_sessions(api_client.rest_client.pool_manager, cfg)
+        return cls(api_client)
 
     def _headers(self, content_type: str | None) -> dict[str, str]:
         headers = {"Accept": "application/json"}

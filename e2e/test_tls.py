@@ -1,0 +1,97 @@
+"""The operator's client resumes TLS sessions on new connections (gpu_operator.tls), against the real API server:
+the server still knows who is asking (a token, a client certificate), and a server the CA does not vouch for is
+still refused."""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import urllib3
+
+from e2e.cluster.localcluster import LocalCluster
+from gpu_operator.kube import Kube
+
+
+def _connections(kube: Kube) -> list[Any]:
+    manager = kube.client.rest_client.pool_manager
+    pools: list[Any] = [manager.pools[key] for key in manager.pools.keys()]
+    return [c for pool in pools for c in list(pool.pool.queue) if c is not None and c.sock is not None]
+
+
+def _who(kube: Kube) -> str:
+    review = kube.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                          {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})  # fmt: skip
+    return str(review["status"]["userInfo"]["username"])
+
+
+def _after_a_quiet_spell(kube: Kube) -> tuple[str, bool]:
+    """The client asks once, loses its connections (as the server closes idle ones), asks again on a new one:
+    who the server says it is then, and whether that connection resumed the first one's session."""
+    _who(kube)
+    kube.client.rest_client.pool_manager.clear()
+    who = _who(kube)
+    [conn] = _connections(kube)
+    assert isinstance(conn.sock, ssl.SSLSocket)
+    return who, bool(conn.sock.session_reused)
+
+
+def _kubeconfig(path: Path, server: str, ca_pem: bytes, user: dict[str, str]) -> str:
+    doc = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {"server": server,
+                                               "certificate-authority-data": base64.b64encode(ca_pem).decode()}}],
+        "users": [{"name": "u", "user": user}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "c",
+    }  # fmt: skip
+    path.write_text(json.dumps(doc))
+    return str(path)
+
+
+def _server(kubeconfig: Path) -> str:
+    return str(json.loads(kubeconfig.read_text())["clusters"][0]["cluster"]["server"])
+
+
+def test_a_new_connection_resumes_the_last_session_as_the_same_identity(cluster: LocalCluster) -> None:
+    kube = Kube.connect(str(cluster.operator_kubeconfig))
+    who, resumed = _after_a_quiet_spell(kube)
+    assert resumed
+    assert who == "system:serviceaccount:gpu-operator:gpu-operator"
+    plain = Kube.connect(str(cluster.operator_kubeconfig), resume_tls=False)
+    who, resumed = _after_a_quiet_spell(plain)
+    assert not resumed and who == "system:serviceaccount:gpu-operator:gpu-operator"
+
+
+def test_a_client_certificate_still_names_the_user_on_a_resumed_session(cluster: LocalCluster, tmp_path: Path) -> None:
+    pki = cluster.state_dir / "pki"
+    if not (pki / "ca.key").exists():
+        pytest.skip("needs the local cluster's CA key to sign a client certificate (not in existing-cluster mode)")
+    for args in (
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "user.key", "-out", "user.csr", "-subj", "/CN=tls-user"],
+        ["x509", "-req", "-in", "user.csr", "-CA", str(pki / "ca.crt"), "-CAkey", str(pki / "ca.key"),
+         "-CAcreateserial", "-days", "1", "-out", "user.crt"],
+    ):  # fmt: skip
+        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
+    user = {"client-certificate-data": base64.b64encode((tmp_path / "user.crt").read_bytes()).decode(),
+            "client-key-data": base64.b64encode((tmp_path / "user.key").read_bytes()).decode()}  # fmt: skip
+    config = _kubeconfig(tmp_path / "cert.kubeconfig", _server(cluster.kubeconfig), (pki / "ca.crt").read_bytes(), user)
+    who, resumed = _after_a_quiet_spell(Kube.connect(config))
+    assert resumed and who == "tls-user"
+
+
+def test_a_server_the_ca_does_not_vouch_for_is_refused(cluster: LocalCluster, tmp_path: Path) -> None:
+    make_ca = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-keyout", "other.key",
+               "-out", "other.crt", "-subj", "/CN=another-ca"]  # fmt: skip
+    subprocess.run(make_ca, cwd=tmp_path, check=True, capture_output=True)
+    config = _kubeconfig(tmp_path / "other.kubeconfig", _server(cluster.kubeconfig),
+                         (tmp_path / "other.crt").read_bytes(), {"token": "whatever"})  # fmt: skip
+    kube = Kube.connect(config)
+    with pytest.raises(urllib3.exceptions.MaxRetryError, match="CERTIFICATE_VERIFY_FAILED"):
+        kube.request("GET", "/version", timeout=5)

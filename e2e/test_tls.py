@@ -6,15 +6,20 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import ssl
 import subprocess
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import urllib3
+from kubernetes import client
 
 from e2e.cluster.localcluster import LocalCluster
+from gpu_operator import tls
 from gpu_operator.kube import Kube
 
 
@@ -95,3 +100,68 @@ def test_a_server_the_ca_does_not_vouch_for_is_refused(cluster: LocalCluster, tm
     kube = Kube.connect(config)
     with pytest.raises(urllib3.exceptions.MaxRetryError, match="CERTIFICATE_VERIFY_FAILED"):
         kube.request("GET", "/version", timeout=5)
+
+
+def _serve(context: ssl.SSLContext) -> tuple[int, threading.Thread]:
+    """A loopback TLS server answering each connection with one line (its session tickets go before it)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def run() -> None:
+        with listener:
+            for _ in range(2):  # the test's two connections to each
+                conn, _addr = listener.accept()
+                with context.wrap_socket(conn, server_side=True) as tls_conn:
+                    tls_conn.sendall(b"hello\n")
+                    tls_conn.recv(1)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return listener.getsockname()[1], thread
+
+
+@pytest.fixture
+def two_servers(tmp_path: Path) -> Iterator[tuple[Path, list[int]]]:
+    """Two TLS servers with one certificate but their own ticket keys (as an API server before and after a
+    restart): the CA's path and their ports."""
+    for args in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-keyout", "ca.key", "-out", "ca.crt",
+         "-subj", "/CN=test-ca"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=srv"],
+        ["x509", "-req", "-in", "srv.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1",
+         "-extfile", "san.ext", "-out", "srv.crt"],
+    ):  # fmt: skip
+        (tmp_path / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+        subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
+    ports, threads = [], []
+    for _ in range(2):
+        server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server.load_cert_chain(tmp_path / "srv.crt", tmp_path / "srv.key")
+        port, thread = _serve(server)
+        ports.append(port)
+        threads.append(thread)
+    yield tmp_path / "ca.crt", ports
+    for thread in threads:
+        thread.join(timeout=5)
+
+
+def test_a_ticket_the_server_no_longer_takes_is_replaced_by_the_next_full_handshakes(
+    two_servers: tuple[Path, list[int]],
+) -> None:
+    ca, (first, second) = two_servers
+    cfg = client.Configuration()
+    cfg.ssl_ca_cert = str(ca)
+    context = tls.context_for(cfg)
+
+    def connect(port: int) -> bool:
+        with context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1") as s:
+            s.recv(16)  # the tickets come before the line
+            context.keep(s)
+            s.sendall(b"x")
+            return bool(s.session_reused)
+
+    assert not connect(first) and context.session is not None
+    kept = context.session
+    assert connect(first) and context.session is kept  # resumed: the ticket offered is kept
+    assert not connect(second)  # another server's keys: a full handshake, whose ticket replaces the old one
+    assert context.session is not kept
+    assert connect(second)

@@ -3,10 +3,10 @@
 The client speaks HTTP/1.1: requests in flight together each need a connection, and the API server closes one
 idle for 90 s. So a burst after a quiet spell (nodes joining together, each labelled from its own thread) opens
 dozens of TLS connections at once, each a full handshake (the server's signature, the client's chain check).
-Here every connection of a pool shares one context, and offers the last session ticket a connection of its own
-was given: the server resumes it with a cheaper handshake (TLS 1.3, ephemeral keys still exchanged). A ticket
-the server no longer takes (restarted, keys rotated) costs nothing: it answers with a full handshake and a new
-ticket.
+Here every connection of a pool shares one context, and offers the ticket of the last full handshake one of them
+made: the server resumes it with a cheaper handshake (TLS 1.3, ephemeral keys still exchanged). A ticket the
+server no longer takes (restarted, keys rotated, expired) costs what resumption saves, no more: it answers with
+a full handshake, whose ticket is offered from then on.
 
 The context is set up once, before any connection: urllib3 would otherwise load the CA and client certificate
 into it for every connection, while other threads handshake from it.
@@ -25,7 +25,7 @@ from urllib3.util.ssl_ import ALPN_PROTOCOLS
 
 
 class ResumingContext(ssl.SSLContext):
-    """A client context whose new connections offer the last session ticket one of them was given."""
+    """A client context whose new connections offer the ticket of the last full handshake one of them made."""
 
     session: ssl.SSLSession | None = None
     _alpn: list[str] | None = None
@@ -45,8 +45,10 @@ class ResumingContext(ssl.SSLContext):
             self._alpn = protocols
 
     def keep(self, sock: Any) -> None:
-        """Called by the thread that owns `sock` between its requests (no read in flight on it)."""
-        if isinstance(sock, ssl.SSLSocket):
+        """Called by the thread that owns `sock` between its requests (no read in flight on it). The ticket of a
+        full handshake is kept; a resumed connection's new one is not (the one offered still works, and taking
+        each new one grew the process by ~5 KB a connection, measured over 2,000)."""
+        if isinstance(sock, ssl.SSLSocket) and not sock.session_reused:
             session = sock.session
             if session is not None and session.has_ticket:
                 self.session = session

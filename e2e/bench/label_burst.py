@@ -8,6 +8,8 @@ spell opens one TLS connection per patch in flight. Each round, for a client wit
 operator's, `gpu_operator.tls`) and one without: the client reads once, its connections are closed (the quiet
 spell), then it sends one patch per node from that many threads (new connections), then again (warm ones).
 Each patch's wall time, p50 and max; the connections opened and how many resumed a session. Medians of the rounds.
+Then `--serial` new connections one after another for each client: the time each took, and the process's RSS
+before and after (a resuming client must not grow with the connections it makes).
 """
 
 from __future__ import annotations
@@ -58,10 +60,30 @@ def burst(kube: Kube, names: list[str], value: str) -> tuple[list[float], int]:
     return took, opened(kube) - before
 
 
+def rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def serial(kube: Kube, count: int) -> tuple[float, float, float]:
+    """`count` requests, each on a new connection: the mean seconds each, RSS before and after (MiB)."""
+    for _ in range(50):  # warm: imports, the first session
+        kube.request("GET", "/version")
+        kube.client.rest_client.pool_manager.clear()
+    before, start = rss_mib(), time.perf_counter()
+    for _ in range(count):
+        kube.request("GET", "/version")
+        kube.client.rest_client.pool_manager.clear()
+    return (time.perf_counter() - start) / count, before, rss_mib()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m e2e.bench.label_burst", description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=50, help="nodes patched at once (%(default)s)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--serial", type=int, default=2000, help="new connections one after another (%(default)s)")
     args = parser.parse_args(argv)
     ensure_binaries()
     with tempfile.TemporaryDirectory(prefix="gpu-operator-label-burst-") as tmp:
@@ -95,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
                 p50, top = (statistics.median(v[i] for v in values) * 1000 for i in range(2))
                 count, reused = (statistics.median(v[i] for v in values) for i in (2, 3))
                 print(f"| {kind} | {p50:.1f} ms | {top:.1f} ms | {count:.0f} ({reused:.0f}) |")
+            print(f"\n{args.serial} new connections one after another (GET /version)")
+            for resume in (False, True):
+                each, before, after = serial(Kube.connect(kubeconfig, resume_tls=resume), args.serial)
+                client = "resuming TLS sessions" if resume else "full handshakes"
+                print(f"  {client}: {each * 1000:.2f} ms each; RSS {before:.1f} -> {after:.1f} MiB")
         finally:
             cluster.down()
     return 0

@@ -3,10 +3,10 @@
 The client speaks HTTP/1.1: requests in flight together each need a connection, and the API server closes one
 idle for 90 s. So a burst after a quiet spell (nodes joining together, each labelled from its own thread) opens
 dozens of TLS connections at once, each a full handshake (the server's signature, the client's chain check).
-Here every connection of a pool shares one context, and offers the ticket of the last full handshake one of them
-made: the server resumes it with a cheaper handshake (TLS 1.3, ephemeral keys still exchanged). A ticket the
-server no longer takes (restarted, keys rotated, expired) costs what resumption saves, no more: it answers with
-a full handshake, whose ticket is offered from then on.
+Here every connection of the client (all its pools) shares one context, and offers the ticket of the last full
+handshake one of them made: the server resumes it with a cheaper handshake (TLS 1.3, ephemeral keys still
+exchanged). A ticket the server no longer takes (restarted, keys rotated, expired) costs what resumption saves,
+no more: it answers with a full handshake, whose ticket is offered from then on.
 
 The context is set up once, before any connection: urllib3 would otherwise load the CA and client certificate
 into it for every connection, while other threads handshake from it.

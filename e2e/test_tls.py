@@ -46,22 +46,16 @@ def _after_a_quiet_spell(kube: Kube) -> tuple[str, bool]:
     return who, bool(conn.sock.session_reused)
 
 
-def _kubeconfig(path: Path, server: str, ca_pem: bytes, user: dict[str, str]) -> str:
-    doc = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "c", "cluster": {"server": server,
-                                               "certificate-authority-data": base64.b64encode(ca_pem).decode()}}],
-        "users": [{"name": "u", "user": user}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-        "current-context": "c",
-    }  # fmt: skip
+def _admin_but(cluster: LocalCluster, path: Path, user: dict[str, str] | None = None,
+               ca_pem: bytes | None = None) -> str:
+    """The cluster's admin kubeconfig with another user's credentials or another CA, written to `path`."""
+    doc = json.loads(cluster.kubeconfig.read_text())
+    if user is not None:
+        doc["users"][0]["user"] = user
+    if ca_pem is not None:
+        doc["clusters"][0]["cluster"]["certificate-authority-data"] = base64.b64encode(ca_pem).decode()
     path.write_text(json.dumps(doc))
     return str(path)
-
-
-def _server(kubeconfig: Path) -> str:
-    return str(json.loads(kubeconfig.read_text())["clusters"][0]["cluster"]["server"])
 
 
 def test_a_new_connection_resumes_the_last_session_as_the_same_identity(cluster: LocalCluster) -> None:
@@ -86,7 +80,7 @@ def test_a_client_certificate_still_names_the_user_on_a_resumed_session(cluster:
         subprocess.run(["openssl", *args], cwd=tmp_path, check=True, capture_output=True)
     user = {"client-certificate-data": base64.b64encode((tmp_path / "user.crt").read_bytes()).decode(),
             "client-key-data": base64.b64encode((tmp_path / "user.key").read_bytes()).decode()}  # fmt: skip
-    config = _kubeconfig(tmp_path / "cert.kubeconfig", _server(cluster.kubeconfig), (pki / "ca.crt").read_bytes(), user)
+    config = _admin_but(cluster, tmp_path / "cert.kubeconfig", user=user)
     who, resumed = _after_a_quiet_spell(Kube.connect(config))
     assert resumed and who == "tls-user"
 
@@ -95,8 +89,7 @@ def test_a_server_the_ca_does_not_vouch_for_is_refused(cluster: LocalCluster, tm
     make_ca = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-keyout", "other.key",
                "-out", "other.crt", "-subj", "/CN=another-ca"]  # fmt: skip
     subprocess.run(make_ca, cwd=tmp_path, check=True, capture_output=True)
-    config = _kubeconfig(tmp_path / "other.kubeconfig", _server(cluster.kubeconfig),
-                         (tmp_path / "other.crt").read_bytes(), {"token": "whatever"})  # fmt: skip
+    config = _admin_but(cluster, tmp_path / "other.kubeconfig", ca_pem=(tmp_path / "other.crt").read_bytes())
     kube = Kube.connect(config)
     with pytest.raises(urllib3.exceptions.MaxRetryError, match="CERTIFICATE_VERIFY_FAILED"):
         kube.request("GET", "/version", timeout=5)

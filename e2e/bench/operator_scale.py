@@ -488,12 +488,17 @@ def upgrade(cluster: LocalCluster, admin: Kube, user: str, total: int, parallel:
         time.sleep(0.5)
     seconds = time.monotonic() - began
     stop.set()
-    writes = writes_by(cluster, user, since=since)
+    events = cluster.writes(user, since)
+    writes = collections.Counter(what(e) for e in events)
     lags = sorted(max(0.0, done_at[n] - ready_at[n]) for n in done_at if n in ready_at)
     figure(f"driver upgrade, {parallel} nodes at a time: all done", seconds, "s",
            f"({len(done_at)} of {total} nodes)")
     figure("driver upgrade: operator writes per node", sum(writes.values()) / total, "per node",
            "(" + ", ".join(f"{n} {k}" for k, n in writes.most_common()) + ")")
+    if done_at:  # the nodes' own patches, counted over the nodes done alone (an upgrade cut short counts too)
+        own = sum(1 for e in events if (e.get("objectRef") or {}).get("resource") == "nodes"
+                  and e["objectRef"].get("name") in done_at)  # fmt: skip
+        figure("driver upgrade: node patches per node done", own / len(done_at), "per node")
     if lags:
         figure("driver upgrade: new driver pod Ready -> node done, p50", statistics.median(lags), "s")
         figure("driver upgrade: new driver pod Ready -> node done, max", lags[-1], "s")
@@ -533,6 +538,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="after the joins, switch this ClusterPolicy section off, then back on: time until its "
                              "DaemonSet and the status are ready again, status patches spent (\"\": not)")
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--upgrade-timeout", type=float, metavar="S",
+                        help="seconds the upgrade may take before its figures are printed for the nodes done by then "
+                             "(default: --timeout)")
     parser.add_argument("--log", type=Path, help="keep the (last run's) operator log here")
     parser.add_argument("--alloc-top", type=int, default=0, metavar="N",
                         help="trace allocations (tracemalloc: CPU and RSS figures grow) and print the operator's "
@@ -840,7 +848,7 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
             total = args.nodes + args.joins
             parallel = args.upgrade_parallel if args.upgrade_parallel >= 0 else max(1, total // 10)
             if parallel:
-                upgrade(cluster, admin, user, total, parallel, args.timeout, figure)
+                upgrade(cluster, admin, user, total, parallel, args.upgrade_timeout or args.timeout, figure)
             if args.mass_join:
                 join(cluster, admin, user, args.mass_join, "mass", args.device_labels, figure, follow_up=False,
                      one_os=args.one_os)

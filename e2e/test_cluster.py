@@ -5,13 +5,14 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
 from e2e import upstream_specs as U
-from e2e.cluster.localcluster import ADMIN_USER, OPERATOR_USER, SIMULATOR_USER, LocalCluster
+from e2e.cluster.localcluster import ADMIN_USER, OPERATOR_USER, SIMULATOR_USER, LocalCluster, temporary_cluster
 from e2e.cluster.nodes import (
     GFD_DRIVER_KEYS,
     GFD_LABEL_KEYS,
@@ -114,6 +115,26 @@ def _gfd_part(node: dict[str, Any]) -> dict[str, str]:
 def _gpu_resource(node: dict[str, Any]) -> tuple[str | None, str | None]:
     status = node.get("status") or {}
     return (status.get("capacity") or {}).get(GPU), (status.get("allocatable") or {}).get(GPU)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return not any(line.startswith("State:") and "Z" in line.split()[1] for line in status.splitlines())
+
+
+@pytest.mark.local_cluster_only("starts a control plane of its own")
+def test_temporary_cluster_goes_down_however_its_block_ends() -> None:
+    with pytest.raises(RuntimeError, match="the bench failed"):
+        with temporary_cluster("gpu-operator-test-") as (cluster, tmp):
+            assert Kube.from_kubeconfig(cluster.kubeconfig).get("/version")["major"] == "1"
+            pids = cluster.pids
+            assert sorted(pids) == sorted(cluster.running()) and all(cluster.running().values())
+            raise RuntimeError("the bench failed")
+    assert not [name for name, pid in pids.items() if _alive(pid)]
+    assert not tmp.exists()
 
 
 @pytest.mark.local_cluster_only("checks the version of the suite's own control plane")

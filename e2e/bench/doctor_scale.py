@@ -23,7 +23,6 @@ import secrets
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -32,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from e2e.cluster.localcluster import LocalCluster, ensure_binaries
+from e2e.cluster.localcluster import LocalCluster, temporary_cluster
 from e2e.cluster.nodes import PROFILES, create_nodes, gfd_labels, make_node
 from e2e.kube import wait_for
 from e2e.operator_process import NAMESPACE, REPO, install_crds_and_rbac, policy_from_sample
@@ -202,71 +201,65 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the cluster to converge")
     args = parser.parse_args(argv)
-    ensure_binaries()
 
-    with tempfile.TemporaryDirectory(prefix="gpu-operator-doctor-bench-") as tmp:
-        cluster = BenchCluster(Path(tmp) / "cluster")
-        cluster.up()
-        try:
-            admin = Kube.connect(str(cluster.kubeconfig))
+    with temporary_cluster("gpu-operator-doctor-bench-", BenchCluster) as (cluster, tmp):
+        admin = Kube.connect(str(cluster.kubeconfig))
+        t0 = time.monotonic()
+        create_nodes(admin.client, [gpu_node(i) for i in range(args.nodes)])
+        # The not-ready taint the API server puts on a new node; the node lifecycle controller is off.
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda i: admin.merge_patch("Node", f"gpu-{i:04d}", {"spec": {"taints": None}}),
+                          range(args.nodes)))  # fmt: skip
+        print(f"{args.nodes} GPU nodes created in {time.monotonic() - t0:.1f} s", flush=True)
+        install_crds_and_rbac(admin)
+        t0 = time.monotonic()
+        admin.create(policy_from_sample())
+        converge(admin)
+        made = operand_pods(admin, admin.list("Node"))
+        converge(admin)
+        policy = admin.get("ClusterPolicy", "cluster-policy") or {}
+        print(f"converged in {time.monotonic() - t0:.1f} s: {made} operand pods Running and Ready, "
+              f"ClusterPolicy {(policy.get('status') or {}).get('state')}", flush=True)  # fmt: skip
+
+        admin.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": WORKLOAD_NS}})
+        wait_for(lambda: admin.get("ServiceAccount", "default", WORKLOAD_NS), 60, message="default ServiceAccount")
+        pods = [workload(f"train-{i:04d}", 1) for i in range(args.workloads)] + [workload("too-big", 64)]
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(admin.create, pods))
+
+        def placed() -> bool:
+            listed = admin.list("Pod", WORKLOAD_NS, field_selector="status.phase=Running")
+            return len(listed) >= args.workloads
+
+        wait_for(placed, 120, interval=1, message="workload pods Running")
+        print(f"{args.workloads} workload pods Running, 1 Pending (64 GPUs)", flush=True)
+
+        kubeconfig = doctor_kubeconfig(cluster, admin, tmp / "doctor.kubeconfig")
+        reads, analyses, totals = [], [], []
+        for run in range(args.runs):
+            kube = Kube.connect(str(kubeconfig))
             t0 = time.monotonic()
-            create_nodes(admin.client, [gpu_node(i) for i in range(args.nodes)])
-            # The not-ready taint the API server puts on a new node; the node lifecycle controller is off.
-            with ThreadPoolExecutor(16) as pool:
-                list(pool.map(lambda i: admin.merge_patch("Node", f"gpu-{i:04d}", {"spec": {"taints": None}}),
-                              range(args.nodes)))  # fmt: skip
-            print(f"{args.nodes} GPU nodes created in {time.monotonic() - t0:.1f} s", flush=True)
-            install_crds_and_rbac(admin)
-            t0 = time.monotonic()
-            admin.create(policy_from_sample())
-            converge(admin)
-            made = operand_pods(admin, admin.list("Node"))
-            converge(admin)
-            policy = admin.get("ClusterPolicy", "cluster-policy") or {}
-            print(f"converged in {time.monotonic() - t0:.1f} s: {made} operand pods Running and Ready, "
-                  f"ClusterPolicy {(policy.get('status') or {}).get('state')}", flush=True)  # fmt: skip
-
-            admin.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": WORKLOAD_NS}})
-            wait_for(lambda: admin.get("ServiceAccount", "default", WORKLOAD_NS), 60, message="default ServiceAccount")
-            pods = [workload(f"train-{i:04d}", 1) for i in range(args.workloads)] + [workload("too-big", 64)]
-            with ThreadPoolExecutor(8) as pool:
-                list(pool.map(admin.create, pods))
-
-            def placed() -> bool:
-                listed = admin.list("Pod", WORKLOAD_NS, field_selector="status.phase=Running")
-                return len(listed) >= args.workloads
-
-            wait_for(placed, 120, interval=1, message="workload pods Running")
-            print(f"{args.workloads} workload pods Running, 1 Pending (64 GPUs)", flush=True)
-
-            kubeconfig = doctor_kubeconfig(cluster, admin, Path(tmp) / "doctor.kubeconfig")
-            reads, analyses, totals = [], [], []
-            for run in range(args.runs):
-                kube = Kube.connect(str(kubeconfig))
-                t0 = time.monotonic()
-                seen = gather(kube, NAMESPACE)
-                t_read = time.monotonic() - t0
-                found = diagnose(seen)
-                t_all = time.monotonic() - t0
-                reads.append(t_read)
-                analyses.append(t_all - t_read)
-                totals.append(t_all)
-                requests = sum(kube.requests.values())
-                print(f"run {run + 1}: {t_all:.2f} s ({t_read:.2f} s reads: {requests} requests, {len(seen.pods)} "
-                      f"pods and {len(seen.events)} events kept; {t_all - t_read:.2f} s analysis), "
-                      f"{len(found)} findings: {sorted({f.kind for f in found})} (load {load_average()})",
-                      flush=True)  # fmt: skip
-            t0 = time.monotonic()
-            cli = subprocess.run([sys.executable, "-m", "gpu_operator.cli", "doctor", "--kubeconfig", str(kubeconfig),
-                                  "-o", "json"], capture_output=True, text=True)  # fmt: skip
-            print(f"the command `gpu-operator doctor -o json`: {time.monotonic() - t0:.2f} s with Python's start-up "
-                  f"and imports, exit {cli.returncode}")  # fmt: skip
-            print(
-                f"\ndoctor at {args.nodes} nodes, median of {args.runs}: {statistics.median(totals):.2f} s "
-                f"({statistics.median(reads):.2f} s reads, {statistics.median(analyses):.2f} s analysis)"
-            )
-        finally:
-            cluster.down()
+            seen = gather(kube, NAMESPACE)
+            t_read = time.monotonic() - t0
+            found = diagnose(seen)
+            t_all = time.monotonic() - t0
+            reads.append(t_read)
+            analyses.append(t_all - t_read)
+            totals.append(t_all)
+            requests = sum(kube.requests.values())
+            print(f"run {run + 1}: {t_all:.2f} s ({t_read:.2f} s reads: {requests} requests, {len(seen.pods)} "
+                  f"pods and {len(seen.events)} events kept; {t_all - t_read:.2f} s analysis), "
+                  f"{len(found)} findings: {sorted({f.kind for f in found})} (load {load_average()})",
+                  flush=True)  # fmt: skip
+        t0 = time.monotonic()
+        cli = subprocess.run([sys.executable, "-m", "gpu_operator.cli", "doctor", "--kubeconfig", str(kubeconfig),
+                              "-o", "json"], capture_output=True, text=True)  # fmt: skip
+        print(f"the command `gpu-operator doctor -o json`: {time.monotonic() - t0:.2f} s with Python's start-up "
+              f"and imports, exit {cli.returncode}")  # fmt: skip
+        print(
+            f"\ndoctor at {args.nodes} nodes, median of {args.runs}: {statistics.median(totals):.2f} s "
+            f"({statistics.median(reads):.2f} s reads, {statistics.median(analyses):.2f} s analysis)"
+        )
     return 0
 
 

@@ -16,11 +16,9 @@ import random
 import signal
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 
-from e2e.cluster.localcluster import LocalCluster, audit_time
+from e2e.cluster.localcluster import LocalCluster, audit_time, temporary_cluster
 from e2e.cluster.nodes import create_nodes, make_node
 from e2e.kube import wait_for
 from e2e.operator_process import NAMESPACE, OperatorProcess, install_crds_and_rbac, policy_from_sample
@@ -67,9 +65,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
     rng = random.Random(args.seed)
-    with tempfile.TemporaryDirectory(prefix="gpu-operator-failover-bench-") as tmp:
-        cluster = LocalCluster(Path(tmp) / "cluster")
-        cluster.up()
+    with temporary_cluster("gpu-operator-failover-bench-") as (cluster, tmp):
         ops: dict[str, OperatorProcess] = {}
         sim = None
         try:
@@ -78,7 +74,7 @@ def main() -> int:
             install_crds_and_rbac(admin)
             sim = NodeSimulator(cluster.simulator_kubeconfig, namespace=NAMESPACE).start()
             for name in ("replica-a", "replica-b"):
-                ops[name] = OperatorProcess(cluster, Path(tmp) / f"{name}.log", identity=name, leader_elect=True)
+                ops[name] = OperatorProcess(cluster, tmp / f"{name}.log", identity=name, leader_elect=True)
                 ops[name].start()
             wait_for(lambda: holder(admin) in ops, 60, message="a leader")
             admin.create(policy_from_sample())
@@ -101,7 +97,6 @@ def main() -> int:
                 op.stop()
             if sim:
                 sim.stop()
-            cluster.down()
     return 0
 
 

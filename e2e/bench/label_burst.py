@@ -17,13 +17,12 @@ from __future__ import annotations
 import argparse
 import ssl
 import statistics
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from e2e.cluster.localcluster import LocalCluster, ensure_binaries
+from e2e.cluster.localcluster import temporary_cluster
 from e2e.cluster.nodes import create_nodes, make_node
 from e2e.operator_process import install_crds_and_rbac
 from gpu_operator.kube import Kube
@@ -85,45 +84,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--serial", type=int, default=2000, help="new connections one after another (%(default)s)")
     args = parser.parse_args(argv)
-    ensure_binaries()
-    with tempfile.TemporaryDirectory(prefix="gpu-operator-label-burst-") as tmp:
-        cluster = LocalCluster(Path(tmp) / "cluster")
-        cluster.up()
-        try:
-            kubeconfig = str(cluster.operator_kubeconfig)
-            admin = Kube.connect(str(cluster.kubeconfig))
-            install_crds_and_rbac(admin)  # the patches go under the operator's own identity (a token)
-            names = [f"burst-{i:04d}" for i in range(args.nodes)]
-            create_nodes(admin.client, [make_node(name, "h100x8") for name in names])
-            rows: dict[str, list[tuple[float, float, float, float]]] = {}
-            for r in range(args.rounds):
-                for resume in (False, True):
-                    kube = Kube.connect(kubeconfig, resume_tls=resume)
-                    kube.get("Node", names[0])
-                    kube.client.rest_client.pool_manager.clear()  # the quiet spell: its connections closed
-                    client = "resuming TLS sessions" if resume else "full handshakes"
-                    for conns, value in (("new", f"cold-{r}"), ("warm", f"warm-{r}")):
-                        took, made = burst(kube, names, value)
-                        again = resumed(kube) if conns == "new" else 0
-                        rows.setdefault(f"{client}, {conns} connections", []).append(
-                            (statistics.median(took), max(took), made, again)
-                        )
-                        print(f"round {r + 1}, {client}, {conns} connections: p50 {statistics.median(took) * 1000:.1f}"
-                              f" ms, max {max(took) * 1000:.1f} ms, {made} connections opened ({again} resumed)",
-                              flush=True)  # fmt: skip
-            print(f"\n{args.nodes} label patches at once from {LABEL_THREADS} threads, medians of {args.rounds} rounds")
-            print("| client, connections | p50 | max | opened (resumed) |\n|---|---|---|---|")
-            for kind, values in rows.items():
-                p50, top = (statistics.median(v[i] for v in values) * 1000 for i in range(2))
-                count, reused = (statistics.median(v[i] for v in values) for i in (2, 3))
-                print(f"| {kind} | {p50:.1f} ms | {top:.1f} ms | {count:.0f} ({reused:.0f}) |")
-            print(f"\n{args.serial} new connections one after another (GET /version)")
+    with temporary_cluster("gpu-operator-label-burst-") as (cluster, _):
+        kubeconfig = str(cluster.operator_kubeconfig)
+        admin = Kube.connect(str(cluster.kubeconfig))
+        install_crds_and_rbac(admin)  # the patches go under the operator's own identity (a token)
+        names = [f"burst-{i:04d}" for i in range(args.nodes)]
+        create_nodes(admin.client, [make_node(name, "h100x8") for name in names])
+        rows: dict[str, list[tuple[float, float, float, float]]] = {}
+        for r in range(args.rounds):
             for resume in (False, True):
-                each, before, after = serial(Kube.connect(kubeconfig, resume_tls=resume), args.serial)
+                kube = Kube.connect(kubeconfig, resume_tls=resume)
+                kube.get("Node", names[0])
+                kube.client.rest_client.pool_manager.clear()  # the quiet spell: its connections closed
                 client = "resuming TLS sessions" if resume else "full handshakes"
-                print(f"  {client}: {each * 1000:.2f} ms each; RSS {before:.1f} -> {after:.1f} MiB")
-        finally:
-            cluster.down()
+                for conns, value in (("new", f"cold-{r}"), ("warm", f"warm-{r}")):
+                    took, made = burst(kube, names, value)
+                    again = resumed(kube) if conns == "new" else 0
+                    rows.setdefault(f"{client}, {conns} connections", []).append(
+                        (statistics.median(took), max(took), made, again)
+                    )
+                    print(f"round {r + 1}, {client}, {conns} connections: p50 {statistics.median(took) * 1000:.1f}"
+                          f" ms, max {max(took) * 1000:.1f} ms, {made} connections opened ({again} resumed)",
+                          flush=True)  # fmt: skip
+        print(f"\n{args.nodes} label patches at once from {LABEL_THREADS} threads, medians of {args.rounds} rounds")
+        print("| client, connections | p50 | max | opened (resumed) |\n|---|---|---|---|")
+        for kind, values in rows.items():
+            p50, top = (statistics.median(v[i] for v in values) * 1000 for i in range(2))
+            count, reused = (statistics.median(v[i] for v in values) for i in (2, 3))
+            print(f"| {kind} | {p50:.1f} ms | {top:.1f} ms | {count:.0f} ({reused:.0f}) |")
+        print(f"\n{args.serial} new connections one after another (GET /version)")
+        for resume in (False, True):
+            each, before, after = serial(Kube.connect(kubeconfig, resume_tls=resume), args.serial)
+            client = "resuming TLS sessions" if resume else "full handshakes"
+            print(f"  {client}: {each * 1000:.2f} ms each; RSS {before:.1f} -> {after:.1f} MiB")
     return 0
 
 

@@ -34,7 +34,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -44,7 +43,7 @@ from typing import Any
 
 from e2e.bench import upstream as nvidia
 from e2e.bench.cluster_scale import cpu_seconds, proc_times
-from e2e.cluster.localcluster import WRITE_VERBS, LocalCluster, audit_time, ensure_binaries, rss_kib
+from e2e.cluster.localcluster import WRITE_VERBS, LocalCluster, audit_time, rss_kib, temporary_cluster
 from e2e.cluster.nodes import create_nodes, make_node
 from e2e.operator_process import NAMESPACE, OperatorProcess, install_crds_and_rbac, policy_from_sample
 from e2e.simulator import NodeSimulator
@@ -582,7 +581,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--cpu-profile needs py-spy: {Path(sys.executable).with_name('pip')} install py-spy")
     # This process's watches time what they see, beside the node simulator's busy threads: the operator's interval.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    ensure_binaries()
     runs: list[dict[str, tuple[float, str]]] = []
     for n in range(1, args.runs + 1):
         if args.runs > 1:
@@ -618,13 +616,13 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
         figures[name] = (value, unit)
         print(f"{name}: {_fmt(value, unit)}{' ' + detail if detail else ''}", flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="gpu-operator-bench-") as tmp:
-        # At 5,000 nodes on this 2-core machine kwok stops heartbeating some nodes for 10 min and more mid-rollout
-        # (it re-arms a node's heartbeat whenever the node changes, and falls behind): they went NotReady, their
-        # pods with them, and the rollout never ended. Past 1,000 nodes the grace outlasts a run.
-        grace = "2m" if args.nodes <= 1000 else "2h"
-        cluster = LocalCluster(Path(tmp) / "cluster", node_leases=args.node_leases, node_monitor_grace=grace)
-        cluster.up()
+    # At 5,000 nodes on this 2-core machine kwok stops heartbeating some nodes for 10 min and more mid-rollout
+    # (it re-arms a node's heartbeat whenever the node changes, and falls behind): they went NotReady, their
+    # pods with them, and the rollout never ended. Past 1,000 nodes the grace outlasts a run.
+    grace = "2m" if args.nodes <= 1000 else "2h"
+    with temporary_cluster("gpu-operator-bench-", node_leases=args.node_leases, node_monitor_grace=grace) as (
+        cluster, tmp
+    ):
         op: OperatorProcess | nvidia.UpstreamProcess | None = None
         try:
             admin = Kube.connect(str(cluster.kubeconfig))
@@ -640,20 +638,20 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
             if args.alloc_top:
                 os.environ["PYTHONTRACEMALLOC"] = "1"
             if args.alloc_top or args.heap_report or args.pass_profile:
-                os.environ[DEBUG_DIR] = tmp
+                os.environ[DEBUG_DIR] = str(tmp)
             if args.pass_profile:
                 os.environ[PROFILE_PASSES] = "1"
             t0 = time.monotonic()
             ours = not args.upstream
             if args.upstream:
-                op = nvidia.UpstreamProcess(cluster, Path(tmp) / "operator.log", args.upstream).start()
+                op = nvidia.UpstreamProcess(cluster, tmp / "operator.log", args.upstream).start()
                 if not op.started():
                     raise RuntimeError("NVIDIA's operator did not start:\n" + op.log_tail())
                 print(f"NVIDIA's operator started (its controllers' caches filled) in {time.monotonic() - t0:.1f}s",
                       flush=True)
                 time.sleep(5)  # it lists nodes and more once its workers start, with no ClusterPolicy yet
             else:
-                op = OperatorProcess(cluster, Path(tmp) / "operator.log").start()
+                op = OperatorProcess(cluster, tmp / "operator.log").start()
                 os.environ.pop("PYTHONTRACEMALLOC", None)
                 os.environ.pop(DEBUG_DIR, None)
                 os.environ.pop(PROFILE_PASSES, None)
@@ -676,7 +674,7 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
             pass_cpu0 = passes(op.metrics_port, PASS_CPU) if ours else 0.0
             t0 = time.monotonic()
             created_at = time.time()
-            rollout = Path(tmp) / "rollout.prof"
+            rollout = tmp / "rollout.prof"
             spy_rollout = py_spy(op.proc.pid, args.timeout, rollout) if args.cpu_profile else None
             policy = policy_from_sample()
             admin.create(nvidia.through_simulator(policy) if args.upstream else policy)
@@ -709,7 +707,7 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
             rss_ready = (rss_kib(op.proc.pid) or 0) / 1024
             if args.pass_profile:
                 time.sleep(6)  # the next pass writes its profile (at most every 5 s)
-                print_pass_profile(Path(tmp) / "passes.prof", passes(op.metrics_port))
+                print_pass_profile(tmp / "passes.prof", passes(op.metrics_port))
             if spy_rollout is not None:
                 spy_rollout.send_signal(signal.SIGINT)  # py-spy writes what it sampled so far
                 spy_rollout.wait(timeout=60)
@@ -744,7 +742,7 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
                 op.stop()
                 sim.stop()
                 if args.log:
-                    shutil.copyfile(Path(tmp) / "operator.log", args.log)
+                    shutil.copyfile(tmp / "operator.log", args.log)
                 return figures
             figure("ClusterPolicy -> status ready", ready_s, "s", f"(state {state})")
             if said_ready is not None and ready_s - (said_ready - t0) > 1:
@@ -781,7 +779,7 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
 
             idle_from = time.time()
             cpu1 = cpu_seconds(op.proc.pid)
-            spy = py_spy(op.proc.pid, args.idle, Path(tmp) / "idle.prof") if args.cpu_profile else None
+            spy = py_spy(op.proc.pid, args.idle, tmp / "idle.prof") if args.cpu_profile else None
             time.sleep(args.idle)
             idle_to = time.time()
             idle_cpu = cpu_seconds(op.proc.pid) - cpu1
@@ -795,7 +793,7 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
             figure("operator RSS after idling", (rss_kib(op.proc.pid) or 0) / 1024, "MiB")
             if spy is not None:
                 spy.wait(timeout=60)
-                print_profile(Path(tmp) / "idle.prof")
+                print_profile(tmp / "idle.prof")
             if args.alloc_top or args.heap_report:
                 print(heap_report(op.proc.pid, Path(tmp)), flush=True)
             if args.settled:
@@ -855,11 +853,10 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
             op.stop()
             sim.stop()
             if args.log:
-                shutil.copyfile(Path(tmp) / "operator.log", args.log)
+                shutil.copyfile(tmp / "operator.log", args.log)
         finally:
             if op is not None:  # a run that failed must not leave the operator process behind
                 op.stop()
-            cluster.down()
     return figures
 
 

@@ -13,13 +13,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from e2e.bench.operator_scale import writes_by
-from e2e.cluster.localcluster import LocalCluster, ensure_binaries
+from e2e.cluster.localcluster import temporary_cluster
 from e2e.cluster.nodes import create_nodes, make_node
 from e2e.operator_process import NAMESPACE, OperatorProcess, install_crds_and_rbac, policy_from_sample
 from e2e.simulator import NodeSimulator
@@ -50,19 +48,17 @@ def new_driver_ready(admin: Kube, version: str) -> list[str]:
 
 
 def run(count: int, parallel: int, max_unavailable: str, delay: float, timeout: float) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="gpu-operator-upgrade-bench-") as tmp:
-        cluster = LocalCluster(Path(tmp) / "cluster")
-        cluster.up()
+    with temporary_cluster("gpu-operator-upgrade-bench-") as (cluster, tmp):
+        admin = Kube.connect(str(cluster.kubeconfig))
+        nodes = [
+            make_node(f"n-{i:04d}", "h100x8" if i % 2 else "a100x4", os="ubuntu22.04" if i % 2 else "ubuntu24.04")
+            for i in range(count)
+        ]
+        create_nodes(admin.client, nodes)
+        install_crds_and_rbac(admin)
+        sim = NodeSimulator(cluster.simulator_kubeconfig, namespace=NAMESPACE, driver_ready_delay=delay).start()
+        op = OperatorProcess(cluster, tmp / "operator.log").start()
         try:
-            admin = Kube.connect(str(cluster.kubeconfig))
-            nodes = [
-                make_node(f"n-{i:04d}", "h100x8" if i % 2 else "a100x4", os="ubuntu22.04" if i % 2 else "ubuntu24.04")
-                for i in range(count)
-            ]
-            create_nodes(admin.client, nodes)
-            install_crds_and_rbac(admin)
-            sim = NodeSimulator(cluster.simulator_kubeconfig, namespace=NAMESPACE, driver_ready_delay=delay).start()
-            op = OperatorProcess(cluster, Path(tmp) / "operator.log").start()
             policy = policy_from_sample()
             policy["spec"]["driver"]["upgradePolicy"] = {
                 "autoUpgrade": True,
@@ -92,13 +88,12 @@ def run(count: int, parallel: int, max_unavailable: str, delay: float, timeout: 
             seconds = time.monotonic() - began
             writes = writes_by(cluster, op.username, since=since)
             lags = sorted(done_at[n] - ready_at[n] for n in done_at)
-            op.stop()
-            sim.stop()
             return {"nodes": count, "seconds": seconds, "writes": sum(writes.values()), "by": dict(writes),
                     "lag_p50": statistics.median(lags) if lags else float("nan"),
                     "lag_max": lags[-1] if lags else float("nan")}
-        finally:
-            cluster.down()
+        finally:  # a run that failed must not leave the operator process behind
+            op.stop()
+            sim.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +104,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay", type=float, default=2.0, help="seconds until a new driver pod is Ready")
     parser.add_argument("--timeout", type=float, default=1800.0)
     args = parser.parse_args(argv)
-    ensure_binaries()
     results = [run(n, args.parallel, args.max_unavailable, args.delay, args.timeout) for n in args.nodes]
     print(
         f"\nmaxParallelUpgrades={args.parallel} maxUnavailable={args.max_unavailable} driver ready delay={args.delay}s"

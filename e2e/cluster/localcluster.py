@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import contextlib
 import ctypes
 import json
 import os
@@ -24,6 +25,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -729,6 +731,23 @@ class LocalCluster:
         for proc in self._procs.values():
             if proc.popen is not None:
                 proc.popen.poll()
+
+
+@contextlib.contextmanager
+def temporary_cluster(
+    prefix: str, cluster_class: type[LocalCluster] = LocalCluster, **kwargs: Any
+) -> Iterator[tuple[LocalCluster, Path]]:
+    """A cluster up in a new temporary directory (its binaries built first if missing), and that directory; the
+    cluster goes down and the directory away however the block ends (benchmarks and scripts: tests use the
+    fixtures)."""
+    binaries = ensure_binaries()
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        cluster = cluster_class(Path(tmp) / "cluster", binaries=binaries, **kwargs)
+        try:
+            cluster.up()
+            yield cluster, Path(tmp)
+        finally:
+            cluster.down()
 
 
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})

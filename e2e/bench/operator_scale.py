@@ -795,7 +795,7 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
                 spy.wait(timeout=60)
                 print_profile(tmp / "idle.prof")
             if args.alloc_top or args.heap_report:
-                print(heap_report(op.proc.pid, Path(tmp)), flush=True)
+                print(heap_report(op.proc.pid, tmp), flush=True)
             if args.settled:
                 # Right after ready, node labels still change for a while (mig-manager reports each node's
                 # layout applied, each change a full pass of ours; NVIDIA's upgrade controller marks each node's

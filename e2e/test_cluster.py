@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +17,7 @@ from e2e.cluster.localcluster import (
     OPERATOR_USER,
     SIMULATOR_USER,
     LocalCluster,
+    pid_alive,
     temporary_cluster,
 )
 from e2e.cluster.nodes import (
@@ -124,14 +124,6 @@ def _gpu_resource(node: dict[str, Any]) -> tuple[str | None, str | None]:
     return (status.get("capacity") or {}).get(GPU), (status.get("allocatable") or {}).get(GPU)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return not any(line.startswith("State:") and "Z" in line.split()[1] for line in status.splitlines())
-
-
 @pytest.mark.local_cluster_only("starts a control plane of its own")
 def test_temporary_cluster_goes_down_however_its_block_ends() -> None:
     with pytest.raises(RuntimeError, match="the bench failed"):
@@ -140,7 +132,7 @@ def test_temporary_cluster_goes_down_however_its_block_ends() -> None:
             pids = cluster.pids
             assert set(COMPONENTS) <= set(pids) and all(cluster.running().values())
             raise RuntimeError("the bench failed")
-    assert not [name for name, pid in pids.items() if _alive(pid)]
+    assert not [name for name, pid in pids.items() if pid_alive(pid)]
     assert not tmp.exists()
 
 

@@ -65,46 +65,44 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     with temporary_cluster("e2e-bench-") as (cluster, _):
-        try:
-            print(f"cluster start-up: {cluster.startup_seconds:.1f}s")
-            print_rss(cluster, "RSS after start-up (no nodes):")
-            kube = Kube.from_kubeconfig(cluster.kubeconfig, pool_size=8)
-            nodes = [make_node(f"bench-{GPU_PROFILES[i % 3]}-{i:05d}", GPU_PROFILES[i % 3])
-                     for i in range(args.nodes)]
+        print(f"cluster start-up: {cluster.startup_seconds:.1f}s")
+        print_rss(cluster, "RSS after start-up (no nodes):")
+        kube = Kube.from_kubeconfig(cluster.kubeconfig, pool_size=8)
+        nodes = [make_node(f"bench-{GPU_PROFILES[i % 3]}-{i:05d}", GPU_PROFILES[i % 3])
+                 for i in range(args.nodes)]
 
-            t0 = time.monotonic()
-            create_nodes(kube, nodes, concurrency=args.concurrency)
-            created = time.monotonic() - t0
-            print(f"\ncreated {args.nodes} nodes in {created:.1f}s "
-                  f"({args.nodes / created:.0f} nodes/s, concurrency {args.concurrency})")
+        t0 = time.monotonic()
+        create_nodes(kube, nodes, concurrency=args.concurrency)
+        created = time.monotonic() - t0
+        print(f"\ncreated {args.nodes} nodes in {created:.1f}s "
+              f"({args.nodes / created:.0f} nodes/s, concurrency {args.concurrency})")
 
-            ready = 0
-            while time.monotonic() - t0 < args.timeout:
-                _, ready = count_ready(kube)
-                if ready >= args.nodes:
-                    break
-                time.sleep(0.5)
-            to_ready = time.monotonic() - t0
-            print(f"{ready}/{args.nodes} nodes Ready {to_ready:.1f}s after the first create "
-                  f"({to_ready - created:.1f}s after the last)")
-            print_rss(cluster, f"RSS with {args.nodes} Ready nodes:")
+        ready = 0
+        while time.monotonic() - t0 < args.timeout:
+            _, ready = count_ready(kube)
+            if ready >= args.nodes:
+                break
+            time.sleep(0.5)
+        to_ready = time.monotonic() - t0
+        print(f"{ready}/{args.nodes} nodes Ready {to_ready:.1f}s after the first create "
+              f"({to_ready - created:.1f}s after the last)")
+        print_rss(cluster, f"RSS with {args.nodes} Ready nodes:")
 
-            if args.daemonset:
-                time_daemonset(kube, args.nodes, args.timeout)
-                print_rss(cluster, f"RSS with {args.nodes} nodes and {args.nodes} pods:")
+        if args.daemonset:
+            time_daemonset(kube, args.nodes, args.timeout)
+            print_rss(cluster, f"RSS with {args.nodes} nodes and {args.nodes} pods:")
 
-            if args.settle > 0:
-                cpu0 = {name: cpu_seconds(pid) for name, pid in cluster.pids.items()}
-                time.sleep(args.settle)
-                total, ready = count_ready(kube)
-                print(f"\nafter {args.settle:.0f}s of heartbeats: {ready}/{total} nodes Ready; CPU use while idle:")
-                for name, pid in cluster.pids.items():
-                    used = cpu_seconds(pid) - cpu0[name]
-                    print(f"  {name:<26} {100 * used / args.settle:6.1f}% of a core")
-                print_rss(cluster, "RSS after settling:")
-            kube.close()
-        finally:
-            t = time.monotonic()  # the cluster goes down as the block ends
+        if args.settle > 0:
+            cpu0 = {name: cpu_seconds(pid) for name, pid in cluster.pids.items()}
+            time.sleep(args.settle)
+            total, ready = count_ready(kube)
+            print(f"\nafter {args.settle:.0f}s of heartbeats: {ready}/{total} nodes Ready; CPU use while idle:")
+            for name, pid in cluster.pids.items():
+                used = cpu_seconds(pid) - cpu0[name]
+                print(f"  {name:<26} {100 * used / args.settle:6.1f}% of a core")
+            print_rss(cluster, "RSS after settling:")
+        kube.close()
+        t = time.monotonic()  # the cluster goes down as the block ends
     print(f"\ncluster down in {time.monotonic() - t:.1f}s")
     return 0
 

@@ -15,14 +15,14 @@ before and after (a resuming client must not grow with the connections it makes)
 from __future__ import annotations
 
 import argparse
+import os
 import ssl
 import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
-from e2e.cluster.localcluster import temporary_cluster
+from e2e.cluster.localcluster import rss_kib, temporary_cluster
 from e2e.cluster.nodes import create_nodes, make_node
 from e2e.operator_process import install_crds_and_rbac
 from gpu_operator.kube import Kube
@@ -60,10 +60,7 @@ def burst(kube: Kube, names: list[str], value: str) -> tuple[list[float], int]:
 
 
 def rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return (rss_kib(os.getpid()) or 0) / 1024
 
 
 def serial(kube: Kube, count: int) -> tuple[float, float, float]:

@@ -117,7 +117,7 @@ def _pdeathsig_preexec() -> Callable[[], None]:
     return preexec
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
@@ -350,10 +350,10 @@ class LocalCluster:
             return
         self._signal(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while _pid_alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             self._reap()
             time.sleep(0.05)
-        if _pid_alive(pid):
+        if pid_alive(pid):
             self._signal(pid, signal.SIGKILL)
         self._reap()
 
@@ -388,7 +388,7 @@ class LocalCluster:
             if proc is not None and proc.popen is not None:
                 proc.popen.wait(timeout=15)
             deadline = time.monotonic() + 15
-            while _pid_alive(pid) and time.monotonic() < deadline:
+            while pid_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.02)
         self._start_and_wait(component, args(), ready, time.monotonic() + timeout)
         return time.monotonic() - t
@@ -421,7 +421,7 @@ class LocalCluster:
         tmp.replace(self.state_dir / "cluster.json")
 
     def _owned_alive(self, pid: int) -> bool:
-        return _pid_alive(pid) and str(self.state_dir) in _pid_cmdline(pid)
+        return pid_alive(pid) and str(self.state_dir) in _pid_cmdline(pid)
 
     def _prepare(self) -> None:
         sd = self.state_dir
@@ -701,7 +701,7 @@ class LocalCluster:
             deadline = time.monotonic() + grace
             while live and time.monotonic() < deadline:
                 self._reap()
-                live = [p for p in live if _pid_alive(p)]
+                live = [p for p in live if pid_alive(p)]
                 if live:
                     time.sleep(0.02)
             for pid in live:

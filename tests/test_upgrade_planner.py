@@ -120,6 +120,12 @@ def of(p: Plan, kind: type) -> list[Any]:
     return [a for a in p.actions if isinstance(a, kind)]
 
 
+def reading_pods(**kw: Any) -> DriverUpgradePolicySpec:
+    """A policy whose upgrade reads the node's workload pods after the cordon (the chart's default: podDeletion)."""
+    kw.setdefault("pod_deletion", PodDeletionSpec())
+    return policy(**kw)
+
+
 def run(nodes: list[UpgradeNode], pods: list[WorkloadPod] | None = None, **kw: Any) -> Plan:
     pol = kw.pop("pol", None) or policy()
     return plan(nodes, pods or [], pol, kw.pop("now", NOW), **kw)
@@ -145,7 +151,7 @@ def test_out_of_date_becomes_required_and_its_start_says_why() -> None:
     assert states(p) == {"n1": "upgrade-required"} and of(p, Event) == []
     assert "waiting for an upgrade slot" in p.waiting["n1"]
     # A later pass grants the slot: the event names the revisions.
-    p = run([make_node(state="upgrade-required", rev=OLD)])
+    p = run([make_node(state="upgrade-required", rev=OLD)], pol=reading_pods())
     (event,) = of(p, Event)
     assert event.reason == EVENT_REASON and event.type == "Normal"
     assert event.message == (
@@ -155,7 +161,7 @@ def test_out_of_date_becomes_required_and_its_start_says_why() -> None:
 
 
 def test_out_of_date_with_a_slot_starts_and_is_cordoned_in_one_patch_and_one_event() -> None:
-    p = run([make_node(state="upgrade-done", rev=OLD)])
+    p = run([make_node(state="upgrade-done", rev=OLD)], pol=reading_pods())
     assert p.started == ("n1",)
     assert [a.state for a in of(p, SetState)] == ["upgrade-required", "cordon-required", "wait-for-jobs-required"]
     assert of(p, Cordon) == [Cordon("n1")]
@@ -163,13 +169,37 @@ def test_out_of_date_with_a_slot_starts_and_is_cordoned_in_one_patch_and_one_eve
     assert p.actions[-1] == event  # node-patch actions first: the adapter folds them into one patch
     assert event.message.startswith("upgrade-done -> upgrade-required -> cordon-required -> wait-for-jobs-required: ")
     assert "rev-old" in event.message and "upgrade slot granted" in event.message and "cordoned" in event.message
-    # The chain stops at the cordon: wait-for-jobs reads the node's pods, which a later pass reads fresh.
+    # The chain stops at the cordon: pod deletion reads the node's pods, which a later pass reads fresh.
     assert of(p, DeleteDriverPod) == [] and "n1" not in p.waiting
+
+
+@pytest.mark.parametrize("reads", ["waitForCompletion", "podDeletion", "drain", None])
+def test_the_cordon_stops_the_chain_only_when_the_policy_reads_workload_pods(reads: str | None) -> None:
+    pol = {
+        "waitForCompletion": policy(wait_for_completion=WaitForCompletionSpec(pod_selector="app=train")),
+        "podDeletion": reading_pods(),
+        "drain": policy(drain=DrainSpec(enable=True)),
+        None: policy(),
+    }[reads]
+    p = run([make_node(state="upgrade-done", rev=OLD)], pol=pol)
+    assert p.started == ("n1",) and of(p, Cordon) == [Cordon("n1")] and len(of(p, Event)) == 1
+    if reads is not None:
+        assert states(p)["n1"] == "wait-for-jobs-required" and of(p, DeleteDriverPod) == []
+        return
+    # Nothing reads pods after the cordon: the driver pod's deletion follows in the same pass, after the cordon
+    # and the new state (the adapter folds those into one patch, sent before the deletion).
+    assert states(p)["n1"] == "pod-restart-required"
+    kinds = [type(a) for a in p.actions]
+    assert kinds.index(Cordon) < kinds.index(DeleteDriverPod)
+    assert max(i for i, k in enumerate(kinds) if k is SetState) < kinds.index(DeleteDriverPod)
+    assert of(p, Annotate)[-1] == Annotate("n1", DELETED_DRIVER_POD_ANNOTATION, "nvidia-driver-n1")
+    assert of(p, DeleteDriverPod) == [DeleteDriverPod("n1", "nvidia-driver-n1")]
+    assert p.waiting["n1"] == "deleted driver pod nvidia-driver-n1; waiting for its replacement"
 
 
 def test_requested_annotation_starts_upgrade_of_in_sync_node() -> None:
     p = run([make_node(rev=NEW, annotations={REQUESTED_ANNOTATION: "true"})])
-    assert states(p) == {"n1": "wait-for-jobs-required"} and p.started == ("n1",)
+    assert states(p) == {"n1": "pod-restart-required"} and p.started == ("n1",)
 
 
 def test_done_node_sheds_leftover_bookkeeping() -> None:
@@ -219,7 +249,7 @@ def test_stale_bookkeeping_is_cleared_when_an_upgrade_begins() -> None:
 def test_required_starts_within_max_parallel() -> None:
     nodes = [make_node(f"n{i}", "upgrade-required") for i in range(3)]
     p = run(nodes, pol=policy(max_parallel_upgrades=2, max_unavailable="100%"))
-    assert states(p) == {"n0": "wait-for-jobs-required", "n1": "wait-for-jobs-required"}
+    assert states(p) == {"n0": "pod-restart-required", "n1": "pod-restart-required"}
     assert p.waiting["n2"] == "waiting for an upgrade slot: 2 of 2 in progress (maxParallelUpgrades)"
     assert p.counters.available == 2 and p.counters.pending == 3
 
@@ -279,7 +309,7 @@ def test_cordoned_and_not_ready_nodes_count_as_unavailable() -> None:
         make_node("d", "upgrade-required"),
     ]
     p = run(nodes, pol=policy(max_parallel_upgrades=0, max_unavailable=3))
-    assert states(p) == {"c": "wait-for-jobs-required"}
+    assert states(p) == {"c": "pod-restart-required"}
     assert "3 of at most 3 nodes unavailable" in p.waiting["d"]
     assert p.waiting["d"].endswith("cordoned, NotReady or upgrading: a, b, c")
     assert p.counters.unavailable == 2 and p.counters.available == 1
@@ -289,13 +319,13 @@ def test_already_unavailable_node_needs_no_unavailable_budget() -> None:
     nodes = [make_node("a", "upgrade-required", unschedulable=True), make_node("b", "upgrade-required")]
     p = run(nodes, pol=policy(max_parallel_upgrades=0, max_unavailable=1))
     # a is already unavailable: upgrading it costs nothing; b would make a second node unavailable.
-    assert states(p) == {"a": "wait-for-jobs-required"}
+    assert states(p) == {"a": "pod-restart-required"}
 
 
 def test_skip_label() -> None:
     nodes = [make_node("a", "upgrade-required", labels={SKIP_LABEL: "true"}), make_node("b", "upgrade-required")]
     p = run(nodes, pol=policy(max_parallel_upgrades=1, max_unavailable="100%"))
-    assert states(p) == {"b": "wait-for-jobs-required"}
+    assert states(p) == {"b": "pod-restart-required"}
     assert "skipped" in p.waiting["a"]
     assert p.counters.skipped == 1 and p.counters.pending == 1
 
@@ -307,8 +337,11 @@ def test_required_node_rolled_back_is_done() -> None:
 
 def test_required_node_cordoned_by_a_failed_attempt_goes_through_the_upgrade() -> None:
     # In sync, but cordoned by us (no initial-state annotation): it must go round to be uncordoned.
-    p = run([make_node("a", "upgrade-required", rev=NEW, unschedulable=True)])
+    p = run([make_node("a", "upgrade-required", rev=NEW, unschedulable=True)], pol=reading_pods())
     assert states(p) == {"a": "wait-for-jobs-required"}
+    # Reading no pods, it goes round in one pass: nothing to restart, its driver and validator Ready.
+    p = run([make_node("a", "upgrade-required", rev=NEW, unschedulable=True)])
+    assert states(p) == {"a": "upgrade-done"} and of(p, Uncordon) == [Uncordon("a")] and of(p, DeleteDriverPod) == []
 
 
 def test_start_clears_bookkeeping_of_a_failed_attempt() -> None:
@@ -324,13 +357,13 @@ def test_start_clears_bookkeeping_of_a_failed_attempt() -> None:
 def test_cordon_required_cordons_and_moves_on() -> None:
     p = run([make_node(state="cordon-required")])
     assert p.actions[0] == Cordon("n1")
-    assert states(p) == {"n1": "wait-for-jobs-required"}
+    assert states(p) == {"n1": "pod-restart-required"}
 
 
 def test_cordon_required_already_cordoned() -> None:
     p = run([make_node(state="cordon-required", unschedulable=True)])
     assert of(p, Cordon) == []
-    assert states(p) == {"n1": "wait-for-jobs-required"}
+    assert states(p) == {"n1": "pod-restart-required"}
 
 
 # wait for jobs
@@ -364,9 +397,9 @@ def test_a_noteworthy_step_says_the_routine_ones_of_its_pass() -> None:
 
 def test_a_happy_upgrade_gets_one_event_its_start_and_its_end_goes_to_the_log() -> None:
     # Each pass from what the previous one left: the start (cordon), the driver pod's deletion, the new pod Ready.
-    start = run([make_node("a", "upgrade-required")])
+    start = run([make_node("a", "upgrade-required")], pol=reading_pods())
     cordoned = planner._after(make_node("a", "upgrade-required"), start.actions)
-    deletion = run([cordoned])
+    deletion = run([cordoned], pol=reading_pods())
     assert of(deletion, DeleteDriverPod) == [DeleteDriverPod("a", "nvidia-driver-a")]
     ann = planner._after(cordoned, deletion.actions).annotations
     end = run([make_node("a", "pod-restart-required", pod=driver_pod("new", rev=NEW), unschedulable=True,

@@ -10,10 +10,12 @@ one state per pass): its actions fold into one node patch and one event. The cha
 whose effect must be observed (a cordon, an eviction, a driver pod deletion, an uncordon), before a state
 that reads the node's workload pods when they were not read for this pass (they are read fresh, after
 the cordon, only for nodes observed in such a state), at upgrade-failed and upgrade-done, and before
-validation-required unless the node's validator pod is already Ready. On the happy path a node costs four
-steps: start (cordon), driver pod deletion, new driver pod Ready, validator Ready (often the same step). The last
-two need no pass over every node: when one of those pods turns Ready, the operator plans that node alone
-(`plan_forward`) and writes what moves it on.
+validation-required unless the node's validator pod is already Ready. A cordon stops it only when the policy
+reads workload pods (waitForCompletion.podSelector, podDeletion or drain): with none of them the cordon and the
+driver pod's deletion go out in one pass, the cordon's patch first. On the happy path a node costs four
+steps: start (cordon), driver pod deletion (the same step when no pods are read), new driver pod Ready,
+validator Ready (often the same step). The last two need no pass over every node: when one of those pods turns
+Ready, the operator plans that node alone (`plan_forward`) and writes what moves it on.
 Routine steps (nothing to wait for, evict or drain, the driver pod's deletion, the new pod Ready, the uncordon)
 get no event of their own, only a mention in one that is written anyway: on the happy path a node gets one, its
 upgrade's start (the cordon and why; upstream: one per state). Its end is the `upgrade-done` label and the
@@ -289,7 +291,7 @@ class _Step:
     finished: str | None = None  # (concluded) an upgrade that ended in this pass without an event: what it did
 
 
-# Writes whose effect the next pass must observe before the node goes on.
+# Writes whose effect the next pass must observe before the node goes on (a cordon only when workload pods are read).
 _CHAIN_STOPS = (Cordon, Uncordon, EvictPods, DeleteDriverPod, MovePool)
 
 
@@ -358,6 +360,10 @@ class _Pass:
             self.pods[p.node].append(p)
         self.wait_selector, self.wait_selector_error = self._selector(policy.wait_for_completion.pod_selector)
         self.drain_selector, self.drain_selector_error = self._selector(policy.drain.pod_selector)
+        # Whether wait-for-jobs, pod deletion or drain read the node's workload pods under this policy. When none
+        # does, nothing after the cordon needs to observe it: the chain goes on to the driver pod's deletion.
+        wait = policy.wait_for_completion
+        self.reads_pods = bool(wait.pod_selector.strip()) or policy.pod_deletion is not None or policy.drain.enable
 
     @staticmethod
     def _selector(text: str) -> tuple[Selector | None, str | None]:
@@ -424,12 +430,13 @@ class _Pass:
         """Whether a node that took `step` (and is now `now`) takes its next step in the same pass."""
         if step.move is None or step.waiting is not None:
             return False
-        if any(isinstance(a, _CHAIN_STOPS) for a in step.actions):
+        stops = [a for a in step.actions if isinstance(a, _CHAIN_STOPS)]
+        if stops and (self.reads_pods or not all(isinstance(a, Cordon) for a in stops)):
             return False
         state = now.state
         if state in (UNKNOWN, DONE, FAILED):
             return False
-        if state in NEEDS_PODS and observed.state not in NEEDS_PODS:
+        if state in NEEDS_PODS and observed.state not in NEEDS_PODS and self.reads_pods:
             return False  # its pods were not read for this pass
         if state == VALIDATION_REQUIRED and self.validation_enabled:
             return now.validator_pod is not None and pod_is_ready(now.validator_pod)
@@ -792,7 +799,7 @@ def plan(
     return Plan(out, waiting, counters, tuple(started), frozenset(quiet), finished)
 
 
-# States in which the upgrade has cordoned the node (the cordon goes out in one patch with wait-for-jobs-required).
+# States in which the upgrade has cordoned the node (the cordon goes out in one patch with the state after it).
 CORDONED_STATES = frozenset({
     WAIT_FOR_JOBS_REQUIRED, POD_DELETION_REQUIRED, DRAIN_REQUIRED, POD_RESTART_REQUIRED, VALIDATION_REQUIRED,
     UNCORDON_REQUIRED, FAILED,

@@ -14,7 +14,8 @@ After the joins, one component (`--switch`, dcgmExporter by default) is switched
 pods are gone, back on: how long until its DaemonSet is ready, until the status is ready again, and the
 ClusterPolicy status patches spent. Last, the driver version changes (`--upgrade-parallel` nodes at a time, 10% by
 default; 0: no upgrade): how long every node takes to be upgrade-done on the new driver, the operator's writes per
-node meanwhile, and how long after a node's new driver pod is Ready it is done. Then `--mass-join` nodes join at
+node meanwhile, and how long after a node's new driver pod is Ready it is done (the sample's podDeletion kept unless
+`--upgrade-no-pod-deletion`). Then `--mass-join` nodes join at
 once (1,000 by default): how long until every one of them is labelled.
 
 The nodes carry NFD's PCI device-ID label (`pci-0302_10de_<device>.present`, NFD's deviceLabelFields with
@@ -428,9 +429,11 @@ def _watch(kube: Kube, path: str, selector: str, seen: Any, stop: threading.Even
 
 
 def upgrade(cluster: LocalCluster, admin: Kube, user: str, total: int, parallel: int, timeout: float,
-            figure: Any) -> None:
+            figure: Any, pod_deletion: bool = True) -> None:
     """A driver upgrade of every node, `parallel` at a time: its figures (watched, not polled: a list of every
-    driver pod each half second costs the API server more than the operator does)."""
+    driver pod each half second costs the API server more than the operator does). `pod_deletion` False: the
+    sample's podDeletion goes, so the upgrade reads no workload pods (the cordon and the driver pod's deletion in
+    one pass)."""
     ready_at: dict[str, float] = {}  # node -> when its new driver pod was first seen Ready
     validated: dict[str, list[float]] = collections.defaultdict(list)  # node -> when its validator turned Ready
     validator_ready: dict[str, bool] = {}
@@ -477,8 +480,10 @@ def upgrade(cluster: LocalCluster, admin: Kube, user: str, total: int, parallel:
         w.start()
     since = time.time()
     began = time.monotonic()
-    policy = {"version": NEW_DRIVER, "upgradePolicy": {"autoUpgrade": True, "maxParallelUpgrades": parallel,
-                                                       "maxUnavailable": "100%"}}  # fmt: skip
+    limits: dict[str, Any] = {"autoUpgrade": True, "maxParallelUpgrades": parallel, "maxUnavailable": "100%"}
+    if not pod_deletion:
+        limits["podDeletion"] = None  # a merge patch's null removes it
+    policy = {"version": NEW_DRIVER, "upgradePolicy": limits}
     admin.merge_patch("ClusterPolicy", "cluster-policy", {"spec": {"driver": policy}})
     while time.monotonic() - began < timeout:
         with lock:
@@ -537,6 +542,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="after the joins, switch this ClusterPolicy section off, then back on: time until its "
                              "DaemonSet and the status are ready again, status patches spent (\"\": not)")
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--upgrade-no-pod-deletion", dest="upgrade_pod_deletion", action="store_false",
+                        help="upgrade without the sample's podDeletion: no workload pods are read, a node is cordoned "
+                             "and its driver pod deleted in one pass")
     parser.add_argument("--upgrade-timeout", type=float, metavar="S",
                         help="seconds the upgrade may take before its figures are printed for the nodes done by then "
                              "(default: --timeout)")
@@ -846,7 +854,8 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
             total = args.nodes + args.joins
             parallel = args.upgrade_parallel if args.upgrade_parallel >= 0 else max(1, total // 10)
             if parallel:
-                upgrade(cluster, admin, user, total, parallel, args.upgrade_timeout or args.timeout, figure)
+                upgrade(cluster, admin, user, total, parallel, args.upgrade_timeout or args.timeout, figure,
+                        args.upgrade_pod_deletion)
             if args.mass_join:
                 join(cluster, admin, user, args.mass_join, "mass", args.device_labels, figure, follow_up=False,
                      one_os=args.one_os)

@@ -14,8 +14,8 @@ validation-required unless the node's validator pod is already Ready. A cordon s
 reads workload pods (waitForCompletion.podSelector, podDeletion or drain): with none of them the cordon and the
 driver pod's deletion go out in one pass, the cordon's patch first. On the happy path a node costs four
 steps: start (cordon), driver pod deletion (the same step when no pods are read), new driver pod Ready,
-validator Ready (often the same step). The last two need no pass over every node: when one of those pods turns
-Ready, the operator plans that node alone (`plan_forward`) and writes what moves it on.
+validator Ready (the same step when it is Ready already). The last two need no pass over every node: when one of
+those pods turns Ready, the operator plans that node alone (`plan_forward`) and writes what moves it on.
 Routine steps (nothing to wait for, evict or drain, the driver pod's deletion, the new pod Ready, the uncordon)
 get no event of their own, only a mention in one that is written anyway: on the happy path a node gets one, its
 upgrade's start (the cordon and why; upstream: one per state). Its end is the `upgrade-done` label and the

@@ -273,6 +273,56 @@ def test_a_node_object_is_judged_once_per_spec_whatever_else_is_judged(monkeypat
     assert len(checked) == 301 + 300  # another spec: every node again
 
 
+def test_nvidiadriver_verdicts_are_judged_again_only_for_what_changed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under NVIDIADrivers a pass keeps the routing (the same object while equal) and each node's verdict under it:
+    a pass with nothing new judges no node, a changed NVIDIADriver judges its own nodes again (every node's verdict
+    was judged again each pass, the group specs being made anew)."""
+    from gpu_operator.nvidiadriver import KeptRouting, NVIDIADriver
+    from gpu_operator.render import driver_routing
+
+    checked: list[str] = []
+    real = matrix.check
+    counts = [True]
+
+    def counting(version: str, module_type: str | None, archs: tuple[str, ...]) -> Any:
+        if counts[0]:
+            checked.append(version)
+        return real(version, module_type, archs)
+
+    def copies(nodes: list[NodeFacts]) -> list[NodeFacts]:
+        return [replace(n) for n in nodes]  # objects of their own: what is kept on the pass's nodes stays
+
+    def nvd(name: str, **spec: Any) -> NVIDIADriver:
+        return NVIDIADriver.from_object({"metadata": {"name": name, "uid": name}, "spec": spec})
+
+    monkeypatch.setattr(matrix, "check", counting)
+    nodes = [gpu_node(f"h{i}", **H100_GFD) for i in range(4)] + [gpu_node(f"v{i}", pool="v", **{V100_LABEL: "true"})
+                                                                 for i in range(3)]  # fmt: skip
+    policy = parse_spec({"driver": {"useNvidiaDriverCRD": True}})
+    drivers = [nvd("default", default=True, version="595.91.07"), nvd("volta", nodeSelector={"pool": "v"},
+                                                                       version="580.95.05")]  # fmt: skip
+    kept, kept_groups = KeptRouting(), compat.kept_group_verdicts()
+
+    def judged() -> dict[str, Any]:
+        groups = driver_routing(nodes, policy, drivers, kept).groups
+        got = compat.verdicts_for(nodes, policy, groups, kept_groups=kept_groups)
+        counts[0] = False  # what nothing is kept for gives the same, and is not counted
+        fresh = copies(nodes)
+        assert got == compat.verdicts_for(fresh, policy, driver_routing(fresh, policy, drivers).groups)
+        counts[0] = True
+        return got
+
+    first = judged()
+    assert not compat.refused(first) and sorted(first) == [*(f"h{i}" for i in range(4)), "v0", "v1", "v2"]
+    count = len(checked)
+    drivers = [nvd("default", default=True, version="595.91.07"), nvd("volta", nodeSelector={"pool": "v"},
+                                                                       version="580.95.05")]  # parsed anew
+    assert judged() == first and len(checked) == count  # nothing judged again
+    drivers[1] = nvd("volta", nodeSelector={"pool": "v"}, version="595.91.07")
+    assert compat.refused(judged()).keys() == {"v0", "v1", "v2"}
+    assert checked[count:] == ["595.91.07"] * 3  # the volta nodes alone
+
+
 def test_node_patches_label_refused_nodes_only() -> None:
     nodes = [gpu_node("h100", **H100_GFD), gpu_node("v100", **{V100_LABEL: "true"})]
     patches = node_patches(nodes, spec(), {"v100"})

@@ -10,10 +10,11 @@ import pytest
 from gpu_operator import nvidiadriver
 from gpu_operator.api import parse_spec
 from gpu_operator.crd import nvidiadriver_crd
-from gpu_operator.nodes import UPGRADE_ENABLED_ANNOTATION
+from gpu_operator.nodes import UPGRADE_ENABLED_ANNOTATION, NodeFacts
 from gpu_operator.nvidiadriver import CONFLICT_VALUE, NVIDIADriver, assign
 from gpu_operator.nvidiadriver_api import OWNER_LABEL
 from support import daemonset, daemonsets, facts, load_policy, render_all
+from support import node as support_node
 
 
 def nvd(name: str, **spec: Any) -> NVIDIADriver:
@@ -149,19 +150,102 @@ def test_precompiled_nvidiadriver_tags_images_per_kernel() -> None:
 
 
 def test_node_patches_carry_the_owner_and_the_nvidiadrivers_auto_upgrade() -> None:
+    from gpu_operator.render import driver_node_patches, driver_routing, kept_driver_patches
+
     spec = parse_spec(crd_policy())
     node = facts("b1", labels={"pool": "b", "nvidia.com/gpu.present": "true"})
     drivers = [nvd("pool-b", nodeSelector={"pool": "b"}, upgradePolicy={"autoUpgrade": False}),
                nvd("default", default=True)]  # fmt: skip
-    found = assign([node], drivers)
-    groups = nvidiadriver.groups(spec, drivers, found)
-    patch = nvidiadriver.node_patches([node], found, groups)["b1"]
-    assert patch["labels"] == {OWNER_LABEL: "pool-b"}
-    assert "annotations" not in patch  # autoUpgrade false and no annotation yet
+    kept, routes = kept_driver_patches(), nvidiadriver.KeptRouting()
+
+    def patch() -> dict[str, Any]:
+        routing = driver_routing([node], spec, drivers, routes)
+        fresh = driver_node_patches([node], spec, driver_routing([node], spec, drivers))
+        assert driver_node_patches([node], spec, routing, kept=kept) == fresh  # what a pass keeps: the same
+        return fresh["b1"]
+
+    assert patch() == {"labels": {OWNER_LABEL: "pool-b"}}  # autoUpgrade false and no annotation yet
     drivers[0] = nvd("pool-b", nodeSelector={"pool": "b"})  # upstream's default: autoUpgrade true
-    groups = nvidiadriver.groups(spec, drivers, found)
-    patch = nvidiadriver.node_patches([node], found, groups)["b1"]
-    assert patch["annotations"] == {UPGRADE_ENABLED_ANNOTATION: "true"}
+    assert patch() == {"labels": {OWNER_LABEL: "pool-b"}, "annotations": {UPGRADE_ENABLED_ANNOTATION: "true"}}
+    node = facts("b1", labels={"pool": "b", "nvidia.com/gpu.present": "true", OWNER_LABEL: "pool-b"})
+    assert patch() == {"annotations": {UPGRADE_ENABLED_ANNOTATION: "true"}}
+    obj = support_node("b1", labels={"pool": "a", "nvidia.com/gpu.present": "true", OWNER_LABEL: "pool-b"})
+    obj["metadata"]["annotations"] = {UPGRADE_ENABLED_ANNOTATION: "true"}
+    node = NodeFacts.from_node(obj)
+    assert patch() == {"labels": {OWNER_LABEL: None}}  # the default's now, whose autoUpgrade is on too
+    drivers[1] = nvd("default", default=True, upgradePolicy={"autoUpgrade": False})
+    assert patch() == {"labels": {OWNER_LABEL: None}, "annotations": {UPGRADE_ENABLED_ANNOTATION: None}}
+
+
+def test_a_pass_gets_the_same_group_spec_while_neither_spec_changes() -> None:
+    # What is worked out once per node and spec (verdicts, upgrade inputs) carries over between passes only while a
+    # group's spec is the same object.
+    spec = parse_spec(crd_policy())
+    drivers = [nvd("default", default=True), nvd("pool-b", nodeSelector={"pool": "b"}, version="580.95.05")]
+    kept: nvidiadriver.KeptSpecs = {}
+    first = {g.name: g.spec for g in nvidiadriver.groups(spec, drivers, assign(NODES, drivers), kept)}
+    again = [nvd("default", default=True), nvd("pool-b", nodeSelector={"pool": "b"}, version="580.95.05")]
+    second = {g.name: g.spec for g in nvidiadriver.groups(spec, again, assign(NODES, again), kept)}
+    assert all(second[name] is first[name] for name in first)  # parsed anew, equal: the same objects
+    again[1] = nvd("pool-b", nodeSelector={"pool": "b"}, version="580.105.08")
+    third = {g.name: g.spec for g in nvidiadriver.groups(spec, again, assign(NODES, again), kept)}
+    assert third["default"] is first["default"] and third["pool-b"] is not first["pool-b"]
+    assert third["pool-b"].driver.version == "580.105.08"
+    other = parse_spec(crd_policy())  # a new ClusterPolicy spec (the policy changed): every group's spec anew
+    fourth = {g.name: g.spec for g in nvidiadriver.groups(other, again, assign(NODES, again), kept)}
+    assert all(fourth[name] is not third[name] for name in third)
+    assert nvidiadriver.groups(other, again, assign(NODES, again))[0].spec is not fourth["default"]  # no `kept`
+
+
+def test_a_kept_routing_is_the_same_object_while_it_stays_equal() -> None:
+    # What a pass keeps per node under NVIDIADrivers (driver metadata, verdicts) is keyed on the routing object.
+    from gpu_operator.render import driver_routing
+
+    spec, kept = parse_spec(crd_policy()), nvidiadriver.KeptRouting()
+    drivers = [nvd("default", default=True), nvd("pool-b", nodeSelector={"pool": "b"})]
+    first = driver_routing(NODES, spec, drivers, kept)
+    again = [nvd("default", default=True), nvd("pool-b", nodeSelector={"pool": "b"})]
+    assert driver_routing(list(NODES), spec, again, kept) is first
+    moved = [facts("a1", labels={"pool": "b"}), *NODES[1:]]
+    second = driver_routing(moved, spec, again, kept)
+    assert second is not first and second.assignment is not None and second.assignment.owner["a1"] == "pool-b"
+    assert second.spec_of("a1") is second.spec_of("b1") is not None and second.spec_of("cpu") is None
+    assert driver_routing(moved, spec, again, kept) is second
+
+
+def test_kept_routes_give_what_a_fresh_assign_gives_as_nodes_and_selectors_change() -> None:
+    # A pass keeps each node's route (KeptRouting) and works it out again for the nodes that changed, or for all when
+    # a nodeSelector changed: every step below must route as a fresh assign does.
+    kept = nvidiadriver.KeptRouting()
+    nodes = {n.name: n for n in NODES}
+    drivers = [nvd("default", default=True), nvd("pool-b", nodeSelector={"pool": "b"}),
+               nvd("rack", nodeSelector={"rack": "r7"})]  # fmt: skip
+
+    def same() -> nvidiadriver.Assignment:
+        got, fresh = assign(list(nodes.values()), drivers, kept), assign(list(nodes.values()), drivers)
+        assert got == fresh
+        return got
+
+    assert same().conflicts == {"pool-b": ["b2"], "rack": ["b2"]}
+    nodes["b2"] = facts("b2", labels={"pool": "b", "rack": "r7", OWNER_LABEL: "rack"})  # the node changed
+    assert same().owner["b2"] == "rack"
+    nodes["a1"] = facts("a1", labels={"pool": "b"})
+    assert same().owner["a1"] == "pool-b"
+    drivers[2] = nvd("rack", nodeSelector={"rack": "r9"})  # a selector changed: the same node objects
+    found = same()
+    assert found.owner["b2"] == "pool-b" and not found.conflicts
+    drivers = drivers[:2]  # one NVIDIADriver gone
+    del nodes["b1"]  # and a node
+    assert same().owner == {"a1": "pool-b", "b2": "pool-b"}
+    drivers[1] = nvd("pool-b", nodeSelector={"pool": "b"}, version="580.95.05")  # another spec, the same selector
+    assert same().owner == {"a1": "pool-b", "b2": "pool-b"}
+
+
+def test_a_selector_on_gpu_present_matches_gpu_nodes_before_they_carry_the_label() -> None:
+    drivers = [nvd("gpus", nodeSelector={"nvidia.com/gpu.present": "true", "pool": "b"})]
+    assert assign(NODES, drivers).owner == {"b1": "gpus", "b2": "gpus"}  # not the CPU node of pool b
+    unlabelled = [nvd("off", nodeSelector={"nvidia.com/gpu.present": "false"})]
+    assert assign(NODES, unlabelled).owner == {}
 
 
 @pytest.mark.parametrize(
@@ -241,7 +325,7 @@ def test_driver_kernel_label_follows_the_kernel_unless_held() -> None:
 
 def test_a_held_node_stays_in_its_old_kernels_pool() -> None:
     from gpu_operator.nodes import DRIVER_KERNEL
-    from gpu_operator.render import driver_node_patches, driver_routing, plan, relabelled
+    from gpu_operator.render import driver_node_patches, driver_routing, kept_driver_patches, plan, relabelled
     from gpu_operator.states import RenderContext
 
     labels = {"pool": "c", DRIVER_KERNEL: "5.15.0-122-generic", "nvidia.com/gpu.deploy.driver": "true",
@@ -261,6 +345,15 @@ def test_a_held_node_stays_in_its_old_kernels_pool() -> None:
     # Without a driver pod to keep (or without autoUpgrade) the node moves at once.
     moved = driver_node_patches([held], spec, routing)["c1"]["labels"]
     assert moved[DRIVER_KERNEL] == "6.8.0-60-generic"
+    # What a pass keeps gives the same, held or not, and again once the NVIDIADriver's autoUpgrade is off.
+    kept = kept_driver_patches()
+    for holding in ({"c1"}, set(), {"c1"}):
+        assert driver_node_patches([held], spec, routing, holding, kept) == driver_node_patches(
+            [held], spec, routing, holding)  # fmt: skip
+    drivers = [nvd("pool-c", repository="nvcr.io/nvidia", image="driver", version="580", usePrecompiled=True,
+                   nodeSelector={"pool": "c"}, upgradePolicy={"autoUpgrade": False})]  # fmt: skip
+    routing = driver_routing([held], spec, drivers)
+    assert driver_node_patches([held], spec, routing, {"c1"}, kept)["c1"]["labels"][DRIVER_KERNEL] == "6.8.0-60-generic"
 
 
 def test_planner_moves_a_node_to_its_new_kernels_pool_at_pod_restart() -> None:

@@ -71,6 +71,21 @@ def bench_node(name: str, i: int, device_labels: bool, one_os: bool = False) -> 
 JOIN_LABEL = "e2e.gpu-operator/bench-join"
 
 
+def nvidia_drivers(policy: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The policy switched to NVIDIADrivers (useNvidiaDriverCRD), and those NVIDIADrivers by name: a default one
+    with the policy's driver, and one with another version for the nodes on ubuntu 24.04 (half of them)."""
+    policy["spec"]["driver"]["useNvidiaDriverCRD"] = True
+    driver = policy["spec"]["driver"]
+    same = {k: driver[k] for k in ("repository", "image", "version", "manager", "upgradePolicy") if k in driver}
+    pool = {"nodeSelector": {"feature.node.kubernetes.io/system-os_release.VERSION_ID": "24.04"},
+            **{k: driver[k] for k in ("repository", "image") if k in driver}, "version": "580.95.05"}  # fmt: skip
+    out = {}
+    for i, (name, spec) in enumerate((("default", {"default": True, **same}), ("pool-b", pool))):
+        meta = {"name": name, "uid": f"nvd-{i}", "generation": 1, "resourceVersion": str(i + 2)}
+        out[name] = {"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver", "metadata": meta, "spec": spec}
+    return out
+
+
 def writes_by(cluster: LocalCluster, user: str, since: float = 0.0) -> collections.Counter[str]:
     """A user's write requests since `since`, counted by verb and resource."""
     return collections.Counter(what(e) for e in cluster.writes(user, since))
@@ -578,7 +593,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="run NVIDIA's operator instead of ours: SRC is a NVIDIA/gpu-operator checkout with "
                              "bin/gpu-operator built in it (see e2e/bench/upstream.py); figures of our operator "
                              "alone (reconcile passes, doctor) are left out")
+    parser.add_argument("--nvidia-drivers", action="store_true",
+                        help="the driver from two NVIDIADrivers (useNvidiaDriverCRD): a default one and one with "
+                             "another version for the nodes on ubuntu 24.04 (no driver upgrade: it changes the "
+                             "ClusterPolicy's driver)")
     args = parser.parse_args(argv)
+    if args.nvidia_drivers and (args.upstream or args.one_os or args.upgrade_parallel != 0):
+        parser.error("--nvidia-drivers: ours only, on both OSes, with --upgrade-parallel 0")
     if args.upstream:
         if args.cpu_profile or args.pass_profile or args.heap_report or args.alloc_top:
             parser.error("--upstream runs a Go program: --cpu-profile, --pass-profile, --heap-report and "
@@ -685,6 +706,9 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
             rollout = tmp / "rollout.prof"
             spy_rollout = py_spy(op.proc.pid, args.timeout, rollout) if args.cpu_profile else None
             policy = policy_from_sample()
+            if args.nvidia_drivers:
+                for obj in nvidia_drivers(policy).values():
+                    admin.create({**obj, "metadata": {"name": obj["metadata"]["name"]}})
             admin.create(nvidia.through_simulator(policy) if args.upstream else policy)
             state = None
             daemonsets, steady_since = 0, time.monotonic()

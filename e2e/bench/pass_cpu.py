@@ -1,6 +1,6 @@
 """The CPU of one reconcile pass on a settled cluster of N nodes, without a cluster (prints numbers, asserts nothing).
 
-    python -m e2e.bench.pass_cpu [--nodes 1000 5000] [--passes 15] [--profile 25]
+    python -m e2e.bench.pass_cpu [--nodes 1000 5000] [--passes 15] [--profile 25] [--nvidia-drivers]
 
 The operator's Reconciler runs on snapshots as the watch caches hold them once everything is rolled out: N nodes
 as operator_scale makes them (h100x8, a100x4, l4x1 in turn, half on ubuntu 22.04 and half on 24.04), labelled by a
@@ -10,8 +10,10 @@ default sample policy. The API server is a stand-in that merges node patches and
 (every node labelled, every object applied), then the medians over `--passes` passes of a pass with nothing
 changed and of one where one node's labels changed (what a node label report costs once ready), of passes near the
 end of a rollout (2% of pods not ready, 10 nodes relabelled each) and midway (40%, 150), and with `--profile K` the
-K functions of most cumulative time over midway passes. Thread CPU time, so what the
-machine's other processes take is left out; on the live cluster (operator_scale) passes also wait for the cores.
+K functions of most cumulative time over midway passes. `--nvidia-drivers` hands the driver to two NVIDIADrivers
+(useNvidiaDriverCRD): a default one and one with another version for the nodes on ubuntu 24.04. Thread CPU time,
+so what the machine's other processes take is left out; on the live cluster (operator_scale) passes also wait for
+the cores.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import statistics
 import time
 from typing import Any
 
-from e2e.bench.operator_scale import bench_node
+from e2e.bench.operator_scale import bench_node, nvidia_drivers
 from e2e.operator_process import NAMESPACE, policy_from_sample
 from gpu_operator.lifecycle import CLEANUP_FINALIZER
 from gpu_operator.nodes import NodeFacts, apply_patch, deploy_label
@@ -47,9 +49,10 @@ class StandIn:
     """What a pass asks of the API server, answered in memory: node patches merged, applies and creates echoed
     (a DaemonSet with its generation observed), anything else refused loudly."""
 
-    def __init__(self, nodes: list[dict[str, Any]], policy: dict[str, Any]):
+    def __init__(self, nodes: list[dict[str, Any]], policy: dict[str, Any], drivers: dict[str, dict[str, Any]]):
         self.nodes = {n["metadata"]["name"]: n for n in nodes}
         self.policy = policy  # its status patches are merged into it, as the next snapshot would have it
+        self.drivers = drivers  # NVIDIADrivers by name: the same
         self.rv = 10 * len(nodes)
         self.count = 0
 
@@ -74,6 +77,9 @@ class StandIn:
         if kind == "ClusterPolicy" and "status" in patch:
             status = {**(self.policy.get("status") or {}), **patch["status"]}
             self.policy["status"] = {k: v for k, v in status.items() if v is not None}
+        if kind == "NVIDIADriver":
+            status = {**(self.drivers[name].get("status") or {}), **patch["status"]}
+            self.drivers[name]["status"] = {k: v for k, v in status.items() if v is not None}
         if kind != "Node":
             return patch
         meta = self.nodes[name]["metadata"]
@@ -87,20 +93,21 @@ class StandIn:
         return []
 
 
-def settled(n: int) -> tuple[Reconciler, StandIn, Snapshot]:
+def settled(n: int, crd: bool = False) -> tuple[Reconciler, StandIn, Snapshot]:
     """A reconciler that has labelled `n` nodes and applied every object, and the snapshot of the rolled-out
-    cluster that follows."""
+    cluster that follows. `crd`: the drivers as two NVIDIADrivers (nvidia_drivers)."""
     raw = [bench_node(f"node-{i:05d}", i, device_labels=True) for i in range(n)]
     for i, obj in enumerate(raw):
         obj["metadata"]["resourceVersion"] = str(i + 1)
     policy = policy_from_sample()
     policy["metadata"].update(uid="u1", generation=1, resourceVersion="1", finalizers=[CLEANUP_FINALIZER])
-    api = StandIn(raw, policy)
+    drivers = nvidia_drivers(policy) if crd else {}
+    api = StandIn(raw, policy, drivers)
     reconciler = Reconciler(api, NAMESPACE)  # type: ignore[arg-type]
     facts = {name: NodeFacts.from_node(obj) for name, obj in api.nodes.items()}
     start = time.thread_time()
     first = reconciler.reconcile(Snapshot(nodes=facts, policies={"cluster-policy": policy}, owned={}, pods={},
-                                          revisions={}))  # fmt: skip
+                                          revisions={}, nvidia_drivers=drivers))  # fmt: skip
     print(f"  first pass: {time.thread_time() - start:.3f} s CPU, {first.writes} writes")
     nodes = {name: NodeFacts.from_node(copy.deepcopy(obj)) for name, obj in api.nodes.items()}
     owned: dict[Key, dict[str, Any]] = {key_of(o): o for o in first.applied}
@@ -125,10 +132,13 @@ def settled(n: int) -> tuple[Reconciler, StandIn, Snapshot]:
                                                                       "restartCount": 0}]},
             }  # fmt: skip
         owned[key] = {**obj, "status": counted(len(on))}
-    snap = Snapshot(nodes=nodes, policies={"cluster-policy": policy}, owned=owned, pods=pods, revisions=revisions)
+    snap = Snapshot(nodes=nodes, policies={"cluster-policy": policy}, owned=owned, pods=pods, revisions=revisions,
+                    nvidia_drivers=drivers)
     snap.__dict__["pod_index"] = PodIndex.of(pods)  # the runtime keeps its index as pods change
-    reconciler.reconcile(snap)  # the status written ready once
-    return reconciler, api, snap
+    reconciler.reconcile(snap)  # the status written ready once (and, with NVIDIADrivers, the upgrade states)
+    changed = {name: NodeFacts.from_node(copy.deepcopy(obj)) for name, obj in api.nodes.items()
+               if int(obj["metadata"]["resourceVersion"]) != nodes[name].resource_version}  # fmt: skip
+    return reconciler, api, snap.with_nodes({**nodes, **changed}) if changed else snap
 
 
 def timed(reconciler: Reconciler, snap: Snapshot) -> tuple[float, int, bool | None]:
@@ -199,10 +209,12 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--passes", type=int, default=15)
     parser.add_argument("--profile", type=int, default=0, metavar="K", help="print the K costliest functions")
+    parser.add_argument("--nvidia-drivers", action="store_true",
+                        help="the drivers as two NVIDIADrivers (useNvidiaDriverCRD; one for half the nodes)")
     args = parser.parse_args()
     for n in args.nodes:
-        print(f"{n} nodes:")
-        reconciler, _, snap = settled(n)
+        print(f"{n} nodes{' (NVIDIADrivers)' if args.nvidia_drivers else ''}:")
+        reconciler, _, snap = settled(n, args.nvidia_drivers)
         clock = GcClock()
         quiet = [timed(reconciler, snap) for _ in range(args.passes)]
         changed = []

@@ -8,7 +8,7 @@ No DaemonSet template changes, so no other node restarts its driver because of a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
@@ -88,17 +88,29 @@ def _verdict(node: NodeFacts, spec: ClusterPolicySpec) -> Verdict | None:
 
 
 def verdicts_for(
-    nodes: Iterable[NodeFacts], spec: ClusterPolicySpec, groups: Iterable[Any] = (), kept: ByNode[Verdict] | None = None
-) -> dict[str, Verdict]:
-    """verdicts(); with useNvidiaDriverCRD, each NVIDIADriver's (nvidiadriver.DriverGroup) on its own nodes (`kept`
-    is for the ClusterPolicy's alone)."""
+    nodes: Iterable[NodeFacts], spec: ClusterPolicySpec, groups: Sequence[Any] = (),
+    kept: ByNode[Verdict] | None = None, kept_groups: ByNode[Verdict] | None = None,
+) -> dict[str, Verdict]:  # fmt: skip
+    """verdicts(); with useNvidiaDriverCRD, each NVIDIADriver's (nvidiadriver.DriverGroup) on its own nodes. `kept`:
+    the last call's for the ClusterPolicy's driver; `kept_groups` (kept_group_verdicts): for the NVIDIADrivers',
+    worked out again for every node when `groups` is another object (render.driver_routing keeps it)."""
     if not spec.driver.use_nvidia_driver_crd:
         return verdicts(nodes, spec, kept)
-    nodes = list(nodes)
-    out: dict[str, Verdict] = {}
+    if kept_groups is not None:
+        return kept_groups.over(nodes, groups)
+    return {n.name: v for n in sorted(nodes, key=_by_name) if (v := _group_verdict(n, groups)) is not None}
+
+
+def kept_group_verdicts() -> ByNode[Verdict]:
+    """What a pass keeps of `verdicts_for` under NVIDIADrivers between passes."""
+    return ByNode(_group_verdict)
+
+
+def _group_verdict(node: NodeFacts, groups: Sequence[Any]) -> Verdict | None:
     for group in groups:
-        out.update(verdicts([n for n in nodes if n.name in group.nodes], group.spec))
-    return dict(sorted(out.items()))
+        if node.name in group.nodes:
+            return per_spec(node, "_compat_verdict", group.spec, _verdict)
+    return None
 
 
 def refused(found: Mapping[str, Verdict]) -> dict[str, str]:

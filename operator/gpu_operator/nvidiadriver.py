@@ -34,7 +34,7 @@ from .api import (
     SidecarSpec,
     VirtualTopologySpec,
 )
-from .nodes import GPU_PRESENT, MAX_POOL_NAME, NodeFacts, Pool
+from .nodes import GPU_PRESENT, MAX_POOL_NAME, UPGRADE_ENABLED_ANNOTATION, ByNode, NodeFacts, Pool
 from .nvidiadriver_api import API_VERSION, KIND, OWNER_LABEL, NVDUpgradePolicy, NVIDIADriverSpec, parse_spec
 
 CONFLICT_REASON = "ConflictingNodeSelector"
@@ -79,12 +79,43 @@ class NVIDIADriver:
         return {"apiVersion": API_VERSION, "kind": KIND, "name": self.name, "uid": self.uid}
 
 
-def selects(driver: NVIDIADriver, node: NodeFacts) -> bool:
-    """Whether a non-default NVIDIADriver's nodeSelector matches a GPU node (empty: every GPU node)."""
-    assert driver.spec is not None
-    selector = driver.spec.node_selector or {GPU_PRESENT: "true"}
-    labels = {**node.labels, GPU_PRESENT: "true"} if node.has_gpu else node.labels
-    return all(labels.get(k) == v for k, v in selector.items())
+# NVIDIADriver name -> (the ClusterPolicy spec, the NVIDIADriver's spec, their cluster_spec): see `groups`.
+KeptSpecs = dict[str, tuple[ClusterPolicySpec, NVIDIADriverSpec, ClusterPolicySpec]]
+
+
+# A non-default NVIDIADriver's name and its nodeSelector (an empty one: every GPU node), by name.
+Selectors = tuple[tuple[str, Mapping[str, str]], ...]
+# A GPU node's route: the non-default NVIDIADrivers whose nodeSelector matches it, and its owner label now.
+Route = tuple[tuple[str, ...], str | None]
+
+
+def _selected(selector: Mapping[str, str], node: NodeFacts) -> bool:
+    """Whether a nodeSelector matches a node; a GPU node counts as labelled gpu.present=true (before it is)."""
+    labels, gpu = node.labels, node.has_gpu
+    for key, value in selector.items():
+        if ("true" if gpu and key == GPU_PRESENT else labels.get(key)) != value:
+            return False
+    return True
+
+
+def _route(node: NodeFacts, selectors: Selectors) -> Route | None:
+    """A GPU node's route (None for another node)."""
+    if not node.has_gpu:
+        return None
+    return tuple(name for name, selector in selectors if _selected(selector, node)), node.labels.get(OWNER_LABEL)
+
+
+class KeptRouting:
+    """What the routing of nodes to NVIDIADrivers keeps between passes: each GPU node's route, worked out again
+    only for the nodes whose object changed, or for all when a nodeSelector did (ByNode); each NVIDIADriver's
+    spec as a ClusterPolicy spec (`groups`); and the routing itself, the same object while it stays equal (what is
+    kept per node under it is then kept too). One reconciler's."""
+
+    def __init__(self) -> None:
+        self.specs: KeptSpecs = {}
+        self.routes: ByNode[Route] = ByNode(_route)
+        self.selectors: Selectors = ()
+        self.last: Any = None  # render.DriverRouting: the last call's, given again while equal
 
 
 @dataclass
@@ -106,8 +137,8 @@ class Assignment:
         return CONFLICT_VALUE if any(node in nodes for nodes in self.conflicts.values()) else None
 
 
-def assign(nodes: Iterable[NodeFacts], drivers: Iterable[NVIDIADriver]) -> Assignment:
-    """Route every GPU node to at most one NVIDIADriver (see the module doc)."""
+def assign(nodes: Iterable[NodeFacts], drivers: Iterable[NVIDIADriver], kept: KeptRouting | None = None) -> Assignment:
+    """Route every GPU node to at most one NVIDIADriver (see the module doc). `kept`: the last call's routes."""
     out = Assignment()
     live = []
     for d in sorted(drivers, key=lambda d: d.name):
@@ -130,23 +161,27 @@ def assign(nodes: Iterable[NodeFacts], drivers: Iterable[NVIDIADriver]) -> Assig
             out.problems[d.name] = f"more than one default NVIDIADriver ({names}): none of them is used"
     elif defaults:
         out.default = defaults[0].name
-    chosen = [d for d in live if not d.default]
-    for node in sorted(nodes, key=lambda n: n.name):
-        if not node.has_gpu:
-            continue
-        matches = [d.name for d in chosen if selects(d, node)]
+    selectors = tuple((d.name, d.spec.node_selector or {GPU_PRESENT: "true"}) for d in live
+                      if d.spec is not None and not d.default)  # fmt: skip
+    if kept is None:
+        routes = {n.name: r for n in sorted(nodes, key=lambda n: n.name) if (r := _route(n, selectors)) is not None}
+    else:
+        if selectors != kept.selectors:
+            kept.selectors = selectors  # another key: every node's route anew
+        routes = kept.routes.over(nodes, kept.selectors)
+    default, owner = out.default, out.owner
+    for node, (matches, current) in routes.items():  # by node name
         if len(matches) == 1:
-            out.owner[node.name] = matches[0]
+            owner[node] = matches[0]
         elif matches:
             for name in matches:
-                out.conflicts.setdefault(name, []).append(node.name)
+                out.conflicts.setdefault(name, []).append(node)
                 others = out.with_whom.setdefault(name, [])
                 others += [m for m in matches if m != name and m not in others]
-            current = node.labels.get(OWNER_LABEL)
             if current in matches:  # already driven by one of them: keep that driver running
-                out.owner[node.name] = current
-        elif out.default is not None:
-            out.owner[node.name] = out.default
+                owner[node] = current
+        elif default is not None:
+            owner[node] = default
     return out
 
 
@@ -293,18 +328,29 @@ def groups(
     policy: ClusterPolicySpec,
     drivers: Iterable[NVIDIADriver],
     assignment: Assignment,
+    kept: KeptSpecs | None = None,
 ) -> tuple[DriverGroup, ...]:
-    """One group per NVIDIADriver that drives nodes (or may: a valid one), by name."""
+    """One group per NVIDIADriver that drives nodes (or may: a valid one), by name. `kept`: the last call's specs,
+    each given again (the same object) while the ClusterPolicy's spec is the same object and the NVIDIADriver's
+    spec is equal: what is worked out once per node and spec (version-matrix verdicts, upgrade inputs) then
+    carries over from pass to pass."""
     exclude = any(assignment.owner_label(n) for n in {*assignment.owner, *_conflicted(assignment)})
     out = []
     for d in sorted(drivers, key=lambda d: d.name):
         if d.spec is None or d.deleting or d.name in assignment.problems:
             continue
+        hit = kept.get(d.name) if kept is not None else None
+        if hit is not None and hit[0] is policy and hit[1] == d.spec:
+            spec = hit[2]
+        else:
+            spec = cluster_spec(policy, d.spec)
+            if kept is not None:
+                kept[d.name] = (policy, d.spec, spec)
         out.append(
             DriverGroup(
                 name=d.name,
                 owner=d.ref(),
-                spec=cluster_spec(policy, d.spec),
+                spec=spec,
                 nodes=frozenset(assignment.nodes_of(d.name)),
                 default=d.default,
                 exclude_owned=exclude,
@@ -396,28 +442,20 @@ def driver_status(
     }
 
 
-def node_patches(
-    nodes: Iterable[NodeFacts], assignment: Assignment | None, groups: Iterable[DriverGroup]
-) -> dict[str, dict[str, dict[str, str | None]]]:
-    """Per node: the owner label, and (for a node an NVIDIADriver drives) the upgrade-enabled annotation that
-    k8s-driver-manager reads, from that NVIDIADriver's upgradePolicy."""
-    from .nodes import UPGRADE_ENABLED_ANNOTATION
-
-    by_node = {n: g for g in groups for n in g.nodes}
-    out: dict[str, dict[str, dict[str, str | None]]] = {}
-    for node in nodes:
-        patch: dict[str, dict[str, str | None]] = {}
-        labels = owner_patch(node, assignment)
-        if labels:
-            patch["labels"] = labels
-        group = by_node.get(node.name)
-        if group is not None and node.labels.get(GPU_PRESENT) == "true":
-            policy = group.spec.driver.upgrade_policy
-            value = node.annotations.get(UPGRADE_ENABLED_ANNOTATION)
-            if policy.auto_upgrade and value != "true":
-                patch["annotations"] = {UPGRADE_ENABLED_ANNOTATION: "true"}
-            elif not policy.auto_upgrade and value is not None:
-                patch["annotations"] = {UPGRADE_ENABLED_ANNOTATION: None}
-        if patch:
-            out[node.name] = patch
-    return out
+def node_patch(
+    node: NodeFacts, assignment: Assignment | None, spec: ClusterPolicySpec | None
+) -> dict[str, dict[str, str | None]]:
+    """One node's owner label, and (for a node an NVIDIADriver drives: `spec`, its group's) the upgrade-enabled
+    annotation that k8s-driver-manager reads, from that NVIDIADriver's upgradePolicy."""
+    patch: dict[str, dict[str, str | None]] = {}
+    labels = owner_patch(node, assignment)
+    if labels:
+        patch["labels"] = labels
+    if spec is not None and node.labels.get(GPU_PRESENT) == "true":
+        auto = spec.driver.upgrade_policy.auto_upgrade
+        value = node.annotations.get(UPGRADE_ENABLED_ANNOTATION)
+        if auto and value != "true":
+            patch["annotations"] = {UPGRADE_ENABLED_ANNOTATION: "true"}
+        elif not auto and value is not None:
+            patch["annotations"] = {UPGRADE_ENABLED_ANNOTATION: None}
+    return patch

@@ -94,6 +94,8 @@ class Reconciler:
         self._driver_patches = kept_driver_patches()  # the driver's own node labels, by the same rule
         self._mig = mig_pass.MigKept()  # the nodes the MIG pass may have something to do on, by the same rule
         self._group_kept: dict[str, UpgradeKept] = {}  # each NVIDIADriver's upgrade inputs, by its name
+        self._routing = nvidiadriver.KeptRouting()  # which NVIDIADriver drives each node, by the same rule
+        self._group_verdicts = compat.kept_group_verdicts()  # the version matrix's verdicts under NVIDIADrivers
         # Set after each pass with an active, valid policy: single nodes are labelled by it between passes.
         self.labelling: Labelling | None = None
         # Set by the runtime: whether a node's upgrade moved on between passes since these facts of it (see
@@ -231,7 +233,7 @@ class Reconciler:
         # labels to exist), then the nodes are labelled.
         nodes = list(snap.nodes.values())
         drivers = [nvidiadriver.NVIDIADriver.from_object(o) for o in snap.nvidia_drivers.values()]
-        routing = driver_routing(nodes, spec, drivers)
+        routing = driver_routing(nodes, spec, drivers, self._routing)
         assignment, groups = routing.assignment, routing.groups
         crd_mode = assignment is not None
         owner = {"apiVersion": policy["apiVersion"], "kind": policy["kind"], "name": meta["name"], "uid": meta["uid"]}
@@ -248,7 +250,7 @@ class Reconciler:
         # A new or changed spec: what needs no node is sent now, while the nodes are decided (at 5,000 nodes that
         # takes a second).
         ahead = self.applier.start(node_independent(ctx), snap.owned) if new_spec else None
-        verdicts = compat.verdicts_for(nodes, spec, groups, self._kept.verdicts)  # each NVIDIADriver's on its nodes
+        verdicts = compat.verdicts_for(nodes, spec, groups, self._kept.verdicts, self._group_verdicts)
         refused = compat.refused(verdicts)
         # A refused node keeps a driver pod of ours it already runs; only one without gets the refused label.
         with_driver = snap.pod_index.nodes_with("state-driver")
@@ -408,14 +410,14 @@ class Reconciler:
         maxParallelUpgrades and maxUnavailable (over every node the NVIDIADrivers drive)."""
         parts = [(g, snap.with_nodes({k: v for k, v in by_name.items() if k in g.nodes})) for g in groups]
         self._group_kept = kept = {g.name: self._group_kept.get(g.name) or UpgradeKept() for g in groups}
-        everyone = [n for g, part in parts for n in managed_nodes(g.spec, part, kept[g.name])]
+        managed = {g.name: managed_nodes(g.spec, part, kept[g.name]) for g, part in parts}
         what = "all NVIDIADrivers (ClusterPolicy driver.upgradePolicy)"
-        limit = Limit.over(everyone, spec.driver.upgrade_policy, what)
+        limit = Limit.over([n for ones in managed.values() for n in ones], spec.driver.upgrade_policy, what)
         out = Orchestrated(None, False)
         totals: dict[str, int] = {}
         for group, part in parts:
             one = orchestrate(self.kube, self.namespace, group.spec, part, self.events, limit=limit, gauges=False,
-                              kept=kept[group.name])
+                              kept=kept[group.name], managed=managed[group.name])
             limit = limit.after(one.started, one.made_unavailable)
             out.busy = out.busy or one.busy
             out.deferred += one.deferred

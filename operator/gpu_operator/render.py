@@ -6,7 +6,8 @@ import hashlib
 import json
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
-from typing import Any
+from functools import cached_property
+from typing import Any, cast
 
 from . import matrix, mig_layouts, nvidiadriver, sharing
 from .api import ClusterPolicySpec
@@ -69,43 +70,57 @@ class DriverRouting:
     assignment: nvidiadriver.Assignment | None = None
     groups: tuple[nvidiadriver.DriverGroup, ...] = ()
 
+    def spec_of(self, node: str) -> ClusterPolicySpec | None:
+        """The spec of the NVIDIADriver that drives the node, if one does."""
+        driver = self.assignment.owner.get(node) if self.assignment is not None else None
+        return self._specs.get(driver) if driver is not None else None
+
+    @cached_property
+    def _specs(self) -> dict[str, ClusterPolicySpec]:
+        return {g.name: g.spec for g in self.groups}
+
 
 def driver_routing(
-    nodes: list[NodeFacts], spec: ClusterPolicySpec, drivers: list[nvidiadriver.NVIDIADriver]
-) -> DriverRouting:
+    nodes: list[NodeFacts], spec: ClusterPolicySpec, drivers: list[nvidiadriver.NVIDIADriver],
+    kept: nvidiadriver.KeptRouting | None = None,
+) -> DriverRouting:  # fmt: skip
+    """`kept`: what is kept between calls (nvidiadriver.KeptRouting); with it, an equal routing is the last one."""
     if not (spec.driver.enabled and spec.driver.use_nvidia_driver_crd):
         return DriverRouting()
-    assignment = nvidiadriver.assign(nodes, drivers)
-    return DriverRouting(assignment, nvidiadriver.groups(spec, drivers, assignment))
+    assignment = nvidiadriver.assign(nodes, drivers, kept)
+    routing = DriverRouting(assignment, nvidiadriver.groups(spec, drivers, assignment, kept.specs if kept else None))
+    if kept is None:
+        return routing
+    if routing != kept.last:  # the groups' specs compare as the same objects when kept, else field by field
+        kept.last = routing
+    return cast(DriverRouting, kept.last)
 
 
 def driver_node_patches(
     nodes: list[NodeFacts], spec: ClusterPolicySpec, routing: DriverRouting, holding: Collection[str] = (),
-    kept: ByNode[tuple[NodePatch, NodePatch]] | None = None,
+    kept: KeptDriverPatches | None = None,
 ) -> dict[str, NodePatch]:  # fmt: skip
     """The driver's own node metadata, decided on the nodes as node_patches leaves them: the NVIDIADriver
     owner label and upgrade-enabled annotation, and the driver-kernel label of precompiled pools.
 
     `holding`: nodes whose changed kernel is left to the upgrade planner (they run a driver pod under
-    autoUpgrade). `kept` (kept_driver_patches): the last call's, worked out again for the nodes that changed;
-    for the ClusterPolicy's driver (no NVIDIADriver routing), else not used."""
-    if kept is not None and routing.assignment is None:
+    autoUpgrade). `kept` (KeptDriverPatches): the last call's, worked out again for the nodes that changed (for
+    every node when the routing to NVIDIADrivers did)."""
+    found: dict[str, tuple[NodePatch, NodePatch]]
+    if routing.assignment is None:
         hold_on = spec.driver.upgrade_policy.auto_upgrade
-        found = kept.over(nodes, spec)
-        chosen = ((name, held if hold_on and name in holding else free) for name, (free, held) in found.items())
-        return {name: patch for name, patch in chosen if patch}
-    out = nvidiadriver.node_patches(nodes, routing.assignment, routing.groups)
-    by_node = {n: g.spec for g in routing.groups for n in g.nodes}
-    crd_mode = spec.driver.use_nvidia_driver_crd
-    kernels: dict[str, NodePatch] = {}
-    for node in nodes:
-        driver_spec = by_node.get(node.name) if crd_mode else spec
-        precompiled = bool(driver_spec and driver_spec.driver.enabled and driver_spec.driver.use_precompiled)
-        hold = bool(driver_spec and driver_spec.driver.upgrade_policy.auto_upgrade) and node.name in holding
-        labels = driver_kernel_patch(node, precompiled, hold)
-        if labels:
-            kernels[node.name] = {"labels": labels}
-    return merged(out, kernels)
+        if kept is not None:
+            found = kept.own.over(nodes, spec)
+        else:
+            found = {n.name: pair for n in nodes if (pair := _own_patches(n, spec)) is not None}
+    else:
+        hold_on = True  # a node's held patch holds only under its NVIDIADriver's autoUpgrade (_routed_patches)
+        if kept is not None:
+            found = kept.routed.over(nodes, routing)  # each node's anew whenever the routing is another object
+        else:
+            found = {n.name: pair for n in nodes if (pair := _routed_patches(n, routing)) is not None}
+    chosen = ((name, held if hold_on and name in holding else free) for name, (free, held) in found.items())
+    return {name: patch for name, patch in chosen if patch}
 
 
 def _own_patches(node: NodeFacts, spec: ClusterPolicySpec) -> tuple[NodePatch, NodePatch] | None:
@@ -119,9 +134,36 @@ def _own_patches(node: NodeFacts, spec: ClusterPolicySpec) -> tuple[NodePatch, N
     return ({"labels": free} if free else {}), ({"labels": held} if held else {})
 
 
-def kept_driver_patches() -> ByNode[tuple[NodePatch, NodePatch]]:
+def _routed_patches(node: NodeFacts, routing: DriverRouting) -> tuple[NodePatch, NodePatch] | None:
+    """driver_node_patches for one node under NVIDIADrivers: (the patch, the patch when the node is held), or None
+    when both are empty."""
+    spec = routing.spec_of(node.name)
+    routed = nvidiadriver.node_patch(node, routing.assignment, spec)
+    precompiled = bool(spec and spec.driver.enabled and spec.driver.use_precompiled)
+    hold = bool(spec and spec.driver.upgrade_policy.auto_upgrade)
+    pair: list[NodePatch] = []
+    for held in (False, hold):
+        patch = {part: dict(values) for part, values in routed.items()}
+        kernel = driver_kernel_patch(node, precompiled, held)
+        if kernel:
+            patch.setdefault("labels", {}).update(kernel)
+        pair.append(patch)
+    free, when_held = pair
+    return None if not free and not when_held else (free, when_held)
+
+
+class KeptDriverPatches:
+    """What a pass keeps of driver_node_patches between passes: each node's pair of patches, by ByNode, under the
+    ClusterPolicy's spec or under the routing to NVIDIADrivers (the same object while equal: driver_routing)."""
+
+    def __init__(self) -> None:
+        self.own: ByNode[tuple[NodePatch, NodePatch]] = ByNode(_own_patches)
+        self.routed: ByNode[tuple[NodePatch, NodePatch]] = ByNode(_routed_patches)
+
+
+def kept_driver_patches() -> KeptDriverPatches:
     """What a pass keeps of driver_node_patches between passes."""
-    return ByNode(_own_patches)
+    return KeptDriverPatches()
 
 
 def upgrade_first_sight(

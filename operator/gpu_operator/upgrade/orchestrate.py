@@ -62,12 +62,14 @@ def orchestrate(
     gauges: bool = True,
     moved: Callable[[str], bool] | None = None,
     kept: UpgradeKept | None = None,
+    managed: list[UpgradeNode] | None = None,
 ) -> Orchestrated:
     """`snap` carries the nodes as this pass has labelled them. `limit`: cluster-wide limits left (several
     NVIDIADrivers); `gauges` False: the caller sets the metrics from the counters of all of them. `moved(node)`:
     whether the node moved on since `snap` (see `advance`): its actions are dropped. `kept`: the planner inputs
-    kept from the last pass (managed_nodes)."""
-    managed = managed_nodes(spec, snap, kept)
+    kept from the last pass (managed_nodes); `managed`: managed_nodes(spec, snap, kept) when the caller has it."""
+    if managed is None:
+        managed = managed_nodes(spec, snap, kept)
     policy = spec.driver.upgrade_policy
     if gauges:
         metrics.driver_auto_upgrade_enabled.set(int(policy.auto_upgrade))

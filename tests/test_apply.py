@@ -379,3 +379,27 @@ def test_a_node_labelled_for_the_driver_without_a_driver_pod_gets_upgrade_done_i
     off = spec.model_copy(deep=True)
     off.driver.upgrade_policy.auto_upgrade = False
     assert upgrade_first_sight(relabelled(nodes, patches), patches, off, with_driver=set()) == patches
+
+
+def test_under_nvidiadrivers_a_node_gets_upgrade_done_in_its_first_patch_when_its_nvidiadriver_upgrades() -> None:
+    # Each node's second patch in a 1,000-node rollout under two NVIDIADrivers (2,000 node patches until ready).
+    from gpu_operator.nvidiadriver import NVIDIADriver
+    from gpu_operator.render import driver_routing, relabelled, upgrade_first_sight
+    from gpu_operator.upgrade.model import DONE
+    from gpu_operator.upgrade.model import STATE_LABEL as UPGRADE_STATE
+    from support import facts
+
+    def nvd(name: str, **spec: Any) -> NVIDIADriver:
+        return NVIDIADriver.from_object({"metadata": {"name": name, "uid": name}, "spec": spec})
+
+    spec = sample_spec().model_copy(deep=True)
+    spec.driver.use_nvidia_driver_crd = True
+    nodes = [facts("a1", labels={"pool": "a"}), facts("b1", labels={"pool": "b"}), facts("c1", labels={"pool": "c"})]
+    drivers = [nvd("default", default=True), nvd("pool-b", nodeSelector={"pool": "b"}, upgradePolicy={
+        "autoUpgrade": False}), nvd("pool-c", nodeSelector={"pool": "c"})]  # fmt: skip
+    routing = driver_routing(nodes, spec, drivers)
+    patches = node_patches(nodes, spec)
+    after = upgrade_first_sight(relabelled(nodes, patches), patches, spec, set(), routing)
+    assert after["a1"]["labels"][UPGRADE_STATE] == DONE and after["c1"]["labels"][UPGRADE_STATE] == DONE
+    assert UPGRADE_STATE not in after["b1"]["labels"]  # its NVIDIADriver leaves upgrades alone: so does the label
+    assert upgrade_first_sight(relabelled(nodes, patches), patches, spec, set()) == patches  # no routing known

@@ -322,6 +322,27 @@ def test_a_new_or_changed_policy_spec_skips_the_debounce_and_a_status_update_sta
     assert op.prompt.is_set()
 
 
+def test_an_nvidiadrivers_status_update_starts_no_pass_and_its_spec_change_does() -> None:
+    # Each pass that writes an NVIDIADriver's status would otherwise start another (2 NVIDIADrivers on 1,000 nodes:
+    # 312 of a rollout's 337 passes).
+    op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
+    meta = {"name": "pool-b", "resourceVersion": "10", "generation": 1}
+    first = {"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver", "metadata": meta, "spec": {"version": "1"}}
+    op.on_nvidia_driver("ADDED", first)
+    assert op.urgent.is_set()
+    op.urgent.clear()
+    op.wake.clear()
+    status = {**first, "metadata": {**meta, "resourceVersion": "11"}, "status": {"state": "notReady"}}
+    op.on_nvidia_driver("MODIFIED", status)
+    assert not op.wake.is_set() and op.nvidia_drivers["pool-b"]["status"] == {"state": "notReady"}  # cached
+    edited = {**status, "metadata": {**meta, "resourceVersion": "12", "generation": 2}, "spec": {"version": "2"}}
+    op.on_nvidia_driver("MODIFIED", edited)
+    assert op.urgent.is_set()
+    op.urgent.clear()
+    op.on_nvidia_driver("DELETED", edited)
+    assert op.urgent.is_set() and "pool-b" not in op.nvidia_drivers
+
+
 def _by_name(index: Any) -> tuple[dict[Any, list[str]], ...]:
     """A PodIndex as names (sorted): what it holds, not the order it found it in."""
     return (

@@ -40,7 +40,7 @@ from .render import (
 )
 from .states import RenderContext, all_states
 from .states.base import STATE_LABEL, owning_state
-from .status import StateResult, active_policy, ignored_status, policy_status, status_changed
+from .status import StateResult, active_policy, ignored_status, policy_status
 from .status_writer import StatusWriter
 from .upgrade import Counters, Limit
 from .upgrade.adapter import UpgradeKept, managed_nodes
@@ -260,7 +260,7 @@ class Reconciler:
         held = hold_driver_restores(patches, nodes)
         patches = merged(patches, driver_node_patches(relabelled(nodes, patches), spec, routing, with_driver,
                                                       self._driver_patches))  # fmt: skip
-        patches = upgrade_first_sight(relabelled(nodes, patches), patches, spec, with_driver)
+        patches = upgrade_first_sight(relabelled(nodes, patches), patches, spec, with_driver, routing)
         # A node joining a precompiled pool gets its driver-kernel label before the DaemonSets select it, so
         # a pod already running there (an install from before the label) is not deleted meanwhile.
         early: dict[str, NodePatch] = {}
@@ -359,8 +359,8 @@ class Reconciler:
             for i in waiting:
                 name = results[i].name
                 results[i] = self._daemonsets_ready(name, desired, live, snap, pods_by_owner, set(refused), count)
-        self._driver_statuses(snap, drivers, assignment, plans, live, pods_by_owner, set(refused))
-        out.busy = out.busy or upgrade.busy or bool(migs.waiting)
+        driver_held = self._driver_statuses(snap, drivers, assignment, plans, live, pods_by_owner, set(refused))
+        out.busy = out.busy or upgrade.busy or bool(migs.waiting) or driver_held is not None
         out.more = upgrade.deferred > 0
         previous_conditions = (policy.get("status") or {}).get("conditions") or []
         # A Warning on each node the status does not name with this rule yet (once per change).
@@ -395,9 +395,11 @@ class Reconciler:
         out.ready = status["state"] == "ready"
         # Set before the write (which also posts an Event): whoever sees the status has the same answer here.
         metrics.reconciliation_status.set(1 if out.ready else 0)
+        out.recheck_s = driver_held  # an NVIDIADriver's progress held back: the next pass writes it, once it may
         if not self.status.write(policy, status):
             out.busy = True  # progress held back: the next pass writes it, once it may
-            out.recheck_s = self.status.retry_in(meta["name"])
+            retry = self.status.retry_in(meta["name"])
+            out.recheck_s = retry if driver_held is None else min(retry, driver_held)
 
     def _orchestrate_nvidia_drivers(
         self,
@@ -438,10 +440,13 @@ class Reconciler:
         live: dict[Key, dict[str, Any]],
         pods_by_owner: Mapping[str, Sequence[dict[str, Any]]],
         refused: set[str],
-    ) -> None:
-        """Each NVIDIADriver's status (written when it changed) and a Warning event when it newly conflicts."""
+    ) -> float | None:
+        """Each NVIDIADriver's status (written when it changed; a change of progress alone at most every few
+        seconds, see StatusWriter) and a Warning event when it newly conflicts. Seconds until a status held back
+        may be written, or None."""
         driver_plan = next((p for p in plans if p.state.name == "state-driver"), None)
         count = None
+        held: float | None = None
         for driver in drivers:
             obj = snap.nvidia_drivers[driver.name]
             if driver.deleting:
@@ -466,9 +471,10 @@ class Reconciler:
             )
             if error["reason"] == nvidiadriver.CONFLICT_REASON and before.get("message") != error["message"]:
                 self.events(obj, "Warning", nvidiadriver.EVENT_REASON, error["message"])
-            if status_changed(previous, status):
-                gone = {k: None for k in previous if k not in status}
-                self.kube.merge_patch("NVIDIADriver", driver.name, {"status": {**gone, **status}}, sub="status")
+            if not self.status.write(obj, status, quiet=True, kind="NVIDIADriver"):
+                retry = self.status.retry_in(driver.name, "NVIDIADriver")
+                held = retry if held is None else min(held, retry)
+        return held
 
     def _check_sharing(self, policy: dict[str, Any], ctx: RenderContext) -> list[sharing.Problem] | None:
         """The sharing config's problems (None: no config); a Warning event on the policy once per change."""

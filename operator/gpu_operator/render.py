@@ -167,21 +167,28 @@ def kept_driver_patches() -> KeptDriverPatches:
 
 
 def upgrade_first_sight(
-    nodes: list[NodeFacts], patches: dict[str, NodePatch], spec: ClusterPolicySpec, with_driver: Collection[str]
-) -> dict[str, NodePatch]:
+    nodes: list[NodeFacts], patches: dict[str, NodePatch], spec: ClusterPolicySpec, with_driver: Collection[str],
+    routing: DriverRouting | None = None,
+) -> dict[str, NodePatch]:  # fmt: skip
     """patches with the driver-upgrade state `upgrade-done` added for the nodes they label that get the driver,
     run no driver pod of ours yet and have no state: the pod they get is of the DaemonSet's newest revision, so
     there is nothing to upgrade. Upstream writes that label in a patch of its own once the pod exists; here it
-    goes with the node's labels (one write per node). `nodes`: as the patches leave them; only with the
-    ClusterPolicy's driver under autoUpgrade (the planner's domain)."""
+    goes with the node's labels (one write per node). `nodes`: as the patches leave them; only where the planner
+    upgrades: the ClusterPolicy's driver under autoUpgrade, or with `routing` (useNvidiaDriverCRD) the nodes of an
+    NVIDIADriver under autoUpgrade."""
     driver = spec.driver
-    if not (driver.enabled and not driver.use_nvidia_driver_crd and driver.upgrade_policy.auto_upgrade):
+    crd = driver.use_nvidia_driver_crd
+    if not driver.enabled or (crd and (routing is None or routing.assignment is None)):
         return patches
-    extra: dict[str, NodePatch] = {
-        n.name: {"labels": {UPGRADE_STATE: DONE}}
-        for n in nodes
-        if n.name in patches and n.name not in with_driver and UPGRADE_STATE not in n.labels and gets_driver(n)
-    }
+    if not crd and not driver.upgrade_policy.auto_upgrade:
+        return patches
+    extra: dict[str, NodePatch] = {}
+    for n in nodes:
+        if n.name not in patches or n.name in with_driver or UPGRADE_STATE in n.labels or not gets_driver(n):
+            continue
+        own = routing.spec_of(n.name) if crd and routing is not None else spec
+        if own is not None and own.driver.upgrade_policy.auto_upgrade:
+            extra[n.name] = {"labels": {UPGRADE_STATE: DONE}}
     return merged(patches, extra)
 
 

@@ -265,7 +265,7 @@ class Operator:
         hold_driver_restores(patches, [node])  # a refused node's driver label comes back in a full pass only
         holding = {node.name} if runs_driver else set()
         patches = merged(patches, driver_node_patches(relabelled([node], patches), current.spec, routing, holding))
-        patches = upgrade_first_sight(relabelled([node], patches), patches, current.spec, holding)
+        patches = upgrade_first_sight(relabelled([node], patches), patches, current.spec, holding, routing)
         patch = patches.get(node.name)
         if patch:
             # The MIG layout it gets now is recorded as let through in the same patch (a pass would write it next).
@@ -355,7 +355,10 @@ class Operator:
             self._forget("nvidiadriver", name)
             self.nvidia_drivers.pop(name, None)
         elif newer(self.nvidia_drivers.get(name), body):
+            before = self.nvidia_drivers.get(name)
             self.nvidia_drivers[name] = dict(body)
+            if before is not None and _status_only(before, body):
+                return  # our own status write coming back: nothing a pass decides on changed
         self.wake_now("nvidiadriver")
 
     def on_owned(self, event_type: str | None, body: dict[str, Any]) -> None:

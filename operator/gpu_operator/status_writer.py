@@ -1,7 +1,8 @@
-"""Writing a ClusterPolicy's status: only when it changed (timestamps aside), and an Event when its state does.
+"""Writing a ClusterPolicy's (or an NVIDIADriver's) status: only when it changed (timestamps aside), and for a
+ClusterPolicy an Event when its state does.
 
 A change of progress only (messages and counts, while pods come up on a thousand nodes) is written at most every
-PROGRESS_INTERVAL_S; anything else (a state, a condition, a reason) at once."""
+PROGRESS_INTERVAL_S per object; anything else (a state, a condition, a reason) at once."""
 
 from __future__ import annotations
 
@@ -21,30 +22,31 @@ class StatusWriter:
         self.kube = kube
         self.events = events
         self.clock = clock
-        self._written: dict[str, float] = {}  # policy name -> when its status was last written
+        self._written: dict[tuple[str, str], float] = {}  # (kind, name) -> when its status was last written
 
-    def write(self, policy: dict[str, Any], status: dict[str, Any], quiet: bool = False) -> bool:
+    def write(self, policy: dict[str, Any], status: dict[str, Any], quiet: bool = False,
+              kind: str = "ClusterPolicy") -> bool:  # fmt: skip
         """Write `status` if it changed; False when a progress-only change was held back (the caller passes
-        again soon, and writes it then)."""
+        again soon, and writes it then). `quiet`: no Event (an NVIDIADriver's status never posts one)."""
         old = policy.get("status")
         if not status_changed(old, status):
             return True
         name = policy["metadata"]["name"]
-        last = self._written.get(name)
+        last = self._written.get((kind, name))
         if last is not None and self.clock() - last < PROGRESS_INTERVAL_S and progress_only(old, status):
             return False  # retry_in says when it may go
-        self._written[name] = self.clock()
+        self._written[(kind, name)] = self.clock()
         # A merge patch keeps keys it does not name: drop the ones the new status no longer has (status.upgrade).
         gone = {k: None for k in (old or {}) if k not in status}
-        self.kube.merge_patch("ClusterPolicy", name, {"status": {**gone, **status}}, sub="status")
-        if (old or {}).get("state") != status["state"] and not quiet:
+        self.kube.merge_patch(kind, name, {"status": {**gone, **status}}, sub="status")
+        if (old or {}).get("state") != status["state"] and not quiet and kind == "ClusterPolicy":
             ready: dict[str, Any] = next((c for c in status["conditions"] if c["type"] == "Ready"), {})
             etype = "Normal" if status["state"] in ("ready", "disabled") else "Warning"
             reason = ready.get("reason", "StateChanged")
             self.events(policy, etype, reason, f"state {status['state']}: {ready.get('message', '')}")
         return True
 
-    def retry_in(self, name: str) -> float:
-        """Seconds until a progress change held back for the policy `name` may be written."""
-        last = self._written.get(name)
+    def retry_in(self, name: str, kind: str = "ClusterPolicy") -> float:
+        """Seconds until a progress change held back for the object `name` may be written."""
+        last = self._written.get((kind, name))
         return 0.0 if last is None else max(0.0, last + PROGRESS_INTERVAL_S - self.clock())

@@ -1,5 +1,5 @@
-"""Writing a ClusterPolicy's (or an NVIDIADriver's) status: only when it changed (timestamps aside), and for a
-ClusterPolicy an Event when its state does.
+"""Writing a ClusterPolicy's (or an NVIDIADriver's) status: only when it changed (timestamps aside), and an Event
+when its state does (unless quiet).
 
 A change of progress only (messages and counts, while pods come up on a thousand nodes) is written at most every
 PROGRESS_INTERVAL_S per object; anything else (a state, a condition, a reason) at once."""
@@ -27,7 +27,7 @@ class StatusWriter:
     def write(self, policy: dict[str, Any], status: dict[str, Any], quiet: bool = False,
               kind: str = "ClusterPolicy") -> bool:  # fmt: skip
         """Write `status` if it changed; False when a progress-only change was held back (the caller passes
-        again soon, and writes it then). `quiet`: no Event (an NVIDIADriver's status never posts one)."""
+        again soon, and writes it then). `quiet`: no Event for a new state (NVIDIADrivers' statuses are written so)."""
         old = policy.get("status")
         if not status_changed(old, status):
             return True
@@ -39,7 +39,7 @@ class StatusWriter:
         # A merge patch keeps keys it does not name: drop the ones the new status no longer has (status.upgrade).
         gone = {k: None for k in (old or {}) if k not in status}
         self.kube.merge_patch(kind, name, {"status": {**gone, **status}}, sub="status")
-        if (old or {}).get("state") != status["state"] and not quiet and kind == "ClusterPolicy":
+        if (old or {}).get("state") != status["state"] and not quiet:
             ready: dict[str, Any] = next((c for c in status["conditions"] if c["type"] == "Ready"), {})
             etype = "Normal" if status["state"] in ("ready", "disabled") else "Warning"
             reason = ready.get("reason", "StateChanged")

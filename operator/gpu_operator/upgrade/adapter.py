@@ -139,7 +139,7 @@ class UpgradeInputs:
 @dataclass
 class UpgradeKept:
     """What a reconciler keeps of its upgrade inputs between passes: one for the ClusterPolicy's driver, one for
-    each NVIDIADriver (whose spec is made anew each pass, so its verdicts are worked out again each pass)."""
+    each NVIDIADriver (its spec is kept while unchanged: nvidiadriver.KeptRouting)."""
 
     verdicts: ByNode[compat.Verdict] = field(default_factory=compat.kept_verdicts)
     inputs: UpgradeInputs = field(default_factory=UpgradeInputs)

@@ -324,7 +324,7 @@ def test_a_new_or_changed_policy_spec_skips_the_debounce_and_a_status_update_sta
 
 def test_an_nvidiadrivers_status_update_starts_no_pass_and_its_spec_change_does() -> None:
     # Each pass that writes an NVIDIADriver's status would otherwise start another (2 NVIDIADrivers on 1,000 nodes:
-    # 312 of a rollout's 337 passes).
+    # among the causes of 312 of a rollout's 337 passes).
     op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
     meta = {"name": "pool-b", "resourceVersion": "10", "generation": 1}
     first = {"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver", "metadata": meta, "spec": {"version": "1"}}

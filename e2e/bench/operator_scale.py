@@ -79,11 +79,9 @@ def nvidia_drivers(policy: dict[str, Any]) -> dict[str, dict[str, Any]]:
     same = {k: driver[k] for k in ("repository", "image", "version", "manager", "upgradePolicy") if k in driver}
     pool = {"nodeSelector": {"feature.node.kubernetes.io/system-os_release.VERSION_ID": "24.04"},
             **{k: driver[k] for k in ("repository", "image") if k in driver}, "version": "580.95.05"}  # fmt: skip
-    out = {}
-    for i, (name, spec) in enumerate((("default", {"default": True, **same}), ("pool-b", pool))):
-        meta = {"name": name, "uid": f"nvd-{i}", "generation": 1, "resourceVersion": str(i + 2)}
-        out[name] = {"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver", "metadata": meta, "spec": spec}
-    return out
+    specs = {"default": {"default": True, **same}, "pool-b": pool}
+    return {name: {"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver", "metadata": {"name": name},
+                   "spec": spec} for name, spec in specs.items()}  # fmt: skip
 
 
 def writes_by(cluster: LocalCluster, user: str, since: float = 0.0) -> collections.Counter[str]:
@@ -708,7 +706,7 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
             policy = policy_from_sample()
             if args.nvidia_drivers:
                 for obj in nvidia_drivers(policy).values():
-                    admin.create({**obj, "metadata": {"name": obj["metadata"]["name"]}})
+                    admin.create(obj)
             admin.create(nvidia.through_simulator(policy) if args.upstream else policy)
             state = None
             daemonsets, steady_since = 0, time.monotonic()

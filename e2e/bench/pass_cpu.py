@@ -102,6 +102,8 @@ def settled(n: int, crd: bool = False) -> tuple[Reconciler, StandIn, Snapshot]:
     policy = policy_from_sample()
     policy["metadata"].update(uid="u1", generation=1, resourceVersion="1", finalizers=[CLEANUP_FINALIZER])
     drivers = nvidia_drivers(policy) if crd else {}
+    for i, obj in enumerate(drivers.values()):  # what the API server would have given them
+        obj["metadata"].update(uid=f"nvd-{i}", generation=1, resourceVersion=str(i + 2))
     api = StandIn(raw, policy, drivers)
     reconciler = Reconciler(api, NAMESPACE)  # type: ignore[arg-type]
     facts = {name: NodeFacts.from_node(obj) for name, obj in api.nodes.items()}

@@ -241,6 +241,53 @@ def test_kept_routes_give_what_a_fresh_assign_gives_as_nodes_and_selectors_chang
     assert same().owner == {"a1": "pool-b", "b2": "pool-b"}
 
 
+def test_a_kept_assignment_is_given_again_only_while_what_it_is_made_of_is_equal() -> None:
+    # A pass keeps the assignment (and what is worked out from it once: each NVIDIADriver's nodes) while the routes,
+    # the default and the problems are equal; a change of any of them with the same routes assigns anew.
+    kept = nvidiadriver.KeptRouting()
+    drivers = [nvd("default", default=True), nvd("pool-b", nodeSelector={"pool": "b"})]
+
+    def same() -> nvidiadriver.Assignment:
+        got, fresh = assign(NODES, drivers, kept), assign(NODES, drivers)
+        assert got == fresh
+        assert all(got.nodes_of(d.name) == fresh.nodes_of(d.name) for d in drivers)
+        return got
+
+    first = same()
+    assert first.nodes_of("default") == ["a1"] and first.node_set("pool-b") == {"b1", "b2"}
+    drivers = [nvd("default", default=True), nvd("pool-b", nodeSelector={"pool": "b"}, version="580.95.05")]
+    assert same() is first  # another spec, the same routes
+    drivers = [nvd("pool-b", nodeSelector={"pool": "b"})]  # the default gone: a1 loses its driver
+    second = same()
+    assert second is not first and second.owner == {"b1": "pool-b", "b2": "pool-b"}
+    drivers = [nvd("one", default=True), nvd("two", default=True), nvd("pool-b", nodeSelector={"pool": "b"})]
+    third = same()  # two defaults: both refused, the same routes
+    assert third is not second and set(third.problems) == {"one", "two"}
+    drivers = [nvd("one", default=True), nvd("pool-b", nodeSelector={"pool": "b"})]
+    assert same().owner == {"a1": "one", "b1": "pool-b", "b2": "pool-b"}
+    assert same().nodes_of("one") == ["a1"]
+
+
+@pytest.mark.parametrize(
+    ("drivers", "owned"),
+    [
+        ([nvd("default", default=True)], False),  # only the default's nodes: no owner label anywhere
+        ([nvd("default", default=True), nvd("pool-b", nodeSelector={"pool": "b"})], True),
+        ([nvd("pool-b", nodeSelector={"pool": "b"}), nvd("rack", nodeSelector={"rack": "r7"})], True),
+        ([nvd("rack", nodeSelector={"rack": "r7"}), nvd("x", nodeSelector={"rack": "r7"})], True),  # conflict only
+        ([nvd("rack", nodeSelector={"rack": "r9"})], False),  # no node at all
+    ],
+)
+def test_the_default_avoids_owned_nodes_only_while_some_node_carries_an_owner_label(
+    drivers: list[NVIDIADriver], owned: bool
+) -> None:
+    found = assign(NODES, drivers)
+    assert found.some_owned is owned
+    assert owned == any(found.owner_label(n.name) for n in NODES)
+    spec = parse_spec(crd_policy())
+    assert all(g.exclude_owned is owned for g in nvidiadriver.groups(spec, drivers, found))
+
+
 def test_a_selector_on_gpu_present_matches_gpu_nodes_before_they_carry_the_label() -> None:
     drivers = [nvd("gpus", nodeSelector={"nvidia.com/gpu.present": "true", "pool": "b"})]
     assert assign(NODES, drivers).owner == {"b1": "gpus", "b2": "gpus"}  # not the CPU node of pool b

@@ -12,7 +12,14 @@ import pytest
 
 from gpu_operator import wire
 from gpu_operator.nodes import NodeFacts, apply_patch
-from gpu_operator.readiness import NodeCounter, daemon_node_count, daemonset_ready, newest_revision_hash, pod_ready
+from gpu_operator.readiness import (
+    KeptReadiness,
+    NodeCounter,
+    daemon_node_count,
+    daemonset_ready,
+    newest_revision_hash,
+    pod_ready,
+)
 from support import load_policy, node
 
 
@@ -154,6 +161,29 @@ def test_on_delete_missing_pods() -> None:
 def test_on_delete_without_revisions_is_not_ready() -> None:
     assert daemonset_ready(on_delete(), [pod()] * 3, [])[0] is False
     assert daemonset_ready(on_delete(), [pod()] * 3)[0] is False
+
+
+def test_kept_readiness_walks_a_daemonsets_pods_again_only_when_its_inputs_are_other_objects() -> None:
+    kept, three = KeptReadiness(), lambda spec: 3
+
+    def check(obj: dict[str, Any], pods: list[dict[str, Any]], revisions: list[dict[str, Any]]) -> tuple[bool, str]:
+        got = kept.daemonset_ready(obj, pods, revisions, (), three)
+        assert got == daemonset_ready(obj, pods, revisions, (), count=three)  # what a fresh walk says
+        return got
+
+    obj, pods, revisions = on_delete(), [pod(), pod(), pod()], list(REVISIONS)
+    assert check(obj, pods, revisions) == (True, "")
+    pods[1] = pod("middle")  # changed in place, which the watch cache never does: the kept answer stands
+    assert kept.daemonset_ready(obj, pods, revisions, (), three) == (True, "")
+    assert check(obj, list(pods), revisions) == (False, "nvidia-x: 1 pods run an old revision")  # new pods
+    pods = [pod(), pod(), pod()]
+    assert check(obj, pods, revisions) == (True, "")
+    assert check(obj, pods, [revision(4, "newer"), *REVISIONS])[0] is False  # a newer revision
+    assert check(obj, pods, revisions) == (True, "")
+    assert check(on_delete(numberUnavailable=1), pods, revisions)[0] is False  # another DaemonSet object
+    assert kept.daemonset_ready(obj, pods, revisions, (), lambda spec: 4) == (  # the node count is not kept
+        False, "nvidia-x: 4 nodes should run its pod, the DaemonSet controller counts 3 so far"
+    )
 
 
 # Helpers

@@ -377,6 +377,29 @@ def test_the_pod_index_kept_between_passes_is_the_one_built_from_the_pods(seed: 
         assert _by_name(op.snapshot().pod_index) == _by_name(PodIndex.of(op.pods)), f"step {step}"
 
 
+def test_an_owners_pods_are_the_same_object_in_each_snapshot_until_one_of_them_changes() -> None:
+    # A pass keeps what it worked out from a DaemonSet's pods (readiness.KeptReadiness) while they are one object.
+    op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
+    dp, gfd = "nvidia-device-plugin-daemonset", "gpu-feature-discovery"
+    op.on_pod("a", pod("a", "n1", ready=True))
+    op.on_pod("b", pod("b", "n1", ready=True, owner=gfd))
+    first = op.snapshot().pod_index.by_owner
+    second = op.snapshot().pod_index.by_owner
+    assert second[dp] is first[dp] and second[gfd] is first[gfd]
+    op.on_pod("a", pod("a", "n1", ready=False))  # one of the device plugin's pods changed
+    third = op.snapshot().pod_index.by_owner
+    assert third[dp] is not first[dp] and third[gfd] is first[gfd]
+    assert [p["status"]["containerStatuses"][0]["ready"] for p in third[dp]] == [False]
+    op.on_pod("c", pod("c", "n2", ready=True, owner=gfd))  # one came
+    fourth = op.snapshot().pod_index.by_owner
+    assert fourth[dp] is third[dp] and [p["metadata"]["name"] for p in fourth[gfd]] == ["b", "c"]
+    op.on_pod("b", None)  # one went
+    assert [p["metadata"]["name"] for p in op.snapshot().pod_index.by_owner[gfd]] == ["c"]
+    op._merge(snapshot(pods=dict(op.pods)))  # a relisting rebuilds every one
+    fifth = op.snapshot().pod_index.by_owner
+    assert fifth[dp] is not third[dp] and [p["metadata"]["name"] for p in fifth[dp]] == ["a"]
+
+
 def test_the_inbox_hands_deliveries_to_the_loop_in_order_and_in_batches() -> None:
     import threading
 

@@ -38,6 +38,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Collection
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -442,11 +443,12 @@ def _watch(kube: Kube, path: str, selector: str, seen: Any, stop: threading.Even
 
 
 def upgrade(cluster: LocalCluster, admin: Kube, user: str, total: int, parallel: int, timeout: float,
-            figure: Any, pod_deletion: bool = True) -> None:
+            figure: Any, pod_deletion: bool = True, drivers: Collection[str] = ()) -> None:
     """A driver upgrade of every node, `parallel` at a time: its figures (watched, not polled: a list of every
     driver pod each half second costs the API server more than the operator does). `pod_deletion` False: the
     sample's podDeletion goes, so the upgrade reads no workload pods (the cordon and the driver pod's deletion in
-    one pass)."""
+    one pass). `drivers`: the NVIDIADrivers that drive the nodes (useNvidiaDriverCRD), each given the new version
+    and the upgrade policy; the ClusterPolicy's upgrade policy then bounds them all together."""
     ready_at: dict[str, float] = {}  # node -> when its new driver pod was first seen Ready
     validated: dict[str, list[float]] = collections.defaultdict(list)  # node -> when its validator turned Ready
     validator_ready: dict[str, bool] = {}
@@ -497,7 +499,12 @@ def upgrade(cluster: LocalCluster, admin: Kube, user: str, total: int, parallel:
     if not pod_deletion:
         limits["podDeletion"] = None  # a merge patch's null removes it
     policy = {"version": NEW_DRIVER, "upgradePolicy": limits}
-    admin.merge_patch("ClusterPolicy", "cluster-policy", {"spec": {"driver": policy}})
+    if drivers:  # the global bounds first, so no NVIDIADriver starts under the old ones
+        admin.merge_patch("ClusterPolicy", "cluster-policy", {"spec": {"driver": {"upgradePolicy": limits}}})
+    for name in drivers:
+        admin.merge_patch("NVIDIADriver", name, {"spec": policy})
+    if not drivers:
+        admin.merge_patch("ClusterPolicy", "cluster-policy", {"spec": {"driver": policy}})
     while time.monotonic() - began < timeout:
         with lock:
             if len(done_at) >= total and all(n in ready_at for n in done_at):
@@ -593,11 +600,10 @@ def main(argv: list[str] | None = None) -> int:
                              "alone (reconcile passes, doctor) are left out")
     parser.add_argument("--nvidia-drivers", action="store_true",
                         help="the driver from two NVIDIADrivers (useNvidiaDriverCRD): a default one and one with "
-                             "another version for the nodes on ubuntu 24.04 (no driver upgrade: it changes the "
-                             "ClusterPolicy's driver)")
+                             "another version for the nodes on ubuntu 24.04; the upgrade gives both the new version")
     args = parser.parse_args(argv)
-    if args.nvidia_drivers and (args.upstream or args.one_os or args.upgrade_parallel != 0):
-        parser.error("--nvidia-drivers: ours only, on both OSes, with --upgrade-parallel 0")
+    if args.nvidia_drivers and (args.upstream or args.one_os):
+        parser.error("--nvidia-drivers: ours only, on both OSes")
     if args.upstream:
         if args.cpu_profile or args.pass_profile or args.heap_report or args.alloc_top:
             parser.error("--upstream runs a Go program: --cpu-profile, --pass-profile, --heap-report and "
@@ -704,9 +710,9 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
             rollout = tmp / "rollout.prof"
             spy_rollout = py_spy(op.proc.pid, args.timeout, rollout) if args.cpu_profile else None
             policy = policy_from_sample()
-            if args.nvidia_drivers:
-                for obj in nvidia_drivers(policy).values():
-                    admin.create(obj)
+            drivers = nvidia_drivers(policy) if args.nvidia_drivers else {}
+            for obj in drivers.values():
+                admin.create(obj)
             admin.create(nvidia.through_simulator(policy) if args.upstream else policy)
             state = None
             daemonsets, steady_since = 0, time.monotonic()
@@ -877,7 +883,7 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
             parallel = args.upgrade_parallel if args.upgrade_parallel >= 0 else max(1, total // 10)
             if parallel:
                 upgrade(cluster, admin, user, total, parallel, args.upgrade_timeout or args.timeout, figure,
-                        args.upgrade_pod_deletion)
+                        args.upgrade_pod_deletion, drivers=list(drivers))
             if args.mass_join:
                 join(cluster, admin, user, args.mass_join, "mass", args.device_labels, figure, follow_up=False,
                      one_os=args.one_os)

@@ -23,6 +23,7 @@ import copy
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from .api import (
@@ -115,6 +116,9 @@ class KeptRouting:
         self.specs: KeptSpecs = {}
         self.routes: ByNode[Route] = ByNode(_route)
         self.selectors: Selectors = ()
+        # The last assignment and what it was made of (the NVIDIADrivers' problems, the default, the selectors;
+        # the routes): given again while both are equal, and with it what it worked out once (nodes_of).
+        self.assigned: tuple[Any, dict[str, Route], Assignment] | None = None
         self.last: Any = None  # render.DriverRouting: the last call's, given again while equal
 
 
@@ -127,7 +131,31 @@ class Assignment:
     default: str | None = None
 
     def nodes_of(self, driver: str) -> list[str]:
-        return sorted(n for n, d in self.owner.items() if d == driver)
+        """The NVIDIADriver's nodes, sorted (one walk of every node for all NVIDIADrivers: read once the
+        assignment is made, it is not changed after)."""
+        return list(self._by_driver.get(driver, ()))
+
+    def node_set(self, driver: str) -> frozenset[str]:
+        return self._node_sets.get(driver) or frozenset()
+
+    @cached_property
+    def _by_driver(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for node, driver in sorted(self.owner.items()):
+            out.setdefault(driver, []).append(node)
+        return out
+
+    @cached_property
+    def _node_sets(self) -> dict[str, frozenset[str]]:
+        return {driver: frozenset(nodes) for driver, nodes in self._by_driver.items()}
+
+    @cached_property
+    def some_owned(self) -> bool:
+        """Whether some node carries an owner label (a non-default owner's name or the conflict marker)."""
+        default = self.default
+        return any(d != default for d in self.owner.values()) or any(
+            n not in self.owner for nodes in self.conflicts.values() for n in nodes
+        )
 
     def owner_label(self, node: str) -> str | None:
         """The owner label a node should carry: a non-default owner's name, the conflict marker, or none."""
@@ -169,6 +197,11 @@ def assign(nodes: Iterable[NodeFacts], drivers: Iterable[NVIDIADriver], kept: Ke
         if selectors != kept.selectors:
             kept.selectors = selectors  # another key: every node's route anew
         routes = kept.routes.over(nodes, kept.selectors)
+        made_of = (out.problems, out.default, kept.selectors)
+        last = kept.assigned
+        if last is not None and last[0] == made_of and last[1] == routes:
+            return last[2]
+        kept.assigned = (made_of, routes, out)
     default, owner = out.default, out.owner
     for node, (matches, current) in routes.items():  # by node name
         if len(matches) == 1:
@@ -334,7 +367,7 @@ def groups(
     each given again (the same object) while the ClusterPolicy's spec is the same object and the NVIDIADriver's
     spec is equal: what is worked out once per node and spec (version-matrix verdicts, upgrade inputs) then
     carries over from pass to pass."""
-    exclude = any(assignment.owner_label(n) for n in {*assignment.owner, *_conflicted(assignment)})
+    exclude = assignment.some_owned
     out = []
     for d in sorted(drivers, key=lambda d: d.name):
         if d.spec is None or d.deleting or d.name in assignment.problems:
@@ -351,17 +384,13 @@ def groups(
                 name=d.name,
                 owner=d.ref(),
                 spec=spec,
-                nodes=frozenset(assignment.nodes_of(d.name)),
+                nodes=assignment.node_set(d.name),
                 default=d.default,
                 exclude_owned=exclude,
                 affinity=d.spec.node_affinity,
             )
         )
     return tuple(out)
-
-
-def _conflicted(assignment: Assignment) -> set[str]:
-    return {n for nodes in assignment.conflicts.values() for n in nodes}
 
 
 def _condition(ctype: str, value: bool, reason: str, message: str, generation: int | None,

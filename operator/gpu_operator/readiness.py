@@ -197,7 +197,14 @@ def daemonset_ready(
     given (the runtime keeps them as pods change: a pass need not scan every pod of a rollout); `nodes` the
     cluster's, to tell counts the controller has not brought up to date with the nodes' labels (or `count`, a
     NodeCounter's over them)."""
-    ok, why = _ready(ds, pods, revisions, unready)
+    return _counted_nodes(ds, *_ready(ds, pods, revisions, unready), nodes, count)
+
+
+def _counted_nodes(
+    ds: dict[str, Any], ok: bool, why: str, nodes: Collection[NodeFacts] | None,
+    count: Callable[[dict[str, Any]], int] | None,
+) -> tuple[bool, str]:  # fmt: skip
+    """(ok, why) of the pods, held against how many nodes should run the pod (daemonset_ready)."""
     if not ok or (nodes is None and count is None):
         return ok, why
     desired = (ds.get("status") or {}).get("desiredNumberScheduled", 0)
@@ -207,6 +214,41 @@ def daemonset_ready(
         name = ds.get("metadata", {}).get("name", "?")
         return False, f"{name}: {expected} nodes should run its pod, the DaemonSet controller counts {desired} so far"
     return True, ""
+
+
+class KeptReadiness:
+    """daemonset_ready, each DaemonSet's pod walk kept between calls: worked out again only when the DaemonSet
+    object, its pods or its unready pods (sequences the watch cache replaces when one of them changes) or its
+    revisions are not the last call's. An OnDelete DaemonSet's rule walks every one of its pods: at 5,000 nodes
+    the driver's is 5,000 pods a pass, twice under NVIDIADrivers (the ClusterPolicy's state and each
+    NVIDIADriver's status ask). One reconciler's: not for concurrent use."""
+
+    KEEP = 256  # DaemonSets remembered (a policy has about a dozen; NVIDIADrivers add theirs)
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[Any, Any, Any, list[dict[str, Any]], tuple[bool, str]]] = {}
+
+    def daemonset_ready(
+        self,
+        ds: dict[str, Any],
+        pods: Sequence[dict[str, Any]],
+        revisions: list[dict[str, Any]],
+        unready: Sequence[dict[str, Any]],
+        count: Callable[[dict[str, Any]], int],
+    ) -> tuple[bool, str]:
+        name = ds.get("metadata", {}).get("name", "?")
+        hit = self._last.get(name)
+        if (
+            hit is not None and hit[0] is ds and hit[1] is pods and hit[2] is unready
+            and len(hit[3]) == len(revisions) and all(a is b for a, b in zip(hit[3], revisions, strict=True))
+        ):  # fmt: skip
+            ok, why = hit[4]
+        else:
+            ok, why = _ready(ds, pods, revisions, unready)
+            if name not in self._last and len(self._last) >= self.KEEP:
+                self._last.clear()
+            self._last[name] = (ds, pods, unready, revisions, (ok, why))
+        return _counted_nodes(ds, ok, why, None, count)
 
 
 def _ready(

@@ -23,7 +23,7 @@ from .kube import ApiError, Kube
 from .lifecycle import CLEANUP_FINALIZER, Lifecycle
 from .nodes import DRIVER_KERNEL, DRIVER_REFUSED, NodeFacts, deploy_label
 from .observe import Key, Newer, Snapshot, key_of, newer
-from .readiness import NodeCounter, daemonset_ready
+from .readiness import KeptReadiness, NodeCounter
 from .render import (
     NodePatch,
     StatePlan,
@@ -90,6 +90,7 @@ class Reconciler:
         self._patches: dict[str, tuple[NodeFacts, ClusterPolicySpec, bool, NodePatch]] = {}
         self._rows: dict[str, tuple[NodeFacts, bytes]] = {}  # render_key's per-node part, by the same rule
         self._count = NodeCounter()  # on how many nodes each DaemonSet should run, by the same rule
+        self._readiness = KeptReadiness()  # each DaemonSet's pod walk, kept while its inputs are the same objects
         self._kept = UpgradeKept()  # the version matrix's verdicts and the upgrade planner's inputs, by the same rule
         self._driver_patches = kept_driver_patches()  # the driver's own node labels, by the same rule
         self._mig = mig_pass.MigKept()  # the nodes the MIG pass may have something to do on, by the same rule
@@ -235,7 +236,6 @@ class Reconciler:
         drivers = [nvidiadriver.NVIDIADriver.from_object(o) for o in snap.nvidia_drivers.values()]
         routing = driver_routing(nodes, spec, drivers, self._routing)
         assignment, groups = routing.assignment, routing.groups
-        crd_mode = assignment is not None
         owner = {"apiVersion": policy["apiVersion"], "kind": policy["kind"], "name": meta["name"], "uid": meta["uid"]}
         ctx = RenderContext(
             spec=spec,
@@ -343,8 +343,8 @@ class Reconciler:
             out.busy = True
 
         by_name = {n.name: n for n in nodes}
-        if crd_mode:
-            upgrade = self._orchestrate_nvidia_drivers(spec, snap, by_name, groups)
+        if assignment is not None:
+            upgrade = self._orchestrate_nvidia_drivers(spec, snap, by_name, assignment, groups)
         else:
             moved = self.moved
             upgrade = orchestrate(self.kube, self.namespace, spec, snap.with_nodes(by_name), self.events,
@@ -359,7 +359,8 @@ class Reconciler:
             for i in waiting:
                 name = results[i].name
                 results[i] = self._daemonsets_ready(name, desired, live, snap, pods_by_owner, set(refused), count)
-        driver_held = self._driver_statuses(snap, drivers, assignment, plans, live, pods_by_owner, set(refused))
+        driver_held = self._driver_statuses(snap, drivers, assignment, plans, live, pods_by_owner, set(refused),
+                                            count)
         out.busy = out.busy or upgrade.busy or bool(migs.waiting) or driver_held is not None
         out.more = upgrade.deferred > 0
         previous_conditions = (policy.get("status") or {}).get("conditions") or []
@@ -406,11 +407,13 @@ class Reconciler:
         spec: ClusterPolicySpec,
         snap: Snapshot,
         by_name: dict[str, NodeFacts],
+        assignment: nvidiadriver.Assignment,
         groups: tuple[nvidiadriver.DriverGroup, ...],
     ) -> Orchestrated:
         """Each NVIDIADriver's nodes by its own upgradePolicy, and all of them within the ClusterPolicy's
         maxParallelUpgrades and maxUnavailable (over every node the NVIDIADrivers drive)."""
-        parts = [(g, snap.with_nodes({k: v for k, v in by_name.items() if k in g.nodes})) for g in groups]
+        parts = [(g, snap.with_nodes({k: by_name[k] for k in assignment.nodes_of(g.name) if k in by_name}))
+                 for g in groups]  # fmt: skip
         self._group_kept = kept = {g.name: self._group_kept.get(g.name) or UpgradeKept() for g in groups}
         managed = {g.name: managed_nodes(g.spec, part, kept[g.name]) for g, part in parts}
         what = "all NVIDIADrivers (ClusterPolicy driver.upgradePolicy)"
@@ -440,12 +443,12 @@ class Reconciler:
         live: dict[Key, dict[str, Any]],
         pods_by_owner: Mapping[str, Sequence[dict[str, Any]]],
         refused: set[str],
+        count: Callable[[dict[str, Any]], int],
     ) -> float | None:
         """Each NVIDIADriver's status (written when it changed; a change of progress alone at most every few
         seconds, see StatusWriter) and a Warning event when it newly conflicts. Seconds until a status held back
-        may be written, or None."""
+        may be written, or None. `count`: the pass's NodeCounter, as the driver state's readiness had it."""
         driver_plan = next((p for p in plans if p.state.name == "state-driver"), None)
-        count = None
         held: float | None = None
         for driver in drivers:
             obj = snap.nvidia_drivers[driver.name]
@@ -458,7 +461,6 @@ class Reconciler:
                     if o["kind"] == "DaemonSet"
                     and any(r.get("uid") == driver.uid for r in o["metadata"].get("ownerReferences") or [])
                 }  # fmt: skip
-                count = count or self._count.over(snap.nodes)
                 result = self._daemonsets_ready("state-driver", keys, live, snap, pods_by_owner, refused, count)
                 ready = (result.state == "ready", result.message)
                 if driver_plan.problem:
@@ -514,7 +516,7 @@ class Reconciler:
                 pods = [p for p in pods if p["node"] not in refused]
                 unready = [p for p in unready if p["node"] not in refused]
             revisions = [r for r in snap.revisions.values() if r["owner"] == name]
-            ok, why = daemonset_ready(ds, pods, revisions, unready, count=count)
+            ok, why = self._readiness.daemonset_ready(ds, pods, revisions, unready, count)
             if not ok:
                 messages.append(why)
         if messages:

@@ -207,15 +207,15 @@ def merged(patches: dict[str, NodePatch], extra: dict[str, NodePatch]) -> dict[s
 
 def relabelled(nodes: list[NodeFacts], patches: dict[str, NodePatch]) -> list[NodeFacts]:
     """The nodes as they will look once the patches are applied."""
-    out = []
-    for n in nodes:
-        patch = patches.get(n.name)
-        if patch:
-            changed = patch.get("labels", {})
-            annotations = apply_patch(n.annotations, patch.get("annotations", {}))
-            n = n.relabel(apply_patch(n.labels, changed), annotations, changed)
-        out.append(n)
-    return out
+    if not patches:
+        return list(nodes)
+    return [_patched(n, patch) if (patch := patches.get(n.name)) else n for n in nodes]
+
+
+def _patched(node: NodeFacts, patch: NodePatch) -> NodeFacts:
+    changed = patch.get("labels", {})
+    annotations = apply_patch(node.annotations, patch.get("annotations", {}))
+    return node.relabel(apply_patch(node.labels, changed), annotations, changed)
 
 
 # Node labels the operands write about themselves and rendering never reads (GPU feature discovery's, the MIG

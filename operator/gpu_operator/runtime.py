@@ -28,7 +28,7 @@ from .kube import Fence, Kube, NotLeader
 from .leader import Elector, identity
 from .nodes import NodeFacts
 from .nodewatch import NodeWatch, Watch
-from .nvidiadriver import NVIDIADriver
+from .nvidiadriver import KeptRouting, NVIDIADriver
 from .observe import (
     OWNED_SELECTOR,
     Key,
@@ -136,6 +136,9 @@ class Operator:
         # over every pod): (node, state) -> the pods, a tuple replaced on change; owner -> name -> pod.
         self._by_state: dict[str, dict[str, tuple[dict[str, Any], ...]]] = {}  # PodIndex.by_state
         self._by_owner: dict[str, dict[str, dict[str, Any]]] = {}
+        # Each owner's pods as the snapshot's PodIndex gives them, made again only once they change: a pass keeps
+        # what it worked out from an owner's pods while they are the same object (readiness.KeptReadiness).
+        self._owner_pods: dict[str, tuple[dict[str, Any], ...]] = {}
         self.revisions: dict[str, dict[str, Any]] = {}
         self.api_groups: frozenset[str] = frozenset()
         self.discovery_stale = False
@@ -161,6 +164,7 @@ class Operator:
         self.unready_of: dict[str, set[str]] = {}  # the same by owning DaemonSet
         self.task: asyncio.Task[None] | None = None
         self._labelling: set[asyncio.Future[None]] = set()  # single-node label patches in flight
+        self._join_routing = KeptRouting()  # the NVIDIADrivers' specs for single-node labelling (the pass has its own)
         # Their own threads: nodes joining together are labelled together (the default pool has cores + 4).
         self._label_pool = ThreadPoolExecutor(max_workers=LABEL_THREADS, thread_name_prefix="label")
         self.watches: list[Watch[Any]] = []  # the node, pod and revision watches (threads), once started
@@ -255,7 +259,7 @@ class Operator:
         node = with_devices({node.name: node}, self.node_features)[node.name]
         # With useNvidiaDriverCRD, by the NVIDIADriver that drives the node (its version, its labels).
         drivers = [NVIDIADriver.from_object(o) for o in self.nvidia_drivers.values()]
-        routing = driver_routing([node], current.spec, drivers)
+        routing = driver_routing([node], current.spec, drivers, self._join_routing)
         refused = compat.refused(compat.verdicts_for([node], current.spec, routing.groups))
         here = [self.pods[p] for p in self.pods_on.get(node.name, ()) if p in self.pods]
         runs_driver = any(p["metadata"]["labels"].get(STATE_LABEL) == "state-driver" for p in here)
@@ -472,6 +476,7 @@ class Operator:
             here = self._by_state.setdefault(state, {})
             here[node] = (*here.get(node, ()), pod)
         self._by_owner.setdefault(pod["owner"], {})[name] = pod
+        self._owner_pods.pop(pod["owner"], None)
 
     def _drop_indexed(self, name: str, pod: dict[str, Any]) -> None:
         node, state = node_state(pod)
@@ -484,6 +489,7 @@ class Operator:
             if not here:
                 self._by_state.pop(state, None)
         owned = self._by_owner.get(pod["owner"])
+        self._owner_pods.pop(pod["owner"], None)
         if owned is not None:
             owned.pop(name, None)
             if not owned:
@@ -586,6 +592,7 @@ class Operator:
         index = PodIndex.of(self.pods)
         self._by_state = {s: {n: tuple(v) for n, v in on.items()} for s, on in index.by_state.items()}
         self._by_owner = {o: {p["metadata"]["name"]: p for p in pods} for o, pods in index.by_owner.items()}
+        self._owner_pods = {}
         self.unready, self.unready_of = set(), {}
         for name, pod in self.pods.items():
             if is_unready(pod):
@@ -637,7 +644,8 @@ class Operator:
     def _pod_index(self) -> PodIndex:
         unready = {o: [self.pods[n] for n in names if n in self.pods] for o, names in self.unready_of.items()}
         by_state = {s: dict(on) for s, on in self._by_state.items()}
-        by_owner = {o: list(pods.values()) for o, pods in self._by_owner.items()}
+        made = self._owner_pods
+        by_owner = {o: made.get(o) or made.setdefault(o, tuple(pods.values())) for o, pods in self._by_owner.items()}
         return PodIndex(by_state, by_owner, unready)
 
     def newer(self) -> Newer | None:

@@ -548,6 +548,54 @@ def test_a_driver_pod_turning_ready_mid_upgrade_starts_a_move_that_the_pass_sees
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize(("since", "moves"), [("nothing", True), ("generation", False), ("unrouted", False)])
+def test_under_nvidiadrivers_a_driver_pod_turning_ready_moves_its_node_by_its_nvidiadrivers_policy(
+    since: str, moves: bool
+) -> None:
+    # As with the ClusterPolicy's driver, by the spec of the NVIDIADriver that drives the node as the last pass had
+    # it; not once an NVIDIADriver changed since that pass (generation), nor for a node no NVIDIADriver drives.
+    from dataclasses import replace
+
+    from gpu_operator.api import ClusterPolicySpec
+    from gpu_operator.nvidiadriver import NVIDIADriver
+    from gpu_operator.reconciler import Labelling, generations
+    from gpu_operator.render import driver_routing
+
+    async def scenario() -> bool:
+        op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]  # every write fails
+        # The ClusterPolicy's own driver upgrades nothing by itself: the NVIDIADriver's policy (autoUpgrade by
+        # upstream's default) is the one followed.
+        spec = ClusterPolicySpec.model_validate({"driver": {"useNvidiaDriverCRD": True}})
+        selector = {"pool": "a"} if since != "unrouted" else {"pool": "z"}
+        driver = {"metadata": {"name": "pool-a", "generation": 1}, "spec": {"nodeSelector": selector}}
+        op.nvidia_drivers["pool-a"] = driver
+        op.policies["p"] = {"metadata": {"name": "p", "uid": "u", "generation": 1}}
+        labels = {"pool": "a", "nvidia.com/gpu.deploy.driver": "true",
+                  "nvidia.com/gpu-driver-upgrade-state": "pod-restart-required"}  # fmt: skip
+        seen = replace(facts("n1", labels=labels), resource_version=40)
+        routing = driver_routing([seen], spec, [NVIDIADriver.from_object(driver)])
+        op.reconciler.labelling = Labelling("p", "u", 1, spec, routing, generations(op.nvidia_drivers))
+        if since == "generation":
+            op.nvidia_drivers["pool-a"] = {**driver, "metadata": {"name": "pool-a", "generation": 2}}
+        op.leading.set()
+        op.task = asyncio.ensure_future(asyncio.sleep(0))
+        op.nodes["n1"] = seen
+        op.on_revision("r2", {"metadata": {"name": "r2", "labels": {"controller-revision-hash": "new"}},
+                              "owner": "nvidia-driver-daemonset-pool-a", "revision": 2})  # fmt: skip
+        pod_of = pod("drv", "n1", ready=True, owner="nvidia-driver-daemonset-pool-a")
+        pod_of["metadata"]["labels"] = {"nvidia.com/gpu-operator.state": "state-driver",
+                                        "controller-revision-hash": "new"}  # fmt: skip
+        op.on_pod("drv", {**pod_of, "status": pod("drv", "n1", ready=False)["status"]})
+        assert not op.moves.in_flight("n1")  # not Ready yet: nothing moves
+        op.on_pod("drv", pod_of)
+        started = op.moves.in_flight("n1")
+        await asyncio.gather(*op._labelling)  # the write fails (no API server): the next pass takes the node on
+        op._label_pool.shutdown()
+        return started
+
+    assert asyncio.run(scenario()) is moves
+
+
 def test_the_pod_index_names_the_nodes_with_a_pod_of_a_state() -> None:
     from gpu_operator.observe import PodIndex
     from gpu_operator.states.base import STATE_LABEL

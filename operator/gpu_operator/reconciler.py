@@ -25,6 +25,7 @@ from .nodes import DRIVER_KERNEL, DRIVER_REFUSED, NodeFacts, deploy_label
 from .observe import Key, Newer, Snapshot, key_of, newer
 from .readiness import KeptReadiness, NodeCounter
 from .render import (
+    DriverRouting,
     NodePatch,
     StatePlan,
     driver_node_patches,
@@ -65,12 +66,30 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Labelling:
-    """What a node's labels are decided on between passes: the active policy's identity and its parsed spec."""
+    """What a node's labels are decided on between passes: the active policy's identity and its parsed spec; under
+    NVIDIADrivers the pass's routing and the generation of each NVIDIADriver it saw."""
 
     policy: str
     uid: str
     generation: int | None
     spec: ClusterPolicySpec
+    routing: DriverRouting | None = None
+    drivers: tuple[tuple[str, int | None], ...] = ()
+
+    def upgrade_spec(self, node: str, drivers: Mapping[str, Mapping[str, Any]]) -> ClusterPolicySpec | None:
+        """The spec a node's driver upgrade follows: the policy's; with useNvidiaDriverCRD the spec of the
+        NVIDIADriver that drives the node, while every NVIDIADriver (`drivers`, as cached now) is at the generation
+        the pass saw (else None: the next pass decides)."""
+        if not self.spec.driver.use_nvidia_driver_crd:
+            return self.spec
+        if self.routing is None or generations(drivers) != self.drivers:
+            return None
+        return self.routing.spec_of(node)
+
+
+def generations(drivers: Mapping[str, Mapping[str, Any]]) -> tuple[tuple[str, int | None], ...]:
+    """Each NVIDIADriver's generation, by name."""
+    return tuple(sorted((name, (obj.get("metadata") or {}).get("generation")) for name, obj in drivers.items()))
 
 
 class Reconciler:
@@ -306,7 +325,8 @@ class Reconciler:
         # Readiness counts the nodes as this pass left them (a node labelled just now must have its pods).
         patched = {**snap.nodes, **{n.name: n for n in out.nodes}} if out.nodes else snap.nodes
         count = self._count.over(patched)
-        self.labelling = Labelling(meta["name"], meta.get("uid", ""), generation, spec)
+        self.labelling = Labelling(meta["name"], meta.get("uid", ""), generation, spec, routing,
+                                   generations(snap.nvidia_drivers))  # fmt: skip
         pods_by_owner = snap.pod_index.by_owner
         waiting: list[int] = []  # results not ready only by their DaemonSets' readiness
         for state_plan in plans:
@@ -417,12 +437,14 @@ class Reconciler:
         self._group_kept = kept = {g.name: self._group_kept.get(g.name) or UpgradeKept() for g in groups}
         managed = {g.name: managed_nodes(g.spec, part, kept[g.name]) for g, part in parts}
         what = "all NVIDIADrivers (ClusterPolicy driver.upgradePolicy)"
+        was_moved = self.moved
+        moved = None if was_moved is None else lambda name: was_moved(by_name[name])
         limit = Limit.over([n for ones in managed.values() for n in ones], spec.driver.upgrade_policy, what)
         out = Orchestrated(None, False)
         totals: dict[str, int] = {}
         for group, part in parts:
             one = orchestrate(self.kube, self.namespace, group.spec, part, self.events, limit=limit, gauges=False,
-                              kept=kept[group.name], managed=managed[group.name])
+                              moved=moved, kept=kept[group.name], managed=managed[group.name])
             limit = limit.after(one.started, one.made_unavailable)
             out.busy = out.busy or one.busy
             out.deferred += one.deferred

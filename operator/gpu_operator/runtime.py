@@ -299,13 +299,14 @@ class Operator:
 
     def _advance(self, name: str) -> None:
         """A node mid driver upgrade whose new driver pod or validator just turned Ready: its next steps now, by
-        the spec of the last pass (upgrade.orchestrate.advance), without waiting for a pass over every node."""
+        the spec of the last pass (under NVIDIADrivers, that of the node's NVIDIADriver; upgrade.orchestrate.advance),
+        without waiting for a pass over every node."""
         current = self._between_passes()
         if current is None or self.moves.in_flight(name):
             return
-        spec = current.spec
-        if not spec.driver.enabled or spec.driver.use_nvidia_driver_crd or not spec.driver.upgrade_policy.auto_upgrade:
-            return  # no driver of ours, or NVIDIADrivers' upgrades (a pass orchestrates those)
+        spec = current.upgrade_spec(name, self.nvidia_drivers) if current.spec.driver.enabled else None
+        if spec is None or not spec.driver.upgrade_policy.auto_upgrade:
+            return  # no driver of ours, an NVIDIADriver changed since the pass, or no automatic upgrade
         facts = self.nodes.get(name)
         if facts is None:
             return

@@ -516,6 +516,19 @@ def test_a_pass_drops_a_node_only_while_its_move_between_passes_is_newer_than_wh
     assert not moved(seen)  # forgotten with the node
 
 
+def _driver_pod_turns_ready(op: Operator, owner: str) -> bool:
+    """A driver pod of its DaemonSet's new revision on n1, not Ready and then Ready: whether that started a move of
+    n1 (none starts while the pod is not Ready)."""
+    op.on_revision("r2", {"metadata": {"name": "r2", "labels": {"controller-revision-hash": "new"}},
+                          "owner": owner, "revision": 2})  # fmt: skip
+    driver = pod("drv", "n1", ready=False, owner=owner)
+    driver["metadata"]["labels"] = {"nvidia.com/gpu-operator.state": "state-driver", "controller-revision-hash": "new"}
+    op.on_pod("drv", driver)
+    assert not op.moves.in_flight("n1")
+    op.on_pod("drv", {**driver, "status": pod("drv", "n1", ready=True)["status"]})
+    return op.moves.in_flight("n1")
+
+
 def test_a_driver_pod_turning_ready_mid_upgrade_starts_a_move_that_the_pass_sees_in_flight() -> None:
     from dataclasses import replace
 
@@ -532,15 +545,8 @@ def test_a_driver_pod_turning_ready_mid_upgrade_starts_a_move_that_the_pass_sees
         labels = {"nvidia.com/gpu.deploy.driver": "true", "nvidia.com/gpu-driver-upgrade-state": "pod-restart-required"}
         seen = replace(facts("n1", labels=labels), resource_version=40)
         op.nodes["n1"] = seen
-        op.on_revision("r2", {"metadata": {"name": "r2", "labels": {"controller-revision-hash": "new"}},
-                              "owner": "nvidia-driver-daemonset", "revision": 2})  # fmt: skip
-        driver = pod("drv", "n1", ready=False, owner="nvidia-driver-daemonset")
-        driver["metadata"]["labels"] = {"nvidia.com/gpu-operator.state": "state-driver",
-                                        "controller-revision-hash": "new"}  # fmt: skip
-        op.on_pod("drv", driver)
-        assert not op.moves.in_flight("n1")  # not Ready yet: nothing moves
-        op.on_pod("drv", {**driver, "status": pod("drv", "n1", ready=True)["status"]})
-        assert op.moves.in_flight("n1") and op.reconciler.moved is not None and op.reconciler.moved(seen)
+        assert _driver_pod_turns_ready(op, "nvidia-driver-daemonset")
+        assert op.reconciler.moved is not None and op.reconciler.moved(seen)
         await asyncio.gather(*op._labelling)  # the write fails (no API server): the next pass takes the node on
         assert not op.moves.in_flight("n1") and not op.reconciler.moved(seen)
         op._label_pool.shutdown()
@@ -580,15 +586,7 @@ def test_under_nvidiadrivers_a_driver_pod_turning_ready_moves_its_node_by_its_nv
         op.leading.set()
         op.task = asyncio.ensure_future(asyncio.sleep(0))
         op.nodes["n1"] = seen
-        op.on_revision("r2", {"metadata": {"name": "r2", "labels": {"controller-revision-hash": "new"}},
-                              "owner": "nvidia-driver-daemonset-pool-a", "revision": 2})  # fmt: skip
-        pod_of = pod("drv", "n1", ready=True, owner="nvidia-driver-daemonset-pool-a")
-        pod_of["metadata"]["labels"] = {"nvidia.com/gpu-operator.state": "state-driver",
-                                        "controller-revision-hash": "new"}  # fmt: skip
-        op.on_pod("drv", {**pod_of, "status": pod("drv", "n1", ready=False)["status"]})
-        assert not op.moves.in_flight("n1")  # not Ready yet: nothing moves
-        op.on_pod("drv", pod_of)
-        started = op.moves.in_flight("n1")
+        started = _driver_pod_turns_ready(op, "nvidia-driver-daemonset-pool-a")
         await asyncio.gather(*op._labelling)  # the write fails (no API server): the next pass takes the node on
         op._label_pool.shutdown()
         return started

@@ -501,9 +501,9 @@ def upgrade(cluster: LocalCluster, admin: Kube, user: str, total: int, parallel:
     policy = {"version": NEW_DRIVER, "upgradePolicy": limits}
     if drivers:  # the global bounds first, so no NVIDIADriver starts under the old ones
         admin.merge_patch("ClusterPolicy", "cluster-policy", {"spec": {"driver": {"upgradePolicy": limits}}})
-    for name in drivers:
-        admin.merge_patch("NVIDIADriver", name, {"spec": policy})
-    if not drivers:
+        for name in drivers:
+            admin.merge_patch("NVIDIADriver", name, {"spec": policy})
+    else:
         admin.merge_patch("ClusterPolicy", "cluster-policy", {"spec": {"driver": policy}})
     while time.monotonic() - began < timeout:
         with lock:

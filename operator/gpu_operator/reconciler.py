@@ -363,12 +363,13 @@ class Reconciler:
             out.busy = True
 
         by_name = {n.name: n for n in nodes}
+        was_moved = self.moved
+        moved = None if was_moved is None else lambda name: was_moved(by_name[name])
         if assignment is not None:
-            upgrade = self._orchestrate_nvidia_drivers(spec, snap, by_name, assignment, groups)
+            upgrade = self._orchestrate_nvidia_drivers(spec, snap, by_name, assignment, groups, moved)
         else:
-            moved = self.moved
             upgrade = orchestrate(self.kube, self.namespace, spec, snap.with_nodes(by_name), self.events,
-                                  moved=None if moved is None else lambda name: moved(by_name[name]), kept=self._kept)
+                                  moved=moved, kept=self._kept)
         settling = bool(patches or held or out.applied or out.deleted)
         # Not ready only by DaemonSets' readiness: what came since the snapshot may make them ready.
         only_waiting = bool(waiting) and len(waiting) == sum(r.state == "notReady" for r in results)
@@ -429,16 +430,15 @@ class Reconciler:
         by_name: dict[str, NodeFacts],
         assignment: nvidiadriver.Assignment,
         groups: tuple[nvidiadriver.DriverGroup, ...],
+        moved: Callable[[str], bool] | None,
     ) -> Orchestrated:
         """Each NVIDIADriver's nodes by its own upgradePolicy, and all of them within the ClusterPolicy's
-        maxParallelUpgrades and maxUnavailable (over every node the NVIDIADrivers drive)."""
+        maxParallelUpgrades and maxUnavailable (over every node the NVIDIADrivers drive). `moved`: as orchestrate's."""
         parts = [(g, snap.with_nodes({k: by_name[k] for k in assignment.nodes_of(g.name) if k in by_name}))
                  for g in groups]  # fmt: skip
         self._group_kept = kept = {g.name: self._group_kept.get(g.name) or UpgradeKept() for g in groups}
         managed = {g.name: managed_nodes(g.spec, part, kept[g.name]) for g, part in parts}
         what = "all NVIDIADrivers (ClusterPolicy driver.upgradePolicy)"
-        was_moved = self.moved
-        moved = None if was_moved is None else lambda name: was_moved(by_name[name])
         limit = Limit.over([n for ones in managed.values() for n in ones], spec.driver.upgrade_policy, what)
         out = Orchestrated(None, False)
         totals: dict[str, int] = {}

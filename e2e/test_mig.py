@@ -7,6 +7,7 @@ The tests share one operator and two nodes and run in file order.
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -268,3 +269,43 @@ def test_with_eviction_allowed_gpu_pods_are_evicted_and_the_change_goes_ahead(
         admin.merge_patch(
             "ClusterPolicy", "cluster-policy", {"spec": {"driver": {"upgradePolicy": {"drain": {"enable": False}}}}}
         )
+
+
+
+def test_deleting_the_policy_mid_change_lets_it_go_only_once_mig_manager_is_gone(
+    admin: Kube, operator: Running, sim: NodeSimulator
+) -> None:
+    """Last in the module: the policy goes. mig-manager sets deploy labels of its own accord, so the operator
+    removes its node labels only once no mig-manager process is left to set them back (the chart's clean-up hook
+    once found paused labels written after the clean-up). A finalizer of the test's holds the pod while it is
+    deleted, as a kubelet ending its container does."""
+    deploy, hold = "nvidia.com/gpu.deploy.", "e2e.gpu-operator/hold"
+    sim.mig.delay = 30.0
+    pod = ""
+    try:
+        relabel(admin, "all-1g.10gb")
+        wait_for(lambda: labels(admin).get(deploy + "device-plugin") == PAUSED, WAIT, interval=0.2,
+                 message="mig-manager mid-change")  # fmt: skip
+        (pod,) = [p["metadata"]["name"] for p in admin.list("Pod", NAMESPACE, label_selector="app=nvidia-mig-manager")
+                  if p["spec"].get("nodeName") == NODE]  # fmt: skip
+        admin.merge_patch("Pod", pod, {"metadata": {"finalizers": [hold]}}, NAMESPACE)
+        admin.delete("ClusterPolicy", "cluster-policy")
+        wait_for(lambda: admin.get("DaemonSet", "nvidia-mig-manager", NAMESPACE) is None, 30, interval=0.2,
+                 message="the operator deletes mig-manager's DaemonSet first")  # fmt: skip
+        wait_for(lambda: (admin.get("Pod", pod, NAMESPACE) or {}).get("metadata", {}).get("deletionTimestamp"), 30,
+                 interval=0.2, message="mig-manager's pod being deleted")  # fmt: skip
+        time.sleep(3)  # passes go by (pod and DaemonSet events woke them): the policy waits for the pod
+        assert admin.get("ClusterPolicy", "cluster-policy") is not None, "let go while mig-manager still ran"
+        assert labels(admin)[deploy + "device-plugin"] == PAUSED, "node labels removed while mig-manager still ran"
+        admin.merge_patch("Pod", pod, {"metadata": {"finalizers": None}}, NAMESPACE)
+        pod = ""
+        wait_for(lambda: admin.get("ClusterPolicy", "cluster-policy") is None, 60, interval=0.2, message="policy gone")
+        left = {k: v for k, v in labels(admin).items() if k.startswith(deploy)}
+        assert left == {}, "the operator's node labels, paused ones too, are removed"
+        assert labels(admin).get(STATE) == "pending", "the change cut short is left as mig-manager left it"
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{explain(admin, operator, sim)}") from None
+    finally:
+        sim.mig.delay = 2.0
+        if pod:
+            admin.merge_patch("Pod", pod, {"metadata": {"finalizers": None}}, NAMESPACE)

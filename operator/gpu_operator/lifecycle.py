@@ -1,5 +1,6 @@
 """The ClusterPolicy's lifecycle around the operands: our finalizer, the operand namespace, and the clean-up of
-our node labels when the last ClusterPolicy is deleted."""
+our node labels when the last ClusterPolicy is deleted (after mig-manager, which writes deploy labels of its own
+accord, is gone)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from .nodes import DEPLOY_PREFIX, DRIVER_KERNEL, GPU_PRESENT, RUNTIME_LABEL, wri
 from .nvidiadriver_api import OWNER_LABEL
 from .observe import Snapshot
 from .render import NodePatch
+from .states.mig_manager import STATE as MIG_MANAGER
 
 log = logging.getLogger("gpu_operator")
 
@@ -53,6 +55,8 @@ class Lifecycle:
             if not meta.get("deletionTimestamp") or CLEANUP_FINALIZER not in (meta.get("finalizers") or []):
                 continue
             if not remaining:
+                if self._stop_label_writers(snap):
+                    continue  # the finalizer stays until its pods are gone (their going wakes a pass)
                 patches: dict[str, NodePatch] = {}
                 for node in snap.nodes.values():
                     drop: dict[str, str | None] = {
@@ -67,3 +71,26 @@ class Lifecycle:
             finalizers = [f for f in meta.get("finalizers") or [] if f != CLEANUP_FINALIZER]
             self.kube.merge_patch("ClusterPolicy", meta["name"], {"metadata": {"finalizers": finalizers}})
             log.info("ClusterPolicy %s deleted; node labels cleaned up", meta["name"])
+
+    def _stop_label_writers(self, snap: Snapshot) -> bool:
+        """Delete our mig-manager DaemonSet; True while its pods may still write labels. A mig-manager mid-change
+        sets deploy labels of its own accord (paused, then back to true), so one still running when the labels are
+        removed can put them back after. Only DaemonSet pods are waited for, and of those being deleted only the ones
+        on a Ready node (elsewhere nothing ends them)."""
+        running = [
+            p
+            for pods in (snap.pod_index.by_state.get(MIG_MANAGER.name) or {}).values()
+            for p in pods
+            if p["owner"] and (not p["metadata"].get("deletionTimestamp") or _on_ready_node(p, snap))
+        ]
+        for owner in sorted({p["owner"] for p in running}):
+            ds = snap.owned.get(("DaemonSet", self.namespace, owner))
+            if ds is not None and not ds["metadata"].get("deletionTimestamp"):
+                self.kube.delete("DaemonSet", owner, self.namespace)
+                log.info("ClusterPolicy deleted: deleting DaemonSet %s before removing node labels", owner)
+        return bool(running)
+
+
+def _on_ready_node(pod: dict[str, Any], snap: Snapshot) -> bool:
+    node = snap.nodes.get(pod["node"])
+    return node is not None and node.ready

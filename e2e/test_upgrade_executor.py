@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from e2e.cluster.localcluster import LocalCluster
 from e2e.cluster.nodes import create_nodes, make_node
+from e2e.operator_process import delete_policies, install_crds_and_rbac, policy_from_sample
 from gpu_operator.events import EventRecorder
 from gpu_operator.kube import Kube
 from gpu_operator.upgrade import STATE_LABEL
@@ -96,3 +98,45 @@ def test_a_node_that_moved_on_since_the_plan_is_not_written_and_one_node_returns
         assert (admin.get("Node", n) or {})["metadata"]["labels"][STATE_LABEL] == "validation-required", n
     # A refused write: no answer.
     assert executor.node([Annotate(moved, "not a valid key!", "x")]) is None
+
+
+@pytest.mark.parametrize("nvidia_drivers", [False, True], ids=["clusterpolicy-driver", "nvidiadrivers"])
+def test_a_pass_leaves_unwritten_a_node_that_moved_on_since_its_snapshot(admin: Kube, nvidia_drivers: bool) -> None:
+    # The runtime moves a node's upgrade on between passes (Operator._advance) and tells the reconciler so through
+    # `moved`: the pass, with its older snapshot, must not write that node back, under either driver setting.
+    from gpu_operator.observe import observe
+    from gpu_operator.reconciler import Reconciler
+
+    install_crds_and_rbac(admin)
+    delete_policies(admin, 30)
+    run = uuid.uuid4().hex[:6]
+    namespace, moved, other = f"moves-{run}", f"moves-{run}-0", f"moves-{run}-1"
+    nodes = [make_node(n, "h100x8") for n in (moved, other)]
+    for node in nodes:
+        node["metadata"]["labels"][STATE_LABEL] = "uncordon-required"
+        node["spec"] = {**node.get("spec", {}), "unschedulable": True}
+    create_nodes(admin.client, nodes)
+    overrides: dict[str, Any] = {"driver.useNvidiaDriverCRD": True} if nvidia_drivers else {}
+    policy = admin.create(policy_from_sample(**overrides))
+    driver = {key: policy["spec"]["driver"][key] for key in ("repository", "image", "version")}
+    if nvidia_drivers:
+        admin.create({"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver", "metadata": {"name": "default"},
+                      "spec": {**driver, "default": True, "upgradePolicy": {"autoUpgrade": True}}})  # fmt: skip
+    try:
+        reconciler = Reconciler(admin, namespace)
+        reconciler.moved = lambda facts: facts.name == moved
+        snap = observe(admin, namespace)
+        reconciler.reconcile(snap.with_nodes({n: snap.nodes[n] for n in (moved, other)}))
+        got = {n: (admin.get("Node", n) or {}) for n in (moved, other)}
+        assert got[other]["metadata"]["labels"][STATE_LABEL] == "upgrade-done", "the pass wrote the other node"
+        assert not got[other]["spec"].get("unschedulable")
+        assert got[moved]["metadata"]["labels"][STATE_LABEL] == "uncordon-required", "the moved node left alone"
+        assert got[moved]["spec"].get("unschedulable") is True
+    finally:
+        admin.merge_patch("ClusterPolicy", "cluster-policy", {"metadata": {"finalizers": None}})
+        admin.delete("ClusterPolicy", "cluster-policy")
+        if nvidia_drivers:
+            admin.delete("NVIDIADriver", "default")
+        admin.delete("Namespace", namespace)
+        for n in (moved, other):
+            admin.delete("Node", n)

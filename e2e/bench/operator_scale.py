@@ -442,16 +442,26 @@ def _watch(kube: Kube, path: str, selector: str, seen: Any, stop: threading.Even
             raise
 
 
+def _p90(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+
+
 def upgrade(cluster: LocalCluster, admin: Kube, user: str, total: int, parallel: int, timeout: float,
-            figure: Any, pod_deletion: bool = True, drivers: Collection[str] = ()) -> None:
+            figure: Any, pod_deletion: bool = True, drivers: Collection[str] = (),
+            operator_pid: int | None = None, metrics_port: int | None = None) -> None:
     """A driver upgrade of every node, `parallel` at a time: its figures (watched, not polled: a list of every
     driver pod each half second costs the API server more than the operator does). `pod_deletion` False: the
     sample's podDeletion goes, so the upgrade reads no workload pods (the cordon and the driver pod's deletion in
     one pass). `drivers`: the NVIDIADrivers that drive the nodes (useNvidiaDriverCRD), each given the new version
-    and the upgrade policy; the ClusterPolicy's upgrade policy then bounds them all together."""
+    and the upgrade policy; the ClusterPolicy's upgrade policy then bounds them all together. `operator_pid`,
+    `metrics_port`: the operator's, for its CPU and passes during the upgrade (with the CPU of this process, which
+    runs the node simulator, and of each control-plane process: on 2 cores they share, one's spike slows all)."""
     ready_at: dict[str, float] = {}  # node -> when its new driver pod was first seen Ready
     validated: dict[str, list[float]] = collections.defaultdict(list)  # node -> when its validator turned Ready
     validator_ready: dict[str, bool] = {}
+    turned_uid: dict[str, list[str]] = collections.defaultdict(list)  # node -> the validator pods, as in `validated`
+    seen_pod: dict[str, tuple[float, float | None]] = {}  # validator pod uid -> first seen, first seen on a node
     left: set[str] = set()  # nodes seen in a state other than upgrade-done since the change
     done_at: dict[str, float] = {}  # node -> when first seen upgrade-done and schedulable after that
     lock = threading.Lock()
@@ -468,9 +478,13 @@ def upgrade(cluster: LocalCluster, admin: Kube, user: str, total: int, parallel:
         node = obj["spec"].get("nodeName")
         statuses = (obj.get("status") or {}).get("containerStatuses") or [{}]
         ready = bool(node) and all(c.get("ready") for c in statuses) and not obj["metadata"].get("deletionTimestamp")
+        uid, now = obj["metadata"].get("uid", ""), time.time()
         with lock:
+            first, bound = seen_pod.get(uid, (now, None))
+            seen_pod[uid] = (first, bound if bound is not None or not node else now)
             if node and ready and not validator_ready.get(node, True):
-                validated[node].append(time.time())
+                validated[node].append(now)
+                turned_uid[node].append(uid)
             if node:
                 validator_ready[node] = ready
 
@@ -495,6 +509,10 @@ def upgrade(cluster: LocalCluster, admin: Kube, user: str, total: int, parallel:
         w.start()
     since = time.time()
     began = time.monotonic()
+    pids = {**({"operator": operator_pid} if operator_pid else {}), "bench and node simulator": os.getpid(),
+            **cluster.pids}  # fmt: skip
+    cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    passes0 = passes(metrics_port) if metrics_port else 0.0
     limits: dict[str, Any] = {"autoUpgrade": True, "maxParallelUpgrades": parallel, "maxUnavailable": "100%"}
     if not pod_deletion:
         limits["podDeletion"] = None  # a merge patch's null removes it
@@ -511,6 +529,8 @@ def upgrade(cluster: LocalCluster, admin: Kube, user: str, total: int, parallel:
                 break
         time.sleep(0.5)
     seconds = time.monotonic() - began
+    cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
+    passes_run = passes(metrics_port) - passes0 if metrics_port else 0.0
     stop.set()
     events = cluster.writes(user, since)
     writes = collections.Counter(what(e) for e in events)
@@ -534,10 +554,31 @@ def upgrade(cluster: LocalCluster, admin: Kube, user: str, total: int, parallel:
             # upgrade-done, which the operator wrote on seeing it).
             turned = [t for t in validated.get(n, ()) if t >= ready_at[n]]
             ours[n] = max(0.0, done - max([ready_at[n], *turned[:1]]))
+    # The node model's part, split: where the validator pod that turned Ready after the new driver came from.
+    created, bound_in, ready_in = [], [], []
+    for n in ours:
+        after = [(at, uid) for at, uid in zip(validated.get(n, ()), turned_uid.get(n, ()), strict=True)
+                 if at >= ready_at[n]]  # fmt: skip
+        if after and after[0][1] in seen_pod:
+            at, uid = after[0]
+            first, bound = seen_pod[uid]
+            created.append(first - ready_at[n])
+            if bound is not None:
+                bound_in.append(bound - first)
+                ready_in.append(at - max(bound, ready_at[n]))
+    for label, values in (("new driver pod Ready -> validator pod created (negative: before)", created),
+                          ("validator pod created -> on its node", bound_in),
+                          ("validator pod on its node (and driver Ready) -> validator Ready", ready_in)):
+        if values:
+            figure(f"driver upgrade: {label}, p50", statistics.median(values), "s", f"(p90 {_p90(values):.2f} s)")
     if ours:
         lag = sorted(ours.values())
         figure("driver upgrade: driver and validator Ready -> node done, p50", statistics.median(lag), "s")
         figure("driver upgrade: driver and validator Ready -> node done, max", lag[-1], "s")
+    figure("driver upgrade: CPU of the processes on this machine", sum(cpu.values()), "s",
+           "(" + ", ".join(f"{name} {v:.0f}" for name, v in sorted(cpu.items(), key=lambda kv: -kv[1])) + ")")
+    if metrics_port:
+        figure("driver upgrade: reconcile passes", passes_run, "", f"(operator CPU {cpu.get('operator', 0):.1f} s)")
     for n in sorted(ours, key=ours.__getitem__)[-5:][::-1]:  # where the operator's tail went, from the change (+s)
         turned = [round(t - since, 1) for t in validated.get(n, ())]
         print(f"  slow node {n}: driver pod Ready +{ready_at[n] - since:.1f} s, validator Ready at {turned} s, "
@@ -883,7 +924,8 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
             parallel = args.upgrade_parallel if args.upgrade_parallel >= 0 else max(1, total // 10)
             if parallel:
                 upgrade(cluster, admin, user, total, parallel, args.upgrade_timeout or args.timeout, figure,
-                        args.upgrade_pod_deletion, drivers=list(drivers))
+                        args.upgrade_pod_deletion, drivers=list(drivers), operator_pid=op.proc.pid,
+                        metrics_port=op.metrics_port if ours else None)
             if args.mass_join:
                 join(cluster, admin, user, args.mass_join, "mass", args.device_labels, figure, follow_up=False,
                      one_os=args.one_os)

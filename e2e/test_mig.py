@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from e2e.cluster.localcluster import LocalCluster
-from e2e.cluster.nodes import create_nodes, delete_nodes, make_node
+from e2e.cluster.nodes import KWOK_ANNOTATION, create_nodes, delete_nodes, make_node
 from e2e.kube import wait_for
 from e2e.operator_process import NAMESPACE, OperatorProcess, delete_policies, install_crds_and_rbac, policy_from_sample
 from e2e.simulator import NodeSimulator
@@ -271,41 +271,62 @@ def test_with_eviction_allowed_gpu_pods_are_evicted_and_the_change_goes_ahead(
         )
 
 
+def being_deleted(admin: Kube, pod: str) -> bool:
+    return bool(((admin.get("Pod", pod, NAMESPACE) or {}).get("metadata") or {}).get("deletionTimestamp"))
+
+
+def not_ready(admin: Kube, node: str) -> None:
+    """The node goes NotReady for good, as one whose kubelet stopped: kwok no longer manages it, Ready is False."""
+    admin.merge_patch("Node", node, {"metadata": {"annotations": {KWOK_ANNOTATION: None}}})
+    obj = admin.get("Node", node)
+    assert obj is not None
+    conditions = [
+        dict(c, status="False", reason="KubeletNotReady") if c["type"] == "Ready" else c
+        for c in obj["status"]["conditions"]
+    ]
+    admin.merge_patch("Node", node, {"status": {"conditions": conditions}}, sub="status")
+
 
 def test_deleting_the_policy_mid_change_lets_it_go_only_once_mig_manager_is_gone(
     admin: Kube, operator: Running, sim: NodeSimulator
 ) -> None:
     """Last in the module: the policy goes. mig-manager sets deploy labels of its own accord, so the operator
     removes its node labels only once no mig-manager process is left to set them back (the chart's clean-up hook
-    once found paused labels written after the clean-up). A finalizer of the test's holds the pod while it is
-    deleted, as a kubelet ending its container does."""
+    once found paused labels written after the clean-up). A finalizer of the test's holds each pod while it is
+    deleted, as a kubelet ending its container does. The operator waits for the pod on a Ready node, not for the
+    one on a node gone NotReady: nothing would end that one."""
     deploy, hold = "nvidia.com/gpu.deploy.", "e2e.gpu-operator/hold"
     sim.mig.delay = 30.0
-    pod = ""
+    held: dict[str, str] = {}
     try:
-        relabel(admin, "all-1g.10gb")
-        wait_for(lambda: labels(admin).get(deploy + "device-plugin") == PAUSED, WAIT, interval=0.2,
-                 message="mig-manager mid-change")  # fmt: skip
-        (pod,) = [p["metadata"]["name"] for p in admin.list("Pod", NAMESPACE, label_selector="app=nvidia-mig-manager")
-                  if p["spec"].get("nodeName") == NODE]  # fmt: skip
-        admin.merge_patch("Pod", pod, {"metadata": {"finalizers": [hold]}}, NAMESPACE)
+        for node in (NODE, OTHER):
+            relabel(admin, "all-1g.10gb", node)
+        wait_for(lambda: all(labels(admin, n).get(deploy + "device-plugin") == PAUSED for n in (NODE, OTHER)), WAIT,
+                 interval=0.2, message="mig-manager mid-change on both nodes")  # fmt: skip
+        pods = {p["spec"].get("nodeName"): p["metadata"]["name"]
+                for p in admin.list("Pod", NAMESPACE, label_selector="app=nvidia-mig-manager")}  # fmt: skip
+        for node in (NODE, OTHER):
+            admin.merge_patch("Pod", pods[node], {"metadata": {"finalizers": [hold]}}, NAMESPACE)
+            held[node] = pods[node]
         admin.delete("ClusterPolicy", "cluster-policy")
         wait_for(lambda: admin.get("DaemonSet", "nvidia-mig-manager", NAMESPACE) is None, 30, interval=0.2,
                  message="the operator deletes mig-manager's DaemonSet first")  # fmt: skip
-        wait_for(lambda: (admin.get("Pod", pod, NAMESPACE) or {}).get("metadata", {}).get("deletionTimestamp"), 30,
-                 interval=0.2, message="mig-manager's pod being deleted")  # fmt: skip
-        time.sleep(3)  # passes go by (pod and DaemonSet events woke them): the policy waits for the pod
+        wait_for(lambda: all(being_deleted(admin, p) for p in held.values()), 30, interval=0.2,
+                 message="mig-manager's pods being deleted")  # fmt: skip
+        not_ready(admin, NODE)
+        time.sleep(3)  # passes go by (pod, DaemonSet and node events woke them): the policy waits for OTHER's pod
         assert admin.get("ClusterPolicy", "cluster-policy") is not None, "let go while mig-manager still ran"
-        assert labels(admin)[deploy + "device-plugin"] == PAUSED, "node labels removed while mig-manager still ran"
-        admin.merge_patch("Pod", pod, {"metadata": {"finalizers": None}}, NAMESPACE)
-        pod = ""
+        assert labels(admin, OTHER)[deploy + "device-plugin"] == PAUSED, "labels removed while mig-manager still ran"
+        admin.merge_patch("Pod", held.pop(OTHER), {"metadata": {"finalizers": None}}, NAMESPACE)
         wait_for(lambda: admin.get("ClusterPolicy", "cluster-policy") is None, 60, interval=0.2, message="policy gone")
-        left = {k: v for k, v in labels(admin).items() if k.startswith(deploy)}
-        assert left == {}, "the operator's node labels, paused ones too, are removed"
-        assert labels(admin).get(STATE) == "pending", "the change cut short is left as mig-manager left it"
+        assert admin.get("Pod", held[NODE], NAMESPACE) is not None, "its pod gone: nothing shown"
+        for node in (NODE, OTHER):
+            left = {k: v for k, v in labels(admin, node).items() if k.startswith(deploy)}
+            assert left == {}, f"the operator's node labels on {node}, paused ones too, are removed"
+            assert labels(admin, node).get(STATE) == "pending", "the change cut short is left as mig-manager left it"
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{explain(admin, operator, sim)}") from None
     finally:
         sim.mig.delay = 2.0
-        if pod:
+        for pod in held.values():
             admin.merge_patch("Pod", pod, {"metadata": {"finalizers": None}}, NAMESPACE)

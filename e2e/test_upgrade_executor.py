@@ -1,5 +1,5 @@
 """The upgrade executor against the API server: each node's actions in order, the nodes side by side, and a node's
-first failed write stopping only that node's remaining actions."""
+first failed write stopping only that node's remaining actions; and the adapter's reads of workload pods."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ import pytest
 from e2e.cluster.localcluster import LocalCluster
 from e2e.cluster.nodes import create_nodes, make_node
 from e2e.operator_process import delete_policies, install_crds_and_rbac, policy_from_sample
+from gpu_operator.api import DriverUpgradePolicySpec
 from gpu_operator.events import EventRecorder
 from gpu_operator.kube import Kube
 from gpu_operator.upgrade import STATE_LABEL
-from gpu_operator.upgrade.adapter import Executor
-from gpu_operator.upgrade.model import Action, Annotate, Cordon, Event, Plan, SetState
+from gpu_operator.upgrade.adapter import Executor, workload_pods
+from gpu_operator.upgrade.model import Action, Annotate, Cordon, Event, Plan, SetState, UpgradeNode
 
 
 @pytest.fixture
@@ -140,3 +141,30 @@ def test_a_pass_leaves_unwritten_a_node_that_moved_on_since_its_snapshot(admin: 
         admin.delete("Namespace", namespace)
         for n in (moved, other):
             admin.delete("Node", n)
+
+
+def test_workload_pods_are_read_only_under_a_policy_whose_steps_read_them(admin: Kube, names: list[str]) -> None:
+    # A node seen where wait-for-jobs, pod deletion or drain would read its pods (a pass cut short, the policy changed
+    # mid-upgrade): its pods are listed only with autoUpgrade on and one of those steps reading them.
+    node = names[0]
+    meta = {"generateName": "work-", "namespace": "default"}
+    pod = admin.create({"apiVersion": "v1", "kind": "Pod", "metadata": meta,
+                        "spec": {"nodeName": node, "containers": [{"name": "c", "image": "cuda"}]}})  # fmt: skip
+    seen = [UpgradeNode(node, labels={STATE_LABEL: "pod-deletion-required"}), UpgradeNode(names[1])]
+
+    def listed(**fields: Any) -> tuple[int, list[str]]:
+        policy = DriverUpgradePolicySpec.model_validate({"autoUpgrade": True, **fields})
+        before = admin.requests[("GET", "pods")]
+        got = [p.name for p in workload_pods(admin, seen, policy)]
+        return admin.requests[("GET", "pods")] - before, got
+
+    try:
+        mine = (1, [pod["metadata"]["name"]])
+        assert listed(podDeletion={}) == mine
+        assert listed(waitForCompletion={"podSelector": "app=train"}) == mine
+        assert listed(drain={"enable": True}) == mine
+        assert listed() == (0, []), "no step reads them"
+        assert listed(waitForCompletion={"podSelector": " "}, drain={"enable": False}) == (0, [])
+        assert listed(podDeletion={}, autoUpgrade=False) == (0, []), "autoUpgrade off: nothing reads them"
+    finally:
+        admin.delete("Pod", pod["metadata"]["name"], "default")

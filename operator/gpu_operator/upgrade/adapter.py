@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import compat
-from ..api import ClusterPolicySpec
+from ..api import ClusterPolicySpec, DriverUpgradePolicySpec
 from ..kube import ApiError, Kube
 from ..nodes import DRIVER_KERNEL, ByNode, NodeFacts, gets_driver, label_value_ok
 from ..observe import PodIndex, Snapshot
@@ -35,7 +35,7 @@ from .model import (
     UpgradeNode,
     WorkloadPod,
 )
-from .planner import by_urgency
+from .planner import by_urgency, reads_pods
 
 log = logging.getLogger("gpu_operator.upgrade")
 
@@ -230,9 +230,15 @@ def _pool_move(node: NodeFacts) -> str:
     return ""
 
 
-def workload_pods(kube: Kube, nodes: Iterable[UpgradeNode], needs: Iterable[str] | None = None) -> list[WorkloadPod]:
+def workload_pods(
+    kube: Kube, nodes: Iterable[UpgradeNode], policy: DriverUpgradePolicySpec, needs: Iterable[str] | None = None
+) -> list[WorkloadPod]:
     """All pods on the nodes whose state needs them (reads only; nothing is cached), a few nodes at a time (a
-    wave just cordoned is read in the next pass). `needs`: those nodes' names, when the caller kept them."""
+    wave just cordoned is read in the next pass); none when no step reads them (autoUpgrade off, or a policy
+    without waitForCompletion.podSelector, podDeletion and drain). `needs`: those nodes' names, when the caller
+    kept them."""
+    if not (policy.auto_upgrade and reads_pods(policy)):
+        return []
     names = sorted(needs) if needs is not None else [n.name for n in nodes if n.state in NEEDS_PODS]
 
     def on(name: str) -> list[WorkloadPod]:

@@ -78,7 +78,7 @@ def orchestrate(
             set_gauges(Counters())
         return Orchestrated(None, False)
     needs = kept.inputs.needs_pods if kept is not None else None  # kept with `managed`
-    result = plan(managed, workload_pods(kube, managed, needs), policy, time.time(),
+    result = plan(managed, workload_pods(kube, managed, policy, needs), policy, time.time(),
                   validation_enabled=spec.validator.enabled, limit=limit)  # fmt: skip
     # The annotation k8s-driver-manager reads went out with the node's labels (render.node_patches).
     c = result.counters

@@ -344,6 +344,14 @@ class _Eviction:
     waiting: str | None = None
 
 
+def reads_pods(policy: DriverUpgradePolicySpec) -> bool:
+    """Whether wait-for-jobs, pod deletion or drain read a node's workload pods under this policy. When none does,
+    nothing after the cordon needs to observe it (the chain goes on to the driver pod's deletion), and no pod is
+    read."""
+    wait = policy.wait_for_completion
+    return bool(wait.pod_selector.strip()) or policy.pod_deletion is not None or policy.drain.enable
+
+
 class _Pass:
     def __init__(
         self,
@@ -360,10 +368,7 @@ class _Pass:
             self.pods[p.node].append(p)
         self.wait_selector, self.wait_selector_error = self._selector(policy.wait_for_completion.pod_selector)
         self.drain_selector, self.drain_selector_error = self._selector(policy.drain.pod_selector)
-        # Whether wait-for-jobs, pod deletion or drain read the node's workload pods under this policy. When none
-        # does, nothing after the cordon needs to observe it: the chain goes on to the driver pod's deletion.
-        wait = policy.wait_for_completion
-        self.reads_pods = bool(wait.pod_selector.strip()) or policy.pod_deletion is not None or policy.drain.enable
+        self.reads_pods = reads_pods(policy)
 
     @staticmethod
     def _selector(text: str) -> tuple[Selector | None, str | None]:

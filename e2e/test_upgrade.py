@@ -239,9 +239,16 @@ def test_pdb_blocked_eviction_fails_the_node_with_the_reason_and_never_forces(en
 
     wait_for(failed, 120, interval=1, message=f"{target} upgrade-failed")
     assert pod_uid in workload_pods(env, "guarded"), "the PDB-protected pod was deleted"
-    events = env.admin.list("Event", "default", field_selector=f"involvedObject.name={target}")
-    texts = " ".join(e.get("message", "") for e in events if e.get("reason") == "GPUDriverUpgrade")
-    assert "eviction" in texts and "timeoutSeconds" in texts, texts
+
+    def texts() -> str:
+        events = env.admin.list("Event", "default", field_selector=f"involvedObject.name={target}")
+        return " ".join(e.get("message", "") for e in events if e.get("reason") == "GPUDriverUpgrade")
+
+    # The failure's event follows the node's patch (posted after it): wait for it rather than read once.
+    try:
+        wait_for(lambda: "eviction" in (t := texts()) and "timeoutSeconds" in t, 15, message="the failure's event")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {texts()}") from None
 
     def reported() -> dict[str, Any] | None:
         status = (env.admin.get("ClusterPolicy", "cluster-policy") or {})["status"]["upgrade"]

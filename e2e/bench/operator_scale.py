@@ -442,11 +442,6 @@ def _watch(kube: Kube, path: str, selector: str, seen: Any, stop: threading.Even
             raise
 
 
-def _p90(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
-
-
 def upgrade(cluster: LocalCluster, admin: Kube, user: str, total: int, parallel: int, timeout: float,
             figure: Any, pod_deletion: bool = True, drivers: Collection[str] = (),
             operator_pid: int | None = None, metrics_port: int | None = None) -> None:
@@ -458,9 +453,9 @@ def upgrade(cluster: LocalCluster, admin: Kube, user: str, total: int, parallel:
     `metrics_port`: the operator's, for its CPU and passes during the upgrade (with the CPU of this process, which
     runs the node simulator, and of each control-plane process: on 2 cores they share, one's spike slows all)."""
     ready_at: dict[str, float] = {}  # node -> when its new driver pod was first seen Ready
-    validated: dict[str, list[float]] = collections.defaultdict(list)  # node -> when its validator turned Ready
+    # node -> when its validator turned Ready, and which validator pod it was
+    validated: dict[str, list[tuple[float, str]]] = collections.defaultdict(list)
     validator_ready: dict[str, bool] = {}
-    turned_uid: dict[str, list[str]] = collections.defaultdict(list)  # node -> the validator pods, as in `validated`
     seen_pod: dict[str, tuple[float, float | None]] = {}  # validator pod uid -> first seen, first seen on a node
     left: set[str] = set()  # nodes seen in a state other than upgrade-done since the change
     done_at: dict[str, float] = {}  # node -> when first seen upgrade-done and schedulable after that
@@ -483,8 +478,7 @@ def upgrade(cluster: LocalCluster, admin: Kube, user: str, total: int, parallel:
             first, bound = seen_pod.get(uid, (now, None))
             seen_pod[uid] = (first, bound if bound is not None or not node else now)
             if node and ready and not validator_ready.get(node, True):
-                validated[node].append(now)
-                turned_uid[node].append(uid)
+                validated[node].append((now, uid))
             if node:
                 validator_ready[node] = ready
 
@@ -552,13 +546,12 @@ def upgrade(cluster: LocalCluster, admin: Kube, user: str, total: int, parallel:
         if n in ready_at:
             # The validator's first Ready after the new driver's (this watch may see it a moment after the node's
             # upgrade-done, which the operator wrote on seeing it).
-            turned = [t for t in validated.get(n, ()) if t >= ready_at[n]]
+            turned = [t for t, _ in validated.get(n, ()) if t >= ready_at[n]]
             ours[n] = max(0.0, done - max([ready_at[n], *turned[:1]]))
     # The node model's part, split: where the validator pod that turned Ready after the new driver came from.
     created, bound_in, ready_in = [], [], []
     for n in ours:
-        after = [(at, uid) for at, uid in zip(validated.get(n, ()), turned_uid.get(n, ()), strict=True)
-                 if at >= ready_at[n]]  # fmt: skip
+        after = [(at, uid) for at, uid in validated.get(n, ()) if at >= ready_at[n]]
         if after and after[0][1] in seen_pod:
             at, uid = after[0]
             first, bound = seen_pod[uid]
@@ -570,7 +563,8 @@ def upgrade(cluster: LocalCluster, admin: Kube, user: str, total: int, parallel:
                           ("validator pod created -> on its node", bound_in),
                           ("validator pod on its node (and driver Ready) -> validator Ready", ready_in)):
         if values:
-            figure(f"driver upgrade: {label}, p50", statistics.median(values), "s", f"(p90 {_p90(values):.2f} s)")
+            p90 = percentile(values, 90)
+            figure(f"driver upgrade: {label}, p50", statistics.median(values), "s", f"(p90 {p90:.2f} s)")
     if ours:
         lag = sorted(ours.values())
         figure("driver upgrade: driver and validator Ready -> node done, p50", statistics.median(lag), "s")
@@ -580,7 +574,7 @@ def upgrade(cluster: LocalCluster, admin: Kube, user: str, total: int, parallel:
     if metrics_port:
         figure("driver upgrade: reconcile passes", passes_run, "", f"(operator CPU {cpu.get('operator', 0):.1f} s)")
     for n in sorted(ours, key=ours.__getitem__)[-5:][::-1]:  # where the operator's tail went, from the change (+s)
-        turned = [round(t - since, 1) for t in validated.get(n, ())]
+        turned = [round(t - since, 1) for t, _ in validated.get(n, ())]
         print(f"  slow node {n}: driver pod Ready +{ready_at[n] - since:.1f} s, validator Ready at {turned} s, "
               f"done +{done_at[n] - since:.1f} s")
 

@@ -708,6 +708,7 @@ class Operator:
             except TimeoutError:
                 if delay >= RESYNC_S:  # a quiet resync also re-reads discovery, in case a CRD event was missed
                     self.discovery_stale = True
+            woke = time.monotonic()
             try:
                 await asyncio.wait_for(self.prompt.wait(), timeout=DEBOUNCE_S)
             except TimeoutError:
@@ -723,7 +724,8 @@ class Operator:
                 await asyncio.wait(set(self._labelling), timeout=LABELLING_WAIT_S)
             self.wake.clear()
             self.urgent.clear()
-            for cause in self.causes or ("timer",):
+            causes = sorted(self.causes) or ["timer"]
+            for cause in causes:
                 metrics.reconciliation_triggers_total.labels(cause).inc()
             self.causes.clear()
             if self.relist:
@@ -740,6 +742,7 @@ class Operator:
                 await asyncio.to_thread(self.refresh_node_features)
             except Exception as exc:  # noqa: BLE001 - GPUs stay identified by labels until the next try
                 log.warning("listing NodeFeatures failed: %s", exc)
+            started = time.monotonic()
             try:
                 outcome, cpu = await asyncio.to_thread(_timed, functools.partial(self.reconciler.reconcile,
                                                                                  self.snapshot()))
@@ -764,7 +767,9 @@ class Operator:
                 self.on_node_facts(facts.name, facts)
             debug.trim()  # what the pass freed goes back to the OS
             if outcome.writes:
-                log.info("reconciled: ready=%s, %d writes", outcome.ready, outcome.writes)
+                log.info("reconciled: ready=%s, %d writes; the pass took %.0f ms (%.0f ms CPU), began %.0f ms after "
+                         "the wake-up by %s", outcome.ready, outcome.writes, 1000 * (last_end - started), 1000 * cpu,
+                         1000 * (started - woke), ", ".join(causes))
             self.not_ready = outcome.ready is False
             delay = NOT_READY_RECHECK_S if outcome.ready is False or outcome.busy else RESYNC_S
             if outcome.recheck_s is not None:  # a held-back status change: written as soon as it may be

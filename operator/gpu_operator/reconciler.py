@@ -417,7 +417,7 @@ class Reconciler:
         metrics.reconciliation_status.set(1 if out.ready else 0)
         written = self.status.write(policy, status)
         # The NVIDIADrivers' statuses after the ClusterPolicy's (what admins wait on): at 5,000 nodes one NVIDIADriver
-        # status patch took 0.3 s, and the ClusterPolicy's ready came that much later when it went first.
+        # status patch took 0.3 s, by which the ClusterPolicy's ready came later while the NVIDIADrivers' went first.
         driver_held = self._driver_statuses(snap, drivers, assignment, plans, live, pods_by_owner, set(refused),
                                             count)
         out.busy = out.busy or driver_held is not None

@@ -830,13 +830,13 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
                 status_patches = [done_time(e) for e in until_ready
                                   if what(e) in ("patch clusterpolicies/status", "update clusterpolicies/status")]
                 if ds_status and status_patches:
-                    last = max(pods_ready)  # its clock time, to find in the operator's log (--log)
+                    last, patched = max(pods_ready), max(status_patches)
                     clock = time.strftime("%H:%M:%S", time.localtime(last)) + f",{int(last % 1 * 1000):03d}"
-                    print(f"  last pod status {last - created_at:.2f} s after the create (at {clock}), last DaemonSet "
-                          f"status +{max(ds_status) - max(pods_ready):.2f} s, the ready status patch "
-                          f"+{max(status_patches) - max(pods_ready):.2f} s")
-                    if max(status_patches) - last > 1:  # the goal missed: what we asked meanwhile
-                        between = [e for e in until_ready if last - 1 <= done_time(e) <= max(status_patches)]
+                    print(f"  last pod status {last - created_at:.2f} s after the create (at {clock}, as in --log), "
+                          f"last DaemonSet status +{max(ds_status) - last:.2f} s, the ready status patch "
+                          f"+{patched - last:.2f} s")
+                    if patched - last > 1:  # the goal missed: what we asked meanwhile
+                        between = [e for e in until_ready if last - 1 <= done_time(e) <= patched]
                         for e in between[-20:]:
                             print(f"    {done_time(e) - last:+.3f} s  {what(e)}")
             by_verb = collections.Counter(what(e) for e in until_ready)

@@ -7,9 +7,7 @@ The operator's RBAC (ServiceAccount, ClusterRole, bindings) comes from the gener
 from __future__ import annotations
 
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -18,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from e2e.cluster.localcluster import LocalCluster
+from e2e.cluster.localcluster import LocalCluster, free_ports
 from gpu_operator.crd import all_crds
 from gpu_operator.kube import Kube
 
@@ -28,33 +26,9 @@ RBAC_KINDS = {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"
 NAMESPACE = "gpu-operator"
 
 
-_HANDED_OUT: set[int] = set()
-
-
-def _ephemeral_low() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
 def free_port() -> int:
-    """A port free now, below the kernel's ephemeral range (an outgoing connection cannot take it between this
-    check and a later bind or a restart's bind) and not handed out before by this process."""
-    high = _ephemeral_low()
-    low = max(1024, high - 12000)
-    for _ in range(200):
-        port = random.randrange(low, high)
-        if port in _HANDED_OUT:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("0.0.0.0", port))
-            except OSError:
-                continue
-        _HANDED_OUT.add(port)
-        return port
-    raise RuntimeError(f"no free port in {low}-{high - 1}")
+    """A port free now, below the kernel's ephemeral range, never handed out twice (e2e.cluster.localcluster)."""
+    return free_ports(1)[0]
 
 
 def install_crds_and_rbac(admin: Kube, crds: Iterable[dict[str, Any]] | None = None) -> None:

@@ -30,8 +30,8 @@ from e2e.cluster.localcluster import (
     OPERATOR_SERVICE_ACCOUNT,
     ClusterError,
     LocalCluster,
-    _free_ports,
     _say,
+    free_ports,
 )
 
 RUN_ENV = "E2E_RUN_ID"  # set while a run against an existing cluster is on: nodes.py and kube.py label with it
@@ -159,7 +159,7 @@ class ExistingCluster(LocalCluster):
         self._before["namespaces"] = {o["metadata"]["name"] for o in kube.items("/api/v1/namespaces")}
         self._before["nodes"] = {o["metadata"]["name"] for o in kube.items("/api/v1/nodes")}
         self._started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1))
-        self._state = {"server": self.server, "ports": {"kwok": _free_ports(1)[0]}, "pids": {},
+        self._state = {"server": self.server, "ports": {"kwok": free_ports(1)[0]}, "pids": {},
                        "run_id": self.run_id, "existing": str(self.source_kubeconfig)}  # fmt: skip
         self._save_state()
         t0 = time.monotonic()

@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import json
 import os
+import random
 import re
 import secrets
 import shutil
@@ -147,17 +148,39 @@ def rss_kib(pid: int) -> int | None:
     return None
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = []
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_low() -> int:
     try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` ports free now, below the kernel's ephemeral range and not handed out before by this process. A
+    component restarted on its port (the chaos tests, an operator killed) finds it free: a port in the ephemeral
+    range could be taken by an outgoing connection while its listener is down."""
+    high = _ephemeral_low()
+    low = max(1024, high - 12000)
+    ports: list[int] = []
+    for _ in range(200 * n):
+        if len(ports) == n:
+            return ports
+        port = random.randrange(low, high)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        ports.append(port)
+    if len(ports) == n:
+        return ports
+    raise ClusterError(f"no {n} free ports in {low}-{high - 1}")
 
 
 _ERROR_LINE = re.compile(r'^(Error|error|panic|[EF]\d{4} )|"level":"(error|fatal|panic)"')
@@ -428,7 +451,7 @@ class LocalCluster:
         pki = sd / "pki"
         pki.mkdir()
         names = ["etcd", "etcd-peer", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"]
-        ports = dict(zip(names, _free_ports(len(names)), strict=True))
+        ports = dict(zip(names, free_ports(len(names)), strict=True))
         server = f"https://127.0.0.1:{ports['kube-apiserver']}"
         _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-keyout", "ca.key",
                  "-out", "ca.crt", "-subj", "/CN=gpu-operator-e2e-ca", cwd=pki)

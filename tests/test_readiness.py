@@ -215,6 +215,22 @@ def test_unavailable_pods_name_their_nodes() -> None:
     assert reason == "nvidia-x: 7 of 8 pods unavailable (not ready on n0, n1, n2, n3, n4 and 2 more)"
 
 
+def test_unavailable_pods_not_created_yet_are_counted_apart() -> None:
+    """The controller's count of nodes with a pod says how many have none yet; a pod list names only those that
+    exist."""
+    ds = {"metadata": {"name": "nvidia-x", "generation": 1},
+          "spec": {"updateStrategy": {"type": "RollingUpdate"}},
+          "status": {"observedGeneration": 1, "desiredNumberScheduled": 5, "currentNumberScheduled": 3,
+                     "numberUnavailable": 4}}  # fmt: skip
+    pods = [placed("n0", ready=(False,)), placed("n1", ready=(False,)), placed("n2")]
+    why = "nvidia-x: 4 of 5 pods unavailable (2 not created yet; not ready on n0, n1)"
+    assert daemonset_ready(ds, pods) == (False, why)
+    ds["status"].update(currentNumberScheduled=0, numberUnavailable=5)
+    assert daemonset_ready(ds, []) == (False, "nvidia-x: 5 of 5 pods unavailable (5 not created yet)")
+    ds["status"].update(currentNumberScheduled=5)  # all created, none ready, pods not given: the counts alone
+    assert daemonset_ready(ds) == (False, "nvidia-x: 5 of 5 pods unavailable")
+
+
 # The pods say it before the controller counts them
 
 

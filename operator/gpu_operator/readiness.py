@@ -145,13 +145,18 @@ def is_unready(pod: dict[str, Any]) -> bool:
     return not pod_ready(pod) and not pod["metadata"].get("deletionTimestamp")
 
 
-def _where(unready: Sequence[dict[str, Any]] | None, most: int = 5) -> str:
-    """ " (not ready on a, b and 3 more)" from pod projections that carry their node; "" when unknown."""
+def _where(unready: Sequence[dict[str, Any]] | None, status: dict[str, Any] | None = None, most: int = 5) -> str:
+    """ " (2 not created yet; not ready on a, b and 3 more)": the nodes the controller counts as having no pod yet
+    (its status) and the nodes of unready pod projections; "" when neither is known."""
+    parts = []
+    desired, current = (status or {}).get("desiredNumberScheduled"), (status or {}).get("currentNumberScheduled")
+    if isinstance(desired, int) and isinstance(current, int) and desired > current:
+        parts.append(f"{desired - current} not created yet")
     nodes = sorted({p.get("node") or "?" for p in unready or ()})
-    if not nodes:
-        return ""
-    more = f" and {len(nodes) - most} more" if len(nodes) > most else ""
-    return f" (not ready on {', '.join(nodes[:most])}{more})"
+    if nodes:
+        more = f" and {len(nodes) - most} more" if len(nodes) > most else ""
+        parts.append(f"not ready on {', '.join(nodes[:most])}{more}")
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _pods_say_ready(
@@ -276,7 +281,7 @@ def _ready(
         unready = [p for p in pods or () if is_unready(p)]
     if not unready and _pods_say_ready(ds, status, desired, pods, revisions):
         return True, ""
-    return False, f"{name}: {why}{_where(unready) if unavailable else ''}"
+    return False, f"{name}: {why}{_where(unready, status) if unavailable else ''}"
 
 
 def _counted(

@@ -132,7 +132,7 @@ def test_on_delete_ignores_updated_counts() -> None:
 def test_on_delete_stale_pod_is_not_ready() -> None:
     ready, reason = daemonset_ready(on_delete(), [pod(), pod("middle"), pod()], REVISIONS)
     assert not ready
-    assert reason == "nvidia-x: 1 pods run an old revision"
+    assert reason == "nvidia-x: 1 pod runs an old revision"
 
 
 def test_on_delete_pod_without_revision_label_is_stale() -> None:
@@ -175,7 +175,7 @@ def test_kept_readiness_walks_a_daemonsets_pods_again_only_when_its_inputs_are_o
     assert check(obj, pods, revisions) == (True, "")
     pods[1] = pod("middle")  # changed in place, which the watch cache never does: the kept answer stands
     assert kept.daemonset_ready(obj, pods, revisions, (), three) == (True, "")
-    assert check(obj, list(pods), revisions) == (False, "nvidia-x: 1 pods run an old revision")  # new pods
+    assert check(obj, list(pods), revisions) == (False, "nvidia-x: 1 pod runs an old revision")  # new pods
     pods = [pod(), pod(), pod()]
     assert check(obj, pods, revisions) == (True, "")
     assert check(obj, pods, [revision(4, "newer"), *REVISIONS])[0] is False  # a newer revision
@@ -216,19 +216,25 @@ def test_unavailable_pods_name_their_nodes() -> None:
 
 
 def test_unavailable_pods_not_created_yet_are_counted_apart() -> None:
-    """The controller's count of nodes with a pod says how many have none yet; a pod list names only those that
-    exist."""
+    """How many of the desired pods do not exist yet: by the controller's count or the pods given, whichever
+    counts more (either can lag the other); an unready pod on no node yet is counted, not named."""
     ds = {"metadata": {"name": "nvidia-x", "generation": 1},
           "spec": {"updateStrategy": {"type": "RollingUpdate"}},
-          "status": {"observedGeneration": 1, "desiredNumberScheduled": 5, "currentNumberScheduled": 3,
+          "status": {"observedGeneration": 1, "desiredNumberScheduled": 5, "currentNumberScheduled": 1,
                      "numberUnavailable": 4}}  # fmt: skip
     pods = [placed("n0", ready=(False,)), placed("n1", ready=(False,)), placed("n2")]
     why = "nvidia-x: 4 of 5 pods unavailable (2 not created yet; not ready on n0, n1)"
     assert daemonset_ready(ds, pods) == (False, why)
-    ds["status"].update(currentNumberScheduled=0, numberUnavailable=5)
-    assert daemonset_ready(ds, []) == (False, "nvidia-x: 5 of 5 pods unavailable (5 not created yet)")
-    ds["status"].update(currentNumberScheduled=5)  # all created, none ready, pods not given: the counts alone
-    assert daemonset_ready(ds) == (False, "nvidia-x: 5 of 5 pods unavailable")
+    pods.append(placed("", ready=(False,)))  # created, not bound yet
+    why = "nvidia-x: 4 of 5 pods unavailable (1 not created yet; 1 not scheduled yet; not ready on n0, n1)"
+    assert daemonset_ready(ds, pods) == (False, why)
+    pods[0]["metadata"]["deletionTimestamp"] = "2026-12-06T00:00:00Z"  # going: no longer named as not ready
+    assert "(1 not created yet; 1 not scheduled yet; not ready on n1)" in daemonset_ready(ds, pods)[1]
+    assert daemonset_ready(ds) == (False, "nvidia-x: 4 of 5 pods unavailable (4 not created yet)")  # the count's
+    ds["status"].update(currentNumberScheduled=4)  # the count ahead of the pods given
+    assert daemonset_ready(ds, pods[:3])[1] == "nvidia-x: 4 of 5 pods unavailable (1 not created yet; not ready on n1)"
+    ds["status"].update(currentNumberScheduled=5)  # all created, none ready, pods not given
+    assert daemonset_ready(ds) == (False, "nvidia-x: 4 of 5 pods unavailable")
 
 
 # The pods say it before the controller counts them
@@ -350,6 +356,10 @@ def test_a_daemonset_counted_before_its_nodes_were_labelled_is_not_ready() -> No
     assert daemonset_ready(empty, nodes=nodes) == (
         False,
         "nvidia-x: 3 nodes should run its pod, the DaemonSet controller counts 0 so far",
+    )
+    assert daemonset_ready(empty, nodes=nodes[:1]) == (
+        False,
+        "nvidia-x: 1 node should run its pod, the DaemonSet controller counts 0 so far",
     )
     two = templated(spec, **{**SETTLED, "desiredNumberScheduled": 2, "numberAvailable": 2, "updatedNumberScheduled": 2})
     assert daemonset_ready(two, nodes=nodes)[0] is False

@@ -145,14 +145,26 @@ def is_unready(pod: dict[str, Any]) -> bool:
     return not pod_ready(pod) and not pod["metadata"].get("deletionTimestamp")
 
 
-def _where(unready: Sequence[dict[str, Any]] | None, status: dict[str, Any] | None = None, most: int = 5) -> str:
-    """ " (2 not created yet; not ready on a, b and 3 more)": the nodes the controller counts as having no pod yet
-    (its status) and the nodes of unready pod projections; "" when neither is known."""
+def _where(
+    unready: Sequence[dict[str, Any]] | None,
+    status: dict[str, Any],
+    pods: Sequence[dict[str, Any]] | None,
+    most: int = 5,
+) -> str:
+    """ " (2 not created yet; 1 not scheduled yet; not ready on a, b and 3 more)": how many of the desired pods do
+    not exist (by the controller's count and by the pods given, whichever counts more: either can lag; no scan of
+    the pods), how many unready pods are on no node yet, and the nodes of the other unready pod projections; ""
+    when none is known."""
     parts = []
-    desired, current = (status or {}).get("desiredNumberScheduled"), (status or {}).get("currentNumberScheduled")
-    if isinstance(desired, int) and isinstance(current, int) and desired > current:
-        parts.append(f"{desired - current} not created yet")
-    nodes = sorted({p.get("node") or "?" for p in unready or ()})
+    desired, created = status.get("desiredNumberScheduled", 0), status.get("currentNumberScheduled")
+    if pods is not None:
+        created = max(created if isinstance(created, int) else 0, len(pods))
+    if isinstance(desired, int) and isinstance(created, int) and desired > created:
+        parts.append(f"{desired - created} not created yet")
+    unbound = sum(1 for p in unready or () if not p.get("node"))
+    if unbound:
+        parts.append(f"{unbound} not scheduled yet")
+    nodes = sorted({p["node"] for p in unready or () if p.get("node")})
     if nodes:
         more = f" and {len(nodes) - most} more" if len(nodes) > most else ""
         parts.append(f"not ready on {', '.join(nodes[:most])}{more}")
@@ -217,7 +229,8 @@ def _counted_nodes(
     expected = count(spec) if count is not None else daemon_node_count(spec, nodes or ())
     if expected > desired:
         name = ds.get("metadata", {}).get("name", "?")
-        return False, f"{name}: {expected} nodes should run its pod, the DaemonSet controller counts {desired} so far"
+        nodes_should = f"{expected} node should" if expected == 1 else f"{expected} nodes should"
+        return False, f"{name}: {nodes_should} run its pod, the DaemonSet controller counts {desired} so far"
     return True, ""
 
 
@@ -281,7 +294,7 @@ def _ready(
         unready = [p for p in pods or () if is_unready(p)]
     if not unready and _pods_say_ready(ds, status, desired, pods, revisions):
         return True, ""
-    return False, f"{name}: {why}{_where(unready, status) if unavailable else ''}"
+    return False, f"{name}: {why}{_where(unready, status, pods) if unavailable else ''}"
 
 
 def _counted(
@@ -301,7 +314,8 @@ def _counted(
             return f"{len(pods)} of {desired} pods exist"
         stale = [p for p in pods if (p["metadata"].get("labels") or {}).get(REVISION_HASH) != newest]
         if newest is None or stale:
-            return f"{len(stale) if newest else len(pods)} pods run an old revision"
+            old = len(stale) if newest else len(pods)
+            return f"{old} pod runs an old revision" if old == 1 else f"{old} pods run an old revision"
         not_ready = [p for p in pods if not pod_ready(p)]
         if not_ready:
             return f"{len(not_ready)} of {desired} pods not ready"

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -95,14 +96,26 @@ class OperatorProcess:
         return f"system:serviceaccount:{NAMESPACE}:gpu-operator"
 
 
-def delete_policies(admin: Kube, timeout: float = 60) -> None:
+def delete_policies(admin: Kube, timeout: float = 60, *, leftover: bool = False) -> None:
     """Delete every ClusterPolicy and wait until they are gone (an operator running meanwhile removes its
-    finalizer and its node labels)."""
+    finalizer and its node labels). `leftover`: a module's setup clearing what an earlier module left behind,
+    whose operator is gone: policies still there after `timeout` have their finalizers dropped (nothing else
+    would), with a warning, so one module's failure does not fail every module after it."""
     from e2e.kube import wait_for
 
     for policy in admin.list("ClusterPolicy"):
         admin.delete("ClusterPolicy", policy["metadata"]["name"])
-    wait_for(lambda: not admin.list("ClusterPolicy"), timeout, message="ClusterPolicies deleted")
+    try:
+        wait_for(lambda: not admin.list("ClusterPolicy"), timeout, message="ClusterPolicies deleted")
+    except AssertionError:
+        if not leftover:
+            raise
+        stuck = [p["metadata"]["name"] for p in admin.list("ClusterPolicy")]
+        warnings.warn(f"ClusterPolicies {stuck} left by an earlier test and not deleted in {timeout:.0f}s: "
+                      f"their finalizers dropped", stacklevel=2)  # fmt: skip
+        for name in stuck:
+            admin.merge_patch("ClusterPolicy", name, {"metadata": {"finalizers": None}})
+        wait_for(lambda: not admin.list("ClusterPolicy"), 30, message="ClusterPolicies deleted, finalizers dropped")
 
 
 def policy_from_sample(name: str = "cluster-policy", **overrides: Any) -> dict[str, Any]:

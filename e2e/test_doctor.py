@@ -57,7 +57,7 @@ def stack(
     cluster: LocalCluster, admin: Kube, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[OperatorProcess, NodeSimulator]]:
     install_crds_and_rbac(admin)
-    delete_policies(admin, 30)
+    delete_policies(admin, 30, leftover=True)
     # A driver 570 already on the L4 node's host, and the node opted out of the operator's driver: GFD reports 570.
     l4 = make_node(L4, "l4x1", host_driver="570.172.08")
     l4["metadata"]["labels"]["nvidia.com/gpu.deploy.driver"] = "false"
@@ -68,10 +68,12 @@ def stack(
     try:
         yield op, sim
     finally:
-        delete_policies(admin)
-        op.stop()
-        sim.stop()
-        delete_nodes(admin.client, [H100_0, H100_1, L4])  # later modules share the cluster
+        try:
+            delete_policies(admin)
+        finally:
+            op.stop()
+            sim.stop()
+            delete_nodes(admin.client, [H100_0, H100_1, L4])  # later modules share the cluster
 
 
 @pytest.fixture(scope="module")

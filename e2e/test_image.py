@@ -197,7 +197,7 @@ def test_entrypoint_runs_the_operator_to_healthy(
 ) -> None:
     admin = Kube.connect(str(cluster.kubeconfig))
     install_crds_and_rbac(admin)
-    delete_policies(admin, 30)
+    delete_policies(admin, 30, leftover=True)
     create_nodes(admin.client, [make_node(NODE, "cpu")])
     # The operator's ServiceAccount identity (the chart's RBAC), readable by the image's user.
     kubeconfig = rootfs / "tmp" / "operator.kubeconfig"

@@ -49,7 +49,7 @@ def _remove_crd(admin: Kube) -> None:
 def setup(cluster: LocalCluster, admin: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     install_crds_and_rbac(admin)
     _remove_crd(admin)
-    delete_policies(admin)
+    delete_policies(admin, leftover=True)
     log = tmp_path_factory.mktemp("operator-kinds") / "operator.log"
     overrides: dict[str, Any] = {
         "operator.metrics": {"serviceMonitor": {"enabled": True}},

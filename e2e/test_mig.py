@@ -59,16 +59,18 @@ def operator(
     cluster: LocalCluster, admin: Kube, sim: NodeSimulator, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Running]:
     install_crds_and_rbac(admin)
-    delete_policies(admin, 30)
+    delete_policies(admin, 30, leftover=True)
     create_nodes(admin.client, [make_node(NODE, "h100x8"), make_node(OTHER, "h100x8")])
     running = Running(cluster, tmp_path_factory.mktemp("operator") / "operator.log")
     admin.create(policy_from_sample())
     try:
         yield running
     finally:
-        delete_policies(admin)
-        running.op.stop()
-        delete_nodes(admin.client, [NODE, OTHER])  # later modules share the cluster
+        try:
+            delete_policies(admin)
+        finally:
+            running.op.stop()
+            delete_nodes(admin.client, [NODE, OTHER])  # later modules share the cluster
 
 
 def labels(admin: Kube, node: str = NODE) -> dict[str, str]:

@@ -44,7 +44,7 @@ def admin(cluster: LocalCluster) -> Kube:
 @pytest.fixture(scope="module")
 def operator(cluster: LocalCluster, admin: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     install_crds_and_rbac(admin)
-    delete_policies(admin, 30)
+    delete_policies(admin, 30, leftover=True)
     nodes = [make_node(name, profile, os=os) for name, (profile, os) in {**GPU_NODES, **CPU_NODES}.items()]
     create_nodes(admin.client, nodes)
     sim = NodeSimulator(cluster.simulator_kubeconfig, namespace=NAMESPACE, resync_seconds=5).start()
@@ -54,9 +54,11 @@ def operator(cluster: LocalCluster, admin: Kube, tmp_path_factory: pytest.TempPa
         yield op
     finally:
         # Delete the policy while the operator runs: it removes its finalizer and the node labels.
-        delete_policies(admin)
-        op.stop()
-        sim.stop()
+        try:
+            delete_policies(admin)
+        finally:
+            op.stop()
+            sim.stop()
 
 
 def policy(admin: Kube, name: str = "cluster-policy") -> dict[str, Any]:

@@ -69,7 +69,7 @@ def admin(cluster: LocalCluster) -> Kube:
 @pytest.fixture(scope="module")
 def operator(cluster: LocalCluster, admin: Kube, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     install_crds_and_rbac(admin)
-    delete_policies(admin, 30)
+    delete_policies(admin, 30, leftover=True)
     create_nodes(admin.client, [make_node(H100, "h100x8"), make_node(L4, "l4x1")])
     create_namespace(E2EKube(admin.client), NAMESPACE)
     admin.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": CONFIG_MAP, "namespace": NAMESPACE},
@@ -83,12 +83,14 @@ def operator(cluster: LocalCluster, admin: Kube, tmp_path_factory: pytest.TempPa
     try:
         yield op
     finally:
-        delete_policies(admin)
-        op.stop()
-        sim.stop()
-        admin.delete("Namespace", WORKLOADS)
-        admin.delete("ConfigMap", CONFIG_MAP, NAMESPACE)
-        delete_nodes(admin.client, [H100, L4])
+        try:
+            delete_policies(admin)
+        finally:
+            op.stop()
+            sim.stop()
+            admin.delete("Namespace", WORKLOADS)
+            admin.delete("ConfigMap", CONFIG_MAP, NAMESPACE)
+            delete_nodes(admin.client, [H100, L4])
 
 
 def node(admin: Kube, name: str) -> dict[str, Any]:

@@ -109,7 +109,7 @@ def test_a_pass_leaves_unwritten_a_node_that_moved_on_since_its_snapshot(admin: 
     from gpu_operator.reconciler import Reconciler
 
     install_crds_and_rbac(admin)
-    delete_policies(admin, 30)
+    delete_policies(admin, 30, leftover=True)
     run = uuid.uuid4().hex[:6]
     namespace, moved, other = f"moves-{run}", f"moves-{run}-0", f"moves-{run}-1"
     nodes = [make_node(n, "h100x8") for n in (moved, other)]

@@ -17,6 +17,7 @@ from e2e.cluster.localcluster import (
     OPERATOR_USER,
     SIMULATOR_USER,
     LocalCluster,
+    free_ports,
     pid_alive,
     temporary_cluster,
 )
@@ -41,8 +42,11 @@ from e2e.kube import (
     wait_for,
     wait_pod_running_ready,
 )
+from e2e.operator_process import delete_policies, free_port, install_crds_and_rbac, policy_from_sample
 from e2e.simulator import NodeSimulator, image_id
 from e2e.upstream_specs import DRIVER_APP, TOOLKIT_APP, VALIDATOR_APP
+from gpu_operator.kube import Kube as OperatorKube
+from gpu_operator.lifecycle import CLEANUP_FINALIZER
 
 POOL_LABEL = "e2e.test/pool"
 POOL = "infra"
@@ -639,3 +643,30 @@ def test_gfd_driver_labels_follow_the_new_driver_version(
         labels = _node(kube, node)["metadata"]["labels"]
         assert (labels["nvidia.com/cuda.runtime.major"], labels["nvidia.com/cuda.runtime.minor"]) == ("13", "2")
     wait_for(lambda: not _gfd_part(_node(kube, node)), 30, message="GFD labels removed")
+
+
+def test_free_ports_lie_below_the_ephemeral_range_and_are_never_handed_out_twice() -> None:
+    # A port the kernel may give an outgoing connection could be taken while its listener restarts.
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    ports = free_ports(40) + [free_port() for _ in range(10)]
+    assert len(set(ports)) == len(ports) and all(1024 <= p < low for p in ports), ports
+
+
+def test_a_leftover_policy_loses_its_finalizer_only_when_the_setup_asks(cluster: LocalCluster) -> None:
+    """A policy an earlier module left with our finalizer and no operator: a teardown's wait fails (the failure
+    is that module's), a setup's drops the finalizer with a warning, so later modules start clean."""
+    admin = OperatorKube.connect(str(cluster.kubeconfig))
+    install_crds_and_rbac(admin)
+    delete_policies(admin, 30, leftover=True)
+    stuck = policy_from_sample("leftover")
+    stuck["metadata"]["finalizers"] = [CLEANUP_FINALIZER]
+    admin.create(stuck)
+    try:
+        with pytest.raises(AssertionError, match="timed out after 2s waiting for ClusterPolicies deleted"):
+            delete_policies(admin, 2)
+        with pytest.warns(UserWarning, match=r"\['leftover'\] left by an earlier test .* finalizers dropped"):
+            delete_policies(admin, 2, leftover=True)
+        assert admin.list("ClusterPolicy") == []
+    finally:
+        if admin.get("ClusterPolicy", "leftover") is not None:
+            admin.merge_patch("ClusterPolicy", "leftover", {"metadata": {"finalizers": None}})

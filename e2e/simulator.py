@@ -61,6 +61,9 @@ MANAGED_SELECTOR = "app.kubernetes.io/managed-by=gpu-operator"
 GPU_RESOURCE = "nvidia.com/gpu"
 TIMESTAMP_LABEL = "nvidia.com/gfd.timestamp"
 WORLD_TTL = 1.0  # seconds a listing of RuntimeClasses, ConfigMaps and DaemonSets is reused
+# Parts of a pod's spec alike on every pod of one DaemonSet revision: the simulator holds one copy of each (at 1,000
+# nodes its ~6,700 pods held 190 MiB of specs, and 230 MiB of managedFields, which nothing here reads).
+SHARED_SPEC = ("containers", "initContainers", "volumes", "tolerations")
 
 __all__ = ["NodeSimulator", "MANAGED_SELECTOR", "driver_version_from_image", "image_id"]
 
@@ -218,6 +221,7 @@ class NodeSimulator:
         # node's reconcile reads its own pods, not every pod (at 1,000 nodes a scan was most of the simulator's CPU).
         self._on: dict[str, dict[str, dict[str, Any]]] = {}
         self._uids: set[str] = set()
+        self._parts: dict[tuple[str, str, str], Any] = {}  # (owner uid, revision, SHARED_SPEC field) -> one copy
         self._touched: set[str] = set()  # nodes this simulator has changed
         self._models: dict[str, NodeModel] = {}
         self._crash_nodes: set[str] = set()
@@ -382,6 +386,8 @@ class NodeSimulator:
     def _resync(self) -> None:
         with self._lock:
             nodes = {_node_of(p) for p in self._pods.values()} | self._touched
+            held = {_revision(p) for p in self._pods.values()}
+            self._parts = {k: v for k, v in self._parts.items() if k[:2] in held}
         for node in nodes:
             if node:
                 self._queue.add(node, background=True)
@@ -425,6 +431,7 @@ class NodeSimulator:
 
     def _put(self, name: str, pod: dict[str, Any]) -> None:
         """(Under the lock) a pod into `_pods` and its indexes (a replaced pod keeps its place on its node)."""
+        slim(pod, self._parts)
         old = self._pods.get(name)
         if old is not None and _node_of(old) != _node_of(pod):
             self._drop(name)
@@ -654,6 +661,30 @@ def _node_of(pod: dict[str, Any] | None) -> str | None:
 
 def _uid(pod: dict[str, Any]) -> str:
     return str(pod["metadata"].get("uid") or "")
+
+
+def slim(pod: dict[str, Any], parts: dict[tuple[str, str, str], Any]) -> None:
+    """Drop the pod's managedFields, and share its SHARED_SPEC parts through ``parts`` with the pods of its DaemonSet
+    revision where they are equal (a pod's image can be changed in place)."""
+    pod["metadata"].pop("managedFields", None)
+    revision = _revision(pod)
+    spec = pod.get("spec")
+    if revision is None or not spec:
+        return
+    for field in SHARED_SPEC:
+        value = spec.get(field)
+        if value is not None:
+            kept = parts.setdefault((*revision, field), value)
+            if kept is not value and kept == value:
+                spec[field] = kept
+
+
+def _revision(pod: dict[str, Any]) -> tuple[str, str] | None:
+    """A DaemonSet pod's controller's uid and its revision hash (None for other pods)."""
+    meta = pod["metadata"]
+    revision = (meta.get("labels") or {}).get("controller-revision-hash")
+    owner = next((r.get("uid") for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
+    return (str(owner), str(revision)) if owner and revision else None
 
 
 def _older(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -23,7 +23,7 @@ from e2e.nodemodel import (
     runtime_of,
     same_status,
 )
-from e2e.simulator import _NodeQueue
+from e2e.simulator import _NodeQueue, slim
 
 NODE = "n1"
 V = "/run/nvidia/validations"
@@ -624,6 +624,30 @@ def test_queue_serves_background_adds_after_the_others() -> None:
     q.done("g")
     assert q.idle()
     q.close()
+
+
+def test_pods_of_one_revision_share_their_spec_parts_and_lose_their_managed_fields() -> None:
+    def pod(owner: str | None, revision: str, image: str = "driver:1") -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": f"p-{owner}-{revision}-{image}", "managedFields": [{"manager": "kube"}],
+                                "labels": {"controller-revision-hash": revision}}
+        if owner:
+            meta["ownerReferences"] = [{"kind": "DaemonSet", "uid": owner, "controller": True}]
+        return {"metadata": meta, "spec": {"nodeName": "n", "containers": [{"name": "c", "image": image}],
+                                           "volumes": [{"name": "v", "hostPath": {"path": "/run"}}]}}
+
+    parts: dict[tuple[str, str, str], Any] = {}
+    a, b = pod("ds", "r1"), pod("ds", "r1")
+    changed, other, loose = pod("ds", "r1", "driver:2"), pod("ds", "r2"), pod(None, "r1")
+    for p in (a, b, changed, other, loose):
+        slim(p, parts)
+        assert "managedFields" not in p["metadata"]
+    assert b["spec"]["containers"] is a["spec"]["containers"] and b["spec"]["volumes"] is a["spec"]["volumes"]
+    # An image changed in place, another revision, a pod of no DaemonSet: their own parts, as they came.
+    assert changed["spec"]["containers"] == [{"name": "c", "image": "driver:2"}]
+    assert changed["spec"]["volumes"] is a["spec"]["volumes"]
+    assert other["spec"]["containers"] is not a["spec"]["containers"]
+    assert loose["spec"]["containers"] is not a["spec"]["containers"]
+    assert a["spec"]["containers"] == [{"name": "c", "image": "driver:1"}] and b["spec"]["nodeName"] == "n"
 
 
 def test_offline_check_of_rendered_manifests(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:

@@ -853,6 +853,8 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
             plane = {name: (rss_kib(pid) or 0) / 1024 for name, pid in cluster.pids.items()}
             figure("control plane RSS at ready", sum(plane.values()), "MiB",
                    "(" + ", ".join(f"{name} {mib:.0f}" for name, mib in sorted(plane.items())) + ")")
+            figure("bench process RSS at ready", (rss_kib(os.getpid()) or 0) / 1024, "MiB",
+                   "(the node simulator's pods and models, this bench's watches)")
 
             idle_from = time.time()
             cpu1 = cpu_seconds(op.proc.pid)

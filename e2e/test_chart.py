@@ -29,6 +29,7 @@ from gpu_operator.kinds import operand_rbac
 from gpu_operator.nodes import NodeFacts
 from gpu_operator.render import StatePlan, node_patches, plan, relabelled
 from gpu_operator.states import RenderContext
+from gpu_operator.upgrade import DRAIN_SKIP_LABEL
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "gpu-operator"
@@ -454,6 +455,9 @@ def test_operator_deployment(namespace: str) -> None:
     pod = deploy["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "gpu-operator"
     assert_locked_down(pod)
+    # A driver upgrade's drain passes over the operator's own pod (as upstream's chart has it).
+    assert deploy["spec"]["template"]["metadata"]["labels"][DRAIN_SKIP_LABEL] == "true"
+    assert deploy["metadata"]["labels"][DRAIN_SKIP_LABEL] == "true"
     c = operator_container(docs)
     assert c["image"] == "gpu-operator:0.1.0"
     assert c["args"][:3] == ["run", "--namespace", namespace] and c["args"][-1] == "--leader-elect"

@@ -258,9 +258,11 @@ def test_operands_paused_by_a_mig_manager_that_is_gone_are_restored(
 def test_with_eviction_allowed_gpu_pods_are_evicted_and_the_change_goes_ahead(
     admin: Kube, operator: Running, sim: NodeSimulator, namespace: str
 ) -> None:
+    # The pod is bare (no controller recreates it): as kubectl drain, only drain.force lets it go.
     admin.merge_patch(
-        "ClusterPolicy", "cluster-policy", {"spec": {"driver": {"upgradePolicy": {"drain": {"enable": True}}}}}
-    )
+        "ClusterPolicy", "cluster-policy",
+        {"spec": {"driver": {"upgradePolicy": {"drain": {"enable": True, "force": True}}}}},
+    )  # fmt: skip
     try:
         admin.create(gpu_pod(namespace, "infer"))
         relabel(admin, "all-2g.20gb")
@@ -270,8 +272,9 @@ def test_with_eviction_allowed_gpu_pods_are_evicted_and_the_change_goes_ahead(
         raise AssertionError(f"{exc}\n{explain(admin, operator, sim)}") from None
     finally:
         admin.merge_patch(
-            "ClusterPolicy", "cluster-policy", {"spec": {"driver": {"upgradePolicy": {"drain": {"enable": False}}}}}
-        )
+            "ClusterPolicy", "cluster-policy",
+            {"spec": {"driver": {"upgradePolicy": {"drain": {"enable": False, "force": False}}}}},
+        )  # fmt: skip
 
 
 def being_deleted(admin: Kube, pod: str) -> bool:

@@ -112,6 +112,23 @@ def test_eviction_when_the_policy_allows_it() -> None:
     assert "evicting" in d.waiting[0][2]
 
 
+def test_eviction_follows_drain_rules_for_pods_without_a_controller_and_with_emptydir() -> None:
+    # As the upgrade's drain: a bare pod needs drain.force, emptyDir storage drain.deleteEmptyDir; else none goes.
+    bare = WorkloadPod("team", "notebook", "n1", uses_gpu=True, controlled=False)
+    scratch = WorkloadPod("team", "scratch", "n1", uses_gpu=True, has_emptydir=True)
+    rules = [
+        (bare, "no controller (nothing would recreate it) and driver.upgradePolicy.drain.force is false"),
+        (scratch, "emptyDir storage and driver.upgradePolicy.drain.deleteEmptyDir is false"),
+    ]
+    for pod, rule in rules:
+        d = decide(node(), EVICT, pods=[GPU_POD, pod])
+        assert d.evict == {} and d.patches == {"n1": {MANAGER: mig.PAUSED, MIG_CONFIG_STATE: "pending"}}
+        assert f"pod {pod.ref} " in d.waiting[0][2] and rule in d.waiting[0][2]
+    both = parse_spec({"driver": {"upgradePolicy": {"drain": {"enable": True, "force": True, "deleteEmptyDir": True}}}})
+    d = decide(node(), both, pods=[GPU_POD, bare, scratch])
+    assert d.evict == {"n1": (("team", "train"), ("team", "notebook"), ("team", "scratch"))}
+
+
 def test_the_hold_is_released_once_the_pods_are_gone() -> None:
     held = node(**{MANAGER: mig.PAUSED, MIG_CONFIG_STATE: "pending"})
     assert decide(held, managers=frozenset()).patches == {"n1": {mig.APPROVED: "all-1g.10gb", MANAGER: "true"}}

@@ -471,7 +471,7 @@ def test_pod_deletion_evicts_only_gpu_pods() -> None:
         gpu_pod("other-node", node="n2"),
     ]
     p = run([make_node(state="pod-deletion-required")], pods, pol=policy(pod_deletion=PD))
-    assert of(p, EvictPods) == [EvictPods("n1", (("default", "gpu"),), False, False)]
+    assert of(p, EvictPods) == [EvictPods("n1", (("default", "gpu"),), False)]
     assert Annotate("n1", POD_DELETION_START_ANNOTATION, str(int(NOW))) in p.actions
     assert states(p) == {}
     assert "evicting default/gpu" in p.waiting["n1"]
@@ -492,7 +492,7 @@ def test_pod_deletion_not_configured_goes_to_drain() -> None:
 def test_pod_deletion_blocked_eviction_is_retried_and_explained() -> None:
     node = make_node(state="pod-deletion-required", annotations={POD_DELETION_START_ANNOTATION: str(int(NOW - 120))})
     p = run([node], [gpu_pod("x")], pol=policy(pod_deletion=PD))
-    assert of(p, EvictPods) == [EvictPods("n1", (("default", "x"),), False, False)]
+    assert of(p, EvictPods) == [EvictPods("n1", (("default", "x"),), False)]
     assert p.waiting["n1"] == "eviction of default/x blocked (PodDisruptionBudget?) for 120s of 300s"
 
 
@@ -512,12 +512,44 @@ def test_pod_deletion_timeout_falls_back_to_drain_when_enabled() -> None:
     assert states(p) == {"n1": "drain-required"}
 
 
-def test_pod_deletion_timeout_with_force_deletes() -> None:
+def test_pod_deletion_timeout_fails_with_force_too_never_deleting_past_a_budget() -> None:
+    # Upstream's drain helper: force lets pods no controller owns go; a timeout is a failure whatever it says.
     node = make_node(state="pod-deletion-required", annotations={POD_DELETION_START_ANNOTATION: str(int(NOW - 300))})
     pol = policy(pod_deletion=PodDeletionSpec(force=True, timeout_seconds=300))
     p = run([node], [gpu_pod("x")], pol=pol)
-    assert of(p, EvictPods) == [EvictPods("n1", (("default", "x"),), True, False)]
-    assert states(p) == {} and "deleting default/x" in p.waiting["n1"]
+    assert of(p, EvictPods) == [] and states(p) == {"n1": "upgrade-failed"}
+    (reason,) = [a for a in of(p, Annotate) if a.key == FAILURE_REASON_ANNOTATION]
+    assert reason.value == "eviction of default/x did not finish within 300s (podDeletion.timeoutSeconds)"
+
+
+def test_a_pod_no_controller_owns_is_evicted_only_with_force() -> None:
+    # Nothing recreates such a pod (a notebook, a hand-run job): without force the node fails before any eviction.
+    pods = [gpu_pod("owned"), gpu_pod("notebook", controlled=False)]
+    both = {("default", "owned"), ("default", "notebook")}
+
+    def evicted(p: Plan) -> set[tuple[str, str]]:
+        return {pod for e in of(p, EvictPods) for pod in e.pods}
+
+    p = run([make_node(state="pod-deletion-required")], pods, pol=policy(pod_deletion=PD))
+    assert of(p, EvictPods) == [] and states(p) == {"n1": "upgrade-failed"}
+    assert "pod default/notebook has no controller (nothing would recreate it) and podDeletion.force is false" in (
+        of(p, Event)[0].message
+    )
+    # With drain on, upstream's fallback: drain-required, whose own force decides.
+    p = run([make_node(state="pod-deletion-required")], pods, pol=policy(pod_deletion=PD, drain=DrainSpec(
+        enable=True, force=True)))  # fmt: skip
+    assert states(p) == {"n1": "drain-required"} and evicted(p) == both
+    p = run([make_node(state="drain-required")], pods, pol=policy(drain=DrainSpec(enable=True)))
+    assert of(p, EvictPods) == [] and states(p) == {"n1": "upgrade-failed"}
+    assert "drain.force is false" in of(p, Event)[0].message
+    # A terminating one is on its way out already: not held against the others.
+    going = [gpu_pod("owned"), gpu_pod("notebook", controlled=False, terminating=True)]
+    p = run([make_node(state="pod-deletion-required")], going, pol=policy(pod_deletion=PD))
+    assert of(p, EvictPods) == [EvictPods("n1", (("default", "owned"),), False)]
+    for pol in (policy(pod_deletion=PodDeletionSpec(force=True)), policy(drain=DrainSpec(enable=True, force=True))):
+        state = "pod-deletion-required" if pol.pod_deletion else "drain-required"
+        p = run([make_node(state=state)], pods, pol=pol)
+        assert evicted(p) == both
 
 
 def test_pod_deletion_zero_timeout_waits_forever() -> None:
@@ -545,7 +577,7 @@ def test_pod_deletion_emptydir_allowed() -> None:
     pods = [gpu_pod("scratch", has_emptydir=True)]
     pol = policy(pod_deletion=PodDeletionSpec(delete_empty_dir=True))
     p = run([make_node(state="pod-deletion-required")], pods, pol=pol)
-    assert of(p, EvictPods) == [EvictPods("n1", (("default", "scratch"),), False, True)]
+    assert of(p, EvictPods) == [EvictPods("n1", (("default", "scratch"),), True)]
 
 
 # drain
@@ -565,7 +597,7 @@ def test_drain_skips_daemonsets_skip_label_and_unselected_pods() -> None:
     ]
     pol = policy(drain=DrainSpec(enable=True, pod_selector="tier!=db"))
     p = run([make_node(state="drain-required")], pods, pol=pol)
-    assert of(p, EvictPods) == [EvictPods("n1", (("default", "web"),), False, False)]
+    assert of(p, EvictPods) == [EvictPods("n1", (("default", "web"),), False)]
     assert Annotate("n1", DRAIN_START_ANNOTATION, str(int(NOW))) in p.actions
 
 
@@ -582,12 +614,12 @@ def test_drain_done() -> None:
     assert Annotate("n1", DRAIN_START_ANNOTATION, None) in p.actions
 
 
-def test_drain_timeout_fails_or_forces() -> None:
+def test_drain_timeout_fails_with_or_without_force() -> None:
     node = make_node(state="drain-required", annotations={DRAIN_START_ANNOTATION: str(int(NOW - 301))})
-    p = run([node], [gpu_pod("x")], pol=policy(drain=DrainSpec(enable=True)))
-    assert states(p) == {"n1": "upgrade-failed"}
-    p = run([node], [gpu_pod("x")], pol=policy(drain=DrainSpec(enable=True, force=True)))
-    assert of(p, EvictPods) == [EvictPods("n1", (("default", "x"),), True, False)]
+    for force in (False, True):
+        p = run([node], [gpu_pod("x")], pol=policy(drain=DrainSpec(enable=True, force=force)))
+        assert states(p) == {"n1": "upgrade-failed"} and of(p, EvictPods) == []
+        assert "did not finish within 300s (drain.timeoutSeconds)" in of(p, Event)[0].message
 
 
 def test_drain_protects_emptydir() -> None:
@@ -596,7 +628,7 @@ def test_drain_protects_emptydir() -> None:
     assert states(p) == {"n1": "upgrade-failed"}
     pol = policy(drain=DrainSpec(enable=True, delete_empty_dir=True))
     p = run([make_node(state="drain-required")], pods, pol=pol)
-    assert of(p, EvictPods) == [EvictPods("n1", (("default", "scratch"),), False, True)]
+    assert of(p, EvictPods) == [EvictPods("n1", (("default", "scratch"),), True)]
 
 
 # pod restart
@@ -960,8 +992,11 @@ def test_projections() -> None:
         True,
         True,
     )
+    assert not pod.controlled  # an owner, but not its controller
     plain = WorkloadPod.from_pod({"metadata": {"name": "q"}, "spec": {"containers": [{"resources": {}}]}})
-    assert not plain.uses_gpu and not plain.has_emptydir and plain.phase == "Pending"
+    assert not plain.uses_gpu and not plain.has_emptydir and plain.phase == "Pending" and not plain.controlled
+    owned = {"name": "r", "ownerReferences": [{"kind": "ReplicaSet", "name": "r", "controller": True}]}
+    assert WorkloadPod.from_pod({"metadata": owned, "spec": {}}).controlled
 
 
 def test_a_node_first_seen_in_sync_is_marked_done_without_an_event() -> None:

@@ -175,6 +175,7 @@ def random_pods(draw: st.DrawFn, n_nodes: int) -> list[WorkloadPod]:
                 labels=labels,
                 phase=draw(st.sampled_from(["Running", "Running", "Pending", "Succeeded"])),
                 terminating=draw(st.integers(0, 4)) == 0,
+                controlled=draw(st.integers(0, 3)) > 0,
             )
         )
     return out
@@ -303,9 +304,11 @@ def test_one_pass_respects_limits_and_explains(data: st.DataObject, policy: Driv
                 assert p.uses_gpu
                 assert policy.pod_deletion is not None
                 assert not p.has_emptydir or policy.pod_deletion.delete_empty_dir
+                assert p.controlled or policy.pod_deletion.force
             else:
                 assert p.labels.get(DRAIN_SKIP_LABEL) != "true"
                 assert not p.has_emptydir or policy.drain.delete_empty_dir
+                assert p.controlled or policy.drain.force
 
 
 @settings(deadline=None)
@@ -343,6 +346,7 @@ class SimPod:
     pdb_until: float  # evictions are refused before this time
     phase: str = "Running"
     terminating: bool = False
+    controlled: bool = True  # False: nothing recreates it (a bare pod)
 
     def projection(self) -> WorkloadPod:
         return WorkloadPod(
@@ -355,6 +359,7 @@ class SimPod:
             labels=dict(self.labels),
             phase=self.phase,
             terminating=self.terminating,
+            controlled=self.controlled,
         )
 
 
@@ -448,7 +453,7 @@ class Cluster:
             elif isinstance(a, EvictPods):
                 for _, name in a.pods:
                     p = self.pods.get(name)
-                    if p is not None and (a.force or self.now >= p.pdb_until):
+                    if p is not None and self.now >= p.pdb_until:
                         p.terminating = True
 
     def tick(self, dt: float) -> None:
@@ -527,12 +532,12 @@ def clusters(draw: st.DrawFn) -> tuple[Cluster, set[str], set[str]]:
             )
         )
         for j in range(draw(st.integers(0, 3))):
-            kind = draw(st.sampled_from(["job", "serve", "cpu", "ds", "scratch", "pinned"]))
+            kind = draw(st.sampled_from(["job", "serve", "cpu", "ds", "scratch", "pinned", "bare"]))
             pods.append(
                 SimPod(
                     name=f"{name}-{kind}-{j}",
                     node=name,
-                    uses_gpu=kind in ("job", "serve", "ds", "scratch"),
+                    uses_gpu=kind in ("job", "serve", "ds", "scratch", "bare"),
                     has_emptydir=kind == "scratch",
                     is_ds=kind == "ds",
                     labels={
@@ -542,6 +547,7 @@ def clusters(draw: st.DrawFn) -> tuple[Cluster, set[str], set[str]]:
                     }.get(kind, {}),
                     finish_at=T0 + draw(st.sampled_from([60, 600, 1200])) if kind == "job" else None,
                     pdb_until=T0 + (draw(st.sampled_from([0, 200, 1000])) if kind == "serve" else 0),
+                    controlled=kind != "bare",
                 )
             )
     return Cluster(nodes, pods, T0), cordoned, needs

@@ -26,7 +26,8 @@ Per MIG-capable node (mig-manager enabled, its deploy label not opted out with `
   `nvidia.com/gpu*` or `nvidia.com/mig-*`) waits, held, with `mig.config.state=pending` (the layout the label names
   is not applied) and the reason in an event and the condition; with `driver.upgradePolicy.drain.enable` (the
   policy's consent to evict workloads for a node-level GPU change; off by default) those pods are evicted through
-  the Eviction API instead, so PodDisruptionBudgets hold;
+  the Eviction API instead, so PodDisruptionBudgets hold, under drain's rules: none while one uses emptyDir
+  storage without `drain.deleteEmptyDir` or has no controller without `drain.force`;
 * deploy labels left at `paused-for-mig-change` are restored to `true` once the change is over (state `success`
   or `failed`) or its mig-manager is gone (no live pod and none coming: mig-manager disabled or held); a change
   cut short that way ends `failed`.
@@ -53,7 +54,7 @@ from .nodes import (
     per_spec,
     workload_of,
 )
-from .upgrade.model import WorkloadPod
+from .upgrade.model import WorkloadPod, eviction_refused
 
 PAUSED = "paused-for-mig-change"
 APPROVED = "nvidia.com/gpu-operator.mig-config.approved"
@@ -363,11 +364,18 @@ def _gate(
     busy = _gpu_pods(pods)
     if busy:
         refs = ", ".join(p.ref for p in busy[:5]) + (f" and {len(busy) - 5} more" if len(busy) > 5 else "")
-        if spec.driver.upgrade_policy.drain.enable:
+        drain = spec.driver.upgrade_policy.drain
+        refused = None
+        if drain.enable:
+            refused = eviction_refused(busy, force=drain.force, delete_emptydir=drain.delete_empty_dir,
+                                       field="driver.upgradePolicy.drain")  # fmt: skip
+        if drain.enable and refused is None:
             why = f"evicting {len(busy)} GPU pod(s): {refs}"
             evict = tuple((p.namespace, p.name) for p in busy if not p.terminating)
             if evict:
                 out.evict[name] = evict
+        elif refused is not None:
+            why = f"{len(busy)} GPU pod(s) running: {refs}; not evicted: {refused}"
         else:
             why = f"{len(busy)} GPU pod(s) running: {refs} (driver.upgradePolicy.drain.enable allows eviction)"
         out.waiting.append((name, want, why))

@@ -118,7 +118,8 @@ def run(
     for e in decision.events:
         events({"apiVersion": "v1", "kind": "Node", "metadata": {"name": e.node}}, e.type, e.reason, e.message)
     if decision.evict:
-        evictions = [EvictPods(n, refs, force=False, delete_emptydir=False) for n, refs in decision.evict.items()]
+        drain = spec.driver.upgrade_policy.drain
+        evictions = [EvictPods(n, refs, delete_emptydir=drain.delete_empty_dir) for n, refs in decision.evict.items()]
         plan = Plan(actions=list(evictions))
         Executor(kube, namespace, events).run(plan)
     if not decision.patches:

@@ -352,10 +352,7 @@ class Executor:
         if isinstance(action, EvictPods):
             for ns, name in action.pods:
                 try:
-                    if action.force:
-                        self.kube.delete("Pod", name, ns)
-                    else:
-                        self.kube.evict(name, ns)
+                    self.kube.evict(name, ns)
                 except ApiError as exc:
                     if exc.status == 429:  # a PodDisruptionBudget blocks it now; the planner sees it stay
                         log.info("upgrade: eviction of %s/%s blocked: %s", ns, name, exc.message)

@@ -7,7 +7,7 @@ additions that keep every piece of progress in the cluster, so an operator resta
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -219,6 +219,7 @@ class WorkloadPod:
     labels: dict[str, str] = field(default_factory=dict)
     phase: str = "Running"
     terminating: bool = False  # deletionTimestamp set: an eviction or deletion is under way
+    controlled: bool = True  # an owner reference with `controller: true`: something recreates the pod elsewhere
 
     @classmethod
     def from_pod(cls, pod: Mapping[str, Any]) -> WorkloadPod:
@@ -238,6 +239,7 @@ class WorkloadPod:
             labels=dict(meta.get("labels") or {}),
             phase=str((pod.get("status") or {}).get("phase") or "Pending"),
             terminating=bool(meta.get("deletionTimestamp")),
+            controlled=any(o.get("controller") for o in owners),
         )
 
     @property
@@ -247,6 +249,34 @@ class WorkloadPod:
     @property
     def finished(self) -> bool:
         return self.phase in FINISHED_PHASES
+
+
+def eviction_refused(pods: Iterable[WorkloadPod], *, force: bool, delete_emptydir: bool, field: str) -> str | None:
+    """Why `pods` may not be evicted, as kubectl drain's rules (upstream's drain helper) say, or None: a pod with
+    emptyDir storage needs `{field}.deleteEmptyDir`, a pod no controller owns (nothing recreates it) `{field}.force`.
+    Pods already terminating are on their way out and not held against it."""
+    live = [p for p in pods if not p.terminating]
+    if not delete_emptydir:
+        protected = [p.ref for p in live if p.has_emptydir]
+        if protected:
+            which = f"pod {protected[0]} uses" if len(protected) == 1 else f"pods {names(protected)} use"
+            return f"{which} emptyDir storage and {field}.deleteEmptyDir is false"
+    if not force:
+        bare = [p.ref for p in live if not p.controlled]
+        if bare:
+            which = f"pod {bare[0]} has" if len(bare) == 1 else f"pods {names(bare)} have"
+            return f"{which} no controller (nothing would recreate it) and {field}.force is false"
+    return None
+
+
+MAX_LISTED = 3  # pods or nodes named in one sentence
+
+
+def names(items: Iterable[str]) -> str:
+    """ "a, b, c and 2 more"."""
+    items = list(items)
+    shown = ", ".join(items[:MAX_LISTED])
+    return shown + (f" and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else "")
 
 
 # Actions. The adapter carries them out in the order given, stopping a node's actions at the first error;
@@ -279,8 +309,7 @@ class Annotate:
 @dataclass(frozen=True)
 class EvictPods:
     node: str
-    pods: tuple[tuple[str, str], ...]  # (namespace, name)
-    force: bool  # True: delete the pods instead of evicting them (PodDisruptionBudgets are not honoured)
+    pods: tuple[tuple[str, str], ...]  # (namespace, name); always through the Eviction API: PodDisruptionBudgets hold
     delete_emptydir: bool  # informational: pods with emptyDir volumes may be among them
 
 

@@ -78,14 +78,14 @@ from .model import (
     UpgradeNode,
     WorkloadPod,
     crash_loop,
+    eviction_refused,
+    names,
     pod_is_ready,
     pod_name,
     pod_revision,
     pod_terminating,
 )
 from .selector import Selector, SelectorError, parse_selector
-
-_MAX_LISTED = 3  # pods or nodes named in one sentence
 
 
 def max_unavailable_count(value: int | str | None, total: int) -> int:
@@ -98,12 +98,6 @@ def max_unavailable_count(value: int | str | None, total: int) -> int:
     if text.endswith("%"):
         return math.ceil(int(text[:-1]) * total / 100)
     return int(text)
-
-
-def _names(items: Iterable[str]) -> str:
-    items = list(items)
-    shown = ", ".join(items[:_MAX_LISTED])
-    return shown + (f" and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
 
 
 def _parse_time(value: str | None) -> float | None:
@@ -228,7 +222,7 @@ def select_starts(
                 f"{slots.max_unavailable} nodes unavailable (maxUnavailable)"
             )
             if unavailable:
-                msg += f"; cordoned, NotReady or upgrading: {_names(sorted(unavailable))}"
+                msg += f"; cordoned, NotReady or upgrading: {names(sorted(unavailable))}"
             waiting[node.name] = msg
         else:
             started.append(node.name)
@@ -510,7 +504,7 @@ class _Pass:
         if not running:
             return self.move(node, self.after_jobs(), "no job pods left to wait for", clear=clear, event=False)
         elapsed, actions = self.elapsed(node, WAIT_FOR_JOBS_START_ANNOTATION)
-        refs = _names(p.ref for p in running)
+        refs = names(p.ref for p in running)
         if spec.timeout_seconds and elapsed >= spec.timeout_seconds:
             return self.move(
                 node,
@@ -534,30 +528,24 @@ class _Pass:
         delete_emptydir: bool,
         field: str,
     ) -> _Eviction:
-        """One pass of evicting `pods`: done when none is left; evict (or after the timeout, with force,
-        delete) the rest; fail on an emptyDir pod we may not touch, or on the timeout without force."""
+        """One pass of evicting `pods` as upstream's drain helper does: done when none is left; fail on a pod the
+        policy does not let us evict (emptyDir storage without deleteEmptyDir, no controller without force), or
+        once the timeout has passed with pods left (a PodDisruptionBudget holding them); else evict the rest,
+        always through the Eviction API (force allows pods no controller owns; it never deletes past a budget)."""
         if not pods:
             return _Eviction(done=True)
-        if not delete_emptydir:
-            protected = [p.ref for p in pods if p.has_emptydir]
-            if protected:
-                which = f"pod {protected[0]} uses" if len(protected) == 1 else f"pods {_names(protected)} use"
-                return _Eviction(failure=f"{which} emptyDir storage and {field}.deleteEmptyDir is false")
+        refused = eviction_refused(pods, force=force, delete_emptydir=delete_emptydir, field=field)
+        if refused is not None:
+            return _Eviction(failure=refused)
         elapsed, actions = self.elapsed(node, start_key)
         live = [p for p in pods if not p.terminating]
-        refs = _names(p.ref for p in (live or pods))
-        timed_out = timeout > 0 and elapsed >= timeout
-        if timed_out and not force:
-            return _Eviction(
-                failure=f"eviction of {refs} did not finish within {timeout}s ({field}.timeoutSeconds; "
-                f"{field}.force is false)"
-            )
+        refs = names(p.ref for p in (live or pods))
+        if timeout > 0 and elapsed >= timeout:
+            return _Eviction(failure=f"eviction of {refs} did not finish within {timeout}s ({field}.timeoutSeconds)")
         if live:
-            actions.append(EvictPods(node.name, tuple((p.namespace, p.name) for p in live), timed_out, delete_emptydir))
+            actions.append(EvictPods(node.name, tuple((p.namespace, p.name) for p in live), delete_emptydir))
         limit = f"{int(elapsed)}s of {timeout}s" if timeout else f"{int(elapsed)}s, no timeout"
-        if timed_out:
-            msg = f"deleting {refs} after the {timeout}s eviction timeout ({field}.force)"
-        elif not live:
+        if not live:
             msg = f"waiting for {refs} to terminate ({limit})"
         elif _parse_time(node.annotations.get(start_key)) is None:
             msg = f"evicting {refs} ({field})"

@@ -336,12 +336,39 @@ def test_required_node_rolled_back_is_done() -> None:
 
 
 def test_required_node_cordoned_by_a_failed_attempt_goes_through_the_upgrade() -> None:
-    # In sync, but cordoned by us (no initial-state annotation): it must go round to be uncordoned.
-    p = run([make_node("a", "upgrade-required", rev=NEW, unschedulable=True)], pol=reading_pods())
+    # In sync, but cordoned by us: a failed attempt relabelled to retry (its failure reason still there). It must go
+    # round to be uncordoned.
+    failed = {FAILURE_REASON_ANNOTATION: "driver pod crash-looping"}
+    node = make_node("a", "upgrade-required", rev=NEW, unschedulable=True, annotations=failed)
+    p = run([node], pol=reading_pods())
     assert states(p) == {"a": "wait-for-jobs-required"}
     # Reading no pods, it goes round in one pass: nothing to restart, its driver and validator Ready.
-    p = run([make_node("a", "upgrade-required", rev=NEW, unschedulable=True)])
+    p = run([node])
     assert states(p) == {"a": "upgrade-done"} and of(p, Uncordon) == [Uncordon("a")] and of(p, DeleteDriverPod) == []
+
+
+def test_a_cordon_made_while_waiting_for_a_slot_is_left_in_place() -> None:
+    # Schedulable when it became upgrade-required; an admin cordons it (maintenance) before it gets a slot.
+    remember = Annotate("a", INITIAL_UNSCHEDULABLE_ANNOTATION, "true")
+    p = run([make_node("a", "upgrade-required", unschedulable=True)], pol=reading_pods())
+    assert p.actions[0] == remember and states(p) == {"a": "wait-for-jobs-required"} and of(p, Cordon) == []
+    assert "cordoned while it waited for an upgrade slot" in of(p, Event)[0].message
+    # Waiting for a slot, it is recorded at once all the same.
+    busy = make_node("b", "pod-restart-required", rev=NEW)
+    p = run([make_node("a", "upgrade-required", unschedulable=True), busy], pol=policy(max_parallel_upgrades=1))
+    assert p.actions[0] == remember and "a" not in states(p) and "a" in p.waiting
+    # At its end the cordon stays.
+    marked = {INITIAL_UNSCHEDULABLE_ANNOTATION: "true"}
+    p = run([make_node("a", "validation-required", rev=NEW, unschedulable=True, annotations=marked)])
+    assert states(p) == {"a": "upgrade-done"} and of(p, Uncordon) == []
+    # Rolled back while it waited: done at once, the cordon untouched, nothing evicted.
+    p = run([make_node("a", "upgrade-required", rev=NEW, unschedulable=True)], [gpu_pod("x", node="a")],
+            pol=reading_pods())  # fmt: skip
+    assert states(p) == {"a": "upgrade-done"} and p.started == ()
+    assert of(p, Uncordon) == [] and of(p, Cordon) == [] and of(p, EvictPods) == []
+    # Uncordoned again while it waits: the record goes, and the upgrade's own cordon is undone at its end.
+    p = run([make_node("a", "upgrade-required", annotations=marked), busy], pol=policy(max_parallel_upgrades=1))
+    assert p.actions[0] == Annotate("a", INITIAL_UNSCHEDULABLE_ANNOTATION, None) and not of(p, Event)
 
 
 def test_start_clears_bookkeeping_of_a_failed_attempt() -> None:

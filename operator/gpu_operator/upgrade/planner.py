@@ -285,6 +285,9 @@ class _Step:
     finished: str | None = None  # (concluded) an upgrade that ended in this pass without an event: what it did
 
 
+# Bookkeeping `_Pass.move` removes only after the state label (see there).
+_CLEARED_LAST = frozenset({INITIAL_UNSCHEDULABLE_ANNOTATION, FAILURE_REASON_ANNOTATION})
+
 # Writes whose effect the next pass must observe before the node goes on (a cordon only when workload pods are read).
 _CHAIN_STOPS = (Cordon, Uncordon, EvictPods, DeleteDriverPod, MovePool)
 
@@ -387,15 +390,16 @@ class _Pass:
         """The actions of one transition, ordered so that a list cut short anywhere is still safe.
 
         Work (`before`) and removal of the bookkeeping in `clear` come first: if the pass stops there, the
-        node stays in its state and at worst a wait restarts. The initial-unschedulable annotation goes last,
-        after the state label: losing it while the node is still mid-upgrade would uncordon a node its owner
-        had cordoned.
+        node stays in its state and at worst a wait restarts. The initial-unschedulable annotation and the
+        failure reason go last, after the state label: losing the first while the node is still mid-upgrade would
+        uncordon a node its owner had cordoned, and an upgrade-required node cordoned without the second reads as
+        cordoned by someone else (`_cordon_changed_while_waiting`).
         """
         present = [k for k in dict.fromkeys(clear) if k in node.annotations]
         actions: list[Action] = list(before)
-        actions += [Annotate(node.name, k, None) for k in present if k != INITIAL_UNSCHEDULABLE_ANNOTATION]
+        actions += [Annotate(node.name, k, None) for k in present if k not in _CLEARED_LAST]
         actions.append(SetState(node.name, new))
-        actions += [Annotate(node.name, k, None) for k in present if k == INITIAL_UNSCHEDULABLE_ANNOTATION]
+        actions += [Annotate(node.name, k, None) for k in present if k in _CLEARED_LAST]
         old = node.labels.get(STATE_LABEL, UNKNOWN) or "unknown"
         return _Step(actions, move=_Move(old, new, why, warning, event))
 
@@ -760,6 +764,10 @@ def plan(
 
     for node in nodes:
         if _SETTLED not in node.__dict__:  # settled(node), without a call for each of thousands of settled nodes
+            note = _cordon_changed_while_waiting(node)
+            if note is not None:
+                taken[node.name].append(note)
+                node = _after(node, note.actions)
             advance(node)
 
     # Named in a candidate's wait only: no candidate, no walk.
@@ -768,7 +776,7 @@ def plan(
     starting = set(started)
     for node in candidates:
         if node.name in starting:
-            step = p.start(node, said=bool(taken[node.name]))
+            step = p.start(node, said=any(s.move is not None for s in taken[node.name]))
             taken[node.name].append(step)
             after = _after(node, step.actions)
             if p.goes_on(step, observed[node.name], after):
@@ -872,6 +880,21 @@ def _reason(node: UpgradeNode) -> str | None:
     if node.requested:
         return f"upgrade requested by annotation {REQUESTED_ANNOTATION}"
     return None
+
+
+def _cordon_changed_while_waiting(node: UpgradeNode) -> _Step | None:
+    """An upgrade-required node whose cordon someone else changed while it waited for a slot: the upgrade cordons
+    only when it starts, so a cordon there now is not ours (unless a failed attempt, relabelled to retry, left it:
+    that node still carries its failure reason). Recorded as the upgrade's start would have, so the upgrade leaves
+    that cordon in place; an uncordon there drops the record. None when nothing changed."""
+    if node.state != REQUIRED or node.unschedulable == node.initially_unschedulable:
+        return None
+    if node.unschedulable:
+        if FAILURE_REASON_ANNOTATION in node.annotations:
+            return None
+        note = "node cordoned while it waited for an upgrade slot, not by the upgrade: it stays cordoned afterwards"
+        return _Step([Annotate(node.name, INITIAL_UNSCHEDULABLE_ANNOTATION, "true")], note=note)
+    return _Step([Annotate(node.name, INITIAL_UNSCHEDULABLE_ANNOTATION, None)])
 
 
 def _nothing_left_to_do(node: UpgradeNode) -> bool:

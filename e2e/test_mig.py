@@ -25,6 +25,7 @@ NODE = "mig-h100-0"
 OTHER = "mig-h100-1"
 CONFIG = "nvidia.com/mig.config"
 STATE = "nvidia.com/mig.config.state"
+APPROVED = "nvidia.com/gpu-operator.mig-config.approved"
 MANAGER = "nvidia.com/gpu.deploy.mig-manager"
 PAUSED = "paused-for-mig-change"
 WAIT = 90
@@ -314,6 +315,7 @@ def test_deleting_the_policy_mid_change_lets_it_go_only_once_mig_manager_is_gone
         for node in (NODE, OTHER):
             admin.merge_patch("Pod", pods[node], {"metadata": {"finalizers": [hold]}}, NAMESPACE)
             held[node] = pods[node]
+        assert all(APPROVED in labels(admin, n) for n in (NODE, OTHER)), "no layout recorded as let through"
         admin.delete("ClusterPolicy", "cluster-policy")
         wait_for(lambda: admin.get("DaemonSet", "nvidia-mig-manager", NAMESPACE) is None, 30, interval=0.2,
                  message="the operator deletes mig-manager's DaemonSet first")  # fmt: skip
@@ -329,6 +331,7 @@ def test_deleting_the_policy_mid_change_lets_it_go_only_once_mig_manager_is_gone
         for node in (NODE, OTHER):
             left = {k: v for k, v in labels(admin, node).items() if k.startswith(deploy)}
             assert left == {}, f"the operator's node labels on {node}, paused ones too, are removed"
+            assert APPROVED not in labels(admin, node), f"the operator's record of {node}'s layout is removed"
             assert labels(admin, node).get(STATE) == "pending", "the change cut short is left as mig-manager left it"
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{explain(admin, operator, sim)}") from None

@@ -101,6 +101,20 @@ def test_a_change_waits_while_gpu_pods_run() -> None:
     assert cond is not None and cond["reason"] == "WaitingForGPUWorkloads" and "team/train" in cond["message"]
 
 
+def test_an_empty_default_with_no_layout_label_asks_for_nothing() -> None:
+    # Upstream's CRD allows config.default "": no mig.config is seeded and mig-manager has nothing to apply.
+    spec = parse_spec({"migManager": {"config": {"default": ""}}})
+    bare = NodeFacts("n1", labels={k: v for k, v in node().labels.items() if k != MIG_CONFIG})
+    assert mig.changes_requested([bare], spec) == []
+    d = decide(bare, spec, pods=[GPU_POD])
+    assert (d.refused, d.patches, d.events, d.waiting) == ([], {}, [], [])
+    # A hold left from before is released.
+    held = NodeFacts("n1", labels={**bare.labels, MANAGER: mig.PAUSED})
+    assert decide(held, spec).patches == {"n1": {MANAGER: "true"}}
+    # A label set by the admin is checked as ever.
+    assert [r[:2] for r in decide(node("nope"), spec).refused] == [("n1", "nope")]
+
+
 def test_a_finished_gpu_pod_does_not_hold_a_change() -> None:
     done = WorkloadPod("team", "old", "n1", uses_gpu=True, phase="Succeeded")
     assert decide(node(), pods=[done]).patches == {"n1": {mig.APPROVED: "all-1g.10gb"}}

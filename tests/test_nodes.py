@@ -199,8 +199,14 @@ ROWS = [
         PRESENT | on(*CONTAINER) | ALL_DISABLED),
     row("mig-manager-empty-kept", "default", {MIG_CAPABLE: "true", dl("mig-manager"): ""},
         PRESENT | on(*CONTAINER) | ALL_DISABLED),
-    row("mig-manager-kept-when-no-longer-mig-capable", "default",
-        {**LABELLED, MIG_CAPABLE: "false", dl("mig-manager"): "true"}, {}),
+    # Ours: upstream never sweeps mig-manager from a container node, but sets it only once GFD says MIG-capable; we
+    # may set it earlier from NFD's device ID, so GFD's `false` takes a `true` back (an opt-out stays).
+    row("mig-manager-swept-once-gfd-says-not-mig-capable", "default",
+        {**LABELLED, MIG_CAPABLE: "false", dl("mig-manager"): "true"}, off("mig-manager")),
+    row("mig-manager-opt-out-kept-when-not-mig-capable", "default",
+        {**LABELLED, MIG_CAPABLE: "false", dl("mig-manager"): "false"}, {}),
+    row("mig-manager-kept-while-gfd-has-not-said", "default",
+        {**LABELLED, NFD_DEVICE.format("2330"): "true", dl("mig-manager"): "true", MIG_CONFIG: "all-disabled"}, {}),
     row("steady-container-node", "default", LABELLED, {}),
     row("steady-mig-node", "default",
         {**LABELLED, MIG_CAPABLE: "true", dl("mig-manager"): "true", MIG_CONFIG: "all-balanced"}, {}),

@@ -101,6 +101,26 @@ def test_mps_with_mig() -> None:
     sharing.check(cfg, "none", mig_enabled=True)  # strategy none: the plugin sees full GPUs
 
 
+def test_mps_is_refused_on_nodes_whose_layout_enables_mig_by_its_entries_not_its_name() -> None:
+    mps = {"mps": "sharing: {mps: {resources: [{name: nvidia.com/gpu, replicas: 4}]}}"}
+    gpu = {"feature.node.kubernetes.io/pci-10de.present": "true", "nvidia.com/device-plugin.config": "mps"}
+
+    def refused(layout: str, layouts: dict[str, str] | None = None) -> bool:
+        spec = parse_spec({"devicePlugin": {"config": {"name": "sharing"}},
+                           "migManager": {"config": {"name": "my-layouts" if layouts is not None else ""}}})
+        data = {"sharing": mps, **({"my-layouts": layouts} if layouts is not None else {})}
+        n = NodeFacts("n1", {**gpu, "nvidia.com/mig.config": layout})
+        return bool(sharing.context_problems(spec, data, [n]))
+
+    assert refused("all-1g.10gb") and refused("all-enabled") and not refused("all-disabled")
+    config = ("version: v1\nmig-configs:\n  no-mig: [{devices: all, mig-enabled: false}]\n"
+              "  halves: [{devices: all, mig-enabled: true, mig-devices: {3g.40gb: 2}}]\n")
+    assert not refused("no-mig", {"config.yaml": config})
+    assert refused("halves", {"config.yaml": config})
+    # A name neither the user's config nor the default table has: taken as MIG on (mig-manager refuses it).
+    assert refused("unknown", {"config.yaml": config}) and refused("no-mig", {})
+
+
 def test_unknown_resource_is_refused() -> None:
     cfg = sharing.parse("sharing: {timeSlicing: {resources: [{name: nvidia.com/tpu, replicas: 2}]}}")
     with pytest.raises(sharing.ConfigError) as err:

@@ -9,6 +9,7 @@ from typing import Any
 
 from .apply import Applier
 from .kube import Kube
+from .mig import APPROVED as MIG_APPROVED
 from .nodes import DEPLOY_PREFIX, DRIVER_KERNEL, GPU_PRESENT, RUNTIME_LABEL, written_by_us
 from .nvidiadriver_api import OWNER_LABEL
 from .observe import Snapshot
@@ -62,7 +63,7 @@ class Lifecycle:
                     drop: dict[str, str | None] = {
                         k: None
                         for k, v in node.labels.items()
-                        if k in (GPU_PRESENT, RUNTIME_LABEL, DRIVER_KERNEL, OWNER_LABEL)
+                        if k in (GPU_PRESENT, RUNTIME_LABEL, DRIVER_KERNEL, OWNER_LABEL, MIG_APPROVED)
                         or (k.startswith(DEPLOY_PREFIX) and written_by_us(v))
                     }
                     if drop:

@@ -269,6 +269,8 @@ def _is_quiet(node: NodeFacts, spec: ClusterPolicySpec) -> bool:
 
 
 def requested(node: NodeFacts, spec: ClusterPolicySpec) -> str:
+    """The layout the node asks for: its label, else the policy's default; "" for none (upstream allows an empty
+    `config.default`: no label is seeded, and mig-manager has nothing to apply)."""
     return node.labels.get(MIG_CONFIG) or spec.mig_manager.config.default
 
 
@@ -276,7 +278,11 @@ def changes_requested(nodes: Iterable[NodeFacts], spec: ClusterPolicySpec) -> li
     """Nodes whose label asks for a layout not yet let through (their pods are needed for the decision)."""
     if not spec.mig_manager.enabled:
         return []
-    return [n.name for n in nodes if _managed(n, spec) and n.labels.get(APPROVED) not in (None, requested(n, spec))]
+    return [
+        n.name
+        for n in nodes
+        if _managed(n, spec) and n.labels.get(APPROVED) not in (None, requested(n, spec)) and requested(n, spec)
+    ]
 
 
 def _gpu_pods(pods: Iterable[WorkloadPod]) -> list[WorkloadPod]:
@@ -340,7 +346,7 @@ def _gate(
     operands_paused = any(labels.get(key) == PAUSED for _, key in _PAUSED_KEYS)
     if state in IN_PROGRESS and operands_paused and not held:
         return  # mig-manager is mid-change: let it finish
-    if approved == want:
+    if approved == want or not want:  # let through already, or nothing asked for
         if held:
             out._set(name, MANAGER_LABEL, "true")
         return

@@ -467,9 +467,12 @@ def desired_labels(node: NodeFacts, spec: ClusterPolicySpec, refused: bool = Fal
                 if not labels.get(key):
                     want[key] = "true"
             elif op == MIG_MANAGER and workload == "container":
-                # Never swept from a container node; set once the node is MIG-capable.
+                # Never swept from a container node (upstream); set once the node is MIG-capable. Beyond upstream it
+                # may be set before GFD runs, from NFD's device ID: GFD's `mig.capable=false` takes that back.
                 if capable and key not in labels:
                     want[key] = "true"
+                elif labels.get(MIG_CAPABLE) == "false" and labels.get(key) == "true":
+                    want[key] = None
             elif op != "dra-driver" and labels.get(key) and written_by_us(labels.get(key)):
                 # An empty value deploys nothing and stays: k8s-driver-manager writes one for every operand it
                 # pauses that was not set, on every driver pod start; sweeping it cost a node write each time.

@@ -23,12 +23,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import yaml
 
-from . import mig_layouts
+from . import mig, mig_layouts
 from .nodes import NodeFacts
+from .states.mig_manager import custom_config
 
 VERSION = "v1"
 PREFIX = "nvidia.com"
@@ -244,18 +246,33 @@ class Problem:
         return f"ConfigMap {self.config_map} key {self.key}{where}: {self.message}"
 
 
-def _mig_enabled(node: NodeFacts) -> bool:
+def _mig_enabled(node: NodeFacts, layouts: mig.Layouts | None) -> bool:
+    """Whether the node's layout puts its GPUs in MIG mode, by its entries in the user's mig-parted config
+    (`layouts`) or the default table: a layout whose entries all keep MIG off does not, whatever its name. A name
+    neither has counts as MIG on: mig-manager refuses it, and which mode the GPUs are left in is not known here."""
     layout = node.labels.get(MIG_CONFIG_LABEL)
-    return bool(layout) and layout != mig_layouts.DISABLED
+    if not layout or layout == mig_layouts.DISABLED:
+        return False
+    entries = (layouts if layouts is not None else mig_layouts.default_layouts()).get(layout)
+    return entries is None or any(e.mig_enabled for e in entries)
+
+
+@lru_cache(maxsize=4)
+def _parsed_layouts(text: str) -> mig.Layouts:
+    try:
+        return mig.parse_config(text)
+    except mig.ConfigError:
+        return {}
 
 
 def problems(name: str, data: Mapping[str, str], mig_strategy: str, default: str = "",
-             nodes: Iterable[NodeFacts] = ()) -> list[Problem]:
+             nodes: Iterable[NodeFacts] = (), layouts: mig.Layouts | None = None) -> list[Problem]:
     """Every key of the sharing ConfigMap the plugin would refuse, and a default naming no key.
 
-    Nodes (GPU nodes) tell which keys load on a node with MIG enabled (the node's label, else the default)."""
+    Nodes (GPU nodes) tell which keys load on a node with MIG enabled (the node's label, else the default);
+    `layouts`: the user's mig-parted config (None: the default table)."""
     out = []
-    mig_keys = {n.labels.get(NODE_LABEL) or default for n in nodes if n.has_gpu and _mig_enabled(n)}
+    mig_keys = {n.labels.get(NODE_LABEL) or default for n in nodes if n.has_gpu and _mig_enabled(n, layouts)}
     for key in sorted(data):
         try:
             check(parse(data[key]), mig_strategy, mig_enabled=key in mig_keys)
@@ -273,7 +290,11 @@ def context_problems(spec: Any, config_data: Mapping[str, Mapping[str, str]],
     cfg = spec.device_plugin.config
     if not cfg.name or cfg.name not in config_data:
         return []
-    return problems(cfg.name, config_data[cfg.name], spec.mig.strategy, cfg.default, nodes)
+    layouts = None
+    custom = custom_config(spec)
+    if custom is not None:  # unreadable or absent: {} (no layout known, each counts as MIG on)
+        layouts = _parsed_layouts((config_data.get(custom) or {}).get("config.yaml") or "")
+    return problems(cfg.name, config_data[cfg.name], spec.mig.strategy, cfg.default, nodes, layouts)
 
 
 def summary(found: list[Problem]) -> str:

@@ -647,7 +647,8 @@ def test_gfd_driver_labels_follow_the_new_driver_version(
 
 def test_free_ports_lie_below_the_ephemeral_range_and_are_never_handed_out_twice() -> None:
     # A port the kernel may give an outgoing connection could be taken while its listener restarts.
-    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low = int(f.read().split()[0])
     ports = free_ports(40) + [free_port() for _ in range(10)]
     assert len(set(ports)) == len(ports) and all(1024 <= p < low for p in ports), ports
 

@@ -450,9 +450,46 @@ def test_a_node_that_disappears_mid_upgrade_does_not_block_the_rest(env: Env) ->
     assert victim not in {w["node"] for w in status["upgrade"]["waiting"]}
 
 
-def test_upgrade_plan_and_the_operator_agree_when_the_driver_is_disabled(env: Env) -> None:
-    """One snapshot function serves both: with the driver off neither manages a node (the plan used to list 12)."""
-    env.admin.merge_patch("ClusterPolicy", "cluster-policy", {"spec": {"driver": {"enabled": False}}})
+def test_the_driver_disabled_mid_upgrade_lets_the_nodes_go_and_the_plan_agrees(env: Env) -> None:
+    """No upgrade can go on once the ClusterPolicy's driver is off: the nodes are let go as with autoUpgrade off
+    (upstream leaves them cordoned for good). And one snapshot function serves `upgrade plan` and the operator:
+    with the driver off neither manages a node (the plan used to list 12)."""
+    nodes = {n["metadata"]["name"]: n for n in env.admin.list("Node")}
+    held = next(n for n in NODES if n in nodes and not nodes[n]["spec"].get("unschedulable")
+                and SKIP_LABEL not in nodes[n]["metadata"].get("labels", {}))  # fmt: skip
+    env.admin.apply(deployment("long-job", 1, gpu=False, on_node=held))
+    try:
+        wait_for(lambda: running(workload_pods(env, "long-job")) == 1, 60, message="long-job running")
+        wait = {"waitForCompletion": {"podSelector": "app=long-job", "timeoutSeconds": 0}}
+        env.admin.merge_patch("ClusterPolicy", "cluster-policy", {"spec": {"driver": {"upgradePolicy": wait}}})
+        set_version(env, "600.60.06")
+
+        def waiting_cordoned() -> bool:
+            n = node(env, held)
+            return n["metadata"]["labels"].get(STATE_LABEL) == "wait-for-jobs-required" and bool(
+                n["spec"].get("unschedulable"))  # fmt: skip
+
+        wait_for(waiting_cordoned, 120, message=f"{held} cordoned, waiting for long-job")
+        env.admin.merge_patch("ClusterPolicy", "cluster-policy", {"spec": {"driver": {"enabled": False}}})
+
+        def let_go() -> bool:
+            labelled = [n["metadata"]["name"] for n in env.admin.list("Node") if STATE_LABEL in n["metadata"]["labels"]]
+            return not labelled and not node(env, held)["spec"].get("unschedulable")
+
+        wait_for(let_go, 60, message=f"no node left in an upgrade state, {held} uncordoned")
+
+        def upgrade_texts() -> list[str]:
+            events = env.admin.list("Event", "default", field_selector=f"involvedObject.name={held}")
+            return [e.get("message", "") for e in events if e.get("reason") == "GPUDriverUpgrade"]
+
+        said = "the ClusterPolicy's driver was switched off in wait-for-jobs-required: node uncordoned"
+        try:  # the event follows the node's patch
+            wait_for(lambda: any(said in t for t in upgrade_texts()), 15, message="the let-go event")
+        except Exception:  # noqa: BLE001 - the assertion below shows what was posted
+            pass
+        assert any(said in t for t in upgrade_texts()), upgrade_texts()
+    finally:
+        env.admin.delete("Deployment", "long-job", WORK)
 
     def settled() -> dict[str, Any] | None:
         policy = env.admin.get("ClusterPolicy", "cluster-policy") or {}

@@ -23,7 +23,7 @@ from .model import (
     Plan,
     UpgradeNode,
 )
-from .planner import Limit, plan
+from .planner import Limit, plan, switched_off
 
 log = logging.getLogger("gpu_operator.upgrade")
 
@@ -45,6 +45,24 @@ class Orchestrated:
     started: int = 0  # upgrades started by this pass
     made_unavailable: int = 0  # of them, on nodes that were available
     deferred: int = 0  # nodes whose actions wait for the next pass (out of this pass's write budget)
+
+
+def left_behind(kube: Kube, namespace: str, snap: Snapshot, events: Recorder) -> None:
+    """The ClusterPolicy's driver switched off: no upgrade can go on, so the nodes one left mid-way are let go as
+    with autoUpgrade off (planner.switched_off): state label and bookkeeping removed, the upgrade's own cordons
+    undone (a failed node's left to the admin), each with an event. Upstream leaves them cordoned for good. One walk
+    of the nodes per pass, only while the driver is off."""
+    actions = [
+        a
+        for n in snap.nodes.values()
+        if STATE_LABEL in n.labels
+        for a in switched_off(
+            UpgradeNode(n.name, labels=n.labels, annotations=n.annotations, unschedulable=n.unschedulable),
+            "the ClusterPolicy's driver was switched off",
+        )
+    ]
+    if actions:
+        Executor(kube, namespace, events).run(Plan(actions))
 
 
 def set_gauges(c: Counters) -> None:
@@ -76,6 +94,8 @@ def orchestrate(
     if not managed:  # nothing to upgrade (driver off, no GPU node): the gauges say so too
         if gauges:
             set_gauges(Counters())
+        if not spec.driver.enabled and not spec.driver.use_nvidia_driver_crd:
+            left_behind(kube, namespace, snap, events)
         return Orchestrated(None, False)
     needs = kept.inputs.needs_pods if kept is not None else None  # kept with `managed`
     result = plan(managed, workload_pods(kube, managed, policy, needs), policy, time.time(),

@@ -807,11 +807,12 @@ CORDONED_STATES = frozenset({
 })  # fmt: skip
 
 
-def switched_off(node: UpgradeNode) -> list[Action]:
-    """autoUpgrade off: the node's state label and the upgrade's bookkeeping go. Beyond upstream (which drops
-    the label alone, leaving the nodes it cordoned cordoned for good): a node the upgrade cordoned is
-    uncordoned, unless its upgrade failed. A failed node stays cordoned, its failure reason kept, and an
-    event hands the cordon to the admin. A cordon that was there before the upgrade is never touched."""
+def switched_off(node: UpgradeNode, why: str = "autoUpgrade switched off") -> list[Action]:
+    """autoUpgrade off (or, `why` says, the ClusterPolicy's driver): the node's state label and the upgrade's
+    bookkeeping go. Beyond upstream (which drops the label alone, leaving the nodes it cordoned cordoned for good):
+    a node the upgrade cordoned is uncordoned, unless its upgrade failed. A failed node stays cordoned, its failure
+    reason kept, and an event hands the cordon to the admin. A cordon that was there before the upgrade is never
+    touched."""
     if STATE_LABEL not in node.labels:
         return []
     ours = node.state in CORDONED_STATES and node.unschedulable and not node.initially_unschedulable
@@ -825,11 +826,11 @@ def switched_off(node: UpgradeNode) -> list[Action]:
     state = node.labels[STATE_LABEL]
     if failed:
         reason = node.annotations.get(FAILURE_REASON_ANNOTATION, "reason unknown")
-        message = (f"autoUpgrade switched off in {state} ({reason}): node left cordoned for the admin; "
+        message = (f"{why} in {state} ({reason}): node left cordoned for the admin; "
                    f"uncordon it once its driver works")  # fmt: skip
         actions.append(Event(node.name, "Warning", EVENT_REASON, message))
     elif ours:
-        message = f"autoUpgrade switched off in {state}: node uncordoned (the upgrade had cordoned it)"
+        message = f"{why} in {state}: node uncordoned (the upgrade had cordoned it)"
         actions.append(Event(node.name, "Normal", EVENT_REASON, message))
     return actions
 

@@ -50,8 +50,7 @@ def test_overlapping_selectors_conflict_on_both_and_neither_takes_the_node() -> 
                nvd("rack", nodeSelector={"rack": "r7"})]  # fmt: skip
     found = assign(NODES, drivers)
     assert found.conflicts == {"pool-b": ["b2"], "rack": ["b2"]}
-    assert "b2" not in found.owner  # not even the default's
-    assert found.owner_label("b2") == CONFLICT_VALUE
+    assert found.owner["b2"] == "default"  # neither takes it; the default keeps it (see below)
     assert found.nodes_of("pool-b") == ["b1"] and found.nodes_of("rack") == []
     message = nvidiadriver.conflict_message("pool-b", found)
     assert message is not None and "rack" in message and "b2" in message
@@ -64,12 +63,32 @@ def test_a_conflict_keeps_the_driver_a_node_already_runs() -> None:
     assert found.conflicts == {"pool-b": ["b2"], "rack": ["b2"]}
 
 
-def test_two_defaults_and_invalid_specs_drive_nothing() -> None:
-    drivers = [nvd("d1", default=True), nvd("d2", default=True), nvd("bad", driverType="cpu")]
+def test_of_two_defaults_the_oldest_stays_and_invalid_specs_drive_nothing() -> None:
+    # The chart's default and an admin's own: the running one keeps its nodes (refusing both removed every driver).
+    def made(name: str, when: str) -> NVIDIADriver:
+        return NVIDIADriver.from_object({"metadata": {"name": name, "creationTimestamp": when},
+                                         "spec": {"default": True}})  # fmt: skip
+
+    drivers = [made("a-new", "2026-12-02T00:00:00Z"), made("z-old", "2026-12-01T00:00:00Z"),
+               nvd("bad", driverType="cpu")]
     found = assign(NODES, drivers)
-    assert found.owner == {}
-    assert set(found.problems) == {"d1", "d2", "bad"}
+    assert found.default == "z-old" and set(found.owner.values()) == {"z-old"}
+    assert set(found.problems) == {"a-new", "bad"} and "z-old, the oldest, stays the default" in found.problems["a-new"]
     assert "spec.driverType" in found.problems["bad"]
+    spec = parse_spec(crd_policy())
+    assert [g.name for g in nvidiadriver.groups(spec, drivers, found)] == ["z-old"]
+    assert assign(NODES, [nvd("d2", default=True), nvd("d1", default=True)]).default == "d1"  # no time: by name
+
+
+def test_a_conflict_on_a_node_the_default_drives_leaves_it_with_the_default() -> None:
+    drivers = [nvd("default", default=True), nvd("pool-b", nodeSelector={"pool": "b"}), nvd("rack", nodeSelector={
+        "rack": "r7"})]  # fmt: skip
+    found = assign(NODES, drivers)
+    assert found.owner["b2"] == "default" and found.owner_label("b2") is None  # its driver keeps running
+    assert found.conflicts == {"pool-b": ["b2"], "rack": ["b2"]}
+    # With no default, nothing to keep: the conflict marker.
+    found = assign(NODES, drivers[1:])
+    assert "b2" not in found.owner and found.owner_label("b2") == CONFLICT_VALUE
 
 
 def test_vgpu_host_manager_is_refused_and_takes_no_node() -> None:
@@ -261,31 +280,39 @@ def test_a_kept_assignment_is_given_again_only_while_what_it_is_made_of_is_equal
     second = same()
     assert second is not first and second.owner == {"b1": "pool-b", "b2": "pool-b"}
     drivers = [nvd("one", default=True), nvd("two", default=True), nvd("pool-b", nodeSelector={"pool": "b"})]
-    third = same()  # two defaults: both refused, the same routes
-    assert third is not second and set(third.problems) == {"one", "two"}
+    third = same()  # two defaults: the first by name stays (no creation times here), the same routes
+    assert third is not second and set(third.problems) == {"two"}
     drivers = [nvd("one", default=True), nvd("pool-b", nodeSelector={"pool": "b"})]
     assert same().owner == {"a1": "one", "b1": "pool-b", "b2": "pool-b"}
     assert same().nodes_of("one") == ["a1"]
 
 
-@pytest.mark.parametrize(
-    ("drivers", "owned"),
-    [
-        ([nvd("default", default=True)], False),  # only the default's nodes: no owner label anywhere
-        ([nvd("default", default=True), nvd("pool-b", nodeSelector={"pool": "b"})], True),
-        ([nvd("pool-b", nodeSelector={"pool": "b"}), nvd("rack", nodeSelector={"rack": "r7"})], True),
-        ([nvd("rack", nodeSelector={"rack": "r7"}), nvd("x", nodeSelector={"rack": "r7"})], True),  # conflict only
-        ([nvd("rack", nodeSelector={"rack": "r9"})], False),  # no node at all
-    ],
-)
-def test_the_default_avoids_owned_nodes_only_while_some_node_carries_an_owner_label(
-    drivers: list[NVIDIADriver], owned: bool
-) -> None:
-    found = assign(NODES, drivers)
-    assert found.some_owned is owned
-    assert owned == any(found.owner_label(n.name) for n in NODES)
+def test_nvidiadrivers_coming_and_going_leave_the_defaults_pod_template_alone() -> None:
+    """The default's DaemonSets (and the ClusterPolicy's) always avoid owned nodes: a template that changed when a
+    first non-default NVIDIADriver came (or the last went) made every default node's driver out of date, and the
+    upgrade restarted the driver on all of them."""
+    nodes = [facts("a1", labels={"pool": "a"}), facts("b1", labels={"pool": "b"})]
     spec = parse_spec(crd_policy())
-    assert all(g.exclude_owned is owned for g in nvidiadriver.groups(spec, drivers, found))
+
+    def templates(*drivers: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+        plans = render_all(spec, nodes, nvidia_drivers=drivers_objects(*drivers))
+        return {d["metadata"]["name"]: d["spec"]["template"] for d in daemonsets(plans)
+                if d["metadata"]["name"].startswith("nvidia-driver-daemonset-ubuntu")}  # fmt: skip
+
+    alone = templates(("default", {"default": True}))
+    assert alone and alone == templates(("default", {"default": True}), ("pool-b", {"nodeSelector": {"pool": "b"}}))
+    assert alone == templates(("default", {"default": True}), ("x", {"nodeSelector": {"pool": "b"}}),
+                              ("y", {"nodeSelector": {"pool": "b"}}))  # a conflict: the same  # fmt: skip
+    unowned = [{"matchExpressions": [{"key": OWNER_LABEL, "operator": "DoesNotExist"}]}]
+    for template in alone.values():
+        required = template["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        assert required["nodeSelectorTerms"] == unowned
+    # The ClusterPolicy's own driver carries the same term, so switching useNvidiaDriverCRD on changes nothing.
+    plans = render_all(parse_spec(load_policy()["spec"]), nodes)
+    own = {d["metadata"]["name"]: d["spec"]["template"] for d in daemonsets(plans)
+           if d["metadata"]["name"].startswith("nvidia-driver-daemonset-ubuntu")}  # fmt: skip
+    assert own.keys() == alone.keys()
+    assert all(own[name]["spec"]["affinity"] == alone[name]["spec"]["affinity"] for name in own)
 
 
 def test_a_selector_on_gpu_present_matches_gpu_nodes_before_they_carry_the_label() -> None:
@@ -320,6 +347,13 @@ def test_status_reports_conflicts_and_readiness() -> None:
     alone = assign(NODES, drivers[:1])
     status = nvidiadriver.driver_status(drivers[0], alone, (True, ""), "gpu-operator", None, "t0")
     assert status["state"] == "ready" and status["nodes"] == 2
+    # Driver pods not ready: Ready False and Error True together, as the ClusterPolicy's (and upstream's).
+    waiting = nvidiadriver.driver_status(drivers[0], alone, (False, "1 of 2 pods unavailable"), "gpu-operator",
+                                         status, "t1")  # fmt: skip
+    conditions = {c["type"]: c for c in waiting["conditions"]}
+    assert (conditions["Ready"]["status"], conditions["Error"]["status"]) == ("False", "True")
+    error = conditions["Error"]
+    assert error["reason"] == "DriverNotReady" and error["message"] == "1 of 2 pods unavailable"
     off = nvidiadriver.driver_status(drivers[0], None, None, "gpu-operator", None, "t0")
     assert off["state"] == "disabled"
 

@@ -8,13 +8,17 @@ DaemonSets per NVIDIADriver, from the ClusterPolicy spec with its driver section
 - the default one (`spec.default: true`, at most one) takes the GPU nodes no other one matches;
 - `driverType` gpu and vgpu (the guest driver, another image) render the driver; vgpu-host-manager is refused
   (named in its status) and takes no node;
-- a node two non-default ones match is a conflict, reported on both; neither takes it (a node already routed to
-  one of them by the owner label keeps that driver, so a conflict never removes a running driver).
+- a node two non-default ones match is a conflict, reported on both; neither takes it. A conflict never removes a
+  running driver: a node already routed to one of them by the owner label keeps that driver, and one the default
+  drives (no owner label) stays with the default;
+- of several defaults, the oldest (then the first by name) stays the default and the others are refused, so a
+  second default (the chart's and an admin's own) takes no driver away (upstream refuses to reconcile then).
 
 Nodes of a non-default NVIDIADriver carry `nvidia.com/gpu-operator.driver.owner=<name>`, which its DaemonSets
 select. The default one's DaemonSets keep the ClusterPolicy's names and pod template, so switching
-useNvidiaDriverCRD on with a default NVIDIADriver of the same settings changes no driver pod; they exclude owned
-nodes (affinity on the owner label) only while some node has an owner.
+useNvidiaDriverCRD on with a default NVIDIADriver of the same settings changes no driver pod: both exclude nodes
+with an owner label (`OWNED_EXCLUDED`) always, so NVIDIADrivers added or deleted later change neither template
+(when the exclusion came and went with them, every default node's driver was restarted each time).
 """
 
 from __future__ import annotations
@@ -42,6 +46,19 @@ CONFLICT_REASON = "ConflictingNodeSelector"
 EVENT_REASON = "ConflictingNodeSelector"
 # The owner label's value on a node two NVIDIADrivers select (not a valid object name: it names none).
 CONFLICT_VALUE = "Conflict"
+# The term every driver DaemonSet but a non-default NVIDIADriver's carries: not on a node another one owns.
+OWNED_EXCLUDED = {"key": OWNER_LABEL, "operator": "DoesNotExist"}
+
+
+def excluding_owned(affinity: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A nodeAffinity (None: none) that also avoids owned nodes, in every required term (terms are ORed)."""
+    out = copy.deepcopy(dict(affinity)) if affinity else {}
+    required = out.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
+    terms = required.get("nodeSelectorTerms") or [{}]
+    for term in terms:
+        term.setdefault("matchExpressions", []).append(dict(OWNED_EXCLUDED))
+    required["nodeSelectorTerms"] = terms
+    return out
 
 
 @dataclass(frozen=True)
@@ -54,6 +71,7 @@ class NVIDIADriver:
     spec: NVIDIADriverSpec | None = None
     problem: str | None = None
     deleting: bool = False
+    created: str = ""  # metadata.creationTimestamp (RFC 3339: sorts as text)
 
     @classmethod
     def from_object(cls, obj: Mapping[str, Any]) -> NVIDIADriver:
@@ -70,6 +88,7 @@ class NVIDIADriver:
             spec=spec,
             problem=problem,
             deleting=bool(meta.get("deletionTimestamp")),
+            created=str(meta.get("creationTimestamp") or ""),
         )
 
     @property
@@ -149,14 +168,6 @@ class Assignment:
     def _node_sets(self) -> dict[str, frozenset[str]]:
         return {driver: frozenset(nodes) for driver, nodes in self._by_driver.items()}
 
-    @cached_property
-    def some_owned(self) -> bool:
-        """Whether some node carries an owner label (a non-default owner's name or the conflict marker)."""
-        default = self.default
-        return any(d != default for d in self.owner.values()) or any(
-            n not in self.owner for nodes in self.conflicts.values() for n in nodes
-        )
-
     def owner_label(self, node: str) -> str | None:
         """The owner label a node should carry: a non-default owner's name, the conflict marker, or none."""
         driver = self.owner.get(node)
@@ -182,13 +193,14 @@ def assign(nodes: Iterable[NodeFacts], drivers: Iterable[NVIDIADriver], kept: Ke
             )
             continue
         live.append(d)
-    defaults = [d for d in live if d.default]
-    if len(defaults) > 1:
-        names = ", ".join(d.name for d in defaults)
-        for d in defaults:
-            out.problems[d.name] = f"more than one default NVIDIADriver ({names}): none of them is used"
-    elif defaults:
+    defaults = sorted((d for d in live if d.default), key=lambda d: (d.created, d.name))
+    if defaults:
         out.default = defaults[0].name
+    for d in defaults[1:]:
+        out.problems[d.name] = (
+            f"more than one default NVIDIADriver: {out.default}, the oldest, stays the default; this one drives no "
+            "node (set default: false, or delete one)"
+        )
     selectors = tuple((d.name, d.spec.node_selector or {GPU_PRESENT: "true"}) for d in live
                       if d.spec is not None and not d.default)  # fmt: skip
     if kept is None:
@@ -213,6 +225,8 @@ def assign(nodes: Iterable[NodeFacts], drivers: Iterable[NVIDIADriver], kept: Ke
                 others += [m for m in matches if m != name and m not in others]
             if current in matches:  # already driven by one of them: keep that driver running
                 owner[node] = current
+            elif current is None and default is not None:  # the default drives it (or will): it stays
+                owner[node] = default
         elif default is not None:
             owner[node] = default
     return out
@@ -325,7 +339,6 @@ class DriverGroup:
     spec: ClusterPolicySpec
     nodes: frozenset[str]
     default: bool
-    exclude_owned: bool  # the default's DaemonSets avoid nodes with an owner label
     affinity: dict[str, Any] | None = None  # the NVIDIADriver's nodeAffinity
 
     def pool_name(self, pool: Pool) -> str:
@@ -342,19 +355,14 @@ class DriverGroup:
         return {} if self.default else {OWNER_LABEL: self.name}
 
     def node_affinity(self) -> dict[str, Any] | None:
-        """The NVIDIADriver's nodeAffinity; the default's also avoids owned nodes (in every term: terms are ORed)."""
-        out = copy.deepcopy(self.affinity) if self.affinity else {}
-        if self.default and self.exclude_owned:
-            required = out.setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
-            terms = required.get("nodeSelectorTerms") or [{}]
-            for term in terms:
-                term.setdefault("matchExpressions", []).append({"key": OWNER_LABEL, "operator": "DoesNotExist"})
-            required["nodeSelectorTerms"] = terms
-        return out or None
+        """The NVIDIADriver's nodeAffinity; the default's also avoids owned nodes, as the ClusterPolicy's driver."""
+        if self.default:
+            return excluding_owned(self.affinity)
+        return copy.deepcopy(self.affinity) if self.affinity else None
 
     def key(self) -> list[Any]:
         return [self.name, self.owner, self.spec.model_dump(mode="json"), sorted(self.nodes), self.default,
-                self.exclude_owned, self.affinity]  # fmt: skip
+                self.affinity]  # fmt: skip
 
 
 def groups(
@@ -367,7 +375,6 @@ def groups(
     each given again (the same object) while the ClusterPolicy's spec is the same object and the NVIDIADriver's
     spec is equal: what is worked out once per node and spec (version-matrix verdicts, upgrade inputs) then
     carries over from pass to pass."""
-    exclude = assignment.some_owned
     out = []
     for d in sorted(drivers, key=lambda d: d.name):
         if d.spec is None or d.deleting or d.name in assignment.problems:
@@ -386,7 +393,6 @@ def groups(
                 spec=spec,
                 nodes=assignment.node_set(d.name),
                 default=d.default,
-                exclude_owned=exclude,
                 affinity=d.spec.node_affinity,
             )
         )
@@ -449,8 +455,9 @@ def driver_status(
         ok, why = ready if ready is not None else (True, "")
         if conflict:
             state, reason, message, error = "notReady", CONFLICT_REASON, conflict, conflict
-        elif not ok:
-            state, reason, message, error = "notReady", "DriverNotReady", why or "waiting for driver pods", ""
+        elif not ok:  # Ready and Error move together (REFERENCE §1; upstream's SetConditionsError(DriverNotReady))
+            message = why or "waiting for driver pods"
+            state, reason, error = "notReady", "DriverNotReady", message
         else:
             state, reason, message, error = "ready", "Reconciled", "All resources have been successfully reconciled", ""
     out_conditions = [

@@ -17,6 +17,7 @@ from typing import Any
 from .. import images
 from ..api import ImageSpec
 from ..nodes import NodeFacts, Pool, driver_pools, gets_driver, pool_kernel, unpooled
+from ..nvidiadriver import excluding_owned
 from .base import OperandState, RenderContext, RenderProblem
 
 # Upstream tags RHEL-family driver images by the major OS version only (getOSTag in internal/state/nodepool.go).
@@ -195,7 +196,7 @@ def _pool(ctx: RenderContext, pool: Pool) -> dict[str, Any]:
             **pool.node_selector(),
             **(group.node_selector() if group else {}),
         },
-        "node_affinity": group.node_affinity() if group else None,
+        "node_affinity": group.node_affinity() if group else excluding_owned(None),
         "gds_image": _tagged(images.resolve(spec.gds, "gds"), os_tag),
         "gdrcopy_image": _tagged(images.resolve(spec.gdrcopy, "gdrcopy"), os_tag),
         "driver_mounts": driver_mounts,

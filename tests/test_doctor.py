@@ -7,7 +7,7 @@ from typing import Any
 
 from gpu_operator import capacity
 from gpu_operator.doctor import Cluster, diagnose, exit_status, render_json, render_prometheus, render_text
-from gpu_operator.doctor.sched import nodes_with_pods, quantity, selector_ok
+from gpu_operator.doctor.sched import nodes_with_pods, pod_requests, quantity, selector_ok
 from gpu_operator.nodes import NodeFacts
 from gpu_operator.observe import Snapshot
 
@@ -389,3 +389,101 @@ def test_driver_pods_are_read_when_a_gpu_node_has_no_driver_labels() -> None:
     plugin = daemonset("plugin", ready=None, want=1)
     assert reads_for([driver, plugin], [bare]) == (["app=driver"], reads_for([plugin], [bare])[1])
     assert reads_for([driver, plugin], [node("h-0")])[0] == []
+
+
+# Filters of the scheduler that doctor models: only nodes that advertise the resource can take a GPU pod, so theirs
+# are the taints and cordons that hold it; one node that fits is enough; sidecars; daemon pods' tolerations.
+
+
+def cpu_node(name: str, **spec: Any) -> dict[str, Any]:
+    res = {"cpu": "32", "memory": "128Gi", "pods": "110"}
+    return {"kind": "Node", "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+            "spec": spec, "status": {"capacity": res, "allocatable": dict(res)}}
+
+
+GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
+
+
+def test_taint_on_gpu_nodes_is_the_cause_when_cpu_nodes_are_untainted() -> None:
+    # Common layout: GPU nodes tainted nvidia.com/gpu, CPU workers untainted; the pod forgot the toleration.
+    # kube-scheduler: "1 node(s) had untolerated taint {nvidia.com/gpu: present}, 1 Insufficient nvidia.com/gpu".
+    # §12 entry 14 -> add the toleration.
+    c = cluster([node("h-0", spec={"taints": [GPU_TAINT]}), cpu_node("c-0")], [pod("p", 1)])
+    found = kinds(c)
+    assert "UntoleratedTaint" in found, {k: f.summary for k, f in found.items()}
+
+
+def test_cordoned_gpu_nodes_mid_upgrade_are_the_cause_when_cpu_nodes_are_open() -> None:
+    # §12 entry 19: GPU node cordoned by the driver upgrade -> "node(s) were unschedulable"; a CPU node is open.
+    state = {"nvidia.com/gpu-driver-upgrade-state": "wait-for-jobs-required"}
+    c = cluster([node("h-0", spec={"unschedulable": True}, labels=state), cpu_node("c-0")], [pod("p", 1)])
+    found = kinds(c)
+    assert "NodesCordoned" in found, {k: f.summary for k, f in found.items()}
+
+
+def test_mig_pod_blocked_by_taint_is_not_blamed_on_the_strategy() -> None:
+    # The only node advertising mig-1g.10gb runs strategy mixed but is tainted: the taint holds it, not the strategy.
+    mixed = node("h-0", spec={"taints": [GPU_TAINT]}, labels={"nvidia.com/mig.strategy": "mixed"},
+                 allocatable={"nvidia.com/mig-1g.10gb": "7"})
+    c = cluster([mixed, cpu_node("c-0")], [pod("p", resource="nvidia.com/mig-1g.10gb")])
+    found = kinds(c)
+    assert "UntoleratedTaint" in found, {k: f.summary for k, f in found.items()}
+
+
+def test_pod_that_fits_one_node_is_not_reported_short_of_cpu() -> None:
+    # h-0 takes the pod whole (8 GPUs, 96 CPUs free); h-1 has GPUs free but its CPUs are taken. NodeResourcesFit
+    # passes on h-0, so nothing is short.
+    busy = pod("cpu-hog", node_name="h-1", limits={"cpu": "95"})
+    want = pod("p", 1, limits={"cpu": "4"})
+    found = kinds(cluster([node("h-0"), node("h-1")], [busy, want]))
+    assert "InsufficientResources" not in found, found["InsufficientResources"].summary
+
+
+def test_volcano_gpu_memory_advertised_is_not_reported_as_unadvertised() -> None:
+    # §12 entry 21 is "requested and no node advertises it"; here every node advertises it (Volcano installed).
+    n = node("h-0", allocatable={"volcano.sh/gpu-memory": "81920"})
+    p = pod("v", resource="volcano.sh/gpu-memory")
+    found = kinds(cluster([n], [p]))
+    assert "VolcanoResourceNotAdvertised" not in found, found["VolcanoResourceNotAdvertised"].summary
+
+
+def test_sidecar_init_container_requests_add_to_the_containers() -> None:
+    # KEP-753 (beta, on by default since 1.29): an init container with restartPolicy Always runs beside the app
+    # containers, so kube-scheduler sums its requests with theirs (2 + 2 = 4 CPUs), not max(2, 2).
+    p = pod("s", 1, limits={"cpu": "2"})
+    p["spec"]["initContainers"] = [{"name": "proxy", "image": "envoy", "restartPolicy": "Always",
+                                    "resources": {"requests": {"cpu": "2"}}}]
+    assert pod_requests(p)["cpu"] == 4
+
+
+def test_daemonset_is_not_blocked_by_taints_the_daemonset_controller_tolerates() -> None:
+    # The DaemonSet controller adds tolerations for not-ready/unreachable (NoExecute) and memory/disk/pid-pressure
+    # (NoSchedule) to every daemon pod (sched.DAEMON_TOLERATIONS); a GPU node just rebooting after a driver install
+    # carries node.kubernetes.io/not-ready: no toleration for the policy to add.
+    rebooting = node("h-0", spec={"taints": [{"key": "node.kubernetes.io/not-ready", "effect": "NoExecute"}]})
+    c = cluster([rebooting], [])
+    ds = daemonset("nvidia-device-plugin-daemonset", {"nvidia.com/gpu.present": "true"}, ready=None, want=1)
+    c.snapshot.owned[("DaemonSet", NS, "nvidia-device-plugin-daemonset")] = ds
+    found = kinds(c)
+    assert "OperandBlockedByTaint" not in found, found["OperandBlockedByTaint"].summary
+
+
+def test_taint_fix_names_only_taints_of_nodes_with_gpus() -> None:
+    # Every node tainted: GPU nodes with nvidia.com/gpu, the control plane with its own. Tolerating the
+    # control-plane taint cannot help a GPU pod (that node has no GPU): the corrected YAML leaves it out.
+    cp = cpu_node("cp-0", taints=[{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}])
+    f = kinds(cluster([node("h-0", spec={"taints": [GPU_TAINT]}), cp], [pod("p", 1)]))["UntoleratedTaint"]
+    assert "control-plane" not in f.fix_yaml, f.fix_yaml
+
+
+def test_a_device_plugin_opted_out_on_every_gpu_node_is_named() -> None:
+    # §12 entry 13: an operand's DESIRED 0 on a GPU node because its deploy label is opted out. Here the node is
+    # labelled nvidia.com/gpu.deploy.device-plugin=false, so no device plugin runs and nothing is advertised: the
+    # opt-out is the cause, not a device plugin that is not ready.
+    n = node("h-0", labels={"nvidia.com/gpu.deploy.device-plugin": "false"})
+    n["status"]["allocatable"].pop("nvidia.com/gpu")
+    n["status"]["capacity"].pop("nvidia.com/gpu")
+    found = diagnose(cluster([n], [pod("p", 1)]))
+    opted = [f for f in found if f.kind == "DevicePluginOptedOut"]
+    assert opted and "gpu.deploy.device-plugin=false on h-0" in opted[0].summary, [(f.kind, f.summary) for f in found]
+    assert not [f for f in found if f.kind == "GPUsNotAdvertised"]

@@ -35,6 +35,7 @@ from .sched import (
 )
 
 VOLCANO_GPU_MEMORY = "volcano.sh/gpu-memory"
+DEVICE_PLUGIN_DEPLOY = "nvidia.com/gpu.deploy.device-plugin"
 
 
 def pending_gpu_pods(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -88,6 +89,8 @@ def _diagnose(cluster: Cluster, pod: dict[str, Any]) -> Finding | None:
     requests = pod_requests(pod)
     gpus = gpu_requests(pod)
     if not gpus:  # Volcano's GPU memory only (seed §7.1)
+        if any(v.allocatable.get(VOLCANO_GPU_MEMORY, Decimal(0)) > 0 for v in cluster.views.values()):
+            return None  # Volcano's own device plugin serves it: its scheduler decides, not this stack
         return Finding(
             ERROR, "VolcanoResourceNotAdvertised", ref,
             f"the pod requests {VOLCANO_GPU_MEMORY}, which no node advertises: that resource comes from Volcano's "
@@ -104,26 +107,28 @@ def _diagnose(cluster: Cluster, pod: dict[str, Any]) -> Finding | None:
     candidates = [v for v in views if selector_ok(pod, v.labels, v.name)]
     if not candidates:
         return _no_matching_node(cluster, pod, ref, evidence)
-    tolerated = [v for v in candidates if not untolerated_taints(pod, v)]
-    if not tolerated:
-        return _taints(pod, ref, candidates, evidence)
-    open_nodes = [v for v in tolerated if not cordoned(pod, v)]
-    if not open_nodes:
-        return _cordoned(cluster, ref, tolerated, evidence)
-    offering = [v for v in open_nodes if v.allocatable.get(resource, Decimal(0)) > 0]
+    # Only nodes that advertise the resource can take the pod: their taints and cordons are what hold it (another
+    # node's say nothing: an untainted CPU worker beside tainted GPU nodes is the usual layout).
+    offering = [v for v in candidates if v.allocatable.get(resource, Decimal(0)) > 0]
     if not offering:
         if resource.startswith(MIG_PREFIX):
-            return _not_advertised(cluster, pod, ref, resource, count, evidence, open_nodes)
-        names = ", ".join(v.name for v in open_nodes[:8])
+            return _not_advertised(cluster, pod, ref, resource, count, evidence, candidates)
+        names = ", ".join(v.name for v in candidates[:8])
         return Finding(
             ERROR, "NoGPUOnMatchingNodes", ref,
             f"the nodes this pod may use ({names}) advertise no {resource}; the nodes that do are excluded by its "
             "node selector or affinity",
             f"select nodes that have GPUs (e.g. nodeSelector {PRODUCT_LABEL}: <model>), or check the GPU stack on "
             f"{names}",
-            evidence, nodes=tuple(v.name for v in open_nodes),
+            evidence, nodes=tuple(v.name for v in candidates),
         )  # fmt: skip
-    return _resources(ref, resource, count, requests, offering, evidence)
+    tolerated = [v for v in offering if not untolerated_taints(pod, v)]
+    if not tolerated:
+        return _taints(pod, ref, offering, evidence)
+    open_nodes = [v for v in tolerated if not cordoned(pod, v)]
+    if not open_nodes:
+        return _cordoned(cluster, ref, tolerated, evidence)
+    return _resources(ref, resource, count, requests, open_nodes, evidence)
 
 
 def _table(resource: str, nodes: list[NodeView]) -> list[str]:
@@ -175,9 +180,10 @@ def _resources(
             evidence, details=table, nodes=names,
         )  # fmt: skip
     fitting_gpu = [v for v in nodes if v.free(resource) >= count]
-    others = sorted({r for v in fitting_gpu for r in short_of(requests, v)})
-    if not others:
-        return None  # it fits now: the scheduler has not retried yet
+    shortfalls = [short_of(requests, v) for v in fitting_gpu]
+    if not all(shortfalls):
+        return None  # a node fits it now: the scheduler has not retried yet
+    others = sorted({r for short in shortfalls for r in short})
     rows = [f"{'node':<32} " + " ".join(f"{r + ' free':>16}" for r in others)]
     rows += [f"{v.name:<32} " + " ".join(f"{fmt(v.free(r), r):>16}" for r in others) for v in fitting_gpu[:20]]
     want = ", ".join(f"{r} {fmt(requests.get(r, Decimal(1)), r)}" for r in others)
@@ -334,6 +340,18 @@ def _not_advertised(
         return Finding(ERROR, "MIGResourceNotAdvertised", ref, summary, fix, evidence, details=rows,
                        nodes=tuple(v.name for v in capable))  # fmt: skip
     gpu_nodes = [n.name for n in cluster.snapshot.nodes.values() if n.has_gpu]
+    opted_out = [n.name for n in cluster.snapshot.nodes.values()
+                 if n.has_gpu and n.labels.get(DEVICE_PLUGIN_DEPLOY) == "false"]  # fmt: skip
+    if gpu_nodes and len(opted_out) == len(gpu_nodes):
+        shown = ", ".join(opted_out[:5]) + (f" and {len(opted_out) - 5} more" if len(opted_out) > 5 else "")
+        return Finding(
+            ERROR, "DevicePluginOptedOut", ref,
+            f"no node advertises {resource}: every GPU node is opted out of the device plugin "
+            f"({DEVICE_PLUGIN_DEPLOY}=false on {shown})",
+            f"remove the label from the nodes that should run GPU pods (`kubectl label node NODE "
+            f"{DEVICE_PLUGIN_DEPLOY}-`); the operator then sets it to true and the device plugin advertises {resource}",
+            evidence, nodes=tuple(opted_out),
+        )  # fmt: skip
     if gpu_nodes:
         return Finding(
             ERROR, "GPUsNotAdvertised", ref,

@@ -20,20 +20,11 @@ from ..observe import OWNED_SELECTOR, observe, pod_projection
 from ..states.base import COMPONENT, MANAGED_BY, OPERATOR_NAME
 from .common import SETTLED_UPGRADE, UPGRADE_STATE, has_driver_labels
 from .model import Cluster, DaemonPods
-from .sched import NodeView, selector_ok, untolerated_taints
+from .sched import DAEMON_TOLERATIONS, NodeView, selector_ok, untolerated_taints
 
 WORKERS = 8
 # More unsettled DaemonSets than this: one listing of every operand pod instead of one per DaemonSet.
 MOST_DAEMONSET_READS = 3
-# What the DaemonSet controller adds to every daemon pod (it runs on nodes with these taints).
-DAEMON_TOLERATIONS = [
-    {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute"},
-    {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"},
-    {"key": "node.kubernetes.io/disk-pressure", "operator": "Exists", "effect": "NoSchedule"},
-    {"key": "node.kubernetes.io/memory-pressure", "operator": "Exists", "effect": "NoSchedule"},
-    {"key": "node.kubernetes.io/pid-pressure", "operator": "Exists", "effect": "NoSchedule"},
-    {"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"},
-]
 
 
 def gather(kube: Kube, namespace: str) -> Cluster:

@@ -55,16 +55,35 @@ def _container_requests(container: dict[str, Any]) -> dict[str, Decimal]:
     return {**limits, **requests}  # a limit alone is also the request
 
 
+def _add(into: dict[str, Decimal], more: dict[str, Decimal]) -> dict[str, Decimal]:
+    out = dict(into)
+    for k, v in more.items():
+        out[k] = out.get(k, Decimal(0)) + v
+    return out
+
+
 def pod_requests(pod: dict[str, Any]) -> dict[str, Decimal]:
-    """What the scheduler reserves for a pod: containers summed, at least the largest init container."""
+    """What the scheduler reserves for a pod (component-helpers' PodRequests): the containers summed with the
+    sidecars (init containers with restartPolicy Always, which keep running), at least what each init container
+    needs beside the sidecars started before it; plus the pod overhead."""
     spec = pod.get("spec") or {}
     total: dict[str, Decimal] = {}
     for c in spec.get("containers") or []:
-        for k, v in _container_requests(c).items():
-            total[k] = total.get(k, Decimal(0)) + v
+        total = _add(total, _container_requests(c))
+    sidecars: dict[str, Decimal] = {}
+    init_peak: dict[str, Decimal] = {}
     for c in spec.get("initContainers") or []:
-        for k, v in _container_requests(c).items():
-            total[k] = max(total.get(k, Decimal(0)), v)
+        own = _container_requests(c)
+        if c.get("restartPolicy") == "Always":
+            total = _add(total, own)
+            sidecars = _add(sidecars, own)
+            need = sidecars
+        else:
+            need = _add(own, sidecars)
+        for k, v in need.items():
+            init_peak[k] = max(init_peak.get(k, Decimal(0)), v)
+    for k, v in init_peak.items():
+        total[k] = max(total.get(k, Decimal(0)), v)
     for k, v in (spec.get("overhead") or {}).items():
         total[k] = total.get(k, Decimal(0)) + quantity(v)
     return total
@@ -76,6 +95,17 @@ def gpu_requests(pod: dict[str, Any]) -> dict[str, int]:
 
 def terminal(pod: dict[str, Any]) -> bool:
     return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
+# The tolerations the DaemonSet controller adds to every daemon pod (pkg/controller/daemon/util).
+DAEMON_TOLERATIONS = [
+    {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute"},
+    {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute"},
+    {"key": "node.kubernetes.io/disk-pressure", "operator": "Exists", "effect": "NoSchedule"},
+    {"key": "node.kubernetes.io/memory-pressure", "operator": "Exists", "effect": "NoSchedule"},
+    {"key": "node.kubernetes.io/pid-pressure", "operator": "Exists", "effect": "NoSchedule"},
+    {"key": "node.kubernetes.io/unschedulable", "operator": "Exists", "effect": "NoSchedule"},
+]
 
 
 @dataclass

@@ -12,7 +12,7 @@ from ..states import all_states
 from ..states.base import STATE_LABEL
 from .common import MIG_CONFIG_LABEL, MIG_STATE_LABEL, UPGRADE_STATE, policy, upgrade_waiting
 from .model import ERROR, INFO, WARNING, Cluster, Evidence, Finding, pod_ref
-from .sched import GPU, NodeView, selector_ok
+from .sched import DAEMON_TOLERATIONS, GPU, NodeView, selector_ok
 
 _IN_PROGRESS_DONE = ("", "upgrade-done", "upgrade-required")
 # What a validator init container waits for, by its name (the component it validates).
@@ -203,7 +203,7 @@ def _blocked_daemonsets(cluster: Cluster) -> list[Finding]:
         for view in gpu_nodes:
             if not selector_ok(probe, view.labels, view.name):
                 continue
-            bad = _tolerated(template.get("tolerations") or [], view)
+            bad = _tolerated(list(template.get("tolerations") or []) + DAEMON_TOLERATIONS, view)
             if bad:
                 blocked.setdefault(ds_name, []).append(view.name)
                 taints.setdefault(ds_name, set()).update(f"{t.get('key')}:{t.get('effect')}" for t in bad)

@@ -441,8 +441,13 @@ def test_operator_brings_the_chart_policy_to_ready_and_the_cleanup_hook_lets_it_
         with urllib.request.urlopen(f"http://127.0.0.1:{op.health_port}/healthz", timeout=5) as r:
             assert r.status == 200
         with urllib.request.urlopen(f"http://127.0.0.1:{op.metrics_port}/metrics", timeout=5) as r:
-            lines = [x for x in r.read().decode().splitlines() if x.startswith("gpu_operator_reconciliation_status ")]
+            text = r.read().decode().splitlines()
+        lines = [x for x in text if x.startswith("gpu_operator_reconciliation_status ")]
         assert lines == ["gpu_operator_reconciliation_status 1.0"], "the metric agrees with the status"
+        # A success is a ready pass (upstream's meaning): set since the start, after the passes that were not.
+        success = [float(x.split()[1]) for x in text if x.startswith("gpu_operator_reconciliation_last_success_ts")]
+        failed = [float(x.split()[1]) for x in text if x.startswith("gpu_operator_reconciliation_failed_total ")]
+        assert success and success[0] >= int(start) and failed and failed[0] >= 1, (success, failed)
         # The chart's RBAC was enough: the API server refused the operator nothing (from the audit log, which an
         # existing cluster does not expose: there the test goes on, so the hook below still lets the policy go).
         if not isinstance(cluster, ExistingCluster):

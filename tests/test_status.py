@@ -425,3 +425,118 @@ def test_the_clusterpolicys_status_is_written_before_the_nvidiadrivers() -> None
     r.reconcile(Snapshot(nodes={}, policies={"cluster-policy": pol}, owned={}, pods={}, revisions={},
                          nvidia_drivers={"default": driver}))  # fmt: skip
     assert kinds == ["ClusterPolicy", "NVIDIADriver"]
+
+
+def _driver_pod(node: str, rev: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": f"drv-{node}", "labels": {"controller-revision-hash": rev,
+                                                      "nvidia.com/gpu-operator.state": "state-driver"}},
+        "node": node, "owner": "nvidia-driver-daemonset",
+        "status": {"phase": "Running", "containerStatuses": [{"name": "c", "ready": True}]}, "ready": True,
+    }  # fmt: skip
+
+
+def test_refused_node_keeping_its_old_driver_does_not_hold_the_driver_state_not_ready() -> None:
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+
+    ns = "gpu-operator"
+    """A driver pod on a node the version matrix refuses is kept at its old revision on purpose and does not
+    count. n3 is refused (version matrix) but keeps gpu.deploy.driver=true and its old driver pod, so the
+    controller counts 3 desired, 0 unavailable. The two other nodes run the newest revision, ready."""
+    ds = {
+        "apiVersion": "apps/v1", "kind": "DaemonSet",
+        "metadata": {"name": "nvidia-driver-daemonset", "namespace": ns, "generation": 2,
+                     "labels": {"nvidia.com/gpu-operator.state": "state-driver"}},
+        "spec": {"updateStrategy": {"type": "OnDelete"}, "template": {"spec": {}}},
+        "status": {"observedGeneration": 2, "desiredNumberScheduled": 3, "currentNumberScheduled": 3,
+                   "numberAvailable": 3, "numberReady": 3, "updatedNumberScheduled": 2, "numberUnavailable": 0},
+    }  # fmt: skip
+    pods = {p["metadata"]["name"]: p for p in (_driver_pod("n1", "new"), _driver_pod("n2", "new"),
+                                               _driver_pod("n3", "old"))}  # fmt: skip
+    revisions = {
+        f"r{i}": {"metadata": {"labels": {"controller-revision-hash": h}}, "revision": i,
+                  "owner": "nvidia-driver-daemonset"}
+        for i, h in ((1, "old"), (2, "new"))
+    }  # fmt: skip
+    key = ("DaemonSet", ns, "nvidia-driver-daemonset")
+    snap = Snapshot(nodes={}, policies={}, owned={key: ds}, pods=pods, revisions=revisions)
+    r = Reconciler(_AnyKube(), ns)  # type: ignore[arg-type]
+    result = r._daemonsets_ready("state-driver", {key}, {key: ds}, snap, snap.pod_index.by_owner, {"n3"},
+                                 lambda spec: 3)  # fmt: skip
+    assert result.state == "ready", result.message  # was "nvidia-driver-daemonset: 2 of 3 pods exist"
+    # Not refused, n3's old pod holds the state (its upgrade is to come).
+    result = r._daemonsets_ready("state-driver", {key}, {key: ds}, snap, snap.pod_index.by_owner, set(),
+                                 lambda spec: 3)  # fmt: skip
+    assert result.state == "notReady" and "1 pod runs an old revision" in result.message
+    # Refused, with a pod of the rest missing: that still shows.
+    del pods["drv-n2"]
+    snap = Snapshot(nodes={}, policies={}, owned={key: ds}, pods=pods, revisions=revisions)
+    result = r._daemonsets_ready("state-driver", {key}, {key: ds}, snap, snap.pod_index.by_owner, {"n3"},
+                                 lambda spec: 3)  # fmt: skip
+    assert result.state == "notReady" and "1 of 2 pods exist" in result.message
+
+
+def test_a_pass_that_leaves_the_policy_not_ready_counts_as_failed_not_as_a_success() -> None:
+    # Upstream's metrics: reconciliation_last_success_ts_seconds moves only when the policy is ready, and
+    # reconciliation_failed counts every pass that is not (an alert "no success for N minutes" then fires).
+    from gpu_operator import metrics
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+    from support import facts, load_policy
+
+    pol = load_policy()
+    pol["metadata"].update(uid="u1", generation=1, resourceVersion="1", creationTimestamp="2026-01-01T00:00:00Z")
+    metrics.reconciliation_last_success_ts_seconds.set(0)
+    failed = metrics.reconciliation_failed_total._value.get()
+    r = Reconciler(_AnyKube(), "gpu-operator")  # type: ignore[arg-type]
+    out = r.reconcile(Snapshot(nodes={"gpu-1": facts("gpu-1")}, policies={"cluster-policy": pol}, owned={}, pods={},
+                               revisions={}))  # fmt: skip
+    assert out.ready is False
+    assert metrics.reconciliation_last_success_ts_seconds._value.get() == 0
+    assert metrics.reconciliation_failed_total._value.get() == failed + 1
+
+def _policy_for_review() -> dict[str, Any]:
+    from support import load_policy
+
+    pol = load_policy()
+    pol["metadata"].update(uid="u1", generation=1, resourceVersion="1", creationTimestamp="2026-01-01T00:00:00Z")
+    return pol
+
+
+def test_a_transient_api_error_keeps_the_other_conditions_and_the_upgrade_status() -> None:
+    """On an ApiError the pass rewrites the status from the previous one: the merge patch replaces the conditions
+    list and StatusWriter drops keys the new status lacks, so what the pass did not get to (DriverRefused, the
+    upgrade's progress) is carried over, not dropped (the next good pass would recreate a dropped condition with a
+    new lastTransitionTime)."""
+    from gpu_operator.kube import ApiError
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+    from gpu_operator.status import policy_status
+
+    pol = _policy_for_review()
+    pol["metadata"]["finalizers"] = ["nvidia.com/gpu-operator-cleanup"]
+    refused = {"type": "DriverRefused", "status": "True", "reason": "IncompatibleNodes",
+               "message": "driver not rolled out to v100-a: architecture-dropped",
+               "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}  # fmt: skip
+    upgrade = {"total": 2, "inProgress": 0, "done": 1, "failed": 0, "pending": 1, "available": 1, "waiting": []}
+    pol["status"] = policy_status(generation=1, namespace="gpu-operator", results=[], gpu_nodes=2, has_nfd=True,
+                                  previous=None, now="2026-01-01T00:00:00Z", extra={"upgrade": upgrade},
+                                  more_conditions=[refused])  # fmt: skip
+    written: list[dict[str, Any]] = []
+
+    class Kube(_AnyKube):
+        def get(self, *a: Any, **k: Any) -> Any:
+            raise ApiError(503, '{"message": "etcdserver: leader changed"}', "get Namespace")
+
+        def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *a: Any, **k: Any) -> dict[str, Any]:
+            if k.get("sub") == "status":
+                written.append(patch["status"])
+            return patch
+
+    r = Reconciler(Kube(), "gpu-operator")  # type: ignore[arg-type]
+    r.reconcile(Snapshot(nodes={}, policies={"cluster-policy": pol}, owned={}, pods={}, revisions={}))
+    assert written, "the failed pass writes a status"
+    status = written[-1]
+    assert status.get("upgrade") == upgrade, status.get("upgrade")
+    assert any(c["type"] == "DriverRefused" for c in status["conditions"]), [c["type"] for c in status["conditions"]]

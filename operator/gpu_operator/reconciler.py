@@ -8,6 +8,7 @@ is done by small parts, one job each: `apply.Applier` (objects and node patches)
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -41,7 +42,7 @@ from .render import (
 )
 from .states import RenderContext, all_states
 from .states.base import STATE_LABEL, owning_state
-from .status import StateResult, active_policy, ignored_status, policy_status
+from .status import UNSUPPORTED_FIELDS, StateResult, active_policy, ignored_status, policy_status
 from .status_writer import StatusWriter
 from .upgrade import Counters, Limit
 from .upgrade.adapter import UpgradeKept, managed_nodes
@@ -206,22 +207,27 @@ class Reconciler:
         policy = snap.policies[active]
         try:
             self._reconcile_active(policy, snap, out)
-            metrics.reconciliation_last_success_ts_seconds.set(time.time())
         except ApiError as exc:
             log.warning("reconcile failed: %s", exc)
             metrics.reconciliation_failed_total.inc()
             metrics.reconciliation_status.set(-2)
             out.ready = False
+            # What this pass did not get to work out stays as the last pass left it: the upgrade's progress and the
+            # conditions of our own beyond Ready, Error and UnsupportedFields (which policy_status carries over).
+            previous = policy.get("status") or {}
             status = policy_status(
                 generation=policy["metadata"].get("generation"),
                 namespace=self.namespace,
-                results=[StateResult(**s) for s in (policy.get("status") or {}).get("states") or []],
+                results=[StateResult(**s) for s in previous.get("states") or []],
                 gpu_nodes=len(gpu_nodes),
                 has_nfd=True,
-                previous=policy.get("status"),
+                previous=previous,
                 now=now(),
                 error=str(exc),
-            )
+                extra={"upgrade": previous["upgrade"]} if previous.get("upgrade") else None,
+                more_conditions=[c for c in previous.get("conditions") or []
+                                 if c.get("type") not in ("Ready", "Error", UNSUPPORTED_FIELDS)],
+            )  # fmt: skip
             self.status.write(policy, status, quiet=True)
 
     def _reconcile_active(self, policy: dict[str, Any], snap: Snapshot, out: Outcome) -> None:
@@ -234,6 +240,7 @@ class Reconciler:
             self.labelling = None
             out.ready = False
             metrics.reconciliation_status.set(0)
+            metrics.reconciliation_failed_total.inc()
             status = policy_status(
                 generation=generation,
                 namespace=self.namespace,
@@ -413,8 +420,13 @@ class Reconciler:
         if mig_condition:
             status["conditions"].append(mig_condition)
         out.ready = status["state"] == "ready"
-        # Set before the write (which also posts an Event): whoever sees the status has the same answer here.
+        # Set before the write (which also posts an Event): whoever sees the status has the same answer here. As
+        # upstream's: a pass that leaves the policy not ready counts as failed, and success is a ready one.
         metrics.reconciliation_status.set(1 if out.ready else 0)
+        if out.ready:
+            metrics.reconciliation_last_success_ts_seconds.set(time.time())
+        else:
+            metrics.reconciliation_failed_total.inc()
         written = self.status.write(policy, status)
         # The NVIDIADrivers' statuses after the ClusterPolicy's (what admins wait on): at 5,000 nodes one NVIDIADriver
         # status patch took 0.3 s, by which the ClusterPolicy's ready came later while the NVIDIADrivers' went first.
@@ -538,16 +550,36 @@ class Reconciler:
             name = key[2]
             pods = pods_by_owner.get(name, ())
             unready = snap.pod_index.unready_by_owner.get(name, ())
+            counting: Callable[[dict[str, Any]], int] = count
             if state == "state-driver" and refused:
-                pods = [p for p in pods if p["node"] not in refused]
+                kept = [p for p in pods if p["node"] not in refused]
+                left_out = len(pods) - len(kept)
+                if left_out:  # the controller and the node count take them in: so many fewer of the rest
+                    ds = _fewer_desired(ds, left_out)
+                    counting = functools.partial(_less, count, left_out)
+                pods = kept
                 unready = [p for p in unready if p["node"] not in refused]
             revisions = [r for r in snap.revisions.values() if r["owner"] == name]
-            ok, why = self._readiness.daemonset_ready(ds, pods, revisions, unready, count)
+            ok, why = self._readiness.daemonset_ready(ds, pods, revisions, unready, counting)
             if not ok:
                 messages.append(why)
         if messages:
             return StateResult(state, "notReady", "; ".join(messages))
         return StateResult(state, "ready")
+
+
+def _less(count: Callable[[dict[str, Any]], int], n: int, spec: dict[str, Any]) -> int:
+    return count(spec) - n
+
+
+def _fewer_desired(ds: dict[str, Any], n: int) -> dict[str, Any]:
+    """The DaemonSet with `n` pods left out of the controller's counts of desired and scheduled pods (pods on nodes
+    whose old driver is kept on purpose: the version matrix refuses the new one there)."""
+    status = dict(ds.get("status") or {})
+    for key in ("desiredNumberScheduled", "currentNumberScheduled"):
+        if isinstance(status.get(key), int):
+            status[key] = max(0, status[key] - n)
+    return {**ds, "status": status}
 
 
 def _with_newer(

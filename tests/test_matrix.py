@@ -187,6 +187,8 @@ def test_identify_from_node_feature_devices() -> None:
         ("feature.node.kubernetes.io/pci-0302_10de.present", None),
         ("feature.node.kubernetes.io/pci-10de.present", None),
         ("feature.node.kubernetes.io/pci-0200_15b3_101d.present", None),
+        ("feature.node.kubernetes.io/pci-0300_10de_20b0.present", "20b0"),
+        ("feature.node.kubernetes.io/pci-0680_10de_22a3.present", None),  # an HGX board's NVSwitch
     ],
 )
 def test_device_ids_from_nfd_labels(key: str, device: str | None) -> None:

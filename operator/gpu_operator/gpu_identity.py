@@ -45,7 +45,9 @@ class Identity:
 
 
 def device_ids_from_labels(labels: Mapping[str, str]) -> tuple[str, ...]:
-    """NVIDIA PCI device IDs in NFD labels whose device label fields include the device ID."""
+    """NVIDIA PCI device IDs in NFD labels whose device label fields include the device ID: of display controllers
+    (class 03xx) where the label names the class, as from a NodeFeature object (an HGX board's NVSwitches are
+    class 0680 and would make its GPUs look mixed)."""
     out = set()
     for key, value in labels.items():
         if not key.startswith(_PCI_PREFIX):
@@ -56,7 +58,10 @@ def device_ids_from_labels(labels: Mapping[str, str]) -> tuple[str, ...]:
         parts = m.group(1).split("_")
         if NVIDIA_VENDOR not in parts:
             continue
-        after = parts[parts.index(NVIDIA_VENDOR) + 1 :]
+        at = parts.index(NVIDIA_VENDOR)
+        if at and _HEX4.match(parts[at - 1]) and not parts[at - 1].startswith("03"):
+            continue  # a class field, not a display controller's
+        after = parts[at + 1 :]
         if after and _HEX4.match(after[0]):
             out.add(after[0])
     return tuple(sorted(out))

@@ -493,3 +493,62 @@ def test_cluster_wide_limit_caps_the_starts_of_every_nvidiadriver() -> None:
     second = plan(b, [], own, 0.0, limit=limit)
     assert starts(second) == ["b1"]  # three at once in the cluster, although b's own policy allows two
     assert "across all NVIDIADrivers" in second.waiting["b2"]
+
+
+def test_one_nvidiadriver_that_cannot_render_holds_only_its_own_daemonsets() -> None:
+    # usePrecompiled with GDS cannot render; upstream fails that NVIDIADriver alone (ReconcileFailed on it).
+    nodes = [facts("a1", labels={"pool": "a"}), facts("b1", labels={"pool": "b"})]
+    bad = {"nodeSelector": {"pool": "b"}, "usePrecompiled": True, "gds": {"enabled": True}}
+    plans = render_all(parse_spec(crd_policy()), nodes,
+                       nvidia_drivers=drivers_objects(("default", {"default": True}), ("pool-b", bad)))  # fmt: skip
+    driver_plan = next(p for p in plans if p.state.name == "state-driver")
+    assert driver_plan.problem is None
+    names = {d["metadata"]["name"] for d in driver_plan.objects if d["kind"] == "DaemonSet"}
+    assert "nvidia-driver-daemonset-ubuntu22.04" in names and not any("pool-b" in n for n in names)
+    assert list(driver_plan.held) == ["uid-pool-b"]
+    assert driver_plan.held["uid-pool-b"].startswith("NVIDIADriver pool-b: ") and "precompiled" in (
+        driver_plan.held["uid-pool-b"])
+
+
+def test_a_pass_keeps_the_daemonsets_of_an_nvidiadriver_that_cannot_render_and_says_why() -> None:
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+
+    statuses: dict[tuple[str, str], dict[str, Any]] = {}
+
+    class Anything:  # takes every call and answers with what it was sent (no API server: a pure pass)
+        def writes(self) -> int:
+            return 0
+
+        def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *a: Any, **k: Any) -> dict[str, Any]:
+            if k.get("sub") == "status":
+                statuses[(kind, name)] = patch["status"]
+            return patch
+
+        def __getattr__(self, name: str) -> Any:
+            return lambda *a, **k: a[0] if a and isinstance(a[0], dict) else {}
+
+    policy = {"apiVersion": "nvidia.com/v1", "kind": "ClusterPolicy", "spec": crd_policy(),
+              "metadata": {"name": "cluster-policy", "uid": "u1", "generation": 1, "resourceVersion": "1",
+                           "creationTimestamp": "2026-01-01T00:00:00Z"}}  # fmt: skip
+    bad = {"nodeSelector": {"pool": "b"}, "usePrecompiled": True, "gds": {"enabled": True}}
+    drivers = {d["metadata"]["name"]: {"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver", **d}
+               for d in drivers_objects(("default", {"default": True}), ("pool-b", bad))}  # fmt: skip
+    kept = {"apiVersion": "apps/v1", "kind": "DaemonSet", "spec": {}, "status": {},
+            "metadata": {"name": "nvidia-driver-daemonset-pool-b-ubuntu22.04", "namespace": "gpu-operator",
+                         "labels": {"app.kubernetes.io/managed-by": "gpu-operator",
+                                    "nvidia.com/gpu-operator.state": "state-driver"},
+                         "ownerReferences": [{"kind": "NVIDIADriver", "name": "pool-b", "uid": "uid-pool-b"}]}}
+    key = ("DaemonSet", "gpu-operator", kept["metadata"]["name"])
+    nodes = {n.name: n for n in (facts("a1", labels={"pool": "a"}), facts("b1", labels={"pool": "b"}))}
+    snap = Snapshot(nodes=nodes, policies={"cluster-policy": policy}, owned={key: kept}, pods={}, revisions={},
+                    nvidia_drivers=drivers)  # fmt: skip
+    out = Reconciler(Anything(), "gpu-operator").reconcile(snap)  # type: ignore[arg-type]
+    assert key not in out.deleted  # left as it is
+    assert any(o["metadata"]["name"] == "nvidia-driver-daemonset-ubuntu22.04" for o in out.applied)  # the others go on
+    state = next(st for st in statuses[("ClusterPolicy", "cluster-policy")]["states"] if st["name"] == "state-driver")
+    assert state["state"] == "notReady" and state["message"].startswith("NVIDIADriver pool-b: ")
+    mine = {c["type"]: c for c in statuses[("NVIDIADriver", "pool-b")]["conditions"]}
+    assert mine["Ready"]["status"] == "False" and "precompiled" in mine["Ready"]["message"]
+    other = {c["type"]: c for c in statuses[("NVIDIADriver", "default")]["conditions"]}
+    assert "pool-b" not in other["Ready"]["message"]

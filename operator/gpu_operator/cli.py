@@ -130,6 +130,9 @@ def cmd_render(args: argparse.Namespace) -> int:
             print(f"warning: {state_plan.state.name}: not rendered: {state_plan.problem}", file=sys.stderr)
             out.append(f"# {state_plan.state.name}: not rendered: {state_plan.problem}\n")
             continue
+        for why in state_plan.held.values():  # one NVIDIADriver's objects: the others' follow
+            print(f"warning: {state_plan.state.name}: not rendered: {why}", file=sys.stderr)
+            out.append(f"# {state_plan.state.name}: not rendered: {why}\n")
         for obj in state_plan.objects:
             out.append(f"# {state_plan.state.name}\n" + yaml.safe_dump(obj, sort_keys=True))
     for name in sorted(patches):

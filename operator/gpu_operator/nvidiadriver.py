@@ -5,7 +5,7 @@ DaemonSets per NVIDIADriver, from the ClusterPolicy spec with its driver section
 (`cluster_spec`). Nodes are routed as upstream v26.7 does:
 
 - a non-default NVIDIADriver takes the GPU nodes its nodeSelector matches (an empty one: every GPU node);
-- the default one (`spec.default: true`, at most one) takes the GPU nodes no other one matches;
+- the default one (`spec.default: true`) takes the GPU nodes no other one matches;
 - `driverType` gpu and vgpu (the guest driver, another image) render the driver; vgpu-host-manager is refused
   (named in its status) and takes no node;
 - a node two non-default ones match is a conflict, reported on both; neither takes it. A conflict never removes a

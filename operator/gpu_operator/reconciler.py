@@ -343,6 +343,10 @@ class Reconciler:
                 results.append(StateResult(state.name, "notReady", state_plan.problem))
                 continue
             desired |= {key_of(obj) for obj in state_plan.objects}
+            if state_plan.held:  # an owner whose objects could not be rendered keeps the ones it has
+                desired |= {k for k, o in live.items() if owning_state(labels_of(o), states) == state.name
+                            and any(r.get("uid") in state_plan.held for r in o["metadata"].get("ownerReferences")
+                                    or [])}  # fmt: skip
             applied = applied_by_state[state.name]
             out.applied += applied.objects
             if state.name == "state-driver" and held and (applied.objects or applied.failed):
@@ -357,8 +361,9 @@ class Reconciler:
             else:
                 result = self._daemonsets_ready(state.name, desired, live, snap, pods_by_owner, set(refused), count)
                 note = state.readiness_notes(ctx) if state.readiness_notes else None
-                if note:
-                    message = f"{result.message}; {note}" if result.message else note
+                not_rendered = "; ".join(state_plan.held.values())
+                if note or not_rendered:
+                    message = "; ".join(m for m in (not_rendered, result.message, note) if m)
                     result = StateResult(state.name, "notReady", message)
                 elif result.state == "notReady":
                     waiting.append(len(results))
@@ -503,6 +508,8 @@ class Reconciler:
                 ready = (result.state == "ready", result.message)
                 if driver_plan.problem:
                     ready = (False, driver_plan.problem)
+                elif driver.uid in driver_plan.held:
+                    ready = (False, driver_plan.held[driver.uid])
             previous = obj.get("status") or {}
             status = nvidiadriver.driver_status(driver, assignment, ready, self.namespace, previous, now())
             error = next(c for c in status["conditions"] if c["type"] == "Error")

@@ -24,7 +24,7 @@ from .nodes import (
     gets_driver,
 )
 from .states import OperandState, RenderContext, all_states
-from .states.base import RenderProblem, templates
+from .states.base import PartialRender, RenderProblem, templates
 from .upgrade.model import DONE
 from .upgrade.model import STATE_LABEL as UPGRADE_STATE
 
@@ -36,6 +36,8 @@ class StatePlan:
     objects: list[dict[str, Any]] = field(default_factory=list)
     # Why an enabled state could not be rendered (its objects are then left as they are).
     problem: str | None = None
+    # Owners (uid) whose objects could not be rendered, with why: theirs are left as they are, the rest applied.
+    held: dict[str, str] = field(default_factory=dict)
 
 
 NodePatch = dict[str, dict[str, str | None]]  # {"labels": {...}, "annotations": {...}}; None removes a key
@@ -281,6 +283,8 @@ def plan(ctx: RenderContext) -> list[StatePlan]:
             continue
         try:
             plans.append(StatePlan(state, enabled, state.render(ctx) if enabled else []))
+        except PartialRender as exc:
+            plans.append(StatePlan(state, enabled, exc.objects, held=exc.held))
         except RenderProblem as exc:
             plans.append(StatePlan(state, enabled, [], problem=str(exc)))
     return plans

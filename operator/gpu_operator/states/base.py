@@ -78,6 +78,16 @@ class RenderProblem(Exception):
     """A state that cannot be rendered as asked (e.g. a referenced ConfigMap is missing); the message says why."""
 
 
+class PartialRender(RenderProblem):
+    """A state rendered but for some owners' objects (one NVIDIADriver's spec it cannot render): `objects` is the
+    rest, `held` each such owner's uid -> why; the objects those owners have stay as they are."""
+
+    def __init__(self, objects: list[dict[str, Any]], held: dict[str, str]):
+        super().__init__("; ".join(held.values()))
+        self.objects = objects
+        self.held = held
+
+
 def owning_state(labels: Mapping[str, str] | None, states: frozenset[str]) -> str | None:
     """The operand state an object or pod belongs to: our state label, or (objects written before it
     existed) the component label when it names a state."""

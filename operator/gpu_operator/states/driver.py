@@ -18,7 +18,7 @@ from .. import images
 from ..api import ImageSpec
 from ..nodes import NodeFacts, Pool, driver_pools, gets_driver, pool_kernel, unpooled
 from ..nvidiadriver import excluding_owned
-from .base import OperandState, RenderContext, RenderProblem
+from .base import OperandState, PartialRender, RenderContext, RenderProblem
 
 # Upstream tags RHEL-family driver images by the major OS version only (getOSTag in internal/state/nodepool.go).
 MAJOR_VERSION_TAG_OS = frozenset({"ol", "rocky", "rhel"})
@@ -318,10 +318,16 @@ class DriverState(OperandState):
         if not ctx.spec.driver.use_nvidia_driver_crd:
             return super().render(ctx)
         objects = super().render(replace(ctx, nodes=()))  # service account, roles, config map: no pools
+        held: dict[str, str] = {}  # one NVIDIADriver's spec that cannot render holds its DaemonSets, not the others'
         for group in ctx.nvidia_drivers:
             nodes = tuple(n for n in ctx.nodes if n.name in group.nodes)
             sub = replace(ctx, spec=group.spec, nodes=nodes, owner=group.owner, driver_group=group)
-            objects += [o for o in super().render(sub) if o["kind"] == "DaemonSet"]
+            try:
+                objects += [o for o in super().render(sub) if o["kind"] == "DaemonSet"]
+            except RenderProblem as exc:
+                held[str(group.owner.get("uid", ""))] = f"NVIDIADriver {group.name}: {exc}"
+        if held:
+            raise PartialRender(objects, held)
         return objects
 
 

@@ -487,3 +487,16 @@ def test_a_device_plugin_opted_out_on_every_gpu_node_is_named() -> None:
     opted = [f for f in found if f.kind == "DevicePluginOptedOut"]
     assert opted and "gpu.deploy.device-plugin=false on h-0" in opted[0].summary, [(f.kind, f.summary) for f in found]
     assert not [f for f in found if f.kind == "GPUsNotAdvertised"]
+
+
+def test_a_shortage_names_the_nodes_with_free_gpus_that_a_taint_or_cordon_keeps_the_pod_off() -> None:
+    # h-0 and h-1 are full; h-2 has its 8 GPUs free but a taint the pod does not tolerate, h-3 is cordoned.
+    full = [pod(f"w{i}", 8, node_name=f"h-{i}") for i in (0, 1)]
+    nodes = [node("h-0"), node("h-1"), node("h-2", spec={"taints": [GPU_TAINT]}),
+             node("h-3", spec={"unschedulable": True})]
+    found = kinds(cluster(nodes, [*full, pod("p", 2)]))["InsufficientGPU"]
+    assert "h-2 (taint nvidia.com/gpu:NoSchedule), h-3 (a cordon) have 2 nvidia.com/gpu free" in found.summary
+    assert found.fix.startswith("tolerate the taint") and {"h-2", "h-3"} <= set(found.nodes)
+    # Without such a node, the finding is as before.
+    plain = kinds(cluster(nodes[:2], [*full, pod("p", 2)]))["InsufficientGPU"]
+    assert "keep" not in plain.summary and not plain.fix.startswith("tolerate")

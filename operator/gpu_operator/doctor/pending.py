@@ -128,7 +128,29 @@ def _diagnose(cluster: Cluster, pod: dict[str, Any]) -> Finding | None:
     open_nodes = [v for v in tolerated if not cordoned(pod, v)]
     if not open_nodes:
         return _cordoned(cluster, ref, tolerated, evidence)
-    return _resources(ref, resource, count, requests, open_nodes, evidence)
+    found = _resources(ref, resource, count, requests, open_nodes, evidence)
+    return _with_spare(found, pod, resource, count, [v for v in offering if v not in open_nodes])
+
+
+def _with_spare(
+    found: Finding | None, pod: dict[str, Any], resource: str, count: int, closed: list[NodeView]
+) -> Finding | None:
+    """A shortage finding that also names the nodes with enough free that a taint or a cordon keeps the pod off: the
+    shortage is then only the open nodes' (the scheduler says "untolerated taint" or "unschedulable" for those)."""
+    spare = [v for v in closed if v.free(resource) >= count]
+    if found is None or not spare:
+        return found
+    why = []
+    for v in spare[:5]:
+        taints = untolerated_taints(pod, v)
+        what = ("taint " + ", ".join(f"{t.get('key')}:{t.get('effect')}" for t in taints)) if taints else "a cordon"
+        why.append(f"{v.name} ({what})")
+    more = f" and {len(spare) - 5} more" if len(spare) > 5 else ""
+    has, keeps = ("has", "keeps") if len(spare) == 1 else ("have", "keep")
+    note = f"{', '.join(why)}{more} {has} {count} {resource} free but {keeps} the pod off"
+    fix = "tolerate the taint (or wait for the cordon to end) to use them; or " + found.fix
+    return dataclasses.replace(found, summary=f"{found.summary}; {note}", fix=fix,
+                               nodes=found.nodes + tuple(v.name for v in spare))  # fmt: skip
 
 
 def _table(resource: str, nodes: list[NodeView]) -> list[str]:

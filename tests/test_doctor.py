@@ -500,3 +500,15 @@ def test_a_shortage_names_the_nodes_with_free_gpus_that_a_taint_or_cordon_keeps_
     # Without such a node, the finding is as before.
     plain = kinds(cluster(nodes[:2], [*full, pod("p", 2)]))["InsufficientGPU"]
     assert "keep" not in plain.summary and not plain.fix.startswith("tolerate")
+
+
+def test_a_gated_pod_is_said_to_wait_for_its_gates_not_for_gpus() -> None:
+    # A queue (Kueue) holds pods with spec.schedulingGates: the scheduler does not look at them, so a full cluster
+    # or a missing toleration is not why they wait.
+    gated = pod("p", 16)  # more GPUs than any node has: without the gate, GPURequestExceedsEveryNode
+    gated["spec"]["schedulingGates"] = [{"name": "kueue.x-k8s.io/admission"}]
+    found = kinds(cluster([node("h-0")], [gated]))
+    assert set(found) == {"SchedulingGated"} and "kueue.x-k8s.io/admission" in found["SchedulingGated"].summary
+    assert found["SchedulingGated"].severity == "info"
+    del gated["spec"]["schedulingGates"]
+    assert "GPURequestExceedsEveryNode" in kinds(cluster([node("h-0")], [gated]))

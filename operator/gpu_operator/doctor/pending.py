@@ -20,7 +20,7 @@ from .common import (
     scheduler_message,
     upgrade_waiting,
 )
-from .model import ERROR, WARNING, Cluster, Evidence, Finding, pod_ref
+from .model import ERROR, INFO, WARNING, Cluster, Evidence, Finding, pod_ref
 from .sched import (
     MIG_PREFIX,
     NodeView,
@@ -86,6 +86,16 @@ def _diagnose(cluster: Cluster, pod: dict[str, Any]) -> Finding | None:
     evidence = _scheduler_evidence(cluster, pod)
     if not evidence:  # keep the first slot for the scheduler's word, so replicas can swap in their own
         evidence = [Evidence(ref, "status.phase", "Pending, not yet considered by the scheduler")]
+    gates = [g.get("name", "?") for g in (pod.get("spec") or {}).get("schedulingGates") or []]
+    if gates:  # the scheduler does not look at the pod until they are gone: nothing of the GPU stack holds it
+        return Finding(
+            INFO, "SchedulingGated", ref,
+            f"the pod has scheduling gates ({', '.join(gates)}): the scheduler does not consider it until they are "
+            "removed; its GPUs and nodes are not the reason it waits",
+            "wait for whatever set the gates to admit it (a queue such as Kueue removes them when the workload's "
+            "quota allows); `kubectl get pod -o yaml` shows spec.schedulingGates",
+            evidence,
+        )  # fmt: skip
     requests = pod_requests(pod)
     gpus = gpu_requests(pod)
     if not gpus:  # Volcano's GPU memory only (seed §7.1)

@@ -356,6 +356,8 @@ def test_status_reports_conflicts_and_readiness() -> None:
     assert error["reason"] == "DriverNotReady" and error["message"] == "1 of 2 pods unavailable"
     off = nvidiadriver.driver_status(drivers[0], None, None, "gpu-operator", None, "t0")
     assert off["state"] == "disabled"
+    said = {c["type"]: c["message"] for c in off["conditions"]}
+    assert said["Ready"] == "useNvidiaDriverCRD is not enabled in ClusterPolicy"
 
 
 def test_node_affinity_is_kept_and_the_default_adds_its_exclusion_to_every_term() -> None:
@@ -510,27 +512,56 @@ def test_one_nvidiadriver_that_cannot_render_holds_only_its_own_daemonsets() -> 
         driver_plan.held["uid-pool-b"])
 
 
+class _Echo:
+    """Takes every call and answers with what it was sent, keeping the status writes (a pure pass, no API server)."""
+
+    def __init__(self) -> None:
+        self.statuses: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def writes(self) -> int:
+        return 0
+
+    def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *a: Any, **k: Any) -> dict[str, Any]:
+        if k.get("sub") == "status":
+            self.statuses[(kind, name)] = patch["status"]
+        return patch
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *a, **k: a[0] if a and isinstance(a[0], dict) else {}
+
+
+def _crd_policy_object(**driver: Any) -> dict[str, Any]:
+    spec = crd_policy()
+    spec["driver"].update(driver)
+    return {"apiVersion": "nvidia.com/v1", "kind": "ClusterPolicy", "spec": spec,
+            "metadata": {"name": "cluster-policy", "uid": "u1", "generation": 1, "resourceVersion": "1",
+                         "creationTimestamp": "2026-01-01T00:00:00Z"}}  # fmt: skip
+
+
+def test_with_the_clusterpolicy_driver_disabled_an_nvidiadriver_says_so() -> None:
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+
+    kube = _Echo()
+    drivers = {d["metadata"]["name"]: {"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver", **d}
+               for d in drivers_objects(("default", {"default": True}))}  # fmt: skip
+    snap = Snapshot(nodes={"a1": facts("a1")}, policies={"cluster-policy": _crd_policy_object(enabled=False)},
+                    owned={}, pods={}, revisions={}, nvidia_drivers=drivers)  # fmt: skip
+    Reconciler(kube, "gpu-operator").reconcile(snap)  # type: ignore[arg-type]
+    status = kube.statuses[("NVIDIADriver", "default")]
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert status["state"] == "disabled"
+    assert ready["message"] == "the ClusterPolicy's driver is disabled (driver.enabled: false)"
+
+
 def test_a_pass_keeps_the_daemonsets_of_an_nvidiadriver_that_cannot_render_and_says_why() -> None:
     from gpu_operator.observe import Snapshot
     from gpu_operator.reconciler import Reconciler
 
-    statuses: dict[tuple[str, str], dict[str, Any]] = {}
+    kube = _Echo()
+    statuses = kube.statuses
 
-    class Anything:  # takes every call and answers with what it was sent (no API server: a pure pass)
-        def writes(self) -> int:
-            return 0
-
-        def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *a: Any, **k: Any) -> dict[str, Any]:
-            if k.get("sub") == "status":
-                statuses[(kind, name)] = patch["status"]
-            return patch
-
-        def __getattr__(self, name: str) -> Any:
-            return lambda *a, **k: a[0] if a and isinstance(a[0], dict) else {}
-
-    policy = {"apiVersion": "nvidia.com/v1", "kind": "ClusterPolicy", "spec": crd_policy(),
-              "metadata": {"name": "cluster-policy", "uid": "u1", "generation": 1, "resourceVersion": "1",
-                           "creationTimestamp": "2026-01-01T00:00:00Z"}}  # fmt: skip
+    policy = _crd_policy_object()
     bad = {"nodeSelector": {"pool": "b"}, "usePrecompiled": True, "gds": {"enabled": True}}
     drivers = {d["metadata"]["name"]: {"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver", **d}
                for d in drivers_objects(("default", {"default": True}), ("pool-b", bad))}  # fmt: skip
@@ -543,7 +574,7 @@ def test_a_pass_keeps_the_daemonsets_of_an_nvidiadriver_that_cannot_render_and_s
     nodes = {n.name: n for n in (facts("a1", labels={"pool": "a"}), facts("b1", labels={"pool": "b"}))}
     snap = Snapshot(nodes=nodes, policies={"cluster-policy": policy}, owned={key: kept}, pods={}, revisions={},
                     nvidia_drivers=drivers)  # fmt: skip
-    out = Reconciler(Anything(), "gpu-operator").reconcile(snap)  # type: ignore[arg-type]
+    out = Reconciler(kube, "gpu-operator").reconcile(snap)  # type: ignore[arg-type]
     assert key not in out.deleted  # left as it is
     assert any(o["metadata"]["name"] == "nvidia-driver-daemonset-ubuntu22.04" for o in out.applied)  # the others go on
     state = next(st for st in statuses[("ClusterPolicy", "cluster-policy")]["states"] if st["name"] == "state-driver")

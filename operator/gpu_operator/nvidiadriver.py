@@ -433,17 +433,18 @@ def driver_status(
     namespace: str,
     previous: Mapping[str, Any] | None,
     now: str,
+    off: str = "useNvidiaDriverCRD is not enabled in ClusterPolicy",
 ) -> dict[str, Any]:
     """An NVIDIADriver's status, with upstream's Ready and Error conditions.
 
-    `assignment` None: the ClusterPolicy does not hand the driver to NVIDIADrivers. `ready`: whether its
-    DaemonSets are ready, and why not."""
+    `assignment` None: the ClusterPolicy does not hand the driver to NVIDIADrivers, `off` says why. `ready`:
+    whether its DaemonSets are ready, and why not."""
     conditions = list((previous or {}).get("conditions") or [])
     gen = driver.generation
     nodes: list[str] = []
     conflicting: list[str] = []
     if assignment is None:
-        state, reason, message = "disabled", "Reconciled", "useNvidiaDriverCRD is not enabled in ClusterPolicy"
+        state, reason, message = "disabled", "Reconciled", off
         error = message
     elif driver.name in assignment.problems:
         state, reason, message = "notReady", "ReconcileFailed", assignment.problems[driver.name]

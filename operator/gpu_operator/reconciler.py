@@ -435,8 +435,10 @@ class Reconciler:
         written = self.status.write(policy, status)
         # The NVIDIADrivers' statuses after the ClusterPolicy's (what admins wait on): at 5,000 nodes one NVIDIADriver
         # status patch took 0.3 s, by which the ClusterPolicy's ready came later while the NVIDIADrivers' went first.
+        off = ("the ClusterPolicy's driver is disabled (driver.enabled: false)" if spec.driver.use_nvidia_driver_crd
+               else "useNvidiaDriverCRD is not enabled in ClusterPolicy")  # fmt: skip
         driver_held = self._driver_statuses(snap, drivers, assignment, plans, live, pods_by_owner, set(refused),
-                                            count)
+                                            count, off)
         out.busy = out.busy or driver_held is not None
         out.recheck_s = driver_held  # an NVIDIADriver's progress held back: the next pass writes it, once it may
         if not written:
@@ -487,10 +489,12 @@ class Reconciler:
         pods_by_owner: Mapping[str, Sequence[dict[str, Any]]],
         refused: set[str],
         count: Callable[[dict[str, Any]], int],
+        off: str,
     ) -> float | None:
         """Each NVIDIADriver's status (written when it changed; a change of progress alone at most every few
         seconds, see StatusWriter) and a Warning event when it newly conflicts. Seconds until a status held back
-        may be written, or None. `count`: the pass's NodeCounter, as the driver state's readiness had it."""
+        may be written, or None. `count`: the pass's NodeCounter, as the driver state's readiness had it; `off`:
+        why no NVIDIADriver drives anything, when none does."""
         driver_plan = next((p for p in plans if p.state.name == "state-driver"), None)
         held: float | None = None
         for driver in drivers:
@@ -511,7 +515,7 @@ class Reconciler:
                 elif driver.uid in driver_plan.held:
                     ready = (False, driver_plan.held[driver.uid])
             previous = obj.get("status") or {}
-            status = nvidiadriver.driver_status(driver, assignment, ready, self.namespace, previous, now())
+            status = nvidiadriver.driver_status(driver, assignment, ready, self.namespace, previous, now(), off)
             error = next(c for c in status["conditions"] if c["type"] == "Error")
             before: dict[str, Any] = next(
                 (c for c in previous.get("conditions") or [] if c.get("type") == "Error"), {}

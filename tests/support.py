@@ -41,6 +41,36 @@ def load_policy(path: Path = SAMPLE_POLICY) -> dict[str, Any]:
     return next(d for d in docs if d.get("kind") == "ClusterPolicy")
 
 
+def policy_object(spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The sample ClusterPolicy as the API server hands it over (uid, generation, ...), with `spec` when given."""
+    policy = load_policy()
+    policy["metadata"].update(uid="u1", generation=1, resourceVersion="1", creationTimestamp="2026-01-01T00:00:00Z")
+    if spec is not None:
+        policy["spec"] = spec
+    return policy
+
+
+class EchoKube:
+    """A stand-in for a pass without an API server: takes every call and answers with what it was sent; keeps the
+    status writes, by (kind, name) and in order (`written`)."""
+
+    def __init__(self) -> None:
+        self.statuses: dict[tuple[str, str], dict[str, Any]] = {}
+        self.written: list[dict[str, Any]] = []
+
+    def writes(self) -> int:
+        return 0
+
+    def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *a: Any, **k: Any) -> dict[str, Any]:
+        if k.get("sub") == "status":
+            self.statuses[(kind, name)] = patch["status"]
+            self.written.append(patch["status"])
+        return patch
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *a, **k: a[0] if a and isinstance(a[0], dict) else {}
+
+
 def sample_spec() -> ClusterPolicySpec:
     return parse_spec(load_policy()["spec"])
 

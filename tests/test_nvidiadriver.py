@@ -13,7 +13,7 @@ from gpu_operator.crd import nvidiadriver_crd
 from gpu_operator.nodes import UPGRADE_ENABLED_ANNOTATION, NodeFacts
 from gpu_operator.nvidiadriver import CONFLICT_VALUE, NVIDIADriver, assign
 from gpu_operator.nvidiadriver_api import OWNER_LABEL
-from support import daemonset, daemonsets, facts, load_policy, render_all
+from support import EchoKube, daemonset, daemonsets, facts, load_policy, policy_object, render_all
 from support import node as support_node
 
 
@@ -110,6 +110,12 @@ def test_owner_label_patch_sets_and_removes() -> None:
 def crd_policy() -> dict[str, Any]:
     raw = copy.deepcopy(load_policy()["spec"])
     raw["driver"]["useNvidiaDriverCRD"] = True
+    return raw
+
+
+def disabled_driver() -> dict[str, Any]:
+    raw = crd_policy()
+    raw["driver"]["enabled"] = False
     return raw
 
 
@@ -512,40 +518,14 @@ def test_one_nvidiadriver_that_cannot_render_holds_only_its_own_daemonsets() -> 
         driver_plan.held["uid-pool-b"])
 
 
-class _Echo:
-    """Takes every call and answers with what it was sent, keeping the status writes (a pure pass, no API server)."""
-
-    def __init__(self) -> None:
-        self.statuses: dict[tuple[str, str], dict[str, Any]] = {}
-
-    def writes(self) -> int:
-        return 0
-
-    def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *a: Any, **k: Any) -> dict[str, Any]:
-        if k.get("sub") == "status":
-            self.statuses[(kind, name)] = patch["status"]
-        return patch
-
-    def __getattr__(self, name: str) -> Any:
-        return lambda *a, **k: a[0] if a and isinstance(a[0], dict) else {}
-
-
-def _crd_policy_object(**driver: Any) -> dict[str, Any]:
-    spec = crd_policy()
-    spec["driver"].update(driver)
-    return {"apiVersion": "nvidia.com/v1", "kind": "ClusterPolicy", "spec": spec,
-            "metadata": {"name": "cluster-policy", "uid": "u1", "generation": 1, "resourceVersion": "1",
-                         "creationTimestamp": "2026-01-01T00:00:00Z"}}  # fmt: skip
-
-
 def test_with_the_clusterpolicy_driver_disabled_an_nvidiadriver_says_so() -> None:
     from gpu_operator.observe import Snapshot
     from gpu_operator.reconciler import Reconciler
 
-    kube = _Echo()
+    kube = EchoKube()
     drivers = {d["metadata"]["name"]: {"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver", **d}
                for d in drivers_objects(("default", {"default": True}))}  # fmt: skip
-    snap = Snapshot(nodes={"a1": facts("a1")}, policies={"cluster-policy": _crd_policy_object(enabled=False)},
+    snap = Snapshot(nodes={"a1": facts("a1")}, policies={"cluster-policy": policy_object(disabled_driver())},
                     owned={}, pods={}, revisions={}, nvidia_drivers=drivers)  # fmt: skip
     Reconciler(kube, "gpu-operator").reconcile(snap)  # type: ignore[arg-type]
     status = kube.statuses[("NVIDIADriver", "default")]
@@ -558,10 +538,10 @@ def test_a_pass_keeps_the_daemonsets_of_an_nvidiadriver_that_cannot_render_and_s
     from gpu_operator.observe import Snapshot
     from gpu_operator.reconciler import Reconciler
 
-    kube = _Echo()
+    kube = EchoKube()
     statuses = kube.statuses
 
-    policy = _crd_policy_object()
+    policy = policy_object(crd_policy())
     bad = {"nodeSelector": {"pool": "b"}, "usePrecompiled": True, "gds": {"enabled": True}}
     drivers = {d["metadata"]["name"]: {"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver", **d}
                for d in drivers_objects(("default", {"default": True}), ("pool-b", bad))}  # fmt: skip

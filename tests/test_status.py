@@ -8,6 +8,7 @@ import pytest
 
 from gpu_operator.api import ClusterPolicyStatus
 from gpu_operator.status import StateResult, active_policy, ignored_status, policy_status, status_changed
+from support import EchoKube, policy_object
 
 T0 = "2026-01-01T00:00:00Z"
 T1 = "2026-01-01T00:05:00Z"
@@ -364,16 +365,6 @@ def test_an_nvidiadrivers_progress_is_paced_on_its_own_and_posts_no_event() -> N
     assert rec.patches[-1]["state"] == "ready"
 
 
-class _AnyKube:
-    """Takes every call; answers with what it was sent."""
-
-    def writes(self) -> int:
-        return 0
-
-    def __getattr__(self, name: str) -> Any:
-        return lambda *a, **k: a[0] if a and isinstance(a[0], dict) else {}
-
-
 @pytest.mark.parametrize("invalid", [False, True], ids=["not-ready", "invalid-spec"])
 def test_the_metric_says_what_the_status_says_before_the_status_is_written(invalid: bool) -> None:
     # Whoever reads the written status and then /metrics gets the same answer (a race seen in CI).
@@ -386,7 +377,7 @@ def test_the_metric_says_what_the_status_says_before_the_status_is_written(inval
     pol["metadata"].update(uid="u1", generation=1, resourceVersion="1")
     if invalid:
         pol["spec"]["driver"]["enabled"] = "perhaps"
-    r = Reconciler(_AnyKube(), "gpu-operator")  # type: ignore[arg-type]
+    r = Reconciler(EchoKube(), "gpu-operator")  # type: ignore[arg-type]
     seen: list[tuple[str, float]] = []
     write = r.status.write
 
@@ -415,7 +406,7 @@ def test_the_clusterpolicys_status_is_written_before_the_nvidiadrivers() -> None
               "spec": {"default": True}}  # fmt: skip
     kinds: list[str] = []
 
-    class Kube(_AnyKube):
+    class Kube(EchoKube):
         def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *_: Any, **__: Any) -> dict[str, Any]:
             if "status" in patch:
                 kinds.append(kind)
@@ -461,7 +452,7 @@ def test_refused_node_keeping_its_old_driver_does_not_hold_the_driver_state_not_
     }  # fmt: skip
     key = ("DaemonSet", ns, "nvidia-driver-daemonset")
     snap = Snapshot(nodes={}, policies={}, owned={key: ds}, pods=pods, revisions=revisions)
-    r = Reconciler(_AnyKube(), ns)  # type: ignore[arg-type]
+    r = Reconciler(EchoKube(), ns)  # type: ignore[arg-type]
     result = r._daemonsets_ready("state-driver", {key}, {key: ds}, snap, snap.pod_index.by_owner, {"n3"},
                                  lambda spec: 3)  # fmt: skip
     assert result.state == "ready", result.message  # was "nvidia-driver-daemonset: 2 of 3 pods exist"
@@ -483,26 +474,17 @@ def test_a_pass_that_leaves_the_policy_not_ready_counts_as_failed_not_as_a_succe
     from gpu_operator import metrics
     from gpu_operator.observe import Snapshot
     from gpu_operator.reconciler import Reconciler
-    from support import facts, load_policy
+    from support import facts
 
-    pol = load_policy()
-    pol["metadata"].update(uid="u1", generation=1, resourceVersion="1", creationTimestamp="2026-01-01T00:00:00Z")
+    pol = policy_object()
     metrics.reconciliation_last_success_ts_seconds.set(0)
     failed = metrics.reconciliation_failed_total._value.get()
-    r = Reconciler(_AnyKube(), "gpu-operator")  # type: ignore[arg-type]
+    r = Reconciler(EchoKube(), "gpu-operator")  # type: ignore[arg-type]
     out = r.reconcile(Snapshot(nodes={"gpu-1": facts("gpu-1")}, policies={"cluster-policy": pol}, owned={}, pods={},
                                revisions={}))  # fmt: skip
     assert out.ready is False
     assert metrics.reconciliation_last_success_ts_seconds._value.get() == 0
     assert metrics.reconciliation_failed_total._value.get() == failed + 1
-
-def _policy_for_review() -> dict[str, Any]:
-    from support import load_policy
-
-    pol = load_policy()
-    pol["metadata"].update(uid="u1", generation=1, resourceVersion="1", creationTimestamp="2026-01-01T00:00:00Z")
-    return pol
-
 
 def test_a_transient_api_error_keeps_the_other_conditions_and_the_upgrade_status() -> None:
     """On an ApiError the pass rewrites the status from the previous one: the merge patch replaces the conditions
@@ -514,7 +496,7 @@ def test_a_transient_api_error_keeps_the_other_conditions_and_the_upgrade_status
     from gpu_operator.reconciler import Reconciler
     from gpu_operator.status import policy_status
 
-    pol = _policy_for_review()
+    pol = policy_object()
     pol["metadata"]["finalizers"] = ["nvidia.com/gpu-operator-cleanup"]
     refused = {"type": "DriverRefused", "status": "True", "reason": "IncompatibleNodes",
                "message": "driver not rolled out to v100-a: architecture-dropped",
@@ -523,19 +505,14 @@ def test_a_transient_api_error_keeps_the_other_conditions_and_the_upgrade_status
     pol["status"] = policy_status(generation=1, namespace="gpu-operator", results=[], gpu_nodes=2, has_nfd=True,
                                   previous=None, now="2026-01-01T00:00:00Z", extra={"upgrade": upgrade},
                                   more_conditions=[refused])  # fmt: skip
-    written: list[dict[str, Any]] = []
-
-    class Kube(_AnyKube):
+    class Kube(EchoKube):
         def get(self, *a: Any, **k: Any) -> Any:
             raise ApiError(503, '{"message": "etcdserver: leader changed"}', "get Namespace")
 
-        def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *a: Any, **k: Any) -> dict[str, Any]:
-            if k.get("sub") == "status":
-                written.append(patch["status"])
-            return patch
-
-    r = Reconciler(Kube(), "gpu-operator")  # type: ignore[arg-type]
+    kube = Kube()
+    r = Reconciler(kube, "gpu-operator")  # type: ignore[arg-type]
     r.reconcile(Snapshot(nodes={}, policies={"cluster-policy": pol}, owned={}, pods={}, revisions={}))
+    written = kube.written
     assert written, "the failed pass writes a status"
     status = written[-1]
     assert status.get("upgrade") == upgrade, status.get("upgrade")

@@ -883,15 +883,24 @@ def _reason(node: UpgradeNode) -> str | None:
     return None
 
 
+def _cordon_not_ours(node: UpgradeNode) -> bool:
+    """Whether the node's cordon is someone else's: recorded so, or on an upgrade-required node, which the upgrade
+    cordons only when it starts (unless a failed attempt, relabelled to retry, left it: that node still carries its
+    failure reason). The planner records the second kind (`_cordon_changed_while_waiting`); the wave preview, which
+    writes nothing, reads it the same way."""
+    if node.initially_unschedulable:
+        return True
+    return node.state == REQUIRED and node.unschedulable and FAILURE_REASON_ANNOTATION not in node.annotations
+
+
 def _cordon_changed_while_waiting(node: UpgradeNode) -> _Step | None:
-    """An upgrade-required node whose cordon someone else changed while it waited for a slot: the upgrade cordons
-    only when it starts, so a cordon there now is not ours (unless a failed attempt, relabelled to retry, left it:
-    that node still carries its failure reason). Recorded as the upgrade's start would have, so the upgrade leaves
-    that cordon in place; an uncordon there drops the record. None when nothing changed."""
+    """An upgrade-required node whose cordon someone else changed while it waited for a slot, recorded as the
+    upgrade's start would have, so the upgrade leaves that cordon in place; an uncordon there drops the record.
+    None when nothing changed."""
     if node.state != REQUIRED or node.unschedulable == node.initially_unschedulable:
         return None
     if node.unschedulable:
-        if FAILURE_REASON_ANNOTATION in node.annotations:
+        if not _cordon_not_ours(node):
             return None
         note = "node cordoned while it waited for an upgrade slot, not by the upgrade: it stays cordoned afterwards"
         return _Step([Annotate(node.name, INITIAL_UNSCHEDULABLE_ANNOTATION, "true")], note=note)
@@ -904,7 +913,7 @@ def _nothing_left_to_do(node: UpgradeNode) -> bool:
     return (
         node.driver_in_sync_and_ready
         and not node.requested
-        and (not node.unschedulable or node.initially_unschedulable)
+        and (not node.unschedulable or _cordon_not_ours(node))
     )
 
 
@@ -923,7 +932,7 @@ def _stays_unavailable(node: UpgradeNode) -> bool:
         return True
     if not node.unschedulable:
         return False
-    return node.state in (UNKNOWN, DONE) or node.initially_unschedulable
+    return node.state in (UNKNOWN, DONE) or _cordon_not_ours(node)
 
 
 def preview_waves(nodes: Sequence[UpgradeNode], policy: DriverUpgradePolicySpec) -> list[list[str]]:

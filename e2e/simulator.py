@@ -195,7 +195,7 @@ class NodeSimulator:
         kubeconfig: Path | str,
         namespace: str = "gpu-operator",
         *,
-        mig_strategy: str = "single",
+        mig_strategy: str = "none",
         resync_seconds: float = 10.0,
         workers: int = 4,
         driver_ready_delay: float = 0.0,
@@ -519,16 +519,17 @@ class NodeSimulator:
         if result.gpus and plugin is not None:
             selected = self._config_of(plugin, labels, world)
             mps_ready = any(adv.runs_mps_daemon(p) for p in pods)
-            advertised = adv.advertise(profile, layout, adv.mig_strategy_of(plugin, self.mig_strategy),
+            strategy = adv.mig_strategy_of(plugin, selected.config.mig_strategy or self.mig_strategy)
+            advertised = adv.advertise(profile, layout, strategy,
                                        selected.config, mps_ready, mig_configs) if not selected.error else None
             resources = advertised.resources if advertised else {}
         self._sync_gpus(node, resources)
         gfd = next((p for p in pods if _uid(p) in result.gfd_pods), None)
         want: dict[str, str] = {}
         if result.gfd and gfd is not None:
-            strategy = adv.mig_strategy_of(gfd, self.mig_strategy)
-            want = gfd_labels(profile, result.driver_version, strategy)
             selected = self._config_of(gfd, labels, world)
+            strategy = adv.mig_strategy_of(gfd, selected.config.mig_strategy or self.mig_strategy)
+            want = gfd_labels(profile, result.driver_version, strategy)
             if not selected.error:
                 want.update(adv.gfd_overlay(profile, layout, strategy, selected.config, mig_configs))
         self._sync_gfd(node, want)

@@ -273,7 +273,10 @@ def test_empty_spec_gets_reference_defaults() -> None:
         assert (policy.drain.enable, policy.drain.force, policy.drain.timeout_seconds) == (False, False, 300)
         assert spec.toolkit.enabled and spec.toolkit.install_dir == "/usr/local/nvidia"
         assert spec.device_plugin.enabled and spec.device_plugin.mps.root == "/run/nvidia/mps"
-        assert spec.dcgm.enabled is False and spec.dcgm.host_port == 5555
+        assert spec.dcgm.enabled is True and spec.dcgm.host_port == 5555  # upstream: unset is on
+        assert spec.mig.strategy is None  # upstream: no MIG_STRATEGY, the plugin's default (none)
+        assert spec.driver.licensing_config.nls_enabled is False  # upstream ClusterPolicy: unset is off
+        assert spec.dcgm_exporter.service_monitor.interval is None  # Prometheus' global interval
         assert spec.dcgm_exporter.enabled and spec.gfd.enabled and spec.mig_manager.enabled
         assert spec.mig_manager.config.default == "all-disabled"
         assert spec.node_status_exporter.enabled is False

@@ -55,6 +55,7 @@ ACTED_ELSEWHERE = {
 # What else a field needs before it can matter (beyond its component and switches being on).
 CONTEXT: dict[str, dict[str, Any]] = {
     "devicePlugin.config.default": {"devicePlugin": {"config": {"name": "sharing-config"}}},
+    "driver.licensingConfig.nlsEnabled": {"driver": {"licensingConfig": {"secretName": "licensing-config"}}},
 }
 VM_SECTIONS = ("vfioManager", "vgpuManager", "vgpuDeviceManager", "sandboxDevicePlugin", "kataSandboxDevicePlugin",
                "kataManager", "ccManager", "validator.vfioPCI", "validator.vgpuManager", "validator.vgpuDevices",

@@ -12,7 +12,7 @@ import yaml
 from gpu_operator import mig_layouts
 from gpu_operator.api import parse_spec
 from gpu_operator.states.dcgm_exporter import remote_hostengine
-from support import container, daemonset, facts, fixed_nodes, objects, render_all
+from support import MONITORING, container, daemonset, daemonsets, facts, fixed_nodes, objects, render_all
 
 DP = "nvidia-device-plugin-daemonset"
 GFD = "gpu-feature-discovery"
@@ -426,11 +426,13 @@ def test_dcgm_exporter_custom_metrics_config() -> None:
 
 def test_dcgm_exporter_uses_the_standalone_hostengine_when_dcgm_is_enabled() -> None:
     assert remote_hostengine(parse_spec({"dcgm": {"enabled": True}})) == "nvidia-dcgm:5555"
-    assert remote_hostengine(parse_spec({})) is None
+    assert remote_hostengine(parse_spec({})) == "nvidia-dcgm:5555"  # upstream: dcgm.enabled unset is on
+    assert remote_hostengine(parse_spec({"dcgm": {"enabled": False}})) is None
     assert env(container(ds_of({"dcgm": {"enabled": True}}, EXPORTER), EXPORTER))["DCGM_REMOTE_HOSTENGINE_INFO"] == (
         "nvidia-dcgm:5555"
     )
-    assert "DCGM_REMOTE_HOSTENGINE_INFO" not in env(container(ds_of({}, EXPORTER), EXPORTER))
+    off = {"dcgm": {"enabled": False}}
+    assert "DCGM_REMOTE_HOSTENGINE_INFO" not in env(container(ds_of(off, EXPORTER), EXPORTER))
 
 
 def test_dcgm_exporter_reads_the_kubelet_pod_resources() -> None:
@@ -602,3 +604,21 @@ def test_default_gpu_clients_configmap(name: str, rendered: bool) -> None:
 def test_fixed_nodes_are_containerd() -> None:
     """The golden node set runs containerd, so its operands keep the runtime class."""
     assert {n.runtime for n in fixed_nodes()} == {"containerd"}
+
+
+def test_upstream_defaults_of_fields_a_policy_leaves_out() -> None:
+    """Unset mig.strategy: no MIG_STRATEGY (the plugin's own default); unset serviceMonitor.interval: Prometheus'
+    global one; unset licensingConfig.nlsEnabled: only gridd.conf is mounted (upstream's ClusterPolicy)."""
+    for name in (DP, GFD):
+        e = env(container(ds_of({}, name), MAIN[name]))
+        assert "MIG_STRATEGY" not in e and e["NVIDIA_MIG_MONITOR_DEVICES"] == "all", name
+    e = env(container(ds_of({"mig": {"strategy": "none"}}, DP), MAIN[DP]))
+    assert e["MIG_STRATEGY"] == "none" and "NVIDIA_MIG_MONITOR_DEVICES" not in e
+    spec = parse_spec({"dcgmExporter": {"serviceMonitor": {"enabled": True, "scrapeTimeout": "30s"}}})
+    monitor = next(o for o in objects(render_all(spec, api_groups=frozenset({MONITORING})))
+                   if o["kind"] == "ServiceMonitor" and o["metadata"]["name"] == "nvidia-dcgm-exporter")
+    assert "interval" not in monitor["spec"]["endpoints"][0]
+    driver = next(d for d in daemonsets(render_all(parse_spec({"driver": {"licensingConfig": {"secretName": "l"}}})))
+                  if d["metadata"]["name"].startswith("nvidia-driver-daemonset"))
+    volume = next(v for v in driver["spec"]["template"]["spec"]["volumes"] if v["name"] == "licensing-config")
+    assert [i["key"] for i in volume["secret"]["items"]] == ["gridd.conf"]

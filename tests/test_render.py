@@ -422,7 +422,7 @@ def test_driver_opt_out_nodes_get_no_pool() -> None:
         ({"toolkit": {"enabled": False}}, "state-container-toolkit"),
         ({"devicePlugin": {"enabled": False}}, "state-device-plugin"),
         ({"devicePlugin": {"enabled": False}}, "state-mps-control-daemon"),
-        ({}, "state-dcgm"),
+        ({"dcgm": {"enabled": False}}, "state-dcgm"),
         ({"dcgmExporter": {"enabled": False}}, "state-dcgm-exporter"),
         ({"gfd": {"enabled": False}}, "gpu-feature-discovery"),
         ({"migManager": {"enabled": False}}, "state-mig-manager"),

@@ -106,7 +106,7 @@ def test_mps_is_refused_on_nodes_whose_layout_enables_mig_by_its_entries_not_its
     gpu = {"feature.node.kubernetes.io/pci-10de.present": "true", "nvidia.com/device-plugin.config": "mps"}
 
     def refused(layout: str, layouts: dict[str, str] | None = None) -> bool:
-        spec = parse_spec({"devicePlugin": {"config": {"name": "sharing"}},
+        spec = parse_spec({"devicePlugin": {"config": {"name": "sharing"}}, "mig": {"strategy": "single"},
                            "migManager": {"config": {"name": "my-layouts" if layouts is not None else ""}}})
         data = {"sharing": mps, **({"my-layouts": layouts} if layouts is not None else {})}
         n = NodeFacts("n1", {**gpu, "nvidia.com/mig.config": layout})
@@ -175,3 +175,12 @@ def test_condition() -> None:
     ok = sharing.condition("sharing", [], 5, [cond], "t3")
     assert ok is not None and ok["status"] == "True" and ok["lastTransitionTime"] == "t3"
     assert sharing.condition("", None, 1, [], "t") is None
+
+
+def test_an_unset_mig_strategy_leaves_it_to_the_configs_flag_else_none() -> None:
+    mps = "sharing: {mps: {resources: [{name: nvidia.com/gpu, replicas: 4}]}}"
+    flagged = "flags: {migStrategy: mixed}\n" + mps
+    sharing.check(sharing.parse(mps), None)  # none: MPS on full GPUs
+    with pytest.raises(sharing.ConfigError, match="mixed is not supported with MPS"):
+        sharing.check(sharing.parse(flagged), None)
+    sharing.check(sharing.parse(flagged), "single")  # the env overrides the file's flag

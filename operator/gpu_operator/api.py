@@ -219,7 +219,7 @@ class SidecarSpec(ImageSpec):
 
 class ServiceMonitorSpec(Section):
     enabled: bool = False
-    interval: str = "15s"
+    interval: str | None = None  # unset: Prometheus' global scrape interval, as upstream
     scrape_timeout: str | None = None
     honor_labels: bool = False
     additional_labels: dict[str, str] = {}
@@ -316,7 +316,7 @@ class RepoConfigSpec(Section):
 class LicensingConfigSpec(Section):
     config_map_name: str = ""  # deprecated upstream in favour of secretName
     secret_name: str = ""
-    nls_enabled: bool = True
+    nls_enabled: bool = False  # upstream's ClusterPolicy: unset is off (its NVIDIADriver: on)
 
 
 class VirtualTopologySpec(Section):
@@ -365,7 +365,7 @@ class DevicePluginSpec(ComponentSpec):
 
 
 class DCGMSpec(ComponentSpec):
-    enabled: bool = False
+    enabled: bool = True  # upstream: unset is on (the chart writes false)
     host_port: int = Field(default=5555, ge=1, le=65535)
 
 
@@ -396,7 +396,8 @@ class GFDSpec(ComponentSpec):
 
 
 class MIGSpec(Section):
-    strategy: Literal["none", "single", "mixed"] = "single"
+    # Unset: no MIG_STRATEGY, the plugin and GFD decide (none, or their config's flags.migStrategy), as upstream.
+    strategy: Literal["none", "single", "mixed"] | None = None
 
 
 class MIGPartedConfig(Section):

@@ -61,6 +61,8 @@ def nri_annotations(spec: ClusterPolicySpec, container: str) -> dict[str, str]:
 
 def mig_env(spec: ClusterPolicySpec) -> list[Env]:
     """applyMIGConfiguration: the strategy, and MIG device monitoring unless the strategy is none."""
+    if spec.mig.strategy is None:
+        return [env("NVIDIA_MIG_MONITOR_DEVICES", "all")]
     out = [env("MIG_STRATEGY", spec.mig.strategy)]
     if spec.mig.strategy != "none":
         out.append(env("NVIDIA_MIG_MONITOR_DEVICES", "all"))

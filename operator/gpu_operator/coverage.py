@@ -64,7 +64,6 @@ UNSUPPORTED: tuple[Rule, ...] = (
     Rule("validator.vgpuManager.env", VM, when=_sandbox),
     Rule("validator.vgpuDevices.env", VM, when=_sandbox),
     # Driver pod features not rendered yet.
-    Rule("driver.licensingConfig.nlsEnabled", "NLS licensing is not configured in the driver container yet"),
     Rule("driver.virtualTopology.config", "the vGPU topology ConfigMap is not mounted into the driver yet"),
     # Other operand settings not rendered yet.
     Rule("daemonsets.podSecurityContext", "not applied to the operand pods yet"),

@@ -217,9 +217,11 @@ def known_resources() -> set[str]:
     return {GPU} | {f"{PREFIX}/mig-{p}" for p in profiles}
 
 
-def check(config: SharingConfig, mig_strategy: str, mig_enabled: bool = False) -> None:
+def check(config: SharingConfig, mig_strategy: str | None, mig_enabled: bool = False) -> None:
     """What the plugin refuses at start for a parsed config: MPS with mixed MIG or on MIG devices, and (beyond)
-    resources it can never advertise. `mig_enabled`: a node that loads the config has MIG enabled."""
+    resources it can never advertise. `mig_enabled`: a node that loads the config has MIG enabled; `mig_strategy`:
+    the MIG_STRATEGY env (None: unset, the config's flags.migStrategy else none)."""
+    mig_strategy = mig_strategy or config.mig_strategy or "none"
     known = known_resources()
     for where, group in (("sharing.timeSlicing", config.time_slicing), ("sharing.mps", config.mps)):
         for i, r in enumerate(group.resources if group else ()):
@@ -265,7 +267,7 @@ def _parsed_layouts(text: str) -> mig.Layouts:
         return {}
 
 
-def problems(name: str, data: Mapping[str, str], mig_strategy: str, default: str = "",
+def problems(name: str, data: Mapping[str, str], mig_strategy: str | None, default: str = "",
              nodes: Iterable[NodeFacts] = (), layouts: mig.Layouts | None = None) -> list[Problem]:
     """Every key of the sharing ConfigMap the plugin would refuse, and a default naming no key.
 

@@ -351,7 +351,7 @@ def _not_advertised(
         profile = resource[len(MIG_PREFIX) :]
         _, spec = policy(cluster)
         strategies = sorted({v.labels[MIG_STRATEGY_LABEL] for v in views if MIG_STRATEGY_LABEL in v.labels})
-        strategy = ", ".join(strategies) or (spec.mig.strategy if spec else "unknown")
+        strategy = ", ".join(strategies) or ((spec.mig.strategy or "none") if spec else "unknown")
         capable = [v for v in views if v.labels.get("nvidia.com/mig.capable") == "true"]
         rows = [
             f"{v.name}: mig.strategy={v.labels.get(MIG_STRATEGY_LABEL, '-')}, mig.config="

@@ -80,7 +80,7 @@ def _vars(ctx: RenderContext) -> dict[str, Any]:
             {"name": "COMPONENT", "value": "plugin"},
             {"name": "WITH_WAIT", "value": "false"},
             {"name": "WITH_WORKLOAD", "value": "false"},
-            {"name": "MIG_STRATEGY", "value": spec.mig.strategy},
+            {"name": "MIG_STRATEGY", "value": spec.mig.strategy or ""},
             _NODE_NAME,
             _NAMESPACE,
             *workload,

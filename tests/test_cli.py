@@ -367,3 +367,23 @@ def test_usage_errors_exit_2() -> None:
     assert run_cli().returncode == 2
     assert run_cli("render").returncode == 2  # --policy is required
     assert run_cli("frobnicate").returncode == 2
+
+
+def test_versions_and_doctor_honour_the_allow_unknown_annotation() -> None:
+    """The operator accepts a policy annotated allow-unknown-fields; `versions` and doctor read it the same way."""
+    import types
+
+    from gpu_operator.api import ALLOW_UNKNOWN_ANNOTATION
+    from gpu_operator.cli import versions_report
+    from gpu_operator.doctor.common import policy
+    from gpu_operator.doctor.model import Cluster
+    from support import policy_object
+
+    obj = policy_object()
+    obj["metadata"].setdefault("annotations", {})[ALLOW_UNKNOWN_ANNOTATION] = "true"
+    obj["spec"]["driver"]["someNewerUpstreamField"] = True
+    snap = types.SimpleNamespace(policies={obj["metadata"]["name"]: obj}, nodes={})
+    assert versions_report(snap)["cluster"]["policy"] == obj["metadata"]["name"]
+    cluster = Cluster(snapshot=snap, nodes=[], pods=[], events=[], namespace="gpu-operator")  # type: ignore[arg-type]
+    name, spec = policy(cluster)
+    assert name == obj["metadata"]["name"] and spec is not None

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gpu_operator import nvidiadriver
+from gpu_operator import nvidiadriver, nvidiadriver_api
 from gpu_operator.api import parse_spec
 from gpu_operator.crd import nvidiadriver_crd
 from gpu_operator.nodes import UPGRADE_ENABLED_ANNOTATION, NodeFacts
@@ -563,3 +563,34 @@ def test_a_pass_keeps_the_daemonsets_of_an_nvidiadriver_that_cannot_render_and_s
     assert mine["Ready"]["status"] == "False" and "precompiled" in mine["Ready"]["message"]
     other = {c["type"]: c for c in statuses[("NVIDIADriver", "default")]["conditions"]}
     assert "pool-b" not in other["Ready"]["message"]
+
+
+@pytest.mark.parametrize("value", [1.5, True, []])
+def test_nvidiadriver_messages_name_the_field_not_pydantics_union_branches(value: Any) -> None:
+    with pytest.raises(ValueError) as exc:
+        nvidiadriver_api.parse_spec({"upgradePolicy": {"maxUnavailable": value}})
+    assert ".int:" not in str(exc.value) and ".str:" not in str(exc.value)
+    assert "spec.upgradePolicy.maxUnavailable:" in str(exc.value)
+    with pytest.raises(ValueError, match=r"spec\.nodeSelectr: unknown field \(did you mean nodeSelector\?\)"):
+        nvidiadriver_api.parse_spec({"nodeSelectr": {"a": "b"}})
+
+
+def test_a_malformed_node_affinity_is_refused_naming_the_field() -> None:
+    """Upstream's CRD types nodeAffinity (corev1.NodeAffinity); a string where a NodeSelector goes crashed every
+    pass in excluding_owned instead."""
+    bad = {"requiredDuringSchedulingIgnoredDuringExecution": "oops"}
+    with pytest.raises(ValueError, match=r"spec\.nodeAffinity\.requiredDuringSchedulingIgnoredDuringExecution"):
+        nvidiadriver_api.parse_spec({"default": True, "nodeAffinity": bad})
+    refused = NVIDIADriver.from_object({"metadata": {"name": "default", "uid": "u"},
+                                        "spec": {"default": True, "nodeAffinity": bad}})
+    assert refused.spec is None and "nodeAffinity" in (refused.problem or "")
+    raw = copy.deepcopy(load_policy()["spec"])
+    raw["driver"]["useNvidiaDriverCRD"] = True
+    render_all(parse_spec(raw), nvidia_drivers=[{"metadata": {"name": "default", "uid": "u"},
+                                                "spec": {"default": True, "nodeAffinity": bad}}])
+    schema = nvidiadriver_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    affinity = schema["properties"]["nodeAffinity"]
+    assert "x-kubernetes-preserve-unknown-fields" not in affinity
+    assert affinity["properties"]["requiredDuringSchedulingIgnoredDuringExecution"]["required"] == [
+        "nodeSelectorTerms"
+    ]

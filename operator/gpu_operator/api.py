@@ -616,9 +616,9 @@ def _model_of(annotation: Any) -> type[BaseModel] | None:
         return None
 
 
-def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
+def _fields_at(root: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
     """The wire names of the fields of the object at `loc` (list indexes skipped), [] when not a model."""
-    model: type[BaseModel] | None = ClusterPolicySpec
+    model: type[BaseModel] | None = root
     for part in loc:
         if isinstance(part, int) or model is None:
             continue
@@ -627,11 +627,24 @@ def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
     return [f.alias or n for n, f in model.model_fields.items()] if model else []
 
 
-def _unknown_problem(loc: tuple[int | str, ...]) -> str:
+def _unknown_problem(root: type[BaseModel], loc: tuple[int | str, ...]) -> str:
     key = str(loc[-1])
-    near = difflib.get_close_matches(key, _fields_at(loc[:-1]), n=1, cutoff=0.6)
+    near = difflib.get_close_matches(key, _fields_at(root, loc[:-1]), n=1, cutoff=0.6)
     hint = f" (did you mean {near[0]}?)" if near else ""
     return f"{_loc(loc)}: unknown field{hint}"
+
+
+def problems(root: type[BaseModel], exc: ValidationError) -> list[str]:
+    """`spec.<path>: <rule>` lines for a spec model's validation errors (ClusterPolicy's or NVIDIADriver's)."""
+    out = []
+    for err in exc.errors():
+        # Drop pydantic's union-branch markers ("int", "str", "function-after[...]") from the path.
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p in {"int", "str"} or "[" in p)))
+        if err["type"] == "extra_forbidden":
+            out.append(_unknown_problem(root, loc))
+            continue
+        out.append(f"{_loc(loc)}: {err['msg'].removeprefix('Value error, ')}")
+    return sorted(set(out))
 
 
 def _drop(raw: Any, loc: tuple[int | str, ...]) -> bool:
@@ -662,18 +675,14 @@ def parse_spec(spec: dict[str, Any] | None, allow_unknown: bool = False) -> Clus
             if allow_unknown and extra and all([_drop(raw, loc) for loc in extra]):
                 unknown += extra
                 continue
-            problems = []
-            for err in errors:
-                # Drop pydantic's union-branch markers ("int", "str", "function-after[...]") from the path.
-                loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and (p in {"int", "str"} or "[" in p)))
-                if err["type"] == "extra_forbidden":
-                    problems.append(_unknown_problem(loc))
-                    continue
-                msg = err["msg"].removeprefix("Value error, ")
-                problems.append(f"{_loc(loc)}: {msg}")
-            raise PolicyError(sorted(set(problems))) from None
+            raise PolicyError(problems(ClusterPolicySpec, exc)) from None
     parsed._unknown = sorted({_loc(loc) for loc in unknown})
     return parsed
+
+
+def parse_policy(obj: dict[str, Any]) -> ClusterPolicySpec:
+    """A ClusterPolicy object's spec, honouring its allow-unknown-fields annotation as the operator does."""
+    return parse_spec(obj.get("spec"), allow_unknown=allows_unknown(obj.get("metadata")))
 
 
 def unknown_fields(spec: ClusterPolicySpec) -> list[str]:

@@ -11,7 +11,15 @@ from typing import Any
 import yaml
 
 from . import __version__
-from .api import ALLOW_UNKNOWN_ANNOTATION, ClusterPolicySpec, PolicyError, allows_unknown, parse_spec, unknown_fields
+from .api import (
+    ALLOW_UNKNOWN_ANNOTATION,
+    ClusterPolicySpec,
+    PolicyError,
+    allows_unknown,
+    parse_policy,
+    parse_spec,
+    unknown_fields,
+)
 from .coverage import unsupported_fields
 
 DEFAULT_NAMESPACE = "gpu-operator"
@@ -256,7 +264,7 @@ def cmd_upgrade_plan(args: argparse.Namespace) -> int:
             print("error: no ClusterPolicy in the cluster", file=sys.stderr)
             return 2
         policy_obj = snap.policies[name]
-        spec = parse_spec(policy_obj.get("spec"), allow_unknown=allows_unknown(policy_obj.get("metadata")))
+        spec = parse_policy(policy_obj)
         # One section per upgrade policy: the ClusterPolicy's, or each NVIDIADriver's (useNvidiaDriverCRD).
         sections: list[tuple[str, ClusterPolicySpec, Snapshot]] = [(f"ClusterPolicy {name}", spec, snap)]
         limit = None
@@ -353,7 +361,7 @@ def cmd_mig_layouts(args: argparse.Namespace) -> int:
 
             active = active_policy(policies)
             if active:
-                spec = parse_spec(next(p for p in policies if p["metadata"]["name"] == active).get("spec"))
+                spec = parse_policy(next(p for p in policies if p["metadata"]["name"] == active))
                 layouts = _layouts(kube, args.namespace, spec)
         except (ApiError, PolicyError, OSError) as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -403,7 +411,7 @@ def versions_report(snap: Any | None = None) -> dict[str, Any]:
     if name is None:
         report["cluster"] = {"policy": None, "nodes": {}}
         return report
-    spec = parse_spec(snap.policies[name].get("spec"))
+    spec = parse_policy(snap.policies[name])
     found = compat.verdicts(nodes, spec)
     report["cluster"] = {
         "policy": name,

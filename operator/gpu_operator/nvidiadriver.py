@@ -393,7 +393,7 @@ def groups(
                 spec=spec,
                 nodes=assignment.node_set(d.name),
                 default=d.default,
-                affinity=d.spec.node_affinity,
+                affinity=d.spec.node_affinity.as_dict() if d.spec.node_affinity else None,
             )
         )
     return tuple(out)

@@ -17,6 +17,7 @@ from .api import (
     DriverManagerSpec,
     DriverUpgradePolicySpec,
     EnvVar,
+    KubeObject,
     Model,
     PodSecurityContext,
     ProbeSpec,
@@ -25,6 +26,7 @@ from .api import (
     SidecarSpec,
     State,
     Toleration,
+    problems,
 )
 
 GROUP = "nvidia.com"
@@ -41,6 +43,33 @@ DriverType = Literal["gpu", "vgpu", "vgpu-host-manager"]
 
 class NameRef(Model):
     name: str = ""
+
+
+class NodeSelectorRequirement(KubeObject):
+    key: str
+    operator: str
+    values: list[str] | None = None
+
+
+class NodeSelectorTerm(KubeObject):
+    match_expressions: list[NodeSelectorRequirement] | None = None
+    match_fields: list[NodeSelectorRequirement] | None = None
+
+
+class NodeSelector(KubeObject):
+    node_selector_terms: list[NodeSelectorTerm]
+
+
+class PreferredSchedulingTerm(KubeObject):
+    weight: int = Field(ge=1, le=100)
+    preference: NodeSelectorTerm
+
+
+class NodeAffinity(KubeObject):
+    """corev1.NodeAffinity, typed as upstream's CRD types it (a malformed one is refused at admission)."""
+
+    required_during_scheduling_ignored_during_execution: NodeSelector | None = None
+    preferred_during_scheduling_ignored_during_execution: list[PreferredSchedulingTerm] | None = None
 
 
 class NVDLicensingConfig(Model):
@@ -118,7 +147,7 @@ class NVIDIADriverSpec(Model):
     secret_env: str = ""
     upgrade_policy: NVDUpgradePolicy | None = None
     node_selector: dict[str, str] = {}
-    node_affinity: dict[str, Any] | None = None
+    node_affinity: NodeAffinity | None = None
     labels: dict[str, str] = {}
     annotations: dict[str, str] = {}
     tolerations: list[Toleration] = []
@@ -150,8 +179,4 @@ def parse_spec(raw: dict[str, Any] | None) -> NVIDIADriverSpec:
     try:
         return NVIDIADriverSpec.model_validate(raw or {}, by_alias=True, by_name=False)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = "spec" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
-            problems.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
-        raise ValueError("; ".join(sorted(set(problems)))) from None
+        raise ValueError("; ".join(problems(NVIDIADriverSpec, exc))) from None

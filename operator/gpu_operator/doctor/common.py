@@ -7,7 +7,7 @@ import time
 from functools import cache
 from typing import Any
 
-from ..api import ClusterPolicySpec, PolicyError, parse_spec
+from ..api import ClusterPolicySpec, PolicyError, parse_policy
 from ..status import active_policy
 from .model import Cluster
 
@@ -33,7 +33,7 @@ def policy(cluster: Cluster) -> tuple[str | None, ClusterPolicySpec | None]:
     if name is None:
         return None, None
     try:
-        return name, parse_spec(cluster.snapshot.policies[name].get("spec"))
+        return name, parse_policy(cluster.snapshot.policies[name])
     except PolicyError:
         return name, None
 

@@ -219,8 +219,27 @@ def test_second_policy_is_ignored_and_first_keeps_working(admin: Kube, operator:
     assert ready["status"] == "False" and "cluster-policy" in ready["message"]
     # The first keeps working (waited for: a late DaemonSet status from the previous test can flip it briefly).
     assert wait_ready(admin, operator)["status"]["state"] == "ready"
-    admin.delete("ClusterPolicy", "second-policy")
-    wait_for(lambda: admin.get("ClusterPolicy", "second-policy") is None, WAIT, message="second-policy deleted")
+
+    # Deleting the active one hands over to the other, and back: the DaemonSets stay (same uid; the garbage
+    # collector would delete one whose only owner went before the next policy owned it), now owned by the next.
+    def ours() -> dict[str, dict[str, Any]]:
+        found = admin.list("DaemonSet", NAMESPACE, label_selector="app.kubernetes.io/managed-by=gpu-operator")
+        return {d["metadata"]["name"]: d for d in found}
+
+    def hand_over(gone: str, to: str) -> None:
+        before = {name: d["metadata"]["uid"] for name, d in ours().items()}
+        assert ENABLED_DAEMONSETS <= set(before)
+        admin.delete("ClusterPolicy", gone)
+        wait_for(lambda: admin.get("ClusterPolicy", gone) is None, WAIT, message=f"{gone} deleted")
+        wait_ready(admin, operator, to)
+        after = ours()
+        assert {name: d["metadata"]["uid"] for name, d in after.items()} == before, f"DaemonSets replaced: {to}"
+        assert all([r["name"] for r in d["metadata"].get("ownerReferences") or []] == [to] for d in after.values())
+
+    hand_over("cluster-policy", "second-policy")
+    admin.create(policy_from_sample())
+    wait_for(lambda: policy(admin).get("status", {}).get("state") == "ignored", WAIT, message="cluster-policy ignored")
+    hand_over("second-policy", "cluster-policy")
 
 
 def test_invalid_spec_the_schema_admits_is_reported_in_the_status(admin: Kube, operator: OperatorProcess) -> None:

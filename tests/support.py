@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,32 @@ class EchoKube:
 
     def __getattr__(self, name: str) -> Any:
         return lambda *a, **k: a[0] if a and isinstance(a[0], dict) else {}
+
+
+class RecordingKube(EchoKube):
+    """EchoKube that also records its applies, merge patches and deletes in the order sent (`calls`: verb and
+    the object, (kind, name, patch) or (kind, namespace, name)); a Node patch answers with a Node."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, Any]] = []
+        self._lock = threading.Lock()  # applies come from the applier's threads
+
+    def _note(self, verb: str, what: Any) -> None:
+        with self._lock:
+            self.calls.append((verb, copy.deepcopy(what)))
+
+    def apply(self, obj: dict[str, Any], *_: Any, **__: Any) -> dict[str, Any]:
+        self._note("apply", obj)
+        return obj
+
+    def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *a: Any, **k: Any) -> dict[str, Any]:
+        self._note("merge_patch", (kind, name, patch))
+        return node(name) if kind == "Node" else super().merge_patch(kind, name, patch, *a, **k)
+
+    def delete(self, kind: str, name: str, namespace: str | None = None, *_: Any, **__: Any) -> bool:
+        self._note("delete", (kind, namespace or "", name))
+        return True
 
 
 def sample_spec() -> ClusterPolicySpec:

@@ -1,7 +1,9 @@
-"""ClusterPolicy status: the singleton rule, reasons, Ready/Error conditions and change detection."""
+"""ClusterPolicy status: the singleton rule (and the handover to the next policy), reasons, Ready/Error conditions
+and change detection."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -41,6 +43,52 @@ def test_deleting_policy_is_skipped() -> None:
 
 def test_no_policy() -> None:
     assert active_policy([]) is None
+
+
+def test_a_deleted_active_policy_is_let_go_only_once_the_next_one_owns_its_objects() -> None:
+    """A (active) is deleted while B exists. Were A's finalizer removed while objects still had A as their only
+    owner, the garbage collector could delete them (every DaemonSet, the driver's too) before B's pass re-owns
+    them. A is let go by the pass after, which sees them owned by B; one already being deleted does not hold A."""
+    from gpu_operator.lifecycle import CLEANUP_FINALIZER
+    from gpu_operator.observe import Snapshot, key_of
+    from gpu_operator.reconciler import Reconciler
+    from support import RecordingKube, facts
+
+    def released(kube: RecordingKube) -> bool:
+        return any(verb == "merge_patch" and what[:2] == ("ClusterPolicy", "cluster-policy")
+                   and CLEANUP_FINALIZER not in what[2]["metadata"].get("finalizers", [CLEANUP_FINALIZER])
+                   for verb, what in kube.calls)  # fmt: skip
+
+    def applied(kube: RecordingKube, uid: str) -> dict[Any, dict[str, Any]]:
+        return {key_of(o): o for verb, o in kube.calls if verb == "apply"
+                and [r["uid"] for r in o["metadata"]["ownerReferences"]] == [uid]}  # fmt: skip
+
+    a = policy_object()
+    a["metadata"].update(uid="uid-a", finalizers=[CLEANUP_FINALIZER])
+    b = policy_object()
+    b["metadata"].update(name="new-policy", uid="uid-b", creationTimestamp=T1)
+    nodes = {"gpu-1": facts("gpu-1")}
+    kube = RecordingKube()
+    r = Reconciler(kube, "gpu-operator")  # type: ignore[arg-type]
+    r.reconcile(Snapshot(nodes=nodes, policies={"cluster-policy": a}, owned={}, pods={}, revisions={}))
+    owned = applied(kube, "uid-a")
+    assert len(owned) > 20 and any(k[0] == "DaemonSet" for k in owned)
+
+    a["metadata"]["deletionTimestamp"] = T2
+    policies = {"cluster-policy": a, "new-policy": b}
+    kube.calls.clear()
+    r.reconcile(Snapshot(nodes=nodes, policies=policies, owned=owned, pods={}, revisions={}))
+    assert not released(kube), "A let go while its objects still had it as their only owner"
+    reowned = applied(kube, "uid-b")
+    assert set(reowned) == set(owned), "B's pass re-owns every object"
+
+    # The next pass sees them owned by B (and one of A's being deleted meanwhile): A is let go.
+    terminating = copy.deepcopy(next(iter(owned.values())))
+    terminating["metadata"].update(name="gone", deletionTimestamp=T2)
+    kube.calls.clear()
+    r.reconcile(Snapshot(nodes=nodes, policies=policies, owned={**reowned, key_of(terminating): terminating},
+                         pods={}, revisions={}))  # fmt: skip
+    assert released(kube)
 
 
 # Reasons

@@ -12,7 +12,7 @@ from .kube import Kube
 from .mig import APPROVED as MIG_APPROVED
 from .nodes import DEPLOY_PREFIX, DRIVER_KERNEL, GPU_PRESENT, RUNTIME_LABEL, written_by_us
 from .nvidiadriver_api import OWNER_LABEL
-from .observe import Snapshot
+from .observe import Key, Snapshot
 from .render import NodePatch
 from .states.mig_manager import STATE as MIG_MANAGER
 
@@ -49,13 +49,21 @@ class Lifecycle:
         self._namespace_psa = psa
 
     def cleanup_deleted(self, snap: Snapshot) -> None:
-        """A ClusterPolicy being deleted with no other to take over: remove our node labels, then let it go."""
+        """A ClusterPolicy being deleted with no other to take over: remove our node labels, then let it go. With
+        another to take over: let it go once none of our objects has it as its only owner (the garbage collector
+        would delete those); the other's pass re-owns them, and their watch events bring the pass that lets it go."""
         remaining = [p for p in snap.policies.values() if not p["metadata"].get("deletionTimestamp")]
         for policy in snap.policies.values():
             meta = policy["metadata"]
             if not meta.get("deletionTimestamp") or CLEANUP_FINALIZER not in (meta.get("finalizers") or []):
                 continue
-            if not remaining:
+            if remaining:
+                held = _held_by(meta.get("uid"), snap)
+                if held:
+                    log.info("ClusterPolicy %s deleted: kept until the next one owns %d objects (%s %s, ...)",
+                             meta["name"], len(held), held[0][0], held[0][2])  # fmt: skip
+                    continue
+            else:
                 if self._stop_label_writers(snap):
                     continue  # the finalizer stays until its pods are gone (their going wakes a pass)
                 patches: dict[str, NodePatch] = {}
@@ -90,6 +98,19 @@ class Lifecycle:
                 self.kube.delete("DaemonSet", owner, self.namespace)
                 log.info("ClusterPolicy deleted: deleting DaemonSet %s before removing node labels", owner)
         return bool(running)
+
+
+def _held_by(uid: str | None, snap: Snapshot) -> list[Key]:
+    """Our live objects whose only owner is this uid (they would go with it)."""
+    if not uid:
+        return []
+    return sorted(
+        key
+        for key, obj in snap.owned.items()
+        if not obj["metadata"].get("deletionTimestamp")
+        and (refs := obj["metadata"].get("ownerReferences") or [])
+        and all(r.get("uid") == uid for r in refs)
+    )
 
 
 def _on_ready_node(pod: dict[str, Any], snap: Snapshot) -> bool:

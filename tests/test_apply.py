@@ -18,7 +18,7 @@ from gpu_operator.nodes import GPU_PRESENT, MIG_CONFIG, deploy_label
 from gpu_operator.reconciler import Labelling
 from gpu_operator.render import node_patches, plan
 from gpu_operator.runtime import Operator
-from gpu_operator.states.base import HASH_ANNOTATION
+from gpu_operator.states.base import HASH_ANNOTATION, MANAGED_BY, OPERATOR_NAME, PART_OF, STATE_LABEL
 from support import load_policy, load_scenario, node, objects, render_all, sample_spec
 
 
@@ -151,6 +151,50 @@ def test_an_unchanged_object_is_not_applied_and_a_refused_one_is_reported_for_it
     out = Applier(refused).apply_states(plans, changed)  # type: ignore[arg-type]
     assert [c[2] for c in refused.calls] == [ds["metadata"]["name"]]
     assert out[state].failed == f"DaemonSet {ds['metadata']['name']}: refused"
+
+
+def _terminating_service(name: str = "nvidia-dcgm-exporter", deleting: bool = True) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": "gpu-operator",
+        "labels": {MANAGED_BY: OPERATOR_NAME, PART_OF: OPERATOR_NAME, STATE_LABEL: "state-dcgm-exporter"},
+    }
+    if deleting:  # a LoadBalancer Service waits for the cloud controller to release its load balancer
+        meta["deletionTimestamp"] = "2026-02-01T00:00:00Z"
+        meta["finalizers"] = ["service.kubernetes.io/load-balancer-cleanup"]
+    return {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": {"type": "LoadBalancer"}}
+
+
+def test_prune_leaves_an_object_already_being_deleted_to_finish() -> None:
+    """Upstream's deleteStateRelatedObjects skips an object with a deletionTimestamp; a DELETE sent again on every
+    pass (and reported as deleted) would keep the status 'waiting to observe' while a finalizer holds it."""
+    from gpu_operator.observe import key_of
+    from gpu_operator.states import all_states
+    from support import RecordingKube
+
+    going, stale = _terminating_service(), _terminating_service("old-exporter", deleting=False)
+    kube = RecordingKube()
+    states = frozenset(s.name for s in all_states())
+    deleted = Applier(kube).prune({key_of(going): going, key_of(stale): stale}, set(), states)  # type: ignore[arg-type]
+    assert deleted == [key_of(stale)]
+    assert kube.calls == [("delete", ("Service", "gpu-operator", "old-exporter"))]
+
+
+def test_a_pass_over_an_unchanged_cluster_sends_no_delete_for_an_object_being_deleted() -> None:
+    from gpu_operator.lifecycle import CLEANUP_FINALIZER
+    from gpu_operator.observe import Snapshot, key_of
+    from gpu_operator.reconciler import Reconciler
+    from support import RecordingKube, facts, policy_object
+
+    pol = policy_object()
+    pol["spec"]["dcgmExporter"]["enabled"] = False
+    pol["metadata"]["finalizers"] = [CLEANUP_FINALIZER]
+    svc = _terminating_service()
+    snap = Snapshot(nodes={"gpu-1": facts("gpu-1")}, policies={"cluster-policy": pol}, owned={key_of(svc): svc},
+                    pods={}, revisions={})  # fmt: skip
+    kube = RecordingKube()
+    out = Reconciler(kube, "gpu-operator").reconcile(snap)  # type: ignore[arg-type]
+    assert not [c for c in kube.calls if c[0] == "delete"] and not out.deleted
 
 
 def test_a_spec_changed_by_another_writer_is_applied_again_once() -> None:

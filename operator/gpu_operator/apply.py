@@ -189,10 +189,11 @@ class Applier:
             return list(pool.map(fn, items))
 
     def prune(self, owned: dict[Key, dict[str, Any]], desired: set[Key], states: frozenset[str]) -> list[Key]:
-        """Delete the objects a state of ours owns that no state wants any more; the keys deleted."""
+        """Delete the objects a state of ours owns that no state wants any more; the keys deleted. One already being
+        deleted (held by a finalizer, a LoadBalancer Service's say) is left to finish."""
         doomed = []
         for key, obj in sorted(owned.items()):
-            if key in desired or key[0] == "ClusterPolicy":
+            if key in desired or key[0] == "ClusterPolicy" or obj["metadata"].get("deletionTimestamp"):
                 continue
             labels = labels_of(obj)
             state = owning_state(labels, states)

@@ -73,7 +73,9 @@ def test_waits() -> None:
     held = Observation(Record(holder="other"), 10.0)
     assert next_wait(False, False, held, 11.0) == RETRY_S
     assert next_wait(False, False, held, 10.0 + LEASE_DURATION_S - 0.25) == pytest.approx(0.25)
-    assert next_wait(False, False, held, 10.0 + LEASE_DURATION_S + 3) == 0.0
+    # Run out already: this look tried to take it over and failed, or could not read it; no busy loop.
+    assert next_wait(False, False, held, 10.0 + LEASE_DURATION_S) == RETRY_S
+    assert next_wait(False, False, held, 10.0 + LEASE_DURATION_S + 3) == RETRY_S
 
 
 def test_lease_bodies() -> None:
@@ -136,6 +138,8 @@ class LeaseStore:
         self.lease: dict[str, Any] | None = None
         self.rv = 0
         self.down = False
+        self.refuse_writes = False  # answer every write 500 (an API server under load)
+        self.writes = 0
         self.events: list[str] = []
 
 
@@ -154,6 +158,9 @@ class FakeKube:
             if s.lease is None:
                 raise ApiError(404, '{"message": "not found"}', path)
             return copy.deepcopy(s.lease)
+        s.writes += 1
+        if s.refuse_writes:
+            raise ApiError(500, '{"message": "etcdserver: request timed out"}', f"{method} {path}")
         if method == "POST":
             if s.lease is not None:
                 raise ApiError(409, '{"message": "already exists"}', path)
@@ -247,6 +254,37 @@ def test_release_hands_over_at_once() -> None:
     fences = run_until([a, b], clock, clock.t + RETRY_S + 0.3)
     assert fences[-1] == {"b"} and not a.lost
     assert store.events[-2:] == ["a stopped leading, releasing the Lease", "b became leader"]
+
+
+def test_a_follower_takes_over_when_the_lease_runs_out_and_retries_a_failed_take_over_every_retry_s() -> None:
+    """Waits as Elector.run takes them, no tick: the take-over comes at the instant the dead holder's lease runs
+    out; while the API server refuses it, one try every RETRY_S (it was a busy loop: thousands of GET+PUT a second)."""
+    def follow(r: Replica, clock: Clock, until: float) -> list[float]:
+        waits: list[float] = []
+        while clock.t < until:
+            renewed = r.elector.step()
+            if r.elector.leading:
+                break
+            waits.append(next_wait(r.elector.leading, renewed, r.elector.obs, clock.t))
+            clock.t += waits[-1]
+            assert len(waits) < 1000, "busy loop"
+        return waits
+
+    dead = {"metadata": {"name": "l", "namespace": "ns", "resourceVersion": "1"},
+            "spec": {"holderIdentity": "dead", "leaseDurationSeconds": LEASE_DURATION_S}}  # fmt: skip
+    clock, store = Clock(), LeaseStore()
+    store.lease = copy.deepcopy(dead)
+    b, start = Replica("b", store, clock), clock.t
+    follow(b, clock, start + 30)
+    assert b.elector.leading and clock.t == pytest.approx(start + LEASE_DURATION_S)
+
+    clock, store = Clock(), LeaseStore()
+    store.lease, store.refuse_writes = copy.deepcopy(dead), True
+    b = Replica("b", store, clock)
+    waits = follow(b, clock, clock.t + LEASE_DURATION_S + 5)
+    assert not b.elector.leading and store.writes == 5 and waits[-5:] == [RETRY_S] * 5
+    store.down = True  # nor when the Lease cannot even be read
+    assert follow(b, clock, clock.t + 3) == [RETRY_S] * 3
 
 
 def test_simultaneous_starts_elect_one() -> None:

@@ -109,11 +109,13 @@ def still_leading(last_renew: float, now: float, deadline: float = RENEW_DEADLIN
 
 def next_wait(leading: bool, renewed: bool, obs: Observation | None, now: float) -> float:
     """Seconds until the next look at the Lease: the holder renews every RENEW_PERIOD_S (retrying every RETRY_S
-    after a failure); a follower looks every RETRY_S, and exactly when the holder's lease runs out."""
+    after a failure); a follower looks every RETRY_S, and exactly when the holder's lease runs out. Once it has run
+    out, this look tried to take it and failed (or could not read it): the next try is RETRY_S later, as client-go's."""
     if leading:
         return RENEW_PERIOD_S if renewed else RETRY_S
     if obs is not None and obs.record is not None and obs.record.holder:
-        return max(0.0, min(RETRY_S, obs.since + obs.record.duration_s - now))
+        remaining = obs.since + obs.record.duration_s - now
+        return min(RETRY_S, remaining) if remaining > 0 else RETRY_S
     return RETRY_S
 
 

@@ -139,3 +139,34 @@ def test_operator_env_image_is_the_default_when_the_policy_names_none(monkeypatc
     own = parse_spec({"validator": {"repository": "r.example.com", "image": "validator", "version": "v1"}})
     assert images.resolve(own.validator, "validator") == "r.example.com/validator:v1"
     assert images.resolve(empty.toolkit, "toolkit") == images.join(*images.DEFAULTS["toolkit"])
+
+
+def test_the_uninstall_notes_name_as_staying_the_node_labels_the_clean_up_leaves() -> None:
+    """The clean-up of a deleted last ClusterPolicy removes the MIG record since 785555d; the notes said it stays
+    (and promised a check after a reinstall that no longer happens)."""
+    import re
+
+    from gpu_operator.apply import Applier
+    from gpu_operator.lifecycle import CLEANUP_FINALIZER, Lifecycle
+    from gpu_operator.mig import APPROVED
+    from gpu_operator.nodes import GPU_PRESENT, deploy_label
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.upgrade.model import STATE_LABEL as UPGRADE_STATE
+    from support import RecordingKube, facts, policy_object
+
+    ours = {GPU_PRESENT: "true", deploy_label("driver"): "true", APPROVED: "all-disabled",
+            UPGRADE_STATE: "upgrade-done"}  # fmt: skip
+    pol = policy_object()
+    pol["metadata"].update(finalizers=[CLEANUP_FINALIZER], deletionTimestamp="2026-02-01T00:00:00Z")
+    kube = RecordingKube()
+    snap = Snapshot(nodes={"gpu-1": facts("gpu-1", labels=ours)}, policies={"cluster-policy": pol}, owned={}, pods={},
+                    revisions={})  # fmt: skip
+    Lifecycle(kube, NAMESPACE, Applier(kube)).cleanup_deleted(snap)  # type: ignore[arg-type]
+    removed = {k for verb, what in kube.calls if verb == "merge_patch" and what[0] == "Node"
+               for k in what[2]["metadata"]["labels"]}  # fmt: skip
+    assert GPU_PRESENT in removed
+
+    readme = " ".join((CHART / "README.md").read_text().split())
+    uninstall = readme.split("**Uninstall.**", 1)[1].split(" * ", 1)[0]
+    stays = next(s for s in uninstall.split(". ") if "stay" in s and "nvidia.com/" in s)
+    assert set(re.findall(r"`(nvidia\.com/[^`]+)`", stays)) == set(ours) - removed, stays

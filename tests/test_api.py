@@ -504,6 +504,20 @@ def test_partial_image_fields_are_rejected(section: str, fields: dict[str, str],
     ]
 
 
+@pytest.mark.parametrize(
+    ("spec", "needs"),
+    [
+        ({"cdi": {"enabled": False, "nriPluginEnabled": True}}, "cdi.enabled"),
+        ({"cdi": {"nriPluginEnabled": True}, "toolkit": {"enabled": False}}, "toolkit.enabled"),
+    ],
+)
+def test_nri_plugin_without_cdi_or_the_toolkit_is_refused(spec: dict[str, Any], needs: str) -> None:
+    """Upstream validateClusterPolicySpec refuses both: the plugin runs in the toolkit and injects CDI devices."""
+    (problem,) = problems_of(spec)
+    assert problem.startswith("spec.cdi.nriPluginEnabled: the NRI plugin needs ") and needs in problem
+    assert parse_spec({"cdi": {"nriPluginEnabled": True}}).cdi.nri_plugin_enabled
+
+
 def test_partial_image_fields_in_a_nested_component() -> None:
     problems = problems_of({"driver": {"manager": {"repository": "nvcr.io/nvidia/cloud-native"}}})
     assert len(problems) == 1

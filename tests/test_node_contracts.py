@@ -629,6 +629,16 @@ def test_no_runtime_class_with_cdi_off_on_crio_nodes() -> None:
     assert pod(validator(sample(cdi={"enabled": True}), crio))["runtimeClassName"] == "nvidia"
 
 
+def test_nri_plugin_gives_toolkit_validation_the_management_annotation() -> None:
+    """Upstream TransformValidator: setNRIPluginAnnotation for toolkit-validation. With no runtime class, its
+    nvidia-smi gets the GPUs only through the NRI plugin; without them toolkit-ready is never written."""
+    ds = validator(sample(cdi={"enabled": True, "nriPluginEnabled": True}))
+    assert "runtimeClassName" not in pod(ds)
+    annotations = ds["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["nvidia.cdi.k8s.io/container.toolkit-validation"] == "management.nvidia.com/gpu=all"
+    assert "annotations" not in validator()["spec"]["template"]["metadata"]
+
+
 def test_validator_rbac_lets_checks_create_pods_and_find_the_driver() -> None:
     objs = plans_of(sample())["state-operator-validation"].objects
     role = next(o for o in objs if o["kind"] == "Role")

@@ -300,6 +300,35 @@ def test_user_env_may_override_cdi_defaults() -> None:
     assert env_of(container(toolkit_ds(raw), MAIN))["NVIDIA_RUNTIME_SET_AS_DEFAULT"] == "true"
 
 
+NRI = {"cdi": {"enabled": True, "nriPluginEnabled": True}}
+
+
+@pytest.mark.parametrize("nodes", [None, [crio_node()]], ids=["containerd", "crio"])
+def test_nri_plugin_runs_in_the_toolkit_with_only_the_nri_socket_mounted(nodes: list[NodeFacts] | None) -> None:
+    """Upstream transformToolkitCtrForCDI and transformForRuntime: ENABLE_NRI_PLUGIN, NRI_SOCKET through a
+    mount of /var/run/nri, and none of the runtime config, drop-in or socket mounts (read-only hosts)."""
+    ds = toolkit_ds(NRI, nodes)
+    main = container(ds, MAIN)
+    env = env_of(main)
+    assert env["ENABLE_NRI_PLUGIN"] == "true" and env["CDI_ENABLED"] == "true"
+    assert env["NRI_SOCKET"] == "/runtime/nri-sock-dir/nri.sock"
+    assert host_path(ds, main, env["NRI_SOCKET"]) == "/var/run/nri/nri.sock"
+    volume = next(v for v in ds["spec"]["template"]["spec"]["volumes"] if v["name"] == "nri-socket")
+    assert volume["hostPath"]["type"] == "DirectoryOrCreate"
+    assert not {"CONTAINERD_RUNTIME_CLASS", "RUNTIME_CONFIG", "RUNTIME_DROP_IN_CONFIG", "RUNTIME_SOCKET"} & env.keys()
+    assert not [m for m in main["volumeMounts"] if m["mountPath"].startswith(("/runtime/config-dir", "/runtime/sock"))]
+    assert "ENABLE_NRI_PLUGIN" not in env_of(container(toolkit_ds({"cdi": {"enabled": True}}), MAIN))
+
+
+def test_nri_socket_from_toolkit_env_is_a_host_path() -> None:
+    raw = {**NRI, "toolkit": {"env": [{"name": "NRI_SOCKET", "value": "/run/k3s/nri/nri.sock"}]}}
+    ds = toolkit_ds(raw)
+    main = container(ds, MAIN)
+    env = env_of(main)
+    assert host_path(ds, main, env["NRI_SOCKET"]) == "/run/k3s/nri/nri.sock"
+    assert len(main["env"]) == len(env), "no variable twice"
+
+
 def test_cdi_root_and_toolkit_state_are_host_directories() -> None:
     ds = toolkit_ds()
     main = container(ds, MAIN)

@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 GROUP = "nvidia.com"
 VERSION = "v1"
@@ -519,6 +520,21 @@ class ClusterPolicySpec(Section):
 
     # Paths of unknown fields dropped when the caller allowed them (parse_spec); never on the wire.
     _unknown: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="after")
+    def _nri_plugin_needs_cdi_and_the_toolkit(self) -> ClusterPolicySpec:
+        """The NRI plugin runs in the toolkit's installer and injects CDI devices: upstream refuses it without."""
+        if not self.cdi.nri_plugin_enabled:
+            return self
+        flags = {"cdi.enabled": self.cdi.enabled, "toolkit.enabled": self.toolkit.enabled}
+        needs = [name for name, on in flags.items() if not on]
+        if needs:
+            message = f"the NRI plugin needs {' and '.join(needs)} (it runs in the toolkit and injects CDI devices)"
+            error = InitErrorDetails(
+                type=PydanticCustomError("nri_plugin", message), loc=("cdi", "nriPluginEnabled"), input=True
+            )
+            raise ValidationError.from_exception_data(type(self).__name__, [error])  # the field's path, not `spec`
+        return self
 
 
 # Status

@@ -27,6 +27,8 @@ MAIN_CONTAINER = "nvidia-container-toolkit-ctr"
 CONFIG_DIR = "/runtime/config-dir/"  # the top-level config's host directory
 DROP_IN_DIR = "/runtime/config-dir.d/"  # the NVIDIA drop-in's host directory
 SOCKET_DIR = "/runtime/sock-dir/"  # the runtime socket's host directory
+NRI_SOCKET_DIR = "/runtime/nri-sock-dir/"  # the runtime's NRI socket directory (CDI's NRI plugin)
+NRI_SOCKET = "/var/run/nri/nri.sock"
 HOST_ROOT_MOUNT = "/host"  # the host's root, read-only
 CRIO_HOOKS_DIR = "/usr/share/containers/oci/hooks.d"  # where cri-o (outside OpenShift) reads OCI hooks
 OTHER_HOOKS_DIR = "/run/containers/oci/hooks.d"  # upstream's default for the crio-hooks volume
@@ -68,10 +70,15 @@ def runtime_contract(runtime: str, spec: ClusterPolicySpec) -> tuple[list[tuple[
 
     Returns (env as (name, value) pairs, mounts as {name, hostPath, mountPath, type}). A path the user set in
     `toolkit.env` is a host path: its directory is mounted and the variable rewritten to the container path.
+    With CDI's NRI plugin the installer leaves the runtime config alone: only the NRI socket is mounted.
     """
     user = {e.name: e.value for e in spec.toolkit.env}
     files = RUNTIME_FILES[runtime]
     env = [("RUNTIME", runtime)]
+    if spec.cdi.nri_plugin_enabled:
+        socket = user.get("NRI_SOCKET") or NRI_SOCKET
+        env.append(("NRI_SOCKET", NRI_SOCKET_DIR + posixpath.basename(socket)))
+        return env, [_mount("nri-socket", posixpath.dirname(socket), NRI_SOCKET_DIR, "DirectoryOrCreate")]
     if runtime == "containerd":
         env.append(("CONTAINERD_RUNTIME_CLASS", spec.operator.runtime_class or "nvidia"))
     mounts = []

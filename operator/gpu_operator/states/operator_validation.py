@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import images
+from .. import contracts, images
 from ..api import EnvVar
 from .base import OperandState, RenderContext, nvidia_runtime_class
 
@@ -90,6 +90,8 @@ def _vars(ctx: RenderContext) -> dict[str, Any]:
     return {
         "check_env": {name: with_env(env, getattr(v, name).env) for name, env in checks.items()},
         "host_network": v.host_network,
+        # With the NRI plugin (no runtime class), toolkit-validation's nvidia-smi gets the GPUs this way.
+        "pod_annotations": contracts.nri_annotations(spec, "toolkit-validation"),
     }
 
 

@@ -288,6 +288,23 @@ def test_empty_spec_gets_reference_defaults() -> None:
         assert (spec.host_paths.root_fs, spec.host_paths.driver_install_dir) == ("/", "/run/nvidia/driver")
 
 
+EMPTY_MEANS_DEFAULT = [
+    ("operator.runtimeClass", lambda s: s.operator.runtime_class, "nvidia"),
+    ("hostPaths.rootFS", lambda s: s.host_paths.root_fs, "/"),
+    ("hostPaths.driverInstallDir", lambda s: s.host_paths.driver_install_dir, "/run/nvidia/driver"),
+    ("toolkit.installDir", lambda s: s.toolkit.install_dir, "/usr/local/nvidia"),
+    ("devicePlugin.mps.root", lambda s: s.device_plugin.mps.root, "/run/nvidia/mps"),
+]
+
+
+@pytest.mark.parametrize(("path", "read", "default"), EMPTY_MEANS_DEFAULT, ids=[c[0] for c in EMPTY_MEANS_DEFAULT])
+def test_an_empty_string_means_the_default(path: str, read: Any, default: str) -> None:
+    """The CRD admits "" for these; upstream reads it as unset (getRuntimeClassName, transformForHostRoot,
+    transformForDriverInstallDir, TransformToolkit, TransformDevicePlugin's MPS root)."""
+    assert read(parse_spec(nested(path, ""))) == default
+    assert read(parse_spec(nested(path, "/x" if default.startswith("/") else "x"))) != default
+
+
 def test_pod_deletion_defaults_when_given_empty() -> None:
     pod_deletion = parse_spec(nested("driver.upgradePolicy.podDeletion", {})).driver.upgrade_policy.pod_deletion
     assert pod_deletion is not None

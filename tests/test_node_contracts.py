@@ -22,7 +22,7 @@ from gpu_operator.render import StatePlan
 from gpu_operator.states.base import COMPONENT, STATE_LABEL, owning_state
 from gpu_operator.states.driver import config_digest, image_os_tag
 from gpu_operator.upgrade.adapter import upgrade_nodes
-from support import container, daemonset, daemonsets, facts, load_policy, render_all
+from support import container, daemonset, daemonsets, deep_merge, facts, load_policy, render_all
 
 NAMESPACE_ENV = {"name": "OPERATOR_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
 NODE_NAME_ENV = {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
@@ -484,6 +484,35 @@ def test_gds_with_precompiled_drivers_is_a_problem() -> None:
     assert "not supported with precompiled" in (plans_of(raw)["state-driver"].problem or "")
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"hostPaths": {"rootFS": ""}},
+        {"hostPaths": {"driverInstallDir": ""}},
+        {"toolkit": {"installDir": ""}},
+        {"devicePlugin": {"mps": {"root": ""}}},
+    ],
+    ids=["rootFS", "driverInstallDir", "installDir", "mps.root"],
+)
+def test_empty_host_paths_render_the_default_paths(raw: dict[str, Any]) -> None:
+    """Upstream keeps the default path for "" (transformForHostRoot, transformForDriverInstallDir, TransformToolkit,
+    TransformDevicePlugin); passed through, it gave hostPath `path: null`, `dev/char` or `mountPath: ""`, which the
+    API server rejects, so the DaemonSet was never applied."""
+    policy = deep_merge(sample(), raw)
+    assert objects_of(policy) == objects_of(sample())
+    for ds in daemonsets(render_all(parse_spec(policy), UBUNTU)):
+        spec = pod(ds)
+        for v in spec.get("volumes", []):
+            assert str((v.get("hostPath") or {"path": "/"})["path"]).startswith("/"), (ds["metadata"]["name"], v)
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            for m in c.get("volumeMounts", []):
+                assert str(m["mountPath"]).startswith("/"), (ds["metadata"]["name"], c["name"], m)
+
+
+def objects_of(raw: dict[str, Any]) -> list[dict[str, Any]]:
+    return [o for p in plans_of(raw).values() for o in p.objects]
+
+
 # Driver: probes, digest, host paths
 
 
@@ -675,6 +704,13 @@ def test_only_the_operator_runtime_class_without_cdi() -> None:
 def test_a_runtime_class_named_like_a_cdi_one_is_rendered_once() -> None:
     raw = sample(cdi={"enabled": True}, operator={"runtimeClass": "nvidia-cdi"})
     assert runtime_classes(raw) == {"nvidia-cdi": "nvidia-cdi", "nvidia-legacy": "nvidia-legacy"}
+
+
+def test_an_empty_runtime_class_is_the_default_one() -> None:
+    """Upstream getRuntimeClassName: "" is `nvidia`, for the RuntimeClass and the pods alike."""
+    raw = sample(cdi={"enabled": True}, operator={"runtimeClass": ""})
+    assert runtime_classes(raw) == runtime_classes(sample(cdi={"enabled": True}))
+    assert pod(validator(raw))["runtimeClassName"] == "nvidia"
 
 
 def test_no_runtime_classes_with_the_nri_plugin() -> None:

@@ -23,7 +23,9 @@ from pydantic import (
     PrivateAttr,
     Strict,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 from pydantic.alias_generators import to_camel
@@ -66,6 +68,13 @@ IntOrPercent = Annotated[
     ),
 ]
 NonNegInt = Annotated[int, Field(ge=0)]
+
+
+def _empty_is_default(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """An explicit "" means the field's default, as upstream reads these strings (the CRD admits "")."""
+    if value == "" and info.field_name:
+        return cls.model_fields[info.field_name].default
+    return value
 
 
 class Model(BaseModel):
@@ -250,6 +259,8 @@ class OperatorSpec(Section):
     metrics: OperatorMetricsSpec = OperatorMetricsSpec()
     use_ocp_driver_toolkit: bool = Field(default=False, alias="use_ocp_driver_toolkit")
 
+    _empty = field_validator("runtime_class", mode="before")(_empty_is_default)
+
 
 class RollingUpdateSpec(Section):
     max_unavailable: IntOrPercent = "1"
@@ -350,6 +361,8 @@ class DriverSpec(ComponentSpec):
 class ToolkitSpec(ComponentSpec):
     install_dir: str = "/usr/local/nvidia"
 
+    _empty = field_validator("install_dir", mode="before")(_empty_is_default)
+
 
 class DevicePluginConfig(Section):
     name: str = ""
@@ -358,6 +371,8 @@ class DevicePluginConfig(Section):
 
 class MPSSpec(Section):
     root: str = "/run/nvidia/mps"
+
+    _empty = field_validator("root", mode="before")(_empty_is_default)
 
 
 class DevicePluginSpec(ComponentSpec):
@@ -488,6 +503,8 @@ class HostPathsSpec(Section):
     root_fs: str = Field(default="/", alias="rootFS")
     driver_install_dir: str = "/run/nvidia/driver"
     kubelet_root_dir: str = "/var/lib/kubelet"
+
+    _empty = field_validator("root_fs", "driver_install_dir", mode="before")(_empty_is_default)
 
 
 class ClusterPolicySpec(Section):

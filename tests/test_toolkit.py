@@ -19,6 +19,7 @@ from support import container, daemonsets, facts, objects, render_all
 STATE = "state-container-toolkit"
 MAIN = "nvidia-container-toolkit-ctr"
 DS = "nvidia-container-toolkit-daemonset"
+VALIDATOR = "nvidia-operator-validator"
 
 
 def toolkit(raw: dict[str, Any] | None = None, nodes: list[NodeFacts] | None = None) -> list[dict[str, Any]]:
@@ -100,6 +101,23 @@ def test_driver_validation_takes_the_validator_settings() -> None:
     assert env_of(init)["DISABLE_DEV_CHAR_SYMLINK_CREATION"] == "true"
     assert init["resources"] == {"limits": {"cpu": "200m"}}
     assert pod["imagePullSecrets"] == [{"name": "toolkit-secret"}, {"name": "validator-secret"}]
+
+
+def test_validator_driver_env_replaces_driver_validations_own_variables() -> None:
+    """Upstream transformValidationInitContainer: setContainerEnv per validator.driver.env entry (replaced by
+    name), as in the validator's own driver-validation. Appended, a name came twice, which server-side apply
+    refuses (duplicate entries for key [name="WITH_WAIT"])."""
+    raw = {
+        "hostPaths": {"rootFS": "/sysroot"},
+        "validator": {"driver": {"env": [{"name": "WITH_WAIT", "value": "false"}, {"name": "HOST_ROOT", "value": ""}]}},
+    }
+    (init,) = toolkit_ds(raw)["spec"]["template"]["spec"]["initContainers"]
+    names = [e["name"] for e in init["env"]]
+    assert len(names) == len(set(names)), names
+    assert (env_of(init)["WITH_WAIT"], env_of(init)["HOST_ROOT"]) == ("false", "")
+    validator = next(d for d in daemonsets(render_all(parse_spec(raw))) if d["metadata"]["name"] == VALIDATOR)
+    (same,) = [c for c in validator["spec"]["template"]["spec"]["initContainers"] if c["name"] == "driver-validation"]
+    assert init["env"] == same["env"]
 
 
 def test_driver_validation_follows_host_paths() -> None:

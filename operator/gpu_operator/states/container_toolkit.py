@@ -21,6 +21,7 @@ from typing import Any
 from ..api import ClusterPolicySpec
 from ..nodes import RUNTIME_LABEL, runtime_pools, unknown_runtime
 from .base import OperandState, RenderContext
+from .operator_validation import driver_check_env
 
 BASE_NAME = "nvidia-container-toolkit-daemonset"
 MAIN_CONTAINER = "nvidia-container-toolkit-ctr"
@@ -143,6 +144,7 @@ def _vars(ctx: RenderContext) -> dict[str, Any]:
         "host_root": root_fs,
         "host_dev_char": posixpath.join(root_fs, "dev/char"),
         "driver_install_dir": spec.host_paths.driver_install_dir,
+        "driver_check_env": driver_check_env(spec),
         "validator": spec.validator,
         "validator_resources": (
             spec.validator.resources.model_dump(exclude_defaults=True) if spec.validator.resources else None

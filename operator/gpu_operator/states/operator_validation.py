@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import contracts, images
-from ..api import EnvVar
+from ..api import ClusterPolicySpec, EnvVar
 from .base import OperandState, RenderContext, nvidia_runtime_class
 
 DEFAULT_DRIVER_INSTALL_DIR = "/run/nvidia/driver"
@@ -31,11 +31,33 @@ def with_env(env: list[dict[str, Any]], overrides: list[EnvVar]) -> list[dict[st
     return out
 
 
+def _host_root(spec: ClusterPolicySpec) -> list[dict[str, Any]]:
+    return [{"name": "HOST_ROOT", "value": spec.host_paths.root_fs}] if spec.host_paths.root_fs != "/" else []
+
+
+def driver_check_env(spec: ClusterPolicySpec) -> list[dict[str, Any]]:
+    """driver-validation's env, here and in the toolkit's copy of it: `validator.driver.env` set by name."""
+    install_dir = spec.host_paths.driver_install_dir
+    driver_dir = []
+    if install_dir != DEFAULT_DRIVER_INSTALL_DIR:  # where the driver check finds the containerized driver
+        driver_dir = [
+            {"name": "DRIVER_INSTALL_DIR", "value": install_dir},
+            {"name": "DRIVER_INSTALL_DIR_CTR_PATH", "value": install_dir},
+        ]
+    base: list[dict[str, Any]] = [
+        {"name": "WITH_WAIT", "value": "true"},
+        {"name": "COMPONENT", "value": "driver"},
+        _NAMESPACE,
+        *driver_dir,
+        *_host_root(spec),
+    ]
+    return with_env(base, spec.validator.driver.env)
+
+
 def _vars(ctx: RenderContext) -> dict[str, Any]:
     spec = ctx.spec
     v = spec.validator
-    host_root = [{"name": "HOST_ROOT", "value": spec.host_paths.root_fs}] if spec.host_paths.root_fs != "/" else []
-    install_dir = spec.host_paths.driver_install_dir
+    host_root = _host_root(spec)
     image = images.resolve(v, "validator")
     runtime_class = nvidia_runtime_class(ctx)
     workload = [
@@ -48,20 +70,7 @@ def _vars(ctx: RenderContext) -> dict[str, Any]:
         ),  # fmt: skip
         *([{"name": "VALIDATOR_RUNTIME_CLASS", "value": runtime_class}] if runtime_class else []),
     ]
-    driver_dir = []
-    if install_dir != DEFAULT_DRIVER_INSTALL_DIR:  # where the driver check finds the containerized driver
-        driver_dir = [
-            {"name": "DRIVER_INSTALL_DIR", "value": install_dir},
-            {"name": "DRIVER_INSTALL_DIR_CTR_PATH", "value": install_dir},
-        ]
     checks: dict[str, list[dict[str, Any]]] = {
-        "driver": [
-            {"name": "WITH_WAIT", "value": "true"},
-            {"name": "COMPONENT", "value": "driver"},
-            _NAMESPACE,
-            *driver_dir,
-            *host_root,
-        ],
         "toolkit": [
             {"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"},
             {"name": "WITH_WAIT", "value": "false"},
@@ -88,7 +97,10 @@ def _vars(ctx: RenderContext) -> dict[str, Any]:
         ],
     }
     return {
-        "check_env": {name: with_env(env, getattr(v, name).env) for name, env in checks.items()},
+        "check_env": {
+            "driver": driver_check_env(spec),
+            **{name: with_env(env, getattr(v, name).env) for name, env in checks.items()},
+        },
         "host_network": v.host_network,
         # With the NRI plugin (no runtime class), toolkit-validation's nvidia-smi gets the GPUs this way.
         "pod_annotations": contracts.nri_annotations(spec, "toolkit-validation"),

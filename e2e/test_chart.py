@@ -241,7 +241,12 @@ def test_nvidia_driver_crd_switch_maps_to_use_nvidia_driver_crd() -> None:
     assert "nvidiaDriverCRD" not in spec["driver"]
 
 
-def test_nvidia_driver_crd_deploys_a_default_nvidiadriver_that_renders_the_same_driver() -> None:
+@pytest.mark.parametrize("sets", [
+    ["driver.version=580.95.05", "driver.upgradePolicy.maxParallelUpgrades=3"],
+    # The driver pod's sidecars: an NVIDIADriver's come from its own gds and gdrcopy (upstream's nvidiadriver.yaml).
+    ["gds.enabled=true", "gdrcopy.enabled=true", "gdrcopy.repository=registry.local/nvidia", "driver.hostNetwork=true"],
+], ids=["pinned-driver", "sidecars-and-host-network"])  # fmt: skip
+def test_nvidia_driver_crd_deploys_a_default_nvidiadriver_that_renders_the_same_driver(sets: list[str]) -> None:
     """The default NVIDIADriver is made from the same driver values as the ClusterPolicy: switching over keeps
     every driver DaemonSet's pod template (so no driver pod restarts)."""
     from gpu_operator.nvidiadriver import NVIDIADriver
@@ -250,7 +255,6 @@ def test_nvidia_driver_crd_deploys_a_default_nvidiadriver_that_renders_the_same_
     assert not find(render(), "NVIDIADriver")
     assert not find(render(sets=["driver.nvidiaDriverCRD.enabled=true",
                                  "driver.nvidiaDriverCRD.deployDefaultCR=false"]), "NVIDIADriver")  # fmt: skip
-    sets = ["driver.version=580.95.05", "driver.upgradePolicy.maxParallelUpgrades=3"]
     before = parse_spec(policy_spec(render(sets=sets)))
     docs = render(sets=[*sets, "driver.nvidiaDriverCRD.enabled=true"])
     nvd = one(docs, "NVIDIADriver", "default")
@@ -271,6 +275,17 @@ def test_nvidia_driver_crd_deploys_a_default_nvidiadriver_that_renders_the_same_
 
     templates = driver_templates(before, [])
     assert templates and driver_templates(after, [driver]) == templates
+    pods = [t["spec"] for t in templates.values()]
+    if "gds.enabled=true" in sets:
+        assert all({"nvidia-fs-ctr", "nvidia-gdrcopy-ctr"} <= {c["name"] for c in p["containers"]} for p in pods)
+        assert all(p.get("hostNetwork") is True for p in pods)
+
+
+def test_default_nvidiadriver_carries_the_virtual_topology_config() -> None:
+    """As upstream's nvidiadriver.yaml: `virtualTopologyConfig: {name: <driver.virtualTopology.config>}`."""
+    docs = render(sets=["driver.nvidiaDriverCRD.enabled=true", "driver.virtualTopology.config=vgpu-topology"])
+    assert one(docs, "NVIDIADriver", "default")["spec"]["virtualTopologyConfig"] == {"name": "vgpu-topology"}
+    assert policy_spec(docs)["driver"]["virtualTopology"] == {"config": "vgpu-topology"}
 
 
 def test_image_fields() -> None:

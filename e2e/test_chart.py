@@ -307,6 +307,27 @@ def test_image_fields() -> None:
     assert pinned == "nvcr.io/nvidia/driver@sha256:0123456789abcdef"
 
 
+def test_an_all_digit_version_reaches_the_policy_as_a_string() -> None:
+    """`--set driver.version=580` (a driver branch) is a number to Helm; the CRDs want a string, as upstream's
+    chart quotes every version. So does every nested image's version."""
+    from gpu_operator.nvidiadriver import NVIDIADriver
+
+    docs = render(sets=["driver.usePrecompiled=true", "driver.version=580", "driver.manager.version=12",
+                        "gds.enabled=true", "gds.version=2", "vgpuManager.driverManager.version=1",
+                        "vgpuManager.driverManager.repository=nvcr.io/nvidia/cloud-native",
+                        "vgpuManager.driverManager.image=k8s-driver-manager",
+                        "driver.nvidiaDriverCRD.enabled=true"])  # fmt: skip
+    spec = policy_spec(docs)
+    versions = [spec["driver"]["version"], spec["driver"]["manager"]["version"], spec["gds"]["version"],
+                spec["vgpuManager"]["driverManager"]["version"]]  # fmt: skip
+    assert versions == ["580", "12", "2", "1"]
+    assert parse_spec(spec).driver.version == "580"
+    nvd = one(docs, "NVIDIADriver", "default")["spec"]
+    assert (nvd["version"], nvd["manager"]["version"], nvd["gds"]["version"]) == ("580", "12", "2")
+    driver = NVIDIADriver.from_object(one(docs, "NVIDIADriver", "default"))
+    assert driver.spec is not None, driver.problem
+
+
 def test_mig_mixed_values() -> None:
     docs = render(CHART / "ci" / "mig-mixed-values.yaml")
     spec = policy_spec(docs)

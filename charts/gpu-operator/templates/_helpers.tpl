@@ -105,6 +105,7 @@ prune: a values map as the ClusterPolicy wants it, as YAML. Recursively drops ke
 empty list or map (the operator's default applies),
 and in any map without a `version`, drops `repository`, and `image` unless it is a full reference with a tag or
 digest (used verbatim), so the operator's default image for that component applies. Lists are kept as they are.
+A `version` Helm reads as a number (`--set driver.version=580`) becomes a string, as upstream's `quote` makes it.
 */}}
 {{- define "gpu-operator.prune" -}}
 {{- $out := dict -}}
@@ -117,6 +118,8 @@ digest (used verbatim), so the operator's default image for that component appli
 {{- else if kindIs "invalid" $v -}}
 {{- else if and (kindIs "string" $v) (eq $v "") -}}
 {{- else if and (kindIs "slice" $v) (empty $v) -}}
+{{- else if eq $k "version" -}}
+{{- $_ := set $out $k (toString $v) -}}
 {{- else -}}
 {{- $_ := set $out $k $v -}}
 {{- end -}}

@@ -212,7 +212,21 @@ def test_defaults_policy() -> None:
     assert spec["driver"]["upgradePolicy"]["autoUpgrade"] is True
     assert spec["driver"]["useNvidiaDriverCRD"] is False
     assert spec["sandboxWorkloads"] == {"enabled": False, "defaultWorkload": "container", "mode": "kubevirt"}
+    # Upstream v26.7's defaults (deployments/gpu-operator/values.yaml): CDI on, and the DCGM exporter's
+    # ServiceMonitor on (rendered only where prometheus-operator's API is served).
+    assert spec["cdi"] == {"enabled": True, "nriPluginEnabled": False}
+    assert spec["dcgmExporter"]["serviceMonitor"] == {"enabled": True, "interval": "15s", "scrapeTimeout": "10s",
+                                                      "honorLabels": False}  # fmt: skip
     parsed = parse_spec(spec)
+    assert parsed.cdi.enabled == parse_spec({}).cdi.enabled, "the chart's default is the operator's"
+    plans = {p.state.name: p for p in render_all(parsed, fixed_nodes())}
+    classes = {o["metadata"]["name"] for o in plans["pre-requisites"].objects if o["kind"] == "RuntimeClass"}
+    assert classes == {"nvidia", "nvidia-cdi", "nvidia-legacy"}
+    assert not [o for o in plans["state-dcgm-exporter"].objects if o["kind"] == "ServiceMonitor"]
+    served = render_all(parsed, fixed_nodes(), api_groups=frozenset({"monitoring.coreos.com"}))
+    (monitor,) = [o for p in served for o in p.objects if o["kind"] == "ServiceMonitor"]
+    assert monitor["metadata"]["name"] == "nvidia-dcgm-exporter"
+    assert monitor["spec"]["endpoints"][0]["scrapeTimeout"] == "10s"
     # No version in the values: the operator's own default images.
     for section, component in (("driver", "driver"), ("toolkit", "toolkit"), ("device_plugin", "device-plugin"),
                                ("validator", "validator"), ("mig_manager", "mig-manager")):  # fmt: skip
@@ -494,6 +508,8 @@ def test_operator_deployment(namespace: str) -> None:
     # A driver upgrade's drain passes over the operator's own pod (as upstream's chart has it).
     assert deploy["spec"]["template"]["metadata"]["labels"][DRAIN_SKIP_LABEL] == "true"
     assert deploy["metadata"]["labels"][DRAIN_SKIP_LABEL] == "true"
+    # Linux nodes only, as upstream's default operator.nodeSelector (the image is Linux-only).
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
     c = operator_container(docs)
     assert c["image"] == "gpu-operator:0.1.0"
     assert c["args"][:3] == ["run", "--namespace", namespace] and c["args"][-1] == "--leader-elect"
@@ -584,6 +600,7 @@ def test_hook_jobs_are_locked_down(job: str) -> None:
     pod = doc["spec"]["template"]["spec"]
     assert_locked_down(pod)
     assert pod["serviceAccountName"] == job, "each hook has its own identity"
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}, "as the operator pod: a hook stuck elsewhere blocks"
     assert doc["metadata"]["annotations"]["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
     assert pod["containers"][0]["image"] == "gpu-operator:0.1.0"
 

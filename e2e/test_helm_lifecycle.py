@@ -39,6 +39,10 @@ CHART_YAML = "charts/gpu-operator/Chart.yaml"
 WORKER = "life-cpu-0"
 GPU_NODES = {"life-h100-0": "h100x8", "life-l4-0": "l4x1"}
 DAEMONSETS = f"/apis/apps/v1/namespaces/{NS}/daemonsets"
+# Defaults changed in chart 0.3.0 that reach the ClusterPolicy (charts/gpu-operator/README.md, "Upgrading"):
+# the upgrade pins the previous ones, as that note tells admins to, so it leaves the running cluster alone.
+PREVIOUS_DEFAULTS = ("cdi.enabled=false", "cdi.default=false", "dcgmExporter.serviceMonitor.enabled=false",
+                     "dcgmExporter.serviceMonitor.scrapeTimeout=null")  # fmt: skip
 
 
 def _git(*args: str) -> subprocess.CompletedProcess[bytes]:
@@ -208,7 +212,8 @@ def test_upgrade_from_the_previous_chart_and_rollback_leave_the_cluster_alone(
         # a fresh one, as the new pod would.
         since = time.time()
         op.stop()
-        out = tools.helm("upgrade", RELEASE, str(CHART), "-n", NS, "--atomic", "--wait", "--timeout", "120s")
+        pinned = [a for s in PREVIOUS_DEFAULTS for a in ("--set", s)]
+        out = tools.helm("upgrade", RELEASE, str(CHART), "-n", NS, "--atomic", "--wait", "--timeout", "120s", *pinned)
         assert "STATUS: deployed" in out.stdout and revision(tools) == 2
         assert kube.get(POLICY)["metadata"]["labels"]["helm.sh/chart"] == f"gpu-operator-{new_version}"
         op.start()

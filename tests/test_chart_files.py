@@ -39,7 +39,7 @@ def test_chart_metadata() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["apiVersion"] == "v2"
     assert chart["name"] == "gpu-operator"
-    assert chart["version"] == "0.2.0" and chart["appVersion"] == "0.1.0"
+    assert chart["version"] == "0.3.0" and chart["appVersion"] == "0.1.0"
     # No kubeVersion: it would fail an offline `helm template`; templates/kube-version-check.yaml checks instead.
     assert "kubeVersion" not in chart
     check = (CHART / "templates" / "kube-version-check.yaml").read_text()
@@ -62,6 +62,15 @@ def test_values_mirror_the_upstream_keys() -> None:
     assert "podDeletion" not in values["driver"]["upgradePolicy"], "the Helm key is gpuPodDeletion, as upstream"
     assert values["operator"]["cleanupCRD"] is False and values["operator"]["upgradeCRD"] is True
     assert values["operator"]["metrics"]["serviceMonitor"]["enabled"] is False
+    # Defaults as upstream v26.7's chart (CDI on; the DCGM exporter's ServiceMonitor, made only where the
+    # prometheus-operator API is served; the operator and its hook Jobs on Linux nodes).
+    upstream = yaml.safe_load((REPO / "tests" / "fixtures" / "upstream" / "values.yaml").read_text())
+    assert values["cdi"] == upstream["cdi"] == {"enabled": True, "nriPluginEnabled": False}
+    ours, theirs = values["dcgmExporter"]["serviceMonitor"], upstream["dcgmExporter"]["serviceMonitor"]
+    assert {k: ours[k] for k in ("enabled", "interval", "scrapeTimeout")} == {
+        k: theirs[k] for k in ("enabled", "interval", "scrapeTimeout")} == {
+        "enabled": True, "interval": "15s", "scrapeTimeout": "10s"}  # fmt: skip
+    assert values["operator"]["nodeSelector"] == upstream["operator"]["nodeSelector"] == {"kubernetes.io/os": "linux"}
 
 
 def test_chart_crds_match_the_operator() -> None:

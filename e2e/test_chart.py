@@ -571,6 +571,22 @@ def test_operator_image_and_extra_args() -> None:
     assert one(docs, "Service", "gpu-operator-metrics")["spec"]["ports"][0]["port"] == 9090
 
 
+def test_operator_metrics_port_reaches_the_operators_own_service() -> None:
+    """operator.metrics.port is the operator's --metrics-port, and the Service the operator makes for itself (the
+    one its ServiceMonitor selects) targets that port."""
+    docs = render(sets=["operator.metrics.port=9090", "operator.metrics.serviceMonitor.enabled=true"])
+    c = operator_container(docs)
+    port = int(c["args"][c["args"].index("--metrics-port") + 1])
+    assert {p["name"]: p["containerPort"] for p in c["ports"]}["metrics"] == port == 9090
+    ctx = RenderContext(spec=parse_spec(policy_spec(docs)), namespace=NAMESPACE, owner=OWNER,
+                        api_groups=frozenset({"monitoring.coreos.com"}), metrics_port=port)  # fmt: skip
+    state = next(p for p in plan(ctx) if p.state.name == "state-operator-metrics")
+    service = one(state.objects, "Service", "gpu-operator")
+    monitor = one(state.objects, "ServiceMonitor", "gpu-operator")
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == [port]
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == [p["name"] for p in service["spec"]["ports"]]
+
+
 def operator_metrics_service() -> dict[str, Any]:
     """The Service the operator itself creates for its metrics (state-operator-metrics)."""
     ctx = RenderContext(spec=parse_spec({}), namespace=NAMESPACE, owner=OWNER)

@@ -290,6 +290,41 @@ def test_runtime_class_and_metrics_service() -> None:
     assert service["kind"] == "Service" and service["spec"]["ports"][0]["port"] == 8080
 
 
+def test_operator_metrics_service_targets_the_operators_metrics_port() -> None:
+    """The chart's operator.metrics.port is the operator's --metrics-port: the Service its ServiceMonitor selects
+    must reach it there (it had a fixed targetPort 8080, so Prometheus scraped a port nobody listened on)."""
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+    from gpu_operator.runtime import Operator
+    from gpu_operator.states import RenderContext
+    from support import EchoKube
+
+    def service(metrics_port: int) -> dict[str, Any]:
+        spec = parse_spec({"operator": {"metrics": {"serviceMonitor": {"enabled": True}}}})
+        ctx = RenderContext(spec=spec, namespace=NAMESPACE, api_groups=frozenset({MONITORING}),
+                            metrics_port=metrics_port)  # fmt: skip
+        state = next(p for p in plan(ctx) if p.state.name == "state-operator-metrics")
+        assert [o["spec"]["endpoints"][0]["port"] for o in state.objects if o["kind"] == "ServiceMonitor"] == [
+            "gpu-operator-metrics"]  # fmt: skip
+        return next(o for o in state.objects if o["kind"] == "Service")
+
+    assert service(8080)["spec"]["ports"] == [
+        {"name": "gpu-operator-metrics", "port": 8080, "targetPort": 8080, "protocol": "TCP"}]  # fmt: skip
+    assert service(9090)["spec"]["ports"][0] | {"targetPort": 0} == service(8080)["spec"]["ports"][0] | {
+        "targetPort": 0}  # fmt: skip
+    assert service(9090)["spec"]["ports"][0]["targetPort"] == 9090
+    # The operator passes its --metrics-port through to every pass's render context.
+    op = Operator(kube=EchoKube(), namespace=NAMESPACE, metrics_port=9090)  # type: ignore[arg-type]
+    assert op.reconciler.metrics_port == 9090
+    pol = load_policy()
+    pol["metadata"].update(uid="u1", generation=1, resourceVersion="1")
+    r = Reconciler(EchoKube(), NAMESPACE, metrics_port=9090)  # type: ignore[arg-type]
+    r.reconcile(Snapshot(nodes={}, policies={"cluster-policy": pol}, owned={}, pods={}, revisions={}))
+    assert r._plan is not None
+    metrics = next(p for p in r._plan[1] if p.state.name == "state-operator-metrics")
+    assert [o["spec"]["ports"][0]["targetPort"] for o in metrics.objects if o["kind"] == "Service"] == [9090]
+
+
 def test_custom_runtime_class() -> None:
     spec = parse_spec({"operator": {"runtimeClass": "nvidia-gpu"}})
     plans = render_all(spec)

@@ -94,9 +94,10 @@ def generations(drivers: Mapping[str, Mapping[str, Any]]) -> tuple[tuple[str, in
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, namespace: str):
+    def __init__(self, kube: Kube, namespace: str, metrics_port: int = 8080):
         self.kube = kube
         self.namespace = namespace
+        self.metrics_port = metrics_port  # --metrics-port, which the operator's metrics Service targets
         self.events = EventRecorder(kube)
         self.applier = Applier(kube)
         self.lifecycle = Lifecycle(kube, namespace, self.applier)
@@ -272,6 +273,7 @@ class Reconciler:
             config_maps=snap.config_maps,
             config_data=snap.config_data,
             nvidia_drivers=groups,
+            metrics_port=self.metrics_port,
         )
         # A new or changed spec: what needs no node is sent now, while the nodes are decided (at 5,000 nodes that
         # takes a second).

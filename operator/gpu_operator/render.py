@@ -263,7 +263,7 @@ def render_key(ctx: RenderContext, rows: dict[str, tuple[NodeFacts, bytes]] | No
     blob = json.dumps(
         [ctx.spec.model_dump(mode="json"), ctx.namespace, ctx.owner, sorted(ctx.api_groups), ctx.config_maps,
          ctx.config_data.get(ctx.spec.device_plugin.config.name),
-         [g.key() for g in ctx.nvidia_drivers]],
+         [g.key() for g in ctx.nvidia_drivers], ctx.metrics_port],
         sort_keys=True,
         default=str,
     )

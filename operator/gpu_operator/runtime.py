@@ -119,10 +119,10 @@ class Moves:
 
 
 class Operator:
-    def __init__(self, kube: Kube, namespace: str, elected: bool = False):
+    def __init__(self, kube: Kube, namespace: str, elected: bool = False, metrics_port: int = 8080):
         self.kube = kube
         self.namespace = namespace
-        self.reconciler = Reconciler(kube, namespace)
+        self.reconciler = Reconciler(kube, namespace, metrics_port)
         self.moves = Moves()  # nodes whose upgrade moved on between passes
         self.reconciler.moved = self.moves.since
         self.reconciler.newer = self.newer
@@ -987,7 +987,7 @@ def run(
     gc.freeze()
     kube = Kube.connect(kubeconfig)
     kube.user_agent = f"gpu-operator/{__version__} ({me})"
-    op = Operator(kube, namespace, elected=leader_elect)
+    op = Operator(kube, namespace, elected=leader_elect, metrics_port=metrics_port)
     metrics.leader.set(0)
     if leader_elect:
         kube.fence = Fence()

@@ -72,6 +72,8 @@ class RenderContext:
     nvidia_drivers: tuple[Any, ...] = ()
     # Set by the driver state while it renders one of them.
     driver_group: Any = None
+    # The operator's own --metrics-port: what its metrics Service (state-operator-metrics) targets.
+    metrics_port: int = 8080
 
 
 class RenderProblem(Exception):

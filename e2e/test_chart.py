@@ -788,6 +788,20 @@ def test_no_wildcards_and_no_escalation_verbs(values: Path) -> None:
             assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
 
 
+def test_doctor_rbac_reads_what_doctor_reads() -> None:
+    """doctor's snapshot is the operator's (observe.observe), NFD's NodeFeatures included: with a 403 there doctor
+    would quietly see GPUs other than the operator sees. Read-only, and nothing is granted by default."""
+    docs = render()
+    role = one(docs, "ClusterRole", "gpu-operator-doctor")
+    granted = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+               for v in rule["verbs"]}  # fmt: skip
+    assert ("nfd.k8s-sigs.io", "nodefeatures", "list") in granted
+    assert {("nvidia.com", "clusterpolicies", "list"), ("", "nodes", "list"), ("", "pods", "list")} <= granted
+    rules = role["rules"] + one(docs, "Role", "gpu-operator-doctor")["rules"]
+    assert {v for rule in rules for v in rule["verbs"]} <= {"get", "list", "watch"}
+    assert not find(docs, "ClusterRoleBinding", "gpu-operator-doctor"), "doctor.subjects is empty by default"
+
+
 def crd_names() -> list[str]:
     files = sorted((CHART / "crds").glob("*.yaml"))
     return [d["metadata"]["name"] for f in files for d in yaml.safe_load_all(f.read_text()) if d]

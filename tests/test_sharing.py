@@ -63,6 +63,10 @@ def test_empty_and_unnamed_resource_names() -> None:
         ("version: v2", "version", "unknown version: v2"),
         ("sharing: {timeSlicing: {resources: []}}", "sharing.timeSlicing.resources", "no resources specified"),
         ("sharing: {timeSlicing: {renameByDefault: true}}", "sharing.timeSlicing.resources", "no resources"),
+        # upstream's unmarshaller runs on an empty or null timeSlicing too (the plugin and GFD exit at start)
+        ("sharing: {timeSlicing: {}}", "sharing.timeSlicing.resources", "no resources specified"),
+        ("sharing:\n  timeSlicing:\n", "sharing.timeSlicing.resources", "no resources specified"),
+        ("Sharing: {timeslicing: {}}", "sharing.timeSlicing.resources", "no resources specified"),
         ("sharing: {timeSlicing: {resources: [{replicas: 2}]}}", "sharing.timeSlicing.resources[0].name",
          "no resource name specified"),
         ("sharing: {timeSlicing: {resources: [{name: nvidia.com/gpu}]}}",
@@ -81,7 +85,19 @@ def test_empty_and_unnamed_resource_names() -> None:
          "sharing.timeSlicing.resources[0].name", "incorrect format for resource name"),
         ("sharing: {timeSlicing: {renameByDefault: yes-please, resources: [{name: gpu, replicas: 2}]}}",
          "sharing.timeSlicing.renameByDefault", "must be true or false"),
-        ("flags: {migStrategy: both}", "flags.migStrategy", "unknown MIG strategy: both"),
+        # flags: a value that does not decode into its Go type, and what validateFlags refuses with no env set
+        ("flags: {failOnInitError: \"true\"}", "flags.failOnInitError", "must be true or false"),
+        ("flags: {plugin: {passDeviceSpecs: 1}}", "flags.plugin.passDeviceSpecs", "must be true or false"),
+        ("flags: {mpsRoot: [a]}", "flags.mpsRoot", "must be a string"),
+        ("flags: {migStrategy: 1}", "flags.migStrategy", "must be a string"),
+        ("flags: {plugin: {deviceListStrategy: [1]}}", "flags.plugin.deviceListStrategy", "invalid"),
+        ("flags: {gfd: {sleepInterval: soon}}", "flags.gfd.sleepInterval", "invalid duration"),
+        ("flags: {plugin: {sharedDevicesAllocationPolicy: packd}}", "flags.plugin.sharedDevicesAllocationPolicy",
+         "invalid option packd"),
+        ("flags: {deviceDiscoveryStrategy: nvm}", "flags.deviceDiscoveryStrategy", "invalid option nvm"),
+        ("flags: {DeviceDiscoveryStrategy: vfio}", "flags.deviceDiscoveryStrategy", "invalid option vfio"),
+        ("flags: 3", "flags", "must be a mapping"),
+        ("version: 0", "version", "unknown version: 0"),
         ("sharing: [", "", "unmarshal error"),
     ],
 )
@@ -90,6 +106,31 @@ def test_what_the_plugin_refuses_names_the_field(text: str, field: str, message:
         sharing.parse(text)
     assert err.value.field == field
     assert message in err.value.message
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sharing: {timeSlicing: {renameByDefault: null, resources: [{name: gpu, replicas: 2}]}}",
+        "sharing: {timeSlicing: {resources: [{name: gpu, replicas: 2.0}]}}",
+        "sharing: {timeSlicing: {resources: [{name: gpu, replicas: 2, devices: [GPU-b1028956cfa20990bf4a5da9abb51763,"
+        " MIG-GPU-b1028956-cfa2-0990-bf4a-5da9abb51763/3/0, 'GPU-{b1028956-cfa2-0990-bf4a-5da9abb51763}', 1.0]}]}}",
+        "sharing: {timeSlicing: {resources: [{name: gpu, replicas: 2, devices: 2.0}]}}",
+        # values of flags the operator sets by env (the env wins), and valid ones of those it does not set
+        "flags: {plugin: {deviceIDStrategy: serial, deviceListStrategy: [envvar, cdi-cri], passDeviceSpecs: true}}",
+        "flags: {deviceDiscoveryStrategy: nvml, plugin: {sharedDevicesAllocationPolicy: packed},"
+        " gfd: {sleepInterval: 1.5h, oneshot: false}, failOnInitError: null, unknownField: [1]}",
+    ],
+)
+def test_what_the_plugin_accepts_is_accepted(text: str) -> None:
+    sharing.check(sharing.parse(text), "single")
+
+
+def test_top_level_and_sharing_keys_match_case_insensitively_like_go() -> None:
+    cfg = sharing.parse("Version: v1\nsharing:\n  timeslicing:\n    resources: [{name: gpu, replicas: 4}]\n")
+    assert cfg.strategy == sharing.TIME_SLICING and cfg.sharing_of("nvidia.com/gpu").replicas == 4  # type: ignore[union-attr]
+    with pytest.raises(sharing.ConfigError, match="unknown version: v2"):
+        sharing.parse("VERSION: v2")
 
 
 def test_mps_with_mig() -> None:
@@ -184,3 +225,9 @@ def test_an_unset_mig_strategy_leaves_it_to_the_configs_flag_else_none() -> None
     with pytest.raises(sharing.ConfigError, match="mixed is not supported with MPS"):
         sharing.check(sharing.parse(flagged), None)
     sharing.check(sharing.parse(flagged), "single")  # the env overrides the file's flag
+    # an unknown flags.migStrategy: refused only when no env overrides it (validateFlags then reads it)
+    bad = sharing.parse("flags: {migStrategy: Single}")
+    with pytest.raises(sharing.ConfigError, match="unknown MIG strategy: Single") as err:
+        sharing.check(bad, None)
+    assert err.value.field == "flags.migStrategy"
+    sharing.check(bad, "single")

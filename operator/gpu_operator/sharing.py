@@ -5,14 +5,20 @@ Facts from upstream k8s-device-plugin v0.20 (`api/config/v1`: config.go, replica
 `cmd/nvidia-device-plugin/main.go` validateFlags; `internal/plugin/mps.go`):
 
 * `version` empty means v1; any other value: "unknown version".
-* `sharing.timeSlicing` / `sharing.mps` need `resources` (non-empty); each resource needs `name` (prefixed with
-  `nvidia.com/` when it has no prefix; at most 63 characters; a DNS subdomain after the prefix) and `replicas`
-  (an integer >= 2; upstream refuses 1); `devices` is `all`, a count > 0 or a list of GPU/MIG indexes or UUIDs.
+* Keys of the config, `sharing` and `flags` match case-insensitively (Go's encoding/json); those inside
+  `timeSlicing` / `mps` do not (upstream's own unmarshaller).
+* `sharing.timeSlicing` (even `{}` or null) / `sharing.mps` (unless null) need `resources` (non-empty); each
+  resource needs `name` (prefixed with `nvidia.com/` when it has no prefix; at most 63 characters; a DNS
+  subdomain after the prefix) and `replicas` (an integer >= 2; upstream refuses 1); `devices` is `all`, a count
+  > 0 or a list of GPU/MIG indexes or UUIDs (Go's uuid.Parse: with or without dashes).
 * `renameByDefault` renames every resource to `<name>.shared`; MPS defaults `failRequestsGreaterThanOne` to true.
 * The strategy is MPS when an MPS resource has replicas > 1, else time-slicing when a time-slicing one has.
 * MPS with `--mig-strategy=mixed` is refused at start; MPS on MIG devices is refused too ("sharing using MPS
   is not supported for MIG devices").
-* `flags.migStrategy` must be none/single/mixed; the MIG_STRATEGY env the operator sets overrides it.
+* `flags`: each field must decode into its Go type (a string, true/false, a duration);
+  `plugin.sharedDevicesAllocationPolicy` must be distributed/packed and `deviceDiscoveryStrategy` auto/nvml/tegra
+  (validateFlags; the operator sets no env for them); `migStrategy` must be none/single/mixed, but only when the
+  policy sets no MIG_STRATEGY env (which overrides it).
 
 Beyond upstream: a resource name the plugin can never advertise (neither `nvidia.com/gpu` nor
 `nvidia.com/mig-<profile>` of a known MIG profile) is refused; upstream silently replicates nothing for it.
@@ -48,8 +54,24 @@ REASON = "InvalidSharingConfig"
 
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DNS_SUBDOMAIN = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
-_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-_DEVICE_REF = re.compile(rf"^(\d+|\d+:\d+|GPU-{_UUID}|MIG-{_UUID}|MIG-GPU-{_UUID}/\d+/\d+)$")
+_DASHED = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+_UUID = rf"(?:{_DASHED}|[0-9a-fA-F]{{32}}|\{{{_DASHED}\}}|(?i:urn:uuid:){_DASHED})"  # google/uuid Parse's forms
+_DEVICE_REF = re.compile(rf"^([0-9]+|[0-9]+:[0-9]+|GPU-{_UUID}|MIG-{_UUID}|MIG-GPU-{_UUID}/[0-9]+/[0-9]+)$")
+ALLOCATION_POLICIES = ("distributed", "packed")
+DISCOVERY_STRATEGIES = ("auto", "nvml", "tegra")  # the plugin's; GFD also takes vfio
+# flags' fields by Go type (api/config/v1/flags.go): "str" (*string), "bool" (*bool), "strs" (a string or a list
+# of strings), "duration"; a nested dict is a struct.
+_FLAGS: dict[str, Any] = {
+    "migStrategy": "str", "failOnInitError": "bool", "mpsRoot": "str", "nvidiaDriverRoot": "str",
+    "nvidiaDevRoot": "str", "gdrcopyEnabled": "bool", "gdsEnabled": "bool", "mofedEnabled": "bool",
+    "useNodeFeatureAPI": "bool", "deviceDiscoveryStrategy": "str",
+    "plugin": {"passDeviceSpecs": "bool", "deviceListStrategy": "strs", "deviceIDStrategy": "str",
+               "cdiAnnotationPrefix": "str", "nvidiaCTKPath": "str", "containerDriverRoot": "str",
+               "sharedDevicesAllocationPolicy": "str"},
+    "gfd": {"oneshot": "bool", "noTimestamp": "bool", "sleepInterval": "duration", "outputFile": "str",
+            "machineTypeFile": "str"},
+}
+_GO_DURATION = re.compile(r"^[-+]?(0|(([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|μs|ms|s|m|h))+)$")
 
 
 class ConfigError(ValueError):
@@ -126,6 +148,55 @@ def _bool(value: Any, where: str) -> bool:
     return value
 
 
+def _integer(value: Any) -> int | None:
+    """A YAML number Go decodes into an int (sigs.k8s.io/yaml writes 2.0 as 2), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value if isinstance(value, int) else None
+
+
+def _fields(raw: Mapping[Any, Any], names: Iterable[str]) -> dict[str, Any]:
+    """A Go struct's fields as encoding/json finds them in a mapping: keys matched case-insensitively, in the
+    sorted order json.Marshal writes them (a later match wins)."""
+    canonical = {n.lower(): n for n in names}
+    out = {}
+    for key in sorted(raw, key=str):
+        name = canonical.get(str(key).lower())
+        if name is not None:
+            out[name] = raw[key]
+    return out
+
+
+def _flags(raw: Any, where: str = "flags", kinds: Mapping[str, Any] = _FLAGS) -> dict[str, Any]:
+    """The `flags` section, each field decoded as upstream's Go type would be; ConfigError for what fails to."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(where, f"unmarshal error: must be a mapping, not {raw!r}")
+    out: dict[str, Any] = {}
+    for name, value in _fields(raw, kinds).items():
+        kind, at = kinds[name], f"{where}.{name}"
+        if value is None:
+            continue
+        if isinstance(kind, dict):
+            out[name] = _flags(value, at, kind)
+        elif kind == "bool" and not isinstance(value, bool):
+            raise ConfigError(at, f"unmarshal error: must be true or false, not {value!r}")
+        elif kind == "str" and not isinstance(value, str):
+            raise ConfigError(at, f"unmarshal error: must be a string, not {value!r}")
+        elif kind == "strs" and not (isinstance(value, str) or
+                                     isinstance(value, list) and all(isinstance(v, str) for v in value)):
+            raise ConfigError(at, f"invalid deviceListStrategy: {value!r}")
+        elif kind == "duration" and not (isinstance(value, (int, float)) and not isinstance(value, bool) or
+                                         isinstance(value, str) and (value == "infinite" or _GO_DURATION.match(value))):
+            raise ConfigError(at, f"unmarshal error: invalid duration: {value!r}")
+        else:
+            out[name] = value
+    return out
+
+
 def _devices(raw: Any, where: str) -> str | int | tuple[str, ...]:
     if isinstance(raw, str):
         if raw != "all":
@@ -133,14 +204,16 @@ def _devices(raw: Any, where: str) -> str | int | tuple[str, ...]:
         return raw
     if isinstance(raw, bool) or raw is None:
         raise ConfigError(where, f"unrecognized type for devices spec: {raw!r}")
-    if isinstance(raw, int):
-        if raw <= 0:
-            raise ConfigError(where, f"devices set as '{raw}' but a count of devices must be > 0")
-        return raw
+    count = _integer(raw)
+    if count is not None:
+        if count <= 0:
+            raise ConfigError(where, f"devices set as '{count}' but a count of devices must be > 0")
+        return count
     if isinstance(raw, list):
         out = []
         for i, item in enumerate(raw):
-            ref = str(item) if isinstance(item, int) and not isinstance(item, bool) and item >= 0 else item
+            index = _integer(item)
+            ref = str(index) if index is not None and index >= 0 else item
             if not isinstance(ref, str) or not _DEVICE_REF.match(ref):
                 raise ConfigError(f"{where}[{i}]", f"unsupported type for device in devices list: {item!r}")
             out.append(ref)
@@ -149,9 +222,12 @@ def _devices(raw: Any, where: str) -> str | int | tuple[str, ...]:
 
 
 def _replicated(raw: Any, where: str) -> ReplicatedResources:
+    if raw is None:
+        raw = {}  # upstream's unmarshaller runs on null too
     if not isinstance(raw, dict):
         raise ConfigError(where, "must be a mapping")
-    rename_by_default = _bool(raw.get("renameByDefault", False), f"{where}.renameByDefault")
+    rename_by_default = raw.get("renameByDefault")
+    rename_by_default = rename_by_default is not None and _bool(rename_by_default, f"{where}.renameByDefault")
     fail = raw.get("failRequestsGreaterThanOne")
     if fail is not None:
         fail = _bool(fail, f"{where}.failRequestsGreaterThanOne")
@@ -171,9 +247,9 @@ def _replicated(raw: Any, where: str) -> ReplicatedResources:
         devices = _devices(item.get("devices", "all"), f"{at}.devices")
         if "replicas" not in item:
             raise ConfigError(f"{at}.replicas", "no replicas specified")
-        replicas = item["replicas"]
-        if isinstance(replicas, bool) or not isinstance(replicas, int):
-            raise ConfigError(f"{at}.replicas", f"must be an integer, not {replicas!r}")
+        replicas = _integer(raw_replicas := item["replicas"])
+        if replicas is None:
+            raise ConfigError(f"{at}.replicas", f"must be an integer, not {raw_replicas!r}")
         if replicas < 2:
             raise ConfigError(f"{at}.replicas", "number of replicas must be >= 2")
         rename = resource_name(item["rename"], f"{at}.rename") if item.get("rename") else ""
@@ -193,22 +269,29 @@ def parse(text: str) -> SharingConfig:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError("", "unmarshal error: the config is not a mapping")
-    version = raw.get("version") or VERSION
-    if version != VERSION:
+    raw = _fields(raw, ("version", "flags", "sharing"))
+    version = raw.get("version")
+    if version is not None and version != "" and version != VERSION:
         raise ConfigError("version", f"unknown version: {version}")
-    flags = raw.get("flags") or {}
-    strategy = flags.get("migStrategy") if isinstance(flags, dict) else None
-    if strategy is not None and strategy not in MIG_STRATEGIES:
-        raise ConfigError("flags.migStrategy", f"unknown MIG strategy: {strategy}")
-    sharing = raw.get("sharing") or {}
+    flags = _flags(raw.get("flags"))
+    for name, allowed, value in (
+        ("plugin.sharedDevicesAllocationPolicy", ALLOCATION_POLICIES,
+         (flags.get("plugin") or {}).get("sharedDevicesAllocationPolicy")),
+        ("deviceDiscoveryStrategy", DISCOVERY_STRATEGIES, flags.get("deviceDiscoveryStrategy")),
+    ):
+        if value is not None and value not in allowed:
+            raise ConfigError(f"flags.{name}", f"invalid option {value} (one of {', '.join(allowed)})")
+    sharing = raw.get("sharing")
+    sharing = {} if sharing is None else sharing
     if not isinstance(sharing, dict):
         raise ConfigError("sharing", "must be a mapping")
-    time_slicing = (_replicated(sharing["timeSlicing"], "sharing.timeSlicing") if sharing.get("timeSlicing")
+    sharing = _fields(sharing, ("timeSlicing", "mps"))
+    time_slicing = (_replicated(sharing["timeSlicing"], "sharing.timeSlicing") if "timeSlicing" in sharing
                     else ReplicatedResources())
     mps = _replicated(sharing["mps"], "sharing.mps") if sharing.get("mps") is not None else None
     if mps is not None and mps.fail_requests_greater_than_one is None:
         mps = ReplicatedResources(mps.resources, mps.rename_by_default, True)
-    return SharingConfig(time_slicing, mps, strategy)
+    return SharingConfig(time_slicing, mps, flags.get("migStrategy"))
 
 
 def known_resources() -> set[str]:
@@ -218,9 +301,12 @@ def known_resources() -> set[str]:
 
 
 def check(config: SharingConfig, mig_strategy: str | None, mig_enabled: bool = False) -> None:
-    """What the plugin refuses at start for a parsed config: MPS with mixed MIG or on MIG devices, and (beyond)
-    resources it can never advertise. `mig_enabled`: a node that loads the config has MIG enabled; `mig_strategy`:
-    the MIG_STRATEGY env (None: unset, the config's flags.migStrategy else none)."""
+    """What the plugin refuses at start for a parsed config: an unknown flags.migStrategy it reads, MPS with mixed
+    MIG or on MIG devices, and (beyond) resources it can never
+    advertise. `mig_enabled`: a node that loads the config has MIG enabled; `mig_strategy`: the MIG_STRATEGY env
+    (None: unset, the config's flags.migStrategy else none)."""
+    if not mig_strategy and config.mig_strategy is not None and config.mig_strategy not in MIG_STRATEGIES:
+        raise ConfigError("flags.migStrategy", f"unknown MIG strategy: {config.mig_strategy}")
     mig_strategy = mig_strategy or config.mig_strategy or "none"
     known = known_resources()
     for where, group in (("sharing.timeSlicing", config.time_slicing), ("sharing.mps", config.mps)):

@@ -142,6 +142,17 @@ def test_mps_with_mig() -> None:
     sharing.check(cfg, "none", mig_enabled=True)  # strategy none: the plugin sees full GPUs
 
 
+def test_mps_replicas_above_the_mps_daemons_client_limit_are_refused() -> None:
+    at_limit = sharing.parse("sharing: {mps: {resources: [{name: nvidia.com/gpu, replicas: 48}]}}")
+    sharing.check(at_limit, "single")
+    over = sharing.parse("sharing: {mps: {resources: [{name: nvidia.com/gpu, replicas: 64}]}}")
+    with pytest.raises(sharing.ConfigError, match="64 > 48") as err:
+        sharing.check(over, "single")
+    assert err.value.field == "sharing.mps.resources[0].replicas"
+    # time-slicing has no such limit
+    sharing.check(sharing.parse("sharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, replicas: 64}]}}"), None)
+
+
 def test_mps_is_refused_on_nodes_whose_layout_enables_mig_by_its_entries_not_its_name() -> None:
     mps = {"mps": "sharing: {mps: {resources: [{name: nvidia.com/gpu, replicas: 4}]}}"}
     gpu = {"feature.node.kubernetes.io/pci-10de.present": "true", "nvidia.com/device-plugin.config": "mps"}

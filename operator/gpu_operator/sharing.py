@@ -13,6 +13,8 @@ Facts from upstream k8s-device-plugin v0.20 (`api/config/v1`: config.go, replica
   > 0 or a list of GPU/MIG indexes or UUIDs (Go's uuid.Parse: with or without dashes).
 * `renameByDefault` renames every resource to `<name>.shared`; MPS defaults `failRequestsGreaterThanOne` to true.
 * The strategy is MPS when an MPS resource has replicas > 1, else time-slicing when a time-slicing one has.
+* The MPS control daemon refuses more than 48 replicas of a GPU (`cmd/mps-control-daemon/mps/device.go`; 16 below
+  compute capability 7.5, not checked: GFD's compute labels are not read when rendering).
 * MPS with `--mig-strategy=mixed` is refused at start; MPS on MIG devices is refused too ("sharing using MPS
   is not supported for MIG devices").
 * `flags`: each field must decode into its Go type (a string, true/false, a duration);
@@ -47,6 +49,7 @@ NODE_LABEL = "nvidia.com/device-plugin.config"
 MIG_CONFIG_LABEL = "nvidia.com/mig.config"
 MIG_STRATEGIES = ("none", "single", "mixed")
 NONE, TIME_SLICING, MPS = "none", "time-slicing", "mps"
+MPS_MAX_CLIENTS = 48  # an MPS server's client limit from compute capability 7.5 on (16 before)
 # The states whose pods load the config (config-manager): held while the config is refused.
 HELD_STATES = ("state-device-plugin", "state-mps-control-daemon", "gpu-feature-discovery")
 CONDITION = "SharingConfigValid"
@@ -302,7 +305,7 @@ def known_resources() -> set[str]:
 
 def check(config: SharingConfig, mig_strategy: str | None, mig_enabled: bool = False) -> None:
     """What the plugin refuses at start for a parsed config: an unknown flags.migStrategy it reads, MPS with mixed
-    MIG or on MIG devices, and (beyond) resources it can never
+    MIG, on MIG devices or with more replicas than the MPS daemon takes, and (beyond) resources it can never
     advertise. `mig_enabled`: a node that loads the config has MIG enabled; `mig_strategy`: the MIG_STRATEGY env
     (None: unset, the config's flags.migStrategy else none)."""
     if not mig_strategy and config.mig_strategy is not None and config.mig_strategy not in MIG_STRATEGIES:
@@ -316,6 +319,11 @@ def check(config: SharingConfig, mig_strategy: str | None, mig_enabled: bool = F
                                   f"unknown resource {r.name}: the device plugin advertises only {GPU} and "
                                   f"{PREFIX}/mig-<profile>")
     if config.strategy == MPS:
+        for i, r in enumerate(config.mps.resources if config.mps else ()):
+            if r.name == GPU and r.replicas > MPS_MAX_CLIENTS:
+                raise ConfigError(f"sharing.mps.resources[{i}].replicas",
+                                  f"invalid MPS configuration: maximum allowed replicas exceeded: {r.replicas} > "
+                                  f"{MPS_MAX_CLIENTS} (the MPS control daemon's client limit)")
         if mig_strategy == "mixed":
             raise ConfigError("sharing.mps", "using --mig-strategy=mixed is not supported with MPS")
         if mig_enabled and mig_strategy != "none":

@@ -8,8 +8,9 @@ k8s-device-plugin v0.20:
 * ``internal/rm/device_map.go``: strategy none advertises every GPU as ``nvidia.com/gpu`` (MIG ignored); single
   advertises every MIG device as ``nvidia.com/gpu`` and refuses non-uniform MIG devices or a mix of MIG-enabled
   and disabled GPUs; mixed advertises ``nvidia.com/mig-<profile>`` per profile and full GPUs as
-  ``nvidia.com/gpu``.  Replicated resources (``updateDeviceMapWithReplicas``) become ``replicas`` devices each,
-  under ``rename`` when set.
+  ``nvidia.com/gpu``.  Replicated resources (``updateDeviceMapWithReplicas``) become ``replicas`` devices each;
+  ``api/config/v1/config.go`` DisableResourceNamingInConfig (plugin, GFD, MPS daemon) drops an explicit ``rename``
+  and ``devices``: every device is shared, under ``<name>.shared`` only with renameByDefault (``sharing.parse``).
 * ``internal/plugin/mps.go``: MPS on MIG devices is refused; with MPS the plugin starts only once the control
   daemon answers (here: an MPS control daemon pod on the node is ready).
 * ``internal/lm/resource.go``, ``mig-strategy.go``, ``nvml.go``: labels ``<resource>.product/count/replicas/
@@ -179,18 +180,10 @@ class Advertised:
 
 def _replicate(out: dict[str, int], resource: str, count: int, config: sharing.SharingConfig) -> None:
     r = config.sharing_of(resource)
-    if r is None or count == 0:
+    if r is None:
         out[resource] = out.get(resource, 0) + count
-        return
-    if isinstance(r.devices, int):
-        shared = min(r.devices, count)
-    elif isinstance(r.devices, tuple):
-        shared = min(len(r.devices), count)
     else:
-        shared = count
-    if count - shared:
-        out[resource] = out.get(resource, 0) + count - shared
-    out[r.advertised] = out.get(r.advertised, 0) + shared * r.replicas
+        out[r.advertised] = out.get(r.advertised, 0) + count * r.replicas
 
 
 def advertise(profile: Profile, layout: str | None, mig_strategy: str, config: sharing.SharingConfig,

@@ -21,8 +21,12 @@ def test_plain_and_time_sliced() -> None:
     assert adv.advertise(H100, None, "single", sharing.EMPTY).resources == {"nvidia.com/gpu": 8}
     assert adv.advertise(H100, None, "single", TS4).resources == {"nvidia.com/gpu": 32}
     assert adv.advertise(H100, None, "single", TS4_RENAMED).resources == {"nvidia.com/gpu.shared": 32}
+    # upstream ignores an explicit `devices` and `rename` (DisableResourceNamingInConfig): every GPU, its own name
     partial = sharing.parse("sharing: {timeSlicing: {resources: [{name: gpu, replicas: 3, devices: 2}]}}")
-    assert adv.advertise(H100, None, "none", partial).resources == {"nvidia.com/gpu": 6 + 6}
+    assert adv.advertise(H100, None, "none", partial).resources == {"nvidia.com/gpu": 24}
+    renamed = sharing.parse("sharing: {timeSlicing: {resources: [{name: gpu, replicas: 2, rename: my-gpu}]}}")
+    assert adv.advertise(H100, None, "none", renamed).resources == {"nvidia.com/gpu": 16}
+    assert adv.gfd_overlay(H100, None, "none", renamed)["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3-SHARED"
 
 
 def test_gfd_sharing_labels() -> None:

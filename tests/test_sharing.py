@@ -24,7 +24,7 @@ def test_time_slicing_example() -> None:
     assert cfg.strategy == sharing.TIME_SLICING
     assert cfg.mig_strategy == "none"
     r = cfg.sharing_of("nvidia.com/gpu")
-    assert r is not None and r.replicas == 4 and r.advertised == "nvidia.com/gpu" and r.devices == "all"
+    assert r is not None and r.replicas == 4 and r.advertised == "nvidia.com/gpu" and not cfg.time_slicing.ignored
     assert cfg.time_slicing.fail_requests_greater_than_one is False
     sharing.check(cfg, "single")
 
@@ -33,7 +33,23 @@ def test_rename_by_default_and_device_lists() -> None:
     cfg = sharing.parse(fixture("renamed.yaml"))
     r = cfg.sharing_of("nvidia.com/gpu")
     assert r is not None and r.advertised == "nvidia.com/gpu.shared"
-    assert r.devices == ("0", "1", "GPU-3c9d3bd5-1a4b-4f0e-9a7e-2b3b7a4b3d3c")
+    # the device list is checked, then ignored as upstream's DisableResourceNamingInConfig does: every GPU is shared
+    assert cfg.time_slicing.ignored == ("sharing.timeSlicing.resources[0].devices",)
+
+
+def test_an_explicit_rename_is_checked_then_ignored_like_upstream() -> None:
+    cfg = sharing.parse("sharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, replicas: 2, rename: my-gpu}]}}")
+    r = cfg.sharing_of("nvidia.com/gpu")
+    assert r is not None and r.advertised == "nvidia.com/gpu" and r.rename == ""
+    assert cfg.time_slicing.ignored == ("sharing.timeSlicing.resources[0].rename",)
+    # renameByDefault's own name is kept; any other rename gives way to it
+    for rename, ignored in (("gpu.shared", ()), ("my-gpu", ("sharing.mps.resources[0].rename",))):
+        cfg = sharing.parse("sharing: {mps: {renameByDefault: true, resources: [{name: gpu, replicas: 2, "
+                            f"rename: {rename}}}]}}}}")
+        assert cfg.sharing_of("nvidia.com/gpu").advertised == "nvidia.com/gpu.shared"  # type: ignore[union-attr]
+        assert cfg.mps is not None and cfg.mps.ignored == ignored
+    with pytest.raises(sharing.ConfigError, match="incorrect format"):  # upstream decodes it before dropping it
+        sharing.parse("sharing: {timeSlicing: {resources: [{name: gpu, replicas: 2, rename: ''}]}}")
 
 
 def test_mig_time_slicing_example_is_valid_with_mixed() -> None:

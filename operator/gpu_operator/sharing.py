@@ -12,6 +12,9 @@ Facts from upstream k8s-device-plugin v0.20 (`api/config/v1`: config.go, replica
   subdomain after the prefix) and `replicas` (an integer >= 2; upstream refuses 1); `devices` is `all`, a count
   > 0 or a list of GPU/MIG indexes or UUIDs (Go's uuid.Parse: with or without dashes).
 * `renameByDefault` renames every resource to `<name>.shared`; MPS defaults `failRequestsGreaterThanOne` to true.
+* An explicit `rename` and `devices` other than `all` are checked, then ignored (DisableResourceNamingInConfig,
+  called by the plugin, GFD and the MPS daemon: "... is not yet supported in the config. Ignoring..."): every GPU
+  is shared, under `<name>` (`<name>.shared` with renameByDefault).
 * The strategy is MPS when an MPS resource has replicas > 1, else time-slicing when a time-slicing one has.
 * The MPS control daemon refuses more than 48 replicas of a GPU (`cmd/mps-control-daemon/mps/device.go`; 16 below
   compute capability 7.5, not checked: GFD's compute labels are not read when rendering).
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
@@ -90,8 +93,7 @@ class ConfigError(ValueError):
 class Replicated:
     name: str  # fully qualified, e.g. nvidia.com/gpu
     replicas: int
-    rename: str = ""  # the advertised name when renamed (nvidia.com/gpu.shared)
-    devices: str | int | tuple[str, ...] = "all"
+    rename: str = ""  # the advertised name when renamed: only renameByDefault's nvidia.com/gpu.shared
 
     @property
     def advertised(self) -> str:
@@ -103,6 +105,7 @@ class ReplicatedResources:
     resources: tuple[Replicated, ...] = ()
     rename_by_default: bool = False
     fail_requests_greater_than_one: bool | None = None
+    ignored: tuple[str, ...] = ()  # the fields set that upstream ignores (dotted paths: ...resources[0].rename)
 
     @property
     def replicated(self) -> bool:
@@ -239,7 +242,7 @@ def _replicated(raw: Any, where: str) -> ReplicatedResources:
         raise ConfigError(f"{where}.resources", "no resources specified")
     if not isinstance(items, list):
         raise ConfigError(f"{where}.resources", "must be a list")
-    resources = []
+    resources, ignored = [], []
     for i, item in enumerate(items):
         at = f"{where}.resources[{i}]"
         if not isinstance(item, dict):
@@ -247,7 +250,8 @@ def _replicated(raw: Any, where: str) -> ReplicatedResources:
         if "name" not in item:
             raise ConfigError(f"{at}.name", "no resource name specified")
         name = resource_name(item["name"], f"{at}.name")
-        devices = _devices(item.get("devices", "all"), f"{at}.devices")
+        if _devices(item.get("devices", "all"), f"{at}.devices") != "all":
+            ignored.append(f"{at}.devices")
         if "replicas" not in item:
             raise ConfigError(f"{at}.replicas", "no replicas specified")
         replicas = _integer(raw_replicas := item["replicas"])
@@ -255,11 +259,12 @@ def _replicated(raw: Any, where: str) -> ReplicatedResources:
             raise ConfigError(f"{at}.replicas", f"must be an integer, not {raw_replicas!r}")
         if replicas < 2:
             raise ConfigError(f"{at}.replicas", "number of replicas must be >= 2")
-        rename = resource_name(item["rename"], f"{at}.rename") if item.get("rename") else ""
-        if rename_by_default and not rename:
-            rename = name + SHARED_SUFFIX
-        resources.append(Replicated(name, replicas, rename, devices))
-    return ReplicatedResources(tuple(resources), rename_by_default, fail)
+        rename = name + SHARED_SUFFIX if rename_by_default else ""
+        # upstream decodes a rename that is there (null and "" are refused as "nvidia.com/"), then drops it
+        if "rename" in item and resource_name(item["rename"] or "", f"{at}.rename") != rename:
+            ignored.append(f"{at}.rename")
+        resources.append(Replicated(name, replicas, rename))
+    return ReplicatedResources(tuple(resources), rename_by_default, fail, tuple(ignored))
 
 
 def parse(text: str) -> SharingConfig:
@@ -293,7 +298,7 @@ def parse(text: str) -> SharingConfig:
                     else ReplicatedResources())
     mps = _replicated(sharing["mps"], "sharing.mps") if sharing.get("mps") is not None else None
     if mps is not None and mps.fail_requests_greater_than_one is None:
-        mps = ReplicatedResources(mps.resources, mps.rename_by_default, True)
+        mps = replace(mps, fail_requests_greater_than_one=True)
     return SharingConfig(time_slicing, mps, flags.get("migStrategy"))
 
 

@@ -214,9 +214,9 @@ def test_config_map_problems_name_configmap_key_and_field() -> None:
     assert [(p.key, p.field) for p in found] == [("mps", "sharing.mps")]
 
 
-def _ctx(data: dict[str, str], strategy: str = "single") -> RenderContext:
+def _ctx(data: dict[str, str], strategy: str = "single", nodes: tuple[NodeFacts, ...] = ()) -> RenderContext:
     spec = parse_spec({"devicePlugin": {"config": {"name": "sharing", "default": ""}}, "mig": {"strategy": strategy}})
-    return RenderContext(spec=spec, namespace="gpu-operator", nodes=(_node("n1"),),
+    return RenderContext(spec=spec, namespace="gpu-operator", nodes=nodes or (_node("n1"),),
                          config_maps={"sharing": tuple(sorted(data))}, config_data={"sharing": data})
 
 
@@ -258,3 +258,54 @@ def test_an_unset_mig_strategy_leaves_it_to_the_configs_flag_else_none() -> None
         sharing.check(bad, None)
     assert err.value.field == "flags.migStrategy"
     sharing.check(bad, "single")
+
+
+def test_a_node_label_naming_a_missing_key_is_a_warning_that_holds_nothing() -> None:
+    # config-manager exits on that node only ("specified config ts8 does not exist"): said, not held cluster-wide
+    data = {"ts4": fixture("time-slicing.yaml")}
+    label = {"nvidia.com/device-plugin.config": "ts8"}
+    nodes = (_node("gpu-1", **label), _node("gpu-2", **label), _node("gpu-3"),
+             NodeFacts("cpu-1", dict(label)))  # not a GPU node: no device plugin there
+    found = sharing.problems("sharing", data, "single", nodes=nodes)
+    assert [(p.key, p.holds) for p in found] == [("ts8", False)]
+    assert "node gpu-1, gpu-2" in str(found[0]) and "specified config ts8 does not exist" in str(found[0])
+    assert "cpu-1" not in str(found[0])
+    plans = {p.state.name: p for p in plan(_ctx(data, nodes=nodes))}
+    assert all(plans[s].objects and plans[s].problem is None for s in sharing.HELD_STATES)
+    cond = sharing.condition("sharing", found, 2, [], "t1")
+    assert cond is not None and cond["status"] == "True" and cond["reason"] == sharing.WARNING_REASON
+    assert "is valid" not in cond["message"] and "key ts8" in cond["message"]
+    many = [_node(f"gpu-{i}", **label) for i in range(8)]
+    assert "and 3 more" in str(sharing.problems("sharing", data, "single", nodes=many)[0])
+
+
+def test_fields_upstream_ignores_are_a_warning() -> None:
+    found = sharing.problems("sharing", {"renamed": fixture("renamed.yaml")}, "single")
+    assert [(p.key, p.field, p.holds) for p in found] == [
+        ("renamed", "sharing.timeSlicing.resources[0].devices", False)]
+    assert "ignored by the device plugin" in found[0].message
+    assert not sharing.held(found)
+
+
+def test_refusals_and_warnings_together() -> None:
+    data = {"bad": "version: v9", "renamed": fixture("renamed.yaml")}
+    found = sharing.problems("sharing", data, "single", nodes=[_node("gpu-1", **{sharing.NODE_LABEL: "nope"})])
+    assert [(p.key, p.holds) for p in found] == [("bad", True), ("renamed", False), ("nope", False)]
+    assert sharing.summary(sharing.held(found)) == "devicePlugin.config refused, not rolled out: " + str(found[0])
+    cond = sharing.condition("sharing", found, 1, [], "t")
+    assert cond is not None and cond["status"] == "False" and cond["reason"] == sharing.REASON
+    assert cond["message"].index("key bad") < cond["message"].index("Warnings: ") < cond["message"].index("key nope")
+
+
+def test_the_event_names_a_refusal_or_warnings() -> None:
+    from gpu_operator.reconciler import Reconciler
+    from support import EchoKube
+
+    posted: list[tuple[str, str, str]] = []
+    r = Reconciler(EchoKube(), "gpu-operator")  # type: ignore[arg-type]
+    r.events = lambda obj, etype, reason, message: posted.append((etype, reason, message))  # type: ignore[assignment]
+    warned = _ctx({"ts": fixture("time-slicing.yaml")}, nodes=(_node("gpu-1", **{sharing.NODE_LABEL: "ts8"}),))
+    assert r._check_sharing({}, warned) and r._check_sharing({}, warned)
+    assert [(e, reason) for e, reason, _ in posted] == [("Warning", sharing.WARNING_REASON)]  # once per change
+    r._check_sharing({}, _ctx({"bad": "version: v9"}))
+    assert posted[-1][1] == sharing.REASON

@@ -530,14 +530,15 @@ class Reconciler:
         return held
 
     def _check_sharing(self, policy: dict[str, Any], ctx: RenderContext) -> list[sharing.Problem] | None:
-        """The sharing config's problems (None: no config); a Warning event on the policy once per change."""
+        """The sharing config's problems (None: no config); a Warning event on the policy once per change (reason
+        InvalidSharingConfig when something is refused, SharingConfigWarnings for warnings only)."""
         name = ctx.spec.device_plugin.config.name
         if not name or name not in ctx.config_data:
             return None
         found = sharing.context_problems(ctx.spec, ctx.config_data, ctx.nodes)
         message = sharing.summary(found) if found else None
         if message and message != self._sharing_warned:
-            self.events(policy, "Warning", sharing.REASON, message)
+            self.events(policy, "Warning", sharing.reason(found), message)
         self._sharing_warned = message
         return found
 

@@ -57,6 +57,8 @@ MPS_MAX_CLIENTS = 48  # an MPS server's client limit from compute capability 7.5
 HELD_STATES = ("state-device-plugin", "state-mps-control-daemon", "gpu-feature-discovery")
 CONDITION = "SharingConfigValid"
 REASON = "InvalidSharingConfig"
+WARNING_REASON = "SharingConfigWarnings"  # nothing refused, something to say (the condition stays True)
+_NODES_NAMED = 5
 
 _DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DNS_SUBDOMAIN = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
@@ -341,6 +343,7 @@ class Problem:
     key: str
     field: str
     message: str
+    holds: bool = True  # False: a warning, nothing is held for it
 
     def __str__(self) -> str:
         where = f" field {self.field}" if self.field else ""
@@ -368,21 +371,47 @@ def _parsed_layouts(text: str) -> mig.Layouts:
 
 def problems(name: str, data: Mapping[str, str], mig_strategy: str | None, default: str = "",
              nodes: Iterable[NodeFacts] = (), layouts: mig.Layouts | None = None) -> list[Problem]:
-    """Every key of the sharing ConfigMap the plugin would refuse, and a default naming no key.
+    """Every key of the sharing ConfigMap the plugin would refuse, and a default naming no key; then the warnings
+    (holds=False): fields upstream ignores, and keys GPU nodes' labels name that the ConfigMap lacks (config-manager
+    exits on those nodes only, so they hold nothing cluster-wide).
 
     Nodes (GPU nodes) tell which keys load on a node with MIG enabled (the node's label, else the default);
     `layouts`: the user's mig-parted config (None: the default table)."""
-    out = []
-    mig_keys = {n.labels.get(NODE_LABEL) or default for n in nodes if n.has_gpu and _mig_enabled(n, layouts)}
+    out, notes = [], []
+    gpu_nodes = [n for n in nodes if n.has_gpu]
+    mig_keys = {n.labels.get(NODE_LABEL) or default for n in gpu_nodes if _mig_enabled(n, layouts)}
     for key in sorted(data):
         try:
-            check(parse(data[key]), mig_strategy, mig_enabled=key in mig_keys)
+            config = parse(data[key])
+            check(config, mig_strategy, mig_enabled=key in mig_keys)
         except ConfigError as exc:
             out.append(Problem(name, key, exc.field, exc.message))
+            continue
+        for path in (*config.time_slicing.ignored, *(config.mps.ignored if config.mps else ())):
+            notes.append(Problem(name, key, path, "ignored by the device plugin, GFD and MPS daemon (not supported "
+                                                  "upstream yet): every GPU is shared under the resource's own name "
+                                                  "(<name>.shared with renameByDefault)", holds=False))
     if default and default not in data:
         out.append(Problem(name, default, "", f"devicePlugin.config.default names a key the ConfigMap does not "
                                                f"have (config-manager: specified config {default} does not exist)"))
-    return out
+    labelled: dict[str, list[str]] = {}
+    for n in gpu_nodes:
+        wanted = n.labels.get(NODE_LABEL)
+        if wanted and wanted not in data:
+            labelled.setdefault(wanted, []).append(n.name)
+    for key, names in sorted(labelled.items()):
+        listed = ", ".join(sorted(names)[:_NODES_NAMED]) + (f" and {len(names) - _NODES_NAMED} more"
+                                                            if len(names) > _NODES_NAMED else "")
+        notes.append(Problem(name, key, "", f"the ConfigMap has no such key, named by the {NODE_LABEL} label of "
+                                            f"node {listed}: config-manager exits there (specified config {key} does "
+                                            f"not exist), so the device plugin, GFD and MPS daemon do not start on "
+                                            f"those nodes; fix the label or add the key", holds=False))
+    return out + notes
+
+
+def held(found: list[Problem]) -> list[Problem]:
+    """The problems that hold the states that load the config (not the warnings)."""
+    return [p for p in found if p.holds]
 
 
 def context_problems(spec: Any, config_data: Mapping[str, Mapping[str, str]],
@@ -399,24 +428,36 @@ def context_problems(spec: Any, config_data: Mapping[str, Mapping[str, str]],
 
 
 def summary(found: list[Problem]) -> str:
-    return "devicePlugin.config refused, not rolled out: " + "; ".join(str(p) for p in found)
+    refused = "; ".join(str(p) for p in found if p.holds)
+    warnings = "; ".join(str(p) for p in found if not p.holds)
+    if not warnings:
+        return "devicePlugin.config refused, not rolled out: " + refused
+    if not refused:
+        return "devicePlugin.config rolled out, with warnings: " + warnings
+    return f"devicePlugin.config refused, not rolled out: {refused}. Warnings: {warnings}"
+
+
+def reason(found: list[Problem]) -> str:
+    """The reason of the condition and event for problems found: refused, else warnings."""
+    return REASON if held(found) else WARNING_REASON
 
 
 def condition(config_name: str, found: list[Problem] | None, generation: int | None,
               previous: list[dict[str, Any]], now: str) -> dict[str, Any] | None:
-    """The SharingConfigValid condition (only with a devicePlugin.config; None: no such config)."""
+    """The SharingConfigValid condition (only with a devicePlugin.config; None: no such config): False while a
+    problem holds the rollout, True with the reason SharingConfigWarnings while there are only warnings."""
     if not config_name or found is None:
         return None
     before = next((c for c in previous if c.get("type") == CONDITION), {})
     if found:
-        value, reason, message = "False", REASON, summary(found)
+        value, why, message = "False" if held(found) else "True", reason(found), summary(found)
     else:
-        value, reason, message = "True", "Valid", f"every config in ConfigMap {config_name} is valid"
+        value, why, message = "True", "Valid", f"every config in ConfigMap {config_name} is valid"
     changed = before.get("status") != value or not before.get("lastTransitionTime")
     return {
         "type": CONDITION,
         "status": value,
-        "reason": reason,
+        "reason": why,
         "message": message[:1000],
         "lastTransitionTime": now if changed else before["lastTransitionTime"],
         "observedGeneration": generation,

@@ -208,6 +208,23 @@ def test_cuda_oom_on_time_sliced_gpu_and_more_than_one_replica() -> None:
     assert "request 1" in found["MultipleTimeSlicedGPUs"].fix
 
 
+def test_cuda_oom_and_more_than_one_replica_on_an_mps_node_are_not_called_time_sliced() -> None:
+    # GFD labels an MPS node gpu.replicas=N and gpu.sharing-strategy=mps; the MPS control daemon limits each client
+    # to the GPU's memory / replicas, so an OOM there is that limit, and advising MPS would be advising itself.
+    mps = node("m-0", labels={"nvidia.com/gpu.replicas": "2", "nvidia.com/gpu.sharing-strategy": "mps",
+                              "nvidia.com/gpu.memory": "81559", "nvidia.com/mps.capable": "true"})
+    oom = pod("oom", 1, node_name="m-0", status={"phase": "Failed", "containerStatuses": [{"name": "main", "state": {
+        "terminated": {"exitCode": 1, "message": "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate"}}}]})
+    two = pod("two", 2, node_name="m-0")
+    found = kinds(cluster([mps], [oom, two]))
+    assert "CUDAOOMTimeSliced" not in found and "MultipleTimeSlicedGPUs" not in found
+    f = found["CUDAOOMMPS"]
+    assert "MPS-shared" in f.summary and "about 40779 MiB (81559 MiB / 2 replicas)" in f.summary
+    assert "fewer MPS replicas" in f.fix and "MIG" in f.fix and "whole GPU" in f.fix
+    assert "time-sliced" not in f.summary + f.fix and "sharing.mps" not in f.fix
+    assert "MPS clients" in found["MultipleMPSSharedGPUs"].summary and "request 1" in found["MultipleMPSSharedGPUs"].fix
+
+
 def test_operand_stuck_in_init_names_the_first_failing_validator_step() -> None:
     validator = {
         "kind": "Pod",

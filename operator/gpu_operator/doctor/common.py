@@ -17,6 +17,7 @@ MIG_STRATEGY_LABEL = "nvidia.com/mig.strategy"
 MIG_STATE_LABEL = "nvidia.com/mig.config.state"
 MIG_CONFIG_LABEL = "nvidia.com/mig.config"
 REPLICAS_LABEL = "nvidia.com/gpu.replicas"
+MEMORY_LABEL = "nvidia.com/gpu.memory"  # GFD: MiB per GPU
 SHARING_LABEL = "nvidia.com/gpu.sharing-strategy"
 PRODUCT_LABEL = "nvidia.com/gpu.product"
 _DRIVER_LABELS = (

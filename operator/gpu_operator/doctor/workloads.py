@@ -1,5 +1,6 @@
 """Workload findings (REFERENCE §12 entries 6, 7, 17, 18): CUDA images without a GPU, more than one replica of a
-time-sliced GPU, the CUDA an image needs against the node's driver, CUDA out of memory on a shared GPU."""
+shared (time-sliced or MPS) GPU, the CUDA an image needs against the node's driver, CUDA out of memory on a shared
+GPU."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import yaml
 
 from .common import (
     BRANCH_MINIMUM,
+    MEMORY_LABEL,
     REPLICAS_LABEL,
     SHARING_LABEL,
     cuda_driver_table,
@@ -118,6 +120,19 @@ def _node_replicas(cluster: Cluster, node: str) -> int:
         return 1
 
 
+def _strategy(cluster: Cluster, node: str) -> str:
+    view = cluster.views.get(node)
+    return view.labels.get(SHARING_LABEL, "") if view else ""
+
+
+def _mps_limit(labels: dict[str, str], replicas: int) -> str:
+    """The MPS control daemon's per-client pinned memory limit: the GPU's memory / replicas (GFD's MiB)."""
+    memory = labels.get(MEMORY_LABEL, "")
+    if memory.isdigit() and replicas > 1:
+        return f"about {int(memory) // replicas} MiB ({memory} MiB / {replicas} replicas)"
+    return f"the GPU's memory / {replicas} replicas"
+
+
 def _time_sliced(cluster: Cluster, pod: dict[str, Any], gpus: dict[str, int]) -> list[Finding]:
     count = max(gpus.get(GPU, 0), gpus.get(GPU_SHARED, 0))
     if count <= 1:
@@ -132,6 +147,16 @@ def _time_sliced(cluster: Cluster, pod: dict[str, Any], gpus: dict[str, int]) ->
     evidence = [Evidence(f"Node {n}", f"labels[{REPLICAS_LABEL}]", str(_node_replicas(cluster, n))) for n in shared[:5]]
     if status.get("reason") == "UnexpectedAdmissionError":
         evidence.insert(0, Evidence(ref, "status.message", str(status.get("message", ""))))
+    if all(_strategy(cluster, n) == "mps" for n in shared):
+        evidence += [Evidence(f"Node {n}", f"labels[{SHARING_LABEL}]", "mps") for n in shared[:5]]
+        return [Finding(
+            WARNING, "MultipleMPSSharedGPUs", ref,
+            f"the pod requests {count} GPUs of an MPS-shared resource: replicas are MPS clients of the same "
+            "physical GPUs, each limited to its share of one GPU's memory, so more than one may be the same GPU "
+            "and adds nothing (failRequestsGreaterThanOne, the MPS default, makes the device plugin reject the pod)",
+            "request 1 shared GPU, or run on nodes without sharing (whole GPUs) or MIG when the job needs more",
+            evidence, nodes=tuple(shared),
+        )]  # fmt: skip
     return [Finding(
         WARNING, "MultipleTimeSlicedGPUs", ref,
         f"the pod requests {count} GPUs of a time-sliced resource: replicas are slices of time on the same "
@@ -252,6 +277,18 @@ def _oom(cluster: Cluster, pod: dict[str, Any]) -> list[Finding]:
             strategy = labels.get(SHARING_LABEL, "none")
             ev = [Evidence(ref, f"status.containerStatuses[{cs.get('name')}].{state_key}.terminated.message",
                            message.strip().splitlines()[-1][:300])]  # fmt: skip
+            if strategy == "mps":
+                ev += [Evidence(f"Node {node}", f"labels[{SHARING_LABEL}]", strategy),
+                       Evidence(f"Node {node}", f"labels[{REPLICAS_LABEL}]", str(replicas))]
+                return [Finding(
+                    WARNING, "CUDAOOMMPS", ref,
+                    f"the container ran out of GPU memory on an MPS-shared GPU ({replicas} replicas): the MPS "
+                    "control daemon limits each client's device memory to the GPU's memory / replicas, here "
+                    f"{_mps_limit(labels, replicas)}",
+                    "use fewer MPS replicas in the node's device plugin config so each share is larger, or give the "
+                    "pod a whole GPU (a node without sharing) or a MIG partition with enough memory",
+                    ev, nodes=(node,) if node else (),
+                )]  # fmt: skip
             if replicas > 1 or strategy == "time-slicing":
                 ev.append(Evidence(f"Node {node}", f"labels[{REPLICAS_LABEL}]", str(replicas)))
                 return [Finding(

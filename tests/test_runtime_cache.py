@@ -239,6 +239,23 @@ def test_the_daemonset_watch_feeds_the_owned_cache() -> None:
     assert key not in op.owned and op.urgent.is_set()  # deleted (by someone else): a pass at once
 
 
+def test_an_object_that_loses_our_label_leaves_the_owned_cache() -> None:
+    """kopf filters labels after its watch, so the operand kinds' events reach us unfiltered: an object of ours
+    whose label someone removed is no longer ours (prune must not delete it), and others' objects are ignored."""
+    op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
+    ours = {"kind": "ConfigMap", "metadata": {"name": "cm", "namespace": "gpu-operator", "resourceVersion": "3",
+                                              "labels": {"app.kubernetes.io/managed-by": "gpu-operator"}}}
+    key = ("ConfigMap", "gpu-operator", "cm")
+    op.on_operand_kind("ADDED", ours)
+    assert key in op.owned
+    theirs = {"kind": "ConfigMap", "metadata": {"name": "cm", "namespace": "gpu-operator", "resourceVersion": "4",
+                                                "labels": {"team": "x"}}}
+    op.on_operand_kind("MODIFIED", theirs)
+    assert key not in op.owned
+    op.on_operand_kind("ADDED", {**theirs, "metadata": {**theirs["metadata"], "name": "other"}})
+    assert ("ConfigMap", "gpu-operator", "other") not in op.owned
+
+
 def test_the_gap_between_passes_grows_with_their_cost_up_to_a_cap() -> None:
     from gpu_operator.runtime import DEBOUNCE_S, MAX_GAP_S, pass_gap
 

@@ -385,6 +385,15 @@ class Operator:
         else:
             self.paced("owned")
 
+    def on_operand_kind(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """Any object of a kind our operands use. kopf filters labels after the watch, so one that loses our
+        label would send nothing through that filter and stay cached as ours (prune could delete it): to us it
+        is gone."""
+        if ((body.get("metadata") or {}).get("labels") or {}).get(MANAGED_BY) == OPERATOR_NAME:
+            self.on_owned(event_type, body)
+        elif key_of(body) in self.owned:
+            self.on_owned("DELETED", body)
+
     def daemonset(self, name: str) -> dict[str, Any] | None:
         return self.owned.get((DAEMON_SET.kind, self.namespace, name))
 
@@ -865,7 +874,6 @@ class _NoDiffBase(kopf.AnnotationsDiffBaseStorage):
 
 def build_registry(op: Operator) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
-    managed = {MANAGED_BY: OPERATOR_NAME}
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
@@ -946,7 +954,7 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
     watch("nvidia.com", "v1alpha1", "nvidiadrivers", op.on_nvidia_driver)
     for kind in operand_kinds():
         if kind != DAEMON_SET:
-            watch(kind.group, kind.version, kind.plural, op.on_owned, labels=managed)
+            watch(kind.group, kind.version, kind.plural, op.on_operand_kind)
     watch("apiextensions.k8s.io", "v1", "customresourcedefinitions", op.on_crd)
     watch("", "v1", "configmaps", op.on_config_map)  # users' too: the driver mounts referenced ones key by key
     return registry

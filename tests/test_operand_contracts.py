@@ -622,3 +622,19 @@ def test_upstream_defaults_of_fields_a_policy_leaves_out() -> None:
                   if d["metadata"]["name"].startswith("nvidia-driver-daemonset"))
     volume = next(v for v in driver["spec"]["template"]["spec"]["volumes"] if v["name"] == "licensing-config")
     assert [i["key"] for i in volume["secret"]["items"]] == ["gridd.conf"]
+
+
+def test_the_dcgm_host_engine_gets_the_nri_annotation_and_the_validators_pull_secrets() -> None:
+    """Its toolkit-validation init container runs the validator image; with CDI's NRI plugin (no runtime class)
+    nv-hostengine gets the GPUs by annotation, as upstream's TransformDCGM sets both."""
+    raw = {"dcgm": {"enabled": True}, "cdi": {"enabled": True, "nriPluginEnabled": True},
+           "validator": {"imagePullSecrets": ["validator-secret"]}}  # fmt: skip
+    ds = ds_of(raw, "nvidia-dcgm")
+    template = ds["spec"]["template"]
+    assert template["metadata"]["annotations"] == {
+        "nvidia.cdi.k8s.io/container.nvidia-dcgm-ctr": "management.nvidia.com/gpu=all"
+    }
+    assert "runtimeClassName" not in template["spec"]
+    assert {"name": "validator-secret"} in template["spec"]["imagePullSecrets"]
+    plain = ds_of({"dcgm": {"enabled": True}}, "nvidia-dcgm")["spec"]["template"]
+    assert "annotations" not in plain["metadata"] and "imagePullSecrets" not in plain["spec"]

@@ -8,11 +8,21 @@ deprecated dcgm.hostPort is not used upstream either).
 
 from typing import Any
 
+from .. import contracts as c
 from .base import OperandState, RenderContext
+
+CONTAINER = "nvidia-dcgm-ctr"
 
 
 def _vars(ctx: RenderContext) -> dict[str, Any]:
-    return {"host_network": ctx.spec.dcgm.host_network}
+    """Host networking; with CDI's NRI plugin the engine's GPUs by annotation; the validator's pull secrets
+    (its init container runs the validator image), as upstream's transformValidationInitContainer adds them."""
+    spec = ctx.spec
+    return {
+        "host_network": spec.dcgm.host_network,
+        "pod_annotations": c.nri_annotations(spec, CONTAINER),
+        "pull_secrets": [{"name": s} for s in dict.fromkeys(spec.validator.image_pull_secrets)],
+    }
 
 
 STATE = OperandState(
@@ -20,7 +30,7 @@ STATE = OperandState(
     order=8,
     section="dcgm",
     component="dcgm",
-    container="nvidia-dcgm-ctr",
+    container=CONTAINER,
     deploy_label="dcgm",
     extra_vars=_vars,
 )

@@ -205,7 +205,7 @@ def test_defaults_policy() -> None:
     spec = policy_spec(render())
     assert set(spec) == set(CLUSTER_POLICY_SECTIONS)
     assert spec["operator"] == {"runtimeClass": "nvidia", "defaultRuntime": "containerd",
-                                "metrics": {"serviceMonitor": {"enabled": False, "interval": "15s",
+                                "metrics": {"serviceMonitor": {"enabled": True, "interval": "15s",
                                                                "honorLabels": False}}}  # fmt: skip
     assert spec["mig"] == {"strategy": "single"}
     assert spec["dcgm"]["enabled"] is False and spec["dcgmExporter"]["enabled"] is True

@@ -42,7 +42,8 @@ DAEMONSETS = f"/apis/apps/v1/namespaces/{NS}/daemonsets"
 # Defaults changed in chart 0.3.0 that reach the ClusterPolicy (charts/gpu-operator/README.md, "Upgrading"):
 # the upgrade pins the previous ones, as that note tells admins to, so it leaves the running cluster alone.
 PREVIOUS_DEFAULTS = ("cdi.enabled=false", "cdi.default=false", "dcgmExporter.serviceMonitor.enabled=false",
-                     "dcgmExporter.serviceMonitor.scrapeTimeout=null")  # fmt: skip
+                     "dcgmExporter.serviceMonitor.scrapeTimeout=null",
+                     "operator.metrics.serviceMonitor.enabled=false")  # fmt: skip
 
 
 def _git(*args: str) -> subprocess.CompletedProcess[bytes]:

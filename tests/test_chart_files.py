@@ -61,7 +61,7 @@ def test_values_mirror_the_upstream_keys() -> None:
     }  # fmt: skip
     assert "podDeletion" not in values["driver"]["upgradePolicy"], "the Helm key is gpuPodDeletion, as upstream"
     assert values["operator"]["cleanupCRD"] is False and values["operator"]["upgradeCRD"] is True
-    assert values["operator"]["metrics"]["serviceMonitor"]["enabled"] is False
+    assert values["operator"]["metrics"]["serviceMonitor"]["enabled"] is True  # upstream always creates it
     # Defaults as upstream v26.7's chart (CDI on; the DCGM exporter's ServiceMonitor, made only where the
     # prometheus-operator API is served; the operator and its hook Jobs on Linux nodes).
     upstream = yaml.safe_load((REPO / "tests" / "fixtures" / "upstream" / "values.yaml").read_text())

@@ -286,8 +286,17 @@ def test_runtime_class_and_metrics_service() -> None:
     assert {o["kind"] for o in plans["pre-requisites"].objects} == {"RuntimeClass"}
     # CDI is on by default, as upstream: the CDI and legacy classes beside operator.runtimeClass
     assert classes == {"nvidia": "nvidia", "nvidia-cdi": "nvidia-cdi", "nvidia-legacy": "nvidia-legacy"}
-    (service,) = plans["state-operator-metrics"].objects  # no ServiceMonitor unless enabled
+    service = next(o for o in plans["state-operator-metrics"].objects if o["kind"] == "Service")
     assert service["kind"] == "Service" and service["spec"]["ports"][0]["port"] == 8080
+    assert service["metadata"]["annotations"]["prometheus.io/scrape"] == "true"  # as upstream's
+    from gpu_operator.states import RenderContext
+
+    def kinds(raw: dict[str, Any]) -> list[str]:
+        ctx = RenderContext(spec=parse_spec(raw), namespace=NAMESPACE, api_groups=frozenset({MONITORING}))
+        return sorted(o["kind"] for p in plan(ctx) if p.state.name == "state-operator-metrics" for o in p.objects)
+
+    assert kinds({}) == ["Service", "ServiceMonitor"]  # upstream always creates it where the API is served
+    assert kinds({"operator": {"metrics": {"serviceMonitor": {"enabled": False}}}}) == ["Service"]
 
 
 def test_operator_metrics_service_targets_the_operators_metrics_port() -> None:

@@ -236,8 +236,13 @@ class ServiceMonitorSpec(Section):
     relabelings: list[RelabelConfig] = []
 
 
+class OperatorServiceMonitorSpec(ServiceMonitorSpec):
+    # Upstream always creates the operator's ServiceMonitor where the API is served; `enabled: false` is honoured.
+    enabled: bool = True
+
+
 class OperatorMetricsSpec(Section):
-    service_monitor: ServiceMonitorSpec = ServiceMonitorSpec()
+    service_monitor: OperatorServiceMonitorSpec = OperatorServiceMonitorSpec()
 
 
 class InitContainerSpec(Section):

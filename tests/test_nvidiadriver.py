@@ -13,7 +13,7 @@ from gpu_operator.crd import nvidiadriver_crd
 from gpu_operator.nodes import UPGRADE_ENABLED_ANNOTATION, NodeFacts
 from gpu_operator.nvidiadriver import CONFLICT_VALUE, NVIDIADriver, assign
 from gpu_operator.nvidiadriver_api import OWNER_LABEL
-from support import EchoKube, daemonset, daemonsets, facts, load_policy, policy_object, render_all
+from support import EchoKube, container, daemonset, daemonsets, facts, load_policy, policy_object, render_all
 from support import node as support_node
 
 
@@ -172,6 +172,21 @@ def test_precompiled_nvidiadriver_tags_images_per_kernel() -> None:
     )  # fmt: skip
     assert images == ["nvcr.io/nvidia/driver:580-5.15.0-122-generic-ubuntu22.04",
                       "nvcr.io/nvidia/driver:580-5.15.0-130-generic-ubuntu22.04"]  # fmt: skip
+
+
+def test_nvidiadriver_args_follow_init() -> None:
+    """Upstream's manifests/state-driver/0500_daemonset.yaml writes `init` and then the args (its golden
+    internal/state/testdata/golden/driver-full-spec.yaml: [init, --foo, --bar]); nvidia-driver reads its first
+    argument as the command, so args in its place crash-loop the driver. The ClusterPolicy's replace, as upstream."""
+    objs = drivers_objects(("default", {"default": True, "args": ["--foo", "--bar"]}))
+    ctr = container(daemonset(render_all(parse_spec(crd_policy()), [facts("a1")], nvidia_drivers=objs),
+                              "nvidia-driver-daemonset-ubuntu22.04"), "nvidia-driver-ctr")  # fmt: skip
+    assert (ctr["command"], ctr["args"]) == (["nvidia-driver"], ["init", "--foo", "--bar"])
+    raw = copy.deepcopy(load_policy()["spec"])
+    raw["driver"]["args"] = ["init", "--foo"]
+    ctr = container(daemonset(render_all(parse_spec(raw), [facts("a1")]), "nvidia-driver-daemonset-ubuntu22.04"),
+                    "nvidia-driver-ctr")  # fmt: skip
+    assert ctr["args"] == ["init", "--foo"]
 
 
 def test_node_patches_carry_the_owner_and_the_nvidiadrivers_auto_upgrade() -> None:

@@ -289,7 +289,7 @@ def cluster_spec(policy: ClusterPolicySpec, spec: NVIDIADriverSpec) -> ClusterPo
             "image_pull_secrets": list(spec.image_pull_secrets),
             "manager": spec.manager,
             "resources": spec.resources,
-            "args": list(spec.args),
+            "args": ["init", *spec.args] if spec.args else [],  # after the driver's command, not in its place
             "env": list(spec.env),
             "repo_config": RepoConfigSpec(config_map_name=spec.repo_config.name if spec.repo_config else ""),
             "cert_config": ConfigMapRef(name=spec.cert_config.name if spec.cert_config else ""),

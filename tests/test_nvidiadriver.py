@@ -189,6 +189,21 @@ def test_nvidiadriver_args_follow_init() -> None:
     assert ctr["args"] == ["init", "--foo"]
 
 
+@pytest.mark.parametrize(("precompiled", "delay"), [(True, 5), (False, 60)])
+def test_an_nvidiadriver_without_a_startup_probe_gets_upstreams_default(precompiled: bool, delay: int) -> None:
+    """internal/state/driver.go getDefaultStartupProbe: 5 s before the first probe of a precompiled driver (it has
+    nothing to build), else 60 s; not the ClusterPolicy's driver.startupProbe."""
+    raw = crd_policy()
+    raw["driver"]["startupProbe"] = {"initialDelaySeconds": 300, "failureThreshold": 7}
+    objs = drivers_objects(("pool-c", {"repository": "nvcr.io/nvidia", "image": "driver", "version": "580",
+                                       "usePrecompiled": precompiled, "nodeSelector": {"pool": "c"}}))  # fmt: skip
+    plans = render_all(parse_spec(raw), [facts("c1", labels={"pool": "c"})], nvidia_drivers=objs)
+    (ds,) = [d for d in daemonsets(plans) if "pool-c" in d["metadata"]["name"]]
+    assert container(ds, "nvidia-driver-ctr")["startupProbe"] | {"exec": None} == {
+        "exec": None, "initialDelaySeconds": delay, "timeoutSeconds": 60, "periodSeconds": 10, "successThreshold": 1,
+        "failureThreshold": 120}  # fmt: skip
+
+
 def test_node_patches_carry_the_owner_and_the_nvidiadrivers_auto_upgrade() -> None:
     from gpu_operator.render import driver_node_patches, driver_routing, kept_driver_patches
 

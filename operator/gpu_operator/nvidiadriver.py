@@ -35,6 +35,7 @@ from .api import (
     ConfigMapRef,
     DriverUpgradePolicySpec,
     LicensingConfigSpec,
+    ProbeSpec,
     RepoConfigSpec,
     SidecarSpec,
     VirtualTopologySpec,
@@ -269,6 +270,13 @@ def _image_fields(spec: NVIDIADriverSpec) -> dict[str, Any]:
     return {"repository": repository, "image": image, "version": version}
 
 
+def default_startup_probe(spec: NVIDIADriverSpec) -> ProbeSpec:
+    """An NVIDIADriver's startup probe when it sets none (not the ClusterPolicy's): a precompiled driver has
+    nothing to build, so it is probed after 5 s."""
+    return ProbeSpec(initial_delay_seconds=5 if spec.precompiled else 60, timeout_seconds=60, period_seconds=10,
+                     success_threshold=1, failure_threshold=120)  # fmt: skip
+
+
 def cluster_spec(policy: ClusterPolicySpec, spec: NVIDIADriverSpec) -> ClusterPolicySpec:
     """The ClusterPolicy spec with its driver (and GDS, GDRCopy) sections taken from an NVIDIADriver."""
     base = policy.driver
@@ -281,7 +289,7 @@ def cluster_spec(policy: ClusterPolicySpec, spec: NVIDIADriverSpec) -> ClusterPo
             "use_nvidia_driver_crd": False,
             "use_precompiled": spec.precompiled,
             "kernel_module_type": spec.kernel_module_type,
-            "startup_probe": spec.startup_probe or base.startup_probe,
+            "startup_probe": spec.startup_probe or default_startup_probe(spec),
             "liveness_probe": spec.liveness_probe,
             "readiness_probe": spec.readiness_probe,
             "rdma": spec.rdma or type(base.rdma)(),

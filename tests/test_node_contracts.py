@@ -516,6 +516,22 @@ def objects_of(raw: dict[str, Any]) -> list[dict[str, Any]]:
 # Driver: probes, digest, host paths
 
 
+def test_precompiled_drivers_with_an_image_digest_are_a_problem() -> None:
+    """A precompiled image holds one kernel's modules: a digest would run it in every kernel's pool (upstream's
+    resolveDriverTag appends the kernel to the digest, an image reference that cannot be pulled)."""
+    nodes = [facts("c1", kernel="5.15.0-122-generic"), facts("c2", kernel="5.15.0-130-generic")]
+    for driver in ({"version": "sha256:" + "a" * 64},
+                   {"repository": None, "version": None, "image": "nvcr.io/nvidia/driver@sha256:" + "a" * 64}):
+        raw = sample()
+        raw["driver"] = {**raw["driver"], "usePrecompiled": True, **driver}
+        plan = plans_of(raw, nodes)["state-driver"]
+        assert plan.objects == [] and plan.problem and plan.problem.startswith(
+            "driver.usePrecompiled: an image digest (nvcr.io/nvidia/driver@sha256:aaaa"), plan.problem
+    raw = sample()
+    raw["driver"] = {**raw["driver"], "version": "sha256:" + "a" * 64}  # not precompiled: one image for all
+    assert plans_of(raw, nodes)["state-driver"].problem is None
+
+
 def test_probe_overrides_land_on_the_driver_container() -> None:
     raw = sample()
     raw["driver"] = {

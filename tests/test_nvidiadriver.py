@@ -204,6 +204,22 @@ def test_an_nvidiadriver_without_a_startup_probe_gets_upstreams_default(precompi
         "failureThreshold": 120}  # fmt: skip
 
 
+def test_precompiled_nvidiadriver_with_an_image_digest_is_refused() -> None:
+    """api/nvidia/v1alpha1/nvidiadriver_types.go GetPrecompiledImagePath: "specifying image digest is not
+    supported when precompiled is enabled". One digest would run one kernel's modules in every kernel's pool."""
+    nodes = [facts("c1", kernel="5.15.0-122-generic", labels={"pool": "c"}),
+             facts("c2", kernel="5.15.0-130-generic", labels={"pool": "c"})]  # fmt: skip
+    for fields in ({"repository": "nvcr.io/nvidia", "image": "driver", "version": "sha256:" + "a" * 64},
+                   {"image": "nvcr.io/nvidia/driver@sha256:" + "a" * 64}):
+        objs = drivers_objects(("default", {"default": True}),
+                               ("pool-c", {**fields, "usePrecompiled": True, "nodeSelector": {"pool": "c"}}))
+        plans = render_all(parse_spec(crd_policy()), [*nodes, facts("a1")], nvidia_drivers=objs)
+        driver_plan = next(p for p in plans if p.state.name == "state-driver")
+        assert not any("pool-c" in d["metadata"]["name"] for d in daemonsets([driver_plan]))
+        assert driver_plan.held["uid-pool-c"].startswith("NVIDIADriver pool-c: usePrecompiled: an image digest ")
+        assert any(d["metadata"]["name"] == "nvidia-driver-daemonset-ubuntu22.04" for d in daemonsets([driver_plan]))
+
+
 def test_node_patches_carry_the_owner_and_the_nvidiadrivers_auto_upgrade() -> None:
     from gpu_operator.render import driver_node_patches, driver_routing, kept_driver_patches
 

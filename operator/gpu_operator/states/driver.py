@@ -109,12 +109,23 @@ def _pool_nodes(nodes: tuple[NodeFacts, ...], pool: Pool) -> list[NodeFacts]:
     ]
 
 
+def _field(ctx: RenderContext, name: str) -> str:
+    """A driver field as the user wrote it: under `driver.` in a ClusterPolicy, at the top of an NVIDIADriver."""
+    return name if ctx.driver_group is not None else f"driver.{name}"
+
+
 def _pool(ctx: RenderContext, pool: Pool) -> dict[str, Any]:
     spec = ctx.spec
     driver = spec.driver
     precompiled = driver.use_precompiled
     os_tag = image_os_tag(pool.os_id, pool.os_version)
     base = images.resolve(driver, "driver")
+    if precompiled and "sha256:" in base:
+        # One digest is one kernel's modules; every kernel pool would run it.
+        raise RenderProblem(
+            f"{_field(ctx, 'usePrecompiled')}: an image digest ({base}) is not supported with precompiled drivers, "
+            "whose images are per kernel (<version>-<kernel>-<os>); name a version instead"
+        )
     image = _tagged(base, pool.kernel, os_tag) if pool.kernel else _tagged(base, os_tag)
 
     driver_mounts: list[dict[str, Any]] = []  # extra mounts of the driver container

@@ -675,6 +675,7 @@ REQUIRED_CLUSTER.update({res: set(verbs) for res, (namespaced, verbs) in operand
 REQUIRED_NAMESPACED: dict[tuple[str, str], set[str]] = {
     ("apps", "controllerrevisions"): {"get", "list", "watch"},
     ("coordination.k8s.io", "leases"): {"get", "create", "update"},  # the leader Lease
+    ("", "secrets"): {"get"},  # a driver.secretEnv Secret, by name
     **{res: set(verbs) for res, (namespaced, verbs) in operand_rbac().items() if namespaced},
 }
 

@@ -171,6 +171,7 @@ def render_context(
     api_groups: frozenset[str] = frozenset(),
     config_maps: dict[str, tuple[str, ...]] | None = None,
     nvidia_drivers: list[dict[str, Any]] | None = None,
+    missing_secrets: frozenset[str] = frozenset(),
 ) -> RenderContext:
     """What render_all plans from: the nodes as the operator labels them, and the cluster's other facts."""
     nodes = fixed_nodes() if nodes is None else nodes
@@ -186,6 +187,7 @@ def render_context(
         owner=OWNER,
         api_groups=api_groups,
         config_maps=CONFIG_MAPS if config_maps is None else config_maps,
+        missing_secrets=missing_secrets,
         nvidia_drivers=groups,
     )
 

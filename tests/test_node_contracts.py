@@ -412,6 +412,17 @@ def test_secret_env_becomes_env_from_on_the_driver() -> None:
     assert ctr["envFrom"] == [{"secretRef": {"name": "driver-secrets"}}]
 
 
+def test_secret_env_naming_a_missing_secret_leaves_the_driver_state_unrendered_and_says_why() -> None:
+    """Upstream's createSecretEnvReference (controllers/object_controls.go) fails the reconcile on a missing
+    Secret: rendered, k8s-driver-manager would unload the driver and nvidia-driver-ctr never start."""
+    raw = sample()
+    raw["driver"] = {**raw["driver"], "secretEnv": "no-such-secret"}
+    plan = plans_of(raw, missing_secrets=frozenset({"no-such-secret"}))["state-driver"]
+    assert plan.objects == []
+    assert plan.problem == "Secret no-such-secret (driver.secretEnv) not found in namespace gpu-operator"
+    assert plans_of(raw, missing_secrets=frozenset({"other"}))["state-driver"].problem is None
+
+
 # Driver: RDMA, GDS, GDRCopy
 
 

@@ -220,6 +220,64 @@ def test_precompiled_nvidiadriver_with_an_image_digest_is_refused() -> None:
         assert any(d["metadata"]["name"] == "nvidia-driver-daemonset-ubuntu22.04" for d in daemonsets([driver_plan]))
 
 
+def test_an_nvidiadriver_whose_secret_env_secret_is_missing_is_held() -> None:
+    """controllers/nvidiadriver_controller.go: "ensure that the specified K8s secret actually exists in the
+    operator namespace", else ReconcileFailed; its DaemonSets are left as they are."""
+    objs = drivers_objects(("default", {"default": True}),
+                           ("pool-b", {"nodeSelector": {"pool": "b"}, "secretEnv": "no-such-secret"}))
+    nodes = [facts("a1", labels={"pool": "a"}), facts("b1", labels={"pool": "b"})]
+    plans = render_all(parse_spec(crd_policy()), nodes, nvidia_drivers=objs,
+                       missing_secrets=frozenset({"no-such-secret"}))
+    driver_plan = next(p for p in plans if p.state.name == "state-driver")
+    assert driver_plan.held == {
+        "uid-pool-b": "NVIDIADriver pool-b: Secret no-such-secret (secretEnv) not found in namespace gpu-operator"}
+    assert [d["metadata"]["name"] for d in daemonsets([driver_plan])] == ["nvidia-driver-daemonset-ubuntu22.04"]
+
+
+def test_a_pass_reads_only_the_named_secret_env_secrets() -> None:
+    """The Secret is read by name (a Role's `get`), never listed: listing would read every Secret's data."""
+    from gpu_operator.kube import ApiError
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+
+    class Kube(EchoKube):
+        def __init__(self, present: set[str], denied: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+            super().__init__()
+            self.present, self.denied, self.reads = present, denied, []
+
+        def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+            self.reads.append((kind, name, namespace))
+            if kind == "Secret" and name in self.denied:
+                raise ApiError(403, "forbidden", "GET secret", "Forbidden")
+            return {} if kind != "Secret" or name in self.present else None
+
+        def list(self, kind: str, *a: Any, **k: Any) -> list[dict[str, Any]]:
+            assert kind != "Secret"
+            return []
+
+    policy = policy_object(crd_policy())
+    objs = drivers_objects(("default", {"default": True, "secretEnv": "here"}),
+                           ("pool-b", {"nodeSelector": {"pool": "b"}, "secretEnv": "gone"}))
+    drivers = {d["metadata"]["name"]: {"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver", **d} for d in objs}
+    nodes = {n.name: n for n in (facts("a1", labels={"pool": "a"}), facts("b1", labels={"pool": "b"}))}
+
+    def state_driver(kube: Kube) -> dict[str, Any]:
+        snap = Snapshot(nodes=nodes, policies={"cluster-policy": policy}, owned={}, pods={}, revisions={},
+                        nvidia_drivers=drivers)  # fmt: skip
+        Reconciler(kube, "gpu-operator").reconcile(snap)  # type: ignore[arg-type]
+        states = kube.statuses[("ClusterPolicy", "cluster-policy")]["states"]
+        return next(st for st in states if st["name"] == "state-driver")
+
+    kube = Kube({"here"})
+    state = state_driver(kube)
+    assert sorted(r for r in kube.reads if r[0] == "Secret") == [("Secret", "gone", "gpu-operator"),
+                                                                 ("Secret", "here", "gpu-operator")]  # fmt: skip
+    assert "Secret gone (secretEnv) not found" in state["message"] and "Secret here" not in state["message"]
+    assert "secretEnv" not in state_driver(Kube({"here", "gone"}))["message"]
+    # Not allowed to read it: not checked (rendered, as before there was a check).
+    assert "secretEnv" not in state_driver(Kube({"here"}, denied={"gone"}))["message"]
+
+
 def test_node_patches_carry_the_owner_and_the_nvidiadrivers_auto_upgrade() -> None:
     from gpu_operator.render import driver_node_patches, driver_routing, kept_driver_patches
 

@@ -42,6 +42,7 @@ from .render import (
 )
 from .states import RenderContext, all_states
 from .states.base import STATE_LABEL, owning_state
+from .states.driver import named_secrets
 from .status import UNSUPPORTED_FIELDS, StateResult, active_policy, ignored_status, policy_status
 from .status_writer import StatusWriter
 from .upgrade import Counters, Limit
@@ -104,6 +105,7 @@ class Reconciler:
         self.status = StatusWriter(kube, self.events)
         self._plan: tuple[str, list[StatePlan]] | None = None  # the last plan and its render key
         self._sharing_warned: str | None = None  # the refusal last posted as an event
+        self._unreadable_secrets: set[str] = set()  # named Secrets whose GET failed, each logged once
         self._spec: tuple[str, ClusterPolicySpec] | None = None  # the last parsed spec and its JSON text
         self._coverage: tuple[ClusterPolicySpec, list[tuple[str, str]]] | None = None  # coverage.report of a spec
         # Node -> (the facts and spec a patch was decided on, that patch): a node that did not change is not
@@ -127,6 +129,23 @@ class Reconciler:
         # what the watches brought since the pass's snapshot (None: nothing that may make them ready). A last
         # operand pod turning ready while a pass runs is then in that pass's status, not a pass later.
         self.newer: Callable[[], Newer | None] | None = None
+
+    def _missing_secrets(self, names: frozenset[str]) -> frozenset[str]:
+        """Of the Secrets the spec names, those not in our namespace: one GET each, only of these names (no
+        list: that would read every Secret's data). One the GET fails for (no right to read it) is not checked."""
+        missing = set()
+        for name in sorted(names):
+            try:
+                found = self.kube.get("Secret", name, self.namespace)
+            except ApiError as exc:
+                if name not in self._unreadable_secrets:
+                    self._unreadable_secrets.add(name)
+                    log.warning("Secret %s (driver.secretEnv) not checked: %s %s", name, exc.status, exc.reason)
+                continue
+            self._unreadable_secrets.discard(name)
+            if found is None:
+                missing.add(name)
+        return frozenset(missing)
 
     def _parse(self, raw: Any, allow_unknown: bool) -> tuple[ClusterPolicySpec, bool]:
         """The parsed spec, parsed again only when its text changed (PolicyError as parse_spec), and whether it
@@ -272,6 +291,7 @@ class Reconciler:
             api_groups=snap.api_groups,
             config_maps=snap.config_maps,
             config_data=snap.config_data,
+            missing_secrets=self._missing_secrets(named_secrets(spec, groups)),
             nvidia_drivers=groups,
             metrics_port=self.metrics_port,
         )

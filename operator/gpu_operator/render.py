@@ -262,7 +262,7 @@ def render_key(ctx: RenderContext, rows: dict[str, tuple[NodeFacts, bytes]] | No
         rows.update(fresh)
     blob = json.dumps(
         [ctx.spec.model_dump(mode="json"), ctx.namespace, ctx.owner, sorted(ctx.api_groups), ctx.config_maps,
-         ctx.config_data.get(ctx.spec.device_plugin.config.name),
+         ctx.config_data.get(ctx.spec.device_plugin.config.name), sorted(ctx.missing_secrets),
          [g.key() for g in ctx.nvidia_drivers], ctx.metrics_port],
         sort_keys=True,
         default=str,

@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from .. import images
-from ..api import ImageSpec
+from ..api import ClusterPolicySpec, ImageSpec
 from ..nodes import NodeFacts, Pool, driver_pools, gets_driver, pool_kernel, unpooled
 from ..nvidiadriver import excluding_owned
 from .base import OperandState, PartialRender, RenderContext, RenderProblem
@@ -99,6 +100,14 @@ def _config_map_files(ctx: RenderContext, name: str, field: str, dest: str) -> d
     }
 
 
+def named_secrets(spec: ClusterPolicySpec, groups: Iterable[Any] = ()) -> frozenset[str]:
+    """The Secrets driver pods take env from: driver.secretEnv, or with NVIDIADrivers (`groups`) each one's."""
+    if not spec.driver.enabled:
+        return frozenset()
+    specs = [g.spec for g in groups] if spec.driver.use_nvidia_driver_crd else [spec]
+    return frozenset(s.driver.secret_env for s in specs if s.driver.secret_env)
+
+
 def _pool_nodes(nodes: tuple[NodeFacts, ...], pool: Pool) -> list[NodeFacts]:
     return [
         n
@@ -125,6 +134,10 @@ def _pool(ctx: RenderContext, pool: Pool) -> dict[str, Any]:
         raise RenderProblem(
             f"{_field(ctx, 'usePrecompiled')}: an image digest ({base}) is not supported with precompiled drivers, "
             "whose images are per kernel (<version>-<kernel>-<os>); name a version instead"
+        )
+    if driver.secret_env in ctx.missing_secrets:  # its envFrom would keep nvidia-driver-ctr from starting
+        raise RenderProblem(
+            f"Secret {driver.secret_env} ({_field(ctx, 'secretEnv')}) not found in namespace {ctx.namespace}"
         )
     image = _tagged(base, pool.kernel, os_tag) if pool.kernel else _tagged(base, os_tag)
 

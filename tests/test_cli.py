@@ -323,6 +323,72 @@ def test_unusable_nodes_file_exits_2(tmp_path: Path) -> None:
     assert len(proc.stderr.splitlines()) == 1 and "Traceback" not in proc.stderr
 
 
+
+# Commands that read the cluster: an unusable kubeconfig or an API server that does not answer is one line
+
+KUBECONFIG = """\
+apiVersion: v1
+kind: Config
+clusters:
+- name: c
+  cluster: {server: "https://127.0.0.1:1", insecure-skip-tls-verify: true}
+users:
+- name: u
+  user: {token: abc}
+contexts:
+- name: ctx
+  context: {cluster: c, user: u}
+current-context: ctx
+"""
+
+
+def kubeconfig(tmp_path: Path, which: str) -> str:
+    """A kubeconfig path: missing, with no current-context, a YAML list, or one whose server refuses connections
+    (port 1 on the loopback)."""
+    path = tmp_path / which
+    content = {"missing": None, "no-context": KUBECONFIG.replace("current-context: ctx\n", ""), "list": "- a\n- b\n",
+               "unreachable": KUBECONFIG}[which]  # fmt: skip
+    if content is not None:
+        path.write_text(content)
+    return str(path)
+
+
+UNUSABLE = ["missing", "no-context", "list", "unreachable"]
+
+
+@pytest.mark.parametrize("which", UNUSABLE)
+def test_doctor_exits_3_when_the_cluster_cannot_be_read(
+    which: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """doctor's documented status for "the cluster could not be read" (it was 1, "warnings", with a traceback)."""
+    assert main(["doctor", "--kubeconfig", kubeconfig(tmp_path, which), "-o", "json"]) == 3
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1 and err.startswith("error: cannot read the cluster: "), err
+
+
+@pytest.mark.parametrize("which", UNUSABLE)
+@pytest.mark.parametrize(
+    "command",
+    [["versions"], ["upgrade", "plan"], ["mig", "layouts"], ["render", "--from-cluster"], ["crds", "--apply"],
+     ["capacity", "--pod", "manifests/samples/exercise3-training-job.yaml", "--count", "10"]],
+    ids=["versions", "upgrade-plan", "mig-layouts", "render-from-cluster", "crds-apply", "capacity"],
+)  # fmt: skip
+def test_cluster_commands_give_one_error_line_when_the_cluster_cannot_be_read(
+    command: list[str], which: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: Any
+) -> None:
+    monkeypatch.chdir(REPO)
+    path = kubeconfig(tmp_path, which)
+    assert main([*command, "--kubeconfig", path]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert ("127.0.0.1:1" if which == "unreachable" else path) in err
+
+
+def test_unreachable_server_as_a_process(tmp_path: Path) -> None:
+    proc = run_cli("doctor", "--kubeconfig", kubeconfig(tmp_path, "unreachable"))
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr
+
+
 # crds, help, version
 
 

@@ -224,13 +224,17 @@ def cmd_crds(args: argparse.Namespace) -> int:
     if not args.apply:
         sys.stdout.write(crds_yaml())
         return 0
-    from .kube import Kube
+    from .kube import ApiError, Kube
 
-    kube = Kube.connect(args.kubeconfig)
-    for crd in all_crds():
-        kube.apply(crd)
-        kube.wait_established(crd["metadata"]["name"])
-        print(f"customresourcedefinition {crd['metadata']['name']} applied and established", file=sys.stderr)
+    try:
+        kube = Kube.connect(args.kubeconfig)
+        for crd in all_crds():
+            kube.apply(crd)
+            kube.wait_established(crd["metadata"]["name"])
+            print(f"customresourcedefinition {crd['metadata']['name']} applied and established", file=sys.stderr)
+    except (ApiError, OSError) as exc:  # OSError: an unusable kubeconfig, no answer, or not established in time
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from collections import Counter
@@ -15,6 +16,8 @@ from contextlib import contextmanager, nullcontext
 from typing import Any
 from urllib.parse import quote, urlencode
 
+import urllib3
+import yaml
 from kubernetes import client, config
 
 from . import tls
@@ -38,6 +41,18 @@ class ApiError(client.ApiException):
 
     def __str__(self) -> str:
         return f"{self.what}: {self.status} {self.message}"
+
+
+class Unreachable(OSError):
+    """The cluster could not be reached: a kubeconfig that cannot be used, or an API server that does not answer
+    (refused, TLS, timeout). An OSError, as a socket's would be: the commands report it in one line, and the
+    operator's loops, which catch every exception, retry it as before."""
+
+
+def _reason(exc: BaseException) -> str:
+    """urllib3's message without its retry wrapper or the connection object's repr."""
+    reason = getattr(exc, "reason", None) or exc
+    return re.sub(r"<[\w.]+ object at 0x[0-9a-f]+>: ", "", " ".join(str(reason).split()))
 
 
 class NotLeader(RuntimeError):
@@ -86,6 +101,10 @@ class Fence:
             return self._cond.wait_for(lambda: self._inflight == 0, timeout)
 
 
+def _default_kubeconfig() -> str:
+    return os.environ.get("KUBECONFIG") or "~/.kube/config"
+
+
 def path_for(kind: str, name: str | None = None, namespace: str | None = None, sub: str | None = None) -> str:
     k = lookup(kind)
     path = "/" + k.prefix
@@ -127,12 +146,18 @@ class Kube:
         """A client from a kubeconfig, the in-cluster config, or the default kubeconfig. `resume_tls`: new
         connections resume the last TLS session (tls.py); without, each is a full handshake."""
         cfg = client.Configuration()
-        if kubeconfig:
-            config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
-        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
-            config.load_incluster_config(client_configuration=cfg)
-        else:
-            config.load_kube_config(client_configuration=cfg)
+        in_cluster = not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST")
+        try:
+            if in_cluster:
+                config.load_incluster_config(client_configuration=cfg)
+            else:
+                config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+        except (config.ConfigException, yaml.YAMLError, TypeError, AttributeError, KeyError, ValueError) as exc:
+            where = "the in-cluster config" if in_cluster else f"kubeconfig {kubeconfig or _default_kubeconfig()}"
+            why = " ".join(str(exc).split())
+            if not isinstance(exc, config.ConfigException | yaml.YAMLError):  # the loader's reading of a YAML list
+                why = f"not a kubeconfig ({type(exc).__name__}: {why})"
+            raise Unreachable(f"{where}: {why}") from exc
         cfg.connection_pool_maxsize = 64  # the apply (16) and single-node label (48) threads
         api_client = client.ApiClient(cfg)
         if resume_tls:
@@ -178,11 +203,16 @@ class Kube:
         self._count(method, path)
         fenced = self.fence.write(f"{method} {path}") if self.fence and method != "GET" else nullcontext()
         with fenced:
-            resp = self.client.rest_client.request(
-                method, self._url(path, query), headers=self._headers(content_type), body=body,
-                _request_timeout=timeout,
-            )  # fmt: skip
-            data = resp.read()
+            try:
+                resp = self.client.rest_client.request(
+                    method, self._url(path, query), headers=self._headers(content_type), body=body,
+                    _request_timeout=timeout,
+                )  # fmt: skip
+                data = resp.read()
+            except urllib3.exceptions.HTTPError as exc:
+                raise Unreachable(f"{method} {self.host}{path}: {_reason(exc)}") from exc
+            except client.ApiException as exc:  # the client's wrapping of a TLS error (status 0)
+                raise Unreachable(f"{method} {self.host}{path}: {' '.join(str(exc.reason).split())}") from exc
         if not 200 <= resp.status <= 299:
             raise ApiError(resp.status, data.decode(errors="replace"), f"{method} {path}", resp.reason or "")
         return decode(data) if data else None

@@ -324,6 +324,51 @@ def test_unusable_nodes_file_exits_2(tmp_path: Path) -> None:
 
 
 
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        # A hand-written nodes file with an unquoted boolean label (YAML reads `true` as a bool).
+        ({"kind": "Node", "metadata": {"name": "n1", "labels": {"feature.node.kubernetes.io/pci-10de.present": True}}},
+         "Node n1: metadata.labels.feature.node.kubernetes.io/pci-10de.present: must be a string, not bool True"),
+        ({"kind": "Node", "metadata": {"name": "n1", "labels": ["a=b"]}},
+         "Node n1: metadata.labels: must be a mapping of strings, not list"),
+        ({"kind": "Node", "metadata": {"name": "n1"}, "status": {"nodeInfo": "x"}},
+         "Node n1: status.nodeInfo: must be a mapping, not str"),
+        ({"kind": "Node", "metadata": {"name": "n1"}, "spec": {"taints": 5}},
+         "Node n1: spec.taints: must be a list, not int 5"),
+        ({"kind": "Node", "metadata": {"name": "n1"}, "spec": {"taints": [{"key": 1, "effect": "NoSchedule"}]}},
+         "Node n1: spec.taints[0].key: must be a string, not int 1"),
+        ({"kind": "Node", "metadata": {"labels": {"a": "b"}}}, "Node: metadata.name: must be set"),
+        ({"kind": "ConfigMap", "metadata": {"name": "c"}, "data": 5},
+         "ConfigMap c: data: must be a mapping of strings, not int 5"),
+        ({"kind": "NodeFeature", "metadata": {"name": "n1"},
+          "spec": {"features": {"instances": {"pci.device": {"elements": [5]}}}}},
+         "NodeFeature n1: spec.features.instances.pci.device.elements[0]: must be a mapping, not int 5"),
+    ],
+    ids=["bool-label", "labels-list", "nodeInfo-str", "taints-int", "taint-key-int", "no-name", "configmap-data-int",
+         "nodefeature-element"],
+)  # fmt: skip
+def test_malformed_node_file_exits_2_naming_the_document_and_field(
+    doc: dict[str, Any], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "nodes.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    rc, out, err = render_in_process(capsys, "--policy", str(SAMPLE_POLICY), "--nodes", str(path))
+    assert (rc, out) == (2, "")
+    assert err.startswith(f"error: {path}: {message}") and len(err.splitlines()) == 1, err
+
+
+def test_policy_with_malformed_metadata_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text("apiVersion: nvidia.com/v1\nkind: ClusterPolicy\nmetadata:\n  name: p\n  annotations: [a]\n"
+                    "spec: {}\n")  # fmt: skip
+    rc, out, err = render_in_process(capsys, "--policy", str(path))
+    assert (rc, out) == (2, "")
+    assert err == (f"error: {path}: ClusterPolicy p: metadata.annotations: must be a mapping of strings, not list "
+                   "['a']\n")
+
+
 # Commands that read the cluster: an unusable kubeconfig or an API server that does not answer is one line
 
 KUBECONFIG = """\

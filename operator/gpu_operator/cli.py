@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +48,85 @@ def _load_yaml_docs(path: str) -> list[dict[str, Any]]:
     return docs
 
 
+# The fields render reads from a hand-written file, by kind, and the type each must have where it is set (a path's
+# keys are separated by "/"; "[]" stands for each item of a list).
+_METADATA = {"metadata": "mapping", "metadata/name": "string", "metadata/labels": "strings",
+             "metadata/annotations": "strings"}  # fmt: skip
+_PCI = "spec/features/instances/pci.device"
+_SHAPES: dict[str, dict[str, str]] = {
+    "ClusterPolicy": _METADATA,
+    "Node": {
+        **_METADATA, "spec": "mapping", "spec/unschedulable": "boolean", "spec/taints": "list",
+        "spec/taints/[]": "mapping", "spec/taints/[]/key": "string", "spec/taints/[]/value": "string",
+        "spec/taints/[]/effect": "string", "status": "mapping", "status/conditions": "list",
+        "status/conditions/[]": "mapping", "status/nodeInfo": "mapping",
+        "status/nodeInfo/containerRuntimeVersion": "string",
+    },
+    "ConfigMap": {**_METADATA, "data": "strings", "binaryData": "strings"},
+    "NodeFeature": {
+        **_METADATA, "spec": "mapping", "spec/features": "mapping", "spec/features/instances": "mapping",
+        _PCI: "mapping", f"{_PCI}/elements": "list", f"{_PCI}/elements/[]": "mapping",
+        f"{_PCI}/elements/[]/attributes": "mapping",
+    },
+    "NVIDIADriver": _METADATA,
+}  # fmt: skip
+_TYPES: dict[str, type] = {"mapping": dict, "list": list, "string": str, "boolean": bool}
+
+
+def _values(obj: Any, path: tuple[str, ...], at: str = "") -> Iterator[tuple[str, Any]]:
+    """(field path, value) of each value set at `path`; an ancestor of the wrong type yields nothing (it is reported
+    itself)."""
+    if not path:
+        yield at, obj
+    elif path[0] == "[]":
+        for i, item in enumerate(obj if isinstance(obj, list) else ()):
+            yield from _values(item, path[1:], f"{at}[{i}]")
+    elif isinstance(obj, dict) and obj.get(path[0]) is not None:
+        yield from _values(obj[path[0]], path[1:], f"{at}.{path[0]}" if at else path[0])
+
+
+def _shape_problem(doc: dict[str, Any]) -> str | None:
+    """The first field of a document that render cannot read, as "FIELD: must be ..."."""
+    kind = doc.get("kind", "Node")
+    if not isinstance(kind, str):
+        return f"kind: must be a string, not {type(kind).__name__}"
+    for path, want in _SHAPES.get(kind, {}).items():
+        for where, value in _values(doc, tuple(path.split("/"))):
+            if want == "strings":
+                if not isinstance(value, dict):
+                    return f"{where}: must be a mapping of strings, not {type(value).__name__} {value!r}"
+                for k, v in value.items():
+                    if not isinstance(k, str) or not isinstance(v, str):
+                        wrong = v if isinstance(k, str) else k
+                        what = "" if isinstance(k, str) else " key"
+                        return (f"{where}.{k}:{what} must be a string, not {type(wrong).__name__} {wrong!r} "
+                                "(quote it in YAML)")  # fmt: skip
+            elif not isinstance(value, _TYPES[want]):
+                return f"{where}: must be a {want}, not {type(value).__name__} {value!r}"
+    if kind == "Node" and not (doc.get("metadata") or {}).get("name"):
+        return "metadata.name: must be set"
+    return None
+
+
+def _checked(path: str, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The documents, or ValueError naming the first one render cannot read, and the field."""
+    for doc in docs:
+        problem = _shape_problem(doc)
+        if problem:
+            kind = doc.get("kind", "Node")
+            name = (doc.get("metadata") or {}).get("name") if isinstance(doc.get("metadata"), dict) else None
+            what = kind if isinstance(kind, str) else "a document"
+            raise ValueError(f"{path}: {what} {name}: {problem}" if isinstance(name, str) and name else
+                             f"{path}: {what}: {problem}")  # fmt: skip
+    return docs
+
+
 def _policy_from_file(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(metadata, spec) of the first ClusterPolicy in the file, or a bare spec mapping."""
     docs = _load_yaml_docs(path)
     for doc in docs:
         if doc.get("kind") == "ClusterPolicy":
+            _checked(path, [doc])
             return doc.get("metadata") or {}, doc.get("spec") or {}
     if len(docs) == 1 and "kind" not in docs[0]:
         return {"name": "cluster-policy"}, docs[0]
@@ -75,7 +150,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     try:
         meta, raw_spec = _policy_from_file(args.policy)
         spec = parse_spec(raw_spec, allow_unknown=args.allow_unknown_fields or allows_unknown(meta))
-        node_docs = _load_yaml_docs(args.nodes) if args.nodes else []
+        node_docs = _checked(args.nodes, _load_yaml_docs(args.nodes)) if args.nodes else []
     except PolicyError as exc:
         for line in exc.problems:
             print(f"error: {line}", file=sys.stderr)

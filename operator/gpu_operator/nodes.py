@@ -339,7 +339,7 @@ class ByNode(Generic[_T]):
 def _int(value: Any) -> int:
     try:
         return int(value or 0)
-    except ValueError:
+    except (TypeError, ValueError):
         return 0
 
 

@@ -369,6 +369,32 @@ def test_policy_with_malformed_metadata_exits_2(tmp_path: Path, capsys: pytest.C
                    "['a']\n")
 
 
+
+@pytest.mark.parametrize("version", ["nvidia.com/v1alpha1", "nvidia.com/v2", "v1"])
+def test_a_clusterpolicy_of_an_api_version_no_server_serves_exits_2(
+    version: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(SAMPLE_POLICY.read_text().replace("apiVersion: nvidia.com/v1\n", f"apiVersion: {version}\n", 1))
+    assert f"apiVersion: {version}\n" in path.read_text()
+    rc, out, err = render_in_process(capsys, "--policy", str(path))
+    assert (rc, out) == (2, "")
+    assert err.startswith(f"error: {path}: ClusterPolicy ") and err.endswith(
+        f": apiVersion {version}: ClusterPolicy is served only as nvidia.com/v1\n"
+    ), err
+
+
+def test_an_nvidiadriver_of_an_api_version_no_server_serves_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "nodes.yaml"
+    path.write_text("apiVersion: nvidia.com/v1\nkind: NVIDIADriver\nmetadata: {name: d}\nspec: {}\n")
+    rc, out, err = render_in_process(capsys, "--policy", str(SAMPLE_POLICY), "--nodes", str(path))
+    assert (rc, out) == (2, "")
+    served = "NVIDIADriver is served only as nvidia.com/v1alpha1"
+    assert err == f"error: {path}: NVIDIADriver d: apiVersion nvidia.com/v1: {served}\n"
+
+
 # Commands that read the cluster: an unusable kubeconfig or an API server that does not answer is one line
 
 KUBECONFIG = """\

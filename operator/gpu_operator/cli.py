@@ -71,6 +71,8 @@ _SHAPES: dict[str, dict[str, str]] = {
     "NVIDIADriver": _METADATA,
 }  # fmt: skip
 _TYPES: dict[str, type] = {"mapping": dict, "list": list, "string": str, "boolean": bool}
+# The one version each of our kinds is served in (crds/): another is refused by the API server.
+_API_VERSIONS = {"ClusterPolicy": "nvidia.com/v1", "NVIDIADriver": "nvidia.com/v1alpha1"}
 
 
 def _values(obj: Any, path: tuple[str, ...], at: str = "") -> Iterator[tuple[str, Any]]:
@@ -86,10 +88,13 @@ def _values(obj: Any, path: tuple[str, ...], at: str = "") -> Iterator[tuple[str
 
 
 def _shape_problem(doc: dict[str, Any]) -> str | None:
-    """The first field of a document that render cannot read, as "FIELD: must be ..."."""
+    """The first field of a document that render cannot read, as "FIELD: must be ...", or its unserved apiVersion."""
     kind = doc.get("kind", "Node")
     if not isinstance(kind, str):
         return f"kind: must be a string, not {type(kind).__name__}"
+    version = doc.get("apiVersion")
+    if kind in _API_VERSIONS and version is not None and version != _API_VERSIONS[kind]:
+        return f"apiVersion {version}: {kind} is served only as {_API_VERSIONS[kind]}"
     for path, want in _SHAPES.get(kind, {}).items():
         for where, value in _values(doc, tuple(path.split("/"))):
             if want == "strings":

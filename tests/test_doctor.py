@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from gpu_operator import capacity
 from gpu_operator.doctor import Cluster, diagnose, exit_status, render_json, render_prometheus, render_text
 from gpu_operator.doctor.sched import nodes_with_pods, pod_requests, quantity, selector_ok
@@ -314,8 +316,6 @@ def test_grafana_dashboard_uses_only_the_operators_metrics() -> None:
 
 
 def test_cli_parsers() -> None:
-    import pytest
-
     from gpu_operator.cli import _namespace_given, build_parser, kubectl_main
 
     args = build_parser().parse_args(["doctor", "--pod", "p", "-o", "json"])
@@ -327,6 +327,39 @@ def test_cli_parsers() -> None:
     with pytest.raises(SystemExit) as done:  # `kubectl gpu doctor --help`
         kubectl_main(["doctor", "--help"])
     assert done.value.code == 0
+
+
+class FakeKube:
+    """Stands for the API server in the commands' tests: lists of Nodes and Pods, no other object."""
+
+    def __init__(self, nodes: list[dict[str, Any]] | None = None, pods: list[dict[str, Any]] | None = None):
+        self.objects = {"Node": nodes or [], "Pod": pods or []}
+
+    def list(self, kind: str, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        return list(self.objects.get(kind, []))
+
+    def get(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def test_doctor_node_that_does_not_exist_is_an_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As `--pod` of a pod that does not exist: a typo in the name must not read as a healthy node."""
+    import gpu_operator.doctor
+    from gpu_operator.cli import main
+    from gpu_operator.kube import Kube
+
+    tainted = node("gpu-node-1", spec={"taints": [{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]})
+    broken = cluster([tainted], [pod("train", 1)])
+    monkeypatch.setattr(Kube, "connect", classmethod(lambda cls, *a, **k: FakeKube()))
+    monkeypatch.setattr(gpu_operator.doctor, "gather", lambda kube, ns: broken)
+    assert main(["doctor", "--node", "gpu-node-1"]) == 2  # the node's untolerated taint
+    capsys.readouterr()
+    assert main(["doctor", "--node", "gpu-node1"]) == 3
+    assert capsys.readouterr() == ("", "error: node gpu-node1 not found\n")
+    assert main(["doctor", "--pod", "nope"]) == 3
+    assert capsys.readouterr() == ("", "error: pod default/nope not found\n")
 
 
 def test_operand_pods_are_taken_from_the_one_listing_of_every_pod() -> None:

@@ -611,6 +611,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                 print(f"error: pod {args.namespace}/{args.pod} not found", file=sys.stderr)
                 return 3
             cluster.pods.append(extra)
+        if args.node and args.node not in {(n.get("metadata") or {}).get("name") for n in cluster.nodes}:
+            print(f"error: node {args.node} not found", file=sys.stderr)
+            return 3
     except (ApiError, OSError) as exc:
         print(f"error: cannot read the cluster: {exc}", file=sys.stderr)
         if isinstance(exc, ApiError) and exc.status == 404 and "/apis/nvidia.com/" in exc.what:
@@ -655,7 +658,7 @@ def _add_doctor(sub: Any) -> None:
         "fragmented GPUs, affinity, taints, MIG resources, cordoned nodes), workloads that misuse GPUs (CUDA "
         "without a GPU request, CUDA newer than the driver, out of memory on a shared GPU) and operands that "
         "are not ready, each with its evidence and fix. Exit status: 0 healthy, 1 warnings, 2 errors, 3 the "
-        "cluster could not be read.",
+        "cluster could not be read or the --pod or --node named does not exist.",
     )
     p.add_argument("--kubeconfig", help="kubeconfig file")
     p.add_argument("-n", "--namespace", default="default", help="namespace of the workload pods to look at "

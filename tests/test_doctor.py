@@ -78,6 +78,19 @@ def kinds(c: Cluster, **kw: Any) -> dict[str, Any]:
     return {f.kind: f for f in diagnose(c, **kw)}
 
 
+class FakeKube:
+    """Stands for the API server in the commands' tests: lists of Nodes and Pods, no other object."""
+
+    def __init__(self, nodes: list[dict[str, Any]] | None = None, pods: list[dict[str, Any]] | None = None):
+        self.objects = {"Node": nodes or [], "Pod": pods or []}
+
+    def list(self, kind: str, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        return list(self.objects.get(kind, []))
+
+    def get(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 def test_healthy_cluster_has_no_findings() -> None:
     train = pod("train", 2, node_name="h-0", image="nvcr.io/nvidia/pytorch:25.01-py3")
     c = cluster([node("h-0"), node("h-1")], [train])
@@ -296,6 +309,39 @@ def test_capacity_anti_affinity_taints_and_profiles() -> None:
     assert capacity.plan(EXERCISE3, 10, views, profile).extra_nodes == 2  # h-0 takes 4 (h-1 tainted): 6 left
     small = capacity.parse_profile("gpus=8,cpu=8,memory=1Ti", views)
     assert capacity.plan(EXERCISE3, 10, views, small).extra_nodes is None  # no gpu.product label: never matches
+    assert "extra nodes needed: impossible with a new node profile gpus=8," in capacity.render(
+        capacity.plan(EXERCISE3, 10, views, small), "train"
+    )
+    extended = capacity.parse_profile("nvidia.com/mig-1g.10gb=7,hugepages-2Mi=1Gi,pods=50,taint.a=b:NoExecute", views)
+    assert extended.allocatable == {"nvidia.com/mig-1g.10gb": 7, "hugepages-2Mi": 2**30, "pods": 50}
+
+
+@pytest.mark.parametrize(
+    ("profile", "message"),
+    [("gpus=8,cpu=96,memory=2048GB", "'memory=2048GB': '2048GB' is not a quantity"),
+     ("gpus=8,cpus=96,memory=2048Gi", "'cpus' is not a resource"),
+     ("gpus=eight,cpu=96,memory=2048Gi", "'gpus=eight': 'eight' is not a quantity"),
+     ("gpus=-8", "'gpus=-8': '-8' is not a quantity"),
+     ("gpus=8,taint.a=b:NoSchedul", "'taint.a=b:NoSchedul': the taint's effect must be one of")],
+)  # fmt: skip
+def test_capacity_refuses_a_node_profile_it_would_misread(
+    profile: str, message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A typo in --node-profile was read as 0 (or as a made-up resource): "impossible", exit 0."""
+    from gpu_operator.cli import main
+    from gpu_operator.kube import Kube
+    from support import REPO
+
+    monkeypatch.chdir(REPO)
+    full = FakeKube([node("h-0")], [pod("a", 8, node_name="h-0")])
+    monkeypatch.setattr(Kube, "connect", classmethod(lambda cls, *a, **k: full))
+    command = ["capacity", "--pod", "manifests/samples/exercise3-training-job.yaml", "--count", "2", "--node-profile"]
+    label = f",label.nvidia.com/gpu.product={H100}"
+    assert main([*command, "gpus=8,cpu=96,memory=2048Gi" + label]) == 0
+    assert "extra nodes needed: 1 × profile gpus=8," in capsys.readouterr().out
+    assert main([*command, profile + label]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"error: --node-profile: {message}") and len(err.splitlines()) == 1, err
 
 
 def exposed_metrics() -> set[str]:
@@ -327,19 +373,6 @@ def test_cli_parsers() -> None:
     with pytest.raises(SystemExit) as done:  # `kubectl gpu doctor --help`
         kubectl_main(["doctor", "--help"])
     assert done.value.code == 0
-
-
-class FakeKube:
-    """Stands for the API server in the commands' tests: lists of Nodes and Pods, no other object."""
-
-    def __init__(self, nodes: list[dict[str, Any]] | None = None, pods: list[dict[str, Any]] | None = None):
-        self.objects = {"Node": nodes or [], "Pod": pods or []}
-
-    def list(self, kind: str, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
-        return list(self.objects.get(kind, []))
-
-    def get(self, *args: Any, **kwargs: Any) -> None:
-        return None
 
 
 def test_doctor_node_that_does_not_exist_is_an_error(

@@ -127,12 +127,17 @@ def plan(pod: dict[str, Any], count: int, nodes: dict[str, NodeView], profile: N
     return CapacityPlan(count, requests, fits, profile.name, per_new.fits, per_new.why, notes)
 
 
+# A profile's resource keys: these, an extended resource (a name with "/": nvidia.com/mig-1g.10gb) or hugepages-*.
+_PROFILE_RESOURCES = ("gpus", "gpu", "cpu", "memory", "pods", "ephemeral-storage")
+_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
 def parse_profile(text: str, nodes: dict[str, NodeView]) -> NodeView:
     """`NODE` (a node like an existing one, empty) or
-    `gpus=8,cpu=96,memory=2048Gi,label.KEY=VALUE,taint.KEY=VALUE:EFFECT`."""
+    `gpus=8,cpu=96,memory=2048Gi,label.KEY=VALUE,taint.KEY=VALUE:EFFECT`; ValueError naming a part that is neither."""
     if text in nodes:
         return empty_copy(nodes[text], f"like {text}")
-    from .doctor.sched import GPU, quantity
+    from .doctor.sched import GPU, quantity, valid_quantity
 
     view = NodeView(name=f"profile {text}", labels={}, taints=[], unschedulable=False, allocatable={}, capacity={})
     view.allocatable["pods"] = Decimal(110)
@@ -144,10 +149,16 @@ def parse_profile(text: str, nodes: dict[str, NodeView]) -> NodeView:
             view.labels[key[len("label.") :]] = value
         elif key.startswith("taint."):
             val, _, effect = value.partition(":")
+            if effect and effect not in _EFFECTS:
+                raise ValueError(f"--node-profile: {part!r}: the taint's effect must be one of {', '.join(_EFFECTS)}")
             view.taints.append({"key": key[len("taint.") :], "value": val, "effect": effect or "NoSchedule"})
+        elif key not in _PROFILE_RESOURCES and "/" not in key and not key.startswith("hugepages-"):
+            raise ValueError(f"--node-profile: {key!r} is not a resource ({', '.join(_PROFILE_RESOURCES)}, a name "
+                             "with a / such as nvidia.com/mig-1g.10gb), label.KEY or taint.KEY")  # fmt: skip
+        elif not valid_quantity(value) or quantity(value) < 0:
+            raise ValueError(f"--node-profile: {part!r}: {value!r} is not a quantity (such as 8, 500m, 2048Gi)")
         else:
-            resource = {"gpus": GPU, "gpu": GPU}.get(key, key)
-            view.allocatable[resource] = quantity(value)
+            view.allocatable[{"gpus": GPU, "gpu": GPU}.get(key, key)] = quantity(value)
     view.capacity = dict(view.allocatable)
     return view
 
@@ -165,7 +176,7 @@ def render(result: CapacityPlan, pod_name: str) -> str:
         lines.append(f"left over: {result.remaining}")
         lines.append(f"a new node {result.profile} takes {result.per_new_node} ({result.profile_why})")
         if result.extra_nodes is None:
-            lines.append(f"extra nodes needed: impossible with profile {result.profile}")
+            lines.append(f"extra nodes needed: impossible with a new node {result.profile}")
         else:
             lines.append(f"extra nodes needed: {result.extra_nodes} × {result.profile}")
     else:

@@ -32,6 +32,17 @@ def quantity(value: Any) -> Decimal:
     return _quantity(str(value).strip())
 
 
+def valid_quantity(value: str) -> bool:
+    """Whether a text is a Kubernetes quantity (what `quantity` reads as itself, not as 0)."""
+    m = _QUANTITY.match(value.strip())
+    if not m or m.group(2) not in ("", *_SUFFIX):
+        return False
+    try:
+        return Decimal(m.group(1)).is_finite()
+    except ArithmeticError:
+        return False
+
+
 @lru_cache(maxsize=4096)  # a cluster's nodes and pods repeat a few values
 def _quantity(text: str) -> Decimal:
     m = _QUANTITY.match(text)

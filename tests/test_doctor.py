@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+import yaml
 
 from gpu_operator import capacity
 from gpu_operator.doctor import Cluster, diagnose, exit_status, render_json, render_prometheus, render_text
@@ -155,6 +156,34 @@ def test_affinity_to_a_product_with_the_shared_suffix() -> None:
         {"matchExpressions": [{"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-B200"]}]}]}}}}
     f = kinds(cluster([node("h-0")], [pod("p", 1, **model)]))["NoNodeMatchesAffinity"]
     assert "NVIDIA-B200" in f.summary and H100 in f.summary
+
+
+
+def applied(p: dict[str, Any], fix_yaml: str) -> dict[str, Any]:
+    """The pod with the corrected YAML's spec fields in place of its own (as a user would edit them in)."""
+    fixed = json.loads(json.dumps(p))
+    fixed["spec"].update(yaml.safe_load(fix_yaml)["spec"])
+    return fixed
+
+
+@pytest.mark.parametrize(
+    "nodes",
+    [[node("h-0", product=H100 + "-SHARED")],  # one value nodes carry: the nodeSelector gets it
+     [node("h-0", product=H100 + "-SHARED"), node("h-1", product=H100 + "-MIG-1g.10gb")]],  # two: the affinity
+    ids=["one-value", "two-values"],
+)  # fmt: skip
+def test_corrected_yaml_for_a_node_selector_matching_no_node_schedules_the_pod(nodes: list[dict[str, Any]]) -> None:
+    """The scheduler ANDs nodeSelector and affinity: an affinity beside the old nodeSelector matched no node."""
+    zone = {"topology.kubernetes.io/zone": "a"}
+    for n in nodes:
+        n["metadata"]["labels"].update(zone)
+    wanted = pod("p", 1, nodeSelector={"nvidia.com/gpu.product": H100, **zone})
+    f = kinds(cluster(nodes, [wanted]))["NoNodeMatchesAffinity"]
+    fixed = applied(wanted, f.fix_yaml)
+    assert fixed["spec"]["nodeSelector"] == (
+        {"nvidia.com/gpu.product": H100 + "-SHARED", **zone} if len(nodes) == 1 else zone
+    ), f.fix_yaml
+    assert "NoNodeMatchesAffinity" not in kinds(cluster(nodes, [fixed])), f.fix_yaml
 
 
 def test_scheduler_model_reads_node_selector_terms_as_kubernetes_does() -> None:

@@ -227,13 +227,14 @@ def _resources(
     )  # fmt: skip
 
 
-def _selector_keys(pod: dict[str, Any]) -> list[tuple[str, list[str]]]:
-    """(label key, values wanted) from the pod's nodeSelector and required affinity."""
-    out = [(k, [v]) for k, v in ((pod.get("spec") or {}).get("nodeSelector") or {}).items()]
+def _selector_keys(pod: dict[str, Any]) -> list[tuple[str, list[str], bool]]:
+    """(label key, values wanted, whether from the nodeSelector) from the pod's nodeSelector and required
+    affinity."""
+    out = [(k, [v], True) for k, v in ((pod.get("spec") or {}).get("nodeSelector") or {}).items()]
     for term in required_terms(pod):
         for e in term.get("matchExpressions") or []:
             if e.get("operator", "In") in ("In", "Exists"):
-                out.append((e.get("key", ""), list(e.get("values") or [])))
+                out.append((e.get("key", ""), list(e.get("values") or []), False))
     return out
 
 
@@ -260,8 +261,10 @@ def _suggest(wanted: str, present: list[str]) -> list[str]:
 
 
 def _no_matching_node(cluster: Cluster, pod: dict[str, Any], ref: str, evidence: list[Evidence]) -> Finding:
-    lines, corrected = [], {}
-    for key, wanted in _selector_keys(pod):
+    lines: list[str] = []
+    corrected: dict[str, list[str]] = {}  # affinity keys
+    selector = dict((pod.get("spec") or {}).get("nodeSelector") or {})
+    for key, wanted, in_selector in _selector_keys(pod):
         present = sorted({v.labels[key] for v in cluster.views.values() if key in v.labels})
         if not present:
             lines.append(f"no node has the label {key}")
@@ -275,19 +278,25 @@ def _no_matching_node(cluster: Cluster, pod: dict[str, Any], ref: str, evidence:
             why = (" (GPU feature discovery appends -SHARED to gpu.product when a GPU is shared by time-slicing or "
                    "MPS, and -MIG-<profile> with the MIG strategy single)")  # fmt: skip
         lines.append(f"{key}: wanted {', '.join(missing)}; nodes have {', '.join(present[:10])}{why}")
-        corrected[key] = hints or present
+        values = hints or present
+        if in_selector and len(values) == 1:
+            selector[key] = values[0]
+            continue
+        if in_selector:  # several values: the key leaves the nodeSelector (ANDed with the affinity) for the affinity
+            del selector[key]
+        corrected[key] = values
     lines += _unmatched_terms(cluster, pod)
     summary = "no node matches the pod's node selector or required node affinity: " + "; ".join(
         lines or ["the combination of labels it requires is on no node"]
     )
-    fix_yaml = ""
+    fix: dict[str, Any] = {}
+    if selector != ((pod.get("spec") or {}).get("nodeSelector") or {}):
+        fix["nodeSelector"] = selector  # the whole corrected nodeSelector, the keys that matched included
     if corrected:
         exprs = [{"key": k, "operator": "In", "values": v} for k, v in corrected.items()]
-        fix_yaml = yaml.safe_dump(
-            {"spec": {"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-                "nodeSelectorTerms": [{"matchExpressions": exprs}]}}}}},
-            sort_keys=False,
-        )  # fmt: skip
+        fix["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": exprs}]}}}  # fmt: skip
+    fix_yaml = yaml.safe_dump({"spec": fix}, sort_keys=False) if fix else ""
     return Finding(
         ERROR, "NoNodeMatchesAffinity", ref, summary,
         "use label values that nodes carry (`kubectl get nodes -L nvidia.com/gpu.product`); for a GPU model no "

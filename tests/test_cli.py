@@ -460,6 +460,30 @@ def test_unreachable_server_as_a_process(tmp_path: Path) -> None:
     assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr
 
 
+
+@pytest.mark.parametrize("command", [["versions", "--kubeconfig", "k"], ["upgrade", "plan"], ["mig", "layouts"]])
+def test_cluster_commands_print_each_problem_of_an_invalid_policy_as_an_error_line(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As render does: "error: " before every problem, not only the first."""
+    import types
+
+    import gpu_operator.observe
+    from gpu_operator.kube import Kube
+    from support import policy_object
+
+    policy = policy_object()
+    policy["spec"]["mig"]["strategy"] = "bogus"
+    policy["spec"]["driver"]["kernelModuleType"] = "closed"
+    cluster = types.SimpleNamespace(list=lambda kind, *a, **k: [policy] if kind == "ClusterPolicy" else [])
+    snap = types.SimpleNamespace(policies={policy["metadata"]["name"]: policy}, nodes={})
+    monkeypatch.setattr(Kube, "connect", classmethod(lambda cls, *a, **k: cluster))
+    monkeypatch.setattr(gpu_operator.observe, "observe", lambda kube, ns: snap)
+    assert main(command) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and all(line.startswith("error: spec.") for line in lines), lines
+
+
 # crds, help, version
 
 
@@ -467,6 +491,19 @@ def test_crds_subprocess_matches_committed_file() -> None:
     proc = run_cli("crds")
     assert proc.returncode == 0
     assert proc.stdout == "".join(f.read_text() for f in sorted((REPO / "crds").glob("*.yaml")))
+
+
+def test_crds_dir_is_created_and_a_file_in_its_place_is_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "new" / "crds"
+    assert main(["crds", "--dir", str(out)]) == 0
+    committed = {f.name: f.read_text() for f in (REPO / "crds").glob("*.yaml")}
+    assert {f.name: f.read_text() for f in out.iterdir()} == committed
+    (tmp_path / "file").write_text("")
+    assert main(["crds", "--dir", str(tmp_path / "file")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
 
 
 @pytest.mark.parametrize(

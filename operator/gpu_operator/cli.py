@@ -138,6 +138,12 @@ def _policy_from_file(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     raise ValueError(f"{path}: no ClusterPolicy found")
 
 
+def _print_error(exc: Exception) -> None:
+    """`error: ...` on stderr, one line per problem of a PolicyError (as render prints them)."""
+    for line in exc.problems if isinstance(exc, PolicyError) else [str(exc)]:
+        print(f"error: {line}", file=sys.stderr)
+
+
 def cmd_render(args: argparse.Namespace) -> int:
     if args.from_cluster:
         return _render_from_cluster(args)
@@ -294,12 +300,15 @@ def cmd_crds(args: argparse.Namespace) -> int:
     from .crd import all_crds, crds_yaml
 
     if args.dir:
-        from pathlib import Path
-
         from .crd import crd_files
 
-        for name, text in crd_files().items():
-            (Path(args.dir) / name).write_text(text)
+        try:
+            Path(args.dir).mkdir(parents=True, exist_ok=True)
+            for name, text in crd_files().items():
+                (Path(args.dir) / name).write_text(text)
+        except OSError as exc:  # a file of that name, no permission
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         return 0
     if not args.apply:
         sys.stdout.write(crds_yaml())
@@ -383,7 +392,7 @@ def cmd_upgrade_plan(args: argparse.Namespace) -> int:
                 limit = limit.after(len(starts), sum(1 for n in starts if not by_name[n].unavailable))
             results.append((title, section_spec, managed, result))
     except (ApiError, PolicyError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _print_error(exc)
         return 2
     for title, section_spec, managed, result in results:
         _print_upgrade_plan(title, section_spec, managed, result)
@@ -448,7 +457,7 @@ def cmd_mig_layouts(args: argparse.Namespace) -> int:
                 spec = parse_policy(next(p for p in policies if p["metadata"]["name"] == active))
                 layouts = _layouts(kube, args.namespace, spec)
         except (ApiError, PolicyError, OSError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            _print_error(exc)
             return 2
         if args.node:
             nodes = [n for n in nodes if n["metadata"]["name"] == args.node]
@@ -582,7 +591,7 @@ def cmd_versions(args: argparse.Namespace) -> int:
             snap = observe(Kube.connect(args.kubeconfig), args.namespace)
             report = versions_report(snap)
         except (ApiError, PolicyError, OSError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            _print_error(exc)
             return 2
     else:
         report = versions_report()

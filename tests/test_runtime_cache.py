@@ -628,3 +628,22 @@ def test_the_pod_index_names_the_nodes_with_a_pod_of_a_state() -> None:
     assert index.nodes_with("state-mig-manager") == {"n1", "n2", "n3"}  # a pod not scheduled yet names no node
     assert index.nodes_with("state-mig-manager", live=True) == {"n1", "n3"}
     assert index.nodes_with("state-driver") == {"n4"} and index.nodes_with("state-device-plugin") == set()
+
+
+def test_each_resource_has_one_kopf_handler() -> None:
+    """Two handlers on one resource would note each listed object twice, and the second note reads as a
+    relisting (a re-read of the whole cluster at every start): ConfigMaps, users' and ours, share one."""
+    from collections import Counter
+
+    from gpu_operator.runtime import build_registry
+
+    op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
+    handlers = build_registry(op)._watching.get_all_handlers()
+    counts = Counter((h.selector.group, h.selector.version, h.selector.any_name) for h in handlers)
+    assert counts[("", "v1", "configmaps")] == 1
+    assert [key for key, n in counts.items() if n > 1] == []
+    op.on_config_map_event("ADDED", {"kind": "ConfigMap", "metadata": {
+        "name": "default-mig-parted-config", "namespace": "gpu-operator", "resourceVersion": "2",
+        "labels": {"app.kubernetes.io/managed-by": "gpu-operator"}}, "data": {"config.yaml": "x"}})
+    assert ("ConfigMap", "gpu-operator", "default-mig-parted-config") in op.owned
+    assert "default-mig-parted-config" in op.config_maps

@@ -23,7 +23,7 @@ import kopf
 
 from . import __version__, compat, debug, metrics, mig_pass, wire
 from .gpu_identity import identify
-from .kinds import DAEMON_SET, NODE_FEATURE, operand_kinds, served
+from .kinds import CONFIG_MAP, DAEMON_SET, NODE_FEATURE, operand_kinds, served
 from .kube import Fence, Kube, NotLeader
 from .leader import Elector, identity
 from .nodes import NodeFacts
@@ -505,6 +505,11 @@ class Operator:
             if not owned:
                 del self._by_owner[pod["owner"]]
 
+    def on_config_map_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """A ConfigMap: read as a config source, and as an operand object when it is ours."""
+        self.on_config_map(event_type, body)
+        self.on_operand_kind(event_type, body)
+
     def on_config_map(self, event_type: str | None, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
         keys = None if event_type == "DELETED" else config_map_keys(body)
@@ -953,10 +958,12 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
     watch("nvidia.com", "v1", "clusterpolicies", op.on_policy)
     watch("nvidia.com", "v1alpha1", "nvidiadrivers", op.on_nvidia_driver)
     for kind in operand_kinds():
-        if kind != DAEMON_SET:
+        if kind not in (DAEMON_SET, CONFIG_MAP):
             watch(kind.group, kind.version, kind.plural, op.on_operand_kind)
     watch("apiextensions.k8s.io", "v1", "customresourcedefinitions", op.on_crd)
-    watch("", "v1", "configmaps", op.on_config_map)  # users' too: the driver mounts referenced ones key by key
+    # Users' ConfigMaps too (the driver mounts referenced ones key by key), and ours: one handler, as a second
+    # on the same resource would note every listed ConfigMap twice and take the listing for a relisting.
+    watch("", "v1", "configmaps", op.on_config_map_event)
     return registry
 
 

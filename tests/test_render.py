@@ -886,3 +886,15 @@ def test_the_driver_patches_a_pass_keeps_are_the_ones_decided_from_scratch(seed:
         assert got == driver_node_patches(order, spec, DriverRouting(), holding), f"step {step}"
         patched += bool(got)
     assert patched > 10  # most passes had patches to compare
+
+
+def test_a_dry_run_from_another_process_renders_the_metrics_port_the_operator_serves() -> None:
+    """render --from-cluster runs in a process with no --metrics-port: it takes the port from the operator's live
+    Service, or a dry run would rewrite the Service of an operator serving metrics elsewhere (e2e's does)."""
+    from gpu_operator.states.operator_metrics import PORT, live_target_port
+
+    key = ("Service", NAMESPACE, "gpu-operator")
+    live = {"spec": {"ports": [{"name": "gpu-operator-metrics", "port": 8080, "targetPort": 18080}]}}
+    assert live_target_port({key: live}, NAMESPACE) == 18080
+    assert live_target_port({}, NAMESPACE) == PORT
+    assert live_target_port({key: {"spec": {}}}, NAMESPACE) == PORT

@@ -253,6 +253,7 @@ def _render_from_cluster(args: argparse.Namespace) -> int:
     from .kube import ApiError, DryRunKube, Kube
     from .observe import observe
     from .reconciler import Reconciler
+    from .states.operator_metrics import live_target_port
     from .status import active_policy
 
     try:
@@ -279,7 +280,8 @@ def _render_from_cluster(args: argparse.Namespace) -> int:
         if args.api_group:
             snap.api_groups = snap.api_groups | frozenset(args.api_group)
         dry = DryRunKube(kube.client)
-        Reconciler(dry, args.namespace).reconcile(snap)
+        port = live_target_port(snap.owned, args.namespace)  # the operator's --metrics-port, not this process's
+        Reconciler(dry, args.namespace, metrics_port=port).reconcile(snap)
     except PolicyError as exc:
         for line in exc.problems:
             print(f"error: {line}", file=sys.stderr)

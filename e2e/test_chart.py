@@ -224,8 +224,9 @@ def test_defaults_policy() -> None:
     assert classes == {"nvidia", "nvidia-cdi", "nvidia-legacy"}
     assert not [o for o in plans["state-dcgm-exporter"].objects if o["kind"] == "ServiceMonitor"]
     served = render_all(parsed, fixed_nodes(), api_groups=frozenset({"monitoring.coreos.com"}))
-    (monitor,) = [o for p in served for o in p.objects if o["kind"] == "ServiceMonitor"]
-    assert monitor["metadata"]["name"] == "nvidia-dcgm-exporter"
+    monitors = {o["metadata"]["name"]: o for p in served for o in p.objects if o["kind"] == "ServiceMonitor"}
+    assert sorted(monitors) == ["gpu-operator", "nvidia-dcgm-exporter"]  # the operator's own too, as upstream
+    monitor = monitors["nvidia-dcgm-exporter"]
     assert monitor["spec"]["endpoints"][0]["scrapeTimeout"] == "10s"
     # No version in the values: the operator's own default images.
     for section, component in (("driver", "driver"), ("toolkit", "toolkit"), ("device_plugin", "device-plugin"),

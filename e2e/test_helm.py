@@ -275,9 +275,11 @@ def test_chart_rbac_is_the_operator_identity(prepared: None, operator_kube: Kube
     allowed = [("list", "nodes", "", None), ("patch", "nodes", "", None), ("delete", "pods", "", "default"),
                ("create", "daemonsets", "apps", NS), ("create", "roles", "rbac.authorization.k8s.io", NS),
                ("create", "clusterroles", "rbac.authorization.k8s.io", None),
-               ("patch", "clusterpolicies/status", "nvidia.com", None), ("create", "pods", "", NS)]  # fmt: skip
+               ("patch", "clusterpolicies/status", "nvidia.com", None), ("create", "pods", "", NS),
+               ("get", "secrets", "", NS)]  # fmt: skip  (a driver.secretEnv Secret is checked by name)
     denied = [("create", "daemonsets", "apps", "default"), ("create", "pods", "", "default"),
-              ("get", "secrets", "", NS), ("create", "clusterpolicies", "nvidia.com", None),
+              ("list", "secrets", "", NS), ("watch", "secrets", "", NS), ("get", "secrets", "", "default"),
+              ("create", "clusterpolicies", "nvidia.com", None),
               ("patch", "customresourcedefinitions", "apiextensions.k8s.io", None),
               ("escalate", "clusterroles", "rbac.authorization.k8s.io", None)]  # fmt: skip
     for verb, resource, group, ns in allowed:

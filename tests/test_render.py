@@ -898,3 +898,31 @@ def test_a_dry_run_from_another_process_renders_the_metrics_port_the_operator_se
     assert live_target_port({key: live}, NAMESPACE) == 18080
     assert live_target_port({}, NAMESPACE) == PORT
     assert live_target_port({key: {"spec": {}}}, NAMESPACE) == PORT
+
+
+def test_the_render_key_follows_the_mig_layouts_the_sharing_check_reads() -> None:
+    """The plan holds the device plugin by the user's mig-parted layouts (MPS is refused where a layout enables
+    MIG): an edit of that ConfigMap's config.yaml must change the key, or the last plan is reused."""
+    from dataclasses import replace
+
+    from gpu_operator.states import RenderContext
+    from support import OWNER
+
+    mps = "sharing: {mps: {resources: [{name: nvidia.com/gpu, replicas: 4}]}}"
+    layout = "version: v1\nmig-configs:\n  my-layout: [{devices: all, mig-enabled: %s%s}]\n"
+    spec = parse_spec({"devicePlugin": {"config": {"name": "sharing", "default": "mps"}}, "mig": {"strategy": "single"},
+                       "migManager": {"config": {"name": "my-layouts"}}})  # fmt: skip
+    node = NodeFacts("n1", {"feature.node.kubernetes.io/pci-10de.present": "true", "nvidia.com/gpu.present": "true",
+                            "nvidia.com/mig.config": "my-layout"})  # fmt: skip
+    base = RenderContext(spec=spec, namespace=NAMESPACE, nodes=(node,), owner=OWNER,
+                         config_maps={"sharing": ("mps",), "my-layouts": ("config.yaml",)},
+                         config_data={"sharing": {"mps": mps}, "my-layouts": {"config.yaml": layout % ("false", "")}})
+    edited = replace(base, config_data={"sharing": {"mps": mps}, "my-layouts": {
+        "config.yaml": layout % ("true", ", mig-devices: {3g.40gb: 2}")}})
+
+    def problem(ctx: RenderContext) -> str | None:
+        return next(p.problem for p in plan(ctx) if p.state.name == "state-device-plugin")
+
+    assert problem(base) is None and "MIG devices" in (problem(edited) or "")
+    assert render_key(base) != render_key(edited)
+

@@ -25,6 +25,7 @@ from .nodes import (
 )
 from .states import OperandState, RenderContext, all_states
 from .states.base import PartialRender, RenderProblem, templates
+from .states.mig_manager import custom_config
 from .upgrade.model import DONE
 from .upgrade.model import STATE_LABEL as UPGRADE_STATE
 
@@ -263,6 +264,7 @@ def render_key(ctx: RenderContext, rows: dict[str, tuple[NodeFacts, bytes]] | No
     blob = json.dumps(
         [ctx.spec.model_dump(mode="json"), ctx.namespace, ctx.owner, sorted(ctx.api_groups), ctx.config_maps,
          ctx.config_data.get(ctx.spec.device_plugin.config.name), sorted(ctx.missing_secrets),
+         ctx.config_data.get(custom_config(ctx.spec) or ""),  # the MIG layouts the sharing check reads
          [g.key() for g in ctx.nvidia_drivers], ctx.metrics_port],
         sort_keys=True,
         default=str,

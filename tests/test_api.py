@@ -469,7 +469,7 @@ INVALID = [
     ("driver.kernelModuleType", "closed", "spec.driver.kernelModuleType", "'auto', 'open' or 'proprietary'"),
     ("daemonsets.updateStrategy", "Recreate", "spec.daemonsets.updateStrategy", "'RollingUpdate' or 'OnDelete'"),
     ("sandboxWorkloads.defaultWorkload", "vm", "spec.sandboxWorkloads.defaultWorkload", "'vm-passthrough'"),
-    ("driver.imagePullPolicy", "Sometimes", "spec.driver.imagePullPolicy", "'Always', 'IfNotPresent' or 'Never'"),
+    ("driver.imagePullPolicy", "Sometimes", "spec.driver.imagePullPolicy", "'Always', 'IfNotPresent', 'Never' or ''"),
     ("driver.upgradePolicy.maxUnavailable", "abc", "spec.driver.upgradePolicy.maxUnavailable", INT_OR_PERCENT),
     ("driver.upgradePolicy.maxUnavailable", -1, "spec.driver.upgradePolicy.maxUnavailable", INT_OR_PERCENT),
     ("driver.upgradePolicy.maxUnavailable", "-1", "spec.driver.upgradePolicy.maxUnavailable", INT_OR_PERCENT),
@@ -656,3 +656,17 @@ def test_version_of() -> None:
     assert images.version_of(component(image="registry:5000/x/driver:2.0"), "driver") == "2.0"
     assert images.version_of(component(image="registry:5000/x/driver"), "driver") == "595.91.07"
     assert images.version_of(component(), "driver") == "595.91.07"
+
+
+def test_empty_strings_upstream_reads_as_unset_are_accepted() -> None:
+    """daemonsets.priorityClassName, daemonsets.rollingUpdate.maxUnavailable and a component's imagePullPolicy are
+    plain strings upstream, "" meaning the default; an existing upstream policy with them must not be refused."""
+    spec = parse_spec({"daemonsets": {"priorityClassName": "", "rollingUpdate": {"maxUnavailable": ""}},
+                       "toolkit": {"imagePullPolicy": ""}})  # fmt: skip
+    assert spec.daemonsets.priority_class_name == "system-node-critical"
+    assert spec.daemonsets.rolling_update.max_unavailable == "1"
+    assert spec.toolkit.image_pull_policy is None
+    with pytest.raises(PolicyError, match="imagePullPolicy"):
+        parse_spec({"toolkit": {"imagePullPolicy": "Sometimes"}})
+    with pytest.raises(PolicyError, match="maxUnavailable"):
+        parse_spec({"daemonsets": {"rollingUpdate": {"maxUnavailable": "x"}}})

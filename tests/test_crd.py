@@ -146,8 +146,9 @@ def test_enums(spec_schema: dict[str, Any], path: str, values: list[str]) -> Non
     assert node["enum"] == values
 
 
-@pytest.mark.parametrize("path", ["driver.upgradePolicy.maxUnavailable", "daemonsets.rollingUpdate.maxUnavailable"])
-def test_max_unavailable_is_int_or_string_with_cel_rule(spec_schema: dict[str, Any], path: str) -> None:
+@pytest.mark.parametrize(("path", "empty"), [("driver.upgradePolicy.maxUnavailable", False),
+                                             ("daemonsets.rollingUpdate.maxUnavailable", True)])  # fmt: skip
+def test_max_unavailable_is_int_or_string_with_cel_rule(spec_schema: dict[str, Any], path: str, empty: bool) -> None:
     node = at(spec_schema, path)
     assert node["x-kubernetes-int-or-string"] is True
     assert "type" not in node
@@ -156,8 +157,11 @@ def test_max_unavailable_is_int_or_string_with_cel_rule(spec_schema: dict[str, A
     rule = rules[0]
     assert "type(self) == int" in rule["rule"] and "self >= 0" in rule["rule"]
     # The CEL regex is the model's regex, so the API server and the operator accept the same strings.
-    assert f"self.matches('{api._PERCENT_OR_INT.pattern}')" in rule["rule"]
-    assert rule["message"] == 'must be a non-negative integer or a percentage like "25%"'
+    # The DaemonSets' one also admits "" (a plain string upstream, "" being its default).
+    pattern = api._PERCENT_OR_INT.pattern
+    pattern = f"^({pattern[1:-1]})?$" if empty else pattern
+    assert f"self.matches('{pattern}')" in rule["rule"]
+    assert rule["message"].startswith('must be a non-negative integer or a percentage like "25%"')
 
 
 @pytest.mark.parametrize(

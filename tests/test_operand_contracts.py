@@ -638,3 +638,11 @@ def test_the_dcgm_host_engine_gets_the_nri_annotation_and_the_validators_pull_se
     assert {"name": "validator-secret"} in template["spec"]["imagePullSecrets"]
     plain = ds_of({"dcgm": {"enabled": True}}, "nvidia-dcgm")["spec"]["template"]
     assert "annotations" not in plain["metadata"] and "imagePullSecrets" not in plain["spec"]
+
+
+def test_daemonsets_annotations_win_over_the_exporters_own() -> None:
+    """Upstream writes daemonsets.annotations after the exporter's (applyCommonDaemonsetMetadata last)."""
+    raw = {"daemonsets": {"annotations": {"example.com/owner": "platform"}},
+           "dcgmExporter": {"annotations": {"example.com/owner": "exporter-team", "example.com/x": "1"}}}  # fmt: skip
+    annotations = ds_of(raw, EXPORTER)["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["example.com/owner"] == "platform" and annotations["example.com/x"] == "1"

@@ -926,3 +926,10 @@ def test_the_render_key_follows_the_mig_layouts_the_sharing_check_reads() -> Non
     assert problem(base) is None and "MIG devices" in (problem(edited) or "")
     assert render_key(base) != render_key(edited)
 
+
+
+def test_an_empty_priority_class_keeps_system_node_critical() -> None:
+    plans = render_all(parse_spec({"daemonsets": {"priorityClassName": ""}}))
+    classes = {ds["metadata"]["name"]: ds["spec"]["template"]["spec"].get("priorityClassName")
+               for ds in daemonsets(plans)}  # fmt: skip
+    assert classes and set(classes.values()) == {"system-node-critical"}

@@ -67,6 +67,22 @@ IntOrPercent = Annotated[
         }
     ),
 ]
+# The DaemonSets' maxUnavailable, a plain string upstream: "" there means unset (the default), as here.
+RollingMaxUnavailable = Annotated[
+    Annotated[int, Strict()] | str,
+    AfterValidator(_check_int_or_percent),
+    WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "x-kubernetes-validations": [
+                {
+                    "rule": "type(self) == int ? self >= 0 : self.matches('^([0-9]+%?)?$')",
+                    "message": 'must be a non-negative integer or a percentage like "25%" ("": the default)',
+                }
+            ],
+        }
+    ),
+]
 NonNegInt = Annotated[int, Field(ge=0)]
 
 
@@ -191,8 +207,11 @@ class ImageSpec(Section):
     repository: str | None = None
     image: str | None = None
     version: str | None = None
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    # No enum upstream: "" is the default (IfNotPresent), as ImagePullPolicy("") reads it.
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never", ""] | None = None
     image_pull_secrets: list[str] = []
+
+    _empty_pull_policy = field_validator("image_pull_policy", mode="before")(_empty_is_default)
 
     @model_validator(mode="after")
     def _image_fields_together(self) -> ImageSpec:
@@ -268,7 +287,9 @@ class OperatorSpec(Section):
 
 
 class RollingUpdateSpec(Section):
-    max_unavailable: IntOrPercent = "1"
+    max_unavailable: RollingMaxUnavailable = "1"
+
+    _empty = field_validator("max_unavailable", mode="before")(_empty_is_default)
 
 
 class DaemonsetsSpec(Section):
@@ -279,6 +300,8 @@ class DaemonsetsSpec(Section):
     update_strategy: Literal["RollingUpdate", "OnDelete"] = "RollingUpdate"
     rolling_update: RollingUpdateSpec = RollingUpdateSpec()
     pod_security_context: PodSecurityContext | None = None
+
+    _empty = field_validator("priority_class_name", mode="before")(_empty_is_default)
 
 
 class PodDeletionSpec(Section):

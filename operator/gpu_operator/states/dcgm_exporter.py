@@ -76,7 +76,8 @@ def variables(ctx: RenderContext) -> dict[str, Any]:
     spec = ctx.spec
     exporter = spec.dcgm_exporter
     kubelet_root = spec.host_paths.kubelet_root_dir or "/var/lib/kubelet"
-    annotations = {**exporter.annotations, **c.nri_annotations(spec, CONTAINER)}
+    # daemonsets.annotations win over the exporter's own on a shared key, as upstream writes them last.
+    annotations = {**exporter.annotations, **spec.daemonsets.annotations, **c.nri_annotations(spec, CONTAINER)}
     return {
         **c.pod_vars(spec, ctx.nodes, exporter, CONTAINER),
         "pod_annotations": annotations,

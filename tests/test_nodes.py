@@ -87,6 +87,26 @@ def test_pci_label_must_be_true() -> None:
     assert not facts(gpu=False, labels={PCI: "false"}).has_gpu
 
 
+@pytest.mark.parametrize(
+    ("label", "gpu"),
+    [
+        ("feature.node.kubernetes.io/pci-0302_10de_2330.present", True),  # deviceLabelFields [class, vendor, device]
+        ("feature.node.kubernetes.io/pci-0300_10de_2236.present", True),
+        ("feature.node.kubernetes.io/pci-10de_2330.present", True),  # [vendor, device]: no class, as pci-10de
+        ("feature.node.kubernetes.io/pci-0302_10de_2330_10de_16c1.present", True),  # with the subsystem IDs
+        ("feature.node.kubernetes.io/pci-0680_10de_22a3.present", False),  # an NVSwitch: class 0680
+    ],
+)
+def test_gpu_detected_from_nfd_labels_with_the_device_id_alone(label: str, gpu: bool) -> None:
+    # NFD writes one label per device with the fields of deviceLabelFields (source/pci/pci.go GetLabels), so with
+    # `device` among them the node carries no pci-0302_10de.present nor pci-10de.present.
+    n = NodeFacts.from_node(node("n1", pci_label=label))
+    assert n.has_gpu is gpu
+    assert desired_labels(n, DEFAULT).get(GPU_PRESENT) == ("true" if gpu else None)
+    if label.endswith("_2330.present"):
+        assert n.identity.describe().startswith("hopper") and n.is_mig_capable
+
+
 # Label decisions, one row per node/policy combination.
 
 MIG_CAPABLE = "nvidia.com/mig.capable"

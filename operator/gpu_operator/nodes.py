@@ -242,7 +242,9 @@ class NodeFacts:
 
     @cached_property
     def has_gpu(self) -> bool:
-        return any(self.labels.get(k) == "true" for k in GPU_PCI_LABELS)
+        """NFD's NVIDIA PCI label (upstream's three), or one with the device ID of a display controller (NFD's
+        deviceLabelFields with `device` writes only that one: `pci-0302_10de_2330.present`)."""
+        return any(self.labels.get(k) == "true" for k in GPU_PCI_LABELS) or bool(self.label_devices)
 
     @property
     def os_id(self) -> str:

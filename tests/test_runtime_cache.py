@@ -647,3 +647,40 @@ def test_each_resource_has_one_kopf_handler() -> None:
         "labels": {"app.kubernetes.io/managed-by": "gpu-operator"}}, "data": {"config.yaml": "x"}})
     assert ("ConfigMap", "gpu-operator", "default-mig-parted-config") in op.owned
     assert "default-mig-parted-config" in op.config_maps
+
+
+class CountingKube:
+    """Answers every list with nothing, and counts them by kind."""
+
+    def __init__(self) -> None:
+        self.lists: list[str] = []
+
+    def list(self, kind: str, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        self.lists.append(kind)
+        return []
+
+
+def test_nodefeatures_are_listed_again_only_while_a_gpu_node_has_none_read_and_no_identifying_label() -> None:
+    import time
+
+    kube = CountingKube()
+    op = Operator(kube=kube, namespace="gpu-operator")  # type: ignore[arg-type]
+    op.api_groups = frozenset({"nfd.k8s-sigs.io"})
+
+    def relisted() -> bool:
+        kube.lists.clear()
+        op._features_listed = time.monotonic() - 60
+        op.refresh_node_features()
+        return kube.lists == ["NodeFeature"]
+
+    # A vm-passthrough node (or one without GFD, or whose driver is refused) never gets GFD's labels.
+    op.nodes = {"vm-1": facts("vm-1")}
+    op.node_features = {"vm-1": ("2330",)}  # its NodeFeature named an H100
+    assert not op.unidentified() and not relisted()  # so the run loop waits RESYNC_S, not NODE_FEATURE_RELIST_S
+    op.node_features = {"vm-1": ("ffff",)}  # a device the matrix does not know: a NodeFeature read again says so too
+    assert not op.unidentified() and not relisted()
+    op.node_features = {}  # a GPU node none was read for: it may have one now
+    assert op.unidentified() and relisted()
+    op.node_features = {}
+    op.nodes = {"vm-1": facts("vm-1", pci_label="feature.node.kubernetes.io/pci-0302_10de_2330.present")}
+    assert not op.unidentified() and not relisted()  # its NFD label names its GPU

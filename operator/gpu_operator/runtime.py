@@ -153,7 +153,7 @@ class Operator:
         self.config_maps: dict[str, tuple[str, ...]] = {}  # every ConfigMap in our namespace: name -> keys
         self.config_data: dict[str, dict[str, str]] = {}  # and their data (the sharing config is validated)
         # NFD NodeFeature PCI devices per node (other namespaces, so not watched: re-listed while a GPU node
-        # is not identified by its labels, at most every NODE_FEATURE_RELIST_S).
+        # is identified neither by its labels nor by these, at most every NODE_FEATURE_RELIST_S).
         self.node_features: dict[str, tuple[str, ...]] = {}
         self._features_listed = 0.0
         self.wake = asyncio.Event()
@@ -635,11 +635,16 @@ class Operator:
                     self.owned.pop(key, None)
 
     def unidentified(self) -> bool:
-        """Whether some GPU node is not identified by its labels (its NodeFeature may tell)."""
-        return any(not identify(n.labels).known for n in self.nodes.values() if n.has_gpu)
+        """Whether some GPU node is identified neither by its labels nor by a NodeFeature read (one may tell: a
+        node whose NodeFeature devices were read and name no GPU of the matrix waits for GFD's labels)."""
+        read = self.node_features
+        return any(
+            n.has_gpu and n.name not in read and not identify(n.labels, (), n.label_devices).known
+            for n in self.nodes.values()
+        )
 
     def refresh_node_features(self) -> None:
-        """Re-list NodeFeature objects while some GPU node is not identified by its labels (rate-limited)."""
+        """Re-list NodeFeature objects while some GPU node is not identified (`unidentified`; rate-limited)."""
         if not served(NODE_FEATURE, self.api_groups):
             self.node_features = {}
             return

@@ -179,3 +179,41 @@ def test_the_uninstall_notes_name_as_staying_the_node_labels_the_clean_up_leaves
     uninstall = readme.split("**Uninstall.**", 1)[1].split(" * ", 1)[0]
     stays = next(s for s in uninstall.split(". ") if "stay" in s and "nvidia.com/" in s)
     assert set(re.findall(r"`(nvidia\.com/[^`]+)`", stays)) == set(ours) - removed, stays
+
+
+def _nfd_install_commands() -> dict[str, str]:
+    """The `helm install nfd ...` command (its continuation lines joined) each install text gives, and doctor's."""
+    import re
+
+    from gpu_operator.doctor.stack import NFD_INSTALL
+
+    out = {"doctor": NFD_INSTALL}
+    for path in (REPO / "README.md", CHART / "README.md", CHART / "templates" / "NOTES.txt"):
+        found = re.findall(r"helm install nfd[^`\n]*", path.read_text().replace("\\\n", " "))  # one line
+        assert len(found) == 1, path
+        out[str(path.relative_to(REPO))] = found[0]
+    return out
+
+
+def test_the_nfd_install_commands_let_its_worker_onto_gpu_nodes_tainted_nvidia_com_gpu() -> None:
+    """NFD's chart gives its worker no toleration (deployment/helm/node-feature-discovery/values.yaml
+    worker.tolerations: []); GPU node pools are often tainted nvidia.com/gpu:NoSchedule (GKE's are, and this chart's
+    daemonsets.tolerations tolerate it), so NFD's worker never ran there and no GPU node was found. Upstream's chart
+    gives NFD's worker that toleration (deployments/gpu-operator/values.yaml node-feature-discovery.worker)."""
+    import json
+    import re
+
+    for where, command in _nfd_install_commands().items():
+        found = re.search(r"--set-json '(worker\.tolerations)=([^']*)'", command)
+        assert found, where
+        assert json.loads(found.group(2)) == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+
+
+def test_the_install_texts_name_the_gpu_labels_stock_nfd_writes() -> None:
+    """Stock NFD (deviceLabelFields [class, vendor]) writes pci-0302_10de.present / pci-0300_10de.present, never
+    pci-10de.present (NFD source/pci/pci.go); a text that named only pci-10de sent admins to a label no node had."""
+    for path in (REPO / "README.md", CHART / "README.md", CHART / "templates" / "NOTES.txt"):
+        text = path.read_text()
+        before = text[: text.index("helm install nfd")]
+        for label in ("pci-0302_10de.present", "pci-0300_10de.present"):
+            assert label in before[-1000:], (path, label)

@@ -305,6 +305,23 @@ def test_no_cluster_policy_with_gpu_nodes() -> None:
     assert kinds(cluster([node("h-0")], [], policy=False))["NoClusterPolicy"].severity == "error"
 
 
+def test_gpu_nodes_tainted_nvidia_com_gpu_without_nfd_labels_name_the_nfd_workers_toleration() -> None:
+    # NFD's chart gives its worker no toleration: on GPU nodes tainted nvidia.com/gpu (GKE's) it never runs, so
+    # they carry no NFD label while the CPU nodes do, and the status only says "no GPU nodes found".
+    toleration = 'worker.tolerations=[{"key":"nvidia.com/gpu","operator":"Exists","effect":"NoSchedule"}]'
+    cpu = {"kind": "Node", "metadata": {"name": "cpu-0", "labels": {
+        "feature.node.kubernetes.io/cpu-cpuid.AVX": "true"}}, "status": {}}  # fmt: skip
+    gpus = [{"kind": "Node", "metadata": {"name": f"gpu-{i}", "labels": {}}, "status": {},
+             "spec": {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]}}
+            for i in range(2)]  # fmt: skip
+    found = kinds(cluster([cpu, *gpus], []))["NFDLabelsMissing"]
+    assert found.nodes == ("gpu-0", "gpu-1") and "gpu-0, gpu-1" in found.summary
+    assert toleration in found.fix and "helm upgrade nfd" in found.fix
+    found = kinds(cluster(gpus, []))["NFDLabelsMissing"]  # no NFD label anywhere: install it, tolerating the taint
+    assert toleration in found.fix and "helm install nfd" in found.fix and found.nodes == ("gpu-0", "gpu-1")
+    assert "NFDLabelsMissing" not in kinds(cluster([cpu, {**gpus[0], "spec": {}}], []))  # an untainted CPU node
+
+
 def test_quantities() -> None:
     assert quantity("500m") == quantity("0.5") and quantity("32Gi") == 32 * 2**30 and quantity("1k") == 1000
 

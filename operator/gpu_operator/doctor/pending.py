@@ -405,7 +405,8 @@ def _not_advertised(
     return Finding(
         ERROR, "NoGPUNodes", ref,
         f"no node advertises {resource} and no node has an NVIDIA GPU (no Node Feature Discovery label "
-        "feature.node.kubernetes.io/pci-10de.present=true)",
-        "add GPU nodes, or install Node Feature Discovery so the operator can find them",
+        "feature.node.kubernetes.io/pci-0302_10de.present, pci-0300_10de.present or pci-10de.present =true)",
+        "add GPU nodes, or install Node Feature Discovery so the operator can find them (its worker must tolerate "
+        "the GPU nodes' taints, such as nvidia.com/gpu)",
         evidence,
     )  # fmt: skip

@@ -15,6 +15,10 @@ from .model import ERROR, INFO, WARNING, Cluster, Evidence, Finding, pod_ref
 from .sched import DAEMON_TOLERATIONS, GPU, NodeView, selector_ok
 
 _IN_PROGRESS_DONE = ("", "upgrade-done", "upgrade-required")
+# NFD's chart as README and the chart's notes install it: its worker tolerates the GPU taint (upstream's values).
+NFD_TOLERATION = 'worker.tolerations=[{"key":"nvidia.com/gpu","operator":"Exists","effect":"NoSchedule"}]'
+NFD_INSTALL = ("helm install nfd oci://registry.k8s.io/nfd/charts/node-feature-discovery -n node-feature-discovery "
+               f"--create-namespace --set-json '{NFD_TOLERATION}'")  # fmt: skip
 # What a validator init container waits for, by its name (the component it validates).
 _VALIDATES = {
     "driver-validation": "the driver (state-driver) on this node",
@@ -39,11 +43,25 @@ def findings(cluster: Cluster) -> list[Finding]:
                 "with deployCR/clusterPolicy enabled",
             ))  # fmt: skip
         return out + _capacity(cluster)
-    if not any(n.has_nfd for n in cluster.snapshot.nodes.values()):
+    nodes = cluster.snapshot.nodes.values()
+    # GPU nodes are often tainted nvidia.com/gpu (GKE's are): NFD's chart gives its worker no toleration.
+    tainted = sorted(n.name for n in nodes if not n.has_nfd and any(t[0] == GPU for t in n.taints))
+    if not any(n.has_nfd for n in nodes):
         out.append(Finding(
             ERROR, "NFDLabelsMissing", f"ClusterPolicy {name}",
             "no node carries Node Feature Discovery labels, so the operator finds no GPU node",
-            "install Node Feature Discovery (helm install nfd oci://registry.k8s.io/nfd/charts/node-feature-discovery)",
+            f"install Node Feature Discovery, its worker tolerating the {GPU} taint ({NFD_INSTALL})",
+            nodes=tuple(tainted),
+        ))  # fmt: skip
+    elif tainted:
+        shown = ", ".join(tainted[:10]) + (f" and {len(tainted) - 10} more" if len(tainted) > 10 else "")
+        out.append(Finding(
+            ERROR, "NFDLabelsMissing", f"ClusterPolicy {name}",
+            f"nodes tainted {GPU} carry no Node Feature Discovery labels ({shown}): NFD's worker does not tolerate "
+            "the taint, so the operator finds no GPU there",
+            f"give NFD's worker the toleration (`helm upgrade nfd oci://registry.k8s.io/nfd/charts/node-feature-"
+            f"discovery -n node-feature-discovery --reuse-values --set-json '{NFD_TOLERATION}'`)",
+            nodes=tuple(tainted),
         ))  # fmt: skip
     out += _operands(cluster, name)
     out += _blocked_daemonsets(cluster)

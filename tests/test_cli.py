@@ -187,6 +187,30 @@ def test_render_bare_spec_file(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert any(d["kind"] == "DaemonSet" and d["metadata"]["name"] == "nvidia-dcgm" for d in docs_of(out))
 
 
+def test_render_routes_nodes_by_an_nvidiadriver_selector_on_an_nfd_label_the_operator_does_not_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gpu_operator import nodes
+    from support import node
+
+    monkeypatch.setattr(nodes, "_kept", frozenset())
+    major = "feature.node.kubernetes.io/system-os_release.VERSION_ID.major"
+    policy = tmp_path / "spec.yaml"
+    policy.write_text(yaml.safe_dump({"driver": {"useNvidiaDriverCRD": True}}))
+    given = tmp_path / "nodes.yaml"
+    given.write_text(yaml.safe_dump_all([
+        node("rhel-1", os=("rhel", "9.4"), labels={major: "9"}),
+        {"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver", "metadata": {"name": "default"},
+         "spec": {"default": True}},
+        {"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver", "metadata": {"name": "rhel9"},
+         "spec": {"nodeSelector": {major: "9"}}},
+    ]))  # fmt: skip
+    rc, out, err = render_in_process(capsys, "--policy", str(policy), "--nodes", str(given))
+    assert rc == 0, err
+    names = {d["metadata"]["name"] for d in docs_of(out) if d["kind"] == "DaemonSet"}
+    assert "nvidia-driver-daemonset-rhel9-rhel9.4" in names, sorted(names)
+
+
 def _policy_with_typos(tmp_path: Path, annotate: bool = False) -> Path:
     policy = yaml.safe_load(SAMPLE_POLICY.read_text())
     policy["spec"]["kataManagr"] = {"enabled": False}

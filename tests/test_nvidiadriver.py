@@ -99,6 +99,47 @@ def test_vgpu_host_manager_is_refused_and_takes_no_node() -> None:
     assert status["state"] == "notReady"
 
 
+# NFD's system source publishes these next to VERSION_ID, which the operator reads itself (source/system/system.go).
+VERSION_MAJOR = "feature.node.kubernetes.io/system-os_release.VERSION_ID.major"
+CPU_VENDOR = "feature.node.kubernetes.io/cpu-model.vendor_id"
+
+
+def test_a_selector_on_an_nfd_label_the_operator_does_not_read_selects_once_the_nvidiadrivers_are_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """NodeFacts drop the NFD labels the operator does not read (memory at 5,000 nodes), so such a nodeSelector
+    matched no node: its nodes fell to the default, or got no driver. Upstream matches every label of the Node
+    (internal/nvidiadriver: labels.SelectorFromSet(selector).Matches(labels.Set(node.Labels)))."""
+    from gpu_operator import nodes
+    from gpu_operator.nvidiadriver import selector_keys
+    from gpu_operator.readiness import daemon_node_count
+
+    monkeypatch.setattr(nodes, "_kept", frozenset())  # the process's: none yet
+    affinity = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": CPU_VENDOR, "operator": "In", "values": ["AMD"]}]}]}}  # fmt: skip
+    objects = [
+        {"metadata": {"name": "default"}, "spec": {"default": True}},
+        {"metadata": {"name": "rhel9"}, "spec": {"nodeSelector": {VERSION_MAJOR: "9", "pool": "a"}}},
+        {"metadata": {"name": "amd"}, "spec": {"nodeSelector": {"pool": "b"}, "nodeAffinity": affinity}},
+        {"metadata": {"name": "broken"}, "spec": {"nodeSelector": ["not", "a", "map"], "nodeAffinity": 3}},
+    ]
+    assert selector_keys(objects) == {VERSION_MAJOR, "pool", CPU_VENDOR}
+    drivers = [NVIDIADriver.from_object(o) for o in objects[:2]]
+
+    def rhel() -> NodeFacts:
+        return facts("rhel-1", os=("rhel", "9.4"), labels={VERSION_MAJOR: "9", "pool": "a", CPU_VENDOR: "AMD"})
+
+    assert assign([rhel()], drivers).owner == {"rhel-1": "default"}  # VERSION_ID.major is not kept ...
+    assert nodes.keep_labels(selector_keys(objects)) and not nodes.keep_labels([VERSION_MAJOR, "pool"])
+    assert nodes.kept_labels() == {VERSION_MAJOR, CPU_VENDOR}  # ("pool" is kept anyway: it is not NFD's)
+    assert assign([rhel()], drivers).owner == {"rhel-1": "rhel9"}  # ... once the NVIDIADrivers are read, it is
+    # The DaemonSet's count of the nodes its nodeAffinity places it on reads the label too (it read none).
+    template = {"affinity": {"nodeAffinity": affinity}}
+    assert daemon_node_count(template, [rhel(), facts("intel", labels={CPU_VENDOR: "Intel"})]) == 1
+    avx = "feature.node.kubernetes.io/cpu-cpuid.AVX"
+    assert avx not in facts(labels={avx: "true"}).labels  # NFD's other labels are still dropped
+
+
 def test_owner_label_patch_sets_and_removes() -> None:
     found = assign(NODES, [nvd("pool-b", nodeSelector={"pool": "b"})])
     assert nvidiadriver.owner_patch(NODES[1], found) == {OWNER_LABEL: "pool-b"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 from typing import Any
 
 import pytest
@@ -684,3 +685,74 @@ def test_nodefeatures_are_listed_again_only_while_a_gpu_node_has_none_read_and_n
     op.node_features = {}
     op.nodes = {"vm-1": facts("vm-1", pci_label="feature.node.kubernetes.io/pci-0302_10de_2330.present")}
     assert not op.unidentified() and not relisted()  # its NFD label names its GPU
+
+
+def test_nodes_are_read_again_before_a_pass_once_an_nvidiadriver_selects_on_an_nfd_label_they_lack(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gpu_operator import nodes
+    from gpu_operator.nvidiadriver import NVIDIADriver, assign
+    from support import node
+
+    monkeypatch.setattr(nodes, "_kept", frozenset())
+    major = "feature.node.kubernetes.io/system-os_release.VERSION_ID.major"
+    listed: list[str] = []
+
+    class Kube:
+        fail = False
+
+        def each(self, kind: str, *args: Any, **kwargs: Any) -> Any:
+            listed.append(kind)
+            if self.fail:
+                raise OSError("connection refused")
+            op.on_node_facts("gone", None)  # deleted while the listing runs (the watch said so)
+            return iter([node("rhel-1", os=("rhel", "9.4"), labels={major: "9"}), node("gone")])
+
+    kube = Kube()
+    op = Operator(kube=kube, namespace="gpu-operator")  # type: ignore[arg-type]
+    # As the node watch projected them before any NVIDIADriver named the label.
+    op.nodes = {"rhel-1": facts("rhel-1", os=("rhel", "9.4"), labels={major: "9"}), "gone": facts("gone")}
+    assert major not in op.nodes["rhel-1"].labels
+    assert asyncio.run(op.read_kept_labels()) and listed == []  # nothing to read again
+    rhel9 = {"metadata": {"name": "rhel9", "resourceVersion": "1"}, "spec": {"nodeSelector": {major: "9"}}}
+    op.on_nvidia_driver("ADDED", rhel9)
+    kube.fail = True
+    assert not asyncio.run(op.read_kept_labels()) and op.labels_read == frozenset()  # the pass waits
+    kube.fail = False
+    assert asyncio.run(op.read_kept_labels()) and listed == ["Node", "Node"]
+    assert op.nodes["rhel-1"].labels[major] == "9" and "gone" not in op.nodes and op.labels_read == {major}
+    drivers = [NVIDIADriver.from_object({"metadata": {"name": "default"}, "spec": {"default": True}}),
+               NVIDIADriver.from_object(rhel9)]  # fmt: skip
+    assert assign(op.nodes.values(), drivers).owner == {"rhel-1": "rhel9"}
+    assert asyncio.run(op.read_kept_labels()) and len(listed) == 2  # read once
+
+
+@pytest.mark.parametrize("pooled", [False, True])
+def test_the_listing_keeps_the_nfd_labels_the_nvidiadrivers_it_lists_select_on(
+    monkeypatch: pytest.MonkeyPatch, pooled: bool
+) -> None:
+    """observe() (the operator's start, doctor, render --from-cluster) reads the NVIDIADrivers before it projects the
+    nodes, so the labels their selectors name are there to route on."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from gpu_operator import nodes
+    from gpu_operator.observe import observe
+    from support import node
+
+    monkeypatch.setattr(nodes, "_kept", frozenset())
+    major = "feature.node.kubernetes.io/system-os_release.VERSION_ID.major"
+    driver = {"metadata": {"name": "rhel9"}, "spec": {"nodeSelector": {major: "9"}}}
+
+    class Kube:
+        def api_groups(self) -> frozenset[str]:
+            return frozenset()
+
+        def list(self, kind: str, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+            return [copy.deepcopy(driver)] if kind == "NVIDIADriver" else []
+
+        def each(self, kind: str, *args: Any, **kwargs: Any) -> Any:
+            return iter([node("rhel-1", os=("rhel", "9.4"), labels={major: "9"})] if kind == "Node" else [])
+
+    with ThreadPoolExecutor(1) as pool:  # one worker: the NVIDIADrivers' listing must come before the nodes'
+        snap = observe(Kube(), "gpu-operator", pool=pool if pooled else None)  # type: ignore[arg-type]
+    assert snap.nodes["rhel-1"].labels[major] == "9" and set(snap.nvidia_drivers) == {"rhel9"}

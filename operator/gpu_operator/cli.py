@@ -152,8 +152,8 @@ def cmd_render(args: argparse.Namespace) -> int:
         return 2
     from . import compat
     from .gpu_identity import device_ids_from_node_feature, node_of_feature
-    from .nodes import NodeFacts
-    from .nvidiadriver import NVIDIADriver, conflict_message
+    from .nodes import NodeFacts, keep_labels
+    from .nvidiadriver import NVIDIADriver, conflict_message, selector_keys
     from .observe import with_devices
     from .render import config_map_keys, driver_node_patches, driver_routing, merged, node_patches, plan, relabelled
     from .states import RenderContext
@@ -173,6 +173,10 @@ def cmd_render(args: argparse.Namespace) -> int:
         print(f"warning: {path}: unknown field, ignored (not in upstream v26.7's ClusterPolicy)", file=sys.stderr)
     for path, reason in unsupported_fields(spec):
         print(f"warning: spec.{path}: set but not supported by this operator ({reason})", file=sys.stderr)
+    # NVIDIADriver objects in the same file drive the nodes they select (with driver.useNvidiaDriverCRD): the
+    # labels their selectors name are kept when the nodes are read.
+    driver_docs = [d for d in node_docs if d.get("kind") == "NVIDIADriver"]
+    keep_labels(selector_keys(driver_docs))
     nodes = [NodeFacts.from_node(n) for n in node_docs if n.get("kind", "Node") == "Node"]
     # NFD NodeFeature objects in the same file give the nodes' PCI device IDs.
     features: dict[str, tuple[str, ...]] = {}
@@ -185,8 +189,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     config_maps = {
         (d.get("metadata") or {}).get("name", ""): config_map_keys(d) for d in node_docs if d.get("kind") == "ConfigMap"
     }
-    # NVIDIADriver objects in the same file drive the nodes they select (with driver.useNvidiaDriverCRD).
-    drivers = [NVIDIADriver.from_object(d) for d in node_docs if d.get("kind") == "NVIDIADriver"]
+    drivers = [NVIDIADriver.from_object(d) for d in driver_docs]
     routing = driver_routing(nodes, spec, drivers)
     for d in drivers:
         if routing.assignment is not None and d.name in routing.assignment.problems:

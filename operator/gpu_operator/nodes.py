@@ -95,7 +95,8 @@ def deploy_label(operand: str) -> str:
     return DEPLOY_PREFIX + operand
 
 
-# Of NFD's labels only these matter to the operator; the in-memory projection drops NFD's others.
+# Of NFD's labels only these matter to the operator; the in-memory projection drops NFD's others (but those an
+# NVIDIADriver selects on: keep_labels).
 _NFD_KEYS = frozenset(GPU_PCI_LABELS + (OS_ID, OS_VERSION, KERNEL))
 
 
@@ -104,7 +105,29 @@ Taint = tuple[str, str, str]  # key, value, effect
 
 def kept_label(key: str) -> bool:
     """Whether NodeFacts keeps the node's label with this key (a selector on another key cannot be judged)."""
-    return _relevant(key)
+    return _relevant(key) or key in _kept
+
+
+# NFD labels the operator does not read itself but an NVIDIADriver's nodeSelector or required nodeAffinity names
+# (nvidiadriver.selector_keys): kept as well, once keep_labels is told of them, until the process ends.
+_kept: frozenset[str] = frozenset()
+_kept_lock = threading.Lock()
+
+
+def keep_labels(keys: Iterable[str]) -> bool:
+    """Keep the labels with these keys in NodeFacts made from now on as well. Whether one was not kept before:
+    facts made until now lack it, and must be made again from their Nodes before they are routed."""
+    global _kept
+    with _kept_lock:
+        new = {k for k in keys if not _relevant(k)} - _kept
+        if new:
+            _kept = _kept | new
+    return bool(new)
+
+
+def kept_labels() -> frozenset[str]:
+    """The label keys keep_labels was told of (those NodeFacts keep besides what _relevant says)."""
+    return _kept
 
 
 @lru_cache(maxsize=4096)  # every node event asks it of each of ~60 label keys, the same few dozen on every node
@@ -185,9 +208,10 @@ class NodeFacts:
         taints: Iterable[Taint] = (),
     ) -> NodeFacts:
         # Label keys and values are interned: 1,000 nodes carry the same few dozen of each.
+        kept = _kept
         return cls(
             name=name,
-            labels={intern(k): intern(v) for k, v in labels.items() if _relevant(k)},
+            labels={intern(k): intern(v) for k, v in labels.items() if _relevant(k) or k in kept},
             annotations={
                 intern(k): intern(v) for k, v in annotations.items() if k.startswith(UPGRADE_ANNOTATION_PREFIX)
             },

@@ -110,6 +110,30 @@ Selectors = tuple[tuple[str, Mapping[str, str]], ...]
 Route = tuple[tuple[str, ...], str | None]
 
 
+def selector_keys(objects: Iterable[Mapping[str, Any]]) -> frozenset[str]:
+    """The node label keys NVIDIADriver objects (as the API gives them, valid or not) route or place on: their
+    nodeSelector's and their required nodeAffinity's. NodeFacts must keep them (nodes.keep_labels) to be routed."""
+    keys: set[str] = set()
+    for obj in objects:
+        selector = _at(obj, "spec", "nodeSelector")
+        if isinstance(selector, Mapping):
+            keys.update(k for k in selector if isinstance(k, str))
+        terms = _at(obj, "spec", "nodeAffinity", "requiredDuringSchedulingIgnoredDuringExecution", "nodeSelectorTerms")
+        for term in terms if isinstance(terms, list) else ():
+            expressions = _at(term, "matchExpressions")
+            for expression in expressions if isinstance(expressions, list) else ():
+                key = _at(expression, "key")
+                if isinstance(key, str):
+                    keys.add(key)
+    return frozenset(keys)
+
+
+def _at(obj: Any, *path: str) -> Any:
+    for key in path:
+        obj = obj.get(key) if isinstance(obj, Mapping) else None
+    return obj
+
+
 def _selected(selector: Mapping[str, str], node: NodeFacts) -> bool:
     """Whether a nodeSelector matches a node; a GPU node counts as labelled gpu.present=true (before it is)."""
     labels, gpu = node.labels, node.has_gpu

@@ -6,7 +6,7 @@ and `doctor`); the operator then keeps the same snapshot current from watch even
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -17,7 +17,8 @@ from . import wire
 from .gpu_identity import device_ids_from_node_feature, node_of_feature
 from .kinds import NODE_FEATURE, Kind, operand_kinds, served
 from .kube import ApiError, Kube
-from .nodes import NodeFacts
+from .nodes import NodeFacts, keep_labels
+from .nvidiadriver import selector_keys
 from .readiness import is_unready
 from .render import config_map_keys
 from .states.base import COMPONENT, MANAGED_BY, OPERATOR_NAME, STATE_LABEL
@@ -254,15 +255,22 @@ def observe(
     listed_policies = later(kube.list, "ClusterPolicy")
     listed_config_maps = later(kube.list, "ConfigMap", namespace)
     listed_owned = [later(list_owned, kube, kind, namespace, api_groups) for kind in operand_kinds()]
+    # Before the nodes are projected: the labels their nodeSelectors name are kept (on a pool, asked for first).
+    listed_drivers = later(list_nvidia_drivers, kube)
+
+    def projected(objs: Iterable[dict[str, Any]]) -> list[NodeFacts]:
+        keep_labels(selector_keys(listed_drivers().values()))
+        return list(map(NodeFacts.from_node, objs))
+
     if nodes is None:
         # Projected a page at a time: no more than one page of whole Node objects is held.
-        listed_nodes = later(lambda: list(map(NodeFacts.from_node, kube.each("Node", limit=100))))
+        listed_nodes = later(lambda: projected(kube.each("Node", limit=100)))
     elif isinstance(nodes, Future):
         given_later = nodes
-        listed_nodes = lambda: list(map(NodeFacts.from_node, given_later.result()))  # noqa: E731
+        listed_nodes = lambda: projected(given_later.result())  # noqa: E731
     else:
         given = nodes
-        listed_nodes = lambda: list(map(NodeFacts.from_node, given))  # noqa: E731
+        listed_nodes = lambda: projected(given)  # noqa: E731
     features = later(node_features, kube, api_groups)
     listed_pods = (
         later(lambda: [pod_projection(p) for p in kube.each("Pod", namespace, OWNED_SELECTOR, limit=100)])
@@ -270,7 +278,6 @@ def observe(
         else None
     )
     listed_revisions = later(kube.list, "ControllerRevision", namespace)
-    listed_drivers = later(list_nvidia_drivers, kube)
     policies = {}
     for policy in listed_policies():
         policy.setdefault("apiVersion", "nvidia.com/v1")

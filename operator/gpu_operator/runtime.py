@@ -26,9 +26,9 @@ from .gpu_identity import identify
 from .kinds import CONFIG_MAP, DAEMON_SET, NODE_FEATURE, operand_kinds, served
 from .kube import Fence, Kube, NotLeader
 from .leader import Elector, identity
-from .nodes import NodeFacts
+from .nodes import NodeFacts, keep_labels, kept_labels
 from .nodewatch import NodeWatch, Watch
-from .nvidiadriver import KeptRouting, NVIDIADriver
+from .nvidiadriver import KeptRouting, NVIDIADriver, selector_keys
 from .observe import (
     OWNED_SELECTOR,
     Key,
@@ -127,6 +127,9 @@ class Operator:
         self.reconciler.moved = self.moves.since
         self.reconciler.newer = self.newer
         self.nodes: dict[str, NodeFacts] = {}
+        # The labels NodeFacts keep for NVIDIADrivers' selectors (nodes.kept_labels) that every node in `nodes`
+        # was read with: once an NVIDIADriver names another one, the nodes are read again before a pass routes them.
+        self.labels_read: frozenset[str] = frozenset()
         self.policies: dict[str, dict[str, Any]] = {}
         self.nvidia_drivers: dict[str, dict[str, Any]] = {}
         self.owned: dict[Key, dict[str, Any]] = {}
@@ -253,8 +256,8 @@ class Operator:
         """Label one changed node now, by the spec of the last pass, without waiting for a full pass (which
         still follows: the node may change what is rendered). Only while that pass's policy is unchanged."""
         current = self._between_passes()
-        if current is None:
-            return
+        if current is None or not kept_labels() <= self.labels_read:
+            return  # (not routed by NVIDIADrivers before the nodes are read with the labels they select on)
         # The version matrix's refusal as a full pass decides it (a node without a driver pod of ours).
         node = with_devices({node.name: node}, self.node_features)[node.name]
         # With useNvidiaDriverCRD, by the NVIDIADriver that drives the node (its version, its labels).
@@ -362,6 +365,7 @@ class Operator:
         elif newer(self.nvidia_drivers.get(name), body):
             before = self.nvidia_drivers.get(name)
             self.nvidia_drivers[name] = dict(body)
+            keep_labels(selector_keys([body]))  # nodes projected from now on keep the labels it selects on
             if before is not None and _status_only(before, body):
                 return  # our own status write coming back: nothing a pass decides on changed
         self.wake_now("nvidiadriver")
@@ -655,6 +659,30 @@ class Operator:
         self._features_listed = time.monotonic()
         self.node_features = node_features(self.kube, self.api_groups)
 
+    async def read_kept_labels(self) -> bool:
+        """Read every node again while some label an NVIDIADriver selects on (nodes.kept_labels) was not kept
+        when the cached NodeFacts were made (their node watch drops the labels the operator does not read):
+        routed on them, its nodes would fall to the default NVIDIADriver. False when that failed."""
+        while not kept_labels() <= self.labels_read:
+            keys = kept_labels()
+            self._gone = set()  # nodes deleted while the listing runs are not brought back by it
+            try:
+                listed = await asyncio.to_thread(self._list_nodes)
+            except Exception as exc:  # noqa: BLE001 - the pass waits, and tries again
+                log.warning("reading the nodes for the labels NVIDIADrivers select on failed: %s", exc)
+                return False
+            finally:
+                gone, self._gone = self._gone, None
+            log.info("nodes read again: NVIDIADrivers select on %s", ", ".join(sorted(keys - self.labels_read)))
+            for facts in listed:
+                if ("node", facts.name) not in gone:
+                    self.on_node_facts(facts.name, facts)
+            self.labels_read = keys
+        return True
+
+    def _list_nodes(self) -> list[NodeFacts]:
+        return [NodeFacts.from_node(n) for n in self.kube.each("Node", limit=100)]
+
     def snapshot(self) -> Snapshot:
         self.snapped = self.changes
         snap = self._snapshot()
@@ -761,7 +789,10 @@ class Operator:
                 await asyncio.to_thread(self.refresh_node_features)
             except Exception as exc:  # noqa: BLE001 - GPUs stay identified by labels until the next try
                 log.warning("listing NodeFeatures failed: %s", exc)
-            started = time.monotonic()
+            if not await self.read_kept_labels():
+                delay = NOT_READY_RECHECK_S
+                continue
+            started = time.monotonic()  # (the snapshot follows with no await between: its nodes have those labels)
             try:
                 outcome, cpu = await asyncio.to_thread(_timed, functools.partial(self.reconciler.reconcile,
                                                                                  self.snapshot()))

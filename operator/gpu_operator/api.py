@@ -37,51 +37,38 @@ PLURAL = "clusterpolicies"
 KIND = "ClusterPolicy"
 
 _PERCENT_OR_INT = re.compile(r"^[0-9]+%?$")
+_MESSAGE = 'must be a non-negative integer or a percentage like "25%"'
 
 
 def _check_int_or_percent(v: int | str) -> int | str:
-    if isinstance(v, bool):
-        raise ValueError('must be a non-negative integer or a percentage like "25%"')
-    if isinstance(v, int):
-        if v < 0:
-            raise ValueError('must be a non-negative integer or a percentage like "25%"')
-        return v
-    if not _PERCENT_OR_INT.match(v):
-        raise ValueError('must be a non-negative integer or a percentage like "25%"')
+    if isinstance(v, bool) or (v < 0 if isinstance(v, int) else not _PERCENT_OR_INT.match(v)):
+        raise ValueError(_MESSAGE)
     return v
+
+
+def _int_or_string_schema(pattern: str, message: str) -> WithJsonSchema:
+    """The CRD's int-or-string with a CEL rule: a non-negative integer or a string `pattern` matches."""
+    return WithJsonSchema(
+        {
+            "x-kubernetes-int-or-string": True,
+            "x-kubernetes-validations": [
+                {"rule": f"type(self) == int ? self >= 0 : self.matches('{pattern}')", "message": message}
+            ],
+        }
+    )
 
 
 IntOrPercent = Annotated[
     # Strict int: a YAML bool (`true`) must not pass as 1, as the API server's int-or-string would reject it.
     Annotated[int, Strict()] | str,
     AfterValidator(_check_int_or_percent),
-    WithJsonSchema(
-        {
-            "x-kubernetes-int-or-string": True,
-            "x-kubernetes-validations": [
-                {
-                    "rule": "type(self) == int ? self >= 0 : self.matches('^[0-9]+%?$')",
-                    "message": 'must be a non-negative integer or a percentage like "25%"',
-                }
-            ],
-        }
-    ),
+    _int_or_string_schema(_PERCENT_OR_INT.pattern, _MESSAGE),
 ]
 # The DaemonSets' maxUnavailable, a plain string upstream: "" there means unset (the default), as here.
 RollingMaxUnavailable = Annotated[
     Annotated[int, Strict()] | str,
     AfterValidator(_check_int_or_percent),
-    WithJsonSchema(
-        {
-            "x-kubernetes-int-or-string": True,
-            "x-kubernetes-validations": [
-                {
-                    "rule": "type(self) == int ? self >= 0 : self.matches('^([0-9]+%?)?$')",
-                    "message": 'must be a non-negative integer or a percentage like "25%" ("": the default)',
-                }
-            ],
-        }
-    ),
+    _int_or_string_schema("^([0-9]+%?)?$", _MESSAGE + ' ("": the default)'),
 ]
 NonNegInt = Annotated[int, Field(ge=0)]
 

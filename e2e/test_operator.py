@@ -238,7 +238,12 @@ def test_second_policy_is_ignored_and_first_keeps_working(admin: Kube, operator:
 
     hand_over("cluster-policy", "second-policy")
     admin.create(policy_from_sample())
-    wait_for(lambda: policy(admin).get("status", {}).get("state") == "ignored", WAIT, message="cluster-policy ignored")
+    try:
+        wait_for(lambda: policy(admin).get("status", {}).get("state") == "ignored", WAIT,
+                 message="cluster-policy ignored")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\npolicy: {policy(admin)}\nsecond: {policy(admin, 'second-policy')}\n"
+                             f"operator log:\n{operator.log_tail(60)}") from None
     hand_over("second-policy", "cluster-policy")
 
 

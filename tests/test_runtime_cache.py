@@ -756,3 +756,27 @@ def test_the_listing_keeps_the_nfd_labels_the_nvidiadrivers_it_lists_select_on(
     with ThreadPoolExecutor(1) as pool:  # one worker: the NVIDIADrivers' listing must come before the nodes'
         snap = observe(Kube(), "gpu-operator", pool=pool if pooled else None)  # type: ignore[arg-type]
     assert snap.nodes["rhel-1"].labels[major] == "9" and set(snap.nvidia_drivers) == {"rhel9"}
+
+
+def test_a_late_deletion_of_a_predecessor_keeps_its_same_named_successor() -> None:
+    """kopf runs each object's events in its own worker (by uid): a ClusterPolicy deleted and created again
+    under its name can deliver the old one's DELETED after the new one's ADDED. The successor stays cached (it
+    was dropped, so the re-created policy never got its status: e2e/test_operator's hand-back timed out)."""
+    op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
+    old = {"metadata": {"name": "cluster-policy", "uid": "old", "resourceVersion": "10"}}
+    new = {"metadata": {"name": "cluster-policy", "uid": "new", "resourceVersion": "12"}}
+    op.on_policy("ADDED", new)
+    op.on_policy("DELETED", old)
+    assert op.policies["cluster-policy"]["metadata"]["uid"] == "new"
+    op.on_policy("DELETED", new)
+    assert op.policies == {}
+    op.on_nvidia_driver("ADDED", new)
+    op.on_nvidia_driver("DELETED", old)
+    assert "cluster-policy" in op.nvidia_drivers
+    labels = {"app.kubernetes.io/managed-by": "gpu-operator"}
+    cm = {"kind": "ConfigMap", "metadata": {"name": "c", "namespace": "gpu-operator", "labels": labels}}
+    op.on_config_map_event("ADDED", {**cm, "metadata": {**cm["metadata"], "uid": "new", "resourceVersion": "5"}})
+    op.on_config_map_event("DELETED", {**cm, "metadata": {**cm["metadata"], "uid": "old", "resourceVersion": "4"}})
+    assert "c" in op.config_maps and ("ConfigMap", "gpu-operator", "c") in op.owned
+    op.on_config_map_event("DELETED", {**cm, "metadata": {**cm["metadata"], "uid": "new", "resourceVersion": "6"}})
+    assert "c" not in op.config_maps and ("ConfigMap", "gpu-operator", "c") not in op.owned

@@ -155,6 +155,7 @@ class Operator:
         self.not_ready = False  # the last pass found the ClusterPolicy not ready
         self.config_maps: dict[str, tuple[str, ...]] = {}  # every ConfigMap in our namespace: name -> keys
         self.config_data: dict[str, dict[str, str]] = {}  # and their data (the sharing config is validated)
+        self._config_uids: dict[str, str] = {}  # and their uids (a late deletion of a predecessor is not theirs)
         # NFD NodeFeature PCI devices per node (other namespaces, so not watched: re-listed while a GPU node
         # is identified neither by its labels nor by these, at most every NODE_FEATURE_RELIST_S).
         self.node_features: dict[str, tuple[str, ...]] = {}
@@ -345,6 +346,8 @@ class Operator:
     def on_policy(self, event_type: str | None, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
         if event_type == "DELETED":
+            if _successor(self.policies.get(name), body):
+                return  # a re-created policy of that name is cached: this deletion is its predecessor's
             self._forget("policy", name)
             self.policies.pop(name, None)
         elif newer(self.policies.get(name), body):
@@ -360,6 +363,8 @@ class Operator:
     def on_nvidia_driver(self, event_type: str | None, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
         if event_type == "DELETED":
+            if _successor(self.nvidia_drivers.get(name), body):
+                return
             self._forget("nvidiadriver", name)
             self.nvidia_drivers.pop(name, None)
         elif newer(self.nvidia_drivers.get(name), body):
@@ -374,6 +379,8 @@ class Operator:
         self.changes += 1
         key = key_of(body)
         cached = self.owned.get(key)
+        if event_type == "DELETED" and _successor(cached, body):
+            return
         if event_type == "DELETED":
             self._forget("owned", key)
             self.owned.pop(key, None)
@@ -516,6 +523,13 @@ class Operator:
 
     def on_config_map(self, event_type: str | None, body: dict[str, Any]) -> None:
         name = body["metadata"]["name"]
+        uid = (body.get("metadata") or {}).get("uid")
+        if event_type == "DELETED":
+            if uid and self._config_uids.get(name, uid) != uid:
+                return  # a re-created ConfigMap of that name is cached: this deletion is its predecessor's
+            self._config_uids.pop(name, None)
+        elif uid:
+            self._config_uids[name] = uid
         keys = None if event_type == "DELETED" else config_map_keys(body)
         data = None if keys is None else dict(body.get("data") or {})
         if self.config_maps.get(name) == keys and self.config_data.get(name) == data:
@@ -1004,6 +1018,15 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
 
 
 Callback = Callable[[str | None, dict[str, Any]], None]
+
+
+def _successor(cached: dict[str, Any] | None, deleted: dict[str, Any]) -> bool:
+    """Whether the cached object is another one than the deleted (a same-named successor). kopf runs each
+    object's events in a worker of its own (by uid), so an old object's deletion can arrive after its
+    successor's creation: a deletion by name would drop the successor, which no later event may bring back."""
+    a = ((cached or {}).get("metadata") or {}).get("uid")
+    b = (deleted.get("metadata") or {}).get("uid")
+    return bool(a and b and a != b)
 
 
 def _handler(callback: Callback) -> Callable[..., Coroutine[Any, Any, None]]:

@@ -302,10 +302,10 @@ def test_a_pass_reads_only_the_named_secret_env_secrets() -> None:
     drivers = {d["metadata"]["name"]: {"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver", **d} for d in objs}
     nodes = {n.name: n for n in (facts("a1", labels={"pool": "a"}), facts("b1", labels={"pool": "b"}))}
 
-    def state_driver(kube: Kube) -> dict[str, Any]:
+    def state_driver(kube: Kube, reconciler: Reconciler | None = None) -> dict[str, Any]:
         snap = Snapshot(nodes=nodes, policies={"cluster-policy": policy}, owned={}, pods={}, revisions={},
                         nvidia_drivers=drivers)  # fmt: skip
-        Reconciler(kube, "gpu-operator").reconcile(snap)  # type: ignore[arg-type]
+        (reconciler or Reconciler(kube, "gpu-operator")).reconcile(snap)  # type: ignore[arg-type]
         states = kube.statuses[("ClusterPolicy", "cluster-policy")]["states"]
         return next(st for st in states if st["name"] == "state-driver")
 
@@ -317,6 +317,12 @@ def test_a_pass_reads_only_the_named_secret_env_secrets() -> None:
     assert "secretEnv" not in state_driver(Kube({"here", "gone"}))["message"]
     # Not allowed to read it: not checked (rendered, as before there was a check).
     assert "secretEnv" not in state_driver(Kube({"here"}, denied={"gone"}))["message"]
+    # A pass of a rollout reads again only the missing one; the one found is read again after SECRET_RECHECK_S.
+    kube = Kube({"here"})
+    reconciler = Reconciler(kube, "gpu-operator")  # type: ignore[arg-type]
+    state_driver(kube, reconciler)
+    state_driver(kube, reconciler)
+    assert [r[1] for r in kube.reads if r[0] == "Secret"] == ["gone", "here", "gone"]
 
 
 def test_node_patches_carry_the_owner_and_the_nvidiadrivers_auto_upgrade() -> None:

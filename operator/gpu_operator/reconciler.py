@@ -50,6 +50,8 @@ from .upgrade.adapter import UpgradeKept, managed_nodes
 from .upgrade.orchestrate import Orchestrated, orchestrate, set_gauges
 
 log = logging.getLogger("gpu_operator")
+# A driver.secretEnv Secret found is read again after this long (a missing one on every pass until it appears).
+SECRET_RECHECK_S = 60.0
 
 __all__ = ["CLEANUP_FINALIZER", "Outcome", "Reconciler"]
 
@@ -106,6 +108,7 @@ class Reconciler:
         self._plan: tuple[str, list[StatePlan]] | None = None  # the last plan and its render key
         self._sharing_warned: str | None = None  # the refusal last posted as an event
         self._unreadable_secrets: set[str] = set()  # named Secrets whose GET failed, each logged once
+        self._secrets_seen: dict[str, float] = {}  # named Secrets found, and when (read again after SECRET_RECHECK_S)
         self._spec: tuple[str, ClusterPolicySpec] | None = None  # the last parsed spec and its JSON text
         self._coverage: tuple[ClusterPolicySpec, list[tuple[str, str]]] | None = None  # coverage.report of a spec
         # Node -> (the facts and spec a patch was decided on, that patch): a node that did not change is not
@@ -134,7 +137,10 @@ class Reconciler:
         """Of the Secrets the spec names, those not in our namespace: one GET each, only of these names (no
         list: that would read every Secret's data). One the GET fails for (no right to read it) is not checked."""
         missing = set()
+        clock = time.monotonic()
         for name in sorted(names):
+            if clock - self._secrets_seen.get(name, -SECRET_RECHECK_S) < SECRET_RECHECK_S:
+                continue  # found lately: not read again on every pass of a rollout
             try:
                 found = self.kube.get("Secret", name, self.namespace)
             except ApiError as exc:
@@ -145,6 +151,9 @@ class Reconciler:
             self._unreadable_secrets.discard(name)
             if found is None:
                 missing.add(name)
+                self._secrets_seen.pop(name, None)
+            else:
+                self._secrets_seen[name] = clock
         return frozenset(missing)
 
     def _parse(self, raw: Any, allow_unknown: bool) -> tuple[ClusterPolicySpec, bool]:

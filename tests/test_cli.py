@@ -172,6 +172,13 @@ def test_render_without_nodes(capsys: pytest.CaptureFixture[str]) -> None:
     assert not any(d["metadata"]["name"].startswith("nvidia-driver-daemonset") for d in docs)
 
 
+def test_render_refuses_a_kubeconfig_without_from_cluster(capsys: pytest.CaptureFixture[str]) -> None:
+    """It rendered the files and never read the cluster the user named."""
+    rc, out, err = render_in_process(capsys, "--policy", str(SAMPLE_POLICY), "--kubeconfig", "/nonexistent")
+    assert (rc, out) == (2, "")
+    assert err == "error: --kubeconfig is read only with --from-cluster\n"
+
+
 def test_render_policy_from_stdin(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO(SAMPLE_POLICY.read_text()))
     rc, out, _ = render_in_process(capsys, "--policy", "-", "--nodes", str(SAMPLE_NODES))

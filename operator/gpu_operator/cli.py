@@ -147,6 +147,9 @@ def _print_error(exc: Exception) -> None:
 def cmd_render(args: argparse.Namespace) -> int:
     if args.from_cluster:
         return _render_from_cluster(args)
+    if args.kubeconfig:  # without --from-cluster the files are rendered and the cluster is never read
+        print("error: --kubeconfig is read only with --from-cluster", file=sys.stderr)
+        return 2
     if not args.policy:
         print("error: --policy is required (or --from-cluster)", file=sys.stderr)
         return 2

@@ -113,6 +113,33 @@ def test_broken_pytorch_gets_a_gpu_limit_in_the_corrected_pod() -> None:
     assert diagnose(cluster([node("h-0")], [agent])) == []
 
 
+def test_corrected_pod_keeps_the_users_volumes_mounts_and_tolerations() -> None:
+    """The corrected pod used to drop tolerations, serviceAccountName and securityContext as if the API server had
+    set them, and every volume (mounts were removed before checking whether any were left): it lost its data and
+    /dev/shm, could never land on GPU nodes tainted nvidia.com/gpu, and with an init container mounting a volume
+    the API server refused it. Only what the server fills in is left out (REFERENCE §12 entry 6)."""
+    toleration = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    added = {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute",
+             "tolerationSeconds": 300}  # by the API server
+    token = {"name": "kube-api-access-x1", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}}
+    broken = pod(
+        "broken-pytorch", image="pytorch/pytorch:2.1.0-cuda12.1-cudnn8-devel", node_name="h-0",
+        limits={"memory": "4Gi", "cpu": "2"}, tolerations=[toleration, added], serviceAccountName="trainer",
+        volumes=[{"name": "data", "persistentVolumeClaim": {"claimName": "datasets"}},
+                 {"name": "shm", "emptyDir": {"medium": "Memory"}}, token],
+    )  # fmt: skip
+    token_mount = {"name": "kube-api-access-x1", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}
+    broken["spec"]["containers"][0]["volumeMounts"] = [{"name": "shm", "mountPath": "/dev/shm"}, token_mount]
+    broken["spec"]["initContainers"] = [{"name": "fetch", "image": "busybox",
+                                         "volumeMounts": [{"name": "data", "mountPath": "/data"}, token_mount]}]
+    f = kinds(cluster([node("h-0", spec={"taints": [GPU_TAINT]})], [broken]))["CUDAImageWithoutGPU"]
+    spec = yaml.safe_load(f.fix_yaml)["spec"]
+    assert [v["name"] for v in spec["volumes"]] == ["data", "shm"], f.fix_yaml
+    assert spec["containers"][0]["volumeMounts"] == [{"name": "shm", "mountPath": "/dev/shm"}], f.fix_yaml
+    assert spec["initContainers"][0]["volumeMounts"] == [{"name": "data", "mountPath": "/data"}], f.fix_yaml
+    assert spec["tolerations"] == [toleration] and spec["serviceAccountName"] == "trainer", f.fix_yaml
+
+
 def test_findings_counted_by_kind_in_prometheus_format() -> None:
     from prometheus_client.parser import text_string_to_metric_families
 

@@ -26,6 +26,8 @@ _DRIVER_LABELS = (
     ("nvidia.com/cuda.driver.major", "nvidia.com/cuda.driver.minor", "nvidia.com/cuda.driver.rev"),
 )  # fmt: skip
 _DRIVER_TAG = re.compile(r"^(\d{3})\.(\d+)(?:\.(\d+))?")
+# What the DefaultTolerationSeconds admission plugin adds to every pod: not the user's own.
+_ADMISSION_TOLERATIONS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
 
 
 def policy(cluster: Cluster) -> tuple[str | None, ClusterPolicySpec | None]:
@@ -50,6 +52,16 @@ def scheduler_message(cluster: Cluster, pod: dict[str, Any]) -> tuple[str, str]:
     if failed:
         return "event FailedScheduling", str(failed[-1].get("message") or "")
     return "", ""
+
+
+def admission_toleration(toleration: dict[str, Any]) -> bool:
+    """Whether a toleration is one the API server added (not-ready/unreachable, NoExecute for 300 s)."""
+    return (
+        toleration.get("key") in _ADMISSION_TOLERATIONS
+        and toleration.get("operator") == "Exists"
+        and toleration.get("effect") == "NoExecute"
+        and toleration.get("tolerationSeconds") == 300
+    )
 
 
 def has_driver_labels(labels: dict[str, str]) -> bool:

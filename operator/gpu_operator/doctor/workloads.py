@@ -15,6 +15,7 @@ from .common import (
     MEMORY_LABEL,
     REPLICAS_LABEL,
     SHARING_LABEL,
+    admission_toleration,
     cuda_driver_table,
     driver_of_node,
     full_support_driver,
@@ -91,20 +92,54 @@ def _limits(container: dict[str, Any]) -> dict[str, Any]:
     return dict((container.get("resources") or {}).get("limits") or {})
 
 
+# Fields the API server fills in with these values when the user leaves them out.
+_SPEC_DEFAULTS = {"dnsPolicy": "ClusterFirst", "schedulerName": "default-scheduler", "enableServiceLinks": True,
+                  "terminationGracePeriodSeconds": 30, "serviceAccountName": "default", "securityContext": {}}
+_CONTAINER_DEFAULTS = {"terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File"}
+
+
+def _pull_default(image: str) -> str:
+    """The imagePullPolicy the API server gives a container that sets none."""
+    name = image.rsplit("/", 1)[-1]
+    tag = name.split(":", 1)[1] if ":" in name else ""
+    return "Always" if "@" not in image and tag in ("", "latest") else "IfNotPresent"
+
+
 def _corrected_pod(pod: dict[str, Any], containers: set[Any]) -> dict[str, Any]:
+    """The pod with the GPU limit added and what the API server filled in left out (the node, priority, defaults,
+    the service account token's volume and the default tolerations); the user's own fields are kept."""
     meta = pod.get("metadata") or {}
     spec = copy.deepcopy(pod.get("spec") or {})
-    for key in ("nodeName", "serviceAccount", "enableServiceLinks", "preemptionPolicy", "priority",
-                "schedulerName", "securityContext", "terminationGracePeriodSeconds", "dnsPolicy", "tolerations",
-                "serviceAccountName"):  # fmt: skip
-        spec.pop(key, None)  # the API server's defaults, noise in a correction
+    # priority and preemptionPolicy come from the priority class (admission refuses others); no ephemeral
+    # containers at creation.
+    for key in ("nodeName", "serviceAccount", "priority", "preemptionPolicy", "ephemeralContainers"):
+        spec.pop(key, None)
+    for key, default in _SPEC_DEFAULTS.items():
+        if key in spec and spec[key] == default:
+            del spec[key]
+    tolerations = [t for t in spec.pop("tolerations", None) or [] if not admission_toleration(t)]
+    if tolerations:
+        spec["tolerations"] = tolerations
+    token = {
+        v.get("name") for v in spec.get("volumes") or []
+        if str(v.get("name", "")).startswith("kube-api-access-") and "projected" in v
+    }  # fmt: skip
+    volumes = [v for v in spec.pop("volumes", None) or [] if v.get("name") not in token]
+    if volumes:
+        spec["volumes"] = volumes
+    for c in [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]:
+        for key, default in _CONTAINER_DEFAULTS.items():
+            if c.get(key) == default:
+                del c[key]
+        if c.get("imagePullPolicy") == _pull_default(str(c.get("image", ""))):
+            del c["imagePullPolicy"]
+        mounts = [m for m in c.pop("volumeMounts", None) or [] if m.get("name") not in token]
+        if mounts:
+            c["volumeMounts"] = mounts
     for c in spec.get("containers") or []:
-        for key in ("terminationMessagePath", "terminationMessagePolicy", "imagePullPolicy", "volumeMounts"):
-            c.pop(key, None)
         if c.get("name") in containers:
             limits = c.setdefault("resources", {}).setdefault("limits", {})
             limits[GPU] = 1
-    spec.pop("volumes", None) if not any(c.get("volumeMounts") for c in spec.get("containers") or []) else None
     out: dict[str, Any] = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": meta.get("name")}}
     if meta.get("namespace") and meta["namespace"] != "default":
         out["metadata"]["namespace"] = meta["namespace"]

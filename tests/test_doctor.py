@@ -603,6 +603,16 @@ def test_volcano_gpu_memory_advertised_is_not_reported_as_unadvertised() -> None
     assert "VolcanoResourceNotAdvertised" not in found, found["VolcanoResourceNotAdvertised"].summary
 
 
+def test_a_volcano_gpu_memory_pod_is_not_told_to_add_a_whole_gpu() -> None:
+    """Seed §7.1: a pod served by Volcano's GPU memory runs a CUDA image (tensorflow/serving:latest-gpu) and
+    requests no nvidia.com/* resource. It used to be called a CUDA image without a GPU, with a whole nvidia.com/gpu
+    added beside its volcano.sh/gpu-memory in the corrected pod."""
+    n = node("h-0", allocatable={"volcano.sh/gpu-memory": "81920"})
+    served = pod("shared-inference", image="tensorflow/serving:latest-gpu", node_name="h-0",
+                 limits={"volcano.sh/gpu-memory": "4096", "memory": "8Gi", "cpu": "4"})  # fmt: skip
+    assert diagnose(cluster([n], [served])) == []
+
+
 def test_sidecar_init_container_requests_add_to_the_containers() -> None:
     # KEP-753 (beta, on by default since 1.29): an init container with restartPolicy Always runs beside the app
     # containers, so kube-scheduler sums its requests with theirs (2 + 2 = 4 CPUs), not max(2, 2).

@@ -22,7 +22,7 @@ from .common import (
     version_tuple,
 )
 from .model import ERROR, INFO, WARNING, Cluster, Evidence, Finding, pod_ref
-from .sched import GPU, GPU_SHARED, gpu_requests, required_terms, selector_ok
+from .sched import GPU, GPU_SHARED, gpu_requests, pod_requests, required_terms, selector_ok
 
 _CUDA_IMAGES = re.compile(
     r"(cuda|^pytorch/pytorch|(^|/)nvidia/(pytorch|tensorflow|tritonserver|nemo|jax|rapids)|tensorflow/tensorflow:.*gpu"
@@ -51,7 +51,7 @@ def findings(cluster: Cluster, pods: list[dict[str, Any]]) -> list[Finding]:
             continue
         gpus = gpu_requests(pod)
         if not gpus:
-            f = _cuda_without_gpu(pod)
+            f = None if _other_gpu_resource(pod) else _cuda_without_gpu(pod)
             if f:
                 out.append(f)
             continue
@@ -59,6 +59,12 @@ def findings(cluster: Cluster, pods: list[dict[str, Any]]) -> list[Finding]:
         out += _cuda_vs_driver(cluster, pod)
         out += _oom(cluster, pod)
     return out
+
+
+def _other_gpu_resource(pod: dict[str, Any]) -> bool:
+    """Whether the pod gets its GPU another way: an extended resource of another device plugin (Volcano's
+    volcano.sh/gpu-memory, seed §7.1; amd.com/gpu)."""
+    return any("/" in k and "gpu" in k.split("/", 1)[1].lower() and v > 0 for k, v in pod_requests(pod).items())
 
 
 def _containers(pod: dict[str, Any]) -> list[dict[str, Any]]:

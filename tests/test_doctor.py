@@ -245,6 +245,17 @@ def test_untolerated_taint_gives_the_toleration() -> None:
     assert diagnose(cluster([tainted], [tolerated])) == []
 
 
+def test_taint_fix_keeps_the_tolerations_the_pod_already_has() -> None:
+    """The corrected YAML's spec.tolerations used to hold only the missing toleration: edited in, it dropped the
+    ones the pod had, and a pod tolerating dedicated=ml on nodes tainted dedicated=ml and nvidia.com/gpu stayed
+    Pending. It is the whole corrected list, as the nodeSelector fix is (REFERENCE §12 entry 14)."""
+    dedicated = {"key": "dedicated", "value": "ml", "effect": "NoSchedule"}
+    n = node("h-0", spec={"taints": [GPU_TAINT, dedicated]})
+    p = pod("p", 1, tolerations=[{"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}])
+    f = kinds(cluster([n], [p]))["UntoleratedTaint"]
+    assert diagnose(cluster([n], [applied(p, f.fix_yaml)])) == [], f.fix_yaml
+
+
 def test_mig_resource_under_single_strategy() -> None:
     f = kinds(cluster([node("h-0")], [pod("p", resource="nvidia.com/mig-1g.10gb")]))["MIGResourceNotAdvertised"]
     assert "mixed" in f.fix and "single" in f.summary and "-MIG-1g.10gb" in f.fix

@@ -16,6 +16,7 @@ from .common import (
     MIG_STRATEGY_LABEL,
     PRODUCT_LABEL,
     UPGRADE_STATE,
+    admission_toleration,
     policy,
     scheduler_message,
     upgrade_waiting,
@@ -311,7 +312,8 @@ def _taints(pod: dict[str, Any], ref: str, nodes: list[NodeView], evidence: list
         for t in untolerated_taints(pod, v):
             seen.setdefault((t.get("key", ""), t.get("value") or "", t.get("effect", "")), []).append(v.name)
     taints = ", ".join(f"{k}{'=' + val if val else ''}:{eff} ({len(n)} nodes)" for (k, val, eff), n in seen.items())
-    tolerations = [
+    # The pod's own tolerations and the missing ones: the whole corrected list (the API server's own left out).
+    tolerations = [t for t in (pod.get("spec") or {}).get("tolerations") or [] if not admission_toleration(t)] + [
         {"key": k, "operator": "Equal", "value": val, "effect": eff} if val else
         {"key": k, "operator": "Exists", "effect": eff}
         for (k, val, eff) in seen

@@ -213,6 +213,29 @@ def test_corrected_yaml_for_a_node_selector_matching_no_node_schedules_the_pod(n
     assert "NoNodeMatchesAffinity" not in kinds(cluster(nodes, [fixed])), f.fix_yaml
 
 
+def test_affinity_fix_keeps_the_terms_other_requirements_and_pod_anti_affinity() -> None:
+    """The corrected affinity used to be one term with only the corrected keys: the term's zone requirement, other
+    terms, preferences and the pod anti-affinity (seed Exercise 3's spread) were lost. Only the wrong values are
+    replaced now (REFERENCE §12 entry 15)."""
+    anti = {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"app": "p"}}}]}  # fmt: skip
+    zone = {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["a"]}
+    product = {"key": "nvidia.com/gpu.product", "operator": "In", "values": [H100]}
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [product, zone]}]}}, "podAntiAffinity": anti}  # fmt: skip
+    nodes = [node("h-a", product=H100 + "-SHARED", labels={"topology.kubernetes.io/zone": "a"}),
+             node("h-b", product=H100 + "-SHARED", labels={"topology.kubernetes.io/zone": "b"})]  # fmt: skip
+    p = pod("p", 1, affinity=affinity)
+    f = kinds(cluster(nodes, [p]))["NoNodeMatchesAffinity"]
+    fixed = applied(p, f.fix_yaml)
+    assert fixed["spec"]["affinity"]["podAntiAffinity"] == anti, f.fix_yaml
+    [term] = fixed["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"]  # fmt: skip
+    assert term["matchExpressions"] == [{**product, "values": [H100 + "-SHARED"]}, zone], f.fix_yaml
+    assert selector_ok(fixed, nodes[0]["metadata"]["labels"], "h-a")
+    assert not selector_ok(fixed, nodes[1]["metadata"]["labels"], "h-b")
+
+
 def test_scheduler_model_reads_node_selector_terms_as_kubernetes_does() -> None:
     def required(*terms: dict[str, Any]) -> dict[str, Any]:
         affinity = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": list(terms)}}

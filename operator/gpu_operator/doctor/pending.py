@@ -3,6 +3,7 @@ entries 1, 2, 14, 15, 16, 19, 21)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from decimal import Decimal
@@ -228,17 +229,6 @@ def _resources(
     )  # fmt: skip
 
 
-def _selector_keys(pod: dict[str, Any]) -> list[tuple[str, list[str], bool]]:
-    """(label key, values wanted, whether from the nodeSelector) from the pod's nodeSelector and required
-    affinity."""
-    out = [(k, [v], True) for k, v in ((pod.get("spec") or {}).get("nodeSelector") or {}).items()]
-    for term in required_terms(pod):
-        for e in term.get("matchExpressions") or []:
-            if e.get("operator", "In") in ("In", "Exists"):
-                out.append((e.get("key", ""), list(e.get("values") or []), False))
-    return out
-
-
 def _unmatched_terms(cluster: Cluster, pod: dict[str, Any]) -> list[str]:
     """What no label names: required terms with no requirements, and node names pinned by matchFields."""
     names = {v.name for v in cluster.views.values()}
@@ -263,40 +253,62 @@ def _suggest(wanted: str, present: list[str]) -> list[str]:
 
 def _no_matching_node(cluster: Cluster, pod: dict[str, Any], ref: str, evidence: list[Evidence]) -> Finding:
     lines: list[str] = []
-    corrected: dict[str, list[str]] = {}  # affinity keys
-    selector = dict((pod.get("spec") or {}).get("nodeSelector") or {})
-    for key, wanted, in_selector in _selector_keys(pod):
+
+    def corrected(key: str, wanted: list[str]) -> list[str] | None:
+        """The values nodes carry for a wanted key whose values match no node (None: nothing to correct)."""
         present = sorted({v.labels[key] for v in cluster.views.values() if key in v.labels})
         if not present:
             lines.append(f"no node has the label {key}")
-            continue
+            return None
         missing = [w for w in wanted if w not in present]
         if not missing:
-            continue
+            return None
         hints = sorted({s for w in missing for s in _suggest(w, present)})
         why = ""
         if any("-SHARED" in h or "-MIG-" in h for h in hints + missing):
             why = (" (GPU feature discovery appends -SHARED to gpu.product when a GPU is shared by time-slicing or "
                    "MPS, and -MIG-<profile> with the MIG strategy single)")  # fmt: skip
         lines.append(f"{key}: wanted {', '.join(missing)}; nodes have {', '.join(present[:10])}{why}")
-        values = hints or present
-        if in_selector and len(values) == 1:
-            selector[key] = values[0]
+        return hints or present
+
+    spec = pod.get("spec") or {}
+    selector = dict(spec.get("nodeSelector") or {})
+    moved: dict[str, list[str]] = {}  # nodeSelector keys with several values: to the affinity
+    for key, value in list(selector.items()):
+        values = corrected(key, [value])
+        if values is None:
             continue
-        if in_selector:  # several values: the key leaves the nodeSelector (ANDed with the affinity) for the affinity
+        if len(values) == 1:
+            selector[key] = values[0]
+        else:  # the key leaves the nodeSelector (ANDed with the affinity) for the affinity
             del selector[key]
-        corrected[key] = values
-    lines += _unmatched_terms(cluster, pod)
+            moved[key] = values
+    # The pod's own affinity with only the wrong values replaced: its other requirements, terms, preferences and
+    # pod (anti-)affinity stay.
+    affinity = copy.deepcopy(spec.get("affinity") or {})
+    terms = required_terms({"spec": {"affinity": affinity}})
+    for term in terms:
+        for e in term.get("matchExpressions") or []:
+            if e.get("operator", "In") in ("In", "Exists"):
+                values = corrected(e.get("key", ""), list(e.get("values") or []))
+                if values is not None:
+                    e["values"] = values
+    if moved:
+        exprs = [{"key": k, "operator": "In", "values": v} for k, v in moved.items()]
+        for term in terms:
+            term.setdefault("matchExpressions", []).extend(copy.deepcopy(exprs))
+        if not terms:
+            required = {"nodeSelectorTerms": [{"matchExpressions": exprs}]}
+            affinity.setdefault("nodeAffinity", {})["requiredDuringSchedulingIgnoredDuringExecution"] = required
+    lines = list(dict.fromkeys(lines)) + _unmatched_terms(cluster, pod)
     summary = "no node matches the pod's node selector or required node affinity: " + "; ".join(
         lines or ["the combination of labels it requires is on no node"]
     )
     fix: dict[str, Any] = {}
-    if selector != ((pod.get("spec") or {}).get("nodeSelector") or {}):
+    if selector != (spec.get("nodeSelector") or {}):
         fix["nodeSelector"] = selector  # the whole corrected nodeSelector, the keys that matched included
-    if corrected:
-        exprs = [{"key": k, "operator": "In", "values": v} for k, v in corrected.items()]
-        fix["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-            "nodeSelectorTerms": [{"matchExpressions": exprs}]}}}  # fmt: skip
+    if affinity != (spec.get("affinity") or {}):
+        fix["affinity"] = affinity  # the whole corrected affinity
     fix_yaml = yaml.safe_dump({"spec": fix}, sort_keys=False) if fix else ""
     return Finding(
         ERROR, "NoNodeMatchesAffinity", ref, summary,

@@ -355,6 +355,26 @@ def test_gpus_not_advertised_and_unhealthy() -> None:
     assert kinds(cluster([sick], []))["GPUsUnhealthy"].severity == "warning"
 
 
+def test_a_gpu_resource_name_the_nodes_do_not_advertise_is_not_blamed_on_the_device_plugin() -> None:
+    """With renameByDefault (REFERENCE §4) nodes advertise nvidia.com/gpu.shared, not nvidia.com/gpu; a pod asking
+    for the name that is not there was told the device plugin was not running (§12 entry 1 is "no node advertises
+    any"). The finding names the resource the nodes advertise, with the renamed limit."""
+    renamed = node("h-0", labels={"nvidia.com/gpu.replicas": "4", "nvidia.com/gpu.sharing-strategy": "time-slicing"})
+    for key in ("allocatable", "capacity"):
+        renamed["status"][key]["nvidia.com/gpu.shared"] = renamed["status"][key].pop("nvidia.com/gpu")
+    p = pod("p", 1, limits={"cpu": "1"})
+    found = kinds(cluster([renamed], [p]))
+    assert set(found) == {"ResourceNameMismatch"}, {k: f.summary for k, f in found.items()}
+    f = found["ResourceNameMismatch"]
+    assert "renameByDefault" in f.summary and "nvidia.com/gpu.shared" in f.fix and f.nodes == ("h-0",)
+    assert yaml.safe_load(f.fix_yaml) == {"spec": {"containers": [
+        {"name": "main", "resources": {"limits": {"nvidia.com/gpu.shared": "1", "cpu": "1"}}}]}}  # fmt: skip
+    # And the other way round: gpu.shared asked where sharing does not rename.
+    found = kinds(cluster([node("h-0")], [pod("p", resource="nvidia.com/gpu.shared")]))
+    assert set(found) == {"ResourceNameMismatch"} and "request nvidia.com/gpu instead" in found[
+        "ResourceNameMismatch"].fix  # fmt: skip
+
+
 def test_filters_by_pod_and_node() -> None:
     c = cluster([node("h-0"), node("h-1")], [pod("big", 64), pod("x", ns="other", image="nvidia/cuda:12.8.0-base")])
     assert {f.kind for f in diagnose(c, pod="big", namespace="default")} == {"GPURequestExceedsEveryNode"}

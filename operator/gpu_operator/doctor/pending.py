@@ -24,11 +24,14 @@ from .common import (
 )
 from .model import ERROR, INFO, WARNING, Cluster, Evidence, Finding, pod_ref
 from .sched import (
+    GPU,
+    GPU_SHARED,
     MIG_PREFIX,
     NodeView,
     cordoned,
     fmt,
     gpu_requests,
+    is_gpu_resource,
     pod_requests,
     required_terms,
     selector_ok,
@@ -394,6 +397,9 @@ def _not_advertised(
                    f"select the MIG product (nodeSelector {PRODUCT_LABEL}: <model>-MIG-{profile})")  # fmt: skip
         return Finding(ERROR, "MIGResourceNotAdvertised", ref, summary, fix, evidence, details=rows,
                        nodes=tuple(v.name for v in capable))  # fmt: skip
+    mismatch = _other_resource_name(cluster, pod, ref, resource, evidence)
+    if mismatch is not None:
+        return mismatch
     gpu_nodes = [n.name for n in cluster.snapshot.nodes.values() if n.has_gpu]
     opted_out = [n.name for n in cluster.snapshot.nodes.values()
                  if n.has_gpu and n.labels.get(DEVICE_PLUGIN_DEPLOY) == "false"]  # fmt: skip
@@ -423,4 +429,51 @@ def _not_advertised(
         "add GPU nodes, or install Node Feature Discovery so the operator can find them (its worker must tolerate "
         "the GPU nodes' taints, such as nvidia.com/gpu)",
         evidence,
+    )  # fmt: skip
+
+
+def _other_resource_name(
+    cluster: Cluster, pod: dict[str, Any], ref: str, resource: str, evidence: list[Evidence]
+) -> Finding | None:
+    """The pod asks for a GPU resource no node advertises while nodes advertise another: the name is wrong, the
+    device plugin works (sharing with renameByDefault advertises nvidia.com/gpu.shared, MIG mixed nvidia.com/mig-*)."""
+    offered: dict[str, list[NodeView]] = {}
+    for v in cluster.views.values():
+        for name, amount in v.allocatable.items():
+            if is_gpu_resource(name) and name != resource and amount > 0:
+                offered.setdefault(name, []).append(v)
+    if not offered:
+        return None
+    names = sorted(offered)
+    nodes = sorted({v.name for found in offered.values() for v in found})
+    why = ""
+    if resource == GPU and GPU_SHARED in offered:
+        why = f" (GPU sharing with renameByDefault advertises shared GPUs as {GPU_SHARED})"
+    elif resource == GPU_SHARED and GPU in offered:
+        why = f" ({GPU_SHARED} exists only with sharing and renameByDefault; here GPUs are advertised as {GPU})"
+    elif any(n.startswith(MIG_PREFIX) for n in names):
+        why = " (with the MIG strategy mixed each MIG profile is its own resource, nvidia.com/mig-<profile>)"
+    shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+    ev = evidence + [
+        Evidence(f"Node {v.name}", "status.allocatable", f"{name}: {fmt(v.allocatable[name])}")
+        for name in names[:3] for v in offered[name][:1]
+    ]  # fmt: skip
+    fix_yaml = ""
+    if len(names) == 1:  # the pod's containers with the resource renamed in their requests and limits
+        fixed: dict[str, list[dict[str, Any]]] = {}
+        for key in ("initContainers", "containers"):
+            for c in (pod.get("spec") or {}).get(key) or []:
+                res = c.get("resources") or {}
+                if any(resource in (res.get(k) or {}) for k in ("limits", "requests")):
+                    renamed = {k: {names[0] if r == resource else r: q for r, q in (res.get(k) or {}).items()}
+                               for k in ("limits", "requests") if res.get(k)}  # fmt: skip
+                    fixed.setdefault(key, []).append({"name": c.get("name"), "resources": renamed})
+        fix_yaml = yaml.safe_dump({"spec": fixed}, sort_keys=False) if fixed else ""
+    return Finding(
+        ERROR, "ResourceNameMismatch", ref,
+        f"the pod requests {resource}, which no node advertises, but the GPU nodes advertise {shown}{why}: the "
+        "resource name is wrong, the device plugin runs",
+        f"request {names[0]} instead of {resource}" if len(names) == 1 else
+        f"request one of {shown} instead of {resource}",
+        ev, fix_yaml=fix_yaml, nodes=tuple(nodes),
     )  # fmt: skip

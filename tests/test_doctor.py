@@ -347,6 +347,32 @@ def test_operand_stuck_in_init_names_the_first_failing_validator_step() -> None:
     assert "toolkit-validation" in f.summary and "container toolkit" in f.summary and f.nodes == ("h-0",)
 
 
+def test_a_sandbox_event_from_before_the_runtime_was_configured_does_not_hide_a_later_failure() -> None:
+    """On a fresh node the validator pod is created before the toolkit configures the nvidia handler (REFERENCE
+    §11), so it keeps a FailedCreatePodSandBox event after its sandbox came up. That event used to make doctor blame
+    the runtime handler (CONTAINERD_CONFIG) for a later cuda-validation crash loop; it counts now only while no
+    container has started, or when it is newer than the last container start."""
+    inits = [{"name": "driver-validation", "state": {"terminated": {"exitCode": 0}}},
+             {"name": "toolkit-validation", "state": {"terminated": {"exitCode": 0}}},
+             {"name": "cuda-validation", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+              "lastState": {"terminated": {"exitCode": 1}}}]  # fmt: skip
+    validator = {"kind": "Pod", "spec": {"nodeName": "h-0"},
+                 "metadata": {"name": "nvidia-operator-validator-x", "namespace": NS,
+                              "labels": {"nvidia.com/gpu-operator.state": "state-operator-validation"}},
+                 "status": {"phase": "Pending", "initContainerStatuses": inits}}  # fmt: skip
+    sandbox = {"reason": "FailedCreatePodSandBox", "type": "Warning", "lastTimestamp": "2026-01-01T00:00:00Z",
+               "involvedObject": {"kind": "Pod", "namespace": NS, "name": "nvidia-operator-validator-x"},
+               "message": 'failed to get sandbox runtime: no runtime for "nvidia" is configured'}  # fmt: skip
+    status = {"state": "notReady", "states": [{"name": "state-operator-validation", "state": "notReady",
+                                               "message": "1 of 1 pods unavailable"}]}  # fmt: skip
+    f = kinds(cluster([node("h-0")], [validator], events=[sandbox], policy_status=status))["OperandNotReady"]
+    assert "cuda-validation" in f.summary and "CONTAINERD_CONFIG" not in f.fix, (f.summary, f.fix)
+    # The sandbox failed again after the last container ran (a node rebooted with its runtime broken): it holds.
+    inits[2]["lastState"]["terminated"]["finishedAt"] = "2025-12-31T23:59:00Z"
+    f = kinds(cluster([node("h-0")], [validator], events=[sandbox], policy_status=status))["OperandNotReady"]
+    assert "FailedCreatePodSandBox" in f.summary and "CONTAINERD_CONFIG" in f.fix, (f.summary, f.fix)
+
+
 def test_gpus_not_advertised_and_unhealthy() -> None:
     bare = node("h-0", allocatable={"nvidia.com/gpu": "0"})
     bare["status"]["capacity"].pop("nvidia.com/gpu")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from datetime import datetime
 from functools import cache
 from typing import Any
 
@@ -62,6 +63,51 @@ def admission_toleration(toleration: dict[str, Any]) -> bool:
         and toleration.get("effect") == "NoExecute"
         and toleration.get("tolerationSeconds") == 300
     )
+
+
+def _time(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else None
+    except ValueError:
+        return None
+
+
+def _event_time(event: dict[str, Any]) -> datetime | None:
+    series = event.get("series") or {}
+    return _time(series.get("lastObservedTime") or event.get("lastTimestamp") or event.get("eventTime"))
+
+
+def sandbox_failure(cluster: Cluster, pod: dict[str, Any]) -> dict[str, Any] | None:
+    """The pod's last FailedCreatePodSandBox event if it still holds: no container of the pod has started, or the
+    event is newer than the last container start or stop. A pod created before the toolkit configured the runtime
+    keeps such an event after its sandbox came up."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    events = cluster.events_for("Pod", meta.get("namespace") or "", meta.get("name", ""))
+    failed = [e for e in events if e.get("reason") == "FailedCreatePodSandBox"]
+    if not failed:
+        return None
+    started, last = False, None
+    for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        ran = [(cs.get("state") or {}).get("running"), (cs.get("state") or {}).get("terminated"),
+               (cs.get("lastState") or {}).get("terminated")]  # fmt: skip
+        started = started or cs.get("restartCount", 0) > 0 or any(r is not None for r in ran)
+        for when in (_time(r.get(k)) for r in ran if r for k in ("startedAt", "finishedAt")):
+            if when is not None and (last is None or when > last):
+                last = when
+    if not started:
+        return failed[-1]
+    when = _event_time(failed[-1])
+    return failed[-1] if when is not None and last is not None and when > last else None
+
+
+def sandbox_fix(message: str) -> str:
+    """What to do about a FailedCreatePodSandBox message (REFERENCE §12 entries 9, 10)."""
+    if "RuntimeClass" in message:
+        return ("the RuntimeClass is missing or named differently: check the pre-requisites state and "
+                "operator.runtimeClass")
+    return ("the nvidia runtime handler is not configured on this node yet: the container toolkit configures it "
+            "(check its pod on the node); on k3s, k0s or RKE2 set CONTAINERD_CONFIG/CONTAINERD_SOCKET in "
+            "toolkit.env to that distribution's paths")  # fmt: skip
 
 
 def has_driver_labels(labels: dict[str, str]) -> bool:

@@ -10,7 +10,15 @@ from typing import Any
 from ..readiness import pod_ready
 from ..states import all_states
 from ..states.base import STATE_LABEL
-from .common import MIG_CONFIG_LABEL, MIG_STATE_LABEL, UPGRADE_STATE, policy, upgrade_waiting
+from .common import (
+    MIG_CONFIG_LABEL,
+    MIG_STATE_LABEL,
+    UPGRADE_STATE,
+    policy,
+    sandbox_failure,
+    sandbox_fix,
+    upgrade_waiting,
+)
 from .model import ERROR, INFO, WARNING, Cluster, Evidence, Finding, pod_ref
 from .sched import DAEMON_TOLERATIONS, GPU, NodeView, selector_ok
 
@@ -78,8 +86,7 @@ def _state_order() -> dict[str, int]:
 def _why_not_ready(cluster: Cluster, pod: dict[str, Any]) -> tuple[str, str, str]:
     """(component, reason, fix) for an operand pod that is not ready."""
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
-    events = cluster.events_for("Pod", meta.get("namespace") or "", meta.get("name", ""))
-    sandbox = [e for e in events if e.get("reason") == "FailedCreatePodSandBox"]
+    sandbox = sandbox_failure(cluster, pod)
     for cs in status.get("initContainerStatuses") or []:
         term = (cs.get("state") or {}).get("terminated")
         if term and term.get("exitCode") == 0:
@@ -99,16 +106,8 @@ def _why_not_ready(cluster: Cluster, pod: dict[str, Any]) -> tuple[str, str, str
                "and plugin") if what else f"read its log: {_logs(meta, name)}"  # fmt: skip
         return name, reason, fix
     if sandbox:
-        message = str(sandbox[-1].get("message") or "")
-        fix = ("the nvidia runtime handler is not configured on this node yet: the container toolkit configures it "
-               "(check its pod on the node); on k3s, k0s or RKE2 set CONTAINERD_CONFIG/CONTAINERD_SOCKET in "
-               "toolkit.env to that distribution's paths")  # fmt: skip
-        if "RuntimeClass" in message:
-            fix = (
-                "the RuntimeClass is missing or named differently: check the pre-requisites state and "
-                "operator.runtimeClass"
-            )
-        return "sandbox", f"FailedCreatePodSandBox: {message}", fix
+        message = str(sandbox.get("message") or "")
+        return "sandbox", f"FailedCreatePodSandBox: {message}", sandbox_fix(message)
     for cs in status.get("containerStatuses") or []:
         if cs.get("ready"):
             continue

@@ -548,6 +548,57 @@ def test_doctor_node_that_does_not_exist_is_an_error(
     assert capsys.readouterr() == ("", "error: pod default/nope not found\n")
 
 
+def _validator_waiting_in(node_name: str, step: str) -> dict[str, Any]:
+    return {"kind": "Pod", "spec": {"nodeName": node_name},
+            "metadata": {"name": f"nvidia-operator-validator-{node_name}", "namespace": NS,
+                         "labels": {"nvidia.com/gpu-operator.state": "state-operator-validation"}},
+            "status": {"phase": "Pending", "initContainerStatuses": [
+                {"name": step, "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}}  # fmt: skip
+
+
+def test_doctor_pod_gives_the_stack_findings_of_the_pods_node(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--pod` used to leave out the stack's findings: on a validator stuck in driver-validation (the CLI even reads
+    that operand pod for it) doctor said "every operand is ready" and exited 0. The stack's findings about the pod's
+    node are given now, and only those."""
+    import gpu_operator.doctor
+    from gpu_operator.cli import main
+    from gpu_operator.kube import Kube
+
+    status = {"state": "notReady", "states": [{"name": "state-operator-validation", "state": "notReady",
+                                               "message": "2 of 2 pods unavailable"}]}  # fmt: skip
+    stuck = [_validator_waiting_in("h-0", "driver-validation"), _validator_waiting_in("h-1", "toolkit-validation")]
+    c = cluster([node("h-0"), node("h-1")], stuck, policy_status=status)
+    found = diagnose(c, pod="nvidia-operator-validator-h-0", namespace=NS)
+    assert [(f.kind, f.nodes) for f in found] == [("OperandNotReady", ("h-0",))], render_text(found)
+    assert "driver-validation" in found[0].summary
+    train = pod("train", 1, node_name="h-1")  # a workload on a node whose stack is broken is told so
+    c = cluster([node("h-0"), node("h-1")], [*stuck, train], policy_status=status)
+    assert [f.nodes for f in diagnose(c, pod="train", namespace="default")] == [("h-1",)]
+    monkeypatch.setattr(Kube, "connect", classmethod(lambda cls, *a, **k: FakeKube()))
+    monkeypatch.setattr(gpu_operator.doctor, "gather", lambda kube, ns: c)
+    assert main(["doctor", "--pod", "nvidia-operator-validator-h-0", "-n", NS]) == 2
+    assert "every operand is ready" not in capsys.readouterr().out
+
+
+def test_a_workload_pod_that_cannot_get_an_nvidia_sandbox_is_diagnosed() -> None:
+    """A workload bound to a node whose nvidia runtime handler is missing stays in ContainerCreating with §12 entry
+    10's signature; only the operand pods' sandbox events were read, so it got no finding at all."""
+    w = pod("train", 1, node_name="h-0", image="nvcr.io/nvidia/pytorch:25.01-py3", runtimeClassName="nvidia",
+            status={"phase": "Pending", "containerStatuses": [
+                {"name": "main", "ready": False, "state": {"waiting": {"reason": "ContainerCreating"}}}]})  # fmt: skip
+    message = ('Failed to create pod sandbox: rpc error: code = Unknown desc = failed to get sandbox runtime: '
+               'no runtime for "nvidia" is configured')  # fmt: skip
+    ev = {"reason": "FailedCreatePodSandBox", "type": "Warning", "message": message,
+          "involvedObject": {"kind": "Pod", "namespace": "default", "name": "train"}}  # fmt: skip
+    found = diagnose(cluster([node("h-0")], [w], events=[ev]), pod="train", namespace="default")
+    assert [(f.kind, f.nodes) for f in found] == [("PodSandboxFailed", ("h-0",))], render_text(found)
+    assert message in found[0].summary and "container toolkit" in found[0].fix
+    cni = {**ev, "message": "Failed to create pod sandbox: plugin type=calico failed (add): connection refused"}
+    assert diagnose(cluster([node("h-0")], [w], events=[cni])) == []  # not the GPU stack's
+
+
 def test_operand_pods_are_taken_from_the_one_listing_of_every_pod() -> None:
     from gpu_operator.observe import _operand_pods
     from gpu_operator.states.base import MANAGED_BY, OPERATOR_NAME

@@ -681,7 +681,7 @@ def _add_doctor(sub: Any) -> None:
     p.add_argument("-n", "--namespace", default="default", help="namespace of the workload pods to look at "
                    "(default: every namespace; with --pod: default)")  # fmt: skip
     target = p.add_mutually_exclusive_group()
-    target.add_argument("--pod", help="only this pod's findings")
+    target.add_argument("--pod", help="only this pod's findings and the GPU stack's on its node")
     target.add_argument("--node", help="only the findings about this node and its pods")
     p.add_argument("-o", "--output", choices=("text", "json", "prometheus"), default="text",
                    help="text, json, or prometheus (findings counted by kind, for a textfile collector)")

@@ -34,11 +34,18 @@ def diagnose(
     cluster: Cluster, *, namespace: str | None = None, pod: str | None = None, node: str | None = None
 ) -> list[Finding]:
     """Findings, most severe first. `namespace` limits the workload pods looked at, `pod` gives that pod's
-    findings only, `node` keeps the findings that concern that node (and the pods bound to it)."""
+    findings and the GPU stack's on its node, `node` keeps the findings that concern that node (and the pods bound
+    to it)."""
     pods = [p for p in cluster.pods if _pod_matches(p, namespace, pod)]
     found = pending.findings(cluster, pods) + workloads.findings(cluster, pods)
     if not pod:
         found += stack.findings(cluster)
+    else:  # the stack's findings about that pod (an operand's) or the node it is bound to
+        bound, refs = {_bound_to(p) for p in pods} - {""}, {pod_ref(p) for p in pods}
+        found += [
+            f for f in stack.findings(cluster)
+            if bound & set(f.nodes) or f.object in refs or any(e.object in refs for e in f.evidence)
+        ]  # fmt: skip
     if node:
         on_node = {pod_ref(p) for p in pods if _bound_to(p) == node}
         found = [f for f in found if node in f.nodes or f.object == f"Node {node}" or f.object in on_node]

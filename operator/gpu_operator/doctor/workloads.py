@@ -1,6 +1,6 @@
-"""Workload findings (REFERENCE §12 entries 6, 7, 17, 18): CUDA images without a GPU, more than one replica of a
-shared (time-sliced or MPS) GPU, the CUDA an image needs against the node's driver, CUDA out of memory on a shared
-GPU."""
+"""Workload findings (REFERENCE §12 entries 6, 7, 9, 10, 17, 18): CUDA images without a GPU, pods whose sandbox
+the nvidia runtime cannot create, more than one replica of a shared (time-sliced or MPS) GPU, the CUDA an image
+needs against the node's driver, CUDA out of memory on a shared GPU."""
 
 from __future__ import annotations
 
@@ -19,6 +19,8 @@ from .common import (
     cuda_driver_table,
     driver_of_node,
     full_support_driver,
+    sandbox_failure,
+    sandbox_fix,
     version_tuple,
 )
 from .model import ERROR, INFO, WARNING, Cluster, Evidence, Finding, pod_ref
@@ -49,6 +51,7 @@ def findings(cluster: Cluster, pods: list[dict[str, Any]]) -> list[Finding]:
     for pod in pods:
         if not _workload(cluster, pod) or (pod.get("metadata") or {}).get("deletionTimestamp"):
             continue
+        out += _sandbox(cluster, pod)
         gpus = gpu_requests(pod)
         if not gpus:
             f = None if _other_gpu_resource(pod) else _cuda_without_gpu(pod)
@@ -59,6 +62,26 @@ def findings(cluster: Cluster, pods: list[dict[str, Any]]) -> list[Finding]:
         out += _cuda_vs_driver(cluster, pod)
         out += _oom(cluster, pod)
     return out
+
+
+def _sandbox(cluster: Cluster, pod: dict[str, Any]) -> list[Finding]:
+    """A pod bound to a node whose nvidia runtime handler or RuntimeClass is missing: stuck in ContainerCreating
+    with FailedCreatePodSandBox (REFERENCE §12 entries 9, 10)."""
+    spec = pod.get("spec") or {}
+    node = spec.get("nodeName")
+    if not node or (pod.get("status") or {}).get("phase", "Pending") != "Pending":
+        return []
+    event = sandbox_failure(cluster, pod)
+    message = str((event or {}).get("message") or "")
+    runtime_class = str(spec.get("runtimeClassName") or "")
+    if not event or "nvidia" not in message.lower() and not (runtime_class and runtime_class in message):
+        return []  # a sandbox failure of another kind (the network's): not the GPU stack's
+    ref = pod_ref(pod)
+    return [Finding(
+        ERROR, "PodSandboxFailed", ref,
+        f"the pod is bound to {node} but its sandbox cannot be created there, so no container starts: {message}",
+        sandbox_fix(message), [Evidence(ref, "event FailedCreatePodSandBox", message)], nodes=(node,),
+    )]  # fmt: skip
 
 
 def _other_gpu_resource(pod: dict[str, Any]) -> bool:

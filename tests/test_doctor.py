@@ -303,6 +303,47 @@ def test_cuda_13_on_driver_570() -> None:
     assert diagnose(cluster([node("new")], [ok])) == []
 
 
+def _failed_with(message: str, state: str = "terminated", image: str = "registry.example.com/team/train:v3") -> Any:
+    body = {"exitCode": 1, "message": message} if state == "terminated" else {"reason": "RunContainerError",
+                                                                              "message": message}
+    return pod("train", 1, node_name="h-0", image=image,
+               status={"phase": "Failed" if state == "terminated" else "Pending",
+                       "containerStatuses": [{"name": "main", "ready": False, "state": {state: body}}]})  # fmt: skip
+
+
+def test_the_runtime_refusing_a_cuda_too_new_for_the_driver_is_diagnosed() -> None:
+    """§12 entry 7 was read only from the pod spec (NVIDIA_REQUIRE_CUDA in its env, a CUDA version in a well-known
+    tag); nvidia/cuda-based images set NVIDIA_REQUIRE_CUDA in the image's config, so a custom-tagged image refused by
+    the runtime hook with the catalogue's signature got no finding."""
+    message = ("failed to create containerd task: ... error running hook #0: error running hook: exit status 1, "
+               "stderr: nvidia-container-cli: requirement error: unsatisfied condition: cuda>=12.8, please update "
+               "your driver to a newer version, or use an earlier cuda container: unknown")  # fmt: skip
+    f = kinds(cluster([node("h-0", driver="550.54.15")], [_failed_with(message, "waiting")]))["CUDADriverTooOld"]
+    assert "driver 550.54.15 is older than CUDA 12.8" in f.summary and "570.26" in f.fix and f.nodes == ("h-0",)
+    assert "cuda>=12.8" in f.evidence[0].message and f.evidence[0].field.endswith("state.waiting.message")
+    # CDI mode: CUDA's own error; the CUDA version from the tag, where minor-version compatibility was assumed.
+    insufficient = "RuntimeError: CUDA error: CUDA driver version is insufficient for CUDA runtime version"
+    found = kinds(cluster([node("h-0", driver="550.54.15")], [_failed_with(insufficient, image="team/train:cu128")]))
+    assert set(found) == {"CUDADriverTooOld"} and "570.26" in found["CUDADriverTooOld"].fix
+
+
+def test_no_kernel_image_for_the_gpu_is_diagnosed() -> None:
+    """§12 entry 8 was implemented nowhere: the image's architectures against the GPU's compute capability."""
+    message = "Traceback ...\nRuntimeError: CUDA error: no kernel image is available for execution on the device\n..."
+    f = kinds(cluster([node("h-0")], [_failed_with(message)]))["NoKernelImageForGPU"]
+    assert "compute capability" in f.summary and f.evidence[0].message.startswith("RuntimeError: CUDA error: no kernel")
+
+    def compute(major: str, minor: str) -> dict[str, Any]:
+        return node("h-0", labels={"nvidia.com/gpu.compute.major": major, "nvidia.com/gpu.compute.minor": minor})
+
+    old = _failed_with(message, image="pytorch/pytorch:2.1.0-cuda12.1-cudnn8-devel")
+    f = kinds(cluster([compute("10", "0")], [old]))["NoKernelImageForGPU"]  # Blackwell: first in CUDA 12.8
+    assert "CUDA 12.1 predates" in f.summary and "12.8 or newer" in f.fix
+    new = _failed_with(message, image="nvidia/cuda:13.0.1-base-ubuntu24.04")
+    f = kinds(cluster([compute("7", "0")], [new]))["NoKernelImageForGPU"]  # Volta
+    assert "CUDA 13 dropped sm_50-70" in f.summary and "CUDA 12.x" in f.fix
+
+
 def test_cuda_oom_on_time_sliced_gpu_and_more_than_one_replica() -> None:
     shared = node("h-0", labels={"nvidia.com/gpu.replicas": "4", "nvidia.com/gpu.sharing-strategy": "time-slicing"})
     oom = pod("oom", 1, node_name="h-0", status={"phase": "Failed", "containerStatuses": [{"name": "main", "state": {

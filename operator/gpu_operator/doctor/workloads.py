@@ -1,6 +1,7 @@
-"""Workload findings (REFERENCE §12 entries 6, 7, 9, 10, 17, 18): CUDA images without a GPU, pods whose sandbox
-the nvidia runtime cannot create, more than one replica of a shared (time-sliced or MPS) GPU, the CUDA an image
-needs against the node's driver, CUDA out of memory on a shared GPU."""
+"""Workload findings (REFERENCE §12 entries 6-10, 17, 18): CUDA images without a GPU, pods whose sandbox the nvidia
+runtime cannot create, more than one replica of a shared (time-sliced or MPS) GPU, the CUDA an image needs against
+the node's driver (from the pod spec, or the runtime's refusal), images without code for the GPU, CUDA out of memory
+on a shared GPU."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from ..gpu_identity import GFD_COMPUTE_MAJOR, GFD_COMPUTE_MINOR
 from .common import (
     BRANCH_MINIMUM,
     MEMORY_LABEL,
@@ -36,6 +38,11 @@ _TAG_CUDA = (
     re.compile(r"\bcu(\d{2})(\d)\b"),  # cu121, cu128
 )
 _REQUIRE = re.compile(r"cuda>=(\d+)\.(\d+)")
+_UNSATISFIED = re.compile(r"unsatisfied condition: cuda\s*>=\s*(\d+)\.(\d+)")
+_INSUFFICIENT = re.compile(r"CUDA driver version is insufficient", re.IGNORECASE)
+_NO_KERNEL = re.compile(r"no kernel image is available for execution on the device", re.IGNORECASE)
+# The first CUDA with code for a compute capability (the version matrix's architectures); CUDA 13 dropped sm_50-70.
+_FIRST_CUDA = {(8, 0): (11, 0), (8, 6): (11, 1), (8, 9): (11, 8), (9, 0): (11, 8), (10, 0): (12, 8), (12, 0): (12, 8)}
 _OOM = re.compile(r"CUDA out of memory|CUDA error: out of memory|OutOfMemoryError", re.IGNORECASE)
 
 
@@ -59,7 +66,8 @@ def findings(cluster: Cluster, pods: list[dict[str, Any]]) -> list[Finding]:
                 out.append(f)
             continue
         out += _time_sliced(cluster, pod, gpus)
-        out += _cuda_vs_driver(cluster, pod)
+        out += _refused_by_driver(cluster, pod, _cuda_vs_driver(cluster, pod))
+        out += _no_kernel_image(cluster, pod)
         out += _oom(cluster, pod)
     return out
 
@@ -370,3 +378,92 @@ def _oom(cluster: Cluster, pod: dict[str, Any]) -> list[Finding]:
                 ev, nodes=(node,) if node else (),
             )]  # fmt: skip
     return []
+
+
+def _status_message(pod: dict[str, Any], rx: re.Pattern[str]) -> tuple[str, str] | None:
+    """(field, line) of the first container state message (init containers too, current or last) matching rx."""
+    status = pod.get("status") or {}
+    for key in ("initContainerStatuses", "containerStatuses"):
+        for cs in status.get(key) or []:
+            for state_key in ("state", "lastState"):
+                for kind in ("waiting", "terminated"):
+                    message = str(((cs.get(state_key) or {}).get(kind) or {}).get("message") or "")
+                    line = next((line for line in message.splitlines() if rx.search(line)), "")
+                    if line:
+                        return f"status.{key}[{cs.get('name')}].{state_key}.{kind}.message", line.strip()[:300]
+    return None
+
+
+def _node_driver_evidence(cluster: Cluster, node: str) -> tuple[str, list[Evidence]]:
+    found = driver_of_node(cluster, node) if node else None
+    if not found:
+        return "", []
+    return found[0], [Evidence(f"Node {node}", found[1], f"driver {found[0]}")]
+
+
+def _refused_by_driver(cluster: Cluster, pod: dict[str, Any], found: list[Finding]) -> list[Finding]:
+    """§12 entry 7 by its signature: the runtime hook's "unsatisfied condition: cuda>=X.Y" (NVIDIA_REQUIRE_CUDA set in
+    the image's own config, unseen in the pod spec) or CUDA's "driver version is insufficient"."""
+    seen = _status_message(pod, _UNSATISFIED) or _status_message(pod, _INSUFFICIENT)
+    if seen is None:
+        return found
+    ref = pod_ref(pod)
+    ev = Evidence(ref, seen[0], seen[1])
+    known = [f for f in found if f.kind == "CUDADriverTooOld"]
+    if known:  # the pod spec said so already: the message is its proof
+        known[0].evidence.insert(0, ev)
+        return found
+    m = _UNSATISFIED.search(seen[1])
+    need = cuda_need(pod)
+    cuda = (int(m.group(1)), int(m.group(2))) if m else need[0] if need else None
+    node = str((pod.get("spec") or {}).get("nodeName") or "")
+    version, node_ev = _node_driver_evidence(cluster, node)
+    driver = f"the node's driver {version}" if version else "the node's driver"
+    minimum = ".".join(map(str, full_support_driver(cuda) or ())) if cuda else ""
+    what = f"CUDA {cuda[0]}.{cuda[1]}" if cuda else "the CUDA its image was built with"
+    # The signature proves the driver too old: a note that minor-version compatibility covers it would contradict.
+    rest = [f for f in found if f.kind != "CUDAMinorVersionCompatibility"]
+    return [Finding(
+        ERROR, "CUDADriverTooOld", ref,
+        f"the container fails because {driver} is older than {what} needs"
+        + (" (the image's NVIDIA_REQUIRE_CUDA, checked by the runtime hook)" if m else ""),
+        (f"run it on nodes with driver {minimum} or newer" if minimum else "run it on nodes with a newer driver")
+        + " (set the ClusterPolicy's driver.version, or select such nodes), or use an image built for an older "
+        "CUDA (a newer driver always runs older CUDA)",
+        [ev] + node_ev, nodes=(node,) if node else (),
+    )] + rest  # fmt: skip
+
+
+def _no_kernel_image(cluster: Cluster, pod: dict[str, Any]) -> list[Finding]:
+    """§12 entry 8: the image has no code for the GPU's compute capability (nor PTX the driver can compile)."""
+    seen = _status_message(pod, _NO_KERNEL)
+    if seen is None:
+        return []
+    ref = pod_ref(pod)
+    node = str((pod.get("spec") or {}).get("nodeName") or "")
+    view = cluster.views.get(node)
+    labels = view.labels if view else {}
+    major, minor = labels.get(GFD_COMPUTE_MAJOR, ""), labels.get(GFD_COMPUTE_MINOR, "")
+    ev = [Evidence(ref, seen[0], seen[1])]
+    cc = (int(major), int(minor)) if major.isdigit() and minor.isdigit() else None
+    if cc:
+        ev.append(Evidence(f"Node {node}", f"labels[{GFD_COMPUTE_MAJOR}/minor]", f"{cc[0]}.{cc[1]}"))
+    need = cuda_need(pod)
+    cuda = need[0] if need else None
+    cc_s = f"{cc[0]}.{cc[1]} (sm_{cc[0]}{cc[1]})" if cc else "unknown (no nvidia.com/gpu.compute labels)"
+    first = _FIRST_CUDA.get(cc) if cc else None
+    if cc and cuda and cuda >= (13, 0) and cc < (7, 5):
+        summary = (f"the image's CUDA {cuda[0]}.{cuda[1]} has no code for the GPU's compute capability {cc_s}: "
+                   "CUDA 13 dropped sm_50-70 (Maxwell, Pascal, Volta)")  # fmt: skip
+        fix = "use an image built with CUDA 12.x for this GPU, or run the pod on Turing or newer GPUs"
+    elif cc and cuda and first and cuda < first:
+        summary = (f"the image's CUDA {cuda[0]}.{cuda[1]} predates the GPU's compute capability {cc_s} (first in "
+                   f"CUDA {first[0]}.{first[1]}): it has no code for this architecture")  # fmt: skip
+        fix = (f"use an image built with CUDA {first[0]}.{first[1]} or newer for this GPU, or run the pod on the "
+               "GPUs it was built for (nodeSelector nvidia.com/gpu.product)")  # fmt: skip
+    else:
+        summary = (f"the image's GPU code was not built for the GPU's compute capability {cc_s} and carries no PTX "
+                   "the driver can compile for it")  # fmt: skip
+        fix = ("use an image built for this architecture (CMAKE_CUDA_ARCHITECTURES / TORCH_CUDA_ARCH_LIST including "
+               "it, or PTX), or run the pod on the GPUs it was built for (nodeSelector nvidia.com/gpu.product)")
+    return [Finding(ERROR, "NoKernelImageForGPU", ref, summary, fix, ev, nodes=(node,) if node else ())]

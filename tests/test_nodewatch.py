@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
 
 from gpu_operator import wire
-from gpu_operator.nodes import NodeFacts
+from gpu_operator.nodes import NodeFacts, deploy_label
 from gpu_operator.nodewatch import NodeWatch
-from support import node
+from gpu_operator.runtime import Inbox, Operator
+from support import NAMESPACE, node
 
 
 def versioned(name: str, rv: int, **kw: Any) -> dict[str, Any]:
@@ -211,3 +213,49 @@ def test_a_listing_over_pages_delivers_changes_and_deletions() -> None:
     cache.delivered.clear()
     watch.relist()
     assert sorted(cache.delivered) == [("c", False), ("e", False), ("f", False)]
+
+
+def test_a_change_undone_before_the_event_loop_takes_it_is_not_lost() -> None:
+    """The watch judged each event against the event loop's cache, which its deliveries reach only later, through
+    runtime.Inbox. Read back to back, a label set then taken off were both judged against the old entry: the second,
+    equal to it, was dropped, the first then stored, and the cache kept a label the node no longer had (an opt-out
+    of dcgm-exporter here: never set back to true, no exporter on the node) until the node changed again."""
+    opt_out = deploy_label("dcgm-exporter")
+    loop = asyncio.new_event_loop()
+    try:
+        op = Operator(kube=None, namespace=NAMESPACE)  # type: ignore[arg-type]
+        op.on_node_facts("a", NodeFacts.from_node(versioned("a", 5)))
+        api = Api([], [
+            {"type": "MODIFIED", "object": versioned("a", 6, labels={opt_out: "false"})},
+            {"type": "MODIFIED", "object": versioned("a", 7)},
+        ])  # fmt: skip
+        watch = NodeWatch(api, op.nodes.get, Inbox(loop).deliverer(op.on_node_facts))  # type: ignore[arg-type]
+        watch.watch("5")  # both lines read before the loop takes the first
+        loop.run_until_complete(asyncio.sleep(0))  # the loop drains the inbox
+        assert opt_out not in op.nodes["a"].labels
+        assert op.nodes["a"].resource_version == 7
+
+        # Not against what it delivered alone either: the cache also takes the answers to the operator's writes.
+        # One the watch missed (it was down), then undone: the listing after brings the node as it was delivered.
+        op.on_node_facts("a", NodeFacts.from_node(versioned("a", 8, labels={opt_out: "true"})))
+        api.listed, api.events = [versioned("a", 9)], []
+        watch.relist()
+        loop.run_until_complete(asyncio.sleep(0))
+        assert opt_out not in op.nodes["a"].labels
+    finally:
+        loop.close()
+
+
+def test_what_was_delivered_is_kept_as_a_digest_dropped_with_the_node() -> None:
+    """Per node the watch keeps a hash of the facts it last delivered, not the facts (the cache holds those, or
+    those of the operator's own writes: 5,000 nodes' would be held twice); a deleted or unlisted node's goes."""
+    cache = Cache()
+    api = Api([versioned("a", 5), versioned("b", 6)], [{"type": "DELETED", "object": versioned("b", 11)}])
+    watch = NodeWatch(api, cache.nodes.get, cache.deliver)  # type: ignore[arg-type]
+    watch.relist()
+    assert sorted(watch._last) == ["a", "b"] and all(isinstance(v, int) for v in watch._last.values())
+    watch.watch("10")
+    assert sorted(watch._last) == ["a"]
+    api.listed = []
+    watch.relist()
+    assert watch._last == {}

@@ -252,6 +252,22 @@ def test_the_pod_watch_lists_pages_then_delivers_only_changes() -> None:
     assert sorted(cache.delivered) == [("b", False), ("d", False)]
 
 
+def test_a_pod_turning_unready_and_back_before_the_event_loop_takes_it_stays_ready() -> None:
+    """Each event was judged against the cache, which deliveries reach later (runtime.Inbox, after GATHER_S): a pod
+    unready then ready again within that time had its return to ready dropped (equal to the old entry) and stayed
+    unready in the cache until it changed again."""
+    cache, waiting = Pods(), []
+    cache.deliver("b", reference(api_pod("b", "6")))
+    unready = api_pod("b", "7", status__containerStatuses=[{"name": "c", "ready": False}])
+    api = Api([], [{"type": "MODIFIED", "object": unready}, {"type": "MODIFIED", "object": api_pod("b", "8")}])
+    watch = Watch(api, "/api/v1/namespaces/gpu-operator/pods", project_pod, cache.pods.get,  # type: ignore[arg-type]
+                  lambda name, pod: waiting.append((name, pod)), codec=CODEC)  # fmt: skip
+    watch.watch("6")
+    for name, pod in waiting:  # the event loop takes them
+        cache.deliver(name, pod)
+    assert cache.pods["b"]["ready"]
+
+
 def test_an_error_event_ends_the_watch_for_a_new_listing() -> None:
     cache = Pods()
     api = Api([], [

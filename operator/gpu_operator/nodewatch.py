@@ -15,6 +15,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable
+from dataclasses import fields
 from typing import Any, Generic, TypeVar
 
 from .kube import Kube
@@ -34,7 +35,10 @@ Deliver = Callable[[str, T | None], object]  # a changed object (None: deleted),
 class Watch(Generic[T]):
     """List, then watch, one collection in a thread; each object projected there, only changes delivered.
 
-    `stale(new, cached)`: whether a projection is older than the cached one (it is then dropped too)."""
+    A projection equal to the cached one is dropped only when it is also what this watch last delivered: deliveries
+    reach the cache later (runtime.Inbox), and one still on its way there may change the entry.
+    `stale(new, cached)`: whether a projection is older than the cached one (it is then dropped too).
+    `summary`: what is kept of each object delivered, to compare the next with (by default the projection)."""
 
     def __init__(
         self,
@@ -49,6 +53,7 @@ class Watch(Generic[T]):
         name: str = "watch",
         volatile: re.Pattern[bytes] | None = None,
         codec: Codec[Any] | None = None,
+        summary: Callable[[T], object] | None = None,
     ):
         self.kube = kube
         self.path = path
@@ -60,6 +65,8 @@ class Watch(Generic[T]):
         self.name = name
         self.stop = threading.Event()
         self._known: set[str] = set()
+        self.summary = summary
+        self._last: dict[str, object] = {}  # object name -> the summary of what was last delivered for it
         # `volatile`: the fields of an event line that change without anything this watch projects changing (a
         # heartbeat's times). A line equal to the object's last one once they are taken out is skipped unparsed.
         self.volatile = volatile
@@ -107,6 +114,7 @@ class Watch(Generic[T]):
                 break
             query["continue"] = more
         for name in self._known - seen:
+            self._last.pop(name, None)
             self.deliver(name, None)
         self._known = seen
         self._digests.clear()
@@ -128,6 +136,7 @@ class Watch(Generic[T]):
             elif kind == "DELETED":
                 self._known.discard(name)
                 self._digests.pop(name.encode(), None)
+                self._last.pop(name, None)
                 self.deliver(name, None)
             elif kind in ("ADDED", "MODIFIED"):
                 self._known.add(name)
@@ -151,9 +160,15 @@ class Watch(Generic[T]):
         return self._decode_event(line)
 
     def _offer(self, name: str, new: T) -> None:
+        summary = new if self.summary is None else self.summary(new)
         cached = self.current(name)
-        if cached is not None and (cached == new or (self.stale is not None and self.stale(new, cached))):
-            return
+        if cached is not None:
+            if self.stale is not None and self.stale(new, cached):
+                return
+            # Unchanged only when the cache holds it and no delivery still on its way there changes it.
+            if cached == new and self._last.get(name) == summary:
+                return
+        self._last[name] = summary
         self.deliver(name, new)
 
 
@@ -192,6 +207,16 @@ def _older(new: NodeFacts, cached: NodeFacts) -> bool:
     return new.resource_version < cached.resource_version
 
 
+_COMPARED = tuple(f.name for f in fields(NodeFacts) if f.compare)
+
+
+def _digest(facts: NodeFacts) -> int:
+    """A hash of what NodeFacts' equality compares (the same labels in another order only cost a delivery). Kept per
+    node instead of the facts: the cache replaces those with the answers to the operator's own writes, and 5,000
+    nodes' facts would be held twice."""
+    return hash(tuple(tuple(v.items()) if isinstance(v, dict) else v for v in map(facts.__getattribute__, _COMPARED)))
+
+
 # A watch event line starts {"type":"...","object":{"kind":"...","apiVersion":"...","metadata":{"name":"...",
 # "uid":"...","resourceVersion":"..." (the API server writes the fields in that order).
 _NAME = re.compile(rb'"metadata":\{"name":"([^"]+)"')
@@ -203,4 +228,4 @@ NODE_VOLATILE = re.compile(rb'"(?:lastHeartbeatTime|time|resourceVersion)":"[^"]
 class NodeWatch(Watch[NodeFacts]):
     def __init__(self, kube: Kube, current: Current[NodeFacts], deliver: Deliver[NodeFacts]):
         super().__init__(kube, NODES, NodeFacts.from_wire, current, deliver, stale=_older, name="node-watch",
-                         volatile=NODE_VOLATILE, codec=Codec(Node))  # fmt: skip
+                         volatile=NODE_VOLATILE, codec=Codec(Node), summary=_digest)  # fmt: skip

@@ -440,6 +440,33 @@ def test_labelling_never_overwrites_user_values(labels: dict[str, str], spec: Cl
     assert not {MIG_CAPABLE, PRODUCT, VGPU_HOST, WORKLOAD} & set(patch), "labels others own are never written"
 
 
+def test_uninstall_removes_only_the_deploy_labels_a_node_losing_its_gpu_loses() -> None:
+    """The clean-up of a deleted last ClusterPolicy removed every gpu.deploy.* label valued "true" (or "", or
+    paused), `nvsm=true` and the label of an operand we do not know among them: labels the operator never wrote
+    and leaves alone while it runs (rows unknown-deploy-label-untouched, gpu-removed-nvsm-of-someone-else-kept), so
+    the DaemonSets selecting on them lost their pods. It now removes what desired_labels removes from a node
+    without a GPU."""
+    from gpu_operator.apply import Applier
+    from gpu_operator.lifecycle import CLEANUP_FINALIZER, Lifecycle
+    from gpu_operator.observe import Snapshot
+    from support import NAMESPACE, RecordingKube, policy_object
+
+    ours = {GPU_PRESENT: "true", dl("driver"): "true", dl("device-plugin"): PAUSED_DRIVER, dl("dcgm"): ""}
+    someone_elses = {dl("nvsm"): "true", dl("example-agent"): "true", OPERANDS: "true", dl("dcgm-exporter"): "false"}
+    nodes = {
+        "gpu-1": facts("gpu-1", labels={**ours, **someone_elses}),
+        "gpu-2": facts("gpu-2", labels={GPU_PRESENT: "true", dl("nvsm"): PAUSED_DRIVER}),  # k8s-driver-manager's
+    }
+    pol = policy_object()
+    pol["metadata"].update(finalizers=[CLEANUP_FINALIZER], deletionTimestamp="2026-02-01T00:00:00Z")
+    kube = RecordingKube()
+    snap = Snapshot(nodes=nodes, policies={"cluster-policy": pol}, owned={}, pods={}, revisions={})
+    Lifecycle(kube, NAMESPACE, Applier(kube)).cleanup_deleted(snap)  # type: ignore[arg-type]
+    removed = {(what[1], k) for verb, what in kube.calls if verb == "merge_patch" and what[0] == "Node"
+               for k in what[2]["metadata"]["labels"]}  # fmt: skip
+    assert removed == {("gpu-1", k) for k in ours} | {("gpu-2", GPU_PRESENT), ("gpu-2", dl("nvsm"))}
+
+
 # The driver auto-upgrade annotation k8s-driver-manager reads (upstream applyDriverAutoUpgradeAnnotation and
 # setDriverAutoUpgradeAnnotation, controllers/nodelabeling_controller.go): on gpu.present=true nodes only,
 # "true" when driver.enabled and driver.upgradePolicy.autoUpgrade and not sandboxWorkloads.enabled, otherwise

@@ -10,7 +10,7 @@ from typing import Any
 from .apply import Applier
 from .kube import Kube
 from .mig import APPROVED as MIG_APPROVED
-from .nodes import DEPLOY_PREFIX, DRIVER_KERNEL, GPU_PRESENT, RUNTIME_LABEL, written_by_us
+from .nodes import DRIVER_KERNEL, GPU_PRESENT, RUNTIME_LABEL, our_deploy_labels
 from .nvidiadriver_api import OWNER_LABEL
 from .observe import Key, Snapshot
 from .render import NodePatch
@@ -70,10 +70,11 @@ class Lifecycle:
                 for node in snap.nodes.values():
                     drop: dict[str, str | None] = {
                         k: None
-                        for k, v in node.labels.items()
-                        if k in (GPU_PRESENT, RUNTIME_LABEL, DRIVER_KERNEL, OWNER_LABEL, MIG_APPROVED)
-                        or (k.startswith(DEPLOY_PREFIX) and written_by_us(v))
+                        for k in (GPU_PRESENT, RUNTIME_LABEL, DRIVER_KERNEL, OWNER_LABEL, MIG_APPROVED)
+                        if k in node.labels
                     }
+                    # The deploy labels a node losing its GPU loses: someone else's (nvsm=true, say) stay.
+                    drop.update(dict.fromkeys(our_deploy_labels(node.labels)))
                     if drop:
                         patches[node.name] = {"labels": drop}
                 self.applier.patch_nodes(patches)

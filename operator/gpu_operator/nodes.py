@@ -449,6 +449,14 @@ def written_by_us(value: str | None) -> bool:
     return value in ("true", "", DRIVER_REFUSED) or value in PAUSED_VALUES
 
 
+def our_deploy_labels(labels: dict[str, str]) -> list[str]:
+    """The deploy labels on a node with a value the operator or an operand manager wrote: those of the operands
+    we know, and the MANAGER_ONLY ones only when "" or paused. They go with the GPU, and on uninstall."""
+    return [key for _op, key in _every_operand() if written_by_us(labels.get(key))] + [
+        key for key in MANAGER_ONLY if labels.get(key) == "" or labels.get(key) in PAUSED_VALUES
+    ]
+
+
 def desired_labels(node: NodeFacts, spec: ClusterPolicySpec, refused: bool = False) -> dict[str, str | None]:
     """The label patch for one node: key -> value to set, or None to remove. Empty when nothing changes.
 
@@ -460,12 +468,8 @@ def desired_labels(node: NodeFacts, spec: ClusterPolicySpec, refused: bool = Fal
     if not node.has_gpu:
         if present == "true":
             want[GPU_PRESENT] = "false"
-        for _op, key in _every_operand():
-            if written_by_us(labels.get(key)):
-                want[key] = None
-        for key in MANAGER_ONLY:
-            if labels.get(key) == "" or labels.get(key) in PAUSED_VALUES:
-                want[key] = None
+        for key in our_deploy_labels(labels):
+            want[key] = None
         _runtime_label(node, None, want)
         return want
 

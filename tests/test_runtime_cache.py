@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import errno
+import http.client
+import socket
 from typing import Any
 
 import pytest
@@ -780,3 +783,83 @@ def test_a_late_deletion_of_a_predecessor_keeps_its_same_named_successor() -> No
     assert "c" in op.config_maps and ("ConfigMap", "gpu-operator", "c") in op.owned
     op.on_config_map_event("DELETED", {**cm, "metadata": {**cm["metadata"], "uid": "new", "resourceVersion": "6"}})
     assert "c" not in op.config_maps and ("ConfigMap", "gpu-operator", "c") not in op.owned
+
+
+# --- the metrics and /healthz endpoints ---
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def _status(host: str, port: int, path: str) -> int:
+    conn = http.client.HTTPConnection(host, port, timeout=5)
+    try:
+        conn.request("GET", path)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_metrics_are_served_on_ipv4_and_ipv6_and_on_ipv4_alone_where_the_pod_has_no_ipv6(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Upstream serves its metrics on ":8080" (Go: IPv4 and IPv6). Ours bound 0.0.0.0, IPv4 only, so on an IPv6
+    single-stack cluster Prometheus could not scrape the pod."""
+    from gpu_operator import metrics
+
+    port = _free_port()
+    metrics.serve(port)
+    assert _status("127.0.0.1", port, "/metrics") == _status("::1", port, "/metrics") == 200
+
+    def no_ipv6(*_: Any, **__: Any) -> None:
+        raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+
+    monkeypatch.setattr(metrics, "make_server", no_ipv6)  # as socket(AF_INET6) fails with IPv6 off in the kernel
+    port = _free_port()
+    metrics.serve(port)
+    assert _status("127.0.0.1", port, "/metrics") == 200
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_healthz_is_served_on_ipv4_and_ipv6(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chart's liveness and readiness probes GET /healthz on the pod IP. It was kopf's liveness endpoint at
+    http://0.0.0.0:<port>, IPv4 only (and kopf binds its URL's one host: [::] is IPv6 only under asyncio), so on
+    an IPv6 single-stack cluster the probes failed and the kubelet restarted the operator forever."""
+    import kopf
+
+    from gpu_operator import debug, metrics, runtime
+    from support import EchoKube
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(runtime.Kube, "connect", staticmethod(lambda *_a, **_k: EchoKube()))
+    monkeypatch.setattr(runtime, "Operator", lambda *a, **k: object())
+    monkeypatch.setattr(runtime, "build_registry", lambda op: kopf.OperatorRegistry())
+    monkeypatch.setattr(runtime, "identity", lambda: "me")
+    monkeypatch.setattr(runtime.gc, "freeze", lambda: None)
+    monkeypatch.setattr(metrics, "serve", lambda port: None)
+    for name in ("install", "tune_malloc", "tune_threads"):
+        monkeypatch.setattr(debug, name, lambda: None)
+    monkeypatch.setattr(kopf, "run", lambda **kw: seen.update(kw))
+    port = _free_port()
+    runtime.run(None, "gpu-operator", metrics_port=0, health_port=port)
+    assert seen.get("liveness_endpoint") is None
+    (startup,) = seen["registry"]._activities.get_all_handlers()  # build_registry's are left out here
+
+    async def probe() -> list[int]:
+        await startup.fn()
+        return [await asyncio.to_thread(_status, host, port, "/healthz") for host in ("127.0.0.1", "::1")]
+
+    assert asyncio.run(probe()) == [200, 200]

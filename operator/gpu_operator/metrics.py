@@ -1,8 +1,17 @@
-"""Prometheus metrics (prefix gpu_operator_), names as upstream's."""
+"""Prometheus metrics (prefix gpu_operator_), names as upstream's, and the endpoints serving them and /healthz."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+import socket
+import threading
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app, start_http_server
+from prometheus_client.exposition import ThreadingWSGIServer
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 REGISTRY = CollectorRegistry()
 
@@ -43,6 +52,46 @@ nodes_upgrades_pending = _g("nodes_upgrades_pending", "Nodes waiting for an upgr
 leader = _g("leader", "1 while this replica holds the leader Lease (or runs without leader election), else 0")
 
 
+class _DualStack(ThreadingWSGIServer):
+    """Listens on "::" for IPv6 and IPv4 alike (as Go's ":8080" does), whatever net.ipv6.bindv6only says."""
+
+    address_family = socket.AF_INET6
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
 def serve(port: int) -> None:
-    if port:
+    """/metrics on every address family (IPv4 only where the pod has no IPv6), in a thread of its own."""
+    if not port:
+        return
+    try:
+        server = make_server("::", port, make_wsgi_app(REGISTRY), _DualStack, handler_class=_Quiet)
+    except OSError:  # IPv6 is off in this pod
         start_http_server(port, addr="0.0.0.0", registry=REGISTRY)
+        return
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+
+
+async def serve_health(port: int) -> web.AppRunner:
+    """/healthz for the probes, from the event loop as kopf's liveness endpoint is (a stuck loop fails them), but
+    on every address family: kopf binds the one host its URL names, and 0.0.0.0 is IPv4 only while asyncio makes
+    [::] IPv6 only. Host None binds 0.0.0.0 and :: each, leaving out a family the pod lacks. Its runner's
+    cleanup() stops it."""
+    from aiohttp import web  # kopf's HTTP server, imported only by `run`
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({})  # what kopf's endpoint answers with no probe handlers
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    await web.TCPSite(runner, None, port).start()
+    return runner

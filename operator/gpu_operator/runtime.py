@@ -1071,12 +1071,18 @@ def run(
     metrics.serve(metrics_port)
     log.info("gpu-operator starting: namespace %s, API %s, identity %s, leader election %s",
              namespace, kube.host, me, "on" if leader_elect else "off")  # fmt: skip
+    registry = build_registry(op)
+    if health_port:  # not kopf's liveness_endpoint, which binds one address family (metrics.serve_health)
+
+        @kopf.on.startup(registry=registry, errors=kopf.ErrorsMode.PERMANENT)  # a port in use stops the operator
+        async def healthz(**_: Any) -> None:
+            await metrics.serve_health(health_port)
+
     kopf.run(
-        registry=build_registry(op),
+        registry=registry,
         standalone=True,
         clusterwide=False,
         namespaces=[namespace],
         identity=cast(Any, me),  # kopf's default calls getpass.getuser(), which fails for a uid without a passwd entry
-        liveness_endpoint=f"http://0.0.0.0:{health_port}/healthz" if health_port else None,
     )
     return 0

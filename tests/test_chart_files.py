@@ -3,6 +3,8 @@ and the sample ClusterPolicies (helm-rendered checks are in e2e/test_chart.py)."
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -217,3 +219,21 @@ def test_the_install_texts_name_the_gpu_labels_stock_nfd_writes() -> None:
         before = text[: text.index("helm install nfd")]
         for label in ("pci-0302_10de.present", "pci-0300_10de.present"):
             assert label in before[-1000:], (path, label)
+
+
+def test_the_alerts_and_dashboard_on_what_the_passes_set_read_the_leader_alone() -> None:
+    """A follower replica (operator.replicas > 1) runs no pass, so it exports reconciliation_status 0 ("not
+    ready") and reconciliation_has_nfd_labels 0 for good: GPUOperatorOperandNotReady and GPUOperatorNFDLabelsMissing
+    fired once per follower on a healthy cluster, and the dashboard drew a series per follower."""
+    fresh = "import prometheus_client as p, gpu_operator.metrics as m; print(p.generate_latest(m.REGISTRY).decode())"
+    out = subprocess.run([sys.executable, "-c", fresh], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(REPO / "operator")}).stdout  # fmt: skip
+    values = dict(re.findall(r"^gpu_operator_(\w+) (\S+)$", out, re.M))
+    follower = ("leader", "reconciliation_status", "reconciliation_has_nfd_labels")
+    assert [float(values[name]) for name in follower] == [0, 0, 0]
+    rules = dict(re.findall(r"- alert: (\S+)\n\s+expr: (.+)", (CHART / "templates" / "monitoring.yaml").read_text()))
+    dashboard = json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
+    exprs = [*rules.values(), *(t["expr"] for p in dashboard["panels"] for t in p["targets"])]
+    ours = [e for e in exprs if "gpu_operator_" in e]
+    assert len(ours) == len(exprs) - 1  # GPUsUnhealthy reads kube-state-metrics
+    assert [e for e in ours if not e.endswith(" and gpu_operator_leader == 1")] == []

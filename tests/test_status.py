@@ -534,6 +534,29 @@ def test_a_pass_that_leaves_the_policy_not_ready_counts_as_failed_not_as_a_succe
     assert metrics.reconciliation_last_success_ts_seconds._value.get() == 0
     assert metrics.reconciliation_failed_total._value.get() == failed + 1
 
+
+def test_with_the_clusterpolicy_gone_driver_auto_upgrade_and_the_upgrade_counts_drop_to_0() -> None:
+    """Upstream (upgrade_controller.go Reconcile): with no ClusterPolicy, no NVIDIADriver upgrades either and
+    driver_auto_upgrade_enabled is set to 0. Ours returned early and kept the deleted policy's 1 (and its node
+    counts: an upgrade-failed count kept GPUOperatorDriverUpgradeFailed firing after an uninstall)."""
+    from gpu_operator import metrics
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+    from support import facts
+
+    pol = policy_object()
+    assert pol["spec"]["driver"]["upgradePolicy"]["autoUpgrade"] is True
+    r = Reconciler(EchoKube(), "gpu-operator")  # type: ignore[arg-type]
+    nodes = {"gpu-1": facts("gpu-1")}
+    r.reconcile(Snapshot(nodes=nodes, policies={"cluster-policy": pol}, owned={}, pods={}, revisions={}))
+    assert metrics.driver_auto_upgrade_enabled._value.get() == 1
+    metrics.nodes_upgrades_failed.set(1)
+    r.reconcile(Snapshot(nodes=nodes, policies={}, owned={}, pods={}, revisions={}))
+    assert metrics.reconciliation_status._value.get() == -1
+    assert metrics.driver_auto_upgrade_enabled._value.get() == 0
+    assert metrics.nodes_upgrades_failed._value.get() == 0
+
+
 def test_a_transient_api_error_keeps_the_other_conditions_and_the_upgrade_status() -> None:
     """On an ApiError the pass rewrites the status from the previous one: the merge patch replaces the conditions
     list and StatusWriter drops keys the new status lacks, so what the pass did not get to (DriverRefused, the

@@ -232,6 +232,9 @@ class Reconciler:
             self.labelling = None
         if active is None:
             metrics.reconciliation_status.set(-1)
+            # No upgrade runs without a policy (upstream sets auto-upgrade 0 then too); the node counts go with it.
+            metrics.driver_auto_upgrade_enabled.set(0)
+            set_gauges(Counters())
             return
         policy = snap.policies[active]
         try:

@@ -285,6 +285,16 @@ def test_max_unavailable_caps_parallel() -> None:
     )
 
 
+def test_with_unlimited_parallel_upgrades_the_upgrades_available_are_the_nodes_that_need_one() -> None:
+    """k8s-operator-libs GetUpgradesAvailable: maxParallelUpgrades 0 gives len(upgrade-required), then capped by
+    maxUnavailable. Ours gave maxUnavailable less the unavailable nodes: 2 of 8 done nodes at 25%, a gauge (and
+    status.upgrade.available) saying upgrades could start where none was due."""
+    done = [make_node(f"n{i}", "upgrade-done", rev=NEW) for i in range(8)]
+    pol = policy(max_parallel_upgrades=0, max_unavailable="25%")
+    assert run(done, pol=pol).counters.available == 0
+    assert run([make_node("n0", "upgrade-required"), *done[1:]], pol=pol).counters.available == 1
+
+
 def test_max_unavailable_int() -> None:
     nodes = [make_node(f"n{i}", "upgrade-required") for i in range(8)]
     p = run(nodes, pol=policy(max_parallel_upgrades=5, max_unavailable=3))

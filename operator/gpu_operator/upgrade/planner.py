@@ -126,6 +126,7 @@ class Slots:
     in_progress: int
     unavailable: int  # cordoned, NotReady, or in progress (about to be cordoned, or cordoned by us)
     failed: int
+    pending: int  # upgrade-required, not skipped
 
     @classmethod
     def observe(cls, nodes: Sequence[UpgradeNode], policy: DriverUpgradePolicySpec) -> Slots:
@@ -140,14 +141,15 @@ class Slots:
             in_progress=tally.in_progress,
             unavailable=tally.unavailable,
             failed=tally.failed,
+            pending=tally.pending,
         )
 
     @property
     def available(self) -> int:
         """Upgrades that may start now (for a node that is not already unavailable)."""
         by_unavailable = self.max_unavailable - self.unavailable
-        if self.max_parallel == 0:
-            return max(0, by_unavailable)
+        if self.max_parallel == 0:  # unlimited: every node that needs one (upstream's GetUpgradesAvailable)
+            return max(0, min(self.pending, by_unavailable))
         return max(0, min(self.max_parallel - self.in_progress, by_unavailable))
 
 
@@ -969,6 +971,7 @@ def preview_waves(nodes: Sequence[UpgradeNode], policy: DriverUpgradePolicySpec)
             in_progress=len(holders),
             unavailable=len(unavailable),
             failed=len(failed),
+            pending=len(remaining),
         )
         started, _ = select_starts(remaining, slots)
         wave = (running if first else []) + started

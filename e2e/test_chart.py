@@ -468,7 +468,8 @@ def test_deploy_cr_and_extra_objects(tmp_path: Path) -> None:
 def test_psa_namespace_label() -> None:
     docs = render(sets=["namespace.create=true", "psa.enabled=true"])
     ns = one(docs, "Namespace", NAMESPACE)
-    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+    for mode in ("enforce", "audit", "warn"):
+        assert ns["metadata"]["labels"][f"pod-security.kubernetes.io/{mode}"] == "privileged"
     assert policy_spec(docs)["psa"] == {"enabled": True}
     assert not find(render(), "Namespace"), "with helm install the namespace comes from --create-namespace"
 

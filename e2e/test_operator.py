@@ -282,15 +282,15 @@ def test_fields_set_but_not_supported_are_reported_in_the_status(admin: Kube, op
 
 
 def test_psa_labels_the_operand_namespace(admin: Kube, operator: OperatorProcess) -> None:
-    enforce = "pod-security.kubernetes.io/enforce"
+    keys = [f"pod-security.kubernetes.io/{mode}" for mode in ("enforce", "audit", "warn")]  # upstream's three
 
-    def label() -> str | None:
+    def labels() -> list[str | None]:
         ns = admin.get("Namespace", NAMESPACE) or {}
-        return (ns.get("metadata", {}).get("labels") or {}).get(enforce)
+        return [(ns.get("metadata", {}).get("labels") or {}).get(k) for k in keys]
 
-    admin.merge_patch("Namespace", NAMESPACE, {"metadata": {"labels": {enforce: None}}})  # an earlier module's
+    admin.merge_patch("Namespace", NAMESPACE, {"metadata": {"labels": dict.fromkeys(keys)}})  # an earlier module's
     patch_spec(admin, {"psa": {"enabled": True}})
-    wait_for(lambda: label() == "privileged", WAIT, message=f"namespace label {enforce}=privileged")
+    wait_for(lambda: labels() == ["privileged"] * 3, WAIT, message=f"namespace labels {keys} privileged")
     patch_spec(admin, {"psa": None})
     wait_ready(admin, operator)
 

@@ -114,6 +114,27 @@ def conditions(st: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["type"]: c for c in st["conditions"]}
 
 
+def test_psa_labels_the_namespace_privileged_for_enforce_audit_and_warn() -> None:
+    """Upstream (state_manager.go setPodSecurityLabelsForNamespace, podSecurityModes) sets all three pod-security
+    labels to privileged. Ours set enforce alone, so where admission defaults audit or warn to baseline or
+    restricted, every operand DaemonSet apply drew warnings and the audit log filled with violations."""
+    from gpu_operator.lifecycle import Lifecycle
+
+    patches: list[dict[str, Any]] = []
+
+    class Kube(EchoKube):
+        def get(self, kind: str, name: str, *_: Any, **__: Any) -> dict[str, Any]:
+            return {"metadata": {"name": name, "labels": {"pod-security.kubernetes.io/enforce": "privileged"}}}
+
+        def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *a: Any, **k: Any) -> dict[str, Any]:
+            patches.append(patch)
+            return patch
+
+    Lifecycle(Kube(), "gpu-operator", None).ensure_namespace(True)  # type: ignore[arg-type]
+    assert patches == [{"metadata": {"labels": {f"pod-security.kubernetes.io/{mode}": "privileged"
+                                                for mode in ("enforce", "audit", "warn")}}}]  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("kwargs", "state", "reason"),
     [

@@ -19,7 +19,8 @@ from .states.mig_manager import STATE as MIG_MANAGER
 log = logging.getLogger("gpu_operator")
 
 CLEANUP_FINALIZER = "nvidia.com/gpu-operator-cleanup"
-PSA_ENFORCE = "pod-security.kubernetes.io/enforce"
+# Upstream's podSecurityModes, each set to privileged: the operands are, and audit and warn would flag each apply.
+PSA_LABELS = {f"pod-security.kubernetes.io/{mode}": "privileged" for mode in ("enforce", "audit", "warn")}
 
 
 class Lifecycle:
@@ -37,15 +38,16 @@ class Lifecycle:
             self.kube.merge_patch("ClusterPolicy", meta["name"], patch)
 
     def ensure_namespace(self, psa: bool) -> None:
-        """The operand namespace exists (labelled privileged with psa.enabled): read once per process and setting."""
+        """The operand namespace exists (labelled privileged for enforce, audit and warn with psa.enabled): read once
+        per process and setting."""
         if self._namespace_psa == psa:
             return
         ns = self.kube.get("Namespace", self.namespace)
         if ns is None:
             self.kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}})
             ns = {"metadata": {"labels": {}}}
-        if psa and (ns["metadata"].get("labels") or {}).get(PSA_ENFORCE) != "privileged":
-            self.kube.merge_patch("Namespace", self.namespace, {"metadata": {"labels": {PSA_ENFORCE: "privileged"}}})
+        if psa and any((ns["metadata"].get("labels") or {}).get(k) != v for k, v in PSA_LABELS.items()):
+            self.kube.merge_patch("Namespace", self.namespace, {"metadata": {"labels": PSA_LABELS}})
         self._namespace_psa = psa
 
     def cleanup_deleted(self, snap: Snapshot) -> None:

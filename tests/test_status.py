@@ -537,6 +537,19 @@ def test_refused_node_keeping_its_old_driver_does_not_hold_the_driver_state_not_
     assert result.state == "notReady" and "1 of 2 pods exist" in result.message
 
 
+def test_a_desired_daemonset_that_does_not_exist_is_not_ready() -> None:
+    """A state's DaemonSet missing from the cluster (its create refused, say) was skipped: the state counted as
+    ready with no DaemonSet at all. Upstream's getSyncState: an object not found is not ready."""
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+
+    key = ("DaemonSet", "gpu-operator", "nvidia-driver-daemonset-ubuntu22.04")
+    r = Reconciler(EchoKube(), "gpu-operator")  # type: ignore[arg-type]
+    snap = Snapshot(nodes={}, policies={}, owned={}, pods={}, revisions={})
+    result = r._daemonsets_ready("state-driver", {key}, {}, snap, {}, set(), lambda spec: 1)
+    assert (result.state, result.message) == ("notReady", "nvidia-driver-daemonset-ubuntu22.04: not created yet")
+
+
 def test_a_pass_that_leaves_the_policy_not_ready_counts_as_failed_not_as_a_success() -> None:
     # Upstream's metrics: reconciliation_last_success_ts_seconds moves only when the policy is ready, and
     # reconciliation_failed counts every pass that is not (an alert "no success for N minutes" then fires).

@@ -369,18 +369,19 @@ class Reconciler:
         self.labelling = Labelling(meta["name"], meta.get("uid", ""), generation, spec, routing,
                                    generations(snap.nvidia_drivers))  # fmt: skip
         pods_by_owner = snap.pod_index.by_owner
-        waiting: list[int] = []  # results not ready only by their DaemonSets' readiness
+        waiting: dict[int, set[Key]] = {}  # results not ready only by their DaemonSets' readiness: their keys
         for state_plan in plans:
             state = state_plan.state
             if state_plan.problem:  # nothing rendered: keep what the state has, say why
                 desired |= {k for k, o in live.items() if owning_state(labels_of(o), states) == state.name}
                 results.append(StateResult(state.name, "notReady", state_plan.problem))
                 continue
-            desired |= {key_of(obj) for obj in state_plan.objects}
+            mine = {key_of(obj) for obj in state_plan.objects}
             if state_plan.held:  # an owner whose objects could not be rendered keeps the ones it has
-                desired |= {k for k, o in live.items() if owning_state(labels_of(o), states) == state.name
-                            and any(r.get("uid") in state_plan.held for r in o["metadata"].get("ownerReferences")
-                                    or [])}  # fmt: skip
+                mine |= {k for k, o in live.items() if owning_state(labels_of(o), states) == state.name
+                         and any(r.get("uid") in state_plan.held for r in o["metadata"].get("ownerReferences")
+                                 or [])}  # fmt: skip
+            desired |= mine
             applied = applied_by_state[state.name]
             out.applied += applied.objects
             if state.name == "state-driver" and held and (applied.objects or applied.failed):
@@ -393,14 +394,14 @@ class Reconciler:
             elif applied.failed:
                 results.append(StateResult(state.name, "notReady", "apply failed: " + applied.failed))
             else:
-                result = self._daemonsets_ready(state.name, desired, live, snap, pods_by_owner, set(refused), count)
+                result = self._daemonsets_ready(state.name, mine, live, snap, pods_by_owner, set(refused), count)
                 note = state.readiness_notes(ctx) if state.readiness_notes else None
                 not_rendered = "; ".join(state_plan.held.values())
                 if note or not_rendered:
                     message = "; ".join(m for m in (not_rendered, result.message, note) if m)
                     result = StateResult(state.name, "notReady", message)
                 elif result.state == "notReady":
-                    waiting.append(len(results))
+                    waiting[len(results)] = mine
                 results.append(result)
 
         out.deleted = self.applier.prune(snap.owned, desired, states)
@@ -423,9 +424,9 @@ class Reconciler:
         if later is not None:
             snap, live = _with_newer(snap, live, later)
             pods_by_owner = later.pod_index.by_owner
-            for i in waiting:
+            for i, keys in waiting.items():
                 name = results[i].name
-                results[i] = self._daemonsets_ready(name, desired, live, snap, pods_by_owner, set(refused), count)
+                results[i] = self._daemonsets_ready(name, keys, live, snap, pods_by_owner, set(refused), count)
         out.busy = out.busy or upgrade.busy or bool(migs.waiting)
         out.more = upgrade.deferred > 0
         previous_conditions = (policy.get("status") or {}).get("conditions") or []
@@ -586,14 +587,18 @@ class Reconciler:
     ) -> StateResult:
         """The state's DaemonSets, each by upstream's readiness rule (RollingUpdate or OnDelete).
 
-        A driver pod on a refused node is kept at its old revision on purpose and does not count. `count`: on how
-        many nodes a pod template should run, to hold against the controller's counts (NodeCounter.over)."""
+        `desired`: the state's objects; one of its DaemonSets that does not exist (yet) is not ready. A driver pod
+        on a refused node is kept at its old revision on purpose and does not count. `count`: on how many nodes a
+        pod template should run, to hold against the controller's counts (NodeCounter.over)."""
         messages = []
         for key in sorted(k for k in desired if k[0] == "DaemonSet"):
-            ds = live.get(key)
-            if ds is None or labels_of(ds).get(STATE_LABEL) != state:
-                continue
             name = key[2]
+            ds = live.get(key)
+            if ds is None:  # upstream's getSyncState: an object not found is not ready
+                messages.append(f"{name}: not created yet")
+                continue
+            if labels_of(ds).get(STATE_LABEL) != state:
+                continue
             pods = pods_by_owner.get(name, ())
             unready = snap.pod_index.unready_by_owner.get(name, ())
             counting: Callable[[dict[str, Any]], int] = count

@@ -716,6 +716,51 @@ def test_a_pass_keeps_the_daemonsets_of_an_nvidiadriver_that_cannot_render_and_s
     assert "pool-b" not in other["Ready"]["message"]
 
 
+class _Refusing(EchoKube):
+    """An API server whose admission (a policy engine, a quota) refuses the objects whose names start so."""
+
+    def __init__(self, *prefixes: str) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def apply(self, obj: dict[str, Any], *_: Any, **__: Any) -> dict[str, Any]:
+        from gpu_operator.kube import ApiError
+
+        if obj["metadata"]["name"].startswith(self.prefixes):
+            raise ApiError(403, '{"message": "admission webhook denied the request: hostPID not allowed"}', "apply")
+        return obj
+
+
+def test_an_nvidiadriver_whose_objects_the_api_server_refuses_is_not_ready_and_says_why() -> None:
+    """The ClusterPolicy said ReconcileFailed (state-driver: DaemonSet ...: denied) while the NVIDIADriver owning
+    that DaemonSet said ready, "All resources have been successfully reconciled": a DaemonSet missing from the
+    cluster was skipped, and the apply's failure never reached the NVIDIADriver. Upstream: ReconcileFailed, "Error
+    syncing state ..."; a refused object shared by the NVIDIADrivers (the driver's service account) fails them all."""
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+
+    drivers = {d["metadata"]["name"]: {"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver", **d}
+               for d in drivers_objects(("default", {"default": True}), ("pool-b", {"nodeSelector": {"pool": "b"}}))}
+    nodes = {n.name: n for n in (facts("a1", labels={"pool": "a"}), facts("b1", labels={"pool": "b"}))}
+
+    def conditions(kube: EchoKube, name: str) -> dict[str, dict[str, Any]]:
+        snap = Snapshot(nodes=nodes, policies={"cluster-policy": policy_object(crd_policy())}, owned={}, pods={},
+                        revisions={}, nvidia_drivers=drivers)  # fmt: skip
+        Reconciler(kube, "gpu-operator").reconcile(snap)  # type: ignore[arg-type]
+        return {c["type"]: c for c in kube.statuses[("NVIDIADriver", name)]["conditions"]}
+
+    kube = _Refusing("nvidia-driver-daemonset-pool-b")
+    mine = conditions(kube, "pool-b")
+    assert mine["Ready"]["status"] == "False" and mine["Error"]["status"] == "True"
+    assert mine["Error"]["reason"] == "ReconcileFailed"
+    message = mine["Error"]["message"]
+    assert message.startswith("apply failed: DaemonSet nvidia-driver-daemonset-pool-b-ubuntu22.04: ")
+    assert "admission webhook denied" in message
+    assert "denied" not in conditions(kube, "default")["Ready"]["message"]  # its own DaemonSet was created
+    shared = conditions(_Refusing("nvidia-driver"), "default")["Error"]  # the service account too
+    assert shared["reason"] == "ReconcileFailed" and "ServiceAccount nvidia-driver: " in shared["message"]
+
+
 @pytest.mark.parametrize("value", [1.5, True, []])
 def test_nvidiadriver_messages_name_the_field_not_pydantics_union_branches(value: Any) -> None:
     with pytest.raises(ValueError) as exc:

@@ -41,6 +41,7 @@ class Applied:
 
     objects: list[dict[str, Any]] = field(default_factory=list)
     failed: str | None = None  # the last object the API server refused, with its message
+    refused: dict[Key, str] = field(default_factory=dict)  # each object the API server refused: its message
 
 
 Result = dict[str, Any] | ApiError  # an apply's answer: the object as written, or the API server's refusal
@@ -88,7 +89,8 @@ class Applier:
         for key, (state, obj, future) in sent.items():
             result = future.result()
             if isinstance(result, ApiError):  # one broken object must not hold back the others
-                out[state].failed = f"{obj['kind']} {obj['metadata']['name']}: {result.message}"
+                message = f"{obj['kind']} {obj['metadata']['name']}: {result.message}"
+                out[state].failed = out[state].refused[key] = message
             else:
                 out[state].objects.append(result)
                 live[key] = result

@@ -466,11 +466,12 @@ def driver_status(
     previous: Mapping[str, Any] | None,
     now: str,
     off: str = "useNvidiaDriverCRD is not enabled in ClusterPolicy",
+    failed: str | None = None,
 ) -> dict[str, Any]:
     """An NVIDIADriver's status, with upstream's Ready and Error conditions.
 
     `assignment` None: the ClusterPolicy does not hand the driver to NVIDIADrivers, `off` says why. `ready`:
-    whether its DaemonSets are ready, and why not."""
+    whether its DaemonSets are ready, and why not. `failed`: which of its objects the API server refused."""
     conditions = list((previous or {}).get("conditions") or [])
     gen = driver.generation
     nodes: list[str] = []
@@ -488,6 +489,9 @@ def driver_status(
         ok, why = ready if ready is not None else (True, "")
         if conflict:
             state, reason, message, error = "notReady", CONFLICT_REASON, conflict, conflict
+        elif failed:  # upstream's "Error syncing state ..."
+            message = "apply failed: " + failed
+            state, reason, error = "notReady", "ReconcileFailed", message
         elif not ok:  # Ready and Error move together (REFERENCE §1; upstream's SetConditionsError(DriverNotReady))
             message = why or "waiting for driver pods"
             state, reason, error = "notReady", "DriverNotReady", message

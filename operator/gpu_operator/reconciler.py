@@ -18,7 +18,7 @@ from typing import Any
 
 from . import compat, coverage, metrics, mig, mig_pass, nvidiadriver, sharing
 from .api import ClusterPolicySpec, PolicyError, allows_unknown, parse_spec
-from .apply import Applier, labels_of
+from .apply import Applied, Applier, labels_of
 from .events import EventRecorder, now
 from .kube import ApiError, Kube
 from .lifecycle import CLEANUP_FINALIZER, Lifecycle
@@ -473,7 +473,7 @@ class Reconciler:
         off = ("the ClusterPolicy's driver is disabled (driver.enabled: false)" if spec.driver.use_nvidia_driver_crd
                else "useNvidiaDriverCRD is not enabled in ClusterPolicy")  # fmt: skip
         driver_held = self._driver_statuses(snap, drivers, assignment, plans, live, pods_by_owner, set(refused),
-                                            count, off)
+                                            count, off, applied_by_state.get("state-driver"))
         out.busy = out.busy or driver_held is not None
         out.recheck_s = driver_held  # an NVIDIADriver's progress held back: the next pass writes it, once it may
         if not written:
@@ -525,13 +525,25 @@ class Reconciler:
         refused: set[str],
         count: Callable[[dict[str, Any]], int],
         off: str,
+        applied: Applied | None = None,
     ) -> float | None:
         """Each NVIDIADriver's status (written when it changed; a change of progress alone at most every few
         seconds, see StatusWriter) and a Warning event when it newly conflicts. Seconds until a status held back
         may be written, or None. `count`: the pass's NodeCounter, as the driver state's readiness had it; `off`:
-        why no NVIDIADriver drives anything, when none does."""
+        why no NVIDIADriver drives anything, when none does; `applied`: what applying the driver state did."""
         driver_plan = next((p for p in plans if p.state.name == "state-driver"), None)
         held: float | None = None
+        # The driver state's objects the API server refused, by the uid of the NVIDIADriver they belong to (None:
+        # shared ones, the service account, roles and the like, which every NVIDIADriver's pods need).
+        failed: dict[str | None, list[str]] = {}
+        if applied is not None and applied.refused and driver_plan is not None:
+            uids = {d.uid for d in drivers}
+            for o in driver_plan.objects:
+                message = applied.refused.get(key_of(o))
+                if message is not None:
+                    owners: set[str | None] = {r.get("uid") for r in o["metadata"].get("ownerReferences") or []}
+                    for uid in owners & uids or {None}:
+                        failed.setdefault(uid, []).append(message)
         for driver in drivers:
             obj = snap.nvidia_drivers[driver.name]
             if driver.deleting:
@@ -550,7 +562,9 @@ class Reconciler:
                 elif driver.uid in driver_plan.held:
                     ready = (False, driver_plan.held[driver.uid])
             previous = obj.get("status") or {}
-            status = nvidiadriver.driver_status(driver, assignment, ready, self.namespace, previous, now(), off)
+            refusals = "; ".join(failed.get(driver.uid, []) + failed.get(None, [])) or None
+            status = nvidiadriver.driver_status(driver, assignment, ready, self.namespace, previous, now(), off,
+                                                refusals)  # fmt: skip
             error = next(c for c in status["conditions"] if c["type"] == "Error")
             before: dict[str, Any] = next(
                 (c for c in previous.get("conditions") or [] if c.get("type") == "Error"), {}

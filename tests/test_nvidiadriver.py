@@ -761,6 +761,38 @@ def test_an_nvidiadriver_whose_objects_the_api_server_refuses_is_not_ready_and_s
     assert shared["reason"] == "ReconcileFailed" and "ServiceAccount nvidia-driver: " in shared["message"]
 
 
+def test_an_nvidiadriver_is_not_ready_while_a_node_it_drives_fits_no_pool() -> None:
+    """A GPU node NFD has not labelled with its OS (or, precompiled, its kernel) fits no pool: no DaemonSet runs a
+    driver there. The ClusterPolicy's state-driver named it, but the NVIDIADriver that drives it (nodes: 1) said
+    ready, "All resources have been successfully reconciled"."""
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+
+    bare = support_node("a1", labels={"pool": "a"})
+    for key in [k for k in bare["metadata"]["labels"] if "system-os_release" in k]:
+        del bare["metadata"]["labels"][key]
+    precompiled = {"nodeSelector": {"pool": "b"}, "repository": "nvcr.io/nvidia", "image": "driver", "version": "580",
+                   "usePrecompiled": True}  # fmt: skip
+    nodes = [NodeFacts.from_node(bare), facts("a2", labels={"pool": "a"}), facts("b1", kernel="", labels={"pool": "b"})]
+    drivers = {d["metadata"]["name"]: {"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver", **d}
+               for d in drivers_objects(("default", {"default": True}), ("pool-b", precompiled))}  # fmt: skip
+    kube = EchoKube()
+    snap = Snapshot(nodes={n.name: n for n in nodes}, policies={"cluster-policy": policy_object(crd_policy())},
+                    owned={}, pods={}, revisions={}, nvidia_drivers=drivers)  # fmt: skip
+    Reconciler(kube, "gpu-operator").reconcile(snap)  # type: ignore[arg-type]
+    states = {s["name"]: s for s in kube.statuses[("ClusterPolicy", "cluster-policy")]["states"]}
+    assert "no driver for a1: NFD labels os-release ID/VERSION_ID missing" in states["state-driver"]["message"]
+    default = kube.statuses[("NVIDIADriver", "default")]
+    ready = next(c for c in default["conditions"] if c["type"] == "Ready")
+    assert (default["state"], default["nodes"]) == ("notReady", 2) and ready["reason"] == "DriverNotReady"
+    assert ready["message"].endswith("no driver for a1: NFD labels os-release ID/VERSION_ID missing")
+    pool_b = kube.statuses[("NVIDIADriver", "pool-b")]
+    ready = next(c for c in pool_b["conditions"] if c["type"] == "Ready")
+    assert pool_b["state"] == "notReady"
+    assert ready["message"].endswith("no driver for b1: NFD labels os-release ID/VERSION_ID and kernel-version.full "
+                                     "missing")  # fmt: skip
+
+
 @pytest.mark.parametrize("value", [1.5, True, []])
 def test_nvidiadriver_messages_name_the_field_not_pydantics_union_branches(value: Any) -> None:
     with pytest.raises(ValueError) as exc:

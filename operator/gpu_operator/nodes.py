@@ -617,14 +617,15 @@ def driver_pools(nodes: list[NodeFacts], precompiled: bool) -> list[Pool]:
 
 def unpooled(nodes: list[NodeFacts], precompiled: bool) -> list[str]:
     """Driver nodes that fit no pool because NFD did not label their OS (or kernel), by name."""
-    return list(_UNPOOLED.over(nodes, precompiled))
+    return list(_UNPOOLED[bool(precompiled)].over(nodes, bool(precompiled)))
 
 
 def _unpooled(node: NodeFacts, precompiled: bool) -> bool | None:
     return gets_driver(node) and not (node.os_id and node.os_version and (node.kernel or not precompiled)) or None
 
 
-_UNPOOLED: ByNode[bool] = ByNode(_unpooled)  # each pass's readiness note asks over every node
+# Each pass's readiness notes ask over every node, under NVIDIADrivers for either way of pooling: one for each.
+_UNPOOLED: dict[bool, ByNode[bool]] = {precompiled: ByNode(_unpooled) for precompiled in (False, True)}
 
 
 # Container runtime pools (the toolkit renders one DaemonSet per runtime). The runtime comes from the node's

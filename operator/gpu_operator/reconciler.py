@@ -22,7 +22,7 @@ from .apply import Applied, Applier, labels_of
 from .events import EventRecorder, now
 from .kube import ApiError, Kube
 from .lifecycle import CLEANUP_FINALIZER, Lifecycle
-from .nodes import DRIVER_KERNEL, DRIVER_REFUSED, NodeFacts, deploy_label
+from .nodes import DRIVER_KERNEL, DRIVER_REFUSED, NodeFacts, deploy_label, unpooled
 from .observe import Key, Newer, Snapshot, key_of, newer
 from .readiness import KeptReadiness, NodeCounter
 from .render import (
@@ -42,7 +42,7 @@ from .render import (
 )
 from .states import RenderContext, all_states
 from .states.base import STATE_LABEL, owning_state
-from .states.driver import named_secrets
+from .states.driver import named_secrets, unpooled_note
 from .status import UNSUPPORTED_FIELDS, StateResult, active_policy, ignored_status, policy_status
 from .status_writer import StatusWriter
 from .upgrade import Counters, Limit
@@ -473,7 +473,7 @@ class Reconciler:
         off = ("the ClusterPolicy's driver is disabled (driver.enabled: false)" if spec.driver.use_nvidia_driver_crd
                else "useNvidiaDriverCRD is not enabled in ClusterPolicy")  # fmt: skip
         driver_held = self._driver_statuses(snap, drivers, assignment, plans, live, pods_by_owner, set(refused),
-                                            count, off, applied_by_state.get("state-driver"))
+                                            count, off, applied_by_state.get("state-driver"), ctx)
         out.busy = out.busy or driver_held is not None
         out.recheck_s = driver_held  # an NVIDIADriver's progress held back: the next pass writes it, once it may
         if not written:
@@ -525,14 +525,18 @@ class Reconciler:
         refused: set[str],
         count: Callable[[dict[str, Any]], int],
         off: str,
-        applied: Applied | None = None,
+        applied: Applied | None,
+        ctx: RenderContext,
     ) -> float | None:
         """Each NVIDIADriver's status (written when it changed; a change of progress alone at most every few
         seconds, see StatusWriter) and a Warning event when it newly conflicts. Seconds until a status held back
         may be written, or None. `count`: the pass's NodeCounter, as the driver state's readiness had it; `off`:
-        why no NVIDIADriver drives anything, when none does; `applied`: what applying the driver state did."""
+        why no NVIDIADriver drives anything, when none does; `applied`: what applying the driver state did; `ctx`:
+        what it was rendered for (its nodes and NVIDIADrivers)."""
         driver_plan = next((p for p in plans if p.state.name == "state-driver"), None)
         held: float | None = None
+        groups = {g.name: g for g in ctx.nvidia_drivers}
+        unpooled_by: dict[bool, list[str]] = {}  # GPU nodes that fit no pool, by precompiled (worked out once each)
         # The driver state's objects the API server refused, by the uid of the NVIDIADriver they belong to (None:
         # shared ones, the service account, roles and the like, which every NVIDIADriver's pods need).
         failed: dict[str | None, list[str]] = {}
@@ -557,6 +561,14 @@ class Reconciler:
                 }  # fmt: skip
                 result = self._daemonsets_ready("state-driver", keys, live, snap, pods_by_owner, refused, count)
                 ready = (result.state == "ready", result.message)
+                group = groups.get(driver.name)
+                if group is not None and group.nodes:  # its nodes that no DaemonSet runs a driver on, named
+                    precompiled = group.spec.driver.use_precompiled
+                    if precompiled not in unpooled_by:
+                        unpooled_by[precompiled] = unpooled(list(ctx.nodes), precompiled)
+                    note = unpooled_note([n for n in unpooled_by[precompiled] if n in group.nodes], precompiled)
+                    if note:
+                        ready = (False, "; ".join(m for m in (result.message, note) if m))
                 if driver_plan.problem:
                     ready = (False, driver_plan.problem)
                 elif driver.uid in driver_plan.held:

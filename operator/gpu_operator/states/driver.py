@@ -324,9 +324,12 @@ def _finalize(objects: list[dict[str, Any]], ctx: RenderContext) -> None:
 
 
 def _unpooled_note(ctx: RenderContext) -> str | None:
-    """GPU nodes that fit no driver pool because NFD did not label their OS (or kernel), named."""
     precompiled = ctx.spec.driver.use_precompiled
-    missing = unpooled(list(ctx.nodes), precompiled)
+    return unpooled_note(unpooled(list(ctx.nodes), precompiled), precompiled)
+
+
+def unpooled_note(missing: list[str], precompiled: bool) -> str | None:
+    """GPU nodes that fit no driver pool because NFD did not label their OS (or kernel) (nodes.unpooled), named."""
     if not missing:
         return None
     labels = "os-release ID/VERSION_ID" + (" and kernel-version.full" if precompiled else "")

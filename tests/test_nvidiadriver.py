@@ -793,6 +793,39 @@ def test_an_nvidiadriver_is_not_ready_while_a_node_it_drives_fits_no_pool() -> N
                                      "missing")  # fmt: skip
 
 
+def test_an_nvidiadriver_says_so_while_no_valid_clusterpolicy_is_active() -> None:
+    """With the ClusterPolicy's spec invalid, or no ClusterPolicy at all, a pass returned before the NVIDIADrivers'
+    statuses: a new one showed none, an old one kept its "ready" (nodes: 3) after the operator stopped acting on
+    it. Now notReady, ReconcileFailed, naming why (upstream's when it cannot resolve the ClusterPolicy), written
+    once."""
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+
+    raw = crd_policy()
+    raw["toolkit"] = {"repository": "registry.example.com/nvidia"}  # a repository without image and version
+    invalid = policy_object(raw)
+    driver = {"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver", **drivers_objects(("default", {}))[0]}
+    driver["status"] = {"state": "ready", "nodes": 3}
+    kube = EchoKube()
+    for policies, why in (({"cluster-policy": invalid}, "ClusterPolicy cluster-policy: invalid spec: spec.toolkit"),
+                          ({}, "no active ClusterPolicy")):  # fmt: skip
+        # A new reconciler each: a new message alone is progress, paced (StatusWriter), and this one is written at once.
+        r = Reconciler(kube, "gpu-operator")  # type: ignore[arg-type]
+        for _ in range(2):
+            kube.written.clear()
+            snap = Snapshot(nodes={"a1": facts("a1")}, policies=policies, owned={}, pods={}, revisions={},
+                            nvidia_drivers={"default": driver})  # fmt: skip
+            r.reconcile(snap)
+            driver["status"] = kube.statuses[("NVIDIADriver", "default")]
+            invalid["status"] = kube.statuses[("ClusterPolicy", "cluster-policy")]
+        assert not kube.written  # the second pass writes nothing
+        status = driver["status"]
+        assert (status["state"], status["nodes"]) == ("notReady", 0)
+        error = next(c for c in status["conditions"] if c["type"] == "Error")
+        assert (error["status"], error["reason"]) == ("True", "ReconcileFailed")
+        assert error["message"].startswith(why)
+
+
 @pytest.mark.parametrize("value", [1.5, True, []])
 def test_nvidiadriver_messages_name_the_field_not_pydantics_union_branches(value: Any) -> None:
     with pytest.raises(ValueError) as exc:

@@ -471,12 +471,16 @@ def driver_status(
     """An NVIDIADriver's status, with upstream's Ready and Error conditions.
 
     `assignment` None: the ClusterPolicy does not hand the driver to NVIDIADrivers, `off` says why. `ready`:
-    whether its DaemonSets are ready, and why not. `failed`: which of its objects the API server refused."""
+    whether its DaemonSets are ready, and why not. `failed`: why reconciling it failed (reason ReconcileFailed):
+    its objects the API server refused, or (`assignment` None) no valid ClusterPolicy to go by."""
     conditions = list((previous or {}).get("conditions") or [])
     gen = driver.generation
     nodes: list[str] = []
     conflicting: list[str] = []
-    if assignment is None:
+    if assignment is None and failed:
+        state, reason, message = "notReady", "ReconcileFailed", failed
+        error = message
+    elif assignment is None:
         state, reason, message = "disabled", "Reconciled", off
         error = message
     elif driver.name in assignment.problems:
@@ -490,8 +494,7 @@ def driver_status(
         if conflict:
             state, reason, message, error = "notReady", CONFLICT_REASON, conflict, conflict
         elif failed:  # upstream's "Error syncing state ..."
-            message = "apply failed: " + failed
-            state, reason, error = "notReady", "ReconcileFailed", message
+            state, reason, message, error = "notReady", "ReconcileFailed", failed, failed
         elif not ok:  # Ready and Error move together (REFERENCE §1; upstream's SetConditionsError(DriverNotReady))
             message = why or "waiting for driver pods"
             state, reason, error = "notReady", "DriverNotReady", message

@@ -235,6 +235,7 @@ class Reconciler:
             # No upgrade runs without a policy (upstream sets auto-upgrade 0 then too); the node counts go with it.
             metrics.driver_auto_upgrade_enabled.set(0)
             set_gauges(Counters())
+            out.recheck_s = self._drivers_unmanaged(snap, "no active ClusterPolicy")
             return
         policy = snap.policies[active]
         try:
@@ -273,6 +274,7 @@ class Reconciler:
             out.ready = False
             metrics.reconciliation_status.set(0)
             metrics.reconciliation_failed_total.inc()
+            error = "invalid spec: " + "; ".join(exc.problems)
             status = policy_status(
                 generation=generation,
                 namespace=self.namespace,
@@ -281,10 +283,11 @@ class Reconciler:
                 has_nfd=True,
                 previous=policy.get("status"),
                 now=now(),
-                error="invalid spec: " + "; ".join(exc.problems),
+                error=error,
                 error_reason="InvalidSpec",
             )
             self.status.write(policy, status)
+            out.recheck_s = self._drivers_unmanaged(snap, f"ClusterPolicy {meta['name']}: {error}")
             return
         self.lifecycle.ensure_namespace(spec.psa.enabled)
 
@@ -574,15 +577,31 @@ class Reconciler:
                 elif driver.uid in driver_plan.held:
                     ready = (False, driver_plan.held[driver.uid])
             previous = obj.get("status") or {}
-            refusals = "; ".join(failed.get(driver.uid, []) + failed.get(None, [])) or None
+            refusals = failed.get(driver.uid, []) + failed.get(None, [])
             status = nvidiadriver.driver_status(driver, assignment, ready, self.namespace, previous, now(), off,
-                                                refusals)  # fmt: skip
+                                                "apply failed: " + "; ".join(refusals) if refusals else None)
             error = next(c for c in status["conditions"] if c["type"] == "Error")
             before: dict[str, Any] = next(
                 (c for c in previous.get("conditions") or [] if c.get("type") == "Error"), {}
             )
             if error["reason"] == nvidiadriver.CONFLICT_REASON and before.get("message") != error["message"]:
                 self.events(obj, "Warning", nvidiadriver.EVENT_REASON, error["message"])
+            if not self.status.write(obj, status, quiet=True, kind="NVIDIADriver"):
+                retry = self.status.retry_in(driver.name, "NVIDIADriver")
+                held = retry if held is None else min(held, retry)
+        return held
+
+    def _drivers_unmanaged(self, snap: Snapshot, why: str) -> float | None:
+        """Each NVIDIADriver's status while there is no valid ClusterPolicy to go by: notReady, ReconcileFailed,
+        `why` (written once; upstream's when it cannot resolve the ClusterPolicy). Seconds until a status held back
+        may be written, or None."""
+        held: float | None = None
+        for obj in snap.nvidia_drivers.values():
+            driver = nvidiadriver.NVIDIADriver.from_object(obj)
+            if driver.deleting:
+                continue
+            status = nvidiadriver.driver_status(driver, None, None, self.namespace, obj.get("status"), now(),
+                                                failed=why)  # fmt: skip
             if not self.status.write(obj, status, quiet=True, kind="NVIDIADriver"):
                 retry = self.status.retry_in(driver.name, "NVIDIADriver")
                 held = retry if held is None else min(held, retry)

@@ -8,7 +8,7 @@ import pytest
 
 from gpu_operator.api import DrainSpec, DriverUpgradePolicySpec, PodDeletionSpec, WaitForCompletionSpec
 from gpu_operator.nodes import NodeFacts
-from gpu_operator.observe import PodIndex
+from gpu_operator.observe import PodIndex, pod_projection
 from gpu_operator.states.base import STATE_LABEL as OPERAND_STATE_LABEL
 from gpu_operator.upgrade import (
     DELETED_DRIVER_POD_ANNOTATION,
@@ -757,6 +757,42 @@ def test_pod_restart_crash_loop_fails() -> None:
     # Ten restarts is not yet a crash loop.
     p = run([make_node(state="pod-restart-required", pod=driver_pod("new", NEW, False, restarts=10), annotations=ann)])
     assert states(p) == {}
+
+
+def _init_looping(restarts: int) -> dict[str, Any]:
+    """The new driver pod as the pod watch projects it (observe.pod_projection) while its k8s-driver-manager init
+    container crash-loops (the driver is held by a host process, so uninstalling it fails): Init:CrashLoopBackOff."""
+    return pod_projection({
+        "metadata": {"name": "nvidia-driver-new", "labels": {"controller-revision-hash": NEW},
+                     "ownerReferences": [{"kind": "DaemonSet", "name": "nvidia-driver-daemonset"}]},
+        "spec": {"nodeName": "n1"},
+        "status": {
+            "phase": "Pending",
+            "initContainerStatuses": [
+                {"name": "k8s-driver-manager", "ready": False, "restartCount": restarts,
+                 "state": {"waiting": {"reason": "CrashLoopBackOff"}}},
+            ],
+            "containerStatuses": [{"name": "nvidia-driver-ctr", "ready": False, "restartCount": 0,
+                                   "state": {"waiting": {"reason": "PodInitializing"}}}],
+        },
+    })  # fmt: skip
+
+
+def test_pod_restart_init_container_crash_loop_fails_as_the_pod_watch_sees_it() -> None:
+    """A crash-looping init container fails the upgrade (upstream's isDriverPodFailing checks the init containers
+    first). The pod watch's projection used to drop initContainerStatuses, so the planner never saw them: the node
+    stayed cordoned in pod-restart-required for good, its wait quiet."""
+    ann = {DELETED_DRIVER_POD_ANNOTATION: "old"}
+    p = run([make_node(state="pod-restart-required", pod=_init_looping(14), annotations=ann, unschedulable=True)])
+    assert states(p) == {"n1": "upgrade-failed"}
+    reason = "driver pod crash-looping: k8s-driver-manager restarted 14 times"
+    assert Annotate("n1", FAILURE_REASON_ANNOTATION, reason) in p.actions
+    # Before that, the wait says why the pod does not start.
+    p = run([make_node(state="pod-restart-required", pod=_init_looping(3), annotations=ann, unschedulable=True)])
+    assert p.waiting["n1"] == (
+        "waiting for driver pod nvidia-driver-new to be Running and Ready "
+        "(phase Pending; init container k8s-driver-manager: CrashLoopBackOff)"
+    )
 
 
 def test_pod_restart_of_requested_upgrade_restarts_in_sync_pod_once() -> None:

@@ -36,6 +36,12 @@ def reference(pod: dict[str, Any]) -> dict[str, Any]:
     status = pod.get("status") or {}
     owner = next((o["name"] for o in meta.get("ownerReferences") or [] if o.get("kind") == "DaemonSet"), "")
     keep = ("controller-revision-hash", STATE_LABEL, COMPONENT)
+    inits = [
+        {"name": c.get("name") or "", "ready": False, "restartCount": c.get("restartCount", 0),
+         **({"state": {"waiting": {"reason": why}}} if (why := ((c.get("state") or {}).get("waiting") or {})
+                                                          .get("reason")) else {})}
+        for c in status.get("initContainerStatuses") or [] if not c.get("ready")
+    ]  # fmt: skip
     return {
         "metadata": {
             "name": meta.get("name"),
@@ -50,6 +56,7 @@ def reference(pod: dict[str, Any]) -> dict[str, Any]:
                 {"name": c.get("name") or "", "ready": bool(c.get("ready")), "restartCount": c.get("restartCount", 0)}
                 for c in status.get("containerStatuses") or []
             ],
+            **({"initContainerStatuses": inits} if inits else {}),
         },
         "ready": status.get("phase") == "Running" and bool(status.get("containerStatuses"))
         and all(c.get("ready") for c in status["containerStatuses"]),
@@ -128,6 +135,32 @@ def test_an_api_servers_pod_projects_to_the_fields_the_operator_reads() -> None:
     assert pod_projection(pod) == expected  # a listing's parsed pod: the same projection
 
 
+def test_init_containers_not_ready_are_kept_with_their_restarts_and_waiting_reason() -> None:
+    """A driver pod whose k8s-driver-manager init container crash-loops (Init:CrashLoopBackOff) fails a driver
+    upgrade (upgrade.model.crash_loop). The projection used to drop initContainerStatuses, so the planner never saw
+    it. Only the init containers not Ready are kept (done ones are Ready): a running pod carries none."""
+    inits = [
+        {"name": "k8s-driver-manager", "ready": True, "restartCount": 0,
+         "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}},
+        {"name": "nvidia-fs-init", "ready": False, "restartCount": 14, "image": "x",
+         "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 5m0s restarting failed container"}},
+         "lastState": {"terminated": {"exitCode": 1}}},
+        {"name": "later", "ready": False, "restartCount": 0, "state": {}},
+    ]  # fmt: skip
+    pod = api_pod(status__phase="Pending", status__initContainerStatuses=inits)
+    decoded = CODEC.decode_event(line({"type": "MODIFIED", "object": pod})).object
+    assert decoded is not None
+    expected = [
+        {"name": "nvidia-fs-init", "ready": False, "restartCount": 14,
+         "state": {"waiting": {"reason": "CrashLoopBackOff"}}},
+        {"name": "later", "ready": False, "restartCount": 0},
+    ]
+    assert project_pod(decoded)["status"]["initContainerStatuses"] == expected
+    assert pod_projection(pod)["status"]["initContainerStatuses"] == expected
+    done = api_pod(status__initContainerStatuses=inits[:1])
+    assert "initContainerStatuses" not in pod_projection(done)["status"]
+
+
 def test_missing_parts_project_as_before() -> None:
     for pod in (
         api_pod(status=None),
@@ -146,6 +179,12 @@ label_keys = st.sampled_from(["controller-revision-hash", STATE_LABEL, COMPONENT
 container = st.fixed_dictionaries(
     {}, optional={"name": names, "ready": st.booleans(), "restartCount": st.integers(0, 50), "image": names}
 )
+waiting = st.sampled_from(["CrashLoopBackOff", "PodInitializing", ""]).map(lambda r: {"reason": r} if r else {})
+init_container = st.fixed_dictionaries(
+    {}, optional={"name": names, "ready": st.booleans(), "restartCount": st.integers(0, 50),
+                  "state": st.one_of(st.fixed_dictionaries({"waiting": waiting}),
+                                     st.just({"terminated": {"exitCode": 0, "reason": "Completed"}}))},
+)  # fmt: skip
 pods = st.fixed_dictionaries(
     {"metadata": st.fixed_dictionaries(
         {"name": names, "resourceVersion": st.integers(1, 10**9).map(str)},
@@ -161,6 +200,7 @@ pods = st.fixed_dictionaries(
         "status": st.fixed_dictionaries({}, optional={
             "phase": st.sampled_from(["Pending", "Running", "Succeeded", "Failed", "Unknown"]),
             "containerStatuses": st.lists(container, max_size=3),
+            "initContainerStatuses": st.lists(init_container, max_size=2),
             "podIP": names,
         }),
     },

@@ -143,6 +143,8 @@ def project_pod(pod: wire.Pod) -> dict[str, Any]:
     owner = next((o.name for o in meta.ownerReferences or () if o.kind == "DaemonSet"), "")
     phase = status.phase
     containers = status.containerStatuses or ()
+    # Of the init containers only those not Ready (done ones are): a crash-looping one fails a driver upgrade.
+    inits = [c for c in status.initContainerStatuses or () if not c.ready]
     # Strings shared by many pods (label values, node, owner and container names) are interned.
     return {
         "metadata": {
@@ -158,11 +160,21 @@ def project_pod(pod: wire.Pod) -> dict[str, Any]:
                 {"name": intern(c.name or ""), "ready": bool(c.ready), "restartCount": c.restartCount}
                 for c in containers
             ],
+            **({"initContainerStatuses": [_init_status(c) for c in inits]} if inits else {}),
         },
         # readiness.pod_ready's answer, worked out once here: each pass asks it of every pod of a DaemonSet
         # that is not ready.
         "ready": phase == "Running" and bool(containers) and all(c.ready for c in containers),
     }
+
+
+def _init_status(c: wire.InitContainerStatus) -> dict[str, Any]:
+    """A not-Ready init container: its restarts, and why it waits (CrashLoopBackOff, ...) in the API's shape."""
+    out: dict[str, Any] = {"name": intern(c.name or ""), "ready": False, "restartCount": c.restartCount}
+    reason = c.state.waiting.reason if c.state and c.state.waiting else None
+    if reason:
+        out["state"] = {"waiting": {"reason": intern(reason)}}
+    return out
 
 
 def revision_projection(rev: dict[str, Any]) -> dict[str, Any]:

@@ -41,9 +41,22 @@ class ContainerStatus(msgspec.Struct):
     restartCount: int = 0  # noqa: N815
 
 
+class Waiting(msgspec.Struct):
+    reason: str | None = None
+
+
+class ContainerState(msgspec.Struct):
+    waiting: Waiting | None = None
+
+
+class InitContainerStatus(ContainerStatus):
+    state: ContainerState | None = None
+
+
 class PodStatus(msgspec.Struct):
     phase: str | None = None
     containerStatuses: list[ContainerStatus] | None = None  # noqa: N815
+    initContainerStatuses: list[InitContainerStatus] | None = None  # noqa: N815
 
 
 class PodSpec(msgspec.Struct):

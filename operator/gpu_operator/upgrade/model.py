@@ -85,8 +85,8 @@ GPU_RESOURCE_PREFIXES = ("nvidia.com/gpu", "nvidia.com/mig-")
 PodDict = Mapping[str, Any]
 
 
-# Driver/validator pod projections are dicts shaped like readiness.py's:
-# {"metadata": {"name", "labels", "deletionTimestamp"?}, "status": {"phase", "containerStatuses": [...]}}
+# Driver/validator pod projections are dicts shaped like readiness.py's: {"metadata": {"name", "labels",
+# "deletionTimestamp"?}, "status": {"phase", "containerStatuses": [...], "initContainerStatuses"?: [not Ready ones]}}
 
 
 def pod_name(pod: PodDict) -> str:
@@ -114,6 +114,20 @@ def crash_loop(pod: PodDict) -> tuple[str, int] | None:
         restarts = int(c.get("restartCount") or 0)
         if not c.get("ready") and restarts > CRASH_LOOP_RESTARTS:
             return str(c.get("name", "?")), restarts
+    return None
+
+
+# An init container waiting for one of these is only starting (a wait worth no mention).
+_STARTING = frozenset({"PodInitializing", "ContainerCreating"})
+
+
+def init_waiting(pod: PodDict) -> str | None:
+    """"k8s-driver-manager: CrashLoopBackOff": the first init container not Ready that waits for a reason other
+    than starting, or None."""
+    for c in (pod.get("status") or {}).get("initContainerStatuses") or []:
+        reason = ((c.get("state") or {}).get("waiting") or {}).get("reason")
+        if not c.get("ready") and reason and reason not in _STARTING:
+            return f"{c.get('name', '?')}: {reason}"
     return None
 
 

@@ -311,6 +311,28 @@ def test_max_unavailable_percent_rounds_up() -> None:
     assert max_unavailable_count(None, 9) == 9
 
 
+def test_max_unavailable_percent_is_of_the_nodes_with_a_driver_pod() -> None:
+    """maxUnavailable's percentage is of the nodes that run a driver pod (upstream's GetTotalManagedNodes over the
+    state it builds from the driver pods; its values.yaml: "nodes with the driver installed"), and of those mid-upgrade
+    whose driver pod is being replaced. A GPU node no driver pod runs on (no NFD OS labels, a taint the DaemonSet does
+    not tolerate, a new pool not rolled out) used to count too: 25% of 4 driver nodes and one such node was
+    ceil(1.25) = 2 nodes down at once, not 1."""
+    nodes = [make_node(f"n{i}", "upgrade-required") for i in range(4)] + [make_node("n9", rev=None)]
+    pol = policy(max_parallel_upgrades=0, max_unavailable="25%")
+    p = run(nodes, pol=pol)
+    assert (p.counters.total, p.counters.max_unavailable) == (4, 1)
+    assert p.started == ("n0",)
+    assert p.waiting["n9"] == "no driver pod on the node yet"
+    assert preview_waves(nodes, pol) == [["n0"], ["n1"], ["n2"], ["n3"]]
+    # Nodes whose driver pod the upgrade deleted still count: the base stays while their replacements come.
+    replacing = [make_node(f"n{i}", "pod-restart-required", rev=None, unschedulable=True,
+                           annotations={DELETED_DRIVER_POD_ANNOTATION: f"nvidia-driver-n{i}"}) for i in range(2)]
+    nodes = replacing + [make_node(f"n{i}", "upgrade-required") for i in range(2, 6)]
+    p = run(nodes, pol=policy(max_parallel_upgrades=0, max_unavailable="50%"))
+    assert (p.counters.total, p.counters.max_unavailable) == (6, 3)
+    assert p.started == ("n2",)
+
+
 def test_cordoned_and_not_ready_nodes_count_as_unavailable() -> None:
     nodes = [
         make_node("a", "upgrade-done", rev=NEW, unschedulable=True),  # cordoned by someone, not upgrading
@@ -1235,12 +1257,12 @@ def test_one_walk_counts_the_nodes_as_a_walk_per_count_does(seed: int) -> None:
     for i in range(rng.randint(0, 60)):
         labels = {SKIP_LABEL: "true"} if rng.random() < 0.2 else {}
         node = make_node(f"n{i}", rng.choice(states), unschedulable=rng.random() < 0.3, ready=rng.random() < 0.8,
-                         labels=labels)  # fmt: skip
+                         labels=labels, rev=OLD if rng.random() < 0.8 else None)  # fmt: skip
         nodes.append(UpgradeNode(**{**node.__dict__, "refused": "why" if rng.random() < 0.1 else ""}))
     busy = planner.IN_PROGRESS_STATES
     tally = planner._Tally.of(nodes)
     assert tally == planner._Tally(
-        total=len(nodes),
+        total=sum(n.driver_pod is not None or n.state in busy for n in nodes),
         in_progress=sum(n.state in busy for n in nodes),
         unavailable=sum(n.unavailable or n.state in busy for n in nodes),
         failed=sum(n.state == "upgrade-failed" for n in nodes),

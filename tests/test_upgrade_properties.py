@@ -249,8 +249,10 @@ def test_one_pass_respects_limits_and_explains(data: st.DataObject, policy: Driv
     # (a) maxParallelUpgrades: never exceeded by this pass (nor made worse if it already was).
     if policy.max_parallel_upgrades:
         assert in_progress(after) <= max(policy.max_parallel_upgrades, in_progress(nodes))
-    # (b) maxUnavailable: cordoned + NotReady + upgrading never grows past the limit.
-    limit = max_unavailable_count(policy.max_unavailable, len(nodes))
+    # (b) maxUnavailable (of the nodes with a driver pod or mid-upgrade): cordoned + NotReady + upgrading never grows
+    # past the limit.
+    managed = sum(n.driver_pod is not None or n.state in IN_PROGRESS_STATES for n in nodes)
+    limit = max_unavailable_count(policy.max_unavailable, managed)
     assert reserved(after) <= max(limit, reserved(nodes))
     assert sum(n.unschedulable or not n.ready for n in after) <= max(limit, reserved(nodes))
     # A cordon lands only on a node whose slot is taken (in an earlier pass, or in this one). A driver pod is

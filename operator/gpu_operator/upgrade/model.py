@@ -356,7 +356,7 @@ Action = SetState | Cordon | Uncordon | Annotate | EvictPods | DeleteDriverPod |
 class Counters:
     """Numbers for the gpu_operator_nodes_upgrades_* metrics, taken before the pass's actions."""
 
-    total: int = 0  # managed nodes
+    total: int = 0  # managed nodes with a driver pod, or mid-upgrade
     in_progress: int = 0  # nodes holding a slot (upgrade-failed included, as upstream)
     done: int = 0
     failed: int = 0

@@ -24,7 +24,9 @@ uncordon themselves, and a line in the operator's log (`Plan.finished`).
 Slots (computed from the observed states, before any of this pass's actions): `inProgress` = nodes in a
 state other than unknown/done/required (upgrade-failed holds its slot); a new upgrade may start while
 `inProgress < maxParallelUpgrades` (0 = unlimited) and, unless the node is already cordoned or NotReady,
-while the number of unavailable nodes (cordoned, NotReady or upgrading) stays below `maxUnavailable`.
+while the number of unavailable nodes (cordoned, NotReady or upgrading) stays below `maxUnavailable` (a
+percentage of the nodes with a driver pod, as upstream, or mid-upgrade: a node no driver pod runs on yet is not
+counted).
 """
 
 from __future__ import annotations
@@ -158,6 +160,8 @@ class Slots:
 class _Tally:
     """The nodes counted by state, in one walk (at 5,000 nodes each count's own walk was a tenth of a pass)."""
 
+    # maxUnavailable's base: the nodes with a driver pod (upstream builds its state from the driver pods), and those
+    # mid-upgrade (whose driver pod the upgrade deleted: its replacement is on its way).
     total: int = 0
     in_progress: int = 0
     unavailable: int = 0  # cordoned, NotReady, or in progress
@@ -168,10 +172,11 @@ class _Tally:
 
     @classmethod
     def of(cls, nodes: Sequence[UpgradeNode]) -> _Tally:
-        in_progress = unavailable = failed = done = pending = skipped = 0
+        total = in_progress = unavailable = failed = done = pending = skipped = 0
         for n in nodes:
             state = n.state
             busy = state in IN_PROGRESS_STATES
+            total += busy or n.driver_pod is not None
             in_progress += busy
             unavailable += busy or n.unschedulable or not n.ready
             skip = n.skipped
@@ -182,7 +187,7 @@ class _Tally:
                 failed += 1
             elif state == REQUIRED and not skip:
                 pending += 1
-        return cls(len(nodes), in_progress, unavailable, failed, done, pending, skipped)
+        return cls(total, in_progress, unavailable, failed, done, pending, skipped)
 
 
 def select_starts(
@@ -949,7 +954,7 @@ def preview_waves(nodes: Sequence[UpgradeNode], policy: DriverUpgradePolicySpec)
     (for instance while failed upgrades use every slot), appear in no wave. Ignores autoUpgrade.
     """
     nodes = sorted(nodes, key=lambda n: n.name)
-    total = len(nodes)
+    total = _Tally.of(nodes).total
     max_unavailable = max_unavailable_count(policy.max_unavailable, total)
     failed = [n.name for n in nodes if n.state == FAILED]
     running = [n.name for n in nodes if n.state in IN_PROGRESS_STATES and n.state != FAILED]

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from gpu_operator.api import DrainSpec, DriverUpgradePolicySpec, PodDeletionSpec, WaitForCompletionSpec
+from gpu_operator.kube import ApiError
 from gpu_operator.nodes import NodeFacts
 from gpu_operator.observe import PodIndex, pod_projection
 from gpu_operator.states.base import STATE_LABEL as OPERAND_STATE_LABEL
@@ -1096,6 +1097,97 @@ def test_projections() -> None:
     assert not plain.uses_gpu and not plain.has_emptydir and plain.phase == "Pending" and not plain.controlled
     owned = {"name": "r", "ownerReferences": [{"kind": "ReplicaSet", "name": "r", "controller": True}]}
     assert WorkloadPod.from_pod({"metadata": owned, "spec": {}}).controlled
+
+
+class ClaimsKube:
+    """Pods by node, and the resource.k8s.io ResourceClaims of the `served` versions (none: the group is not served);
+    reading a claim named in `forbidden` is refused."""
+
+    def __init__(self, pods: list[dict[str, Any]], claims: dict[str, dict[str, Any]], served: tuple[str, ...] = ("v1",),
+                 forbidden: tuple[str, ...] = ()) -> None:  # fmt: skip
+        self.pods, self.claims, self.served, self.forbidden = pods, claims, served, forbidden
+        self.paths: list[str] = []
+
+    def list(self, kind: str, namespace: str | None = None, label_selector: str | None = None,
+             field_selector: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
+        return [p for p in self.pods if field_selector == f"spec.nodeName={p['spec']['nodeName']}"]
+
+    def request(self, method: str, path: str, **_: Any) -> Any:
+        self.paths.append(path)
+        missing = ApiError(404, '{"message": "not found"}', f"GET {path}")
+        if path == "/apis/resource.k8s.io":
+            if not self.served:
+                raise missing
+            return {"versions": [{"version": v} for v in self.served]}
+        version, name = path.split("/")[3], path.rsplit("/", 1)[1]
+        if name in self.forbidden:
+            raise ApiError(403, '{"message": "forbidden"}', f"GET {path}")
+        if version not in self.served or name not in self.claims:
+            raise missing
+        return self.claims[name]
+
+
+def _claim(driver: str, admin: bool = False) -> dict[str, Any]:
+    result = {"request": "gpu", "driver": driver, "pool": "n1", "device": "gpu-0"}
+    if admin:
+        result["adminAccess"] = True
+    return {"status": {"allocation": {"devices": {"results": [result]}}}}
+
+
+def _claiming(name: str, claim: str, made: bool = True, **meta: Any) -> dict[str, Any]:
+    """A pod holding a ResourceClaim: one made from a template (named in its status), or one named in its spec."""
+    entry = {"name": "gpu", **({"resourceClaimTemplateName": "one-gpu"} if made else {"resourceClaimName": claim})}
+    owner = [{"kind": "StatefulSet", "name": name, "controller": True}]
+    return {
+        "metadata": {"namespace": "ml", "name": name, "ownerReferences": owner, **meta},
+        "spec": {"nodeName": "n1", "containers": [{"name": "main", "resources": {"claims": [{"name": "gpu"}]}}],
+                 "resourceClaims": [entry]},
+        "status": {"phase": "Running", **({"resourceClaimStatuses": [{"name": "gpu", "resourceClaimName": claim}]}
+                                           if made else {})},
+    }  # fmt: skip
+
+
+def test_pod_deletion_evicts_pods_holding_a_dra_gpu_claim() -> None:
+    """A pod that gets its GPU through a DRA ResourceClaim allocated by gpu.nvidia.com is a GPU pod, as upstream's
+    gpuPodSpecFilter (PodHasNVIDIAGPUClaim) has it; admin-access allocations (monitoring) and other drivers' are not.
+    Only container resources were looked at: pod deletion skipped such a pod and deleted the driver pod under it
+    (k8s-driver-manager leaves eviction to the operator under autoUpgrade)."""
+    from gpu_operator.upgrade.adapter import workload_pods
+
+    pods = [
+        _claiming("trainer-0", "trainer-0-gpu-x"),
+        _claiming("named", "shared-gpu", made=False),
+        _claiming("monitor", "monitor-gpu"),
+        _claiming("nic-user", "nic"),
+        _claiming("gone", "gone-claim"),
+        _claiming("unreadable", "secret-claim"),
+        _claiming("agent", "agent-gpu", ownerReferences=[{"kind": "DaemonSet", "name": "agent", "controller": True}]),
+    ]
+    claims = {"trainer-0-gpu-x": _claim("gpu.nvidia.com"), "shared-gpu": _claim("gpu.nvidia.com"),
+              "monitor-gpu": _claim("gpu.nvidia.com", admin=True), "nic": _claim("net.example.com"),
+              "agent-gpu": _claim("gpu.nvidia.com")}  # fmt: skip
+    node = make_node(state="pod-deletion-required", unschedulable=True)
+    pol = policy(pod_deletion=PD)
+    kube = ClaimsKube(pods, claims, forbidden=("secret-claim",))
+    found = workload_pods(kube, [node], pol)  # type: ignore[arg-type]
+    assert {p.name for p in found if p.uses_gpu} == {"trainer-0", "named", "unreadable"}
+    assert not [p for p in kube.paths if p.endswith("/agent-gpu")]  # DaemonSet pods are never evicted: not read
+    assert kube.paths[0] == "/apis/resource.k8s.io" and kube.paths.count("/apis/resource.k8s.io") == 1
+    assert "/apis/resource.k8s.io/v1/namespaces/ml/resourceclaims/trainer-0-gpu-x" in kube.paths
+    p = run([node], found, pol=pol)
+    assert of(p, EvictPods)[0].pods == (("ml", "named"), ("ml", "trainer-0"), ("ml", "unreadable"))
+
+    # DRA in beta (Kubernetes 1.32, 1.33): read there; not served at all: no claims, nothing read.
+    kube = ClaimsKube(pods[:1], claims, served=("v1beta1",))
+    assert [p.uses_gpu for p in workload_pods(kube, [node], pol)] == [True]  # type: ignore[arg-type]
+    assert kube.paths[-1] == "/apis/resource.k8s.io/v1beta1/namespaces/ml/resourceclaims/trainer-0-gpu-x"
+    kube = ClaimsKube(pods[:1], claims, served=())
+    assert [p.uses_gpu for p in workload_pods(kube, [node], pol)] == [False]  # type: ignore[arg-type]
+    assert kube.paths == ["/apis/resource.k8s.io"]
+    # Only pod deletion asks which pods use a GPU: a drain reads no claims.
+    kube = ClaimsKube(pods, claims)
+    workload_pods(kube, [node], policy(drain=DrainSpec(enable=True)))  # type: ignore[arg-type]
+    assert kube.paths == []
 
 
 def test_a_node_first_seen_in_sync_is_marked_done_without_an_event() -> None:

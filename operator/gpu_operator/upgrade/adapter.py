@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import quote
 
 from .. import compat
 from ..api import ClusterPolicySpec, DriverUpgradePolicySpec
@@ -34,6 +36,8 @@ from .model import (
     Uncordon,
     UpgradeNode,
     WorkloadPod,
+    claim_holds_gpu,
+    claim_names,
 )
 from .planner import by_urgency, reads_pods
 
@@ -240,14 +244,76 @@ def workload_pods(
     if not (policy.auto_upgrade and reads_pods(policy)):
         return []
     names = sorted(needs) if needs is not None else [n.name for n in nodes if n.state in NEEDS_PODS]
+    claims = GpuClaims(kube) if policy.pod_deletion is not None else None  # only pod deletion asks uses_gpu
 
     def on(name: str) -> list[WorkloadPod]:
-        return [WorkloadPod.from_pod(p) for p in kube.list("Pod", field_selector=f"spec.nodeName={name}")]
+        pods = kube.list("Pod", field_selector=f"spec.nodeName={name}")
+        return [claims.project(p) if claims else WorkloadPod.from_pod(p) for p in pods]
 
     if len(names) <= 1:
         return [p for name in names for p in on(name)]
     with ThreadPoolExecutor(max_workers=WRITERS) as pool:
         return [p for pods in pool.map(on, names) for p in pods]
+
+
+# resource.k8s.io versions whose ResourceClaims name the driver (and adminAccess) in status.allocation.devices.results,
+# newest first: upstream reads v1; DRA was beta in Kubernetes 1.32 and 1.33.
+CLAIM_VERSIONS = ("v1", "v1beta2", "v1beta1")
+
+
+class GpuClaims:
+    """Marks as GPU pods the pods that ask for no GPU resource but hold a ResourceClaim the NVIDIA GPU DRA driver
+    allocated (upstream's gpuPodSpecFilter: PodHasNVIDIAGPUClaim). Claims are read (one GET each) only for the pods
+    pod deletion may evict, on the nodes whose pods are read; a claim that cannot be read counts as a GPU claim, as
+    upstream. A claim that is gone holds nothing; where no version of CLAIM_VERSIONS is served there are none."""
+
+    def __init__(self, kube: Kube):
+        self.kube = kube
+        self._lock = threading.Lock()
+        self._version: str | None = None
+        self._found = False
+
+    def project(self, raw: Mapping[str, Any]) -> WorkloadPod:
+        pod = WorkloadPod.from_pod(raw)
+        if pod.uses_gpu or pod.is_daemonset_pod or pod.phase not in ("Running", "Pending"):
+            return pod  # DaemonSet and static pods are never evicted
+        names = claim_names(raw)
+        return replace(pod, uses_gpu=True) if names and self._holds_gpu(pod, names) else pod
+
+    def _holds_gpu(self, pod: WorkloadPod, names: Sequence[str]) -> bool:
+        try:
+            version = self._served()
+            if version is None:
+                return False
+            for name in names:
+                path = f"/apis/resource.k8s.io/{version}/namespaces/{quote(pod.namespace)}/resourceclaims/{quote(name)}"
+                try:
+                    claim = self.kube.request("GET", path)
+                except ApiError as exc:
+                    if exc.status == 404:
+                        continue  # gone: nothing allocated
+                    raise
+                if claim_holds_gpu(claim or {}):
+                    return True
+            return False
+        except ApiError as exc:
+            log.warning("upgrade: cannot read the ResourceClaims of pod %s (%s): counted as a GPU pod", pod.ref, exc)
+            return True
+
+    def _served(self) -> str | None:
+        """The newest of CLAIM_VERSIONS the API server serves (asked once), or None."""
+        with self._lock:
+            if not self._found:
+                try:
+                    group = self.kube.request("GET", "/apis/resource.k8s.io") or {}
+                except ApiError as exc:
+                    if exc.status != 404:
+                        raise
+                    group = {}  # DRA is not served
+                served = {v.get("version") for v in group.get("versions") or []}
+                self._version = next((v for v in CLAIM_VERSIONS if v in served), None)
+                self._found = True
+            return self._version
 
 
 def steady(message: str) -> str:

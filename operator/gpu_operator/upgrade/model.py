@@ -81,6 +81,7 @@ CRASH_LOOP_RESTARTS = 10  # a container not Ready with more restarts than this i
 
 FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
 GPU_RESOURCE_PREFIXES = ("nvidia.com/gpu", "nvidia.com/mig-")
+DRA_GPU_DRIVER = "gpu.nvidia.com"  # the NVIDIA GPU DRA driver (upstream's NVIDIAGPUDRADriverName)
 
 PodDict = Mapping[str, Any]
 
@@ -220,6 +221,22 @@ def _uses_gpu(spec: Mapping[str, Any]) -> bool:
     return False
 
 
+def claim_names(pod: Mapping[str, Any]) -> list[str]:
+    """The ResourceClaims a pod holds: each spec.resourceClaims entry's claim by name, or for one made from a
+    template the name its status gives (none yet: nothing is allocated for it)."""
+    made = {s.get("name"): s.get("resourceClaimName")
+            for s in (pod.get("status") or {}).get("resourceClaimStatuses") or []}  # fmt: skip
+    wanted = ((pod.get("spec") or {}).get("resourceClaims")) or []
+    return [str(name) for c in wanted if (name := c.get("resourceClaimName") or made.get(c.get("name")))]
+
+
+def claim_holds_gpu(claim: Mapping[str, Any]) -> bool:
+    """Whether a ResourceClaim is allocated by the NVIDIA GPU DRA driver, other than for admin access (monitoring
+    pods hold such claims without using the GPU)."""
+    results = (((claim.get("status") or {}).get("allocation") or {}).get("devices") or {}).get("results") or []
+    return any(r.get("driver") == DRA_GPU_DRIVER and not r.get("adminAccess") for r in results)
+
+
 @dataclass(frozen=True)
 class WorkloadPod:
     """A pod on a GPU node that pod deletion, drain or waitForCompletion may have to deal with."""
@@ -227,7 +244,8 @@ class WorkloadPod:
     namespace: str
     name: str
     node: str
-    uses_gpu: bool = False  # requests nvidia.com/gpu* or nvidia.com/mig-*
+    # Requests nvidia.com/gpu* or nvidia.com/mig-*, or holds a ResourceClaim of DRA_GPU_DRIVER (the adapter reads it).
+    uses_gpu: bool = False
     has_emptydir: bool = False
     is_daemonset_pod: bool = False  # also static (mirror) pods: never evicted nor deleted
     labels: dict[str, str] = field(default_factory=dict)

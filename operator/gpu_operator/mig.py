@@ -78,7 +78,7 @@ _PRODUCT_RULES: tuple[tuple[tuple[str, ...], str], ...] = (
     (("GB200",), "GB200"),
     (("B200",), "B200"),
     (("H200",), "H200 141GB, H200 NVL"),
-    (("H100", "NVL"), "H100 NVL, H800 NVL"),
+    (("NVL",), "H100 NVL, H800 NVL"),
     (("H100", "96GB"), "H100 96GB, PG506 96GB, GH200 96GB, H20"),
     (("H20",), "H100 96GB, PG506 96GB, GH200 96GB, H20"),
     (("H100",), "H100 80GB, H800 80GB, A100 80GB, A800 80GB"),

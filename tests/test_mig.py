@@ -239,6 +239,8 @@ def test_what_a_layout_advertises() -> None:
     }
     assert adv("all-balanced", "single") == {}
     assert adv("all-disabled", "mixed") == {"nvidia.com/gpu": 8}
+    # The device plugin's name: "+" becomes "." (nvidia.com/mig-1g.10gb+me is no valid resource name).
+    assert adv("all-1g.10gb.me", "mixed") == {"nvidia.com/mig-1g.10gb.me": 8}
 
 
 def test_cli_lists_layouts_offline(capsys: pytest.CaptureFixture[str]) -> None:

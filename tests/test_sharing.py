@@ -189,6 +189,14 @@ def test_mps_is_refused_on_nodes_whose_layout_enables_mig_by_its_entries_not_its
     assert refused("unknown", {"config.yaml": config}) and refused("no-mig", {})
 
 
+def test_mixed_mig_resources_are_named_as_the_plugin_names_them() -> None:
+    """The plugin turns a profile's "+" into "." (internal/rm/rm.go): nvidia.com/mig-1g.10gb.me is real and may be
+    shared, nvidia.com/mig-1g.10gb+me is no valid name. The known resources had it the other way round."""
+    known = sharing.known_resources()
+    assert {"nvidia.com/mig-1g.10gb.me", "nvidia.com/mig-1g.24gb.me.all", "nvidia.com/mig-1g.24gb-me"} <= known
+    assert not [r for r in known if "+" in r]
+
+
 def test_unknown_resource_is_refused() -> None:
     cfg = sharing.parse("sharing: {timeSlicing: {resources: [{name: nvidia.com/tpu, replicas: 2}]}}")
     with pytest.raises(sharing.ConfigError) as err:

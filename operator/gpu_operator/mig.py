@@ -187,6 +187,11 @@ def valid_layouts(gpu: mig_layouts.MigGPU, layouts: Layouts | None = None) -> li
     return [n for n in names if layout_devices(gpu, n, layouts) is not None]
 
 
+def mig_resource(profile: str) -> str:
+    """The device plugin's resource for a MIG profile under the mixed strategy (`+` is not allowed in a name)."""
+    return "nvidia.com/mig-" + profile.replace("+", ".")
+
+
 def advertised(entry: mig_layouts.LayoutEntry, gpus: int, strategy: str) -> dict[str, int]:
     """Extended resources a node with `gpus` GPUs of this layout advertises under a MIG strategy."""
     devices = entry.mig_devices
@@ -196,7 +201,7 @@ def advertised(entry: mig_layouts.LayoutEntry, gpus: int, strategy: str) -> dict
         return {}  # MIG mode on, no instance: nothing to hand out
     if strategy == "single":
         return {"nvidia.com/gpu": sum(devices.values()) * gpus} if len(devices) == 1 else {}
-    return {f"nvidia.com/mig-{p}": n * gpus for p, n in devices.items()}
+    return {mig_resource(p): n * gpus for p, n in devices.items()}
 
 
 @dataclass(frozen=True)

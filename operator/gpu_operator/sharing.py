@@ -307,7 +307,7 @@ def parse(text: str) -> SharingConfig:
 def known_resources() -> set[str]:
     """Every resource the device plugin can advertise: nvidia.com/gpu and nvidia.com/mig-<profile>."""
     profiles = {p for g in mig_layouts.gpus() for p in g.profiles} | set(mig_layouts.unattributed_profiles())
-    return {GPU} | {f"{PREFIX}/mig-{p}" for p in profiles}
+    return {GPU} | {mig.mig_resource(p) for p in profiles}
 
 
 def check(config: SharingConfig, mig_strategy: str | None, mig_enabled: bool = False) -> None:

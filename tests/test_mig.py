@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpu_operator import mig
+from gpu_operator import mig, mig_layouts
 from gpu_operator.api import parse_spec
 from gpu_operator.cli import main
 from gpu_operator.nodes import GPU_PCI_LABELS, MIG_CONFIG, MIG_CONFIG_STATE, NodeFacts, deploy_label
@@ -219,6 +219,60 @@ def test_a_users_config_replaces_the_default_layouts() -> None:
 def test_a_broken_config_is_an_error(text: str) -> None:
     with pytest.raises(mig.ConfigError):
         mig.parse_config(text)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "error"),
+    [
+        ("version: v1\n", "", "version: must be v1, not missing"),
+        ("version: v1\n", "version: v2\n", "version: must be v1, not 'v2'"),
+        ("version: v1\n", "version: v1\nmig-config: {}\n", "mig-config: unexpected field"),
+        ("      devices: all\n      mig-enabled: true", "      mig-enabled: true",
+         "mig-configs.team-a[0]: missing required field devices"),
+        ("devices: all\n      mig-enabled: true", "devices: [0, one]\n      mig-enabled: true",
+         "mig-configs.team-a[0].devices: must be all or a list of GPU indices"),
+        ('      mig-devices: {"3g.40gb": 2}\n', "",
+         "mig-configs.team-a[0]: mig-devices is required when mig-enabled is true"),
+        ("mig-enabled: true", 'mig-enabled: "false"', "mig-configs.team-a[0].mig-enabled: must be true or false"),
+        ('{"3g.40gb": 2}', '{"3g.40gb": 0}', "mig-configs.team-a[0].mig-devices: all counts are 0"),
+        ('{"3g.40gb": 2}', '{"3g.40gb": null}', "mig-configs.team-a[0].mig-devices: all counts are 0"),  # null: 0
+        ('{"3g.40gb": 2}', '{"3g.40gb": two}', "mig-configs.team-a[0].mig-devices.3g.40gb: the count must be"),
+        ('{"3g.40gb": 2}', '{"3g.40gb": [2]}', "mig-configs.team-a[0].mig-devices.3g.40gb: the count must be"),
+        ('{"3g.40gb": 2}', '{"3g.40gb": -1}', "mig-configs.team-a[0].mig-devices.3g.40gb: the count must be"),
+        ('{"3g.40gb": 2}', '{"3g40gb": 2}', "mig-configs.team-a[0].mig-devices.3g40gb: not a MIG profile name"),
+        ('{"3g.40gb": 2}', '{"1g.10gb+me-x": 2}', "mig-configs.team-a[0].mig-devices.1g.10gb+me-x: not a MIG"),
+        ("      mig-enabled: false\n", "      mig-enabled: false\n      mig-devices: {1g.10gb: 1}\n",
+         "mig-configs.all-disabled[0].mig-devices: must be empty when mig-enabled is false"),
+        ("      mig-enabled: true", "      mig-enable: true\n      mig-enabled: true",
+         "mig-configs.team-a[0].mig-enable: unexpected field"),
+        ('device-filter: ["0x233010DE"]', "device-filter: 5", "mig-configs.team-a[0].device-filter: must be a"),
+        ('device-filter: ["0x233010DE"]', "device-filter: [0x233010DE]",  # unquoted: a YAML number
+         "mig-configs.team-a[0].device-filter: must be a"),
+        ("  team-a:\n", "  team-a: []\n  team-b:\n", "mig-configs.team-a: must be a list of at least one entry"),
+    ],
+)
+def test_a_config_mig_parted_refuses_is_a_config_error_naming_the_key_and_the_rule(
+    old: str, new: str, error: str
+) -> None:
+    """mig-parted (api/spec/v1/spec.go) refuses the whole file for each of these, and mig-manager then fails every
+    layout. The check was looser: some were taken as valid (missing version or devices, a string "false", counts all
+    0, an unknown field), and a bad count or device filter raised a bare ValueError that ended every pass."""
+    text = CUSTOM.replace(old, new, 1)
+    assert text != CUSTOM
+    with pytest.raises(mig.ConfigError) as err:
+        mig.parse_config(text)
+    assert str(err.value).startswith(error), str(err.value)
+
+
+def test_what_mig_parted_accepts_is_accepted() -> None:
+    """Go's decoder takes null as false or 0 and YAML's 2.0 as 2; an empty device filter selects every GPU."""
+    text = CUSTOM.replace("device-filter: [\"0x233010DE\"]", "device-filter: null").replace(
+        '{"3g.40gb": 2}', '{"3g.40gb": 2.0, "1g.10gb": null, "1c.3g.40gb": 0}'
+    )
+    text += "  two-off:\n    - {devices: [0, 1], mig-enabled: null, mig-devices: {}}\n"
+    layouts = mig.parse_config(text)
+    assert layouts["team-a"] == (mig_layouts.LayoutEntry(True, {"3g.40gb": 2}),)
+    assert layouts["two-off"] == (mig_layouts.LayoutEntry(False, {}, devices=(0, 1)),)
 
 
 def test_what_a_layout_advertises() -> None:

@@ -189,6 +189,16 @@ def test_mps_is_refused_on_nodes_whose_layout_enables_mig_by_its_entries_not_its
     assert refused("unknown", {"config.yaml": config}) and refused("no-mig", {})
 
 
+def test_a_malformed_users_mig_config_does_not_end_the_check() -> None:
+    """A bad count in the user's mig-parted config raised a ValueError past the ConfigError catch, and every pass
+    with a devicePlugin.config failed. Now it is a config not read: every layout counts as MIG on."""
+    spec = parse_spec({"migManager": {"config": {"name": "my-layouts"}},
+                       "devicePlugin": {"config": {"name": "sharing", "default": "any"}}})
+    bad = "version: v1\nmig-configs:\n  a: [{devices: all, mig-enabled: true, mig-devices: {3g.40gb: two}}]\n"
+    data = {"sharing": {"any": "version: v1\n"}, "my-layouts": {"config.yaml": bad}}
+    assert sharing.context_problems(spec, data, [_node("n1", **{"nvidia.com/mig.config": "a"})]) == []
+
+
 def test_mixed_mig_resources_are_named_as_the_plugin_names_them() -> None:
     """The plugin turns a profile's "+" into "." (internal/rm/rm.go): nvidia.com/mig-1g.10gb.me is real and may be
     shared, nvidia.com/mig-1g.10gb+me is no valid name. The known resources had it the other way round."""

@@ -35,6 +35,7 @@ Per MIG-capable node (mig-manager enabled, its deploy label not opted out with `
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,36 +132,119 @@ class ConfigError(ValueError):
     pass
 
 
+_ENTRY_FIELDS = ("device-filter", "devices", "mig-enabled", "mig-devices")
+
+
 def parse_config(text: str) -> dict[str, tuple[mig_layouts.LayoutEntry, ...]]:
-    """A mig-parted config file (`version: v1`, `mig-configs: {name: [entries]}`) -> layout name -> entries."""
+    """A mig-parted config file (`version: v1`, `mig-configs: {name: [entries]}`) -> layout name -> entries.
+
+    ConfigError ("<key path>: <rule>") for what mig-parted refuses (api/spec/v1/spec.go, as its YAML reaches Go's
+    JSON decoder): it refuses the whole file then, and mig-manager fails every layout."""
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"not YAML: {exc}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("mig-configs"), dict):
-        raise ConfigError("no mig-configs map")
+    try:
+        return _configs(doc)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:  # a shape the checks missed: still the file's fault, not the pass's
+        raise ConfigError(f"unreadable: {exc}") from None
+
+
+def _configs(doc: Any) -> dict[str, tuple[mig_layouts.LayoutEntry, ...]]:
+    if not isinstance(doc, dict):
+        raise ConfigError("the config is not a map")
+    if doc.get("version") != "v1":  # mig-parted's only version, and required
+        got = f"{doc['version']!r}" if "version" in doc else "missing"
+        raise ConfigError(f"version: must be v1, not {got}")
+    for key in doc:
+        if key not in ("version", "mig-configs"):
+            raise ConfigError(f"{key}: unexpected field (a config has version and mig-configs)")
+    configs = doc.get("mig-configs")
+    if not isinstance(configs, dict) or not configs:
+        raise ConfigError("mig-configs: must be a map of at least one layout")
     out = {}
-    for name, entries in doc["mig-configs"].items():
-        if not isinstance(entries, list):
-            raise ConfigError(f"{name}: not a list of entries")
-        parsed = []
-        for e in entries:
-            if not isinstance(e, dict) or "mig-enabled" not in e:
-                raise ConfigError(f"{name}: an entry without mig-enabled")
-            filt = e.get("device-filter") or ()
-            filt = (filt,) if isinstance(filt, str) else tuple(filt)
-            devices = e.get("mig-devices") or {}
-            if not isinstance(devices, dict):
-                raise ConfigError(f"{name}: mig-devices is not a map")
-            parsed.append(
-                mig_layouts.LayoutEntry(
-                    bool(e["mig-enabled"]),
-                    {str(k): int(v) for k, v in devices.items()},
-                    tuple(mig_layouts.normalize_id(str(d)) for d in filt),
-                )
-            )
-        out[str(name)] = tuple(parsed)
+    for name, entries in configs.items():
+        where = f"mig-configs.{name}"
+        if not isinstance(entries, list) or not entries:
+            raise ConfigError(f"{where}: must be a list of at least one entry")
+        out[str(name)] = tuple(_entry(e, f"{where}[{i}]") for i, e in enumerate(entries))
     return out
+
+
+def _entry(e: Any, where: str) -> mig_layouts.LayoutEntry:
+    if not isinstance(e, dict):
+        raise ConfigError(f"{where}: must be a map")
+    for key in e:
+        if key not in _ENTRY_FIELDS:
+            raise ConfigError(f"{where}.{key}: unexpected field (one of {', '.join(_ENTRY_FIELDS)})")
+    for key in ("devices", "mig-enabled"):
+        if key not in e:
+            raise ConfigError(f"{where}: missing required field {key}")
+    filt = e.get("device-filter")
+    if filt is None or isinstance(filt, str):  # null and "" select every GPU, as no filter
+        filt = [filt] if filt else []
+    elif not isinstance(filt, list) or not all(isinstance(d, str) for d in filt):
+        raise ConfigError(f"{where}.device-filter: must be a device ID or a list of them, as strings, not {filt!r}")
+    devices = e["devices"]
+    if devices != "all" and not (isinstance(devices, list) and all(_whole(i) for i in devices)):
+        raise ConfigError(f"{where}.devices: must be all or a list of GPU indices, not {devices!r}")
+    enabled = e["mig-enabled"]
+    if enabled is not None and not isinstance(enabled, bool):
+        raise ConfigError(f"{where}.mig-enabled: must be true or false, not {enabled!r}")
+    raw = e.get("mig-devices")
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{where}.mig-devices: must be a map of MIG profile to count, not {raw!r}")
+    counts = {}
+    for profile, n in (raw or {}).items():
+        at = f"{where}.mig-devices.{profile}"
+        problem = _profile_problem(str(profile))
+        if problem:
+            raise ConfigError(f"{at}: not a MIG profile name ({problem})")
+        n = 0 if n is None else n  # null decodes to 0
+        if not _whole(n) or n < 0:
+            raise ConfigError(f"{at}: the count must be a whole number >= 0, not {n!r}")
+        if n:
+            counts[str(profile)] = int(n)
+    if raw and not counts:
+        raise ConfigError(f"{where}.mig-devices: all counts are 0")
+    if enabled and raw is None:
+        raise ConfigError(f"{where}: mig-devices is required when mig-enabled is true")
+    if not enabled and raw:
+        raise ConfigError(f"{where}.mig-devices: must be empty when mig-enabled is false")
+    return mig_layouts.LayoutEntry(
+        bool(enabled),  # null decodes to false
+        counts,
+        tuple(mig_layouts.normalize_id(d.split(":")[0]) for d in filt),  # `:<subsystem ID>` narrows within a model
+        devices=None if devices == "all" else tuple(int(i) for i in devices),
+    )
+
+
+def _whole(n: Any) -> bool:
+    """A JSON number Go decodes into an int (YAML's 2.0 reaches it as 2)."""
+    return not isinstance(n, bool) and (isinstance(n, int) or isinstance(n, float) and n.is_integer())
+
+
+_FIELD = re.compile(r"[+-]?\d+")
+_ATTRIBUTE = re.compile(r"[A-Za-z](?:[A-Za-z0-9.]*[A-Za-z0-9])?")
+
+
+def _profile_problem(profile: str) -> str:
+    """Why mig-parted refuses a profile name (go-nvlib's parseMigProfile: `[<C>c.]<G>g.<M>gb`, then `+` or `-`
+    and attributes), or ""."""
+    if "+" in profile and "-" in profile:
+        return "both + and - attributes"
+    base, sep, attributes = profile.partition("+" if "+" in profile else "-")
+    fields = base.split(".", 2)
+    units = ("c", "g", "gb")[-len(fields) :] if len(fields) > 1 else ()
+    pairs = zip(fields, units, strict=True)
+    if not units or not all(f.endswith(u) and _FIELD.fullmatch(f[: -len(u)]) for f, u in pairs):
+        return "expected <G>g.<M>gb or <C>c.<G>g.<M>gb"
+    names = attributes.split(",")
+    if sep and (len(set(names)) != len(names) or not all(_ATTRIBUTE.fullmatch(a) for a in names)):
+        return "attributes must be distinct, alphanumeric or '.', starting with a letter"
+    return ""
 
 
 def layout_entry(

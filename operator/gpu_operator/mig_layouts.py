@@ -38,6 +38,7 @@ class LayoutEntry:
     mig_devices: Mapping[str, int]
     device_filter: tuple[str, ...] = ()
     comment: str = ""
+    devices: tuple[int, ...] | None = None  # GPU indices it applies to (mig-parted's `devices`); None: all
 
 
 def normalize_id(device_id: str) -> str:

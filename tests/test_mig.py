@@ -275,14 +275,68 @@ def test_what_mig_parted_accepts_is_accepted() -> None:
     assert layouts["two-off"] == (mig_layouts.LayoutEntry(False, {}, devices=(0, 1)),)
 
 
+def test_every_entry_that_selects_the_gpu_must_fit_it() -> None:
+    """mig-parted applies every entry whose device filter selects a GPU (assert.WalkSelectedMigConfigForEachGPU);
+    an unfiltered entry with an A100 40GB profile fails on an H100 although a later entry fits it. The check took
+    the first entry that fitted and let such a layout through."""
+    text = """
+version: v1
+mig-configs:
+  mixed-fleet:
+    - devices: all
+      mig-enabled: true
+      mig-devices: {"1g.5gb": 7}
+    - device-filter: ["0x233010DE"]
+      devices: all
+      mig-enabled: true
+      mig-devices: {"1g.10gb": 7}
+  halves-then-quarters:
+    - devices: all
+      mig-enabled: true
+      mig-devices: {"3g.40gb": 2}
+    - device-filter: "0x233010DE"
+      devices: [4, 5, 6, 7]
+      mig-enabled: true
+      mig-devices: {"2g.20gb": 3}
+"""
+    layouts = mig.parse_config(text)
+    gpu = mig.gpu_of_product(H100)
+    assert gpu is not None
+    assert mig.layout_entries(gpu, "mixed-fleet", layouts) is None
+    assert [r[1] for r in decide(node("mixed-fleet"), layouts=layouts).refused] == ["mixed-fleet"]
+    # Both entries select an H100 and fit it: GPUs 4-7 end with the second's devices.
+    entries = mig.layout_entries(gpu, "halves-then-quarters", layouts)
+    assert entries is not None and len(entries) == 2
+    assert mig.advertised(entries, 8, "mixed") == {"nvidia.com/mig-3g.40gb": 8, "nvidia.com/mig-2g.20gb": 12}
+    assert mig.advertised(entries, 8, "single") == {}  # two profiles on the node
+    assert mig.advertised(entries, 4, "single") == {"nvidia.com/gpu": 8}
+
+
+@pytest.mark.parametrize(
+    "devices",
+    [{"1g.10gb": 7, "7g.80gb": 1}, {"4g.40gb": 1, "3g.40gb": 2}, {"3g.40gb": 2, "1g.10gb": 1}],
+    ids=["7x1g+7g", "4g+2x3g", "2x3g+1g"],
+)
+def test_a_combination_beyond_the_gpus_slices_is_not_valid(devices: dict[str, int]) -> None:
+    """An H100 80GB has 7 compute and 8 memory slices: these need 14 or 10 compute, or 9 memory slices, so
+    mig-parted's SetMigConfig fails once the operands are paused. Each profile was checked alone against its own
+    maximum, and these were let through."""
+    layouts = {"combo": (mig_layouts.LayoutEntry(True, devices),)}
+    gpu = mig.gpu_of_product(H100)
+    assert gpu is not None
+    assert mig.layout_entries(gpu, "combo", layouts) is None
+    fits = {"combo": (mig_layouts.LayoutEntry(True, {"4g.40gb": 1, "2g.20gb": 1, "1g.10gb": 1}),)}
+    assert mig.layout_entries(gpu, "combo", fits) is not None
+
+
 def test_what_a_layout_advertises() -> None:
     gpu = mig.gpu_of_product(H100)
     assert gpu is not None
 
     def adv(layout: str, strategy: str) -> dict[str, int]:
-        entry = mig.layout_entry(gpu, layout)
-        assert entry is not None
-        return mig.advertised(entry, 8, strategy)
+        entries = mig.layout_entries(gpu, layout)
+        assert entries is not None
+        return mig.advertised(entries, 8, strategy)
 
     assert adv("all-1g.10gb", "mixed") == {"nvidia.com/mig-1g.10gb": 56}
     assert adv("all-1g.10gb", "single") == {"nvidia.com/gpu": 56}

@@ -7,6 +7,7 @@ import re
 import pytest
 import yaml
 
+from gpu_operator import mig
 from gpu_operator import mig_layouts as m
 
 # Every device ID in upstream GPU Operator v26.7.0's default MIG config
@@ -107,6 +108,20 @@ def test_profile_counts_fit_the_gpu() -> None:
             assert slices(profile) * count <= total, (gpu.name, profile, count)
         assert sum(slices(p) * n for p, n in gpu.balanced.items()) == total, gpu.name
         assert set(gpu.balanced) <= set(gpu.profiles), gpu.name
+
+
+def test_every_default_layout_passes_the_slice_check_on_the_gpus_with_its_profiles() -> None:
+    """The check of every entry that selects a GPU, and of the GPU's compute and memory slices, refuses a default
+    layout only where no entry selects the GPU or one names a profile the GPU lacks (as mig-parted does)."""
+    for gpu in m.gpus():
+        assert gpu.compute_slices == max(slices(p) for p in gpu.profiles), gpu.name
+        for name, entries in m.default_layouts().items():
+            chosen = [e for e in entries if m.selects(e, gpu.device_ids)]  # none: filtered for other GPUs
+            has_profiles = bool(chosen) and all(set(e.mig_devices) <= set(gpu.profiles) for e in chosen)
+            assert (bool(chosen) and all(m.fits(gpu, e.mig_devices) for e in chosen)) == has_profiles, (gpu.name, name)
+            assert (mig.layout_entries(gpu, name) is not None) == has_profiles, (gpu.name, name)
+            for device in gpu.device_ids:
+                assert (m.layout_devices(name, device) is not None) == has_profiles, (gpu.name, name, device)
 
 
 def test_default_config_is_valid_mig_parted_yaml() -> None:

@@ -7,6 +7,7 @@ their placements, which the MIG table (data/mig-layouts.yaml) must match and eve
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 
@@ -96,6 +97,20 @@ def test_the_placement_check_refuses_what_the_gpu_cannot_hold(smi: Smi) -> None:
             assert not smi.fits({name: count + 1}), name
     largest = sorted(smi.profiles, key=lambda p: -smi.placements[smi.profiles[p][0]][1])[:2]
     assert not smi.fits({largest[0]: 1, largest[1]: 1})
+
+
+def test_the_slice_check_agrees_with_the_placements_on_every_combination(smi: Smi) -> None:
+    """mig_layouts.fits (per-profile counts, then compute and memory slice sums) accepts exactly what the GPU's
+    placements hold, for every combination of its profiles within their counts: it refuses nothing valid."""
+    gpu = mig_layouts.gpu_for(smi.query["pci.device_id"])
+    assert gpu is not None
+    names = list(gpu.profiles)
+    checked = 0
+    for counts in itertools.product(*(range(gpu.profiles[p] + 1) for p in names)):
+        devices = {p: n for p, n in zip(names, counts, strict=True) if n}
+        assert mig_layouts.fits(gpu, devices) == smi.fits(devices), devices
+        checked += 1
+    assert checked > 1000
 
 
 def test_the_gpu_is_identified_from_nfd_before_a_driver_and_from_gfd_after(smi: Smi) -> None:

@@ -491,11 +491,11 @@ def cmd_mig_layouts(args: argparse.Namespace) -> int:
         where = ", ".join(f"{n} ({c} GPUs)" for n, c in members) or "offline"
         print(f"{gpu.name} [{where}]" + ("" if gpus > 1 else ": per GPU"))
         for name in mig.valid_layouts(gpu, layouts):
-            entry = mig.layout_entry(gpu, name, layouts)
-            assert entry is not None
+            entries = mig.layout_entries(gpu, name, layouts)
+            assert entries is not None
             print(f"  {name}")
-            print(f"    mixed:  {_resources(mig.advertised(entry, gpus, 'mixed'))}")
-            print(f"    single: {_resources(mig.advertised(entry, gpus, 'single'))}")
+            print(f"    mixed:  {_resources(mig.advertised(entries, gpus, 'mixed'))}")
+            print(f"    single: {_resources(mig.advertised(entries, gpus, 'single'))}")
     return 0
 
 

@@ -36,7 +36,7 @@ Per MIG-capable node (mig-manager enabled, its deploy label not opted out with `
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -247,23 +247,23 @@ def _profile_problem(profile: str) -> str:
     return ""
 
 
-def layout_entry(
+def layout_entries(
     gpu: mig_layouts.MigGPU, layout: str, layouts: Layouts | None = None
-) -> mig_layouts.LayoutEntry | None:
-    """The entry of `layout` that applies to a GPU of this model, or None: the layout is not valid on it."""
-    entries = (layouts if layouts is not None else mig_layouts.default_layouts()).get(layout)
-    for entry in entries or ():
-        if entry.device_filter and not set(entry.device_filter) & set(gpu.device_ids):
-            continue
-        if all(gpu.profiles.get(p, 0) >= n for p, n in entry.mig_devices.items()):
-            return entry
-    return None
+) -> tuple[mig_layouts.LayoutEntry, ...] | None:
+    """The entries of `layout` that select a GPU of this model, or None: the layout is not valid on it (no entry
+    selects it, or one asks for MIG devices it cannot hold: mig-parted applies every entry that selects a GPU)."""
+    entries = (layouts if layouts is not None else mig_layouts.default_layouts()).get(layout, ())
+    chosen = tuple(e for e in entries if mig_layouts.selects(e, gpu.device_ids))
+    if not chosen or not all(mig_layouts.fits(gpu, e.mig_devices) for e in chosen):
+        return None
+    return chosen
 
 
 def layout_devices(gpu: mig_layouts.MigGPU, layout: str, layouts: Layouts | None = None) -> dict[str, int] | None:
-    """The MIG devices `layout` makes on one GPU of this model ({} = none), or None: not valid on it."""
-    entry = layout_entry(gpu, layout, layouts)
-    return None if entry is None else dict(entry.mig_devices)
+    """The MIG devices `layout` makes on one GPU of this model ({} = none; the last entry's where several select
+    it: mig-parted applies them in order), or None: not valid on it."""
+    entries = layout_entries(gpu, layout, layouts)
+    return None if entries is None else dict(entries[-1].mig_devices)
 
 
 def valid_layouts(gpu: mig_layouts.MigGPU, layouts: Layouts | None = None) -> list[str]:
@@ -276,16 +276,28 @@ def mig_resource(profile: str) -> str:
     return "nvidia.com/mig-" + profile.replace("+", ".")
 
 
-def advertised(entry: mig_layouts.LayoutEntry, gpus: int, strategy: str) -> dict[str, int]:
-    """Extended resources a node with `gpus` GPUs of this layout advertises under a MIG strategy."""
-    devices = entry.mig_devices
-    if not entry.mig_enabled:
-        return {"nvidia.com/gpu": gpus}
-    if not devices:
-        return {}  # MIG mode on, no instance: nothing to hand out
-    if strategy == "single":
-        return {"nvidia.com/gpu": sum(devices.values()) * gpus} if len(devices) == 1 else {}
-    return {mig_resource(p): n * gpus for p, n in devices.items()}
+def advertised(entries: Sequence[mig_layouts.LayoutEntry], gpus: int, strategy: str) -> dict[str, int]:
+    """Extended resources a node with `gpus` GPUs of one model advertises under a MIG strategy once a layout's
+    `entries` for that model (layout_entries) are applied: each GPU as the last entry that selects its index leaves
+    it; a GPU none selects keeps what it has and is not counted."""
+    whole, enabled, empty = 0, 0, 0
+    devices: dict[str, int] = {}
+    for i in range(gpus):
+        entry = next((e for e in reversed(entries) if e.devices is None or i in e.devices), None)
+        if entry is None:
+            continue
+        if not entry.mig_enabled:
+            whole += 1
+            continue
+        enabled += 1
+        empty += not entry.mig_devices  # MIG mode on, no instance: nothing to hand out
+        for p, n in entry.mig_devices.items():
+            devices[p] = devices.get(p, 0) + n
+    if strategy == "single":  # the plugin refuses MIG and whole GPUs together, an empty one, or two profiles
+        if not enabled:
+            return {"nvidia.com/gpu": whole} if whole else {}
+        return {"nvidia.com/gpu": sum(devices.values())} if not whole and not empty and len(devices) == 1 else {}
+    return ({"nvidia.com/gpu": whole} if whole else {}) | {mig_resource(p): n for p, n in devices.items()}
 
 
 @dataclass(frozen=True)

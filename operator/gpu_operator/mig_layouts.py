@@ -6,6 +6,7 @@ default ConfigMap `default-mig-parted-config` and answers which layouts a GPU ca
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -28,6 +29,8 @@ class MigGPU:
     device_ids: tuple[str, ...]
     profiles: Mapping[str, int]  # profile -> how many fit on one GPU
     balanced: Mapping[str, int]
+    compute_slices: int
+    memory_slices: int
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,45 @@ class LayoutEntry:
     device_filter: tuple[str, ...] = ()
     comment: str = ""
     devices: tuple[int, ...] | None = None  # GPU indices it applies to (mig-parted's `devices`); None: all
+
+
+def selects(entry: LayoutEntry, device_ids: tuple[str, ...]) -> bool:
+    """Whether the entry applies to a GPU with one of these device IDs (its device filter; a `devices` list of
+    no index applies to none)."""
+    if entry.devices == ():
+        return False
+    return not entry.device_filter or any(d in entry.device_filter for d in device_ids)
+
+
+_SIZE = re.compile(r"^(?:\d+c\.)?(\d+)g\.(\d+)gb")
+
+
+def fits(gpu: MigGPU, devices: Mapping[str, int]) -> bool:
+    """Whether one GPU of this model holds these MIG devices at once: each profile is the GPU's and within its own
+    count, and together they take no more compute and memory slices than the GPU has (a profile `<N>g.<M>gb`
+    takes N compute slices and M GB over one memory slice's share of the full profile's memory). The driver
+    places instances by stricter rules, but on a real H200 these sums agree with its placements for every
+    combination (tests/test_real_gpus.py)."""
+    wanted = {p: n for p, n in devices.items() if n}
+    if any(gpu.profiles.get(p, 0) < n for p, n in wanted.items()):
+        return False
+    sizes = {p: _slices(gpu, p) for p in wanted}
+    compute = sum(sizes[p][0] * n for p, n in wanted.items())
+    memory = sum(sizes[p][1] * n for p, n in wanted.items())
+    return compute <= gpu.compute_slices and memory <= gpu.memory_slices
+
+
+def _slices(gpu: MigGPU, profile: str) -> tuple[int, int]:
+    """(compute, memory) slices a profile of this GPU takes."""
+    full = max(_gb(p) for p in gpu.profiles)
+    match = _SIZE.match(profile)
+    assert match is not None, profile  # a profile of the table
+    return int(match.group(1)), round(int(match.group(2)) * gpu.memory_slices / full)
+
+
+def _gb(profile: str) -> int:
+    match = _SIZE.match(profile)
+    return int(match.group(2)) if match else 0
 
 
 def normalize_id(device_id: str) -> str:
@@ -66,6 +108,8 @@ def gpus() -> tuple[MigGPU, ...]:
             device_ids=tuple(normalize_id(d) for d in g["device_ids"]),
             profiles=dict(g["profiles"]),
             balanced=dict(g["balanced"]),
+            compute_slices=g["slices"]["compute"],
+            memory_slices=g["slices"]["memory"],
         )
         for g in _data()["gpus"]
     )
@@ -140,20 +184,15 @@ def _balanced_entries() -> tuple[LayoutEntry, ...]:
 def layout_devices(layout: str, device_id: str) -> dict[str, int] | None:
     """The MIG devices a default layout creates on one GPU ({} = MIG off or none), or None: not valid on it.
 
-    A layout is valid on a GPU when one of its entries selects the GPU and the GPU supports every profile of
-    that entry (mig-parted refuses a profile the GPU does not have). `all-disabled`/`all-enabled` fit every
-    MIG-capable GPU in the table.
+    A layout is valid on a GPU when some of its entries select the GPU and the GPU holds the MIG devices of each
+    (mig-parted applies every entry that selects a GPU, and fails a profile the GPU does not have or devices it
+    cannot place). `all-disabled`/`all-enabled` fit every MIG-capable GPU in the table.
     """
     gpu = gpu_for(device_id)
-    entries = default_layouts().get(layout)
-    if gpu is None or entries is None:
+    chosen = [e for e in default_layouts().get(layout, ()) if selects(e, (normalize_id(device_id),))]
+    if gpu is None or not chosen or not all(fits(gpu, e.mig_devices) for e in chosen):
         return None
-    for entry in entries:
-        if entry.device_filter and normalize_id(device_id) not in entry.device_filter:
-            continue
-        if all(gpu.profiles.get(p, 0) >= n for p, n in entry.mig_devices.items()):
-            return dict(entry.mig_devices)
-    return None
+    return dict(chosen[-1].mig_devices)
 
 
 def layouts_for(device_id: str) -> list[str]:

@@ -79,7 +79,8 @@ def test_first_sight_takes_the_current_layout_as_let_through() -> None:
 
 def test_an_unknown_layout_is_refused_and_mig_manager_held() -> None:
     d = decide(node("all-1g.18gb"))  # an H200 profile
-    assert d.refused == [("n1", "all-1g.18gb", "H100 80GB, H800 80GB, A100 80GB, A800 80GB")]
+    why = "is not valid for H100 80GB, H800 80GB, A100 80GB, A800 80GB (the default layouts)"
+    assert d.refused == [("n1", "all-1g.18gb", why)]
     assert d.patches == {"n1": {MANAGER: mig.PAUSED}}  # the state label and operands are left alone
     assert [(e.type, e.reason) for e in d.events] == [("Warning", mig.EVENT_REFUSED)]
     cond = mig.condition(d, 3, [], "t0")
@@ -184,10 +185,18 @@ def test_a_user_opt_out_of_mig_manager_is_not_gated() -> None:
     assert decide(node("nope", **{MANAGER: "false"})).patches == {}
 
 
-def test_unknown_gpu_is_not_judged() -> None:
-    n = node("nope")
+def test_unknown_gpu_is_not_judged_but_a_name_in_no_config_is_refused() -> None:
+    """A layout is judged against the node's GPU only once the GPU is known, but a name no config has needs no GPU:
+    mig-manager fails it (assert --valid-config: selected mig-config not present). That check once waited for the
+    GPU too, so a typo on a MIG-capable GPU missing from the table went unreported, `MIGConfig` True."""
+    n = node("all-3g.40gb")
     n.labels.pop("nvidia.com/gpu.product")
     assert decide(n).patches == {}
+    for product in ("", "NVIDIA-RTX-PRO-5000-Blackwell"):
+        typo = node("all-1g.10gbb", **{"nvidia.com/gpu.product": product})
+        d = decide(typo)
+        assert d.refused == [("n1", "all-1g.10gbb", "is not in the default layouts")]
+        assert d.patches == {"n1": {MANAGER: mig.PAUSED}}
 
 
 CUSTOM = """

@@ -313,7 +313,7 @@ class Decision:
     patches: dict[str, dict[str, str | None]] = field(default_factory=dict)  # node -> label patch
     events: list[NodeEvent] = field(default_factory=list)
     evict: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)  # node -> (namespace, name)
-    refused: list[tuple[str, str, str]] = field(default_factory=list)  # node, layout, GPU
+    refused: list[tuple[str, str, str]] = field(default_factory=list)  # node, layout, why
     waiting: list[tuple[str, str, str]] = field(default_factory=list)  # node, layout, why
     managed: int = 0  # MIG nodes looked at
 
@@ -451,17 +451,19 @@ def _gate(
         if held:
             out._set(name, MANAGER_LABEL, "true")
         return
-    gpu = gpu_of_node(node)
-    if gpu is None:
+    source = f"ConfigMap {spec.mig_manager.config.name}" if layouts is not None else "the default layouts"
+    why = ""
+    if want not in (layouts if layouts is not None else mig_layouts.default_layouts()):
+        why = f"is not in {source}"  # needs no GPU to tell
+    elif (gpu := gpu_of_node(node)) is None:
         return  # GPU not known yet (no GFD product or NFD device-ID label): nothing to check against
-    if layout_devices(gpu, want, layouts) is None:
-        source = f"ConfigMap {spec.mig_manager.config.name}" if layouts is not None else "the default layouts"
-        out.refused.append((name, want, gpu.name))
+    elif layout_devices(gpu, want, layouts) is None:
+        why = f"is not valid for {gpu.name} ({source})"
+    if why:
+        out.refused.append((name, want, why))
         if not held:
             out._set(name, MANAGER_LABEL, PAUSED)
-        out.events.append(
-            NodeEvent(name, "Warning", EVENT_REFUSED, f"MIG layout {want!r} is not valid for {gpu.name} ({source})")
-        )
+        out.events.append(NodeEvent(name, "Warning", EVENT_REFUSED, f"MIG layout {want!r} {why}"))
         return
     if approved is None and state not in IN_PROGRESS:  # first sight: what the node has is taken as let through
         out._set(name, APPROVED, want)
@@ -503,7 +505,7 @@ def condition(
     """The MIGConfig condition: True when every requested layout is accepted; None when no node is MIG-managed."""
     if not decision.managed and not decision.refused:
         return None
-    parts = [f"node {n}: layout {lay!r} is not valid for {gpu}" for n, lay, gpu in decision.refused]
+    parts = [f"node {n}: layout {lay!r} {why}" for n, lay, why in decision.refused]
     parts += [f"node {n}: layout {lay!r} waits: {why}" for n, lay, why in decision.waiting]
     if decision.refused:
         value, reason = "False", "LayoutRefused"

@@ -19,17 +19,22 @@ its container runtime (``runc`` at first) and, on cri-o, OCI hooks.  The kubelet
   loaded it writes them back as they are.  Other init containers (config-manager-init, ...) complete at once.
 * Main containers then run (Ready without probes; a script's wait loops gate only what it starts next, once);
   one whose ``startupProbe`` script writes files (the driver's probe writes ``.driver-ctr-ready``) is started
-  after the node's driver delay (or crash-loops on a crash-looping node) and writes them then.  A ``preStop``
+  after the node's driver delay (or crash-loops on a crash-looping node) and writes them then, with what its
+  ``echo``/``printf``/here-documents put there (empty when the model cannot tell).  A ``preStop``
   script's ``rm`` runs when the pod goes.  A pod whose ConfigMap volume is missing does not start (FailedMount).
 
 The components (facts from upstream's sources, named in each rule):
 
 * ``nvidia-validator`` (``cmd/nvidia-validator``; by command word, component from ``COMPONENT`` or ``-c``; image
   user 1000 and ``NVIDIA_VISIBLE_DEVICES=void``, so writing a status file needs ``runAsUser: 0``):
-  ``driver`` passes with a host driver (``nvidia-smi`` under ``/host``) or, when a DaemonSet labelled
+  ``driver`` runs ``nvidia-smi``, so its container must be privileged (to open ``/dev/nvidia*``); it passes with
+  a host driver (``nvidia-smi`` under ``/host``) or, when a DaemonSet labelled
   ``app.kubernetes.io/component=nvidia-driver`` owned by a ClusterPolicy/NVIDIADriver exists, once
-  ``.driver-ctr-ready`` is there, and the driver root (``/run/nvidia/driver``) holds the driver; it creates the
-  ``/dev/char`` links through ``/host-dev-char`` and writes ``driver-ready``.  ``toolkit`` runs ``nvidia-smi``
+  ``.driver-ctr-ready`` is there, and the driver root (``/run/nvidia/driver``) holds the driver; then
+  ``.driver-ctr-ready`` must be a YAML map of booleans, and each feature it enables (``GDS_ENABLED``,
+  ``GDRCOPY_ENABLED``, ``GPU_DIRECT_RDMA_ENABLED``) needs its kernel module loaded (the ``nvidia-fs``,
+  ``gdrcopy``, ``nvidia-peermem`` components, each writing its status file); it creates the ``/dev/char`` links
+  through ``/host-dev-char`` and writes ``driver-ready``.  ``toolkit`` runs ``nvidia-smi``
   in its own container: a runtime that injects GPUs (nvidia handler, or nvidia as default runtime, or cri-o's
   hook) and ``NVIDIA_VISIBLE_DEVICES=all``; writes ``toolkit-ready``.  ``cuda`` creates a workload pod from
   ``VALIDATOR_IMAGE``/``VALIDATOR_IMAGE_PULL_POLICY``/``VALIDATOR_RUNTIME_CLASS`` (validated by the API server
@@ -39,8 +44,11 @@ The components (facts from upstream's sources, named in each rule):
   otherwise an unmet check fails the container (CrashLoopBackOff, the error as its last termination message).
   A validator pod whose driver check no longer holds (driver pod gone or crash-looping) re-validates: it goes
   back to that init container (a pod in the driver manager's way is replaced instead, as above).
-* Driver container (``nvidia-driver init``): while started, the driver lives under ``/run/nvidia/driver`` (the
-  host path its mounts give).
+* Driver container (``nvidia-driver init``): privileged (it loads kernel modules; else CrashLoopBackOff); while
+  started, the driver (and its ``usr/src``) lives under ``/run/nvidia/driver`` (the host path its mounts give).
+  Its sidecars ``nvidia-gds-driver install``, ``nvidia-gdrcopy-driver install`` and ``nvidia-driver
+  reload_nvidia_peermem`` load nvidia_fs, gdrdrv and nvidia_peermem once their waits pass (privileged too); the
+  driver manager's unload takes them with it.
 * Toolkit installer (``nvidia-ctk-installer`` v1.20 env: ``RUNTIME``, ``RUNTIME_CONFIG``/``CONTAINERD_CONFIG``,
   ``RUNTIME_DROP_IN_CONFIG`` (+ ``_HOST_PATH``), ``RUNTIME_SOCKET``/``CONTAINERD_SOCKET``,
   ``CONTAINERD_RUNTIME_CLASS``/``NVIDIA_RUNTIME_NAME``, ``NVIDIA_RUNTIME_SET_AS_DEFAULT``, ``CRIO_CONFIG_MODE``,
@@ -48,9 +56,18 @@ The components (facts from upstream's sources, named in each rule):
   ``nvidia-legacy`` (driver root from its environment; a sourced file counts only under ``set -o allexport``)
   only when the config it writes resolves to the node runtime's real config and ``RUNTIME`` is the node's
   runtime; otherwise nothing changes on the host and the container just runs.  When the pod goes, it removes them.
+  With ``CDI_ENABLED`` it first writes the ``management.nvidia.com/gpu`` CDI spec to ``CDI_OUTPUT_DIR``
+  (``/var/run/cdi``).  ``nvidia-cdi``, and ``nvidia`` with ``NVIDIA_CONTAINER_RUNTIME_MODE=cdi``, run in cdi
+  mode: ``NVIDIA_VISIBLE_DEVICES=all`` becomes ``<NVIDIA_CONTAINER_RUNTIME_MODES_CDI_DEFAULT_KIND>=all``, and a
+  container asking for it is not created unless a spec of that kind is in the host's ``/etc/cdi`` or ``/var/run/cdi``.
 * Device plugin (``nvidia-device-plugin``) and GPU feature discovery (``gpu-feature-discovery``): once their
   scripts' waits pass and NVML loads at start (a GPU runtime with the driver; else CrashLoopBackOff), the node
-  advertises ``nvidia.com/gpu`` / gets the GFD labels while they run.
+  advertises ``nvidia.com/gpu`` / gets the GFD labels while they run.  The device plugin first watches the
+  kubelet socket's directory (exits when it is not mounted), and the kubelet learns of it only when
+  ``KUBELET_SOCKET`` is the host's ``/var/lib/kubelet/device-plugins/kubelet.sock`` and it serves its own socket
+  in the host's ``/var/lib/kubelet/device-plugins``.  With a ``cdi-*`` ``DEVICE_LIST_STRATEGY`` it writes its CDI
+  spec to ``/var/run/cdi``, and a GPU pod (the plugin validator's workload) gets only CDI device names, which
+  need that spec on the host.
 
 ``diagnose()`` reads the last step: deadlocks (pods waiting on each other, e.g. a toolkit waiting for
 ``driver-ready`` that only a validator writes, which needs the handler only that toolkit adds), pods stuck on
@@ -69,6 +86,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
+
 VALIDATIONS = "/run/nvidia/validations"
 DRIVER_CTR_READY = f"{VALIDATIONS}/.driver-ctr-ready"
 DRIVER_INSTALL_DIR = "/run/nvidia/driver"
@@ -84,8 +103,29 @@ CRIO_DROP_IN_DIR = "/etc/crio/crio.conf.d"
 CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
 CRIO_HOOK_DIRS = ("/usr/share/containers/oci/hooks.d", "/etc/containers/oci/hooks.d")
 
+# k8s-device-plugin: the kubelet's socket (--kubelet-socket, KUBELET_SOCKET; pluginapi.KubeletSocket) and the directory
+# the plugin serves its own socket in, where the kubelet looks for it (pluginapi.DevicePluginPath)
+KUBELET_SOCKET = "/var/lib/kubelet/device-plugins/kubelet.sock"
+DEVICE_PLUGIN_PATH = "/var/lib/kubelet/device-plugins"
+# CDI: the runtimes' spec directories (cdi.DefaultSpecDirs; /var/run is /run). A spec file's content here is its kind.
+CDI_SPEC_DIRS = ("/etc/cdi", "/run/cdi")
+# the device plugin's CDI devices (internal/cdi/cdi.go: /var/run/cdi/<vendor>-<class>.json) with a cdi-* strategy
+PLUGIN_CDI_KIND = "k8s.device-plugin.nvidia.com/gpu"
+PLUGIN_CDI_SPEC = "/var/run/cdi/k8s.device-plugin.nvidia.com-gpu.json"
+# nvidia-ctk-installer's management spec (CDI_ENABLED: CDI_OUTPUT_DIR/<vendor>-<class>.yaml, CDI_KIND) and the kind
+# nvidia-container-runtime in cdi mode gives NVIDIA_VISIBLE_DEVICES names (modes.cdi.default-kind)
+TOOLKIT_CDI_KIND = "management.nvidia.com/gpu"
+RUNTIME_CDI_KIND = "nvidia.com/gpu"
+# kernel modules the driver pod's sidecars load (upstream assets/state-driver): (program, first argument) -> module
+MODULE_LOADERS = {("nvidia-gds-driver", "install"): "nvidia_fs", ("nvidia-gdrcopy-driver", "install"): "gdrdrv",
+                  ("nvidia-driver", "reload_nvidia_peermem"): "nvidia_peermem"}
+# .driver-ctr-ready's features (validateAdditionalDriverComponents): key -> (validator component, module it lsmods)
+DRIVER_FEATURES = {"GDRCOPY_ENABLED": ("gdrcopy", "gdrdrv"), "GDS_ENABLED": ("nvidia-fs", "nvidia_fs"),
+                   "GPU_DIRECT_RDMA_ENABLED": ("nvidia-peermem", "nvidia_peermem")}
+FEATURE_MODULES = dict(DRIVER_FEATURES.values())
 VALIDATOR_IMAGE_USER = 1000  # the nvidia-validator image's user
-STATUS_FILES = {"driver": "driver-ready", "toolkit": "toolkit-ready", "cuda": "cuda-ready", "plugin": "plugin-ready"}
+STATUS_FILES = {"driver": "driver-ready", "toolkit": "toolkit-ready", "cuda": "cuda-ready", "plugin": "plugin-ready",
+                "nvidia-fs": "nvidia-fs-ready", "gdrcopy": "gdrcopy-ready", "nvidia-peermem": "nvidia-peermem-ready"}
 VALID_COMPONENTS = {"driver", "toolkit", "cuda", "metrics", "plugin", "mofed", "vfio-pci", "vgpu-manager",
                     "vgpu-devices", "cc-manager", "nvidia-fs", "gdrcopy", "nvidia-peermem"}
 # nvidia-validator's flags (cmd/nvidia-validator/main.go): name -> env variable; bool flags take no value
@@ -135,6 +175,7 @@ class Script:
     writes: list[str] = field(default_factory=list)  # touch, > and >>, mv and cp targets
     removes: list[str] = field(default_factory=list)  # rm arguments (globs allowed)
     sources: list[tuple[str, bool]] = field(default_factory=list)  # (file, under set -o allexport)
+    contents: dict[str, str] = field(default_factory=dict)  # what echo, printf and here-documents write, per file
 
     def programs(self) -> list[tuple[str, list[str]]]:
         return [(posixpath.basename(c[0]), c[1:]) for c in self.commands if c]
@@ -164,11 +205,47 @@ def _split(line: str) -> list[str]:
         return line.split()
 
 
+_HEREDOC = re.compile(r"(?<!<)<<(-?)\s*(['\"]?)([A-Za-z_]\w*)\2")  # (not a <<< here-string)
+
+
+def _output(cmd: list[str], heredoc: str | None) -> str | None:
+    """What a simple command prints, when the model can tell: echo, printf, cat of a here-document."""
+    prog, args = posixpath.basename(cmd[0]), cmd[1:]
+    if prog == "echo":
+        newline = "-n" not in args[:1]
+        while args and args[0] in ("-n", "-e", "-E"):
+            args = args[1:]
+        return " ".join(args) + ("\n" if newline else "")
+    if prog == "printf" and args:
+        fmt, values = args[0].replace("\\n", "\n").replace("\\t", "\t"), iter(args[1:])
+        return re.sub(r"%[sd%]", lambda m: "%" if m.group() == "%%" else next(values, ""), fmt)
+    if prog == "cat" and len(args) == 0 and heredoc is not None:
+        return heredoc
+    return None
+
+
 def parse_script(text: str, env: dict[str, str] | None = None) -> Script:
     variables = dict(env or {})
     out = Script()
     allexport = False
-    for line in text.replace("\\\n", " ").splitlines():
+    group: list[str] | None = None  # what a { ...; } group prints so far
+    lines = text.replace("\\\n", " ").splitlines()
+    n = 0
+    while n < len(lines):
+        line = lines[n]
+        n += 1
+        heredoc: str | None = None
+        m = _HEREDOC.search(line)
+        if m:  # the here-document's lines are its text, not commands
+            body = []
+            while n < len(lines) and (lines[n].lstrip("\t") if m.group(1) else lines[n]) != m.group(3):
+                body.append(lines[n].lstrip("\t") if m.group(1) else lines[n])
+                n += 1
+            n += 1
+            heredoc = "".join(f"{b}\n" for b in body)
+            if not m.group(2):  # an unquoted delimiter: the text is expanded
+                heredoc = _expand(heredoc, variables)
+            line = line[:m.start()] + line[m.end():]
         words: list[str] = []
         pieces: list[list[str]] = []
         for tok in _split(line):
@@ -182,6 +259,11 @@ def parse_script(text: str, env: dict[str, str] | None = None) -> Script:
             keywords = []
             while piece and piece[0] in KEYWORDS:
                 keywords.append(piece.pop(0))
+            printed: str | None = None
+            if "}" in keywords and group is not None:  # `} > FILE`: the group's output goes there
+                printed, group = "".join(group), None
+            if "{" in keywords:
+                group = []
             if not piece:
                 continue
             if all(re.fullmatch(r"\w+=.*", w) for w in piece):  # NAME=value assignments
@@ -194,6 +276,7 @@ def parse_script(text: str, env: dict[str, str] | None = None) -> Script:
                 words.pop(0)  # FOO=bar cmd
             # redirections
             cmd: list[str] = []
+            targets: list[tuple[str, bool]] = []  # (file, appended)
             i = 0
             while i < len(words):
                 w = words[i]
@@ -201,6 +284,7 @@ def parse_script(text: str, env: dict[str, str] | None = None) -> Script:
                     target = words[i + 1]
                     if target.startswith("/") and target != "/dev/null":
                         out.writes.append(target)
+                        targets.append((target, w == ">>"))
                     i += 2
                     continue
                 if w in ("<", ">&", "<&") and i + 1 < len(words):
@@ -214,6 +298,15 @@ def parse_script(text: str, env: dict[str, str] | None = None) -> Script:
                     continue
                 cmd.append(w)
                 i += 1
+            if cmd:
+                printed = _output(cmd, heredoc)
+                if printed is not None and not targets and group is not None:
+                    group.append(printed)
+            for target, appended in targets:
+                if printed is None:
+                    out.contents.pop(target, None)  # what it holds is not known
+                else:
+                    out.contents[target] = (out.contents.get(target, "") if appended else "") + printed
             if not cmd:
                 continue
             loop = next((k for k in keywords if k in ("until", "while")), None)
@@ -231,8 +324,11 @@ def parse_script(text: str, env: dict[str, str] | None = None) -> Script:
             elif prog in ("mv", "cp") and len(plain) >= 2:
                 if plain[-1].startswith("/"):
                     out.writes.append(plain[-1])
+                    if plain[0] in out.contents:
+                        out.contents[plain[-1]] = out.contents[plain[0]]
                 if prog == "mv":
                     out.removes += [a for a in plain[:-1] if a.startswith("/")]
+                    out.contents.pop(plain[0], None)
             elif prog == "rm":
                 out.removes += [a for a in plain if a.startswith("/")]
             elif prog in (".", "source") and plain:
@@ -394,6 +490,74 @@ def _first(env: dict[str, str], *names: str) -> str | None:
     return None
 
 
+def _flag(args: list[str], name: str) -> str | None:
+    """A ``--name value`` / ``--name=value`` flag's value (urfave/cli: a flag wins over its env variable)."""
+    for i, a in enumerate(args):
+        if a in (f"--{name}", f"-{name}") and i + 1 < len(args):
+            return args[i + 1]
+        for prefix in (f"--{name}=", f"-{name}="):
+            if a.startswith(prefix):
+                return a[len(prefix):]
+    return None
+
+
+def _privileged(c: dict[str, Any]) -> bool:
+    """A privileged container: every device (the device cgroup lets it open /dev/nvidia*) and every capability."""
+    return bool((c.get("securityContext") or {}).get("privileged"))
+
+
+def _mounted(c: dict[str, Any], path: str) -> bool:
+    """Whether a volume is mounted at ``path`` or above it (a directory no image of ours has otherwise)."""
+    path = posixpath.normpath(path)
+    return any(path == mp or path.startswith(mp.rstrip("/") + "/")
+               for mp in (posixpath.normpath(m.get("mountPath") or "/") for m in c.get("volumeMounts") or []))
+
+
+def _cdi_spec_path(kind: str, ext: str = ".yaml") -> str:
+    """The host path of a kind's spec under /var/run/cdi (cdi.GenerateSpecName: <vendor>-<class>)."""
+    return f"/run/cdi/{kind.replace('/', '-')}{ext}"
+
+
+_YAML_BOOLS = {"true": True, "True": True, "TRUE": True, "false": False, "False": False, "FALSE": False}
+# yaml.v3 also takes YAML 1.1's words when it decodes into a bool
+_YAML11_BOOLS = {**dict.fromkeys(("y", "Y", "yes", "Yes", "YES", "on", "On", "ON"), True),
+                 **dict.fromkeys(("n", "N", "no", "No", "NO", "off", "Off", "OFF"), False)}
+
+
+def driver_ctr_features(text: str) -> tuple[list[str], str]:
+    """The validator components ``.driver-ctr-ready`` switches on (validateAdditionalDriverComponents: yaml.v3
+    Unmarshal into map[string]bool), or yaml's error."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        return [], f"yaml: line {mark.line + 1 if mark else 1}: {getattr(e, 'problem', None) or e}"
+
+    def short(n: yaml.Node) -> str:
+        return "!!" + str(n.tag).rsplit(":", 1)[-1]
+
+    if node is None or (isinstance(node, yaml.ScalarNode) and node.tag.endswith(":null")):
+        return [], ""
+    if not isinstance(node, yaml.MappingNode):
+        value = f" `{node.value}`" if isinstance(node, yaml.ScalarNode) else ""
+        return [], (f"yaml: unmarshal errors:\n  line {node.start_mark.line + 1}: cannot unmarshal "
+                    f"{short(node)}{value} into map[string]bool")
+    enabled, errors = [], []
+    for key, value in node.value:
+        if isinstance(value, yaml.ScalarNode) and value.tag.endswith(":null"):
+            continue
+        words = {**(_YAML_BOOLS if isinstance(value, yaml.ScalarNode) and value.style is None else {}),
+                 **_YAML11_BOOLS}
+        if not isinstance(value, yaml.ScalarNode) or value.value not in words:
+            shown = f" `{value.value}`" if isinstance(value, yaml.ScalarNode) else ""
+            errors.append(f"  line {value.start_mark.line + 1}: cannot unmarshal {short(value)}{shown} into bool")
+        elif words[value.value] and str(key.value) in DRIVER_FEATURES:
+            enabled.append(DRIVER_FEATURES[str(key.value)][0])
+    if errors:
+        return [], "yaml: unmarshal errors:\n" + "\n".join(errors)
+    return enabled, ""
+
+
 def _image_base(image: str) -> str:
     image = image.split("@", 1)[0]
     name, sep, tag = image.rpartition(":")
@@ -469,6 +633,8 @@ class Ctr:
     args: list[str]  # the role program's arguments
     probe_writes: list[str]  # files the startupProbe script writes
     prestop_removes: list[str]
+    probe_contents: dict[str, str] = field(default_factory=dict)  # what it writes there, where the model can tell
+    module: str = ""  # the kernel module it loads (MODULE_LOADERS)
 
     @property
     def name(self) -> str:
@@ -505,18 +671,22 @@ def read_container(pod: dict[str, Any], c: dict[str, Any], init: bool, index: in
         else:
             continue
         break
+    module = next((m for (prog, first), m in MODULE_LOADERS.items()
+                   for p, pargs in script.programs() if p == prog and pargs[:1] == [first]), "")
     if role == OTHER and not init and any(k in env for k in ("RUNTIME_CONFIG", "CONTAINERD_CONFIG", "CRIO_CONFIG",
                                                                "RUNTIME_DROP_IN_CONFIG", "CRIO_CONFIG_MODE")):
         role = TOOLKIT  # upstream's toolkit env on a container running the installer through its image
     probe_writes: list[str] = []
+    probe_contents: dict[str, str] = {}
     probe = (c.get("startupProbe") or {}).get("exec") or {}
     if probe.get("command"):
-        probe_writes = parse_script(script_of(pod, c, list(probe["command"]), world), env).writes
+        probe_script = parse_script(script_of(pod, c, list(probe["command"]), world), env)
+        probe_writes, probe_contents = probe_script.writes, probe_script.contents
     removes: list[str] = []
     pre = ((c.get("lifecycle") or {}).get("preStop") or {}).get("exec") or {}
     if pre.get("command"):
         removes = parse_script(script_of(pod, c, list(pre["command"]), world), env).removes
-    return Ctr(c, init, index, env, script, role, args, probe_writes, removes)
+    return Ctr(c, init, index, env, script, role, args, probe_writes, removes, probe_contents, module)
 
 
 # --- the host and the cluster ---
@@ -530,6 +700,7 @@ class Handler:
     driver_root: str = "/"
     default: bool = False
     owners: set[str] = field(default_factory=set)  # pods whose installer added it
+    cdi_kind: str = ""  # in cdi mode: the kind NVIDIA_VISIBLE_DEVICES names resolve to (a spec must provide it)
 
 
 @dataclass
@@ -541,9 +712,18 @@ class Host:
     handlers: dict[str, Handler] = field(default_factory=dict)
     hooks: dict[str, Handler] = field(default_factory=dict)  # cri-o OCI hook file -> what it injects
     driver_loaded: bool = False  # a driver container's kernel modules (they stay when its pod goes)
+    modules: set[str] = field(default_factory=set)  # the sidecars' modules (nvidia_fs, ...), unloaded with the driver
 
     def has(self, path: str | None) -> bool:
-        return path is not None and _canonical(path) in self.files
+        """A file, or a directory holding one."""
+        if path is None:
+            return False
+        path = _canonical(path)
+        return path in self.files or any(f.startswith(path + "/") for f in self.files)
+
+    def cdi_kinds(self) -> set[str]:
+        """The CDI kinds the specs in the runtimes' spec directories provide."""
+        return {kind for path, kind in self.files.items() if posixpath.dirname(path) in CDI_SPEC_DIRS}
 
     def driver_at(self, root: str) -> str | None:
         """The driver version whose nvidia-smi is under ``root`` on the host."""
@@ -555,6 +735,7 @@ def new_host(name: str, runtime: str = CONTAINERD, gpus: int = 0, host_driver: s
         raise ValueError(f"runtime must be {CONTAINERD} or {CRIO}, not {runtime!r}")
     host = Host(name, runtime, gpus, handlers={"runc": Handler("runc")})
     host.files[HOST_RUNTIME_CONFIG[runtime]] = "# the node's runtime config\n"
+    host.files[KUBELET_SOCKET] = "socket"
     if runtime == CONTAINERD:
         host.files[CONTAINERD_SOCKET] = "socket"
     else:
@@ -608,7 +789,8 @@ def offline_dry_run(pod: dict[str, Any]) -> str | None:
 class Need:
     """Why a pod (or one of its containers' effects) does not get further."""
 
-    kind: str  # file | handler | runtimeclass | configmap | gpu-resource | gpu-runtime | evict | error
+    kind: str  # file | handler | runtimeclass | configmap | gpu-resource | gpu-runtime | evict | module | privileged
+    # | error
     target: str  # host path, handler name, ...
     where: str  # "init container x", "container y", "sandbox"
     message: str = ""
@@ -628,6 +810,10 @@ class Need:
             return "gets no GPUs: no runtime on the node injects them"
         if self.kind == "evict":
             return f"waits for pods {self.target} to leave the node (their deploy labels {PAUSED_FOR_DRIVER})"
+        if self.kind == "module":
+            return f"waits for the kernel module {self.target}"
+        if self.kind == "privileged":
+            return f"is not privileged: {self.message}"
         return f"fails: {self.message}"
 
 
@@ -791,8 +977,8 @@ class NodeModel:
     def _fingerprint(self) -> tuple[Any, ...]:
         return (
             tuple(sorted(self.host.files.items())),
-            tuple(sorted((n, h.default, h.driver_root, tuple(sorted(h.owners)))
-                         for n, h in self.host.handlers.items())),
+            tuple(sorted((n, h.default, h.driver_root, h.cdi_kind, tuple(sorted(h.owners)))
+                         for n, h in self.host.handlers.items())), tuple(sorted(self.host.modules)),
             tuple(sorted(self.host.hooks)),
             tuple(sorted(self._gpu_owners)), tuple(sorted(self._gfd_owners)), self.host.driver_loaded,
             tuple(sorted(self._label_patch.items())),
@@ -996,6 +1182,7 @@ class NodeModel:
         if staying:
             return Need("evict", ", ".join(staying), c.where)
         self.host.driver_loaded = False  # cleanupDriver: the modules unloaded
+        self.host.modules.clear()
         restore = {**memo.paused, MANAGER_RESTORES_TOO: labels.get(MANAGER_RESTORES_TOO, "")}
         self._set_labels({k: unpaused_value(v) for k, v in restore.items()})
         return None
@@ -1008,6 +1195,10 @@ class NodeModel:
 
     def _run_main(self, pod: dict[str, Any], c: Ctr, memo: _Memo, now: float) -> tuple[dict[str, Any], float | None]:
         uid = memo.uid
+        if (c.role == DRIVER or c.module) and not _privileged(c.spec):  # no CAP_SYS_MODULE: it cannot insmod
+            error = f"modprobe: ERROR: could not insert '{c.module or 'nvidia'}': Operation not permitted"
+            memo.effect_needs.append(Need("error", "", c.where, error))
+            return {"error": error, "restarts": 1}, None
         if c.probe_writes:  # a driver-like container: started after the delay, or crash-looping
             if self.crash_loop:
                 if memo.crash is None:
@@ -1028,7 +1219,7 @@ class NodeModel:
             if not memo.probed:
                 memo.probed = True
                 for path in c.probe_writes:
-                    self._write(pod, c, path, "ready")
+                    self._write(pod, c, path, c.probe_contents.get(path, ""))
         state: dict[str, Any] = {"running": True, "ready": True, "restarts": memo.restarts}
         if c.index not in memo.waited:  # the script's loops run once, before what it then starts
             need = self._script_need(pod, c)
@@ -1040,20 +1231,31 @@ class NodeModel:
             self.host.driver_loaded = True
             version = driver_version_from_image(str(c.spec.get("image") or "")) or "0.0"
             target, _ = host_path(pod, c.spec, DRIVER_INSTALL_DIR)
-            if target is not None:
-                path = _canonical(posixpath.join(target, NVIDIA_SMI))
-                self.host.files[path] = version
-                self._live.setdefault(uid, {})[path] = version
+            if target is not None:  # its root file system: nvidia-smi, and the sources the sidecars build against
+                for path in (posixpath.join(target, NVIDIA_SMI), posixpath.join(target, f"usr/src/nvidia-{version}")):
+                    self.host.files[_canonical(path)] = version
+                    self._live.setdefault(uid, {})[_canonical(path)] = version
+        elif c.module:
+            self.host.modules.add(c.module)
         elif c.role == TOOLKIT:
             error = self._install_toolkit(pod, c, uid)
             if error:
                 return {"error": error, "restarts": 1}, None
         elif c.role in (DEVICE_PLUGIN, GFD):
-            error = "" if -1 - c.index in memo.waited else self._nvml(pod, c)  # NVML loads once, at start
-            if error:
-                memo.effect_needs.append(Need("gpu-runtime", "", c.where, error))
-                return {"error": error, "restarts": 1}, None
-            memo.waited.add(-1 - c.index)
+            if -1 - c.index not in memo.waited:  # at start: the kubelet's socket directory, NVML, the CDI spec
+                failed = self._plugin_start(pod, c) if c.role == DEVICE_PLUGIN else None
+                failed = failed or self._nvml(pod, c)
+                if failed is None and c.role == DEVICE_PLUGIN:
+                    failed = self._plugin_cdi_spec(pod, c)
+                if failed is not None:
+                    memo.effect_needs.append(failed)
+                    return {"error": failed.message, "restarts": 1}, None
+                memo.waited.add(-1 - c.index)
+            problem = self._plugin_registration(pod, c) if c.role == DEVICE_PLUGIN else ""
+            if problem:  # it runs, and tries again every 30 s
+                self._gpu_owners.discard(uid)
+                memo.effect_needs.append(Need("error", "", c.where, problem))
+                return state, None
             (self._gpu_owners if c.role == DEVICE_PLUGIN else self._gfd_owners).add(uid)
         elif c.role == VALIDATOR:
             env, flag_error = self._validator_env(c)
@@ -1099,8 +1301,14 @@ class NodeModel:
         wait = _bool(env.get("WITH_WAIT"), False)
         need: Need | None = None
         content = ""
+        out_dir = env.get("OUTPUT_DIR") or VALIDATIONS
         if component == "driver":
-            need, content = self._driver_check(pod, c)
+            need, content, features = self._driver_check(pod, c)
+            for feature in features if need is None else []:  # each validated feature writes its status file
+                error = self._write(pod, c, posixpath.join(out_dir, STATUS_FILES[feature]))
+                if error:
+                    msg = f"unable to create status file {posixpath.join(out_dir, STATUS_FILES[feature])}: {error}"
+                    return Need("error", "", c.where, msg), msg
             if need is None and not _bool(env.get("DISABLE_DEV_CHAR_SYMLINK_CREATION"), False):
                 links, problem = host_path(pod, c.spec, "/host-dev-char", write=True)
                 if links is None or problem:
@@ -1116,6 +1324,10 @@ class NodeModel:
             elif not self.host.driver_at(runtime.driver_root):
                 need = Need("file", _canonical(posixpath.join(runtime.driver_root, NVIDIA_SMI)), c.where,
                             f"toolkit is not ready: runtime {runtime.name} finds no driver under {runtime.driver_root}")
+            else:  # (the container is not even created)
+                need = self._cdi_need(runtime, c.where, "")
+        elif component in FEATURE_MODULES:
+            need = self._module_need(component, c.where)
         elif component in ("cuda", "plugin"):
             if component == "plugin" and not (self._gpu_owners and self.host.gpus):
                 return Need("gpu-resource", GPU_RESOURCE, c.where), ""  # it retries for a while
@@ -1124,37 +1336,61 @@ class NodeModel:
                 if need is not None and need.kind == "error":
                     return need, need.message
         if need is not None:
+            if need.kind == "error":
+                return need, need.message
             if wait or need.kind in ("handler", "gpu-resource"):
                 return need, ""
             return need, need.message or f"{component} is not ready: {need.describe()}"
         name = STATUS_FILES.get(component)
         if name:
-            error = self._write(pod, c, posixpath.join(env.get("OUTPUT_DIR") or VALIDATIONS, name), content)
+            error = self._write(pod, c, posixpath.join(out_dir, name), content)
             if error:
-                msg = f"unable to create status file {posixpath.join(env.get('OUTPUT_DIR') or VALIDATIONS, name)}: " \
-                      f"{error}"
+                msg = f"unable to create status file {posixpath.join(out_dir, name)}: {error}"
                 return Need("error", "", c.where, msg), msg
         return None, ""
 
-    def _driver_check(self, pod: dict[str, Any], c: Ctr) -> tuple[Need | None, str]:
-        """The driver component's check: (what it waits for, the driver-ready content once it passes)."""
+    def _driver_check(self, pod: dict[str, Any], c: Ctr) -> tuple[Need | None, str, list[str]]:
+        """The driver component's check: (what it waits for, the driver-ready content once it passes, the
+        .driver-ctr-ready features it validated too)."""
         env, _ = self._validator_env(c)
+        # nvidia-smi opens /dev/nvidia*, which the device cgroup of an unprivileged container refuses
+        privileged = _privileged(c.spec)
         host_root, _ = host_path(pod, c.spec, "/host")
-        if host_root is not None and self.host.driver_at(host_root):
+        if host_root is not None and self.host.driver_at(host_root) and privileged:
             host_root_flag = env.get("HOST_ROOT") or "/"
-            return None, _driver_ready(True, host_root_flag, host_root_flag)
-        if self._driver_managed(env.get("OPERATOR_NAMESPACE", "")):
-            ready, _ = host_path(pod, c.spec, DRIVER_CTR_READY)
-            if not self.host.has(ready):
-                return Need("file", ready or f"{DRIVER_CTR_READY} (in the container only)", c.where,
-                            "error checking driver container status: exit status 1"), ""
+            return None, _driver_ready(True, host_root_flag, host_root_flag), []
+        managed = self._driver_managed(env.get("OPERATOR_NAMESPACE", ""))
+        ready, _ = host_path(pod, c.spec, DRIVER_CTR_READY)
+        if managed and not self.host.has(ready):
+            return Need("file", ready or f"{DRIVER_CTR_READY} (in the container only)", c.where,
+                        "error checking driver container status: exit status 1"), "", []
         ctr_root = env.get("DRIVER_INSTALL_DIR_CTR_PATH") or DRIVER_INSTALL_DIR
         root, _ = host_path(pod, c.spec, ctr_root)
         if root is None or not self.host.driver_at(root):
             where = _canonical(posixpath.join(root, NVIDIA_SMI)) if root else f"{ctr_root} (in the container only)"
-            return Need("file", where, c.where, "error validating driver: failed to locate nvidia-smi"), ""
+            return Need("file", where, c.where, "error validating driver: failed to locate nvidia-smi"), "", []
+        if not privileged:
+            denied = ("error validating driver: exit status 4 (nvidia-smi: Insufficient Permissions: an unprivileged "
+                      "container cannot open /dev/nvidia*)")
+            return Need("privileged", "", c.where, denied), "", []
+        features: list[str] = []
+        if managed:  # validateAdditionalDriverComponents
+            features, error = driver_ctr_features(self.host.files.get(str(ready), ""))
+            if error:
+                return Need("error", "", c.where, f"error validating driver installation: {error}"), "", []
+            for feature in features:
+                need = self._module_need(feature, c.where)
+                if need is not None:
+                    return need, "", []
         return None, _driver_ready(False, env.get("HOST_ROOT") or "/", env.get("DRIVER_INSTALL_DIR") or
-                                   DRIVER_INSTALL_DIR)
+                                   DRIVER_INSTALL_DIR), features
+
+    def _module_need(self, component: str, where: str) -> Need | None:
+        """The nvidia-fs, gdrcopy and nvidia-peermem components: `lsmod | grep <module>`."""
+        module = FEATURE_MODULES[component]
+        if module in self.host.modules:
+            return None
+        return Need("module", module, where, f"error validating {component} driver installation: exit status 1")
 
     def _driver_managed(self, namespace: str) -> bool:
         key, value = DRIVER_COMPONENT_LABEL
@@ -1222,17 +1458,93 @@ class NodeModel:
         if not self.host.driver_at(runtime.driver_root):
             return Need("file", _canonical(posixpath.join(runtime.driver_root, NVIDIA_SMI)), c.where,
                         f"the workload pod finds no driver under {runtime.driver_root}")
-        return None
+        gave_up = f"gave up waiting for pod {workload['metadata']['generateName']} to be available: "
+        cdi, visible = self._allocations() if component == "plugin" else (False, True)
+        if cdi and PLUGIN_CDI_KIND not in self.host.cdi_kinds():  # the plugin's devices are CDI names only
+            return Need("file", _canonical(PLUGIN_CDI_SPEC), c.where,
+                        f"{gave_up}failed to create containerd container: CDI device injection failed: unresolvable "
+                        f"CDI devices {PLUGIN_CDI_KIND}=GPU-<uuid>")
+        return self._cdi_need(runtime, c.where, gave_up) if visible else None
 
-    def _nvml(self, pod: dict[str, Any], c: Ctr) -> str:
+    def _nvml(self, pod: dict[str, Any], c: Ctr) -> Need | None:
         runtime = self._gpu_runtime(pod, c)
         if runtime is None or not self.host.driver_at(runtime.driver_root):
-            return "failed to initialize NVML: ERROR_LIBRARY_NOT_FOUND"
+            return Need("gpu-runtime", "", c.where, "failed to initialize NVML: ERROR_LIBRARY_NOT_FOUND")
+        return self._cdi_need(runtime, c.where, "")
+
+    def _cdi_need(self, runtime: Handler, where: str, prefix: str) -> Need | None:
+        """A runtime in cdi mode turns NVIDIA_VISIBLE_DEVICES=all into <its kind>=all, which a spec must resolve."""
+        if not runtime.cdi_kind or runtime.cdi_kind in self.host.cdi_kinds():
+            return None
+        return Need("file", _cdi_spec_path(runtime.cdi_kind), where,
+                    f"{prefix}failed to create containerd task: OCI runtime create failed: failed to inject CDI "
+                    f"devices: unresolvable CDI devices {runtime.cdi_kind}=all")
+
+    # --- k8s-device-plugin ---
+    @staticmethod
+    def _plugin_setting(c: Ctr, flag: str, env: str, default: str) -> str:
+        value = _flag(c.args, flag)
+        return value if value is not None else c.env.get(env, default)
+
+    def _plugin_cdi(self, c: Ctr) -> tuple[bool, bool]:
+        """(its Allocate names CDI devices, it sets NVIDIA_VISIBLE_DEVICES too) from its device-list strategy."""
+        strategies = [s.strip() for s in self._plugin_setting(c, "device-list-strategy", "DEVICE_LIST_STRATEGY",
+                                                              "envvar").split(",") if s.strip()]
+        cdi = [s.startswith("cdi-") for s in strategies]
+        return any(cdi), not all(cdi)
+
+    def _plugin_start(self, pod: dict[str, Any], c: Ctr) -> Need | None:
+        """start(): it watches the kubelet socket's directory first, and exits when that does not exist."""
+        socket = self._plugin_setting(c, "kubelet-socket", "KUBELET_SOCKET", KUBELET_SOCKET)
+        if socket and not _mounted(c.spec, posixpath.dirname(socket)):
+            return Need("error", "", c.where, f"failed to create FS watcher for {DEVICE_PLUGIN_PATH}/: no such file "
+                                              "or directory")
+        return None
+
+    def _plugin_cdi_spec(self, pod: dict[str, Any], c: Ctr) -> Need | None:
+        """With a cdi-* strategy it writes its spec under /var/run/cdi (CreateSpecFile; nothing removes it)."""
+        if not self._plugin_cdi(c)[0]:
+            return None
+        target, problem = host_path(pod, c.spec, PLUGIN_CDI_SPEC, write=True)
+        if problem:
+            return Need("error", "", c.where, f"unable to create cdi spec file: failed to save CDI spec: {problem}")
+        if target is not None:
+            self.host.files[target] = PLUGIN_CDI_KIND
+        return None
+
+    def _plugin_registration(self, pod: dict[str, Any], c: Ctr) -> str:
+        """Why the kubelet does not learn of the plugin's resource: Register dials the kubelet socket, and the kubelet
+        then dials the plugin's socket, which it serves in DEVICE_PLUGIN_PATH."""
+        socket = self._plugin_setting(c, "kubelet-socket", "KUBELET_SOCKET", KUBELET_SOCKET)
+        if not socket:
+            return "Skipping registration with Kubelet (the kubelet socket is empty)"
+        if host_path(pod, c.spec, socket)[0] != KUBELET_SOCKET:
+            return (f"Could not register device plugin: context deadline exceeded (no kubelet at {socket}); "
+                    "retrying in 30s")
+        if host_path(pod, c.spec, DEVICE_PLUGIN_PATH)[0] != DEVICE_PLUGIN_PATH:
+            return (f"the kubelet cannot reach the plugin's socket: {DEVICE_PLUGIN_PATH} in the container is not "
+                    "the host's")
         return ""
+
+    def _allocations(self) -> tuple[bool, bool]:
+        """What a GPU pod's Allocate gets from the running device plugins: (CDI devices, NVIDIA_VISIBLE_DEVICES)."""
+        cdi = env = False
+        for uid in self._gpu_owners:
+            for c in self._ctrs.get(uid, ([], []))[1]:
+                if c.role == DEVICE_PLUGIN:
+                    names_cdi, sets_env = self._plugin_cdi(c)
+                    cdi, env = cdi or names_cdi, env or sets_env
+        return cdi, env
 
     # --- the toolkit installer ---
     def _install_toolkit(self, pod: dict[str, Any], c: Ctr, uid: str) -> str:
-        plan = toolkit_plan(pod, c, self.host, self._sourced_env(pod, c))
+        env = self._sourced_env(pod, c)
+        spec, kind, error = toolkit_cdi_spec(pod, c, env)  # first, whatever the runtime config then does
+        if error:
+            return error
+        if spec is not None:
+            self.host.files[spec] = kind  # (the installer's cleanup leaves it)
+        plan = toolkit_plan(pod, c, self.host, env)
         if plan.error:
             return plan.error
         for path in plan.writes:
@@ -1241,7 +1553,7 @@ class NodeModel:
             have = self.host.handlers.get(planned.name)
             if have is None or not have.nvidia:
                 have = self.host.handlers[planned.name] = Handler(planned.name, True)
-            have.driver_root, have.default = planned.driver_root, planned.default
+            have.driver_root, have.default, have.cdi_kind = planned.driver_root, planned.default, planned.cdi_kind
             have.owners.add(uid)
         if plan.hook:
             self.host.hooks[plan.hook.name] = Handler("oci-hook", True, plan.hook.driver_root, False, {uid})
@@ -1338,6 +1650,8 @@ class NodeModel:
             return "adds" if plan.hook or any(h.default for h in plan.handlers) else ""
         if need.kind == "gpu-resource" and c.role == DEVICE_PLUGIN:
             return "advertises"
+        if need.kind == "module" and c.module == need.target:
+            return "loads"
         return ""
 
     def _static_writes(self, pod: dict[str, Any], c: Ctr) -> set[str]:
@@ -1347,6 +1661,8 @@ class NodeModel:
             name = STATUS_FILES.get(env.get("COMPONENT", ""))
             if name:
                 paths.append(posixpath.join(env.get("OUTPUT_DIR") or VALIDATIONS, name))
+        if c.role == DEVICE_PLUGIN and self._plugin_cdi(c)[0]:
+            paths.append(PLUGIN_CDI_SPEC)
         out = set()
         for path in paths:
             target, problem = host_path(pod, c.spec, path, write=True)
@@ -1355,7 +1671,11 @@ class NodeModel:
         if c.role == DRIVER:
             target, _ = host_path(pod, c.spec, DRIVER_INSTALL_DIR)
             if target is not None:
-                out.add(_canonical(posixpath.join(target, NVIDIA_SMI)))
+                out |= {_canonical(posixpath.join(target, NVIDIA_SMI)), _canonical(posixpath.join(target, "usr/src"))}
+        if c.role == TOOLKIT:
+            spec = toolkit_cdi_spec(pod, c, self._sourced_env(pod, c))[0]
+            if spec is not None:
+                out.add(spec)
         return out
 
     def toolkit_notes(self) -> list[str]:
@@ -1411,7 +1731,7 @@ class NodeModel:
         for pod, need in blocked.items():
             if pod in in_cycle:
                 continue
-            if need.kind == "error":
+            if need.kind in ("error", "privileged"):
                 findings.append(Finding("failing", [pod], f"pod {pod} ({need.where}) {need.describe()}"))
             elif not edges[pod]:
                 extra = f" ({'; '.join(notes)})" if notes and need.kind in ("handler", "gpu-runtime") else ""
@@ -1426,6 +1746,7 @@ class _PlannedHandler:
     name: str
     driver_root: str
     default: bool
+    cdi_kind: str = ""
 
 
 @dataclass
@@ -1435,6 +1756,20 @@ class ToolkitPlan:
     writes: list[str] = field(default_factory=list)
     noop: str = ""  # why the host does not change
     error: str = ""  # why the installer fails
+
+
+def toolkit_cdi_spec(pod: dict[str, Any], c: Ctr, env: dict[str, str]) -> tuple[str | None, str, str]:
+    """The management CDI spec nvidia-ctk-installer (v1.20) writes with CDI_ENABLED (generateCDISpec: saved as
+    CDI_OUTPUT_DIR/<vendor>-<class>.yaml, CDI_KIND): (its host path or None, its kind, the installer's error)."""
+    out_dir = env.get("CDI_OUTPUT_DIR", "/var/run/cdi")
+    if not _bool(_first(env, "CDI_ENABLED", "ENABLE_CDI"), False) or not out_dir:
+        return None, "", ""
+    kind = env.get("CDI_KIND") or TOOLKIT_CDI_KIND
+    target, problem = host_path(pod, c.spec, posixpath.join(out_dir, kind.replace("/", "-") + ".yaml"), write=True)
+    if problem:
+        return None, kind, ("error generating CDI specification: failed to save CDI spec for management containers: "
+                            f"{problem}")
+    return target, kind, ""
 
 
 def toolkit_plan(pod: dict[str, Any], c: Ctr, host: Host, env: dict[str, str]) -> ToolkitPlan:
@@ -1451,7 +1786,12 @@ def toolkit_plan(pod: dict[str, Any], c: Ctr, host: Host, env: dict[str, str]) -
     as_default = _bool(_first(env, "NVIDIA_RUNTIME_SET_AS_DEFAULT", "CONTAINERD_SET_AS_DEFAULT",
                               "DOCKER_SET_AS_DEFAULT"), True)
     driver_root = _first(env, "NVIDIA_DRIVER_ROOT", "DRIVER_ROOT") or "/"
-    handlers = [_PlannedHandler(n, driver_root, as_default and n == name)
+    # nvidia-cdi runs nvidia-container-runtime.cdi (cdi mode), nvidia-legacy legacy mode, the runtime itself the
+    # configured mode (auto: jit-cdi, which needs no spec); cdi mode resolves names with modes.cdi.default-kind
+    cdi_mode = (env.get("NVIDIA_CONTAINER_RUNTIME_MODE") or "auto") == "cdi"
+    kind = env.get("NVIDIA_CONTAINER_RUNTIME_MODES_CDI_DEFAULT_KIND") or RUNTIME_CDI_KIND
+    handlers = [_PlannedHandler(n, driver_root, as_default and n == name,
+                                kind if n == "nvidia-cdi" or (n == name and cdi_mode) else "")
                 for n in (name, "nvidia-cdi", "nvidia-legacy")]
     top = _first(env, "RUNTIME_CONFIG", "CONTAINERD_CONFIG", "DOCKER_CONFIG") or HOST_RUNTIME_CONFIG[host.runtime]
     dropin_env = env.get("RUNTIME_DROP_IN_CONFIG")

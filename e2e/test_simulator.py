@@ -92,6 +92,15 @@ def _stack(node: Node, runtime: str = "containerd", *, cdi: bool = True, fixed: 
         node.add(name, template)
 
 
+def _without_mount(template: dict[str, Any], volume: str) -> dict[str, Any]:
+    """The template without that volume and its mounts."""
+    t = copy.deepcopy(template)
+    for c in t["spec"].get("initContainers", []) + t["spec"]["containers"]:
+        c["volumeMounts"] = [m for m in c.get("volumeMounts", []) if m["name"] != volume]
+    t["spec"]["volumes"] = [v for v in t["spec"]["volumes"] if v["name"] != volume]
+    return t
+
+
 # --- scripts and paths ---
 
 def test_script_reading_waits_writes_removes_and_sources() -> None:
@@ -106,6 +115,19 @@ def test_script_reading_waits_writes_removes_and_sources() -> None:
     assert parse_script("while [ ! -e /a ]; do sleep 1; done; test -f /b").waits == ["/a"]
     assert parse_script(f"rm -f {V}/*-ready").removes == [f"{V}/*-ready"]
     assert parse_script("echo x >/dev/null 2>&1; touch /x/y").writes == ["/x/y"]
+
+
+def test_script_reading_keeps_what_echo_printf_and_here_documents_write() -> None:
+    """The model wrote "ready" for every file a script wrote, so it could not check .driver-ctr-ready's content."""
+    probe = parse_script(U.STARTUP_PROBE, {"GDS_ENABLED": "true"})  # a { ...; } group, then mv
+    assert probe.contents == {f"{V}/.driver-ctr-ready": "GDRCOPY_ENABLED: false\nGDS_ENABLED: true\n"
+                                                        "GPU_DIRECT_RDMA_ENABLED: false\n"}
+    heredoc = parse_script("d=/x\ncat > \"$d/a.tmp\" <<READY\nK: ${K:-false}\nREADY\nmv \"$d/a.tmp\" \"$d/a\"\n"
+                           "cat > /x/b <<'RAW'\n$K\nRAW\ntouch /x/c", {"K": "true"})
+    assert heredoc.contents == {"/x/a": "K: true\n", "/x/b": "$K\n"}  # a quoted delimiter: not expanded
+    assert heredoc.writes == ["/x/a", "/x/b", "/x/c"]  # (the here-document's lines are no commands)
+    assert parse_script("echo ready > /r; printf '%s: %s\\n' A true >> /r; cat /etc/x > /u").contents == {
+        "/r": "ready\nA: true\n"}  # what cat of a file writes is not known
 
 
 def test_container_paths_resolve_through_host_path_volumes_only() -> None:
@@ -361,6 +383,75 @@ def test_a_driver_managed_by_the_operator_is_awaited_through_driver_ctr_ready() 
     assert ready(node.pods["toolkit"]["status"])
 
 
+def test_driver_validation_needs_a_privileged_container() -> None:
+    """The model read only runAsUser: an unprivileged driver-validation running as root wrote driver-ready. Upstream
+    gives it `privileged: true`: nvidia-smi must open /dev/nvidia*, which an unprivileged container's device cgroup
+    refuses (and it creates device nodes). With WITH_WAIT=true it retries."""
+    node = Node()
+    node.add("driver", U.driver())
+    validator = U.validator()
+    validator["spec"]["initContainers"][0]["securityContext"] = {"runAsUser": 0}
+    node.add("validator", validator)
+    node.add("toolkit", U.toolkit())
+    node.step(dt=10)
+    assert f"{V}/driver-ready" not in node.files()  # (it deleted the one the toolkit's wrote, as it starts)
+    assert _state(node.container("validator", "driver-validation")) == ("running", "")
+    assert not ready(node.pods["validator"]["status"])
+    need = node.model.blockers()["validator"]
+    assert need.kind == "privileged" and "Insufficient Permissions" in need.message
+    assert "pod validator (init container driver-validation) is not privileged: " in \
+        "; ".join(str(f) for f in node.model.diagnose() if f.kind == "failing")
+
+
+def test_driver_ctr_ready_must_be_a_yaml_map_of_booleans() -> None:
+    """The model never read .driver-ctr-ready. Upstream's validator (driver managed by the operator) unmarshals it
+    into map[string]bool: a probe that writes `ready` fails driver validation, whatever WITH_WAIT says."""
+    node = Node()
+    node.world.config_maps[(U.NAMESPACE, "nvidia-driver-startup-probe")] = {
+        "startup-probe.sh": f"#!/bin/sh\nnvidia-smi || exit 1\necho ready > {V}/.driver-ctr-ready\n"}
+    node.add("driver", U.driver())
+    node.add("toolkit", U.toolkit())
+    node.step(dt=10)
+    assert node.model.host.files[f"{V}/.driver-ctr-ready"] == "ready\n"
+    assert f"{V}/driver-ready" not in node.files()
+    cs = node.container("toolkit", "driver-validation")
+    assert _state(cs) == ("waiting", "CrashLoopBackOff")  # (its WITH_WAIT is true)
+    assert cs["lastState"]["terminated"]["message"] == (
+        "error validating driver installation: yaml: unmarshal errors:\n"
+        "  line 1: cannot unmarshal !!str `ready` into map[string]bool")
+
+
+def test_a_feature_in_driver_ctr_ready_waits_for_its_kernel_module() -> None:
+    """A feature .driver-ctr-ready enables (GDS_ENABLED: true) is validated too: its module must be loaded, which the
+    driver pod's sidecar does once the driver's sources are under /run/nvidia/driver."""
+    gds = U.driver()
+    gds["spec"]["containers"][0]["env"].append({"name": "GDS_ENABLED", "value": "true"})
+    node = Node()
+    node.add("driver", gds)
+    node.add("validator", U.validator())
+    node.add("toolkit", U.toolkit())
+    node.step(dt=10)
+    assert "GDS_ENABLED: true\n" in node.model.host.files[f"{V}/.driver-ctr-ready"]
+    assert f"{V}/driver-ready" not in node.files()
+    need = node.model.blockers()["toolkit"]
+    assert (need.kind, need.target) == ("module", "nvidia_fs")
+    assert "pod toolkit (init container driver-validation) waits for the kernel module nvidia_fs; no pod on the " \
+           "node provides it" in [f.text for f in node.model.diagnose()]
+    # with upstream's nvidia-fs-ctr sidecar
+    gds["spec"]["containers"].append({
+        "name": "nvidia-fs-ctr", "image": "nvcr.io/nvidia/cloud-native/nvidia-fs:2.26.6", "command": ["bash", "-xc"],
+        "args": ["until [ -d /run/nvidia/driver/usr/src ] && lsmod | grep nvidia; do sleep 10; done; "
+                 "exec nvidia-gds-driver install"],
+        "securityContext": {"privileged": True},
+        "volumeMounts": [{"name": "run-nvidia", "mountPath": "/run/nvidia", "mountPropagation": "HostToContainer"}]})
+    node = Node()
+    _stack(node)
+    node.pods["nvidia-driver-daemonset"] = U.pod(gds, "nvidia-driver-daemonset", NODE)
+    statuses = node.step(dt=10)
+    assert all(ready(s) for s in statuses.values()) and node.model.host.modules == {"nvidia_fs"}
+    assert FOUR | {f"{V}/nvidia-fs-ready"} <= node.files()
+
+
 # --- the toolkit installer ---
 
 def _toolkit_env(template: dict[str, Any], **env: str | None) -> dict[str, Any]:
@@ -432,6 +523,88 @@ def test_deleting_the_toolkit_pod_removes_its_handlers() -> None:
     assert node.step()["gfd-2"]["phase"] == "Pending"
 
 
+def test_toolkit_cdi_spec_must_reach_the_hosts_cdi_dir() -> None:
+    """In cdi mode nvidia-container-runtime turns NVIDIA_VISIBLE_DEVICES=all into management.nvidia.com/gpu=all
+    (NVIDIA_CONTAINER_RUNTIME_MODES_CDI_DEFAULT_KIND), which only the installer's spec resolves: it writes it to
+    CDI_OUTPUT_DIR (/var/run/cdi), and without the host's /var/run/cdi mounted there no GPU container is created.
+    The model never looked at the spec."""
+    node = Node()
+    _stack(node)
+    node.pods["nvidia-container-toolkit-daemonset"] = U.pod(_without_mount(U.toolkit(), "cdi-root"),
+                                                            "nvidia-container-toolkit-daemonset", NODE)
+    node.step()
+    assert node.model.host.handlers["nvidia-cdi"].cdi_kind == "management.nvidia.com/gpu"
+    cs = node.container("nvidia-operator-validator", "toolkit-validation")
+    assert _state(cs) == ("waiting", "CrashLoopBackOff") and f"{V}/toolkit-ready" not in node.files()
+    assert cs["lastState"]["terminated"]["message"].endswith(
+        "failed to inject CDI devices: unresolvable CDI devices management.nvidia.com/gpu=all")
+    assert node.result.gpus is None
+    # with the mount the spec is on the host; a runtime that looks for another kind still finds none
+    node = Node()
+    _stack(node)
+    template = _toolkit_env(U.toolkit(), NVIDIA_CONTAINER_RUNTIME_MODES_CDI_DEFAULT_KIND=None)
+    node.pods["nvidia-container-toolkit-daemonset"] = U.pod(template, "nvidia-container-toolkit-daemonset", NODE)
+    node.step()
+    assert node.model.host.files["/run/cdi/management.nvidia.com-gpu.yaml"] == "management.nvidia.com/gpu"
+    message = node.container("nvidia-operator-validator", "toolkit-validation")["lastState"]["terminated"]["message"]
+    assert message.endswith("unresolvable CDI devices nvidia.com/gpu=all")
+
+
+# --- the device plugin ---
+
+def test_device_plugin_registers_only_through_the_hosts_kubelet_socket_dir() -> None:
+    """The model advertised nvidia.com/gpu for any device plugin whose NVML loaded. The real one watches the
+    kubelet socket's directory first (it exits when the directory is missing), registers by dialing the kubelet's
+    socket, and serves its own in /var/lib/kubelet/device-plugins, where the kubelet looks for it."""
+    node = Node()
+    stack = U.stack()
+    stack["nvidia-device-plugin-daemonset"] = _without_mount(stack["nvidia-device-plugin-daemonset"], "device-plugin")
+    for name, template in stack.items():
+        node.add(name, template)
+    node.step()
+    assert node.result.gpus is None
+    cs = node.container("nvidia-device-plugin-daemonset", "nvidia-device-plugin")
+    assert _state(cs) == ("waiting", "CrashLoopBackOff")
+    assert cs["lastState"]["terminated"]["message"] == ("failed to create FS watcher for "
+                                                        "/var/lib/kubelet/device-plugins/: no such file or directory")
+    assert node.model.blockers()["nvidia-operator-validator"].kind == "gpu-resource"
+    # another host directory there: it runs, and retries the registration
+    node = Node()
+    _stack(node)
+    template = copy.deepcopy(U.device_plugin())
+    next(v for v in template["spec"]["volumes"] if v["name"] == "device-plugin")["hostPath"]["path"] = "/var/lib/dp"
+    node.pods["nvidia-device-plugin-daemonset"] = U.pod(template, "nvidia-device-plugin-daemonset", NODE)
+    statuses = node.step()
+    assert ready(statuses["nvidia-device-plugin-daemonset"]) and node.result.gpus is None
+    assert node.model.blockers()["nvidia-device-plugin-daemonset"].message.startswith(
+        "Could not register device plugin: context deadline exceeded")
+
+
+def test_cdi_device_plugin_spec_must_reach_the_hosts_cdi_dir() -> None:
+    """With a cdi-* DEVICE_LIST_STRATEGY the plugin writes its spec to /var/run/cdi in its container and answers
+    Allocate with CDI names only (REFERENCE §11.7: mount the host's /var/run/cdi). The model checked only the
+    workload's runtime class and driver, so the plugin validator's workload passed without the spec on the host."""
+    node = Node()
+    stack = U.stack(cdi=True)
+    stack["nvidia-operator-validator"] = U.validator(plugin_workload=True)
+    stack["nvidia-device-plugin-daemonset"] = _without_mount(stack["nvidia-device-plugin-daemonset"], "cdi-root")
+    for name, template in stack.items():
+        node.add(name, template)
+    statuses = node.step(dt=10)
+    assert ready(statuses["nvidia-device-plugin-daemonset"]) and node.result.gpus == 8
+    assert f"{V}/plugin-ready" not in node.files() and not ready(statuses["nvidia-operator-validator"])
+    message = node.container("nvidia-operator-validator", "plugin-validation")["lastState"]["terminated"]["message"]
+    assert "unresolvable CDI devices k8s.device-plugin.nvidia.com/gpu=" in message
+    assert any("waits for /run/cdi/k8s.device-plugin.nvidia.com-gpu.json; no pod on the node provides it" in f.text
+               for f in node.model.diagnose())
+    # mounted, the spec reaches the host and the workload gets its devices
+    node = Node()
+    for name, template in {**U.stack(cdi=True), "nvidia-operator-validator": U.validator(plugin_workload=True)}.items():
+        node.add(name, template)
+    assert all(ready(s) for s in node.step().values())
+    assert node.model.host.files["/run/cdi/k8s.device-plugin.nvidia.com-gpu.json"] == "k8s.device-plugin.nvidia.com/gpu"
+
+
 # --- the driver: delay, crash loop, removal ---
 
 def test_driver_delay_and_crash_loop_follow_the_probe_not_the_name() -> None:
@@ -463,6 +636,22 @@ def test_driver_delay_and_crash_loop_follow_the_probe_not_the_name() -> None:
     node.step(dt=0.1)
     cs = node.container("driver", "anything")
     assert cs["ready"] is True and cs["restartCount"] == 3 and ready(node.pods["toolkit"]["status"])
+
+
+def test_an_unprivileged_driver_container_loads_no_driver() -> None:
+    """The model loaded the driver from any nvidia-driver container; upstream's is privileged, as loading kernel
+    modules needs."""
+    node = Node()
+    driver = U.driver()
+    driver["spec"]["containers"][0]["securityContext"] = {}
+    node.add("driver", driver)
+    node.step(dt=100)
+    cs = node.container("driver", "nvidia-driver-ctr")
+    assert _state(cs) == ("waiting", "CrashLoopBackOff")
+    assert cs["lastState"]["terminated"]["message"] == ("modprobe: ERROR: could not insert 'nvidia': Operation not "
+                                                        "permitted")
+    assert node.model.host.driver_at("/run/nvidia/driver") is None and not node.model.host.driver_loaded
+    assert f"{V}/.driver-ctr-ready" not in node.files()
 
 
 def test_removing_the_driver_pod_makes_the_validator_validate_again() -> None:

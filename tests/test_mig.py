@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from gpu_operator import mig, mig_layouts
+from gpu_operator import mig, mig_layouts, mig_pass
 from gpu_operator.api import parse_spec
 from gpu_operator.cli import main
 from gpu_operator.nodes import GPU_PCI_LABELS, MIG_CONFIG, MIG_CONFIG_STATE, NodeFacts, deploy_label
+from gpu_operator.observe import Snapshot
 from gpu_operator.upgrade.model import WorkloadPod
 
 SPEC = parse_spec({})
@@ -336,6 +339,62 @@ def test_a_combination_beyond_the_gpus_slices_is_not_valid(devices: dict[str, in
     assert mig.layout_entries(gpu, "combo", layouts) is None
     fits = {"combo": (mig_layouts.LayoutEntry(True, {"4g.40gb": 1, "2g.20gb": 1, "1g.10gb": 1}),)}
     assert mig.layout_entries(gpu, "combo", fits) is not None
+
+
+class FakeKube:
+    """Answers the MIG pass: no pods; keeps the node patches. The user's ConfigMap comes from the snapshot."""
+
+    def __init__(self) -> None:
+        self.patches: list[tuple[str, dict[str, Any]]] = []
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any]:
+        raise AssertionError(f"read {kind} {name}: the snapshot has it")
+
+    def list(self, kind: str, **_: Any) -> list[dict[str, Any]]:
+        return []
+
+    def merge_patch(self, kind: str, name: str, body: dict[str, Any], *_: Any, **__: Any) -> dict[str, Any]:
+        self.patches.append((name, body))
+        return body
+
+
+def run_pass(nodes: list[NodeFacts], config: str | None = CUSTOM) -> tuple[mig.Decision, list[NodeFacts]]:
+    spec = parse_spec({"migManager": {"config": {"name": "custom-mig-config"}}})
+    data = {} if config is None else {"custom-mig-config": {"config.yaml": config}}
+    snap = Snapshot(nodes={}, policies={}, owned={}, pods={}, revisions={}, config_data=data)
+    decision, after, _ = mig_pass.run(FakeKube(), "gpu-operator", spec, snap, nodes, lambda *a: None)  # type: ignore[arg-type]
+    return decision, after
+
+
+def test_a_node_seen_first_is_judged_by_the_users_config() -> None:
+    """A node with no approved label yet (a new node, or every node after install): the pass read the user's
+    ConfigMap only for nodes asking for a change, so a first sight was judged by the default table: `team-a` refused
+    and held for good, while `all-1g.10gb`, absent from the user's config (the only one mig-manager reads), was let
+    through."""
+    decision, after = run_pass([node("team-a", approved=None)])
+    assert decision.refused == []
+    assert after[0].labels[MANAGER] == "true" and after[0].labels[mig.APPROVED] == "team-a"
+    decision, after = run_pass([node("all-1g.10gb", approved=None)])
+    assert decision.refused == [("n1", "all-1g.10gb", "is not in ConfigMap custom-mig-config")]
+    assert after[0].labels[MANAGER] == mig.PAUSED and mig.APPROVED not in after[0].labels
+
+
+def test_a_users_config_that_cannot_be_read_refuses_the_layout_and_says_why() -> None:
+    """A malformed count once raised out of the pass (every pass, until the ConfigMap was fixed); an unreadable
+    config was reported as a layout "not valid for <GPU>". mig-manager refuses the whole file: the layout is refused
+    with the reason, key path and rule."""
+    bad = CUSTOM.replace('{"3g.40gb": 2}', '{"3g.40gb": two}')
+    decision, _ = run_pass([node("team-a")], bad)
+    ((_, layout, why),) = decision.refused
+    assert layout == "team-a"
+    assert why == (
+        "cannot be applied: ConfigMap custom-mig-config key config.yaml: mig-configs.team-a[0].mig-devices.3g.40gb: "
+        "the count must be a whole number >= 0, not 'two'"
+    )
+    cond = mig.condition(decision, 1, [], "t0")
+    assert cond is not None and cond["reason"] == "LayoutRefused" and why in cond["message"]
+    decision, _ = run_pass([node("team-a")], None)
+    assert decision.refused[0][2] == "cannot be applied: ConfigMap custom-mig-config not found (migManager.config.name)"
 
 
 def test_what_a_layout_advertises() -> None:

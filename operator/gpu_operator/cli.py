@@ -458,13 +458,16 @@ def cmd_mig_layouts(args: argparse.Namespace) -> int:
             nodes = kube.list("Node")
             policies = kube.list("ClusterPolicy")
             from .mig_pass import _layouts
+            from .states.mig_manager import custom_config
             from .status import active_policy
 
             active = active_policy(policies)
             if active:
                 spec = parse_policy(next(p for p in policies if p["metadata"]["name"] == active))
-                layouts = _layouts(kube, args.namespace, spec)
-        except (ApiError, PolicyError, OSError) as exc:
+                custom = custom_config(spec)
+                cm = kube.get("ConfigMap", custom, args.namespace) if custom else None
+                layouts = _layouts(spec, {custom: cm.get("data") or {}} if custom and cm else {})
+        except (ApiError, PolicyError, OSError, mig.ConfigError) as exc:
             _print_error(exc)
             return 2
         if args.node:

@@ -19,9 +19,11 @@ it is a change to check. A real mig-manager that sees a relabel before the opera
 layout itself (state `failed`, nothing applied); the gate closes that window for every later change.
 
 Per MIG-capable node (mig-manager enabled, its deploy label not opted out with `false`):
-* a layout not valid for the node's GPU (device filter and profile counts of the default table, or of the user's
-  ConfigMap `migManager.config.name`) is refused: mig-manager held, a Warning event, the `MIGConfig` condition
-  names node, layout and GPU; the node's layout, operands and state label are left as they are;
+* a layout mig-manager would fail is refused: a name not in the config (the default table, or the user's
+  ConfigMap `migManager.config.name` when one is named; every name while mig-parted would refuse that file), or
+  one whose entries that select the node's GPU by device filter do not all fit it (its profiles, their counts,
+  its compute and memory slices): mig-manager held, a Warning event, the `MIGConfig` condition names node,
+  layout and why; the node's layout, operands and state label are left as they are;
 * a valid change on a node where GPU workloads run (pods that are not DaemonSet pods and request
   `nvidia.com/gpu*` or `nvidia.com/mig-*`) waits, held, with `mig.config.state=pending` (the layout the label names
   is not applied) and the reason in an event and the condition; with `driver.upgradePolicy.drain.enable` (the
@@ -397,9 +399,11 @@ def decide(
     layouts: Layouts | None,
     pods: Mapping[str, list[WorkloadPod]],
     managers: frozenset[str],
+    unreadable: str = "",
 ) -> Decision:
     """`layouts`: the user's config (None: the default table); `pods`: the pods of each node in
-    `changes_requested`; `managers`: nodes with a live mig-manager pod."""
+    `changes_requested`; `managers`: nodes with a live mig-manager pod; `unreadable`: why the user's config
+    could not be read (every layout to check is refused)."""
     out = Decision()
     doing: list[tuple[NodeFacts, bool]] = []  # GPU nodes with something to do, whether each is managed
     for node in nodes:  # one walk: at 5,000 nodes each walk is ~1 ms, and most nodes are quiet
@@ -411,7 +415,7 @@ def decide(
         _restore(node, spec, checks and node.name in managers, out)
     for node, checks in doing:
         if checks:
-            _gate(node, spec, layouts, pods.get(node.name, []), out)
+            _gate(node, spec, layouts, unreadable, pods.get(node.name, []), out)
     return out
 
 
@@ -436,7 +440,12 @@ def _restore(node: NodeFacts, spec: ClusterPolicySpec, manager_alive: bool, out:
 
 
 def _gate(
-    node: NodeFacts, spec: ClusterPolicySpec, layouts: Layouts | None, pods: list[WorkloadPod], out: Decision
+    node: NodeFacts,
+    spec: ClusterPolicySpec,
+    layouts: Layouts | None,
+    unreadable: str,
+    pods: list[WorkloadPod],
+    out: Decision,
 ) -> None:
     labels = node.labels
     name = node.name
@@ -453,7 +462,9 @@ def _gate(
         return
     source = f"ConfigMap {spec.mig_manager.config.name}" if layouts is not None else "the default layouts"
     why = ""
-    if want not in (layouts if layouts is not None else mig_layouts.default_layouts()):
+    if unreadable:
+        why = f"cannot be applied: {unreadable}"
+    elif want not in (layouts if layouts is not None else mig_layouts.default_layouts()):
         why = f"is not in {source}"  # needs no GPU to tell
     elif (gpu := gpu_of_node(node)) is None:
         return  # GPU not known yet (no GFD product or NFD device-ID label): nothing to check against

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from typing import Any
 
 from . import mig
@@ -23,21 +24,27 @@ Recorder = Callable[[dict[str, Any], str, str, str], None]
 _STATES = frozenset({STATE.name})
 
 
-def _layouts(kube: Kube, namespace: str, spec: ClusterPolicySpec) -> mig.Layouts | None:
-    """The user's mig-parted config, or None for the default table; {} when it cannot be read (all refused)."""
+def _layouts(spec: ClusterPolicySpec, config_data: Mapping[str, Mapping[str, str]]) -> mig.Layouts | None:
+    """The user's mig-parted config, or None for the default table. `config_data`: the ConfigMaps of our namespace,
+    name -> data (the snapshot's, as the runtime caches them). ConfigError when it cannot be read: mig-manager
+    then fails every layout."""
     name = custom_config(spec)
     if not name:
         return None
-    cm = kube.get("ConfigMap", name, namespace)
-    text = ((cm or {}).get("data") or {}).get("config.yaml")
+    if name not in config_data:
+        raise mig.ConfigError(f"ConfigMap {name} not found (migManager.config.name)")
+    text = config_data[name].get("config.yaml")
     if text is None:
-        log.warning("MIG: ConfigMap %s has no config.yaml", name)
-        return {}
+        raise mig.ConfigError(f"ConfigMap {name} has no key config.yaml")
     try:
-        return mig.parse_config(text)
+        return _parsed(text)
     except mig.ConfigError as exc:
-        log.warning("MIG: ConfigMap %s: %s", name, exc)
-        return {}
+        raise mig.ConfigError(f"ConfigMap {name} key config.yaml: {exc}") from None
+
+
+@lru_cache(maxsize=4)
+def _parsed(text: str) -> mig.Layouts:
+    return mig.parse_config(text)
 
 
 def first_sight(node: NodeFacts, spec: ClusterPolicySpec, pods: Iterable[dict[str, Any]]) -> dict[str, str | None]:
@@ -95,10 +102,19 @@ def run(
         busy = list(kept.busy.over(nodes, spec).values())
         managed = len(kept.managed.over(nodes, spec))
     asked = mig.changes_requested(busy, spec)
-    layouts = _layouts(kube, namespace, spec) if asked else None
+    # Any node whose layout is checked needs the user's config, one seen for the first time too (no approved label).
+    checked = any(
+        mig.managed(n, spec) and (want := mig.requested(n, spec)) and n.labels.get(mig.APPROVED) != want for n in busy
+    )
+    layouts, unreadable = None, ""
+    try:
+        layouts = _layouts(spec, snap.config_data) if checked else None
+    except mig.ConfigError as exc:
+        layouts, unreadable = {}, str(exc)
+        log.warning("MIG: %s", exc)
     pods = {n: [WorkloadPod.from_pod(p) for p in kube.list("Pod", field_selector=f"spec.nodeName={n}")] for n in asked}
     managers = frozenset(snap.pod_index.nodes_with(STATE.name, live=True)) if busy else frozenset()
-    decision = mig.decide(busy, spec, layouts=layouts, pods=pods, managers=managers)
+    decision = mig.decide(busy, spec, layouts=layouts, pods=pods, managers=managers, unreadable=unreadable)
     if managed is not None:
         decision.managed = managed  # of all the nodes (decide saw the busy ones)
     folded: dict[str, dict[str, str | None]] = {}

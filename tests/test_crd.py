@@ -1,4 +1,4 @@
-"""The ClusterPolicy CRD: generated from the model, committed in sync, and a valid structural schema."""
+"""The CRDs: generated from the model, committed in sync, valid structural schemas, every field described."""
 
 from __future__ import annotations
 
@@ -9,9 +9,17 @@ from typing import Any
 import pytest
 import yaml
 
-from gpu_operator import api
+from gpu_operator import api, coverage
 from gpu_operator.cli import main
-from gpu_operator.crd import clusterpolicy_crd, crd_files, crds_yaml
+from gpu_operator.crd import (
+    Descriptions,
+    all_crds,
+    clusterpolicy_crd,
+    crd_files,
+    crds_yaml,
+    description_table,
+    field_paths,
+)
 from support import REPO
 
 COMMITTED = REPO / "crds"
@@ -222,7 +230,7 @@ def test_kubernetes_objects_in_the_spec_are_typed(spec_schema: dict[str, Any]) -
     assert set(toleration["properties"]) == {"key", "operator", "value", "effect", "tolerationSeconds"}
     security = at(spec_schema, "daemonsets.podSecurityContext")
     assert security["properties"]["seccompProfile"]["required"] == ["type"]
-    assert at(security, "seLinuxOptions")["properties"]["type"] == {"type": "string"}
+    assert at(security, "seLinuxOptions")["properties"]["type"]["type"] == "string"  # a field named type
     relabel = at(spec_schema, "dcgmExporter.serviceMonitor.relabelings")["items"]
     assert "keepequal" in relabel["properties"]["action"]["enum"]
     assert relabel["properties"]["sourceLabels"]["items"] == {"type": "string"}
@@ -249,3 +257,76 @@ def test_status_schema(version: dict[str, Any]) -> None:
         condition["properties"]
     )
     assert status["properties"]["observedGeneration"]["type"] == "integer"
+
+
+# Field descriptions (data/crd-descriptions.yaml)
+
+
+def _schemas() -> list[tuple[str, dict[str, Any]]]:
+    return [(c["spec"]["names"]["plural"], c["spec"]["versions"][0]["schema"]["openAPIV3Schema"]) for c in all_crds()]
+
+
+def test_every_field_of_both_crds_has_a_description() -> None:
+    """What `kubectl explain` shows: every field of spec and status (the items of a list, and metadata, which the
+    API server describes itself, aside)."""
+    missing = [
+        f"{plural}: {path}"
+        for plural, root in _schemas()
+        for path, node in field_paths(root)
+        if not path.endswith("[]") and path != "metadata" and not node.get("description", "").strip()
+    ]
+    assert missing == []
+
+
+def test_every_description_key_is_used() -> None:
+    """No stale key: each names a field of its CRD (of either, for `common`), and is the one that describes it
+    for at least one field (a pattern after a wider one that matches the same fields would never be)."""
+    used = set()
+    for plural, root in _schemas():
+        table = Descriptions(plural)
+        for path, _ in field_paths(root):
+            hit = table.lookup(path)
+            if hit:
+                used.add((table.sections[hit[0]], hit[0]))
+    unused = [f"{section}: {key}" for section, keys in description_table().items() for key in keys
+              if (section, key) not in used]  # fmt: skip
+    assert unused == []
+    assert set(description_table()) == {"clusterpolicies", "nvidiadrivers", "common"}
+
+
+@pytest.mark.parametrize(
+    ("path", "key"),
+    [
+        ("spec.driver.upgradePolicy.maxParallelUpgrades", "**.upgradePolicy.maxParallelUpgrades"),
+        ("spec.upgradePolicy.maxParallelUpgrades", "**.upgradePolicy.maxParallelUpgrades"),
+        ("spec.driver.version", "spec.driver.version"),  # the exact path before any pattern
+        ("spec.toolkit.version", "**.version"),
+        ("spec.driver.manager.env", "**.manager.env"),  # a pattern before a wider one
+        ("spec.vgpuManager.env", "**.env"),  # `*` and `**` match whole names only where the key says so
+        ("spec.daemonsets.tolerations[].key", "**.tolerations[].key"),
+        ("spec.validator.cuda.env", "spec.validator.*.env"),
+        ("spec.validator.env", "**.env"),
+    ],
+)
+def test_description_lookup(path: str, key: str) -> None:
+    table = Descriptions("nvidiadrivers" if path.startswith("spec.upgradePolicy") else "clusterpolicies")
+    hit = table.lookup(path)
+    assert hit is not None and hit[0] == key
+
+
+def test_fields_this_operator_does_not_act_on_say_so() -> None:
+    """Each coverage.UNSUPPORTED reason reaches the ClusterPolicy CRD from that table alone (written by hand too,
+    it would outlive the table's entry)."""
+    texts = [n.get("description", "") for _, n in field_paths(clusterpolicy_crd()["spec"]["versions"][0]["schema"]
+                                                             ["openAPIV3Schema"])]  # fmt: skip
+    for rule in coverage.UNSUPPORTED:
+        assert any(rule.reason in t for t in texts), rule.pattern
+    by_hand = [key for section in ("clusterpolicies", "common") for key, text in description_table()[section].items()
+               if "acted on" in text]  # fmt: skip
+    assert by_hand == []
+
+
+def test_descriptions_are_short() -> None:
+    long = [f"{plural}: {path}" for plural, root in _schemas() for path, node in field_paths(root)
+            if len(node.get("description", "")) > 400]  # fmt: skip
+    assert long == []

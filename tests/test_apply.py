@@ -4,6 +4,7 @@ against a small in-memory stand-in for the client (no API server in unit tests).
 from __future__ import annotations
 
 import asyncio
+import copy
 import random
 import threading
 import time
@@ -15,6 +16,7 @@ from gpu_operator import mig
 from gpu_operator.apply import Applier
 from gpu_operator.kube import ApiError
 from gpu_operator.nodes import GPU_PRESENT, MIG_CONFIG, deploy_label
+from gpu_operator.observe import key_of
 from gpu_operator.reconciler import Labelling
 from gpu_operator.render import node_patches, plan
 from gpu_operator.runtime import Operator
@@ -254,6 +256,69 @@ def test_after_a_restart_the_managed_fields_tell_a_foreign_write_from_ours() -> 
         client = Client()
         Applier(client).apply_states(plans, {**_live_of(plans), key: live(*entries)})  # type: ignore[arg-type]
         assert client.calls == ([("apply", "DaemonSet", ds["metadata"]["name"])] if applied else []), entries
+
+
+class Versions(Client):
+    """Answers an apply as the API server does: the object at the next resourceVersion, our managedFields entry."""
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        out = super().apply(obj)
+        with self.lock:
+            self.rv += 1
+            rv = self.rv
+        fields = [{"manager": "gpu-operator", "operation": "Apply", "time": "2026-11-30T10:00:05Z"}]
+        return {**out, "metadata": {**out["metadata"], "resourceVersion": str(rv), "managedFields": fields}}
+
+
+def _edited_by_hand(obj: dict[str, Any], rv: str) -> dict[str, Any]:
+    """`obj` as `kubectl edit` leaves it: its data or rules changed, every annotation (our hash too) kept, a newer
+    resourceVersion and a managedFields entry of its own later than ours."""
+    out = copy.deepcopy(obj)
+    if out["kind"] == "ConfigMap":
+        out["data"] = {k: "# edited by hand\n" for k in out.get("data") or {"x": ""}}
+    else:  # a permission taken away
+        out["rules"] = out["rules"][:-1]
+    out["metadata"]["resourceVersion"] = rv
+    out["metadata"]["managedFields"] = [
+        {"manager": "gpu-operator", "operation": "Apply", "time": "2026-11-30T10:00:05Z"},
+        {"manager": "kubectl-edit", "operation": "Update", "time": "2026-11-30T10:07:00Z"},
+    ]
+    return out
+
+
+@pytest.mark.parametrize(
+    "kind, name", [("ConfigMap", "nvidia-container-toolkit-entrypoint"), ("ClusterRole", "nvidia-device-plugin")]
+)
+def test_an_object_without_a_generation_edited_by_another_writer_is_taken_back_once(kind: str, name: str) -> None:
+    """A ConfigMap's data or a ClusterRole's rules edited by hand were never applied again, neither by a running
+    operator nor after a restart: objects of kinds without metadata.generation were never taken for changed by
+    others. Their resourceVersion stands in for it (a status write moves it too: another manager's managedFields
+    entry newer than ours must say who wrote)."""
+    plans = render_all(sample_spec())
+    obj = next(o for p in plans for o in p.objects if o["kind"] == kind and o["metadata"]["name"] == name)
+    key = (kind, obj["metadata"].get("namespace") or "", name)
+
+    restarted = Client()  # not applied since it started; the edit came after our last apply
+    edited = {**_live_of(plans), key: _edited_by_hand(obj, "500")}
+    Applier(restarted).apply_states(plans, edited)  # type: ignore[arg-type]
+    assert restarted.calls == [("apply", kind, name)]
+
+    running = Versions()
+    applier = Applier(running)  # type: ignore[arg-type]
+    live = {key_of(o): o for a in applier.apply_states(plans, {}).values() for o in a.objects}
+    running.calls.clear()
+    applier.apply_states(plans, live)
+    assert running.calls == [], "steady: nothing"
+    status = copy.deepcopy(live[key])  # a write that moved the version, with no other manager's entry
+    status["metadata"]["resourceVersion"] = "800"
+    applier.apply_states(plans, {**live, key: status})
+    assert running.calls == [], "a new version alone is not another writer's"
+    live[key] = _edited_by_hand(live[key], "900")
+    applier.apply_states(plans, live)
+    assert running.calls == [("apply", kind, name)]
+    running.calls.clear()
+    applier.apply_states(plans, live)  # `live` holds our apply's answer: no fight
+    assert running.calls == []
 
 
 def _live_of(plans: Any) -> dict[Any, dict[str, Any]]:

@@ -64,11 +64,12 @@ class Applier:
         # Node -> (the resourceVersion our last patch of it returned, or IN_FLIGHT; that patch). A decision made on
         # an older view of the node that comes to the same patch was already carried out: not sent twice.
         self._sent: dict[str, tuple[int, NodePatch]] = {}
-        # Object -> the metadata.generation our last apply of it left (or, for one not applied since we started,
-        # the generation first seen). A live object past it had its spec changed by another writer, which left our
-        # hash annotation as it was: applied again (once: that apply's generation is recorded in turn, so a change
-        # that only touched fields we do not set costs one write).
-        self._generations: dict[Key, int] = {}
+        # Object -> the version our last apply of it left (or, for one not applied since we started, the version
+        # first seen): its metadata.generation, or for kinds without one (ConfigMap, ClusterRole, Service...) its
+        # resourceVersion. A live object past it had its spec changed by another writer, which left our hash
+        # annotation as it was: applied again (once: that apply's version is recorded in turn, so a change that
+        # only touched fields we do not set costs one write).
+        self._versions: dict[Key, int] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="apply")
 
@@ -153,23 +154,24 @@ class Applier:
         return out
 
     def changed_by_others(self, live: dict[str, Any] | None) -> bool:
-        """Whether another writer changed the spec of an object since our last apply of it."""
+        """Whether another writer changed an object (its spec, or its data, rules... where it has no generation)
+        since our last apply of it."""
         if live is None:
             return False
         meta = live.get("metadata") or {}
-        generation = meta.get("generation")
-        if not isinstance(generation, int):
-            return False
-        ours = self._generations.get(key_of(live))
+        version, what = _version(live)
+        ours = self._versions.get(key_of(live))
         if ours is None:  # not applied since we started: did another writer come after our last apply?
             if not foreign_write_after_ours(meta.get("managedFields") or []):
-                self._generations[key_of(live)] = generation
+                self._versions[key_of(live)] = version
                 return False
             ours = 0
-        elif generation <= ours:
+        elif version <= ours:
             return False
-        log.info("%s %s was changed by another writer (generation %d, ours %d): applying it again",
-                 live.get("kind"), (live.get("metadata") or {}).get("name"), generation, ours)  # fmt: skip
+        elif what == "resourceVersion" and not foreign_write_after_ours(meta.get("managedFields") or []):
+            return False  # a resourceVersion moves on status writes too: only another manager's write counts
+        log.info("%s %s was changed by another writer (%s %d, ours %d): applying it again",
+                 live.get("kind"), meta.get("name"), what, version, ours)  # fmt: skip
         return True
 
     def _apply_one(self, obj: dict[str, Any], live: Mapping[Key, dict[str, Any]]) -> Result:
@@ -179,9 +181,7 @@ class Applier:
             result = self.kube.apply(obj)
         except ApiError as exc:
             return exc
-        generation = (result.get("metadata") or {}).get("generation")
-        if isinstance(generation, int):
-            self._generations[key_of(obj)] = generation
+        self._versions[key_of(obj)] = _version(result)[0]
         return result
 
     def _map(self, fn: Callable[[T], R], items: list[T]) -> list[R]:
@@ -274,6 +274,14 @@ def resource_version(obj: dict[str, Any]) -> int:
         return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
     except ValueError:
         return 0
+
+
+def _version(obj: dict[str, Any]) -> tuple[int, str]:
+    """The object's metadata.generation, or its resourceVersion for a kind without one; and which it is."""
+    generation = (obj.get("metadata") or {}).get("generation")
+    if isinstance(generation, int):
+        return generation, "generation"
+    return resource_version(obj), "resourceVersion"
 
 
 def _hash(obj: dict[str, Any] | None) -> str | None:

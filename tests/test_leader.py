@@ -1,14 +1,17 @@
-"""Leader election: the pure decisions over a fake clock, and two electors over an in-memory Lease store."""
+"""Leader election: the pure decisions over a fake clock, the write fence and the client's write path, and two
+electors over an in-memory Lease store."""
 
 from __future__ import annotations
 
 import copy
+import json
 import threading
 from typing import Any
 
 import pytest
+from kubernetes import client
 
-from gpu_operator.kube import ApiError, Fence, NotLeader
+from gpu_operator.kube import ApiError, Fence, Kube, NotLeader
 from gpu_operator.leader import (
     LEASE_DURATION_S,
     RENEW_DEADLINE_S,
@@ -128,6 +131,86 @@ def test_fence_drain_waits_for_writes_in_flight() -> None:
     leave.set()
     assert fence.drain(5)
     t.join()
+
+
+# --- the client's write path: requests the API server asks to send again ---
+
+
+class _Answer:
+    """A response as the kubernetes client's rest client returns it."""
+
+    def __init__(self, status: int, headers: dict[str, str] | None = None) -> None:
+        self.status, self.reason, self.headers = status, "", headers or {}
+        body = {"kind": "Status", "code": status, "message": "Too many requests, please try again later."}
+        self.data = json.dumps(body if status >= 300 else {"kind": "ConfigMap", "metadata": {"name": "x"}}).encode()
+
+    def read(self) -> bytes:
+        return self.data
+
+    def getheader(self, name: str, default: Any = None) -> Any:
+        return self.headers.get(name, default)
+
+
+def _client(monkeypatch: pytest.MonkeyPatch, *answers: _Answer) -> tuple[Kube, list[str], list[float]]:
+    """A Kube whose requests get `answers` in turn; what it sent and how long it slept."""
+    kube = Kube(client.ApiClient(client.Configuration(host="https://api.example:6443")))
+    left, sent, slept = list(answers), [], []
+
+    def request(method: str, url: str, **_: Any) -> _Answer:
+        sent.append(method)
+        return left.pop(0)
+
+    monkeypatch.setattr(kube.client.rest_client, "request", request)
+    monkeypatch.setattr("time.sleep", slept.append)
+    return kube, sent, slept
+
+
+def test_a_request_turned_away_with_429_is_sent_again_after_the_wait_it_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """API Priority and Fairness answers 429 with Retry-After when our flow is over its share. It was raised at
+    once: an apply reported as refused (the state notReady with a Warning Event), a node patch or a status write
+    failing the whole pass. client-go waits Retry-After and sends again, up to 10 times (rest/with_retry.go)."""
+    kube, sent, slept = _client(monkeypatch, _Answer(429, {"Retry-After": "1"}), _Answer(200))
+    kube.fence = Fence()
+    kube.fence.extend(float("inf"))
+    assert kube.request("PATCH", "/api/v1/namespaces/gpu-operator/configmaps/x", {})["metadata"]["name"] == "x"
+    assert sent == ["PATCH", "PATCH"] and 1 <= slept[0] <= 1.1
+    assert kube.writes() == 2  # each one sent is counted (and passed the fence)
+
+    kube, sent, slept = _client(monkeypatch, _Answer(503, {"Retry-After": "30"}), _Answer(200))
+    kube.request("GET", "/api/v1/namespaces/gpu-operator/configmaps/x", timeout=60)
+    assert sent == ["GET", "GET"] and 10 <= slept[0] <= 11, "a 5xx with Retry-After too, its wait capped"
+
+    kube, sent, slept = _client(monkeypatch, _Answer(500))
+    with pytest.raises(ApiError):
+        kube.request("GET", "/api/v1/namespaces/gpu-operator/configmaps/x")
+    assert sent == ["GET"] and not slept, "a 5xx without Retry-After is not"
+
+    kube, sent, slept = _client(monkeypatch, *[_Answer(429, {"Retry-After": "1"})] * 20)
+    with pytest.raises(ApiError) as refused:
+        kube.request("GET", "/api/v1/namespaces/gpu-operator/configmaps/x")
+    assert refused.value.status == 429 and len(sent) == 11, "ten more times at most"
+    kube, sent, slept = _client(monkeypatch, *[_Answer(429, {"Retry-After": "1"})] * 20)
+    with pytest.raises(ApiError):
+        kube.request("GET", "/api/v1/namespaces/gpu-operator/configmaps/x", timeout=3)
+    assert len(sent) <= 3 and sum(slept) <= 3, "while the waits fit in the request's timeout"
+
+    # The Eviction API's 429 means a PodDisruptionBudget blocks it: the upgrade planner sees the pod stay.
+    kube, sent, slept = _client(monkeypatch, _Answer(429), _Answer(200))
+    with pytest.raises(ApiError) as refused:
+        kube.evict("workload", "default")
+    assert refused.value.status == 429 and sent == ["POST"] and not slept
+
+
+def test_a_retried_write_passes_the_fence_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A leader whose fence closed while it waited to send a write again sends nothing more."""
+    clock = Clock()
+    kube, sent, _ = _client(monkeypatch, _Answer(429, {"Retry-After": "1"}), _Answer(200))
+    kube.fence = Fence(clock)
+    kube.fence.extend(clock.t + 10)
+    monkeypatch.setattr("time.sleep", lambda s: setattr(clock, "t", clock.t + 10))
+    with pytest.raises(NotLeader):
+        kube.request("PATCH", "/api/v1/namespaces/gpu-operator/configmaps/x", {})
+    assert sent == ["PATCH"]
 
 
 # --- two electors over one in-memory Lease (resourceVersion conflicts as the API server answers them) ---

@@ -6,7 +6,9 @@ Only what the operator needs: get/list/apply (server-side, one field manager)/me
 from __future__ import annotations
 
 import json
+import logging
 import os
+import random
 import re
 import threading
 import time
@@ -24,6 +26,8 @@ from . import tls
 from .kinds import lookup
 
 FIELD_MANAGER = "gpu-operator"
+
+log = logging.getLogger("gpu_operator")
 
 
 class ApiError(client.ApiException):
@@ -127,6 +131,26 @@ def _resource_of(path: str) -> str:
     return "/".join(parts[::2]) if parts else ""
 
 
+RETRIES = 10  # a request the API server asks to send again is sent at most this many more times (as client-go)
+MAX_RETRY_AFTER_S = 10.0
+
+
+def _retry_in(resp: Any) -> float | None:
+    """Seconds to wait before sending a request again, or None when it should not be: a 429 (API Priority and
+    Fairness turning the request away) or a 5xx with Retry-After, after the wait it names (a 429 without one: 1 s),
+    capped at MAX_RETRY_AFTER_S, plus up to a tenth more so that clients turned away together do not come back
+    together."""
+    header = resp.getheader("Retry-After")
+    if resp.status != 429 and not (resp.status >= 500 and header):
+        return None
+    try:
+        seconds = float(header) if header else 1.0
+    except ValueError:  # an HTTP date: the API server sends seconds
+        seconds = 1.0
+    seconds = min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+    return seconds * (1 + random.random() / 10)
+
+
 class Kube:
     def __init__(self, api_client: client.ApiClient):
         self.client = api_client
@@ -192,30 +216,41 @@ class Kube:
         content_type: str | None = None,
         timeout: float = 30,
         decode: Callable[[bytes], Any] = json.loads,
+        retry: bool = True,
     ) -> Any:
         """One request with plain JSON in and out (no client models in between); ApiError on a 4xx/5xx.
 
-        `decode`: the answer's body to what is returned (wire.py's typed decoders read only some fields)."""
+        `decode`: the answer's body to what is returned (wire.py's typed decoders read only some fields).
+        `retry`: a 429, or a 5xx with Retry-After, is sent again after the wait it names (see `_retry_in`), up to
+        RETRIES times while the waits add up to no more than `timeout`."""
         if body is not None and content_type is None:
             content_type = "application/json"
         if isinstance(body, dict | list) and content_type and content_type.endswith("yaml"):
             body = json.dumps(body)  # apply-patch bodies go as JSON text (JSON is YAML)
-        self._count(method, path)
-        fenced = self.fence.write(f"{method} {path}") if self.fence and method != "GET" else nullcontext()
-        with fenced:
-            try:
-                resp = self.client.rest_client.request(
-                    method, self._url(path, query), headers=self._headers(content_type), body=body,
-                    _request_timeout=timeout,
-                )  # fmt: skip
-                data = resp.read()
-            except urllib3.exceptions.HTTPError as exc:
-                raise Unreachable(f"{method} {self.host}{path}: {_reason(exc)}") from exc
-            except client.ApiException as exc:  # the client's wrapping of a TLS error (status 0)
-                raise Unreachable(f"{method} {self.host}{path}: {' '.join(str(exc.reason).split())}") from exc
-        if not 200 <= resp.status <= 299:
-            raise ApiError(resp.status, data.decode(errors="replace"), f"{method} {path}", resp.reason or "")
-        return decode(data) if data else None
+        waited = 0.0
+        for attempt in range(RETRIES + 1):
+            self._count(method, path)
+            fenced = self.fence.write(f"{method} {path}") if self.fence and method != "GET" else nullcontext()
+            with fenced:
+                try:
+                    resp = self.client.rest_client.request(
+                        method, self._url(path, query), headers=self._headers(content_type), body=body,
+                        _request_timeout=timeout,
+                    )  # fmt: skip
+                    data = resp.read()
+                except urllib3.exceptions.HTTPError as exc:
+                    raise Unreachable(f"{method} {self.host}{path}: {_reason(exc)}") from exc
+                except client.ApiException as exc:  # the client's wrapping of a TLS error (status 0)
+                    raise Unreachable(f"{method} {self.host}{path}: {' '.join(str(exc.reason).split())}") from exc
+            if 200 <= resp.status <= 299:
+                return decode(data) if data else None
+            wait = _retry_in(resp) if retry and attempt < RETRIES else None
+            if wait is None or waited + wait > timeout:
+                break
+            log.info("%s %s: %d %s, sent again in %.1fs", method, path, resp.status, resp.reason or "", wait)
+            time.sleep(wait)
+            waited += wait
+        raise ApiError(resp.status, data.decode(errors="replace"), f"{method} {path}", resp.reason or "")
 
     def watch(
         self,
@@ -349,7 +384,7 @@ class Kube:
     def evict(self, name: str, namespace: str) -> None:
         """Evict a pod through the Eviction API, so PodDisruptionBudgets hold (429 when one blocks it)."""
         body = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": name, "namespace": namespace}}
-        self.request("POST", path_for("Pod", name, namespace, "eviction"), body)
+        self.request("POST", path_for("Pod", name, namespace, "eviction"), body, retry=False)  # its 429 is the PDB's
 
     def wait_established(self, crd_name: str, timeout: float = 30.0) -> None:
         """Wait until a CRD is served (its Established condition is True)."""
@@ -387,9 +422,10 @@ class DryRunKube(Kube):
         content_type: str | None = None,
         timeout: float = 30,
         decode: Callable[[bytes], Any] = json.loads,
+        retry: bool = True,
     ) -> Any:
         if method == "GET":
-            return super().request(method, path, body, query, content_type, timeout, decode)
+            return super().request(method, path, body, query, content_type, timeout, decode, retry)
         self._count(method, path)
         parsed = json.loads(body) if isinstance(body, str) else body
         self.recorded.append((method, path, parsed))

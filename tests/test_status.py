@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from gpu_operator.api import ClusterPolicyStatus
+from gpu_operator.events import EventRecorder
+from gpu_operator.kube import ApiError
 from gpu_operator.status import StateResult, active_policy, ignored_status, policy_status, status_changed
 from support import EchoKube, policy_object
 
@@ -364,7 +366,7 @@ class _Recorder:
         self.patches.append(patch["status"])
         return {}
 
-    def __call__(self, obj: dict[str, Any], etype: str, reason: str, message: str) -> None:
+    def __call__(self, obj: dict[str, Any], etype: str, reason: str, message: str, changed: bool = False) -> None:
         self.events.append((etype, reason))
 
 
@@ -432,6 +434,61 @@ def test_an_nvidiadrivers_progress_is_paced_on_its_own_and_posts_no_event() -> N
     assert writer.write(obj, status(True), quiet=True, kind="NVIDIADriver"), "ready is a state change: at once"
     assert kinds == ["NVIDIADriver", "NVIDIADriver"] and not rec.events
     assert rec.patches[-1]["state"] == "ready"
+
+
+class _Events:
+    """Creates Events (the first `refuse` of them refused, as API Priority and Fairness or a webhook may)."""
+
+    def __init__(self, refuse: int = 0) -> None:
+        self.created: list[dict[str, Any]] = []
+        self.refuse = refuse
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        if self.refuse:
+            self.refuse -= 1
+            raise ApiError(429, '{"message": "Too many requests"}', "POST events")
+        self.created.append(obj)
+        return obj
+
+    def merge_patch(self, *_: Any, **__: Any) -> dict[str, Any]:
+        return {}
+
+
+def test_an_event_the_api_server_refused_is_posted_again_next_time() -> None:
+    """The recorder took an event for posted before the create was answered: one refused was never posted again
+    while its message stayed the same (the ClusterPolicy's Warning for that cause lost for good)."""
+    kube = _Events(refuse=1)
+    record = EventRecorder(kube)  # type: ignore[arg-type]
+    pol = {**policy("cluster-policy", T0), "metadata": {"name": "cluster-policy", "uid": "u"}}
+    for _ in range(3):
+        record(pol, "Warning", "DriverNotReady", "state notReady: driver not ready")
+    assert len(kube.created) == 1, "refused, then posted, then a repeat dropped"
+
+
+def test_a_state_change_that_comes_back_gets_its_event_again() -> None:
+    """The recorder dropped an event that said what the last one with its reason said, however long ago and
+    whatever came between: notReady (DriverNotReady), ready, then the same notReady again posted the Warning only
+    the first time (`kubectl describe clusterpolicy` showed no event for the second outage). The status writer
+    posts only on a real state change, and that is posted."""
+    from gpu_operator.status_writer import StatusWriter
+
+    def status(state: str, reason: str, message: str) -> dict[str, Any]:
+        ready = {"type": "Ready", "status": "True" if state == "ready" else "False", "reason": reason,
+                 "message": message}  # fmt: skip
+        return {"state": state, "conditions": [ready]}
+
+    kube = _Events()
+    now = [0.0]
+    writer = StatusWriter(kube, EventRecorder(kube), clock=lambda: now[0])  # type: ignore[arg-type]
+    pol = {**policy("cluster-policy", T0), "metadata": {"name": "cluster-policy", "uid": "u"}}
+    for s in (status("notReady", "DriverNotReady", "driver pods not ready on gpu-1"),
+              status("ready", "Reconciled", "all operands ready"),
+              status("notReady", "DriverNotReady", "driver pods not ready on gpu-1")):  # fmt: skip
+        now[0] += 60
+        writer.write(pol, s)
+        writer.write({**pol, "status": s}, s)  # written: nothing changed, nothing posted
+        pol = {**pol, "status": s}
+    assert [e["reason"] for e in kube.created] == ["DriverNotReady", "Reconciled", "DriverNotReady"]
 
 
 @pytest.mark.parametrize("invalid", [False, True], ids=["not-ready", "invalid-spec"])

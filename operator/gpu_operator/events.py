@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,15 +21,17 @@ def now() -> str:
 class EventRecorder:
     def __init__(self, kube: Kube):
         self.kube = kube
-        self._last: dict[tuple[str, str, str], str] = {}
+        self._last: dict[tuple[str, str], dict[str, str]] = {}  # (kind, name) -> reason -> its last message posted
+        self._lock = threading.Lock()
 
-    def __call__(self, obj: dict[str, Any], etype: str, reason: str, message: str) -> None:
-        """An Event on `obj`, unless the last one recorded for it with this reason said the same."""
+    def __call__(self, obj: dict[str, Any], etype: str, reason: str, message: str, changed: bool = False) -> None:
+        """An Event on `obj`, unless the last one posted for it with this reason said the same. `changed`: the
+        caller saw what the event says change (a state that came back after another): posted in any case."""
         meta = obj["metadata"]
-        ref = (obj["kind"], meta["name"], reason)
-        if self._last.get(ref) == reason + message:
-            return
-        self._last[ref] = reason + message
+        ref = (obj["kind"], meta["name"])
+        with self._lock:
+            if not changed and self._last.get(ref, {}).get(reason) == message:
+                return
         ns = meta.get("namespace") or "default"
         body = {
             "apiVersion": "v1",
@@ -52,5 +55,8 @@ class EventRecorder:
         }
         try:
             self.kube.create(body)
-        except ApiError as exc:
+        except ApiError as exc:  # not posted: posted again next time
             log.warning("could not record event %s on %s: %s", reason, meta["name"], exc)
+            return
+        with self._lock:
+            self._last.setdefault(ref, {})[reason] = message

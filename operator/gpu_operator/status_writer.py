@@ -43,7 +43,7 @@ class StatusWriter:
             ready: dict[str, Any] = next((c for c in status["conditions"] if c["type"] == "Ready"), {})
             etype = "Normal" if status["state"] in ("ready", "disabled") else "Warning"
             reason = ready.get("reason", "StateChanged")
-            self.events(policy, etype, reason, f"state {status['state']}: {ready.get('message', '')}")
+            self.events(policy, etype, reason, f"state {status['state']}: {ready.get('message', '')}", changed=True)
         return True
 
     def retry_in(self, name: str, kind: str = "ClusterPolicy") -> float:

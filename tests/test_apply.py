@@ -21,7 +21,7 @@ from gpu_operator.reconciler import Labelling
 from gpu_operator.render import node_patches, plan
 from gpu_operator.runtime import Operator
 from gpu_operator.states.base import HASH_ANNOTATION, MANAGED_BY, OPERATOR_NAME, PART_OF, STATE_LABEL
-from support import load_policy, load_scenario, node, objects, render_all, sample_spec
+from support import facts, load_policy, load_scenario, node, objects, render_all, sample_spec
 
 
 class Client:
@@ -338,6 +338,31 @@ def test_a_patch_decided_on_a_view_older_than_our_own_write_is_not_sent_again() 
     assert len(applier.patch_nodes({"n1": {"labels": {GPU_PRESENT: "false"}}}, {"n1": 7})) == 1  # another patch
     assert len(applier.patch_nodes({"n1": patch})) == 1  # no versions given: always sent
     assert [c[0] for c in client.calls] == ["patch"] * 4
+
+
+def test_the_applier_forgets_a_deleted_nodes_last_patch() -> None:
+    """Applier._sent keeps, per node, the version and patch of our last node patch, and the event recorder the
+    last message of each reason posted on it; nothing removed a node's entries once the node was deleted (only a
+    failed patch did). With autoscaled node pools (a new node name per node) they grew by one entry per node ever
+    labelled, for the life of the process."""
+
+    class Kube(Client):
+        def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+            return obj
+
+    op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
+    op.reconciler.applier = applier = Applier(Kube(), workers=1)  # type: ignore[arg-type]
+    op.reconciler.events.kube = Kube()  # type: ignore[assignment]
+    for i in range(3):
+        name = f"ip-10-0-0-{i}"
+        op.on_node_facts(name, facts(name))
+        for answer in applier.patch_nodes({name: {"labels": {GPU_PRESENT: "true"}}}):
+            op.on_node_facts(answer.name, answer)
+        op.reconciler.events({"kind": "Node", "metadata": {"name": name}}, "Normal", "GPUOperatorUpgrade", "waits")
+        op.on_node_facts(name, None)  # scaled down
+    assert op.nodes == {}
+    assert applier._sent == {}, f"state kept for {len(applier._sent)} deleted nodes"
+    assert op.reconciler.events._last == {}
 
 
 def _policy(generation: int) -> dict[str, Any]:

@@ -247,6 +247,11 @@ class Applier:
             log.info("labelled %d nodes", len(patched))
         return patched
 
+    def forget(self, node: str) -> None:
+        """Drop what was kept about a node that is gone (node names churn in autoscaled pools)."""
+        with self._lock:
+            self._sent.pop(node, None)
+
     def _settle(self, name: str, patch: NodePatch, node: dict[str, Any] | None) -> None:
         with self._lock:
             if self._sent.get(name) != (IN_FLIGHT, patch):

@@ -60,3 +60,8 @@ class EventRecorder:
             return
         with self._lock:
             self._last.setdefault(ref, {})[reason] = message
+
+    def forget(self, kind: str, name: str) -> None:
+        """Drop what was posted on an object that is gone (node names churn in autoscaled pools)."""
+        with self._lock:
+            self._last.pop((kind, name), None)

@@ -220,6 +220,8 @@ class Operator:
         if facts is None:
             self._forget("node", name)
             self.moves.forget(name)
+            self.reconciler.applier.forget(name)
+            self.reconciler.events.forget("Node", name)
             if self.nodes.pop(name, None) is not None:
                 self.wake_now("node")
             return

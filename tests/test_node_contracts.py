@@ -543,6 +543,28 @@ def test_precompiled_drivers_with_an_image_digest_are_a_problem() -> None:
     assert plans_of(raw, nodes)["state-driver"].problem is None
 
 
+def test_precompiled_drivers_without_a_version_are_a_problem() -> None:
+    """Precompiled images are published per driver branch (`535-5.4.0-150-generic-ubuntu22.04`); without
+    driver.repository/image/version the image was our default full version with the kernel appended
+    (`595.91.07-5.15.0-122-generic-ubuntu22.04`), a tag that does not exist: ImagePullBackOff with no message.
+    Upstream's resolveDriverTag refuses it ("driver.repository, driver.image and driver.version have to be
+    specified")."""
+    nodes = [facts("c1", kernel="5.15.0-122-generic")]
+    raw = sample()
+    raw["driver"] = {k: v for k, v in raw["driver"].items() if k not in ("repository", "image", "version")}
+    raw["driver"]["usePrecompiled"] = True
+    plan = plans_of(raw, nodes)["state-driver"]
+    assert plan.objects == [] and plan.problem == (
+        "driver.version: usePrecompiled needs a driver branch such as 580; precompiled images are tagged "
+        "<branch>-<kernel>-<os>"
+    )
+    raw["driver"]["image"] = "nvcr.io/nvidia/driver:580"  # an image with a tag names the branch itself
+    ds = driver_ds(raw, nodes, pool="ubuntu22.04-5.15.0-122-generic")
+    assert container(ds, "nvidia-driver-ctr")["image"] == "nvcr.io/nvidia/driver:580-5.15.0-122-generic-ubuntu22.04"
+    raw["driver"]["usePrecompiled"] = False  # not precompiled: our default version, as ever
+    assert plans_of({**raw, "driver": {**raw["driver"], "image": None}}, nodes)["state-driver"].problem is None
+
+
 def test_probe_overrides_land_on_the_driver_container() -> None:
     raw = sample()
     raw["driver"] = {

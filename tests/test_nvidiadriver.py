@@ -261,6 +261,29 @@ def test_precompiled_nvidiadriver_with_an_image_digest_is_refused() -> None:
         assert any(d["metadata"]["name"] == "nvidia-driver-daemonset-ubuntu22.04" for d in daemonsets([driver_plan]))
 
 
+def test_precompiled_nvidiadriver_without_a_version_is_refused() -> None:
+    """`version` is "NVIDIA Driver version (or just branch for precompiled drivers)"
+    (api/nvidia/v1alpha1/nvidiadriver_types.go): precompiled images are published per branch,
+    `<branch>-<kernel>-<os>`. Without a version the image was our default full version with the kernel appended
+    (`595.91.07-5.15.0-122-generic-ubuntu22.04`), a tag that does not exist: ImagePullBackOff and no message.
+    Upstream's GetPrecompiledImagePath has no default either."""
+    nodes = [facts("c1", kernel="5.15.0-122-generic", labels={"pool": "c"})]
+    for fields in ({}, {"repository": "nvcr.io/nvidia", "image": "driver"}):
+        objs = drivers_objects(("default", {"default": True}),
+                               ("pool-c", {**fields, "usePrecompiled": True, "nodeSelector": {"pool": "c"}}))
+        plans = render_all(parse_spec(crd_policy()), [*nodes, facts("a1")], nvidia_drivers=objs)
+        driver_plan = next(p for p in plans if p.state.name == "state-driver")
+        assert not any("pool-c" in d["metadata"]["name"] for d in daemonsets([driver_plan]))
+        assert driver_plan.held == {"uid-pool-c": "NVIDIADriver pool-c: version: usePrecompiled needs a driver branch "
+                                                  "such as 580; precompiled images are tagged <branch>-<kernel>-<os>"}
+        assert any(d["metadata"]["name"] == "nvidia-driver-daemonset-ubuntu22.04" for d in daemonsets([driver_plan]))
+    objs = drivers_objects(("pool-c", {"image": "nvcr.io/nvidia/driver:580", "usePrecompiled": True}))  # tagged
+    images = [container(d, "nvidia-driver-ctr")["image"]
+              for d in daemonsets(render_all(parse_spec(crd_policy()), nodes, nvidia_drivers=objs))
+              if "nvidia-driver-daemonset" in d["metadata"]["name"]]  # fmt: skip
+    assert images == ["nvcr.io/nvidia/driver:580-5.15.0-122-generic-ubuntu22.04"]
+
+
 def test_an_nvidiadriver_whose_secret_env_secret_is_missing_is_held() -> None:
     """controllers/nvidiadriver_controller.go: "ensure that the specified K8s secret actually exists in the
     operator namespace", else ReconcileFailed; its DaemonSets are left as they are."""

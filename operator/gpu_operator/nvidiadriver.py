@@ -283,6 +283,9 @@ def _image_fields(spec: NVIDIADriverSpec) -> dict[str, Any]:
     repository = spec.repository
     if not repository and "/" in image:
         repository, image = image.rsplit("/", 1)
+    if not spec.version and spec.precompiled:
+        # No default: precompiled images are tagged per branch, ours is a full version (the driver state refuses it).
+        return {"repository": None, "image": f"{repository}/{image}" if repository else image, "version": None}
     if not spec.version:
         from . import images
 

@@ -79,6 +79,10 @@ def _tagged(base: str, *suffixes: str) -> str:
     return "-".join([base, *suffixes])
 
 
+def _has_tag(image: str | None) -> bool:
+    return bool(image) and ":" in str(image).rsplit("/", 1)[-1]
+
+
 def _volume_name(config_map: str) -> str:
     """Upstream names the volume after the ConfigMap; fall back to a hash where that is no DNS label."""
     if _DNS_LABEL.match(config_map):
@@ -134,6 +138,12 @@ def _pool(ctx: RenderContext, pool: Pool) -> dict[str, Any]:
         raise RenderProblem(
             f"{_field(ctx, 'usePrecompiled')}: an image digest ({base}) is not supported with precompiled drivers, "
             "whose images are per kernel (<version>-<kernel>-<os>); name a version instead"
+        )
+    if precompiled and not (driver.version or _has_tag(driver.image)):
+        # Our default is a full version; precompiled images are published per branch only (upstream refuses too).
+        raise RenderProblem(
+            f"{_field(ctx, 'version')}: usePrecompiled needs a driver branch such as 580; precompiled images are "
+            "tagged <branch>-<kernel>-<os>"
         )
     if driver.secret_env in ctx.missing_secrets:  # its envFrom would keep nvidia-driver-ctr from starting
         raise RenderProblem(

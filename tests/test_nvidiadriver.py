@@ -99,6 +99,52 @@ def test_vgpu_host_manager_is_refused_and_takes_no_node() -> None:
     assert status["state"] == "notReady"
 
 
+LONG_NAME = "gpu-driver-for-the-a100-and-h100-nodes-of-the-research-cluster-1"  # 64 characters: a valid object name
+
+
+def test_an_nvidiadriver_whose_name_is_no_label_value_is_refused_and_takes_no_node() -> None:
+    """The owner label (and its DaemonSets' nodeSelector) carries the NVIDIADriver's name, and a label value has at
+    most 63 characters where an object name has 253. Such a name was routed nodes all the same: the API server
+    refused their label patch (422), which failed every ClusterPolicy pass, and the NVIDIADriver never said why.
+    Now it is refused like vgpu-host-manager, in its status and a Warning event; the default is exempt (it puts
+    no owner label on its nodes)."""
+    from gpu_operator.nodes import label_value_ok
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+
+    assert len(LONG_NAME) > 63 and not label_value_ok(LONG_NAME)
+    node = facts("x1", labels={"pool": "x"})
+    found = assign([node], [nvd(LONG_NAME, nodeSelector={"pool": "x"}), nvd("default", default=True)])
+    assert found.owner == {"x1": "default"} and nvidiadriver.owner_patch(node, found) == {}
+    assert found.problems[LONG_NAME] == (f"name: 64 characters, more than the 63 of a label value, so it cannot be "
+                                         f"the node label {OWNER_LABEL}; it takes no node (use a shorter name)")
+    assert assign([node], [nvd(LONG_NAME, default=True)]).owner == {"x1": LONG_NAME}  # no label: the default is fine
+
+    objs = drivers_objects((LONG_NAME, {"nodeSelector": {"pool": "x"}}))
+    selectors = [d["spec"]["template"]["spec"]["nodeSelector"]
+                 for d in daemonsets(render_all(parse_spec(crd_policy()), [node], nvidia_drivers=objs))]
+    assert not [s for s in selectors if OWNER_LABEL in s]
+
+    class Kube(EchoKube):
+        def __init__(self) -> None:
+            super().__init__()
+            self.events: list[dict[str, Any]] = []
+
+        def create(self, body: dict[str, Any], *_: Any, **__: Any) -> dict[str, Any]:
+            self.events.append(body)
+            return body
+
+    kube = Kube()
+    drivers = {d["metadata"]["name"]: {"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver", **d} for d in objs}
+    snap = Snapshot(nodes={"x1": node}, policies={"cluster-policy": policy_object(crd_policy())}, owned={}, pods={},
+                    revisions={}, nvidia_drivers=drivers)  # fmt: skip
+    Reconciler(kube, "gpu-operator").reconcile(snap)  # type: ignore[arg-type]
+    error = next(c for c in kube.statuses[("NVIDIADriver", LONG_NAME)]["conditions"] if c["type"] == "Error")
+    assert error["reason"] == "ReconcileFailed" and error["message"] == found.problems[LONG_NAME]
+    assert [(e["type"], e["reason"], e["message"]) for e in kube.events
+            if e["involvedObject"]["name"] == LONG_NAME] == [("Warning", "ReconcileFailed", error["message"])]
+
+
 # NFD's system source publishes these next to VERSION_ID, which the operator reads itself (source/system/system.go).
 VERSION_MAJOR = "feature.node.kubernetes.io/system-os_release.VERSION_ID.major"
 CPU_VENDOR = "feature.node.kubernetes.io/cpu-model.vendor_id"

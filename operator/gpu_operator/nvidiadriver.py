@@ -7,7 +7,8 @@ DaemonSets per NVIDIADriver, from the ClusterPolicy spec with its driver section
 - a non-default NVIDIADriver takes the GPU nodes its nodeSelector matches (an empty one: every GPU node);
 - the default one (`spec.default: true`) takes the GPU nodes no other one matches;
 - `driverType` gpu and vgpu (the guest driver, another image) render the driver; vgpu-host-manager is refused
-  (named in its status) and takes no node;
+  (named in its status) and takes no node, as does a non-default one whose name is no label value (over 63
+  characters): the owner label below carries its name;
 - a node two non-default ones match is a conflict, reported on both; neither takes it. A conflict never removes a
   running driver: a node already routed to one of them by the owner label keeps that driver, and one the default
   drives (no owner label) stays with the default;
@@ -40,7 +41,7 @@ from .api import (
     SidecarSpec,
     VirtualTopologySpec,
 )
-from .nodes import GPU_PRESENT, MAX_POOL_NAME, UPGRADE_ENABLED_ANNOTATION, ByNode, NodeFacts, Pool
+from .nodes import GPU_PRESENT, MAX_POOL_NAME, UPGRADE_ENABLED_ANNOTATION, ByNode, NodeFacts, Pool, label_value_ok
 from .nvidiadriver_api import API_VERSION, KIND, OWNER_LABEL, NVDUpgradePolicy, NVIDIADriverSpec, parse_spec
 
 CONFLICT_REASON = "ConflictingNodeSelector"
@@ -215,6 +216,14 @@ def assign(nodes: Iterable[NodeFacts], drivers: Iterable[NVIDIADriver], kept: Ke
             out.problems[d.name] = (
                 "driverType vgpu-host-manager: not supported by this operator (the vGPU host manager is not "
                 "rendered); it takes no node"
+            )
+            continue
+        if not d.default and not label_value_ok(d.name):  # its nodes' owner label and DaemonSets' nodeSelector
+            out.problems[d.name] = (
+                f"name: {len(d.name)} characters, more than the 63 of a label value, so it cannot be the node "
+                f"label {OWNER_LABEL}; it takes no node (use a shorter name)"
+                if len(d.name) > 63
+                else f"name: not a valid label value, so it cannot be the node label {OWNER_LABEL}; it takes no node"
             )
             continue
         live.append(d)

@@ -532,10 +532,10 @@ class Reconciler:
         ctx: RenderContext,
     ) -> float | None:
         """Each NVIDIADriver's status (written when it changed; a change of progress alone at most every few
-        seconds, see StatusWriter) and a Warning event when it newly conflicts. Seconds until a status held back
-        may be written, or None. `count`: the pass's NodeCounter, as the driver state's readiness had it; `off`:
-        why no NVIDIADriver drives anything, when none does; `applied`: what applying the driver state did; `ctx`:
-        what it was rendered for (its nodes and NVIDIADrivers)."""
+        seconds, see StatusWriter) and a Warning event when it newly conflicts or is refused. Seconds until a status
+        held back may be written, or None. `count`: the pass's NodeCounter, as the driver state's readiness had it;
+        `off`: why no NVIDIADriver drives anything, when none does; `applied`: what applying the driver state did;
+        `ctx`: what it was rendered for (its nodes and NVIDIADrivers)."""
         driver_plan = next((p for p in plans if p.state.name == "state-driver"), None)
         held: float | None = None
         groups = {g.name: g for g in ctx.nvidia_drivers}
@@ -584,8 +584,11 @@ class Reconciler:
             before: dict[str, Any] = next(
                 (c for c in previous.get("conditions") or [] if c.get("type") == "Error"), {}
             )
-            if error["reason"] == nvidiadriver.CONFLICT_REASON and before.get("message") != error["message"]:
-                self.events(obj, "Warning", nvidiadriver.EVENT_REASON, error["message"])
+            if before.get("message") != error["message"]:
+                if error["reason"] == nvidiadriver.CONFLICT_REASON:
+                    self.events(obj, "Warning", nvidiadriver.EVENT_REASON, error["message"])
+                elif assignment is not None and driver.name in assignment.problems:  # refused: it takes no node
+                    self.events(obj, "Warning", error["reason"], error["message"])
             if not self.status.write(obj, status, quiet=True, kind="NVIDIADriver"):
                 retry = self.status.retry_in(driver.name, "NVIDIADriver")
                 held = retry if held is None else min(held, retry)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import random
 import threading
 import time
@@ -21,7 +22,17 @@ from gpu_operator.reconciler import Labelling
 from gpu_operator.render import node_patches, plan
 from gpu_operator.runtime import Operator
 from gpu_operator.states.base import HASH_ANNOTATION, MANAGED_BY, OPERATOR_NAME, PART_OF, STATE_LABEL
-from support import facts, load_policy, load_scenario, node, objects, render_all, sample_spec
+from support import (
+    RecordingKube,
+    facts,
+    load_policy,
+    load_scenario,
+    node,
+    objects,
+    policy_object,
+    render_all,
+    sample_spec,
+)
 
 
 class Client:
@@ -363,6 +374,48 @@ def test_the_applier_forgets_a_deleted_nodes_last_patch() -> None:
     assert op.nodes == {}
     assert applier._sent == {}, f"state kept for {len(applier._sent)} deleted nodes"
     assert op.reconciler.events._last == {}
+
+
+class _RefusingNode(RecordingKube):
+    """An API server that refuses gpu-2's patch as invalid (422), as it does a label value it cannot take."""
+
+    def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *a: Any, **k: Any) -> dict[str, Any]:
+        if kind == "Node" and name == "gpu-2":
+            raise ApiError(422, json.dumps({"message": INVALID}), "PATCH")
+        return super().merge_patch(kind, name, patch, *a, **k)
+
+
+INVALID = 'Node "gpu-2" is invalid: metadata.labels: Invalid value'
+
+
+def test_a_node_patch_refused_as_invalid_is_that_nodes_problem_not_the_passs() -> None:
+    """A 422 on one node's label patch was re-raised by patch_nodes, so _reconcile_active stopped and every pass
+    ended in "reconcile failed": no status, readiness or upgrade for the whole cluster, again on each pass. Now it
+    is logged and named in the ClusterPolicy's status, and the rest of the pass goes on; other errors still raise."""
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+
+    refused: dict[str, str] = {}
+    patched = Applier(_RefusingNode()).patch_nodes(  # type: ignore[arg-type]
+        {"gpu-1": {"labels": {GPU_PRESENT: "true"}}, "gpu-2": {"labels": {GPU_PRESENT: "true"}}}, refused=refused)
+    assert [n.name for n in patched] == ["gpu-1"] and refused == {"gpu-2": INVALID}
+
+    kube = _RefusingNode()
+    snap = Snapshot(nodes={n.name: n for n in (facts("gpu-1"), facts("gpu-2"))},
+                    policies={"cluster-policy": policy_object()}, owned={}, pods={}, revisions={})  # fmt: skip
+    out = Reconciler(kube, "gpu-operator").reconcile(snap)  # type: ignore[arg-type]
+    assert [n.name for n in out.nodes] == ["gpu-1"]
+    status = kube.statuses[("ClusterPolicy", "cluster-policy")]
+    error = next(c for c in status["conditions"] if c["type"] == "Error")
+    assert (error["reason"], error["message"]) == ("ReconcileFailed", f"node patch refused: gpu-2: {INVALID}")
+    assert {s["name"] for s in status["states"]} >= {"state-driver", "state-device-plugin"}  # the pass went on
+
+    class Down(Client):
+        def merge_patch(self, *_: Any, **__: Any) -> dict[str, Any]:
+            raise ApiError(503, '{"message": "unavailable"}', "PATCH")
+
+    with pytest.raises(ApiError):
+        Applier(Down()).patch_nodes({"gpu-1": {"labels": {GPU_PRESENT: "true"}}}, refused={})  # type: ignore[arg-type]
 
 
 def _policy(generation: int) -> dict[str, Any]:

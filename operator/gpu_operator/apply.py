@@ -207,14 +207,18 @@ class Applier:
         return doomed
 
     def patch_nodes(
-        self, patches: dict[str, NodePatch], versions: Mapping[str, int] | None = None
+        self,
+        patches: dict[str, NodePatch],
+        versions: Mapping[str, int] | None = None,
+        refused: dict[str, str] | None = None,
     ) -> list[NodeFacts]:
         """One merge patch of labels and annotations per node, a few at a time; the nodes as patched (projected
         at once: a whole Node is ~40 KB once parsed, and a first pass patches every node).
 
         `versions`: the resourceVersion of the node each patch was decided on. A patch equal to one already sent
         (or in flight) that returned a newer version is skipped: it was decided on a view older than our own
-        write (a pass and a single-node labelling that overlapped)."""
+        write (a pass and a single-node labelling that overlapped). A patch the API server refuses as invalid
+        (422) is logged and put in `refused` (node -> message); the other nodes are patched as ever."""
         todo = []
         with self._lock:
             for name, patch in sorted(patches.items()):
@@ -233,7 +237,11 @@ class Applier:
                 node = self.kube.merge_patch("Node", name, {"metadata": metadata})
             except ApiError as exc:
                 self._settle(name, metadata, None)
-                if exc.status != 404:  # a node that went away needs no labels
+                if exc.status == 422:  # one node's invalid label must not hold back the others
+                    log.warning("node %s: patch refused: %s", name, exc.message)
+                    if refused is not None:
+                        refused[name] = exc.message
+                elif exc.status != 404:  # a node that went away needs no labels
                     raise
                 return None
             except BaseException:

@@ -361,11 +361,12 @@ class Reconciler:
         live = dict(snap.owned)
         states = frozenset(s.name for s in all_states())
         plans = self._render(ctx)
-        early_nodes = self.applier.patch_nodes(early) if early else []
+        node_refusals: dict[str, str] = {}  # node -> why the API server refused its patch (422)
+        early_nodes = self.applier.patch_nodes(early, refused=node_refusals) if early else []
         applied_by_state = self.applier.apply_states([p for p in plans if not p.problem], live, ahead)
         for _, _, future in (ahead or {}).values():
             future.result()  # every one answered (an object the full plan dropped meanwhile comes by the watch)
-        out.nodes = early_nodes + self.applier.patch_nodes(patches, versions)
+        out.nodes = early_nodes + self.applier.patch_nodes(patches, versions, node_refusals)
         # Readiness counts the nodes as this pass left them (a node labelled just now must have its pods).
         patched = {**snap.nodes, **{n.name: n for n in out.nodes}} if out.nodes else snap.nodes
         count = self._count.over(patched)
@@ -409,8 +410,12 @@ class Reconciler:
 
         out.deleted = self.applier.prune(snap.owned, desired, states)
         if held:
-            self.applier.patch_nodes(held)
+            self.applier.patch_nodes(held, refused=node_refusals)
             out.busy = True
+        if node_refusals:  # the pass went on without them; named in the status (ReconcileFailed) until they pass
+            shown = sorted(node_refusals.items())
+            errors.append("node patch refused: " + "; ".join(f"{name}: {why}" for name, why in shown[:5])
+                          + (f" and {len(shown) - 5} more" if len(shown) > 5 else ""))  # fmt: skip
 
         by_name = {n.name: n for n in nodes}
         was_moved = self.moved

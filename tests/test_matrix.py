@@ -81,6 +81,17 @@ def test_releases_newest_first_and_branches_descending() -> None:
     assert branches == sorted(branches, reverse=True)
 
 
+def test_a_newer_branch_runs_at_least_the_cuda_of_an_older_one() -> None:
+    """A newer driver always runs older CUDA (REFERENCE 7); R620 read "CUDA 13" (13.0), below R610's 13.3."""
+
+    def cuda(text: str) -> tuple[int, ...]:
+        return tuple(int(p) for p in text.split("."))
+
+    rows = sorted(matrix.branches().values(), key=lambda b: b.branch)
+    for older, newer in zip(rows, rows[1:], strict=False):
+        assert cuda(newer.max_cuda) >= cuda(older.max_cuda), (older, newer)
+
+
 def test_every_device_names_a_known_architecture() -> None:
     archs = matrix.architectures()
     for device, (arch, product) in matrix.devices().items():

@@ -33,6 +33,9 @@ OS = {
 }
 V100_LABEL = "feature.node.kubernetes.io/pci-0302_10de_1db1.present"
 H100_GFD = {"nvidia.com/gpu.family": "hopper", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+GH200_GFD = {"nvidia.com/gpu.family": "hopper", "nvidia.com/gpu.product": "NVIDIA-GH200-480GB"}
+GH200_144G_LABEL = "feature.node.kubernetes.io/pci-0302_10de_2348.present"
+B200_LABEL = "feature.node.kubernetes.io/pci-0302_10de_2901.present"
 
 
 def gpu_node(name: str, **labels: str) -> NodeFacts:
@@ -53,7 +56,7 @@ def spec(version: str | None = None, module_type: str | None = None) -> Any:
 
 def test_every_row_names_its_source() -> None:
     d = matrix.data()
-    rows = [*d["releases"], *d["architectures"], *d["devices"], *d["branches"]]
+    rows = [*d["releases"], *d["architectures"], *d["devices"], *d["products"], *d["branches"]]
     assert rows and all(str(r.get("source", "")).strip() for r in rows)
     assert d["kernel_modules"]["source"] and d["kernel_modules"]["proprietary_source"] and d["precompiled"]["source"]
     for release in d["releases"]:
@@ -90,6 +93,14 @@ def test_a_newer_branch_runs_at_least_the_cuda_of_an_older_one() -> None:
     rows = sorted(matrix.branches().values(), key=lambda b: b.branch)
     for older, newer in zip(rows, rows[1:], strict=False):
         assert cuda(newer.max_cuda) >= cuda(older.max_cuda), (older, newer)
+
+
+def test_every_product_is_a_listed_device_of_its_architecture() -> None:
+    products = matrix.products()
+    assert products
+    for product in products.values():
+        assert product.ids and all(matrix.devices()[i][0] == product.architecture for i in product.ids), product
+        assert product.open_only or product.min_version, product
 
 
 def test_every_device_names_a_known_architecture() -> None:
@@ -147,6 +158,20 @@ def test_check(version: str, module_type: str, archs: tuple[str, ...], resolved:
 def test_unknown_version_or_gpu_is_not_checked() -> None:
     assert matrix.check("sha256:" + "0" * 64, "auto", ("volta",)) == (None, None)
     assert matrix.check("595.91.07", "auto", ()) == (None, None)
+
+
+def test_products_match_by_device_id_else_by_gfd_product() -> None:
+    assert matrix.products_of(("2342",), "") == matrix.products_of(("2348",), "") == ("GH200",)
+    assert matrix.products_of((), "NVIDIA-GH200-480GB") == ("GH200",)
+    assert matrix.products_of((), "NVIDIA-B200") == matrix.products_of(("2901",), "") == ("HGX B200",)
+    assert matrix.products_of((), "NVIDIA-GB200") == ()  # Grace Blackwell is not the HGX B200 board
+    assert matrix.products_of((), "NVIDIA-H100-80GB-HBM3") == matrix.products_of(("233d", "2329"), "") == ()
+    assert matrix.products_of(("2330",), "NVIDIA-GH200-480GB") == ()  # the device ID decides where it is known
+
+
+def test_full_version() -> None:
+    assert matrix.full_version("570.133.20") == (570, 133, 20)
+    assert matrix.full_version("570") is None and matrix.full_version("sha256:" + "0" * 64) is None
 
 
 def test_auto_resolves_per_node_like_the_driver_container() -> None:
@@ -261,15 +286,45 @@ def test_verdicts_refuse_only_what_cannot_run() -> None:
     assert again["status"] == "False" and again["lastTransitionTime"] == "2026-01-02T00:00:00Z"
 
 
+def test_grace_hopper_needs_the_open_kernel_modules() -> None:
+    """GH200 was judged as any Hopper, which runs either module type, so kernelModuleType proprietary, or auto on a
+    branch before R560 (the driver container falls back to proprietary there), passed as "ok". NVIDIA: the
+    proprietary modules do not support Grace Hopper, as they do not support Blackwell."""
+    on_r550 = compat.verdicts([gpu_node("gh200", **GH200_GFD)], spec("550.54.15"))["gh200"]
+    assert on_r550.module_type == "proprietary"  # what the driver container installs there
+    assert on_r550.refusal is not None and on_r550.refusal.rule == "proprietary-modules-unsupported"
+    for labels in (GH200_GFD, {GH200_144G_LABEL: "true"}):
+        found = compat.verdicts([gpu_node("gh200", **labels)], spec("595.91.07", "proprietary"))["gh200"]
+        assert found.refusal is not None and "GH200 GPUs need the open ones" in found.refusal.message, labels
+        assert compat.verdicts([gpu_node("gh200", **labels)], spec("595.91.07"))["gh200"].refusal is None  # open
+    # a plain H100 keeps running the proprietary modules
+    assert compat.verdicts([gpu_node("h100", **H100_GFD)], spec("595.91.07", "proprietary"))["h100"].refusal is None
+
+
+def test_hgx_b200_needs_570_133_20() -> None:
+    """Only branches were compared, so a B200 passed with 570.86.15, older than the 570.133.20 HGX B200 needs
+    (REFERENCE 7, the GPU Operator's platform-support note). A bare branch (precompiled) is checked by branch."""
+    b200_gfd = {"nvidia.com/gpu.family": "blackwell", "nvidia.com/gpu.product": "NVIDIA-B200"}
+    for labels in ({B200_LABEL: "true"}, b200_gfd):
+        node = gpu_node("b200", **labels)
+        assert compat.verdicts([node], spec("570.133.20"))["b200"].refusal is None
+        early = compat.verdicts([node], spec("570.86.15"))["b200"]
+        assert early.refusal is not None and early.refusal.rule == "version-too-old", early.describe()
+        assert "570.133.20" in early.refusal.message
+    assert matrix.check("570", "auto", ("blackwell",), ("HGX B200",)) == ("open", None)
+    gb200 = gpu_node("gb200", **{"nvidia.com/gpu.family": "blackwell", "nvidia.com/gpu.product": "NVIDIA-GB200"})
+    assert compat.verdicts([gb200], spec("570.86.15"))["gb200"].refusal is None  # GB200 needs R570 only
+
+
 def test_a_node_object_is_judged_once_per_spec_whatever_else_is_judged(monkeypatch: pytest.MonkeyPatch) -> None:
     """A pass judges every node twice (the rollout, the upgrade planner) and one joining node is judged between
     passes: neither may make the next pass judge every node again (it did: 0.1 s a pass at 5,000 nodes)."""
     checked: list[str] = []
     real = matrix.check
 
-    def counting(version: str, module_type: str | None, archs: tuple[str, ...]) -> Any:
+    def counting(version: str, module_type: str | None, archs: tuple[str, ...], rows: tuple[str, ...] = ()) -> Any:
         checked.append(version)
-        return real(version, module_type, archs)
+        return real(version, module_type, archs, rows)
 
     monkeypatch.setattr(matrix, "check", counting)
     everyone, policy = [gpu_node(f"n{i}", **H100_GFD) for i in range(300)], spec()
@@ -297,10 +352,10 @@ def test_nvidiadriver_verdicts_are_judged_again_only_for_what_changed(monkeypatc
     real = matrix.check
     counts = [True]
 
-    def counting(version: str, module_type: str | None, archs: tuple[str, ...]) -> Any:
+    def counting(version: str, module_type: str | None, archs: tuple[str, ...], rows: tuple[str, ...] = ()) -> Any:
         if counts[0]:
             checked.append(version)
-        return real(version, module_type, archs)
+        return real(version, module_type, archs, rows)
 
     def copies(nodes: list[NodeFacts]) -> list[NodeFacts]:
         return [replace(n) for n in nodes]  # objects of their own: what is kept on the pass's nodes stays
@@ -394,6 +449,9 @@ def test_versions_text_shows_every_row_with_its_source(capsys: pytest.CaptureFix
         assert f"[{a['source']}]" in line
     for device in d["devices"]:
         assert all(f"{i} {p}" in out for i, p in device["ids"].items())
+    for product in d["products"]:
+        line = next(ln for ln in out.splitlines() if ln.startswith(f"  {product['product']} ("))
+        assert f"[{product['source']}]" in line
 
 
 def _node_doc(name: str, labels: dict[str, str]) -> dict[str, Any]:

@@ -567,6 +567,13 @@ def versions_text(report: dict[str, Any]) -> str:
     for d in m["devices"]:
         ids = ", ".join(f"{i} {p}" for i, p in d["ids"].items())
         lines.append(f"  {d['architecture']}: {ids}  [{d['source']}]")
+    lines.append("products with rules of their own (by PCI device ID, else GFD's gpu.product label):")
+    for p in m.get("products") or []:
+        rules = (["open kernel modules only"] if p.get("open_only") else []) + (
+            [f"driver {p['min_version']} or newer"] if p.get("min_version") else []
+        )
+        lines.append(f"  {p['product']} ({p['architecture']}; {', '.join(p['ids'])}; {p['gfd_product']}): "
+                     f"{', '.join(rules)}  [{p['source']}]")  # fmt: skip
     km = m["kernel_modules"]
     lines.append(f"kernel modules: open from R{km['open_from_branch']}, default (auto) from "
                  f"R{km['open_default_from_branch']}  [{km['source']}]")  # fmt: skip

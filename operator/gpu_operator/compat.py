@@ -83,7 +83,9 @@ def _verdict(node: NodeFacts, spec: ClusterPolicySpec) -> Verdict | None:
         return None
     version = driver_version(spec)
     identity = node.identity
-    module_type, refusal = matrix.check(version, spec.driver.kernel_module_type, identity.architectures)
+    module_type, refusal = matrix.check(
+        version, spec.driver.kernel_module_type, identity.architectures, identity.product_rows
+    )
     return Verdict(node.name, identity, version, module_type, refusal)
 
 

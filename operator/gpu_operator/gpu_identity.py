@@ -32,6 +32,7 @@ class Identity:
     products: tuple[str, ...] = ()
     source: str = ""  # gfd | nodefeature | nfd-label | ""
     detail: str = ""  # what was seen when the GPU could not be identified
+    product_rows: tuple[str, ...] = ()  # the version matrix's product rows it matches (matrix.products_of)
 
     @property
     def known(self) -> bool:
@@ -91,11 +92,12 @@ def node_of_feature(obj: Mapping[str, Any]) -> str:
 
 def _from_devices(devices: Iterable[str], source: str) -> Identity:
     known = matrix.devices()
-    ids = sorted(set(devices))
+    ids = tuple(sorted(set(devices)))
     archs = sorted({known[d][0] for d in ids if d in known})
     if not archs:
         return Identity(detail=f"PCI device {', '.join('0x' + d for d in ids)} not in the version matrix")
-    return Identity(tuple(archs), tuple(sorted({known[d][1] for d in ids if d in known})), source)
+    products = tuple(sorted({known[d][1] for d in ids if d in known}))
+    return Identity(tuple(archs), products, source, product_rows=matrix.products_of(ids, ""))
 
 
 def identify(
@@ -103,6 +105,7 @@ def identify(
 ) -> Identity:
     """The node's GPUs from its labels and its NodeFeature devices (lower-case device IDs); `label_devices`:
     device_ids_from_labels(labels), when the caller has it already."""
+    pci = tuple(pci_devices)
     family = labels.get(GFD_FAMILY, "")
     arch = matrix.architecture_of_family(family) if family else None
     if arch is None:
@@ -112,13 +115,14 @@ def identify(
             pass
         else:
             arch = matrix.architecture_of_compute(major, minor)
-    if arch is not None:
-        product = labels.get(GFD_PRODUCT, "")
-        return Identity((arch,), (product,) if product else (), "gfd")
-    misses = []
     if label_devices is None:
         label_devices = device_ids_from_labels(labels)
-    for devices, source in ((tuple(pci_devices), "nodefeature"), (label_devices, "nfd-label")):
+    if arch is not None:
+        product = labels.get(GFD_PRODUCT, "")
+        rows = matrix.products_of(tuple(sorted({*pci, *label_devices})), product)
+        return Identity((arch,), (product,) if product else (), "gfd", product_rows=rows)
+    misses = []
+    for devices, source in ((pci, "nodefeature"), (label_devices, "nfd-label")):
         if devices:
             found = _from_devices(devices, source)
             if found.known:

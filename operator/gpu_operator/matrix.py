@@ -64,6 +64,42 @@ def devices() -> dict[str, tuple[str, str]]:
     return out
 
 
+@dataclass(frozen=True)
+class Product:
+    name: str
+    architecture: str
+    ids: frozenset[str]  # PCI device IDs
+    gfd_product: re.Pattern[str]  # matched at the start of GFD's gpu.product label
+    open_only: bool
+    min_version: str | None  # the oldest full driver version (x.y.z) that supports it
+    source: str
+
+
+@cache
+def products() -> dict[str, Product]:
+    return {
+        row["product"]: Product(
+            name=row["product"],
+            architecture=row["architecture"],
+            ids=frozenset(str(i).lower() for i in row["ids"]),
+            gfd_product=re.compile(row["gfd_product"]),
+            open_only=bool(row.get("open_only")),
+            min_version=str(row["min_version"]) if row.get("min_version") else None,
+            source=row["source"],
+        )
+        for row in data().get("products") or []
+    }
+
+
+@cache
+def products_of(devices: tuple[str, ...], gfd_product: str) -> tuple[str, ...]:
+    """The product rows a node's GPUs match: by PCI device ID when the node's device IDs are known, else by GFD's
+    gpu.product label."""
+    if devices:
+        return tuple(p.name for p in products().values() if p.ids.intersection(devices))
+    return tuple(p.name for p in products().values() if gfd_product and p.gfd_product.match(gfd_product))
+
+
 def architecture_of_compute(major: int, minor: int) -> str | None:
     """GFD's rule (getArchFamily, k8s-device-plugin v0.20.0): compute capability -> family."""
     family = {3: "kepler", 5: "maxwell", 6: "pascal", 9: "hopper", 10: "blackwell", 12: "blackwell"}.get(major)
@@ -83,6 +119,12 @@ def branch_of(version: str) -> int | None:
     """The driver branch of a version (595.91.07 -> 595); None for a digest or an unknown form."""
     m = re.match(r"^(\d{3})(\.\d+)*$", version.strip())
     return int(m.group(1)) if m else None
+
+
+def full_version(version: str) -> tuple[int, int, int] | None:
+    """A full driver version as numbers (570.133.20 -> (570, 133, 20)); None for a bare branch or another form."""
+    m = re.match(r"^(\d{3})\.(\d+)\.(\d+)$", version.strip())
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None
 
 
 @dataclass(frozen=True)
@@ -124,8 +166,11 @@ class Refusal:
 
 
 @cache
-def check(version: str, requested_type: str, archs: tuple[str, ...]) -> tuple[str | None, Refusal | None]:
-    """(resolved kernel module type, refusal or None) for a driver version on GPUs of these architectures.
+def check(
+    version: str, requested_type: str, archs: tuple[str, ...], product_rows: tuple[str, ...] = ()
+) -> tuple[str | None, Refusal | None]:
+    """(resolved kernel module type, refusal or None) for a driver version on GPUs of these architectures, and of
+    these product rows (products_of).
 
     An unknown version (a digest) or no known architecture is not checked: (None, None)."""
     branch = branch_of(version)
@@ -158,6 +203,20 @@ def check(version: str, requested_type: str, archs: tuple[str, ...]) -> tuple[st
                 "proprietary-modules-unsupported",
                 f"kernelModuleType {requested_type} installs proprietary kernel modules; {name} GPUs need the open "
                 f"ones [{arch.source}]",
+            )
+    for product in (products()[p] for p in product_rows if p in products()):
+        if module_type == "proprietary" and product.open_only:
+            return module_type, Refusal(
+                "proprietary-modules-unsupported",
+                f"kernelModuleType {requested_type} installs proprietary kernel modules; {product.name} GPUs need "
+                f"the open ones [{product.source}]",
+            )
+        full, least = full_version(version), full_version(product.min_version or "")
+        if full is not None and least is not None and full < least:
+            return module_type, Refusal(
+                "version-too-old",
+                f"driver {version} predates {product.name} GPUs: they need {product.min_version} or newer "
+                f"[{product.source}]",
             )
     km = data()["kernel_modules"]
     if module_type == "proprietary" and branch >= int(km["no_proprietary_from_branch"]):

@@ -454,6 +454,34 @@ def test_versions_text_shows_every_row_with_its_source(capsys: pytest.CaptureFix
         assert f"[{product['source']}]" in line
 
 
+def test_versions_report_judges_nodes_by_their_nvidiadriver() -> None:
+    """Under useNvidiaDriverCRD `versions --kubeconfig` judged nodes by the ClusterPolicy's driver, which no node
+    gets there: it named none ("no GPU node gets the ClusterPolicy's driver") while the operator refused a V100 by
+    its NVIDIADriver's version."""
+    from gpu_operator.cli import versions_report, versions_text
+    from gpu_operator.observe import Snapshot
+
+    nodes = [gpu_node("h100", **H100_GFD), gpu_node("v100", pool="v", **{V100_LABEL: "true"})]
+    drivers = {
+        "default": {"metadata": {"name": "default", "uid": "d"}, "spec": {"default": True, "version": "595.91.07"}},
+        "old": {"metadata": {"name": "old", "uid": "o"}, "spec": {"nodeSelector": {"pool": "v"},
+                                                                   "version": "590.44.01"}},
+    }  # fmt: skip
+    policy = {"metadata": {"name": "cluster-policy"}, "spec": {"driver": {"useNvidiaDriverCRD": True}}}
+    snap = Snapshot(nodes={n.name: n for n in nodes}, policies={"cluster-policy": policy}, owned={}, pods={},
+                    revisions={}, nvidia_drivers=drivers)  # fmt: skip
+    cluster = versions_report(snap)["cluster"]
+    assert cluster["useNvidiaDriverCRD"] and cluster["driver"] is None
+    assert (cluster["nodes"]["h100"]["nvidiaDriver"], cluster["nodes"]["h100"]["driver"]) == ("default", "595.91.07")
+    assert cluster["nodes"]["h100"]["refused"] is None
+    v100 = cluster["nodes"]["v100"]
+    assert (v100["nvidiaDriver"], v100["driver"]) == ("old", "590.44.01")
+    assert v100["refused"]["rule"] == "architecture-dropped"
+    text = versions_text(versions_report(snap))
+    assert "  v100: NVIDIADriver old, driver 590.44.01: refused: driver 590.44.01 (R590)" in text
+    assert "ClusterPolicy cluster-policy, driver from NVIDIADriver resources (useNvidiaDriverCRD)" in text
+
+
 def _node_doc(name: str, labels: dict[str, str]) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {PCI: "true", **OS, **labels}}}
 

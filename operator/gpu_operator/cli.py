@@ -503,8 +503,11 @@ def cmd_mig_layouts(args: argparse.Namespace) -> int:
 
 
 def versions_report(snap: Any | None = None) -> dict[str, Any]:
-    """The matrix, and with a cluster snapshot the active policy's driver verdict for each GPU node."""
+    """The matrix, and with a cluster snapshot the driver verdict for each GPU node: the active policy's driver, or
+    with useNvidiaDriverCRD the driver of the NVIDIADriver that drives the node (as the operator judges it)."""
     from . import compat, matrix
+    from .nvidiadriver import NVIDIADriver
+    from .render import driver_routing
     from .status import active_policy
 
     report: dict[str, Any] = {"matrix": matrix.data()}
@@ -516,13 +519,20 @@ def versions_report(snap: Any | None = None) -> dict[str, Any]:
         report["cluster"] = {"policy": None, "nodes": {}}
         return report
     spec = parse_policy(snap.policies[name])
-    found = compat.verdicts(nodes, spec)
+    by_crd = spec.driver.use_nvidia_driver_crd
+    drivers = [NVIDIADriver.from_object(o) for o in snap.nvidia_drivers.values()] if by_crd else []
+    groups = driver_routing(nodes, spec, drivers).groups
+    owner = {n: g.name for g in groups for n in g.nodes}
+    found = compat.verdicts_for(nodes, spec, groups)
     report["cluster"] = {
         "policy": name,
-        "driver": compat.driver_version(spec),
-        "kernelModuleType": spec.driver.kernel_module_type,
+        "useNvidiaDriverCRD": by_crd,
+        "driver": None if by_crd else compat.driver_version(spec),  # each NVIDIADriver's, per node
+        "kernelModuleType": None if by_crd else spec.driver.kernel_module_type,
         "nodes": {
             n: {
+                "nvidiaDriver": owner.get(n),
+                "driver": v.version,
                 "gpu": v.identity.describe(),
                 "architectures": list(v.identity.architectures),
                 "identifiedBy": v.identity.source or None,
@@ -586,6 +596,14 @@ def versions_text(report: dict[str, Any]) -> str:
     if cluster is not None:
         if cluster["policy"] is None:
             lines.append("cluster: no ClusterPolicy")
+        elif cluster["useNvidiaDriverCRD"]:
+            lines.append(f"cluster: ClusterPolicy {cluster['policy']}, driver from NVIDIADriver resources "
+                         "(useNvidiaDriverCRD)")  # fmt: skip
+            for name, node in cluster["nodes"].items():
+                owner = f"NVIDIADriver {node['nvidiaDriver']}, driver {node['driver']}"
+                lines.append(f"  {name}: {owner}: {node['verdict']}")
+            if not cluster["nodes"]:
+                lines.append("  no GPU node gets an NVIDIADriver's driver")
         else:
             lines.append(f"cluster: ClusterPolicy {cluster['policy']}, driver {cluster['driver']}, "
                          f"kernelModuleType {cluster['kernelModuleType']}")  # fmt: skip

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gpu_operator import capacity
+from gpu_operator import capacity, mig
 from gpu_operator.doctor import Cluster, diagnose, exit_status, render_json, render_prometheus, render_text
 from gpu_operator.doctor.sched import nodes_with_pods, pod_requests, quantity, selector_ok
 from gpu_operator.nodes import NodeFacts
@@ -282,6 +282,41 @@ def test_taint_fix_keeps_the_tolerations_the_pod_already_has() -> None:
 def test_mig_resource_under_single_strategy() -> None:
     f = kinds(cluster([node("h-0")], [pod("p", resource="nvidia.com/mig-1g.10gb")]))["MIGResourceNotAdvertised"]
     assert "mixed" in f.fix and "single" in f.summary and "-MIG-1g.10gb" in f.fix
+
+
+def mixed_node(name: str, layout: str) -> dict[str, Any]:
+    """An 8 x H100 node with the MIG strategy mixed and `layout` applied: what the device plugin advertises."""
+    gpu = mig.gpu_of_product(H100)
+    entries = mig.layout_entries(gpu, layout) if gpu else None
+    assert entries is not None, layout
+    advertised = {k: str(v) for k, v in mig.advertised(entries, 8, "mixed").items()}
+    n = node(name, labels={"nvidia.com/mig.strategy": "mixed", "nvidia.com/mig.config": layout,
+                           "nvidia.com/mig.config.state": "success"})  # fmt: skip
+    for key in ("allocatable", "capacity"):
+        n["status"][key].pop("nvidia.com/gpu")
+        n["status"][key].update(advertised)
+    return n
+
+
+def test_a_pod_asking_for_two_mig_profiles_is_checked_for_each() -> None:
+    """Seed §5.4 asks for nvidia.com/mig-1g.10gb and nvidia.com/mig-3g.40gb in one container. doctor looked only at
+    the largest GPU resource (the first on a tie): on nodes with all-1g.10gb the pod, which needs a 3g.40gb no node
+    advertises, was told to lower its CPU or memory request (InsufficientResources). The scheduler checks every
+    resource; the first one no node has is the cause (REFERENCE §12 entry 16), whatever the order of the limits."""
+    two = {"nvidia.com/mig-1g.10gb": "1", "nvidia.com/mig-3g.40gb": "1"}
+    for limits in (two, dict(reversed(two.items()))):
+        found = kinds(cluster([mixed_node("h-0", "all-1g.10gb")], [pod("mig", limits=limits)]))
+        assert set(found) == {"MIGResourceNotAdvertised"}, {k: f.summary for k, f in found.items()}
+        assert "nvidia.com/mig-3g.40gb" in found["MIGResourceNotAdvertised"].summary
+    assert diagnose(cluster([mixed_node("h-0", "all-balanced")], [pod("mig", limits=two)])) == []
+    # Each profile on a node of its own: no node takes the pod.
+    split = [mixed_node("h-0", "all-1g.10gb"), mixed_node("h-1", "all-3g.40gb")]
+    f = kinds(cluster(split, [pod("mig", limits=two)]))["GPUResourcesOnDifferentNodes"]
+    assert "mig-1g.10gb on h-0; nvidia.com/mig-3g.40gb on h-1" in f.summary and "all-balanced" in f.fix
+    # The 3g.40gb devices all taken: a shortage of that profile, not of CPU or memory.
+    busy = pod("busy", node_name="h-0", limits={"nvidia.com/mig-3g.40gb": "8"})
+    found = kinds(cluster([mixed_node("h-0", "all-balanced")], [busy, pod("mig", limits=two)]))
+    assert set(found) == {"InsufficientGPU"} and "nvidia.com/mig-3g.40gb" in found["InsufficientGPU"].summary
 
 
 def test_cordoned_node_mid_upgrade() -> None:

@@ -114,18 +114,18 @@ def _diagnose(cluster: Cluster, pod: dict[str, Any]) -> Finding | None:
             "scheduler for memory-based sharing",
             evidence,
         )  # fmt: skip
-    resource, count = max(gpus.items(), key=lambda kv: kv[1])
     views = list(cluster.views.values())
-    advertising = [v for v in views if v.allocatable.get(resource, Decimal(0)) > 0]
-    if not advertising:
-        return _not_advertised(cluster, pod, ref, resource, count, evidence)
+    # The scheduler checks every resource the pod requests: a GPU resource no node advertises holds it, whatever its
+    # other GPU resources (seed §5.4 asks for two MIG profiles in one container).
+    for resource, count in gpus.items():
+        if not any(v.allocatable.get(resource, Decimal(0)) > 0 for v in views):
+            return _not_advertised(cluster, pod, ref, resource, count, evidence)
     candidates = [v for v in views if selector_ok(pod, v.labels, v.name)]
     if not candidates:
         return _no_matching_node(cluster, pod, ref, evidence)
-    # Only nodes that advertise the resource can take the pod: their taints and cordons are what hold it (another
-    # node's say nothing: an untainted CPU worker beside tainted GPU nodes is the usual layout).
-    offering = [v for v in candidates if v.allocatable.get(resource, Decimal(0)) > 0]
-    if not offering:
+    for resource, count in gpus.items():
+        if any(v.allocatable.get(resource, Decimal(0)) > 0 for v in candidates):
+            continue
         if resource.startswith(MIG_PREFIX):
             return _not_advertised(cluster, pod, ref, resource, count, evidence, candidates)
         names = ", ".join(v.name for v in candidates[:8])
@@ -137,14 +137,35 @@ def _diagnose(cluster: Cluster, pod: dict[str, Any]) -> Finding | None:
             f"{names}",
             evidence, nodes=tuple(v.name for v in candidates),
         )  # fmt: skip
+    # Only nodes that advertise every GPU resource the pod requests can take it: their taints and cordons are what
+    # hold it (another node's say nothing: an untainted CPU worker beside tainted GPU nodes is the usual layout).
+    offering = [v for v in candidates if all(v.allocatable.get(r, Decimal(0)) > 0 for r in gpus)]
+    if not offering:
+        return _split_resources(ref, gpus, candidates, evidence)
+    resource, count = max(gpus.items(), key=lambda kv: kv[1])
     tolerated = [v for v in offering if not untolerated_taints(pod, v)]
     if not tolerated:
         return _taints(pod, ref, offering, evidence)
     open_nodes = [v for v in tolerated if not cordoned(pod, v)]
     if not open_nodes:
         return _cordoned(cluster, ref, tolerated, evidence)
-    found = _resources(ref, resource, count, requests, open_nodes, evidence)
+    found = _resources(ref, gpus, requests, open_nodes, evidence)
     return _with_spare(found, pod, resource, count, [v for v in offering if v not in open_nodes])
+
+
+def _split_resources(ref: str, gpus: dict[str, int], nodes: list[NodeView], evidence: list[Evidence]) -> Finding:
+    """Each GPU resource the pod requests is advertised by some node it may use, but none advertises them all."""
+    where = [f"{r} on {', '.join([v.name for v in nodes if v.allocatable.get(r, Decimal(0)) > 0][:5])}" for r in gpus]
+    mig_only = all(r.startswith(MIG_PREFIX) for r in gpus)
+    return Finding(
+        ERROR, "GPUResourcesOnDifferentNodes", ref,
+        f"no node the pod may use advertises every GPU resource it requests ({'; '.join(where)}): a pod runs on "
+        "one node",
+        ("give a node a MIG layout that has every profile the pod requests (nvidia.com/mig.config, e.g. "
+         "all-balanced) and wait for nvidia.com/mig.config.state=success, or split the pod" if mig_only else
+         "request the GPU resources one node advertises, or split the pod"),
+        evidence, nodes=tuple(v.name for v in nodes),
+    )  # fmt: skip
 
 
 def _with_spare(
@@ -181,54 +202,62 @@ def _table(resource: str, nodes: list[NodeView]) -> list[str]:
 
 
 def _resources(
-    ref: str, resource: str, count: int, requests: dict[str, Decimal], nodes: list[NodeView], evidence: list[Evidence]
+    ref: str, gpus: dict[str, int], requests: dict[str, Decimal], nodes: list[NodeView], evidence: list[Evidence]
 ) -> Finding | None:
-    table = _table(resource, nodes)
-    gpu_short = [v for v in nodes if v.free(resource) < count]
-    names = tuple(v.name for v in nodes)
-    if len(gpu_short) == len(nodes):
-        free = [max(v.free(resource), Decimal(0)) for v in nodes]
-        most_free, total_free = int(max(free)), int(sum(free))
-        largest = int(max(v.allocatable.get(resource, Decimal(0)) for v in nodes))
-        fits_now = f"the largest request that fits now is {resource}: {most_free}" if most_free else "none fits now"
-        if count > largest:
-            return Finding(
-                ERROR, "GPURequestExceedsEveryNode", ref,
-                f"the pod requests {count} {resource} but the largest eligible node has {largest}; "
-                "a pod never spans nodes",
-                f"request at most {largest} per pod ({fits_now}); run a larger job as several pods of at most "
-                f"{largest} GPUs each (multi-node training, e.g. a PyTorchJob or MPIJob), or add nodes with more GPUs",
-                evidence, details=table, nodes=names,
-            )  # fmt: skip
-        if total_free >= count:
-            return Finding(
-                WARNING, "GPUFragmentation", ref,
-                f"{total_free} {resource} are free in total, but no single node has {count} free (at most "
-                f"{most_free}): the free GPUs are fragmented across nodes",
-                f"{fits_now}; or free a node (move or pack smaller GPU pods together, e.g. with a bin-packing "
-                "scheduler profile, MostAllocated) or split the job into smaller pods",
-                evidence, details=table, nodes=names,
-            )  # fmt: skip
-        return Finding(
-            WARNING, "InsufficientGPU", ref,
-            f"every eligible node's {resource} is allocated: {total_free} free in all, {count} requested",
-            f"wait for running GPU pods to finish, add GPU nodes, or lower the request ({fits_now}); "
-            "a Job queue (Kueue, Volcano) keeps such pods from piling up",
-            evidence, details=table, nodes=names,
-        )  # fmt: skip
-    fitting_gpu = [v for v in nodes if v.free(resource) >= count]
-    shortfalls = [short_of(requests, v) for v in fitting_gpu]
+    # Each GPU resource in turn, on the nodes with enough of those before it (the largest request first): the first
+    # no such node has enough of is the shortage.
+    for resource, count in sorted(gpus.items(), key=lambda kv: -kv[1]):
+        if all(v.free(resource) < count for v in nodes):
+            return _gpu_shortage(ref, resource, count, nodes, evidence)
+        nodes = [v for v in nodes if v.free(resource) >= count]
+    shortfalls = [short_of(requests, v) for v in nodes]
     if not all(shortfalls):
         return None  # a node fits it now: the scheduler has not retried yet
     others = sorted({r for short in shortfalls for r in short})
     rows = [f"{'node':<32} " + " ".join(f"{r + ' free':>16}" for r in others)]
-    rows += [f"{v.name:<32} " + " ".join(f"{fmt(v.free(r), r):>16}" for r in others) for v in fitting_gpu[:20]]
+    rows += [f"{v.name:<32} " + " ".join(f"{fmt(v.free(r), r):>16}" for r in others) for v in nodes[:20]]
     want = ", ".join(f"{r} {fmt(requests.get(r, Decimal(1)), r)}" for r in others)
+    has = ", ".join(f"{count} free {resource}" for resource, count in gpus.items())
     return Finding(
         WARNING, "InsufficientResources", ref,
-        f"the nodes with {count} free {resource} lack {', '.join(others)} for this pod (it requests {want})",
+        f"the nodes with {has} lack {', '.join(others)} for this pod (it requests {want})",
         "lower the pod's CPU or memory request, or free those resources on the GPU nodes",
-        evidence, details=rows, nodes=tuple(v.name for v in fitting_gpu),
+        evidence, details=rows, nodes=tuple(v.name for v in nodes),
+    )  # fmt: skip
+
+
+def _gpu_shortage(ref: str, resource: str, count: int, nodes: list[NodeView], evidence: list[Evidence]) -> Finding:
+    """No node has `count` of the GPU resource free: more than any node has, fragmented, or all allocated."""
+    table = _table(resource, nodes)
+    names = tuple(v.name for v in nodes)
+    free = [max(v.free(resource), Decimal(0)) for v in nodes]
+    most_free, total_free = int(max(free)), int(sum(free))
+    largest = int(max(v.allocatable.get(resource, Decimal(0)) for v in nodes))
+    fits_now = f"the largest request that fits now is {resource}: {most_free}" if most_free else "none fits now"
+    if count > largest:
+        return Finding(
+            ERROR, "GPURequestExceedsEveryNode", ref,
+            f"the pod requests {count} {resource} but the largest eligible node has {largest}; "
+            "a pod never spans nodes",
+            f"request at most {largest} per pod ({fits_now}); run a larger job as several pods of at most "
+            f"{largest} GPUs each (multi-node training, e.g. a PyTorchJob or MPIJob), or add nodes with more GPUs",
+            evidence, details=table, nodes=names,
+        )  # fmt: skip
+    if total_free >= count:
+        return Finding(
+            WARNING, "GPUFragmentation", ref,
+            f"{total_free} {resource} are free in total, but no single node has {count} free (at most "
+            f"{most_free}): the free GPUs are fragmented across nodes",
+            f"{fits_now}; or free a node (move or pack smaller GPU pods together, e.g. with a bin-packing "
+            "scheduler profile, MostAllocated) or split the job into smaller pods",
+            evidence, details=table, nodes=names,
+        )  # fmt: skip
+    return Finding(
+        WARNING, "InsufficientGPU", ref,
+        f"every eligible node's {resource} is allocated: {total_free} free in all, {count} requested",
+        f"wait for running GPU pods to finish, add GPU nodes, or lower the request ({fits_now}); "
+        "a Job queue (Kueue, Volcano) keeps such pods from piling up",
+        evidence, details=table, nodes=names,
     )  # fmt: skip
 
 

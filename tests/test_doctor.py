@@ -338,6 +338,26 @@ def test_cuda_13_on_driver_570() -> None:
     assert diagnose(cluster([node("new")], [ok])) == []
 
 
+def test_require_cuda_11_x_on_a_driver_older_than_that_release_is_refused() -> None:
+    """The runtime hook checks NVIDIA_REQUIRE_CUDA against the driver's own CUDA, with no minor-version
+    compatibility: driver 470 (CUDA 11.4) or 515 (11.7) refuses seed §6.2's cuda>=11.8. The driver-to-CUDA table
+    began at 11.8, so an older driver had no CUDA there and the strict check never fired (REFERENCE §12 entry 7)."""
+    need = [{"name": "NVIDIA_REQUIRE_CUDA", "value": "cuda>=11.8"}]
+    for driver in ("470.256.02", "515.105.01", "440.33.01"):
+        env = pod("env", 1, node_name="old", image="registry.example.com/app:v1", env=need)
+        found = kinds(cluster([node("old", driver=driver)], [env]))
+        assert set(found) == {"CUDADriverTooOld"}, (driver, {k: f.summary for k, f in found.items()})
+        assert "520.61.05" in found["CUDADriverTooOld"].fix
+    env = pod("env", 1, node_name="old", env=[{"name": "NVIDIA_REQUIRE_CUDA", "value": "cuda>=11.4"}])
+    assert diagnose(cluster([node("old", driver="470.256.02")], [env])) == []
+    # An image tag (no hook check): an 11.x release on an older 11.x driver runs by minor-version compatibility;
+    # 11.0 on its own GA driver (450.51.05, below the 11.x compatibility minimum 450.80.02) needs nothing more.
+    tagged = pod("t", 1, node_name="old", image="team/train:cuda11.6")
+    assert set(kinds(cluster([node("old", driver="470.256.02")], [tagged]))) == {"CUDAMinorVersionCompatibility"}
+    tagged = pod("t", 1, node_name="old", image="team/train:cuda11.0")
+    assert diagnose(cluster([node("old", driver="450.51.05")], [tagged])) == []
+
+
 def _failed_with(message: str, state: str = "terminated", image: str = "registry.example.com/team/train:v3") -> Any:
     body = {"exitCode": 1, "message": message} if state == "terminated" else {"reason": "RunContainerError",
                                                                               "message": message}

@@ -168,15 +168,21 @@ def _upgrade_waiting(cluster: Cluster) -> dict[str, str]:
     return out
 
 
+# Each CUDA release's minimum Linux x86_64 driver at GA: NVIDIA's CUDA Toolkit release notes, table "CUDA Toolkit
+# and Corresponding Driver Versions" (REFERENCE.md lists 11.8 on; 11.0-11.7 from the same table).
+_CUDA_DRIVERS = {
+    (11, 0): "450.51.05", (11, 1): "455.23", (11, 2): "460.27.03", (11, 3): "465.19.01",
+    (11, 4): "470.42.01", (11, 5): "495.29.05", (11, 6): "510.39.01", (11, 7): "515.43.04",
+    (11, 8): "520.61.05", (12, 0): "525.60.13", (12, 1): "530.30.02", (12, 2): "535.54.03",
+    (12, 3): "545.23.06", (12, 4): "550.54.14", (12, 5): "555.42.02", (12, 6): "560.28.03",
+    (12, 8): "570.26", (12, 9): "575.51.03", (13, 0): "580.65.06", (13, 1): "590.44.01",
+    (13, 2): "595.45.04", (13, 3): "610.43.02",
+}  # fmt: skip
+
+
 @cache
 def cuda_driver_table() -> tuple[tuple[tuple[int, int], tuple[int, ...]], ...]:
-    rows = {
-        (11, 8): "520.61.05", (12, 0): "525.60.13", (12, 1): "530.30.02", (12, 2): "535.54.03",
-        (12, 3): "545.23.06", (12, 4): "550.54.14", (12, 5): "555.42.02", (12, 6): "560.28.03",
-        (12, 8): "570.26", (12, 9): "575.51.03", (13, 0): "580.65.06", (13, 1): "590.44.01",
-        (13, 2): "595.45.04", (13, 3): "610.43.02",
-    }  # fmt: skip
-    return tuple((k, version_tuple(v)) for k, v in sorted(rows.items()))
+    return tuple((k, version_tuple(v)) for k, v in sorted(_CUDA_DRIVERS.items()))
 
 
 # CUDA minor-version compatibility: any driver of at least this branch runs every CUDA of that major.
@@ -194,3 +200,8 @@ def full_support_driver(cuda: tuple[int, int]) -> tuple[int, ...] | None:
         if key <= cuda:
             best = driver
     return best
+
+
+def full_support_version(cuda: tuple[int, int]) -> str:
+    """full_support_driver as NVIDIA writes it (520.61.05, not 520.61.5); "" below the table."""
+    return next((v for k, v in sorted(_CUDA_DRIVERS.items(), reverse=True) if k <= cuda), "")

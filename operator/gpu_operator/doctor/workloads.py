@@ -21,6 +21,7 @@ from .common import (
     cuda_driver_table,
     driver_of_node,
     full_support_driver,
+    full_support_version,
     sandbox_failure,
     sandbox_fix,
     version_tuple,
@@ -296,7 +297,11 @@ def _cuda_vs_driver(cluster: Cluster, pod: dict[str, Any]) -> list[Finding]:
         branch_min = BRANCH_MINIMUM.get(cuda[0])
         full = full_support_driver(cuda)
         has = driver_cuda(d)
-        if strict and has is not None and has < cuda or branch_min is not None and d < branch_min:
+        # The runtime hook compares NVIDIA_REQUIRE_CUDA with the driver's own CUDA (no minor-version compatibility);
+        # a driver older than the table's first row supports none of its releases.
+        refused = strict and (has < cuda if has is not None else cuda >= cuda_driver_table()[0][0])
+        # Below the branch minimum only the release's own GA driver (or newer) runs it (11.0 on 450.51.05).
+        if refused or branch_min is not None and d < branch_min and (full is None or d < full):
             too_old.append((n, version, source))
         elif full is not None and d < full:
             limited.append((n, version, source))
@@ -304,7 +309,7 @@ def _cuda_vs_driver(cluster: Cluster, pod: dict[str, Any]) -> list[Finding]:
     need_ev = Evidence(ref, f"spec.containers[{container}] {where}", f"needs CUDA {cuda_s}")
     if too_old and (pinned or len(too_old) == len(nodes)):
         rows = [f"{n}: driver {v} (from {s})" for n, v, s in too_old]
-        minimum = ".".join(map(str, full_support_driver(cuda) or BRANCH_MINIMUM.get(cuda[0]) or (0,)))
+        minimum = full_support_version(cuda) or ".".join(map(str, BRANCH_MINIMUM.get(cuda[0]) or (0,)))
         out.append(Finding(
             ERROR, "CUDADriverTooOld", ref,
             f"the pod needs CUDA {cuda_s} but its node's driver is older than CUDA {cuda_s} supports: it fails with "
@@ -419,7 +424,7 @@ def _refused_by_driver(cluster: Cluster, pod: dict[str, Any], found: list[Findin
     node = str((pod.get("spec") or {}).get("nodeName") or "")
     version, node_ev = _node_driver_evidence(cluster, node)
     driver = f"the node's driver {version}" if version else "the node's driver"
-    minimum = ".".join(map(str, full_support_driver(cuda) or ())) if cuda else ""
+    minimum = full_support_version(cuda) if cuda else ""
     what = f"CUDA {cuda[0]}.{cuda[1]}" if cuda else "the CUDA its image was built with"
     # The signature proves the driver too old: a note that minor-version compatibility covers it would contradict.
     rest = [f for f in found if f.kind != "CUDAMinorVersionCompatibility"]

@@ -324,7 +324,7 @@ def test_affinity_to_a_gpu_model_no_node_has(admin: Kube, ns: str, doctor_kubeco
     assert "node affinity" in unschedulable(admin, ns, "b200")
     f = finding(doctor_kubeconfig, "NoNodeMatchesAffinity", "-n", ns, "--pod", "b200")
     assert f["severity"] == "error" and "NVIDIA-B200" in f["summary"] and H100 in f["summary"]
-    assert "values:" in f["fix_yaml"]
+    assert "fix_yaml" not in f  # no node has a B200: other models' values would widen the pod, none is given
 
 
 def test_an_untolerated_taint(admin: Kube, ns: str, doctor_kubeconfig: Path) -> None:

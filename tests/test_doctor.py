@@ -236,6 +236,32 @@ def test_affinity_fix_keeps_the_terms_other_requirements_and_pod_anti_affinity()
     assert not selector_ok(fixed, nodes[1]["metadata"]["labels"], "h-b")
 
 
+def test_affinity_fix_keeps_to_the_gpu_models_the_pod_asked_for() -> None:
+    """Seed §7.2 asks for the short names H100 and H200. The corrected affinity replaced values that match no node
+    with every product any node carries: on H100 and L4 nodes it sent the 8-GPU H100/H200 job to the L4 node too.
+    A value is now replaced only by the products it names (H100 -> NVIDIA-H100-80GB-HBM3); a model no node has gets
+    no corrected values (REFERENCE §12 entry 15)."""
+    nodes = [node("h-0"), node("l4", product="NVIDIA-L4")]
+    product = {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["H100", "H200"]}
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [product]}]}}}  # fmt: skip
+    p = pod("h100-training", 8, affinity=affinity)
+    f = kinds(cluster(nodes, [p]))["NoNodeMatchesAffinity"]
+    fixed = applied(p, f.fix_yaml)
+    [term] = fixed["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"]  # fmt: skip
+    assert term["matchExpressions"] == [{**product, "values": [H100]}], f.fix_yaml
+    assert selector_ok(fixed, nodes[0]["metadata"]["labels"], "h-0")
+    assert not selector_ok(fixed, nodes[1]["metadata"]["labels"], "l4")
+    selected = pod("l4-inference", 1, nodeSelector={"nvidia.com/gpu.product": "l4"})
+    f = kinds(cluster(nodes, [selected]))["NoNodeMatchesAffinity"]
+    assert yaml.safe_load(f.fix_yaml) == {"spec": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-L4"}}}
+    # No node has the model: the values nodes carry are named, none is put in the pod.
+    product["values"] = ["NVIDIA-B200"]
+    f = kinds(cluster(nodes, [pod("b200", 8, affinity=affinity)]))["NoNodeMatchesAffinity"]
+    assert f.fix_yaml == "" and f"nodes have {H100}, NVIDIA-L4" in f.summary
+
+
 def test_scheduler_model_reads_node_selector_terms_as_kubernetes_does() -> None:
     def required(*terms: dict[str, Any]) -> dict[str, Any]:
         affinity = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": list(terms)}}

@@ -277,17 +277,27 @@ def _unmatched_terms(cluster: Cluster, pod: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _suggest(wanted: str, present: list[str]) -> list[str]:
-    """Values on the nodes that a wanted value means: with sharing or MIG single, gpu.product gets a suffix."""
+def _suggest(key: str, wanted: str, present: list[str]) -> list[str]:
+    """Values on the nodes that a wanted value means: with sharing or MIG single, gpu.product gets a suffix; a
+    model's short name (H100) is a dash-separated part of the product (NVIDIA-H100-80GB-HBM3)."""
     base = wanted.split("-SHARED", 1)[0].split("-MIG-", 1)[0]
-    return [p for p in present if p != wanted and (p == base or p.startswith((base + "-SHARED", base + "-MIG-")))]
+    found = [p for p in present if p != wanted and (p == base or p.startswith((base + "-SHARED", base + "-MIG-")))]
+    if found or not base or key != PRODUCT_LABEL:
+        return found
+    parts = base.lower().split("-")
+    return [p for p in present if _has_run(p.lower().split("-"), parts)]
+
+
+def _has_run(parts: list[str], run: list[str]) -> bool:
+    return any(parts[i : i + len(run)] == run for i in range(len(parts) - len(run) + 1))
 
 
 def _no_matching_node(cluster: Cluster, pod: dict[str, Any], ref: str, evidence: list[Evidence]) -> Finding:
     lines: list[str] = []
 
     def corrected(key: str, wanted: list[str]) -> list[str] | None:
-        """The values nodes carry for a wanted key whose values match no node (None: nothing to correct)."""
+        """The wanted values with those no node carries replaced by the node values they mean (None: nothing to
+        correct, or nothing they mean: other values would widen the pod to models it did not ask for)."""
         present = sorted({v.labels[key] for v in cluster.views.values() if key in v.labels})
         if not present:
             lines.append(f"no node has the label {key}")
@@ -295,13 +305,13 @@ def _no_matching_node(cluster: Cluster, pod: dict[str, Any], ref: str, evidence:
         missing = [w for w in wanted if w not in present]
         if not missing:
             return None
-        hints = sorted({s for w in missing for s in _suggest(w, present)})
+        hints = sorted({s for w in missing for s in _suggest(key, w, present)})
         why = ""
         if any("-SHARED" in h or "-MIG-" in h for h in hints + missing):
             why = (" (GPU feature discovery appends -SHARED to gpu.product when a GPU is shared by time-slicing or "
                    "MPS, and -MIG-<profile> with the MIG strategy single)")  # fmt: skip
         lines.append(f"{key}: wanted {', '.join(missing)}; nodes have {', '.join(present[:10])}{why}")
-        return hints or present
+        return list(dict.fromkeys([w for w in wanted if w in present] + hints)) if hints else None
 
     spec = pod.get("spec") or {}
     selector = dict(spec.get("nodeSelector") or {})

@@ -619,6 +619,44 @@ def test_capacity_refuses_a_node_profile_it_would_misread(
     assert out == "" and err.startswith(f"error: --node-profile: {message}") and len(err.splitlines()) == 1, err
 
 
+@pytest.mark.parametrize(
+    ("resources", "message"),
+    [({"limits": {"nvidia.com/gpu": 2}, "requests": {"nvidia.com/gpu": 1}},
+      'container main: spec.containers[0].resources.requests: Invalid value: "1": must be equal to nvidia.com/gpu '
+      "limit of 2"),
+     ({"requests": {"nvidia.com/gpu": 1, "cpu": 1}},
+      "container main: spec.containers[0].resources.limits: Required value: Limit must be set for non overcommitable "
+      "resources (nvidia.com/gpu is requested without a limit)"),
+     ({"limits": {"nvidia.com/mig-1g.10gb": "500m"}},
+      'container main: spec.containers[0].resources.limits[nvidia.com/mig-1g.10gb]: Invalid value: "500m": must be '
+      "an integer")],
+    ids=["request-not-limit", "no-limit", "fraction"],
+)  # fmt: skip
+def test_capacity_refuses_a_pod_the_api_server_refuses(
+    resources: dict[str, Any], message: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """Seed §11 Question 3 (a GPU request of 1 under a limit of 2): the API server refuses such a pod at creation
+    (REFERENCE §12 entries 4 and 5), but `capacity --pod` planned it from the request alone, "fit now: 4 of 4",
+    exit 0. It now refuses it with the API server's words, naming the container, exit 2."""
+    from gpu_operator.cli import main
+    from gpu_operator.kube import Kube
+
+    p = pod("exclusive", limits={"cpu": 1})
+    p["spec"]["containers"][0]["resources"] = resources
+    path = tmp_path / "pod.yaml"
+    path.write_text(yaml.safe_dump(p))
+    monkeypatch.setattr(Kube, "connect", classmethod(lambda cls, *a, **k: FakeKube([node("h-0")], [])))
+    assert main(["capacity", "--pod", str(path), "--count", "4"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith(f"error: {path}: the API server refuses this pod: {message}"), err
+    # Equal, or a limit alone (the request defaults to it): planned.
+    p["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": 2}, "requests": {"nvidia.com/gpu": "2"}}
+    path.write_text(yaml.safe_dump(p))
+    assert main(["capacity", "--pod", str(path), "--count", "4"]) == 0
+    assert "fit now: 4 of 4" in capsys.readouterr().out
+
+
 def exposed_metrics() -> set[str]:
     from gpu_operator.metrics import REGISTRY
 

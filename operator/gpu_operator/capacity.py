@@ -17,6 +17,7 @@ from .doctor.sched import (
     cordoned,
     fmt,
     pod_requests,
+    quantity,
     selector_ok,
     self_anti_affinity,
     untolerated_taints,
@@ -65,6 +66,37 @@ class CapacityPlan:
             out.append((f.node, n))
             left -= n
         return out
+
+
+def _overcommit_allowed(resource: str) -> bool:
+    """Native resources but hugepages (component-helpers' IsOvercommitAllowed): not extended ones (nvidia.com/gpu)."""
+    native = "/" not in resource or "kubernetes.io/" in resource
+    return native and not resource.startswith("hugepages-")
+
+
+def api_errors(pod: dict[str, Any]) -> list[str]:
+    """What the API server refuses a pod for in its containers' extended resources (REFERENCE §12 entries 4, 5):
+    a request without a limit or unequal to it, a quantity that is not a whole number."""
+    out = []
+    spec = pod.get("spec") or {}
+    for key in ("initContainers", "containers"):
+        for i, c in enumerate(spec.get(key) or []):
+            res = c.get("resources") or {}
+            limits, requests = res.get("limits") or {}, res.get("requests") or {}
+            where = f"container {c.get('name')}: spec.{key}[{i}].resources"
+            for kind, values in (("limits", limits), ("requests", requests)):
+                for r, v in values.items():
+                    if not _overcommit_allowed(r) and "/" in r and quantity(v) != quantity(v).to_integral_value():
+                        out.append(f'{where}.{kind}[{r}]: Invalid value: "{v}": must be an integer')
+            for r, v in requests.items():
+                if _overcommit_allowed(r):
+                    continue
+                if r not in limits:
+                    out.append(f"{where}.limits: Required value: Limit must be set for non overcommitable resources "
+                               f"({r} is requested without a limit)")  # fmt: skip
+                elif quantity(v) != quantity(limits[r]):
+                    out.append(f'{where}.requests: Invalid value: "{v}": must be equal to {r} limit of {limits[r]}')
+    return out
 
 
 def fit_on(pod: dict[str, Any], node: NodeView, requests: dict[str, Decimal]) -> NodeFit:
@@ -137,7 +169,7 @@ def parse_profile(text: str, nodes: dict[str, NodeView]) -> NodeView:
     `gpus=8,cpu=96,memory=2048Gi,label.KEY=VALUE,taint.KEY=VALUE:EFFECT`; ValueError naming a part that is neither."""
     if text in nodes:
         return empty_copy(nodes[text], f"like {text}")
-    from .doctor.sched import GPU, quantity, valid_quantity
+    from .doctor.sched import GPU, valid_quantity
 
     view = NodeView(name=f"profile {text}", labels={}, taints=[], unschedulable=False, allocatable={}, capacity={})
     view.allocatable["pods"] = Decimal(110)

@@ -683,6 +683,10 @@ def cmd_capacity(args: argparse.Namespace) -> int:
         if not docs:
             raise ValueError(f"{args.pod}: no Pod found")
         pod = docs[0]
+        refused = capacity.api_errors(pod)
+        if refused:  # a pod the API server would not create: nothing to plan
+            raise ValueError(f"{args.pod}: the API server refuses this pod: " + "; ".join(refused)
+                             + " (set the limit alone, a whole number: the request defaults to it)")  # fmt: skip
         kube = Kube.connect(args.kubeconfig)
         views = nodes_with_pods(kube.list("Node"), kube.list("Pod"))
         profile = capacity.parse_profile(args.node_profile, views) if args.node_profile else None

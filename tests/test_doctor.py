@@ -425,6 +425,32 @@ def test_no_kernel_image_for_the_gpu_is_diagnosed() -> None:
     assert "CUDA 13 dropped sm_50-70" in f.summary and "CUDA 12.x" in f.fix
 
 
+def test_a_gpu_pod_in_which_cuda_finds_no_device_is_diagnosed() -> None:
+    """Seed §6.3 Issue 1 ("CUDA device not found": the NVIDIA container runtime missing) was diagnosed only for a
+    pod requesting no GPU; one that requested a GPU and printed CUDA's "no CUDA-capable device is detected" got no
+    finding."""
+    message = "Traceback ...\nRuntimeError: CUDA error: no CUDA-capable device is detected\n..."
+    found = kinds(cluster([node("h-0")], [_failed_with(message)]))
+    assert set(found) == {"CUDADeviceNotFound"}, found
+    f = found["CUDADeviceNotFound"]
+    assert "requests 1 nvidia.com/gpu" in f.summary and "NVIDIA container runtime" in f.summary
+    assert "kubectl get pods -n gpu-operator" in f.fix and "describe node" in f.fix and f.nodes == ("h-0",)
+    assert f.evidence[0].message == "RuntimeError: CUDA error: no CUDA-capable device is detected"
+    # Seed Exercise 1's nvidia-smi, not put into the container by the runtime.
+    start = ('failed to create containerd task: failed to create shim task: OCI runtime create failed: exec: '
+             '"nvidia-smi": executable file not found in $PATH: unknown')  # fmt: skip
+    assert "CUDADeviceNotFound" in kinds(cluster([node("h-0")], [_failed_with(start, "waiting")]))
+    # The container's own NVIDIA_VISIBLE_DEVICES replaces the device plugin's.
+    own = _failed_with(message)
+    own["spec"]["containers"][0]["env"] = [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}]
+    f = kinds(cluster([node("h-0")], [own]))["CUDADeviceNotFound"]
+    assert "sets NVIDIA_VISIBLE_DEVICES itself" in f.summary and f.evidence[1].message == "void"
+    # No GPU requested: not this finding (a CUDA image gets CUDAImageWithoutGPU).
+    none = _failed_with(message)
+    none["spec"]["containers"][0]["resources"] = {}
+    assert "CUDADeviceNotFound" not in kinds(cluster([node("h-0")], [none]))
+
+
 def test_cuda_oom_on_time_sliced_gpu_and_more_than_one_replica() -> None:
     shared = node("h-0", labels={"nvidia.com/gpu.replicas": "4", "nvidia.com/gpu.sharing-strategy": "time-slicing"})
     oom = pod("oom", 1, node_name="h-0", status={"phase": "Failed", "containerStatuses": [{"name": "main", "state": {

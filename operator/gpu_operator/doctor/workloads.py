@@ -1,7 +1,7 @@
 """Workload findings (REFERENCE §12 entries 6-10, 17, 18): CUDA images without a GPU, pods whose sandbox the nvidia
 runtime cannot create, more than one replica of a shared (time-sliced or MPS) GPU, the CUDA an image needs against
-the node's driver (from the pod spec, or the runtime's refusal), images without code for the GPU, CUDA out of memory
-on a shared GPU."""
+the node's driver (from the pod spec, or the runtime's refusal), images without code for the GPU, a GPU pod in which
+CUDA finds no device (seed §6.3 Issue 1), CUDA out of memory on a shared GPU."""
 
 from __future__ import annotations
 
@@ -44,6 +44,13 @@ _INSUFFICIENT = re.compile(r"CUDA driver version is insufficient", re.IGNORECASE
 _NO_KERNEL = re.compile(r"no kernel image is available for execution on the device", re.IGNORECASE)
 # The first CUDA with code for a compute capability (the version matrix's architectures); CUDA 13 dropped sm_50-70.
 _FIRST_CUDA = {(8, 0): (11, 0), (8, 6): (11, 1), (8, 9): (11, 8), (9, 0): (11, 8), (10, 0): (12, 8), (12, 0): (12, 8)}
+# CUDA, PyTorch and nvidia-smi finding no GPU (or no driver) in the container (seed §6.3 Issue 1).
+_NO_DEVICE = re.compile(
+    r"no CUDA-capable device is detected|No CUDA GPUs are available|CUDA_ERROR_NO_DEVICE|cudaErrorNoDevice"
+    r"|NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver"
+    r"|\"nvidia-smi\": executable file not found",
+    re.IGNORECASE,
+)
 _OOM = re.compile(r"CUDA out of memory|CUDA error: out of memory|OutOfMemoryError", re.IGNORECASE)
 
 
@@ -69,6 +76,7 @@ def findings(cluster: Cluster, pods: list[dict[str, Any]]) -> list[Finding]:
         out += _time_sliced(cluster, pod, gpus)
         out += _refused_by_driver(cluster, pod, _cuda_vs_driver(cluster, pod))
         out += _no_kernel_image(cluster, pod)
+        out += _no_device(cluster, pod, gpus)
         out += _oom(cluster, pod)
     return out
 
@@ -472,3 +480,35 @@ def _no_kernel_image(cluster: Cluster, pod: dict[str, Any]) -> list[Finding]:
         fix = ("use an image built for this architecture (CMAKE_CUDA_ARCHITECTURES / TORCH_CUDA_ARCH_LIST including "
                "it, or PTX), or run the pod on the GPUs it was built for (nodeSelector nvidia.com/gpu.product)")
     return [Finding(ERROR, "NoKernelImageForGPU", ref, summary, fix, ev, nodes=(node,) if node else ())]
+
+
+def _no_device(cluster: Cluster, pod: dict[str, Any], gpus: dict[str, int]) -> list[Finding]:
+    """Seed §6.3 Issue 1 ("CUDA device not found") in a pod that requests a GPU: the device plugin allocated one but
+    it never reached the container, which the NVIDIA container runtime (or CDI) puts there."""
+    seen = _status_message(pod, _NO_DEVICE)
+    if seen is None:
+        return []
+    ref = pod_ref(pod)
+    node = str((pod.get("spec") or {}).get("nodeName") or "")
+    asked = ", ".join(f"{n} {r}" for r, n in gpus.items())
+    ev = [Evidence(ref, seen[0], seen[1])]
+    own = {
+        str(c.get("name")): str(e.get("value", ""))
+        for c in _containers(pod) for e in c.get("env") or [] if e.get("name") == "NVIDIA_VISIBLE_DEVICES"
+    }  # fmt: skip
+    if own:  # the container's own value replaces the devices the device plugin chose
+        ev += [Evidence(ref, f"spec.containers[{name}].env[NVIDIA_VISIBLE_DEVICES]", v) for name, v in own.items()]
+        summary = (f"the pod requests {asked} but CUDA finds no GPU in it: its container sets NVIDIA_VISIBLE_DEVICES "
+                   "itself, which replaces the devices the device plugin allocated")  # fmt: skip
+        fix = "remove NVIDIA_VISIBLE_DEVICES from the container's env (the device plugin sets it) and recreate the pod"
+    else:
+        where = f" on {node}" if node else ""
+        summary = (f"the pod requests {asked} but CUDA finds no GPU in it ('CUDA device not found'): the GPU was "
+                   f"allocated{where} but not put into the container, which the NVIDIA container runtime does: it is "
+                   "missing or not configured there (the container toolkit not ready, or configuring another "
+                   "containerd), or the pod started before the toolkit had configured it")  # fmt: skip
+        fix = (f"make sure the GPU Operator runs on the node: `kubectl get pods -n {cluster.namespace} -o wide` (its "
+               "container toolkit and validator pods must be Running or Completed; the stack's findings for the node "
+               "name the first that is not) and `kubectl describe node` (nvidia.com/gpu allocatable); on k3s, k0s "
+               "or RKE2 set CONTAINERD_CONFIG/CONTAINERD_SOCKET in toolkit.env; then recreate the pod")  # fmt: skip
+    return [Finding(ERROR, "CUDADeviceNotFound", ref, summary, fix, ev, nodes=(node,) if node else ())]

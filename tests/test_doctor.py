@@ -10,7 +10,7 @@ import yaml
 
 from gpu_operator import capacity, mig
 from gpu_operator.doctor import Cluster, diagnose, exit_status, render_json, render_prometheus, render_text
-from gpu_operator.doctor.sched import nodes_with_pods, pod_requests, quantity, selector_ok
+from gpu_operator.doctor.sched import gpu_requests, nodes_with_pods, pod_requests, quantity, selector_ok
 from gpu_operator.nodes import NodeFacts
 from gpu_operator.observe import Snapshot
 
@@ -376,6 +376,7 @@ def test_require_cuda_11_x_on_a_driver_older_than_that_release_is_refused() -> N
         assert "520.61.05" in found["CUDADriverTooOld"].fix
     env = pod("env", 1, node_name="old", env=[{"name": "NVIDIA_REQUIRE_CUDA", "value": "cuda>=11.4"}])
     assert diagnose(cluster([node("old", driver="470.256.02")], [env])) == []
+    assert diagnose(cluster([node("new")], [pod("env", 1, node_name="new", env=need)])) == []
     # An image tag (no hook check): an 11.x release on an older 11.x driver runs by minor-version compatibility;
     # 11.0 on its own GA driver (450.51.05, below the 11.x compatibility minimum 450.80.02) needs nothing more.
     tagged = pod("t", 1, node_name="old", image="team/train:cuda11.6")
@@ -995,3 +996,85 @@ def test_a_gated_pod_is_said_to_wait_for_its_gates_not_for_gpus() -> None:
     assert found["SchedulingGated"].severity == "info"
     del gated["spec"]["schedulingGates"]
     assert "GPURequestExceedsEveryNode" in kinds(cluster([node("h-0")], [gated]))
+
+
+# --- The seed's own pods, word for word (seed §3.1, §5.4, §6.3, §7.1-7.3, Exercise 1, Question 5, §12) ---
+
+
+def seed_pod(doc: str) -> dict[str, Any]:
+    """A pod of the seed as the API server returns it: namespace default, Pending until a test binds it."""
+    p = yaml.safe_load(doc)
+    p["metadata"].setdefault("namespace", "default")
+    p.setdefault("status", {"phase": "Pending"})
+    return p
+
+
+def bound(p: dict[str, Any], node_name: str, phase: str = "Running", **status: Any) -> dict[str, Any]:
+    out = json.loads(json.dumps(p))
+    out["spec"]["nodeName"] = node_name
+    out["status"] = {"phase": phase, **status}
+    return out
+
+
+def seed_container(name: str, image: str, resources: str, extra: str = "") -> str:
+    return (f"apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n{extra}  containers:\n  - name: main\n"
+            f"    image: {image}\n    resources:\n{resources}")  # fmt: skip
+
+
+def test_seed_pods_that_fit_get_no_finding_and_are_read_as_the_scheduler_does() -> None:
+    """§3.1 (limits only: the requests default to them), §6.3 Issue 2 and §7.1 (request = limit: one GPU counted),
+    §7.3 (a priority class), Exercise 1 (nvidia-smi, completed)."""
+    four = seed_pod(seed_container("pytorch-training", "pytorch/pytorch:2.1.0-cuda12.1-cudnn8-devel",
+                                   "      limits:\n        nvidia.com/gpu: 4\n        memory: 32Gi\n        cpu: 16\n"))
+    assert gpu_requests(four) == {"nvidia.com/gpu": 4} and pod_requests(four)["cpu"] == 16
+    assert "InsufficientGPU" in kinds(cluster([node("h-0")], [four, pod("busy", 6, node_name="h-0")]))
+    exclusive = seed_pod(seed_container(
+        "exclusive-training", "pytorch/pytorch:2.1.0-cuda12.1-cudnn8-devel",
+        "      limits:\n        nvidia.com/gpu: 1\n        memory: 32Gi\n        cpu: 8\n"
+        "      requests:\n        nvidia.com/gpu: 1\n        memory: 32Gi\n        cpu: 8\n"))  # fmt: skip
+    assert gpu_requests(exclusive) == {"nvidia.com/gpu": 1}
+    priority = seed_pod(seed_container("production-training", "pytorch/pytorch:latest",
+                                       "      limits:\n        nvidia.com/gpu: 4\n",
+                                       "  priorityClassName: high-priority-training\n"))  # fmt: skip
+    gpu_test = seed_pod(seed_container("gpu-test", "nvidia/cuda:12.1-devel-ubuntu22.04",
+                                       "      limits:\n        nvidia.com/gpu: 1\n", "  restartPolicy: Never\n"))
+    for p in (four, exclusive, priority, gpu_test):
+        assert diagnose(cluster([node("h-0")], [p])) == [], p["metadata"]["name"]
+        assert diagnose(cluster([node("h-0")], [bound(p, "h-0")])) == [], p["metadata"]["name"]
+    done = bound(gpu_test, "h-0", "Succeeded", containerStatuses=[
+        {"name": "main", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}}])  # fmt: skip
+    assert diagnose(cluster([node("h-0")], [done])) == []
+    # CUDA 12.1 read from the tags nvidia/cuda:12.1-... and lambdalabs/...cuda12.1 (§6.3 Issue 3): not on driver 470.
+    lambda_stack = pod("lambda", 1, node_name="old", image="lambdalabs/pytorch:2.1.0-cuda12.1-cudnn8-devel")
+    for p in (bound(gpu_test, "old"), lambda_stack):
+        assert "CUDADriverTooOld" in kinds(cluster([node("old", driver="470.256.02")], [p]))
+
+
+def test_seed_pods_that_cannot_run_are_named_with_the_cause() -> None:
+    """§5.4's volcano.sh/gpu-memory without Volcano; §7.2's label gpu.nvidia.com/model, which nothing writes (the
+    seed is wrong here: GFD writes nvidia.com/gpu.product)."""
+    volcano = seed_pod(seed_container("volcano-pod", "tensorflow/serving:latest-gpu",
+                                      "      limits:\n        volcano.sh/gpu-memory: 8192\n"))
+    assert set(kinds(cluster([node("h-0")], [volcano]))) == {"VolcanoResourceNotAdvertised"}
+    affinity = ("  affinity:\n    nodeAffinity:\n      requiredDuringSchedulingIgnoredDuringExecution:\n"
+                "        nodeSelectorTerms:\n        - matchExpressions:\n          - key: gpu.nvidia.com/model\n"
+                "            operator: In\n            values:\n            - H100\n            - H200\n")  # fmt: skip
+    model = seed_pod(seed_container("h100-training", "pytorch/pytorch:latest",
+                                    "      limits:\n        nvidia.com/gpu: 8\n", affinity))
+    f = kinds(cluster([node("h-0"), node("l4", gpus=1, product="NVIDIA-L4")], [model]))["NoNodeMatchesAffinity"]
+    assert "no node has the label gpu.nvidia.com/model" in f.summary and "nvidia.com/gpu.product" in f.fix
+
+
+def test_seed_question_5_four_nodes_of_eight_h100_run_eight_four_gpu_jobs() -> None:
+    job = {"metadata": {"name": "q5", "namespace": "default"},
+           "spec": {"containers": [{"name": "t", "image": "x", "resources": {"limits": {"nvidia.com/gpu": 4}}}]}}
+    result = capacity.plan(job, 100, nodes_with_pods([node(f"h-{i}") for i in range(4)], []))
+    assert result.fits_now == 8 and all(n == 2 for _, n in result.placements())
+
+
+def test_seed_12_cuda_out_of_memory_on_a_whole_gpu_gives_the_seeds_remedies() -> None:
+    message = "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.11 GiB total capacity)"
+    p = pod("train", 1, node_name="h-0", status={"phase": "Failed", "containerStatuses": [
+        {"name": "main", "state": {"terminated": {"exitCode": 1, "message": message}}}]})  # fmt: skip
+    f = kinds(cluster([node("h-0")], [p]))["CUDAOOM"]
+    assert f.severity == "info" and "batch size" in f.fix and "gradient accumulation" in f.fix

@@ -1076,9 +1076,11 @@ def run(
     registry = build_registry(op)
     if health_port:  # not kopf's liveness_endpoint, which binds one address family (metrics.serve_health)
 
+        servers: list[Any] = []  # the runner, held for the life of the process
+
         @kopf.on.startup(registry=registry, errors=kopf.ErrorsMode.PERMANENT)  # a port in use stops the operator
         async def healthz(**_: Any) -> None:
-            await metrics.serve_health(health_port)
+            servers.append(await metrics.serve_health(health_port))
 
     kopf.run(
         registry=registry,

@@ -785,6 +785,25 @@ def test_a_late_deletion_of_a_predecessor_keeps_its_same_named_successor() -> No
     assert "c" not in op.config_maps and ("ConfigMap", "gpu-operator", "c") not in op.owned
 
 
+def test_a_late_update_of_a_deleted_configmap_does_not_replace_its_successor() -> None:
+    """The same for a predecessor's last update handled after its successor's creation: the ConfigMap cache took
+    whatever came last (ClusterPolicies, NVIDIADrivers and our objects keep the newer by resourceVersion), so the
+    old data replaced the new and the old uid was recorded; the old object's deletion then removed the name, and
+    the operator rendered without a ConfigMap that exists (a repoConfig, say) until it changed again."""
+    op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
+
+    def config_map(uid: str, rv: int, data: dict[str, str]) -> dict[str, Any]:
+        meta = {"name": "repo-config", "namespace": "gpu-operator", "uid": uid, "resourceVersion": str(rv)}
+        return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta, "data": data}
+
+    op.on_config_map_event("ADDED", config_map("old", 10, {"a.list": "old"}))
+    op.on_config_map_event("ADDED", config_map("new", 30, {"b.list": "new"}))  # the successor's worker first
+    op.on_config_map_event("MODIFIED", config_map("old", 20, {"a.list": "edited"}))  # the predecessor's, late
+    assert op.config_data.get("repo-config") == {"b.list": "new"}
+    op.on_config_map_event("DELETED", config_map("old", 21, {"a.list": "edited"}))
+    assert op.config_maps.get("repo-config") == ("b.list",)
+
+
 # --- the metrics and /healthz endpoints ---
 
 

@@ -155,7 +155,8 @@ class Operator:
         self.not_ready = False  # the last pass found the ClusterPolicy not ready
         self.config_maps: dict[str, tuple[str, ...]] = {}  # every ConfigMap in our namespace: name -> keys
         self.config_data: dict[str, dict[str, str]] = {}  # and their data (the sharing config is validated)
-        self._config_uids: dict[str, str] = {}  # and their uids (a late deletion of a predecessor is not theirs)
+        # And their uid and resourceVersion, as {"metadata": ...}: a predecessor's late events are not theirs.
+        self._config_meta: dict[str, dict[str, Any]] = {}
         # NFD NodeFeature PCI devices per node (other namespaces, so not watched: re-listed while a GPU node
         # is identified neither by its labels nor by these, at most every NODE_FEATURE_RELIST_S).
         self.node_features: dict[str, tuple[str, ...]] = {}
@@ -524,14 +525,17 @@ class Operator:
         self.on_operand_kind(event_type, body)
 
     def on_config_map(self, event_type: str | None, body: dict[str, Any]) -> None:
-        name = body["metadata"]["name"]
-        uid = (body.get("metadata") or {}).get("uid")
+        meta = body["metadata"]
+        name = meta["name"]
+        held = self._config_meta.get(name)
         if event_type == "DELETED":
-            if uid and self._config_uids.get(name, uid) != uid:
+            if _successor(held, body):
                 return  # a re-created ConfigMap of that name is cached: this deletion is its predecessor's
-            self._config_uids.pop(name, None)
-        elif uid:
-            self._config_uids[name] = uid
+            self._config_meta.pop(name, None)
+        elif not newer(held, body):
+            return  # older than the cached one (a predecessor's late update, handled after its successor's)
+        else:
+            self._config_meta[name] = {"metadata": {k: meta.get(k) for k in ("uid", "resourceVersion")}}
         keys = None if event_type == "DELETED" else config_map_keys(body)
         data = None if keys is None else dict(body.get("data") or {})
         if self.config_maps.get(name) == keys and self.config_data.get(name) == data:
@@ -636,6 +640,7 @@ class Operator:
         fill("revision", self.revisions, snap.revisions)
         fill("configmap", self.config_maps, snap.config_maps)
         fill("configmap", self.config_data, snap.config_data)
+        self._config_meta = {k: v for k, v in self._config_meta.items() if k in self.config_maps}  # what was pruned
         self.node_features = {n: f.pci_devices for n, f in snap.nodes.items() if f.pci_devices}
         self._features_listed = time.monotonic()
         self._gone = self._touched = None

@@ -10,8 +10,9 @@ from typing import Any
 from gpu_operator import wire
 from gpu_operator.nodes import NodeFacts, deploy_label
 from gpu_operator.nodewatch import NodeWatch
+from gpu_operator.observe import Snapshot
 from gpu_operator.runtime import Inbox, Operator
-from support import NAMESPACE, node
+from support import NAMESPACE, facts, node
 
 
 def versioned(name: str, rv: int, **kw: Any) -> dict[str, Any]:
@@ -259,3 +260,33 @@ def test_what_was_delivered_is_kept_as_a_digest_dropped_with_the_node() -> None:
     api.listed = []
     watch.relist()
     assert watch._last == {}
+
+
+def test_a_listing_drops_what_the_cache_holds_and_it_lacks() -> None:
+    """A listing delivered as deleted only the names the watch had delivered itself, not what the cache holds: a
+    node the operator's start-up listing brought, deleted before the watch's own first listing, stayed cached (in
+    every snapshot, counted in the status) through any number of relistings. The same for pods, revisions and our
+    DaemonSets."""
+
+    class Kube:
+        def request(self, method: str, path: str, **kw: Any) -> Any:
+            return kw["decode"](b'{"kind":"List","apiVersion":"v1","metadata":{"resourceVersion":"9"},"items":[]}')
+
+    op = Operator(kube=Kube(), namespace=NAMESPACE)  # type: ignore[arg-type]
+    pod = {"metadata": {"name": "p", "labels": {"nvidia.com/gpu-operator.state": "state-device-plugin"}},
+           "node": "gone", "owner": "ds", "status": {"phase": "Running"}}  # fmt: skip
+    ds = {"kind": "DaemonSet", "metadata": {"name": "ds", "namespace": NAMESPACE, "uid": "u", "resourceVersion": "3"}}
+    listed = Snapshot(
+        nodes={"gone": facts("gone")},
+        policies={},
+        owned={("DaemonSet", NAMESPACE, "ds"): ds},
+        pods={"p": pod},
+        revisions={"ds-1": {"metadata": {"name": "ds-1"}}},
+    )
+    op._merge(listed)  # the start-up listing, before they were deleted
+    watches = op.own_watches(lambda handler: handler, lambda handler: handler)
+    for watch in watches:
+        watch.relist()  # each watch's first listing: they are gone already
+    assert (op.nodes, op.owned, op.pods, op.revisions) == ({}, {}, {}, {})
+    assert op.pods_on == {} and op._by_owner == {}
+

@@ -7,12 +7,16 @@ import copy
 import errno
 import http.client
 import socket
+import threading
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from gpu_operator import wire
+from gpu_operator import runtime, wire
+from gpu_operator.nodes import kept_labels
 from gpu_operator.observe import Newer, Snapshot
+from gpu_operator.reconciler import Outcome
 from gpu_operator.runtime import Operator
 from support import facts
 
@@ -802,6 +806,77 @@ def test_a_late_update_of_a_deleted_configmap_does_not_replace_its_successor() -
     assert op.config_data.get("repo-config") == {"b.list": "new"}
     op.on_config_map_event("DELETED", config_map("old", 21, {"a.list": "edited"}))
     assert op.config_maps.get("repo-config") == ("b.list",)
+
+
+class _DeletingReconciler:
+    """A pass that patches node n1 and updates DaemonSet ds (answers at resourceVersion 6) while both are deleted
+    (resourceVersion 7): their watches' deletions reach the event loop before the pass ends, as they do when the
+    deletion comes a moment after the write."""
+
+    labelling = None
+    moved = None
+    newer = None
+
+    def __init__(self, op: Operator, loop: asyncio.AbstractEventLoop) -> None:
+        self.op, self.loop, self.passes = op, loop, 0
+        self.done = asyncio.Event()
+
+    def reconcile(self, snap: Snapshot) -> Outcome:
+        self.passes += 1
+        if self.passes > 1:
+            self.loop.call_soon_threadsafe(self.done.set)
+            return Outcome(ready=True)
+        node_answer = replace(facts("n1", labels={"nvidia.com/gpu.deploy.driver": "true"}), resource_version=6)
+        ds_answer = {**daemonset("ds", 6), "metadata": {**daemonset("ds", 6)["metadata"], "uid": "ds-uid"}}
+        deleted = threading.Event()
+
+        def deletions() -> None:
+            self.op.on_node_facts("n1", None)  # the node watch: DELETED n1 (resourceVersion 7)
+            self.op.on_daemonset("ds", None)  # the DaemonSet watch: DELETED ds (resourceVersion 7)
+            deleted.set()
+
+        self.loop.call_soon_threadsafe(deletions)
+        assert deleted.wait(5)
+        self.loop.call_soon_threadsafe(self.done.set)
+        return Outcome(ready=True, applied=[ds_answer], nodes=[node_answer])
+
+
+def test_a_write_answer_applied_after_a_deletion_does_not_bring_the_deleted_object_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Operator.loop applies a pass's answers (outcome.applied, outcome.nodes) to the caches when the pass ends,
+    and _patch_node/_advance_node do the same with theirs: an object deleted after the write was answered, whose
+    deletion the event loop had handled already, was put back, and no event took it out again (the watches had
+    forgotten it; a phantom DaemonSet equal to what is rendered is never created again, a phantom node counts in
+    the status and toward maxUnavailable). A node answer now only updates a cached node, and an answer of an
+    object deleted since the pass's snapshot is dropped."""
+    ds = {**daemonset("ds", 5), "metadata": {**daemonset("ds", 5)["metadata"], "uid": "ds-uid"}}
+    before = snapshot(nodes={"n1": replace(facts("n1"), resource_version=5)},
+                      owned={("DaemonSet", "gpu-operator", "ds"): ds})  # fmt: skip
+    monkeypatch.setattr(runtime, "observe", lambda kube, namespace: before)
+    monkeypatch.setattr(runtime, "warm_up", lambda: None)
+
+    async def scenario() -> Operator:
+        op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
+        op.labels_read = kept_labels()
+        op.event_loop = asyncio.get_running_loop()
+        fake = _DeletingReconciler(op, op.event_loop)
+        op.reconciler = fake  # type: ignore[assignment]
+        op.task = asyncio.ensure_future(op.loop())
+        await asyncio.wait_for(fake.done.wait(), 10)
+        await asyncio.sleep(0.05)  # the loop applies the pass's outcome
+        op.task.cancel()
+        op._label_pool.shutdown()
+        return op
+
+    op = asyncio.run(scenario())
+    assert "n1" not in op.nodes and ("DaemonSet", "gpu-operator", "ds") not in op.owned
+    assert op._deleted is None  # kept only while a pass runs
+
+    # A DaemonSet the pass's apply created again after the deletion (another uid) is taken.
+    op._deleted = {("DaemonSet", "gpu-operator", "ds"): ds}
+    assert op._late({**ds, "metadata": {**ds["metadata"], "resourceVersion": "6"}})
+    assert not op._late({**ds, "metadata": {**ds["metadata"], "uid": "successor", "resourceVersion": "8"}})
 
 
 # --- the metrics and /healthz endpoints ---

@@ -14,7 +14,7 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import fields
 from typing import Any, Generic, TypeVar
 
@@ -30,6 +30,7 @@ WATCH_TIMEOUT_S = 300
 T = TypeVar("T")
 Current = Callable[[str], T | None]  # what the cache holds for an object, by name
 Deliver = Callable[[str, T | None], object]  # a changed object (None: deleted), handed to the event loop
+Names = Callable[[], Iterable[str]]  # the names the cache holds
 
 
 class Watch(Generic[T]):
@@ -38,7 +39,10 @@ class Watch(Generic[T]):
     A projection equal to the cached one is dropped only when it is also what this watch last delivered: deliveries
     reach the cache later (runtime.Inbox), and one still on its way there may change the entry.
     `stale(new, cached)`: whether a projection is older than the cached one (it is then dropped too).
-    `summary`: what is kept of each object delivered, to compare the next with (by default the projection)."""
+    `summary`: what is kept of each object delivered, to compare the next with (by default the projection).
+    `names`: the names the cache holds (called in the watch's thread: it must copy them at once, `tuple(d)`). A
+    listing then also delivers as deleted what the cache holds and the listing lacks, not only what this watch
+    delivered: the cache also holds what the operator's own start-up listing brought."""
 
     def __init__(
         self,
@@ -54,12 +58,14 @@ class Watch(Generic[T]):
         volatile: re.Pattern[bytes] | None = None,
         codec: Codec[Any] | None = None,
         summary: Callable[[T], object] | None = None,
+        names: Names | None = None,
     ):
         self.kube = kube
         self.path = path
         self.project = project
         self.current = current
         self.deliver = deliver
+        self.names = names
         self.query: dict[str, Any] = {"labelSelector": label_selector} if label_selector else {}
         self.stale = stale
         self.name = name
@@ -113,7 +119,10 @@ class Watch(Generic[T]):
             if not more:
                 break
             query["continue"] = more
-        for name in self._known - seen:
+        gone = self._known - seen
+        if self.names is not None:
+            gone.update(name for name in self.names() if name not in seen)
+        for name in gone:
             self._last.pop(name, None)
             self.deliver(name, None)
         self._known = seen
@@ -226,6 +235,8 @@ NODE_VOLATILE = re.compile(rb'"(?:lastHeartbeatTime|time|resourceVersion)":"[^"]
 
 
 class NodeWatch(Watch[NodeFacts]):
-    def __init__(self, kube: Kube, current: Current[NodeFacts], deliver: Deliver[NodeFacts]):
+    def __init__(
+        self, kube: Kube, current: Current[NodeFacts], deliver: Deliver[NodeFacts], names: Names | None = None
+    ):
         super().__init__(kube, NODES, NodeFacts.from_wire, current, deliver, stale=_older, name="node-watch",
-                         volatile=NODE_VOLATILE, codec=Codec(Node), summary=_digest)  # fmt: skip
+                         volatile=NODE_VOLATILE, codec=Codec(Node), summary=_digest, names=names)  # fmt: skip

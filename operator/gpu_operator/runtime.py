@@ -147,6 +147,9 @@ class Operator:
         self.discovery_stale = False
         self._gone: set[tuple[str, Any]] | None = None  # deletions seen during a listing of ours
         self._touched: set[tuple[str, Any]] | None = None  # and updates (a relisting keeps what they brought)
+        # Our objects deleted from a pass's snapshot until its answers are applied (the deleted object, or what
+        # was cached of it): an answer older than the deletion must not bring it back (_late).
+        self._deleted: dict[Key, dict[str, Any]] | None = None
         # kopf lists a resource again after its watch ended in 410 Gone, but sends no deletions for what went away
         # meanwhile: the keys of each resource's current listing (None once its watch streams) tell a relisting
         # apart, and one makes the operator list everything again and drop what is gone.
@@ -217,7 +220,7 @@ class Operator:
         self.on_node_facts(name, None if event_type == "DELETED" else NodeFacts.from_node(body))
 
     def on_node_facts(self, name: str, facts: NodeFacts | None) -> None:
-        """A node changed (None: deleted), from the node watch or the answer to our own patch."""
+        """A node changed (None: deleted), from the node watch or a listing of ours."""
         if facts is None:
             self._forget("node", name)
             self.moves.forget(name)
@@ -239,6 +242,13 @@ class Operator:
             else:
                 self.paced("node")
             self._label(facts)
+
+    def on_node_answer(self, facts: NodeFacts) -> None:
+        """The answer to our own patch of a node: taken only for a node still cached. The operator creates no node,
+        so one not cached was deleted after the patch was answered, and the answer would bring it back for good
+        (the node watch delivers nothing more of it)."""
+        if facts.name in self.nodes:
+            self.on_node_facts(facts.name, facts)
 
     def _between_passes(self) -> Labelling | None:
         """The last pass's policy and spec, while a node may be written by it between passes: this replica leads
@@ -302,7 +312,7 @@ class Operator:
             self._labelling.discard(asyncio.current_task())
         for facts in patched:
             log.info("labelled node %s", node.name)
-            self.on_node_facts(facts.name, facts)
+            self.on_node_answer(facts)
 
     def _advance(self, name: str) -> None:
         """A node mid driver upgrade whose new driver pod or validator just turned Ready: its next steps now, by
@@ -342,8 +352,11 @@ class Operator:
             self.paced("node")
             return
         facts = NodeFacts.from_node(answer)
+        if facts.name not in self.nodes:  # deleted meanwhile (on_node_answer)
+            self.moves.forget(node.name)
+            return
         self.moves.done(node.name, facts.resource_version)
-        self.on_node_facts(facts.name, facts)
+        self.on_node_answer(facts)
         self._advance(node.name)  # a pod that turned Ready while this write ran (its own try was turned away)
 
     def on_policy(self, event_type: str | None, body: dict[str, Any]) -> None:
@@ -386,6 +399,8 @@ class Operator:
             return
         if event_type == "DELETED":
             self._forget("owned", key)
+            if self._deleted is not None:  # (the DaemonSet watch's deletion carries only the name)
+                self._deleted[key] = body if (body.get("metadata") or {}).get("uid") else cached or body
             self.owned.pop(key, None)
         elif newer(cached, body):
             self._touch("owned", key)
@@ -417,6 +432,30 @@ class Operator:
             self.on_owned("DELETED", {"kind": DAEMON_SET.kind, "metadata": {"name": name, "namespace": self.namespace}})
         else:
             self.on_owned("MODIFIED", body)
+
+    def own_watches(self, to_loop: Deliverer, gathered: Deliverer) -> list[Watch[Any]]:
+        """The watches kept out of kopf (nodewatch.py), handing what they deliver to the event loop through
+        `to_loop`, or `gathered` for the streams of a rollout. Each one's listing also drops what the cache holds
+        and it lacks."""
+        ns = f"/api/v1/namespaces/{self.namespace}"
+        apps = f"/apis/apps/v1/namespaces/{self.namespace}"
+        return [
+            NodeWatch(self.kube, self.nodes.get, to_loop(self.on_node_facts), names=lambda: tuple(self.nodes)),
+            Watch(self.kube, ns + "/pods", project_pod, self.pods.get, gathered(self.on_pod),
+                  label_selector=OWNED_SELECTOR, name="pod-watch", codec=Codec(wire.Pod),
+                  names=lambda: tuple(self.pods)),
+            Watch(self.kube, apps + "/controllerrevisions", revision_projection, self.revisions.get,
+                  gathered(self.on_revision), name="revision-watch", names=lambda: tuple(self.revisions)),
+            # Our DaemonSets: each counts its pods in its status, an event per change during a rollout (kopf's
+            # handling of those was an eighth of the operator's CPU at 1,000 nodes). Kept without their
+            # templates' containers and volumes (wire.DaemonSet).
+            Watch(self.kube, apps + "/daemonsets", wire.daemonset_dict, self.daemonset, gathered(self.on_daemonset),
+                  label_selector=OWNED_SELECTOR, name="daemonset-watch", codec=Codec(wire.DaemonSet),
+                  names=self._daemonset_names),
+        ]  # fmt: skip
+
+    def _daemonset_names(self) -> list[str]:
+        return [k[2] for k in tuple(self.owned) if k[0] == DAEMON_SET.kind and k[1] == self.namespace]
 
     def on_crd(self, event_type: str | None, body: dict[str, Any]) -> None:
         """A CRD of an optional kind's group came or went: refresh what the API serves, then reconcile."""
@@ -601,6 +640,12 @@ class Operator:
         if self._touched is not None:
             self._touched.add((kind, key))
 
+    def _late(self, answer: dict[str, Any]) -> bool:
+        """Whether a pass's answer is of an object deleted since its snapshot (the deletion was handled first), not
+        of a successor the pass's apply created after the deletion (another uid)."""
+        deleted = (self._deleted or {}).get(key_of(answer))
+        return deleted is not None and not _successor(deleted, answer)
+
     def _merge(self, snap: Snapshot, prune: bool = False) -> None:
         """Fill the caches from a listing of ours, on the event loop: what a watch event delivered while the
         listing ran is newer and stays (replacing the caches outright once lost a ClusterPolicy created then).
@@ -764,6 +809,9 @@ class Operator:
 
     async def loop(self) -> None:
         await self.sync()
+        # The watches' first listings are newer than ours: each drops what ours brought that it lacks.
+        for w in self.watches:
+            w.start()
         await asyncio.to_thread(warm_up)
         if not self.leading.is_set():
             log.info("following: caches filled, waiting for the leader Lease")
@@ -814,6 +862,7 @@ class Operator:
                 delay = NOT_READY_RECHECK_S
                 continue
             started = time.monotonic()  # (the snapshot follows with no await between: its nodes have those labels)
+            self._deleted = {}
             try:
                 outcome, cpu = await asyncio.to_thread(_timed, functools.partial(self.reconciler.reconcile,
                                                                                  self.snapshot()))
@@ -830,12 +879,13 @@ class Operator:
             last_end = time.monotonic()
             gap = pass_gap(cpu)  # by its CPU: on a busy machine a small cluster's pass takes longer, not more CPU
             for obj in outcome.applied:
-                if newer(self.owned.get(key_of(obj)), obj):
+                if newer(self.owned.get(key_of(obj)), obj) and not self._late(obj):
                     self.owned[key_of(obj)] = obj
+            self._deleted = None
             for key in outcome.deleted:
                 self.owned.pop(key, None)
             for facts in outcome.nodes:
-                self.on_node_facts(facts.name, facts)
+                self.on_node_answer(facts)
             debug.trim()  # what the pass freed goes back to the OS
             if outcome.writes:
                 log.info("reconciled: ready=%s, %d writes; the pass took %.0f ms (%.0f ms CPU), began %.0f ms after "
@@ -966,34 +1016,16 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
         # when its API is installed, without a restart. It needs list/watch on namespaces and CRDs.
         settings.scanning.disabled = False
         settings.watching.server_timeout = 300
-        op.task = asyncio.create_task(op.loop())
         loop = asyncio.get_running_loop()
         op.event_loop = loop
+        # Pod, revision and DaemonSet events come in streams while operands roll out, and what they wake is paced:
+        # gathered for GATHER_S, a stream wakes the loop a few times a second instead of once per event or two.
+        op.watches = op.own_watches(Inbox(loop).deliverer, Inbox(loop, GATHER_S).deliverer)  # (started by the loop)
+        op.task = asyncio.create_task(op.loop())
         if op.elector is None:
             op.lead()
         else:
             op.elector.start()
-
-        to_loop = Inbox(loop).deliverer
-        # Pod, revision and DaemonSet events come in streams while operands roll out, and what they wake is paced:
-        # gathered for GATHER_S, a stream wakes the loop a few times a second instead of once per event or two.
-        gathered = Inbox(loop, GATHER_S).deliverer
-        ns = f"/api/v1/namespaces/{op.namespace}"
-        apps = f"/apis/apps/v1/namespaces/{op.namespace}"
-        op.watches = [
-            NodeWatch(op.kube, op.nodes.get, to_loop(op.on_node_facts)),
-            Watch(op.kube, ns + "/pods", project_pod, op.pods.get, gathered(op.on_pod),
-                  label_selector=OWNED_SELECTOR, name="pod-watch", codec=Codec(wire.Pod)),
-            Watch(op.kube, apps + "/controllerrevisions", revision_projection, op.revisions.get,
-                  gathered(op.on_revision), name="revision-watch"),
-            # Our DaemonSets: each counts its pods in its status, an event per change during a rollout (kopf's
-            # handling of those was an eighth of the operator's CPU at 1,000 nodes). Kept without their
-            # templates' containers and volumes (wire.DaemonSet).
-            Watch(op.kube, apps + "/daemonsets", wire.daemonset_dict, op.daemonset, gathered(op.on_daemonset),
-                  label_selector=OWNED_SELECTOR, name="daemonset-watch", codec=Codec(wire.DaemonSet)),
-        ]  # fmt: skip
-        for w in op.watches:
-            w.start()
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
@@ -1011,7 +1043,7 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
 
         kopf.on.event(group, version, plural, registry=registry, **filters)(_handler(noted))
 
-    # Nodes, operand pods, ControllerRevisions and our DaemonSets are watched outside kopf (nodewatch.py).
+    # Nodes, operand pods, ControllerRevisions and our DaemonSets are watched outside kopf (Operator.own_watches).
     watch("nvidia.com", "v1", "clusterpolicies", op.on_policy)
     watch("nvidia.com", "v1alpha1", "nvidiadrivers", op.on_nvidia_driver)
     for kind in operand_kinds():
@@ -1025,6 +1057,7 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
 
 
 Callback = Callable[[str | None, dict[str, Any]], None]
+Deliverer = Callable[[Callable[[str, Any], None]], Callable[[str, Any], object]]  # Inbox.deliverer
 
 
 def _successor(cached: dict[str, Any] | None, deleted: dict[str, Any]) -> bool:

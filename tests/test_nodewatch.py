@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
-from gpu_operator import wire
+import pytest
+
+from gpu_operator import nodewatch, wire
+from gpu_operator.kube import ApiError
 from gpu_operator.nodes import NodeFacts, deploy_label
 from gpu_operator.nodewatch import NodeWatch
 from gpu_operator.observe import Snapshot
@@ -265,8 +269,8 @@ def test_what_was_delivered_is_kept_as_a_digest_dropped_with_the_node() -> None:
 def test_a_listing_drops_what_the_cache_holds_and_it_lacks() -> None:
     """A listing delivered as deleted only the names the watch had delivered itself, not what the cache holds: a
     node the operator's start-up listing brought, deleted before the watch's own first listing, stayed cached (in
-    every snapshot, counted in the status) through any number of relistings. The same for pods, revisions and our
-    DaemonSets."""
+    every snapshot, counted in the status) through any number of relistings. The same for pods, revisions, our
+    DaemonSets, ClusterPolicies and NVIDIADrivers."""
 
     class Kube:
         def request(self, method: str, path: str, **kw: Any) -> Any:
@@ -278,15 +282,42 @@ def test_a_listing_drops_what_the_cache_holds_and_it_lacks() -> None:
     ds = {"kind": "DaemonSet", "metadata": {"name": "ds", "namespace": NAMESPACE, "uid": "u", "resourceVersion": "3"}}
     listed = Snapshot(
         nodes={"gone": facts("gone")},
-        policies={},
+        policies={"cluster-policy": {"kind": "ClusterPolicy", "metadata": {"name": "cluster-policy"}}},
         owned={("DaemonSet", NAMESPACE, "ds"): ds},
         pods={"p": pod},
         revisions={"ds-1": {"metadata": {"name": "ds-1"}}},
+        nvidia_drivers={"default": {"kind": "NVIDIADriver", "metadata": {"name": "default"}}},
     )
     op._merge(listed)  # the start-up listing, before they were deleted
     watches = op.own_watches(lambda handler: handler, lambda handler: handler)
     for watch in watches:
         watch.relist()  # each watch's first listing: they are gone already
-    assert (op.nodes, op.owned, op.pods, op.revisions) == ({}, {}, {}, {})
+    assert (op.nodes, op.policies, op.owned, op.pods, op.revisions, op.nvidia_drivers) == ({}, {}, {}, {}, {}, {})
     assert op.pods_on == {} and op._by_owner == {}
 
+
+def test_a_collection_not_served_is_tried_again_slowly_and_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    """The NVIDIADriver watch where its CRD is not installed (the start-up listing reads none there): its listing
+    is answered 404, tried again every UNSERVED_RETRY_S, with one warning, not one a second."""
+
+    class Kube:
+        def request(self, method: str, path: str, **kw: Any) -> Any:
+            raise ApiError(404, '{"message": "the server could not find the requested resource"}', f"GET {path}")
+
+    class Stop:
+        def __init__(self) -> None:
+            self.waits: list[float] = []
+
+        def is_set(self) -> bool:
+            return len(self.waits) >= 3
+
+        def wait(self, seconds: float) -> None:
+            self.waits.append(seconds)
+
+    op = Operator(kube=Kube(), namespace=NAMESPACE)  # type: ignore[arg-type]
+    [watch] = [w for w in op.own_watches(lambda h: h, lambda h: h) if w.name == "nvidiadriver-watch"]
+    watch.stop = stop = Stop()  # type: ignore[assignment]
+    with caplog.at_level(logging.WARNING, logger="gpu_operator"):
+        watch.run()
+    assert stop.waits == [nodewatch.UNSERVED_RETRY_S] * 3
+    assert len(caplog.records) == 1 and "404" in caplog.records[0].getMessage()

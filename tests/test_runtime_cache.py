@@ -6,6 +6,7 @@ import asyncio
 import copy
 import errno
 import http.client
+import json
 import socket
 import threading
 from dataclasses import replace
@@ -107,6 +108,52 @@ def test_a_relisting_drops_what_went_away_and_keeps_what_events_brought() -> Non
     assert {k[-1] for k in op.owned} == {"kept", "new"}
     assert set(op.nodes) == {"n1"}  # nodes are relisted by NodeWatch, not here
     assert op._gone is None and op._touched is None
+
+
+def _driver(name: str, uid: str, rv: int) -> dict[str, Any]:
+    return {"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver",
+            "metadata": {"name": name, "uid": uid, "resourceVersion": str(rv), "generation": 1},
+            "spec": {"driverType": "gpu"}}  # fmt: skip
+
+
+class ListingKube:
+    """Answers each list with the objects `listed` has for its path."""
+
+    def __init__(self) -> None:
+        self.listed: dict[str, list[dict[str, Any]]] = {}
+
+    def request(self, method: str, path: str, **kw: Any) -> Any:
+        items = [{k: v for k, v in o.items() if k not in ("kind", "apiVersion")} for o in self.listed.get(path, [])]
+        return kw["decode"](json.dumps({"metadata": {"resourceVersion": "900"}, "items": items}).encode())
+
+
+@pytest.mark.parametrize("then", [[], [_driver("gpu-a100", "u2", 900)]], ids=["none-left", "another-name"])
+def test_an_nvidiadriver_deleted_while_the_watch_was_down_is_dropped_by_the_relisting(
+    then: list[dict[str, Any]],
+) -> None:
+    """kopf watched ClusterPolicies and NVIDIADrivers. After 410 Gone it lists again (events of type None) without
+    deletions for what went away, and on_listing told a relisting only by a name of the previous listing, or by
+    any listing once the watch had streamed. Quiet for hours, their watches had streamed nothing, so a relisting
+    of only new names read as more of the first listing, and one of no name called no handler at all (kopf drops
+    the end of a listing): the deleted NVIDIADriver stayed cached, its driver DaemonSet rendered, until a restart.
+    They have watches of their own now, whose listings deliver what they lack as deleted."""
+    kube = ListingKube()
+    op = Operator(kube=kube, namespace="gpu-operator")  # type: ignore[arg-type]
+    watches = {w.name: w for w in op.own_watches(lambda handler: handler, lambda handler: handler)}
+    kube.listed["/apis/nvidia.com/v1alpha1/nvidiadrivers"] = [_driver("default", "u1", 10)]
+    kube.listed["/apis/nvidia.com/v1/clusterpolicies"] = [policy("cluster-policy", 10)]
+    for name in ("nvidiadriver-watch", "clusterpolicy-watch"):
+        watches[name].relist()
+    assert set(op.nvidia_drivers) == {"default"} and set(op.policies) == {"cluster-policy"}
+    assert op.nvidia_drivers["default"]["kind"] == "NVIDIADriver"  # as a watch event has it
+    # (the watches end in 410 Gone; "default" and the ClusterPolicy are deleted meanwhile)
+    kube.listed["/apis/nvidia.com/v1alpha1/nvidiadrivers"] = then
+    kube.listed["/apis/nvidia.com/v1/clusterpolicies"] = []
+    for name in ("nvidiadriver-watch", "clusterpolicy-watch"):
+        watches[name].relist()
+    assert set(op.nvidia_drivers) == {d["metadata"]["name"] for d in then} and op.policies == {}
+    kopf_watched = {h.selector.group for h in runtime.build_registry(op)._watching.get_all_handlers()}
+    assert "nvidia.com" not in kopf_watched
 
 
 def pod(name: str, node: str, ready: bool, owner: str = "nvidia-device-plugin-daemonset") -> dict[str, Any]:

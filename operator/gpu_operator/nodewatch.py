@@ -6,6 +6,9 @@ parsed. kopf's per-event machinery cost more than the rest of the operator at st
 per-object state for each pod; here an event is parsed and projected in the watching thread (the whole object
 dropped there) and dropped when the projection did not change, so only changes reach the event loop. Node and pod
 events are decoded into typed Structs that read only the fields projected (wire.py).
+
+ClusterPolicies and NVIDIADrivers are watched here too, for their listings: after 410 Gone kopf lists a resource
+again without saying what went away, nor when the listing ends; a listing here delivers what it lacks as deleted.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import fields
 from typing import Any, Generic, TypeVar
 
-from .kube import Kube
+from .kube import ApiError, Kube
 from .nodes import NodeFacts
 from .wire import Codec, Event, Node, Page
 
@@ -26,6 +29,7 @@ log = logging.getLogger("gpu_operator")
 
 NODES = "/api/v1/nodes"
 WATCH_TIMEOUT_S = 300
+UNSERVED_RETRY_S = 30  # how often a collection the API server does not serve (a CRD not installed) is tried
 
 T = TypeVar("T")
 Current = Callable[[str], T | None]  # what the cache holds for an object, by name
@@ -95,14 +99,22 @@ class Watch(Generic[T]):
 
     def run(self) -> None:
         rv: str | None = None
+        unserved = False
         while not self.stop.is_set():
             try:
                 if rv is None:
                     rv = self.relist()
+                    unserved = False
                 rv = self.watch(rv)
             except Exception as exc:  # noqa: BLE001 - a broken watch is listed again
-                log.warning("%s failed, listing again: %s", self.name, exc)
                 rv = None
+                if isinstance(exc, ApiError) and exc.status in (403, 404):  # not served (a CRD not installed) or denied
+                    if not unserved:
+                        log.warning("%s: %s; trying again every %d s", self.name, exc, UNSERVED_RETRY_S)
+                    unserved = True
+                    self.stop.wait(UNSERVED_RETRY_S)
+                    continue
+                log.warning("%s failed, listing again: %s", self.name, exc)
                 self.stop.wait(1)
 
     def relist(self) -> str:

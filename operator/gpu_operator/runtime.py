@@ -23,8 +23,8 @@ import kopf
 
 from . import __version__, compat, debug, metrics, mig_pass, wire
 from .gpu_identity import identify
-from .kinds import CONFIG_MAP, DAEMON_SET, NODE_FEATURE, operand_kinds, served
-from .kube import Fence, Kube, NotLeader
+from .kinds import CONFIG_MAP, DAEMON_SET, NODE_FEATURE, lookup, operand_kinds, served
+from .kube import Fence, Kube, NotLeader, path_for
 from .leader import Elector, identity
 from .nodes import NodeFacts, keep_labels, kept_labels
 from .nodewatch import NodeWatch, Watch
@@ -436,7 +436,8 @@ class Operator:
     def own_watches(self, to_loop: Deliverer, gathered: Deliverer) -> list[Watch[Any]]:
         """The watches kept out of kopf (nodewatch.py), handing what they deliver to the event loop through
         `to_loop`, or `gathered` for the streams of a rollout. Each one's listing also drops what the cache holds
-        and it lacks."""
+        and it lacks. ClusterPolicies and NVIDIADrivers are among them: after 410 Gone kopf lists again without
+        saying what went away, nor even that the listing ended (one that lists nothing calls no handler)."""
         ns = f"/api/v1/namespaces/{self.namespace}"
         apps = f"/apis/apps/v1/namespaces/{self.namespace}"
         return [
@@ -452,6 +453,11 @@ class Operator:
             Watch(self.kube, apps + "/daemonsets", wire.daemonset_dict, self.daemonset, gathered(self.on_daemonset),
                   label_selector=OWNED_SELECTOR, name="daemonset-watch", codec=Codec(wire.DaemonSet),
                   names=self._daemonset_names),
+            Watch(self.kube, path_for("ClusterPolicy"), _kinded("ClusterPolicy"), self.policies.get,
+                  to_loop(_as_event(self.on_policy)), name="clusterpolicy-watch", names=lambda: tuple(self.policies)),
+            Watch(self.kube, path_for("NVIDIADriver"), _kinded("NVIDIADriver"), self.nvidia_drivers.get,
+                  to_loop(_as_event(self.on_nvidia_driver)), name="nvidiadriver-watch",
+                  names=lambda: tuple(self.nvidia_drivers)),
         ]  # fmt: skip
 
     def _daemonset_names(self) -> list[str]:
@@ -1043,9 +1049,8 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
 
         kopf.on.event(group, version, plural, registry=registry, **filters)(_handler(noted))
 
-    # Nodes, operand pods, ControllerRevisions and our DaemonSets are watched outside kopf (Operator.own_watches).
-    watch("nvidia.com", "v1", "clusterpolicies", op.on_policy)
-    watch("nvidia.com", "v1alpha1", "nvidiadrivers", op.on_nvidia_driver)
+    # Nodes, operand pods, ControllerRevisions, our DaemonSets, ClusterPolicies and NVIDIADrivers are watched
+    # outside kopf (Operator.own_watches).
     for kind in operand_kinds():
         if kind not in (DAEMON_SET, CONFIG_MAP):
             watch(kind.group, kind.version, kind.plural, op.on_operand_kind)
@@ -1058,6 +1063,24 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
 
 Callback = Callable[[str | None, dict[str, Any]], None]
 Deliverer = Callable[[Callable[[str, Any], None]], Callable[[str, Any], object]]  # Inbox.deliverer
+
+
+def _as_event(callback: Callback) -> Callable[[str, dict[str, Any] | None], None]:
+    """A watch's delivery (None: deleted) as the event `callback` takes."""
+
+    def deliver(name: str, body: dict[str, Any] | None) -> None:
+        if body is None:
+            callback("DELETED", {"metadata": {"name": name}})
+        else:
+            callback("MODIFIED", body)
+
+    return deliver
+
+
+def _kinded(kind: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """An object as a watch event has it (a list's items carry no kind)."""
+    api_version = lookup(kind).api_version
+    return lambda obj: {**obj, "apiVersion": api_version, "kind": kind}
 
 
 def _successor(cached: dict[str, Any] | None, deleted: dict[str, Any]) -> bool:

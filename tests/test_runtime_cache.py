@@ -15,6 +15,8 @@ from typing import Any
 import pytest
 
 from gpu_operator import runtime, wire
+from gpu_operator.apply import Applier
+from gpu_operator.events import EventRecorder
 from gpu_operator.nodes import kept_labels
 from gpu_operator.observe import Newer, Snapshot
 from gpu_operator.reconciler import Outcome
@@ -867,6 +869,8 @@ class _DeletingReconciler:
     def __init__(self, op: Operator, loop: asyncio.AbstractEventLoop) -> None:
         self.op, self.loop, self.passes = op, loop, 0
         self.done = asyncio.Event()
+        self.applier = Applier(None)  # type: ignore[arg-type]  # a node's deletion makes both forget it
+        self.events = EventRecorder(None)  # type: ignore[arg-type]
 
     def reconcile(self, snap: Snapshot) -> Outcome:
         self.passes += 1

@@ -38,6 +38,18 @@ def test_name_breaks_a_creation_tie() -> None:
     assert active_policy([policy("zeta", T0), policy("alpha", T0), policy("mid", T0)]) == "alpha"
 
 
+def test_of_policies_created_in_the_same_second_the_acted_on_one_stays_active() -> None:
+    """creationTimestamp is whole seconds: a policy re-created in the second its hand-over ended (e2e/test_operator
+    hands cluster-policy over to second-policy and creates it again) won the tie by name and took the operands back;
+    the one whose status says it is acted on keeps them, and only then the name decides."""
+    acting = {**policy("second-policy", T0), "status": {"state": "ready"}}
+    new = policy("cluster-policy", T0)
+    assert active_policy([new, acting]) == "second-policy"
+    assert active_policy([{**new, "status": {"state": "ignored"}}, acting]) == "second-policy"
+    assert active_policy([policy("cluster-policy", T0), {**acting, "status": {"state": "ignored"}}]) == "cluster-policy"
+    assert active_policy([{**policy("older", "2025-12-31T23:59:59Z")}, acting]) == "older"  # age comes first
+
+
 def test_deleting_policy_is_skipped() -> None:
     assert active_policy([policy("old", T0, deleting=True), policy("new", T1)]) == "new"
     assert active_policy([policy("old", T0, deleting=True)]) is None

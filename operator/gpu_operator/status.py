@@ -15,12 +15,18 @@ class StateResult:
 
 
 def active_policy(policies: list[dict[str, Any]]) -> str | None:
-    """The one ClusterPolicy that is acted on: the oldest by creationTimestamp, the name breaking a tie."""
+    """The one ClusterPolicy that is acted on: the oldest by creationTimestamp. Timestamps are whole seconds, so of
+    policies created in the same second the one whose status says it is acted on stays so (a policy created a
+    moment after a hand-over does not take the operands back), then the name breaks the tie."""
     live = [p for p in policies if not p["metadata"].get("deletionTimestamp")]
     if not live:
         return None
-    oldest = min(live, key=lambda p: (p["metadata"].get("creationTimestamp", ""), p["metadata"]["name"]))
-    return str(oldest["metadata"]["name"])
+
+    def age(p: dict[str, Any]) -> tuple[str, bool, str]:
+        state = (p.get("status") or {}).get("state")
+        return p["metadata"].get("creationTimestamp", ""), state in (None, "ignored"), p["metadata"]["name"]
+
+    return str(min(live, key=age)["metadata"]["name"])
 
 
 UNSUPPORTED_FIELDS = "UnsupportedFields"

@@ -477,6 +477,23 @@ def test_an_event_the_api_server_refused_is_posted_again_next_time() -> None:
     assert len(kube.created) == 1, "refused, then posted, then a repeat dropped"
 
 
+def test_the_recorder_posts_on_an_object_created_again_under_the_same_name() -> None:
+    """The recorder remembered the last message per kind and name, not per object: an NVIDIADriver deleted and
+    created again under the same name with the same conflict got no Warning (its new, empty status differs, so the
+    reconciler asks for it), and `kubectl describe` on it (events selected by the object's uid) showed none."""
+    kube = _Events()
+    record = EventRecorder(kube)  # type: ignore[arg-type]
+    first = {"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver", "metadata": {"name": "d", "uid": "u-1"}}
+    again = {**first, "metadata": {"name": "d", "uid": "u-2"}}
+    for obj in (first, again, again):
+        record(obj, "Warning", "Conflict", "node h-0 is selected by d and e")
+    assert [e["involvedObject"]["uid"] for e in kube.created] == ["u-1", "u-2"]
+    # A reference without a uid (a Node's, by name) is the object last posted on.
+    by_name = {"kind": "NVIDIADriver", "metadata": {"name": "d"}}
+    record(by_name, "Warning", "Conflict", "node h-0 is selected by d and e")
+    assert len(kube.created) == 2
+
+
 def test_a_state_change_that_comes_back_gets_its_event_again() -> None:
     """The recorder dropped an event that said what the last one with its reason said, however long ago and
     whatever came between: notReady (DriverNotReady), ready, then the same notReady again posted the Warning only

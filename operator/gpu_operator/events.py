@@ -21,16 +21,17 @@ def now() -> str:
 class EventRecorder:
     def __init__(self, kube: Kube):
         self.kube = kube
-        self._last: dict[tuple[str, str], dict[str, str]] = {}  # (kind, name) -> reason -> its last message posted
+        # (kind, name) -> the uid of the object posted on, and reason -> its last message posted there
+        self._last: dict[tuple[str, str], tuple[str | None, dict[str, str]]] = {}
         self._lock = threading.Lock()
 
     def __call__(self, obj: dict[str, Any], etype: str, reason: str, message: str, changed: bool = False) -> None:
         """An Event on `obj`, unless the last one posted for it with this reason said the same. `changed`: the
         caller saw what the event says change (a state that came back after another): posted in any case."""
         meta = obj["metadata"]
-        ref = (obj["kind"], meta["name"])
+        ref, uid = (obj["kind"], meta["name"]), meta.get("uid")
         with self._lock:
-            if not changed and self._last.get(ref, {}).get(reason) == message:
+            if not changed and self._posted(ref, uid).get(reason) == message:
                 return
         ns = meta.get("namespace") or "default"
         body = {
@@ -59,7 +60,15 @@ class EventRecorder:
             log.warning("could not record event %s on %s: %s", reason, meta["name"], exc)
             return
         with self._lock:
-            self._last.setdefault(ref, {})[reason] = message
+            posted = self._posted(ref, uid)
+            posted[reason] = message
+            self._last[ref] = (uid or self._last.get(ref, (None, {}))[0], posted)
+
+    def _posted(self, ref: tuple[str, str], uid: str | None) -> dict[str, str]:
+        """What was posted on the object of this kind and name (under the lock); nothing when the name is now
+        another object's (deleted and created again: a new uid). A reference without a uid is the same object."""
+        known, posted = self._last.get(ref, (None, {}))
+        return {} if uid and known and uid != known else posted
 
     def forget(self, kind: str, name: str) -> None:
         """Drop what was posted on an object that is gone (node names churn in autoscaled pools)."""

@@ -684,6 +684,37 @@ def test_capacity_refuses_a_pod_the_api_server_refuses(
     assert "fit now: 4 of 4" in capsys.readouterr().out
 
 
+def test_capacity_does_not_count_an_mps_shared_node_for_a_pod_asking_two_replicas() -> None:
+    """An MPS-shared node (GFD: gpu.sharing-strategy=mps) advertises replicas as nvidia.com/gpu, and the device
+    plugin refuses a request of more than one of them at Allocate (failRequestsGreaterThanOne, its MPS default:
+    k8s-device-plugin api/config/v1/config.go, internal/rm/rm.go ValidateRequest), so the kubelet fails such pods
+    with UnexpectedAdmissionError. doctor knew it (MultipleMPSSharedGPUs), capacity counted 16 copies of a 2-GPU
+    pod on the node, "extra nodes needed: 0". The node, and a new node like it, now takes none; one replica fits."""
+    mps = node("m-0", gpus=32, labels={"nvidia.com/gpu.sharing-strategy": "mps", "nvidia.com/gpu.replicas": "4"})
+    views = nodes_with_pods([mps], [])
+    two, one = pod("job", 2), pod("job", 1)
+    result = capacity.plan(two, 4, views)
+    assert result.fits_now == 0 and result.extra_nodes is None, capacity.render(result, "job")
+    assert "excluded: MPS-shared GPUs (replicas 4): the device plugin refuses" in result.fits[0].why
+    like = capacity.plan(two, 4, views, capacity.parse_profile("m-0", views))
+    assert like.per_new_node == 0 and like.extra_nodes is None
+    assert capacity.plan(one, 4, views).fits_now == 4
+
+
+def test_capacity_new_node_like_an_existing_one_does_not_keep_its_hostname() -> None:
+    """A new node "like h-0" is another machine: the kubelet gives it its own kubernetes.io/hostname. The copy kept
+    every label, so a pod pinned to h-0 by its hostname (h-0 full) was answered "extra nodes needed: 1 × like h-0",
+    when no node added can ever take it: "impossible" now, with --node-profile h-0 too."""
+    pinned = pod("job", 8, nodeSelector={"kubernetes.io/hostname": "h-0"})
+    views = nodes_with_pods([node("h-0"), node("h-1")], [pod("busy", 8, node_name="h-0")])
+    result = capacity.plan(pinned, 1, views)
+    assert result.fits_now == 0 and result.extra_nodes is None, capacity.render(result, "job")
+    profile = capacity.parse_profile("h-0", views)
+    assert profile.labels["kubernetes.io/hostname"] != "h-0"
+    assert capacity.plan(pinned, 1, views, profile).extra_nodes is None
+    assert capacity.plan(pod("job", 8), 1, views, profile).extra_nodes == 0  # h-1 takes it
+
+
 def exposed_metrics() -> set[str]:
     from gpu_operator.metrics import REGISTRY
 

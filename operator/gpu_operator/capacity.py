@@ -1,6 +1,7 @@
 """Capacity planning (pure): how many copies of a pod fit on the cluster now, where, and how many more nodes of
 a given profile the rest needs (seed Exercise 3). Honours resource requests (GPUs, CPU, memory, pods), node
-selectors and required node affinity, taints, cordons and required pod anti-affinity on the hostname topology."""
+selectors and required node affinity, taints, cordons, required pod anti-affinity on the hostname topology and
+the device plugin's refusal of more than one MPS-shared GPU."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from .doctor.common import REPLICAS_LABEL, mps_refuses, shared_gpus
 from .doctor.sched import (
     NodeView,
     anti_affinity_blocks,
@@ -22,6 +24,8 @@ from .doctor.sched import (
     self_anti_affinity,
     untolerated_taints,
 )
+
+HOSTNAME_LABEL = "kubernetes.io/hostname"  # the kubelet sets it to the node's own name
 
 
 @dataclass
@@ -113,6 +117,9 @@ def fit_on(pod: dict[str, Any], node: NodeView, requests: dict[str, Decimal]) ->
         return NodeFit(node.name, 0, "excluded: cordoned (unschedulable)")
     if anti_affinity_blocks(pod, node):
         return NodeFit(node.name, 0, "excluded: a pod there matches the pod's required anti-affinity")
+    if mps_refuses(node.labels, requests):
+        return NodeFit(node.name, 0, f"excluded: MPS-shared GPUs (replicas {node.labels.get(REPLICAS_LABEL)}): the "
+                       f"device plugin refuses a request of {shared_gpus(requests)}, more than 1")  # fmt: skip
     need = {**{k: v for k, v in requests.items() if v > 0}, "pods": Decimal(1)}
     best, limit = None, ""
     for resource, amount in sorted(need.items()):
@@ -127,10 +134,11 @@ def fit_on(pod: dict[str, Any], node: NodeView, requests: dict[str, Decimal]) ->
 
 
 def empty_copy(view: NodeView, name: str | None = None) -> NodeView:
-    """A new node like `view`, with nothing running and not cordoned."""
+    """A new node like `view`, with nothing running and not cordoned: another machine, so another hostname."""
+    name = name or f"new-{view.name}"
     return NodeView(
-        name=name or f"new-{view.name}",
-        labels=dict(view.labels),
+        name=name,
+        labels={**view.labels, HOSTNAME_LABEL: name},
         taints=[copy.deepcopy(t) for t in view.taints if t.get("key") != "node.kubernetes.io/unschedulable"],
         unschedulable=False,
         allocatable=dict(view.allocatable),
@@ -144,7 +152,7 @@ def plan(pod: dict[str, Any], count: int, nodes: dict[str, NodeView], profile: N
     requests = pod_requests(pod)
     fits = sorted((fit_on(pod, v, requests) for v in nodes.values()), key=lambda f: (-f.fits, f.node))
     notes = []
-    if any(t.get("topologyKey") != "kubernetes.io/hostname" for t in anti_affinity_terms(pod)):
+    if any(t.get("topologyKey") != HOSTNAME_LABEL for t in anti_affinity_terms(pod)):
         notes.append("anti-affinity terms on topologies other than kubernetes.io/hostname are not modelled")
     if profile is None:
         shapes = [empty_copy(v) for v in nodes.values()]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from ..api import ClusterPolicySpec, PolicyError, parse_policy
 from ..status import active_policy
 from .model import Cluster
+from .sched import GPU, GPU_SHARED
 
 UPGRADE_STATE = "nvidia.com/gpu-driver-upgrade-state"
 SETTLED_UPGRADE = ("", "upgrade-done")  # upgrade states in which a node waits for nothing
@@ -108,6 +110,28 @@ def sandbox_fix(message: str) -> str:
     return ("the nvidia runtime handler is not configured on this node yet: the container toolkit configures it "
             "(check its pod on the node); on k3s, k0s or RKE2 set CONTAINERD_CONFIG/CONTAINERD_SOCKET in "
             "toolkit.env to that distribution's paths")  # fmt: skip
+
+
+def shared_replicas(labels: dict[str, str]) -> int:
+    """The replicas GFD says each GPU of a node is shared as (1: not shared, or a label that does not parse)."""
+    try:
+        return int(labels.get(REPLICAS_LABEL, "1"))
+    except ValueError:
+        return 1
+
+
+def shared_gpus(requests: Mapping[str, Any]) -> int:
+    """How many GPUs a pod's requests ask of the resource GPU sharing advertises (nvidia.com/gpu, or
+    nvidia.com/gpu.shared when the sharing config renames it)."""
+    return int(max(requests.get(GPU, 0), requests.get(GPU_SHARED, 0)))
+
+
+def mps_refuses(labels: dict[str, str], requests: Mapping[str, Any]) -> bool:
+    """Whether the device plugin of a node with these labels refuses a pod of these requests (the kubelet fails it
+    with UnexpectedAdmissionError): MPS-shared replicas and more than one of them asked. The plugin
+    sets failRequestsGreaterThanOne for MPS unless its config sets it false (k8s-device-plugin
+    api/config/v1/config.go; internal/rm/rm.go ValidateRequest)."""
+    return shared_gpus(requests) > 1 and labels.get(SHARING_LABEL) == "mps" and shared_replicas(labels) > 1
 
 
 def has_driver_labels(labels: dict[str, str]) -> bool:

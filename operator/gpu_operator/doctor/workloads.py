@@ -22,12 +22,15 @@ from .common import (
     driver_of_node,
     full_support_driver,
     full_support_version,
+    mps_refuses,
     sandbox_failure,
     sandbox_fix,
+    shared_gpus,
+    shared_replicas,
     version_tuple,
 )
 from .model import ERROR, INFO, WARNING, Cluster, Evidence, Finding, pod_ref
-from .sched import GPU, GPU_SHARED, gpu_requests, pod_requests, required_terms, selector_ok
+from .sched import GPU, gpu_requests, pod_requests, required_terms, selector_ok
 
 _CUDA_IMAGES = re.compile(
     r"(cuda|^pytorch/pytorch|(^|/)nvidia/(pytorch|tensorflow|tritonserver|nemo|jax|rapids)|tensorflow/tensorflow:.*gpu"
@@ -195,15 +198,7 @@ def _corrected_pod(pod: dict[str, Any], containers: set[Any]) -> dict[str, Any]:
 
 def _node_replicas(cluster: Cluster, node: str) -> int:
     view = cluster.views.get(node)
-    try:
-        return int(view.labels.get(REPLICAS_LABEL, "1")) if view else 1
-    except ValueError:
-        return 1
-
-
-def _strategy(cluster: Cluster, node: str) -> str:
-    view = cluster.views.get(node)
-    return view.labels.get(SHARING_LABEL, "") if view else ""
+    return shared_replicas(view.labels) if view else 1
 
 
 def _mps_limit(labels: dict[str, str], replicas: int) -> str:
@@ -215,7 +210,7 @@ def _mps_limit(labels: dict[str, str], replicas: int) -> str:
 
 
 def _time_sliced(cluster: Cluster, pod: dict[str, Any], gpus: dict[str, int]) -> list[Finding]:
-    count = max(gpus.get(GPU, 0), gpus.get(GPU_SHARED, 0))
+    count = shared_gpus(gpus)
     if count <= 1:
         return []
     node = (pod.get("spec") or {}).get("nodeName")
@@ -228,7 +223,7 @@ def _time_sliced(cluster: Cluster, pod: dict[str, Any], gpus: dict[str, int]) ->
     evidence = [Evidence(f"Node {n}", f"labels[{REPLICAS_LABEL}]", str(_node_replicas(cluster, n))) for n in shared[:5]]
     if status.get("reason") == "UnexpectedAdmissionError":
         evidence.insert(0, Evidence(ref, "status.message", str(status.get("message", ""))))
-    if all(_strategy(cluster, n) == "mps" for n in shared):
+    if all(mps_refuses(cluster.views[n].labels, gpus) for n in shared):
         evidence += [Evidence(f"Node {n}", f"labels[{SHARING_LABEL}]", "mps") for n in shared[:5]]
         return [Finding(
             WARNING, "MultipleMPSSharedGPUs", ref,

@@ -684,6 +684,66 @@ def test_capacity_refuses_a_pod_the_api_server_refuses(
     assert "fit now: 4 of 4" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("32GB", "quantities must match the regular expression"), ("2 Gi", "quantities must match the regular expression"),
+     ("lots", "quantities must match the regular expression"), ("1K", "quantities must match the regular expression"),
+     ("-1Gi", "must be greater than or equal to 0")],
+)  # fmt: skip
+def test_capacity_refuses_a_quantity_the_api_server_refuses(
+    value: str, message: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A memory limit of 32GB (not a Kubernetes quantity: the API server refuses the pod) was read as 0 and
+    planned as a pod that needs no memory, exit 0 with too high a count; it is refused now, naming the container
+    and the field, exit 2 (as --node-profile refuses the same typo)."""
+    from gpu_operator.cli import main
+    from gpu_operator.kube import Kube
+
+    p = pod("train", 2, limits={"memory": value})
+    path = tmp_path / "pod.yaml"
+    path.write_text(yaml.safe_dump(p))
+    monkeypatch.setattr(Kube, "connect", classmethod(lambda cls, *a, **k: FakeKube([node("h-0")], [])))
+    assert main(["capacity", "--pod", str(path), "--count", "2"]) == 2
+    out, err = capsys.readouterr()
+    want = f'container main: spec.containers[0].resources.limits[memory]: Invalid value: "{value}": {message}'
+    assert out == "" and want in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("kind: Pod\nmetadata:\nspec:\n  containers:\n  - name: t\n    image: x\n    resources:\n      limits:\n"
+      "        nvidia.com/gpu: 1\n", None),
+     ("kind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n  - name: t\n    image: x\n    resources:\n"
+      "      limits:\n      - nvidia.com/gpu\n",
+      "Pod p: spec.containers[0].resources.limits: must be a mapping, not list ['nvidia.com/gpu']"),
+     ("kind: Pod\nmetadata:\n  name: p\nspec:\n  affinity:\n    podAntiAffinity:\n    - topologyKey: t\n"
+      "  containers:\n  - name: t\n    image: x\n",
+      "Pod p: spec.affinity.podAntiAffinity: must be a mapping, not list [{'topologyKey': 't'}]"),
+     ("kind: Pod\nmetadata:\n  name: p\nspec: {}\n",
+      "the API server refuses this pod: spec.containers: Required value")],
+    ids=["metadata-null", "limits-a-list", "anti-affinity-a-list", "no-container"],
+)  # fmt: skip
+def test_capacity_answers_odd_pod_yaml_with_an_error_not_a_traceback(
+    text: str, message: str | None, tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """`metadata:` left empty (YAML null) crashed capacity with AttributeError, and limits written as a list
+    crashed it in api_errors, each with a traceback: a null metadata is planned now, and a field of the wrong type
+    exits 2 with one `error:` line naming it, as every other bad input of the command does."""
+    from gpu_operator.cli import main
+    from gpu_operator.kube import Kube
+
+    path = tmp_path / "pod.yaml"
+    path.write_text(text)
+    monkeypatch.setattr(Kube, "connect", classmethod(lambda cls, *a, **k: FakeKube([node("h-0")], [])))
+    code = main(["capacity", "--pod", str(path), "--count", "2"])
+    out, err = capsys.readouterr()
+    if message is None:
+        assert code == 0 and "fit now: 2 of 2" in out, err
+    else:
+        assert code == 2 and out == "" and err == f"error: {path}: {message}\n", err
+
+
 def test_capacity_does_not_count_an_mps_shared_node_for_a_pod_asking_two_replicas() -> None:
     """An MPS-shared node (GFD: gpu.sharing-strategy=mps) advertises replicas as nvidia.com/gpu, and the device
     plugin refuses a request of more than one of them at Allocate (failRequestsGreaterThanOne, its MPS default:

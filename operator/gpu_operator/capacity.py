@@ -23,6 +23,7 @@ from .doctor.sched import (
     selector_ok,
     self_anti_affinity,
     untolerated_taints,
+    valid_quantity,
 )
 
 HOSTNAME_LABEL = "kubernetes.io/hostname"  # the kubelet sets it to the node's own name
@@ -78,29 +79,56 @@ def _overcommit_allowed(resource: str) -> bool:
     return native and not resource.startswith("hugepages-")
 
 
-def api_errors(pod: dict[str, Any]) -> list[str]:
-    """What the API server refuses a pod for in its containers' extended resources (REFERENCE §12 entries 4, 5):
-    a request without a limit or unequal to it, a quantity that is not a whole number."""
+# The API server's words for a value that is not a quantity (apimachinery resource.ErrFormatWrong).
+_NOT_A_QUANTITY = "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"
+EXTENDED_FIX = "set the limit alone, a whole number: the request defaults to it"
+
+
+def _quantity_errors(where: str, values: dict[str, Any]) -> list[str]:
+    """Values the API server refuses as quantities: not one (read as 0 here), or negative. YAML null is 0."""
     out = []
+    for r, v in values.items():
+        if v is not None and not valid_quantity(str(v)):
+            out.append(f'{where}[{r}]: Invalid value: "{v}": {_NOT_A_QUANTITY}')
+        elif quantity(v) < 0:
+            out.append(f'{where}[{r}]: Invalid value: "{v}": must be greater than or equal to 0')
+    return out
+
+
+def api_errors(pod: dict[str, Any]) -> list[str]:
+    """What the API server refuses a pod for in its resources: no container, a value that is not a quantity or is
+    negative, and for extended resources (REFERENCE §12 entries 4, 5) a request without a limit or unequal to it,
+    a quantity that is not a whole number (the last of these ends with EXTENDED_FIX)."""
+    out, extended = [], []
     spec = pod.get("spec") or {}
+    if not spec.get("containers"):
+        out.append("spec.containers: Required value")
+    out += _quantity_errors("spec.overhead", spec.get("overhead") or {})
     for key in ("initContainers", "containers"):
         for i, c in enumerate(spec.get(key) or []):
             res = c.get("resources") or {}
             limits, requests = res.get("limits") or {}, res.get("requests") or {}
             where = f"container {c.get('name')}: spec.{key}[{i}].resources"
+            bad = [*_quantity_errors(f"{where}.limits", limits), *_quantity_errors(f"{where}.requests", requests)]
+            if bad:  # the extended-resource rules below would read them as 0
+                out += bad
+                continue
             for kind, values in (("limits", limits), ("requests", requests)):
                 for r, v in values.items():
                     if not _overcommit_allowed(r) and "/" in r and quantity(v) != quantity(v).to_integral_value():
-                        out.append(f'{where}.{kind}[{r}]: Invalid value: "{v}": must be an integer')
+                        extended.append(f'{where}.{kind}[{r}]: Invalid value: "{v}": must be an integer')
             for r, v in requests.items():
                 if _overcommit_allowed(r):
                     continue
                 if r not in limits:
-                    out.append(f"{where}.limits: Required value: Limit must be set for non overcommitable resources "
-                               f"({r} is requested without a limit)")  # fmt: skip
+                    extended.append(f"{where}.limits: Required value: Limit must be set for non overcommitable "
+                                    f"resources ({r} is requested without a limit)")  # fmt: skip
                 elif quantity(v) != quantity(limits[r]):
-                    out.append(f'{where}.requests: Invalid value: "{v}": must be equal to {r} limit of {limits[r]}')
-    return out
+                    extended.append(f'{where}.requests: Invalid value: "{v}": must be equal to {r} limit of '
+                                    f"{limits[r]}")  # fmt: skip
+    if extended:
+        extended[-1] += f" ({EXTENDED_FIX})"
+    return out + extended
 
 
 def fit_on(pod: dict[str, Any], node: NodeView, requests: dict[str, Decimal]) -> NodeFit:

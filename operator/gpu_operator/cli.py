@@ -53,6 +53,8 @@ def _load_yaml_docs(path: str) -> list[dict[str, Any]]:
 _METADATA = {"metadata": "mapping", "metadata/name": "string", "metadata/labels": "strings",
              "metadata/annotations": "strings"}  # fmt: skip
 _PCI = "spec/features/instances/pci.device"
+_REQUIRED = "requiredDuringSchedulingIgnoredDuringExecution"
+_NODE_REQUIRED = f"spec/affinity/nodeAffinity/{_REQUIRED}"
 _SHAPES: dict[str, dict[str, str]] = {
     "ClusterPolicy": _METADATA,
     "Node": {
@@ -69,6 +71,24 @@ _SHAPES: dict[str, dict[str, str]] = {
         f"{_PCI}/elements/[]/attributes": "mapping",
     },
     "NVIDIADriver": _METADATA,
+    "Pod": {  # what capacity reads
+        **_METADATA, "metadata/namespace": "string", "spec": "mapping", "spec/overhead": "mapping",
+        "spec/nodeSelector": "strings", "spec/tolerations": "list", "spec/tolerations/[]": "mapping",
+        "spec/topologySpreadConstraints": "list", "spec/topologySpreadConstraints/[]": "mapping",
+        **{f"spec/{key}{path}": want for key in ("containers", "initContainers") for path, want in (
+            ("", "list"), ("/[]", "mapping"), ("/[]/resources", "mapping"), ("/[]/resources/limits", "mapping"),
+            ("/[]/resources/requests", "mapping"))},
+        "spec/affinity": "mapping", "spec/affinity/nodeAffinity": "mapping", f"{_NODE_REQUIRED}": "mapping",
+        f"{_NODE_REQUIRED}/nodeSelectorTerms": "list", f"{_NODE_REQUIRED}/nodeSelectorTerms/[]": "mapping",
+        **{f"{_NODE_REQUIRED}/nodeSelectorTerms/[]/{key}{path}": want for key in ("matchExpressions", "matchFields")
+           for path, want in (("", "list"), ("/[]", "mapping"), ("/[]/values", "list"))},
+        **{f"spec/affinity/{kind}{path}": want for kind in ("podAffinity", "podAntiAffinity") for path, want in (
+            ("", "mapping"), (f"/{_REQUIRED}", "list"), (f"/{_REQUIRED}/[]", "mapping"),
+            (f"/{_REQUIRED}/[]/namespaces", "list"), (f"/{_REQUIRED}/[]/labelSelector", "mapping"),
+            (f"/{_REQUIRED}/[]/labelSelector/matchLabels", "strings"),
+            (f"/{_REQUIRED}/[]/labelSelector/matchExpressions", "list"),
+            (f"/{_REQUIRED}/[]/labelSelector/matchExpressions/[]", "mapping"))},
+    },
 }  # fmt: skip
 _TYPES: dict[str, type] = {"mapping": dict, "list": list, "string": str, "boolean": bool}
 # The one version each of our kinds is served in (crds/): another is refused by the API server.
@@ -683,17 +703,18 @@ def cmd_capacity(args: argparse.Namespace) -> int:
         if not docs:
             raise ValueError(f"{args.pod}: no Pod found")
         pod = docs[0]
+        _checked(args.pod, [{**pod, "kind": "Pod"}])
         refused = capacity.api_errors(pod)
         if refused:  # a pod the API server would not create: nothing to plan
-            raise ValueError(f"{args.pod}: the API server refuses this pod: " + "; ".join(refused)
-                             + " (set the limit alone, a whole number: the request defaults to it)")  # fmt: skip
+            raise ValueError(f"{args.pod}: the API server refuses this pod: " + "; ".join(refused))
         kube = Kube.connect(args.kubeconfig)
         views = nodes_with_pods(kube.list("Node"), kube.list("Pod"))
         profile = capacity.parse_profile(args.node_profile, views) if args.node_profile else None
     except (ApiError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    pod.setdefault("metadata", {}).setdefault("namespace", args.namespace)
+    pod["metadata"] = pod.get("metadata") or {}  # `metadata:` left empty is null
+    pod["metadata"].setdefault("namespace", args.namespace)
     result = capacity.plan(pod, args.count, views, profile)
     sys.stdout.write(capacity.render(result, pod["metadata"].get("name", "?")))
     return 0

@@ -775,6 +775,24 @@ def test_capacity_new_node_like_an_existing_one_does_not_keep_its_hostname() -> 
     assert capacity.plan(pod("job", 8), 1, views, profile).extra_nodes == 0  # h-1 takes it
 
 
+def test_capacity_says_what_it_does_not_model() -> None:
+    """README said "the count per node is exactly what the scheduler reaches", but a required podAffinity
+    (co-locate with app=db per hostname), which keeps the scheduler off h-0 (no db pod there), was ignored with no
+    note: 4 copies counted on h-0. So were DoNotSchedule topology spread constraints. Both are named in a note."""
+    affinity = {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"app": "db"}}}]}}  # fmt: skip
+    db = pod("db", 0, node_name="h-1")
+    views = nodes_with_pods([node("h-0"), node("h-1")], [db])
+    text = capacity.render(capacity.plan(pod("job", 2, affinity=affinity), 8, views), "job")
+    assert "note: required pod affinity is not modelled" in text, text
+    spread = [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule",
+               "labelSelector": {"matchLabels": {"app": "job"}}}]  # fmt: skip
+    text = capacity.render(capacity.plan(pod("job", 2, topologySpreadConstraints=spread), 8, views), "job")
+    assert "note: topology spread constraints (whenUnsatisfiable: DoNotSchedule) are not modelled" in text, text
+    soft = [{**spread[0], "whenUnsatisfiable": "ScheduleAnyway"}]
+    assert capacity.plan(pod("job", 2, topologySpreadConstraints=soft), 8, views).notes == []
+
+
 def exposed_metrics() -> set[str]:
     from gpu_operator.metrics import REGISTRY
 

@@ -1,7 +1,8 @@
 """Capacity planning (pure): how many copies of a pod fit on the cluster now, where, and how many more nodes of
 a given profile the rest needs (seed Exercise 3). Honours resource requests (GPUs, CPU, memory, pods), node
 selectors and required node affinity, taints, cordons, required pod anti-affinity on the hostname topology and
-the device plugin's refusal of more than one MPS-shared GPU."""
+the device plugin's refusal of more than one MPS-shared GPU. Required pod affinity and DoNotSchedule topology
+spread constraints are not modelled: the plan says so."""
 
 from __future__ import annotations
 
@@ -182,6 +183,14 @@ def plan(pod: dict[str, Any], count: int, nodes: dict[str, NodeView], profile: N
     notes = []
     if any(t.get("topologyKey") != HOSTNAME_LABEL for t in anti_affinity_terms(pod)):
         notes.append("anti-affinity terms on topologies other than kubernetes.io/hostname are not modelled")
+    spec = pod.get("spec") or {}
+    if ((spec.get("affinity") or {}).get("podAffinity") or {}).get("requiredDuringSchedulingIgnoredDuringExecution"):
+        notes.append("required pod affinity is not modelled: the scheduler puts a copy only where a pod matching "
+                     "each term runs in the same topology domain, so fewer may fit than counted")  # fmt: skip
+    if any(c.get("whenUnsatisfiable", "DoNotSchedule") == "DoNotSchedule"
+           for c in spec.get("topologySpreadConstraints") or []):  # fmt: skip
+        notes.append("topology spread constraints (whenUnsatisfiable: DoNotSchedule) are not modelled: the "
+                     "scheduler keeps copies within maxSkew across domains, so fewer may fit than counted")  # fmt: skip
     if profile is None:
         shapes = [empty_copy(v) for v in nodes.values()]
         scored = sorted(((fit_on(pod, s, requests), s) for s in shapes), key=lambda fs: (-fs[0].fits, fs[1].name))

@@ -6,6 +6,9 @@ from __future__ import annotations
 import copy
 import json
 import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -211,6 +214,113 @@ def test_a_retried_write_passes_the_fence_again(monkeypatch: pytest.MonkeyPatch)
     with pytest.raises(NotLeader):
         kube.request("PATCH", "/api/v1/namespaces/gpu-operator/configmaps/x", {})
     assert sent == ["PATCH"]
+
+
+class _Server:
+    """A local API server answering each request (method, path, n-th request) as `answer` says: status, headers
+    and, for a 2xx, the body (a Pod by default). Requests go through a Kube made by Kube.connect, so through the
+    kubernetes client's urllib3 pool as the operator's do."""
+
+    def __init__(self, tmp_path: Path, answer: Callable[[str, str, int], tuple[int, dict[str, str], bytes]]) -> None:
+        self.sent: list[str] = []
+        self.on_request: Callable[[], None] = lambda: None
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                if length := int(self.headers.get("Content-Length") or 0):
+                    self.rfile.read(length)
+                outer.sent.append(self.command)
+                outer.on_request()
+                status, headers, body = answer(self.command, self.path, len(outer.sent))
+                if status >= 300:
+                    body = json.dumps({"kind": "Status", "code": status, "message": "try again"}).encode()
+                self.send_response(status)
+                for k, v in {"Content-Type": "application/json", "Content-Length": str(len(body)), **headers}.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_DELETE = do_PUT = do_PATCH = do_POST = _answer  # noqa: N815
+
+            def log_message(self, *_: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        config = tmp_path / f"kubeconfig-{self.httpd.server_port}"
+        config.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "c",
+            "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{self.httpd.server_port}"}}],
+            "users": [{"name": "u", "user": {}}], "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+        }))  # fmt: skip
+        self.kube = Kube.connect(str(config))
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+POD = json.dumps({"kind": "Pod", "metadata": {"name": "p"}}).encode()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Callable[..., _Server]]:
+    made: list[_Server] = []
+
+    def make(answer: Callable[[str, str, int], tuple[int, dict[str, str], bytes]]) -> _Server:
+        made.append(_Server(tmp_path, answer))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def test_a_delete_turned_away_is_not_sent_again_by_the_connection_pool_once_the_fence_closed(server: Any) -> None:
+    """Each request Kube.request sends again passes the fence again, but the kubernetes client's urllib3 pool
+    (its default Retry(3)) sent a GET, PUT or DELETE answered 429/503 with Retry-After again itself, inside the one
+    pass of the fence: a leader whose fence closed meanwhile (Lease lost, or step_down) still deleted."""
+    srv = server(lambda method, path, n: (429, {"Retry-After": "0"}, b"") if n == 1 else (200, {}, POD))
+    srv.kube.fence = Fence()
+    srv.kube.fence.extend(float("inf"))
+    srv.on_request = srv.kube.fence.close  # the Lease is lost while the first DELETE is answered
+    with pytest.raises(NotLeader):
+        srv.kube.request("DELETE", "/api/v1/namespaces/gpu-operator/pods/nvidia-driver-daemonset-abcde")
+    assert srv.sent == ["DELETE"], "the DELETE was sent again after the fence closed"
+
+
+def test_a_get_turned_away_is_sent_at_most_eleven_times_with_waits_of_at_most_ten_seconds(
+    server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RETRIES and MAX_RETRY_AFTER_S held only for what the connection pool handed back: it sent a GET, PUT or
+    DELETE 4 times per Kube attempt (44 in all), sleeping the Retry-After the server named, uncapped (a 503 with
+    Retry-After: 60 was three 60 s sleeps for the Elector's 5 s Lease requests, past its renew deadline)."""
+    srv = server(lambda method, path, n: (429, {"Retry-After": "0"}, b""))
+    with pytest.raises(ApiError) as refused:
+        srv.kube.request("GET", "/api/v1/namespaces/gpu-operator/pods/p")
+    assert refused.value.status == 429 and len(srv.sent) == 11
+
+    slept: list[float] = []
+    srv = server(lambda method, path, n: (503, {"Retry-After": "60"}, b"") if n == 1 else (200, {}, POD))
+    monkeypatch.setattr("time.sleep", slept.append)
+    srv.kube.request("GET", "/apis/coordination.k8s.io/v1/namespaces/gpu-operator/leases/x", timeout=60)
+    assert srv.sent == ["GET", "GET"] and len(slept) == 1 and 10 <= slept[0] <= 11
+
+
+def test_a_watch_turned_away_is_sent_again_after_the_wait_it_names(
+    server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection pool no longer sends anything again once answered; a watch answered 429 (API Priority and
+    Fairness) is still sent again after the wait, not failed (which lists the whole collection again)."""
+    added = json.dumps({"type": "ADDED", "object": {"kind": "Pod", "metadata": {"name": "p"}}}).encode() + b"\n"
+    srv = server(lambda method, path, n: (429, {"Retry-After": "3"}, b"") if n == 1 else (200, {}, added))
+    slept: list[float] = []
+    monkeypatch.setattr("time.sleep", slept.append)
+    events = list(srv.kube.watch("/api/v1/namespaces/gpu-operator/pods", "1", timeout_seconds=1))
+    assert [e["object"]["metadata"]["name"] for e in events] == ["p"]
+    assert srv.sent == ["GET", "GET"] and len(slept) == 1 and 3 <= slept[0] <= 3.3
+    assert srv.kube.requests[("WATCH", "pods")] == 2
 
 
 # --- two electors over one in-memory Lease (resourceVersion conflicts as the API server answers them) ---

@@ -151,6 +151,12 @@ def _retry_in(resp: Any) -> float | None:
     return seconds * (1 + random.random() / 10)
 
 
+# The kubernetes client's urllib3 pool sends a request again only when no connection was made. By default it also
+# sent a GET/PUT/DELETE again after a read error or a 429/503 with Retry-After, within Kube.request's one pass of
+# the fence and past its caps: a request the API server answered is sent again by Kube.request and Kube.watch only.
+SEND_AGAIN_ONLY_UNSENT = urllib3.Retry(3, read=False, other=0, respect_retry_after_header=False)
+
+
 class Kube:
     def __init__(self, api_client: client.ApiClient):
         self.client = api_client
@@ -183,6 +189,7 @@ class Kube:
                 why = f"not a kubeconfig ({type(exc).__name__}: {why})"
             raise Unreachable(f"{where}: {why}") from exc
         cfg.connection_pool_maxsize = 64  # the apply (16) and single-node label (48) threads
+        cfg.retries = SEND_AGAIN_ONLY_UNSENT
         api_client = client.ApiClient(cfg)
         if resume_tls:
             tls.resume_sessions(api_client.rest_client.pool_manager, cfg)
@@ -269,10 +276,19 @@ class Kube:
         """
         q = {"watch": True, "resourceVersion": resource_version, "timeoutSeconds": timeout_seconds,
              "allowWatchBookmarks": True, **query}  # fmt: skip
-        self._count("WATCH", path)
-        resp = self.client.rest_client.pool_manager.request(
-            "GET", self._url(path, q), headers=self._headers(None), preload_content=False, timeout=timeout_seconds + 10
-        )
+        for attempt in range(RETRIES + 1):  # a watch turned away is sent again as a request is
+            self._count("WATCH", path)
+            resp = self.client.rest_client.pool_manager.request(
+                "GET", self._url(path, q), headers=self._headers(None), preload_content=False,
+                timeout=timeout_seconds + 10,
+            )  # fmt: skip
+            wait = _retry_in(resp) if attempt < RETRIES else None
+            if wait is None:
+                break
+            resp.drain_conn()
+            resp.release_conn()
+            log.info("WATCH %s: %d %s, sent again in %.1fs", path, resp.status, resp.reason or "", wait)
+            time.sleep(wait)
         if handle is not None:
             handle.append(resp)
         try:

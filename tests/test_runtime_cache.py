@@ -158,6 +158,18 @@ def test_an_nvidiadriver_deleted_while_the_watch_was_down_is_dropped_by_the_reli
     assert "nvidia.com" not in kopf_watched
 
 
+def test_an_nvidiadriver_its_watch_delivered_while_a_relisting_ran_is_kept() -> None:
+    """A relisting of ours (kopf relisted a ConfigMap or an operand kind) drops what its listing lacks and no event
+    brought meanwhile. on_policy noted what its watch delivered, on_nvidia_driver did not: an NVIDIADriver created
+    while the listing ran was dropped, and nothing brought it back until it changed (its watch delivers changes
+    only), while passes drove its nodes without it and pruned its driver DaemonSet."""
+    op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
+    op._gone, op._touched = set(), set()  # sync(prune=True) under way
+    runtime._as_event(op.on_nvidia_driver)("pool-b", _driver("pool-b", "u1", 40))  # from nvidiadriver-watch
+    op._merge(snapshot(), prune=True)  # listed before it was created
+    assert set(op.nvidia_drivers) == {"pool-b"}
+
+
 def pod(name: str, node: str, ready: bool, owner: str = "nvidia-device-plugin-daemonset") -> dict[str, Any]:
     """A pod projection (observe.pod_projection's shape)."""
     return {

@@ -384,6 +384,7 @@ class Operator:
             self._forget("nvidiadriver", name)
             self.nvidia_drivers.pop(name, None)
         elif newer(self.nvidia_drivers.get(name), body):
+            self._touch("nvidiadriver", name)
             before = self.nvidia_drivers.get(name)
             self.nvidia_drivers[name] = dict(body)
             keep_labels(selector_keys([body]))  # nodes projected from now on keep the labels it selects on

@@ -358,7 +358,7 @@ def test_the_applier_forgets_a_deleted_nodes_last_patch() -> None:
     labelled, for the life of the process."""
 
     class Kube(Client):
-        def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        def create(self, obj: dict[str, Any], **_: Any) -> dict[str, Any]:
             return obj
 
     op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]

@@ -455,7 +455,8 @@ class _Events:
         self.created: list[dict[str, Any]] = []
         self.refuse = refuse
 
-    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+    def create(self, obj: dict[str, Any], retry: bool = True) -> dict[str, Any]:
+        assert not retry, "a pass does not wait on a throttled API server for its Events"
         if self.refuse:
             self.refuse -= 1
             raise ApiError(429, '{"message": "Too many requests"}', "POST events")
@@ -466,15 +467,24 @@ class _Events:
         return {}
 
 
-def test_an_event_the_api_server_refused_is_posted_again_next_time() -> None:
+def test_an_event_the_api_server_refused_is_posted_again_after_a_while() -> None:
     """The recorder took an event for posted before the create was answered: one refused was never posted again
-    while its message stayed the same (the ClusterPolicy's Warning for that cause lost for good)."""
+    while its message stayed the same (the ClusterPolicy's Warning for that cause lost for good). Then one refused
+    was posted again on every pass (a quota on Events refusing it each time: a write per pass for good)."""
+    from gpu_operator.events import REFUSED_RETRY_S
+
     kube = _Events(refuse=1)
-    record = EventRecorder(kube)  # type: ignore[arg-type]
+    now = [0.0]
+    record = EventRecorder(kube, clock=lambda: now[0])  # type: ignore[arg-type]
     pol = {**policy("cluster-policy", T0), "metadata": {"name": "cluster-policy", "uid": "u"}}
+    for _ in range(3):  # refused, then not sent again in the passes that follow
+        record(pol, "Warning", "DriverNotReady", "state notReady: driver not ready")
+        now[0] += 10
+    assert kube.refuse == 0 and not kube.created
+    now[0] += REFUSED_RETRY_S
     for _ in range(3):
         record(pol, "Warning", "DriverNotReady", "state notReady: driver not ready")
-    assert len(kube.created) == 1, "refused, then posted, then a repeat dropped"
+    assert len(kube.created) == 1, "sent again after a while and posted, then a repeat dropped"
 
 
 def test_the_recorder_posts_on_an_object_created_again_under_the_same_name() -> None:

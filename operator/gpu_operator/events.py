@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,6 +14,7 @@ from .kube import ApiError, Kube
 log = logging.getLogger("gpu_operator")
 
 EVENT_SOURCE = "gpu-operator"
+REFUSED_RETRY_S = 300.0  # an Event the API server refused is posted again no sooner (a quota refuses it every time)
 
 
 def now() -> str:
@@ -19,19 +22,25 @@ def now() -> str:
 
 
 class EventRecorder:
-    def __init__(self, kube: Kube):
+    def __init__(self, kube: Kube, clock: Callable[[], float] = time.monotonic):
         self.kube = kube
+        self.clock = clock
         # (kind, name) -> the uid of the object posted on, and reason -> its last message posted there
         self._last: dict[tuple[str, str], tuple[str | None, dict[str, str]]] = {}
+        self._refused: dict[tuple[str, str], dict[str, tuple[str, float]]] = {}  # ... -> (message, when) refused last
         self._lock = threading.Lock()
 
     def __call__(self, obj: dict[str, Any], etype: str, reason: str, message: str, changed: bool = False) -> None:
         """An Event on `obj`, unless the last one posted for it with this reason said the same. `changed`: the
-        caller saw what the event says change (a state that came back after another): posted in any case."""
+        caller saw what the event says change (a state that came back after another): posted even so. One the API
+        server refused (this reason and message) is tried again when asked for no sooner than REFUSED_RETRY_S later."""
         meta = obj["metadata"]
         ref, uid = (obj["kind"], meta["name"]), meta.get("uid")
         with self._lock:
             if not changed and self._posted(ref, uid).get(reason) == message:
+                return
+            refused = self._refused.get(ref, {}).get(reason)
+            if refused is not None and refused[0] == message and self.clock() - refused[1] < REFUSED_RETRY_S:
                 return
         ns = meta.get("namespace") or "default"
         body = {
@@ -55,14 +64,18 @@ class EventRecorder:
             "count": 1,
         }
         try:
-            self.kube.create(body)
-        except ApiError as exc:  # not posted: posted again next time
+            self.kube.create(body, retry=False)  # a pass does not wait on a throttled API server for its Events
+        except ApiError as exc:  # not posted: posted again after a while
             log.warning("could not record event %s on %s: %s", reason, meta["name"], exc)
+            with self._lock:
+                self._refused.setdefault(ref, {})[reason] = (message, self.clock())
             return
         with self._lock:
             posted = self._posted(ref, uid)
             posted[reason] = message
             self._last[ref] = (uid or self._last.get(ref, (None, {}))[0], posted)
+            if self._refused.get(ref, {}).pop(reason, None) is not None and not self._refused[ref]:
+                del self._refused[ref]
 
     def _posted(self, ref: tuple[str, str], uid: str | None) -> dict[str, str]:
         """What was posted on the object of this kind and name (under the lock); nothing when the name is now
@@ -74,3 +87,4 @@ class EventRecorder:
         """Drop what was posted on an object that is gone (node names churn in autoscaled pools)."""
         with self._lock:
             self._last.pop((kind, name), None)
+            self._refused.pop((kind, name), None)

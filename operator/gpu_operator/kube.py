@@ -378,13 +378,13 @@ class Kube:
         )
         return result
 
-    def create(self, obj: dict[str, Any], sub: str | None = None) -> dict[str, Any]:
+    def create(self, obj: dict[str, Any], sub: str | None = None, retry: bool = True) -> dict[str, Any]:
         meta = obj["metadata"]
         if sub:
             path = path_for(obj["kind"], meta["name"], meta.get("namespace"), sub)
         else:
             path = path_for(obj["kind"], namespace=meta.get("namespace"))
-        result: dict[str, Any] = self.request("POST", path, obj, {"fieldManager": FIELD_MANAGER})
+        result: dict[str, Any] = self.request("POST", path, obj, {"fieldManager": FIELD_MANAGER}, retry=retry)
         return result
 
     def delete(self, kind: str, name: str, namespace: str | None = None, body: dict[str, Any] | None = None) -> bool:

@@ -895,6 +895,38 @@ def test_a_workload_pod_that_cannot_get_an_nvidia_sandbox_is_diagnosed() -> None
     assert diagnose(cluster([node("h-0")], [w], events=[cni])) == []  # not the GPU stack's
 
 
+def test_a_sandbox_event_does_not_outlive_the_sandbox_of_a_pod_still_pulling_its_image() -> None:
+    """A pod created before the toolkit configured the nvidia handler keeps its FailedCreatePodSandBox event (events
+    live an hour). While its big CUDA image is pulled, or cannot be pulled, it is Pending with no container started,
+    and the old event alone made doctor report PodSandboxFailed (ERROR, "the nvidia runtime handler is not
+    configured") on a node whose runtime works. The kubelet pulls only in a sandbox: a sandbox-ready condition or a
+    pull event newer than the failure, or a container waiting on a later step, proves the sandbox came up."""
+    old = {"reason": "FailedCreatePodSandBox", "type": "Warning", "lastTimestamp": "2026-01-01T00:00:00Z",
+           "involvedObject": {"kind": "Pod", "namespace": "default", "name": "train"},
+           "message": 'Failed to create pod sandbox: rpc error: code = Unknown desc = failed to get sandbox runtime: '
+                      'no runtime for "nvidia" is configured'}  # fmt: skip
+    pulling = {"reason": "Pulling", "type": "Normal", "lastTimestamp": "2026-01-01T00:06:00Z",
+               "involvedObject": {"kind": "Pod", "namespace": "default", "name": "train"},
+               "message": 'Pulling image "nvcr.io/nvidia/pytorch:25.01-py3"'}  # fmt: skip
+    ready = {"type": "PodReadyToStartContainers", "status": "True", "lastTransitionTime": "2026-01-01T00:05:00Z"}
+
+    def found(waiting: str, conditions: list[Any], events: list[Any]) -> set[str]:
+        status = {"phase": "Pending", "conditions": conditions, "containerStatuses": [
+            {"name": "main", "ready": False, "restartCount": 0, "state": {"waiting": {"reason": waiting}}}]}
+        w = pod("train", 0, node_name="h-0", image="nvcr.io/nvidia/pytorch:25.01-py3", runtimeClassName="nvidia",
+                env=[{"name": "NVIDIA_VISIBLE_DEVICES", "value": "all"}], status=status)  # fmt: skip
+        return {f.kind for f in diagnose(cluster([node("h-0")], [w], events=[old, *events]))}
+
+    assert "PodSandboxFailed" not in found("ImagePullBackOff", [], [])
+    assert "PodSandboxFailed" not in found("ContainerCreating", [ready], [])
+    assert "PodSandboxFailed" not in found("ContainerCreating", [], [pulling])
+    # Still creating, or the sandbox failed again after it had come up: the failure holds.
+    assert "PodSandboxFailed" in found("ContainerCreating", [], [])
+    again = {**old, "lastTimestamp": "2026-01-01T00:07:00Z"}
+    assert "PodSandboxFailed" in found("ContainerCreating", [{**ready, "status": "False"}], [pulling, again])
+    assert "PodSandboxFailed" in found("ContainerCreating", [ready], [pulling, again])
+
+
 def test_operand_pods_are_taken_from_the_one_listing_of_every_pod() -> None:
     from gpu_operator.observe import _operand_pods
     from gpu_operator.states.base import MANAGED_BY, OPERATOR_NAME

@@ -79,10 +79,37 @@ def _event_time(event: dict[str, Any]) -> datetime | None:
     return _time(series.get("lastObservedTime") or event.get("lastTimestamp") or event.get("eventTime"))
 
 
+# Conditions the kubelet sets True once the pod's sandbox is up (PodHasNetwork before Kubernetes 1.29).
+_SANDBOX_READY = ("PodReadyToStartContainers", "PodHasNetwork")
+# Events of the steps that follow the sandbox: the kubelet pulls and creates containers only in a sandbox.
+_AFTER_SANDBOX = ("Pulling", "Pulled", "Created", "Started")
+# Waiting reasons the kubelet gives a container before it tried to start it (also while the sandbox fails).
+_BEFORE_START = ("ContainerCreating", "PodInitializing")
+
+
+def _sandbox_up(events: list[dict[str, Any]], status: dict[str, Any], when: datetime | None) -> bool:
+    """Whether the pod's sandbox came up after a failure at `when` (None: unknown, any sign counts): the
+    sandbox-ready condition turned True, a pull or container event, or a container waiting on a later step."""
+
+    def after(t: datetime | None) -> bool:
+        return t is not None and (when is None or t > when)
+
+    if any(c.get("type") in _SANDBOX_READY and c.get("status") == "True" and after(_time(c.get("lastTransitionTime")))
+           for c in status.get("conditions") or []):  # fmt: skip
+        return True
+    if any(e.get("reason") in _AFTER_SANDBOX and after(_event_time(e)) for e in events):
+        return True
+    return any(
+        ((cs.get("state") or {}).get("waiting") or {}).get("reason") not in (None, *_BEFORE_START)
+        for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or [])
+    )
+
+
 def sandbox_failure(cluster: Cluster, pod: dict[str, Any]) -> dict[str, Any] | None:
-    """The pod's last FailedCreatePodSandBox event if it still holds: no container of the pod has started, or the
-    event is newer than the last container start or stop. A pod created before the toolkit configured the runtime
-    keeps such an event after its sandbox came up."""
+    """The pod's last FailedCreatePodSandBox event if it still holds: no container of the pod has started and the
+    sandbox has not come up since (a pod may wait pulling its image), or the event is newer than the last container
+    start or stop. A pod created before the toolkit configured the runtime keeps such an event after its sandbox
+    came up."""
     meta, status = pod.get("metadata") or {}, pod.get("status") or {}
     events = cluster.events_for("Pod", meta.get("namespace") or "", meta.get("name", ""))
     failed = [e for e in events if e.get("reason") == "FailedCreatePodSandBox"]
@@ -96,9 +123,9 @@ def sandbox_failure(cluster: Cluster, pod: dict[str, Any]) -> dict[str, Any] | N
         for when in (_time(r.get(k)) for r in ran if r for k in ("startedAt", "finishedAt")):
             if when is not None and (last is None or when > last):
                 last = when
-    if not started:
-        return failed[-1]
     when = _event_time(failed[-1])
+    if not started:
+        return None if _sandbox_up(events, status, when) else failed[-1]
     return failed[-1] if when is not None and last is not None and when > last else None
 
 

@@ -452,6 +452,31 @@ def test_a_gpu_pod_in_which_cuda_finds_no_device_is_diagnosed() -> None:
     assert "CUDADeviceNotFound" not in kinds(cluster([node("h-0")], [none]))
 
 
+def test_a_failure_of_a_previous_run_is_not_reported_on_a_pod_that_runs_now() -> None:
+    """The container messages were read from lastState as well as state, and lastState keeps the previous run's
+    message until the next restart: a pod refused by the runtime hook before its node's driver was upgraded, or whose
+    first run found no GPU, and that now runs and is ready on driver 595.91.07 got an ERROR ("the node's driver
+    595.91.07 is older than CUDA 12.8 needs", "CUDA finds no GPU in it"), exit status 2 on a healthy cluster."""
+
+    def restarted(message: str, state: dict[str, Any], ready: bool) -> Any:
+        return pod("train", 1, node_name="h-0", image="registry.example/train:1", status={
+            "phase": "Running", "containerStatuses": [{
+                "name": "main", "ready": ready, "restartCount": 1, "state": state,
+                "lastState": {"terminated": {"exitCode": 128, "reason": "StartError", "message": message,
+                                             "finishedAt": "2026-01-01T00:00:00Z"}}}]})  # fmt: skip
+
+    running = {"running": {"startedAt": "2026-01-02T00:00:00Z"}}
+    refused = ("failed to create containerd task: OCI runtime create failed: nvidia-container-cli: requirement error: "
+               "unsatisfied condition: cuda>=12.8, please update your driver to a newer version")  # fmt: skip
+    for message in (refused, "RuntimeError: No CUDA GPUs are available",
+                    "RuntimeError: CUDA error: no kernel image is available for execution on the device"):
+        assert diagnose(cluster([node("h-0")], [restarted(message, running, True)])) == [], message
+    # Between the restarts of a crash loop the last run's message is the diagnosis.
+    backoff = restarted("RuntimeError: No CUDA GPUs are available", {"waiting": {"reason": "CrashLoopBackOff"}}, False)
+    f = kinds(cluster([node("h-0")], [backoff]))["CUDADeviceNotFound"]
+    assert f.evidence[0].field == "status.containerStatuses[main].lastState.terminated.message"
+
+
 def test_cuda_oom_on_time_sliced_gpu_and_more_than_one_replica() -> None:
     shared = node("h-0", labels={"nvidia.com/gpu.replicas": "4", "nvidia.com/gpu.sharing-strategy": "time-slicing"})
     oom = pod("oom", 1, node_name="h-0", status={"phase": "Failed", "containerStatuses": [{"name": "main", "state": {

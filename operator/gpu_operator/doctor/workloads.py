@@ -389,11 +389,13 @@ def _oom(cluster: Cluster, pod: dict[str, Any]) -> list[Finding]:
 
 
 def _status_message(pod: dict[str, Any], rx: re.Pattern[str]) -> tuple[str, str] | None:
-    """(field, line) of the first container state message (init containers too, current or last) matching rx."""
+    """(field, line) of the first container state message (init containers too, current or last) matching rx. The
+    last state of a container running or ready now is a previous run's: what failed it is gone."""
     status = pod.get("status") or {}
     for key in ("initContainerStatuses", "containerStatuses"):
         for cs in status.get(key) or []:
-            for state_key in ("state", "lastState"):
+            now = cs.get("ready") or (cs.get("state") or {}).get("running") is not None
+            for state_key in ("state",) if now else ("state", "lastState"):
                 for kind in ("waiting", "terminated"):
                     message = str(((cs.get(state_key) or {}).get(kind) or {}).get("message") or "")
                     line = next((line for line in message.splitlines() if rx.search(line)), "")

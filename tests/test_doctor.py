@@ -575,6 +575,41 @@ def test_a_gpu_resource_name_the_nodes_do_not_advertise_is_not_blamed_on_the_dev
         "ResourceNameMismatch"].fix  # fmt: skip
 
 
+def test_a_resource_name_is_not_blamed_when_the_pods_own_gpu_nodes_advertise_nothing() -> None:
+    """ResourceNameMismatch looked for another GPU resource on every node: one MIG-mixed A100 advertising
+    nvidia.com/mig-1g.5gb made a pod that asks for nvidia.com/gpu on the T4 nodes (whose device plugin is down:
+    nothing advertised) get "the resource name is wrong, the device plugin runs", with a corrected YAML requesting a
+    MIG device those nodes never have. Only the nodes the pod may use count, and only when each of their GPU nodes
+    advertises some GPU resource; else the device plugin is the cause (§12 entry 1)."""
+    mig_node = node("a-0", product="NVIDIA-A100-SXM4-40GB", labels={"nvidia.com/mig.strategy": "mixed"},
+                    allocatable={"nvidia.com/gpu": "0", "nvidia.com/mig-1g.5gb": "56"})  # fmt: skip
+    mig_node["status"]["capacity"] = {**mig_node["status"]["capacity"], "nvidia.com/gpu": "0",
+                                      "nvidia.com/mig-1g.5gb": "56"}  # fmt: skip
+    t4 = [node(f"t-{i}", gpus=4, product="Tesla-T4", allocatable={"nvidia.com/gpu": "0"}) for i in range(3)]
+    for n in t4:
+        n["status"]["capacity"].pop("nvidia.com/gpu")
+    on_t4 = pod("infer", 1, nodeSelector={"nvidia.com/gpu.product": "Tesla-T4"})
+    assert set(kinds(cluster([mig_node, *t4], [on_t4]))) == {"GPUsNotAdvertised"}
+    # No selector: the T4 nodes are among its nodes and advertise nothing either.
+    assert set(kinds(cluster([mig_node, *t4], [pod("infer", 1)]))) == {"GPUsNotAdvertised"}
+    # Selecting the A100: its name is the one to fix.
+    on_a100 = pod("infer", 1, nodeSelector={"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB"})
+    f = kinds(cluster([mig_node, *t4], [on_a100]))["ResourceNameMismatch"]
+    assert f.nodes == ("a-0",) and "request nvidia.com/mig-1g.5gb instead" in f.fix
+    # A node whose taint the pod does not tolerate offers it nothing: the renamed GPUs of the one it may use do.
+    shared = node("s-0", labels={"nvidia.com/gpu.replicas": "4", "nvidia.com/gpu.sharing-strategy": "time-slicing"})
+    for key in ("allocatable", "capacity"):
+        shared["status"][key]["nvidia.com/gpu.shared"] = shared["status"][key].pop("nvidia.com/gpu")
+    mig_node["spec"]["taints"] = [{"key": "dedicated", "value": "mig", "effect": "NoSchedule"}]
+    f = kinds(cluster([mig_node, shared], [pod("infer", 1)]))["ResourceNameMismatch"]
+    assert f.nodes == ("s-0",) and "request nvidia.com/gpu.shared instead" in f.fix
+    # GPU nodes that all hold the pod by their taints, beside untainted CPU workers: still the name.
+    cpu = {"kind": "Node", "metadata": {"name": "cpu-0", "labels": {}}, "status": {"allocatable": {"cpu": "8"}}}
+    shared["spec"]["taints"] = [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
+    f = kinds(cluster([shared, cpu], [pod("infer", 1)]))["ResourceNameMismatch"]
+    assert f.nodes == ("s-0",) and "request nvidia.com/gpu.shared instead" in f.fix
+
+
 def test_filters_by_pod_and_node() -> None:
     c = cluster([node("h-0"), node("h-1")], [pod("big", 64), pod("x", ns="other", image="nvidia/cuda:12.8.0-base")])
     assert {f.kind for f in diagnose(c, pod="big", namespace="default")} == {"GPURequestExceedsEveryNode"}

@@ -474,12 +474,27 @@ def _not_advertised(
 def _other_resource_name(
     cluster: Cluster, pod: dict[str, Any], ref: str, resource: str, evidence: list[Evidence]
 ) -> Finding | None:
-    """The pod asks for a GPU resource no node advertises while nodes advertise another: the name is wrong, the
-    device plugin works (sharing with renameByDefault advertises nvidia.com/gpu.shared, MIG mixed nvidia.com/mig-*)."""
+    """The pod asks for a GPU resource no node advertises while the GPU nodes it may use advertise another: the name
+    is wrong, the device plugin works (sharing with renameByDefault advertises nvidia.com/gpu.shared, MIG mixed
+    nvidia.com/mig-*). None when one of those nodes advertises nothing: its device plugin is what fails."""
+    facts = cluster.snapshot.nodes
+
+    def advertised(v: NodeView) -> list[str]:
+        return [n for n, amount in v.allocatable.items() if is_gpu_resource(n) and amount > 0]
+
+    gpu_nodes = [
+        v for v in cluster.views.values()
+        if selector_ok(pod, v.labels, v.name) and (advertised(v) or (v.name in facts and facts[v.name].has_gpu))
+    ]  # fmt: skip
+    # GPU nodes whose taints hold the pod are left out, unless they hold it off every one (then the taints are the
+    # finding once the name is right).
+    gpu_nodes = [v for v in gpu_nodes if not untolerated_taints(pod, v)] or gpu_nodes
+    if not gpu_nodes or not all(advertised(v) for v in gpu_nodes):
+        return None
     offered: dict[str, list[NodeView]] = {}
-    for v in cluster.views.values():
-        for name, amount in v.allocatable.items():
-            if is_gpu_resource(name) and name != resource and amount > 0:
+    for v in gpu_nodes:
+        for name in advertised(v):
+            if name != resource:
                 offered.setdefault(name, []).append(v)
     if not offered:
         return None

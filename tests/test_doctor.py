@@ -385,6 +385,28 @@ def test_require_cuda_11_x_on_a_driver_older_than_that_release_is_refused() -> N
     assert diagnose(cluster([node("old", driver="450.51.05")], [tagged])) == []
 
 
+def test_nvidia_require_cuda_alternatives_are_ored_as_the_runtime_hook_does() -> None:
+    """REFERENCE §7: in NVIDIA_REQUIRE_CUDA "space means OR, comma means AND", and only the `cuda>=` part was read.
+    The CUDA images' full value (nvidia/cuda:11.8.0's here) also accepts any R470 driver by its brand alternatives,
+    and the hook lets such a pod run; with 11.0-11.7 in the driver table `cuda>=11.8` alone is refused by driver
+    470, so the pod got CUDADriverTooOld, an ERROR, on a node where it runs."""
+    require = ("cuda>=11.8 brand=tesla,driver>=470,driver<471 brand=unknown,driver>=470,driver<471 "
+               "brand=nvidia,driver>=470,driver<471 brand=nvidiartx,driver>=470,driver<471 "
+               "brand=geforce,driver>=470,driver<471 brand=quadro,driver>=470,driver<471")  # fmt: skip
+
+    def found(driver: str, value: str = require) -> set[str]:
+        w = pod("train", 1, node_name="h-0", image="registry.example/train:1",
+                env=[{"name": "NVIDIA_REQUIRE_CUDA", "value": value}])  # fmt: skip
+        return {f.kind for f in diagnose(cluster([node("h-0", product="NVIDIA-A100-SXM4-80GB", driver=driver)], [w]))}
+
+    assert found("470.182.03") == {"CUDAMinorVersionCompatibility"}
+    # No alternative holds on R515 (older than 11.8's own 520, not the R470 branch): refused.
+    assert found("515.105.01") == {"CUDADriverTooOld"}
+    assert found("525.60.13") == set()
+    # An alternative of GPU conditions only (brand) cannot be judged here: the cuda condition decides.
+    assert found("470.182.03", "cuda>=11.8 brand=tesla") == {"CUDADriverTooOld"}
+
+
 def _failed_with(message: str, state: str = "terminated", image: str = "registry.example.com/team/train:v3") -> Any:
     body = {"exitCode": 1, "message": message} if state == "terminated" else {"reason": "RunContainerError",
                                                                               "message": message}

@@ -6,6 +6,7 @@ CUDA finds no device (seed §6.3 Issue 1), CUDA out of memory on a shared GPU.""
 from __future__ import annotations
 
 import copy
+import operator
 import re
 from typing import Any
 
@@ -42,6 +43,9 @@ _TAG_CUDA = (
     re.compile(r"\bcu(\d{2})(\d)\b"),  # cu121, cu128
 )
 _REQUIRE = re.compile(r"cuda>=(\d+)\.(\d+)")
+_CONDITION = re.compile(r"^(\w+)(<=|>=|!=|=|<|>)(.+)$")  # one of NVIDIA_REQUIRE_CUDA's comma-separated conditions
+_COMPARE = {"=": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le, ">": operator.gt,
+            ">=": operator.ge}  # fmt: skip
 _UNSATISFIED = re.compile(r"unsatisfied condition: cuda\s*>=\s*(\d+)\.(\d+)")
 _INSUFFICIENT = re.compile(r"CUDA driver version is insufficient", re.IGNORECASE)
 _NO_KERNEL = re.compile(r"no kernel image is available for execution on the device", re.IGNORECASE)
@@ -243,25 +247,26 @@ def _time_sliced(cluster: Cluster, pod: dict[str, Any], gpus: dict[str, int]) ->
     )]  # fmt: skip
 
 
-def cuda_need(pod: dict[str, Any]) -> tuple[tuple[int, int], str, str, bool] | None:
-    """(CUDA major.minor, container, where, strict) the pod's images need: NVIDIA_REQUIRE_CUDA (strict: checked by
-    the runtime hook) or the CUDA version in a well-known image tag."""
+def cuda_need(pod: dict[str, Any]) -> tuple[tuple[int, int], str, str, str] | None:
+    """(CUDA major.minor, container, where, require) the pod's images need: NVIDIA_REQUIRE_CUDA (require, its value:
+    checked by the runtime hook) or the CUDA version in a well-known image tag (require "")."""
     for c in _containers(pod):
         env = {e.get("name"): str(e.get("value", "")) for e in c.get("env") or []}
         if env.get("NVIDIA_DISABLE_REQUIRE", "").lower() in ("1", "true"):
             continue
         m = _REQUIRE.search(env.get("NVIDIA_REQUIRE_CUDA", ""))
         if m:
-            return (int(m.group(1)), int(m.group(2))), str(c.get("name")), "env NVIDIA_REQUIRE_CUDA", True
+            require = env["NVIDIA_REQUIRE_CUDA"]
+            return (int(m.group(1)), int(m.group(2))), str(c.get("name")), "env NVIDIA_REQUIRE_CUDA", require
         tag = str(c.get("image", "")).rsplit("/", 1)[-1]
         for rx in _TAG_CUDA:
             m = rx.search(tag)
             if m:
-                return (int(m.group(1)), int(m.group(2))), str(c.get("name")), f"image {c.get('image')}", False
+                return (int(m.group(1)), int(m.group(2))), str(c.get("name")), f"image {c.get('image')}", ""
         if re.search(r"(^|/)cuda:(\d+)\.(\d+)", str(c.get("image", ""))):
             m2 = re.search(r"cuda:(\d+)\.(\d+)", str(c.get("image", "")))
             assert m2
-            return (int(m2.group(1)), int(m2.group(2))), str(c.get("name")), f"image {c.get('image')}", False
+            return (int(m2.group(1)), int(m2.group(2))), str(c.get("name")), f"image {c.get('image')}", ""
     return None
 
 
@@ -274,11 +279,42 @@ def driver_cuda(driver: tuple[int, ...]) -> tuple[int, int] | None:
     return best
 
 
+def _trimmed(version: tuple[int, ...]) -> tuple[int, ...]:
+    while version and version[-1] == 0:
+        version = version[:-1]
+    return version
+
+
+def _hook_accepts(require: str, driver: tuple[int, ...]) -> bool:
+    """Whether the runtime hook accepts NVIDIA_REQUIRE_CUDA on a driver: space-separated alternatives, each of
+    comma-separated conditions that must all hold (libnvidia-container's dsl_evaluate). The conditions on the GPU
+    (brand, arch) are unknown here: an alternative counts only by its cuda and driver conditions, and only if it has
+    one (the CUDA images' `brand=tesla,driver>=470,driver<471` accepts any R470 driver)."""
+    has = driver_cuda(driver)
+    for alternative in require.split():
+        known = []
+        for condition in filter(None, alternative.split(",")):
+            m = _CONDITION.match(condition)
+            key = m.group(1).lower() if m else ""
+            if not m or key not in ("cuda", "driver"):
+                continue
+            want = _trimmed(version_tuple(m.group(3)))
+            if key == "driver":
+                known.append(_COMPARE[m.group(2)](_trimmed(driver), want))
+            elif has is not None:
+                known.append(_COMPARE[m.group(2)](_trimmed(has), want))
+            else:  # a driver older than the table's first row supports none of its releases
+                known.append(want < cuda_driver_table()[0][0])
+        if known and all(known):
+            return True
+    return False
+
+
 def _cuda_vs_driver(cluster: Cluster, pod: dict[str, Any]) -> list[Finding]:
     need = cuda_need(pod)
     if need is None:
         return []
-    cuda, container, where, strict = need
+    cuda, container, where, require = need
     bound = (pod.get("spec") or {}).get("nodeName")
     pinned = bool(bound) or bool((pod.get("spec") or {}).get("nodeSelector")) or bool(required_terms(pod))
     if bound:
@@ -299,12 +335,12 @@ def _cuda_vs_driver(cluster: Cluster, pod: dict[str, Any]) -> list[Finding]:
         d = version_tuple(version)
         branch_min = BRANCH_MINIMUM.get(cuda[0])
         full = full_support_driver(cuda)
-        has = driver_cuda(d)
-        # The runtime hook compares NVIDIA_REQUIRE_CUDA with the driver's own CUDA (no minor-version compatibility);
-        # a driver older than the table's first row supports none of its releases.
-        refused = strict and (has < cuda if has is not None else cuda >= cuda_driver_table()[0][0])
+        # The runtime hook compares NVIDIA_REQUIRE_CUDA with the driver's own CUDA (no minor-version compatibility),
+        # or with the driver branches the image names beside it.
+        accepted = bool(require) and _hook_accepts(require, d)
+        refused = bool(require) and not accepted
         # Below the branch minimum only the release's own GA driver (or newer) runs it (11.0 on 450.51.05).
-        if refused or branch_min is not None and d < branch_min and (full is None or d < full):
+        if refused or not accepted and branch_min is not None and d < branch_min and (full is None or d < full):
             too_old.append((n, version, source))
         elif full is not None and d < full:
             limited.append((n, version, source))

@@ -202,6 +202,20 @@ def test_unknown_gpu_is_not_judged_but_a_name_in_no_config_is_refused() -> None:
         assert d.patches == {"n1": {MANAGER: mig.PAUSED}}
 
 
+def test_a_layout_mig_manager_builds_from_an_unknown_gpu_is_left_to_it() -> None:
+    """Without a ConfigMap of the user's, mig-manager (v0.14 on, setupMigConfig) builds each node's layouts from its
+    GPUs: all-disabled, all-enabled, all-balanced and all-<profile> for each profile NVML reports; the default
+    layouts are only its fallback. A name missing from the default table was refused on a GPU the table does not
+    know (a new model, or a profile the table lacks), so mig-manager was held from a layout it would apply."""
+    new = node("all-1g.32gb", **{"nvidia.com/gpu.product": "NVIDIA-RTX-PRO-5000-Blackwell"})
+    assert decide(new).refused == [] and decide(new).patches == {}
+    # On a GPU the table knows, or with the user's ConfigMap (the only one mig-manager then reads), it is refused.
+    assert decide(node("all-1g.32gb")).refused == [("n1", "all-1g.32gb", "is not in the default layouts")]
+    spec = parse_spec({"migManager": {"config": {"name": "custom-mig-config"}}})
+    custom = decide(new, spec=spec, layouts=mig.parse_config(CUSTOM))
+    assert custom.refused == [("n1", "all-1g.32gb", "is not in ConfigMap custom-mig-config")]
+
+
 CUSTOM = """
 version: v1
 mig-configs:

@@ -70,6 +70,9 @@ IN_PROGRESS = ("pending", "rebooting")
 EVENT_REFUSED = "MIGConfigRefused"
 EVENT_WAITING = "MIGConfigWaiting"
 EVENT_RESTORED = "MIGOperandsRestored"
+# The layout names mig-manager (v0.14 on) builds from the hardware when no ConfigMap of the user's is named
+# (mig-parted pkg/mig/builder: all-disabled, all-enabled, all-balanced, all-<GPU instance profile>, `+` as `.`).
+_GENERATED = re.compile(r"^all-(disabled|enabled|balanced|\d+g\.\d+gb([.-][a-z][a-z.,]*)?)$")
 
 # GFD's product name (after the -MIG-<profile> / -SHARED suffixes are cut) -> the GPU group of the table.
 # Checked in order: the first rule whose every token is in the product wins.
@@ -461,12 +464,17 @@ def _gate(
             out._set(name, MANAGER_LABEL, "true")
         return
     source = f"ConfigMap {spec.mig_manager.config.name}" if layouts is not None else "the default layouts"
+    gpu = gpu_of_node(node)
     why = ""
     if unreadable:
         why = f"cannot be applied: {unreadable}"
     elif want not in (layouts if layouts is not None else mig_layouts.default_layouts()):
-        why = f"is not in {source}"  # needs no GPU to tell
-    elif (gpu := gpu_of_node(node)) is None:
+        # Without a ConfigMap of the user's, mig-manager builds the node's layouts from its GPUs (the default ones
+        # are its fallback): on a GPU the table does not know, a name it may build is left to it.
+        if layouts is None and gpu is None and _GENERATED.match(want):
+            return
+        why = f"is not in {source}"
+    elif gpu is None:
         return  # GPU not known yet (no GFD product or NFD device-ID label): nothing to check against
     elif layout_devices(gpu, want, layouts) is None:
         why = f"is not valid for {gpu.name} ({source})"

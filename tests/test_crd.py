@@ -19,6 +19,7 @@ from gpu_operator.crd import (
     crds_yaml,
     description_table,
     field_paths,
+    nvidiadriver_crd,
 )
 from support import REPO
 
@@ -324,6 +325,32 @@ def test_fields_this_operator_does_not_act_on_say_so() -> None:
     by_hand = [key for section in ("clusterpolicies", "common") for key, text in description_table()[section].items()
                if "acted on" in text]  # fmt: skip
     assert by_hand == []
+
+
+def _description(crd: dict[str, Any], *path: str) -> str:
+    node = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for part in path:
+        node = node["properties"][part]
+    return str(node["description"])
+
+
+def test_psa_description_names_every_label_the_operator_writes() -> None:
+    """psa.enabled was described as labelling the namespace pod-security.kubernetes.io/enforce=privileged; the
+    operator writes enforce, audit and warn (lifecycle.PSA_LABELS), as upstream."""
+    from gpu_operator.lifecycle import PSA_LABELS
+
+    text = _description(clusterpolicy_crd(), "spec", "psa", "enabled")
+    assert all(key in text for key in PSA_LABELS), (sorted(PSA_LABELS), text)
+
+
+def test_version_descriptions_do_not_promise_a_default_to_precompiled_drivers() -> None:
+    """driver.version (ClusterPolicy) and spec.version (NVIDIADriver) said "Unset: the operator's default version"
+    with no exception, which `kubectl explain` shows to a user about to set usePrecompiled; usePrecompiled without a
+    version is refused (precompiled images are tagged per branch: there is no default)."""
+    for text in (_description(clusterpolicy_crd(), "spec", "driver", "version"),
+                 _description(nvidiadriver_crd(), "spec", "version")):  # fmt: skip
+        unset = text.split("Unset:", 1)[-1]
+        assert "usePrecompiled: refused" in unset, text
 
 
 def test_descriptions_are_short() -> None:

@@ -185,7 +185,10 @@ def test_during_a_rollout_pod_changes_are_paced_and_the_last_pod_turning_ready_i
     op.on_pod("a", pod("a", "n1", ready=False))  # the first pod of a rollout: nothing is paced yet
     assert op.urgent.is_set()
     op.urgent.clear()
+    op.wake.clear()
     op.on_pod("b", pod("b", "n2", ready=False))
+    assert op.wake.is_set() and not op.urgent.is_set()  # paced: a is still rolling out
+    op.wake.clear()
     op.on_pod("a", pod("a", "n1", ready=True))
     assert op.wake.is_set() and not op.urgent.is_set()  # paced: b is still rolling out
     assert op.unready == {"b"} and op.pods_on == {"n1": {"a"}, "n2": {"b"}}
@@ -203,8 +206,10 @@ def test_during_a_rollout_a_daemonset_status_change_is_paced_and_a_spec_change_i
     ds["metadata"] = {**ds["metadata"], "generation": 1}
     op.on_owned("ADDED", ds)
     op.urgent.clear()
+    op.wake.clear()
+    op.causes.clear()
     op.on_owned("MODIFIED", {**ds, "metadata": {**ds["metadata"], "resourceVersion": "11"}, "status": {"x": 1}})
-    assert op.wake.is_set() and not op.urgent.is_set()
+    assert op.wake.is_set() and not op.urgent.is_set() and op.causes == {"owned"}  # paced, not dropped
     op.on_owned("MODIFIED", {**ds, "metadata": {**ds["metadata"], "resourceVersion": "12", "generation": 2}})
     assert op.urgent.is_set()
 
@@ -374,14 +379,18 @@ def test_a_node_change_is_urgent_only_while_the_status_waits_and_nothing_rolls_o
     op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
     op.on_node_facts("n1", facts("n1"))
     op.urgent.clear()
+    op.wake.clear()
+    op.causes.clear()
     changed = replace(facts("n1"), labels={**facts("n1").labels, "nvidia.com/mig.config.state": "success"})
     op.on_node_facts("n1", changed)
-    assert op.wake.is_set() and not op.urgent.is_set()  # the status is ready (or not known yet): paced
+    # the status is ready (or not known yet): paced, not dropped
+    assert op.wake.is_set() and not op.urgent.is_set() and op.causes == {"node"}
     op.not_ready = True
     op.on_pod("a", pod("a", "n1", ready=False))
     op.urgent.clear()
+    op.wake.clear()
     op.on_node_facts("n1", replace(changed, labels={**changed.labels, "x": "1"}))
-    assert not op.urgent.is_set()  # a pod still rolls out: paced
+    assert op.wake.is_set() and not op.urgent.is_set()  # a pod still rolls out: paced
     op.on_pod("a", pod("a", "n1", ready=True))
     op.urgent.clear()
     op.on_node_facts("n1", replace(changed, labels={**changed.labels, "x": "2"}))

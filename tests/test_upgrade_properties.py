@@ -15,11 +15,12 @@
 from __future__ import annotations
 
 import copy
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from gpu_operator.api import DrainSpec, DriverUpgradePolicySpec, PodDeletionSpec, WaitForCompletionSpec
@@ -49,7 +50,6 @@ from gpu_operator.upgrade import (
     Uncordon,
     UpgradeNode,
     WorkloadPod,
-    max_unavailable_count,
     plan,
     preview_waves,
 )
@@ -184,6 +184,16 @@ def random_pods(draw: st.DrawFn, n_nodes: int) -> list[WorkloadPod]:
 # Counting
 
 
+def limit_of(value: int | str, total: int) -> int:
+    """maxUnavailable as a node count, worked out here and not by the planner's max_unavailable_count: with that
+    as the oracle, a planner that ignored maxUnavailable met every bound below."""
+    if isinstance(value, int):
+        return value
+    if value.endswith("%"):
+        return math.ceil(int(value[:-1]) * total / 100)
+    return int(value)
+
+
 def state_of(labels: dict[str, str]) -> str:
     value = labels.get(STATE_LABEL, "")
     return value if value in STATES else ""
@@ -252,7 +262,7 @@ def test_one_pass_respects_limits_and_explains(data: st.DataObject, policy: Driv
     # (b) maxUnavailable (of the nodes with a driver pod or mid-upgrade): cordoned + NotReady + upgrading never grows
     # past the limit.
     managed = sum(n.driver_pod is not None or n.state in IN_PROGRESS_STATES for n in nodes)
-    limit = max_unavailable_count(policy.max_unavailable, managed)
+    limit = limit_of(policy.max_unavailable, managed)
     assert reserved(after) <= max(limit, reserved(nodes))
     assert sum(n.unschedulable or not n.ready for n in after) <= max(limit, reserved(nodes))
     # A cordon lands only on a node whose slot is taken (in an earlier pass, or in this one). A driver pod is
@@ -577,7 +587,7 @@ def test_simulated_rollout(
     not_ready = {n.name for n in cluster.nodes.values() if not n.ready}
     always_unavailable = cordoned | not_ready
     total = len(cluster.nodes)
-    limit = max_unavailable_count(policy.max_unavailable, total)
+    limit = limit_of(policy.max_unavailable, total)
     # A node that is not cordoned nor NotReady can start only while fewer than maxUnavailable nodes are.
     feasible = limit > len(always_unavailable)
 
@@ -655,6 +665,9 @@ def test_preview_first_wave_matches_the_planner(data: st.DataObject, policy: Dri
     max_parallel=st.integers(0, 4),
     max_unavailable=max_unavailable_values,
 )
+@example(shape=[(True, False, False)] * 4, max_parallel=0, max_unavailable=1)  # waves of one node
+@example(shape=[(True, False, False)] * 4, max_parallel=0, max_unavailable="50%")  # waves of two
+@example(shape=[(True, False, False), (False, True, False)], max_parallel=0, max_unavailable="1")  # none can start
 def test_preview_of_a_fresh_rollout(
     shape: list[tuple[bool, bool, bool]], max_parallel: int, max_unavailable: int | str
 ) -> None:
@@ -672,7 +685,7 @@ def test_preview_of_a_fresh_rollout(
     ]
     policy = DriverUpgradePolicySpec(max_parallel_upgrades=max_parallel, max_unavailable=max_unavailable)
     waves = preview_waves(nodes, policy)
-    limit = max_unavailable_count(max_unavailable, len(nodes))
+    limit = limit_of(max_unavailable, len(nodes))
     cordoned = {n.name for n in nodes if n.unschedulable}
     listed = [name for wave in waves for name in wave]
     assert len(listed) == len(set(listed))

@@ -106,6 +106,19 @@ def test_a_change_waits_while_gpu_pods_run() -> None:
     assert cond is not None and cond["reason"] == "WaitingForGPUWorkloads" and "team/train" in cond["message"]
 
 
+def test_the_condition_keeps_its_transition_time_while_its_status_holds() -> None:
+    """lastTransitionTime moves only when the status does (moving on every pass, it would write the status each
+    pass). The other condition tests give no previous condition, so they did not see that."""
+    waiting = mig.condition(decide(node(), pods=[GPU_POD]), 1, [], "t0")
+    assert waiting is not None and waiting["status"] == "False"
+    refused = mig.condition(decide(node("nope")), 2, [waiting], "t1")  # still False, for another reason
+    assert refused is not None and refused["reason"] == "LayoutRefused" and refused["lastTransitionTime"] == "t0"
+    accepted = mig.condition(decide(node()), 3, [refused], "t2")
+    assert accepted is not None and accepted["status"] == "True" and accepted["lastTransitionTime"] == "t2"
+    again = mig.condition(decide(node()), 4, [accepted], "t3")
+    assert again is not None and again["lastTransitionTime"] == "t2" and again["observedGeneration"] == 4
+
+
 def test_an_empty_default_with_no_layout_label_asks_for_nothing() -> None:
     # Upstream's CRD allows config.default "": no mig.config is seeded and mig-manager has nothing to apply.
     spec = parse_spec({"migManager": {"config": {"default": ""}}})

@@ -103,7 +103,8 @@ def set_version(env: Env, version: str) -> None:
 
 
 class Watcher(threading.Thread):
-    """Samples the nodes while a rollout runs: the most in progress, the most unavailable, driver pods seen."""
+    """Samples the nodes while a rollout runs: the most in progress, the most unavailable, driver pods seen, and
+    the sample each node was first seen in progress in (the order the rollout started them)."""
 
     def __init__(self, env: Env, nodes: list[str] = NODES):
         super().__init__(daemon=True)
@@ -111,6 +112,8 @@ class Watcher(threading.Thread):
         self.max_in_progress = self.max_unavailable = 0
         self.driver_pods: dict[str, set[str]] = {n: set() for n in nodes}
         self.paused: set[str] = set()  # nodes seen with their operands paused by k8s-driver-manager
+        self.samples = 0
+        self.started: dict[str, int] = {}  # node -> the (successful) sample it was first seen in progress in
         self.stop_flag = threading.Event()
 
     def run(self) -> None:
@@ -120,6 +123,10 @@ class Watcher(threading.Thread):
                 states = [n["metadata"].get("labels", {}).get(STATE_LABEL, "") for n in nodes]
                 unavailable = [n for n in nodes if n["spec"].get("unschedulable") or not _ready(n)]
                 self.max_in_progress = max(self.max_in_progress, sum(s in IN_PROGRESS_STATES for s in states))
+                for n, state in zip(nodes, states, strict=True):
+                    if state in IN_PROGRESS_STATES:
+                        self.started.setdefault(n["metadata"]["name"], self.samples)
+                self.samples += 1
                 self.max_unavailable = max(self.max_unavailable, len(unavailable))
                 self.paused |= {n["metadata"]["name"] for n in nodes
                                 if n["metadata"].get("labels", {}).get(VALIDATOR_DEPLOY) == PAUSED_FOR_DRIVER}
@@ -412,6 +419,15 @@ def test_upgrade_plan_previews_the_waves_then_the_rollout_follows_them(env: Env)
     assert started <= first_wave, f"started {started}, preview said {first_wave}"
     wait_done(env, "600.40.04")
     watcher.stop()
+    # The rollout followed the preview: each previewed node was seen in progress, none before a node of an earlier
+    # wave had been (by the watcher's sample order, not by time), and never past a wave's limits.
+    seen = watcher.started
+    assert set(seen) == {n for wave in waves for n in wave}, f"seen in progress (sample): {seen}, preview: {waves}"
+    for i in range(1, len(waves)):
+        last, first = max(seen[n] for n in waves[i - 1]), min(seen[n] for n in waves[i])
+        assert last <= first, f"wave {i + 1} started before wave {i} had; seen (sample): {seen}, preview: {waves}"
+    assert 1 <= watcher.max_in_progress <= 3, f"{watcher.max_in_progress} nodes in progress at once"
+    assert watcher.max_unavailable <= MAX_UNAVAILABLE, f"{watcher.max_unavailable} nodes unavailable at once"
     assert "no node needs an upgrade" in run_cli(env, "upgrade", "plan")
 
     def metrics() -> dict[str, float]:

@@ -10,6 +10,8 @@ through every scenario once, in a seeded random order, with seeded fault points:
   (n drawn from what an install costs) and started again.
 - kill-upgrade: `driver.version` changes; SIGKILL after the n-th write of the rollout, restart.
 - kill-mig: the MIG node's `nvidia.com/mig.config` changes; SIGKILL after the n-th write, restart.
+  A kill that lands once the cluster converged (fewer writes than drawn) recovers nothing: the fault says so,
+  the summary counts it, and kill-install and kill-upgrade fail on it (kill-mig's change is a couple of writes).
 - apiserver-restart, etcd-restart: kube-apiserver (or etcd) is SIGKILLed and started again while a driver
   rollout has nodes in progress.
 - competing-writer: another field manager sets the device plugin DaemonSet's image and removes a GPU node's
@@ -23,8 +25,9 @@ After each: the rollout completes (ClusterPolicy ready at its generation, every 
 expected version, the MIG layout applied, every operand DaemonSet present at its image), no node is cordoned or
 left `paused-for-mig-change`, every eviction was one the policy allows (GPU workload pods during a driver
 upgrade only, never a plain delete), the PodDisruptionBudget was never below its minimum, and the operator's
-writes stop (none over `--window` seconds). Per scenario it prints the time to recover (fault to convergence)
-and the operator's writes in that time.
+writes stop (none over `--window` seconds); and the operator's writes are in the audit log (those checks read it:
+an empty log would pass them all). Per scenario it prints the time to recover (fault to convergence) and the
+operator's writes in that time.
 """
 
 from __future__ import annotations
@@ -84,6 +87,8 @@ SCENARIOS = (
     "watch-expiry",
 )  # fmt: skip
 CONVERGE_S = 300.0
+# A kill after convergence fails these: their fault points are drawn well inside the change.
+KILLED_MID_CHANGE = ("kill-install", "kill-upgrade")
 
 
 def _say(msg: str) -> None:
@@ -170,6 +175,7 @@ class Result:
     recover_s: float
     writes: int
     violations: list[str] = field(default_factory=list)
+    killed_mid_change: bool | None = None  # a kill-* scenario's SIGKILL: whether the cluster had not converged
 
 
 class Chaos:
@@ -187,7 +193,10 @@ class Chaos:
         self.version = "595.91.07"
         self.layout = "all-disabled"
         self.expected_ds: dict[str, str] = {}  # operand DaemonSet -> its containers' images
-        self.typical_writes: dict[str, int] = {"kill-install": 60, "kill-upgrade": 40, "kill-mig": 6}
+        # kill-mig: a layout change costs about 2 writes (the README's chaos figures), so its first kill comes after
+        # the first write: drawn from more, it often came after the last one.
+        self.typical_writes: dict[str, int] = {"kill-install": 60, "kill-upgrade": 40, "kill-mig": 2}
+        self.killed_mid_change: bool | None = None  # set by kill_after_writes
         self.admin: Kube
         self.sim: NodeSimulator
         self.op: OperatorProcess
@@ -215,7 +224,10 @@ class Chaos:
         self.admin.create(self.policy())
         self.wait_converged("install")
         self.expected_ds = self.daemonset_images()
-        self.typical_writes["kill-install"] = max(10, len(self.audit.writes(OPERATOR_USER, since)))
+        installed = len(self.audit.writes(OPERATOR_USER, since))
+        if not installed:  # most checks read the audit log: without the operator's writes in it they would all pass
+            raise AssertionError(f"no operator write in the audit log {self.audit.path} after the install")
+        self.typical_writes["kill-install"] = max(10, installed)
         self.admin.apply(gpu_deployment())
         self.admin.apply({
             "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": GPU_APP, "namespace": WORK},
@@ -361,7 +373,8 @@ class Chaos:
         return self.rng.randint(1, max(1, int(self.typical_writes[scenario] * 0.8)))
 
     def kill_after_writes(self, n: int, since: float, timeout: float = 120) -> str:
-        """SIGKILL the operator once it made `n` writes since `since` (or converged first), start it again."""
+        """SIGKILL the operator once it made `n` writes since `since` (or converged first), start it again.
+        Notes in killed_mid_change whether the cluster had not converged yet."""
 
         def reached() -> bool:
             return len(self.audit.writes(OPERATOR_USER, since)) >= n or self.left() is None
@@ -369,9 +382,11 @@ class Chaos:
         wait_for(reached, timeout, interval=0.05, message=f"{n} operator writes")
         made = len(self.audit.writes(OPERATOR_USER, since))
         self.op.stop(signal.SIGKILL)
+        # Read while it is down: what is left now was left for the restarted operator.
+        self.killed_mid_change = self.left() is not None
         self.op.start()
         self.started_at = time.time()
-        return f"SIGKILL after {made} writes (drew {n})"
+        return f"SIGKILL after {made} writes (drew {n}), {'mid-change' if self.killed_mid_change else 'converged'}"
 
     def next_version(self) -> str:
         return VERSIONS[1] if self.version == VERSIONS[0] else VERSIONS[0]
@@ -392,6 +407,7 @@ class Chaos:
     def run(self, scenario: str) -> Result:
         fn: Callable[[], tuple[str, float, bool]] = getattr(self, "s_" + scenario.replace("-", "_"))
         self._after = None
+        self.killed_mid_change = None
         t = time.monotonic()
         try:
             fault, t0, evictions_allowed = fn()
@@ -403,15 +419,19 @@ class Chaos:
         except AssertionError as exc:
             recover = time.monotonic() - t0
             writes = len(self.audit.writes(OPERATOR_USER, since))
-            return Result(scenario, fault, recover, writes, [f"did not converge: {exc}"])
+            return Result(scenario, fault, recover, writes, [f"did not converge: {exc}"], self.killed_mid_change)
         recover = time.monotonic() - t0
         writes = len(self.audit.writes(OPERATOR_USER, since))
         if scenario in self.typical_writes:  # the next fault point is drawn from what this change cost
-            self.typical_writes[scenario] = max(3, writes)
+            self.typical_writes[scenario] = max(2, writes)
         violations = self.invariants(since - 1, evictions_allowed)
         if self._after is not None:
             violations += self._after()
-        return Result(scenario, fault, recover, writes, violations)
+        if not writes:  # every scenario makes the operator write
+            violations.append(f"no operator write in the audit log {self.audit.path}: the checks read from it saw none")
+        if self.killed_mid_change is False and scenario in KILLED_MID_CHANGE:
+            violations.append("the SIGKILL landed after convergence: it left nothing to recover")
+        return Result(scenario, fault, recover, writes, violations, self.killed_mid_change)
 
     # Each scenario injects its fault and returns (what it did, monotonic time of the fault or 0 if it returns
     # right at the fault, whether evictions are allowed).
@@ -543,13 +563,15 @@ def gpu_deployment() -> dict[str, Any]:
 
 
 def summary(results: list[Result]) -> str:
-    lines = [f"{'scenario':<18} {'runs':>4} {'recover median':>15} {'max':>7} {'writes median':>14} {'max':>5} failed"]
+    lines = [f"{'scenario':<18} {'runs':>4} {'recover median':>15} {'max':>7} {'writes median':>14} {'max':>5} failed"
+             " killed-converged"]
     for name in dict.fromkeys(r.scenario for r in results):
         rs = [r for r in results if r.scenario == name]
         rec, wr = [r.recover_s for r in rs], [r.writes for r in rs]
         lines.append(
             f"{name:<18} {len(rs):>4} {statistics.median(rec):>14.1f}s {max(rec):>6.1f}s "
-            f"{statistics.median(wr):>14.0f} {max(wr):>5} {sum(1 for r in rs if r.violations)}"
+            f"{statistics.median(wr):>14.0f} {max(wr):>5} {sum(1 for r in rs if r.violations):>6} "
+            f"{sum(1 for r in rs if r.killed_mid_change is False):>16}"
         )
     return "\n".join(lines)
 

@@ -2,7 +2,8 @@
 
 The module runs its own cluster: its faults restart the API server and etcd. Each test injects one fault and
 checks the invariants afterwards (rollout complete, nothing cordoned or paused, no eviction outside the policy,
-the PodDisruptionBudget held, no operator writes over a quiet window); `python -m e2e.chaos --runs 20` runs more.
+the PodDisruptionBudget held, no operator writes over a quiet window, the operator's writes found in the audit log,
+an install or upgrade SIGKILLed before it converged); `python -m e2e.chaos --runs 20` runs more.
 """
 
 from __future__ import annotations

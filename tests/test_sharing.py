@@ -153,9 +153,24 @@ def test_mps_with_mig() -> None:
     cfg = sharing.parse(fixture("mps.yaml"))
     with pytest.raises(sharing.ConfigError, match="mixed is not supported with MPS"):
         sharing.check(cfg, "mixed")
-    with pytest.raises(sharing.ConfigError, match="not supported for MIG devices"):
-        sharing.check(cfg, "single", mig_enabled=True)
-    sharing.check(cfg, "none", mig_enabled=True)  # strategy none: the plugin sees full GPUs
+    for strategy in ("single", "none", None):
+        with pytest.raises(sharing.ConfigError, match="not supported for MIG devices"):
+            sharing.check(cfg, strategy, mig_enabled=True)
+    sharing.check(cfg, "none")
+
+
+def test_mps_on_a_mig_enabled_node_is_refused_whatever_the_mig_strategy() -> None:
+    """GFD refuses MPS on a node with any MIG-enabled GPU, whatever MIG_STRATEGY says (k8s-device-plugin
+    internal/lm/nvml.go isMPSCapable loops over every GPU: "MPS sharing is not supported for mig devices"), and
+    exits there. The check refused it only for a strategy other than none, so with mig.strategy unset (the
+    config's flags, else none) or none the config rolled out and GFD crash-looped on that node."""
+    node = _node("gpu-1", **{"nvidia.com/mig.config": "all-1g.10gb", sharing.NODE_LABEL: "mps"})
+    for strategy in (None, "none"):
+        found = sharing.problems("sharing", {"mps": fixture("mps.yaml")}, strategy, nodes=[node])
+        assert [(p.key, p.field, p.holds) for p in found] == [("mps", "sharing.mps", True)], strategy
+        assert "GFD" in found[0].message
+    off = _node("gpu-2", **{"nvidia.com/mig.config": "all-disabled", sharing.NODE_LABEL: "mps"})
+    assert sharing.problems("sharing", {"mps": fixture("mps.yaml")}, None, nodes=[off]) == []
 
 
 def test_mps_replicas_above_the_mps_daemons_client_limit_are_refused() -> None:

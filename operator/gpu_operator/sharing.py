@@ -18,8 +18,9 @@ Facts from upstream k8s-device-plugin v0.20 (`api/config/v1`: config.go, replica
 * The strategy is MPS when an MPS resource has replicas > 1, else time-slicing when a time-slicing one has.
 * The MPS control daemon refuses more than 48 replicas of a GPU (`cmd/mps-control-daemon/mps/device.go`; 16 below
   compute capability 7.5, not checked: GFD's compute labels are not read when rendering).
-* MPS with `--mig-strategy=mixed` is refused at start; MPS on MIG devices is refused too ("sharing using MPS
-  is not supported for MIG devices").
+* MPS with `--mig-strategy=mixed` is refused at start. GFD refuses MPS on a node with any MIG-enabled GPU,
+  whatever the strategy, and exits there (`internal/lm/nvml.go` isMPSCapable: "MPS sharing is not supported for
+  mig devices").
 * `flags`: each field must decode into its Go type (a string, true/false, a duration);
   `plugin.sharedDevicesAllocationPolicy` must be distributed/packed and `deviceDiscoveryStrategy` auto/nvml/tegra
   (validateFlags; the operator sets no env for them); `migStrategy` must be none/single/mixed, but only when the
@@ -311,10 +312,10 @@ def known_resources() -> set[str]:
 
 
 def check(config: SharingConfig, mig_strategy: str | None, mig_enabled: bool = False) -> None:
-    """What the plugin refuses at start for a parsed config: an unknown flags.migStrategy it reads, MPS with mixed
-    MIG, on MIG devices or with more replicas than the MPS daemon takes, and (beyond) resources it can never
-    advertise. `mig_enabled`: a node that loads the config has MIG enabled; `mig_strategy`: the MIG_STRATEGY env
-    (None: unset, the config's flags.migStrategy else none)."""
+    """What the plugin (or GFD) refuses at start for a parsed config: an unknown flags.migStrategy it reads, MPS
+    with mixed MIG, on a MIG-enabled node or with more replicas than the MPS daemon takes, and (beyond) resources
+    it can never advertise. `mig_enabled`: a node that loads the config has MIG enabled; `mig_strategy`: the
+    MIG_STRATEGY env (None: unset, the config's flags.migStrategy else none)."""
     if not mig_strategy and config.mig_strategy is not None and config.mig_strategy not in MIG_STRATEGIES:
         raise ConfigError("flags.migStrategy", f"unknown MIG strategy: {config.mig_strategy}")
     mig_strategy = mig_strategy or config.mig_strategy or "none"
@@ -333,8 +334,9 @@ def check(config: SharingConfig, mig_strategy: str | None, mig_enabled: bool = F
                                   f"{MPS_MAX_CLIENTS} (the MPS control daemon's client limit)")
         if mig_strategy == "mixed":
             raise ConfigError("sharing.mps", "using --mig-strategy=mixed is not supported with MPS")
-        if mig_enabled and mig_strategy != "none":
-            raise ConfigError("sharing.mps", "sharing using MPS is not supported for MIG devices")
+        if mig_enabled:  # GFD's check: every GPU of the node, whatever the strategy
+            raise ConfigError("sharing.mps", "sharing using MPS is not supported for MIG devices (GFD exits on a "
+                                             "node with a MIG-enabled GPU, whatever the MIG strategy)")
 
 
 @dataclass(frozen=True)

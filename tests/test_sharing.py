@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -260,6 +261,26 @@ def test_a_refused_config_holds_the_states_that_load_it() -> None:
     for name in sharing.HELD_STATES:
         assert held[name].objects == [] and "key bad field version" in (held[name].problem or "")
     assert held["state-driver"].objects and held["state-driver"].problem is None
+
+
+def test_a_config_map_with_no_keys_is_refused_and_holds_the_states_that_load_it() -> None:
+    """config-manager exits when the ConfigMap has no keys ("no configuration files available"), before it reads
+    the default or FALLBACK_STRATEGIES=empty (k8s-device-plugin cmd/config-manager/main.go updateConfigName):
+    config-manager-init fails on every GPU node. An empty ConfigMap was reported valid and rolled out."""
+    found = sharing.problems("sharing", {}, "single", default="any", nodes=[_node("gpu-1")])
+    assert [(p.key, p.holds) for p in found] == [("", True)]
+    assert str(found[0]).startswith("ConfigMap sharing: the ConfigMap has no keys")
+    assert "no configuration files available" in str(found[0])
+    cond = sharing.condition("sharing", found, 1, [], "t")
+    assert cond is not None and cond["status"] == "False" and cond["reason"] == sharing.REASON
+    plans = {p.state.name: p for p in plan(_ctx({}))}
+    for name in sharing.HELD_STATES:
+        assert plans[name].objects == [] and "has no keys" in (plans[name].problem or "")
+    # binaryData keys are files config-manager sees too (not checked: their content is not known here)
+    ctx = replace(_ctx({}), config_maps={"sharing": ("bin",)})
+    assert all(p.problem is None for p in plan(ctx) if p.state.name in sharing.HELD_STATES)
+    spec = parse_spec({"devicePlugin": {"config": {"name": "sharing", "default": "bin"}}})
+    assert sharing.context_problems(spec, {"sharing": {}}, [_node("gpu-1")], {"sharing": ("bin",)}) == []
 
 
 def test_the_config_content_moves_the_render_key() -> None:

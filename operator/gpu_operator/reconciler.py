@@ -621,7 +621,7 @@ class Reconciler:
         name = ctx.spec.device_plugin.config.name
         if not name or name not in ctx.config_data:
             return None
-        found = sharing.context_problems(ctx.spec, ctx.config_data, ctx.nodes)
+        found = sharing.context_problems(ctx.spec, ctx.config_data, ctx.nodes, ctx.config_maps)
         message = sharing.summary(found) if found else None
         if message and message != self._sharing_warned:
             self.events(policy, "Warning", sharing.reason(found), message)

@@ -277,7 +277,7 @@ def render_key(ctx: RenderContext, rows: dict[str, tuple[NodeFacts, bytes]] | No
 def plan(ctx: RenderContext) -> list[StatePlan]:
     """Every state in order with its desired objects (none when disabled: its objects are to be deleted)."""
     plans = []
-    refused = sharing.held(sharing.context_problems(ctx.spec, ctx.config_data, ctx.nodes))
+    refused = sharing.held(sharing.context_problems(ctx.spec, ctx.config_data, ctx.nodes, ctx.config_maps))
     for state in all_states():
         enabled = state.enabled(ctx.spec)
         if enabled and refused and state.name in sharing.HELD_STATES:

@@ -21,6 +21,8 @@ Facts from upstream k8s-device-plugin v0.20 (`api/config/v1`: config.go, replica
 * MPS with `--mig-strategy=mixed` is refused at start. GFD refuses MPS on a node with any MIG-enabled GPU,
   whatever the strategy, and exits there (`internal/lm/nvml.go` isMPSCapable: "MPS sharing is not supported for
   mig devices").
+* config-manager exits when the ConfigMap has no keys ("no configuration files available"), before it reads
+  the default or the fallback (`cmd/config-manager/main.go` updateConfigName).
 * `flags`: each field must decode into its Go type (a string, true/false, a duration);
   `plugin.sharedDevicesAllocationPolicy` must be distributed/packed and `deviceDiscoveryStrategy` auto/nvml/tegra
   (validateFlags; the operator sets no env for them); `migStrategy` must be none/single/mixed, but only when the
@@ -348,8 +350,8 @@ class Problem:
     holds: bool = True  # False: a warning, nothing is held for it
 
     def __str__(self) -> str:
-        where = f" field {self.field}" if self.field else ""
-        return f"ConfigMap {self.config_map} key {self.key}{where}: {self.message}"
+        where = (f" key {self.key}" if self.key else "") + (f" field {self.field}" if self.field else "")
+        return f"ConfigMap {self.config_map}{where}: {self.message}"
 
 
 def _mig_enabled(node: NodeFacts, layouts: mig.Layouts | None) -> bool:
@@ -372,13 +374,21 @@ def _parsed_layouts(text: str) -> mig.Layouts:
 
 
 def problems(name: str, data: Mapping[str, str], mig_strategy: str | None, default: str = "",
-             nodes: Iterable[NodeFacts] = (), layouts: mig.Layouts | None = None) -> list[Problem]:
-    """Every key of the sharing ConfigMap the plugin would refuse, and a default naming no key; then the warnings
-    (holds=False): fields upstream ignores, and keys GPU nodes' labels name that the ConfigMap lacks (config-manager
-    exits on those nodes only, so they hold nothing cluster-wide).
+             nodes: Iterable[NodeFacts] = (), layouts: mig.Layouts | None = None,
+             keys: Iterable[str] | None = None) -> list[Problem]:
+    """Every key of the sharing ConfigMap the plugin would refuse, a default naming no key and a ConfigMap with no
+    keys; then the warnings (holds=False): fields upstream ignores, and keys GPU nodes' labels name that the
+    ConfigMap lacks (config-manager exits on those nodes only, so they hold nothing cluster-wide).
 
     Nodes (GPU nodes) tell which keys load on a node with MIG enabled (the node's label, else the default);
-    `layouts`: the user's mig-parted config (None: the default table)."""
+    `layouts`: the user's mig-parted config (None: the default table); `keys`: every key of the ConfigMap,
+    binaryData's too (None: data's), the files config-manager sees (a binaryData value is not checked)."""
+    present = set(data) if keys is None else set(keys) | set(data)
+    if not present:
+        return [Problem(name, "", "", "the ConfigMap has no keys: config-manager exits on every GPU node (no "
+                                      "configuration files available) before it reads the default, so the device "
+                                      "plugin, GFD and MPS daemon start nowhere; devicePlugin.config.name must name "
+                                      "a ConfigMap with at least one config")]
     out, notes = [], []
     gpu_nodes = [n for n in nodes if n.has_gpu]
     mig_keys = {n.labels.get(NODE_LABEL) or default for n in gpu_nodes if _mig_enabled(n, layouts)}
@@ -393,13 +403,13 @@ def problems(name: str, data: Mapping[str, str], mig_strategy: str | None, defau
             notes.append(Problem(name, key, path, "ignored by the device plugin, GFD and MPS daemon (not supported "
                                                   "upstream yet): every GPU is shared under the resource's own name "
                                                   "(<name>.shared with renameByDefault)", holds=False))
-    if default and default not in data:
+    if default and default not in present:
         out.append(Problem(name, default, "", f"devicePlugin.config.default names a key the ConfigMap does not "
                                                f"have (config-manager: specified config {default} does not exist)"))
     labelled: dict[str, list[str]] = {}
     for n in gpu_nodes:
         wanted = n.labels.get(NODE_LABEL)
-        if wanted and wanted not in data:
+        if wanted and wanted not in present:
             labelled.setdefault(wanted, []).append(n.name)
     for key, names in sorted(labelled.items()):
         listed = ", ".join(sorted(names)[:_NODES_NAMED]) + (f" and {len(names) - _NODES_NAMED} more"
@@ -416,9 +426,10 @@ def held(found: list[Problem]) -> list[Problem]:
     return [p for p in found if p.holds]
 
 
-def context_problems(spec: Any, config_data: Mapping[str, Mapping[str, str]],
-                     nodes: Iterable[NodeFacts] = ()) -> list[Problem]:
-    """The problems of the policy's sharing ConfigMap; none when there is none or its data is not known."""
+def context_problems(spec: Any, config_data: Mapping[str, Mapping[str, str]], nodes: Iterable[NodeFacts] = (),
+                     config_maps: Mapping[str, Iterable[str]] | None = None) -> list[Problem]:
+    """The problems of the policy's sharing ConfigMap; none when there is none or its data is not known.
+    `config_maps`: every ConfigMap's keys, binaryData's too (None: only data's are known)."""
     cfg = spec.device_plugin.config
     if not cfg.name or cfg.name not in config_data:
         return []
@@ -426,7 +437,8 @@ def context_problems(spec: Any, config_data: Mapping[str, Mapping[str, str]],
     custom = custom_config(spec)
     if custom is not None:  # unreadable or absent: {} (no layout known, each counts as MIG on)
         layouts = _parsed_layouts((config_data.get(custom) or {}).get("config.yaml") or "")
-    return problems(cfg.name, config_data[cfg.name], spec.mig.strategy, cfg.default, nodes, layouts)
+    keys = None if config_maps is None else config_maps.get(cfg.name)
+    return problems(cfg.name, config_data[cfg.name], spec.mig.strategy, cfg.default, nodes, layouts, keys)
 
 
 def summary(found: list[Problem]) -> str:

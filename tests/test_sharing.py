@@ -283,6 +283,26 @@ def test_a_config_map_with_no_keys_is_refused_and_holds_the_states_that_load_it(
     assert sharing.context_problems(spec, {"sharing": {}}, [_node("gpu-1")], {"sharing": ("bin",)}) == []
 
 
+def test_an_mps_config_with_gfd_disabled_is_a_warning() -> None:
+    """Only GFD labels a node nvidia.com/mps.capable=true (k8s-device-plugin internal/lm/nvml.go), which the MPS
+    control daemon's nodeSelector needs: with gfd.enabled false no MPS daemon runs, and the device plugin loading an
+    MPS config fails its start ("error waiting for MPS daemon"). Nothing was said."""
+    data = {"sharing": {"mps": fixture("mps.yaml"), "ts": fixture("time-slicing.yaml")}}
+    nodes = [_node("gpu-1"), _node("gpu-2", **{sharing.NODE_LABEL: "ts"}), NodeFacts("cpu-1", {})]
+
+    def found(default: str, gfd: bool = False) -> list[sharing.Problem]:
+        spec = parse_spec({"devicePlugin": {"config": {"name": "sharing", "default": default}},
+                           "gfd": {"enabled": gfd}, "mig": {"strategy": "single"}})
+        return sharing.context_problems(spec, data, nodes)
+
+    warned = found("mps")
+    assert [(p.key, p.holds) for p in warned] == [("mps", False)]
+    assert "MPS needs GPU feature discovery" in str(warned[0]) and "node gpu-1 " in str(warned[0])
+    cond = sharing.condition("sharing", warned, 1, [], "t")
+    assert cond is not None and cond["status"] == "True" and cond["reason"] == sharing.WARNING_REASON
+    assert found("mps", gfd=True) == [] and found("ts") == []  # GFD on, or no node loads the MPS key
+
+
 def test_the_config_content_moves_the_render_key() -> None:
     assert render_key(_ctx({"ts": "version: v1"})) != render_key(_ctx({"ts": "version: v2"}))
 

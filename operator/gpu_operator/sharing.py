@@ -21,6 +21,8 @@ Facts from upstream k8s-device-plugin v0.20 (`api/config/v1`: config.go, replica
 * MPS with `--mig-strategy=mixed` is refused at start. GFD refuses MPS on a node with any MIG-enabled GPU,
   whatever the strategy, and exits there (`internal/lm/nvml.go` isMPSCapable: "MPS sharing is not supported for
   mig devices").
+* Only GFD labels a node `nvidia.com/mps.capable=true`, which the MPS control daemon's nodeSelector needs: without
+  GFD no MPS daemon runs and the plugin loading an MPS config fails its start ("error waiting for MPS daemon").
 * config-manager exits when the ConfigMap has no keys ("no configuration files available"), before it reads
   the default or the fallback (`cmd/config-manager/main.go` updateConfigName).
 * `flags`: each field must decode into its Go type (a string, true/false, a duration);
@@ -373,6 +375,12 @@ def _parsed_layouts(text: str) -> mig.Layouts:
         return {}
 
 
+def _listed(names: Iterable[str]) -> str:
+    names = sorted(names)
+    more = len(names) - _NODES_NAMED
+    return ", ".join(names[:_NODES_NAMED]) + (f" and {more} more" if more > 0 else "")
+
+
 def problems(name: str, data: Mapping[str, str], mig_strategy: str | None, default: str = "",
              nodes: Iterable[NodeFacts] = (), layouts: mig.Layouts | None = None,
              keys: Iterable[str] | None = None) -> list[Problem]:
@@ -412,12 +420,10 @@ def problems(name: str, data: Mapping[str, str], mig_strategy: str | None, defau
         if wanted and wanted not in present:
             labelled.setdefault(wanted, []).append(n.name)
     for key, names in sorted(labelled.items()):
-        listed = ", ".join(sorted(names)[:_NODES_NAMED]) + (f" and {len(names) - _NODES_NAMED} more"
-                                                            if len(names) > _NODES_NAMED else "")
         notes.append(Problem(name, key, "", f"the ConfigMap has no such key, named by the {NODE_LABEL} label of "
-                                            f"node {listed}: config-manager exits there (specified config {key} does "
-                                            f"not exist), so the device plugin, GFD and MPS daemon do not start on "
-                                            f"those nodes; fix the label or add the key", holds=False))
+                                            f"node {_listed(names)}: config-manager exits there (specified config "
+                                            f"{key} does not exist), so the device plugin, GFD and MPS daemon do not "
+                                            f"start on those nodes; fix the label or add the key", holds=False))
     return out + notes
 
 
@@ -437,8 +443,34 @@ def context_problems(spec: Any, config_data: Mapping[str, Mapping[str, str]], no
     custom = custom_config(spec)
     if custom is not None:  # unreadable or absent: {} (no layout known, each counts as MIG on)
         layouts = _parsed_layouts((config_data.get(custom) or {}).get("config.yaml") or "")
+    data, nodes = config_data[cfg.name], [n for n in nodes if n.has_gpu]
     keys = None if config_maps is None else config_maps.get(cfg.name)
-    return problems(cfg.name, config_data[cfg.name], spec.mig.strategy, cfg.default, nodes, layouts, keys)
+    found = problems(cfg.name, data, spec.mig.strategy, cfg.default, nodes, layouts, keys)
+    if not spec.gfd.enabled:
+        found += _mps_without_gfd(cfg.name, data, cfg.default, nodes)
+    return found
+
+
+def _mps_without_gfd(name: str, data: Mapping[str, str], default: str, nodes: list[NodeFacts]) -> list[Problem]:
+    """A warning per MPS key a GPU node loads (its label, else the default) while GFD is disabled."""
+    loading: dict[str, list[str]] = {}
+    for n in nodes:
+        key = n.labels.get(NODE_LABEL) or default
+        if key in data:
+            loading.setdefault(key, []).append(n.name)
+    out = []
+    for key, names in sorted(loading.items()):
+        try:
+            mps = parse(data[key]).strategy == MPS
+        except ConfigError:
+            continue  # refused already
+        if mps:
+            out.append(Problem(name, key, "", f"MPS needs GPU feature discovery (gfd.enabled is false): only GFD "
+                                              f"labels a node nvidia.com/mps.capable=true, where the MPS control "
+                                              f"daemon runs, so no MPS daemon runs on node {_listed(names)} and the "
+                                              f"device plugin there fails its start (error waiting for MPS daemon): "
+                                              f"nothing is advertised; enable gfd", holds=False))
+    return out
 
 
 def summary(found: list[Problem]) -> str:

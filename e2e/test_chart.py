@@ -557,6 +557,16 @@ def test_operator_without_leader_election_is_recreated() -> None:
     assert "--leader-elect" not in operator_container(docs)["args"]
 
 
+def test_several_replicas_without_leader_election_are_refused() -> None:
+    """Without --leader-elect every replica leads (and exports gpu_operator_leader 1), so two replicas were two
+    operators writing the same DaemonSets, node labels and upgrade states, and every alert fired once per replica;
+    Recreate keeps only a rollout's old and new pods apart. `operator.replicas=2` with leader election off rendered."""
+    args = ["template", RELEASE, str(CHART), "--kube-version", KUBE_VERSION,
+            "--set", "operator.replicas=2", "--set", "operator.leaderElection.enabled=false"]  # fmt: skip
+    proc = helm(*args, check=False)
+    assert proc.returncode != 0 and "operator.replicas > 1 needs operator.leaderElection.enabled" in proc.stderr
+
+
 def test_operator_may_hold_its_lease() -> None:
     rules = one(render(), "Role", "gpu-operator")["rules"]
     lease = {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}

@@ -237,3 +237,14 @@ def test_the_alerts_and_dashboard_on_what_the_passes_set_read_the_leader_alone()
     ours = [e for e in exprs if "gpu_operator_" in e]
     assert len(ours) == len(exprs) - 1  # GPUsUnhealthy reads kube-state-metrics
     assert [e for e in ours if not e.endswith(" and gpu_operator_leader == 1")] == []
+
+
+def test_the_monitoring_values_are_where_their_templates_read_them() -> None:
+    """Inserting prometheusRule and grafanaDashboard in the middle of operator.metrics.serviceMonitor left its
+    `additionalLabels` and `relabelings` (upstream's keys there, commented out in its values.yaml) under
+    grafanaDashboard, where no template reads them: grafanaDashboard.additionalLabels did nothing, silently."""
+    metrics = yaml.safe_load((CHART / "values.yaml").read_text())["operator"]["metrics"]
+    read = set(re.findall(r"\$m\.grafanaDashboard\.(\w+)", (CHART / "templates" / "monitoring.yaml").read_text()))
+    assert sorted(set(metrics["grafanaDashboard"]) - read) == []
+    assert {"interval", "honorLabels", "additionalLabels", "relabelings"} <= set(metrics["serviceMonitor"])
+

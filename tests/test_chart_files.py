@@ -248,3 +248,29 @@ def test_the_monitoring_values_are_where_their_templates_read_them() -> None:
     assert sorted(set(metrics["grafanaDashboard"]) - read) == []
     assert {"interval", "honorLabels", "additionalLabels", "relabelings"} <= set(metrics["serviceMonitor"])
 
+
+def test_the_alerts_fire_after_the_minutes_their_descriptions_name() -> None:
+    """GPUOperatorNodeStuckInUpgrade looked back upgradeStuckFor minutes (`done == done offset 60m`) and then held
+    that for `for: 60m`: every evaluation in the `for` compared with 60 minutes before it, so after the last node
+    finished it fired after 120 minutes, not the 60 its description names. GPUOperatorReconciliationFailing stacked
+    `time() - last_success > 900` on `for: 10m` likewise: 25 minutes, not 15. Look-back plus `for` is the time."""
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())["operator"]["metrics"]["prometheusRule"]
+    text = (CHART / "templates" / "monitoring.yaml").read_text()
+    text = re.sub(r"\{\{ \$m\.prometheusRule\.(\w+) \}\}", lambda m: str(defaults[m.group(1)]), text)
+    rules = {name: (expr, int(for_)) for name, expr, for_ in
+             re.findall(r"- alert: (\S+)\n\s+expr: (.+)\n\s+for: (\d+)m\n", text)}  # fmt: skip
+
+    def described(name: str) -> int:
+        found = re.search(rf"- alert: {name}\n(?:.*\n)*?.*description: .* for (\d+) minutes", text)
+        assert found, name
+        return int(found.group(1))
+
+    stuck, for_ = rules["GPUOperatorNodeStuckInUpgrade"]
+    looks = {int(a or b) for a, b in re.findall(r"\[(\d+)m\]|offset (\d+)m", stuck)}
+    assert "offset" in stuck, "no alert on a series (a new replica's) younger than its look-back"
+    assert looks == {defaults["upgradeStuckFor"]} and max(looks) + for_ == described("GPUOperatorNodeStuckInUpgrade")
+    failing, for_ = rules["GPUOperatorReconciliationFailing"]
+    found = re.search(r"last_success_ts_seconds > (\d+)", failing)
+    assert found, failing
+    stale = int(found.group(1))
+    assert stale % 60 == 0 and stale // 60 + for_ == described("GPUOperatorReconciliationFailing") == 15

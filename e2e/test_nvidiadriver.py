@@ -146,7 +146,8 @@ def test_precompiled_node_moves_to_its_new_kernels_pool(env: Env) -> None:
     wait(env, lambda: labels(env, "nd-c0").get(UPGRADE_STATE) == "upgrade-done", "nd-c0 is upgrade-done")
     new_kernel = "6.8.0-60-generic"
     env.admin.merge_patch("Node", "nd-c0", {"metadata": {"labels": {KERNEL: new_kernel}}})
-    # The upgrade state machine moves it: cordoned, drained, then its driver pod changes pools.
+    # The upgrade state machine moves it: cordoned, its GPU pods evicted (pool-c sets no upgradePolicy: upstream's
+    # default podDeletion; it has none here), then its driver pod changes pools.
     wait(env, lambda: (env.admin.get("Node", "nd-c0") or {}).get("spec", {}).get("unschedulable") is True,
          "nd-c0 is cordoned for the move")  # fmt: skip
     wait(env, lambda: runs(new_kernel), "nd-c0 runs the precompiled driver for its new kernel")

@@ -696,6 +696,45 @@ def test_pool_move_is_read_from_the_labels() -> None:
     assert _pool_move(facts("c1", kernel="6.8.0-60-generic")) == ""
 
 
+@pytest.mark.parametrize(
+    "upgrade_policy",
+    [None, {"autoUpgrade": True, "maxParallelUpgrades": 2}, {"podDeletion": None}],
+    ids=["no-upgradePolicy", "upgradePolicy-without-podDeletion", "podDeletion-null"],
+)
+def test_an_nvidiadriver_without_pod_deletion_gets_upstreams_default(upgrade_policy: dict[str, Any] | None) -> None:
+    """Upstream's GetUpgradePolicyWithDefaults fills in podDeletion {force: false, timeoutSeconds: 300,
+    deleteEmptyDir: false} wherever an NVIDIADriver leaves it out; ours left it None, so its upgrades evicted no GPU
+    pod before the driver pod's deletion (nor does k8s-driver-manager, on a node with upgrades enabled)."""
+    from gpu_operator.api import DrainSpec, PodDeletionSpec, WaitForCompletionSpec
+
+    spec: dict[str, Any] = {"version": "580.95.05"}
+    if upgrade_policy is not None:
+        spec["upgradePolicy"] = upgrade_policy
+    policy = nvidiadriver.cluster_spec(parse_spec(crd_policy()), nvd("x", **spec).spec).driver.upgrade_policy
+    assert policy.auto_upgrade
+    assert policy.pod_deletion == PodDeletionSpec(force=False, timeout_seconds=300, delete_empty_dir=False)
+    # waitForCompletion's and drain's defaults are upstream's too.
+    assert policy.wait_for_completion == WaitForCompletionSpec(pod_selector="", timeout_seconds=0)
+    assert policy.drain == DrainSpec(enable=False, force=False, pod_selector="", timeout_seconds=300,
+                                     delete_empty_dir=False)  # fmt: skip
+
+
+def test_an_nvidiadrivers_default_policy_evicts_gpu_pods_before_its_driver_restarts() -> None:
+    """A cordoned node of an NVIDIADriver with no upgradePolicy, a GPU job still running on it: upstream goes to
+    pod-deletion-required and evicts the job; ours went on past it to the driver pod's deletion."""
+    from gpu_operator.upgrade import STATE_LABEL, SetState, UpgradeNode, WorkloadPod, plan
+
+    spec = nvidiadriver.cluster_spec(parse_spec(crd_policy()), nvd("x", version="580.95.05").spec)
+    pod = {"metadata": {"name": "drv-n1", "labels": {"controller-revision-hash": "old"}},
+           "status": {"phase": "Running", "containerStatuses": [{"name": "c", "ready": True, "restartCount": 0}]}}
+    node = UpgradeNode("n1", labels={STATE_LABEL: "wait-for-jobs-required"}, unschedulable=True, driver_pod=pod,
+                       driver_revision="new")  # fmt: skip
+    job = WorkloadPod(namespace="default", name="train", node="n1", uses_gpu=True)
+    moved = [a.state for a in plan([node], [job], spec.driver.upgrade_policy, 10_000.0).actions
+             if isinstance(a, SetState)]  # fmt: skip
+    assert moved[:1] == ["pod-deletion-required"], moved
+
+
 def test_cluster_wide_limit_caps_the_starts_of_every_nvidiadriver() -> None:
     from gpu_operator.api import DriverUpgradePolicySpec
     from gpu_operator.upgrade import STATE_LABEL, Limit, UpgradeNode, plan

@@ -639,6 +639,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.nvidia_drivers and (args.upstream or args.one_os):
         parser.error("--nvidia-drivers: ours only, on both OSes")
+    if args.nvidia_drivers and not args.upgrade_pod_deletion:
+        parser.error("--upgrade-no-pod-deletion: an NVIDIADriver's podDeletion, unset, is upstream's default")
     if args.upstream:
         if args.cpu_profile or args.pass_profile or args.heap_report or args.alloc_top:
             parser.error("--upstream runs a Go program: --cpu-profile, --pass-profile, --heap-report and "

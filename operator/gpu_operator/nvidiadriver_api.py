@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 from .api import (
@@ -19,6 +19,7 @@ from .api import (
     EnvVar,
     KubeObject,
     Model,
+    PodDeletionSpec,
     PodSecurityContext,
     ProbeSpec,
     RDMASpec,
@@ -79,9 +80,16 @@ class NVDLicensingConfig(Model):
 
 
 class NVDUpgradePolicy(DriverUpgradePolicySpec):
-    """As the ClusterPolicy's, but upstream's NVIDIADriver defaults autoUpgrade to true."""
+    """As the ClusterPolicy's, with upstream's NVIDIADriver defaults (GetUpgradePolicyWithDefaults): autoUpgrade
+    true, and podDeletion unset (or null) is its defaults, not off."""
 
     auto_upgrade: bool = True
+    pod_deletion: PodDeletionSpec = PodDeletionSpec()
+
+    @field_validator("pod_deletion", mode="before")
+    @classmethod
+    def _null_is_default(cls, value: Any) -> Any:
+        return PodDeletionSpec() if value is None else value
 
 
 _SPEC_RULES: Any = [

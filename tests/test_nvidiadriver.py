@@ -760,6 +760,63 @@ def test_cluster_wide_limit_caps_the_starts_of_every_nvidiadriver() -> None:
     second = plan(b, [], own, 0.0, limit=limit)
     assert starts(second) == ["b1"]  # three at once in the cluster, although b's own policy allows two
     assert "across all NVIDIADrivers" in second.waiting["b2"]
+    # The counts are those after the starts before it, in this plan and the one before (they said 0 and 0).
+    assert "3 in progress and 3 of at most 4 nodes unavailable" in second.waiting["b2"]
+
+
+UPGRADE_STATE, DEPLOY_DRIVER = "nvidia.com/gpu-driver-upgrade-state", "nvidia.com/gpu.deploy.driver"
+
+
+def _upgrade_cluster(nvd_policy: dict[str, Any], **cp_upgrade: Any) -> Any:
+    """Two NVIDIADrivers (pools a and b), two nodes each, every driver pod one revision behind its DaemonSet."""
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.states.base import STATE_LABEL as OPERAND_STATE_LABEL
+
+    raw = crd_policy()
+    raw["driver"]["upgradePolicy"].update(cp_upgrade)
+    policy = policy_object(raw)
+    nodes = {n: facts(n, labels={DEPLOY_DRIVER: "true", "pool": n[0], UPGRADE_STATE: "upgrade-done"})
+             for n in ("a1", "a2", "b1", "b2")}  # fmt: skip
+    ds = {p: f"nvidia-driver-daemonset-pool-{p}-ubuntu22.04" for p in "ab"}
+    ready = {"phase": "Running", "containerStatuses": [{"name": "c", "ready": True, "restartCount": 0}]}
+    pods = {f"drv-{n}": {"metadata": {"name": f"drv-{n}", "labels": {"controller-revision-hash": "old",
+                                                                     OPERAND_STATE_LABEL: "state-driver"}},
+                         "node": n, "owner": ds[n[0]], "status": ready, "ready": True}
+            for n in nodes}  # fmt: skip
+    revisions = {f"r-{p}": {"metadata": {"labels": {"controller-revision-hash": "new"}}, "revision": 2, "owner": d}
+                 for p, d in ds.items()}  # fmt: skip
+    drivers = {f"pool-{p}": {"metadata": {"name": f"pool-{p}", "uid": f"uid-{p}"},
+                             "spec": {"repository": "nvcr.io/nvidia", "image": "driver", "version": "580.95.05",
+                                      "nodeSelector": {"pool": p}, "upgradePolicy": nvd_policy}}
+               for p in "ab"}  # fmt: skip
+    return Snapshot(nodes=nodes, policies={policy["metadata"]["name"]: policy}, owned={}, pods=pods,
+                    revisions=revisions, nvidia_drivers=drivers)  # fmt: skip
+
+
+def _upgrade_plan(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], snap: Any) -> str:
+    """`gpu-operator upgrade plan`'s output on this snapshot."""
+    import types
+
+    import gpu_operator.observe
+    from gpu_operator.cli import main
+    from gpu_operator.kube import Kube
+
+    cluster = types.SimpleNamespace(list=lambda *a, **k: [])
+    monkeypatch.setattr(Kube, "connect", classmethod(lambda cls, *a, **k: cluster))
+    monkeypatch.setattr(gpu_operator.observe, "observe", lambda kube, ns: snap)
+    assert main(["upgrade", "plan"]) == 0
+    return capsys.readouterr().out
+
+
+def test_a_cluster_wide_slot_wait_counts_the_upgrades_this_pass_started(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """a1 took the one cluster-wide slot in this pass; a2 waits, and its reason (status.upgrade.waiting, the node's
+    event) said "0 in progress and 0 of at most 1 nodes unavailable": the reason was worked out before any start."""
+    out = _upgrade_plan(monkeypatch, capsys, _upgrade_cluster({"autoUpgrade": True, "maxParallelUpgrades": 2,
+                                                               "maxUnavailable": "100%"}))  # fmt: skip
+    (line,) = [line for line in out.splitlines() if line.strip().startswith("a2 (")]
+    assert "waiting for an upgrade slot: 1 in progress and 1 of at most 1 nodes unavailable across" in line, out
 
 
 def test_one_nvidiadriver_that_cannot_render_holds_only_its_own_daemonsets() -> None:

@@ -199,22 +199,17 @@ def select_starts(
     """Which of the (sorted, not skipped) candidates start now, and why each other one waits.
 
     A node that is already cordoned or NotReady costs a parallel slot but no maxUnavailable budget:
-    upgrading it does not make one more node unavailable. `limit`: what is left of limits beyond the policy's
-    (the cluster-wide ones over several NVIDIADrivers' upgrades).
+    upgrading it does not make one more node unavailable. `limit`: limits beyond the policy's (the cluster-wide
+    ones over several NVIDIADrivers' upgrades), counting the starts made before these.
     """
     parallel_left = slots.max_parallel - slots.in_progress if slots.max_parallel else None
     unavailable_left = slots.max_unavailable - slots.unavailable
     unavailable = list(unavailable_names)
     started: list[str] = []
     waiting: dict[str, str] = {}
-    outer_parallel = limit.parallel if limit is not None else None
-    outer_unavailable = limit.unavailable if limit is not None else None
     for node in candidates:
         free = node.unavailable
-        if limit is not None and (
-            (outer_parallel is not None and outer_parallel <= 0)
-            or (not free and outer_unavailable is not None and outer_unavailable <= 0)
-        ):
+        if limit is not None and limit.holds(free):
             waiting[node.name] = f"waiting for an upgrade slot: {limit.why}"
         elif parallel_left is not None and parallel_left <= 0:
             msg = (
@@ -236,42 +231,52 @@ def select_starts(
             started.append(node.name)
             if parallel_left is not None:
                 parallel_left -= 1
-            if outer_parallel is not None:
-                outer_parallel -= 1
             if not free:
                 unavailable_left -= 1
                 unavailable.append(node.name)
-                if outer_unavailable is not None:
-                    outer_unavailable -= 1
+            if limit is not None:
+                limit = limit.after(1, 0 if free else 1)
     return started, waiting
 
 
 @dataclass(frozen=True)
 class Limit:
-    """Upgrade starts left under limits beyond one policy's (None: no such limit), and how to say so."""
+    """Limits beyond one policy's (the ClusterPolicy's, over several NVIDIADrivers' nodes): their maxima and what
+    they count, with the upgrades started so far in this pass."""
 
-    parallel: int | None
-    unavailable: int | None
-    why: str
+    max_parallel: int  # 0 = unlimited
+    max_unavailable: int
+    in_progress: int
+    unavailable: int
+    what: str  # the nodes they are counted over
 
     @classmethod
     def over(cls, nodes: Sequence[UpgradeNode], policy: DriverUpgradePolicySpec, what: str) -> Limit:
-        """What the policy's limits leave over all these nodes."""
+        """The policy's limits over all these nodes."""
         slots = Slots.observe(nodes, policy)
-        parallel = slots.max_parallel - slots.in_progress if slots.max_parallel else None
-        unavailable = slots.max_unavailable - slots.unavailable
-        why = (
-            f"{slots.in_progress} in progress and {slots.unavailable} of at most {slots.max_unavailable} nodes "
-            f"unavailable across {what} (maxParallelUpgrades {slots.max_parallel or 'unlimited'})"
+        return cls(slots.max_parallel, slots.max_unavailable, slots.in_progress, slots.unavailable, what)
+
+    @property
+    def parallel(self) -> int | None:
+        """Upgrades that may still start by maxParallelUpgrades (None: no such limit)."""
+        return self.max_parallel - self.in_progress if self.max_parallel else None
+
+    def holds(self, unavailable: bool) -> bool:
+        """Whether a start waits: no parallel slot left, or (a node that is available) no unavailable one."""
+        parallel = self.parallel
+        full = self.unavailable >= self.max_unavailable
+        return (parallel is not None and parallel <= 0) or (not unavailable and full)
+
+    @property
+    def why(self) -> str:
+        return (
+            f"{self.in_progress} in progress and {self.unavailable} of at most {self.max_unavailable} nodes "
+            f"unavailable across {self.what} (maxParallelUpgrades {self.max_parallel or 'unlimited'})"
         )
-        return cls(parallel, unavailable, why)
 
     def after(self, started: int, made_unavailable: int) -> Limit:
-        return Limit(
-            None if self.parallel is None else self.parallel - started,
-            None if self.unavailable is None else self.unavailable - made_unavailable,
-            self.why,
-        )
+        """Once `started` upgrades began, `made_unavailable` of them on nodes that were available."""
+        return replace(self, in_progress=self.in_progress + started, unavailable=self.unavailable + made_unavailable)
 
 
 @dataclass(frozen=True)
@@ -728,7 +733,7 @@ def plan(
     `pods`: the pods on those nodes (all of them: DaemonSet and static pods are never evicted, but may match
     waitForCompletion.podSelector). `now`: epoch seconds.
     `validation_enabled`: False when no validator runs (validation-required then passes at once).
-    `limit`: what is left of cluster-wide limits beyond the policy's (several NVIDIADrivers upgrading).
+    `limit`: cluster-wide limits beyond the policy's (several NVIDIADrivers upgrading), counting earlier starts.
     """
     nodes = sorted(nodes, key=_by_name)
     tally = _Tally.of(nodes)

@@ -808,6 +808,24 @@ def _upgrade_plan(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
     return capsys.readouterr().out
 
 
+def test_upgrade_plan_waves_agree_with_the_cluster_wide_limit_the_operator_applies(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each NVIDIADriver lets 2 nodes upgrade at once, the ClusterPolicy's maxParallelUpgrades (which the operator
+    and the command's own plan apply across all NVIDIADrivers) 1. The waves took each NVIDIADriver alone, promising
+    a1+a2 and b1+b2 together while the same output said a2, b1 and b2 wait for a cluster-wide slot."""
+    each = {"autoUpgrade": True, "maxParallelUpgrades": 2, "maxUnavailable": "100%"}
+    out = _upgrade_plan(monkeypatch, capsys, _upgrade_cluster(each))
+    assert "a2 (upgrade-done): waiting for an upgrade slot" in out, out  # what the operator does: one at a time
+    assert [line for line in out.splitlines() if line.startswith("wave ")] == [
+        "wave 1: a1", "wave 2: a2", "wave 3: b1", "wave 4: b2"]  # fmt: skip
+    # Within a limit of 3, the numbers are the cluster's: b1 goes with a1 and a2, b2 after them.
+    each = {"autoUpgrade": True, "maxParallelUpgrades": 2, "maxUnavailable": "100%"}
+    out = _upgrade_plan(monkeypatch, capsys, _upgrade_cluster(each, maxParallelUpgrades=3, maxUnavailable="100%"))
+    assert [line for line in out.splitlines() if line.startswith("wave ")] == [
+        "wave 1: a1, a2", "wave 1: b1", "wave 2: b2"]  # fmt: skip
+
+
 def test_a_cluster_wide_slot_wait_counts_the_upgrades_this_pass_started(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

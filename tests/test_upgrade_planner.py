@@ -40,6 +40,7 @@ from gpu_operator.upgrade import (
     parse_selector,
     plan,
     planner,
+    preview_joint_waves,
     preview_waves,
 )
 from gpu_operator.upgrade.adapter import UpgradeInputs, upgrade_node, upgrade_nodes
@@ -1018,6 +1019,23 @@ def test_preview_waves_blocked_by_failed_upgrades() -> None:
 
 def test_preview_waves_nothing_to_do() -> None:
     assert preview_waves([make_node("a", rev=NEW)], policy()) == []
+
+
+def test_joint_preview_waves_share_the_cluster_wide_limits() -> None:
+    """Two NVIDIADrivers' rollouts previewed together, as the operator runs them: each within its own policy and all
+    within the ClusterPolicy's (`outer`)."""
+    a, b = [make_node(f"a{i}") for i in range(3)], [make_node(f"b{i}") for i in range(2)]
+    own = policy(max_parallel_upgrades=2, max_unavailable="100%")
+    by_parallel = policy(max_parallel_upgrades=3, max_unavailable="100%")
+    assert preview_joint_waves([(a, own), (b, own)], by_parallel) == [["a0", "a1", "b0"], ["a2", "b1"]]
+    by_unavailable = policy(max_parallel_upgrades=0, max_unavailable="25%")  # 2 of 5
+    assert preview_joint_waves([(a, own), (b, own)], by_unavailable) == [["a0", "a1"], ["a2", "b0"], ["b1"]]
+    assert preview_joint_waves([(a, own), (b, own)]) == [["a0", "a1", "b0", "b1"], ["a2"]]  # no outer limit
+    # An NVIDIADriver with autoUpgrade off upgrades nothing while another's is on (and takes no slot of it) ...
+    off = policy(auto_upgrade=False, max_parallel_upgrades=2, max_unavailable="100%")
+    assert preview_joint_waves([(b, off), (a, own)], by_parallel) == [["a0", "a1"], ["a2"]]
+    # ... and with every one off, the preview shows what switching them on would do, as preview_waves does.
+    assert preview_joint_waves([(a, off), (b, off)], by_parallel) == [["a0", "a1", "b0"], ["a2", "b1"]]
 
 
 # selectors and projections

@@ -45,12 +45,14 @@ from gpu_operator.upgrade import (
     DeleteDriverPod,
     Event,
     EvictPods,
+    Limit,
     Plan,
     SetState,
     Uncordon,
     UpgradeNode,
     WorkloadPod,
     plan,
+    preview_joint_waves,
     preview_waves,
 )
 
@@ -655,6 +657,32 @@ def test_preview_first_wave_matches_the_planner(data: st.DataObject, policy: Dri
     started = list(plan(nodes, [], policy, T0).started)
     running = [n.name for n in nodes if n.state in IN_PROGRESS_STATES and n.state != "upgrade-failed"]
     waves = preview_waves(nodes, policy)
+    first = waves[0] if waves else []
+    assert sorted(set(first) - set(running)) == sorted(started)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), policy_a=policies(), policy_b=policies(), outer=policies())
+def test_joint_preview_first_wave_matches_the_planner_under_a_cluster_wide_limit(
+    data: st.DataObject,
+    policy_a: DriverUpgradePolicySpec,
+    policy_b: DriverUpgradePolicySpec,
+    outer: DriverUpgradePolicySpec,
+) -> None:
+    """Two NVIDIADrivers' nodes, planned one after the other within the ClusterPolicy's limit over all of them (as
+    the operator's pass): the joint preview's first wave starts what the plans start."""
+    nodes = data.draw(random_nodes())
+    cut = data.draw(st.integers(0, len(nodes)))
+    parts = [(nodes[:cut], policy_a), (nodes[cut:], policy_b)]
+    limit = Limit.over(nodes, outer, "all NVIDIADrivers")
+    started: list[str] = []
+    for part, policy in parts:
+        result = plan(part, [], policy, T0, limit=limit)
+        by_name = {n.name: n for n in part}
+        limit = limit.after(len(result.started), sum(1 for n in result.started if not by_name[n].unavailable))
+        started += result.started
+    running = [n.name for n in nodes if n.state in IN_PROGRESS_STATES and n.state != "upgrade-failed"]
+    waves = preview_joint_waves(parts, outer)
     first = waves[0] if waves else []
     assert sorted(set(first) - set(running)) == sorted(started)
 

@@ -408,6 +408,12 @@ def cmd_upgrade_plan(args: argparse.Namespace) -> int:
             if not sections:
                 print("the ClusterPolicy's driver is handed to NVIDIADriver resources (useNvidiaDriverCRD); none "
                       "drives a node")  # fmt: skip
+            else:
+                cap = spec.driver.upgrade_policy
+                slots = upgrade.Slots.observe(everyone, cap)
+                print(f"NVIDIADrivers upgrade together within the ClusterPolicy's maxParallelUpgrades="
+                      f"{cap.max_parallel_upgrades or 'unlimited'}, maxUnavailable={cap.max_unavailable} "
+                      f"({slots.max_unavailable} of {slots.total} nodes): waves are numbered across them")  # fmt: skip
         results = []
         for title, section_spec, part in sections:
             managed = managed_nodes(section_spec, part)
@@ -422,13 +428,24 @@ def cmd_upgrade_plan(args: argparse.Namespace) -> int:
     except (ApiError, PolicyError, OSError) as exc:
         _print_error(exc)
         return 2
+    joint = None
+    if limit is not None:  # the waves of all NVIDIADrivers together, under the ClusterPolicy's cap, as the operator
+        parts = [(managed, section_spec.driver.upgrade_policy) for _, section_spec, managed, _ in results]
+        joint = upgrade.preview_joint_waves(parts, spec.driver.upgrade_policy)
     for title, section_spec, managed, result in results:
-        _print_upgrade_plan(title, section_spec, managed, result)
+        if joint is None:
+            waves = list(enumerate(upgrade.preview_waves(managed, section_spec.driver.upgrade_policy), 1))
+        else:
+            mine = {n.name for n in managed}
+            waves = [(i, ours) for i, wave in enumerate(joint, 1) if (ours := [n for n in wave if n in mine])]
+        _print_upgrade_plan(title, section_spec, managed, result, waves)
     return 0
 
 
-def _print_upgrade_plan(title: str, spec: ClusterPolicySpec, managed: list[Any], result: Any) -> None:
-    from . import upgrade
+def _print_upgrade_plan(
+    title: str, spec: ClusterPolicySpec, managed: list[Any], result: Any, waves: list[tuple[int, list[str]]]
+) -> None:
+    """One section of `upgrade plan`; `waves`: its nodes' waves, by number."""
     from .upgrade.adapter import steady
 
     policy = spec.driver.upgrade_policy
@@ -438,7 +455,6 @@ def _print_upgrade_plan(title: str, spec: ClusterPolicySpec, managed: list[Any],
           f"maxUnavailable={policy.max_unavailable} ({c.max_unavailable} of {c.total} nodes)")  # fmt: skip
     print(f"nodes: {c.total} managed, {c.done} done, {c.in_progress} in progress, {c.failed} failed, "
           f"{c.pending} waiting to start, {c.skipped} skipped")  # fmt: skip
-    waves = upgrade.preview_waves(managed, policy)
     if not spec.driver.enabled or spec.driver.use_nvidia_driver_crd:
         why = "disabled" if not spec.driver.enabled else "handed to NVIDIADriver resources (useNvidiaDriverCRD)"
         print(f"the ClusterPolicy's driver is {why}: it upgrades no node")
@@ -446,7 +462,7 @@ def _print_upgrade_plan(title: str, spec: ClusterPolicySpec, managed: list[Any],
         print("autoUpgrade is off: nothing is orchestrated")
     elif not waves:
         print("no node needs an upgrade")
-    for i, wave in enumerate(waves, 1):
+    for i, wave in waves:
         print(f"wave {i}: {', '.join(wave)}")
     states = {n.name: n.state or "unknown" for n in managed}
     if result.waiting:

@@ -2,6 +2,7 @@
 
 plan(nodes, pods, policy, now) -> Plan          one pass of the state machine
 preview_waves(nodes, policy) -> list[list[str]] the waves a rollout will take
+preview_joint_waves(parts, outer)               those of several (each NVIDIADriver's) under one cap
 """
 
 from .model import (
@@ -37,7 +38,7 @@ from .model import (
     UpgradeNode,
     WorkloadPod,
 )
-from .planner import Limit, Slots, max_unavailable_count, plan, preview_waves, select_starts
+from .planner import Limit, Slots, max_unavailable_count, plan, preview_joint_waves, preview_waves, select_starts
 from .selector import Selector, SelectorError, parse_selector
 
 __all__ = [
@@ -79,6 +80,7 @@ __all__ = [
     "max_unavailable_count",
     "parse_selector",
     "plan",
+    "preview_joint_waves",
     "preview_waves",
     "select_starts",
 ]

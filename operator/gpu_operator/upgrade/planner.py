@@ -958,41 +958,84 @@ def preview_waves(nodes: Sequence[UpgradeNode], policy: DriverUpgradePolicySpec)
     uncordoned unless cordoned before the upgrade). Skipped nodes, and nodes that can never get a slot
     (for instance while failed upgrades use every slot), appear in no wave. Ignores autoUpgrade.
     """
-    nodes = sorted(nodes, key=lambda n: n.name)
-    total = _Tally.of(nodes).total
-    max_unavailable = max_unavailable_count(policy.max_unavailable, total)
-    failed = [n.name for n in nodes if n.state == FAILED]
-    running = [n.name for n in nodes if n.state in IN_PROGRESS_STATES and n.state != FAILED]
-    remaining = [n for n in nodes if _needs_upgrade(n) and not n.skipped]
+    return preview_joint_waves([(nodes, policy)])
+
+
+@dataclass
+class _Rollout:
+    """One policy's part of a wave preview: its nodes and what is left of its rollout."""
+
+    nodes: list[UpgradeNode]
+    policy: DriverUpgradePolicySpec
+    total: int
+    failed: list[str]
+    running: list[str]
+    remaining: list[UpgradeNode]
+
+
+def preview_joint_waves(
+    parts: Sequence[tuple[Sequence[UpgradeNode], DriverUpgradePolicySpec]],
+    outer: DriverUpgradePolicySpec | None = None,
+) -> list[list[str]]:
+    """preview_waves of several rollouts at once: each part's nodes under its own policy (each NVIDIADriver's, in
+    the order the operator plans them), and every wave also within `outer`'s limits over all the parts' nodes (the
+    ClusterPolicy's, the operator's Limit). While one part's autoUpgrade is on, a part whose autoUpgrade is off
+    upgrades nothing (as in the operator); its nodes still count against `outer` as they are."""
+    any_on = any(policy.auto_upgrade for _, policy in parts)
+    rollouts: list[_Rollout] = []
+    for unsorted, policy in parts:
+        nodes = sorted(unsorted, key=_by_name)
+        on = policy.auto_upgrade or not any_on
+        rollouts.append(_Rollout(
+            nodes, policy, _Tally.of(nodes).total,
+            failed=[n.name for n in nodes if n.state == FAILED] if on else [],
+            running=[n.name for n in nodes if n.state in IN_PROGRESS_STATES and n.state != FAILED] if on else [],
+            remaining=[n for n in nodes if _needs_upgrade(n) and not n.skipped] if on else [],
+        ))  # fmt: skip
+    outer_max_unavailable = 0
+    if outer is not None:
+        outer_max_unavailable = max_unavailable_count(outer.max_unavailable, sum(r.total for r in rollouts))
 
     waves: list[list[str]] = []
     upgraded: set[str] = set()
     first = True
-    while remaining or (first and running):
-        holders = failed + running if first else failed
-        unavailable = {
-            n.name
-            for n in nodes
-            if n.name in holders
-            or (n.name in upgraded and _stays_unavailable(n))
-            or (n.name not in upgraded and n.unavailable)
-        }
-        slots = Slots(
-            total=total,
-            max_parallel=policy.max_parallel_upgrades,
-            max_unavailable=max_unavailable,
-            in_progress=len(holders),
-            unavailable=len(unavailable),
-            failed=len(failed),
-            pending=len(remaining),
-        )
-        started, _ = select_starts(remaining, slots)
-        wave = (running if first else []) + started
+    while any(r.remaining or (first and r.running) for r in rollouts):
+        slots: list[Slots] = []
+        for r in rollouts:
+            holders = r.failed + r.running if first else r.failed
+            unavailable = {
+                n.name
+                for n in r.nodes
+                if n.name in holders
+                or (n.name in upgraded and _stays_unavailable(n))
+                or (n.name not in upgraded and n.unavailable)
+            }
+            slots.append(Slots(
+                total=r.total,
+                max_parallel=r.policy.max_parallel_upgrades,
+                max_unavailable=max_unavailable_count(r.policy.max_unavailable, r.total),
+                in_progress=len(holders),
+                unavailable=len(unavailable),
+                failed=len(r.failed),
+                pending=len(r.remaining),
+            ))  # fmt: skip
+        limit = None
+        if outer is not None:
+            in_progress, unavailable_count = sum(s.in_progress for s in slots), sum(s.unavailable for s in slots)
+            limit = Limit(outer.max_parallel_upgrades, outer_max_unavailable, in_progress, unavailable_count, "")
+        wave: list[str] = []
+        for r, part_slots in zip(rollouts, slots, strict=True):
+            started, _ = select_starts(r.remaining, part_slots, limit=limit)
+            starting = set(started)
+            if limit is not None:
+                made_unavailable = sum(1 for n in r.remaining if n.name in starting and not n.unavailable)
+                limit = limit.after(len(started), made_unavailable)
+            wave += (r.running if first else []) + started
+            r.remaining = [n for n in r.remaining if n.name not in starting]
         if not wave:
             break
         waves.append(wave)
         upgraded.update(wave)
-        remaining = [n for n in remaining if n.name not in started]
         first = False
     return waves
 

@@ -298,7 +298,8 @@ def test_every_description_key_is_used() -> None:
 @pytest.mark.parametrize(
     ("path", "key"),
     [
-        ("spec.driver.upgradePolicy.maxParallelUpgrades", "**.upgradePolicy.maxParallelUpgrades"),
+        ("spec.driver.upgradePolicy.podDeletion", "**.upgradePolicy.podDeletion"),
+        ("spec.driver.upgradePolicy.maxParallelUpgrades", "spec.driver.upgradePolicy.maxParallelUpgrades"),
         ("spec.upgradePolicy.maxParallelUpgrades", "**.upgradePolicy.maxParallelUpgrades"),
         ("spec.driver.version", "spec.driver.version"),  # the exact path before any pattern
         ("spec.toolkit.version", "**.version"),

@@ -837,6 +837,29 @@ def test_a_cluster_wide_slot_wait_counts_the_upgrades_this_pass_started(
     assert "waiting for an upgrade slot: 1 in progress and 1 of at most 1 nodes unavailable across" in line, out
 
 
+def test_the_clusterpolicys_cap_holds_the_nvidiadrivers_whatever_its_auto_upgrade() -> None:
+    """Beyond upstream (README): the ClusterPolicy's maxParallelUpgrades (1 here) bounds all NVIDIADrivers together
+    in the operator's own pass, with its autoUpgrade false too (that switch is about its own driver, the cap about
+    how many nodes are down at once). Each NVIDIADriver alone would allow two."""
+    from gpu_operator.reconciler import Reconciler
+    from gpu_operator.render import driver_routing
+    from support import RecordingKube
+
+    each = {"autoUpgrade": True, "maxParallelUpgrades": 2, "maxUnavailable": "100%"}
+    snap = _upgrade_cluster(each, autoUpgrade=False, maxParallelUpgrades=1, maxUnavailable="100%")
+    spec = parse_spec(next(iter(snap.policies.values()))["spec"])
+    routing = driver_routing(list(snap.nodes.values()), spec, [NVIDIADriver.from_object(o)
+                                                               for o in snap.nvidia_drivers.values()])  # fmt: skip
+    assert routing.assignment is not None
+    kube = RecordingKube()
+    Reconciler(kube, "gpu-operator")._orchestrate_nvidia_drivers(  # type: ignore[arg-type]
+        spec, snap, dict(snap.nodes), routing.assignment, routing.groups, None
+    )
+    patches = [what for verb, what in kube.calls if verb == "merge_patch"]
+    cordoned = [name for kind, name, patch in patches if kind == "Node" and patch.get("spec", {}).get("unschedulable")]
+    assert cordoned == ["a1"]  # started: the others wait for a slot
+
+
 def test_one_nvidiadriver_that_cannot_render_holds_only_its_own_daemonsets() -> None:
     # usePrecompiled with GDS cannot render; upstream fails that NVIDIADriver alone (ReconcileFailed on it).
     nodes = [facts("a1", labels={"pool": "a"}), facts("b1", labels={"pool": "b"})]

@@ -499,7 +499,8 @@ class Reconciler:
         moved: Callable[[str], bool] | None,
     ) -> Orchestrated:
         """Each NVIDIADriver's nodes by its own upgradePolicy, and all of them within the ClusterPolicy's
-        maxParallelUpgrades and maxUnavailable (over every node the NVIDIADrivers drive). `moved`: as orchestrate's."""
+        maxParallelUpgrades and maxUnavailable (over every node the NVIDIADrivers drive, whatever the ClusterPolicy's
+        autoUpgrade: beyond upstream). `moved`: as orchestrate's."""
         parts = [(g, snap.with_nodes({k: by_name[k] for k in assignment.nodes_of(g.name) if k in by_name}))
                  for g in groups]  # fmt: skip
         self._group_kept = kept = {g.name: self._group_kept.get(g.name) or UpgradeKept() for g in groups}

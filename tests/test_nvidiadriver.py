@@ -999,6 +999,36 @@ def test_an_nvidiadriver_is_not_ready_while_a_node_it_drives_fits_no_pool() -> N
                                      "missing")  # fmt: skip
 
 
+@pytest.mark.parametrize("policy_precompiled", [False, True])
+def test_the_clusterpolicys_driver_state_pools_nodes_by_each_nvidiadrivers_precompiled(
+    policy_precompiled: bool,
+) -> None:
+    """With useNvidiaDriverCRD the ClusterPolicy's state-driver named the nodes that fit no pool by the
+    ClusterPolicy's own driver.usePrecompiled, not by the NVIDIADriver that drives them: a node without its kernel
+    label under a precompiled NVIDIADriver went unnamed (the ClusterPolicy ready while that NVIDIADriver was not),
+    and with the ClusterPolicy's usePrecompiled true one under a non-precompiled NVIDIADriver was named though its
+    driver runs."""
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+
+    raw = crd_policy()
+    raw["driver"]["usePrecompiled"] = policy_precompiled
+    raw["driver"]["version"] = "580"
+    precompiled = {"nodeSelector": {"pool": "b"}, "repository": "nvcr.io/nvidia", "image": "driver", "version": "580",
+                   "usePrecompiled": True}  # fmt: skip
+    nodes = [facts("a1", kernel="", labels={"pool": "a"}), facts("b1", kernel="", labels={"pool": "b"})]
+    drivers = {d["metadata"]["name"]: {"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver", **d}
+               for d in drivers_objects(("default", {"default": True}), ("pool-b", precompiled))}  # fmt: skip
+    kube = EchoKube()
+    snap = Snapshot(nodes={n.name: n for n in nodes}, policies={"cluster-policy": policy_object(raw)},
+                    owned={}, pods={}, revisions={}, nvidia_drivers=drivers)  # fmt: skip
+    Reconciler(kube, "gpu-operator").reconcile(snap)  # type: ignore[arg-type]
+    states = {s["name"]: s for s in kube.statuses[("ClusterPolicy", "cluster-policy")]["states"]}
+    message = states["state-driver"]["message"]
+    assert "no driver for b1: NFD labels os-release ID/VERSION_ID and kernel-version.full missing" in message
+    assert "a1" not in message  # the default NVIDIADriver is not precompiled: a1 has its pool
+
+
 def test_an_nvidiadriver_says_so_while_no_valid_clusterpolicy_is_active() -> None:
     """With the ClusterPolicy's spec invalid, or no ClusterPolicy at all, a pass returned before the NVIDIADrivers'
     statuses: a new one showed none, an old one kept its "ready" (nodes: 3) after the operator stopped acting on

@@ -334,8 +334,16 @@ def _finalize(objects: list[dict[str, Any]], ctx: RenderContext) -> None:
 
 
 def _unpooled_note(ctx: RenderContext) -> str | None:
-    precompiled = ctx.spec.driver.use_precompiled
-    return unpooled_note(unpooled(list(ctx.nodes), precompiled), precompiled)
+    if not ctx.spec.driver.use_nvidia_driver_crd:
+        precompiled = ctx.spec.driver.use_precompiled
+        return unpooled_note(unpooled(list(ctx.nodes), precompiled), precompiled)
+    notes = []  # each NVIDIADriver's nodes are pooled by its own usePrecompiled, not the ClusterPolicy's
+    for precompiled in (False, True):
+        mine = {n for g in ctx.nvidia_drivers if g.spec.driver.use_precompiled == precompiled for n in g.nodes}
+        if mine and (note := unpooled_note([n for n in unpooled(list(ctx.nodes), precompiled) if n in mine],
+                                           precompiled)):  # fmt: skip
+            notes.append(note)
+    return "; ".join(notes) or None
 
 
 def unpooled_note(missing: list[str], precompiled: bool) -> str | None:

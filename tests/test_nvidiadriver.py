@@ -922,6 +922,36 @@ def test_a_pass_keeps_the_daemonsets_of_an_nvidiadriver_that_cannot_render_and_s
     assert "pool-b" not in other["Ready"]["message"]
 
 
+def test_a_held_nvidiadriver_reads_reconcile_failed_not_driver_not_ready() -> None:
+    """An NVIDIADriver whose spec cannot render (held: usePrecompiled with GDS, a missing secretEnv Secret) read
+    reason DriverNotReady, as one waiting for its pods. Upstream refuses these in reconcile with ReconcileFailed
+    (controllers/nvidiadriver_controller.go); DriverNotReady is only "Waiting for driver pod to be ready"."""
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+
+    class Kube(EchoKube):
+        def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+            return None if kind == "Secret" else {}
+
+    nodes = {n.name: n for n in (facts("a1", labels={"pool": "a"}), facts("b1", labels={"pool": "b"}))}
+    for bad in ({"nodeSelector": {"pool": "b"}, "usePrecompiled": True, "version": "580", "gds": {"enabled": True}},
+                {"nodeSelector": {"pool": "b"}, "secretEnv": "no-such-secret"}):
+        drivers = {d["metadata"]["name"]: {"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver", **d}
+                   for d in drivers_objects(("default", {"default": True}), ("pool-b", bad))}  # fmt: skip
+        kube = Kube()
+        snap = Snapshot(nodes=nodes, policies={"cluster-policy": policy_object(crd_policy())}, owned={}, pods={},
+                        revisions={}, nvidia_drivers=drivers)  # fmt: skip
+        Reconciler(kube, "gpu-operator").reconcile(snap)  # type: ignore[arg-type]
+        status = kube.statuses[("NVIDIADriver", "pool-b")]
+        mine = {c["type"]: c for c in status["conditions"]}
+        assert status["state"] == "notReady"
+        assert (mine["Ready"]["status"], mine["Ready"]["reason"]) == ("False", "ReconcileFailed")
+        assert (mine["Error"]["status"], mine["Error"]["reason"]) == ("True", "ReconcileFailed")
+        assert mine["Error"]["message"].startswith("NVIDIADriver pool-b: ")
+        other = {c["type"]: c for c in kube.statuses[("NVIDIADriver", "default")]["conditions"]}
+        assert other["Ready"]["reason"] != "ReconcileFailed"
+
+
 class _Refusing(EchoKube):
     """An API server whose admission (a policy engine, a quota) refuses the objects whose names start so."""
 

@@ -484,7 +484,8 @@ def driver_status(
 
     `assignment` None: the ClusterPolicy does not hand the driver to NVIDIADrivers, `off` says why. `ready`:
     whether its DaemonSets are ready, and why not. `failed`: why reconciling it failed (reason ReconcileFailed):
-    its objects the API server refused, or (`assignment` None) no valid ClusterPolicy to go by."""
+    its objects could not be rendered or the API server refused them, or (`assignment` None) no valid
+    ClusterPolicy to go by."""
     conditions = list((previous or {}).get("conditions") or [])
     gen = driver.generation
     nodes: list[str] = []

@@ -562,6 +562,7 @@ class Reconciler:
             if driver.deleting:
                 continue
             ready = None
+            not_rendered = None  # why its objects (or the driver state's) could not be rendered: ReconcileFailed
             if assignment is not None and driver_plan is not None:
                 keys = {
                     key_of(o) for o in driver_plan.objects
@@ -578,14 +579,13 @@ class Reconciler:
                     note = unpooled_note([n for n in unpooled_by[precompiled] if n in group.nodes], precompiled)
                     if note:
                         ready = (False, "; ".join(m for m in (result.message, note) if m))
-                if driver_plan.problem:
-                    ready = (False, driver_plan.problem)
-                elif driver.uid in driver_plan.held:
-                    ready = (False, driver_plan.held[driver.uid])
+                not_rendered = driver_plan.problem or driver_plan.held.get(driver.uid)
             previous = obj.get("status") or {}
             refusals = failed.get(driver.uid, []) + failed.get(None, [])
+            why = "; ".join(m for m in (not_rendered, "apply failed: " + "; ".join(refusals) if refusals else None)
+                            if m)  # fmt: skip
             status = nvidiadriver.driver_status(driver, assignment, ready, self.namespace, previous, now(), off,
-                                                "apply failed: " + "; ".join(refusals) if refusals else None)
+                                                why or None)
             error = next(c for c in status["conditions"] if c["type"] == "Error")
             before: dict[str, Any] = next(
                 (c for c in previous.get("conditions") or [] if c.get("type") == "Error"), {}

@@ -997,6 +997,68 @@ def test_an_nvidiadriver_whose_objects_the_api_server_refuses_is_not_ready_and_s
     assert shared["reason"] == "ReconcileFailed" and "ServiceAccount nvidia-driver: " in shared["message"]
 
 
+def test_a_pass_cut_short_by_an_api_error_marks_the_nvidiadrivers_it_did_not_reach() -> None:
+    """A pass that an ApiError cut short (a 5xx mid-pass) wrote ReconcileFailed on the ClusterPolicy but left the
+    NVIDIADrivers' statuses as they were: one read "ready", "All resources have been successfully reconciled",
+    while no pass got through. Upstream writes ReconcileFailed with the error. Now notReady, ReconcileFailed,
+    naming the error, written once (not again while the error is the same), the node counts kept; a status write
+    that fails too does not fail the pass's answer."""
+    from gpu_operator.kube import ApiError
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+
+    class Kube(EchoKube):
+        def __init__(self, refuse_status: bool = False) -> None:
+            super().__init__()
+            self.refuse_status = refuse_status
+            self.kinds: list[str] = []  # of the objects whose status was written
+
+        def get(self, *a: Any, **k: Any) -> Any:
+            raise ApiError(503, '{"message": "etcdserver: leader changed"}', "get Namespace")
+
+        def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *a: Any, **k: Any) -> dict[str, Any]:
+            if self.refuse_status and kind == "NVIDIADriver":
+                raise ApiError(500, '{"message": "etcdserver: request timed out"}', "patch NVIDIADriver status")
+            self.kinds.append(kind)
+            return super().merge_patch(kind, name, patch, *a, **k)
+
+    def drivers() -> dict[str, dict[str, Any]]:
+        out = {d["metadata"]["name"]: {"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver", **d}
+               for d in drivers_objects(("default", {"default": True}), ("pool-b", {"nodeSelector": {"pool": "b"}}))}
+        for obj in out.values():
+            ready = nvidiadriver.driver_status(NVIDIADriver.from_object(obj), assign([], []), (True, ""),
+                                               "gpu-operator", None, "2026-01-01T00:00:00Z")  # fmt: skip
+            obj["status"] = {**ready, "nodes": 1}
+        return out
+
+    objs = drivers()
+    kube = Kube()
+    r = Reconciler(kube, "gpu-operator")  # type: ignore[arg-type]
+    for first in (True, False):
+        kube.kinds.clear()
+        snap = Snapshot(nodes={"a1": facts("a1", labels={"pool": "a"}), "b1": facts("b1", labels={"pool": "b"})},
+                        policies={"cluster-policy": policy_object(crd_policy())}, owned={}, pods={}, revisions={},
+                        nvidia_drivers=objs)  # fmt: skip
+        assert r.reconcile(snap).ready is False
+        assert kube.kinds.count("NVIDIADriver") == (2 if first else 0)  # written once
+        for name in objs:
+            objs[name]["status"] = kube.statuses[("NVIDIADriver", name)]
+    for name in objs:
+        status = objs[name]["status"]
+        assert (status["state"], status["nodes"]) == ("notReady", 1), status
+        error = next(c for c in status["conditions"] if c["type"] == "Error")
+        ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+        assert (error["status"], error["reason"], ready["status"], ready["reason"]) == (
+            "True", "ReconcileFailed", "False", "ReconcileFailed")
+        assert "503 etcdserver: leader changed" in error["message"]
+    # The NVIDIADrivers' status writes fail too: the pass still answers (and the ClusterPolicy's is written).
+    kube = Kube(refuse_status=True)
+    snap = Snapshot(nodes={"a1": facts("a1")}, policies={"cluster-policy": policy_object(crd_policy())}, owned={},
+                    pods={}, revisions={}, nvidia_drivers=drivers())  # fmt: skip
+    assert Reconciler(kube, "gpu-operator").reconcile(snap).ready is False  # type: ignore[arg-type]
+    assert ("ClusterPolicy", "cluster-policy") in kube.statuses and ("NVIDIADriver", "default") not in kube.statuses
+
+
 def test_an_nvidiadriver_is_not_ready_while_a_node_it_drives_fits_no_pool() -> None:
     """A GPU node NFD has not labelled with its OS (or, precompiled, its kernel) fits no pool: no DaemonSet runs a
     driver there. The ClusterPolicy's state-driver named it, but the NVIDIADriver that drives it (nodes: 1) said

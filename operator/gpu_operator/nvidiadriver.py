@@ -531,6 +531,15 @@ def driver_status(
     }
 
 
+def failed_pass_status(driver: NVIDIADriver, namespace: str, previous: Mapping[str, Any] | None, now: str,
+                       why: str) -> dict[str, Any]:  # fmt: skip
+    """An NVIDIADriver's status after a pass that failed before it got to it: notReady, ReconcileFailed, `why`
+    (upstream's on an error in reconcile). Its nodes and conflicts, not worked out again, stay as they were."""
+    status = driver_status(driver, None, None, namespace, previous, now, failed=why)
+    before = previous or {}
+    return {**status, "nodes": before.get("nodes", 0), "conflictingNodes": before.get("conflictingNodes") or []}
+
+
 def node_patch(
     node: NodeFacts, assignment: Assignment | None, spec: ClusterPolicySpec | None
 ) -> dict[str, dict[str, str | None]]:

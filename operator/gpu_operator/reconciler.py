@@ -123,6 +123,7 @@ class Reconciler:
         self._group_kept: dict[str, UpgradeKept] = {}  # each NVIDIADriver's upgrade inputs, by its name
         self._routing = nvidiadriver.KeptRouting()  # which NVIDIADriver drives each node, by the same rule
         self._group_verdicts = compat.kept_group_verdicts()  # the version matrix's verdicts under NVIDIADrivers
+        self._drivers_done: set[str] = set()  # the NVIDIADrivers whose status this pass decided
         # Set after each pass with an active, valid policy: single nodes are labelled by it between passes.
         self.labelling: Labelling | None = None
         # Set by the runtime: whether a node's upgrade moved on between passes since these facts of it (see
@@ -238,6 +239,7 @@ class Reconciler:
             out.recheck_s = self._drivers_unmanaged(snap, "no active ClusterPolicy")
             return
         policy = snap.policies[active]
+        self._drivers_done = set()
         try:
             self._reconcile_active(policy, snap, out)
         except ApiError as exc:
@@ -261,7 +263,10 @@ class Reconciler:
                 more_conditions=[c for c in previous.get("conditions") or []
                                  if c.get("type") not in ("Ready", "Error", UNSUPPORTED_FIELDS)],
             )  # fmt: skip
-            self.status.write(policy, status, quiet=True)
+            try:
+                self.status.write(policy, status, quiet=True)
+            finally:
+                self._drivers_failed(policy, snap, f"reconcile failed: {exc}")
 
     def _reconcile_active(self, policy: dict[str, Any], snap: Snapshot, out: Outcome) -> None:
         meta = policy["metadata"]
@@ -598,7 +603,28 @@ class Reconciler:
             if not self.status.write(obj, status, quiet=True, kind="NVIDIADriver"):
                 retry = self.status.retry_in(driver.name, "NVIDIADriver")
                 held = retry if held is None else min(held, retry)
+            self._drivers_done.add(driver.name)
         return held
+
+    def _drivers_failed(self, policy: dict[str, Any], snap: Snapshot, why: str) -> None:
+        """After a pass an ApiError cut short: each NVIDIADriver whose status it did not get to is notReady,
+        ReconcileFailed, `why` (written when that changed), while the ClusterPolicy hands the driver to them. A
+        status write that fails is logged: the next pass tries again."""
+        try:
+            spec = parse_spec(policy.get("spec"), allow_unknown=allows_unknown(policy["metadata"]))
+        except PolicyError:
+            return
+        if not (spec.driver.enabled and spec.driver.use_nvidia_driver_crd):
+            return
+        for name, obj in sorted(snap.nvidia_drivers.items()):
+            driver = nvidiadriver.NVIDIADriver.from_object(obj)
+            if name in self._drivers_done or driver.deleting:
+                continue
+            status = nvidiadriver.failed_pass_status(driver, self.namespace, obj.get("status"), now(), why)
+            try:
+                self.status.write(obj, status, quiet=True, kind="NVIDIADriver")
+            except ApiError as exc:
+                log.warning("NVIDIADriver %s: status not written: %s", name, exc)
 
     def _drivers_unmanaged(self, snap: Snapshot, why: str) -> float | None:
         """Each NVIDIADriver's status while there is no valid ClusterPolicy to go by: notReady, ReconcileFailed,

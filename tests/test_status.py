@@ -718,3 +718,40 @@ def test_a_transient_api_error_keeps_the_other_conditions_and_the_upgrade_status
     status = written[-1]
     assert status.get("upgrade") == upgrade, status.get("upgrade")
     assert any(c["type"] == "DriverRefused" for c in status["conditions"]), [c["type"] for c in status["conditions"]]
+
+
+def test_a_node_event_whose_cause_went_away_is_posted_again_when_it_comes_back() -> None:
+    """The recorder kept the last message per object and reason for good: a MIG layout refused, then changed to a
+    valid one (the refusal over), then asked for again got its Warning only the first time (the same held for an
+    upgrade wait, a driver refusal, a sharing warning that went away and came back). What a pass no longer asks for
+    is over: said again when it comes back; asked for pass after pass, it is posted once."""
+    from gpu_operator import mig
+    from gpu_operator.nodes import MIG_CONFIG, MIG_CONFIG_STATE
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+    from support import facts, policy_object
+
+    class Kube(EchoKube):
+        def __init__(self) -> None:
+            super().__init__()
+            self.events: list[dict[str, Any]] = []
+
+        def create(self, obj: dict[str, Any], **_: Any) -> dict[str, Any]:
+            if obj["kind"] == "Event":
+                self.events.append(obj)
+            return obj
+
+    def gpu_node(layout: str) -> Any:
+        h100 = "NVIDIA-H100-80GB-HBM3"
+        return facts("gpu-1", labels={"nvidia.com/mig.capable": "true", "nvidia.com/gpu.product": h100,
+                                      MIG_CONFIG: layout, MIG_CONFIG_STATE: "success", mig.MANAGER_LABEL: "true",
+                                      mig.APPROVED: "all-disabled"})  # fmt: skip
+
+    kube = Kube()
+    r = Reconciler(kube, "gpu-operator")  # type: ignore[arg-type]
+    pol = policy_object()
+    for layout in ("nope", "nope", "all-disabled", "nope", "nope"):
+        r.reconcile(Snapshot(nodes={"gpu-1": gpu_node(layout)}, policies={"cluster-policy": pol}, owned={}, pods={},
+                             revisions={}))  # fmt: skip
+    refused = [e["message"] for e in kube.events if e["reason"] == mig.EVENT_REFUSED]
+    assert len(refused) == 2 and "nope" in refused[0] and refused[0] == refused[1], refused

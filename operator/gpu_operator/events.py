@@ -27,16 +27,19 @@ class EventRecorder:
         self.clock = clock
         # (kind, name) -> the uid of the object posted on, and reason -> its last message posted there
         self._last: dict[tuple[str, str], tuple[str | None, dict[str, str]]] = {}
+        self._asked: set[tuple[tuple[str, str], str]] = set()  # (kind, name), reason asked for since the last pass
         self._refused: dict[tuple[str, str], dict[str, tuple[str, float]]] = {}  # ... -> (message, when) refused last
         self._lock = threading.Lock()
 
     def __call__(self, obj: dict[str, Any], etype: str, reason: str, message: str, changed: bool = False) -> None:
-        """An Event on `obj`, unless the last one posted for it with this reason said the same. `changed`: the
-        caller saw what the event says change (a state that came back after another): posted even so. One the API
-        server refused (this reason and message) is tried again when asked for no sooner than REFUSED_RETRY_S later."""
+        """An Event on `obj`, unless the last one posted for it with this reason said the same and the caller has
+        asked for it in every pass since (pass_done). `changed`: the caller saw what the event says change (a state
+        that came back after another): posted even so. One the API server refused (this reason and message) is tried
+        again when asked for no sooner than REFUSED_RETRY_S later."""
         meta = obj["metadata"]
         ref, uid = (obj["kind"], meta["name"]), meta.get("uid")
         with self._lock:
+            self._asked.add((ref, reason))
             if not changed and self._posted(ref, uid).get(reason) == message:
                 return
             refused = self._refused.get(ref, {}).get(reason)
@@ -82,6 +85,17 @@ class EventRecorder:
         another object's (deleted and created again: a new uid). A reference without a uid is the same object."""
         known, posted = self._last.get(ref, (None, {}))
         return {} if uid and known and uid != known else posted
+
+    def pass_done(self) -> None:
+        """A pass ran to its end: what was posted and not asked for since the last pass is over (the caller no longer
+        reports it), so an Event that says it again is posted when it comes back."""
+        with self._lock:
+            for ref, (_, posted) in list(self._last.items()):
+                for reason in [r for r in posted if (ref, r) not in self._asked]:
+                    del posted[reason]
+                if not posted:
+                    del self._last[ref]
+            self._asked.clear()
 
     def forget(self, kind: str, name: str) -> None:
         """Drop what was posted on an object that is gone (node names churn in autoscaled pools)."""

@@ -493,6 +493,7 @@ class Reconciler:
             out.busy = True  # progress held back: the next pass writes it, once it may
             retry = self.status.retry_in(meta["name"])
             out.recheck_s = retry if driver_held is None else min(retry, driver_held)
+        self.events.pass_done()  # what this pass no longer reported is posted again should it come back
 
     def _orchestrate_nvidia_drivers(
         self,

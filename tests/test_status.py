@@ -487,6 +487,22 @@ def test_an_event_the_api_server_refused_is_posted_again_after_a_while() -> None
     assert len(kube.created) == 1, "sent again after a while and posted, then a repeat dropped"
 
 
+def test_a_refusal_on_an_object_does_not_hold_back_events_on_the_one_created_again_under_its_name() -> None:
+    """The refusal back-off was kept by kind and name: an NVIDIADriver whose Warning was refused (a quota), deleted
+    and created again with the same conflict, got no Warning for REFUSED_RETRY_S although it is another object."""
+    kube = _Events(refuse=1)
+    now = [0.0]
+    record = EventRecorder(kube, clock=lambda: now[0])  # type: ignore[arg-type]
+    first = {"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver", "metadata": {"name": "d", "uid": "u-1"}}
+    again = {**first, "metadata": {"name": "d", "uid": "u-2"}}
+    record(first, "Warning", "Conflict", "node h-0 is selected by d and e")
+    now[0] += 10
+    record(first, "Warning", "Conflict", "node h-0 is selected by d and e")  # the same object: held back
+    assert kube.refuse == 0 and not kube.created
+    record(again, "Warning", "Conflict", "node h-0 is selected by d and e")
+    assert [e["involvedObject"]["uid"] for e in kube.created] == ["u-2"]
+
+
 def test_the_recorder_posts_on_an_object_created_again_under_the_same_name() -> None:
     """The recorder remembered the last message per kind and name, not per object: an NVIDIADriver deleted and
     created again under the same name with the same conflict got no Warning (its new, empty status differs, so the

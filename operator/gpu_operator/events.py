@@ -28,14 +28,15 @@ class EventRecorder:
         # (kind, name) -> the uid of the object posted on, and reason -> its last message posted there
         self._last: dict[tuple[str, str], tuple[str | None, dict[str, str]]] = {}
         self._asked: set[tuple[tuple[str, str], str]] = set()  # (kind, name), reason asked for since the last pass
-        self._refused: dict[tuple[str, str], dict[str, tuple[str, float]]] = {}  # ... -> (message, when) refused last
+        # (kind, name) -> reason -> (the object's uid, the message, when) refused last
+        self._refused: dict[tuple[str, str], dict[str, tuple[str | None, str, float]]] = {}
         self._lock = threading.Lock()
 
     def __call__(self, obj: dict[str, Any], etype: str, reason: str, message: str, changed: bool = False) -> None:
         """An Event on `obj`, unless the last one posted for it with this reason said the same and the caller has
         asked for it in every pass since (pass_done). `changed`: the caller saw what the event says change (a state
-        that came back after another): posted even so. One the API server refused (this reason and message) is tried
-        again when asked for no sooner than REFUSED_RETRY_S later."""
+        that came back after another): posted even so. One the API server refused (this object, reason and message)
+        is tried again when asked for no sooner than REFUSED_RETRY_S later."""
         meta = obj["metadata"]
         ref, uid = (obj["kind"], meta["name"]), meta.get("uid")
         with self._lock:
@@ -43,7 +44,8 @@ class EventRecorder:
             if not changed and self._posted(ref, uid).get(reason) == message:
                 return
             refused = self._refused.get(ref, {}).get(reason)
-            if refused is not None and refused[0] == message and self.clock() - refused[1] < REFUSED_RETRY_S:
+            if (refused is not None and not _other(uid, refused[0]) and refused[1] == message
+                    and self.clock() - refused[2] < REFUSED_RETRY_S):  # fmt: skip
                 return
         ns = meta.get("namespace") or "default"
         body = {
@@ -71,7 +73,7 @@ class EventRecorder:
         except ApiError as exc:  # not posted: posted again after a while
             log.warning("could not record event %s on %s: %s", reason, meta["name"], exc)
             with self._lock:
-                self._refused.setdefault(ref, {})[reason] = (message, self.clock())
+                self._refused.setdefault(ref, {})[reason] = (uid, message, self.clock())
             return
         with self._lock:
             posted = self._posted(ref, uid)
@@ -82,9 +84,9 @@ class EventRecorder:
 
     def _posted(self, ref: tuple[str, str], uid: str | None) -> dict[str, str]:
         """What was posted on the object of this kind and name (under the lock); nothing when the name is now
-        another object's (deleted and created again: a new uid). A reference without a uid is the same object."""
+        another object's (deleted and created again: a new uid)."""
         known, posted = self._last.get(ref, (None, {}))
-        return {} if uid and known and uid != known else posted
+        return {} if _other(uid, known) else posted
 
     def pass_done(self) -> None:
         """A pass ran to its end: what was posted and not asked for since the last pass is over (the caller no longer
@@ -102,3 +104,9 @@ class EventRecorder:
         with self._lock:
             self._last.pop((kind, name), None)
             self._refused.pop((kind, name), None)
+
+
+def _other(uid: str | None, known: str | None) -> bool:
+    """Whether a reference with `uid` is another object than the one with `known` of the same kind and name (deleted
+    and created again). A reference without a uid (a Node's, by name) is the same object."""
+    return bool(uid and known and uid != known)

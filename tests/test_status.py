@@ -771,3 +771,41 @@ def test_a_node_event_whose_cause_went_away_is_posted_again_when_it_comes_back()
                              revisions={}))  # fmt: skip
     refused = [e["message"] for e in kube.events if e["reason"] == mig.EVENT_REFUSED]
     assert len(refused) == 2 and "nope" in refused[0] and refused[0] == refused[1], refused
+
+
+def test_an_event_post_that_finds_the_api_server_unreachable_does_not_cut_the_pass() -> None:
+    """An Event create that could not connect (Unreachable) went out of the recorder and ended the pass where it
+    stood (a MIG refusal's Warning, posted before the objects are applied: nothing applied, no status). Events are
+    best-effort: the pass goes on, and no Event is tried for a while (not one connection attempt per Event)."""
+    from gpu_operator import mig
+    from gpu_operator.events import UNREACHABLE_RETRY_S
+    from gpu_operator.kube import Unreachable
+    from gpu_operator.nodes import MIG_CONFIG, MIG_CONFIG_STATE
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+    from support import facts, policy_object
+
+    class Kube(EchoKube):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tries = 0
+
+        def create(self, obj: dict[str, Any], **_: Any) -> dict[str, Any]:
+            if obj["kind"] == "Event":
+                self.tries += 1
+                raise Unreachable("POST https://10.0.0.1/api/v1/namespaces/default/events: connection refused")
+            return obj
+
+    labels = {"nvidia.com/mig.capable": "true", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", MIG_CONFIG: "nope",
+              MIG_CONFIG_STATE: "success", mig.MANAGER_LABEL: "true", mig.APPROVED: "all-disabled"}  # fmt: skip
+    nodes = {name: facts(name, labels=labels) for name in ("gpu-1", "gpu-2")}
+    kube = Kube()
+    r = Reconciler(kube, "gpu-operator")  # type: ignore[arg-type]
+    now = [0.0]
+    r.events.clock = lambda: now[0]
+    r.reconcile(Snapshot(nodes=nodes, policies={"cluster-policy": policy_object()}, owned={}, pods={}, revisions={}))
+    assert kube.statuses, "the pass went on to its status"
+    assert kube.tries == 1, "one try, then none for a while"
+    now[0] += UNREACHABLE_RETRY_S
+    r.events({"kind": "Node", "metadata": {"name": "gpu-1"}}, "Warning", mig.EVENT_REFUSED, "MIG layout 'nope' ...")
+    assert kube.tries == 2

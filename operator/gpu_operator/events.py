@@ -9,12 +9,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from .kube import ApiError, Kube
+from .kube import ApiError, Kube, Unreachable
 
 log = logging.getLogger("gpu_operator")
 
 EVENT_SOURCE = "gpu-operator"
 REFUSED_RETRY_S = 300.0  # an Event the API server refused is posted again no sooner (a quota refuses it every time)
+UNREACHABLE_RETRY_S = 30.0  # no Event is tried for this long after one found the API server unreachable
 
 
 def now() -> str:
@@ -30,13 +31,15 @@ class EventRecorder:
         self._asked: set[tuple[tuple[str, str], str]] = set()  # (kind, name), reason asked for since the last pass
         # (kind, name) -> reason -> (the object's uid, the message, when) refused last
         self._refused: dict[tuple[str, str], dict[str, tuple[str | None, str, float]]] = {}
+        self._unreachable_at: float | None = None  # when a post last found the API server unreachable
         self._lock = threading.Lock()
 
     def __call__(self, obj: dict[str, Any], etype: str, reason: str, message: str, changed: bool = False) -> None:
         """An Event on `obj`, unless the last one posted for it with this reason said the same and the caller has
         asked for it in every pass since (pass_done). `changed`: the caller saw what the event says change (a state
         that came back after another): posted even so. One the API server refused (this object, reason and message)
-        is tried again when asked for no sooner than REFUSED_RETRY_S later."""
+        is tried again when asked for no sooner than REFUSED_RETRY_S later; none is tried for UNREACHABLE_RETRY_S
+        after one found the API server unreachable (Events are best-effort: the pass goes on)."""
         meta = obj["metadata"]
         ref, uid = (obj["kind"], meta["name"]), meta.get("uid")
         with self._lock:
@@ -46,6 +49,8 @@ class EventRecorder:
             refused = self._refused.get(ref, {}).get(reason)
             if (refused is not None and not _other(uid, refused[0]) and refused[1] == message
                     and self.clock() - refused[2] < REFUSED_RETRY_S):  # fmt: skip
+                return
+            if self._unreachable_at is not None and self.clock() - self._unreachable_at < UNREACHABLE_RETRY_S:
                 return
         ns = meta.get("namespace") or "default"
         body = {
@@ -74,6 +79,11 @@ class EventRecorder:
             log.warning("could not record event %s on %s: %s", reason, meta["name"], exc)
             with self._lock:
                 self._refused.setdefault(ref, {})[reason] = (uid, message, self.clock())
+            return
+        except Unreachable as exc:  # the pass's next write finds it so too; no Event is tried meanwhile
+            log.warning("could not record event %s on %s: %s", reason, meta["name"], exc)
+            with self._lock:
+                self._unreachable_at = self.clock()
             return
         with self._lock:
             posted = self._posted(ref, uid)

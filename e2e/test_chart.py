@@ -948,6 +948,16 @@ def ignored_chart_values(values: Path) -> list[str]:
     return found
 
 
+def test_a_nodeselector_for_the_default_nvidiadriver_is_named_as_ignored(tmp_path: Path) -> None:
+    """driver.nvidiaDriverCRD.nodeSelector (in upstream's values too) is read by no template: it rendered exactly as
+    without it, without a word in the install notes."""
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"driver": {"nvidiaDriverCRD": {"enabled": True, "nodeSelector": {"pool": "a"}}}}))
+    assert [line.split(":", 1)[0] for line in ignored_chart_values(values)] == ["driver.nvidiaDriverCRD.nodeSelector"]
+    values.write_text(yaml.safe_dump({"driver": {"nvidiaDriverCRD": {"enabled": True, "nodeSelector": {}}}}))
+    assert ignored_chart_values(values) == []
+
+
 DEFAULT_IMAGES: dict[str, dict[str, str]] = yaml.safe_load((CHART / "files" / "default-images.yaml").read_text())
 
 

@@ -219,6 +219,21 @@ def test_the_install_texts_name_the_gpu_labels_stock_nfd_writes() -> None:
         before = text[: text.index("helm install nfd")]
         for label in ("pci-0302_10de.present", "pci-0300_10de.present"):
             assert label in before[-1000:], (path, label)
+    values = (CHART / "values.yaml").read_text()  # its nfd comment, which `helm show values` prints
+    comment = values[: values.index("\nnfd:")].rsplit("\n\n", 1)[-1]
+    for label in ("pci-0302_10de.present", "pci-0300_10de.present"):
+        assert label in comment, ("values.yaml", label)
+
+
+def test_every_operator_value_the_deployment_reads_is_in_the_chart_readme() -> None:
+    """templates/deployment.yaml read operator.imagePullPolicy, .livenessProbe and .readinessProbe, which the chart
+    README's table of chart-only values never named, so an admin could not learn the probes are tunable."""
+    deployment = (CHART / "templates" / "deployment.yaml").read_text()
+    readme = (CHART / "README.md").read_text()
+    read = set(re.findall(r"\.Values\.operator\.(\w+)", deployment))
+    assert {"imagePullPolicy", "livenessProbe", "readinessProbe"} <= read
+    for key in sorted(read):
+        assert f"operator.{key}" in readme or f"`{key}`" in readme, key
 
 
 def test_the_alerts_and_dashboard_on_what_the_passes_set_read_the_leader_alone() -> None:

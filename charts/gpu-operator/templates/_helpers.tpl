@@ -192,6 +192,9 @@ chart does not do (the install notes print them; nothing upstream's values ask f
 {{- if dig "operator" "logging" dict $v -}}
 {{- $out = append $out "operator.logging: the operator logs at INFO level in its own format" -}}
 {{- end -}}
+{{- if dig "driver" "nvidiaDriverCRD" "nodeSelector" dict $v -}}
+{{- $out = append $out "driver.nvidiaDriverCRD.nodeSelector: NVIDIADriver default is made without one (as upstream's chart); it drives the GPU nodes no other NVIDIADriver selects" -}}
+{{- end -}}
 {{- if dig "operator" "defaultGPUMode" "" $v -}}
 {{- $out = append $out "operator.defaultGPUMode: not a ClusterPolicy field (upstream's API server drops it too)" -}}
 {{- end -}}

@@ -140,6 +140,24 @@ def test_corrected_pod_keeps_the_users_volumes_mounts_and_tolerations() -> None:
     assert spec["tolerations"] == [toleration] and spec["serviceAccountName"] == "trainer", f.fix_yaml
 
 
+def test_corrected_pod_keeps_the_users_labels_and_annotations() -> None:
+    """The corrected pod's metadata had the name and namespace only: the pod's labels (what Services and other
+    selectors find it by) and annotations were lost. They are kept now, less what the system wrote: the
+    ReplicaSet's pod-template-hash (a bare pod carrying it could be adopted by that ReplicaSet) and kubectl's
+    last-applied-configuration (the old, GPU-less pod)."""
+    broken = pod("broken-pytorch", image="pytorch/pytorch:2.1.0-cuda12.1-cudnn8-devel", node_name="h-0", ns="team-a")
+    broken["metadata"]["labels"] = {"app": "trainer", "tier": "gpu", "pod-template-hash": "7d9f8c"}
+    broken["metadata"]["annotations"] = {"prometheus.io/scrape": "true",
+                                         "kubectl.kubernetes.io/last-applied-configuration": "{}"}  # fmt: skip
+    meta = yaml.safe_load(kinds(cluster([node("h-0")], [broken]))["CUDAImageWithoutGPU"].fix_yaml)["metadata"]
+    assert meta == {"name": "broken-pytorch", "namespace": "team-a", "labels": {"app": "trainer", "tier": "gpu"},
+                    "annotations": {"prometheus.io/scrape": "true"}}  # fmt: skip
+    bare = pod("bare", image="pytorch/pytorch:2.1.0-cuda12.1-cudnn8-devel", node_name="h-0")
+    bare["metadata"].pop("labels")
+    meta = yaml.safe_load(kinds(cluster([node("h-0")], [bare]))["CUDAImageWithoutGPU"].fix_yaml)["metadata"]
+    assert meta == {"name": "bare"}
+
+
 def test_findings_counted_by_kind_in_prometheus_format() -> None:
     from prometheus_client.parser import text_string_to_metric_families
 

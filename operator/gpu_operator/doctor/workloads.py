@@ -149,6 +149,12 @@ def _limits(container: dict[str, Any]) -> dict[str, Any]:
 _SPEC_DEFAULTS = {"dnsPolicy": "ClusterFirst", "schedulerName": "default-scheduler", "enableServiceLinks": True,
                   "terminationGracePeriodSeconds": 30, "serviceAccountName": "default", "securityContext": {}}
 _CONTAINER_DEFAULTS = {"terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File"}
+# Labels and annotations the system writes on a pod: its controller's (a bare pod with a ReplicaSet's or Job's
+# would be adopted by it) and kubectl's record of the old pod.
+_SYSTEM_METADATA = ("pod-template-hash", "controller-revision-hash", "pod-template-generation", "controller-uid",
+                    "job-name", "batch.kubernetes.io/controller-uid", "batch.kubernetes.io/job-name",
+                    "batch.kubernetes.io/job-completion-index", "statefulset.kubernetes.io/pod-name",
+                    "apps.kubernetes.io/pod-index", "kubectl.kubernetes.io/last-applied-configuration")  # fmt: skip
 
 
 def _pull_default(image: str) -> str:
@@ -160,7 +166,8 @@ def _pull_default(image: str) -> str:
 
 def _corrected_pod(pod: dict[str, Any], containers: set[Any]) -> dict[str, Any]:
     """The pod with the GPU limit added and what the API server filled in left out (the node, priority, defaults,
-    the service account token's volume and the default tolerations); the user's own fields are kept."""
+    the service account token's volume and the default tolerations, the controller's labels); the user's own fields
+    are kept, labels and annotations included."""
     meta = pod.get("metadata") or {}
     spec = copy.deepcopy(pod.get("spec") or {})
     # priority and preemptionPolicy come from the priority class (admission refuses others); no ephemeral
@@ -196,6 +203,10 @@ def _corrected_pod(pod: dict[str, Any], containers: set[Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": meta.get("name")}}
     if meta.get("namespace") and meta["namespace"] != "default":
         out["metadata"]["namespace"] = meta["namespace"]
+    for key in ("labels", "annotations"):
+        kept = {k: v for k, v in (meta.get(key) or {}).items() if k not in _SYSTEM_METADATA}
+        if kept:
+            out["metadata"][key] = kept
     out["spec"] = spec
     return out
 

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from gpu_operator import capacity, mig
-from gpu_operator.doctor import Cluster, diagnose, exit_status, render_json, render_prometheus, render_text
+from gpu_operator.doctor import Cluster, Evidence, diagnose, exit_status, render_json, render_prometheus, render_text
+from gpu_operator.doctor.model import DaemonPods
 from gpu_operator.doctor.sched import gpu_requests, nodes_with_pods, pod_requests, quantity, selector_ok
 from gpu_operator.nodes import NodeFacts
 from gpu_operator.observe import Snapshot
@@ -1025,6 +1026,103 @@ def test_a_sandbox_event_does_not_outlive_the_sandbox_of_a_pod_still_pulling_its
     again = {**old, "lastTimestamp": "2026-01-01T00:07:00Z"}
     assert "PodSandboxFailed" in found("ContainerCreating", [{**ready, "status": "False"}], [pulling, again])
     assert "PodSandboxFailed" in found("ContainerCreating", [ready], [pulling, again])
+
+
+def refused(kind: str, name: str, message: str, ns: str = "default", at: str = "2026-01-01T00:10:00Z"):
+    """The Warning event a controller posts on itself when the API server refuses the pod it creates."""
+    return {"type": "Warning", "reason": "FailedCreate", "message": message, "lastTimestamp": at,
+            "metadata": {"namespace": ns}, "involvedObject": {"kind": kind, "namespace": ns, "name": name}}  # fmt: skip
+
+
+NOT_EQUAL = ('Error creating: Pod "train-7d9f8c-x2k4q" is invalid: spec.containers[0].resources.requests: Invalid '
+             'value: "1": must be equal to nvidia.com/gpu limit of 2')  # fmt: skip
+NO_LIMIT = ('Error creating: Pod "finetune-abcde" is invalid: spec.containers[0].resources.limits: Required value: '
+            "Limit must be set for non overcommitable resources")  # fmt: skip
+FRACTION = ('create Pod infer-0 in StatefulSet infer failed error: Pod "infer-0" is invalid: '
+            'spec.containers[0].resources.limits[nvidia.com/gpu]: Invalid value: "500m": must be an integer')
+
+
+def owned_pod(name: str, kind: str, owner: str, created: str, **labels: str) -> dict[str, Any]:
+    p = pod(name, 1, node_name="h-0")
+    p["metadata"].update(ownerReferences=[{"kind": kind, "name": owner, "controller": True}],
+                         creationTimestamp=created)  # fmt: skip
+    p["metadata"]["labels"].update(labels)
+    return p
+
+
+def test_a_controller_whose_gpu_pods_the_api_server_refuses_is_named_with_the_fix() -> None:
+    """REFERENCE §12 entries 4 and 5 for pods a controller creates (a Deployment's ReplicaSet, a Job, a StatefulSet,
+    a DaemonSet): the API server refuses the pod, so no pod exists, and the controller posts a Warning event
+    FailedCreate on itself with the refusal. doctor read only the events about pods and said nothing (exit 0)."""
+    quota = refused("ReplicaSet", "web-5c8d", 'Error creating: pods "web-5c8d-1" is forbidden: exceeded quota: q')
+    events = [refused("ReplicaSet", "train-7d9f8c", NOT_EQUAL), refused("Job", "finetune", NO_LIMIT, ns="team-a"),
+              refused("StatefulSet", "infer", FRACTION), quota]  # fmt: skip
+    found = {f.object: f for f in diagnose(cluster([node("h-0")], [], events=events))}
+    assert set(found) == {"ReplicaSet default/train-7d9f8c", "Job team-a/finetune", "StatefulSet default/infer"}
+    rs, job = found["ReplicaSet default/train-7d9f8c"], found["Job team-a/finetune"]
+    sts = found["StatefulSet default/infer"]
+    assert {f.kind for f in found.values()} == {"PodCreationRefused"} and rs.severity == "error"
+    assert rs.evidence == [Evidence("ReplicaSet default/train-7d9f8c", "event FailedCreate", NOT_EQUAL)]
+    assert "nvidia.com/gpu" in rs.summary and "limits only" in rs.fix and "Deployment" in rs.fix
+    assert "add the limit" in job.fix and "whole number" in job.fix
+    assert "whole number" in sts.fix
+    assert exit_status(list(found.values())) == 2
+    # Only the namespace asked for; none for --pod (a pod's own findings) or --node.
+    assert [f.object for f in diagnose(cluster([node("h-0")], [], events=events), namespace="team-a")] == [
+        "Job team-a/finetune"]
+    assert diagnose(cluster([node("h-0")], [pod("x", node_name="h-0")], events=events), pod="x") == []
+    assert diagnose(cluster([node("h-0")], [], events=events), node="h-0") == []
+
+
+def test_a_refusal_the_controller_got_past_is_not_reported() -> None:
+    """A FailedCreate event lives an hour after the template was fixed: once the owner has pods created after the
+    event's last time (or, for a ReplicaSet, a newer ReplicaSet of its Deployment has), it is stale. Pods created
+    before the refusal (the old revision's) do not make it stale: the rollout is stuck."""
+    events = [refused("ReplicaSet", "train-7d9f8c", NOT_EQUAL), refused("Job", "finetune", NO_LIMIT),
+              refused("DaemonSet", "agent", NO_LIMIT)]  # fmt: skip
+
+    def objects(pods: list[dict[str, Any]]) -> list[str]:
+        return [f.object for f in diagnose(cluster([node("h-0")], pods, events=events))]
+
+    after, before = "2026-01-01T00:10:05Z", "2026-01-01T00:01:00Z"
+    assert objects([owned_pod("finetune-x", "Job", "finetune", after)]) == [
+        "DaemonSet default/agent", "ReplicaSet default/train-7d9f8c"]
+    assert objects([owned_pod("agent-x", "DaemonSet", "agent", before)]) == [
+        "DaemonSet default/agent", "Job default/finetune", "ReplicaSet default/train-7d9f8c"]
+    assert "ReplicaSet default/train-7d9f8c" not in objects(
+        [owned_pod("train-66b4f9-x", "ReplicaSet", "train-66b4f9", after, **{"pod-template-hash": "66b4f9"})])
+    assert "ReplicaSet default/train-7d9f8c" in objects(
+        [owned_pod("other-66b4f9-x", "ReplicaSet", "other-66b4f9", after, **{"pod-template-hash": "66b4f9"})])
+    # A DaemonSet whose status says all its pods are ready (its pods not read, its template stands in for them).
+    settled = cluster([node("h-0")], [], events=events)
+    template = {"metadata": {"namespace": "default", "ownerReferences": [{"kind": "DaemonSet", "name": "agent"}]}}
+    settled.daemon_pods = [DaemonPods(template, ("h-0",))]
+    assert "DaemonSet default/agent" not in [f.object for f in diagnose(settled)]
+
+
+def test_doctor_reads_the_failed_create_events_in_one_more_list() -> None:
+    """The controllers' FailedCreate events were never read (only the Warning events about pods): one list more,
+    by field selector, run beside the others."""
+    from gpu_operator.doctor import gather
+
+    event = refused("Job", "finetune", NO_LIMIT)
+
+    class Reads(FakeKube):
+        calls: list[tuple[str, str]] = []
+
+        def list(self, kind: str, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+            self.calls.append((kind, kwargs.get("field_selector") or ""))
+            return [event] if (kind, kwargs.get("field_selector")) == ("Event", "type=Warning,reason=FailedCreate") \
+                else super().list(kind, *args, **kwargs)  # fmt: skip
+
+        def api_groups(self) -> frozenset[str]:
+            return frozenset()
+
+    kube = Reads([node("h-0")], [])
+    c = gather(kube, NS)  # type: ignore[arg-type]
+    assert sorted(s for k, s in kube.calls if k == "Event") == ["type=Warning,involvedObject.kind=Pod",
+                                                                "type=Warning,reason=FailedCreate"]  # fmt: skip
+    assert c.events == [event] and "PodCreationRefused" in {f.kind for f in diagnose(c)}
 
 
 def test_operand_pods_are_taken_from_the_one_listing_of_every_pod() -> None:

@@ -39,7 +39,7 @@ def diagnose(
     pods = [p for p in cluster.pods if _pod_matches(p, namespace, pod)]
     found = pending.findings(cluster, pods) + workloads.findings(cluster, pods)
     if not pod:
-        found += stack.findings(cluster)
+        found += workloads.refused_creations(cluster, namespace) + stack.findings(cluster)
     else:  # the stack's findings about that pod (an operand's) or the node it is bound to
         bound, refs = {_bound_to(p) for p in pods} - {""}, {pod_ref(p) for p in pods}
         found += [

@@ -67,16 +67,16 @@ def admission_toleration(toleration: dict[str, Any]) -> bool:
     )
 
 
-def _time(value: Any) -> datetime | None:
+def parse_time(value: Any) -> datetime | None:
     try:
         return datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else None
     except ValueError:
         return None
 
 
-def _event_time(event: dict[str, Any]) -> datetime | None:
+def event_time(event: dict[str, Any]) -> datetime | None:
     series = event.get("series") or {}
-    return _time(series.get("lastObservedTime") or event.get("lastTimestamp") or event.get("eventTime"))
+    return parse_time(series.get("lastObservedTime") or event.get("lastTimestamp") or event.get("eventTime"))
 
 
 # Conditions the kubelet sets True once the pod's sandbox is up (PodHasNetwork before Kubernetes 1.29).
@@ -94,10 +94,10 @@ def _sandbox_up(events: list[dict[str, Any]], status: dict[str, Any], when: date
     def after(t: datetime | None) -> bool:
         return t is not None and (when is None or t > when)
 
-    if any(c.get("type") in _SANDBOX_READY and c.get("status") == "True" and after(_time(c.get("lastTransitionTime")))
-           for c in status.get("conditions") or []):  # fmt: skip
+    if any(c.get("type") in _SANDBOX_READY and c.get("status") == "True"
+           and after(parse_time(c.get("lastTransitionTime"))) for c in status.get("conditions") or []):  # fmt: skip
         return True
-    if any(e.get("reason") in _AFTER_SANDBOX and after(_event_time(e)) for e in events):
+    if any(e.get("reason") in _AFTER_SANDBOX and after(event_time(e)) for e in events):
         return True
     return any(
         ((cs.get("state") or {}).get("waiting") or {}).get("reason") not in (None, *_BEFORE_START)
@@ -120,10 +120,10 @@ def sandbox_failure(cluster: Cluster, pod: dict[str, Any]) -> dict[str, Any] | N
         ran = [(cs.get("state") or {}).get("running"), (cs.get("state") or {}).get("terminated"),
                (cs.get("lastState") or {}).get("terminated")]  # fmt: skip
         started = started or cs.get("restartCount", 0) > 0 or any(r is not None for r in ran)
-        for when in (_time(r.get(k)) for r in ran if r for k in ("startedAt", "finishedAt")):
+        for when in (parse_time(r.get(k)) for r in ran if r for k in ("startedAt", "finishedAt")):
             if when is not None and (last is None or when > last):
                 last = when
-    when = _event_time(failed[-1])
+    when = event_time(failed[-1])
     if not started:
         return None if _sandbox_up(events, status, when) else failed[-1]
     return failed[-1] if when is not None and last is not None and when > last else None

@@ -56,7 +56,7 @@ class Cluster:
     snapshot: Snapshot
     nodes: list[dict[str, Any]]
     pods: list[dict[str, Any]]  # every namespace
-    events: list[dict[str, Any]]  # every namespace (gather reads the Warning events about pods)
+    events: list[dict[str, Any]]  # every namespace (the Warning events about pods, and FailedCreate)
     namespace: str  # the operator's (operands) namespace
     daemon_pods: list[DaemonPods] = field(default_factory=list)
     _views: dict[str, NodeView] | None = None

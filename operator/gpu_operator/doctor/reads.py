@@ -3,11 +3,12 @@ pods) are read only where their DaemonSet's status says something is wrong.
 
 Always read: nodes, the operator's snapshot (policies, owned objects with the DaemonSets' status, revisions,
 ConfigMaps), every pod outside the operator's namespace, the pods of that namespace that are not operands, the
-operand pods that are not Running, and the Warning events about pods. Read only when needed: the pods of each
-DaemonSet that is not settled (some pod not ready, not updated or misplaced); every operand pod while a node is
-in a driver upgrade (the upgrade planner needs them); the driver DaemonSets' pods when a GPU node lacks GFD's
-driver labels (doctor then reads the driver version from the pod's image). A settled DaemonSet's pods are not
-read: its pod template stands in for them on each node it runs on, for the nodes' resource arithmetic.
+operand pods that are not Running, the Warning events about pods and the controllers' FailedCreate events (the API
+server refused a pod they create). Read only when needed: the pods of each DaemonSet that is not settled (some pod
+not ready, not updated or misplaced); every operand pod while a node is in a driver upgrade (the upgrade planner
+needs them); the driver DaemonSets' pods when a GPU node lacks GFD's driver labels (doctor then reads the driver
+version from the pod's image). A settled DaemonSet's pods are not read: its pod template stands in for them on
+each node it runs on, for the nodes' resource arithmetic.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ def gather(kube: Kube, namespace: str) -> Cluster:
         others_here = pool.submit(kube.list, "Pod", namespace, f"{MANAGED_BY}!={OPERATOR_NAME}")
         not_running = pool.submit(kube.list, "Pod", namespace, OWNED_SELECTOR, "status.phase!=Running")
         # Only Warning events say why something fails (FailedScheduling, FailedCreatePodSandBox, ...), and
-        # doctor reads only those about pods.
+        # doctor reads only those about pods, and the controllers' FailedCreate (the API server refused the pod).
         events = pool.submit(kube.list, "Event", field_selector="type=Warning,involvedObject.kind=Pod")
+        refused = pool.submit(kube.list, "Event", field_selector="type=Warning,reason=FailedCreate")
         snap = observe(kube, namespace, nodes=nodes_read, pods=[], pool=pool)
         nodes = nodes_read.result()
         operand = {p["metadata"]["name"]: p for p in not_running.result()}
@@ -45,7 +47,7 @@ def gather(kube: Kube, namespace: str) -> Cluster:
             operand.update((p["metadata"]["name"], p) for p in found.result())
         pods = elsewhere.result() + others_here.result() + list(operand.values())
         snap.pods = {name: pod_projection(p) for name, p in operand.items()}
-        return Cluster(snap, nodes, pods, events.result(), namespace, daemon_pods=stand_ins)
+        return Cluster(snap, nodes, pods, events.result() + refused.result(), namespace, daemon_pods=stand_ins)
 
 
 def _operand_reads(

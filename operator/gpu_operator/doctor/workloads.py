@@ -1,13 +1,15 @@
-"""Workload findings (REFERENCE §12 entries 6-10, 17, 18): CUDA images without a GPU, pods whose sandbox the nvidia
-runtime cannot create, more than one replica of a shared (time-sliced or MPS) GPU, the CUDA an image needs against
-the node's driver (from the pod spec, or the runtime's refusal), images without code for the GPU, a GPU pod in which
-CUDA finds no device (seed §6.3 Issue 1), CUDA out of memory on a shared GPU."""
+"""Workload findings (REFERENCE §12 entries 4-10, 17, 18): controllers whose GPU pods the API server refuses, CUDA
+images without a GPU, pods whose sandbox the nvidia runtime cannot create, more than one replica of a shared
+(time-sliced or MPS) GPU, the CUDA an image needs against the node's driver (from the pod spec, or the runtime's
+refusal), images without code for the GPU, a GPU pod in which CUDA finds no device (seed §6.3 Issue 1), CUDA out of
+memory on a shared GPU."""
 
 from __future__ import annotations
 
 import copy
 import operator
 import re
+from datetime import UTC, datetime
 from typing import Any
 
 import yaml
@@ -21,9 +23,11 @@ from .common import (
     admission_toleration,
     cuda_driver_table,
     driver_of_node,
+    event_time,
     full_support_driver,
     full_support_version,
     mps_refuses,
+    parse_time,
     sandbox_failure,
     sandbox_fix,
     shared_gpus,
@@ -59,6 +63,16 @@ _NO_DEVICE = re.compile(
     re.IGNORECASE,
 )
 _OOM = re.compile(r"CUDA out of memory|CUDA error: out of memory|OutOfMemoryError", re.IGNORECASE)
+# The API server's refusals of §12 entries 4 and 5 (ValidateResourceRequirements, ValidateResourceQuantityValue).
+_NOT_EQUAL = re.compile(r"must be equal to (\S+) limit of (\S+)")
+_NOT_INTEGER = re.compile(r"(?:limits|requests)\[([^\]]+)\]: Invalid value: \"([^\"]*)\": must be an integer")
+_NO_LIMIT = "Limit must be set for non overcommitable resources"
+_NO_TIME = datetime.min.replace(tzinfo=UTC)
+_TEMPLATE_OF = {
+    "ReplicaSet": "in the pod template of the Deployment that owns it (a ReplicaSet's comes from there), or of the "
+    "ReplicaSet if none does",
+    "Job": "in the Job's pod template (it cannot be changed: delete the Job and create it again)",
+}
 
 
 def _workload(cluster: Cluster, pod: dict[str, Any]) -> bool:
@@ -86,6 +100,83 @@ def findings(cluster: Cluster, pods: list[dict[str, Any]]) -> list[Finding]:
         out += _no_device(cluster, pod, gpus)
         out += _oom(cluster, pod)
     return out
+
+
+def refused_creations(cluster: Cluster, namespace: str | None = None) -> list[Finding]:
+    """§12 entries 4 and 5 for the pods a controller creates: the API server refuses each, so none exists, and the
+    controller (ReplicaSet, Job, StatefulSet, DaemonSet) posts a Warning event FailedCreate on itself quoting the
+    refusal. The latest such event per controller, unless pods were created since (the template was fixed)."""
+    latest: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for e in cluster.events:
+        obj = e.get("involvedObject") or {}
+        key = (str(obj.get("kind") or ""), str(obj.get("namespace") or ""), str(obj.get("name") or ""))
+        if e.get("reason") != "FailedCreate" or key[0] == "Pod" or namespace and key[1] != namespace:
+            continue
+        if _refusal(str(e.get("message") or "")) and (
+            key not in latest or (event_time(e) or _NO_TIME) >= (event_time(latest[key]) or _NO_TIME)
+        ):
+            latest[key] = e
+    out = []
+    for (kind, ns, name), e in sorted(latest.items()):
+        if _created_since(cluster, kind, ns, name, event_time(e)):
+            continue
+        message = str(e.get("message") or "")
+        what, fix = _refusal(message) or ("", "")
+        where = _TEMPLATE_OF.get(kind, f"in the {kind}'s pod template")
+        ref = f"{kind} {ns}/{name}"
+        out.append(Finding(
+            ERROR, "PodCreationRefused", ref,
+            f"the API server refuses the pods {ref} creates, so they do not exist: {what}",
+            f"{where}: {fix}", [Evidence(ref, "event FailedCreate", message)],
+        ))  # fmt: skip
+    return out
+
+
+def _refusal(message: str) -> tuple[str, str] | None:
+    """(what the API server refuses, the fix) for a FailedCreate message of §12 entries 4 and 5."""
+    m = _NOT_EQUAL.search(message)
+    if m:
+        return (f"its {m.group(1)} request is not equal to its limit of {m.group(2)} (for a GPU, as for every "
+                "extended resource, the two must be equal)",
+                f"set limits only ({m.group(1)} under resources.limits, no request: it defaults to the limit), or "
+                "make the request equal to the limit")  # fmt: skip
+    m = _NOT_INTEGER.search(message)
+    if m:
+        return (f"it asks {m.group(2)} {m.group(1)}, not a whole number",
+                f"ask a whole number of {m.group(1)} (a share of a GPU comes from time-slicing, MPS or MIG)")
+    if _NO_LIMIT in message:
+        return ("a GPU (or another extended resource) is requested without a limit",
+                "add the limit, a whole number (nvidia.com/gpu: 1 under resources.limits); the request defaults to "
+                "it, so the limit alone is enough")  # fmt: skip
+    return None
+
+
+def _created_since(cluster: Cluster, kind: str, namespace: str, name: str, when: datetime | None) -> bool:
+    """Whether the controller has pods created at or after `when` (any, with no time): it gets past the refusal
+    now. A ReplicaSet is also past it when a newer ReplicaSet of its Deployment (named <deployment>-<pod-template-
+    hash>) has; a DaemonSet whose status says all its pods are ready (not read, its template stands in) is."""
+    if kind == "DaemonSet" and any(
+        (d.pod.get("metadata") or {}).get("namespace") == namespace
+        and any(o.get("name") == name for o in (d.pod.get("metadata") or {}).get("ownerReferences") or [])
+        for d in cluster.daemon_pods
+    ):
+        return True
+    for pod in cluster.pods:
+        meta = pod.get("metadata") or {}
+        created = parse_time(meta.get("creationTimestamp"))
+        if meta.get("namespace") != namespace or when is not None and (created is None or created < when):
+            continue
+        template_hash = str((meta.get("labels") or {}).get("pod-template-hash") or "")
+        for owner in meta.get("ownerReferences") or []:
+            other = str(owner.get("name") or "")
+            if owner.get("kind") != kind:
+                continue
+            if other == name or (
+                kind == "ReplicaSet" and template_hash and other.endswith("-" + template_hash)
+                and other[: -len(template_hash) - 1] == name.rsplit("-", 1)[0]
+            ):  # fmt: skip
+                return True
+    return False
 
 
 def _sandbox(cluster: Cluster, pod: dict[str, Any]) -> list[Finding]:

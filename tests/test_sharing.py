@@ -185,6 +185,29 @@ def test_mps_replicas_above_the_mps_daemons_client_limit_are_refused() -> None:
     sharing.check(sharing.parse("sharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, replicas: 64}]}}"), None)
 
 
+def test_mps_replicas_above_16_are_refused_on_nodes_below_compute_capability_7_5() -> None:
+    """The MPS control daemon takes 16 clients below compute capability 7.5 (such as a V100, 7.0), 48 from 7.5 on,
+    and refuses more replicas at start (k8s-device-plugin cmd/mps-control-daemon/mps/device.go maxClients). Only
+    48 was checked, so 32 replicas rolled out to a V100 node whose MPS daemon then failed; now the node's GFD
+    compute labels give its limit."""
+    mps = {"mps": "sharing: {mps: {resources: [{name: nvidia.com/gpu, replicas: 32}]}}"}
+
+    def node(name: str, major: str, minor: str, key: str = "mps") -> NodeFacts:
+        return _node(name, **{sharing.NODE_LABEL: key, "nvidia.com/gpu.compute.major": major,
+                              "nvidia.com/gpu.compute.minor": minor})
+
+    found = sharing.problems("sharing", mps, None, nodes=[node("v100-1", "7", "0"), node("a100-1", "8", "0")])
+    assert [(p.key, p.field, p.holds) for p in found] == [("mps", "sharing.mps.resources[0].replicas", True)]
+    assert "32 > 16" in found[0].message and "v100-1" in found[0].message and "a100-1" not in found[0].message
+    # 7.5 and above (and nodes without GFD's labels yet, or loading another key) keep the limit of 48
+    for ok in (node("t4-1", "7", "5"), _node("new-1", **{sharing.NODE_LABEL: "mps"}), node("v100-2", "7", "0", "x")):
+        assert sharing.held(sharing.problems("sharing", mps, None, nodes=[ok])) == [], ok.name
+    at_limit = {"mps": "sharing: {mps: {resources: [{name: nvidia.com/gpu, replicas: 16}]}}"}
+    assert sharing.problems("sharing", at_limit, None, nodes=[node("v100-1", "7", "0")]) == []
+    # the default key is what an unlabelled node loads
+    assert sharing.problems("sharing", mps, None, default="mps", nodes=[node("v100-1", "7", "0", "")])
+
+
 def test_mps_is_refused_on_nodes_whose_layout_enables_mig_by_its_entries_not_its_name() -> None:
     mps = {"mps": "sharing: {mps: {resources: [{name: nvidia.com/gpu, replicas: 4}]}}"}
     gpu = {"feature.node.kubernetes.io/pci-10de.present": "true", "nvidia.com/device-plugin.config": "mps"}

@@ -16,8 +16,8 @@ Facts from upstream k8s-device-plugin v0.20 (`api/config/v1`: config.go, replica
   called by the plugin, GFD and the MPS daemon: "... is not yet supported in the config. Ignoring..."): every GPU
   is shared, under `<name>` (`<name>.shared` with renameByDefault).
 * The strategy is MPS when an MPS resource has replicas > 1, else time-slicing when a time-slicing one has.
-* The MPS control daemon refuses more than 48 replicas of a GPU (`cmd/mps-control-daemon/mps/device.go`; 16 below
-  compute capability 7.5, not checked: GFD's compute labels are not read when rendering).
+* The MPS control daemon refuses more than 48 replicas of a GPU (`cmd/mps-control-daemon/mps/device.go`), 16 below
+  compute capability 7.5 (checked on nodes whose GFD labels nvidia.com/gpu.compute.major/minor say so).
 * MPS with `--mig-strategy=mixed` is refused at start. GFD refuses MPS on a node with any MIG-enabled GPU,
   whatever the strategy, and exits there (`internal/lm/nvml.go` isMPSCapable: "MPS sharing is not supported for
   mig devices").
@@ -45,6 +45,7 @@ from typing import Any
 import yaml
 
 from . import mig, mig_layouts
+from .gpu_identity import GFD_COMPUTE_MAJOR, GFD_COMPUTE_MINOR
 from .nodes import NodeFacts
 from .states.mig_manager import custom_config
 
@@ -57,7 +58,8 @@ NODE_LABEL = "nvidia.com/device-plugin.config"
 MIG_CONFIG_LABEL = "nvidia.com/mig.config"
 MIG_STRATEGIES = ("none", "single", "mixed")
 NONE, TIME_SLICING, MPS = "none", "time-slicing", "mps"
-MPS_MAX_CLIENTS = 48  # an MPS server's client limit from compute capability 7.5 on (16 before)
+MPS_MAX_CLIENTS = 48  # an MPS server's client limit from compute capability 7.5 on
+MPS_MAX_CLIENTS_BEFORE_7_5 = 16
 # The states whose pods load the config (config-manager): held while the config is refused.
 HELD_STATES = ("state-device-plugin", "state-mps-control-daemon", "gpu-feature-discovery")
 CONDITION = "SharingConfigValid"
@@ -315,11 +317,12 @@ def known_resources() -> set[str]:
     return {GPU} | {mig.mig_resource(p) for p in profiles}
 
 
-def check(config: SharingConfig, mig_strategy: str | None, mig_enabled: bool = False) -> None:
+def check(config: SharingConfig, mig_strategy: str | None, mig_enabled: bool = False, before_7_5: str = "") -> None:
     """What the plugin (or GFD) refuses at start for a parsed config: an unknown flags.migStrategy it reads, MPS
     with mixed MIG, on a MIG-enabled node or with more replicas than the MPS daemon takes, and (beyond) resources
     it can never advertise. `mig_enabled`: a node that loads the config has MIG enabled; `mig_strategy`: the
-    MIG_STRATEGY env (None: unset, the config's flags.migStrategy else none)."""
+    MIG_STRATEGY env (None: unset, the config's flags.migStrategy else none); `before_7_5`: the nodes loading it
+    whose GPUs are below compute capability 7.5 (their MPS daemon takes 16 clients, not 48)."""
     if not mig_strategy and config.mig_strategy is not None and config.mig_strategy not in MIG_STRATEGIES:
         raise ConfigError("flags.migStrategy", f"unknown MIG strategy: {config.mig_strategy}")
     mig_strategy = mig_strategy or config.mig_strategy or "none"
@@ -331,11 +334,13 @@ def check(config: SharingConfig, mig_strategy: str | None, mig_enabled: bool = F
                                   f"unknown resource {r.name}: the device plugin advertises only {GPU} and "
                                   f"{PREFIX}/mig-<profile>")
     if config.strategy == MPS:
+        limit = MPS_MAX_CLIENTS_BEFORE_7_5 if before_7_5 else MPS_MAX_CLIENTS
+        where = f" below compute capability 7.5, of node {before_7_5}" if before_7_5 else ""
         for i, r in enumerate(config.mps.resources if config.mps else ()):
-            if r.name == GPU and r.replicas > MPS_MAX_CLIENTS:
+            if r.name == GPU and r.replicas > limit:
                 raise ConfigError(f"sharing.mps.resources[{i}].replicas",
                                   f"invalid MPS configuration: maximum allowed replicas exceeded: {r.replicas} > "
-                                  f"{MPS_MAX_CLIENTS} (the MPS control daemon's client limit)")
+                                  f"{limit} (the MPS control daemon's client limit{where})")
         if mig_strategy == "mixed":
             raise ConfigError("sharing.mps", "using --mig-strategy=mixed is not supported with MPS")
         if mig_enabled:  # GFD's check: every GPU of the node, whatever the strategy
@@ -365,6 +370,14 @@ def _mig_enabled(node: NodeFacts, layouts: mig.Layouts | None) -> bool:
         return False
     entries = (layouts if layouts is not None else mig_layouts.default_layouts()).get(layout)
     return entries is None or any(e.mig_enabled for e in entries)
+
+
+def _below_7_5(node: NodeFacts) -> bool:
+    """Whether GFD's labels give the node's GPUs a compute capability below 7.5 (no labels yet: not known)."""
+    try:
+        return (int(node.labels[GFD_COMPUTE_MAJOR]), int(node.labels[GFD_COMPUTE_MINOR])) < (7, 5)
+    except (KeyError, ValueError):
+        return False
 
 
 @lru_cache(maxsize=4)
@@ -400,10 +413,14 @@ def problems(name: str, data: Mapping[str, str], mig_strategy: str | None, defau
     out, notes = [], []
     gpu_nodes = [n for n in nodes if n.has_gpu]
     mig_keys = {n.labels.get(NODE_LABEL) or default for n in gpu_nodes if _mig_enabled(n, layouts)}
+    older: dict[str, list[str]] = {}  # key -> the nodes loading it below compute capability 7.5
+    for n in gpu_nodes:
+        if _below_7_5(n):
+            older.setdefault(n.labels.get(NODE_LABEL) or default, []).append(n.name)
     for key in sorted(data):
         try:
             config = parse(data[key])
-            check(config, mig_strategy, mig_enabled=key in mig_keys)
+            check(config, mig_strategy, mig_enabled=key in mig_keys, before_7_5=_listed(older.get(key, ())))
         except ConfigError as exc:
             out.append(Problem(name, key, exc.field, exc.message))
             continue

@@ -448,7 +448,9 @@ def test_int_or_percent_accepts(value: int | str) -> None:
     spec = parse_spec(
         {
             "driver": {"upgradePolicy": {"maxUnavailable": value}},
-            "daemonsets": {"rollingUpdate": {"maxUnavailable": value}},
+            # 0 only with OnDelete: the API server refuses the rolling DaemonSets' 0 (test below)
+            "daemonsets": {"rollingUpdate": {"maxUnavailable": value},
+                           "updateStrategy": "OnDelete" if str(value) == "0" else "RollingUpdate"},
         }
     )
     assert spec.driver.upgrade_policy.max_unavailable == value
@@ -476,6 +478,9 @@ INVALID = [
     ("driver.upgradePolicy.maxUnavailable", "25 %", "spec.driver.upgradePolicy.maxUnavailable", INT_OR_PERCENT),
     ("daemonsets.rollingUpdate.maxUnavailable", "half", "spec.daemonsets.rollingUpdate.maxUnavailable", INT_OR_PERCENT),
     ("daemonsets.rollingUpdate.maxUnavailable", -2, "spec.daemonsets.rollingUpdate.maxUnavailable", INT_OR_PERCENT),
+    ("daemonsets.rollingUpdate.maxUnavailable", 0, "spec.daemonsets.rollingUpdate.maxUnavailable", "may not be 0"),
+    ("daemonsets.rollingUpdate.maxUnavailable", "0", "spec.daemonsets.rollingUpdate.maxUnavailable", "may not be 0"),
+    ("daemonsets.rollingUpdate.maxUnavailable", "0%", "spec.daemonsets.rollingUpdate.maxUnavailable", "may not be 0"),
     ("driver.upgradePolicy.maxParallelUpgrades", -1, "spec.driver.upgradePolicy.maxParallelUpgrades", ">= 0"),
     (
         "driver.upgradePolicy.podDeletion.timeoutSeconds",
@@ -503,6 +508,19 @@ def test_invalid_value_is_named_by_path_and_rule(path: str, value: Any, where: s
         assert line.startswith(f"{where}: "), line
     text = " ".join(problems).replace("greater than or equal to ", ">= ").replace("less than or equal to ", "<= ")
     assert rule in text, problems
+
+
+def test_rolling_max_unavailable_zero_is_refused_only_where_it_is_rendered() -> None:
+    """The operand DaemonSets get maxUnavailable and no maxSurge (0), and the API server refuses a DaemonSet with
+    both 0 ("may not be 0 when `maxSurge` is 0"); 0 passed, and every operand DaemonSet failed to apply. With
+    updateStrategy OnDelete no rollingUpdate is rendered, so 0 is harmless there."""
+    for zero in (0, "0", "0%", "00"):
+        (problem,) = problems_of({"daemonsets": {"rollingUpdate": {"maxUnavailable": zero}}})
+        assert problem.startswith("spec.daemonsets.rollingUpdate.maxUnavailable: rollingUpdate.maxUnavailable may "
+                                  "not be 0"), problem
+        parse_spec({"daemonsets": {"updateStrategy": "OnDelete", "rollingUpdate": {"maxUnavailable": zero}}})
+    for fine in (1, "10", "10%", ""):
+        parse_spec({"daemonsets": {"rollingUpdate": {"maxUnavailable": fine}}})
 
 
 @pytest.mark.parametrize(

@@ -173,6 +173,17 @@ def test_max_unavailable_is_int_or_string_with_cel_rule(spec_schema: dict[str, A
     assert rule["message"].startswith('must be a non-negative integer or a percentage like "25%"')
 
 
+def test_rolling_max_unavailable_zero_is_refused_at_admission(spec_schema: dict[str, Any]) -> None:
+    """The API server refuses a DaemonSet whose maxUnavailable and maxSurge (not rendered: 0) are both 0, so a
+    ClusterPolicy asking for it is refused at admission, with the model's message and its zero pattern."""
+    (rule,) = at(spec_schema, "daemonsets")["x-kubernetes-validations"]
+    assert rule["message"] == api._ZERO_MESSAGE and "maxUnavailable" in rule["message"]
+    assert "self.updateStrategy == 'OnDelete'" in rule["rule"]
+    assert "self.rollingUpdate.maxUnavailable != 0" in rule["rule"]
+    assert f"!self.rollingUpdate.maxUnavailable.matches('{api._ZERO.pattern}')" in rule["rule"]
+    assert all(api._ZERO.match(z) for z in ("0", "0%", "00")) and not any(api._ZERO.match(v) for v in ("10", "", "1%"))
+
+
 @pytest.mark.parametrize(
     "path",
     [

@@ -279,7 +279,23 @@ class RollingUpdateSpec(Section):
     _empty = field_validator("max_unavailable", mode="before")(_empty_is_default)
 
 
+_ZERO = re.compile(r"^0+%?$")
+_ZERO_MESSAGE = ("rollingUpdate.maxUnavailable may not be 0 or 0% with updateStrategy RollingUpdate: the operand "
+                 "DaemonSets have maxSurge 0, and the API server refuses a DaemonSet whose maxUnavailable and "
+                 "maxSurge are both 0")
+# Refused at admission, as the API server would refuse the DaemonSets; OnDelete renders no rollingUpdate.
+_ROLLING_NOT_ZERO: Any = {
+    "rule": "!has(self.rollingUpdate) || !has(self.rollingUpdate.maxUnavailable) || "
+    "(has(self.updateStrategy) && self.updateStrategy == 'OnDelete') || "
+    "(type(self.rollingUpdate.maxUnavailable) == int ? self.rollingUpdate.maxUnavailable != 0 : "
+    f"!self.rollingUpdate.maxUnavailable.matches('{_ZERO.pattern}'))",
+    "message": _ZERO_MESSAGE,
+}
+
+
 class DaemonsetsSpec(Section):
+    model_config = ConfigDict(**Model.model_config, json_schema_extra={"x-kubernetes-validations": [_ROLLING_NOT_ZERO]})
+
     labels: dict[str, str] = {}
     annotations: dict[str, str] = {}
     tolerations: list[Toleration] = []
@@ -289,6 +305,15 @@ class DaemonsetsSpec(Section):
     pod_security_context: PodSecurityContext | None = None
 
     _empty = field_validator("priority_class_name", mode="before")(_empty_is_default)
+
+    @model_validator(mode="after")
+    def _rolling_not_zero(self) -> DaemonsetsSpec:
+        value = self.rolling_update.max_unavailable
+        if self.update_strategy == "RollingUpdate" and (value == 0 or (isinstance(value, str) and _ZERO.match(value))):
+            error = InitErrorDetails(type=PydanticCustomError("rolling_not_zero", _ZERO_MESSAGE),
+                                     loc=("rollingUpdate", "maxUnavailable"), input=value)
+            raise ValidationError.from_exception_data(type(self).__name__, [error])  # the field's path
+        return self
 
 
 class PodDeletionSpec(Section):

@@ -845,6 +845,65 @@ def test_capacity_answers_odd_pod_yaml_with_an_error_not_a_traceback(
         assert code == 2 and out == "" and err == f"error: {path}: {message}\n", err
 
 
+@pytest.mark.parametrize(
+    ("key", "resources", "message"),
+    [("containers", {"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "2"}},
+      'container main: spec.containers[0].resources.requests: Invalid value: "2": must be less than or equal to cpu '
+      "limit of 1"),
+     ("initContainers", {"limits": {"memory": "1Gi"}, "requests": {"memory": "2Gi"}},
+      'container init: spec.initContainers[0].resources.requests: Invalid value: "2Gi": must be less than or equal '
+      "to memory limit of 1Gi")],
+    ids=["cpu", "init-memory"],
+)  # fmt: skip
+def test_capacity_refuses_a_native_request_above_its_limit(
+    key: str, resources: dict[str, Any], message: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """The API server refuses a container whose cpu or memory request is above its limit ("must be less than or
+    equal to cpu limit of 1"), but capacity planned it from the request, exit 0. Now it is refused as the GPU
+    request unequal to its limit is, naming the container and the resource, exit 2; below its limit it is planned."""
+    from gpu_operator.cli import main
+    from gpu_operator.kube import Kube
+
+    p = pod("train", 1)
+    if key == "initContainers":
+        p["spec"]["initContainers"] = [{"name": "init", "image": "x", "resources": resources}]
+    else:
+        p["spec"]["containers"][0]["resources"] = {**resources, "limits": {**resources["limits"], "nvidia.com/gpu": 1}}
+    path = tmp_path / "pod.yaml"
+    path.write_text(yaml.safe_dump(p))
+    monkeypatch.setattr(Kube, "connect", classmethod(lambda cls, *a, **k: FakeKube([node("h-0")], [])))
+    assert main(["capacity", "--pod", str(path), "--count", "2"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err == f"error: {path}: the API server refuses this pod: {message}\n", err
+    below = {"limits": {"cpu": "2", "memory": "2Gi", "nvidia.com/gpu": 1}, "requests": {"cpu": "1", "memory": "1Gi"}}
+    p["spec"]["containers"][0]["resources"] = below
+    p["spec"].pop("initContainers", None)
+    path.write_text(yaml.safe_dump(p))
+    assert main(["capacity", "--pod", str(path), "--count", "2"]) == 0
+    assert "fit now: 2 of 2" in capsys.readouterr().out
+
+
+def test_capacity_names_a_pod_without_a_name(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pod YAML with empty metadata (or only a generateName) was planned as "pod ? × 2"; now its generateName
+    names it, else the file it came from."""
+    from gpu_operator.cli import main
+    from gpu_operator.kube import Kube
+
+    monkeypatch.setattr(Kube, "connect", classmethod(lambda cls, *a, **k: FakeKube([node("h-0")], [])))
+    path = tmp_path / "pod.yaml"
+    body = "spec:\n  containers:\n  - name: t\n    image: x\n    resources: {limits: {nvidia.com/gpu: 1}}\n"
+    for metadata, name in (("metadata:\n", f"(unnamed, from {path})"), ("", f"(unnamed, from {path})"),
+                           ("metadata: {generateName: train-}\n", "(generateName train-)"),
+                           ("metadata: {name: train, generateName: x-}\n", "train")):
+        path.write_text("kind: Pod\n" + metadata + body)
+        assert main(["capacity", "--pod", str(path), "--count", "2"]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"pod {name} × 2: each requests"), out
+
+
 def test_capacity_does_not_count_an_mps_shared_node_for_a_pod_asking_two_replicas() -> None:
     """An MPS-shared node (GFD: gpu.sharing-strategy=mps) advertises replicas as nvidia.com/gpu, and the device
     plugin refuses a request of more than one of them at Allocate (failRequestsGreaterThanOne, its MPS default:

@@ -98,8 +98,9 @@ def _quantity_errors(where: str, values: dict[str, Any]) -> list[str]:
 
 def api_errors(pod: dict[str, Any]) -> list[str]:
     """What the API server refuses a pod for in its resources: no container, a value that is not a quantity or is
-    negative, and for extended resources (REFERENCE §12 entries 4, 5) a request without a limit or unequal to it,
-    a quantity that is not a whole number (the last of these ends with EXTENDED_FIX)."""
+    negative, a native request (cpu, memory) above its limit, and for extended resources (REFERENCE §12 entries 4,
+    5) a request without a limit or unequal to it, a quantity that is not a whole number (the last of these ends
+    with EXTENDED_FIX)."""
     out, extended = [], []
     spec = pod.get("spec") or {}
     if not spec.get("containers"):
@@ -120,6 +121,9 @@ def api_errors(pod: dict[str, Any]) -> list[str]:
                         extended.append(f'{where}.{kind}[{r}]: Invalid value: "{v}": must be an integer')
             for r, v in requests.items():
                 if _overcommit_allowed(r):
+                    if r in limits and quantity(v) > quantity(limits[r]):
+                        out.append(f'{where}.requests: Invalid value: "{v}": must be less than or equal to {r} limit '
+                                   f"of {limits[r]}")  # fmt: skip
                     continue
                 if r not in limits:
                     extended.append(f"{where}.limits: Required value: Limit must be set for non overcommitable "
@@ -130,6 +134,17 @@ def api_errors(pod: dict[str, Any]) -> list[str]:
     if extended:
         extended[-1] += f" ({EXTENDED_FIX})"
     return out + extended
+
+
+def pod_name(pod: dict[str, Any], source: str) -> str:
+    """The pod's name; else its generateName, else the file it came from ("-": stdin)."""
+    meta = pod.get("metadata") or {}
+    if meta.get("name"):
+        return str(meta["name"])
+    generate = meta.get("generateName")
+    if isinstance(generate, str) and generate:
+        return f"(generateName {generate})"
+    return f"(unnamed, from {'stdin' if source == '-' else source})"
 
 
 def fit_on(pod: dict[str, Any], node: NodeView, requests: dict[str, Decimal]) -> NodeFit:

@@ -732,7 +732,7 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     pod["metadata"] = pod.get("metadata") or {}  # `metadata:` left empty is null
     pod["metadata"].setdefault("namespace", args.namespace)
     result = capacity.plan(pod, args.count, views, profile)
-    sys.stdout.write(capacity.render(result, pod["metadata"].get("name", "?")))
+    sys.stdout.write(capacity.render(result, capacity.pod_name(pod, args.pod)))
     return 0
 
 

@@ -258,8 +258,10 @@ def test_nvidia_driver_crd_switch_maps_to_use_nvidia_driver_crd() -> None:
 
 @pytest.mark.parametrize("sets", [
     ["driver.version=580.95.05", "driver.upgradePolicy.maxParallelUpgrades=3"],
-    # The driver pod's sidecars: an NVIDIADriver's come from its own gds and gdrcopy (upstream's nvidiadriver.yaml).
-    ["gds.enabled=true", "gdrcopy.enabled=true", "gdrcopy.repository=registry.local/nvidia", "driver.hostNetwork=true"],
+    # The driver pod's sidecars: an NVIDIADriver's come from its own gds and gdrcopy (upstream's nvidiadriver.yaml);
+    # an NVIDIADriver's GDS from 2.17.5 on needs the open kernel modules.
+    ["gds.enabled=true", "gdrcopy.enabled=true", "gdrcopy.repository=registry.local/nvidia", "driver.hostNetwork=true",
+     "driver.kernelModuleType=open"],
 ], ids=["pinned-driver", "sidecars-and-host-network"])  # fmt: skip
 def test_nvidia_driver_crd_deploys_a_default_nvidiadriver_that_renders_the_same_driver(sets: list[str]) -> None:
     """The default NVIDIADriver is made from the same driver values as the ClusterPolicy: switching over keeps

@@ -875,6 +875,38 @@ def test_one_nvidiadriver_that_cannot_render_holds_only_its_own_daemonsets() -> 
         driver_plan.held["uid-pool-b"])
 
 
+def test_an_nvidiadriver_with_gds_from_2_17_5_needs_the_open_kernel_modules() -> None:
+    """Upstream's NVIDIADriver controller refuses GDS whose version is 2.17.5 or later (or a digest) unless
+    kernelModuleType is open (IsOpenKernelModulesRequired: "GPUDirect Storage driver '...' is only supported with
+    NVIDIA OpenRM drivers"); it was rendered as given, and nvidia-fs then met the proprietary modules. Now that
+    NVIDIADriver alone is held, naming the fields; an older GDS, or one without a version, renders (as upstream)."""
+    nodes = [facts("a1", labels={"pool": "a"}), facts("b1", labels={"pool": "b"})]
+
+    def held(gds: dict[str, Any], module_type: str | None = None) -> dict[str, str]:
+        image = {"repository": "nvcr.io/nvidia/cloud-native", "image": "nvidia-fs"} if gds else {}
+        pool_b: dict[str, Any] = {"nodeSelector": {"pool": "b"}, "gds": {"enabled": True, **image, **gds}}
+        if module_type:
+            pool_b["kernelModuleType"] = module_type
+        objects = drivers_objects(("default", {"default": True}), ("pool-b", pool_b))
+        plans = render_all(parse_spec(crd_policy()), nodes, nvidia_drivers=objects)
+        return next(p for p in plans if p.state.name == "state-driver").held
+
+    for version in ("2.17.5", "v2.20.5", "2.29", "sha256:" + "a" * 64):
+        for module_type in (None, "auto", "proprietary"):
+            found = held({"version": version}, module_type)
+            assert list(found) == ["uid-pool-b"], (version, module_type)
+            assert found["uid-pool-b"].startswith(f"NVIDIADriver pool-b: gds.version {version}: ")
+            assert "kernelModuleType: open" in found["uid-pool-b"]
+        assert held({"version": version}, "open") == {}, version
+    for version in ("2.16.1", "2.17.5-rc1", "", "latest"):  # below, a pre-release of it, unset, not semver
+        # (unset: upstream's sidecar image then comes from the operator's env, not from this field)
+        assert held({"version": version} if version else {}, "proprietary") == {}, version
+    # Upstream's ClusterPolicy path does not check it.
+    gds = {"enabled": True, "repository": "nvcr.io/nvidia/cloud-native", "image": "nvidia-fs", "version": "2.20.5"}
+    plans = render_all(parse_spec({"driver": {"kernelModuleType": "proprietary"}, "gds": gds}), nodes)
+    assert next(p for p in plans if p.state.name == "state-driver").problem is None
+
+
 def test_with_the_clusterpolicy_driver_disabled_an_nvidiadriver_says_so() -> None:
     from gpu_operator.observe import Snapshot
     from gpu_operator.reconciler import Reconciler

@@ -63,6 +63,27 @@ GRIDD_CONF = "gridd.conf"
 NLS_TOKEN = "client_configuration_token.tok"
 CONFIG_DIGEST_ENV = "DRIVER_CONFIG_DIGEST"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# From this GDS version on, nvidia-fs needs the open kernel modules (upstream's MinimumGDSVersionForOpenRM).
+GDS_OPEN_FROM = (2, 17, 5)
+_NUM = r"(0|[1-9][0-9]*)"
+_IDENT = r"(0|[1-9][0-9]*|[0-9]*[A-Za-z-][0-9A-Za-z-]*)"
+# A version as Go's golang.org/x/mod/semver reads it: vMAJOR[.MINOR[.PATCH[-PRERELEASE][+BUILD]]].
+_BUILD = r"[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*"
+_GO_SEMVER = re.compile(rf"^v{_NUM}(?:\.{_NUM}(?:\.{_NUM}(-{_IDENT}(?:\.{_IDENT})*)?(?:\+{_BUILD})?)?)?$")
+
+
+def gds_needs_open_modules(version: str | None) -> bool:
+    """Upstream's IsOpenKernelModulesRequired for an NVIDIADriver's gds.version: a digest, or a version from 2.17.5
+    on as Go's semver compares it (not a version: lower; a pre-release: below its release)."""
+    if not version:
+        return False
+    if version.startswith("sha256"):
+        return True
+    m = _GO_SEMVER.match(version if version.startswith("v") else "v" + version)
+    if not m:
+        return False
+    release = (int(m.group(1)), int(m.group(2) or 0), int(m.group(3) or 0))
+    return release > GDS_OPEN_FROM or (release == GDS_OPEN_FROM and not m.group(4))
 
 
 def image_os_tag(os_id: str, os_version: str) -> str:
@@ -250,6 +271,13 @@ def _vars(ctx: RenderContext) -> dict[str, Any]:
     if driver.use_precompiled and (spec.gds.enabled or spec.gdrcopy.enabled):
         sidecar = "gds" if spec.gds.enabled else "gdrcopy"
         raise RenderProblem(f"{sidecar}.enabled: not supported with precompiled drivers (driver.usePrecompiled)")
+    # Upstream refuses it for an NVIDIADriver only (its ClusterPolicy path does not check).
+    needs_open = spec.gds.enabled and gds_needs_open_modules(spec.gds.version)
+    if ctx.driver_group is not None and needs_open and driver.kernel_module_type != "open":
+        raise RenderProblem(f"gds.version {spec.gds.version}: GPUDirect Storage from "
+                            f"{'.'.join(map(str, GDS_OPEN_FROM))} is only supported with the open kernel modules "
+                            f"(NVIDIA OpenRM); set kernelModuleType: open (kernelModuleType "
+                            f"{driver.kernel_module_type})")  # fmt: skip
     pools = [_pool(ctx, pool) for pool in driver_pools(list(ctx.nodes), driver.use_precompiled)]
     extra_secrets = [*driver.manager.image_pull_secrets]
     for section in (spec.gds, spec.gdrcopy):

@@ -30,8 +30,8 @@ def spec_schema() -> Schema:
 
 
 def _int_or_string(node: Schema) -> st.SearchStrategy[Any]:
-    if node.get("x-kubernetes-validations"):  # maxUnavailable: a non-negative int or "N" / "N%"
-        return st.one_of(st.integers(0, 20), st.from_regex(r"\A[0-9]{1,2}%?\Z"))
+    if node.get("x-kubernetes-validations"):  # maxUnavailable: a positive int or "N" / "N%" (daemonsets' refuses 0)
+        return st.one_of(st.integers(1, 20), st.from_regex(r"\A[1-9][0-9]?%?\Z"))
     return st.one_of(st.integers(0, 64), st.sampled_from(["1", "100m", "2Gi", "500Mi"]))
 
 

@@ -290,6 +290,7 @@ _ROLLING_NOT_ZERO: Any = {
     "(type(self.rollingUpdate.maxUnavailable) == int ? self.rollingUpdate.maxUnavailable != 0 : "
     f"!self.rollingUpdate.maxUnavailable.matches('{_ZERO.pattern}'))",
     "message": _ZERO_MESSAGE,
+    "fieldPath": ".rollingUpdate.maxUnavailable",
 }
 
 

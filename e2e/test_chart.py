@@ -672,7 +672,7 @@ Atom = tuple[str, str, str]  # (apiGroup, resource, verb)
 # The operator's own API calls (operator/gpu_operator/{runtime,reconciler,kube}.py, kopf), by scope.
 REQUIRED_CLUSTER: dict[tuple[str, str], set[str]] = {
     ("", "nodes"): {"get", "list", "watch", "patch"},
-    ("", "pods"): {"get", "list", "watch", "delete"},  # GPU pods on any node: evicted during driver upgrades
+    ("", "pods"): {"get", "list", "watch"},  # GPU pods on any node: read, evicted (never deleted) in upgrades
     ("", "pods/eviction"): {"create"},
     ("", "namespaces"): {"get", "list", "watch", "create", "patch"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
@@ -690,6 +690,7 @@ REQUIRED_NAMESPACED: dict[tuple[str, str], set[str]] = {
     ("apps", "controllerrevisions"): {"get", "list", "watch"},
     ("coordination.k8s.io", "leases"): {"get", "create", "update"},  # the leader Lease
     ("", "secrets"): {"get"},  # a driver.secretEnv Secret, by name
+    ("", "pods"): {"delete"},  # a driver pod, in the OnDelete rollout of a driver upgrade
     **{res: set(verbs) for res, (namespaced, verbs) in operand_rbac().items() if namespaced},
 }
 

@@ -289,3 +289,28 @@ def test_the_alerts_fire_after_the_minutes_their_descriptions_name() -> None:
     assert found, failing
     stale = int(found.group(1))
     assert stale % 60 == 0 and stale // 60 + for_ == described("GPUOperatorReconciliationFailing") == 15
+
+
+def test_the_operator_may_delete_pods_only_in_its_own_namespace() -> None:
+    """GPU pods elsewhere are only ever evicted (pods/eviction, which honours PodDisruptionBudgets); the one pod the
+    operator deletes is a driver pod, in the operand namespace. The ClusterRole granted `delete` on every pod of the
+    cluster (kube-system's included), which nothing used; upstream grants it only in its Role, as now."""
+    import ast
+
+    deletes = []
+    for path in (REPO / "operator" / "gpu_operator").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "delete"
+                    and node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value == "Pod"):
+                deletes.append(ast.unparse(node))  # fmt: skip
+    assert deletes == ["self.kube.delete('Pod', action.pod_name, self.namespace)"]
+    docs = [d for d in yaml.safe_load_all((REPO / "manifests" / "gpu-operator.yaml").read_text()) if d]
+
+    def atoms(kind: str) -> set[tuple[str, str, str]]:
+        role = next(d for d in docs if d["kind"] == kind and d["metadata"]["name"] == "gpu-operator")
+        return {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+                for v in rule["verbs"]}  # fmt: skip
+
+    assert ("", "pods/eviction", "create") in atoms("ClusterRole")
+    assert ("", "pods", "delete") not in atoms("ClusterRole")
+    assert ("", "pods", "delete") in atoms("Role")

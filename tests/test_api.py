@@ -10,6 +10,7 @@ import yaml
 
 from gpu_operator import api, images
 from gpu_operator.api import ComponentSpec, PolicyError, parse_spec, unknown_fields
+from gpu_operator.nvidiadriver_api import NVIDIADriverSpec
 from support import load_policy
 
 # A ClusterPolicy as upstream's Helm chart renders it, including fields this operator does not act on.
@@ -390,6 +391,17 @@ def test_unknown_fields_are_errors_naming_the_path() -> None:
         "spec.driver.fooBar: unknown field",
         "spec.driver.manager.extra: unknown field",
     ]
+
+
+def test_a_name_repeated_in_an_env_list_is_one_variable_the_last_value_in_the_first_place() -> None:
+    """As upstream's setContainerEnv applies a list: a repeated name replaces the value in place. Two entries of
+    one name reached the containers, which server-side apply refuses; every env list of both CRDs collapses."""
+    env = [{"name": "A", "value": "1"}, {"name": "B", "value": "x"}, {"name": "A", "value": "2"}]
+    spec = parse_spec({"driver": {"manager": {"env": env}}, "gds": {"env": env}, "validator": {"cuda": {"env": env}}})
+    for parsed in (spec.driver.manager.env, spec.gds.env, spec.validator.cuda.env):
+        assert [(e.name, e.value) for e in parsed] == [("A", "2"), ("B", "x")]
+    driver = NVIDIADriverSpec.model_validate({"env": env})
+    assert [(e.name, e.value) for e in driver.env] == [("A", "2"), ("B", "x")]
 
 
 def test_unknown_fields_when_allowed_are_dropped_and_named() -> None:

@@ -598,6 +598,20 @@ def test_section_env_replaces_a_template_variable() -> None:
     assert [e for e in env if e["name"] == "GFD_SLEEP_INTERVAL"] == [{"name": "GFD_SLEEP_INTERVAL", "value": "30s"}]
 
 
+def test_a_name_repeated_in_a_section_env_renders_one_variable_the_last_value() -> None:
+    """`env: [{FOO: 1}, {FOO: 2}]` (easily made by layered Helm values files) rendered both entries, and server-side
+    apply refuses a container with two env entries of one name ("duplicate entries for key [name=FOO]"), so the
+    whole state failed to apply. Upstream applies each entry with setContainerEnv, which replaces one of the same
+    name: one FOO=2."""
+    raw = {"driver": {"env": [{"name": "FOO", "value": "1"}, {"name": "FOO", "value": "2"}]},
+           "devicePlugin": {"env": [{"name": "BAR", "value": "1"}, {"name": "BAR", "value": "2"}]}}  # fmt: skip
+    plans = render_all(parse_spec(raw))
+    driver = container(daemonset(plans, "nvidia-driver-daemonset-ubuntu22.04"), "nvidia-driver-ctr")
+    plugin = container(daemonset(plans, "nvidia-device-plugin-daemonset"), "nvidia-device-plugin")
+    assert [e for e in driver["env"] if e["name"] == "FOO"] == [{"name": "FOO", "value": "2"}]
+    assert [e for e in plugin["env"] if e["name"] == "BAR"] == [{"name": "BAR", "value": "2"}]
+
+
 def test_section_image_is_used() -> None:
     raw = {"toolkit": {"repository": "registry.local/nvidia", "image": "container-toolkit", "version": "v1.18.1"}}
     ds = daemonset(render_all(parse_spec(raw)), "nvidia-container-toolkit-daemonset")
@@ -610,6 +624,18 @@ def test_validator_env_blocks_land_on_their_checks() -> None:
     by_name = {c["name"]: c for c in init["initContainers"]}
     assert {"name": "WITH_WORKLOAD", "value": "true"} in by_name["cuda-validation"]["env"]
     assert "WITH_WORKLOAD" not in {e["name"] for e in by_name["driver-validation"]["env"]}
+
+
+def test_a_name_repeated_in_validator_toolkit_env_renders_one_variable_in_every_waiting_init_container() -> None:
+    """transformValidationInitContainer applies validator.toolkit.env with setContainerEnv too: one A=2, where the
+    toolkit-validation init containers got both entries (refused by server-side apply)."""
+    env = [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]
+    plans = render_all(parse_spec({"validator": {"toolkit": {"env": env}}}))
+    for name in ("nvidia-device-plugin-daemonset", "gpu-feature-discovery", "nvidia-dcgm-exporter",
+                 "nvidia-mig-manager"):  # fmt: skip
+        init = daemonset(plans, name)["spec"]["template"]["spec"]["initContainers"]
+        ctr = next(c for c in init if c["name"] == "toolkit-validation")
+        assert [e for e in ctr["env"] if e["name"] == "A"] == [{"name": "A", "value": "2"}], name
 
 
 def test_host_paths_are_used() -> None:

@@ -183,6 +183,15 @@ class EnvVar(Model):
     value: str = ""
 
 
+def _last_wins(env: list[EnvVar]) -> list[EnvVar]:
+    """One var per name: the last value, at the first one's place, as upstream's setContainerEnv applies a list
+    (server-side apply refuses a container with two env entries of one name)."""
+    return list({e.name: e for e in env}.values())
+
+
+EnvList = Annotated[list[EnvVar], AfterValidator(_last_wins)]
+
+
 class ResourceRequirements(Model):
     limits: dict[str, int | str] = {}
     requests: dict[str, int | str] = {}
@@ -217,7 +226,7 @@ class ComponentSpec(ImageSpec):
     enabled: bool = True
     resources: ResourceRequirements | None = None
     args: list[str] = []
-    env: list[EnvVar] = []
+    env: EnvList = []
     host_network: bool = False
 
 
@@ -230,7 +239,7 @@ class SidecarSpec(ImageSpec):
 
     enabled: bool = False
     args: list[str] = []
-    env: list[EnvVar] = []
+    env: EnvList = []
 
 
 class ServiceMonitorSpec(Section):
@@ -377,7 +386,7 @@ class VirtualTopologySpec(Section):
 
 
 class DriverManagerSpec(ImageSpec):
-    env: list[EnvVar] = []
+    env: EnvList = []
 
 
 class DriverSpec(ComponentSpec):
@@ -472,7 +481,7 @@ class NodeStatusExporterSpec(ComponentSpec):
 
 
 class ValidatorCheckSpec(Section):
-    env: list[EnvVar] = []
+    env: EnvList = []
 
 
 class ValidatorSpec(ComponentSpec):

@@ -16,7 +16,7 @@ from .api import (
     Condition,
     DriverManagerSpec,
     DriverUpgradePolicySpec,
-    EnvVar,
+    EnvList,
     KubeObject,
     Model,
     PodDeletionSpec,
@@ -146,7 +146,7 @@ class NVIDIADriverSpec(Model):
     manager: DriverManagerSpec = DriverManagerSpec()
     resources: ResourceRequirements | None = None
     args: list[str] = []
-    env: list[EnvVar] = []
+    env: EnvList = []
     repo_config: NameRef | None = None
     cert_config: NameRef | None = None
     licensing_config: NVDLicensingConfig | None = None

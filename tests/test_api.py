@@ -393,6 +393,16 @@ def test_unknown_fields_are_errors_naming_the_path() -> None:
     ]
 
 
+def test_validator_enabled_is_not_an_upstream_field_so_it_is_refused() -> None:
+    """Upstream's ValidatorSpec has no `enabled`: the validator always runs (isStateEnabled), as its toolkit-ready
+    marker is what the device plugin, GFD, DCGM and the exporter wait for. Ours inherited one from ComponentSpec,
+    so `validator.enabled: false` was accepted, beyond upstream, and dropped the validator, leaving those operands
+    waiting for good."""
+    with pytest.raises(PolicyError) as info:
+        parse_spec({"validator": {"enabled": False}})
+    assert info.value.problems == ["spec.validator.enabled: unknown field"]
+
+
 def test_a_name_repeated_in_an_env_list_is_one_variable_the_last_value_in_the_first_place() -> None:
     """As upstream's setContainerEnv applies a list: a repeated name replaces the value in place. Two entries of
     one name reached the containers, which server-side apply refuses; every env list of both CRDs collapses."""

@@ -471,7 +471,6 @@ def test_driver_opt_out_nodes_get_no_pool() -> None:
         ({"gfd": {"enabled": False}}, "gpu-feature-discovery"),
         ({"migManager": {"enabled": False}}, "state-mig-manager"),
         ({}, "state-node-status-exporter"),
-        ({"validator": {"enabled": False}}, "state-operator-validation"),
     ],
 )
 def test_disabled_state_renders_nothing(raw: dict[str, Any], state: str) -> None:
@@ -569,6 +568,8 @@ def test_section_settings_land_on_the_main_container(
     }
     if key == "devicePlugin":
         raw[key]["config"] = {"name": "dp-config", "default": "any"}
+    if key == "validator":
+        del raw[key]["enabled"]  # upstream's validator has no switch: it always runs
     plans = {p.state.name: p for p in render_all(parse_spec(raw))}
     rendered = daemonsets([plans[state]])
     assert rendered, f"{state} rendered no DaemonSet"

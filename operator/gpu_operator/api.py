@@ -484,7 +484,14 @@ class ValidatorCheckSpec(Section):
     env: EnvList = []
 
 
-class ValidatorSpec(ComponentSpec):
+class ValidatorSpec(ImageSpec):
+    """ComponentSpec's fields but `enabled`, which upstream's ValidatorSpec lacks: the validator always runs (the
+    other operands wait for the markers it writes)."""
+
+    resources: ResourceRequirements | None = None
+    args: list[str] = []
+    env: EnvList = []
+    host_network: bool = False
     driver: ValidatorCheckSpec = ValidatorCheckSpec()
     toolkit: ValidatorCheckSpec = ValidatorCheckSpec()
     cuda: ValidatorCheckSpec = ValidatorCheckSpec()

@@ -418,8 +418,7 @@ def cmd_upgrade_plan(args: argparse.Namespace) -> int:
         for title, section_spec, part in sections:
             managed = managed_nodes(section_spec, part)
             policy = section_spec.driver.upgrade_policy
-            result = upgrade.plan(managed, workload_pods(kube, managed, policy), policy, time.time(),
-                                  validation_enabled=spec.validator.enabled, limit=limit)  # fmt: skip
+            result = upgrade.plan(managed, workload_pods(kube, managed, policy), policy, time.time(), limit=limit)
             if limit is not None:
                 starts = result.started
                 by_name = {n.name: n for n in managed}

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from . import images
-from .api import ClusterPolicySpec, ComponentSpec, EnvVar
+from .api import ClusterPolicySpec, ComponentSpec, EnvVar, ValidatorSpec
 from .nodes import NodeFacts
 
 Env = dict[str, Any]
@@ -32,7 +32,7 @@ def field_ref(name: str, path: str) -> Env:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}}
 
 
-def resources_of(section: ComponentSpec | None) -> dict[str, Any] | None:
+def resources_of(section: ComponentSpec | ValidatorSpec | None) -> dict[str, Any] | None:
     if section is None or section.resources is None:
         return None
     return section.resources.model_dump(exclude_defaults=True)

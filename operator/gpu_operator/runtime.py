@@ -330,8 +330,7 @@ class Operator:
         facts = with_devices({name: facts}, self.node_features)[name]
         refused = compat.refused(compat.verdicts([facts], spec)).get(name, "")
         node = upgrade_node(facts, self._by_state, self.revisions, refused)
-        step = None if node is None else plan_forward(node, spec.driver.upgrade_policy, time.time(),
-                                                      validation_enabled=spec.validator.enabled)  # fmt: skip
+        step = None if node is None else plan_forward(node, spec.driver.upgrade_policy, time.time())
         if node is None or step is None:
             return
         self.moves.begin(name)

@@ -213,7 +213,7 @@ def _upgrade_waiting(cluster: Cluster) -> dict[str, str]:
     managed = managed_nodes(spec, cluster.snapshot)
     names = {n.name for n in managed}
     pods = [WorkloadPod.from_pod(p) for p in cluster.pods if (p.get("spec") or {}).get("nodeName") in names]
-    result = plan(managed, pods, spec.driver.upgrade_policy, time.time(), validation_enabled=spec.validator.enabled)
+    result = plan(managed, pods, spec.driver.upgrade_policy, time.time())
     for node, reason in result.waiting.items():
         out.setdefault(node, steady(reason))
     return out

@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel
 
 from .. import contracts, images
-from ..api import ClusterPolicySpec, ComponentSpec, ImageSpec
+from ..api import ClusterPolicySpec, ComponentSpec, ImageSpec, ValidatorSpec
 from ..kinds import DEFAULT_OPERAND_KINDS, Kind, served
 from ..nodes import NodeFacts
 
@@ -136,15 +136,15 @@ class OperandState:
     # Why the state is not ready beyond its DaemonSets' readiness (GPU nodes it cannot serve), or None.
     readiness_notes: Callable[[RenderContext], str | None] | None = None
 
-    def settings(self, spec: ClusterPolicySpec) -> ComponentSpec | None:
+    def settings(self, spec: ClusterPolicySpec) -> ComponentSpec | ValidatorSpec | None:
         value = getattr(spec, self.section) if self.section else None
-        return value if isinstance(value, ComponentSpec) else None
+        return value if isinstance(value, (ComponentSpec, ValidatorSpec)) else None
 
     def enabled(self, spec: ClusterPolicySpec) -> bool:
         if self.enabled_when is not None:
             return self.enabled_when(spec)
         settings = self.settings(spec)
-        return settings.enabled if settings is not None else True
+        return settings.enabled if isinstance(settings, ComponentSpec) else True  # the validator: always
 
     def variables(self, ctx: RenderContext) -> dict[str, Any]:
         settings = self.settings(ctx.spec)

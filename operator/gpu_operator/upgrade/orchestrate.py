@@ -98,8 +98,7 @@ def orchestrate(
             left_behind(kube, namespace, snap, events)
         return Orchestrated(None, False)
     needs = kept.inputs.needs_pods if kept is not None else None  # kept with `managed`
-    result = plan(managed, workload_pods(kube, managed, policy, needs), policy, time.time(),
-                  validation_enabled=spec.validator.enabled, limit=limit)  # fmt: skip
+    result = plan(managed, workload_pods(kube, managed, policy, needs), policy, time.time(), limit=limit)
     # The annotation k8s-driver-manager reads went out with the node's labels (render.node_patches).
     c = result.counters
     # Each node's state orders the writes and names the waits: with neither (a settled cluster), no walk for it.

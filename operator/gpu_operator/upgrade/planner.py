@@ -732,7 +732,8 @@ def plan(
     `nodes`: every node a driver DaemonSet manages (a node that is gone is simply absent).
     `pods`: the pods on those nodes (all of them: DaemonSet and static pods are never evicted, but may match
     waitForCompletion.podSelector). `now`: epoch seconds.
-    `validation_enabled`: False when no validator runs (validation-required then passes at once).
+    `validation_enabled`: False when no validator runs (validation-required then passes at once), as k8s-operator-libs
+    without WithValidationEnabled; the operator always validates, as upstream.
     `limit`: cluster-wide limits beyond the policy's (several NVIDIADrivers upgrading), counting earlier starts.
     """
     nodes = sorted(nodes, key=_by_name)

@@ -18,6 +18,8 @@ k8s-device-plugin v0.20:
   MIG attributes ``memory``, ``slices.gi``, ``slices.ci`` (also multiprocessors and engines upstream; not
   modelled), ``-MIG-INVALID`` with count 0 for a non-uniform single layout, ``mps.capable=true`` only with an MPS
   config and no MIG-enabled GPU.
+* Names: a profile's ``+`` becomes ``.`` (``internal/rm/rm.go``, ``internal/resource/nvml-mig-device.go``
+  GetName): ``1g.10gb+me`` is advertised as ``nvidia.com/mig-1g.10gb.me``, product ``<model>-MIG-1g.10gb.me``.
 * MIG attribute values: memory is the profile's size in GiB as MiB, as go-nvml's mock GPUs report it
   (``pkg/nvml/mock/gpus/h100.go``: 1g.10gb -> 10240); slices are the profile's compute slices.
 * Layouts: the user's mig-parted config when the node's MIG manager pod mounts one (a ConfigMap volume holding
@@ -37,7 +39,7 @@ from typing import Any
 import yaml
 
 from e2e.cluster.nodes import GFD_LABEL_KEYS, Profile
-from gpu_operator import mig_layouts, sharing
+from gpu_operator import mig, mig_layouts, sharing
 
 GPU = "nvidia.com/gpu"
 MIG_CONFIG = "nvidia.com/mig.config"
@@ -52,7 +54,7 @@ DEVICE_IDS = {
     "NVIDIA-B200": "0x290110DE",
 }
 _RESOURCE = re.compile(r"^nvidia\.com/(gpu(\.shared)?|mig-[^/]+)$")
-_MIG_LABEL = re.compile(r"^nvidia\.com/mig-[0-9a-z.+-]+\.(product|count|replicas|sharing-strategy|memory|slices\.gi|"
+_MIG_LABEL = re.compile(r"^nvidia\.com/mig-[0-9a-z.-]+\.(product|count|replicas|sharing-strategy|memory|slices\.gi|"
                         r"slices\.ci)$")
 _GPU_EXTRA = ("nvidia.com/gpu.slices.gi", "nvidia.com/gpu.slices.ci")
 
@@ -129,6 +131,11 @@ def mig_devices(profile: Profile, layout: str | None, configs: MigConfigs | None
     if not devices and layout != mig_layouts.ENABLED:
         return None
     return devices
+
+
+def _name(mig_profile: str) -> str:
+    """The device plugin's name of a MIG profile: `1g.10gb+me` -> `1g.10gb.me` (GetName)."""
+    return mig_profile.replace("+", ".")
 
 
 def profile_attributes(mig_profile: str) -> dict[str, str]:
@@ -212,7 +219,7 @@ def advertise(profile: Profile, layout: str | None, mig_strategy: str, config: s
         _replicate(out, GPU, per_gpu * n, config)
     else:
         for p, per_gpu in devices.items():
-            _replicate(out, f"nvidia.com/mig-{p}", per_gpu * n, config)
+            _replicate(out, mig.mig_resource(p), per_gpu * n, config)
     return Advertised({k: v for k, v in out.items() if v > 0})
 
 
@@ -245,14 +252,14 @@ def gfd_overlay(profile: Profile, layout: str | None, mig_strategy: str, config:
                         "nvidia.com/gpu.memory": "0"})
             return out
         ((p, per_gpu),) = devices.items()
-        out.update(_resource_labels("nvidia.com/gpu", f"{profile.product}-MIG-{p}", per_gpu * n, config, GPU))
+        out.update(_resource_labels("nvidia.com/gpu", f"{profile.product}-MIG-{_name(p)}", per_gpu * n, config, GPU))
         out.update({f"nvidia.com/gpu.{k}": v for k, v in profile_attributes(p).items()})
         return out
     # mixed: the MIG-enabled GPUs as GPUs without sharing, and every profile as its own resource
     out.update(_resource_labels("nvidia.com/gpu", profile.product, n, config, GPU, sharing_enabled=False))
     for p, per_gpu in devices.items():
-        prefix = f"nvidia.com/mig-{p}"
-        out.update(_resource_labels(prefix, f"{profile.product}-MIG-{p}", per_gpu * n, config, prefix))
+        prefix = mig.mig_resource(p)
+        out.update(_resource_labels(prefix, f"{profile.product}-MIG-{_name(p)}", per_gpu * n, config, prefix))
         out.update({f"{prefix}.{k}": v for k, v in profile_attributes(p).items()})
     return out
 

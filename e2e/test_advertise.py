@@ -148,3 +148,19 @@ def test_layouts_from_the_mig_managers_config_map() -> None:
     assert adv.advertise(H100, "all-1g.10gb", "mixed", sharing.EMPTY, configs=configs).resources == {
         "nvidia.com/gpu": 8}
     assert adv.mig_configs_of(pods, {}) is None
+
+
+def test_mig_media_extension_profile_is_named_as_the_device_plugin_names_it() -> None:
+    """The simulator advertised `nvidia.com/mig-1g.10gb+me` (and GFD labels with `+`), but the device plugin
+    replaces `+` with `.` (internal/rm/rm.go, internal/resource/nvml-mig-device.go GetName): the resource is
+    `nvidia.com/mig-1g.10gb.me`, its labels `nvidia.com/mig-1g.10gb.me.*`, its product `...-MIG-1g.10gb.me`."""
+    me = sharing.parse("sharing: {timeSlicing: {resources: [{name: nvidia.com/mig-1g.10gb.me, replicas: 2}]}}")
+    for config, count in ((sharing.EMPTY, 8), (me, 16)):
+        assert adv.advertise(H100, "all-1g.10gb.me", "mixed", config).resources == {"nvidia.com/mig-1g.10gb.me": count}
+    labels = adv.gfd_overlay(H100, "all-1g.10gb.me", "mixed", sharing.EMPTY)
+    assert labels["nvidia.com/mig-1g.10gb.me.count"] == "8"
+    assert labels["nvidia.com/mig-1g.10gb.me.product"] == "NVIDIA-H100-80GB-HBM3-MIG-1g.10gb.me"
+    assert labels["nvidia.com/mig-1g.10gb.me.memory"] == "10240"
+    assert not any("+" in k or "+" in v for k, v in labels.items())
+    single = adv.gfd_overlay(H100, "all-1g.10gb.me", "single", sharing.EMPTY)
+    assert single["nvidia.com/gpu.product"] == "NVIDIA-H100-80GB-HBM3-MIG-1g.10gb.me"

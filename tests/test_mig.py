@@ -497,3 +497,29 @@ def test_a_decision_over_many_nodes_is_each_nodes_own_decision() -> None:
         some = mig.decide(busy, spec, layouts=None, pods=pods, managers=managers)
         assert (some.patches, some.events, mig.changes_requested(busy, spec)) == (whole.patches, whole.events, asked)
         assert sum(mig.managed(n, spec) for n in nodes) == whole.managed
+
+
+def test_a_broken_users_config_is_reported_while_no_node_asks_for_a_layout() -> None:
+    """The user's ConfigMap was read only while some node's layout was checked: with every node's layout let through
+    already, a config mig-parted refuses left `MIGConfig` True ("every requested MIG layout is valid"), though
+    mig-manager fails the next change. It is reported whenever MIG manager is enabled, from the snapshot (no reads)."""
+    bad = CUSTOM.replace('{"3g.40gb": 2}', '{"3g.40gb": two}')
+    quiet = node("team-a", approved="team-a")
+    why = ("ConfigMap custom-mig-config key config.yaml: mig-configs.team-a[0].mig-devices.3g.40gb: the count must be "
+           "a whole number >= 0, not 'two'")
+    for nodes in ([quiet], []):
+        decision, after = run_pass(nodes, bad)
+        assert decision.refused == [] and after == nodes  # nothing asked: nothing refused, no node touched
+        cond = mig.condition(decision, 1, [], "t0")
+        assert cond is not None and cond["status"] == "False" and cond["reason"] == "ConfigInvalid"
+        assert why in cond["message"]
+    decision, _ = run_pass([quiet], None)
+    cond = mig.condition(decision, 1, [], "t0")
+    assert cond is not None and "ConfigMap custom-mig-config not found (migManager.config.name)" in cond["message"]
+    decision, _ = run_pass([quiet])  # a good config: accepted as before
+    assert mig.condition(decision, 1, [], "t0")["reason"] == "LayoutsAccepted"  # type: ignore[index]
+    off = parse_spec({"migManager": {"enabled": False, "config": {"name": "custom-mig-config"}}})
+    snap = Snapshot(nodes={}, policies={}, owned={}, pods={}, revisions={},
+                    config_data={"custom-mig-config": {"config.yaml": bad}})
+    decision, _, _ = mig_pass.run(FakeKube(), "gpu-operator", off, snap, [quiet], lambda *a: None)  # type: ignore[arg-type]
+    assert mig.condition(decision, 1, [], "t0") is None  # no mig-manager: nothing reads the config

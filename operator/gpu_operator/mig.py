@@ -23,7 +23,8 @@ Per MIG-capable node (mig-manager enabled, its deploy label not opted out with `
   ConfigMap `migManager.config.name` when one is named; every name while mig-parted would refuse that file), or
   one whose entries that select the node's GPU by device filter do not all fit it (its profiles, their counts,
   its compute and memory slices): mig-manager held, a Warning event, the `MIGConfig` condition names node,
-  layout and why; the node's layout, operands and state label are left as they are;
+  layout and why; the node's layout, operands and state label are left as they are (a user's config that cannot
+  be read is named by the condition also while no node asks for a layout);
 * a valid change on a node where GPU workloads run (pods that are not DaemonSet pods and request
   `nvidia.com/gpu*` or `nvidia.com/mig-*`) waits, held, with `mig.config.state=pending` (the layout the label names
   is not applied) and the reason in an event and the condition; with `driver.upgradePolicy.drain.enable` (the
@@ -321,6 +322,7 @@ class Decision:
     refused: list[tuple[str, str, str]] = field(default_factory=list)  # node, layout, why
     waiting: list[tuple[str, str, str]] = field(default_factory=list)  # node, layout, why
     managed: int = 0  # MIG nodes looked at
+    config_error: str = ""  # why the user's config cannot be read, whether or not a node asks for a layout
 
     def _set(self, node: str, key: str, value: str | None) -> None:
         self.patches.setdefault(node, {})[key] = value
@@ -521,13 +523,18 @@ def _gate(
 def condition(
     decision: Decision, generation: int | None, previous: list[dict[str, Any]], now: str
 ) -> dict[str, Any] | None:
-    """The MIGConfig condition: True when every requested layout is accepted; None when no node is MIG-managed."""
-    if not decision.managed and not decision.refused:
+    """The MIGConfig condition: True when every requested layout is accepted and the user's config can be read;
+    None when no node is MIG-managed and the config is fine."""
+    if not decision.managed and not decision.refused and not decision.config_error:
         return None
     parts = [f"node {n}: layout {lay!r} {why}" for n, lay, why in decision.refused]
     parts += [f"node {n}: layout {lay!r} waits: {why}" for n, lay, why in decision.waiting]
+    if decision.config_error and not decision.refused:  # refused layouts name it already
+        parts.insert(0, f"{decision.config_error}: mig-manager would fail every layout change")
     if decision.refused:
         value, reason = "False", "LayoutRefused"
+    elif decision.config_error:
+        value, reason = "False", "ConfigInvalid"
     elif decision.waiting:
         value, reason = "False", "WaitingForGPUWorkloads"
     else:

@@ -36,15 +36,19 @@ def _layouts(spec: ClusterPolicySpec, config_data: Mapping[str, Mapping[str, str
     text = config_data[name].get("config.yaml")
     if text is None:
         raise mig.ConfigError(f"ConfigMap {name} has no key config.yaml")
-    try:
-        return _parsed(text)
-    except mig.ConfigError as exc:
-        raise mig.ConfigError(f"ConfigMap {name} key config.yaml: {exc}") from None
+    layouts, error = _parsed(text)
+    if error:
+        raise mig.ConfigError(f"ConfigMap {name} key config.yaml: {error}")
+    return layouts
 
 
 @lru_cache(maxsize=4)
-def _parsed(text: str) -> mig.Layouts:
-    return mig.parse_config(text)
+def _parsed(text: str) -> tuple[mig.Layouts, str]:
+    """The layouts, or why mig-parted refuses the file (kept too: a broken config is read on every pass)."""
+    try:
+        return mig.parse_config(text), ""
+    except mig.ConfigError as exc:
+        return {}, str(exc)
 
 
 def first_sight(node: NodeFacts, spec: ClusterPolicySpec, pods: Iterable[dict[str, Any]]) -> dict[str, str | None]:
@@ -79,6 +83,7 @@ class MigKept:
 
     busy: ByNode[NodeFacts] = field(default_factory=lambda: ByNode(_busy))
     managed: ByNode[bool] = field(default_factory=lambda: ByNode(_managed))
+    config_error: str = ""  # the last pass's, logged once
 
 
 def run(
@@ -102,19 +107,21 @@ def run(
         busy = list(kept.busy.over(nodes, spec).values())
         managed = len(kept.managed.over(nodes, spec))
     asked = mig.changes_requested(busy, spec)
-    # Any node whose layout is checked needs the user's config, one seen for the first time too (no approved label).
-    checked = any(
-        mig.managed(n, spec) and (want := mig.requested(n, spec)) and n.labels.get(mig.APPROVED) != want for n in busy
-    )
+    # The user's config is read on every pass (from the snapshot; parsed once per content): a broken one is reported
+    # also while no node asks for a layout, as mig-manager fails the next change.
     layouts, unreadable = None, ""
     try:
-        layouts = _layouts(spec, snap.config_data) if checked else None
+        layouts = _layouts(spec, snap.config_data) if spec.mig_manager.enabled else None
     except mig.ConfigError as exc:
         layouts, unreadable = {}, str(exc)
-        log.warning("MIG: %s", exc)
+        if kept is None or kept.config_error != unreadable:
+            log.warning("MIG: %s", exc)
+    if kept is not None:
+        kept.config_error = unreadable
     pods = {n: [WorkloadPod.from_pod(p) for p in kube.list("Pod", field_selector=f"spec.nodeName={n}")] for n in asked}
     managers = frozenset(snap.pod_index.nodes_with(STATE.name, live=True)) if busy else frozenset()
     decision = mig.decide(busy, spec, layouts=layouts, pods=pods, managers=managers, unreadable=unreadable)
+    decision.config_error = unreadable
     if managed is not None:
         decision.managed = managed  # of all the nodes (decide saw the busy ones)
     folded: dict[str, dict[str, str | None]] = {}

@@ -523,3 +523,18 @@ def test_a_broken_users_config_is_reported_while_no_node_asks_for_a_layout() -> 
                     config_data={"custom-mig-config": {"config.yaml": bad}})
     decision, _, _ = mig_pass.run(FakeKube(), "gpu-operator", off, snap, [quiet], lambda *a: None)  # type: ignore[arg-type]
     assert mig.condition(decision, 1, [], "t0") is None  # no mig-manager: nothing reads the config
+
+
+def test_with_the_default_config_map_named_mig_manager_reads_only_its_layouts() -> None:
+    """`migManager.config.name: default-mig-parted-config` set: upstream's mig-manager reads that ConfigMap (the
+    operator's default layouts) as its config (CONFIG_FILE) and builds no layouts from the hardware. We took the name
+    as unset, so a name it would build on a GPU the table does not know was let through, and mig-manager failed it."""
+    spec = parse_spec({"migManager": {"config": {"name": "default-mig-parted-config"}}})
+    snap = Snapshot(nodes={}, policies={}, owned={}, pods={}, revisions={}, config_data={})  # ours: not read back
+    new = node("all-1g.32gb", **{"nvidia.com/gpu.product": "NVIDIA-RTX-PRO-5000-Blackwell"})
+    decision, _, _ = mig_pass.run(FakeKube(), "gpu-operator", spec, snap, [new], lambda *a: None)  # type: ignore[arg-type]
+    assert decision.refused == [("n1", "all-1g.32gb", "is not in ConfigMap default-mig-parted-config")]
+    decision, _, _ = mig_pass.run(FakeKube(), "gpu-operator", spec, snap, [node()], lambda *a: None)  # type: ignore[arg-type]
+    assert decision.refused == [] and not decision.config_error
+    unset, _, _ = mig_pass.run(FakeKube(), "gpu-operator", SPEC, snap, [new], lambda *a: None)  # type: ignore[arg-type]
+    assert unset.refused == []  # unset: mig-manager builds it from the hardware

@@ -551,9 +551,19 @@ def test_mig_manager_custom_config_replaces_the_default() -> None:
 
 @pytest.mark.parametrize("name", ["", "default-mig-parted-config"])
 def test_empty_or_default_mig_config_name_means_the_default(name: str) -> None:
+    """The operator creates default-mig-parted-config for both (GetConfigMapName: not custom), but upstream's
+    TransformMIGManager takes any name set as mig-manager's config (CONFIG_FILE, config.yaml mounted as is); only
+    an empty one leaves it the fallback of layouts built from the hardware. We took the default name as empty."""
     plans = render({"migManager": {"config": {"name": name}}})
     find(plans, "ConfigMap", "default-mig-parted-config")
-    assert "DEFAULT_CONFIG_FILE" in env(container(daemonset(plans, MIG), MIG))
+    ds = daemonset(plans, MIG)
+    (vol,) = [v for v in pod(ds)["volumes"] if v["name"] == "mig-parted-config"]
+    assert vol["configMap"]["name"] == "default-mig-parted-config"
+    if name:
+        assert env(container(ds, MIG))["CONFIG_FILE"] == "/mig-parted-config/config.yaml"
+        assert "DEFAULT_CONFIG_FILE" not in env(container(ds, MIG)) and "items" not in vol["configMap"]
+    else:
+        assert "DEFAULT_CONFIG_FILE" in env(container(ds, MIG)) and "CONFIG_FILE" not in env(container(ds, MIG))
 
 
 def test_mig_manager_cdi_env() -> None:

@@ -467,7 +467,7 @@ class MIGSpec(Section):
 
 
 class MIGPartedConfig(Section):
-    name: str = "default-mig-parted-config"
+    name: str = ""  # unset: the default ConfigMap, as mig-manager's fallback (set, even to it: its config)
     default: str = "all-disabled"
 
 

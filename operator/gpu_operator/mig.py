@@ -71,7 +71,7 @@ IN_PROGRESS = ("pending", "rebooting")
 EVENT_REFUSED = "MIGConfigRefused"
 EVENT_WAITING = "MIGConfigWaiting"
 EVENT_RESTORED = "MIGOperandsRestored"
-# The layout names mig-manager (v0.14 on) builds from the hardware when no ConfigMap of the user's is named
+# The layout names mig-manager (v0.14 on) builds from the hardware when no ConfigMap is named
 # (mig-parted pkg/mig/builder: all-disabled, all-enabled, all-balanced, all-<GPU instance profile>, `+` as `.`).
 _GENERATED = re.compile(r"^all-(disabled|enabled|balanced|\d+g\.\d+gb([.-][a-z][a-z.,]*)?)$")
 

@@ -8,13 +8,13 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
-from . import mig
+from . import mig, mig_layouts
 from .api import ClusterPolicySpec
 from .kube import ApiError, Kube
 from .nodes import ByNode, NodeFacts, apply_patch
 from .observe import Snapshot
 from .states.base import owning_state
-from .states.mig_manager import STATE, custom_config
+from .states.mig_manager import STATE, custom_config, fixed_config
 from .upgrade.adapter import Executor
 from .upgrade.model import EvictPods, Plan, WorkloadPod
 
@@ -25,12 +25,12 @@ _STATES = frozenset({STATE.name})
 
 
 def _layouts(spec: ClusterPolicySpec, config_data: Mapping[str, Mapping[str, str]]) -> mig.Layouts | None:
-    """The user's mig-parted config, or None for the default table. `config_data`: the ConfigMaps of our namespace,
-    name -> data (the snapshot's, as the runtime caches them). ConfigError when it cannot be read: mig-manager
-    then fails every layout."""
+    """The mig-parted config mig-manager reads, or None for the default table as its fallback (no name set).
+    `config_data`: the ConfigMaps of our namespace, name -> data (the snapshot's, as the runtime caches them).
+    ConfigError when it cannot be read: mig-manager then fails every layout."""
     name = custom_config(spec)
-    if not name:
-        return None
+    if not name:  # the default ConfigMap named: mig-manager reads our default layouts and builds none
+        return mig_layouts.default_layouts() if fixed_config(spec) else None
     if name not in config_data:
         raise mig.ConfigError(f"ConfigMap {name} not found (migManager.config.name)")
     text = config_data[name].get("config.yaml")

@@ -4,7 +4,7 @@ Contract (upstream v26.7 TransformMIGManager and assets/state-mig-manager): wait
 driver-ready before starting (WITH_SHUTDOWN_HOST_GPU_CLIENTS follows IS_HOST_DRIVER), runs with the NVIDIA
 runtime class, host PID/IPC, the host root, /sys and the driver root. mig-manager v0.15 builds each node's
 layouts from the hardware and keeps them in a per-node ConfigMap; the default layouts are its fallback
-(DEFAULT_CONFIG_FILE), a user's ConfigMap replaces both (CONFIG_FILE).
+(DEFAULT_CONFIG_FILE), a ConfigMap named replaces both (CONFIG_FILE), default-mig-parted-config too.
 """
 
 from __future__ import annotations
@@ -28,11 +28,16 @@ def custom_config(spec: ClusterPolicySpec) -> str | None:
     return None if name in ("", DEFAULT_CONFIG_MAP) else name
 
 
+def fixed_config(spec: ClusterPolicySpec) -> bool:
+    """Whether mig-manager reads the named ConfigMap as its config (CONFIG_FILE) rather than building the layouts
+    from the hardware: upstream's hasCustomConfig, any name set, default-mig-parted-config too (ours, created)."""
+    return bool(spec.mig_manager.config.name)
+
+
 def manager_env(spec: ClusterPolicySpec) -> list[c.Env]:
-    custom = custom_config(spec)
     out = [
         c.env("CONFIG_FILE", f"{CONFIG_DIR}/config.yaml")
-        if custom
+        if fixed_config(spec)
         else c.env("DEFAULT_CONFIG_FILE", f"{CONFIG_DIR}/config-default.yaml")
     ]
     if spec.cdi.enabled:
@@ -51,9 +56,9 @@ def variables(ctx: RenderContext) -> dict[str, Any]:
         "manager_env": manager_env(spec),
         "custom_config": custom,
         "config_map": custom or DEFAULT_CONFIG_MAP,
-        # The default ConfigMap's key config.yaml is mounted as config-default.yaml, the file name
-        # mig-manager expects for its fallback.
-        "config_items": None if custom else [{"key": "config.yaml", "path": "config-default.yaml"}],
+        # With no name set, the default ConfigMap's key config.yaml is mounted as config-default.yaml, the file
+        # name mig-manager expects for its fallback.
+        "config_items": None if fixed_config(spec) else [{"key": "config.yaml", "path": "config-default.yaml"}],
         "config_dir": CONFIG_DIR,
         "default_layouts": None if custom else mig_layouts.default_config_yaml(),
         "gpu_clients_config_map": spec.mig_manager.gpu_clients_config.name or DEFAULT_CLIENTS_CONFIG_MAP,

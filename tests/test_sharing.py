@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -402,7 +403,53 @@ def test_the_event_names_a_refusal_or_warnings() -> None:
     r = Reconciler(EchoKube(), "gpu-operator")  # type: ignore[arg-type]
     r.events = lambda obj, etype, reason, message: posted.append((etype, reason, message))  # type: ignore[assignment]
     warned = _ctx({"ts": fixture("time-slicing.yaml")}, nodes=(_node("gpu-1", **{sharing.NODE_LABEL: "ts8"}),))
-    assert r._check_sharing({}, warned) and r._check_sharing({}, warned)
-    assert [(e, reason) for e, reason, _ in posted] == [("Warning", sharing.WARNING_REASON)]  # once per change
-    r._check_sharing({}, _ctx({"bad": "version: v9"}))
+    found = r._check_sharing({}, warned)
+    assert [(e, reason) for e, reason, _ in posted] == [("Warning", sharing.WARNING_REASON)]
+    said = sharing.condition("sharing", found, 1, [], "t")
+    assert r._check_sharing({"status": {"conditions": [said]}}, warned)
+    assert len(posted) == 1  # once per change: the status says it already
+    r._check_sharing({"status": {"conditions": [said]}}, _ctx({"bad": "version: v9"}))
     assert posted[-1][1] == sharing.REASON
+
+
+def test_a_restarted_operator_does_not_post_the_sharing_config_warning_again() -> None:
+    """Whether the Warning was posted was kept only in memory, so every restart and leader hand-over posted it
+    again on the same cluster, though the SharingConfigValid condition carries its very message. Now it is read
+    from the status, as compat.newly_refused does."""
+    from gpu_operator.nodes import NodeFacts
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+    from support import EchoKube, node, policy_object
+
+    pol = policy_object()
+    pol["spec"]["devicePlugin"]["config"] = {"name": "sharing", "default": ""}
+    data = {"bad": "version: v9"}
+    nodes = {"n1": NodeFacts.from_node(node("n1"))}
+
+    def snapshot() -> Snapshot:
+        return Snapshot(nodes=nodes, policies={"cluster-policy": pol}, owned={}, pods={}, revisions={},
+                        config_maps={"sharing": ("bad",)}, config_data={"sharing": data})
+
+    class Posting(EchoKube):
+        """Keeps the reasons of the Events posted."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.posted: list[str] = []
+
+        def create(self, body: dict[str, Any], **_: Any) -> dict[str, Any]:
+            self.posted.append(body["reason"])
+            return body
+
+    kube = Posting()
+    running = Reconciler(kube, "gpu-operator")  # type: ignore[arg-type]
+    running.reconcile(snapshot())
+    pol["status"] = kube.statuses[("ClusterPolicy", "cluster-policy")]  # as the watch brings it back
+    [said] = [c for c in pol["status"]["conditions"] if c["type"] == sharing.CONDITION]
+    assert said["reason"] == sharing.REASON
+    running.reconcile(snapshot())
+    assert kube.posted.count(sharing.REASON) == 1  # once per change
+
+    again = Posting()
+    Reconciler(again, "gpu-operator").reconcile(snapshot())  # type: ignore[arg-type]  # restarted, same cluster
+    assert sharing.REASON not in again.posted

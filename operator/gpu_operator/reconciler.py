@@ -106,7 +106,6 @@ class Reconciler:
         self.lifecycle = Lifecycle(kube, namespace, self.applier)
         self.status = StatusWriter(kube, self.events)
         self._plan: tuple[str, list[StatePlan]] | None = None  # the last plan and its render key
-        self._sharing_warned: str | None = None  # the refusal last posted as an event
         self._unreadable_secrets: set[str] = set()  # named Secrets whose GET failed, each logged once
         self._secrets_seen: dict[str, float] = {}  # named Secrets found, and when (read again after SECRET_RECHECK_S)
         self._spec: tuple[str, ClusterPolicySpec] | None = None  # the last parsed spec and its JSON text
@@ -651,9 +650,12 @@ class Reconciler:
             return None
         found = sharing.context_problems(ctx.spec, ctx.config_data, ctx.nodes, ctx.config_maps)
         message = sharing.summary(found) if found else None
-        if message and message != self._sharing_warned:
+        # Read from the status (the condition carries the same message), so a restarted operator or a new leader
+        # posts nothing new at steady state.
+        previous = (policy.get("status") or {}).get("conditions") or []
+        before: dict[str, Any] = next((c for c in previous if c.get("type") == sharing.CONDITION), {})
+        if message and message[:1000] != before.get("message"):
             self.events(policy, "Warning", sharing.reason(found), message)
-        self._sharing_warned = message
         return found
 
     def _daemonsets_ready(

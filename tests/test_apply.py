@@ -16,7 +16,7 @@ import pytest
 from gpu_operator import mig
 from gpu_operator.apply import Applier
 from gpu_operator.kube import ApiError
-from gpu_operator.nodes import GPU_PRESENT, MIG_CONFIG, deploy_label
+from gpu_operator.nodes import GPU_PRESENT, MIG_CONFIG, apply_patch, deploy_label
 from gpu_operator.observe import key_of
 from gpu_operator.reconciler import Labelling
 from gpu_operator.render import node_patches, plan
@@ -336,6 +336,154 @@ def _live_of(plans: Any) -> dict[Any, dict[str, Any]]:
     return {
         (o["kind"], o["metadata"].get("namespace") or "", o["metadata"]["name"]): o for p in plans for o in p.objects
     }
+
+
+OURS_AT = "2026-11-30T10:00:05Z"  # our last apply that changed the object
+ROLLOUT_AT = "2026-11-30T10:07:00Z"  # `kubectl rollout restart` (or `kubectl annotate`, a GitOps tool's label...)
+
+
+def _counted(n: int, generation: int) -> dict[str, Any]:
+    counts = ("desiredNumberScheduled", "currentNumberScheduled", "numberReady", "updatedNumberScheduled",
+              "numberAvailable")  # fmt: skip
+    return {"observedGeneration": generation, **dict.fromkeys(counts, n)}
+
+
+class ApiServer:
+    """Answers server-side applies as the API server does: an apply that changes nothing is a no-op (the object as
+    it was, same generation and resourceVersion, managedFields times untouched: kubernetes/kubernetes#81673,
+    #88875); one that changes the object moves them on and stamps our managedFields entry. Every DaemonSet counts
+    `scheduled` ready pods. Node patches are kept; everything else is taken as sent."""
+
+    def __init__(self, scheduled: int = 2, nodes: tuple[str, ...] = ()):
+        self.nodes = {n: node(n) for n in nodes}
+        self.objects: dict[Any, dict[str, Any]] = {}
+        self.applies: list[str] = []
+        self.scheduled = scheduled
+        self.rv = 100
+
+    def writes(self) -> int:
+        return 0
+
+    def apply(self, obj: dict[str, Any], *_: Any, **__: Any) -> dict[str, Any]:
+        self.applies.append(f"{obj['kind']}/{obj['metadata']['name']}")
+        key = key_of(obj)
+        held = self.objects.get(key)
+        if held is not None and held["metadata"].get("annotations", {}).get(HASH_ANNOTATION) == \
+                obj["metadata"].get("annotations", {}).get(HASH_ANNOTATION):  # fmt: skip
+            return held  # a no-op
+        self.rv += 1
+        generation = (held or {}).get("metadata", {}).get("generation", 0) + 1
+        fields = [{"manager": "gpu-operator", "operation": "Apply", "time": OURS_AT}]
+        out = {**obj, "metadata": {**obj["metadata"], "generation": generation, "resourceVersion": str(self.rv),
+                                   "managedFields": fields}}  # fmt: skip
+        if obj["kind"] == "DaemonSet":
+            out["status"] = _counted(self.scheduled, generation)
+        self.objects[key] = out
+        return out
+
+    def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *_: Any, **__: Any) -> dict[str, Any]:
+        if kind != "Node":
+            return patch
+        meta = self.nodes.setdefault(name, node(name))["metadata"]
+        for part in ("labels", "annotations"):
+            meta[part] = apply_patch(meta.get(part) or {}, patch["metadata"].get(part) or {})
+        self.rv += 1
+        meta["resourceVersion"] = str(self.rv)
+        return copy.deepcopy(self.nodes[name])
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *a, **k: a[0] if a and isinstance(a[0], dict) else {}
+
+    def rollout_restart(self, name: str) -> None:
+        """`kubectl rollout restart ds/<name>`: another field manager stamps the pod template (generation + 1); our
+        hash annotation stays, and the DaemonSet controller observes the new generation."""
+        key = next(k for k in self.objects if k[0] == "DaemonSet" and k[2] == name)
+        ds = copy.deepcopy(self.objects[key])
+        meta = ds["metadata"]
+        meta["generation"] += 1
+        self.rv += 1
+        meta["resourceVersion"] = str(self.rv)
+        meta["managedFields"] = [*meta["managedFields"],
+                                 {"manager": "kubectl-rollout", "operation": "Update", "time": ROLLOUT_AT}]
+        ds["spec"]["template"]["metadata"].setdefault("annotations", {})["kubectl.kubernetes.io/restartedAt"] = \
+            ROLLOUT_AT
+        ds["status"] = _counted(self.scheduled, meta["generation"])
+        self.objects[key] = ds
+
+
+def test_an_apply_the_api_server_answers_as_a_no_op_is_not_a_change() -> None:
+    """After another manager's write that left our fields as they were (`kubectl rollout restart`), a restarted
+    operator (or a new leader) cannot tell it from a new one: that manager's managedFields entry stays later than
+    ours for good, as a no-op apply does not stamp ours. Each restart so applies the object once more; the API
+    server skips it, yet its answer counted as applied, as though the object had changed. Now an answer with the
+    resourceVersion the object had is no change."""
+    plans = render_all(sample_spec())
+    server = ApiServer()
+    running = Applier(server)  # type: ignore[arg-type]
+    running.apply_states(plans, {})
+    plugin = "nvidia-device-plugin-daemonset"
+    server.rollout_restart(plugin)
+    again = running.apply_states(plans, dict(server.objects))  # the generation moved: taken back once
+    assert server.applies[-1] == f"DaemonSet/{plugin}" and not [o for a in again.values() for o in a.objects]
+    del server.applies[:]
+    running.apply_states(plans, dict(server.objects))
+    assert server.applies == [], "the running operator: steady"
+
+    restarted = Applier(server)  # type: ignore[arg-type]  # same cluster, a new process
+    after = restarted.apply_states(plans, dict(server.objects))
+    assert server.applies == [f"DaemonSet/{plugin}"]  # managedFields cannot say the write is an old one
+    assert not [o for a in after.values() for o in a.objects], "a no-op is no change"
+    del server.applies[:]
+    restarted.apply_states(plans, dict(server.objects))
+    assert server.applies == [], "and steady from then on"
+
+
+def _pods_and_revisions(server: ApiServer, nodes: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every DaemonSet's pod on every node, ready and of its newest revision."""
+    pods, revisions = {}, {}
+    for key, ds in server.objects.items():
+        if key[0] != "DaemonSet":
+            continue
+        name = key[2]
+        labels = {**ds["spec"]["template"]["metadata"]["labels"], "controller-revision-hash": "h1"}
+        for n in nodes:
+            pods[f"{name}-{n}"] = {"metadata": {"name": f"{name}-{n}", "labels": labels}, "node": n, "owner": name,
+                                   "ready": True, "status": {}}  # fmt: skip
+        revisions[f"{name}-h1"] = {"metadata": {"labels": {"controller-revision-hash": "h1"}}, "revision": 1,
+                                   "owner": name}  # fmt: skip
+    return pods, revisions
+
+
+def test_a_restarted_operator_keeps_a_ready_cluster_policy_ready() -> None:
+    """The same snapshot of a settled cluster, a week after an admin's `kubectl rollout restart` of the device
+    plugin: the running operator said ready; a restarted one (or a new leader) applied that DaemonSet again, took
+    the no-op for a change and wrote notReady "changes applied; waiting to observe their effect" (a Warning Event,
+    the failure metrics), then ready again a pass later: on every restart, for good. Now it says ready."""
+    from gpu_operator.nodes import NodeFacts
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+
+    pol = load_policy()
+    pol["metadata"].update(uid="u1", generation=1, resourceVersion="1")
+    names = ["n1", "n2"]
+    server = ApiServer(scheduled=2, nodes=tuple(names))
+
+    def snapshot() -> Snapshot:
+        pods, revisions = _pods_and_revisions(server, names)
+        nodes = {n: NodeFacts.from_node(copy.deepcopy(server.nodes[n])) for n in names}
+        return Snapshot(nodes=nodes, policies={"cluster-policy": pol}, owned=dict(server.objects), pods=pods,
+                        revisions=revisions)  # fmt: skip
+
+    running = Reconciler(server, "gpu-operator")  # type: ignore[arg-type]
+    running.reconcile(snapshot())  # creates everything
+    server.rollout_restart("nvidia-device-plugin-daemonset")
+    running.reconcile(snapshot())
+    steady = running.reconcile(snapshot())
+    assert steady.ready is True and not steady.applied
+
+    restarted = Reconciler(server, "gpu-operator")  # type: ignore[arg-type]
+    after = restarted.reconcile(snapshot())
+    assert (after.ready, after.applied) == (True, [])
 
 
 def test_a_patch_decided_on_a_view_older_than_our_own_write_is_not_sent_again() -> None:

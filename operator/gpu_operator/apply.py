@@ -39,7 +39,7 @@ def labels_of(obj: dict[str, Any]) -> dict[str, str]:
 class Applied:
     """What applying one state's objects did."""
 
-    objects: list[dict[str, Any]] = field(default_factory=list)
+    objects: list[dict[str, Any]] = field(default_factory=list)  # as written (an apply that changed nothing: not)
     failed: str | None = None  # the last object the API server refused, with its message
     refused: dict[Key, str] = field(default_factory=dict)  # each object the API server refused: its message
 
@@ -93,7 +93,8 @@ class Applier:
                 message = f"{obj['kind']} {obj['metadata']['name']}: {result.message}"
                 out[state].failed = out[state].refused[key] = message
             else:
-                out[state].objects.append(result)
+                if not _same_version(live.get(key), result):  # else a no-op: the object is as it was
+                    out[state].objects.append(result)
                 live[key] = result
         return out
 
@@ -161,7 +162,10 @@ class Applier:
         meta = live.get("metadata") or {}
         version, what = _version(live)
         ours = self._versions.get(key_of(live))
-        if ours is None:  # not applied since we started: did another writer come after our last apply?
+        # Not applied since we started: did another writer come after our last apply? One whose write left our
+        # fields as they were stays later for good (a no-op apply does not stamp our entry): each restart sends that
+        # object one apply, which the API server skips and apply_states does not count as a change.
+        if ours is None:
             if not foreign_write_after_ours(meta.get("managedFields") or []):
                 self._versions[key_of(live)] = version
                 return False
@@ -295,6 +299,13 @@ def _version(obj: dict[str, Any]) -> tuple[int, str]:
     if isinstance(generation, int):
         return generation, "generation"
     return resource_version(obj), "resourceVersion"
+
+
+def _same_version(before: dict[str, Any] | None, after: dict[str, Any]) -> bool:
+    """Whether an apply's answer is the object as it was (the API server skips an apply that changes nothing:
+    the resourceVersion stays)."""
+    version = ((before or {}).get("metadata") or {}).get("resourceVersion")
+    return bool(version) and (after.get("metadata") or {}).get("resourceVersion") == version
 
 
 def _hash(obj: dict[str, Any] | None) -> str | None:

@@ -1509,3 +1509,35 @@ def test_the_inputs_a_pass_keeps_start_over_after_a_call_that_failed() -> None:
     got = kept.over(nodes, PodIndex.of(good), revisions, {})
     assert sorted(got, key=lambda n: n.name) == upgrade_nodes(nodes, good, revisions, {})
     assert all(n.driver_pod is not None for n in got)
+
+
+def test_a_restarted_operator_posts_no_stuck_node_event_the_status_names() -> None:
+    """The event on a node stuck mid-upgrade (here upgrade-failed) was deduplicated only in memory: every restart
+    and leader hand-over posted it again, though status.upgrade.waiting names the node, its state and the same
+    reason. Now a node the previous status names so gets no event; a new reason does."""
+    from gpu_operator.api import parse_spec
+    from gpu_operator.nodes import deploy_label
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.upgrade.orchestrate import orchestrate
+    from support import EchoKube, load_policy, node
+
+    spec = parse_spec(load_policy()["spec"])
+    assert spec.driver.upgrade_policy.auto_upgrade
+
+    def orchestrated(reason: str, said: list[dict[str, Any]]) -> tuple[list[str], dict[str, Any]]:
+        obj = node("n1", labels={STATE_LABEL: "upgrade-failed", deploy_label("driver"): "true"})
+        obj["metadata"]["annotations"] = {FAILURE_REASON_ANNOTATION: reason}
+        snap = Snapshot(nodes={"n1": NodeFacts.from_node(obj)}, policies={}, owned={}, pods={}, revisions={})
+        posted: list[str] = []
+        out = orchestrate(EchoKube(), "gpu-operator", spec, snap,  # type: ignore[arg-type]
+                          lambda ref, etype, reason, message: posted.append(message), said=said)  # fmt: skip
+        assert out.status is not None
+        return posted, out.status
+
+    posted, status = orchestrated("driver pod crash-looping", [])
+    assert [m.split(";")[0] for m in posted] == ["upgrade-failed: upgrade failed: driver pod crash-looping"]
+    assert status["waiting"][0]["node"] == "n1"
+    again, _ = orchestrated("driver pod crash-looping", status["waiting"])  # restarted: the status says it
+    assert again == []
+    other, _ = orchestrated("validation timed out", status["waiting"])
+    assert [m.split(";")[0] for m in other] == ["upgrade-failed: upgrade failed: validation timed out"]

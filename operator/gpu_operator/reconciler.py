@@ -424,11 +424,12 @@ class Reconciler:
         by_name = {n.name: n for n in nodes}
         was_moved = self.moved
         moved = None if was_moved is None else lambda name: was_moved(by_name[name])
+        said = ((policy.get("status") or {}).get("upgrade") or {}).get("waiting") or []
         if assignment is not None:
-            upgrade = self._orchestrate_nvidia_drivers(spec, snap, by_name, assignment, groups, moved)
+            upgrade = self._orchestrate_nvidia_drivers(spec, snap, by_name, assignment, groups, moved, said)
         else:
             upgrade = orchestrate(self.kube, self.namespace, spec, snap.with_nodes(by_name), self.events,
-                                  moved=moved, kept=self._kept)
+                                  moved=moved, kept=self._kept, said=said)
         settling = bool(patches or held or out.applied or out.deleted)
         # Not ready only by DaemonSets' readiness: what came since the snapshot may make them ready.
         only_waiting = bool(waiting) and len(waiting) == sum(r.state == "notReady" for r in results)
@@ -502,10 +503,11 @@ class Reconciler:
         assignment: nvidiadriver.Assignment,
         groups: tuple[nvidiadriver.DriverGroup, ...],
         moved: Callable[[str], bool] | None,
+        said: Sequence[dict[str, Any]] = (),
     ) -> Orchestrated:
         """Each NVIDIADriver's nodes by its own upgradePolicy, and all of them within the ClusterPolicy's
         maxParallelUpgrades and maxUnavailable (over every node the NVIDIADrivers drive, whatever the ClusterPolicy's
-        autoUpgrade: beyond upstream). `moved`: as orchestrate's."""
+        autoUpgrade: beyond upstream). `moved`, `said`: as orchestrate's."""
         parts = [(g, snap.with_nodes({k: by_name[k] for k in assignment.nodes_of(g.name) if k in by_name}))
                  for g in groups]  # fmt: skip
         self._group_kept = kept = {g.name: self._group_kept.get(g.name) or UpgradeKept() for g in groups}
@@ -516,7 +518,7 @@ class Reconciler:
         totals: dict[str, int] = {}
         for group, part in parts:
             one = orchestrate(self.kube, self.namespace, group.spec, part, self.events, limit=limit, gauges=False,
-                              moved=moved, kept=kept[group.name], managed=managed[group.name])
+                              moved=moved, kept=kept[group.name], managed=managed[group.name], said=said)
             limit = limit.after(one.started, one.made_unavailable)
             out.busy = out.busy or one.busy
             out.deferred += one.deferred

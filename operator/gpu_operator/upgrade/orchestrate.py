@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,11 +81,14 @@ def orchestrate(
     moved: Callable[[str], bool] | None = None,
     kept: UpgradeKept | None = None,
     managed: list[UpgradeNode] | None = None,
+    said: Iterable[dict[str, Any]] = (),
 ) -> Orchestrated:
     """`snap` carries the nodes as this pass has labelled them. `limit`: cluster-wide limits left (several
     NVIDIADrivers); `gauges` False: the caller sets the metrics from the counters of all of them. `moved(node)`:
     whether the node moved on since `snap` (see `advance`): its actions are dropped. `kept`: the planner inputs
-    kept from the last pass (managed_nodes); `managed`: managed_nodes(spec, snap, kept) when the caller has it."""
+    kept from the last pass (managed_nodes); `managed`: managed_nodes(spec, snap, kept) when the caller has it.
+    `said`: the previous status.upgrade.waiting (a node it names in the same state, for the same reason, gets no
+    event again: read from the status, so a restarted operator posts nothing new at steady state)."""
     if managed is None:
         managed = managed_nodes(spec, snap, kept)
     policy = spec.driver.upgrade_policy
@@ -123,10 +126,12 @@ def orchestrate(
     for n in managed if c.failed else ():  # a failed node says why it failed
         if n.state == FAILED and n.name not in reasons:
             reasons[n.name] = "failed: " + n.annotations.get(FAILURE_REASON_ANNOTATION, "see its events")
-    stuck = sorted((n, r) for n, r in reasons.items() if states.get(n) in IN_PROGRESS_STATES)
+    # A node whose writes were left for the next pass is named then (its event comes with them).
+    stuck = sorted((n, r) for n, r in reasons.items() if states.get(n) in IN_PROGRESS_STATES and n not in left)
+    before = {(w.get("node"), w.get("state"), w.get("reason")) for w in said}
     for node, reason in stuck:  # an event on each node that waits mid-upgrade, when its reason changes
-        if node in result.quiet or node in left:
-            continue  # ordinary progress (a pod starting): status.upgrade.waiting says it, no event
+        if node in result.quiet or (node, states[node], steady(reason)) in before:
+            continue  # ordinary progress (a pod starting), or said already: status.upgrade.waiting says it
         ref = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}
         events(ref, "Normal", EVENT_REASON, f"{states[node]}: {steady(reason)}")
     return Orchestrated(

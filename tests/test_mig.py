@@ -393,6 +393,29 @@ def run_pass(nodes: list[NodeFacts], config: str | None = CUSTOM) -> tuple[mig.D
     return decision, after
 
 
+def test_a_refusal_or_wait_the_status_names_gets_no_event_again() -> None:
+    """The MIGLayoutRefused / waiting events were deduplicated only in memory (the event recorder's): every restart
+    and leader hand-over posted them again, though the MIGConfig condition names each node, layout and why. Now one
+    the previous condition names is not posted again; a new reason is."""
+    snap = Snapshot(nodes={}, policies={}, owned={}, pods={}, revisions={})
+    posted: list[str] = []
+    decision, _, _ = mig_pass.run(FakeKube(), "gpu-operator", SPEC, snap, [node("nope")],  # type: ignore[arg-type]
+                                  lambda ref, etype, reason, message: posted.append(reason))  # fmt: skip
+    assert posted == [mig.EVENT_REFUSED]
+    said = mig.condition(decision, 1, [], "t0")
+    assert said is not None
+    held = node("nope", **{MANAGER: mig.PAUSED})
+    mig_pass.run(FakeKube(), "gpu-operator", SPEC, snap, [held],  # type: ignore[arg-type]
+                 lambda ref, etype, reason, message: posted.append(reason), previous=[said])  # fmt: skip
+    assert posted == [mig.EVENT_REFUSED], "restarted: the status says it already"
+
+    waits = decide(node(), pods=[GPU_POD])
+    said = mig.condition(waits, 1, [], "t0")
+    assert said is not None and mig.unsaid(waits.events, [said]) == []
+    other = decide(node(), pods=[WorkloadPod("team", "eval", "n1", uses_gpu=True)])
+    assert [e.reason for e in mig.unsaid(other.events, [said])] == [mig.EVENT_WAITING]  # another pod: said anew
+
+
 def test_a_node_seen_first_is_judged_by_the_users_config() -> None:
     """A node with no approved label yet (a new node, or every node after install): the pass read the user's
     ConfigMap only for nodes asking for a change, so a first sight was judged by the default table: `team-a` refused

@@ -773,6 +773,46 @@ def test_a_node_event_whose_cause_went_away_is_posted_again_when_it_comes_back()
     assert len(refused) == 2 and "nope" in refused[0] and refused[0] == refused[1], refused
 
 
+def test_a_restarted_operator_posts_no_node_event_the_status_says_already() -> None:
+    """A MIG layout refused and a node whose upgrade failed: their Warnings were deduplicated only in memory, so a
+    restarted operator (or a new leader) posted them again on the same cluster, though the MIGConfig condition and
+    status.upgrade.waiting say the same. Now a fresh reconciler over the status the running one wrote posts
+    nothing."""
+    from gpu_operator import mig
+    from gpu_operator.nodes import MIG_CONFIG, NodeFacts
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+    from gpu_operator.upgrade.model import EVENT_REASON, FAILURE_REASON_ANNOTATION, STATE_LABEL
+    from support import node
+
+    class Kube(EchoKube):
+        def __init__(self) -> None:
+            super().__init__()
+            self.posted: list[str] = []
+
+        def create(self, obj: dict[str, Any], **_: Any) -> dict[str, Any]:
+            self.posted.append(obj["reason"])
+            return obj
+
+    obj = node("gpu-1", labels={"nvidia.com/mig.capable": "true", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
+                                MIG_CONFIG: "nope", mig.MANAGER_LABEL: "true", mig.APPROVED: "all-disabled",
+                                STATE_LABEL: "upgrade-failed"})  # fmt: skip
+    obj["metadata"]["annotations"] = {FAILURE_REASON_ANNOTATION: "driver pod crash-looping"}
+    pol = policy_object()
+
+    def snapshot() -> Snapshot:
+        return Snapshot(nodes={"gpu-1": NodeFacts.from_node(obj)}, policies={"cluster-policy": pol}, owned={},
+                        pods={}, revisions={})  # fmt: skip
+
+    kube = Kube()
+    Reconciler(kube, "gpu-operator").reconcile(snapshot())  # type: ignore[arg-type]
+    assert {mig.EVENT_REFUSED, EVENT_REASON} <= set(kube.posted), kube.posted
+    pol["status"] = kube.statuses[("ClusterPolicy", "cluster-policy")]  # as the watch brings it back
+    again = Kube()
+    Reconciler(again, "gpu-operator").reconcile(snapshot())  # type: ignore[arg-type]
+    assert again.posted == []
+
+
 def test_an_event_post_that_finds_the_api_server_unreachable_does_not_cut_the_pass() -> None:
     """An Event create that could not connect (Unreachable) went out of the recorder and ended the pass where it
     stood (a MIG refusal's Warning, posted before the objects are applied: nothing applied, no status). Events are

@@ -312,6 +312,7 @@ class NodeEvent:
     type: str
     reason: str
     message: str
+    said: str = field(default="", compare=False)  # how the MIGConfig condition names the same (_said), if it does
 
 
 @dataclass
@@ -484,7 +485,8 @@ def _gate(
         out.refused.append((name, want, why))
         if not held:
             out._set(name, MANAGER_LABEL, PAUSED)
-        out.events.append(NodeEvent(name, "Warning", EVENT_REFUSED, f"MIG layout {want!r} {why}"))
+        out.events.append(NodeEvent(name, "Warning", EVENT_REFUSED, f"MIG layout {want!r} {why}",
+                                    said=_said(name, want, why)))
         return
     if approved is None and state not in IN_PROGRESS:  # first sight: what the node has is taken as let through
         out._set(name, APPROVED, want)
@@ -513,7 +515,8 @@ def _gate(
             out._set(name, MANAGER_LABEL, PAUSED)
         if state != "pending":
             out._set(name, MIG_CONFIG_STATE, "pending")
-        out.events.append(NodeEvent(name, "Normal", EVENT_WAITING, f"MIG layout {want!r} waits: {why}"))
+        out.events.append(NodeEvent(name, "Normal", EVENT_WAITING, f"MIG layout {want!r} waits: {why}",
+                                    said=_said(name, want, f"waits: {why}")))
         return
     out._set(name, APPROVED, want)
     if held:
@@ -527,8 +530,8 @@ def condition(
     None when no node is MIG-managed and the config is fine."""
     if not decision.managed and not decision.refused and not decision.config_error:
         return None
-    parts = [f"node {n}: layout {lay!r} {why}" for n, lay, why in decision.refused]
-    parts += [f"node {n}: layout {lay!r} waits: {why}" for n, lay, why in decision.waiting]
+    parts = [_said(n, lay, why) for n, lay, why in decision.refused]
+    parts += [_said(n, lay, f"waits: {why}") for n, lay, why in decision.waiting]
     if decision.config_error and not decision.refused:  # refused layouts name it already
         parts.insert(0, f"{decision.config_error}: mig-manager would fail every layout change")
     if decision.refused:
@@ -551,3 +554,16 @@ def condition(
         "lastTransitionTime": since,
         "observedGeneration": generation,
     }
+
+
+def _said(node: str, layout: str, why: str) -> str:
+    """How the MIGConfig condition names a node's refused or waiting layout."""
+    return f"node {node}: layout {layout!r} {why}"
+
+
+def unsaid(events: Iterable[NodeEvent], previous: list[dict[str, Any]]) -> list[NodeEvent]:
+    """The events but those whose refusal or wait the previous MIGConfig condition names already: read from the
+    status, so a restarted operator or a new leader posts nothing new at steady state."""
+    before: dict[str, Any] = next((c for c in previous if c.get("type") == CONDITION), {})
+    text = f"; {before.get('message') or ''}; "
+    return [e for e in events if not e.said or f"; {e.said}; " not in text]

@@ -95,12 +95,14 @@ def run(
     events: Recorder,
     fold: Collection[str] = (),
     kept: MigKept | None = None,
+    previous: list[dict[str, Any]] | None = None,
 ) -> tuple[mig.Decision, list[NodeFacts], dict[str, dict[str, str | None]]]:
     """One pass: the decision, the nodes as its label patches leave them, and the patches left to the caller.
 
     `fold`: nodes the caller patches later in this pass anyway; a patch that only records a layout as let through
     is left to go with that patch (one write per node instead of two) rather than written here. `kept`: what the
-    last pass worked out per node, kept (see MigKept)."""
+    last pass worked out per node, kept (see MigKept). `previous`: the policy's status conditions (a refusal or
+    wait its MIGConfig condition names gets no event again)."""
     managed = None
     busy: list[NodeFacts] = nodes
     if kept is not None:
@@ -138,7 +140,7 @@ def run(
                 raise
     if folded:
         log.info("MIG: %d nodes' layouts recorded as let through, with their label patches", len(folded))
-    for e in decision.events:
+    for e in mig.unsaid(decision.events, previous or []):
         events({"apiVersion": "v1", "kind": "Node", "metadata": {"name": e.node}}, e.type, e.reason, e.message)
     if decision.evict:
         drain = spec.driver.upgrade_policy.drain

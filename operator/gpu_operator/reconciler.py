@@ -343,7 +343,7 @@ class Reconciler:
         versions = {n.name: n.resource_version for n in nodes if n.name in patches}
         nodes = relabelled(relabelled(nodes, patches), early)
         migs, nodes, folded = mig_pass.run(self.kube, self.namespace, spec, snap, nodes, self.events, set(patches),
-                                           self._mig)  # fmt: skip
+                                           self._mig, (policy.get("status") or {}).get("conditions"))  # fmt: skip
         # The MIG pass wrote its labels already (but those it left to the label patch); the label patch (sent after
         # the objects) must not undo them.
         for name, mig_labels in folded.items():

@@ -12,6 +12,7 @@ import yaml
 
 from gpu_operator import nvidiadriver
 from gpu_operator.api import ClusterPolicySpec, parse_spec
+from gpu_operator.kube import ApiError
 from gpu_operator.nodes import NodeFacts
 from gpu_operator.render import StatePlan, driver_node_patches, driver_routing, node_patches, plan, relabelled
 from gpu_operator.states import RenderContext
@@ -96,6 +97,43 @@ class RecordingKube(EchoKube):
     def delete(self, kind: str, name: str, namespace: str | None = None, *_: Any, **__: Any) -> bool:
         self._note("delete", (kind, namespace or "", name))
         return True
+
+
+def merge(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch, as the API server applies application/merge-patch+json (a list replaces the
+    whole list)."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge(out.get(k), v)
+    return out
+
+
+class ServerKube(RecordingKube):
+    """RecordingKube that holds some objects as the API server does (`objects`, by (kind, name)): a merge patch to
+    one is merged into it and gives it a new resourceVersion; one that names another resourceVersion than the
+    object's (a precondition) is refused with 409."""
+
+    def __init__(self, objects: dict[tuple[str, str], dict[str, Any]]) -> None:
+        super().__init__()
+        self.objects = objects
+
+    def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *a: Any, **k: Any) -> dict[str, Any]:
+        live = self.objects.get((kind, name))
+        if live is None:
+            return super().merge_patch(kind, name, patch, *a, **k)
+        version = live["metadata"].get("resourceVersion") or "0"
+        if (patch.get("metadata") or {}).get("resourceVersion") not in (None, version):
+            raise ApiError(409, '{"message": "the object has been modified"}', f"PATCH {kind} {name}", "Conflict")
+        super().merge_patch(kind, name, patch, *a, **k)
+        self.objects[(kind, name)] = merge(live, patch)
+        self.objects[(kind, name)]["metadata"]["resourceVersion"] = str(int(version) + 1)
+        return self.objects[(kind, name)]
+
 
 
 def sample_spec() -> ClusterPolicySpec:

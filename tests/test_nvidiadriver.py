@@ -608,6 +608,30 @@ def test_unsupported_fields_are_named_in_the_status() -> None:
     assert cond["status"] == "True" and "podSecurityContext" in cond["message"]
 
 
+def test_a_condition_another_writer_set_on_an_nvidiadriver_stays_and_alone_makes_no_write() -> None:
+    """An NVIDIADriver's status was built from our Ready, Error and UnsupportedFields alone and merge-patched whole:
+    a condition of another type that another controller set was removed, and, being there, made every pass write.
+    Upstream sets its own on the latest conditions (internal/conditions/nvidiadriver.go, meta.SetStatusCondition).
+    Now it is sent back as it is, and alone is no change to write."""
+    from gpu_operator.status_writer import StatusWriter
+    from support import ServerKube
+
+    foreign = {"type": "example.com/Audited", "status": "True", "reason": "PolicyChecked",
+               "message": "checked by the audit controller", "lastTransitionTime": "2026-01-01T00:00:00Z"}  # fmt: skip
+    driver = NVIDIADriver.from_object({"metadata": {"name": "default", "uid": "u", "generation": 1}, "spec": {}})
+    obj = {"metadata": {"name": "default", "resourceVersion": "1"},
+           "status": {"state": "disabled", "conditions": [foreign]}}  # fmt: skip
+    kube = ServerKube({("NVIDIADriver", "default"): copy.deepcopy(obj)})
+    writer = StatusWriter(kube, lambda *a, **k: None)  # type: ignore[arg-type]
+    status = nvidiadriver.driver_status(driver, None, None, "gpu-operator", obj["status"], "t0")
+    writer.write(obj, status, quiet=True, kind="NVIDIADriver")
+    live = kube.objects[("NVIDIADriver", "default")]
+    assert foreign in live["status"]["conditions"], [c["type"] for c in live["status"]["conditions"]]
+    assert writer.write(live, nvidiadriver.driver_status(driver, None, None, "gpu-operator", live["status"], "t1"),
+                        quiet=True, kind="NVIDIADriver")  # fmt: skip
+    assert len(kube.written) == 1, "the other writer's condition alone is no change"
+
+
 def test_crd_has_printer_columns_and_rules() -> None:
     crd = nvidiadriver_crd()
     version = crd["spec"]["versions"][0]

@@ -128,6 +128,11 @@ def conditions(st: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {c["type"]: c for c in st["conditions"]}
 
 
+# A condition another controller puts on the status.
+FOREIGN_CONDITION = {"type": "example.com/Audited", "status": "True", "reason": "PolicyChecked",
+                     "message": "checked by the audit controller", "lastTransitionTime": T0}  # fmt: skip
+
+
 def test_psa_labels_the_namespace_privileged_for_enforce_audit_and_warn() -> None:
     """Upstream (state_manager.go setPodSecurityLabelsForNamespace, podSecurityModes) sets all three pod-security
     labels to privileged. Ours set enforce alone, so where admission defaults audit or warn to baseline or
@@ -734,6 +739,36 @@ def test_a_transient_api_error_keeps_the_other_conditions_and_the_upgrade_status
     status = written[-1]
     assert status.get("upgrade") == upgrade, status.get("upgrade")
     assert any(c["type"] == "DriverRefused" for c in status["conditions"]), [c["type"] for c in status["conditions"]]
+
+
+def test_a_pass_keeps_a_condition_another_writer_set_and_it_alone_makes_no_write() -> None:
+    """The status was built from our own condition types alone and merge-patched whole (the list replaced): a
+    condition another controller (an audit or GitOps health check) put on the ClusterPolicy's status was removed by
+    the next pass that wrote the status, and, being there, made every pass write. Upstream sets its Ready and Error
+    on the latest conditions (internal/conditions/clusterpolicy.go, meta.SetStatusCondition). Now a condition of a
+    type we do not write is sent back as it is, and alone is no change to write."""
+    from gpu_operator.lifecycle import CLEANUP_FINALIZER
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+    from gpu_operator.status_writer import StatusWriter
+    from support import RecordingKube, facts
+
+    pol = policy_object()
+    pol["metadata"]["finalizers"] = [CLEANUP_FINALIZER]
+    pol["status"] = status(previous=None)
+    pol["status"]["conditions"].append(FOREIGN_CONDITION)
+    snap = Snapshot(nodes={"gpu-1": facts("gpu-1")}, policies={"cluster-policy": pol}, owned={}, pods={},
+                    revisions={})  # fmt: skip
+    kube = RecordingKube()
+    Reconciler(kube, "gpu-operator").reconcile(snap)  # type: ignore[arg-type]
+    written = kube.statuses[("ClusterPolicy", "cluster-policy")]
+    assert FOREIGN_CONDITION in written["conditions"], [c["type"] for c in written["conditions"]]
+    assert len({c["type"] for c in written["conditions"]}) == len(written["conditions"])
+
+    ours = {**written, "conditions": [c for c in written["conditions"] if c != FOREIGN_CONDITION]}
+    kube = RecordingKube()
+    StatusWriter(kube, EventRecorder(kube)).write({**pol, "status": written}, ours)  # type: ignore[arg-type]
+    assert not kube.statuses, "the other writer's condition alone is no change"
 
 
 def test_a_node_event_whose_cause_went_away_is_posted_again_when_it_comes_back() -> None:

@@ -2,7 +2,10 @@
 when its state does (unless quiet).
 
 A change of progress only (messages and counts, while pods come up on a thousand nodes) is written at most every
-PROGRESS_INTERVAL_S per object; anything else (a state, a condition, a reason) at once."""
+PROGRESS_INTERVAL_S per object; anything else (a state, a condition, a reason) at once.
+
+A condition of a type we do not write (another controller's) is kept as the object has it: the merge patch
+replaces the whole list, so it is sent back with ours, and it alone never makes a write."""
 
 from __future__ import annotations
 
@@ -10,11 +13,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from . import compat, mig, sharing
 from .events import EventRecorder
 from .kube import Kube
-from .status import progress_only, status_changed
+from .status import UNSUPPORTED_FIELDS, progress_only, status_changed
 
 PROGRESS_INTERVAL_S = 3.0
+# The condition types we write, by kind.
+OWN_CONDITIONS = {
+    "ClusterPolicy": frozenset(("Ready", "Error", UNSUPPORTED_FIELDS, compat.CONDITION, sharing.CONDITION,
+                                mig.CONDITION)),
+    "NVIDIADriver": frozenset(("Ready", "Error", UNSUPPORTED_FIELDS)),
+}  # fmt: skip
 
 
 class StatusWriter:
@@ -29,6 +39,11 @@ class StatusWriter:
         """Write `status` if it changed; False when a progress-only change was held back (the caller passes
         again soon, and writes it then). `quiet`: no Event for a new state (NVIDIADrivers' statuses are written so)."""
         old = policy.get("status")
+        # Another controller's conditions: left out of the comparison, sent back as they are.
+        mine = OWN_CONDITIONS[kind] | {c["type"] for c in status["conditions"]}
+        theirs = [c for c in (old or {}).get("conditions") or [] if c.get("type") not in mine]
+        if old and theirs:
+            old = {**old, "conditions": [c for c in old["conditions"] if c.get("type") in mine]}
         if not status_changed(old, status):
             return True
         name = policy["metadata"]["name"]
@@ -38,7 +53,8 @@ class StatusWriter:
         self._written[(kind, name)] = self.clock()
         # A merge patch keeps keys it does not name: drop the ones the new status no longer has (status.upgrade).
         gone = {k: None for k in (old or {}) if k not in status}
-        self.kube.merge_patch(kind, name, {"status": {**gone, **status}}, sub="status")
+        body = {**gone, **status, "conditions": status["conditions"] + theirs}
+        self.kube.merge_patch(kind, name, {"status": body}, sub="status")
         if (old or {}).get("state") != status["state"] and not quiet:
             ready: dict[str, Any] = next((c for c in status["conditions"] if c["type"] == "Ready"), {})
             etype = "Normal" if status["state"] in ("ready", "disabled") else "Warning"

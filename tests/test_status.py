@@ -105,6 +105,61 @@ def test_a_deleted_active_policy_is_let_go_only_once_the_next_one_owns_its_objec
     assert released(kube)
 
 
+def test_our_finalizer_is_added_without_dropping_one_another_controller_added_since_the_pass_read_the_policy() -> None:
+    """Our finalizer was added by a merge patch of the whole finalizers list as the pass read it, with no
+    precondition: a merge patch replaces lists, so a finalizer another controller (a backup's, say) added since was
+    removed, and its clean-up never ran. Upstream's EnsureFinalizer patches with MergeFromWithOptimisticLock. Now
+    the patch carries the resourceVersion it was decided on: the API server refuses a stale one (409), the pass
+    goes on and the next, soon after, adds it to the list as it is then."""
+    from gpu_operator.lifecycle import CLEANUP_FINALIZER
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+    from support import ServerKube, facts
+
+    seen = policy_object()  # the pass's view: no finalizer yet
+    live = copy.deepcopy(seen)
+    live["metadata"].update(finalizers=["backup.example.com/protect"], resourceVersion="2")
+    kube = ServerKube({("ClusterPolicy", "cluster-policy"): live})
+    r = Reconciler(kube, "gpu-operator")  # type: ignore[arg-type]
+    nodes = {"gpu-1": facts("gpu-1")}
+    out = r.reconcile(Snapshot(nodes=nodes, policies={"cluster-policy": seen}, owned={}, pods={}, revisions={}))
+    now = kube.objects[("ClusterPolicy", "cluster-policy")]
+    assert now["metadata"]["finalizers"] == ["backup.example.com/protect"]
+    assert out.busy, "the next pass comes soon"
+    assert kube.statuses, "the pass went on"
+    r.reconcile(Snapshot(nodes=nodes, policies={"cluster-policy": copy.deepcopy(now)}, owned={}, pods={},
+                         revisions={}))  # fmt: skip
+    finalizers = kube.objects[("ClusterPolicy", "cluster-policy")]["metadata"]["finalizers"]
+    assert finalizers == ["backup.example.com/protect", CLEANUP_FINALIZER]
+
+
+def test_a_deleted_policy_is_let_go_without_putting_back_a_finalizer_its_owner_removed_since() -> None:
+    """Letting a deleted policy go wrote the finalizers list as the pass read it without ours, with no
+    precondition: a finalizer its owner removed since was put back (the API server refuses that on an object being
+    deleted, so the pass failed). Now the patch carries the resourceVersion: refused with 409, the next pass, soon
+    after, lets the policy go."""
+    from gpu_operator.apply import Applier
+    from gpu_operator.lifecycle import CLEANUP_FINALIZER, Lifecycle
+    from gpu_operator.observe import Snapshot
+    from support import ServerKube
+
+    seen = policy_object()
+    seen["metadata"].update(finalizers=[CLEANUP_FINALIZER, "backup.example.com/protect"], deletionTimestamp=T2)
+    live = copy.deepcopy(seen)
+    live["metadata"].update(finalizers=[CLEANUP_FINALIZER], resourceVersion="2")
+    kube = ServerKube({("ClusterPolicy", "cluster-policy"): live})
+    lifecycle = Lifecycle(kube, "gpu-operator", Applier(kube))  # type: ignore[arg-type]
+
+    def let_go(policy: dict[str, Any]) -> bool:
+        return lifecycle.cleanup_deleted(Snapshot(nodes={}, policies={"cluster-policy": copy.deepcopy(policy)},
+                                                  owned={}, pods={}, revisions={}))  # fmt: skip
+
+    assert not let_go(seen)
+    assert kube.objects[("ClusterPolicy", "cluster-policy")]["metadata"]["finalizers"] == [CLEANUP_FINALIZER]
+    assert let_go(kube.objects[("ClusterPolicy", "cluster-policy")])
+    assert kube.objects[("ClusterPolicy", "cluster-policy")]["metadata"]["finalizers"] == []
+
+
 # Reasons
 
 READY = [StateResult("state-driver", "ready"), StateResult("state-dcgm", "disabled")]

@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from .apply import Applier
-from .kube import Kube
+from .kube import ApiError, Kube
 from .mig import APPROVED as MIG_APPROVED
 from .nodes import DRIVER_KERNEL, GPU_PRESENT, RUNTIME_LABEL, our_deploy_labels
 from .nvidiadriver_api import OWNER_LABEL
@@ -30,12 +30,31 @@ class Lifecycle:
         self.applier = applier
         self._namespace_psa: bool | None = None  # the namespace was checked for this psa setting
 
-    def ensure_finalizer(self, policy: dict[str, Any]) -> None:
+    def ensure_finalizer(self, policy: dict[str, Any]) -> bool:
+        """Our finalizer is on the ClusterPolicy; False when the policy changed since it was read (see
+        `_set_finalizers`): the caller passes again soon."""
         meta = policy["metadata"]
         finalizers = meta.get("finalizers") or []
-        if CLEANUP_FINALIZER not in finalizers:
-            patch = {"metadata": {"finalizers": [*finalizers, CLEANUP_FINALIZER]}}
+        if CLEANUP_FINALIZER in finalizers:
+            return True
+        return self._set_finalizers(meta, [*finalizers, CLEANUP_FINALIZER])
+
+    def _set_finalizers(self, meta: dict[str, Any], finalizers: list[str]) -> bool:
+        """A merge patch replaces the whole list: it carries the resourceVersion it was decided on, so that a
+        finalizer another controller added or removed since is not undone (the API server refuses it with 409).
+        False when refused so: the next pass reads it again."""
+        patch: dict[str, Any] = {"metadata": {"finalizers": finalizers}}
+        if meta.get("resourceVersion"):
+            patch["metadata"]["resourceVersion"] = meta["resourceVersion"]
+        try:
             self.kube.merge_patch("ClusterPolicy", meta["name"], patch)
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+            log.info("ClusterPolicy %s changed since it was read: its finalizers are written on the next pass",
+                     meta["name"])  # fmt: skip
+            return False
+        return True
 
     def ensure_namespace(self, psa: bool) -> None:
         """The operand namespace exists (labelled privileged for enforce, audit and warn with psa.enabled): read once
@@ -50,10 +69,12 @@ class Lifecycle:
             self.kube.merge_patch("Namespace", self.namespace, {"metadata": {"labels": PSA_LABELS}})
         self._namespace_psa = psa
 
-    def cleanup_deleted(self, snap: Snapshot) -> None:
+    def cleanup_deleted(self, snap: Snapshot) -> bool:
         """A ClusterPolicy being deleted with no other to take over: remove our node labels, then let it go. With
         another to take over: let it go once none of our objects has it as its only owner (the garbage collector
-        would delete those); the other's pass re-owns them, and their watch events bring the pass that lets it go."""
+        would delete those); the other's pass re-owns them, and their watch events bring the pass that lets it go.
+        False when one changed since it was read and is not let go yet (the caller passes again soon)."""
+        done = True
         remaining = [p for p in snap.policies.values() if not p["metadata"].get("deletionTimestamp")]
         for policy in snap.policies.values():
             meta = policy["metadata"]
@@ -81,8 +102,11 @@ class Lifecycle:
                         patches[node.name] = {"labels": drop}
                 self.applier.patch_nodes(patches)
             finalizers = [f for f in meta.get("finalizers") or [] if f != CLEANUP_FINALIZER]
-            self.kube.merge_patch("ClusterPolicy", meta["name"], {"metadata": {"finalizers": finalizers}})
-            log.info("ClusterPolicy %s deleted; node labels cleaned up", meta["name"])
+            if self._set_finalizers(meta, finalizers):
+                log.info("ClusterPolicy %s deleted; node labels cleaned up", meta["name"])
+            else:
+                done = False
+        return done
 
     def _stop_label_writers(self, snap: Snapshot) -> bool:
         """Delete our mig-manager DaemonSet; True while its pods may still write labels. A mig-manager mid-change

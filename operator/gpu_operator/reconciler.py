@@ -227,7 +227,8 @@ class Reconciler:
         gpu_nodes = [n for n in snap.nodes.values() if n.has_gpu]
         metrics.gpu_nodes_total.set(len(gpu_nodes))
         metrics.reconciliation_has_nfd_labels.set(int(any(n.has_nfd for n in snap.nodes.values())))
-        self.lifecycle.cleanup_deleted(snap)
+        if not self.lifecycle.cleanup_deleted(snap):
+            out.busy = True  # a policy changed since it was read: its finalizer is let go on the next pass
         if active is None or snap.policies[active]["metadata"].get("deletionTimestamp"):
             self.labelling = None
         if active is None:
@@ -269,7 +270,8 @@ class Reconciler:
 
     def _reconcile_active(self, policy: dict[str, Any], snap: Snapshot, out: Outcome) -> None:
         meta = policy["metadata"]
-        self.lifecycle.ensure_finalizer(policy)
+        if not self.lifecycle.ensure_finalizer(policy):
+            out.busy = True  # the policy changed since it was read: its finalizer is added on the next pass
         generation = meta.get("generation")
         try:
             spec, new_spec = self._parse(policy.get("spec"), allows_unknown(meta))

@@ -939,3 +939,94 @@ def test_an_event_post_that_finds_the_api_server_unreachable_does_not_cut_the_pa
     now[0] += UNREACHABLE_RETRY_S
     r.events({"kind": "Node", "metadata": {"name": "gpu-1"}}, "Warning", mig.EVENT_REFUSED, "MIG layout 'nope' ...")
     assert kube.tries == 2
+
+
+def test_a_sharing_warning_whose_post_found_the_api_server_unreachable_is_posted_later() -> None:
+    """An Event post that found the API server unreachable (one dropped pooled connection: Events go with
+    retry=False, the status patch after it got through on a fresh one) was logged and dropped. The callers that ask
+    once per change (the sharing check, an NVIDIADriver's conflict, compat's DriverRefused read from the status the
+    pass writes) never ask again: the InvalidSharingConfig Warning was lost for good. Now the recorder keeps it and
+    posts it at the first pass's end after UNREACHABLE_RETRY_S."""
+    from gpu_operator import sharing
+    from gpu_operator.kube import Unreachable
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+    from support import facts, load_policy
+
+    class Kube(EchoKube):
+        def __init__(self) -> None:
+            super().__init__()
+            self.events: list[dict[str, Any]] = []
+            self.unreachable = 1
+
+        def create(self, obj: dict[str, Any], **_: Any) -> dict[str, Any]:
+            if obj["kind"] == "Event":
+                if self.unreachable:
+                    self.unreachable -= 1
+                    raise Unreachable("POST https://10.0.0.1/api/v1/namespaces/default/events: Connection aborted.")
+                self.events.append(obj)
+            return obj
+
+    spec = copy.deepcopy(load_policy()["spec"])
+    spec.setdefault("devicePlugin", {})["config"] = {"name": "sharing", "default": "mps"}
+    data = {"mps": "sharing: {mps: {resources: [{name: nvidia.com/gpu, replicas: 64}]}}"}  # 64 > 48: refused
+    kube = Kube()
+    r = Reconciler(kube, "gpu-operator")  # type: ignore[arg-type]
+    now = [0.0]
+    r.events.clock = lambda: now[0]
+    pol = policy_object(spec)
+    for _ in range(3):
+        r.reconcile(Snapshot(nodes={"n1": facts("n1")}, policies={"cluster-policy": pol}, owned={}, pods={},
+                             revisions={}, config_maps={"sharing": ("mps",)},
+                             config_data={"sharing": data}))  # fmt: skip
+        pol = {**pol, "status": kube.statuses[("ClusterPolicy", "cluster-policy")]}
+        now[0] += 60  # past UNREACHABLE_RETRY_S, the API server reachable again
+    conditions = {c["type"]: c for c in pol["status"]["conditions"]}
+    assert conditions[sharing.CONDITION]["status"] == "False"  # the refusal still holds
+    assert [e["reason"] for e in kube.events if e["reason"] == sharing.REASON] == [sharing.REASON]
+
+
+def test_events_owed_while_the_api_server_was_unreachable() -> None:
+    """What the recorder keeps of the Events it could not post: only the last asked for each object and reason,
+    none that a later ask said again, a later state made stale or whose object is gone, at most OWED_MAX, posted
+    once at the end of the first pass after UNREACHABLE_RETRY_S (a steady cluster then writes nothing)."""
+    from gpu_operator.events import OWED_MAX, UNREACHABLE_RETRY_S
+    from gpu_operator.kube import Unreachable
+
+    class Kube(_Events):
+        unreachable = True
+
+        def create(self, obj: dict[str, Any], retry: bool = True) -> dict[str, Any]:
+            if self.unreachable:
+                raise Unreachable("POST https://10.0.0.1/api/v1/namespaces/default/events: connection refused")
+            return super().create(obj, retry)
+
+    def node(name: str) -> dict[str, Any]:
+        return {"kind": "Node", "metadata": {"name": name}}
+
+    kube = Kube()
+    now = [0.0]
+    record = EventRecorder(kube, clock=lambda: now[0])  # type: ignore[arg-type]
+    pol = {**policy("cluster-policy", T0), "metadata": {"name": "cluster-policy", "uid": "u"}}
+    refused = "driver not rolled out to this node"
+    for i in range(OWED_MAX):
+        record(node(f"n{i}"), "Warning", "DriverRefused", refused)  # the first unreachable, the others held back
+    record(pol, "Warning", "InvalidSharingConfig", "replicas 64 > 48")  # n0 dropped: the oldest
+    record(pol, "Warning", "InvalidSharingConfig", "replicas 96 > 48")  # the later ask is what is owed
+    record(pol, "Warning", "DriverNotReady", "state notReady: driver not ready", changed=True)  # n1 dropped
+    record(pol, "Normal", "Reconciled", "state ready: all ready", changed=True)  # the notReady one is stale now
+    record(node("gone"), "Warning", "DriverRefused", refused)  # n2 dropped
+    record.forget("Node", "gone")
+    record.pass_done()  # still within UNREACHABLE_RETRY_S: nothing tried
+    assert not kube.created
+    kube.unreachable = False
+    now[0] += UNREACHABLE_RETRY_S
+    record.pass_done()
+    said = [(e["involvedObject"]["name"], e["reason"], e["message"]) for e in kube.created]
+    assert said == [(f"n{i}", "DriverRefused", refused) for i in range(3, OWED_MAX)] + [
+        ("cluster-policy", "InvalidSharingConfig", "replicas 96 > 48"),
+        ("cluster-policy", "Reconciled", "state ready: all ready"),
+    ]
+    for _ in range(2):
+        record.pass_done()
+    assert len(kube.created) == len(said), "posted once"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -16,6 +17,7 @@ log = logging.getLogger("gpu_operator")
 EVENT_SOURCE = "gpu-operator"
 REFUSED_RETRY_S = 300.0  # an Event the API server refused is posted again no sooner (a quota refuses it every time)
 UNREACHABLE_RETRY_S = 30.0  # no Event is tried for this long after one found the API server unreachable
+OWED_MAX = 256  # Events not posted while the API server was unreachable, kept to post later (the oldest dropped)
 
 
 def now() -> str:
@@ -32,6 +34,9 @@ class EventRecorder:
         # (kind, name) -> reason -> (the object's uid, the message, when) refused last
         self._refused: dict[tuple[str, str], dict[str, tuple[str | None, str, float]]] = {}
         self._unreachable_at: float | None = None  # when a post last found the API server unreachable
+        # (kind, name), reason -> (the involved object, type, message, changed) of an Event not posted because the
+        # API server was unreachable: posted by pass_done once it may be (many callers ask only once per change)
+        self._owed: OrderedDict[tuple[tuple[str, str], str], tuple[dict[str, Any], str, str, bool]] = OrderedDict()
         self._lock = threading.Lock()
 
     def __call__(self, obj: dict[str, Any], etype: str, reason: str, message: str, changed: bool = False) -> None:
@@ -39,31 +44,42 @@ class EventRecorder:
         asked for it in every pass since (pass_done). `changed`: the caller saw what the event says change (a state
         that came back after another): posted even so. One the API server refused (this object, reason and message)
         is tried again when asked for no sooner than REFUSED_RETRY_S later; none is tried for UNREACHABLE_RETRY_S
-        after one found the API server unreachable (Events are best-effort: the pass goes on)."""
+        after one found the API server unreachable (Events are best-effort: the pass goes on), and one not posted so
+        is posted by the first pass_done after that unless asked for again meanwhile."""
         meta = obj["metadata"]
         ref, uid = (obj["kind"], meta["name"]), meta.get("uid")
+        involved = {
+            "apiVersion": obj.get("apiVersion", "v1"),
+            "kind": obj["kind"],
+            "name": meta["name"],
+            "uid": uid,
+            **({"namespace": meta["namespace"]} if meta.get("namespace") else {}),
+        }
         with self._lock:
             self._asked.add((ref, reason))
+            self._owed.pop((ref, reason), None)  # asked for again: this ask says what is owed now
+            if changed:  # a new state: an earlier one's Event still owed is stale
+                for key in [k for k, v in self._owed.items() if k[0] == ref and v[3]]:
+                    del self._owed[key]
             if not changed and self._posted(ref, uid).get(reason) == message:
                 return
             refused = self._refused.get(ref, {}).get(reason)
             if (refused is not None and not _other(uid, refused[0]) and refused[1] == message
                     and self.clock() - refused[2] < REFUSED_RETRY_S):  # fmt: skip
                 return
-            if self._unreachable_at is not None and self.clock() - self._unreachable_at < UNREACHABLE_RETRY_S:
+            if self._unreachable():
+                self._owe(involved, etype, reason, message, changed)
                 return
-        ns = meta.get("namespace") or "default"
+        self._post(involved, etype, reason, message, changed)
+
+    def _post(self, involved: dict[str, Any], etype: str, reason: str, message: str, changed: bool) -> None:
+        """Post the Event (owed when the API server was unreachable, see pass_done)."""
+        ref, uid, name = (involved["kind"], involved["name"]), involved["uid"], involved["name"]
         body = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": ns},
-            "involvedObject": {
-                "apiVersion": obj.get("apiVersion", "v1"),
-                "kind": obj["kind"],
-                "name": meta["name"],
-                "uid": meta.get("uid"),
-                **({"namespace": meta["namespace"]} if meta.get("namespace") else {}),
-            },
+            "metadata": {"generateName": f"{name}.", "namespace": involved.get("namespace") or "default"},
+            "involvedObject": dict(involved),
             "type": etype,
             "reason": reason,
             "message": message[:1000],
@@ -76,14 +92,15 @@ class EventRecorder:
         try:
             self.kube.create(body, retry=False)  # a pass does not wait on a throttled API server for its Events
         except ApiError as exc:  # not posted: posted again after a while
-            log.warning("could not record event %s on %s: %s", reason, meta["name"], exc)
+            log.warning("could not record event %s on %s: %s", reason, name, exc)
             with self._lock:
                 self._refused.setdefault(ref, {})[reason] = (uid, message, self.clock())
             return
         except Unreachable as exc:  # the pass's next write finds it so too; no Event is tried meanwhile
-            log.warning("could not record event %s on %s: %s", reason, meta["name"], exc)
+            log.warning("could not record event %s on %s: %s", reason, name, exc)
             with self._lock:
                 self._unreachable_at = self.clock()
+                self._owe(involved, etype, reason, message, changed)
             return
         with self._lock:
             posted = self._posted(ref, uid)
@@ -91,6 +108,18 @@ class EventRecorder:
             self._last[ref] = (uid or self._last.get(ref, (None, {}))[0], posted)
             if self._refused.get(ref, {}).pop(reason, None) is not None and not self._refused[ref]:
                 del self._refused[ref]
+
+    def _unreachable(self) -> bool:
+        """Whether a post found the API server unreachable less than UNREACHABLE_RETRY_S ago (under the lock)."""
+        return self._unreachable_at is not None and self.clock() - self._unreachable_at < UNREACHABLE_RETRY_S
+
+    def _owe(self, involved: dict[str, Any], etype: str, reason: str, message: str, changed: bool) -> None:
+        """Keep an Event not posted for the API server being unreachable (under the lock), the newest last."""
+        key = ((involved["kind"], involved["name"]), reason)
+        self._owed.pop(key, None)
+        self._owed[key] = (involved, etype, message, changed)
+        while len(self._owed) > OWED_MAX:
+            self._owed.popitem(last=False)
 
     def _posted(self, ref: tuple[str, str], uid: str | None) -> dict[str, str]:
         """What was posted on the object of this kind and name (under the lock); nothing when the name is now
@@ -100,7 +129,8 @@ class EventRecorder:
 
     def pass_done(self) -> None:
         """A pass ran to its end: what was posted and not asked for since the last pass is over (the caller no longer
-        reports it), so an Event that says it again is posted when it comes back."""
+        reports it), so an Event that says it again is posted when it comes back. The Events owed since the API
+        server was unreachable are posted, once UNREACHABLE_RETRY_S has passed."""
         with self._lock:
             for ref, (_, posted) in list(self._last.items()):
                 for reason in [r for r in posted if (ref, r) not in self._asked]:
@@ -108,12 +138,25 @@ class EventRecorder:
                 if not posted:
                     del self._last[ref]
             self._asked.clear()
+            if self._unreachable():
+                return
+            owed, self._owed = list(self._owed.items()), OrderedDict()
+        for key, (involved, etype, message, changed) in owed:
+            with self._lock:
+                if key in self._asked:  # asked for again meanwhile (between passes): that ask says it
+                    continue
+                if self._unreachable():  # unreachable again: the rest stay owed
+                    self._owe(involved, etype, key[1], message, changed)
+                    continue
+            self._post(involved, etype, key[1], message, changed)
 
     def forget(self, kind: str, name: str) -> None:
         """Drop what was posted on an object that is gone (node names churn in autoscaled pools)."""
         with self._lock:
             self._last.pop((kind, name), None)
             self._refused.pop((kind, name), None)
+            for key in [k for k in self._owed if k[0] == (kind, name)]:
+                del self._owed[key]
 
 
 def _other(uid: str | None, known: str | None) -> bool:

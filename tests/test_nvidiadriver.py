@@ -1115,6 +1115,54 @@ def test_a_pass_cut_short_by_an_api_error_marks_the_nvidiadrivers_it_did_not_rea
     assert ("ClusterPolicy", "cluster-policy") in kube.statuses and ("NVIDIADriver", "default") not in kube.statuses
 
 
+def test_a_pass_cut_by_an_api_error_keeps_a_conflict_and_does_not_post_its_warning_again() -> None:
+    """A pass an ApiError cut short (a 503 on the ClusterPolicy's finalizer patch) wrote ReconcileFailed on a
+    conflicting NVIDIADriver too. The next full pass found its Error change back to the conflict and asked for the
+    conflict's Warning again, which the recorder (asked for it once per change) had forgotten: the same Warning was
+    posted again on every transient ApiError. Now a known failure (an Error True) is left as it was."""
+    from gpu_operator.kube import ApiError
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+
+    class Kube(EchoKube):
+        def __init__(self) -> None:
+            super().__init__()
+            self.events: list[dict[str, Any]] = []
+            self.fail = False
+
+        def create(self, obj: dict[str, Any], **_: Any) -> dict[str, Any]:
+            if obj["kind"] == "Event":
+                self.events.append(obj)
+            return obj
+
+        def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *a: Any, **k: Any) -> dict[str, Any]:
+            if self.fail and kind == "ClusterPolicy" and k.get("sub") != "status":  # the pass's first write
+                raise ApiError(503, '{"message": "etcdserver: leader changed"}', "patch ClusterPolicy")
+            return super().merge_patch(kind, name, patch, *a, **k)
+
+    drivers = {d["metadata"]["name"]: {"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver", **d}
+               for d in drivers_objects(("default", {"default": True}), ("pool-b", {"nodeSelector": {"pool": "b"}}),
+                                        ("rack", {"nodeSelector": {"rack": "r7"}}))}  # fmt: skip
+    nodes = {n.name: n for n in (facts("a1", labels={"pool": "a"}), facts("b2", labels={"pool": "b", "rack": "r7"}))}
+    kube = Kube()
+    r = Reconciler(kube, "gpu-operator")  # type: ignore[arg-type]
+    pol = policy_object(crd_policy())
+    for cut in (False, False, True, False, False):
+        kube.fail = cut
+        r.reconcile(Snapshot(nodes=nodes, policies={"cluster-policy": pol}, owned={}, pods={}, revisions={},
+                             nvidia_drivers=drivers))  # fmt: skip
+        pol = {**pol, "status": kube.statuses[("ClusterPolicy", "cluster-policy")]}
+        for name, obj in drivers.items():
+            obj["status"] = kube.statuses[("NVIDIADriver", name)]
+        if cut:
+            errors = {n: next(c for c in o["status"]["conditions"] if c["type"] == "Error")
+                      for n, o in drivers.items()}  # fmt: skip
+            assert errors["pool-b"]["reason"] == errors["rack"]["reason"] == nvidiadriver.CONFLICT_REASON
+            assert errors["default"]["reason"] == "ReconcileFailed"  # no failure known: the pass's error
+    posted = [(e["involvedObject"]["name"], e["reason"]) for e in kube.events
+              if e["involvedObject"]["kind"] == "NVIDIADriver"]  # fmt: skip
+    assert sorted(posted) == [("pool-b", nvidiadriver.EVENT_REASON), ("rack", nvidiadriver.EVENT_REASON)]
+
 def test_an_nvidiadriver_is_not_ready_while_a_node_it_drives_fits_no_pool() -> None:
     """A GPU node NFD has not labelled with its OS (or, precompiled, its kernel) fits no pool: no DaemonSet runs a
     driver there. The ClusterPolicy's state-driver named it, but the NVIDIADriver that drives it (nodes: 1) said

@@ -612,8 +612,9 @@ class Reconciler:
 
     def _drivers_failed(self, policy: dict[str, Any], snap: Snapshot, why: str) -> None:
         """After a pass an ApiError cut short: each NVIDIADriver whose status it did not get to is notReady,
-        ReconcileFailed, `why` (written when that changed), while the ClusterPolicy hands the driver to them. A
-        status write that fails is logged: the next pass tries again."""
+        ReconcileFailed, `why` (written when that changed), while the ClusterPolicy hands the driver to them. One
+        whose status already says an Error (a conflict, a refusal, a spec not rendered) keeps it: the next pass,
+        finding it the same, posts no Warning again. A status write that fails is logged: the next pass tries again."""
         try:
             spec = parse_spec(policy.get("spec"), allow_unknown=allows_unknown(policy["metadata"]))
         except PolicyError:
@@ -623,6 +624,9 @@ class Reconciler:
         for name, obj in sorted(snap.nvidia_drivers.items()):
             driver = nvidiadriver.NVIDIADriver.from_object(obj)
             if name in self._drivers_done or driver.deleting:
+                continue
+            if any(c.get("type") == "Error" and c.get("status") == "True"
+                   for c in (obj.get("status") or {}).get("conditions") or []):  # fmt: skip
                 continue
             status = nvidiadriver.failed_pass_status(driver, self.namespace, obj.get("status"), now(), why)
             try:

@@ -1133,6 +1133,19 @@ def test_a_controller_whose_gpu_pods_the_api_server_refuses_is_named_with_the_fi
     assert diagnose(cluster([node("h-0")], [], events=events), node="h-0") == []
 
 
+def test_a_refusal_of_two_containers_is_quoted_without_the_aggregates_punctuation() -> None:
+    """The API server joins several field errors as "[a, b]" (field.ErrorList.ToAggregate): the limit was taken
+    up to the next space, so a pod whose two containers both ask a request unequal to the limit read "its limit of
+    2, (for a GPU ...)" (the last error's "2]")."""
+    message = ('Error creating: Pod "train-7d9f8c-x2k4q" is invalid: [spec.containers[0].resources.requests: Invalid '
+               'value: "1": must be equal to nvidia.com/gpu limit of 2, spec.containers[1].resources.requests: '
+               'Invalid value: "1": must be equal to nvidia.com/gpu limit of 2]')  # fmt: skip
+    last = ('Error creating: Pod "train-7d9f8c-x2k4q" is invalid: [spec.containers[0].image: Required value, '
+            'spec.containers[1].resources.requests: Invalid value: "1": must be equal to nvidia.com/gpu limit of 2]')
+    for quoted in (message, last):
+        (found,) = diagnose(cluster([node("h-0")], [], events=[refused("ReplicaSet", "train-7d9f8c", quoted)]))
+        assert "its nvidia.com/gpu request is not equal to its limit of 2 (" in found.summary, found.summary
+
 def test_a_refusal_the_controller_got_past_is_not_reported() -> None:
     """A FailedCreate event lives an hour after the template was fixed: once the owner has pods created after the
     event's last time (or, for a ReplicaSet, a newer ReplicaSet of its Deployment has), it is stale. Pods created

@@ -64,7 +64,7 @@ _NO_DEVICE = re.compile(
 )
 _OOM = re.compile(r"CUDA out of memory|CUDA error: out of memory|OutOfMemoryError", re.IGNORECASE)
 # The API server's refusals of §12 entries 4 and 5 (ValidateResourceRequirements, ValidateResourceQuantityValue).
-_NOT_EQUAL = re.compile(r"must be equal to (\S+) limit of (\S+)")
+_NOT_EQUAL = re.compile(r"must be equal to (\S+) limit of ([^\s,\]]+)")  # not the aggregate's ", " or "]"
 _NOT_INTEGER = re.compile(r"(?:limits|requests)\[([^\]]+)\]: Invalid value: \"([^\"]*)\": must be an integer")
 _NO_LIMIT = "Limit must be set for non overcommitable resources"
 _NO_TIME = datetime.min.replace(tzinfo=UTC)

@@ -159,6 +159,20 @@ def test_corrected_pod_keeps_the_users_labels_and_annotations() -> None:
     assert meta == {"name": "bare"}
 
 
+def test_corrected_pod_of_a_controller_leaves_out_its_labels() -> None:
+    """The corrected pod of a pod a controller made kept the user's labels: a ReplicaSet without a Deployment or a
+    DaemonSet, whose selector is made of them alone, would adopt the bare pod once applied (and may delete a
+    surplus pod). Its labels are left out now, and the fix points at the template the pod was made from."""
+    made = pod("agent-x7k2p", image="nvidia/cuda:12.4.1-base-ubuntu22.04", node_name="h-0")
+    made["metadata"]["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "agent",
+                                            "controller": True}]  # fmt: skip
+    made["metadata"]["annotations"] = {"prometheus.io/scrape": "true"}
+    found = kinds(cluster([node("h-0")], [made]))["CUDAImageWithoutGPU"]
+    meta = yaml.safe_load(found.fix_yaml)["metadata"]
+    assert meta == {"name": "agent-x7k2p", "annotations": {"prometheus.io/scrape": "true"}}, meta
+    assert "DaemonSet agent made the pod: add the limit to the pod template" in found.fix
+
+
 def test_findings_counted_by_kind_in_prometheus_format() -> None:
     from prometheus_client.parser import text_string_to_metric_families
 

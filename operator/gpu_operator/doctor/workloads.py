@@ -220,13 +220,17 @@ def _cuda_without_gpu(pod: dict[str, Any]) -> Finding | None:
         return None
     ref = pod_ref(pod)
     fixed = _corrected_pod(pod, {c.get("name") for c in cuda})
+    owner = _controller(pod)
     names = ", ".join(f"{c.get('name')} ({c.get('image')})" for c in cuda)
     return Finding(
         WARNING, "CUDAImageWithoutGPU", ref,
         f"the pod runs a CUDA image ({names}) but requests no GPU: the device plugin gives it none, so CUDA "
         "finds no device (torch.cuda.is_available() is False, 'CUDA device not found')",
         "add `nvidia.com/gpu: 1` (or more) under resources.limits of the CUDA container; a GPU is requested by "
-        "its limit, and the request defaults to it",
+        "its limit, and the request defaults to it" + (
+            f"; {owner.get('kind')} {owner.get('name')} made the pod: add the limit to the pod template it was made "
+            "from (its Deployment's, for a Deployment's ReplicaSet); the pod below leaves out the labels, by which "
+            "the controller would adopt it" if owner else ""),
         [Evidence(ref, f"spec.containers[{c.get('name')}].resources.limits", str(_limits(c))) for c in cuda],
         fix_yaml=yaml.safe_dump(fixed, sort_keys=False),
     )  # fmt: skip
@@ -255,10 +259,16 @@ def _pull_default(image: str) -> str:
     return "Always" if "@" not in image and tag in ("", "latest") else "IfNotPresent"
 
 
+def _controller(pod: dict[str, Any]) -> dict[str, Any] | None:
+    """The pod's controller's owner reference, if a controller made it."""
+    return next((o for o in (pod.get("metadata") or {}).get("ownerReferences") or [] if o.get("controller")), None)
+
+
 def _corrected_pod(pod: dict[str, Any], containers: set[Any]) -> dict[str, Any]:
     """The pod with the GPU limit added and what the API server filled in left out (the node, priority, defaults,
     the service account token's volume and the default tolerations, the controller's labels); the user's own fields
-    are kept, labels and annotations included."""
+    are kept, labels and annotations included, but the labels of a pod a controller made: its selector, made of
+    them, would adopt the bare pod (and may delete a surplus one). Its fix goes in the controller's template."""
     meta = pod.get("metadata") or {}
     spec = copy.deepcopy(pod.get("spec") or {})
     # priority and preemptionPolicy come from the priority class (admission refuses others); no ephemeral
@@ -294,7 +304,7 @@ def _corrected_pod(pod: dict[str, Any], containers: set[Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": meta.get("name")}}
     if meta.get("namespace") and meta["namespace"] != "default":
         out["metadata"]["namespace"] = meta["namespace"]
-    for key in ("labels", "annotations"):
+    for key in ("annotations",) if _controller(pod) else ("labels", "annotations"):
         kept = {k: v for k, v in (meta.get(key) or {}).items() if k not in _SYSTEM_METADATA}
         if kept:
             out["metadata"][key] = kept

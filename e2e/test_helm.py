@@ -271,13 +271,15 @@ def can_i(k: Kube, verb: str, resource: str, group: str = "", namespace: str | N
 
 
 def test_chart_rbac_is_the_operator_identity(prepared: None, operator_kube: Kube) -> None:
-    """The local cluster's operator identity (ServiceAccount gpu-operator/gpu-operator) gets the chart's rights."""
-    allowed = [("list", "nodes", "", None), ("patch", "nodes", "", None), ("delete", "pods", "", "default"),
+    """The local cluster's operator identity (ServiceAccount gpu-operator/gpu-operator) gets the chart's rights: pods
+    are deleted only in its namespace (driver pods), elsewhere only evicted."""
+    allowed = [("list", "nodes", "", None), ("patch", "nodes", "", None), ("delete", "pods", "", NS),
                ("create", "daemonsets", "apps", NS), ("create", "roles", "rbac.authorization.k8s.io", NS),
                ("create", "clusterroles", "rbac.authorization.k8s.io", None),
                ("patch", "clusterpolicies/status", "nvidia.com", None), ("create", "pods", "", NS),
                ("get", "secrets", "", NS)]  # fmt: skip  (a driver.secretEnv Secret is checked by name)
     denied = [("create", "daemonsets", "apps", "default"), ("create", "pods", "", "default"),
+              ("delete", "pods", "", "default"), ("delete", "pods", "", "kube-system"),
               ("list", "secrets", "", NS), ("watch", "secrets", "", NS), ("get", "secrets", "", "default"),
               ("create", "clusterpolicies", "nvidia.com", None),
               ("patch", "customresourcedefinitions", "apiextensions.k8s.io", None),

@@ -200,6 +200,12 @@ def test_pod_ready() -> None:
     assert not pod_ready(pod(ready=()))  # no container statuses yet
     assert not pod_ready(pod(phase="Pending"))
     assert not pod_ready({"metadata": {}})
+    # A pod whose Ready condition is False (on a node gone NotReady) is not ready, whatever its containers say.
+    down = pod()
+    down["status"]["conditions"] = [{"type": "ContainersReady", "status": "True"}, {"type": "Ready", "status": "False"}]
+    assert not pod_ready(down)
+    down["status"]["conditions"][1]["status"] = "True"
+    assert pod_ready(down)
 
 
 def test_unavailable_pods_name_their_nodes() -> None:

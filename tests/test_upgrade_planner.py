@@ -740,6 +740,18 @@ def test_pod_restart_waits_for_new_pod_ready_then_validates() -> None:
     assert of(p, Event) == []
 
 
+def test_a_driver_pod_is_ready_by_its_containers_as_upstream_whatever_its_ready_condition() -> None:
+    """k8s-operator-libs judges the driver and validator pods by phase and containerStatuses, not the pod's Ready
+    condition (the DaemonSet readiness reads that one): the planner follows upstream."""
+    ann = {DELETED_DRIVER_POD_ANNOTATION: "old"}
+    new = driver_pod("new", NEW)
+    new["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
+    assert not pod_projection(new)["ready"]
+    p = run([make_node(state="pod-restart-required", pod=pod_projection(new), annotations=ann,
+                       validator=validator_pod(False))])  # fmt: skip
+    assert states(p) == {"n1": "validation-required"}
+
+
 def test_pod_restart_goes_on_to_done_when_the_validator_is_ready() -> None:
     ann = {DELETED_DRIVER_POD_ANNOTATION: "old"}
     node = make_node(state="pod-restart-required", pod=driver_pod("new", rev=NEW), unschedulable=True, annotations=ann)

@@ -17,8 +17,8 @@ from gpu_operator import wire
 from gpu_operator.apply import foreign_write_after_ours, labels_of
 from gpu_operator.nodes import NFD_PREFIX, UPGRADE_ANNOTATION_PREFIX, NodeFacts
 from gpu_operator.nodewatch import Watch
-from gpu_operator.observe import key_of, pod_projection, project_pod
-from gpu_operator.readiness import daemon_node_count, daemonset_ready, pod_ready
+from gpu_operator.observe import key_of, pod_projection, project_pod, revision_projection
+from gpu_operator.readiness import daemon_node_count, daemonset_ready, is_unready, pod_ready
 from gpu_operator.states.base import COMPONENT, STATE_LABEL
 
 CODEC = wire.Codec(wire.Pod)
@@ -59,7 +59,8 @@ def reference(pod: dict[str, Any]) -> dict[str, Any]:
             **({"initContainerStatuses": inits} if inits else {}),
         },
         "ready": status.get("phase") == "Running" and bool(status.get("containerStatuses"))
-        and all(c.get("ready") for c in status["containerStatuses"]),
+        and all(c.get("ready") for c in status["containerStatuses"])
+        and all(c.get("status") == "True" for c in status.get("conditions") or [] if c.get("type") == "Ready"),
     }
 
 
@@ -135,6 +136,36 @@ def test_an_api_servers_pod_projects_to_the_fields_the_operator_reads() -> None:
     assert pod_projection(pod) == expected  # a listing's parsed pod: the same projection
 
 
+def test_a_pod_on_a_node_gone_notready_is_unready_and_its_daemonset_not_ready() -> None:
+    """The node lifecycle controller (MarkPodsNotReady) sets only the Ready condition of a NotReady node's pods
+    False: phase Running and containerStatuses[].ready stay as the kubelet last wrote them, and daemon pods tolerate
+    the node's NoExecute taints, so they stay so while the node is down. The projection kept no pod condition and
+    read such a pod ready, so `_pods_say_ready` overrode the controller's numberUnavailable (REFERENCE §2: not
+    ready) and the state read ready with a GPU node down. Now the Ready condition, where the pod has one, counts."""
+    down = api_pod(status__conditions=[{"type": "Initialized", "status": "True"}, {"type": "Ready", "status": "False"},
+                                       {"type": "ContainersReady", "status": "True"}])  # fmt: skip
+    assert not project_pod(CODEC.decode_event(line({"type": "MODIFIED", "object": down})).object)["ready"]  # type: ignore[arg-type]
+    pods = [pod_projection(_override(down, {"metadata__name": "p0", "spec__nodeName": "gpu-0"}))] + [
+        pod_projection(api_pod(f"p{i}", spec__nodeName=f"gpu-{i}")) for i in (1, 2)
+    ]
+    assert [is_unready(p) for p in pods] == [True, False, False]
+    revisions = [revision_projection({
+        "metadata": {"name": "nvidia-driver-daemonset-6f7c", "labels": {"controller-revision-hash": "6f7c"},
+                     "ownerReferences": [{"kind": "DaemonSet", "name": "nvidia-driver-daemonset"}]},
+        "revision": 1,
+    })]  # fmt: skip
+    ds = {
+        "kind": "DaemonSet",
+        "metadata": {"name": "nvidia-driver-daemonset", "generation": 1},
+        "spec": {"updateStrategy": {"type": "RollingUpdate"}},
+        "status": {"observedGeneration": 1, "desiredNumberScheduled": 3, "currentNumberScheduled": 3,
+                   "updatedNumberScheduled": 3, "numberReady": 2, "numberAvailable": 2, "numberUnavailable": 1},
+    }  # fmt: skip
+    assert daemonset_ready(ds, pods, revisions) == (
+        False, "nvidia-driver-daemonset: 1 of 3 pods unavailable (not ready on gpu-0)"
+    )  # fmt: skip
+
+
 def test_init_containers_not_ready_are_kept_with_their_restarts_and_waiting_reason() -> None:
     """A driver pod whose k8s-driver-manager init container crash-loops (Init:CrashLoopBackOff) fails a driver
     upgrade (upgrade.model.crash_loop). The projection used to drop initContainerStatuses, so the planner never saw
@@ -166,6 +197,8 @@ def test_missing_parts_project_as_before() -> None:
         api_pod(status=None),
         api_pod(spec=None, metadata__labels=None, metadata__ownerReferences=None),
         api_pod(status__containerStatuses=[{"name": "c"}, {"ready": False}], status__phase=None),
+        api_pod(status__conditions=[{"type": "Ready"}, {"status": "False"}]),  # Ready without a status: not ready
+        api_pod(status__conditions=None),  # no Ready condition: the containers say it
         api_pod(metadata__ownerReferences=[{"kind": "ReplicaSet", "name": "r"}, {"kind": "DaemonSet", "name": "d"}]),
         {"metadata": {"name": "bare"}},
     ):
@@ -179,6 +212,11 @@ label_keys = st.sampled_from(["controller-revision-hash", STATE_LABEL, COMPONENT
 container = st.fixed_dictionaries(
     {}, optional={"name": names, "ready": st.booleans(), "restartCount": st.integers(0, 50), "image": names}
 )
+pod_condition = st.fixed_dictionaries({}, optional={
+    "type": st.sampled_from(["Ready", "ContainersReady", "PodScheduled", "ready"]),
+    "status": st.sampled_from(["True", "False", "Unknown"]),
+    "lastTransitionTime": st.just("2026-12-01T10:00:05Z"),
+})  # fmt: skip
 waiting = st.sampled_from(["CrashLoopBackOff", "PodInitializing", ""]).map(lambda r: {"reason": r} if r else {})
 init_container = st.fixed_dictionaries(
     {}, optional={"name": names, "ready": st.booleans(), "restartCount": st.integers(0, 50),
@@ -199,6 +237,7 @@ pods = st.fixed_dictionaries(
         "spec": st.fixed_dictionaries({}, optional={"nodeName": names, "hostNetwork": st.booleans()}),
         "status": st.fixed_dictionaries({}, optional={
             "phase": st.sampled_from(["Pending", "Running", "Succeeded", "Failed", "Unknown"]),
+            "conditions": st.lists(pod_condition, max_size=3),
             "containerStatuses": st.lists(container, max_size=3),
             "initContainerStatuses": st.lists(init_container, max_size=2),
             "podIP": names,
@@ -210,6 +249,8 @@ pods = st.fixed_dictionaries(
 @given(pods)
 @example({"metadata": {"name": "a"}, "status": {"phase": "Running"}})  # running without containers: not ready
 @example({"metadata": {"name": "a"}, "status": {"phase": "Running", "containerStatuses": [{"ready": True}, {}]}})
+@example({"metadata": {"name": "a"}, "status": {"phase": "Running", "containerStatuses": [{"ready": True}],
+                                               "conditions": [{"type": "Ready", "status": "False"}]}})
 def test_decoded_projection_equals_the_parsed_ones(pod: dict[str, Any]) -> None:
     decoded = CODEC.decode_event(line({"type": "MODIFIED", "object": pod})).object
     assert decoded is not None

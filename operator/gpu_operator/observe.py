@@ -145,6 +145,8 @@ def project_pod(pod: wire.Pod) -> dict[str, Any]:
     containers = status.containerStatuses or ()
     # Of the init containers only those not Ready (done ones are): a crash-looping one fails a driver upgrade.
     inits = [c for c in status.initContainerStatuses or () if not c.ready]
+    # The Ready condition where the pod has one: on a node gone NotReady only it turns False (MarkPodsNotReady).
+    condition_ready = all(c.status == "True" for c in status.conditions or () if c.type == "Ready")
     # Strings shared by many pods (label values, node, owner and container names) are interned.
     return {
         "metadata": {
@@ -164,7 +166,7 @@ def project_pod(pod: wire.Pod) -> dict[str, Any]:
         },
         # readiness.pod_ready's answer, worked out once here: each pass asks it of every pod of a DaemonSet
         # that is not ready.
-        "ready": phase == "Running" and bool(containers) and all(c.ready for c in containers),
+        "ready": phase == "Running" and bool(containers) and all(c.ready for c in containers) and condition_ready,
     }
 
 

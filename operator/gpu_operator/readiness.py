@@ -129,15 +129,23 @@ def newest_revision_hash(revisions: list[dict[str, Any]]) -> str | None:
     return (newest.get("metadata", {}).get("labels") or {}).get(REVISION_HASH)
 
 
-def pod_ready(pod: dict[str, Any]) -> bool:
-    ready = pod.get("ready")
-    if ready is not None:  # a projection (observe.project_pod) carries the answer
-        return bool(ready)
+def containers_ready(pod: Mapping[str, Any]) -> bool:
+    """Running, and every container ready (k8s-operator-libs' rule for a driver or validator pod)."""
     status = pod.get("status") or {}
     if status.get("phase") != "Running":
         return False
     containers = status.get("containerStatuses") or []
     return bool(containers) and all(c.get("ready") for c in containers)
+
+
+def pod_ready(pod: dict[str, Any]) -> bool:
+    """containers_ready, and the pod's Ready condition True where it has one: on a node gone NotReady the node
+    lifecycle controller sets only that condition False, and the DaemonSet controller counts the pod unavailable."""
+    ready = pod.get("ready")
+    if ready is not None:  # a projection (observe.project_pod) carries the answer
+        return bool(ready)
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return containers_ready(pod) and all(c.get("status") == "True" for c in conditions if c.get("type") == "Ready")
 
 
 def is_unready(pod: dict[str, Any]) -> bool:

@@ -53,8 +53,14 @@ class InitContainerStatus(ContainerStatus):
     state: ContainerState | None = None
 
 
+class PodCondition(msgspec.Struct):
+    type: str | None = None
+    status: str | None = None
+
+
 class PodStatus(msgspec.Struct):
     phase: str | None = None
+    conditions: list[PodCondition] | None = None  # observe.project_pod reads the Ready one
     containerStatuses: list[ContainerStatus] | None = None  # noqa: N815
     initContainerStatuses: list[InitContainerStatus] | None = None  # noqa: N815
 

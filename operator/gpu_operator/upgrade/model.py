@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from ..readiness import REVISION_HASH, pod_ready
+from ..readiness import REVISION_HASH, containers_ready
 
 # Node label holding the per-node state, and the opt-out labels.
 STATE_LABEL = "nvidia.com/gpu-driver-upgrade-state"
@@ -105,7 +105,8 @@ def pod_terminating(pod: PodDict) -> bool:
 
 
 def pod_is_ready(pod: PodDict) -> bool:
-    return not pod_terminating(pod) and pod_ready(dict(pod))
+    """Upstream's rule: its containers, not the pod's Ready condition (a NotReady node is the planner's own check)."""
+    return not pod_terminating(pod) and containers_ready(pod)
 
 
 def crash_loop(pod: PodDict) -> tuple[str, int] | None:

@@ -576,6 +576,20 @@ def test_operand_stuck_in_init_names_the_first_failing_validator_step() -> None:
     assert "toolkit-validation" in f.summary and "container toolkit" in f.summary and f.nodes == ("h-0",)
 
 
+def test_an_operand_pod_on_a_node_gone_notready_points_at_the_node() -> None:
+    """Its containers still read ready (the kubelet stopped reporting); only its Ready condition is False."""
+    plugin = {"kind": "Pod", "spec": {"nodeName": "h-0"},
+              "metadata": {"name": "nvidia-device-plugin-daemonset-x", "namespace": NS,
+                           "labels": {"nvidia.com/gpu-operator.state": "state-device-plugin"}},
+              "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}],
+                         "containerStatuses": [{"name": "nvidia-device-plugin", "ready": True, "restartCount": 0,
+                                                "state": {"running": {}}}]}}  # fmt: skip
+    status = {"state": "notReady", "states": [{"name": "state-device-plugin", "state": "notReady",
+                                               "message": "1 of 1 pods unavailable"}]}  # fmt: skip
+    f = kinds(cluster([node("h-0")], [plugin], policy_status=status))["OperandNotReady"]
+    assert "is node h-0 NotReady?" in f.summary and f.fix == "kubectl describe node h-0" and f.nodes == ("h-0",)
+
+
 def test_a_sandbox_event_from_before_the_runtime_was_configured_does_not_hide_a_later_failure() -> None:
     """On a fresh node the validator pod is created before the toolkit configures the nvidia handler (REFERENCE
     §11), so it keeps a FailedCreatePodSandBox event after its sandbox came up. That event used to make doctor blame

@@ -7,7 +7,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from ..readiness import pod_ready
+from ..readiness import containers_ready, pod_ready
 from ..states import all_states
 from ..states.base import STATE_LABEL
 from .common import (
@@ -129,6 +129,10 @@ def _why_not_ready(cluster: Cluster, pod: dict[str, Any]) -> tuple[str, str, str
             f"container {name} not ready ({detail})",
             _logs(meta, name),
         )
+    if containers_ready(pod):  # only its Ready condition is False, as on a node gone NotReady
+        node = (pod.get("spec") or {}).get("nodeName")
+        why = f"pod not Ready though its containers are: is node {node} NotReady?"
+        return "pod", why, f"kubectl describe node {node}"
     if not status.get("containerStatuses") and status.get("phase") == "Pending":
         return "pod", "pod Pending (not started)", f"kubectl describe pod -n {meta.get('namespace')} {meta.get('name')}"
     return "pod", f"phase {status.get('phase')}", f"kubectl describe pod -n {meta.get('namespace')} {meta.get('name')}"

@@ -63,6 +63,22 @@ def test_a_conflict_keeps_the_driver_a_node_already_runs() -> None:
     assert found.conflicts == {"pool-b": ["b2"], "rack": ["b2"]}
 
 
+def test_a_conflict_keeps_the_driver_of_an_nvidiadriver_that_no_longer_selects_the_node() -> None:
+    """A node driven by pool-a is relabelled so that pool-a no longer selects it and two others both do. It got the
+    conflict marker as owner label, by which pool-a's DaemonSet deleted its running driver pod and no other took
+    the node: no driver at all. Upstream's AssignOwners changes no owner label on a conflict; so here: the node
+    keeps pool-a, and the conflict is still named on both."""
+    node = facts("n1", labels={"pool": "b", "rack": "r7", OWNER_LABEL: "pool-a"})
+    drivers = [nvd("pool-a", nodeSelector={"pool": "a"}), nvd("pool-b", nodeSelector={"pool": "b"}),
+               nvd("rack-r7", nodeSelector={"rack": "r7"})]  # fmt: skip
+    found = assign([node], drivers)
+    assert found.owner == {"n1": "pool-a"} and found.owner_label("n1") == "pool-a"
+    assert found.conflicts == {"pool-b": ["n1"], "rack-r7": ["n1"]}
+    # pool-a deleted (not live): nothing to keep, the conflict marker.
+    found = assign([node], drivers[1:])
+    assert "n1" not in found.owner and found.owner_label("n1") == CONFLICT_VALUE
+
+
 def test_of_two_defaults_the_oldest_stays_and_invalid_specs_drive_nothing() -> None:
     # The chart's default and an admin's own: the running one keeps its nodes (refusing both removed every driver).
     def made(name: str, when: str) -> NVIDIADriver:

@@ -10,8 +10,9 @@ DaemonSets per NVIDIADriver, from the ClusterPolicy spec with its driver section
   (named in its status) and takes no node, as does a non-default one whose name is no label value (over 63
   characters): the owner label below carries its name;
 - a node two non-default ones match is a conflict, reported on both; neither takes it. A conflict never removes a
-  running driver: a node already routed to one of them by the owner label keeps that driver, and one the default
-  drives (no owner label) stays with the default;
+  running driver: a node whose owner label names a live non-default one keeps that driver, whether or not that one
+  still matches it (upstream's AssignOwners changes no owner label on a conflict), and one the default drives (no
+  owner label) stays with the default;
 - of several defaults, the oldest (then the first by name) stays the default and the others are refused, so a
   second default (the chart's and an admin's own) takes no driver away (upstream refuses to reconcile then).
 
@@ -249,6 +250,7 @@ def assign(nodes: Iterable[NodeFacts], drivers: Iterable[NVIDIADriver], kept: Ke
             return last[2]
         kept.assigned = (made_of, routes, out)
     default, owner = out.default, out.owner
+    routable = {name for name, _ in selectors}  # the live non-default ones: a node's owner label may name one
     for node, (matches, current) in routes.items():  # by node name
         if len(matches) == 1:
             owner[node] = matches[0]
@@ -257,7 +259,7 @@ def assign(nodes: Iterable[NodeFacts], drivers: Iterable[NVIDIADriver], kept: Ke
                 out.conflicts.setdefault(name, []).append(node)
                 others = out.with_whom.setdefault(name, [])
                 others += [m for m in matches if m != name and m not in others]
-            if current in matches:  # already driven by one of them: keep that driver running
+            if current in routable:  # already driven by a live one (a match or not): keep that driver running
                 owner[node] = current
             elif current is None and default is not None:  # the default drives it (or will): it stays
                 owner[node] = default

@@ -900,6 +900,43 @@ def test_the_clusterpolicys_cap_holds_the_nvidiadrivers_whatever_its_auto_upgrad
     assert cordoned == ["a1"]  # started: the others wait for a slot
 
 
+@pytest.mark.parametrize("cp_driver_off", [True, False])
+def test_a_node_whose_nvidiadriver_is_deleted_mid_upgrade_is_let_go(cp_driver_off: bool) -> None:
+    """NVIDIADriver pool-b is deleted while its node b1 is mid-upgrade (cordoned by it, pod-restart-required), and
+    no other NVIDIADriver takes b1. No pass planned b1 any more: it stayed cordoned with its upgrade state for good.
+    Now it is let go as when the ClusterPolicy's own driver is switched off mid-upgrade (`cp_driver_off`, the same
+    node under driver.enabled false): uncordoned, state label removed, an event saying why."""
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+    from gpu_operator.upgrade.model import STATE_LABEL
+    from support import RecordingKube
+
+    class Kube(RecordingKube):
+        def create(self, obj: dict[str, Any], *_: Any, **__: Any) -> dict[str, Any]:
+            self._note("create", obj)
+            return obj
+
+    raw = support_node("b1", labels={"pool": "b", OWNER_LABEL: "pool-b", STATE_LABEL: "pod-restart-required",
+                                     "nvidia.com/gpu.deploy.driver": "true"})  # fmt: skip
+    raw["spec"] = {"unschedulable": True}  # cordoned by the upgrade (no initial-state annotation)
+    spec = copy.deepcopy(load_policy()["spec"]) if cp_driver_off else crd_policy()
+    spec["driver"]["enabled"] = not cp_driver_off
+    other = {"other": {"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver",
+                       "metadata": {"name": "other", "uid": "uid-other", "generation": 1},
+                       "spec": {"nodeSelector": {"pool": "a"}}}}  # fmt: skip
+    kube = Kube()
+    snap = Snapshot(nodes={"b1": NodeFacts.from_node(raw)}, policies={"cluster-policy": policy_object(spec)},
+                    owned={}, pods={}, revisions={}, nvidia_drivers={} if cp_driver_off else other)  # fmt: skip
+    Reconciler(kube, "gpu-operator").reconcile(snap)  # type: ignore[arg-type]
+    let_go = [patch for verb, what in kube.calls if verb == "merge_patch" and what[:2] == ("Node", "b1")
+              for patch in [what[2]] if STATE_LABEL in (patch.get("metadata") or {}).get("labels", {})]  # fmt: skip
+    assert let_go, "b1 stays cordoned in pod-restart-required with nothing to finish or undo its upgrade"
+    assert let_go == [{"metadata": {"labels": {STATE_LABEL: None}}, "spec": {"unschedulable": None}}]
+    why = "the ClusterPolicy's driver was switched off" if cp_driver_off else "its NVIDIADriver let go of the node"
+    events = [o["message"] for verb, o in kube.calls if verb == "create" and o["involvedObject"]["name"] == "b1"]
+    assert events == [f"{why} in pod-restart-required: node uncordoned (the upgrade had cordoned it)"]
+
+
 def test_one_nvidiadriver_that_cannot_render_holds_only_its_own_daemonsets() -> None:
     # usePrecompiled with GDS cannot render; upstream fails that NVIDIADriver alone (ReconcileFailed on it).
     nodes = [facts("a1", labels={"pool": "a"}), facts("b1", labels={"pool": "b"})]

@@ -47,7 +47,8 @@ from .status import UNSUPPORTED_FIELDS, StateResult, active_policy, ignored_stat
 from .status_writer import StatusWriter
 from .upgrade import Counters, Limit
 from .upgrade.adapter import UpgradeKept, managed_nodes
-from .upgrade.orchestrate import Orchestrated, orchestrate, set_gauges
+from .upgrade.model import STATE_LABEL as UPGRADE_STATE
+from .upgrade.orchestrate import Orchestrated, left_behind, orchestrate, set_gauges
 
 log = logging.getLogger("gpu_operator")
 # A driver.secretEnv Secret found is read again after this long (a missing one on every pass until it appears).
@@ -529,6 +530,11 @@ class Reconciler:
                 totals[key] = totals.get(key, 0) + value
         out.counters = Counters(**totals)
         set_gauges(out.counters)
+        # A node with an upgrade state that no NVIDIADriver drives any more (its own deleted or refused, a conflict,
+        # none selects it) is let go as with the ClusterPolicy's driver switched off: no pass would move it on.
+        driverless = [n for n in by_name.values() if UPGRADE_STATE in n.labels and n.name not in assignment.owner]
+        if driverless:
+            left_behind(self.kube, self.namespace, driverless, self.events, "its NVIDIADriver let go of the node")
         metrics.driver_auto_upgrade_enabled.set(int(any(g.spec.driver.upgrade_policy.auto_upgrade for g in groups)))
         return out
 

@@ -11,6 +11,7 @@ from typing import Any
 from .. import metrics
 from ..api import ClusterPolicySpec
 from ..kube import Kube
+from ..nodes import NodeFacts
 from ..observe import Snapshot
 from .adapter import WRITE_BUDGET_S, Executor, UpgradeKept, managed_nodes, steady, workload_pods
 from .model import (
@@ -47,18 +48,21 @@ class Orchestrated:
     deferred: int = 0  # nodes whose actions wait for the next pass (out of this pass's write budget)
 
 
-def left_behind(kube: Kube, namespace: str, snap: Snapshot, events: Recorder) -> None:
-    """The ClusterPolicy's driver switched off: no upgrade can go on, so the nodes one left mid-way are let go as
+def left_behind(
+    kube: Kube, namespace: str, nodes: Iterable[NodeFacts], events: Recorder,
+    why: str = "the ClusterPolicy's driver was switched off",
+) -> None:  # fmt: skip
+    """`nodes` no driver of ours upgrades any more (the ClusterPolicy's driver switched off, or under
+    useNvidiaDriverCRD no NVIDIADriver drives them): no upgrade can go on, so those one left mid-way are let go as
     with autoUpgrade off (planner.switched_off): state label and bookkeeping removed, the upgrade's own cordons
-    undone (a failed node's left to the admin), each with an event. Upstream leaves them cordoned for good. One walk
-    of the nodes per pass, only while the driver is off."""
+    undone (a failed node's left to the admin), each with an event saying `why`. Upstream leaves them cordoned for
+    good."""
     actions = [
         a
-        for n in snap.nodes.values()
+        for n in nodes
         if STATE_LABEL in n.labels
         for a in switched_off(
-            UpgradeNode(n.name, labels=n.labels, annotations=n.annotations, unschedulable=n.unschedulable),
-            "the ClusterPolicy's driver was switched off",
+            UpgradeNode(n.name, labels=n.labels, annotations=n.annotations, unschedulable=n.unschedulable), why
         )
     ]
     if actions:
@@ -98,7 +102,7 @@ def orchestrate(
         if gauges:
             set_gauges(Counters())
         if not spec.driver.enabled and not spec.driver.use_nvidia_driver_crd:
-            left_behind(kube, namespace, snap, events)
+            left_behind(kube, namespace, snap.nodes.values(), events)
         return Orchestrated(None, False)
     needs = kept.inputs.needs_pods if kept is not None else None  # kept with `managed`
     result = plan(managed, workload_pods(kube, managed, policy, needs), policy, time.time(), limit=limit)

@@ -557,6 +557,174 @@ def test_nvidiadrivers_coming_and_going_leave_the_defaults_pod_template_alone() 
     assert all(own[name]["spec"]["affinity"] == alone[name]["spec"]["affinity"] for name in own)
 
 
+CP_DS = "nvidia-driver-daemonset-ubuntu22.04"  # the ClusterPolicy's driver DaemonSet of the nodes below
+
+
+class DeleteRecordingKube(EchoKube):
+    """Records node patches, applies and deletes in order, a delete with its body (None: the client's default,
+    Background, by which a DaemonSet's pods go with it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, Any]] = []
+
+    def apply(self, obj: dict[str, Any], *_: Any, **__: Any) -> dict[str, Any]:
+        self.calls.append(("apply", copy.deepcopy(obj)))
+        return obj
+
+    def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *a: Any, **k: Any) -> dict[str, Any]:
+        if kind == "Node":
+            self.calls.append(("node", (name, copy.deepcopy(patch))))
+            return support_node(name)
+        return super().merge_patch(kind, name, patch, *a, **k)
+
+    def delete(self, kind: str, name: str, namespace: str | None = None, body: dict[str, Any] | None = None,
+               *_: Any, **__: Any) -> bool:  # fmt: skip
+        self.calls.append(("delete", (kind, name, body)))
+        return True
+
+    def deletes(self, name: str) -> list[tuple[int, dict[str, Any] | None]]:
+        return [(i, what[2]) for i, (verb, what) in enumerate(self.calls) if verb == "delete" and what[:2] == (
+            "DaemonSet", name)]  # fmt: skip
+
+    def node_patches(self, key: str) -> dict[str, list[tuple[int, Any]]]:
+        """Node -> (call number, value) of each patch of the label or spec field `key`."""
+        out: dict[str, list[tuple[int, Any]]] = {}
+        for i, (verb, what) in enumerate(self.calls):
+            if verb == "node":
+                name, patch = what
+                for part in ((patch.get("metadata") or {}).get("labels") or {}, patch.get("spec") or {}):
+                    if key in part:
+                        out.setdefault(name, []).append((i, part[key]))
+        return out
+
+
+def _switch_pass(nodes: list[NodeFacts], policy: dict[str, Any], drivers: dict[str, dict[str, Any]],
+                 owned: dict[Any, dict[str, Any]], pods: dict[str, dict[str, Any]] | None = None,
+                 ) -> tuple[DeleteRecordingKube, dict[Any, Any]]:  # fmt: skip
+    """One pass; the kube's record, and our objects as the pass leaves them."""
+    from gpu_operator.observe import Snapshot, key_of
+    from gpu_operator.reconciler import Reconciler
+
+    kube = DeleteRecordingKube()
+    snap = Snapshot(nodes={n.name: n for n in nodes}, policies={"cluster-policy": policy_object(policy)},
+                    owned=owned, pods=pods or {}, revisions={}, nvidia_drivers=drivers)  # fmt: skip
+    Reconciler(kube, "gpu-operator").reconcile(snap)  # type: ignore[arg-type]
+    gone = {("DaemonSet", "gpu-operator", what[1]) for verb, what in kube.calls if verb == "delete"}
+    left = {k: o for k, o in owned.items() if k not in gone}
+    left.update({key_of(o): o for verb, o in kube.calls if verb == "apply"})
+    return kube, left
+
+
+def _nvd_objects(**specs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: {"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver",
+                   "metadata": {"name": name, "uid": f"uid-{name}", "generation": 1,
+                                "creationTimestamp": "2026-01-01T00:00:00Z"}, "spec": spec}
+            for name, spec in specs.items()}  # fmt: skip
+
+
+def _orphans(nodes: list[str], pool: str = "ubuntu22.04") -> dict[str, dict[str, Any]]:
+    """Driver pod projections whose DaemonSet was deleted with propagationPolicy Orphan (no owner any more)."""
+    from gpu_operator.nodes import POOL_LABEL
+    from gpu_operator.states.base import STATE_LABEL as OPERAND_STATE
+
+    ready = [{"name": "nvidia-driver-ctr", "ready": True, "restartCount": 0}]
+    return {f"drv-{n}": {"metadata": {"name": f"drv-{n}", "labels": {"controller-revision-hash": "h1",
+                                                                     OPERAND_STATE: "state-driver", POOL_LABEL: pool}},
+                         "node": n, "owner": "", "status": {"phase": "Running", "containerStatuses": ready},
+                         "ready": True} for n in nodes}  # fmt: skip
+
+
+def _cluster_policy_cluster() -> tuple[list[NodeFacts], dict[Any, dict[str, Any]]]:
+    """Two GPU nodes and what a pass under the ClusterPolicy's own driver leaves in the cluster."""
+    from gpu_operator.upgrade.model import STATE_LABEL
+
+    nodes = [facts(n, labels={"nvidia.com/gpu.deploy.driver": "true", STATE_LABEL: "upgrade-done"})
+             for n in ("a1", "a2")]  # fmt: skip
+    _, owned = _switch_pass(nodes, copy.deepcopy(load_policy()["spec"]), {}, {})
+    assert ("DaemonSet", "gpu-operator", CP_DS) in owned
+    return nodes, owned
+
+
+def test_switching_to_non_default_nvidiadrivers_keeps_the_driver_pods_and_the_upgrade_replaces_them() -> None:
+    """useNvidiaDriverCRD false -> true with an NVIDIADriver that is not the default (chart deployDefaultCR false,
+    per-pool NVIDIADrivers): the ClusterPolicy's driver DaemonSet was deleted with the client's default propagation
+    (Background), and the owner label went out before the delete (the old DaemonSet avoids owned nodes, so it
+    dropped their pods itself): every node's driver pod went at once, with no cordon, no drain, no
+    maxParallelUpgrades. Now, as upstream (state_manager.go: cleanupAllDriverDaemonSets with
+    DeletePropagationOrphan), it is deleted with propagationPolicy Orphan before the owner labels, and the next pass
+    takes a driver pod no DaemonSet owns (as labelNodesWithOrphanedDriverPods) through the upgrade state machine:
+    upgrade-required, started within maxParallelUpgrades (1 here), its orphan deleted at pod restart."""
+    from gpu_operator.api import DriverUpgradePolicySpec
+    from gpu_operator.upgrade import STATE_LABEL, DeleteDriverPod, UpgradeNode, plan
+
+    nodes, owned = _cluster_policy_cluster()
+    drivers = _nvd_objects(all={"version": "580.95.05"})
+    kube, left = _switch_pass(nodes, crd_policy(), drivers, owned)
+    ((at, body),) = kube.deletes(CP_DS)
+    assert body == {"propagationPolicy": "Orphan"}, f"deleted with {body or 'Background (the default)'}"
+    owners = kube.node_patches(OWNER_LABEL)
+    assert set(owners) == {"a1", "a2"} and min(i for ones in owners.values() for i, _ in ones) > at
+    # The garbage collector took the pods' owner reference off: the next pass replaces them, in order.
+    relabelled = [facts(n.name, labels={**n.labels, OWNER_LABEL: "all"}) for n in nodes]
+    kube, _ = _switch_pass(relabelled, crd_policy(), drivers, left, _orphans(["a1", "a2"]))
+    states = {n: [v for _, v in ones] for n, ones in kube.node_patches(STATE_LABEL).items()}
+    assert states == {"a1": ["wait-for-jobs-required"], "a2": ["upgrade-required"]}, states
+    assert list(kube.node_patches("unschedulable")) == ["a1"]  # maxParallelUpgrades 1
+    assert not [c for c in kube.calls if c[0] == "delete"]  # the pods wait for their turn (pod deletion first)
+    # At pod restart the orphan is deleted; the new DaemonSet's pod, Pending (podAntiAffinity) until then, starts.
+    pod = _orphans(["a1"])["drv-a1"]
+    node = UpgradeNode("a1", labels={STATE_LABEL: "pod-restart-required"}, unschedulable=True, driver_pod=pod,
+                       orphaned=True)  # fmt: skip
+    assert DeleteDriverPod("a1", "drv-a1") in plan([node], [], DriverUpgradePolicySpec(auto_upgrade=True), 0.0).actions
+
+
+def test_a_pass_that_sees_useNvidiaDriverCRD_before_the_default_nvidiadriver_restarts_no_driver_pod() -> None:
+    """helm upgrade --set driver.nvidiaDriverCRD.enabled=true changes the ClusterPolicy and creates the default
+    NVIDIADriver in one release; a pass that read the ClusterPolicy first (no NVIDIADriver yet) pruned every
+    ClusterPolicy driver DaemonSet with Background propagation: every driver pod in the cluster deleted at once, to
+    be recreated a pass later under the default's DaemonSets of the same names. Now they are orphaned, and the
+    default's DaemonSet of the same name and selector adopts them (the same template: nothing restarts): the
+    upgrade leaves an orphan of a pool a DaemonSet of ours serves alone."""
+    from gpu_operator.upgrade.model import STATE_LABEL
+
+    nodes, owned = _cluster_policy_cluster()
+    kube, left = _switch_pass(nodes, crd_policy(), {}, owned)
+    ((_, body),) = kube.deletes(CP_DS)
+    assert body == {"propagationPolicy": "Orphan"}, f"deleted with {body or 'Background (the default)'}"
+    assert ("DaemonSet", "gpu-operator", CP_DS) not in left
+    # The next pass sees the default NVIDIADriver and the orphans: its DaemonSet of that name is created again.
+    kube, _ = _switch_pass(nodes, crd_policy(), _nvd_objects(default={"default": True}), left, _orphans(["a1", "a2"]))
+    assert [o["metadata"]["name"] for verb, o in kube.calls if verb == "apply" and o["kind"] == "DaemonSet"
+            and o["metadata"]["name"] == CP_DS]  # fmt: skip
+    assert not [c for c in kube.calls if c[0] == "delete"]
+    assert not kube.node_patches("unschedulable")
+    assert all(v != "upgrade-required" for ones in kube.node_patches(STATE_LABEL).values() for _, v in ones)
+
+
+def test_switching_back_orphans_the_nvidiadrivers_daemonsets_and_switching_the_driver_off_deletes_them() -> None:
+    """useNvidiaDriverCRD true -> false hands the driver back the same way: a non-default NVIDIADriver's DaemonSets
+    are deleted with their pods left running, before the owner labels go (the ClusterPolicy's DaemonSet then takes
+    the nodes, its pods Pending until the upgrade replaces the orphans). The ClusterPolicy's driver switched off
+    (driver.enabled false) still deletes its DaemonSets with their pods: no driver is wanted."""
+    nodes, owned = _cluster_policy_cluster()
+    drivers = _nvd_objects(all={"version": "580.95.05"})
+    _, left = _switch_pass(nodes, crd_policy(), drivers, owned)
+    theirs = "nvidia-driver-daemonset-all-ubuntu22.04"
+    assert ("DaemonSet", "gpu-operator", theirs) in left
+    owned_nodes = [facts(n.name, labels={**n.labels, OWNER_LABEL: "all"}) for n in nodes]
+    kube, _ = _switch_pass(owned_nodes, copy.deepcopy(load_policy()["spec"]), drivers, left)
+    ((at, body),) = kube.deletes(theirs)
+    assert body == {"propagationPolicy": "Orphan"}
+    removed = kube.node_patches(OWNER_LABEL)
+    assert set(removed) == {"a1", "a2"} and all(i > at and v is None for ones in removed.values() for i, v in ones)
+    off = copy.deepcopy(load_policy()["spec"])
+    off["driver"]["enabled"] = False
+    kube, _ = _switch_pass(nodes, off, {}, owned)
+    ((_, body),) = kube.deletes(CP_DS)
+    assert body is None
+
+
 def test_a_selector_on_gpu_present_matches_gpu_nodes_before_they_carry_the_label() -> None:
     drivers = [nvd("gpus", nodeSelector={"nvidia.com/gpu.present": "true", "pool": "b"})]
     assert assign(NODES, drivers).owner == {"b1": "gpus", "b2": "gpus"}  # not the CPU node of pool b

@@ -1273,6 +1273,46 @@ def test_the_adapter_gives_the_same_object_for_the_same_inputs() -> None:
     assert paused.labels is relabelled.labels and paused.driver_pod is pod
 
 
+def test_a_driver_pod_no_daemonset_owns_or_adopts_is_an_orphan_the_upgrade_replaces() -> None:
+    """A driver DaemonSet deleted with propagationPolicy Orphan (the driver handed between the ClusterPolicy and
+    NVIDIADrivers) leaves its pods running without an owner. Such a pod was not out of date for the planner (no
+    DaemonSet, no revision to compare), so nothing ever replaced it. Now, as upstream (k8s-operator-libs
+    IsOrphanedPod; labelNodesWithOrphanedDriverPods), it is out of date: upgrade-required, and deleted at pod
+    restart. One of a pool a driver DaemonSet of ours serves is not: that DaemonSet (same name and selector) adopts
+    it; nor is one whose owner is still named (the garbage collector takes care of it)."""
+    from gpu_operator.nodes import POOL_LABEL
+    from gpu_operator.upgrade.adapter import adopting_pools
+
+    facts = NodeFacts(name="a1", labels={DEPLOY_DRIVER: "true", "feature.node.kubernetes.io/pci-10de.present": "true",
+                                         STATE_LABEL: "upgrade-done"})  # fmt: skip
+    pod = {**driver_pod("drv-a1", rev=NEW), "node": "a1", "owner": ""}
+    pod["metadata"]["labels"].update({OPERAND_STATE_LABEL: "state-driver", POOL_LABEL: "ubuntu22.04"})
+    ds = {"metadata": {"labels": {OPERAND_STATE_LABEL: "state-driver", POOL_LABEL: "ubuntu22.04"}}}
+    pools = adopting_pools({("DaemonSet", "gpu-operator", "nvidia-driver-daemonset-ubuntu22.04"): ds,
+                            ("DaemonSet", "gpu-operator", "going"): {"metadata": {
+                                "labels": {OPERAND_STATE_LABEL: "state-driver", POOL_LABEL: "rhel9"},
+                                "deletionTimestamp": "2026-01-01T00:00:00Z"}}})  # fmt: skip
+    assert pools == {"ubuntu22.04"}
+    (orphan,) = upgrade_nodes([facts], {"drv-a1": pod}, {})
+    assert orphan.orphaned and orphan.driver_out_of_date
+    (adopted,) = upgrade_nodes([facts], {"drv-a1": pod}, {}, pools=pools)
+    assert not adopted.orphaned and not adopted.driver_out_of_date
+    owned_pod = {**pod, "owner": "nvidia-driver-daemonset-rhel9"}
+    (owned,) = upgrade_nodes([facts], {"drv-a1": owned_pod}, {})
+    assert not owned.orphaned
+    kept = UpgradeInputs()
+    index = PodIndex.of({"drv-a1": pod})
+    (first,) = kept.over([facts], index, {}, {}, frozenset())
+    (again,) = kept.over([facts], index, {}, {}, frozenset(pools))
+    assert first.orphaned and not again.orphaned  # made again when the pools change
+    done = plan([orphan], [], policy(), NOW)
+    assert done.actions[0] == SetState("a1", "upgrade-required")
+    assert any("drv-a1 belongs to no DaemonSet" in getattr(a, "message", "") for a in done.actions)
+    restart = UpgradeNode("a1", labels={STATE_LABEL: "pod-restart-required"}, unschedulable=True, driver_pod=pod,
+                          orphaned=True)  # fmt: skip
+    assert DeleteDriverPod("a1", "drv-a1") in plan([restart], [], policy(), NOW).actions
+
+
 def test_by_urgency_puts_the_nodes_nearest_done_first_and_keeps_each_nodes_actions_in_order() -> None:
     actions = [
         SetState("idle", "upgrade-required"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -22,6 +22,7 @@ R = TypeVar("R")
 
 
 _BINDINGS = frozenset({"RoleBinding", "ClusterRoleBinding"})
+ORPHAN = {"propagationPolicy": "Orphan"}  # a delete's body that leaves what the object owns in place
 
 
 def _role_of(binding: dict[str, Any]) -> Key:
@@ -194,9 +195,14 @@ class Applier:
         with ThreadPoolExecutor(max_workers=min(self.workers, len(items))) as pool:
             return list(pool.map(fn, items))
 
-    def prune(self, owned: dict[Key, dict[str, Any]], desired: set[Key], states: frozenset[str]) -> list[Key]:
+    def prune(
+        self, owned: dict[Key, dict[str, Any]], desired: set[Key], states: frozenset[str],
+        orphan: Collection[Key] = (),
+    ) -> list[Key]:  # fmt: skip
         """Delete the objects a state of ours owns that no state wants any more; the keys deleted. One already being
-        deleted (held by a finalizer, a LoadBalancer Service's say) is left to finish."""
+        deleted (held by a finalizer, a LoadBalancer Service's say) is left to finish. Those in `orphan` are deleted
+        with propagationPolicy Orphan: what they own (a DaemonSet's pods) is left as it is; the others with what
+        they own."""
         doomed = []
         for key, obj in sorted(owned.items()):
             if key in desired or key[0] == "ClusterPolicy" or obj["metadata"].get("deletionTimestamp"):
@@ -205,9 +211,16 @@ class Applier:
             state = owning_state(labels, states)
             if labels.get(MANAGED_BY) != OPERATOR_NAME or not state:
                 continue
-            log.info("deleting %s %s (%s no longer wants it)", key[0], key[2], state)
+            kept = "; its pods are left running" if key in orphan else ""
+            log.info("deleting %s %s (%s no longer wants it%s)", key[0], key[2], state, kept)
             doomed.append(key)
-        self._map(lambda key: self.kube.delete(key[0], key[2], key[1] or None), doomed)
+
+        def delete(key: Key) -> bool:
+            if key in orphan:
+                return self.kube.delete(key[0], key[2], key[1] or None, ORPHAN)
+            return self.kube.delete(key[0], key[2], key[1] or None)
+
+        self._map(delete, doomed)
         return doomed
 
     def patch_nodes(

@@ -544,7 +544,8 @@ def apply_patch(labels: dict[str, str], patch: dict[str, str | None]) -> dict[st
     return out
 
 
-# Pool names are label values (nvidia.com/gpu-operator.driver-pool), so at most 63 characters.
+# A driver DaemonSet's pool, on it and its pods (its selector): pool names are label values, at most 63 characters.
+POOL_LABEL = "nvidia.com/gpu-operator.driver-pool"
 MAX_POOL_NAME = 63
 
 

@@ -17,7 +17,7 @@ from . import wire
 from .gpu_identity import device_ids_from_node_feature, node_of_feature
 from .kinds import NODE_FEATURE, Kind, operand_kinds, served
 from .kube import ApiError, Kube
-from .nodes import NodeFacts, keep_labels
+from .nodes import POOL_LABEL, NodeFacts, keep_labels
 from .nvidiadriver import selector_keys
 from .readiness import is_unready
 from .render import config_map_keys
@@ -60,9 +60,9 @@ class Snapshot:
         """The operand pods by node and state, and by owning DaemonSet (built once per snapshot)."""
         return PodIndex.of(self.pods)
 
-    def with_nodes(self, nodes: dict[str, NodeFacts]) -> Snapshot:
-        """This snapshot with other nodes (the same pods: their index is kept)."""
-        out = replace(self, nodes=nodes)
+    def with_nodes(self, nodes: dict[str, NodeFacts], owned: dict[Key, dict[str, Any]] | None = None) -> Snapshot:
+        """This snapshot with other nodes, and `owned` objects if given (the same pods: their index is kept)."""
+        out = replace(self, nodes=nodes) if owned is None else replace(self, nodes=nodes, owned=owned)
         if "pod_index" in self.__dict__:
             out.__dict__["pod_index"] = self.__dict__["pod_index"]
         return out
@@ -127,8 +127,9 @@ def _deleting(pod: dict[str, Any]) -> bool:
     return bool(pod["metadata"].get("deletionTimestamp"))
 
 
-# The component label too: pods started before the state label existed are found by it.
-_POD_LABELS = ("controller-revision-hash", STATE_LABEL, COMPONENT)
+# The component label too: pods started before the state label existed are found by it. A driver pod's pool: the
+# DaemonSet of that pool adopts it once it has no owner (upgrade.adapter, orphans).
+_POD_LABELS = ("controller-revision-hash", STATE_LABEL, COMPONENT, POOL_LABEL)
 
 
 def pod_projection(pod: dict[str, Any]) -> dict[str, Any]:

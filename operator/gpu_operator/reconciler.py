@@ -23,6 +23,7 @@ from .events import EventRecorder, now
 from .kube import ApiError, Kube
 from .lifecycle import CLEANUP_FINALIZER, Lifecycle
 from .nodes import DRIVER_KERNEL, DRIVER_REFUSED, NodeFacts, deploy_label, unpooled
+from .nvidiadriver_api import KIND as NVIDIADRIVER
 from .observe import Key, Newer, Snapshot, key_of, newer
 from .readiness import KeptReadiness, NodeCounter
 from .render import (
@@ -364,7 +365,6 @@ class Reconciler:
         sharing_problems = self._check_sharing(policy, ctx)
         results = []
         errors = []
-        desired: set[Key] = set()
         live = dict(snap.owned)
         states = frozenset(s.name for s in all_states())
         plans = self._render(ctx)
@@ -373,6 +373,11 @@ class Reconciler:
         applied_by_state = self.applier.apply_states([p for p in plans if not p.problem], live, ahead)
         for _, _, future in (ahead or {}).values():
             future.result()  # every one answered (an object the full plan dropped meanwhile comes by the watch)
+        # What no state wants any more goes before the nodes are labelled: a driver DaemonSet handed over is
+        # deleted with its pods left running (handed_over), before owner labels make it drop them.
+        wanted = {p.state.name: _wanted(p, live, states) for p in plans}
+        desired = set().union(*wanted.values())
+        out.deleted = self.applier.prune(snap.owned, desired, states, handed_over(snap.owned, spec))
         out.nodes = early_nodes + self.applier.patch_nodes(patches, versions, node_refusals)
         # Readiness counts the nodes as this pass left them (a node labelled just now must have its pods).
         patched = {**snap.nodes, **{n.name: n for n in out.nodes}} if out.nodes else snap.nodes
@@ -383,16 +388,10 @@ class Reconciler:
         waiting: dict[int, set[Key]] = {}  # results not ready only by their DaemonSets' readiness: their keys
         for state_plan in plans:
             state = state_plan.state
-            if state_plan.problem:  # nothing rendered: keep what the state has, say why
-                desired |= {k for k, o in live.items() if owning_state(labels_of(o), states) == state.name}
+            if state_plan.problem:  # nothing rendered: its objects are kept (_wanted); say why
                 results.append(StateResult(state.name, "notReady", state_plan.problem))
                 continue
-            mine = {key_of(obj) for obj in state_plan.objects}
-            if state_plan.held:  # an owner whose objects could not be rendered keeps the ones it has
-                mine |= {k for k, o in live.items() if owning_state(labels_of(o), states) == state.name
-                         and any(r.get("uid") in state_plan.held for r in o["metadata"].get("ownerReferences")
-                                 or [])}  # fmt: skip
-            desired |= mine
+            mine = wanted[state.name]
             applied = applied_by_state[state.name]
             out.applied += applied.objects
             if state.name == "state-driver" and held and (applied.objects or applied.failed):
@@ -415,7 +414,6 @@ class Reconciler:
                     waiting[len(results)] = mine
                 results.append(result)
 
-        out.deleted = self.applier.prune(snap.owned, desired, states)
         if held:
             self.applier.patch_nodes(held, refused=node_refusals)
             out.busy = True
@@ -428,11 +426,14 @@ class Reconciler:
         was_moved = self.moved
         moved = None if was_moved is None else lambda name: was_moved(by_name[name])
         said = ((policy.get("status") or {}).get("upgrade") or {}).get("waiting") or []
+        # The upgrade sees our objects as this pass leaves them: a driver DaemonSet it created adopts the orphaned
+        # driver pods of its pool, and one it deleted adopts none.
+        left = snap.with_nodes(by_name, {k: live[k] for k in desired if k in live})
         if assignment is not None:
-            upgrade = self._orchestrate_nvidia_drivers(spec, snap, by_name, assignment, groups, moved, said)
+            upgrade = self._orchestrate_nvidia_drivers(spec, left, by_name, assignment, groups, moved, said)
         else:
-            upgrade = orchestrate(self.kube, self.namespace, spec, snap.with_nodes(by_name), self.events,
-                                  moved=moved, kept=self._kept, said=said)
+            upgrade = orchestrate(self.kube, self.namespace, spec, left, self.events, moved=moved, kept=self._kept,
+                                  said=said)  # fmt: skip
         settling = bool(patches or held or out.applied or out.deleted)
         # Not ready only by DaemonSets' readiness: what came since the snapshot may make them ready.
         only_waiting = bool(waiting) and len(waiting) == sum(r.state == "notReady" for r in results)
@@ -714,6 +715,40 @@ class Reconciler:
         if messages:
             return StateResult(state, "notReady", "; ".join(messages))
         return StateResult(state, "ready")
+
+
+def _wanted(state_plan: StatePlan, live: Mapping[Key, dict[str, Any]], states: frozenset[str]) -> set[Key]:
+    """The keys of a state's objects that stay: those it rendered and those of an owner whose objects could not be
+    rendered; all it has when nothing could be."""
+    name = state_plan.state.name
+    if state_plan.problem:  # nothing rendered: keep what the state has
+        return {k for k, o in live.items() if owning_state(labels_of(o), states) == name}
+    mine = {key_of(obj) for obj in state_plan.objects}
+    if state_plan.held:  # an owner whose objects could not be rendered keeps the ones it has
+        mine |= {k for k, o in live.items() if owning_state(labels_of(o), states) == name
+                 and any(r.get("uid") in state_plan.held for r in o["metadata"].get("ownerReferences") or [])}
+    return mine
+
+
+def handed_over(owned: Mapping[Key, dict[str, Any]], spec: ClusterPolicySpec) -> frozenset[Key]:
+    """The driver DaemonSets of the mode the driver was handed over from: the ClusterPolicy's under
+    useNvidiaDriverCRD, the NVIDIADrivers' without. Pruned with propagationPolicy Orphan (upstream's
+    cleanupAllDriverDaemonSets on the switch), so every node keeps its running driver pod: a DaemonSet of the same
+    pool adopts it (the default NVIDIADriver's, the ClusterPolicy's), and the upgrade replaces any other in order,
+    as out of date (upgrade.adapter, orphans). The ClusterPolicy's driver switched off deletes them with their pods."""
+    if not spec.driver.enabled:
+        return frozenset()
+    left = "ClusterPolicy" if spec.driver.use_nvidia_driver_crd else NVIDIADRIVER
+    return frozenset(
+        key
+        for key, obj in owned.items()
+        if key[0] == "DaemonSet"
+        and owning_state(labels_of(obj), _DRIVER_STATE) is not None
+        and any(r.get("kind") == left for r in obj["metadata"].get("ownerReferences") or [])
+    )
+
+
+_DRIVER_STATE = frozenset({"state-driver"})
 
 
 def _less(count: Callable[[dict[str, Any]], int], n: int, spec: dict[str, Any]) -> int:

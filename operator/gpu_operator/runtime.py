@@ -62,7 +62,7 @@ from .states.base import MANAGED_BY, OPERATOR_NAME, STATE_LABEL
 from .status import active_policy
 from .upgrade import IN_PROGRESS_STATES, Plan, UpgradeNode
 from .upgrade import STATE_LABEL as UPGRADE_STATE_LABEL
-from .upgrade.adapter import DRIVER, VALIDATOR, upgrade_node
+from .upgrade.adapter import DRIVER, VALIDATOR, adopting_pools, upgrade_node
 from .upgrade.orchestrate import advance
 from .upgrade.planner import plan_forward
 from .wire import Codec
@@ -329,7 +329,7 @@ class Operator:
             return
         facts = with_devices({name: facts}, self.node_features)[name]
         refused = compat.refused(compat.verdicts([facts], spec)).get(name, "")
-        node = upgrade_node(facts, self._by_state, self.revisions, refused)
+        node = upgrade_node(facts, self._by_state, self.revisions, refused, adopting_pools(self.owned))
         step = None if node is None else plan_forward(node, spec.driver.upgrade_policy, time.time())
         if node is None or step is None:
             return

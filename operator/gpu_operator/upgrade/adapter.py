@@ -10,7 +10,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -19,8 +19,9 @@ from urllib.parse import quote
 from .. import compat
 from ..api import ClusterPolicySpec, DriverUpgradePolicySpec
 from ..kube import ApiError, Kube
-from ..nodes import DRIVER_KERNEL, ByNode, NodeFacts, gets_driver, label_value_ok
-from ..observe import PodIndex, Snapshot
+from ..nodes import DRIVER_KERNEL, POOL_LABEL, ByNode, NodeFacts, gets_driver, label_value_ok
+from ..observe import Key, PodIndex, Snapshot
+from ..states.base import STATE_LABEL as OPERAND_STATE
 from .model import (
     NEEDS_PODS,
     STATE_LABEL,
@@ -59,21 +60,38 @@ def managed_nodes(spec: ClusterPolicySpec, snap: Snapshot, kept: UpgradeKept | N
     """The nodes whose driver the operator upgrades: none while the ClusterPolicy's driver is off.
 
     The operator's pass and `gpu-operator upgrade plan` both call this, so they give one answer. `kept`: what the
-    pass kept of the last call (the same answer, worked out for the nodes that changed)."""
+    pass kept of the last call (the same answer, worked out for the nodes that changed). `snap.owned`: our objects
+    (the pass gives them as it leaves them), whose driver DaemonSets adopt the orphaned pods of their pools."""
     driver_on = spec.driver.enabled and not spec.driver.use_nvidia_driver_crd
     nodes = snap.nodes.values() if driver_on else ()
     refused = compat.refused(compat.verdicts(nodes, spec, kept.verdicts if kept else None)) if driver_on else {}
+    pools = adopting_pools(snap.owned) if driver_on else frozenset()
     if kept is not None:
-        return kept.inputs.over(nodes, snap.pod_index, snap.revisions, refused)
-    return upgrade_nodes(nodes, snap.pods, snap.revisions, refused, index=snap.pod_index)
+        return kept.inputs.over(nodes, snap.pod_index, snap.revisions, refused, pools)
+    return upgrade_nodes(nodes, snap.pods, snap.revisions, refused, index=snap.pod_index, pools=pools)
+
+
+def adopting_pools(owned: Mapping[Key, dict[str, Any]]) -> frozenset[str]:
+    """The pools of our driver DaemonSets (not being deleted). A driver pod no DaemonSet owns any more (its
+    DaemonSet was deleted with propagationPolicy Orphan) is adopted by the DaemonSet of its pool, whose selector is
+    the pool (and name too): one of these pools' is left to it; any other is an orphan the upgrade replaces."""
+    return frozenset(
+        labels[POOL_LABEL]
+        for key, obj in owned.items()
+        if key[0] == "DaemonSet"
+        and (labels := obj["metadata"].get("labels") or {}).get(OPERAND_STATE) == DRIVER
+        and POOL_LABEL in labels
+        and not obj["metadata"].get("deletionTimestamp")
+    )
 
 
 class UpgradeInputs:
     """upgrade_nodes, kept between passes: a pass makes planner nodes again only for the nodes whose object, driver
     or validator pods (the PodIndex's sequences, replaced on change) or refusal changed since the last (every
-    node's when a driver DaemonSet's newest revision changed); the others keep their planner node, which the
-    planner recognizes as settled. At 5,000 nodes the walk that checked each node's inputs was a sixth of a pass;
-    identity scans of the nodes and of the two pod maps are ~1 ms. One reconciler's: not for concurrent use."""
+    node's when a driver DaemonSet's newest revision or the driver pools changed); the others keep their planner
+    node, which the planner recognizes as settled. At 5,000 nodes the walk that checked each node's inputs was a
+    sixth of a pass; identity scans of the nodes and of the two pod maps are ~1 ms. One reconciler's: not for
+    concurrent use."""
 
     def __init__(self) -> None:
         self._forget()
@@ -84,28 +102,30 @@ class UpgradeInputs:
         self.validators: Mapping[str, Sequence[dict[str, Any]]] = {}
         self.refused: dict[str, str] = {}
         self.newest: dict[str, tuple[int, str | None]] = {}
+        self.pools: frozenset[str] = frozenset()
         self.made: dict[str, UpgradeNode] = {}
         self.needs_pods: set[str] = set()  # nodes in a state whose step reads the node's pods (workload_pods)
 
     def over(
         self, nodes: Iterable[NodeFacts], index: PodIndex, revisions: Mapping[str, dict[str, Any]],
-        refused: Mapping[str, str],
+        refused: Mapping[str, str], pools: frozenset[str] = frozenset(),
     ) -> list[UpgradeNode]:  # fmt: skip
+        """`pools`: adopting_pools, as upgrade_nodes takes them."""
         try:
-            return self._over(nodes, index, revisions, refused)
+            return self._over(nodes, index, revisions, refused, pools)
         except BaseException:
             self._forget()  # half updated: the next call makes every node again
             raise
 
     def _over(
         self, nodes: Iterable[NodeFacts], index: PodIndex, revisions: Mapping[str, dict[str, Any]],
-        refused: Mapping[str, str],
+        refused: Mapping[str, str], pools: frozenset[str],
     ) -> list[UpgradeNode]:  # fmt: skip
         nodes = nodes if isinstance(nodes, list | tuple) else list(nodes)
         newest = newest_revisions(revisions)
         drivers, validators = index.by_state.get(DRIVER) or {}, index.by_state.get(VALIDATOR) or {}
         seen, made = self.nodes, self.made
-        if newest != self.newest:
+        if newest != self.newest or pools != self.pools:
             seen.clear()
             made.clear()
             self.needs_pods.clear()
@@ -125,6 +145,7 @@ class UpgradeInputs:
         if refused != self.refused:
             todo.update(n for n in refused.keys() | self.refused.keys() if refused.get(n) != self.refused.get(n))
         self.drivers, self.validators, self.refused, self.newest = drivers, validators, dict(refused), newest
+        self.pools = pools
         for name in todo:
             node = seen.get(name)
             if node is None or not gets_driver(node):
@@ -132,7 +153,7 @@ class UpgradeInputs:
                 self.needs_pods.discard(name)
                 continue
             driver, validator, revision = _operand_pods(name, drivers, validators, newest)
-            made[name] = one = _upgrade_node(node, driver, validator, revision, refused.get(name, ""))
+            made[name] = one = _upgrade_node(node, driver, validator, revision, refused.get(name, ""), pools)
             if one.state in NEEDS_PODS:
                 self.needs_pods.add(name)
             else:
@@ -155,10 +176,12 @@ def upgrade_nodes(
     revisions: Mapping[str, dict[str, Any]],
     refused: Mapping[str, str] | None = None,
     index: PodIndex | None = None,
+    pools: Collection[str] = frozenset(),
 ) -> list[UpgradeNode]:
     """Planner inputs for every node a driver DaemonSet manages, from the watch-cache projections, made afresh
     (a pass keeps them with UpgradeInputs). `refused`: node -> why the policy's driver cannot run there (the planner
-    skips it); `index`: of `pods`."""
+    skips it); `index`: of `pods`; `pools`: adopting_pools (a driver pod without an owner, of none of them, is an
+    orphan)."""
     newest = newest_revisions(revisions)
     by_state = (index or PodIndex.of(pods)).by_state
     drivers, validators = by_state.get(DRIVER) or {}, by_state.get(VALIDATOR) or {}
@@ -167,7 +190,7 @@ def upgrade_nodes(
     for node in nodes:
         if gets_driver(node):
             driver, validator, revision = _operand_pods(node.name, drivers, validators, newest)
-            out.append(_upgrade_node(node, driver, validator, revision, refused.get(node.name, "")))
+            out.append(_upgrade_node(node, driver, validator, revision, refused.get(node.name, ""), pools))
     return out
 
 
@@ -176,14 +199,15 @@ def upgrade_node(
     by_state: Mapping[str, Mapping[str, Sequence[dict[str, Any]]]],
     revisions: Mapping[str, dict[str, Any]],
     refused: str = "",
+    pools: Collection[str] = frozenset(),
 ) -> UpgradeNode | None:
     """One node's planner input (None: no driver of ours goes there) outside a pass (nothing is kept for one);
-    `by_state`: the operand pods as PodIndex.by_state has them."""
+    `by_state`: the operand pods as PodIndex.by_state has them; `pools`: adopting_pools."""
     if not gets_driver(node):
         return None
     drivers, validators = by_state.get(DRIVER) or {}, by_state.get(VALIDATOR) or {}
     driver, validator, revision = _operand_pods(node.name, drivers, validators, newest_revisions(revisions))
-    return _upgrade_node(node, driver, validator, revision, refused)
+    return _upgrade_node(node, driver, validator, revision, refused, pools)
 
 
 def _operand_pods(
@@ -210,7 +234,8 @@ def newest_revisions(revisions: Mapping[str, dict[str, Any]]) -> dict[str, tuple
 
 
 def _upgrade_node(
-    node: NodeFacts, driver: dict[str, Any] | None, validator: dict[str, Any] | None, revision: str | None, why: str
+    node: NodeFacts, driver: dict[str, Any] | None, validator: dict[str, Any] | None, revision: str | None, why: str,
+    pools: Collection[str],
 ) -> UpgradeNode:
     return UpgradeNode(
         name=node.name,
@@ -223,7 +248,14 @@ def _upgrade_node(
         validator_pod=validator,
         refused=why,
         pool_move=_pool_move(node),
+        orphaned=driver is not None and _orphaned(driver, pools),
     )
+
+
+def _orphaned(pod: dict[str, Any], pools: Collection[str]) -> bool:
+    """A driver pod with no DaemonSet owner that no DaemonSet of ours will adopt (see adopting_pools). One whose owner
+    is gone but still named is not: the garbage collector deletes it, or takes the reference off (orphans it)."""
+    return not pod["owner"] and pod["metadata"]["labels"].get(POOL_LABEL) not in pools
 
 
 def _pool_move(node: NodeFacts) -> str:

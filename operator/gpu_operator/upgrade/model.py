@@ -152,6 +152,9 @@ class UpgradeNode:
     refused: str = ""  # why the policy's driver cannot run here (compat.py): the node is skipped
     # The kernel a precompiled node now runs, when its driver pod is still in the pool of its old kernel.
     pool_move: str = ""
+    # The driver pod has no DaemonSet and none of ours will adopt it: its DaemonSet was deleted with its pods left
+    # running (the driver handed between the ClusterPolicy and NVIDIADrivers). Replaced as an out-of-date one.
+    orphaned: bool = False
 
     @classmethod
     def from_node(
@@ -201,8 +204,9 @@ class UpgradeNode:
 
     @property
     def driver_out_of_date(self) -> bool:
-        """The driver pod runs another revision than its DaemonSet's newest (unknown revision: not out of date)."""
-        if self.driver_pod is not None and self.pool_move:
+        """The driver pod runs another revision than its DaemonSet's newest (unknown revision: not out of date), or
+        is an orphan, or of the old kernel's pool."""
+        if self.driver_pod is not None and (self.pool_move or self.orphaned):
             return True
         if self.driver_pod is None or self.driver_revision is None:
             return False

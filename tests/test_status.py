@@ -986,6 +986,70 @@ def test_a_sharing_warning_whose_post_found_the_api_server_unreachable_is_posted
     assert [e["reason"] for e in kube.events if e["reason"] == sharing.REASON] == [sharing.REASON]
 
 
+def test_an_owed_warning_of_a_pass_that_was_cut_is_not_posted_after_it_was_fixed() -> None:
+    """An Event owed from an outage was posted at the first pass end after UNREACHABLE_RETRY_S "unless asked for
+    again meanwhile". A caller that asks once per change (sharing, compat, MIG, upgrade: only while the status does
+    not say it yet) never asks again once the problem is gone, so the InvalidSharingConfig Warning owed from a pass
+    the outage cut (its status never said False) was posted after the pass that found the ConfigMap fixed. Now the
+    Events owed in a pass that was cut are dropped when the next begins: that pass asks again if it still holds."""
+    from gpu_operator import sharing
+    from gpu_operator.kube import Unreachable
+    from gpu_operator.lifecycle import CLEANUP_FINALIZER
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+    from support import facts, load_policy
+
+    class Kube(EchoKube):
+        def __init__(self) -> None:
+            super().__init__()
+            self.down = True
+            self.events: list[dict[str, Any]] = []
+
+        def create(self, obj: dict[str, Any], **_: Any) -> dict[str, Any]:
+            if self.down:
+                raise Unreachable("POST https://10.0.0.1/api/v1/namespaces/default/events: connection refused")
+            if obj["kind"] == "Event":
+                self.events.append(obj)
+            return obj
+
+        def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *a: Any, **k: Any) -> dict[str, Any]:
+            if self.down:
+                raise Unreachable(f"PATCH {kind} {name}: connection refused")
+            return super().merge_patch(kind, name, patch, *a, **k)
+
+    spec = copy.deepcopy(load_policy()["spec"])
+    spec.setdefault("devicePlugin", {})["config"] = {"name": "sharing", "default": "mps"}
+    bad = {"mps": "sharing: {mps: {resources: [{name: nvidia.com/gpu, replicas: 64}]}}"}  # 64 > 48: refused
+    good = {"mps": "sharing: {mps: {resources: [{name: nvidia.com/gpu, replicas: 4}]}}"}
+    pol = policy_object(spec)
+    pol["metadata"]["finalizers"] = [CLEANUP_FINALIZER]
+    kube = Kube()
+    r = Reconciler(kube, "gpu-operator")  # type: ignore[arg-type]
+    now = [0.0]
+    r.events.clock = lambda: now[0]
+
+    def snap(data: dict[str, str]) -> Snapshot:
+        return Snapshot(nodes={"n1": facts("n1")}, policies={"cluster-policy": pol}, owned={}, pods={},
+                        revisions={}, config_maps={"sharing": ("mps",)}, config_data={"sharing": data})  # fmt: skip
+
+    with pytest.raises(Unreachable):  # the API server is down: the Warning is owed, the pass cut by its first write
+        r.reconcile(snap(bad))
+    kube.down = False
+    now[0] += 60  # the API server is back; the admin fixed the ConfigMap meanwhile
+    r.reconcile(snap(good))
+    conditions = {c["type"]: c for c in kube.statuses[("ClusterPolicy", "cluster-policy")]["conditions"]}
+    assert conditions[sharing.CONDITION]["status"] == "True"
+    assert [e["message"] for e in kube.events if e["reason"] == sharing.REASON] == []
+    kube.down = True  # the same outage, and the refusal still holds when the API server is back: said then
+    with pytest.raises(Unreachable):
+        r.reconcile(snap(bad))
+    kube.down = False
+    now[0] += 60
+    pol["status"] = kube.statuses[("ClusterPolicy", "cluster-policy")]  # as the watch brings it back
+    r.reconcile(snap(bad))
+    assert [e["reason"] for e in kube.events if e["reason"] == sharing.REASON] == [sharing.REASON]
+
+
 def test_events_owed_while_the_api_server_was_unreachable() -> None:
     """What the recorder keeps of the Events it could not post: only the last asked for each object and reason,
     none that a later ask said again, a later state made stale or whose object is gone, at most OWED_MAX, posted

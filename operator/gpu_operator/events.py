@@ -34,9 +34,13 @@ class EventRecorder:
         # (kind, name) -> reason -> (the object's uid, the message, when) refused last
         self._refused: dict[tuple[str, str], dict[str, tuple[str | None, str, float]]] = {}
         self._unreachable_at: float | None = None  # when a post last found the API server unreachable
-        # (kind, name), reason -> (the involved object, type, message, changed) of an Event not posted because the
-        # API server was unreachable: posted by pass_done once it may be (many callers ask only once per change)
-        self._owed: OrderedDict[tuple[tuple[str, str], str], tuple[dict[str, Any], str, str, bool]] = OrderedDict()
+        # (kind, name), reason -> (the involved object, type, message, changed, confirmed) of an Event not posted
+        # because the API server was unreachable: posted by pass_done once it may be (many callers ask only once per
+        # change). Confirmed: asked for in a pass that then ran to its end (pass_done), or between passes after one.
+        self._owed: OrderedDict[tuple[tuple[str, str], str], tuple[dict[str, Any], str, str, bool, bool]] = (
+            OrderedDict()
+        )
+        self._in_pass = False  # between pass_started and pass_done
         self._lock = threading.Lock()
 
     def __call__(self, obj: dict[str, Any], etype: str, reason: str, message: str, changed: bool = False) -> None:
@@ -45,7 +49,8 @@ class EventRecorder:
         that came back after another): posted even so. One the API server refused (this object, reason and message)
         is tried again when asked for no sooner than REFUSED_RETRY_S later; none is tried for UNREACHABLE_RETRY_S
         after one found the API server unreachable (Events are best-effort: the pass goes on), and one not posted so
-        is posted by the first pass_done after that unless asked for again meanwhile."""
+        is kept: dropped if the pass that asked for it is cut (pass_started), else posted by the first pass_done after
+        that pass's end and UNREACHABLE_RETRY_S unless asked for again meanwhile."""
         meta = obj["metadata"]
         ref, uid = (obj["kind"], meta["name"]), meta.get("uid")
         involved = {
@@ -67,12 +72,14 @@ class EventRecorder:
             if (refused is not None and not _other(uid, refused[0]) and refused[1] == message
                     and self.clock() - refused[2] < REFUSED_RETRY_S):  # fmt: skip
                 return
+            confirmed = not self._in_pass
             if self._unreachable():
-                self._owe(involved, etype, reason, message, changed)
+                self._owe(involved, etype, reason, message, changed, confirmed)
                 return
-        self._post(involved, etype, reason, message, changed)
+        self._post(involved, etype, reason, message, changed, confirmed)
 
-    def _post(self, involved: dict[str, Any], etype: str, reason: str, message: str, changed: bool) -> None:
+    def _post(self, involved: dict[str, Any], etype: str, reason: str, message: str, changed: bool,
+              confirmed: bool) -> None:  # fmt: skip
         """Post the Event (owed when the API server was unreachable, see pass_done)."""
         ref, uid, name = (involved["kind"], involved["name"]), involved["uid"], involved["name"]
         body = {
@@ -100,7 +107,7 @@ class EventRecorder:
             log.warning("could not record event %s on %s: %s", reason, name, exc)
             with self._lock:
                 self._unreachable_at = self.clock()
-                self._owe(involved, etype, reason, message, changed)
+                self._owe(involved, etype, reason, message, changed, confirmed)
             return
         with self._lock:
             posted = self._posted(ref, uid)
@@ -113,11 +120,12 @@ class EventRecorder:
         """Whether a post found the API server unreachable less than UNREACHABLE_RETRY_S ago (under the lock)."""
         return self._unreachable_at is not None and self.clock() - self._unreachable_at < UNREACHABLE_RETRY_S
 
-    def _owe(self, involved: dict[str, Any], etype: str, reason: str, message: str, changed: bool) -> None:
+    def _owe(self, involved: dict[str, Any], etype: str, reason: str, message: str, changed: bool,
+             confirmed: bool) -> None:  # fmt: skip
         """Keep an Event not posted for the API server being unreachable (under the lock), the newest last."""
         key = ((involved["kind"], involved["name"]), reason)
         self._owed.pop(key, None)
-        self._owed[key] = (involved, etype, message, changed)
+        self._owed[key] = (involved, etype, message, changed, confirmed)
         while len(self._owed) > OWED_MAX:
             self._owed.popitem(last=False)
 
@@ -127,10 +135,19 @@ class EventRecorder:
         known, posted = self._last.get(ref, (None, {}))
         return {} if _other(uid, known) else posted
 
+    def pass_started(self) -> None:
+        """A pass begins. The Events owed from the last one, if it was cut (no pass_done: its status not written), are
+        dropped: what they said may be over (the admin fixed it meanwhile), and a caller that asks once per change
+        asks again in this pass, its status not saying it, if it still holds."""
+        with self._lock:
+            for key in [k for k, v in self._owed.items() if not v[4]]:
+                del self._owed[key]
+            self._in_pass = True
+
     def pass_done(self) -> None:
         """A pass ran to its end: what was posted and not asked for since the last pass is over (the caller no longer
-        reports it), so an Event that says it again is posted when it comes back. The Events owed since the API
-        server was unreachable are posted, once UNREACHABLE_RETRY_S has passed."""
+        reports it), so an Event that says it again is posted when it comes back. The Events owed in this pass are
+        confirmed, and those confirmed earlier posted, once UNREACHABLE_RETRY_S has passed."""
         with self._lock:
             for ref, (_, posted) in list(self._last.items()):
                 for reason in [r for r in posted if (ref, r) not in self._asked]:
@@ -138,17 +155,21 @@ class EventRecorder:
                 if not posted:
                     del self._last[ref]
             self._asked.clear()
+            self._in_pass = False
+            earlier = [k for k, v in self._owed.items() if v[4]]
+            for key, (involved, etype, message, changed, _) in list(self._owed.items()):
+                self._owed[key] = (involved, etype, message, changed, True)
             if self._unreachable():
                 return
-            owed, self._owed = list(self._owed.items()), OrderedDict()
-        for key, (involved, etype, message, changed) in owed:
+            owed = [(key, self._owed.pop(key)) for key in earlier]
+        for key, (involved, etype, message, changed, _) in owed:
             with self._lock:
                 if key in self._asked:  # asked for again meanwhile (between passes): that ask says it
                     continue
                 if self._unreachable():  # unreachable again: the rest stay owed
-                    self._owe(involved, etype, key[1], message, changed)
+                    self._owe(involved, etype, key[1], message, changed, True)
                     continue
-            self._post(involved, etype, key[1], message, changed)
+            self._post(involved, etype, key[1], message, changed, True)
 
     def forget(self, kind: str, name: str) -> None:
         """Drop what was posted on an object that is gone (node names churn in autoscaled pools)."""

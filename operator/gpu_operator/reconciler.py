@@ -209,6 +209,7 @@ class Reconciler:
     def reconcile(self, snap: Snapshot) -> Outcome:
         writes_before = self.kube.writes()
         out = Outcome(ready=None)
+        self.events.pass_started()  # the Events owed from a pass that was cut are dropped (they may be over)
         try:
             self._reconcile(snap, out)
         finally:
@@ -239,6 +240,7 @@ class Reconciler:
             metrics.driver_auto_upgrade_enabled.set(0)
             set_gauges(Counters())
             out.recheck_s = self._drivers_unmanaged(snap, "no active ClusterPolicy")
+            self.events.pass_done()
             return
         policy = snap.policies[active]
         self._drivers_done = set()
@@ -269,6 +271,8 @@ class Reconciler:
                 self.status.write(policy, status, quiet=True)
             finally:
                 self._drivers_failed(policy, snap, f"reconcile failed: {exc}")
+        else:
+            self.events.pass_done()  # what this pass no longer reported is posted again should it come back
 
     def _reconcile_active(self, policy: dict[str, Any], snap: Snapshot, out: Outcome) -> None:
         meta = policy["metadata"]
@@ -497,7 +501,6 @@ class Reconciler:
             out.busy = True  # progress held back: the next pass writes it, once it may
             retry = self.status.retry_in(meta["name"])
             out.recheck_s = retry if driver_held is None else min(retry, driver_held)
-        self.events.pass_done()  # what this pass no longer reported is posted again should it come back
 
     def _orchestrate_nvidia_drivers(
         self,

@@ -828,6 +828,7 @@ def test_doctor_rbac_reads_what_doctor_reads() -> None:
                for v in rule["verbs"]}  # fmt: skip
     assert ("nfd.k8s-sigs.io", "nodefeatures", "list") in granted
     assert {("nvidia.com", "clusterpolicies", "list"), ("", "nodes", "list"), ("", "pods", "list")} <= granted
+    assert ("apps", "replicasets", "get") in granted  # a refused rollout's revisions (doctor.workloads)
     rules = role["rules"] + one(docs, "Role", "gpu-operator-doctor")["rules"]
     assert {v for rule in rules for v in rule["verbs"]} <= {"get", "list", "watch"}
     assert not find(docs, "ClusterRoleBinding", "gpu-operator-doctor"), "doctor.subjects is empty by default"

@@ -1137,6 +1137,14 @@ def owned_pod(name: str, kind: str, owner: str, created: str, **labels: str) -> 
     return p
 
 
+def replica_set(name: str, revision: int, deployment: str = "train") -> tuple[tuple[str, str], dict[str, Any]]:
+    """A Deployment's ReplicaSet as doctor reads it, keyed as Cluster.replica_sets."""
+    meta = {"name": name, "namespace": "default", "annotations": {"deployment.kubernetes.io/revision": str(revision)},
+            "ownerReferences": [{"kind": "Deployment", "name": deployment, "uid": f"uid-{deployment}",
+                                 "controller": True}]}  # fmt: skip
+    return ("default", name), {"kind": "ReplicaSet", "metadata": meta}
+
+
 def test_a_controller_whose_gpu_pods_the_api_server_refuses_is_named_with_the_fix() -> None:
     """REFERENCE §12 entries 4 and 5 for pods a controller creates (a Deployment's ReplicaSet, a Job, a StatefulSet,
     a DaemonSet): the API server refuses the pod, so no pod exists, and the controller posts a Warning event
@@ -1181,16 +1189,20 @@ def test_a_refusal_the_controller_got_past_is_not_reported() -> None:
     events = [refused("ReplicaSet", "train-7d9f8c", NOT_EQUAL), refused("Job", "finetune", NO_LIMIT),
               refused("DaemonSet", "agent", NO_LIMIT)]  # fmt: skip
 
-    def objects(pods: list[dict[str, Any]]) -> list[str]:
-        return [f.object for f in diagnose(cluster([node("h-0")], pods, events=events))]
+    def objects(pods: list[dict[str, Any]], replica_sets: Any = ()) -> list[str]:
+        c = cluster([node("h-0")], pods, events=events)
+        c.replica_sets = dict(replica_sets) if replica_sets is not None else None
+        return [f.object for f in diagnose(c)]
 
     after, before = "2026-01-01T00:10:05Z", "2026-01-01T00:01:00Z"
     assert objects([owned_pod("finetune-x", "Job", "finetune", after)]) == [
         "DaemonSet default/agent", "ReplicaSet default/train-7d9f8c"]
     assert objects([owned_pod("agent-x", "DaemonSet", "agent", before)]) == [
         "DaemonSet default/agent", "Job default/finetune", "ReplicaSet default/train-7d9f8c"]
-    assert "ReplicaSet default/train-7d9f8c" not in objects(
-        [owned_pod("train-66b4f9-x", "ReplicaSet", "train-66b4f9", after, **{"pod-template-hash": "66b4f9"})])
+    fixed = [owned_pod("train-66b4f9-x", "ReplicaSet", "train-66b4f9", after, **{"pod-template-hash": "66b4f9"})]
+    newer = [replica_set("train-7d9f8c", 2), replica_set("train-66b4f9", 3)]
+    assert "ReplicaSet default/train-7d9f8c" not in objects(fixed, newer)
+    assert "ReplicaSet default/train-7d9f8c" not in objects(fixed, None)  # ReplicaSets not readable: any counts
     assert "ReplicaSet default/train-7d9f8c" in objects(
         [owned_pod("other-66b4f9-x", "ReplicaSet", "other-66b4f9", after, **{"pod-template-hash": "66b4f9"})])
     # A DaemonSet whose status says all its pods are ready (its pods not read, its template stands in for them).
@@ -1198,6 +1210,22 @@ def test_a_refusal_the_controller_got_past_is_not_reported() -> None:
     template = {"metadata": {"namespace": "default", "ownerReferences": [{"kind": "DaemonSet", "name": "agent"}]}}
     settled.daemon_pods = [DaemonPods(template, ("h-0",))]
     assert "DaemonSet default/agent" not in [f.object for f in diagnose(settled)]
+
+
+def test_a_replacement_pod_of_the_old_replicaset_does_not_hide_a_stuck_rollout() -> None:
+    """A ReplicaSet's FailedCreate was dropped once any ReplicaSet named <deployment>-<hash> had a pod created after
+    the event, newer or not. In a rollout stuck on a refused template the old ReplicaSet keeps running and replaces
+    each pod it loses (an eviction, a node going away): that replacement, created after the event's last retry, hid
+    the refusal although the new ReplicaSet still has no pod. Now only a ReplicaSet of a higher revision counts."""
+    # Deployment train: the old revision train-66b4f9 runs, the new train-7d9f8c is refused.
+    event = refused("ReplicaSet", "train-7d9f8c", NOT_EQUAL, at="2026-01-01T00:10:00Z")
+    replacement = owned_pod("train-66b4f9-q", "ReplicaSet", "train-66b4f9", "2026-01-01T00:12:00Z",
+                            **{"pod-template-hash": "66b4f9"})  # fmt: skip
+    c = cluster([node("h-0")], [replacement], events=[event])
+    c.replica_sets = dict([replica_set("train-66b4f9", 1), replica_set("train-7d9f8c", 2)])
+    assert "ReplicaSet default/train-7d9f8c" in [f.object for f in diagnose(c)]
+    c.replica_sets = dict([replica_set("train-66b4f9", 3, deployment="other"), replica_set("train-7d9f8c", 2)])
+    assert "ReplicaSet default/train-7d9f8c" in [f.object for f in diagnose(c)], "another Deployment's"
 
 
 def test_doctor_reads_the_failed_create_events_in_one_more_list() -> None:
@@ -1223,6 +1251,52 @@ def test_doctor_reads_the_failed_create_events_in_one_more_list() -> None:
     assert sorted(s for k, s in kube.calls if k == "Event") == ["type=Warning,involvedObject.kind=Pod",
                                                                 "type=Warning,reason=FailedCreate"]  # fmt: skip
     assert c.events == [event] and "PodCreationRefused" in {f.kind for f in diagnose(c)}
+
+
+def test_doctor_reads_replicasets_only_for_a_refusal_another_revision_may_have_got_past() -> None:
+    """Which ReplicaSet is the newer revision needs the ReplicaSets: doctor gets the refused one, and the others of
+    its Deployment with pods created since, only then (no read without such a refusal); with a 403 any counts."""
+    from gpu_operator.doctor import gather
+    from gpu_operator.kube import ApiError, path_for
+
+    event = refused("ReplicaSet", "train-7d9f8c", NOT_EQUAL)
+    replacement = owned_pod("train-66b4f9-q", "ReplicaSet", "train-66b4f9", "2026-01-01T00:12:00Z",
+                            **{"pod-template-hash": "66b4f9"})  # fmt: skip
+    stored = dict([replica_set("train-66b4f9", 1), replica_set("train-7d9f8c", 2)])
+    stored_names = [name for _, name in stored]
+
+    class Reads(FakeKube):
+        def __init__(self, events: list[dict[str, Any]], forbidden: bool = False) -> None:
+            super().__init__([node("h-0")], [replacement])
+            self.events, self.forbidden = events, forbidden
+            self.gets: list[str] = []
+
+        def list(self, kind: str, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+            if kind == "Event":
+                return self.events if kwargs.get("field_selector") == "type=Warning,reason=FailedCreate" else []
+            return super().list(kind, *args, **kwargs)
+
+        def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+            if kind != "ReplicaSet":
+                return None
+            self.gets.append(path_for(kind, name, namespace))  # a kind the client knows
+            if self.forbidden:
+                raise ApiError(403, '{"message": "forbidden"}', f"GET replicasets {name}", "Forbidden")
+            return stored.get((namespace or "", name))
+
+        def api_groups(self) -> frozenset[str]:
+            return frozenset()
+
+    def found(kube: Reads) -> list[str]:
+        return [f.object for f in diagnose(gather(kube, NS))]  # type: ignore[arg-type]
+
+    kube = Reads([event])
+    assert "ReplicaSet default/train-7d9f8c" in found(kube)
+    assert sorted(kube.gets) == [f"/apis/apps/v1/namespaces/default/replicasets/{n}" for n in sorted(stored_names)]
+    quiet = Reads([refused("Job", "finetune", NO_LIMIT)])
+    assert "Job default/finetune" in found(quiet) and quiet.gets == []
+    forbidden = Reads([event], forbidden=True)
+    assert "ReplicaSet default/train-7d9f8c" not in found(forbidden)  # as before ReplicaSets were read
 
 
 def test_operand_pods_are_taken_from_the_one_listing_of_every_pod() -> None:

@@ -70,6 +70,7 @@ BUILTIN = (
     Kind("Event", "v1", "events", True),
     Kind("ControllerRevision", "apps/v1", "controllerrevisions", True),
     Kind("Deployment", "apps/v1", "deployments", True),
+    Kind("ReplicaSet", "apps/v1", "replicasets", True),  # read by doctor only (a refused rollout's revisions)
     Kind("PodDisruptionBudget", "policy/v1", "poddisruptionbudgets", True),
     Kind("CustomResourceDefinition", "apiextensions.k8s.io/v1", "customresourcedefinitions", False),
     Kind("ClusterPolicy", "nvidia.com/v1", "clusterpolicies", False),

@@ -59,6 +59,9 @@ class Cluster:
     events: list[dict[str, Any]]  # every namespace (the Warning events about pods, and FailedCreate)
     namespace: str  # the operator's (operands) namespace
     daemon_pods: list[DaemonPods] = field(default_factory=list)
+    # (namespace, name) -> the ReplicaSets read for workloads.refused_creations (a refused one and those of its
+    # Deployment with pods created since, see workloads.replica_set_reads); None: not readable (403)
+    replica_sets: dict[tuple[str, str], dict[str, Any]] | None = field(default_factory=dict)
     _views: dict[str, NodeView] | None = None
     _events: dict[tuple[str, str, str], list[dict[str, Any]]] | None = None
     memo: dict[str, Any] = field(default_factory=dict)  # facts computed once per run (upgrade reasons)

@@ -7,8 +7,9 @@ operand pods that are not Running, the Warning events about pods and the control
 server refused a pod they create). Read only when needed: the pods of each DaemonSet that is not settled (some pod
 not ready, not updated or misplaced); every operand pod while a node is in a driver upgrade (the upgrade planner
 needs them); the driver DaemonSets' pods when a GPU node lacks GFD's driver labels (doctor then reads the driver
-version from the pod's image). A settled DaemonSet's pods are not read: its pod template stands in for them on
-each node it runs on, for the nodes' resource arithmetic.
+version from the pod's image); a refused ReplicaSet and the others of its Deployment that created pods since (one
+get each: only a newer revision's pods get past the refusal, not the old one's replacements). A settled DaemonSet's
+pods are not read: its pod template stands in for them on each node it runs on, for the nodes' resource arithmetic.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ..kube import Kube
+from ..kube import ApiError, Kube
 from ..observe import OWNED_SELECTOR, observe, pod_projection
 from ..states.base import COMPONENT, MANAGED_BY, OPERATOR_NAME
 from .common import SETTLED_UPGRADE, UPGRADE_STATE, has_driver_labels
 from .model import Cluster, DaemonPods
 from .sched import DAEMON_TOLERATIONS, NodeView, selector_ok, untolerated_taints
+from .workloads import deployment_of, replica_set_reads
 
 WORKERS = 8
 # More unsettled DaemonSets than this: one listing of every operand pod instead of one per DaemonSet.
@@ -47,7 +49,31 @@ def gather(kube: Kube, namespace: str) -> Cluster:
             operand.update((p["metadata"]["name"], p) for p in found.result())
         pods = elsewhere.result() + others_here.result() + list(operand.values())
         snap.pods = {name: pod_projection(p) for name, p in operand.items()}
-        return Cluster(snap, nodes, pods, events.result() + refused.result(), namespace, daemon_pods=stand_ins)
+        warnings = events.result() + refused.result()
+        wanted = replica_set_reads(warnings, pods)
+        replica_sets = _replica_sets(kube, pool, wanted) if wanted else {}
+        return Cluster(snap, nodes, pods, warnings, namespace, daemon_pods=stand_ins, replica_sets=replica_sets)
+
+
+def _replica_sets(
+    kube: Kube, pool: ThreadPoolExecutor, wanted: dict[tuple[str, str], set[str]]
+) -> dict[tuple[str, str], dict[str, Any]] | None:
+    """The refused ReplicaSets in `wanted` and, of each one a Deployment controls, the others named there (one get
+    each); None when doctor may not read ReplicaSets (403)."""
+
+    def get(keys: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
+        reads = [(key, pool.submit(kube.get, "ReplicaSet", key[1], key[0])) for key in keys]
+        return {key: rs for key, f in reads if (rs := f.result()) is not None}
+
+    try:
+        read = get(sorted(wanted))
+        read.update(get(sorted({(ns, other) for (ns, name), rs in read.items() if deployment_of(rs)
+                                for other in wanted[(ns, name)]})))  # fmt: skip
+    except ApiError as exc:
+        if exc.status != 403:
+            raise
+        return None
+    return read
 
 
 def _operand_reads(

@@ -68,6 +68,7 @@ _NOT_EQUAL = re.compile(r"must be equal to (\S+) limit of ([^\s,\]]+)")  # not t
 _NOT_INTEGER = re.compile(r"(?:limits|requests)\[([^\]]+)\]: Invalid value: \"([^\"]*)\": must be an integer")
 _NO_LIMIT = "Limit must be set for non overcommitable resources"
 _NO_TIME = datetime.min.replace(tzinfo=UTC)
+REVISION = "deployment.kubernetes.io/revision"  # a Deployment's ReplicaSet's revision (the newest the highest)
 _TEMPLATE_OF = {
     "ReplicaSet": "in the pod template of the Deployment that owns it (a ReplicaSet's comes from there), or of the "
     "ReplicaSet if none does",
@@ -106,18 +107,8 @@ def refused_creations(cluster: Cluster, namespace: str | None = None) -> list[Fi
     """§12 entries 4 and 5 for the pods a controller creates: the API server refuses each, so none exists, and the
     controller (ReplicaSet, Job, StatefulSet, DaemonSet) posts a Warning event FailedCreate on itself quoting the
     refusal. The latest such event per controller, unless pods were created since (the template was fixed)."""
-    latest: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for e in cluster.events:
-        obj = e.get("involvedObject") or {}
-        key = (str(obj.get("kind") or ""), str(obj.get("namespace") or ""), str(obj.get("name") or ""))
-        if e.get("reason") != "FailedCreate" or key[0] == "Pod" or namespace and key[1] != namespace:
-            continue
-        if _refusal(str(e.get("message") or "")) and (
-            key not in latest or (event_time(e) or _NO_TIME) >= (event_time(latest[key]) or _NO_TIME)
-        ):
-            latest[key] = e
     out = []
-    for (kind, ns, name), e in sorted(latest.items()):
+    for (kind, ns, name), e in sorted(_refusals(cluster.events, namespace).items()):
         if _created_since(cluster, kind, ns, name, event_time(e)):
             continue
         message = str(e.get("message") or "")
@@ -129,6 +120,32 @@ def refused_creations(cluster: Cluster, namespace: str | None = None) -> list[Fi
             f"the API server refuses the pods {ref} creates, so they do not exist: {what}",
             f"{where}: {fix}", [Evidence(ref, "event FailedCreate", message)],
         ))  # fmt: skip
+    return out
+
+
+def _refusals(events: list[dict[str, Any]], namespace: str | None = None) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """(kind, namespace, name) -> the latest FailedCreate event quoting a refusal of §12 entries 4 and 5."""
+    latest: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for e in events:
+        obj = e.get("involvedObject") or {}
+        key = (str(obj.get("kind") or ""), str(obj.get("namespace") or ""), str(obj.get("name") or ""))
+        if e.get("reason") != "FailedCreate" or key[0] == "Pod" or namespace and key[1] != namespace:
+            continue
+        if _refusal(str(e.get("message") or "")) and (
+            key not in latest or (event_time(e) or _NO_TIME) >= (event_time(latest[key]) or _NO_TIME)
+        ):
+            latest[key] = e
+    return latest
+
+
+def replica_set_reads(events: list[dict[str, Any]], pods: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
+    """(namespace, name) of each refused ReplicaSet that only pods of other ReplicaSets of its Deployment would get
+    past the refusal -> those ReplicaSets' names: gather reads them, for only a newer revision's pods count."""
+    out = {}
+    for (kind, ns, name), e in _refusals(events).items():
+        own, siblings = _created(pods, kind, ns, name, event_time(e))
+        if kind == "ReplicaSet" and not own and siblings:
+            out[(ns, name)] = siblings
     return out
 
 
@@ -154,14 +171,31 @@ def _refusal(message: str) -> tuple[str, str] | None:
 def _created_since(cluster: Cluster, kind: str, namespace: str, name: str, when: datetime | None) -> bool:
     """Whether the controller has pods created at or after `when` (any, with no time): it gets past the refusal
     now. A ReplicaSet is also past it when a newer ReplicaSet of its Deployment (named <deployment>-<pod-template-
-    hash>) has; a DaemonSet whose status says all its pods are ready (not read, its template stands in) is."""
+    hash>, of a higher revision) has; a DaemonSet whose status says all its pods are ready (not read, its template
+    stands in) is."""
     if kind == "DaemonSet" and any(
         (d.pod.get("metadata") or {}).get("namespace") == namespace
         and any(o.get("name") == name for o in (d.pod.get("metadata") or {}).get("ownerReferences") or [])
         for d in cluster.daemon_pods
     ):
         return True
-    for pod in cluster.pods:
+    own, siblings = _created(cluster.pods, kind, namespace, name, when)
+    if own or not siblings:
+        return own
+    read = cluster.replica_sets
+    if read is None:  # not readable (403): any of them counts
+        return True
+    refused = read.get((namespace, name))
+    return any(_newer(read.get((namespace, other)), refused) for other in siblings)
+
+
+def _created(
+    pods: list[dict[str, Any]], kind: str, namespace: str, name: str, when: datetime | None
+) -> tuple[bool, set[str]]:
+    """(whether the controller has pods created at or after `when`, or with no time, the names of the other
+    ReplicaSets of a ReplicaSet's Deployment that have)."""
+    siblings = set()
+    for pod in pods:
         meta = pod.get("metadata") or {}
         created = parse_time(meta.get("creationTimestamp"))
         if meta.get("namespace") != namespace or when is not None and (created is None or created < when):
@@ -171,12 +205,27 @@ def _created_since(cluster: Cluster, kind: str, namespace: str, name: str, when:
             other = str(owner.get("name") or "")
             if owner.get("kind") != kind:
                 continue
-            if other == name or (
-                kind == "ReplicaSet" and template_hash and other.endswith("-" + template_hash)
-                and other[: -len(template_hash) - 1] == name.rsplit("-", 1)[0]
-            ):  # fmt: skip
-                return True
-    return False
+            if other == name:
+                return True, set()
+            if (kind == "ReplicaSet" and template_hash and other.endswith("-" + template_hash)
+                    and other[: -len(template_hash) - 1] == name.rsplit("-", 1)[0]):  # fmt: skip
+                siblings.add(other)
+    return False, siblings
+
+
+def _newer(rs: dict[str, Any] | None, than: dict[str, Any] | None) -> bool:
+    """Whether ReplicaSet `rs` is of the same Deployment as `than` and of a higher revision (both read)."""
+    if rs is None or than is None or deployment_of(rs) is None or deployment_of(rs) != deployment_of(than):
+        return False
+    revisions = [str(((r.get("metadata") or {}).get("annotations") or {}).get(REVISION, "")) for r in (rs, than)]
+    return all(r.isdigit() for r in revisions) and int(revisions[0]) > int(revisions[1])
+
+
+def deployment_of(rs: dict[str, Any]) -> str | None:
+    """The uid (or name) of the Deployment that controls the ReplicaSet, None without one."""
+    owners = (rs.get("metadata") or {}).get("ownerReferences") or []
+    return next((str(o.get("uid") or o.get("name")) for o in owners
+                 if o.get("kind") == "Deployment" and o.get("controller")), None)  # fmt: skip
 
 
 def _sandbox(cluster: Cluster, pod: dict[str, Any]) -> list[Finding]:

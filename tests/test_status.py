@@ -126,11 +126,13 @@ def test_our_finalizer_is_added_without_dropping_one_another_controller_added_si
     now = kube.objects[("ClusterPolicy", "cluster-policy")]
     assert now["metadata"]["finalizers"] == ["backup.example.com/protect"]
     assert out.busy, "the next pass comes soon"
-    assert kube.statuses, "the pass went on"
+    assert any(verb == "apply" for verb, _ in kube.calls), "the pass went on"
+    assert not kube.statuses, "its status, decided on the same stale read, is refused too"
     r.reconcile(Snapshot(nodes=nodes, policies={"cluster-policy": copy.deepcopy(now)}, owned={}, pods={},
                          revisions={}))  # fmt: skip
     finalizers = kube.objects[("ClusterPolicy", "cluster-policy")]["metadata"]["finalizers"]
     assert finalizers == ["backup.example.com/protect", CLEANUP_FINALIZER]
+    assert kube.statuses, "written on the object as it is now, after our finalizer patch (its answer's version)"
 
 
 def test_a_deleted_policy_is_let_go_without_putting_back_a_finalizer_its_owner_removed_since() -> None:
@@ -824,6 +826,48 @@ def test_a_pass_keeps_a_condition_another_writer_set_and_it_alone_makes_no_write
     kube = RecordingKube()
     StatusWriter(kube, EventRecorder(kube)).write({**pol, "status": written}, ours)  # type: ignore[arg-type]
     assert not kube.statuses, "the other writer's condition alone is no change"
+
+
+def test_a_condition_another_controller_set_after_the_snapshot_survives_our_status_write() -> None:
+    """The other writers' conditions were sent back as the pass's snapshot had them, in a merge patch of the whole
+    list with no resourceVersion: a condition another controller set (or changed) between the snapshot and our write
+    was removed (or reverted) by it. Upstream's Status().Update carries the resourceVersion (a 409). Now the patch
+    carries the snapshot's, or our own last write's answer where that is newer (the watch may not have brought it
+    yet): a stale one is refused, False (the caller passes again soon), and written on the fresh object."""
+    from gpu_operator.status_writer import PROGRESS_INTERVAL_S, StatusWriter
+    from support import ServerKube
+
+    ours = [{"type": "Ready", "status": "False", "reason": "OperandNotReady", "message": "m"},
+            {"type": "Error", "status": "True", "reason": "OperandNotReady", "message": "m"}]  # fmt: skip
+    snapshot = {"apiVersion": "nvidia.com/v1", "kind": "ClusterPolicy",
+                "metadata": {"name": "cluster-policy", "resourceVersion": "5"},
+                "status": {"state": "notReady", "conditions": ours}}  # fmt: skip
+    theirs = {"type": "example.com/Audited", "status": "True", "reason": "Checked", "message": "by another controller"}
+    live = copy.deepcopy(snapshot)
+    live["metadata"]["resourceVersion"] = "6"  # the other controller wrote its condition after our snapshot
+    live["status"]["conditions"] = [*ours, theirs]
+    kube = ServerKube({("ClusterPolicy", "cluster-policy"): live})
+    now = [0.0]
+    writer = StatusWriter(kube, EventRecorder(kube), clock=lambda: now[0])  # type: ignore[arg-type]
+    ready = {"state": "ready", "conditions": [
+        {**c, "status": "True" if c["type"] == "Ready" else "False", "reason": "Reconciled"} for c in ours]}
+
+    def conditions() -> list[dict[str, Any]]:
+        return list(kube.objects[("ClusterPolicy", "cluster-policy")]["status"]["conditions"])
+
+    assert writer.write(snapshot, ready, quiet=True) is False, "refused as stale: the caller passes again"
+    assert theirs in conditions(), "another controller's condition was removed"
+    assert writer.retry_in("cluster-policy") == PROGRESS_INTERVAL_S, "not at once: the watch brings the change"
+    seen = copy.deepcopy(kube.objects[("ClusterPolicy", "cluster-policy")])  # what the watch brings
+    assert writer.write(seen, ready, quiet=True) is True
+    assert conditions() == [*ready["conditions"], theirs]
+    # The next pass, before the watch brought our own write back (its snapshot is still `seen`): decided on our
+    # write's answer, no 409.
+    down = {"state": "notReady", "conditions": [{**c, "reason": "DriverNotReady"} for c in ours]}
+    assert writer.write(seen, down, quiet=True) is True and conditions() == [*down["conditions"], theirs]
+    latest = copy.deepcopy(kube.objects[("ClusterPolicy", "cluster-policy")])
+    patches = len(kube.calls)
+    assert writer.write(latest, down, quiet=True) is True and len(kube.calls) == patches, "steady: nothing written"
 
 
 def test_a_node_event_whose_cause_went_away_is_posted_again_when_it_comes_back() -> None:

@@ -5,6 +5,7 @@ accord, is gone)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from .apply import Applier
@@ -24,10 +25,12 @@ PSA_LABELS = {f"pod-security.kubernetes.io/{mode}": "privileged" for mode in ("e
 
 
 class Lifecycle:
-    def __init__(self, kube: Kube, namespace: str, applier: Applier):
+    def __init__(self, kube: Kube, namespace: str, applier: Applier,
+                 seen: Callable[[str, dict[str, Any]], None] | None = None):  # fmt: skip
         self.kube = kube
         self.namespace = namespace
         self.applier = applier
+        self.seen = seen  # told a finalizer patch's answer (StatusWriter.seen: the status write's resourceVersion)
         self._namespace_psa: bool | None = None  # the namespace was checked for this psa setting
 
     def ensure_finalizer(self, policy: dict[str, Any]) -> bool:
@@ -47,13 +50,15 @@ class Lifecycle:
         if meta.get("resourceVersion"):
             patch["metadata"]["resourceVersion"] = meta["resourceVersion"]
         try:
-            self.kube.merge_patch("ClusterPolicy", meta["name"], patch)
+            answer = self.kube.merge_patch("ClusterPolicy", meta["name"], patch)
         except ApiError as exc:
             if exc.status != 409:
                 raise
             log.info("ClusterPolicy %s changed since it was read: its finalizers are written on the next pass",
                      meta["name"])  # fmt: skip
             return False
+        if self.seen is not None:
+            self.seen("ClusterPolicy", answer)
         return True
 
     def ensure_namespace(self, psa: bool) -> None:

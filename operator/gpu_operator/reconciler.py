@@ -105,8 +105,8 @@ class Reconciler:
         self.metrics_port = metrics_port  # --metrics-port, which the operator's metrics Service targets
         self.events = EventRecorder(kube)
         self.applier = Applier(kube)
-        self.lifecycle = Lifecycle(kube, namespace, self.applier)
         self.status = StatusWriter(kube, self.events)
+        self.lifecycle = Lifecycle(kube, namespace, self.applier, self.status.seen)
         self._plan: tuple[str, list[StatePlan]] | None = None  # the last plan and its render key
         self._unreadable_secrets: set[str] = set()  # named Secrets whose GET failed, each logged once
         self._secrets_seen: dict[str, float] = {}  # named Secrets found, and when (read again after SECRET_RECHECK_S)
@@ -226,7 +226,8 @@ class Reconciler:
                 status = ignored_status(
                     generation=generation, namespace=self.namespace, active=active or "?", previous=previous, now=now()
                 )
-                self.status.write(policy, status)
+                if not self.status.write(policy, status):
+                    out.busy = True  # held back, or the policy changed since it was read: the next pass writes it
         gpu_nodes = [n for n in snap.nodes.values() if n.has_gpu]
         metrics.gpu_nodes_total.set(len(gpu_nodes))
         metrics.reconciliation_has_nfd_labels.set(int(any(n.has_nfd for n in snap.nodes.values())))
@@ -298,7 +299,8 @@ class Reconciler:
                 error=error,
                 error_reason="InvalidSpec",
             )
-            self.status.write(policy, status)
+            if not self.status.write(policy, status):
+                out.busy = True  # held back, or the policy changed since it was read: the next pass writes it
             out.recheck_s = self._drivers_unmanaged(snap, f"ClusterPolicy {meta['name']}: {error}")
             return
         self.lifecycle.ensure_namespace(spec.psa.enabled)

@@ -5,17 +5,20 @@ A change of progress only (messages and counts, while pods come up on a thousand
 PROGRESS_INTERVAL_S per object; anything else (a state, a condition, a reason) at once.
 
 A condition of a type we do not write (another controller's) is kept as the object has it: the merge patch
-replaces the whole list, so it is sent back with ours, and it alone never makes a write."""
+replaces the whole list, so it is sent back with ours, and it alone never makes a write. The patch carries the
+resourceVersion it was decided on (the snapshot's, or our own last write's answer where that is newer): one that
+another controller changed since is refused (409) and written again, on what it has now, by a later pass."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 from . import compat, mig, sharing
 from .events import EventRecorder
-from .kube import Kube
+from .kube import ApiError, Kube
 from .status import UNSUPPORTED_FIELDS, progress_only, status_changed
 
 PROGRESS_INTERVAL_S = 3.0
@@ -26,6 +29,8 @@ OWN_CONDITIONS = {
     "NVIDIADriver": frozenset(("Ready", "Error", UNSUPPORTED_FIELDS)),
 }  # fmt: skip
 
+log = logging.getLogger("gpu_operator")
+
 
 class StatusWriter:
     def __init__(self, kube: Kube, events: EventRecorder, clock: Callable[[], float] = time.monotonic):
@@ -33,11 +38,15 @@ class StatusWriter:
         self.events = events
         self.clock = clock
         self._written: dict[tuple[str, str], float] = {}  # (kind, name) -> when its status was last written
+        self._refused: dict[tuple[str, str], float] = {}  # (kind, name) -> when a write was refused as stale (409)
+        # (kind, name) -> the resourceVersion our last write to it answered with (the watch may not have it yet)
+        self._versions: dict[tuple[str, str], str] = {}
 
     def write(self, policy: dict[str, Any], status: dict[str, Any], quiet: bool = False,
               kind: str = "ClusterPolicy") -> bool:  # fmt: skip
-        """Write `status` if it changed; False when a progress-only change was held back (the caller passes
-        again soon, and writes it then). `quiet`: no Event for a new state (NVIDIADrivers' statuses are written so)."""
+        """Write `status` if it changed; False when a progress-only change was held back, or the object changed
+        since it was read (409) (the caller passes again soon, and writes it then). `quiet`: no Event for a new state
+        (NVIDIADrivers' statuses are written so)."""
         old = policy.get("status")
         # Another controller's conditions: left out of the comparison, sent back as they are.
         mine = OWN_CONDITIONS[kind] | {c["type"] for c in status["conditions"]}
@@ -50,11 +59,24 @@ class StatusWriter:
         last = self._written.get((kind, name))
         if last is not None and self.clock() - last < PROGRESS_INTERVAL_S and progress_only(old, status):
             return False  # retry_in says when it may go
-        self._written[(kind, name)] = self.clock()
         # A merge patch keeps keys it does not name: drop the ones the new status no longer has (status.upgrade).
         gone = {k: None for k in (old or {}) if k not in status}
         body = {**gone, **status, "conditions": status["conditions"] + theirs}
-        self.kube.merge_patch(kind, name, {"status": body}, sub="status")
+        patch: dict[str, Any] = {"status": body}
+        version = _newer(policy["metadata"].get("resourceVersion"), self._versions.get((kind, name)))
+        if version:
+            patch["metadata"] = {"resourceVersion": version}
+        try:
+            answer = self.kube.merge_patch(kind, name, patch, sub="status")
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+            log.info("%s %s changed since it was read: its status is written on the next pass", kind, name)
+            self._refused[(kind, name)] = self.clock()
+            return False
+        self._written[(kind, name)] = self.clock()
+        self._refused.pop((kind, name), None)
+        self.seen(kind, answer)
         if (old or {}).get("state") != status["state"] and not quiet:
             ready: dict[str, Any] = next((c for c in status["conditions"] if c["type"] == "Ready"), {})
             etype = "Normal" if status["state"] in ("ready", "disabled") else "Warning"
@@ -62,7 +84,23 @@ class StatusWriter:
             self.events(policy, etype, reason, f"state {status['state']}: {ready.get('message', '')}", changed=True)
         return True
 
+    def seen(self, kind: str, answer: dict[str, Any] | None) -> None:
+        """Our write's answer: its resourceVersion, newer than the snapshot's until the watch brings it, is what the
+        next status write is decided on (the finalizer's patch comes here too)."""
+        meta = (answer or {}).get("metadata") or {}
+        if meta.get("name") and meta.get("resourceVersion"):
+            self._versions[(kind, meta["name"])] = meta["resourceVersion"]
+
     def retry_in(self, name: str, kind: str = "ClusterPolicy") -> float:
-        """Seconds until a progress change held back for the object `name` may be written."""
-        last = self._written.get((kind, name))
-        return 0.0 if last is None else max(0.0, last + PROGRESS_INTERVAL_S - self.clock())
+        """Seconds until a progress change held back for the object `name` may be written, or a write refused as
+        stale tried again (the watch brings the object's change meanwhile)."""
+        waits = [t + PROGRESS_INTERVAL_S - self.clock() for t in (self._written.get((kind, name)),
+                                                                 self._refused.get((kind, name))) if t is not None]
+        return max([0.0, *waits])
+
+
+def _newer(a: str | None, b: str | None) -> str | None:
+    """The newer of two resourceVersions (as etcd's, integers; `a` when they are not)."""
+    if a and b and a.isdigit() and b.isdigit():
+        return a if int(a) >= int(b) else b
+    return a or None

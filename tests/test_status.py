@@ -440,7 +440,8 @@ class _Recorder:
         self.patches.append(patch["status"])
         return {}
 
-    def __call__(self, obj: dict[str, Any], etype: str, reason: str, message: str, changed: bool = False) -> None:
+    def __call__(self, obj: dict[str, Any], etype: str, reason: str, message: str, changed: bool = False,
+                 durable: bool = False) -> None:
         self.events.append((etype, reason))
 
 
@@ -1092,6 +1093,54 @@ def test_an_owed_warning_of_a_pass_that_was_cut_is_not_posted_after_it_was_fixed
     pol["status"] = kube.statuses[("ClusterPolicy", "cluster-policy")]  # as the watch brings it back
     r.reconcile(snap(bad))
     assert [e["reason"] for e in kube.events if e["reason"] == sharing.REASON] == [sharing.REASON]
+
+
+def test_an_upgrade_event_owed_in_a_pass_cut_after_its_node_write_is_still_posted() -> None:
+    """Events owed in a pass that was then cut were all dropped by the next pass_started, on the premise that the
+    caller asks again if it still holds. The upgrade's node Events do not work that way: each says what a node write
+    of that pass did (here a failed node let go and left cordoned for the admin) and is asked for once, after the
+    write went through; the next pass sees the node moved on and never asks again, so the Warning was lost. Now they
+    are durable: owed across a cut pass, posted at the first pass end after UNREACHABLE_RETRY_S."""
+    from dataclasses import replace
+
+    from gpu_operator.events import UNREACHABLE_RETRY_S
+    from gpu_operator.kube import Unreachable
+    from gpu_operator.upgrade.model import STATE_LABEL
+    from gpu_operator.upgrade.orchestrate import left_behind
+    from support import facts
+
+    class Kube(EchoKube):
+        def __init__(self) -> None:
+            super().__init__()
+            self.down = True  # Events only: one dropped pooled connection (Events go with retry=False)
+            self.events: list[dict[str, Any]] = []
+            self.node_patches: list[str] = []
+
+        def create(self, obj: dict[str, Any], **_: Any) -> dict[str, Any]:
+            if obj["kind"] == "Event":
+                if self.down:
+                    raise Unreachable("POST https://10.0.0.1/api/v1/namespaces/default/events: connection refused")
+                self.events.append(obj)
+            return obj
+
+        def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *a: Any, **k: Any) -> dict[str, Any]:
+            if kind == "Node":
+                self.node_patches.append(name)
+            return super().merge_patch(kind, name, patch, *a, **k)
+
+    kube = Kube()
+    now = [0.0]
+    recorder = EventRecorder(kube, clock=lambda: now[0])  # type: ignore[arg-type]
+    failed = replace(facts("gpu-1", labels={STATE_LABEL: "upgrade-failed"}), unschedulable=True)
+    recorder.pass_started()
+    left_behind(kube, "gpu-operator", [failed], recorder, "its NVIDIADriver let go of the node")  # type: ignore[arg-type]
+    assert kube.node_patches == ["gpu-1"]  # the state label is gone: no pass asks for the Event again
+    # ... the pass's next write finds the API server unreachable: the pass is cut (no pass_done).
+    kube.down = False
+    now[0] += 2 * UNREACHABLE_RETRY_S
+    recorder.pass_started()
+    recorder.pass_done()
+    assert [(e["involvedObject"]["name"], e["type"]) for e in kube.events] == [("gpu-1", "Warning")]
 
 
 def test_events_owed_while_the_api_server_was_unreachable() -> None:

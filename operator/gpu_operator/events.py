@@ -43,14 +43,16 @@ class EventRecorder:
         self._in_pass = False  # between pass_started and pass_done
         self._lock = threading.Lock()
 
-    def __call__(self, obj: dict[str, Any], etype: str, reason: str, message: str, changed: bool = False) -> None:
+    def __call__(self, obj: dict[str, Any], etype: str, reason: str, message: str, changed: bool = False,
+                 durable: bool = False) -> None:
         """An Event on `obj`, unless the last one posted for it with this reason said the same and the caller has
         asked for it in every pass since (pass_done). `changed`: the caller saw what the event says change (a state
         that came back after another): posted even so. One the API server refused (this object, reason and message)
         is tried again when asked for no sooner than REFUSED_RETRY_S later; none is tried for UNREACHABLE_RETRY_S
         after one found the API server unreachable (Events are best-effort: the pass goes on), and one not posted so
         is kept: dropped if the pass that asked for it is cut (pass_started), else posted by the first pass_done after
-        that pass's end and UNREACHABLE_RETRY_S unless asked for again meanwhile."""
+        that pass's end and UNREACHABLE_RETRY_S unless asked for again meanwhile. `durable`: the Event says what a
+        write that went through did (asked for once, after it), so it stays owed even if its pass is cut."""
         meta = obj["metadata"]
         ref, uid = (obj["kind"], meta["name"]), meta.get("uid")
         involved = {
@@ -72,7 +74,7 @@ class EventRecorder:
             if (refused is not None and not _other(uid, refused[0]) and refused[1] == message
                     and self.clock() - refused[2] < REFUSED_RETRY_S):  # fmt: skip
                 return
-            confirmed = not self._in_pass
+            confirmed = durable or not self._in_pass
             if self._unreachable():
                 self._owe(involved, etype, reason, message, changed, confirmed)
                 return
@@ -138,7 +140,8 @@ class EventRecorder:
     def pass_started(self) -> None:
         """A pass begins. The Events owed from the last one, if it was cut (no pass_done: its status not written), are
         dropped: what they said may be over (the admin fixed it meanwhile), and a caller that asks once per change
-        asks again in this pass, its status not saying it, if it still holds."""
+        asks again in this pass, its status not saying it, if it still holds. A durable one (what a write that went
+        through did: nothing asks for it again) stays owed."""
         with self._lock:
             for key in [k for k, v in self._owed.items() if not v[4]]:
                 del self._owed[key]

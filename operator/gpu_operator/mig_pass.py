@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
@@ -15,12 +15,11 @@ from .nodes import ByNode, NodeFacts, apply_patch
 from .observe import Snapshot
 from .states.base import owning_state
 from .states.mig_manager import STATE, custom_config, fixed_config
-from .upgrade.adapter import Executor
+from .upgrade.adapter import EventFn, Executor
 from .upgrade.model import EvictPods, Plan, WorkloadPod
 
 log = logging.getLogger("gpu_operator.mig")
 
-Recorder = Callable[[dict[str, Any], str, str, str], None]
 _STATES = frozenset({STATE.name})
 
 
@@ -92,7 +91,7 @@ def run(
     spec: ClusterPolicySpec,
     snap: Snapshot,
     nodes: list[NodeFacts],
-    events: Recorder,
+    events: EventFn,
     fold: Collection[str] = (),
     kept: MigKept | None = None,
     previous: list[dict[str, Any]] | None = None,

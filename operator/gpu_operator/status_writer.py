@@ -81,7 +81,8 @@ class StatusWriter:
             ready: dict[str, Any] = next((c for c in status["conditions"] if c["type"] == "Ready"), {})
             etype = "Normal" if status["state"] in ("ready", "disabled") else "Warning"
             reason = ready.get("reason", "StateChanged")
-            self.events(policy, etype, reason, f"state {status['state']}: {ready.get('message', '')}", changed=True)
+            message = f"state {status['state']}: {ready.get('message', '')}"
+            self.events(policy, etype, reason, message, changed=True, durable=True)  # the written status says it
         return True
 
     def seen(self, kind: str, answer: dict[str, Any] | None) -> None:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from .. import compat
@@ -354,7 +354,11 @@ def steady(message: str) -> str:
     return re.sub(r"\b\d+s, no timeout", "no timeout", message)
 
 
-EventFn = Callable[[dict[str, Any], str, str, str], None]
+class EventFn(Protocol):
+    """events.EventRecorder's call. `durable`: the Event says what a write that went through did (see there)."""
+
+    def __call__(self, obj: dict[str, Any], etype: str, reason: str, message: str, *,
+                 durable: bool = False) -> None: ...  # fmt: skip
 
 
 WRITERS = 8  # threads for one pass's upgrade writes (and its reads of workload pods)
@@ -440,13 +444,14 @@ class Executor:
             if not flush():
                 return None
             try:
-                self._act(action)
+                self._act(action, bool(answer))
             except ApiError as exc:
                 log.warning("upgrade: %s on %s failed: %s", type(action).__name__, action.node, exc)
                 return None
         return answer[0] if flush() and answer else None
 
-    def _act(self, action: Action) -> None:
+    def _act(self, action: Action, wrote: bool = False) -> None:
+        """`wrote`: the node's patch before it went through (an Event then says what it did: durable)."""
         if isinstance(action, EvictPods):
             for ns, name in action.pods:
                 try:
@@ -461,7 +466,7 @@ class Executor:
             self.kube.delete("Pod", action.pod_name, self.namespace)
         elif isinstance(action, Event):
             node_ref = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": action.node, "uid": None}}
-            self.event(node_ref, action.type, action.reason, action.message)
+            self.event(node_ref, action.type, action.reason, action.message, durable=wrote)
 
 
 def _merge(patch: dict[str, Any], action: Action) -> bool:

@@ -13,7 +13,7 @@ from ..api import ClusterPolicySpec
 from ..kube import Kube
 from ..nodes import NodeFacts
 from ..observe import Snapshot
-from .adapter import WRITE_BUDGET_S, Executor, UpgradeKept, managed_nodes, steady, workload_pods
+from .adapter import WRITE_BUDGET_S, EventFn, Executor, UpgradeKept, managed_nodes, steady, workload_pods
 from .model import (
     EVENT_REASON,
     FAILED,
@@ -28,7 +28,6 @@ from .planner import Limit, plan, switched_off
 
 log = logging.getLogger("gpu_operator.upgrade")
 
-Recorder = Callable[[dict[str, Any], str, str, str], None]
 GAUGES = (
     metrics.nodes_upgrades_in_progress,
     metrics.nodes_upgrades_done,
@@ -49,7 +48,7 @@ class Orchestrated:
 
 
 def left_behind(
-    kube: Kube, namespace: str, nodes: Iterable[NodeFacts], events: Recorder,
+    kube: Kube, namespace: str, nodes: Iterable[NodeFacts], events: EventFn,
     why: str = "the ClusterPolicy's driver was switched off",
 ) -> None:  # fmt: skip
     """`nodes` no driver of ours upgrades any more (the ClusterPolicy's driver switched off, or under
@@ -79,7 +78,7 @@ def orchestrate(
     namespace: str,
     spec: ClusterPolicySpec,
     snap: Snapshot,
-    events: Recorder,
+    events: EventFn,
     limit: Limit | None = None,
     gauges: bool = True,
     moved: Callable[[str], bool] | None = None,
@@ -157,7 +156,7 @@ def orchestrate(
 
 
 def advance(
-    kube: Kube, namespace: str, node: UpgradeNode, step: Plan, events: Recorder, seen: float
+    kube: Kube, namespace: str, node: UpgradeNode, step: Plan, events: EventFn, seen: float
 ) -> dict[str, Any] | None:
     """Between passes, write `step`: what moves one node whose new driver pod or validator turned Ready on toward
     upgrade-done (planner.plan_forward), so it need not wait for a pass over every node. `seen`: when that pod was

@@ -1105,6 +1105,41 @@ def test_a_node_whose_nvidiadriver_is_deleted_mid_upgrade_is_let_go(cp_driver_of
     assert events == [f"{why} in pod-restart-required: node uncordoned (the upgrade had cordoned it)"]
 
 
+def test_the_switch_seen_before_the_default_nvidiadriver_lets_no_node_go_mid_upgrade() -> None:
+    """The chart's path (helm upgrade with nvidiaDriverCRD.enabled: the ClusterPolicy changes first, the default
+    NVIDIADriver comes a moment later) has a pass with useNvidiaDriverCRD and no NVIDIADriver at all. Every node with
+    an upgrade state was let go there: a node the ClusterPolicy's upgrade had cordoned and drained was uncordoned
+    mid-upgrade, and every upgrade-done node lost its state label (rewritten a pass later). The driver is handed
+    over, not let go (its DaemonSets orphaned): now no node is let go while no NVIDIADriver is listed."""
+    from dataclasses import replace
+
+    from gpu_operator.upgrade.model import STATE_LABEL
+
+    done = facts("a1", labels={"nvidia.com/gpu.deploy.driver": "true", STATE_LABEL: "upgrade-done"})
+    draining = replace(facts("a2", labels={"nvidia.com/gpu.deploy.driver": "true", STATE_LABEL: "drain-required"}),
+                       unschedulable=True)  # fmt: skip
+    nodes = [done, draining]
+    _, owned = _switch_pass(nodes, copy.deepcopy(load_policy()["spec"]), {}, {})
+    kube, _ = _switch_pass(nodes, crd_policy(), {}, owned)  # the switch seen before the default NVIDIADriver
+    assert [body for _, body in kube.deletes(CP_DS)] == [{"propagationPolicy": "Orphan"}]  # handed over
+    assert "a2" not in kube.node_patches("unschedulable"), "a2 uncordoned mid-upgrade"
+    assert not kube.node_patches(STATE_LABEL), kube.node_patches(STATE_LABEL)
+
+
+def test_a_node_the_deleted_default_nvidiadriver_drove_keeps_its_upgrade_state() -> None:
+    """Only a node whose owner label named the NVIDIADriver that let go of it is let go (upstream's upgrade skips a
+    node without an owner label): one the default drove, the default deleted, keeps its state and its cordon."""
+    from dataclasses import replace
+
+    from gpu_operator.upgrade.model import STATE_LABEL
+
+    restarting = replace(facts("a1", labels={"nvidia.com/gpu.deploy.driver": "true",
+                                             STATE_LABEL: "pod-restart-required"}), unschedulable=True)  # fmt: skip
+    kube, _ = _switch_pass([restarting], crd_policy(), _nvd_objects(x={"nodeSelector": {"pool": "x"}}), {})
+    assert "a1" not in kube.node_patches("unschedulable")
+    assert not kube.node_patches(STATE_LABEL), kube.node_patches(STATE_LABEL)
+
+
 def test_one_nvidiadriver_that_cannot_render_holds_only_its_own_daemonsets() -> None:
     # usePrecompiled with GDS cannot render; upstream fails that NVIDIADriver alone (ReconcileFailed on it).
     nodes = [facts("a1", labels={"pool": "a"}), facts("b1", labels={"pool": "b"})]

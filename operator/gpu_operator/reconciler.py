@@ -24,6 +24,7 @@ from .kube import ApiError, Kube
 from .lifecycle import CLEANUP_FINALIZER, Lifecycle
 from .nodes import DRIVER_KERNEL, DRIVER_REFUSED, NodeFacts, deploy_label, unpooled
 from .nvidiadriver_api import KIND as NVIDIADRIVER
+from .nvidiadriver_api import OWNER_LABEL
 from .observe import Key, Newer, Snapshot, key_of, newer
 from .readiness import KeptReadiness, NodeCounter
 from .render import (
@@ -436,7 +437,8 @@ class Reconciler:
         # driver pods of its pool, and one it deleted adopts none.
         left = snap.with_nodes(by_name, {k: live[k] for k in desired if k in live})
         if assignment is not None:
-            upgrade = self._orchestrate_nvidia_drivers(spec, left, by_name, assignment, groups, moved, said)
+            upgrade = self._orchestrate_nvidia_drivers(spec, left, by_name, assignment, groups, moved, said,
+                                                       snap)  # fmt: skip
         else:
             upgrade = orchestrate(self.kube, self.namespace, spec, left, self.events, moved=moved, kept=self._kept,
                                   said=said)  # fmt: skip
@@ -513,10 +515,12 @@ class Reconciler:
         groups: tuple[nvidiadriver.DriverGroup, ...],
         moved: Callable[[str], bool] | None,
         said: Sequence[dict[str, Any]] = (),
+        seen: Snapshot | None = None,
     ) -> Orchestrated:
         """Each NVIDIADriver's nodes by its own upgradePolicy, and all of them within the ClusterPolicy's
         maxParallelUpgrades and maxUnavailable (over every node the NVIDIADrivers drive, whatever the ClusterPolicy's
-        autoUpgrade: beyond upstream). `moved`, `said`: as orchestrate's."""
+        autoUpgrade: beyond upstream). `moved`, `said`: as orchestrate's. `seen`: the pass's snapshot (the nodes'
+        owner labels before this pass's patches; `snap` by default)."""
         parts = [(g, snap.with_nodes({k: by_name[k] for k in assignment.nodes_of(g.name) if k in by_name}))
                  for g in groups]  # fmt: skip
         self._group_kept = kept = {g.name: self._group_kept.get(g.name) or UpgradeKept() for g in groups}
@@ -536,9 +540,17 @@ class Reconciler:
                 totals[key] = totals.get(key, 0) + value
         out.counters = Counters(**totals)
         set_gauges(out.counters)
-        # A node with an upgrade state that no NVIDIADriver drives any more (its own deleted or refused, a conflict,
-        # none selects it) is let go as with the ClusterPolicy's driver switched off: no pass would move it on.
-        driverless = [n for n in by_name.values() if UPGRADE_STATE in n.labels and n.name not in assignment.owner]
+        # A node with an upgrade state that its own NVIDIADriver no longer drives (deleted or refused, a conflict,
+        # its selector moved off it) is let go as with the ClusterPolicy's driver switched off: no pass would move it
+        # on. Only one that carried an owner label (upstream skips the others): a node the default drove keeps its
+        # state, and none is let go while no NVIDIADriver is listed (the switch seen before the chart's default
+        # NVIDIADriver: the driver is handed over, not let go).
+        seen = seen or snap
+        driverless = [
+            n for n in by_name.values()
+            if UPGRADE_STATE in n.labels and n.name not in assignment.owner and seen.nvidia_drivers
+            and (OWNER_LABEL in n.labels or OWNER_LABEL in seen.nodes.get(n.name, n).labels)
+        ]  # fmt: skip
         if driverless:
             left_behind(self.kube, self.namespace, driverless, self.events, "its NVIDIADriver let go of the node")
         metrics.driver_auto_upgrade_enabled.set(int(any(g.spec.driver.upgrade_policy.auto_upgrade for g in groups)))

@@ -702,6 +702,30 @@ def test_a_pass_that_sees_useNvidiaDriverCRD_before_the_default_nvidiadriver_res
     assert all(v != "upgrade-required" for ones in kube.node_patches(STATE_LABEL).values() for _, v in ones)
 
 
+def test_an_orphan_on_a_node_its_pools_daemonset_does_not_run_on_is_replaced_by_the_upgrade() -> None:
+    """As above, but the pass after the orphaning sees the default NVIDIADriver and a non-default one that takes a2
+    of the same OS pool. An orphan counted as adopted by its pool label alone: the default's DaemonSet of that pool
+    exists, so a2's orphan was not `orphaned` and the upgrade left a2 alone. But that DaemonSet avoids owned nodes:
+    the DaemonSet controller adopts the orphan (its selector, app + pool, matches; adoption does not look at the
+    node) and deletes it at once, with no cordon or drain. Now an orphan is adopted only by a DaemonSet of the
+    NVIDIADriver that drives its node; any other goes through the upgrade (upstream:
+    labelNodesWithOrphanedDriverPods)."""
+    from gpu_operator.upgrade.model import STATE_LABEL
+
+    nodes = [facts("a1", labels={"nvidia.com/gpu.deploy.driver": "true", STATE_LABEL: "upgrade-done"}),
+             facts("a2", labels={"nvidia.com/gpu.deploy.driver": "true", STATE_LABEL: "upgrade-done", "pool": "x"})]
+    _, owned = _switch_pass(nodes, copy.deepcopy(load_policy()["spec"]), {}, {})
+    kube, left = _switch_pass(nodes, crd_policy(), {}, owned)  # no NVIDIADriver yet: orphaned
+    assert [body for _, body in kube.deletes(CP_DS)] == [{"propagationPolicy": "Orphan"}]
+    drivers = _nvd_objects(default={"default": True}, x={"nodeSelector": {"pool": "x"}})
+    relabelled = [nodes[0], facts("a2", labels={**nodes[1].labels, OWNER_LABEL: "x"})]
+    kube, left = _switch_pass(relabelled, crd_policy(), drivers, left, _orphans(["a1", "a2"]))
+    assert ("DaemonSet", "gpu-operator", CP_DS) in left  # the default's, of the orphans' pool: it adopts them
+    states = {n: [v for _, v in ones] for n, ones in kube.node_patches(STATE_LABEL).items()}
+    assert "a1" not in states  # a1's orphan is adopted, and kept running there
+    assert states.get("a2") in (["upgrade-required"], ["wait-for-jobs-required"]), states
+
+
 def test_switching_back_orphans_the_nvidiadrivers_daemonsets_and_switching_the_driver_off_deletes_them() -> None:
     """useNvidiaDriverCRD true -> false hands the driver back the same way: a non-default NVIDIADriver's DaemonSets
     are deleted with their pods left running, before the owner labels go (the ClusterPolicy's DaemonSet then takes

@@ -524,7 +524,7 @@ class Reconciler:
         parts = [(g, snap.with_nodes({k: by_name[k] for k in assignment.nodes_of(g.name) if k in by_name}))
                  for g in groups]  # fmt: skip
         self._group_kept = kept = {g.name: self._group_kept.get(g.name) or UpgradeKept() for g in groups}
-        managed = {g.name: managed_nodes(g.spec, part, kept[g.name]) for g, part in parts}
+        managed = {g.name: managed_nodes(g.spec, part, kept[g.name], g.owner["uid"]) for g, part in parts}
         what = "all NVIDIADrivers (ClusterPolicy driver.upgradePolicy)"
         limit = Limit.over([n for ones in managed.values() for n in ones], spec.driver.upgrade_policy, what)
         out = Orchestrated(None, False)

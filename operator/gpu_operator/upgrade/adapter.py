@@ -56,25 +56,30 @@ def _pick(pods: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     return live[0] if live else (pods[0] if pods else None)
 
 
-def managed_nodes(spec: ClusterPolicySpec, snap: Snapshot, kept: UpgradeKept | None = None) -> list[UpgradeNode]:
+def managed_nodes(
+    spec: ClusterPolicySpec, snap: Snapshot, kept: UpgradeKept | None = None, owner: str | None = None
+) -> list[UpgradeNode]:
     """The nodes whose driver the operator upgrades: none while the ClusterPolicy's driver is off.
 
     The operator's pass and `gpu-operator upgrade plan` both call this, so they give one answer. `kept`: what the
     pass kept of the last call (the same answer, worked out for the nodes that changed). `snap.owned`: our objects
-    (the pass gives them as it leaves them), whose driver DaemonSets adopt the orphaned pods of their pools."""
+    (the pass gives them as it leaves them), whose driver DaemonSets adopt the orphaned pods of their pools.
+    `owner`: the uid of the NVIDIADriver that drives `snap.nodes` (only its DaemonSets run there)."""
     driver_on = spec.driver.enabled and not spec.driver.use_nvidia_driver_crd
     nodes = snap.nodes.values() if driver_on else ()
     refused = compat.refused(compat.verdicts(nodes, spec, kept.verdicts if kept else None)) if driver_on else {}
-    pools = adopting_pools(snap.owned) if driver_on else frozenset()
+    pools = adopting_pools(snap.owned, owner) if driver_on else frozenset()
     if kept is not None:
         return kept.inputs.over(nodes, snap.pod_index, snap.revisions, refused, pools)
     return upgrade_nodes(nodes, snap.pods, snap.revisions, refused, index=snap.pod_index, pools=pools)
 
 
-def adopting_pools(owned: Mapping[Key, dict[str, Any]]) -> frozenset[str]:
-    """The pools of our driver DaemonSets (not being deleted). A driver pod no DaemonSet owns any more (its
-    DaemonSet was deleted with propagationPolicy Orphan) is adopted by the DaemonSet of its pool, whose selector is
-    the pool (and name too): one of these pools' is left to it; any other is an orphan the upgrade replaces."""
+def adopting_pools(owned: Mapping[Key, dict[str, Any]], owner: str | None = None) -> frozenset[str]:
+    """The pools of our driver DaemonSets (not being deleted; with `owner`, only those the object of that uid owns).
+    A driver pod no DaemonSet owns any more (its DaemonSet was deleted with propagationPolicy Orphan) is adopted by
+    the DaemonSet of its pool, whose selector is the pool (and name too): one of these pools' is left to it; any
+    other is an orphan the upgrade replaces. Adoption does not look at the node, so the DaemonSet must also run on
+    the pod's node: under NVIDIADrivers, one of the NVIDIADriver that drives it (another one's deletes the pod)."""
     return frozenset(
         labels[POOL_LABEL]
         for key, obj in owned.items()
@@ -82,6 +87,7 @@ def adopting_pools(owned: Mapping[Key, dict[str, Any]]) -> frozenset[str]:
         and (labels := obj["metadata"].get("labels") or {}).get(OPERAND_STATE) == DRIVER
         and POOL_LABEL in labels
         and not obj["metadata"].get("deletionTimestamp")
+        and (owner is None or any(r.get("uid") == owner for r in obj["metadata"].get("ownerReferences") or []))
     )
 
 

@@ -1228,6 +1228,20 @@ def test_a_replacement_pod_of_the_old_replicaset_does_not_hide_a_stuck_rollout()
     assert "ReplicaSet default/train-7d9f8c" in [f.object for f in diagnose(c)], "another Deployment's"
 
 
+def test_a_refusal_of_a_replicaset_that_is_gone_is_not_reported_once_its_deployment_moved_on() -> None:
+    """Only a newer revision's pods settle a refused ReplicaSet, and the revisions are read. When the refused
+    ReplicaSet is gone (the template was fixed and the Deployment, with revisionHistoryLimit 0 or beyond its limit,
+    deleted it), the refused one read as None, no sibling was "newer", and the stale FailedCreate (Events live an
+    hour) was reported as a stuck rollout of an object that does not exist. Now a ReplicaSet that is gone is past
+    its refusal once another ReplicaSet of its Deployment has pods created since (no further read)."""
+    event = refused("ReplicaSet", "train-7d9f8c", NOT_EQUAL, at="2026-01-01T00:10:00Z")
+    fixed = owned_pod("train-66b4f9-x", "ReplicaSet", "train-66b4f9", "2026-01-01T00:12:00Z",
+                      **{"pod-template-hash": "66b4f9"})  # fmt: skip
+    c = cluster([node("h-0")], [fixed], events=[event])
+    c.replica_sets = dict([replica_set("train-66b4f9", 3)])  # train-7d9f8c: not found
+    assert "ReplicaSet default/train-7d9f8c" not in [f.object for f in diagnose(c)]
+
+
 def test_doctor_reads_the_failed_create_events_in_one_more_list() -> None:
     """The controllers' FailedCreate events were never read (only the Warning events about pods): one list more,
     by field selector, run beside the others."""

@@ -171,8 +171,8 @@ def _refusal(message: str) -> tuple[str, str] | None:
 def _created_since(cluster: Cluster, kind: str, namespace: str, name: str, when: datetime | None) -> bool:
     """Whether the controller has pods created at or after `when` (any, with no time): it gets past the refusal
     now. A ReplicaSet is also past it when a newer ReplicaSet of its Deployment (named <deployment>-<pod-template-
-    hash>, of a higher revision) has; a DaemonSet whose status says all its pods are ready (not read, its template
-    stands in) is."""
+    hash>, of a higher revision) has, or any other has once the refused one is gone; a DaemonSet whose status says all
+    its pods are ready (not read, its template stands in) is."""
     if kind == "DaemonSet" and any(
         (d.pod.get("metadata") or {}).get("namespace") == namespace
         and any(o.get("name") == name for o in (d.pod.get("metadata") or {}).get("ownerReferences") or [])
@@ -186,6 +186,8 @@ def _created_since(cluster: Cluster, kind: str, namespace: str, name: str, when:
     if read is None:  # not readable (403): any of them counts
         return True
     refused = read.get((namespace, name))
+    if refused is None:  # gone (404): its Deployment deleted it, moved on to the siblings whose pods came since
+        return True
     return any(_newer(read.get((namespace, other)), refused) for other in siblings)
 
 

@@ -724,6 +724,61 @@ def test_an_orphan_on_a_node_its_pools_daemonset_does_not_run_on_is_replaced_by_
     states = {n: [v for _, v in ones] for n, ones in kube.node_patches(STATE_LABEL).items()}
     assert "a1" not in states  # a1's orphan is adopted, and kept running there
     assert states.get("a2") in (["upgrade-required"], ["wait-for-jobs-required"]), states
+    # From a2 without the owner label (x's autoUpgrade on): the label waits for the upgrade's pod restart, so the
+    # default's DaemonSet, which adopts the orphan, keeps it running there meanwhile.
+    kube, _ = _switch_pass(nodes, crd_policy(), drivers, left, _orphans(["a1", "a2"]))
+    assert not kube.node_patches(OWNER_LABEL)
+    assert [v for _, v in kube.node_patches(STATE_LABEL)["a2"]] == ["wait-for-jobs-required"]
+
+
+def test_a_node_a_non_default_nvidiadriver_takes_from_the_default_moves_at_its_driver_pods_restart() -> None:
+    """useNvidiaDriverCRD false -> true with the default NVIDIADriver and a non-default one that takes a2 of the same
+    OS pool. The default renders the ClusterPolicy's DaemonSet name for that pool, so that DaemonSet is kept,
+    re-owned by the default, and avoids owned nodes: a2 got its owner label in the same pass, with no upgrade state
+    and no cordon, and the DaemonSet controller deleted its running driver pod at once (no cordon, no drain, no
+    maxParallelUpgrades). Now, under the new NVIDIADriver's autoUpgrade, a node whose driver pod runs keeps its
+    owner label: it goes through the upgrade as one whose driver is out of date, and its owner label moves in the
+    patch before its driver pod's deletion, cordoned and drained by then (as a precompiled node's kernel pool)."""
+    from dataclasses import replace
+
+    from gpu_operator.api import DriverUpgradePolicySpec
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.readiness import daemon_node_count
+    from gpu_operator.upgrade import DeleteDriverPod, MoveOwner, UpgradeNode, plan
+    from gpu_operator.upgrade.adapter import managed_nodes
+    from gpu_operator.upgrade.model import STATE_LABEL
+
+    nodes = [facts("a1", labels={"nvidia.com/gpu.deploy.driver": "true", STATE_LABEL: "upgrade-done"}),
+             facts("a2", labels={"nvidia.com/gpu.deploy.driver": "true", STATE_LABEL: "upgrade-done", "pool": "x"})]
+    _, owned = _switch_pass(nodes, copy.deepcopy(load_policy()["spec"]), {}, {})
+    pods = {name: {**pod, "owner": CP_DS} for name, pod in _orphans(["a1", "a2"]).items()}  # running, CP_DS's
+    drivers = _nvd_objects(default={"default": True}, x={"nodeSelector": {"pool": "x"}})
+    kube, left = _switch_pass(nodes, crd_policy(), drivers, owned, pods)
+    assert not kube.node_patches(OWNER_LABEL), "a2's owner label moved while its driver pod runs"
+    kept = left[("DaemonSet", "gpu-operator", CP_DS)]  # the default's now
+    assert daemon_node_count(kept["spec"]["template"]["spec"], [nodes[1]]) == 1  # still runs a2's pod
+    states = {n: [v for _, v in ones] for n, ones in kube.node_patches(STATE_LABEL).items()}
+    assert states == {"a2": ["wait-for-jobs-required"]}, states  # started: upgrade-required, cordoned, ...
+    assert [v for _, v in kube.node_patches("unschedulable")["a2"]] == [True]
+    # At pod restart (x's upgrade, by its spec) the owner label goes in the node's patch before the pod's deletion.
+    restarting = replace(nodes[1], labels={**nodes[1].labels, STATE_LABEL: "pod-restart-required"})
+    snap = Snapshot(nodes={"a2": restarting}, policies={}, owned=left, pods=pods, revisions={})
+    (node,) = managed_nodes(parse_spec(load_policy()["spec"]), snap, owner=("uid-x", "x"))
+    assert isinstance(node, UpgradeNode) and node.owner_move == "x"
+    actions = plan([node], [], DriverUpgradePolicySpec(auto_upgrade=True), 0.0).actions
+    moves = [a for a in actions if isinstance(a, MoveOwner | DeleteDriverPod)]
+    assert moves == [MoveOwner("a2", "x"), DeleteDriverPod("a2", "drv-a2")]
+    # Back to the default: the label is removed. Under x's autoUpgrade off the label moves at once (nothing upgrades).
+    from gpu_operator.render import driver_node_patches, driver_routing
+    from gpu_operator.upgrade.adapter import _merge
+
+    patch: dict[str, Any] = {}
+    assert _merge(patch, MoveOwner("a2", "")) and patch == {"metadata": {"labels": {OWNER_LABEL: None}}}
+    off = _nvd_objects(default={"default": True}, x={"nodeSelector": {"pool": "x"}, "upgradePolicy": {
+        "autoUpgrade": False}})  # fmt: skip
+    routing = driver_routing(nodes, parse_spec(crd_policy()), [NVIDIADriver.from_object(o) for o in off.values()])
+    assert driver_node_patches(nodes, parse_spec(crd_policy()), routing, {"a1", "a2"})["a2"]["labels"] == {
+        OWNER_LABEL: "x"}  # fmt: skip
 
 
 def test_switching_back_orphans_the_nvidiadrivers_daemonsets_and_switching_the_driver_off_deletes_them() -> None:
@@ -870,15 +925,13 @@ def test_a_held_node_stays_in_its_old_kernels_pool() -> None:
     from gpu_operator.states import RenderContext
 
     labels = {"pool": "c", DRIVER_KERNEL: "5.15.0-122-generic", "nvidia.com/gpu.deploy.driver": "true",
-              "nvidia.com/gpu.present": "true"}  # fmt: skip
+              "nvidia.com/gpu.present": "true", OWNER_LABEL: "pool-c"}  # fmt: skip
     held = facts("c1", kernel="6.8.0-60-generic", labels=labels)
     spec = parse_spec(crd_policy())
     drivers = [nvd("pool-c", repository="nvcr.io/nvidia", image="driver", version="580", usePrecompiled=True,
                    nodeSelector={"pool": "c"})]  # fmt: skip
     routing = driver_routing([held], spec, drivers)
-    assert driver_node_patches([held], spec, routing, holding={"c1"}).get("c1", {}).get("labels", {}) == {
-        OWNER_LABEL: "pool-c"
-    }
+    assert driver_node_patches([held], spec, routing, holding={"c1"}).get("c1", {}).get("labels", {}) == {}
     nodes = relabelled([held], driver_node_patches([held], spec, routing, holding={"c1"}))
     ctx = RenderContext(spec=spec, namespace="gpu-operator", nodes=tuple(nodes), nvidia_drivers=routing.groups)
     ds = daemonset(plan(ctx), "nvidia-driver-daemonset-pool-c-ubuntu22.04-5.15.0-122-generic")

@@ -671,7 +671,7 @@ def test_under_nvidiadrivers_a_driver_pod_turning_ready_moves_its_node_by_its_nv
         driver = {"metadata": {"name": "pool-a", "generation": 1}, "spec": {"nodeSelector": selector}}
         op.nvidia_drivers["pool-a"] = driver
         op.policies["p"] = {"metadata": {"name": "p", "uid": "u", "generation": 1}}
-        labels = {"pool": "a", "nvidia.com/gpu.deploy.driver": "true",
+        labels = {"pool": "a", "nvidia.com/gpu.deploy.driver": "true", "nvidia.com/gpu-operator.driver.owner": "pool-a",
                   "nvidia.com/gpu-driver-upgrade-state": "pod-restart-required"}  # fmt: skip
         seen = replace(facts("n1", labels=labels), resource_version=40)
         routing = driver_routing([seen], spec, [NVIDIADriver.from_object(driver)])

@@ -387,7 +387,7 @@ def cmd_upgrade_plan(args: argparse.Namespace) -> int:
         policy_obj = snap.policies[name]
         spec = parse_policy(policy_obj)
         # One section per upgrade policy: the ClusterPolicy's, or each NVIDIADriver's (useNvidiaDriverCRD).
-        sections: list[tuple[str, ClusterPolicySpec, Snapshot, str | None]]  # the last: whose DaemonSets (uid)
+        sections: list[tuple[str, ClusterPolicySpec, Snapshot, tuple[str, str] | None]]  # the last: managed_nodes
         sections = [(f"ClusterPolicy {name}", spec, snap, None)]
         limit = None
         if spec.driver.enabled and spec.driver.use_nvidia_driver_crd:
@@ -400,10 +400,10 @@ def cmd_upgrade_plan(args: argparse.Namespace) -> int:
             routing = driver_routing(list(snap.nodes.values()), spec, drivers)
             sections = [
                 (f"NVIDIADriver {g.name}", g.spec,
-                 replace(snap, nodes={k: v for k, v in snap.nodes.items() if k in g.nodes}), g.owner["uid"])
+                 replace(snap, nodes={k: v for k, v in snap.nodes.items() if k in g.nodes}), g.upgrade_owner())
                 for g in routing.groups
             ]  # fmt: skip
-            everyone = [n for _, s_, part, uid in sections for n in managed_nodes(s_, part, owner=uid)]
+            everyone = [n for _, s_, part, owner in sections for n in managed_nodes(s_, part, owner=owner)]
             what = "all NVIDIADrivers (ClusterPolicy driver.upgradePolicy)"
             limit = upgrade.Limit.over(everyone, spec.driver.upgrade_policy, what)
             if not sections:
@@ -416,8 +416,8 @@ def cmd_upgrade_plan(args: argparse.Namespace) -> int:
                       f"{cap.max_parallel_upgrades or 'unlimited'}, maxUnavailable={cap.max_unavailable} "
                       f"({slots.max_unavailable} of {slots.total} nodes): waves are numbered across them")  # fmt: skip
         results = []
-        for title, section_spec, part, uid in sections:
-            managed = managed_nodes(section_spec, part, owner=uid)
+        for title, section_spec, part, owner in sections:
+            managed = managed_nodes(section_spec, part, owner=owner)
             policy = section_spec.driver.upgrade_policy
             result = upgrade.plan(managed, workload_pods(kube, managed, policy), policy, time.time(), limit=limit)
             if limit is not None:

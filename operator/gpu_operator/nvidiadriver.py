@@ -400,6 +400,10 @@ class DriverGroup:
     def node_selector(self) -> dict[str, str]:
         return {} if self.default else {OWNER_LABEL: self.name}
 
+    def upgrade_owner(self) -> tuple[str, str]:
+        """(its uid, the owner label its nodes carry: "" for the default's), as upgrade.managed_nodes takes them."""
+        return str(self.owner["uid"]), "" if self.default else self.name
+
     def node_affinity(self) -> dict[str, Any] | None:
         """The NVIDIADriver's nodeAffinity; the default's also avoids owned nodes, as the ClusterPolicy's driver."""
         if self.default:

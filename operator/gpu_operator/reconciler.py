@@ -93,6 +93,11 @@ class Labelling:
             return None
         return self.routing.spec_of(node)
 
+    def upgrade_owner(self, node: str) -> tuple[str, str] | None:
+        """As managed_nodes takes it: the node's NVIDIADriver's (uid, owner label), None without NVIDIADrivers."""
+        group = self.routing.group_of(node) if self.routing is not None else None
+        return group.upgrade_owner() if group is not None else None
+
 
 def generations(drivers: Mapping[str, Mapping[str, Any]]) -> tuple[tuple[str, int | None], ...]:
     """Each NVIDIADriver's generation, by name."""
@@ -524,7 +529,7 @@ class Reconciler:
         parts = [(g, snap.with_nodes({k: by_name[k] for k in assignment.nodes_of(g.name) if k in by_name}))
                  for g in groups]  # fmt: skip
         self._group_kept = kept = {g.name: self._group_kept.get(g.name) or UpgradeKept() for g in groups}
-        managed = {g.name: managed_nodes(g.spec, part, kept[g.name], g.owner["uid"]) for g, part in parts}
+        managed = {g.name: managed_nodes(g.spec, part, kept[g.name], g.upgrade_owner()) for g, part in parts}
         what = "all NVIDIADrivers (ClusterPolicy driver.upgradePolicy)"
         limit = Limit.over([n for ones in managed.values() for n in ones], spec.driver.upgrade_policy, what)
         out = Orchestrated(None, False)

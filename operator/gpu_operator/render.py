@@ -23,6 +23,7 @@ from .nodes import (
     driver_kernel_patch,
     gets_driver,
 )
+from .nvidiadriver_api import OWNER_LABEL
 from .states import OperandState, RenderContext, all_states
 from .states.base import PartialRender, RenderProblem, templates
 from .states.mig_manager import custom_config
@@ -75,12 +76,16 @@ class DriverRouting:
 
     def spec_of(self, node: str) -> ClusterPolicySpec | None:
         """The spec of the NVIDIADriver that drives the node, if one does."""
+        group = self.group_of(node)
+        return group.spec if group is not None else None
+
+    def group_of(self, node: str) -> nvidiadriver.DriverGroup | None:
         driver = self.assignment.owner.get(node) if self.assignment is not None else None
-        return self._specs.get(driver) if driver is not None else None
+        return self._groups.get(driver) if driver is not None else None
 
     @cached_property
-    def _specs(self) -> dict[str, ClusterPolicySpec]:
-        return {g.name: g.spec for g in self.groups}
+    def _groups(self) -> dict[str, nvidiadriver.DriverGroup]:
+        return {g.name: g for g in self.groups}
 
 
 def driver_routing(
@@ -106,9 +111,9 @@ def driver_node_patches(
     """The driver's own node metadata, decided on the nodes as node_patches leaves them: the NVIDIADriver
     owner label and upgrade-enabled annotation, and the driver-kernel label of precompiled pools.
 
-    `holding`: nodes whose changed kernel is left to the upgrade planner (they run a driver pod under
-    autoUpgrade). `kept` (KeptDriverPatches): the last call's, worked out again for the nodes that changed (for
-    every node when the routing to NVIDIADrivers did)."""
+    `holding`: nodes whose changed kernel, or (under NVIDIADrivers) changed owner label, is left to the upgrade
+    planner (they run a driver pod under autoUpgrade). `kept` (KeptDriverPatches): the last call's, worked out
+    again for the nodes that changed (for every node when the routing to NVIDIADrivers did)."""
     found: dict[str, tuple[NodePatch, NodePatch]]
     if routing.assignment is None:
         hold_on = spec.driver.upgrade_policy.auto_upgrade
@@ -147,6 +152,12 @@ def _routed_patches(node: NodeFacts, routing: DriverRouting) -> tuple[NodePatch,
     pair: list[NodePatch] = []
     for held in (False, hold):
         patch = {part: dict(values) for part, values in routed.items()}
+        if held and OWNER_LABEL in patch.get("labels", {}):
+            # The DaemonSet of its driver pod would drop that pod at once: the upgrade moves the node at pod restart
+            # (UpgradeNode.owner_move), cordoned and drained by then.
+            del patch["labels"][OWNER_LABEL]
+            if not patch["labels"]:
+                del patch["labels"]
         kernel = driver_kernel_patch(node, precompiled, held)
         if kernel:
             patch.setdefault("labels", {}).update(kernel)

@@ -329,7 +329,9 @@ class Operator:
             return
         facts = with_devices({name: facts}, self.node_features)[name]
         refused = compat.refused(compat.verdicts([facts], spec)).get(name, "")
-        node = upgrade_node(facts, self._by_state, self.revisions, refused, adopting_pools(self.owned))
+        owner = current.upgrade_owner(name) if current.spec.driver.use_nvidia_driver_crd else None
+        pools = adopting_pools(self.owned, owner[0] if owner else None)
+        node = upgrade_node(facts, self._by_state, self.revisions, refused, pools, owner[1] if owner else None)
         step = None if node is None else plan_forward(node, spec.driver.upgrade_policy, time.time())
         if node is None or step is None:
             return

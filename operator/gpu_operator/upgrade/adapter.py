@@ -20,6 +20,7 @@ from .. import compat
 from ..api import ClusterPolicySpec, DriverUpgradePolicySpec
 from ..kube import ApiError, Kube
 from ..nodes import DRIVER_KERNEL, POOL_LABEL, ByNode, NodeFacts, gets_driver, label_value_ok
+from ..nvidiadriver_api import OWNER_LABEL
 from ..observe import Key, PodIndex, Snapshot
 from ..states.base import STATE_LABEL as OPERAND_STATE
 from .model import (
@@ -31,6 +32,7 @@ from .model import (
     DeleteDriverPod,
     Event,
     EvictPods,
+    MoveOwner,
     MovePool,
     Plan,
     SetState,
@@ -57,21 +59,24 @@ def _pick(pods: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def managed_nodes(
-    spec: ClusterPolicySpec, snap: Snapshot, kept: UpgradeKept | None = None, owner: str | None = None
+    spec: ClusterPolicySpec, snap: Snapshot, kept: UpgradeKept | None = None, owner: tuple[str, str] | None = None
 ) -> list[UpgradeNode]:
     """The nodes whose driver the operator upgrades: none while the ClusterPolicy's driver is off.
 
     The operator's pass and `gpu-operator upgrade plan` both call this, so they give one answer. `kept`: what the
     pass kept of the last call (the same answer, worked out for the nodes that changed). `snap.owned`: our objects
     (the pass gives them as it leaves them), whose driver DaemonSets adopt the orphaned pods of their pools.
-    `owner`: the uid of the NVIDIADriver that drives `snap.nodes` (only its DaemonSets run there)."""
+    `owner`: (the uid, the owner label: "" for the default) of the NVIDIADriver that drives `snap.nodes`: only its
+    DaemonSets run there, on a node once it carries that label (render holds the label of a node whose driver pod
+    another NVIDIADriver's DaemonSet runs: the upgrade moves it, see UpgradeNode.owner_move)."""
     driver_on = spec.driver.enabled and not spec.driver.use_nvidia_driver_crd
     nodes = snap.nodes.values() if driver_on else ()
     refused = compat.refused(compat.verdicts(nodes, spec, kept.verdicts if kept else None)) if driver_on else {}
-    pools = adopting_pools(snap.owned, owner) if driver_on else frozenset()
+    pools = adopting_pools(snap.owned, owner[0] if owner else None) if driver_on else frozenset()
+    label = owner[1] if owner else None
     if kept is not None:
-        return kept.inputs.over(nodes, snap.pod_index, snap.revisions, refused, pools)
-    return upgrade_nodes(nodes, snap.pods, snap.revisions, refused, index=snap.pod_index, pools=pools)
+        return kept.inputs.over(nodes, snap.pod_index, snap.revisions, refused, pools, label)
+    return upgrade_nodes(nodes, snap.pods, snap.revisions, refused, index=snap.pod_index, pools=pools, label=label)
 
 
 def adopting_pools(owned: Mapping[Key, dict[str, Any]], owner: str | None = None) -> frozenset[str]:
@@ -109,29 +114,30 @@ class UpgradeInputs:
         self.refused: dict[str, str] = {}
         self.newest: dict[str, tuple[int, str | None]] = {}
         self.pools: frozenset[str] = frozenset()
+        self.label: str | None = None
         self.made: dict[str, UpgradeNode] = {}
         self.needs_pods: set[str] = set()  # nodes in a state whose step reads the node's pods (workload_pods)
 
     def over(
         self, nodes: Iterable[NodeFacts], index: PodIndex, revisions: Mapping[str, dict[str, Any]],
-        refused: Mapping[str, str], pools: frozenset[str] = frozenset(),
+        refused: Mapping[str, str], pools: frozenset[str] = frozenset(), label: str | None = None,
     ) -> list[UpgradeNode]:  # fmt: skip
-        """`pools`: adopting_pools, as upgrade_nodes takes them."""
+        """`pools`, `label`: as upgrade_nodes takes them."""
         try:
-            return self._over(nodes, index, revisions, refused, pools)
+            return self._over(nodes, index, revisions, refused, pools, label)
         except BaseException:
             self._forget()  # half updated: the next call makes every node again
             raise
 
     def _over(
         self, nodes: Iterable[NodeFacts], index: PodIndex, revisions: Mapping[str, dict[str, Any]],
-        refused: Mapping[str, str], pools: frozenset[str],
+        refused: Mapping[str, str], pools: frozenset[str], label: str | None,
     ) -> list[UpgradeNode]:  # fmt: skip
         nodes = nodes if isinstance(nodes, list | tuple) else list(nodes)
         newest = newest_revisions(revisions)
         drivers, validators = index.by_state.get(DRIVER) or {}, index.by_state.get(VALIDATOR) or {}
         seen, made = self.nodes, self.made
-        if newest != self.newest or pools != self.pools:
+        if newest != self.newest or pools != self.pools or label != self.label:
             seen.clear()
             made.clear()
             self.needs_pods.clear()
@@ -151,7 +157,7 @@ class UpgradeInputs:
         if refused != self.refused:
             todo.update(n for n in refused.keys() | self.refused.keys() if refused.get(n) != self.refused.get(n))
         self.drivers, self.validators, self.refused, self.newest = drivers, validators, dict(refused), newest
-        self.pools = pools
+        self.pools, self.label = pools, label
         for name in todo:
             node = seen.get(name)
             if node is None or not gets_driver(node):
@@ -159,7 +165,7 @@ class UpgradeInputs:
                 self.needs_pods.discard(name)
                 continue
             driver, validator, revision = _operand_pods(name, drivers, validators, newest)
-            made[name] = one = _upgrade_node(node, driver, validator, revision, refused.get(name, ""), pools)
+            made[name] = one = _upgrade_node(node, driver, validator, revision, refused.get(name, ""), pools, label)
             if one.state in NEEDS_PODS:
                 self.needs_pods.add(name)
             else:
@@ -183,11 +189,13 @@ def upgrade_nodes(
     refused: Mapping[str, str] | None = None,
     index: PodIndex | None = None,
     pools: Collection[str] = frozenset(),
+    label: str | None = None,
 ) -> list[UpgradeNode]:
     """Planner inputs for every node a driver DaemonSet manages, from the watch-cache projections, made afresh
     (a pass keeps them with UpgradeInputs). `refused`: node -> why the policy's driver cannot run there (the planner
     skips it); `index`: of `pods`; `pools`: adopting_pools (a driver pod without an owner, of none of them, is an
-    orphan)."""
+    orphan); `label`: the owner label of the NVIDIADriver that drives the nodes ("": none; None: no NVIDIADriver),
+    which a node without it moves to at pod restart."""
     newest = newest_revisions(revisions)
     by_state = (index or PodIndex.of(pods)).by_state
     drivers, validators = by_state.get(DRIVER) or {}, by_state.get(VALIDATOR) or {}
@@ -196,7 +204,7 @@ def upgrade_nodes(
     for node in nodes:
         if gets_driver(node):
             driver, validator, revision = _operand_pods(node.name, drivers, validators, newest)
-            out.append(_upgrade_node(node, driver, validator, revision, refused.get(node.name, ""), pools))
+            out.append(_upgrade_node(node, driver, validator, revision, refused.get(node.name, ""), pools, label))
     return out
 
 
@@ -206,14 +214,15 @@ def upgrade_node(
     revisions: Mapping[str, dict[str, Any]],
     refused: str = "",
     pools: Collection[str] = frozenset(),
+    label: str | None = None,
 ) -> UpgradeNode | None:
     """One node's planner input (None: no driver of ours goes there) outside a pass (nothing is kept for one);
-    `by_state`: the operand pods as PodIndex.by_state has them; `pools`: adopting_pools."""
+    `by_state`: the operand pods as PodIndex.by_state has them; `pools`, `label`: as upgrade_nodes takes them."""
     if not gets_driver(node):
         return None
     drivers, validators = by_state.get(DRIVER) or {}, by_state.get(VALIDATOR) or {}
     driver, validator, revision = _operand_pods(node.name, drivers, validators, newest_revisions(revisions))
-    return _upgrade_node(node, driver, validator, revision, refused, pools)
+    return _upgrade_node(node, driver, validator, revision, refused, pools, label)
 
 
 def _operand_pods(
@@ -241,7 +250,7 @@ def newest_revisions(revisions: Mapping[str, dict[str, Any]]) -> dict[str, tuple
 
 def _upgrade_node(
     node: NodeFacts, driver: dict[str, Any] | None, validator: dict[str, Any] | None, revision: str | None, why: str,
-    pools: Collection[str],
+    pools: Collection[str], label: str | None = None,
 ) -> UpgradeNode:
     return UpgradeNode(
         name=node.name,
@@ -255,6 +264,8 @@ def _upgrade_node(
         refused=why,
         pool_move=_pool_move(node),
         orphaned=driver is not None and _orphaned(driver, pools),
+        owner_move=label if driver is not None and label is not None and node.labels.get(OWNER_LABEL, "") != label
+        else None,
     )
 
 
@@ -488,6 +499,8 @@ def _merge(patch: dict[str, Any], action: Action) -> bool:
         patch.setdefault("spec", {})["unschedulable"] = None
     elif isinstance(action, MovePool):
         meta.setdefault("labels", {})[DRIVER_KERNEL] = action.kernel
+    elif isinstance(action, MoveOwner):
+        meta.setdefault("labels", {})[OWNER_LABEL] = action.owner or None
     else:
         if not meta:
             del patch["metadata"]

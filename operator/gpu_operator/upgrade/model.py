@@ -155,6 +155,9 @@ class UpgradeNode:
     # The driver pod has no DaemonSet and none of ours will adopt it: its DaemonSet was deleted with its pods left
     # running (the driver handed between the ClusterPolicy and NVIDIADrivers). Replaced as an out-of-date one.
     orphaned: bool = False
+    # The owner label (nvidiadriver_api.OWNER_LABEL; "": none) the node moves to at pod restart: another NVIDIADriver
+    # took it while its driver pod ran, and that pod's DaemonSet would drop it as soon as the label moved.
+    owner_move: str | None = None
 
     @classmethod
     def from_node(
@@ -205,8 +208,8 @@ class UpgradeNode:
     @property
     def driver_out_of_date(self) -> bool:
         """The driver pod runs another revision than its DaemonSet's newest (unknown revision: not out of date), or
-        is an orphan, or of the old kernel's pool."""
-        if self.driver_pod is not None and (self.pool_move or self.orphaned):
+        is an orphan, or of the old kernel's pool, or of the NVIDIADriver the node moves away from."""
+        if self.driver_pod is not None and (self.pool_move or self.orphaned or self.owner_move is not None):
             return True
         if self.driver_pod is None or self.driver_revision is None:
             return False
@@ -365,6 +368,14 @@ class MovePool:
 
 
 @dataclass(frozen=True)
+class MoveOwner:
+    """Move a node to the DaemonSets of the NVIDIADriver that now drives it (its owner label; "": removed)."""
+
+    node: str
+    owner: str
+
+
+@dataclass(frozen=True)
 class Event:
     node: str
     type: str  # "Normal" or "Warning"
@@ -372,7 +383,7 @@ class Event:
     message: str
 
 
-Action = SetState | Cordon | Uncordon | Annotate | EvictPods | DeleteDriverPod | MovePool | Event
+Action = SetState | Cordon | Uncordon | Annotate | EvictPods | DeleteDriverPod | MovePool | MoveOwner | Event
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,7 @@ from .model import (
     DeleteDriverPod,
     Event,
     EvictPods,
+    MoveOwner,
     MovePool,
     Plan,
     SetState,
@@ -302,7 +303,7 @@ class _Step:
 _CLEARED_LAST = frozenset({INITIAL_UNSCHEDULABLE_ANNOTATION, FAILURE_REASON_ANNOTATION})
 
 # Writes whose effect the next pass must observe before the node goes on (a cordon only when workload pods are read).
-_CHAIN_STOPS = (Cordon, Uncordon, EvictPods, DeleteDriverPod, MovePool)
+_CHAIN_STOPS = (Cordon, Uncordon, EvictPods, DeleteDriverPod, MovePool, MoveOwner)
 
 
 def _after(node: UpgradeNode, actions: Iterable[Action]) -> UpgradeNode:
@@ -642,6 +643,8 @@ class _Pass:
                 actions.append(Annotate(node.name, REQUESTED_ANNOTATION, None))
             if node.pool_move:  # the old pool's DaemonSet lets go of the node; its new pool's takes it
                 actions.append(MovePool(node.name, node.pool_move))
+            if node.owner_move is not None:  # likewise from the old NVIDIADriver's DaemonSet to the new one's
+                actions.append(MoveOwner(node.name, node.owner_move))
             actions.append(DeleteDriverPod(node.name, name))
             return _Step(
                 actions,
@@ -891,6 +894,8 @@ def _reason(node: UpgradeNode) -> str | None:
         return None
     if node.pool_move:
         return f"kernel is now {node.pool_move}: driver pod {pod_name(pod)} is of the old kernel's pool"
+    if node.owner_move is not None:
+        return f"driver pod {pod_name(pod)} is of the DaemonSet of the NVIDIADriver the node moves away from"
     if node.orphaned:
         return f"driver pod {pod_name(pod)} belongs to no DaemonSet any more (its DaemonSet was deleted, the pod kept)"
     if node.driver_out_of_date:

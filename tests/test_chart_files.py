@@ -7,9 +7,11 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import promql_parser
 import pytest
 import yaml
 
@@ -289,6 +291,102 @@ def test_the_alerts_fire_after_the_minutes_their_descriptions_name() -> None:
     assert found, failing
     stale = int(found.group(1))
     assert stale % 60 == 0 and stale // 60 + for_ == described("GPUOperatorReconciliationFailing") == 15
+
+
+# Grafana's built-in interval variables, as a dashboard's queries may name them, and what Grafana puts there.
+GRAFANA_INTERVALS = {"__rate_interval": "5m", "__interval": "1m", "__range": "1h", "__range_s": "3600"}
+COUNTER_FUNCTIONS = {"rate", "irate", "increase", "resets"}  # meaningless (and wrong after a restart) on a gauge
+
+
+def alert_exprs() -> dict[str, str]:
+    """The PrometheusRule's alerts, name to expr, as helm renders them with values.yaml's defaults: the rules part
+    of the template with its `{{ $m.prometheusRule.X }}` replaced by X's default and its `{{ "{{" }}` escapes by
+    what they print, loaded as YAML (an `expr: |` over several lines included)."""
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())["operator"]["metrics"]["prometheusRule"]
+    text = (CHART / "templates" / "monitoring.yaml").read_text()
+    start = text.index("\nspec:\n")
+    spec = text[start : text.index("\n{{- end }}", start)]
+    spec = re.sub(r"\{\{ \$m\.prometheusRule\.(\w+) \}\}", lambda m: str(defaults[m.group(1)]), spec)
+    spec = spec.replace('{{ "{{" }}', "{{").replace('{{ "}}" }}', "}}")
+    rules = [rule for group in yaml.safe_load(spec)["spec"]["groups"] for rule in group["rules"]]
+    assert len(rules) == text.count("- alert: ") == len({r["alert"] for r in rules})
+    return {rule["alert"]: rule["expr"] for rule in rules}
+
+
+def dashboard_exprs() -> dict[str, str]:
+    """The dashboard's queries, "panel title/refId" to expr, with the Grafana variables in them ($__rate_interval,
+    a templating variable as $node, ${node} or [[node]]) replaced by what Grafana could put there."""
+    dashboard = json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
+    variables = {v["name"] for v in dashboard.get("templating", {}).get("list", [])}
+
+    def panels(ps: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for p in ps:  # and the panels in a collapsed row
+            yield p
+            yield from panels(p.get("panels", []))
+
+    def value(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(2) or m.group(3)
+        if name in GRAFANA_INTERVALS:
+            return GRAFANA_INTERVALS[name]
+        assert name in variables, f"${name} is no variable of the dashboard's"
+        return "x"  # in a label matcher's string: "$node" -> "x"
+
+    variable = r"\$\{(\w+)(?::\w+)?\}|\[\[(\w+)\]\]|\$(\w+)"
+    return {f"{p['title']}/{t['refId']}": re.sub(variable, value, t["expr"])
+            for p in panels(dashboard["panels"]) for t in p.get("targets", []) if "expr" in t}  # fmt: skip
+
+
+def exported_series() -> tuple[set[str], set[str]]:
+    """The series names the operator's registry exports (with the suffixes prometheus_client adds to a family's
+    name: _total to a counter's, _bucket, _count and _sum to a histogram's), and its counters' among them. From
+    the families, not their samples: a labelled family exports no sample until its first child."""
+    from gpu_operator.metrics import REGISTRY
+
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_count", "_sum"], "summary": ["", "_count", "_sum"],
+                "gaugehistogram": ["_bucket", "_gcount", "_gsum"], "info": ["_info"]}  # fmt: skip
+    families = list(REGISTRY.collect())
+    names = {f.name + s for f in families for s in suffixes.get(f.type, [""])}
+    return names, {f.name + "_total" for f in families if f.type == "counter"}
+
+
+def test_the_alerts_and_dashboard_queries_are_promql_on_series_the_operator_exports() -> None:
+    """Nothing parsed the chart's PromQL before a Prometheus did (no promtool here): a query it refuses makes
+    prometheus-operator's admission webhook reject the whole PrometheusRule (every alert lost, at `helm install`
+    with monitoring on), and a dashboard query it refuses or one on a series nobody exports draws "No data" that
+    reads as all quiet. Each expr is parsed and type-checked by promql_parser (a port of Prometheus's parser);
+    every gpu_operator_* series it selects must be one operator/gpu_operator/metrics.py exports, and rate(),
+    irate(), increase() and resets() may read counters only."""
+    exported, counters = exported_series()
+    exprs = {**{f"alert {n}": e for n, e in alert_exprs().items()},
+             **{f"panel {n}": e for n, e in dashboard_exprs().items()}}  # fmt: skip
+    assert len([k for k in exprs if k.startswith("panel ")]) >= 10
+    wrong: list[str] = []
+    used: set[str] = set()
+    for where, expr in exprs.items():
+        assert not re.search(r"\{\{|\$\w|\$\{|\[\[", expr), f"{where}: a template expression left in {expr!r}"
+        try:
+            tree = promql_parser.parse(expr)
+        except ValueError as e:
+            wrong.append(f"{where}: {e}: {expr}")
+            continue
+
+        def visit(node: promql_parser.Expr, where: str = where) -> None:
+            if isinstance(node, promql_parser.VectorSelector):
+                if not node.name:
+                    wrong.append(f"{where}: a selector with no metric name: {node}")
+                elif node.name.startswith("gpu_operator_"):
+                    used.add(node.name)
+                    if node.name not in exported:
+                        wrong.append(f"{where}: {node.name} is not exported (metrics.py)")
+            elif isinstance(node, promql_parser.Call) and node.func.name in COUNTER_FUNCTIONS:
+                for arg in node.args:
+                    name = arg.vector_selector.name if isinstance(arg, promql_parser.MatrixSelector) else None
+                    if name and name.startswith("gpu_operator_") and name in exported and name not in counters:
+                        wrong.append(f"{where}: {node.func.name}() of {name}, not a counter")
+
+        promql_parser.walk(tree, visit)
+    assert not wrong, "\n".join(wrong)
+    assert {"gpu_operator_leader", "gpu_operator_reconciliation_failed_total"} <= used
 
 
 def test_the_operator_may_delete_pods_only_in_its_own_namespace() -> None:

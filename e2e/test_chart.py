@@ -387,6 +387,21 @@ def test_cluster_policy_switch() -> None:
     assert one(docs, "Job", "gpu-operator-cleanup")
 
 
+@pytest.mark.parametrize("value", ["0", "-5", "1.5"])
+def test_alert_durations_must_be_whole_minutes_above_zero(value: str) -> None:
+    """upgradeStuckFor 0 rendered `[0m]` and `offset 0m`, which Prometheus refuses (the whole rule file with it)."""
+    for key in ("operandNotReadyFor", "upgradeStuckFor"):
+        args = ["template", RELEASE, str(CHART), "--kube-version", KUBE_VERSION,
+                "--set", "operator.metrics.prometheusRule.enabled=true",
+                "--set", f"operator.metrics.prometheusRule.{key}={value}"]  # fmt: skip
+        proc = helm(*args, check=False)
+        assert proc.returncode != 0 and f"operator.metrics.prometheusRule.{key} must be a whole number" in proc.stderr
+    docs = render(sets=["operator.metrics.prometheusRule.enabled=true",
+                        "operator.metrics.prometheusRule.upgradeStuckFor=30"])  # fmt: skip
+    rules = one(docs, "PrometheusRule", "gpu-operator")["spec"]["groups"][0]["rules"]
+    assert any("[30m]" in r["expr"] for r in rules)
+
+
 def test_config_create_needs_a_name() -> None:
     args = ["template", RELEASE, str(CHART), "--kube-version", KUBE_VERSION,
             "--set", "devicePlugin.config.create=true", "--set", "devicePlugin.config.data.a=b"]  # fmt: skip

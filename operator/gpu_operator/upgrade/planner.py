@@ -894,10 +894,10 @@ def _reason(node: UpgradeNode) -> str | None:
         return None
     if node.pool_move:
         return f"kernel is now {node.pool_move}: driver pod {pod_name(pod)} is of the old kernel's pool"
+    if node.orphaned:  # also when the node moves to another NVIDIADriver: its pod is of no DaemonSet now
+        return f"driver pod {pod_name(pod)} belongs to no DaemonSet any more (its DaemonSet was deleted, the pod kept)"
     if node.owner_move is not None:
         return f"driver pod {pod_name(pod)} is of the DaemonSet of the NVIDIADriver the node moves away from"
-    if node.orphaned:
-        return f"driver pod {pod_name(pod)} belongs to no DaemonSet any more (its DaemonSet was deleted, the pod kept)"
     if node.driver_out_of_date:
         revisions = f"runs revision {pod_revision(pod)}, its DaemonSet is at {node.driver_revision}"
         return f"driver pod {pod_name(pod)} {revisions}"

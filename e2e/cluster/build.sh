@@ -35,8 +35,14 @@ build_kubernetes() {
   staging_ver="v0.${K8S_VERSION#v1.}"
   mkdir -p "$dir"
   log "kubernetes $K8S_VERSION: resolving staging modules (${missing[*]})"
-  local modfile
-  modfile=$(cd "$dir" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  local json modfile
+  # With -json a failure is reported only in the JSON's "Error" field (stdout), so show it.
+  json=$(cd "$dir" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION") || {
+    printf '%s\n' "$json" >&2
+    log "error: cannot download k8s.io/kubernetes@$K8S_VERSION (GOPROXY=$(go env GOPROXY))"
+    exit 1
+  }
+  modfile=$(printf '%s\n' "$json" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
   {
     echo "module local/kubernetes-build"
     echo

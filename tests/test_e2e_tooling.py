@@ -5,9 +5,11 @@ stubbed."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -42,6 +44,21 @@ def _go_env(tmp: Path, cache: Path, proxy: str) -> dict[str, str]:
     return env
 
 
+def _module(proxy: Path, path: str, version: str, files: dict[str, str], requires: str = "") -> None:
+    """Module `path@version` in a file:// GOPROXY directory."""
+    d = proxy / path / "@v"
+    d.mkdir(parents=True, exist_ok=True)
+    gomod = f"module {path}\n\ngo 1.22\n{requires}"
+    (d / f"{version}.mod").write_text(gomod)
+    (d / f"{version}.info").write_text(json.dumps({"Version": version, "Time": "2024-01-01T00:00:00Z"}))
+    with zipfile.ZipFile(d / f"{version}.zip", "w") as z:
+        z.writestr(f"{path}@{version}/go.mod", gomod)
+        for name, text in files.items():
+            z.writestr(f"{path}@{version}/{name}", text)
+    with (d / "list").open("a") as f:
+        f.write(version + "\n")
+
+
 @pytest.mark.skipif(GO is None, reason="needs the go command (no compiling: it only resolves modules)")
 def test_build_sh_says_why_kubernetes_cannot_be_resolved(tmp_path: Path) -> None:
     """`go mod download -json` reports a failure only in its JSON on stdout, which build.sh piped into sed: with
@@ -53,3 +70,34 @@ def test_build_sh_says_why_kubernetes_cannot_be_resolved(tmp_path: Path) -> None
     assert r.returncode != 0
     assert "k8s.io/kubernetes@v1.37.2" in r.stderr and "GOPROXY=off" in r.stderr, r.stderr
     assert '"Error"' in r.stderr, r.stderr  # go's own words
+
+
+@pytest.mark.skipif(GO is None, reason="needs the go command (no compiling: `go build` is stubbed)")
+def test_build_sh_keeps_the_pinned_kubernetes_when_go_get_fails(tmp_path: Path) -> None:
+    """When `go get k8s.io/kubernetes/cmd/...@v1.37.2` failed, build.sh retried `go get k8s.io/kubernetes/cmd/...`
+    without a version, which is `@upgrade`: it moved k8s.io/kubernetes to the newest release and compiled that as
+    `kube-apiserver-v1.37.2`, stamped v1.37.2, against staging modules replaced at v0.37.2. The retry now asks for
+    the same version, so the build stops with go's error and go.mod keeps the pinned release."""
+    proxy = tmp_path / "proxy"
+    cmds = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
+    # v1.37.2 resolves (go mod download works) but its `go get` fails; v1.38.0 has the packages.
+    # As the real release: staging modules required at v0.0.0 (build.sh replaces them by v0.37.2).
+    staging = "\nrequire (\n\tk8s.io/api v0.0.0\n)\n\nreplace k8s.io/api => ./staging/src/k8s.io/api\n"
+    _module(proxy, "k8s.io/api", "v0.37.2", {"doc.go": "package api\n"})
+    _module(proxy, "k8s.io/kubernetes", "v1.37.2", {"README": "x\n"}, staging)
+    _module(proxy, "k8s.io/kubernetes", "v1.38.0",
+            {f"cmd/{c}/main.go": "package main\n\nfunc main() {}\n" for c in cmds}, staging)  # fmt: skip
+    stub = tmp_path / "stub"
+    stub.mkdir()
+    (stub / "go").write_text(f'#!/bin/sh\nif [ "$1" = build ]; then echo "stub: go $*" >&2; exit 3; fi\n'
+                             f'exec {GO} "$@"\n')  # fmt: skip
+    (stub / "go").chmod(0o755)
+    cache = _fake_cache(tmp_path)
+    env = _go_env(tmp_path, cache, f"file://{proxy}")
+    env["PATH"] = f"{stub}:{env['PATH']}"
+    r = subprocess.run(["bash", str(BUILD_SH)], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0
+    assert "does not contain package k8s.io/kubernetes/cmd/kube-apiserver" in r.stderr, r.stderr
+    assert "stub: go build" not in r.stderr, r.stderr
+    gomod = (cache / "work" / "kubernetes-v1.37.2" / "go.mod").read_text()
+    assert "k8s.io/kubernetes v1.37.2" in gomod, f"the build moved off the pinned release:\n{gomod}"

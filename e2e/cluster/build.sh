@@ -55,7 +55,7 @@ build_kubernetes() {
   } > "$dir/go.mod"
   local pkgs=()
   for c in "${missing[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
-  (cd "$dir" && go get "${pkgs[@]/%/@$K8S_VERSION}" >/dev/null 2>&1 || go get "${pkgs[@]}")
+  (cd "$dir" && go get "${pkgs[@]/%/@$K8S_VERSION}" >/dev/null 2>&1 || go get "${pkgs[@]/%/@$K8S_VERSION}")
   local vpkg ldflags=""
   for vpkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ldflags+=" -X $vpkg.gitVersion=$K8S_VERSION -X $vpkg.gitMajor=1 -X $vpkg.gitMinor=$minor"

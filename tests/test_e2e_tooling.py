@@ -5,6 +5,7 @@ stubbed."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -101,3 +102,29 @@ def test_build_sh_keeps_the_pinned_kubernetes_when_go_get_fails(tmp_path: Path) 
     assert "stub: go build" not in r.stderr, r.stderr
     gomod = (cache / "work" / "kubernetes-v1.37.2" / "go.mod").read_text()
     assert "k8s.io/kubernetes v1.37.2" in gomod, f"the build moved off the pinned release:\n{gomod}"
+
+
+def test_build_sh_waits_for_another_build(tmp_path: Path) -> None:
+    """build.sh took no lock: two builds at once (`make demo` while `make test` builds, two CI jobs with one HOME)
+    wrote the same go.mod and `.tmp` binaries. Now a second one waits for the first's lock on the cache, then finds
+    what it built (here: everything, so it runs no go at all)."""
+    cache = _fake_cache(tmp_path, *(f"{c}-v1.37.2" for c in (
+        "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")),
+        "etcd-v3.6.16", "kwok-v0.8.0", "helm-v3.22.0", "nvidia-ctk-installer-v1.20.0")  # fmt: skip
+    (cache / "kwok-stages-v0.8.0").mkdir()
+    env = dict(os.environ, GPU_OPERATOR_E2E_CACHE=str(cache))
+    # --print-dir (what bin_dir() runs) never waits.
+    with (cache / ".lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        printed = subprocess.run(["bash", str(BUILD_SH), "--print-dir"], env=env, capture_output=True, text=True,
+                                 timeout=30)  # fmt: skip
+        assert printed.stdout.strip() == str(cache / "bin")
+        proc = subprocess.Popen(["bash", str(BUILD_SH)], env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            with pytest.raises(subprocess.TimeoutExpired):
+                proc.wait(timeout=1.5)
+        finally:
+            fcntl.flock(held, fcntl.LOCK_UN)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "waiting for another build.sh" in err and "binaries ready" in err, err

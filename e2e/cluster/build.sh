@@ -18,6 +18,11 @@ if [ "${1:-}" = "--print-dir" ]; then echo "$BIN"; exit 0; fi
 export CGO_ENABLED=0 GOFLAGS="-mod=mod -buildvcs=false"
 log() { printf '[build %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
+# One build at a time uses the cache (make binaries, make demo, the e2e session): a second waits, then finds
+# what the first built.
+exec 9>"$CACHE/.lock"
+flock -n 9 || { log "waiting for another build.sh using $CACHE"; flock 9; }
+
 need() {  # need NAME VERSION -> true when $BIN/NAME-VERSION is missing
   [ ! -x "$BIN/$1-$2" ]
 }

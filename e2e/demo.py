@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from e2e.cluster.__main__ import DEFAULT_STATE_DIR
-from e2e.cluster.localcluster import LocalCluster, ensure_binaries
+from e2e.cluster.localcluster import LocalCluster, ensure_binaries, owned_alive, pid_alive, signal_group
 from e2e.cluster.nodes import create_nodes, make_node
 from e2e.operator_process import NAMESPACE, REPO, install_crds_and_rbac, policy_from_sample
 from gpu_operator.kube import Kube
@@ -42,17 +41,24 @@ def _spawn(args: list[str], log: Path) -> int:
     return proc.pid
 
 
-def stop(state: Path) -> None:
+def stop(state: Path, grace: float = 5.0) -> None:
+    """Stop what `start` left running: only processes still ours (their command line names the state dir, so a
+    pid reused after a reboot or a crash is left alone), each with its process group; SIGKILL after `grace`."""
     try:
         pids = json.loads(_pidfile(state).read_text())
     except FileNotFoundError:
         return
-    for name, pid in pids.items():
-        try:
-            os.kill(pid, signal.SIGTERM)
-            print(f"stopped {name} (pid {pid})")
-        except ProcessLookupError:
-            pass
+    marker = str(state.resolve())  # in each one's --kubeconfig, as LocalCluster's state_dir
+    live = {name: pid for name, pid in pids.items() if owned_alive(pid, marker)}
+    for pid in live.values():
+        signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while any(pid_alive(p) for p in live.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for name, pid in live.items():
+        if pid_alive(pid):
+            signal_group(pid, signal.SIGKILL)
+        print(f"stopped {name} (pid {pid})")
     _pidfile(state).unlink(missing_ok=True)
 
 

@@ -9,7 +9,9 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import subprocess
+import time
 import zipfile
 from pathlib import Path
 
@@ -128,3 +130,35 @@ def test_build_sh_waits_for_another_build(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "waiting for another build.sh" in err and "binaries ready" in err, err
+
+
+# --- processes: make cluster-down, the e2e session --------------------------------------------------------------
+
+
+def test_demo_stop_signals_only_its_own_processes(tmp_path: Path) -> None:
+    """`make cluster-down` runs `python -m e2e.demo stop`, which SIGTERMed every pid in .e2e-state/demo.json
+    without checking it was still the operator or simulator it started: after a reboot (the state dir survives,
+    `make demo` leaves everything running) or once the demo operator had died, those pids are other processes'.
+    Now it signals only a process whose command line names the state dir (as LocalCluster does), with its process
+    group, and SIGKILLs it when SIGTERM has not stopped it after the grace period."""
+    from e2e import demo
+
+    state = tmp_path / "state"
+    state.mkdir()
+    other = subprocess.Popen(["sleep", "60"])
+    # Ours: started as `start` does (own session), its command line naming the state dir; it ignores SIGTERM.
+    ours = subprocess.Popen(["sh", "-c", 'trap "" TERM; while :; do sleep 0.1; done', "_",
+                             str(state / "operator.kubeconfig")], start_new_session=True)  # fmt: skip
+    try:
+        (state / "demo.json").write_text(json.dumps({"gpu-operator": other.pid, "node-simulator": ours.pid}))
+        time.sleep(0.2)
+        demo.stop(state, grace=0.5)
+        assert ours.wait(timeout=5) == -signal.SIGKILL
+        time.sleep(0.2)
+        assert other.poll() is None, "demo stop killed a process that is not the demo's"
+        assert not (state / "demo.json").exists()
+    finally:
+        for p in (other, ours):
+            if p.poll() is None:
+                p.kill()
+            p.wait()

@@ -136,6 +136,21 @@ def _pid_cmdline(pid: int) -> str:
         return ""
 
 
+def owned_alive(pid: int, marker: str) -> bool:
+    """`pid` runs and is still ours: its command line holds `marker` (a state dir), so a reused pid is not."""
+    return pid_alive(pid) and marker in _pid_cmdline(pid)
+
+
+def signal_group(pid: int, sig: int) -> None:
+    """Signal the process group `pid` leads (started with start_new_session), else the process alone."""
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        os.kill(pid, sig)
+
+
 def rss_kib(pid: int) -> int | None:
     """Resident set size of a process in KiB (VmRSS), None if it is gone."""
     try:
@@ -444,7 +459,7 @@ class LocalCluster:
         tmp.replace(self.state_dir / "cluster.json")
 
     def _owned_alive(self, pid: int) -> bool:
-        return pid_alive(pid) and str(self.state_dir) in _pid_cmdline(pid)
+        return owned_alive(pid, str(self.state_dir))
 
     def _prepare(self) -> None:
         sd = self.state_dir
@@ -743,12 +758,7 @@ class LocalCluster:
 
     @staticmethod
     def _signal(pid: int, sig: int) -> None:
-        try:
-            os.killpg(pid, sig)  # each component leads its own session and process group
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            os.kill(pid, sig)
+        signal_group(pid, sig)  # each component leads its own session and process group
 
     def _reap(self) -> None:
         for proc in self._procs.values():

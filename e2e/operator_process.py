@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from e2e.cluster.localcluster import LocalCluster, free_ports
+from e2e.cluster.localcluster import LocalCluster, _pdeathsig_preexec, free_ports
 from gpu_operator.crd import all_crds
 from gpu_operator.kube import Kube
 
@@ -71,7 +71,10 @@ class OperatorProcess:
         env = dict(os.environ)
         if self.identity:
             env["POD_NAME"] = self.identity
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        # Dies with the test session even when that is SIGKILLed, as the cluster's components (PR_SET_PDEATHSIG:
+        # with the thread that starts it, so start it from one that outlives it).
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                     preexec_fn=_pdeathsig_preexec())  # fmt: skip
         log.close()
         return self
 

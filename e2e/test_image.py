@@ -104,11 +104,14 @@ def _remove(path: Path) -> None:
 
 def chroot_command(root: Path, config: dict[str, Any], argv: list[str]) -> list[str]:
     """A command that runs argv in the unpacked image as a runtime would: chrooted into root, in a private mount
-    namespace with /dev and /proc, as the image's user, in its working directory, with only its environment."""
+    namespace with /dev and /proc, as the image's user, in its working directory, with only its environment.
+    It gets SIGKILL when the test session dies, even SIGKILLed, as the cluster's components: set by the image's
+    setpriv (util-linux, essential in Debian), as chroot's switch to the image's user clears a parent-death signal
+    set before it."""
     cfg = config["config"]
     script = (
         'root=$1 user=$2 dir=$3; shift 3; mount --rbind /dev "$root/dev"; mount -t proc proc "$root/proc"; '
-        'exec chroot --userspec="$user" "$root" /usr/bin/env -i -C "$dir" "$@"'
+        'exec chroot --userspec="$user" "$root" /usr/bin/setpriv --pdeathsig KILL /usr/bin/env -i -C "$dir" "$@"'
     )
     user = cfg.get("User") or "0:0"
     return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script, "_",

@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -135,6 +136,12 @@ def test_build_sh_waits_for_another_build(tmp_path: Path) -> None:
 # --- processes: make cluster-down, the e2e session --------------------------------------------------------------
 
 
+def _alive(pid: int) -> bool:
+    from e2e.cluster.localcluster import pid_alive
+
+    return pid_alive(pid)
+
+
 def test_demo_stop_signals_only_its_own_processes(tmp_path: Path) -> None:
     """`make cluster-down` runs `python -m e2e.demo stop`, which SIGTERMed every pid in .e2e-state/demo.json
     without checking it was still the operator or simulator it started: after a reboot (the state dir survives,
@@ -162,3 +169,34 @@ def test_demo_stop_signals_only_its_own_processes(tmp_path: Path) -> None:
             if p.poll() is None:
                 p.kill()
             p.wait()
+
+
+def test_operator_process_dies_with_the_test_session(tmp_path: Path) -> None:
+    """The cluster's components get PR_SET_PDEATHSIG, so they die with pytest even when it is killed (OOM killer,
+    `kill -9`); the operator processes the e2e tests start (e2e/operator_process.py) did not: they outlived the
+    session and retried the dead API server forever. Now they get it too."""
+    fake = tmp_path / "fake-python"
+    fake.write_text("#!/bin/sh\nexec sleep 60\n")
+    fake.chmod(0o755)
+    code = (
+        "import os, signal, sys\n"
+        f"sys.executable = {str(fake)!r}\n"
+        "from pathlib import Path\n"
+        "from e2e.operator_process import OperatorProcess\n"
+        "class C:\n"
+        "    operator_kubeconfig = Path('/nonexistent')\n"
+        f"p = OperatorProcess(C(), Path({str(tmp_path / 'op.log')!r})).start()\n"
+        "print(p.proc.pid, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=f"{REPO / 'operator'}:{REPO}")
+    r = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    pid = int(r.stdout.split()[0])
+    try:
+        deadline = time.monotonic() + 3
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(pid), "the operator process outlived the killed test session"
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)

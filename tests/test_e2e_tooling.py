@@ -133,6 +133,20 @@ def test_build_sh_waits_for_another_build(tmp_path: Path) -> None:
     assert "waiting for another build.sh" in err and "binaries ready" in err, err
 
 
+def test_bin_dir_says_why_the_cache_cannot_be_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bin_dir() ran `build.sh --print-dir` with its output captured and check=True: when the cache could not be
+    created (HOME read-only or unset, GPU_OPERATOR_E2E_CACHE under a file) `python -m e2e.cluster up` and
+    `make demo` ended in a CalledProcessError traceback, build.sh's reason (mkdir's message) thrown away. Now a
+    ClusterError carries it (e2e.cluster's CLI prints it)."""
+    from e2e.cluster import localcluster
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("GPU_OPERATOR_E2E_CACHE", str(blocker / "cache"))
+    with pytest.raises(localcluster.ClusterError, match="Not a directory"):
+        localcluster.ensure_binaries()
+
+
 # --- processes: make cluster-down, the e2e session --------------------------------------------------------------
 
 

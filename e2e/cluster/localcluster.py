@@ -77,7 +77,9 @@ def _say(msg: str) -> None:
 # --- binaries ---
 
 def bin_dir() -> Path:
-    out = subprocess.run(["bash", str(BUILD_SH), "--print-dir"], check=True, capture_output=True, text=True)
+    out = subprocess.run(["bash", str(BUILD_SH), "--print-dir"], capture_output=True, text=True)
+    if out.returncode != 0:  # e.g. the cache cannot be created: build.sh's stderr says why
+        raise ClusterError(f"{BUILD_SH} --print-dir failed (exit {out.returncode}): {out.stderr.strip()}")
     return Path(out.stdout.strip())
 
 
@@ -92,7 +94,9 @@ def ensure_binaries() -> Path:
     missing = missing_binaries(d)
     if missing:
         _say(f"binaries missing in {d} ({', '.join(missing)}): running {BUILD_SH} (slow the first time)")
-        subprocess.run(["bash", str(BUILD_SH)], check=True, stdout=sys.stderr, stderr=sys.stderr)
+        r = subprocess.run(["bash", str(BUILD_SH)], stdout=sys.stderr, stderr=sys.stderr)
+        if r.returncode != 0:
+            raise ClusterError(f"{BUILD_SH} failed (exit {r.returncode}); its output above says why")
         missing = missing_binaries(d)
         if missing:
             raise ClusterError(f"build.sh finished but {', '.join(missing)} still missing in {d}")

@@ -3,11 +3,21 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Which interpreter PYTHON is now: the venv is made again, from scratch, when it changes.
+PYTHON_ID := $(shell $(PYTHON) -c 'import sys; print(sys.executable + " " + sys.version.split()[0])' 2>/dev/null)
 
-.PHONY: venv test unit e2e lint demo cluster-up cluster-down binaries crds manifests image clean
+.PHONY: venv test unit e2e lint demo cluster-up cluster-down binaries crds manifests image clean FORCE
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
+# Rewritten (so newer than the stamp) only when PYTHON_ID differs from the one the venv was made with.
+$(VENV)/.python: FORCE
+	@[ -z "$(PYTHON_ID)" ] || [ "$$(cat $@ 2>/dev/null)" = "$(PYTHON_ID)" ] || { mkdir -p $(VENV); echo "$(PYTHON_ID)" >$@; }
+
+$(STAMP): pyproject.toml $(VENV)/.python
+	@[ -n "$(PYTHON_ID)" ] || { echo "error: no $(PYTHON) found; need Python 3.11+: make PYTHON=python3.12 ..." >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "error: $(PYTHON) is Python $(lastword $(PYTHON_ID)); need 3.11+: make PYTHON=python3.12 ..." >&2; exit 1; }
+	$(PYTHON) -m venv $(if $(filter $(VENV)/.python,$?),--clear) $(VENV)
+	echo "$(PYTHON_ID)" >$(VENV)/.python
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)

@@ -147,6 +147,50 @@ def test_bin_dir_says_why_the_cache_cannot_be_made(tmp_path: Path, monkeypatch: 
         localcluster.ensure_binaries()
 
 
+# --- the Makefile's venv ----------------------------------------------------------------------------------------
+
+
+def _make_venv(tmp: Path, python: str) -> subprocess.CompletedProcess[str]:
+    """`make venv PYTHON=python` in a copy of the repository's Makefile, without the pip installs."""
+    makefile = tmp / "Makefile"
+    if not makefile.exists():
+        text = (REPO / "Makefile").read_text()
+        makefile.write_text("\n".join(
+            "\t@true" if line.startswith("\t$(PY) -m pip install") else line for line in text.splitlines()))
+        (tmp / "pyproject.toml").write_text("")
+    return subprocess.run(["make", "-s", "venv", f"PYTHON={python}"], cwd=tmp, capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_venv_needs_python_311_and_follows_python(tmp_path: Path) -> None:
+    """The Makefile made the venv with whatever PYTHON was: with a python3 older than 3.11 pip's install failed
+    later with "requires a different Python", and `make PYTHON=python3.11 ...` did not repair that venv (`venv`
+    keeps an existing bin/python link). Now an older Python is refused with a message naming PYTHON=, and the venv
+    is made again, from scratch, when PYTHON names another interpreter than the one it was made with."""
+    old = tmp_path / "python3.10"
+    old.write_text("#!/bin/sh\ncase \"$2\" in *version_info*) exit 1;; esac\necho /usr/bin/python3.10 3.10.13\n")
+    old.chmod(0o755)
+    r = _make_venv(tmp_path, str(old))
+    assert r.returncode != 0 and "3.10.13" in r.stderr and "need 3.11+" in r.stderr and "PYTHON=" in r.stderr
+    assert not (tmp_path / ".venv" / "bin").exists()
+    r = _make_venv(tmp_path, str(tmp_path / "no-python3"))
+    assert r.returncode != 0 and "no " in r.stderr and "PYTHON=" in r.stderr, r.stderr
+
+    venv = tmp_path / ".venv"
+    assert _make_venv(tmp_path, sys.executable).returncode == 0
+    assert (venv / ".installed").exists()
+    left = venv / "bin" / "left-by-the-old-venv"
+    left.write_text("")
+    assert _make_venv(tmp_path, sys.executable).returncode == 0
+    assert left.exists(), "same interpreter: the venv is kept"
+    (venv / ".python").write_text("/usr/bin/python3.12 3.12.1\n")  # as if made by another PYTHON
+    r = _make_venv(tmp_path, sys.executable)
+    assert r.returncode == 0, r.stderr
+    assert not left.exists(), "another interpreter: the venv is made again"
+    assert (venv / ".python").read_text().split() == [sys.executable, sys.version.split()[0]]
+
+
 # --- processes: make cluster-down, the e2e session --------------------------------------------------------------
 
 

@@ -1620,3 +1620,28 @@ def test_a_malformed_node_affinity_is_refused_naming_the_field() -> None:
     assert affinity["properties"]["requiredDuringSchedulingIgnoredDuringExecution"]["required"] == [
         "nodeSelectorTerms"
     ]
+
+
+def _running(nodes: list[str]) -> dict[str, dict[str, Any]]:
+    """Running driver pods of the ClusterPolicy's DaemonSet (the default NVIDIADriver's once re-owned)."""
+    return {name: {**pod, "owner": CP_DS} for name, pod in _orphans(nodes).items()}
+
+
+def test_a_node_is_not_moved_to_an_nvidiadriver_whose_daemonsets_cannot_render() -> None:
+    """x takes a2 from the default, but x's spec cannot render (usePrecompiled with GDS: x alone is held, its
+    status says so, it has no DaemonSet). The upgrade used to start on a2 at once (its driver pod 'of the
+    NVIDIADriver the node moves away from'): cordoned, drained, its working driver pod deleted at pod restart, with
+    no DaemonSet to replace it. Now nothing moves to x until its spec renders: a2 keeps its owner label and driver."""
+    from gpu_operator.upgrade.model import STATE_LABEL
+
+    base = {"nvidia.com/gpu.deploy.driver": "true", STATE_LABEL: "upgrade-done"}
+    nodes = [facts("a1", labels=dict(base)), facts("a2", labels={**base, "pool": "x"})]
+    _, owned = _switch_pass(nodes, copy.deepcopy(load_policy()["spec"]), {}, {})
+    pods = _running(["a1", "a2"])
+    bad = {"nodeSelector": {"pool": "x"}, "usePrecompiled": True, "gds": {"enabled": True}}
+    drivers = _nvd_objects(default={"default": True}, x=bad)
+    kube, left = _switch_pass(nodes, crd_policy(), drivers, owned, pods)
+    assert not any("-x-" in k[2] for k in left if k[0] == "DaemonSet")  # x has no DaemonSet
+    assert not kube.node_patches(OWNER_LABEL)
+    assert "a2" not in kube.node_patches("unschedulable"), "a2 cordoned for a driver that cannot be deployed"
+    assert not kube.node_patches(STATE_LABEL).get("a2"), kube.node_patches(STATE_LABEL)

@@ -12,7 +12,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -442,8 +442,11 @@ class Reconciler:
         # driver pods of its pool, and one it deleted adopts none.
         left = snap.with_nodes(by_name, {k: live[k] for k in desired if k in live})
         if assignment is not None:
+            driver_plan = next((p for p in plans if p.state.name == "state-driver"), None)
+            unrendered = set(driver_plan.held) if driver_plan and not driver_plan.problem else {
+                g.owner["uid"] for g in groups if driver_plan}  # fmt: skip
             upgrade = self._orchestrate_nvidia_drivers(spec, left, by_name, assignment, groups, moved, said,
-                                                       snap)  # fmt: skip
+                                                       snap, unrendered)  # fmt: skip
         else:
             upgrade = orchestrate(self.kube, self.namespace, spec, left, self.events, moved=moved, kept=self._kept,
                                   said=said)  # fmt: skip
@@ -521,12 +524,21 @@ class Reconciler:
         moved: Callable[[str], bool] | None,
         said: Sequence[dict[str, Any]] = (),
         seen: Snapshot | None = None,
+        unrendered: Collection[str] = (),
     ) -> Orchestrated:
         """Each NVIDIADriver's nodes by its own upgradePolicy, and all of them within the ClusterPolicy's
         maxParallelUpgrades and maxUnavailable (over every node the NVIDIADrivers drive, whatever the ClusterPolicy's
         autoUpgrade: beyond upstream). `moved`, `said`: as orchestrate's. `seen`: the pass's snapshot (the nodes'
-        owner labels before this pass's patches; `snap` by default)."""
-        parts = [(g, snap.with_nodes({k: by_name[k] for k in assignment.nodes_of(g.name) if k in by_name}))
+        owner labels before this pass's patches; `snap` by default). `unrendered`: the uids of the NVIDIADrivers
+        whose DaemonSets could not be rendered (their status says why): no node moves to one of them (its nodes
+        whose owner label names another keep their driver), as the ClusterPolicy's driver keeps all when it cannot
+        render."""
+
+        def upgraded(g: nvidiadriver.DriverGroup, name: str) -> bool:
+            return name in by_name and (g.owner["uid"] not in unrendered
+                                        or by_name[name].labels.get(OWNER_LABEL, "") == g.upgrade_owner()[1])
+
+        parts = [(g, snap.with_nodes({k: by_name[k] for k in assignment.nodes_of(g.name) if upgraded(g, k)}))
                  for g in groups]  # fmt: skip
         self._group_kept = kept = {g.name: self._group_kept.get(g.name) or UpgradeKept() for g in groups}
         managed = {g.name: managed_nodes(g.spec, part, kept[g.name], g.upgrade_owner()) for g, part in parts}

@@ -1645,3 +1645,34 @@ def test_a_node_is_not_moved_to_an_nvidiadriver_whose_daemonsets_cannot_render()
     assert not kube.node_patches(OWNER_LABEL)
     assert "a2" not in kube.node_patches("unschedulable"), "a2 cordoned for a driver that cannot be deployed"
     assert not kube.node_patches(STATE_LABEL).get("a2"), kube.node_patches(STATE_LABEL)
+
+
+def test_a_node_whose_old_nvidiadriver_keeps_no_other_node_of_its_pool_keeps_its_driver_pod() -> None:
+    """The hold keeps the owner labels of a1 and a2 so that the default's DaemonSet (of their pool) keeps running
+    their driver pods until the upgrade cordons and drains each. The driver state renders an NVIDIADriver's pool
+    DaemonSets from the nodes the assignment gives it: once x took every node of that pool, the default rendered no
+    DaemonSet for it and the pass pruned it (propagation Background): every driver pod of the pool deleted at once,
+    no cordon, no drain. Now a driver DaemonSet that runs the pod of a held node is kept until the node moved."""
+    from gpu_operator.upgrade.model import STATE_LABEL
+
+    base = {"nvidia.com/gpu.deploy.driver": "true", STATE_LABEL: "upgrade-done", "pool": "x"}
+    nodes = [facts("a1", labels=dict(base)), facts("a2", labels=dict(base))]
+    _, owned = _switch_pass(nodes, copy.deepcopy(load_policy()["spec"]), {}, {})
+    pods = _running(["a1", "a2"])
+    # useNvidiaDriverCRD with the default NVIDIADriver alone: the ClusterPolicy's DaemonSet is kept, re-owned.
+    default = _nvd_objects(default={"default": True})
+    kube, left = _switch_pass(nodes, crd_policy(), default, owned, pods)
+    assert not kube.deletes(CP_DS)
+    assert any(r.get("kind") == "NVIDIADriver"
+               for r in left[("DaemonSet", "gpu-operator", CP_DS)]["metadata"]["ownerReferences"])  # fmt: skip
+    # Then the admin adds NVIDIADriver x (autoUpgrade on) selecting the pool's nodes.
+    drivers = _nvd_objects(default={"default": True}, x={"nodeSelector": {"pool": "x"}})
+    kube, _ = _switch_pass(nodes, crd_policy(), drivers, left, pods)
+    assert not kube.node_patches(OWNER_LABEL), "owner labels are held while the driver pods run"
+    assert not kube.deletes(CP_DS), "the DaemonSet running a1's and a2's driver pods was deleted with them"
+    # a1 moved (at its pod restart): the DaemonSet stays for a2's pod; once a2 moved too, it goes.
+    moved = [facts(n.name, labels={**n.labels, OWNER_LABEL: "x"}) for n in nodes]
+    kube, left = _switch_pass([moved[0], nodes[1]], crd_policy(), drivers, left, _running(["a2"]))
+    assert not kube.deletes(CP_DS)
+    kube, _ = _switch_pass(moved, crd_policy(), drivers, left, {})
+    assert kube.deletes(CP_DS)

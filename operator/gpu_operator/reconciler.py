@@ -389,7 +389,10 @@ class Reconciler:
         # deleted with its pods left running (handed_over), before owner labels make it drop them.
         wanted = {p.state.name: _wanted(p, live, states) for p in plans}
         desired = set().union(*wanted.values())
-        out.deleted = self.applier.prune(snap.owned, desired, states, handed_over(snap.owned, spec))
+        handed = handed_over(snap.owned, spec)
+        if assignment is not None:
+            desired |= _held_daemonsets(nodes, assignment, snap, self.namespace) - handed
+        out.deleted = self.applier.prune(snap.owned, desired, states, handed)
         out.nodes = early_nodes + self.applier.patch_nodes(patches, versions, node_refusals)
         # Readiness counts the nodes as this pass left them (a node labelled just now must have its pods).
         patched = {**snap.nodes, **{n.name: n for n in out.nodes}} if out.nodes else snap.nodes
@@ -762,6 +765,24 @@ def _wanted(state_plan: StatePlan, live: Mapping[Key, dict[str, Any]], states: f
         mine |= {k for k, o in live.items() if owning_state(labels_of(o), states) == name
                  and any(r.get("uid") in state_plan.held for r in o["metadata"].get("ownerReferences") or [])}
     return mine
+
+
+def _held_daemonsets(
+    nodes: Sequence[NodeFacts], assignment: nvidiadriver.Assignment, snap: Snapshot, namespace: str
+) -> set[Key]:
+    """Our driver DaemonSets that run the driver pod of a node whose owner label is held for a move (render holds
+    it until the upgrade moves the node at pod restart, cordoned and drained): kept as they are, neither applied nor
+    pruned, even once their NVIDIADriver renders none for that pool, so that the pod stays until then."""
+    pods = snap.pod_index.by_state.get("state-driver") or {}
+    keep: set[Key] = set()
+    for n in nodes:
+        to = assignment.owner.get(n.name)
+        if to is None or n.name not in pods or n.labels.get(OWNER_LABEL, "") == ("" if to == assignment.default
+                                                                                 else to):  # fmt: skip
+            continue
+        keep.update(key for p in pods[n.name] if p["owner"] and (key := ("DaemonSet", namespace, p["owner"]))
+                    in snap.owned)  # fmt: skip
+    return keep
 
 
 def handed_over(owned: Mapping[Key, dict[str, Any]], spec: ClusterPolicySpec) -> frozenset[Key]:

@@ -1676,3 +1676,45 @@ def test_a_node_whose_old_nvidiadriver_keeps_no_other_node_of_its_pool_keeps_its
     assert not kube.deletes(CP_DS)
     kube, _ = _switch_pass(moved, crd_policy(), drivers, left, {})
     assert kube.deletes(CP_DS)
+
+
+def test_a_held_node_leaving_a_precompiled_nvidiadriver_keeps_its_driver_kernel_label() -> None:
+    """c1 runs NVIDIADriver pool-c's precompiled driver (DaemonSet nodeSelector: owner pool-c and driver-kernel
+    5.15...) and moves to pool-b (not precompiled, autoUpgrade on). The hold keeps c1's owner label so that pool-c's
+    DaemonSet keeps running c1's driver pod until the upgrade has cordoned and drained c1; but the same held patch
+    removed c1's driver-kernel label (pool-b wants none), which pool-c's DaemonSet selects on too: the DaemonSet
+    controller deleted c1's driver pod at once. Now the label change is held too, and moves with the owner label
+    at pod restart (MoveOwner)."""
+    from gpu_operator.nodes import DRIVER_KERNEL
+    from gpu_operator.readiness import daemon_node_count
+    from gpu_operator.render import driver_node_patches, driver_routing, plan, relabelled
+    from gpu_operator.states import RenderContext
+    from gpu_operator.upgrade import MoveOwner
+    from gpu_operator.upgrade.adapter import _merge, upgrade_nodes
+
+    common = {DRIVER_KERNEL: "5.15.0-122-generic", "nvidia.com/gpu.deploy.driver": "true",
+              "nvidia.com/gpu.present": "true", OWNER_LABEL: "pool-c"}  # fmt: skip
+    moving = facts("c1", kernel="5.15.0-122-generic", labels={**common, "pool": "b"})
+    staying = facts("c2", kernel="5.15.0-122-generic", labels={**common, "pool": "c"})  # pool-c keeps its pool
+    spec = parse_spec(crd_policy())
+    drivers = [nvd("pool-c", repository="nvcr.io/nvidia", image="driver", version="580", usePrecompiled=True,
+                   nodeSelector={"pool": "c"}),
+               nvd("pool-b", repository="nvcr.io/nvidia", image="driver", version="580", nodeSelector={"pool": "b"})]
+    nodes = [moving, staying]
+    routing = driver_routing(nodes, spec, drivers)
+    assert routing.assignment is not None and routing.assignment.owner == {"c1": "pool-b", "c2": "pool-c"}
+    patches = driver_node_patches(nodes, spec, routing, holding={"c1", "c2"})
+    after = relabelled(nodes, patches)
+    ctx = RenderContext(spec=spec, namespace="gpu-operator", nodes=tuple(after), nvidia_drivers=routing.groups)
+    ds = daemonset(plan(ctx), "nvidia-driver-daemonset-pool-c-ubuntu22.04-5.15.0-122-generic")
+    assert after[0].labels.get(OWNER_LABEL) == "pool-c"  # held
+    assert daemon_node_count(ds["spec"]["template"]["spec"], [after[0]]) == 1, (
+        f"pool-c's DaemonSet drops c1 (and its running driver pod) at once: c1's patch {patches.get('c1')}"
+    )
+    # At pod restart the label goes with the owner label, in one patch.
+    pods = {name: {**pod, "owner": "nvidia-driver-daemonset-pool-c"} for name, pod in _orphans(["c1"]).items()}
+    (node,) = upgrade_nodes([after[0]], pods, {}, label="pool-b", precompiled=False)
+    assert (node.owner_move, node.owner_kernel) == ("pool-b", "")
+    patch: dict[str, Any] = {}
+    assert _merge(patch, MoveOwner("c1", "pool-b", "")) and patch == {
+        "metadata": {"labels": {OWNER_LABEL: "pool-b", DRIVER_KERNEL: None}}}  # fmt: skip

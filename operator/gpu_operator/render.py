@@ -152,13 +152,15 @@ def _routed_patches(node: NodeFacts, routing: DriverRouting) -> tuple[NodePatch,
     pair: list[NodePatch] = []
     for held in (False, hold):
         patch = {part: dict(values) for part, values in routed.items()}
-        if held and OWNER_LABEL in patch.get("labels", {}):
+        moving = held and OWNER_LABEL in patch.get("labels", {})
+        if moving:
             # The DaemonSet of its driver pod would drop that pod at once: the upgrade moves the node at pod restart
-            # (UpgradeNode.owner_move), cordoned and drained by then.
+            # (UpgradeNode.owner_move), cordoned and drained by then, with its driver-kernel label (owner_kernel),
+            # which that DaemonSet may select on too.
             del patch["labels"][OWNER_LABEL]
             if not patch["labels"]:
                 del patch["labels"]
-        kernel = driver_kernel_patch(node, precompiled, held)
+        kernel = {} if moving else driver_kernel_patch(node, precompiled, held)
         if kernel:
             patch.setdefault("labels", {}).update(kernel)
         pair.append(patch)

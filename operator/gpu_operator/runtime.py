@@ -62,7 +62,7 @@ from .states.base import MANAGED_BY, OPERATOR_NAME, STATE_LABEL
 from .status import active_policy
 from .upgrade import IN_PROGRESS_STATES, Plan, UpgradeNode
 from .upgrade import STATE_LABEL as UPGRADE_STATE_LABEL
-from .upgrade.adapter import DRIVER, VALIDATOR, adopting_pools, upgrade_node
+from .upgrade.adapter import DRIVER, VALIDATOR, adopting_pools, driver_precompiled, upgrade_node
 from .upgrade.orchestrate import advance
 from .upgrade.planner import plan_forward
 from .wire import Codec
@@ -331,7 +331,8 @@ class Operator:
         refused = compat.refused(compat.verdicts([facts], spec)).get(name, "")
         owner = current.upgrade_owner(name) if current.spec.driver.use_nvidia_driver_crd else None
         pools = adopting_pools(self.owned, owner[0] if owner else None)
-        node = upgrade_node(facts, self._by_state, self.revisions, refused, pools, owner[1] if owner else None)
+        node = upgrade_node(facts, self._by_state, self.revisions, refused, pools, owner[1] if owner else None,
+                            driver_precompiled(spec))  # fmt: skip
         step = None if node is None else plan_forward(node, spec.driver.upgrade_policy, time.time())
         if node is None or step is None:
             return

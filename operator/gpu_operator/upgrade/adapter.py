@@ -19,7 +19,7 @@ from urllib.parse import quote
 from .. import compat
 from ..api import ClusterPolicySpec, DriverUpgradePolicySpec
 from ..kube import ApiError, Kube
-from ..nodes import DRIVER_KERNEL, POOL_LABEL, ByNode, NodeFacts, gets_driver, label_value_ok
+from ..nodes import DRIVER_KERNEL, POOL_LABEL, ByNode, NodeFacts, driver_kernel_patch, gets_driver, label_value_ok
 from ..nvidiadriver_api import OWNER_LABEL
 from ..observe import Key, PodIndex, Snapshot
 from ..states.base import STATE_LABEL as OPERAND_STATE
@@ -74,9 +74,16 @@ def managed_nodes(
     refused = compat.refused(compat.verdicts(nodes, spec, kept.verdicts if kept else None)) if driver_on else {}
     pools = adopting_pools(snap.owned, owner[0] if owner else None) if driver_on else frozenset()
     label = owner[1] if owner else None
+    pre = driver_precompiled(spec)
     if kept is not None:
-        return kept.inputs.over(nodes, snap.pod_index, snap.revisions, refused, pools, label)
-    return upgrade_nodes(nodes, snap.pods, snap.revisions, refused, index=snap.pod_index, pools=pools, label=label)
+        return kept.inputs.over(nodes, snap.pod_index, snap.revisions, refused, pools, label, pre)
+    return upgrade_nodes(nodes, snap.pods, snap.revisions, refused, index=snap.pod_index, pools=pools, label=label,
+                         precompiled=pre)  # fmt: skip
+
+
+def driver_precompiled(spec: ClusterPolicySpec) -> bool:
+    """Whether the driver of `spec` (an NVIDIADriver's, as upgrade_nodes takes it) is precompiled."""
+    return spec.driver.enabled and spec.driver.use_precompiled
 
 
 def adopting_pools(owned: Mapping[Key, dict[str, Any]], owner: str | None = None) -> frozenset[str]:
@@ -115,29 +122,31 @@ class UpgradeInputs:
         self.newest: dict[str, tuple[int, str | None]] = {}
         self.pools: frozenset[str] = frozenset()
         self.label: str | None = None
+        self.precompiled = False
         self.made: dict[str, UpgradeNode] = {}
         self.needs_pods: set[str] = set()  # nodes in a state whose step reads the node's pods (workload_pods)
 
     def over(
         self, nodes: Iterable[NodeFacts], index: PodIndex, revisions: Mapping[str, dict[str, Any]],
         refused: Mapping[str, str], pools: frozenset[str] = frozenset(), label: str | None = None,
+        precompiled: bool = False,
     ) -> list[UpgradeNode]:  # fmt: skip
-        """`pools`, `label`: as upgrade_nodes takes them."""
+        """`pools`, `label`, `precompiled`: as upgrade_nodes takes them."""
         try:
-            return self._over(nodes, index, revisions, refused, pools, label)
+            return self._over(nodes, index, revisions, refused, pools, label, precompiled)
         except BaseException:
             self._forget()  # half updated: the next call makes every node again
             raise
 
     def _over(
         self, nodes: Iterable[NodeFacts], index: PodIndex, revisions: Mapping[str, dict[str, Any]],
-        refused: Mapping[str, str], pools: frozenset[str], label: str | None,
+        refused: Mapping[str, str], pools: frozenset[str], label: str | None, precompiled: bool,
     ) -> list[UpgradeNode]:  # fmt: skip
         nodes = nodes if isinstance(nodes, list | tuple) else list(nodes)
         newest = newest_revisions(revisions)
         drivers, validators = index.by_state.get(DRIVER) or {}, index.by_state.get(VALIDATOR) or {}
         seen, made = self.nodes, self.made
-        if newest != self.newest or pools != self.pools or label != self.label:
+        if newest != self.newest or pools != self.pools or (label, precompiled) != (self.label, self.precompiled):
             seen.clear()
             made.clear()
             self.needs_pods.clear()
@@ -157,7 +166,7 @@ class UpgradeInputs:
         if refused != self.refused:
             todo.update(n for n in refused.keys() | self.refused.keys() if refused.get(n) != self.refused.get(n))
         self.drivers, self.validators, self.refused, self.newest = drivers, validators, dict(refused), newest
-        self.pools, self.label = pools, label
+        self.pools, self.label, self.precompiled = pools, label, precompiled
         for name in todo:
             node = seen.get(name)
             if node is None or not gets_driver(node):
@@ -165,7 +174,8 @@ class UpgradeInputs:
                 self.needs_pods.discard(name)
                 continue
             driver, validator, revision = _operand_pods(name, drivers, validators, newest)
-            made[name] = one = _upgrade_node(node, driver, validator, revision, refused.get(name, ""), pools, label)
+            made[name] = one = _upgrade_node(node, driver, validator, revision, refused.get(name, ""), pools, label,
+                                             precompiled)  # fmt: skip
             if one.state in NEEDS_PODS:
                 self.needs_pods.add(name)
             else:
@@ -190,12 +200,14 @@ def upgrade_nodes(
     index: PodIndex | None = None,
     pools: Collection[str] = frozenset(),
     label: str | None = None,
+    precompiled: bool = False,
 ) -> list[UpgradeNode]:
     """Planner inputs for every node a driver DaemonSet manages, from the watch-cache projections, made afresh
     (a pass keeps them with UpgradeInputs). `refused`: node -> why the policy's driver cannot run there (the planner
     skips it); `index`: of `pods`; `pools`: adopting_pools (a driver pod without an owner, of none of them, is an
     orphan); `label`: the owner label of the NVIDIADriver that drives the nodes ("": none; None: no NVIDIADriver),
-    which a node without it moves to at pod restart."""
+    which a node without it moves to at pod restart; `precompiled`: that NVIDIADriver's driver is (the driver-kernel
+    label the node takes with it)."""
     newest = newest_revisions(revisions)
     by_state = (index or PodIndex.of(pods)).by_state
     drivers, validators = by_state.get(DRIVER) or {}, by_state.get(VALIDATOR) or {}
@@ -204,7 +216,8 @@ def upgrade_nodes(
     for node in nodes:
         if gets_driver(node):
             driver, validator, revision = _operand_pods(node.name, drivers, validators, newest)
-            out.append(_upgrade_node(node, driver, validator, revision, refused.get(node.name, ""), pools, label))
+            out.append(_upgrade_node(node, driver, validator, revision, refused.get(node.name, ""), pools, label,
+                                     precompiled))  # fmt: skip
     return out
 
 
@@ -215,14 +228,16 @@ def upgrade_node(
     refused: str = "",
     pools: Collection[str] = frozenset(),
     label: str | None = None,
+    precompiled: bool = False,
 ) -> UpgradeNode | None:
     """One node's planner input (None: no driver of ours goes there) outside a pass (nothing is kept for one);
-    `by_state`: the operand pods as PodIndex.by_state has them; `pools`, `label`: as upgrade_nodes takes them."""
+    `by_state`: the operand pods as PodIndex.by_state has them; `pools`, `label`, `precompiled`: as upgrade_nodes
+    takes them."""
     if not gets_driver(node):
         return None
     drivers, validators = by_state.get(DRIVER) or {}, by_state.get(VALIDATOR) or {}
     driver, validator, revision = _operand_pods(node.name, drivers, validators, newest_revisions(revisions))
-    return _upgrade_node(node, driver, validator, revision, refused, pools, label)
+    return _upgrade_node(node, driver, validator, revision, refused, pools, label, precompiled)
 
 
 def _operand_pods(
@@ -250,8 +265,10 @@ def newest_revisions(revisions: Mapping[str, dict[str, Any]]) -> dict[str, tuple
 
 def _upgrade_node(
     node: NodeFacts, driver: dict[str, Any] | None, validator: dict[str, Any] | None, revision: str | None, why: str,
-    pools: Collection[str], label: str | None = None,
+    pools: Collection[str], label: str | None = None, precompiled: bool = False,
 ) -> UpgradeNode:
+    move = label if driver is not None and label is not None and node.labels.get(OWNER_LABEL, "") != label else None
+    kernel = driver_kernel_patch(node, precompiled, False) if move is not None else {}
     return UpgradeNode(
         name=node.name,
         labels=node.labels,  # shared, not copied: neither side changes them
@@ -264,8 +281,8 @@ def _upgrade_node(
         refused=why,
         pool_move=_pool_move(node),
         orphaned=driver is not None and _orphaned(driver, pools),
-        owner_move=label if driver is not None and label is not None and node.labels.get(OWNER_LABEL, "") != label
-        else None,
+        owner_move=move,
+        owner_kernel=(kernel[DRIVER_KERNEL] or "") if kernel else None,
     )
 
 
@@ -501,6 +518,8 @@ def _merge(patch: dict[str, Any], action: Action) -> bool:
         meta.setdefault("labels", {})[DRIVER_KERNEL] = action.kernel
     elif isinstance(action, MoveOwner):
         meta.setdefault("labels", {})[OWNER_LABEL] = action.owner or None
+        if action.kernel is not None:
+            meta["labels"][DRIVER_KERNEL] = action.kernel or None
     else:
         if not meta:
             del patch["metadata"]

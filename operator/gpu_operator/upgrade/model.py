@@ -158,6 +158,8 @@ class UpgradeNode:
     # The owner label (nvidiadriver_api.OWNER_LABEL; "": none) the node moves to at pod restart: another NVIDIADriver
     # took it while its driver pod ran, and that pod's DaemonSet would drop it as soon as the label moved.
     owner_move: str | None = None
+    # The driver-kernel label the node takes with owner_move (its new NVIDIADriver's: "" none; None: unchanged).
+    owner_kernel: str | None = None
 
     @classmethod
     def from_node(
@@ -369,10 +371,12 @@ class MovePool:
 
 @dataclass(frozen=True)
 class MoveOwner:
-    """Move a node to the DaemonSets of the NVIDIADriver that now drives it (its owner label; "": removed)."""
+    """Move a node to the DaemonSets of the NVIDIADriver that now drives it (its owner label; "": removed), with the
+    driver-kernel label that NVIDIADriver's DaemonSets select on (`kernel`; "": removed, None: unchanged)."""
 
     node: str
     owner: str
+    kernel: str | None = None
 
 
 @dataclass(frozen=True)

@@ -644,7 +644,7 @@ class _Pass:
             if node.pool_move:  # the old pool's DaemonSet lets go of the node; its new pool's takes it
                 actions.append(MovePool(node.name, node.pool_move))
             if node.owner_move is not None:  # likewise from the old NVIDIADriver's DaemonSet to the new one's
-                actions.append(MoveOwner(node.name, node.owner_move))
+                actions.append(MoveOwner(node.name, node.owner_move, node.owner_kernel))
             actions.append(DeleteDriverPod(node.name, name))
             return _Step(
                 actions,

@@ -1176,7 +1176,9 @@ def test_a_node_whose_nvidiadriver_is_deleted_mid_upgrade_is_let_go(cp_driver_of
     let_go = [patch for verb, what in kube.calls if verb == "merge_patch" and what[:2] == ("Node", "b1")
               for patch in [what[2]] if STATE_LABEL in (patch.get("metadata") or {}).get("labels", {})]  # fmt: skip
     assert let_go, "b1 stays cordoned in pod-restart-required with nothing to finish or undo its upgrade"
-    assert let_go == [{"metadata": {"labels": {STATE_LABEL: None}}, "spec": {"unschedulable": None}}]
+    # Under NVIDIADrivers its owner label goes in the same patch (the pass decides by it that b1 is let go).
+    labels = {STATE_LABEL: None} if cp_driver_off else {STATE_LABEL: None, OWNER_LABEL: None}
+    assert let_go == [{"metadata": {"labels": labels}, "spec": {"unschedulable": None}}]
     why = "the ClusterPolicy's driver was switched off" if cp_driver_off else "its NVIDIADriver let go of the node"
     events = [o["message"] for verb, o in kube.calls if verb == "create" and o["involvedObject"]["name"] == "b1"]
     assert events == [f"{why} in pod-restart-required: node uncordoned (the upgrade had cordoned it)"]
@@ -1718,3 +1720,46 @@ def test_a_held_node_leaving_a_precompiled_nvidiadriver_keeps_its_driver_kernel_
     patch: dict[str, Any] = {}
     assert _merge(patch, MoveOwner("c1", "pool-b", "")) and patch == {
         "metadata": {"labels": {OWNER_LABEL: "pool-b", DRIVER_KERNEL: None}}}  # fmt: skip
+
+
+def test_a_node_let_go_whose_write_failed_is_let_go_by_a_later_pass() -> None:
+    """NVIDIADriver pool-b is deleted while b1 is mid-upgrade (cordoned by it). The pass removed b1's owner label
+    (its node patch) and only later let b1 go (left_behind), deciding that by the owner label: when that write
+    failed (a 500; the Executor logs it and goes on) or the pass was cut between the two, no later pass let b1 go
+    (cordoned in pod-restart-required for good). Now the owner label stays until the let-go's own patch removes it
+    with the state label, so a later pass lets b1 go."""
+    from gpu_operator.kube import ApiError
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+    from gpu_operator.upgrade.model import STATE_LABEL
+    from support import RecordingKube
+
+    class Kube(RecordingKube):
+        fail = True
+
+        def create(self, obj: dict[str, Any], *_: Any, **__: Any) -> dict[str, Any]:
+            return obj
+
+        def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *a: Any, **k: Any) -> dict[str, Any]:
+            if kind == "Node" and self.fail and STATE_LABEL in (patch.get("metadata") or {}).get("labels", {}):
+                raise ApiError(500, '{"message": "etcdserver: request timed out"}', f"PATCH Node {name}")
+            return super().merge_patch(kind, name, patch, *a, **k)
+
+    raw = support_node("b1", labels={"pool": "b", OWNER_LABEL: "pool-b", STATE_LABEL: "pod-restart-required",
+                                     "nvidia.com/gpu.deploy.driver": "true"})  # fmt: skip
+    raw["spec"] = {"unschedulable": True}  # cordoned by the upgrade
+    other = _nvd_objects(other={"nodeSelector": {"pool": "a"}})  # pool-b is gone; other does not select b1
+
+    def node_patches(fail: bool) -> list[dict[str, Any]]:
+        kube = Kube()
+        kube.fail = fail
+        policies = {"cluster-policy": policy_object(crd_policy())}
+        snap = Snapshot(nodes={"b1": NodeFacts.from_node(raw)}, policies=policies, owned={}, pods={}, revisions={},
+                        nvidia_drivers=other)  # fmt: skip
+        Reconciler(kube, "gpu-operator").reconcile(snap)  # type: ignore[arg-type]
+        return [p for verb, (kind, _, p, *__) in [c for c in kube.calls if c[0] == "merge_patch"] if kind == "Node"]
+
+    # The let-go write fails: nothing that went through took b1's owner label.
+    assert not [p for p in node_patches(fail=True) if OWNER_LABEL in (p.get("metadata") or {}).get("labels", {})]
+    let_go = [p for p in node_patches(fail=False) if STATE_LABEL in (p.get("metadata") or {}).get("labels", {})]
+    assert let_go == [{"metadata": {"labels": {STATE_LABEL: None, OWNER_LABEL: None}}, "spec": {"unschedulable": None}}]

@@ -12,6 +12,7 @@ from .. import metrics
 from ..api import ClusterPolicySpec
 from ..kube import Kube
 from ..nodes import NodeFacts
+from ..nvidiadriver_api import OWNER_LABEL
 from ..observe import Snapshot
 from .adapter import WRITE_BUDGET_S, EventFn, Executor, UpgradeKept, managed_nodes, steady, workload_pods
 from .model import (
@@ -20,7 +21,10 @@ from .model import (
     FAILURE_REASON_ANNOTATION,
     IN_PROGRESS_STATES,
     STATE_LABEL,
+    Action,
     Counters,
+    Event,
+    MoveOwner,
     Plan,
     UpgradeNode,
 )
@@ -56,16 +60,21 @@ def left_behind(
     with autoUpgrade off (planner.switched_off): state label and bookkeeping removed, the upgrade's own cordons
     undone (a failed node's left to the admin), each with an event saying `why`. Upstream leaves them cordoned for
     good."""
-    actions = [
-        a
-        for n in nodes
-        if STATE_LABEL in n.labels
-        for a in switched_off(
-            UpgradeNode(n.name, labels=n.labels, annotations=n.annotations, unschedulable=n.unschedulable), why
-        )
-    ]
+    actions = [a for n in nodes if STATE_LABEL in n.labels for a in _let_go(n, why)]
     if actions:
         Executor(kube, namespace, events).run(Plan(actions))
+
+
+def _let_go(node: NodeFacts, why: str) -> list[Action]:
+    """left_behind's actions for one node; its NVIDIADriver owner label goes in the same patch as its state label
+    (the pass keeps it until then: it decides by it that the node is let go)."""
+    actions = switched_off(
+        UpgradeNode(node.name, labels=node.labels, annotations=node.annotations, unschedulable=node.unschedulable), why
+    )
+    if actions and OWNER_LABEL in node.labels:
+        at = next((i for i, a in enumerate(actions) if isinstance(a, Event)), len(actions))
+        actions.insert(at, MoveOwner(node.name, ""))
+    return actions
 
 
 def set_gauges(c: Counters) -> None:

@@ -1763,3 +1763,19 @@ def test_a_node_let_go_whose_write_failed_is_let_go_by_a_later_pass() -> None:
     assert not [p for p in node_patches(fail=True) if OWNER_LABEL in (p.get("metadata") or {}).get("labels", {})]
     let_go = [p for p in node_patches(fail=False) if STATE_LABEL in (p.get("metadata") or {}).get("labels", {})]
     assert let_go == [{"metadata": {"labels": {STATE_LABEL: None, OWNER_LABEL: None}}, "spec": {"unschedulable": None}}]
+
+
+def test_a_node_let_go_for_a_conflict_keeps_its_conflict_label() -> None:
+    """The let-go removes the owner label of a node no NVIDIADriver drives, but not the conflict marker that the
+    pass writes on a node two NVIDIADrivers select (the default's DaemonSets avoid it by that label)."""
+    from dataclasses import replace
+
+    from gpu_operator.upgrade.model import STATE_LABEL
+
+    b1 = replace(facts("b1", labels={"pool": "b", OWNER_LABEL: "pool-b", STATE_LABEL: "pod-restart-required",
+                                     "nvidia.com/gpu.deploy.driver": "true"}), unschedulable=True)  # fmt: skip
+    drivers = _nvd_objects(default={"default": True}, x={"nodeSelector": {"pool": "b"}},
+                           y={"nodeSelector": {"pool": "b"}})  # fmt: skip
+    kube, _ = _switch_pass([b1], crd_policy(), drivers, {})
+    assert [v for _, v in kube.node_patches(OWNER_LABEL)["b1"]] == [CONFLICT_VALUE]
+    assert [v for _, v in kube.node_patches(STATE_LABEL)["b1"]] == [None]  # let go

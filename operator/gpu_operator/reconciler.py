@@ -572,7 +572,9 @@ class Reconciler:
             and (OWNER_LABEL in n.labels or OWNER_LABEL in seen.nodes.get(n.name, n).labels)
         ]  # fmt: skip
         if driverless:
-            left_behind(self.kube, self.namespace, driverless, self.events, "its NVIDIADriver let go of the node")
+            unowned = {n.name for n in driverless if assignment.owner_label(n.name) is None}  # not a conflict
+            left_behind(self.kube, self.namespace, driverless, self.events, "its NVIDIADriver let go of the node",
+                        unowned)  # fmt: skip
         metrics.driver_auto_upgrade_enabled.set(int(any(g.spec.driver.upgrade_policy.auto_upgrade for g in groups)))
         return out
 

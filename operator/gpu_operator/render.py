@@ -147,10 +147,11 @@ def _routed_patches(node: NodeFacts, routing: DriverRouting) -> tuple[NodePatch,
     when both are empty."""
     spec = routing.spec_of(node.name)
     routed = nvidiadriver.node_patch(node, routing.assignment, spec)
-    if spec is None and UPGRADE_STATE in node.labels and "labels" in routed:
+    if spec is None and UPGRADE_STATE in node.labels and OWNER_LABEL in (labels := routed.get("labels", {})) \
+            and labels[OWNER_LABEL] is None:  # fmt: skip
         # No NVIDIADriver drives it any more: the pass lets it go mid-upgrade by its owner label, which goes with
         # the let-go's own patch (upgrade.left_behind), so a let-go that failed is tried again.
-        routed["labels"].pop(OWNER_LABEL, None)
+        del routed["labels"][OWNER_LABEL]
         if not routed["labels"]:
             del routed["labels"]
     precompiled = bool(spec and spec.driver.enabled and spec.driver.use_precompiled)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,25 +53,25 @@ class Orchestrated:
 
 def left_behind(
     kube: Kube, namespace: str, nodes: Iterable[NodeFacts], events: EventFn,
-    why: str = "the ClusterPolicy's driver was switched off",
+    why: str = "the ClusterPolicy's driver was switched off", unowned: Collection[str] = (),
 ) -> None:  # fmt: skip
     """`nodes` no driver of ours upgrades any more (the ClusterPolicy's driver switched off, or under
     useNvidiaDriverCRD no NVIDIADriver drives them): no upgrade can go on, so those one left mid-way are let go as
     with autoUpgrade off (planner.switched_off): state label and bookkeeping removed, the upgrade's own cordons
     undone (a failed node's left to the admin), each with an event saying `why`. Upstream leaves them cordoned for
-    good."""
-    actions = [a for n in nodes if STATE_LABEL in n.labels for a in _let_go(n, why)]
+    good. `unowned`: nodes whose NVIDIADriver owner label goes in the same patch (the pass keeps it until then: it
+    decides by it that the node is let go)."""
+    actions = [a for n in nodes if STATE_LABEL in n.labels for a in _let_go(n, why, n.name in unowned)]
     if actions:
         Executor(kube, namespace, events).run(Plan(actions))
 
 
-def _let_go(node: NodeFacts, why: str) -> list[Action]:
-    """left_behind's actions for one node; its NVIDIADriver owner label goes in the same patch as its state label
-    (the pass keeps it until then: it decides by it that the node is let go)."""
+def _let_go(node: NodeFacts, why: str, unowned: bool) -> list[Action]:
+    """left_behind's actions for one node (`unowned`: its owner label goes with its state label)."""
     actions = switched_off(
         UpgradeNode(node.name, labels=node.labels, annotations=node.annotations, unschedulable=node.unschedulable), why
     )
-    if actions and OWNER_LABEL in node.labels:
+    if actions and unowned and OWNER_LABEL in node.labels:
         at = next((i for i, a in enumerate(actions) if isinstance(a, Event)), len(actions))
         actions.insert(at, MoveOwner(node.name, ""))
     return actions

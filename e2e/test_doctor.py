@@ -357,6 +357,120 @@ def test_a_cuda_13_image_on_a_node_with_driver_570(admin: Kube, ns: str, doctor_
     assert "driver 570.172.08" in " ".join(e["message"] for e in f["evidence"]) and "580" in f["fix"]
 
 
+# Seed §9 Exercise 1's pod word for word but for its image: the seed's nvidia/cuda:12.1-devel-ubuntu22.04 is no tag of
+# nvidia/cuda (its tags name the patch release: 12.1.0-devel-ubuntu22.04, 12.1.1-...), so on a real cluster the seed's
+# pod would stop in ImagePullBackOff. kwok pulls no image: here even the seed's tag would run, which proves nothing.
+EXERCISE1_IMAGE = "nvidia/cuda:12.1.0-devel-ubuntu22.04"
+# What containerd reports for a container whose command is not in its image: nvidia-smi is not in a CUDA image, the
+# NVIDIA container runtime mounts it from the host's driver together with the GPU's device nodes.
+NO_NVIDIA_SMI = ('failed to create containerd task: failed to create shim task: OCI runtime create failed: runc create '
+                 'failed: unable to start container process: error during container init: exec: "nvidia-smi": '
+                 'executable file not found in $PATH: unknown')  # fmt: skip
+
+
+def exercise1(ns: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "gpu-test", "namespace": ns},
+        "spec": {"containers": [{"name": "cuda-test", "image": EXERCISE1_IMAGE, "command": ["nvidia-smi"],
+                                 "resources": {"limits": {"nvidia.com/gpu": 1}}}],
+                 "restartPolicy": "Never"},
+    }  # fmt: skip
+
+
+def kubelet_reports(admin: Kube, ns: str, name: str, phase: str, **container: Any) -> None:
+    """Write the status the kubelet would write once the pod's one container has ended (`container`: its state and
+    lastState, restartCount...). kwok plays the kubelet of the workload pods and leaves a bare pod Running for
+    good: it never runs the command, so the test writes what the command's end would have shown."""
+    pod = admin.get("Pod", name, ns)
+    assert pod is not None and (pod.get("status") or {}).get("phase") == "Running", pod
+    status = pod["status"]
+    statuses = [{**cs, "ready": False, "started": False, **container} for cs in status["containerStatuses"]]
+    reason = {"Succeeded": "PodCompleted", "Failed": "PodFailed"}.get(phase)
+    unready = {"status": "False", **({"reason": reason} if reason else {})}
+    conditions = [{**c, **unready} if c["type"] in ("Ready", "ContainersReady") else c
+                  for c in status.get("conditions") or []]  # fmt: skip
+    patch = {"status": {"phase": phase, "containerStatuses": statuses, "conditions": conditions}}
+    admin.merge_patch("Pod", name, patch, ns, sub="status")
+
+
+def test_exercise_1_runs_on_a_gpu_node_that_answers_its_questions(
+    admin: Kube, ns: str, doctor_kubeconfig: Path
+) -> None:
+    """Seed §9 Exercise 1 ("Deploy a simple GPU workload and verify GPU access"): the scheduler puts gpu-test on a
+    node whose device plugin advertises nvidia.com/gpu, and the pod runs. Its three questions (the GPU, its memory,
+    the CUDA version nvidia-smi shows) are answered on the node by GPU feature discovery's labels; the CUDA version is
+    the driver's, at least the image's 12.1. doctor has nothing to say about the pod, running or completed.
+
+    What the seed gets wrong, and what is checked instead: its image tag does not exist (see EXERCISE1_IMAGE: the
+    corrected tag is used); and kwok never runs nvidia-smi, so the pod stays Running until the test writes the status
+    the kubelet would write when nvidia-smi exits 0 (Succeeded, terminated Completed)."""
+    admin.create(exercise1(ns))
+    pod = running(admin, ns, "gpu-test")
+    node_name = pod["spec"]["nodeName"]
+    assert node_name in (H100_0, H100_1, L4), node_name
+    node = admin.get("Node", node_name)
+    assert node is not None and int(node["status"]["allocatable"]["nvidia.com/gpu"]) >= 1
+    labels = node["metadata"]["labels"]
+    product, memory = {L4: ("NVIDIA-L4", "23034")}.get(node_name, (H100, "81559"))
+    assert labels["nvidia.com/gpu.present"] == "true"
+    assert (labels["nvidia.com/gpu.product"], labels["nvidia.com/gpu.memory"]) == (product, memory)
+    cuda = (int(labels["nvidia.com/cuda.runtime.major"]), int(labels["nvidia.com/cuda.runtime.minor"]))
+    assert cuda >= (12, 1), cuda
+    assert doctor(doctor_kubeconfig, "-n", ns, "--pod", "gpu-test") == (0, {"status": 0, "findings": []})
+    kubelet_reports(admin, ns, "gpu-test", "Succeeded",
+                    state={"terminated": {"exitCode": 0, "reason": "Completed"}})  # fmt: skip
+    assert (admin.get("Pod", "gpu-test", ns) or {})["status"]["phase"] == "Succeeded"
+    assert doctor(doctor_kubeconfig, "-n", ns, "--pod", "gpu-test") == (0, {"status": 0, "findings": []})
+
+
+def test_cuda_device_not_found_in_a_gpu_pod_is_diagnosed(admin: Kube, ns: str, doctor_kubeconfig: Path) -> None:
+    """Seed §6.3 Issue 1, "CUDA device not found" (and §12's CUDA runtime errors): the pod got its GPU from the
+    device plugin but no NVIDIA container runtime put it into the container ("Cause: Missing NVIDIA container
+    runtime"). doctor reports CUDADeviceNotFound, an error, on the pod's node, with the seed's own checks as the fix
+    (`kubectl get pods -n gpu-operator`, `kubectl describe node`).
+
+    Two ways a user meets it, their statuses written as the kubelet would (kwok runs no container): Exercise 1's pod,
+    whose nvidia-smi is not in the CUDA image (the runtime mounts it from the host), fails at start (StartError, exit
+    128, phase Failed); a PyTorch training pod (§7.1's resources) crash-loops on "No CUDA GPUs are available", which
+    reaches the status through terminationMessagePolicy FallbackToLogsOnError (doctor reads statuses, not logs).
+    """
+    admin.create(exercise1(ns))
+    node_name = running(admin, ns, "gpu-test")["spec"]["nodeName"]
+    kubelet_reports(admin, ns, "gpu-test", "Failed", state={"terminated": {
+        "exitCode": 128, "reason": "StartError", "message": NO_NVIDIA_SMI}})  # fmt: skip
+    f = finding(doctor_kubeconfig, "CUDADeviceNotFound", "-n", ns, "--pod", "gpu-test")
+    assert f["severity"] == "error" and f["nodes"] == [node_name]
+    assert "requests 1 nvidia.com/gpu" in f["summary"] and "NVIDIA container runtime" in f["summary"]
+    assert f"kubectl get pods -n {NAMESPACE}" in f["fix"] and "describe node" in f["fix"]
+    assert f["evidence"][0]["field"] == "status.containerStatuses[cuda-test].state.terminated.message"
+    assert '"nvidia-smi": executable file not found' in f["evidence"][0]["message"]
+    code, report = doctor(doctor_kubeconfig, "-n", ns, "--pod", "gpu-test")
+    assert code == 2 and [x["kind"] for x in report["findings"]] == ["CUDADeviceNotFound"], report
+
+    resources = {"nvidia.com/gpu": 1, "memory": "32Gi", "cpu": 8}
+    training = {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "exclusive-training", "namespace": ns},
+        "spec": {"containers": [{"name": "pytorch-trainer", "image": "pytorch/pytorch:2.1.0-cuda12.1-cudnn8-devel",
+                                 "terminationMessagePolicy": "FallbackToLogsOnError",
+                                 "resources": {"limits": resources, "requests": resources}}]},
+    }  # fmt: skip
+    admin.create(training)
+    node_name = running(admin, ns, "exclusive-training")["spec"]["nodeName"]
+    log_tail = ('Traceback (most recent call last):\n  File "/workspace/train.py", line 12, in <module>\n'
+                "    model = model.cuda()\nRuntimeError: No CUDA GPUs are available\n")  # fmt: skip
+    kubelet_reports(admin, ns, "exclusive-training", "Running", restartCount=1,
+                    state={"waiting": {"reason": "CrashLoopBackOff",
+                                       "message": "back-off 10s restarting failed container=pytorch-trainer"}},
+                    lastState={"terminated": {"exitCode": 1, "reason": "Error", "message": log_tail}})  # fmt: skip
+    f = finding(doctor_kubeconfig, "CUDADeviceNotFound", "-n", ns, "--pod", "exclusive-training")
+    assert f["severity"] == "error" and f["nodes"] == [node_name]
+    assert f["evidence"][0] == {
+        "object": f"Pod {ns}/exclusive-training",
+        "field": "status.containerStatuses[pytorch-trainer].lastState.terminated.message",
+        "message": "RuntimeError: No CUDA GPUs are available",
+    }
+
+
 def test_an_operand_stuck_in_init_is_traced_to_the_first_failing_component(
     admin: Kube, stack: tuple[OperatorProcess, NodeSimulator], doctor_kubeconfig: Path
 ) -> None:

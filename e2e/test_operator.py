@@ -5,6 +5,7 @@ The tests in this module share one operator and build on each other's state in f
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -388,6 +389,104 @@ def test_seed_document_gpu_pods_schedule_on_fitting_nodes(admin: Kube, operator:
     still = admin.get("Pod", "too-big", ns)
     assert still and still["status"]["phase"] == "Pending" and not still["spec"].get("nodeName")
     admin.delete("Namespace", ns)
+
+
+PRIORITY_CLASSES = "/apis/scheduling.k8s.io/v1/priorityclasses"
+# Seed §7.3, word for word.
+SEED_PRIORITY_CLASSES: list[dict[str, Any]] = [
+    {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "high-priority-training"},
+     "value": 1000, "globalDefault": False, "description": "High priority for production ML training"},
+    {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "low-priority-experiments"},
+     "value": 100, "globalDefault": False, "description": "Low priority for research experiments"},
+]  # fmt: skip
+SEED_PRODUCTION_POD: dict[str, Any] = {
+    "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "production-training"},
+    "spec": {"priorityClassName": "high-priority-training",
+             "containers": [{"name": "trainer", "image": "pytorch/pytorch:latest",
+                             "resources": {"limits": {"nvidia.com/gpu": 4}}}]},
+}  # fmt: skip
+
+
+def test_seed_priority_classes_let_production_training_preempt_experiments(
+    admin: Kube, operator: OperatorProcess, namespace: str
+) -> None:
+    """Seed §7.3 "Priority Classes for Workload Management": its two PriorityClasses and its production-training pod
+    (high-priority-training, nvidia.com/gpu: 4), word for word. With an H100 node's eight GPUs all held by one-GPU
+    experiments (low-priority-experiments), the real kube-scheduler preempts as few as make room: four experiments
+    are deleted (each with the scheduler's Preempted event naming the node), the other four keep running, and
+    production-training runs on the node. The seed's pod has no node selector; the test adds nodeSelector
+    kubernetes.io/hostname (to the experiments as well), or the other nodes' free GPUs would spare the scheduler
+    preempting anything. The operand pods on the node (system-node-critical) hold no nvidia.com/gpu: never victims."""
+    wait_ready(admin, operator)
+    node = "op-h100-0"
+    selector = {"kubernetes.io/hostname": node}
+
+    def gpu_limits_on_node() -> list[dict[str, Any]]:
+        pods = admin.list("Pod", field_selector=f"spec.nodeName={node}")
+        live = [p for p in pods if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
+        limits = [(c.get("resources") or {}).get("limits") or {} for p in live for c in p["spec"]["containers"]]
+        return [lim for lim in limits if "nvidia.com/gpu" in lim]
+
+    # The previous test's pods (its namespace deleted without waiting) may still hold the node's GPUs.
+    wait_for(lambda: not gpu_limits_on_node(), WAIT, message=f"no GPU pods left on {node}")
+    wait_for(lambda: node_gpus(admin, node) == "8", WAIT, message=f"{node} advertising 8 GPUs")
+    created = []
+    try:
+        for pc in SEED_PRIORITY_CLASSES:
+            try:
+                admin.request("POST", PRIORITY_CLASSES, pc)
+                created.append(pc["metadata"]["name"])
+            except ApiError as exc:  # left by an interrupted run: the same class (its value cannot be changed)
+                if exc.status != 409:
+                    raise
+
+        experiments = [f"experiment-{i}" for i in range(8)]
+        for name in experiments:
+            admin.create({
+                "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace},
+                "spec": {"priorityClassName": "low-priority-experiments", "nodeSelector": selector,
+                         "containers": [{"name": "trainer", "image": "pytorch/pytorch:latest",
+                                         "resources": {"limits": {"nvidia.com/gpu": 1}}}]},
+            })  # fmt: skip
+
+        def phases() -> dict[str, str]:
+            return {p["metadata"]["name"]: (p.get("status") or {}).get("phase", "")
+                    for p in admin.list("Pod", namespace) if not p["metadata"].get("deletionTimestamp")}  # fmt: skip
+
+        wait_for(lambda: phases() == dict.fromkeys(experiments, "Running"), WAIT, message="8 experiments running")
+        pods = admin.list("Pod", namespace)
+        assert {p["spec"]["nodeName"] for p in pods} == {node} and {p["spec"]["priority"] for p in pods} == {100}
+
+        production = json.loads(json.dumps(SEED_PRODUCTION_POD))
+        production["metadata"]["namespace"] = namespace
+        production["spec"]["nodeSelector"] = selector
+        admin.create(production)
+
+        def production_running() -> dict[str, Any] | None:
+            p = admin.get("Pod", "production-training", namespace)
+            return p if p and (p.get("status") or {}).get("phase") == "Running" else None
+
+        got = wait_for(production_running, WAIT, message="production-training running")
+        assert got["spec"]["nodeName"] == node and got["spec"]["priority"] == 1000
+
+        left = phases()
+        survivors = {n for n in experiments if left.get(n) == "Running"}
+        preempted = set(experiments) - set(left)
+        assert len(survivors) == 4 and len(preempted) == 4, left
+
+        def preempted_events() -> set[str] | None:
+            events = [e for e in admin.list("Event", namespace) if e.get("reason") == "Preempted"]
+            assert all(node in e.get("message", "") for e in events), events
+            names = {e["involvedObject"]["name"] for e in events}
+            return names if names >= preempted else None
+
+        assert wait_for(preempted_events, 30, message="the scheduler's Preempted events") == preempted
+    finally:
+        for p in admin.list("Pod", namespace):
+            admin.delete("Pod", p["metadata"]["name"], namespace, {"gracePeriodSeconds": 0})
+        wait_for(lambda: not admin.list("Pod", namespace), WAIT, message="the test's pods gone")
+        for name in created:
+            admin.request("DELETE", f"{PRIORITY_CLASSES}/{name}")
 
 
 def test_steady_state_makes_no_writes(admin: Kube, operator: OperatorProcess, cluster: LocalCluster) -> None:

@@ -8,6 +8,7 @@ and nvidia.com/mig.config.state=success (the MIG manager's report).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -271,6 +272,56 @@ def test_mixed_strategy_advertises_each_mig_profile(admin: Kube, operator: Opera
     assert labels.get("nvidia.com/mig-1g.10gb.count") == "16"
     run_pods(admin, [pod("mig-3g", H100, "nvidia.com/mig-3g.40gb")])
     delete_pods(admin)
+
+
+def scheduler_refused(admin: Kube, name: str) -> str:
+    """The scheduler's message once it has found no node for the pod."""
+
+    def message() -> str | None:
+        got = admin.get("Pod", name, WORKLOADS) or {}
+        for c in (got.get("status") or {}).get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("reason") == "Unschedulable":
+                return str(c.get("message"))
+        return None
+
+    return wait_for(message, WAIT, interval=0.5, message=f"the scheduler to refuse {name}")
+
+
+def test_seed_pod_with_two_mig_profiles_runs_where_both_are_advertised(admin: Kube, operator: OperatorProcess) -> None:
+    """Seed §5.4 "MIG (Multi-Instance GPU) Resources": one container with limits nvidia.com/mig-1g.10gb: 1 and
+    nvidia.com/mig-3g.40gb: 1. Under the mixed strategy each profile is a resource of its own: with the H100 node in
+    all-balanced (per GPU 2 × 1g.10gb, 1 × 2g.20gb, 1 × 3g.40gb: 16, 8 and 8 advertised) the scheduler places such
+    pods on it (the L4 node advertises neither) and counts the two profiles apart: eight fit (3g.40gb: 8), a ninth
+    is refused for nvidia.com/mig-3g.40gb alone, and a pod asking only for mig-1g.10gb (8 of 16 left) still runs.
+    The seed's pod has no node selector, and none is added: the scheduler finds the node by its MIG resources."""
+    label(admin, H100, {"nvidia.com/mig.config": "all-balanced", "nvidia.com/mig.config.state": "success"})
+    wait_advertised(admin, operator, H100,
+                    {"nvidia.com/mig-1g.10gb": 16, "nvidia.com/mig-2g.20gb": 8, "nvidia.com/mig-3g.40gb": 8})
+    wait_labels(admin, H100, {"nvidia.com/mig.strategy": "mixed"})
+
+    def seed_pod(name: str, limits: dict[str, int]) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": WORKLOADS},
+            "spec": {"containers": [{"name": "cuda", "image": "nvidia/cuda:12.8.0-base-ubuntu22.04",
+                                     "command": ["sleep", "infinity"], "resources": {"limits": limits}}]},
+        }  # fmt: skip
+
+    both = {"nvidia.com/mig-1g.10gb": 1, "nvidia.com/mig-3g.40gb": 1}
+    try:
+        run_pods(admin, [seed_pod(f"mig-pair-{i}", both) for i in range(8)])
+        placed = {p["metadata"]["name"]: p["spec"].get("nodeName") for p in admin.list("Pod", WORKLOADS)}
+        assert set(placed.values()) == {H100}, placed
+        admin.create(seed_pod("mig-pair-8", both))
+        message = scheduler_refused(admin, "mig-pair-8")
+        # Per reason, the number of nodes it held back: 3g.40gb held back the H100 too, 1g.10gb only the others.
+        short = {r: int(n) for n, r in re.findall(r"(\d+) Insufficient (nvidia\.com/mig-\d+g\.\d+gb)", message)}
+        assert short.get("nvidia.com/mig-3g.40gb", 0) == short.get("nvidia.com/mig-1g.10gb", 0) + 1, message
+        run_pods(admin, [seed_pod("mig-1g-only", {"nvidia.com/mig-1g.10gb": 1})])
+        assert (admin.get("Pod", "mig-1g-only", WORKLOADS) or {})["spec"].get("nodeName") == H100
+        pending = admin.get("Pod", "mig-pair-8", WORKLOADS) or {}
+        assert pending["status"]["phase"] == "Pending" and not pending["spec"].get("nodeName")
+    finally:
+        delete_pods(admin)
 
 
 def test_single_strategy_advertises_a_gpu_per_slice(admin: Kube, operator: OperatorProcess) -> None:

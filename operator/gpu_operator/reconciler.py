@@ -40,6 +40,7 @@ from .render import (
     plan,
     relabelled,
     render_key,
+    unrendered_drivers,
     upgrade_first_sight,
 )
 from .states import RenderContext, all_states
@@ -82,6 +83,7 @@ class Labelling:
     spec: ClusterPolicySpec
     routing: DriverRouting | None = None
     drivers: tuple[tuple[str, int | None], ...] = ()
+    unrendered: frozenset[str] = frozenset()  # the uids of the NVIDIADrivers that cannot render (no node moves there)
 
     def upgrade_spec(self, node: str, drivers: Mapping[str, Mapping[str, Any]]) -> ClusterPolicySpec | None:
         """The spec a node's driver upgrade follows: the policy's; with useNvidiaDriverCRD the spec of the
@@ -122,6 +124,8 @@ class Reconciler:
         # decided again (the facts are the watch cache's own objects, replaced only when the node changes).
         self._patches: dict[str, tuple[NodeFacts, ClusterPolicySpec, bool, NodePatch]] = {}
         self._rows: dict[str, tuple[NodeFacts, bytes]] = {}  # render_key's per-node part, by the same rule
+        self._early: tuple[str, frozenset[str]] | None = None  # the last _unrendered and its render key
+        self._early_rows: dict[str, tuple[NodeFacts, bytes]] = {}  # its render_key's per-node part
         self._count = NodeCounter()  # on how many nodes each DaemonSet should run, by the same rule
         self._readiness = KeptReadiness()  # each DaemonSet's pod walk, kept while its inputs are the same objects
         self._kept = UpgradeKept()  # the version matrix's verdicts and the upgrade planner's inputs, by the same rule
@@ -211,6 +215,13 @@ class Reconciler:
         if self._plan is None or self._plan[0] != key:
             self._plan = (key, plan(ctx))
         return self._plan[1]
+
+    def _unrendered(self, ctx: RenderContext) -> frozenset[str]:
+        """render.unrendered_drivers for ctx, worked out again only when something rendering depends on changed."""
+        key = render_key(ctx, self._early_rows)
+        if self._early is None or self._early[0] != key:
+            self._early = (key, unrendered_drivers(ctx))
+        return self._early[1]
 
     def reconcile(self, snap: Snapshot) -> Outcome:
         writes_before = self.kube.writes()
@@ -341,8 +352,10 @@ class Reconciler:
         # A node the driver may run on again gets gpu.deploy.driver=true back only once the driver DaemonSets
         # carry this version: before, the DaemonSet controller could start the refused version there.
         held = hold_driver_restores(patches, nodes)
+        # No node moves to an NVIDIADriver whose DaemonSets cannot be rendered (decided before the owner labels).
+        unrendered = self._unrendered(replace(ctx, nodes=tuple(relabelled(nodes, patches)))) if groups else frozenset()
         patches = merged(patches, driver_node_patches(relabelled(nodes, patches), spec, routing, with_driver,
-                                                      self._driver_patches))  # fmt: skip
+                                                      self._driver_patches, unrendered))  # fmt: skip
         patches = upgrade_first_sight(relabelled(nodes, patches), patches, spec, with_driver, routing)
         # A node joining a precompiled pool gets its driver-kernel label before the DaemonSets select it, so
         # a pod already running there (an install from before the label) is not deleted meanwhile.
@@ -398,7 +411,7 @@ class Reconciler:
         patched = {**snap.nodes, **{n.name: n for n in out.nodes}} if out.nodes else snap.nodes
         count = self._count.over(patched)
         self.labelling = Labelling(meta["name"], meta.get("uid", ""), generation, spec, routing,
-                                   generations(snap.nvidia_drivers))  # fmt: skip
+                                   generations(snap.nvidia_drivers), unrendered)  # fmt: skip
         pods_by_owner = snap.pod_index.by_owner
         waiting: dict[int, set[Key]] = {}  # results not ready only by their DaemonSets' readiness: their keys
         for state_plan in plans:
@@ -446,10 +459,10 @@ class Reconciler:
         left = snap.with_nodes(by_name, {k: live[k] for k in desired if k in live})
         if assignment is not None:
             driver_plan = next((p for p in plans if p.state.name == "state-driver"), None)
-            unrendered = set(driver_plan.held) if driver_plan and not driver_plan.problem else {
+            unrenderable = set(driver_plan.held) if driver_plan and not driver_plan.problem else {
                 g.owner["uid"] for g in groups if driver_plan}  # fmt: skip
             upgrade = self._orchestrate_nvidia_drivers(spec, left, by_name, assignment, groups, moved, said,
-                                                       snap, unrendered)  # fmt: skip
+                                                       snap, unrenderable)  # fmt: skip
         else:
             upgrade = orchestrate(self.kube, self.namespace, spec, left, self.events, moved=moved, kept=self._kept,
                                   said=said)  # fmt: skip

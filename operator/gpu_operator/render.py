@@ -14,6 +14,7 @@ from .api import ClusterPolicySpec
 from .nodes import (
     ALL_OPERANDS,
     DRA_OPERANDS,
+    DRIVER_KERNEL,
     ByNode,
     NodeFacts,
     apply_patch,
@@ -106,14 +107,16 @@ def driver_routing(
 
 def driver_node_patches(
     nodes: list[NodeFacts], spec: ClusterPolicySpec, routing: DriverRouting, holding: Collection[str] = (),
-    kept: KeptDriverPatches | None = None,
+    kept: KeptDriverPatches | None = None, unrendered: Collection[str] = (),
 ) -> dict[str, NodePatch]:  # fmt: skip
     """The driver's own node metadata, decided on the nodes as node_patches leaves them: the NVIDIADriver
     owner label and upgrade-enabled annotation, and the driver-kernel label of precompiled pools.
 
     `holding`: nodes whose changed kernel, or (under NVIDIADrivers) changed owner label, is left to the upgrade
     planner (they run a driver pod under autoUpgrade). `kept` (KeptDriverPatches): the last call's, worked out
-    again for the nodes that changed (for every node when the routing to NVIDIADrivers did)."""
+    again for the nodes that changed (for every node when the routing to NVIDIADrivers did). `unrendered`: the
+    uids of the NVIDIADrivers whose DaemonSets cannot be rendered: a node of `holding` keeps its owner and
+    driver-kernel labels rather than move to one, whatever its autoUpgrade (no DaemonSet would replace its pod)."""
     found: dict[str, tuple[NodePatch, NodePatch]]
     if routing.assignment is None:
         hold_on = spec.driver.upgrade_policy.auto_upgrade
@@ -127,8 +130,15 @@ def driver_node_patches(
             found = kept.routed.over(nodes, routing)  # each node's anew whenever the routing is another object
         else:
             found = {n.name: pair for n in nodes if (pair := _routed_patches(n, routing)) is not None}
-    chosen = ((name, held if hold_on and name in holding else free) for name, (free, held) in found.items())
-    return {name: patch for name, patch in chosen if patch}
+    chosen = {name: held if hold_on and name in holding else free for name, (free, held) in found.items()}
+    for name in holding if unrendered else ():
+        labels = (chosen.get(name) or {}).get("labels") or {}
+        group = routing.group_of(name)
+        if OWNER_LABEL in labels and group is not None and group.owner.get("uid") in unrendered:
+            kept_labels = {k: v for k, v in labels.items() if k not in (OWNER_LABEL, DRIVER_KERNEL)}
+            chosen[name] = {**{k: v for k, v in chosen[name].items() if k != "labels"},
+                            **({"labels": kept_labels} if kept_labels else {})}  # fmt: skip
+    return {name: patch for name, patch in chosen.items() if patch}
 
 
 def _own_patches(node: NodeFacts, spec: ClusterPolicySpec) -> tuple[NodePatch, NodePatch] | None:
@@ -310,6 +320,18 @@ def plan(ctx: RenderContext) -> list[StatePlan]:
         except RenderProblem as exc:
             plans.append(StatePlan(state, enabled, [], problem=str(exc)))
     return plans
+
+
+def unrendered_drivers(ctx: RenderContext) -> frozenset[str]:
+    """The uids of the NVIDIADrivers (ctx.nvidia_drivers) whose DaemonSets cannot be rendered for ctx."""
+    driver = next(s for s in all_states() if s.name == "state-driver")
+    try:
+        driver.render(ctx)
+    except PartialRender as exc:
+        return frozenset(exc.held)
+    except RenderProblem:
+        return frozenset(str(g.owner.get("uid", "")) for g in ctx.nvidia_drivers)
+    return frozenset()
 
 
 def node_independent(ctx: RenderContext) -> list[StatePlan]:

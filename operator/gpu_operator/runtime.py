@@ -285,7 +285,8 @@ class Operator:
         patches = node_patches([node], current.spec, set(refused))
         hold_driver_restores(patches, [node])  # a refused node's driver label comes back in a full pass only
         holding = {node.name} if runs_driver else set()
-        patches = merged(patches, driver_node_patches(relabelled([node], patches), current.spec, routing, holding))
+        patches = merged(patches, driver_node_patches(relabelled([node], patches), current.spec, routing, holding,
+                                                      unrendered=current.unrendered))  # fmt: skip
         patches = upgrade_first_sight(relabelled([node], patches), patches, current.spec, holding, routing)
         patch = patches.get(node.name)
         if patch:

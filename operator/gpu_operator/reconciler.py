@@ -50,6 +50,7 @@ from .status import UNSUPPORTED_FIELDS, StateResult, active_policy, ignored_stat
 from .status_writer import StatusWriter
 from .upgrade import Counters, Limit
 from .upgrade.adapter import UpgradeKept, managed_nodes
+from .upgrade.model import DONE
 from .upgrade.model import STATE_LABEL as UPGRADE_STATE
 from .upgrade.orchestrate import Orchestrated, left_behind, orchestrate, set_gauges
 
@@ -588,6 +589,12 @@ class Reconciler:
             unowned = {n.name for n in driverless if assignment.owner_label(n.name) is None}  # not a conflict
             left_behind(self.kube, self.namespace, driverless, self.events, "its NVIDIADriver let go of the node",
                         unowned)  # fmt: skip
+        # A node mid-upgrade that an unrendered NVIDIADriver takes is in no part (it keeps its owner label): let go
+        # (uncordoned, with an event) rather than left cordoned until that NVIDIADriver can render.
+        stuck = [by_name[k] for g in groups if g.owner["uid"] in unrendered for k in assignment.nodes_of(g.name)
+                 if k in by_name and not upgraded(g, k) and by_name[k].labels.get(UPGRADE_STATE, DONE) != DONE]
+        if stuck:
+            left_behind(self.kube, self.namespace, stuck, self.events, "its new NVIDIADriver cannot render")
         metrics.driver_auto_upgrade_enabled.set(int(any(g.spec.driver.upgrade_policy.auto_upgrade for g in groups)))
         return out
 

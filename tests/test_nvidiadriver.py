@@ -1649,6 +1649,46 @@ def test_a_node_is_not_moved_to_an_nvidiadriver_whose_daemonsets_cannot_render()
     assert not kube.node_patches(STATE_LABEL).get("a2"), kube.node_patches(STATE_LABEL)
 
 
+def test_a_node_is_not_moved_to_an_nvidiadriver_that_cannot_render_with_autoupgrade_off() -> None:
+    """As above with x's autoUpgrade off. The guard was in the upgrade alone and the node patch held the owner label
+    only under autoUpgrade: a2's label moved to x at once, the default's DaemonSet dropped a2's running driver pod
+    and x had no DaemonSet to replace it. Now which NVIDIADrivers cannot render is decided before the node patches:
+    a2 keeps its owner label whatever x's autoUpgrade."""
+    from gpu_operator.upgrade.model import STATE_LABEL
+
+    base = {"nvidia.com/gpu.deploy.driver": "true", STATE_LABEL: "upgrade-done"}
+    nodes = [facts("a1", labels=dict(base)), facts("a2", labels={**base, "pool": "x"})]
+    _, owned = _switch_pass(nodes, copy.deepcopy(load_policy()["spec"]), {}, {})
+    pods = _running(["a1", "a2"])
+    bad = {"nodeSelector": {"pool": "x"}, "usePrecompiled": True, "gds": {"enabled": True},
+           "upgradePolicy": {"autoUpgrade": False}}  # fmt: skip
+    drivers = _nvd_objects(default={"default": True}, x=bad)
+    kube, left = _switch_pass(nodes, crd_policy(), drivers, owned, pods)
+    assert not any("-x-" in k[2] for k in left if k[0] == "DaemonSet")  # x has no DaemonSet
+    assert not kube.node_patches(OWNER_LABEL).get("a2"), kube.node_patches(OWNER_LABEL)
+
+
+def test_a_node_mid_upgrade_taken_by_an_nvidiadriver_that_cannot_render_is_let_go() -> None:
+    """a2 is mid-upgrade under the default (drain-required, cordoned by the upgrade) when x, whose spec cannot
+    render, takes it. a2 keeps its owner label, so x's upgrade leaves it out; the default's had no a2 (the
+    assignment gives it to x) and the let-go skipped it (it has an NVIDIADriver): it stayed cordoned in
+    drain-required, without a word, for as long as x could not render. Now it is let go: uncordoned, state removed."""
+    from dataclasses import replace
+
+    from gpu_operator.upgrade.model import STATE_LABEL
+
+    base = {"nvidia.com/gpu.deploy.driver": "true", STATE_LABEL: "upgrade-done"}
+    nodes = [facts("a1", labels=dict(base)), facts("a2", labels={**base, "pool": "x"})]
+    _, owned = _switch_pass(nodes, copy.deepcopy(load_policy()["spec"]), {}, {})
+    pods = _running(["a1", "a2"])
+    nodes[1] = replace(facts("a2", labels={**base, "pool": "x", STATE_LABEL: "drain-required"}), unschedulable=True)
+    bad = {"nodeSelector": {"pool": "x"}, "usePrecompiled": True, "gds": {"enabled": True}}
+    drivers = _nvd_objects(default={"default": True}, x=bad)
+    kube, _ = _switch_pass(nodes, crd_policy(), drivers, owned, pods)
+    assert "a2" in kube.node_patches(STATE_LABEL) and "a2" in kube.node_patches("unschedulable")
+    assert not kube.node_patches(OWNER_LABEL).get("a2"), "a2 keeps its owner label (and its driver)"
+
+
 def test_a_node_whose_old_nvidiadriver_keeps_no_other_node_of_its_pool_keeps_its_driver_pod() -> None:
     """The hold keeps the owner labels of a1 and a2 so that the default's DaemonSet (of their pool) keeps running
     their driver pods until the upgrade cordons and drains each. The driver state renders an NVIDIADriver's pool

@@ -84,7 +84,8 @@ class Labelling:
     spec: ClusterPolicySpec
     routing: DriverRouting | None = None
     drivers: tuple[tuple[str, int | None], ...] = ()
-    unrendered: frozenset[str] = frozenset()  # the uids of the NVIDIADrivers that cannot render (no node moves there)
+    # The uids of the NVIDIADrivers that cannot render (no node moves there), worked out when first asked.
+    unrendered: Callable[[], frozenset[str]] | None = None
 
     def upgrade_spec(self, node: str, drivers: Mapping[str, Mapping[str, Any]]) -> ClusterPolicySpec | None:
         """The spec a node's driver upgrade follows: the policy's; with useNvidiaDriverCRD the spec of the
@@ -354,7 +355,8 @@ class Reconciler:
         # carry this version: before, the DaemonSet controller could start the refused version there.
         held = hold_driver_restores(patches, nodes)
         # No node moves to an NVIDIADriver whose DaemonSets cannot be rendered (decided before the owner labels).
-        unrendered = self._unrendered(replace(ctx, nodes=tuple(relabelled(nodes, patches)))) if groups else frozenset()
+        unmoved = replace(ctx, nodes=tuple(relabelled(nodes, patches)))
+        unrendered = functools.partial(self._unrendered, unmoved) if groups else None
         patches = merged(patches, driver_node_patches(relabelled(nodes, patches), spec, routing, with_driver,
                                                       self._driver_patches, unrendered))  # fmt: skip
         patches = upgrade_first_sight(relabelled(nodes, patches), patches, spec, with_driver, routing)

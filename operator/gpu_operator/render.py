@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, cast
@@ -107,16 +107,17 @@ def driver_routing(
 
 def driver_node_patches(
     nodes: list[NodeFacts], spec: ClusterPolicySpec, routing: DriverRouting, holding: Collection[str] = (),
-    kept: KeptDriverPatches | None = None, unrendered: Collection[str] = (),
+    kept: KeptDriverPatches | None = None, unrendered: Callable[[], Collection[str]] | None = None,
 ) -> dict[str, NodePatch]:  # fmt: skip
     """The driver's own node metadata, decided on the nodes as node_patches leaves them: the NVIDIADriver
     owner label and upgrade-enabled annotation, and the driver-kernel label of precompiled pools.
 
     `holding`: nodes whose changed kernel, or (under NVIDIADrivers) changed owner label, is left to the upgrade
     planner (they run a driver pod under autoUpgrade). `kept` (KeptDriverPatches): the last call's, worked out
-    again for the nodes that changed (for every node when the routing to NVIDIADrivers did). `unrendered`: the
-    uids of the NVIDIADrivers whose DaemonSets cannot be rendered: a node of `holding` keeps its owner and
-    driver-kernel labels rather than move to one, whatever its autoUpgrade (no DaemonSet would replace its pod)."""
+    again for the nodes that changed (for every node when the routing to NVIDIADrivers did). `unrendered`: gives
+    the uids of the NVIDIADrivers whose DaemonSets cannot be rendered (called only when a node of `holding` would
+    move): such a node keeps its owner and driver-kernel labels rather than move to one, whatever its autoUpgrade
+    (no DaemonSet would replace its pod)."""
     found: dict[str, tuple[NodePatch, NodePatch]]
     if routing.assignment is None:
         hold_on = spec.driver.upgrade_policy.auto_upgrade
@@ -131,10 +132,12 @@ def driver_node_patches(
         else:
             found = {n.name: pair for n in nodes if (pair := _routed_patches(n, routing)) is not None}
     chosen = {name: held if hold_on and name in holding else free for name, (free, held) in found.items()}
-    for name in holding if unrendered else ():
-        labels = (chosen.get(name) or {}).get("labels") or {}
+    movers = [n for n, patch in chosen.items() if OWNER_LABEL in (patch.get("labels") or {}) and n in holding]
+    uids = unrendered() if movers and unrendered is not None else ()
+    for name in movers if uids else ():
+        labels = chosen[name]["labels"]
         group = routing.group_of(name)
-        if OWNER_LABEL in labels and group is not None and group.owner.get("uid") in unrendered:
+        if group is not None and group.owner.get("uid") in uids:
             kept_labels = {k: v for k, v in labels.items() if k not in (OWNER_LABEL, DRIVER_KERNEL)}
             chosen[name] = {**{k: v for k, v in chosen[name].items() if k != "labels"},
                             **({"labels": kept_labels} if kept_labels else {})}  # fmt: skip

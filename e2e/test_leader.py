@@ -212,11 +212,14 @@ def test_paused_leader_is_fenced_and_exits_when_it_wakes(env: Env) -> None:
         # A change while the old leader sleeps: when it wakes, its pass must not write.
         env.admin.merge_patch("ClusterPolicy", "cluster-policy", {"spec": {"dcgmExporter": {"enabled": True}}})
     finally:
+        woken = time.time()
         leader.proc.send_signal(signal.SIGCONT)
     assert leader.proc.wait(timeout=30) == 1, "a leader that lost the Lease exits"
     leader.proc = None
     assert "stopped leading" in leader.log_tail(30)
-    woke = operator_writes(env.cluster, paused).get(leader.identity, [])
+    # A write already on the wire when the signal landed is received after `paused` (the fence is checked before a
+    # write is sent); one received once the process runs again was sent after waking: there must be none.
+    woke = [e for e in operator_writes(env.cluster, paused).get(leader.identity, []) if audit_time(e) >= woken]
     assert not woke, [f"{e['verb']} {e['requestURI']}" for e in woke]
     wait_for(lambda: env.admin.list("DaemonSet", NAMESPACE, label_selector="app=nvidia-dcgm-exporter"), 60,
              message="dcgm-exporter back, by the new leader")  # fmt: skip

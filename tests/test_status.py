@@ -475,6 +475,25 @@ def test_progress_is_written_at_most_every_interval_and_a_state_change_at_once()
     assert rec.events[-1][0] == "Normal"
 
 
+def test_notready_while_our_own_changes_settle_is_a_normal_event() -> None:
+    """Switching a component off flipped a ready ClusterPolicy to notReady "changes applied; waiting to observe
+    their effect" for one pass with a Warning Event: the admin's own change read as a warning."""
+    from gpu_operator.status_writer import StatusWriter
+
+    rec = _Recorder()
+    writer = StatusWriter(rec, rec, clock=lambda: 0.0)  # type: ignore[arg-type]
+    pol = policy("cluster-policy", T0)
+    pol["status"] = _rollout(1, ready=True)
+    results = [StateResult("state-driver", "ready", "")]
+    settling = policy_status(generation=2, namespace="gpu-operator", results=results, gpu_nodes=1000, has_nfd=True,
+                             previous=pol["status"], now=T0, settling=True)  # fmt: skip
+    assert writer.write(pol, settling)
+    assert rec.patches[-1]["state"] == "notReady" and rec.events[-1] == ("Normal", "OperandNotReady")
+    pol["status"] = _rollout(1, ready=True)
+    assert writer.write(pol, _rollout(10))
+    assert rec.events[-1] == ("Warning", "DriverNotReady"), "an operand not ready is still a warning"
+
+
 def test_an_nvidiadrivers_progress_is_paced_on_its_own_and_posts_no_event() -> None:
     # Under NVIDIADrivers each pass of a rollout rewrote each one's status ("N of M driver pods ready"): 518 writes
     # in a 1,000-node rollout.

@@ -101,6 +101,9 @@ def _conditions(
     return out
 
 
+SETTLING = "changes applied; waiting to observe their effect"  # the message of a pass that wrote and waits to see it
+
+
 def policy_status(
     *,
     generation: int | None,
@@ -140,7 +143,7 @@ def policy_status(
         message = "; ".join(f"{r.name}: {r.message}" if r.message else r.name for r in not_ready)
         ready = False
     elif settling:
-        ready, reason, message = False, "OperandNotReady", "changes applied; waiting to observe their effect"
+        ready, reason, message = False, "OperandNotReady", SETTLING
     else:
         ready, reason, message = True, "Reconciled", f"all operands ready on {gpu_nodes} GPU nodes"
     prev = previous or {}

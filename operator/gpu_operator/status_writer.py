@@ -19,7 +19,7 @@ from typing import Any
 from . import compat, mig, sharing
 from .events import EventRecorder
 from .kube import ApiError, Kube
-from .status import UNSUPPORTED_FIELDS, progress_only, status_changed
+from .status import SETTLING, UNSUPPORTED_FIELDS, progress_only, status_changed
 
 PROGRESS_INTERVAL_S = 3.0
 # The condition types we write, by kind.
@@ -79,7 +79,9 @@ class StatusWriter:
         self.seen(kind, answer)
         if (old or {}).get("state") != status["state"] and not quiet:
             ready: dict[str, Any] = next((c for c in status["conditions"] if c["type"] == "Ready"), {})
-            etype = "Normal" if status["state"] in ("ready", "disabled") else "Warning"
+            # notReady only while our own writes settle (an admin's change applied) is no warning
+            etype = "Normal" if status["state"] in ("ready", "disabled") or ready.get("message") == SETTLING \
+                else "Warning"
             reason = ready.get("reason", "StateChanged")
             message = f"state {status['state']}: {ready.get('message', '')}"
             self.events(policy, etype, reason, message, changed=True, durable=True)  # the written status says it

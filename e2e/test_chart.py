@@ -409,6 +409,15 @@ def test_config_create_needs_a_name() -> None:
     assert proc.returncode != 0 and "devicePlugin.config.create needs devicePlugin.config.name" in proc.stderr
 
 
+@pytest.mark.parametrize("section", [s for s in CLUSTER_POLICY_SECTIONS if s != "operator"])
+def test_a_null_operand_section_is_left_to_the_operators_defaults(section: str) -> None:
+    """`--set migManager=null` (also devicePlugin, dcgmExporter, driver) failed `helm template` on a nil pointer
+    (configmaps.yaml, nvidiadriver.yaml read <section>.config / .nvidiaDriverCRD unguarded)."""
+    spec = policy_spec(render(sets=[f"{section}=null"]))
+    assert section not in spec
+    parse_spec(spec)
+
+
 def write_values(tmp_path: Path, values: dict[str, Any]) -> Path:
     """A values file of its own (renders are cached by file name)."""
     path = tmp_path / f"values-{len(list(tmp_path.iterdir()))}.yaml"

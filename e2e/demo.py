@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from e2e.cluster.__main__ import DEFAULT_STATE_DIR
-from e2e.cluster.localcluster import LocalCluster, ensure_binaries, owned_alive, pid_alive, signal_group
+from e2e.cluster.localcluster import ClusterError, LocalCluster, ensure_binaries, owned_alive, pid_alive, signal_group
 from e2e.cluster.nodes import create_nodes, make_node
 from e2e.operator_process import NAMESPACE, REPO, install_crds_and_rbac, policy_from_sample
 from gpu_operator.kube import Kube
@@ -183,7 +183,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "simulate":
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
         return simulate(args.kubeconfig)
-    return start(args.state_dir, args.timeout)
+    try:
+        return start(args.state_dir, args.timeout)
+    except ClusterError as e:  # build.sh failed (its output above says why) or the cluster did not start
+        print(f"error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -229,6 +229,23 @@ def test_demo_stop_signals_only_its_own_processes(tmp_path: Path) -> None:
             p.wait()
 
 
+def test_demo_says_why_the_build_failed_without_a_traceback(tmp_path: Path) -> None:
+    """`python -m e2e.demo` ended in a ClusterError traceback when e2e/cluster/build.sh failed (its last line the
+    reason): now it prints the error and exits 1. build.sh stubbed: an empty cache, then a failing build."""
+    stub = tmp_path / "build.sh"
+    stub.write_text(f'[ "$1" = --print-dir ] && {{ echo {tmp_path / "bin"}; exit 0; }}\n'
+                    'echo "build.sh: go 1.22 or newer is needed" >&2; exit 3\n')  # fmt: skip
+    code = ("import sys\nfrom e2e.cluster import localcluster\n"
+            f"localcluster.BUILD_SH = {str(stub)!r}\n"
+            "from e2e import demo\n"
+            f"sys.exit(demo.main(['start', '--state-dir', {str(tmp_path / 'state')!r}]))\n")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": f"{REPO / 'operator'}:{REPO}"})  # fmt: skip
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    assert "go 1.22 or newer is needed" in r.stderr and f"error: {stub} failed (exit 3)" in r.stderr, r.stderr
+
+
 def test_operator_process_dies_with_the_test_session(tmp_path: Path) -> None:
     """The cluster's components get PR_SET_PDEATHSIG, so they die with pytest even when it is killed (OOM killer,
     `kill -9`); the operator processes the e2e tests start (e2e/operator_process.py) did not: they outlived the

@@ -193,6 +193,21 @@ def test_prune_leaves_an_object_already_being_deleted_to_finish() -> None:
     assert kube.calls == [("delete", ("Service", "gpu-operator", "old-exporter"))]
 
 
+def test_prune_forgets_the_version_of_what_it_deleted() -> None:
+    """The Applier kept the version it last applied of every object, pruned ones included, for as long as it ran
+    (NVIDIADriver pools, kernel versions coming and going): now a pruned object's entry goes with it."""
+    from gpu_operator.states import all_states
+
+    old = _terminating_service("old-exporter", deleting=False)
+    old["metadata"]["resourceVersion"] = "7"
+    applier = Applier(Client())  # type: ignore[arg-type]
+    applier._apply_one(old, {})
+    assert key_of(old) in applier._versions
+    states = frozenset(s.name for s in all_states())
+    assert applier.prune({key_of(old): old}, set(), states) == [key_of(old)]
+    assert key_of(old) not in applier._versions
+
+
 def test_a_pass_over_an_unchanged_cluster_sends_no_delete_for_an_object_being_deleted() -> None:
     from gpu_operator.lifecycle import CLEANUP_FINALIZER
     from gpu_operator.observe import Snapshot, key_of

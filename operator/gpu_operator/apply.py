@@ -69,7 +69,7 @@ class Applier:
         # first seen): its metadata.generation, or for kinds without one (ConfigMap, ClusterRole, Service...) its
         # resourceVersion. A live object past it had its spec changed by another writer, which left our hash
         # annotation as it was: applied again (once: that apply's version is recorded in turn, so a change that
-        # only touched fields we do not set costs one write).
+        # only touched fields we do not set costs one write). Dropped when prune deletes the object.
         self._versions: dict[Key, int] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="apply")
@@ -217,8 +217,11 @@ class Applier:
 
         def delete(key: Key) -> bool:
             if key in orphan:
-                return self.kube.delete(key[0], key[2], key[1] or None, ORPHAN)
-            return self.kube.delete(key[0], key[2], key[1] or None)
+                gone = self.kube.delete(key[0], key[2], key[1] or None, ORPHAN)
+            else:
+                gone = self.kube.delete(key[0], key[2], key[1] or None)
+            self._versions.pop(key, None)  # gone: so is its entry (not kept for as long as we run)
+            return gone
 
         self._map(delete, doomed)
         return doomed

@@ -13,7 +13,7 @@ import yaml
 from gpu_operator import nvidiadriver
 from gpu_operator.api import ClusterPolicySpec, parse_spec
 from gpu_operator.kube import ApiError
-from gpu_operator.nodes import NodeFacts
+from gpu_operator.nodes import NodeFacts, apply_patch
 from gpu_operator.render import StatePlan, driver_node_patches, driver_routing, node_patches, plan, relabelled
 from gpu_operator.states import RenderContext
 
@@ -134,6 +134,16 @@ class ServerKube(RecordingKube):
         self.objects[(kind, name)]["metadata"]["resourceVersion"] = str(int(version) + 1)
         return self.objects[(kind, name)]
 
+
+
+def patch_node(held: dict[str, Any], patch: dict[str, Any], version: int) -> dict[str, Any]:
+    """A Node merge patch as the API server applies it to `held` (its labels and annotations, a null removing a
+    key), which then has resourceVersion `version`; the node as patched, a copy."""
+    meta = held["metadata"]
+    for part in ("labels", "annotations"):
+        meta[part] = apply_patch(meta.get(part) or {}, patch["metadata"].get(part) or {})
+    meta["resourceVersion"] = str(version)
+    return copy.deepcopy(held)
 
 
 def sample_spec() -> ClusterPolicySpec:

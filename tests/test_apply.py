@@ -16,7 +16,7 @@ import pytest
 from gpu_operator import mig
 from gpu_operator.apply import Applier
 from gpu_operator.kube import ApiError
-from gpu_operator.nodes import GPU_PRESENT, MIG_CONFIG, apply_patch, deploy_label
+from gpu_operator.nodes import GPU_PRESENT, MIG_CONFIG, deploy_label
 from gpu_operator.observe import key_of
 from gpu_operator.reconciler import Labelling
 from gpu_operator.render import node_patches, plan
@@ -29,6 +29,7 @@ from support import (
     load_scenario,
     node,
     objects,
+    patch_node,
     policy_object,
     render_all,
     sample_spec,
@@ -399,12 +400,8 @@ class ApiServer:
     def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *_: Any, **__: Any) -> dict[str, Any]:
         if kind != "Node":
             return patch
-        meta = self.nodes.setdefault(name, node(name))["metadata"]
-        for part in ("labels", "annotations"):
-            meta[part] = apply_patch(meta.get(part) or {}, patch["metadata"].get(part) or {})
         self.rv += 1
-        meta["resourceVersion"] = str(self.rv)
-        return copy.deepcopy(self.nodes[name])
+        return patch_node(self.nodes.setdefault(name, node(name)), patch, self.rv)
 
     def __getattr__(self, name: str) -> Any:
         return lambda *a, **k: a[0] if a and isinstance(a[0], dict) else {}

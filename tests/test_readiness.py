@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from gpu_operator import wire
-from gpu_operator.nodes import NodeFacts, apply_patch
+from gpu_operator.nodes import NodeFacts
 from gpu_operator.readiness import (
     KeptReadiness,
     NodeCounter,
@@ -20,7 +20,7 @@ from gpu_operator.readiness import (
     newest_revision_hash,
     pod_ready,
 )
-from support import load_policy, node
+from support import load_policy, node, patch_node
 
 
 def ds(strategy: str = "RollingUpdate", generation: int = 2, **status: int) -> dict[str, Any]:
@@ -506,12 +506,8 @@ class _Cluster:
     def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *_: Any, **__: Any) -> dict[str, Any]:
         if kind != "Node":
             return patch
-        meta = self.nodes[name]["metadata"]
-        for part in ("labels", "annotations"):
-            meta[part] = apply_patch(meta.get(part) or {}, patch["metadata"].get(part) or {})
         self.rv += 1
-        meta["resourceVersion"] = str(self.rv)
-        return copy.deepcopy(self.nodes[name])
+        return patch_node(self.nodes[name], patch, self.rv)
 
     def __getattr__(self, name: str) -> Any:
         return lambda *a, **k: a[0] if a and isinstance(a[0], dict) else {}

@@ -359,7 +359,8 @@ def test_a_cuda_13_image_on_a_node_with_driver_570(admin: Kube, ns: str, doctor_
 
 # Seed §9 Exercise 1's pod word for word but for its image: the seed's nvidia/cuda:12.1-devel-ubuntu22.04 is no tag of
 # nvidia/cuda (its tags name the patch release: 12.1.0-devel-ubuntu22.04, 12.1.1-...), so on a real cluster the seed's
-# pod would stop in ImagePullBackOff. kwok pulls no image: here even the seed's tag would run, which proves nothing.
+# pod would stop in ImagePullBackOff (doctor's ImagePullFailed, from the kubelet's waiting reason and message: see
+# tests/test_doctor.py). kwok pulls no image: here even the seed's tag would run, which proves nothing.
 EXERCISE1_IMAGE = "nvidia/cuda:12.1.0-devel-ubuntu22.04"
 # What containerd reports for a container whose command is not in its image: nvidia-smi is not in a CUDA image, the
 # NVIDIA container runtime mounts it from the host's driver together with the GPU's device nodes.

@@ -532,6 +532,116 @@ def test_a_failure_of_a_previous_run_is_not_reported_on_a_pod_that_runs_now() ->
     assert f.evidence[0].field == "status.containerStatuses[main].lastState.terminated.message"
 
 
+def not_found(image: str) -> str:
+    """containerd's answer for an image whose tag the registry does not have."""
+    ref = image if "." in image.split("/", 1)[0] else f"docker.io/{image}"
+    return (f'rpc error: code = NotFound desc = failed to pull and unpack image "{ref}": failed to resolve reference '
+            f'"{ref}": {ref}: not found')
+
+
+NOT_FOUND = not_found("nvidia/cuda:12.1-devel-ubuntu22.04")
+
+
+def pulling(p: dict[str, Any], reason: str, message: str, container: str = "main", init: bool = False) -> Any:
+    """The pod waiting for its image, as the kubelet reports it (Pending, the container waiting)."""
+    p["status"] = {"phase": "Pending", "conditions": [{"type": "Ready", "status": "False"}],
+                   "initContainerStatuses" if init else "containerStatuses": [
+                       {"name": container, "ready": False, "restartCount": 0,
+                        "state": {"waiting": {"reason": reason, "message": message}}}]}  # fmt: skip
+    return p
+
+
+def test_a_gpu_pod_whose_image_cannot_be_pulled_is_diagnosed() -> None:
+    """An image that does not exist (the seed's Exercise 1 tag nvidia/cuda:12.1-devel-ubuntu22.04: nvidia/cuda's tags
+    name the patch release) left the GPU pod in ErrImagePull / ImagePullBackOff, never started, and doctor had no
+    finding at all (exit 0). The waiting reason and message, or the pull's event, say why."""
+    gpu_test = seed_pod(seed_container("gpu-test", "nvidia/cuda:12.1-devel-ubuntu22.04",
+                                       "      limits:\n        nvidia.com/gpu: 1\n", "  restartPolicy: Never\n"))
+    gpu_test["spec"]["nodeName"] = "h-0"
+    found = kinds(cluster([node("h-0")], [pulling(gpu_test, "ErrImagePull", NOT_FOUND)]))
+    assert set(found) == {"ImagePullFailed"}, found
+    f = found["ImagePullFailed"]
+    assert f.severity == "error" and f.object == "Pod default/gpu-test" and f.nodes == ("h-0",)
+    assert "cannot pull its image nvidia/cuda:12.1-devel-ubuntu22.04" in f.summary and "no such tag" in f.summary
+    assert f.evidence == [Evidence("Pod default/gpu-test", "status.containerStatuses[main].state.waiting",
+                                   f"ErrImagePull: {NOT_FOUND}")]  # fmt: skip
+    assert "tag that exists in nvidia/cuda" in f.fix and "12.1.0-devel-ubuntu22.04" in f.fix
+    # ImagePullBackOff's message names no cause: the kubelet's Failed event does.
+    backoff = pulling(gpu_test, "ImagePullBackOff", 'Back-off pulling image "nvidia/cuda:12.1-devel-ubuntu22.04"')
+    event = {"type": "Warning", "reason": "Failed", "lastTimestamp": "2026-01-01T00:00:00Z",
+             "involvedObject": {"kind": "Pod", "namespace": "default", "name": "gpu-test"},
+             "message": f'Failed to pull image "nvidia/cuda:12.1-devel-ubuntu22.04": {NOT_FOUND}'}  # fmt: skip
+    f = kinds(cluster([node("h-0")], [backoff], events=[event]))["ImagePullFailed"]
+    assert "no such tag" in f.summary and f.evidence[1] == Evidence("Pod default/gpu-test", "event Failed",
+                                                                    event["message"])  # fmt: skip
+    f = kinds(cluster([node("h-0")], [backoff]))["ImagePullFailed"]
+    assert "does not say why" in f.summary and "kubectl describe pod -n default gpu-test" in f.fix
+    # A private repository, a Deployment's pod: credentials, in the pod template.
+    denied = ('failed to pull and unpack image "nvcr.io/acme/train:v3": failed to resolve reference '
+              '"nvcr.io/acme/train:v3": pull access denied, repository does not exist or may require authorization')
+    train = pulling(owned_pod("train-66b4f9-x", "ReplicaSet", "train-66b4f9", "2026-01-01T00:00:00Z"),
+                    "ErrImagePull", denied)  # fmt: skip
+    train["spec"]["containers"][0]["image"] = "nvcr.io/acme/train:v3"
+    f = kinds(cluster([node("h-0")], [train]))["ImagePullFailed"]
+    assert "needs credentials" in f.summary and "imagePullSecrets" in f.fix and "pod template" in f.fix
+    # Not a GPU pod: not doctor's.
+    web = pulling(pod("web", node_name="h-0", image="nginx:nope"), "ErrImagePull", NOT_FOUND)
+    assert diagnose(cluster([node("h-0")], [web])) == []
+
+
+def test_an_operand_image_that_cannot_be_pulled_names_the_field_that_sets_it() -> None:
+    """An operand whose image tag does not exist (driver.version 999.1.1) was reported as OperandNotReady "container
+    nvidia-driver-ctr not ready (ErrImagePull)" with `kubectl logs` as the fix (there is no log: it never started),
+    and an init container's as waiting for the component it validates. doctor names the ClusterPolicy's (or the
+    NVIDIADriver's) field that sets the image."""
+    status = {"state": "notReady", "states": [{"name": "state-driver", "state": "notReady",
+                                               "message": "1 of 1 pods unavailable"}]}  # fmt: skip
+
+    def operand(name: str, state: str, container: str, image: str, init: bool = False) -> dict[str, Any]:
+        p = {"kind": "Pod", "spec": {"nodeName": "h-0", "initContainers" if init else "containers": [
+                 {"name": container, "image": image}]},
+             "metadata": {"name": name, "namespace": NS, "labels": {"nvidia.com/gpu-operator.state": state},
+                          "ownerReferences": [{"kind": "DaemonSet", "name": name.rsplit("-", 1)[0]}]}}  # fmt: skip
+        return pulling(p, "ErrImagePull", not_found(image), container, init)
+
+    def found(pods: list[dict[str, Any]], spec: dict[str, Any]) -> Any:
+        c = cluster([node("h-0")], pods, policy_status=status)
+        c.snapshot.policies["cluster-policy"]["spec"] = spec
+        return c
+
+    driver = operand("nvidia-driver-daemonset-x", "state-driver", "nvidia-driver-ctr",
+                     "nvcr.io/nvidia/driver:999.1.1-ubuntu22.04")  # fmt: skip
+    spec = {"driver": {"repository": "nvcr.io/nvidia", "image": "driver", "version": "999.1.1"}}
+    fs = kinds(found([driver], spec))
+    assert "OperandNotReady" not in fs, fs
+    f = fs["ImagePullFailed"]
+    assert f.object == "state-driver on h-0" and f.nodes == ("h-0",) and "no such tag" in f.summary
+    assert "ClusterPolicy cluster-policy's driver.version (999.1.1)" in f.fix, f.fix
+    assert "<driver.version>-<os>" in f.fix and "999.1.1-ubuntu22.04 must exist" in f.fix and "logs" not in f.fix
+    assert f.evidence[0].field == "status.containerStatuses[nvidia-driver-ctr].state.waiting"
+    # The device plugin's image, the same repository as GFD's: its own section is named.
+    plugin = operand("nvidia-device-plugin-daemonset-x", "state-device-plugin", "nvidia-device-plugin",
+                     "nvcr.io/nvidia/k8s-device-plugin:v0.99.0")  # fmt: skip
+    f = kinds(found([plugin], {"devicePlugin": {"repository": "nvcr.io/nvidia", "image": "k8s-device-plugin",
+                                                "version": "v0.99.0"}}))["ImagePullFailed"]  # fmt: skip
+    assert "devicePlugin.version (v0.99.0)" in f.fix, f.fix
+    # The validator's init container in the toolkit's pod, the operator's default image (no validator fields).
+    toolkit = operand("nvidia-container-toolkit-daemonset-x", "state-container-toolkit", "driver-validation",
+                      "nvcr.io/nvidia/gpu-operator:v26.7.0", init=True)  # fmt: skip
+    f = kinds(found([toolkit], {}))["ImagePullFailed"]
+    assert "the operator's default nvcr.io/nvidia/gpu-operator:v26.7.0" in f.fix, f.fix
+    assert "validator.repository, validator.image and validator.version" in f.fix
+    # A driver DaemonSet an NVIDIADriver owns: its own (top-level) fields.
+    c = found([driver], {})
+    ds = {"kind": "DaemonSet", "metadata": {"name": "nvidia-driver-daemonset", "namespace": NS,
+                                            "ownerReferences": [{"kind": "NVIDIADriver", "name": "pool-a"}]}}
+    c.snapshot.owned[("DaemonSet", NS, "nvidia-driver-daemonset")] = ds
+    c.snapshot.nvidia_drivers["pool-a"] = {"metadata": {"name": "pool-a"}, "spec": {
+        "driverType": "gpu", "repository": "nvcr.io/nvidia", "image": "driver", "version": "999.1.1"}}
+    f = kinds(c)["ImagePullFailed"]
+    assert "NVIDIADriver pool-a's version (999.1.1)" in f.fix and "repository / image" in f.fix, f.fix
+
+
 def test_cuda_oom_on_time_sliced_gpu_and_more_than_one_replica() -> None:
     shared = node("h-0", labels={"nvidia.com/gpu.replicas": "4", "nvidia.com/gpu.sharing-strategy": "time-slicing"})
     oom = pod("oom", 1, node_name="h-0", status={"phase": "Failed", "containerStatuses": [{"name": "main", "state": {

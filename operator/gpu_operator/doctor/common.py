@@ -5,13 +5,14 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from typing import Any
 
 from ..api import ClusterPolicySpec, PolicyError, parse_policy
 from ..status import active_policy
-from .model import Cluster
+from .model import Cluster, Evidence, pod_ref
 from .sched import GPU, GPU_SHARED
 
 UPGRADE_STATE = "nvidia.com/gpu-driver-upgrade-state"
@@ -137,6 +138,81 @@ def sandbox_fix(message: str) -> str:
     return ("the nvidia runtime handler is not configured on this node yet: the container toolkit configures it "
             "(check its pod on the node); on k3s, k0s or RKE2 set CONTAINERD_CONFIG/CONTAINERD_SOCKET in "
             "toolkit.env to that distribution's paths")  # fmt: skip
+
+
+# The kubelet's waiting reasons of a container whose image it cannot pull (pkg/kubelet/images/types.go).
+PULL_REASONS = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull")
+_NOT_FOUND = re.compile(r"code = NotFound|: not found|manifest unknown", re.IGNORECASE)
+_DENIED = re.compile(r"denied|unauthorized|authoriz|forbidden|\b40[13]\b", re.IGNORECASE)
+_UNREACHABLE = re.compile(r"no such host|i/o timeout|connection refused|network is unreachable|handshake timeout"
+                          r"|deadline exceeded", re.IGNORECASE)  # fmt: skip
+PULL_CAUSES = {  # each follows "cannot pull image X: "
+    "not-found": "it does not exist (the registry has no such tag or repository)",
+    "denied": "the registry refused it (no such repository, or it needs credentials)",
+    "unreachable": "the node cannot reach the registry",
+    "invalid": "the image reference is not valid",
+    "never": "its imagePullPolicy is Never and the image is not on the node",
+    "": "its status does not say why",
+}
+
+
+@dataclass(frozen=True)
+class PullFailure:
+    """A container whose image the kubelet cannot pull, and why."""
+
+    container: str
+    image: str
+    evidence: tuple[Evidence, ...]  # the waiting reason and message, and the pull's event where that says why
+    cause: str  # a key of PULL_CAUSES
+
+
+def _pull_cause(reason: str, message: str) -> str:
+    if reason == "InvalidImageName":
+        return "invalid"
+    if reason == "ErrImageNeverPull":
+        return "never"
+    for cause, rx in (("not-found", _NOT_FOUND), ("denied", _DENIED), ("unreachable", _UNREACHABLE)):
+        if rx.search(message):
+            return cause
+    return ""
+
+
+def image_pull_failure(cluster: Cluster, pod: dict[str, Any]) -> PullFailure | None:
+    """The first container (init containers first) waiting because its image cannot be pulled. ImagePullBackOff's
+    message ("Back-off pulling image ...") may not say why: the kubelet's last "Failed to pull image" event does."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    spec = pod.get("spec") or {}
+    for key, spec_key in (("initContainerStatuses", "initContainers"), ("containerStatuses", "containers")):
+        for cs in status.get(key) or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            reason = str(waiting.get("reason") or "")
+            if reason not in PULL_REASONS:
+                continue
+            name = str(cs.get("name") or "?")
+            image = next((str(c.get("image") or "") for c in spec.get(spec_key) or [] if c.get("name") == name),
+                         str(cs.get("image") or ""))  # fmt: skip
+            message = str(waiting.get("message") or "")
+            ref = pod_ref(pod)
+            evidence = [Evidence(ref, f"status.{key}[{name}].state.waiting", f"{reason}: {message}".rstrip(": "))]
+            cause = _pull_cause(reason, message)
+            if not cause:
+                events = cluster.events_for("Pod", meta.get("namespace") or "", meta.get("name", ""))
+                pulls = [e for e in events if e.get("reason") == "Failed"
+                         and str(e.get("message") or "").startswith(f'Failed to pull image "{image}"')]  # fmt: skip
+                if pulls:
+                    said = str(pulls[-1].get("message") or "")
+                    evidence.append(Evidence(ref, "event Failed", said))
+                    cause = _pull_cause(reason, said)
+            return PullFailure(name, image, tuple(evidence), cause)
+    return None
+
+
+def image_repository(image: str) -> str:
+    """The image without its tag or digest."""
+    if "@" in image:
+        return image.split("@", 1)[0]
+    head, _, last = image.rpartition("/")
+    return f"{head}/{last.split(':', 1)[0]}" if head else last.split(":", 1)[0]
 
 
 def shared_replicas(labels: dict[str, str]) -> int:

@@ -1,19 +1,27 @@
 """The GPU stack (REFERENCE §12 entries 3, 9-13, 16, 19, 20): operands not ready, mapped to the first failing
-component on each node; operands that cannot run on a GPU node; nodes stuck in an upgrade or MIG change;
-GPUs advertised below capacity."""
+component on each node (an image that cannot be pulled: the ClusterPolicy or NVIDIADriver field that sets it);
+operands that cannot run on a GPU node; nodes stuck in an upgrade or MIG change; GPUs advertised below capacity."""
 
 from __future__ import annotations
 
 from decimal import Decimal
 from typing import Any
 
+from .. import images
+from ..api import ClusterPolicySpec, ImageSpec
+from ..nvidiadriver import cluster_spec
+from ..nvidiadriver_api import parse_spec
 from ..readiness import containers_ready, pod_ready
 from ..states import all_states
 from ..states.base import STATE_LABEL
 from .common import (
     MIG_CONFIG_LABEL,
     MIG_STATE_LABEL,
+    PULL_CAUSES,
     UPGRADE_STATE,
+    PullFailure,
+    image_pull_failure,
+    image_repository,
     policy,
     sandbox_failure,
     sandbox_fix,
@@ -173,22 +181,32 @@ def _operands(cluster: Cluster, name: str) -> list[Finding]:
         rank = order.get(state, 99)
         if node not in first or rank < first[node][0]:
             first[node] = (rank, pod)
-    groups: dict[tuple[str, str, str], list[tuple[str, dict[str, Any]]]] = {}
+    groups: dict[tuple[str, str, str, str], list[tuple[str, dict[str, Any]]]] = {}
+    pull_evidence: dict[str, tuple[Evidence, ...]] = {}  # node -> what its pod's image pull failure showed
     for node, (_, pod) in sorted(first.items()):
-        component, reason, fix = _why_not_ready(cluster, pod)
         state = (pod["metadata"].get("labels") or {}).get(STATE_LABEL, "?")
-        groups.setdefault((state, reason, fix), []).append((node, pod))
+        pulled = image_pull_failure(cluster, pod)
+        if pulled is not None:
+            kind = "ImagePullFailed"
+            reason = f"container {pulled.container} cannot pull image {pulled.image}: {PULL_CAUSES[pulled.cause]}"
+            fix = _pull_fix(cluster, pod, pulled)
+            pull_evidence[node] = pulled.evidence
+        else:
+            kind = "OperandNotReady"
+            _, reason, fix = _why_not_ready(cluster, pod)
+        groups.setdefault((kind, state, reason, fix), []).append((node, pod))
     out = []
     policy_ev = [
         Evidence(f"ClusterPolicy {name}", "status.states", f"{s.get('name')}: {s.get('message', '')}")
         for s in not_ready
     ]
-    for (state, reason, fix), members in groups.items():
+    for (kind, state, reason, fix), members in groups.items():
         nodes = [n for n, _ in members]
         more = f" and {len(nodes) - 5} more" if len(nodes) > 5 else ""
-        ev = [Evidence(pod_ref(p), "status", reason) for _, p in members[:3]] + policy_ev[:3]
+        seen = [e for n, _ in members[:3] for e in pull_evidence.get(n, ())]
+        ev = (seen or [Evidence(pod_ref(p), "status", reason) for _, p in members[:3]]) + policy_ev[:3]
         out.append(Finding(
-            ERROR, "OperandNotReady", f"{state} on {', '.join(nodes[:5])}{more}",
+            ERROR, kind, f"{state} on {', '.join(nodes[:5])}{more}",
             f"{state} is the first operand not ready on {len(nodes)} node(s): {reason}",
             fix, ev, nodes=tuple(nodes),
         ))  # fmt: skip
@@ -199,6 +217,88 @@ def _operands(cluster: Cluster, name: str) -> list[Finding]:
             f"kubectl get pods -n {cluster.namespace} -o wide; and see the states' messages", policy_ev,
         ))  # fmt: skip
     return out
+
+
+def _image_source(cluster: Cluster, pod: dict[str, Any], image: str) -> tuple[str, str, ImageSpec, str] | None:
+    """(the object, the path of its section, the section, the image it resolves to) that sets an operand
+    container's image: the ClusterPolicy's, or for a driver DaemonSet an NVIDIADriver owns, that NVIDIADriver's."""
+    name, spec = policy(cluster)
+    if name is None or spec is None:
+        return None
+    obj, driver = f"ClusterPolicy {name}", "driver"
+    daemonset = next((o.get("name") for o in (pod.get("metadata") or {}).get("ownerReferences") or []
+                      if o.get("kind") == "DaemonSet"), "")  # fmt: skip
+    owners = ((cluster.snapshot.owned.get(("DaemonSet", cluster.namespace, str(daemonset))) or {}).get("metadata")
+              or {}).get("ownerReferences") or []  # fmt: skip
+    nvidia_driver = next((str(o.get("name")) for o in owners if o.get("kind") == "NVIDIADriver"), "")
+    if nvidia_driver:
+        try:
+            raw = cluster.snapshot.nvidia_drivers.get(nvidia_driver) or {}
+            spec = cluster_spec(spec, parse_spec(raw.get("spec")))
+        except ValueError:
+            return None
+        obj, driver = f"NVIDIADriver {nvidia_driver}", ""  # its driver fields are at the top of its spec
+    state = (pod.get("metadata", {}).get("labels") or {}).get(STATE_LABEL)
+    own = next((s.section for s in all_states() if s.name == state), None)
+    sections: list[tuple[str | None, str, ImageSpec, str]] = [
+        (s.section, ClusterPolicySpec.model_fields[s.section].alias or s.section, settings, s.component)
+        for s in all_states()
+        if s.section and s.component and s.section != "driver" and isinstance(settings := s.settings(spec), ImageSpec)
+    ]  # fmt: skip
+    sections += [("driver", driver, spec.driver, "driver"),
+                 (None, f"{driver}.manager" if driver else "manager", spec.driver.manager, "driver-manager"),
+                 (None, "gds", spec.gds, "gds"), (None, "gdrcopy", spec.gdrcopy, "gdrcopy")]  # fmt: skip
+    # The pod's own section first, then the validator's (every state's init containers run its image).
+    found = sorted((
+        (section != own, section != "validator", resolved != image, path, settings, resolved)
+        for section, path, settings, component in sections
+        if image_repository(resolved := images.resolve(settings, component)) == image_repository(image)
+    ), key=lambda f: f[:4])  # fmt: skip
+    return (obj, found[0][3], found[0][4], found[0][5]) if found else None
+
+
+def _pull_fix(cluster: Cluster, pod: dict[str, Any], pulled: PullFailure) -> str:
+    """What to change, and where, for an operand image that cannot be pulled."""
+    meta = pod.get("metadata") or {}
+    describe = f"kubectl describe pod -n {meta.get('namespace')} {meta.get('name')}"
+    source = _image_source(cluster, pod, pulled.image)
+    if source is None:
+        return f"{describe} (its events say why the pull fails)"
+    obj, path, section, resolved = source
+
+    def field(name: str) -> str:
+        return f"{path}.{name}" if path else name
+
+    repo = image_repository(pulled.image)
+    if section.repository and section.image and section.version:
+        fields = f"{field('repository')}, {field('image')} and {field('version')}"
+    elif section.image:
+        fields = field("image")
+    else:
+        fields = ""
+    where = f"{obj}'s {fields or field('repository') + ', ' + field('image') + ' and ' + field('version')}"
+    if pulled.cause == "not-found":
+        if fields == field("image"):
+            fix = f"correct {obj}'s {field('image')} ({section.image}) to an image that exists"
+        elif fields:
+            fix = (f"set {obj}'s {field('version')} ({section.version}) to a version that {repo} has, or correct "
+                   f"{field('repository')} / {field('image')}")  # fmt: skip
+        else:
+            fix = (f"{obj} sets no image here, so the operator's default {resolved} is used: set {where} to an image "
+                   "your registry has")  # fmt: skip
+        if pulled.image != resolved and path == ("driver" if obj.startswith("ClusterPolicy") else ""):
+            tag = pulled.image.rsplit(":", 1)[-1]
+            fix += (f" (the driver's tag is <{field('version')}>-<os>, <{field('version')}>-<kernel>-<os> with "
+                    f"{field('usePrecompiled')}: {tag} must exist)")  # fmt: skip
+        return fix
+    return {
+        "denied": f"name a Secret with credentials for {repo} in {obj}'s {field('imagePullSecrets')} (a "
+        f"docker-registry Secret in namespace {meta.get('namespace')}), or correct {where}",
+        "unreachable": f"make {repo}'s registry reachable from the node (DNS, proxy, firewall), or mirror the image "
+        f"and set {where} to the mirror's",
+        "invalid": f"correct {where}",
+        "never": f"set {obj}'s {field('imagePullPolicy')} to IfNotPresent",
+    }.get(pulled.cause, f"{describe} (its events say why the pull fails); the image comes from {where}")
 
 
 def _tolerated(tolerations: list[dict[str, Any]], view: NodeView) -> list[dict[str, Any]]:

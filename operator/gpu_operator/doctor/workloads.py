@@ -1,8 +1,8 @@
 """Workload findings (REFERENCE §12 entries 4-10, 17, 18): controllers whose GPU pods the API server refuses, CUDA
-images without a GPU, pods whose sandbox the nvidia runtime cannot create, more than one replica of a shared
-(time-sliced or MPS) GPU, the CUDA an image needs against the node's driver (from the pod spec, or the runtime's
-refusal), images without code for the GPU, a GPU pod in which CUDA finds no device (seed §6.3 Issue 1), CUDA out of
-memory on a shared GPU."""
+images without a GPU, GPU pods whose image cannot be pulled (the seed's Exercise 1 tag), pods whose sandbox the nvidia
+runtime cannot create, more than one replica of a shared (time-sliced or MPS) GPU, the CUDA an image needs against
+the node's driver (from the pod spec, or the runtime's refusal), images without code for the GPU, a GPU pod in which
+CUDA finds no device (seed §6.3 Issue 1), CUDA out of memory on a shared GPU."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from ..gpu_identity import GFD_COMPUTE_MAJOR, GFD_COMPUTE_MINOR
 from .common import (
     BRANCH_MINIMUM,
     MEMORY_LABEL,
+    PULL_CAUSES,
     REPLICAS_LABEL,
     SHARING_LABEL,
     admission_toleration,
@@ -26,6 +27,8 @@ from .common import (
     event_time,
     full_support_driver,
     full_support_version,
+    image_pull_failure,
+    image_repository,
     mps_refuses,
     parse_time,
     sandbox_failure,
@@ -89,6 +92,7 @@ def findings(cluster: Cluster, pods: list[dict[str, Any]]) -> list[Finding]:
         if not _workload(cluster, pod) or (pod.get("metadata") or {}).get("deletionTimestamp"):
             continue
         out += _sandbox(cluster, pod)
+        out += _image_pull(cluster, pod)
         gpus = gpu_requests(pod)
         if not gpus:
             f = None if _other_gpu_resource(pod) else _cuda_without_gpu(pod)
@@ -247,6 +251,46 @@ def _sandbox(cluster: Cluster, pod: dict[str, Any]) -> list[Finding]:
         ERROR, "PodSandboxFailed", ref,
         f"the pod is bound to {node} but its sandbox cannot be created there, so no container starts: {message}",
         sandbox_fix(message), [Evidence(ref, "event FailedCreatePodSandBox", message)], nodes=(node,),
+    )]  # fmt: skip
+
+
+# nvidia/cuda's tags name the patch release (12.1.0-devel-ubuntu22.04): the seed's Exercise 1 tag 12.1-devel-... is
+# none.
+_CUDA_MINOR_TAG = re.compile(r"^(\d+\.\d+)-(.+)$")
+
+
+def _image_pull(cluster: Cluster, pod: dict[str, Any]) -> list[Finding]:
+    """A GPU pod (or a CUDA image) whose image the kubelet cannot pull: it waits in ErrImagePull / ImagePullBackOff
+    and never starts. The waiting reason and message (or the pull's event) say why."""
+    failed = image_pull_failure(cluster, pod)
+    if failed is None or not (gpu_requests(pod) or _other_gpu_resource(pod) or _CUDA_IMAGES.search(failed.image)):
+        return []
+    ref, meta = pod_ref(pod), pod.get("metadata") or {}
+    node = str((pod.get("spec") or {}).get("nodeName") or "")
+    repo = image_repository(failed.image)
+    tag = failed.image.rsplit(":", 1)[1] if ":" in failed.image.rsplit("/", 1)[-1] and "@" not in failed.image else ""
+    fixes = {
+        "not-found": f"use a tag that exists in {repo} (the registry lists its tags)",
+        "denied": f"check the image's name; if {repo} is private, give the pod imagePullSecrets naming a "
+        f"docker-registry Secret in namespace {meta.get('namespace')} with credentials for it",
+        "unreachable": f"make the registry reachable from {node or 'the node'} (DNS, proxy, firewall), or pull from a "
+        "mirror it can reach",
+        "invalid": "write the image as [registry/]repository:tag or repository@sha256:digest",
+        "never": "set imagePullPolicy IfNotPresent, or put the image on the node first",
+        "": f"read the pod's events: kubectl describe pod -n {meta.get('namespace')} {meta.get('name')}",
+    }
+    fix = fixes[failed.cause]
+    m = _CUDA_MINOR_TAG.match(tag)
+    if failed.cause == "not-found" and repo.endswith("nvidia/cuda") and m:
+        fix += f"; nvidia/cuda's tags name the patch release: {m.group(1)}.0-{m.group(2)} (or a later {m.group(1)}.x)"
+    owner = _controller(pod)
+    if owner:
+        fix += f"; {owner.get('kind')} {owner.get('name')} made the pod: change the image in its pod template"
+    return [Finding(
+        ERROR, "ImagePullFailed", ref,
+        f"container {failed.container} does not start: the kubelet cannot pull its image {failed.image}: "
+        f"{PULL_CAUSES[failed.cause]}",
+        fix, list(failed.evidence), nodes=(node,) if node else (),
     )]  # fmt: skip
 
 

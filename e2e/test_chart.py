@@ -853,6 +853,8 @@ def test_doctor_rbac_reads_what_doctor_reads() -> None:
     assert ("nfd.k8s-sigs.io", "nodefeatures", "list") in granted
     assert {("nvidia.com", "clusterpolicies", "list"), ("", "nodes", "list"), ("", "pods", "list")} <= granted
     assert ("apps", "replicasets", "get") in granted  # a refused rollout's revisions (doctor.workloads)
+    # whether a refused controller still exists (its FailedCreate event outlives it)
+    assert {("apps", "statefulsets", "get"), ("apps", "daemonsets", "get"), ("batch", "jobs", "get")} <= granted
     rules = role["rules"] + one(docs, "Role", "gpu-operator-doctor")["rules"]
     assert {v for rule in rules for v in rule["verbs"]} <= {"get", "list", "watch"}
     assert not find(docs, "ClusterRoleBinding", "gpu-operator-doctor"), "doctor.subjects is empty by default"

@@ -1367,6 +1367,9 @@ def test_doctor_reads_the_failed_create_events_in_one_more_list() -> None:
             return [event] if (kind, kwargs.get("field_selector")) == ("Event", "type=Warning,reason=FailedCreate") \
                 else super().list(kind, *args, **kwargs)  # fmt: skip
 
+        def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+            return {"kind": kind, "metadata": {"name": name, "namespace": namespace}}  # the Job exists
+
         def api_groups(self) -> frozenset[str]:
             return frozenset()
 
@@ -1402,7 +1405,7 @@ def test_doctor_reads_replicasets_only_for_a_refusal_another_revision_may_have_g
 
         def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
             if kind != "ReplicaSet":
-                return None
+                return {"kind": kind}  # a refused Job exists
             self.gets.append(path_for(kind, name, namespace))  # a kind the client knows
             if self.forbidden:
                 raise ApiError(403, '{"message": "forbidden"}', f"GET replicasets {name}", "Forbidden")
@@ -1421,6 +1424,57 @@ def test_doctor_reads_replicasets_only_for_a_refusal_another_revision_may_have_g
     assert "Job default/finetune" in found(quiet) and quiet.gets == []
     forbidden = Reads([event], forbidden=True)
     assert "ReplicaSet default/train-7d9f8c" not in found(forbidden)  # as before ReplicaSets were read
+
+
+def test_a_refusal_of_a_controller_that_is_gone_is_not_reported() -> None:
+    """A FailedCreate event lives an hour after the Job, StatefulSet (or DaemonSet, or a ReplicaSet whose Deployment
+    was deleted) it is about: once that controller was deleted, doctor still reported PodCreationRefused (ERROR,
+    exit 2) for an object that does not exist. doctor gets each refused controller that has no pods created since
+    (only then: no read without such a refusal) and drops the refusal of one that is gone; a 403 keeps it."""
+    from gpu_operator.doctor import gather
+    from gpu_operator.kube import ApiError, path_for
+
+    events = [refused("Job", "finetune", NO_LIMIT), refused("StatefulSet", "infer", FRACTION),
+              refused("ReplicaSet", "train-7d9f8c", NOT_EQUAL)]  # fmt: skip
+    alive = {("Job", "finetune")}
+
+    class Reads(FakeKube):
+        def __init__(self, events: list[dict[str, Any]], forbidden: bool = False) -> None:
+            super().__init__([node("h-0")], [])
+            self.events, self.forbidden = events, forbidden
+            self.gets: list[str] = []
+
+        def list(self, kind: str, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+            if kind == "Event":
+                return self.events if kwargs.get("field_selector") == "type=Warning,reason=FailedCreate" else []
+            return super().list(kind, *args, **kwargs)
+
+        def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+            self.gets.append(path_for(kind, name, namespace))  # a kind the client knows
+            if self.forbidden:
+                raise ApiError(403, '{"message": "forbidden"}', f"GET {kind} {name}", "Forbidden")
+            return {"kind": kind, "metadata": {"name": name}} if (kind, name) in alive else None
+
+        def api_groups(self) -> frozenset[str]:
+            return frozenset()
+
+    def found(kube: Reads) -> list[str]:
+        c = gather(kube, NS)  # type: ignore[arg-type]
+        return [f.object for f in diagnose(c) if f.kind == "PodCreationRefused"]
+
+    kube = Reads(events)
+    assert found(kube) == ["Job default/finetune"]
+    assert sorted(kube.gets) == ["/apis/apps/v1/namespaces/default/replicasets/train-7d9f8c",
+                                 "/apis/apps/v1/namespaces/default/statefulsets/infer",
+                                 "/apis/batch/v1/namespaces/default/jobs/finetune"]  # fmt: skip
+    forbidden = Reads(events, forbidden=True)
+    assert len(found(forbidden)) == 3  # not known to be gone: as before
+    quiet = Reads([])
+    assert found(quiet) == [] and quiet.gets == []
+    # A StatefulSet with pods created since its refusal is past it without a read.
+    ran = Reads([refused("StatefulSet", "infer", FRACTION)])
+    ran.objects["Pod"] = [owned_pod("infer-0", "StatefulSet", "infer", "2026-01-01T00:10:05Z")]
+    assert found(ran) == [] and ran.gets == []
 
 
 def test_operand_pods_are_taken_from_the_one_listing_of_every_pod() -> None:

@@ -71,6 +71,8 @@ BUILTIN = (
     Kind("ControllerRevision", "apps/v1", "controllerrevisions", True),
     Kind("Deployment", "apps/v1", "deployments", True),
     Kind("ReplicaSet", "apps/v1", "replicasets", True),  # read by doctor only (a refused rollout's revisions)
+    Kind("StatefulSet", "apps/v1", "statefulsets", True),  # read by doctor only (whether a refused one still exists)
+    Kind("Job", "batch/v1", "jobs", True),  # read by doctor only (whether a refused one still exists)
     Kind("PodDisruptionBudget", "policy/v1", "poddisruptionbudgets", True),
     Kind("CustomResourceDefinition", "apiextensions.k8s.io/v1", "customresourcedefinitions", False),
     Kind("ClusterPolicy", "nvidia.com/v1", "clusterpolicies", False),

@@ -62,6 +62,8 @@ class Cluster:
     # (namespace, name) -> the ReplicaSets read for workloads.refused_creations (a refused one and those of its
     # Deployment with pods created since, see workloads.replica_set_reads); None: not readable (403)
     replica_sets: dict[tuple[str, str], dict[str, Any]] | None = field(default_factory=dict)
+    # (kind, namespace, name) of the controllers with a refusal that no longer exist (workloads.owner_reads)
+    gone: frozenset[tuple[str, str, str]] = frozenset()
     _views: dict[str, NodeView] | None = None
     _events: dict[tuple[str, str, str], list[dict[str, Any]]] | None = None
     memo: dict[str, Any] = field(default_factory=dict)  # facts computed once per run (upgrade reasons)

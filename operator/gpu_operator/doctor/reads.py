@@ -8,7 +8,8 @@ server refused a pod they create). Read only when needed: the pods of each Daemo
 not ready, not updated or misplaced); every operand pod while a node is in a driver upgrade (the upgrade planner
 needs them); the driver DaemonSets' pods when a GPU node lacks GFD's driver labels (doctor then reads the driver
 version from the pod's image); a refused ReplicaSet and the others of its Deployment that created pods since (one
-get each: only a newer revision's pods get past the refusal, not the old one's replacements). A settled DaemonSet's
+get each: only a newer revision's pods get past the refusal, not the old one's replacements); each other refused
+controller with no pods created since (one get each: its FailedCreate event outlives it). A settled DaemonSet's
 pods are not read: its pod template stands in for them on each node it runs on, for the nodes' resource arithmetic.
 """
 
@@ -23,7 +24,7 @@ from ..states.base import COMPONENT, MANAGED_BY, OPERATOR_NAME
 from .common import SETTLED_UPGRADE, UPGRADE_STATE, has_driver_labels
 from .model import Cluster, DaemonPods
 from .sched import DAEMON_TOLERATIONS, NodeView, selector_ok, untolerated_taints
-from .workloads import deployment_of, replica_set_reads
+from .workloads import deployment_of, owner_reads, replica_set_reads
 
 WORKERS = 8
 # More unsettled DaemonSets than this: one listing of every operand pod instead of one per DaemonSet.
@@ -52,7 +53,24 @@ def gather(kube: Kube, namespace: str) -> Cluster:
         warnings = events.result() + refused.result()
         wanted = replica_set_reads(warnings, pods)
         replica_sets = _replica_sets(kube, pool, wanted) if wanted else {}
-        return Cluster(snap, nodes, pods, warnings, namespace, daemon_pods=stand_ins, replica_sets=replica_sets)
+        gone = _gone(kube, pool, owner_reads(warnings, pods))
+        return Cluster(snap, nodes, pods, warnings, namespace, daemon_pods=stand_ins, replica_sets=replica_sets,
+                       gone=gone)  # fmt: skip
+
+
+def _gone(kube: Kube, pool: ThreadPoolExecutor, keys: list[tuple[str, str, str]]) -> frozenset[tuple[str, str, str]]:
+    """Of the refused controllers `keys`, those that no longer exist (one get each); not known where doctor may not
+    read them (403): then kept."""
+    reads = [(key, pool.submit(kube.get, key[0], key[2], key[1])) for key in keys]
+    out = set()
+    for key, found in reads:
+        try:
+            if found.result() is None:
+                out.add(key)
+        except ApiError as exc:
+            if exc.status != 403:
+                raise
+    return frozenset(out)
 
 
 def _replica_sets(

@@ -110,10 +110,11 @@ def findings(cluster: Cluster, pods: list[dict[str, Any]]) -> list[Finding]:
 def refused_creations(cluster: Cluster, namespace: str | None = None) -> list[Finding]:
     """§12 entries 4 and 5 for the pods a controller creates: the API server refuses each, so none exists, and the
     controller (ReplicaSet, Job, StatefulSet, DaemonSet) posts a Warning event FailedCreate on itself quoting the
-    refusal. The latest such event per controller, unless pods were created since (the template was fixed)."""
+    refusal. The latest such event per controller, unless pods were created since (the template was fixed) or the
+    controller is gone (the event outlives it by up to an hour)."""
     out = []
     for (kind, ns, name), e in sorted(_refusals(cluster.events, namespace).items()):
-        if _created_since(cluster, kind, ns, name, event_time(e)):
+        if (kind, ns, name) in cluster.gone or _created_since(cluster, kind, ns, name, event_time(e)):
             continue
         message = str(e.get("message") or "")
         what, fix = _refusal(message) or ("", "")
@@ -151,6 +152,18 @@ def replica_set_reads(events: list[dict[str, Any]], pods: list[dict[str, Any]]) 
         if kind == "ReplicaSet" and not own and siblings:
             out[(ns, name)] = siblings
     return out
+
+
+def owner_reads(events: list[dict[str, Any]], pods: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(kind, namespace, name) of each refused controller that has no pods created since, nor (a ReplicaSet) other
+    ReplicaSets of its Deployment that have (replica_set_reads gets those): gather gets each, to drop the refusal of
+    one that is gone."""
+    out = []
+    for (kind, ns, name), e in _refusals(events).items():
+        own, siblings = _created(pods, kind, ns, name, event_time(e))
+        if not own and not siblings:
+            out.append((kind, ns, name))
+    return sorted(out)
 
 
 def _refusal(message: str) -> tuple[str, str] | None:

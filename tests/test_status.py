@@ -763,6 +763,56 @@ def test_a_pass_that_leaves_the_policy_not_ready_counts_as_failed_not_as_a_succe
     assert metrics.reconciliation_failed_total._value.get() == failed + 1
 
 
+def _settled_cluster(pol: dict[str, Any]) -> tuple[Any, Any]:
+    """A two-node cluster whose operands all run ready (test_apply's API server) and a snapshot of it with `pol`."""
+    from gpu_operator.nodes import NodeFacts
+    from gpu_operator.observe import Snapshot
+    from test_apply import ApiServer, _pods_and_revisions
+
+    names = ["n1", "n2"]
+    server = ApiServer(scheduled=2, nodes=tuple(names))
+
+    def snapshot() -> Snapshot:
+        pods, revisions = _pods_and_revisions(server, names)
+        nodes = {n: NodeFacts.from_node(copy.deepcopy(server.nodes[n])) for n in names}
+        return Snapshot(nodes=nodes, policies={"cluster-policy": pol}, owned=dict(server.objects), pods=pods,
+                        revisions=revisions)  # fmt: skip
+
+    return server, snapshot
+
+
+@pytest.mark.parametrize("invalid", [False, True], ids=["not-ready", "invalid-spec"])
+def test_a_failed_pass_whose_status_write_fails_too_counts_once(invalid: bool) -> None:
+    """A pass that works out notReady (or an invalid spec) counts as failed before it writes the status; when that
+    write raised an ApiError (a 403 after an RBAC edit, a 500) the handler counted the same pass again, and its own
+    status write, refused the same way, left the pass for the runtime to count a third time (with a traceback for an
+    ordinary API error): reconciliation_failed_total went up faster than reconciliation_total. Upstream counts each
+    failed Reconcile once. Now once, and the handler's write that fails is logged."""
+    from gpu_operator import metrics
+    from gpu_operator.reconciler import Reconciler
+    from support import load_policy
+
+    pol = load_policy()
+    pol["metadata"].update(uid="u1", generation=1, resourceVersion="1")
+    if invalid:
+        pol["spec"]["driver"]["enabled"] = "perhaps"
+    server, snapshot = _settled_cluster(pol)
+
+    def refusing(kind: str, name: str, patch: dict[str, Any], *a: Any, **k: Any) -> dict[str, Any]:
+        if k.get("sub") == "status":
+            raise ApiError(403, '{"message": "clusterpolicies/status is forbidden"}', f"PATCH {kind} {name}/status")
+        return patch
+
+    server.merge_patch = refusing  # type: ignore[method-assign]
+    r = Reconciler(server, "gpu-operator")  # type: ignore[arg-type]
+    passes = metrics.reconciliation_total._value.get()
+    failed = metrics.reconciliation_failed_total._value.get()
+    out = r.reconcile(snapshot())  # the first pass creates everything: notReady; no ApiError for the runtime
+    assert out.ready is False and metrics.reconciliation_status._value.get() == -2
+    assert metrics.reconciliation_total._value.get() == passes + 1
+    assert metrics.reconciliation_failed_total._value.get() == failed + 1, "one failed pass counted more than once"
+
+
 def test_with_the_clusterpolicy_gone_driver_auto_upgrade_and_the_upgrade_counts_drop_to_0() -> None:
     """Upstream (upgrade_controller.go Reconcile): with no ClusterPolicy, no NVIDIADriver upgrades either and
     driver_auto_upgrade_enabled is set to 0. Ours returned early and kept the deleted policy's 1 (and its node

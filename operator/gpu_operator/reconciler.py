@@ -71,6 +71,13 @@ class Outcome:
     nodes: list[NodeFacts] = field(default_factory=list)  # the Nodes as this pass patched them
     recheck_s: float | None = None  # pass again this soon (a status change held back until then), if set
     more: bool = False  # writes left for the next pass (the upgrade's write budget): pass again at once
+    failed: bool = False  # counted in reconciliation_failed_total (once a pass)
+
+    def count_failed(self) -> None:
+        """Count the pass in reconciliation_failed_total, unless it is already."""
+        if not self.failed:
+            self.failed = True
+            metrics.reconciliation_failed_total.inc()
 
 
 @dataclass(frozen=True)
@@ -268,7 +275,7 @@ class Reconciler:
             self._reconcile_active(policy, snap, out)
         except ApiError as exc:
             log.warning("reconcile failed: %s", exc)
-            metrics.reconciliation_failed_total.inc()
+            out.count_failed()  # once: a notReady pass whose status write failed is counted already
             metrics.reconciliation_status.set(-2)
             out.ready = False
             # What this pass did not get to work out stays as the last pass left it: the upgrade's progress and the
@@ -289,6 +296,8 @@ class Reconciler:
             )  # fmt: skip
             try:
                 self.status.write(policy, status, quiet=True)
+            except ApiError as again:  # the pass is counted failed already: logged, the next pass tries again
+                log.warning("ClusterPolicy %s: status not written: %s", policy["metadata"]["name"], again)
             finally:
                 self._drivers_failed(policy, snap, f"reconcile failed: {exc}")
         else:
@@ -305,7 +314,7 @@ class Reconciler:
             self.labelling = None
             out.ready = False
             metrics.reconciliation_status.set(0)
-            metrics.reconciliation_failed_total.inc()
+            out.count_failed()
             error = "invalid spec: " + "; ".join(exc.problems)
             status = policy_status(
                 generation=generation,
@@ -518,7 +527,7 @@ class Reconciler:
         if out.ready:
             metrics.reconciliation_last_success_ts_seconds.set(time.time())
         else:
-            metrics.reconciliation_failed_total.inc()
+            out.count_failed()
         written = self.status.write(policy, status)
         # The NVIDIADrivers' statuses after the ClusterPolicy's (what admins wait on): at 5,000 nodes one NVIDIADriver
         # status patch took 0.3 s, by which the ClusterPolicy's ready came later while the NVIDIADrivers' went first.

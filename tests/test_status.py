@@ -813,6 +813,38 @@ def test_a_failed_pass_whose_status_write_fails_too_counts_once(invalid: bool) -
     assert metrics.reconciliation_failed_total._value.get() == failed + 1, "one failed pass counted more than once"
 
 
+def test_a_ready_pass_whose_status_write_fails_is_no_success() -> None:
+    """reconciliation_last_success_ts_seconds was set as soon as the pass worked out ready, before the status
+    write: when that write then failed (a 500, a 403, a webhook's 422) the handler made the pass a failed one (-2,
+    counted) with the success timestamp at now. A write failing every pass refreshed it every pass, and the chart's
+    GPUOperatorReconciliationFailing (-2 and no success for 5 minutes) never fired. Now the timestamp moves once the
+    statuses are written."""
+    from gpu_operator import metrics
+    from gpu_operator.reconciler import Reconciler
+    from support import load_policy
+
+    pol = load_policy()
+    pol["metadata"].update(uid="u1", generation=1, resourceVersion="1")
+    server, snapshot = _settled_cluster(pol)
+    r = Reconciler(server, "gpu-operator")  # type: ignore[arg-type]
+    r.reconcile(snapshot())  # creates everything
+    assert r.reconcile(snapshot()).ready is True
+    metrics.reconciliation_last_success_ts_seconds.set(1000.0)  # the last success long ago
+    merge_patch = server.merge_patch
+
+    def refusing(kind: str, name: str, patch: dict[str, Any], *a: Any, **k: Any) -> dict[str, Any]:
+        if k.get("sub") == "status":
+            raise ApiError(500, '{"message": "etcdserver: request timed out"}', f"PATCH {kind} {name}/status")
+        return merge_patch(kind, name, patch, *a, **k)
+
+    server.merge_patch = refusing  # type: ignore[method-assign]
+    failed = metrics.reconciliation_failed_total._value.get()
+    assert r.reconcile(snapshot()).ready is False
+    assert metrics.reconciliation_status._value.get() == -2
+    assert metrics.reconciliation_failed_total._value.get() == failed + 1
+    assert metrics.reconciliation_last_success_ts_seconds._value.get() == 1000.0, "a failed pass moved it to now"
+
+
 def test_with_the_clusterpolicy_gone_driver_auto_upgrade_and_the_upgrade_counts_drop_to_0() -> None:
     """Upstream (upgrade_controller.go Reconcile): with no ClusterPolicy, no NVIDIADriver upgrades either and
     driver_auto_upgrade_enabled is set to 0. Ours returned early and kept the deleted policy's 1 (and its node

@@ -522,11 +522,10 @@ class Reconciler:
             status["conditions"].append(mig_condition)
         out.ready = status["state"] == "ready"
         # Set before the write (which also posts an Event): whoever sees the status has the same answer here. As
-        # upstream's: a pass that leaves the policy not ready counts as failed, and success is a ready one.
+        # upstream's: a pass that leaves the policy not ready counts as failed, and success is a ready one (its time
+        # set once the statuses are written: a write that fails makes the pass a failed one).
         metrics.reconciliation_status.set(1 if out.ready else 0)
-        if out.ready:
-            metrics.reconciliation_last_success_ts_seconds.set(time.time())
-        else:
+        if not out.ready:
             out.count_failed()
         written = self.status.write(policy, status)
         # The NVIDIADrivers' statuses after the ClusterPolicy's (what admins wait on): at 5,000 nodes one NVIDIADriver
@@ -537,6 +536,8 @@ class Reconciler:
                                             count, off, applied_by_state.get("state-driver"), ctx)
         out.busy = out.busy or driver_held is not None
         out.recheck_s = driver_held  # an NVIDIADriver's progress held back: the next pass writes it, once it may
+        if out.ready:
+            metrics.reconciliation_last_success_ts_seconds.set(time.time())
         if not written:
             out.busy = True  # progress held back: the next pass writes it, once it may
             retry = self.status.retry_in(meta["name"])

@@ -1145,6 +1145,41 @@ def test_the_clusterpolicys_cap_holds_the_nvidiadrivers_whatever_its_auto_upgrad
     assert cordoned == ["a1"]  # started: the others wait for a slot
 
 
+def test_upgrade_slots_free_are_within_the_clusterpolicys_cap_over_the_nvidiadrivers() -> None:
+    """gpu_operator_nodes_upgrades_available ("upgrade slots free now") and status.upgrade.available added up each
+    NVIDIADriver's own free slots, ignoring the ClusterPolicy's cap over all of them: with the cap 1 and 2 for each
+    NVIDIADriver they said 4 on the first pass, and 3 once a1 took the one slot, while no node may start."""
+    from gpu_operator import metrics
+    from gpu_operator.reconciler import Reconciler
+    from gpu_operator.render import driver_routing
+    from support import RecordingKube
+
+    each = {"autoUpgrade": True, "maxParallelUpgrades": 2, "maxUnavailable": "100%"}
+    snap = _upgrade_cluster(each, autoUpgrade=True, maxParallelUpgrades=1, maxUnavailable="100%")
+    spec = parse_spec(next(iter(snap.policies.values()))["spec"])
+    routing = driver_routing(list(snap.nodes.values()), spec, [NVIDIADriver.from_object(o)
+                                                               for o in snap.nvidia_drivers.values()])  # fmt: skip
+    assert routing.assignment is not None
+    r = Reconciler(RecordingKube(), "gpu-operator")  # type: ignore[arg-type]
+    out = r._orchestrate_nvidia_drivers(spec, snap, dict(snap.nodes), routing.assignment, routing.groups, None)
+    assert out.status is not None and out.status["available"] == 1
+    assert metrics.nodes_upgrades_available._value.get() == 1
+    # After that pass: a1 started (cordoned), the others wait for the cluster-wide slot.
+    states = {"a1": "wait-for-jobs-required", "a2": "upgrade-required", "b1": "upgrade-required",
+              "b2": "upgrade-required"}  # fmt: skip
+    nodes = {}
+    for name, f in snap.nodes.items():
+        raw = support_node(name, labels={**f.labels, UPGRADE_STATE: states[name]})
+        if name == "a1":
+            raw["spec"] = {"unschedulable": True}
+        nodes[name] = NodeFacts.from_node(raw)
+    out = r._orchestrate_nvidia_drivers(spec, snap.with_nodes(nodes), dict(nodes), routing.assignment,
+                                        routing.groups, None)  # fmt: skip
+    assert out.status is not None and (out.status["inProgress"], out.status["pending"]) == (1, 3)
+    assert out.status["available"] == 0
+    assert metrics.nodes_upgrades_available._value.get() == 0, "slots free while the ClusterPolicy's cap is full"
+
+
 @pytest.mark.parametrize("cp_driver_off", [True, False])
 def test_a_node_whose_nvidiadriver_is_deleted_mid_upgrade_is_let_go(cp_driver_off: bool) -> None:
     """NVIDIADriver pool-b is deleted while its node b1 is mid-upgrade (cordoned by it, pod-restart-required), and

@@ -575,6 +575,7 @@ class Reconciler:
         limit = Limit.over([n for ones in managed.values() for n in ones], spec.driver.upgrade_policy, what)
         out = Orchestrated(None, False)
         totals: dict[str, int] = {}
+        cap = limit.available  # what the ClusterPolicy's limits leave, before this pass's starts
         for group, part in parts:
             one = orchestrate(self.kube, self.namespace, group.spec, part, self.events, limit=limit, gauges=False,
                               moved=moved, kept=kept[group.name], managed=managed[group.name], said=said)
@@ -584,6 +585,10 @@ class Reconciler:
             out.status = _sum_upgrades(out.status, one.status)
             for key, value in vars(one.counters).items():
                 totals[key] = totals.get(key, 0) + value
+        # Slots free: each NVIDIADriver's own, within what the ClusterPolicy's limits leave over all of them.
+        totals["available"] = min(totals.get("available", 0), cap)
+        if out.status is not None:
+            out.status["available"] = totals["available"]
         out.counters = Counters(**totals)
         set_gauges(out.counters)
         # A node with an upgrade state that its own NVIDIADriver no longer drives (deleted or refused, a conflict,

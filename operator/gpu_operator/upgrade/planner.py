@@ -262,6 +262,13 @@ class Limit:
         """Upgrades that may still start by maxParallelUpgrades (None: no such limit)."""
         return self.max_parallel - self.in_progress if self.max_parallel else None
 
+    @property
+    def available(self) -> int:
+        """Upgrades that may still start by these limits (for a node that is not already unavailable)."""
+        by_unavailable = self.max_unavailable - self.unavailable
+        parallel = self.parallel
+        return max(0, by_unavailable if parallel is None else min(parallel, by_unavailable))
+
     def holds(self, unavailable: bool) -> bool:
         """Whether a start waits: no parallel slot left, or (a node that is available) no unavailable one."""
         parallel = self.parallel

@@ -1854,3 +1854,18 @@ def test_a_node_let_go_for_a_conflict_keeps_its_conflict_label() -> None:
     kube, _ = _switch_pass([b1], crd_policy(), drivers, {})
     assert [v for _, v in kube.node_patches(OWNER_LABEL)["b1"]] == [CONFLICT_VALUE]
     assert [v for _, v in kube.node_patches(STATE_LABEL)["b1"]] == [None]  # let go
+
+
+def test_the_joined_upgrade_waiting_list_keeps_the_first_50_by_name() -> None:
+    """Under NVIDIADrivers each one's status.upgrade.waiting (at most 50) was joined as it came: 100 entries, out of
+    name order, where the CRD says at most 50."""
+    from gpu_operator.reconciler import _sum_upgrades
+
+    def part(prefix: str) -> dict[str, Any]:
+        waiting = [{"node": f"{prefix}{i:03d}", "state": "wait-for-jobs-required", "reason": "jobs"} for i in range(50)]
+        return {"total": 60, "inProgress": 55, "done": 5, "failed": 0, "pending": 0, "available": 0,
+                "waiting": waiting}  # fmt: skip
+
+    joined = _sum_upgrades(part("z"), part("a"))
+    assert joined is not None and joined["inProgress"] == 110
+    assert [w["node"] for w in joined["waiting"]] == [f"a{i:03d}" for i in range(50)]

@@ -874,11 +874,11 @@ def _with_newer(
 
 
 def _sum_upgrades(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Two upgrade statuses as one: counts added, waiting nodes joined."""
+    """Two upgrade statuses as one: counts added, waiting nodes joined (the first 50 by name, as one's)."""
     if a is None or b is None:
         return a or b
     out = {k: a.get(k, 0) + b.get(k, 0) for k in ("total", "inProgress", "done", "failed", "pending", "available")}
-    out["waiting"] = (a.get("waiting") or []) + (b.get("waiting") or [])
+    out["waiting"] = sorted((a.get("waiting") or []) + (b.get("waiting") or []), key=lambda w: w.get("node", ""))[:50]
     return out
 
 

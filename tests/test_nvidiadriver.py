@@ -1240,6 +1240,48 @@ def test_the_switch_seen_before_the_default_nvidiadriver_lets_no_node_go_mid_upg
     assert not kube.node_patches(STATE_LABEL), kube.node_patches(STATE_LABEL)
 
 
+def test_the_let_go_walks_no_node_while_no_nvidiadriver_is_listed() -> None:
+    """The let-go's scan (nodes mid-upgrade no NVIDIADriver drives) asked whether any NVIDIADriver is listed once
+    per node, inside its walk: with none listed (when it lets none go) it still walked every node, every pass.
+    Now it walks none then."""
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+    from gpu_operator.render import driver_routing
+    from support import RecordingKube
+
+    class Watched(dict[str, NodeFacts]):
+        """The nodes by name, counting the walks of them."""
+
+        walks = 0
+
+        def values(self) -> Any:
+            Watched.walks += 1
+            return super().values()
+
+        def items(self) -> Any:
+            Watched.walks += 1
+            return super().items()
+
+        def keys(self) -> Any:
+            Watched.walks += 1
+            return super().keys()
+
+    nodes = {n: facts(n, labels={DEPLOY_DRIVER: "true", UPGRADE_STATE: "upgrade-done", OWNER_LABEL: "gone"})
+             for n in ("a1", "a2")}  # fmt: skip
+    raw = crd_policy()
+    spec = parse_spec(raw)
+    snap = Snapshot(nodes=nodes, policies={"cluster-policy": policy_object(raw)}, owned={}, pods={}, revisions={},
+                    nvidia_drivers={})  # fmt: skip
+    routing = driver_routing(list(nodes.values()), spec, [])
+    assert routing.assignment is not None
+    kube = RecordingKube()
+    Reconciler(kube, "gpu-operator")._orchestrate_nvidia_drivers(  # type: ignore[arg-type]
+        spec, snap, Watched(nodes), routing.assignment, routing.groups, None
+    )
+    assert Watched.walks == 0
+    assert not [what for verb, what in kube.calls if verb == "merge_patch"]  # none let go
+
+
 def test_a_node_the_deleted_default_nvidiadriver_drove_keeps_its_upgrade_state() -> None:
     """Only a node whose owner label named the NVIDIADriver that let go of it is let go (upstream's upgrade skips a
     node without an owner label): one the default drove, the default deleted, keeps its state and its cordon."""

@@ -599,9 +599,9 @@ class Reconciler:
         seen = seen or snap
         driverless = [
             n for n in by_name.values()
-            if UPGRADE_STATE in n.labels and n.name not in assignment.owner and seen.nvidia_drivers
+            if UPGRADE_STATE in n.labels and n.name not in assignment.owner
             and (OWNER_LABEL in n.labels or OWNER_LABEL in seen.nodes.get(n.name, n).labels)
-        ]  # fmt: skip
+        ] if seen.nvidia_drivers else []  # fmt: skip
         if driverless:
             unowned = {n.name for n in driverless if assignment.owner_label(n.name) is None}  # not a conflict
             left_behind(self.kube, self.namespace, driverless, self.events, "its NVIDIADriver let go of the node",

@@ -107,6 +107,50 @@ def test_a_conflict_on_a_node_the_default_drives_leaves_it_with_the_default() ->
     assert "b2" not in found.owner and found.owner_label("b2") == CONFLICT_VALUE
 
 
+def _held_cluster() -> tuple[list[NodeFacts], Any, Any]:
+    """Nodes each running a driver pod (but b5) of a DaemonSet of ours named after it, routed under a default,
+    pool-b and rack: (the nodes, the snapshot, the routing)."""
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.render import driver_routing
+    from gpu_operator.states.base import STATE_LABEL as OPERAND_STATE_LABEL
+
+    rack, b = {"pool": "b", "rack": "r7"}, {"pool": "b"}
+    nodes = [
+        facts("a1", labels={"pool": "a"}),  # the default's, as its label says
+        facts("a2", labels={"pool": "a", OWNER_LABEL: "pool-b"}),  # moves from pool-b to the default
+        facts("b1", labels=b),  # moves from the default to pool-b
+        facts("b2", labels={**rack, OWNER_LABEL: "pool-b"}),  # a conflict: keeps pool-b, which its label names
+        facts("b3", labels=rack),  # a conflict: the default keeps it
+        facts("b4", labels={**rack, OWNER_LABEL: CONFLICT_VALUE}),  # a conflict on none's node: no owner
+        facts("b5", labels=b),  # moves to pool-b, with no driver pod
+    ]
+    pods = {f"drv-{n.name}": {"metadata": {"name": f"drv-{n.name}", "labels": {OPERAND_STATE_LABEL: "state-driver"}},
+                              "node": n.name, "owner": f"ds-{n.name}"} for n in nodes if n.name != "b5"}  # fmt: skip
+    owned = {("DaemonSet", "gpu-operator", f"ds-{n.name}"): {} for n in nodes}
+    snap = Snapshot(nodes={n.name: n for n in nodes}, policies={}, owned=owned, pods=pods, revisions={})
+    drivers = [nvd("default", default=True), nvd("pool-b", nodeSelector=b), nvd("rack", nodeSelector={"rack": "r7"})]
+    routing = driver_routing(nodes, parse_spec(crd_policy()), drivers)
+    return nodes, snap, routing
+
+
+def test_the_owner_label_held_for_a_move_is_the_assignments_owner_label() -> None:
+    """The DaemonSets kept for a node whose owner label is held for a move (_held_daemonsets) are those of the
+    nodes running a driver pod whose label is not the one Assignment.owner_label gives, for every node the
+    assignment routes, conflicts included (a conflict on a node no live NVIDIADriver keeps is no move); that label
+    is also the one the upgrade moves a node to (DriverGroup.upgrade_owner, UpgradeNode.owner_move)."""
+    from gpu_operator.reconciler import _held_daemonsets
+
+    nodes, snap, routing = _held_cluster()
+    assignment = routing.assignment
+    assert assignment.owner == {"a1": "default", "a2": "default", "b1": "pool-b", "b2": "pool-b", "b3": "default",
+                                "b5": "pool-b"}  # fmt: skip
+    for name in assignment.owner:
+        group = routing.group_of(name)
+        assert group is not None and group.upgrade_owner()[1] == (assignment.owner_label(name) or ""), name
+    assert _held_daemonsets(nodes, assignment, snap, "gpu-operator") == {
+        ("DaemonSet", "gpu-operator", "ds-a2"), ("DaemonSet", "gpu-operator", "ds-b1")}  # fmt: skip
+
+
 def test_vgpu_host_manager_is_refused_and_takes_no_node() -> None:
     found = assign(NODES, [nvd("host", driverType="vgpu-host-manager"), nvd("default", default=True)])
     assert set(found.owner.values()) == {"default"}

@@ -401,7 +401,8 @@ class DriverGroup:
         return {} if self.default else {OWNER_LABEL: self.name}
 
     def upgrade_owner(self) -> tuple[str, str]:
-        """(its uid, the owner label its nodes carry: "" for the default's), as upgrade.managed_nodes takes them."""
+        """(its uid, the owner label its nodes carry: "" for the default's), as upgrade.managed_nodes takes them.
+        The label is Assignment.owner_label's for each of its nodes (only the oldest default has a group)."""
         return str(self.owner["uid"]), "" if self.default else self.name
 
     def node_affinity(self) -> dict[str, Any] | None:

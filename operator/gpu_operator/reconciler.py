@@ -815,9 +815,9 @@ def _held_daemonsets(
     pods = snap.pod_index.by_state.get("state-driver") or {}
     keep: set[Key] = set()
     for n in nodes:
-        to = assignment.owner.get(n.name)
-        if to is None or n.name not in pods or n.labels.get(OWNER_LABEL, "") == ("" if to == assignment.default
-                                                                                 else to):  # fmt: skip
+        if n.name not in assignment.owner or n.name not in pods:  # a conflict on no NVIDIADriver's node: no move
+            continue
+        if n.labels.get(OWNER_LABEL, "") == (assignment.owner_label(n.name) or ""):
             continue
         keep.update(key for p in pods[n.name] if p["owner"] and (key := ("DaemonSet", namespace, p["owner"]))
                     in snap.owned)  # fmt: skip

@@ -268,6 +268,15 @@ def assign(nodes: Iterable[NodeFacts], drivers: Iterable[NVIDIADriver], kept: Ke
     return out
 
 
+def owner_label_move(node: NodeFacts, assignment: Assignment) -> str | None:
+    """The owner label ("" for none) the assignment gives a node it routes to an NVIDIADriver, when the node carries
+    another (a move, which render holds while the node runs a driver pod); else None (ByNode's function)."""
+    if node.name not in assignment.owner:
+        return None
+    want = assignment.owner_label(node.name) or ""
+    return None if node.labels.get(OWNER_LABEL, "") == want else want
+
+
 def owner_patch(node: NodeFacts, assignment: Assignment | None) -> dict[str, str | None]:
     """The owner-label change for one node (removed when the NVIDIADrivers do not drive the cluster)."""
     want = assignment.owner_label(node.name) if assignment is not None else None

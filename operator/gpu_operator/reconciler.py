@@ -22,7 +22,7 @@ from .apply import Applied, Applier, labels_of
 from .events import EventRecorder, now
 from .kube import ApiError, Kube
 from .lifecycle import CLEANUP_FINALIZER, Lifecycle
-from .nodes import DRIVER_KERNEL, DRIVER_REFUSED, NodeFacts, deploy_label, unpooled
+from .nodes import DRIVER_KERNEL, DRIVER_REFUSED, ByNode, NodeFacts, deploy_label, unpooled
 from .nvidiadriver_api import KIND as NVIDIADRIVER
 from .nvidiadriver_api import OWNER_LABEL
 from .observe import Key, Newer, Snapshot, key_of, newer
@@ -143,6 +143,8 @@ class Reconciler:
         self._group_kept: dict[str, UpgradeKept] = {}  # each NVIDIADriver's upgrade inputs, by its name
         self._routing = nvidiadriver.KeptRouting()  # which NVIDIADriver drives each node, by the same rule
         self._group_verdicts = compat.kept_group_verdicts()  # the version matrix's verdicts under NVIDIADrivers
+        # The nodes whose owner label the assignment changes, by the same rule (under the same Assignment object).
+        self._owner_moves: ByNode[str] = ByNode(nvidiadriver.owner_label_move)
         self._drivers_done: set[str] = set()  # the NVIDIADrivers whose status this pass decided
         # Set after each pass with an active, valid policy: single nodes are labelled by it between passes.
         self.labelling: Labelling | None = None
@@ -416,7 +418,7 @@ class Reconciler:
         desired = set().union(*wanted.values())
         handed = handed_over(snap.owned, spec)
         if assignment is not None:
-            desired |= _held_daemonsets(nodes, assignment, snap, self.namespace) - handed
+            desired |= _held_daemonsets(nodes, assignment, snap, self.namespace, self._owner_moves) - handed
         out.deleted = self.applier.prune(snap.owned, desired, states, handed)
         out.nodes = early_nodes + self.applier.patch_nodes(patches, versions, node_refusals)
         # Readiness counts the nodes as this pass left them (a node labelled just now must have its pods).
@@ -567,8 +569,12 @@ class Reconciler:
             return name in by_name and (g.owner["uid"] not in unrendered
                                         or by_name[name].labels.get(OWNER_LABEL, "") == g.upgrade_owner()[1])
 
-        parts = [(g, snap.with_nodes({k: by_name[k] for k in assignment.nodes_of(g.name) if upgraded(g, k)}))
-                 for g in groups]  # fmt: skip
+        def upgrades(g: nvidiadriver.DriverGroup) -> dict[str, NodeFacts]:
+            if g.owner["uid"] in unrendered:
+                return {k: by_name[k] for k in assignment.nodes_of(g.name) if upgraded(g, k)}
+            return {k: by_name[k] for k in assignment.nodes_of(g.name) if k in by_name}  # upgraded's answer
+
+        parts = [(g, snap.with_nodes(upgrades(g))) for g in groups]
         self._group_kept = kept = {g.name: self._group_kept.get(g.name) or UpgradeKept() for g in groups}
         managed = {g.name: managed_nodes(g.spec, part, kept[g.name], g.upgrade_owner()) for g, part in parts}
         what = "all NVIDIADrivers (ClusterPolicy driver.upgradePolicy)"
@@ -597,11 +603,14 @@ class Reconciler:
         # state, and none is let go while no NVIDIADriver is listed (the switch seen before the chart's default
         # NVIDIADriver: the driver is handed over, not let go).
         seen = seen or snap
-        driverless = [
-            n for n in by_name.values()
-            if UPGRADE_STATE in n.labels and n.name not in assignment.owner
-            and (OWNER_LABEL in n.labels or OWNER_LABEL in seen.nodes.get(n.name, n).labels)
-        ] if seen.nvidia_drivers else []  # fmt: skip
+        # Only the nodes the assignment does not route are looked at (a set difference, not a walk of every node),
+        # then taken in the nodes' order.
+        found = {
+            k for k in by_name.keys() - assignment.owner.keys()
+            if UPGRADE_STATE in (n := by_name[k]).labels
+            and (OWNER_LABEL in n.labels or OWNER_LABEL in seen.nodes.get(k, n).labels)
+        } if seen.nvidia_drivers else set()  # fmt: skip
+        driverless = [n for n in by_name.values() if n.name in found] if found else []
         if driverless:
             unowned = {n.name for n in driverless if assignment.owner_label(n.name) is None}  # not a conflict
             left_behind(self.kube, self.namespace, driverless, self.events, "its NVIDIADriver let go of the node",
@@ -807,19 +816,24 @@ def _wanted(state_plan: StatePlan, live: Mapping[Key, dict[str, Any]], states: f
 
 
 def _held_daemonsets(
-    nodes: Sequence[NodeFacts], assignment: nvidiadriver.Assignment, snap: Snapshot, namespace: str
+    nodes: Sequence[NodeFacts], assignment: nvidiadriver.Assignment, snap: Snapshot, namespace: str,
+    kept: ByNode[str] | None = None,
 ) -> set[Key]:
     """Our driver DaemonSets that run the driver pod of a node whose owner label is held for a move (render holds
     it until the upgrade moves the node at pod restart, cordoned and drained): kept as they are, neither applied nor
-    pruned, even once their NVIDIADriver renders none for that pool, so that the pod stays until then."""
+    pruned, even once their NVIDIADriver renders none for that pool, so that the pod stays until then. `kept`: a
+    ByNode of nvidiadriver.owner_label_move, which works out again only the nodes that changed (or all, under
+    another Assignment object)."""
     pods = snap.pod_index.by_state.get("state-driver") or {}
+    if not pods:
+        return set()
+    if kept is not None:
+        moves = kept.over(nodes, assignment)
+    else:
+        moves = {n.name: m for n in nodes if (m := nvidiadriver.owner_label_move(n, assignment)) is not None}
     keep: set[Key] = set()
-    for n in nodes:
-        if n.name not in assignment.owner or n.name not in pods:  # a conflict on no NVIDIADriver's node: no move
-            continue
-        if n.labels.get(OWNER_LABEL, "") == (assignment.owner_label(n.name) or ""):
-            continue
-        keep.update(key for p in pods[n.name] if p["owner"] and (key := ("DaemonSet", namespace, p["owner"]))
+    for name in moves.keys() & pods.keys():  # a node that moves and runs a driver pod
+        keep.update(key for p in pods[name] if p["owner"] and (key := ("DaemonSet", namespace, p["owner"]))
                     in snap.owned)  # fmt: skip
     return keep
 

@@ -492,6 +492,14 @@ def test_physical_gpus_from_gfd_labels_under_each_strategy() -> None:
     assert mig.physical_gpus({"nvidia.com/gpu.product": h100}) is None
 
 
+def test_physical_gpus_of_a_time_sliced_single_strategy_node() -> None:
+    """With time-slicing GFD's product is `<model>-MIG-<profile>-SHARED` (k8s-device-plugin internal/lm/resource.go
+    getProductName puts SHARED after the MIG parts) and gpu.count still counts MIG devices. The profile was read as
+    `1g.10gb-SHARED`, so the count was unknown and `gpu-operator mig layouts` showed the node with 1 GPU."""
+    labels = {"nvidia.com/gpu.count": "56", "nvidia.com/gpu.product": H100 + "-MIG-1g.10gb-SHARED"}
+    assert mig.physical_gpus(labels) == 8
+
+
 def test_a_decision_over_many_nodes_is_each_nodes_own_decision() -> None:
     """decide walks the nodes once: what it decides for each node, and how many it manages, are what it decides
     for that node alone."""

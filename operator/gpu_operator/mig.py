@@ -119,14 +119,15 @@ def gpu_of_node(node: NodeFacts) -> mig_layouts.MigGPU | None:
 
 def physical_gpus(labels: Mapping[str, str]) -> int | None:
     """How many physical GPUs GFD's labels describe. Under the single strategy with MIG on, GFD's gpu.count
-    counts MIG devices and the product ends in `-MIG-<profile>`: divide by that profile's devices per GPU."""
+    counts MIG devices and the product ends in `-MIG-<profile>` (then `-SHARED` when time-sliced): divide by that
+    profile's devices per GPU."""
     count = labels.get("nvidia.com/gpu.count", "")
     if not count.isdigit():
         return None
     product = labels.get("nvidia.com/gpu.product", "")
     gpu = gpu_of_product(product)
     if "-MIG-" in product and gpu is not None:
-        per_gpu = gpu.profiles.get(product.split("-MIG-", 1)[1], 0)
+        per_gpu = gpu.profiles.get(product.removesuffix("-SHARED").split("-MIG-", 1)[1], 0)
         return int(count) // per_gpu if per_gpu else None
     return int(count)
 

@@ -314,6 +314,30 @@ def test_what_mig_parted_accepts_is_accepted() -> None:
     assert layouts["two-off"] == (mig_layouts.LayoutEntry(False, {}, devices=(0, 1)),)
 
 
+
+@pytest.mark.parametrize("value", ["233010DE", "0x233010DE:16A110DE", "0x1233010DE", "", "0xZZ", "0x1:0x2:0x3"])
+def test_a_device_filter_mig_parted_cannot_read_is_a_config_error(value: str) -> None:
+    """mig-parted reads a device filter with Go's strconv.ParseUint(s, 0, 32) (pkg/types/device.go
+    NewDeviceIDFromString) and ignores a failure (api/spec/v1/helpers.go MatchesDeviceFilter): without `0x` the
+    value is decimal, `233010DE` fails, and the filter selects no GPU. mig-manager then walks no GPU and reports
+    success with MIG off. The operator read `233010DE` as 0x233010DE and let the layout through as valid."""
+    text = CUSTOM.replace('["0x233010DE"]', f'["0x20B010DE", "{value}"]')
+    with pytest.raises(mig.ConfigError) as err:
+        mig.parse_config(text)
+    assert str(err.value).startswith(f"mig-configs.team-a[0].device-filter: {value!r} is not a device ID in hex "
+                                     "with 0x (as 0x233010DE"), str(err.value)
+    spec = parse_spec({"migManager": {"config": {"name": "custom-mig-config"}}})
+    with pytest.raises(mig.ConfigError, match="ConfigMap custom-mig-config key config.yaml: mig-configs.team-a"):
+        mig_pass._layouts(spec, {"custom-mig-config": {"config.yaml": text}})
+
+
+def test_a_device_filter_is_read_as_mig_parted_reads_it() -> None:
+    """0x or 0X, any case of hex digits, leading zeros, and a `:<subsystem ID>` (which only narrows the model)."""
+    for value in ("0X233010de", "0x0000233010DE", "0x233010DE:0x16A110DE"):
+        layouts = mig.parse_config(CUSTOM.replace('["0x233010DE"]', f'["{value}"]'))
+        assert layouts["team-a"][0].device_filter == ("0x233010DE",), value
+
+
 def test_every_entry_that_selects_the_gpu_must_fit_it() -> None:
     """mig-parted applies every entry whose device filter selects a GPU (assert.WalkSelectedMigConfigForEachGPU);
     an unfiltered entry with an A100 40GB profile fails on an H100 although a later entry fits it. The check took

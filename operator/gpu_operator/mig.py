@@ -20,7 +20,8 @@ layout itself (state `failed`, nothing applied); the gate closes that window for
 
 Per MIG-capable node (mig-manager enabled, its deploy label not opted out with `false`):
 * a layout mig-manager would fail is refused: a name not in the config (the default table, or the user's
-  ConfigMap `migManager.config.name` when one is named; every name while mig-parted would refuse that file), or
+  ConfigMap `migManager.config.name` when one is named; every name while mig-parted would refuse that file, or
+  while one of its device filters is not a device ID mig-parted can read: it would select no GPU), or
   one whose entries that select the node's GPU by device filter do not all fit it (its profiles, their counts,
   its compute and memory slices): mig-manager held, a Warning event, the `MIGConfig` condition names node,
   layout and why; the node's layout, operands and state label are left as they are (a user's config that cannot
@@ -146,7 +147,8 @@ def parse_config(text: str) -> dict[str, tuple[mig_layouts.LayoutEntry, ...]]:
     """A mig-parted config file (`version: v1`, `mig-configs: {name: [entries]}`) -> layout name -> entries.
 
     ConfigError ("<key path>: <rule>") for what mig-parted refuses (api/spec/v1/spec.go, as its YAML reaches Go's
-    JSON decoder): it refuses the whole file then, and mig-manager fails every layout."""
+    JSON decoder): it refuses the whole file then, and mig-manager fails every layout. Also for a device filter it
+    cannot read (_device_id)."""
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -223,9 +225,28 @@ def _entry(e: Any, where: str) -> mig_layouts.LayoutEntry:
     return mig_layouts.LayoutEntry(
         bool(enabled),  # null decodes to false
         counts,
-        tuple(mig_layouts.normalize_id(d.split(":")[0]) for d in filt),  # `:<subsystem ID>` narrows within a model
+        tuple(_device_id(d, f"{where}.device-filter") for d in filt),
         devices=None if devices == "all" else tuple(int(i) for i in devices),
     )
+
+
+_HEX_ID = re.compile(r"0[xX][0-9A-Fa-f]+")
+
+
+def _device_id(value: str, where: str) -> str:
+    """A device-filter value's device ID in the table's spelling (`:<subsystem ID>` narrows within a model: dropped).
+
+    mig-parted reads it with Go's strconv.ParseUint(s, 0, 32) (pkg/types/device.go NewDeviceIDFromString) and
+    ignores a failure (api/spec/v1/helpers.go MatchesDeviceFilter): that value then selects no GPU, mig-manager
+    walks none and reports success with MIG as it was. We refuse what is not 0x-prefixed hex of 32 bits instead."""
+    parts = value.split(":")
+    if len(parts) > 2 or not all(_HEX_ID.fullmatch(p) and int(p, 16) <= 0xFFFFFFFF for p in parts):
+        raise ConfigError(
+            f"{where}: {value!r} is not a device ID in hex with 0x (as 0x233010DE, optionally :0x<subsystem ID>); "
+            "mig-parted reads it as Go's strconv.ParseUint(s, 0, 32) does (without 0x: decimal), and a value it "
+            "cannot read selects no GPU"
+        )
+    return f"0x{int(parts[0], 16):08X}"
 
 
 def _whole(n: Any) -> bool:

@@ -392,6 +392,84 @@ def test_a_combination_beyond_the_gpus_slices_is_not_valid(devices: dict[str, in
     assert mig.layout_entries(gpu, "combo", fits) is not None
 
 
+# mig-parted matches a config's profile names by meaning (go-nvlib MigProfileInfo.Matches; mig-parted
+# pkg/mig/config/config.go resolveMigProfileOnDevice), and creates compute-instance profiles, several to one GPU
+# instance (pkg/types/mig_profile.go "1c.2g.10gb", the reuseGI loop of SetMigConfig).
+SPELLINGS = """
+version: v1
+mig-configs:
+  all-disabled:
+    - devices: all
+      mig-enabled: false
+  explicit-c:
+    - devices: all
+      mig-enabled: true
+      mig-devices: {"1c.1g.10gb": 4, "01g.10gb": 3}
+  compute-instances:
+    - devices: all
+      mig-enabled: true
+      mig-devices: {"1c.2g.20gb": 6}
+  shared-3g:
+    - devices: all
+      mig-enabled: true
+      mig-devices: {"1c.3g.40gb": 3, "2c.3g.40gb": 1}
+  too-many-2g:
+    - devices: all
+      mig-enabled: true
+      mig-devices: {"1c.2g.20gb": 7}
+  too-many-3g:
+    - devices: all
+      mig-enabled: true
+      mig-devices: {"2c.3g.40gb": 3}
+"""
+CUSTOM_SPEC = parse_spec({"migManager": {"config": {"name": "custom-mig-config"}}})
+
+
+def test_a_profile_spelled_with_its_compute_slices_is_not_refused() -> None:
+    """`1c.1g.10gb` is mig-parted's 1g.10gb (C == G; leading zeros are read as numbers too): mig-manager applies
+    `explicit-c` on an H100. The operator compared profile names as strings against its table, refused the layout
+    as "not valid for H100 80GB" and held mig-manager off the node, so the layout was never applied."""
+    layouts = mig.parse_config(SPELLINGS)
+    assert layouts["explicit-c"][0].mig_devices == {"1g.10gb": 7}
+    d = decide(node("explicit-c"), spec=CUSTOM_SPEC, layouts=layouts)
+    assert d.refused == []
+    assert d.patches == {"n1": {mig.APPROVED: "explicit-c"}}
+
+
+def test_a_compute_instance_profile_is_not_refused() -> None:
+    """A 2g GPU instance with one 1-slice compute instance (`1c.2g.20gb`) is a profile NVML lists on an H100 and
+    mig-parted creates. Under the single strategy the device plugin advertises it as nvidia.com/gpu
+    (AddMIGResource("*", "gpu"), k8s-device-plugin internal/rm/rm.go). The operator refused it as "not valid for
+    H100" and held mig-manager. Compute instances count as the GPU instances they fill (two 1c to a 2g, three 1c or
+    one 2c and a 1c to a 3g)."""
+    spec = parse_spec({"mig": {"strategy": "single"}, "migManager": {"config": {"name": "custom-mig-config"}}})
+    layouts = mig.parse_config(SPELLINGS)
+    for layout in ("compute-instances", "shared-3g"):
+        assert decide(node(layout), spec=spec, layouts=layouts).refused == [], layout
+    gpu = mig.gpu_of_product(H100)
+    assert gpu is not None
+    entries = mig.layout_entries(gpu, "compute-instances", layouts)
+    assert entries is not None and mig.advertised(entries, 8, "single") == {"nvidia.com/gpu": 48}
+    # 7 x 1c.2g needs 4 2g instances (an H100 has 3); 3 x 2c.3g needs 3 3g instances (it has 2).
+    for layout in ("too-many-2g", "too-many-3g"):
+        why = f"is not valid for {gpu.name} (ConfigMap custom-mig-config)"
+        assert decide(node(layout), spec=spec, layouts=layouts).refused == [("n1", layout, why)]
+
+
+def test_a_compute_instance_profile_is_refused_under_the_mixed_strategy() -> None:
+    """The mixed strategy names a resource only for C == G profiles and the plugin fails on a MIG device no resource
+    matches (k8s-device-plugin internal/rm/device_map.go buildMigDeviceMap): the refusal says so."""
+    spec = parse_spec({"mig": {"strategy": "mixed"}, "migManager": {"config": {"name": "custom-mig-config"}}})
+    d = decide(node("shared-3g"), spec=spec, layouts=mig.parse_config(SPELLINGS))
+    assert [(n, lay) for n, lay, _ in d.refused] == [("n1", "shared-3g")]
+    assert d.refused[0][2].startswith("has compute-instance profiles (1c.3g.40gb, 2c.3g.40gb): the device plugin's")
+    assert decide(node("explicit-c"), spec=spec, layouts=mig.parse_config(SPELLINGS)).refused == []
+    gpu = mig.gpu_of_product(H100)
+    assert gpu is not None
+    entries = mig.layout_entries(gpu, "shared-3g", mig.parse_config(SPELLINGS))
+    assert entries is not None and mig.advertised(entries, 8, "mixed") == {}  # the plugin fails: nothing
+
+
 class FakeKube:
     """Answers the MIG pass: no pods; keeps the node patches. The user's ConfigMap comes from the snapshot."""
 

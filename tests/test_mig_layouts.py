@@ -139,5 +139,15 @@ def test_default_config_is_valid_mig_parted_yaml() -> None:
     assert h200["mig-devices"] == {"1g.18gb": 2, "2g.35gb": 1, "3g.71gb": 1}
 
 
+@pytest.mark.parametrize(
+    ("profile", "name"),
+    [("1c.1g.10gb", "1g.10gb"), ("01g.010gb", "1g.10gb"), ("1c.2g.20gb", "1c.2g.20gb"), ("7c.7g.80gb", "7g.80gb"),
+     ("1g.24gb+me.all", "1g.24gb+me.all"), ("1g.24gb-me", "1g.24gb-me"), ("1g.10gb+me,gfx", "1g.10gb+gfx,me")],
+)
+def test_profiles_are_named_as_mig_parted_matches_them(profile: str, name: str) -> None:
+    """go-nvlib MigProfileInfo.Matches compares C, G, GB and the attributes, and String() drops `<C>c.` when C is G."""
+    assert m.canonical(profile) == name
+
+
 def test_device_ids_match_however_they_are_spelled() -> None:
     assert m.gpu_for("0x233a10de") is m.gpu_for("0x233A10DE") is not None

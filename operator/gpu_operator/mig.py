@@ -23,9 +23,10 @@ Per MIG-capable node (mig-manager enabled, its deploy label not opted out with `
   ConfigMap `migManager.config.name` when one is named; every name while mig-parted would refuse that file, or
   while one of its device filters is not a device ID mig-parted can read: it would select no GPU), or
   one whose entries that select the node's GPU by device filter do not all fit it (its profiles, their counts,
-  its compute and memory slices): mig-manager held, a Warning event, the `MIGConfig` condition names node,
-  layout and why; the node's layout, operands and state label are left as they are (a user's config that cannot
-  be read is named by the condition also while no node asks for a layout);
+  its compute and memory slices; profiles matched by meaning, as mig-parted does), or, under the mixed strategy,
+  one with compute-instance profiles (the device plugin would fail on them): mig-manager held, a Warning event,
+  the `MIGConfig` condition names node, layout and why; the node's layout, operands and state label are left as
+  they are (a user's config that cannot be read is named by the condition also while no node asks for a layout);
 * a valid change on a node where GPU workloads run (pods that are not DaemonSet pods and request
   `nvidia.com/gpu*` or `nvidia.com/mig-*`) waits, held, with `mig.config.state=pending` (the layout the label names
   is not applied) and the reason in an event and the condition; with `driver.upgradePolicy.drain.enable` (the
@@ -205,7 +206,7 @@ def _entry(e: Any, where: str) -> mig_layouts.LayoutEntry:
     raw = e.get("mig-devices")
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{where}.mig-devices: must be a map of MIG profile to count, not {raw!r}")
-    counts = {}
+    counts: dict[str, int] = {}
     for profile, n in (raw or {}).items():
         at = f"{where}.mig-devices.{profile}"
         problem = _profile_problem(str(profile))
@@ -214,8 +215,9 @@ def _entry(e: Any, where: str) -> mig_layouts.LayoutEntry:
         n = 0 if n is None else n  # null decodes to 0
         if not _whole(n) or n < 0:
             raise ConfigError(f"{at}: the count must be a whole number >= 0, not {n!r}")
-        if n:
-            counts[str(profile)] = int(n)
+        if n:  # keyed as mig-parted matches it: `1c.1g.10gb` and `1g.10gb` are one profile, their counts add up
+            name = mig_layouts.canonical(str(profile))
+            counts[name] = counts.get(name, 0) + int(n)
     if raw and not counts:
         raise ConfigError(f"{where}.mig-devices: all counts are 0")
     if enabled and raw is None:
@@ -299,6 +301,13 @@ def valid_layouts(gpu: mig_layouts.MigGPU, layouts: Layouts | None = None) -> li
     return [n for n in names if layout_devices(gpu, n, layouts) is not None]
 
 
+def compute_instances(entries: Sequence[mig_layouts.LayoutEntry]) -> list[str]:
+    """The compute-instance profiles (`1c.2g.20gb`) these entries make. The device plugin's mixed strategy names a
+    resource only for C == G profiles (k8s-device-plugin internal/rm/rm.go) and fails on a MIG device no resource
+    matches (device_map.go buildMigDeviceMap)."""
+    return sorted({p for e in entries for p in e.mig_devices if mig_layouts.compute_instance(p)})
+
+
 def mig_resource(profile: str) -> str:
     """The device plugin's resource for a MIG profile under the mixed strategy (`+` is not allowed in a name)."""
     return "nvidia.com/mig-" + profile.replace("+", ".")
@@ -321,6 +330,8 @@ def advertised(entries: Sequence[mig_layouts.LayoutEntry], gpus: int, strategy: 
         empty += not entry.mig_devices  # MIG mode on, no instance: nothing to hand out
         for p, n in entry.mig_devices.items():
             devices[p] = devices.get(p, 0) + n
+    if strategy == "mixed" and any(mig_layouts.compute_instance(p) for p in devices):
+        return {}  # the plugin fails (compute_instances)
     if strategy == "single":  # the plugin refuses MIG and whole GPUs together, an empty one, or two profiles
         if not enabled:
             return {"nvidia.com/gpu": whole} if whole else {}
@@ -501,8 +512,11 @@ def _gate(
         why = f"is not in {source}"
     elif gpu is None:
         return  # GPU not known yet (no GFD product or NFD device-ID label): nothing to check against
-    elif layout_devices(gpu, want, layouts) is None:
+    elif (entries := layout_entries(gpu, want, layouts)) is None:
         why = f"is not valid for {gpu.name} ({source})"
+    elif spec.mig.strategy == "mixed" and (shared := compute_instances(entries)):
+        why = (f"has compute-instance profiles ({', '.join(shared)}): the device plugin's mixed strategy advertises "
+               "none and fails on a node with one (mig.strategy single advertises them as nvidia.com/gpu)")
     if why:
         out.refused.append((name, want, why))
         if not held:

@@ -53,20 +53,64 @@ def selects(entry: LayoutEntry, device_ids: tuple[str, ...]) -> bool:
 
 
 _SIZE = re.compile(r"^(?:\d+c\.)?(\d+)g\.(\d+)gb")
+_PROFILE = re.compile(r"(?:(\d+)c\.)?(\d+)g\.(\d+)gb(?:([+-])(.+))?")
+
+
+def canonical(profile: str) -> str:
+    """A MIG profile name as mig-parted matches it (go-nvlib MigProfileInfo.Matches and String: numbers, attributes
+    in any order, `<C>c.` only when C is not G): `1c.1g.10gb` -> `1g.10gb`. A name that does not parse is kept."""
+    match = _PROFILE.fullmatch(profile)
+    if match is None:
+        return profile
+    c, g, gb, sign, attributes = match.groups()
+    name = f"{int(g)}g.{int(gb)}gb"
+    if c is not None and int(c) != int(g):
+        name = f"{int(c)}c.{name}"
+    return name + (sign + ",".join(sorted(attributes.split(","))) if sign else "")
+
+
+def compute_instance(profile: str) -> bool:
+    """Whether a (canonical) profile is a compute instance of fewer slices than its GPU instance (`1c.2g.20gb`)."""
+    return bool(re.match(r"\d+c\.", profile))
 
 
 def fits(gpu: MigGPU, devices: Mapping[str, int]) -> bool:
-    """Whether one GPU of this model holds these MIG devices at once: each profile is the GPU's and within its own
-    count, and together they take no more compute and memory slices than the GPU has (a profile `<N>g.<M>gb`
-    takes N compute slices and M GB over one memory slice's share of the full profile's memory). The driver
-    places instances by stricter rules, but on a real H200 these sums agree with its placements for every
-    combination (tests/test_real_gpus.py)."""
-    wanted = {p: n for p, n in devices.items() if n}
-    if any(gpu.profiles.get(p, 0) < n for p, n in wanted.items()):
+    """Whether one GPU of this model holds these MIG devices at once: each GPU instance profile is the GPU's and
+    within its own count, and together they take no more compute and memory slices than the GPU has (a profile
+    `<N>g.<M>gb` takes N compute slices and M GB over one memory slice's share of the full profile's memory). The
+    driver places instances by stricter rules, but on a real H200 these sums agree with its placements for every
+    combination (tests/test_real_gpus.py).
+
+    Compute instances `<C>c.<G>g.<M>gb` (C < G) share GPU instances `<G>g.<M>gb`, which mig-parted fills with
+    them (pkg/mig/config SetMigConfig reuses the last GPU instance): they count as the fewest GPU instances that
+    could hold them (G compute slices each, G // C compute instances of one size). Which compute-instance sizes a
+    GPU instance offers is not checked: one NVML does not list is left to mig-manager."""
+    instances: dict[str, int] = {}  # GPU instance profile -> how many
+    shared: dict[str, dict[int, int]] = {}  # GPU instance profile -> compute slices -> compute instances
+    for profile, n in devices.items():
+        name = canonical(profile)
+        match = _PROFILE.fullmatch(name)
+        if not n:
+            continue
+        if match is None:
+            return False
+        if match.group(1) is None:
+            instances[name] = instances.get(name, 0) + n
+            continue
+        c, g, gi = int(match.group(1)), int(match.group(2)), name.split(".", 1)[1]
+        if not 0 < c < g:
+            return False  # no GPU has such a compute instance
+        sizes = shared.setdefault(gi, {})
+        sizes[c] = sizes.get(c, 0) + n
+    for gi, sizes in shared.items():
+        g = int(gi.split("g.", 1)[0])
+        least = max(-(-sum(c * n for c, n in sizes.items()) // g), *(-(-n // (g // c)) for c, n in sizes.items()))
+        instances[gi] = instances.get(gi, 0) + least
+    if any(gpu.profiles.get(p, 0) < n for p, n in instances.items()):
         return False
-    sizes = {p: _slices(gpu, p) for p in wanted}
-    compute = sum(sizes[p][0] * n for p, n in wanted.items())
-    memory = sum(sizes[p][1] * n for p, n in wanted.items())
+    taken = {p: _slices(gpu, p) for p in instances}
+    compute = sum(taken[p][0] * n for p, n in instances.items())
+    memory = sum(taken[p][1] * n for p, n in instances.items())
     return compute <= gpu.compute_slices and memory <= gpu.memory_slices
 
 

@@ -53,7 +53,8 @@ def decide(n: NodeFacts, spec=SPEC, pods=(), managers=frozenset({"n1"}), layouts
         ("NVIDIA-A100-SXM4-40GB", "A100 40GB, A800 40GB"),
         ("NVIDIA-H100-NVL", "H100 NVL, H800 NVL"),
         ("NVIDIA-H800-NVL", "H100 NVL, H800 NVL"),  # not the H800 80GB: it has the NVL's 94 GB
-        ("NVIDIA-H200", "H200 141GB, H200 NVL"),
+        ("NVIDIA-H200", "H200 141GB"),
+        ("NVIDIA-H200-NVL", "H200 NVL"),
         ("NVIDIA-GH200-480GB", "H100 96GB, PG506 96GB, GH200 96GB, H20"),
         ("NVIDIA-B200", "B200"),
         ("NVIDIA-GB200", "GB200"),

@@ -84,6 +84,18 @@ def test_a_profile_shared_by_gpus_with_different_counts_is_filtered_by_device_id
     assert len(entries) == 2 and all(e.device_filter for e in entries)
 
 
+def test_all_1g_35gb_leaves_out_the_h200_nvl_as_upstream() -> None:
+    """Upstream's default config (gpu-operator assets/state-mig-manager/0400_configmap.yaml, mig-parted's
+    hopper-blackwell example) filters all-1g.35gb to the H200 141GB and GB300; ours also gave it to the H200 NVL
+    (0x233B10DE), which its all-balanced treats as an H200."""
+    assert [e.device_filter for e in m.default_layouts()["all-1g.35gb"]] == [("0x233510DE",), ("0x31C210DE",)]
+    assert m.layout_devices("all-1g.35gb", "0x233B10DE") is None
+    assert m.layout_devices("all-1g.35gb", "0x233510DE") == {"1g.35gb": 4}
+    nvl = m.gpu_for("0x233B10DE")
+    assert nvl is not None and mig.layout_entries(nvl, "all-1g.35gb") is None
+    assert m.fits(nvl, {"1g.35gb": 4})  # the GPU holds them: a user's layout may ask for them
+
+
 def test_a_layout_is_not_valid_on_a_gpu_without_its_profile() -> None:
     assert m.layout_devices("all-1g.18gb", "0x233010DE") is None  # an H200 profile on an H100
     assert m.layout_devices("all-1g.10gb", "0x290110DE") is None
@@ -97,7 +109,8 @@ def test_every_gpu_gets_disabled_enabled_balanced_and_one_layout_per_profile() -
         valid = m.layouts_for(device)
         assert {"all-disabled", "all-enabled", "all-balanced"} <= set(valid), gpu.name
         for profile, count in gpu.profiles.items():
-            assert m.layout_devices(m.layout_name(profile), device) == {profile: count}, (gpu.name, profile)
+            expected = None if profile in gpu.not_in_defaults else {profile: count}
+            assert m.layout_devices(m.layout_name(profile), device) == expected, (gpu.name, profile)
 
 
 def test_profile_counts_fit_the_gpu() -> None:

@@ -31,6 +31,7 @@ class MigGPU:
     balanced: Mapping[str, int]
     compute_slices: int
     memory_slices: int
+    not_in_defaults: tuple[str, ...] = ()  # profiles whose default `all-<profile>` leaves this GPU out (upstream's)
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,7 @@ def gpus() -> tuple[MigGPU, ...]:
             balanced=dict(g["balanced"]),
             compute_slices=g["slices"]["compute"],
             memory_slices=g["slices"]["memory"],
+            not_in_defaults=tuple(g.get("not_in_defaults") or ()),
         )
         for g in _data()["gpus"]
     )
@@ -205,7 +207,8 @@ def default_layouts() -> dict[str, tuple[LayoutEntry, ...]]:
     profiles: dict[str, list[tuple[MigGPU, Mapping[str, int]]]] = {}
     for gpu in gpus():
         for profile, count in gpu.profiles.items():
-            profiles.setdefault(profile, []).append((gpu, {profile: count}))
+            if profile not in gpu.not_in_defaults:
+                profiles.setdefault(profile, []).append((gpu, {profile: count}))
     for profile, members in profiles.items():
         out[layout_name(profile)] = _grouped(members)
     for profile, count in unattributed_profiles().items():

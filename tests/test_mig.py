@@ -603,6 +603,16 @@ def test_physical_gpus_of_a_time_sliced_single_strategy_node() -> None:
     assert mig.physical_gpus(labels) == 8
 
 
+def test_physical_gpus_of_a_single_strategy_node_with_a_profile_with_attributes() -> None:
+    """The device plugin names a profile's attributes after a dot (k8s-device-plugin nvml-mig-device.go GetName:
+    1g.10gb+me is 1g.10gb.me in the product label); the profile was looked up as `1g.10gb.me` and the GPU count was
+    unknown."""
+    labels = {"nvidia.com/gpu.count": "8", "nvidia.com/gpu.product": H100 + "-MIG-1g.10gb.me"}
+    assert mig.physical_gpus(labels) == 8
+    shared = {"nvidia.com/gpu.count": "8", "nvidia.com/gpu.product": H100 + "-MIG-1g.10gb.me-SHARED"}
+    assert mig.physical_gpus(shared) == 8
+
+
 def test_a_decision_over_many_nodes_is_each_nodes_own_decision() -> None:
     """decide walks the nodes once: what it decides for each node, and how many it manages, are what it decides
     for that node alone."""

@@ -120,6 +120,9 @@ def gpu_of_node(node: NodeFacts) -> mig_layouts.MigGPU | None:
     return mig_layouts.gpu_of_devices(device_ids_from_labels(node.labels) or node.pci_devices)
 
 
+_DOTTED_ATTRIBUTES = re.compile(r"^((?:\d+c\.)?\d+g\.\d+gb)\.(.+)$")
+
+
 def physical_gpus(labels: Mapping[str, str]) -> int | None:
     """How many physical GPUs GFD's labels describe. Under the single strategy with MIG on, GFD's gpu.count
     counts MIG devices and the product ends in `-MIG-<profile>` (then `-SHARED` when time-sliced): divide by that
@@ -130,7 +133,9 @@ def physical_gpus(labels: Mapping[str, str]) -> int | None:
     product = labels.get("nvidia.com/gpu.product", "")
     gpu = gpu_of_product(product)
     if "-MIG-" in product and gpu is not None:
-        per_gpu = gpu.profiles.get(product.removesuffix("-SHARED").split("-MIG-", 1)[1], 0)
+        # The device plugin writes a profile's attributes after a dot (1g.10gb+me as 1g.10gb.me)
+        profile = _DOTTED_ATTRIBUTES.sub(r"\1+\2", product.removesuffix("-SHARED").split("-MIG-", 1)[1])
+        per_gpu = gpu.profiles.get(mig_layouts.canonical(profile), 0)
         return int(count) // per_gpu if per_gpu else None
     return int(count)
 

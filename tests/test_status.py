@@ -494,6 +494,30 @@ def test_notready_while_our_own_changes_settle_is_a_normal_event() -> None:
     assert rec.events[-1] == ("Warning", "DriverNotReady"), "an operand not ready is still a warning"
 
 
+def test_an_operand_failing_after_a_settling_pass_gets_a_warning() -> None:
+    """Events were posted only when status.state changed: after the settling pass (notReady, a Normal Event) an
+    operand found not ready the pass after (a node joined, its labels patched; its driver cannot start) left the
+    state notReady and posted nothing, so the episode's only Event was the Normal one."""
+    from gpu_operator.status_writer import StatusWriter
+
+    rec = _Recorder()
+    writer = StatusWriter(rec, rec, clock=lambda: 0.0)  # type: ignore[arg-type]
+    pol = policy("cluster-policy", T0)
+    pol["status"] = _rollout(1, ready=True)
+    settling = policy_status(generation=1, namespace="gpu-operator", results=[StateResult("state-driver", "ready")],
+                             gpu_nodes=1000, has_nfd=True, previous=pol["status"], now=T0, settling=True)  # fmt: skip
+    assert writer.write(pol, settling)
+    pol["status"] = settling
+    failing = policy_status(generation=1, namespace="gpu-operator", now=T0, gpu_nodes=1000, has_nfd=True,
+                            results=[StateResult("state-driver", "notReady", "1 of 1001 pods unavailable")],
+                            previous=settling)  # fmt: skip
+    assert writer.write(pol, failing)
+    assert rec.events == [("Normal", "OperandNotReady"), ("Warning", "DriverNotReady")]
+    pol["status"] = failing
+    assert writer.write(pol, _rollout(10)) is not None
+    assert len(rec.events) == 2, "notReady to notReady after that: no Event"
+
+
 def test_an_nvidiadrivers_progress_is_paced_on_its_own_and_posts_no_event() -> None:
     # Under NVIDIADrivers each pass of a rollout rewrote each one's status ("N of M driver pods ready"): 518 writes
     # in a 1,000-node rollout.

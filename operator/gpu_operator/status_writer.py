@@ -77,9 +77,12 @@ class StatusWriter:
         self._written[(kind, name)] = self.clock()
         self._refused.pop((kind, name), None)
         self.seen(kind, answer)
-        if (old or {}).get("state") != status["state"] and not quiet:
-            ready: dict[str, Any] = next((c for c in status["conditions"] if c["type"] == "Ready"), {})
-            # notReady only while our own writes settle (an admin's change applied) is no warning
+        ready: dict[str, Any] = next((c for c in status["conditions"] if c["type"] == "Ready"), {})
+        # notReady only while our own writes settle (an admin's change applied) is no warning; an operand not ready
+        # after that is one, though the state stays notReady
+        settled_badly = _ready_message(old) == SETTLING and ready.get("message") != SETTLING
+        if ((old or {}).get("state") != status["state"] or settled_badly and status["state"] == "notReady") \
+                and not quiet:
             etype = "Normal" if status["state"] in ("ready", "disabled") or ready.get("message") == SETTLING \
                 else "Warning"
             reason = ready.get("reason", "StateChanged")
@@ -107,3 +110,7 @@ def _newer(a: str | None, b: str | None) -> str | None:
     if a and b and a.isdigit() and b.isdigit():
         return a if int(a) >= int(b) else b
     return a or None
+
+
+def _ready_message(status: dict[str, Any] | None) -> str | None:
+    return next((c.get("message") for c in (status or {}).get("conditions") or [] if c.get("type") == "Ready"), None)

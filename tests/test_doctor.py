@@ -1769,3 +1769,36 @@ def test_seed_12_cuda_out_of_memory_on_a_whole_gpu_gives_the_seeds_remedies() ->
         {"name": "main", "state": {"terminated": {"exitCode": 1, "message": message}}}]})  # fmt: skip
     f = kinds(cluster([node("h-0")], [p]))["CUDAOOM"]
     assert f.severity == "info" and "batch size" in f.fix and "gradient accumulation" in f.fix
+
+
+def test_doctor_keeps_a_refused_replication_controllers_finding() -> None:
+    """A ReplicationController's refusal (FailedCreate on kind ReplicationController): the deleted-controller check
+    got every refused controller's kind, and the client's kind lookup raised KeyError for one it does not know, so
+    doctor ended in a traceback. Only the kinds doctor may get are checked; the others keep their finding."""
+    from gpu_operator.doctor import gather
+    from gpu_operator.kube import ApiError, Kube
+
+    class Reads(FakeKube):
+        get = Kube.get  # the real client's get: path_for, then the request
+
+        def __init__(self) -> None:
+            super().__init__([node("h-0")], [])
+
+        def request(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+            if "replicationcontrollers/legacy" in path:
+                return {"kind": "ReplicationController", "metadata": {"name": "legacy", "namespace": "default"}}
+            raise ApiError(404, '{"message": "not found"}', f"{method} {path}", "NotFound")
+
+        def list(self, kind: str, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+            if kind == "Event":
+                if kwargs.get("field_selector") == "type=Warning,reason=FailedCreate":
+                    return [refused("ReplicationController", "legacy", NOT_EQUAL)]
+                return []
+            return super().list(kind, *args, **kwargs)
+
+        def api_groups(self) -> frozenset[str]:
+            return frozenset()
+
+    c = gather(Reads(), NS)  # type: ignore[arg-type]
+    found = [f.object for f in diagnose(c) if f.kind == "PodCreationRefused"]
+    assert found == ["ReplicationController default/legacy"]

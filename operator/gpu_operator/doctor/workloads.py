@@ -154,12 +154,19 @@ def replica_set_reads(events: list[dict[str, Any]], pods: list[dict[str, Any]]) 
     return out
 
 
+# The controllers whose refusals doctor checks are still there (its ClusterRole may get them; the client knows them).
+OWNER_KINDS = frozenset({"ReplicaSet", "StatefulSet", "DaemonSet", "Job"})
+
+
 def owner_reads(events: list[dict[str, Any]], pods: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
     """(kind, namespace, name) of each refused controller that has no pods created since, nor (a ReplicaSet) other
     ReplicaSets of its Deployment that have (replica_set_reads gets those): gather gets each, to drop the refusal of
-    one that is gone."""
+    one that is gone. Only the kinds doctor's role may get (another, a ReplicationController or a custom
+    controller's, is kept: as one doctor may not read)."""
     out = []
     for (kind, ns, name), e in _refusals(events).items():
+        if kind not in OWNER_KINDS:
+            continue
         own, siblings = _created(pods, kind, ns, name, event_time(e))
         if not own and not siblings:
             out.append((kind, ns, name))

@@ -219,10 +219,17 @@ def test_a_retried_write_passes_the_fence_again(monkeypatch: pytest.MonkeyPatch)
 class _Server:
     """A local API server answering each request (method, path, n-th request) as `answer` says: status, headers
     and, for a 2xx, the body (a Pod by default). Requests go through a Kube made by Kube.connect, so through the
-    kubernetes client's urllib3 pool as the operator's do."""
+    kubernetes client's urllib3 pool as the operator's do. `user`: the kubeconfig's user; `auth`: the Authorization
+    header of each request."""
 
-    def __init__(self, tmp_path: Path, answer: Callable[[str, str, int], tuple[int, dict[str, str], bytes]]) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        answer: Callable[[str, str, int], tuple[int, dict[str, str], bytes]],
+        user: dict[str, Any] | None = None,
+    ) -> None:
         self.sent: list[str] = []
+        self.auth: list[str | None] = []
         self.on_request: Callable[[], None] = lambda: None
         outer = self
 
@@ -231,6 +238,7 @@ class _Server:
                 if length := int(self.headers.get("Content-Length") or 0):
                     self.rfile.read(length)
                 outer.sent.append(self.command)
+                outer.auth.append(self.headers.get("Authorization"))
                 outer.on_request()
                 status, headers, body = answer(self.command, self.path, len(outer.sent))
                 if status >= 300:
@@ -252,7 +260,8 @@ class _Server:
         config.write_text(json.dumps({
             "apiVersion": "v1", "kind": "Config", "current-context": "c",
             "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{self.httpd.server_port}"}}],
-            "users": [{"name": "u", "user": {}}], "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+            "users": [{"name": "u", "user": user or {}}],
+            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
         }))  # fmt: skip
         self.kube = Kube.connect(str(config))
 
@@ -268,8 +277,8 @@ POD = json.dumps({"kind": "Pod", "metadata": {"name": "p"}}).encode()
 def server(tmp_path: Path) -> Iterator[Callable[..., _Server]]:
     made: list[_Server] = []
 
-    def make(answer: Callable[[str, str, int], tuple[int, dict[str, str], bytes]]) -> _Server:
-        made.append(_Server(tmp_path, answer))
+    def make(answer: Callable[[str, str, int], tuple[int, dict[str, str], bytes]], **kw: Any) -> _Server:
+        made.append(_Server(tmp_path, answer, **kw))
         return made[-1]
 
     yield make
@@ -321,6 +330,82 @@ def test_a_watch_turned_away_is_sent_again_after_the_wait_it_names(
     assert [e["object"]["metadata"]["name"] for e in events] == ["p"]
     assert srv.sent == ["GET", "GET"] and len(slept) == 1 and 3 <= slept[0] <= 3.3
     assert srv.kube.requests[("WATCH", "pods")] == 2
+
+
+def test_a_token_file_is_read_again_when_a_minute_old_and_at_once_on_a_401(server: Any, tmp_path: Path) -> None:
+    """A kubeconfig's tokenFile was read once (the in-cluster token, which the kubelet rotates, once a minute with
+    no look after a 401): once the old token expired, every request was answered 401 until a restart. Now the file
+    is read again when a minute old, and on a 401 at once, the request then sent again once with the new token."""
+    token = tmp_path / "token"
+    token.write_text("old")
+    valid = ["Bearer old"]
+    srv = server(lambda method, path, n: (200, {}, POD) if srv.auth[-1] in valid else (401, {}, b""),
+                 user={"tokenFile": "token"})  # fmt: skip
+    srv.kube.request("GET", "/api/v1/namespaces/gpu-operator/pods/p")
+    token.write_text("new\n")  # rotated (the line's end is no part of it); the old one no longer works
+    valid[:] = ["Bearer new"]
+    srv.kube.request("GET", "/api/v1/namespaces/gpu-operator/pods/p")
+    assert srv.auth == ["Bearer old", "Bearer old", "Bearer new"]
+    assert srv.kube.token_file is not None and srv.kube.token_file.path == str(token)
+    now = [0.0]
+    srv.kube.token_file.clock = lambda: now[0]
+    srv.kube.token_file.reread()
+
+    token.write_text("newer")  # rotated while the old one still works: read again when a minute old
+    valid.append("Bearer newer")
+    now[0] += 30
+    srv.kube.request("GET", "/api/v1/namespaces/gpu-operator/pods/p")
+    now[0] += 30
+    srv.kube.request("GET", "/api/v1/namespaces/gpu-operator/pods/p")
+    assert srv.auth[3:] == ["Bearer new", "Bearer newer"]
+
+    valid.clear()  # a 401 with the file unchanged is not sent again
+    with pytest.raises(ApiError) as refused:
+        srv.kube.request("GET", "/api/v1/namespaces/gpu-operator/pods/p")
+    assert refused.value.status == 401 and srv.auth[5:] == ["Bearer newer"]
+
+    added = json.dumps({"type": "ADDED", "object": {"kind": "Pod", "metadata": {"name": "p"}}}).encode() + b"\n"
+    srv = server(lambda method, path, n: (200, {}, added) if srv.auth[-1] in valid else (401, {}, b""),
+                 user={"tokenFile": str(token)})  # fmt: skip
+    token.write_text("newest")  # a watch answered 401 is sent again too
+    valid.append("Bearer newest")
+    events = list(srv.kube.watch("/api/v1/namespaces/gpu-operator/pods", "1", timeout_seconds=1))
+    assert len(events) == 1 and srv.auth == ["Bearer newer", "Bearer newest"]
+
+
+def test_a_token_in_the_kubeconfig_or_from_an_unreadable_file_stays_as_it_was(server: Any, tmp_path: Path) -> None:
+    """A static token is sent as before, with no file to read; a token file gone or emptied keeps the last token."""
+    srv = server(lambda method, path, n: (200, {}, POD), user={"token": "static"})
+    srv.kube.request("GET", "/api/v1/namespaces/gpu-operator/pods/p")
+    assert getattr(srv.kube, "token_file", None) is None and srv.auth == ["Bearer static"]
+    token = tmp_path / "token"
+    token.write_text("t1")
+    srv = server(lambda method, path, n: (200, {}, POD), user={"tokenFile": str(token)})
+    assert srv.kube.token_file is not None
+    token.write_text("")
+    assert not srv.kube.token_file.reread()
+    token.unlink()
+    assert not srv.kube.token_file.reread()
+    srv.kube.request("GET", "/api/v1/namespaces/gpu-operator/pods/p")
+    assert srv.auth == ["Bearer t1"]
+
+
+def test_the_in_cluster_token_file_is_the_one_read_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the cluster the token is the ServiceAccount's projected one, which the kubelet rotates."""
+    from kubernetes.config import incluster_config
+
+    token, ca = tmp_path / "token", tmp_path / "ca.crt"
+    token.write_text("sa-1")
+    ca.write_text("not read here")
+    monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(token))
+    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(ca))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    kube = Kube.connect(resume_tls=False)
+    assert kube.token_file is not None and kube.token_file.path == str(token)
+    assert kube._headers(None)["authorization"] == "Bearer sa-1"
+    token.write_text("sa-2")
+    assert kube.token_file.reread() and kube._headers(None)["authorization"] == "Bearer sa-2"
 
 
 # --- two electors over one in-memory Lease (resourceVersion conflicts as the API server answers them) ---

@@ -156,6 +156,67 @@ def _retry_in(resp: Any) -> float | None:
 # the fence and past its caps: a request the API server answered is sent again by Kube.request and Kube.watch only.
 SEND_AGAIN_ONLY_UNSENT = urllib3.Retry(3, read=False, other=0, respect_retry_after_header=False)
 
+TOKEN_FILE_TTL_S = 60.0  # a bearer token from a file is read again once this old (client-go's cached file token)
+
+
+class TokenFile:
+    """A bearer token from a file that is rotated under the operator: the in-cluster ServiceAccount token (projected,
+    the kubelet writes a new one before the old expires) or a kubeconfig user's tokenFile. The kubernetes client
+    reads a tokenFile once, and the in-cluster file again only when a minute old, never at once after a 401. Here it
+    is the configuration's API key, read again when older than TOKEN_FILE_TTL_S (the configuration asks before
+    every request) and at once by `reread` (after a 401). A read that fails or finds the file empty keeps the token
+    read before, as client-go does."""
+
+    def __init__(self, path: str, configuration: client.Configuration, clock: Callable[[], float] = time.monotonic):
+        self.path = path
+        self.configuration = configuration
+        self.clock = clock
+        self._read_at = float("-inf")
+        self._lock = threading.Lock()
+        self.reread()
+        configuration.refresh_api_key_hook = lambda _cfg: self.fresh()  # type: ignore[assignment]
+
+    def fresh(self) -> None:
+        if self.clock() - self._read_at >= TOKEN_FILE_TTL_S:
+            self.reread()
+
+    def reread(self) -> bool:
+        """Read the file now; whether the token changed."""
+        with self._lock:
+            self._read_at = self.clock()
+            try:
+                with open(self.path) as f:
+                    token = f.read().strip()
+            except OSError as exc:
+                log.warning("token file %s: %s; the token read before is kept", self.path, _reason(exc))
+                return False
+            if not token:
+                log.warning("token file %s is empty; the token read before is kept", self.path)
+                return False
+            header = f"Bearer {token}"
+            changed = self.configuration.api_key.get("BearerToken") != header
+            self.configuration.api_key["BearerToken"] = header
+            return changed
+
+
+def _kubeconfig_token_file(kubeconfig: str | None, loaded: str | None) -> str | None:
+    """The tokenFile (relative to the kubeconfig naming it) of the current user of a kubeconfig the client loaded,
+    when the client's token (`loaded`) is that file's; else None (a token inline, from an auth provider or an exec
+    plugin, or none)."""
+    kc = config.kube_config
+    try:
+        merged = kc.KubeConfigMerger(kubeconfig or kc.KUBE_CONFIG_DEFAULT_LOCATION).config
+        context = merged["contexts"].get_with_name(merged["current-context"])["context"]
+        user = merged["users"].get_with_name(context.safe_get("user"), safe=True)
+        fields = user.safe_get("user") if user is not None else None
+        if not isinstance(fields, dict) or not isinstance(fields.get("tokenFile"), str):
+            return None
+        path = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(user.path)), fields["tokenFile"]))
+        with open(path) as f:
+            return path if loaded == f"Bearer {f.read()}" else None
+    except (config.ConfigException, OSError, KeyError, TypeError, AttributeError, ValueError):
+        return None
+
 
 class Kube:
     def __init__(self, api_client: client.ApiClient):
@@ -166,6 +227,7 @@ class Kube:
         self._count_lock = threading.Lock()
         self.user_agent: str | None = None  # sent on every request (tells replicas apart in the audit log)
         self.fence: Fence | None = None  # when set, every write must pass it (leader election)
+        self.token_file: TokenFile | None = None  # where the bearer token comes from, when from a file
 
     def writes(self) -> int:
         """Requests that changed something (every verb but GET and WATCH) so far."""
@@ -180,8 +242,10 @@ class Kube:
         try:
             if in_cluster:
                 config.load_incluster_config(client_configuration=cfg)
+                token_path: str | None = config.incluster_config.SERVICE_TOKEN_FILENAME
             else:
                 config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+                token_path = _kubeconfig_token_file(kubeconfig, cfg.api_key.get("BearerToken"))
         except (config.ConfigException, yaml.YAMLError, TypeError, AttributeError, KeyError, ValueError) as exc:
             where = "the in-cluster config" if in_cluster else f"kubeconfig {kubeconfig or _default_kubeconfig()}"
             why = " ".join(str(exc).split())
@@ -190,10 +254,17 @@ class Kube:
             raise Unreachable(f"{where}: {why}") from exc
         cfg.connection_pool_maxsize = 64  # the apply (16) and single-node label (48) threads
         cfg.retries = SEND_AGAIN_ONLY_UNSENT
+        token_file = TokenFile(token_path, cfg) if token_path else None
         api_client = client.ApiClient(cfg)
         if resume_tls:
             tls.resume_sessions(api_client.rest_client.pool_manager, cfg)
-        return cls(api_client)
+        kube = cls(api_client)
+        kube.token_file = token_file
+        return kube
+
+    def _token_rotated(self, status: int) -> bool:
+        """After a 401, whether the token file holds a new token (read now): the request is then sent again once."""
+        return status == 401 and self.token_file is not None and self.token_file.reread()
 
     def _headers(self, content_type: str | None) -> dict[str, str]:
         headers = {"Accept": "application/json"}
@@ -229,13 +300,16 @@ class Kube:
 
         `decode`: the answer's body to what is returned (wire.py's typed decoders read only some fields).
         `retry`: a 429, or a 5xx with Retry-After, is sent again after the wait it names (see `_retry_in`), up to
-        RETRIES times while the waits add up to no more than `timeout`."""
+        RETRIES times while the waits add up to no more than `timeout`. A 401 is sent again once, at once, when the
+        token file (if the token is from one) holds a new token."""
         if body is not None and content_type is None:
             content_type = "application/json"
         if isinstance(body, dict | list) and content_type and content_type.endswith("yaml"):
             body = json.dumps(body)  # apply-patch bodies go as JSON text (JSON is YAML)
         waited = 0.0
-        for attempt in range(RETRIES + 1):
+        reauthed = False
+        attempt = 0
+        while True:
             self._count(method, path)
             fenced = self.fence.write(f"{method} {path}") if self.fence and method != "GET" else nullcontext()
             with fenced:
@@ -251,12 +325,17 @@ class Kube:
                     raise Unreachable(f"{method} {self.host}{path}: {' '.join(str(exc.reason).split())}") from exc
             if 200 <= resp.status <= 299:
                 return decode(data) if data else None
+            if not reauthed and self._token_rotated(resp.status):
+                reauthed = True
+                log.info("%s %s: 401, sent again with the token file's new token", method, path)
+                continue
             wait = _retry_in(resp) if retry and attempt < RETRIES else None
             if wait is None or waited + wait > timeout:
                 break
             log.info("%s %s: %d %s, sent again in %.1fs", method, path, resp.status, resp.reason or "", wait)
             time.sleep(wait)
             waited += wait
+            attempt += 1
         raise ApiError(resp.status, data.decode(errors="replace"), f"{method} {path}", resp.reason or "")
 
     def watch(
@@ -276,12 +355,20 @@ class Kube:
         """
         q = {"watch": True, "resourceVersion": resource_version, "timeoutSeconds": timeout_seconds,
              "allowWatchBookmarks": True, **query}  # fmt: skip
-        for attempt in range(RETRIES + 1):  # a watch turned away is sent again as a request is
+        reauthed = False
+        attempt = 0
+        while True:  # a watch turned away is sent again as a request is
             self._count("WATCH", path)
             resp = self.client.rest_client.pool_manager.request(
                 "GET", self._url(path, q), headers=self._headers(None), preload_content=False,
                 timeout=timeout_seconds + 10,
             )  # fmt: skip
+            if not reauthed and self._token_rotated(resp.status):
+                reauthed = True
+                resp.drain_conn()
+                resp.release_conn()
+                log.info("WATCH %s: 401, sent again with the token file's new token", path)
+                continue
             wait = _retry_in(resp) if attempt < RETRIES else None
             if wait is None:
                 break
@@ -289,6 +376,7 @@ class Kube:
             resp.release_conn()
             log.info("WATCH %s: %d %s, sent again in %.1fs", path, resp.status, resp.reason or "", wait)
             time.sleep(wait)
+            attempt += 1
         if handle is not None:
             handle.append(resp)
         try:

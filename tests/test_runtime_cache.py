@@ -1029,3 +1029,29 @@ def test_healthz_is_served_on_ipv4_and_ipv6(monkeypatch: pytest.MonkeyPatch) -> 
         return [await asyncio.to_thread(_status, host, port, "/healthz") for host in ("127.0.0.1", "::1")]
 
     assert asyncio.run(probe()) == [200, 200]
+
+
+def test_kopf_logging_in_again_gets_the_token_file_read_now(tmp_path: Any) -> None:
+    """kopf logs in again after a 401 (and gives up on credentials it found invalid), but the login handler handed
+    it the token the operator's client had loaded: from a kubeconfig's tokenFile, the one read at start for good,
+    so once it expired kopf's watches failed to log in until a restart. Now the handler reads the file again."""
+    from gpu_operator.kube import Kube
+
+    token = tmp_path / "token"
+    token.write_text("old")
+    config = tmp_path / "kubeconfig"
+    config.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:6443", "insecure-skip-tls-verify": True}}],
+        "users": [{"name": "u", "user": {"tokenFile": "token"}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+    }))  # fmt: skip
+    op = Operator(Kube.connect(str(config)), "gpu-operator")
+    (login,) = [
+        h for h in runtime.build_registry(op)._activities.get_all_handlers()
+        if h.activity == "authentication"
+    ]  # fmt: skip
+    first = login.fn()
+    assert (first.scheme, first.token, first.server) == ("Bearer", "old", "https://127.0.0.1:6443")
+    token.write_text("new")
+    assert login.fn().token == "new"

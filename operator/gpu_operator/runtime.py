@@ -999,7 +999,10 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
-        # kopf watches with the same credentials the operator's own client loaded.
+        # kopf watches with the same credentials the operator's own client loaded. It logs in again after a 401
+        # (taking nothing equal to what it found invalid): a token from a file is read now, not the client's copy.
+        if op.kube.token_file is not None:
+            op.kube.token_file.reread()
         cfg = op.kube.client.configuration
         keys = cfg.api_key or {}
         auth = keys.get("BearerToken") or keys.get("authorization") or ""

@@ -728,6 +728,34 @@ def test_a_node_labelled_for_the_driver_without_a_driver_pod_gets_upgrade_done_i
     assert upgrade_first_sight(relabelled(nodes, patches), patches, off, with_driver=set()) == patches
 
 
+def test_with_sandbox_workloads_no_node_label_waits_for_the_clusterpolicys_upgrade() -> None:
+    """With sandboxWorkloads.enabled the ClusterPolicy's driver is not upgraded by the operator (as upstream:
+    upgrade.orchestrate lets every node go), but its node labels still waited for the planner under autoUpgrade:
+    a node without a driver pod got upgrade-done (which the pass then removed again), and a precompiled node whose
+    kernel changed under its driver pod kept its old kernel's driver-kernel label for a planner that never moves
+    it. Now both are as with autoUpgrade off; and a node's move between passes (Labelling.upgrade_spec) too."""
+    from gpu_operator.nodes import DRIVER_KERNEL
+    from gpu_operator.render import driver_node_patches, driver_routing, relabelled, upgrade_first_sight
+    from support import facts
+
+    spec = sample_spec().model_copy(deep=True)
+    spec.sandbox_workloads.enabled = True
+    spec.driver.use_precompiled = True
+    assert spec.driver.upgrade_policy.auto_upgrade
+    fresh = facts("fresh")
+    patches = node_patches([fresh], spec)
+    assert upgrade_first_sight(relabelled([fresh], patches), patches, spec, with_driver=set()) == patches
+    moved = facts("c1", kernel="6.8.0-60-generic", labels={DRIVER_KERNEL: "5.15.0-122-generic",
+                                                         deploy_label("driver"): "true"})  # fmt: skip
+    routing = driver_routing([moved], spec, [])
+    held = driver_node_patches([moved], spec, routing, holding={"c1"})  # it runs a driver pod
+    assert held["c1"]["labels"][DRIVER_KERNEL] == "6.8.0-60-generic"
+    labelling = Labelling("cluster-policy", "uid", 1, spec)
+    assert labelling.upgrade_spec("c1", {}) is None
+    spec.sandbox_workloads.enabled = False
+    assert labelling.upgrade_spec("c1", {}) is spec
+
+
 def test_under_nvidiadrivers_a_node_gets_upgrade_done_in_its_first_patch_when_its_nvidiadriver_upgrades() -> None:
     # Each node's second patch in a 1,000-node rollout under two NVIDIADrivers (2,000 node patches until ready).
     from gpu_operator.nvidiadriver import NVIDIADriver

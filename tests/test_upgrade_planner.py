@@ -1593,3 +1593,91 @@ def test_a_restarted_operator_posts_no_stuck_node_event_the_status_names() -> No
     assert again == []
     other, _ = orchestrated("validation timed out", status["waiting"])
     assert [m.split(";")[0] for m in other] == ["upgrade-failed: upgrade failed: validation timed out"]
+
+
+def test_no_driver_upgrade_is_orchestrated_with_sandbox_workloads_enabled() -> None:
+    """With sandboxWorkloads.enabled, upstream's UpgradeReconciler orchestrates no upgrade of the ClusterPolicy's
+    driver (controllers/upgrade_controller.go: "Advanced driver upgrade policy is not supported when
+    'sandboxWorkloads.enabled=true'"): it sets driver_auto_upgrade_enabled to 0 and removes every node's state label.
+    Our node labelling already removed nvidia.com/gpu-driver-upgrade-enabled then (k8s-driver-manager evicts and
+    drains by itself), but orchestrate() still ran the state machine under the chart's autoUpgrade: true: a node
+    with an out-of-date driver pod was cordoned (two drivers of the same step), status.upgrade was reported, and a
+    node switched to vm-passthrough mid-upgrade (no driver label any more) stayed cordoned for good. Now every node
+    is let go as with autoUpgrade off. An NVIDIADriver's nodes are still upgraded (upstream does too)."""
+    import copy
+
+    from gpu_operator import metrics
+    from gpu_operator.api import parse_spec
+    from gpu_operator.nodes import UPGRADE_ENABLED_ANNOTATION, deploy_label, desired_annotations
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.upgrade.orchestrate import orchestrate
+    from support import RecordingKube, load_policy, node
+
+    raw = copy.deepcopy(load_policy()["spec"])
+    raw["sandboxWorkloads"] = {"enabled": True, "defaultWorkload": "container"}
+    spec = parse_spec(raw)
+    assert spec.driver.upgrade_policy.auto_upgrade  # the chart's default
+    container = node("n1", labels={STATE_LABEL: "upgrade-done", deploy_label("driver"): "true",
+                                   "nvidia.com/gpu.present": "true"})  # fmt: skip
+    container["metadata"]["annotations"] = {UPGRADE_ENABLED_ANNOTATION: "true"}
+    vm = node("v1", labels={STATE_LABEL: "wait-for-jobs-required", "nvidia.com/gpu.present": "true",
+                            "nvidia.com/gpu.workload.config": "vm-passthrough"})  # fmt: skip
+    vm["spec"] = {"unschedulable": True}  # cordoned by the upgrade, before the admin moved it to VMs
+    nodes = {n["metadata"]["name"]: NodeFacts.from_node(n) for n in (container, vm)}
+    assert desired_annotations(nodes["n1"], spec) == {UPGRADE_ENABLED_ANNOTATION: None}  # as upstream
+    pod = {
+        "metadata": {"name": "drv-n1",
+                     "labels": {"controller-revision-hash": OLD, OPERAND_STATE_LABEL: "state-driver"}},
+        "status": {"phase": "Running",
+                   "containerStatuses": [{"name": "nvidia-driver-ctr", "ready": True, "restartCount": 0}]},
+        "node": "n1", "owner": "nvidia-driver-daemonset",
+    }  # fmt: skip
+    revisions = {"r": {"metadata": {"labels": {"controller-revision-hash": NEW}}, "revision": 2,
+                       "owner": "nvidia-driver-daemonset"}}  # fmt: skip
+    snap = Snapshot(nodes=nodes, policies={}, owned={}, pods={"drv-n1": pod}, revisions=revisions)
+
+    posted: list[str] = []
+
+    def patches(nvidia_driver: bool) -> tuple[Any, dict[str, dict[str, Any]]]:
+        kube = RecordingKube()
+        out = orchestrate(kube, "gpu-operator", spec, snap,  # type: ignore[arg-type]
+                          lambda ref, etype, reason, message, **_: posted.append(message), nvidia_driver=nvidia_driver)
+        return out, {c[1][1]: c[1][2] for c in kube.calls if c[0] == "merge_patch" and c[1][0] == "Node"}
+
+    metrics.driver_auto_upgrade_enabled.set(1)
+    out, sent = patches(nvidia_driver=False)
+    assert out.status is None and not out.busy
+    assert metrics.driver_auto_upgrade_enabled._value.get() == 0
+    assert sent["n1"] == {"metadata": {"labels": {STATE_LABEL: None}}}  # no cordon: the state label goes
+    assert sent["v1"]["spec"] == {"unschedulable": None}  # the upgrade's cordon undone
+    assert sent["v1"]["metadata"]["labels"] == {STATE_LABEL: None}
+    assert posted == ["sandboxWorkloads was enabled in wait-for-jobs-required: node uncordoned (the upgrade had "
+                      "cordoned it)"]  # fmt: skip
+    # An NVIDIADriver's nodes (its group's spec carries the ClusterPolicy's sandboxWorkloads) are upgraded.
+    out, sent = patches(nvidia_driver=True)
+    assert out.status is not None and sent["n1"]["spec"] == {"unschedulable": True}
+
+
+def test_upgrade_plan_says_no_upgrade_is_orchestrated_with_sandbox_workloads_enabled(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`gpu-operator upgrade plan` follows the operator (above): with sandboxWorkloads.enabled it previewed the
+    ClusterPolicy's autoUpgrade as if the operator would act on it, a wave for each out-of-date node."""
+    from gpu_operator.nodes import deploy_label
+    from gpu_operator.observe import Snapshot
+    from support import facts, load_policy
+    from test_nvidiadriver import _upgrade_plan
+
+    policy = load_policy()
+    policy["spec"]["sandboxWorkloads"] = {"enabled": True}
+    n1 = facts("n1", labels={deploy_label("driver"): "true", STATE_LABEL: "upgrade-done"})
+    pod = {"metadata": {"name": "drv-n1", "labels": {"controller-revision-hash": OLD,
+                                                     OPERAND_STATE_LABEL: "state-driver"}},
+           "node": "n1", "owner": "nvidia-driver-daemonset", "status": {"phase": "Running"}}  # fmt: skip
+    revisions = {"r": {"metadata": {"labels": {"controller-revision-hash": NEW}}, "revision": 2,
+                       "owner": "nvidia-driver-daemonset"}}  # fmt: skip
+    snap = Snapshot(nodes={"n1": n1}, policies={policy["metadata"]["name"]: policy}, owned={},
+                    pods={"drv-n1": pod}, revisions=revisions)  # fmt: skip
+    out = _upgrade_plan(monkeypatch, capsys, snap)
+    assert "sandboxWorkloads is enabled: nothing is orchestrated" in out, out
+    assert "wave " not in out, out

@@ -419,6 +419,8 @@ def cmd_upgrade_plan(args: argparse.Namespace) -> int:
         for title, section_spec, part, owner in sections:
             managed = managed_nodes(section_spec, part, owner=owner)
             policy = section_spec.driver.upgrade_policy
+            if owner is None and section_spec.sandbox_workloads.enabled:  # the ClusterPolicy's: none, as the operator
+                policy = policy.model_copy(update={"auto_upgrade": False})
             result = upgrade.plan(managed, workload_pods(kube, managed, policy), policy, time.time(), limit=limit)
             if limit is not None:
                 starts = result.started
@@ -432,20 +434,23 @@ def cmd_upgrade_plan(args: argparse.Namespace) -> int:
     if limit is not None:  # the waves of all NVIDIADrivers together, under the ClusterPolicy's cap, as the operator
         parts = [(managed, section_spec.driver.upgrade_policy) for _, section_spec, managed, _ in results]
         joint = upgrade.preview_joint_waves(parts, spec.driver.upgrade_policy)
+    sandboxed = joint is None and spec.sandbox_workloads.enabled  # the ClusterPolicy's own driver's section
     for title, section_spec, managed, result in results:
         if joint is None:
             waves = list(enumerate(upgrade.preview_waves(managed, section_spec.driver.upgrade_policy), 1))
         else:
             mine = {n.name for n in managed}
             waves = [(i, ours) for i, wave in enumerate(joint, 1) if (ours := [n for n in wave if n in mine])]
-        _print_upgrade_plan(title, section_spec, managed, result, waves)
+        _print_upgrade_plan(title, section_spec, managed, result, waves, sandboxed=sandboxed)
     return 0
 
 
 def _print_upgrade_plan(
-    title: str, spec: ClusterPolicySpec, managed: list[Any], result: Any, waves: list[tuple[int, list[str]]]
+    title: str, spec: ClusterPolicySpec, managed: list[Any], result: Any, waves: list[tuple[int, list[str]]],
+    sandboxed: bool = False,
 ) -> None:
-    """One section of `upgrade plan`; `waves`: its nodes' waves, by number."""
+    """One section of `upgrade plan`; `waves`: its nodes' waves, by number. `sandboxed`: the ClusterPolicy's own
+    driver with sandboxWorkloads.enabled, which the operator does not upgrade (as upstream)."""
     from .upgrade.adapter import steady
 
     policy = spec.driver.upgrade_policy
@@ -458,11 +463,13 @@ def _print_upgrade_plan(
     if not spec.driver.enabled or spec.driver.use_nvidia_driver_crd:
         why = "disabled" if not spec.driver.enabled else "handed to NVIDIADriver resources (useNvidiaDriverCRD)"
         print(f"the ClusterPolicy's driver is {why}: it upgrades no node")
+    elif sandboxed:
+        print("sandboxWorkloads is enabled: nothing is orchestrated (k8s-driver-manager evicts and drains itself)")
     elif not policy.auto_upgrade:
         print("autoUpgrade is off: nothing is orchestrated")
     elif not waves:
         print("no node needs an upgrade")
-    for i, wave in waves:
+    for i, wave in waves if not sandboxed else ():  # none can start
         print(f"wave {i}: {', '.join(wave)}")
     states = {n.name: n.state or "unknown" for n in managed}
     if result.waiting:

@@ -43,7 +43,9 @@ reconciliation_last_success_ts_seconds = _g(
     "reconciliation_last_success_ts_seconds", "Time of the last successful reconciliation"
 )
 reconciliation_has_nfd_labels = _g("reconciliation_has_nfd_labels", "1 when some node has NFD labels")
-driver_auto_upgrade_enabled = _g("driver_auto_upgrade_enabled", "1 when driver.upgradePolicy.autoUpgrade is on")
+driver_auto_upgrade_enabled = _g(
+    "driver_auto_upgrade_enabled", "1 when driver upgrades are orchestrated (autoUpgrade on, not with sandboxWorkloads)"
+)
 nodes_upgrades_in_progress = _g("nodes_upgrades_in_progress", "Nodes whose driver upgrade is in progress")
 nodes_upgrades_done = _g("nodes_upgrades_done", "Nodes whose driver is up to date")
 nodes_upgrades_failed = _g("nodes_upgrades_failed", "Nodes whose driver upgrade failed")

@@ -527,11 +527,19 @@ def desired_annotations(node: NodeFacts, spec: ClusterPolicySpec) -> dict[str, s
     sandbox = spec.sandbox_workloads.enabled
     if spec.driver.use_nvidia_driver_crd and not sandbox:
         return {}
-    enabled = spec.driver.enabled and spec.driver.upgrade_policy.auto_upgrade and not sandbox
+    enabled = spec.driver.enabled and upgrades_orchestrated(spec)
     value = node.annotations.get(UPGRADE_ENABLED_ANNOTATION)
     if enabled:
         return {} if value == "true" else {UPGRADE_ENABLED_ANNOTATION: "true"}
     return {} if value is None else {UPGRADE_ENABLED_ANNOTATION: None}
+
+
+def upgrades_orchestrated(spec: ClusterPolicySpec) -> bool:
+    """Whether the operator orchestrates the upgrades of the ClusterPolicy's own driver (`spec`: the ClusterPolicy's;
+    an NVIDIADriver's follow its upgradePolicy alone, as upstream): under autoUpgrade, and not with
+    sandboxWorkloads.enabled, where upstream's UpgradeReconciler runs none and k8s-driver-manager evicts and drains
+    by itself (the nodes keep no upgrade-enabled annotation: desired_annotations)."""
+    return spec.driver.upgrade_policy.auto_upgrade and not spec.sandbox_workloads.enabled
 
 
 def apply_patch(labels: dict[str, str], patch: dict[str, str | None]) -> dict[str, str]:

@@ -95,11 +95,11 @@ class Labelling:
     unrendered: Callable[[], frozenset[str]] | None = None
 
     def upgrade_spec(self, node: str, drivers: Mapping[str, Mapping[str, Any]]) -> ClusterPolicySpec | None:
-        """The spec a node's driver upgrade follows: the policy's; with useNvidiaDriverCRD the spec of the
-        NVIDIADriver that drives the node, while every NVIDIADriver (`drivers`, as cached now) is at the generation
-        the pass saw (else None: the next pass decides)."""
+        """The spec a node's driver upgrade follows: the policy's (None with sandboxWorkloads.enabled: no upgrade
+        then); with useNvidiaDriverCRD the spec of the NVIDIADriver that drives the node, while every NVIDIADriver
+        (`drivers`, as cached now) is at the generation the pass saw (else None: the next pass decides)."""
         if not self.spec.driver.use_nvidia_driver_crd:
-            return self.spec
+            return None if self.spec.sandbox_workloads.enabled else self.spec
         if self.routing is None or generations(drivers) != self.drivers:
             return None
         return self.routing.spec_of(node)
@@ -584,7 +584,8 @@ class Reconciler:
         cap = limit.available  # what the ClusterPolicy's limits leave, before this pass's starts
         for group, part in parts:
             one = orchestrate(self.kube, self.namespace, group.spec, part, self.events, limit=limit, gauges=False,
-                              moved=moved, kept=kept[group.name], managed=managed[group.name], said=said)
+                              moved=moved, kept=kept[group.name], managed=managed[group.name], said=said,
+                              nvidia_driver=True)
             limit = limit.after(one.started, one.made_unavailable)
             out.busy = out.busy or one.busy
             out.deferred += one.deferred

@@ -23,6 +23,7 @@ from .nodes import (
     desired_labels,
     driver_kernel_patch,
     gets_driver,
+    upgrades_orchestrated,
 )
 from .nvidiadriver_api import OWNER_LABEL
 from .states import OperandState, RenderContext, all_states
@@ -120,7 +121,7 @@ def driver_node_patches(
     (no DaemonSet would replace its pod)."""
     found: dict[str, tuple[NodePatch, NodePatch]]
     if routing.assignment is None:
-        hold_on = spec.driver.upgrade_policy.auto_upgrade
+        hold_on = upgrades_orchestrated(spec)
         if kept is not None:
             found = kept.own.over(nodes, spec)
         else:
@@ -210,13 +211,13 @@ def upgrade_first_sight(
     run no driver pod of ours yet and have no state: the pod they get is of the DaemonSet's newest revision, so
     there is nothing to upgrade. Upstream writes that label in a patch of its own once the pod exists; here it
     goes with the node's labels (one write per node). `nodes`: as the patches leave them; only where the planner
-    upgrades: the ClusterPolicy's driver under autoUpgrade, or with `routing` (useNvidiaDriverCRD) the nodes of an
-    NVIDIADriver under autoUpgrade."""
+    upgrades: the ClusterPolicy's driver under autoUpgrade (and no sandboxWorkloads), or with `routing`
+    (useNvidiaDriverCRD) the nodes of an NVIDIADriver under autoUpgrade."""
     driver = spec.driver
     crd = driver.use_nvidia_driver_crd
     if not driver.enabled or (crd and (routing is None or routing.assignment is None)):
         return patches
-    if not crd and not driver.upgrade_policy.auto_upgrade:
+    if not crd and not upgrades_orchestrated(spec):
         return patches
     extra: dict[str, NodePatch] = {}
     for n in nodes:

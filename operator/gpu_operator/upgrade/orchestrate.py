@@ -11,7 +11,7 @@ from typing import Any
 from .. import metrics
 from ..api import ClusterPolicySpec
 from ..kube import Kube
-from ..nodes import NodeFacts
+from ..nodes import NodeFacts, upgrades_orchestrated
 from ..nvidiadriver_api import OWNER_LABEL
 from ..observe import Snapshot
 from .adapter import WRITE_BUDGET_S, EventFn, Executor, UpgradeKept, managed_nodes, steady, workload_pods
@@ -39,6 +39,9 @@ GAUGES = (
     metrics.nodes_upgrades_available,
     metrics.nodes_upgrades_pending,
 )
+
+# Why a node's upgrade is let go with sandboxWorkloads.enabled (the event's start).
+SANDBOX = "sandboxWorkloads was enabled"
 
 
 @dataclass
@@ -94,18 +97,29 @@ def orchestrate(
     kept: UpgradeKept | None = None,
     managed: list[UpgradeNode] | None = None,
     said: Iterable[dict[str, Any]] = (),
+    nvidia_driver: bool = False,
 ) -> Orchestrated:
     """`snap` carries the nodes as this pass has labelled them. `limit`: cluster-wide limits left (several
     NVIDIADrivers); `gauges` False: the caller sets the metrics from the counters of all of them. `moved(node)`:
     whether the node moved on since `snap` (see `advance`): its actions are dropped. `kept`: the planner inputs
     kept from the last pass (managed_nodes); `managed`: managed_nodes(spec, snap, kept) when the caller has it.
     `said`: the previous status.upgrade.waiting (a node it names in the same state, for the same reason, gets no
-    event again: read from the status, so a restarted operator posts nothing new at steady state)."""
+    event again: read from the status, so a restarted operator posts nothing new at steady state).
+    `nvidia_driver`: `spec` is an NVIDIADriver's, upgraded by its upgradePolicy whatever sandboxWorkloads says (as
+    upstream); the ClusterPolicy's own driver is not upgraded with sandboxWorkloads.enabled (upgrades_orchestrated)."""
+    policy = spec.driver.upgrade_policy
+    own = not nvidia_driver and not spec.driver.use_nvidia_driver_crd  # the ClusterPolicy's own driver
+    if gauges:
+        metrics.driver_auto_upgrade_enabled.set(int(upgrades_orchestrated(spec) if own else policy.auto_upgrade))
+    if own and spec.sandbox_workloads.enabled:
+        # As upstream's UpgradeReconciler: every node's upgrade state goes (here as with autoUpgrade off: the
+        # upgrade's own cordons undone), the nodes that left the driver for a VM workload included.
+        if gauges:
+            set_gauges(Counters())
+        left_behind(kube, namespace, snap.nodes.values(), events, SANDBOX)
+        return Orchestrated(None, False)
     if managed is None:
         managed = managed_nodes(spec, snap, kept)
-    policy = spec.driver.upgrade_policy
-    if gauges:
-        metrics.driver_auto_upgrade_enabled.set(int(policy.auto_upgrade))
     if not managed:  # nothing to upgrade (driver off, no GPU node): the gauges say so too
         if gauges:
             set_gauges(Counters())

@@ -1664,6 +1664,50 @@ def test_a_device_plugin_opted_out_on_every_gpu_node_is_named() -> None:
     assert not [f for f in found if f.kind == "GPUsNotAdvertised"]
 
 
+def test_gpu_nodes_configured_for_vm_workloads_are_named_not_the_device_plugin() -> None:
+    """With sandboxWorkloads.enabled a node configured for VM workloads (nvidia.com/gpu.workload.config=vm-passthrough
+    or vm-vgpu, or every unlabelled node under defaultWorkload vm-*) gets no device plugin for containers, by design
+    (REFERENCE §3), so it never advertises nvidia.com/gpu. When every GPU node was one, a pod asking for
+    nvidia.com/gpu got GPUsNotAdvertised ("the device plugin is not running or not ready", "fix the GPU stack
+    first"), sending the admin after a healthy stack. Now the workload config is named, with the relabelling."""
+
+    def vm_node(name: str, workload: str | None) -> dict[str, Any]:
+        n = node(name, labels={"nvidia.com/gpu.workload.config": workload} if workload else {})
+        for key in [k for k in n["metadata"]["labels"] if k.startswith(("nvidia.com/gpu.", "nvidia.com/mig.",
+                                                                        "nvidia.com/cuda."))]:  # fmt: skip
+            if key not in ("nvidia.com/gpu.present", "nvidia.com/gpu.workload.config"):
+                del n["metadata"]["labels"][key]  # no GFD on a VM node
+        for part in ("capacity", "allocatable"):
+            n["status"][part].pop("nvidia.com/gpu")
+        return n
+
+    def found(nodes: list[dict[str, Any]], sandbox: dict[str, Any]) -> dict[str, Any]:
+        c = cluster(nodes, [pod("train", 1)])
+        c.snapshot.policies["cluster-policy"]["spec"] = {"sandboxWorkloads": sandbox}
+        return kinds(c)
+
+    f = found([vm_node("v-0", "vm-passthrough"), vm_node("v-1", "vm-vgpu")], {"enabled": True})
+    assert "GPUsNotAdvertised" not in f, f
+    assert f["GPUsReservedForVMs"].summary == (
+        "no node advertises nvidia.com/gpu: every GPU node is configured for VM workloads by their "
+        "nvidia.com/gpu.workload.config label (vm-passthrough on v-0; vm-vgpu on v-1), and a VM node runs no device "
+        "plugin for containers")  # fmt: skip
+    assert "nvidia.com/gpu.workload.config=container" in f["GPUsReservedForVMs"].fix
+    assert "remove that label" in f["GPUsReservedForVMs"].fix
+    assert f["GPUsReservedForVMs"].nodes == ("v-0", "v-1")
+    # Unlabelled nodes under a VM default: the default is named, and relabelling is the way back.
+    f = found([vm_node("v-0", None)], {"enabled": True, "defaultWorkload": "vm-passthrough"})
+    reserved = f["GPUsReservedForVMs"]
+    assert "or sandboxWorkloads.defaultWorkload=vm-passthrough (vm-passthrough on v-0)" in reserved.summary
+    assert "remove that label" not in reserved.fix
+    # A container node whose device plugin is missing is still the stack's problem; the VM nodes are counted apart.
+    f = found([vm_node("v-0", "vm-passthrough"), vm_node("h-0", None)], {"enabled": True})
+    assert "although 1 nodes have NVIDIA GPUs (1 more are configured for VM workloads" in f["GPUsNotAdvertised"].summary
+    # Without sandboxWorkloads the label means nothing.
+    f = found([vm_node("v-0", "vm-passthrough")], {"enabled": False})
+    assert "GPUsReservedForVMs" not in f and "GPUsNotAdvertised" in f
+
+
 def test_a_shortage_names_the_nodes_with_free_gpus_that_a_taint_or_cordon_keeps_the_pod_off() -> None:
     # h-0 and h-1 are full; h-2 has its 8 GPUs free but a taint the pod does not tolerate, h-3 is cordoned.
     full = [pod(f"w{i}", 8, node_name=f"h-{i}") for i in (0, 1)]

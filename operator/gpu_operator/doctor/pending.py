@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from ..api import ClusterPolicySpec
+from ..nodes import WORKLOAD_CONFIG, workload_of
 from .common import (
     MIG_CONFIG_LABEL,
     MIG_STATE_LABEL,
@@ -439,9 +441,15 @@ def _not_advertised(
     mismatch = _other_resource_name(cluster, pod, ref, resource, evidence)
     if mismatch is not None:
         return mismatch
-    gpu_nodes = [n.name for n in cluster.snapshot.nodes.values() if n.has_gpu]
+    _, spec = policy(cluster)
+    # A node configured for VM workloads (sandboxWorkloads) gets no device plugin for containers, by design.
+    vms = {n.name: workload for n in cluster.snapshot.nodes.values()
+           if spec is not None and n.has_gpu and (workload := workload_of(n, spec)) != "container"}  # fmt: skip
+    gpu_nodes = [n.name for n in cluster.snapshot.nodes.values() if n.has_gpu and n.name not in vms]
     opted_out = [n.name for n in cluster.snapshot.nodes.values()
-                 if n.has_gpu and n.labels.get(DEVICE_PLUGIN_DEPLOY) == "false"]  # fmt: skip
+                 if n.has_gpu and n.name not in vms and n.labels.get(DEVICE_PLUGIN_DEPLOY) == "false"]  # fmt: skip
+    if spec is not None and vms and not gpu_nodes:
+        return _reserved_for_vms(ref, resource, vms, spec, evidence)
     if gpu_nodes and len(opted_out) == len(gpu_nodes):
         shown = ", ".join(opted_out[:5]) + (f" and {len(opted_out) - 5} more" if len(opted_out) > 5 else "")
         return Finding(
@@ -453,10 +461,11 @@ def _not_advertised(
             evidence, nodes=tuple(opted_out),
         )  # fmt: skip
     if gpu_nodes:
+        besides = f" ({len(vms)} more are configured for VM workloads, {WORKLOAD_CONFIG})" if vms else ""
         return Finding(
             ERROR, "GPUsNotAdvertised", ref,
-            f"no node advertises {resource} although {len(gpu_nodes)} nodes have NVIDIA GPUs: the device plugin "
-            "is not running or not ready on them",
+            f"no node advertises {resource} although {len(gpu_nodes)} nodes have NVIDIA GPUs{besides}: the device "
+            "plugin is not running or not ready on them",
             f"fix the GPU stack first (see the operand findings; `kubectl get pods -n {cluster.namespace}`); "
             f"the device plugin advertises {resource} once the driver and toolkit are validated",
             evidence, nodes=tuple(gpu_nodes),
@@ -468,6 +477,32 @@ def _not_advertised(
         "add GPU nodes, or install Node Feature Discovery so the operator can find them (its worker must tolerate "
         "the GPU nodes' taints, such as nvidia.com/gpu)",
         evidence,
+    )  # fmt: skip
+
+
+def _reserved_for_vms(
+    ref: str, resource: str, vms: dict[str, str], spec: ClusterPolicySpec, evidence: list[Evidence]
+) -> Finding:  # fmt: skip
+    """No node advertises `resource` because every GPU node is configured for VM workloads (`vms`: node -> its
+    workload): REFERENCE §3 gives such a node only the sandbox operands, no device plugin for containers."""
+    by_workload: dict[str, list[str]] = {}
+    for name, workload in sorted(vms.items()):
+        by_workload.setdefault(workload, []).append(name)
+    shown = "; ".join(f"{workload} on {', '.join(names[:5])}" + (f" and {len(names) - 5} more" if len(names) > 5
+                      else "") for workload, names in sorted(by_workload.items()))  # fmt: skip
+    default = spec.sandbox_workloads.default_workload
+    source = f"their {WORKLOAD_CONFIG} label"
+    if default != "container":
+        source += f" or sandboxWorkloads.defaultWorkload={default}"
+    unlabel = " (or remove that label: the default workload is container)" if default == "container" else ""
+    return Finding(
+        ERROR, "GPUsReservedForVMs", ref,
+        f"no node advertises {resource}: every GPU node is configured for VM workloads by {source} ({shown}), "
+        "and a VM node runs no device plugin for containers",
+        f"to run GPU pods, label the nodes they should use `kubectl label node NODE {WORKLOAD_CONFIG}=container "
+        f"--overwrite`{unlabel}; the operator then deploys the container stack there and the device plugin "
+        f"advertises {resource} (those GPUs are then no longer given to VMs)",
+        evidence, nodes=tuple(sorted(vms)),
     )  # fmt: skip
 
 

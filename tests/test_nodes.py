@@ -328,6 +328,32 @@ def test_rows_cover_every_policy_and_workload() -> None:
     assert {p.values[1].get(WORKLOAD) for p in ROWS} >= {None, "", "container", "vm-passthrough", "vm-vgpu", "vm-bogus"}
 
 
+def test_an_invalid_workload_config_is_logged_once_per_node_and_value(caplog: pytest.LogCaptureFixture) -> None:
+    """Upstream (nodelabeling_controller.go -> getWorkloadConfig) logs "failed to get GPU workload config for node;
+    using default" with "invalid GPU workload config: <value>" when a node's nvidia.com/gpu.workload.config is not
+    container, vm-passthrough or vm-vgpu. Ours fell back to the default without a word: a node meant for VFIO
+    passthrough but labelled `vm-passthru` silently got the whole container stack, driver included, which binds
+    the GPUs the VMs were to get. Now a warning names the value, once per node and value (the pass also posts a
+    Warning Event on the node: tests/test_status.py)."""
+    import logging
+
+    from gpu_operator.render import node_patches
+
+    typo = facts("typo-node", labels={WORKLOAD: "vm-passthru"})
+    with caplog.at_level(logging.WARNING, logger="gpu_operator"):
+        patches = node_patches([typo], SANDBOX)
+        node_patches([typo], SANDBOX)  # labelled again (a pass, a change of the node): said already
+        node_patches([facts("typo-node", labels={WORKLOAD: "VM-Passthrough"})], SANDBOX)
+        node_patches([facts("typo-node", labels={WORKLOAD: "vm-passthru"})], DEFAULT)  # ignored without sandbox
+    assert patches["typo-node"]["labels"][deploy_label("driver")] == "true"  # the default, container, as upstream
+    assert [r.getMessage() for r in caplog.records] == [
+        "node typo-node: invalid nvidia.com/gpu.workload.config 'vm-passthru' (not one of container, vm-passthrough, "
+        "vm-vgpu): the node gets sandboxWorkloads.defaultWorkload, container",
+        "node typo-node: invalid nvidia.com/gpu.workload.config 'VM-Passthrough' (not one of container, "
+        "vm-passthrough, vm-vgpu): the node gets sandboxWorkloads.defaultWorkload, container",
+    ]  # fmt: skip
+
+
 # The cross product: workload label x sandbox on/off x MIG capability (GFD label, product name only, none)
 # x migManager on/off x existing labels (none, or a labelled node with an opt-out, a paused and an empty value)
 # x GPU present/removed. Each result is checked against the upstream sets above.

@@ -1073,6 +1073,50 @@ def test_a_restarted_operator_posts_no_node_event_the_status_says_already() -> N
     assert again.posted == []
 
 
+def test_an_invalid_workload_config_gets_a_warning_event_on_its_node_once() -> None:
+    """A node whose nvidia.com/gpu.workload.config names no workload (`vm-passthru`) falls back to
+    sandboxWorkloads.defaultWorkload, as upstream; nothing but a log line (upstream's only word) said so, so
+    `kubectl describe node` showed nothing. Now each pass asks for a Warning Event on the node, which the recorder
+    posts once while the value stays (and again for another value)."""
+    from gpu_operator.nodes import INVALID_WORKLOAD_REASON, NodeFacts
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+    from support import load_policy, node
+
+    class Kube(EchoKube):
+        def __init__(self) -> None:
+            super().__init__()
+            self.posted: list[tuple[str, str, str, str]] = []
+
+        def create(self, obj: dict[str, Any], **_: Any) -> dict[str, Any]:
+            self.posted.append((obj["involvedObject"]["name"], obj["type"], obj["reason"], obj["message"]))
+            return obj
+
+    spec = copy.deepcopy(load_policy()["spec"])
+    spec["sandboxWorkloads"] = {"enabled": True}
+    pol = policy_object(spec)
+
+    def snapshot(value: str) -> Snapshot:
+        nodes = [node("typo", labels={"nvidia.com/gpu.workload.config": value}), node("fine")]
+        return Snapshot(nodes={n["metadata"]["name"]: NodeFacts.from_node(n) for n in nodes},
+                        policies={"cluster-policy": pol}, owned={}, pods={}, revisions={})  # fmt: skip
+
+    def posted(kube: Kube) -> list[tuple[str, str, str, str]]:
+        return [p for p in kube.posted if p[2] == INVALID_WORKLOAD_REASON]
+
+    kube = Kube()
+    r = Reconciler(kube, "gpu-operator")
+    r.reconcile(snapshot("vm-passthru"))  # type: ignore[arg-type]
+    assert posted(kube) == [("typo", "Warning", INVALID_WORKLOAD_REASON,
+                             "invalid nvidia.com/gpu.workload.config 'vm-passthru' (not one of container, "
+                             "vm-passthrough, vm-vgpu): the node gets sandboxWorkloads.defaultWorkload, container")]
+    r.reconcile(snapshot("vm-passthru"))  # type: ignore[arg-type]
+    assert len(posted(kube)) == 1  # said already
+    r.reconcile(snapshot("vm-passthrough"))  # type: ignore[arg-type]
+    r.reconcile(snapshot("vm-passthru"))  # type: ignore[arg-type]
+    assert len(posted(kube)) == 2  # fixed, then back: said again
+
+
 def test_an_event_post_that_finds_the_api_server_unreachable_does_not_cut_the_pass() -> None:
     """An Event create that could not connect (Unreachable) went out of the recorder and ended the pass where it
     stood (a MIG refusal's Warning, posted before the objects are applied: nothing applied, no status). Events are

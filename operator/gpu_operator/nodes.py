@@ -9,6 +9,7 @@ user's opt-out value is never removed by a sweep. Upstream label names are kept 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import threading
 from collections.abc import Callable, Iterable
@@ -28,6 +29,8 @@ from .gpu_identity import (
     identify,
 )
 
+log = logging.getLogger("gpu_operator")
+
 NFD_PREFIX = "feature.node.kubernetes.io/"
 GPU_PCI_LABELS = (
     "feature.node.kubernetes.io/pci-10de.present",
@@ -42,6 +45,7 @@ GPU_PRESENT = "nvidia.com/gpu.present"
 DEPLOY_PREFIX = "nvidia.com/gpu.deploy."
 DEPLOY_OPERANDS = "nvidia.com/gpu.deploy.operands"
 WORKLOAD_CONFIG = "nvidia.com/gpu.workload.config"
+INVALID_WORKLOAD_REASON = "InvalidWorkloadConfig"  # the Warning Event on a node whose workload config names none
 MIG_CAPABLE = "nvidia.com/mig.capable"
 MIG_CONFIG = "nvidia.com/mig.config"
 MIG_CONFIG_STATE = "nvidia.com/mig.config.state"
@@ -376,6 +380,32 @@ def workload_of(node: NodeFacts, spec: ClusterPolicySpec) -> str:
     return wanted if wanted in WORKLOAD_OPERANDS else spec.sandbox_workloads.default_workload
 
 
+def invalid_workload(node: NodeFacts, spec: ClusterPolicySpec) -> str | None:
+    """The node's workload config label when it names no workload while sandbox workloads are on (the node then
+    gets sandboxWorkloads.defaultWorkload, as upstream), else None."""
+    if not spec.sandbox_workloads.enabled:
+        return None
+    value = node.labels.get(WORKLOAD_CONFIG)
+    return None if value is None or value in WORKLOAD_OPERANDS else value
+
+
+def invalid_workload_message(value: str, spec: ClusterPolicySpec) -> str:
+    """What the log line and the node's Warning Event say of an invalid workload config `value`."""
+    return (f"invalid {WORKLOAD_CONFIG} {value!r} (not one of {', '.join(WORKLOAD_OPERANDS)}): the node gets "
+            f"sandboxWorkloads.defaultWorkload, {spec.sandbox_workloads.default_workload}")  # fmt: skip
+
+
+_INVALID_WORKLOADS_LOGGED: set[tuple[str, str]] = set()  # (node, value) logged: each change of a node labels it again
+
+
+def _say_invalid_workload(node: NodeFacts, spec: ClusterPolicySpec) -> None:
+    """Log the node's invalid workload config, once per node and value (upstream logs it on every labelling)."""
+    value = invalid_workload(node, spec)
+    if value is not None and (node.name, value) not in _INVALID_WORKLOADS_LOGGED:
+        _INVALID_WORKLOADS_LOGGED.add((node.name, value))
+        log.warning("node %s: %s", node.name, invalid_workload_message(value, spec))
+
+
 def sandbox_mode(spec: ClusterPolicySpec) -> str:
     """sandboxWorkloads.mode: kubevirt (the default) or kata."""
     mode = getattr(spec.sandbox_workloads, "mode", None)
@@ -485,6 +515,8 @@ def desired_labels(node: NodeFacts, spec: ClusterPolicySpec, refused: bool = Fal
         _runtime_label(node, None, want)
     else:
         workload = workload_of(node, spec)
+        if labels.get(WORKLOAD_CONFIG, workload) != workload:  # an invalid value (or any, with sandbox off)
+            _say_invalid_workload(node, spec)
         wanted = workload_operands(workload, sandbox_mode(spec))
         for op, key in _every_operand():
             if op == "driver" and op in wanted and (refused or labels.get(key) == DRIVER_REFUSED):

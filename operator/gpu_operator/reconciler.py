@@ -22,7 +22,17 @@ from .apply import Applied, Applier, labels_of
 from .events import EventRecorder, now
 from .kube import ApiError, Kube
 from .lifecycle import CLEANUP_FINALIZER, Lifecycle
-from .nodes import DRIVER_KERNEL, DRIVER_REFUSED, ByNode, NodeFacts, deploy_label, unpooled
+from .nodes import (
+    DRIVER_KERNEL,
+    DRIVER_REFUSED,
+    INVALID_WORKLOAD_REASON,
+    ByNode,
+    NodeFacts,
+    deploy_label,
+    invalid_workload,
+    invalid_workload_message,
+    unpooled,
+)
 from .nvidiadriver_api import KIND as NVIDIADRIVER
 from .nvidiadriver_api import OWNER_LABEL
 from .observe import Key, Newer, Snapshot, key_of, newer
@@ -497,6 +507,11 @@ class Reconciler:
         for name, message in compat.newly_refused(verdicts, previous_conditions).items():
             ref = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}
             self.events(ref, "Warning", compat.EVENT_REASON, f"driver not rolled out to this node: {message}")
+        # And on each node whose workload config names no workload: asked every pass, the recorder posts it once.
+        for n in nodes if spec.sandbox_workloads.enabled else ():
+            if (value := invalid_workload(n, spec)) is not None:
+                ref = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": n.name}}
+                self.events(ref, "Warning", INVALID_WORKLOAD_REASON, invalid_workload_message(value, spec))
         status = policy_status(
             generation=generation,
             namespace=self.namespace,

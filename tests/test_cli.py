@@ -5,6 +5,9 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -468,13 +471,15 @@ def test_doctor_exits_3_when_the_cluster_cannot_be_read(
     assert out == "" and len(err.splitlines()) == 1 and err.startswith("error: cannot read the cluster: "), err
 
 
+CLUSTER_COMMANDS = [
+    ["versions"], ["upgrade", "plan"], ["mig", "layouts"], ["render", "--from-cluster"], ["crds", "--apply"],
+    ["capacity", "--pod", "manifests/samples/exercise3-training-job.yaml", "--count", "10"],
+]  # fmt: skip
+CLUSTER_COMMAND_IDS = ["versions", "upgrade-plan", "mig-layouts", "render-from-cluster", "crds-apply", "capacity"]
+
+
 @pytest.mark.parametrize("which", UNUSABLE)
-@pytest.mark.parametrize(
-    "command",
-    [["versions"], ["upgrade", "plan"], ["mig", "layouts"], ["render", "--from-cluster"], ["crds", "--apply"],
-     ["capacity", "--pod", "manifests/samples/exercise3-training-job.yaml", "--count", "10"]],
-    ids=["versions", "upgrade-plan", "mig-layouts", "render-from-cluster", "crds-apply", "capacity"],
-)  # fmt: skip
+@pytest.mark.parametrize("command", CLUSTER_COMMANDS, ids=CLUSTER_COMMAND_IDS)
 def test_cluster_commands_give_one_error_line_when_the_cluster_cannot_be_read(
     command: list[str], which: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: Any
 ) -> None:
@@ -490,6 +495,60 @@ def test_unreachable_server_as_a_process(tmp_path: Path) -> None:
     proc = run_cli("doctor", "--kubeconfig", kubeconfig(tmp_path, "unreachable"))
     assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr
 
+
+# A server at the kubeconfig's address that is not a Kubernetes API server: a web UI (Rancher's URL without its
+# /k8s/clusters/<id> path, an ingress, an SSO page) answering 200 with HTML, or a proxy's 502 page.
+
+HTML = b"<html>\n<head><title>Welcome</title></head>\n<body>\n<h1>Sign in</h1>\n</body>\n</html>\n"
+
+
+@pytest.fixture(params=[200, 502])
+def html_server(request: pytest.FixtureRequest) -> Iterator[tuple[int, str]]:
+    """(status, URL) of a server answering every request with HTML and that status."""
+    status: int = request.param
+
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(HTML)))
+            self.end_headers()
+            self.wfile.write(HTML)
+
+        do_GET = do_PATCH = do_POST = do_PUT = do_DELETE = _answer
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield status, f"http://127.0.0.1:{srv.server_port}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@pytest.mark.parametrize("command", [["doctor"], *CLUSTER_COMMANDS], ids=["doctor", *CLUSTER_COMMAND_IDS])
+def test_cluster_commands_give_one_error_line_when_the_server_answers_html(
+    command: list[str], html_server: tuple[int, str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A 200 with a web page raised json.JSONDecodeError out of Kube.request: a traceback (doctor: exit 1,
+    "warnings", not 3), or for render --from-cluster and capacity `error: Expecting value: line 1 column 1 (char
+    0)`, naming no server. A 502 page was ApiError's message whole: the `error:` line was followed by the rest of
+    the page. Now one line, naming the server that is not an API server (a 200) or the page's title (an error)."""
+    monkeypatch.chdir(REPO)
+    status, url = html_server
+    path = tmp_path / "kubeconfig"
+    path.write_text(KUBECONFIG.replace("https://127.0.0.1:1", url))
+    rc = main([*command, "--kubeconfig", str(path)])
+    err = capsys.readouterr().err
+    assert rc == (3 if command == ["doctor"] else 2) and err.startswith("error: ") and len(err.splitlines()) == 1, err
+    if status == 200:
+        assert f"{url}/" in err and "answered 200 text/html, not JSON: is this a Kubernetes API server?" in err, err
+    else:
+        assert err.endswith(": 502 Welcome\n"), err
 
 
 @pytest.mark.parametrize("command", [["versions", "--kubeconfig", "k"], ["upgrade", "plan"], ["mig", "layouts"]])

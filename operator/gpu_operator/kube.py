@@ -38,8 +38,8 @@ class ApiError(client.ApiException):
         super().__init__(status=status, reason=reason, body=body)
         try:
             message = json.loads(body).get("message", body)
-        except (ValueError, AttributeError):
-            message = body
+        except (ValueError, AttributeError):  # not a Status: a proxy's error page, say
+            message = _first_line(body).removeprefix(f"{status} ") or reason
         self.message = message
         self.what = what
 
@@ -51,6 +51,13 @@ class Unreachable(OSError):
     """The cluster could not be reached: a kubeconfig that cannot be used, or an API server that does not answer
     (refused, TLS, timeout). An OSError, as a socket's would be: the commands report it in one line, and the
     operator's loops, which catch every exception, retry it as before."""
+
+
+def _first_line(body: str) -> str:
+    """A body that is not JSON in one line: an HTML page's <title>, else its first non-blank line."""
+    title = re.search(r"<title[^>]*>(.*?)</title>", body, re.IGNORECASE | re.DOTALL)
+    line = title.group(1) if title else next((ln for ln in body.splitlines() if ln.strip()), "")
+    return " ".join(line.split())[:200]
 
 
 def _reason(exc: BaseException) -> str:
@@ -324,7 +331,16 @@ class Kube:
                 except client.ApiException as exc:  # the client's wrapping of a TLS error (status 0)
                     raise Unreachable(f"{method} {self.host}{path}: {' '.join(str(exc.reason).split())}") from exc
             if 200 <= resp.status <= 299:
-                return decode(data) if data else None
+                try:
+                    return decode(data) if data else None
+                except ValueError as exc:
+                    ctype = resp.getheader("Content-Type") or "no Content-Type"
+                    if "json" in ctype:  # JSON that the typed decoder refused: its own error
+                        raise
+                    raise Unreachable(
+                        f"{method} {self.host}{path}: answered {resp.status} {ctype}, not JSON:"
+                        " is this a Kubernetes API server?"
+                    ) from exc
             if not reauthed and self._token_rotated(resp.status):
                 reauthed = True
                 log.info("%s %s: 401, sent again with the token file's new token", method, path)

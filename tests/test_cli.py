@@ -551,6 +551,22 @@ def test_cluster_commands_give_one_error_line_when_the_server_answers_html(
         assert err.endswith(": 502 Welcome\n"), err
 
 
+def test_a_missing_exec_credential_plugin_is_named_in_the_one_error_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A cloud kubeconfig's exec plugin (gke-gcloud-auth-plugin, aws, kubelogin) not installed: the kubernetes
+    client only logged `ERROR:root:[Errno 2] No such file or directory: ...` (and set up the root logger, so
+    urllib3's retry warnings followed) and Kube.connect went on without credentials; the `error:` line then blamed
+    the connection, or an API server's 401 for system:anonymous. kubectl stops at the plugin and names it."""
+    user = "user: {exec: {apiVersion: client.authentication.k8s.io/v1beta1, command: gke-gcloud-auth-plugin-x}}"
+    path = tmp_path / "kubeconfig"
+    path.write_text(KUBECONFIG.replace("user: {token: abc}", user))
+    assert main(["versions", "--kubeconfig", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: kubeconfig {path}: exec credential plugin 'gke-gcloud-auth-plugin-x' not found " \
+        "(kubectl would need it too)\n", err  # fmt: skip
+
+
 @pytest.mark.parametrize("command", [["versions", "--kubeconfig", "k"], ["upgrade", "plan"], ["mig", "layouts"]])
 def test_cluster_commands_print_each_problem_of_an_invalid_policy_as_an_error_line(
     command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

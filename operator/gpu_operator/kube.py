@@ -10,6 +10,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import threading
 import time
 from collections import Counter
@@ -114,6 +115,31 @@ class Fence:
 
 def _default_kubeconfig() -> str:
     return os.environ.get("KUBECONFIG") or "~/.kube/config"
+
+
+def _missing_exec_plugin(kubeconfig: str | None) -> str | None:
+    """The command of the current user's exec credential plugin when it is not installed, else None. The client only
+    logs that (on the root logger) and goes on without credentials; a kubeconfig it cannot read is left to it."""
+    kc = config.kube_config
+    try:
+        merged = kc.KubeConfigMerger(kubeconfig or kc.KUBE_CONFIG_DEFAULT_LOCATION).config
+        context = merged["contexts"].get_with_name(merged["current-context"])["context"]
+        user = merged["users"].get_with_name(context.safe_get("user"), safe=True)
+        fields = user.safe_get("user") if user is not None else None
+        if not isinstance(fields, dict) or any(k in fields for k in ("auth-provider", "token", "tokenFile")):
+            return None  # no user, or a credential the client takes before the plugin's
+        command = (fields.get("exec") or {}).get("command")
+        if not isinstance(command, str):
+            return None
+        env = {e.get("name"): e.get("value") for e in fields["exec"].get("env") or []}
+        cluster = merged["clusters"].get_with_name(context["cluster"])
+    except (kc.ConfigException, OSError, KeyError, TypeError, AttributeError, ValueError):
+        return None
+    if os.sep in command:  # the client runs it in the directory of the kubeconfig naming the cluster
+        found = os.access(os.path.join(os.path.dirname(os.path.abspath(cluster.path)), command), os.X_OK)
+    else:
+        found = shutil.which(command, path=env.get("PATH")) is not None
+    return None if found else command
 
 
 def path_for(kind: str, name: str | None = None, namespace: str | None = None, sub: str | None = None) -> str:
@@ -246,6 +272,9 @@ class Kube:
         connections resume the last TLS session (tls.py); without, each is a full handshake."""
         cfg = client.Configuration()
         in_cluster = not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST")
+        if not in_cluster and (plugin := _missing_exec_plugin(kubeconfig)):
+            where = f"kubeconfig {kubeconfig or _default_kubeconfig()}"
+            raise Unreachable(f"{where}: exec credential plugin {plugin!r} not found (kubectl would need it too)")
         try:
             if in_cluster:
                 config.load_incluster_config(client_configuration=cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import threading
@@ -565,6 +566,20 @@ def test_a_missing_exec_credential_plugin_is_named_in_the_one_error_line(
     err = capsys.readouterr().err
     assert err == f"error: kubeconfig {path}: exec credential plugin 'gke-gcloud-auth-plugin-x' not found " \
         "(kubectl would need it too)\n", err  # fmt: skip
+
+
+@pytest.mark.parametrize("command", [["crds"], ["versions"], ["mig", "layouts", "--offline"]])
+def test_output_into_a_closed_pipe_is_no_traceback(command: list[str]) -> None:
+    """`gpu-operator mig layouts --offline | head -1` printed a BrokenPipeError traceback (exit 1), as every
+    command writing more than the pipe holds after its reader left did. Here the reader is gone before the first
+    write; the command ends quietly with a shell's status for SIGPIPE."""
+    read, write = os.pipe()
+    proc = subprocess.Popen([sys.executable, "-m", "gpu_operator.cli", *command], cwd=REPO, stdout=write,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    os.close(write)
+    os.close(read)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and err == "", err
 
 
 @pytest.mark.parametrize("command", [["versions", "--kubeconfig", "k"], ["upgrade", "plan"], ["mig", "layouts"]])

@@ -893,11 +893,22 @@ def _namespace_given(argv: list[str]) -> bool:
     return any(a in ("-n", "--namespace") or a.startswith(("--namespace=", "-n")) for a in argv)
 
 
+def _call(args: argparse.Namespace) -> int:
+    """The command, its output flushed; a reader that left (`gpu-operator crds | head`) ends it quietly."""
+    try:
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()
+        return rc
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor a second error at exit's flush
+        return 141  # 128 + SIGPIPE, what a shell reports for a command the pipe's signal ended
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     args.namespace_given = _namespace_given(argv)
-    return int(args.func(args) or 0)
+    return _call(args)
 
 
 def kubectl_main(argv: list[str] | None = None) -> int:
@@ -908,7 +919,7 @@ def kubectl_main(argv: list[str] | None = None) -> int:
     _add_doctor(sub)
     args = parser.parse_args(argv)
     args.namespace_given = _namespace_given(argv)
-    return int(args.func(args) or 0)
+    return _call(args)
 
 
 if __name__ == "__main__":

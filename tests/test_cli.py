@@ -568,6 +568,15 @@ def test_a_missing_exec_credential_plugin_is_named_in_the_one_error_line(
         "(kubectl would need it too)\n", err  # fmt: skip
 
 
+def test_run_with_a_missing_kubeconfig_is_one_error_line(tmp_path: Path) -> None:
+    """Every other command prints `error: kubeconfig PATH: ...` and exits 2; `run` ended in a traceback of
+    gpu_operator.kube.Unreachable (exit 1)."""
+    missing = str(tmp_path / "missing")
+    proc = run_cli("run", "--kubeconfig", missing, "--metrics-port", "0", "--health-port", "0")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith(f"error: kubeconfig {missing}: "), proc.stderr
+
+
 @pytest.mark.parametrize("command", [["crds"], ["versions"], ["mig", "layouts", "--offline"]])
 def test_output_into_a_closed_pipe_is_no_traceback(command: list[str]) -> None:
     """`gpu-operator mig layouts --offline | head -1` printed a BrokenPipeError traceback (exit 1), as every

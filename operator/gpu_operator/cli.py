@@ -356,15 +356,20 @@ def cmd_crds(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .kube import Unreachable
     from .runtime import run
 
-    return run(
-        kubeconfig=args.kubeconfig,
-        namespace=args.namespace,
-        metrics_port=args.metrics_port,
-        health_port=args.health_port,
-        leader_elect=args.leader_elect,
-    )
+    try:
+        return run(
+            kubeconfig=args.kubeconfig,
+            namespace=args.namespace,
+            metrics_port=args.metrics_port,
+            health_port=args.health_port,
+            leader_elect=args.leader_elect,
+        )
+    except Unreachable as exc:  # a kubeconfig that cannot be used (a cluster that does not answer is retried)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def cmd_upgrade_plan(args: argparse.Namespace) -> int:

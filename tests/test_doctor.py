@@ -886,6 +886,27 @@ def test_capacity_refuses_a_node_profile_it_would_misread(
 
 
 @pytest.mark.parametrize(
+    ("count", "message"),
+    [("-3", "must be at least 1, not -3"), ("0", "must be at least 1, not 0"), ("two", "invalid int value: 'two'")],
+)
+def test_capacity_refuses_a_count_below_one(
+    count: str, message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--count -3` printed `fit now: -3 of -3` and `extra nodes needed: 0`, exit 0 (and `--count 0` answered a
+    question that means nothing); every other bad input of capacity exits 2 naming it."""
+    from gpu_operator.cli import main
+    from gpu_operator.kube import Kube
+    from support import REPO
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(Kube, "connect", classmethod(lambda cls, *a, **k: FakeKube([node("h-0")], [])))
+    with pytest.raises(SystemExit) as info:
+        main(["capacity", "--pod", "manifests/samples/exercise3-training-job.yaml", "--count", count])
+    out, err = capsys.readouterr()
+    assert info.value.code == 2 and out == "" and err.endswith(f"error: argument --count: {message}\n"), err
+
+
+@pytest.mark.parametrize(
     ("resources", "message"),
     [({"limits": {"nvidia.com/gpu": 2}, "requests": {"nvidia.com/gpu": 1}},
       'container main: spec.containers[0].resources.requests: Invalid value: "1": must be equal to nvidia.com/gpu '

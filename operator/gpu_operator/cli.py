@@ -748,6 +748,17 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _at_least_one(value: str) -> int:
+    """An argparse type: a whole number, 1 or more."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
+
+
 def _add_doctor(sub: Any) -> None:
     p = sub.add_parser(
         "doctor",
@@ -778,7 +789,7 @@ def _add_doctor(sub: Any) -> None:
         "(one per pod); required pod affinity and DoNotSchedule topology spread constraints get a note.",
     )
     p.add_argument("--pod", required=True, help="Pod YAML file ('-' for stdin)")
-    p.add_argument("--count", type=int, required=True, help="how many copies")
+    p.add_argument("--count", type=_at_least_one, required=True, help="how many copies")
     p.add_argument("--node-profile", help="shape of an extra node: an existing node's name, or "
                    "gpus=8,cpu=96,memory=2048Gi,label.KEY=VALUE,taint.KEY=VALUE:EFFECT "
                    "(default: the existing node shape that takes most copies)")  # fmt: skip

@@ -1438,6 +1438,20 @@ def test_one_nvidiadriver_that_cannot_render_holds_only_its_own_daemonsets() -> 
         driver_plan.held["uid-pool-b"])
 
 
+def test_the_clusterpolicys_precompiled_with_gds_does_not_hold_the_nvidiadrivers() -> None:
+    """With NVIDIADrivers the ClusterPolicy's own driver is not rendered (upstream skips state-driver altogether,
+    controllers/state_manager.go step()); each NVIDIADriver checks only its own usePrecompiled and gds. A leftover
+    `driver.usePrecompiled: true` with `gds.enabled: true` on the ClusterPolicy was still checked while rendering
+    the shared objects, and its problem left the whole state with no DaemonSet for any NVIDIADriver."""
+    raw = crd_policy()
+    raw["driver"]["usePrecompiled"] = True
+    raw["gds"] = {"enabled": True}
+    plans = render_all(parse_spec(raw), [facts("a1")], nvidia_drivers=drivers_objects(("default", {"default": True})))
+    driver_plan = next(p for p in plans if p.state.name == "state-driver")
+    assert driver_plan.problem is None, driver_plan.problem
+    assert [d["metadata"]["name"] for d in daemonsets([driver_plan])] == ["nvidia-driver-daemonset-ubuntu22.04"]
+
+
 def test_an_nvidiadriver_with_gds_from_2_17_5_needs_the_open_kernel_modules() -> None:
     """Upstream's NVIDIADriver controller refuses GDS whose version is 2.17.5 or later (or a digest) unless
     kernelModuleType is open (IsOpenKernelModulesRequired: "GPUDirect Storage driver '...' is only supported with

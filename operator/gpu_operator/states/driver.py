@@ -268,7 +268,9 @@ def _pull_policy(section: ImageSpec) -> str:
 def _vars(ctx: RenderContext) -> dict[str, Any]:
     spec = ctx.spec
     driver = spec.driver
-    if driver.use_precompiled and (spec.gds.enabled or spec.gdrcopy.enabled):
+    # Under NVIDIADrivers the ClusterPolicy renders only the shared objects: each NVIDIADriver checks its own spec.
+    own = ctx.driver_group is not None or not driver.use_nvidia_driver_crd
+    if own and driver.use_precompiled and (spec.gds.enabled or spec.gdrcopy.enabled):
         sidecar = "gds" if spec.gds.enabled else "gdrcopy"
         raise RenderProblem(f"{sidecar}.enabled: not supported with precompiled drivers (driver.usePrecompiled)")
     # Upstream refuses it for an NVIDIADriver only (its ClusterPolicy path does not check).

@@ -45,7 +45,9 @@ The components (facts from upstream's sources, named in each rule):
   A validator pod whose driver check no longer holds (driver pod gone or crash-looping) re-validates: it goes
   back to that init container (a pod in the driver manager's way is replaced instead, as above).
 * Driver container (``nvidia-driver init``): privileged (it loads kernel modules; else CrashLoopBackOff); while
-  started, the driver (and its ``usr/src``) lives under ``/run/nvidia/driver`` (the host path its mounts give).
+  started, the driver (and its ``usr/src``) lives under ``/run/nvidia/driver`` (the host path its mounts give),
+  on the host only when the mount it is under has ``mountPropagation: Bidirectional`` (it is an rbind made in the
+  container; otherwise the container runs and the host's directory stays empty).
   Its sidecars ``nvidia-gds-driver install``, ``nvidia-gdrcopy-driver install`` and ``nvidia-driver
   reload_nvidia_peermem`` load nvidia_fs, gdrdrv and nvidia_peermem once their waits pass (privileged too); the
   driver manager's unload takes them with it.
@@ -396,8 +398,8 @@ def _canonical(path: str) -> str:
     return path
 
 
-def host_path(pod: dict[str, Any], c: dict[str, Any], path: str, *, write: bool = False) -> tuple[str | None, str]:
-    """The host path a container path lands on: (path or None when it stays in the container, a problem or "")."""
+def _mount_of(c: dict[str, Any], path: str) -> dict[str, Any] | None:
+    """The volume mount a container path is under (the deepest), if any."""
     path = posixpath.normpath(path)
     best: dict[str, Any] | None = None
     for m in c.get("volumeMounts") or []:
@@ -405,6 +407,13 @@ def host_path(pod: dict[str, Any], c: dict[str, Any], path: str, *, write: bool 
         if (path == mp or path.startswith(mp.rstrip("/") + "/")) and (
                 best is None or len(mp) > len(posixpath.normpath(best["mountPath"]))):
             best = m
+    return best
+
+
+def host_path(pod: dict[str, Any], c: dict[str, Any], path: str, *, write: bool = False) -> tuple[str | None, str]:
+    """The host path a container path lands on: (path or None when it stays in the container, a problem or "")."""
+    path = posixpath.normpath(path)
+    best = _mount_of(c, path)
     if best is None:
         return None, ""
     volume = next((v for v in _spec(pod).get("volumes") or [] if v.get("name") == best.get("name")), None)
@@ -511,6 +520,18 @@ def _mounted(c: dict[str, Any], path: str) -> bool:
     path = posixpath.normpath(path)
     return any(path == mp or path.startswith(mp.rstrip("/") + "/")
                for mp in (posixpath.normpath(m.get("mountPath") or "/") for m in c.get("volumeMounts") or []))
+
+
+def _unpropagated_driver_root(c: dict[str, Any]) -> str:
+    """Why the driver's root does not reach the host, or "": nvidia-driver mounts it in its own mount namespace
+    (_mount_rootfs: mount --rbind / /run/nvidia/driver), which the host sees only through a Bidirectional mount."""
+    m = _mount_of(c, DRIVER_INSTALL_DIR)
+    if m is None or m.get("mountPropagation") == "Bidirectional":
+        return ""
+    return (f"its root file system (mount --rbind / {DRIVER_INSTALL_DIR}) stays in the container: the mount of "
+            f"volume {m.get('name')} at {m.get('mountPath')} has mountPropagation "
+            f"{m.get('mountPropagation') or 'None'}, not Bidirectional, so the host's {DRIVER_INSTALL_DIR} stays "
+            "empty")
 
 
 def _cdi_spec_path(kind: str, ext: str = ".yaml") -> str:
@@ -1231,7 +1252,10 @@ class NodeModel:
             self.host.driver_loaded = True
             version = driver_version_from_image(str(c.spec.get("image") or "")) or "0.0"
             target, _ = host_path(pod, c.spec, DRIVER_INSTALL_DIR)
-            if target is not None:  # its root file system: nvidia-smi, and the sources the sidecars build against
+            unpropagated = _unpropagated_driver_root(c.spec) if target is not None else ""
+            if unpropagated:  # it runs, and the validator never finds the driver
+                memo.effect_needs.append(Need("error", "", c.where, unpropagated))
+            elif target is not None:  # its root file system: nvidia-smi, and the sources the sidecars build against
                 for path in (posixpath.join(target, NVIDIA_SMI), posixpath.join(target, f"usr/src/nvidia-{version}")):
                     self.host.files[_canonical(path)] = version
                     self._live.setdefault(uid, {})[_canonical(path)] = version
@@ -1670,7 +1694,7 @@ class NodeModel:
                 out.add(target)
         if c.role == DRIVER:
             target, _ = host_path(pod, c.spec, DRIVER_INSTALL_DIR)
-            if target is not None:
+            if target is not None and not _unpropagated_driver_root(c.spec):
                 out |= {_canonical(posixpath.join(target, NVIDIA_SMI)), _canonical(posixpath.join(target, "usr/src"))}
         if c.role == TOOLKIT:
             spec = toolkit_cdi_spec(pod, c, self._sourced_env(pod, c))[0]

@@ -1,0 +1,110 @@
+"""The e2e node model (e2e/nodemodel.py, e2e/advertise.py) fed our own rendered DaemonSets (`gpu-operator render`
+of the samples): the whole stack starts for every sample policy and for NVIDIADriver-owned drivers, and a spec
+broken in one fact that upstream's components depend on does not start, as it would not on a real node. The e2e
+suite plays every operand through this model, so it must be neither laxer nor stricter than a node."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from e2e.nodemodel import _uid, check_rendered, pod_status, ready
+
+from gpu_operator.cli import main as cli_main
+from gpu_operator.render import plan
+from support import SAMPLE_NODES, SAMPLES, load_scenario, objects
+
+V = "/run/nvidia/validations"
+NODE = "gpu-h100-a"
+FOUR = {f"{V}/driver-ready", f"{V}/toolkit-ready", f"{V}/cuda-ready", f"{V}/plugin-ready"}
+PCI = "feature.node.kubernetes.io/pci-10de.present"
+
+
+def _render(policy: Path) -> list[dict[str, Any]]:
+    """`gpu-operator render` of a sample, with the ConfigMaps the sample file holds (render prints only ours)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = cli_main(["render", "--policy", str(policy), "--nodes", str(SAMPLE_NODES)])
+    assert rc == 0
+    given = [d for d in yaml.safe_load_all(policy.read_text()) if d and d.get("kind") == "ConfigMap"]
+    return [d for d in yaml.safe_load_all(out.getvalue()) if d] + given
+
+
+def _nodes() -> list[dict[str, Any]]:
+    return [n for n in yaml.safe_load(SAMPLE_NODES.read_text())["items"] if n["metadata"]["labels"].get(PCI) == "true"]
+
+
+def _node() -> dict[str, Any]:
+    return next(n for n in _nodes() if n["metadata"]["name"] == NODE)
+
+
+def _ds(docs: list[dict[str, Any]], prefix: str) -> dict[str, Any]:
+    found = [d for d in docs if d.get("kind") == "DaemonSet" and d["metadata"]["name"].startswith(prefix)]
+    assert found, prefix
+    return found[0]
+
+
+def _ctr(ds: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(c for c in ds["spec"]["template"]["spec"]["containers"] if c["name"] == name)
+
+
+def _run(docs: list[dict[str, Any]], node: dict[str, Any] | None = None) -> tuple[Any, dict[str, bool]]:
+    model, result, pods = check_rendered(copy.deepcopy(docs), node or _node())
+    readiness = {p["metadata"]["name"]: ready(pod_status(p, result.statuses[_uid(p)], None, "")) for p in pods}
+    return model, readiness
+
+
+def _default() -> list[dict[str, Any]]:
+    return _render(SAMPLES / "clusterpolicy-default.yaml")
+
+
+# --- the rendered stacks start ---
+
+@pytest.mark.parametrize("policy", sorted(p.name for p in SAMPLES.glob("clusterpolicy-*.yaml")))
+def test_every_sample_policy_starts_the_whole_stack_on_every_gpu_node(policy: str) -> None:
+    docs = _render(SAMPLES / policy)
+    for node in _nodes():
+        model, readiness = _run(docs, node)
+        assert all(readiness.values()), (node["metadata"]["name"], readiness, [str(f) for f in model.diagnose()])
+        assert FOUR <= set(model.host.files) and model.diagnose() == []
+
+
+def test_nvidiadriver_owned_drivers_start_the_whole_stack() -> None:
+    """The NVIDIADriver scenario (useNvidiaDriverCRD: a default driver, one per pool, a precompiled one)."""
+    context = load_scenario("nvidiadrivers").context()
+    docs = objects(plan(context))
+    for facts in context.nodes:
+        if facts.labels.get(PCI) != "true":
+            continue
+        node = {"metadata": {"name": facts.name, "labels": dict(facts.labels)},
+                "status": {"nodeInfo": {"containerRuntimeVersion": facts.runtime}}}
+        model, readiness = _run(docs, node)
+        assert all(readiness.values()), (facts.name, readiness, [str(f) for f in model.diagnose()])
+        assert FOUR <= set(model.host.files)
+
+
+# --- the driver ---
+
+def test_driver_root_reaches_the_host_only_through_a_bidirectional_mount() -> None:
+    """The driver container mounts its root file system at /run/nvidia/driver in its own mount namespace
+    (nvidia-driver's _mount_rootfs: mount --rbind / /run/nvidia/driver); only `mountPropagation: Bidirectional` on
+    its /run/nvidia mount (upstream assets/state-driver/0500_daemonset.yaml) carries that mount to the host, where
+    the validator, the toolkit and the runtime look for the driver. The model wrote the driver's files to the host
+    whatever the propagation: a driver DaemonSet without Bidirectional started the whole stack."""
+    docs = _default()
+    for m in _ctr(_ds(docs, "nvidia-driver-daemonset-ubuntu22.04"), "nvidia-driver-ctr")["volumeMounts"]:
+        if m["mountPath"] == "/run/nvidia":
+            m.pop("mountPropagation", None)  # None: the rbind stays in the container
+    model, readiness = _run(docs)
+    assert f"{V}/driver-ready" not in model.host.files and not model.host.has("/run/nvidia/driver")
+    assert readiness["nvidia-driver-daemonset-ubuntu22.04-gpu-h100-a"]  # it runs; its root just never shows
+    assert not readiness["nvidia-operator-validator-gpu-h100-a"]
+    texts = [f.text for f in model.diagnose()]
+    assert any("nvidia-driver-ctr" in t and "not Bidirectional" in t for t in texts), texts
+    assert any("waits for /run/nvidia/driver/usr/bin/nvidia-smi; no pod on the node provides it" in t
+               for t in texts), texts

@@ -58,6 +58,9 @@ The components (facts from upstream's sources, named in each rule):
   ``nvidia-legacy`` (driver root from its environment; a sourced file counts only under ``set -o allexport``)
   only when the config it writes resolves to the node runtime's real config and ``RUNTIME`` is the node's
   runtime; otherwise nothing changes on the host and the container just runs.  When the pod goes, it removes them.
+  containerd loads them only when signalled (``RUNTIME_RESTART_MODE=signal``, the default): SIGHUP to the socket
+  peer's pid, which the pod sees only with ``hostPID`` (else the installer signals itself and exits 0:
+  CrashLoopBackOff, no handler).
   With ``CDI_ENABLED`` it first writes the ``management.nvidia.com/gpu`` CDI spec to ``CDI_OUTPUT_DIR``
   (``/var/run/cdi``).  ``nvidia-cdi``, and ``nvidia`` with ``NVIDIA_CONTAINER_RUNTIME_MODE=cdi``, run in cdi
   mode: ``NVIDIA_VISIBLE_DEVICES=all`` becomes ``<NVIDIA_CONTAINER_RUNTIME_MODES_CDI_DEFAULT_KIND>=all``, and a
@@ -1262,9 +1265,11 @@ class NodeModel:
         elif c.module:
             self.host.modules.add(c.module)
         elif c.role == TOOLKIT:
-            error = self._install_toolkit(pod, c, uid)
+            error, exits = self._install_toolkit(pod, c, uid)
             if error:
                 return {"error": error, "restarts": 1}, None
+            if exits:
+                return {"completed": True}, None  # exit code 0, restarted: CrashLoopBackOff
         elif c.role in (DEVICE_PLUGIN, GFD):
             if -1 - c.index not in memo.waited:  # at start: the kubelet's socket directory, NVML, the CDI spec
                 failed = self._plugin_start(pod, c) if c.role == DEVICE_PLUGIN else None
@@ -1561,16 +1566,17 @@ class NodeModel:
         return cdi, env
 
     # --- the toolkit installer ---
-    def _install_toolkit(self, pod: dict[str, Any], c: Ctr, uid: str) -> str:
+    def _install_toolkit(self, pod: dict[str, Any], c: Ctr, uid: str) -> tuple[str, str]:
+        """Run the installer: (why it fails, why it exits 0 early)."""
         env = self._sourced_env(pod, c)
         spec, kind, error = toolkit_cdi_spec(pod, c, env)  # first, whatever the runtime config then does
         if error:
-            return error
+            return error, ""
         if spec is not None:
             self.host.files[spec] = kind  # (the installer's cleanup leaves it)
         plan = toolkit_plan(pod, c, self.host, env)
         if plan.error:
-            return plan.error
+            return plan.error, ""
         for path in plan.writes:
             self.host.files[path] = "nvidia runtimes"
         for planned in plan.handlers:
@@ -1582,7 +1588,7 @@ class NodeModel:
         if plan.hook:
             self.host.hooks[plan.hook.name] = Handler("oci-hook", True, plan.hook.driver_root, False, {uid})
             self.host.files[plan.hook.name] = "nvidia hook"
-        return ""
+        return "", plan.exits
 
     def _sourced_env(self, pod: dict[str, Any], c: Ctr) -> dict[str, str]:
         """The installer's environment: the container's, plus files the script sources under allexport."""
@@ -1709,8 +1715,8 @@ class NodeModel:
             for c in self._ctrs[_uid(p)][1]:
                 if c.role == TOOLKIT:
                     plan = toolkit_plan(p, c, self.host, self._sourced_env(p, c))
-                    if plan.noop or plan.error:
-                        notes.append(f"pod {_name(p)} {c.where}: {plan.error or plan.noop}")
+                    if plan.noop or plan.error or plan.exits:
+                        notes.append(f"pod {_name(p)} {c.where}: {plan.error or plan.noop or plan.exits}")
         return notes
 
     def diagnose(self) -> list[Finding]:
@@ -1780,6 +1786,7 @@ class ToolkitPlan:
     writes: list[str] = field(default_factory=list)
     noop: str = ""  # why the host does not change
     error: str = ""  # why the installer fails
+    exits: str = ""  # why the installer exits 0 (and is restarted) once it has written the config, no handler loaded
 
 
 def toolkit_cdi_spec(pod: dict[str, Any], c: Ctr, env: dict[str, str]) -> tuple[str | None, str, str]:
@@ -1872,6 +1879,11 @@ def toolkit_plan(pod: dict[str, Any], c: Ctr, host: Host, env: dict[str, str]) -
         if sock_host != CONTAINERD_SOCKET:
             return ToolkitPlan(error=f"unable to restart containerd: unable to dial: dial unix {socket}: connect: "
                                      "no such file or directory")
+        if not _spec(pod).get("hostPID"):  # SignalContainerd: kill(<the socket peer's pid>, SIGHUP)
+            return ToolkitPlan(writes=writes, exits=(
+                "containerd is not signalled: without hostPID its pid is not in the pod's PID namespace (the "
+                "socket's SCM_CREDENTIALS read pid 0), so kill(0, SIGHUP) hits the installer's own process group: "
+                "\"Signal received, exiting early\""))
     return ToolkitPlan(handlers=handlers, writes=writes)
 
 

@@ -108,3 +108,26 @@ def test_driver_root_reaches_the_host_only_through_a_bidirectional_mount() -> No
     assert any("nvidia-driver-ctr" in t and "not Bidirectional" in t for t in texts), texts
     assert any("waits for /run/nvidia/driver/usr/bin/nvidia-smi; no pod on the node provides it" in t
                for t in texts), texts
+
+
+# --- the toolkit installer ---
+
+def test_toolkit_without_host_pid_cannot_signal_containerd() -> None:
+    """nvidia-ctk-installer's containerd restart mode `signal` (the default) reads containerd's pid from the
+    socket's SCM_CREDENTIALS and kill(pid, SIGHUP)s it (nvidia-container-toolkit
+    cmd/nvidia-ctk-installer/container/runtime/containerd/containerd_linux.go SignalContainerd). Outside the host's
+    PID namespace the pid reads 0: the SIGHUP goes to the installer's own process group, it exits 0 ("Signal
+    received, exiting early") and containerd never loads the `nvidia` handlers. Upstream's toolkit pod has
+    `hostPID: true` (assets/state-container-toolkit/0500_daemonset.yaml). The model added the handlers without
+    looking at hostPID."""
+    docs = _default()
+    _ds(docs, "nvidia-container-toolkit-daemonset")["spec"]["template"]["spec"].pop("hostPID", None)
+    model, result, pods = check_rendered(copy.deepcopy(docs), _node())
+    assert set(model.host.handlers) == {"runc"} and model.host.has("/etc/containerd/config.toml")
+    toolkit = next(p for p in pods if p["metadata"]["name"].startswith("nvidia-container-toolkit-daemonset"))
+    [cs] = pod_status(toolkit, result.statuses[_uid(toolkit)], None, "")["containerStatuses"]
+    assert cs["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    assert cs["lastState"]["terminated"]["exitCode"] == 0
+    assert not any(ready(pod_status(p, result.statuses[_uid(p)], None, "")) for p in pods
+                   if p["spec"].get("runtimeClassName"))
+    assert any("without hostPID" in t for t in model.toolkit_notes())

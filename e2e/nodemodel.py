@@ -60,7 +60,9 @@ The components (facts from upstream's sources, named in each rule):
   runtime; otherwise nothing changes on the host and the container just runs.  When the pod goes, it removes them.
   containerd loads them only when signalled (``RUNTIME_RESTART_MODE=signal``, the default): SIGHUP to the socket
   peer's pid, which the pod sees only with ``hostPID`` (else the installer signals itself and exits 0:
-  CrashLoopBackOff, no handler).
+  CrashLoopBackOff, no handler).  Its handlers run the binaries it installs under ``TOOLKIT_INSTALL_DIR``/``ROOT``
+  (``/usr/local/nvidia``), named by that container path: unless it is the host's same path, no pod of theirs
+  (nor any pod, when one is the default) gets a sandbox (containerd's fork/exec error).
   With ``CDI_ENABLED`` it first writes the ``management.nvidia.com/gpu`` CDI spec to ``CDI_OUTPUT_DIR``
   (``/var/run/cdi``).  ``nvidia-cdi``, and ``nvidia`` with ``NVIDIA_CONTAINER_RUNTIME_MODE=cdi``, run in cdi
   mode: ``NVIDIA_VISIBLE_DEVICES=all`` becomes ``<NVIDIA_CONTAINER_RUNTIME_MODES_CDI_DEFAULT_KIND>=all``, and a
@@ -107,6 +109,10 @@ HOST_RUNTIME_CONFIG = {CONTAINERD: "/etc/containerd/config.toml", CRIO: "/etc/cr
 CRIO_DROP_IN_DIR = "/etc/crio/crio.conf.d"
 CONTAINERD_SOCKET = "/run/containerd/containerd.sock"
 CRIO_HOOK_DIRS = ("/usr/share/containers/oci/hooks.d", "/etc/containers/oci/hooks.d")
+# nvidia-ctk-installer copies its binaries to <install dir>/toolkit (TOOLKIT_INSTALL_DIR, ROOT) and names them by that
+# path, as the container sees it, in the runtime config: the handlers `nvidia`, `nvidia-cdi`, `nvidia-legacy` run these
+TOOLKIT_INSTALL_DIR = "/usr/local/nvidia"
+RUNTIME_BINARIES = ("nvidia-container-runtime", "nvidia-container-runtime.cdi", "nvidia-container-runtime.legacy")
 
 # k8s-device-plugin: the kubelet's socket (--kubelet-socket, KUBELET_SOCKET; pluginapi.KubeletSocket) and the directory
 # the plugin serves its own socket in, where the kubelet looks for it (pluginapi.DevicePluginPath)
@@ -152,6 +158,15 @@ VALIDATOR_BOOL_FLAGS = {"with-wait", "w", "with-workload", "l", "cleanup-all", "
 # containers run without a command: what their image runs
 IMAGE_ENTRYPOINTS = {"k8s-device-plugin": "nvidia-device-plugin", "gpu-feature-discovery": "gpu-feature-discovery",
                      "container-toolkit": "nvidia-toolkit", "driver": "nvidia-driver init"}
+
+
+def missing_runtime_error(binary: str, uid: str) -> str:
+    """containerd's sandbox error when a handler's runtime binary is not on the host (the shim's fork/exec)."""
+    sandbox = hashlib.sha256(uid.encode()).hexdigest()
+    return ("Failed to create pod sandbox: rpc error: code = Unknown desc = failed to create containerd task: failed "
+            "to create shim task: OCI runtime create failed: unable to retrieve OCI runtime error (open "
+            f"/run/containerd/io.containerd.runtime.v2.task/k8s.io/{sandbox}/log.json: no such file or directory): "
+            f"fork/exec {binary}: no such file or directory: unknown")
 
 
 def sandbox_error(handler: str, runtime: str) -> str:
@@ -725,6 +740,7 @@ class Handler:
     default: bool = False
     owners: set[str] = field(default_factory=set)  # pods whose installer added it
     cdi_kind: str = ""  # in cdi mode: the kind NVIDIA_VISIBLE_DEVICES names resolve to (a spec must provide it)
+    missing: str = ""  # the runtime binary it runs, when the host does not have it
 
 
 @dataclass
@@ -813,8 +829,8 @@ def offline_dry_run(pod: dict[str, Any]) -> str | None:
 class Need:
     """Why a pod (or one of its containers' effects) does not get further."""
 
-    kind: str  # file | handler | runtimeclass | configmap | gpu-resource | gpu-runtime | evict | module | privileged
-    # | error
+    kind: str  # file | handler | runtime-binary | runtimeclass | configmap | gpu-resource | gpu-runtime | evict
+    # | module | privileged | error
     target: str  # host path, handler name, ...
     where: str  # "init container x", "container y", "sandbox"
     message: str = ""
@@ -824,6 +840,8 @@ class Need:
             return f"waits for {self.target}"
         if self.kind == "handler":
             return f'cannot start: runtime handler "{self.target}" is not configured on the node'
+        if self.kind == "runtime-binary":
+            return f"cannot start: {self.message}"
         if self.kind == "runtimeclass":
             return f'cannot start: RuntimeClass "{self.target}" not found'
         if self.kind == "configmap":
@@ -977,7 +995,7 @@ class NodeModel:
             if m is None or m.gone:
                 continue
             statuses[m.uid] = self._run_of(p, m)
-            if not m.sandbox and m.need and m.need.kind in ("handler", "runtimeclass", "configmap"):
+            if not m.sandbox and m.need and m.need.kind in ("handler", "runtime-binary", "runtimeclass", "configmap"):
                 key = f"sandbox:{m.need.kind}:{m.need.target}"
                 if key not in m.events:
                     m.events.add(key)
@@ -1001,7 +1019,7 @@ class NodeModel:
     def _fingerprint(self) -> tuple[Any, ...]:
         return (
             tuple(sorted(self.host.files.items())),
-            tuple(sorted((n, h.default, h.driver_root, h.cdi_kind, tuple(sorted(h.owners)))
+            tuple(sorted((n, h.default, h.driver_root, h.cdi_kind, h.missing, tuple(sorted(h.owners)))
                          for n, h in self.host.handlers.items())), tuple(sorted(self.host.modules)),
             tuple(sorted(self.host.hooks)),
             tuple(sorted(self._gpu_owners)), tuple(sorted(self._gfd_owners)), self.host.driver_loaded,
@@ -1058,6 +1076,7 @@ class NodeModel:
                                      f'"{cm.get("name")}" not found')
                     return None
             rc = _spec(pod).get("runtimeClassName")
+            runtime = next((h for h in self.host.handlers.values() if h.default), None)
             if rc:
                 handler = self._world.runtime_classes.get(rc)
                 if handler is None:
@@ -1067,6 +1086,10 @@ class NodeModel:
                 if handler not in self.host.handlers:
                     memo.need = Need("handler", handler, "sandbox")
                     return None
+                runtime = self.host.handlers[handler]
+            if runtime is not None and runtime.missing:  # the sandbox runs in it too
+                memo.need = Need("runtime-binary", runtime.name, "sandbox", missing_runtime_error(runtime.missing, uid))
+                return None
             memo.sandbox = True
         # a validator whose driver check no longer holds starts over from there
         for c in inits[:memo.init_done]:
@@ -1479,15 +1502,17 @@ class NodeModel:
             handler = self._world.runtime_classes.get(rc)
             if handler is None or handler not in self.host.handlers:
                 return Need("handler", handler or rc, c.where)  # the workload pod waits in ContainerCreating
+        gave_up = f"gave up waiting for pod {workload['metadata']['generateName']} to be available: "
         runtime = self._runtime_for(rc)
         if runtime is None:
             return Need("gpu-runtime", "", c.where,
-                        f"gave up waiting for pod {workload['metadata']['generateName']} to be available: "
-                        f"vectorAdd found no CUDA device (runtime class {rc or 'none'} injects no GPUs)")
+                        f"{gave_up}vectorAdd found no CUDA device (runtime class {rc or 'none'} injects no GPUs)")
+        if runtime.missing:
+            return Need("runtime-binary", runtime.name, c.where,
+                        gave_up + missing_runtime_error(runtime.missing, workload["metadata"]["generateName"]))
         if not self.host.driver_at(runtime.driver_root):
             return Need("file", _canonical(posixpath.join(runtime.driver_root, NVIDIA_SMI)), c.where,
                         f"the workload pod finds no driver under {runtime.driver_root}")
-        gave_up = f"gave up waiting for pod {workload['metadata']['generateName']} to be available: "
         cdi, visible = self._allocations() if component == "plugin" else (False, True)
         if cdi and PLUGIN_CDI_KIND not in self.host.cdi_kinds():  # the plugin's devices are CDI names only
             return Need("file", _canonical(PLUGIN_CDI_SPEC), c.where,
@@ -1584,6 +1609,7 @@ class NodeModel:
             if have is None or not have.nvidia:
                 have = self.host.handlers[planned.name] = Handler(planned.name, True)
             have.driver_root, have.default, have.cdi_kind = planned.driver_root, planned.default, planned.cdi_kind
+            have.missing = planned.missing
             have.owners.add(uid)
         if plan.hook:
             self.host.hooks[plan.hook.name] = Handler("oci-hook", True, plan.hook.driver_root, False, {uid})
@@ -1715,8 +1741,9 @@ class NodeModel:
             for c in self._ctrs[_uid(p)][1]:
                 if c.role == TOOLKIT:
                     plan = toolkit_plan(p, c, self.host, self._sourced_env(p, c))
-                    if plan.noop or plan.error or plan.exits:
-                        notes.append(f"pod {_name(p)} {c.where}: {plan.error or plan.noop or plan.exits}")
+                    why = plan.error or plan.noop or plan.exits or plan.missing
+                    if why:
+                        notes.append(f"pod {_name(p)} {c.where}: {why}")
         return notes
 
     def diagnose(self) -> list[Finding]:
@@ -1764,7 +1791,8 @@ class NodeModel:
             if need.kind in ("error", "privileged"):
                 findings.append(Finding("failing", [pod], f"pod {pod} ({need.where}) {need.describe()}"))
             elif not edges[pod]:
-                extra = f" ({'; '.join(notes)})" if notes and need.kind in ("handler", "gpu-runtime") else ""
+                extra = f" ({'; '.join(notes)})" if notes and need.kind in ("handler", "runtime-binary",
+                                                                            "gpu-runtime") else ""
                 findings.append(Finding("stuck", [pod], f"{hop(pod)}; no pod on the node provides it{extra}"))
             elif all(p in blocked for p, _, _ in edges[pod]):
                 findings.append(Finding("blocked", [pod], f"{hop(pod)}, which is blocked itself"))
@@ -1777,6 +1805,7 @@ class _PlannedHandler:
     driver_root: str
     default: bool
     cdi_kind: str = ""
+    missing: str = ""  # the binary it runs, when the host does not have it
 
 
 @dataclass
@@ -1787,6 +1816,7 @@ class ToolkitPlan:
     noop: str = ""  # why the host does not change
     error: str = ""  # why the installer fails
     exits: str = ""  # why the installer exits 0 (and is restarted) once it has written the config, no handler loaded
+    missing: str = ""  # why the handlers' runtime binaries are not on the host
 
 
 def toolkit_cdi_spec(pod: dict[str, Any], c: Ctr, env: dict[str, str]) -> tuple[str | None, str, str]:
@@ -1884,7 +1914,15 @@ def toolkit_plan(pod: dict[str, Any], c: Ctr, host: Host, env: dict[str, str]) -
                 "containerd is not signalled: without hostPID its pid is not in the pod's PID namespace (the "
                 "socket's SCM_CREDENTIALS read pid 0), so kill(0, SIGHUP) hits the installer's own process group: "
                 "\"Signal received, exiting early\""))
-    return ToolkitPlan(handlers=handlers, writes=writes)
+    root = _first(env, "TOOLKIT_INSTALL_DIR", "ROOT") or TOOLKIT_INSTALL_DIR
+    installed, _ = host_path(pod, c.spec, root)
+    if installed == _canonical(root):
+        return ToolkitPlan(handlers=handlers, writes=writes)
+    for h, binary in zip(handlers, RUNTIME_BINARIES, strict=True):
+        h.missing = posixpath.join(root, "toolkit", binary)
+    return ToolkitPlan(handlers=handlers, writes=writes, missing=(
+        f"it installs the toolkit in {root}, which is {installed or 'in the container only'}, not the host's "
+        f"{root}: the runtime config names binaries the host does not have ({handlers[0].missing}, ...)"))
 
 
 def workload_pod(component: str, namespace: str, node: str, env: dict[str, str],

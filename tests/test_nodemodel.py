@@ -131,3 +131,33 @@ def test_toolkit_without_host_pid_cannot_signal_containerd() -> None:
     assert not any(ready(pod_status(p, result.statuses[_uid(p)], None, "")) for p in pods
                    if p["spec"].get("runtimeClassName"))
     assert any("without hostPID" in t for t in model.toolkit_notes())
+
+
+def test_toolkit_installed_outside_the_hosts_install_dir_leaves_the_handlers_without_their_binary(
+        tmp_path: Path) -> None:
+    """The installer copies nvidia-container-runtime and friends to <ROOT>/toolkit and names them by that path in
+    containerd's config, so the host's installDir must be mounted at the same path (upstream's
+    toolkit-install-dir; REFERENCE §11 item 2). Without it containerd's `nvidia` handlers exec a file the host does
+    not have and no pod of their runtime classes starts. The model loaded working handlers whatever ROOT was."""
+    docs = _default()
+    toolkit = _ds(docs, "nvidia-container-toolkit-daemonset")
+    spec = toolkit["spec"]["template"]["spec"]
+    ctr = _ctr(toolkit, "nvidia-container-toolkit-ctr")
+    ctr["volumeMounts"] = [m for m in ctr["volumeMounts"] if m["name"] != "toolkit-install-dir"]
+    spec["volumes"] = [v for v in spec["volumes"] if v["name"] != "toolkit-install-dir"]
+    model, result, pods = check_rendered(copy.deepcopy(docs), _node())
+    assert model.host.handlers["nvidia"].missing == "/usr/local/nvidia/toolkit/nvidia-container-runtime"
+    assert f"{V}/cuda-ready" not in model.host.files and result.gpus is None
+    validator = next(p for p in pods if p["metadata"]["name"].startswith("nvidia-operator-validator"))
+    assert pod_status(validator, result.statuses[_uid(validator)], None, "")["phase"] == "Pending"
+    [event] = [e for e in result.events if e.pod is validator]
+    assert event.reason == "FailedCreatePodSandBox" and event.message.endswith(
+        "fork/exec /usr/local/nvidia/toolkit/nvidia-container-runtime: no such file or directory: unknown")
+    assert any("in the container only" in t for t in model.toolkit_notes())
+    # a non-default installDir, mounted at its own path, is the host's: the stack starts
+    policy = yaml.safe_load((SAMPLES / "clusterpolicy-default.yaml").read_text())
+    policy["spec"].setdefault("toolkit", {})["installDir"] = "/opt/nvidia"
+    moved = tmp_path / "policy.yaml"
+    moved.write_text(yaml.safe_dump(policy))
+    model, readiness = _run(_render(moved))
+    assert all(readiness.values()) and not model.host.handlers["nvidia"].missing

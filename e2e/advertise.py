@@ -26,11 +26,15 @@ k8s-device-plugin v0.20:
   ``mig-configs``), else the default set; an entry applies to a GPU without ``device-filter`` or naming its ID.
 * ``cmd/config-manager/main.go``: the config is the ConfigMap key named by the node label (``NODE_LABEL``), else
   ``DEFAULT_CONFIG``, else the fallback (``empty``); a named key that does not exist is an error.  It reloads
-  when the label changes (the sidecar signals the plugin), not when the ConfigMap's content changes.
+  when the label changes (the sidecar signals the plugin), not when the ConfigMap's content changes.  It writes the
+  selection to ``CONFIG_FILE_DST``, which the plugin and GFD read only as their ``CONFIG_FILE``
+  (``--config-file``; GFD also ``GFD_CONFIG_FILE``; no default) on the volume they share with the sidecar:
+  otherwise they run with no sharing config.
 """
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -289,18 +293,53 @@ class ConfigSource:
     fallbacks: str
 
 
+def _config_manager(c: Mapping[str, Any]) -> bool:
+    return (c.get("command") or [None])[0] == "config-manager"
+
+
+def _config_file(c: Mapping[str, Any]) -> str:
+    """The config file a plugin, GFD or MPS daemon container reads: --config-file, else its env, else none."""
+    words = [w for a in [*(c.get("command") or []), *(c.get("args") or [])] for w in str(a).split()]
+    for i, w in enumerate(words):
+        if w in ("--config-file", "-config-file") and i + 1 < len(words):
+            return words[i + 1]
+        if w.startswith(("--config-file=", "-config-file=")):
+            return w.partition("=")[2]
+    env = _env_values(c)
+    names = ("GFD_CONFIG_FILE", "CONFIG_FILE") if any("gpu-feature-discovery" in w for w in words) else ("CONFIG_FILE",)
+    return next((env[n] for n in names if env.get(n)), "")
+
+
+def _volume_at(c: Mapping[str, Any], path: str) -> tuple[str, str] | None:
+    """(volume, path in it) of a container path under a volume mount, or None: the container's own file."""
+    path = posixpath.normpath(path)
+    best: tuple[str, Mapping[str, Any]] | None = None
+    for m in c.get("volumeMounts") or []:
+        mp = posixpath.normpath(m.get("mountPath") or "/")
+        if (path == mp or path.startswith(mp.rstrip("/") + "/")) and (best is None or len(mp) > len(best[0])):
+            best = (mp, m)
+    if best is None:
+        return None
+    mp, m = best
+    return str(m.get("name")), posixpath.normpath(posixpath.join(m.get("subPath") or "", posixpath.relpath(path, mp)))
+
+
 def config_source(pod: Mapping[str, Any]) -> ConfigSource | None:
-    """The config-manager sidecar of the pod (a container running `config-manager`), or None: no config."""
+    """The config-manager sidecar of the pod (a container running `config-manager`) whose file another main
+    container reads, or None: no config."""
     spec = pod.get("spec") or {}
-    for c in spec.get("containers") or []:
-        if (c.get("command") or [None])[0] != "config-manager":
+    containers = spec.get("containers") or []
+    for c in containers:
+        if not _config_manager(c):
             continue
         env = _env_values(c)
         srcdir = env.get("CONFIG_FILE_SRCDIR", "")
         mount = next((m["name"] for m in c.get("volumeMounts") or [] if m.get("mountPath") == srcdir), None)
         volume: dict[str, Any] = next((v for v in spec.get("volumes") or [] if v.get("name") == mount), {})
         name = (volume.get("configMap") or {}).get("name")
-        if name:
+        written = _volume_at(c, env["CONFIG_FILE_DST"]) if env.get("CONFIG_FILE_DST") else None
+        read = [_volume_at(o, f) for o in containers if not _config_manager(o) for f in [_config_file(o)] if f]
+        if name and written is not None and written in read:
             return ConfigSource(name, env.get("NODE_LABEL", sharing.NODE_LABEL), env.get("DEFAULT_CONFIG", ""),
                                 env.get("FALLBACK_STRATEGIES", "empty"))
     return None

@@ -104,13 +104,21 @@ def _pod(containers: list[dict[str, Any]], volumes: list[dict[str, Any]], ready:
 def test_reading_the_pod_specs() -> None:
     sidecar = {"name": "config-manager", "command": ["config-manager"],
                "env": [{"name": "NODE_LABEL", "value": sharing.NODE_LABEL}, {"name": "DEFAULT_CONFIG", "value": "a"},
-                       {"name": "CONFIG_FILE_SRCDIR", "value": "/available-configs"}],
-               "volumeMounts": [{"name": "available-configs", "mountPath": "/available-configs"}]}
-    plugin = {"name": "nvidia-device-plugin", "env": [{"name": "MIG_STRATEGY", "value": "mixed"}]}
-    pod = _pod([plugin, sidecar], [{"name": "available-configs", "configMap": {"name": "cm"}}])
+                       {"name": "CONFIG_FILE_SRCDIR", "value": "/available-configs"},
+                       {"name": "CONFIG_FILE_DST", "value": "/config/config.yaml"}],
+               "volumeMounts": [{"name": "available-configs", "mountPath": "/available-configs"},
+                                {"name": "config", "mountPath": "/config"}]}
+    plugin = {"name": "nvidia-device-plugin", "env": [{"name": "MIG_STRATEGY", "value": "mixed"},
+                                                      {"name": "CONFIG_FILE", "value": "/config/config.yaml"}],
+              "volumeMounts": [{"name": "config", "mountPath": "/config"}]}
+    volumes = [{"name": "available-configs", "configMap": {"name": "cm"}}, {"name": "config", "emptyDir": {}}]
+    pod = _pod([plugin, sidecar], volumes)
     assert adv.mig_strategy_of(pod) == "mixed"
     assert adv.config_source(pod) == adv.ConfigSource("cm", sharing.NODE_LABEL, "a", "empty")
     assert adv.config_source(_pod([plugin], [])) is None
+    # the plugin reads the file config-manager writes only as its CONFIG_FILE, on the volume they share
+    unread = {**plugin, "env": plugin["env"][:1]}
+    assert adv.config_source(_pod([unread, sidecar], volumes)) is None
     daemon = {"name": "mps-control-daemon-ctr", "command": ["mps-control-daemon"]}
     assert adv.runs_mps_daemon(_pod([daemon], []))
     assert not adv.runs_mps_daemon(_pod([daemon], [], ready=False))

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
+from e2e import advertise as adv
 from e2e.nodemodel import _uid, check_rendered, pod_status, ready
 
 from gpu_operator.cli import main as cli_main
@@ -161,3 +162,40 @@ def test_toolkit_installed_outside_the_hosts_install_dir_leaves_the_handlers_wit
     moved.write_text(yaml.safe_dump(policy))
     model, readiness = _run(_render(moved))
     assert all(readiness.values()) and not model.host.handlers["nvidia"].missing
+
+
+# --- the sharing config ---
+
+def _template_pod(docs: list[dict[str, Any]], prefix: str) -> dict[str, Any]:
+    tpl = _ds(docs, prefix)["spec"]["template"]
+    return {"metadata": dict(tpl["metadata"], name=prefix, uid=prefix), "spec": copy.deepcopy(tpl["spec"])}
+
+
+@pytest.mark.parametrize("prefix,main", [("nvidia-device-plugin-daemonset", "nvidia-device-plugin"),
+                                         ("gpu-feature-discovery", "gpu-feature-discovery")])
+def test_sharing_config_applies_only_when_the_main_container_reads_the_file_config_manager_writes(
+        prefix: str, main: str) -> None:
+    """config-manager writes the selected config to CONFIG_FILE_DST (/config/config.yaml, an emptyDir it shares
+    with the main container); the device plugin and GFD read it only as their CONFIG_FILE (--config-file, no
+    default; k8s-device-plugin cmd/nvidia-device-plugin/main.go, cmd/gpu-feature-discovery/main.go), which
+    upstream sets with the /config mount (controllers/object_controls.go handleDevicePluginConfig). Without either
+    they run with no sharing config, but advertise.config_source read only the sidecar: the simulator advertised
+    and labelled the time-slicing replicas anyway."""
+    docs = _render(SAMPLES / "clusterpolicy-time-slicing.yaml")
+    assert adv.config_source(_template_pod(docs, prefix)) is not None  # as rendered: the config applies
+
+    no_env = _template_pod(docs, prefix)
+    ctr = next(c for c in no_env["spec"]["containers"] if c["name"] == main)
+    ctr["env"] = [e for e in ctr["env"] if e["name"] != "CONFIG_FILE"]
+    assert adv.config_source(no_env) is None
+
+    no_mount = _template_pod(docs, prefix)
+    ctr = next(c for c in no_mount["spec"]["containers"] if c["name"] == main)
+    ctr["volumeMounts"] = [m for m in ctr["volumeMounts"] if m["mountPath"] != "/config"]
+    assert adv.config_source(no_mount) is None  # its /config/config.yaml is its own, empty
+
+    flag = _template_pod(docs, prefix)  # --config-file is the same setting
+    ctr = next(c for c in flag["spec"]["containers"] if c["name"] == main)
+    ctr["env"] = [e for e in ctr["env"] if e["name"] != "CONFIG_FILE"]
+    ctr["args"] = [*(ctr.get("args") or []), "--config-file=/config/config.yaml"]
+    assert adv.config_source(flag) is not None

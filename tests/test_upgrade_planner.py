@@ -531,7 +531,8 @@ def test_pod_deletion_evicts_only_gpu_pods() -> None:
     pods = [
         gpu_pod("gpu"),
         gpu_pod("cpu", uses_gpu=False),
-        gpu_pod("ds-gpu", is_daemonset_pod=True),
+        gpu_pod("ds-cpu", uses_gpu=False, is_daemonset_pod=True),
+        gpu_pod("ds-done", is_daemonset_pod=True, phase="Succeeded"),
         gpu_pod("done", phase="Succeeded"),
         gpu_pod("other-node", node="n2"),
     ]
@@ -547,6 +548,32 @@ def test_pod_deletion_done_when_no_gpu_pods() -> None:
     p = run([node], [gpu_pod("cpu", uses_gpu=False)], pol=policy(pod_deletion=PD))
     assert states(p) == {"n1": "pod-restart-required"}
     assert Annotate("n1", POD_DELETION_START_ANNOTATION, None) in p.actions
+
+
+def test_pod_deletion_fails_on_a_gpu_daemonset_pod_instead_of_restarting_the_driver() -> None:
+    """A DaemonSet's pod using a GPU was left out of pod deletion, so the node read as having no GPU pods left: it
+    went on to pod-restart-required and its driver pod was deleted in the same pass under the GPU pod still running
+    (the new pod's k8s-driver-manager, told by the upgrade-enabled annotation to leave eviction to the operator,
+    then cannot unload the modules). Upstream (k8s-operator-libs pkg/upgrade/pod_manager.go) counts every GPU pod,
+    a DaemonSet's too, against what its drain helper may delete (IgnoreAllDaemonSets): a mismatch is a failure,
+    upgrade-failed with drain off, nothing evicted and the driver left alone."""
+    pods = [gpu_pod("inference-ds-abcde", is_daemonset_pod=True), gpu_pod("trainer")]
+    p = run([make_node(state="pod-deletion-required")], pods, pol=policy(pod_deletion=PD))
+    assert of(p, DeleteDriverPod) == [] and of(p, EvictPods) == []
+    assert states(p) == {"n1": "upgrade-failed"}
+    (reason,) = [a for a in of(p, Annotate) if a.key == FAILURE_REASON_ANNOTATION]
+    assert reason.value == "pod deletion cannot remove GPU pods of a DaemonSet or static: default/inference-ds-abcde"
+
+
+def test_pod_deletion_with_a_gpu_static_pod_tries_drain_when_drain_is_enabled() -> None:
+    """As above with drain on: upstream's updateNodeToDrainOrFailed moves the node to drain-required. A static
+    (mirror) pod using a GPU, which the drain helper skips the same way, is projected as a DaemonSet pod."""
+    pods = [gpu_pod("static-gpu-n1", is_daemonset_pod=True)]
+    p = run([make_node(state="pod-deletion-required")], pods, pol=policy(pod_deletion=PD, drain=DrainSpec(
+        enable=True)))  # fmt: skip
+    assert states(p) == {"n1": "pod-restart-required"}  # drain, as upstream's, skips it: nothing else to evict
+    assert [a.state for a in of(p, SetState)] == ["drain-required", "pod-restart-required"]
+    assert "trying drain" in of(p, Event)[0].message
 
 
 def test_pod_deletion_not_configured_goes_to_drain() -> None:
@@ -1200,11 +1227,14 @@ def test_pod_deletion_evicts_pods_holding_a_dra_gpu_claim() -> None:
     pol = policy(pod_deletion=PD)
     kube = ClaimsKube(pods, claims, forbidden=("secret-claim",))
     found = workload_pods(kube, [node], pol)  # type: ignore[arg-type]
-    assert {p.name for p in found if p.uses_gpu} == {"trainer-0", "named", "unreadable"}
-    assert not [p for p in kube.paths if p.endswith("/agent-gpu")]  # DaemonSet pods are never evicted: not read
+    assert {p.name for p in found if p.uses_gpu} == {"trainer-0", "named", "unreadable", "agent"}
     assert kube.paths[0] == "/apis/resource.k8s.io" and kube.paths.count("/apis/resource.k8s.io") == 1
     assert "/apis/resource.k8s.io/v1/namespaces/ml/resourceclaims/trainer-0-gpu-x" in kube.paths
+    # A DaemonSet's pod holding a GPU claim fails pod deletion, as one asking for nvidia.com/gpu does (above).
     p = run([node], found, pol=pol)
+    assert of(p, EvictPods) == [] and states(p) == {"n1": "upgrade-failed"}
+    assert "ml/agent" in of(p, Event)[0].message
+    p = run([node], [f for f in found if f.name != "agent"], pol=pol)
     assert of(p, EvictPods)[0].pods == (("ml", "named"), ("ml", "trainer-0"), ("ml", "unreadable"))
 
     # DRA in beta (Kubernetes 1.32, 1.33): read there; not served at all: no claims, nothing read.

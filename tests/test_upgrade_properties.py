@@ -483,9 +483,9 @@ class Cluster:
             old = n.pod is not None and n.pod["metadata"]["labels"]["controller-revision-hash"] == OLD
             if n.labels.get(STATE_LABEL) == "upgrade-failed" and (old or REQUESTED_ANNOTATION in n.annotations):
                 # Failed before its driver restarted (pods that would not go): the admin moves the
-                # workloads away and relabels the node to retry.
+                # workloads away (a GPU DaemonSet's too) and relabels the node to retry.
                 self.interventions += 1
-                for pname in [pn for pn, p in self.pods.items() if p.node == n.name and not p.is_ds]:
+                for pname in [pn for pn, p in self.pods.items() if p.node == n.name and (p.uses_gpu or not p.is_ds)]:
                     del self.pods[pname]
                 n.labels[STATE_LABEL] = "upgrade-required"
 

@@ -329,8 +329,8 @@ CLAIM_VERSIONS = ("v1", "v1beta2", "v1beta1")
 
 class GpuClaims:
     """Marks as GPU pods the pods that ask for no GPU resource but hold a ResourceClaim the NVIDIA GPU DRA driver
-    allocated (upstream's gpuPodSpecFilter: PodHasNVIDIAGPUClaim). Claims are read (one GET each) only for the pods
-    pod deletion may evict, on the nodes whose pods are read; a claim that cannot be read counts as a GPU claim, as
+    allocated (upstream's gpuPodSpecFilter: PodHasNVIDIAGPUClaim). Claims are read (one GET each) only for the
+    Running and Pending pods on the nodes whose pods are read; a claim that cannot be read counts as a GPU claim, as
     upstream. A claim that is gone holds nothing; where no version of CLAIM_VERSIONS is served there are none."""
 
     def __init__(self, kube: Kube):
@@ -341,9 +341,9 @@ class GpuClaims:
 
     def project(self, raw: Mapping[str, Any]) -> WorkloadPod:
         pod = WorkloadPod.from_pod(raw)
-        if pod.uses_gpu or pod.is_daemonset_pod or pod.phase not in ("Running", "Pending"):
-            return pod  # DaemonSet and static pods are never evicted
-        names = claim_names(raw)
+        if pod.uses_gpu or pod.phase not in ("Running", "Pending"):
+            return pod
+        names = claim_names(raw)  # a DaemonSet's or static pod's too: one holding a GPU fails pod deletion
         return replace(pod, uses_gpu=True) if names and self._holds_gpu(pod, names) else pod
 
     def _holds_gpu(self, pod: WorkloadPod, names: Sequence[str]) -> bool:

@@ -583,16 +583,22 @@ class _Pass:
         clear = [POD_DELETION_START_ANNOTATION]
         if spec is None:
             return self.move(node, DRAIN_REQUIRED, "podDeletion is not configured", clear=clear, event=False)
-        gpu_pods = [p for p in self.pods[node.name] if p.uses_gpu and not p.is_daemonset_pod and not p.finished]
-        result = self.evict(
-            node,
-            gpu_pods,
-            start_key=POD_DELETION_START_ANNOTATION,
-            force=spec.force,
-            timeout=spec.timeout_seconds,
-            delete_emptydir=spec.delete_empty_dir,
-            field="podDeletion",
-        )
+        gpu_pods = [p for p in self.pods[node.name] if p.uses_gpu and not p.finished]
+        # As upstream, a DaemonSet's or static pod using a GPU, which eviction may not remove, fails pod deletion
+        # before any pod goes (the driver is not restarted under it).
+        kept = [p.ref for p in gpu_pods if p.is_daemonset_pod]
+        if kept:
+            result = _Eviction(failure=f"pod deletion cannot remove GPU pods of a DaemonSet or static: {names(kept)}")
+        else:
+            result = self.evict(
+                node,
+                gpu_pods,
+                start_key=POD_DELETION_START_ANNOTATION,
+                force=spec.force,
+                timeout=spec.timeout_seconds,
+                delete_emptydir=spec.delete_empty_dir,
+                field="podDeletion",
+            )
         if result.done:
             return self.move(node, POD_RESTART_REQUIRED, "no GPU pods left on the node", clear=clear, event=False)
         if result.failure is not None:

@@ -1711,3 +1711,80 @@ def test_upgrade_plan_says_no_upgrade_is_orchestrated_with_sandbox_workloads_ena
     out = _upgrade_plan(monkeypatch, capsys, snap)
     assert "sandboxWorkloads is enabled: nothing is orchestrated" in out, out
     assert "wave " not in out, out
+
+
+def _cp_nodes_snapshot(nodes: list[dict[str, Any]], rev: str = OLD) -> Any:
+    """A Snapshot of `nodes` (Node objects) where each one labelled to get the driver runs a driver pod of `rev`
+    under a DaemonSet at NEW."""
+    from gpu_operator.nodes import gets_driver
+    from gpu_operator.observe import Snapshot
+
+    facts = {n["metadata"]["name"]: NodeFacts.from_node(n) for n in nodes}
+    pods = {}
+    for name in [k for k, f in facts.items() if gets_driver(f)]:
+        pod = {**driver_pod(f"nvidia-driver-{name}", rev), "node": name, "owner": "nvidia-driver-daemonset"}
+        pod["metadata"]["labels"][OPERAND_STATE_LABEL] = "state-driver"
+        pods[pod["metadata"]["name"]] = pod
+    revisions = {"r": {"metadata": {"labels": {"controller-revision-hash": NEW}}, "revision": 2,
+                       "owner": "nvidia-driver-daemonset"}}  # fmt: skip
+    return Snapshot(nodes=facts, policies={}, owned={}, pods=pods, revisions=revisions)
+
+
+def test_a_node_mid_upgrade_that_no_longer_gets_the_clusterpolicys_driver_is_let_go() -> None:
+    """A node mid-upgrade that drops out of the ClusterPolicy's driver (the admin labels it
+    nvidia.com/gpu.deploy.driver=false, or its GPU goes) was in no plan any more, and orchestrate() let nodes go
+    only when the whole driver was switched off: the node kept its in-progress state label and the upgrade's cordon
+    for good, status.upgrade no longer named it and it no longer counted as unavailable. Now it is let go as under
+    NVIDIADrivers (reconciler._orchestrate_nvidia_drivers): state label removed, the upgrade's own cordon undone
+    with an event. A cordon the admin made before the upgrade stays, and a failed node stays cordoned for the
+    admin; the nodes that still get the driver go on as before."""
+    from gpu_operator.api import parse_spec
+    from gpu_operator.nodes import GPU_PRESENT, deploy_label
+    from gpu_operator.upgrade.orchestrate import orchestrate
+    from support import RecordingKube, load_policy, node
+
+    spec = parse_spec(load_policy()["spec"])
+    assert spec.driver.enabled and spec.driver.upgrade_policy.auto_upgrade
+
+    def gpu_node(name: str, state: str | None, driver: str = "false", cordoned: bool = False,
+                 annotations: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+        labels = {GPU_PRESENT: "true", deploy_label("driver"): driver, **({STATE_LABEL: state} if state else {})}
+        obj = node(name, labels=labels)
+        obj["spec"] = {"unschedulable": cordoned}
+        obj["metadata"]["annotations"] = dict(annotations or {})
+        return obj
+
+    nodes = [
+        gpu_node("keep", "upgrade-done", driver="true"),  # up to date: nothing to do
+        gpu_node("ours", "wait-for-jobs-required", cordoned=True),  # cordoned by the upgrade
+        gpu_node("admins", "wait-for-jobs-required", cordoned=True,
+                 annotations={INITIAL_UNSCHEDULABLE_ANNOTATION: "true"}),  # cordoned before the upgrade
+        gpu_node("failed", "upgrade-failed", cordoned=True, annotations={FAILURE_REASON_ANNOTATION: "boom"}),
+        gpu_node("done", "upgrade-done"),
+        gpu_node("never", None),
+    ]
+    events: list[tuple[str, str]] = []
+
+    def event(ref: dict[str, Any], etype: str, reason: str, message: str, **_: Any) -> None:
+        events.append((ref["metadata"]["name"], message))
+
+    kube = RecordingKube()
+    out = orchestrate(kube, "gpu-operator", spec, _cp_nodes_snapshot(nodes, rev=NEW), event)  # type: ignore[arg-type]
+    sent: dict[str, list[dict[str, Any]]] = {}
+    for verb, what in kube.calls:
+        if verb == "merge_patch" and what[0] == "Node":
+            sent.setdefault(what[1], []).append(what[2])
+    assert set(sent) == {"ours", "admins", "failed", "done"}, sent
+    assert sent["ours"] == [{"metadata": {"labels": {STATE_LABEL: None}}, "spec": {"unschedulable": None}}]
+    # Neither the admin's cordon nor a failed node's is undone.
+    assert sent["admins"] == [{"metadata": {"labels": {STATE_LABEL: None},
+                                            "annotations": {INITIAL_UNSCHEDULABLE_ANNOTATION: None}}}]  # fmt: skip
+    assert sent["failed"] == [{"metadata": {"labels": {STATE_LABEL: None}}}]
+    assert sent["done"] == [{"metadata": {"labels": {STATE_LABEL: None}}}]
+    why = "the ClusterPolicy's driver no longer goes to the node"
+    assert sorted(events) == [
+        ("failed", f"{why} in upgrade-failed (boom): node left cordoned for the admin; uncordon it once its driver "
+                   "works"),
+        ("ours", f"{why} in wait-for-jobs-required: node uncordoned (the upgrade had cordoned it)"),
+    ]  # fmt: skip
+    assert out.status is not None and out.status["total"] == 1

@@ -40,8 +40,11 @@ GAUGES = (
     metrics.nodes_upgrades_pending,
 )
 
-# Why a node's upgrade is let go with sandboxWorkloads.enabled (the event's start).
+# Why a node's upgrade is let go (the event's start): sandboxWorkloads.enabled; the ClusterPolicy's driver switched
+# off; that driver no longer going to the node.
 SANDBOX = "sandboxWorkloads was enabled"
+OFF = "the ClusterPolicy's driver was switched off"
+LEFT = "the ClusterPolicy's driver no longer goes to the node"
 
 
 @dataclass
@@ -56,14 +59,14 @@ class Orchestrated:
 
 def left_behind(
     kube: Kube, namespace: str, nodes: Iterable[NodeFacts], events: EventFn,
-    why: str = "the ClusterPolicy's driver was switched off", unowned: Collection[str] = (),
+    why: str = OFF, unowned: Collection[str] = (),
 ) -> None:  # fmt: skip
-    """`nodes` no driver of ours upgrades any more (the ClusterPolicy's driver switched off, or under
-    useNvidiaDriverCRD no NVIDIADriver drives them): no upgrade can go on, so those one left mid-way are let go as
-    with autoUpgrade off (planner.switched_off): state label and bookkeeping removed, the upgrade's own cordons
-    undone (a failed node's left to the admin), each with an event saying `why`. Upstream leaves them cordoned for
-    good. `unowned`: nodes whose NVIDIADriver owner label goes in the same patch (the pass keeps it until then: it
-    decides by it that the node is let go)."""
+    """`nodes` no driver of ours upgrades any more (the ClusterPolicy's driver switched off or no longer going to
+    them, or under useNvidiaDriverCRD no NVIDIADriver drives them): no upgrade can go on, so those one left mid-way
+    are let go as with autoUpgrade off (planner.switched_off): state label and bookkeeping removed, the upgrade's own
+    cordons undone (a failed node's left to the admin), each with an event saying `why`. Upstream leaves them
+    cordoned for good. `unowned`: nodes whose NVIDIADriver owner label goes in the same patch (the pass keeps it
+    until then: it decides by it that the node is let go)."""
     actions = [a for n in nodes if STATE_LABEL in n.labels for a in _let_go(n, why, n.name in unowned)]
     if actions:
         Executor(kube, namespace, events).run(Plan(actions))
@@ -120,11 +123,16 @@ def orchestrate(
         return Orchestrated(None, False)
     if managed is None:
         managed = managed_nodes(spec, snap, kept)
+    if own and len(managed) < len(snap.nodes):
+        # A node with an upgrade state that the driver no longer goes to (switched off, or on that node: its deploy
+        # label false, its GPU gone) is in no plan, so no pass would move it on: let go, as under NVIDIADrivers.
+        gone = snap.nodes.keys() - {n.name for n in managed}
+        found = [snap.nodes[k] for k in sorted(k for k in gone if STATE_LABEL in snap.nodes[k].labels)]
+        if found:
+            left_behind(kube, namespace, found, events, LEFT if spec.driver.enabled else OFF)
     if not managed:  # nothing to upgrade (driver off, no GPU node): the gauges say so too
         if gauges:
             set_gauges(Counters())
-        if not spec.driver.enabled and not spec.driver.use_nvidia_driver_crd:
-            left_behind(kube, namespace, snap.nodes.values(), events)
         return Orchestrated(None, False)
     needs = kept.inputs.needs_pods if kept is not None else None  # kept with `managed`
     result = plan(managed, workload_pods(kube, managed, policy, needs), policy, time.time(), limit=limit)

@@ -1730,6 +1730,30 @@ def _cp_nodes_snapshot(nodes: list[dict[str, Any]], rev: str = OLD) -> Any:
     return Snapshot(nodes=facts, policies={}, owned={}, pods=pods, revisions=revisions)
 
 
+def test_orchestrate_under_sandbox_workloads_writes_no_upgrade_of_its_own() -> None:
+    """With sandboxWorkloads.enabled and the chart's autoUpgrade, orchestrate() cordoned a container-workload node
+    whose driver was out of date and deleted its driver pod, while the node had lost the upgrade-enabled annotation
+    (so its k8s-driver-manager evicted and uncordoned on its own). Found by a review; fixed by e57b957 (see
+    test_no_driver_upgrade_is_orchestrated_with_sandbox_workloads_enabled): no cordon, no driver pod deletion."""
+    import copy
+
+    from gpu_operator.api import parse_spec
+    from gpu_operator.nodes import GPU_PRESENT, WORKLOAD_CONFIG, deploy_label
+    from gpu_operator.upgrade.orchestrate import orchestrate
+    from support import RecordingKube, load_policy, node
+
+    raw = copy.deepcopy(load_policy()["spec"])
+    raw["sandboxWorkloads"] = {"enabled": True, "defaultWorkload": "container"}
+    raw["driver"].setdefault("upgradePolicy", {})["autoUpgrade"] = True
+    n1 = node("n1", labels={GPU_PRESENT: "true", deploy_label("driver"): "true", WORKLOAD_CONFIG: "container",
+                            STATE_LABEL: "upgrade-done"})  # fmt: skip
+    kube, snap = RecordingKube(), _cp_nodes_snapshot([n1])
+    orchestrate(kube, "gpu-operator", parse_spec(raw), snap, lambda *a, **k: None)  # type: ignore[arg-type]
+    patches = [c[1][2] for c in kube.calls if c[0] == "merge_patch" and c[1][0] == "Node"]
+    assert not [c for c in kube.calls if c[0] == "delete"], kube.calls
+    assert not [p for p in patches if (p.get("spec") or {}).get("unschedulable")], kube.calls
+
+
 def test_a_node_mid_upgrade_that_no_longer_gets_the_clusterpolicys_driver_is_let_go() -> None:
     """A node mid-upgrade that drops out of the ClusterPolicy's driver (the admin labels it
     nvidia.com/gpu.deploy.driver=false, or its GPU goes) was in no plan any more, and orchestrate() let nodes go

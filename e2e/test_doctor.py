@@ -346,6 +346,8 @@ def test_a_mig_resource_under_the_single_strategy(admin: Kube, ns: str, doctor_k
     assert "nvidia.com/mig-1g.10gb" in unschedulable(admin, ns, "mig")
     f = finding(doctor_kubeconfig, "MIGResourceNotAdvertised", "-n", ns, "--pod", "mig")
     assert "strategy is single" in f["summary"] and "mixed" in f["fix"] and "-MIG-1g.10gb" in f["fix"]
+    # The H100 nodes' GPUs have the profile: the layout is named with them (the L4 node is not MIG-capable).
+    assert "nvidia.com/mig.config=all-1g.10gb on " in f["fix"] and H100_0 in f["fix"] and L4 not in f["fix"]
 
 
 def test_a_cuda_13_image_on_a_node_with_driver_570(admin: Kube, ns: str, doctor_kubeconfig: Path) -> None:

@@ -17,6 +17,7 @@ from gpu_operator.observe import Snapshot
 
 NS = "gpu-operator"
 H100 = "NVIDIA-H100-80GB-HBM3"
+H200 = "NVIDIA-H200"
 
 
 def node(name: str, gpus: int = 8, product: str = H100, driver: str = "595.91.07", **extra: Any) -> dict[str, Any]:
@@ -376,6 +377,71 @@ def test_a_pod_asking_for_two_mig_profiles_is_checked_for_each() -> None:
     busy = pod("busy", node_name="h-0", limits={"nvidia.com/mig-3g.40gb": "8"})
     found = kinds(cluster([mixed_node("h-0", "all-balanced")], [busy, pod("mig", limits=two)]))
     assert set(found) == {"InsufficientGPU"} and "nvidia.com/mig-3g.40gb" in found["InsufficientGPU"].summary
+
+
+@pytest.mark.parametrize("strategy", ["mixed", "single"])
+def test_mig_fix_names_no_layout_for_a_profile_the_clusters_gpus_lack(strategy: str) -> None:
+    """Seed §5.4 asks for nvidia.com/mig-1g.10gb and mig-3g.40gb (H100 profiles); §7.2 puts H200s beside H100s. On
+    H200 nodes (141 GB: 1g.18gb, 2g.35gb, 3g.71gb, ...) the fix said to label a node nvidia.com/mig.config=all-1g.10gb
+    (and, under single, to select `<model>-MIG-1g.10gb`): no H200 has that profile and no layout of the MIG table
+    makes it there, so the node went to mig.config.state=failed and the pod stayed Pending. Doctor now says no GPU
+    in the cluster has the profile, lists the profiles its GPUs have, and names no layout."""
+    gpu = mig.gpu_of_product(H200)
+    assert gpu is not None and "all-1g.10gb" not in mig.valid_layouts(gpu)
+    n = node("h200-0", product=H200, labels={"nvidia.com/mig.strategy": strategy})
+    p = pod("mig-pair", limits={"nvidia.com/mig-1g.10gb": "1", "nvidia.com/mig-3g.40gb": "1"})
+    f = kinds(cluster([n], [p]))["MIGResourceNotAdvertised"]
+    assert "mig.config=" not in f.fix and "MIG-1g.10gb" not in f.fix, f.fix
+    assert "no GPU in this cluster has a 1g.10gb profile (H200 141GB: 1g.18gb, " in f.summary, f.summary
+    assert "request a profile these GPUs have" in f.fix
+
+
+def test_mig_fix_names_only_the_nodes_whose_gpus_have_the_profile() -> None:
+    """Of an H200 node and an H100 node only the H100 can make 1g.10gb devices, yet the fix and the finding's nodes
+    named both, so all-1g.10gb could go onto the H200 (where it fails). Now only the H100 node is named."""
+    for strategy in ("mixed", "single"):
+        labels = {"nvidia.com/mig.strategy": strategy}
+        nodes = [node("h200-0", product=H200, labels=labels), node("h100-0", labels=labels)]
+        f = kinds(cluster(nodes, [pod("p", resource="nvidia.com/mig-1g.10gb")]))["MIGResourceNotAdvertised"]
+        assert "nvidia.com/mig.config=all-1g.10gb on h100-0)" in f.fix and "h200" not in f.fix, f.fix
+        assert f.nodes == ("h100-0",)
+
+
+USER_MIG_CONFIG = """version: v1
+mig-configs:
+  fours:
+    - devices: all
+      mig-enabled: true
+      mig-devices: {"1g.20gb": 4}
+"""
+
+
+def test_mig_fix_takes_its_layouts_from_the_users_mig_parted_config() -> None:
+    """With migManager.config.name naming the user's mig-parted ConfigMap, mig-manager knows only its layouts, yet
+    the fix named all-1g.10gb, which it does not have. Now the fix names the user's layout that makes the profile on
+    the node's GPU, and says when none does or when mig-manager cannot read the ConfigMap. Without a user's
+    ConfigMap, a profile that no default layout makes on the GPU (H200 NVL's 1g.35gb: all-1g.35gb leaves it out)
+    gets no all-<profile> either."""
+
+    def fix(config: str | None, resource: str = "nvidia.com/mig-1g.10gb", product: str = H100) -> str:
+        """The fix for a pod asking `resource`; `config`: the user's config.yaml (None: none named; "": not found)."""
+        c = cluster([node("h-0", product=product, labels={"nvidia.com/mig.strategy": "mixed"})],
+                    [pod("p", resource=resource)])  # fmt: skip
+        if config is not None:
+            c.snapshot.policies["cluster-policy"]["spec"] = {"migManager": {"config": {"name": "my-mig"}}}
+            if config:
+                c.snapshot.config_data["my-mig"] = {"config.yaml": config}
+        return str(kinds(c)["MIGResourceNotAdvertised"].fix)
+
+    sevens = USER_MIG_CONFIG + ('  sevens:\n    - devices: all\n      mig-enabled: true\n'
+                                '      mig-devices: {"1g.10gb": 7}\n')  # fmt: skip
+    assert "(nvidia.com/mig.config=sevens on h-0)" in fix(sevens)
+    assert "no layout of ConfigMap my-mig makes it there" in fix(USER_MIG_CONFIG)
+    assert "mig-manager cannot read ConfigMap my-mig (not found)" in fix("")
+    assert "ConfigMap my-mig (key config.yaml: " in fix("version: v2\n")
+    assert "no layout of the default table makes it there" in fix(None, "nvidia.com/mig-1g.35gb", "NVIDIA-H200-NVL")
+    assert "all-1g.10gb" not in fix(sevens) + fix(USER_MIG_CONFIG) + fix("")
+    assert "nvidia.com/mig.config=all-1g.10gb on h-0" in fix(None)  # the default table has it for the H100
 
 
 def test_cordoned_node_mid_upgrade() -> None:

@@ -6,13 +6,17 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
 import yaml
 
+from .. import mig
 from ..api import ClusterPolicySpec
+from ..mig_layouts import MigGPU
 from ..nodes import WORKLOAD_CONFIG, workload_of
+from ..states.mig_manager import custom_config
 from .common import (
     MIG_CONFIG_LABEL,
     MIG_STATE_LABEL,
@@ -383,6 +387,59 @@ def _taints(pod: dict[str, Any], ref: str, nodes: list[NodeView], evidence: list
     )  # fmt: skip
 
 
+def _mig_gpus(cluster: Cluster, capable: list[NodeView]) -> dict[str, tuple[MigGPU, list[str]]] | None:
+    """The MIG-capable nodes by GPU model (the package's MIG table), or None when one's model is not known."""
+    out: dict[str, tuple[MigGPU, list[str]]] = {}
+    for v in capable:
+        facts = cluster.snapshot.nodes.get(v.name)
+        gpu = mig.gpu_of_node(facts) if facts is not None else mig.gpu_of_product(v.labels.get(PRODUCT_LABEL, ""))
+        if gpu is None:
+            return None
+        out.setdefault(gpu.name, (gpu, []))[1].append(v.name)
+    return out
+
+
+def _layouts_with(
+    resource: str, profile: str, gpus: dict[str, tuple[MigGPU, list[str]]], layouts: mig.Layouts | None
+) -> dict[str, list[str]]:
+    """A layout of `layouts` that makes `resource` on each GPU model (all-<profile> where there is one) -> the nodes
+    of the models it is valid on."""
+    out: dict[str, list[str]] = {}
+    for gpu, nodes in gpus.values():
+        found = [name for name in mig.valid_layouts(gpu, layouts)
+                 if _makes(mig.layout_devices(gpu, name, layouts) or {}, resource)]  # fmt: skip
+        if found:
+            out.setdefault(f"all-{profile}" if f"all-{profile}" in found else found[0], []).extend(nodes)
+    return out
+
+
+def _makes(profiles: Mapping[str, int], resource: str) -> bool:
+    """Whether MIG devices of one of these profiles are advertised as `resource` (strategy mixed)."""
+    return any(mig.mig_resource(p) == resource and n > 0 for p, n in profiles.items())
+
+
+def _mig_layouts(cluster: Cluster, spec: ClusterPolicySpec | None) -> tuple[mig.Layouts | None, str, str]:
+    """The layouts mig-manager applies (None: the default table), where they come from, and why it cannot read the
+    user's ConfigMap (migManager.config.name; "" when it can)."""
+    name = custom_config(spec) if spec is not None else None
+    if not name:
+        return None, "the default table", ""
+    source = f"ConfigMap {name}"
+    text = (cluster.snapshot.config_data.get(name) or {}).get("config.yaml")
+    if name not in cluster.snapshot.config_data:
+        return {}, source, "not found"
+    if text is None:
+        return {}, source, "no key config.yaml"
+    try:
+        return mig.parse_config(text), source, ""
+    except mig.ConfigError as exc:
+        return {}, source, f"key config.yaml: {exc}"
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
 def _cordoned(cluster: Cluster, ref: str, nodes: list[NodeView], evidence: list[Evidence]) -> Finding:
     waiting = upgrade_waiting(cluster)
     rows, upgrading = [], []
@@ -425,19 +482,48 @@ def _not_advertised(
             f"{v.labels.get(MIG_CONFIG_LABEL, '-')}, mig.config.state={v.labels.get(MIG_STATE_LABEL, '-')}"
             for v in capable[:20]
         ]
-        if "mixed" in strategies:
+        mixed = "mixed" in strategies
+        if mixed:
             summary = (f"no node advertises {resource}: the MIG strategy is mixed but no node's layout has "
                        f"{profile} devices (or its MIG change failed or is pending)")  # fmt: skip
-            fix = (f"label a MIG-capable node with a layout that has {profile} (e.g. nvidia.com/mig.config=all-"
-                   f"{profile}) and wait for nvidia.com/mig.config.state=success")  # fmt: skip
         else:
             summary = (f"the pod requests {resource}, a resource only the MIG strategy mixed advertises; the "
                        f"strategy is {strategy}")  # fmt: skip
+        # Only layouts the nodes' GPU models take (a layout mig-manager has no entry for fails the node).
+        gpus = _mig_gpus(cluster, capable)
+        having = [n for g, nodes in (gpus or {}).values() if _makes(g.profiles, resource) for n in nodes]
+        layouts, source, unreadable = _mig_layouts(cluster, spec)
+        where = _layouts_with(resource, profile, gpus or {}, layouts) if having else {}
+        to_mixed = "" if mixed else "set the ClusterPolicy's mig.strategy to mixed and "
+        # No MIG-capable node, or a GPU the MIG table does not know: the example layout is not checked.
+        near = [n for nodes in where.values() for n in nodes] or having  # the nodes the fix is about
+        named = [v for v in capable if v.name in near] or capable
+        fix, example = "", f"e.g. nvidia.com/mig.config=all-{profile}"
+        if gpus and not having:
+            listed = "; ".join(f"{g.name}: {', '.join(g.profiles)}" for g, _ in gpus.values())
+            summary += f"; no GPU in this cluster has a {profile} profile ({listed})"
+            fix = (f"{to_mixed}request a profile these GPUs have (nvidia.com/mig-<profile>), or add nodes with a GPU "
+                   f"that has {profile}")  # fmt: skip
+        elif where:
+            example = "; ".join(f"nvidia.com/mig.config={layout} on {_listed(nodes)}"
+                                for layout, nodes in where.items())  # fmt: skip
+        elif having and unreadable:
+            fix = (f"mig-manager cannot read {source} ({unreadable}), so it applies no layout: fix it, with a layout "
+                   f"that has {profile} on the GPUs of {_listed(having)}")  # fmt: skip
+            fix += "" if mixed else ", and set the ClusterPolicy's mig.strategy to mixed"
+        elif having:
+            fix = (f"{to_mixed}add a layout that has {profile} on the GPUs of {_listed(having)} to a mig-parted "
+                   f"ConfigMap named by migManager.config.name (no layout of {source} makes it there) and label "
+                   "such a node with it")  # fmt: skip
+        if not fix and mixed:
+            fix = (f"label a MIG-capable node with a layout that has {profile} ({example}) and wait for "
+                   f"nvidia.com/mig.config.state=success")  # fmt: skip
+        elif not fix:
             fix = (f"either set the ClusterPolicy's mig.strategy to mixed and give the node a layout with {profile} "
-                   f"(nvidia.com/mig.config=all-{profile}), or, with strategy single, request nvidia.com/gpu and "
-                   f"select the MIG product (nodeSelector {PRODUCT_LABEL}: <model>-MIG-{profile})")  # fmt: skip
+                   f"({example}), or, with strategy single, request nvidia.com/gpu and select the MIG product "
+                   f"(nodeSelector {PRODUCT_LABEL}: <model>-MIG-{profile})")  # fmt: skip
         return Finding(ERROR, "MIGResourceNotAdvertised", ref, summary, fix, evidence, details=rows,
-                       nodes=tuple(v.name for v in capable))  # fmt: skip
+                       nodes=tuple(v.name for v in named))  # fmt: skip
     mismatch = _other_resource_name(cluster, pod, ref, resource, evidence)
     if mismatch is not None:
         return mismatch

@@ -474,6 +474,101 @@ def test_cuda_device_not_found_in_a_gpu_pod_is_diagnosed(admin: Kube, ns: str, d
     }
 
 
+def gpus_advertised(admin: Kube, name: str) -> str:
+    node = admin.get("Node", name) or {}
+    return str(((node.get("status") or {}).get("allocatable") or {}).get("nvidia.com/gpu", "0"))
+
+
+def stack_ready(admin: Kube, stack: tuple[OperatorProcess, NodeSimulator]) -> None:
+    """The policy ready and both H100 nodes advertising their 8 GPUs (a test run alone does not follow the others)."""
+    wait_policy_ready(admin, stack[0])
+    wait_for(lambda: all(gpus_advertised(admin, n) == "8" for n in (H100_0, H100_1)), WAIT,
+             message=f"{H100_0} and {H100_1} advertising 8 GPUs")  # fmt: skip
+
+
+def test_seed_question_3_request_unequal_to_limit_is_refused_at_admission(
+    admin: Kube, stack: tuple[OperatorProcess, NodeSimulator], ns: str, doctor_kubeconfig: Path
+) -> None:
+    """Seed §11 Question 3 ("What happens if you set GPU requests != GPU limits?") offers "Pod scheduling may fail".
+    What happens: the API server refuses the pod at creation (422, "must be equal to nvidia.com/gpu limit"), so it
+    never reaches the scheduler. A bare pod's refusal is kubectl's own error; a Job's pods are refused with a
+    FailedCreate event on the Job, which doctor names (PodCreationRefused) with the fix: set limits only."""
+    stack_ready(admin, stack)
+    container = {"name": "trainer", "image": "pytorch/pytorch:latest", "command": ["sleep", "infinity"],
+                 "resources": {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "2"}}}  # fmt: skip
+    bare = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "q3", "namespace": ns},
+            "spec": {"restartPolicy": "Never", "containers": [container]}}  # fmt: skip
+    with pytest.raises(ApiError) as refused:
+        admin.create(bare)
+    assert refused.value.status == 422 and "must be equal to nvidia.com/gpu limit" in refused.value.message
+    assert admin.get("Pod", "q3", ns) is None
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "q3", "namespace": ns},
+        "spec": {"backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never", "containers": [container]}}},
+    }
+    admin.create(job)
+    try:
+        f = finding(doctor_kubeconfig, "PodCreationRefused", "-n", ns)
+        assert f["object"] == f"Job {ns}/q3" and f["severity"] == "error"
+        assert "not equal to its limit" in f["summary"] and "set limits only" in f["fix"]
+        assert not admin.list("Pod", ns)  # no pod ever existed: nothing was Pending for the scheduler
+    finally:
+        admin.delete("Job", "q3", ns, {"propagationPolicy": "Background"})
+
+
+def test_seed_7_1_shared_inference_waits_for_a_resource_this_stack_does_not_advertise(
+    admin: Kube, stack: tuple[OperatorProcess, NodeSimulator], ns: str, doctor_kubeconfig: Path
+) -> None:
+    """Seed §7.1 "GPU Sharing (For Inference or Small Models)": shared-inference, word for word (but for its
+    namespace), asks volcano.sh/gpu-memory: 4096. The GPU Operator advertises no such resource (it is Volcano's
+    vGPU device plugin's), so the pod stays Pending and doctor says where the resource comes from."""
+    stack_ready(admin, stack)
+    seed: dict[str, Any] = {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "shared-inference", "namespace": ns},
+        "spec": {"containers": [{"name": "inference-server", "image": "tensorflow/serving:latest-gpu",
+                                 "resources": {"limits": {"volcano.sh/gpu-memory": 4096, "memory": "8Gi",
+                                                          "cpu": 4}}}]},
+    }  # fmt: skip
+    admin.create(seed)
+    assert "volcano.sh/gpu-memory" in unschedulable(admin, ns, "shared-inference")
+    f = finding(doctor_kubeconfig, "VolcanoResourceNotAdvertised", "-n", ns, "--pod", "shared-inference")
+    assert f["severity"] == "error" and "Volcano" in f["summary"] and "nvidia.com/gpu" in f["fix"]
+    code, _ = doctor(doctor_kubeconfig, "-n", ns, "--pod", "shared-inference")
+    assert code == 2
+
+
+def test_seed_question_5_four_gpu_jobs_fill_the_h100_nodes_two_each(
+    admin: Kube, stack: tuple[OperatorProcess, NodeSimulator], ns: str, doctor_kubeconfig: Path
+) -> None:
+    """Seed §11 Question 5 at this cluster's size: 8-GPU H100 nodes take two 4-GPU jobs each (the seed's 4 nodes:
+    8 jobs). Here two H100 nodes (and an L4 node with one GPU, which takes none): 4 run, the fifth stays Pending
+    with "Insufficient nvidia.com/gpu", and doctor says no node has 4 free."""
+    stack_ready(admin, stack)
+    for i in range(5):
+        admin.create({
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"q5-{i}", "namespace": ns},
+            "spec": {"containers": [{"name": "trainer", "image": "pytorch/pytorch:latest",
+                                     "command": ["sleep", "infinity"],
+                                     "resources": {"limits": {"nvidia.com/gpu": 4}}}]},
+        })  # fmt: skip
+
+    def decided() -> list[dict[str, Any]] | None:
+        pods = admin.list("Pod", ns)
+        waiting = [p for p in pods if not p["spec"].get("nodeName") and not any(
+            c.get("reason") == "Unschedulable" for c in (p.get("status") or {}).get("conditions") or [])]  # fmt: skip
+        return pods if len(pods) == 5 and not waiting else None
+
+    pods = wait_for(decided, 60, message="the scheduler to place or refuse every job")
+    placed = Counter(p["spec"]["nodeName"] for p in pods if p["spec"].get("nodeName"))
+    assert placed == {H100_0: 2, H100_1: 2}, placed
+    left = [p["metadata"]["name"] for p in pods if not p["spec"].get("nodeName")]
+    assert len(left) == 1 and "Insufficient nvidia.com/gpu" in unschedulable(admin, ns, left[0])
+    f = finding(doctor_kubeconfig, "InsufficientGPU", "-n", ns, "--pod", left[0])
+    assert "4 requested" in f["summary"], f["summary"]
+
+
 def test_an_operand_stuck_in_init_is_traced_to_the_first_failing_component(
     admin: Kube, stack: tuple[OperatorProcess, NodeSimulator], doctor_kubeconfig: Path
 ) -> None:

@@ -18,6 +18,7 @@ from gpu_operator.observe import Snapshot
 NS = "gpu-operator"
 H100 = "NVIDIA-H100-80GB-HBM3"
 H200 = "NVIDIA-H200"
+A100 = "NVIDIA-A100-SXM4-80GB"
 
 
 def node(name: str, gpus: int = 8, product: str = H100, driver: str = "595.91.07", **extra: Any) -> dict[str, Any]:
@@ -1900,6 +1901,71 @@ def test_seed_12_cuda_out_of_memory_on_a_whole_gpu_gives_the_seeds_remedies() ->
         {"name": "main", "state": {"terminated": {"exitCode": 1, "message": message}}}]})  # fmt: skip
     f = kinds(cluster([node("h-0")], [p]))["CUDAOOM"]
     assert f.severity == "info" and "batch size" in f.fix and "gradient accumulation" in f.fix
+
+
+def unschedulable(p: dict[str, Any], message: str) -> dict[str, Any]:
+    """The pod as the scheduler leaves it when no node fits: PodScheduled False, Unschedulable, `message`."""
+    p["status"] = {"phase": "Pending", "conditions": [
+        {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message}]}  # fmt: skip
+    return p
+
+
+def test_seed_3_3_scheduling_example_filters_the_half_used_node_and_ties_the_free_ones() -> None:
+    """§3.3: an 8-GPU job; Node-1 8 x H100 free, Node-2 8 x H100 with 4 used, Node-3 8 x A100 free; "Scheduler picks
+    Node-1". The filter removes Node-2 (4 free); Node-1 and Node-3 both fit (the job names no GPU model, so the
+    seed is wrong that Node-1 is chosen: the default scorers weigh CPU and memory, not nvidia.com/gpu). Doctor has
+    nothing to say."""
+    nodes = [node("node-1"), node("node-2"), node("node-3", product=A100)]
+    busy = pod("busy", 4, node_name="node-2")
+    job = pod("job", 8)
+    plan = capacity.plan(job, 3, nodes_with_pods(nodes, [busy]))
+    assert plan.fits_now == 2 and dict(plan.placements()) == {"node-1": 1, "node-3": 1}
+    assert diagnose(cluster(nodes, [busy, job])) == []
+
+
+def test_seed_3_1_pod_pending_for_cpu_on_a_node_with_free_gpus_names_the_cpu() -> None:
+    """§3.1's pytorch-training (4 GPUs, cpu 16, memory 32Gi) and §12 "Pod stuck in Pending" on a GPU node with 8
+    free GPUs but 8 CPUs: the cause is the CPU request, not the GPUs, and doctor says so."""
+    small = node("h-0")
+    for key in ("capacity", "allocatable"):
+        small["status"][key]["cpu"] = "8"
+    p = unschedulable(seed_pod(seed_container(
+        "pytorch-training", "pytorch/pytorch:2.1.0-cuda12.1-cudnn8-devel",
+        "      limits:\n        nvidia.com/gpu: 4\n        memory: 32Gi\n        cpu: 16\n")),
+        "0/1 nodes are available: 1 Insufficient cpu.")  # fmt: skip
+    f = kinds(cluster([small], [p]))["InsufficientResources"]
+    assert "cpu" in f.summary and "GPU" not in f.kind
+
+
+def test_seed_exercise_1_on_mig_mixed_nodes_is_told_the_resource_name() -> None:
+    """§9 Exercise 1 (nvidia.com/gpu: 1) on a cluster whose GPUs are all MIG-partitioned under the mixed strategy
+    (§5.4): no node advertises nvidia.com/gpu, and doctor names the MIG resource to ask for instead."""
+    n = node("m-0", labels={"nvidia.com/mig.strategy": "mixed"})
+    gpu = mig.gpu_of_product(H100)
+    entries = mig.layout_entries(gpu, "all-1g.10gb") if gpu else None
+    assert entries is not None
+    for key in ("capacity", "allocatable"):
+        n["status"][key].pop("nvidia.com/gpu")
+        n["status"][key].update({k: str(v) for k, v in mig.advertised(entries, 8, "mixed").items()})
+    gpu_test = unschedulable(seed_pod(seed_container(
+        "gpu-test", "nvidia/cuda:12.1.0-devel-ubuntu22.04", "      limits:\n        nvidia.com/gpu: 1\n",
+        "  restartPolicy: Never\n")), "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.")  # fmt: skip
+    f = kinds(cluster([n], [gpu_test]))["ResourceNameMismatch"]
+    assert "nvidia.com/mig-1g.10gb" in f.fix
+
+
+def test_seed_6_2_environment_block_copied_into_a_gpu_pod_is_no_finding() -> None:
+    """§6.2 lists NVIDIA_VISIBLE_DEVICES=0,1, CUDA_VISIBLE_DEVICES=0,1, NVIDIA_DRIVER_CAPABILITIES, LD_LIBRARY_PATH
+    and NVIDIA_REQUIRE_CUDA=cuda>=11.8 (the seed is wrong that the stack sets them). A 2-GPU pod that sets them on a
+    node with driver 595 runs (cuda>=11.8 is met) and doctor reports nothing; on driver 515, older than CUDA 11.8's
+    (520), it is refused, as the runtime hook would."""
+    env = [{"name": k, "value": v} for k, v in (
+        ("NVIDIA_VISIBLE_DEVICES", "0,1"), ("CUDA_VISIBLE_DEVICES", "0,1"),
+        ("NVIDIA_DRIVER_CAPABILITIES", "compute,utility"), ("LD_LIBRARY_PATH", "/usr/local/nvidia/lib64"),
+        ("NVIDIA_REQUIRE_CUDA", "cuda>=11.8"))]  # fmt: skip
+    p = pod("env", 2, node_name="h-0", image="nvcr.io/nvidia/pytorch:25.01-py3", env=env)
+    assert diagnose(cluster([node("h-0")], [p])) == []
+    assert "CUDADriverTooOld" in kinds(cluster([node("old", driver="515.105.01")], [bound(p, "old")]))
 
 
 def test_doctor_keeps_a_refused_replication_controllers_finding() -> None:

@@ -25,6 +25,17 @@ def now() -> str:
 
 
 class EventRecorder:
+    """Posts Events best-effort (a failed post never cuts a pass). Its rules, per (object, reason):
+
+    | rule | state kept | effect |
+    |---|---|---|
+    | dedup | `_last`: uid, reason -> message posted | the same message is not posted again while asked for in every pass (`changed` posts it anyway); a new uid (object recreated) starts afresh |
+    | forget | `_asked`, pass_done | a reason a completed pass did not ask for is forgotten, so a cause that clears and comes back is posted again |
+    | refused | `_refused`: uid, message, when | one the API server refused (an ApiError) is tried again only REFUSED_RETRY_S later |
+    | unreachable | `_unreachable_at` | no post is tried for UNREACHABLE_RETRY_S after one found the API server unreachable |
+    | owed | `_owed` | one not posted for that is posted by a later pass_done, unless its pass was cut (pass_started) and it is not `durable` |
+    """  # noqa: E501
+
     def __init__(self, kube: Kube, clock: Callable[[], float] = time.monotonic):
         self.kube = kube
         self.clock = clock

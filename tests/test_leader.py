@@ -571,3 +571,44 @@ def test_simultaneous_starts_elect_one() -> None:
     fences = run_until(replicas, clock, clock.t + 20)
     assert all(len(f) <= 1 for f in fences)
     assert sum(r.started for r in replicas) == 1
+
+
+def test_concurrent_requests_answered_401_are_all_sent_again_with_the_rotated_token(
+    server: Any, tmp_path: Path
+) -> None:
+    """Two requests in flight with the old token (the apply and label threads send up to 64 at once) are both
+    answered 401 once it expired. Only the one whose own re-read found the file changed was sent again: the other's
+    401 went up as an ApiError, though the new token was at hand. A request is sent again when the token held now is
+    not the one it was sent with."""
+    from gpu_operator.kube import ApiError
+
+    token = tmp_path / "token"
+    token.write_text("old")
+    valid = ["Bearer old"]
+    both_in = threading.Barrier(2, timeout=10)
+    srv = server(lambda method, path, n: (200, {}, POD) if srv.auth[n - 1] in valid else (401, {}, b""),
+                 user={"tokenFile": "token"})  # fmt: skip
+
+    def hold_first_two() -> None:  # both first requests reach the server before either is answered
+        if len(srv.sent) <= 2:
+            both_in.wait()
+
+    srv.on_request = hold_first_two
+    token.write_text("new")  # rotated; the old token expires (no minute passed: not read again before sending)
+    valid[:] = ["Bearer new"]
+    errors: list[BaseException] = []
+
+    def get() -> None:
+        try:
+            srv.kube.request("GET", "/api/v1/namespaces/gpu-operator/pods/p")
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=get) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(15)
+    assert srv.auth[:2] == ["Bearer old", "Bearer old"]
+    refused = [e for e in errors if isinstance(e, ApiError)]
+    assert not refused, f"a request answered 401 was not sent again with the new token: {refused}"

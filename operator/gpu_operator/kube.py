@@ -14,7 +14,7 @@ import shutil
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -298,9 +298,14 @@ class Kube:
         kube.token_file = token_file
         return kube
 
-    def _token_rotated(self, status: int) -> bool:
-        """After a 401, whether the token file holds a new token (read now): the request is then sent again once."""
-        return status == 401 and self.token_file is not None and self.token_file.reread()
+    def _token_rotated(self, status: int, sent: Mapping[str, str]) -> bool:
+        """After a 401, whether the token file holds another token than the one the request was sent with (`sent`:
+        its headers): the file read now, or by another request meanwhile (many are in flight at a rotation). The
+        request is then sent again once."""
+        if status != 401 or self.token_file is None:
+            return False
+        changed = self.token_file.reread()
+        return changed or self.client.configuration.api_key.get("BearerToken") != sent.get("authorization")
 
     def _headers(self, content_type: str | None) -> dict[str, str]:
         headers = {"Accept": "application/json"}
@@ -349,10 +354,10 @@ class Kube:
             self._count(method, path)
             fenced = self.fence.write(f"{method} {path}") if self.fence and method != "GET" else nullcontext()
             with fenced:
+                headers = self._headers(content_type)
                 try:
                     resp = self.client.rest_client.request(
-                        method, self._url(path, query), headers=self._headers(content_type), body=body,
-                        _request_timeout=timeout,
+                        method, self._url(path, query), headers=headers, body=body, _request_timeout=timeout,
                     )  # fmt: skip
                     data = resp.read()
                 except urllib3.exceptions.HTTPError as exc:
@@ -370,7 +375,7 @@ class Kube:
                         f"{method} {self.host}{path}: answered {resp.status} {ctype}, not JSON:"
                         " is this a Kubernetes API server?"
                     ) from exc
-            if not reauthed and self._token_rotated(resp.status):
+            if not reauthed and self._token_rotated(resp.status, headers):
                 reauthed = True
                 log.info("%s %s: 401, sent again with the token file's new token", method, path)
                 continue
@@ -404,11 +409,11 @@ class Kube:
         attempt = 0
         while True:  # a watch turned away is sent again as a request is
             self._count("WATCH", path)
+            headers = self._headers(None)
             resp = self.client.rest_client.pool_manager.request(
-                "GET", self._url(path, q), headers=self._headers(None), preload_content=False,
-                timeout=timeout_seconds + 10,
+                "GET", self._url(path, q), headers=headers, preload_content=False, timeout=timeout_seconds + 10,
             )  # fmt: skip
-            if not reauthed and self._token_rotated(resp.status):
+            if not reauthed and self._token_rotated(resp.status, headers):
                 reauthed = True
                 resp.drain_conn()
                 resp.release_conn()

@@ -1055,3 +1055,28 @@ def test_upstream_values_reach_the_policy_or_are_named(tmp_path: Path, capsys: p
         rule = coverage.rule_for(path)  # a listed field set here is one whose component is off
         switch = (*path.split(".")[:-1], "enabled")
         assert rule is None or rule.when is not None or dig(spec, switch) is False, path
+
+
+def test_dcgm_exporter_config_create_without_data_makes_no_configmap() -> None:
+    """dcgmExporter.config.create with no data made an empty dcgm-metrics.csv ConfigMap (an exporter handed no
+    metric; `helm install` refused when the admin had made that ConfigMap); upstream's dcgm_exporter_config.yaml
+    makes it only with data, as ours does for migManager. The ClusterPolicy still names it."""
+    docs = render(sets=["dcgmExporter.config.create=true", "dcgmExporter.config.name=custom-dcgm-metrics"])
+    assert policy_spec(docs)["dcgmExporter"]["config"] == {"name": "custom-dcgm-metrics"}
+    assert not [d for d in find(docs, "ConfigMap") if d["metadata"]["name"] == "custom-dcgm-metrics"]
+    made = render(sets=["dcgmExporter.config.create=true", "dcgmExporter.config.name=custom-dcgm-metrics",
+                        "dcgmExporter.config.data=DCGM_FI_DEV_GPU_UTIL\\, gauge\\, util"])  # fmt: skip
+    assert one(made, "ConfigMap", "custom-dcgm-metrics")["data"]["dcgm-metrics.csv"].startswith("DCGM_FI_DEV_GPU_UTIL")
+
+
+def test_operator_labels_are_on_every_chart_object() -> None:
+    """operator.labels went on the operator pod only; upstream's gpu-operator.labels helper puts them on every object
+    of the chart (a label-requiring admission policy, a `kubectl get -l` selector rely on that)."""
+    docs = render(sets=["operator.labels.team=gpu-infra"])
+    wanted = [("Deployment", "gpu-operator"), ("ServiceAccount", "gpu-operator"), ("ClusterRole", "gpu-operator"),
+              ("ClusterRoleBinding", "gpu-operator"), ("Role", "gpu-operator"), ("RoleBinding", "gpu-operator"),
+              ("ClusterPolicy", "cluster-policy")]  # fmt: skip
+    for kind, name in wanted:
+        assert one(docs, kind, name)["metadata"]["labels"]["team"] == "gpu-infra", (kind, name)
+    pod = one(docs, "Deployment", "gpu-operator")["spec"]["template"]["metadata"]["labels"]
+    assert pod["team"] == "gpu-infra" and pod["app"] == "gpu-operator"

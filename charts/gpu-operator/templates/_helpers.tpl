@@ -10,6 +10,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- with (.Values.operator | default dict).labels }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
 {{/* The operator pod's selector: `app: gpu-operator` is what the operator's own metrics Service selects. */}}

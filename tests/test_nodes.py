@@ -354,6 +354,41 @@ def test_an_invalid_workload_config_is_logged_once_per_node_and_value(caplog: py
     ]  # fmt: skip
 
 
+
+def test_the_invalid_workload_config_condition_names_the_nodes_and_says_what_is_new() -> None:
+    """The InvalidWorkloadConfig Warning Event was deduplicated only in the recorder's memory (posted again after
+    each restart). Now the InvalidWorkloadConfig condition names each node with its value (the first 20 by name, as
+    DriverRefused), and a node's Event is owed only for what the previous condition did not name: a value changed,
+    another defaultWorkload (the Event says which the node gets), or a node past those 20."""
+    from gpu_operator.nodes import invalid_workload_condition, newly_invalid_workloads
+
+    bad = [facts(f"n{i:02}", labels={WORKLOAD: "bogus"}) for i in range(25)]
+    nodes = [*bad, facts("fine", labels={WORKLOAD: "vm-vgpu"}), facts("unset"), facts("empty", labels={WORKLOAD: ""})]
+    cond = invalid_workload_condition(nodes, SANDBOX, 3, [], "2026-01-01T00:00:00Z")
+    assert cond is not None
+    assert (cond["type"], cond["status"], cond["reason"], cond["observedGeneration"]) == (
+        "InvalidWorkloadConfig", "True", "NoSuchWorkload", 3)  # fmt: skip
+    assert cond["message"] == (
+        "nvidia.com/gpu.workload.config names no workload (not one of container, vm-passthrough, vm-vgpu) on these "
+        "nodes, which get sandboxWorkloads.defaultWorkload, container: empty (''), "
+        + ", ".join(f"n{i:02} ('bogus')" for i in range(19)) + " and 6 more"
+    )  # fmt: skip
+    assert invalid_workload_condition(nodes, DEFAULT, 3, [], "2026-01-01T00:00:00Z") is None  # the label unused
+    fine = invalid_workload_condition(nodes[25:27], SANDBOX, 4, [cond], "2026-01-02T00:00:00Z")
+    assert fine is not None and (fine["status"], fine["reason"], fine["lastTransitionTime"]) == (
+        "False", "AllValid", "2026-01-02T00:00:00Z")  # fmt: skip
+    same = invalid_workload_condition(nodes, SANDBOX, 4, [cond], "2026-01-02T00:00:00Z")
+    assert same is not None and same["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+
+    assert newly_invalid_workloads(nodes, SANDBOX, []) == {"empty": "", **{f"n{i:02}": "bogus" for i in range(25)}}
+    assert newly_invalid_workloads(nodes, DEFAULT, []) == {}
+    changed = [facts("n00", labels={WORKLOAD: "vm-passthru"}), *nodes[1:]]
+    assert newly_invalid_workloads(changed, SANDBOX, [cond]) == {"n00": "vm-passthru", **{
+        f"n{i:02}": "bogus" for i in range(19, 25)}}  # fmt: skip
+    assert newly_invalid_workloads(nodes, SANDBOX, [fine]) == newly_invalid_workloads(nodes, SANDBOX, [])
+    other = parse_spec({"sandboxWorkloads": {"enabled": True, "defaultWorkload": "vm-passthrough"}})
+    assert newly_invalid_workloads(nodes, other, [cond]) == newly_invalid_workloads(nodes, other, [])
+
 # The cross product: workload label x sandbox on/off x MIG capability (GFD label, product name only, none)
 # x migManager on/off x existing labels (none, or a labelled node with an opt-out, a paused and an empty value)
 # x GPU present/removed. Each result is checked against the upstream sets above.

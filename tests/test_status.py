@@ -1117,6 +1117,50 @@ def test_an_invalid_workload_config_gets_a_warning_event_on_its_node_once() -> N
     assert len(posted(kube)) == 2  # fixed, then back: said again
 
 
+def test_a_restarted_operator_posts_no_invalid_workload_config_event_again() -> None:
+    """The InvalidWorkloadConfig Warning was asked for in every pass and deduplicated only in the EventRecorder's
+    memory, so every restart of the operator (and every new leader) posted it again on every node whose
+    gpu.workload.config was still invalid, where every other Event of the pass (DriverRefused, MIGConfig, upgrade,
+    sharing) is read back from the status. Now the InvalidWorkloadConfig condition names the nodes and values, and a
+    node gets the Event only for what the previous condition did not name (found by review diffB)."""
+    from gpu_operator.nodes import INVALID_WORKLOAD_REASON, NodeFacts
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+    from support import load_policy, node
+
+    class Kube(EchoKube):
+        def __init__(self) -> None:
+            super().__init__()
+            self.posted: list[str] = []
+
+        def create(self, obj: dict[str, Any], **_: Any) -> dict[str, Any]:
+            self.posted.append(obj["reason"])
+            return obj
+
+    spec = copy.deepcopy(load_policy()["spec"])
+    spec["sandboxWorkloads"] = {"enabled": True}
+    pol = policy_object(spec)
+    obj = node("typo", labels={"nvidia.com/gpu.workload.config": "vm-passthru"})
+
+    def snapshot() -> Snapshot:
+        return Snapshot(nodes={"typo": NodeFacts.from_node(obj)}, policies={"cluster-policy": pol}, owned={},
+                        pods={}, revisions={})  # fmt: skip
+
+    kube = Kube()
+    Reconciler(kube, "gpu-operator").reconcile(snapshot())  # type: ignore[arg-type]
+    assert INVALID_WORKLOAD_REASON in kube.posted
+    pol["status"] = kube.statuses[("ClusterPolicy", "cluster-policy")]  # as the watch brings it back
+    cond = next(c for c in pol["status"]["conditions"] if c["type"] == "InvalidWorkloadConfig")
+    assert (cond["status"], cond["reason"]) == ("True", "NoSuchWorkload"), cond
+    assert cond["message"].endswith(": typo ('vm-passthru')"), cond["message"]
+    again = Kube()
+    Reconciler(again, "gpu-operator").reconcile(snapshot())  # type: ignore[arg-type]
+    assert INVALID_WORKLOAD_REASON not in again.posted, "posted again by the restarted operator"
+    obj["metadata"]["labels"]["nvidia.com/gpu.workload.config"] = "vm-passthrouh"  # another value: said again
+    Reconciler(again, "gpu-operator").reconcile(snapshot())  # type: ignore[arg-type]
+    assert again.posted.count(INVALID_WORKLOAD_REASON) == 1, again.posted
+
+
 def test_an_event_post_that_finds_the_api_server_unreachable_does_not_cut_the_pass() -> None:
     """An Event create that could not connect (Unreachable) went out of the recorder and ended the pass where it
     stood (a MIG refusal's Warning, posted before the objects are applied: nothing applied, no status). Events are

@@ -46,6 +46,7 @@ DEPLOY_PREFIX = "nvidia.com/gpu.deploy."
 DEPLOY_OPERANDS = "nvidia.com/gpu.deploy.operands"
 WORKLOAD_CONFIG = "nvidia.com/gpu.workload.config"
 INVALID_WORKLOAD_REASON = "InvalidWorkloadConfig"  # the Warning Event on a node whose workload config names none
+INVALID_WORKLOAD_CONDITION = "InvalidWorkloadConfig"  # the ClusterPolicy's condition naming those nodes
 MIG_CAPABLE = "nvidia.com/mig.capable"
 MIG_CONFIG = "nvidia.com/mig.config"
 MIG_CONFIG_STATE = "nvidia.com/mig.config.state"
@@ -393,6 +394,62 @@ def invalid_workload_message(value: str, spec: ClusterPolicySpec) -> str:
     """What the log line and the node's Warning Event say of an invalid workload config `value`."""
     return (f"invalid {WORKLOAD_CONFIG} {value!r} (not one of {', '.join(WORKLOAD_OPERANDS)}): the node gets "
             f"sandboxWorkloads.defaultWorkload, {spec.sandbox_workloads.default_workload}")  # fmt: skip
+
+
+_NODES_NAMED = 20  # as the DriverRefused condition names its nodes
+
+
+def _invalid_workloads(nodes: Iterable[NodeFacts], spec: ClusterPolicySpec) -> dict[str, str]:
+    return {n.name: v for n in nodes if (v := invalid_workload(n, spec)) is not None}
+
+
+def _invalid_workloads_said(spec: ClusterPolicySpec) -> str:
+    """What the InvalidWorkloadConfig condition says before naming the nodes (with their values)."""
+    return (f"{WORKLOAD_CONFIG} names no workload (not one of {', '.join(WORKLOAD_OPERANDS)}) on these nodes, which "
+            f"get sandboxWorkloads.defaultWorkload, {spec.sandbox_workloads.default_workload}: ")  # fmt: skip
+
+
+def invalid_workload_condition(
+    nodes: Iterable[NodeFacts], spec: ClusterPolicySpec, generation: int | None, previous: list[dict[str, Any]],
+    now: str,
+) -> dict[str, Any] | None:
+    """The InvalidWorkloadConfig condition (None without sandboxWorkloads.enabled, which leaves the label unread):
+    True naming each node whose workload config names no workload, with its value, the first 20 by name."""
+    if not spec.sandbox_workloads.enabled:
+        return None
+    found = sorted(_invalid_workloads(nodes, spec).items())
+    if found:
+        more = len(found) - _NODES_NAMED
+        value, reason = "True", "NoSuchWorkload"
+        message = _invalid_workloads_said(spec) + ", ".join(f"{n} ({v!r})" for n, v in found[:_NODES_NAMED]) + (
+            f" and {more} more" if more > 0 else "")  # fmt: skip
+    else:
+        value, reason, message = "False", "AllValid", f"every {WORKLOAD_CONFIG} set names a workload"
+    before = next((c for c in previous if c.get("type") == INVALID_WORKLOAD_CONDITION), {})
+    same = before.get("status") == value and before.get("lastTransitionTime")
+    return {
+        "type": INVALID_WORKLOAD_CONDITION,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": before["lastTransitionTime"] if same else now,
+        "observedGeneration": generation,
+    }
+
+
+def newly_invalid_workloads(
+    nodes: Iterable[NodeFacts], spec: ClusterPolicySpec, previous: list[dict[str, Any]]
+) -> dict[str, str]:
+    """The invalid workload configs (node -> value) the previous InvalidWorkloadConfig condition did not name yet:
+    what deserves a node's Warning Event. Read from the status, so a restarted operator or a new leader posts
+    nothing new at steady state (but for nodes past the 20 the condition names)."""
+    before = next((c for c in previous if c.get("type") == INVALID_WORKLOAD_CONDITION and c.get("status") == "True"),
+                  {})  # fmt: skip
+    said = str(before.get("message", ""))
+    head = _invalid_workloads_said(spec)
+    # Node names and label values hold no spaces, commas or quotes: each entry is whole between ", " and ", ".
+    named = f", {said.removeprefix(head).rsplit(' and ', 1)[0]}, " if said.startswith(head) else ""
+    return {n: v for n, v in _invalid_workloads(nodes, spec).items() if f", {n} ({v!r}), " not in named}
 
 
 _INVALID_WORKLOADS_LOGGED: set[tuple[str, str]] = set()  # (node, value) logged: each change of a node labels it again

@@ -29,8 +29,9 @@ from .nodes import (
     ByNode,
     NodeFacts,
     deploy_label,
-    invalid_workload,
+    invalid_workload_condition,
     invalid_workload_message,
+    newly_invalid_workloads,
     unpooled,
 )
 from .nvidiadriver_api import KIND as NVIDIADRIVER
@@ -507,11 +508,10 @@ class Reconciler:
         for name, message in compat.newly_refused(verdicts, previous_conditions).items():
             ref = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}
             self.events(ref, "Warning", compat.EVENT_REASON, f"driver not rolled out to this node: {message}")
-        # And on each node whose workload config names no workload: asked every pass, the recorder posts it once.
-        for n in nodes if spec.sandbox_workloads.enabled else ():
-            if (value := invalid_workload(n, spec)) is not None:
-                ref = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": n.name}}
-                self.events(ref, "Warning", INVALID_WORKLOAD_REASON, invalid_workload_message(value, spec))
+        # And on each node whose workload config the status does not name with that value yet.
+        for name, value in newly_invalid_workloads(nodes, spec, previous_conditions).items():
+            ref = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}
+            self.events(ref, "Warning", INVALID_WORKLOAD_REASON, invalid_workload_message(value, spec))
         status = policy_status(
             generation=generation,
             namespace=self.namespace,
@@ -530,6 +530,7 @@ class Reconciler:
                     compat.condition(verdicts, generation, previous_conditions, now()) if verdicts else None,
                     sharing.condition(spec.device_plugin.config.name, sharing_problems, generation,
                                       previous_conditions, now()),
+                    invalid_workload_condition(nodes, spec, generation, previous_conditions, now()),
                 ]
                 if c
             ],

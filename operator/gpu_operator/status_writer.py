@@ -19,13 +19,14 @@ from typing import Any
 from . import compat, mig, sharing
 from .events import EventRecorder
 from .kube import ApiError, Kube
+from .nodes import INVALID_WORKLOAD_CONDITION
 from .status import SETTLING, UNSUPPORTED_FIELDS, progress_only, status_changed
 
 PROGRESS_INTERVAL_S = 3.0
 # The condition types we write, by kind.
 OWN_CONDITIONS = {
     "ClusterPolicy": frozenset(("Ready", "Error", UNSUPPORTED_FIELDS, compat.CONDITION, sharing.CONDITION,
-                                mig.CONDITION)),
+                                mig.CONDITION, INVALID_WORKLOAD_CONDITION)),
     "NVIDIADriver": frozenset(("Ready", "Error", UNSUPPORTED_FIELDS)),
 }  # fmt: skip
 

@@ -432,6 +432,46 @@ def test_precompiled_nvidiadriver_without_a_version_is_refused() -> None:
     assert images == ["nvcr.io/nvidia/driver:580-5.15.0-122-generic-ubuntu22.04"]
 
 
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"repository": "nvcr.io/nvidia", "image": "", "version": "580.95.05"},
+         "image: set repository, image and version together (or image alone); missing image"),
+        ({"image": "driver", "version": "580.95.05"},
+         "image: set repository, image and version together (or image alone); missing repository"),
+        ({"repository": "nvcr.io/nvidia", "image": "driver"},
+         "image: set repository, image and version together (or image alone); missing version"),
+        ({"image": ""}, "image: empty; name the driver image (or set repository, image and version together)"),
+        ({"image": "nvcr.io/nvidia/driver:580.95.05", "version": "570.1"},
+         "image: nvcr.io/nvidia/driver:580.95.05 has a tag or digest, and version 570.1 is set too; set one of them"),
+    ],
+)  # fmt: skip
+def test_an_nvidiadriver_whose_image_fields_name_no_image_is_held(fields: dict[str, Any], problem: str) -> None:
+    """Upstream's ImagePath takes `image` alone or repository, image and version together, else "invalid image
+    specification" (ReconcileFailed), as the ClusterPolicy's driver section here. The NVIDIADriver's fields were
+    guessed at instead: an empty image with a version ran nvcr.io/nvidia/driver:595.91.07 (the user's version
+    dropped, while the version matrix and status went by 580.95.05), `driver` with no repository ran
+    docker.io/library/driver privileged, and an empty image rendered `:595.91.07-ubuntu22.04` (InvalidImageName)."""
+    objs = drivers_objects(("default", {"default": True}), ("pool-b", {**fields, "nodeSelector": {"pool": "b"}}))
+    nodes = [facts("a1", labels={"pool": "a"}), facts("b1", labels={"pool": "b"})]
+    driver_plan = next(p for p in render_all(parse_spec(crd_policy()), nodes, nvidia_drivers=objs)
+                       if p.state.name == "state-driver")  # fmt: skip
+    assert driver_plan.held == {"uid-pool-b": f"NVIDIADriver pool-b: {problem}"}
+    assert [d["metadata"]["name"] for d in daemonsets([driver_plan])] == ["nvidia-driver-daemonset-ubuntu22.04"]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{}, {"image": "driver"}, {"image": "r.example/driver:580.95.05"}, {"version": "580.95.05"},
+     {"image": "r.example/nv/driver", "version": "580.95.05"},
+     {"repository": "r.example/nv", "image": "driver", "version": "sha256:" + "a" * 64}],
+)  # fmt: skip
+def test_image_fields_upstream_takes_and_ours_beyond_it_name_an_image(fields: dict[str, Any]) -> None:
+    """`image` alone (our default version appended when it has no tag), all three, and beyond upstream `image`
+    with its registry path and `version` (the default image with a version only, say)."""
+    assert nvidiadriver.image_problem(nvidiadriver_api.parse_spec(fields)) is None
+
+
 def test_an_nvidiadriver_whose_secret_env_secret_is_missing_is_held() -> None:
     """controllers/nvidiadriver_controller.go: "ensure that the specified K8s secret actually exists in the
     operator namespace", else ReconcileFailed; its DaemonSets are left as they are."""

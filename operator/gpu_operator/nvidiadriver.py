@@ -295,10 +295,29 @@ def conflict_message(driver: str, assignment: Assignment) -> str | None:
     return f"nodeSelector conflicts with NVIDIADriver {others} on {shown}: no driver is deployed there by either"
 
 
+def _tagged(image: str) -> bool:
+    return "@" in image or ":" in image.rsplit("/", 1)[-1]
+
+
+def image_problem(spec: NVIDIADriverSpec) -> str | None:
+    """Why repository/image/version name no driver image, or None. Upstream's ImagePath takes `image` alone or all
+    three; beyond it, `image` with a registry path (nvcr.io/nvidia/driver) may take `version` without `repository`."""
+    given = [f for f in ("repository", "image", "version") if getattr(spec, f)]
+    if not given:
+        return "image: empty; name the driver image (or set repository, image and version together)"
+    if spec.version and _tagged(spec.image):
+        return f"image: {spec.image} has a tag or digest, and version {spec.version} is set too; set one of them"
+    if given == ["image"] or len(given) == 3 or (given == ["image", "version"] and "/" in spec.image):
+        return None
+    missing = ", ".join(f for f in ("repository", "image", "version") if f not in given)
+    return f"image: set repository, image and version together (or image alone); missing {missing}"
+
+
 def _image_fields(spec: NVIDIADriverSpec) -> dict[str, Any]:
-    """repository/image/version as the ClusterPolicy's driver section takes them (upstream's ImagePath)."""
+    """repository/image/version as the ClusterPolicy's driver section takes them (upstream's ImagePath); the
+    driver state refuses the fields image_problem names."""
     image = spec.image
-    if "@" in image or ":" in image.rsplit("/", 1)[-1]:
+    if _tagged(image):
         return {"repository": None, "image": image, "version": None}
     repository = spec.repository
     if not repository and "/" in image:
@@ -395,6 +414,7 @@ class DriverGroup:
     nodes: frozenset[str]
     default: bool
     affinity: dict[str, Any] | None = None  # the NVIDIADriver's nodeAffinity
+    problem: str | None = None  # why its image fields name no image (image_problem): its pools are not rendered
 
     def pool_name(self, pool: Pool) -> str:
         """The default keeps the ClusterPolicy's pool names (and so its DaemonSets); others are prefixed."""
@@ -422,7 +442,7 @@ class DriverGroup:
 
     def key(self) -> list[Any]:
         return [self.name, self.owner, self.spec.model_dump(mode="json"), sorted(self.nodes), self.default,
-                self.affinity]  # fmt: skip
+                self.affinity, self.problem]  # fmt: skip
 
 
 def groups(
@@ -454,6 +474,7 @@ def groups(
                 nodes=assignment.node_set(d.name),
                 default=d.default,
                 affinity=d.spec.node_affinity.as_dict() if d.spec.node_affinity else None,
+                problem=image_problem(d.spec),
             )
         )
     return tuple(out)

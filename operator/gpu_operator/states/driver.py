@@ -166,6 +166,8 @@ def _pool(ctx: RenderContext, pool: Pool) -> dict[str, Any]:
             f"{_field(ctx, 'version')}: usePrecompiled needs a driver branch such as 580; precompiled images are "
             "tagged <branch>-<kernel>-<os>"
         )
+    if ctx.driver_group is not None and ctx.driver_group.problem:  # upstream's ImagePath error: ReconcileFailed
+        raise RenderProblem(ctx.driver_group.problem)
     if driver.secret_env in ctx.missing_secrets:  # its envFrom would keep nvidia-driver-ctr from starting
         raise RenderProblem(
             f"Secret {driver.secret_env} ({_field(ctx, 'secretEnv')}) not found in namespace {ctx.namespace}"

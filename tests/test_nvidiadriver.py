@@ -472,6 +472,19 @@ def test_image_fields_upstream_takes_and_ours_beyond_it_name_an_image(fields: di
     assert nvidiadriver.image_problem(nvidiadriver_api.parse_spec(fields)) is None
 
 
+def test_an_empty_image_pull_policy_is_the_default() -> None:
+    """Upstream's imagePullPolicy is a plain string and its template reads "" as IfNotPresent (`default
+    "IfNotPresent"`); ours had an enum without "", so an upstream NVIDIADriver with `imagePullPolicy: ""` was
+    refused, at admission and by the operator (the ClusterPolicy's and the manager's took it)."""
+    enum = nvidiadriver_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+        "imagePullPolicy"]["enum"]  # fmt: skip
+    assert "" in enum
+    objs = drivers_objects(("default", {"default": True, "imagePullPolicy": ""}))
+    (ds,) = [d for d in daemonsets(render_all(parse_spec(crd_policy()), [facts("a1")], nvidia_drivers=objs))
+             if "nvidia-driver-daemonset" in d["metadata"]["name"]]  # fmt: skip
+    assert container(ds, "nvidia-driver-ctr")["imagePullPolicy"] == "IfNotPresent"
+
+
 def test_an_nvidiadriver_whose_secret_env_secret_is_missing_is_held() -> None:
     """controllers/nvidiadriver_controller.go: "ensure that the specified K8s secret actually exists in the
     operator namespace", else ReconcileFailed; its DaemonSets are left as they are."""

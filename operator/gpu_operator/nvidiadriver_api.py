@@ -141,7 +141,8 @@ class NVIDIADriverSpec(Model):
     repository: str = ""
     image: str = DEFAULT_IMAGE
     version: str = ""
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    # No enum upstream: "" is the default (IfNotPresent), as in ImageSpec.
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never", ""] | None = None
     image_pull_secrets: list[str] = []
     manager: DriverManagerSpec = DriverManagerSpec()
     resources: ResourceRequirements | None = None

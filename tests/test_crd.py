@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gpu_operator import api, coverage
+from gpu_operator import api, coverage, nvidiadriver_api
 from gpu_operator.cli import main
 from gpu_operator.crd import (
     Descriptions,
@@ -246,6 +246,21 @@ def test_kubernetes_objects_in_the_spec_are_typed(spec_schema: dict[str, Any]) -
     relabel = at(spec_schema, "dcgmExporter.serviceMonitor.relabelings")["items"]
     assert "keepequal" in relabel["properties"]["action"]["enum"]
     assert relabel["properties"]["sourceLabels"]["items"] == {"type": "string"}
+
+
+@pytest.mark.parametrize("probe", ["startupProbe", "livenessProbe", "readinessProbe"])
+@pytest.mark.parametrize("field", ["timeoutSeconds", "periodSeconds", "successThreshold", "failureThreshold"])
+def test_probe_timings_have_upstreams_minimum_of_one(probe: str, field: str) -> None:
+    """Upstream's ContainerProbeSpec (ClusterPolicy and NVIDIADriver) has `Minimum=1` on these four; ours had 0, so
+    a probe upstream refuses at admission was taken (and its 0 read as unset). initialDelaySeconds may be 0."""
+    for crd, driver in ((clusterpolicy_crd(), ("driver",)), (nvidiadriver_crd(), ())):
+        spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        assert at(spec, ".".join((*driver, probe, field)))["minimum"] == 1
+        assert at(spec, ".".join((*driver, probe, "initialDelaySeconds")))["minimum"] == 0
+    with pytest.raises(api.PolicyError, match=f"spec.driver.{probe}.{field}"):
+        api.parse_spec({"driver": {probe: {field: 0}}})
+    with pytest.raises(ValueError, match=f"spec.{probe}.{field}"):
+        nvidiadriver_api.parse_spec({probe: {field: 0}})
 
 
 @pytest.mark.parametrize("path", ["cdi.default", "devicePlugin.config.default", "migManager.config.default",

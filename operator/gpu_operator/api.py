@@ -71,6 +71,7 @@ RollingMaxUnavailable = Annotated[
     _int_or_string_schema("^([0-9]+%?)?$", _MESSAGE + ' ("": the default)'),
 ]
 NonNegInt = Annotated[int, Field(ge=0)]
+PositiveInt = Annotated[int, Field(ge=1)]
 
 
 def _empty_is_default(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
@@ -360,11 +361,13 @@ class RDMASpec(Section):
 
 
 class ProbeSpec(Model):
+    """Upstream's ContainerProbeSpec: all but initialDelaySeconds have a minimum of 1."""
+
     initial_delay_seconds: NonNegInt | None = None
-    timeout_seconds: NonNegInt | None = None
-    period_seconds: NonNegInt | None = None
-    success_threshold: NonNegInt | None = None
-    failure_threshold: NonNegInt | None = None
+    timeout_seconds: PositiveInt | None = None
+    period_seconds: PositiveInt | None = None
+    success_threshold: PositiveInt | None = None
+    failure_threshold: PositiveInt | None = None
 
 
 class ConfigMapRef(Section):

@@ -1043,6 +1043,27 @@ def test_crd_has_printer_columns_and_rules() -> None:
     assert spec["properties"]["driverType"]["enum"] == ["gpu", "vgpu", "vgpu-host-manager"]
 
 
+def test_crd_defaults_driver_type_and_default_as_upstream() -> None:
+    """Upstream's CRD defaults driverType to gpu and default to false. Ours had no schema default: a CEL transition
+    rule runs only when the field is in the old and the new object, so an NVIDIADriver created without driverType
+    (gpu) could be updated to vgpu-host-manager, or one with vgpu have the field removed, past driverType's
+    `self == oldSelf`; and `kubectl get nvd` showed <none> in the Default column. These two alone: the models'
+    other defaults are how the operator reads unset fields, not what the API server stores."""
+    spec = nvidiadriver_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    driver_type = spec["properties"]["driverType"]
+    assert driver_type["default"] == "gpu"
+    assert driver_type["x-kubernetes-validations"][0]["rule"] == "self == oldSelf"
+    assert spec["properties"]["default"]["default"] is False
+
+    def defaults(node: dict[str, Any], path: str) -> list[str]:
+        here = [path] if "default" in node else []
+        children = [(f"{path}.{k}", v) for k, v in (node.get("properties") or {}).items()]
+        children += [(f"{path}[]", node["items"])] if isinstance(node.get("items"), dict) else []
+        return here + [p for child_path, child in children for p in defaults(child, child_path)]
+
+    assert defaults(spec, "spec") == ["spec.default", "spec.driverType"]
+
+
 # Precompiled pools follow the kernel through the upgrade state machine (nodes.DRIVER_KERNEL).
 
 

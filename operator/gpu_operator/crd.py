@@ -16,6 +16,8 @@ import yaml
 
 from . import api, coverage, nvidiadriver_api
 
+# `default` too: the models' defaults are how the operator reads an unset field, most of them None (no schema
+# default); the API server applies only nvidiadriver_api.SERVER_DEFAULTS.
 _DROP = {"title", "default", "additionalProperties", "$defs", "discriminator", "description"}
 DESCRIPTIONS_FILE = "crd-descriptions.yaml"
 
@@ -210,9 +212,13 @@ def clusterpolicy_crd() -> dict[str, Any]:
 
 def nvidiadriver_crd() -> dict[str, Any]:
     n = nvidiadriver_api
+    spec = _schema(n.NVIDIADriverSpec)
+    for name in n.SERVER_DEFAULTS:
+        field = n.NVIDIADriverSpec.model_fields[name]
+        spec["properties"][field.alias or name]["default"] = field.default
     root = _root(
         "NVIDIADriver deploys one driver configuration on the GPU nodes it selects.",
-        _schema(n.NVIDIADriverSpec),
+        spec,
         _schema(n.NVIDIADriverStatus),
     )
     return {

@@ -107,6 +107,12 @@ _IMMUTABLE = (
 )
 
 
+# The fields whose defaults the API server applies, as upstream's CRD does (crd.py leaves the others' out):
+# driverType is then in every stored object, so its `self == oldSelf` rule (which runs only when both the old and
+# the new object have the field) also refuses an update that adds or removes it; `default` fills the Default column.
+SERVER_DEFAULTS = ("default", "driver_type")
+
+
 def _immutable(field: str) -> dict[str, Any]:
     return {"x-kubernetes-validations": [{"rule": "self == oldSelf", "message": f"{field} {_IMMUTABLE}"}]}
 

@@ -78,6 +78,20 @@ def test_unavailable_pods_are_not_ready(strategy: str) -> None:
     assert reason == "nvidia-x: 1 of 3 pods unavailable"
 
 
+@pytest.mark.parametrize("strategy", ["RollingUpdate", "OnDelete"])
+def test_a_daemonset_being_deleted_is_not_ready(strategy: str) -> None:
+    """A DaemonSet deleted in the foreground (`kubectl delete --cascade=foreground`, Argo CD's prune) or with
+    orphans keeps a deletionTimestamp while its pods go, and the controller writes no status for it any more
+    (syncDaemonSet). Its last counts said every pod ready, and it read ready, every pod terminating, for as long
+    as the deletion lasted; now it is not ready, and says why."""
+    terminating = [pod() for _ in range(3)]
+    for p in terminating:
+        p["metadata"]["deletionTimestamp"] = "2026-12-01T00:00:00Z"
+    obj = ds(strategy, **SETTLED)
+    obj["metadata"].update(deletionTimestamp="2026-12-01T00:00:00Z", finalizers=["foregroundDeletion"])
+    assert daemonset_ready(obj, terminating, REVISIONS) == (False, "nvidia-x: being deleted; recreated once it is gone")
+
+
 # RollingUpdate
 
 
@@ -561,6 +575,45 @@ def test_a_pass_counts_the_nodes_it_labels_itself_before_it_calls_a_daemonset_re
     recounted = {k: {**o, "status": _counted(2)} if o["kind"] == "DaemonSet" else o for k, o in owned.items()}
     _, verdict = toolkit(["n1", "n2"], recounted)
     assert verdict == ("ready", "")  # once the controller counts n2 too
+
+
+def test_a_pass_does_not_call_a_state_ready_while_its_daemonset_is_being_deleted() -> None:
+    """The same through a pass: with the device plugin's DaemonSet being deleted in the foreground, its status
+    frozen at all ready and both its pods terminating, the ClusterPolicy read ready (state-device-plugin ready)."""
+    from gpu_operator.observe import Snapshot, key_of
+
+    pol, cluster, r, written = _recording(2)
+
+    def snapshot(owned: dict[Any, dict[str, Any]], pods: dict[str, dict[str, Any]], revisions: dict[str, Any]) -> Any:
+        nodes = {n: NodeFacts.from_node(copy.deepcopy(cluster.nodes[n])) for n in cluster.nodes}
+        return Snapshot(nodes=nodes, policies={"cluster-policy": pol}, owned=owned, pods=pods, revisions=revisions)
+
+    first = r.reconcile(snapshot({}, {}, {}))
+    owned = {key_of(o): o for o in first.applied}
+    daemonsets = {o["metadata"]["name"]: o for o in first.applied if o["kind"] == "DaemonSet"}
+
+    def projection(ds: str, on: str, deleting: bool = False) -> dict[str, Any]:
+        labels = {**daemonsets[ds]["spec"]["template"]["metadata"]["labels"], "controller-revision-hash": "h1"}
+        meta: dict[str, Any] = {"name": f"{ds}-{on}", "labels": labels}
+        if deleting:
+            meta["deletionTimestamp"] = "2026-12-01T00:00:00Z"
+        return {"metadata": meta, "node": on, "owner": ds, "ready": True,
+                "status": {"phase": "Running", "containerStatuses": [{"name": "c", "ready": True}]}}  # fmt: skip
+
+    pods = {f"{d}-{n}": projection(d, n) for d in daemonsets for n in cluster.nodes}
+    revisions = {f"{d}-h1": {"metadata": {"labels": {"controller-revision-hash": "h1"}}, "revision": 1, "owner": d}
+                 for d in daemonsets}  # fmt: skip
+    assert r.reconcile(snapshot(owned, pods, revisions)).ready and written[-1]["state"] == "ready"
+
+    plugin = "nvidia-device-plugin-daemonset"
+    key = key_of(daemonsets[plugin])
+    meta = {**owned[key]["metadata"], "deletionTimestamp": "2026-12-01T00:00:00Z", "finalizers": ["foregroundDeletion"]}
+    deleting = {**owned, key: {**owned[key], "metadata": meta}}  # the status as the controller left it
+    going = {**pods, **{f"{plugin}-{n}": projection(plugin, n, deleting=True) for n in cluster.nodes}}
+    r.reconcile(snapshot(deleting, going, revisions))
+    [state] = [s for s in written[-1]["states"] if s["name"] == "state-device-plugin"]
+    assert written[-1]["state"] == "notReady"
+    assert (state["state"], state["message"]) == ("notReady", f"{plugin}: being deleted; recreated once it is gone")
 
 
 def test_a_pod_turning_ready_while_a_pass_runs_is_in_that_pass_status() -> None:

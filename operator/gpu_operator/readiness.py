@@ -284,6 +284,9 @@ def _ready(
     unready: Sequence[dict[str, Any]] | None,
 ) -> tuple[bool, str]:
     name = ds.get("metadata", {}).get("name", "?")
+    # The controller stops writing the status of a DaemonSet being deleted (syncDaemonSet): its counts are frozen.
+    if ds.get("metadata", {}).get("deletionTimestamp"):
+        return False, f"{name}: being deleted; recreated once it is gone"
     status = ds.get("status") or {}
     # A new or changed DaemonSet whose status the controller has not written yet says nothing: not ready.
     if status.get("observedGeneration", 0) < ds.get("metadata", {}).get("generation", 0):

@@ -123,8 +123,8 @@ def test_rolling_update_needs_updated_desired_available_equal(updated: int, avai
     assert reason == f"nvidia-x: {updated} updated, {available} available of 3"
 
 
-def test_rolling_update_ignores_pods_and_revisions() -> None:
-    assert daemonset_ready(ds(**SETTLED), [pod("stale", phase="Pending")], REVISIONS) == (True, "")
+def test_rolling_update_ignores_revisions() -> None:
+    assert daemonset_ready(ds(**SETTLED), [pod("stale")], REVISIONS) == (True, "")
 
 
 # OnDelete
@@ -157,9 +157,9 @@ def test_on_delete_pod_without_revision_label_is_stale() -> None:
 
 @pytest.mark.parametrize("phase", ["Pending", "Succeeded", "Failed", "Unknown"])
 def test_on_delete_pod_not_running(phase: str) -> None:
-    ready, reason = daemonset_ready(on_delete(), [pod(), pod(phase=phase), pod()], REVISIONS)
+    ready, reason = daemonset_ready(on_delete(), [placed("a"), placed("b", phase=phase), placed("c")], REVISIONS)
     assert not ready
-    assert reason == "nvidia-x: 1 of 3 pods not ready"
+    assert reason == "nvidia-x: 1 of 3 pods not ready (not ready on b)"
 
 
 def test_on_delete_container_not_ready() -> None:
@@ -431,6 +431,35 @@ def test_nodes_the_controller_would_not_count_are_not_expected() -> None:
                       {"matchExpressions": [{"key": key, "operator": "In", "values": ["24"]}]})  # fmt: skip
     assert daemon_node_count(either, pool) == 2
     assert daemon_node_count(affinity({}), pool) == 0
+
+
+def test_a_pod_on_a_node_gone_not_ready_holds_its_daemonset_not_ready_whatever_the_strategy() -> None:
+    """A node gone NotReady gets the node lifecycle controller's `not-ready:NoSchedule` taint, which daemon pods
+    do not tolerate (only its NoExecute): the controller leaves the node out of desiredNumberScheduled and counts
+    its pod misscheduled, so every count says ready, and the operator's node count agrees. An OnDelete DaemonSet's
+    pod walk caught the unready pod (saying "1 of 2 pods not ready", of 3 pods, naming no node); a RollingUpdate
+    one, every operand but the driver, never looked at it and read ready. Now the unready pods the runtime keeps
+    hold both not ready, naming the node."""
+    not_ready = (("node.kubernetes.io/not-ready", "", "NoSchedule"), ("node.kubernetes.io/not-ready", "", "NoExecute"))
+    nodes = [labelled("a"), labelled("b"), labelled("c", not_ready)]
+    pods = [placed("a"), placed("b"), placed("c", ready=(False,))]  # c's Ready condition False (MarkPodsNotReady)
+    counts = {**SETTLED, "desiredNumberScheduled": 2, "numberAvailable": 2, "updatedNumberScheduled": 2,
+              "numberMisscheduled": 1}  # fmt: skip
+    spec = {"nodeSelector": VALIDATOR, "tolerations": [GPU_TOLERATION]}
+    for strategy in ("RollingUpdate", "OnDelete"):
+        obj = templated(spec, **counts)
+        obj["spec"]["updateStrategy"]["type"] = strategy
+        assert daemonset_ready(obj, pods, REVISIONS, unready=[pods[2]], nodes=nodes) == (
+            False,
+            "nvidia-x: 1 of 3 pods not ready (not ready on c)",
+        ), strategy
+    # A single GPU node gone NotReady: the controller counts 0 of 0, and its pod still holds the DaemonSet.
+    alone = templated(spec, **{**counts, **dict.fromkeys(("desiredNumberScheduled", "numberAvailable",
+                                                            "updatedNumberScheduled"), 0)})  # fmt: skip
+    assert daemonset_ready(alone, pods[2:], REVISIONS, unready=pods[2:], nodes=nodes[2:]) == (
+        False,
+        "nvidia-x: 1 of 1 pods not ready (not ready on c)",
+    )
 
 
 def test_the_node_counter_kept_pass_by_pass_counts_as_daemon_node_count() -> None:

@@ -4,7 +4,8 @@ Beyond upstream: a DaemonSet whose own pods are all ready at its newest revision
 scheduled to, is ready without waiting for the controller to count them (`_pods_say_ready`). And a DaemonSet is
 not ready while the controller counts fewer nodes than the operator's own view says should run its pod
 (`daemon_node_count`): the operator creates its DaemonSets before it labels the nodes, and a controller that
-has not yet seen the labels reports 0 of 0 pods, which by the counts alone is ready."""
+has not yet seen the labels reports 0 of 0 pods, which by the counts alone is ready. And a pod not ready holds
+its DaemonSet not ready whatever the counts say: the controller leaves a node gone NotReady out of them."""
 
 from __future__ import annotations
 
@@ -218,10 +219,10 @@ def daemonset_ready(
     count: Callable[[dict[str, Any]], int] | None = None,
 ) -> tuple[bool, str]:
     """(ready, reason when not). `pods` and `revisions` are the DaemonSet's own, needed for OnDelete; `unready`
-    those of its pods that are not ready and not being deleted (`is_unready`), worked out from `pods` when not
-    given (the runtime keeps them as pods change: a pass need not scan every pod of a rollout); `nodes` the
-    cluster's, to tell counts the controller has not brought up to date with the nodes' labels (or `count`, a
-    NodeCounter's over them)."""
+    those of its pods that are not ready and not being deleted (`is_unready`: any holds it not ready), worked out
+    from `pods` when not given (the runtime keeps them as pods change: a pass need not scan every pod of a
+    rollout); `nodes` the cluster's, to tell counts the controller has not brought up to date with the nodes'
+    labels (or `count`, a NodeCounter's over them)."""
     return _counted_nodes(ds, *_ready(ds, pods, revisions, unready), nodes, count)
 
 
@@ -292,20 +293,25 @@ def _ready(
     if status.get("observedGeneration", 0) < ds.get("metadata", {}).get("generation", 0):
         return False, f"{name}: waiting for the DaemonSet controller to observe the latest spec"
     desired = status.get("desiredNumberScheduled", 0)
+    unavailable = status.get("numberUnavailable", 0) if desired else 0
     if desired == 0:
-        return True, ""
-    unavailable = status.get("numberUnavailable", 0)
-    if unavailable:
+        why = ""
+    elif unavailable:
         why = f"{unavailable} of {desired} pods unavailable"
     else:
         why = _counted(ds, status, desired, pods, revisions)
-    if not why:
-        return True, ""
     if unready is None:
         unready = [p for p in pods or () if is_unready(p)]
+    if not why and unready:
+        # Counts that say ready, a pod that is not: the counts lag, or the pod's node left them (a node gone NotReady
+        # is tainted NoSchedule, and the controller counts its pod misscheduled). Only the unready pods: no scan.
+        why = f"{len(unready)} of {max(desired, len(pods or ()), len(unready))} pods not ready"
+    if not why:
+        return True, ""
     if not unready and _pods_say_ready(ds, status, desired, pods, revisions):
         return True, ""
-    return False, f"{name}: {why}{_where(unready, status, pods) if unavailable else ''}"
+    where = _where(unready, status, pods) if unavailable or why.endswith(" not ready") else ""
+    return False, f"{name}: {why}{where}"
 
 
 def _counted(
@@ -327,9 +333,9 @@ def _counted(
         if newest is None or stale:
             old = len(stale) if newest else len(pods)
             return f"{old} pod runs an old revision" if old == 1 else f"{old} pods run an old revision"
-        not_ready = [p for p in pods if not pod_ready(p)]
+        not_ready = sum(1 for p in pods if not pod_ready(p))
         if not_ready:
-            return f"{len(not_ready)} of {desired} pods not ready"
+            return f"{not_ready} of {len(pods)} pods not ready"
         return ""
     updated = status.get("updatedNumberScheduled", 0)
     available = status.get("numberAvailable", 0)

@@ -462,6 +462,28 @@ def test_a_pod_on_a_node_gone_not_ready_holds_its_daemonset_not_ready_whatever_t
     )
 
 
+@pytest.mark.parametrize("strategy", ["RollingUpdate", "OnDelete"])
+def test_a_terminating_pod_on_a_dead_node_does_not_hold_a_daemonset_of_either_strategy(strategy: str) -> None:
+    """On a node whose kubelet is gone, a pod the DaemonSet controller deletes (the admin set
+    gpu.deploy.operands=false to take the node out) stays Terminating for good. A pod being deleted holds nothing
+    (is_unready), but the OnDelete pod walk still counted it: the driver's DaemonSet stayed notReady for good,
+    "1 of 3 pods not ready" naming no node, while a RollingUpdate one read ready. Upstream's walk reads the
+    containers' ready flags, which a dead node leaves True: ready."""
+    dead = placed("dead", ready=(False,))
+    dead["metadata"]["deletionTimestamp"] = "2026-12-01T00:00:00Z"
+    pods = [placed("a"), placed("b"), dead]
+    counts = {**SETTLED, "desiredNumberScheduled": 2, "numberAvailable": 2, "updatedNumberScheduled": 2}
+    assert daemonset_ready(ds(strategy, **counts), pods, REVISIONS) == (True, "")
+    # Still counted against the revision: a terminating pod of an old revision holds an OnDelete DaemonSet.
+    old = placed("dead", revision="middle")
+    old["metadata"]["deletionTimestamp"] = "2026-12-01T00:00:00Z"
+    if strategy == "OnDelete":
+        assert daemonset_ready(ds(strategy, **counts), [*pods[:2], old], REVISIONS) == (
+            False,
+            "nvidia-x: 1 pod runs an old revision",
+        )
+
+
 def test_the_node_counter_kept_pass_by_pass_counts_as_daemon_node_count() -> None:
     """NodeCounter looks again only at nodes whose facts changed: over nodes coming, going, relabelled and
     tainted, pass after pass, each count is daemon_node_count's over the same nodes, also for a template first

@@ -333,9 +333,11 @@ def _counted(
         if newest is None or stale:
             old = len(stale) if newest else len(pods)
             return f"{old} pod runs an old revision" if old == 1 else f"{old} pods run an old revision"
-        not_ready = sum(1 for p in pods if not pod_ready(p))
+        # A pod being deleted holds nothing (is_unready): on a dead node it stays Terminating for good.
+        live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        not_ready = sum(1 for p in live if not pod_ready(p))
         if not_ready:
-            return f"{not_ready} of {len(pods)} pods not ready"
+            return f"{not_ready} of {len(live)} pods not ready"
         return ""
     updated = status.get("updatedNumberScheduled", 0)
     available = status.get("numberAvailable", 0)

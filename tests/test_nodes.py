@@ -389,6 +389,24 @@ def test_the_invalid_workload_config_condition_names_the_nodes_and_says_what_is_
     other = parse_spec({"sandboxWorkloads": {"enabled": True, "defaultWorkload": "vm-passthrough"}})
     assert newly_invalid_workloads(nodes, other, [cond]) == newly_invalid_workloads(nodes, other, [])
 
+
+def test_the_invalid_workload_config_condition_names_only_nodes_that_get_operands() -> None:
+    """The condition (and each node's Warning Event) walked every node: a CPU node, or one whose GPU went away or
+    with gpu.deploy.operands=false, carrying a stray workload config was named as getting
+    sandboxWorkloads.defaultWorkload, though it gets no operand at all (desired_labels never reads the label there,
+    as upstream's updateGPUStateLabels). Now only the nodes that get operands are named."""
+    from gpu_operator.nodes import invalid_workload_condition, newly_invalid_workloads
+
+    cpu = facts("cpu-a", gpu=False, labels={WORKLOAD: "vm-passthru"})
+    off = facts("off-a", labels={WORKLOAD: "vm-passthru", "nvidia.com/gpu.deploy.operands": "false"})
+    gpu = facts("gpu-a", labels={WORKLOAD: "vm-vgpu"})
+    assert not [k for n in (cpu, off) for k, v in desired_labels(n, SANDBOX).items() if ".deploy." in k and v]
+    cond = invalid_workload_condition([cpu, off, gpu], SANDBOX, 1, [], "2026-01-01T00:00:00Z")
+    assert cond is not None and (cond["status"], cond["reason"]) == ("False", "AllValid"), cond["message"]
+    assert newly_invalid_workloads([cpu, off, gpu], SANDBOX, []) == {}
+    typo = facts("gpu-b", labels={WORKLOAD: "vm-passthru"})
+    assert newly_invalid_workloads([cpu, off, typo], SANDBOX, []) == {"gpu-b": "vm-passthru"}
+
 # The cross product: workload label x sandbox on/off x MIG capability (GFD label, product name only, none)
 # x migManager on/off x existing labels (none, or a labelled node with an opt-out, a paused and an empty value)
 # x GPU present/removed. Each result is checked against the upstream sets above.

@@ -383,8 +383,9 @@ def workload_of(node: NodeFacts, spec: ClusterPolicySpec) -> str:
 
 def invalid_workload(node: NodeFacts, spec: ClusterPolicySpec) -> str | None:
     """The node's workload config label when it names no workload while sandbox workloads are on (the node then
-    gets sandboxWorkloads.defaultWorkload, as upstream), else None."""
-    if not spec.sandbox_workloads.enabled:
+    gets sandboxWorkloads.defaultWorkload, as upstream), else None. None on a node that gets no operand (no GPU,
+    or gpu.deploy.operands=false): the label is not read there."""
+    if not spec.sandbox_workloads.enabled or not node.has_gpu or node.labels.get(DEPLOY_OPERANDS) == "false":
         return None
     value = node.labels.get(WORKLOAD_CONFIG)
     return None if value is None or value in WORKLOAD_OPERANDS else value

@@ -263,6 +263,18 @@ def test_probe_timings_have_upstreams_minimum_of_one(probe: str, field: str) -> 
         nvidiadriver_api.parse_spec({probe: {field: 0}})
 
 
+def test_every_image_pull_policy_admits_an_empty_string_as_upstream() -> None:
+    """Upstream's imagePullPolicy fields are plain strings, operator.initContainer's included (InitContainerSpec,
+    no enum); ours gave that one an enum without "", so an upstream ClusterPolicy with
+    `operator.initContainer.imagePullPolicy: ""` was refused at admission and by the operator."""
+    enums = [(plural, path, node["enum"]) for plural, schema in _schemas() for path, node in walk(schema)
+             if path.endswith(".imagePullPolicy") and "enum" in node]  # fmt: skip
+    assert len(enums) > 20
+    assert [(plural, path) for plural, path, enum in enums if "" not in enum] == []
+    spec = api.parse_spec({"operator": {"initContainer": {"imagePullPolicy": ""}}})
+    assert spec.operator.init_container.image_pull_policy is None
+
+
 @pytest.mark.parametrize("path", ["cdi.default", "devicePlugin.config.default", "migManager.config.default",
                                   "vgpuDeviceManager.config.default"])  # fmt: skip
 def test_fields_named_default_are_in_the_schema(spec_schema: dict[str, Any], path: str) -> None:

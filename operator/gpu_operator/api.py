@@ -267,8 +267,10 @@ class InitContainerSpec(Section):
     repository: str | None = None
     image: str | None = None
     version: str | None = None
-    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never", ""] | None = None
     image_pull_secrets: list[str] = []
+
+    _empty_pull_policy = field_validator("image_pull_policy", mode="before")(_empty_is_default)
 
 
 class OperatorSpec(Section):

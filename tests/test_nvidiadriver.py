@@ -460,6 +460,25 @@ def test_an_nvidiadriver_whose_image_fields_name_no_image_is_held(fields: dict[s
     assert [d["metadata"]["name"] for d in daemonsets([driver_plan])] == ["nvidia-driver-daemonset-ubuntu22.04"]
 
 
+def test_a_repository_with_an_image_that_names_its_registry_is_held() -> None:
+    """`image` defaults (server side, as upstream) to nvcr.io/nvidia/driver: `repository: nvcr.io/nvidia` and
+    `version`, the ClusterPolicy's way, rendered nvcr.io/nvidia/nvcr.io/nvidia/driver:<version>-<os> on every node
+    (ImagePullBackOff) with no status message, as upstream's ImagePath does. image_problem already read the
+    registry path in `image` (it takes image + version without repository), but let repository through with it."""
+    spec = nvidiadriver_api.parse_spec({"repository": "nvcr.io/nvidia", "version": "580.95.05"})
+    assert spec.image == "nvcr.io/nvidia/driver"
+    assert nvidiadriver.image_problem(spec) == (
+        "image: nvcr.io/nvidia/driver has a registry path, and repository nvcr.io/nvidia is set too; set image to "
+        "the image name (driver) or drop repository")  # fmt: skip
+    for fields in ({"image": "localhost/driver"}, {"image": "registry:5000/driver"}):
+        held = nvidiadriver_api.parse_spec({"repository": "r.example", "version": "580.95.05", **fields})
+        assert nvidiadriver.image_problem(held) is not None, fields
+    # A path under a repository is no registry: upstream's sample, and an image under a project.
+    for fields in ({"repository": "nvcr.io/nvidia", "image": "driver"},
+                   {"repository": "r.example", "image": "nv/driver"}):  # fmt: skip
+        assert nvidiadriver.image_problem(nvidiadriver_api.parse_spec({**fields, "version": "580.95.05"})) is None
+
+
 @pytest.mark.parametrize(
     "fields",
     [{}, {"image": "driver"}, {"image": "r.example/driver:580.95.05"}, {"version": "580.95.05"},

@@ -299,14 +299,24 @@ def _tagged(image: str) -> bool:
     return "@" in image or ":" in image.rsplit("/", 1)[-1]
 
 
+def _has_registry(image: str) -> bool:
+    """Whether the image's first path component is a registry host (nvcr.io/nvidia/driver), as Docker reads it."""
+    first, slash, _ = image.partition("/")
+    return bool(slash) and ("." in first or ":" in first or first == "localhost")
+
+
 def image_problem(spec: NVIDIADriverSpec) -> str | None:
     """Why repository/image/version name no driver image, or None. Upstream's ImagePath takes `image` alone or all
-    three; beyond it, `image` with a registry path (nvcr.io/nvidia/driver) may take `version` without `repository`."""
+    three; beyond it, `image` with a registry path (nvcr.io/nvidia/driver) may take `version` without `repository`,
+    and may not take `repository` (upstream renders repository/nvcr.io/nvidia/driver)."""
     given = [f for f in ("repository", "image", "version") if getattr(spec, f)]
     if not given:
         return "image: empty; name the driver image (or set repository, image and version together)"
     if spec.version and _tagged(spec.image):
         return f"image: {spec.image} has a tag or digest, and version {spec.version} is set too; set one of them"
+    if spec.repository and _has_registry(spec.image):
+        return (f"image: {spec.image} has a registry path, and repository {spec.repository} is set too; set image "
+                "to the image name (driver) or drop repository")  # fmt: skip
     if given == ["image"] or len(given) == 3 or (given == ["image", "version"] and "/" in spec.image):
         return None
     missing = ", ".join(f for f in ("repository", "image", "version") if f not in given)

@@ -1,6 +1,6 @@
 """The CPU of one reconcile pass on a settled cluster of N nodes, without a cluster (prints numbers, asserts nothing).
 
-    python -m e2e.bench.pass_cpu [--nodes 1000 5000] [--passes 15] [--profile 25] [--nvidia-drivers]
+    python -m e2e.bench.pass_cpu [--nodes 1000 5000] [--passes 15] [--profile 25] [--nvidia-drivers] [--cpu-nodes N]
 
 The operator's Reconciler runs on snapshots as the watch caches hold them once everything is rolled out: N nodes
 as operator_scale makes them (h100x8, a100x4, l4x1 in turn, half on ubuntu 22.04 and half on 24.04), labelled by a
@@ -11,7 +11,9 @@ default sample policy. The API server is a stand-in that merges node patches and
 changed and of one where one node's labels changed (what a node label report costs once ready), of passes near the
 end of a rollout (2% of pods not ready, 10 nodes relabelled each) and midway (40%, 150), and with `--profile K` the
 K functions of most cumulative time over midway passes. `--nvidia-drivers` hands the driver to two NVIDIADrivers
-(useNvidiaDriverCRD): a default one and one with another version for the nodes on ubuntu 24.04. Thread CPU time,
+(useNvidiaDriverCRD): a default one and one with another version for the nodes on ubuntu 24.04. `--cpu-nodes N`
+adds N nodes without a GPU (no operand goes to them; the relabelled nodes are still the GPU nodes);
+`--sandbox-workloads` sets sandboxWorkloads.enabled (every node on the default workload, container). Thread CPU time,
 so what the machine's other processes take is left out; on the live cluster (operator_scale) passes also wait for
 the cores.
 """
@@ -29,6 +31,7 @@ import time
 from typing import Any
 
 from e2e.bench.operator_scale import bench_node, nvidia_drivers
+from e2e.cluster.nodes import make_node
 from e2e.operator_process import NAMESPACE, policy_from_sample
 from gpu_operator.lifecycle import CLEANUP_FINALIZER
 from gpu_operator.nodes import NodeFacts, apply_patch, deploy_label
@@ -93,13 +96,17 @@ class StandIn:
         return []
 
 
-def settled(n: int, crd: bool = False) -> tuple[Reconciler, StandIn, Snapshot]:
+def settled(n: int, crd: bool = False, cpu: int = 0, sandbox: bool = False) -> tuple[Reconciler, StandIn, Snapshot]:
     """A reconciler that has labelled `n` nodes and applied every object, and the snapshot of the rolled-out
-    cluster that follows. `crd`: the drivers as two NVIDIADrivers (nvidia_drivers)."""
+    cluster that follows. `crd`: the drivers as two NVIDIADrivers (nvidia_drivers); `cpu`: that many nodes without
+    a GPU besides; `sandbox`: sandboxWorkloads.enabled."""
     raw = [bench_node(f"node-{i:05d}", i, device_labels=True) for i in range(n)]
+    raw += [make_node(f"zcpu-{i:05d}", "cpu", os="ubuntu22.04" if i % 2 else "ubuntu24.04") for i in range(cpu)]
     for i, obj in enumerate(raw):
         obj["metadata"]["resourceVersion"] = str(i + 1)
     policy = policy_from_sample()
+    if sandbox:
+        policy["spec"].setdefault("sandboxWorkloads", {})["enabled"] = True
     policy["metadata"].update(uid="u1", generation=1, resourceVersion="1", finalizers=[CLEANUP_FINALIZER])
     drivers = nvidia_drivers(policy) if crd else {}
     for i, obj in enumerate(drivers.values()):  # what the API server would have given them
@@ -153,9 +160,9 @@ def timed(reconciler: Reconciler, snap: Snapshot) -> tuple[float, int, bool | No
 
 
 def relabelled(snap: Snapshot, i: int, count: int = 1) -> Snapshot:
-    """The snapshot with `count` nodes' facts replaced by new ones: labels reported on each, as GFD and
+    """The snapshot with `count` GPU nodes' facts replaced by new ones: labels reported on each, as GFD and
     k8s-driver-manager do during a rollout (the latter sets deploy labels it found unset to "")."""
-    names = sorted(snap.nodes)
+    names = sorted(k for k in snap.nodes if k.startswith("node-"))
     changed = dict(snap.nodes)
     for j in range(i * count, (i + 1) * count):
         old = snap.nodes[names[j % len(names)]]
@@ -213,10 +220,15 @@ def main() -> None:
     parser.add_argument("--profile", type=int, default=0, metavar="K", help="print the K costliest functions")
     parser.add_argument("--nvidia-drivers", action="store_true",
                         help="the drivers as two NVIDIADrivers (useNvidiaDriverCRD; one for half the nodes)")
+    parser.add_argument("--cpu-nodes", type=int, default=0, metavar="N", help="N nodes without a GPU besides")
+    parser.add_argument("--sandbox-workloads", action="store_true", help="sandboxWorkloads.enabled")
     args = parser.parse_args()
     for n in args.nodes:
-        print(f"{n} nodes{' (NVIDIADrivers)' if args.nvidia_drivers else ''}:")
-        reconciler, _, snap = settled(n, args.nvidia_drivers)
+        besides = f" and {args.cpu_nodes} CPU nodes" if args.cpu_nodes else ""
+        how = ", ".join(w for w, on in (("NVIDIADrivers", args.nvidia_drivers),
+                                         ("sandboxWorkloads", args.sandbox_workloads)) if on)  # fmt: skip
+        print(f"{n} nodes{besides}{f' ({how})' if how else ''}:")
+        reconciler, _, snap = settled(n, args.nvidia_drivers, args.cpu_nodes, args.sandbox_workloads)
         clock = GcClock()
         quiet = [timed(reconciler, snap) for _ in range(args.passes)]
         changed = []

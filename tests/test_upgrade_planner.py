@@ -1812,3 +1812,59 @@ def test_a_node_mid_upgrade_that_no_longer_gets_the_clusterpolicys_driver_is_let
         ("ours", f"{why} in wait-for-jobs-required: node uncordoned (the upgrade had cordoned it)"),
     ]  # fmt: skip
     assert out.status is not None and out.status["total"] == 1
+
+
+def test_the_let_go_of_nodes_the_clusterpolicys_driver_left_takes_them_from_the_kept_inputs() -> None:
+    """The let-go of nodes mid-upgrade the ClusterPolicy's driver no longer goes to took every node's name not in
+    the plan (a set over every node and every planner node) each pass some node was unmanaged: with CPU nodes in
+    the cluster, every pass (~0.8 ms of a settled one at 6,000 nodes). With the pass's kept inputs (which see each
+    node change) it takes the nodes they found with an upgrade state and no planner node: the same nodes let go, no
+    set over the nodes' names."""
+    from dataclasses import replace
+
+    from gpu_operator.api import parse_spec
+    from gpu_operator.nodes import GPU_PRESENT, deploy_label
+    from gpu_operator.upgrade.adapter import UpgradeKept
+    from gpu_operator.upgrade.orchestrate import orchestrate
+    from support import RecordingKube, load_policy, node
+
+    class Named(dict[str, NodeFacts]):
+        """Nodes by name, counting the sets of their names taken."""
+
+        sets = 0
+
+        def keys(self) -> Any:
+            self.sets += 1
+            return super().keys()
+
+    spec = parse_spec(load_policy()["spec"])
+
+    def gpu_node(name: str, state: str | None, driver: str) -> dict[str, Any]:
+        labels = {GPU_PRESENT: "true", deploy_label("driver"): driver, **({STATE_LABEL: state} if state else {})}
+        return node(name, labels=labels)
+
+    objs = [gpu_node("keep", "upgrade-done", "true"), gpu_node("left", "upgrade-done", "false"),
+            gpu_node("gone", "wait-for-jobs-required", "false"), node("cpu")]  # fmt: skip
+    snap = _cp_nodes_snapshot(objs, rev=NEW)
+
+    def let_go(snap: Any, kept: UpgradeKept | None) -> list[str]:
+        kube = RecordingKube()
+        orchestrate(kube, "gpu-operator", spec, snap, lambda *_, **__: None, kept=kept)  # type: ignore[arg-type]
+        return sorted(what[1] for verb, what in kube.calls if verb == "merge_patch" and what[0] == "Node")
+
+    kept = UpgradeKept()
+    for _ in range(2):  # the snapshot still has them (the writes not seen yet): let go again, as a fresh walk does
+        named = replace(snap, nodes=Named(snap.nodes))
+        assert let_go(named, kept) == let_go(snap, None) == ["gone", "left"]
+        assert named.nodes.sets == 0
+    # "left" seen without its state label, "keep" leaving the driver: each node that changed is looked at again.
+    moved = {**snap.nodes, "left": NodeFacts.from_node(gpu_node("left", None, "false")),
+             "keep": NodeFacts.from_node(gpu_node("keep", "upgrade-done", "false"))}  # fmt: skip
+    assert let_go(replace(snap, nodes=Named(moved)), kept) == let_go(replace(snap, nodes=moved), None)
+    assert let_go(replace(snap, nodes=Named(moved)), kept) == ["gone", "keep"]
+    # The driver switched off: the kept inputs see no node, every node with a state is let go.
+    off = parse_spec({**load_policy()["spec"], "driver": {**load_policy()["spec"]["driver"], "enabled": False}})
+    kube = RecordingKube()
+    orchestrate(kube, "gpu-operator", off, replace(snap, nodes=moved), lambda *_, **__: None,  # type: ignore[arg-type]
+                kept=kept)  # fmt: skip
+    assert sorted(w[1] for v, w in kube.calls if v == "merge_patch") == ["gone", "keep"]

@@ -125,6 +125,7 @@ class UpgradeInputs:
         self.precompiled = False
         self.made: dict[str, UpgradeNode] = {}
         self.needs_pods: set[str] = set()  # nodes in a state whose step reads the node's pods (workload_pods)
+        self.astray: set[str] = set()  # nodes with an upgrade state label but no planner node (orchestrate lets go)
 
     def over(
         self, nodes: Iterable[NodeFacts], index: PodIndex, revisions: Mapping[str, dict[str, Any]],
@@ -150,6 +151,7 @@ class UpgradeInputs:
             seen.clear()
             made.clear()
             self.needs_pods.clear()
+            self.astray.clear()
         todo = set()
         for node in [n for n in nodes if seen.get(n.name) is not n]:
             seen[node.name] = node
@@ -160,6 +162,7 @@ class UpgradeInputs:
                 del seen[name]
                 made.pop(name, None)
                 self.needs_pods.discard(name)
+                self.astray.discard(name)
         for now, before in ((drivers, self.drivers), (validators, self.validators)):
             todo.update([name for name, pods in now.items() if before.get(name) is not pods])
             todo.update(before.keys() - now.keys())
@@ -172,7 +175,12 @@ class UpgradeInputs:
             if node is None or not gets_driver(node):
                 made.pop(name, None)
                 self.needs_pods.discard(name)
+                if node is not None and STATE_LABEL in node.labels:
+                    self.astray.add(name)
+                else:
+                    self.astray.discard(name)
                 continue
+            self.astray.discard(name)
             driver, validator, revision = _operand_pods(name, drivers, validators, newest)
             made[name] = one = _upgrade_node(node, driver, validator, revision, refused.get(name, ""), pools, label,
                                              precompiled)  # fmt: skip

@@ -121,13 +121,17 @@ def orchestrate(
             set_gauges(Counters())
         left_behind(kube, namespace, snap.nodes.values(), events, SANDBOX)
         return Orchestrated(None, False)
+    astray = None  # the nodes `kept` found with an upgrade state and no planner node, where it saw every node
     if managed is None:
         managed = managed_nodes(spec, snap, kept)
+        astray = kept.inputs.astray if kept is not None and spec.driver.enabled else None
     if own and len(managed) < len(snap.nodes):
         # A node with an upgrade state that the driver no longer goes to (switched off, or on that node: its deploy
         # label false, its GPU gone) is in no plan, so no pass would move it on: let go, as under NVIDIADrivers.
-        gone = snap.nodes.keys() - {n.name for n in managed}
-        found = [snap.nodes[k] for k in sorted(k for k in gone if STATE_LABEL in snap.nodes[k].labels)]
+        if astray is None:
+            gone = snap.nodes.keys() - {n.name for n in managed}
+            astray = {k for k in gone if STATE_LABEL in snap.nodes[k].labels}
+        found = [snap.nodes[k] for k in sorted(astray)]
         if found:
             left_behind(kube, namespace, found, events, LEFT if spec.driver.enabled else OFF)
     if not managed:  # nothing to upgrade (driver off, no GPU node): the gauges say so too

@@ -571,7 +571,7 @@ AUTO = {"driver": {"upgradePolicy": {"autoUpgrade": True}}}
                      "true", {}, id="nvidiadriver-crd-left-alone"),
         pytest.param({"driver": {"useNvidiaDriverCRD": True}}, "true", None, {}, id="nvidiadriver-crd-not-set"),
         pytest.param({"driver": {"useNvidiaDriverCRD": True}, "sandboxWorkloads": {"enabled": True}}, "true", "true",
-                     {ENABLED: None}, id="nvidiadriver-crd-with-sandbox-removes"),
+                     {}, id="nvidiadriver-crd-with-sandbox-left-to-the-nvidiadrivers"),
         pytest.param(AUTO, "false", None, {}, id="no-gpu-not-set"),
         pytest.param({}, "false", "true", {}, id="no-gpu-not-removed"),
         pytest.param(AUTO, None, None, {}, id="unlabelled-not-set"),
@@ -586,6 +586,23 @@ def test_upgrade_enabled_annotation(
     n = NodeFacts.from_node(raw)
     assert n.annotations.get(ENABLED) == value
     assert desired_annotations(n, parse_spec(policy)) == patch
+
+
+def test_upgrade_enabled_annotation_settles_under_nvidiadrivers_with_sandbox_workloads() -> None:
+    """Under useNvidiaDriverCRD with sandboxWorkloads.enabled the node labelling removed the annotation and the
+    NVIDIADriver's node patch (autoUpgrade) set it again: one node patch every pass, for ever. Now the NVIDIADriver
+    owns it: once set, neither asks for a change."""
+    from gpu_operator import nvidiadriver
+
+    spec = parse_spec({"driver": {"useNvidiaDriverCRD": True, "upgradePolicy": {"autoUpgrade": True}},
+                       "sandboxWorkloads": {"enabled": True}})  # fmt: skip
+    raw = node("n1", labels={GPU_PRESENT: "true"})
+    n = NodeFacts.from_node(raw)
+    assert desired_annotations(n, spec) == {}
+    assert nvidiadriver.node_patch(n, None, spec) == {"annotations": {ENABLED: "true"}}
+    raw["metadata"]["annotations"] = {ENABLED: "true"}
+    n = NodeFacts.from_node(raw)
+    assert desired_annotations(n, spec) == {} and nvidiadriver.node_patch(n, None, spec) == {}
 
 
 def test_annotation_follows_the_labels_of_a_new_gpu_node() -> None:

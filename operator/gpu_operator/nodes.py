@@ -610,12 +610,13 @@ def desired_labels(node: NodeFacts, spec: ClusterPolicySpec, refused: bool = Fal
 def desired_annotations(node: NodeFacts, spec: ClusterPolicySpec) -> dict[str, str | None]:
     """The annotation patch for one node, read after its labels are patched: key -> value, or None to remove.
 
-    Only GPU nodes (gpu.present=true) are touched; with useNvidiaDriverCRD (and no sandbox workloads) the
-    NVIDIADriver resources own the annotation, so nothing is written here."""
+    Only GPU nodes (gpu.present=true) are touched; with useNvidiaDriverCRD the NVIDIADriver resources own the
+    annotation (nvidiadriver.node_patch), so nothing is written here. With sandboxWorkloads too: upstream removes it
+    there while its NVIDIADrivers' upgrades still run (two drivers of one drain), and here both writers took turns,
+    one node patch each pass; the NVIDIADriver upgrades are the operator's, so the annotation says so."""
     if node.labels.get(GPU_PRESENT) != "true":
         return {}
-    sandbox = spec.sandbox_workloads.enabled
-    if spec.driver.use_nvidia_driver_crd and not sandbox:
+    if spec.driver.use_nvidia_driver_crd:
         return {}
     enabled = spec.driver.enabled and upgrades_orchestrated(spec)
     value = node.annotations.get(UPGRADE_ENABLED_ANNOTATION)

@@ -117,14 +117,23 @@ def _default_kubeconfig() -> str:
     return os.environ.get("KUBECONFIG") or "~/.kube/config"
 
 
+def _current_user(kubeconfig: str | None) -> tuple[Any, Any, Any]:
+    """(the merged kubeconfig, its current context, that context's user entry or None), read as the client reads
+    them (its KubeConfigMerger); raises what the client's reading raises."""
+    kc = config.kube_config
+    merged = kc.KubeConfigMerger(kubeconfig or kc.KUBE_CONFIG_DEFAULT_LOCATION).config
+    context = merged["contexts"].get_with_name(merged["current-context"])["context"]
+    return merged, context, merged["users"].get_with_name(context.safe_get("user"), safe=True)
+
+
+_UNREADABLE = (config.ConfigException, OSError, KeyError, TypeError, AttributeError, ValueError)
+
+
 def _missing_exec_plugin(kubeconfig: str | None) -> str | None:
     """The command of the current user's exec credential plugin when it is not installed, else None. The client only
     logs that (on the root logger) and goes on without credentials; a kubeconfig it cannot read is left to it."""
-    kc = config.kube_config
     try:
-        merged = kc.KubeConfigMerger(kubeconfig or kc.KUBE_CONFIG_DEFAULT_LOCATION).config
-        context = merged["contexts"].get_with_name(merged["current-context"])["context"]
-        user = merged["users"].get_with_name(context.safe_get("user"), safe=True)
+        merged, context, user = _current_user(kubeconfig)
         fields = user.safe_get("user") if user is not None else None
         if not isinstance(fields, dict) or any(k in fields for k in ("auth-provider", "token", "tokenFile")):
             return None  # no user, or a credential the client takes before the plugin's
@@ -133,7 +142,7 @@ def _missing_exec_plugin(kubeconfig: str | None) -> str | None:
             return None
         env = {e.get("name"): e.get("value") for e in fields["exec"].get("env") or []}
         cluster = merged["clusters"].get_with_name(context["cluster"])
-    except (kc.ConfigException, OSError, KeyError, TypeError, AttributeError, ValueError):
+    except _UNREADABLE:
         return None
     if os.sep in command:  # the client runs it in the directory of the kubeconfig naming the cluster
         found = os.access(os.path.join(os.path.dirname(os.path.abspath(cluster.path)), command), os.X_OK)
@@ -236,18 +245,15 @@ def _kubeconfig_token_file(kubeconfig: str | None, loaded: str | None) -> str | 
     """The tokenFile (relative to the kubeconfig naming it) of the current user of a kubeconfig the client loaded,
     when the client's token (`loaded`) is that file's; else None (a token inline, from an auth provider or an exec
     plugin, or none)."""
-    kc = config.kube_config
     try:
-        merged = kc.KubeConfigMerger(kubeconfig or kc.KUBE_CONFIG_DEFAULT_LOCATION).config
-        context = merged["contexts"].get_with_name(merged["current-context"])["context"]
-        user = merged["users"].get_with_name(context.safe_get("user"), safe=True)
+        _, _, user = _current_user(kubeconfig)
         fields = user.safe_get("user") if user is not None else None
         if not isinstance(fields, dict) or not isinstance(fields.get("tokenFile"), str):
             return None
         path = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(user.path)), fields["tokenFile"]))
         with open(path) as f:
             return path if loaded == f"Bearer {f.read()}" else None
-    except (config.ConfigException, OSError, KeyError, TypeError, AttributeError, ValueError):
+    except _UNREADABLE:
         return None
 
 

@@ -354,17 +354,27 @@ def test_an_invalid_workload_config_is_logged_once_per_node_and_value(caplog: py
     ]  # fmt: skip
 
 
+def _condition(nodes: list[NodeFacts], spec: Any, *rest: Any) -> dict[str, Any] | None:
+    from gpu_operator.nodes import invalid_workload_condition, invalid_workloads
+
+    return invalid_workload_condition(invalid_workloads(nodes, spec), spec, *rest)
+
+
+def _newly(nodes: list[NodeFacts], spec: Any, previous: list[dict[str, Any]]) -> dict[str, str]:
+    from gpu_operator.nodes import invalid_workloads, newly_invalid_workloads
+
+    return newly_invalid_workloads(invalid_workloads(nodes, spec), spec, previous)
+
 
 def test_the_invalid_workload_config_condition_names_the_nodes_and_says_what_is_new() -> None:
     """The InvalidWorkloadConfig Warning Event was deduplicated only in the recorder's memory (posted again after
     each restart). Now the InvalidWorkloadConfig condition names each node with its value (the first 20 by name, as
     DriverRefused), and a node's Event is owed only for what the previous condition did not name: a value changed,
     another defaultWorkload (the Event says which the node gets), or a node past those 20."""
-    from gpu_operator.nodes import invalid_workload_condition, newly_invalid_workloads
 
     bad = [facts(f"n{i:02}", labels={WORKLOAD: "bogus"}) for i in range(25)]
     nodes = [*bad, facts("fine", labels={WORKLOAD: "vm-vgpu"}), facts("unset"), facts("empty", labels={WORKLOAD: ""})]
-    cond = invalid_workload_condition(nodes, SANDBOX, 3, [], "2026-01-01T00:00:00Z")
+    cond = _condition(nodes, SANDBOX, 3, [], "2026-01-01T00:00:00Z")
     assert cond is not None
     assert (cond["type"], cond["status"], cond["reason"], cond["observedGeneration"]) == (
         "InvalidWorkloadConfig", "True", "NoSuchWorkload", 3)  # fmt: skip
@@ -373,21 +383,21 @@ def test_the_invalid_workload_config_condition_names_the_nodes_and_says_what_is_
         "nodes, which get sandboxWorkloads.defaultWorkload, container: empty (''), "
         + ", ".join(f"n{i:02} ('bogus')" for i in range(19)) + " and 6 more"
     )  # fmt: skip
-    assert invalid_workload_condition(nodes, DEFAULT, 3, [], "2026-01-01T00:00:00Z") is None  # the label unused
-    fine = invalid_workload_condition(nodes[25:27], SANDBOX, 4, [cond], "2026-01-02T00:00:00Z")
+    assert _condition(nodes, DEFAULT, 3, [], "2026-01-01T00:00:00Z") is None  # the label unused
+    fine = _condition(nodes[25:27], SANDBOX, 4, [cond], "2026-01-02T00:00:00Z")
     assert fine is not None and (fine["status"], fine["reason"], fine["lastTransitionTime"]) == (
         "False", "AllValid", "2026-01-02T00:00:00Z")  # fmt: skip
-    same = invalid_workload_condition(nodes, SANDBOX, 4, [cond], "2026-01-02T00:00:00Z")
+    same = _condition(nodes, SANDBOX, 4, [cond], "2026-01-02T00:00:00Z")
     assert same is not None and same["lastTransitionTime"] == "2026-01-01T00:00:00Z"
 
-    assert newly_invalid_workloads(nodes, SANDBOX, []) == {"empty": "", **{f"n{i:02}": "bogus" for i in range(25)}}
-    assert newly_invalid_workloads(nodes, DEFAULT, []) == {}
+    assert _newly(nodes, SANDBOX, []) == {"empty": "", **{f"n{i:02}": "bogus" for i in range(25)}}
+    assert _newly(nodes, DEFAULT, []) == {}
     changed = [facts("n00", labels={WORKLOAD: "vm-passthru"}), *nodes[1:]]
-    assert newly_invalid_workloads(changed, SANDBOX, [cond]) == {"n00": "vm-passthru", **{
+    assert _newly(changed, SANDBOX, [cond]) == {"n00": "vm-passthru", **{
         f"n{i:02}": "bogus" for i in range(19, 25)}}  # fmt: skip
-    assert newly_invalid_workloads(nodes, SANDBOX, [fine]) == newly_invalid_workloads(nodes, SANDBOX, [])
+    assert _newly(nodes, SANDBOX, [fine]) == _newly(nodes, SANDBOX, [])
     other = parse_spec({"sandboxWorkloads": {"enabled": True, "defaultWorkload": "vm-passthrough"}})
-    assert newly_invalid_workloads(nodes, other, [cond]) == newly_invalid_workloads(nodes, other, [])
+    assert _newly(nodes, other, [cond]) == _newly(nodes, other, [])
 
 
 def test_the_invalid_workload_config_condition_names_only_nodes_that_get_operands() -> None:
@@ -395,17 +405,15 @@ def test_the_invalid_workload_config_condition_names_only_nodes_that_get_operand
     with gpu.deploy.operands=false, carrying a stray workload config was named as getting
     sandboxWorkloads.defaultWorkload, though it gets no operand at all (desired_labels never reads the label there,
     as upstream's updateGPUStateLabels). Now only the nodes that get operands are named."""
-    from gpu_operator.nodes import invalid_workload_condition, newly_invalid_workloads
-
     cpu = facts("cpu-a", gpu=False, labels={WORKLOAD: "vm-passthru"})
     off = facts("off-a", labels={WORKLOAD: "vm-passthru", "nvidia.com/gpu.deploy.operands": "false"})
     gpu = facts("gpu-a", labels={WORKLOAD: "vm-vgpu"})
     assert not [k for n in (cpu, off) for k, v in desired_labels(n, SANDBOX).items() if ".deploy." in k and v]
-    cond = invalid_workload_condition([cpu, off, gpu], SANDBOX, 1, [], "2026-01-01T00:00:00Z")
+    cond = _condition([cpu, off, gpu], SANDBOX, 1, [], "2026-01-01T00:00:00Z")
     assert cond is not None and (cond["status"], cond["reason"]) == ("False", "AllValid"), cond["message"]
-    assert newly_invalid_workloads([cpu, off, gpu], SANDBOX, []) == {}
+    assert _newly([cpu, off, gpu], SANDBOX, []) == {}
     typo = facts("gpu-b", labels={WORKLOAD: "vm-passthru"})
-    assert newly_invalid_workloads([cpu, off, typo], SANDBOX, []) == {"gpu-b": "vm-passthru"}
+    assert _newly([cpu, off, typo], SANDBOX, []) == {"gpu-b": "vm-passthru"}
 
 # The cross product: workload label x sandbox on/off x MIG capability (GFD label, product name only, none)
 # x migManager on/off x existing labels (none, or a labelled node with an opt-out, a paused and an empty value)

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cache, cached_property, lru_cache
 from sys import intern
@@ -400,7 +400,11 @@ def invalid_workload_message(value: str, spec: ClusterPolicySpec) -> str:
 _NODES_NAMED = 20  # as the DriverRefused condition names its nodes
 
 
-def _invalid_workloads(nodes: Iterable[NodeFacts], spec: ClusterPolicySpec) -> dict[str, str]:
+def invalid_workloads(nodes: Iterable[NodeFacts], spec: ClusterPolicySpec) -> dict[str, str]:
+    """node -> its invalid workload config (invalid_workload), for the condition and the Events of one pass (no walk
+    of the nodes without sandboxWorkloads.enabled)."""
+    if not spec.sandbox_workloads.enabled:
+        return {}
     return {n.name: v for n in nodes if (v := invalid_workload(n, spec)) is not None}
 
 
@@ -411,14 +415,14 @@ def _invalid_workloads_said(spec: ClusterPolicySpec) -> str:
 
 
 def invalid_workload_condition(
-    nodes: Iterable[NodeFacts], spec: ClusterPolicySpec, generation: int | None, previous: list[dict[str, Any]],
+    invalid: Mapping[str, str], spec: ClusterPolicySpec, generation: int | None, previous: list[dict[str, Any]],
     now: str,
 ) -> dict[str, Any] | None:
     """The InvalidWorkloadConfig condition (None without sandboxWorkloads.enabled, which leaves the label unread):
-    True naming each node whose workload config names no workload, with its value, the first 20 by name."""
+    True naming each node of `invalid` (invalid_workloads) with its value, the first 20 by name."""
     if not spec.sandbox_workloads.enabled:
         return None
-    found = sorted(_invalid_workloads(nodes, spec).items())
+    found = sorted(invalid.items())
     if found:
         more = len(found) - _NODES_NAMED
         value, reason = "True", "NoSuchWorkload"
@@ -439,9 +443,9 @@ def invalid_workload_condition(
 
 
 def newly_invalid_workloads(
-    nodes: Iterable[NodeFacts], spec: ClusterPolicySpec, previous: list[dict[str, Any]]
+    invalid: Mapping[str, str], spec: ClusterPolicySpec, previous: list[dict[str, Any]]
 ) -> dict[str, str]:
-    """The invalid workload configs (node -> value) the previous InvalidWorkloadConfig condition did not name yet:
+    """Of `invalid` (invalid_workloads), those the previous InvalidWorkloadConfig condition did not name yet:
     what deserves a node's Warning Event. Read from the status, so a restarted operator or a new leader posts
     nothing new at steady state (but for nodes past the 20 the condition names)."""
     before = next((c for c in previous if c.get("type") == INVALID_WORKLOAD_CONDITION and c.get("status") == "True"),
@@ -450,7 +454,7 @@ def newly_invalid_workloads(
     head = _invalid_workloads_said(spec)
     # Node names and label values hold no spaces, commas or quotes: each entry is whole between ", " and ", ".
     named = f", {said.removeprefix(head).rsplit(' and ', 1)[0]}, " if said.startswith(head) else ""
-    return {n: v for n, v in _invalid_workloads(nodes, spec).items() if f", {n} ({v!r}), " not in named}
+    return {n: v for n, v in invalid.items() if f", {n} ({v!r}), " not in named}
 
 
 _INVALID_WORKLOADS_LOGGED: set[tuple[str, str]] = set()  # (node, value) logged: each change of a node labels it again

@@ -31,6 +31,7 @@ from .nodes import (
     deploy_label,
     invalid_workload_condition,
     invalid_workload_message,
+    invalid_workloads,
     newly_invalid_workloads,
     unpooled,
 )
@@ -509,7 +510,8 @@ class Reconciler:
             ref = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}
             self.events(ref, "Warning", compat.EVENT_REASON, f"driver not rolled out to this node: {message}")
         # And on each node whose workload config the status does not name with that value yet.
-        for name, value in newly_invalid_workloads(nodes, spec, previous_conditions).items():
+        invalid = invalid_workloads(nodes, spec)  # one walk for the Events and the condition
+        for name, value in newly_invalid_workloads(invalid, spec, previous_conditions).items():
             ref = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}
             self.events(ref, "Warning", INVALID_WORKLOAD_REASON, invalid_workload_message(value, spec))
         status = policy_status(
@@ -530,7 +532,7 @@ class Reconciler:
                     compat.condition(verdicts, generation, previous_conditions, now()) if verdicts else None,
                     sharing.condition(spec.device_plugin.config.name, sharing_problems, generation,
                                       previous_conditions, now()),
-                    invalid_workload_condition(nodes, spec, generation, previous_conditions, now()),
+                    invalid_workload_condition(invalid, spec, generation, previous_conditions, now()),
                 ]
                 if c
             ],

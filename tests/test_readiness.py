@@ -257,6 +257,30 @@ def test_unavailable_pods_not_created_yet_are_counted_apart() -> None:
     assert daemonset_ready(ds) == (False, "nvidia-x: 4 of 5 pods unavailable")
 
 
+@pytest.mark.parametrize(
+    ("strategy", "status", "pods", "why", "named"),
+    [
+        ("RollingUpdate", {"numberUnavailable": 1}, ["new", "new", "-"], "1 of 3 pods unavailable", True),
+        ("OnDelete", {}, ["new", "new", "-"], "1 of 3 pods not ready", True),
+        ("RollingUpdate", {}, ["new", "new", "-"], "1 of 3 pods not ready", True),  # the counts say ready, a pod not
+        ("RollingUpdate", {"updatedNumberScheduled": 2}, ["new", "new", "-"], "2 updated, 3 available of 3", False),
+        ("OnDelete", {}, ["new", "-"], "2 of 3 pods exist", False),
+        ("OnDelete", {}, ["new", "old", "-"], "1 pod runs an old revision", False),
+    ],
+    ids=["unavailable", "on-delete-not-ready", "pod-not-ready", "counts", "missing", "old-revision"],
+)
+def test_reasons_of_pods_not_ready_name_their_nodes_and_the_others_do_not(
+    strategy: str, status: dict[str, int], pods: list[str], why: str, named: bool
+) -> None:
+    """Whether the reason named the unready pods' nodes was decided by its wording (`why.endswith(" not
+    ready")`): a reason reworded would silently drop the nodes. Now each reason says whether it does."""
+    placed_pods = [placed(f"n{i}", "new" if r == "-" else r, ready=(r != "-",)) for i, r in enumerate(pods)]
+    unready = [p for p in placed_pods if not p["ready"]]
+    ready, reason = daemonset_ready(ds(strategy, **{**SETTLED, **status}), placed_pods, REVISIONS, unready=unready)
+    where = f" (not ready on n{len(pods) - 1})" if named else ""
+    assert not ready and reason == f"nvidia-x: {why}{where}"
+
+
 # The pods say it before the controller counts them
 
 

@@ -294,23 +294,24 @@ def _ready(
         return False, f"{name}: waiting for the DaemonSet controller to observe the latest spec"
     desired = status.get("desiredNumberScheduled", 0)
     unavailable = status.get("numberUnavailable", 0) if desired else 0
+    name_nodes = True  # whether `why` is of pods not ready or unavailable: the message names their nodes
     if desired == 0:
         why = ""
     elif unavailable:
         why = f"{unavailable} of {desired} pods unavailable"
     else:
-        why = _counted(ds, status, desired, pods, revisions)
+        why, name_nodes = _counted(ds, status, desired, pods, revisions)
     if unready is None:
         unready = [p for p in pods or () if is_unready(p)]
     if not why and unready:
         # Counts that say ready, a pod that is not: the counts lag, or the pod's node left them (a node gone NotReady
         # is tainted NoSchedule, and the controller counts its pod misscheduled). Only the unready pods: no scan.
-        why = f"{len(unready)} of {max(desired, len(pods or ()), len(unready))} pods not ready"
+        why, name_nodes = f"{len(unready)} of {max(desired, len(pods or ()), len(unready))} pods not ready", True
     if not why:
         return True, ""
     if not unready and _pods_say_ready(ds, status, desired, pods, revisions):
         return True, ""
-    where = _where(unready, status, pods) if unavailable or why.endswith(" not ready") else ""
+    where = _where(unready, status, pods) if name_nodes else ""
     return False, f"{name}: {why}{where}"
 
 
@@ -320,27 +321,28 @@ def _counted(
     desired: int,
     pods: Sequence[dict[str, Any]] | None,
     revisions: list[dict[str, Any]] | None,
-) -> str:
+) -> tuple[str, bool]:
     """Upstream's rule by the controller's counts, once none is unavailable (and, for OnDelete, the pods'
-    revisions): why the DaemonSet is not ready, or "" when it is."""
+    revisions): (why the DaemonSet is not ready, or "" when it is; whether that is of pods not ready, whose nodes
+    the message names)."""
     strategy = ((ds.get("spec") or {}).get("updateStrategy") or {}).get("type", "RollingUpdate")
     if strategy == "OnDelete":
         newest = newest_revision_hash(revisions or [])
         pods = pods or []
         if len(pods) < desired:
-            return f"{len(pods)} of {desired} pods exist"
+            return f"{len(pods)} of {desired} pods exist", False
         stale = [p for p in pods if (p["metadata"].get("labels") or {}).get(REVISION_HASH) != newest]
         if newest is None or stale:
             old = len(stale) if newest else len(pods)
-            return f"{old} pod runs an old revision" if old == 1 else f"{old} pods run an old revision"
+            return (f"{old} pod runs an old revision" if old == 1 else f"{old} pods run an old revision"), False
         # A pod being deleted holds nothing (is_unready): on a dead node it stays Terminating for good.
         live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
         not_ready = sum(1 for p in live if not pod_ready(p))
         if not_ready:
-            return f"{not_ready} of {len(live)} pods not ready"
-        return ""
+            return f"{not_ready} of {len(live)} pods not ready", True
+        return "", False
     updated = status.get("updatedNumberScheduled", 0)
     available = status.get("numberAvailable", 0)
     if not updated == desired == available:
-        return f"{updated} updated, {available} available of {desired}"
-    return ""
+        return f"{updated} updated, {available} available of {desired}", False
+    return "", False

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from gpu_operator.kube import ApiError, Fence, Kube, NotLeader
+from gpu_operator.kube import ApiError, Fence, Kube, NotLeader, Unreachable
 from gpu_operator.leader import (
     LEASE_DURATION_S,
     RENEW_DEADLINE_S,
@@ -330,6 +330,26 @@ def test_a_watch_turned_away_is_sent_again_after_the_wait_it_names(
     assert [e["object"]["metadata"]["name"] for e in events] == ["p"]
     assert srv.sent == ["GET", "GET"] and len(slept) == 1 and 3 <= slept[0] <= 3.3
     assert srv.kube.requests[("WATCH", "pods")] == 2
+
+
+def test_a_watch_answered_200_with_a_web_page_is_one_error_line(server: Any) -> None:
+    """A plain request answered 200 with something other than JSON (a proxy's sign-in page) was already one
+    Unreachable line naming the URL and the Content-Type; a watch so answered raised json.JSONDecodeError
+    (`Expecting value: line 1 column 1 (char 0)`), naming neither. Now the watch gives the same line."""
+    page = b"<html>\n<head><title>Sign in</title></head>\n<body>\n<h1>Sign in</h1>\n</body>\n</html>\n"
+    srv = server(lambda method, path, n: (200, {"Content-Type": "text/html"}, page))
+    path = "/api/v1/namespaces/gpu-operator/pods"
+    with pytest.raises(Unreachable) as refused:
+        list(srv.kube.watch(path, "1", timeout_seconds=1))
+    assert str(refused.value) == f"WATCH {srv.kube.host}{path}: answered 200 text/html, not JSON: is this a " \
+        "Kubernetes API server?"  # fmt: skip
+    with pytest.raises(Unreachable) as request_refused:  # as a plain request says it
+        srv.kube.request("GET", path)
+    assert str(request_refused.value) == str(refused.value).replace("WATCH", "GET", 1)
+    bad = b'{"type": "ADDED", "object": {\n'  # JSON said, not JSON sent: the decoder's own error, as a request's
+    srv = server(lambda method, path, n: (200, {}, bad))
+    with pytest.raises(ValueError):
+        list(srv.kube.watch(path, "1", timeout_seconds=1))
 
 
 def test_a_token_file_is_read_again_when_a_minute_old_and_at_once_on_a_401(server: Any, tmp_path: Path) -> None:

@@ -61,6 +61,16 @@ def _first_line(body: str) -> str:
     return " ".join(line.split())[:200]
 
 
+def _not_json(what: str, resp: Any) -> Unreachable | None:
+    """For an answer in the 2xx whose body could not be decoded: one line naming what was asked and the answer's
+    Content-Type when that is not JSON (a sign-in page, a web UI: not an API server); None when it is JSON, which
+    the decoder refused: its own error stands."""
+    ctype = resp.getheader("Content-Type") or "no Content-Type"
+    if "json" in ctype:
+        return None
+    return Unreachable(f"{what}: answered {resp.status} {ctype}, not JSON: is this a Kubernetes API server?")
+
+
 def _reason(exc: BaseException) -> str:
     """urllib3's message without its retry wrapper or the connection object's repr."""
     reason = getattr(exc, "reason", None) or exc
@@ -374,13 +384,9 @@ class Kube:
                 try:
                     return decode(data) if data else None
                 except ValueError as exc:
-                    ctype = resp.getheader("Content-Type") or "no Content-Type"
-                    if "json" in ctype:  # JSON that the typed decoder refused: its own error
+                    if (unreachable := _not_json(f"{method} {self.host}{path}", resp)) is None:
                         raise
-                    raise Unreachable(
-                        f"{method} {self.host}{path}: answered {resp.status} {ctype}, not JSON:"
-                        " is this a Kubernetes API server?"
-                    ) from exc
+                    raise unreachable from exc
             if not reauthed and self._token_rotated(resp.status, headers):
                 reauthed = True
                 log.info("%s %s: 401, sent again with the token file's new token", method, path)
@@ -444,7 +450,12 @@ class Kube:
                 buf = lines.pop()
                 for line in lines:
                     if line.strip():
-                        event = parse(line)
+                        try:
+                            event = parse(line)
+                        except ValueError as exc:
+                            if (unreachable := _not_json(f"WATCH {self.host}{path}", resp)) is None:
+                                raise
+                            raise unreachable from exc
                         if event is not None:
                             yield event
         finally:

@@ -568,6 +568,50 @@ def test_a_missing_exec_credential_plugin_is_named_in_the_one_error_line(
         "(kubectl would need it too)\n", err  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("script", "why"),
+    [
+        ("echo 'error: token expired, run az login' >&2\necho 'more detail' >&2\nexit 3",
+         "process returned 3. error: token expired, run az login"),
+        ("echo '<html>not a credential</html>'", "failed to decode process output: Expecting value: line 1 column 1"),
+    ],
+    ids=["exits-non-zero", "prints-no-json"],
+)  # fmt: skip
+def test_a_failing_exec_credential_plugin_is_named_in_the_one_error_line(
+    script: str, why: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An installed exec plugin that failed (exited non-zero: an expired login; or printed no ExecCredential):
+    the kubernetes client only logged `ERROR:root:exec: ...` with the plugin's whole stderr and Kube.connect went
+    on without credentials, so the `error:` line came later and blamed the server (a 401 for system:anonymous).
+    Now connect stops at the plugin: one line naming its command and the first line of what it said."""
+    plugin = tmp_path / "cloud-auth"
+    plugin.write_text(f"#!/bin/sh\n{script}\n")
+    plugin.chmod(0o755)
+    user = f"user: {{exec: {{apiVersion: client.authentication.k8s.io/v1beta1, command: {plugin}}}}}"
+    path = tmp_path / "kubeconfig"
+    path.write_text(KUBECONFIG.replace("user: {token: abc}", user))
+    assert main(["versions", "--kubeconfig", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: kubeconfig {path}: exec credential plugin '{plugin}' failed: {why}"), err
+
+
+def test_a_working_exec_credential_plugin_gives_its_token(tmp_path: Path) -> None:
+    """The plugin's errors are read from the client's log: a plugin that answers leaves nothing to read."""
+    from gpu_operator.kube import Kube
+
+    plugin = tmp_path / "cloud-auth"
+    credential = '{"apiVersion": "client.authentication.k8s.io/v1beta1", "kind": "ExecCredential", ' \
+        '"status": {"token": "from-plugin"}}'  # fmt: skip
+    plugin.write_text(f"#!/bin/sh\necho '{credential}'\n")
+    plugin.chmod(0o755)
+    user = f"user: {{exec: {{apiVersion: client.authentication.k8s.io/v1beta1, command: {plugin}}}}}"
+    path = tmp_path / "kubeconfig"
+    path.write_text(KUBECONFIG.replace("user: {token: abc}", user))
+    kube = Kube.connect(str(path), resume_tls=False)
+    assert kube._headers(None)["authorization"] == "Bearer from-plugin"
+
+
 def test_run_with_a_missing_kubeconfig_is_one_error_line(tmp_path: Path) -> None:
     """Every other command prints `error: kubeconfig PATH: ...` and exits 2; `run` ended in a traceback of
     gpu_operator.kube.Unreachable (exit 1)."""

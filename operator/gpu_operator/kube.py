@@ -139,9 +139,10 @@ def _current_user(kubeconfig: str | None) -> tuple[Any, Any, Any]:
 _UNREADABLE = (config.ConfigException, OSError, KeyError, TypeError, AttributeError, ValueError)
 
 
-def _missing_exec_plugin(kubeconfig: str | None) -> str | None:
-    """The command of the current user's exec credential plugin when it is not installed, else None. The client only
-    logs that (on the root logger) and goes on without credentials; a kubeconfig it cannot read is left to it."""
+def _exec_plugin(kubeconfig: str | None) -> tuple[str, bool] | None:
+    """(the command of the current user's exec credential plugin, whether it is installed), or None when the client
+    would run none. A plugin not installed the client only logs (on the root logger) and goes on without
+    credentials; a kubeconfig it cannot read is left to it."""
     try:
         merged, context, user = _current_user(kubeconfig)
         fields = user.safe_get("user") if user is not None else None
@@ -158,7 +159,22 @@ def _missing_exec_plugin(kubeconfig: str | None) -> str | None:
         found = os.access(os.path.join(os.path.dirname(os.path.abspath(cluster.path)), command), os.X_OK)
     else:
         found = shutil.which(command, path=env.get("PATH")) is not None
-    return None if found else command
+    return command, found
+
+
+class _ExecPluginErrors(logging.Handler):
+    """What the kubernetes client's kubeconfig loader says of a failing exec credential plugin (exit status and
+    stderr, output that is not an ExecCredential) while this thread loads a kubeconfig: it only logs that, on the
+    root logger, and goes on without credentials."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.thread = threading.get_ident()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self.thread and record.funcName == "_load_from_exec_plugin":
+            self.messages.append(record.getMessage())
 
 
 def path_for(kind: str, name: str | None = None, namespace: str | None = None, sub: str | None = None) -> str:
@@ -288,15 +304,26 @@ class Kube:
         connections resume the last TLS session (tls.py); without, each is a full handshake."""
         cfg = client.Configuration()
         in_cluster = not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST")
-        if not in_cluster and (plugin := _missing_exec_plugin(kubeconfig)):
+        plugin = None if in_cluster else _exec_plugin(kubeconfig)
+        if plugin is not None and not plugin[1]:
             where = f"kubeconfig {kubeconfig or _default_kubeconfig()}"
-            raise Unreachable(f"{where}: exec credential plugin {plugin!r} not found (kubectl would need it too)")
+            raise Unreachable(f"{where}: exec credential plugin {plugin[0]!r} not found (kubectl would need it too)")
         try:
             if in_cluster:
                 config.load_incluster_config(client_configuration=cfg)
                 token_path: str | None = config.incluster_config.SERVICE_TOKEN_FILENAME
             else:
-                config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+                plugin_errors = _ExecPluginErrors()
+                logging.getLogger().addHandler(plugin_errors)
+                try:
+                    config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+                finally:
+                    logging.getLogger().removeHandler(plugin_errors)
+                if plugin_errors.messages:
+                    command = plugin[0] if plugin is not None else "?"
+                    why = _first_line(plugin_errors.messages[0]).removeprefix("exec: ")
+                    where = f"kubeconfig {kubeconfig or _default_kubeconfig()}"
+                    raise Unreachable(f"{where}: exec credential plugin {command!r} failed: {why}")
                 token_path = _kubeconfig_token_file(kubeconfig, cfg.api_key.get("BearerToken"))
         except (config.ConfigException, yaml.YAMLError, TypeError, AttributeError, KeyError, ValueError) as exc:
             where = "the in-cluster config" if in_cluster else f"kubeconfig {kubeconfig or _default_kubeconfig()}"

@@ -36,7 +36,7 @@ def node(layout: str = "all-1g.10gb", approved: str | None = "all-disabled", **e
 
 
 GPU_POD = WorkloadPod("team", "train", "n1", uses_gpu=True)
-DS_POD = WorkloadPod("gpu-operator", "plugin", "n1", uses_gpu=True, is_daemonset_pod=True)
+DS_POD = WorkloadPod("gpu-operator", "plugin", "n1", uses_gpu=True, is_daemonset_pod=True, deploy_selector=(PLUGIN,))
 
 
 def decide(n: NodeFacts, spec=SPEC, pods=(), managers=frozenset({"n1"}), layouts=None) -> mig.Decision:  # type: ignore[no-untyped-def]
@@ -160,6 +160,37 @@ def test_eviction_follows_drain_rules_for_pods_without_a_controller_and_with_emp
     both = parse_spec({"driver": {"upgradePolicy": {"drain": {"enable": True, "force": True, "deleteEmptyDir": True}}}})
     d = decide(node(), both, pods=[GPU_POD, bare, scratch])
     assert d.evict == {"n1": (("team", "train"), ("team", "notebook"), ("team", "scratch"))}
+
+
+def test_a_gpu_pod_of_a_daemonset_mig_manager_does_not_stop_holds_the_change_and_is_never_evicted() -> None:
+    """Every DaemonSet pod was left out of the wait. mig-manager (mig-parted pkg/mig/reconfigure) stops only the
+    DaemonSet pods selecting on a deploy label it pauses (the operands, GPU clients on nvidia.com/gpu.deploy.client)
+    and host services: a user's DaemonSet or static pod asking for a GPU kept it through the change, which then
+    failed or ran under it. Now such a pod holds the change; like kubectl drain, it is never evicted."""
+    client = WorkloadPod("mon", "probe", "n1", uses_gpu=True, is_daemonset_pod=True,
+                         deploy_selector=(deploy_label("client"),))  # fmt: skip
+    assert decide(node(), pods=[DS_POD, client]).patches == {"n1": {mig.APPROVED: "all-1g.10gb"}}
+    user_ds = WorkloadPod("mon", "gpu-burn", "n1", uses_gpu=True, is_daemonset_pod=True)
+    static = WorkloadPod("kube-system", "inference-n1", "n1", uses_gpu=True, is_daemonset_pod=True, controlled=False)
+    for pod in (user_ds, static):
+        for spec in (SPEC, EVICT):
+            d = decide(node(), spec, pods=[DS_POD, pod])
+            assert d.patches == {"n1": {MANAGER: mig.PAUSED, MIG_CONFIG_STATE: "pending"}} and d.evict == {}
+            assert d.waiting[0][2] == f"1 GPU pod(s) running: {pod.ref} (DaemonSet or static pods, never evicted)"
+    d = decide(node(), EVICT, pods=[GPU_POD, user_ds])
+    assert d.evict == {"n1": (("team", "train"),)}
+    assert d.waiting[0][2] == "evicting 1 GPU pod(s): team/train; 1 DaemonSet or static GPU pod(s), never evicted: " \
+        "mon/gpu-burn"  # fmt: skip
+    projected = WorkloadPod.from_pod({
+        "metadata": {"namespace": "gpu-operator", "name": "plugin",
+                     "ownerReferences": [{"kind": "DaemonSet", "name": "plugin-ds", "controller": True}]},
+        "spec": {"nodeName": "n1", "nodeSelector": {PLUGIN: "true", "kubernetes.io/os": "linux"},
+                 "containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": 1}}}]},
+        "status": {"phase": "Running"},
+    })  # fmt: skip
+    assert projected.deploy_selector == (PLUGIN,) and decide(node(), pods=[projected]).patches == {
+        "n1": {mig.APPROVED: "all-1g.10gb"}
+    }
 
 
 def test_the_hold_is_released_once_the_pods_are_gone() -> None:

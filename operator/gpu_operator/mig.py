@@ -27,12 +27,13 @@ Per MIG-capable node (mig-manager enabled, its deploy label not opted out with `
   one with compute-instance profiles (the device plugin would fail on them): mig-manager held, a Warning event,
   the `MIGConfig` condition names node, layout and why; the node's layout, operands and state label are left as
   they are (a user's config that cannot be read is named by the condition also while no node asks for a layout);
-* a valid change on a node where GPU workloads run (pods that are not DaemonSet pods and request
-  `nvidia.com/gpu*` or `nvidia.com/mig-*`) waits, held, with `mig.config.state=pending` (the layout the label names
-  is not applied) and the reason in an event and the condition; with `driver.upgradePolicy.drain.enable` (the
-  policy's consent to evict workloads for a node-level GPU change; off by default) those pods are evicted through
-  the Eviction API instead, so PodDisruptionBudgets hold, under drain's rules: none while one uses emptyDir
-  storage without `drain.deleteEmptyDir` or has no controller without `drain.force`;
+* a valid change on a node where GPU workloads run (pods that request `nvidia.com/gpu*` or `nvidia.com/mig-*`,
+  but the DaemonSet pods mig-manager stops itself: those selecting on a deploy label it pauses) waits, held, with
+  `mig.config.state=pending` (the layout the label names is not applied) and the reason in an event and the
+  condition; with `driver.upgradePolicy.drain.enable` (the policy's consent to evict workloads for a node-level
+  GPU change; off by default) those pods are evicted through the Eviction API instead, so PodDisruptionBudgets
+  hold, under drain's rules: none while one uses emptyDir storage without `drain.deleteEmptyDir` or has no
+  controller without `drain.force`, and never a DaemonSet or static pod (the change waits for those);
 * deploy labels left at `paused-for-mig-change` are restored to `true` once the change is over (state `success`
   or `failed`) or its mig-manager is gone (no live pod and none coming: mig-manager disabled or held); a change
   cut short that way ends `failed`.
@@ -433,8 +434,23 @@ def changes_requested(nodes: Iterable[NodeFacts], spec: ClusterPolicySpec) -> li
     ]
 
 
+# mig-manager pauses these deploy labels and waits for the DaemonSet pods that select on them to go (mig-parted
+# pkg/mig/reconfigure: the operands, and third-party GPU clients selecting on nvidia.com/gpu.deploy.client).
+_STOPPED_BY_MANAGER = frozenset(key for _, key in _PAUSED_KEYS)
+
+
 def _gpu_pods(pods: Iterable[WorkloadPod]) -> list[WorkloadPod]:
-    return [p for p in pods if p.uses_gpu and not p.is_daemonset_pod and not p.finished]
+    """The pods that would hold a GPU through the change: every running pod asking for one but the DaemonSet pods
+    mig-manager stops itself (a user's DaemonSet or static pod asking for one is stopped by nothing)."""
+    return [
+        p for p in pods
+        if p.uses_gpu and not p.finished
+        and not (p.is_daemonset_pod and _STOPPED_BY_MANAGER.intersection(p.deploy_selector))
+    ]  # fmt: skip
+
+
+def _refs(pods: Sequence[WorkloadPod]) -> str:
+    return ", ".join(p.ref for p in pods[:5]) + (f" and {len(pods) - 5} more" if len(pods) > 5 else "")
 
 
 def decide(
@@ -537,21 +553,28 @@ def _gate(
         return
     busy = _gpu_pods(pods)
     if busy:
-        refs = ", ".join(p.ref for p in busy[:5]) + (f" and {len(busy) - 5} more" if len(busy) > 5 else "")
+        refs = _refs(busy)
         drain = spec.driver.upgrade_policy.drain
+        # As kubectl drain: a DaemonSet's pod would come back at once and a static pod is the kubelet's, never evicted.
+        movable = [p for p in busy if not p.is_daemonset_pod]
+        staying = [p for p in busy if p.is_daemonset_pod]
         refused = None
-        if drain.enable:
-            refused = eviction_refused(busy, force=drain.force, delete_emptydir=drain.delete_empty_dir,
+        if drain.enable and movable:
+            refused = eviction_refused(movable, force=drain.force, delete_emptydir=drain.delete_empty_dir,
                                        field="driver.upgradePolicy.drain")  # fmt: skip
-        if drain.enable and refused is None:
-            why = f"evicting {len(busy)} GPU pod(s): {refs}"
-            evict = tuple((p.namespace, p.name) for p in busy if not p.terminating)
+        if drain.enable and movable and refused is None:
+            why = f"evicting {len(movable)} GPU pod(s): {_refs(movable)}"
+            if staying:
+                why += f"; {len(staying)} DaemonSet or static GPU pod(s), never evicted: {_refs(staying)}"
+            evict = tuple((p.namespace, p.name) for p in movable if not p.terminating)
             if evict:
                 out.evict[name] = evict
         elif refused is not None:
             why = f"{len(busy)} GPU pod(s) running: {refs}; not evicted: {refused}"
-        else:
+        elif movable:
             why = f"{len(busy)} GPU pod(s) running: {refs} (driver.upgradePolicy.drain.enable allows eviction)"
+        else:
+            why = f"{len(busy)} GPU pod(s) running: {refs} (DaemonSet or static pods, never evicted)"
         out.waiting.append((name, want, why))
         if not held:
             out._set(name, MANAGER_LABEL, PAUSED)

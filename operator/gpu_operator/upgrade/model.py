@@ -81,6 +81,7 @@ CRASH_LOOP_RESTARTS = 10  # a container not Ready with more restarts than this i
 
 FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
 GPU_RESOURCE_PREFIXES = ("nvidia.com/gpu", "nvidia.com/mig-")
+DEPLOY_PREFIX = "nvidia.com/gpu.deploy."  # the node labels that place the operands (and GPU clients) on a node
 DRA_GPU_DRIVER = "gpu.nvidia.com"  # the NVIDIA GPU DRA driver (upstream's NVIDIAGPUDRADriverName)
 
 PodDict = Mapping[str, Any]
@@ -262,6 +263,7 @@ class WorkloadPod:
     phase: str = "Running"
     terminating: bool = False  # deletionTimestamp set: an eviction or deletion is under way
     controlled: bool = True  # an owner reference with `controller: true`: something recreates the pod elsewhere
+    deploy_selector: tuple[str, ...] = ()  # the nvidia.com/gpu.deploy.* keys of its nodeSelector
 
     @classmethod
     def from_pod(cls, pod: Mapping[str, Any]) -> WorkloadPod:
@@ -282,6 +284,7 @@ class WorkloadPod:
             phase=str((pod.get("status") or {}).get("phase") or "Pending"),
             terminating=bool(meta.get("deletionTimestamp")),
             controlled=any(o.get("controller") for o in owners),
+            deploy_selector=tuple(k for k in spec.get("nodeSelector") or () if k.startswith(DEPLOY_PREFIX)),
         )
 
     @property

@@ -876,3 +876,31 @@ def test_upgrade_finds_driver_and_validator_pods_by_state_label_and_old_label() 
     assert node.validator_pod is not None and node.validator_pod["metadata"]["name"] == "val"
 
 
+
+
+def _env_of(c: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c.get("env", [])}
+
+
+def test_custom_host_root_reaches_every_validator_container_and_dev_char() -> None:
+    """transformForHostRoot: HOST_ROOT on every (init) container of a DaemonSet with a host-root volume, and
+    host-dev-char moved under the root (filepath.Join(hostRoot, "/dev/char"))."""
+    ds = daemonset(render_all(parse_spec({"hostPaths": {"rootFS": "/sysroot"}})), "nvidia-operator-validator")
+    spec = ds["spec"]["template"]["spec"]
+    for c in spec["initContainers"] + spec["containers"]:
+        assert _env_of(c).get("HOST_ROOT") == "/sysroot", c["name"]
+    vols = {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v}
+    assert vols["host-root"] == "/sysroot" and vols["host-dev-char"] == "/sysroot/dev/char"
+
+
+def test_custom_driver_install_dir_moves_only_the_driver_check() -> None:
+    """transformForDriverInstallDir: driver-validation gets DRIVER_INSTALL_DIR and _CTR_PATH and mounts the
+    directory at the same path; no other init container changes."""
+    for ds in daemonsets(render_all(parse_spec({"hostPaths": {"driverInstallDir": "/opt/nv"}}))):
+        for c in ds["spec"]["template"]["spec"].get("initContainers", []):
+            env = _env_of(c)
+            if c["name"] == "driver-validation":
+                assert env["DRIVER_INSTALL_DIR"] == env["DRIVER_INSTALL_DIR_CTR_PATH"] == "/opt/nv"
+                assert any(m["mountPath"] == "/opt/nv" for m in c["volumeMounts"])
+            else:
+                assert "DRIVER_INSTALL_DIR" not in env, (ds["metadata"]["name"], c["name"])

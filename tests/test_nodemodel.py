@@ -75,6 +75,29 @@ def test_every_sample_policy_starts_the_whole_stack_on_every_gpu_node(policy: st
         assert FOUR <= set(model.host.files) and model.diagnose() == []
 
 
+@pytest.mark.parametrize("overlay", [
+    {"gds": {"enabled": True}, "driver": {"kernelModuleType": "open"}},
+    {"gdrcopy": {"enabled": True}},
+    {"driver": {"rdma": {"enabled": True}}},
+])
+def test_driver_features_reach_ctr_ready_and_the_stack_still_starts(overlay: dict[str, Any], tmp_path: Path) -> None:
+    """The startup probe lists GDS/GDRCopy/RDMA in .driver-ctr-ready from the driver container's env; the
+    validator's driver check then waits for each module (validateAdditionalDriverComponents), which the driver
+    pod's sidecars load: the whole stack still starts on every GPU node of the sample."""
+    docs = [d for d in yaml.safe_load_all((SAMPLES / "clusterpolicy-default.yaml").read_text()) if d]
+    for d in docs:
+        if d.get("kind") == "ClusterPolicy":
+            for k, v in overlay.items():
+                d["spec"][k] = {**(d["spec"].get(k) or {}), **v}
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump_all(docs))
+    rendered = _render(policy)
+    for node in _nodes():
+        model, readiness = _run(rendered, node)
+        assert readiness and all(readiness.values()), (readiness, [str(f) for f in model.diagnose()])
+        assert FOUR <= set(model.host.files)
+
+
 def test_nvidiadriver_owned_drivers_start_the_whole_stack() -> None:
     """The NVIDIADriver scenario (useNvidiaDriverCRD: a default driver, one per pool, a precompiled one)."""
     context = load_scenario("nvidiadrivers").context()

@@ -470,13 +470,35 @@ def test_a_repository_with_an_image_that_names_its_registry_is_held() -> None:
     assert nvidiadriver.image_problem(spec) == (
         "image: nvcr.io/nvidia/driver has a registry path, and repository nvcr.io/nvidia is set too; set image to "
         "the image name (driver) or drop repository")  # fmt: skip
-    for fields in ({"image": "localhost/driver"}, {"image": "registry:5000/driver"}):
-        held = nvidiadriver_api.parse_spec({"repository": "r.example", "version": "580.95.05", **fields})
+    # The same registry twice, and a registry with a port as a path component (upstream's ref.New refuses it).
+    for fields in ({"repository": "nvcr.io", "image": "nvcr.io/nvidia/driver"},
+                   {"repository": "localhost/nv", "image": "localhost/driver"},
+                   {"repository": "r.example", "image": "registry:5000/driver"}):  # fmt: skip
+        held = nvidiadriver_api.parse_spec({"version": "580.95.05", **fields})
         assert nvidiadriver.image_problem(held) is not None, fields
-    # A path under a repository is no registry: upstream's sample, and an image under a project.
+    # A path under a repository: upstream's sample, an image under a project, and a mirror that keeps the source
+    # registry in its paths (the next test).
     for fields in ({"repository": "nvcr.io/nvidia", "image": "driver"},
-                   {"repository": "r.example", "image": "nv/driver"}):  # fmt: skip
+                   {"repository": "r.example", "image": "nv/driver"},
+                   {"repository": "r.example", "image": "localhost/driver"},
+                   {"repository": "registry.local", "image": "nvcr.io/nvidia/driver"}):  # fmt: skip
         assert nvidiadriver.image_problem(nvidiadriver_api.parse_spec({**fields, "version": "580.95.05"})) is None
+
+
+def test_a_scoped_mirror_image_under_a_repository_is_rendered() -> None:
+    """A mirror that keeps the source registry in its paths (`skopeo sync --scoped`: registry.local/nvcr.io/nvidia/
+    driver) is written `repository: registry.local`, `image: nvcr.io/nvidia/driver`, and upstream's ImagePath
+    renders repository/image:version, a valid reference. The registry-path hold took any `image` starting with a
+    registry host under any `repository`, so this NVIDIADriver was held and its nodes got no driver; now only a
+    `repository` on the image's own registry (a doubled path) is held."""
+    objs = drivers_objects(("mirror", {"default": True, "repository": "registry.local",
+                                       "image": "nvcr.io/nvidia/driver", "version": "580.95.05"}))  # fmt: skip
+    plan = next(p for p in render_all(parse_spec(crd_policy()), [facts("a1")], nvidia_drivers=objs)
+                if p.state.name == "state-driver")  # fmt: skip
+    assert plan.held == {}
+    images = [container(d, "nvidia-driver-ctr")["image"] for d in daemonsets([plan])
+              if "nvidia-driver-daemonset" in d["metadata"]["name"]]  # fmt: skip
+    assert images == ["registry.local/nvcr.io/nvidia/driver:580.95.05-ubuntu22.04"]
 
 
 @pytest.mark.parametrize(

@@ -308,13 +308,15 @@ def _has_registry(image: str) -> bool:
 def image_problem(spec: NVIDIADriverSpec) -> str | None:
     """Why repository/image/version name no driver image, or None. Upstream's ImagePath takes `image` alone or all
     three; beyond it, `image` with a registry path (nvcr.io/nvidia/driver) may take `version` without `repository`,
-    and may not take `repository` (upstream renders repository/nvcr.io/nvidia/driver)."""
+    and may not take a `repository` on the same registry (upstream renders nvcr.io/nvidia/nvcr.io/nvidia/driver).
+    A registry with a port under a repository is no path component (upstream's ref.New refuses it)."""
     given = [f for f in ("repository", "image", "version") if getattr(spec, f)]
     if not given:
         return "image: empty; name the driver image (or set repository, image and version together)"
     if spec.version and _tagged(spec.image):
         return f"image: {spec.image} has a tag or digest, and version {spec.version} is set too; set one of them"
-    if spec.repository and _has_registry(spec.image):
+    host = spec.image.partition("/")[0]
+    if spec.repository and _has_registry(spec.image) and (host == spec.repository.partition("/")[0] or ":" in host):
         return (f"image: {spec.image} has a registry path, and repository {spec.repository} is set too; set image "
                 "to the image name (driver) or drop repository")  # fmt: skip
     if given == ["image"] or len(given) == 3 or (given == ["image", "version"] and "/" in spec.image):

@@ -418,6 +418,27 @@ def test_a_null_operand_section_is_left_to_the_operators_defaults(section: str) 
     parse_spec(spec)
 
 
+VALUES_SECTIONS = list(yaml.safe_load((CHART / "values.yaml").read_text()))
+CHART_SECTIONS = [s for s in VALUES_SECTIONS if s not in CLUSTER_POLICY_SECTIONS] + ["operator"]
+
+
+@pytest.mark.parametrize("section", CHART_SECTIONS)
+def test_a_null_chart_section_renders_as_its_defaults(section: str) -> None:
+    """`--set nfd=null` (also doctor, clusterPolicy, namespace, operator; or the section's key with nothing under it
+    in a values file) failed `helm template` on a nil pointer: Helm drops a null key, defaults and all, and
+    NOTES.txt, doctor-rbac.yaml, the deployCR helper, namespace.yaml and the operator's templates read under it.
+    A null chart-only section now renders exactly as its defaults."""
+    assert section in VALUES_SECTIONS
+    assert render(sets=[f"{section}=null"]) == render()
+
+
+def test_a_null_psa_section_leaves_the_namespace_unlabelled() -> None:
+    """psa is an operand section the chart also reads for itself (the Namespace's pod-security labels): with
+    namespace.create, `--set psa=null` failed on a nil pointer in namespace.yaml."""
+    namespace = one(render(sets=["namespace.create=true", "psa=null"]), "Namespace", NAMESPACE)
+    assert not [k for k in namespace["metadata"]["labels"] if k.startswith("pod-security")]
+
+
 def write_values(tmp_path: Path, values: dict[str, Any]) -> Path:
     """A values file of its own (renders are cached by file name)."""
     path = tmp_path / f"values-{len(list(tmp_path.iterdir()))}.yaml"

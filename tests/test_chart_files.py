@@ -77,6 +77,17 @@ def test_values_mirror_the_upstream_keys() -> None:
     assert values["operator"]["nodeSelector"] == upstream["operator"]["nodeSelector"] == {"kubernetes.io/os": "linux"}
 
 
+def test_the_defaults_of_a_null_chart_section_are_values_yamls() -> None:
+    """files/chart-defaults.yaml is what a chart-only section set to null renders as (gpu-operator.nullSections):
+    a copy of values.yaml's, of every section but the ClusterPolicy's operand sections and the extraObjects list."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    copy = yaml.safe_load((CHART / "files" / "chart-defaults.yaml").read_text())
+    operands = {f.alias or name for name, f in ClusterPolicySpec.model_fields.items()} - {"operator"}
+    chart_only = [k for k, v in values.items() if k not in operands and isinstance(v, dict)]
+    assert list(copy) == chart_only
+    assert copy == {k: values[k] for k in chart_only}, "copy values.yaml's sections into files/chart-defaults.yaml"
+
+
 def test_chart_crds_match_the_operator() -> None:
     shipped = {f.name: f.read_text() for f in sorted((REPO / "crds").glob("*.yaml"))}
     chart = {f.name: f.read_text() for f in sorted((CHART / "crds").glob("*.yaml"))}

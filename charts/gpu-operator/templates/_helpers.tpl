@@ -203,3 +203,15 @@ chart does not do (the install notes print them; nothing upstream's values ask f
 {{- end -}}
 {{- toYaml $out -}}
 {{- end -}}
+
+{{/*
+nullSections: Helm drops a values section set to null (`--set operator=null`, or `operator:` with nothing under it
+in a values file) together with its defaults; this puts the chart-only sections' defaults (files/chart-defaults.yaml)
+back for such a section, so null means its defaults. Every template reading those sections includes it first
+(it renders nothing; the ClusterPolicy's operand sections need none: null leaves them to the operator).
+*/}}
+{{- define "gpu-operator.nullSections" -}}
+{{- range $k, $d := .Files.Get "files/chart-defaults.yaml" | fromYaml }}
+{{- if kindIs "invalid" (index $.Values $k) }}{{ $_ := set $.Values $k $d }}{{ end }}
+{{- end }}
+{{- end -}}

@@ -127,6 +127,10 @@ def hook(doc: dict[str, Any]) -> str | None:
     return (doc["metadata"].get("annotations") or {}).get("helm.sh/hook")
 
 
+def hook_events(doc: dict[str, Any]) -> set[str]:
+    return set((hook(doc) or "").split(",")) - {""}
+
+
 def walk(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
     yield path, node
     if isinstance(node, dict):
@@ -372,7 +376,7 @@ def test_sandbox_off_values() -> None:
     config = yaml.safe_load(one(docs, "ConfigMap", "time-slicing-config")["data"]["any"])
     assert config["sharing"]["timeSlicing"]["resources"] == [{"name": "nvidia.com/gpu", "replicas": 4}]
     # upgradeCRD off: no pre-upgrade hook; cleanupCRD on: the pre-delete hook also deletes the CRD.
-    assert not [d for d in docs if hook(d) == "pre-upgrade"]
+    assert not [d for d in docs if "pre-upgrade" in hook_events(d)]
     job = one(docs, "Job", "gpu-operator-cleanup")
     env = {e["name"]: e["value"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["DELETE_CRDS"] == "clusterpolicies.nvidia.com,nvidiadrivers.nvidia.com"
@@ -696,21 +700,27 @@ def test_hook_jobs_are_locked_down(job: str) -> None:
 
 
 def test_upgrade_hook_applies_the_crds() -> None:
+    """The hook ran on pre-upgrade only, as upstream's, so `helm install` after `helm uninstall` (which keeps the
+    CRDs, and Helm installs crds/ only where they are missing) ran the new chart against the old CRD schemas; it
+    runs on pre-install too now, but not with namespace.create (the chart's Namespace comes after the hooks)."""
     docs = render()
     hooks = [d for d in docs if hook(d)]
-    assert {hook(d) for d in hooks} == {"pre-upgrade", "pre-delete"}, "no pre-install hook: crds/ covers install"
+    assert {hook(d) for d in hooks} == {"pre-install,pre-upgrade", "pre-delete"}
     job = one(docs, "Job", "gpu-operator-upgrade-crd")
-    assert hook(job) == "pre-upgrade"
+    assert hook(job) == "pre-install,pre-upgrade"
     c = job["spec"]["template"]["spec"]["containers"][0]
     assert c["command"] + c["args"] == ["gpu-operator", "crds", "--apply"]
     # Its RBAC is created before the Job (lower weight) and deleted with it.
     for kind in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding"):
         obj = one(docs, kind, "gpu-operator-upgrade-crd")
-        assert hook(obj) == "pre-upgrade"
+        assert hook(obj) == hook(job)
         assert int(obj["metadata"]["annotations"]["helm.sh/hook-weight"]) < int(
             job["metadata"]["annotations"]["helm.sh/hook-weight"]
         )
-    assert not [d for d in render(sets=["operator.upgradeCRD=false"]) if hook(d) == "pre-upgrade"]
+    off = render(sets=["operator.upgradeCRD=false"])
+    assert not [d for d in off if hook_events(d) & {"pre-install", "pre-upgrade"}]
+    with_namespace = render(sets=["namespace.create=true"])
+    assert {hook(d) for d in with_namespace if hook(d)} == {"pre-upgrade", "pre-delete"}
 
 
 def test_cleanup_hook_runs_the_shipped_script() -> None:

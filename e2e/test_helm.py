@@ -230,7 +230,8 @@ def test_upstream_chart_values_through_the_api_server(prepared: None, tools: Too
 # --- the release ---
 
 
-def test_helm_install(prepared: None, kube: Kube, tools: Tools) -> None:
+def test_helm_install(prepared: None, cluster: LocalCluster, kube: Kube, tools: Tools) -> None:
+    start = time.time()
     out = tools.helm("install", RELEASE, str(CHART), "-n", NS, "--create-namespace", "--wait", "--timeout", "120s")
     assert "STATUS: deployed" in out.stdout
     # The notes say NFD is missing (this cluster has none) and how to install it.
@@ -253,9 +254,23 @@ def test_helm_install(prepared: None, kube: Kube, tools: Tools) -> None:
     assert policy["spec"]["driver"]["upgradePolicy"]["podDeletion"] == {
         "force": False, "timeoutSeconds": 300, "deleteEmptyDir": False,
     }  # fmt: skip
-    # Hooks are not part of an install.
-    assert kube.get_or_none(f"/apis/batch/v1/namespaces/{NS}/jobs/gpu-operator-upgrade-crd") is None
+    # The CRD hook ran on install too (CRDs an uninstall left behind are brought up to date) and was deleted after it
+    # succeeded; the pre-delete hook is not part of an install.
+    for path in (f"/apis/batch/v1/namespaces/{NS}/jobs/gpu-operator-upgrade-crd",
+                 f"/api/v1/namespaces/{NS}/serviceaccounts/gpu-operator-upgrade-crd",
+                 "/apis/rbac.authorization.k8s.io/v1/clusterroles/gpu-operator-upgrade-crd"):  # fmt: skip
+        wait_for(functools.partial(_gone, kube, path), 30, message=f"{path} deleted (hook-succeeded)")
     assert kube.get_or_none(f"/api/v1/namespaces/{NS}/serviceaccounts/gpu-operator-cleanup") is None
+    assert upgrade_crd_job_created(cluster, start), "helm install did not create the CRD upgrade Job"  # audit log: last
+
+
+def upgrade_crd_job_created(cluster: LocalCluster, since: float) -> bool:
+    """Whether Helm created the CRD hook's Job since then (kwok completes its pod; the audit log keeps the create)."""
+    return any(e.get("verb") == "create" and (e.get("objectRef") or {}).get("resource") == "jobs"
+               and e["objectRef"].get("name") == "gpu-operator-upgrade-crd"
+               and audit_time(e) >= since
+               and e.get("responseStatus", {}).get("code") == 201
+               for e in cluster.audit_events())  # fmt: skip
 
 
 def can_i(k: Kube, verb: str, resource: str, group: str = "", namespace: str | None = None,
@@ -395,12 +410,7 @@ def test_helm_upgrade(prepared: None, cluster: LocalCluster, kube: Kube, tools: 
     cm = kube.get(f"/api/v1/namespaces/{NS}/configmaps/custom-mig-parted-config")
     assert "all-balanced" in yaml.safe_load(cm["data"]["config.yaml"])["mig-configs"]
     # The pre-upgrade hook ran (kwok completed its pod) and was deleted after it succeeded.
-    created = [e for e in cluster.audit_events()
-               if e.get("verb") == "create" and (e.get("objectRef") or {}).get("resource") == "jobs"
-               and e["objectRef"].get("name") == "gpu-operator-upgrade-crd"
-               and audit_time(e) >= start
-               and e.get("responseStatus", {}).get("code") == 201]  # fmt: skip
-    assert created, "helm upgrade did not create the CRD upgrade Job"
+    assert upgrade_crd_job_created(cluster, start), "helm upgrade did not create the CRD upgrade Job"
     for path in (f"/apis/batch/v1/namespaces/{NS}/jobs/gpu-operator-upgrade-crd",
                  f"/api/v1/namespaces/{NS}/serviceaccounts/gpu-operator-upgrade-crd",
                  "/apis/rbac.authorization.k8s.io/v1/clusterroles/gpu-operator-upgrade-crd"):  # fmt: skip

@@ -106,6 +106,9 @@ def release_gone(kube: Kube, tools: Tools) -> list[str]:
                  f"/api/v1/namespaces/{NS}/services/gpu-operator-metrics",
                  "/apis/rbac.authorization.k8s.io/v1/clusterroles/gpu-operator",
                  "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/gpu-operator",
+                 f"/apis/batch/v1/namespaces/{NS}/jobs/gpu-operator-upgrade-crd",
+                 f"/api/v1/namespaces/{NS}/serviceaccounts/gpu-operator-upgrade-crd",
+                 "/apis/rbac.authorization.k8s.io/v1/clusterroles/gpu-operator-upgrade-crd",
                  f"/apis/batch/v1/namespaces/{NS}/jobs/gpu-operator-cleanup",
                  f"/api/v1/namespaces/{NS}/serviceaccounts/gpu-operator-cleanup",
                  "/apis/rbac.authorization.k8s.io/v1/clusterroles/gpu-operator-cleanup"):  # fmt: skip

@@ -423,3 +423,21 @@ def test_the_operator_may_delete_pods_only_in_its_own_namespace() -> None:
     assert ("", "pods/eviction", "create") in atoms("ClusterRole")
     assert ("", "pods", "delete") not in atoms("ClusterRole")
     assert ("", "pods", "delete") in atoms("Role")
+
+
+def test_the_cleanup_timeout_names_the_uninstall_timeout_it_must_fit_in() -> None:
+    """Helm waits for a pre-delete hook at most `helm uninstall --timeout` (default 5m), and the cleanup hook may run
+    clusterPolicy.cleanupTimeoutSeconds and its pod's start (its Job's deadline: that plus 120 s). A value above
+    180 s failed `helm uninstall` where the operator did not remove its finalizer (and a retry deleted the running
+    hook, before-hook-creation, and started it over), and neither values.yaml nor the README said so."""
+    hook = (CHART / "templates" / "cleanup-hook.yaml").read_text()
+    found = re.search(r"activeDeadlineSeconds: \{\{ add \(int \.Values\.clusterPolicy\.cleanupTimeoutSeconds\) (\d+)",
+                      hook)  # fmt: skip
+    assert found, "the cleanup Job's deadline is cleanupTimeoutSeconds plus a margin"
+    fits = 300 - int(found.group(1))  # what Helm's default 5m leaves
+    values = (CHART / "values.yaml").read_text()
+    comment = values[: values.index("  cleanupTimeoutSeconds:")].rsplit("\n\n", 1)[-1]
+    readme = " ".join((CHART / "README.md").read_text().split())
+    row = next(line for line in readme.split(" | ") if "how long that hook waits" in line)
+    for where, text in (("values.yaml", comment), ("README.md", row)):
+        assert "--timeout" in text and f"{fits}" in text and f"+ {found.group(1)}" in text, where

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from gpu_operator import coverage
 from gpu_operator.api import parse_spec
 from gpu_operator.nodes import RUNTIME_LABEL, NodeFacts, desired_labels, runtime_of, runtime_pools, unknown_runtime
 from gpu_operator.render import node_patches, relabelled
@@ -212,6 +213,16 @@ def test_install_dir_moves_the_mount_with_it() -> None:
     assert host_path(ds, main, "/opt/nvidia/toolkit/nvidia-container-runtime") == (
         "/opt/nvidia/toolkit/nvidia-container-runtime"
     ), "the runtime config names the binary by its container path, which must be the host path"
+
+
+def test_toolkit_args_are_left_out_as_upstream_and_reported() -> None:
+    """Upstream's TransformToolkit never reads toolkit.args, and the entrypoint execs nvidia-toolkit without
+    arguments. We rendered them into the main container, where they reached nothing, and coverage did not name
+    the field: the user saw them in the pod and got neither an effect nor a word."""
+    raw = {"toolkit": {"args": ["--restart-mode=none"]}}
+    main = container(toolkit_ds(raw), MAIN)
+    assert "args" not in main and main == container(toolkit_ds(), MAIN)
+    assert [p for p, _ in coverage.unsupported_fields(parse_spec(raw))] == ["toolkit.args"]
 
 
 CONTAINERD_HOST = {

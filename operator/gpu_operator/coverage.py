@@ -51,6 +51,11 @@ UNSUPPORTED: tuple[Rule, ...] = (
     Rule("operator.labels", "not used by upstream's operator either"),
     Rule("operator.annotations", "not used by upstream's operator either"),
     Rule("operator.use_ocp_driver_toolkit", "OpenShift's driver toolkit is not supported"),
+    Rule(
+        "toolkit.args",
+        "ignored by upstream too: its entrypoint runs nvidia-toolkit without arguments; set the installer's "
+        "options with toolkit.env (it reads them from the environment)",
+    ),
     # VM workloads: only the node labels per workload are acted on.
     Rule("sandboxWorkloads.enabled", "nodes are labelled per workload, but " + VM, partial=True),
     Rule("sandboxWorkloads.mode", VM, when=_sandbox),

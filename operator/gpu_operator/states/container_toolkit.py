@@ -153,7 +153,8 @@ def _vars(ctx: RenderContext) -> dict[str, Any]:
 
 
 class ToolkitState(OperandState):
-    """The toolkit state: after `toolkit.env` is applied, the runtime path variables are the operator's again."""
+    """The toolkit state: after `toolkit.env` is applied, the runtime path variables are the operator's again,
+    and `toolkit.args` is left out, as upstream leaves it out (the entrypoint takes none; coverage names the field)."""
 
     def _decorate_daemonset(self, ds: dict[str, Any], spec: ClusterPolicySpec) -> None:
         super()._decorate_daemonset(ds, spec)
@@ -161,6 +162,7 @@ class ToolkitState(OperandState):
         runtime = ds["metadata"]["labels"][RUNTIME_LABEL]
         forced, _ = runtime_contract(runtime, spec)
         main = next(c for c in pod["containers"] if c["name"] == MAIN_CONTAINER)
+        main.pop("args", None)
         env = main.setdefault("env", [])
         for name, value in forced:
             for entry in env:

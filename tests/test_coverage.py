@@ -6,6 +6,7 @@ switch above it, turned on). Then exactly one holds:
 - the rendered objects or node-label decisions differ, and the field is not in coverage.UNSUPPORTED;
 - nothing differs, and coverage.UNSUPPORTED names the field (so `render` and the status report it);
 - the field is acted on outside rendering, and ACTED_ELSEWHERE names the test that proves it.
+A rule whose condition (`when=`) does not hold in that policy counts as no rule: there the field must take effect.
 """
 
 from __future__ import annotations
@@ -185,6 +186,8 @@ def test_every_upstream_field_takes_effect_or_is_reported(path: str, kind: str, 
     assert path in coverage.set_fields(spec), f"{path}: the test value must differ from the default"
     takes_effect = outcome(spec) != outcome_of(json.dumps(base, sort_keys=True))
     rule = coverage.rule_for(path)
+    if rule is not None and rule.when is not None and not rule.when(spec):
+        rule = None
     reported = dict(coverage.unsupported_fields(spec))
     if path in ACTED_ELSEWHERE:
         assert rule is None, f"{path} is acted on ({ACTED_ELSEWHERE[path]}): remove it from coverage.UNSUPPORTED"
@@ -244,6 +247,17 @@ def test_vm_operands_are_reported_only_with_sandbox_workloads() -> None:
     found = coverage.unsupported_fields(parse_spec({**raw, "sandboxWorkloads": {"enabled": True}}))
     assert [p for p, _ in found] == ["sandboxWorkloads.enabled", "vfioManager.enabled", "sandboxDevicePlugin.enabled"]
     assert all("VM-workload operands" in reason for _, reason in found)
+
+
+def test_runtime_class_is_reported_only_under_the_nri_plugin() -> None:
+    """With cdi.nriPluginEnabled no RuntimeClass is created (pre-requisites is off, as upstream's isStateEnabled),
+    no pod gets a runtimeClassName and the toolkit no CONTAINERD_RUNTIME_CLASS, so a custom operator.runtimeClass
+    changes nothing; coverage did not name it. Without the plugin it takes effect (the table above checks that)."""
+    nri = {"cdi": {"enabled": True, "nriPluginEnabled": True}}
+    custom = {"operator": {"runtimeClass": "nvidia-custom"}}
+    assert outcome(parse_spec({**nri, **custom})) == outcome(parse_spec(nri))
+    assert [p for p, _ in coverage.unsupported_fields(parse_spec({**nri, **custom}))] == ["operator.runtimeClass"]
+    assert coverage.unsupported_fields(parse_spec(custom)) == []
 
 
 def test_a_field_set_to_its_default_is_not_reported() -> None:

@@ -24,6 +24,10 @@ def _sandbox(spec: ClusterPolicySpec) -> bool:
     return spec.sandbox_workloads.enabled
 
 
+def _nri(spec: ClusterPolicySpec) -> bool:
+    return spec.cdi.nri_plugin_enabled
+
+
 @dataclass(frozen=True)
 class Rule:
     pattern: str  # a field path; `*` matches any run of characters (`vgpuManager.*`, `*.hostNetwork`)
@@ -55,6 +59,14 @@ UNSUPPORTED: tuple[Rule, ...] = (
         "toolkit.args",
         "ignored by upstream too: its entrypoint runs nvidia-toolkit without arguments; set the installer's "
         "options with toolkit.env (it reads them from the environment)",
+    ),
+    # Upstream does not act on this in NRI mode either: pre-requisites is off and pods get no runtime class.
+    Rule(
+        "operator.runtimeClass",
+        "not used with cdi.nriPluginEnabled: no RuntimeClass is created and GPU pods get their devices from the "
+        "NRI plugin",
+        when=_nri,
+        partial=True,
     ),
     # VM workloads: only the node labels per workload are acted on.
     Rule("sandboxWorkloads.enabled", "nodes are labelled per workload, but " + VM, partial=True),

@@ -782,14 +782,15 @@ def required(table: dict[tuple[str, str], set[str]]) -> set[Atom]:
 
 @functools.cache
 def operand_rules() -> tuple[tuple[str, str, set[Atom]], ...]:
-    """(kind, name, atoms) of every Role/ClusterRole the operator creates, with every state enabled."""
+    """(kind, name, atoms) of every Role/ClusterRole the operator creates, with every state enabled (and the
+    exporter's pod labels, for its read-pods ClusterRole)."""
     everything = parse_spec({
         "dcgm": {"enabled": True},
         "nodeStatusExporter": {"enabled": True},
         "cdi": {"enabled": True},
         "devicePlugin": {"config": {"name": "cfg", "default": "any"}},
         "operator": {"metrics": {"serviceMonitor": {"enabled": True}}},
-        "dcgmExporter": {"serviceMonitor": {"enabled": True}},
+        "dcgmExporter": {"serviceMonitor": {"enabled": True}, "enablePodLabels": True},
     })  # fmt: skip
     out = []
     seen_states = set()

@@ -477,16 +477,42 @@ def test_dcgm_exporter_service_monitor() -> None:
     }
 
 
+READ_PODS = "nvidia-dcgm-exporter-read-pods"
+
+
 def test_dcgm_exporter_rbac() -> None:
-    plans = render()
+    plans = render({"dcgmExporter": {"enablePodLabels": True}})
     assert rules(find(plans, "Role", EXPORTER)) == {("", "configmaps", "get"), ("", "configmaps", "list")}
-    assert rules(find(plans, "ClusterRole", "nvidia-dcgm-exporter-read-pods")) == {
+    assert rules(find(plans, "ClusterRole", READ_PODS)) == {
         ("", "pods", "get"),
         ("", "pods", "list"),
         ("", "pods", "watch"),
     }
-    binding = find(plans, "ClusterRoleBinding", "nvidia-dcgm-exporter-read-pods")
+    binding = find(plans, "ClusterRoleBinding", READ_PODS)
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": EXPORTER, "namespace": "gpu-operator"}]
+
+
+def kinds_named(plans: list[Any], name: str) -> set[str]:
+    return {o["kind"] for o in objects(plans) if o["metadata"]["name"] == name}
+
+
+@pytest.mark.parametrize(
+    ("raw", "granted"),
+    [
+        ({}, False),
+        ({"dcgmExporter": {"enablePodLabels": True}}, True),
+        ({"dcgmExporter": {"enablePodUID": True}}, True),
+        ({"dcgmExporter": {"env": [{"name": "DCGM_EXPORTER_KUBERNETES_ENABLE_POD_UID", "value": "TRUE"}]}}, True),
+        ({"dcgmExporter": {"env": [{"name": "DCGM_EXPORTER_CONFIGMAP_DATA", "value": "gpu-operator:metrics"}]}}, False),
+    ],
+)
+def test_dcgm_exporter_reads_pods_cluster_wide_only_for_pod_metadata(raw: dict[str, Any], granted: bool) -> None:
+    """Upstream's rbacGates (controllers/object_controls.go) create the read-pods ClusterRole and binding only with
+    pod labels/UID on (fields, or their env set to true) and delete them otherwise; DCGM_EXPORTER_CONFIGMAP_DATA
+    needs only the namespaced Role. We used to grant every pod's read cluster-wide whatever the policy said."""
+    plans = render(raw)
+    assert kinds_named(plans, READ_PODS) == ({"ClusterRole", "ClusterRoleBinding"} if granted else set())
+    assert "Role" in kinds_named(plans, EXPORTER)  # the ConfigMap read is not gated
 
 
 def test_dcgm_exporter_mounts_its_token_only_to_read_pod_metadata() -> None:

@@ -59,17 +59,20 @@ def exporter_env(spec: ClusterPolicySpec) -> list[c.Env]:
     return out
 
 
-def needs_api_token(spec: ClusterPolicySpec) -> bool:
-    """The exporter reads the API (pod metadata, or a metrics ConfigMap named in env): mount the SA token."""
+def reads_pod_metadata(spec: ClusterPolicySpec) -> bool:
+    """Pod labels or UIDs on the metrics (fields or env): the exporter reads pods cluster-wide. Upstream's rbacGates
+    grant the nvidia-dcgm-exporter-read-pods ClusterRole only then."""
     exporter = spec.dcgm_exporter
     if exporter.enable_pod_labels or exporter.enable_pod_uid:
         return True
-    for e in exporter.env:
-        if e.name in (POD_LABELS, POD_UID) and e.value.lower() == "true":
-            return True
-        if e.name == CONFIGMAP_DATA and e.value not in ("", "none"):
-            return True
-    return False
+    return any(e.name in (POD_LABELS, POD_UID) and e.value.lower() == "true" for e in exporter.env)
+
+
+def needs_api_token(spec: ClusterPolicySpec) -> bool:
+    """The exporter reads the API (pod metadata, or a metrics ConfigMap named in env): mount the SA token."""
+    if reads_pod_metadata(spec):
+        return True
+    return any(e.name == CONFIGMAP_DATA and e.value not in ("", "none") for e in spec.dcgm_exporter.env)
 
 
 def variables(ctx: RenderContext) -> dict[str, Any]:
@@ -83,6 +86,7 @@ def variables(ctx: RenderContext) -> dict[str, Any]:
         "pod_annotations": annotations,
         "exporter_env": exporter_env(spec),
         "automount_token": needs_api_token(spec),
+        "read_pods": reads_pod_metadata(spec),
         "host_pid": exporter.host_pid,
         "job_mapping_dir": job_mapping_dir(spec),
         "pod_resources_dir": kubelet_root.rstrip("/") + "/pod-resources",

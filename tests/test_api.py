@@ -532,6 +532,28 @@ def test_invalid_value_is_named_by_path_and_rule(path: str, value: Any, where: s
     assert rule in text, problems
 
 
+MONITORS = ["dcgmExporter.serviceMonitor", "operator.metrics.serviceMonitor"]
+
+
+@pytest.mark.parametrize("monitor", MONITORS)
+@pytest.mark.parametrize("field", ["interval", "scrapeTimeout"])
+@pytest.mark.parametrize("value", ["1.5m", "30 s", "30sec", "abc", "30s\n"])
+def test_service_monitor_durations_are_prometheus_durations(monitor: str, field: str, value: str) -> None:
+    """Upstream's interval/scrapeTimeout are promv1.Duration, whose CRD pattern refuses these at admission. Ours were
+    plain strings: the policy was taken and the ServiceMonitor rendered from it refused (422) on every pass."""
+    problems = problems_of(nested(f"{monitor}.{field}", value))
+    assert problems and all(p.startswith(f"spec.{monitor}.{field}: ") for p in problems), problems
+
+
+@pytest.mark.parametrize("monitor", MONITORS)
+@pytest.mark.parametrize("value", ["15s", "1m", "1h30m", "500ms", "0", ""])
+def test_service_monitor_durations_accepted(monitor: str, value: str) -> None:
+    spec = parse_spec(nested(monitor, {"enabled": True, "interval": value, "scrapeTimeout": value}))
+    monitors = {"dcgmExporter.serviceMonitor": spec.dcgm_exporter.service_monitor,
+                "operator.metrics.serviceMonitor": spec.operator.metrics.service_monitor}  # fmt: skip
+    assert monitors[monitor].interval == monitors[monitor].scrape_timeout == value
+
+
 def test_rolling_max_unavailable_zero_is_refused_only_where_it_is_rendered() -> None:
     """The operand DaemonSets get maxUnavailable and no maxSurge (0), and the API server refuses a DaemonSet with
     both 0 ("may not be 0 when `maxSurge` is 0"); 0 passed, and every operand DaemonSet failed to apply. With

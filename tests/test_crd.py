@@ -230,6 +230,20 @@ def test_upstream_field_names(spec_schema: dict[str, Any], path: str) -> None:
     at(spec_schema, path)
 
 
+# Upstream's config/crd/bases/nvidia.com_clusterpolicies.yaml for a promv1.Duration, verbatim.
+PROM_DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+
+
+@pytest.mark.parametrize("monitor", ["dcgmExporter.serviceMonitor", "operator.metrics.serviceMonitor"])
+@pytest.mark.parametrize("field", ["interval", "scrapeTimeout"])
+def test_service_monitor_durations_have_upstreams_pattern(
+    spec_schema: dict[str, Any], monitor: str, field: str
+) -> None:
+    """Ours had no pattern, so the API server took `1.5m` that the rendered ServiceMonitor was then refused for."""
+    node = at(spec_schema, f"{monitor}.{field}")
+    assert node["type"] == "string" and node["pattern"] == PROM_DURATION
+
+
 def test_no_unknown_fields_are_preserved(version: dict[str, Any]) -> None:
     """As in upstream's schema: the API server rejects (strict validation) or prunes every unknown field."""
     preserved = [path for path, node in walk(version["schema"]["openAPIV3Schema"])

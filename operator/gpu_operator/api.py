@@ -71,6 +71,10 @@ RollingMaxUnavailable = Annotated[
     _int_or_string_schema("^([0-9]+%?)?$", _MESSAGE + ' ("": the default)'),
 ]
 NonNegInt = Annotated[int, Field(ge=0)]
+# A Prometheus Duration (promv1.Duration): upstream's CRD pattern verbatim, as monitoring.coreos.com's own CRD has it.
+PromDuration = Annotated[
+    str, Field(pattern=r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$")
+]
 PositiveInt = Annotated[int, Field(ge=1)]
 
 
@@ -245,8 +249,8 @@ class SidecarSpec(ImageSpec):
 
 class ServiceMonitorSpec(Section):
     enabled: bool = False
-    interval: str | None = None  # unset: Prometheus' global scrape interval, as upstream
-    scrape_timeout: str | None = None
+    interval: PromDuration | None = None  # unset: Prometheus' global scrape interval, as upstream
+    scrape_timeout: PromDuration | None = None
     honor_labels: bool = False
     additional_labels: dict[str, str] = {}
     relabelings: list[RelabelConfig] = []

@@ -75,6 +75,8 @@ The components (facts from upstream's sources, named in each rule):
   in the host's ``/var/lib/kubelet/device-plugins``.  With a ``cdi-*`` ``DEVICE_LIST_STRATEGY`` it writes its CDI
   spec to ``/var/run/cdi``, and a GPU pod (the plugin validator's workload) gets only CDI device names, which
   need that spec on the host.
+* DCGM exporter (``dcgm-exporter``, which embeds a host engine) and the standalone host engine (``nv-hostengine``,
+  the ``dcgm`` image): they load NVML at start as GFD does (a GPU runtime with the driver; else CrashLoopBackOff).
 
 ``diagnose()`` reads the last step: deadlocks (pods waiting on each other, e.g. a toolkit waiting for
 ``driver-ready`` that only a validator writes, which needs the handler only that toolkit adds), pods stuck on
@@ -157,7 +159,8 @@ VALIDATOR_BOOL_FLAGS = {"with-wait", "w", "with-workload", "l", "cleanup-all", "
                         "version", "v"}
 # containers run without a command: what their image runs
 IMAGE_ENTRYPOINTS = {"k8s-device-plugin": "nvidia-device-plugin", "gpu-feature-discovery": "gpu-feature-discovery",
-                     "container-toolkit": "nvidia-toolkit", "driver": "nvidia-driver init"}
+                     "container-toolkit": "nvidia-toolkit", "driver": "nvidia-driver init",
+                     "dcgm-exporter": "dcgm-exporter", "dcgm": "nv-hostengine"}
 
 
 def missing_runtime_error(binary: str, uid: str) -> str:
@@ -620,8 +623,9 @@ def driver_version_from_image(image: str) -> str | None:
 
 # --- what a container is ---
 
-VALIDATOR, DRIVER, TOOLKIT, DEVICE_PLUGIN, GFD, DRIVER_MANAGER, OTHER = (
-    "nvidia-validator", "driver", "toolkit", "device-plugin", "gpu-feature-discovery", "driver-manager", "other")
+VALIDATOR, DRIVER, TOOLKIT, DEVICE_PLUGIN, GFD, DRIVER_MANAGER, NVML_USER, OTHER = (
+    "nvidia-validator", "driver", "toolkit", "device-plugin", "gpu-feature-discovery", "driver-manager", "nvml-user",
+    "other")
 
 # k8s-driver-manager's uninstall_driver (cmd/driver-manager/main.go): with a driver loaded it sets these deploy
 # labels to PAUSED (evictAllGPUOperatorComponents, maybeSetPaused: "true" -> PAUSED, "" and "false" kept, another
@@ -707,6 +711,8 @@ def read_container(pod: dict[str, Any], c: dict[str, Any], init: bool, index: in
             role, args = GFD, pargs
         elif prog == "driver-manager" and pargs[:1] == ["uninstall_driver"]:
             role, args = DRIVER_MANAGER, pargs
+        elif prog in ("dcgm-exporter", "nv-hostengine"):
+            role, args = NVML_USER, pargs
         else:
             continue
         break
@@ -1293,7 +1299,7 @@ class NodeModel:
                 return {"error": error, "restarts": 1}, None
             if exits:
                 return {"completed": True}, None  # exit code 0, restarted: CrashLoopBackOff
-        elif c.role in (DEVICE_PLUGIN, GFD):
+        elif c.role in (DEVICE_PLUGIN, GFD, NVML_USER):
             if -1 - c.index not in memo.waited:  # at start: the kubelet's socket directory, NVML, the CDI spec
                 failed = self._plugin_start(pod, c) if c.role == DEVICE_PLUGIN else None
                 failed = failed or self._nvml(pod, c)
@@ -1303,6 +1309,8 @@ class NodeModel:
                     memo.effect_needs.append(failed)
                     return {"error": failed.message, "restarts": 1}, None
                 memo.waited.add(-1 - c.index)
+            if c.role == NVML_USER:  # it runs; the model tracks nothing it serves
+                return state, None
             problem = self._plugin_registration(pod, c) if c.role == DEVICE_PLUGIN else ""
             if problem:  # it runs, and tries again every 30 s
                 self._gpu_owners.discard(uid)

@@ -187,6 +187,21 @@ def test_toolkit_installed_outside_the_hosts_install_dir_leaves_the_handlers_wit
     assert all(readiness.values()) and not model.host.handlers["nvidia"].missing
 
 
+# --- DCGM ---
+
+@pytest.mark.parametrize("name", ["nvidia-dcgm-exporter", "nvidia-dcgm"])
+def test_dcgm_and_its_exporter_do_not_start_without_the_nvidia_runtime(name: str) -> None:
+    """dcgm-exporter (its embedded host engine) and nv-hostengine load NVML at start, which needs the driver's
+    libraries the NVIDIA runtime injects (REFERENCE §11: both run with runtimeClassName nvidia). The model let them
+    run without it, so the e2e suite would have passed a render that dropped their runtime class."""
+    docs = _render(SAMPLES / "clusterpolicy-mig-mixed.yaml")  # standalone DCGM on
+    (ds,) = [d for d in docs if d.get("kind") == "DaemonSet" and d["metadata"]["name"] == name]
+    ds["spec"]["template"]["spec"].pop("runtimeClassName")
+    model, readiness = _run(docs)
+    assert readiness[f"{name}-{NODE}"] is False
+    assert any("gets no GPUs" in f.text for f in model.diagnose()), model.diagnose()
+
+
 # --- the sharing config ---
 
 def _template_pod(docs: list[dict[str, Any]], prefix: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import yaml
 
 from gpu_operator import sharing
 from gpu_operator.api import ClusterPolicySpec, parse_spec
+from gpu_operator.gpu_identity import GFD_COMPUTE_MAJOR, GFD_COMPUTE_MINOR
 from gpu_operator.nodes import NodeFacts
 from gpu_operator.render import (
     RENDER_BLIND,
@@ -44,6 +45,7 @@ from support import (
     load_scenario,
     objects,
     render_all,
+    render_context,
     scenario_names,
 )
 
@@ -829,13 +831,13 @@ def test_node_independent_leaves_out_states_a_sharing_config_may_hold() -> None:
 # The render key leaves out what rendering never reads
 
 
-def _blind_changes(node: NodeFacts, rng: random.Random) -> NodeFacts:
-    """The node with every label rendering is blind to changed (set, changed or removed), and its annotations,
-    readiness and cordon changed: what a rollout changes on every node."""
+def _blind_changes(node: NodeFacts, rng: random.Random, keep: frozenset[str] = frozenset()) -> NodeFacts:
+    """The node with every label rendering is blind to changed (set, changed or removed) but those in `keep`, and
+    its annotations, readiness and cordon changed: what a rollout changes on every node."""
     from gpu_operator.upgrade.model import STATE_LABEL as UPGRADE_STATE
 
-    labels = {k: v for k, v in node.labels.items() if not (render_blind(k) and rng.random() < 0.3)}
-    for key in sorted(RENDER_BLIND):
+    labels = {k: v for k, v in node.labels.items() if k in keep or not (render_blind(k) and rng.random() < 0.3)}
+    for key in sorted(RENDER_BLIND - keep):
         if rng.random() < 0.7:
             labels[key] = rng.choice(["true", "false", "2", "NVIDIA-A100-SXM4-80GB", "NVIDIA-H100-80GB-HBM3",
                                       "Tesla-T4", "mixed", "single", "success", "pending", "upgrade-done", "",
@@ -860,9 +862,11 @@ def test_what_the_render_key_leaves_out_changes_no_plan(policy: str) -> None:
 
     ctx = load_scenario(policy).context()
     want = _comparable(plan(ctx))
+    # with a sharing config named, the MPS client check reads the compute labels (render_key keeps that part)
+    keep = frozenset({GFD_COMPUTE_MAJOR, GFD_COMPUTE_MINOR} if ctx.spec.device_plugin.config.name else ())
     for seed in range(4):
         rng = random.Random(f"{policy}-{seed}")
-        changed = replace(ctx, nodes=tuple(_blind_changes(n, rng) for n in ctx.nodes))
+        changed = replace(ctx, nodes=tuple(_blind_changes(n, rng, keep) for n in ctx.nodes))
         assert render_key(changed) == render_key(ctx)
         assert _comparable(plan(changed)) == want, f"{policy}: rendering read a label RENDER_BLIND names"
 
@@ -955,6 +959,30 @@ def test_the_render_key_follows_the_mig_layouts_the_sharing_check_reads() -> Non
 
     assert problem(base) is None and "MIG devices" in (problem(edited) or "")
     assert render_key(base) != render_key(edited)
+
+
+def test_the_render_key_follows_the_compute_labels_the_mps_client_check_reads() -> None:
+    """The sharing check refuses MPS replicas above 16 on GPU nodes whose GFD compute labels say below 7.5, so the
+    plan depends on those labels; RENDER_BLIND left them out of the key, so once GFD labelled a V100 the reconciler
+    kept the plan of before (the DaemonSets rolled out) while SharingConfigValid, worked out each pass, said
+    "refused, not rolled out". Now the key holds which GPU nodes are below 7.5, and only with a config named."""
+    from dataclasses import replace
+
+    mps20 = "version: v1\nsharing:\n  mps:\n    resources:\n    - name: nvidia.com/gpu\n      replicas: 20\n"
+    data = {"sharing": {"mps": mps20}}
+
+    def ctx(raw: dict[str, Any], major: str | None, minor: str = "0") -> Any:
+        labels = {} if major is None else {GFD_COMPUTE_MAJOR: major, GFD_COMPUTE_MINOR: minor}
+        return replace(render_context(parse_spec(raw), [facts("v100", labels=labels)]), config_data=data)
+
+    named = {"devicePlugin": {"config": {"name": "sharing", "default": "mps"}}}
+    unlabelled, v100 = ctx(named, None), ctx(named, "7")
+    held = {p.state.name for p in plan(v100) if p.problem}
+    assert not [p for p in plan(unlabelled) if p.problem] and "state-device-plugin" in held
+    assert render_key(unlabelled) != render_key(v100)
+    assert render_key(ctx(named, "8")) == render_key(ctx(named, "9")) == render_key(unlabelled)  # all 7.5 or more
+    # without a sharing config nothing reads them: GFD labelling the node re-renders nothing
+    assert render_key(ctx({}, None)) == render_key(ctx({}, "7")) == render_key(ctx({}, "9"))
 
 
 

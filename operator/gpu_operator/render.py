@@ -260,8 +260,9 @@ def _patched(node: NodeFacts, patch: NodePatch) -> NodeFacts:
 # back to the values it read, "" where there was none, paused during a reload; nvsm's too, an operand we do not
 # render), left out of the render key: a rollout changes them on every node, and each change would render again
 # (at 1,000 nodes the driver manager's "" labels alone re-rendered in 49 of 53 passes). The driver's and the
-# toolkit's deploy labels choose pools: kept. tests/test_render.py changes these (and a node's annotations,
-# readiness and cordon, also left out) on every scenario's nodes and checks the plans stay equal.
+# toolkit's deploy labels choose pools: kept. Of the compute labels the sharing check reads only which GPU nodes are
+# below 7.5, with a sharing config named: render_key adds that. tests/test_render.py changes these (and a node's
+# annotations, readiness and cordon, also left out) on every scenario's nodes and checks the plans stay equal.
 RENDER_BLIND = frozenset({
     "nvidia.com/gpu.product", "nvidia.com/gpu.memory", "nvidia.com/gpu.count", "nvidia.com/gpu.family",
     "nvidia.com/gpu.machine", "nvidia.com/gpu.replicas", "nvidia.com/gpu.sharing-strategy",
@@ -299,6 +300,7 @@ def render_key(ctx: RenderContext, rows: dict[str, tuple[NodeFacts, bytes]] | No
         [ctx.spec.model_dump(mode="json"), ctx.namespace, ctx.owner, sorted(ctx.api_groups), ctx.config_maps,
          ctx.config_data.get(ctx.spec.device_plugin.config.name), sorted(ctx.missing_secrets),
          ctx.config_data.get(custom_config(ctx.spec) or ""),  # the MIG layouts the sharing check reads
+         sharing.below_7_5_nodes(ctx.nodes) if ctx.spec.device_plugin.config.name else None,  # its MPS client limit
          [g.key() for g in ctx.nvidia_drivers], ctx.metrics_port],
         sort_keys=True,
         default=str,

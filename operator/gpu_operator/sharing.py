@@ -380,6 +380,12 @@ def _below_7_5(node: NodeFacts) -> bool:
         return False
 
 
+def below_7_5_nodes(nodes: Iterable[NodeFacts]) -> list[str]:
+    """The GPU nodes whose GFD labels give a compute capability below 7.5: all the MPS client check reads of the
+    compute labels (render.RENDER_BLIND leaves them out of the render key)."""
+    return sorted(n.name for n in nodes if GFD_COMPUTE_MAJOR in n.labels and _below_7_5(n) and n.has_gpu)
+
+
 @lru_cache(maxsize=4)
 def _parsed_layouts(text: str) -> mig.Layouts:
     try:

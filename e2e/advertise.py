@@ -12,7 +12,8 @@ k8s-device-plugin v0.20:
   ``api/config/v1/config.go`` DisableResourceNamingInConfig (plugin, GFD, MPS daemon) drops an explicit ``rename``
   and ``devices``: every device is shared, under ``<name>.shared`` only with renameByDefault (``sharing.parse``).
 * ``internal/plugin/mps.go``: MPS on MIG devices is refused; with MPS the plugin starts only once the control
-  daemon answers (here: an MPS control daemon pod on the node is ready).
+  daemon answers (here: an MPS control daemon pod on the node is ready), and for ``nvidia.com/gpu`` too when the
+  config does not share it (the daemon starts none for it: the plugin never starts).
 * ``internal/lm/resource.go``, ``mig-strategy.go``, ``nvml.go``: labels ``<resource>.product/count/replicas/
   sharing-strategy``, product ``<model>[-MIG-<profile>][-SHARED]`` (``-SHARED`` when replicated and not renamed),
   MIG attributes ``memory``, ``slices.gi``, ``slices.ci`` (also multiprocessors and engines upstream; not
@@ -210,6 +211,8 @@ def advertise(profile: Profile, layout: str | None, mig_strategy: str, config: s
             return Advertised(error="using --mig-strategy=mixed is not supported with MPS")
         if devices is not None:
             return Advertised(error="sharing using MPS is not supported for MIG devices")
+        if config.sharing_of(GPU) is None:  # the MPS control daemon starts none for nvidia.com/gpu
+            return Advertised(error="error waiting for MPS daemon: MPS is config-wide and nvidia.com/gpu is not shared")
         if not mps_daemon_ready:
             return Advertised(error="error waiting for MPS daemon: the MPS control daemon is not running")
     out: dict[str, int] = {}

@@ -50,6 +50,16 @@ def test_mps_needs_the_daemon_and_no_mig() -> None:
     assert adv.gfd_overlay(H100, "all-1g.10gb", "single", MPS2)["nvidia.com/mps.capable"] == "false"
 
 
+def test_an_mps_config_not_sharing_nvidia_com_gpu_advertises_nothing() -> None:
+    """MPS is config-wide: the plugin's nvidia.com/gpu waits for an MPS daemon the control daemon never starts
+    for a resource not shared (k8s-device-plugin internal/plugin/mps.go, mps/manager.go Daemons), so the plugin
+    never starts; the model advertised the 8 GPUs unshared."""
+    mig_only = sharing.parse("sharing: {mps: {resources: [{name: nvidia.com/mig-1g.10gb, replicas: 2}]}}")
+    for strategy in ("none", "single"):
+        got = adv.advertise(H100, None, strategy, mig_only)
+        assert "error waiting for MPS daemon" in got.error and not got.resources, strategy
+
+
 def test_applied_layout_needs_success() -> None:
     assert adv.applied_layout(DONE) == "all-1g.10gb"
     assert adv.applied_layout({**DONE, adv.MIG_STATE: "pending"}) is None

@@ -161,6 +161,26 @@ def test_mps_with_mig() -> None:
     sharing.check(cfg, "none")
 
 
+def test_an_mps_config_not_sharing_nvidia_com_gpu_is_refused() -> None:
+    """MPS is config-wide (any MPS resource replicated: Sharing.SharingStrategy), so the plugin's nvidia.com/gpu
+    waits for an MPS daemon (internal/plugin/mps.go getMPSOptions, server.go Start: "error waiting for MPS daemon"),
+    which the MPS control daemon starts only for a shared resource (mps/manager.go Daemons: "Resource is not
+    shared"). An MPS config naming only nvidia.com/mig-<profile> was accepted (a known resource name), and under
+    the none or single strategy the plugin then failed its start on every node, advertising nothing."""
+    mig_only = sharing.parse("sharing: {mps: {resources: [{name: nvidia.com/mig-1g.10gb, replicas: 2}]}}")
+    assert mig_only.strategy == sharing.MPS
+    for strategy in ("none", "single", None):
+        with pytest.raises(sharing.ConfigError, match="MPS must share nvidia.com/gpu") as err:
+            sharing.check(mig_only, strategy)
+        assert err.value.field == "sharing.mps.resources"
+    both = sharing.parse("sharing: {mps: {resources: [{name: mig-1g.10gb, replicas: 2}, {name: gpu, replicas: 2}]}}")
+    sharing.check(both, "none")
+    renamed = sharing.parse("sharing: {mps: {renameByDefault: true, resources: [{name: gpu, replicas: 2}]}}")
+    sharing.check(renamed, "none")  # shared as nvidia.com/gpu.shared: its daemon starts
+    # time-slicing shares per resource: nvidia.com/gpu is advertised unshared
+    sharing.check(sharing.parse("sharing: {timeSlicing: {resources: [{name: mig-1g.10gb, replicas: 2}]}}"), "none")
+
+
 def test_mps_on_a_mig_enabled_node_is_refused_whatever_the_mig_strategy() -> None:
     """GFD refuses MPS on a node with any MIG-enabled GPU, whatever MIG_STRATEGY says (k8s-device-plugin
     internal/lm/nvml.go isMPSCapable loops over every GPU: "MPS sharing is not supported for mig devices"), and

@@ -18,6 +18,10 @@ Facts from upstream k8s-device-plugin v0.20 (`api/config/v1`: config.go, replica
 * The strategy is MPS when an MPS resource has replicas > 1, else time-slicing when a time-slicing one has.
 * The MPS control daemon refuses more than 48 replicas of a GPU (`cmd/mps-control-daemon/mps/device.go`), 16 below
   compute capability 7.5 (checked on nodes whose GFD labels nvidia.com/gpu.compute.major/minor say so).
+* With MPS every resource of full GPUs waits for its MPS daemon (`internal/plugin/mps.go` getMPSOptions,
+  waitForDaemon), which the MPS control daemon starts only for a shared resource (`mps/manager.go` Daemons): an
+  MPS config not sharing `nvidia.com/gpu`, the only such resource without mixed, leaves the plugin failing its
+  start ("error waiting for MPS daemon").
 * MPS with `--mig-strategy=mixed` is refused at start. GFD refuses MPS on a node with any MIG-enabled GPU,
   whatever the strategy, and exits there (`internal/lm/nvml.go` isMPSCapable: "MPS sharing is not supported for
   mig devices").
@@ -31,7 +35,8 @@ Facts from upstream k8s-device-plugin v0.20 (`api/config/v1`: config.go, replica
   policy sets no MIG_STRATEGY env (which overrides it).
 
 Beyond upstream: a resource name the plugin can never advertise (neither `nvidia.com/gpu` nor
-`nvidia.com/mig-<profile>` of a known MIG profile) is refused; upstream silently replicates nothing for it.
+`nvidia.com/mig-<profile>` of a known MIG profile) is refused; upstream silently replicates nothing for it (under
+MPS, the rule above refuses a config naming only such resources).
 """
 
 from __future__ import annotations
@@ -319,10 +324,10 @@ def known_resources() -> set[str]:
 
 def check(config: SharingConfig, mig_strategy: str | None, mig_enabled: bool = False, before_7_5: str = "") -> None:
     """What the plugin (or GFD) refuses at start for a parsed config: an unknown flags.migStrategy it reads, MPS
-    with mixed MIG, on a MIG-enabled node or with more replicas than the MPS daemon takes, and (beyond) resources
-    it can never advertise. `mig_enabled`: a node that loads the config has MIG enabled; `mig_strategy`: the
-    MIG_STRATEGY env (None: unset, the config's flags.migStrategy else none); `before_7_5`: the nodes loading it
-    whose GPUs are below compute capability 7.5 (their MPS daemon takes 16 clients, not 48)."""
+    with mixed MIG, on a MIG-enabled node, with more replicas than the MPS daemon takes or not sharing nvidia.com/gpu,
+    and (beyond) resources it can never advertise. `mig_enabled`: a node that loads the config has MIG enabled;
+    `mig_strategy`: the MIG_STRATEGY env (None: unset, the config's flags.migStrategy else none); `before_7_5`: the
+    nodes loading it whose GPUs are below compute capability 7.5 (their MPS daemon takes 16 clients, not 48)."""
     if not mig_strategy and config.mig_strategy is not None and config.mig_strategy not in MIG_STRATEGIES:
         raise ConfigError("flags.migStrategy", f"unknown MIG strategy: {config.mig_strategy}")
     mig_strategy = mig_strategy or config.mig_strategy or "none"
@@ -346,6 +351,11 @@ def check(config: SharingConfig, mig_strategy: str | None, mig_enabled: bool = F
         if mig_enabled:  # GFD's check: every GPU of the node, whatever the strategy
             raise ConfigError("sharing.mps", "sharing using MPS is not supported for MIG devices (GFD exits on a "
                                              "node with a MIG-enabled GPU, whatever the MIG strategy)")
+        if config.sharing_of(GPU) is None:  # the only resource advertised without mixed
+            raise ConfigError("sharing.mps.resources", f"MPS must share {GPU}: MPS is config-wide, so the device "
+                                                       f"plugin's {GPU} waits for an MPS daemon, which the MPS control "
+                                                       f"daemon starts only for a shared resource (error waiting for "
+                                                       f"MPS daemon: nothing is advertised)")
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ k8s-device-plugin v0.20:
 * Layouts: the user's mig-parted config when the node's MIG manager pod mounts one (a ConfigMap volume holding
   ``mig-configs``), else the default set; an entry applies to a GPU without ``device-filter`` or naming its ID.
 * ``cmd/config-manager/main.go``: the config is the ConfigMap key named by the node label (``NODE_LABEL``), else
-  ``DEFAULT_CONFIG``, else the fallback (``empty``); a named key that does not exist is an error.  It reloads
+  ``DEFAULT_CONFIG``, else the fallback (``empty``); a named key that does not exist is an error (at pod start;
+  later the sidecar exits before it touches the file, and the plugin keeps the config it loaded).  It reloads
   when the label changes (the sidecar signals the plugin), not when the ConfigMap's content changes.  It writes the
   selection to ``CONFIG_FILE_DST``, which the plugin and GFD read only as their ``CONFIG_FILE``
   (``--config-file``; GFD also ``GFD_CONFIG_FILE``; no default) on the volume they share with the sidecar:

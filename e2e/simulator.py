@@ -539,7 +539,8 @@ class NodeSimulator:
 
     def _config_of(self, pod: dict[str, Any], labels: dict[str, str], world: World) -> adv.Selected:
         """The sharing config the pod's config-manager selected: reselected when the node label changes (the
-        sidecar's behaviour), not when the ConfigMap's content changes; a failed selection is retried."""
+        sidecar's behaviour), not when the ConfigMap's content changes; a failed selection is retried. A key the
+        ConfigMap lacks fails config-manager before it touches the file: a pod that loaded a config keeps it."""
         source = adv.config_source(pod)
         if source is None:
             return adv.Selected()
@@ -550,6 +551,8 @@ class NodeSimulator:
             return cached[1]
         data = world.config_maps.get((self.namespace, source.config_map))
         selected = adv.select_config(data, labels, source.node_label, source.default, source.fallbacks)
+        if selected.error and cached is not None and selected.key not in (data or {}):
+            return cached[1]
         if not selected.error:
             with self._lock:
                 self._configs[_uid(pod)] = (value, selected)

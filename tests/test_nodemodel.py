@@ -16,6 +16,7 @@ import yaml
 from e2e import advertise as adv
 from e2e.nodemodel import _uid, check_rendered, pod_status, ready
 
+from gpu_operator import sharing
 from gpu_operator.cli import main as cli_main
 from gpu_operator.render import plan
 from support import SAMPLE_NODES, SAMPLES, load_scenario, objects
@@ -237,3 +238,29 @@ def test_sharing_config_applies_only_when_the_main_container_reads_the_file_conf
     ctr["env"] = [e for e in ctr["env"] if e["name"] != "CONFIG_FILE"]
     ctr["args"] = [*(ctr.get("args") or []), "--config-file=/config/config.yaml"]
     assert adv.config_source(flag) is not None
+
+
+def test_a_label_naming_a_missing_key_leaves_a_running_pod_its_config() -> None:
+    """config-manager fails before it touches /config/config.yaml when the node label names a key the ConfigMap
+    lacks (cmd/config-manager/main.go updateConfig: "specified config X does not exist"; the sidecar exits and
+    restarts), so the running plugin keeps advertising the config it loaded. The simulator (_config_of) answered
+    the error instead, and the node's GPUs dropped to 0 in the e2e cluster on a mistyped label."""
+    import threading
+
+    from e2e.nodemodel import World
+    from e2e.simulator import NodeSimulator
+
+    docs = _render(SAMPLES / "clusterpolicy-time-slicing.yaml")
+    pod = _template_pod(docs, "nvidia-device-plugin-daemonset")
+    data = next(d for d in docs if d.get("kind") == "ConfigMap" and d["metadata"]["name"] == "time-slicing-config")
+    sim = NodeSimulator.__new__(NodeSimulator)
+    sim.namespace, sim._lock, sim._configs = "gpu-operator", threading.Lock(), {}
+    world = World(config_maps={("gpu-operator", "time-slicing-config"): {**data["data"], "bad": "version: v2"}})
+    label = sharing.NODE_LABEL
+    assert "does not exist" in sim._config_of(pod, {label: "typo"}, world).error  # at pod start: nothing loaded
+    loaded = sim._config_of(pod, {label: "h100"}, world)
+    assert loaded.key == "h100" and not loaded.error
+    assert sim._config_of(pod, {label: "typo"}, world) == loaded
+    assert sim._configs[pod["metadata"]["uid"]][0] == "h100"  # the failed selection is retried
+    assert sim._config_of(pod, {label: "any"}, world).key == "any"  # a key that exists is loaded
+    assert "unknown version" in sim._config_of(pod, {label: "bad"}, world).error  # loaded, and the plugin fails

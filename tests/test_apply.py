@@ -9,6 +9,7 @@ import json
 import random
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -16,8 +17,8 @@ import pytest
 from gpu_operator import mig
 from gpu_operator.apply import Applier
 from gpu_operator.kube import ApiError
-from gpu_operator.nodes import GPU_PRESENT, MIG_CONFIG, deploy_label
-from gpu_operator.observe import key_of
+from gpu_operator.nodes import GPU_PRESENT, MIG_CONFIG, NodeFacts, apply_patch, deploy_label
+from gpu_operator.observe import Snapshot, key_of
 from gpu_operator.reconciler import Labelling
 from gpu_operator.render import node_patches, plan
 from gpu_operator.runtime import Operator
@@ -671,6 +672,91 @@ def test_no_labelling_between_passes_when_the_policy_changed_since_the_last_pass
         return client
 
     assert asyncio.run(scenario()).calls == []
+
+
+# The labelling between passes against a full pass on the same node and policy: `_full_pass` runs the reconciler
+# over a snapshot and merges every Node patch it sends (MIG pass included); `_between` runs Operator.on_node_facts
+# with the node write recorded.
+
+
+def _operator(spec: dict[str, Any] | None = None) -> Operator:
+    op = Operator(kube=RecordingKube(), namespace="gpu-operator")  # type: ignore[arg-type]
+    pol = policy_object(spec)
+    op.policies[pol["metadata"]["name"]] = pol
+    return op
+
+
+def _full_pass(
+    op: Operator, nodes: dict[str, NodeFacts], pods: dict[str, Any] | None = None, drivers: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
+    """One full pass of op's reconciler over `nodes` (and op's cached ConfigMaps): its Node patches, merged."""
+    kube = op.reconciler.kube
+    before = len(kube.calls)
+    snap = Snapshot(nodes=dict(nodes), policies=copy.deepcopy(op.policies), owned={}, pods=dict(pods or {}),
+                    revisions={}, config_maps=dict(op.config_maps), config_data=dict(op.config_data),
+                    nvidia_drivers=copy.deepcopy(drivers or {}))  # fmt: skip
+    op.reconciler.reconcile(snap)
+    out: dict[str, dict[str, Any]] = {}
+    for verb, what in kube.calls[before:]:
+        if verb == "merge_patch" and what[0] == "Node":
+            meta = what[2].get("metadata") or {}
+            got = out.setdefault(what[1], {})
+            for part in ("labels", "annotations"):
+                if meta.get(part):
+                    got.setdefault(part, {}).update(meta[part])
+    return out
+
+
+def _between(op: Operator, node: NodeFacts) -> dict[str, Any]:
+    """The patch op's labelling between passes sends for a change of `node` ({}: none)."""
+    sent: list[dict[str, Any]] = []
+
+    async def record(_: NodeFacts, patch: dict[str, Any]) -> None:
+        sent.append(patch)
+
+    async def scenario() -> None:
+        op.task = asyncio.current_task()
+        op._patch_node = record  # type: ignore[method-assign]
+        op.on_node_facts(node.name, node)
+        await asyncio.gather(*op._labelling)
+
+    asyncio.run(scenario())
+    assert len(sent) <= 1
+    return sent[0] if sent else {}
+
+
+def _patched(node: NodeFacts, patch: dict[str, Any] | None) -> NodeFacts:
+    """`node` as `patch` leaves it (a newer resourceVersion)."""
+    if not patch:
+        return node
+    obj = {"metadata": {"name": node.name, "resourceVersion": str(node.resource_version + 1),
+                        "labels": apply_patch(node.labels, patch.get("labels") or {}),
+                        "annotations": apply_patch(node.annotations, patch.get("annotations") or {})},
+           "status": {"conditions": [{"type": "Ready", "status": "True"}],
+                      "nodeInfo": {"containerRuntimeVersion": "containerd://1.7"}}}  # fmt: skip
+    return NodeFacts.from_node(obj)
+
+
+def test_between_passes_a_refused_node_keeps_a_driver_pod_that_carries_only_the_legacy_component_label() -> None:
+    """A node the version matrix refuses keeps a driver pod of ours it already runs (compat.py). The pass finds
+    driver pods by observe.node_state, which reads the component label where the state label is missing (pods
+    started before it existed); the labelling between passes read the state label only, so there it labelled such
+    a node refused-by-version-matrix and the driver DaemonSet dropped the running pod. Now it reads the same pod
+    index as the pass."""
+    from gpu_operator.nodes import DRIVER_REFUSED
+    from gpu_operator.states.base import COMPONENT
+
+    op = _operator()
+    pod = {"metadata": {"name": "drv", "labels": {COMPONENT: "state-driver"}}, "node": "v100-1",
+           "owner": "nvidia-driver-daemonset", "status": {}}  # fmt: skip
+    op.on_pod("drv", pod)
+    settled = facts("v100-1", pci_label="feature.node.kubernetes.io/pci-0302_10de_1db4.present")  # R595 refuses it
+    for _ in range(2):
+        settled = _patched(settled, _full_pass(op, {"v100-1": settled}, {"drv": pod}).get("v100-1"))
+    assert settled.labels.get(deploy_label("driver")) == "true"  # the pass: it keeps its running driver
+    op.nodes["v100-1"] = settled
+    cordoned = replace(settled, unschedulable=True, resource_version=settled.resource_version + 1)
+    assert (_between(op, cordoned).get("labels") or {}).get(deploy_label("driver")) != DRIVER_REFUSED
 
 
 def _sample_raw() -> Any:

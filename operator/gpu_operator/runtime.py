@@ -58,7 +58,7 @@ from .render import (
     upgrade_first_sight,
     warm_up,
 )
-from .states.base import MANAGED_BY, OPERATOR_NAME, STATE_LABEL
+from .states.base import MANAGED_BY, OPERATOR_NAME
 from .status import active_policy
 from .upgrade import IN_PROGRESS_STATES, Plan, UpgradeNode
 from .upgrade import STATE_LABEL as UPGRADE_STATE_LABEL
@@ -279,7 +279,7 @@ class Operator:
         routing = driver_routing([node], current.spec, drivers, self._join_routing)
         refused = compat.refused(compat.verdicts_for([node], current.spec, routing.groups))
         here = [self.pods[p] for p in self.pods_on.get(node.name, ()) if p in self.pods]
-        runs_driver = any(p["metadata"]["labels"].get(STATE_LABEL) == "state-driver" for p in here)
+        runs_driver = bool(self._by_state.get("state-driver", {}).get(node.name))  # the pass's test (PodIndex)
         if runs_driver:
             refused = {}
         patches = node_patches([node], current.spec, set(refused))

@@ -737,6 +737,48 @@ def _patched(node: NodeFacts, patch: dict[str, Any] | None) -> NodeFacts:
     return NodeFacts.from_node(obj)
 
 
+def _nvd(name: str, **spec: Any) -> dict[str, Any]:
+    meta = {"name": name, "uid": f"uid-{name}", "generation": 1, "creationTimestamp": "2026-01-01T00:00:00Z"}
+    return {"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver", "metadata": meta, "spec": spec}
+
+
+def test_between_passes_a_node_running_a_driver_is_not_moved_to_an_nvidiadriver_created_since_the_pass() -> None:
+    """Under NVIDIADrivers a node running a driver pod is not moved to an NVIDIADriver whose DaemonSets cannot be
+    rendered (render.driver_node_patches `unrendered`: its pod would be dropped with nothing to replace it). Between
+    passes the labelling routed by the NVIDIADrivers cached now but asked the last pass's `unrendered`, worked out
+    for the NVIDIADrivers that pass saw: a node there moved to an NVIDIADriver created since that names no version
+    (image_problem), the default's DaemonSet dropped its driver pod, and the next pass left the label there. Now,
+    while an NVIDIADriver is not at the generation the pass saw, the next pass labels the node."""
+    from gpu_operator.nodes import kept_labels
+    from gpu_operator.nvidiadriver import OWNER_LABEL
+
+    spec = policy_object()["spec"]
+    spec["driver"]["useNvidiaDriverCRD"] = True
+    drivers = {"default": _nvd("default", default=True, image="nvcr.io/nvidia/driver:580.65.06"),
+               "pool-a": _nvd("pool-a", nodeSelector={"pool": "a"}, image="nvcr.io/nvidia/driver:580.65.06")}
+    pod = {"metadata": {"name": "drv", "labels": {STATE_LABEL: "state-driver"}}, "node": "gpu-1",
+           "owner": "nvidia-driver-daemonset-ubuntu22.04", "status": {}}  # fmt: skip
+    op = _operator(spec)
+    op.nvidia_drivers = copy.deepcopy(drivers)
+    op.on_pod("drv", pod)
+    op.labels_read = kept_labels()  # ("pool" is kept: pool-a selects on it)
+    running = facts("gpu-1", labels={"pool": "c"})
+    for _ in range(2):  # the node settles under the default NVIDIADriver
+        running = _patched(running, _full_pass(op, {"gpu-1": running}, {"drv": pod}, drivers).get("gpu-1"))
+    assert OWNER_LABEL not in running.labels and running.deploys("driver")
+    op.nodes["gpu-1"] = running
+    # An NVIDIADriver for pool c, without upgrades, that names no version: it cannot render.
+    broken = _nvd("pool-c", nodeSelector={"pool": "c"}, repository="nvcr.io/nvidia", image="driver",
+                  upgradePolicy={"autoUpgrade": False})  # fmt: skip
+    check = _operator(spec)
+    check.on_pod("drv", pod)
+    full = _full_pass(check, {"gpu-1": running}, {"drv": pod}, {**drivers, "pool-c": broken}).get("gpu-1") or {}
+    assert OWNER_LABEL not in (full.get("labels") or {})  # a pass keeps the node with its running driver
+    op.on_nvidia_driver("ADDED", broken)
+    cordoned = replace(running, unschedulable=True, resource_version=running.resource_version + 1)
+    assert OWNER_LABEL not in (_between(op, cordoned).get("labels") or {})
+
+
 def test_between_passes_a_refused_node_keeps_a_driver_pod_that_carries_only_the_legacy_component_label() -> None:
     """A node the version matrix refuses keeps a driver pod of ours it already runs (compat.py). The pass finds
     driver pods by observe.node_state, which reads the component label where the state label is missing (pods

@@ -46,7 +46,7 @@ from .observe import (
     with_devices,
 )
 from .readiness import is_unready
-from .reconciler import Labelling, Outcome, Reconciler, hold_driver_restores
+from .reconciler import Labelling, Outcome, Reconciler, generations, hold_driver_restores
 from .render import (
     NodePatch,
     config_map_keys,
@@ -272,6 +272,8 @@ class Operator:
         current = self._between_passes()
         if current is None or not kept_labels() <= self.labels_read:
             return  # (not routed by NVIDIADrivers before the nodes are read with the labels they select on)
+        if current.spec.driver.use_nvidia_driver_crd and generations(self.nvidia_drivers) != current.drivers:
+            return  # an NVIDIADriver changed since the pass (which ones render is the pass's): it labels the node
         # The version matrix's refusal as a full pass decides it (a node without a driver pod of ours).
         node = with_devices({node.name: node}, self.node_features)[node.name]
         # With useNvidiaDriverCRD, by the NVIDIADriver that drives the node (its version, its labels).

@@ -906,3 +906,22 @@ def test_under_nvidiadrivers_a_node_gets_upgrade_done_in_its_first_patch_when_it
     assert after["a1"]["labels"][UPGRADE_STATE] == DONE and after["c1"]["labels"][UPGRADE_STATE] == DONE
     assert UPGRADE_STATE not in after["b1"]["labels"]  # its NVIDIADriver leaves upgrades alone: so does the label
     assert upgrade_first_sight(relabelled(nodes, patches), patches, spec, set()) == patches  # no routing known
+
+
+def test_a_deleted_nodes_nodefeature_devices_are_not_given_to_a_new_node_of_that_name() -> None:
+    """The NodeFeature PCI devices cached per node (Operator.node_features: read at start, listed again only while
+    some GPU node is unidentified) were kept when the node was deleted. A machine re-provisioned under the same name
+    (bare-metal hostnames) with another GPU, before GFD labels it and with NFD's plain pci-10de label, was identified
+    by the old machine's devices: here a V100 (last driver branch R580), so the R595 driver was refused on the new
+    H100 (no driver, so no GFD labels ever), and as the name was cached it was never unidentified, so the
+    NodeFeatures were not listed again. Now a node's devices go with it."""
+    from gpu_operator.nodes import DRIVER_REFUSED
+
+    op = _operator()
+    op.node_features = {"gpu-7": ("1db4",)}  # the old gpu-7: a Tesla V100 PCIe, read from its NodeFeature
+    op.nodes["gpu-7"] = old = facts("gpu-7")
+    _full_pass(op, {"gpu-7": old})
+    op.on_node_facts("gpu-7", None)  # the machine is deleted from the cluster...
+    reborn = facts("gpu-7")  # ...and joins again as an H100 host
+    assert (_between(op, reborn).get("labels") or {}).get(deploy_label("driver")) != DRIVER_REFUSED
+    assert op.unidentified()  # its NodeFeature is listed again

@@ -226,6 +226,7 @@ class Operator:
             self.moves.forget(name)
             self.reconciler.applier.forget(name)
             self.reconciler.events.forget("Node", name)
+            self.node_features.pop(name, None)  # a new node of that name is another machine
             if self.nodes.pop(name, None) is not None:
                 self.wake_now("node")
             return

@@ -737,6 +737,57 @@ def _patched(node: NodeFacts, patch: dict[str, Any] | None) -> NodeFacts:
     return NodeFacts.from_node(obj)
 
 
+MIG_LAYOUTS = """version: v1
+mig-configs:
+  all-disabled:
+    - devices: all
+      mig-enabled: false
+  {name}:
+    - devices: all
+      mig-enabled: true
+      mig-devices: {{"1g.5gb": 4}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("layouts", "mig_manager", "approved"),
+    [
+        (None, mig.PAUSED, None),  # the default layouts: custom-4x1g is not among them
+        ("team-a", mig.PAUSED, None),  # the user's ConfigMap: nor among these
+        ("custom-4x1g", "true", "custom-4x1g"),  # the user's ConfigMap names it: let through
+    ],
+    ids=["default-layouts", "not-in-users-config", "in-users-config"],
+)
+def test_a_joining_node_asking_for_a_mig_layout_gets_in_its_first_patch_what_the_pass_decides(
+    layouts: str | None, mig_manager: str, approved: str | None
+) -> None:
+    """A MIG-capable node joining with a layout mig-manager's config lacks (a kubelet --node-labels naming the
+    user's own layout, a typo) is refused by the pass, which holds mig-manager (deploy label paused-for-mig-change,
+    README "MIG": "nothing on the node changes"). Between passes the labelling recorded only a first sight's
+    approval, and of the default layouts only: it set gpu.deploy.mig-manager=true, so mig-manager started there
+    and applied the refused layout until the next pass turned the label to paused. Now its first patch holds
+    mig-manager as the pass does, or lets the layout through, by the config the pass reads."""
+    spec = policy_object()["spec"]
+    if layouts is not None:
+        spec["migManager"]["config"] = {"name": "my-layouts", "default": "all-disabled"}
+
+    def operator() -> Operator:
+        op = _operator(spec)
+        if layouts is not None:
+            op.config_maps = {"my-layouts": ("config.yaml",)}
+            op.config_data = {"my-layouts": {"config.yaml": MIG_LAYOUTS.format(name=layouts)}}
+        return op
+
+    a100 = {"nvidia.com/mig.capable": "true", "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB"}
+    joined = facts("a100-1", labels={**a100, MIG_CONFIG: "custom-4x1g"})
+    alone = _full_pass(operator(), {"a100-1": joined})["a100-1"]["labels"]  # what a pass alone does with the node
+    assert (alone.get(deploy_label("mig-manager")), alone.get(mig.APPROVED)) == (mig_manager, approved)
+    op = operator()
+    _full_pass(op, {})  # the last pass (no nodes yet): the labelling between passes goes by its spec
+    got = _between(op, joined)["labels"]
+    assert (got.get(deploy_label("mig-manager")), got.get(mig.APPROVED)) == (mig_manager, approved)
+
+
 def _nvd(name: str, **spec: Any) -> dict[str, Any]:
     meta = {"name": name, "uid": f"uid-{name}", "generation": 1, "creationTimestamp": "2026-01-01T00:00:00Z"}
     return {"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver", "metadata": meta, "spec": spec}

@@ -50,19 +50,29 @@ def _parsed(text: str) -> tuple[mig.Layouts, str]:
         return {}, str(exc)
 
 
-def first_sight(node: NodeFacts, spec: ClusterPolicySpec, pods: Iterable[dict[str, Any]]) -> dict[str, str | None]:
-    """The patch a pass would make to record a node's layout as let through on first sight, when that is all it
-    would write there (the default layouts only: a user's config is read by a pass); else {}. `node`: as its label
-    patch leaves it; `pods`: operand pod projections."""
-    if custom_config(spec) or not mig.mig_nodes([node], spec) or mig.changes_requested([node], spec):
+def first_sight(
+    node: NodeFacts,
+    spec: ClusterPolicySpec,
+    pods: Iterable[dict[str, Any]],
+    config_data: Mapping[str, Mapping[str, str]],
+) -> dict[str, str | None]:
+    """The patch a pass would make on first sight of a node's layout, when that is all it would write there: the
+    layout recorded as let through, or mig-manager held as the layout is refused; else {}. `node`: as its label
+    patch leaves it; `pods`: operand pod projections; `config_data`: as for _layouts."""
+    if not mig.mig_nodes([node], spec) or mig.changes_requested([node], spec):
         return {}
+    try:
+        layouts, unreadable = _layouts(spec, config_data), ""
+    except mig.ConfigError as exc:
+        layouts, unreadable = {}, str(exc)
     managers = frozenset(
         p["node"] for p in pods
         if p["node"] == node.name and owning_state(p["metadata"]["labels"], _STATES)
         and not p["metadata"].get("deletionTimestamp")
     )  # fmt: skip
-    patch = mig.decide([node], spec, layouts=None, pods={}, managers=managers).patches.get(node.name, {})
-    return patch if patch.keys() == {mig.APPROVED} else {}
+    decision = mig.decide([node], spec, layouts=layouts, pods={}, managers=managers, unreadable=unreadable)
+    patch = decision.patches.get(node.name, {})
+    return patch if patch.keys() == {mig.APPROVED} or patch == {mig.MANAGER_LABEL: mig.PAUSED} else {}
 
 
 def _busy(node: NodeFacts, spec: ClusterPolicySpec) -> NodeFacts | None:

@@ -293,11 +293,12 @@ class Operator:
         patches = upgrade_first_sight(relabelled([node], patches), patches, current.spec, holding, routing)
         patch = patches.get(node.name)
         if patch:
-            # The MIG layout it gets now is recorded as let through in the same patch (a pass would write it next).
+            # The MIG layout it gets now is recorded as let through, or mig-manager held as it is refused, in the
+            # same patch (a pass would write it next).
             [after] = relabelled([node], patches)
-            approve = mig_pass.first_sight(after, current.spec, here)
-            if approve:
-                patch = {**patch, "labels": {**(patch.get("labels") or {}), **approve}}
+            seen = mig_pass.first_sight(after, current.spec, here, self.config_data)
+            if seen:
+                patch = {**patch, "labels": {**(patch.get("labels") or {}), **seen}}
             self._labelling.add(asyncio.ensure_future(self._patch_node(node, patch)))
 
     async def _patch_node(self, node: NodeFacts, patch: NodePatch) -> None:

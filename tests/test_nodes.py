@@ -354,6 +354,28 @@ def test_an_invalid_workload_config_is_logged_once_per_node_and_value(caplog: py
     ]  # fmt: skip
 
 
+def test_what_was_logged_of_an_invalid_workload_config_goes_with_the_node(caplog: pytest.LogCaptureFixture) -> None:
+    """The (node, value) pairs logged were kept for every node ever seen with an invalid workload config, deleted
+    ones too, for the life of the process (autoscaled pools: a new name per node). Now the runtime drops a node's
+    when the node is deleted; a new node of that name is told of again."""
+    import logging
+
+    from gpu_operator import nodes
+    from gpu_operator.render import node_patches
+    from gpu_operator.runtime import Operator
+
+    typo = facts("typo-gone", labels={WORKLOAD: "vm-passthru"})
+    op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="gpu_operator"):
+        op.on_node_facts("typo-gone", typo)
+        node_patches([typo], SANDBOX)  # a pass labels it: logged
+        op.on_node_facts("typo-gone", None)
+        assert "typo-gone" not in nodes._INVALID_WORKLOADS_LOGGED
+        node_patches([typo], SANDBOX)  # a new node of that name
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("node typo-gone: invalid")]
+    assert len(said) == 2
+
+
 def _condition(nodes: list[NodeFacts], spec: Any, *rest: Any) -> dict[str, Any] | None:
     from gpu_operator.nodes import invalid_workload_condition, invalid_workloads
 

@@ -457,15 +457,21 @@ def newly_invalid_workloads(
     return {n: v for n, v in invalid.items() if f", {n} ({v!r}), " not in named}
 
 
-_INVALID_WORKLOADS_LOGGED: set[tuple[str, str]] = set()  # (node, value) logged: each change of a node labels it again
+# Node -> the values logged: each change of a node labels it again. Dropped with the node (forget_node).
+_INVALID_WORKLOADS_LOGGED: dict[str, set[str]] = {}
 
 
 def _say_invalid_workload(node: NodeFacts, spec: ClusterPolicySpec) -> None:
     """Log the node's invalid workload config, once per node and value (upstream logs it on every labelling)."""
     value = invalid_workload(node, spec)
-    if value is not None and (node.name, value) not in _INVALID_WORKLOADS_LOGGED:
-        _INVALID_WORKLOADS_LOGGED.add((node.name, value))
+    if value is not None and value not in (logged := _INVALID_WORKLOADS_LOGGED.setdefault(node.name, set())):
+        logged.add(value)
         log.warning("node %s: %s", node.name, invalid_workload_message(value, spec))
+
+
+def forget_node(name: str) -> None:
+    """Drop what this module keeps of a deleted node."""
+    _INVALID_WORKLOADS_LOGGED.pop(name, None)
 
 
 def sandbox_mode(spec: ClusterPolicySpec) -> str:

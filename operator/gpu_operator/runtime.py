@@ -26,7 +26,7 @@ from .gpu_identity import identify
 from .kinds import CONFIG_MAP, DAEMON_SET, NODE_FEATURE, lookup, operand_kinds, served
 from .kube import Fence, Kube, NotLeader, path_for
 from .leader import Elector, identity
-from .nodes import NodeFacts, keep_labels, kept_labels
+from .nodes import NodeFacts, forget_node, keep_labels, kept_labels
 from .nodewatch import NodeWatch, Watch
 from .nvidiadriver import KeptRouting, NVIDIADriver, selector_keys
 from .observe import (
@@ -227,6 +227,7 @@ class Operator:
             self.reconciler.applier.forget(name)
             self.reconciler.events.forget("Node", name)
             self.node_features.pop(name, None)  # a new node of that name is another machine
+            forget_node(name)
             if self.nodes.pop(name, None) is not None:
                 self.wake_now("node")
             return

@@ -638,6 +638,20 @@ def test_a_pass_gets_the_same_group_spec_while_neither_spec_changes() -> None:
     assert nvidiadriver.groups(other, again, assign(NODES, again))[0].spec is not fourth["default"]  # no `kept`
 
 
+def test_the_kept_group_specs_drop_a_deleted_nvidiadriver() -> None:
+    """KeptRouting.specs (each NVIDIADriver's spec as a ClusterPolicy spec, kept between calls) kept an entry for
+    every NVIDIADriver ever seen, deleted ones too, in the reconciler's and in the runtime's for joining nodes; now
+    only those of the NVIDIADrivers grouped by the last call."""
+    spec = parse_spec(crd_policy())
+    drivers = [nvd("default", default=True), nvd("pool-b", nodeSelector={"pool": "b"})]
+    kept: nvidiadriver.KeptSpecs = {}
+    nvidiadriver.groups(spec, drivers, assign(NODES, drivers), kept)
+    assert set(kept) == {"default", "pool-b"}
+    left = drivers[:1]  # pool-b deleted
+    [group] = nvidiadriver.groups(spec, left, assign(NODES, left), kept)
+    assert set(kept) == {"default"} and kept["default"][2] is group.spec
+
+
 def test_a_kept_routing_is_the_same_object_while_it_stays_equal() -> None:
     # What a pass keeps per node under NVIDIADrivers (driver metadata, verdicts) is keyed on the routing object.
     from gpu_operator.render import driver_routing

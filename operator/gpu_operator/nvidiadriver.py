@@ -489,6 +489,9 @@ def groups(
                 problem=image_problem(d.spec),
             )
         )
+    if kept is not None and len(kept) > len(out):
+        for name in kept.keys() - {g.name for g in out}:
+            del kept[name]  # a deleted NVIDIADriver's (or one that drives no node now)
     return tuple(out)
 
 

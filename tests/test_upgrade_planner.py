@@ -30,6 +30,7 @@ from gpu_operator.upgrade import (
     DeleteDriverPod,
     Event,
     EvictPods,
+    Limit,
     Plan,
     SelectorError,
     SetState,
@@ -347,6 +348,44 @@ def test_cordoned_and_not_ready_nodes_count_as_unavailable() -> None:
     assert "3 of at most 3 nodes unavailable" in p.waiting["d"]
     assert p.waiting["d"].endswith("cordoned, NotReady or upgrading: a, b, c")
     assert p.counters.unavailable == 2 and p.counters.available == 1
+
+
+def test_a_node_without_a_driver_pod_does_not_count_as_unavailable() -> None:
+    """Upstream's GetCurrentUnavailableNodes walks the state BuildState makes from the driver pods, as its total does;
+    a GPU node no driver pod runs on (a taint the DaemonSet does not tolerate, no NFD OS labels, a pool not rolled out)
+    was left out of the total but still counted as unavailable when NotReady or cordoned: with 4 driver nodes at 25%
+    (1 node) it used up the whole budget, and their rollout never started. A node mid-upgrade whose driver pod the
+    upgrade deleted still counts in both, as upstream counts it (cordoned) once its new pod is there."""
+    pol = policy(max_parallel_upgrades=0, max_unavailable="25%")
+    for outsider in (make_node("n9", rev=None, ready=False), make_node("n9", rev=None, unschedulable=True)):
+        nodes = [make_node(f"n{i}", "upgrade-required") for i in range(4)] + [outsider]
+        p = run(nodes, pol=pol)
+        assert (p.counters.total, p.counters.max_unavailable, p.counters.unavailable) == (4, 1, 0)
+        assert p.started == ("n0",)
+        assert p.waiting["n1"] == (
+            "waiting for an upgrade slot: 1 of at most 1 nodes unavailable (maxUnavailable); "
+            "cordoned, NotReady or upgrading: n0"
+        )
+        assert preview_waves(nodes, pol) == [["n0"], ["n1"], ["n2"], ["n3"]]
+        limit = Limit.over(nodes, pol, "all NVIDIADrivers")  # the ClusterPolicy's limit over every NVIDIADriver
+        assert (limit.unavailable, limit.available) == (0, 1)
+        assert preview_joint_waves([(nodes[:2], pol), (nodes[2:], pol)], pol) == [["n0"], ["n1"], ["n2"], ["n3"]]
+    # Its driver pod deleted by the upgrade (pod-restart-required), a node counts in the total and as unavailable.
+    restarting = make_node("r", "pod-restart-required", rev=None, unschedulable=True,
+                           annotations={DELETED_DRIVER_POD_ANNOTATION: "nvidia-driver-r"})  # fmt: skip
+    nodes = [make_node(f"n{i}", "upgrade-required") for i in range(4)] + [restarting, make_node("n9", rev=None,
+                                                                                                 ready=False)]
+    p = run(nodes, pol=pol)
+    assert (p.counters.total, p.counters.max_unavailable, p.counters.unavailable) == (5, 2, 1)
+    assert p.started == ("n0",)
+    assert p.waiting["n1"].endswith("2 of at most 2 nodes unavailable (maxUnavailable); cordoned, NotReady or "
+                                    "upgrading: n0, r")  # fmt: skip
+    # Not counted while it waits, a cordoned upgrade-required node whose driver pod is gone (deleted by someone) is
+    # once it starts: the start costs budget (were it free, as for a counted cordoned node, b would start too).
+    nodes = [make_node("a", "upgrade-required", rev=None, unschedulable=True), make_node("b", "upgrade-required")]
+    p = run(nodes, pol=policy(max_parallel_upgrades=0, max_unavailable=1))
+    assert p.started == ("a",)
+    assert "1 of at most 1 nodes unavailable" in p.waiting["b"]
 
 
 def test_already_unavailable_node_needs_no_unavailable_budget() -> None:
@@ -1456,7 +1495,7 @@ def test_one_walk_counts_the_nodes_as_a_walk_per_count_does(seed: int) -> None:
     assert tally == planner._Tally(
         total=sum(n.driver_pod is not None or n.state in busy for n in nodes),
         in_progress=sum(n.state in busy for n in nodes),
-        unavailable=sum(n.unavailable or n.state in busy for n in nodes),
+        unavailable=sum(n.state in busy or (n.driver_pod is not None and n.unavailable) for n in nodes),
         failed=sum(n.state == "upgrade-failed" for n in nodes),
         done=sum(n.state == "upgrade-done" for n in nodes),
         pending=sum(n.state == "upgrade-required" and not n.skipped for n in nodes),

@@ -430,7 +430,7 @@ def cmd_upgrade_plan(args: argparse.Namespace) -> int:
             if limit is not None:
                 starts = result.started
                 by_name = {n.name: n for n in managed}
-                limit = limit.after(len(starts), sum(1 for n in starts if not by_name[n].unavailable))
+                limit = limit.after(len(starts), sum(1 for n in starts if not by_name[n].counted_unavailable))
             results.append((title, section_spec, managed, result))
     except (ApiError, PolicyError, OSError) as exc:
         _print_error(exc)

@@ -209,6 +209,18 @@ class UpgradeNode:
         return self.unschedulable or not self.ready
 
     @property
+    def counted(self) -> bool:
+        """In maxUnavailable's base: a driver pod runs here (upstream builds its upgrade state from the driver pods),
+        or the node is mid-upgrade (its driver pod may be gone, deleted by the upgrade: the replacement is coming)."""
+        return self.driver_pod is not None or self.state in IN_PROGRESS_STATES
+
+    @property
+    def counted_unavailable(self) -> bool:
+        """Counted against maxUnavailable: mid-upgrade, or counted (see there) and cordoned or NotReady. Upstream's
+        GetCurrentUnavailableNodes walks the same driver-pod state as its total, GetTotalManagedNodes."""
+        return self.state in IN_PROGRESS_STATES or (self.driver_pod is not None and self.unavailable)
+
+    @property
     def driver_out_of_date(self) -> bool:
         """The driver pod runs another revision than its DaemonSet's newest (unknown revision: not out of date), or
         is an orphan, or of the old kernel's pool, or of the NVIDIADriver the node moves away from."""
@@ -404,7 +416,7 @@ class Counters:
     available: int = 0  # upgrades that may start now
     pending: int = 0  # upgrade-required, not skipped
     skipped: int = 0  # nodes labelled nvidia.com/gpu-driver-upgrade.skip=true
-    unavailable: int = 0  # cordoned, NotReady or upgrading
+    unavailable: int = 0  # of total: cordoned, NotReady or upgrading
     max_unavailable: int = 0  # maxUnavailable resolved against total
 
 

@@ -53,7 +53,7 @@ class Orchestrated:
     busy: bool  # work in progress: recheck soon
     counters: Counters = field(default_factory=Counters)
     started: int = 0  # upgrades started by this pass
-    made_unavailable: int = 0  # of them, on nodes that were available
+    made_unavailable: int = 0  # of them, on nodes not counted as unavailable before
     deferred: int = 0  # nodes whose actions wait for the next pass (out of this pass's write budget)
 
 
@@ -157,7 +157,7 @@ def orchestrate(
     starts = result.started
     started = len(starts)
     by_name = {n.name: n for n in managed} if starts else {}
-    made_unavailable = sum(1 for n in starts if not by_name[n].unavailable)
+    made_unavailable = sum(1 for n in starts if not by_name[n].counted_unavailable)
     if not policy.auto_upgrade:
         return Orchestrated(None, busy, c, started, made_unavailable, len(left))
     reasons = dict(result.waiting)

@@ -23,10 +23,10 @@ uncordon themselves, and a line in the operator's log (`Plan.finished`).
 
 Slots (computed from the observed states, before any of this pass's actions): `inProgress` = nodes in a
 state other than unknown/done/required (upgrade-failed holds its slot); a new upgrade may start while
-`inProgress < maxParallelUpgrades` (0 = unlimited) and, unless the node is already cordoned or NotReady,
+`inProgress < maxParallelUpgrades` (0 = unlimited) and, unless the node already counts as unavailable,
 while the number of unavailable nodes (cordoned, NotReady or upgrading) stays below `maxUnavailable` (a
-percentage of the nodes with a driver pod, as upstream, or mid-upgrade: a node no driver pod runs on yet is not
-counted).
+percentage of the nodes with a driver pod, as upstream, or mid-upgrade). A node no driver pod runs on yet counts
+neither in that base nor as unavailable (UpgradeNode.counted, counted_unavailable).
 """
 
 from __future__ import annotations
@@ -161,11 +161,9 @@ class Slots:
 class _Tally:
     """The nodes counted by state, in one walk (at 5,000 nodes each count's own walk was a tenth of a pass)."""
 
-    # maxUnavailable's base: the nodes with a driver pod (upstream builds its state from the driver pods), and those
-    # mid-upgrade (whose driver pod the upgrade deleted: its replacement is on its way).
-    total: int = 0
+    total: int = 0  # maxUnavailable's base: the nodes UpgradeNode.counted
     in_progress: int = 0
-    unavailable: int = 0  # cordoned, NotReady, or in progress
+    unavailable: int = 0  # UpgradeNode.counted_unavailable: of total, cordoned, NotReady, or in progress
     failed: int = 0
     done: int = 0
     pending: int = 0  # upgrade-required and not skipped
@@ -176,10 +174,9 @@ class _Tally:
         total = in_progress = unavailable = failed = done = pending = skipped = 0
         for n in nodes:
             state = n.state
-            busy = state in IN_PROGRESS_STATES
-            total += busy or n.driver_pod is not None
-            in_progress += busy
-            unavailable += busy or n.unschedulable or not n.ready
+            total += n.counted
+            in_progress += state in IN_PROGRESS_STATES
+            unavailable += n.counted_unavailable
             skip = n.skipped
             skipped += skip
             if state == DONE:
@@ -199,9 +196,9 @@ def select_starts(
 ) -> tuple[list[str], dict[str, str]]:
     """Which of the (sorted, not skipped) candidates start now, and why each other one waits.
 
-    A node that is already cordoned or NotReady costs a parallel slot but no maxUnavailable budget:
-    upgrading it does not make one more node unavailable. `limit`: limits beyond the policy's (the cluster-wide
-    ones over several NVIDIADrivers' upgrades), counting the starts made before these.
+    A node already counted as unavailable (UpgradeNode.counted_unavailable) costs a parallel slot but no
+    maxUnavailable budget: upgrading it does not make one more node unavailable. `limit`: limits beyond the policy's
+    (the cluster-wide ones over several NVIDIADrivers' upgrades), counting the starts made before these.
     """
     parallel_left = slots.max_parallel - slots.in_progress if slots.max_parallel else None
     unavailable_left = slots.max_unavailable - slots.unavailable
@@ -209,7 +206,7 @@ def select_starts(
     started: list[str] = []
     waiting: dict[str, str] = {}
     for node in candidates:
-        free = node.unavailable
+        free = node.counted_unavailable
         if limit is not None and limit.holds(free):
             waiting[node.name] = f"waiting for an upgrade slot: {limit.why}"
         elif parallel_left is not None and parallel_left <= 0:
@@ -803,7 +800,7 @@ def plan(
             advance(node)
 
     # Named in a candidate's wait only: no candidate, no walk.
-    unavailable_names = [n.name for n in nodes if n.unavailable or n.state in IN_PROGRESS_STATES] if candidates else []
+    unavailable_names = [n.name for n in nodes if n.counted_unavailable] if candidates else []
     started, slot_waits = select_starts(sorted(candidates, key=_by_name), slots, unavailable_names, limit)
     starting = set(started)
     for node in candidates:
@@ -1029,7 +1026,7 @@ def preview_joint_waves(
                 for n in r.nodes
                 if n.name in holders
                 or (n.name in upgraded and _stays_unavailable(n))
-                or (n.name not in upgraded and n.unavailable)
+                or (n.name not in upgraded and n.counted_unavailable)
             }
             slots.append(Slots(
                 total=r.total,
@@ -1049,7 +1046,7 @@ def preview_joint_waves(
             started, _ = select_starts(r.remaining, part_slots, limit=limit)
             starting = set(started)
             if limit is not None:
-                made_unavailable = sum(1 for n in r.remaining if n.name in starting and not n.unavailable)
+                made_unavailable = sum(1 for n in r.remaining if n.name in starting and not n.counted_unavailable)
                 limit = limit.after(len(started), made_unavailable)
             wave += (r.running if first else []) + started
             r.remaining = [n for n in r.remaining if n.name not in starting]

@@ -3,12 +3,14 @@ electors over an in-memory Lease store."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -30,6 +32,7 @@ from gpu_operator.leader import (
     observe,
     still_leading,
 )
+from gpu_operator.runtime import Operator
 
 
 class Clock:
@@ -134,6 +137,20 @@ def test_fence_drain_waits_for_writes_in_flight() -> None:
     leave.set()
     assert fence.drain(5)
     t.join()
+
+
+def test_a_closed_fence_stays_closed_whatever_renew_lands_after() -> None:
+    """A renew in the elector thread that was under way when the fence closed (step_down, a lost Lease) extended it
+    again: Fence.extend took max(-inf, deadline), opening it for another 10 s."""
+    clock = Clock()
+    fence = Fence(clock)
+    fence.extend(clock.t + 10)
+    fence.close()
+    fence.extend(clock.t + 10)
+    assert not fence.is_open()
+    with pytest.raises(NotLeader):
+        with fence.write("PATCH x"):
+            pass
 
 
 # --- the client's write path: requests the API server asks to send again ---
@@ -552,6 +569,30 @@ def test_release_hands_over_at_once() -> None:
     fences = run_until([a, b], clock, clock.t + RETRY_S + 0.3)
     assert fences[-1] == {"b"} and not a.lost
     assert store.events[-2:] == ["a stopped leading, releasing the Lease", "b became leader"]
+
+
+def test_a_renew_while_step_down_drains_does_not_reopen_the_fence_after_the_lease_is_released() -> None:
+    """Operator.step_down closes the fence, waits for the writes in flight (up to 5 s), then releases the Lease. The
+    elector thread ran until release(): a renew in between (one every 5 s) extended the closed fence for 10 s, and
+    b took the released Lease while a's reconcile pass (a thread task.cancel() does not stop) and label threads could
+    still write: the two replicas' writes could interleave."""
+    clock, store = Clock(), LeaseStore()
+    a, b = Replica("a", store, clock), Replica("b", store, clock)
+    run_until([a, b], clock, clock.t + 7)
+    assert a.elector.leading
+    drain = a.fence.drain
+
+    def drain_while_the_elector_renews(timeout: float) -> bool:
+        a.elector.step()  # the elector thread's periodic renew, due while step_down waits here
+        return drain(timeout)
+
+    a.fence.drain = drain_while_the_elector_renews  # type: ignore[method-assign]
+    op = SimpleNamespace(elector=a.elector, kube=SimpleNamespace(fence=a.fence))
+    asyncio.run(Operator.step_down(op))  # type: ignore[arg-type]
+    assert store.lease and store.lease["spec"]["holderIdentity"] == "", "released"
+    fences = run_until([a, b], clock, clock.t + RETRY_S + 0.3)
+    assert b.elector.leading and not a.fence.is_open()
+    assert all(len(f) <= 1 for f in fences), f"two replicas may write at once: {fences}"
 
 
 def test_a_follower_takes_over_when_the_lease_runs_out_and_retries_a_failed_take_over_every_retry_s() -> None:

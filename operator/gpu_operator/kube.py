@@ -84,21 +84,25 @@ class NotLeader(RuntimeError):
 class Fence:
     """Lets writes through only until a deadline (the leader's renew deadline), checked before each one is sent.
 
-    The leader election extends it on every renew and closes it when leadership ends; `drain` waits for the
-    writes already sent, so the Lease is released only after the last of them is answered."""
+    The leader election extends it on every renew and closes it, for good, when leadership ends (the process then
+    exits); `drain` waits for the writes already sent, so the Lease is released only after the last of them is
+    answered."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self.clock = clock
         self.until = float("-inf")
+        self.closed = False
         self._inflight = 0
         self._cond = threading.Condition()
 
     def extend(self, until: float) -> None:
         with self._cond:
-            self.until = max(self.until, until)
+            if not self.closed:  # a renew that lands after close() does not open it again
+                self.until = max(self.until, until)
 
     def close(self) -> None:
         with self._cond:
+            self.closed = True
             self.until = float("-inf")
 
     def is_open(self) -> bool:

@@ -633,12 +633,12 @@ class Operator:
         takeover."""
         if self.elector is None:
             return
+        self.elector.stop.set()  # no further renew; one under way cannot open the closed fence again
         fence = self.kube.fence
         if fence is not None:
             fence.close()
             if not await asyncio.to_thread(fence.drain, 5.0):
                 log.warning("writes still in flight after 5s; the Lease is left to expire")
-                self.elector.stop.set()
                 return
         if await asyncio.to_thread(self.elector.release):
             log.info("leader election: %s released the Lease", self.elector.me)

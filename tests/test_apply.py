@@ -263,6 +263,53 @@ def test_a_spec_changed_by_another_writer_is_applied_again_once() -> None:
     assert client.calls == []
 
 
+def test_a_daemonset_another_writer_created_again_is_taken_back() -> None:
+    """`kubectl replace --force -f edited.yaml` (or delete, then create from `kubectl get -o yaml` with the image
+    edited) leaves a new DaemonSet at generation 1 that keeps our hash annotation. The Applier remembered the
+    generation its last apply left by name alone (3 here) and took 1 for unchanged: the edited spec stayed until the
+    operator restarted. Another uid now counts as not applied since we started, and the managedFields say who
+    wrote last."""
+    plans = render_all(sample_spec())
+
+    class Generations(Client):
+        """Every apply leaves its object at that object's next generation."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.generation: dict[str, int] = {}
+
+        def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+            out = super().apply(obj)
+            name = obj["metadata"]["name"]
+            with self.lock:
+                self.generation[name] = generation = self.generation.get(name, 0) + 1
+            return {**out, "metadata": {**out["metadata"], "generation": generation, "uid": "uid-ours"}}
+
+    client = Generations()
+    applier = Applier(client)  # type: ignore[arg-type]
+    live = {key_of(o): o for a in applier.apply_states(plans, {}).values() for o in a.objects}  # type: ignore[arg-type]
+    key, ds = next((k, o) for k, o in live.items() if o["kind"] == "DaemonSet")
+    for _ in range(2):  # two in-place edits taken back: our last apply left generation 3
+        edited = {**ds, "metadata": {**ds["metadata"], "generation": client.generation[key[2]] + 1,
+                                     "managedFields": [{"manager": "kubectl-edit", "operation": "Update",
+                                                        "time": "2026-11-30T10:07:00Z"}]}}  # fmt: skip
+        applier.apply_states(plans, {**live, key: edited})
+    assert client.generation[key[2]] == 3
+    client.calls.clear()
+    replaced = copy.deepcopy(ds)
+    replaced["metadata"].update(generation=1, uid="uid-admins", resourceVersion="900", managedFields=[
+        {"manager": "gpu-operator", "operation": "Apply", "time": "2026-11-30T10:00:05Z"},
+        {"manager": "kubectl-replace", "operation": "Update", "time": "2026-11-30T10:09:00Z"},
+    ])  # fmt: skip
+    replaced["spec"]["template"]["spec"]["containers"][0]["image"] = "registry.example/edited:latest"
+    applier.apply_states(plans, {**live, key: replaced})
+    assert client.calls == [("apply", "DaemonSet", key[2])]
+    # Our apply's answer is live again (our uid, generation 4): steady.
+    client.calls.clear()
+    applier.apply_states(plans, {**live, key: {**ds, "metadata": {**ds["metadata"], "generation": 4}}})
+    assert client.calls == []
+
+
 def test_after_a_restart_the_managed_fields_tell_a_foreign_write_from_ours() -> None:
     """An operator that has not applied an object since it started reads managedFields: another manager's spec
     write later than our apply is taken back; status writes and older foreign writes are not."""

@@ -65,12 +65,14 @@ class Applier:
         # Node -> (the resourceVersion our last patch of it returned, or IN_FLIGHT; that patch). A decision made on
         # an older view of the node that comes to the same patch was already carried out: not sent twice.
         self._sent: dict[str, tuple[int, NodePatch]] = {}
-        # Object -> the version our last apply of it left (or, for one not applied since we started, the version
-        # first seen): its metadata.generation, or for kinds without one (ConfigMap, ClusterRole, Service...) its
-        # resourceVersion. A live object past it had its spec changed by another writer, which left our hash
-        # annotation as it was: applied again (once: that apply's version is recorded in turn, so a change that
-        # only touched fields we do not set costs one write). Dropped when prune deletes the object.
-        self._versions: dict[Key, int] = {}
+        # Object -> its uid and the version our last apply of it left (or, for one not applied since we started,
+        # the version first seen): its metadata.generation, or for kinds without one (ConfigMap, ClusterRole,
+        # Service...) its resourceVersion. A live object past it had its spec changed by another writer, which left
+        # our hash annotation as it was: applied again (once: that apply's version is recorded in turn, so a change
+        # that only touched fields we do not set costs one write). One of another uid (deleted and created again by
+        # another writer, at a generation that starts over) counts as not applied since we started. Dropped when
+        # prune deletes the object.
+        self._versions: dict[Key, tuple[str | None, int]] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="apply")
 
@@ -162,13 +164,15 @@ class Applier:
             return False
         meta = live.get("metadata") or {}
         version, what = _version(live)
-        ours = self._versions.get(key_of(live))
-        # Not applied since we started: did another writer come after our last apply? One whose write left our
-        # fields as they were stays later for good (a no-op apply does not stamp our entry): each restart sends that
-        # object one apply, which the API server skips and apply_states does not count as a change.
+        uid = meta.get("uid")
+        held = self._versions.get(key_of(live))
+        ours = held[1] if held is not None and (held[0] == uid or not held[0] or not uid) else None  # same object
+        # Not applied since we started (or created again since): did another writer come after our last apply? One
+        # whose write left our fields as they were stays later for good (a no-op apply does not stamp our entry): each
+        # restart sends that object one apply, which the API server skips and apply_states does not count as a change.
         if ours is None:
             if not foreign_write_after_ours(meta.get("managedFields") or []):
-                self._versions[key_of(live)] = version
+                self._versions[key_of(live)] = (uid, version)
                 return False
             ours = 0
         elif version <= ours:
@@ -186,7 +190,7 @@ class Applier:
             result = self.kube.apply(obj)
         except ApiError as exc:
             return exc
-        self._versions[key_of(obj)] = _version(result)[0]
+        self._versions[key_of(obj)] = ((result.get("metadata") or {}).get("uid"), _version(result)[0])
         return result
 
     def _map(self, fn: Callable[[T], R], items: list[T]) -> list[R]:

@@ -4,10 +4,14 @@ nothing else: it is rendered, watched, listed at start-up for pruning and grante
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import kopf
 import pytest
@@ -16,11 +20,11 @@ import yaml
 from gpu_operator import kinds, states
 from gpu_operator.api import parse_spec
 from gpu_operator.kinds import Kind, operand_kinds, operand_rbac, registry
-from gpu_operator.kube import path_for
+from gpu_operator.kube import Kube, path_for
 from gpu_operator.render import node_patches, plan
 from gpu_operator.runtime import Operator, build_registry
 from gpu_operator.states import RenderContext, all_states
-from support import OWNER, REPO, fixed_nodes, load_scenario, scenario_names
+from support import OWNER, REPO, fixed_nodes, load_scenario, render_all, sample_spec, scenario_names
 
 STATE_MODULE = '''
 """A throw-away state shipped outside the package, with a kind no other state renders."""
@@ -163,3 +167,60 @@ def test_watches_cover_every_operand_kind_and_crds() -> None:
     assert ("apiextensions.k8s.io", "customresourcedefinitions") in watched
     assert ("monitoring.coreos.com", "servicemonitors") in watched  # the kind that was never watched before
     assert isinstance(reg, kopf.OperatorRegistry)
+
+
+@pytest.fixture
+def discovery(tmp_path: Path) -> Iterator[tuple[Kube, list[dict[str, Any]]]]:
+    """A loopback API server whose discovery serves monitoring.coreos.com/v1 with the resources in the list it
+    yields (the Prometheus operator's CRDs installed in part, or while they are installed one by one)."""
+    resources: list[dict[str, Any]] = []
+    v1 = {"groupVersion": "monitoring.coreos.com/v1", "version": "v1"}
+    group = {"name": "monitoring.coreos.com", "versions": [v1], "preferredVersion": v1}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            answers = {"/apis": {"kind": "APIGroupList", "groups": [group]},
+                       "/apis/monitoring.coreos.com/v1": {"kind": "APIResourceList", "resources": resources}}
+            found = answers.get(self.path.split("?")[0])
+            body = json.dumps(found or {"kind": "Status", "code": 404, "reason": "NotFound"}).encode()
+            self.send_response(200 if found else 404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    config = tmp_path / "kubeconfig"
+    config.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{httpd.server_port}"}}],
+        "users": [{"name": "u", "user": {}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+    }))  # fmt: skip
+    try:
+        yield Kube.connect(str(config), resume_tls=False), resources
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_servicemonitor_is_rendered_only_where_its_kind_is_served(discovery: tuple[Kube, list[Any]]) -> None:
+    """An optional kind was taken for served when its API group was: a cluster serving monitoring.coreos.com with
+    PrometheusRules alone got a ServiceMonitor apply answered 404 on every pass, state-operator-metrics notReady and
+    the ClusterPolicy never ready. Upstream creates the ServiceMonitors only when the CRD
+    servicemonitors.monitoring.coreos.com exists (controllers/object_controls.go ServiceMonitor()); discovery now
+    names the optional kinds served, read from their group-version."""
+    kube, resources = discovery
+
+    def monitors() -> list[str]:
+        plans = render_all(sample_spec(), api_groups=kube.api_groups())
+        return [o["metadata"]["name"] for p in plans for o in p.objects if o["kind"] == "ServiceMonitor"]
+
+    resources.append({"name": "prometheusrules", "kind": "PrometheusRule", "namespaced": True, "verbs": ["get"]})
+    assert kube.api_groups() == frozenset() and monitors() == []
+    resources.append({"name": "servicemonitors", "kind": "ServiceMonitor", "namespaced": True, "verbs": ["get"]})
+    assert kube.api_groups() == {"monitoring.coreos.com/servicemonitors"} and monitors() == ["gpu-operator"]

@@ -18,7 +18,7 @@ class Kind:
     plural: str
     namespaced: bool
     # Served only when an optional API is installed (ServiceMonitor: the Prometheus operator). The operator
-    # renders, watches and lists it only while the API server serves its group.
+    # renders, watches and lists it only while the API server serves it (`served`).
     optional: bool = False
 
     @property
@@ -28,6 +28,11 @@ class Kind:
     @property
     def version(self) -> str:
         return self.api_version.rpartition("/")[2]
+
+    @property
+    def resource(self) -> str:
+        """"<group>/<plural>", as Kube.api_groups names a served optional kind."""
+        return f"{self.group}/{self.plural}"
 
     @property
     def prefix(self) -> str:
@@ -111,8 +116,10 @@ def lookup(kind: str) -> Kind:
 
 
 def served(kind: Kind, api_groups: frozenset[str]) -> bool:
-    """Whether the API server serves the kind (optional kinds need their group)."""
-    return not kind.optional or kind.group in api_groups
+    """Whether the API server serves the kind. An optional kind needs its resource ("<group>/<plural>", as discovery
+    reports it: Kube.api_groups), or its whole group assumed (`render --api-group`): a group served without the kind
+    (the Prometheus operator's CRDs installed in part) is not enough, as upstream's check of the CRD by name."""
+    return not kind.optional or kind.resource in api_groups or kind.group in api_groups
 
 
 # What the operator does with the objects it owns: server-side apply (patch, create), watch, prune.

@@ -24,7 +24,7 @@ import yaml
 from kubernetes import client, config
 
 from . import tls
-from .kinds import lookup
+from .kinds import lookup, registry
 
 FIELD_MANAGER = "gpu-operator"
 
@@ -601,8 +601,22 @@ class Kube:
             time.sleep(0.2)
 
     def api_groups(self) -> frozenset[str]:
+        """The served API groups by name, but for the groups of optional kinds: the optional kinds served, as
+        "<group>/<plural>" (kinds.served), read from their group-version (one GET each where the group is served)."""
         groups = self.request("GET", "/apis").get("groups") or []
-        return frozenset(g["name"] for g in groups)
+        versions = {g["name"]: {v.get("version") for v in g.get("versions") or []} for g in groups}
+        optional = [k for k in registry().values() if k.optional]
+        out = set(versions) - {k.group for k in optional}
+        for api_version in sorted({k.api_version for k in optional if k.version in versions.get(k.group, ())}):
+            try:
+                listed = self.request("GET", f"/apis/{api_version}").get("resources") or []
+            except ApiError as exc:
+                if exc.status != 404:  # 404: gone since /apis was read
+                    raise
+                listed = []
+            names = {r.get("name") for r in listed}
+            out |= {k.resource for k in optional if k.api_version == api_version and k.plural in names}
+        return frozenset(out)
 
 
 class DryRunKube(Kube):

@@ -706,16 +706,16 @@ class Operator:
         self._gone = self._touched = None
 
     def refresh_discovery(self) -> None:
-        """Re-read the served API groups; list the owned objects of optional kinds that just appeared."""
+        """Re-read what the API serves; list the owned objects of optional kinds that just appeared."""
         before = self.api_groups
         self.api_groups = self.kube.api_groups()
         for kind in operand_kinds():
             if kind.optional and served(kind, self.api_groups) and not served(kind, before):
-                log.info("API group %s is served now: %s objects are rendered and watched", kind.group, kind.kind)
+                log.info("%s is served now: %s objects are rendered and watched", kind.resource, kind.kind)
                 for obj in list_owned(self.kube, kind, self.namespace, self.api_groups):
                     self.owned[key_of(obj)] = obj
             elif kind.optional and served(kind, before) and not served(kind, self.api_groups):
-                log.info("API group %s is no longer served: %s objects are not rendered", kind.group, kind.kind)
+                log.info("%s is no longer served: %s objects are not rendered", kind.resource, kind.kind)
                 for key in [k for k in self.owned if k[0] == kind.kind]:
                     self.owned.pop(key, None)
 

@@ -4,6 +4,7 @@ and change detection."""
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -133,6 +134,39 @@ def test_our_finalizer_is_added_without_dropping_one_another_controller_added_si
     finalizers = kube.objects[("ClusterPolicy", "cluster-policy")]["metadata"]["finalizers"]
     assert finalizers == ["backup.example.com/protect", CLEANUP_FINALIZER]
     assert kube.statuses, "written on the object as it is now, after our finalizer patch (its answer's version)"
+
+
+@pytest.mark.parametrize("refused", [404, 403])
+def test_a_failed_write_on_another_clusterpolicy_does_not_cut_the_active_policys_pass(refused: int) -> None:
+    """The `ignored` status of a ClusterPolicy that is not the active one, and the finalizer patch that lets a deleted
+    one go, were written before the try that turns an ApiError into a failed pass with a status. One of them gone
+    since the snapshot (404: a second policy gets no finalizer of ours; ours removed by hand) or refused (a 403, a
+    webhook) left reconcile() with the ApiError: the active ClusterPolicy went without its pass and its status for as
+    long as that lasted, and the runtime logged a traceback. Now each is logged and the pass goes on; a refusal is
+    tried again soon."""
+    from gpu_operator.lifecycle import CLEANUP_FINALIZER
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+    from support import RecordingKube, facts
+
+    class Refusing(RecordingKube):
+        def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *a: Any, **k: Any) -> dict[str, Any]:
+            if kind == "ClusterPolicy" and name != "cluster-policy":
+                path = f"PATCH /apis/nvidia.com/v1/clusterpolicies/{name}"
+                raise ApiError(refused, json.dumps({"message": f'clusterpolicies.nvidia.com "{name}" refused'}), path)
+            return super().merge_patch(kind, name, patch, *a, **k)
+
+    active, second, deleted = policy_object(), policy_object(), policy_object()
+    second["metadata"].update(name="second", uid="u2", creationTimestamp="2026-02-01T00:00:00Z")
+    deleted["metadata"].update(name="deleted", uid="u3", creationTimestamp="2026-02-01T00:00:00Z",
+                               deletionTimestamp="2026-02-02T00:00:00Z", finalizers=[CLEANUP_FINALIZER])  # fmt: skip
+    nodes = {"gpu-1": facts("gpu-1")}
+    for others in ({"second": second}, {"deleted": deleted}):
+        kube = Refusing()
+        out = Reconciler(kube, "gpu-operator").reconcile(Snapshot(  # type: ignore[arg-type]
+            nodes=nodes, policies={"cluster-policy": active, **others}, owned={}, pods={}, revisions={}))  # fmt: skip
+        assert ("ClusterPolicy", "cluster-policy") in kube.statuses, f"the active policy's pass was cut ({others})"
+        assert out.busy == (refused != 404), out.busy
 
 
 def test_a_deleted_policy_is_let_go_without_putting_back_a_finalizer_its_owner_removed_since() -> None:

@@ -266,13 +266,21 @@ class Reconciler:
                 status = ignored_status(
                     generation=generation, namespace=self.namespace, active=active or "?", previous=previous, now=now()
                 )
-                if not self.status.write(policy, status):
-                    out.busy = True  # held back, or the policy changed since it was read: the next pass writes it
+                try:
+                    if not self.status.write(policy, status):
+                        out.busy = True  # held back, or the policy changed since it was read: the next pass writes it
+                except ApiError as exc:  # refused, or gone since it was read (404): the active policy's pass goes on
+                    log.warning("ClusterPolicy %s: status not written: %s", name, exc)
+                    out.busy = out.busy or exc.status != 404
         gpu_nodes = [n for n in snap.nodes.values() if n.has_gpu]
         metrics.gpu_nodes_total.set(len(gpu_nodes))
         metrics.reconciliation_has_nfd_labels.set(int(any(n.has_nfd for n in snap.nodes.values())))
-        if not self.lifecycle.cleanup_deleted(snap):
-            out.busy = True  # a policy changed since it was read: its finalizer is let go on the next pass
+        try:
+            if not self.lifecycle.cleanup_deleted(snap):
+                out.busy = True  # a policy changed since it was read: its finalizer is let go on the next pass
+        except ApiError as exc:  # refused, or the policy gone (404: its finalizer removed by hand): the pass goes on
+            log.warning("deleted ClusterPolicy not let go: %s", exc)
+            out.busy = out.busy or exc.status != 404
         if active is None or snap.policies[active]["metadata"].get("deletionTimestamp"):
             self.labelling = None
         if active is None:

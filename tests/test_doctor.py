@@ -736,6 +736,21 @@ def test_cuda_oom_and_more_than_one_replica_on_an_mps_node_are_not_called_time_s
     assert "MPS clients" in found["MultipleMPSSharedGPUs"].summary and "request 1" in found["MultipleMPSSharedGPUs"].fix
 
 
+def test_more_than_one_shared_gpu_is_judged_per_container() -> None:
+    """MultipleMPSSharedGPUs said the device plugin rejects a pod of two containers asking 1 MPS replica each (and
+    MultipleTimeSlicedGPUs that more than one replica adds nothing): the plugin checks each container's request on
+    its own (k8s-device-plugin internal/plugin/server.go Allocate), and one replica per container is ordinary
+    sharing. Now only a container asking more than one is reported, by name."""
+    for strategy, kind in (("mps", "MultipleMPSSharedGPUs"), ("time-slicing", "MultipleTimeSlicedGPUs")):
+        shared = node("h-0", labels={"nvidia.com/gpu.replicas": "4", "nvidia.com/gpu.sharing-strategy": strategy})
+        two = pod("two", 1, node_name="h-0")
+        two["spec"]["containers"].append(gpu_container("b", 1))
+        sidecar = pod("sidecar", 1, node_name="h-0", initContainers=[gpu_container("s", 1, restartPolicy="Always")])
+        assert kind not in kinds(cluster([shared], [two, sidecar]))
+        f = kinds(cluster([shared], [pod("big", 2, node_name="h-0")]))[kind]
+        assert f.summary.startswith("container main requests 2 GPUs"), f.summary
+
+
 def test_operand_stuck_in_init_names_the_first_failing_validator_step() -> None:
     validator = {
         "kind": "Pod",
@@ -1145,6 +1160,28 @@ def test_capacity_does_not_count_an_mps_shared_node_for_a_pod_asking_two_replica
     like = capacity.plan(two, 4, views, capacity.parse_profile("m-0", views))
     assert like.per_new_node == 0 and like.extra_nodes is None
     assert capacity.plan(one, 4, views).fits_now == 4
+
+
+def gpu_container(name: str, gpus: int, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "image": "busybox", "resources": {"limits": {"nvidia.com/gpu": str(gpus)}}, **extra}
+
+
+def test_capacity_checks_mps_replicas_per_container() -> None:
+    """The device plugin checks failRequestsGreaterThanOne per container: the kubelet's Allocate carries one request
+    per container and the plugin counts each one's devices (k8s-device-plugin internal/plugin/server.go Allocate,
+    internal/rm/rm.go ValidateRequest). capacity summed the pod's containers, so a pod of two containers asking 1
+    MPS replica each (or one beside a sidecar asking 1) was refused on every MPS node: "fit now: 0", "impossible".
+    Now only a container asking more than one is refused, and it is named."""
+    mps = node("m-0", gpus=32, labels={"nvidia.com/gpu.sharing-strategy": "mps", "nvidia.com/gpu.replicas": "4"})
+    views = nodes_with_pods([mps], [])
+    two = pod("job", 1)
+    two["spec"]["containers"].append(gpu_container("b", 1))
+    sidecar = pod("job", 1, initContainers=[gpu_container("s", 1, restartPolicy="Always")])
+    for p in (two, sidecar):
+        result = capacity.plan(p, 4, views)
+        assert result.fits_now == 4 and "MPS-shared" not in result.fits[0].why, capacity.render(result, "job")
+    result = capacity.plan(pod("job", 2), 4, views)
+    assert result.fits_now == 0 and "refuses container main's request of 2, more than 1" in result.fits[0].why
 
 
 def test_capacity_new_node_like_an_existing_one_does_not_keep_its_hostname() -> None:

@@ -1,8 +1,8 @@
 """Capacity planning (pure): how many copies of a pod fit on the cluster now, where, and how many more nodes of
 a given profile the rest needs (seed Exercise 3). Honours resource requests (GPUs, CPU, memory, pods), node
 selectors and required node affinity, taints, cordons, required pod anti-affinity on the hostname topology and
-the device plugin's refusal of more than one MPS-shared GPU. Required pod affinity and DoNotSchedule topology
-spread constraints are not modelled: the plan says so."""
+the device plugin's refusal of a container asking more than one MPS-shared GPU. Required pod affinity and
+DoNotSchedule topology spread constraints are not modelled: the plan says so."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from .doctor.common import REPLICAS_LABEL, mps_refuses, shared_gpus
+from .doctor.common import REPLICAS_LABEL, most_shared_gpus, mps_refuses
 from .doctor.sched import (
     NodeView,
     anti_affinity_blocks,
@@ -161,9 +161,10 @@ def fit_on(pod: dict[str, Any], node: NodeView, requests: dict[str, Decimal]) ->
         return NodeFit(node.name, 0, "excluded: cordoned (unschedulable)")
     if anti_affinity_blocks(pod, node):
         return NodeFit(node.name, 0, "excluded: a pod there matches the pod's required anti-affinity")
-    if mps_refuses(node.labels, requests):
+    container, gpus = most_shared_gpus(pod)  # the device plugin checks each container's request
+    if mps_refuses(node.labels, gpus):
         return NodeFit(node.name, 0, f"excluded: MPS-shared GPUs (replicas {node.labels.get(REPLICAS_LABEL)}): the "
-                       f"device plugin refuses a request of {shared_gpus(requests)}, more than 1")  # fmt: skip
+                       f"device plugin refuses container {container}'s request of {gpus}, more than 1")  # fmt: skip
     need = {**{k: v for k, v in requests.items() if v > 0}, "pods": Decimal(1)}
     best, limit = None, ""
     for resource, amount in sorted(need.items()):

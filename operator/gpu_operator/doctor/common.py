@@ -13,7 +13,7 @@ from typing import Any
 from ..api import ClusterPolicySpec, PolicyError, parse_policy
 from ..status import active_policy
 from .model import Cluster, Evidence, pod_ref
-from .sched import GPU, GPU_SHARED
+from .sched import GPU, GPU_SHARED, container_requests
 
 UPGRADE_STATE = "nvidia.com/gpu-driver-upgrade-state"
 SETTLED_UPGRADE = ("", "upgrade-done")  # upgrade states in which a node waits for nothing
@@ -224,17 +224,24 @@ def shared_replicas(labels: dict[str, str]) -> int:
 
 
 def shared_gpus(requests: Mapping[str, Any]) -> int:
-    """How many GPUs a pod's requests ask of the resource GPU sharing advertises (nvidia.com/gpu, or
-    nvidia.com/gpu.shared when the sharing config renames it)."""
+    """How many GPUs requests ask of the resource GPU sharing advertises (nvidia.com/gpu, or nvidia.com/gpu.shared
+    when the sharing config renames it)."""
     return int(max(requests.get(GPU, 0), requests.get(GPU_SHARED, 0)))
 
 
-def mps_refuses(labels: dict[str, str], requests: Mapping[str, Any]) -> bool:
-    """Whether the device plugin of a node with these labels refuses a pod of these requests (the kubelet fails it
-    with UnexpectedAdmissionError): MPS-shared replicas and more than one of them asked. The plugin
-    sets failRequestsGreaterThanOne for MPS unless its config sets it false (k8s-device-plugin
+def most_shared_gpus(pod: dict[str, Any]) -> tuple[str, int]:
+    """(container, GPUs) of the container asking most shared GPUs (see shared_gpus): the device plugin checks each
+    container's request on its own, not the pod's sum (the kubelet's Allocate carries one request per container;
+    k8s-device-plugin internal/plugin/server.go Allocate, internal/rm/rm.go ValidateRequest)."""
+    return max(((name, shared_gpus(r)) for name, r in container_requests(pod)), key=lambda c: c[1], default=("", 0))
+
+
+def mps_refuses(labels: dict[str, str], gpus: int) -> bool:
+    """Whether the device plugin of a node with these labels refuses a container asking `gpus` shared GPUs (the
+    kubelet fails the pod with UnexpectedAdmissionError): MPS-shared replicas and more than one of them asked. The
+    plugin sets failRequestsGreaterThanOne for MPS unless its config sets it false (k8s-device-plugin
     api/config/v1/config.go; internal/rm/rm.go ValidateRequest)."""
-    return shared_gpus(requests) > 1 and labels.get(SHARING_LABEL) == "mps" and shared_replicas(labels) > 1
+    return gpus > 1 and labels.get(SHARING_LABEL) == "mps" and shared_replicas(labels) > 1
 
 
 def has_driver_labels(labels: dict[str, str]) -> bool:

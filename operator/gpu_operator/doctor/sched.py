@@ -100,6 +100,13 @@ def pod_requests(pod: dict[str, Any]) -> dict[str, Decimal]:
     return total
 
 
+def container_requests(pod: dict[str, Any]) -> list[tuple[str, dict[str, Decimal]]]:
+    """(name, requests) of each init container and container, on its own."""
+    spec = pod.get("spec") or {}
+    return [(str(c.get("name") or ""), _container_requests(c))
+            for key in ("initContainers", "containers") for c in spec.get(key) or []]  # fmt: skip
+
+
 def gpu_requests(pod: dict[str, Any]) -> dict[str, int]:
     return {k: int(v) for k, v in pod_requests(pod).items() if is_gpu_resource(k) and v > 0}
 

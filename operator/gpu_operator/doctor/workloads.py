@@ -29,11 +29,11 @@ from .common import (
     full_support_version,
     image_pull_failure,
     image_repository,
+    most_shared_gpus,
     mps_refuses,
     parse_time,
     sandbox_failure,
     sandbox_fix,
-    shared_gpus,
     shared_replicas,
     version_tuple,
 )
@@ -99,7 +99,7 @@ def findings(cluster: Cluster, pods: list[dict[str, Any]]) -> list[Finding]:
             if f:
                 out.append(f)
             continue
-        out += _time_sliced(cluster, pod, gpus)
+        out += _time_sliced(cluster, pod)
         out += _refused_by_driver(cluster, pod, _cuda_vs_driver(cluster, pod))
         out += _no_kernel_image(cluster, pod)
         out += _no_device(cluster, pod, gpus)
@@ -440,8 +440,8 @@ def _mps_limit(labels: dict[str, str], replicas: int) -> str:
     return f"the GPU's memory / {replicas} replicas"
 
 
-def _time_sliced(cluster: Cluster, pod: dict[str, Any], gpus: dict[str, int]) -> list[Finding]:
-    count = shared_gpus(gpus)
+def _time_sliced(cluster: Cluster, pod: dict[str, Any]) -> list[Finding]:
+    container, count = most_shared_gpus(pod)  # one replica in each of several containers is ordinary sharing
     if count <= 1:
         return []
     node = (pod.get("spec") or {}).get("nodeName")
@@ -454,20 +454,20 @@ def _time_sliced(cluster: Cluster, pod: dict[str, Any], gpus: dict[str, int]) ->
     evidence = [Evidence(f"Node {n}", f"labels[{REPLICAS_LABEL}]", str(_node_replicas(cluster, n))) for n in shared[:5]]
     if status.get("reason") == "UnexpectedAdmissionError":
         evidence.insert(0, Evidence(ref, "status.message", str(status.get("message", ""))))
-    if all(mps_refuses(cluster.views[n].labels, gpus) for n in shared):
+    if all(mps_refuses(cluster.views[n].labels, count) for n in shared):
         evidence += [Evidence(f"Node {n}", f"labels[{SHARING_LABEL}]", "mps") for n in shared[:5]]
         return [Finding(
             WARNING, "MultipleMPSSharedGPUs", ref,
-            f"the pod requests {count} GPUs of an MPS-shared resource: replicas are MPS clients of the same "
-            "physical GPUs, each limited to its share of one GPU's memory, so more than one may be the same GPU "
+            f"container {container} requests {count} GPUs of an MPS-shared resource: replicas are MPS clients of the "
+            "same physical GPUs, each limited to its share of one GPU's memory, so more than one may be the same GPU "
             "and adds nothing (failRequestsGreaterThanOne, the MPS default, makes the device plugin reject the pod)",
             "request 1 shared GPU, or run on nodes without sharing (whole GPUs) or MIG when the job needs more",
             evidence, nodes=tuple(shared),
         )]  # fmt: skip
     return [Finding(
         WARNING, "MultipleTimeSlicedGPUs", ref,
-        f"the pod requests {count} GPUs of a time-sliced resource: replicas are slices of time on the same "
-        "physical GPUs, so more than one may be the same GPU and adds no compute or memory (with "
+        f"container {container} requests {count} GPUs of a time-sliced resource: replicas are slices of time on the "
+        "same physical GPUs, so more than one may be the same GPU and adds no compute or memory (with "
         "failRequestsGreaterThanOne the device plugin rejects the pod)",
         "request 1 shared GPU, or run on nodes without time-slicing (whole GPUs) when the job needs several",
         evidence, nodes=tuple(shared),

@@ -1,8 +1,8 @@
 """Capacity planning (pure): how many copies of a pod fit on the cluster now, where, and how many more nodes of
 a given profile the rest needs (seed Exercise 3). Honours resource requests (GPUs, CPU, memory, pods), node
-selectors and required node affinity, taints, cordons, required pod anti-affinity on the hostname topology and
-the device plugin's refusal of a container asking more than one MPS-shared GPU. Required pod affinity and
-DoNotSchedule topology spread constraints are not modelled: the plan says so."""
+selectors and required node affinity, taints, cordons, required pod anti-affinity on the hostname topology (the
+pod's and the running pods') and the device plugin's refusal of a container asking more than one MPS-shared GPU.
+Required pod affinity and DoNotSchedule topology spread constraints are not modelled: the plan says so."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ from .doctor.sched import (
     fmt,
     pod_requests,
     quantity,
+    repelled_by,
+    repelling_terms,
     selector_ok,
     self_anti_affinity,
     untolerated_taints,
@@ -161,6 +163,11 @@ def fit_on(pod: dict[str, Any], node: NodeView, requests: dict[str, Decimal]) ->
         return NodeFit(node.name, 0, "excluded: cordoned (unschedulable)")
     if anti_affinity_blocks(pod, node):
         return NodeFit(node.name, 0, "excluded: a pod there matches the pod's required anti-affinity")
+    other = repelled_by(pod, node)
+    if other is not None:
+        meta = other.get("metadata") or {}
+        return NodeFit(node.name, 0, f"excluded: pod {meta.get('namespace') or 'default'}/{meta.get('name')} there "
+                       "repels it (its required anti-affinity matches the pod)")  # fmt: skip
     container, gpus = most_shared_gpus(pod)  # the device plugin checks each container's request
     if mps_refuses(node.labels, gpus):
         return NodeFit(node.name, 0, f"excluded: MPS-shared GPUs (replicas {node.labels.get(REPLICAS_LABEL)}): the "
@@ -197,8 +204,11 @@ def plan(pod: dict[str, Any], count: int, nodes: dict[str, NodeView], profile: N
     requests = pod_requests(pod)
     fits = sorted((fit_on(pod, v, requests) for v in nodes.values()), key=lambda f: (-f.fits, f.node))
     notes = []
-    if any(t.get("topologyKey") != HOSTNAME_LABEL for t in anti_affinity_terms(pod)):
-        notes.append("anti-affinity terms on topologies other than kubernetes.io/hostname are not modelled")
+    running = [p for v in nodes.values() for p in v.pods]
+    theirs = [t for _, t in repelling_terms(pod, running)]
+    if any(t.get("topologyKey") != HOSTNAME_LABEL for t in anti_affinity_terms(pod) + theirs):
+        notes.append("anti-affinity terms on topologies other than kubernetes.io/hostname (the pod's, or a running "
+                     "pod's that matches it) are not modelled")  # fmt: skip
     spec = pod.get("spec") or {}
     if ((spec.get("affinity") or {}).get("podAffinity") or {}).get("requiredDuringSchedulingIgnoredDuringExecution"):
         notes.append("required pod affinity is not modelled: the scheduler puts a copy only where a pod matching "

@@ -785,8 +785,9 @@ def _add_doctor(sub: Any) -> None:
         help="how many copies of a pod fit now and how many nodes the rest needs (reads only)",
         description="For a pod spec and a count: how many fit on the cluster now and on which nodes, and the "
         "minimum number of extra nodes of a profile for the rest, honouring GPU, CPU and memory requests, node "
-        "selectors and affinity, taints, cordons, required pod anti-affinity (per hostname) and MPS-shared GPUs "
-        "(one per container); required pod affinity and DoNotSchedule topology spread constraints get a note.",
+        "selectors and affinity, taints, cordons, required pod anti-affinity (per hostname, both ways) and "
+        "MPS-shared GPUs (one per container); required pod affinity and DoNotSchedule topology spread constraints "
+        "get a note.",
     )
     p.add_argument("--pod", required=True, help="Pod YAML file ('-' for stdin)")
     p.add_argument("--count", type=_at_least_one, required=True, help="how many copies")

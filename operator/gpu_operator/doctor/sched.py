@@ -222,29 +222,41 @@ def anti_affinity_terms(pod: dict[str, Any]) -> list[dict[str, Any]]:
     return list(anti.get("requiredDuringSchedulingIgnoredDuringExecution") or [])
 
 
+def _namespace(pod: dict[str, Any]) -> str:
+    return (pod.get("metadata") or {}).get("namespace") or "default"
+
+
+def _term_matches(term: dict[str, Any], owner: dict[str, Any], pod: dict[str, Any]) -> bool:
+    """Whether a pod affinity term of `owner` matches `pod` (its namespaces, else the owner's; its labelSelector)."""
+    namespaces = term.get("namespaces") or [_namespace(owner)]
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    return _namespace(pod) in namespaces and _match_labels(term.get("labelSelector") or {}, labels)
+
+
+def _hostname_terms(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    return [t for t in anti_affinity_terms(pod) if t.get("topologyKey") == "kubernetes.io/hostname"]
+
+
 def anti_affinity_blocks(pod: dict[str, Any], node: NodeView) -> bool:
     """A required pod anti-affinity term on the hostname topology that a pod on the node matches."""
-    namespace = (pod.get("metadata") or {}).get("namespace") or "default"
-    for term in anti_affinity_terms(pod):
-        if term.get("topologyKey") != "kubernetes.io/hostname":
-            continue
-        namespaces = term.get("namespaces") or [namespace]
-        for other in node.pods:
-            meta = other.get("metadata") or {}
-            if (meta.get("namespace") or "default") in namespaces and _match_labels(
-                term.get("labelSelector") or {}, meta.get("labels") or {}
-            ):
-                return True
-    return False
+    return any(_term_matches(t, pod, other) for t in _hostname_terms(pod) for other in node.pods)
+
+
+def repelling_terms(pod: dict[str, Any], others: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(other pod, term) of each required anti-affinity term of `others` that matches the pod, on any topology."""
+    return [(other, t) for other in others for t in anti_affinity_terms(other) if _term_matches(t, other, pod)]
+
+
+def repelled_by(pod: dict[str, Any], node: NodeView) -> dict[str, Any] | None:
+    """A pod on the node whose required anti-affinity term on the hostname topology matches the pod: kube-scheduler's
+    InterPodAffinity filter checks both ways (interpodaffinity/filtering.go satisfyExistingPodsAntiAffinity)."""
+    terms = repelling_terms(pod, node.pods)
+    return next((other for other, t in terms if t.get("topologyKey") == "kubernetes.io/hostname"), None)
 
 
 def self_anti_affinity(pod: dict[str, Any]) -> bool:
     """Whether copies of the pod repel each other per node (required anti-affinity matching its own labels)."""
-    labels = (pod.get("metadata") or {}).get("labels") or {}
-    return any(
-        t.get("topologyKey") == "kubernetes.io/hostname" and _match_labels(t.get("labelSelector") or {}, labels)
-        for t in anti_affinity_terms(pod)
-    )
+    return any(_term_matches(t, pod, pod) for t in _hostname_terms(pod))
 
 
 def fmt(value: Decimal, resource: str = "") -> str:

@@ -939,9 +939,12 @@ def test_capacity_anti_affinity_taints_and_profiles() -> None:
     assert extended.allocatable == {"nvidia.com/mig-1g.10gb": 7, "hugepages-2Mi": 2**30, "pods": 50}
 
 
+def required(term: dict[str, Any]) -> dict[str, Any]:
+    return {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}
+
+
 def anti_affinity(app: str, topology: str = "kubernetes.io/hostname", **term: Any) -> dict[str, Any]:
-    return {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
-        {"topologyKey": topology, "labelSelector": {"matchLabels": {"app": app}}, **term}]}}  # fmt: skip
+    return required({"topologyKey": topology, "labelSelector": {"matchLabels": {"app": app}}, **term})
 
 
 def test_capacity_keeps_copies_off_a_node_whose_pod_repels_them() -> None:
@@ -964,6 +967,33 @@ def test_capacity_keeps_copies_off_a_node_whose_pod_repels_them() -> None:
     zone = pod("exclusive", node_name="h-0", affinity=anti_affinity("train", "topology.kubernetes.io/zone"))
     result = capacity.plan(EXERCISE3, 8, nodes_with_pods([node("h-0"), node("h-1")], [zone]))
     assert result.fits_now == 8 and any("other than kubernetes.io/hostname" in n for n in result.notes)
+
+
+def test_capacity_reads_the_namespace_selector_and_empty_selectors_of_anti_affinity() -> None:
+    """A PodAffinityTerm applies to its namespaces and those its namespaceSelector selects, to the pod's own only
+    when both are unset, and `namespaceSelector: {}` selects every namespace (k8s.io/api core/v1 PodAffinityTerm;
+    kube-scheduler framework newAffinityTerm). capacity ignored namespaceSelector, so a train pod that must not share
+    a node with an app=train pod of any namespace was counted on h-0, where team-b's runs. A `labelSelector: {}`
+    matched no pod, where it matches every one (LabelSelectorAsSelector); a missing one matches none."""
+    views = nodes_with_pods([node("h-0"), node("h-1")], [pod("train", 2, ns="team-b", node_name="h-0")])
+
+    def fits(affinity: dict[str, Any]) -> dict[str, int]:
+        train = {**EXERCISE3, "spec": {**EXERCISE3["spec"], "affinity": affinity}}
+        return {f.node: f.fits for f in capacity.plan(train, 8, views).fits}
+
+    assert fits(anti_affinity("train", namespaceSelector={})) == {"h-0": 0, "h-1": 1}
+    assert fits(anti_affinity("train")) == {"h-0": 1, "h-1": 1}  # its own namespace only
+    assert fits(anti_affinity("train", namespaces=["team-b"])) == {"h-0": 0, "h-1": 4}  # copies are in default
+    every = {"topologyKey": "kubernetes.io/hostname", "labelSelector": {}}
+    assert fits(required({**every, "namespaces": ["team-b"]})) == {"h-0": 0, "h-1": 4}
+    assert fits(required(every)) == {"h-0": 1, "h-1": 1}  # every pod of its namespace: its copies too
+    no_selector = {"topologyKey": "kubernetes.io/hostname", "namespaces": ["team-b"]}
+    assert fits(required(no_selector)) == {"h-0": 3, "h-1": 4}  # h-0: 6 GPUs free
+    # a namespaceSelector with requirements needs the namespaces' labels, not read: noted
+    labelled = {**EXERCISE3, "spec": {**EXERCISE3["spec"], "affinity": anti_affinity(
+        "train", namespaceSelector={"matchLabels": {"team": "b"}})}}  # fmt: skip
+    assert any("namespaceSelector other than {}" in n for n in capacity.plan(labelled, 8, views).notes)
+    assert not any("namespaceSelector" in n for n in capacity.plan(EXERCISE3, 8, views).notes)
 
 
 @pytest.mark.parametrize(
@@ -1088,9 +1118,14 @@ def test_capacity_refuses_a_quantity_the_api_server_refuses(
      ("kind: Pod\nmetadata:\n  name: p\nspec:\n  affinity:\n    podAntiAffinity:\n    - topologyKey: t\n"
       "  containers:\n  - name: t\n    image: x\n",
       "Pod p: spec.affinity.podAntiAffinity: must be a mapping, not list [{'topologyKey': 't'}]"),
+     ("kind: Pod\nmetadata:\n  name: p\nspec:\n  affinity:\n    podAntiAffinity:\n"
+      "      requiredDuringSchedulingIgnoredDuringExecution:\n      - topologyKey: t\n        namespaceSelector: [a]\n"
+      "  containers:\n  - name: t\n    image: x\n",
+      "Pod p: spec.affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].namespaceSelector: "
+      "must be a mapping, not list ['a']"),
      ("kind: Pod\nmetadata:\n  name: p\nspec: {}\n",
       "the API server refuses this pod: spec.containers: Required value")],
-    ids=["metadata-null", "limits-a-list", "anti-affinity-a-list", "no-container"],
+    ids=["metadata-null", "limits-a-list", "anti-affinity-a-list", "namespace-selector-a-list", "no-container"],
 )  # fmt: skip
 def test_capacity_answers_odd_pod_yaml_with_an_error_not_a_traceback(
     text: str, message: str | None, tmp_path: Any, monkeypatch: pytest.MonkeyPatch,

@@ -19,6 +19,7 @@ from .doctor.sched import (
     anti_affinity_terms,
     cordoned,
     fmt,
+    namespaces_unread,
     pod_requests,
     quantity,
     repelled_by,
@@ -209,6 +210,10 @@ def plan(pod: dict[str, Any], count: int, nodes: dict[str, NodeView], profile: N
     if any(t.get("topologyKey") != HOSTNAME_LABEL for t in anti_affinity_terms(pod) + theirs):
         notes.append("anti-affinity terms on topologies other than kubernetes.io/hostname (the pod's, or a running "
                      "pod's that matches it) are not modelled")  # fmt: skip
+    if namespaces_unread(pod, running):
+        notes.append("a namespaceSelector other than {} in required anti-affinity (the pod's, or a running pod's that "
+                     "matches it) is not modelled (namespaces' labels are not read): only its namespaces list counts, "
+                     "so more may be counted than fit")  # fmt: skip
     spec = pod.get("spec") or {}
     if ((spec.get("affinity") or {}).get("podAffinity") or {}).get("requiredDuringSchedulingIgnoredDuringExecution"):
         notes.append("required pod affinity is not modelled: the scheduler puts a copy only where a pod matching "

@@ -84,10 +84,10 @@ _SHAPES: dict[str, dict[str, str]] = {
            for path, want in (("", "list"), ("/[]", "mapping"), ("/[]/values", "list"))},
         **{f"spec/affinity/{kind}{path}": want for kind in ("podAffinity", "podAntiAffinity") for path, want in (
             ("", "mapping"), (f"/{_REQUIRED}", "list"), (f"/{_REQUIRED}/[]", "mapping"),
-            (f"/{_REQUIRED}/[]/namespaces", "list"), (f"/{_REQUIRED}/[]/labelSelector", "mapping"),
-            (f"/{_REQUIRED}/[]/labelSelector/matchLabels", "strings"),
-            (f"/{_REQUIRED}/[]/labelSelector/matchExpressions", "list"),
-            (f"/{_REQUIRED}/[]/labelSelector/matchExpressions/[]", "mapping"))},
+            (f"/{_REQUIRED}/[]/namespaces", "list"),
+            *((f"/{_REQUIRED}/[]/{selector}{part}", want) for selector in ("labelSelector", "namespaceSelector")
+              for part, want in (("", "mapping"), ("/matchLabels", "strings"), ("/matchExpressions", "list"),
+                                 ("/matchExpressions/[]", "mapping"))))},
     },
 }  # fmt: skip
 _TYPES: dict[str, type] = {"mapping": dict, "list": list, "string": str, "boolean": bool}

@@ -209,8 +209,14 @@ def short_of(requests: dict[str, Decimal], node: NodeView, count: int = 1) -> li
     return sorted(k for k, v in need.items() if v > 0 and node.free(k) < v * count)
 
 
-def _match_labels(selector: dict[str, Any], labels: dict[str, str]) -> bool:
-    if not selector:
+def _everything(selector: Any) -> bool:
+    """A label selector without requirements ({}): it matches everything."""
+    return isinstance(selector, dict) and not selector.get("matchLabels") and not selector.get("matchExpressions")
+
+
+def _match_labels(selector: Any, labels: dict[str, str]) -> bool:
+    """A label selector as kube-scheduler reads it (LabelSelectorAsSelector): none matches nothing, {} everything."""
+    if not isinstance(selector, dict):
         return False
     if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
         return False
@@ -226,11 +232,24 @@ def _namespace(pod: dict[str, Any]) -> str:
     return (pod.get("metadata") or {}).get("namespace") or "default"
 
 
-def _term_matches(term: dict[str, Any], owner: dict[str, Any], pod: dict[str, Any]) -> bool:
-    """Whether a pod affinity term of `owner` matches `pod` (its namespaces, else the owner's; its labelSelector)."""
-    namespaces = term.get("namespaces") or [_namespace(owner)]
-    labels = (pod.get("metadata") or {}).get("labels") or {}
-    return _namespace(pod) in namespaces and _match_labels(term.get("labelSelector") or {}, labels)
+def _term_matches(term: dict[str, Any], owner: dict[str, Any], pod: dict[str, Any], labels_only: bool = False) -> bool:
+    """Whether a pod affinity term of `owner` matches `pod` (kube-scheduler framework AffinityTerm.Matches): its
+    labelSelector, and the pod in its `namespaces` or those its namespaceSelector selects ({}: every one; another is
+    read as none, see namespaces_unread), the owner's when both are unset. `labels_only`: the labelSelector alone."""
+    if not _match_labels(term.get("labelSelector"), (pod.get("metadata") or {}).get("labels") or {}):
+        return False
+    names, selector = term.get("namespaces") or [], term.get("namespaceSelector")
+    if not names and selector is None:
+        names = [_namespace(owner)]
+    return labels_only or _namespace(pod) in names or _everything(selector)
+
+
+def namespaces_unread(pod: dict[str, Any], others: list[dict[str, Any]]) -> bool:
+    """Whether a required anti-affinity term of the pod, or of `others` matching its labels, selects namespaces by
+    their labels (a namespaceSelector other than {}), which are not read here: it is read as selecting none."""
+    theirs = [t for other in others for t in anti_affinity_terms(other) if _term_matches(t, other, pod, True)]
+    return any(t.get("namespaceSelector") is not None and not _everything(t["namespaceSelector"])
+               for t in anti_affinity_terms(pod) + theirs)  # fmt: skip
 
 
 def _hostname_terms(pod: dict[str, Any]) -> list[dict[str, Any]]:

@@ -1246,6 +1246,87 @@ def test_capacity_checks_mps_replicas_per_container() -> None:
     assert result.fits_now == 0 and "refuses container main's request of 2, more than 1" in result.fits[0].why
 
 
+SHARING = {
+    "ts-strict": "version: v1\nsharing:\n  timeSlicing:\n    failRequestsGreaterThanOne: true\n    resources:\n"
+                 "    - name: nvidia.com/gpu\n      replicas: 4\n",
+    "mps-relaxed": "version: v1\nsharing:\n  mps:\n    failRequestsGreaterThanOne: false\n    resources:\n"
+                   "    - name: nvidia.com/gpu\n      replicas: 4\n",
+    "mps": "version: v1\nsharing:\n  mps:\n    resources:\n    - name: nvidia.com/gpu\n      replicas: 4\n",
+    "refused": "version: v1\nsharing:\n  timeSlicing:\n    resources:\n    - name: nvidia.com/gpu\n      replicas: 1\n",
+}  # fmt: skip
+
+
+class SharingKube(FakeKube):
+    """Also serves the ClusterPolicy naming the device plugin's sharing ConfigMap, and that ConfigMap."""
+
+    def __init__(self, nodes: list[dict[str, Any]], default: str = "", forbidden: bool = False):
+        super().__init__(nodes, [])
+        self.objects["ClusterPolicy"] = [{"metadata": {"name": "cluster-policy"}, "spec": {
+            "devicePlugin": {"config": {"name": "sharing-config", "default": default}}}}]  # fmt: skip
+        self.forbidden = forbidden
+
+    def list(self, kind: str, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        from gpu_operator.kube import ApiError
+
+        if kind == "ClusterPolicy" and self.forbidden:
+            raise ApiError(403, '{"message": "forbidden"}', "GET /apis/nvidia.com/v1/clusterpolicies")
+        return super().list(kind, *args, **kwargs)
+
+    def get(self, kind: str, name: str, namespace: str | None = None, *args: Any, **kwargs: Any) -> Any:
+        if (kind, name, namespace) == ("ConfigMap", "sharing-config", NS):
+            return {"metadata": {"name": name, "namespace": namespace}, "data": SHARING}
+        return None
+
+
+def test_capacity_reads_fail_requests_greater_than_one_from_the_nodes_sharing_config(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """failRequestsGreaterThanOne is a setting of the node's sharing config, for time-slicing as for MPS (k8s-device-
+    plugin internal/rm/rm.go ValidateRequest; api/config/v1/config.go defaults it to true for MPS only). capacity
+    read only Nodes and Pods and assumed it false for time-slicing and true for MPS: with a time-slicing config that
+    sets it true it counted copies of a 2-GPU pod that the kubelet fails (UnexpectedAdmissionError), and with an
+    MPS one that sets it false it excluded the node. Now it reads the active ClusterPolicy's devicePlugin.config and
+    the key each node loads (its nvidia.com/device-plugin.config label, else the default); where that is not known,
+    it judges by GFD's labels, as before, and says so."""
+    from gpu_operator.cli import main
+    from gpu_operator.kube import Kube
+
+    def shared(name: str, strategy: str, key: str | None) -> dict[str, Any]:
+        labels = {"nvidia.com/gpu.sharing-strategy": strategy, "nvidia.com/gpu.replicas": "4"}
+        return node(name, gpus=32, labels={**labels, **({"nvidia.com/device-plugin.config": key} if key else {})})
+
+    nodes = [shared("t-0", "time-slicing", "ts-strict"), shared("m-0", "mps", "mps-relaxed"),
+             shared("m-1", "mps", None), shared("m-2", "mps", "refused"), shared("m-3", "mps", "missing")]  # fmt: skip
+    path = tmp_path / "pod.yaml"
+    path.write_text(yaml.safe_dump(pod("job", 2)))
+
+    def run(kube: FakeKube) -> dict[str, str]:
+        monkeypatch.setattr(Kube, "connect", classmethod(lambda cls, *a, **k: kube))
+        assert main(["capacity", "--pod", str(path), "--count", "4"]) == 0
+        out = capsys.readouterr().out
+        return {line.split(":")[0].strip(): line for line in out.splitlines()}
+
+    lines = run(SharingKube(nodes, default="mps"))
+    assert "excluded: time-slicing with failRequestsGreaterThanOne (config ts-strict of ConfigMap sharing-config): " \
+        "the device plugin refuses container main's request of 2, more than 1" in lines["t-0"], lines
+    assert "limited by nvidia.com/gpu" in lines["m-0"], lines  # MPS relaxed
+    assert "excluded: mps with failRequestsGreaterThanOne (config mps " in lines["m-1"], lines  # the default
+    # a key the plugin refuses or the ConfigMap lacks: not known, GFD's labels decide (MPS: refused), with a note
+    assert "excluded: MPS-shared GPUs (replicas 4)" in lines["m-2"] and "excluded: MPS-shared" in lines["m-3"]
+    assert "the device plugin's sharing config on nodes m-2, m-3 is not known (a key ConfigMap sharing-config " \
+        "lacks, or one the device plugin refuses)" in lines["note"], lines
+    assert "fit now: 4 of 4 (4 on m-0)" in lines["fit now"]
+    # the ClusterPolicy cannot be read: GFD's labels decide everywhere (time-slicing: taken not to refuse)
+    lines = run(SharingKube(nodes, forbidden=True))
+    assert "limited by nvidia.com/gpu" in lines["t-0"] and "excluded: MPS-shared" in lines["m-0"], lines
+    assert "on nodes m-0, m-1, m-2, m-3, t-0 is not known (cannot read it: GET /apis/nvidia.com/v1/clusterpolicies: " \
+        "403 forbidden)" in lines["note"], lines
+    # no sharing config set: nothing is shared, nothing to note
+    plain = FakeKube([node("h-0")], [])
+    plain.objects["ClusterPolicy"] = [{"metadata": {"name": "cluster-policy"}, "spec": {}}]
+    assert "note" not in run(plain)
+
+
 def test_capacity_new_node_like_an_existing_one_does_not_keep_its_hostname() -> None:
     """A new node "like h-0" is another machine: the kubelet gives it its own kubernetes.io/hostname. The copy kept
     every label, so a pod pinned to h-0 by its hostname (h-0 full) was answered "extra nodes needed: 1 × like h-0",

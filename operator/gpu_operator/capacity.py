@@ -1,8 +1,9 @@
 """Capacity planning (pure): how many copies of a pod fit on the cluster now, where, and how many more nodes of
 a given profile the rest needs (seed Exercise 3). Honours resource requests (GPUs, CPU, memory, pods), node
 selectors and required node affinity, taints, cordons, required pod anti-affinity on the hostname topology (the
-pod's and the running pods') and the device plugin's refusal of a container asking more than one MPS-shared GPU.
-Required pod affinity and DoNotSchedule topology spread constraints are not modelled: the plan says so."""
+pod's and the running pods') and the device plugin's refusal of a container asking more than one shared GPU
+(failRequestsGreaterThanOne, read from the node's sharing config). Required pod affinity and DoNotSchedule
+topology spread constraints are not modelled: the plan says so."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from .doctor.common import REPLICAS_LABEL, most_shared_gpus, mps_refuses
+from . import sharing
+from .doctor.common import REPLICAS_LABEL, most_shared_gpus, mps_refuses, shared_replicas
 from .doctor.sched import (
     NodeView,
     anti_affinity_blocks,
@@ -75,6 +77,64 @@ class CapacityPlan:
             out.append((f.node, n))
             left -= n
         return out
+
+
+@dataclass
+class PluginConfigs:
+    """The device plugin's sharing configs: the active ClusterPolicy's devicePlugin.config ConfigMap, each key
+    parsed as the plugin reads it (None: one it refuses)."""
+
+    name: str = ""  # "": none set, so the plugin runs without one (nothing shared)
+    default: str = ""
+    configs: dict[str, sharing.SharingConfig | None] = field(default_factory=dict)
+    unread: str = ""  # why they are not known ("": they are)
+
+    @classmethod
+    def of_data(cls, name: str, default: str, data: dict[str, str]) -> PluginConfigs:
+        configs: dict[str, sharing.SharingConfig | None] = {}
+        for key, text in data.items():
+            try:
+                configs[key] = sharing.parse(text)
+            except sharing.ConfigError:
+                configs[key] = None
+        return cls(name, default, configs)
+
+    def of(self, labels: dict[str, str]) -> tuple[str, sharing.SharingConfig | None]:
+        """(key, config) a node with these labels loads, selected as config-manager does: its
+        nvidia.com/device-plugin.config label, else the default; neither, or no ConfigMap: the empty config (the
+        operator's fallback). None: not known (not read, or a key the ConfigMap lacks or the plugin refuses, where
+        config-manager or the plugin fails and the running plugin keeps what it had)."""
+        if self.unread:
+            return "", None
+        key = labels.get(sharing.NODE_LABEL) or self.default
+        if not self.name or not key:
+            return key, sharing.EMPTY
+        return key, self.configs.get(key)
+
+
+NOT_READ = PluginConfigs(unread="not read")
+
+
+def plugin_refuses(pod: dict[str, Any], node: NodeView, configs: PluginConfigs) -> str:
+    """Why the node's device plugin refuses the pod at Allocate, so the kubelet fails it ("": it does not): a
+    container asking more than one replica of a shared resource where failRequestsGreaterThanOne is set
+    (k8s-device-plugin internal/rm/rm.go ValidateRequest; MPS sets it unless its config says false). By the node's
+    sharing config where known, else by GFD's labels (MPS refuses, time-slicing not)."""
+    key, config = configs.of(node.labels)
+    if config is None:
+        container, gpus = most_shared_gpus(pod)
+        if not mps_refuses(node.labels, gpus):
+            return ""
+        return (f"MPS-shared GPUs (replicas {node.labels.get(REPLICAS_LABEL)}): the device plugin refuses "
+                f"container {container}'s request of {gpus}, more than 1")  # fmt: skip
+    shared = config.replicated
+    if config.strategy == sharing.NONE or not shared.fail_requests_greater_than_one:
+        return ""
+    container, gpus = most_shared_gpus(pod, [r.advertised for r in shared.resources])
+    if gpus <= 1:
+        return ""
+    return (f"{config.strategy} with failRequestsGreaterThanOne (config {key} of ConfigMap {configs.name}): the "
+            f"device plugin refuses container {container}'s request of {gpus}, more than 1")  # fmt: skip
 
 
 def _overcommit_allowed(resource: str) -> bool:
@@ -150,7 +210,8 @@ def pod_name(pod: dict[str, Any], source: str) -> str:
     return f"(unnamed, from {'stdin' if source == '-' else source})"
 
 
-def fit_on(pod: dict[str, Any], node: NodeView, requests: dict[str, Decimal]) -> NodeFit:
+def fit_on(pod: dict[str, Any], node: NodeView, requests: dict[str, Decimal], configs: PluginConfigs = NOT_READ
+           ) -> NodeFit:  # fmt: skip
     """How many copies of the pod this node takes now, and what limits it."""
     if not selector_ok(pod, node.labels, node.name):
         return NodeFit(node.name, 0, "excluded: node selector or affinity does not match")
@@ -169,10 +230,9 @@ def fit_on(pod: dict[str, Any], node: NodeView, requests: dict[str, Decimal]) ->
         meta = other.get("metadata") or {}
         return NodeFit(node.name, 0, f"excluded: pod {meta.get('namespace') or 'default'}/{meta.get('name')} there "
                        "repels it (its required anti-affinity matches the pod)")  # fmt: skip
-    container, gpus = most_shared_gpus(pod)  # the device plugin checks each container's request
-    if mps_refuses(node.labels, gpus):
-        return NodeFit(node.name, 0, f"excluded: MPS-shared GPUs (replicas {node.labels.get(REPLICAS_LABEL)}): the "
-                       f"device plugin refuses container {container}'s request of {gpus}, more than 1")  # fmt: skip
+    refused = plugin_refuses(pod, node, configs)
+    if refused:
+        return NodeFit(node.name, 0, f"excluded: {refused}")
     need = {**{k: v for k, v in requests.items() if v > 0}, "pods": Decimal(1)}
     best, limit = None, ""
     for resource, amount in sorted(need.items()):
@@ -199,12 +259,22 @@ def empty_copy(view: NodeView, name: str | None = None) -> NodeView:
     )
 
 
-def plan(pod: dict[str, Any], count: int, nodes: dict[str, NodeView], profile: NodeView | None = None) -> CapacityPlan:
+def plan(pod: dict[str, Any], count: int, nodes: dict[str, NodeView], profile: NodeView | None = None,
+         configs: PluginConfigs = NOT_READ) -> CapacityPlan:  # fmt: skip
     """Copies of `pod` that fit on `nodes` now, and the extra nodes like `profile` for the rest (the best-fitting
-    existing node's shape when no profile is given)."""
+    existing node's shape when no profile is given); `configs`: the device plugin's sharing configs."""
     requests = pod_requests(pod)
-    fits = sorted((fit_on(pod, v, requests) for v in nodes.values()), key=lambda f: (-f.fits, f.node))
+    fits = sorted((fit_on(pod, v, requests, configs) for v in nodes.values()), key=lambda f: (-f.fits, f.node))
     notes = []
+    unknown = sorted(v.name for v in [*nodes.values(), *([profile] if profile else [])]
+                     if shared_replicas(v.labels) > 1 and configs.of(v.labels)[1] is None)  # fmt: skip
+    if unknown:
+        why = configs.unread or f"a key ConfigMap {configs.name} lacks, or one the device plugin refuses"
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        where = f"node{'s' if len(unknown) > 1 else ''} {', '.join(unknown[:5])}{more}"
+        notes.append(f"the device plugin's sharing config on {where} is not known ({why}): "
+                     "a container asking more than one shared GPU is taken to be refused where GFD labels the node "
+                     "MPS-shared (the plugin's default failRequestsGreaterThanOne), not where time-sliced")  # fmt: skip
     running = [p for v in nodes.values() for p in v.pods]
     theirs = [t for _, t in repelling_terms(pod, running)]
     if any(t.get("topologyKey") != HOSTNAME_LABEL for t in anti_affinity_terms(pod) + theirs):
@@ -224,14 +294,15 @@ def plan(pod: dict[str, Any], count: int, nodes: dict[str, NodeView], profile: N
                      "scheduler keeps copies within maxSkew across domains, so fewer may fit than counted")  # fmt: skip
     if profile is None:
         shapes = [empty_copy(v) for v in nodes.values()]
-        scored = sorted(((fit_on(pod, s, requests), s) for s in shapes), key=lambda fs: (-fs[0].fits, fs[1].name))
+        scored = sorted(((fit_on(pod, s, requests, configs), s) for s in shapes),
+                        key=lambda fs: (-fs[0].fits, fs[1].name))  # fmt: skip
         if scored and scored[0][0].fits:
             profile = scored[0][1]
             profile.name = f"like {profile.name[len('new-') :]}"
     if profile is None:
         return CapacityPlan(count, requests, fits, "(none)", 0, "no existing node could take a copy even empty; "
                             "give --node-profile", notes)  # fmt: skip
-    per_new = fit_on(pod, profile, requests)
+    per_new = fit_on(pod, profile, requests, configs)
     return CapacityPlan(count, requests, fits, profile.name, per_new.fits, per_new.why, notes)
 
 

@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -22,6 +22,10 @@ from .api import (
     unknown_fields,
 )
 from .coverage import unsupported_fields
+
+if TYPE_CHECKING:
+    from .capacity import PluginConfigs
+    from .kube import Kube
 
 DEFAULT_NAMESPACE = "gpu-operator"
 
@@ -720,6 +724,34 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return exit_status(found)
 
 
+def _plugin_configs(kube: Kube, namespace: str) -> PluginConfigs:
+    """The device plugin's sharing configs of the active ClusterPolicy (capacity.PluginConfigs), or why they could
+    not be read (then capacity judges by GFD's labels and says so)."""
+    from .capacity import PluginConfigs
+    from .kube import ApiError
+    from .status import active_policy
+
+    try:
+        policies = kube.list("ClusterPolicy")
+        name = active_policy(policies)
+        if name is None:
+            return PluginConfigs(unread="no ClusterPolicy")
+        spec = parse_policy(next(p for p in policies if p["metadata"]["name"] == name))
+        if not spec.device_plugin.enabled:
+            return PluginConfigs(unread=f"ClusterPolicy {name} disables the device plugin")
+        cfg = spec.device_plugin.config
+        if not cfg.name:
+            return PluginConfigs()
+        cm = kube.get("ConfigMap", cfg.name, namespace)
+    except ApiError as exc:
+        return PluginConfigs(unread=f"cannot read it: {' '.join(str(exc).split())}")
+    except PolicyError as exc:
+        return PluginConfigs(unread=f"ClusterPolicy {name} is invalid: {'; '.join(exc.problems)}")
+    if cm is None:
+        return PluginConfigs(unread=f"ConfigMap {namespace}/{cfg.name} not found")
+    return PluginConfigs.of_data(cfg.name, cfg.default, dict(cm.get("data") or {}))
+
+
 def cmd_capacity(args: argparse.Namespace) -> int:
     """Read-only: how many copies of a pod fit now, where, and the extra nodes for the rest."""
     from . import capacity
@@ -738,12 +770,13 @@ def cmd_capacity(args: argparse.Namespace) -> int:
         kube = Kube.connect(args.kubeconfig)
         views = nodes_with_pods(kube.list("Node"), kube.list("Pod"))
         profile = capacity.parse_profile(args.node_profile, views) if args.node_profile else None
+        configs = _plugin_configs(kube, args.operator_namespace)
     except (ApiError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     pod["metadata"] = pod.get("metadata") or {}  # `metadata:` left empty is null
     pod["metadata"].setdefault("namespace", args.namespace)
-    result = capacity.plan(pod, args.count, views, profile)
+    result = capacity.plan(pod, args.count, views, profile, configs)
     sys.stdout.write(capacity.render(result, capacity.pod_name(pod, args.pod)))
     return 0
 
@@ -785,9 +818,10 @@ def _add_doctor(sub: Any) -> None:
         help="how many copies of a pod fit now and how many nodes the rest needs (reads only)",
         description="For a pod spec and a count: how many fit on the cluster now and on which nodes, and the "
         "minimum number of extra nodes of a profile for the rest, honouring GPU, CPU and memory requests, node "
-        "selectors and affinity, taints, cordons, required pod anti-affinity (per hostname, both ways) and "
-        "MPS-shared GPUs (one per container); required pod affinity and DoNotSchedule topology spread constraints "
-        "get a note.",
+        "selectors and affinity, taints, cordons, required pod anti-affinity (per hostname, both ways) and shared "
+        "GPUs (one per container where the node's sharing config, the ClusterPolicy's devicePlugin.config, sets "
+        "failRequestsGreaterThanOne: MPS by default); required pod affinity and DoNotSchedule topology spread "
+        "constraints get a note.",
     )
     p.add_argument("--pod", required=True, help="Pod YAML file ('-' for stdin)")
     p.add_argument("--count", type=_at_least_one, required=True, help="how many copies")
@@ -796,6 +830,8 @@ def _add_doctor(sub: Any) -> None:
                    "(default: the existing node shape that takes most copies)")  # fmt: skip
     p.add_argument("--kubeconfig", help="kubeconfig file")
     p.add_argument("-n", "--namespace", default="default", help="the pods' namespace (%(default)s)")
+    p.add_argument("--operator-namespace", default=DEFAULT_NAMESPACE,
+                   help="namespace of the operands and the device plugin's sharing ConfigMap (%(default)s)")
     p.set_defaults(func=cmd_capacity)
 
 

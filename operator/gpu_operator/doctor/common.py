@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -229,11 +229,13 @@ def shared_gpus(requests: Mapping[str, Any]) -> int:
     return int(max(requests.get(GPU, 0), requests.get(GPU_SHARED, 0)))
 
 
-def most_shared_gpus(pod: dict[str, Any]) -> tuple[str, int]:
-    """(container, GPUs) of the container asking most shared GPUs (see shared_gpus): the device plugin checks each
-    container's request on its own, not the pod's sum (the kubelet's Allocate carries one request per container;
-    k8s-device-plugin internal/plugin/server.go Allocate, internal/rm/rm.go ValidateRequest)."""
-    return max(((name, shared_gpus(r)) for name, r in container_requests(pod)), key=lambda c: c[1], default=("", 0))
+def most_shared_gpus(pod: dict[str, Any], resources: Collection[str] = (GPU, GPU_SHARED)) -> tuple[str, int]:
+    """(container, how many) of the container asking most of one of the shared `resources` (default: those of
+    shared_gpus): the device plugin checks each container's request on its own, not the pod's sum (the kubelet's
+    Allocate carries one request per container; k8s-device-plugin internal/plugin/server.go Allocate,
+    internal/rm/rm.go ValidateRequest)."""
+    asked = ((name, int(max((r.get(k, 0) for k in resources), default=0))) for name, r in container_requests(pod))
+    return max(asked, key=lambda c: c[1], default=("", 0))
 
 
 def mps_refuses(labels: dict[str, str], gpus: int) -> bool:

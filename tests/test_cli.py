@@ -698,6 +698,29 @@ def test_help(command: list[str], expected: list[str], capsys: pytest.CaptureFix
         assert word in out
 
 
+def test_every_kubeconfig_option_names_its_default() -> None:
+    """`capacity --help` (and doctor's, upgrade plan's, mig layouts', crds') said only "kubeconfig file", while
+    Kube.connect falls back to the in-cluster config, then $KUBECONFIG or ~/.kube/config; only `run --help` said
+    so. Every command's --kubeconfig now shares that help; versions, which reads no cluster without it, says so."""
+    import argparse
+
+    from gpu_operator.cli import build_parser
+
+    def commands(parser: argparse.ArgumentParser, name: str = "") -> Iterator[tuple[str, argparse.ArgumentParser]]:
+        yield name, parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub, child in action.choices.items():
+                    yield from commands(child, f"{name} {sub}".strip())
+
+    helps = {name: a.help or "" for name, p in commands(build_parser()) for a in p._actions if a.dest == "kubeconfig"}
+    assert set(helps) == {"run", "render", "upgrade plan", "mig layouts", "versions", "crds", "doctor", "capacity"}
+    for name, text in helps.items():
+        default = "none, the matrix alone" if name == "versions" else \
+            "the in-cluster config in a pod, else $KUBECONFIG, else ~/.kube/config"
+        assert f"(default: {default})" in text, (name, text)
+
+
 def test_help_as_a_process() -> None:
     for command in (["render"], ["crds"], ["run"]):
         proc = run_cli(*command, "--help")

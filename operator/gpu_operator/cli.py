@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from .kube import Kube
 
 DEFAULT_NAMESPACE = "gpu-operator"
+# Every --kubeconfig's help: where Kube.connect looks without one.
+KUBECONFIG_HELP = "kubeconfig file (default: the in-cluster config in a pod, else $KUBECONFIG, else ~/.kube/config)"
 
 
 def _load_yaml_docs(path: str) -> list[dict[str, Any]]:
@@ -802,7 +804,7 @@ def _add_doctor(sub: Any) -> None:
         "are not ready, each with its evidence and fix. Exit status: 0 healthy, 1 warnings, 2 errors, 3 the "
         "cluster could not be read or the --pod or --node named does not exist.",
     )
-    p.add_argument("--kubeconfig", help="kubeconfig file")
+    p.add_argument("--kubeconfig", help=KUBECONFIG_HELP)
     p.add_argument("-n", "--namespace", default="default", help="namespace of the workload pods to look at "
                    "(default: every namespace; with --pod: default)")  # fmt: skip
     target = p.add_mutually_exclusive_group()
@@ -828,7 +830,7 @@ def _add_doctor(sub: Any) -> None:
     p.add_argument("--node-profile", help="shape of an extra node: an existing node's name, or "
                    "gpus=8,cpu=96,memory=2048Gi,label.KEY=VALUE,taint.KEY=VALUE:EFFECT "
                    "(default: the existing node shape that takes most copies)")  # fmt: skip
-    p.add_argument("--kubeconfig", help="kubeconfig file")
+    p.add_argument("--kubeconfig", help=KUBECONFIG_HELP)
     p.add_argument("-n", "--namespace", default="default", help="the pods' namespace (%(default)s)")
     p.add_argument("--operator-namespace", default=DEFAULT_NAMESPACE,
                    help="namespace of the operands and the device plugin's sharing ConfigMap (%(default)s)")
@@ -844,7 +846,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="run the operator against a cluster")
-    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster config, then $KUBECONFIG)")
+    p.add_argument("--kubeconfig", help=KUBECONFIG_HELP)
     p.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="namespace of the operands (%(default)s)")
     p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus metrics port (%(default)s; 0 = off)")
     p.add_argument("--health-port", type=int, default=8081, help="liveness endpoint port (%(default)s; 0 = off)")
@@ -871,7 +873,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="read the nodes, objects and active ClusterPolicy from the cluster (--policy replaces its spec) and "
         "print the writes the operator would make now (a dry-run pass; nothing is written)",
     )
-    p.add_argument("--kubeconfig", help="kubeconfig file, with --from-cluster")
+    p.add_argument("--kubeconfig", help=f"{KUBECONFIG_HELP}; read only with --from-cluster")
     p.add_argument(
         "--nodes", help="Node objects (and the ConfigMaps the policy references): multi-document YAML or a List"
     )
@@ -900,7 +902,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read the cluster and print, before or during a driver rollout, which nodes go in which wave "
         "under the policy's limits and, for every node that waits, what it waits for.",
     )
-    q.add_argument("--kubeconfig", help="kubeconfig file")
+    q.add_argument("--kubeconfig", help=KUBECONFIG_HELP)
     q.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="operand namespace (%(default)s)")
     q.set_defaults(func=cmd_upgrade_plan)
 
@@ -916,7 +918,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--node", help="only this node")
     q.add_argument("--offline", action="store_true", help="no cluster: every known GPU model, per GPU")
-    q.add_argument("--kubeconfig", help="kubeconfig file")
+    q.add_argument("--kubeconfig", help=KUBECONFIG_HELP)
     q.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="operand namespace (%(default)s)")
     q.set_defaults(func=cmd_mig_layouts)
 
@@ -929,14 +931,15 @@ def build_parser() -> argparse.ArgumentParser:
         "not checked.",
     )
     p.add_argument("-o", "--output", choices=("text", "json", "yaml"), default="text", help="format (%(default)s)")
-    p.add_argument("--kubeconfig", help="kubeconfig file: also show the cluster's nodes")
+    p.add_argument("--kubeconfig", help="kubeconfig file: also show the cluster's nodes (default: none, the matrix "
+                   "alone)")  # fmt: skip
     p.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="operand namespace (%(default)s)")
     p.set_defaults(func=cmd_versions)
 
     p = sub.add_parser("crds", help="print the CRDs (or apply them with --apply)")
     p.add_argument("--apply", action="store_true", help="server-side apply them to the cluster")
     p.add_argument("--dir", help="write one file per CRD into this directory (make crds)")
-    p.add_argument("--kubeconfig", help="kubeconfig file")
+    p.add_argument("--kubeconfig", help=f"{KUBECONFIG_HELP}; read only with --apply")
     p.set_defaults(func=cmd_crds)
     _add_doctor(sub)
     return parser

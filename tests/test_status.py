@@ -276,7 +276,8 @@ def test_state_and_reason(kwargs: dict[str, Any], state: str, reason: str) -> No
     st = status(**kwargs)
     assert st["state"] == state
     conds = conditions(st)
-    assert conds["Ready"]["reason"] == conds["Error"]["reason"] == reason
+    assert conds["Ready"]["reason"] == reason
+    assert conds["Error"]["reason"] == (reason if state == "notReady" else "Ready")
 
 
 def test_messages_name_what_is_wrong() -> None:
@@ -306,6 +307,16 @@ def test_ready_and_error_always_opposite(kwargs: dict[str, Any]) -> None:
     conds = conditions(status(**kwargs))
     assert {conds["Ready"]["status"], conds["Error"]["status"]} == {"True", "False"}
     assert (conds["Ready"]["status"] == "True") == (status(**kwargs)["state"] == "ready")
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"gpu_nodes": 0}])
+def test_error_false_is_upstreams_ready_reason_with_no_message(kwargs: dict[str, Any]) -> None:
+    """Upstream's clusterPolicyUpdater (internal/conditions/clusterpolicy.go, updateConditions) writes Error
+    {False, reason Ready} with no message whenever Ready is True, as our NVIDIADriver status does. The
+    ClusterPolicy's Error False carried Ready's reason and message instead ("Reconciled", "all operands ready on 3
+    GPU nodes"; "NoGPUNodes"), so a check written against upstream's Error reason read another value."""
+    error = conditions(status(**kwargs))["Error"]
+    assert (error["status"], error["reason"], error["message"]) == ("False", "Ready", "")
 
 
 def test_observed_generation_on_status_and_every_condition() -> None:

@@ -80,18 +80,21 @@ def unsupported_condition(
 def _conditions(
     ready: bool, reason: str, message: str, generation: int | None, previous: list[dict[str, Any]], now: str
 ) -> list[dict[str, Any]]:
+    """Ready and Error, always opposite. Error False is upstream's (reason Ready, no message); Ready False keeps the
+    reason and message Error True has (beyond upstream, whose Ready False says only reason Error)."""
     old = {c.get("type"): c for c in previous}
     out = []
     for ctype, status in (("Ready", ready), ("Error", not ready)):
         value = "True" if status else "False"
         before = old.get(ctype) or {}
         changed = before.get("status") != value
+        quiet = ctype == "Error" and ready
         out.append(
             {
                 "type": ctype,
                 "status": value,
-                "reason": reason,
-                "message": message,
+                "reason": "Ready" if quiet else reason,
+                "message": "" if quiet else message,
                 "lastTransitionTime": now
                 if changed or not before.get("lastTransitionTime")
                 else before["lastTransitionTime"],

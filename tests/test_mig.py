@@ -550,6 +550,27 @@ def test_a_refusal_or_wait_the_status_names_gets_no_event_again() -> None:
     assert [e.reason for e in mig.unsaid(other.events, [said])] == [mig.EVENT_WAITING]  # another pod: said anew
 
 
+def test_a_condition_naming_many_nodes_names_whole_entries_and_how_many_more() -> None:
+    """The MIGConfig message was cut at 2,000 characters wherever that fell (with 100 nodes waiting, after
+    "node gpu-node-021: layout 'all-1g.10"), saying nothing of the nodes left out, where every other condition
+    naming nodes says "and N more". Now it names whole entries and then how many more. The nodes it names get no
+    Event again from a restarted operator (the half-written one did); those past the cut do, as with DriverRefused
+    and InvalidWorkloadConfig past the nodes they name."""
+    waiting = [(f"gpu-node-{i:03d}", "all-1g.10gb", f"2 GPU pods run on the node (default/train-{i})")
+               for i in range(100)]  # fmt: skip
+    events = [mig.NodeEvent(n, "Normal", mig.EVENT_WAITING, "", said=mig._said(n, lay, f"waits: {why}"))
+              for n, lay, why in waiting]  # fmt: skip
+    condition = mig.condition(mig.Decision(managed=100, waiting=waiting, events=events), 1, [], "t0")
+    assert condition is not None
+    message = condition["message"]
+    entries = message.split("; ")
+    named = len(entries) - 1
+    assert len(message) <= mig.MESSAGE_LIMIT and 0 < named < 100
+    assert entries[:named] == [e.said for e in events[:named]]
+    assert entries[-1] == f"and {100 - named} more"
+    assert mig.unsaid(events, [condition]) == events[named:]
+
+
 def test_a_node_seen_first_is_judged_by_the_users_config() -> None:
     """A node with no approved label yet (a new node, or every node after install): the pass read the user's
     ConfigMap only for nodes asking for a change, so a first sight was judged by the default table: `team-a` refused

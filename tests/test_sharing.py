@@ -415,6 +415,36 @@ def test_refusals_and_warnings_together() -> None:
     assert cond["message"].index("key bad") < cond["message"].index("Warnings: ") < cond["message"].index("key nope")
 
 
+def test_a_long_message_names_whole_problems_and_keeps_room_for_the_warnings() -> None:
+    """The condition's message was cut at 1,000 characters wherever that fell: mid-problem, with nothing saying how
+    many were left out, and with enough refusals the warnings after them were gone without a trace. Now it names
+    whole problems, then how many more, of the refusals and of the warnings, a third of it kept for the warnings;
+    the Event says the same, and is not posted again while the status says it."""
+    from gpu_operator.reconciler import Reconciler
+    from support import EchoKube
+
+    data = {f"bad{i:02d}": "version: v9" for i in range(40)}
+    data["renamed"] = fixture("renamed.yaml")
+    ctx = _ctx(data, nodes=(_node("gpu-1", **{sharing.NODE_LABEL: "nope"}),))
+    found = sharing.context_problems(ctx.spec, ctx.config_data, ctx.nodes, ctx.config_maps)
+    assert (sum(p.holds for p in found), sum(not p.holds for p in found)) == (40, 2)
+    cond = sharing.condition("sharing", found, 1, [], "t")
+    assert cond is not None
+    message = cond["message"]
+    assert len(message) <= sharing.MESSAGE_LIMIT
+    refused, warnings = message.removeprefix("devicePlugin.config refused, not rolled out: ").split(". Warnings: ")
+    said = refused.split("; ")
+    assert said[:-1] == [str(p) for p in found[:len(said) - 1]] and said[-1] == f"and {41 - len(said)} more"
+    assert warnings == f"{found[40]}; and 1 more"
+
+    posted: list[str] = []
+    r = Reconciler(EchoKube(), "gpu-operator")  # type: ignore[arg-type]
+    r.events = lambda obj, etype, reason, message: posted.append(message)  # type: ignore[assignment]
+    r._check_sharing({}, ctx)
+    r._check_sharing({"status": {"conditions": [cond]}}, ctx)
+    assert posted == [message]
+
+
 def test_the_event_names_a_refusal_or_warnings() -> None:
     from gpu_operator.reconciler import Reconciler
     from support import EchoKube

@@ -61,6 +61,7 @@ from .nodes import (
     per_spec,
     workload_of,
 )
+from .status import whole_entries
 from .upgrade.model import WorkloadPod, eviction_refused
 
 PAUSED = "paused-for-mig-change"
@@ -70,6 +71,7 @@ PAUSED_BY_MANAGER = ("device-plugin", "gpu-feature-discovery", "dcgm", "dcgm-exp
 MANAGER_LABEL = deploy_label(MIG_MANAGER)
 _PAUSED_KEYS = tuple((op, deploy_label(op)) for op in PAUSED_BY_MANAGER)  # (operand, its deploy label)
 CONDITION = "MIGConfig"
+MESSAGE_LIMIT = 2000  # the MIGConfig message names nodes up to this length, then says how many more
 IN_PROGRESS = ("pending", "rebooting")
 EVENT_REFUSED = "MIGConfigRefused"
 EVENT_WAITING = "MIGConfigWaiting"
@@ -607,7 +609,8 @@ def condition(
         value, reason = "False", "WaitingForGPUWorkloads"
     else:
         value, reason = "True", "LayoutsAccepted"
-    message = "; ".join(parts) or f"every requested MIG layout is valid on {decision.managed} node(s)"
+    accepted = f"every requested MIG layout is valid on {decision.managed} node(s)"
+    message = whole_entries(parts, MESSAGE_LIMIT) or accepted
     before = next((c for c in previous if c.get("type") == CONDITION), {})
     kept = before.get("status") == value and before.get("lastTransitionTime")
     since = before["lastTransitionTime"] if kept else now
@@ -615,7 +618,7 @@ def condition(
         "type": CONDITION,
         "status": value,
         "reason": reason,
-        "message": message[:2000],
+        "message": message,
         "lastTransitionTime": since,
         "observedGeneration": generation,
     }
@@ -628,7 +631,8 @@ def _said(node: str, layout: str, why: str) -> str:
 
 def unsaid(events: Iterable[NodeEvent], previous: list[dict[str, Any]]) -> list[NodeEvent]:
     """The events but those whose refusal or wait the previous MIGConfig condition names already: read from the
-    status, so a restarted operator or a new leader posts nothing new at steady state."""
+    status, so a restarted operator or a new leader posts nothing new at steady state (but for the nodes past what
+    the message names: "and N more")."""
     before: dict[str, Any] = next((c for c in previous if c.get("type") == CONDITION), {})
     text = f"; {before.get('message') or ''}; "
     return [e for e in events if not e.said or f"; {e.said}; " not in text]

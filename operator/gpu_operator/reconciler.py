@@ -776,12 +776,12 @@ class Reconciler:
         if not name or name not in ctx.config_data:
             return None
         found = sharing.context_problems(ctx.spec, ctx.config_data, ctx.nodes, ctx.config_maps)
-        message = sharing.summary(found) if found else None
+        message = sharing.summary(found, sharing.MESSAGE_LIMIT) if found else None
         # Read from the status (the condition carries the same message), so a restarted operator or a new leader
         # posts nothing new at steady state.
         previous = (policy.get("status") or {}).get("conditions") or []
         before: dict[str, Any] = next((c for c in previous if c.get("type") == sharing.CONDITION), {})
-        if message and message[:1000] != before.get("message"):
+        if message and message != before.get("message"):
             self.events(policy, "Warning", sharing.reason(found), message)
         return found
 

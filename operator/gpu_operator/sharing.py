@@ -42,6 +42,7 @@ MPS, the rule above refuses a config naming only such resources).
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -53,6 +54,7 @@ from . import mig, mig_layouts
 from .gpu_identity import GFD_COMPUTE_MAJOR, GFD_COMPUTE_MINOR
 from .nodes import NodeFacts
 from .states.mig_manager import custom_config
+from .status import whole_entries
 
 VERSION = "v1"
 PREFIX = "nvidia.com"
@@ -68,6 +70,7 @@ MPS_MAX_CLIENTS_BEFORE_7_5 = 16
 # The states whose pods load the config (config-manager): held while the config is refused.
 HELD_STATES = ("state-device-plugin", "state-mps-control-daemon", "gpu-feature-discovery")
 CONDITION = "SharingConfigValid"
+MESSAGE_LIMIT = 1000  # the condition's message (and the Event's) names whole problems up to this length
 REASON = "InvalidSharingConfig"
 WARNING_REASON = "SharingConfigWarnings"  # nothing refused, something to say (the condition stays True)
 _NODES_NAMED = 5
@@ -506,14 +509,22 @@ def _mps_without_gfd(name: str, data: Mapping[str, str], default: str, nodes: li
     return out
 
 
-def summary(found: list[Problem]) -> str:
-    refused = "; ".join(str(p) for p in found if p.holds)
-    warnings = "; ".join(str(p) for p in found if not p.holds)
+_REFUSED = "devicePlugin.config refused, not rolled out: "
+_WARNINGS = "devicePlugin.config rolled out, with warnings: "
+
+
+def summary(found: list[Problem], limit: int = sys.maxsize) -> str:
+    """The refusals, then the warnings, within `limit` characters: whole problems and how many more (of the
+    refusals, of the warnings), a third of it kept for the warnings."""
+    refused = [str(p) for p in found if p.holds]
+    warnings = [str(p) for p in found if not p.holds]
     if not warnings:
-        return "devicePlugin.config refused, not rolled out: " + refused
+        return _REFUSED + whole_entries(refused, limit - len(_REFUSED))
     if not refused:
-        return "devicePlugin.config rolled out, with warnings: " + warnings
-    return f"devicePlugin.config refused, not rolled out: {refused}. Warnings: {warnings}"
+        return _WARNINGS + whole_entries(warnings, limit - len(_WARNINGS))
+    room = limit - len(_REFUSED) - len(". Warnings: ")
+    said = whole_entries(refused, room - min(len("; ".join(warnings)), room // 3))
+    return f"{_REFUSED}{said}. Warnings: {whole_entries(warnings, room - len(said))}"
 
 
 def reason(found: list[Problem]) -> str:
@@ -529,7 +540,7 @@ def condition(config_name: str, found: list[Problem] | None, generation: int | N
         return None
     before = next((c for c in previous if c.get("type") == CONDITION), {})
     if found:
-        value, why, message = "False" if held(found) else "True", reason(found), summary(found)
+        value, why, message = "False" if held(found) else "True", reason(found), summary(found, MESSAGE_LIMIT)
     else:
         value, why, message = "True", "Valid", f"every config in ConfigMap {config_name} is valid"
     changed = before.get("status") != value or not before.get("lastTransitionTime")
@@ -537,7 +548,7 @@ def condition(config_name: str, found: list[Problem] | None, generation: int | N
         "type": CONDITION,
         "status": value,
         "reason": why,
-        "message": message[:1000],
+        "message": message,
         "lastTransitionTime": now if changed else before["lastTransitionTime"],
         "observedGeneration": generation,
     }

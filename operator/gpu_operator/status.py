@@ -39,6 +39,22 @@ def _transition(before: dict[str, Any], value: str, now: str) -> str:
     return str(before["lastTransitionTime"])
 
 
+def whole_entries(parts: list[str], limit: int) -> str:
+    """`parts` joined by "; " within `limit` characters: as many whole ones as fit, then "; and N more" for the rest.
+    The first one is always there (cut short, ending "...", only if it alone is too long)."""
+    message = "; ".join(parts)
+    if len(message) <= limit:
+        return message
+    kept, size = 0, -2
+    while kept < len(parts) - 1 and size + 2 + len(parts[kept]) + len(f"; and {len(parts) - kept - 1} more") <= limit:
+        size += 2 + len(parts[kept])
+        kept += 1
+    more = f"; and {len(parts) - max(kept, 1)} more" if len(parts) > 1 else ""
+    if not kept:
+        return parts[0][: limit - len(more) - 3] + "..." + more
+    return "; ".join(parts[:kept]) + more
+
+
 def unsupported_condition(
     fields: list[tuple[str, str]] | None,
     generation: int | None,

@@ -12,7 +12,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -62,7 +62,7 @@ from .status import UNSUPPORTED_FIELDS, StateResult, active_policy, ignored_stat
 from .status_writer import StatusWriter
 from .upgrade import Counters, Limit
 from .upgrade.adapter import UpgradeKept, managed_nodes
-from .upgrade.model import DONE
+from .upgrade.model import DONE, SKIP_LABEL, UNKNOWN
 from .upgrade.model import STATE_LABEL as UPGRADE_STATE
 from .upgrade.orchestrate import Orchestrated, left_behind, orchestrate, set_gauges
 
@@ -534,6 +534,7 @@ class Reconciler:
             settling=settling,
             extra={"upgrade": upgrade.status} if upgrade.status else None,
             unsupported=self._unsupported(spec),
+            upgrading=nvidia_driver_upgrades(nodes, assignment, refused) if spec.driver.use_nvidia_driver_crd else (),
             more_conditions=[
                 c
                 for c in [
@@ -827,6 +828,21 @@ class Reconciler:
         if messages:
             return StateResult(state, "notReady", "; ".join(messages))
         return StateResult(state, "ready")
+
+
+def nvidia_driver_upgrades(
+    nodes: Iterable[NodeFacts], assignment: nvidiadriver.Assignment | None, refused: Collection[str]
+) -> list[str]:
+    """The nodes, sorted, whose NVIDIADriver upgrade is unfinished, as upstream's nvidiaDriverUpgradeIncomplete: an
+    upgrade state other than upgrade-done or none on a node an NVIDIADriver owns (its owner label; the default's nodes
+    carry none here), not labelled to skip upgrades. Nor (beyond upstream) one the driver is refused on: the upgrade
+    skips it too. Read as this pass found the nodes: a state the pass moves on is seen by the next one."""
+    owned = assignment.owner if assignment is not None else {}
+    return sorted(
+        n.name for n in nodes
+        if n.labels.get(UPGRADE_STATE, UNKNOWN) not in (UNKNOWN, DONE) and (n.name in owned or OWNER_LABEL in n.labels)
+        and n.labels.get(SKIP_LABEL) != "true" and n.name not in refused
+    )  # fmt: skip
 
 
 def _wanted(state_plan: StatePlan, live: Mapping[Key, dict[str, Any]], states: frozenset[str]) -> set[Key]:

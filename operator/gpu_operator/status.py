@@ -3,6 +3,7 @@ UnsupportedFields condition (which fields are set but not acted on; it never cha
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,6 +122,16 @@ def _conditions(
 
 
 SETTLING = "changes applied; waiting to observe their effect"  # the message of a pass that wrote and waits to see it
+# Upstream's (clusterpolicy_controller.go, clusterPolicyNotReadyMessage) while an NVIDIADriver upgrade is unfinished.
+UPGRADE_INCOMPLETE = ("NVIDIADriver upgrade has not completed; "
+                      "one or more NVIDIADriver-owned Nodes are marked pending, in-progress, or failed")
+MAX_UPGRADING_NAMED = 5
+
+
+def _upgrading(nodes: Sequence[str]) -> str:
+    more = len(nodes) - MAX_UPGRADING_NAMED
+    named = ", ".join(nodes[:MAX_UPGRADING_NAMED]) + (f" and {more} more" if more > 0 else "")
+    return f"{UPGRADE_INCOMPLETE}: {named}"
 
 
 def policy_status(
@@ -138,11 +149,14 @@ def policy_status(
     extra: dict[str, Any] | None = None,
     unsupported: list[tuple[str, str]] | None = None,
     more_conditions: list[dict[str, Any]] | None = None,
+    upgrading: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The status of the active ClusterPolicy.
 
     `settling`: this pass changed node labels or objects, whose effect the watched state does not show yet.
     `unsupported`: (field path, reason) of the fields set but not acted on (None: not known this pass).
+    `upgrading`: the nodes, sorted, whose NVIDIADriver upgrade is pending, in progress or failed: not ready while
+    there is one (upstream's nvidiaDriverUpgradeIncomplete), named after the operands not ready, if any.
     """
     not_ready = [r for r in results if r.state == "notReady"]
     if error:
@@ -160,7 +174,11 @@ def policy_status(
         driver = next((r for r in not_ready if r.name == "state-driver"), None)
         reason = "DriverNotReady" if driver else "OperandNotReady"
         message = "; ".join(f"{r.name}: {r.message}" if r.message else r.name for r in not_ready)
+        if upgrading:
+            message += "; " + _upgrading(upgrading)
         ready = False
+    elif upgrading:  # before settling: a rollout's writes come and go, its message stays
+        ready, reason, message = False, "OperandNotReady", "ClusterPolicy is not ready; " + _upgrading(upgrading)
     elif settling:
         ready, reason, message = False, "OperandNotReady", SETTLING
     else:

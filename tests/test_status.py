@@ -310,6 +310,17 @@ def test_an_unfinished_nvidiadriver_upgrade_is_said_with_upstreams_words_after_t
     assert status(upgrading=nodes, gpu_nodes=0)["state"] == "ready"  # NoGPUNodes, as with operands not ready
 
 
+def test_a_message_cut_to_its_limit_keeps_whole_entries_and_says_how_many_more() -> None:
+    from gpu_operator.status import whole_entries
+
+    parts = ["aaaaa", "bbbbb", "ccccc"]
+    assert whole_entries(parts, 19) == "aaaaa; bbbbb; ccccc"  # fits: as it is
+    assert whole_entries(parts, 18) == "aaaaa; and 2 more"  # "aaaaa; bbbbb; and 1 more" would not fit
+    assert whole_entries([*parts, "ddddd"], 24) == "aaaaa; bbbbb; and 2 more"
+    assert whole_entries(["a" * 50, "b"], 20) == "a" * 5 + "...; and 1 more"  # the first, cut, rather than none
+    assert whole_entries(["a" * 50], 20) == "a" * 17 + "..."
+
+
 def test_no_gpu_nodes_hides_not_ready_operands() -> None:
     st = status(gpu_nodes=0, results=[StateResult("state-driver", "notReady")])
     assert st["state"] == "ready" and conditions(st)["Ready"]["reason"] == "NoGPUNodes"

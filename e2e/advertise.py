@@ -247,8 +247,9 @@ def gfd_overlay(profile: Profile, layout: str | None, mig_strategy: str, config:
                 configs: MigConfigs | None = None) -> dict[str, str]:
     """What GFD's labels are beyond the plain profile's (``gfd_labels``): sharing, MIG strategy and MIG devices."""
     devices = mig_devices(profile, layout, configs) if mig_strategy != "none" else None
-    out = {"nvidia.com/mig.strategy": mig_strategy,
-           "nvidia.com/mps.capable": str(config.strategy == sharing.MPS and devices is None).lower()}
+    out = {"nvidia.com/mps.capable": str(config.strategy == sharing.MPS and devices is None).lower()}
+    if mig_strategy != "none":  # GFD's MIG labeler writes it; under none there is none (mig-strategy.go)
+        out["nvidia.com/mig.strategy"] = mig_strategy
     n = profile.gpu_count
     if devices is None:
         out.update(_resource_labels("nvidia.com/gpu", profile.product, n, config, GPU))

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from e2e import advertise as adv
+from e2e.cluster.nodes import PROFILES, gfd_labels
 from e2e.nodemodel import _uid, check_rendered, pod_status, ready
 
 from gpu_operator import sharing
@@ -264,3 +265,16 @@ def test_a_label_naming_a_missing_key_leaves_a_running_pod_its_config() -> None:
     assert sim._configs[pod["metadata"]["uid"]][0] == "h100"  # the failed selection is retried
     assert sim._config_of(pod, {label: "any"}, world).key == "any"  # a key that exists is loaded
     assert "unknown version" in sim._config_of(pod, {label: "bad"}, world).error  # loaded, and the plugin fails
+
+
+# --- GFD's labels ---
+
+def test_gfd_writes_no_mig_strategy_label_under_strategy_none() -> None:
+    """k8s-device-plugin internal/lm/mig-strategy.go NewResourceLabeler returns only the full-GPU labelers under
+    strategy none; `nvidia.com/mig.strategy` comes only with the MIG labeler (single, mixed). The simulated GFD
+    wrote `nvidia.com/mig.strategy=none`, so doctor's fallback to the ClusterPolicy's strategy was never met."""
+    h100 = PROFILES["h100x8"]
+    for strategy in ("none", "single"):
+        labels = gfd_labels(h100, "595.91.07", strategy)
+        labels.update(adv.gfd_overlay(h100, None, strategy, sharing.EMPTY))
+        assert labels.get("nvidia.com/mig.strategy") == (None if strategy == "none" else strategy)

@@ -332,6 +332,7 @@ def gfd_labels(
     """The labels GPU feature discovery publishes for a node of that profile.
 
     ``driver_version`` looks like ``595.91.07``; with None the cuda.* labels are left out (no driver loaded).
+    ``nvidia.com/mig.strategy`` only under single or mixed (k8s-device-plugin internal/lm/mig-strategy.go).
     """
     prof = profile if isinstance(profile, Profile) else PROFILES[profile]
     if not prof.has_gpu:
@@ -347,10 +348,11 @@ def gfd_labels(
         "nvidia.com/gpu.sharing-strategy": "none",
         "nvidia.com/gpu.machine": prof.machine,
         "nvidia.com/mig.capable": "true" if prof.mig_capable else "false",
-        "nvidia.com/mig.strategy": mig_strategy,
         "nvidia.com/mps.capable": "false",
         "nvidia.com/gfd.timestamp": str(int(time.time())),
     }
+    if mig_strategy != "none":
+        labels["nvidia.com/mig.strategy"] = mig_strategy
     if driver_version:
         parts = driver_version.split(".")
         major = int(parts[0])

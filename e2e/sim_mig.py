@@ -2,10 +2,15 @@
 
 While a mig-manager operand pod runs on a node, the node's ``nvidia.com/mig.config`` is compared with the layout
 that simulated host has applied (a fresh host has ``all-disabled``).  As in mig-parted's ``pkg/mig/reconfigure``:
-a layout not valid for the node's GPU ends ``failed`` at once; one already applied ends ``success``; otherwise
-``nvidia.com/mig.config.state=pending`` and the deploy labels of the GPU operands it pauses go to
-``paused-for-mig-change`` (a ``false`` stays ``false``), and ``delay`` seconds later the layout is applied
-(``success``) or, on a node given to ``fail``, not (``failed``); either way the labels go back to ``true`` first.
+a name not in the pod's config ends ``failed`` at once (``assert --valid-config``); one already applied ends
+``success``; otherwise ``nvidia.com/mig.config.state=pending`` and the deploy labels of the GPU operands it pauses
+go to ``paused-for-mig-change`` (a ``false`` stays ``false``), and ``delay`` seconds later the layout is applied
+(``success``) or, when the GPU cannot take it or on a node given to ``fail``, not (``failed``); either way the
+labels go back to ``true`` first.
+
+The config: with ``CONFIG_FILE`` (a ConfigMap named) the one the pod mounts, where only the name is checked;
+without it mig-manager builds the layouts from the GPUs: those of the default table that fit the node's GPU (from
+its profile, which stands for the hardware; GFD's product label only for a node without one).
 
 A pod acts on each label value once (a new pod acts again, as upstream's does on start), and only ``settle``
 seconds after it started and after the value was first seen: the real one reacts at once, so this leaves the
@@ -17,10 +22,13 @@ whole interface: ``mig.config`` with ``mig.config.state=success`` names the appl
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpu_operator import mig
+from e2e import advertise as adv
+from e2e.cluster.nodes import profile_of
+from gpu_operator import mig, mig_layouts
 from gpu_operator.nodes import MIG_CONFIG, MIG_CONFIG_STATE, deploy_label
 
 MANAGER_APP = "nvidia-mig-manager"
@@ -36,6 +44,7 @@ class _Host:
     seen: str | None = None  # the label value seen last, and since when
     seen_at: float = 0.0
     target: str | None = None  # a change under way
+    fits: bool = False  # whether the GPU can take it
     started: float = 0.0
     saved: dict[str, str] = field(default_factory=dict)  # deploy label -> its value before the pause
 
@@ -48,6 +57,24 @@ def _manager(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
         if (pod.get("status") or {}).get("phase") == "Running":
             return pod
     return None
+
+
+def _config(pod: dict[str, Any], config_maps: Mapping[tuple[str, str], Mapping[str, str]]) -> adv.MigConfigs | None:
+    """The mig-parted config the pod reads (CONFIG_FILE: the ConfigMap it mounts), or None: it builds the layouts
+    from the GPUs (DEFAULT_CONFIG_FILE is only its fallback)."""
+    env = {e.get("name") for c in (pod.get("spec") or {}).get("containers") or [] for e in c.get("env") or []}
+    if "DEFAULT_CONFIG_FILE" in env and "CONFIG_FILE" not in env:
+        return None
+    return adv.mig_configs_of([pod], config_maps)
+
+
+def _device_id(node: dict[str, Any], labels: Mapping[str, str]) -> str | None:
+    """The PCI device ID of the node's GPUs: its profile's, else (no profile) by GFD's product label."""
+    profile = profile_of(node)
+    if profile is not None:
+        return adv.DEVICE_IDS.get(profile.product)
+    gpu = mig.gpu_of_product(labels.get("nvidia.com/gpu.product", ""))
+    return gpu.device_ids[0] if gpu else None
 
 
 class MigSim:
@@ -85,8 +112,15 @@ class MigSim:
         return (f"applied {host.applied}, {pod}, label {host.seen!r} seen {now - host.seen_at:.0f} s ago, "
                 f"acted on {host.acted_on!r}{doing}")
 
-    def step(self, node: dict[str, Any], pods: list[dict[str, Any]], now: float) -> tuple[dict[str, Any], float | None]:
-        """(label patch, seconds until the node needs another look); called with the node's operand pods."""
+    def step(
+        self,
+        node: dict[str, Any],
+        pods: list[dict[str, Any]],
+        now: float,
+        config_maps: Mapping[tuple[str, str], Mapping[str, str]] | None = None,
+    ) -> tuple[dict[str, Any], float | None]:
+        """(label patch, seconds until the node needs another look); called with the node's operand pods and the
+        ConfigMaps by (namespace, name)."""
         name = node["metadata"]["name"]
         labels = node["metadata"].get("labels") or {}
         with self._lock:
@@ -101,11 +135,12 @@ class MigSim:
             left = host.started + self.delay - now
             if left > 0:
                 return {}, left
-            if not failing:
+            ok = host.fits and not failing
+            if ok:
                 host.applied = host.target
             host.target = None
             patch: dict[str, Any] = {k: "false" if v == "false" else "true" for k, v in host.saved.items()}
-            patch[MIG_CONFIG_STATE] = "failed" if failing else "success"
+            patch[MIG_CONFIG_STATE] = "success" if ok else "failed"
             return patch, None
         if pod is None:
             return {}, None
@@ -121,12 +156,18 @@ class MigSim:
             return {}, ready_at - now
         host.acted_on = want
         state = labels.get(MIG_CONFIG_STATE)
-        gpu = mig.gpu_of_product(labels.get("nvidia.com/gpu.product", ""))
-        if gpu is not None and mig.layout_devices(gpu, want) is None:
+        configs = _config(pod, config_maps or {})
+        device_id = _device_id(node, labels)
+        if configs is not None:  # assert --valid-config: only whether the name is in the file
+            known = want in configs
+            fits = known and device_id is not None and adv.user_layout_devices(configs, want, device_id) is not None
+        else:
+            known = fits = device_id is not None and mig_layouts.layout_devices(want, device_id) is not None
+        if not known:
             return ({MIG_CONFIG_STATE: "failed"} if state != "failed" else {}), None
         if want == host.applied:
             return ({MIG_CONFIG_STATE: "success"} if state != "success" else {}), None
-        host.target, host.started = want, now
+        host.target, host.fits, host.started = want, fits, now
         host.saved = {
             deploy_label(op): labels[deploy_label(op)] for op in mig.PAUSED_BY_MANAGER if deploy_label(op) in labels
         }

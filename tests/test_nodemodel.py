@@ -14,11 +14,13 @@ from typing import Any
 import pytest
 import yaml
 from e2e import advertise as adv
-from e2e.cluster.nodes import PROFILES, gfd_labels
+from e2e.cluster.nodes import PROFILES, gfd_labels, make_node
 from e2e.nodemodel import _uid, check_rendered, pod_status, ready
+from e2e.sim_mig import MigSim
 
 from gpu_operator import sharing
 from gpu_operator.cli import main as cli_main
+from gpu_operator.mig import PAUSED
 from gpu_operator.render import plan
 from support import SAMPLE_NODES, SAMPLES, load_scenario, objects
 
@@ -265,6 +267,122 @@ def test_a_label_naming_a_missing_key_leaves_a_running_pod_its_config() -> None:
     assert sim._configs[pod["metadata"]["uid"]][0] == "h100"  # the failed selection is retried
     assert sim._config_of(pod, {label: "any"}, world).key == "any"  # a key that exists is loaded
     assert "unknown version" in sim._config_of(pod, {label: "bad"}, world).error  # loaded, and the plugin fails
+
+
+# --- the simulated mig-manager (e2e/sim_mig.py) ---
+
+MIG_NS = "gpu-operator"
+MIG_CONFIG, MIG_STATE = "nvidia.com/mig.config", "nvidia.com/mig.config.state"
+DEPLOY = "nvidia.com/gpu.deploy."
+PAUSED_FIVE = tuple(DEPLOY + op for op in ("device-plugin", "gpu-feature-discovery", "dcgm-exporter", "dcgm", "nvsm"))
+H100_PRODUCT = "NVIDIA-H100-80GB-HBM3"
+USER_MIG_CONFIG = """\
+version: v1
+mig-configs:
+  all-disabled:
+  - devices: all
+    mig-enabled: false
+  my-layout:
+  - devices: all
+    mig-enabled: true
+    mig-devices: {"3g.40gb": 2}
+  too-big:
+  - devices: all
+    mig-enabled: true
+    mig-devices: {"3g.40gb": 3}
+"""
+USER_CMS = {(MIG_NS, "custom-mig"): {"config.yaml": USER_MIG_CONFIG}}
+
+
+def _mig_node(**labels: str) -> dict[str, Any]:
+    """An h100x8 node of the e2e cluster with the deploy labels the operator sets (nvsm is not one), and these."""
+    node = make_node("h100-0", "h100x8")
+    node["metadata"]["labels"].update({k: "true" for k in PAUSED_FIVE if k != DEPLOY + "nvsm"}, **labels)
+    return node
+
+
+def _mig_manager(uid: str = "mm-1", config_map: str = "default-mig-parted-config") -> dict[str, Any]:
+    """A running mig-manager pod mounting `config_map`, as with migManager.config.name set (CONFIG_FILE)."""
+    volume = {"name": "mig-parted-config", "configMap": {"name": config_map}}
+    return {"metadata": {"name": f"nvidia-mig-manager-{uid}", "namespace": MIG_NS, "uid": uid,
+                         "labels": {"app": "nvidia-mig-manager"}},
+            "spec": {"nodeName": "h100-0", "volumes": [volume]}, "status": {"phase": "Running"}}  # fmt: skip
+
+
+def _mig_step(sim: MigSim, node: dict[str, Any], pods: list[dict[str, Any]], now: float,
+              config_maps: dict[tuple[str, str], dict[str, str]] | None = None) -> dict[str, Any]:
+    """MigSim.step, its patch applied to the node as the API server applies a merge patch."""
+    patch, _ = sim.step(node, pods, now, config_maps=config_maps)
+    labels = node["metadata"]["labels"]
+    for k, v in patch.items():
+        if v is None:
+            labels.pop(k, None)
+        else:
+            labels[k] = v
+    return dict(patch)
+
+
+def test_a_layout_of_the_users_mig_config_is_applied_and_one_only_the_defaults_have_fails() -> None:
+    """With migManager.config.name set, mig-manager reads that ConfigMap (CONFIG_FILE) and `mig-parted assert
+    --valid-config` asks only whether the name is in it (mig-parted assert.go, reconfigure.go validateMigConfig).
+    The simulator checked every name against the default table: a custom `my-layout` ended `failed` at once,
+    while `all-1g.10gb`, which the user's config lacks, was applied (and advertise.py, reading the user's config,
+    advertised whole GPUs for it)."""
+    sim = MigSim(delay=1.0, settle=0.0)
+    node = _mig_node(**{MIG_CONFIG: "my-layout", "nvidia.com/gpu.product": H100_PRODUCT})
+    pods = [_mig_manager(config_map="custom-mig")]
+    assert _mig_step(sim, node, pods, 0.0, USER_CMS).get(MIG_STATE) == "pending"
+    _mig_step(sim, node, pods, 2.0, USER_CMS)
+    assert node["metadata"]["labels"][MIG_STATE] == "success" and sim.applied("h100-0") == "my-layout"
+
+    sim = MigSim(delay=1.0, settle=0.0)
+    node = _mig_node(**{MIG_CONFIG: "all-1g.10gb", "nvidia.com/gpu.product": H100_PRODUCT})
+    _mig_step(sim, node, pods, 0.0, USER_CMS)
+    _mig_step(sim, node, pods, 2.0, USER_CMS)
+    assert node["metadata"]["labels"][MIG_STATE] == "failed" and sim.applied("h100-0") == "all-disabled"
+
+
+def test_an_unknown_layout_fails_also_before_gfd_labels_the_node() -> None:
+    """mig-manager checks the name against its config whatever the node's labels say; with no ConfigMap named it
+    builds that config from the GPUs (main.go setupMigConfig). The simulator skipped the check while
+    `nvidia.com/gpu.product` was absent (GFD disabled, not run yet, or paused by a previous change) and applied any
+    name: `all-9g.99gb`, which the operator's gate leaves to mig-manager while the GPU is unknown, ended
+    `success` on an H100 node."""
+    sim = MigSim(delay=1.0, settle=0.0)
+    node = _mig_node(**{MIG_CONFIG: "all-9g.99gb"})
+    _mig_step(sim, node, [_mig_manager()], 0.0)
+    _mig_step(sim, node, [_mig_manager()], 2.0)
+    assert node["metadata"]["labels"][MIG_STATE] == "failed" and sim.applied("h100-0") == "all-disabled"
+
+
+def test_the_rendered_mig_manager_with_no_config_named_takes_only_the_layouts_its_gpu_has() -> None:
+    """As rendered with migManager.config.name unset, mig-manager has DEFAULT_CONFIG_FILE, not CONFIG_FILE: it
+    builds its layouts from the GPUs, the mounted default ConfigMap only its fallback. So `all-1g.18gb`, in the
+    default ConfigMap for H200s, fails at once on an H100 without pausing anything, also before GFD ran."""
+    docs = _default()
+    pod = dict(_template_pod(docs, "nvidia-mig-manager"), status={"phase": "Running"})
+    pod["metadata"]["namespace"] = MIG_NS
+    cms = {(MIG_NS, d["metadata"]["name"]): d["data"] for d in docs if d.get("kind") == "ConfigMap"}
+    assert adv.mig_configs_of([pod], cms) is not None and "all-1g.18gb" in adv.mig_configs_of([pod], cms)
+    sim = MigSim(delay=1.0, settle=0.0)
+    node = _mig_node(**{MIG_CONFIG: "all-1g.18gb"})
+    patch = _mig_step(sim, node, [pod], 0.0, cms)
+    assert patch[MIG_STATE] == "failed" and DEPLOY + "device-plugin" not in patch
+
+
+def test_a_layout_in_the_config_that_the_gpu_cannot_take_pauses_the_operands_before_it_fails() -> None:
+    """`assert --valid-config` checks only that the name is in the config file, so `too-big` (three 3g.40gb; an
+    H100 holds two) goes `pending` with the operands paused, and only `mig-parted apply` fails: `failed`, the
+    labels set back. The simulator ended it `failed` at once with no operand touched."""
+    sim = MigSim(delay=1.0, settle=0.0)
+    node = _mig_node(**{MIG_CONFIG: "too-big", "nvidia.com/gpu.product": H100_PRODUCT})
+    pods = [_mig_manager(config_map="custom-mig")]
+    first = _mig_step(sim, node, pods, 0.0, USER_CMS)
+    assert first.get(MIG_STATE) == "pending" and first.get(DEPLOY + "device-plugin") == PAUSED, first
+    _mig_step(sim, node, pods, 2.0, USER_CMS)
+    labels = node["metadata"]["labels"]
+    assert labels[MIG_STATE] == "failed" and labels[DEPLOY + "device-plugin"] == "true"
+    assert sim.applied("h100-0") == "all-disabled"
 
 
 # --- GFD's labels ---

@@ -3,10 +3,12 @@
 While a mig-manager operand pod runs on a node, the node's ``nvidia.com/mig.config`` is compared with the layout
 that simulated host has applied (a fresh host has ``all-disabled``).  As in mig-parted's ``pkg/mig/reconfigure``:
 a name not in the pod's config ends ``failed`` at once (``assert --valid-config``); one already applied ends
-``success``; otherwise ``nvidia.com/mig.config.state=pending`` and the deploy labels of the GPU operands it pauses
-go to ``paused-for-mig-change`` (a ``false`` stays ``false``), and ``delay`` seconds later the layout is applied
-(``success``) or, when the GPU cannot take it or on a node given to ``fail``, not (``failed``); either way the
-labels go back to ``true`` first.
+``success``; otherwise ``nvidia.com/mig.config.state=pending``, the deploy labels of device-plugin, GFD, dcgm,
+dcgm-exporter and nvsm (set or not; client only when set) go to ``paused-for-mig-change`` (a ``false`` stays
+``false``), and ``delay`` seconds later the layout is applied (``success``) or, when the GPU cannot take it or
+on a node given to ``fail``, not (``failed``).  Each ``success`` or ``failed`` first sets those labels to ``true``
+(a ``false`` stays), but once a pod has completed a change only its later completed changes do
+(``NoRestartK8sDaemonsetsOnExit`` stays set in its process): a later ``failed`` leaves them paused.
 
 The config: with ``CONFIG_FILE`` (a ConfigMap named) the one the pod mounts, where only the name is checked;
 without it mig-manager builds the layouts from the GPUs: those of the default table that fit the node's GPU (from
@@ -33,6 +35,8 @@ from gpu_operator.nodes import MIG_CONFIG, MIG_CONFIG_STATE, deploy_label
 
 MANAGER_APP = "nvidia-mig-manager"
 INITIAL_LAYOUT = "all-disabled"
+CLIENT = deploy_label("client")
+ALWAYS_PAUSED = tuple(deploy_label(op) for op in mig.PAUSED_BY_MANAGER if op != "client")
 
 
 @dataclass
@@ -43,6 +47,7 @@ class _Host:
     acted_on: str | None = None  # the label value that pod last acted on
     seen: str | None = None  # the label value seen last, and since when
     seen_at: float = 0.0
+    restarted: bool = False  # that pod completed a change (NoRestartK8sDaemonsetsOnExit)
     target: str | None = None  # a change under way
     fits: bool = False  # whether the GPU can take it
     started: float = 0.0
@@ -75,6 +80,18 @@ def _device_id(node: dict[str, Any], labels: Mapping[str, str]) -> str | None:
         return adv.DEVICE_IDS.get(profile.product)
     gpu = mig.gpu_of_product(labels.get("nvidia.com/gpu.product", ""))
     return gpu.device_ids[0] if gpu else None
+
+
+def _read(labels: Mapping[str, str]) -> dict[str, str]:
+    """The deploy labels mig-manager pauses and sets back, as read at the start of a run ("" when unset)."""
+    out = {k: labels.get(k, "") for k in ALWAYS_PAUSED}
+    if labels.get(CLIENT):
+        out[CLIENT] = labels[CLIENT]
+    return out
+
+
+def _set_true(read: Mapping[str, str]) -> dict[str, str]:
+    return {k: "false" if v == "false" else "true" for k, v in read.items()}
 
 
 class MigSim:
@@ -136,16 +153,19 @@ class MigSim:
             if left > 0:
                 return {}, left
             ok = host.fits and not failing
-            if ok:
-                host.applied = host.target
+            patch: dict[str, Any] = {}
+            if ok:  # restartKubernetesGPUClients, then setState
+                host.applied, host.restarted = host.target, True
+                patch = _set_true(host.saved)
+            elif not host.restarted:
+                patch = _set_true(host.saved)
             host.target = None
-            patch: dict[str, Any] = {k: "false" if v == "false" else "true" for k, v in host.saved.items()}
             patch[MIG_CONFIG_STATE] = "success" if ok else "failed"
             return patch, None
         if pod is None:
             return {}, None
         if uid != host.pod:
-            host.pod, host.since, host.acted_on = uid, now, None
+            host.pod, host.since, host.acted_on, host.restarted = uid, now, None, False
         want = labels.get(MIG_CONFIG)
         if want != host.seen:
             host.seen, host.seen_at = want, now
@@ -155,7 +175,6 @@ class MigSim:
         if now < ready_at:
             return {}, ready_at - now
         host.acted_on = want
-        state = labels.get(MIG_CONFIG_STATE)
         configs = _config(pod, config_maps or {})
         device_id = _device_id(node, labels)
         if configs is not None:  # assert --valid-config: only whether the name is in the file
@@ -163,14 +182,12 @@ class MigSim:
             fits = known and device_id is not None and adv.user_layout_devices(configs, want, device_id) is not None
         else:
             known = fits = device_id is not None and mig_layouts.layout_devices(want, device_id) is not None
-        if not known:
-            return ({MIG_CONFIG_STATE: "failed"} if state != "failed" else {}), None
-        if want == host.applied:
-            return ({MIG_CONFIG_STATE: "success"} if state != "success" else {}), None
+        if not known or want == host.applied:
+            patch = {} if host.restarted else _set_true(_read(labels))  # setState
+            patch[MIG_CONFIG_STATE] = "success" if known else "failed"
+            return {k: v for k, v in patch.items() if labels.get(k) != v}, None
         host.target, host.fits, host.started = want, fits, now
-        host.saved = {
-            deploy_label(op): labels[deploy_label(op)] for op in mig.PAUSED_BY_MANAGER if deploy_label(op) in labels
-        }
+        host.saved = _read(labels)
         patch = {k: "false" if v == "false" else mig.PAUSED for k, v in host.saved.items()}
         patch[MIG_CONFIG_STATE] = "pending"
         return patch, self.delay

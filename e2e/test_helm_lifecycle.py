@@ -30,7 +30,18 @@ from e2e.cluster.nodes import create_nodes, delete_nodes, make_node
 from e2e.kube import Kube, create_namespace, node_ready, wait_for
 from e2e.operator_process import OperatorProcess
 from e2e.simulator import NodeSimulator
-from e2e.test_helm import CHART, CRD, NS, POLICY, RELEASE, Tools, _release_free, install_crds, revision
+from e2e.test_helm import (
+    CHART,
+    CRD,
+    NS,
+    NVSM_BY_MIG_MANAGER,
+    POLICY,
+    RELEASE,
+    Tools,
+    _release_free,
+    install_crds,
+    revision,
+)
 from e2e.test_helm import tools as tools  # noqa: F401  (the module fixture, shared)
 from gpu_operator.status_writer import PROGRESS_INTERVAL_S
 
@@ -238,7 +249,8 @@ def test_upgrade_from_the_previous_chart_and_rollback_leave_the_cluster_alone(
         wait_for(lambda: kube.get_or_none(POLICY) is None, 60, message="ClusterPolicy deleted")
         for name in GPU_NODES:
             labels = kube.get(f"/api/v1/nodes/{name}")["metadata"].get("labels") or {}
-            assert not [k for k in labels if k.startswith("nvidia.com/gpu.deploy.")], labels
+            assert not [k for k, v in labels.items()
+                        if k.startswith("nvidia.com/gpu.deploy.") and (k, v) != NVSM_BY_MIG_MANAGER], labels
         tools.helm("uninstall", RELEASE, "-n", NS, "--wait", "--timeout", "120s")
     finally:
         op.stop()

@@ -385,6 +385,50 @@ def test_a_layout_in_the_config_that_the_gpu_cannot_take_pauses_the_operands_bef
     assert sim.applied("h100-0") == "all-disabled"
 
 
+def test_a_restarted_mig_manager_restores_paused_labels_when_the_layout_is_already_applied_or_refused() -> None:
+    """reconfigure.go setState, on "already applied" and on a name not in the config too, first sets
+    device-plugin, GFD, dcgm-exporter, dcgm and nvsm back with maybeSetTrue (anything but `false` becomes `true`).
+    So a mig-manager that starts after one was killed mid-change (the labels left paused) brings the operands back
+    itself. The simulator wrote only the state: the operands stayed paused until the operator stepped in."""
+    for layout, state in (("all-disabled", "success"), ("no-such-layout", "failed")):
+        sim = MigSim(delay=1.0, settle=0.0)
+        paused = {k: PAUSED for k in PAUSED_FIVE}
+        node = _mig_node(**{MIG_CONFIG: layout, MIG_STATE: "pending"}, **paused)
+        assert _mig_step(sim, node, [_mig_manager()], 0.0).get(MIG_STATE) == state
+        assert {k: node["metadata"]["labels"][k] for k in PAUSED_FIVE} == dict.fromkeys(PAUSED_FIVE, "true")
+
+
+def test_absent_operand_labels_are_paused_and_set_true_as_upstream_does() -> None:
+    """shutdownKubernetesGPUClients writes device-plugin, GFD, dcgm-exporter, dcgm and nvsm whether set or not
+    (maybeSetPaused("") = paused-for-mig-change; client only when set), and restarting them writes
+    maybeSetTrue("") = `true`. The simulator paused and restored only the labels on the node, so the
+    `nvidia.com/gpu.deploy.nvsm=true` a real node has after a MIG change never appeared."""
+    sim = MigSim(delay=1.0, settle=0.0)
+    node = _mig_node(**{MIG_CONFIG: "all-1g.10gb"})
+    assert DEPLOY + "nvsm" not in node["metadata"]["labels"]
+    assert _mig_step(sim, node, [_mig_manager()], 0.0).get(DEPLOY + "nvsm") == PAUSED
+    _mig_step(sim, node, [_mig_manager()], 2.0)
+    assert node["metadata"]["labels"][DEPLOY + "nvsm"] == "true"
+
+
+def test_after_a_completed_change_a_failed_one_in_the_same_pod_leaves_the_operands_paused() -> None:
+    """restartKubernetesGPUClients sets the package variable NoRestartK8sDaemonsetsOnExit for good, so in that
+    mig-manager process setState no longer sets the labels back: a later change that fails ends `failed` with the
+    operands paused (the operator's restore then acts). The simulator set them back on every end."""
+    sim = MigSim(delay=1.0, settle=0.0)
+    node = _mig_node(**{MIG_CONFIG: "all-1g.10gb"})
+    _mig_step(sim, node, [_mig_manager()], 0.0)
+    _mig_step(sim, node, [_mig_manager()], 2.0)
+    assert node["metadata"]["labels"][MIG_STATE] == "success"
+    sim.fail("h100-0")
+    node["metadata"]["labels"][MIG_CONFIG] = "all-2g.20gb"
+    _mig_step(sim, node, [_mig_manager()], 3.0)
+    assert _mig_step(sim, node, [_mig_manager()], 5.0) == {MIG_STATE: "failed"}
+    assert node["metadata"]["labels"][DEPLOY + "device-plugin"] == PAUSED
+    _mig_step(sim, node, [_mig_manager("mm-2")], 6.0)  # a new pod tries again: its failure sets them back
+    assert _mig_step(sim, node, [_mig_manager("mm-2")], 8.0).get(DEPLOY + "device-plugin") == "true"
+
+
 # --- GFD's labels ---
 
 def test_gfd_writes_no_mig_strategy_label_under_strategy_none() -> None:

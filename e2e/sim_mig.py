@@ -5,10 +5,12 @@ that simulated host has applied (a fresh host has ``all-disabled``).  As in mig-
 a name not in the pod's config ends ``failed`` at once (``assert --valid-config``); one already applied ends
 ``success``; otherwise ``nvidia.com/mig.config.state=pending``, the deploy labels of device-plugin, GFD, dcgm,
 dcgm-exporter and nvsm (set or not; client only when set) go to ``paused-for-mig-change`` (a ``false`` stays
-``false``), and ``delay`` seconds later the layout is applied (``success``) or, when the GPU cannot take it or
-on a node given to ``fail``, not (``failed``).  Each ``success`` or ``failed`` first sets those labels to ``true``
-(a ``false`` stays), but once a pod has completed a change only its later completed changes do
-(``NoRestartK8sDaemonsetsOnExit`` stays set in its process): a later ``failed`` leaves them paused.
+``false``), it waits until no pod of device-plugin, GFD, dcgm-exporter or dcgm (by ``app``) is left on the node
+(after 5 minutes it gives up: ``pending``, labels paused), and ``delay`` seconds later the layout is applied
+(``success``) or, when the GPU cannot take it or on a node given to ``fail``, not (``failed``).  Each ``success``
+or ``failed`` first sets those labels to ``true`` (a ``false`` stays), but once a pod has completed a change only
+its later completed changes do (``NoRestartK8sDaemonsetsOnExit`` stays set in its process): a later ``failed``
+leaves them paused.
 
 The config: with ``CONFIG_FILE`` (a ConfigMap named) the one the pod mounts, where only the name is checked;
 without it mig-manager builds the layouts from the GPUs: those of the default table that fit the node's GPU (from
@@ -37,6 +39,10 @@ MANAGER_APP = "nvidia-mig-manager"
 INITIAL_LAYOUT = "all-disabled"
 CLIENT = deploy_label("client")
 ALWAYS_PAUSED = tuple(deploy_label(op) for op in mig.PAUSED_BY_MANAGER if op != "client")
+# waitForPodsToBeDeleted: the pods (by `app`, in mig-manager's namespace) a change waits for, polled each second
+CLIENT_APPS = ("nvidia-device-plugin-daemonset", "gpu-feature-discovery", "nvidia-dcgm-exporter", "nvidia-dcgm")
+POLL = 1.0
+WAIT_PODS = 300.0
 
 
 @dataclass
@@ -51,6 +57,7 @@ class _Host:
     target: str | None = None  # a change under way
     fits: bool = False  # whether the GPU can take it
     started: float = 0.0
+    clients_seen: float = 0.0  # when the operand pods it waits for were last seen
     saved: dict[str, str] = field(default_factory=dict)  # deploy label -> its value before the pause
 
 
@@ -92,6 +99,13 @@ def _read(labels: Mapping[str, str]) -> dict[str, str]:
 
 def _set_true(read: Mapping[str, str]) -> dict[str, str]:
     return {k: "false" if v == "false" else "true" for k, v in read.items()}
+
+
+def _clients(pods: list[dict[str, Any]], namespace: str) -> bool:
+    return any(
+        p["metadata"].get("namespace") == namespace and (p["metadata"].get("labels") or {}).get("app") in CLIENT_APPS
+        for p in pods
+    )
 
 
 class MigSim:
@@ -146,10 +160,16 @@ class MigSim:
         pod = _manager(pods)
         uid = str(pod["metadata"].get("uid")) if pod else ""
         if host.target is not None:
-            if uid != host.pod:  # killed mid-change: everything stays as it is
+            if pod is None or uid != host.pod:  # killed mid-change: everything stays as it is
                 host.target, host.acted_on = None, None
                 return {}, None
-            left = host.started + self.delay - now
+            if _clients(pods, pod["metadata"].get("namespace") or ""):
+                host.clients_seen = now
+                if now - host.started >= WAIT_PODS:  # gives up without a state: pending, the labels paused
+                    host.target = None
+                    return {}, None
+                return {}, POLL
+            left = host.clients_seen + self.delay - now
             if left > 0:
                 return {}, left
             ok = host.fits and not failing
@@ -186,8 +206,8 @@ class MigSim:
             patch = {} if host.restarted else _set_true(_read(labels))  # setState
             patch[MIG_CONFIG_STATE] = "success" if known else "failed"
             return {k: v for k, v in patch.items() if labels.get(k) != v}, None
-        host.target, host.fits, host.started = want, fits, now
+        host.target, host.fits, host.started, host.clients_seen = want, fits, now, now
         host.saved = _read(labels)
         patch = {k: "false" if v == "false" else mig.PAUSED for k, v in host.saved.items()}
         patch[MIG_CONFIG_STATE] = "pending"
-        return patch, self.delay
+        return patch, POLL

@@ -309,6 +309,11 @@ def _mig_manager(uid: str = "mm-1", config_map: str = "default-mig-parted-config
             "spec": {"nodeName": "h100-0", "volumes": [volume]}, "status": {"phase": "Running"}}  # fmt: skip
 
 
+def _operand_pod(app: str) -> dict[str, Any]:
+    return {"metadata": {"name": f"{app}-x", "namespace": MIG_NS, "uid": app, "labels": {"app": app}},
+            "spec": {"nodeName": "h100-0"}, "status": {"phase": "Running"}}  # fmt: skip
+
+
 def _mig_step(sim: MigSim, node: dict[str, Any], pods: list[dict[str, Any]], now: float,
               config_maps: dict[tuple[str, str], dict[str, str]] | None = None) -> dict[str, Any]:
     """MigSim.step, its patch applied to the node as the API server applies a merge patch."""
@@ -427,6 +432,34 @@ def test_after_a_completed_change_a_failed_one_in_the_same_pod_leaves_the_operan
     assert node["metadata"]["labels"][DEPLOY + "device-plugin"] == PAUSED
     _mig_step(sim, node, [_mig_manager("mm-2")], 6.0)  # a new pod tries again: its failure sets them back
     assert _mig_step(sim, node, [_mig_manager("mm-2")], 8.0).get(DEPLOY + "device-plugin") == "true"
+
+
+def test_the_change_waits_until_the_paused_operand_pods_are_gone() -> None:
+    """reconfigure.go waitForPodsToBeDeleted: after pausing the labels mig-manager polls until no pod with
+    app=nvidia-device-plugin-daemonset / gpu-feature-discovery / nvidia-dcgm-exporter / nvidia-dcgm is left on the
+    node; after 5 minutes it returns an error without a state (`pending`, labels paused). The simulator applied the
+    layout `delay` seconds after the pause whether or not those pods went: a device-plugin pod that ignores its
+    paused deploy label (a rendering bug) still got a `success`."""
+    sim = MigSim(delay=1.0, settle=0.0)
+    node = _mig_node(**{MIG_CONFIG: "all-1g.10gb"})
+    plugin = _operand_pod("nvidia-device-plugin-daemonset")
+    first = _mig_step(sim, node, [_mig_manager(), plugin], 0.0)
+    assert first.get(MIG_STATE) == "pending" and first.get(DEPLOY + "device-plugin") == PAUSED
+    _mig_step(sim, node, [_mig_manager(), plugin], 30.0)  # the plugin pod still runs
+    assert node["metadata"]["labels"][MIG_STATE] == "pending" and sim.applied("h100-0") == "all-disabled"
+    _mig_step(sim, node, [_mig_manager()], 30.5)  # gone: `delay` from the last look that saw it
+    assert node["metadata"]["labels"][MIG_STATE] == "pending"
+    _mig_step(sim, node, [_mig_manager()], 31.0)
+    assert node["metadata"]["labels"][MIG_STATE] == "success" and sim.applied("h100-0") == "all-1g.10gb"
+
+    sim = MigSim(delay=1.0, settle=0.0)
+    node = _mig_node(**{MIG_CONFIG: "all-1g.10gb"})
+    _mig_step(sim, node, [_mig_manager(), plugin], 0.0)
+    assert _mig_step(sim, node, [_mig_manager(), plugin], 300.0) == {}  # gives up
+    assert _mig_step(sim, node, [_mig_manager()], 310.0) == {}
+    labels = node["metadata"]["labels"]
+    assert labels[MIG_STATE] == "pending" and labels[DEPLOY + "device-plugin"] == PAUSED
+    assert sim.applied("h100-0") == "all-disabled"
 
 
 # --- GFD's labels ---

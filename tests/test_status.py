@@ -169,6 +169,61 @@ def test_a_failed_write_on_another_clusterpolicy_does_not_cut_the_active_policys
         assert out.busy == (refused != 404), out.busy
 
 
+def test_a_deleted_policy_already_gone_is_let_go_quietly_and_the_one_taking_over_is_reconciled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A (active) is deleted while B exists: the operator hands over, and letting A go is a merge patch of its
+    finalizers. When A is already gone (the uninstall hook's timeout took our finalizer off, or the pass's view of A
+    is older than its removal) the patch answers 404. That escaped the pass before the active policy's part (B had
+    no status, no node labelled, the pass counted failed); since ac868d5 the pass goes on, but a policy already gone
+    was still logged as a warning ("deleted ClusterPolicy not let go") and ended cleanup_deleted, so another deleted
+    policy of the same pass waited for the next. A gone object needs no finalizer removed: it is let go."""
+    from gpu_operator.lifecycle import CLEANUP_FINALIZER
+    from gpu_operator.observe import Snapshot, key_of
+    from gpu_operator.reconciler import Reconciler
+    from support import RecordingKube, facts
+
+    class GoneA(RecordingKube):
+        def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *a: Any, **k: Any) -> dict[str, Any]:
+            if kind == "ClusterPolicy" and name == "cluster-policy" and "finalizers" in patch.get("metadata", {}):
+                raise ApiError(404, '{"message": "clusterpolicies.nvidia.com \\"cluster-policy\\" not found"}',
+                               f"PATCH {kind} {name}", "NotFound")  # fmt: skip
+            return super().merge_patch(kind, name, patch, *a, **k)
+
+    a = policy_object()
+    a["metadata"].update(uid="uid-a", finalizers=[CLEANUP_FINALIZER], deletionTimestamp=T2)
+    b = policy_object()
+    b["metadata"].update(name="new-policy", uid="uid-b", creationTimestamp=T1, finalizers=[CLEANUP_FINALIZER])
+    nodes = {"gpu-1": facts("gpu-1")}
+    # Every object already owned by B (a previous pass re-owned them): A holds nothing back.
+    first = RecordingKube()
+    Reconciler(first, "gpu-operator").reconcile(  # type: ignore[arg-type]
+        Snapshot(nodes=nodes, policies={"new-policy": b}, owned={}, pods={}, revisions={})
+    )
+    owned = {key_of(o): o for verb, o in first.calls if verb == "apply"}
+    assert owned
+
+    kube = GoneA()
+    r = Reconciler(kube, "gpu-operator")  # type: ignore[arg-type]
+    policies = {"cluster-policy": a, "new-policy": b}
+    with caplog.at_level("INFO", logger="gpu_operator"):
+        out = r.reconcile(Snapshot(nodes=nodes, policies=policies, owned=owned, pods={}, revisions={}))
+    assert ("ClusterPolicy", "new-policy") in kube.statuses, "the policy taking over is reconciled"
+    assert out.ready is not None and not out.busy
+    assert not [rec.getMessage() for rec in caplog.records if rec.levelname == "WARNING"]
+    assert any("gone already" in rec.getMessage() for rec in caplog.records)
+
+    # Two deleted at once, none left: the one already gone does not hold back the other's letting go.
+    c = policy_object()
+    c["metadata"].update(name="other", uid="uid-c", finalizers=[CLEANUP_FINALIZER], deletionTimestamp=T2)
+    kube = GoneA()
+    Reconciler(kube, "gpu-operator").reconcile(  # type: ignore[arg-type]
+        Snapshot(nodes=nodes, policies={"cluster-policy": a, "other": c}, owned={}, pods={}, revisions={})
+    )
+    let_go = [what[1] for verb, what in kube.calls if verb == "merge_patch" and what[0] == "ClusterPolicy"]
+    assert let_go == ["other"], let_go
+
+
 def test_a_deleted_policy_is_let_go_without_putting_back_a_finalizer_its_owner_removed_since() -> None:
     """Letting a deleted policy go wrote the finalizers list as the pass read it without ours, with no
     precondition: a finalizer its owner removed since was put back (the API server refuses that on an object being

@@ -45,13 +45,17 @@ class Lifecycle:
     def _set_finalizers(self, meta: dict[str, Any], finalizers: list[str]) -> bool:
         """A merge patch replaces the whole list: it carries the resourceVersion it was decided on, so that a
         finalizer another controller added or removed since is not undone (the API server refuses it with 409).
-        False when refused so: the next pass reads it again."""
+        False when refused so: the next pass reads it again. Letting go of one already gone (404) is done."""
         patch: dict[str, Any] = {"metadata": {"finalizers": finalizers}}
         if meta.get("resourceVersion"):
             patch["metadata"]["resourceVersion"] = meta["resourceVersion"]
         try:
             answer = self.kube.merge_patch("ClusterPolicy", meta["name"], patch)
         except ApiError as exc:
+            if exc.status == 404 and CLEANUP_FINALIZER not in finalizers:
+                log.info("ClusterPolicy %s is gone already (its finalizer removed by hand or by the uninstall hook)",
+                         meta["name"])  # fmt: skip
+                return True
             if exc.status != 409:
                 raise
             log.info("ClusterPolicy %s changed since it was read: its finalizers are written on the next pass",

@@ -278,7 +278,7 @@ class Reconciler:
         try:
             if not self.lifecycle.cleanup_deleted(snap):
                 out.busy = True  # a policy changed since it was read: its finalizer is let go on the next pass
-        except ApiError as exc:  # refused, or the policy gone (404: its finalizer removed by hand): the pass goes on
+        except ApiError as exc:  # refused (a 403, a webhook): the pass goes on
             log.warning("deleted ClusterPolicy not let go: %s", exc)
             out.busy = out.busy or exc.status != 404
         if active is None or snap.policies[active]["metadata"].get("deletionTimestamp"):

@@ -384,11 +384,18 @@ def test_sandbox_off_values() -> None:
 
 
 def test_cluster_policy_switch() -> None:
-    docs = render(sets=["clusterPolicy.enabled=false"])
-    assert not find(docs, "ClusterPolicy")
-    assert not [d for d in docs if hook(d) == "pre-delete"], "nothing to clean up without the chart's policy"
+    """Without the chart's ClusterPolicy the pre-delete hook deletes none, but still takes the operator's finalizer
+    off the ClusterPolicies managed elsewhere (once the operator is gone nothing else would)."""
+    for switch in ("clusterPolicy.enabled=false", "clusterPolicy.deployCR=false"):
+        docs = render(sets=[switch])
+        assert not find(docs, "ClusterPolicy")
+        env = {e["name"]: e["value"] for e in one(docs, "Job", "gpu-operator-cleanup")["spec"]["template"]["spec"][
+            "containers"][0]["env"]}  # fmt: skip
+        assert env["CLUSTERPOLICIES"] == "" and env["OPERATOR"] == f"{NAMESPACE}/gpu-operator", env
     docs = render(sets=["clusterPolicy.enabled=false", "operator.cleanupCRD=true"])
     assert one(docs, "Job", "gpu-operator-cleanup")
+    docs = render(sets=["clusterPolicy.cleanupOnUninstall=false"])
+    assert not [d for d in docs if hook(d) == "pre-delete"], "no clean-up asked for"
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "1.5"])
@@ -731,6 +738,7 @@ def test_cleanup_hook_runs_the_shipped_script() -> None:
     assert c["command"] == ["python", "/hook/cleanup.py"]
     env = {e["name"]: e["value"] for e in c["env"]}
     assert env["CLUSTERPOLICIES"] == "cluster-policy" and env["DELETE_CRDS"] == ""
+    assert env["OPERATOR"] == f"{NAMESPACE}/{one(docs, 'Deployment', 'gpu-operator')['metadata']['name']}"
     cm = one(docs, "ConfigMap", "gpu-operator-cleanup")
     assert cm["data"]["cleanup.py"] == (CHART / "files" / "cleanup.py").read_text()
 
@@ -916,6 +924,16 @@ def test_hook_rbac_is_limited_to_the_crds() -> None:
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": NAMESPACE}]
     no_crd_delete = one(render(), "ClusterRole", "gpu-operator-cleanup")["rules"]
     assert [r["resources"] for r in no_crd_delete] == [["clusterpolicies"]]
+    # In the release namespace: scale the operator to 0 and see its pods go (before it takes off its finalizer).
+    assert one(docs, "Role", "gpu-operator-cleanup")["rules"] == [
+        {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["patch"],
+         "resourceNames": ["gpu-operator"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
+    ]  # fmt: skip
+    binding = one(docs, "RoleBinding", "gpu-operator-cleanup")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": "gpu-operator-cleanup"}  # fmt: skip
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "gpu-operator-cleanup", "namespace": NAMESPACE}]
 
 
 # --- generated files ---

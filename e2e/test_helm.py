@@ -544,3 +544,35 @@ def test_cleanup_crd_hook_deletes_policies_and_crds_and_uninstall_still_works(
     assert "uninstalled" in out.stdout
     assert not _release_exists(tools)
     assert kube.get_or_none(f"/apis/apps/v1/namespaces/{NS}/deployments/gpu-operator") is None
+
+
+def test_cleanup_hook_releases_a_clusterpolicy_the_chart_did_not_create(
+    prepared: None, cluster: LocalCluster, kube: Kube, tools: Tools, tmp_path: Path
+) -> None:
+    """With clusterPolicy.enabled=false the ClusterPolicy is managed elsewhere: the hook deletes nothing, but scales
+    the operator to 0 (a running one would put the finalizer back) and takes its finalizer off, so that the policy
+    can still be deleted once the chart is gone. Under the hook's own identity (its Role in the namespace)."""
+    install_crds(tools)
+    tools.helm("install", RELEASE, str(CHART), "-n", NS, "--set", "clusterPolicy.enabled=false", "--wait",
+               "--timeout", "120s")  # fmt: skip
+    policy = yaml.safe_load((REPO / "manifests" / "samples" / "clusterpolicy-default.yaml").read_text())
+    policy["metadata"] = {"name": "user-policy", "finalizers": [CLEANUP_FINALIZER]}
+    kube.create("/apis/nvidia.com/v1/clusterpolicies", policy)
+    path = "/apis/nvidia.com/v1/clusterpolicies/user-policy"
+    job, kubeconfig = hook_identity(kube, tools, cluster, "cleanup-hook.yaml", tmp_path,
+                                    "clusterPolicy.enabled=false")  # fmt: skip
+    try:
+        proc = run_job_command(job, kubeconfig)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert f"deployment {NS}/gpu-operator scaled to 0" in proc.stdout, proc.stdout
+        assert "operator pods still there" not in proc.stdout, proc.stdout
+        assert "clusterpolicy user-policy: our finalizer removed" in proc.stdout, proc.stdout
+        assert "deleted; waiting" not in proc.stdout, proc.stdout
+        assert kube.get(f"/apis/apps/v1/namespaces/{NS}/deployments/gpu-operator")["spec"]["replicas"] == 0
+        left = kube.get(path)["metadata"]
+        assert not left.get("finalizers") and not left.get("deletionTimestamp"), left
+    finally:
+        remove_hook_objects(tools, "cleanup-hook.yaml", "clusterPolicy.enabled=false")
+    tools.helm("uninstall", RELEASE, "-n", NS, "--no-hooks", "--wait", "--timeout", "60s")
+    kube.delete(path)  # with no operator left
+    wait_for(lambda: kube.get_or_none(path) is None, 30, message="the user's ClusterPolicy deleted")

@@ -122,7 +122,9 @@ def release_gone(kube: Kube, tools: Tools) -> list[str]:
                  "/apis/rbac.authorization.k8s.io/v1/clusterroles/gpu-operator-upgrade-crd",
                  f"/apis/batch/v1/namespaces/{NS}/jobs/gpu-operator-cleanup",
                  f"/api/v1/namespaces/{NS}/serviceaccounts/gpu-operator-cleanup",
-                 "/apis/rbac.authorization.k8s.io/v1/clusterroles/gpu-operator-cleanup"):  # fmt: skip
+                 "/apis/rbac.authorization.k8s.io/v1/clusterroles/gpu-operator-cleanup",
+                 f"/apis/rbac.authorization.k8s.io/v1/namespaces/{NS}/roles/gpu-operator-cleanup",
+                 f"/apis/rbac.authorization.k8s.io/v1/namespaces/{NS}/rolebindings/gpu-operator-cleanup"):  # fmt: skip
         if kube.get_or_none(path) is not None:
             left.append(path)
     return left

@@ -441,3 +441,112 @@ def test_the_cleanup_timeout_names_the_uninstall_timeout_it_must_fit_in() -> Non
     row = next(line for line in readme.split(" | ") if "how long that hook waits" in line)
     for where, text in (("values.yaml", comment), ("README.md", row)):
         assert "--timeout" in text and f"{fits}" in text and f"+ {found.group(1)}" in text, where
+
+
+def test_the_cleanup_hook_is_there_also_for_a_clusterpolicy_the_chart_did_not_create() -> None:
+    """The operator puts its finalizer on every ClusterPolicy it acts on (upstream puts none), and once it is gone
+    only the chart's pre-delete hook takes it off. The hook was rendered only when the chart created the
+    ClusterPolicy (clusterPolicy.enabled and deployCR) or with cleanupCRD: with `clusterPolicy.enabled=false`, as
+    values.yaml and NOTES.txt suggest for a ClusterPolicy managed elsewhere (kubectl, GitOps), `helm uninstall` left
+    it with our finalizer and no operator, so a later `kubectl delete clusterpolicy` (or of its CRD) hung in
+    Terminating for good. Now cleanupOnUninstall alone renders it (the guard does not read deployCR)."""
+    text = (CHART / "templates" / "cleanup-hook.yaml").read_text()
+    variables = dict(re.findall(r"\{\{-? \$(\w+) := (.+?) -?\}\}", text))
+    guard = re.search(r"\{\{-? if (.+?) -?\}\}", text)
+    assert guard, "the hook has a guard"
+    expression = re.sub(r"\$(\w+)", lambda m: f"({variables.get(m.group(1), m.group(0))})", guard.group(1))
+    assert "deployCR" not in expression and ".Values.clusterPolicy.cleanupOnUninstall" in expression, expression
+
+
+class HookKube:
+    """The API server as the cleanup hook sees it, with an operator that runs until its Deployment is scaled to 0:
+    on each change to a ClusterPolicy its pass lets a deleted one go and puts our finalizer back on the others."""
+
+    def __init__(self, policies: dict[str, list[str]]) -> None:
+        self.policies = {name: {"metadata": {"name": name, "finalizers": list(f)}} for name, f in policies.items()}
+        self.replicas = 1
+        self.calls: list[tuple[str, str, str]] = []
+
+    def _operator_pass(self) -> None:
+        from gpu_operator.lifecycle import CLEANUP_FINALIZER
+
+        if not self.replicas:
+            return
+        for name, policy in list(self.policies.items()):
+            meta = policy["metadata"]
+            if meta.get("deletionTimestamp"):
+                meta["finalizers"] = [f for f in meta["finalizers"] if f != CLEANUP_FINALIZER]
+            elif CLEANUP_FINALIZER not in meta["finalizers"]:
+                meta["finalizers"].append(CLEANUP_FINALIZER)
+            if meta.get("deletionTimestamp") and not meta["finalizers"]:
+                del self.policies[name]
+
+    def list(self, kind: str, namespace: str | None = None, label_selector: str | None = None) -> list[Any]:
+        if kind == "Pod":
+            assert (namespace, label_selector) == (NAMESPACE, "app=gpu-operator")
+            return [{"metadata": {"name": "gpu-operator-1"}}] * self.replicas
+        return [json.loads(json.dumps(p)) for p in self.policies.values()]
+
+    def delete(self, kind: str, name: str) -> bool:
+        self.calls.append(("delete", kind, name))
+        self.policies[name]["metadata"]["deletionTimestamp"] = "2026-02-01T00:00:00Z"
+        self._operator_pass()
+        return True
+
+    def merge_patch(self, kind: str, name: str, patch: dict[str, Any], namespace: str | None = None,
+                    sub: str | None = None) -> dict[str, Any]:  # fmt: skip
+        self.calls.append(("merge_patch", kind, name))
+        if kind == "Deployment":
+            assert (namespace, name, sub, patch) == (NAMESPACE, "gpu-operator", "scale", {"spec": {"replicas": 0}})
+            self.replicas = 0
+            return {"status": {"replicas": 1, "selector": "app=gpu-operator"}}
+        meta = self.policies[name]["metadata"]
+        meta["finalizers"] = patch["metadata"]["finalizers"] or []
+        if meta.get("deletionTimestamp") and not meta["finalizers"]:
+            del self.policies[name]
+        self._operator_pass()
+        return {}
+
+
+def run_cleanup_hook(monkeypatch: pytest.MonkeyPatch, kube: HookKube, **env: str) -> None:
+    import importlib.util
+
+    from gpu_operator.kube import Kube
+
+    spec = importlib.util.spec_from_file_location("cleanup_hook", CHART / "files" / "cleanup.py")
+    assert spec and spec.loader
+    hook = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hook)
+    monkeypatch.setattr(Kube, "connect", classmethod(lambda cls, kubeconfig: kube))
+    monkeypatch.setattr(hook.time, "sleep", lambda s: None)
+    for key, value in {"TIMEOUT_SECONDS": "1", **env}.items():
+        monkeypatch.setenv(key, value)
+    assert hook.main() == 0
+
+
+def test_the_cleanup_hook_takes_our_finalizer_off_a_clusterpolicy_it_leaves_after_stopping_the_operator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A ClusterPolicy the hook does not delete (the chart did not create it, or it took over from the chart's) is
+    left, with what it deployed, but without our finalizer, which no operator would remove once the chart is gone.
+    A running operator puts it back on its next pass, so the operator is scaled to 0 (and its pods waited for)
+    first; another controller's finalizer stays."""
+    from gpu_operator.lifecycle import CLEANUP_FINALIZER
+
+    operator = f"{NAMESPACE}/gpu-operator"
+    # The chart did not create it: nothing is deleted.
+    kube = HookKube({"mine": [CLEANUP_FINALIZER, "backup.example.com/protect"]})
+    run_cleanup_hook(monkeypatch, kube, CLUSTERPOLICIES="", OPERATOR=operator)
+    assert kube.policies["mine"]["metadata"] == {"name": "mine", "finalizers": ["backup.example.com/protect"]}
+    assert kube.replicas == 0 and not [c for c in kube.calls if c[0] == "delete"]
+
+    # The chart's is deleted while the operator runs (it lets it go), then the one that took over is released.
+    kube = HookKube({"cluster-policy": [CLEANUP_FINALIZER], "second": [CLEANUP_FINALIZER]})
+    run_cleanup_hook(monkeypatch, kube, CLUSTERPOLICIES="cluster-policy", OPERATOR=operator)
+    assert list(kube.policies) == ["second"] and kube.policies["second"]["metadata"]["finalizers"] == []
+    assert kube.calls[0] == ("delete", "ClusterPolicy", "cluster-policy")
+
+    # No ClusterPolicy left: the operator is left to Helm.
+    kube = HookKube({"cluster-policy": [CLEANUP_FINALIZER]})
+    run_cleanup_hook(monkeypatch, kube, CLUSTERPOLICIES="cluster-policy", OPERATOR=operator)
+    assert kube.policies == {} and kube.replicas == 1

@@ -1,12 +1,19 @@
-"""pre-delete hook of the gpu-operator chart: delete ClusterPolicies while the operator still runs.
+"""pre-delete hook of the gpu-operator chart: delete ClusterPolicies while the operator still runs, then take our
+finalizer off any ClusterPolicy left.
 
-The operator keeps a finalizer on each ClusterPolicy and, when one is deleted, removes the labels it put on nodes
-before letting it go. Helm deletes the operator's Deployment before the ClusterPolicy, so without this hook the
-ClusterPolicy would be left terminating for ever. Settings (environment):
+The operator keeps a finalizer on each ClusterPolicy it acts on and, when one is deleted, removes the labels it put on
+nodes before letting it go. Helm deletes the operator's Deployment before the ClusterPolicy, so without this hook the
+ClusterPolicy would be left terminating for ever. A ClusterPolicy left after that (one the chart did not create, or
+one that took over from a deleted one) keeps what it deployed, but our finalizer on it would keep it, and its CRD,
+from being deleted once the operator is gone: the operator is stopped (a running one puts the finalizer back on its
+next pass), then the finalizer is removed. Settings (environment):
 
-  CLUSTERPOLICIES   names to delete, comma separated, or "*" for all (default: cluster-policy)
+  CLUSTERPOLICIES   names to delete, comma separated, "*" for all, or empty for none (default: cluster-policy)
   TIMEOUT_SECONDS   how long to wait for the operator to clean up (default 120); after that our finalizers are
                     removed here, so the uninstall never hangs (node labels may then be left behind)
+  OPERATOR          the operator's Deployment, <namespace>/<name> (default: none, and a ClusterPolicy left keeps our
+                    finalizer): where a ClusterPolicy left has our finalizer, the Deployment is scaled to 0 and its
+                    pods are waited for (at most 60 s) before the finalizer is removed
   DELETE_CRDS       CRD names to delete afterwards, comma separated (default: none)
 
 Connects in-cluster, or with $KUBECONFIG. Runs with the operator image (it uses the operator's API client).
@@ -17,10 +24,12 @@ from __future__ import annotations
 import os
 import sys
 import time
+from typing import Any
 
 from gpu_operator.kube import ApiError, Kube
 
 OUR_FINALIZERS = ("nvidia.com/gpu-operator-cleanup", "nvidia.com/gpu-operator-kopf")
+STOP_SECONDS = 60.0  # the operator pod's grace period (30 s), and some
 
 
 def say(msg: str) -> None:
@@ -37,9 +46,42 @@ def policies(kube: Kube, wanted: list[str]) -> list[dict]:
     return [p for p in found if "*" in wanted or p["metadata"]["name"] in wanted]
 
 
+def ours(policy: dict[str, Any]) -> bool:
+    return any(f in OUR_FINALIZERS for f in policy["metadata"].get("finalizers") or [])
+
+
+def drop_finalizers(kube: Kube, meta: dict[str, Any]) -> None:
+    keep = [f for f in meta.get("finalizers") or [] if f not in OUR_FINALIZERS]
+    try:
+        kube.merge_patch("ClusterPolicy", meta["name"], {"metadata": {"finalizers": keep or None}})
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+
+
+def stop_operator(kube: Kube, deployment: str) -> None:
+    """Scale the operator's Deployment to 0 and wait for its pods to go, so that none puts our finalizer back."""
+    namespace, name = deployment.split("/", 1)
+    try:
+        scale = kube.merge_patch("Deployment", name, {"spec": {"replicas": 0}}, namespace, "scale")
+    except ApiError as exc:
+        if exc.status == 404:  # no operator runs
+            return
+        raise
+    say(f"deployment {deployment} scaled to 0, so that the operator puts no finalizer back")
+    selector = (scale.get("status") or {}).get("selector")
+    deadline = time.monotonic() + STOP_SECONDS
+    while selector and kube.list("Pod", namespace, label_selector=selector):
+        if time.monotonic() >= deadline:
+            say(f"operator pods still there after {STOP_SECONDS:.0f}s: going on")
+            return
+        time.sleep(2)
+
+
 def main() -> int:
     wanted = [n.strip() for n in os.environ.get("CLUSTERPOLICIES", "cluster-policy").split(",") if n.strip()]
     timeout = float(os.environ.get("TIMEOUT_SECONDS", "120"))
+    operator = os.environ.get("OPERATOR", "").strip()
     crds = [n.strip() for n in os.environ.get("DELETE_CRDS", "").split(",") if n.strip()]
     kube = Kube.connect(None)
 
@@ -55,14 +97,17 @@ def main() -> int:
         left = policies(kube, wanted)
     for policy in left:
         meta = policy["metadata"]
-        keep = [f for f in meta.get("finalizers") or [] if f not in OUR_FINALIZERS]
         say(f"clusterpolicy {meta['name']} still there after {timeout:.0f}s (is the operator running?): "
             "removing its finalizer; node labels may be left behind")
-        try:
-            kube.merge_patch("ClusterPolicy", meta["name"], {"metadata": {"finalizers": keep or None}})
-        except ApiError as exc:
-            if exc.status != 404:
-                raise
+        drop_finalizers(kube, meta)
+
+    if operator and any(ours(p) for p in policies(kube, ["*"])):
+        stop_operator(kube, operator)
+        for policy in policies(kube, ["*"]):
+            if ours(policy):
+                drop_finalizers(kube, policy["metadata"])
+                say(f"clusterpolicy {policy['metadata']['name']}: our finalizer removed, so that it can be deleted "
+                    "with no operator running")
 
     for crd in crds:
         if kube.delete("CustomResourceDefinition", crd):

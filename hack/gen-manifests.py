@@ -6,7 +6,8 @@
   registry of kinds (`gpu_operator.kinds.operand_rbac()`); the chart's roles include them.
 * manifests/gpu-operator.yaml: a plain install (`kubectl apply --server-side -f`), rendered from the chart with its
   default values: Namespace gpu-operator, CRDs, ServiceAccount, RBAC, Deployment, Service. No hook Jobs (use
-  `kubectl apply` again to upgrade CRDs) and no ClusterPolicy (apply one from manifests/samples/).
+  `kubectl apply` again to upgrade CRDs, and delete the ClusterPolicies before the manifests to uninstall) and no
+  ClusterPolicy (apply one from manifests/samples/).
 
 `--check` writes nothing and exits 1 when a generated file is stale. The helm binary is $HELM, else the one
 e2e/cluster/build.sh builds, else `helm` on PATH.
@@ -56,6 +57,9 @@ HEADER = """\
 # A plain install of the GPU operator without Helm:
 #   kubectl apply --server-side -f manifests/gpu-operator.yaml
 #   kubectl apply -f manifests/samples/clusterpolicy-default.yaml
+# To uninstall, delete the ClusterPolicies first (the operator removes its node labels and finalizer), then the rest:
+#   kubectl delete clusterpolicies --all --wait --timeout 5m
+#   kubectl delete -f manifests/gpu-operator.yaml
 # NFD is not included: install it separately (see charts/gpu-operator/README.md).
 """
 

@@ -748,7 +748,7 @@ def test_nodefeatures_are_listed_again_only_while_a_gpu_node_has_none_read_and_n
     def relisted() -> bool:
         kube.lists.clear()
         op._features_listed = time.monotonic() - 60
-        op.refresh_node_features()
+        asyncio.run(op.refresh_node_features())
         return kube.lists == ["NodeFeature"]
 
     # A vm-passthrough node (or one without GFD, or whose driver is refused) never gets GFD's labels.
@@ -762,6 +762,103 @@ def test_nodefeatures_are_listed_again_only_while_a_gpu_node_has_none_read_and_n
     op.node_features = {}
     op.nodes = {"vm-1": facts("vm-1", pci_label="feature.node.kubernetes.io/pci-0302_10de_2330.present")}
     assert not op.unidentified() and not relisted()  # its NFD label names its GPU
+
+
+def node_feature(node: str, device: str) -> dict[str, Any]:
+    """NFD's NodeFeature of a node with one NVIDIA GPU of that PCI device ID."""
+    return {
+        "kind": "NodeFeature",
+        "metadata": {"name": f"{node}-x7k2p", "namespace": "node-feature-discovery",
+                     "labels": {"nfd.node.kubernetes.io/node-name": node}},
+        "spec": {"features": {"instances": {"pci.device": {"elements": [
+            {"attributes": {"vendor": "10de", "class": "0302", "device": device}}]}}}},
+    }  # fmt: skip
+
+
+class ThreadedKube:
+    """Answers a list with `listed`, in the thread asking; `meanwhile` (if set) runs on the event loop first, as
+    the watch events handled while a listing runs."""
+
+    def __init__(self, listed: list[dict[str, Any]], groups: frozenset[str] = frozenset()) -> None:
+        self.listed = listed
+        self.groups = groups
+        self.lists: list[str] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.meanwhile: Any = None
+
+    def api_groups(self) -> frozenset[str]:
+        return self.groups
+
+    def list(self, kind: str, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        self.lists.append(kind)
+        if self.meanwhile is not None:
+            assert self.loop is not None and threading.current_thread() is not threading.main_thread()
+            handled = threading.Event()
+            self.loop.call_soon_threadsafe(lambda: (self.meanwhile(), handled.set()))
+            assert handled.wait(5), "the event loop is blocked while the listing runs"
+        return copy.deepcopy(self.listed)
+
+
+def test_nodefeatures_are_listed_in_a_thread_and_taken_on_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop ran refresh_node_features in a worker thread, where unidentified() walked the node cache the event
+    loop changes as nodes join and leave: a node event handled mid-walk (the GIL switches threads every 0.5 ms in the
+    operator, debug.tune_threads; a walk over thousands of nodes takes longer) ended it with "RuntimeError:
+    dictionary changed size during iteration", logged as "listing NodeFeatures failed": no NodeFeature was read
+    while GPU nodes joined, when it matters. Now it decides on the event loop and only the listing runs in a
+    thread; a node deleted while it runs keeps no devices (another machine may join under its name)."""
+    kube = ThreadedKube([node_feature("gpu-1", "2330"), node_feature("gpu-2", "2330")])
+    op = Operator(kube=kube, namespace="gpu-operator")  # type: ignore[arg-type]
+    op.api_groups = frozenset({"nfd.k8s-sigs.io"})
+    op.nodes = {"gpu-1": facts("gpu-1"), "gpu-2": facts("gpu-2")}  # GPU nodes no label or NodeFeature identifies yet
+    walked: set[threading.Thread] = set()
+    real = runtime.identify
+
+    def identify(*args: Any) -> Any:
+        walked.add(threading.current_thread())
+        return real(*args)
+
+    monkeypatch.setattr(runtime, "identify", identify)
+
+    def meanwhile() -> None:
+        op.on_node_facts("gpu-3", facts("gpu-3"))  # a node joins
+        op.on_node_facts("gpu-2", None)  # and one leaves
+
+    async def main() -> None:
+        kube.loop, kube.meanwhile = asyncio.get_running_loop(), meanwhile
+        await op.refresh_node_features()
+
+    asyncio.run(main())
+    assert kube.lists == ["NodeFeature"] and walked == {threading.main_thread()}
+    assert op.node_features == {"gpu-1": ("2330",)}
+    assert set(op.nodes) == {"gpu-1", "gpu-3"}
+
+
+def test_a_kind_just_served_is_listed_in_a_thread_and_merged_on_the_event_loop_newer_events_kept() -> None:
+    """refresh_discovery ran in a worker thread and put the owned objects of a kind just served into the cache as
+    listed, with no version check: a watch event of one (kopf starts that watch once the CRD appears) handled on
+    the event loop meanwhile was overwritten by the older listing, and one deleted meanwhile came back. Now only
+    the API calls run in a thread; the listing is merged on the event loop (the newer wins, a deletion stays)."""
+    def monitor(name: str, rv: int) -> dict[str, Any]:
+        return {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
+                "metadata": {"name": name, "namespace": "gpu-operator", "resourceVersion": str(rv),
+                             "labels": {"app.kubernetes.io/managed-by": "gpu-operator"}}}  # fmt: skip
+
+    groups = frozenset({"monitoring.coreos.com/servicemonitors"})
+    kube = ThreadedKube([monitor("dcgm-exporter", 10), monitor("node-status-exporter", 10)], groups)
+    op = Operator(kube=kube, namespace="gpu-operator")  # type: ignore[arg-type]
+
+    def meanwhile() -> None:
+        op.on_owned("MODIFIED", monitor("dcgm-exporter", 20))
+        op.on_owned("DELETED", monitor("node-status-exporter", 21))
+
+    async def main() -> None:
+        kube.loop, kube.meanwhile = asyncio.get_running_loop(), meanwhile
+        await op.refresh_discovery()
+
+    asyncio.run(main())
+    assert kube.lists == ["ServiceMonitor"] and op.api_groups == groups
+    assert list(op.owned) == [("ServiceMonitor", "gpu-operator", "dcgm-exporter")]
+    assert op.owned[("ServiceMonitor", "gpu-operator", "dcgm-exporter")]["metadata"]["resourceVersion"] == "20"
 
 
 def test_nodes_are_read_again_before_a_pass_once_an_nvidiadriver_selects_on_an_nfd_label_they_lack(

@@ -705,16 +705,30 @@ class Operator:
         self._features_listed = time.monotonic()
         self._gone = self._touched = None
 
-    def refresh_discovery(self) -> None:
-        """Re-read what the API serves; list the owned objects of optional kinds that just appeared."""
+    async def refresh_discovery(self) -> None:
+        """Re-read what the API serves; list the owned objects of optional kinds that just appeared. On the event
+        loop, which changes the caches: only the API calls run in a thread."""
         before = self.api_groups
-        self.api_groups = self.kube.api_groups()
+        groups = await asyncio.to_thread(self.kube.api_groups)
+        new = [k for k in operand_kinds() if k.optional and served(k, groups) and not served(k, before)]
+
+        def list_new() -> list[dict[str, Any]]:
+            return [obj for kind in new for obj in list_owned(self.kube, kind, self.namespace, groups)]
+
+        self._gone = set()  # objects deleted while the listing runs are not brought back by it
+        try:
+            listed = await asyncio.to_thread(list_new) if new else []
+        finally:
+            gone, self._gone = self._gone, None
+        self.api_groups = groups
+        for kind in new:
+            log.info("%s is served now: %s objects are rendered and watched", kind.resource, kind.kind)
+        for obj in listed:  # a watch event that came meanwhile is newer
+            key = key_of(obj)
+            if ("owned", key) not in gone and newer(self.owned.get(key), obj):
+                self.owned[key] = obj
         for kind in operand_kinds():
-            if kind.optional and served(kind, self.api_groups) and not served(kind, before):
-                log.info("%s is served now: %s objects are rendered and watched", kind.resource, kind.kind)
-                for obj in list_owned(self.kube, kind, self.namespace, self.api_groups):
-                    self.owned[key_of(obj)] = obj
-            elif kind.optional and served(kind, before) and not served(kind, self.api_groups):
+            if kind.optional and served(kind, before) and not served(kind, groups):
                 log.info("%s is no longer served: %s objects are not rendered", kind.resource, kind.kind)
                 for key in [k for k in self.owned if k[0] == kind.kind]:
                     self.owned.pop(key, None)
@@ -728,8 +742,9 @@ class Operator:
             for n in self.nodes.values()
         )
 
-    def refresh_node_features(self) -> None:
-        """Re-list NodeFeature objects while some GPU node is not identified (`unidentified`; rate-limited)."""
+    async def refresh_node_features(self) -> None:
+        """Re-list NodeFeature objects while some GPU node is not identified (`unidentified`; rate-limited). On the
+        event loop, which changes the node cache: only the listing runs in a thread."""
         if not served(NODE_FEATURE, self.api_groups):
             self.node_features = {}
             return
@@ -738,7 +753,12 @@ class Operator:
         if not self.unidentified():
             return
         self._features_listed = time.monotonic()
-        self.node_features = node_features(self.kube, self.api_groups)
+        self._gone = set()  # a node deleted meanwhile keeps no devices (another machine may join under its name)
+        try:
+            listed = await asyncio.to_thread(node_features, self.kube, self.api_groups)
+        finally:
+            gone, self._gone = self._gone, None
+        self.node_features = {n: d for n, d in listed.items() if ("node", n) not in gone}
 
     async def read_kept_labels(self) -> bool:
         """Read every node again while some label an NVIDIADriver selects on (nodes.kept_labels) was not kept
@@ -865,12 +885,12 @@ class Operator:
             if self.discovery_stale:
                 self.discovery_stale = False
                 try:
-                    await asyncio.to_thread(self.refresh_discovery)
+                    await self.refresh_discovery()
                 except Exception as exc:  # noqa: BLE001 - try again on the next pass
                     log.warning("API discovery failed, retrying: %s", exc)
                     self.discovery_stale = True
             try:
-                await asyncio.to_thread(self.refresh_node_features)
+                await self.refresh_node_features()
             except Exception as exc:  # noqa: BLE001 - GPUs stay identified by labels until the next try
                 log.warning("listing NodeFeatures failed: %s", exc)
             if not await self.read_kept_labels():

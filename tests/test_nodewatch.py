@@ -162,6 +162,32 @@ def test_a_line_not_written_name_first_is_decoded_and_delivered() -> None:
     assert cache.nodes["a"] == NodeFacts.from_node(body) and cache.nodes["a"].has_gpu
 
 
+def test_a_node_that_differs_only_by_the_nodefeature_devices_the_cache_filled_in_is_not_delivered() -> None:
+    """The operator's cache holds the nodes with their NodeFeature PCI devices filled in, which the watch never
+    reads: compared with ==, every event of such a node that changed nothing the operator reads (an annotation it
+    does not keep, say) would reach the event loop."""
+    op = Operator(kube=None, namespace=NAMESPACE)  # type: ignore[arg-type]
+    op.node_features = {"a": ("2330",)}  # its NodeFeature names an H100
+    delivered: list[str] = []
+
+    def deliver(name: str, facts: NodeFacts | None) -> None:
+        delivered.append(name)
+        op.on_node_facts(name, facts)
+
+    annotated = versioned("a", 11)
+    annotated["metadata"]["annotations"] = {"node.alpha.kubernetes.io/ttl": "0"}  # not kept
+    api = Api([versioned("a", 5)], [
+        {"type": "MODIFIED", "object": annotated},
+        {"type": "MODIFIED", "object": versioned("a", 12, labels={"nvidia.com/gpu.present": "true"})},
+    ])  # fmt: skip
+    watch = NodeWatch(api, op.nodes.get, deliver)  # type: ignore[arg-type]
+    watch.relist()
+    assert delivered == ["a"] and op.nodes["a"].pci_devices == ("2330",)
+    watch.watch("10")
+    assert delivered == ["a", "a"]  # the label change only
+    assert op.nodes["a"].pci_devices == ("2330",) and op.nodes["a"].labels["nvidia.com/gpu.present"] == "true"
+
+
 def test_an_error_event_ends_the_watch_and_the_nodes_are_listed_again() -> None:
     cache = Cache()
     error = {"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",

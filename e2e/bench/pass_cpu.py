@@ -1,6 +1,7 @@
 """The CPU of one reconcile pass on a settled cluster of N nodes, without a cluster (prints numbers, asserts nothing).
 
     python -m e2e.bench.pass_cpu [--nodes 1000 5000] [--passes 15] [--profile 25] [--nvidia-drivers] [--cpu-nodes N]
+                                 [--sandbox-workloads] [--node-features]
 
 The operator's Reconciler runs on snapshots as the watch caches hold them once everything is rolled out: N nodes
 as operator_scale makes them (h100x8, a100x4, l4x1 in turn, half on ubuntu 22.04 and half on 24.04), labelled by a
@@ -13,7 +14,10 @@ end of a rollout (2% of pods not ready, 10 nodes relabelled each) and midway (40
 K functions of most cumulative time over midway passes. `--nvidia-drivers` hands the driver to two NVIDIADrivers
 (useNvidiaDriverCRD): a default one and one with another version for the nodes on ubuntu 24.04. `--cpu-nodes N`
 adds N nodes without a GPU (no operand goes to them; the relabelled nodes are still the GPU nodes);
-`--sandbox-workloads` sets sandboxWorkloads.enabled (every node on the default workload, container). Thread CPU time,
+`--sandbox-workloads` sets sandboxWorkloads.enabled (every node on the default workload, container).
+`--node-features` gives every GPU node an NFD NodeFeature naming its device (NFD's NodeFeature API, on by default
+since NFD 0.14) and hands each pass its nodes as the runtime's snapshot does, through an Operator's node cache fed
+the nodes that changed, as the node watch feeds it. Thread CPU time,
 so what the machine's other processes take is left out; on the live cluster (operator_scale) passes also wait for
 the cores.
 """
@@ -30,7 +34,7 @@ import statistics
 import time
 from typing import Any
 
-from e2e.bench.operator_scale import bench_node, nvidia_drivers
+from e2e.bench.operator_scale import DEVICE_IDS, PROFILES, bench_node, nvidia_drivers
 from e2e.cluster.nodes import make_node
 from e2e.operator_process import NAMESPACE, policy_from_sample
 from gpu_operator.lifecycle import CLEANUP_FINALIZER
@@ -38,6 +42,7 @@ from gpu_operator.nodes import NodeFacts, apply_patch, deploy_label
 from gpu_operator.observe import Key, PodIndex, Snapshot, key_of
 from gpu_operator.readiness import daemon_node_count
 from gpu_operator.reconciler import Reconciler
+from gpu_operator.runtime import Operator
 from gpu_operator.states.base import STATE_LABEL
 
 COUNTS = ("desiredNumberScheduled", "currentNumberScheduled", "numberReady", "updatedNumberScheduled",
@@ -150,7 +155,26 @@ def settled(n: int, crd: bool = False, cpu: int = 0, sandbox: bool = False) -> t
     return reconciler, api, snap.with_nodes({**nodes, **changed}) if changed else snap
 
 
-def timed(reconciler: Reconciler, snap: Snapshot) -> tuple[float, int, bool | None]:
+class NodeCache:
+    """--node-features: a snapshot's nodes as the runtime's snapshot hands them to a pass, with NodeFeature devices
+    for the GPU nodes (node-00000 has the device of PROFILES[0], and so on, as bench_node makes them)."""
+
+    def __init__(self, n: int) -> None:
+        self.op = Operator(kube=None, namespace=NAMESPACE)  # type: ignore[arg-type]
+        self.op.node_features = {f"node-{i:05d}": (DEVICE_IDS[PROFILES[i % 3]],) for i in range(n)}  # read at start
+        self.fed: dict[str, NodeFacts] = {}
+
+    def __call__(self, snap: Snapshot) -> Snapshot:
+        for name, facts in snap.nodes.items():
+            if self.fed.get(name) is not facts:  # the node watch delivers a node whose facts changed
+                self.fed[name] = facts
+                self.op.on_node_facts(name, facts)
+        return snap.with_nodes(self.op.snapshot().nodes)
+
+
+def timed(reconciler: Reconciler, snap: Snapshot, cached: NodeCache | None = None) -> tuple[float, int, bool | None]:
+    if cached is not None:
+        snap = cached(snap)
     index = snap.pod_index  # a fresh index per pass, as the runtime's snapshot has (made outside the pass)
     snap.__dict__["pod_index"] = PodIndex({s: dict(on) for s, on in index.by_state.items()}, dict(index.by_owner),
                                           index.unready_by_owner)  # fmt: skip
@@ -222,29 +246,33 @@ def main() -> None:
                         help="the drivers as two NVIDIADrivers (useNvidiaDriverCRD; one for half the nodes)")
     parser.add_argument("--cpu-nodes", type=int, default=0, metavar="N", help="N nodes without a GPU besides")
     parser.add_argument("--sandbox-workloads", action="store_true", help="sandboxWorkloads.enabled")
+    parser.add_argument("--node-features", action="store_true",
+                        help="NFD NodeFeatures naming each GPU node's device, read through the runtime's node cache")
     args = parser.parse_args()
     for n in args.nodes:
         besides = f" and {args.cpu_nodes} CPU nodes" if args.cpu_nodes else ""
         how = ", ".join(w for w, on in (("NVIDIADrivers", args.nvidia_drivers),
-                                         ("sandboxWorkloads", args.sandbox_workloads)) if on)  # fmt: skip
+                                         ("sandboxWorkloads", args.sandbox_workloads),
+                                         ("NodeFeatures", args.node_features)) if on)  # fmt: skip
         print(f"{n} nodes{besides}{f' ({how})' if how else ''}:")
         reconciler, _, snap = settled(n, args.nvidia_drivers, args.cpu_nodes, args.sandbox_workloads)
+        cached = NodeCache(n) if args.node_features else None
         clock = GcClock()
-        quiet = [timed(reconciler, snap) for _ in range(args.passes)]
+        quiet = [timed(reconciler, snap, cached) for _ in range(args.passes)]
         changed = []
         for i in range(args.passes):
             snap = relabelled(snap, i)
-            changed.append(timed(reconciler, snap))
+            changed.append(timed(reconciler, snap, cached))
         rollout = rolling(snap, 0.02)
         rolled = []
         for i in range(args.passes):
             rollout = relabelled(rollout, i, 10)
-            rolled.append(timed(reconciler, rollout))
+            rolled.append(timed(reconciler, rollout, cached))
         midway = rolling(snap, 0.4)
         busy = []
         for i in range(args.passes):
             midway = relabelled(midway, i, 150)
-            busy.append(timed(reconciler, midway))
+            busy.append(timed(reconciler, midway, cached))
         collected = clock.close()
         for what, runs in (("settled, nothing changed", quiet), ("settled, one node's labels changed", changed),
                            ("2% of each DaemonSet's pods not ready, 10 nodes' labels changed", rolled),
@@ -260,7 +288,7 @@ def main() -> None:
             profile.enable()
             for i in range(args.passes):
                 midway = relabelled(midway, args.passes + i, 150)
-                timed(reconciler, midway)
+                timed(reconciler, midway, cached)
             profile.disable()
             pstats.Stats(profile).sort_stats("cumulative").print_stats(args.profile)
 

@@ -19,6 +19,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import fields
+from operator import attrgetter
 from typing import Any, Generic, TypeVar
 
 from .kube import ApiError, Kube
@@ -43,6 +44,7 @@ class Watch(Generic[T]):
     A projection equal to the cached one is dropped only when it is also what this watch last delivered: deliveries
     reach the cache later (runtime.Inbox), and one still on its way there may change the entry.
     `stale(new, cached)`: whether a projection is older than the cached one (it is then dropped too).
+    `same(new, cached)`: whether a projection equals the cached one (by default ==).
     `summary`: what is kept of each object delivered, to compare the next with (by default the projection).
     `names`: the names the cache holds (called in the watch's thread: it must copy them at once, `tuple(d)`). A
     listing then also delivers as deleted what the cache holds and the listing lacks, not only what this watch
@@ -58,6 +60,7 @@ class Watch(Generic[T]):
         *,
         label_selector: str | None = None,
         stale: Callable[[T, T], bool] | None = None,
+        same: Callable[[T, T], bool] | None = None,
         name: str = "watch",
         volatile: re.Pattern[bytes] | None = None,
         codec: Codec[Any] | None = None,
@@ -72,6 +75,7 @@ class Watch(Generic[T]):
         self.names = names
         self.query: dict[str, Any] = {"labelSelector": label_selector} if label_selector else {}
         self.stale = stale
+        self.same = same
         self.name = name
         self.stop = threading.Event()
         self._known: set[str] = set()
@@ -187,7 +191,8 @@ class Watch(Generic[T]):
             if self.stale is not None and self.stale(new, cached):
                 return
             # Unchanged only when the cache holds it and no delivery still on its way there changes it.
-            if cached == new and self._last.get(name) == summary:
+            same = cached == new if self.same is None else self.same(new, cached)
+            if same and self._last.get(name) == summary:
                 return
         self._last[name] = summary
         self.deliver(name, new)
@@ -229,6 +234,12 @@ def _older(new: NodeFacts, cached: NodeFacts) -> bool:
 
 
 _COMPARED = tuple(f.name for f in fields(NodeFacts) if f.compare)
+_READ = attrgetter(*(f for f in _COMPARED if f != "pci_devices"))
+
+
+def _same(new: NodeFacts, cached: NodeFacts) -> bool:
+    """Equal but for the PCI devices: the cache fills those in from NFD's NodeFeatures, the watch never reads them."""
+    return bool(_READ(new) == _READ(cached))
 
 
 def _digest(facts: NodeFacts) -> int:
@@ -250,5 +261,6 @@ class NodeWatch(Watch[NodeFacts]):
     def __init__(
         self, kube: Kube, current: Current[NodeFacts], deliver: Deliver[NodeFacts], names: Names | None = None
     ):
-        super().__init__(kube, NODES, NodeFacts.from_wire, current, deliver, stale=_older, name="node-watch",
-                         volatile=NODE_VOLATILE, codec=Codec(Node), summary=_digest, names=names)  # fmt: skip
+        super().__init__(kube, NODES, NodeFacts.from_wire, current, deliver, stale=_older, same=_same,
+                         name="node-watch", volatile=NODE_VOLATILE, codec=Codec(Node), summary=_digest,
+                         names=names)  # fmt: skip

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, cast
 
 import kopf
@@ -43,7 +44,6 @@ from .observe import (
     observe,
     project_pod,
     revision_projection,
-    with_devices,
 )
 from .readiness import is_unready
 from .reconciler import Labelling, Outcome, Reconciler, generations, hold_driver_restores
@@ -161,7 +161,8 @@ class Operator:
         # And their uid and resourceVersion, as {"metadata": ...}: a predecessor's late events are not theirs.
         self._config_meta: dict[str, dict[str, Any]] = {}
         # NFD NodeFeature PCI devices per node (other namespaces, so not watched: re-listed while a GPU node
-        # is identified neither by its labels nor by these, at most every NODE_FEATURE_RELIST_S).
+        # is identified neither by its labels nor by these, at most every NODE_FEATURE_RELIST_S). `nodes` holds its
+        # facts with them filled in: a node's facts are a new object only when the node or its devices change.
         self.node_features: dict[str, tuple[str, ...]] = {}
         self._features_listed = 0.0
         self.wake = asyncio.Event()
@@ -234,6 +235,7 @@ class Operator:
         cached = self.nodes.get(name)
         if cached is not None and facts.resource_version < cached.resource_version:
             return  # older than what we hold (the answer to our own patch came first)
+        facts = self._with_devices(facts)
         if cached != facts:
             if cached is not None:
                 facts.inherit(cached)
@@ -244,6 +246,19 @@ class Operator:
             else:
                 self.paced("node")
             self._label(facts)
+
+    def _with_devices(self, facts: NodeFacts) -> NodeFacts:
+        """`facts` with the node's NodeFeature PCI devices, as `nodes` holds them."""
+        devices = self.node_features.get(facts.name, ())
+        return facts if facts.pci_devices == devices else replace(facts, pci_devices=devices)
+
+    def _read_node_features(self, features: dict[str, tuple[str, ...]]) -> None:
+        """Take NodeFeature devices read: only the cached nodes whose devices changed get new facts."""
+        before, self.node_features = self.node_features, features
+        for name in before.keys() | features.keys():
+            facts = self.nodes.get(name)
+            if facts is not None and before.get(name) != features.get(name):
+                self.nodes[name] = self._with_devices(facts)
 
     def on_node_answer(self, facts: NodeFacts) -> None:
         """The answer to our own patch of a node: taken only for a node still cached. The operator creates no node,
@@ -277,7 +292,6 @@ class Operator:
         if current.spec.driver.use_nvidia_driver_crd and generations(self.nvidia_drivers) != current.drivers:
             return  # an NVIDIADriver changed since the pass (which ones render is the pass's): it labels the node
         # The version matrix's refusal as a full pass decides it (a node without a driver pod of ours).
-        node = with_devices({node.name: node}, self.node_features)[node.name]
         # With useNvidiaDriverCRD, by the NVIDIADriver that drives the node (its version, its labels).
         drivers = [NVIDIADriver.from_object(o) for o in self.nvidia_drivers.values()]
         routing = driver_routing([node], current.spec, drivers, self._join_routing)
@@ -333,7 +347,6 @@ class Operator:
         facts = self.nodes.get(name)
         if facts is None:
             return
-        facts = with_devices({name: facts}, self.node_features)[name]
         refused = compat.refused(compat.verdicts([facts], spec)).get(name, "")
         owner = current.upgrade_owner(name) if current.spec.driver.use_nvidia_driver_crd else None
         pools = adopting_pools(self.owned, owner[0] if owner else None)
@@ -701,7 +714,8 @@ class Operator:
         fill("configmap", self.config_maps, snap.config_maps)
         fill("configmap", self.config_data, snap.config_data)
         self._config_meta = {k: v for k, v in self._config_meta.items() if k in self.config_maps}  # what was pruned
-        self.node_features = {n: f.pci_devices for n, f in snap.nodes.items() if f.pci_devices}
+        # (not the devices of a node deleted while the listing ran: another machine may join under its name)
+        self._read_node_features({n: f.pci_devices for n, f in snap.nodes.items() if f.pci_devices and n in self.nodes})
         self._features_listed = time.monotonic()
         self._gone = self._touched = None
 
@@ -746,7 +760,7 @@ class Operator:
         """Re-list NodeFeature objects while some GPU node is not identified (`unidentified`; rate-limited). On the
         event loop, which changes the node cache: only the listing runs in a thread."""
         if not served(NODE_FEATURE, self.api_groups):
-            self.node_features = {}
+            self._read_node_features({})
             return
         if time.monotonic() - self._features_listed < NODE_FEATURE_RELIST_S:
             return
@@ -758,7 +772,7 @@ class Operator:
             listed = await asyncio.to_thread(node_features, self.kube, self.api_groups)
         finally:
             gone, self._gone = self._gone, None
-        self.node_features = {n: d for n, d in listed.items() if ("node", n) not in gone}
+        self._read_node_features({n: d for n, d in listed.items() if ("node", n) not in gone})
 
     async def read_kept_labels(self) -> bool:
         """Read every node again while some label an NVIDIADriver selects on (nodes.kept_labels) was not kept
@@ -819,7 +833,7 @@ class Operator:
 
     def _snapshot(self) -> Snapshot:
         return Snapshot(
-            nodes=with_devices(self.nodes, self.node_features),
+            nodes=dict(self.nodes),
             policies={k: dict(v) for k, v in self.policies.items()},
             owned=dict(self.owned),
             pods=dict(self.pods),

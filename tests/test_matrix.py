@@ -58,7 +58,8 @@ def test_every_row_names_its_source() -> None:
     d = matrix.data()
     rows = [*d["releases"], *d["architectures"], *d["devices"], *d["products"], *d["branches"]]
     assert rows and all(str(r.get("source", "")).strip() for r in rows)
-    assert d["kernel_modules"]["source"] and d["kernel_modules"]["proprietary_source"] and d["precompiled"]["source"]
+    km = d["kernel_modules"]
+    assert km["source"] and km["proprietary_source"] and km["auto_source"] and d["precompiled"]["source"]
     for release in d["releases"]:
         for extra in ("kubernetes", "operating_systems"):
             if extra in release:
@@ -175,8 +176,9 @@ def test_full_version() -> None:
 
 
 def test_auto_resolves_per_node_like_the_driver_container() -> None:
-    """auto: open from R560 when every GPU supports open modules; proprietary for a pre-Turing GPU or older branch."""
-    assert matrix.kernel_module_type("auto", 560, ("turing",)) == "open"
+    """auto: open from R570 when every GPU supports open modules; proprietary for a pre-Turing GPU or older branch."""
+    assert matrix.kernel_module_type("auto", 570, ("turing",)) == "open"
+    assert matrix.kernel_module_type("auto", 560, ("turing",)) == "proprietary"  # the R560/R565 containers
     assert matrix.kernel_module_type("auto", 555, ("turing",)) == "proprietary"
     assert matrix.kernel_module_type("auto", 580, ("volta",)) == "proprietary"
     assert matrix.kernel_module_type("auto", 580, ()) == "open"  # the branch rule when the GPU is unknown
@@ -299,6 +301,20 @@ def test_grace_hopper_needs_the_open_kernel_modules() -> None:
         assert compat.verdicts([gpu_node("gh200", **labels)], spec("595.91.07"))["gh200"].refusal is None  # open
     # a plain H100 keeps running the proprietary modules
     assert compat.verdicts([gpu_node("h100", **H100_GFD)], spec("595.91.07", "proprietary"))["h100"].refusal is None
+
+
+def test_auto_on_r560_r565_installs_proprietary_so_gh200_is_refused() -> None:
+    """auto was taken for open from R560, as the driver container's branch fallback says, so a GH200 on R560/R565
+    passed as "ok" and every node there was said to get open modules. That fallback came with KERNEL_MODULE_TYPE
+    (gpu-driver-container 1220e91, 2025-01); the 560.35.03 / 565.57.01 containers were last built before it and
+    install proprietary modules unless OPEN_KERNEL_MODULES_ENABLED=true, which the operator sets for `open` only
+    (NVIDIA: auto needs the 570.86.15 / 570.124.06 or later containers)."""
+    for version in ("560.35.03", "565.57.01"):
+        module_type, refusal = matrix.check(version, "auto", ("hopper",), ("GH200",))
+        assert module_type == "proprietary", version
+        assert refusal is not None and refusal.rule == "proprietary-modules-unsupported", version
+    assert matrix.check("565.57.01", "auto", ("hopper",)) == ("proprietary", None)  # a plain H100 runs them
+    assert matrix.check("570.133.20", "auto", ("hopper",), ("GH200",)) == ("open", None)
 
 
 def test_hgx_b200_needs_570_133_20() -> None:

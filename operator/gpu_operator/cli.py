@@ -639,8 +639,9 @@ def versions_text(report: dict[str, Any]) -> str:
         lines.append(f"  {p['product']} ({p['architecture']}; {', '.join(p['ids'])}; {p['gfd_product']}): "
                      f"{', '.join(rules)}  [{p['source']}]")  # fmt: skip
     km = m["kernel_modules"]
-    lines.append(f"kernel modules: open from R{km['open_from_branch']}, default (auto) from "
+    lines.append(f"kernel modules: open from R{km['open_from_branch']}, the installer's default from "
                  f"R{km['open_default_from_branch']}  [{km['source']}]")  # fmt: skip
+    lines.append(f"  auto: per node's GPUs from R{km['auto_from_branch']}, proprietary before  [{km['auto_source']}]")
     lines.append(f"  no proprietary modules from R{km['no_proprietary_from_branch']}  [{km['proprietary_source']}]")
     lines.append("precompiled drivers:")
     for p in m["precompiled"]["rows"]:

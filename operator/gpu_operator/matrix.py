@@ -146,17 +146,19 @@ def branches() -> dict[int, Branch]:
 def kernel_module_type(requested: str, branch: int, archs: tuple[str, ...]) -> str:
     """What the driver container installs for `requested` on a node with these GPU architectures.
 
-    auto: nvidia-installer recommends open when every GPU supports it (installers of R560 on); otherwise, and
-    when it cannot say, the driver container falls back to the branch (open from R560 on)."""
+    auto: from R570 nvidia-installer recommends open when every GPU supports it; before, the driver containers
+    install proprietary (R560/R565's read no KERNEL_MODULE_TYPE, older branches fall back to proprietary)."""
     km = data()["kernel_modules"]
     if requested in ("open", "proprietary"):
         return requested
     if branch >= int(km["no_proprietary_from_branch"]):
         return "open"  # the only flavor there is
+    if branch < int(km["auto_from_branch"]):
+        return "proprietary"
     known = [architectures()[a] for a in archs if a in architectures()]
     if known and any(not a.open_modules for a in known):
         return "proprietary"
-    return "open" if branch >= int(km["open_default_from_branch"]) else "proprietary"
+    return "open"
 
 
 @dataclass(frozen=True)

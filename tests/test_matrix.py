@@ -24,6 +24,7 @@ from gpu_operator.nodes import DRIVER_REFUSED, NodeFacts, desired_labels, gets_d
 from gpu_operator.render import node_patches
 from gpu_operator.upgrade import plan
 from gpu_operator.upgrade.adapter import upgrade_nodes
+from support import container, daemonsets, render_all
 from test_upgrade_planner import NEW, make_node, policy
 
 PCI = "feature.node.kubernetes.io/pci-10de.present"
@@ -303,6 +304,78 @@ def test_grace_hopper_needs_the_open_kernel_modules() -> None:
     assert compat.verdicts([gpu_node("h100", **H100_GFD)], spec("595.91.07", "proprietary"))["h100"].refusal is None
 
 
+def driver_env(version: str, **env: str) -> Any:
+    return parse_spec({"driver": {"repository": "nvcr.io/nvidia", "image": "driver", "version": version,
+                                  "env": [{"name": k, "value": v} for k, v in env.items()]}})  # fmt: skip
+
+
+def rendered_env(spec: Any, node: NodeFacts, nvidia_drivers: list[dict[str, Any]] | None = None) -> dict[str, str]:
+    """The env of the rendered nvidia-driver-ctr (one entry per name)."""
+    for ds in daemonsets(render_all(spec, [node], nvidia_drivers=nvidia_drivers)):
+        if ds["metadata"]["name"].startswith("nvidia-driver-daemonset"):
+            return {e["name"]: e.get("value") for e in container(ds, "nvidia-driver-ctr")["env"]}
+    raise AssertionError("no driver DaemonSet rendered")
+
+
+def test_driver_env_kernel_module_type_is_what_the_matrix_judges() -> None:
+    """A KERNEL_MODULE_TYPE in driver.env replaces the kernelModuleType one in the pod (user env is applied last, as
+    upstream), but the matrix judged kernelModuleType alone: env open on the 550.163.01 container (NVIDIA's way to
+    get open modules from it) refused a GH200 that runs them, env proprietary on R595 passed a Blackwell node, env
+    open on R580 a Volta one. The refusal now names the env."""
+    gh200 = gpu_node("gh200", **GH200_GFD)
+    with_open = driver_env("550.163.01", KERNEL_MODULE_TYPE="open")
+    assert rendered_env(with_open, gh200)["KERNEL_MODULE_TYPE"] == "open"  # what the driver container installs
+    found = compat.verdicts([gh200], with_open)["gh200"]
+    assert (found.module_type, found.refusal) == ("open", None), found.describe()
+    b200 = gpu_node("b200", **{B200_LABEL: "true"})
+    with_proprietary = driver_env("595.91.07", KERNEL_MODULE_TYPE="proprietary")
+    assert rendered_env(with_proprietary, b200)["KERNEL_MODULE_TYPE"] == "proprietary"
+    refusal = compat.verdicts([b200], with_proprietary)["b200"].refusal
+    assert refusal is not None and refusal.rule == "proprietary-modules-unsupported"
+    assert refusal.message.startswith("driver.env KERNEL_MODULE_TYPE=proprietary installs proprietary"), refusal
+    v100 = gpu_node("v100", **{V100_LABEL: "true"})
+    volta = compat.verdicts([v100], driver_env("580.95.05", KERNEL_MODULE_TYPE="open"))["v100"]
+    assert volta.refusal is not None and volta.refusal.rule == "open-modules-unsupported"
+    # empty is auto to the container; another value makes it exit, so kernelModuleType is judged
+    assert compat.requested_module_type(driver_env("550.163.01", KERNEL_MODULE_TYPE="").driver, "550") == (
+        "auto", "driver.env KERNEL_MODULE_TYPE="
+    )  # fmt: skip
+    odd = parse_spec({"driver": {"kernelModuleType": "proprietary", "env": [{"name": "KERNEL_MODULE_TYPE",
+                                                                          "value": "closed"}]}})  # fmt: skip
+    assert compat.requested_module_type(odd.driver, "595") == ("proprietary", "kernelModuleType proprietary")
+
+
+def test_nvidiadriver_env_kernel_module_type_is_what_the_matrix_judges() -> None:
+    """The same under NVIDIADrivers: its env follows its kernelModuleType in the pod; the refusal names its env."""
+    from gpu_operator.nvidiadriver import NVIDIADriver
+    from gpu_operator.render import driver_routing
+
+    policy = parse_spec({"driver": {"useNvidiaDriverCRD": True}})
+    obj = {"metadata": {"name": "b", "uid": "b"}, "spec": {"repository": "nvcr.io/nvidia", "image": "driver",
+           "version": "595.91.07", "env": [{"name": "KERNEL_MODULE_TYPE", "value": "proprietary"}]}}  # fmt: skip
+    b200 = gpu_node("b200", **{B200_LABEL: "true"})
+    assert rendered_env(policy, b200, [obj])["KERNEL_MODULE_TYPE"] == "proprietary"
+    groups = driver_routing([b200], policy, [NVIDIADriver.from_object(obj)]).groups
+    refusal = compat.verdicts_for([b200], policy, groups)["b200"].refusal
+    assert refusal is not None and refusal.rule == "proprietary-modules-unsupported"
+    assert refusal.message.startswith("env KERNEL_MODULE_TYPE=proprietary installs proprietary"), refusal
+
+
+def test_open_kernel_modules_enabled_in_env_is_open_where_auto_is_not_read() -> None:
+    """Before R570 the containers that predate KERNEL_MODULE_TYPE (every R560/R565 one) read
+    OPEN_KERNEL_MODULES_ENABLED=true alone as open; from R570 it is ignored."""
+    gh200 = gpu_node("gh200", **GH200_GFD)
+    found = compat.verdicts([gh200], driver_env("565.57.01", OPEN_KERNEL_MODULES_ENABLED="true"))["gh200"]
+    assert (found.module_type, found.refusal) == ("open", None), found.describe()
+    v100 = gpu_node("v100", **{V100_LABEL: "true"})
+    refusal = compat.verdicts([v100], driver_env("565.57.01", OPEN_KERNEL_MODULES_ENABLED="true"))["v100"].refusal
+    assert refusal is not None and refusal.message.startswith(
+        "kernelModuleType auto with driver.env OPEN_KERNEL_MODULES_ENABLED=true installs open kernel modules"
+    ), refusal
+    on_r580 = compat.verdicts([v100], driver_env("580.95.05", OPEN_KERNEL_MODULES_ENABLED="true"))["v100"]
+    assert (on_r580.module_type, on_r580.refusal) == ("proprietary", None)
+
+
 def test_auto_on_r560_r565_installs_proprietary_so_gh200_is_refused() -> None:
     """auto was taken for open from R560, as the driver container's branch fallback says, so a GH200 on R560/R565
     passed as "ok" and every node there was said to get open modules. That fallback came with KERNEL_MODULE_TYPE
@@ -338,9 +411,9 @@ def test_a_node_object_is_judged_once_per_spec_whatever_else_is_judged(monkeypat
     checked: list[str] = []
     real = matrix.check
 
-    def counting(version: str, module_type: str | None, archs: tuple[str, ...], rows: tuple[str, ...] = ()) -> Any:
+    def counting(version: str, module_type: str, archs: tuple[str, ...], *rest: Any) -> Any:
         checked.append(version)
-        return real(version, module_type, archs, rows)
+        return real(version, module_type, archs, *rest)
 
     monkeypatch.setattr(matrix, "check", counting)
     everyone, policy = [gpu_node(f"n{i}", **H100_GFD) for i in range(300)], spec()
@@ -368,10 +441,10 @@ def test_nvidiadriver_verdicts_are_judged_again_only_for_what_changed(monkeypatc
     real = matrix.check
     counts = [True]
 
-    def counting(version: str, module_type: str | None, archs: tuple[str, ...], rows: tuple[str, ...] = ()) -> Any:
+    def counting(version: str, module_type: str, archs: tuple[str, ...], *rest: Any) -> Any:
         if counts[0]:
             checked.append(version)
-        return real(version, module_type, archs, rows)
+        return real(version, module_type, archs, *rest)
 
     def copies(nodes: list[NodeFacts]) -> list[NodeFacts]:
         return [replace(n) for n in nodes]  # objects of their own: what is kept on the pass's nodes stays

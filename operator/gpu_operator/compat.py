@@ -14,7 +14,7 @@ from operator import attrgetter
 from typing import Any
 
 from . import images, matrix
-from .api import ClusterPolicySpec
+from .api import ClusterPolicySpec, DriverSpec
 from .gpu_identity import Identity
 from .nodes import DRIVER_REFUSED, PAUSED_VALUES, ByNode, NodeFacts, deploy_label, per_spec, workload_of
 
@@ -78,15 +78,38 @@ def kept_verdicts() -> ByNode[Verdict]:
     return ByNode(lambda node, spec: per_spec(node, "_compat_verdict", spec, _verdict))
 
 
-def _verdict(node: NodeFacts, spec: ClusterPolicySpec) -> Verdict | None:
+def requested_module_type(driver: DriverSpec, version: str, field: str = "driver.") -> tuple[str, str]:
+    """(the kernel module type the driver pod asks for, what asks for it, as a refusal names it; `field`: the
+    prefix of the driver's fields, "" in an NVIDIADriver). Its env is applied after kernelModuleType (upstream's
+    transformDriverContainer, the NVIDIADriver template), so its KERNEL_MODULE_TYPE wins; empty is auto to the
+    container, another value makes it exit. Before R570, auto installs proprietary modules unless
+    OPEN_KERNEL_MODULES_ENABLED=true, which the containers predating KERNEL_MODULE_TYPE read as open."""
+    env = {e.name: e.value for e in driver.env}
+    requested: str = driver.kernel_module_type
+    asked = f"kernelModuleType {requested}"
+    value = env.get("KERNEL_MODULE_TYPE")
+    if value is not None and (value or "auto") in matrix.MODULE_TYPES:
+        requested, asked = value or "auto", f"{field}env KERNEL_MODULE_TYPE={value}"
+    branch = matrix.branch_of(version)
+    before_auto = branch is not None and branch < int(matrix.data()["kernel_modules"]["auto_from_branch"])
+    if requested == "auto" and before_auto and env.get("OPEN_KERNEL_MODULES_ENABLED") == "true":
+        requested, asked = "open", f"{asked} with {field}env OPEN_KERNEL_MODULES_ENABLED=true"
+    return requested, asked
+
+
+def _verdict(node: NodeFacts, spec: ClusterPolicySpec, field: str = "driver.") -> Verdict | None:
     if not _driver_candidate(node, spec):
         return None
     version = driver_version(spec)
     identity = node.identity
-    module_type, refusal = matrix.check(
-        version, spec.driver.kernel_module_type, identity.architectures, identity.product_rows
-    )
+    requested, asked = requested_module_type(spec.driver, version, field)
+    module_type, refusal = matrix.check(version, requested, identity.architectures, identity.product_rows, asked)
     return Verdict(node.name, identity, version, module_type, refusal)
+
+
+def _nvidiadriver_verdict(node: NodeFacts, spec: ClusterPolicySpec) -> Verdict | None:
+    """_verdict for an NVIDIADriver's spec (nvidiadriver.cluster_spec): its fields sit at the top."""
+    return _verdict(node, spec, "")
 
 
 def verdicts_for(
@@ -111,7 +134,7 @@ def kept_group_verdicts() -> ByNode[Verdict]:
 def _group_verdict(node: NodeFacts, groups: Sequence[Any]) -> Verdict | None:
     for group in groups:
         if node.name in group.nodes:
-            return per_spec(node, "_compat_verdict", group.spec, _verdict)
+            return per_spec(node, "_compat_verdict", group.spec, _nvidiadriver_verdict)
     return None
 
 

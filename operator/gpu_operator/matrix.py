@@ -169,12 +169,14 @@ class Refusal:
 
 @cache
 def check(
-    version: str, requested_type: str, archs: tuple[str, ...], product_rows: tuple[str, ...] = ()
+    version: str, requested_type: str, archs: tuple[str, ...], product_rows: tuple[str, ...] = (), asked: str = ""
 ) -> tuple[str | None, Refusal | None]:
     """(resolved kernel module type, refusal or None) for a driver version on GPUs of these architectures, and of
-    these product rows (products_of).
+    these product rows (products_of). `asked`: what asks for `requested_type`, as a refusal names it (default
+    "kernelModuleType <requested_type>").
 
     An unknown version (a digest) or no known architecture is not checked: (None, None)."""
+    asked = asked or f"kernelModuleType {requested_type}"
     branch = branch_of(version)
     known = tuple(a for a in archs if a in architectures())
     if branch is None or not known:
@@ -197,20 +199,20 @@ def check(
         if module_type == "open" and not arch.open_modules:
             return module_type, Refusal(
                 "open-modules-unsupported",
-                f"kernelModuleType {requested_type} installs open kernel modules, which do not support {name} GPUs "
+                f"{asked} installs open kernel modules, which do not support {name} GPUs "
                 f"(proprietary only) [{arch.source}]",
             )
         if module_type == "proprietary" and not arch.proprietary:
             return module_type, Refusal(
                 "proprietary-modules-unsupported",
-                f"kernelModuleType {requested_type} installs proprietary kernel modules; {name} GPUs need the open "
+                f"{asked} installs proprietary kernel modules; {name} GPUs need the open "
                 f"ones [{arch.source}]",
             )
     for product in (products()[p] for p in product_rows if p in products()):
         if module_type == "proprietary" and product.open_only:
             return module_type, Refusal(
                 "proprietary-modules-unsupported",
-                f"kernelModuleType {requested_type} installs proprietary kernel modules; {product.name} GPUs need "
+                f"{asked} installs proprietary kernel modules; {product.name} GPUs need "
                 f"the open ones [{product.source}]",
             )
         full, least = full_version(version), full_version(product.min_version or "")

@@ -816,6 +816,46 @@ def test_gpus_not_advertised_and_unhealthy() -> None:
     assert kinds(cluster([sick], []))["GPUsUnhealthy"].severity == "warning"
 
 
+@pytest.mark.parametrize(
+    "labels",
+    [
+        # mig-manager pauses the device plugin for a MIG change (REFERENCE §4)
+        {"nvidia.com/mig.config": "all-1g.10gb", "nvidia.com/mig.config.state": "pending",
+         "nvidia.com/gpu.deploy.device-plugin": "paused-for-mig-change"},
+        # the driver upgrade restarts the node's operand pods, the device plugin with them (REFERENCE §5)
+        {"nvidia.com/gpu-driver-upgrade-state": "pod-restart-required"},
+        # k8s-driver-manager pauses it while a new driver pod replaces the old driver
+        {"nvidia.com/gpu.deploy.device-plugin": "paused-for-driver-upgrade"},
+    ],
+    ids=["mig-change", "driver-upgrade", "driver-restart"],
+)  # fmt: skip
+def test_gpus_of_a_disconnected_device_plugin_are_not_called_unhealthy(labels: dict[str, str]) -> None:
+    """When a device plugin deregisters, the kubelet moves every device of its resource to the unhealthy set and
+    keeps the capacity for endpointStopGracePeriod (5 min): capacity 8, allocatable 0 (kubernetes
+    pkg/kubelet/cm/devicemanager/manager.go PluginDisconnected -> markResourceUnhealthy, GetCapacity). On every MIG
+    change and driver upgrade of the node doctor called that 8 GPUs fallen off the bus (Xid 79 / ECC) and said to
+    drain the node and reset or replace them. A node whose device plugin is paused or restarting is left out now."""
+    n = node("h-0", allocatable={"nvidia.com/gpu": "0"}, labels=labels)
+    found = kinds(cluster([n], []))
+    assert "GPUsUnhealthy" not in found, found["GPUsUnhealthy"].summary + " / " + found["GPUsUnhealthy"].fix
+
+
+def test_gpus_are_not_called_unhealthy_while_the_device_plugin_pod_restarts() -> None:
+    """A device plugin pod restarting (a rollout, a crash) deregisters the same way; with a ready one the GPUs it
+    does not advertise are unhealthy (an Xid)."""
+    plugin = {"kind": "Pod", "spec": {"nodeName": "h-0"},
+              "metadata": {"name": "nvidia-device-plugin-daemonset-x", "namespace": NS,
+                           "labels": {"nvidia.com/gpu-operator.state": "state-device-plugin"}},
+              "status": {"phase": "Running",
+                         "containerStatuses": [{"name": "nvidia-device-plugin", "ready": False, "restartCount": 1,
+                                                "state": {"running": {}}}]}}  # fmt: skip
+    n = node("h-0", allocatable={"nvidia.com/gpu": "0"}, labels={"nvidia.com/gpu.deploy.device-plugin": "true"})
+    assert "GPUsUnhealthy" not in kinds(cluster([n], [plugin]))
+    plugin["status"]["containerStatuses"][0]["ready"] = True
+    n["status"]["allocatable"]["nvidia.com/gpu"] = "6"
+    assert "Xid" in kinds(cluster([n], [plugin]))["GPUsUnhealthy"].summary
+
+
 def test_a_gpu_resource_name_the_nodes_do_not_advertise_is_not_blamed_on_the_device_plugin() -> None:
     """With renameByDefault (REFERENCE §4) nodes advertise nvidia.com/gpu.shared, not nvidia.com/gpu; a pod asking
     for the name that is not there was told the device plugin was not running (§12 entry 1 is "no node advertises

@@ -24,6 +24,7 @@ REPLICAS_LABEL = "nvidia.com/gpu.replicas"
 MEMORY_LABEL = "nvidia.com/gpu.memory"  # GFD: MiB per GPU
 SHARING_LABEL = "nvidia.com/gpu.sharing-strategy"
 PRODUCT_LABEL = "nvidia.com/gpu.product"
+DEVICE_PLUGIN_DEPLOY = "nvidia.com/gpu.deploy.device-plugin"
 _DRIVER_LABELS = (
     ("nvidia.com/cuda.driver-version.major", "nvidia.com/cuda.driver-version.minor",
      "nvidia.com/cuda.driver-version.revision"),

@@ -18,6 +18,7 @@ from ..mig_layouts import MigGPU
 from ..nodes import WORKLOAD_CONFIG, workload_of
 from ..states.mig_manager import custom_config
 from .common import (
+    DEVICE_PLUGIN_DEPLOY,
     MIG_CONFIG_LABEL,
     MIG_STATE_LABEL,
     MIG_STRATEGY_LABEL,
@@ -46,7 +47,6 @@ from .sched import (
 )
 
 VOLCANO_GPU_MEMORY = "volcano.sh/gpu-memory"
-DEVICE_PLUGIN_DEPLOY = "nvidia.com/gpu.deploy.device-plugin"
 
 
 def pending_gpu_pods(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from ..readiness import containers_ready, pod_ready
 from ..states import all_states
 from ..states.base import STATE_LABEL
 from .common import (
+    DEVICE_PLUGIN_DEPLOY,
     MIG_CONFIG_LABEL,
     MIG_STATE_LABEL,
     PULL_CAUSES,
@@ -397,11 +398,29 @@ def _mig(cluster: Cluster) -> list[Finding]:
     return out
 
 
+def _plugin_away(cluster: Cluster, view: NodeView) -> bool:
+    """Whether the node's device plugin is paused or restarting: its deploy label paused (MIG change, driver restart)
+    or false, a MIG change or driver upgrade under way, or its pod not ready."""
+    deploy = view.labels.get(DEVICE_PLUGIN_DEPLOY)
+    if deploy is not None and deploy != "true":
+        return True
+    if view.labels.get(MIG_STATE_LABEL) in ("pending", "rebooting"):
+        return True
+    if view.labels.get(UPGRADE_STATE, "") not in _IN_PROGRESS_DONE:
+        return True
+    pods = [p for p in cluster.pods if (p.get("metadata") or {}).get("namespace") == cluster.namespace
+            and ((p.get("metadata") or {}).get("labels") or {}).get(STATE_LABEL) == "state-device-plugin"
+            and (p.get("spec") or {}).get("nodeName") == view.name]  # fmt: skip
+    return bool(pods) and not any(pod_ready(p) and not p["metadata"].get("deletionTimestamp") for p in pods)
+
+
 def _capacity(cluster: Cluster) -> list[Finding]:
     out = []
     for view in cluster.views.values():
         cap, alloc = view.capacity.get(GPU, Decimal(0)), view.allocatable.get(GPU, Decimal(0))
-        if cap > alloc:
+        # A device plugin that deregisters leaves every GPU unhealthy, its capacity kept for 5 minutes (the kubelet's
+        # endpointStopGracePeriod): not a GPU fault.
+        if cap > alloc and not _plugin_away(cluster, view):
             out.append(Finding(
                 WARNING, "GPUsUnhealthy", f"Node {view.name}",
                 f"{view.name} advertises {alloc} of its {cap} nvidia.com/gpu: the device plugin marked "

@@ -1951,6 +1951,31 @@ def test_daemonset_is_not_blocked_by_taints_the_daemonset_controller_tolerates()
     assert "OperandBlockedByTaint" not in found, found["OperandBlockedByTaint"].summary
 
 
+def test_a_node_the_autoscaler_is_removing_does_not_make_operands_blocked_by_taint() -> None:
+    """cluster-autoscaler taints a node it scales down ToBeDeletedByClusterAutoscaler:NoSchedule before draining and
+    deleting it (Karpenter: karpenter.sh/disrupted). The DaemonSet controller keeps the daemon pods already there (a
+    NoSchedule taint only stops new ones), so nothing is broken; doctor reported an ERROR (exit 2) that the device
+    plugin "cannot run" there and told the admin to tolerate the autoscaler's deletion taint. Such taints, and nodes
+    being deleted, are left out now; another untolerated taint on that node still counts."""
+    leaving = node("h-0", spec={"taints": [{"key": "ToBeDeletedByClusterAutoscaler", "value": "1765090000",
+                                            "effect": "NoSchedule"}]})  # fmt: skip
+    deleted = node("h-2", spec={"taints": [{"key": "dedicated", "value": "x", "effect": "NoSchedule"}]})
+    deleted["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    c = cluster([leaving, node("h-1"), deleted], [])
+    c.snapshot.owned[("DaemonSet", NS, "nvidia-device-plugin-daemonset")] = daemonset(
+        "nvidia-device-plugin-daemonset", {"nvidia.com/gpu.present": "true"}, ready=2, want=2
+    )
+    found = kinds(c)
+    assert "OperandBlockedByTaint" not in found, found["OperandBlockedByTaint"].fix
+    leaving["spec"]["taints"].append({"key": "dedicated", "value": "x", "effect": "NoSchedule"})
+    c = cluster([leaving, node("h-1")], [])
+    c.snapshot.owned[("DaemonSet", NS, "nvidia-device-plugin-daemonset")] = daemonset(
+        "nvidia-device-plugin-daemonset", {"nvidia.com/gpu.present": "true"}, ready=2, want=2
+    )
+    f = kinds(c)["OperandBlockedByTaint"]
+    assert f.nodes == ("h-0",) and "dedicated:NoSchedule" in f.summary and "ToBeDeleted" not in f.summary, f.summary
+
+
 def test_taint_fix_names_only_taints_of_nodes_with_gpus() -> None:
     # Every node tainted: GPU nodes with nvidia.com/gpu, the control plane with its own. Tolerating the
     # control-plane taint cannot help a GPU pod (that node has no GPU): the corrected YAML leaves it out.

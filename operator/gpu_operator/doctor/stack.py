@@ -36,6 +36,9 @@ _IN_PROGRESS_DONE = ("", "upgrade-done", "upgrade-required")
 NFD_TOLERATION = 'worker.tolerations=[{"key":"nvidia.com/gpu","operator":"Exists","effect":"NoSchedule"}]'
 NFD_INSTALL = ("helm install nfd oci://registry.k8s.io/nfd/charts/node-feature-discovery -n node-feature-discovery "
                f"--create-namespace --set-json '{NFD_TOLERATION}'")  # fmt: skip
+# Taints cluster-autoscaler and Karpenter (v1; before it karpenter.sh/disruption) put on a node they remove: the
+# DaemonSet controller keeps the daemon pods already there (NoSchedule only stops new ones), nothing to tolerate.
+_SCALE_DOWN_TAINTS = ("ToBeDeletedByClusterAutoscaler", "karpenter.sh/disrupted", "karpenter.sh/disruption")
 # What a validator init container waits for, by its name (the component it validates).
 _VALIDATES = {
     "driver-validation": "the driver (state-driver) on this node",
@@ -309,12 +312,16 @@ def _tolerated(tolerations: list[dict[str, Any]], view: NodeView) -> list[dict[s
 
 
 def _blocked_daemonsets(cluster: Cluster) -> list[Finding]:
-    """DaemonSets whose node selector takes a GPU node that a taint keeps them off (DESIRED lower than it should)."""
+    """DaemonSets whose node selector takes a GPU node that a taint keeps them off (DESIRED lower than it should).
+    Nodes being deleted, or removed by an autoscaler (its taint), are left out."""
     blocked: dict[str, list[str]] = {}
     taints: dict[str, set[str]] = {}
+    deleting = {(n.get("metadata") or {}).get("name") for n in cluster.nodes
+                if (n.get("metadata") or {}).get("deletionTimestamp")}  # fmt: skip
     gpu_nodes = [
-        cluster.views[n.name] for n in cluster.snapshot.nodes.values() if n.has_gpu and n.name in cluster.views
-    ]
+        cluster.views[n.name] for n in cluster.snapshot.nodes.values()
+        if n.has_gpu and n.name in cluster.views and n.name not in deleting
+    ]  # fmt: skip
     for (kind, _, ds_name), ds in cluster.snapshot.owned.items():
         if kind != "DaemonSet":
             continue
@@ -325,7 +332,8 @@ def _blocked_daemonsets(cluster: Cluster) -> list[Finding]:
         for view in gpu_nodes:
             if not selector_ok(probe, view.labels, view.name):
                 continue
-            bad = _tolerated(list(template.get("tolerations") or []) + DAEMON_TOLERATIONS, view)
+            bad = [t for t in _tolerated(list(template.get("tolerations") or []) + DAEMON_TOLERATIONS, view)
+                   if t.get("key") not in _SCALE_DOWN_TAINTS]  # fmt: skip
             if bad:
                 blocked.setdefault(ds_name, []).append(view.name)
                 taints.setdefault(ds_name, set()).update(f"{t.get('key')}:{t.get('effect')}" for t in bad)

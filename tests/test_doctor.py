@@ -768,6 +768,57 @@ def test_operand_stuck_in_init_names_the_first_failing_validator_step() -> None:
     assert "toolkit-validation" in f.summary and "container toolkit" in f.summary and f.nodes == ("h-0",)
 
 
+def _driver_pod(init: list[dict[str, Any]], containers: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "kind": "Pod",
+        "metadata": {"name": "nvidia-driver-daemonset-ubuntu22.04-x", "namespace": NS,
+                     "labels": {"nvidia.com/gpu-operator.state": "state-driver",
+                                "app.kubernetes.io/component": "nvidia-driver"}},
+        "spec": {"nodeName": "h-0"},
+        "status": {"phase": "Pending" if init else "Running", "initContainerStatuses": init,
+                   "containerStatuses": containers},
+    }  # fmt: skip
+
+
+DRIVER_NOT_READY = {"state": "notReady", "states": [{"name": "state-driver", "state": "notReady",
+                                                     "message": "1 of 1 pods unavailable"}]}  # fmt: skip
+
+
+def test_a_crash_looping_init_container_is_told_the_cause_its_message_names() -> None:
+    """k8s-driver-manager (the driver pod's init container) fails with "cannot proceed until all GPU pods are drained
+    from the node" when it could not evict the GPU pods holding the driver and auto drain is off
+    (k8s-driver-manager cmd/driver-manager/main.go): §12 entry 12's "driver is in use". Only the main containers'
+    messages went through the crash causes; an init container's fix was "read its log", the reason the kubelet's
+    back-off. Its message is quoted now, with the cause's fix; a validator's init container's too."""
+    init = [{"name": "k8s-driver-manager", "restartCount": 6,
+             "state": {"waiting": {"reason": "CrashLoopBackOff",
+                                   "message": "back-off 5m0s restarting failed container"}},
+             "lastState": {"terminated": {"exitCode": 1, "reason": "Error",
+                                          "message": "Failed to drain node of GPU pods\nError: cannot proceed until "
+                                                     "all GPU pods are drained from the node\n"}}}]  # fmt: skip
+    drv = _driver_pod(init, [{"name": "nvidia-driver-ctr", "ready": False, "restartCount": 0,
+                              "state": {"waiting": {"reason": "PodInitializing"}}}])  # fmt: skip
+    f = kinds(cluster([node("h-0")], [drv], policy_status=DRIVER_NOT_READY))["OperandNotReady"]
+    assert "k8s-driver-manager crash-looping (6 restarts): Failed to drain node of GPU pods Error: cannot proceed" in (
+        f.summary), f.summary  # fmt: skip
+    assert "driver.upgradePolicy pod eviction or drain" in f.fix, f.fix
+    # A validator's crash loop: its message, and the validator's order where it names no known cause.
+    validator = {"kind": "Pod", "spec": {"nodeName": "h-0"},
+                 "metadata": {"name": "nvidia-operator-validator-x", "namespace": NS,
+                              "labels": {"nvidia.com/gpu-operator.state": "state-operator-validation"}},
+                 "status": {"phase": "Pending", "initContainerStatuses": [{
+                     "name": "driver-validation", "restartCount": 4,
+                     "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                     "lastState": {"terminated": {"exitCode": 1,
+                                                  "message": "failed to create symlinks under /dev/char"}},
+                 }]}}  # fmt: skip
+    status = {"state": "notReady", "states": [{"name": "state-operator-validation", "state": "notReady",
+                                               "message": "1 of 1 pods unavailable"}]}  # fmt: skip
+    f = kinds(cluster([node("h-0")], [validator], policy_status=status))["OperandNotReady"]
+    assert "driver-validation crash-looping (4 restarts): failed to create symlinks under /dev/char" in f.summary
+    assert f.fix.startswith("look at the driver"), f.fix
+
+
 def test_an_operand_pod_on_a_node_gone_notready_points_at_the_node() -> None:
     """Its containers still read ready (the kubelet stopped reporting); only its Ready condition is False."""
     plugin = {"kind": "Pod", "spec": {"nodeName": "h-0"},

@@ -113,10 +113,16 @@ def _why_not_ready(cluster: Cluster, pod: dict[str, Any]) -> tuple[str, str, str
         )
         if sandbox and not cs.get("state", {}).get("running"):
             break
+        look = (f"look at {what} first; the validator's init containers pass in order, driver then toolkit, CUDA "
+                "and plugin") if what else f"read its log: {_logs(meta, name)}"  # fmt: skip
+        if waiting.get("reason") == "CrashLoopBackOff" or cs.get("restartCount", 0) > 3:
+            last = ((cs.get("lastState") or {}).get("terminated") or {}).get("message") or ""
+            reason = f"init container {name} crash-looping ({cs.get('restartCount', 0)} restarts)" + (
+                f": {_quote(last)}" if last else f": waits for {what}" if what else ""
+            )
+            return name, reason, _crash_cause(last) or (look if what else _crash_fix(""))
         reason = f"init container {name} not done ({detail})" + (f": waits for {what}" if what else "")
-        fix = (f"look at {what} first; the validator's init containers pass in order, driver then toolkit, CUDA "
-               "and plugin") if what else f"read its log: {_logs(meta, name)}"  # fmt: skip
-        return name, reason, fix
+        return name, reason, look
     if sandbox:
         message = str(sandbox.get("message") or "")
         return "sandbox", f"FailedCreatePodSandBox: {message}", sandbox_fix(message)
@@ -129,7 +135,7 @@ def _why_not_ready(cluster: Cluster, pod: dict[str, Any]) -> tuple[str, str, str
         name = cs.get("name", "?")
         if waiting.get("reason") == "CrashLoopBackOff" or cs.get("restartCount", 0) > 3:
             reason = f"container {name} crash-looping ({cs.get('restartCount', 0)} restarts)" + (
-                f": {last.strip()[:200]}" if last else ""
+                f": {_quote(last)}" if last else ""
             )
             fix = _crash_fix(last)
             return name, reason, fix
@@ -154,11 +160,19 @@ def _logs(meta: dict[str, Any], container: str) -> str:
     return f"kubectl logs -n {meta.get('namespace')} {meta.get('name')} -c {container}"
 
 
-def _crash_fix(message: str) -> str:
+def _quote(message: str) -> str:
+    """A termination message on one line, its first 200 characters."""
+    return " ".join(message.split())[:200]
+
+
+def _crash_cause(message: str) -> str:
+    """The fix for a driver crash cause the message names (REFERENCE §12 entry 12); "" for another."""
     low = message.lower()
-    if "in use" in low:
+    # k8s-driver-manager: "cannot proceed until all GPU pods are drained from the node" (eviction failed, no drain)
+    if "in use" in low or "drained from the node" in low:
         return ("the old driver is still in use: enable driver.upgradePolicy pod eviction or drain "
-                "(gpuPodDeletion/drain) so GPU pods leave the node before the driver reloads")  # fmt: skip
+                "(gpuPodDeletion/drain) so GPU pods leave the node before the driver reloads, or move them off "
+                "the node (a PodDisruptionBudget or a pod no controller owns stops the eviction)")  # fmt: skip
     if "kernel" in low and ("resolve" in low or "headers" in low):
         return (
             "the driver cannot build for this kernel: provide kernel headers or use precompiled drivers "
@@ -166,7 +180,11 @@ def _crash_fix(message: str) -> str:
         )
     if "secure boot" in low or "key was rejected" in low:
         return "Secure Boot rejects the unsigned module: turn Secure Boot off or use signed precompiled drivers"
-    return "read the container's log and previous log (kubectl logs --previous)"
+    return ""
+
+
+def _crash_fix(message: str) -> str:
+    return _crash_cause(message) or "read the container's log and previous log (kubectl logs --previous)"
 
 
 def _operands(cluster: Cluster, name: str) -> list[Finding]:

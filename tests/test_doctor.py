@@ -819,6 +819,46 @@ def test_a_crash_looping_init_container_is_told_the_cause_its_message_names() ->
     assert f.fix.startswith("look at the driver"), f.fix
 
 
+def test_a_validator_waiting_for_a_driver_the_operator_does_not_deploy_is_not_sent_to_state_driver() -> None:
+    """With driver.enabled false (or a node's gpu.deploy.driver pre-installed or false) the operator deploys no
+    driver there: it must be on the host, and the toolkit's driver-validation init container (nvidia-validator
+    COMPONENT=driver WITH_WAIT=true, upstream assets/state-container-toolkit/0500_daemonset.yaml) loops until it
+    finds it. doctor said it "waits for the driver (state-driver)" and to "look at the driver (state-driver) on this
+    node first": a state that does not exist. It names the host's driver now; and where the operator's driver pod is
+    ready, the validation itself."""
+    toolkit = {"kind": "Pod", "spec": {"nodeName": "h-0"},
+               "metadata": {"name": "nvidia-container-toolkit-daemonset-x", "namespace": NS,
+                            "labels": {"nvidia.com/gpu-operator.state": "state-container-toolkit"}},
+               "status": {"phase": "Pending",
+                          "initContainerStatuses": [{"name": "driver-validation", "state": {"running": {}}}],
+                          "containerStatuses": [{"name": "nvidia-container-toolkit-ctr", "ready": False,
+                                                 "state": {"waiting": {"reason": "PodInitializing"}}}]}}  # fmt: skip
+    status = {"state": "notReady", "states": [{"name": "state-container-toolkit", "state": "notReady",
+                                               "message": "1 of 1 pods unavailable"}]}  # fmt: skip
+    c = cluster([node("h-0")], [toolkit], policy_status=status)
+    c.snapshot.policies["cluster-policy"]["spec"] = {"driver": {"enabled": False}}
+    f = kinds(c)["OperandNotReady"]
+    assert "state-driver" not in f.summary + f.fix, (f.summary, f.fix)
+    assert "the driver installed on the host (driver.enabled is false" in f.summary and "nvidia-smi" in f.fix
+    host = node("h-0", labels={"nvidia.com/gpu.deploy.driver": "pre-installed"})
+    f = kinds(cluster([host], [toolkit], policy_status=status))["OperandNotReady"]
+    assert "on the host (nvidia.com/gpu.deploy.driver=pre-installed" in f.summary, f.summary
+    refused = node("h-0", labels={"nvidia.com/gpu.deploy.driver": "refused-by-version-matrix"})
+    f = kinds(cluster([refused], [toolkit], policy_status=status))["OperandNotReady"]
+    assert "cannot run its GPU" in f.summary and "DriverRefused" in f.fix, (f.summary, f.fix)
+    # The operator's driver pod on the node is ready (its DaemonSet settled: its template stands in for it).
+    ready = _driver_pod([], [{"name": "nvidia-driver-ctr", "ready": True, "state": {"running": {}}}])
+    f = kinds(cluster([node("h-0")], [toolkit, ready], policy_status=status))["OperandNotReady"]
+    assert "whose pod is ready: the validation itself fails" in f.summary, f.summary
+    assert f.fix == f"read its log: kubectl logs -n {NS} nvidia-container-toolkit-daemonset-x -c driver-validation"
+    c = cluster([node("h-0")], [toolkit], policy_status=status)
+    c.daemon_pods = [DaemonPods(ready, ("h-0",))]
+    assert "the validation itself fails" in kinds(c)["OperandNotReady"].summary
+    # Not yet ready, or not known: the driver first, as before.
+    assert "look at the driver (state-driver)" in kinds(cluster([node("h-0")], [toolkit], policy_status=status))[
+        "OperandNotReady"].fix  # fmt: skip
+
+
 def test_an_operand_pod_on_a_node_gone_notready_points_at_the_node() -> None:
     """Its containers still read ready (the kubelet stopped reporting); only its Ready condition is False."""
     plugin = {"kind": "Pod", "spec": {"nodeName": "h-0"},

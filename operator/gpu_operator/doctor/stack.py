@@ -9,11 +9,12 @@ from typing import Any
 
 from .. import images
 from ..api import ClusterPolicySpec, ImageSpec
+from ..nodes import DRIVER_REFUSED
 from ..nvidiadriver import cluster_spec
 from ..nvidiadriver_api import parse_spec
 from ..readiness import containers_ready, pod_ready
 from ..states import all_states
-from ..states.base import STATE_LABEL
+from ..states.base import COMPONENT, STATE_LABEL
 from .common import (
     DEVICE_PLUGIN_DEPLOY,
     MIG_CONFIG_LABEL,
@@ -32,6 +33,7 @@ from .model import ERROR, INFO, WARNING, Cluster, Evidence, Finding, pod_ref
 from .sched import DAEMON_TOLERATIONS, GPU, NodeView, selector_ok
 
 _IN_PROGRESS_DONE = ("", "upgrade-done", "upgrade-required")
+DEPLOY_DRIVER = "nvidia.com/gpu.deploy.driver"
 # NFD's chart as README and the chart's notes install it: its worker tolerates the GPU taint (upstream's values).
 NFD_TOLERATION = 'worker.tolerations=[{"key":"nvidia.com/gpu","operator":"Exists","effect":"NoSchedule"}]'
 NFD_INSTALL = ("helm install nfd oci://registry.k8s.io/nfd/charts/node-feature-discovery -n node-feature-discovery "
@@ -105,7 +107,7 @@ def _why_not_ready(cluster: Cluster, pod: dict[str, Any]) -> tuple[str, str, str
             continue
         waiting = (cs.get("state") or {}).get("waiting") or {}
         name = cs.get("name", "?")
-        what = _VALIDATES.get(name, "")
+        what, look = _waits_for(cluster, pod, name)
         detail = (
             waiting.get("message")
             or waiting.get("reason")
@@ -113,8 +115,6 @@ def _why_not_ready(cluster: Cluster, pod: dict[str, Any]) -> tuple[str, str, str
         )
         if sandbox and not cs.get("state", {}).get("running"):
             break
-        look = (f"look at {what} first; the validator's init containers pass in order, driver then toolkit, CUDA "
-                "and plugin") if what else f"read its log: {_logs(meta, name)}"  # fmt: skip
         if waiting.get("reason") == "CrashLoopBackOff" or cs.get("restartCount", 0) > 3:
             last = ((cs.get("lastState") or {}).get("terminated") or {}).get("message") or ""
             reason = f"init container {name} crash-looping ({cs.get('restartCount', 0)} restarts)" + (
@@ -154,6 +154,45 @@ def _why_not_ready(cluster: Cluster, pod: dict[str, Any]) -> tuple[str, str, str
     if not status.get("containerStatuses") and status.get("phase") == "Pending":
         return "pod", "pod Pending (not started)", f"kubectl describe pod -n {meta.get('namespace')} {meta.get('name')}"
     return "pod", f"phase {status.get('phase')}", f"kubectl describe pod -n {meta.get('namespace')} {meta.get('name')}"
+
+
+def _waits_for(cluster: Cluster, pod: dict[str, Any], name: str) -> tuple[str, str]:
+    """(what an init container waits for, "" for one that is no validator; where to look first)."""
+    meta = pod.get("metadata") or {}
+    what = _VALIDATES.get(name, "")
+    look = (f"look at {what} first; the validator's init containers pass in order, driver then toolkit, CUDA and "
+            "plugin") if what else f"read its log: {_logs(meta, name)}"  # fmt: skip
+    if name != "driver-validation":
+        return what, look
+    node = str((pod.get("spec") or {}).get("nodeName") or "")
+    view = cluster.views.get(node)
+    deploy = view.labels.get(DEPLOY_DRIVER, "") if view else ""
+    _, spec = policy(cluster)
+    if (spec is not None and not spec.driver.enabled) or deploy in ("pre-installed", "false"):
+        why = "driver.enabled is false" if deploy not in ("pre-installed", "false") else f"{DEPLOY_DRIVER}={deploy}"
+        return (f"the driver installed on the host ({why}: the operator deploys none on this node)",
+                "install the NVIDIA driver on the host, or repair it: `nvidia-smi` must work on the node")  # fmt: skip
+    if deploy == DRIVER_REFUSED:
+        return (f"a driver, which the operator does not deploy on this node ({DEPLOY_DRIVER}={DRIVER_REFUSED}: "
+                "the ClusterPolicy's driver version cannot run its GPU)",
+                "set a driver version that supports this GPU (the ClusterPolicy's DriverRefused condition says "
+                "which)")  # fmt: skip
+    if _driver_ready(cluster, node):
+        return (f"{what}, whose pod is ready: the validation itself fails",
+                f"read its log: {_logs(meta, name)}")  # fmt: skip
+    return what, look
+
+
+def _driver_ready(cluster: Cluster, node: str) -> bool:
+    """Whether the operator's driver pod on the node is ready (read, or its settled DaemonSet's)."""
+    for pod in cluster.pods:
+        meta = pod.get("metadata") or {}
+        if (meta.get("namespace") == cluster.namespace and (pod.get("spec") or {}).get("nodeName") == node
+                and (meta.get("labels") or {}).get(COMPONENT) == "nvidia-driver"
+                and pod_ready(pod) and not meta.get("deletionTimestamp")):  # fmt: skip
+            return True
+    return any(node in d.nodes and ((d.pod.get("metadata") or {}).get("labels") or {}).get(COMPONENT)
+               == "nvidia-driver" for d in cluster.daemon_pods)  # fmt: skip
 
 
 def _logs(meta: dict[str, Any], container: str) -> str:

@@ -947,6 +947,79 @@ def test_gpus_are_not_called_unhealthy_while_the_device_plugin_pod_restarts() ->
     assert "Xid" in kinds(cluster([n], [plugin]))["GPUsUnhealthy"].summary
 
 
+def test_a_gpu_node_that_advertises_no_gpu_is_named_when_the_others_are_full() -> None:
+    """h-0 has 8 GPUs (NFD, gpu.present, GFD's labels) but advertises no nvidia.com/gpu (its device plugin found
+    none: §12 entry 1's cause, on one node); h-1's 8 are in use. A pending 1-GPU pod was told only that every
+    eligible node's GPUs are allocated ("wait ... add GPU nodes"), and nothing named h-0: GPUsNotAdvertised fires
+    only when no node advertises any. The stack names it now, and so does the pod's shortage."""
+    broken = node("h-0")
+    broken["status"]["allocatable"].pop("nvidia.com/gpu")
+    broken["status"]["capacity"].pop("nvidia.com/gpu")
+    busy = pod("train", 8, node_name="h-1")
+    found = kinds(cluster([broken, node("h-1")], [busy, pod("waiting", 1)]))
+    f = found["GPUsNotAdvertisedOnNode"]
+    assert f.severity == "warning" and f.nodes == ("h-0",) and "h-0 has NVIDIA GPUs (8)" in f.summary, f.summary
+    assert "spec.nodeName=h-0" in f.fix, f.fix
+    short = found["InsufficientGPU"]
+    assert "h-0 has NVIDIA GPUs but advertises none" in short.summary and "h-0" in short.nodes, short.summary
+    # A converged node advertising MIG devices or renamed shared GPUs advertises GPUs.
+    mig = node("h-0", labels={"nvidia.com/mig.strategy": "mixed"}, allocatable={"nvidia.com/mig-1g.10gb": "56"})
+    mig["status"]["allocatable"].pop("nvidia.com/gpu")
+    assert "GPUsNotAdvertisedOnNode" not in kinds(cluster([mig], []))
+
+
+@pytest.mark.parametrize(
+    "labels, extra",
+    [
+        ({"nvidia.com/gpu.deploy.device-plugin": "false"}, {}),  # opted out (DevicePluginOptedOut's case)
+        ({"nvidia.com/gpu.deploy.operands": "false"}, {}),
+        ({"nvidia.com/gpu.workload.config": "vm-passthrough"}, {"sandboxWorkloads": {"enabled": True}}),
+        ({"nvidia.com/gpu.deploy.device-plugin": "paused-for-mig-change", "nvidia.com/mig.config.state": "pending"},
+         {}),
+        ({"nvidia.com/gpu-driver-upgrade-state": "validation-required"}, {}),
+        ({"nvidia.com/mig.config.state": "failed"}, {}),  # MIGChangeFailed names it
+        ({}, {"devicePlugin": {"enabled": False}}),  # no device plugin of ours (another one, or DRA)
+    ],
+    ids=["opted-out", "no-operands", "vm", "mig-change", "upgrade", "mig-failed", "device-plugin-disabled"],
+)  # fmt: skip
+def test_a_gpu_node_that_advertises_nothing_for_a_reason_is_not_called_unadvertised(
+    labels: dict[str, str], extra: dict[str, Any]
+) -> None:
+    """Where the operator runs no device plugin for containers on purpose, or it is paused or restarting, or another
+    finding names the cause, advertising nothing is no finding of its own."""
+    n = node("h-0")
+    n["status"]["allocatable"].pop("nvidia.com/gpu")
+    n["status"]["capacity"].pop("nvidia.com/gpu")
+    assert "GPUsNotAdvertisedOnNode" in kinds(cluster([n, node("h-1")], []))
+    n["metadata"]["labels"].update(labels)
+    c = cluster([n, node("h-1")], [])
+    c.snapshot.policies["cluster-policy"]["spec"] = extra
+    assert "GPUsNotAdvertisedOnNode" not in kinds(c)
+
+
+def test_a_gpu_node_that_advertises_nothing_is_left_to_the_finding_that_names_its_cause() -> None:
+    """NotReady, being deleted, or its first operand not ready (that finding names the cause): no second finding."""
+
+    def advertising_nothing(name: str) -> dict[str, Any]:
+        n = node(name)
+        for key in ("allocatable", "capacity"):
+            n["status"][key].pop("nvidia.com/gpu")
+        return n
+
+    gone, deleted, starting, plain = (advertising_nothing(n) for n in ("h-0", "h-2", "h-3", "h-4"))
+    gone["status"]["conditions"] = [{"type": "Ready", "status": "Unknown"}]
+    deleted["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    toolkit = {"kind": "Pod", "spec": {"nodeName": "h-3"},
+               "metadata": {"name": "nvidia-container-toolkit-daemonset-x", "namespace": NS,
+                            "labels": {"nvidia.com/gpu-operator.state": "state-container-toolkit"}},
+               "status": {"phase": "Pending",
+                          "initContainerStatuses": [{"name": "driver-validation", "state": {"running": {}}}]}}
+    found = diagnose(cluster([gone, node("h-1"), deleted, starting, plain], [toolkit]))
+    assert [f.nodes for f in found if f.kind == "GPUsNotAdvertisedOnNode"] == [("h-4",)], [
+        (f.kind, f.nodes) for f in found]  # fmt: skip
+    assert [f.nodes for f in found if f.kind == "OperandNotReady"] == [("h-3",)]
+
+
 def test_a_gpu_resource_name_the_nodes_do_not_advertise_is_not_blamed_on_the_device_plugin() -> None:
     """With renameByDefault (REFERENCE §4) nodes advertise nvidia.com/gpu.shared, not nvidia.com/gpu; a pod asking
     for the name that is not there was told the device plugin was not running (§12 entry 1 is "no node advertises
@@ -981,9 +1054,10 @@ def test_a_resource_name_is_not_blamed_when_the_pods_own_gpu_nodes_advertise_not
     for n in t4:
         n["status"]["capacity"].pop("nvidia.com/gpu")
     on_t4 = pod("infer", 1, nodeSelector={"nvidia.com/gpu.product": "Tesla-T4"})
-    assert set(kinds(cluster([mig_node, *t4], [on_t4]))) == {"GPUsNotAdvertised"}
+    down = {"GPUsNotAdvertised", "GPUsNotAdvertisedOnNode"}  # the pod's finding, and the stack's on each T4 node
+    assert set(kinds(cluster([mig_node, *t4], [on_t4]))) == down
     # No selector: the T4 nodes are among its nodes and advertise nothing either.
-    assert set(kinds(cluster([mig_node, *t4], [pod("infer", 1)]))) == {"GPUsNotAdvertised"}
+    assert set(kinds(cluster([mig_node, *t4], [pod("infer", 1)]))) == down
     # Selecting the A100: its name is the one to fix.
     on_a100 = pod("infer", 1, nodeSelector={"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-40GB"})
     f = kinds(cluster([mig_node, *t4], [on_a100]))["ResourceNameMismatch"]

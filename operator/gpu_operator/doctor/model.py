@@ -66,7 +66,7 @@ class Cluster:
     gone: frozenset[tuple[str, str, str]] = frozenset()
     _views: dict[str, NodeView] | None = None
     _events: dict[tuple[str, str, str], list[dict[str, Any]]] | None = None
-    memo: dict[str, Any] = field(default_factory=dict)  # facts computed once per run (upgrade reasons)
+    memo: dict[str, Any] = field(default_factory=dict)  # computed once per run (upgrade reasons, stack findings)
 
     @property
     def views(self) -> dict[str, NodeView]:

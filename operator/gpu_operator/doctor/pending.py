@@ -17,6 +17,7 @@ from ..api import ClusterPolicySpec
 from ..mig_layouts import MigGPU
 from ..nodes import WORKLOAD_CONFIG, workload_of
 from ..states.mig_manager import custom_config
+from . import stack
 from .common import (
     DEVICE_PLUGIN_DEPLOY,
     MIG_CONFIG_LABEL,
@@ -156,7 +157,26 @@ def _diagnose(cluster: Cluster, pod: dict[str, Any]) -> Finding | None:
     if not open_nodes:
         return _cordoned(cluster, ref, tolerated, evidence)
     found = _resources(ref, gpus, requests, open_nodes, evidence)
-    return _with_spare(found, pod, resource, count, [v for v in offering if v not in open_nodes])
+    found = _with_spare(found, pod, resource, count, [v for v in offering if v not in open_nodes])
+    return _with_unadvertised(cluster, found, candidates)
+
+
+def _with_unadvertised(cluster: Cluster, found: Finding | None, candidates: list[NodeView]) -> Finding | None:
+    """A GPU shortage finding that also names the GPU nodes the pod may use that advertise no GPU (the stack's
+    GPUsNotAdvertisedOnNode): their GPUs are not counted."""
+    if found is None or found.kind not in ("InsufficientGPU", "GPUFragmentation"):
+        return found
+    eligible = {v.name for v in candidates}
+    idle = [n for n in stack.unadvertised(cluster) if n in eligible]
+    if not idle:
+        return found
+    shown = ", ".join(idle[:5]) + (f" and {len(idle) - 5} more" if len(idle) > 5 else "")
+    has = "has NVIDIA GPUs but advertises" if len(idle) == 1 else "have NVIDIA GPUs but advertise"
+    return dataclasses.replace(
+        found, summary=f"{found.summary}; {shown} {has} none (GPUsNotAdvertisedOnNode)",
+        fix=f"fix the device plugin on {shown} (GPUsNotAdvertisedOnNode); or {found.fix}",
+        nodes=found.nodes + tuple(idle),
+    )  # fmt: skip
 
 
 def _split_resources(ref: str, gpus: dict[str, int], nodes: list[NodeView], evidence: list[Evidence]) -> Finding:

@@ -1,6 +1,7 @@
 """The GPU stack (REFERENCE §12 entries 3, 9-13, 16, 19, 20): operands not ready, mapped to the first failing
 component on each node (an image that cannot be pulled: the ClusterPolicy or NVIDIADriver field that sets it);
-operands that cannot run on a GPU node; nodes stuck in an upgrade or MIG change; GPUs advertised below capacity."""
+operands that cannot run on a GPU node; nodes stuck in an upgrade or MIG change; GPUs advertised below capacity,
+or none on a GPU node."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from .. import images
 from ..api import ClusterPolicySpec, ImageSpec
-from ..nodes import DRIVER_REFUSED
+from ..nodes import DEPLOY_OPERANDS, DRIVER_REFUSED, workload_of
 from ..nvidiadriver import cluster_spec
 from ..nvidiadriver_api import parse_spec
 from ..readiness import containers_ready, pod_ready
@@ -30,9 +31,10 @@ from .common import (
     upgrade_waiting,
 )
 from .model import ERROR, INFO, WARNING, Cluster, Evidence, Finding, pod_ref
-from .sched import DAEMON_TOLERATIONS, GPU, NodeView, selector_ok
+from .sched import DAEMON_TOLERATIONS, GPU, NodeView, is_gpu_resource, selector_ok
 
 _IN_PROGRESS_DONE = ("", "upgrade-done", "upgrade-required")
+COUNT_LABEL = "nvidia.com/gpu.count"  # GFD's
 DEPLOY_DRIVER = "nvidia.com/gpu.deploy.driver"
 # NFD's chart as README and the chart's notes install it: its worker tolerates the GPU taint (upstream's values).
 NFD_TOLERATION = 'worker.tolerations=[{"key":"nvidia.com/gpu","operator":"Exists","effect":"NoSchedule"}]'
@@ -53,6 +55,18 @@ _VALIDATES = {
 
 
 def findings(cluster: Cluster) -> list[Finding]:
+    """The stack's findings (computed once per run: pending's shortages read GPUsNotAdvertisedOnNode's nodes)."""
+    if "stack" not in cluster.memo:
+        cluster.memo["stack"] = _findings(cluster)
+    return list(cluster.memo["stack"])
+
+
+def unadvertised(cluster: Cluster) -> list[str]:
+    """The GPU nodes that advertise no GPU resource though nothing else on them explains it."""
+    return [n for f in findings(cluster) if f.kind == "GPUsNotAdvertisedOnNode" for n in f.nodes]
+
+
+def _findings(cluster: Cluster) -> list[Finding]:
     out: list[Finding] = []
     name, spec = policy(cluster)
     gpu_nodes = [n for n in cluster.snapshot.nodes.values() if n.has_gpu]
@@ -90,6 +104,7 @@ def findings(cluster: Cluster) -> list[Finding]:
     out += _upgrades(cluster)
     out += _mig(cluster)
     out += _capacity(cluster)
+    out += _unadvertised(cluster, spec, {n for f in out for n in f.nodes})
     return out
 
 
@@ -362,6 +377,11 @@ def _pull_fix(cluster: Cluster, pod: dict[str, Any], pulled: PullFailure) -> str
     }.get(pulled.cause, f"{describe} (its events say why the pull fails); the image comes from {where}")
 
 
+def _deleting(cluster: Cluster) -> set[str]:
+    return {str((n.get("metadata") or {}).get("name")) for n in cluster.nodes
+            if (n.get("metadata") or {}).get("deletionTimestamp")}  # fmt: skip
+
+
 def _tolerated(tolerations: list[dict[str, Any]], view: NodeView) -> list[dict[str, Any]]:
     from .sched import untolerated_taints
 
@@ -373,8 +393,7 @@ def _blocked_daemonsets(cluster: Cluster) -> list[Finding]:
     Nodes being deleted, or removed by an autoscaler (its taint), are left out."""
     blocked: dict[str, list[str]] = {}
     taints: dict[str, set[str]] = {}
-    deleting = {(n.get("metadata") or {}).get("name") for n in cluster.nodes
-                if (n.get("metadata") or {}).get("deletionTimestamp")}  # fmt: skip
+    deleting = _deleting(cluster)
     gpu_nodes = [
         cluster.views[n.name] for n in cluster.snapshot.nodes.values()
         if n.has_gpu and n.name in cluster.views and n.name not in deleting
@@ -495,4 +514,40 @@ def _capacity(cluster: Cluster) -> list[Finding]:
                 [Evidence(f"Node {view.name}", "status.capacity / status.allocatable", f"{cap} / {alloc}")],
                 nodes=(view.name,),
             ))  # fmt: skip
+    return out
+
+
+def _unadvertised(cluster: Cluster, spec: ClusterPolicySpec | None, named: set[str]) -> list[Finding]:
+    """GPU nodes that advertise no GPU resource of any kind (REFERENCE §12 entry 1 on one node), where nothing else
+    explains it: not a node for VMs, opted out of the device plugin or of every operand, with its device plugin
+    paused or restarting, NotReady or being deleted, nor one another stack finding names (its cause)."""
+    if spec is None or not spec.device_plugin.enabled:
+        return []
+    skip = named | _deleting(cluster)
+    out = []
+    for facts in cluster.snapshot.nodes.values():
+        view = cluster.views.get(facts.name)
+        if view is None or not facts.has_gpu or not facts.ready or facts.name in skip:
+            continue
+        if any(is_gpu_resource(r) and amount > 0 for r, amount in view.allocatable.items()):
+            continue
+        if workload_of(facts, spec) != "container" or view.labels.get(DEPLOY_OPERANDS) == "false":
+            continue
+        if _plugin_away(cluster, view):
+            continue
+        count = view.labels.get(COUNT_LABEL, "")
+        ev = [Evidence(f"Node {view.name}", "status.allocatable", "no nvidia.com/gpu, nvidia.com/gpu.shared or "
+                       "nvidia.com/mig-*")]  # fmt: skip
+        if count:
+            ev.append(Evidence(f"Node {view.name}", f"labels[{COUNT_LABEL}]", count))
+        ns = cluster.namespace
+        out.append(Finding(
+            WARNING, "GPUsNotAdvertisedOnNode", f"Node {view.name}",
+            f"{view.name} has NVIDIA GPUs" + (f" ({count})" if count else "") + " but advertises none to pods (no "
+            "nvidia.com/gpu, gpu.shared or mig-*): its device plugin is not running there, or registered no GPU",
+            f"`kubectl get pods -n {ns} -l app=nvidia-device-plugin-daemonset --field-selector "
+            f"spec.nodeName={view.name}` finds its device plugin pod; its log (`kubectl logs -n {ns} POD`) says why "
+            "it registered no GPU",
+            ev, nodes=(view.name,),
+        ))  # fmt: skip
     return out

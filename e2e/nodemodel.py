@@ -647,6 +647,15 @@ MANAGER_WAITS_WHEN_SET = {_DEPLOY + "mig-manager": "nvidia-mig-manager",
                           _DEPLOY + "sandbox-validator": "nvidia-sandbox-validator",
                           _DEPLOY + "sandbox-device-plugin": "nvidia-sandbox-device-plugin-daemonset",
                           _DEPLOY + "vgpu-device-manager": "nvidia-vgpu-device-manager"}
+UPGRADE_ENABLED_ANNOTATION = "nvidia.com/gpu-driver-upgrade-enabled"  # "true": the operator's upgrade policy evicts
+DRIVER_IN_USE = ("failed to uninstall nvidia driver components: Could not unload NVIDIA driver kernel modules, "
+                 "driver is in use")
+
+
+def uses_gpu(pod: dict[str, Any]) -> bool:
+    """podUsesGPU: a container requests or limits an nvidia.com/* resource (DRA claims are not modelled)."""
+    return any(str(k).startswith("nvidia.com/") for c in _spec(pod).get("containers") or []
+               for part in ("limits", "requests") for k in ((c.get("resources") or {}).get(part) or {}))
 
 
 def paused_value(value: str) -> str:
@@ -857,7 +866,8 @@ class Need:
         if self.kind == "gpu-runtime":
             return "gets no GPUs: no runtime on the node injects them"
         if self.kind == "evict":
-            return f"waits for pods {self.target} to leave the node (their deploy labels {PAUSED_FOR_DRIVER})"
+            why = self.message or f"their deploy labels {PAUSED_FOR_DRIVER}"
+            return f"waits for pods {self.target} to leave the node ({why})"
         if self.kind == "module":
             return f"waits for the kernel module {self.target}"
         if self.kind == "privileged":
@@ -894,6 +904,7 @@ class StepResult:
     plugin_pods: frozenset[str] = frozenset()  # uids of the running device plugin pods
     gfd_pods: frozenset[str] = frozenset()  # uids of the running GFD pods
     labels: dict[str, str] = field(default_factory=dict)  # node labels k8s-driver-manager sets (a merge patch)
+    evict: list[dict[str, Any]] = field(default_factory=list)  # GPU pods k8s-driver-manager deletes
 
 
 @dataclass
@@ -917,6 +928,7 @@ class _Memo:
     waited: set[int] = field(default_factory=set)  # main containers whose script waits (and NVML) have passed
     probed: bool = False  # the startup probe has succeeded (it runs until then, not after)
     paused: dict[str, str] | None = None  # k8s-driver-manager: the deploy labels it paused, as they were
+    failed: str = ""  # k8s-driver-manager: why it exited (it crash-loops; each restart tries again)
     gone: bool = False
     pod: dict[str, Any] = field(default_factory=dict)  # as last seen (its preStop runs when it goes)
 
@@ -946,16 +958,25 @@ class NodeModel:
         self._labels: dict[str, str] | None = None  # the node's labels, when a step is given them
         self._label_patch: dict[str, str] = {}
         self._all_pods: list[dict[str, Any]] = []  # this step's pods, those being deleted too
+        self._others: list[dict[str, Any]] = []  # the node's other pods (not run here: GPU workloads, GPU clients)
+        self._annotations: dict[str, str] = {}
+        self._evict: dict[str, dict[str, Any]] = {}
 
     # --- stepping ---
     def step(self, pods: Iterable[dict[str, Any]], world: World, now: float,
-             wall_now: float | None = None, labels: dict[str, str] | None = None) -> StepResult:
+             wall_now: float | None = None, labels: dict[str, str] | None = None,
+             annotations: dict[str, str] | None = None, others: Iterable[dict[str, Any]] = ()) -> StepResult:
         """Advance the node to ``now`` (monotonic seconds) with these pods (all of the node's operand pods).
-        ``labels``: the node's labels, for k8s-driver-manager (without them it completes at once)."""
+        ``labels``: the node's labels, for k8s-driver-manager (without them it completes at once, unless a driver
+        is on the host); ``annotations``, ``others`` (the node's pods the model does not run, which the manager
+        evicts or waits for): what k8s-driver-manager reads too."""
         wall = _now_wall() if wall_now is None else wall_now
         self._world = world
         self._labels = None if labels is None else dict(labels)
         self._label_patch = {}
+        self._annotations = dict(annotations or {})
+        self._others = list(others)
+        self._evict = {}
         pods = sorted(pods, key=lambda p: (p["metadata"].get("creationTimestamp") or "", _name(p)))
         self._all_pods = pods
         live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
@@ -1017,7 +1038,7 @@ class NodeModel:
             gfd=bool(self._gfd_owners), driver_version=self.driver_version(),
             again=min(wake) if wake else None,
             plugin_pods=frozenset(self._gpu_owners), gfd_pods=frozenset(self._gfd_owners),
-            labels=dict(self._label_patch))
+            labels=dict(self._label_patch), evict=list(self._evict.values()))
 
     def driver_version(self) -> str | None:
         return self.host.driver_at(DRIVER_INSTALL_DIR) or self.host.driver_at("/")
@@ -1214,31 +1235,61 @@ class NodeModel:
         if c.role == VALIDATOR:
             return self._run_validator(pod, c, memo)
         if c.role == DRIVER_MANAGER:
-            return self._run_driver_manager(c, memo), ""
+            return self._run_driver_manager(pod, c, memo)
         return None, ""
 
-    def _run_driver_manager(self, c: Ctr, memo: _Memo) -> Need | None:
-        """k8s-driver-manager uninstall_driver (see MANAGER_PAUSES): with a driver loaded, pause the operands' deploy
-        labels, wait for their pods to go, unload the driver, set the labels back."""
+    def _run_driver_manager(self, pod: dict[str, Any], c: Ctr, memo: _Memo) -> tuple[Need | None, str]:
+        """k8s-driver-manager uninstall_driver (see MANAGER_PAUSES): a driver on the host labels the node
+        pre-installed and fails; with a driver loaded, pause the operands' deploy labels, wait for their pods to go,
+        evict the GPU pods (or fail while one holds the driver), unload the driver, set the labels back."""
         labels = self._labels
+        host_smi, _ = host_path(pod, c.spec, "/host/" + NVIDIA_SMI)
+        if host_smi is not None and self.host.files.get(host_smi):  # isHostDriver: chroot /host nvidia-smi
+            if labels is not None:
+                self._set_labels({_DEPLOY + "driver": "pre-installed"})
+            return Need("error", "", c.where, "driver is pre-installed on host"), "driver is pre-installed on host"
         if labels is None:
-            return None  # no node labels given (offline): nothing to evict
+            return None, ""  # no node labels given (offline): nothing to evict
+        gpu_pods = [p for p in self._all_pods + self._others if uses_gpu(p)]
+        if memo.failed and not (memo.failed == DRIVER_IN_USE and not gpu_pods):
+            return Need("error", "", c.where, memo.failed), memo.failed  # crash-looping
+        memo.failed = ""
+        custom = c.env.get("NODE_LABEL_FOR_GPU_POD_EVICTION", "")
         if memo.paused is None:
-            keys = list(MANAGER_PAUSES) + [k for k in MANAGER_PAUSES_WHEN_SET if labels.get(k)]
+            keys = list(MANAGER_PAUSES) + [k for k in (*MANAGER_PAUSES_WHEN_SET, custom) if k and labels.get(k)]
             if not self.host.driver_loaded:  # rescheduleGPUOperatorComponents from what is there
                 self._set_labels({k: unpaused_value(labels.get(k, "")) for k in [*keys, MANAGER_RESTORES_TOO]})
-                return None
+                return None, ""
             memo.paused = {k: labels.get(k, "") for k in keys}
             self._set_labels({k: paused_value(v) for k, v in memo.paused.items()})
         apps = set(MANAGER_WAITS_FOR) | {app for k, app in MANAGER_WAITS_WHEN_SET.items() if memo.paused.get(k)}
         staying = sorted(_name(p) for p in self._all_pods if (p["metadata"].get("labels") or {}).get("app") in apps)
+        if memo.paused.get(_DEPLOY + "client"):  # WaitForPodsWithNodeSelector: DaemonSet pods selecting the label
+            staying += sorted(_name(p) for p in self._all_pods + self._others if _DEPLOY + "client" in
+                              (_spec(p).get("nodeSelector") or {}) and any(
+                                  o.get("controller") and o.get("kind") == "DaemonSet"
+                                  for o in p["metadata"].get("ownerReferences") or []))
         if staying:
-            return Need("evict", ", ".join(staying), c.where)
+            return Need("evict", ", ".join(staying), c.where), ""
+        policy = self._annotations.get(UPGRADE_ENABLED_ANNOTATION) == "true"  # the upgrade policy evicts instead
+        evict = not policy and (_bool(c.env.get("ENABLE_GPU_POD_EVICTION"), True) or
+                                _bool(c.env.get("ENABLE_AUTO_DRAIN"), False))  # (auto-drain: after a failed unload)
+        if gpu_pods and evict:  # nvDrainNode: the node cordoned, its GPU pods deleted
+            self._evict.update({_uid(p): p for p in gpu_pods if not p["metadata"].get("deletionTimestamp")})
+            return Need("evict", ", ".join(sorted(_name(p) for p in gpu_pods)), c.where,
+                        "k8s-driver-manager deletes the GPU pods"), ""
+        if gpu_pods or not _privileged(c.spec):  # delete_module: EBUSY, or EPERM without CAP_SYS_MODULE
+            memo.failed = DRIVER_IN_USE if gpu_pods else \
+                "failed to uninstall nvidia driver components: delete_module nvidia: operation not permitted"
+            restore = {**memo.paused, MANAGER_RESTORES_TOO: labels.get(MANAGER_RESTORES_TOO, "")}
+            self._set_labels({k: unpaused_value(v) for k, v in restore.items()})  # cleanupOnFailure
+            memo.paused = None
+            return Need("error", "", c.where, memo.failed), memo.failed
         self.host.driver_loaded = False  # cleanupDriver: the modules unloaded
         self.host.modules.clear()
         restore = {**memo.paused, MANAGER_RESTORES_TOO: labels.get(MANAGER_RESTORES_TOO, "")}
         self._set_labels({k: unpaused_value(v) for k, v in restore.items()})
-        return None
+        return None, ""
 
     def _set_labels(self, want: dict[str, str]) -> None:
         """k8s-driver-manager's label writes (UpdateNodeLabels: every key it names, even an unchanged one)."""

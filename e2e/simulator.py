@@ -479,7 +479,11 @@ class NodeSimulator:
         world = self._world_now()
         labels = node["metadata"].get("labels") or {}
         result = model.step(pods, world, time.monotonic(), time.time(),
-                            labels=labels if self.driver_manager else None)
+                            labels=labels if self.driver_manager else None,
+                            annotations=node["metadata"].get("annotations") or {})
+        for pod in result.evict:  # k8s-driver-manager deleting GPU pods (only the operand pods are given here)
+            meta = pod["metadata"]
+            self._kube.delete(f"/api/v1/namespaces/{meta.get('namespace')}/pods/{meta['name']}")
         manager_patch = {k: v for k, v in result.labels.items() if labels.get(k) != v}
         if manager_patch:  # k8s-driver-manager pausing the operands or setting them back
             log.info("simulator: node %s k8s-driver-manager %s", node_name, manager_patch)

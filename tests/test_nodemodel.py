@@ -15,7 +15,17 @@ import pytest
 import yaml
 from e2e import advertise as adv
 from e2e.cluster.nodes import PROFILES, gfd_labels, make_node
-from e2e.nodemodel import _uid, check_rendered, pod_status, ready
+from e2e.nodemodel import (
+    NodeModel,
+    World,
+    _uid,
+    check_rendered,
+    new_host,
+    offline_dry_run,
+    pod_status,
+    ready,
+    runtime_of,
+)
 from e2e.sim_mig import MigSim
 
 from gpu_operator import sharing
@@ -26,6 +36,9 @@ from support import SAMPLE_NODES, SAMPLES, load_scenario, objects
 
 V = "/run/nvidia/validations"
 NODE = "gpu-h100-a"
+DEPLOY = "nvidia.com/gpu.deploy."
+PAUSED_DRIVER = "paused-for-driver-upgrade"
+DRIVER_DS = "nvidia-driver-daemonset-ubuntu22.04"
 FOUR = {f"{V}/driver-ready", f"{V}/toolkit-ready", f"{V}/cuda-ready", f"{V}/plugin-ready"}
 PCI = "feature.node.kubernetes.io/pci-10de.present"
 
@@ -267,6 +280,234 @@ def test_a_label_naming_a_missing_key_leaves_a_running_pod_its_config() -> None:
     assert sim._configs[pod["metadata"]["uid"]][0] == "h100"  # the failed selection is retried
     assert sim._config_of(pod, {label: "any"}, world).key == "any"  # a key that exists is loaded
     assert "unknown version" in sim._config_of(pod, {label: "bad"}, world).error  # loaded, and the plugin fails
+
+
+# --- k8s-driver-manager (cmd/driver-manager/main.go uninstallDriver), stepped with the node's labels ---
+
+class _Stack:
+    """One node of the sample, its rendered operand pods and the node's labels, stepped like the simulator does
+    (the manager's label patch is written back; ``reschedule`` plays the DaemonSet controller)."""
+
+    def __init__(self, host_driver: str | None = None) -> None:
+        self.docs = _render(SAMPLES / "clusterpolicy-default.yaml")
+        node = _node()
+        self.labels: dict[str, str] = dict(node["metadata"].get("labels") or {})
+        for d in self.docs:
+            if d.get("kind") == "Node" and d["metadata"].get("name") == NODE:
+                self.labels.update({k: v for k, v in (d["metadata"].get("labels") or {}).items() if v is not None})
+        self.daemonsets = [d for d in self.docs if d.get("kind") == "DaemonSet"]
+        for d in self.daemonsets:
+            d["metadata"].setdefault("namespace", "gpu-operator")
+        self.world = World(
+            runtime_classes={d["metadata"]["name"]: d.get("handler", "") for d in self.docs
+                             if d.get("kind") == "RuntimeClass"},
+            config_maps={(d["metadata"].get("namespace") or "gpu-operator", d["metadata"]["name"]): d.get("data") or {}
+                         for d in self.docs if d.get("kind") == "ConfigMap"},
+            daemonsets=self.daemonsets, dry_run=offline_dry_run)
+        self.model = NodeModel(new_host(NODE, runtime_of(node), 8, host_driver))
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.generation = 0
+        self.t = 0.0
+        self.result: Any = None
+        self.annotations: dict[str, str] = {}
+        self.reschedule()
+
+    def _selected(self, ds: dict[str, Any]) -> bool:
+        selector = ds["spec"]["template"]["spec"].get("nodeSelector") or {}
+        return all(self.labels.get(k) == v for k, v in selector.items())
+
+    def reschedule(self) -> None:
+        """The DaemonSet controller: a pod for each DaemonSet selecting the node, none for the others."""
+        for ds in self.daemonsets:
+            name = f"{ds['metadata']['name']}-{NODE}"
+            if self._selected(ds) and name not in self.pods:
+                self.pods[name] = self.pod(ds, name)
+            elif not self._selected(ds):
+                self.pods.pop(name, None)
+
+    def pod(self, ds: dict[str, Any], name: str) -> dict[str, Any]:
+        self.generation += 1
+        tpl = copy.deepcopy(ds["spec"]["template"])
+        return {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {**tpl["metadata"], "name": name, "namespace": ds["metadata"]["namespace"],
+                             "uid": f"{name}/{self.generation}", "creationTimestamp": "1970-01-01T00:00:00Z",
+                             "ownerReferences": [{"kind": "DaemonSet", "name": ds["metadata"]["name"],
+                                                  "controller": True}]},
+                "spec": {**tpl["spec"], "nodeName": NODE}}
+
+    def driver_ds(self) -> dict[str, Any]:
+        return next(d for d in self.daemonsets if d["metadata"]["name"] == DRIVER_DS)
+
+    def new_driver_pod(self, manager_env: dict[str, str] | None = None) -> str:
+        """The upgrade: the old driver pod is deleted, the DaemonSet makes a new one (the manager's env as a user
+        sets it through driver.manager.env)."""
+        ds = copy.deepcopy(self.driver_ds())
+        manager = ds["spec"]["template"]["spec"]["initContainers"][0]
+        assert manager["name"] == "k8s-driver-manager"
+        for k, v in (manager_env or {}).items():
+            manager["env"] = [e for e in manager["env"] if e["name"] != k] + [{"name": k, "value": v}]
+        old = f"{DRIVER_DS}-{NODE}"
+        self.pods.pop(old)
+        self.step()
+        self.pods[old] = self.pod(ds, old)
+        return old
+
+    def step(self, dt: float = 1.0) -> dict[str, dict[str, Any]]:
+        self.t += dt
+        self.result = self.model.step(list(self.pods.values()), self.world, self.t, wall_now=self.t,
+                                      labels=dict(self.labels), annotations=self.annotations)
+        self.labels.update(self.result.labels)
+        statuses = {}
+        for name, pod in self.pods.items():
+            run = self.result.statuses.get(_uid(pod))
+            if run is not None:
+                pod["status"] = statuses[name] = pod_status(pod, run, "10.0.0.1", "1970-01-01T00:00:00Z")
+        return statuses
+
+    def settle(self, rounds: int = 6) -> dict[str, dict[str, Any]]:
+        for _ in range(rounds):
+            self.step()
+            self.reschedule()
+        return self.step()
+
+    def manager_state(self) -> tuple[str, dict[str, Any]]:
+        st = self.pods[f"{DRIVER_DS}-{NODE}"]["status"]
+        cs = next(c for c in st["initContainerStatuses"] if c["name"] == "k8s-driver-manager")
+        kind, detail = next(iter(cs["state"].items()))
+        return kind, detail
+
+
+def _started_stack() -> _Stack:
+    stack = _Stack()
+    statuses = stack.settle()
+    assert all(ready(s) for s in statuses.values()), {n: ready(s) for n, s in statuses.items()}
+    assert stack.model.host.driver_loaded
+    return stack
+
+
+def _gpu_workload(name: str, namespace: str = "default", **extra: Any) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "uid": f"{name}/1",
+                         "creationTimestamp": "1970-01-01T00:00:00Z", "labels": {"app": name}, **extra},
+            "spec": {"nodeName": NODE, "containers": [
+                {"name": "cuda", "image": "nvcr.io/nvidia/cuda:12.8.0-base-ubuntu22.04",
+                 "command": ["sleep", "infinity"], "resources": {"limits": {"nvidia.com/gpu": 1}}}]}}
+
+
+def test_a_host_driver_makes_the_manager_label_the_node_pre_installed_and_the_driver_pod_not_start() -> None:
+    """The model's manager had no isHostDriver check: on a host with a driver it completed, the driver container
+    started and put its own driver at /run/nvidia/driver, and GFD reported that one. Upstream's (`chroot /host
+    nvidia-smi` answers) labels the node nvidia.com/gpu.deploy.driver=pre-installed and exits "driver is
+    pre-installed on host", so the driver DaemonSet no longer selects the node (REFERENCE.md §3)."""
+    stack = _Stack(host_driver="570.172.08")
+    statuses = stack.step()
+    assert stack.labels.get(DEPLOY + "driver") == "pre-installed"
+    assert not ready(statuses[f"{DRIVER_DS}-{NODE}"])
+    kind, detail = stack.manager_state()
+    assert kind == "waiting" and stack.model.blockers()[f"{DRIVER_DS}-{NODE}"].message == \
+        "driver is pre-installed on host", (kind, detail)
+    stack.settle()
+    assert f"{DRIVER_DS}-{NODE}" not in stack.pods  # (the DaemonSet controller took it away)
+    assert stack.result.driver_version == "570.172.08"  # the host's driver, not a driver container's
+    # offline (no labels) the container fails all the same
+    model, result, pods = check_rendered(_render(SAMPLES / "clusterpolicy-default.yaml"), _node(),
+                                         host_driver="570.172.08")
+    driver = next(p for p in pods if p["metadata"]["name"].startswith(DRIVER_DS))
+    assert not ready(pod_status(driver, result.statuses[_uid(driver)], None, ""))
+
+
+def test_the_manager_cannot_unload_a_driver_a_gpu_pod_still_uses_when_eviction_is_off() -> None:
+    """The model ignored GPU pods, ENABLE_GPU_POD_EVICTION, ENABLE_AUTO_DRAIN and the upgrade-enabled annotation:
+    its unload always succeeded. With eviction and auto-drain off, upstream's delete_module fails (EBUSY) while a
+    GPU pod holds /dev/nvidia*: "failed to uninstall nvidia driver components", the labels set back
+    (cleanupOnFailure), the init container crash-loops and the driver stays loaded (REFERENCE.md §10.6, §12.12)."""
+    stack = _started_stack()
+    stack.pods["training"] = _gpu_workload("training")
+    stack.step()
+    stack.new_driver_pod({"ENABLE_GPU_POD_EVICTION": "false", "ENABLE_AUTO_DRAIN": "false"})
+    statuses = stack.settle()
+    assert "training" in stack.pods and not stack.result.evict  # nothing deleted it
+    kind, detail = stack.manager_state()
+    assert not (kind == "terminated" and detail.get("exitCode") == 0), (kind, detail)
+    assert not ready(statuses[f"{DRIVER_DS}-{NODE}"]) and stack.model.host.driver_loaded
+    assert "driver is in use" in stack.model.blockers()[f"{DRIVER_DS}-{NODE}"].message
+    assert stack.labels[DEPLOY + "device-plugin"] == "true"  # set back
+    # once the GPU pod has gone, the next try unloads it
+    del stack.pods["training"]
+    assert all(ready(s) for s in stack.settle().values())
+
+
+def test_with_gpu_pod_eviction_on_the_manager_deletes_the_gpu_pods_before_it_unloads() -> None:
+    """The rendered default (ENABLE_GPU_POD_EVICTION=true, no upgrade-enabled annotation): upstream deletes the GPU
+    pods (nvDrainNode) and unloads only once they are gone; the model unloaded under the running GPU pod. With the
+    annotation "true" the operator's upgrade policy evicts instead, and the manager fails while one is left."""
+    stack = _started_stack()
+    stack.pods["training"] = _gpu_workload("training")
+    stack.step()
+    stack.new_driver_pod()
+    stack.settle()
+    assert [p["metadata"]["name"] for p in stack.result.evict] == ["training"]
+    blocked = stack.model.blockers().get(f"{DRIVER_DS}-{NODE}")
+    assert blocked is not None and blocked.kind == "evict" and "training" in blocked.target, blocked
+    assert stack.model.host.driver_loaded
+    del stack.pods["training"]  # (deleted, as the simulator does)
+    assert all(ready(s) for s in stack.settle().values())
+    # the upgrade policy's annotation: the manager evicts nothing
+    stack = _started_stack()
+    stack.annotations = {"nvidia.com/gpu-driver-upgrade-enabled": "true"}
+    stack.pods["training"] = _gpu_workload("training")
+    stack.step()
+    stack.new_driver_pod()
+    stack.settle()
+    assert not stack.result.evict and "driver is in use" in stack.model.blockers()[f"{DRIVER_DS}-{NODE}"].message
+
+
+def test_the_manager_waits_for_daemonset_pods_that_select_the_client_deploy_label() -> None:
+    """The manager pauses nvidia.com/gpu.deploy.client (set by the operator for third-party GPU clients) and
+    upstream then waits (WaitForPodsWithNodeSelector, any namespace) for every DaemonSet pod on the node whose
+    nodeSelector has that key; the model paused it but never waited, so it unloaded under a running client."""
+    stack = _started_stack()
+    assert stack.labels.get(DEPLOY + "client") == "true"
+    client = _gpu_workload("acme-gpu-agent-x1", namespace="acme",
+                           ownerReferences=[{"kind": "DaemonSet", "name": "acme-gpu-agent", "controller": True}])
+    client["spec"]["nodeSelector"] = {DEPLOY + "client": "true"}
+    stack.pods["acme"] = client
+    stack.step()
+    stack.new_driver_pod()
+    for _ in range(4):  # (the DaemonSet controller of `acme` has not deleted it yet)
+        stack.step()
+        stack.reschedule()
+    blocked = stack.model.blockers().get(f"{DRIVER_DS}-{NODE}")
+    assert blocked is not None and "acme-gpu-agent-x1" in blocked.target, (blocked, stack.labels[DEPLOY + "client"])
+
+
+def test_the_manager_pauses_and_restores_the_custom_eviction_label() -> None:
+    """NODE_LABEL_FOR_GPU_POD_EVICTION (driver.manager.env) names a node label upstream's manager pauses with the
+    operands' and sets back after the unload; the model never read it."""
+    custom = "example.com/gpu-clients"
+    stack = _started_stack()
+    stack.labels[custom] = "true"
+    stack.new_driver_pod({"NODE_LABEL_FOR_GPU_POD_EVICTION": custom})
+    stack.step()
+    assert stack.labels[DEPLOY + "device-plugin"] == PAUSED_DRIVER  # the operands are paused ...
+    assert stack.labels[custom] == PAUSED_DRIVER  # ... and so is the custom label
+    stack.settle()
+    assert stack.labels[custom] == "true" and stack.labels[DEPLOY + "device-plugin"] == "true"
+
+
+def test_an_unprivileged_manager_cannot_unload_the_driver() -> None:
+    """delete_module(2) needs CAP_SYS_MODULE: upstream's manager is privileged (0500_daemonset.yaml), and without
+    it exits "failed to uninstall nvidia driver components". The model checked privileged for the driver container
+    and the module sidecars, not for the manager: it unloaded the driver anyway."""
+    stack = _started_stack()
+    ds = stack.driver_ds()
+    ds["spec"]["template"]["spec"]["initContainers"][0]["securityContext"] = {}
+    stack.new_driver_pod()
+    stack.settle()
+    kind, detail = stack.manager_state()
+    assert not (kind == "terminated" and detail.get("exitCode") == 0), (kind, detail)
+    assert stack.model.host.driver_loaded and "operation not permitted" in \
+        stack.model.blockers()[f"{DRIVER_DS}-{NODE}"].message
 
 
 # --- the simulated mig-manager (e2e/sim_mig.py) ---

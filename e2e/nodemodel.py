@@ -2246,6 +2246,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import yaml
 
+    from gpu_operator.nodes import NodeFacts
+
     parser = argparse.ArgumentParser(prog="python -m e2e.nodemodel",
                                      description="Run `gpu-operator render` output through the node model.")
     parser.add_argument("rendered", help="multi-document YAML from gpu-operator render")
@@ -2258,7 +2260,7 @@ def main(argv: list[str] | None = None) -> int:
         nodes = [n for d in yaml.safe_load_all(f) if d for n in (d.get("items") or [d]) if n.get("kind") == "Node"]
     stuck = False
     for node in nodes:
-        if (node["metadata"].get("labels") or {}).get("feature.node.kubernetes.io/pci-10de.present") != "true":
+        if not NodeFacts.from_node(node).has_gpu:  # the operator's view: any of NFD's NVIDIA PCI labels
             continue
         model, result, pods = check_rendered(docs, node, host_driver=args.host_driver)
         print(f"node {node['metadata']['name']} ({model.host.runtime}):")

@@ -137,8 +137,9 @@ def test_refuses_a_cluster_where_it_would_act_on_what_it_did_not_create(
     try:
         kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
                                            "metadata": {"name": "gpu-operator"}})  # fmt: skip
+        # stock NFD's label (deviceLabelFields [class, vendor]), which the operator detects as upstream's chart's
         kube.create("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {
-            "name": "users-gpu-node", "labels": {"feature.node.kubernetes.io/pci-10de.present": "true"}}})
+            "name": "users-gpu-node", "labels": {"feature.node.kubernetes.io/pci-0302_10de.present": "true"}}})
         before = names(kube)
         run = ExistingCluster(users_cluster.kubeconfig, tmp_path / "run", binaries=ensure_binaries())
         with pytest.raises(ClusterError) as refused:
@@ -146,7 +147,7 @@ def test_refuses_a_cluster_where_it_would_act_on_what_it_did_not_create(
         run.down()
         message = str(refused.value)
         assert "namespaces gpu-operator exist" in message, message
-        assert "nodes users-gpu-node carry feature.node.kubernetes.io/pci-10de.present=true" in message, message
+        assert "nodes users-gpu-node carry NFD's NVIDIA GPU labels" in message, message
         assert not run.running() and names(kube) == before
     finally:
         kube.delete("/api/v1/namespaces/gpu-operator")

@@ -1,7 +1,7 @@
 """The tooling around the end-to-end suite and the newcomer's path: e2e/cluster/build.sh, the Makefile's venv,
-`make demo` / `make cluster-down`, and the processes the e2e session starts. Nothing here compiles Go or starts a
-cluster: build.sh runs with its binaries faked as cached, a file:// module proxy (or none), and `go build`
-stubbed."""
+`make demo` / `make cluster-down`, the processes the e2e session starts, and the check before a run against a
+user's cluster. Nothing here compiles Go or starts a cluster: build.sh runs with its binaries faked as cached, a
+file:// module proxy (or none), and `go build` stubbed."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import sys
 import time
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -275,3 +276,45 @@ def test_operator_process_dies_with_the_test_session(tmp_path: Path) -> None:
     finally:
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
+
+
+# --- against a cluster the user has ---------------------------------------------------------------------------
+
+NFD = "feature.node.kubernetes.io/"
+
+
+class _UsersCluster:
+    """The API as the preflight reads it: no namespace or CRD of the suite's, and these nodes (a label selector
+    key=value filtered as the API server would)."""
+
+    def __init__(self, nodes: dict[str, dict[str, str]]) -> None:
+        self.nodes = [{"metadata": {"name": name, "labels": labels}} for name, labels in nodes.items()]
+
+    def get_or_none(self, path: str) -> Any:
+        return None
+
+    def items(self, path: str, labelSelector: str | None = None, **_: Any) -> list[dict[str, Any]]:  # noqa: N803
+        assert path == "/api/v1/nodes", path
+        key, _, value = (labelSelector or "").partition("=")
+        return [n for n in self.nodes if not key or n["metadata"]["labels"].get(key) == value]
+
+
+@pytest.mark.parametrize("label", ["pci-10de.present", "pci-0302_10de.present", "pci-0300_10de.present",
+                                   "pci-0302_10de_2330.present"])  # fmt: skip
+def test_existing_cluster_preflight_refuses_gpu_nodes_whatever_labelled_them(tmp_path: Path, label: str) -> None:
+    """The preflight refuses a cluster whose nodes the operator under test would label, but looked only for
+    pci-10de.present (upstream chart's NFD deviceLabelFields [vendor]). Stock NFD ([class, vendor]) labels a GPU
+    node pci-0302_10de.present (pci-0300 for a VGA one), and with `device` in the fields only the device-ID label
+    is written (source/pci/pci.go): the operator detects each, so the suite ran against such real GPU nodes, which
+    got gpu.present, deploy labels and operand pods. Now the preflight sees GPU nodes as the operator does."""
+    from e2e.cluster.existing import ExistingCluster
+    from e2e.cluster.localcluster import ClusterError
+
+    cluster = ExistingCluster(tmp_path / "kubeconfig", tmp_path / "state")
+    cluster._kube = _UsersCluster({"users-gpu-node": {NFD + label: "true"},
+                                   "users-nvswitch-node": {NFD + "pci-0680_10de_22a3.present": "true"}})  # fmt: skip
+    with pytest.raises(ClusterError, match="nodes users-gpu-node carry NFD's NVIDIA GPU labels"):
+        cluster.preflight()
+    cluster._kube.nodes.pop(0)
+    cluster.preflight()  # an NVSwitch is no GPU
+

@@ -129,6 +129,36 @@ def test_nvidiadriver_owned_drivers_start_the_whole_stack() -> None:
         assert FOUR <= set(model.host.files)
 
 
+def test_the_command_line_tool_checks_every_gpu_node_the_operator_sees(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`python -m e2e.nodemodel` checked only the nodes labelled pci-10de.present and passed over, without a word,
+    a GPU node stock NFD labelled (deviceLabelFields [class, vendor]: pci-0302_10de.present) or one with only the
+    device-ID label ([class, vendor, device]), which the render deploys to all the same. It now takes the GPU nodes
+    the operator takes (NodeFacts.has_gpu)."""
+    from e2e.nodemodel import main as nodemodel_main
+
+    nodes = yaml.safe_load(SAMPLE_NODES.read_text())
+    only = {"gpu-h100-a": "pci-0302_10de.present", "gpu-h100-b": "pci-0302_10de_2330.present"}
+    for node in nodes["items"]:
+        labels = node["metadata"]["labels"]
+        if node["metadata"]["name"] in only:
+            for k in [k for k in labels if "/pci-" in k]:
+                del labels[k]
+            labels["feature.node.kubernetes.io/" + only[node["metadata"]["name"]]] = "true"
+    nodes_file, rendered = tmp_path / "nodes.yaml", tmp_path / "out.yaml"
+    nodes_file.write_text(yaml.safe_dump(nodes))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli_main(["render", "--policy", str(SAMPLES / "clusterpolicy-default.yaml"),
+                         "--nodes", str(nodes_file)]) == 0  # fmt: skip
+    rendered.write_text(out.getvalue())
+    capsys.readouterr()
+    assert nodemodel_main([str(rendered), "--nodes", str(nodes_file)]) == 0
+    checked = [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("node ")]
+    assert checked == ["gpu-h100-a", "gpu-h100-b", "gpu-a100-a"], checked
+
+
 # --- the driver ---
 
 def test_driver_root_reaches_the_host_only_through_a_bidirectional_mount() -> None:

@@ -33,10 +33,10 @@ from e2e.cluster.localcluster import (
     _say,
     free_ports,
 )
+from gpu_operator.nodes import NodeFacts
 
 RUN_ENV = "E2E_RUN_ID"  # set while a run against an existing cluster is on: nodes.py and kube.py label with it
 RUN_LABEL = "e2e.gpu-operator/run"
-GPU_LABEL = "feature.node.kubernetes.io/pci-10de.present"
 CRD = "clusterpolicies.nvidia.com"
 # Namespaces the suite uses by fixed name (and deletes when done): they must not exist before a run.
 FIXED_NAMESPACES = (OPERATOR_NAMESPACE, "node-feature-discovery", "workloads", "sharing-workloads", "seed-workloads")
@@ -177,10 +177,11 @@ class ExistingCluster(LocalCluster):
             problems.append(f"namespaces {', '.join(taken)} exist (the suite creates and deletes them)")
         if kube.get_or_none(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD}") is not None:
             problems.append(f"CRD {CRD} exists (a GPU operator is installed; the suite installs and deletes its own)")
-        gpu_nodes = [n["metadata"]["name"] for n in kube.items("/api/v1/nodes", labelSelector=f"{GPU_LABEL}=true")]
+        # GPU nodes as the operator under test sees them: any of NFD's NVIDIA PCI labels, whatever its config.
+        gpu_nodes = [n["metadata"]["name"] for n in kube.items("/api/v1/nodes") if NodeFacts.from_node(n).has_gpu]
         if gpu_nodes:
-            problems.append(f"nodes {', '.join(gpu_nodes[:5])} carry {GPU_LABEL}=true (the operator under test "
-                            "would label them)")  # fmt: skip
+            problems.append(f"nodes {', '.join(gpu_nodes[:5])} carry NFD's NVIDIA GPU labels (the operator under "
+                            "test would label them)")  # fmt: skip
         if problems:
             raise ClusterError("E2E_KUBECONFIG: this cluster is not one the suite may use: " + "; ".join(problems))
 

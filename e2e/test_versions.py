@@ -12,11 +12,12 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from e2e.cluster.nodes import make_node
+from e2e.cluster.nodes import PROFILES, make_node
 from e2e.kube import wait_for
 from e2e.stack import Env, driver_pods, own_stack, pod_ready
 from gpu_operator.kube import Kube
@@ -68,8 +69,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         admin.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NFD_NAMESPACE}})
         admin.create(node_feature(V100[1], "1db1"))
 
-    v100_plain = make_node(V100[1], "v100x8")
-    del v100_plain["metadata"]["labels"]["feature.node.kubernetes.io/pci-0302_10de_1db1.present"]
+    # stock NFD's deviceLabelFields [class, vendor]: pci-0302_10de.present, which names no device
+    v100_plain = make_node(V100[1], replace(PROFILES["v100x8"], nfd="class-vendor"))
     nodes = [make_node(n, "h100x8") for n in H100] + [make_node(V100[0], "v100x8"), v100_plain]
     with own_stack(tmp_path_factory, "versions", nodes + [make_node("mx-cpu", "cpu")], prepare) as e:
         yield e

@@ -1,7 +1,7 @@
 """The tooling around the end-to-end suite and the newcomer's path: e2e/cluster/build.sh, the Makefile's venv,
-`make demo` / `make cluster-down`, the processes the e2e session starts, and the check before a run against a
-user's cluster. Nothing here compiles Go or starts a cluster: build.sh runs with its binaries faked as cached, a
-file:// module proxy (or none), and `go build` stubbed."""
+`make demo` / `make cluster-down`, the processes the e2e session starts, the check before a run against a user's
+cluster, and the fake nodes' NFD labels. Nothing here compiles Go or starts a cluster: build.sh runs with its
+binaries faked as cached, a file:// module proxy (or none), and `go build` stubbed."""
 
 from __future__ import annotations
 
@@ -278,7 +278,7 @@ def test_operator_process_dies_with_the_test_session(tmp_path: Path) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-# --- against a cluster the user has ---------------------------------------------------------------------------
+# --- against a cluster the user has, and the fake nodes -------------------------------------------------------
 
 NFD = "feature.node.kubernetes.io/"
 
@@ -318,3 +318,37 @@ def test_existing_cluster_preflight_refuses_gpu_nodes_whatever_labelled_them(tmp
     cluster._kube.nodes.pop(0)
     cluster.preflight()  # an NVSwitch is no GPU
 
+
+def test_fake_nodes_carry_one_nfd_pci_label_per_device() -> None:
+    """One NFD worker config (deviceLabelFields) writes one label per device: with [vendor] pci-10de.present, with
+    [class, vendor, device] pci-0302_10de_1db1.present and no other. The v100x8 fake node carried both, so the e2e
+    suite never saw a node detected and identified by the device-ID label alone, as a real one is."""
+    from e2e.cluster.nodes import PROFILES, make_node
+
+    from gpu_operator.nodes import NodeFacts
+
+    for name, profile in PROFILES.items():
+        labels = make_node("n", name)["metadata"]["labels"]
+        pci = sorted(k for k in labels if k.startswith(NFD + "pci-"))
+        assert pci == ([profile.pci_label] if profile.has_gpu else []), (name, pci)
+        assert NodeFacts.from_node(make_node("n", name)).has_gpu == profile.has_gpu, name
+    assert PROFILES["v100x8"].pci_label == NFD + "pci-0302_10de_1db1.present"
+
+
+def test_fake_nodes_carry_the_version_parts_nfd_splits_out() -> None:
+    """NFD writes system-os_release.VERSION_ID.major and .minor with VERSION_ID (source/system/system.go
+    splitVersion) and kernel-version.major, .minor and .revision with .full (source/kernel/version.go). README tells
+    users an NVIDIADriver may select on VERSION_ID.major, but the fake nodes lacked the parts, so no e2e could
+    exercise such a selector."""
+    from e2e.cluster.nodes import make_node
+
+    labels = make_node("n", "l4x1", os="rhel9.4")["metadata"]["labels"]
+    parts = {k.removeprefix(NFD): v for k, v in labels.items() if k.startswith(NFD) and "version" in k.lower()}
+    assert parts == {
+        "system-os_release.VERSION_ID": "9.4", "system-os_release.VERSION_ID.major": "9",
+        "system-os_release.VERSION_ID.minor": "4", "kernel-version.full": "5.14.0-427.13.1.el9_4.x86_64",
+        "kernel-version.major": "5", "kernel-version.minor": "14", "kernel-version.revision": "0",
+    }  # fmt: skip
+    ubuntu = make_node("n", "cpu", os="ubuntu22.04")["metadata"]["labels"]
+    assert ubuntu[NFD + "system-os_release.VERSION_ID.major"] == "22"
+    assert ubuntu[NFD + "system-os_release.VERSION_ID.minor"] == "04"  # as NFD writes it: the leading zero kept

@@ -19,8 +19,8 @@ node meanwhile, and how long after a node's new driver pod is Ready it is done (
 once (1,000 by default): how long until every one of them is labelled.
 
 The nodes carry NFD's PCI device-ID label (`pci-0302_10de_<device>.present`, NFD's deviceLabelFields with
-`device`), so their GPUs are known before a driver runs (`--no-device-labels`: NFD's default labels only; a
-MIG-capable node then gets its MIG labels in a second patch, once GFD reports).
+`device`, in place of `pci-10de.present`), so their GPUs are known before a driver runs (`--no-device-labels`:
+`pci-10de.present` only; a MIG-capable node then gets its MIG labels in a second patch, once GFD reports).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from typing import Any
 from e2e.bench import upstream as nvidia
 from e2e.bench.cluster_scale import cpu_seconds, proc_times
 from e2e.cluster.localcluster import WRITE_VERBS, LocalCluster, audit_time, rss_kib, temporary_cluster
-from e2e.cluster.nodes import create_nodes, make_node
+from e2e.cluster.nodes import PCI_LABEL, create_nodes, make_node
 from e2e.operator_process import NAMESPACE, OperatorProcess, install_crds_and_rbac, policy_from_sample
 from e2e.simulator import NodeSimulator
 from e2e.upstream_specs import DRIVER_APP, VALIDATOR_APP
@@ -67,7 +67,9 @@ def bench_node(name: str, i: int, device_labels: bool, one_os: bool = False) -> 
     node = make_node(name, PROFILES[i % 3], os="ubuntu22.04" if one_os or i % 2 else "ubuntu24.04")
     if device_labels:
         device = DEVICE_IDS[PROFILES[i % 3]]
-        node["metadata"]["labels"][f"feature.node.kubernetes.io/pci-0302_10de_{device}.present"] = "true"
+        labels = node["metadata"]["labels"]
+        del labels[PCI_LABEL]  # one deviceLabelFields setting writes one label per device
+        labels[f"feature.node.kubernetes.io/pci-0302_10de_{device}.present"] = "true"
     return node
 JOIN_LABEL = "e2e.gpu-operator/bench-join"
 

@@ -7,6 +7,7 @@ and runs their pods), and the label ``e2e.gpu-operator/profile`` so the node sim
 from __future__ import annotations
 
 import copy
+import re
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,11 @@ from e2e.kube import Kube
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 PROFILE_LABEL = "e2e.gpu-operator/profile"
 MODEL_LABEL = "gpu.nvidia.com/model"
-PCI_LABEL = "feature.node.kubernetes.io/pci-10de.present"
+NFD = "feature.node.kubernetes.io/"
+PCI_LABEL = NFD + "pci-10de.present"  # what NFD writes for the GPUs with deviceLabelFields [vendor]
+# The NFD deviceLabelFields settings a fake node may have (by name): one PCI label per device, of these fields.
+NFD_PCI_MODES = {"vendor": ("vendor",), "class-vendor": ("class", "vendor"),
+                 "class-vendor-device": ("class", "vendor", "device")}  # fmt: skip
 HOST_DRIVER_ANNOTATION = "e2e.gpu-operator/host-driver"  # the version of a driver pre-installed on the node
 KUBELET_VERSION = "v1.37.2"
 CONTAINER_RUNTIMES = {"containerd": "containerd://1.7.27", "crio": "cri-o://1.31.3"}
@@ -43,13 +48,27 @@ class Profile:
     instance_type: str = ""
     cpu: str = "96"
     memory: str = "1056Gi"
-    # PCI device ID (vendor 10de); when set, the node also carries NFD's label with it, as NFD does when its
-    # deviceLabelFields include `device` (feature.node.kubernetes.io/pci-0302_10de_<device>.present).
-    device_id: str = ""
+    # The NFD worker's deviceLabelFields on such a node, which decide its one PCI label for the GPUs: "vendor"
+    # (upstream chart's: pci-10de.present), "class-vendor" (NFD's default: pci-0302_10de.present) or
+    # "class-vendor-device" (pci-0302_10de_<device_id>.present: the GPU is known before any driver runs).
+    nfd: str = "vendor"
+    device_id: str = ""  # PCI device ID (vendor 10de)
+
+    def __post_init__(self) -> None:
+        if self.nfd not in NFD_PCI_MODES or (self.nfd == "class-vendor-device" and not self.device_id):
+            raise ValueError(f"profile {self.name}: nfd must be one of {sorted(NFD_PCI_MODES)}, "
+                             "class-vendor-device with a device_id")
 
     @property
     def has_gpu(self) -> bool:
         return self.gpu_count > 0
+
+    @property
+    def pci_label(self) -> str:
+        """NFD's label for the node's GPUs under its deviceLabelFields (source/pci/pci.go; the GPUs are 3D
+        controllers, class 0302)."""
+        values = {"class": "0302", "vendor": "10de", "device": self.device_id}
+        return f"{NFD}pci-{'_'.join(values[f] for f in NFD_PCI_MODES[self.nfd])}.present"
 
 
 PROFILES: dict[str, Profile] = {
@@ -64,7 +83,7 @@ PROFILES: dict[str, Profile] = {
         Profile(
             name="v100x8", gpu_count=8, product="Tesla-V100-SXM2-16GB", model="V100", family="volta",
             compute=(7, 0), memory_mib=16384, mig_capable=False, machine="p3.16xlarge",
-            instance_type="p3.16xlarge", cpu="64", memory="488Gi", device_id="1db1",
+            instance_type="p3.16xlarge", cpu="64", memory="488Gi", nfd="class-vendor-device", device_id="1db1",
         ),
         Profile(
             name="a100x4", gpu_count=4, product="NVIDIA-A100-SXM4-80GB", model="A100", family="ampere",
@@ -92,8 +111,28 @@ class OSInfo:
 OS_RELEASES: dict[str, OSInfo] = {
     "ubuntu22.04": OSInfo("ubuntu", "22.04", "5.15.0-105-generic", "Ubuntu 22.04.4 LTS"),
     "ubuntu24.04": OSInfo("ubuntu", "24.04", "6.8.0-45-generic", "Ubuntu 24.04.1 LTS"),
-    "rhel9.4": OSInfo("rhel", "9.4", "5.14.0-427.el9.x86_64", "Red Hat Enterprise Linux 9.4 (Plow)"),
+    "rhel9.4": OSInfo("rhel", "9.4", "5.14.0-427.13.1.el9_4.x86_64", "Red Hat Enterprise Linux 9.4 (Plow)"),
 }
+
+
+# How NFD splits versions into parts: os_release VERSION_ID (source/system/system.go splitVersion; an empty part
+# is left out) and the kernel's (source/kernel/version.go parseVersion; every part written).
+_OS_VERSION_PARTS = re.compile(r"^(?P<major>\d+)(\.(?P<minor>\d+))?(\..*)?$")
+_KERNEL_VERSION_PARTS = re.compile(r"^(?P<major>\d+)(\.(?P<minor>\d+))?(\.(?P<revision>\d+))?(-.*)?$")
+
+
+def nfd_system_labels(os_id: str, version_id: str, kernel: str) -> dict[str, str]:
+    """NFD's labels for a node's OS release and kernel, with the version parts it splits out of them."""
+    labels = {
+        f"{NFD}system-os_release.ID": os_id,
+        f"{NFD}system-os_release.VERSION_ID": version_id,
+        f"{NFD}kernel-version.full": kernel,
+    }
+    if m := _OS_VERSION_PARTS.match(version_id):
+        labels.update({f"{NFD}system-os_release.VERSION_ID.{k}": v for k, v in m.groupdict().items() if v})
+    if m := _KERNEL_VERSION_PARTS.match(kernel):
+        labels.update({f"{NFD}kernel-version.{k}": v or "" for k, v in m.groupdict().items()})
+    return labels
 
 
 def profile_of(node: Any) -> Profile | None:
@@ -128,16 +167,12 @@ def make_node(
         "beta.kubernetes.io/os": "linux",
         "beta.kubernetes.io/arch": "amd64",
         "node.kubernetes.io/instance-type": prof.instance_type,
-        "feature.node.kubernetes.io/system-os_release.ID": osi.id,
-        "feature.node.kubernetes.io/system-os_release.VERSION_ID": osi.version_id,
-        "feature.node.kubernetes.io/kernel-version.full": kernel,
+        **nfd_system_labels(osi.id, osi.version_id, kernel),
         PROFILE_LABEL: prof.name,
     }
     if prof.has_gpu:
-        labels[PCI_LABEL] = "true"
+        labels[prof.pci_label] = "true"
         labels[MODEL_LABEL] = prof.model
-        if prof.device_id:
-            labels[f"feature.node.kubernetes.io/pci-0302_10de_{prof.device_id}.present"] = "true"
     resources = {"cpu": prof.cpu, "memory": prof.memory, "pods": "110", "ephemeral-storage": "500Gi"}
     labels.update(run_labels())  # against an existing cluster: the run's label, which its kwok manages
     annotations = {KWOK_ANNOTATION: "fake"}

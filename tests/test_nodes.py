@@ -678,6 +678,33 @@ def test_precompiled_pools_split_by_kernel() -> None:
     assert odd.node_selector()[KERNEL] == "5.14.0-427.13.1.el9_4.x86_64+debug"
 
 
+def test_an_os_update_in_place_moves_the_node_to_another_pool() -> None:
+    """Known limitation (README): a pool is keyed by the full VERSION_ID, and a precompiled pool holds its node by
+    the kernel only. An update that changes VERSION_ID in place (a RHEL minor update rewrites /etc/os-release
+    before any reboot; here also ubuntu 22.04 to 24.04 with the old kernel still held) takes the node out of its
+    pool's DaemonSet, which deletes its driver pod without the upgrade's cordon and drain, and another pool's
+    starts one (for RHEL with the same -rhel9 image). Keying RHEL pools by the major version, as upstream does,
+    would rename their DaemonSets: the operator upgrade would restart every RHEL driver pod at once. Pinned so
+    that a change of the pool key is a deliberate one."""
+    from gpu_operator.states.driver import image_os_tag
+
+    rhel = "5.14.0-427.13.1.el9_4.x86_64"
+    before, after = driver_node("n", ("rhel", "9.4"), rhel), driver_node("n", ("rhel", "9.6"), rhel)
+    pools = driver_pools([before, replace(after, name="m")], precompiled=False)
+    assert pools == [Pool("rhel", "9.4"), Pool("rhel", "9.6")]
+    assert image_os_tag("rhel", "9.4") == image_os_tag("rhel", "9.6") == "rhel9"
+    [pool] = driver_pools([before], precompiled=False)
+    assert pool.node_selector()[OS_VERSION] == "9.4" != after.os_version  # the node leaves its DaemonSet
+
+    held = {DRIVER_KERNEL: "5.15.0-122-generic"}
+    before = driver_node("n", ("ubuntu", "22.04"), "5.15.0-122-generic", **held)
+    after = driver_node("n", ("ubuntu", "24.04"), "6.8.0-45-generic", **held)
+    [pool] = driver_pools([before], precompiled=True)
+    assert pool.node_selector()[DRIVER_KERNEL] == after.labels[DRIVER_KERNEL]  # the kernel is held ...
+    assert pool.node_selector()[OS_VERSION] != after.os_version  # ... the OS is not
+    assert driver_pools([after], precompiled=True) == [Pool("ubuntu", "24.04", "5.15.0-122-generic")]
+
+
 def test_pool_name_is_dns_safe() -> None:
     pool = Pool("rhel", "9.4", "5.14.0-427.13.1.el9_4.x86_64+debug")
     assert pool.name == "rhel9.4-5.14.0-427.13.1.el9-4.x86-64-debug"

@@ -73,6 +73,18 @@ class EchoKube:
         return lambda *a, **k: a[0] if a and isinstance(a[0], dict) else {}
 
 
+class PostingKube(EchoKube):
+    """EchoKube that keeps the reasons of the Events posted (`posted`, in order)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.posted: list[str] = []
+
+    def create(self, obj: dict[str, Any], *_: Any, **__: Any) -> dict[str, Any]:
+        self.posted.append(obj["reason"])
+        return obj
+
+
 class RecordingKube(EchoKube):
     """EchoKube that also records its applies, merge patches and deletes in the order sent (`calls`: verb and
     the object, (kind, name, patch) or (kind, namespace, name)); a Node patch answers with a Node."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -469,7 +468,7 @@ def test_a_restarted_operator_does_not_post_the_sharing_config_warning_again() -
     from gpu_operator.nodes import NodeFacts
     from gpu_operator.observe import Snapshot
     from gpu_operator.reconciler import Reconciler
-    from support import EchoKube, node, policy_object
+    from support import PostingKube, node, policy_object
 
     pol = policy_object()
     pol["spec"]["devicePlugin"]["config"] = {"name": "sharing", "default": ""}
@@ -480,18 +479,7 @@ def test_a_restarted_operator_does_not_post_the_sharing_config_warning_again() -
         return Snapshot(nodes=nodes, policies={"cluster-policy": pol}, owned={}, pods={}, revisions={},
                         config_maps={"sharing": ("bad",)}, config_data={"sharing": data})
 
-    class Posting(EchoKube):
-        """Keeps the reasons of the Events posted."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.posted: list[str] = []
-
-        def create(self, body: dict[str, Any], **_: Any) -> dict[str, Any]:
-            self.posted.append(body["reason"])
-            return body
-
-    kube = Posting()
+    kube = PostingKube()
     running = Reconciler(kube, "gpu-operator")  # type: ignore[arg-type]
     running.reconcile(snapshot())
     pol["status"] = kube.statuses[("ClusterPolicy", "cluster-policy")]  # as the watch brings it back
@@ -500,6 +488,6 @@ def test_a_restarted_operator_does_not_post_the_sharing_config_warning_again() -
     running.reconcile(snapshot())
     assert kube.posted.count(sharing.REASON) == 1  # once per change
 
-    again = Posting()
+    again = PostingKube()
     Reconciler(again, "gpu-operator").reconcile(snapshot())  # type: ignore[arg-type]  # restarted, same cluster
     assert sharing.REASON not in again.posted

@@ -13,7 +13,7 @@ from gpu_operator.api import ClusterPolicyStatus
 from gpu_operator.events import EventRecorder
 from gpu_operator.kube import ApiError
 from gpu_operator.status import StateResult, active_policy, ignored_status, policy_status, status_changed
-from support import EchoKube, policy_object
+from support import EchoKube, PostingKube, policy_object
 
 T0 = "2026-01-01T00:00:00Z"
 T1 = "2026-01-01T00:05:00Z"
@@ -1172,14 +1172,7 @@ def test_a_restarted_operator_posts_no_node_event_the_status_says_already() -> N
     from gpu_operator.upgrade.model import EVENT_REASON, FAILURE_REASON_ANNOTATION, STATE_LABEL
     from support import node
 
-    class Kube(EchoKube):
-        def __init__(self) -> None:
-            super().__init__()
-            self.posted: list[str] = []
-
-        def create(self, obj: dict[str, Any], **_: Any) -> dict[str, Any]:
-            self.posted.append(obj["reason"])
-            return obj
+    Kube = PostingKube
 
     obj = node("gpu-1", labels={"nvidia.com/mig.capable": "true", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3",
                                 MIG_CONFIG: "nope", mig.MANAGER_LABEL: "true", mig.APPROVED: "all-disabled",
@@ -1255,14 +1248,7 @@ def test_a_restarted_operator_posts_no_invalid_workload_config_event_again() -> 
     from gpu_operator.reconciler import Reconciler
     from support import load_policy, node
 
-    class Kube(EchoKube):
-        def __init__(self) -> None:
-            super().__init__()
-            self.posted: list[str] = []
-
-        def create(self, obj: dict[str, Any], **_: Any) -> dict[str, Any]:
-            self.posted.append(obj["reason"])
-            return obj
+    Kube = PostingKube
 
     spec = copy.deepcopy(load_policy()["spec"])
     spec["sandboxWorkloads"] = {"enabled": True}

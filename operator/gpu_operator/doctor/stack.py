@@ -198,13 +198,25 @@ def _waits_for(cluster: Cluster, pod: dict[str, Any], name: str) -> tuple[str, s
     return what, look
 
 
+def _operand_pods_on(cluster: Cluster, node: str) -> list[dict[str, Any]]:
+    """The pods in the operator's namespace on the node (indexed once per run: a walk of every pod per node was
+    quadratic on a cluster starting up)."""
+    by_node = cluster.memo.get("operand_pods_on")
+    if by_node is None:
+        by_node = cluster.memo["operand_pods_on"] = {}
+        for pod in cluster.pods:
+            meta = pod.get("metadata") or {}
+            if meta.get("namespace") == cluster.namespace:
+                by_node.setdefault(str((pod.get("spec") or {}).get("nodeName") or ""), []).append(pod)
+    return list(by_node.get(node, ()))
+
+
 def _driver_ready(cluster: Cluster, node: str) -> bool:
     """Whether the operator's driver pod on the node is ready (read, or its settled DaemonSet's)."""
-    for pod in cluster.pods:
-        meta = pod.get("metadata") or {}
-        if (meta.get("namespace") == cluster.namespace and (pod.get("spec") or {}).get("nodeName") == node
-                and (meta.get("labels") or {}).get(COMPONENT) == "nvidia-driver"
-                and pod_ready(pod) and not meta.get("deletionTimestamp")):  # fmt: skip
+    for pod in _operand_pods_on(cluster, node):
+        meta = pod["metadata"]
+        if (meta.get("labels") or {}).get(COMPONENT) == "nvidia-driver" and pod_ready(pod) \
+                and not meta.get("deletionTimestamp"):  # fmt: skip
             return True
     return any(node in d.nodes and ((d.pod.get("metadata") or {}).get("labels") or {}).get(COMPONENT)
                == "nvidia-driver" for d in cluster.daemon_pods)  # fmt: skip
@@ -492,9 +504,8 @@ def _plugin_away(cluster: Cluster, view: NodeView) -> bool:
         return True
     if view.labels.get(UPGRADE_STATE, "") not in _IN_PROGRESS_DONE:
         return True
-    pods = [p for p in cluster.pods if (p.get("metadata") or {}).get("namespace") == cluster.namespace
-            and ((p.get("metadata") or {}).get("labels") or {}).get(STATE_LABEL) == "state-device-plugin"
-            and (p.get("spec") or {}).get("nodeName") == view.name]  # fmt: skip
+    pods = [p for p in _operand_pods_on(cluster, view.name)
+            if (p["metadata"].get("labels") or {}).get(STATE_LABEL) == "state-device-plugin"]
     return bool(pods) and not any(pod_ready(p) and not p["metadata"].get("deletionTimestamp") for p in pods)
 
 

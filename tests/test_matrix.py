@@ -304,8 +304,9 @@ def test_grace_hopper_needs_the_open_kernel_modules() -> None:
     assert compat.verdicts([gpu_node("h100", **H100_GFD)], spec("595.91.07", "proprietary"))["h100"].refusal is None
 
 
-def driver_env(version: str, **env: str) -> Any:
+def driver_env(version: str, module_type: str = "auto", **env: str) -> Any:
     return parse_spec({"driver": {"repository": "nvcr.io/nvidia", "image": "driver", "version": version,
+                                  "kernelModuleType": module_type,
                                   "env": [{"name": k, "value": v} for k, v in env.items()]}})  # fmt: skip
 
 
@@ -374,6 +375,31 @@ def test_open_kernel_modules_enabled_in_env_is_open_where_auto_is_not_read() -> 
     ), refusal
     on_r580 = compat.verdicts([v100], driver_env("580.95.05", OPEN_KERNEL_MODULES_ENABLED="true"))["v100"]
     assert (on_r580.module_type, on_r580.refusal) == ("proprietary", None)
+
+
+def test_env_kernel_module_type_is_not_read_by_the_r560_r565_containers() -> None:
+    """The matrix took a KERNEL_MODULE_TYPE in driver.env for what every container installs, but the 560.35.03 /
+    565.57.01 containers predate it: they read OPEN_KERNEL_MODULES_ENABLED alone, which the operator sets for
+    kernelModuleType open only and the env may replace. auto with env open passed a GH200 that gets proprietary
+    modules; open with env proprietary refused a GH200 that gets open ones."""
+    gh200 = gpu_node("gh200", **GH200_GFD)
+    env_open = driver_env("565.57.01", KERNEL_MODULE_TYPE="open")
+    assert rendered_env(env_open, gh200).get("OPEN_KERNEL_MODULES_ENABLED") != "true"  # what that container reads
+    found = compat.verdicts([gh200], env_open)["gh200"]
+    assert found.module_type == "proprietary", found.describe()
+    assert found.refusal is not None and found.refusal.rule == "proprietary-modules-unsupported", found.describe()
+    assert found.refusal.message.startswith("kernelModuleType auto installs proprietary"), found.refusal
+    env_proprietary = driver_env("565.57.01", "open", KERNEL_MODULE_TYPE="proprietary")
+    assert rendered_env(env_proprietary, gh200).get("OPEN_KERNEL_MODULES_ENABLED") == "true"
+    found = compat.verdicts([gh200], env_proprietary)["gh200"]
+    assert (found.module_type, found.refusal) == ("open", None), found.describe()
+    # the env's OPEN_KERNEL_MODULES_ENABLED replaces the operator's: not "true" is proprietary
+    env_false = driver_env("560.35.03", "open", OPEN_KERNEL_MODULES_ENABLED="false")
+    assert rendered_env(env_false, gh200)["OPEN_KERNEL_MODULES_ENABLED"] == "false"
+    refusal = compat.verdicts([gh200], env_false)["gh200"].refusal
+    assert refusal is not None and refusal.message.startswith(
+        "kernelModuleType open with driver.env OPEN_KERNEL_MODULES_ENABLED=false installs proprietary"
+    ), refusal
 
 
 def test_auto_on_r560_r565_installs_proprietary_so_gh200_is_refused() -> None:

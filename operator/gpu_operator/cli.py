@@ -642,6 +642,8 @@ def versions_text(report: dict[str, Any]) -> str:
     lines.append(f"kernel modules: open from R{km['open_from_branch']}, the installer's default from "
                  f"R{km['open_default_from_branch']}  [{km['source']}]")  # fmt: skip
     lines.append(f"  auto: per node's GPUs from R{km['auto_from_branch']}, proprietary before  [{km['auto_source']}]")
+    old = ", ".join(f"R{b}" for b in km["no_module_type_env_branches"])
+    lines.append(f"  {old}: no KERNEL_MODULE_TYPE read, open with OPEN_KERNEL_MODULES_ENABLED=true only")
     lines.append(f"  no proprietary modules from R{km['no_proprietary_from_branch']}  [{km['proprietary_source']}]")
     lines.append("precompiled drivers:")
     for p in m["precompiled"]["rows"]:

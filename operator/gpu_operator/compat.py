@@ -82,16 +82,25 @@ def requested_module_type(driver: DriverSpec, version: str, field: str = "driver
     """(the kernel module type the driver pod asks for, what asks for it, as a refusal names it; `field`: the
     prefix of the driver's fields, "" in an NVIDIADriver). Its env is applied after kernelModuleType (upstream's
     transformDriverContainer, the NVIDIADriver template), so its KERNEL_MODULE_TYPE wins; empty is auto to the
-    container, another value makes it exit. Before R570, auto installs proprietary modules unless
-    OPEN_KERNEL_MODULES_ENABLED=true, which the containers predating KERNEL_MODULE_TYPE read as open."""
+    container, another value makes it exit. The R560/R565 containers predate KERNEL_MODULE_TYPE: they install open
+    modules when OPEN_KERNEL_MODULES_ENABLED is "true" (the operator sets it for kernelModuleType open, the env
+    may replace it), else proprietary. Before R570, auto installs proprietary modules unless
+    OPEN_KERNEL_MODULES_ENABLED=true, which the older builds of the other branches read as open."""
     env = {e.name: e.value for e in driver.env}
     requested: str = driver.kernel_module_type
     asked = f"kernelModuleType {requested}"
+    branch = matrix.branch_of(version)
+    km = matrix.data()["kernel_modules"]
+    if branch in km["no_module_type_env_branches"]:
+        value = env.get("OPEN_KERNEL_MODULES_ENABLED")
+        if value is None:
+            return requested, asked  # auto and proprietary: proprietary (matrix.kernel_module_type)
+        requested = "open" if value == "true" else "proprietary"
+        return requested, f"{asked} with {field}env OPEN_KERNEL_MODULES_ENABLED={value}"
     value = env.get("KERNEL_MODULE_TYPE")
     if value is not None and (value or "auto") in matrix.MODULE_TYPES:
         requested, asked = value or "auto", f"{field}env KERNEL_MODULE_TYPE={value}"
-    branch = matrix.branch_of(version)
-    before_auto = branch is not None and branch < int(matrix.data()["kernel_modules"]["auto_from_branch"])
+    before_auto = branch is not None and branch < int(km["auto_from_branch"])
     if requested == "auto" and before_auto and env.get("OPEN_KERNEL_MODULES_ENABLED") == "true":
         requested, asked = "open", f"{asked} with {field}env OPEN_KERNEL_MODULES_ENABLED=true"
     return requested, asked

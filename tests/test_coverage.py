@@ -22,6 +22,7 @@ import pytest
 from gpu_operator import coverage
 from gpu_operator.api import ClusterPolicySpec, parse_spec, unknown_fields
 from gpu_operator.cli import main as cli_main
+from gpu_operator.nodes import NodeFacts, desired_labels
 from gpu_operator.render import node_patches
 from support import REPO, fixed_nodes, load_policy, render_all
 
@@ -247,6 +248,21 @@ def test_vm_operands_are_reported_only_with_sandbox_workloads() -> None:
     found = coverage.unsupported_fields(parse_spec({**raw, "sandboxWorkloads": {"enabled": True}}))
     assert [p for p, _ in found] == ["sandboxWorkloads.enabled", "vfioManager.enabled", "sandboxDevicePlugin.enabled"]
     assert all("VM-workload operands" in reason for _, reason in found)
+
+
+def test_sandbox_mode_is_reported_as_partly_acted_on() -> None:
+    """sandboxWorkloads.mode changes the node labels: under kata a vm-passthrough node gets
+    kata-sandbox-device-plugin instead of sandbox-device-plugin (upstream's getEffectiveStateLabels). Its rule was
+    not partial, so the CRD said "Not acted on by this operator" and the UnsupportedFields condition and `render`
+    gave it as a field that does nothing: an admin could take a kubevirt/kata switch for a no-op."""
+    kata = parse_spec({"sandboxWorkloads": {"enabled": True, "mode": "kata"}})
+    kubevirt = parse_spec({"sandboxWorkloads": {"enabled": True, "mode": "kubevirt"}})
+    vm = NodeFacts.from_node({"metadata": {"name": "v-0", "labels": {
+        "feature.node.kubernetes.io/pci-10de.present": "true", "nvidia.com/gpu.workload.config": "vm-passthrough"}}})
+    assert desired_labels(vm, kata) != desired_labels(vm, kubevirt)
+    rule = coverage.rule_for("sandboxWorkloads.mode")
+    assert rule is not None and rule.partial
+    assert dict(coverage.unsupported_fields(kata))["sandboxWorkloads.mode"].startswith("vm-passthrough nodes are")
 
 
 def test_runtime_class_is_reported_only_under_the_nri_plugin() -> None:

@@ -68,9 +68,14 @@ UNSUPPORTED: tuple[Rule, ...] = (
         when=_nri,
         partial=True,
     ),
-    # VM workloads: only the node labels per workload are acted on.
+    # VM workloads: only the node labels per workload (and per mode) are acted on.
     Rule("sandboxWorkloads.enabled", "nodes are labelled per workload, but " + VM, partial=True),
-    Rule("sandboxWorkloads.mode", VM, when=_sandbox),
+    Rule(
+        "sandboxWorkloads.mode",
+        "vm-passthrough nodes are labelled for the kata or the kubevirt sandbox device plugin, but " + VM,
+        when=_sandbox,
+        partial=True,
+    ),
     Rule("vfioManager.*", VM, when=_sandbox),
     Rule("vgpuManager.*", VM, when=_sandbox),
     Rule("vgpuDeviceManager.*", VM, when=_sandbox),

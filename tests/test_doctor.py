@@ -2162,6 +2162,47 @@ def test_a_device_plugin_opted_out_on_every_gpu_node_is_named() -> None:
     assert not [f for f in found if f.kind == "GPUsNotAdvertised"]
 
 
+def test_gpu_nodes_opted_out_of_every_operand_are_named_not_the_device_plugin() -> None:
+    """REFERENCE §3: nvidia.com/gpu.deploy.operands=false removes every deploy label, so by design no device plugin
+    runs there (the operator removes gpu.deploy.device-plugin too). The stack check already left such a node out,
+    but the pending-pod analysis only read gpu.deploy.device-plugin=false: with every GPU node opted out this way a
+    pending GPU pod got GPUsNotAdvertised ("fix the GPU stack first"), sending the admin after a healthy stack. A
+    node also labelled vm-passthrough got GPUsReservedForVMs, whose relabel to container changes nothing while
+    operands=false wins. Now both are DevicePluginOptedOut, naming the label and, for a VM node, both relabels."""
+
+    def unadvertising(name: str, labels: dict[str, str]) -> dict[str, Any]:
+        n = node(name, labels=labels)
+        for part in ("capacity", "allocatable"):
+            n["status"][part].pop("nvidia.com/gpu")
+        return n
+
+    off = {"nvidia.com/gpu.deploy.operands": "false"}
+    found = kinds(cluster([unadvertising("h-0", off)], [pod("p", 1)]))
+    assert "GPUsNotAdvertised" not in found, {k: f.summary for k, f in found.items()}
+    f = found["DevicePluginOptedOut"]
+    assert "(nvidia.com/gpu.deploy.operands=false, which removes every operand, on h-0)" in f.summary, f.summary
+    assert "`kubectl label node NODE nvidia.com/gpu.deploy.operands-`" in f.fix and "workload" not in f.fix, f.fix
+    assert f.nodes == ("h-0",)
+    # Configured for VMs as well: removing operands=false alone would give it the VM operands, so both are named.
+    vm = {**off, "nvidia.com/gpu.workload.config": "vm-passthrough"}
+
+    def sandboxed(nodes: list[dict[str, Any]]) -> dict[str, Any]:
+        c = cluster(nodes, [pod("p", 1)])
+        c.snapshot.policies["cluster-policy"]["spec"] = {"sandboxWorkloads": {"enabled": True}}
+        return kinds(c)
+
+    found = sandboxed([unadvertising("v-0", vm)])
+    assert "GPUsReservedForVMs" not in found, found["GPUsReservedForVMs"].summary
+    f = found["DevicePluginOptedOut"]
+    assert "v-0 is also configured for VM workloads: label it nvidia.com/gpu.workload.config=container" in f.fix
+    # Next to a node opted out of the device plugin alone, each is named with its label.
+    f = sandboxed([unadvertising("v-0", vm), unadvertising("h-1", {"nvidia.com/gpu.deploy.device-plugin": "false"})])[
+        "DevicePluginOptedOut"
+    ]
+    assert "(nvidia.com/gpu.deploy.device-plugin=false on h-1; nvidia.com/gpu.deploy.operands=false" in f.summary
+    assert set(f.nodes) == {"v-0", "h-1"}
+
+
 def test_gpu_nodes_configured_for_vm_workloads_are_named_not_the_device_plugin() -> None:
     """With sandboxWorkloads.enabled a node configured for VM workloads (nvidia.com/gpu.workload.config=vm-passthrough
     or vm-vgpu, or every unlabelled node under defaultWorkload vm-*) gets no device plugin for containers, by design

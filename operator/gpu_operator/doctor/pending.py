@@ -15,7 +15,7 @@ import yaml
 from .. import mig
 from ..api import ClusterPolicySpec
 from ..mig_layouts import MigGPU
-from ..nodes import WORKLOAD_CONFIG, workload_of
+from ..nodes import DEPLOY_OPERANDS, WORKLOAD_CONFIG, workload_of
 from ..states.mig_manager import custom_config
 from . import stack
 from .common import (
@@ -548,24 +548,18 @@ def _not_advertised(
     if mismatch is not None:
         return mismatch
     _, spec = policy(cluster)
-    # A node configured for VM workloads (sandboxWorkloads) gets no device plugin for containers, by design.
+    # A node configured for VM workloads (sandboxWorkloads) gets no device plugin for containers, by design; one
+    # opted out of every operand (gpu.deploy.operands=false, whatever its workload) counts as opted out below.
     vms = {n.name: workload for n in cluster.snapshot.nodes.values()
-           if spec is not None and n.has_gpu and (workload := workload_of(n, spec)) != "container"}  # fmt: skip
+           if spec is not None and n.has_gpu and n.labels.get(DEPLOY_OPERANDS) != "false"
+           and (workload := workload_of(n, spec)) != "container"}  # fmt: skip
     gpu_nodes = [n.name for n in cluster.snapshot.nodes.values() if n.has_gpu and n.name not in vms]
-    opted_out = [n.name for n in cluster.snapshot.nodes.values()
-                 if n.has_gpu and n.name not in vms and n.labels.get(DEVICE_PLUGIN_DEPLOY) == "false"]  # fmt: skip
+    opted_out = [n.name for n in cluster.snapshot.nodes.values() if n.has_gpu and n.name not in vms
+                 and "false" in (n.labels.get(DEVICE_PLUGIN_DEPLOY), n.labels.get(DEPLOY_OPERANDS))]  # fmt: skip
     if spec is not None and vms and not gpu_nodes:
         return _reserved_for_vms(ref, resource, vms, spec, evidence)
     if gpu_nodes and len(opted_out) == len(gpu_nodes):
-        shown = ", ".join(opted_out[:5]) + (f" and {len(opted_out) - 5} more" if len(opted_out) > 5 else "")
-        return Finding(
-            ERROR, "DevicePluginOptedOut", ref,
-            f"no node advertises {resource}: every GPU node is opted out of the device plugin "
-            f"({DEVICE_PLUGIN_DEPLOY}=false on {shown})",
-            f"remove the label from the nodes that should run GPU pods (`kubectl label node NODE "
-            f"{DEVICE_PLUGIN_DEPLOY}-`); the operator then sets it to true and the device plugin advertises {resource}",
-            evidence, nodes=tuple(opted_out),
-        )  # fmt: skip
+        return _opted_out(cluster, ref, resource, opted_out, spec, evidence)
     if gpu_nodes:
         besides = f" ({len(vms)} more are configured for VM workloads, {WORKLOAD_CONFIG})" if vms else ""
         return Finding(
@@ -583,6 +577,34 @@ def _not_advertised(
         "add GPU nodes, or install Node Feature Discovery so the operator can find them (its worker must tolerate "
         "the GPU nodes' taints, such as nvidia.com/gpu)",
         evidence,
+    )  # fmt: skip
+
+
+def _opted_out(
+    cluster: Cluster, ref: str, resource: str, names: list[str], spec: ClusterPolicySpec | None,
+    evidence: list[Evidence],
+) -> Finding:  # fmt: skip
+    """No node advertises `resource` because every GPU node that runs no VM operands is opted out of the device
+    plugin: by its deploy label, or by gpu.deploy.operands=false, which removes every deploy label (REFERENCE §3)."""
+    nodes = cluster.snapshot.nodes
+    off = [name for name in names if nodes[name].labels.get(DEPLOY_OPERANDS) == "false"]
+    plugin = [name for name in names if name not in off]
+    shown = [f"{DEVICE_PLUGIN_DEPLOY}=false on {_listed(plugin)}"] if plugin else []
+    if off:
+        shown.append(f"{DEPLOY_OPERANDS}=false, which removes every operand, on {_listed(off)}")
+    unlabel = " or ".join(f"`kubectl label node NODE {label}-`" for label, on in
+                          ((DEVICE_PLUGIN_DEPLOY, plugin), (DEPLOY_OPERANDS, off)) if on)  # fmt: skip
+    fix = (f"remove the label from the nodes that should run GPU pods ({unlabel}); the operator then deploys the "
+           f"device plugin there and it advertises {resource}")  # fmt: skip
+    # The operands label wins over the workload: without it such a node gets the VM operands.
+    vm = [name for name in off if spec is not None and workload_of(nodes[name], spec) != "container"]
+    if vm:
+        fix += (f"; {_listed(vm)} {'is' if len(vm) == 1 else 'are'} also configured for VM workloads: label "
+                f"{'it' if len(vm) == 1 else 'them'} {WORKLOAD_CONFIG}=container --overwrite too")  # fmt: skip
+    return Finding(
+        ERROR, "DevicePluginOptedOut", ref,
+        f"no node advertises {resource}: every GPU node is opted out of the device plugin ({'; '.join(shown)})",
+        fix, evidence, nodes=tuple(names),
     )  # fmt: skip
 
 

@@ -691,6 +691,49 @@ def test_a_pass_does_not_call_a_state_ready_while_its_daemonset_is_being_deleted
     assert (state["state"], state["message"]) == ("notReady", f"{plugin}: being deleted; recreated once it is gone")
 
 
+def test_a_daemonset_whose_state_label_another_writer_changed_is_still_judged() -> None:
+    """A state's DaemonSet whose live copy lacked that state's label nvidia.com/gpu-operator.state (`kubectl label ds
+    ... nvidia.com/gpu-operator.state-`, a policy engine rewriting labels) was skipped: the state read ready whatever
+    its pods did. Here a webhook strips the label from every write of the device plugin's DaemonSet, which counts 1 of
+    2 pods unavailable, its pod on n2 not ready: state-device-plugin and the ClusterPolicy read ready. Now each
+    DaemonSet the state rendered is judged, whatever its labels."""
+    from gpu_operator.observe import Snapshot, key_of
+    from gpu_operator.states.base import STATE_LABEL
+
+    pol, cluster, r, written = _recording(2)
+
+    def snapshot(owned: dict[Any, dict[str, Any]], pods: dict[str, dict[str, Any]], revisions: dict[str, Any]) -> Any:
+        nodes = {n: NodeFacts.from_node(copy.deepcopy(cluster.nodes[n])) for n in cluster.nodes}
+        return Snapshot(nodes=nodes, policies={"cluster-policy": pol}, owned=owned, pods=pods, revisions=revisions)
+
+    first = r.reconcile(snapshot({}, {}, {}))
+    owned = {key_of(o): o for o in first.applied}
+    daemonsets = {o["metadata"]["name"]: o for o in first.applied if o["kind"] == "DaemonSet"}
+
+    def projection(ds: str, on: str, ready: bool = True) -> dict[str, Any]:
+        labels = {**daemonsets[ds]["spec"]["template"]["metadata"]["labels"], "controller-revision-hash": "h1"}
+        return {"metadata": {"name": f"{ds}-{on}", "labels": labels}, "node": on, "owner": ds, "ready": ready,
+                "status": {"phase": "Running", "containerStatuses": [{"name": "c", "ready": ready}]}}  # fmt: skip
+
+    pods = {f"{d}-{n}": projection(d, n) for d in daemonsets for n in cluster.nodes}
+    revisions = {f"{d}-h1": {"metadata": {"labels": {"controller-revision-hash": "h1"}}, "revision": 1, "owner": d}
+                 for d in daemonsets}  # fmt: skip
+    assert r.reconcile(snapshot(owned, pods, revisions)).ready
+
+    plugin = "nvidia-device-plugin-daemonset"
+    key = key_of(daemonsets[plugin])
+    stripped = copy.deepcopy(owned[key])
+    del stripped["metadata"]["labels"][STATE_LABEL]
+    stripped["status"] = {**_counted(2), "numberAvailable": 1, "numberUnavailable": 1, "numberReady": 1}
+    apply = cluster.apply
+    cluster.apply = lambda obj: stripped if key_of(obj) == key else apply(obj)  # type: ignore[method-assign]
+    r.reconcile(snapshot({**owned, key: stripped}, {**pods, f"{plugin}-n2": projection(plugin, "n2", False)},
+                         revisions))  # fmt: skip
+    [state] = [s for s in written[-1]["states"] if s["name"] == "state-device-plugin"]
+    assert (state["state"], state["message"]) == ("notReady", f"{plugin}: 1 of 2 pods unavailable (not ready on n2)")
+    assert written[-1]["state"] == "notReady"
+
+
 def test_a_pod_turning_ready_while_a_pass_runs_is_in_that_pass_status() -> None:
     # A pass whose status would be ready but for a DaemonSet not ready yet asks what the watches brought since its
     # snapshot (Reconciler.newer): the device plugin's last pod turned ready meanwhile, before the controller

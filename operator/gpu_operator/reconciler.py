@@ -56,7 +56,7 @@ from .render import (
     upgrade_first_sight,
 )
 from .states import RenderContext, all_states
-from .states.base import STATE_LABEL, owning_state
+from .states.base import owning_state
 from .states.driver import named_secrets, unpooled_note
 from .status import UNSUPPORTED_FIELDS, StateResult, active_policy, ignored_status, policy_status
 from .status_writer import StatusWriter
@@ -798,17 +798,16 @@ class Reconciler:
     ) -> StateResult:
         """The state's DaemonSets, each by upstream's readiness rule (RollingUpdate or OnDelete).
 
-        `desired`: the state's objects; one of its DaemonSets that does not exist (yet) is not ready. A driver pod
-        on a refused node is kept at its old revision on purpose and does not count. `count`: on how many nodes a
-        pod template should run, to hold against the controller's counts (NodeCounter.over)."""
+        `desired`: the state's objects; one of its DaemonSets that does not exist (yet) is not ready, and each is
+        judged whatever labels another writer left on it. A driver pod on a refused node is kept at its old revision
+        on purpose and does not count. `count`: on how many nodes a pod template should run, to hold against the
+        controller's counts (NodeCounter.over)."""
         messages = []
         for key in sorted(k for k in desired if k[0] == "DaemonSet"):
             name = key[2]
             ds = live.get(key)
             if ds is None:  # upstream's getSyncState: an object not found is not ready
                 messages.append(f"{name}: not created yet")
-                continue
-            if labels_of(ds).get(STATE_LABEL) != state:
                 continue
             pods = pods_by_owner.get(name, ())
             unready = snap.pod_index.unready_by_owner.get(name, ())

@@ -996,6 +996,36 @@ def test_a_ready_pass_whose_status_write_fails_is_no_success() -> None:
     assert metrics.reconciliation_last_success_ts_seconds._value.get() == 1000.0, "a failed pass moved it to now"
 
 
+def test_the_ready_message_counts_only_the_gpu_nodes_operands_run_on() -> None:
+    """The ready message counted every GPU node, also one the admin took out with nvidia.com/gpu.deploy.operands=false,
+    where no operand runs: with two GPU nodes, one opted out, it said "all operands ready on 2 GPU nodes" though every
+    operand DaemonSet runs on one node. Now it counts the nodes operands run on."""
+    from gpu_operator.nodes import DEPLOY_OPERANDS, NodeFacts
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+    from support import load_policy, node
+    from test_apply import ApiServer, _pods_and_revisions
+
+    pol = load_policy()
+    pol["metadata"].update(uid="u1", generation=1, resourceVersion="1")
+    server = ApiServer(scheduled=1, nodes=("n1",))  # every DaemonSet counts one pod
+    server.nodes["n2"] = node("n2", labels={DEPLOY_OPERANDS: "false"})
+
+    def snapshot() -> Snapshot:
+        pods, revisions = _pods_and_revisions(server, ["n1"])
+        nodes = {n: NodeFacts.from_node(copy.deepcopy(obj)) for n, obj in server.nodes.items()}
+        return Snapshot(nodes=nodes, policies={"cluster-policy": pol}, owned=dict(server.objects), pods=pods,
+                        revisions=revisions)  # fmt: skip
+
+    r = Reconciler(server, "gpu-operator")  # type: ignore[arg-type]
+    written: list[dict[str, Any]] = []
+    write = r.status.write
+    r.status.write = lambda p, s, quiet=False: written.append(s) or write(p, s, quiet)  # type: ignore[method-assign]
+    r.reconcile(snapshot())  # creates everything
+    assert r.reconcile(snapshot()).ready is True
+    assert conditions(written[-1])["Ready"]["message"] == "all operands ready on 1 GPU nodes"
+
+
 def test_with_the_clusterpolicy_gone_driver_auto_upgrade_and_the_upgrade_counts_drop_to_0() -> None:
     """Upstream (upgrade_controller.go Reconcile): with no ClusterPolicy, no NVIDIADriver upgrades either and
     driver_auto_upgrade_enabled is set to 0. Ours returned early and kept the deleted policy's 1 (and its node

@@ -23,6 +23,7 @@ from .events import EventRecorder, now
 from .kube import ApiError, Kube
 from .lifecycle import CLEANUP_FINALIZER, Lifecycle
 from .nodes import (
+    DEPLOY_OPERANDS,
     DRIVER_KERNEL,
     DRIVER_REFUSED,
     INVALID_WORKLOAD_REASON,
@@ -527,6 +528,7 @@ class Reconciler:
             namespace=self.namespace,
             results=results,
             gpu_nodes=sum(1 for n in nodes if n.has_gpu),
+            operand_nodes=sum(1 for n in nodes if n.has_gpu and n.labels.get(DEPLOY_OPERANDS) != "false"),
             has_nfd=any(n.has_nfd for n in nodes),
             previous=policy.get("status"),
             now=now(),

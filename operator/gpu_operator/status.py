@@ -150,6 +150,7 @@ def policy_status(
     unsupported: list[tuple[str, str]] | None = None,
     more_conditions: list[dict[str, Any]] | None = None,
     upgrading: Sequence[str] = (),
+    operand_nodes: int | None = None,
 ) -> dict[str, Any]:
     """The status of the active ClusterPolicy.
 
@@ -157,6 +158,8 @@ def policy_status(
     `unsupported`: (field path, reason) of the fields set but not acted on (None: not known this pass).
     `upgrading`: the nodes, sorted, whose NVIDIADriver upgrade is pending, in progress or failed: not ready while
     there is one (upstream's nvidiaDriverUpgradeIncomplete), named after the operands not ready, if any.
+    `operand_nodes`: the GPU nodes operands run on (not nvidia.com/gpu.deploy.operands=false), which the ready
+    message counts; `gpu_nodes` when not given.
     """
     not_ready = [r for r in results if r.state == "notReady"]
     if error:
@@ -182,7 +185,8 @@ def policy_status(
     elif settling:
         ready, reason, message = False, "OperandNotReady", SETTLING
     else:
-        ready, reason, message = True, "Reconciled", f"all operands ready on {gpu_nodes} GPU nodes"
+        counted = gpu_nodes if operand_nodes is None else operand_nodes
+        ready, reason, message = True, "Reconciled", f"all operands ready on {counted} GPU nodes"
     prev = previous or {}
     conditions = _conditions(ready, reason, message, generation, prev.get("conditions") or [], now)
     fields = unsupported_condition(

@@ -263,6 +263,26 @@ def test_a_spec_changed_by_another_writer_is_applied_again_once() -> None:
     assert client.calls == []
 
 
+def test_a_state_label_another_writer_removed_or_changed_is_applied_again() -> None:
+    """`kubectl label ds ... nvidia.com/gpu-operator.state-` (or a policy engine rewriting that label) moves no
+    generation and leaves our hash annotation: the label stayed as the other writer left it, for good, and prune,
+    which finds our objects by it, left such a DaemonSet running once its state was switched off. Now the object is
+    applied again, and our answer, which carries the label, is steady."""
+    plans = render_all(sample_spec())
+    client = Client()
+    applier = Applier(client)  # type: ignore[arg-type]
+    live = {key_of(o): o for a in applier.apply_states(plans, {}).values() for o in a.objects}  # type: ignore[arg-type]
+    key, ds = next((k, o) for k, o in live.items() if o["kind"] == "DaemonSet")
+    others = {k: v for k, v in ds["metadata"]["labels"].items() if k != STATE_LABEL}
+    for labels in (others, {**others, STATE_LABEL: "state-sandbox-device-plugin"}):
+        client.calls.clear()
+        applier.apply_states(plans, {**live, key: {**ds, "metadata": {**ds["metadata"], "labels": labels}}})
+        assert client.calls == [("apply", "DaemonSet", key[2])], labels
+    client.calls.clear()
+    applier.apply_states(plans, live)
+    assert client.calls == []
+
+
 def test_a_daemonset_another_writer_created_again_is_taken_back() -> None:
     """`kubectl replace --force -f edited.yaml` (or delete, then create from `kubectl get -o yaml` with the image
     edited) leaves a new DaemonSet at generation 1 that keeps our hash annotation. The Applier remembered the

@@ -14,7 +14,7 @@ from .kube import FIELD_MANAGER, ApiError, Kube
 from .nodes import NodeFacts
 from .observe import Key, key_of
 from .render import NodePatch, StatePlan
-from .states.base import HASH_ANNOTATION, MANAGED_BY, OPERATOR_NAME, owning_state
+from .states.base import HASH_ANNOTATION, MANAGED_BY, OPERATOR_NAME, STATE_LABEL, owning_state
 
 log = logging.getLogger("gpu_operator")
 T = TypeVar("T")
@@ -113,6 +113,7 @@ class Applier:
             for p in plans
             for obj in p.objects
             if _hash(live.get(key_of(obj))) != _hash(obj) or self.changed_by_others(live.get(key_of(obj)))
+            or _state_label_changed(live.get(key_of(obj)), obj)
         ]
         sent: Started = {}
         by_state: dict[str, list[Future[Result]]] = {}
@@ -330,3 +331,13 @@ def _same_version(before: dict[str, Any] | None, after: dict[str, Any]) -> bool:
 
 def _hash(obj: dict[str, Any] | None) -> str | None:
     return ((obj or {}).get("metadata", {}).get("annotations") or {}).get(HASH_ANNOTATION)
+
+
+def _state_label_changed(live: dict[str, Any] | None, obj: dict[str, Any]) -> bool:
+    """Whether another writer removed or changed our state label on the live object (`kubectl label`): a metadata
+    edit moves no generation, and prune finds our objects by that label."""
+    if live is None or labels_of(live).get(STATE_LABEL) == labels_of(obj).get(STATE_LABEL):
+        return False
+    log.info("%s %s lost its label %s=%s to another writer: applying it again", obj["kind"], obj["metadata"]["name"],
+             STATE_LABEL, labels_of(obj).get(STATE_LABEL))  # fmt: skip
+    return True

@@ -1,5 +1,5 @@
-"""Leader election: the pure decisions over a fake clock, the write fence and the client's write path, and two
-electors over an in-memory Lease store."""
+"""Leader election: the pure decisions over a fake clock, the write fence and the client's write path (its paged
+reads too), and two electors over an in-memory Lease store."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from kubernetes import client
@@ -443,6 +444,31 @@ def test_the_in_cluster_token_file_is_the_one_read_again(tmp_path: Path, monkeyp
     assert kube._headers(None)["authorization"] == "Bearer sa-1"
     token.write_text("sa-2")
     assert kube.token_file.reread() and kube._headers(None)["authorization"] == "Bearer sa-2"
+
+
+# --- the client's reads: a paged list ---
+
+
+def test_a_paged_list_whose_continue_token_expired_is_listed_again_whole(server: Any) -> None:
+    """A paged list whose continue token the API server no longer takes (410 Expired: etcd compacted past the
+    first page's resourceVersion, in a listing longer than the compaction window) raised the ApiError out of
+    Kube.list and Kube.each: the pass reading it failed, or the command (doctor, upgrade plan) ended with the error.
+    client-go's pager (tools/pager, FullListIfExpired) lists the whole collection again in one request instead;
+    each yields only the objects it had not yielded yet."""
+    asked: list[dict[str, list[str]]] = []
+
+    def answer(method: str, path: str, n: int) -> tuple[int, dict[str, str], bytes]:
+        asked.append(parse_qs(urlsplit(path).query))
+        if "continue" in asked[-1]:
+            return 410, {}, b""
+        names, meta = (["a"], {"continue": "t1"}) if "limit" in asked[-1] else (["a", "b"], {})
+        items = [{"kind": "Pod", "metadata": {"name": name}} for name in names]
+        return 200, {}, json.dumps({"items": items, "metadata": {"resourceVersion": "5", **meta}}).encode()
+
+    srv = server(answer)
+    assert [p["metadata"]["name"] for p in srv.kube.list("Pod")] == ["a", "b"]
+    assert asked == [{"limit": ["500"]}, {"limit": ["500"], "continue": ["t1"]}, {}]
+    assert [p["metadata"]["name"] for p in srv.kube.each("Pod")] == ["a", "b"]  # a once
 
 
 # --- two electors over one in-memory Lease (resourceVersion conflicts as the API server answers them) ---

@@ -514,30 +514,49 @@ class Kube:
     ) -> list[dict[str, Any]]:
         query = {k: v for k, v in (("labelSelector", label_selector), ("fieldSelector", field_selector)) if v}
         items: list[dict[str, Any]] = []
-        while True:
-            page = self.request("GET", path_for(kind, namespace=namespace), query={**query, "limit": 500})
+        for again, page in self._pages(path_for(kind, namespace=namespace), query, 500):
+            if again:
+                items = []
             items += page.get("items") or []
-            cont = (page.get("metadata") or {}).get("continue")
-            if not cont:
-                return items
-            query["continue"] = cont
+        return items
 
     def each(
         self, kind: str, namespace: str | None = None, label_selector: str | None = None, limit: int = 500
     ) -> Iterator[dict[str, Any]]:
         """The objects of a kind one by one, a page at a time: a caller that keeps only a projection of each never
-        holds more than one page of whole objects."""
+        holds more than one page of whole objects. A listing started again (`_pages`) yields only the objects not
+        yielded before."""
         query: dict[str, Any] = {"labelSelector": label_selector} if label_selector else {}
-        while True:
-            page = self.request("GET", path_for(kind, namespace=namespace), query={**query, "limit": limit})
+        yielded: set[tuple[str, str]] = set()
+        for again, page in self._pages(path_for(kind, namespace=namespace), query, limit):
             items = page.pop("items", None) or []
             for i in range(len(items)):
                 obj, items[i] = items[i], None
+                meta = obj.get("metadata") or {}
+                key = (meta.get("namespace") or "", meta.get("name") or "")
+                if again and key in yielded:
+                    continue
+                yielded.add(key)
                 yield obj
+
+    def _pages(self, path: str, query: dict[str, Any], limit: int) -> Iterator[tuple[bool, dict[str, Any]]]:
+        """A collection's list pages, each with whether the listing was started again: when the API server no
+        longer takes a page's continue token (410 Expired: etcd compacted past the first page's version), the
+        whole collection is listed again in one request (as client-go's pager does)."""
+        cont = None
+        while True:
+            try:
+                page = self.request("GET", path, query={**query, "limit": limit, "continue": cont})
+            except ApiError as exc:
+                if exc.status != 410 or cont is None:
+                    raise
+                log.info("GET %s: %s; listing it again whole", path, exc.message)
+                yield True, self.request("GET", path, query=query)
+                return
+            yield False, page
             cont = (page.get("metadata") or {}).get("continue")
             if not cont:
                 return
-            query["continue"] = cont
 
     def apply(self, obj: dict[str, Any], sub: str | None = None) -> dict[str, Any]:
         """Server-side apply under the operator's field manager."""

@@ -1,5 +1,5 @@
 """Leader election: the pure decisions over a fake clock, the write fence and the client's write path (its paged
-reads too), and two electors over an in-memory Lease store."""
+reads and dry run too), and two electors over an in-memory Lease store."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from kubernetes import client
 
-from gpu_operator.kube import ApiError, Fence, Kube, NotLeader, Unreachable
+from gpu_operator.apply import Applier
+from gpu_operator.kube import ApiError, DryRunKube, Fence, Kube, NotLeader, Unreachable
 from gpu_operator.leader import (
     LEASE_DURATION_S,
     RENEW_DEADLINE_S,
@@ -33,6 +34,7 @@ from gpu_operator.leader import (
     observe,
     still_leading,
 )
+from gpu_operator.nodes import GPU_PRESENT, deploy_label
 from gpu_operator.runtime import Operator
 
 
@@ -446,7 +448,7 @@ def test_the_in_cluster_token_file_is_the_one_read_again(tmp_path: Path, monkeyp
     assert kube.token_file.reread() and kube._headers(None)["authorization"] == "Bearer sa-2"
 
 
-# --- the client's reads: a paged list ---
+# --- the client's reads: a paged list, and the dry run's answers to its writes ---
 
 
 def test_a_paged_list_whose_continue_token_expired_is_listed_again_whole(server: Any) -> None:
@@ -469,6 +471,24 @@ def test_a_paged_list_whose_continue_token_expired_is_listed_again_whole(server:
     assert [p["metadata"]["name"] for p in srv.kube.list("Pod")] == ["a", "b"]
     assert asked == [{"limit": ["500"]}, {"limit": ["500"], "continue": ["t1"]}, {}]
     assert [p["metadata"]["name"] for p in srv.kube.each("Pod")] == ["a", "b"]  # a once
+
+
+def test_a_dry_run_merge_patch_answers_with_the_object_as_read_with_the_patch_applied(server: Any) -> None:
+    """DryRunKube (render --from-cluster) answered every merge patch with {}: Applier.patch_nodes handed the pass
+    a node named "" without labels for each node it would label, and the pass counted readiness over that node, not
+    over the node with the labels it would set. The answer is now what the API server's would be: the object as
+    read, with the patch applied (RFC 7386); one not there (a --policy file's) as if it were."""
+    driver = deploy_label("driver")
+    live = {"kind": "Node", "metadata": {"name": "gpu-1", "labels": {GPU_PRESENT: "true", driver: "false"}}}
+    srv = server(lambda method, path, n: (200, {}, json.dumps(live).encode()) if path.endswith("/nodes/gpu-1")
+                 else (404, {}, b""))  # fmt: skip
+    dry = DryRunKube(srv.kube.client)
+    [patched] = Applier(dry).patch_nodes({"gpu-1": {"labels": {driver: "true", deploy_label("dcgm"): None}}})
+    assert patched.name == "gpu-1" and patched.labels[GPU_PRESENT] == "true" and patched.labels[driver] == "true"
+    assert srv.sent == ["GET"]  # the patch itself only recorded
+    assert [(verb, path) for verb, path, _ in dry.recorded] == [("PATCH", "/api/v1/nodes/gpu-1")]
+    answer = dry.merge_patch("ClusterPolicy", "from-file", {"status": {"state": "ready"}}, sub="status")
+    assert answer == {"metadata": {"name": "from-file"}, "status": {"state": "ready"}}
 
 
 # --- two electors over one in-memory Lease (resourceVersion conflicts as the API server answers them) ---

@@ -641,8 +641,8 @@ class Kube:
 class DryRunKube(Kube):
     """Reads go to the API server; writes are recorded, not sent: what the operator would do now.
 
-    A recorded write answers as the server would in the simplest case (an apply or create returns its body),
-    so one reconcile pass runs to its end."""
+    A recorded write answers as the server would in the simplest case (an apply or create returns its body, a
+    merge patch the object as read now with the patch applied), so one reconcile pass runs to its end."""
 
     def __init__(self, api_client: client.ApiClient):
         super().__init__(api_client)
@@ -665,3 +665,27 @@ class DryRunKube(Kube):
         parsed = json.loads(body) if isinstance(body, str) else body
         self.recorded.append((method, path, parsed))
         return parsed if method in ("POST", "PUT") or (content_type or "").startswith("application/apply") else {}
+
+    def merge_patch(
+        self, kind: str, name: str, patch: dict[str, Any], namespace: str | None = None, sub: str | None = None
+    ) -> dict[str, Any]:
+        # One not there (the policy of a --policy file, say) as if it were: a pass that patches it goes on.
+        there = {"name": name, **({"namespace": namespace} if namespace else {})}
+        current = self.get(kind, name, namespace) or {"metadata": there}
+        super().merge_patch(kind, name, patch, namespace, sub)
+        answer: dict[str, Any] = merge_patched(current, patch)
+        return answer
+
+
+def merge_patched(target: Any, patch: Any) -> Any:
+    """`patch` applied to `target` as the API server applies a JSON merge patch (RFC 7386): objects merge key by
+    key, a null removes the key, anything else (a list too) replaces what was there."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge_patched(out.get(k), v)
+    return out

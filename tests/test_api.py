@@ -554,6 +554,25 @@ def test_service_monitor_durations_accepted(monitor: str, value: str) -> None:
     assert monitors[monitor].interval == monitors[monitor].scrape_timeout == value
 
 
+@pytest.mark.parametrize("value", ["32GB", "512MB", "1 Gi", "lots", "1Gi\n", ""])
+def test_resource_quantities_the_api_server_refuses_are_invalid(value: str) -> None:
+    """Upstream's CRD gives every `resources.limits`/`requests` value the Kubernetes quantity pattern. Ours had
+    none: `memory: 512MB` passed `render` (exit 0) and the API server, and the operand DaemonSet carrying it was
+    then refused (422) on every pass."""
+    problems = problems_of({"devicePlugin": {"resources": {"limits": {"memory": value}, "requests": {"cpu": value}}}})
+    assert problems == [
+        "spec.devicePlugin.resources.limits.memory: must be a quantity such as 2, 500m or 1Gi",
+        "spec.devicePlugin.resources.requests.cpu: must be a quantity such as 2, 500m or 1Gi",
+    ]
+
+
+@pytest.mark.parametrize("value", [0, 2, "2", "100m", "0.5", ".5", "1Gi", "256Mi", "1e3", "1.5k"])
+def test_resource_quantities_accepted(value: int | str) -> None:
+    spec = parse_spec({"driver": {"resources": {"limits": {"cpu": value}, "requests": {"memory": value}}}})
+    assert spec.driver.resources is not None
+    assert spec.driver.resources.limits == {"cpu": value} and spec.driver.resources.requests == {"memory": value}
+
+
 def test_rolling_max_unavailable_zero_is_refused_only_where_it_is_rendered() -> None:
     """The operand DaemonSets get maxUnavailable and no maxSurge (0), and the API server refuses a DaemonSet with
     both 0 ("may not be 0 when `maxSurge` is 0"); 0 passed, and every operand DaemonSet failed to apply. With

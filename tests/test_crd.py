@@ -125,6 +125,8 @@ def test_schema_is_structural(version: dict[str, Any]) -> None:
         if node.get("type") == "array" and not isinstance(node.get("items"), dict):
             problems.append(f"{where}: array without items")
         for key in ("allOf", "anyOf", "oneOf", "not"):
+            if key == "anyOf" and int_or_string and node.get(key) == [{"type": "integer"}, {"type": "string"}]:
+                continue  # the one form with types that the API server allows (upstream's quantities)
             for branch in node.get(key, []) if key != "not" else [node.get("not") or {}]:
                 for forbidden in ("type", "description", "default", "additionalProperties", "nullable"):
                     if forbidden in branch:
@@ -234,6 +236,14 @@ def test_upstream_field_names(spec_schema: dict[str, Any], path: str) -> None:
 PROM_DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
 
 
+# ... and for a resource.Quantity (every resources.limits/requests value, in nvidia.com_nvidiadrivers.yaml too).
+QUANTITY = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+QUANTITY_SCHEMA = {"anyOf": [{"type": "integer"}, {"type": "string"}], "pattern": QUANTITY,
+                   "x-kubernetes-int-or-string": True}  # fmt: skip
+
+
 @pytest.mark.parametrize("monitor", ["dcgmExporter.serviceMonitor", "operator.metrics.serviceMonitor"])
 @pytest.mark.parametrize("field", ["interval", "scrapeTimeout"])
 def test_service_monitor_durations_have_upstreams_pattern(
@@ -296,9 +306,19 @@ def test_fields_named_default_are_in_the_schema(spec_schema: dict[str, Any], pat
 
 
 def test_resource_quantities_are_int_or_string(spec_schema: dict[str, Any]) -> None:
-    limits = at(spec_schema, "driver.resources.limits")
-    assert limits["type"] == "object"
-    assert limits["additionalProperties"] == {"x-kubernetes-int-or-string": True}
+    for key in ("limits", "requests"):
+        node = at(spec_schema, f"driver.resources.{key}")
+        assert node["type"] == "object" and node["additionalProperties"] == QUANTITY_SCHEMA
+
+
+@pytest.mark.parametrize(("make", "count"), [(clusterpolicy_crd, 32), (nvidiadriver_crd, 2)])
+def test_every_resource_quantity_has_upstreams_pattern(make: Any, count: int) -> None:
+    """Ours had no pattern, so the API server took `memory: 512MB` (a ClusterPolicy's or an NVIDIADriver's) that
+    the operand DaemonSet was then refused for. Upstream's CRDs give it to every resources.limits/requests value."""
+    root = make()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    quantities = [(path, node) for path, node in walk(root) if path.endswith((".limits.*", ".requests.*"))]
+    assert len(quantities) == count
+    assert [path for path, node in quantities if node != QUANTITY_SCHEMA] == []
 
 
 def test_status_schema(version: dict[str, Any]) -> None:

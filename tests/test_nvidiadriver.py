@@ -1971,6 +1971,15 @@ def test_a_malformed_node_affinity_is_refused_naming_the_field() -> None:
     ]
 
 
+def test_a_resource_quantity_the_api_server_refuses_is_refused_naming_the_field() -> None:
+    """Upstream's NVIDIADriver CRD gives resources.limits/requests values the quantity pattern; ours did not, so
+    `memory: 512MB` was taken and the driver DaemonSet carrying it refused (422) on every pass."""
+    with pytest.raises(ValueError, match=r"spec\.resources\.limits\.memory: must be a quantity"):
+        nvidiadriver_api.parse_spec({"driverType": "gpu", "resources": {"limits": {"memory": "512MB"}}})
+    spec = nvidiadriver_api.parse_spec({"resources": {"limits": {"memory": "1Gi"}, "requests": {"cpu": "100m"}}})
+    assert spec.resources is not None and spec.resources.requests == {"cpu": "100m"}
+
+
 def _running(nodes: list[str]) -> dict[str, dict[str, Any]]:
     """Running driver pods of the ClusterPolicy's DaemonSet (the default NVIDIADriver's once re-owned)."""
     return {name: {**pod, "owner": CP_DS} for name, pod in _orphans(nodes).items()}

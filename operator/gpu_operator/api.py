@@ -76,6 +76,26 @@ PromDuration = Annotated[
     str, Field(pattern=r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$")
 ]
 PositiveInt = Annotated[int, Field(ge=1)]
+# A resource quantity (resource.Quantity): upstream's CRD pattern verbatim, so `512MB` or `1 Gi` is refused here as at
+# `kubectl apply`, not when the operator applies a DaemonSet carrying it.
+QUANTITY = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+
+
+def _check_quantity(v: int | str) -> int | str:
+    if isinstance(v, str) and not re.fullmatch(QUANTITY, v):  # fullmatch: `$` would pass a trailing newline
+        raise ValueError("must be a quantity such as 2, 500m or 1Gi")
+    return v
+
+
+Quantity = Annotated[
+    int | str,
+    AfterValidator(_check_quantity),
+    WithJsonSchema(
+        {"anyOf": [{"type": "integer"}, {"type": "string"}], "pattern": QUANTITY, "x-kubernetes-int-or-string": True}
+    ),
+]
 
 
 def _empty_is_default(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
@@ -198,8 +218,8 @@ EnvList = Annotated[list[EnvVar], AfterValidator(_last_wins)]
 
 
 class ResourceRequirements(Model):
-    limits: dict[str, int | str] = {}
-    requests: dict[str, int | str] = {}
+    limits: dict[str, Quantity] = {}
+    requests: dict[str, Quantity] = {}
 
 
 class ImageSpec(Section):

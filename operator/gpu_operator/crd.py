@@ -38,7 +38,7 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         if len(branches) == 1:
             return _structural({**branches[0], **rest}, defs)
         types = {b.get("type") for b in branches}
-        if types <= {"integer", "string"}:  # dict[str, int | str] values: quantities
+        if types <= {"integer", "string"}:  # a plain int | str (Quantity gives its own schema)
             return {"x-kubernetes-int-or-string": True, **_keep(rest)}
         raise ValueError(f"cannot express union in a structural schema: {node}")
     out = {k: _structural(v, defs) for k, v in node.items() if k not in _DROP and k != "properties"}

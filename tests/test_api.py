@@ -682,9 +682,16 @@ def test_policy_error_message_is_one_line_per_problem() -> None:
     assert len(info.value.problems) == 2
 
 
-def test_a_spec_that_is_not_a_mapping() -> None:
-    problems = problems_of([1, 2])  # type: ignore[arg-type]
+@pytest.mark.parametrize("spec", [[1, 2], [], 0, False, "x"])
+def test_a_spec_that_is_not_a_mapping(spec: Any) -> None:
+    """Only a missing or null spec is the empty one. `spec: []`, `0` or `false` (falsy) were read as `{}` and
+    rendered the default stack; the API server refuses them (the CRD's spec is an object)."""
+    problems = problems_of(spec)
     assert len(problems) == 1 and problems[0].startswith("spec: ")
+
+
+def test_a_null_spec_is_the_empty_one() -> None:
+    assert parse_spec(None) == parse_spec({})
 
 
 # Image resolution

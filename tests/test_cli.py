@@ -405,6 +405,22 @@ def test_policy_with_malformed_metadata_exits_2(tmp_path: Path, capsys: pytest.C
 
 
 
+@pytest.mark.parametrize("spec", ["[]", "0", "false"])
+def test_a_policy_whose_spec_is_not_a_mapping_exits_2(
+    spec: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A falsy spec (`spec: []`) was read as `{}`: render printed the default stack and exited 0, for a policy the
+    API server refuses. A null or missing spec is still the empty one."""
+    path = tmp_path / "policy.yaml"
+    path.write_text(f"apiVersion: nvidia.com/v1\nkind: ClusterPolicy\nmetadata:\n  name: p\nspec: {spec}\n")
+    rc, out, err = render_in_process(capsys, "--policy", str(path))
+    assert (rc, out) == (2, "")
+    assert err.startswith("error: spec: Input should be a valid dictionary") and len(err.splitlines()) == 1, err
+    path.write_text("apiVersion: nvidia.com/v1\nkind: ClusterPolicy\nmetadata:\n  name: p\nspec:\n")
+    rc, out, err = render_in_process(capsys, "--policy", str(path))
+    assert (rc, err) == (0, "") and "kind: DaemonSet" in out
+
+
 @pytest.mark.parametrize("version", ["nvidia.com/v1alpha1", "nvidia.com/v2", "v1"])
 def test_a_clusterpolicy_of_an_api_version_no_server_serves_exits_2(
     version: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -1950,6 +1950,14 @@ def test_nvidiadriver_messages_name_the_field_not_pydantics_union_branches(value
         nvidiadriver_api.parse_spec({"nodeSelectr": {"a": "b"}})
 
 
+@pytest.mark.parametrize("spec", [[], 0, False])
+def test_an_nvidiadriver_spec_that_is_not_a_mapping_is_refused(spec: Any) -> None:
+    """As a ClusterPolicy's: a falsy spec was read as `{}` (a driver of the defaults); only a null one is."""
+    with pytest.raises(ValueError, match=r"^spec: Input should be a valid dictionary"):
+        nvidiadriver_api.parse_spec(spec)
+    assert nvidiadriver_api.parse_spec(None) == nvidiadriver_api.parse_spec({})
+
+
 def test_a_malformed_node_affinity_is_refused_naming_the_field() -> None:
     """Upstream's CRD types nodeAffinity (corev1.NodeAffinity); a string where a NodeSelector goes crashed every
     pass in excluding_owned instead."""

@@ -782,7 +782,8 @@ def parse_spec(spec: dict[str, Any] | None, allow_unknown: bool = False) -> Clus
     Only upstream's (camelCase) field names are accepted, as by the CRD. An unknown field is an error unless
     `allow_unknown`: then it is dropped and its path kept for `unknown_fields`.
     """
-    raw = _without_nulls(copy.deepcopy(spec) if isinstance(spec, dict) else spec or {})
+    # Only a missing or null spec is the empty one: `spec: []` is a type error, as the API server's.
+    raw = {} if spec is None else _without_nulls(copy.deepcopy(spec))
     unknown: list[tuple[int | str, ...]] = []
     while True:
         try:

@@ -152,13 +152,14 @@ def _checked(path: str, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return docs
 
 
-def _policy_from_file(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _policy_from_file(path: str) -> tuple[dict[str, Any], Any]:
     """(metadata, spec) of the first ClusterPolicy in the file, or a bare spec mapping."""
     docs = _load_yaml_docs(path)
     for doc in docs:
         if doc.get("kind") == "ClusterPolicy":
             _checked(path, [doc])
-            return doc.get("metadata") or {}, doc.get("spec") or {}
+            spec = doc.get("spec")  # only a null spec is the empty one: `spec: []` is parse_spec's error
+            return doc.get("metadata") or {}, {} if spec is None else spec
     if len(docs) == 1 and "kind" not in docs[0]:
         return {"name": "cluster-policy"}, docs[0]
     raise ValueError(f"{path}: no ClusterPolicy found")

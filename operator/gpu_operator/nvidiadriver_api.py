@@ -192,6 +192,6 @@ class NVIDIADriverStatus(Model):
 def parse_spec(raw: dict[str, Any] | None) -> NVIDIADriverSpec:
     """Validate an NVIDIADriver spec; ValueError with `spec.<path>: <rule>` lines."""
     try:
-        return NVIDIADriverSpec.model_validate(raw or {}, by_alias=True, by_name=False)
+        return NVIDIADriverSpec.model_validate({} if raw is None else raw, by_alias=True, by_name=False)
     except ValidationError as exc:
         raise ValueError("; ".join(problems(NVIDIADriverSpec, exc))) from None

@@ -1582,14 +1582,12 @@ def test_grafana_dashboard_uses_only_the_operators_metrics() -> None:
 
 
 def test_cli_parsers() -> None:
-    from gpu_operator.cli import _namespace_given, build_parser, kubectl_main
+    from gpu_operator.cli import build_parser, kubectl_main
 
     args = build_parser().parse_args(["doctor", "--pod", "p", "-o", "json"])
-    assert (args.pod, args.namespace, args.output, args.operator_namespace) == ("p", "default", "json", "gpu-operator")
+    assert (args.pod, args.namespace, args.output, args.operator_namespace) == ("p", None, "json", "gpu-operator")
     args = build_parser().parse_args(["capacity", "--pod", "f.yaml", "--count", "10", "--node-profile", "gpus=8"])
     assert (args.count, args.node_profile) == (10, "gpus=8")
-    assert _namespace_given(["doctor", "-n", "x"]) and _namespace_given(["doctor", "-nx"])
-    assert not _namespace_given(["doctor", "--node", "n"])
     with pytest.raises(SystemExit) as done:  # `kubectl gpu doctor --help`
         kubectl_main(["doctor", "--help"])
     assert done.value.code == 0
@@ -1613,6 +1611,29 @@ def test_doctor_node_that_does_not_exist_is_an_error(
     assert capsys.readouterr() == ("", "error: node gpu-node1 not found\n")
     assert main(["doctor", "--pod", "nope"]) == 3
     assert capsys.readouterr() == ("", "error: pod default/nope not found\n")
+
+
+@pytest.mark.parametrize(
+    ("argv", "namespace"),
+    [([], None), (["-n", "team-a"], "team-a"), (["-nteam-a"], "team-a"), (["--names", "team-a"], "team-a"),
+     (["--namespac=team-a"], "team-a"), (["--pod", "p"], "default")],
+)  # fmt: skip
+def test_doctor_looks_in_the_namespace_asked_for(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str], namespace: str | None
+) -> None:
+    """-n unset is every namespace. Whether it was set was read off argv, where only `-n…` and `--namespace` were
+    seen: argparse's abbreviation `--names team-a` set the namespace, yet doctor diagnosed every namespace."""
+    import gpu_operator.doctor
+    from gpu_operator.cli import kubectl_main, main
+    from gpu_operator.kube import Kube
+
+    asked: list[str | None] = []
+    monkeypatch.setattr(Kube, "connect", classmethod(lambda cls, *a, **k: FakeKube()))
+    monkeypatch.setattr(gpu_operator.doctor, "gather", lambda kube, ns: cluster([node("h-0")], [pod("p", 1)]))
+    monkeypatch.setattr(gpu_operator.doctor, "diagnose", lambda c, namespace, **kw: asked.append(namespace) or [])
+    for run in (main, kubectl_main):
+        assert run(["doctor", *argv]) == 0, capsys.readouterr()
+    assert asked == [namespace, namespace]
 
 
 def _validator_waiting_in(node_name: str, step: str) -> dict[str, Any]:

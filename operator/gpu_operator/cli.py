@@ -703,15 +703,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import diagnose, exit_status, gather, render_json, render_prometheus, render_text
     from .kube import ApiError, Kube
 
+    # -n unset (None, so an abbreviation such as --names counts as set): every namespace, and "default" for --pod
+    namespace = "default" if args.namespace is None else args.namespace
     try:
         kube = Kube.connect(args.kubeconfig)
         cluster = gather(kube, args.operator_namespace)
         names = {((p.get("metadata") or {}).get("namespace"), (p.get("metadata") or {}).get("name"))
                  for p in cluster.pods}  # fmt: skip
-        if args.pod and (args.namespace, args.pod) not in names:
-            extra = kube.get("Pod", args.pod, args.namespace)  # an operand pod doctor did not need to read
+        if args.pod and (namespace, args.pod) not in names:
+            extra = kube.get("Pod", args.pod, namespace)  # an operand pod doctor did not need to read
             if extra is None:
-                print(f"error: pod {args.namespace}/{args.pod} not found", file=sys.stderr)
+                print(f"error: pod {namespace}/{args.pod} not found", file=sys.stderr)
                 return 3
             cluster.pods.append(extra)
         if args.node and args.node not in {(n.get("metadata") or {}).get("name") for n in cluster.nodes}:
@@ -723,7 +725,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             print("the GPU operator's CRDs are not installed here: install the operator first (README, Install)",
                   file=sys.stderr)
         return 3
-    found = diagnose(cluster, namespace=args.namespace if args.namespace_given or args.pod else None,
+    found = diagnose(cluster, namespace=namespace if args.namespace is not None or args.pod else None,
                      pod=args.pod, node=args.node)  # fmt: skip
     render = {"json": render_json, "prometheus": render_prometheus}.get(args.output, render_text)
     sys.stdout.write(render(found))
@@ -809,7 +811,7 @@ def _add_doctor(sub: Any) -> None:
         "cluster could not be read or the --pod or --node named does not exist.",
     )
     p.add_argument("--kubeconfig", help=KUBECONFIG_HELP)
-    p.add_argument("-n", "--namespace", default="default", help="namespace of the workload pods to look at "
+    p.add_argument("-n", "--namespace", help="namespace of the workload pods to look at "
                    "(default: every namespace; with --pod: default)")  # fmt: skip
     target = p.add_mutually_exclusive_group()
     target.add_argument("--pod", help="only this pod's findings and the GPU stack's on its node")
@@ -949,10 +951,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _namespace_given(argv: list[str]) -> bool:
-    return any(a in ("-n", "--namespace") or a.startswith(("--namespace=", "-n")) for a in argv)
-
-
 def _call(args: argparse.Namespace) -> int:
     """The command, its output flushed; a reader that left (`gpu-operator crds | head`) ends it quietly."""
     try:
@@ -965,21 +963,15 @@ def _call(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
-    args.namespace_given = _namespace_given(argv)
-    return _call(args)
+    return _call(build_parser().parse_args(argv))
 
 
 def kubectl_main(argv: list[str] | None = None) -> int:
     """`kubectl gpu doctor|capacity ...` (the `kubectl-gpu` plugin): the same commands, under kubectl's name."""
-    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="kubectl gpu", description="GPU diagnostics for the cluster.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_doctor(sub)
-    args = parser.parse_args(argv)
-    args.namespace_given = _namespace_given(argv)
-    return _call(args)
+    return _call(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

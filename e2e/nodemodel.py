@@ -650,6 +650,8 @@ MANAGER_WAITS_WHEN_SET = {_DEPLOY + "mig-manager": "nvidia-mig-manager",
 UPGRADE_ENABLED_ANNOTATION = "nvidia.com/gpu-driver-upgrade-enabled"  # "true": the operator's upgrade policy evicts
 DRIVER_IN_USE = ("failed to uninstall nvidia driver components: Could not unload NVIDIA driver kernel modules, "
                  "driver is in use")
+# waitForPodsToTerminate past its grace period (WaitForPodTermination: wait.PollUntilContextTimeout)
+WAIT_TIMED_OUT = "failed to evict GPU operator components: context deadline exceeded"
 
 
 def uses_gpu(pod: dict[str, Any]) -> bool:
@@ -929,6 +931,8 @@ class _Memo:
     probed: bool = False  # the startup probe has succeeded (it runs until then, not after)
     paused: dict[str, str] | None = None  # k8s-driver-manager: the deploy labels it paused, as they were
     failed: str = ""  # k8s-driver-manager: why it exited (it crash-loops; each restart tries again)
+    waiting: tuple[str, float] | None = None  # k8s-driver-manager: the app whose pods it waits for, since when
+    retry_at: float | None = None  # k8s-driver-manager: when its wait times out, or its restart after that
     gone: bool = False
     pod: dict[str, Any] = field(default_factory=dict)  # as last seen (its preStop runs when it goes)
 
@@ -940,12 +944,18 @@ def _now_wall() -> float:
 
 
 class NodeModel:
-    """One node: its host state, and the pods on it stepped to where the specs let them get."""
+    """One node: its host state, and the pods on it stepped to where the specs let them get.
 
-    def __init__(self, host: Host, *, driver_ready_delay: float = 0.0, crash_restart_seconds: float = 2.0) -> None:
+    ``manager_grace_seconds``: how long k8s-driver-manager waits for each app's operand pods to go (upstream's
+    defaultGracePeriod, 5 minutes); past it, it sets the labels back and fails, and its restart
+    (``crash_restart_seconds`` later) reads the labels and pauses them again."""
+
+    def __init__(self, host: Host, *, driver_ready_delay: float = 0.0, crash_restart_seconds: float = 2.0,
+                 manager_grace_seconds: float = 300.0) -> None:
         self.host = host
         self.driver_ready_delay = driver_ready_delay
         self.crash_restart_seconds = crash_restart_seconds
+        self.manager_grace_seconds = manager_grace_seconds
         self.crash_loop = False
         self._memos: dict[str, _Memo] = {}
         self._live: dict[str, dict[str, str]] = {}  # pod uid -> files it provides while running
@@ -1138,14 +1148,14 @@ class NodeModel:
                 memo.init_states[c.index] = {"running": True, "ready": True}
                 memo.init_done += 1
                 continue
-            need, error = self._run_init(pod, c, memo)
+            need, error = self._run_init(pod, c, memo, now)
             if need is None and not error:
                 memo.init_states[c.index] = {"done": True}
                 memo.init_done += 1
                 continue
             memo.need = need
             memo.init_states[c.index] = {"error": error} if error else {"running": True, "ready": False}
-            return None
+            return None if memo.retry_at is None else max(0.0, memo.retry_at - now)
         memo.need = None
         memo.started_main = True
         # main containers
@@ -1228,20 +1238,21 @@ class NodeModel:
                 return Need("file", target or f"{path} (in the container only)", c.where)
         return None
 
-    def _run_init(self, pod: dict[str, Any], c: Ctr, memo: _Memo) -> tuple[Need | None, str]:
+    def _run_init(self, pod: dict[str, Any], c: Ctr, memo: _Memo, now: float) -> tuple[Need | None, str]:
         need = self._script_need(pod, c)
         if need:
             return need, ""
         if c.role == VALIDATOR:
             return self._run_validator(pod, c, memo)
         if c.role == DRIVER_MANAGER:
-            return self._run_driver_manager(pod, c, memo)
+            return self._run_driver_manager(pod, c, memo, now)
         return None, ""
 
-    def _run_driver_manager(self, pod: dict[str, Any], c: Ctr, memo: _Memo) -> tuple[Need | None, str]:
+    def _run_driver_manager(self, pod: dict[str, Any], c: Ctr, memo: _Memo, now: float) -> tuple[Need | None, str]:
         """k8s-driver-manager uninstall_driver (see MANAGER_PAUSES): a driver on the host labels the node
-        pre-installed and fails; with a driver loaded, pause the operands' deploy labels, wait for their pods to go,
-        evict the GPU pods (or fail while one holds the driver), unload the driver, set the labels back."""
+        pre-installed and fails; with a driver loaded, pause the operands' deploy labels, wait for their pods to go
+        (each app's for up to ``manager_grace_seconds``, else set the labels back and fail), evict the GPU pods (or
+        fail while one holds the driver), unload the driver, set the labels back."""
         labels = self._labels
         host_smi, _ = host_path(pod, c.spec, "/host/" + NVIDIA_SMI)
         if host_smi is not None and self.host.files.get(host_smi):  # isHostDriver: chroot /host nvidia-smi
@@ -1251,9 +1262,12 @@ class NodeModel:
         if labels is None:
             return None, ""  # no node labels given (offline): nothing to evict
         gpu_pods = [p for p in self._all_pods + self._others if uses_gpu(p)]
-        if memo.failed and not (memo.failed == DRIVER_IN_USE and not gpu_pods):
+        retry = (memo.failed == DRIVER_IN_USE and not gpu_pods) or \
+            (memo.failed == WAIT_TIMED_OUT and memo.retry_at is not None and now >= memo.retry_at)
+        if memo.failed and not retry:
             return Need("error", "", c.where, memo.failed), memo.failed  # crash-looping
         memo.failed = ""
+        memo.retry_at = None
         custom = c.env.get("NODE_LABEL_FOR_GPU_POD_EVICTION", "")
         if memo.paused is None:
             keys = list(MANAGER_PAUSES) + [k for k in (*MANAGER_PAUSES_WHEN_SET, custom) if k and labels.get(k)]
@@ -1262,15 +1276,28 @@ class NodeModel:
                 return None, ""
             memo.paused = {k: labels.get(k, "") for k in keys}
             self._set_labels({k: paused_value(v) for k, v in memo.paused.items()})
-        apps = set(MANAGER_WAITS_FOR) | {app for k, app in MANAGER_WAITS_WHEN_SET.items() if memo.paused.get(k)}
-        staying = sorted(_name(p) for p in self._all_pods if (p["metadata"].get("labels") or {}).get("app") in apps)
+        # waitForPodsToTerminate: one app after another (upstream's order), each for up to the grace period
+        apps = [*MANAGER_WAITS_FOR, *(app for k, app in MANAGER_WAITS_WHEN_SET.items() if memo.paused.get(k))]
+        by_app = {app: sorted(_name(p) for p in self._all_pods
+                              if (p["metadata"].get("labels") or {}).get("app") == app) for app in apps}
         if memo.paused.get(_DEPLOY + "client"):  # WaitForPodsWithNodeSelector: DaemonSet pods selecting the label
-            staying += sorted(_name(p) for p in self._all_pods + self._others if _DEPLOY + "client" in
-                              (_spec(p).get("nodeSelector") or {}) and any(
-                                  o.get("controller") and o.get("kind") == "DaemonSet"
-                                  for o in p["metadata"].get("ownerReferences") or []))
+            by_app[_DEPLOY + "client"] = sorted(
+                _name(p) for p in self._all_pods + self._others if _DEPLOY + "client" in
+                (_spec(p).get("nodeSelector") or {}) and any(
+                    o.get("controller") and o.get("kind") == "DaemonSet"
+                    for o in p["metadata"].get("ownerReferences") or []))
+        staying = sorted(n for a, names in by_app.items() if a in apps for n in names) + \
+            by_app.get(_DEPLOY + "client", [])
         if staying:
-            return Need("evict", ", ".join(staying), c.where), ""
+            app = next(a for a, names in by_app.items() if names)
+            if memo.waiting is None or memo.waiting[0] != app:
+                memo.waiting = (app, now)
+            memo.retry_at = memo.waiting[1] + self.manager_grace_seconds
+            if now < memo.retry_at:
+                return Need("evict", ", ".join(staying), c.where), ""
+            memo.failed, memo.retry_at = WAIT_TIMED_OUT, now + self.crash_restart_seconds
+            return self._manager_failed(c, memo, labels)
+        memo.waiting = memo.retry_at = None
         policy = self._annotations.get(UPGRADE_ENABLED_ANNOTATION) == "true"  # the upgrade policy evicts instead
         evict = not policy and (_bool(c.env.get("ENABLE_GPU_POD_EVICTION"), True) or
                                 _bool(c.env.get("ENABLE_AUTO_DRAIN"), False))  # (auto-drain: after a failed unload)
@@ -1281,15 +1308,20 @@ class NodeModel:
         if gpu_pods or not _privileged(c.spec):  # delete_module: EBUSY, or EPERM without CAP_SYS_MODULE
             memo.failed = DRIVER_IN_USE if gpu_pods else \
                 "failed to uninstall nvidia driver components: delete_module nvidia: operation not permitted"
-            restore = {**memo.paused, MANAGER_RESTORES_TOO: labels.get(MANAGER_RESTORES_TOO, "")}
-            self._set_labels({k: unpaused_value(v) for k, v in restore.items()})  # cleanupOnFailure
-            memo.paused = None
-            return Need("error", "", c.where, memo.failed), memo.failed
+            return self._manager_failed(c, memo, labels)
         self.host.driver_loaded = False  # cleanupDriver: the modules unloaded
         self.host.modules.clear()
         restore = {**memo.paused, MANAGER_RESTORES_TOO: labels.get(MANAGER_RESTORES_TOO, "")}
         self._set_labels({k: unpaused_value(v) for k, v in restore.items()})
         return None, ""
+
+    def _manager_failed(self, c: Ctr, memo: _Memo, labels: dict[str, str]) -> tuple[Need | None, str]:
+        """cleanupOnFailure: the labels set back from the values it read; it exits with ``memo.failed``."""
+        assert memo.paused is not None
+        restore = {**memo.paused, MANAGER_RESTORES_TOO: labels.get(MANAGER_RESTORES_TOO, "")}
+        self._set_labels({k: unpaused_value(v) for k, v in restore.items()})
+        memo.paused = memo.waiting = None
+        return Need("error", "", c.where, memo.failed), memo.failed
 
     def _set_labels(self, want: dict[str, str]) -> None:
         """k8s-driver-manager's label writes (UpdateNodeLabels: every key it names, even an unchanged one)."""

@@ -16,7 +16,9 @@ A node's container runtime comes from ``status.nodeInfo.containerRuntimeVersion`
 from its profile, a pre-installed driver from the annotation ``e2e.gpu-operator/host-driver``.  The host state
 lives in this process: a new simulator starts from fresh hosts.  Driver containers (those whose startup probe writes
 a file) are started ``driver_ready_delay`` seconds after their pod was created, or crash-loop on the nodes given to
-``crash_loop_driver`` (restartCount one higher every ``crash_restart_seconds``).  ``diagnose(node)`` says what the
+``crash_loop_driver`` (restartCount one higher every ``crash_restart_seconds``).  k8s-driver-manager waits
+``manager_grace_seconds`` for each app's operand pods to go (upstream: 5 minutes, longer than the tests wait), then
+sets the labels back, fails and tries again ``crash_restart_seconds`` later.  ``diagnose(node)`` says what the
 node's pods wait for, naming deadlocks.
 
 Nodes and pods are patched only when something changes.  Pods are watched (with a relist after any error and a
@@ -200,18 +202,20 @@ class NodeSimulator:
         workers: int = 4,
         driver_ready_delay: float = 0.0,
         crash_restart_seconds: float = 2.0,
+        manager_grace_seconds: float = 20.0,
         mig_delay: float = 2.0,
         driver_manager: bool = True,
     ) -> None:
-        if driver_ready_delay < 0 or crash_restart_seconds <= 0:
-            raise ValueError("driver_ready_delay must be >= 0 and crash_restart_seconds > 0")
+        if driver_ready_delay < 0 or crash_restart_seconds <= 0 or manager_grace_seconds <= 0:
+            raise ValueError("driver_ready_delay must be >= 0, crash_restart_seconds and manager_grace_seconds > 0")
         self.namespace = namespace
         self.mig_strategy = mig_strategy
         self.resync_seconds = resync_seconds
         self.crash_restart_seconds = crash_restart_seconds
+        self.manager_grace_seconds = manager_grace_seconds
         self._driver_ready_delay = float(driver_ready_delay)
         # k8s-driver-manager pauses the node's deploy labels (nodemodel): off for DaemonSets that select nodes
-        # otherwise, whose pods the pause would never remove (upstream's manager waits 5 minutes, then fails).
+        # otherwise, whose pods the pause would never remove (the manager would fail after each grace period).
         self.driver_manager = driver_manager
         self._kube = Kube.from_kubeconfig(kubeconfig, pool_size=workers + 2)
         self._n_workers = workers
@@ -464,7 +468,8 @@ class NodeSimulator:
                 host = new_host(name, runtime_of(node), profile.gpu_count if profile else 0,
                                 annotations.get(HOST_DRIVER_ANNOTATION) or None)
                 model = self._models[name] = NodeModel(host, driver_ready_delay=self._driver_ready_delay,
-                                                       crash_restart_seconds=self.crash_restart_seconds)
+                                                       crash_restart_seconds=self.crash_restart_seconds,
+                                                       manager_grace_seconds=self.manager_grace_seconds)
                 model.crash_loop = name in self._crash_nodes
             return model
 

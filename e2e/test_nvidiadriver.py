@@ -37,6 +37,7 @@ from gpu_operator.upgrade import IN_PROGRESS_STATES
 POOLS = {"nd-a0": "a", "nd-a1": "a", "nd-b0": "b", "nd-b1": "b", "nd-c0": "c"}
 KERNEL = "feature.node.kubernetes.io/kernel-version.full"
 UPGRADE_STATE = "nvidia.com/gpu-driver-upgrade-state"
+DEPLOY = "nvidia.com/gpu.deploy."
 WAIT = 240
 
 
@@ -63,12 +64,43 @@ def nvd_status(env: Env, name: str) -> dict[str, Any]:
     return dict((env.admin.get("NVIDIADriver", name) or {}).get("status") or {})
 
 
+def nodes_report(env: Env) -> str:
+    """Each GPU node's deploy labels (by value) and upgrade state, and its driver pod's unfinished init containers."""
+    pods = driver_pods(env.admin)
+    lines = []
+    for node in env.admin.list("Node"):
+        name, node_labels = node["metadata"]["name"], node["metadata"].get("labels") or {}
+        deploy: dict[str, list[str]] = {}
+        for k, v in sorted(node_labels.items()):
+            if k.startswith(DEPLOY):
+                deploy.setdefault(v or '""', []).append(k.removeprefix(DEPLOY))
+        if not deploy:
+            continue
+        inits = []
+        for cs in ((pods.get(name) or {}).get("status") or {}).get("initContainerStatuses") or []:
+            kind, detail = next(iter((cs.get("state") or {"unknown": {}}).items()))
+            if kind == "terminated" and detail.get("exitCode") == 0:
+                continue
+            last = ((cs.get("lastState") or {}).get("terminated") or {}).get("message", "")
+            inits.append(f"{cs['name']} {kind} {detail.get('reason', '')} {detail.get('message', '')[:80]}"
+                         f"{' last: ' + last[:120] if last else ''}".strip())
+        grouped = "; ".join(f"{v}: {','.join(ks)}" for v, ks in deploy.items())
+        lines.append(f"  {name} {UPGRADE_STATE}={node_labels.get(UPGRADE_STATE, '')}; deploy {grouped}"
+                     + (f"; driver init: {' | '.join(inits)}" if inits else ""))
+    return "\n".join(lines)
+
+
 def wait(env: Env, fn: Any, message: str, timeout: float = WAIT) -> Any:
     try:
         return wait_for(fn, timeout, interval=0.5, message=message)
     except AssertionError as exc:
         pods = {n: (image(p), pod_ready(p)) for n, p in driver_pods(env.admin).items()}
-        raise AssertionError(f"{exc}\ndriver pods: {pods}\noperator log:\n{env.op.log_tail(30)}") from None
+        try:
+            nodes = nodes_report(env)
+        except Exception as e:  # noqa: BLE001 - the report must not hide the failure
+            nodes = f"  (no report: {e!r})"
+        raise AssertionError(f"{exc}\ndriver pods: {pods}\nnodes:\n{nodes}\noperator log:\n{env.op.log_tail(30)}") \
+            from None
 
 
 def nvidiadriver(name: str, **spec: Any) -> dict[str, Any]:

@@ -540,6 +540,56 @@ def test_an_unprivileged_manager_cannot_unload_the_driver() -> None:
         stack.model.blockers()[f"{DRIVER_DS}-{NODE}"].message
 
 
+def test_the_manager_gives_up_on_operand_pods_that_stay_past_its_grace_sets_the_labels_back_and_retries() -> None:
+    """The model's manager waited for the paused operands' pods forever. When another writer set their labels back
+    to true while it waited (mig-manager's setState: maybeSetTrue of paused-for-driver-upgrade is "true"), their
+    DaemonSets made pods again and the node deadlocked: the driver pod Init:0/1, toolkit and validator paused, the
+    GPU operands waiting for validations (an e2e flake). Upstream's WaitForPodTermination waits each app's pods for
+    defaultGracePeriod (5 min), then cleanupOnFailure sets the labels back from the values it read and the init
+    container exits non-zero; its restart reads the labels again and pauses them again, so the node recovers."""
+    stack = _started_stack()
+    assert stack.model.manager_grace_seconds == 300  # upstream's defaultGracePeriod
+    stack.model.manager_grace_seconds = 20
+    stack.new_driver_pod()
+    stack.step()
+    assert stack.labels[DEPLOY + "container-toolkit"] == PAUSED_DRIVER
+    # The race: someone else sets five of the operands back to true while the manager waits.
+    five = {DEPLOY + op: "true" for op in ("device-plugin", "gpu-feature-discovery", "dcgm", "dcgm-exporter", "nvsm")}
+    stack.labels.update(five)
+    stack.reschedule()
+    plugin = f"nvidia-device-plugin-daemonset-{NODE}"
+    assert plugin in stack.pods and f"nvidia-container-toolkit-daemonset-{NODE}" not in stack.pods
+    stack.step()
+    for _ in range(3):  # before the grace period it keeps waiting, and says when to look again
+        stack.step(5.0)
+        blocked = stack.model.blockers()[f"{DRIVER_DS}-{NODE}"]
+        assert blocked.kind == "evict" and plugin in blocked.target, blocked
+        assert stack.manager_state()[0] == "running"
+        assert stack.result.again is not None and 0 < stack.result.again <= 20
+    assert stack.labels[DEPLOY + "container-toolkit"] == PAUSED_DRIVER
+    # past it: the labels set back from what it read (all true), the init container fails
+    statuses = stack.step(stack.result.again)
+    read_true = [k for k in (*five, DEPLOY + "container-toolkit", DEPLOY + "operator-validator") if "nvsm" not in k]
+    assert all(stack.labels[k] == "true" for k in read_true) and stack.labels[DEPLOY + "nvsm"] == ""  # as it read
+    kind, detail = stack.manager_state()
+    cs = next(c for c in statuses[f"{DRIVER_DS}-{NODE}"]["initContainerStatuses"] if c["name"] == "k8s-driver-manager")
+    assert kind == "waiting" and detail["reason"] == "CrashLoopBackOff", (kind, detail)
+    assert cs["lastState"]["terminated"]["message"] == \
+        "failed to evict GPU operator components: context deadline exceeded"
+    assert stack.model.host.driver_loaded
+    assert stack.result.again == pytest.approx(stack.model.crash_restart_seconds)
+    stack.reschedule()  # the DaemonSets make the operand pods again
+    stack.step(stack.model.crash_restart_seconds / 2)
+    assert stack.labels[DEPLOY + "container-toolkit"] == "true"  # not restarted yet
+    # its restart reads the labels, pauses them again, waits for the pods to go, unloads and sets them back
+    stack.step(stack.model.crash_restart_seconds)
+    assert all(stack.labels[k] == PAUSED_DRIVER for k in read_true)
+    statuses = stack.settle()
+    assert all(stack.labels[k] == "true" for k in read_true)
+    assert stack.manager_state()[0] == "terminated" and stack.model.host.driver_loaded  # unloaded, loaded anew
+    assert all(ready(s) for s in statuses.values()), {n: ready(s) for n, s in statuses.items()}
+
+
 # --- the simulated mig-manager (e2e/sim_mig.py) ---
 
 MIG_NS = "gpu-operator"

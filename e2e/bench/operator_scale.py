@@ -706,7 +706,9 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
                 nvidia.install_crds_and_rbac(admin, args.upstream)
             else:
                 install_crds_and_rbac(admin)
-            sim = NodeSimulator(cluster.simulator_kubeconfig, namespace=NAMESPACE, workers=8).start()
+            # k8s-driver-manager waits upstream's 5 minutes: a loaded control plane may take longer than 20 s
+            sim = NodeSimulator(cluster.simulator_kubeconfig, namespace=NAMESPACE, workers=8,
+                                manager_grace_seconds=300.0).start()
             if args.alloc_top:
                 os.environ["PYTHONTRACEMALLOC"] = "1"
             if args.alloc_top or args.heap_report or args.pass_profile:

@@ -56,7 +56,8 @@ def run(count: int, parallel: int, max_unavailable: str, delay: float, timeout: 
         ]
         create_nodes(admin.client, nodes)
         install_crds_and_rbac(admin)
-        sim = NodeSimulator(cluster.simulator_kubeconfig, namespace=NAMESPACE, driver_ready_delay=delay).start()
+        sim = NodeSimulator(cluster.simulator_kubeconfig, namespace=NAMESPACE, driver_ready_delay=delay,
+                            manager_grace_seconds=300.0).start()  # upstream's grace, as the figures were measured
         op = OperatorProcess(cluster, tmp / "operator.log").start()
         try:
             policy = policy_from_sample()

@@ -116,6 +116,42 @@ def test_broken_pytorch_gets_a_gpu_limit_in_the_corrected_pod() -> None:
     assert diagnose(cluster([node("h-0")], [agent])) == []
 
 
+def with_spec(c: Cluster, spec: dict[str, Any]) -> Cluster:
+    c.snapshot.policies["cluster-policy"]["spec"] = spec
+    return c
+
+
+def test_broken_pytorch_run_by_the_nvidia_runtime_is_told_it_sees_every_gpu_of_the_node() -> None:
+    """Seed Exercise 2's broken-pytorch was always said to see no GPU ("CUDA finds no device, torch.cuda.is_available()
+    is False"). That holds when runc runs it (CDI on, no runtime class: the default). When the nvidia runtime runs it,
+    the runtime gives the container the GPUs its image's NVIDIA_VISIBLE_DEVICES names (pytorch/pytorch, nvidia/cuda and
+    NGC set `all`; accept-nvidia-visible-devices-envvar-when-unprivileged defaults to true): every GPU of the node,
+    outside the device plugin's count, GPUs the scheduler gives to other pods. The toolkit's installer makes nvidia the
+    default runtime unless NVIDIA_RUNTIME_SET_AS_DEFAULT is false, which the operator sets with CDI only (as upstream's
+    transformToolkitCtrForCDI); a pod may also name one of the nvidia RuntimeClasses."""
+    image = "pytorch/pytorch:2.1.0-cuda12.1-cudnn8-devel"
+
+    def broken(**spec: Any) -> dict[str, Any]:
+        return pod("broken-pytorch", image=image, node_name="h-0", limits={"memory": "4Gi", "cpu": "2"}, **spec)
+
+    train = pod("train", 8, node_name="h-0")
+    set_as_default = {"toolkit": {"env": [{"name": "NVIDIA_RUNTIME_SET_AS_DEFAULT", "value": "true"}]}}
+    for c in (with_spec(cluster([node("h-0")], [broken(), train]), {"cdi": {"enabled": False}}),
+              with_spec(cluster([node("h-0")], [broken(), train]), set_as_default),
+              cluster([node("h-0")], [broken(runtimeClassName="nvidia"), train])):  # fmt: skip
+        f = kinds(c)["CUDAImageWithoutGPU"]
+        assert f.severity == "warning" and "nvidia.com/gpu: 1" in f.fix_yaml, f
+        assert "finds no device" not in f.summary and "is False" not in f.summary, f.summary
+        assert "NVIDIA_VISIBLE_DEVICES" in f.summary and "every GPU of h-0" in f.summary, f.summary
+        assert "default/train" in f.summary, f.summary
+    # runc (CDI on, no runtime class), or a runtime that ignores an unprivileged container's variable: no GPU.
+    ignored = [{"name": "ACCEPT_NVIDIA_VISIBLE_DEVICES_ENVVAR_WHEN_UNPRIVILEGED", "value": "false"}]
+    accept = {"cdi": {"enabled": False}, "toolkit": {"env": ignored}}
+    for c in (cluster([node("h-0")], [broken(), train]), with_spec(cluster([node("h-0")], [broken(), train]), accept)):
+        f = kinds(c)["CUDAImageWithoutGPU"]
+        assert "torch.cuda.is_available() is False" in f.summary and "nvidia.com/gpu: 1" in f.fix_yaml
+
+
 def test_corrected_pod_keeps_the_users_volumes_mounts_and_tolerations() -> None:
     """The corrected pod used to drop tolerations, serviceAccountName and securityContext as if the API server had
     set them, and every volume (mounts were removed before checking whether any were left): it lost its data and

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from ..gpu_identity import GFD_COMPUTE_MAJOR, GFD_COMPUTE_MINOR
+from ..nodes import DEPLOY_OPERANDS, deploy_label, workload_of
 from .common import (
     BRANCH_MINIMUM,
     MEMORY_LABEL,
@@ -32,6 +33,7 @@ from .common import (
     most_shared_gpus,
     mps_refuses,
     parse_time,
+    policy,
     sandbox_failure,
     sandbox_fix,
     shared_replicas,
@@ -95,7 +97,7 @@ def findings(cluster: Cluster, pods: list[dict[str, Any]]) -> list[Finding]:
         out += _image_pull(cluster, pod)
         gpus = gpu_requests(pod)
         if not gpus:
-            f = None if _other_gpu_resource(pod) else _cuda_without_gpu(pod)
+            f = None if _other_gpu_resource(pod) else _cuda_without_gpu(cluster, pod)
             if f:
                 out.append(f)
             continue
@@ -324,7 +326,56 @@ def _containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
     return list((pod.get("spec") or {}).get("containers") or [])
 
 
-def _cuda_without_gpu(pod: dict[str, Any]) -> Finding | None:
+# The installer's names for set-as-default, the first one set counts (nvidia-ctk-installer's --set-as-default).
+_SET_AS_DEFAULT = ("NVIDIA_RUNTIME_SET_AS_DEFAULT", "CONTAINERD_SET_AS_DEFAULT", "DOCKER_SET_AS_DEFAULT")
+_ACCEPT_ENVVAR = "ACCEPT_NVIDIA_VISIBLE_DEVICES_ENVVAR_WHEN_UNPRIVILEGED"
+
+
+def _true(value: str) -> bool:
+    return value.strip().lower() in ("1", "t", "true")  # Go's strconv.ParseBool
+
+
+def _nvidia_runtime(cluster: Cluster, pod: dict[str, Any]) -> tuple[str, Evidence] | None:
+    """(why, evidence) when the nvidia runtime, not runc, runs the pod on its GPU node; None when runc does, the pod is
+    not bound to one, or doctor cannot tell. That runtime gives a container the GPUs its NVIDIA_VISIBLE_DEVICES names,
+    outside the device plugin's count: the toolkit's installer makes it the default runtime unless told not to (the
+    operator tells it so with CDI on, as upstream), and a pod may name one of its RuntimeClasses."""
+    facts = cluster.snapshot.nodes.get(str((pod.get("spec") or {}).get("nodeName") or ""))
+    if facts is None or not facts.has_gpu:
+        return None
+    name, spec = policy(cluster)
+    if spec is None or spec.cdi.nri_plugin_enabled or workload_of(facts, spec) != "container":
+        return None  # with CDI's NRI plugin the installer leaves the runtime config alone and makes no classes
+    env = {e.name: e.value for e in spec.toolkit.env} if spec.toolkit.enabled else {}
+    if not _true(env.get(_ACCEPT_ENVVAR, "true")) and not any(
+        (c.get("securityContext") or {}).get("privileged") for c in _containers(pod)
+    ):
+        return None  # the runtime ignores an unprivileged container's NVIDIA_VISIBLE_DEVICES
+    optout = (facts.labels.get(deploy_label("container-toolkit")), facts.labels.get(DEPLOY_OPERANDS))
+    if spec.toolkit.enabled and "false" not in optout:
+        chain = [(k, env[k]) for k in _SET_AS_DEFAULT if k in env]
+        if spec.cdi.enabled and _SET_AS_DEFAULT[0] not in env:
+            chain.insert(0, (_SET_AS_DEFAULT[0], "false"))
+        if not chain:
+            return ("nvidia is the node's default runtime: with cdi.enabled false the toolkit makes it so",
+                    Evidence(f"ClusterPolicy {name}", "spec.cdi.enabled", "false"))  # fmt: skip
+        if _true(chain[0][1]):
+            return (f"nvidia is the node's default runtime: toolkit.env sets {chain[0][0]}={chain[0][1]}",
+                    Evidence(f"ClusterPolicy {name}", f"spec.toolkit.env[{chain[0][0]}]", chain[0][1]))  # fmt: skip
+    runtime_class = str((pod.get("spec") or {}).get("runtimeClassName") or "")
+    if runtime_class in {spec.operator.runtime_class, *(("nvidia-cdi", "nvidia-legacy") if spec.cdi.enabled else ())}:
+        return f"runtimeClassName {runtime_class}", Evidence(pod_ref(pod), "spec.runtimeClassName", runtime_class)
+    return None
+
+
+def _gpu_holders(cluster: Cluster, pod: dict[str, Any]) -> list[str]:
+    """The other pods on the pod's node that the device plugin gave GPUs to."""
+    view = cluster.views.get(str((pod.get("spec") or {}).get("nodeName") or ""))
+    ref = pod_ref(pod)
+    return [pod_ref(p).removeprefix("Pod ") for p in view.pods if pod_ref(p) != ref and gpu_requests(p)] if view else []
+
+
+def _cuda_without_gpu(cluster: Cluster, pod: dict[str, Any]) -> Finding | None:
     # A container that sets NVIDIA_VISIBLE_DEVICES itself chose its devices (monitoring agents do): not this case.
     cuda = [
         c for c in _containers(pod)
@@ -337,17 +388,29 @@ def _cuda_without_gpu(pod: dict[str, Any]) -> Finding | None:
     fixed = _corrected_pod(pod, {c.get("name") for c in cuda})
     owner = _controller(pod)
     names = ", ".join(f"{c.get('name')} ({c.get('image')})" for c in cuda)
+    evidence = [Evidence(ref, f"spec.containers[{c.get('name')}].resources.limits", str(_limits(c))) for c in cuda]
+    runtime = _nvidia_runtime(cluster, pod)
+    if runtime is None:
+        what = ("the device plugin gives it none, so CUDA finds no device (torch.cuda.is_available() is False, "
+                "'CUDA device not found')")  # fmt: skip
+    else:  # the runtime, not the device plugin, decides its GPUs
+        node = (pod.get("spec") or {}).get("nodeName")
+        holders = _gpu_holders(cluster, pod)
+        what = (f"the nvidia runtime runs it ({runtime[0]}) and gives it the GPUs its image's NVIDIA_VISIBLE_DEVICES "
+                f"names (`all` in the pytorch/pytorch, nvidia/cuda and NGC images): every GPU of {node}, outside the "
+                "device plugin's count, GPUs the scheduler gives to other pods"
+                + (f" (now to {', '.join(holders[:5])})" if holders else ""))  # fmt: skip
+        evidence.append(runtime[1])
     return Finding(
         WARNING, "CUDAImageWithoutGPU", ref,
-        f"the pod runs a CUDA image ({names}) but requests no GPU: the device plugin gives it none, so CUDA "
-        "finds no device (torch.cuda.is_available() is False, 'CUDA device not found')",
+        f"the pod runs a CUDA image ({names}) but requests no GPU: {what}",
         "add `nvidia.com/gpu: 1` (or more) under resources.limits of the CUDA container; a GPU is requested by "
         "its limit, and the request defaults to it" + (
+            "; a container that needs no GPU can set NVIDIA_VISIBLE_DEVICES=void instead" if runtime else "") + (
             f"; {owner.get('kind')} {owner.get('name')} made the pod: add the limit to the pod template it was made "
             "from (its Deployment's, for a Deployment's ReplicaSet); the pod below leaves out the labels, by which "
             "the controller would adopt it" if owner else ""),
-        [Evidence(ref, f"spec.containers[{c.get('name')}].resources.limits", str(_limits(c))) for c in cuda],
-        fix_yaml=yaml.safe_dump(fixed, sort_keys=False),
+        evidence, fix_yaml=yaml.safe_dump(fixed, sort_keys=False),
     )  # fmt: skip
 
 

@@ -2418,6 +2418,28 @@ def unschedulable(p: dict[str, Any], message: str) -> dict[str, Any]:
     return p
 
 
+def test_seed_6_3_issue_2_oom_beside_a_pod_given_every_gpu_by_the_runtime_names_that_pod() -> None:
+    """§6.3 Issue 2: "Training crashes with CUDA OOM. Cause: Multiple containers sharing same GPU". With cdi.enabled
+    false (nvidia the default runtime) a CUDA-image pod that requests no GPU (a notebook from pytorch/pytorch) gets
+    every GPU of its node from its image's NVIDIA_VISIBLE_DEVICES=all, so §7.1's exclusive-training, which got one
+    GPU from the device plugin, shares it. doctor used to say the OOM happened "on a GPU it does not share" and gave
+    only the batch-size remedies; now it names the pod it shares the GPU with."""
+    message = "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.11 GiB total capacity)"
+    image = "pytorch/pytorch:2.1.0-cuda12.1-cudnn8-devel"
+    training = pod("exclusive-training", 1, node_name="h-0", image=image, limits={"memory": "32Gi", "cpu": "8"},
+                   status={"phase": "Running", "containerStatuses": [{
+                       "name": "main", "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                       "lastState": {"terminated": {"exitCode": 1, "message": message}}}]})  # fmt: skip
+    notebook = pod("notebook", image=image, node_name="h-0")
+    c = with_spec(cluster([node("h-0")], [training, notebook]), {"cdi": {"enabled": False}})
+    f = kinds(c)["CUDAOOMSharedOutsideDevicePlugin"]
+    assert f.severity == "warning" and f.object == "Pod default/exclusive-training", f
+    assert "does not share" not in f.summary and "default/notebook" in f.summary and "default/notebook" in f.fix
+    # CDI on (runc for the notebook): the GPU is the pod's alone, and the seed's remedies stand.
+    f = kinds(cluster([node("h-0")], [training, notebook]))["CUDAOOM"]
+    assert "does not share" in f.summary and "batch size" in f.fix
+
+
 def test_seed_3_3_scheduling_example_filters_the_half_used_node_and_ties_the_free_ones() -> None:
     """§3.3: an 8-GPU job; Node-1 8 x H100 free, Node-2 8 x H100 with 4 used, Node-3 8 x A100 free; "Scheduler picks
     Node-1". The filter removes Node-2 (4 free); Node-1 and Node-3 both fit (the job names no GPU model, so the

@@ -705,6 +705,19 @@ def _oom(cluster: Cluster, pod: dict[str, Any]) -> list[Finding]:
                     "with its own memory) or MPS (per-client memory limits, devicePlugin sharing.mps)",
                     ev, nodes=(node,) if node else (),
                 )]  # fmt: skip
+            sharers = _sharing_outside(cluster, pod)
+            if sharers:
+                names = ", ".join(pod_ref(p).removeprefix("Pod ") for p, _ in sharers[:5])
+                return [Finding(
+                    WARNING, "CUDAOOMSharedOutsideDevicePlugin", ref,
+                    f"the container ran out of GPU memory on a GPU it shares with {names}, which request no GPU: "
+                    f"the nvidia runtime runs them ({sharers[0][1][0]}) and gives them the GPUs their "
+                    f"NVIDIA_VISIBLE_DEVICES names (`all` in the CUDA images): every GPU of {node}, outside the "
+                    "device plugin's count",
+                    f"give {names} a GPU limit (nvidia.com/gpu: 1 under resources.limits) so the device plugin "
+                    "counts them, or set NVIDIA_VISIBLE_DEVICES=void in those that need no GPU",
+                    ev + [why[1] for _, why in sharers[:5]], nodes=(node,) if node else (),
+                )]  # fmt: skip
             return [Finding(
                 INFO, "CUDAOOM", ref,
                 "the container ran out of GPU memory on a GPU it does not share",
@@ -712,6 +725,33 @@ def _oom(cluster: Cluster, pod: dict[str, Any]) -> list[Finding]:
                 ev, nodes=(node,) if node else (),
             )]  # fmt: skip
     return []
+
+
+def _sharing_outside(cluster: Cluster, pod: dict[str, Any]) -> list[tuple[dict[str, Any], tuple[str, Evidence]]]:
+    """The Running pods on the pod's node that request no GPU yet get its GPUs from the nvidia runtime: a CUDA image
+    (or NVIDIA_VISIBLE_DEVICES set, not to void or none), with why the runtime runs them."""
+    view = cluster.views.get(str((pod.get("spec") or {}).get("nodeName") or ""))
+    out = []
+    for other in view.pods if view else []:
+        running = (other.get("status") or {}).get("phase") == "Running"
+        if not running or pod_ref(other) == pod_ref(pod) or not _workload(cluster, other):
+            continue
+        if gpu_requests(other) or _other_gpu_resource(other):
+            continue
+        if not any(_sees_gpus(c) for c in _containers(other)):
+            continue
+        why = _nvidia_runtime(cluster, other)
+        if why is not None:
+            out.append((other, why))
+    return out
+
+
+def _sees_gpus(container: dict[str, Any]) -> bool:
+    """Whether the nvidia runtime gives the container GPUs by NVIDIA_VISIBLE_DEVICES (its own, or a CUDA image's)."""
+    own = [str(e.get("value", "")) for e in container.get("env") or [] if e.get("name") == "NVIDIA_VISIBLE_DEVICES"]
+    if own:
+        return own[-1].strip().lower() not in ("", "void", "none")
+    return bool(_CUDA_IMAGES.search(str(container.get("image", ""))))
 
 
 def _status_message(pod: dict[str, Any], rx: re.Pattern[str]) -> tuple[str, str] | None:

@@ -2440,6 +2440,30 @@ def test_seed_6_3_issue_2_oom_beside_a_pod_given_every_gpu_by_the_runtime_names_
     assert "does not share" in f.summary and "batch size" in f.fix
 
 
+def test_seed_7_3_production_training_preempting_experiments_is_not_a_gpu_shortage() -> None:
+    """§7.3: production-training (high-priority-training, 1000, 4 GPUs) arrives on an H100 node whose 8 GPUs are held
+    by one-GPU experiments (low-priority-experiments, 100). kube-scheduler preempts: it deletes four experiments
+    (deletionTimestamp set, their GPUs held until they end), writes status.nominatedNodeName h-0 on the pod, and leaves
+    it Pending ("Insufficient nvidia.com/gpu") until the victims are gone; then the pod runs (e2e
+    test_operator.py::test_seed_priority_classes_let_production_training_preempt_experiments). doctor used to report
+    InsufficientGPU, a warning telling the admin to add GPU nodes; now an info finding names the preemption."""
+    experiments = [pod(f"experiment-{i}", 1, node_name="h-0", priorityClassName="low-priority-experiments",
+                       priority=100) for i in range(8)]  # fmt: skip
+    for victim in experiments[:4]:
+        victim["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+        victim["metadata"]["deletionGracePeriodSeconds"] = 30
+    production = unschedulable(pod("production-training", 4, priorityClassName="high-priority-training",
+                                   priority=1000), "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.")
+    production["status"]["nominatedNodeName"] = "h-0"
+    found = diagnose(cluster([node("h-0")], [*experiments, production]))
+    assert [(f.severity, f.kind) for f in found] == [("info", "PreemptionInProgress")], found
+    assert "4 lower-priority pods on h-0" in found[0].summary and "30 s" in found[0].summary
+    assert exit_status(found) == 0
+    # Once the nominated node would not fit the pod even without its terminating pods, the shortage is real.
+    production["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = "6"
+    assert "InsufficientGPU" in kinds(cluster([node("h-0")], [*experiments, production]))
+
+
 def test_seed_3_3_scheduling_example_filters_the_half_used_node_and_ties_the_free_ones() -> None:
     """§3.3: an 8-GPU job; Node-1 8 x H100 free, Node-2 8 x H100 with 4 used, Node-3 8 x A100 free; "Scheduler picks
     Node-1". The filter removes Node-2 (4 free); Node-1 and Node-3 both fit (the job names no GPU model, so the

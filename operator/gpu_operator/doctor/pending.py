@@ -74,6 +74,10 @@ def findings(cluster: Cluster, pods: list[dict[str, Any]]) -> list[Finding]:
     out: list[Finding] = []
     done: dict[str, Finding | None] = {}
     for pod in pending_gpu_pods(pods):
+        preempting = _preempting(cluster, pod)  # the pod's own state, not its shape's
+        if preempting is not None:
+            out.append(preempting)
+            continue
         shape = _shape(pod)
         if shape not in done:
             done[shape] = _diagnose(cluster, pod)
@@ -86,6 +90,44 @@ def findings(cluster: Cluster, pods: list[dict[str, Any]]) -> list[Finding]:
         if finding is not None:
             out.append(finding)
     return out
+
+
+def _preempting(cluster: Cluster, pod: dict[str, Any]) -> Finding | None:
+    """Seed §7.3: the scheduler preempts lower-priority pods for this one. It deletes them, writes the node in
+    status.nominatedNodeName and leaves the pod Pending ("Insufficient nvidia.com/gpu") while they hold their GPUs
+    through their grace period; then it binds the pod there. Not a shortage, while the node fits the pod once its
+    terminating pods are gone."""
+    node = str((pod.get("status") or {}).get("nominatedNodeName") or "")
+    view = cluster.views.get(node)
+    if view is None:
+        return None
+    priority = int((pod.get("spec") or {}).get("priority") or 0)
+    ending = [p for p in view.pods if (p.get("metadata") or {}).get("deletionTimestamp")]
+    victims = [p for p in ending if int((p.get("spec") or {}).get("priority") or 0) < priority]
+    if not victims:
+        return None
+    freed: dict[str, Decimal] = {"pods": Decimal(len(ending))}
+    for p in ending:
+        for k, v in pod_requests(p).items():
+            freed[k] = freed.get(k, Decimal(0)) + v
+    need = {**pod_requests(pod), "pods": Decimal(1)}
+    if any(view.free(k) + freed.get(k, Decimal(0)) < v for k, v in need.items() if v > 0):
+        return None  # it would not fit even then: what holds it is what the other findings say
+    ref = pod_ref(pod)
+    grace = max(int((p.get("metadata") or {}).get("deletionGracePeriodSeconds") or 0) for p in victims)
+    more = f" and {len(victims) - 5} more" if len(victims) > 5 else ""
+    names = ", ".join(pod_ref(p).removeprefix("Pod ") for p in victims[:5]) + more
+    evidence = _scheduler_evidence(cluster, pod) + [Evidence(ref, "status.nominatedNodeName", node)] + [
+        Evidence(pod_ref(p), "metadata.deletionTimestamp", str((p.get("metadata") or {}).get("deletionTimestamp")))
+        for p in victims[:5]]  # fmt: skip
+    return Finding(
+        INFO, "PreemptionInProgress", ref,
+        f"the scheduler is preempting {len(victims)} lower-priority pod{'s' if len(victims) > 1 else ''} on {node} "
+        f"for this pod ({names}): they hold their GPUs until they end"
+        + (f" (grace period up to {grace} s)" if grace else "") + f", then the pod is bound to {node}",
+        f"nothing to do but wait; `kubectl get pods -A --field-selector spec.nodeName={node}` shows them Terminating",
+        evidence, nodes=(node,),
+    )  # fmt: skip
 
 
 def _scheduler_evidence(cluster: Cluster, pod: dict[str, Any]) -> list[Evidence]:

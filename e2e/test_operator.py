@@ -5,6 +5,7 @@ The tests in this module share one operator and build on each other's state in f
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Iterator
@@ -13,11 +14,12 @@ from typing import Any
 import pytest
 
 from e2e.cluster.localcluster import LocalCluster, audit_time
-from e2e.cluster.nodes import create_nodes, make_node
+from e2e.cluster.nodes import PROFILES, create_nodes, make_node
 from e2e.kube import Kube as E2EKube
 from e2e.kube import create_namespace, wait_for
 from e2e.operator_process import NAMESPACE, OperatorProcess, delete_policies, install_crds_and_rbac, policy_from_sample
 from e2e.simulator import NodeSimulator
+from e2e.test_doctor import finding
 from gpu_operator.kube import ApiError, Kube
 
 GPU_NODES = {"op-h100-0": ("h100x8", "ubuntu22.04"), "op-h100-1": ("h100x8", "ubuntu22.04"),
@@ -329,6 +331,9 @@ SEED_GPU_POD: dict[str, Any] = {
         "restartPolicy": "Never",
     },
 }
+# Seed §7.2: the label it selects on is on no node; GFD's key for the model is nvidia.com/gpu.product.
+MODEL_LABEL = "gpu.nvidia.com/model"
+H100_PRODUCT = PROFILES["h100x8"].product
 SEED_AFFINITY_POD: dict[str, Any] = {
     "apiVersion": "v1",
     "kind": "Pod",
@@ -338,11 +343,7 @@ SEED_AFFINITY_POD: dict[str, Any] = {
             "nodeAffinity": {
                 "requiredDuringSchedulingIgnoredDuringExecution": {
                     "nodeSelectorTerms": [
-                        {
-                            "matchExpressions": [
-                                {"key": "gpu.nvidia.com/model", "operator": "In", "values": ["H100", "H200"]}
-                            ]
-                        }
+                        {"matchExpressions": [{"key": MODEL_LABEL, "operator": "In", "values": ["H100", "H200"]}]}
                     ]
                 }
             }
@@ -354,8 +355,17 @@ SEED_AFFINITY_POD: dict[str, Any] = {
 }
 
 
-def test_seed_document_gpu_pods_schedule_on_fitting_nodes(admin: Kube, operator: OperatorProcess) -> None:
+def test_seed_document_gpu_pods_schedule_on_fitting_nodes(
+    cluster: LocalCluster, admin: Kube, operator: OperatorProcess
+) -> None:
+    """The seed's gpu-test runs on a GPU node, a pod asking more GPUs than any node has stays Pending. Seed §7.2's
+    h100-training asks for the node label gpu.nvidia.com/model, which no component writes (GFD writes
+    nvidia.com/gpu.product, NFD feature.node.kubernetes.io/*): it stays Pending, as on a real cluster, doctor names
+    the label and GFD's key, and the same pod keyed on GFD's product name runs on an H100 node. The fake nodes used to
+    carry gpu.nvidia.com/model, so the seed's pod ran here though it waits on a real cluster."""
     wait_ready(admin, operator)
+    carried = {n: labels(admin, n)[MODEL_LABEL] for n in GPU_NODES if MODEL_LABEL in labels(admin, n)}
+    assert not carried, f"GPU nodes carry {MODEL_LABEL}, which no component of a real cluster writes: {carried}"
     ns = "seed-workloads"
     create_namespace(E2EKube(admin.client), ns)
     # More GPUs than any node advertises, also nodes other modules left shared (time-sliced or MIG single: 56).
@@ -365,7 +375,12 @@ def test_seed_document_gpu_pods_schedule_on_fitting_nodes(admin: Kube, operator:
         "metadata": {"name": "too-big"},
         "spec": {**SEED_GPU_POD["spec"], "containers": [container]},
     }
-    for pod in (SEED_GPU_POD, SEED_AFFINITY_POD, too_big):
+    gfd = copy.deepcopy(SEED_AFFINITY_POD)
+    gfd["metadata"]["name"] = "h100-training-gfd"
+    [term] = gfd["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"]  # fmt: skip
+    term["matchExpressions"] = [{"key": "nvidia.com/gpu.product", "operator": "In", "values": [H100_PRODUCT]}]
+    for pod in (SEED_GPU_POD, SEED_AFFINITY_POD, gfd, too_big):
         admin.create({**pod, "metadata": {**pod["metadata"], "namespace": ns}})
 
     def running(name: str) -> dict[str, Any] | None:
@@ -373,21 +388,27 @@ def test_seed_document_gpu_pods_schedule_on_fitting_nodes(admin: Kube, operator:
         return pod if pod and pod["status"].get("phase") in ("Running", "Succeeded") else None
 
     gpu_pod = wait_for(lambda: running("gpu-test"), WAIT, message="gpu-test running")
-    affinity_pod = wait_for(lambda: running("h100-training"), WAIT, message="h100-training running")
+    gfd_pod = wait_for(lambda: running("h100-training-gfd"), WAIT, message="h100-training-gfd running")
     gpu_node = admin.get("Node", gpu_pod["spec"]["nodeName"])
-    h100_node = admin.get("Node", affinity_pod["spec"]["nodeName"])
+    h100_node = admin.get("Node", gfd_pod["spec"]["nodeName"])
     assert gpu_node and int(gpu_node["status"]["allocatable"]["nvidia.com/gpu"]) >= 1
-    assert h100_node and h100_node["metadata"]["labels"]["gpu.nvidia.com/model"] == "H100"
+    assert h100_node and h100_node["metadata"]["labels"]["nvidia.com/gpu.product"] == H100_PRODUCT
 
-    def unschedulable() -> bool:
-        pod = admin.get("Pod", "too-big", ns)
+    def unschedulable(name: str, cause: str) -> bool:
+        pod = admin.get("Pod", name, ns)
         cond = {c["type"]: c for c in (pod or {}).get("status", {}).get("conditions") or []}.get("PodScheduled", {})
-        return cond.get("status") == "False" and "nvidia.com/gpu" in cond.get("message", "")
+        return cond.get("status") == "False" and cause in cond.get("message", "")
 
-    wait_for(unschedulable, WAIT, message="too-big pod reported unschedulable for nvidia.com/gpu")
+    wait_for(lambda: unschedulable("too-big", "nvidia.com/gpu"), WAIT,
+             message="too-big pod reported unschedulable for nvidia.com/gpu")  # fmt: skip
+    wait_for(lambda: unschedulable("h100-training", "didn't match Pod's node affinity/selector"), WAIT,
+             message="h100-training reported unschedulable for its node affinity")  # fmt: skip
     time.sleep(2)
-    still = admin.get("Pod", "too-big", ns)
-    assert still and still["status"]["phase"] == "Pending" and not still["spec"].get("nodeName")
+    for name in ("too-big", "h100-training"):
+        still = admin.get("Pod", name, ns)
+        assert still and still["status"]["phase"] == "Pending" and not still["spec"].get("nodeName"), still
+    f = finding(cluster.kubeconfig, "NoNodeMatchesAffinity", "-n", ns, "--pod", "h100-training")
+    assert f"no node has the label {MODEL_LABEL}" in f["summary"] and "nvidia.com/gpu.product" in f["fix"], f
     admin.delete("Namespace", ns)
 
 

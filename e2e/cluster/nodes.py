@@ -21,7 +21,6 @@ from e2e.kube import Kube
 
 KWOK_ANNOTATION = "kwok.x-k8s.io/node"
 PROFILE_LABEL = "e2e.gpu-operator/profile"
-MODEL_LABEL = "gpu.nvidia.com/model"
 NFD = "feature.node.kubernetes.io/"
 PCI_LABEL = NFD + "pci-10de.present"  # what NFD writes for the GPUs with deviceLabelFields [vendor]
 # The NFD deviceLabelFields settings a fake node may have (by name): one PCI label per device, of these fields.
@@ -39,7 +38,6 @@ class Profile:
     name: str
     gpu_count: int
     product: str = ""  # as GFD writes it: spaces replaced by dashes
-    model: str = ""  # the short model put on the node at creation
     family: str = ""
     compute: tuple[int, int] = (0, 0)
     memory_mib: int = 0
@@ -75,23 +73,23 @@ PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
         Profile(
-            name="h100x8", gpu_count=8, product="NVIDIA-H100-80GB-HBM3", model="H100", family="hopper",
+            name="h100x8", gpu_count=8, product="NVIDIA-H100-80GB-HBM3", family="hopper",
             compute=(9, 0), memory_mib=81559, mig_capable=True, machine="DGX-H100",
             instance_type="p5.48xlarge", memory="2048Gi",
         ),
         # Tesla V100-SXM2-16GB (device 0x1db1, pci-ids.ucw.cz), as on an AWS p3.16xlarge; R580 is its last branch.
         Profile(
-            name="v100x8", gpu_count=8, product="Tesla-V100-SXM2-16GB", model="V100", family="volta",
+            name="v100x8", gpu_count=8, product="Tesla-V100-SXM2-16GB", family="volta",
             compute=(7, 0), memory_mib=16384, mig_capable=False, machine="p3.16xlarge",
             instance_type="p3.16xlarge", cpu="64", memory="488Gi", nfd="class-vendor-device", device_id="1db1",
         ),
         Profile(
-            name="a100x4", gpu_count=4, product="NVIDIA-A100-SXM4-80GB", model="A100", family="ampere",
+            name="a100x4", gpu_count=4, product="NVIDIA-A100-SXM4-80GB", family="ampere",
             compute=(8, 0), memory_mib=81920, mig_capable=True, machine="DGX-Station-A100",
             instance_type="a2-ultragpu-4g", memory="680Gi",
         ),
         Profile(
-            name="l4x1", gpu_count=1, product="NVIDIA-L4", model="L4", family="ada-lovelace",
+            name="l4x1", gpu_count=1, product="NVIDIA-L4", family="ada-lovelace",
             compute=(8, 9), memory_mib=23034, mig_capable=False, machine="g6.4xlarge",
             instance_type="g6.4xlarge", memory="64Gi",
         ),
@@ -172,7 +170,6 @@ def make_node(
     }
     if prof.has_gpu:
         labels[prof.pci_label] = "true"
-        labels[MODEL_LABEL] = prof.model
     resources = {"cpu": prof.cpu, "memory": prof.memory, "pods": "110", "ephemeral-storage": "500Gi"}
     labels.update(run_labels())  # against an existing cluster: the run's label, which its kwok manages
     annotations = {KWOK_ANNOTATION: "fake"}

@@ -13,8 +13,8 @@ its later completed changes do (``NoRestartK8sDaemonsetsOnExit`` stays set in it
 leaves them paused.
 
 The config: with ``CONFIG_FILE`` (a ConfigMap named) the one the pod mounts, where only the name is checked;
-without it mig-manager builds the layouts from the GPUs: those of the default table that fit the node's GPU (from
-its profile, which stands for the hardware; GFD's product label only for a node without one).
+without it mig-manager builds the layouts from the GPUs (mig_layouts.generated_layouts of the node's GPU, from its
+profile, which stands for the hardware; GFD's product label only for a node without one).
 
 A pod acts on each label value once (a new pod acts again, as upstream's does on start), and only ``settle``
 seconds after it started and after the value was first seen: the real one reacts at once, so this leaves the
@@ -201,7 +201,8 @@ class MigSim:
             known = want in configs
             fits = known and device_id is not None and adv.user_layout_devices(configs, want, device_id) is not None
         else:
-            known = fits = device_id is not None and mig_layouts.layout_devices(want, device_id) is not None
+            gpu = mig_layouts.gpu_for(device_id) if device_id is not None else None
+            known = fits = gpu is not None and mig.layout_entries(gpu, want, mig.node_layouts(gpu, None)) is not None
         if not known or want == host.applied:
             patch = {} if host.restarted else _set_true(_read(labels))  # setState
             patch[MIG_CONFIG_STATE] = "success" if known else "failed"

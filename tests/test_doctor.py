@@ -457,15 +457,17 @@ def test_mig_fix_takes_its_layouts_from_the_users_mig_parted_config() -> None:
     """With migManager.config.name naming the user's mig-parted ConfigMap, mig-manager knows only its layouts, yet
     the fix named all-1g.10gb, which it does not have. Now the fix names the user's layout that makes the profile on
     the node's GPU, and says when none does or when mig-manager cannot read the ConfigMap. Without a user's
-    ConfigMap, a profile that no default layout makes on the GPU (H200 NVL's 1g.35gb: all-1g.35gb leaves it out)
-    gets no all-<profile> either."""
+    ConfigMap named, mig-manager builds all-<profile> for every profile of the GPU, H200 NVL's 1g.35gb too; with the
+    default ConfigMap named, a profile that no default layout makes on the GPU (all-1g.35gb leaves the H200 NVL out)
+    gets no all-<profile>. The fix once judged both by the default ConfigMap."""
 
-    def fix(config: str | None, resource: str = "nvidia.com/mig-1g.10gb", product: str = H100) -> str:
+    def fix(config: str | None, resource: str = "nvidia.com/mig-1g.10gb", product: str = H100, name: str = "my-mig"
+            ) -> str:  # fmt: skip
         """The fix for a pod asking `resource`; `config`: the user's config.yaml (None: none named; "": not found)."""
         c = cluster([node("h-0", product=product, labels={"nvidia.com/mig.strategy": "mixed"})],
                     [pod("p", resource=resource)])  # fmt: skip
         if config is not None:
-            c.snapshot.policies["cluster-policy"]["spec"] = {"migManager": {"config": {"name": "my-mig"}}}
+            c.snapshot.policies["cluster-policy"]["spec"] = {"migManager": {"config": {"name": name}}}
             if config:
                 c.snapshot.config_data["my-mig"] = {"config.yaml": config}
         return str(kinds(c)["MIGResourceNotAdvertised"].fix)
@@ -476,7 +478,9 @@ def test_mig_fix_takes_its_layouts_from_the_users_mig_parted_config() -> None:
     assert "no layout of ConfigMap my-mig makes it there" in fix(USER_MIG_CONFIG)
     assert "mig-manager cannot read ConfigMap my-mig (not found)" in fix("")
     assert "ConfigMap my-mig (key config.yaml: " in fix("version: v2\n")
-    assert "no layout of the default table makes it there" in fix(None, "nvidia.com/mig-1g.35gb", "NVIDIA-H200-NVL")
+    nvl = ("nvidia.com/mig-1g.35gb", "NVIDIA-H200-NVL")
+    assert "nvidia.com/mig.config=all-1g.35gb on h-0" in fix(None, *nvl)
+    assert "no layout of the default table makes it there" in fix("", *nvl, name="default-mig-parted-config")
     assert "all-1g.10gb" not in fix(sevens) + fix(USER_MIG_CONFIG) + fix("")
     assert "nvidia.com/mig.config=all-1g.10gb on h-0" in fix(None)  # the default table has it for the H100
 

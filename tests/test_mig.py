@@ -261,6 +261,25 @@ def test_a_layout_mig_manager_builds_from_an_unknown_gpu_is_left_to_it() -> None
     assert custom.refused == [("n1", "all-1g.32gb", "is not in ConfigMap custom-mig-config")]
 
 
+def test_a_layout_mig_manager_builds_from_an_h200_nvl_is_let_through() -> None:
+    """Without migManager.config.name (the API's and the chart's default) mig-manager builds the node's layouts from
+    its GPU: all-<profile> for every profile NVML lists (mig-parted pkg/mig/builder buildMigConfigSpec), the H200
+    NVL's 1g.35gb too. The gate (and `mig layouts`, and the doctor's fix) judged them by the default ConfigMap, whose
+    all-1g.35gb leaves the H200 NVL out (`not_in_defaults`, as upstream's): the layout was refused and mig-manager
+    held, though it would apply it. With the default ConfigMap named, mig-manager reads only that: refused."""
+    nvl = node("all-1g.35gb", **{"nvidia.com/gpu.product": "NVIDIA-H200-NVL"})
+    d = decide(nvl)
+    assert d.refused == [] and d.patches == {"n1": {mig.APPROVED: "all-1g.35gb"}}
+    gpu = mig.gpu_of_node(nvl)
+    assert gpu is not None and "all-1g.35gb" in mig.valid_layouts(gpu, mig.node_layouts(gpu, None))
+    spec = parse_spec({"migManager": {"config": {"name": "default-mig-parted-config"}}})
+    fixed = decide(nvl, spec=spec, layouts=mig_layouts.default_layouts())
+    assert fixed.refused == [("n1", "all-1g.35gb", "is not valid for H200 NVL (ConfigMap default-mig-parted-config)")]
+    for g in mig_layouts.gpus():  # every layout mig-manager builds passes the gate's name check and fits its GPU
+        built = mig_layouts.generated_layouts(g)
+        assert set(built) <= set(mig_layouts.default_layouts()) and mig.valid_layouts(g, built) == list(built), g.name
+
+
 CUSTOM = """
 version: v1
 mig-configs:

@@ -542,14 +542,19 @@ def cmd_mig_layouts(args: argparse.Namespace) -> int:
         if not groups:
             print("no node with a MIG-capable GPU (GFD's nvidia.com/gpu.product label names the model)")
             return 0
-    source = "the default layouts" if layouts is None else "the ClusterPolicy's migManager.config ConfigMap"
-    print(f"# layouts from {source}")
+    source = (
+        "mig-manager builds from each GPU (no migManager.config.name)"
+        if layouts is None
+        else "from the ClusterPolicy's migManager.config ConfigMap"
+    )
+    print(f"# layouts {source}")
     for gpu, members in groups.values():
         gpus = members[0][1] if members and len({c for _, c in members}) == 1 else 1
         where = ", ".join(f"{n} ({c} GPUs)" for n, c in members) or "offline"
         print(f"{gpu.name} [{where}]" + ("" if gpus > 1 else ": per GPU"))
-        for name in mig.valid_layouts(gpu, layouts):
-            entries = mig.layout_entries(gpu, name, layouts)
+        table = mig.node_layouts(gpu, layouts)
+        for name in mig.valid_layouts(gpu, table):
+            entries = mig.layout_entries(gpu, name, table)
             assert entries is not None
             print(f"  {name}")
             print(f"    mixed:  {_resources(mig.advertised(entries, gpus, 'mixed'))}")

@@ -19,8 +19,9 @@ it is a change to check. A real mig-manager that sees a relabel before the opera
 layout itself (state `failed`, nothing applied); the gate closes that window for every later change.
 
 Per MIG-capable node (mig-manager enabled, its deploy label not opted out with `false`):
-* a layout mig-manager would fail is refused: a name not in the config (the default table, or the user's
-  ConfigMap `migManager.config.name` when one is named; every name while mig-parted would refuse that file, or
+* a layout mig-manager would fail is refused: a name not in the config (the ConfigMap `migManager.config.name`
+  names, or with none named the layouts mig-manager builds from the node's GPU: all-<profile> for each of its
+  profiles, all-balanced, all-disabled, all-enabled; every name while mig-parted would refuse that file, or
   while one of its device filters is not a device ID mig-parted can read: it would select no GPU), or
   one whose entries that select the node's GPU by device filter do not all fit it (its profiles, their counts,
   its compute and memory slices; profiles matched by meaning, as mig-parted does), or, under the mixed strategy,
@@ -298,6 +299,12 @@ def layout_entries(
     return chosen
 
 
+def node_layouts(gpu: mig_layouts.MigGPU, layouts: Layouts | None) -> Layouts:
+    """The layouts mig-manager has on a node of this GPU: the config it reads (`layouts`), or with no ConfigMap named
+    (None) those it builds from the GPU (the default ones are only its fallback)."""
+    return layouts if layouts is not None else mig_layouts.generated_layouts(gpu)
+
+
 def layout_devices(gpu: mig_layouts.MigGPU, layout: str, layouts: Layouts | None = None) -> dict[str, int] | None:
     """The MIG devices `layout` makes on one GPU of this model ({} = none; the last entry's where several select
     it: mig-parted applies them in order), or None: not valid on it."""
@@ -464,9 +471,9 @@ def decide(
     managers: frozenset[str],
     unreadable: str = "",
 ) -> Decision:
-    """`layouts`: the user's config (None: the default table); `pods`: the pods of each node in
-    `changes_requested`; `managers`: nodes with a live mig-manager pod; `unreadable`: why the user's config
-    could not be read (every layout to check is refused)."""
+    """`layouts`: the config mig-manager reads (None: none named, it builds each node's from its GPU); `pods`: the
+    pods of each node in `changes_requested`; `managers`: nodes with a live mig-manager pod; `unreadable`: why the
+    user's config could not be read (every layout to check is refused)."""
     out = Decision()
     doing: list[tuple[NodeFacts, bool]] = []  # GPU nodes with something to do, whether each is managed
     for node in nodes:  # one walk: at 5,000 nodes each walk is ~1 ms, and most nodes are quiet
@@ -536,7 +543,7 @@ def _gate(
         why = f"is not in {source}"
     elif gpu is None:
         return  # GPU not known yet (no GFD product or NFD device-ID label): nothing to check against
-    elif (entries := layout_entries(gpu, want, layouts)) is None:
+    elif (entries := layout_entries(gpu, want, node_layouts(gpu, layouts))) is None:
         why = f"is not valid for {gpu.name} ({source})"
     elif spec.mig.strategy == "mixed" and (shared := compute_instances(entries)):
         why = (f"has compute-instance profiles ({', '.join(shared)}): the device plugin's mixed strategy advertises "

@@ -219,6 +219,20 @@ def default_layouts() -> dict[str, tuple[LayoutEntry, ...]]:
     return out
 
 
+def generated_layouts(gpu: MigGPU) -> dict[str, tuple[LayoutEntry, ...]]:
+    """The layouts mig-manager (v0.14 on) builds on a node of this GPU when no ConfigMap is named (mig-parted
+    pkg/mig/builder buildMigConfigSpec): all-disabled, all-enabled, `all-<profile>` for every profile the GPU has
+    (`not_in_defaults` too: that filter is the default ConfigMap's) and all-balanced; in the default config's order."""
+    out: dict[str, tuple[LayoutEntry, ...]] = {
+        DISABLED: (LayoutEntry(False, {}),),
+        ENABLED: (LayoutEntry(True, {}),),
+    }
+    for profile, count in gpu.profiles.items():
+        out[layout_name(profile)] = (LayoutEntry(True, {profile: count}, comment=gpu.name),)
+    out[BALANCED] = (LayoutEntry(True, dict(gpu.balanced), comment=gpu.name),)
+    return out
+
+
 def _balanced_entries() -> tuple[LayoutEntry, ...]:
     """all-balanced differs per GPU, so every entry is filtered (GPUs with equal layouts share one)."""
     entries = _grouped([(g, g.balanced) for g in gpus()])

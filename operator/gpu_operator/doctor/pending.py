@@ -14,9 +14,9 @@ import yaml
 
 from .. import mig
 from ..api import ClusterPolicySpec
-from ..mig_layouts import MigGPU
+from ..mig_layouts import MigGPU, default_layouts
 from ..nodes import DEPLOY_OPERANDS, WORKLOAD_CONFIG, workload_of
-from ..states.mig_manager import custom_config
+from ..states.mig_manager import custom_config, fixed_config
 from . import stack
 from .common import (
     DEVICE_PLUGIN_DEPLOY,
@@ -468,8 +468,9 @@ def _layouts_with(
     of the models it is valid on."""
     out: dict[str, list[str]] = {}
     for gpu, nodes in gpus.values():
-        found = [name for name in mig.valid_layouts(gpu, layouts)
-                 if _makes(mig.layout_devices(gpu, name, layouts) or {}, resource)]  # fmt: skip
+        table = mig.node_layouts(gpu, layouts)
+        found = [name for name in mig.valid_layouts(gpu, table)
+                 if _makes(mig.layout_devices(gpu, name, table) or {}, resource)]  # fmt: skip
         if found:
             out.setdefault(f"all-{profile}" if f"all-{profile}" in found else found[0], []).extend(nodes)
     return out
@@ -481,11 +482,12 @@ def _makes(profiles: Mapping[str, int], resource: str) -> bool:
 
 
 def _mig_layouts(cluster: Cluster, spec: ClusterPolicySpec | None) -> tuple[mig.Layouts | None, str, str]:
-    """The layouts mig-manager applies (None: the default table), where they come from, and why it cannot read the
-    user's ConfigMap (migManager.config.name; "" when it can)."""
+    """The layouts mig-manager applies (None: those it builds from each node's GPU), where they come from, and why it
+    cannot read the user's ConfigMap (migManager.config.name; "" when it can)."""
     name = custom_config(spec) if spec is not None else None
-    if not name:
-        return None, "the default table", ""
+    if not name:  # none named, or our default ConfigMap: then mig-manager reads that as it is and builds none
+        fixed = spec is not None and fixed_config(spec)
+        return (default_layouts() if fixed else None), "the default table", ""
     source = f"ConfigMap {name}"
     text = (cluster.snapshot.config_data.get(name) or {}).get("config.yaml")
     if name not in cluster.snapshot.config_data:

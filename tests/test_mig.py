@@ -9,7 +9,7 @@ import pytest
 from gpu_operator import mig, mig_layouts, mig_pass
 from gpu_operator.api import parse_spec
 from gpu_operator.cli import main
-from gpu_operator.nodes import GPU_PCI_LABELS, MIG_CONFIG, MIG_CONFIG_STATE, NodeFacts, deploy_label
+from gpu_operator.nodes import GPU_PCI_LABELS, MIG_CONFIG, MIG_CONFIG_STATE, NodeFacts, apply_patch, deploy_label
 from gpu_operator.observe import Snapshot
 from gpu_operator.upgrade.model import WorkloadPod
 
@@ -90,6 +90,21 @@ def test_an_unknown_layout_is_refused_and_mig_manager_held() -> None:
     cond = mig.condition(d, 3, [], "t0")
     assert cond is not None and cond["status"] == "False" and cond["reason"] == "LayoutRefused"
     assert "n1" in cond["message"] and "all-1g.18gb" in cond["message"] and "H100 80GB" in cond["message"]
+
+
+def test_a_waiting_change_relabelled_to_a_refused_layout_ends_failed_not_pending() -> None:
+    """While GPU pods hold a change the gate writes mig.config.state=pending itself and holds mig-manager. A relabel
+    to a refused layout (a typo) then left that `pending` for good: mig-manager stays held and nothing moves the
+    state, so the state label (and the doctor's MIGChangeInProgress) said a change was under way while the condition
+    said LayoutRefused. mig-manager ends a layout it refuses `failed` (reconfigure.go validateMigConfig); now so does
+    the gate."""
+    waiting = decide(node(), pods=[GPU_POD])
+    assert waiting.patches["n1"][MIG_CONFIG_STATE] == "pending"
+    labels = apply_patch(node().labels, waiting.patches["n1"])
+    typo = NodeFacts("n1", labels={**labels, MIG_CONFIG: "all-1g.10gbb"})
+    d = decide(typo, pods=[GPU_POD], managers=frozenset())
+    assert d.refused == [("n1", "all-1g.10gbb", "is not in the default layouts")]
+    assert d.patches == {"n1": {MIG_CONFIG_STATE: "failed"}}
 
 
 def test_a_held_refusal_writes_nothing_more_and_its_event_repeats_word_for_word() -> None:

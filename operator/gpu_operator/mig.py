@@ -27,7 +27,8 @@ Per MIG-capable node (mig-manager enabled, its deploy label not opted out with `
   its compute and memory slices; profiles matched by meaning, as mig-parted does), or, under the mixed strategy,
   one with compute-instance profiles (the device plugin would fail on them): mig-manager held, a Warning event,
   the `MIGConfig` condition names node, layout and why; the node's layout, operands and state label are left as
-  they are (a user's config that cannot be read is named by the condition also while no node asks for a layout);
+  they are, but a `pending` with no operand paused (a wait's) ends `failed`, as mig-manager ends a layout it
+  refuses (a user's config that cannot be read is named by the condition also while no node asks for a layout);
 * a valid change on a node where GPU workloads run (pods that request `nvidia.com/gpu*` or `nvidia.com/mig-*`,
   but the DaemonSet pods mig-manager stops itself: those selecting on a deploy label it pauses) waits, held, with
   `mig.config.state=pending` (the layout the label names is not applied) and the reason in an event and the
@@ -552,6 +553,8 @@ def _gate(
         out.refused.append((name, want, why))
         if not held:
             out._set(name, MANAGER_LABEL, PAUSED)
+        if state == "pending" and not operands_paused:  # a wait's (ours): held now, no mig-manager would end it
+            out._set(name, MIG_CONFIG_STATE, "failed")
         out.events.append(NodeEvent(name, "Warning", EVENT_REFUSED, f"MIG layout {want!r} {why}",
                                     said=_said(name, want, why)))
         return

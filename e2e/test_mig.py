@@ -269,6 +269,8 @@ def test_with_eviction_allowed_gpu_pods_are_evicted_and_the_change_goes_ahead(
         relabel(admin, "all-2g.20gb")
         wait_for(lambda: admin.get("Pod", "infer", namespace) is None, WAIT, interval=0.5, message="GPU pod evicted")
         wait_for(lambda: settled(admin, "all-2g.20gb", sim=sim), WAIT, interval=0.5, message="2g.20gb applied")
+        # Cordoned before the eviction (as kubectl drain), as the operator's: uncordoned once the change is over.
+        wait_for(lambda: uncordoned(admin), WAIT, interval=0.5, message="node uncordoned, the cordon's mark gone")
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{explain(admin, operator, sim)}") from None
     finally:
@@ -276,6 +278,12 @@ def test_with_eviction_allowed_gpu_pods_are_evicted_and_the_change_goes_ahead(
             "ClusterPolicy", "cluster-policy",
             {"spec": {"driver": {"upgradePolicy": {"drain": {"enable": False, "force": False}}}}},
         )  # fmt: skip
+
+
+def uncordoned(admin: Kube, node: str = NODE) -> bool:
+    obj = admin.get("Node", node) or {}
+    mark = (obj.get("metadata") or {}).get("annotations") or {}
+    return not (obj.get("spec") or {}).get("unschedulable") and "nvidia.com/gpu-operator.mig-cordoned" not in mark
 
 
 def being_deleted(admin: Kube, pod: str) -> bool:

@@ -493,6 +493,16 @@ def test_cordoned_node_mid_upgrade() -> None:
     assert "NodeInDriverUpgrade" in kinds(cluster([n], []))
 
 
+def test_a_node_the_mig_gate_cordoned_says_so() -> None:
+    """The MIG gate cordons a node before it evicts GPU pods for a layout change (and lifts it after): the finding
+    says so, rather than leaving the admin to guess whose cordon it is."""
+    n = node("h-0", spec={"unschedulable": True}, labels={"nvidia.com/mig.config": "all-1g.10gb"})
+    n["metadata"]["annotations"] = {"nvidia.com/gpu-operator.mig-cordoned": "true"}
+    f = kinds(cluster([n], [pod("p", 1)]))["NodesCordoned"]
+    assert f.details == ["h-0: cordoned by the operator for the MIG layout change to all-1g.10gb (uncordoned once "
+                         "it is over)"]  # fmt: skip
+
+
 def test_cuda_13_on_driver_570() -> None:
     pinned = pod("c13", 1, image="nvidia/cuda:13.0.1-base-ubuntu24.04", nodeSelector={"kubernetes.io/hostname": "old"})
     c = cluster([node("old", driver="570.172.08"), node("new")], [pinned])

@@ -11,6 +11,7 @@ from gpu_operator.api import parse_spec
 from gpu_operator.cli import main
 from gpu_operator.nodes import GPU_PCI_LABELS, MIG_CONFIG, MIG_CONFIG_STATE, NodeFacts, apply_patch, deploy_label
 from gpu_operator.observe import Snapshot
+from gpu_operator.upgrade.model import STATE_LABEL as UPGRADE_STATE
 from gpu_operator.upgrade.model import WorkloadPod
 
 SPEC = parse_spec({})
@@ -18,6 +19,7 @@ EVICT = parse_spec({"driver": {"upgradePolicy": {"drain": {"enable": True}}}})
 H100 = "NVIDIA-H100-80GB-HBM3"
 MANAGER = mig.MANAGER_LABEL
 PLUGIN = deploy_label("device-plugin")
+MIG_CORDONED = "nvidia.com/gpu-operator.mig-cordoned"  # the annotation marking the gate's cordon (nodes.py)
 
 
 def node(layout: str = "all-1g.10gb", approved: str | None = "all-disabled", **extra: str) -> NodeFacts:
@@ -559,6 +561,96 @@ def run_pass(nodes: list[NodeFacts], config: str | None = CUSTOM) -> tuple[mig.D
     snap = Snapshot(nodes={}, policies={}, owned={}, pods={}, revisions={}, config_data=data)
     decision, after, _ = mig_pass.run(FakeKube(), "gpu-operator", spec, snap, nodes, lambda *a: None)  # type: ignore[arg-type]
     return decision, after
+
+
+class DrainKube(FakeKube):
+    """Answers the MIG pass with the node's pods, as the API lists them; records node patches and evictions in
+    order."""
+
+    def __init__(self, pods: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.pods = pods
+        self.calls: list[tuple[str, str, Any]] = []
+
+    def list(self, kind: str, **_: Any) -> list[dict[str, Any]]:
+        return list(self.pods) if kind == "Pod" else []
+
+    def merge_patch(self, kind: str, name: str, body: dict[str, Any], *_: Any, **__: Any) -> dict[str, Any]:
+        self.calls.append(("patch", name, body))
+        return body
+
+    def evict(self, name: str, namespace: str) -> None:
+        self.calls.append(("evict", f"{namespace}/{name}", None))
+
+
+def replica(name: str) -> dict[str, Any]:
+    return {
+        "metadata": {"namespace": "team", "name": name,
+                     "ownerReferences": [{"kind": "ReplicaSet", "name": "train-7d9", "controller": True}]},
+        "spec": {"nodeName": "n1", "containers": [{"name": "c", "resources": {"limits": {"nvidia.com/gpu": "8"}}}]},
+        "status": {"phase": "Running"},
+    }  # fmt: skip
+
+
+def test_a_mig_change_that_evicts_cordons_the_node_first() -> None:
+    """With driver.upgradePolicy.drain.enable the MIG pass evicted the GPU pods that held a change but never
+    cordoned the node (kubectl drain and the driver upgrade cordon before they evict). The ReplicaSet's replacement
+    was then free to land on the same node, whose GPUs the eviction had just freed (the device plugin still
+    advertises them: mig-manager is held), so the next pass found a GPU pod again and evicted it again: the change
+    looped instead of going ahead. Now the node is cordoned first, marked in the cluster as the gate's cordon."""
+    snap = Snapshot(nodes={}, policies={}, owned={}, pods={}, revisions={})
+    kube = DrainKube([replica("train-7d9-a")])
+    decision, _, _ = mig_pass.run(kube, "gpu-operator", EVICT, snap, [node()], lambda *a: None)  # type: ignore[arg-type]
+    assert decision.evict == {"n1": (("team", "train-7d9-a"),)}
+    evicted = next(i for i, c in enumerate(kube.calls) if c[0] == "evict")
+    cordon = {"metadata": {"annotations": {MIG_CORDONED: "true"}}, "spec": {"unschedulable": True}}
+    assert ("patch", "n1", cordon) in kube.calls[:evicted], kube.calls
+
+
+def gate_cordoned(layout: str = "all-1g.10gb", approved: str = "all-disabled", **labels: str) -> NodeFacts:
+    """node(), cordoned by the gate (as the Node reads back: the mark is kept in its facts)."""
+    obj = {"metadata": {"name": "n1", "labels": node(layout, approved, **labels).labels,
+                        "annotations": {MIG_CORDONED: "true", "someone/else": "x"}},
+           "spec": {"unschedulable": True}}  # fmt: skip
+    return NodeFacts.from_node(obj)
+
+
+def test_the_gates_cordon_stays_while_the_change_waits_or_is_under_way_and_goes_after() -> None:
+    """The gate's cordon is read back from the node (a restarted operator finds it): kept while the change waits or
+    mig-manager applies it, lifted once it is over, refused, or no longer the gate's to check (mig-manager off);
+    left alone while the driver upgrade holds the node (its state machine cordons and uncordons it)."""
+    assert gate_cordoned().annotations == {MIG_CORDONED: "true"}
+    waits = decide(gate_cordoned(), EVICT, pods=[GPU_POD])
+    assert waits.evict and (waits.cordon, waits.uncordon) == ([], [])  # cordoned already
+    let_through = decide(gate_cordoned(**{MIG_CONFIG_STATE: "pending"}), EVICT)  # mig-manager applies it next
+    assert let_through.patches["n1"][mig.APPROVED] == "all-1g.10gb" and let_through.uncordon == []
+    assert decide(gate_cordoned(approved="all-1g.10gb", **{MIG_CONFIG_STATE: "rebooting"}), EVICT).uncordon == []
+    for over in ("success", "failed"):
+        assert decide(gate_cordoned(approved="all-1g.10gb", **{MIG_CONFIG_STATE: over}), EVICT).uncordon == ["n1"]
+    assert decide(gate_cordoned("nope", **{MIG_CONFIG_STATE: "pending"}), EVICT).uncordon == ["n1"]  # refused
+    off = parse_spec({"migManager": {"enabled": False}})
+    assert decide(gate_cordoned(**{MIG_CONFIG_STATE: "pending"}), off).uncordon == ["n1"]
+    held = gate_cordoned(approved="all-1g.10gb", **{UPGRADE_STATE: "drain-required"})
+    assert decide(held, EVICT).uncordon == []
+    snap = Snapshot(nodes={}, policies={}, owned={}, pods={}, revisions={})
+    kube = FakeKube()
+    mig_pass.run(kube, "gpu-operator", EVICT, snap, [gate_cordoned(approved="all-1g.10gb")], lambda *a: None)  # type: ignore[arg-type]
+    uncordon = {"metadata": {"annotations": {MIG_CORDONED: None}}, "spec": {"unschedulable": None}}
+    assert kube.patches == [("n1", uncordon)]
+
+
+def test_a_cordon_not_the_gates_is_never_lifted_and_an_upgrading_node_is_not_cordoned() -> None:
+    """A node cordoned already (by the admin, or by the driver upgrade) is evicted without a cordon of the gate's,
+    so nothing of the gate's lifts it; nor does the gate cordon a node the driver upgrade holds."""
+    theirs = NodeFacts("n1", labels=node().labels, unschedulable=True)
+    d = decide(theirs, EVICT, pods=[GPU_POD])
+    assert d.evict and (d.cordon, d.uncordon) == ([], [])
+    done = NodeFacts("n1", labels=node(approved="all-1g.10gb").labels, unschedulable=True)
+    assert decide(done, EVICT).uncordon == [] and not mig.busy(done, EVICT)
+    upgrading = NodeFacts("n1", labels={**node().labels, UPGRADE_STATE: "wait-for-jobs-required"})
+    d = decide(upgrading, EVICT, pods=[GPU_POD])
+    assert d.evict and d.cordon == []
+    assert decide(node(), EVICT, pods=[GPU_POD]).cordon == ["n1"]
 
 
 def test_a_refusal_or_wait_the_status_names_gets_no_event_again() -> None:

@@ -576,6 +576,35 @@ def test_uninstall_removes_only_the_deploy_labels_a_node_losing_its_gpu_loses() 
     assert removed == {("gpu-1", k) for k in ours} | {("gpu-2", GPU_PRESENT), ("gpu-2", dl("nvsm"))}
 
 
+def test_uninstall_lifts_the_mig_gates_cordons_only() -> None:
+    """The MIG gate cordons a node before it evicts GPU pods for a layout change (annotation MIG_CORDONED marks the
+    cordon as its own). Deleting the last ClusterPolicy mid-change lifts those, never someone else's cordon nor one
+    the driver upgrade holds."""
+    from gpu_operator.apply import Applier
+    from gpu_operator.lifecycle import CLEANUP_FINALIZER, Lifecycle
+    from gpu_operator.nodes import MIG_CORDONED
+    from gpu_operator.observe import Snapshot
+    from support import NAMESPACE, RecordingKube, policy_object
+
+    ours = {"metadata": {"annotations": {MIG_CORDONED: "true"}}, "spec": {"unschedulable": True}}
+    upgrading = {"nvidia.com/gpu-driver-upgrade-state": "drain-required"}
+    nodes = {
+        "gate": NodeFacts.from_node({**ours, "metadata": {"name": "gate", **ours["metadata"]}}),
+        "admin": NodeFacts.from_node({"metadata": {"name": "admin"}, "spec": {"unschedulable": True}}),
+        "upgrade": NodeFacts.from_node({**ours, "metadata": {"name": "upgrade", "labels": upgrading,
+                                                             **ours["metadata"]}}),
+    }  # fmt: skip
+    pol = policy_object()
+    pol["metadata"].update(finalizers=[CLEANUP_FINALIZER], deletionTimestamp="2026-02-01T00:00:00Z")
+    kube = RecordingKube()
+    snap = Snapshot(nodes=nodes, policies={"cluster-policy": pol}, owned={}, pods={}, revisions={})
+    Lifecycle(kube, NAMESPACE, Applier(kube)).cleanup_deleted(snap)  # type: ignore[arg-type]
+    uncordoned = [what[1] for verb, what in kube.calls
+                  if verb == "merge_patch" and what[0] == "Node" and "spec" in what[2]]  # fmt: skip
+    assert uncordoned == ["gate"]
+    assert kube.calls[0][1][2] == {"metadata": {"annotations": {MIG_CORDONED: None}}, "spec": {"unschedulable": None}}
+
+
 # The driver auto-upgrade annotation k8s-driver-manager reads (upstream applyDriverAutoUpgradeAnnotation and
 # setDriverAutoUpgradeAnnotation, controllers/nodelabeling_controller.go): on gpu.present=true nodes only,
 # "true" when driver.enabled and driver.upgradePolicy.autoUpgrade and not sandboxWorkloads.enabled, otherwise

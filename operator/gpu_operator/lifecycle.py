@@ -1,6 +1,6 @@
 """The ClusterPolicy's lifecycle around the operands: our finalizer, the operand namespace, and the clean-up of
-our node labels when the last ClusterPolicy is deleted (after mig-manager, which writes deploy labels of its own
-accord, is gone)."""
+our node labels (and the MIG gate's cordons) when the last ClusterPolicy is deleted (after mig-manager, which
+writes deploy labels of its own accord, is gone)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from typing import Any
 from .apply import Applier
 from .kube import ApiError, Kube
 from .mig import APPROVED as MIG_APPROVED
-from .nodes import DRIVER_KERNEL, GPU_PRESENT, RUNTIME_LABEL, our_deploy_labels
+from .mig import upgrading
+from .nodes import DRIVER_KERNEL, GPU_PRESENT, MIG_CORDONED, RUNTIME_LABEL, our_deploy_labels
 from .nvidiadriver_api import OWNER_LABEL
 from .observe import Key, Snapshot
 from .render import NodePatch
@@ -109,6 +110,9 @@ class Lifecycle:
                     drop.update(dict.fromkeys(our_deploy_labels(node.labels)))
                     if drop:
                         patches[node.name] = {"labels": drop}
+                    if MIG_CORDONED in node.annotations and not upgrading(node):  # the MIG gate's cordon goes too
+                        uncordon = {"metadata": {"annotations": {MIG_CORDONED: None}}, "spec": {"unschedulable": None}}
+                        self.kube.merge_patch("Node", node.name, uncordon)
                 self.applier.patch_nodes(patches)
             finalizers = [f for f in meta.get("finalizers") or [] if f != CLEANUP_FINALIZER]
             if self._set_finalizers(meta, finalizers):

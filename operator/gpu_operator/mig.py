@@ -35,7 +35,10 @@ Per MIG-capable node (mig-manager enabled, its deploy label not opted out with `
   condition; with `driver.upgradePolicy.drain.enable` (the policy's consent to evict workloads for a node-level
   GPU change; off by default) those pods are evicted through the Eviction API instead, so PodDisruptionBudgets
   hold, under drain's rules: none while one uses emptyDir storage without `drain.deleteEmptyDir` or has no
-  controller without `drain.force`, and never a DaemonSet or static pod (the change waits for those);
+  controller without `drain.force`, and never a DaemonSet or static pod (the change waits for those); as kubectl
+  drain, the node is cordoned first (their replacements would land on it again), marked as the gate's cordon
+  (annotation MIG_CORDONED), and uncordoned once the change no longer waits and is not under way; a cordon already
+  there is not the gate's, and a node the driver upgrade holds is left to it;
 * deploy labels left at `paused-for-mig-change` are restored to `true` once the change is over (state `success`
   or `failed`) or its mig-manager is gone (no live pod and none coming: mig-manager disabled or held); a change
   cut short that way ends `failed`.
@@ -57,13 +60,17 @@ from .nodes import (
     GPU_PRODUCT,
     MIG_CONFIG,
     MIG_CONFIG_STATE,
+    MIG_CORDONED,
     MIG_MANAGER,
     NodeFacts,
+    apply_patch,
     deploy_label,
     per_spec,
     workload_of,
 )
 from .status import whole_entries
+from .upgrade.model import IN_PROGRESS_STATES as UPGRADING
+from .upgrade.model import STATE_LABEL as UPGRADE_STATE
 from .upgrade.model import WorkloadPod, eviction_refused
 
 PAUSED = "paused-for-mig-change"
@@ -372,6 +379,8 @@ class Decision:
     evict: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)  # node -> (namespace, name)
     refused: list[tuple[str, str, str]] = field(default_factory=list)  # node, layout, why
     waiting: list[tuple[str, str, str]] = field(default_factory=list)  # node, layout, why
+    cordon: list[str] = field(default_factory=list)  # nodes to cordon, as the gate's, before their evictions
+    uncordon: list[str] = field(default_factory=list)  # nodes whose cordon, the gate's, is to go
     managed: int = 0  # MIG nodes looked at
     config_error: str = ""  # why the user's config cannot be read, whether or not a node asks for a layout
 
@@ -420,6 +429,8 @@ def _quiet(node: NodeFacts, spec: ClusterPolicySpec) -> bool:
 
 def _is_quiet(node: NodeFacts, spec: ClusterPolicySpec) -> bool:
     labels = node.labels
+    if MIG_CORDONED in node.annotations:
+        return False
     if any(labels.get(key) == PAUSED for _, key in _PAUSED_KEYS):
         return False
     if spec.mig_manager.enabled and _managed(node, spec):
@@ -487,7 +498,24 @@ def decide(
     for node, checks in doing:
         if checks:
             _gate(node, spec, layouts, unreadable, pods.get(node.name, []), out)
+        if MIG_CORDONED in node.annotations:
+            _uncordon(node, spec, checks, out)
     return out
+
+
+def upgrading(node: NodeFacts) -> bool:
+    """Whether the driver upgrade holds the node (its state machine cordons and uncordons it): the gate keeps off."""
+    return node.labels.get(UPGRADE_STATE) in UPGRADING
+
+
+def _uncordon(node: NodeFacts, spec: ClusterPolicySpec, checks: bool, out: Decision) -> None:
+    """The gate's cordon goes once the node's change neither waits nor is under way (let through, mig-manager not
+    done: state pending or rebooting); never while the driver upgrade holds the node."""
+    labels = apply_patch(node.labels, out.patches.get(node.name, {}))
+    waits = any(n == node.name for n, _, _ in out.waiting)
+    under_way = labels.get(APPROVED) == requested(node, spec) and labels.get(MIG_CONFIG_STATE) in IN_PROGRESS
+    if not (checks and (waits or under_way)) and not upgrading(node):
+        out.uncordon.append(node.name)
 
 
 def _restore(node: NodeFacts, spec: ClusterPolicySpec, manager_alive: bool, out: Decision) -> None:
@@ -581,6 +609,8 @@ def _gate(
             evict = tuple((p.namespace, p.name) for p in movable if not p.terminating)
             if evict:
                 out.evict[name] = evict
+            if not node.unschedulable and not upgrading(node):
+                out.cordon.append(name)
         elif refused is not None:
             why = f"{len(busy)} GPU pod(s) running: {refs}; not evicted: {refused}"
         elif movable:

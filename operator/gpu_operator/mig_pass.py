@@ -11,12 +11,12 @@ from typing import Any
 from . import mig, mig_layouts
 from .api import ClusterPolicySpec
 from .kube import ApiError, Kube
-from .nodes import ByNode, NodeFacts, apply_patch
+from .nodes import MIG_CORDONED, ByNode, NodeFacts, apply_patch
 from .observe import Snapshot
 from .states.base import owning_state
 from .states.mig_manager import STATE, custom_config, fixed_config
 from .upgrade.adapter import EventFn, Executor
-from .upgrade.model import EvictPods, Plan, WorkloadPod
+from .upgrade.model import Action, Annotate, Cordon, EvictPods, Plan, Uncordon, WorkloadPod
 
 log = logging.getLogger("gpu_operator.mig")
 
@@ -151,11 +151,14 @@ def run(
         log.info("MIG: %d nodes' layouts recorded as let through, with their label patches", len(folded))
     for e in mig.unsaid(decision.events, previous or []):
         events({"apiVersion": "v1", "kind": "Node", "metadata": {"name": e.node}}, e.type, e.reason, e.message)
-    if decision.evict:
-        drain = spec.driver.upgrade_policy.drain
-        evictions = [EvictPods(n, refs, delete_emptydir=drain.delete_empty_dir) for n, refs in decision.evict.items()]
-        plan = Plan(actions=list(evictions))
-        Executor(kube, namespace, events).run(plan)
+    # As kubectl drain: cordoned first, in the cluster as the gate's (a restart finds it), so the evicted pods'
+    # replacements go elsewhere; a node's evictions wait for its cordon to be written.
+    drain = spec.driver.upgrade_policy.drain
+    actions: list[Action] = [a for n in decision.cordon for a in (Cordon(n), Annotate(n, MIG_CORDONED, "true"))]
+    actions += [EvictPods(n, refs, delete_emptydir=drain.delete_empty_dir) for n, refs in decision.evict.items()]
+    actions += [a for n in decision.uncordon for a in (Uncordon(n), Annotate(n, MIG_CORDONED, None))]
+    if actions:
+        Executor(kube, namespace, events).run(Plan(actions=actions))
     if not decision.patches:
         return decision, nodes, folded
     out = [

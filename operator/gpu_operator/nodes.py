@@ -53,6 +53,8 @@ MIG_CONFIG_STATE = "nvidia.com/mig.config.state"
 GPU_PRODUCT = "nvidia.com/gpu.product"
 VGPU_HOST_DRIVER = "nvidia.com/vgpu.host-driver-version"
 UPGRADE_ANNOTATION_PREFIX = "nvidia.com/gpu-driver-upgrade"
+# Ours: the node's cordon is the MIG gate's (mig.py), set before it evicted GPU pods for a layout change.
+MIG_CORDONED = "nvidia.com/gpu-operator.mig-cordoned"
 # Read by k8s-driver-manager: "true" hands drain and GPU-pod eviction to the operator's upgrade controller.
 UPGRADE_ENABLED_ANNOTATION = "nvidia.com/gpu-driver-upgrade-enabled"
 PAUSED_VALUES = ("paused-for-driver-upgrade", "paused-for-mig-change")
@@ -153,7 +155,7 @@ class NodeFacts:
 
     name: str
     labels: dict[str, str] = field(default_factory=dict)
-    annotations: dict[str, str] = field(default_factory=dict)  # only nvidia.com/gpu-driver-upgrade*
+    annotations: dict[str, str] = field(default_factory=dict)  # only nvidia.com/gpu-driver-upgrade*, MIG_CORDONED
     unschedulable: bool = False
     ready: bool = True
     runtime: str = ""
@@ -218,7 +220,9 @@ class NodeFacts:
             name=name,
             labels={intern(k): intern(v) for k, v in labels.items() if _relevant(k) or k in kept},
             annotations={
-                intern(k): intern(v) for k, v in annotations.items() if k.startswith(UPGRADE_ANNOTATION_PREFIX)
+                intern(k): intern(v)
+                for k, v in annotations.items()
+                if k.startswith(UPGRADE_ANNOTATION_PREFIX) or k == MIG_CORDONED
             },
             unschedulable=unschedulable,
             ready=ready,

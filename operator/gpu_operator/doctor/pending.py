@@ -15,7 +15,7 @@ import yaml
 from .. import mig
 from ..api import ClusterPolicySpec
 from ..mig_layouts import MigGPU, default_layouts
-from ..nodes import DEPLOY_OPERANDS, WORKLOAD_CONFIG, workload_of
+from ..nodes import DEPLOY_OPERANDS, MIG_CORDONED, WORKLOAD_CONFIG, workload_of
 from ..states.mig_manager import custom_config, fixed_config
 from . import stack
 from .common import (
@@ -515,6 +515,9 @@ def _cordoned(cluster: Cluster, ref: str, nodes: list[NodeView], evidence: list[
                 f"{v.name}: driver upgrade state {state}"
                 + (f", waits for: {waiting[v.name]}" if v.name in waiting else "")
             )
+        elif MIG_CORDONED in getattr(cluster.snapshot.nodes.get(v.name), "annotations", {}):
+            rows.append(f"{v.name}: cordoned by the operator for the MIG layout change to "
+                        f"{v.labels.get(MIG_CONFIG_LABEL, '-')} (uncordoned once it is over)")  # fmt: skip
         else:
             rows.append(f"{v.name}: cordoned (spec.unschedulable)")
     if upgrading:

@@ -287,6 +287,26 @@ def test_probe_timings_have_upstreams_minimum_of_one(probe: str, field: str) -> 
         nvidiadriver_api.parse_spec({probe: {field: 0}})
 
 
+@pytest.mark.parametrize("probe", ["startupProbe", "livenessProbe", "readinessProbe"])
+@pytest.mark.parametrize(
+    "field", ["initialDelaySeconds", "timeoutSeconds", "periodSeconds", "successThreshold", "failureThreshold"]
+)
+def test_probe_fields_are_int32_as_upstream(probe: str, field: str) -> None:
+    """Upstream's ContainerProbeSpec fields are int32 (its CRDs: `format: int32`), as the Probe of the driver
+    DaemonSet they are rendered into. Ours took any integer: 2**31 passed the CRD and the model, and the DaemonSet
+    carrying it was refused when applied, the state failing with a message about the DaemonSet, not the field."""
+    for crd, driver in ((clusterpolicy_crd(), ("driver",)), (nvidiadriver_crd(), ())):
+        spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        node = at(spec, ".".join((*driver, probe, field)))
+        assert (node["format"], node["maximum"]) == ("int32", 2**31 - 1)
+    with pytest.raises(api.PolicyError, match=f"spec.driver.{probe}.{field}: Input should be less than or equal"):
+        api.parse_spec({"driver": {probe: {field: 2**31}}})
+    with pytest.raises(ValueError, match=f"spec.{probe}.{field}: Input should be less than or equal"):
+        nvidiadriver_api.parse_spec({probe: {field: 2**31}})
+    top = api.parse_spec({"driver": {probe: {field: 2**31 - 1}}}).driver.model_dump(by_alias=True)[probe]
+    assert top[field] == 2**31 - 1
+
+
 def test_every_image_pull_policy_admits_an_empty_string_as_upstream() -> None:
     """Upstream's imagePullPolicy fields are plain strings, operator.initContainer's included (InitContainerSpec,
     no enum); ours gave that one an enum without "", so an upstream ClusterPolicy with

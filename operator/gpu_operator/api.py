@@ -76,6 +76,10 @@ PromDuration = Annotated[
     str, Field(pattern=r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$")
 ]
 PositiveInt = Annotated[int, Field(ge=1)]
+# Upstream's int32 fields (`format: int32` in its CRD), bounded as the Kubernetes fields they are rendered into.
+INT32_MAX = 2**31 - 1
+NonNegInt32 = Annotated[int, Field(ge=0, le=INT32_MAX, json_schema_extra={"format": "int32"})]
+PositiveInt32 = Annotated[int, Field(ge=1, le=INT32_MAX, json_schema_extra={"format": "int32"})]
 # A resource quantity (resource.Quantity): upstream's CRD pattern verbatim, so `512MB` or `1 Gi` is refused here as at
 # `kubectl apply`, not when the operator applies a DaemonSet carrying it.
 QUANTITY = (
@@ -387,13 +391,13 @@ class RDMASpec(Section):
 
 
 class ProbeSpec(Model):
-    """Upstream's ContainerProbeSpec: all but initialDelaySeconds have a minimum of 1."""
+    """Upstream's ContainerProbeSpec: int32 fields, all but initialDelaySeconds with a minimum of 1."""
 
-    initial_delay_seconds: NonNegInt | None = None
-    timeout_seconds: PositiveInt | None = None
-    period_seconds: PositiveInt | None = None
-    success_threshold: PositiveInt | None = None
-    failure_threshold: PositiveInt | None = None
+    initial_delay_seconds: NonNegInt32 | None = None
+    timeout_seconds: PositiveInt32 | None = None
+    period_seconds: PositiveInt32 | None = None
+    success_threshold: PositiveInt32 | None = None
+    failure_threshold: PositiveInt32 | None = None
 
 
 class ConfigMapRef(Section):

@@ -46,6 +46,8 @@ def values(node: Schema, depth: int = 0) -> st.SearchStrategy[Any]:
         return st.booleans()
     if kind == "integer":
         return st.integers(node.get("minimum", -5), node.get("maximum", 70000))
+    if kind == "string" and "pattern" in node:  # Go's RE2 and Python read these patterns alike
+        return st.from_regex(node["pattern"], fullmatch=True).filter(lambda s: len(s) <= node.get("maxLength", 63))
     if kind == "string":
         return st.text(alphabet="abz19-", min_size=max(1, node.get("minLength", 0)), max_size=6) if node.get(
             "minLength"
@@ -103,6 +105,8 @@ def _wrong(node: Schema) -> list[tuple[Any, str]]:
         out.append((node["minimum"] - 1, "below the minimum"))
     if "maximum" in node:
         out.append((node["maximum"] + 1, "above the maximum"))
+    if "pattern" in node:
+        out.append(("no match", "a string its pattern refuses"))
     other = {"boolean": "yes", "integer": "12x", "string": 12, "array": {"a": "b"}, "object": ["a"]}
     if kind in other:
         out.append((other[kind], f"a {type(other[kind]).__name__} for a {kind}"))

@@ -554,6 +554,21 @@ def test_service_monitor_durations_accepted(monitor: str, value: str) -> None:
     assert monitors[monitor].interval == monitors[monitor].scrape_timeout == value
 
 
+@pytest.mark.parametrize("value", ["all 1g.10gb", "team/layout", "x" * 64, "-all-disabled", "all-disabled\n"])
+def test_a_mig_default_that_is_no_label_value_is_invalid(value: str) -> None:
+    """migManager.config.default is seeded as the nvidia.com/mig.config label of MIG-capable nodes without one
+    (beyond upstream, whose CRD takes only all-disabled or ""). Any string was taken, so one that is no label value
+    went into every MIG-capable node's label patch, which the API server refused whole (no gpu.present or deploy
+    label, so no operand on those nodes), and the status named the node's label, not the field."""
+    problems = problems_of({"migManager": {"config": {"default": value}}})
+    assert len(problems) == 1 and problems[0].startswith("spec.migManager.config.default: "), problems
+
+
+@pytest.mark.parametrize("value", ["", "all-disabled", "all-1g.10gb", "custom_layout.v2", "A" * 63])
+def test_a_mig_default_may_be_any_label_value(value: str) -> None:
+    assert parse_spec({"migManager": {"config": {"default": value}}}).mig_manager.config.default == value
+
+
 @pytest.mark.parametrize("value", ["32GB", "512MB", "1 Gi", "lots", "1Gi\n", ""])
 def test_resource_quantities_the_api_server_refuses_are_invalid(value: str) -> None:
     """Upstream's CRD gives every `resources.limits`/`requests` value the Kubernetes quantity pattern. Ours had

@@ -254,6 +254,17 @@ def test_service_monitor_durations_have_upstreams_pattern(
     assert node["type"] == "string" and node["pattern"] == PROM_DURATION
 
 
+# A label value, as Kubernetes checks one (with at most 63 characters).
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+
+
+def test_mig_config_default_is_a_label_value(spec_schema: dict[str, Any]) -> None:
+    """It is seeded as nodes' nvidia.com/mig.config label. Ours was any string, so the API server took a policy
+    whose default no node label patch could carry (upstream's CRD takes only all-disabled or "")."""
+    node = at(spec_schema, "migManager.config.default")
+    assert (node["type"], node["maxLength"], node["pattern"]) == ("string", 63, LABEL_VALUE)
+
+
 def test_no_unknown_fields_are_preserved(version: dict[str, Any]) -> None:
     """As in upstream's schema: the API server rejects (strict validation) or prunes every unknown field."""
     preserved = [path for path, node in walk(version["schema"]["openAPIV3Schema"])

@@ -80,6 +80,8 @@ PositiveInt = Annotated[int, Field(ge=1)]
 INT32_MAX = 2**31 - 1
 NonNegInt32 = Annotated[int, Field(ge=0, le=INT32_MAX, json_schema_extra={"format": "int32"})]
 PositiveInt32 = Annotated[int, Field(ge=1, le=INT32_MAX, json_schema_extra={"format": "int32"})]
+# A label value ("" included): Kubernetes' own rule for one.
+LabelValue = Annotated[str, Field(max_length=63, pattern=r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")]
 # A resource quantity (resource.Quantity): upstream's CRD pattern verbatim, so `512MB` or `1 Gi` is refused here as at
 # `kubectl apply`, not when the operator applies a DaemonSet carrying it.
 QUANTITY = (
@@ -501,7 +503,8 @@ class MIGSpec(Section):
 
 class MIGPartedConfig(Section):
     name: str = ""  # unset: the default ConfigMap, as mig-manager's fallback (set, even to it: its config)
-    default: str = "all-disabled"
+    # Seeded as nodes' nvidia.com/mig.config label, so a label value (upstream's CRD: all-disabled or "" only).
+    default: LabelValue = "all-disabled"
 
 
 class MIGManagerSpec(ComponentSpec):

@@ -17,6 +17,7 @@ import pytest
 from gpu_operator import runtime, wire
 from gpu_operator.apply import Applier
 from gpu_operator.events import EventRecorder
+from gpu_operator.kube import ApiError, Kube
 from gpu_operator.nodes import kept_labels
 from gpu_operator.observe import Newer, Snapshot
 from gpu_operator.reconciler import Outcome
@@ -737,6 +738,9 @@ class CountingKube:
         self.lists.append(kind)
         return []
 
+    def each(self, kind: str, *args: Any, **kwargs: Any) -> Any:
+        return iter(self.list(kind))
+
 
 def test_nodefeatures_are_listed_again_only_while_a_gpu_node_has_none_read_and_no_identifying_label() -> None:
     import time
@@ -797,6 +801,49 @@ class ThreadedKube:
             self.loop.call_soon_threadsafe(lambda: (self.meanwhile(), handled.set()))
             assert handled.wait(5), "the event loop is blocked while the listing runs"
         return copy.deepcopy(self.listed)
+
+    def each(self, kind: str, *args: Any, **kwargs: Any) -> Any:
+        return iter(self.list(kind))
+
+
+class PagedKube:
+    """The client's own paging (Kube.each) over NodeFeature pages of `size`; keeps each request's query."""
+
+    each = Kube.each
+
+    def __init__(self, listed: list[dict[str, Any]], size: int = 2, refused: int = 0) -> None:
+        self.listed, self.size, self.refused = listed, size, refused
+        self.queries: list[dict[str, Any]] = []
+
+    def request(self, method: str, path: str, query: dict[str, Any] | None = None, **_: Any) -> dict[str, Any]:
+        assert (method, path) == ("GET", "/apis/nfd.k8s-sigs.io/v1alpha1/nodefeatures")
+        self.queries.append(dict(query or {}))
+        if self.refused:
+            raise ApiError(self.refused, '{"message": "no"}', f"{method} {path}")
+        start = int((query or {}).get("continue") or 0)
+        cont = start + self.size if start + self.size < len(self.listed) else None
+        return {"metadata": {"continue": str(cont)} if cont else {},
+                "items": copy.deepcopy(self.listed[start:start + self.size])}  # fmt: skip
+
+
+def test_nodefeatures_are_read_a_page_at_a_time_and_refusals_read_as_none() -> None:
+    """node_features listed every NodeFeature whole at once (kube.list): real NFD ones hold every feature of their
+    node, tens of KB each, so at 5,000 GPU nodes hundreds of MB were held together. Now they are read a page at a
+    time (kube.each, pages of 100), keeping only node -> device IDs; a 403 or 404 still reads as none."""
+    from gpu_operator.observe import node_features
+
+    groups = frozenset({"nfd.k8s-sigs.io"})
+    kube = PagedKube([node_feature("n1", "2330"), node_feature("n2", "20b5"), node_feature("n3", "2330"),
+                      node_feature("n1", "1db4"), node_feature("n4", "ffff")])  # fmt: skip
+    assert node_features(kube, groups) == {  # type: ignore[arg-type]
+        "n1": ("1db4", "2330"), "n2": ("20b5",), "n3": ("2330",), "n4": ("ffff",)}
+    assert [q.get("continue") for q in kube.queries] == [None, "2", "4"]
+    assert {q["limit"] for q in kube.queries} == {100}
+    for status in (403, 404):
+        assert node_features(PagedKube([], refused=status), groups) == {}  # type: ignore[arg-type]
+    with pytest.raises(ApiError):
+        node_features(PagedKube([], refused=500), groups)  # type: ignore[arg-type]
+    assert node_features(PagedKube([node_feature("n1", "2330")]), frozenset()) == {}  # type: ignore[arg-type]
 
 
 def test_a_node_with_nodefeature_devices_is_the_same_object_in_each_snapshot_until_it_or_its_devices_change() -> None:

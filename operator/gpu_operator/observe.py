@@ -212,18 +212,18 @@ def node_features(kube: Kube, api_groups: frozenset[str]) -> dict[str, tuple[str
     """Node -> NVIDIA PCI device IDs, from NFD's NodeFeature objects in every namespace (none when not served)."""
     if not served(NODE_FEATURE, api_groups):
         return {}
+    out: dict[str, tuple[str, ...]] = {}
     try:
-        found = kube.list(NODE_FEATURE.kind)
+        # A page at a time, keeping only the devices: NFD's NodeFeatures hold every feature of their node.
+        for obj in kube.each(NODE_FEATURE.kind, limit=100):
+            devices = device_ids_from_node_feature(obj)
+            if devices:
+                node = node_of_feature(obj)
+                out[node] = tuple(sorted({*out.get(node, ()), *devices}))
     except ApiError as exc:
         if exc.status in (403, 404):  # not served after all, or not granted: GPUs are identified by labels
             return {}
         raise
-    out: dict[str, tuple[str, ...]] = {}
-    for obj in found:
-        devices = device_ids_from_node_feature(obj)
-        if devices:
-            node = node_of_feature(obj)
-            out[node] = tuple(sorted({*out.get(node, ()), *devices}))
     return out
 
 

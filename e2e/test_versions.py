@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from e2e.cluster.nodes import PROFILES, make_node
+from e2e.cluster.nodes import PROFILES, install_node_feature_api, make_node, node_feature
 from e2e.kube import wait_for
 from e2e.stack import Env, driver_pods, own_stack, pod_ready
 from gpu_operator.kube import Kube
@@ -27,46 +27,15 @@ pytestmark = pytest.mark.local_cluster_only("the module starts its own control p
 
 H100 = ["mx-h100-0", "mx-h100-1"]
 V100 = ["mx-v100-0", "mx-v100-1"]  # -0: NFD device-ID label; -1: NodeFeature object only
-NFD_NAMESPACE = "node-feature-discovery"
 DRIVER_LABEL = "nvidia.com/gpu.deploy.driver"
 WAIT = 180
 RULE = "driver 595.91.07 (R595) does not support volta GPUs: R580 is the last branch for volta"
-
-# A minimal NodeFeature CRD (NFD's group, version, names and scope; schema left open).
-NODE_FEATURE_CRD: dict[str, Any] = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "nodefeatures.nfd.k8s-sigs.io"},
-    "spec": {
-        "group": "nfd.k8s-sigs.io",
-        "names": {"kind": "NodeFeature", "listKind": "NodeFeatureList", "plural": "nodefeatures",
-                  "singular": "nodefeature"},
-        "scope": "Namespaced",
-        "versions": [{"name": "v1alpha1", "served": True, "storage": True,
-                      "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}],
-    },
-}  # fmt: skip
-
-
-def node_feature(node: str, device: str) -> dict[str, Any]:
-    """What nfd-worker publishes for a node: its PCI devices with class, vendor and device ID."""
-    return {
-        "apiVersion": "nfd.k8s-sigs.io/v1alpha1",
-        "kind": "NodeFeature",
-        "metadata": {"name": node, "namespace": NFD_NAMESPACE, "labels": {"nfd.node.kubernetes.io/node-name": node}},
-        "spec": {"features": {"instances": {"pci.device": {"elements": [
-            {"attributes": {"class": "0302", "vendor": "10de", "device": device, "subsystem_vendor": "10de"}},
-            {"attributes": {"class": "0200", "vendor": "15b3", "device": "101b"}},
-        ]}}}},
-    }  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     def prepare(admin: Kube) -> None:
-        admin.apply(NODE_FEATURE_CRD)
-        admin.wait_established("nodefeatures.nfd.k8s-sigs.io")
-        admin.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NFD_NAMESPACE}})
+        install_node_feature_api(admin)
         admin.create(node_feature(V100[1], "1db1"))
 
     # stock NFD's deviceLabelFields [class, vendor]: pci-0302_10de.present, which names no device

@@ -352,3 +352,56 @@ def test_fake_nodes_carry_the_version_parts_nfd_splits_out() -> None:
     ubuntu = make_node("n", "cpu", os="ubuntu22.04")["metadata"]["labels"]
     assert ubuntu[NFD + "system-os_release.VERSION_ID.major"] == "22"
     assert ubuntu[NFD + "system-os_release.VERSION_ID.minor"] == "04"  # as NFD writes it: the leading zero kept
+
+
+def test_operator_scale_node_features_name_each_nodes_gpu_for_the_operator_to_read() -> None:
+    """operator_scale could not measure a cluster whose NFD uses the NodeFeature API (NFD's default since 0.14):
+    its nodes carried the device-ID label and no NodeFeature existed. `--node-features` gives each GPU node a
+    NodeFeature as nfd-worker writes it (NFD's node-name label, pci.device elements with vendor, class and device),
+    which the operator reads back to that node and device, and nodes without the device-ID label, so the GPUs are
+    identified through the NodeFeatures alone."""
+    from e2e.bench.operator_scale import DEVICE_IDS, PROFILES, bench_feature, bench_node
+    from e2e.cluster.nodes import NFD_NAMESPACE
+
+    from gpu_operator.gpu_identity import device_ids_from_node_feature, identify, node_of_feature
+    from gpu_operator.nodes import NodeFacts
+
+    for i in range(3):
+        name = f"gpu-{i:04d}"
+        feature = bench_feature(name, i)
+        assert feature["metadata"]["namespace"] == NFD_NAMESPACE and feature["kind"] == "NodeFeature"
+        assert node_of_feature(feature) == name
+        devices = device_ids_from_node_feature(feature)
+        assert devices == (DEVICE_IDS[PROFILES[i]],)  # the NIC beside it is no GPU
+        facts = NodeFacts.from_node(bench_node(name, i, device_labels=False))
+        assert facts.has_gpu and not facts.label_devices
+        assert not identify(facts.labels, (), facts.label_devices).known  # unknown without the NodeFeature
+        assert identify(facts.labels, devices, facts.label_devices).known
+
+
+def test_node_features_are_created_in_parallel_each_at_its_namespaces_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """create_node_features posts each NodeFeature under its namespace, tries again on 5xx and leaves one that
+    exists as it is (409), as create_nodes does nodes."""
+    from e2e.cluster import nodes
+    from kubernetes import client
+
+    posted: list[tuple[str, str]] = []
+    failed: set[str] = set()
+
+    class Fake:
+        def create(self, path: str, obj: dict[str, Any]) -> None:
+            name = obj["metadata"]["name"]
+            if name == "exists":
+                raise client.ApiException(status=409)
+            if name == "flaky" and name not in failed:
+                failed.add(name)
+                raise client.ApiException(status=503)
+            posted.append((path, name))
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(nodes, "_kube", lambda api, size: Fake())
+    nodes.create_node_features(None, [nodes.node_feature(n, "2330") for n in ("a", "exists", "flaky")])
+    path = "/apis/nfd.k8s-sigs.io/v1alpha1/namespaces/node-feature-discovery/nodefeatures"
+    assert sorted(posted) == [(path, "a"), (path, "flaky")]

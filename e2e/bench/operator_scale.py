@@ -21,6 +21,9 @@ once (1,000 by default): how long until every one of them is labelled.
 The nodes carry NFD's PCI device-ID label (`pci-0302_10de_<device>.present`, NFD's deviceLabelFields with
 `device`, in place of `pci-10de.present`), so their GPUs are known before a driver runs (`--no-device-labels`:
 `pci-10de.present` only; a MIG-capable node then gets its MIG labels in a second patch, once GFD reports).
+`--node-features`: NFD's NodeFeature API (on by default since NFD 0.14) instead: every GPU node (the first ones
+and those that join) gets a NodeFeature naming its GPU's PCI device, created just before the node (nfd-worker writes
+it as the node starts), and carries no device-ID label, so the operator identifies GPUs through NodeFeatures only.
 """
 
 from __future__ import annotations
@@ -46,7 +49,14 @@ from typing import Any
 from e2e.bench import upstream as nvidia
 from e2e.bench.cluster_scale import cpu_seconds, proc_times
 from e2e.cluster.localcluster import WRITE_VERBS, LocalCluster, audit_time, rss_kib, temporary_cluster
-from e2e.cluster.nodes import PCI_LABEL, create_nodes, make_node
+from e2e.cluster.nodes import (
+    PCI_LABEL,
+    create_node_features,
+    create_nodes,
+    install_node_feature_api,
+    make_node,
+    node_feature,
+)
 from e2e.operator_process import NAMESPACE, OperatorProcess, install_crds_and_rbac, policy_from_sample
 from e2e.simulator import NodeSimulator
 from e2e.upstream_specs import DRIVER_APP, VALIDATOR_APP
@@ -71,6 +81,13 @@ def bench_node(name: str, i: int, device_labels: bool, one_os: bool = False) -> 
         del labels[PCI_LABEL]  # one deviceLabelFields setting writes one label per device
         labels[f"feature.node.kubernetes.io/pci-0302_10de_{device}.present"] = "true"
     return node
+
+
+def bench_feature(name: str, i: int) -> dict[str, Any]:
+    """--node-features: the NodeFeature of bench_node(name, i, ...), naming its GPU's PCI device."""
+    return node_feature(name, DEVICE_IDS[PROFILES[i % 3]])
+
+
 JOIN_LABEL = "e2e.gpu-operator/bench-join"
 
 
@@ -246,14 +263,16 @@ def heap_report(pid: int, where: Path) -> str:
 
 
 def join(cluster: LocalCluster, admin: Kube, user: str, count: int, prefix: str, device_labels: bool, figure: Any,
-         follow_up: bool, one_os: bool = False, sim: NodeSimulator | None = None) -> None:
+         follow_up: bool, one_os: bool = False, sim: NodeSimulator | None = None, features: bool = False) -> None:
     """`count` nodes join at once: how long until each has its GPU and deploy labels (from the audit log: the
     create's arrival to our first patch answered); with `follow_up`, also the node patches per joining node until
-    GFD has labelled each and a MIG node's layout is applied."""
+    GFD has labelled each and a MIG node's layout is applied. `features`: each with its NodeFeature, created first."""
     joiners = [bench_node(f"{prefix}-{i:04d}", i, device_labels, one_os) for i in range(count)]
     for node in joiners:
         node["metadata"]["labels"][JOIN_LABEL] = prefix
     selector = f"{JOIN_LABEL}={prefix}"
+    if features:
+        create_node_features(admin.client, [bench_feature(f"{prefix}-{i:04d}", i) for i in range(count)])
     join_from = time.time()
     create_nodes(admin.client, joiners)
     deadline = time.monotonic() + 600
@@ -611,6 +630,9 @@ def main(argv: list[str] | None = None) -> int:
                              "top N allocation sites after idling")
     parser.add_argument("--no-device-labels", dest="device_labels", action="store_false",
                         help="nodes without NFD's PCI device-ID label (NFD's default labels)")
+    parser.add_argument("--node-features", action="store_true",
+                        help="NFD's NodeFeature API: a NodeFeature naming each GPU node's device, created before the "
+                             "node, and no device-ID label on the nodes (as --no-device-labels)")
     parser.add_argument("--node-leases", action="store_true",
                         help="kubelet-like heartbeats: node Leases every 10 s, node status every 5 min (default: "
                              "kwok's node status every 20-25 s)")
@@ -639,6 +661,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="the driver from two NVIDIADrivers (useNvidiaDriverCRD): a default one and one with "
                              "another version for the nodes on ubuntu 24.04; the upgrade gives both the new version")
     args = parser.parse_args(argv)
+    if args.node_features:
+        args.device_labels = False  # GPUs identified through the NodeFeatures alone
     if args.nvidia_drivers and (args.upstream or args.one_os):
         parser.error("--nvidia-drivers: ours only, on both OSes")
     if args.nvidia_drivers and not args.upgrade_pod_deletion:
@@ -659,7 +683,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n== run {n} of {args.runs}", flush=True)
         runs.append(one_run(args))
     of = f", medians of {len(runs)} runs (each run's value)" if len(runs) > 1 else ""
-    print(f"\nfigures at {args.nodes} nodes{of}")
+    how = " (GPUs identified through NFD NodeFeatures)" if args.node_features else ""
+    print(f"\nfigures at {args.nodes} nodes{how}{of}")
     print("| figure | value |\n|---|---|")
     for name in dict.fromkeys(k for r in runs for k in r):
         values = [r[name] for r in runs if name in r]
@@ -700,6 +725,12 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
             admin = Kube.connect(str(cluster.kubeconfig))
             nodes = [bench_node(f"gpu-{i:04d}", i, args.device_labels, args.one_os) for i in range(args.nodes)]
             t0 = time.monotonic()
+            if args.node_features:  # NFD's worker writes a node's NodeFeature as the node starts
+                install_node_feature_api(admin)
+                create_node_features(admin.client, [bench_feature(f"gpu-{i:04d}", i) for i in range(args.nodes)])
+                print(f"NFD NodeFeature API: {args.nodes} NodeFeatures (one per GPU node, naming its device; the nodes "
+                      f"without device-ID labels) created in {time.monotonic() - t0:.1f}s")
+                t0 = time.monotonic()
             create_nodes(admin.client, nodes)
             print(f"{args.nodes} nodes created in {time.monotonic() - t0:.1f}s")
             if args.upstream:
@@ -925,7 +956,7 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
 
             if args.joins:
                 join(cluster, admin, user, args.joins, "join", args.device_labels, figure, follow_up=True,
-                     one_os=args.one_os, sim=sim)
+                     one_os=args.one_os, sim=sim, features=args.node_features)
             if args.switch:  # after the joins: they are measured on a cluster at rest
                 switch_back_on(cluster, admin, user, args.switch, args.timeout, figure)
             total = args.nodes + args.joins
@@ -936,7 +967,7 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
                         metrics_port=op.metrics_port if ours else None)
             if args.mass_join:
                 join(cluster, admin, user, args.mass_join, "mass", args.device_labels, figure, follow_up=False,
-                     one_os=args.one_os)
+                     one_os=args.one_os, features=args.node_features)
             op.stop()
             sim.stop()
             if args.log:

@@ -261,6 +261,21 @@ def _kube(api: Any, pool_size: int) -> Kube:
     return Kube(client.ApiClient(conf))
 
 
+def _post(kube: Kube, path: str, obj: dict[str, Any]) -> bool:
+    """Create an object, tried again on 429 and 5xx; False when it exists already (409)."""
+    for attempt in range(5):
+        try:
+            kube.create(path, obj)
+            return True
+        except client.ApiException as e:
+            if e.status == 409:
+                return False
+            if (e.status and e.status < 500 and e.status != 429) or attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    return True
+
+
 def create_nodes(api: Any, nodes: Iterable[dict[str, Any]] | str, concurrency: int = 32) -> list[str]:
     """Create Node objects (or the nodes of a spec string like ``h100x8:2,cpu:1``) in parallel.
 
@@ -272,23 +287,67 @@ def create_nodes(api: Any, nodes: Iterable[dict[str, Any]] | str, concurrency: i
 
     def create(node: dict[str, Any]) -> str:
         name = str(node["metadata"]["name"])
-        for attempt in range(5):
-            try:
-                kube.create("/api/v1/nodes", node)
-                return name
-            except client.ApiException as e:
-                if e.status == 409:
-                    if run_id() and _labels(kube, name).get(RUN_LABEL) != run_id():
-                        raise RuntimeError(f"node {name} exists and was not made by this run") from None
-                    return name
-                if (e.status and e.status < 500 and e.status != 429) or attempt == 4:
-                    raise
-                time.sleep(0.2 * (attempt + 1))
+        if not _post(kube, "/api/v1/nodes", node) and run_id() and _labels(kube, name).get(RUN_LABEL) != run_id():
+            raise RuntimeError(f"node {name} exists and was not made by this run")
         return name
 
     try:
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
             return list(pool.map(create, node_list))
+    finally:
+        kube.close()
+
+
+NFD_NAMESPACE = "node-feature-discovery"
+NODE_FEATURE_LABEL = "nfd.node.kubernetes.io/node-name"
+# A minimal NodeFeature CRD (NFD's group, version, names and scope; schema left open).
+NODE_FEATURE_CRD: dict[str, Any] = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "nodefeatures.nfd.k8s-sigs.io"},
+    "spec": {
+        "group": "nfd.k8s-sigs.io",
+        "names": {"kind": "NodeFeature", "listKind": "NodeFeatureList", "plural": "nodefeatures",
+                  "singular": "nodefeature"},
+        "scope": "Namespaced",
+        "versions": [{"name": "v1alpha1", "served": True, "storage": True,
+                      "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}],
+    },
+}  # fmt: skip
+
+
+def install_node_feature_api(admin: Any) -> None:
+    """NFD's NodeFeature CRD and the namespace its workers write them in; `admin`: a gpu_operator.kube.Kube."""
+    admin.apply(NODE_FEATURE_CRD)
+    admin.wait_established(NODE_FEATURE_CRD["metadata"]["name"])
+    admin.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NFD_NAMESPACE}})
+
+
+def node_feature(node: str, device: str) -> dict[str, Any]:
+    """What nfd-worker publishes for a node (named after it): its PCI devices with class, vendor and device ID, an
+    NVIDIA GPU of that device ID and a Mellanox NIC."""
+    return {
+        "apiVersion": "nfd.k8s-sigs.io/v1alpha1",
+        "kind": "NodeFeature",
+        "metadata": {"name": node, "namespace": NFD_NAMESPACE, "labels": {NODE_FEATURE_LABEL: node}},
+        "spec": {"features": {"instances": {"pci.device": {"elements": [
+            {"attributes": {"class": "0302", "vendor": "10de", "device": device, "subsystem_vendor": "10de"}},
+            {"attributes": {"class": "0200", "vendor": "15b3", "device": "101b"}},
+        ]}}}},
+    }  # fmt: skip
+
+
+def create_node_features(api: Any, features: Iterable[dict[str, Any]], concurrency: int = 32) -> None:
+    """Create NodeFeature objects (node_feature's) in parallel, as create_nodes does nodes; one that already exists
+    is left as it is."""
+    kube = _kube(api, concurrency)
+
+    def create(obj: dict[str, Any]) -> None:
+        _post(kube, f"/apis/nfd.k8s-sigs.io/v1alpha1/namespaces/{obj['metadata']['namespace']}/nodefeatures", obj)
+
+    try:
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            list(pool.map(create, features))
     finally:
         kube.close()
 

@@ -809,7 +809,7 @@ class ThreadedKube:
 class PagedKube:
     """The client's own paging (Kube.each) over NodeFeature pages of `size`; keeps each request's query."""
 
-    each = Kube.each
+    each, _pages = Kube.each, Kube._pages
 
     def __init__(self, listed: list[dict[str, Any]], size: int = 2, refused: int = 0) -> None:
         self.listed, self.size, self.refused = listed, size, refused

@@ -289,6 +289,40 @@ def test_verdicts_refuse_only_what_cannot_run() -> None:
     assert again["status"] == "False" and again["lastTransitionTime"] == "2026-01-02T00:00:00Z"
 
 
+def test_verdicts_judge_only_the_nodes_the_clusterpolicys_driver_is_for() -> None:
+    """A node the ClusterPolicy deploys no driver to gets no verdict, so DriverRefused never names it: none with
+    driver.enabled false (the driver is on the host) or useNvidiaDriverCRD (the NVIDIADrivers' are judged), nor a
+    node opted out of every operand, a vm-passthrough one or one whose driver is pre-installed. A node paused for a
+    driver upgrade is still judged."""
+    v100 = {V100_LABEL: "true"}
+    assert compat.refused(compat.verdicts([gpu_node("v100", **v100)], spec())).keys() == {"v100"}
+    found = compat.verdicts([gpu_node("v100", **v100)], parse_spec({"driver": {"enabled": False}}))
+    assert found == {}
+    assert compat.condition(found, 1, [], "t")["status"] == "False"
+    assert compat.verdicts([gpu_node("v100", **v100)], parse_spec({"driver": {"useNvidiaDriverCRD": True}})) == {}
+
+    opted_out = gpu_node("opted-out", **v100, **{"nvidia.com/gpu.deploy.operands": "false"})
+    vm = gpu_node("vm", **v100, **{"nvidia.com/gpu.workload.config": "vm-passthrough"})
+    assert compat.verdicts([opted_out, vm], parse_spec({"sandboxWorkloads": {"enabled": True}})) == {}
+    assert compat.verdicts([opted_out], spec()) == {}
+    pre = gpu_node("pre", **v100, **{"nvidia.com/gpu.deploy.driver": "pre-installed"})
+    paused = gpu_node("paused", **v100, **{"nvidia.com/gpu.deploy.driver": "paused-for-driver-upgrade"})
+    assert compat.refused(compat.verdicts([pre, paused], spec())).keys() == {"paused"}
+
+
+def test_driver_refused_keeps_its_transition_time_while_its_status_stays() -> None:
+    """lastTransitionTime moves only when the status does: `kubectl describe` says when the refusal began, not
+    when the status was last written."""
+    found = compat.verdicts([gpu_node("v100", **{V100_LABEL: "true"})], spec())
+    first = compat.condition(found, 1, [], "t0")
+    assert first["status"] == "True" and first["lastTransitionTime"] == "t0"
+    again = compat.condition(found, 2, [first], "t1")
+    assert again["status"] == "True" and again["lastTransitionTime"] == "t0"
+    cleared = compat.condition({}, 3, [again], "t2")
+    assert cleared["status"] == "False" and cleared["lastTransitionTime"] == "t2"
+    assert compat.condition({}, 4, [cleared], "t3")["lastTransitionTime"] == "t2"
+
+
 def test_grace_hopper_needs_the_open_kernel_modules() -> None:
     """GH200 was judged as any Hopper, which runs either module type, so kernelModuleType proprietary, or auto on a
     branch before R560 (the driver container falls back to proprietary there), passed as "ok". NVIDIA: the
@@ -363,18 +397,26 @@ def test_nvidiadriver_env_kernel_module_type_is_what_the_matrix_judges() -> None
 
 
 def test_open_kernel_modules_enabled_in_env_is_open_where_auto_is_not_read() -> None:
-    """Before R570 the containers that predate KERNEL_MODULE_TYPE (every R560/R565 one) read
-    OPEN_KERNEL_MODULES_ENABLED=true alone as open; from R570 it is ignored."""
+    """Before R570 auto reads OPEN_KERNEL_MODULES_ENABLED=true alone as open: in the containers of the branches that
+    predate KERNEL_MODULE_TYPE (every R560/R565 one) and in the older builds of the others (R535, R550); from R570
+    it is ignored. A V100 on such a driver is refused with the env named."""
     gh200 = gpu_node("gh200", **GH200_GFD)
-    found = compat.verdicts([gh200], driver_env("565.57.01", OPEN_KERNEL_MODULES_ENABLED="true"))["gh200"]
-    assert (found.module_type, found.refusal) == ("open", None), found.describe()
     v100 = gpu_node("v100", **{V100_LABEL: "true"})
-    refusal = compat.verdicts([v100], driver_env("565.57.01", OPEN_KERNEL_MODULES_ENABLED="true"))["v100"].refusal
-    assert refusal is not None and refusal.message.startswith(
-        "kernelModuleType auto with driver.env OPEN_KERNEL_MODULES_ENABLED=true installs open kernel modules"
-    ), refusal
-    on_r580 = compat.verdicts([v100], driver_env("580.95.05", OPEN_KERNEL_MODULES_ENABLED="true"))["v100"]
-    assert (on_r580.module_type, on_r580.refusal) == ("proprietary", None)
+    for version in ("550.163.01", "565.57.01"):
+        env_open = driver_env(version, OPEN_KERNEL_MODULES_ENABLED="true")
+        found = compat.verdicts([gh200], env_open)["gh200"]
+        assert (found.module_type, found.refusal) == ("open", None), (version, found.describe())
+        refusal = compat.verdicts([v100], env_open)["v100"].refusal
+        assert refusal is not None and refusal.rule == "open-modules-unsupported", (version, refusal)
+        assert refusal.message.startswith(
+            "kernelModuleType auto with driver.env OPEN_KERNEL_MODULES_ENABLED=true installs open kernel modules"
+        ), refusal
+    for version in ("570.133.20", "580.95.05"):
+        found = compat.verdicts([v100], driver_env(version, OPEN_KERNEL_MODULES_ENABLED="true"))["v100"]
+        assert (found.module_type, found.refusal) == ("proprietary", None), (version, found.describe())
+    # on R550 kernelModuleType proprietary is not auto: the env does not turn it open
+    proprietary = driver_env("550.163.01", "proprietary", OPEN_KERNEL_MODULES_ENABLED="true")
+    assert compat.requested_module_type(proprietary.driver, "550.163.01")[0] == "proprietary"
 
 
 def test_env_kernel_module_type_is_not_read_by_the_r560_r565_containers() -> None:

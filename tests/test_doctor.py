@@ -1582,6 +1582,44 @@ def test_capacity_reads_fail_requests_greater_than_one_from_the_nodes_sharing_co
     assert "note" not in run(plain)
 
 
+def test_capacity_lets_a_one_gpu_container_onto_a_node_that_refuses_more_than_one() -> None:
+    """failRequestsGreaterThanOne refuses a container asking more than one shared GPU: one asking one is counted."""
+    labels = {"nvidia.com/gpu.sharing-strategy": "time-slicing", "nvidia.com/gpu.replicas": "4",
+              "nvidia.com/device-plugin.config": "ts-strict"}  # fmt: skip
+    views = nodes_with_pods([node("t-0", gpus=32, labels=labels)], [])
+    configs = capacity.PluginConfigs.of_data("sharing-config", "", {"ts-strict": SHARING["ts-strict"]})
+    [one] = capacity.plan(pod("job", 1), 4, views, configs=configs).fits
+    assert one.fits > 0 and one.why.startswith("limited by"), one.why
+    [two] = capacity.plan(pod("job", 2), 4, views, configs=configs).fits
+    assert two.fits == 0 and "failRequestsGreaterThanOne" in two.why
+
+
+CORDON = {"unschedulable": True, "taints": [{"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}]}
+
+
+def test_capacity_counts_no_copy_on_a_cordoned_node_and_a_new_node_like_it_is_not_cordoned() -> None:
+    """A cordoned node (the driver upgrade cordons them) takes no copy but a pod tolerating the cordon; a new node
+    like it is not cordoned."""
+    views = nodes_with_pods([node("h-0", spec=dict(CORDON)), node("h-1")], [])
+    result = capacity.plan(EXERCISE3, 8, views)
+    fits = {f.node: f for f in result.fits}
+    assert (fits["h-0"].fits, fits["h-0"].why) == (0, "excluded: cordoned (unschedulable)")
+    assert result.fits_now == 4 and result.extra_nodes == 1
+    tolerant = json.loads(json.dumps(EXERCISE3))
+    tolerant["spec"]["tolerations"] = [{"key": "node.kubernetes.io/unschedulable", "operator": "Exists",
+                                        "effect": "NoSchedule"}]  # fmt: skip
+    assert capacity.plan(tolerant, 8, views).fits_now == 8
+    assert capacity.plan(EXERCISE3, 8, views, capacity.parse_profile("h-0", views)).per_new_node == 4
+
+
+def test_capacity_counts_the_pods_a_node_may_still_run() -> None:
+    """Each copy takes one of the node's pods: a node near its kubelet's maxPods takes no more than it has left."""
+    views = nodes_with_pods([node("h-0", allocatable={"pods": "3"})], [pod("a", node_name="h-0"),
+                                                                      pod("b", node_name="h-0")])  # fmt: skip
+    [fit] = capacity.plan(EXERCISE3, 4, views).fits
+    assert fit.fits == 1 and fit.why.startswith("limited by pods: 1 free"), fit.why
+
+
 def test_capacity_new_node_like_an_existing_one_does_not_keep_its_hostname() -> None:
     """A new node "like h-0" is another machine: the kubelet gives it its own kubernetes.io/hostname. The copy kept
     every label, so a pod pinned to h-0 by its hostname (h-0 full) was answered "extra nodes needed: 1 × like h-0",

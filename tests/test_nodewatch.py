@@ -223,6 +223,27 @@ def test_an_error_event_ends_the_watch_and_the_nodes_are_listed_again() -> None:
     assert cache.delivered == [("a", True), ("b", True), ("b", False)]
 
 
+def test_a_watch_the_server_ends_goes_on_from_its_version_without_listing_again() -> None:
+    """A watch the API server ends (its timeout, WATCH_TIMEOUT_S) is followed by another from the version it
+    reached, not by a listing of the whole collection."""
+    cache = Cache()
+    api = Api([versioned("a", 5)], [{"type": "MODIFIED", "object": versioned("a", 11, labels={"x": "y"})}])
+    watch = NodeWatch(api, cache.nodes.get, cache.deliver)  # type: ignore[arg-type]
+    asked: list[str] = []
+
+    def watched(path: str, rv: str, **kwargs: Any) -> Iterator[Any]:
+        asked.append(rv)
+        if len(asked) >= 3:
+            watch.stop.set()
+        return Api.watch(api, path, rv, **kwargs)
+
+    api.watch = watched  # type: ignore[method-assign]
+    watch.run()
+    assert len(api.queries) == 1  # listed once, at the start
+    assert asked == ["10", "11", "11"]  # each watch from where the last ended
+    assert cache.nodes["a"].labels.get("x") == "y"
+
+
 def test_a_listing_over_pages_delivers_changes_and_deletions() -> None:
     cache = Cache()
     api = Api([versioned(n, 5 + i) for i, n in enumerate("abcde")], [], page=2)
@@ -290,6 +311,27 @@ def test_what_was_delivered_is_kept_as_a_digest_dropped_with_the_node() -> None:
     api.listed = []
     watch.relist()
     assert watch._last == {}
+
+
+def test_a_line_equal_to_one_before_a_listing_is_a_change_after_it() -> None:
+    """A listing replaces what the cache holds, so the heartbeat digests of the lines before it go: a label set,
+    taken off while the watch was down (the listing brings the node without it) and set again is a change, not a
+    heartbeat of the line before the listing."""
+    cache = Cache()
+    api = Api([], [{"type": "MODIFIED", "object": heartbeat("a", 11, "2026-01-01T00:00:20Z", labels={"x": "y"})}])
+    watch = NodeWatch(api, cache.nodes.get, cache.deliver)  # type: ignore[arg-type]
+    watch.watch("10")
+    assert cache.nodes["a"].labels.get("x") == "y"
+
+    api.listed, api.events = [heartbeat("a", 12, "2026-01-01T00:00:40Z")], []
+    watch.relist()
+    assert "x" not in cache.nodes["a"].labels
+
+    api.events = [{"type": "MODIFIED", "object": heartbeat("a", 13, "2026-01-01T00:01:00Z", labels={"x": "y"})}]
+    assert watch.watch("12") == "13"
+    assert api.parsed == 1
+    assert cache.nodes["a"].labels.get("x") == "y"
+    assert cache.delivered == [("a", True)] * 3
 
 
 def test_a_listing_drops_what_the_cache_holds_and_it_lacks() -> None:

@@ -398,6 +398,24 @@ def test_a_node_change_is_urgent_only_while_the_status_waits_and_nothing_rolls_o
     assert op.urgent.is_set()  # this change may be all the status waits for
 
 
+def test_a_deleted_node_wakes_the_loop_at_once_and_an_unknown_ones_deletion_does_not() -> None:
+    """A cached node's deletion starts a pass at once (the status, the metrics and the upgrade's counts drop it);
+    the deletion of a node not cached has nothing for a pass to do."""
+    op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
+    op.on_node_facts("n1", facts("n1"))
+    op.wake.clear()
+    op.urgent.clear()
+    op.causes.clear()
+    op.on_node_facts("n1", None)
+    assert "n1" not in op.nodes
+    assert op.wake.is_set() and op.urgent.is_set() and "node" in op.causes
+    op.wake.clear()
+    op.urgent.clear()
+    op.causes.clear()
+    op.on_node_facts("never-seen", None)
+    assert not op.wake.is_set() and not op.causes
+
+
 def test_a_new_or_changed_policy_spec_skips_the_debounce_and_a_status_update_starts_no_pass() -> None:
     op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
     first = {**policy("cluster-policy", 10), "metadata": {**policy("cluster-policy", 10)["metadata"], "generation": 1}}
@@ -766,6 +784,21 @@ def test_nodefeatures_are_listed_again_only_while_a_gpu_node_has_none_read_and_n
     op.node_features = {}
     op.nodes = {"vm-1": facts("vm-1", pci_label="feature.node.kubernetes.io/pci-0302_10de_2330.present")}
     assert not op.unidentified() and not relisted()  # its NFD label names its GPU
+
+
+def test_nodefeatures_are_not_listed_again_within_the_relist_interval() -> None:
+    """While a GPU node is unidentified NodeFeatures are listed at most every NODE_FEATURE_RELIST_S, not on every
+    turn of the run loop."""
+    kube = CountingKube()
+    op = Operator(kube=kube, namespace="gpu-operator")  # type: ignore[arg-type]
+    op.api_groups = frozenset({"nfd.k8s-sigs.io"})
+    op.nodes = {"vm-1": facts("vm-1")}  # no GFD label, no NodeFeature read
+    op._features_listed = 0.0
+    asyncio.run(op.refresh_node_features())
+    assert kube.lists == ["NodeFeature"] and op.unidentified()
+    asyncio.run(op.refresh_node_features())
+    asyncio.run(op.refresh_node_features())
+    assert kube.lists == ["NodeFeature"]
 
 
 def node_feature(node: str, device: str) -> dict[str, Any]:

@@ -729,11 +729,15 @@ def test_a_users_config_that_cannot_be_read_refuses_the_layout_and_says_why() ->
 
 
 def test_what_a_layout_advertises() -> None:
+    """Per strategy, what the device plugin advertises once a layout is applied (`mig layouts` prints it); a GPU no
+    entry of the layout selects keeps what it has and is not counted."""
     gpu = mig.gpu_of_product(H100)
     assert gpu is not None
+    two = mig.parse_config("version: v1\nmig-configs:\n  two:\n  - devices: [0, 1]\n    mig-enabled: true\n"
+                           "    mig-devices:\n      1g.10gb: 7\n")  # fmt: skip
 
     def adv(layout: str, strategy: str) -> dict[str, int]:
-        entries = mig.layout_entries(gpu, layout)
+        entries = mig.layout_entries(gpu, layout, two if layout == "two" else None)
         assert entries is not None
         return mig.advertised(entries, 8, strategy)
 
@@ -745,7 +749,9 @@ def test_what_a_layout_advertises() -> None:
         "nvidia.com/mig-3g.40gb": 8,
     }
     assert adv("all-balanced", "single") == {}
-    assert adv("all-disabled", "mixed") == {"nvidia.com/gpu": 8}
+    assert adv("all-disabled", "mixed") == adv("all-disabled", "single") == {"nvidia.com/gpu": 8}
+    assert adv("two", "mixed") == {"nvidia.com/mig-1g.10gb": 14}  # GPUs 2-7 not selected
+    assert adv("two", "single") == {"nvidia.com/gpu": 14}
     # The device plugin's name: "+" becomes "." (nvidia.com/mig-1g.10gb+me is no valid resource name).
     assert adv("all-1g.10gb.me", "mixed") == {"nvidia.com/mig-1g.10gb.me": 8}
 

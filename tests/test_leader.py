@@ -451,6 +451,27 @@ def test_the_in_cluster_token_file_is_the_one_read_again(tmp_path: Path, monkeyp
 # --- the client's reads: a paged list, and the dry run's answers to its writes ---
 
 
+def test_a_list_of_several_pages_returns_every_page(server: Any) -> None:
+    """Kube.list and Kube.each return the objects of every page, asking each page once with the continue token
+    of the one before, and stop after the page that has none."""
+    asked: list[dict[str, list[str]]] = []
+
+    def answer(method: str, path: str, n: int) -> tuple[int, dict[str, str], bytes]:
+        asked.append(parse_qs(urlsplit(path).query))
+        if len(asked) > 2:
+            return 500, {}, b""  # listed on past the last page
+        names, meta = (["c"], {}) if "continue" in asked[-1] else (["a", "b"], {"continue": "t1"})
+        items = [{"kind": "Pod", "metadata": {"name": name}} for name in names]
+        return 200, {}, json.dumps({"items": items, "metadata": {"resourceVersion": "5", **meta}}).encode()
+
+    srv = server(answer)
+    assert [p["metadata"]["name"] for p in srv.kube.list("Pod")] == ["a", "b", "c"]
+    assert asked == [{"limit": ["500"]}, {"limit": ["500"], "continue": ["t1"]}]
+    asked.clear()
+    assert [p["metadata"]["name"] for p in srv.kube.each("Pod")] == ["a", "b", "c"]
+    assert len(asked) == 2
+
+
 def test_a_paged_list_whose_continue_token_expired_is_listed_again_whole(server: Any) -> None:
     """A paged list whose continue token the API server no longer takes (410 Expired: etcd compacted past the
     first page's resourceVersion, in a listing longer than the compaction window) raised the ApiError out of

@@ -1158,6 +1158,75 @@ def test_a_write_answer_applied_after_a_deletion_does_not_bring_the_deleted_obje
     assert not op._late({**ds, "metadata": {**ds["metadata"], "uid": "successor", "resourceVersion": "8"}})
 
 
+class _FailingReconciler:
+    """Passes that go as `outcomes` says (an Outcome, or an exception raised), recording the failures in a row."""
+
+    labelling = None
+    moved = None
+    newer = None
+
+    def __init__(self, op: Operator, loop: asyncio.AbstractEventLoop, outcomes: list[Outcome | Exception]) -> None:
+        self.op, self.loop, self.outcomes = op, loop, outcomes
+        self.streaks: list[int] = []  # op.failures as each pass began
+        self.done = asyncio.Event()
+
+    def reconcile(self, snap: Snapshot) -> Outcome:
+        self.streaks.append(self.op.failures)
+        if not self.outcomes:
+            self.loop.call_soon_threadsafe(self.done.set)
+            return Outcome(ready=True)
+        result = self.outcomes.pop(0)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+
+def test_failed_passes_are_retried_with_a_backoff_that_a_pass_that_succeeds_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pass that failed (an exception, or the API server refusing its writes: a webhook refusing every apply,
+    RBAC missing) was tried again after a fixed 5 s however often it failed in a row: a lasting failure cost a full
+    pass and its API calls every 5 s for ever. Upstream's controller-runtime requeues a reconcile that returns an
+    error with a backoff per item. Now 5 s doubling up to 5 min, until a pass succeeds."""
+    from gpu_operator.runtime import FAILED_RETRY_MAX_S, failed_retry
+
+    assert [failed_retry(n) for n in range(1, 9)] == [5, 10, 20, 40, 80, 160, 300, 300]
+    assert failed_retry(10_000) == FAILED_RETRY_MAX_S
+
+    waits: list[float] = []
+    monkeypatch.setattr(runtime, "failed_retry", lambda n: waits.append(failed_retry(n)) or 0.01)
+    monkeypatch.setattr(runtime, "DEBOUNCE_S", 0.0)
+    monkeypatch.setattr(runtime, "observe", lambda kube, namespace: snapshot())
+    monkeypatch.setattr(runtime, "warm_up", lambda: None)
+    refused = Outcome(ready=False, error=True)
+    not_ready = Outcome(ready=False)  # pods still rolling out: no failure, the ordinary 5 s recheck
+    outcomes: list[Outcome | Exception] = [refused, RuntimeError("boom"), refused, not_ready, refused, not_ready]
+
+    async def scenario() -> _FailingReconciler:
+        op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
+        op.labels_read = kept_labels()
+        loop = asyncio.get_running_loop()
+        fake = _FailingReconciler(op, loop, outcomes)
+        op.reconciler = fake  # type: ignore[assignment]
+        op.task = asyncio.ensure_future(op.loop())
+
+        async def wake_on_not_ready() -> None:  # not_ready's recheck is 5 s: a watch event wakes the pass instead
+            while not fake.done.is_set():
+                await asyncio.sleep(0.02)
+                op.wake_now("pod")
+
+        waker = asyncio.ensure_future(wake_on_not_ready())
+        await asyncio.wait_for(fake.done.wait(), 10)
+        op.task.cancel()
+        waker.cancel()
+        op._label_pool.shutdown()
+        return fake
+
+    fake = asyncio.run(scenario())
+    assert fake.streaks == [0, 1, 2, 3, 0, 1, 0]
+    assert waits == [5, 10, 20, 5]
+
+
 # --- the metrics and /healthz endpoints ---
 
 

@@ -912,6 +912,27 @@ def test_a_pass_that_leaves_the_policy_not_ready_counts_as_failed_not_as_a_succe
     assert out.ready is False
     assert metrics.reconciliation_last_success_ts_seconds._value.get() == 0
     assert metrics.reconciliation_failed_total._value.get() == failed + 1
+    assert not out.error, "operands rolling out are no error: the ordinary 5 s recheck, no backoff"
+
+
+def test_a_pass_whose_writes_the_api_server_refuses_is_an_error_the_runtime_backs_off_from() -> None:
+    """A refused apply (a webhook, a quota, RBAC) made the pass notReady like operands still rolling out, so the
+    runtime tried again every 5 s for ever; upstream's step() returns the error and controller-runtime backs off.
+    Now the pass says so (Outcome.error), and the runtime backs off (runtime.failed_retry)."""
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+    from support import facts
+
+    class Refusing(EchoKube):
+        def apply(self, obj: dict[str, Any], *_: Any, **__: Any) -> dict[str, Any]:
+            if obj["kind"] == "DaemonSet":
+                raise ApiError(403, '{"message": "admission webhook denied the request"}', "apply")
+            return obj
+
+    out = Reconciler(Refusing(), "gpu-operator").reconcile(  # type: ignore[arg-type]
+        Snapshot(nodes={"gpu-1": facts("gpu-1")}, policies={"cluster-policy": policy_object()}, owned={}, pods={},
+                 revisions={}))  # fmt: skip
+    assert out.ready is False and out.error
 
 
 def _settled_cluster(pol: dict[str, Any]) -> tuple[Any, Any]:
@@ -959,7 +980,7 @@ def test_a_failed_pass_whose_status_write_fails_too_counts_once(invalid: bool) -
     passes = metrics.reconciliation_total._value.get()
     failed = metrics.reconciliation_failed_total._value.get()
     out = r.reconcile(snapshot())  # the first pass creates everything: notReady; no ApiError for the runtime
-    assert out.ready is False and metrics.reconciliation_status._value.get() == -2
+    assert out.ready is False and metrics.reconciliation_status._value.get() == -2 and out.error
     assert metrics.reconciliation_total._value.get() == passes + 1
     assert metrics.reconciliation_failed_total._value.get() == failed + 1, "one failed pass counted more than once"
 

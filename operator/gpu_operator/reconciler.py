@@ -85,6 +85,7 @@ class Outcome:
     recheck_s: float | None = None  # pass again this soon (a status change held back until then), if set
     more: bool = False  # writes left for the next pass (the upgrade's write budget): pass again at once
     failed: bool = False  # counted in reconciliation_failed_total (once a pass)
+    error: bool = False  # the API server refused a write or the pass was cut short: tried again with backoff
 
     def count_failed(self) -> None:
         """Count the pass in reconciliation_failed_total, unless it is already."""
@@ -298,6 +299,7 @@ class Reconciler:
             self._reconcile_active(policy, snap, out)
         except ApiError as exc:
             log.warning("reconcile failed: %s", exc)
+            out.error = True
             out.count_failed()  # once: a notReady pass whose status write failed is counted already
             metrics.reconciliation_status.set(-2)
             out.ready = False
@@ -504,6 +506,7 @@ class Reconciler:
         settling = bool(patches or held or out.applied or out.deleted)
         # Not ready only by DaemonSets' readiness: what came since the snapshot may make them ready.
         only_waiting = bool(waiting) and len(waiting) == sum(r.state == "notReady" for r in results)
+        out.error = out.error or bool(errors)  # refused writes: upstream's step() errors, requeued with backoff
         later = self.newer() if self.newer and only_waiting and not errors and not settling else None
         if later is not None:
             snap, live = _with_newer(snap, live, later)

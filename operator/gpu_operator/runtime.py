@@ -70,6 +70,11 @@ from .wire import Codec
 log = logging.getLogger("gpu_operator")
 
 NOT_READY_RECHECK_S = 5.0
+# A pass that failed (an exception, or the API server refusing a write: Outcome.error) is tried again after
+# NOT_READY_RECHECK_S, doubled with each failure in a row up to FAILED_RETRY_MAX_S, as controller-runtime backs off
+# a reconcile that returns an error. A pass that succeeds ends the streak; a watch event still wakes a pass at once
+# (an admin's fix that makes no event, RBAC granted, waits for the timer).
+FAILED_RETRY_MAX_S = 300.0
 RESYNC_S = 300.0
 DEBOUNCE_S = 0.3
 # Pacing: a pass woken by node label changes, or by pod and DaemonSet status changes while operand pods roll out,
@@ -186,6 +191,7 @@ class Operator:
         self.elector: Elector | None = None
         self.event_loop: asyncio.AbstractEventLoop | None = None
         self.changes = 0  # pod, DaemonSet and revision events so far (what a pass's readiness reads)
+        self.failures = 0  # passes failed in a row (see FAILED_RETRY_MAX_S)
         self.snapped = 0  # `changes` at the last snapshot
 
     # Cache updates from watch events (run in the event loop)
@@ -908,7 +914,7 @@ class Operator:
             except Exception as exc:  # noqa: BLE001 - GPUs stay identified by labels until the next try
                 log.warning("listing NodeFeatures failed: %s", exc)
             if not await self.read_kept_labels():
-                delay = NOT_READY_RECHECK_S
+                delay = self.failed()
                 continue
             started = time.monotonic()  # (the snapshot follows with no await between: its nodes have those labels)
             self._deleted = {}
@@ -923,7 +929,7 @@ class Operator:
                 log.exception("reconcile pass failed")
                 metrics.reconciliation_failed_total.inc()
                 metrics.reconciliation_status.set(-2)
-                delay = NOT_READY_RECHECK_S
+                delay = self.failed()
                 continue
             last_end = time.monotonic()
             gap = pass_gap(cpu)  # by its CPU: on a busy machine a small cluster's pass takes longer, not more CPU
@@ -941,7 +947,11 @@ class Operator:
                          "the wake-up by %s", outcome.ready, outcome.writes, 1000 * (last_end - started), 1000 * cpu,
                          1000 * (started - woke), ", ".join(causes))
             self.not_ready = outcome.ready is False
-            delay = NOT_READY_RECHECK_S if outcome.ready is False or outcome.busy else RESYNC_S
+            if outcome.error:
+                delay = self.failed()
+            else:
+                self.failures = 0
+                delay = NOT_READY_RECHECK_S if outcome.ready is False or outcome.busy else RESYNC_S
             if outcome.recheck_s is not None:  # a held-back status change: written as soon as it may be
                 delay = min(delay, outcome.recheck_s)
             if outcome.more:  # the upgrade's writes left over: the next pass goes on with them, unpaced
@@ -949,6 +959,18 @@ class Operator:
                 self.urgent.set()
             if served(NODE_FEATURE, self.api_groups) and self.unidentified():
                 delay = min(delay, NODE_FEATURE_RELIST_S)
+
+    def failed(self) -> float:
+        """Count a failed pass: how long until the next one, unless a watch event wakes it sooner."""
+        self.failures += 1
+        delay = failed_retry(self.failures)
+        log.warning("pass failed (%d in a row): the next in %.0f s, or on a change", self.failures, delay)
+        return delay
+
+
+def failed_retry(failures: int) -> float:
+    """How long after the `failures`-th failed pass in a row the next one comes (see FAILED_RETRY_MAX_S)."""
+    return min(FAILED_RETRY_MAX_S, NOT_READY_RECHECK_S * 2 ** min(failures - 1, 16))
 
 
 class Inbox:

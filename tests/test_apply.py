@@ -897,6 +897,40 @@ def test_between_passes_a_node_running_a_driver_is_not_moved_to_an_nvidiadriver_
     assert OWNER_LABEL not in (_between(op, cordoned).get("labels") or {})
 
 
+def test_between_passes_an_nvidiadriver_created_again_at_the_same_generation_is_not_the_one_the_pass_saw() -> None:
+    """The labelling between passes waits for a pass while an NVIDIADriver is not as the pass saw it, compared by
+    name and generation: one deleted and created again under the same name starts at generation 1 again, so a new
+    spec passed for the old one. Here pool-c, selecting another pool when the pass ran, comes back selecting the
+    node and naming no version (it cannot render): the node running its driver under the default NVIDIADriver was
+    moved to it between passes and lost its driver pod. Now the uid is compared too."""
+    from gpu_operator.nodes import kept_labels
+    from gpu_operator.nvidiadriver import OWNER_LABEL
+
+    spec = policy_object()["spec"]
+    spec["driver"]["useNvidiaDriverCRD"] = True
+    drivers = {"default": _nvd("default", default=True, image="nvcr.io/nvidia/driver:580.65.06"),
+               "pool-c": _nvd("pool-c", nodeSelector={"pool": "x"}, image="nvcr.io/nvidia/driver:580.65.06")}
+    pod = {"metadata": {"name": "drv", "labels": {STATE_LABEL: "state-driver"}}, "node": "gpu-1",
+           "owner": "nvidia-driver-daemonset-ubuntu22.04", "status": {}}  # fmt: skip
+    op = _operator(spec)
+    op.nvidia_drivers = copy.deepcopy(drivers)
+    op.on_pod("drv", pod)
+    op.on_nvidia_driver("ADDED", drivers["pool-c"])  # ("pool" is kept: pool-c selects on it)
+    op.labels_read = kept_labels()
+    running = facts("gpu-1", labels={"pool": "c"})
+    for _ in range(2):  # the node settles under the default NVIDIADriver
+        running = _patched(running, _full_pass(op, {"gpu-1": running}, {"drv": pod}, drivers).get("gpu-1"))
+    assert OWNER_LABEL not in running.labels and running.deploys("driver")
+    op.nodes["gpu-1"] = running
+    again = _nvd("pool-c", nodeSelector={"pool": "c"}, repository="nvcr.io/nvidia", image="driver",
+                 upgradePolicy={"autoUpgrade": False})  # fmt: skip
+    again["metadata"]["uid"] = "uid-pool-c-2"  # generation 1, as its predecessor's
+    op.on_nvidia_driver("DELETED", drivers["pool-c"])
+    op.on_nvidia_driver("ADDED", again)
+    cordoned = replace(running, unschedulable=True, resource_version=running.resource_version + 1)
+    assert OWNER_LABEL not in (_between(op, cordoned).get("labels") or {})
+
+
 def test_between_passes_a_refused_node_keeps_a_driver_pod_that_carries_only_the_legacy_component_label() -> None:
     """A node the version matrix refuses keeps a driver pod of ours it already runs (compat.py). The pass finds
     driver pods by observe.node_state, which reads the component label where the state label is missing (pods

@@ -97,21 +97,22 @@ class Outcome:
 @dataclass(frozen=True)
 class Labelling:
     """What a node's labels are decided on between passes: the active policy's identity and its parsed spec; under
-    NVIDIADrivers the pass's routing and the generation of each NVIDIADriver it saw."""
+    NVIDIADrivers the pass's routing and the uid and generation of each NVIDIADriver it saw."""
 
     policy: str
     uid: str
     generation: int | None
     spec: ClusterPolicySpec
     routing: DriverRouting | None = None
-    drivers: tuple[tuple[str, int | None], ...] = ()
+    drivers: tuple[tuple[str, str, int | None], ...] = ()
     # The uids of the NVIDIADrivers that cannot render (no node moves there), worked out when first asked.
     unrendered: Callable[[], frozenset[str]] | None = None
 
     def upgrade_spec(self, node: str, drivers: Mapping[str, Mapping[str, Any]]) -> ClusterPolicySpec | None:
         """The spec a node's driver upgrade follows: the policy's (None with sandboxWorkloads.enabled: no upgrade
         then); with useNvidiaDriverCRD the spec of the NVIDIADriver that drives the node, while every NVIDIADriver
-        (`drivers`, as cached now) is at the generation the pass saw (else None: the next pass decides)."""
+        (`drivers`, as cached now) is the one (uid) at the generation the pass saw (else None: the next pass
+        decides)."""
         if not self.spec.driver.use_nvidia_driver_crd:
             return None if self.spec.sandbox_workloads.enabled else self.spec
         if self.routing is None or generations(drivers) != self.drivers:
@@ -124,9 +125,10 @@ class Labelling:
         return group.upgrade_owner() if group is not None else None
 
 
-def generations(drivers: Mapping[str, Mapping[str, Any]]) -> tuple[tuple[str, int | None], ...]:
-    """Each NVIDIADriver's generation, by name."""
-    return tuple(sorted((name, (obj.get("metadata") or {}).get("generation")) for name, obj in drivers.items()))
+def generations(drivers: Mapping[str, Mapping[str, Any]]) -> tuple[tuple[str, str, int | None], ...]:
+    """Each NVIDIADriver's uid and generation, by name (one created again under its name starts at generation 1)."""
+    metas = ((name, obj.get("metadata") or {}) for name, obj in drivers.items())
+    return tuple(sorted((name, meta.get("uid", ""), meta.get("generation")) for name, meta in metas))
 
 
 class Reconciler:

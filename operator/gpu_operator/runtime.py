@@ -296,7 +296,7 @@ class Operator:
         if current is None or not kept_labels() <= self.labels_read:
             return  # (not routed by NVIDIADrivers before the nodes are read with the labels they select on)
         if current.spec.driver.use_nvidia_driver_crd and generations(self.nvidia_drivers) != current.drivers:
-            return  # an NVIDIADriver changed since the pass (which ones render is the pass's): it labels the node
+            return  # an NVIDIADriver changed or was created again since the pass: the next pass labels the node
         # The version matrix's refusal as a full pass decides it (a node without a driver pod of ours).
         # With useNvidiaDriverCRD, by the NVIDIADriver that drives the node (its version, its labels).
         drivers = [NVIDIADriver.from_object(o) for o in self.nvidia_drivers.values()]

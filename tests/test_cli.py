@@ -69,6 +69,11 @@ def test_sample_nodes_file() -> None:
         labels = n["metadata"]["labels"]
         assert labels["feature.node.kubernetes.io/system-os_release.ID"] == "ubuntu"
         assert labels["feature.node.kubernetes.io/kernel-version.full"]
+    # One NFD config writes one PCI label per device, of its deviceLabelFields: the GPU nodes carried both
+    # pci-10de.present ([vendor]) and pci-0302_10de.present ([class, vendor]). Now the upstream chart's [vendor]
+    # alone, as e2e/cluster/nodes.py's fake nodes of one cluster carry one label mode.
+    pci = [sorted(k for k in n["metadata"]["labels"] if k.startswith("feature.node.kubernetes.io/pci-")) for n in gpu]
+    assert pci == [["feature.node.kubernetes.io/pci-10de.present"]] * 3
 
 
 # render

@@ -7,8 +7,11 @@ watches its node's `nvidia.com/mig.config` label and, on start and on every chan
 `success`, else `nvidia.com/mig.config.state=pending`, the deploy labels of device-plugin, gpu-feature-discovery,
 dcgm, dcgm-exporter, nvsm (and client when set) go to `paused-for-mig-change` (a `false` stays `false`), it waits
 for those pods to go, applies the mode (`rebooting` and a reboot when the mode needs one) and the layout, then
-sets the labels back to `true` and the state to `success` or `failed`. It never looks at GPU workload pods, and a
-mig-manager killed mid-change leaves the labels paused.
+sets the labels back to `true` and the state to `success`. A change that fails sets the state `failed` and the
+labels back only until the pod's first completed change: that sets NoRestartK8sDaemonsetsOnExit, process-wide and
+never cleared, so a later failure of the same pod leaves them paused (setState); so does a wait for the pods that
+fails (no state set, `pending` stays). It never looks at GPU workload pods, and a mig-manager killed mid-change
+leaves the labels paused.
 
 The gate: the operator holds a change by setting the node's own `nvidia.com/gpu.deploy.mig-manager` label to
 `paused-for-mig-change`, so the mig-manager DaemonSet (node selector `...deploy.mig-manager=true`) has no pod on

@@ -9,10 +9,13 @@ import pytest
 from gpu_operator import mig, mig_layouts, mig_pass
 from gpu_operator.api import parse_spec
 from gpu_operator.cli import main
+from gpu_operator.kube import ApiError
 from gpu_operator.nodes import GPU_PCI_LABELS, MIG_CONFIG, MIG_CONFIG_STATE, NodeFacts, apply_patch, deploy_label
 from gpu_operator.observe import Snapshot
+from gpu_operator.upgrade import INITIAL_UNSCHEDULABLE_ANNOTATION, Annotate, Cordon, SetState, plan
 from gpu_operator.upgrade.model import STATE_LABEL as UPGRADE_STATE
 from gpu_operator.upgrade.model import WorkloadPod
+from test_upgrade_planner import make_node, policy
 
 SPEC = parse_spec({})
 EVICT = parse_spec({"driver": {"upgradePolicy": {"drain": {"enable": True}}}})
@@ -637,6 +640,48 @@ def test_the_gates_cordon_stays_while_the_change_waits_or_is_under_way_and_goes_
     mig_pass.run(kube, "gpu-operator", EVICT, snap, [gate_cordoned(approved="all-1g.10gb")], lambda *a: None)  # type: ignore[arg-type]
     uncordon = {"metadata": {"annotations": {MIG_CORDONED: None}}, "spec": {"unschedulable": None}}
     assert kube.patches == [("n1", uncordon)]
+
+
+def _gate_pass(kube: FakeKube, n: NodeFacts) -> tuple[mig.Decision, NodeFacts]:
+    snap = Snapshot(nodes={}, policies={}, owned={}, pods={}, revisions={})
+    decision, (after,), _ = mig_pass.run(kube, "gpu-operator", EVICT, snap, [n], lambda *a: None)  # type: ignore[arg-type]
+    return decision, after
+
+
+class FailingKube(FakeKube):
+    def merge_patch(self, kind: str, name: str, body: dict[str, Any], *_: Any, **__: Any) -> dict[str, Any]:
+        raise ApiError(500, "boom", f"patch {kind} {name}")
+
+
+def test_the_nodes_the_mig_pass_hands_on_are_as_its_cordons_leave_them() -> None:
+    """The reconciler hands the MIG pass's nodes to the driver upgrade's planner in the same pass. They carried only
+    the pass's label patches: a node whose gate cordon the pass had just lifted still read cordoned and marked as
+    the gate's, and one it had just cordoned read schedulable. Now they read as the pass's writes left them; a node
+    whose write failed reads as it was."""
+    done = gate_cordoned(approved="all-1g.10gb", **{UPGRADE_STATE: "upgrade-done"})
+    decision, after = _gate_pass(FakeKube(), done)
+    assert decision.uncordon == ["n1"]
+    assert not after.unschedulable and MIG_CORDONED not in after.annotations
+    assert after.labels == done.labels
+    decision, after = _gate_pass(DrainKube([replica("train-7d9-a")]), node())
+    assert decision.cordon == ["n1"]
+    assert after.unschedulable and after.annotations == {MIG_CORDONED: "true"}
+    assert after.labels[MANAGER] == mig.PAUSED  # its label patch applied as before
+    _, after = _gate_pass(FailingKube(), done)
+    assert after == done
+
+
+def test_an_upgrade_starting_in_the_pass_the_gate_uncordons_the_node_cordons_it() -> None:
+    """A gate-cordoned node whose MIG change ended in the pass its driver upgrade got a slot: the planner read the
+    cordon the gate had just lifted as one from before the upgrade, recorded the node as initially unschedulable and
+    wrote no Cordon of its own, so the upgrade drained the node and restarted its driver while it was schedulable.
+    Now the planner sees the node uncordoned and cordons it itself."""
+    _, after = _gate_pass(FakeKube(), gate_cordoned(approved="all-1g.10gb", **{UPGRADE_STATE: "upgrade-done"}))
+    upgrade = make_node(labels=after.labels, annotations=after.annotations, unschedulable=after.unschedulable)
+    p = plan([upgrade], [], policy(), 10_000.0)
+    assert "cordon-required" in [a.state for a in p.actions if isinstance(a, SetState)]  # the upgrade starts now
+    assert Cordon("n1") in p.actions
+    assert not any(isinstance(a, Annotate) and a.key == INITIAL_UNSCHEDULABLE_ANNOTATION for a in p.actions)
 
 
 def test_a_cordon_not_the_gates_is_never_lifted_and_an_upgrading_node_is_not_cordoned() -> None:

@@ -106,7 +106,8 @@ def run(
     kept: MigKept | None = None,
     previous: list[dict[str, Any]] | None = None,
 ) -> tuple[mig.Decision, list[NodeFacts], dict[str, dict[str, str | None]]]:
-    """One pass: the decision, the nodes as its label patches leave them, and the patches left to the caller.
+    """One pass: the decision, the nodes as it leaves them (labels, the gate's cordons), and the patches left to the
+    caller.
 
     `fold`: nodes the caller patches later in this pass anyway; a patch that only records a layout as let through
     is left to go with that patch (one write per node instead of two) rather than written here. `kept`: what the
@@ -157,12 +158,24 @@ def run(
     actions: list[Action] = [a for n in decision.cordon for a in (Cordon(n), Annotate(n, MIG_CORDONED, "true"))]
     actions += [EvictPods(n, refs, delete_emptydir=drain.delete_empty_dir) for n, refs in decision.evict.items()]
     actions += [a for n in decision.uncordon for a in (Uncordon(n), Annotate(n, MIG_CORDONED, None))]
-    if actions:
-        Executor(kube, namespace, events).run(Plan(actions=actions))
-    if not decision.patches:
+    patched = Executor(kube, namespace, events).run(Plan(actions=actions)).patched if actions else set()
+    # The rest of the pass (the driver upgrade's planner) sees the gate's cordons as written: a cordon it read as
+    # still there would be taken for one from before an upgrade starting now, and that upgrade would not cordon.
+    cordoned = {n: True for n in decision.cordon if n in patched}
+    cordoned |= {n: False for n in decision.uncordon if n in patched}
+    if not decision.patches and not cordoned:
         return decision, nodes, folded
-    out = [
-        replace(n, labels=apply_patch(n.labels, decision.patches[n.name])) if n.name in decision.patches else n
-        for n in nodes
-    ]
+    out = [_after(n, decision.patches.get(n.name), cordoned.get(n.name)) for n in nodes]
     return decision, out, folded
+
+
+def _after(node: NodeFacts, patch: dict[str, str | None] | None, cordoned: bool | None) -> NodeFacts:
+    """The node as the pass leaves it: `patch` its labels', `cordoned` whether the gate's cordon went on or off."""
+    if patch:
+        node = replace(node, labels=apply_patch(node.labels, patch))
+    if cordoned is None:
+        return node
+    annotations = {k: v for k, v in node.annotations.items() if k != MIG_CORDONED}
+    if cordoned:
+        annotations[MIG_CORDONED] = "true"
+    return replace(node, unschedulable=cordoned, annotations=annotations)

@@ -412,11 +412,13 @@ WRITE_BUDGET_S = 2.0
 
 @dataclass(frozen=True)
 class Ran:
-    """What a run did not write: nodes left for the next pass (out of its write budget), and nodes dropped
-    because they moved on since the plan."""
+    """What a run did and did not write: nodes left for the next pass (out of its write budget), nodes dropped
+    because they moved on since the plan, and nodes patched (a patch of each went through, though a later action
+    may have failed)."""
 
     left: set[str] = field(default_factory=set)
     dropped: set[str] = field(default_factory=set)
+    patched: set[str] = field(default_factory=set)
 
 
 class Executor:
@@ -443,6 +445,7 @@ class Executor:
         deadline = None if budget_s is None else time.monotonic() + budget_s
         left: set[str] = set()
         dropped: set[str] = set()
+        patched: set[str] = set()
 
         def one(numbered: tuple[int, list[Action]]) -> None:
             i, actions = numbered
@@ -454,17 +457,18 @@ class Executor:
                          actions[0].node)
                 dropped.add(actions[0].node)
                 return
-            self.node(actions)
+            self.node(actions, patched)
 
         # Each node's actions in order, the nodes side by side: a wave of 105 nodes cordoned, or their driver pods
         # deleted, one node after another took seconds, and a node whose new driver was Ready waited for them.
         with ThreadPoolExecutor(max_workers=WRITERS) as pool:
             list(pool.map(one, enumerate(groups)))
-        return Ran(left, dropped)
+        return Ran(left, dropped, patched)
 
-    def node(self, actions: list[Action]) -> dict[str, Any] | None:
+    def node(self, actions: list[Action], patched: set[str] | None = None) -> dict[str, Any] | None:
         """One node's actions: consecutive label, annotation and cordon changes as one merge patch; the rest stop
-        at the node's first failed write. The node as its last patch answered, if all went."""
+        at the node's first failed write. The node as its last patch answered, if all went. `patched`: gets the
+        node's name once a patch of it went through."""
         patch: dict[str, Any] = {}
         answer: list[dict[str, Any]] = []
 
@@ -475,6 +479,8 @@ class Executor:
             patch.clear()
             try:
                 answer[:] = [self.kube.merge_patch("Node", actions[0].node, body)]
+                if patched is not None:
+                    patched.add(actions[0].node)
                 return True
             except ApiError as exc:
                 log.warning("upgrade: patching node %s failed: %s", actions[0].node, exc)

@@ -1552,6 +1552,65 @@ def test_a_node_the_deleted_default_nvidiadriver_drove_keeps_its_upgrade_state()
     assert not kube.node_patches(STATE_LABEL), kube.node_patches(STATE_LABEL)
 
 
+@pytest.mark.parametrize("owner", ["pool-b", None], ids=["non-default", "default"])
+def test_a_node_whose_driver_is_switched_off_mid_upgrade_is_let_go(owner: str | None) -> None:
+    """b1, cordoned by its upgrade in pod-restart-required, gets nvidia.com/gpu.deploy.driver=false (by hand, or a
+    VM workload). Its NVIDIADriver still takes it (routing reads the GPU), so the let-go, which looked only at nodes
+    no NVIDIADriver takes, passed it by, and no plan held it (the upgrade reads the deploy label): it stayed
+    cordoned in its state for good and the ClusterPolicy notReady. Now it is let go, as under the ClusterPolicy's
+    own driver, over passes that apply the node patches; it keeps its owner label."""
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+    from gpu_operator.upgrade.model import STATE_LABEL
+    from support import RecordingKube, merge
+
+    class Kube(RecordingKube):
+        def create(self, obj: dict[str, Any], *_: Any, **__: Any) -> dict[str, Any]:
+            self._note("create", obj)
+            return obj
+
+    def passes(raws: dict[str, dict[str, Any]], spec: dict[str, Any], drivers: dict[str, Any]) -> list[str]:
+        """Events and ClusterPolicy status messages, in order."""
+        said = []
+        for _ in range(3):
+            kube = Kube()
+            snap = Snapshot(nodes={k: NodeFacts.from_node(v) for k, v in raws.items()},
+                            policies={"cluster-policy": policy_object(spec)}, owned={}, pods={}, revisions={},
+                            nvidia_drivers=drivers)  # fmt: skip
+            Reconciler(kube, "gpu-operator").reconcile(snap)  # type: ignore[arg-type]
+            for verb, what in kube.calls:
+                if verb == "merge_patch" and what[0] == "Node" and what[1] in raws:
+                    raws[what[1]] = merge(raws[what[1]], what[2])
+                elif verb == "create" and what.get("kind") == "Event":
+                    said.append(what["message"])
+                elif verb == "merge_patch" and what[:2] == ("ClusterPolicy", "cluster-policy"):
+                    said += [c["message"] for c in (what[2].get("status") or {}).get("conditions", [])]
+        return said
+
+    labels = {STATE_LABEL: "pod-restart-required", "nvidia.com/gpu.deploy.driver": "false"}
+    raw = support_node("b1", labels=labels | ({"pool": "b", OWNER_LABEL: owner} if owner else {}))
+    raw["spec"] = {"unschedulable": True}  # cordoned by the upgrade (no initial-state annotation)
+    own = {"b1": support_node("b1", labels=labels)}
+    own["b1"]["spec"] = {"unschedulable": True}
+    cp = copy.deepcopy(load_policy()["spec"])
+    cp["driver"].setdefault("upgradePolicy", {})["autoUpgrade"] = True
+    passes(own, cp, {})  # the ClusterPolicy's own driver lets it go
+    assert STATE_LABEL not in own["b1"]["metadata"]["labels"] and not own["b1"]["spec"].get("unschedulable")
+    drivers = {name: {"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver",
+                      "metadata": {"name": name, "uid": f"uid-{name}", "generation": 1,
+                                   "creationTimestamp": "2026-01-01T00:00:00Z"}, "spec": spec}
+               for name, spec in {"pool-b": {"nodeSelector": {"pool": "b"}}, "default": {"default": True}}.items()}
+    nodes = {"b1": raw}
+    said = passes(nodes, crd_policy(), drivers)
+    after = nodes["b1"]
+    assert not after["spec"].get("unschedulable"), f"b1 left cordoned in {after['metadata']['labels'][STATE_LABEL]}"
+    assert STATE_LABEL not in after["metadata"]["labels"]
+    assert after["metadata"]["labels"].get(OWNER_LABEL) == owner  # still its NVIDIADriver's node
+    why = "its NVIDIADriver's driver no longer goes to the node"
+    assert said.count(f"{why} in pod-restart-required: node uncordoned (the upgrade had cordoned it)") == 1
+    assert "NVIDIADriver upgrade has not completed" not in said[-1]  # the last pass's ClusterPolicy status
+
+
 def test_one_nvidiadriver_that_cannot_render_holds_only_its_own_daemonsets() -> None:
     # usePrecompiled with GDS cannot render; upstream fails that NVIDIADriver alone (ReconcileFailed on it).
     nodes = [facts("a1", labels={"pool": "a"}), facts("b1", labels={"pool": "b"})]

@@ -632,6 +632,13 @@ class Reconciler:
             out.status["available"] = totals["available"]
         out.counters = Counters(**totals)
         set_gauges(out.counters)
+        # A node its NVIDIADriver still takes (routed by its GPU) that its driver no longer goes to (deploy label
+        # false, removed or refused) is in no plan (managed_nodes): let go as with the ClusterPolicy's driver. It
+        # keeps its owner label.
+        astray = sorted(k for g in groups for k in kept[g.name].inputs.astray if k in by_name)
+        if astray:
+            left_behind(self.kube, self.namespace, [by_name[k] for k in astray], self.events,
+                        "its NVIDIADriver's driver no longer goes to the node")  # fmt: skip
         # A node with an upgrade state that its own NVIDIADriver no longer drives (deleted or refused, a conflict,
         # its selector moved off it) is let go as with the ClusterPolicy's driver switched off: no pass would move it
         # on. Only one that carried an owner label (upstream skips the others): a node the default drove keeps its

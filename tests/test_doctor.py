@@ -2225,6 +2225,27 @@ def test_daemonset_is_not_blocked_by_taints_the_daemonset_controller_tolerates()
     assert "OperandBlockedByTaint" not in found, found["OperandBlockedByTaint"].summary
 
 
+def test_a_notready_gpu_node_does_not_make_operands_blocked_by_taint() -> None:
+    """A GPU node that goes NotReady (a reboot after a driver install, a kubelet restart) gets
+    node.kubernetes.io/not-ready:NoSchedule from the node lifecycle controller (and NoExecute); the DaemonSet
+    controller tolerates not-ready only with NoExecute. doctor reported OperandBlockedByTaint, an ERROR per operand
+    DaemonSet, telling the admin to tolerate not-ready in daemonsets.tolerations: the wrong cause (the node is
+    NotReady) and a harmful fix (operands on a node that is not ready). NotReady nodes, and the taints of a node's
+    state (not-ready, unreachable, network-unavailable, the cloud provider's uninitialized) on any node, are left
+    out now."""
+    rebooting = node("h-0", spec={"taints": [{"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"},
+                                             {"key": "node.kubernetes.io/not-ready", "effect": "NoExecute"}]})
+    rebooting["status"]["conditions"] = [{"type": "Ready", "status": "False", "reason": "KubeletNotReady"}]
+    starting = node("h-1", spec={"taints": [{"key": "node.cloudprovider.kubernetes.io/uninitialized", "value": "true",
+                                             "effect": "NoSchedule"}]})  # fmt: skip
+    c = cluster([rebooting, starting], [])
+    c.snapshot.owned[("DaemonSet", NS, "nvidia-device-plugin-daemonset")] = daemonset(
+        "nvidia-device-plugin-daemonset", {"nvidia.com/gpu.present": "true"}, ready=0, want=2
+    )
+    found = kinds(c)
+    assert "OperandBlockedByTaint" not in found, found["OperandBlockedByTaint"].summary
+
+
 def test_a_node_the_autoscaler_is_removing_does_not_make_operands_blocked_by_taint() -> None:
     """cluster-autoscaler taints a node it scales down ToBeDeletedByClusterAutoscaler:NoSchedule before draining and
     deleting it (Karpenter: karpenter.sh/disrupted). The DaemonSet controller keeps the daemon pods already there (a

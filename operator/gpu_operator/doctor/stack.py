@@ -43,6 +43,10 @@ NFD_INSTALL = ("helm install nfd oci://registry.k8s.io/nfd/charts/node-feature-d
 # Taints cluster-autoscaler and Karpenter (v1; before it karpenter.sh/disruption) put on a node they remove: the
 # DaemonSet controller keeps the daemon pods already there (NoSchedule only stops new ones), nothing to tolerate.
 _SCALE_DOWN_TAINTS = ("ToBeDeletedByClusterAutoscaler", "karpenter.sh/disrupted", "karpenter.sh/disruption")
+# Taints the node lifecycle controller, the kubelet or the cloud controller put on a node for its state (NotReady,
+# no network, not initialized) and take off once it clears: the node's state, not a taint to tolerate.
+_CONDITION_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable",
+                     "node.kubernetes.io/network-unavailable", "node.cloudprovider.kubernetes.io/uninitialized")
 # What a validator init container waits for, by its name (the component it validates).
 _VALIDATES = {
     "driver-validation": "the driver (state-driver) on this node",
@@ -402,13 +406,13 @@ def _tolerated(tolerations: list[dict[str, Any]], view: NodeView) -> list[dict[s
 
 def _blocked_daemonsets(cluster: Cluster) -> list[Finding]:
     """DaemonSets whose node selector takes a GPU node that a taint keeps them off (DESIRED lower than it should).
-    Nodes being deleted, or removed by an autoscaler (its taint), are left out."""
+    Nodes NotReady or being deleted, taints of a node's state, and those of an autoscaler removing it are left out."""
     blocked: dict[str, list[str]] = {}
     taints: dict[str, set[str]] = {}
     deleting = _deleting(cluster)
     gpu_nodes = [
         cluster.views[n.name] for n in cluster.snapshot.nodes.values()
-        if n.has_gpu and n.name in cluster.views and n.name not in deleting
+        if n.has_gpu and n.ready and n.name in cluster.views and n.name not in deleting
     ]  # fmt: skip
     for (kind, _, ds_name), ds in cluster.snapshot.owned.items():
         if kind != "DaemonSet":
@@ -421,7 +425,7 @@ def _blocked_daemonsets(cluster: Cluster) -> list[Finding]:
             if not selector_ok(probe, view.labels, view.name):
                 continue
             bad = [t for t in _tolerated(list(template.get("tolerations") or []) + DAEMON_TOLERATIONS, view)
-                   if t.get("key") not in _SCALE_DOWN_TAINTS]  # fmt: skip
+                   if t.get("key") not in (*_SCALE_DOWN_TAINTS, *_CONDITION_TAINTS)]  # fmt: skip
             if bad:
                 blocked.setdefault(ds_name, []).append(view.name)
                 taints.setdefault(ds_name, set()).update(f"{t.get('key')}:{t.get('effect')}" for t in bad)

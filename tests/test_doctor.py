@@ -152,6 +152,30 @@ def test_broken_pytorch_run_by_the_nvidia_runtime_is_told_it_sees_every_gpu_of_t
         assert "torch.cuda.is_available() is False" in f.summary and "nvidia.com/gpu: 1" in f.fix_yaml
 
 
+def test_a_pod_of_another_runtime_class_is_not_said_to_be_run_by_the_nvidia_runtime() -> None:
+    """The default runtime (containerd's default_runtime_name) runs only the pods that name no RuntimeClass; a pod
+    naming another class (kata, gVisor, a class whose handler is runc) is run by that class's handler and gets no
+    GPU from NVIDIA_VISIBLE_DEVICES. With nvidia the default (cdi.enabled false) doctor said so whatever the pod's
+    runtimeClassName: CUDAImageWithoutGPU told such a pod it sees every GPU of its node, and
+    CUDAOOMSharedOutsideDevicePlugin blamed it for another pod's OOM. Now only a pod that names no class, or an
+    nvidia one, counts as run by the nvidia runtime."""
+    image = "pytorch/pytorch:2.1.0-cuda12.1-cudnn8-devel"
+    sandboxed = pod("sandboxed-notebook", image=image, node_name="h-0", runtimeClassName="kata-qemu")
+    f = kinds(with_spec(cluster([node("h-0")], [sandboxed]), {"cdi": {"enabled": False}}))["CUDAImageWithoutGPU"]
+    assert "nvidia runtime runs it" not in f.summary and "every GPU of h-0" not in f.summary, f.summary
+    oom = "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.11 GiB total capacity)"
+    training = pod("exclusive-training", 1, node_name="h-0", image=image, status={
+        "phase": "Running", "containerStatuses": [{
+            "name": "main", "restartCount": 1, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"exitCode": 1, "message": oom}}}]})  # fmt: skip
+    found = kinds(with_spec(cluster([node("h-0")], [training, sandboxed]), {"cdi": {"enabled": False}}))
+    assert "CUDAOOMSharedOutsideDevicePlugin" not in found, found["CUDAOOMSharedOutsideDevicePlugin"].summary
+    # Naming the nvidia class still counts.
+    sandboxed["spec"]["runtimeClassName"] = "nvidia"
+    found = kinds(with_spec(cluster([node("h-0")], [training, sandboxed]), {"cdi": {"enabled": False}}))
+    assert "default/sandboxed-notebook" in found["CUDAOOMSharedOutsideDevicePlugin"].summary
+
+
 def test_corrected_pod_keeps_the_users_volumes_mounts_and_tolerations() -> None:
     """The corrected pod used to drop tolerations, serviceAccountName and securityContext as if the API server had
     set them, and every volume (mounts were removed before checking whether any were left): it lost its data and

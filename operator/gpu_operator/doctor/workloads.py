@@ -339,7 +339,8 @@ def _nvidia_runtime(cluster: Cluster, pod: dict[str, Any]) -> tuple[str, Evidenc
     """(why, evidence) when the nvidia runtime, not runc, runs the pod on its GPU node; None when runc does, the pod is
     not bound to one, or doctor cannot tell. That runtime gives a container the GPUs its NVIDIA_VISIBLE_DEVICES names,
     outside the device plugin's count: the toolkit's installer makes it the default runtime unless told not to (the
-    operator tells it so with CDI on, as upstream), and a pod may name one of its RuntimeClasses."""
+    operator tells it so with CDI on, as upstream), which runs the pods that name no RuntimeClass, and a pod may name
+    one of its RuntimeClasses. Another RuntimeClass's handler (kata, gVisor, runc) is not known here: None."""
     facts = cluster.snapshot.nodes.get(str((pod.get("spec") or {}).get("nodeName") or ""))
     if facts is None or not facts.has_gpu:
         return None
@@ -352,7 +353,8 @@ def _nvidia_runtime(cluster: Cluster, pod: dict[str, Any]) -> tuple[str, Evidenc
     ):
         return None  # the runtime ignores an unprivileged container's NVIDIA_VISIBLE_DEVICES
     optout = (facts.labels.get(deploy_label("container-toolkit")), facts.labels.get(DEPLOY_OPERANDS))
-    if spec.toolkit.enabled and "false" not in optout:
+    runtime_class = str((pod.get("spec") or {}).get("runtimeClassName") or "")
+    if not runtime_class and spec.toolkit.enabled and "false" not in optout:
         chain = [(k, env[k]) for k in _SET_AS_DEFAULT if k in env]
         if spec.cdi.enabled and _SET_AS_DEFAULT[0] not in env:
             chain.insert(0, (_SET_AS_DEFAULT[0], "false"))
@@ -362,7 +364,6 @@ def _nvidia_runtime(cluster: Cluster, pod: dict[str, Any]) -> tuple[str, Evidenc
         if _true(chain[0][1]):
             return (f"nvidia is the node's default runtime: toolkit.env sets {chain[0][0]}={chain[0][1]}",
                     Evidence(f"ClusterPolicy {name}", f"spec.toolkit.env[{chain[0][0]}]", chain[0][1]))  # fmt: skip
-    runtime_class = str((pod.get("spec") or {}).get("runtimeClassName") or "")
     if runtime_class in {spec.operator.runtime_class, *(("nvidia-cdi", "nvidia-legacy") if spec.cdi.enabled else ())}:
         return f"runtimeClassName {runtime_class}", Evidence(pod_ref(pod), "spec.runtimeClassName", runtime_class)
     return None

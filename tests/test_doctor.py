@@ -2561,6 +2561,31 @@ def test_seed_7_3_production_training_preempting_experiments_is_not_a_gpu_shorta
     assert "InsufficientGPU" in kinds(cluster([node("h-0")], [*experiments, production]))
 
 
+def test_preemption_is_not_reported_on_a_nominated_node_that_no_longer_takes_the_pod() -> None:
+    """kube-scheduler keeps status.nominatedNodeName when a later attempt fails without a new nomination. Here h-0
+    was cordoned since (a driver upgrade, whose drain evicts the lower-priority GPU pods: deletionTimestamp set, as
+    preemption's victims), or tainted. doctor checked only resources on the nominated node and reported
+    PreemptionInProgress, "nothing to do but wait ... then the pod is bound to h-0", which the scheduler's
+    NodeUnschedulable and TaintToleration filters will not do. Now the nominated node must pass those filters too,
+    and the cordon (NodesCordoned) or the taint (UntoleratedTaint) is named."""
+
+    def preempting(node_spec: dict[str, Any], labels: dict[str, str] | None = None) -> dict[str, Any]:
+        experiments = [pod(f"experiment-{i}", 1, node_name="h-0", priorityClassName="low-priority-experiments",
+                           priority=100) for i in range(8)]  # fmt: skip
+        for victim in experiments[:4]:
+            victim["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+            victim["metadata"]["deletionGracePeriodSeconds"] = 30
+        production = unschedulable(pod("production-training", 4, priorityClassName="high-priority-training",
+                                       priority=1000), "0/1 nodes are available: 1 node(s) were unschedulable.")
+        production["status"]["nominatedNodeName"] = "h-0"
+        return kinds(cluster([node("h-0", spec=node_spec, labels=labels or {})], [*experiments, production]))
+
+    found = preempting({"unschedulable": True}, {"nvidia.com/gpu-driver-upgrade-state": "drain-required"})
+    assert "PreemptionInProgress" not in found and "NodesCordoned" in found, found
+    found = preempting({"taints": [{"key": "dedicated", "value": "inference", "effect": "NoSchedule"}]})
+    assert "PreemptionInProgress" not in found and "UntoleratedTaint" in found, found
+
+
 def test_seed_3_3_scheduling_example_filters_the_half_used_node_and_ties_the_free_ones() -> None:
     """§3.3: an 8-GPU job; Node-1 8 x H100 free, Node-2 8 x H100 with 4 used, Node-3 8 x A100 free; "Scheduler picks
     Node-1". The filter removes Node-2 (4 free); Node-1 and Node-3 both fit (the job names no GPU model, so the

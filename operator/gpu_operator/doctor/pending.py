@@ -96,10 +96,12 @@ def _preempting(cluster: Cluster, pod: dict[str, Any]) -> Finding | None:
     """Seed §7.3: the scheduler preempts lower-priority pods for this one. It deletes them, writes the node in
     status.nominatedNodeName and leaves the pod Pending ("Insufficient nvidia.com/gpu") while they hold their GPUs
     through their grace period; then it binds the pod there. Not a shortage, while the node fits the pod once its
-    terminating pods are gone."""
+    terminating pods are gone. The scheduler keeps the nomination after a later attempt fails, so a node cordoned or
+    tainted since (a driver upgrade's drain evicts the same way) no longer counts: what holds the pod is that."""
     node = str((pod.get("status") or {}).get("nominatedNodeName") or "")
     view = cluster.views.get(node)
-    if view is None:
+    if view is None or not selector_ok(pod, view.labels, view.name) or untolerated_taints(pod, view) \
+            or cordoned(pod, view):  # fmt: skip
         return None
     priority = int((pod.get("spec") or {}).get("priority") or 0)
     ending = [p for p in view.pods if (p.get("metadata") or {}).get("deletionTimestamp")]

@@ -527,6 +527,22 @@ def test_a_node_the_mig_gate_cordoned_says_so() -> None:
                          "it is over)"]  # fmt: skip
 
 
+def test_a_mig_gate_cordon_is_not_told_to_be_lifted_by_hand() -> None:
+    """NodesCordoned on nodes the MIG gate cordoned said in its details that the operator uncordons them, but its fix
+    was the generic "uncordon a node when its maintenance is over (`kubectl uncordon NODE`)": lifting the gate's
+    cordon by hand lets the evicted GPU pods' replacements land on the node again, which holds the layout change (the
+    reason the gate cordons, mig.py). Now the fix says to wait for the change and not to uncordon by hand, as for a
+    driver upgrade's cordon; a cordon of someone else's beside them is still the admin's to lift."""
+    labels = {"nvidia.com/mig.config": "all-1g.10gb", "nvidia.com/mig.config.state": "pending"}
+    gated = node("h-0", spec={"unschedulable": True}, labels=labels)
+    gated["metadata"]["annotations"] = {"nvidia.com/gpu-operator.mig-cordoned": "true"}
+    f = kinds(cluster([gated], [pod("p", 1)]))["NodesCordoned"]
+    assert "kubectl uncordon" not in f.fix and "do not uncordon these nodes by hand" in f.fix, f.fix
+    assert "MIG layout change (h-0)" in f.summary and "nvidia.com/mig.config.state=success" in f.fix, (f.summary, f.fix)
+    f = kinds(cluster([gated, node("h-1", spec={"unschedulable": True})], [pod("p", 1)]))["NodesCordoned"]
+    assert "do not uncordon these nodes by hand (the others: `kubectl uncordon NODE`" in f.fix, f.fix
+
+
 def test_cuda_13_on_driver_570() -> None:
     pinned = pod("c13", 1, image="nvidia/cuda:13.0.1-base-ubuntu24.04", nodeSelector={"kubernetes.io/hostname": "old"})
     c = cluster([node("old", driver="570.172.08"), node("new")], [pinned])

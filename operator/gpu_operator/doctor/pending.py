@@ -508,7 +508,7 @@ def _listed(names: list[str]) -> str:
 
 def _cordoned(cluster: Cluster, ref: str, nodes: list[NodeView], evidence: list[Evidence]) -> Finding:
     waiting = upgrade_waiting(cluster)
-    rows, upgrading = [], []
+    rows, upgrading, gated = [], [], []
     for v in nodes:
         state = v.labels.get(UPGRADE_STATE)
         if state and state != "upgrade-done":
@@ -518,16 +518,26 @@ def _cordoned(cluster: Cluster, ref: str, nodes: list[NodeView], evidence: list[
                 + (f", waits for: {waiting[v.name]}" if v.name in waiting else "")
             )
         elif MIG_CORDONED in getattr(cluster.snapshot.nodes.get(v.name), "annotations", {}):
+            gated.append(v.name)
             rows.append(f"{v.name}: cordoned by the operator for the MIG layout change to "
                         f"{v.labels.get(MIG_CONFIG_LABEL, '-')} (uncordoned once it is over)")  # fmt: skip
         else:
             rows.append(f"{v.name}: cordoned (spec.unschedulable)")
-    if upgrading:
-        summary = (f"every node the pod may use is cordoned; {len(upgrading)} of them by the GPU driver upgrade "
-                   f"({', '.join(upgrading[:5])})")  # fmt: skip
-        fix = ("the nodes come back when their upgrade finishes (see what each waits for below, or `gpu-operator "
-               "upgrade plan`); a node stuck in upgrade-failed is retried by relabelling it upgrade-required; "
-               "do not uncordon a node mid-upgrade by hand")  # fmt: skip
+    if upgrading or gated:
+        by = [f"{len(names)} by {what} ({', '.join(names[:5])})" for names, what in
+              ((upgrading, "the GPU driver upgrade"), (gated, "the operator for a MIG layout change")) if names]
+        summary = f"every node the pod may use is cordoned: {' and '.join(by)}"
+        fix = "; ".join(([
+            "the nodes come back when their upgrade finishes (see what each waits for below, or `gpu-operator "
+            "upgrade plan`); a node stuck in upgrade-failed is retried by relabelling it upgrade-required"
+        ] if upgrading else []) + ([
+            "the operator uncordons a node once its MIG layout change is over: wait for nvidia.com/mig.config.state="
+            "success (or failed: MIGChangeFailed says why)"
+        ] if gated else []))  # fmt: skip
+        # Lifting the cordon lets the evicted pods' replacements land there again, which holds the upgrade or change.
+        fix += "; do not uncordon " + ("a node mid-upgrade" if not gated else "these nodes") + " by hand"
+        if len(upgrading) + len(gated) < len(nodes):
+            fix += " (the others: `kubectl uncordon NODE` when their maintenance is over)"
     else:
         summary = "every node the pod may use is cordoned (node(s) were unschedulable)"
         fix = "uncordon a node when its maintenance is over (`kubectl uncordon NODE`) or add nodes"

@@ -1037,6 +1037,34 @@ def test_gpus_are_not_called_unhealthy_while_the_device_plugin_pod_restarts() ->
     assert "Xid" in kinds(cluster([n], [plugin]))["GPUsUnhealthy"].summary
 
 
+def test_gpus_unhealthy_is_reported_for_mig_and_shared_resources_too() -> None:
+    """REFERENCE §12 entry 3 (allocatable below capacity: an Xid) was read for nvidia.com/gpu only. Under the MIG
+    strategy mixed the device plugin advertises nvidia.com/mig-<profile>, and with sharing renameByDefault
+    nvidia.com/gpu.shared; an Xid marks those devices unhealthy too (k8s-device-plugin internal/rm/health.go ->
+    ListAndWatch), and doctor stayed silent. Each GPU resource counts now, in its own units."""
+
+    def advertising(name: str, labels: dict[str, str], resource: str, cap: str, alloc: str) -> dict[str, Any]:
+        n = node(name, labels=labels)
+        for key in ("capacity", "allocatable"):
+            n["status"][key].pop("nvidia.com/gpu")
+        n["status"]["capacity"][resource], n["status"]["allocatable"][resource] = cap, alloc
+        return n
+
+    mixed = advertising("m-0", {"nvidia.com/mig.strategy": "mixed"}, "nvidia.com/mig-1g.10gb", "56", "49")
+    f = kinds(cluster([mixed], []))["GPUsUnhealthy"]
+    assert "49 of its 56 nvidia.com/mig-1g.10gb" in f.summary and "7 nvidia.com/mig-1g.10gb device(s)" in f.summary
+    shared = advertising("s-0", {"nvidia.com/gpu.replicas": "4", "nvidia.com/gpu.sharing-strategy": "time-slicing"},
+                         "nvidia.com/gpu.shared", "32", "28")  # fmt: skip
+    f = kinds(cluster([shared], []))["GPUsUnhealthy"]
+    assert "4 nvidia.com/gpu.shared replica(s) (4 per GPU)" in f.summary and "GPU(s)" not in f.summary, f.summary
+    # A profile the plugin no longer advertises after a layout change reads the same for 5 minutes: said so.
+    mixed["status"]["capacity"]["nvidia.com/mig-3g.40gb"], mixed["status"]["allocatable"]["nvidia.com/mig-3g.40gb"] = (
+        "2", "0")  # fmt: skip
+    f = kinds(cluster([mixed], []))["GPUsUnhealthy"]
+    assert "after a MIG layout or sharing change, nvidia.com/mig-3g.40gb is no longer advertised" in f.summary
+    assert f.fix.startswith("if it lasts past 5 minutes, drain the node"), f.fix
+
+
 def test_a_gpu_node_that_advertises_no_gpu_is_named_when_the_others_are_full() -> None:
     """h-0 has 8 GPUs (NFD, gpu.present, GFD's labels) but advertises no nvidia.com/gpu (its device plugin found
     none: §12 entry 1's cause, on one node); h-1's 8 are in use. A pending 1-GPU pod was told only that every

@@ -28,10 +28,11 @@ from .common import (
     policy,
     sandbox_failure,
     sandbox_fix,
+    shared_replicas,
     upgrade_waiting,
 )
 from .model import ERROR, INFO, WARNING, Cluster, Evidence, Finding, pod_ref
-from .sched import DAEMON_TOLERATIONS, GPU, NodeView, is_gpu_resource, selector_ok
+from .sched import DAEMON_TOLERATIONS, GPU, GPU_SHARED, MIG_PREFIX, NodeView, is_gpu_resource, selector_ok
 
 _IN_PROGRESS_DONE = ("", "upgrade-done", "upgrade-required")
 COUNT_LABEL = "nvidia.com/gpu.count"  # GFD's
@@ -513,22 +514,43 @@ def _plugin_away(cluster: Cluster, view: NodeView) -> bool:
     return bool(pods) and not any(pod_ready(p) and not p["metadata"].get("deletionTimestamp") for p in pods)
 
 
+def _unhealthy(resource: str, count: Decimal, replicas: int) -> str:
+    """`count` devices of a GPU resource, in its units: GPUs, MIG devices, or the replicas of shared GPUs."""
+    if resource.startswith(MIG_PREFIX):
+        return f"{count} {resource} device(s)"
+    if replicas > 1 or resource == GPU_SHARED:
+        return f"{count} {resource} replica(s) ({replicas} per GPU)"
+    return f"{count} GPU(s)"
+
+
 def _capacity(cluster: Cluster) -> list[Finding]:
+    """Nodes that advertise fewer of a GPU resource (whole GPUs, MIG devices, shared GPUs) than their capacity."""
     out = []
     for view in cluster.views.values():
-        cap, alloc = view.capacity.get(GPU, Decimal(0)), view.allocatable.get(GPU, Decimal(0))
+        short = [(r, cap, alloc) for r, cap in sorted(view.capacity.items())
+                 if is_gpu_resource(r) and cap > (alloc := view.allocatable.get(r, Decimal(0)))]  # fmt: skip
         # A device plugin that deregisters leaves every GPU unhealthy, its capacity kept for 5 minutes (the kubelet's
         # endpointStopGracePeriod): not a GPU fault.
-        if cap > alloc and not _plugin_away(cluster, view):
-            out.append(Finding(
-                WARNING, "GPUsUnhealthy", f"Node {view.name}",
-                f"{view.name} advertises {alloc} of its {cap} nvidia.com/gpu: the device plugin marked "
-                f"{cap - alloc} GPU(s) unhealthy (an Xid: 79 fallen off the bus, 48/94/95 ECC errors)",
-                "drain the node and reset or replace the GPU (nvidia-smi -r, or the node's provider); "
-                "the device plugin's log names the Xid",
-                [Evidence(f"Node {view.name}", "status.capacity / status.allocatable", f"{cap} / {alloc}")],
-                nodes=(view.name,),
-            ))  # fmt: skip
+        if not short or _plugin_away(cluster, view):
+            continue
+        replicas = shared_replicas(view.labels)
+        # A resource the plugin advertises no more (a MIG layout or sharing change renamed it) reads the same, for
+        # those 5 minutes: all of it unhealthy while the plugin advertises another.
+        renamed = [r for r, _, alloc in short if not alloc and any(
+            is_gpu_resource(o) and n > 0 for o, n in view.allocatable.items())]  # fmt: skip
+        out.append(Finding(
+            WARNING, "GPUsUnhealthy", f"Node {view.name}",
+            f"{view.name} advertises " + "; ".join(f"{alloc} of its {cap} {r}" for r, cap, alloc in short)
+            + ": the device plugin marked " + ", ".join(_unhealthy(r, cap - alloc, replicas) for r, cap, alloc in short)
+            + " unhealthy (an Xid: 79 fallen off the bus, 48/94/95 ECC errors)" + (
+                f"; or, for up to 5 minutes after a MIG layout or sharing change, {', '.join(renamed)} is no longer "
+                "advertised and the kubelet keeps its capacity" if renamed else ""),
+            ("if it lasts past 5 minutes, " if renamed else "") + "drain the node and reset or replace the GPU "
+            "(nvidia-smi -r, or the node's provider); the device plugin's log names the Xid",
+            [Evidence(f"Node {view.name}", f"status.capacity / status.allocatable [{r}]", f"{cap} / {alloc}")
+             for r, cap, alloc in short],
+            nodes=(view.name,),
+        ))  # fmt: skip
     return out
 
 

@@ -2445,6 +2445,25 @@ def test_gpu_nodes_configured_for_vm_workloads_are_named_not_the_device_plugin()
     assert "GPUsReservedForVMs" not in f and "GPUsNotAdvertised" in f
 
 
+def test_a_disabled_device_plugin_is_named_when_no_node_advertises_gpus() -> None:
+    """devicePlugin.enabled false (as the NVIDIA DRA driver for GPUs needs: GPUs are then claimed through
+    ResourceClaims): no node advertises nvidia.com/gpu and a pod asking for it pends. doctor said GPUsNotAdvertised,
+    "the device plugin is not running or not ready on them ... fix the GPU stack first (see the operand findings)",
+    though no operand finding exists (the stack leaves such a cluster alone) and the ClusterPolicy turned the device
+    plugin off. Now DevicePluginDisabled names the field, and the ResourceClaim; a MIG request too."""
+    bare = node("h-0")
+    for key in ("capacity", "allocatable"):
+        bare["status"][key].pop("nvidia.com/gpu")
+    p = unschedulable(pod("p", 1), "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.")
+    found = kinds(with_spec(cluster([bare], [p]), {"devicePlugin": {"enabled": False}}))
+    assert list(found) == ["DevicePluginDisabled"], {k: f.summary for k, f in found.items()}
+    f = found["DevicePluginDisabled"]
+    assert "devicePlugin.enabled false" in f.summary and "ResourceClaim instead of nvidia.com/gpu" in f.fix, f
+    mig_pod = pod("m", resource="nvidia.com/mig-1g.10gb")
+    found = kinds(with_spec(cluster([bare], [mig_pod]), {"devicePlugin": {"enabled": False}}))
+    assert "DevicePluginDisabled" in found and "MIGResourceNotAdvertised" not in found, found
+
+
 def test_a_shortage_names_the_nodes_with_free_gpus_that_a_taint_or_cordon_keeps_the_pod_off() -> None:
     # h-0 and h-1 are full; h-2 has its 8 GPUs free but a taint the pod does not tolerate, h-3 is cordoned.
     full = [pod(f"w{i}", 8, node_name=f"h-{i}") for i in (0, 1)]

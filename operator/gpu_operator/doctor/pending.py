@@ -549,6 +549,9 @@ def _not_advertised(
     cluster: Cluster, pod: dict[str, Any], ref: str, resource: str, count: int, evidence: list[Evidence],
     nodes: list[NodeView] | None = None,
 ) -> Finding:  # fmt: skip
+    disabled = _plugin_disabled(cluster, ref, resource, evidence)
+    if disabled is not None:
+        return disabled
     views = nodes if nodes is not None else list(cluster.views.values())
     if resource.startswith(MIG_PREFIX):
         profile = resource[len(MIG_PREFIX) :]
@@ -636,6 +639,29 @@ def _not_advertised(
         "add GPU nodes, or install Node Feature Discovery so the operator can find them (its worker must tolerate "
         "the GPU nodes' taints, such as nvidia.com/gpu)",
         evidence,
+    )  # fmt: skip
+
+
+def _plugin_disabled(cluster: Cluster, ref: str, resource: str, evidence: list[Evidence]) -> Finding | None:
+    """No node advertises `resource` because the ClusterPolicy turns the device plugin off (devicePlugin.enabled
+    false, as the NVIDIA DRA driver for GPUs needs) while GPU nodes would run it (not nodes for VMs). None where a
+    node advertises a GPU resource: a device plugin of the user's own runs."""
+    name, spec = policy(cluster)
+    advertised = any(is_gpu_resource(r) and n > 0 for v in cluster.views.values() for r, n in v.allocatable.items())
+    if spec is None or spec.device_plugin.enabled or advertised:
+        return None
+    nodes = [n.name for n in cluster.snapshot.nodes.values() if n.has_gpu and (
+        n.labels.get(DEPLOY_OPERANDS) == "false" or workload_of(n, spec) == "container")]  # fmt: skip
+    if not nodes:
+        return None
+    return Finding(
+        ERROR, "DevicePluginDisabled", ref,
+        f"no node advertises {resource} although {len(nodes)} nodes have NVIDIA GPUs: the ClusterPolicy sets "
+        "devicePlugin.enabled false, so the operator deploys no device plugin",
+        "enable devicePlugin in the ClusterPolicy (devicePlugin.enabled: true); or, where the NVIDIA DRA driver "
+        "hands out the GPUs (it needs the device plugin off), request them through a ResourceClaim instead of "
+        f"{resource}; a device plugin you run yourself instead registered none (its pods' logs say why)",
+        evidence + [Evidence(f"ClusterPolicy {name}", "spec.devicePlugin.enabled", "false")], nodes=tuple(nodes),
     )  # fmt: skip
 
 

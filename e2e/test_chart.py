@@ -760,7 +760,7 @@ REQUIRED_CLUSTER: dict[tuple[str, str], set[str]] = {
     ("nvidia.com", "nvidiadrivers"): {"get", "list", "watch"},
     ("nvidia.com", "nvidiadrivers/status"): {"get", "patch", "update"},
     ("nvidia.com", "nvidiadrivers/finalizers"): {"update"},  # driver DaemonSets owned with blockOwnerDeletion
-    ("nfd.k8s-sigs.io", "nodefeatures"): {"list"},  # PCI device IDs of GPUs no label identifies yet
+    ("nfd.k8s-sigs.io", "nodefeatures"): {"list", "watch"},  # PCI device IDs of GPUs no label identifies yet
 }
 # The objects the states render, from the registry of kinds: namespaced ones in the operand namespace.
 REQUIRED_CLUSTER.update({res: set(verbs) for res, (namespaced, verbs) in operand_rbac().items() if not namespaced})

@@ -425,6 +425,21 @@ def test_the_operator_may_delete_pods_only_in_its_own_namespace() -> None:
     assert ("", "pods", "delete") in atoms("Role")
 
 
+def test_the_operator_may_watch_nodefeatures_in_every_namespace() -> None:
+    """The operator watches NFD's NodeFeatures across namespaces (runtime.Operator.feature_watch) so that a node
+    joining is identified when first seen; the ClusterRole granted only `list`, and the watch would be refused (the
+    operator then lists them again while a GPU node is unidentified, the slower way)."""
+    from gpu_operator.kinds import NODE_FEATURE
+    from gpu_operator.kube import path_for
+
+    assert path_for(NODE_FEATURE.kind) == "/apis/nfd.k8s-sigs.io/v1alpha1/nodefeatures"  # no namespace: all of them
+    docs = [d for d in yaml.safe_load_all((REPO / "manifests" / "gpu-operator.yaml").read_text()) if d]
+    role = next(d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "gpu-operator")
+    verbs = {v for rule in role["rules"] if "nfd.k8s-sigs.io" in rule["apiGroups"] and "nodefeatures" in
+             rule["resources"] for v in rule["verbs"]}  # fmt: skip
+    assert verbs == {"list", "watch"}
+
+
 def test_the_cleanup_timeout_names_the_uninstall_timeout_it_must_fit_in() -> None:
     """Helm waits for a pre-delete hook at most `helm uninstall --timeout` (default 5m), and the cleanup hook may run
     clusterPolicy.cleanupTimeoutSeconds and its pod's start (its Job's deadline: that plus 120 s). A value above

@@ -389,3 +389,49 @@ def test_a_collection_not_served_is_tried_again_slowly_and_said_once(caplog: pyt
         watch.run()
     assert stop.waits == [nodewatch.UNSERVED_RETRY_S] * 3
     assert len(caplog.records) == 1 and "404" in caplog.records[0].getMessage()
+
+
+def test_a_watch_across_namespaces_names_objects_by_namespace_and_a_refused_one_may_end() -> None:
+    """NFD's NodeFeatures are watched across namespaces (runtime's NodeFeature watch): `namespaced` names each
+    object "namespace/name", so two of one name in two namespaces are two objects, and a DELETED event takes only
+    its own. With `denied`, a 403 ends the watch (its owner lists them instead) instead of trying again every
+    UNSERVED_RETRY_S; `limit` sizes its list pages."""
+
+    def feature(namespace: str, rv: int) -> dict[str, Any]:
+        return {"metadata": {"name": "gpu-1", "namespace": namespace, "resourceVersion": str(rv)}}
+
+    class Kube:
+        def __init__(self) -> None:
+            self.queries: list[dict[str, Any]] = []
+            self.refuse = False
+
+        def request(self, method: str, path: str, query: dict[str, Any], decode: Any) -> Any:
+            self.queries.append(dict(query))
+            return decode(line({"metadata": {"resourceVersion": "9"}, "items": [feature("nfd", 5), feature("ml", 6)]}))
+
+        def watch(self, path: str, rv: str, timeout_seconds: int, parse: Any) -> Iterator[Any]:
+            if self.refuse:
+                raise ApiError(403, '{"message": "forbidden"}', f"GET {path}")
+            yield parse(line({"type": "DELETED", "object": feature("ml", 10)}))
+
+    kube = Kube()
+    cache: dict[str, Any] = {}
+    delivered: list[tuple[str, bool]] = []
+    refused: list[int] = []
+
+    def deliver(name: str, value: Any) -> None:
+        delivered.append((name, value is not None))
+        if value is None:
+            cache.pop(name, None)
+        else:
+            cache[name] = value
+
+    watch = nodewatch.Watch(kube, "/apis/nfd.k8s-sigs.io/v1alpha1/nodefeatures",  # type: ignore[arg-type]
+                            lambda obj: obj["metadata"]["resourceVersion"], cache.get, deliver, namespaced=True,
+                            limit=100, denied=lambda exc: refused.append(exc.status))  # fmt: skip
+    assert watch.watch(watch.relist()) == "10"
+    assert delivered == [("nfd/gpu-1", True), ("ml/gpu-1", True), ("ml/gpu-1", False)] and cache == {"nfd/gpu-1": "5"}
+    assert kube.queries == [{"limit": 100}]
+    kube.refuse = True
+    watch.run()  # lists, is refused, and ends: no wait to try again
+    assert refused == [403] and len(kube.queries) == 2

@@ -943,6 +943,231 @@ def test_nodefeatures_are_listed_in_a_thread_and_taken_on_the_event_loop(monkeyp
     assert op.nodes["gpu-1"].pci_devices == ("2330",) and set(op.nodes) == {"gpu-1", "gpu-3"}
 
 
+NFD = frozenset({"nfd.k8s-sigs.io"})
+
+
+def feature_event(kind: str, obj: dict[str, Any]) -> dict[str, Any]:
+    return {"type": kind, "object": obj}
+
+
+def other_feature(node: str, device: str) -> dict[str, Any]:
+    """A second NodeFeature of a node (a custom one, in another namespace), naming one more GPU."""
+    obj = node_feature(node, device)
+    obj["metadata"].update(name=f"{node}-extra", namespace="default")
+    return obj
+
+
+class FeatureApi:
+    """NodeFeatures listed and watched as the API server serves them (`refuse_watch`: its watch is refused, as a
+    ClusterRole granting only `list` refuses it); node patches answered as test_apply.Client does. Records the
+    NodeFeature requests: "list" (the watch's listing), "watch", "each" (the operator's own listing)."""
+
+    def __init__(self, listed: list[dict[str, Any]], refuse_watch: bool = False) -> None:
+        from test_apply import Client
+
+        self.client = Client()
+        self.listed = listed
+        self.events: list[dict[str, Any]] = []
+        self.refuse_watch = refuse_watch
+        self.requests: list[str] = []
+        self.meta: dict[str, dict[str, dict[str, str]]] = {}  # node -> the labels, annotations patches gave it
+
+    @property
+    def calls(self) -> list[tuple[str, str, str]]:
+        return self.client.calls
+
+    def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *args: Any) -> dict[str, Any]:
+        """Answered with the labels and annotations of every patch so far (test_apply.Client's: this one's)."""
+        meta = self.meta.setdefault(name, {"labels": {}, "annotations": {}})
+        for part in meta:
+            meta[part] = {k: v for k, v in {**meta[part], **(patch["metadata"].get(part) or {})}.items() if v}
+        return self.client.merge_patch(kind, name, {"metadata": copy.deepcopy(meta)}, *args)
+
+    def request(self, method: str, path: str, query: dict[str, Any] | None = None, decode: Any = json.loads,
+                **_: Any) -> Any:  # fmt: skip
+        assert (method, path) == ("GET", "/apis/nfd.k8s-sigs.io/v1alpha1/nodefeatures")
+        self.requests.append("list")
+        return decode(json.dumps({"metadata": {"resourceVersion": "10"}, "items": self.listed}).encode())
+
+    def watch(self, path: str, rv: str, timeout_seconds: int = 30, parse: Any = json.loads, **_: Any) -> Any:
+        assert path == "/apis/nfd.k8s-sigs.io/v1alpha1/nodefeatures"
+        self.requests.append("watch")
+        if self.refuse_watch:
+            raise ApiError(403, '{"message": "cannot watch resource \\"nodefeatures\\""}', f"GET {path}")
+        events, self.events = self.events, []
+        for event in events:
+            yield parse(json.dumps(event).encode())
+
+    def each(self, kind: str, *args: Any, **kwargs: Any) -> Any:
+        assert kind == "NodeFeature"
+        self.requests.append("each")
+        return iter(copy.deepcopy(self.listed))
+
+
+async def _watching(api: FeatureApi, monkeypatch: pytest.MonkeyPatch) -> Operator:
+    """An operator in a running event loop whose last pass labelled by the sample spec, its NodeFeature watch
+    started (its thread not: the test runs its listing and watch) and delivering to it at once."""
+    from test_apply import _labelling_operator
+
+    monkeypatch.setattr(runtime.Watch, "start", lambda self: None)
+    op = _labelling_operator(api)  # type: ignore[arg-type]
+    op.api_groups = NFD
+    op.own_watches(lambda handler: handler, lambda handler: handler)
+    await op.refresh_node_features()
+    assert op.feature_watch is not None and api.requests == []
+    return op
+
+
+def test_a_node_whose_nodefeature_came_first_is_labelled_once_with_its_mig_labels(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """NodeFeatures were not watched, only listed again (all of them) at most every NODE_FEATURE_RELIST_S while a
+    GPU node was unidentified: a node joining with NFD's plain pci-10de label was labelled without its GPU known
+    (no MIG labels, no version-matrix verdict), and a second patch followed the next listing (1.7 node patches per
+    joining node in operator_scale --node-features). Now they are watched: NFD's worker writes a node's NodeFeature
+    as it starts, so the node is identified when it is first seen, and labelled with one patch."""
+    from gpu_operator import mig
+    from gpu_operator.nodes import MIG_CONFIG, deploy_label
+    from support import node
+
+    api = FeatureApi([node_feature("join-1", "2330")])  # an H100 80GB: MIG-capable
+
+    async def scenario() -> Operator:
+        op = await _watching(api, monkeypatch)
+        assert op.feature_watch is not None
+        op.feature_watch.relist()
+        op.on_node("ADDED", node("join-1"))
+        await asyncio.gather(*op._labelling)
+        return op
+
+    op = asyncio.run(scenario())
+    assert api.calls == [("patch", "Node", "join-1")]
+    got = op.nodes["join-1"]
+    assert got.pci_devices == ("2330",) and got.labels.get(MIG_CONFIG) == "all-disabled"
+    assert got.labels.get(mig.APPROVED) == "all-disabled" and got.labels.get(deploy_label("mig-manager")) == "true"
+    assert api.requests == ["list"]  # the watch's own listing; nothing listed again
+
+
+def test_a_nodefeature_after_its_node_identifies_that_node_only_and_a_deleted_one_takes_its_devices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The NodeFeature watch's events change the devices of the nodes they name, and only theirs: a new
+    NodeFeature identifies its node (labelled at once, a pass woken), one changing nothing read wakes nothing, two
+    for one node are merged, and a deleted one leaves its node none of its devices."""
+    from support import node
+
+    api = FeatureApi([])
+
+    async def scenario() -> Operator:
+        op = await _watching(api, monkeypatch)
+        watch = op.feature_watch
+        assert watch is not None
+        rv = watch.relist()
+        for name in ("gpu-1", "gpu-2"):
+            op.on_node("ADDED", node(name))
+        await asyncio.gather(*op._labelling)
+        before = dict(op.nodes)
+        api.calls.clear()
+        op.wake.clear()
+
+        api.events = [feature_event("ADDED", node_feature("gpu-1", "2330"))]
+        rv = watch.watch(rv) or rv
+        await asyncio.gather(*op._labelling)
+        assert api.calls == [("patch", "Node", "gpu-1")] and op.wake.is_set()
+        assert op.nodes["gpu-1"].pci_devices == ("2330",) and op.nodes["gpu-1"].is_mig_capable
+        assert op.nodes["gpu-2"] is before["gpu-2"]
+
+        api.calls.clear()
+        op.wake.clear()
+        same = node_feature("gpu-1", "2330")
+        same["spec"]["features"]["instances"]["cpu.model"] = {"elements": [{"attributes": {"family": "6"}}]}
+        api.events = [feature_event("MODIFIED", same)]
+        rv = watch.watch(rv) or rv
+        assert not op.wake.is_set() and api.calls == []  # nothing the operator reads changed
+
+        api.events = [feature_event("ADDED", other_feature("gpu-1", "20b5"))]  # a second one for gpu-1
+        rv = watch.watch(rv) or rv
+        assert op.node_features == {"gpu-1": ("20b5", "2330")} and op.nodes["gpu-1"].pci_devices == ("20b5", "2330")
+
+        api.events = [feature_event("DELETED", node_feature("gpu-1", "2330"))]
+        rv = watch.watch(rv) or rv
+        assert op.node_features == {"gpu-1": ("20b5",)} and op.nodes["gpu-1"].pci_devices == ("20b5",)
+        api.events = [feature_event("DELETED", other_feature("gpu-1", "20b5"))]
+        watch.watch(rv)
+        assert op.node_features == {} and op.nodes["gpu-1"].pci_devices == ()
+        await asyncio.gather(*op._labelling)
+        return op
+
+    op = asyncio.run(scenario())
+    assert api.requests.count("list") == 1 and "each" not in api.requests
+    assert op._features == {} and op._features_of == {}  # nothing kept of the deleted NodeFeatures
+
+
+def test_the_nodefeature_watchs_listing_replaces_the_start_up_listings_devices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The start-up listing's devices stand until the watch lists the NodeFeatures itself: a node whose NodeFeature
+    went away in between loses them then, one whose NodeFeature is there keeps them without a change. While the
+    watch runs, an unidentified GPU node lists nothing again, and a relisting of the cluster leaves the devices to
+    the watch. A deleted node's NodeFeature, seen again, is a new machine's."""
+    api = FeatureApi([node_feature("n1", "2330")])
+    monkeypatch.setattr(runtime.Watch, "start", lambda self: None)
+    op = Operator(kube=api, namespace="gpu-operator")  # type: ignore[arg-type]
+    listed = {"n1": replace(facts("n1"), pci_devices=("2330",)), "n2": replace(facts("n2"), pci_devices=("20b5",)),
+              "n3": facts("n3")}  # fmt: skip
+    op._gone = set()
+    op._merge(snapshot(nodes=listed, api_groups=NFD))
+    op.own_watches(lambda handler: handler, lambda handler: handler)
+    asyncio.run(op.refresh_node_features())
+    n1 = op.nodes["n1"]
+    assert op.feature_watch is not None and op.unidentified()  # n3: no label, no NodeFeature
+    op.feature_watch.relist()
+    assert op.node_features == {"n1": ("2330",)} and op.nodes["n1"] is n1 and op.nodes["n2"].pci_devices == ()
+    op._features_listed = 0.0
+    for _ in range(3):
+        asyncio.run(op.refresh_node_features())
+    op._merge(snapshot(nodes={**listed, "n3": replace(facts("n3"), pci_devices=("2330",))}, api_groups=NFD),
+              prune=True)  # fmt: skip
+    assert api.requests == ["list"] and op.nodes["n3"].pci_devices == ()
+
+    op.on_node_facts("n1", None)  # deleted, and joins again: NFD's worker there writes its NodeFeature anew
+    op.on_node_facts("n1", facts("n1"))
+    assert op.nodes["n1"].pci_devices == ()
+    api.events = [feature_event("MODIFIED", node_feature("n1", "2330"))]
+    op.feature_watch.watch("10")
+    assert op.nodes["n1"].pci_devices == ("2330",)
+
+
+def test_nodefeatures_are_listed_again_where_watching_them_is_refused(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Where the RBAC grants `list` on NodeFeatures but not `watch` (the ClusterRole before the watch), the watch
+    ends at its 403, says so, and the NodeFeatures are listed again as before: at most every
+    NODE_FEATURE_RELIST_S while a GPU node is unidentified."""
+    import logging
+
+    api = FeatureApi([node_feature("gpu-1", "2330")], refuse_watch=True)
+    op = asyncio.run(_watching(api, monkeypatch))
+    op.task = None  # (no pass ran: nothing is labelled between passes)
+    op.nodes = {"gpu-1": facts("gpu-1"), "gpu-2": facts("gpu-2")}
+    watch = op.feature_watch
+    assert watch is not None
+    with caplog.at_level(logging.WARNING, logger="gpu_operator"):
+        watch.run()  # lists, is refused the watch, and ends
+    assert api.requests == ["list", "watch"] and op.feature_watch is None
+    assert [r.getMessage() for r in caplog.records if "NodeFeatures" in r.getMessage()] == [
+        "watching NodeFeatures was refused (GET /apis/nfd.k8s-sigs.io/v1alpha1/nodefeatures: 403 cannot watch "
+        'resource "nodefeatures"): they are listed again instead, at most every 10 s while a GPU node is '
+        "unidentified (grant `watch` on nodefeatures.nfd.k8s-sigs.io)"]
+    assert op.nodes["gpu-1"].pci_devices == ("2330",) and op.unidentified()  # gpu-2 has none
+    api.listed.append(node_feature("gpu-2", "20b5"))
+    op._features_listed = 0.0
+    asyncio.run(op.refresh_node_features())
+    asyncio.run(op.refresh_node_features())
+    assert api.requests == ["list", "watch", "each"] and op.feature_watch is None
+    assert op.nodes["gpu-2"].pci_devices == ("20b5",) and not op.unidentified()
+
+
 def test_a_kind_just_served_is_listed_in_a_thread_and_merged_on_the_event_loop_newer_events_kept() -> None:
     """refresh_discovery ran in a worker thread and put the owned objects of a kind just served into the cache as
     listed, with no version check: a watch event of one (kopf starts that watch once the CRD appears) handled on

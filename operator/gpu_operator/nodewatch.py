@@ -9,6 +9,7 @@ events are decoded into typed Structs that read only the fields projected (wire.
 
 ClusterPolicies and NVIDIADrivers are watched here too, for their listings: after 410 Gone kopf lists a resource
 again without saying what went away, nor when the listing ends; a listing here delivers what it lacks as deleted.
+NFD's NodeFeatures (every namespace) are watched here too, each kept as its node and NVIDIA PCI device IDs.
 """
 
 from __future__ import annotations
@@ -48,7 +49,10 @@ class Watch(Generic[T]):
     `summary`: what is kept of each object delivered, to compare the next with (by default the projection).
     `names`: the names the cache holds (called in the watch's thread: it must copy them at once, `tuple(d)`). A
     listing then also delivers as deleted what the cache holds and the listing lacks, not only what this watch
-    delivered: the cache also holds what the operator's own start-up listing brought."""
+    delivered: the cache also holds what the operator's own start-up listing brought.
+    `namespaced`: objects are named "namespace/name" (a collection across namespaces). `limit`: a list page's size.
+    `denied`: called (in the watch's thread) when the API server refuses it (403); the watch then ends instead of
+    trying again."""
 
     def __init__(
         self,
@@ -66,6 +70,9 @@ class Watch(Generic[T]):
         codec: Codec[Any] | None = None,
         summary: Callable[[T], object] | None = None,
         names: Names | None = None,
+        namespaced: bool = False,
+        limit: int = 500,
+        denied: Callable[[ApiError], object] | None = None,
     ):
         self.kube = kube
         self.path = path
@@ -73,6 +80,8 @@ class Watch(Generic[T]):
         self.current = current
         self.deliver = deliver
         self.names = names
+        self.limit = limit
+        self.denied = denied
         self.query: dict[str, Any] = {"labelSelector": label_selector} if label_selector else {}
         self.stale = stale
         self.same = same
@@ -95,6 +104,9 @@ class Watch(Generic[T]):
         self._page: Callable[[Any], tuple[list[Any], str | None, str | None]] = _struct_page if typed else _dict_page
         self._event: Callable[[Any], tuple[str | None, Any]] = _struct_event if typed else _dict_event
         self._head: Callable[[Any], tuple[str, str | None, str | None]] = _struct_head if typed else _dict_head
+        if namespaced:
+            assert not typed
+            self._head = _dict_namespaced_head
 
     def start(self) -> threading.Thread:
         thread = threading.Thread(target=self.run, name=self.name, daemon=True)
@@ -112,6 +124,9 @@ class Watch(Generic[T]):
                 rv = self.watch(rv)
             except Exception as exc:  # noqa: BLE001 - a broken watch is listed again
                 rv = None
+                if isinstance(exc, ApiError) and exc.status == 403 and self.denied is not None:
+                    self.denied(exc)
+                    return
                 if isinstance(exc, ApiError) and exc.status in (403, 404):  # not served (a CRD not installed) or denied
                     if not unserved:
                         log.warning("%s: %s; trying again every %d s", self.name, exc, UNSERVED_RETRY_S)
@@ -123,7 +138,7 @@ class Watch(Generic[T]):
 
     def relist(self) -> str:
         """Every object offered, objects no longer there delivered as deleted; the list's resourceVersion."""
-        query: dict[str, Any] = {**self.query, "limit": 500}
+        query: dict[str, Any] = {**self.query, "limit": self.limit}
         seen: set[str] = set()
         while True:
             items, rv, more = self._page(self.kube.request("GET", self.path, query=query, decode=self._decode_page))
@@ -213,6 +228,12 @@ def _dict_event(event: dict[str, Any]) -> tuple[str | None, Any]:
 def _dict_head(obj: dict[str, Any]) -> tuple[str, str | None, str | None]:
     meta = obj.get("metadata") or {}
     return meta.get("name", ""), meta.get("resourceVersion"), obj.get("message")
+
+
+def _dict_namespaced_head(obj: dict[str, Any]) -> tuple[str, str | None, str | None]:
+    name, version, message = _dict_head(obj)
+    namespace = (obj.get("metadata") or {}).get("namespace")
+    return (f"{namespace}/{name}" if name and namespace else name), version, message
 
 
 def _struct_page(page: Page[Any]) -> tuple[list[Any], str | None, str | None]:

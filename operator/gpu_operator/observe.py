@@ -208,6 +208,11 @@ def list_owned(kube: Kube, kind: Kind, namespace: str, api_groups: frozenset[str
     return found
 
 
+def feature_projection(obj: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """What is kept of a NodeFeature object: the node it describes and its NVIDIA PCI device IDs."""
+    return node_of_feature(obj), device_ids_from_node_feature(obj)
+
+
 def node_features(kube: Kube, api_groups: frozenset[str]) -> dict[str, tuple[str, ...]]:
     """Node -> NVIDIA PCI device IDs, from NFD's NodeFeature objects in every namespace (none when not served)."""
     if not served(NODE_FEATURE, api_groups):

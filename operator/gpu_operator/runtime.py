@@ -25,7 +25,7 @@ import kopf
 from . import __version__, compat, debug, metrics, mig_pass, wire
 from .gpu_identity import identify
 from .kinds import CONFIG_MAP, DAEMON_SET, NODE_FEATURE, lookup, operand_kinds, served
-from .kube import Fence, Kube, NotLeader, path_for
+from .kube import ApiError, Fence, Kube, NotLeader, path_for
 from .leader import Elector, identity
 from .nodes import NodeFacts, forget_node, keep_labels, kept_labels
 from .nodewatch import NodeWatch, Watch
@@ -36,6 +36,7 @@ from .observe import (
     Newer,
     PodIndex,
     Snapshot,
+    feature_projection,
     key_of,
     list_owned,
     newer,
@@ -89,7 +90,7 @@ PACE = 60.0
 MAX_GAP_S = 3.0
 LABELLING_WAIT_S = 1.0
 LABEL_THREADS = 48
-NODE_FEATURE_RELIST_S = 10.0
+NODE_FEATURE_RELIST_S = 10.0  # (only where NodeFeatures may not be watched)
 NEWER_WAIT_S = 1.0  # how long a pass waits for the event loop's copy of what came since its snapshot
 GATHER_S = 0.05  # how long pod, revision and DaemonSet events gather before the loop takes them (see Inbox)
 
@@ -165,11 +166,21 @@ class Operator:
         self.config_data: dict[str, dict[str, str]] = {}  # and their data (the sharing config is validated)
         # And their uid and resourceVersion, as {"metadata": ...}: a predecessor's late events are not theirs.
         self._config_meta: dict[str, dict[str, Any]] = {}
-        # NFD NodeFeature PCI devices per node (other namespaces, so not watched: re-listed while a GPU node
-        # is identified neither by its labels nor by these, at most every NODE_FEATURE_RELIST_S). `nodes` holds its
-        # facts with them filled in: a node's facts are a new object only when the node or its devices change.
+        # NFD NodeFeature PCI devices per node, kept current by `feature_watch` while NFD's API is served (where
+        # watching them is refused, an old RBAC, re-listed instead while a GPU node is identified neither by its
+        # labels nor by these, at most every NODE_FEATURE_RELIST_S). `nodes` holds its facts with them filled in:
+        # a node's facts are a new object only when the node or its devices change.
         self.node_features: dict[str, tuple[str, ...]] = {}
         self._features_listed = 0.0
+        self.feature_watch: Watch[Any] | None = None
+        self._feature_watches = 0  # the NodeFeature watches started: what a stopped one still delivers is dropped
+        self._features_denied = False
+        # What the watch delivered of each NodeFeature ("namespace/name" -> its node and NVIDIA devices; a node's
+        # devices from the start-up listing by the node's name, until the watch's listing has them), and the keys
+        # of each node's (NFD may write several NodeFeatures for one node: their devices are merged).
+        self._features: dict[str, tuple[str, tuple[str, ...]]] = {}
+        self._features_of: dict[str, set[str]] = {}
+        self._to_loop: Deliverer | None = None  # (own_watches': the NodeFeature watch is started later)
         self.wake = asyncio.Event()
         self.urgent = asyncio.Event()  # a change that is not paced (set with `wake`)
         self.causes: set[str] = set()  # the kinds of change since the last pass (counted in the metrics)
@@ -234,6 +245,8 @@ class Operator:
             self.reconciler.applier.forget(name)
             self.reconciler.events.forget("Node", name)
             self.node_features.pop(name, None)  # a new node of that name is another machine
+            for key in self._features_of.pop(name, ()):  # what its NodeFeatures say next is delivered as new
+                self._features.pop(key, None)
             forget_node(name)
             if self.nodes.pop(name, None) is not None:
                 self.wake_now("node")
@@ -265,6 +278,74 @@ class Operator:
             facts = self.nodes.get(name)
             if facts is not None and before.get(name) != features.get(name):
                 self.nodes[name] = self._with_devices(facts)
+
+    def on_node_feature(self, watch: int, key: str, feature: tuple[str, tuple[str, ...]] | None) -> None:
+        """A NodeFeature's node and devices changed (None: deleted), from the NodeFeature watch numbered `watch`:
+        the nodes it named and names get their NodeFeatures' devices merged."""
+        if watch != self._feature_watches:
+            return  # a watch stopped since (the API went away, or the watch was refused)
+        old = self._features.pop(key, None)
+        if old is not None:
+            keys = self._features_of.get(old[0], set())
+            keys.discard(key)
+            if not keys:
+                self._features_of.pop(old[0], None)
+        if feature is not None:
+            self._features[key] = feature
+            self._features_of.setdefault(feature[0], set()).add(key)
+        for node in {f[0] for f in (old, feature) if f is not None}:
+            merged = {d for k in self._features_of.get(node, ()) for d in self._features[k][1]}
+            self._read_node_devices(node, tuple(sorted(merged)))
+
+    def _read_node_devices(self, name: str, devices: tuple[str, ...]) -> None:
+        """Take one node's NodeFeature devices: only when they changed are its facts made again, a pass woken and
+        the node labelled at once (with its GPU identified, its MIG labels too)."""
+        if self.node_features.get(name, ()) == devices:
+            return
+        if devices:
+            self.node_features[name] = devices
+        else:
+            self.node_features.pop(name, None)
+        cached = self.nodes.get(name)
+        if cached is not None:
+            self.nodes[name] = facts = self._with_devices(cached)
+            self.wake_now("nodefeature")
+            self._label(facts)
+
+    def _watch_node_features(self) -> bool:
+        """Start the NodeFeature watch where NFD's API is served and watching it was not refused: whether it runs.
+        Its listing replaces what the start-up listing read (each node's devices from that kept, by the node's
+        name, until then); the NodeFeatures' path is across namespaces, each kept as `feature_projection`."""
+        if self.feature_watch is not None or self._features_denied or self._to_loop is None:
+            return self.feature_watch is not None
+        self._feature_watches += 1
+        number = self._feature_watches
+        self._features = {name: (name, devices) for name, devices in self.node_features.items()}
+        self._features_of = {name: {name} for name in self.node_features}
+        refused = self._to_loop(lambda _, exc: self._feature_watch_refused(number, exc))
+        self.feature_watch = Watch(
+            self.kube, path_for(NODE_FEATURE.kind), feature_projection, lambda key: self._features.get(key),
+            self._to_loop(functools.partial(self.on_node_feature, number)), name="nodefeature-watch",
+            names=lambda: tuple(self._features), namespaced=True, limit=100, denied=lambda exc: refused("", exc),
+        )  # fmt: skip
+        self.feature_watch.start()
+        return True
+
+    def _feature_watch_refused(self, watch: int, exc: ApiError) -> None:
+        if watch != self._feature_watches:
+            return
+        log.warning("watching NodeFeatures was refused (%s): they are listed again instead, at most every %.0f s "
+                    "while a GPU node is unidentified (grant `watch` on nodefeatures.nfd.k8s-sigs.io)",
+                    exc, NODE_FEATURE_RELIST_S)  # fmt: skip
+        self._features_denied = True
+        self._stop_feature_watch()
+
+    def _stop_feature_watch(self) -> None:
+        if self.feature_watch is not None:
+            self.feature_watch.stop.set()
+            self.feature_watch = None
+            self._feature_watches += 1
+        self._features, self._features_of = {}, {}
 
     def on_node_answer(self, facts: NodeFacts) -> None:
         """The answer to our own patch of a node: taken only for a node still cached. The operator creates no node,
@@ -466,6 +547,7 @@ class Operator:
         `to_loop`, or `gathered` for the streams of a rollout. Each one's listing also drops what the cache holds
         and it lacks. ClusterPolicies and NVIDIADrivers are among them: after 410 Gone kopf lists again without
         saying what went away, nor even that the listing ended (one that lists nothing calls no handler)."""
+        self._to_loop = to_loop  # (the NodeFeature watch: started while NFD's API is served, _watch_node_features)
         ns = f"/api/v1/namespaces/{self.namespace}"
         apps = f"/apis/apps/v1/namespaces/{self.namespace}"
         return [
@@ -720,9 +802,11 @@ class Operator:
         fill("configmap", self.config_maps, snap.config_maps)
         fill("configmap", self.config_data, snap.config_data)
         self._config_meta = {k: v for k, v in self._config_meta.items() if k in self.config_maps}  # what was pruned
-        # (not the devices of a node deleted while the listing ran: another machine may join under its name)
-        self._read_node_features({n: f.pci_devices for n, f in snap.nodes.items() if f.pci_devices and n in self.nodes})
-        self._features_listed = time.monotonic()
+        if self.feature_watch is None:  # (else the watch keeps them current)
+            # (not the devices of a node deleted while the listing ran: another machine may join under its name)
+            self._read_node_features({n: f.pci_devices for n, f in snap.nodes.items()
+                                      if f.pci_devices and n in self.nodes})  # fmt: skip
+            self._features_listed = time.monotonic()
         self._gone = self._touched = None
 
     async def refresh_discovery(self) -> None:
@@ -763,10 +847,15 @@ class Operator:
         )
 
     async def refresh_node_features(self) -> None:
-        """Re-list NodeFeature objects while some GPU node is not identified (`unidentified`; rate-limited). On the
-        event loop, which changes the node cache: only the listing runs in a thread."""
+        """Watch NodeFeature objects while NFD's API is served (_watch_node_features); where that is refused,
+        re-list them while some GPU node is not identified (`unidentified`; rate-limited). On the event loop, which
+        changes the node cache: only the listing runs in a thread."""
         if not served(NODE_FEATURE, self.api_groups):
+            self._stop_feature_watch()
+            self._features_denied = False  # (tried again if the API comes back)
             self._read_node_features({})
+            return
+        if self._watch_node_features():
             return
         if time.monotonic() - self._features_listed < NODE_FEATURE_RELIST_S:
             return
@@ -957,7 +1046,7 @@ class Operator:
             if outcome.more:  # the upgrade's writes left over: the next pass goes on with them, unpaced
                 delay = 0.0
                 self.urgent.set()
-            if served(NODE_FEATURE, self.api_groups) and self.unidentified():
+            if self.feature_watch is None and served(NODE_FEATURE, self.api_groups) and self.unidentified():
                 delay = min(delay, NODE_FEATURE_RELIST_S)
 
     def failed(self) -> float:
@@ -1107,6 +1196,7 @@ def build_registry(op: Operator) -> kopf.OperatorRegistry:
             op.task.cancel()
         for w in op.watches:
             w.stop.set()
+        op._stop_feature_watch()
         await op.step_down()
 
     def watch(group: str, version: str, plural: str, callback: Callback, **filters: Any) -> None:

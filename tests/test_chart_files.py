@@ -440,6 +440,20 @@ def test_the_operator_may_watch_nodefeatures_in_every_namespace() -> None:
     assert verbs == {"list", "watch"}
 
 
+def test_the_operators_role_holds_no_nodefeatures_watch_the_clusterrole_grants() -> None:
+    """The operator's Role holds nodefeatures rights only to grant them to GPU feature discovery's Role, and the
+    escalation check for that grant is met by the ClusterRole's cluster-wide `list` and `watch`. The Role still
+    granted `watch` in the namespace too after the ClusterRole gained it: a right nobody needed there."""
+    docs = [d for d in yaml.safe_load_all((REPO / "manifests" / "gpu-operator.yaml").read_text()) if d]
+
+    def verbs(kind: str) -> set[str]:
+        role = one(docs, kind, "gpu-operator")
+        return {v for rule in role["rules"] if "nodefeatures" in rule["resources"] for v in rule["verbs"]}
+
+    assert verbs("ClusterRole") == {"list", "watch"}
+    assert verbs("Role") == {"get", "create", "update"}
+
+
 def test_the_cleanup_timeout_names_the_uninstall_timeout_it_must_fit_in() -> None:
     """Helm waits for a pre-delete hook at most `helm uninstall --timeout` (default 5m), and the cleanup hook may run
     clusterPolicy.cleanupTimeoutSeconds and its pod's start (its Job's deadline: that plus 120 s). A value above

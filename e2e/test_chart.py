@@ -915,6 +915,7 @@ def test_hook_rbac_is_limited_to_the_crds() -> None:
     cleanup = one(docs, "ClusterRole", "gpu-operator-cleanup")["rules"]
     assert cleanup == [
         {"apiGroups": ["nvidia.com"], "resources": ["clusterpolicies"], "verbs": ["get", "list", "delete", "patch"]},
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "patch"]},  # the MIG gate's cordon lifted
         {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["delete"],
          "resourceNames": crd_names()},
     ]  # fmt: skip
@@ -923,7 +924,7 @@ def test_hook_rbac_is_limited_to_the_crds() -> None:
         assert binding["roleRef"]["name"] == name
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": NAMESPACE}]
     no_crd_delete = one(render(), "ClusterRole", "gpu-operator-cleanup")["rules"]
-    assert [r["resources"] for r in no_crd_delete] == [["clusterpolicies"]]
+    assert [r["resources"] for r in no_crd_delete] == [["clusterpolicies"], ["nodes"]]
     # In the release namespace: scale the operator to 0 and see its pods go (before it takes off its finalizer).
     assert one(docs, "Role", "gpu-operator-cleanup")["rules"] == [
         {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["patch"],

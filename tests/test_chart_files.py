@@ -3,11 +3,13 @@ and the sample ClusterPolicies (helm-rendered checks are in e2e/test_chart.py)."
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -491,8 +493,9 @@ class HookKube:
     """The API server as the cleanup hook sees it, with an operator that runs until its Deployment is scaled to 0:
     on each change to a ClusterPolicy its pass lets a deleted one go and puts our finalizer back on the others."""
 
-    def __init__(self, policies: dict[str, list[str]]) -> None:
+    def __init__(self, policies: dict[str, list[str]], nodes: list[dict[str, Any]] | None = None) -> None:
         self.policies = {name: {"metadata": {"name": name, "finalizers": list(f)}} for name, f in policies.items()}
+        self.nodes = {n["metadata"]["name"]: n for n in nodes or []}
         self.replicas = 1
         self.calls: list[tuple[str, str, str]] = []
 
@@ -514,6 +517,8 @@ class HookKube:
         if kind == "Pod":
             assert (namespace, label_selector) == (NAMESPACE, "app=gpu-operator")
             return [{"metadata": {"name": "gpu-operator-1"}}] * self.replicas
+        if kind == "Node":
+            return [json.loads(json.dumps(n)) for n in self.nodes.values()]
         return [json.loads(json.dumps(p)) for p in self.policies.values()]
 
     def delete(self, kind: str, name: str) -> bool:
@@ -529,6 +534,14 @@ class HookKube:
             assert (namespace, name, sub, patch) == (NAMESPACE, "gpu-operator", "scale", {"spec": {"replicas": 0}})
             self.replicas = 0
             return {"status": {"replicas": 1, "selector": "app=gpu-operator"}}
+        if kind == "Node":
+            node = self.nodes[name]
+            for key, value in patch["metadata"]["annotations"].items():
+                assert value is None
+                node["metadata"]["annotations"].pop(key, None)
+            if patch["spec"] == {"unschedulable": None}:
+                node["spec"].pop("unschedulable", None)
+            return node
         meta = self.policies[name]["metadata"]
         meta["finalizers"] = patch["metadata"]["finalizers"] or []
         if meta.get("deletionTimestamp") and not meta["finalizers"]:
@@ -537,7 +550,7 @@ class HookKube:
         return {}
 
 
-def run_cleanup_hook(monkeypatch: pytest.MonkeyPatch, kube: HookKube, **env: str) -> None:
+def run_cleanup_hook(monkeypatch: pytest.MonkeyPatch, kube: HookKube, **env: str) -> str:
     import importlib.util
 
     from gpu_operator.kube import Kube
@@ -550,7 +563,10 @@ def run_cleanup_hook(monkeypatch: pytest.MonkeyPatch, kube: HookKube, **env: str
     monkeypatch.setattr(hook.time, "sleep", lambda s: None)
     for key, value in {"TIMEOUT_SECONDS": "1", **env}.items():
         monkeypatch.setenv(key, value)
-    assert hook.main() == 0
+    out = io.StringIO()
+    with redirect_stdout(out):
+        assert hook.main() == 0
+    return out.getvalue()
 
 
 def test_the_cleanup_hook_takes_our_finalizer_off_a_clusterpolicy_it_leaves_after_stopping_the_operator(
@@ -579,3 +595,25 @@ def test_the_cleanup_hook_takes_our_finalizer_off_a_clusterpolicy_it_leaves_afte
     kube = HookKube({"cluster-policy": [CLEANUP_FINALIZER]})
     run_cleanup_hook(monkeypatch, kube, CLUSTERPOLICIES="cluster-policy", OPERATOR=operator)
     assert kube.policies == {} and kube.replicas == 1
+
+
+def test_the_cleanup_hook_uncordons_the_nodes_the_mig_gate_left_cordoned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the operator lifts the MIG gate's cordon (mig.decide, or Lifecycle.cleanup_deleted for a deleted last
+    ClusterPolicy). For a ClusterPolicy the hook leaves, the hook stopped the operator and took our finalizer off,
+    but left a node the gate had cordoned (a layout change waiting for its GPU pods) unschedulable for good, and said
+    nothing: its RBAC had no nodes. Now it uncordons it, unless the driver upgrade holds the node."""
+    from gpu_operator.lifecycle import CLEANUP_FINALIZER
+    from gpu_operator.nodes import MIG_CORDONED
+
+    def node(name: str, **labels: str) -> dict[str, Any]:
+        return {"metadata": {"name": name, "annotations": {MIG_CORDONED: "true"}, "labels": labels},
+                "spec": {"unschedulable": True}}  # fmt: skip
+
+    upgrading = node("gpu-2", **{"nvidia.com/gpu-driver-upgrade-state": "drain-required"})
+    kube = HookKube({"mine": [CLEANUP_FINALIZER]}, [node("gpu-1"), upgrading, {"metadata": {"name": "cpu-1"}}])
+    out = run_cleanup_hook(monkeypatch, kube, CLUSTERPOLICIES="", OPERATOR=f"{NAMESPACE}/gpu-operator")
+    assert kube.replicas == 0 and kube.policies["mine"]["metadata"]["finalizers"] == []
+    assert kube.nodes["gpu-1"]["metadata"]["annotations"] == {} and kube.nodes["gpu-1"]["spec"] == {}
+    assert "node gpu-1: uncordoned" in out
+    assert kube.nodes["gpu-2"]["spec"] == {"unschedulable": True}, "the driver upgrade uncordons it"
+    assert MIG_CORDONED in kube.nodes["gpu-2"]["metadata"]["annotations"]

@@ -6,7 +6,8 @@ nodes before letting it go. Helm deletes the operator's Deployment before the Cl
 ClusterPolicy would be left terminating for ever. A ClusterPolicy left after that (one the chart did not create, or
 one that took over from a deleted one) keeps what it deployed, but our finalizer on it would keep it, and its CRD,
 from being deleted once the operator is gone: the operator is stopped (a running one puts the finalizer back on its
-next pass), then the finalizer is removed. Settings (environment):
+next pass), then the finalizer is removed. A node the operator's MIG gate cordoned, with no operator left to lift
+it, is uncordoned (unless the driver upgrade holds it). Settings (environment):
 
   CLUSTERPOLICIES   names to delete, comma separated, "*" for all, or empty for none (default: cluster-policy)
   TIMEOUT_SECONDS   how long to wait for the operator to clean up (default 120); after that our finalizers are
@@ -27,6 +28,8 @@ import time
 from typing import Any
 
 from gpu_operator.kube import ApiError, Kube
+from gpu_operator.nodes import MIG_CORDONED
+from gpu_operator.upgrade.model import IN_PROGRESS_STATES, STATE_LABEL
 
 OUR_FINALIZERS = ("nvidia.com/gpu-operator-cleanup", "nvidia.com/gpu-operator-kopf")
 STOP_SECONDS = 60.0  # the operator pod's grace period (30 s), and some
@@ -78,6 +81,26 @@ def stop_operator(kube: Kube, deployment: str) -> None:
         time.sleep(2)
 
 
+def uncordon_mig_gated(kube: Kube) -> None:
+    """Lift the MIG gate's cordon: only the operator does, and it is stopped or about to be deleted. A node the
+    driver upgrade holds keeps it (the upgrade's own state machine uncordons it, and its state label stays)."""
+    for node in kube.list("Node"):
+        meta = node["metadata"]
+        if MIG_CORDONED not in (meta.get("annotations") or {}):
+            continue
+        if (meta.get("labels") or {}).get(STATE_LABEL) in IN_PROGRESS_STATES:
+            say(f"node {meta['name']}: left cordoned, its driver upgrade holds it")
+            continue
+        uncordon = {"metadata": {"annotations": {MIG_CORDONED: None}}, "spec": {"unschedulable": None}}
+        try:
+            kube.merge_patch("Node", meta["name"], uncordon)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            continue
+        say(f"node {meta['name']}: uncordoned (the operator had cordoned it for a MIG change)")
+
+
 def main() -> int:
     wanted = [n.strip() for n in os.environ.get("CLUSTERPOLICIES", "cluster-policy").split(",") if n.strip()]
     timeout = float(os.environ.get("TIMEOUT_SECONDS", "120"))
@@ -108,6 +131,7 @@ def main() -> int:
                 drop_finalizers(kube, policy["metadata"])
                 say(f"clusterpolicy {policy['metadata']['name']}: our finalizer removed, so that it can be deleted "
                     "with no operator running")
+    uncordon_mig_gated(kube)
 
     for crd in crds:
         if kube.delete("CustomResourceDefinition", crd):

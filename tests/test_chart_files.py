@@ -617,3 +617,40 @@ def test_the_cleanup_hook_uncordons_the_nodes_the_mig_gate_left_cordoned(monkeyp
     assert "node gpu-1: uncordoned" in out
     assert kube.nodes["gpu-2"]["spec"] == {"unschedulable": True}, "the driver upgrade uncordons it"
     assert MIG_CORDONED in kube.nodes["gpu-2"]["metadata"]["annotations"]
+
+
+def test_the_chart_says_a_clusterpolicy_the_tightened_crd_refuses_is_fixed_before_upgrading_on_1_29() -> None:
+    """The pre-upgrade hook applies the CRDs, which may refuse a value an older one took (`memory: 512MB`,
+    `config.default: team/layout`, a probe above int32). Only from 1.30 does the API server ratchet CRD validation;
+    the chart admits 1.29, where every update of such a stored ClusterPolicy is refused (422: no status, no finalizer
+    removed), and neither README said so."""
+    template = (CHART / "templates" / "kube-version-check.yaml").read_text()
+    minimum = re.search(r'\$minimum := "(\d+)\.(\d+)', template)
+    assert minimum and (int(minimum.group(1)), int(minimum.group(2))) == (1, 29), template
+    for readme in (CHART / "README.md", REPO / "README.md"):
+        text = " ".join(readme.read_text().split())
+        assert "1.29" in text and "ratchet" in text and "before `helm upgrade`" in text, readme
+
+
+def test_the_cleanup_hook_says_in_one_line_that_an_invalid_clusterpolicy_keeps_our_finalizer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On Kubernetes 1.29 (no CRD validation ratcheting) a ClusterPolicy stored before the CRD was tightened refuses
+    every update, our finalizer's removal included (422). The hook failed with an ApiError traceback, and
+    `helm uninstall` with it; now it names the ClusterPolicy and what to do, and the uninstall goes on."""
+    from gpu_operator.kube import ApiError
+    from gpu_operator.lifecycle import CLEANUP_FINALIZER
+
+    class Refusing(HookKube):
+        def merge_patch(self, kind: str, name: str, patch: dict[str, Any], namespace: str | None = None,
+                        sub: str | None = None) -> dict[str, Any]:  # fmt: skip
+            if kind == "ClusterPolicy":
+                body = json.dumps({"message": 'ClusterPolicy.nvidia.com "mine" is invalid: spec.driver.resources'})
+                raise ApiError(422, body, f"PATCH clusterpolicies/{name}")
+            return super().merge_patch(kind, name, patch, namespace, sub)
+
+    kube = Refusing({"mine": [CLEANUP_FINALIZER]})
+    out = run_cleanup_hook(monkeypatch, kube, CLUSTERPOLICIES="", OPERATOR=f"{NAMESPACE}/gpu-operator")
+    assert kube.policies["mine"]["metadata"]["finalizers"] == [CLEANUP_FINALIZER]
+    lines = [line for line in out.splitlines() if "mine" in line]
+    assert len(lines) == 1 and "could not be removed" in lines[0] and "spec.driver.resources" in lines[0], out

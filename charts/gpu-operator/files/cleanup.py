@@ -53,13 +53,19 @@ def ours(policy: dict[str, Any]) -> bool:
     return any(f in OUR_FINALIZERS for f in policy["metadata"].get("finalizers") or [])
 
 
-def drop_finalizers(kube: Kube, meta: dict[str, Any]) -> None:
+def drop_finalizers(kube: Kube, meta: dict[str, Any]) -> bool:
+    """False where the API server refused: said in one line, and the uninstall goes on."""
     keep = [f for f in meta.get("finalizers") or [] if f not in OUR_FINALIZERS]
     try:
         kube.merge_patch("ClusterPolicy", meta["name"], {"metadata": {"finalizers": keep or None}})
     except ApiError as exc:
+        if exc.status == 422:  # a value the CRD now refuses, on a server without validation ratcheting (1.29)
+            say(f"clusterpolicy {meta['name']}: our finalizer could not be removed, the ClusterPolicy is invalid "
+                f"under the current CRD ({exc.message}): fix that field, then remove the finalizer with kubectl")
+            return False
         if exc.status != 404:
             raise
+    return True
 
 
 def stop_operator(kube: Kube, deployment: str) -> None:
@@ -127,8 +133,7 @@ def main() -> int:
     if operator and any(ours(p) for p in policies(kube, ["*"])):
         stop_operator(kube, operator)
         for policy in policies(kube, ["*"]):
-            if ours(policy):
-                drop_finalizers(kube, policy["metadata"])
+            if ours(policy) and drop_finalizers(kube, policy["metadata"]):
                 say(f"clusterpolicy {policy['metadata']['name']}: our finalizer removed, so that it can be deleted "
                     "with no operator running")
     uncordon_mig_gated(kube)

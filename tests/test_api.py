@@ -581,6 +581,31 @@ def test_resource_quantities_the_api_server_refuses_are_invalid(value: str) -> N
     ]
 
 
+@pytest.mark.parametrize(
+    ("resources", "problem"),
+    [
+        ({"limits": {"memory": "-1Gi"}}, "limits.memory: must not be negative"),
+        ({"requests": {"cpu": -1}}, "requests.cpu: must not be negative"),
+        ({"limits": {"memory": "1Gi"}, "requests": {"memory": "2Gi"}},
+         "requests.memory: must be at most its limit (1Gi)"),
+        ({"limits": {"cpu": 1}, "requests": {"cpu": "1001m"}}, "requests.cpu: must be at most its limit (1)"),
+    ],
+    ids=["negative-limit", "negative-request", "request-above-limit", "request-above-limit-units"],
+)
+def test_resource_quantities_a_pod_refuses_are_invalid(resources: dict[str, Any], problem: str) -> None:
+    """The quantity pattern (upstream's, which admits a sign) let a negative quantity through, and nothing compared a
+    request with its limit (the CRD's description says "at most its limit"): render accepted both, and every pass's
+    operand DaemonSet was refused by pod validation (422, naming the DaemonSet, not the field)."""
+    assert problems_of({"driver": {"resources": resources}}) == [f"spec.driver.resources.{problem}"]
+
+
+def test_a_request_at_or_below_its_limit_in_other_units_is_accepted() -> None:
+    resources = {"limits": {"memory": "1Gi", "cpu": "1E3", "nvidia.com/gpu": 1},
+                 "requests": {"memory": "1024Mi", "cpu": "+.5", "ephemeral-storage": "1"}}  # fmt: skip
+    spec = parse_spec({"driver": {"resources": resources}})
+    assert spec.driver.resources is not None and spec.driver.resources.requests["cpu"] == "+.5"
+
+
 @pytest.mark.parametrize("value", [0, 2, "2", "100m", "0.5", ".5", "1Gi", "256Mi", "1e3", "1.5k"])
 def test_resource_quantities_accepted(value: int | str) -> None:
     spec = parse_spec({"driver": {"resources": {"limits": {"cpu": value}, "requests": {"memory": value}}}})

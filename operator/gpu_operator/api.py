@@ -13,6 +13,7 @@ import copy
 import difflib
 import re
 import types
+from decimal import Decimal
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
@@ -89,9 +90,27 @@ QUANTITY = (
 )
 
 
+_SUFFIXES: dict[str, int | Decimal] = {
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+    "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
+    "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+}  # fmt: skip
+
+
+def _amount(v: int | str) -> Decimal:
+    """A quantity the pattern admits, as a number ("1E" is exa, "1E3" an exponent)."""
+    text = str(v)
+    for suffix in (text[-2:], text[-1:]):
+        if suffix in _SUFFIXES:
+            return Decimal(text[: -len(suffix)]) * _SUFFIXES[suffix]
+    return Decimal(text)
+
+
 def _check_quantity(v: int | str) -> int | str:
     if isinstance(v, str) and not re.fullmatch(QUANTITY, v):  # fullmatch: `$` would pass a trailing newline
         raise ValueError("must be a quantity such as 2, 500m or 1Gi")
+    if _amount(v) < 0:  # the pattern admits a sign; a pod's resources refuse it
+        raise ValueError("must not be negative")
     return v
 
 
@@ -226,6 +245,16 @@ EnvList = Annotated[list[EnvVar], AfterValidator(_last_wins)]
 class ResourceRequirements(Model):
     limits: dict[str, Quantity] = {}
     requests: dict[str, Quantity] = {}
+
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> ResourceRequirements:
+        for name, request in self.requests.items():  # as pod validation, which refuses the DaemonSet otherwise
+            if name in self.limits and _amount(request) > _amount(self.limits[name]):
+                message = f"must be at most its limit ({self.limits[name]})"
+                error = InitErrorDetails(type=PydanticCustomError("request_above_limit", message),
+                                         loc=("requests", name), input=request)  # fmt: skip
+                raise ValidationError.from_exception_data(type(self).__name__, [error])  # the field's path
+        return self
 
 
 class ImageSpec(Section):

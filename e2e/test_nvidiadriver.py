@@ -202,7 +202,7 @@ def test_precompiled_node_moves_to_its_new_kernels_pool(env: Env) -> None:
     assert labels(env, "nd-c0")[DRIVER_KERNEL] == new_kernel
     messages = [
         e.get("message", "") for e in env.admin.list("Event", "default")
-        if e["involvedObject"]["name"] == "nd-c0" and e.get("reason") == "GPUDriverUpgrade"
+        if e["involvedObject"].get("name") == "nd-c0" and e.get("reason") == "GPUDriverUpgrade"
     ]  # fmt: skip
     assert any(f"kernel is now {new_kernel}" in m for m in messages), messages
 

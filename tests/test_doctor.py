@@ -2600,6 +2600,20 @@ def test_seed_6_3_issue_2_oom_beside_a_pod_given_every_gpu_by_the_runtime_names_
     assert "does not share" in f.summary and "batch size" in f.fix
 
 
+def _preempting(why: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Eight one-GPU experiments (priority 100) on h-0, four of them terminating as preemption's victims, and the
+    4-GPU production-training pod (priority 1000) nominated to h-0, Pending with the scheduler's `why`."""
+    experiments = [pod(f"experiment-{i}", 1, node_name="h-0", priorityClassName="low-priority-experiments",
+                       priority=100) for i in range(8)]  # fmt: skip
+    for victim in experiments[:4]:
+        victim["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+        victim["metadata"]["deletionGracePeriodSeconds"] = 30
+    production = unschedulable(pod("production-training", 4, priorityClassName="high-priority-training",
+                                   priority=1000), why)  # fmt: skip
+    production["status"]["nominatedNodeName"] = "h-0"
+    return experiments, production
+
+
 def test_seed_7_3_production_training_preempting_experiments_is_not_a_gpu_shortage() -> None:
     """§7.3: production-training (high-priority-training, 1000, 4 GPUs) arrives on an H100 node whose 8 GPUs are held
     by one-GPU experiments (low-priority-experiments, 100). kube-scheduler preempts: it deletes four experiments
@@ -2607,14 +2621,7 @@ def test_seed_7_3_production_training_preempting_experiments_is_not_a_gpu_shorta
     it Pending ("Insufficient nvidia.com/gpu") until the victims are gone; then the pod runs (e2e
     test_operator.py::test_seed_priority_classes_let_production_training_preempt_experiments). doctor used to report
     InsufficientGPU, a warning telling the admin to add GPU nodes; now an info finding names the preemption."""
-    experiments = [pod(f"experiment-{i}", 1, node_name="h-0", priorityClassName="low-priority-experiments",
-                       priority=100) for i in range(8)]  # fmt: skip
-    for victim in experiments[:4]:
-        victim["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
-        victim["metadata"]["deletionGracePeriodSeconds"] = 30
-    production = unschedulable(pod("production-training", 4, priorityClassName="high-priority-training",
-                                   priority=1000), "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.")
-    production["status"]["nominatedNodeName"] = "h-0"
+    experiments, production = _preempting("0/1 nodes are available: 1 Insufficient nvidia.com/gpu.")
     found = diagnose(cluster([node("h-0")], [*experiments, production]))
     assert [(f.severity, f.kind) for f in found] == [("info", "PreemptionInProgress")], found
     assert "4 lower-priority pods on h-0" in found[0].summary and "30 s" in found[0].summary
@@ -2633,14 +2640,7 @@ def test_preemption_is_not_reported_on_a_nominated_node_that_no_longer_takes_the
     and the cordon (NodesCordoned) or the taint (UntoleratedTaint) is named."""
 
     def preempting(node_spec: dict[str, Any], labels: dict[str, str] | None = None) -> dict[str, Any]:
-        experiments = [pod(f"experiment-{i}", 1, node_name="h-0", priorityClassName="low-priority-experiments",
-                           priority=100) for i in range(8)]  # fmt: skip
-        for victim in experiments[:4]:
-            victim["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
-            victim["metadata"]["deletionGracePeriodSeconds"] = 30
-        production = unschedulable(pod("production-training", 4, priorityClassName="high-priority-training",
-                                       priority=1000), "0/1 nodes are available: 1 node(s) were unschedulable.")
-        production["status"]["nominatedNodeName"] = "h-0"
+        experiments, production = _preempting("0/1 nodes are available: 1 node(s) were unschedulable.")
         return kinds(cluster([node("h-0", spec=node_spec, labels=labels or {})], [*experiments, production]))
 
     found = preempting({"unschedulable": True}, {"nvidia.com/gpu-driver-upgrade-state": "drain-required"})

@@ -1103,13 +1103,48 @@ def test_a_nodefeature_after_its_node_identifies_that_node_only_and_a_deleted_on
     assert op._features == {} and op._features_of == {}  # nothing kept of the deleted NodeFeatures
 
 
+def test_a_node_deleted_and_registered_again_has_its_nodefeatures_devices_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Deleting a node dropped what the NodeFeature watch held of its NodeFeatures ("a new node of that name is
+    another machine"), though the NodeFeatures stay until they are deleted (by nfd-gc, where it runs, or with their
+    nfd-worker pod). A node registered again under its name with the same hardware (kubelet after `kubectl delete
+    node`) got no devices: nfd-worker does not write an unchanged NodeFeature, so no event came until the watch
+    listed again (a 410). Now the projection is kept by NodeFeature, and only its DELETED event removes it."""
+    from support import node
+
+    api = FeatureApi([node_feature("gpu-1", "2330")])
+
+    async def scenario() -> Operator:
+        op = await _watching(api, monkeypatch)
+        watch = op.feature_watch
+        assert watch is not None
+        rv = watch.relist()
+        op.on_node("ADDED", node("gpu-1"))
+        await asyncio.gather(*op._labelling)
+        assert op.nodes["gpu-1"].pci_devices == ("2330",)
+
+        op.on_node("DELETED", node("gpu-1"))
+        op.on_node("ADDED", node("gpu-1"))  # registered again: its NodeFeature is unchanged, no event
+        await asyncio.gather(*op._labelling)
+        assert op.nodes["gpu-1"].pci_devices == ("2330",) and op.nodes["gpu-1"].is_mig_capable
+
+        op.on_node("DELETED", node("gpu-1"))
+        api.events = [feature_event("DELETED", node_feature("gpu-1", "2330"))]  # nfd-gc's, for the gone node
+        watch.watch(rv)
+        return op
+
+    op = asyncio.run(scenario())
+    assert op.nodes == {} and op.node_features == {} and op._features == {} and op._features_of == {}
+
+
 def test_the_nodefeature_watchs_listing_replaces_the_start_up_listings_devices(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The start-up listing's devices stand until the watch lists the NodeFeatures itself: a node whose NodeFeature
     went away in between loses them then, one whose NodeFeature is there keeps them without a change. While the
     watch runs, an unidentified GPU node lists nothing again, and a relisting of the cluster leaves the devices to
-    the watch. A deleted node's NodeFeature, seen again, is a new machine's."""
+    the watch. A deleted node's NodeFeatures are kept until they change or go."""
     api = FeatureApi([node_feature("n1", "2330")])
     monkeypatch.setattr(runtime.Watch, "start", lambda self: None)
     op = Operator(kube=api, namespace="gpu-operator")  # type: ignore[arg-type]
@@ -1130,12 +1165,12 @@ def test_the_nodefeature_watchs_listing_replaces_the_start_up_listings_devices(
               prune=True)  # fmt: skip
     assert api.requests == ["list"] and op.nodes["n3"].pci_devices == ()
 
-    op.on_node_facts("n1", None)  # deleted, and joins again: NFD's worker there writes its NodeFeature anew
+    op.on_node_facts("n1", None)  # deleted, and another machine joins under its name
     op.on_node_facts("n1", facts("n1"))
-    assert op.nodes["n1"].pci_devices == ()
-    api.events = [feature_event("MODIFIED", node_feature("n1", "2330"))]
+    assert op.nodes["n1"].pci_devices == ("2330",)  # the NodeFeature there, until NFD's worker writes it anew
+    api.events = [feature_event("MODIFIED", node_feature("n1", "20b5"))]
     op.feature_watch.watch("10")
-    assert op.nodes["n1"].pci_devices == ("2330",)
+    assert op.nodes["n1"].pci_devices == ("20b5",)
 
 
 def test_nodefeatures_are_listed_again_where_watching_them_is_refused(

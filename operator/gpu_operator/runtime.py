@@ -244,9 +244,10 @@ class Operator:
             self.moves.forget(name)
             self.reconciler.applier.forget(name)
             self.reconciler.events.forget("Node", name)
-            self.node_features.pop(name, None)  # a new node of that name is another machine
-            for key in self._features_of.pop(name, ()):  # what its NodeFeatures say next is delivered as new
-                self._features.pop(key, None)
+            if self.feature_watch is None:  # (listed again while a node of that name is unidentified)
+                self.node_features.pop(name, None)
+            # Else kept: its NodeFeatures stay until deleted (their DELETED event drops them), and a node registered
+            # again under its name gets their devices at once (nfd-worker does not write an unchanged NodeFeature).
             forget_node(name)
             if self.nodes.pop(name, None) is not None:
                 self.wake_now("node")

@@ -1203,6 +1203,45 @@ def test_nodefeatures_are_listed_again_where_watching_them_is_refused(
     assert op.nodes["gpu-2"].pci_devices == ("20b5",) and not op.unidentified()
 
 
+def test_a_relisting_lists_no_nodefeatures_while_their_watch_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relisting of the cluster (sync(prune=True), after a kopf watch's 410) listed every NodeFeature again (each
+    holds every feature of its node) while the NodeFeature watch ran, and then left what it read unused (the watch
+    keeps the devices). Now it lists none while the watch runs; where watching them is refused it still does. A node
+    that listing brings gets the watch's devices."""
+    from support import node
+
+    class Listing(CountingKube):
+        nodes: list[dict[str, Any]] = []
+
+        def api_groups(self) -> frozenset[str]:
+            return NFD
+
+        def each(self, kind: str, *args: Any, **kwargs: Any) -> Any:
+            return iter(copy.deepcopy(self.nodes) if kind == "Node" else self.list(kind))
+
+    monkeypatch.setattr(runtime.Watch, "start", lambda self: None)
+    kube = Listing()
+    op = Operator(kube=kube, namespace="gpu-operator")  # type: ignore[arg-type]
+    asyncio.run(op.sync())
+    assert "NodeFeature" in kube.lists  # the start-up listing
+    op.own_watches(lambda handler: handler, lambda handler: handler)
+    asyncio.run(op.refresh_node_features())
+    assert op.feature_watch is not None
+    op.on_node_feature(op._feature_watches, "nfd/gpu-1", ("gpu-1", ("2330",)))  # before its node is seen
+
+    kube.lists.clear()
+    kube.nodes = [node("gpu-1")]
+    asyncio.run(op.sync(prune=True))
+    assert "NodeFeature" not in kube.lists and op.nodes["gpu-1"].pci_devices == ("2330",)
+
+    op._feature_watch_refused(op._feature_watches, ApiError(403, "{}", "GET nodefeatures"))
+    op._gone = set()
+    op._merge(snapshot(nodes={"gpu-1": facts("gpu-1")}, api_groups=NFD), prune=True, features=False)
+    assert op.nodes["gpu-1"].pci_devices == ("2330",)  # a listing begun while they were watched keeps them
+    asyncio.run(op.sync(prune=True))
+    assert "NodeFeature" in kube.lists
+
+
 def test_a_kind_just_served_is_listed_in_a_thread_and_merged_on_the_event_loop_newer_events_kept() -> None:
     """refresh_discovery ran in a worker thread and put the owned objects of a kind just served into the cache as
     listed, with no version check: a watch event of one (kopf starts that watch once the CRD appears) handled on
@@ -1392,7 +1431,7 @@ def test_a_write_answer_applied_after_a_deletion_does_not_bring_the_deleted_obje
     ds = {**daemonset("ds", 5), "metadata": {**daemonset("ds", 5)["metadata"], "uid": "ds-uid"}}
     before = snapshot(nodes={"n1": replace(facts("n1"), resource_version=5)},
                       owned={("DaemonSet", "gpu-operator", "ds"): ds})  # fmt: skip
-    monkeypatch.setattr(runtime, "observe", lambda kube, namespace: before)
+    monkeypatch.setattr(runtime, "observe", lambda kube, namespace, **_: before)
     monkeypatch.setattr(runtime, "warm_up", lambda: None)
 
     async def scenario() -> Operator:
@@ -1456,7 +1495,7 @@ def test_failed_passes_are_retried_with_a_backoff_that_a_pass_that_succeeds_ends
     waits: list[float] = []
     monkeypatch.setattr(runtime, "failed_retry", lambda n: waits.append(failed_retry(n)) or 0.01)
     monkeypatch.setattr(runtime, "DEBOUNCE_S", 0.0)
-    monkeypatch.setattr(runtime, "observe", lambda kube, namespace: snapshot())
+    monkeypatch.setattr(runtime, "observe", lambda kube, namespace, **_: snapshot())
     monkeypatch.setattr(runtime, "warm_up", lambda: None)
     refused = Outcome(ready=False, error=True)
     not_ready = Outcome(ready=False)  # pods still rolling out: no failure, the ordinary 5 s recheck

@@ -257,12 +257,14 @@ def observe(
     nodes: list[dict[str, Any]] | Future[list[dict[str, Any]]] | None = None,
     pods: list[dict[str, Any]] | None = None,
     pool: Executor | None = None,
+    nodefeatures: bool = True,
 ) -> Snapshot:
     """The cluster as the reconciler needs it, read from the API (lists only).
 
     `nodes`, `pods`: the Node objects (or a Future of them) and every Pod when the caller lists them anyway
     (doctor keeps them whole); the operand pods are then taken from `pods` instead of a second listing.
-    `pool`: run the lists concurrently on it.
+    `pool`: run the lists concurrently on it. `nodefeatures`: False where the caller watches NodeFeatures itself:
+    none is listed, and the nodes get no devices from them.
     """
 
     def later(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> Callable[[], _T]:
@@ -291,7 +293,7 @@ def observe(
     else:
         given = nodes
         listed_nodes = lambda: projected(given)  # noqa: E731
-    features = later(node_features, kube, api_groups)
+    features = later(node_features, kube, api_groups) if nodefeatures else dict
     listed_pods = (
         later(lambda: [pod_projection(p) for p in kube.each("Pod", namespace, OWNED_SELECTOR, limit=100)])
         if pods is None

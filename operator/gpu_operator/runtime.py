@@ -763,10 +763,11 @@ class Operator:
         deleted = (self._deleted or {}).get(key_of(answer))
         return deleted is not None and not _successor(deleted, answer)
 
-    def _merge(self, snap: Snapshot, prune: bool = False) -> None:
+    def _merge(self, snap: Snapshot, prune: bool = False, features: bool = True) -> None:
         """Fill the caches from a listing of ours, on the event loop: what a watch event delivered while the
         listing ran is newer and stays (replacing the caches outright once lost a ClusterPolicy created then).
-        With `prune` (a relisting), what the listing lacks and no event brought meanwhile is dropped."""
+        With `prune` (a relisting), what the listing lacks and no event brought meanwhile is dropped. `features`:
+        whether it listed NodeFeatures (not while they are watched)."""
         gone = self._gone or set()
         touched = self._touched or set()
         self.api_groups = snap.api_groups
@@ -782,7 +783,8 @@ class Operator:
                     log.info("%s %s is gone (missed while the watch was down)", kind, key)
                     cache.pop(key)
 
-        fill("node", self.nodes, snap.nodes)
+        watched = self.feature_watch is not None or not features  # (the devices are the watch's)
+        fill("node", self.nodes, {n: self._with_devices(f) for n, f in snap.nodes.items()} if watched else snap.nodes)
         fill("policy", self.policies, snap.policies, by_version=True)
         fill("nvidiadriver", self.nvidia_drivers, snap.nvidia_drivers, by_version=True)
         fill("owned", self.owned, snap.owned, by_version=True)
@@ -803,7 +805,7 @@ class Operator:
         fill("configmap", self.config_maps, snap.config_maps)
         fill("configmap", self.config_data, snap.config_data)
         self._config_meta = {k: v for k, v in self._config_meta.items() if k in self.config_maps}  # what was pruned
-        if self.feature_watch is None:  # (else the watch keeps them current)
+        if not watched:  # (else the watch keeps them current)
             # (not the devices of a node deleted while the listing ran: another machine may join under its name)
             self._read_node_features({n: f.pci_devices for n, f in snap.nodes.items()
                                       if f.pci_devices and n in self.nodes})  # fmt: skip
@@ -945,7 +947,9 @@ class Operator:
         while True:
             try:
                 self._gone, self._touched = set(), set()
-                self._merge(await asyncio.to_thread(observe, self.kube, self.namespace), prune=prune)
+                features = self.feature_watch is None  # (else watched)
+                listed = await asyncio.to_thread(observe, self.kube, self.namespace, nodefeatures=features)
+                self._merge(listed, prune=prune, features=features)
                 return
             except Exception as exc:  # noqa: BLE001 - keep retrying until the API answers
                 self._gone = self._touched = None

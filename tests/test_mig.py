@@ -671,6 +671,24 @@ def test_the_nodes_the_mig_pass_hands_on_are_as_its_cordons_leave_them() -> None
     assert after == done
 
 
+def test_the_gates_failed_writes_are_logged_as_the_mig_gates(caplog: pytest.LogCaptureFixture) -> None:
+    """The MIG gate's cordons and evictions go through the driver upgrade's Executor, whose log lines all said
+    "upgrade:": a failed uncordon of the gate, or an eviction of its drain a PodDisruptionBudget blocked, read as the
+    driver upgrade's. Now they say "MIG:"."""
+    import logging
+
+    class Blocked(DrainKube):
+        def evict(self, name: str, namespace: str) -> None:
+            raise ApiError(429, '{"message": "disruption budget"}', f"POST {namespace}/{name}/eviction")
+
+    with caplog.at_level(logging.INFO, logger="gpu_operator"):
+        _gate_pass(FailingKube(), gate_cordoned(approved="all-1g.10gb"))
+        _gate_pass(Blocked([replica("train-7d9-a")]), node())
+    assert [r.getMessage() for r in caplog.records if " failed" in r.getMessage() or "blocked" in r.getMessage()] == [
+        "MIG: patching node n1 failed: patch Node n1: 500 boom",
+        "MIG: eviction of team/train-7d9-a blocked: disruption budget"]  # fmt: skip
+
+
 def test_an_upgrade_starting_in_the_pass_the_gate_uncordons_the_node_cordons_it() -> None:
     """A gate-cordoned node whose MIG change ended in the pass its driver upgrade got a slot: the planner read the
     cordon the gate had just lifted as one from before the upgrade, recorded the node as initially unschedulable and

@@ -158,7 +158,7 @@ def run(
     actions: list[Action] = [a for n in decision.cordon for a in (Cordon(n), Annotate(n, MIG_CORDONED, "true"))]
     actions += [EvictPods(n, refs, delete_emptydir=drain.delete_empty_dir) for n, refs in decision.evict.items()]
     actions += [a for n in decision.uncordon for a in (Uncordon(n), Annotate(n, MIG_CORDONED, None))]
-    patched = Executor(kube, namespace, events).run(Plan(actions=actions)).patched if actions else set()
+    patched = Executor(kube, namespace, events, "MIG").run(Plan(actions=actions)).patched if actions else set()
     # The rest of the pass (the driver upgrade's planner) sees the gate's cordons as written: a cordon it read as
     # still there would be taken for one from before an upgrade starting now, and that upgrade would not cordon.
     cordoned = {n: True for n in decision.cordon if n in patched}

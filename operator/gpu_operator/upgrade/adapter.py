@@ -423,12 +423,13 @@ class Ran:
 
 class Executor:
     """Carries out a plan's actions, each node's in order, the nodes side by side; a node's remaining actions stop
-    at its first failed write."""
+    at its first failed write. `who` heads its log lines: the driver upgrade's, or the MIG gate's ("MIG")."""
 
-    def __init__(self, kube: Kube, namespace: str, event: EventFn):
+    def __init__(self, kube: Kube, namespace: str, event: EventFn, who: str = "upgrade"):
         self.kube = kube
         self.namespace = namespace
         self.event = event
+        self.who = who
 
     def run(
         self,
@@ -453,8 +454,8 @@ class Executor:
                 left.add(actions[0].node)
                 return
             if moved is not None and moved(actions[0].node):
-                log.info("upgrade: node %s moved on since this pass saw it; its next step waits for the next pass",
-                         actions[0].node)
+                log.info("%s: node %s moved on since this pass saw it; its next step waits for the next pass",
+                         self.who, actions[0].node)
                 dropped.add(actions[0].node)
                 return
             self.node(actions, patched)
@@ -483,7 +484,7 @@ class Executor:
                     patched.add(actions[0].node)
                 return True
             except ApiError as exc:
-                log.warning("upgrade: patching node %s failed: %s", actions[0].node, exc)
+                log.warning("%s: patching node %s failed: %s", self.who, actions[0].node, exc)
                 return False
 
         for action in actions:
@@ -494,7 +495,7 @@ class Executor:
             try:
                 self._act(action, bool(answer))
             except ApiError as exc:
-                log.warning("upgrade: %s on %s failed: %s", type(action).__name__, action.node, exc)
+                log.warning("%s: %s on %s failed: %s", self.who, type(action).__name__, action.node, exc)
                 return None
         return answer[0] if flush() and answer else None
 
@@ -506,7 +507,7 @@ class Executor:
                     self.kube.evict(name, ns)
                 except ApiError as exc:
                     if exc.status == 429:  # a PodDisruptionBudget blocks it now; the planner sees it stay
-                        log.info("upgrade: eviction of %s/%s blocked: %s", ns, name, exc.message)
+                        log.info("%s: eviction of %s/%s blocked: %s", self.who, ns, name, exc.message)
                         continue
                     if exc.status != 404:
                         raise

@@ -2445,6 +2445,26 @@ def test_gpu_nodes_configured_for_vm_workloads_are_named_not_the_device_plugin()
     assert "GPUsReservedForVMs" not in f and "GPUsNotAdvertised" in f
 
 
+def test_gpu_nodes_opted_out_next_to_nodes_for_vms_are_named_apart_from_them() -> None:
+    """With some GPU nodes configured for VM workloads (no device plugin for containers there, by design) and every
+    other one opted out of the device plugin, DevicePluginOptedOut said "every GPU node is opted out of the device
+    plugin", naming only the opted-out ones: the VM nodes went unsaid (GPUsNotAdvertised counts them apart). Now its
+    summary is about the nodes not for VMs, and counts those apart."""
+    vm = node("v-0", labels={"nvidia.com/gpu.workload.config": "vm-passthrough"})
+    off = node("h-1", labels={"nvidia.com/gpu.deploy.device-plugin": "false"})
+    for n in (vm, off):
+        for part in ("capacity", "allocatable"):
+            n["status"][part].pop("nvidia.com/gpu")
+    c = cluster([vm, off], [pod("p", 1)])
+    c.snapshot.policies["cluster-policy"]["spec"] = {"sandboxWorkloads": {"enabled": True}}
+    f = kinds(c)["DevicePluginOptedOut"]
+    assert f.summary == (
+        "no node advertises nvidia.com/gpu: every GPU node not configured for VM workloads is opted out of the device "
+        "plugin (nvidia.com/gpu.deploy.device-plugin=false on h-1); 1 more is configured for VM workloads "
+        "(nvidia.com/gpu.workload.config), which run no device plugin for containers")  # fmt: skip
+    assert f.nodes == ("h-1",)
+
+
 def test_a_disabled_device_plugin_is_named_when_no_node_advertises_gpus() -> None:
     """devicePlugin.enabled false (as the NVIDIA DRA driver for GPUs needs: GPUs are then claimed through
     ResourceClaims): no node advertises nvidia.com/gpu and a pod asking for it pends. doctor said GPUsNotAdvertised,

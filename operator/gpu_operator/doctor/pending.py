@@ -621,7 +621,7 @@ def _not_advertised(
     if spec is not None and vms and not gpu_nodes:
         return _reserved_for_vms(ref, resource, vms, spec, evidence)
     if gpu_nodes and len(opted_out) == len(gpu_nodes):
-        return _opted_out(cluster, ref, resource, opted_out, spec, evidence)
+        return _opted_out(cluster, ref, resource, opted_out, spec, evidence, len(vms))
     if gpu_nodes:
         besides = f" ({len(vms)} more are configured for VM workloads, {WORKLOAD_CONFIG})" if vms else ""
         return Finding(
@@ -667,10 +667,11 @@ def _plugin_disabled(cluster: Cluster, ref: str, resource: str, evidence: list[E
 
 def _opted_out(
     cluster: Cluster, ref: str, resource: str, names: list[str], spec: ClusterPolicySpec | None,
-    evidence: list[Evidence],
+    evidence: list[Evidence], vms: int = 0,
 ) -> Finding:  # fmt: skip
     """No node advertises `resource` because every GPU node that runs no VM operands is opted out of the device
-    plugin: by its deploy label, or by gpu.deploy.operands=false, which removes every deploy label (REFERENCE §3)."""
+    plugin: by its deploy label, or by gpu.deploy.operands=false, which removes every deploy label (REFERENCE §3).
+    `vms`: how many GPU nodes are configured for VM workloads besides (counted apart)."""
     nodes = cluster.snapshot.nodes
     off = [name for name in names if nodes[name].labels.get(DEPLOY_OPERANDS) == "false"]
     plugin = [name for name in names if name not in off]
@@ -686,9 +687,13 @@ def _opted_out(
     if vm:
         fix += (f"; {_listed(vm)} {'is' if len(vm) == 1 else 'are'} also configured for VM workloads: label "
                 f"{'it' if len(vm) == 1 else 'them'} {WORKLOAD_CONFIG}=container --overwrite too")  # fmt: skip
+    which = " not configured for VM workloads" if vms else ""
+    besides = (f"; {vms} more {'is' if vms == 1 else 'are'} configured for VM workloads ({WORKLOAD_CONFIG}), which "
+               "run no device plugin for containers") if vms else ""  # fmt: skip
     return Finding(
         ERROR, "DevicePluginOptedOut", ref,
-        f"no node advertises {resource}: every GPU node is opted out of the device plugin ({'; '.join(shown)})",
+        f"no node advertises {resource}: every GPU node{which} is opted out of the device plugin "
+        f"({'; '.join(shown)}){besides}",
         fix, evidence, nodes=tuple(names),
     )  # fmt: skip
 

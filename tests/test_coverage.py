@@ -29,6 +29,7 @@ from support import REPO, fixed_nodes, load_policy, render_all
 FIXTURE = REPO / "tests" / "fixtures" / "upstream-clusterpolicy-fields.txt"
 MONITORING = frozenset({"monitoring.coreos.com"})
 PLANNER = "tests/test_upgrade_planner.py"
+ONE_ONLY = "tests/test_crd.py::test_startup_and_liveness_probes_take_a_success_threshold_of_one_only"
 
 # Fields acted on outside rendering: path -> the test that proves the effect.
 ACTED_ELSEWHERE = {
@@ -52,6 +53,9 @@ ACTED_ELSEWHERE = {
     "driver.upgradePolicy.drain.timeoutSeconds": f"{PLANNER}::test_drain_timeout_fails_with_or_without_force",
     "driver.upgradePolicy.drain.deleteEmptyDir": f"{PLANNER}::test_drain_protects_emptydir",
     "psa.enabled": "e2e/test_operator.py::test_psa_labels_the_operand_namespace",
+    # Only 1, the rendered value, is valid (as in a pod): the model refuses any other.
+    "driver.startupProbe.successThreshold": ONE_ONLY,
+    "driver.livenessProbe.successThreshold": ONE_ONLY,
 }
 
 # What else a field needs before it can matter (beyond its component and switches being on).
@@ -68,6 +72,8 @@ BY_PATH: dict[str, Any] = {
     "dcgmExporter.service.type": "NodePort",
     "dcgmExporter.service.internalTrafficPolicy": "Local",
     "operator.defaultRuntime": "crio",
+    "driver.startupProbe.successThreshold": 1,
+    "driver.livenessProbe.successThreshold": 1,
 }
 BY_NAME: dict[str, Any] = {
     "env": [{"name": "FIELD_TEST", "value": "1"}],

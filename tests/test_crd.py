@@ -314,8 +314,28 @@ def test_probe_fields_are_int32_as_upstream(probe: str, field: str) -> None:
         api.parse_spec({"driver": {probe: {field: 2**31}}})
     with pytest.raises(ValueError, match=f"spec.{probe}.{field}: Input should be less than or equal"):
         nvidiadriver_api.parse_spec({probe: {field: 2**31}})
+    if field == "successThreshold" and probe != "readinessProbe":
+        return  # 1 only (next test)
     top = api.parse_spec({"driver": {probe: {field: 2**31 - 1}}}).driver.model_dump(by_alias=True)[probe]
     assert top[field] == 2**31 - 1
+
+
+@pytest.mark.parametrize("probe", ["startupProbe", "livenessProbe"])
+def test_startup_and_liveness_probes_take_a_success_threshold_of_one_only(probe: str) -> None:
+    """Pod validation refuses a startup or liveness probe's successThreshold other than 1 (upstream's field doc:
+    "Must be 1 for liveness and startup"), and the driver container's probe copies the spec's. Ours took any, so
+    `driver.startupProbe.successThreshold: 2` passed the model and render and every pass's driver DaemonSet was
+    refused when applied (422, naming the DaemonSet). Now the model refuses it, naming the field; the CRDs are
+    upstream's (no maximum), and a readiness probe may still ask for several successes."""
+    message = f"{probe}.successThreshold: must be 1 for startup and liveness probes"
+    with pytest.raises(api.PolicyError, match=f"spec.driver.{message}"):
+        api.parse_spec({"driver": {probe: {"successThreshold": 2}}})
+    with pytest.raises(ValueError, match=f"spec.{message}"):
+        nvidiadriver_api.parse_spec({"driverType": "gpu", probe: {"successThreshold": 3}})
+    one = api.parse_spec({"driver": {probe: {"successThreshold": 1}}}).driver.model_dump(by_alias=True)[probe]
+    assert one["successThreshold"] == 1
+    ready = api.parse_spec({"driver": {"readinessProbe": {"successThreshold": 2}}}).driver.readiness_probe
+    assert ready is not None and ready.success_threshold == 2
 
 
 def test_every_image_pull_policy_admits_an_empty_string_as_upstream() -> None:

@@ -431,6 +431,18 @@ class ProbeSpec(Model):
     failure_threshold: PositiveInt32 | None = None
 
 
+class LivenessProbeSpec(ProbeSpec):
+    """A startup or liveness probe: pod validation refuses a successThreshold other than 1 (upstream's field doc:
+    "Must be 1 for liveness and startup"), so every apply of the driver DaemonSet would fail."""
+
+    @field_validator("success_threshold")
+    @classmethod
+    def _one(cls, v: int | None) -> int | None:
+        if v not in (None, 1):
+            raise ValueError("must be 1 for startup and liveness probes")
+        return v
+
+
 class ConfigMapRef(Section):
     name: str = ""
 
@@ -465,8 +477,8 @@ class DriverSpec(ComponentSpec):
     virtual_topology: VirtualTopologySpec = VirtualTopologySpec()
     kernel_module_config: ConfigMapRef = ConfigMapRef()
     secret_env: str = ""
-    startup_probe: ProbeSpec | None = None
-    liveness_probe: ProbeSpec | None = None
+    startup_probe: LivenessProbeSpec | None = None
+    liveness_probe: LivenessProbeSpec | None = None
     readiness_probe: ProbeSpec | None = None
     use_nvidia_driver_crd: bool = Field(default=False, alias="useNvidiaDriverCRD")
     upgrade_policy: DriverUpgradePolicySpec = DriverUpgradePolicySpec()

@@ -18,6 +18,7 @@ from .api import (
     DriverUpgradePolicySpec,
     EnvList,
     KubeObject,
+    LivenessProbeSpec,
     Model,
     PodDeletionSpec,
     PodSecurityContext,
@@ -138,8 +139,8 @@ class NVIDIADriverSpec(Model):
     )
     use_open_kernel_modules: bool | None = None  # deprecated upstream, not honoured
     kernel_module_type: Literal["auto", "open", "proprietary"] = "auto"
-    startup_probe: ProbeSpec | None = None
-    liveness_probe: ProbeSpec | None = None
+    startup_probe: LivenessProbeSpec | None = None
+    liveness_probe: LivenessProbeSpec | None = None
     readiness_probe: ProbeSpec | None = None
     rdma: RDMASpec | None = None
     gds: SidecarSpec | None = None

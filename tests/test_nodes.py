@@ -605,6 +605,39 @@ def test_uninstall_lifts_the_mig_gates_cordons_only() -> None:
     assert kube.calls[0][1][2] == {"metadata": {"annotations": {MIG_CORDONED: None}}, "spec": {"unschedulable": None}}
 
 
+def test_uninstall_takes_a_gate_cordoned_node_deleted_since_the_snapshot_as_uncordoned() -> None:
+    """The clean-up lifted the MIG gate's cordons with a bare merge patch, before the label patches and the finalizer
+    removal. A gate-cordoned node deleted since the snapshot (an autoscaler removing a cordoned, drained node) answered
+    404, which failed the pass: no other node's labels were removed and the finalizer stayed until a later pass. A
+    node that is gone has no cordon to lift, as the label patches and the chart hook's uncordon already take it."""
+    from gpu_operator.apply import Applier
+    from gpu_operator.kube import ApiError
+    from gpu_operator.lifecycle import CLEANUP_FINALIZER, Lifecycle
+    from gpu_operator.nodes import MIG_CORDONED
+    from gpu_operator.observe import Snapshot
+    from support import NAMESPACE, RecordingKube, policy_object
+
+    class GoneNodeKube(RecordingKube):
+        def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *a: Any, **k: Any) -> dict[str, Any]:
+            if (kind, name) == ("Node", "gone"):
+                raise ApiError(404, '{"message": "nodes \\"gone\\" not found"}', "PATCH Node gone", "NotFound")
+            return super().merge_patch(kind, name, patch, *a, **k)
+
+    cordoned = {"name": "gone", "labels": {GPU_PRESENT: "true"}, "annotations": {MIG_CORDONED: "true"}}
+    nodes = {
+        "gone": NodeFacts.from_node({"metadata": cordoned, "spec": {"unschedulable": True}}),
+        "gpu-1": facts("gpu-1", labels={GPU_PRESENT: "true"}),
+    }
+    pol = policy_object()
+    pol["metadata"].update(finalizers=[CLEANUP_FINALIZER], deletionTimestamp="2026-02-01T00:00:00Z")
+    kube = GoneNodeKube()
+    snap = Snapshot(nodes=nodes, policies={"cluster-policy": pol}, owned={}, pods={}, revisions={})
+    assert Lifecycle(kube, NAMESPACE, Applier(kube)).cleanup_deleted(snap)  # type: ignore[arg-type]
+    patched = {(what[0], what[1]): what[2] for verb, what in kube.calls if verb == "merge_patch"}
+    assert patched[("Node", "gpu-1")] == {"metadata": {"labels": {GPU_PRESENT: None}}}, "the other node is cleaned up"
+    assert patched[("ClusterPolicy", "cluster-policy")]["metadata"]["finalizers"] == [], "and let go in this pass"
+
+
 # The driver auto-upgrade annotation k8s-driver-manager reads (upstream applyDriverAutoUpgradeAnnotation and
 # setDriverAutoUpgradeAnnotation, controllers/nodelabeling_controller.go): on gpu.present=true nodes only,
 # "true" when driver.enabled and driver.upgradePolicy.autoUpgrade and not sandboxWorkloads.enabled, otherwise

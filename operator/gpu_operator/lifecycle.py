@@ -112,7 +112,11 @@ class Lifecycle:
                         patches[node.name] = {"labels": drop}
                     if MIG_CORDONED in node.annotations and not upgrading(node):  # the MIG gate's cordon goes too
                         uncordon = {"metadata": {"annotations": {MIG_CORDONED: None}}, "spec": {"unschedulable": None}}
-                        self.kube.merge_patch("Node", node.name, uncordon)
+                        try:
+                            self.kube.merge_patch("Node", node.name, uncordon)
+                        except ApiError as exc:
+                            if exc.status != 404:  # a node deleted since the snapshot has no cordon to lift
+                                raise
                 self.applier.patch_nodes(patches)
             finalizers = [f for f in meta.get("finalizers") or [] if f != CLEANUP_FINALIZER]
             if self._set_finalizers(meta, finalizers):

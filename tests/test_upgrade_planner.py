@@ -172,7 +172,7 @@ def test_out_of_date_with_a_slot_starts_and_is_cordoned_in_one_patch_and_one_eve
     assert p.actions[-1] == event  # node-patch actions first: the adapter folds them into one patch
     assert event.message.startswith("upgrade-done -> upgrade-required -> cordon-required -> wait-for-jobs-required: ")
     assert "rev-old" in event.message and "upgrade slot granted" in event.message and "cordoned" in event.message
-    # The chain stops at the cordon: pod deletion reads the node's pods, which a later pass reads fresh.
+    # The plan stops at the cordon: pod deletion reads the node's pods, read fresh once the cordon is answered.
     assert of(p, DeleteDriverPod) == [] and "n1" not in p.waiting
 
 
@@ -1907,3 +1907,123 @@ def test_the_let_go_of_nodes_the_clusterpolicys_driver_left_takes_them_from_the_
     orchestrate(kube, "gpu-operator", off, replace(snap, nodes=moved), lambda *_, **__: None,  # type: ignore[arg-type]
                 kept=kept)  # fmt: skip
     assert sorted(w[1] for v, w in kube.calls if v == "merge_patch") == ["gone", "keep"]
+
+
+def _gpu_job(name: str, node: str = "n1") -> dict[str, Any]:
+    """A Running pod on `node` that asks for a GPU, owned by a Job."""
+    return {
+        "metadata": {"namespace": "ml", "name": name, "ownerReferences": [{"kind": "Job", "name": name,
+                                                                           "controller": True}]},
+        "spec": {"nodeName": node, "containers": [{"name": "main",
+                                                   "resources": {"limits": {"nvidia.com/gpu": "1"}}}]},
+        "status": {"phase": "Running"},
+    }  # fmt: skip
+
+
+def _cordoned_pass(
+    pods: list[dict[str, Any]], fail: bool = False, spec: Any = None, held: dict[str, Any] | None = None
+) -> tuple[Any, Any]:
+    """One orchestrate() pass over one node (n1, upgrade-done on an out-of-date driver pod unless `held`, the
+    sample's podDeletion unless `spec`) against an API server that holds the node; the kube (its calls in order,
+    the pod lists too) and the node as it is after the pass. `pods`: the pods on n1 as the list answers them;
+    `fail`: the list fails."""
+    from gpu_operator.api import parse_spec
+    from gpu_operator.nodes import GPU_PRESENT, deploy_label
+    from gpu_operator.upgrade.orchestrate import orchestrate
+    from support import ServerKube, load_policy, node
+
+    class PodsKube(ServerKube):
+        def list(self, kind: str, namespace: str | None = None, label_selector: str | None = None,
+                 field_selector: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
+            self._note("list", (kind, field_selector))
+            if fail:
+                raise ApiError(500, '{"message": "etcdserver: request timed out"}', "GET pods", "Internal")
+            return [p for p in pods if field_selector == f"spec.nodeName={p['spec']['nodeName']}"]
+
+        def evict(self, name: str, namespace: str) -> None:
+            self._note("evict", (namespace, name))
+
+    obj = held or node("n1", labels={GPU_PRESENT: "true", deploy_label("driver"): "true", STATE_LABEL: "upgrade-done"})
+    obj["metadata"].setdefault("annotations", {})
+    kube = PodsKube({("Node", "n1"): obj})
+    spec = spec if spec is not None else parse_spec(load_policy()["spec"])
+    orchestrate(kube, "gpu-operator", spec, _cp_nodes_snapshot([obj]), lambda *_, **__: None)  # type: ignore[arg-type]
+    return kube, kube.objects[("Node", "n1")]
+
+
+def test_the_pass_that_cordons_a_node_reads_its_pods_and_deletes_its_driver_pod() -> None:
+    """Under a policy that reads workload pods (the sample's podDeletion, the chart's default) the cordon stopped a
+    node's chain: the pass wrote the cordon with wait-for-jobs-required and the node's pods were read only in the
+    next pass, which moved it on and deleted its driver pod. Now, as kubectl drain does, the pass reads the node's
+    pods once its cordon is answered and plans it again from the node as patched: the driver pod is deleted in the
+    same pass. It saves that pass's latency, not a write: still two node patches (the cordon with its state, then
+    pod-restart-required with the deleted pod's name), as the pods are read between them; a policy that reads no
+    pods folds them into one."""
+    from gpu_operator.api import parse_spec
+    from support import load_policy
+
+    kube, after = _cordoned_pass([])
+    calls = [(verb, what) for verb, what in kube.calls]
+    assert [verb for verb, _ in calls] == ["merge_patch", "list", "merge_patch", "delete"], calls
+    first, second = calls[0][1][2], calls[2][1][2]
+    assert first["spec"] == {"unschedulable": True}
+    assert first["metadata"]["labels"][STATE_LABEL] == "wait-for-jobs-required"
+    assert calls[1][1] == ("Pod", "spec.nodeName=n1")  # read after the cordon was answered
+    assert second == {"metadata": {"labels": {STATE_LABEL: "pod-restart-required"},
+                                   "annotations": {DELETED_DRIVER_POD_ANNOTATION: "nvidia-driver-n1"}}}  # fmt: skip
+    assert calls[3][1] == ("Pod", "gpu-operator", "nvidia-driver-n1")
+    assert after["metadata"]["labels"][STATE_LABEL] == "pod-restart-required" and after["spec"]["unschedulable"]
+
+    # No policy step reads pods: one patch and the deletion, no read (unchanged).
+    raw = load_policy()["spec"]
+    none = parse_spec({**raw, "driver": {**raw["driver"], "upgradePolicy": {
+        **raw["driver"]["upgradePolicy"], "podDeletion": None}}})  # fmt: skip
+    kube, after = _cordoned_pass([], spec=none)
+    assert [verb for verb, _ in kube.calls] == ["merge_patch", "delete"], kube.calls
+    assert after["metadata"]["labels"][STATE_LABEL] == "pod-restart-required"
+
+
+def test_a_gpu_pod_scheduled_before_the_cordon_is_evicted_in_the_pass_that_cordons() -> None:
+    """A GPU pod that was on the node when the cordon went out is seen by the read after the cordon: it is evicted
+    (not the driver pod deleted under it), in the same pass, and the node waits in pod-deletion-required."""
+    kube, after = _cordoned_pass([_gpu_job("trainer"), _gpu_job("elsewhere", node="n2")])
+    verbs = [verb for verb, _ in kube.calls]
+    assert verbs == ["merge_patch", "list", "merge_patch", "evict"], kube.calls
+    assert kube.calls[0][1][2]["spec"] == {"unschedulable": True}
+    assert kube.calls[3][1] == ("ml", "trainer")
+    assert after["metadata"]["labels"][STATE_LABEL] == "pod-deletion-required"
+    assert POD_DELETION_START_ANNOTATION in after["metadata"]["annotations"]
+
+
+def test_a_failed_read_of_the_pods_after_the_cordon_leaves_the_node_for_the_next_pass() -> None:
+    """The read after the cordon fails: nothing more is written to the node in that pass (no eviction, no driver
+    pod deletion); it stays cordoned in wait-for-jobs-required, and the next pass reads its pods as before."""
+    kube, after = _cordoned_pass([], fail=True)
+    assert [verb for verb, _ in kube.calls] == ["merge_patch", "list"], kube.calls
+    assert after["metadata"]["labels"][STATE_LABEL] == "wait-for-jobs-required" and after["spec"]["unschedulable"]
+    kube, after = _cordoned_pass([], held=after)  # the next pass: reads them with the rest, then writes
+    assert [verb for verb, _ in kube.calls] == ["list", "merge_patch", "delete"], kube.calls
+    assert after["metadata"]["labels"][STATE_LABEL] == "pod-restart-required"
+
+
+def test_the_read_after_the_cordon_waits_for_the_next_pass_once_the_write_budget_is_spent() -> None:
+    """A node's patch answered after the pass's write budget: its pods are not read in that pass (the budget bounds
+    the pass; the next pass reads them)."""
+    from gpu_operator.upgrade.adapter import Executor
+
+    asked: list[str] = []
+
+    def then(answer: dict[str, Any]) -> list[Any]:
+        asked.append(answer["metadata"]["name"])
+        return [SetState(answer["metadata"]["name"], "pod-restart-required")]
+
+    from support import RecordingKube
+
+    kube = RecordingKube()
+    Executor(kube, "gpu-operator", lambda *_, **__: None).run(  # type: ignore[arg-type]
+        Plan([Cordon("n1"), SetState("n1", "wait-for-jobs-required")]), budget_s=10.0, then=then)
+    assert asked == ["n1"] and len(kube.calls) == 2
+    kube = RecordingKube()
+    Executor(kube, "gpu-operator", lambda *_, **__: None).run(  # type: ignore[arg-type]
+        Plan([Cordon("n1"), SetState("n1", "wait-for-jobs-required")]), budget_s=-1.0, then=then)
+    assert asked == ["n1"] and len(kube.calls) == 1

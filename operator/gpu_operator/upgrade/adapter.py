@@ -312,9 +312,9 @@ def workload_pods(
     kube: Kube, nodes: Iterable[UpgradeNode], policy: DriverUpgradePolicySpec, needs: Iterable[str] | None = None
 ) -> list[WorkloadPod]:
     """All pods on the nodes whose state needs them (reads only; nothing is cached), a few nodes at a time (a
-    wave just cordoned is read in the next pass); none when no step reads them (autoUpgrade off, or a policy
-    without waitForCompletion.podSelector, podDeletion and drain). `needs`: those nodes' names, when the caller
-    kept them."""
+    node the pass cordons is read once its cordon is answered: orchestrate._after_cordon); none when no step reads
+    them (autoUpgrade off, or a policy without waitForCompletion.podSelector, podDeletion and drain). `needs`: those
+    nodes' names, when the caller kept them."""
     if not (policy.auto_upgrade and reads_pods(policy)):
         return []
     names = sorted(needs) if needs is not None else [n.name for n in nodes if n.state in NEEDS_PODS]
@@ -437,11 +437,14 @@ class Executor:
         states: Mapping[str, str] | None = None,
         budget_s: float | None = None,
         moved: Callable[[str], bool] | None = None,
+        then: Callable[[dict[str, Any]], list[Action]] | None = None,
     ) -> Ran:
         """With `budget_s`, the nodes not begun that long after the start (the first WRITERS always are) are left
         for the next pass, the nodes taken by urgency (`states`: each one's observed state, see
         planner.by_urgency). `moved(node)`: whether the node moved on since the plan saw it (its new pods moved it
-        between passes); its actions are dropped, the next pass plans it again."""
+        between passes); its actions are dropped, the next pass plans it again. `then(answer)`: a node's further
+        actions once all of its own went, from the node as its last patch answered (within `budget_s` only: past
+        it, the next pass plans the node)."""
         groups = by_urgency(plan.actions, states or {})
         deadline = None if budget_s is None else time.monotonic() + budget_s
         left: set[str] = set()
@@ -458,7 +461,11 @@ class Executor:
                          self.who, actions[0].node)
                 dropped.add(actions[0].node)
                 return
-            self.node(actions, patched)
+            answer = self.node(actions, patched)
+            if then is not None and answer is not None and (deadline is None or time.monotonic() <= deadline):
+                more = then(answer)
+                if more:
+                    self.node(more, patched)
 
         # Each node's actions in order, the nodes side by side: a wave of 105 nodes cordoned, or their driver pods
         # deleted, one node after another took seconds, and a node whose new driver was Ready waited for them.

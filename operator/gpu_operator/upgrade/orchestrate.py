@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .. import metrics
-from ..api import ClusterPolicySpec
-from ..kube import Kube
+from ..api import ClusterPolicySpec, DriverUpgradePolicySpec
+from ..kube import ApiError, Kube
 from ..nodes import NodeFacts, upgrades_orchestrated
 from ..nvidiadriver_api import OWNER_LABEL
 from ..observe import Snapshot
@@ -20,6 +20,7 @@ from .model import (
     FAILED,
     FAILURE_REASON_ANNOTATION,
     IN_PROGRESS_STATES,
+    NEEDS_PODS,
     STATE_LABEL,
     Action,
     Counters,
@@ -28,7 +29,7 @@ from .model import (
     Plan,
     UpgradeNode,
 )
-from .planner import Limit, plan, switched_off
+from .planner import Limit, plan, reads_pods, switched_off
 
 log = logging.getLogger("gpu_operator.upgrade")
 
@@ -144,7 +145,8 @@ def orchestrate(
     c = result.counters
     # Each node's state orders the writes and names the waits: with neither (a settled cluster), no walk for it.
     states = {n.name: n.state for n in managed} if result.actions or result.waiting or c.failed else {}
-    ran = Executor(kube, namespace, events).run(result, states, WRITE_BUDGET_S, moved)
+    then = _after_cordon(kube, managed, policy) if result.actions else None
+    ran = Executor(kube, namespace, events).run(result, states, WRITE_BUDGET_S, moved, then)
     left = ran.left
     for node, what in result.finished.items():  # the happy path's end: no event (the label says it), a log line
         if node not in left and node not in ran.dropped:
@@ -188,6 +190,38 @@ def orchestrate(
         made_unavailable,
         len(left),
     )
+
+
+def _after_cordon(
+    kube: Kube, managed: list[UpgradeNode], policy: DriverUpgradePolicySpec
+) -> Callable[[dict[str, Any]], list[Action]] | None:
+    """What a node does next in the same pass once its patch into a state that reads its workload pods (the
+    cordon's: planner.goes_on stops there) is answered: its pods are read now, after the cordon, as kubectl drain
+    lists them, and it is planned again from the node as patched, so it goes on (its driver pod deleted when no job
+    pod waits and no GPU pod is to be evicted) without waiting for the next pass. That saves the pass, not a patch:
+    the pods are read between the cordon's patch and the next state's. Nothing when the answer shows no cordon or
+    the read fails (the next pass reads them, as before); None when the policy reads no pods."""
+    if not (policy.auto_upgrade and reads_pods(policy)):
+        return None
+    seen = {n.name: n for n in managed}
+
+    def then(answer: dict[str, Any]) -> list[Action]:
+        meta = answer.get("metadata") or {}
+        node = seen.get(meta.get("name", ""))
+        labels = meta.get("labels") or {}
+        if node is None or node.state in NEEDS_PODS or labels.get(STATE_LABEL) not in NEEDS_PODS:
+            return []  # its pods were read for this pass, or it is in no state that reads them
+        if not (answer.get("spec") or {}).get("unschedulable"):
+            return []  # no cordon answered: nothing is read before it
+        node = replace(node, labels=labels, annotations=meta.get("annotations") or {}, unschedulable=True)
+        try:
+            pods = workload_pods(kube, [node], policy)
+        except (ApiError, OSError) as exc:  # OSError: kube.Unreachable
+            log.warning("upgrade: reading the pods on node %s failed: %s; the next pass reads them", node.name, exc)
+            return []
+        return plan([node], pods, policy, time.time()).actions
+
+    return then
 
 
 def advance(

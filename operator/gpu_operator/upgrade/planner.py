@@ -11,9 +11,12 @@ whose effect must be observed (a cordon, an eviction, a driver pod deletion, an 
 that reads the node's workload pods when they were not read for this pass (they are read fresh, after
 the cordon, only for nodes observed in such a state), at upgrade-failed and upgrade-done, and before
 validation-required unless the node's validator pod is already Ready. A cordon stops it only when the policy
-reads workload pods (waitForCompletion.podSelector, podDeletion or drain): with none of them the cordon and the
-driver pod's deletion go out in one pass, the cordon's patch first. On the happy path a node costs four
-steps: start (cordon), driver pod deletion (the same step when no pods are read), new driver pod Ready,
+reads workload pods (waitForCompletion.podSelector, podDeletion or drain): with none of them the cordon goes
+out in one patch with pod-restart-required, then the driver pod's deletion. With them the pass still goes on:
+once the cordon's patch is answered, the adapter reads the node's pods and plans it again from there
+(orchestrate._after_cordon, as kubectl drain lists pods after its cordon), so the driver pod is deleted in the
+same pass, after a second patch.
+On the happy path a node costs four steps: start (cordon) with the driver pod's deletion, new driver pod Ready,
 validator Ready (the same step when it is Ready already). The last two need no pass over every node: when one of
 those pods turns Ready, the operator plans that node alone (`plan_forward`) and writes what moves it on.
 Routine steps (nothing to wait for, evict or drain, the driver pod's deletion, the new pod Ready, the uncordon)
@@ -306,7 +309,8 @@ class _Step:
 # Bookkeeping `_Pass.move` removes only after the state label (see there).
 _CLEARED_LAST = frozenset({INITIAL_UNSCHEDULABLE_ANNOTATION, FAILURE_REASON_ANNOTATION})
 
-# Writes whose effect the next pass must observe before the node goes on (a cordon only when workload pods are read).
+# Writes whose effect must be observed before the node goes on (a cordon only when workload pods are read: the
+# adapter reads them once it is answered).
 _CHAIN_STOPS = (Cordon, Uncordon, EvictPods, DeleteDriverPod, MovePool, MoveOwner)
 
 
@@ -361,8 +365,8 @@ class _Eviction:
 
 def reads_pods(policy: DriverUpgradePolicySpec) -> bool:
     """Whether wait-for-jobs, pod deletion or drain read a node's workload pods under this policy. When none does,
-    nothing after the cordon needs to observe it (the chain goes on to the driver pod's deletion), and no pod is
-    read."""
+    nothing after the cordon needs to observe it (the chain goes on to the driver pod's deletion after one patch),
+    and no pod is read."""
     wait = policy.wait_for_completion
     return bool(wait.pod_selector.strip()) or policy.pod_deletion is not None or policy.drain.enable
 
@@ -458,7 +462,7 @@ class _Pass:
         if state in (UNKNOWN, DONE, FAILED):
             return False
         if state in NEEDS_PODS and observed.state not in NEEDS_PODS and self.reads_pods:
-            return False  # its pods were not read for this pass
+            return False  # its pods were not read for this pass (the adapter reads them after the patch)
         if state == VALIDATION_REQUIRED and self.validation_enabled:
             return now.validator_pod is not None and pod_is_ready(now.validator_pod)
         return True

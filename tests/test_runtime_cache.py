@@ -398,6 +398,27 @@ def test_a_node_change_is_urgent_only_while_the_status_waits_and_nothing_rolls_o
     assert op.urgent.is_set()  # this change may be all the status waits for
 
 
+def test_a_mig_layout_asked_for_wakes_a_pass_at_once_even_on_a_ready_status() -> None:
+    """A node's new nvidia.com/mig.config value is acted on by mig-manager at once; only a full pass gates it
+    (pauses mig-manager for a layout refused or waiting on GPU pods). We paced it like any node label change on a
+    ready status, so that pass came up to MAX_GAP_S later, after a real mig-manager had already acted."""
+    from dataclasses import replace
+
+    op = Operator(kube=None, namespace="gpu-operator")  # type: ignore[arg-type]
+    mig = replace(facts("n1"), labels={**facts("n1").labels, "nvidia.com/mig.config": "all-disabled"})
+    op.on_node_facts("n1", mig)
+    op.urgent.clear()
+    op.wake.clear()
+    op.causes.clear()
+    layout = replace(mig, labels={**mig.labels, "nvidia.com/mig.config": "all-1g.10gb"})
+    op.on_node_facts("n1", layout)
+    assert op.wake.is_set() and op.urgent.is_set() and op.causes == {"node"}
+    op.urgent.clear()
+    op.wake.clear()
+    op.on_node_facts("n1", replace(layout, labels={**layout.labels, "nvidia.com/mig.config.state": "pending"}))
+    assert op.wake.is_set() and not op.urgent.is_set()  # the same layout: mig-manager's report is paced
+
+
 def test_a_deleted_node_wakes_the_loop_at_once_and_an_unknown_ones_deletion_does_not() -> None:
     """A cached node's deletion starts a pass at once (the status, the metrics and the upgrade's counts drop it);
     the deletion of a node not cached has nothing for a pass to do."""

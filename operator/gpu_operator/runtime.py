@@ -27,7 +27,7 @@ from .gpu_identity import identify
 from .kinds import CONFIG_MAP, DAEMON_SET, NODE_FEATURE, lookup, operand_kinds, served
 from .kube import ApiError, Fence, Kube, NotLeader, path_for
 from .leader import Elector, identity
-from .nodes import NodeFacts, forget_node, keep_labels, kept_labels
+from .nodes import MIG_CONFIG, NodeFacts, forget_node, keep_labels, kept_labels
 from .nodewatch import NodeWatch, Watch
 from .nvidiadriver import KeptRouting, NVIDIADriver, selector_keys
 from .observe import (
@@ -83,9 +83,10 @@ DEBOUNCE_S = 0.3
 # about a sixtieth of a core in passes (at 1,000 nodes a pass takes ~40 ms of CPU: one every 2.4-3 s; with 40x and
 # 2 s, 130-145 passes of a 210-290 s rollout were a third of the operator's CPU). What such a pass brings is the
 # status's progress: the last pod turning ready, what the status waits for, is not paced. Anything else is
-# urgent (the policy, objects' specs, nodes coming or going, a DaemonSet's last pod turning ready, a pod turning
-# ready on a node mid-upgrade, a pod change once none rolls out, a node change once none rolls out while the
-# status is not ready). A small cluster's passes take a few ms, so only the debounce applies there.
+# urgent (the policy, objects' specs, nodes coming or going, a node's MIG layout asked for, a DaemonSet's last pod
+# turning ready, a pod turning ready on a node mid-upgrade, a pod change once none rolls out, a node change once
+# none rolls out while the status is not ready). A small cluster's passes take a few ms, so only the debounce
+# applies there.
 PACE = 60.0
 MAX_GAP_S = 3.0
 LABELLING_WAIT_S = 1.0
@@ -260,8 +261,13 @@ class Operator:
             if cached is not None:
                 facts.inherit(cached)
             self.nodes[name] = facts
-            if cached is None or (self.not_ready and not self.unready):
-                # A node came, or a node's labels (mig-manager's report, say) may be all the status waits for.
+            if (
+                cached is None
+                or (self.not_ready and not self.unready)
+                or cached.labels.get(MIG_CONFIG) != facts.labels.get(MIG_CONFIG)
+            ):
+                # A node came, or a node's labels (mig-manager's report, say) may be all the status waits for, or
+                # a MIG layout was asked for: mig-manager acts on it at once, so the gate's pass may not wait.
                 self.wake_now("node")
             else:
                 self.paced("node")

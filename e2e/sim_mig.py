@@ -17,8 +17,10 @@ without it mig-manager builds the layouts from the GPUs (mig_layouts.generated_l
 profile, which stands for the hardware; GFD's product label only for a node without one).
 
 A pod acts on each label value once (a new pod acts again, as upstream's does on start), and only ``settle``
-seconds after it started and after the value was first seen: the real one reacts at once, so this leaves the
-operator's gate (gpu_operator/mig.py) time to hold a change, which the tests check, rather than a race.
+seconds after it started and after the value was first seen.  The real one reacts at once; the operator's gate
+(gpu_operator/mig.py), whose pass a new value wakes at once, must pause and remove this pod first, which the tests
+check.  That is still a race, which ``settle`` decides: the MIG module (e2e/test_mig.py) gives it 3 s, twice the
+default, as a pass, the DaemonSet controller's pod deletion and this simulator's watch may share 2 loaded cores.
 A pod that goes away mid-change leaves the labels paused, like a killed mig-manager.  The node's labels are the
 whole interface: ``mig.config`` with ``mig.config.state=success`` names the applied layout.
 """

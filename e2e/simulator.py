@@ -204,6 +204,7 @@ class NodeSimulator:
         crash_restart_seconds: float = 2.0,
         manager_grace_seconds: float = 20.0,
         mig_delay: float = 2.0,
+        mig_settle: float = 1.5,
         driver_manager: bool = True,
     ) -> None:
         if driver_ready_delay < 0 or crash_restart_seconds <= 0 or manager_grace_seconds <= 0:
@@ -236,7 +237,7 @@ class NodeSimulator:
         self._threads: list[threading.Thread] = []
         self._watch_response: list[Any] = []
         self.errors: list[str] = []  # recent reconcile/watch errors, for test diagnostics
-        self.mig = MigSim(delay=mig_delay)  # mig-manager's layout changes (e2e/sim_mig.py)
+        self.mig = MigSim(delay=mig_delay, settle=mig_settle)  # mig-manager's layout changes (e2e/sim_mig.py)
 
     # --- lifecycle ---
     def start(self) -> NodeSimulator:

@@ -50,7 +50,10 @@ def admin(cluster: LocalCluster) -> Kube:
 
 @pytest.fixture(scope="module")
 def sim(cluster: LocalCluster) -> Iterator[NodeSimulator]:
-    s = NodeSimulator(cluster.simulator_kubeconfig, namespace=NAMESPACE, resync_seconds=2, mig_delay=2.0).start()
+    # mig-manager acts on a new layout 3 s after it sees it: the operator's gate must pause it before (sim_mig.py)
+    s = NodeSimulator(
+        cluster.simulator_kubeconfig, namespace=NAMESPACE, resync_seconds=2, mig_delay=2.0, mig_settle=3.0
+    ).start()
     yield s
     s.stop()
 

@@ -681,6 +681,22 @@ def test_an_unknown_layout_fails_also_before_gfd_labels_the_node() -> None:
     assert node["metadata"]["labels"][MIG_STATE] == "failed" and sim.applied("h100-0") == "all-disabled"
 
 
+def test_a_new_layout_is_acted_on_only_settle_seconds_after_it_was_first_seen() -> None:
+    """The operator's gate has `settle` seconds to pause mig-manager before it acts (the MIG e2e module gives it
+    3 s); a value changed in between starts the wait again."""
+    sim = MigSim(delay=1.0, settle=3.0)
+    node = _mig_node(**{MIG_CONFIG: "all-1g.10gb", "nvidia.com/gpu.product": H100_PRODUCT})
+    pods = [_mig_manager()]
+    patch, again = sim.step(node, pods, 0.0)
+    assert patch == {} and again == 3.0
+    assert sim.step(node, pods, 2.5)[0] == {}
+    node["metadata"]["labels"][MIG_CONFIG] = "all-balanced"
+    patch, again = sim.step(node, pods, 2.5)
+    assert patch == {} and again == 3.0
+    assert sim.step(node, pods, 5.0)[0] == {}
+    assert _mig_step(sim, node, pods, 5.5).get(MIG_STATE) == "pending"
+
+
 def test_the_rendered_mig_manager_with_no_config_named_takes_only_the_layouts_its_gpu_has() -> None:
     """As rendered with migManager.config.name unset, mig-manager has DEFAULT_CONFIG_FILE, not CONFIG_FILE: it
     builds its layouts from the GPUs, the mounted default ConfigMap only its fallback. So `all-1g.18gb`, in the

@@ -568,11 +568,15 @@ def test_recreated_driver_pod_is_ready_after_the_delay_and_validator_follows(
                           "validating the driver again", timeout=10)
     assert validator["status"]["phase"] == "Pending"
 
-    # about 1 s after the pod appeared: still not ready (the delay is 3 s)
+    # about 1 s after the pod appeared: still not ready. The pod turns Ready 3 s after its creation at the
+    # earliest, so no sooner than 3 s after the deletion; on a loaded machine the waits above may end later than
+    # that, so this is checked only when the reads end within 2 s of the deletion (the bound below proves the delay).
     time.sleep(max(0.0, t_delete + 1.0 - time.monotonic()))
     pod = _pod_on(kube, driver_stack, node)
-    assert pod and pod["metadata"]["uid"] == new["metadata"]["uid"] and _running_not_ready(pod)
-    assert _not_ready(_pod_on(kube, VALIDATOR_APP, node))
+    follower = _pod_on(kube, VALIDATOR_APP, node)
+    assert pod and pod["metadata"]["uid"] == new["metadata"]["uid"]
+    if time.monotonic() - t_delete < 2.0:
+        assert _running_not_ready(pod) and _not_ready(follower)
 
     _wait_pod(kube, driver_stack, node, pod_running_ready, "Ready after the delay", timeout=6)
     assert time.monotonic() - t_delete >= 2.8

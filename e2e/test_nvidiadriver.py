@@ -267,14 +267,17 @@ def unschedulable(node: dict[str, Any] | None) -> bool:
 
 
 class HandoverWatch(threading.Thread):
-    """Samples the nodes and all their driver pods (terminating ones too) every 0.2 s while a handover runs.
+    """Samples the nodes and all their driver pods (terminating ones too) every 0.2 s while a handover runs, and
+    watches the nodes for their cordons.
 
     A sample lists the nodes, then the driver pods, then the nodes again: a node counts as down in it when it has no
     Ready live driver pod, or is cordoned in both node lists (so cordoned when the pods were listed: a node
     uncordoned just before the next one's driver pod went is not counted with it). Kept: the driver pod uids seen on
-    each node, the pods seen terminating, the nodes seen cordoned (in either list), the upgrade states seen, the
-    most nodes down at once (and the first sample with that many, for the message), the most nodes in an
-    in-progress upgrade state at once, the nodes seen with two live Running driver pods."""
+    each node, the pods seen terminating, the nodes seen cordoned (by the Node watch, which sees a cordon shorter
+    than a sample's cycle: with no driver delay a node's can last 1-2 s), the upgrade states seen, the most nodes
+    down at once (and the first sample with that many, for the message), the most nodes in an in-progress upgrade
+    state at once, the nodes seen with two live Running driver pods. A sample cycle may miss a moment, so its counts
+    are lower bounds: enough for the tests' upper limits."""
 
     def __init__(self, env: Env, nodes: list[str]):
         super().__init__(daemon=True)
@@ -288,6 +291,9 @@ class HandoverWatch(threading.Thread):
         self.shared: set[str] = set()
         self.samples = 0
         self.stop_flag = threading.Event()
+        self.watching = threading.Event()  # the Node watch has listed the nodes
+        self._responses: list[Any] = []  # the Node watch's open response, for `stop` to end
+        self._cordons = threading.Thread(target=self.watch_cordons, daemon=True)
 
     def _nodes(self) -> dict[str, dict[str, Any]]:
         return {n["metadata"]["name"]: n for n in self.env.admin.list("Node") if n["metadata"]["name"] in self.uids}
@@ -310,8 +316,6 @@ class HandoverWatch(threading.Thread):
         for n in self.nodes:
             state = ((last.get(n) or {}).get("metadata", {}).get("labels") or {}).get(UPGRADE_STATE, "")
             self.states[n].add(state)
-            if unschedulable(first.get(n)) or unschedulable(last.get(n)):
-                self.cordoned.add(n)
             if sum((p.get("status") or {}).get("phase") == "Running" for p in live.get(n, [])) > 1:
                 self.shared.add(n)
             if unschedulable(first.get(n)) and unschedulable(last.get(n)):
@@ -327,6 +331,44 @@ class HandoverWatch(threading.Thread):
         self.most_in_progress = max(self.most_in_progress, in_progress)
         self.samples += 1
 
+    def watch_cordons(self) -> None:
+        """Adds each node seen cordoned to `cordoned`: from a listing, then from a Node watch from it (listed again
+        when the watch expires or fails)."""
+        path, rv = "/api/v1/nodes", ""
+        while not self.stop_flag.is_set():
+            try:
+                if not rv:
+                    listing = self.env.admin.request("GET", path)
+                    for node in listing.get("items") or []:
+                        self._cordon(node)
+                    rv = listing["metadata"]["resourceVersion"]
+                    self.watching.set()
+                for event in self.env.admin.watch(path, rv, timeout_seconds=5, handle=self._responses):
+                    obj = event.get("object") or {}
+                    if event.get("type") == "ERROR":
+                        rv = ""  # expired (410): list again
+                        break
+                    rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
+                    self._cordon(obj)
+                    if self.stop_flag.is_set():
+                        return
+            except Exception:  # noqa: BLE001 - listed again (the listing shows a cordon still there)
+                rv = ""
+                self.stop_flag.wait(0.5)
+
+    def _cordon(self, node: dict[str, Any]) -> None:
+        name = (node.get("metadata") or {}).get("name")
+        if name in self.uids and unschedulable(node):
+            self.cordoned.add(name)
+
+    def start(self) -> None:
+        """Starts the samples and the Node watch, once the watch has listed the nodes."""
+        self._cordons.start()
+        if not self.watching.wait(30):
+            self.stop_flag.set()
+            raise AssertionError("the Node watch could not list the nodes in 30 s")
+        super().start()
+
     def run(self) -> None:
         while not self.stop_flag.is_set():
             try:
@@ -337,6 +379,12 @@ class HandoverWatch(threading.Thread):
 
     def stop(self) -> None:
         self.stop_flag.set()
+        for resp in list(self._responses):  # ends the Node watch's blocked read
+            try:
+                resp.shutdown()
+            except Exception:  # noqa: BLE001 - best effort: the watch ends within its 5 s timeout anyway
+                pass
+        self._cordons.join(timeout=10)
         self.join(timeout=10)
 
 

@@ -1395,6 +1395,32 @@ def test_upgrade_slots_free_are_within_the_clusterpolicys_cap_over_the_nvidiadri
     assert metrics.nodes_upgrades_available._value.get() == 0, "slots free while the ClusterPolicy's cap is full"
 
 
+def test_an_nvidiadriver_without_auto_upgrade_adds_no_upgrade_slots_or_counts() -> None:
+    """pool-a's NVIDIADriver has autoUpgrade false (nothing upgrades there: its nodes' upgrade labels go), pool-b's
+    true with maxParallelUpgrades 1; the ClusterPolicy's cap is unlimited. The upgrade gauges added up every
+    NVIDIADriver's counts: done 4 and 3 slots free, while only pool-b's one slot could be taken; status.upgrade, whose
+    other counts are pool-b's alone, said available 3 of total 2. Upstream (upgrade_controller.go
+    reconcileNVIDIADriverUpgrades) skips an NVIDIADriver without autoUpgrade before counting it: done 2, available 1."""
+    from gpu_operator import metrics
+    from gpu_operator.reconciler import Reconciler
+    from gpu_operator.render import driver_routing
+    from support import RecordingKube
+
+    snap = _upgrade_cluster({"autoUpgrade": True, "maxParallelUpgrades": 1, "maxUnavailable": "100%"},
+                            autoUpgrade=True, maxParallelUpgrades=0, maxUnavailable="100%")  # fmt: skip
+    snap.nvidia_drivers["pool-a"]["spec"]["upgradePolicy"] = {
+        "autoUpgrade": False, "maxParallelUpgrades": 2, "maxUnavailable": "100%"}  # fmt: skip
+    spec = parse_spec(next(iter(snap.policies.values()))["spec"])
+    routing = driver_routing(list(snap.nodes.values()), spec, [NVIDIADriver.from_object(o)
+                                                               for o in snap.nvidia_drivers.values()])  # fmt: skip
+    assert routing.assignment is not None
+    r = Reconciler(RecordingKube(), "gpu-operator")  # type: ignore[arg-type]
+    out = r._orchestrate_nvidia_drivers(spec, snap, dict(snap.nodes), routing.assignment, routing.groups, None)
+    assert out.status is not None and (out.status["total"], out.status["available"]) == (2, 1), out.status
+    assert metrics.nodes_upgrades_available._value.get() == 1, "slots of an NVIDIADriver that upgrades nothing"
+    assert metrics.nodes_upgrades_done._value.get() == 2, "nodes of an NVIDIADriver without autoUpgrade counted"
+
+
 @pytest.mark.parametrize("cp_driver_off", [True, False])
 def test_a_node_whose_nvidiadriver_is_deleted_mid_upgrade_is_let_go(cp_driver_off: bool) -> None:
     """NVIDIADriver pool-b is deleted while its node b1 is mid-upgrade (cordoned by it, pod-restart-required), and

@@ -1727,6 +1727,40 @@ def test_no_driver_upgrade_is_orchestrated_with_sandbox_workloads_enabled() -> N
     assert out.status is not None and sent["n1"]["spec"] == {"unschedulable": True}
 
 
+def test_no_upgrade_slot_is_said_free_while_the_clusterpolicys_auto_upgrade_is_off() -> None:
+    """With the ClusterPolicy's autoUpgrade off no upgrade can start (driver_auto_upgrade_enabled 0, no
+    status.upgrade), yet gpu_operator_nodes_upgrades_available ("Upgrade slots free now") said 1 on every pass: the
+    plan's counters were reported with autoUpgrade off too. Upstream's reconcileClusterPolicyDriverUpgrades
+    (controllers/upgrade_controller.go) returns before it sets any node count then; ours now reports none."""
+    import copy
+
+    from gpu_operator import metrics
+    from gpu_operator.api import parse_spec
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.upgrade.orchestrate import orchestrate
+    from support import RecordingKube, facts, load_policy, policy_object
+
+    raw = copy.deepcopy(load_policy()["spec"])
+    raw["driver"]["upgradePolicy"]["autoUpgrade"] = False
+    nodes = {n: facts(n, labels={"nvidia.com/gpu.deploy.driver": "true"}) for n in ("a1", "a2")}
+    ds = "nvidia-driver-daemonset-ubuntu22.04"
+    ready = {"phase": "Running", "containerStatuses": [{"name": "c", "ready": True, "restartCount": 0}]}
+    pods: dict[str, Any] = {
+        f"drv-{n}": {"metadata": {"name": f"drv-{n}", "labels": {"controller-revision-hash": NEW,
+                                                                 OPERAND_STATE_LABEL: "state-driver"}},
+                     "node": n, "owner": ds, "status": ready, "ready": True}
+        for n in nodes
+    }  # fmt: skip
+    revisions = {"r": {"metadata": {"labels": {"controller-revision-hash": NEW}}, "revision": 2, "owner": ds}}
+    snap = Snapshot(nodes=nodes, policies={"cluster-policy": policy_object(raw)}, owned={}, pods=pods,
+                    revisions=revisions)  # fmt: skip
+    out = orchestrate(RecordingKube(), "gpu-operator", parse_spec(raw), snap, lambda *a: None)  # type: ignore[arg-type]
+    assert out.status is None  # nothing orchestrated
+    assert metrics.driver_auto_upgrade_enabled._value.get() == 0
+    assert metrics.nodes_upgrades_available._value.get() == 0, "an upgrade slot said free while autoUpgrade is off"
+    assert metrics.nodes_upgrades_done._value.get() == 0
+
+
 def test_upgrade_plan_says_no_upgrade_is_orchestrated_with_sandbox_workloads_enabled(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

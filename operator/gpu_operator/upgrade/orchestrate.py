@@ -151,8 +151,6 @@ def orchestrate(
     for node, what in result.finished.items():  # the happy path's end: no event (the label says it), a log line
         if node not in left and node not in ran.dropped:
             log.info("upgrade of node %s done: %s", node, what)
-    if gauges:
-        set_gauges(c)
     busy = bool(result.actions) or c.in_progress > 0 or c.pending > 0
     if left:
         log.info("upgrade: %d nodes' writes left for the next pass (write budget %.0f s)", len(left), WRITE_BUDGET_S)
@@ -161,7 +159,12 @@ def orchestrate(
     by_name = {n.name: n for n in managed} if starts else {}
     made_unavailable = sum(1 for n in starts if not by_name[n].counted_unavailable)
     if not policy.auto_upgrade:
-        return Orchestrated(None, busy, c, started, made_unavailable, len(left))
+        # Nothing upgrades: no node counted, no slot free (upstream counts only drivers with autoUpgrade).
+        if gauges:
+            set_gauges(Counters())
+        return Orchestrated(None, busy, Counters(), started, made_unavailable, len(left))
+    if gauges:
+        set_gauges(c)
     reasons = dict(result.waiting)
     for n in managed if c.failed else ():  # a failed node says why it failed
         if n.state == FAILED and n.name not in reasons:

@@ -470,27 +470,30 @@ current-context: ctx
 
 
 def kubeconfig(tmp_path: Path, which: str) -> str:
-    """A kubeconfig path: missing, with no current-context, a YAML list, or one whose server refuses connections
-    (port 1 on the loopback)."""
+    """A kubeconfig path: missing, with no current-context, a YAML list, not YAML (a bracket left open, as after a
+    hand edit or a bad merge), or one whose server refuses connections (port 1 on the loopback)."""
     path = tmp_path / which
     content = {"missing": None, "no-context": KUBECONFIG.replace("current-context: ctx\n", ""), "list": "- a\n- b\n",
-               "unreachable": KUBECONFIG}[which]  # fmt: skip
+               "not-yaml": "apiVersion: v1\nkind: Config\nclusters: [\n", "unreachable": KUBECONFIG}[which]  # fmt: skip
     if content is not None:
         path.write_text(content)
     return str(path)
 
 
-UNUSABLE = ["missing", "no-context", "list", "unreachable"]
+UNUSABLE = ["missing", "no-context", "list", "not-yaml", "unreachable"]
 
 
 @pytest.mark.parametrize("which", UNUSABLE)
 def test_doctor_exits_3_when_the_cluster_cannot_be_read(
     which: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """doctor's documented status for "the cluster could not be read" (it was 1, "warnings", with a traceback)."""
-    assert main(["doctor", "--kubeconfig", kubeconfig(tmp_path, which), "-o", "json"]) == 3
+    """doctor's documented status for "the cluster could not be read" (it was 1, "warnings", with a traceback; a
+    kubeconfig that is not YAML still was: the exec plugin check read it before Kube.connect's try)."""
+    path = kubeconfig(tmp_path, which)
+    assert main(["doctor", "--kubeconfig", path, "-o", "json"]) == 3
     out, err = capsys.readouterr()
     assert out == "" and len(err.splitlines()) == 1 and err.startswith("error: cannot read the cluster: "), err
+    assert which == "unreachable" or err.startswith(f"error: cannot read the cluster: kubeconfig {path}: "), err
 
 
 CLUSTER_COMMANDS = [
@@ -505,12 +508,14 @@ CLUSTER_COMMAND_IDS = ["versions", "upgrade-plan", "mig-layouts", "render-from-c
 def test_cluster_commands_give_one_error_line_when_the_cluster_cannot_be_read(
     command: list[str], which: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: Any
 ) -> None:
+    """A kubeconfig with a YAML syntax error ended every command but render in a yaml.parser.ParserError
+    traceback (exit 1), and render's line was the parser's three lines naming no kubeconfig."""
     monkeypatch.chdir(REPO)
     path = kubeconfig(tmp_path, which)
     assert main([*command, "--kubeconfig", path]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.splitlines()) == 1, err
-    assert ("127.0.0.1:1" if which == "unreachable" else path) in err
+    assert "127.0.0.1:1" in err if which == "unreachable" else err.startswith(f"error: kubeconfig {path}: "), err
 
 
 def test_unreachable_server_as_a_process(tmp_path: Path) -> None:
@@ -640,6 +645,42 @@ def test_run_with_a_missing_kubeconfig_is_one_error_line(tmp_path: Path) -> None
     proc = run_cli("run", "--kubeconfig", missing, "--metrics-port", "0", "--health-port", "0")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.splitlines()[-1].startswith(f"error: kubeconfig {missing}: "), proc.stderr
+
+
+def run_up_to_kopf(monkeypatch: pytest.MonkeyPatch, connect: bool = True) -> dict[str, Any]:
+    """`run` in-process up to kopf.run, with no cluster (as test_runtime_cache's healthz test): what kopf.run is
+    given. `connect`: Kube.connect left as it is (it sends no request); else it returns an EchoKube."""
+    import kopf
+
+    from gpu_operator import debug, runtime
+    from support import EchoKube
+
+    seen: dict[str, Any] = {}
+    if not connect:
+        monkeypatch.setattr(runtime.Kube, "connect", staticmethod(lambda *_a, **_k: EchoKube()))
+    monkeypatch.setenv("KUBECONFIG", "")  # run sets it from --kubeconfig
+    monkeypatch.setattr(runtime, "Operator", lambda *a, **k: object())
+    monkeypatch.setattr(runtime, "build_registry", lambda op: kopf.OperatorRegistry())
+    monkeypatch.setattr(runtime, "identity", lambda: "me")
+    monkeypatch.setattr(runtime.gc, "freeze", lambda: None)
+    monkeypatch.setattr(runtime.logging, "basicConfig", lambda **_k: None)
+    for name in ("install", "tune_malloc", "tune_threads"):
+        monkeypatch.setattr(debug, name, lambda: None)
+    monkeypatch.setattr(kopf, "run", lambda **kw: seen.update(kw))
+    return seen
+
+
+@pytest.mark.parametrize("which", [w for w in UNUSABLE if w != "unreachable"])
+def test_run_with_a_kubeconfig_it_cannot_use_is_one_error_line(
+    which: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """README: "`run` too exits 2 with one `error:` line on a kubeconfig it cannot use". One that is not YAML
+    ended in a yaml.parser.ParserError traceback (exit 1)."""
+    seen = run_up_to_kopf(monkeypatch)
+    path = kubeconfig(tmp_path, which)
+    assert main(["run", "--kubeconfig", path, "--metrics-port", "0", "--health-port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert not seen and len(err.splitlines()) == 1 and err.startswith(f"error: kubeconfig {path}: "), err
 
 
 @pytest.mark.parametrize("command", [["crds"], ["versions"], ["mig", "layouts", "--offline"]])

@@ -140,7 +140,7 @@ def _current_user(kubeconfig: str | None) -> tuple[Any, Any, Any]:
     return merged, context, merged["users"].get_with_name(context.safe_get("user"), safe=True)
 
 
-_UNREADABLE = (config.ConfigException, OSError, KeyError, TypeError, AttributeError, ValueError)
+_UNREADABLE = (config.ConfigException, yaml.YAMLError, OSError, KeyError, TypeError, AttributeError, ValueError)
 
 
 def _exec_plugin(kubeconfig: str | None) -> tuple[str, bool] | None:

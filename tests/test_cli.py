@@ -471,16 +471,25 @@ current-context: ctx
 
 def kubeconfig(tmp_path: Path, which: str) -> str:
     """A kubeconfig path: missing, with no current-context, a YAML list, not YAML (a bracket left open, as after a
-    hand edit or a bad merge), or one whose server refuses connections (port 1 on the loopback)."""
+    hand edit or a bad merge), one kubectl refuses too (its CA or client certificate is not PEM, its tokenFile is
+    gone), or one whose server refuses connections (port 1 on the loopback)."""
     path = tmp_path / which
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
     content = {"missing": None, "no-context": KUBECONFIG.replace("current-context: ctx\n", ""), "list": "- a\n- b\n",
-               "not-yaml": "apiVersion: v1\nkind: Config\nclusters: [\n", "unreachable": KUBECONFIG}[which]  # fmt: skip
+               "not-yaml": "apiVersion: v1\nkind: Config\nclusters: [\n",
+               "ca-not-pem": KUBECONFIG.replace("insecure-skip-tls-verify: true", f"certificate-authority: {garbage}"),
+               "client-cert-not-pem": KUBECONFIG.replace(
+                   "token: abc", f"client-certificate: {garbage}, client-key: {garbage}"),
+               "token-file-missing": KUBECONFIG.replace("token: abc", f"tokenFile: {tmp_path / 'gone'}"),
+               "unreachable": KUBECONFIG}[which]  # fmt: skip
     if content is not None:
         path.write_text(content)
     return str(path)
 
 
-UNUSABLE = ["missing", "no-context", "list", "not-yaml", "unreachable"]
+UNUSABLE = ["missing", "no-context", "list", "not-yaml", "ca-not-pem", "client-cert-not-pem", "token-file-missing",
+            "unreachable"]  # fmt: skip
 
 
 @pytest.mark.parametrize("which", UNUSABLE)
@@ -488,7 +497,8 @@ def test_doctor_exits_3_when_the_cluster_cannot_be_read(
     which: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """doctor's documented status for "the cluster could not be read" (it was 1, "warnings", with a traceback; a
-    kubeconfig that is not YAML still was: the exec plugin check read it before Kube.connect's try)."""
+    kubeconfig that is not YAML still was: the exec plugin check read it before Kube.connect's try). A CA or client
+    certificate that is not PEM was OpenSSL's words alone (`[SSL] PEM lib (_ssl.c:3905)`), naming no kubeconfig."""
     path = kubeconfig(tmp_path, which)
     assert main(["doctor", "--kubeconfig", path, "-o", "json"]) == 3
     out, err = capsys.readouterr()
@@ -500,6 +510,8 @@ CLUSTER_COMMANDS = [
     ["versions"], ["upgrade", "plan"], ["mig", "layouts"], ["render", "--from-cluster"], ["crds", "--apply"],
     ["capacity", "--pod", "manifests/samples/exercise3-training-job.yaml", "--count", "10"],
 ]  # fmt: skip
+NAMED = {"ca-not-pem": ": CA certificate: ", "client-cert-not-pem": ": client certificate or key: ",
+         "token-file-missing": "gone"}  # what the line names besides the kubeconfig
 CLUSTER_COMMAND_IDS = ["versions", "upgrade-plan", "mig-layouts", "render-from-cluster", "crds-apply", "capacity"]
 
 
@@ -509,13 +521,16 @@ def test_cluster_commands_give_one_error_line_when_the_cluster_cannot_be_read(
     command: list[str], which: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: Any
 ) -> None:
     """A kubeconfig with a YAML syntax error ended every command but render in a yaml.parser.ParserError
-    traceback (exit 1), and render's line was the parser's three lines naming no kubeconfig."""
+    traceback (exit 1), and render's line was the parser's three lines naming no kubeconfig. One whose CA or client
+    certificate is not PEM, or whose tokenFile is gone, was OpenSSL's or the OSError's words alone, naming neither
+    the kubeconfig nor (OpenSSL) what it could not load."""
     monkeypatch.chdir(REPO)
     path = kubeconfig(tmp_path, which)
     assert main([*command, "--kubeconfig", path]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.splitlines()) == 1, err
     assert "127.0.0.1:1" in err if which == "unreachable" else err.startswith(f"error: kubeconfig {path}: "), err
+    assert NAMED.get(which, "") in err, err
 
 
 def test_unreachable_server_as_a_process(tmp_path: Path) -> None:
@@ -675,7 +690,9 @@ def test_run_with_a_kubeconfig_it_cannot_use_is_one_error_line(
     which: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """README: "`run` too exits 2 with one `error:` line on a kubeconfig it cannot use". One that is not YAML
-    ended in a yaml.parser.ParserError traceback (exit 1)."""
+    ended in a yaml.parser.ParserError traceback (exit 1); so did one with a CA or client certificate that is not
+    PEM (ssl.SSLError, from tls.context_for after the client's loader) or a tokenFile that is gone
+    (FileNotFoundError): Kube.connect made Unreachable of neither, the only error cmd_run catches."""
     seen = run_up_to_kopf(monkeypatch)
     path = kubeconfig(tmp_path, which)
     assert main(["run", "--kubeconfig", path, "--metrics-port", "0", "--health-port", "0"]) == 2

@@ -11,6 +11,7 @@ import os
 import random
 import re
 import shutil
+import ssl
 import threading
 import time
 from collections import Counter
@@ -308,39 +309,42 @@ class Kube:
         connections resume the last TLS session (tls.py); without, each is a full handshake."""
         cfg = client.Configuration()
         in_cluster = not kubeconfig and os.environ.get("KUBERNETES_SERVICE_HOST")
+        where = "the in-cluster config" if in_cluster else f"kubeconfig {kubeconfig or _default_kubeconfig()}"
         plugin = None if in_cluster else _exec_plugin(kubeconfig)
         if plugin is not None and not plugin[1]:
-            where = f"kubeconfig {kubeconfig or _default_kubeconfig()}"
             raise Unreachable(f"{where}: exec credential plugin {plugin[0]!r} not found (kubectl would need it too)")
+        plugin_errors = _ExecPluginErrors()
         try:
             if in_cluster:
                 config.load_incluster_config(client_configuration=cfg)
                 token_path: str | None = config.incluster_config.SERVICE_TOKEN_FILENAME
             else:
-                plugin_errors = _ExecPluginErrors()
                 logging.getLogger().addHandler(plugin_errors)
                 try:
                     config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
                 finally:
                     logging.getLogger().removeHandler(plugin_errors)
-                if plugin_errors.messages:
-                    command = plugin[0] if plugin is not None else "?"
-                    why = _first_line(plugin_errors.messages[0]).removeprefix("exec: ")
-                    where = f"kubeconfig {kubeconfig or _default_kubeconfig()}"
-                    raise Unreachable(f"{where}: exec credential plugin {command!r} failed: {why}")
                 token_path = _kubeconfig_token_file(kubeconfig, cfg.api_key.get("BearerToken"))
         except (config.ConfigException, yaml.YAMLError, TypeError, AttributeError, KeyError, ValueError) as exc:
-            where = "the in-cluster config" if in_cluster else f"kubeconfig {kubeconfig or _default_kubeconfig()}"
             why = " ".join(str(exc).split())
             if not isinstance(exc, config.ConfigException | yaml.YAMLError):  # the loader's reading of a YAML list
                 why = f"not a kubeconfig ({type(exc).__name__}: {why})"
             raise Unreachable(f"{where}: {why}") from exc
+        except OSError as exc:  # a file it names that cannot be read (a tokenFile that is gone): kubectl stops too
+            raise Unreachable(f"{where}: {' '.join(str(exc).split())}") from exc
+        if plugin_errors.messages:
+            command = plugin[0] if plugin is not None else "?"
+            why = _first_line(plugin_errors.messages[0]).removeprefix("exec: ")
+            raise Unreachable(f"{where}: exec credential plugin {command!r} failed: {why}")
         cfg.connection_pool_maxsize = 64  # the apply (16) and single-node label (48) threads
         cfg.retries = SEND_AGAIN_ONLY_UNSENT
         token_file = TokenFile(token_path, cfg) if token_path else None
         api_client = client.ApiClient(cfg)
         if resume_tls:
-            tls.resume_sessions(api_client.rest_client.pool_manager, cfg)
+            try:
+                tls.resume_sessions(api_client.rest_client.pool_manager, cfg)
+            except ssl.SSLError as exc:  # a CA or client certificate (or key) that is not PEM: kubectl stops too
+                raise Unreachable(f"{where}: {' '.join(str(exc).split())}") from exc
         kube = cls(api_client)
         kube.token_file = token_file
         return kube

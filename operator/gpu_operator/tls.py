@@ -15,7 +15,8 @@ into it for every connection, while other threads handshake from it.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import urllib3
@@ -67,6 +68,15 @@ class _Pool(HTTPSConnectionPool):
     ConnectionCls = _Connection
 
 
+@contextmanager
+def _loading(what: str) -> Iterator[None]:
+    """OpenSSL's error for a file that is not PEM names no file: this one names what was loaded."""
+    try:
+        yield
+    except ssl.SSLError as exc:
+        raise ssl.SSLError(exc.errno, f"{what}: {exc}") from exc
+
+
 def context_for(configuration: Any) -> ResumingContext:
     """A context as urllib3 would make for the kubernetes client's configuration, with its CA and client
     certificate loaded."""
@@ -79,14 +89,16 @@ def context_for(configuration: Any) -> ResumingContext:
         context.verify_mode = ssl.CERT_REQUIRED
         context.check_hostname = configuration.assert_hostname is None
         if configuration.ssl_ca_cert or configuration.ca_cert_data:
-            context.load_verify_locations(cafile=configuration.ssl_ca_cert, cadata=configuration.ca_cert_data)
+            with _loading("CA certificate"):
+                context.load_verify_locations(cafile=configuration.ssl_ca_cert, cadata=configuration.ca_cert_data)
         else:
             context.load_default_certs()
     else:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
     if configuration.cert_file:
-        context.load_cert_chain(configuration.cert_file, configuration.key_file)
+        with _loading("client certificate or key"):
+            context.load_cert_chain(configuration.cert_file, configuration.key_file)
     context.set_alpn_protocols(ALPN_PROTOCOLS)
     return context
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -698,6 +699,67 @@ def test_run_with_a_kubeconfig_it_cannot_use_is_one_error_line(
     assert main(["run", "--kubeconfig", path, "--metrics-port", "0", "--health-port", "0"]) == 2
     err = capsys.readouterr().err
     assert not seen and len(err.splitlines()) == 1 and err.startswith(f"error: kubeconfig {path}: "), err
+
+
+def exit_status(argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse's refusal
+        return int(exc.code or 0)
+
+
+@pytest.mark.parametrize("option", ["--metrics-port", "--health-port"])
+@pytest.mark.parametrize("port", ["70000", "-1"])
+def test_run_refuses_a_port_out_of_range(
+    option: str, port: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """argparse took any int: `--metrics-port 70000` (or -1: not 0, so not "off") ended in `OverflowError: bind():
+    port must be 0-65535`, a traceback with exit 1. Now a usage error naming the option."""
+    seen = run_up_to_kopf(monkeypatch, connect=False)
+    ports = {"--metrics-port": "0", "--health-port": "0", option: port}
+    rc = exit_status(["run", *(word for item in ports.items() for word in item)])
+    err = capsys.readouterr().err
+    assert rc == 2 and not seen, err
+    assert f"argument {option}: not a port (0 to 65535): {port}" in err and "Traceback" not in err, err
+
+
+def test_run_with_the_metrics_port_in_use_is_one_error_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`gpu-operator run` where something already listens on 8080 (the default --metrics-port: a local dev server,
+    another exporter) ended in an `OSError: [Errno 98] Address already in use` traceback, exit 1: metrics.serve's
+    IPv4 fallback raised it and cmd_run caught only Unreachable. Upstream's manager logs one line and exits; here
+    one `error:` line naming the option, exit 2, as for a kubeconfig it cannot use."""
+    seen = run_up_to_kopf(monkeypatch, connect=False)
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        rc = exit_status(["run", "--metrics-port", str(port), "--health-port", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and not seen, err
+    assert err.startswith(f"error: --metrics-port {port}: ") and len(err.splitlines()) == 1, err
+
+
+def test_run_with_the_health_port_in_use_is_one_error_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The health port is bound by a kopf startup handler: in use, kopf.run ended in an ActivityError traceback
+    (exit 1) after the handler's own. Now kopf logs one line and `run` prints one `error:` line, exit 2. kopf.run
+    is run here: it stops at that handler, before any request."""
+    import kopf
+
+    kopf_run = kopf.run
+    run_up_to_kopf(monkeypatch, connect=False)
+    monkeypatch.setattr(kopf, "run", kopf_run)
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        rc = exit_status(["run", "--metrics-port", "0", "--health-port", str(port)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err
+    assert err.splitlines()[-1].startswith(f"error: --health-port {port}: "), err
 
 
 @pytest.mark.parametrize("command", [["crds"], ["versions"], ["mig", "layouts", "--offline"]])

@@ -364,7 +364,7 @@ def cmd_crds(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .kube import Unreachable
-    from .runtime import run
+    from .runtime import Unbindable, run
 
     try:
         return run(
@@ -374,7 +374,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             health_port=args.health_port,
             leader_elect=args.leader_elect,
         )
-    except Unreachable as exc:  # a kubeconfig that cannot be used (a cluster that does not answer is retried)
+    except (Unreachable, Unbindable) as exc:  # a kubeconfig or port it cannot use (a cluster not answering is retried)
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -794,6 +794,17 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(value: str) -> int:
+    """An argparse type: a TCP port, 0 to 65535."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {value!r}") from None
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port (0 to 65535): {n}")
+    return n
+
+
 def _at_least_one(value: str) -> int:
     """An argparse type: a whole number, 1 or more."""
     try:
@@ -859,8 +870,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the operator against a cluster")
     p.add_argument("--kubeconfig", help=KUBECONFIG_HELP)
     p.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="namespace of the operands (%(default)s)")
-    p.add_argument("--metrics-port", type=int, default=8080, help="Prometheus metrics port (%(default)s; 0 = off)")
-    p.add_argument("--health-port", type=int, default=8081, help="liveness endpoint port (%(default)s; 0 = off)")
+    p.add_argument("--metrics-port", type=_port, default=8080, help="Prometheus metrics port (%(default)s; 0 = off)")
+    p.add_argument("--health-port", type=_port, default=8081, help="liveness endpoint port (%(default)s; 0 = off)")
     p.add_argument("--leader-elect", action="store_true",
                    default=os.environ.get("GPU_OPERATOR_LEADER_ELECT", "").lower() in ("1", "true"),
                    help="elect a leader through the Lease 53822513.nvidia.com in --namespace, so several replicas "

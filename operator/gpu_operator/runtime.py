@@ -1268,6 +1268,11 @@ def _handler(callback: Callback) -> Callable[..., Coroutine[Any, Any, None]]:
     return on_event
 
 
+class Unbindable(OSError):
+    """A port of the operator's own (--metrics-port, --health-port) it cannot listen on: in use, say. As upstream's
+    manager, it does not start; cmd_run prints one line."""
+
+
 def _lost(why: str) -> None:
     """Leadership ended without a release (the fence is closed already): exit, to restart as a follower."""
     metrics.leader.set(0)
@@ -1300,23 +1305,36 @@ def run(
         lease_kube = Kube.connect(kubeconfig)
         lease_kube.user_agent = kube.user_agent
         op.elector = Elector(lease_kube, namespace, me, kube.fence, op.started_leading, _lost)
-    metrics.serve(metrics_port)
+    try:
+        metrics.serve(metrics_port)
+    except OSError as exc:
+        raise Unbindable(f"--metrics-port {metrics_port}: {exc}") from exc
     log.info("gpu-operator starting: namespace %s, API %s, identity %s, leader election %s",
              namespace, kube.host, me, "on" if leader_elect else "off")  # fmt: skip
     registry = build_registry(op)
+    unbound: list[Unbindable] = []  # the health port's, raised once kopf.run has stopped
     if health_port:  # not kopf's liveness_endpoint, which binds one address family (metrics.serve_health)
 
         servers: list[Any] = []  # the runner, held for the life of the process
 
         @kopf.on.startup(registry=registry, errors=kopf.ErrorsMode.PERMANENT)  # a port in use stops the operator
         async def healthz(**_: Any) -> None:
-            servers.append(await metrics.serve_health(health_port))
+            try:
+                servers.append(await metrics.serve_health(health_port))
+            except OSError as exc:
+                unbound.append(Unbindable(f"--health-port {health_port}: {exc}"))
+                raise kopf.PermanentError(str(unbound[0])) from exc  # one log line, no traceback
 
-    kopf.run(
-        registry=registry,
-        standalone=True,
-        clusterwide=False,
-        namespaces=[namespace],
-        identity=cast(Any, me),  # kopf's default calls getpass.getuser(), which fails for a uid without a passwd entry
-    )
+    try:
+        kopf.run(
+            registry=registry,
+            standalone=True,
+            clusterwide=False,
+            namespaces=[namespace],
+            identity=cast(Any, me),  # kopf's default calls getpass.getuser(): fails for a uid without a passwd entry
+        )
+    except Exception:  # kopf's ActivityError (not exported), when the health port was not bound
+        if unbound:
+            raise unbound[0] from None
+        raise
     return 0

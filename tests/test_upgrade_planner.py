@@ -1955,12 +1955,13 @@ def _gpu_job(name: str, node: str = "n1") -> dict[str, Any]:
 
 
 def _cordoned_pass(
-    pods: list[dict[str, Any]], fail: bool = False, spec: Any = None, held: dict[str, Any] | None = None
-) -> tuple[Any, Any]:
+    pods: list[dict[str, Any]], fail: bool = False, spec: Any = None, held: dict[str, Any] | None = None,
+    events: list[str] | None = None,
+) -> tuple[Any, Any, Any]:
     """One orchestrate() pass over one node (n1, upgrade-done on an out-of-date driver pod unless `held`, the
     sample's podDeletion unless `spec`) against an API server that holds the node; the kube (its calls in order,
-    the pod lists too) and the node as it is after the pass. `pods`: the pods on n1 as the list answers them;
-    `fail`: the list fails."""
+    the pod lists too), the node as it is after the pass, and what orchestrate() returned. `pods`: the pods on n1
+    as the list answers them; `fail`: the list fails; `events`: gets the messages of the Events posted."""
     from gpu_operator.api import parse_spec
     from gpu_operator.nodes import GPU_PRESENT, deploy_label
     from gpu_operator.upgrade.orchestrate import orchestrate
@@ -1981,8 +1982,10 @@ def _cordoned_pass(
     obj["metadata"].setdefault("annotations", {})
     kube = PodsKube({("Node", "n1"): obj})
     spec = spec if spec is not None else parse_spec(load_policy()["spec"])
-    orchestrate(kube, "gpu-operator", spec, _cp_nodes_snapshot([obj]), lambda *_, **__: None)  # type: ignore[arg-type]
-    return kube, kube.objects[("Node", "n1")]
+    said = events if events is not None else []
+    out = orchestrate(kube, "gpu-operator", spec, _cp_nodes_snapshot([obj]),
+                      lambda _ref, _type, _reason, message, **__: said.append(message))  # fmt: skip
+    return kube, kube.objects[("Node", "n1")], out
 
 
 def test_the_pass_that_cordons_a_node_reads_its_pods_and_deletes_its_driver_pod() -> None:
@@ -1996,7 +1999,7 @@ def test_the_pass_that_cordons_a_node_reads_its_pods_and_deletes_its_driver_pod(
     from gpu_operator.api import parse_spec
     from support import load_policy
 
-    kube, after = _cordoned_pass([])
+    kube, after, _ = _cordoned_pass([])
     calls = [(verb, what) for verb, what in kube.calls]
     assert [verb for verb, _ in calls] == ["merge_patch", "list", "merge_patch", "delete"], calls
     first, second = calls[0][1][2], calls[2][1][2]
@@ -2012,7 +2015,7 @@ def test_the_pass_that_cordons_a_node_reads_its_pods_and_deletes_its_driver_pod(
     raw = load_policy()["spec"]
     none = parse_spec({**raw, "driver": {**raw["driver"], "upgradePolicy": {
         **raw["driver"]["upgradePolicy"], "podDeletion": None}}})  # fmt: skip
-    kube, after = _cordoned_pass([], spec=none)
+    kube, after, _ = _cordoned_pass([], spec=none)
     assert [verb for verb, _ in kube.calls] == ["merge_patch", "delete"], kube.calls
     assert after["metadata"]["labels"][STATE_LABEL] == "pod-restart-required"
 
@@ -2020,7 +2023,7 @@ def test_the_pass_that_cordons_a_node_reads_its_pods_and_deletes_its_driver_pod(
 def test_a_gpu_pod_scheduled_before_the_cordon_is_evicted_in_the_pass_that_cordons() -> None:
     """A GPU pod that was on the node when the cordon went out is seen by the read after the cordon: it is evicted
     (not the driver pod deleted under it), in the same pass, and the node waits in pod-deletion-required."""
-    kube, after = _cordoned_pass([_gpu_job("trainer"), _gpu_job("elsewhere", node="n2")])
+    kube, after, _ = _cordoned_pass([_gpu_job("trainer"), _gpu_job("elsewhere", node="n2")])
     verbs = [verb for verb, _ in kube.calls]
     assert verbs == ["merge_patch", "list", "merge_patch", "evict"], kube.calls
     assert kube.calls[0][1][2]["spec"] == {"unschedulable": True}
@@ -2029,13 +2032,36 @@ def test_a_gpu_pod_scheduled_before_the_cordon_is_evicted_in_the_pass_that_cordo
     assert POD_DELETION_START_ANNOTATION in after["metadata"]["annotations"]
 
 
+def test_the_pass_that_evicts_a_gpu_pod_after_the_cordon_names_it() -> None:
+    """The plan made again after the cordon was cut down to its actions: its wait ("evicting ml/trainer
+    (podDeletion)") was dropped, so neither an Event nor status.upgrade.waiting named the pods the upgrade evicted
+    (a pod gone by the next pass was never named; upstream's pod manager posts an Event when it deletes workload
+    pods). Now that plan's wait is the pass's for the node, in the state the cordon's answer showed: one Event,
+    as when the next pass evicted them, and the node in status.upgrade.waiting."""
+    events: list[str] = []
+    kube, _, out = _cordoned_pass([_gpu_job("trainer")], events=events)
+    assert ("evict", ("ml", "trainer")) in kube.calls  # evicted in this pass
+    said = "wait-for-jobs-required: evicting ml/trainer (podDeletion)"
+    assert [m for m in events if "ml/trainer" in m] == [said], events
+    assert out.status["waiting"] == [
+        {"node": "n1", "state": "wait-for-jobs-required", "reason": "evicting ml/trainer (podDeletion)"}]
+    # With nothing to evict, the driver pod goes in that pass: its new pod's wait is ordinary progress (no Event
+    # but the start's), said in status.upgrade.waiting only.
+    events.clear()
+    _, after, out = _cordoned_pass([], events=events)
+    assert after["metadata"]["labels"][STATE_LABEL] == "pod-restart-required"
+    assert len(events) == 1 and "node cordoned" in events[0], events
+    assert [(w["state"], w["reason"]) for w in out.status["waiting"]] == [
+        ("wait-for-jobs-required", "deleted driver pod nvidia-driver-n1; waiting for its replacement")]
+
+
 def test_a_failed_read_of_the_pods_after_the_cordon_leaves_the_node_for_the_next_pass() -> None:
     """The read after the cordon fails: nothing more is written to the node in that pass (no eviction, no driver
     pod deletion); it stays cordoned in wait-for-jobs-required, and the next pass reads its pods as before."""
-    kube, after = _cordoned_pass([], fail=True)
+    kube, after, _ = _cordoned_pass([], fail=True)
     assert [verb for verb, _ in kube.calls] == ["merge_patch", "list"], kube.calls
     assert after["metadata"]["labels"][STATE_LABEL] == "wait-for-jobs-required" and after["spec"]["unschedulable"]
-    kube, after = _cordoned_pass([], held=after)  # the next pass: reads them with the rest, then writes
+    kube, after, _ = _cordoned_pass([], held=after)  # the next pass: reads them with the rest, then writes
     assert [verb for verb, _ in kube.calls] == ["list", "merge_patch", "delete"], kube.calls
     assert after["metadata"]["labels"][STATE_LABEL] == "pod-restart-required"
 
@@ -2047,9 +2073,9 @@ def test_the_read_after_the_cordon_waits_for_the_next_pass_once_the_write_budget
 
     asked: list[str] = []
 
-    def then(answer: dict[str, Any]) -> list[Any]:
+    def then(answer: dict[str, Any]) -> Plan:
         asked.append(answer["metadata"]["name"])
-        return [SetState(answer["metadata"]["name"], "pod-restart-required")]
+        return Plan([SetState(answer["metadata"]["name"], "pod-restart-required")])
 
     from support import RecordingKube
 

@@ -413,12 +413,14 @@ WRITE_BUDGET_S = 2.0
 @dataclass(frozen=True)
 class Ran:
     """What a run did and did not write: nodes left for the next pass (out of its write budget), nodes dropped
-    because they moved on since the plan, and nodes patched (a patch of each went through, though a later action
-    may have failed)."""
+    because they moved on since the plan, nodes patched (a patch of each went through, though a later action
+    may have failed), and nodes planned again once their patch was answered (`then`): the state that answer
+    showed, and that plan (its waits are the node's)."""
 
     left: set[str] = field(default_factory=set)
     dropped: set[str] = field(default_factory=set)
     patched: set[str] = field(default_factory=set)
+    later: dict[str, tuple[str, Plan]] = field(default_factory=dict)
 
 
 class Executor:
@@ -437,19 +439,20 @@ class Executor:
         states: Mapping[str, str] | None = None,
         budget_s: float | None = None,
         moved: Callable[[str], bool] | None = None,
-        then: Callable[[dict[str, Any]], list[Action]] | None = None,
+        then: Callable[[dict[str, Any]], Plan | None] | None = None,
     ) -> Ran:
         """With `budget_s`, the nodes not begun that long after the start (the first WRITERS always are) are left
         for the next pass, the nodes taken by urgency (`states`: each one's observed state, see
         planner.by_urgency). `moved(node)`: whether the node moved on since the plan saw it (its new pods moved it
-        between passes); its actions are dropped, the next pass plans it again. `then(answer)`: a node's further
-        actions once all of its own went, from the node as its last patch answered (within `budget_s` only: past
-        it, the next pass plans the node)."""
+        between passes); its actions are dropped, the next pass plans it again. `then(answer)`: a node's plan once
+        all of its own actions went, from the node as its last patch answered (None: none), whose actions it
+        carries out (within `budget_s` only: past it, the next pass plans the node)."""
         groups = by_urgency(plan.actions, states or {})
         deadline = None if budget_s is None else time.monotonic() + budget_s
         left: set[str] = set()
         dropped: set[str] = set()
         patched: set[str] = set()
+        later: dict[str, tuple[str, Plan]] = {}
 
         def one(numbered: tuple[int, list[Action]]) -> None:
             i, actions = numbered
@@ -463,15 +466,17 @@ class Executor:
                 return
             answer = self.node(actions, patched)
             if then is not None and answer is not None and (deadline is None or time.monotonic() <= deadline):
-                more = then(answer)
-                if more:
-                    self.node(more, patched)
+                again = then(answer)
+                if again is not None:
+                    later[actions[0].node] = ((answer["metadata"].get("labels") or {}).get(STATE_LABEL, ""), again)
+                    if again.actions:
+                        self.node(again.actions, patched)
 
         # Each node's actions in order, the nodes side by side: a wave of 105 nodes cordoned, or their driver pods
         # deleted, one node after another took seconds, and a node whose new driver was Ready waited for them.
         with ThreadPoolExecutor(max_workers=WRITERS) as pool:
             list(pool.map(one, enumerate(groups)))
-        return Ran(left, dropped, patched)
+        return Ran(left, dropped, patched, later)
 
     def node(self, actions: list[Action], patched: set[str] | None = None) -> dict[str, Any] | None:
         """One node's actions: consecutive label, annotation and cordon changes as one merge patch; the rest stop

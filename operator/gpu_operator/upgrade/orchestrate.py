@@ -166,6 +166,15 @@ def orchestrate(
     if gauges:
         set_gauges(c)
     reasons = dict(result.waiting)
+    quiet = set(result.quiet)
+    for node, (state, again) in ran.later.items():  # planned again after its cordon: that plan says why it waits
+        states[node] = state
+        reasons.pop(node, None)
+        quiet.discard(node)
+        if node in again.waiting:
+            reasons[node] = again.waiting[node]
+        if node in again.quiet:
+            quiet.add(node)
     for n in managed if c.failed else ():  # a failed node says why it failed
         if n.state == FAILED and n.name not in reasons:
             reasons[n.name] = "failed: " + n.annotations.get(FAILURE_REASON_ANNOTATION, "see its events")
@@ -173,7 +182,7 @@ def orchestrate(
     stuck = sorted((n, r) for n, r in reasons.items() if states.get(n) in IN_PROGRESS_STATES and n not in left)
     before = {(w.get("node"), w.get("state"), w.get("reason")) for w in said}
     for node, reason in stuck:  # an event on each node that waits mid-upgrade, when its reason changes
-        if node in result.quiet or (node, states[node], steady(reason)) in before:
+        if node in quiet or (node, states[node], steady(reason)) in before:
             continue  # ordinary progress (a pod starting), or said already: status.upgrade.waiting says it
         ref = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}}
         events(ref, "Normal", EVENT_REASON, f"{states[node]}: {steady(reason)}")
@@ -197,32 +206,33 @@ def orchestrate(
 
 def _after_cordon(
     kube: Kube, managed: list[UpgradeNode], policy: DriverUpgradePolicySpec
-) -> Callable[[dict[str, Any]], list[Action]] | None:
+) -> Callable[[dict[str, Any]], Plan | None] | None:
     """What a node does next in the same pass once its patch into a state that reads its workload pods (the
     cordon's: planner.goes_on stops there) is answered: its pods are read now, after the cordon, as kubectl drain
     lists them, and it is planned again from the node as patched, so it goes on (its driver pod deleted when no job
-    pod waits and no GPU pod is to be evicted) without waiting for the next pass. That saves the pass, not a patch:
-    the pods are read between the cordon's patch and the next state's. Nothing when the answer shows no cordon or
-    the read fails (the next pass reads them, as before); None when the policy reads no pods."""
+    pod waits and no GPU pod is to be evicted) without waiting for the next pass; that plan's wait (the pods it
+    evicts, the jobs it waits for) is the pass's for the node (Ran.later). That saves the pass, not a patch: the
+    pods are read between the cordon's patch and the next state's. No plan when the answer shows no cordon or the
+    read fails (the next pass reads them, as before); None when the policy reads no pods."""
     if not (policy.auto_upgrade and reads_pods(policy)):
         return None
     seen = {n.name: n for n in managed}
 
-    def then(answer: dict[str, Any]) -> list[Action]:
+    def then(answer: dict[str, Any]) -> Plan | None:
         meta = answer.get("metadata") or {}
         node = seen.get(meta.get("name", ""))
         labels = meta.get("labels") or {}
         if node is None or node.state in NEEDS_PODS or labels.get(STATE_LABEL) not in NEEDS_PODS:
-            return []  # its pods were read for this pass, or it is in no state that reads them
+            return None  # its pods were read for this pass, or it is in no state that reads them
         if not (answer.get("spec") or {}).get("unschedulable"):
-            return []  # no cordon answered: nothing is read before it
+            return None  # no cordon answered: nothing is read before it
         node = replace(node, labels=labels, annotations=meta.get("annotations") or {}, unschedulable=True)
         try:
             pods = workload_pods(kube, [node], policy)
         except (ApiError, OSError) as exc:  # OSError: kube.Unreachable
             log.warning("upgrade: reading the pods on node %s failed: %s; the next pass reads them", node.name, exc)
-            return []
-        return plan([node], pods, policy, time.time()).actions
+            return None
+        return plan([node], pods, policy, time.time())
 
     return then
 

@@ -1930,6 +1930,53 @@ def test_a_pass_cut_by_an_api_error_keeps_a_conflict_and_does_not_post_its_warni
               if e["involvedObject"]["kind"] == "NVIDIADriver"]  # fmt: skip
     assert sorted(posted) == [("pool-b", nvidiadriver.EVENT_REASON), ("rack", nvidiadriver.EVENT_REASON)]
 
+class GoneKube(EchoKube):
+    """Answers 404 to a status patch of the NVIDIADrivers named in `gone` (deleted since the pass's snapshot)."""
+
+    def __init__(self, *gone: str) -> None:
+        super().__init__()
+        self.gone = set(gone)
+
+    def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *a: Any, **k: Any) -> dict[str, Any]:
+        from gpu_operator.kube import ApiError
+
+        if kind == "NVIDIADriver" and name in self.gone:
+            raise ApiError(404, f'{{"message": "nvidiadrivers.nvidia.com \\"{name}\\" not found"}}',
+                           f"PATCH {kind} {name}", "NotFound")  # fmt: skip
+        return super().merge_patch(kind, name, patch, *a, **k)
+
+
+@pytest.mark.parametrize("crd_mode", [True, False], ids=["nvidiadrivers", "switched-off"])
+def test_an_nvidiadriver_deleted_since_the_snapshot_does_not_fail_the_pass(crd_mode: bool) -> None:
+    """No finalizer holds an NVIDIADriver: one deleted between the pass's snapshot and its status write answers the
+    patch with 404 (`helm upgrade --set driver.nvidiaDriverCRD.enabled=false` updates the ClusterPolicy, a pass
+    starts at once, then helm deletes the default NVIDIADriver). That ApiError cut the whole pass: the ClusterPolicy
+    was written again notReady, ReconcileFailed "PATCH NVIDIADriver ...: 404 ... not found" (a failed pass, backoff),
+    and every NVIDIADriver after it notReady naming the other one's 404. Upstream's NVIDIADriver controller returns
+    on NotFound; now the deleted one is passed over (its deletion brings the next pass)."""
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+
+    raw = crd_policy()
+    raw["driver"]["useNvidiaDriverCRD"] = crd_mode
+    specs = [("a-gone", {"default": True})] + ([("z-kept", {"nodeSelector": {"pool": "z"}})] if crd_mode else [])
+    drivers = {d["metadata"]["name"]: {"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver", **d}
+               for d in drivers_objects(*specs)}  # fmt: skip
+    kube = GoneKube("a-gone")
+    out = Reconciler(kube, "gpu-operator").reconcile(  # type: ignore[arg-type]
+        Snapshot(nodes={}, policies={"cluster-policy": policy_object(raw)}, owned={}, pods={}, revisions={},
+                 nvidia_drivers=drivers)  # fmt: skip
+    )
+    assert not out.error
+    written = kube.statuses[("ClusterPolicy", "cluster-policy")]
+    ready = next(c for c in written["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] != "ReconcileFailed" and "not found" not in ready["message"], ready
+    if crd_mode:
+        kept = kube.statuses[("NVIDIADriver", "z-kept")]
+        kept_ready = next(c for c in kept["conditions"] if c["type"] == "Ready")
+        assert kept_ready["reason"] != "ReconcileFailed" and "a-gone" not in kept_ready["message"], kept_ready
+
+
 def test_an_nvidiadriver_is_not_ready_while_a_node_it_drives_fits_no_pool() -> None:
     """A GPU node NFD has not labelled with its OS (or, precompiled, its kernel) fits no pool: no DaemonSet runs a
     driver there. The ClusterPolicy's state-driver named it, but the NVIDIADriver that drives it (nodes: 1) said
@@ -2023,6 +2070,23 @@ def test_an_nvidiadriver_says_so_while_no_valid_clusterpolicy_is_active() -> Non
         error = next(c for c in status["conditions"] if c["type"] == "Error")
         assert (error["status"], error["reason"]) == ("True", "ReconcileFailed")
         assert error["message"].startswith(why)
+
+
+def test_an_nvidiadriver_deleted_since_the_snapshot_with_no_clusterpolicy_left_does_not_raise() -> None:
+    """`helm uninstall` deletes the ClusterPolicy and the default NVIDIADriver together: a pass that finds no active
+    ClusterPolicy writes each NVIDIADriver "no active ClusterPolicy", and the 404 of the one deleted since the
+    snapshot left Reconciler.reconcile (outside the pass's ApiError handling): "reconcile pass failed" with a
+    traceback, a failed pass. Now it is passed over."""
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+
+    drivers = {d["metadata"]["name"]: {"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver", **d}
+               for d in drivers_objects(("a-gone", {"default": True}), ("z-kept", {"nodeSelector": {"pool": "z"}}))}
+    kube = GoneKube("a-gone")
+    Reconciler(kube, "gpu-operator").reconcile(  # type: ignore[arg-type]
+        Snapshot(nodes={}, policies={}, owned={}, pods={}, revisions={}, nvidia_drivers=drivers)
+    )
+    assert kube.statuses[("NVIDIADriver", "z-kept")]["state"] == "notReady"
 
 
 @pytest.mark.parametrize("value", [1.5, True, []])

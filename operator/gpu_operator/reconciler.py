@@ -738,7 +738,7 @@ class Reconciler:
                     self.events(obj, "Warning", nvidiadriver.EVENT_REASON, error["message"])
                 elif assignment is not None and driver.name in assignment.problems:  # refused: it takes no node
                     self.events(obj, "Warning", error["reason"], error["message"])
-            if not self.status.write(obj, status, quiet=True, kind="NVIDIADriver"):
+            if not self._write_driver(obj, status):
                 retry = self.status.retry_in(driver.name, "NVIDIADriver")
                 held = retry if held is None else min(held, retry)
             self._drivers_done.add(driver.name)
@@ -764,7 +764,7 @@ class Reconciler:
                 continue
             status = nvidiadriver.failed_pass_status(driver, self.namespace, obj.get("status"), now(), why)
             try:
-                self.status.write(obj, status, quiet=True, kind="NVIDIADriver")
+                self._write_driver(obj, status)
             except ApiError as exc:
                 log.warning("NVIDIADriver %s: status not written: %s", name, exc)
 
@@ -779,10 +779,21 @@ class Reconciler:
                 continue
             status = nvidiadriver.driver_status(driver, None, None, self.namespace, obj.get("status"), now(),
                                                 failed=why)  # fmt: skip
-            if not self.status.write(obj, status, quiet=True, kind="NVIDIADriver"):
+            if not self._write_driver(obj, status):
                 retry = self.status.retry_in(driver.name, "NVIDIADriver")
                 held = retry if held is None else min(held, retry)
         return held
+
+    def _write_driver(self, obj: dict[str, Any], status: dict[str, Any]) -> bool:
+        """StatusWriter.write for an NVIDIADriver. One deleted since the snapshot (404: no finalizer holds it) is
+        passed over, as written: the watch brings its deletion and with it the next pass."""
+        try:
+            return self.status.write(obj, status, quiet=True, kind="NVIDIADriver")
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            log.info("NVIDIADriver %s: gone since it was read, its status is not written", obj["metadata"]["name"])
+            return True
 
     def _check_sharing(self, policy: dict[str, Any], ctx: RenderContext) -> list[sharing.Problem] | None:
         """The sharing config's problems (None: no config); a Warning event on the policy once per change (reason

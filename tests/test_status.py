@@ -1174,6 +1174,42 @@ def test_a_condition_another_controller_set_after_the_snapshot_survives_our_stat
     assert writer.write(latest, down, quiet=True) is True and len(kube.calls) == patches, "steady: nothing written"
 
 
+def test_a_pass_whose_snapshot_predates_our_own_status_write_does_not_write_it_again() -> None:
+    """The writer decided "changed?" and "a new state: an Event" on the snapshot's status. A pass whose snapshot was
+    taken before the watch brought back the previous pass's own write (the runtime skips the debounce when the last
+    operand pod turns ready) worked out the same status again, saw the old state and wrote it a second time: a
+    second "state ready" Event, and Ready/Error's lastTransitionTime moved to that pass's time though nothing
+    transitioned. Upstream decides on the object it reads again. Now a snapshot older than our last write's answer
+    is compared against what we wrote, whose unchanged conditions keep their lastTransitionTime."""
+    from gpu_operator.status_writer import StatusWriter
+    from support import ServerKube
+
+    pol = policy_object()
+    pol["status"] = policy_status(generation=1, namespace="gpu-operator", gpu_nodes=1, has_nfd=True, previous=None,
+                                  results=[StateResult("state-driver", "notReady", "1 of 1 pods not ready")],
+                                  now=T0)  # fmt: skip
+    posted: list[str] = []
+
+    class Kube(ServerKube):
+        def create(self, obj: dict[str, Any], *_: Any, **__: Any) -> dict[str, Any]:
+            posted.append(obj["reason"])
+            return obj
+
+    kube = Kube({("ClusterPolicy", "cluster-policy"): copy.deepcopy(pol)})
+    writer = StatusWriter(kube, EventRecorder(kube))  # type: ignore[arg-type]
+
+    def ready(at: str) -> dict[str, Any]:
+        return policy_status(generation=1, namespace="gpu-operator", results=[StateResult("state-driver", "ready")],
+                             gpu_nodes=1, has_nfd=True, previous=pol["status"], now=at)  # fmt: skip
+
+    assert writer.write(copy.deepcopy(pol), ready(T1))
+    assert writer.write(copy.deepcopy(pol), ready(T2))  # the same snapshot: the watch has not brought our write
+    live = kube.objects[("ClusterPolicy", "cluster-policy")]["status"]
+    assert posted == ["Reconciled"], posted
+    assert {c["type"]: c["lastTransitionTime"] for c in live["conditions"]} == {"Ready": T1, "Error": T1}
+    assert [verb for verb, _ in kube.calls].count("merge_patch") == 1
+
+
 def test_a_node_event_whose_cause_went_away_is_posted_again_when_it_comes_back() -> None:
     """The recorder kept the last message per object and reason for good: a MIG layout refused, then changed to a
     valid one (the refusal over), then asked for again got its Warning only the first time (the same held for an

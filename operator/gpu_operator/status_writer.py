@@ -7,7 +7,8 @@ PROGRESS_INTERVAL_S per object; anything else (a state, a condition, a reason) a
 A condition of a type we do not write (another controller's) is kept as the object has it: the merge patch
 replaces the whole list, so it is sent back with ours, and it alone never makes a write. The patch carries the
 resourceVersion it was decided on (the snapshot's, or our own last write's answer where that is newer): one that
-another controller changed since is refused (409) and written again, on what it has now, by a later pass."""
+another controller changed since is refused (409) and written again, on what it has now, by a later pass. A snapshot
+older than our own last write is compared against what we wrote, not against its status."""
 
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ class StatusWriter:
         self._refused: dict[tuple[str, str], float] = {}  # (kind, name) -> when a write was refused as stale (409)
         # (kind, name) -> the resourceVersion our last write to it answered with (the watch may not have it yet)
         self._versions: dict[tuple[str, str], str] = {}
+        # (kind, name) -> the resourceVersion our last status write answered with, and the status it wrote
+        self._wrote: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
 
     def write(self, policy: dict[str, Any], status: dict[str, Any], quiet: bool = False,
               kind: str = "ClusterPolicy") -> bool:  # fmt: skip
@@ -49,6 +52,14 @@ class StatusWriter:
         since it was read (409) (the caller passes again soon, and writes it then). `quiet`: no Event for a new state
         (NVIDIADrivers' statuses are written so)."""
         old = policy.get("status")
+        name = policy["metadata"]["name"]
+        ours = self._wrote.get((kind, name))
+        if ours is not None and _after(ours[0], policy["metadata"].get("resourceVersion")):
+            # The watch has not brought our last write back yet: that write, not the snapshot, is what the object
+            # has, so is what "changed" and "new state" are decided on, and a condition it has unchanged keeps its
+            # lastTransitionTime from it.
+            old = ours[1]
+            status = {**status, "conditions": [_since(c, old) for c in status["conditions"]]}
         # Another controller's conditions: left out of the comparison, sent back as they are.
         mine = OWN_CONDITIONS[kind] | {c["type"] for c in status["conditions"]}
         theirs = [c for c in (old or {}).get("conditions") or [] if c.get("type") not in mine]
@@ -56,7 +67,6 @@ class StatusWriter:
             old = {**old, "conditions": [c for c in old["conditions"] if c.get("type") in mine]}
         if not status_changed(old, status):
             return True
-        name = policy["metadata"]["name"]
         last = self._written.get((kind, name))
         if last is not None and self.clock() - last < PROGRESS_INTERVAL_S and progress_only(old, status):
             return False  # retry_in says when it may go
@@ -78,6 +88,9 @@ class StatusWriter:
         self._written[(kind, name)] = self.clock()
         self._refused.pop((kind, name), None)
         self.seen(kind, answer)
+        version = ((answer or {}).get("metadata") or {}).get("resourceVersion")
+        if version:
+            self._wrote[(kind, name)] = (version, {k: v for k, v in body.items() if v is not None})
         ready: dict[str, Any] = next((c for c in status["conditions"] if c["type"] == "Ready"), {})
         # notReady only while our own writes settle (an admin's change applied) is no warning; an operand not ready
         # after that is one, though the state stays notReady
@@ -111,6 +124,19 @@ def _newer(a: str | None, b: str | None) -> str | None:
     if a and b and a.isdigit() and b.isdigit():
         return a if int(a) >= int(b) else b
     return a or None
+
+
+def _after(a: str | None, b: str | None) -> bool:
+    """Whether resourceVersion `a` is newer than `b` (False when either is not an integer, as etcd's are)."""
+    return bool(a and b and a.isdigit() and b.isdigit() and int(a) > int(b))
+
+
+def _since(condition: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+    """`condition` with the lastTransitionTime that the same condition in `old` has, if it has the same status."""
+    before: dict[str, Any] = next((c for c in old.get("conditions") or [] if c.get("type") == condition["type"]), {})
+    if before.get("status") == condition.get("status") and before.get("lastTransitionTime"):
+        return {**condition, "lastTransitionTime": before["lastTransitionTime"]}
+    return condition
 
 
 def _ready_message(status: dict[str, Any] | None) -> str | None:

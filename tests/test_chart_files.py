@@ -167,11 +167,10 @@ def test_operator_env_image_is_the_default_when_the_policy_names_none(monkeypatc
     assert images.resolve(empty.toolkit, "toolkit") == images.join(*images.DEFAULTS["toolkit"])
 
 
-def test_the_uninstall_notes_name_as_staying_the_node_labels_the_clean_up_leaves() -> None:
+def test_the_uninstall_notes_say_the_node_labels_the_clean_up_removes_go() -> None:
     """The clean-up of a deleted last ClusterPolicy removes the MIG record since 785555d; the notes said it stays
-    (and promised a check after a reinstall that no longer happens)."""
-    import re
-
+    (and promised a check after a reinstall that no longer happens). It removes the upgrade state label too now
+    (as upstream), which the notes said stayed on purpose."""
     from gpu_operator.apply import Applier
     from gpu_operator.lifecycle import CLEANUP_FINALIZER, Lifecycle
     from gpu_operator.mig import APPROVED
@@ -189,13 +188,15 @@ def test_the_uninstall_notes_name_as_staying_the_node_labels_the_clean_up_leaves
                     revisions={})  # fmt: skip
     Lifecycle(kube, NAMESPACE, Applier(kube)).cleanup_deleted(snap)  # type: ignore[arg-type]
     removed = {k for verb, what in kube.calls if verb == "merge_patch" and what[0] == "Node"
-               for k in what[2]["metadata"]["labels"]}  # fmt: skip
-    assert GPU_PRESENT in removed
+               for k in what[2]["metadata"].get("labels", {})}  # fmt: skip
+    assert removed == set(ours)
 
     readme = " ".join((CHART / "README.md").read_text().split())
     uninstall = readme.split("**Uninstall.**", 1)[1].split(" * ", 1)[0]
-    stays = next(s for s in uninstall.split(". ") if "stay" in s and "nvidia.com/" in s)
-    assert set(re.findall(r"`(nvidia\.com/[^`]+)`", stays)) == set(ours) - removed, stays
+    named = [(k, s) for k in ours for s in uninstall.split(". ") if f"`{k}`" in s]
+    assert {k for k, _ in named} == {APPROVED, UPGRADE_STATE}
+    for label, sentence in named:
+        assert f"`{label}` goes" in sentence and "on purpose" not in sentence, sentence
 
 
 def _nfd_install_commands() -> dict[str, str]:

@@ -578,31 +578,39 @@ def test_uninstall_removes_only_the_deploy_labels_a_node_losing_its_gpu_loses() 
 
 def test_uninstall_lifts_the_mig_gates_cordons_only() -> None:
     """The MIG gate cordons a node before it evicts GPU pods for a layout change (annotation MIG_CORDONED marks the
-    cordon as its own). Deleting the last ClusterPolicy mid-change lifts those, never someone else's cordon nor one
-    the driver upgrade holds."""
+    cordon as its own). Deleting the last ClusterPolicy mid-change lifts those, never someone else's cordon. The
+    driver upgrade, let go first, no longer holds a node: a gate cordon it found (and recorded as there before it)
+    is lifted too; on a node a failed upgrade keeps cordoned for the admin only the gate's annotation goes."""
     from gpu_operator.apply import Applier
     from gpu_operator.lifecycle import CLEANUP_FINALIZER, Lifecycle
     from gpu_operator.nodes import MIG_CORDONED
     from gpu_operator.observe import Snapshot
+    from gpu_operator.upgrade.model import FAILURE_REASON_ANNOTATION, INITIAL_UNSCHEDULABLE_ANNOTATION, STATE_LABEL
     from support import NAMESPACE, RecordingKube, policy_object
 
-    ours = {"metadata": {"annotations": {MIG_CORDONED: "true"}}, "spec": {"unschedulable": True}}
-    upgrading = {"nvidia.com/gpu-driver-upgrade-state": "drain-required"}
+    def cordoned(name: str, labels: dict[str, str] | None = None, **annotations: str) -> NodeFacts:
+        meta = {"name": name, "labels": labels or {}, "annotations": {MIG_CORDONED: "true", **annotations}}
+        return NodeFacts.from_node({"metadata": meta, "spec": {"unschedulable": True}})
+
     nodes = {
-        "gate": NodeFacts.from_node({**ours, "metadata": {"name": "gate", **ours["metadata"]}}),
+        "gate": cordoned("gate"),
         "admin": NodeFacts.from_node({"metadata": {"name": "admin"}, "spec": {"unschedulable": True}}),
-        "upgrade": NodeFacts.from_node({**ours, "metadata": {"name": "upgrade", "labels": upgrading,
-                                                             **ours["metadata"]}}),
-    }  # fmt: skip
+        "upgrade": cordoned("upgrade", {STATE_LABEL: "drain-required"}, **{INITIAL_UNSCHEDULABLE_ANNOTATION: "true"}),
+        "failed": cordoned("failed", {STATE_LABEL: "upgrade-failed"}, **{FAILURE_REASON_ANNOTATION: "boom"}),
+    }
     pol = policy_object()
     pol["metadata"].update(finalizers=[CLEANUP_FINALIZER], deletionTimestamp="2026-02-01T00:00:00Z")
     kube = RecordingKube()
     snap = Snapshot(nodes=nodes, policies={"cluster-policy": pol}, owned={}, pods={}, revisions={})
     Lifecycle(kube, NAMESPACE, Applier(kube)).cleanup_deleted(snap)  # type: ignore[arg-type]
-    uncordoned = [what[1] for verb, what in kube.calls
-                  if verb == "merge_patch" and what[0] == "Node" and "spec" in what[2]]  # fmt: skip
-    assert uncordoned == ["gate"]
-    assert kube.calls[0][1][2] == {"metadata": {"annotations": {MIG_CORDONED: None}}, "spec": {"unschedulable": None}}
+    gate_patches = [(what[1], what[2]) for verb, what in kube.calls
+                    if verb == "merge_patch" and what[0] == "Node" and MIG_CORDONED in what[2]["metadata"].get(
+                        "annotations", {})]  # fmt: skip
+    uncordon = {"metadata": {"annotations": {MIG_CORDONED: None}}, "spec": {"unschedulable": None}}
+    assert gate_patches == [("gate", uncordon), ("upgrade", uncordon),
+                            ("failed", {"metadata": {"annotations": {MIG_CORDONED: None}}})]  # fmt: skip
+    uncordoned = {what[1] for verb, what in kube.calls if verb == "merge_patch" and "spec" in what[2]}
+    assert uncordoned == {"gate", "upgrade"}
 
 
 def test_uninstall_takes_a_gate_cordoned_node_deleted_since_the_snapshot_as_uncordoned() -> None:
@@ -636,6 +644,100 @@ def test_uninstall_takes_a_gate_cordoned_node_deleted_since_the_snapshot_as_unco
     patched = {(what[0], what[1]): what[2] for verb, what in kube.calls if verb == "merge_patch"}
     assert patched[("Node", "gpu-1")] == {"metadata": {"labels": {GPU_PRESENT: None}}}, "the other node is cleaned up"
     assert patched[("ClusterPolicy", "cluster-policy")]["metadata"]["finalizers"] == [], "and let go in this pass"
+
+
+def _delete_last_policy(nodes: list[NodeFacts], kube: Any = None) -> tuple[Any, bool, list[tuple[str, str, str]]]:
+    """Run the clean-up of the deleted only ClusterPolicy over `nodes`: the kube (its calls), whether it let the
+    policy go, and the events posted (node, type, message)."""
+    from gpu_operator.apply import Applier
+    from gpu_operator.lifecycle import CLEANUP_FINALIZER, Lifecycle
+    from gpu_operator.observe import Snapshot
+    from support import NAMESPACE, RecordingKube, policy_object
+
+    pol = policy_object()
+    pol["metadata"].update(finalizers=[CLEANUP_FINALIZER], deletionTimestamp="2026-02-01T00:00:00Z")
+    kube = kube or RecordingKube()
+    events: list[tuple[str, str, str]] = []
+
+    def event(obj: dict[str, Any], etype: str, reason: str, message: str, *, durable: bool = False) -> None:
+        events.append((obj["metadata"]["name"], etype, message))
+
+    snap = Snapshot(nodes={n.name: n for n in nodes}, policies={"cluster-policy": pol}, owned={}, pods={},
+                    revisions={})  # fmt: skip
+    done = Lifecycle(kube, NAMESPACE, Applier(kube), events=event).cleanup_deleted(snap)  # type: ignore[arg-type]
+    return kube, done, events
+
+
+def _mid_upgrade(name: str, state: str, unschedulable: bool = True, **annotations: str) -> NodeFacts:
+    from gpu_operator.upgrade.model import DRAIN_START_ANNOTATION, STATE_LABEL
+
+    meta = {"name": name, "labels": {GPU_PRESENT: "true", STATE_LABEL: state},
+            "annotations": {DRAIN_START_ANNOTATION: "1767225600", **annotations}}  # fmt: skip
+    return NodeFacts.from_node({"metadata": meta, "spec": {"unschedulable": unschedulable}})
+
+
+def test_uninstall_removes_the_upgrade_state_label_as_upstream() -> None:
+    """Deleting the last ClusterPolicy left `nvidia.com/gpu-driver-upgrade-state` (and the upgrade's annotations) on
+    the nodes for good: no pass runs the upgrade once no ClusterPolicy is active. Upstream v26.7's upgrade
+    controller removes the state label from every node once none is left (upgrade_controller.go: no ClusterPolicy
+    and no NVIDIADriver with autoUpgrade -> removeNodeUpgradeStateLabels)."""
+    from gpu_operator.upgrade.model import DRAIN_START_ANNOTATION, STATE_LABEL
+
+    kube, done, _ = _delete_last_policy(
+        [_mid_upgrade("gpu-1", "drain-required"), _mid_upgrade("gpu-2", "upgrade-done", unschedulable=False)]
+    )
+    assert done
+    removed = {(name, k) for verb, (kind, name, patch) in kube.calls if verb == "merge_patch" and kind == "Node"
+               for part in ("labels", "annotations") for k, v in (patch["metadata"].get(part) or {}).items()
+               if v is None}  # fmt: skip
+    for name in ("gpu-1", "gpu-2"):
+        assert {(name, GPU_PRESENT), (name, STATE_LABEL), (name, DRAIN_START_ANNOTATION)} <= removed
+
+
+def test_uninstall_mid_upgrade_lifts_the_upgrades_own_cordon_as_with_autoupgrade_off() -> None:
+    """Deleting the last ClusterPolicy mid-upgrade left the node the upgrade had cordoned unschedulable for good,
+    and the chart's hook skipped it too ("its driver upgrade holds it"), though nothing was left to let it go. Now
+    the upgrade is let go as with autoUpgrade off (planner.switched_off): its own cordon lifted with an event; a
+    failed one's kept for the admin, with a warning; a cordon there before the upgrade never touched."""
+    from gpu_operator.upgrade.model import FAILURE_REASON_ANNOTATION, INITIAL_UNSCHEDULABLE_ANNOTATION
+
+    nodes = [
+        _mid_upgrade("ours", "drain-required"),
+        _mid_upgrade("admins", "wait-for-jobs-required", **{INITIAL_UNSCHEDULABLE_ANNOTATION: "true"}),
+        _mid_upgrade("failed", "upgrade-failed", **{FAILURE_REASON_ANNOTATION: "boom"}),
+    ]
+    kube, done, events = _delete_last_policy(nodes)
+    assert done
+    uncordoned = [name for verb, (kind, name, patch) in kube.calls if verb == "merge_patch" and "spec" in patch]
+    assert uncordoned == ["ours"]
+    assert sorted(events) == [
+        ("failed", "Warning", "ClusterPolicy cluster-policy deleted in upgrade-failed (boom): node left cordoned for "
+                              "the admin; uncordon it once its driver works"),
+        ("ours", "Normal", "ClusterPolicy cluster-policy deleted in drain-required: node uncordoned (the upgrade had "
+                           "cordoned it)"),
+    ]  # fmt: skip
+
+
+def test_uninstall_keeps_the_finalizer_while_a_nodes_upgrade_is_not_let_go() -> None:
+    """The clean-up lets go of the driver upgrades once: with the finalizer gone no pass comes back. A node whose
+    let-go patch failed would have stayed cordoned mid-upgrade for good; the finalizer now stays (the pass is
+    tried again), and the MIG gate's cordon of that node is not lifted meanwhile."""
+    from gpu_operator.kube import ApiError
+    from gpu_operator.nodes import MIG_CORDONED
+    from gpu_operator.upgrade.model import STATE_LABEL
+    from support import RecordingKube
+
+    class RefusingKube(RecordingKube):
+        def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *a: Any, **k: Any) -> dict[str, Any]:
+            if kind == "Node" and STATE_LABEL in (patch["metadata"].get("labels") or {}):
+                raise ApiError(500, '{"message": "etcdserver: request timed out"}', "PATCH Node gpu-1")
+            return super().merge_patch(kind, name, patch, *a, **k)
+
+    kube, done, _ = _delete_last_policy([_mid_upgrade("gpu-1", "drain-required", **{MIG_CORDONED: "true"})],
+                                        RefusingKube())  # fmt: skip
+    assert not done
+    assert not [c for c in kube.calls if c[0] == "merge_patch" and "spec" in c[1][2]], "still cordoned"
+    assert not [c for c in kube.calls if c[0] == "merge_patch" and c[1][0] == "ClusterPolicy"], "finalizer kept"
 
 
 # The driver auto-upgrade annotation k8s-driver-manager reads (upstream applyDriverAutoUpgradeAnnotation and

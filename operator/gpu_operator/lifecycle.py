@@ -1,6 +1,6 @@
 """The ClusterPolicy's lifecycle around the operands: our finalizer, the operand namespace, and the clean-up of
-our node labels (and the MIG gate's cordons) when the last ClusterPolicy is deleted (after mig-manager, which
-writes deploy labels of its own accord, is gone)."""
+our node labels (and the driver upgrade's and the MIG gate's cordons) when the last ClusterPolicy is deleted (after
+mig-manager, which writes deploy labels of its own accord, is gone)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,15 @@ from typing import Any
 from .apply import Applier
 from .kube import ApiError, Kube
 from .mig import APPROVED as MIG_APPROVED
-from .mig import upgrading
-from .nodes import DRIVER_KERNEL, GPU_PRESENT, MIG_CORDONED, RUNTIME_LABEL, our_deploy_labels
+from .nodes import DRIVER_KERNEL, GPU_PRESENT, MIG_CORDONED, RUNTIME_LABEL, NodeFacts, our_deploy_labels
 from .nvidiadriver_api import OWNER_LABEL
 from .observe import Key, Snapshot
 from .render import NodePatch
 from .states.mig_manager import STATE as MIG_MANAGER
+from .upgrade.adapter import EventFn
+from .upgrade.model import UpgradeNode
+from .upgrade.orchestrate import left_behind
+from .upgrade.planner import kept_cordoned
 
 log = logging.getLogger("gpu_operator")
 
@@ -27,11 +30,13 @@ PSA_LABELS = {f"pod-security.kubernetes.io/{mode}": "privileged" for mode in ("e
 
 class Lifecycle:
     def __init__(self, kube: Kube, namespace: str, applier: Applier,
-                 seen: Callable[[str, dict[str, Any]], None] | None = None):  # fmt: skip
+                 seen: Callable[[str, dict[str, Any]], None] | None = None,
+                 events: EventFn | None = None):  # fmt: skip
         self.kube = kube
         self.namespace = namespace
         self.applier = applier
         self.seen = seen  # told a finalizer patch's answer (StatusWriter.seen: the status write's resourceVersion)
+        self.events = events or _log_event  # the driver upgrade's events on the nodes it lets go
         self._namespace_psa: bool | None = None  # the namespace was checked for this psa setting
 
     def ensure_finalizer(self, policy: dict[str, Any]) -> bool:
@@ -80,11 +85,13 @@ class Lifecycle:
         self._namespace_psa = psa
 
     def cleanup_deleted(self, snap: Snapshot) -> bool:
-        """A ClusterPolicy being deleted with no other to take over: remove our node labels, then let it go. With
-        another to take over: let it go once none of our objects has it as its only owner (the garbage collector
-        would delete those); the other's pass re-owns them, and their watch events bring the pass that lets it go.
-        False when one changed since it was read and is not let go yet (the caller passes again soon)."""
+        """A ClusterPolicy being deleted with no other to take over: let go of the driver upgrades, remove our node
+        labels, then let it go. With another to take over: let it go once none of our objects has it as its only
+        owner (the garbage collector would delete those); the other's pass re-owns them, and their watch events bring
+        the pass that lets it go. False when one changed since it was read, or a node's upgrade was not let go, and
+        it is not let go yet (the caller passes again soon)."""
         done = True
+        cleaned: bool | None = None  # the nodes were cleaned up in this call (once for several deleted policies)
         remaining = [p for p in snap.policies.values() if not p["metadata"].get("deletionTimestamp")]
         for policy in snap.policies.values():
             meta = policy["metadata"]
@@ -99,31 +106,48 @@ class Lifecycle:
             else:
                 if self._stop_label_writers(snap):
                     continue  # the finalizer stays until its pods are gone (their going wakes a pass)
-                patches: dict[str, NodePatch] = {}
-                for node in snap.nodes.values():
-                    drop: dict[str, str | None] = {
-                        k: None
-                        for k in (GPU_PRESENT, RUNTIME_LABEL, DRIVER_KERNEL, OWNER_LABEL, MIG_APPROVED)
-                        if k in node.labels
-                    }
-                    # The deploy labels a node losing its GPU loses: someone else's (nvsm=true, say) stay.
-                    drop.update(dict.fromkeys(our_deploy_labels(node.labels)))
-                    if drop:
-                        patches[node.name] = {"labels": drop}
-                    if MIG_CORDONED in node.annotations and not upgrading(node):  # the MIG gate's cordon goes too
-                        uncordon = {"metadata": {"annotations": {MIG_CORDONED: None}}, "spec": {"unschedulable": None}}
-                        try:
-                            self.kube.merge_patch("Node", node.name, uncordon)
-                        except ApiError as exc:
-                            if exc.status != 404:  # a node deleted since the snapshot has no cordon to lift
-                                raise
-                self.applier.patch_nodes(patches)
+                if cleaned is None:
+                    cleaned = self._cleanup_nodes(snap, f"ClusterPolicy {meta['name']} deleted")
+                if not cleaned:
+                    done = False
+                    continue
             finalizers = [f for f in meta.get("finalizers") or [] if f != CLEANUP_FINALIZER]
             if self._set_finalizers(meta, finalizers):
                 log.info("ClusterPolicy %s deleted; node labels cleaned up", meta["name"])
             else:
                 done = False
         return done
+
+    def _cleanup_nodes(self, snap: Snapshot, why: str) -> bool:
+        """With no ClusterPolicy left, the driver upgrade stops for good: each node's is let go as with autoUpgrade
+        off (planner.switched_off: state label and annotations removed, the upgrade's own cordon lifted, a failed
+        node's left to the admin; upstream removes the state label alone), our labels and the MIG gate's cordons go.
+        False when a node's upgrade was not let go (a write failed): tried again on the next pass."""
+        failed = left_behind(self.kube, self.namespace, snap.nodes.values(), self.events, why)
+        if failed:
+            log.warning("%s: the driver upgrade of %s not let go; tried again", why, ", ".join(sorted(failed)))
+        patches: dict[str, NodePatch] = {}
+        for node in snap.nodes.values():
+            drop: dict[str, str | None] = {
+                k: None
+                for k in (GPU_PRESENT, RUNTIME_LABEL, DRIVER_KERNEL, OWNER_LABEL, MIG_APPROVED)
+                if k in node.labels
+            }
+            # The deploy labels a node losing its GPU loses: someone else's (nvsm=true, say) stay.
+            drop.update(dict.fromkeys(our_deploy_labels(node.labels)))
+            if drop:
+                patches[node.name] = {"labels": drop}
+            if MIG_CORDONED in node.annotations and node.name not in failed:  # the MIG gate's cordon goes too
+                uncordon: dict[str, Any] = {"metadata": {"annotations": {MIG_CORDONED: None}}}
+                if not kept_cordoned(_upgrade_node(node)):  # a failed upgrade's cordon is the admin's now
+                    uncordon["spec"] = {"unschedulable": None}
+                try:
+                    self.kube.merge_patch("Node", node.name, uncordon)
+                except ApiError as exc:
+                    if exc.status != 404:  # a node deleted since the snapshot has no cordon to lift
+                        raise
+        self.applier.patch_nodes(patches)
+        return not failed
 
     def _stop_label_writers(self, snap: Snapshot) -> bool:
         """Delete our mig-manager DaemonSet; True while its pods may still write labels. A mig-manager mid-change
@@ -155,6 +179,14 @@ def _held_by(uid: str | None, snap: Snapshot) -> list[Key]:
         and (refs := obj["metadata"].get("ownerReferences") or [])
         and all(r.get("uid") == uid for r in refs)
     )
+
+
+def _upgrade_node(node: NodeFacts) -> UpgradeNode:
+    return UpgradeNode(node.name, labels=node.labels, annotations=node.annotations, unschedulable=node.unschedulable)
+
+
+def _log_event(obj: dict[str, Any], etype: str, reason: str, message: str, *, durable: bool = False) -> None:
+    log.info("%s %s: %s", obj["kind"], obj["metadata"]["name"], message)
 
 
 def _on_ready_node(pod: dict[str, Any], snap: Snapshot) -> bool:

@@ -139,7 +139,7 @@ class Reconciler:
         self.events = EventRecorder(kube)
         self.applier = Applier(kube)
         self.status = StatusWriter(kube, self.events)
-        self.lifecycle = Lifecycle(kube, namespace, self.applier, self.status.seen)
+        self.lifecycle = Lifecycle(kube, namespace, self.applier, self.status.seen, self.events)
         self._plan: tuple[str, list[StatePlan]] | None = None  # the last plan and its render key
         self._unreadable_secrets: set[str] = set()  # named Secrets whose GET failed, each logged once
         self._secrets_seen: dict[str, float] = {}  # named Secrets found, and when (read again after SECRET_RECHECK_S)

@@ -61,16 +61,18 @@ class Orchestrated:
 def left_behind(
     kube: Kube, namespace: str, nodes: Iterable[NodeFacts], events: EventFn,
     why: str = OFF, unowned: Collection[str] = (),
-) -> None:  # fmt: skip
+) -> set[str]:  # fmt: skip
     """`nodes` no driver of ours upgrades any more (the ClusterPolicy's driver switched off or no longer going to
     them, or under useNvidiaDriverCRD no NVIDIADriver drives them): no upgrade can go on, so those one left mid-way
     are let go as with autoUpgrade off (planner.switched_off): state label and bookkeeping removed, the upgrade's own
     cordons undone (a failed node's left to the admin), each with an event saying `why`. Upstream leaves them
     cordoned for good. `unowned`: nodes whose NVIDIADriver owner label goes in the same patch (the pass keeps it
-    until then: it decides by it that the node is let go)."""
+    until then: it decides by it that the node is let go). Returns the nodes whose patch did not go through."""
     actions = [a for n in nodes if STATE_LABEL in n.labels for a in _let_go(n, why, n.name in unowned)]
-    if actions:
-        Executor(kube, namespace, events).run(Plan(actions))
+    if not actions:
+        return set()
+    ran = Executor(kube, namespace, events).run(Plan(actions))
+    return {a.node for a in actions} - ran.patched
 
 
 def _let_go(node: NodeFacts, why: str, unowned: bool) -> list[Action]:

@@ -848,8 +848,8 @@ def switched_off(node: UpgradeNode, why: str = "autoUpgrade switched off") -> li
     touched."""
     if STATE_LABEL not in node.labels:
         return []
-    ours = node.state in CORDONED_STATES and node.unschedulable and not node.initially_unschedulable
-    failed = ours and node.state == FAILED
+    ours = _cordoned_by_upgrade(node)
+    failed = kept_cordoned(node)
     keep = {FAILURE_REASON_ANNOTATION} if failed else set()
     clear = [k for k in (*TRANSIENT_ANNOTATIONS, INITIAL_UNSCHEDULABLE_ANNOTATION)
              if k in node.annotations and k not in keep]  # fmt: skip
@@ -866,6 +866,15 @@ def switched_off(node: UpgradeNode, why: str = "autoUpgrade switched off") -> li
         message = f"{why} in {state}: node uncordoned (the upgrade had cordoned it)"
         actions.append(Event(node.name, "Normal", EVENT_REASON, message))
     return actions
+
+
+def _cordoned_by_upgrade(node: UpgradeNode) -> bool:
+    return node.state in CORDONED_STATES and node.unschedulable and not node.initially_unschedulable
+
+
+def kept_cordoned(node: UpgradeNode) -> bool:
+    """switched_off leaves the node cordoned, for the admin: its upgrade failed after cordoning it."""
+    return node.state == FAILED and _cordoned_by_upgrade(node)
 
 
 # The states a node leaves once a pod of its turns Ready: its new driver pod, then its validator.

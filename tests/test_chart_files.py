@@ -536,13 +536,10 @@ class HookKube:
             self.replicas = 0
             return {"status": {"replicas": 1, "selector": "app=gpu-operator"}}
         if kind == "Node":
-            node = self.nodes[name]
-            for key, value in patch["metadata"]["annotations"].items():
-                assert value is None
-                node["metadata"]["annotations"].pop(key, None)
-            if patch["spec"] == {"unschedulable": None}:
-                node["spec"].pop("unschedulable", None)
-            return node
+            from support import merge
+
+            self.nodes[name] = merge(self.nodes[name], patch)
+            return self.nodes[name]
         meta = self.policies[name]["metadata"]
         meta["finalizers"] = patch["metadata"]["finalizers"] or []
         if meta.get("deletionTimestamp") and not meta["finalizers"]:
@@ -618,6 +615,47 @@ def test_the_cleanup_hook_uncordons_the_nodes_the_mig_gate_left_cordoned(monkeyp
     assert "node gpu-1: uncordoned" in out
     assert kube.nodes["gpu-2"]["spec"] == {"unschedulable": True}, "the driver upgrade uncordons it"
     assert MIG_CORDONED in kube.nodes["gpu-2"]["metadata"]["annotations"]
+    assert "node gpu-2: left cordoned for its driver upgrade, which an operator installed again goes on with" in out
+
+
+def test_the_cleanup_hook_lets_go_of_a_driver_upgrade_when_no_clusterpolicy_is_left(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the operator not running (or out of time), the hook took the last ClusterPolicy's finalizer off, and a
+    node the driver upgrade had cordoned stayed cordoned, its upgrade state label kept, for good; a MIG gate cordon
+    on it too, the hook saying "left cordoned, its driver upgrade holds it" while nothing was left to. It now lets
+    the upgrade go as the operator does (planner.switched_off): its own cordon lifted, a failed one's and one there
+    before it kept, then the gate's cordons lifted."""
+    from gpu_operator.lifecycle import CLEANUP_FINALIZER
+    from gpu_operator.nodes import MIG_CORDONED
+    from gpu_operator.upgrade.model import (
+        DRAIN_START_ANNOTATION,
+        FAILURE_REASON_ANNOTATION,
+        INITIAL_UNSCHEDULABLE_ANNOTATION,
+        STATE_LABEL,
+    )
+
+    def node(name: str, state: str, **annotations: str) -> dict[str, Any]:
+        return {"metadata": {"name": name, "labels": {STATE_LABEL: state}, "annotations": annotations},
+                "spec": {"unschedulable": True}}  # fmt: skip
+
+    nodes = [
+        node("ours", "drain-required", **{DRAIN_START_ANNOTATION: "1767225600"}),
+        node("gated", "wait-for-jobs-required", **{INITIAL_UNSCHEDULABLE_ANNOTATION: "true", MIG_CORDONED: "true"}),
+        node("failed", "upgrade-failed", **{FAILURE_REASON_ANNOTATION: "boom"}),
+    ]
+    kube = HookKube({"cluster-policy": [CLEANUP_FINALIZER]}, nodes)
+    kube.replicas = 0  # no operator runs: the finalizer is removed here
+    out = run_cleanup_hook(monkeypatch, kube)
+    assert kube.policies == {}
+    assert kube.nodes["ours"]["metadata"]["labels"] == {} and kube.nodes["ours"]["metadata"]["annotations"] == {}
+    assert kube.nodes["ours"]["spec"] == {}
+    assert "node ours: the last ClusterPolicy deleted in drain-required: node uncordoned" in out
+    assert kube.nodes["gated"]["metadata"] == {"name": "gated", "labels": {}, "annotations": {}}
+    assert kube.nodes["gated"]["spec"] == {}, "the MIG gate's cordon, lifted once the upgrade is let go"
+    assert kube.nodes["failed"]["metadata"]["annotations"] == {FAILURE_REASON_ANNOTATION: "boom"}
+    assert kube.nodes["failed"]["spec"] == {"unschedulable": True}
+    assert "node failed: the last ClusterPolicy deleted in upgrade-failed (boom): node left cordoned" in out
 
 
 def test_the_chart_says_a_clusterpolicy_the_tightened_crd_refuses_is_fixed_before_upgrading_on_1_29() -> None:

@@ -6,8 +6,11 @@ nodes before letting it go. Helm deletes the operator's Deployment before the Cl
 ClusterPolicy would be left terminating for ever. A ClusterPolicy left after that (one the chart did not create, or
 one that took over from a deleted one) keeps what it deployed, but our finalizer on it would keep it, and its CRD,
 from being deleted once the operator is gone: the operator is stopped (a running one puts the finalizer back on its
-next pass), then the finalizer is removed. A node the operator's MIG gate cordoned, with no operator left to lift
-it, is uncordoned (unless the driver upgrade holds it). Settings (environment):
+next pass), then the finalizer is removed. With no ClusterPolicy left, a driver upgrade the operator did not let go
+of (it was not running, or ran out of time) is let go here as it would have: the node's upgrade state label and
+annotations removed, the upgrade's own cordon lifted (not a failed upgrade's, nor one there before). A node the
+operator's MIG gate cordoned, with no operator left to lift it, is uncordoned (unless the driver upgrade of a
+ClusterPolicy left holds it). Settings (environment):
 
   CLUSTERPOLICIES   names to delete, comma separated, "*" for all, or empty for none (default: cluster-policy)
   TIMEOUT_SECONDS   how long to wait for the operator to clean up (default 120); after that our finalizers are
@@ -28,8 +31,10 @@ import time
 from typing import Any
 
 from gpu_operator.kube import ApiError, Kube
-from gpu_operator.nodes import MIG_CORDONED
-from gpu_operator.upgrade.model import IN_PROGRESS_STATES, STATE_LABEL
+from gpu_operator.nodes import MIG_CORDONED, NodeFacts
+from gpu_operator.upgrade.model import IN_PROGRESS_STATES, STATE_LABEL, UpgradeNode
+from gpu_operator.upgrade.orchestrate import left_behind
+from gpu_operator.upgrade.planner import kept_cordoned
 
 OUR_FINALIZERS = ("nvidia.com/gpu-operator-cleanup", "nvidia.com/gpu-operator-kopf")
 STOP_SECONDS = 60.0  # the operator pod's grace period (30 s), and some
@@ -87,24 +92,41 @@ def stop_operator(kube: Kube, deployment: str) -> None:
         time.sleep(2)
 
 
-def uncordon_mig_gated(kube: Kube) -> None:
-    """Lift the MIG gate's cordon: only the operator does, and it is stopped or about to be deleted. A node the
-    driver upgrade holds keeps it (the upgrade's own state machine uncordons it, and its state label stays)."""
-    for node in kube.list("Node"):
-        meta = node["metadata"]
-        if MIG_CORDONED not in (meta.get("annotations") or {}):
+def event(obj: dict[str, Any], etype: str, reason: str, message: str, *, durable: bool = False) -> None:
+    """The driver upgrade's event on a node it lets go, said in the log (the hook posts no Events)."""
+    say(f"node {obj['metadata']['name']}: {message}")
+
+
+def release_nodes(kube: Kube, left: list[str]) -> None:
+    """Only the operator moves a driver upgrade on and lifts the MIG gate's cordon, and it is stopped or about to be
+    deleted. With no ClusterPolicy left (`left`: the names of those left) no upgrade can go on: each node's is let go
+    as the operator does when the last one is deleted (planner.switched_off). With one left, a node its upgrade holds
+    stays so: an operator installed again goes on with it. Then the MIG gate's cordons go."""
+    nodes = [NodeFacts.from_node(n) for n in kube.list("Node")]
+    failed = set() if left else left_behind(kube, "", nodes, event, "the last ClusterPolicy deleted")
+    for node in nodes:
+        if MIG_CORDONED not in node.annotations:
             continue
-        if (meta.get("labels") or {}).get(STATE_LABEL) in IN_PROGRESS_STATES:
-            say(f"node {meta['name']}: left cordoned, its driver upgrade holds it")
+        if node.name in failed:
+            say(f"node {node.name}: left cordoned, its driver upgrade could not be let go; uncordon it with kubectl")
             continue
-        uncordon = {"metadata": {"annotations": {MIG_CORDONED: None}}, "spec": {"unschedulable": None}}
+        if left and node.labels.get(STATE_LABEL) in IN_PROGRESS_STATES:
+            say(f"node {node.name}: left cordoned for its driver upgrade, which an operator installed again goes on "
+                f"with (ClusterPolicy {left[0]} stays); uncordon it with kubectl if none will be")
+            continue
+        uncordon: dict[str, Any] = {"metadata": {"annotations": {MIG_CORDONED: None}}}
+        upgrade = UpgradeNode(node.name, labels=node.labels, annotations=node.annotations,
+                              unschedulable=node.unschedulable)  # fmt: skip
+        if not kept_cordoned(upgrade):  # a failed upgrade's cordon is the admin's now
+            uncordon["spec"] = {"unschedulable": None}
         try:
-            kube.merge_patch("Node", meta["name"], uncordon)
+            kube.merge_patch("Node", node.name, uncordon)
         except ApiError as exc:
             if exc.status != 404:
                 raise
             continue
-        say(f"node {meta['name']}: uncordoned (the operator had cordoned it for a MIG change)")
+        if "spec" in uncordon:
+            say(f"node {node.name}: uncordoned (the operator had cordoned it for a MIG change)")
 
 
 def main() -> int:
@@ -136,7 +158,8 @@ def main() -> int:
             if ours(policy) and drop_finalizers(kube, policy["metadata"]):
                 say(f"clusterpolicy {policy['metadata']['name']}: our finalizer removed, so that it can be deleted "
                     "with no operator running")
-    uncordon_mig_gated(kube)
+    release_nodes(kube, [p["metadata"]["name"] for p in policies(kube, ["*"])
+                         if not p["metadata"].get("deletionTimestamp")])  # fmt: skip
 
     for crd in crds:
         if kube.delete("CustomResourceDefinition", crd):

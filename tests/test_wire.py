@@ -493,6 +493,7 @@ def test_a_node_watch_error_event_decodes_as_a_status() -> None:
               "reason": "Expired", "message": "too old resource version: 3 (4)"}  # fmt: skip
     obj = decoded_node(status, "ERROR")
     assert obj.status == "Failure" and obj.message == "too old resource version: 3 (4)" and obj.metadata.name == ""
+    assert obj.code == 410  # the watch lists again at once on an expiry only
 
 
 key_text = st.text("ab10de.-_/\u00e9\"", min_size=1, max_size=8)  # JSON escapes too
@@ -652,3 +653,4 @@ def test_a_daemonset_watch_error_event_decodes_as_a_status() -> None:
               "reason": "Expired", "message": "too old resource version: 3 (4)"}  # fmt: skip
     obj = wire.Codec(wire.DaemonSet).decode_event(line({"type": "ERROR", "object": status})).object
     assert obj is not None and obj.status == "Failure" and obj.message == "too old resource version: 3 (4)"
+    assert obj.code == 410

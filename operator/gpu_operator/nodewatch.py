@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import fields
 from operator import attrgetter
@@ -32,6 +33,12 @@ log = logging.getLogger("gpu_operator")
 NODES = "/api/v1/nodes"
 WATCH_TIMEOUT_S = 300
 UNSERVED_RETRY_S = 30  # how often a collection the API server does not serve (a CRD not installed) is tried
+# After a failure (a listing or watch that failed, an ERROR event but 410 Expired, a watch the server ended within
+# SHORT_WATCH_S with no event) the next try waits RETRY_S, doubling up to RETRY_MAX_S until a watch brings an event,
+# as client-go's reflector backs off. An expiry is listed again at once, unless the try before failed too.
+RETRY_S = 0.8
+RETRY_MAX_S = 30.0
+SHORT_WATCH_S = 1.0
 
 T = TypeVar("T")
 Current = Callable[[str], T | None]  # what the cache holds for an object, by name
@@ -95,6 +102,7 @@ class Watch(Generic[T]):
         self.volatile = volatile
         self._digests: dict[bytes, int] = {}  # object name -> digest of its last line without the volatile fields
         self._rv = ""
+        self._heard = 0  # events read but ERRORs, heartbeat lines skipped unparsed too
         # `codec`: the list pages and events are decoded into its Structs (wire.py), and `project` takes one;
         # without one they are parsed into dicts. How a page, an event and an object are read is chosen here once.
         self.codec = codec
@@ -116,11 +124,14 @@ class Watch(Generic[T]):
     def run(self) -> None:
         rv: str | None = None
         unserved = False
+        failures = 0  # tries in a row that failed or whose watch brought no event
         while not self.stop.is_set():
+            heard = self._heard
             try:
                 if rv is None:
                     rv = self.relist()
                     unserved = False
+                started = time.monotonic()
                 rv = self.watch(rv)
             except Exception as exc:  # noqa: BLE001 - a broken watch is listed again
                 rv = None
@@ -134,7 +145,19 @@ class Watch(Generic[T]):
                     self.stop.wait(UNSERVED_RETRY_S)
                     continue
                 log.warning("%s failed, listing again: %s", self.name, exc)
-                self.stop.wait(1)
+                if self._heard > heard:  # it broke after it had worked
+                    failures = 0
+            else:
+                if self._heard > heard or time.monotonic() - started >= SHORT_WATCH_S:
+                    failures = 0
+                    continue
+                if rv is not None:
+                    log.info("%s: the watch ended at once with no event", self.name)
+                elif not failures:  # expired (410) at once: listed again at once, the first time in a row
+                    failures = 1
+                    continue
+            failures += 1
+            self.stop.wait(min(RETRY_S * 2 ** min(failures - 1, 8), RETRY_MAX_S))
 
     def relist(self) -> str:
         """Every object offered, objects no longer there delivered as deleted; the list's resourceVersion."""
@@ -168,8 +191,12 @@ class Watch(Generic[T]):
             kind, obj = self._event(event)
             name, version, message = self._head(obj)
             if kind == "ERROR":
+                code = obj.get("code") if isinstance(obj, dict) else getattr(obj, "code", None)
+                if code != 410:  # not Expired: listed again after a wait, as a failed watch is
+                    raise ApiError(code or 500, json.dumps({"message": message}), f"WATCH {self.path}")
                 log.info("%s: %s; listing again", self.name, message)
                 return None
+            self._heard += 1
             self._rv = version or self._rv
             if not name:  # a bookmark
                 pass
@@ -192,6 +219,7 @@ class Watch(Generic[T]):
         if named is not None:
             digest = hash(self.volatile.sub(b"", line))
             if self._digests.get(named.group(1)) == digest:
+                self._heard += 1
                 version = _VERSION.search(line)
                 if version is not None:
                     self._rv = version.group(1).decode()

@@ -74,9 +74,10 @@ class Pod(msgspec.Struct):
 
     metadata: Meta = msgspec.field(default_factory=Meta)
     spec: PodSpec | None = None
-    # A watch ERROR event's object is a Status: its `status` a string, and a `message`.
+    # A watch ERROR event's object is a Status: its `status` a string, a `message` and a `code`.
     status: PodStatus | str | None = None
     message: str | None = None
+    code: int | None = None
 
 
 class NodeMeta(msgspec.Struct):
@@ -118,9 +119,10 @@ class Node(msgspec.Struct):
 
     metadata: NodeMeta = msgspec.field(default_factory=NodeMeta)
     spec: NodeSpec | None = None
-    # A watch ERROR event's object is a Status: its `status` a string, and a `message`.
+    # A watch ERROR event's object is a Status: its `status` a string, a `message` and a `code`.
     status: NodeStatus | str | None = None
     message: str | None = None
+    code: int | None = None
 
 
 class ManagedFields(msgspec.Struct, omit_defaults=True):
@@ -178,9 +180,10 @@ class DaemonSet(msgspec.Struct, omit_defaults=True):
 
     metadata: ObjectMeta = msgspec.field(default_factory=ObjectMeta)
     spec: DaemonSetSpec | None = None
-    # A watch ERROR event's object is a Status: its `status` a string, and a `message`.
+    # A watch ERROR event's object is a Status: its `status` a string, a `message` and a `code`.
     status: dict[str, Any] | str | None = None
     message: str | None = None
+    code: int | None = None
 
 
 def daemonset_dict(ds: DaemonSet) -> dict[str, Any]:

@@ -55,7 +55,11 @@ def test_observed_time_moves_only_when_the_record_changes() -> None:
     assert observe(first, Record(holder="a", renew_time="t1"), 20.0) is first
     renewed = observe(first, Record(holder="a", renew_time="t2"), 20.0)
     assert renewed.since == 20.0
-    assert observe(renewed, None, 25.0) == Observation(None, 25.0)
+    # The Lease deleted: the record read last stands until it runs out (its holder may still write), not after.
+    assert observe(renewed, None, 25.0) is renewed
+    assert observe(renewed, None, 20.0 + LEASE_DURATION_S) == Observation(None, 20.0 + LEASE_DURATION_S)
+    released = observe(renewed, Record(holder="", duration_s=1), 26.0)
+    assert observe(released, None, 26.5) == Observation(None, 26.5)
 
 
 def test_decisions() -> None:
@@ -691,6 +695,38 @@ def test_a_follower_takes_over_when_the_lease_runs_out_and_retries_a_failed_take
     assert not b.elector.leading and store.writes == 5 and waits[-5:] == [RETRY_S] * 5
     store.down = True  # nor when the Lease cannot even be read
     assert follow(b, clock, clock.t + 3) == [RETRY_S] * 3
+
+
+def test_a_deleted_lease_is_not_taken_while_the_old_leader_may_still_write() -> None:
+    """The fence's promise (README "Two replicas: leader election"): the old leader has stopped writing before
+    anyone may start, as a follower waits out the Lease from when it read the record. A Lease deleted under the
+    leader (`kubectl delete lease`, a namespace clean-up tool) broke it: the follower's next look (every RETRY_S)
+    found none and created it at once, opening its fence while the leader's stayed open until its next renew found
+    another holder (up to RENEW_PERIOD_S later): 4 s of two replicas writing. Now the record last read stands until
+    it runs out: the leader's next renew creates the Lease again, and a follower creates it only once the dead
+    holder's record has run out."""
+    clock, store = Clock(), LeaseStore()
+    a, b = Replica("a", store, clock), Replica("b", store, clock)
+    run_until([a, b], clock, clock.t + 10)
+    assert a.elector.leading and a.fence.is_open()
+    run_until([a, b], clock, clock.t + 0.6)  # just after a's renew, so its next one is RENEW_PERIOD_S away
+    store.lease = None  # deleted by someone else
+    fences = run_until([a, b], clock, clock.t + 30)
+    both = [i * 0.1 for i, f in enumerate(fences) if len(f) > 1]
+    assert not both, f"both replicas could write for {len(both) * 0.1:.1f} s after the Lease was deleted"
+    assert store.lease and store.lease["spec"]["holderIdentity"] == "a" and (a.started, b.started) == (1, 0)
+    assert all(f == {"a"} for f in fences) and not a.lost
+
+    # The leader dead (SIGKILL) and its Lease deleted: the follower waits the dead holder's record out, then creates it.
+    a.alive = False
+    died = clock.t
+    run_until([a, b], clock, clock.t + 0.5)
+    store.lease = None
+    fences = run_until([a, b], clock, clock.t + 30)
+    took = next(i for i, f in enumerate(fences) if "b" in f) * 0.1 + 0.5
+    assert LEASE_DURATION_S - RENEW_PERIOD_S <= took <= LEASE_DURATION_S + 0.2, took
+    assert store.lease and store.lease["spec"]["holderIdentity"] == "b" and all(len(f) <= 1 for f in fences)
+    assert clock.t > died
 
 
 def test_simultaneous_starts_elect_one() -> None:

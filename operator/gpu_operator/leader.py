@@ -6,7 +6,8 @@ or at once when the holder released it (empty holderIdentity). Fencing: the hold
 RENEW_DEADLINE_S after the last renew it *sent* that succeeded (`Fence`, checked before every write), and it
 exits when a renew has not succeeded by then. A follower counts expiry from when it *received* the record, which
 is later than the holder sent it, so the holder has stopped writing LEASE_DURATION_S - RENEW_DEADLINE_S before
-anyone else may start (with clocks that run at the same rate; none need agree on the time).
+anyone else may start (with clocks that run at the same rate; none need agree on the time). A Lease deleted keeps
+its last record until that runs out, for the holder (which creates it again) and the followers alike.
 
 Decisions are pure functions over a clock value (`observe`, `decide`, `next_wait`), unit-tested with a fake
 clock; `Elector` is the thin adapter that talks to the API server.
@@ -74,8 +75,11 @@ class Observation:
 
 
 def observe(prev: Observation | None, record: Record | None, now: float) -> Observation:
-    """The observation after reading `record` at `now`: the time moves only when the record changed."""
+    """The observation after reading `record` at `now`: the time moves only when the record changed. A Lease gone
+    (deleted) while the record last read still runs keeps that record: its holder may still write until it runs out."""
     if prev is not None and prev.record == record:
+        return prev
+    if record is None and prev is not None and prev.record and prev.record.holder and not expired(prev, now):
         return prev
     return Observation(record, now)
 
@@ -229,7 +233,7 @@ class Elector:
     def _write(self, action: Action, lease: dict[str, Any] | None) -> None:
         record = self.obs.record if self.obs and self.obs.record else Record()
         body = lease_body(lease, record, self.me, action, self.namespace, self.name)
-        if action is Action.CREATE:
+        if action is Action.CREATE or lease is None:  # none to replace: a renew or take-over of one deleted creates it
             collection = self.path.rsplit("/", 1)[0]
             try:
                 self.lease = self.kube.request("POST", collection, body, timeout=REQUEST_TIMEOUT_S)

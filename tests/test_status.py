@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -985,6 +986,50 @@ def test_a_failed_pass_whose_status_write_fails_too_counts_once(invalid: bool) -
     assert metrics.reconciliation_failed_total._value.get() == failed + 1, "one failed pass counted more than once"
 
 
+@pytest.mark.parametrize("invalid", [False, True], ids=["not-ready", "invalid-spec"])
+def test_a_failed_pass_cut_by_an_unreachable_api_server_counts_once(
+    invalid: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same for a status write that finds the API server unreachable (kube.Unreachable, an OSError: a restart of
+    kube-apiserver, a connection reset): it left Reconciler.reconcile, whose handler caught ApiError only, and
+    runtime.Operator.loop's `except Exception` counted the pass again, with a traceback for an ordinary connection
+    error. Now the pass ends there: counted failed once, -2, an error for the runtime's backoff, one warning line, and
+    no error status sent after it to a server that cannot be reached."""
+    from gpu_operator import metrics
+    from gpu_operator.kube import Unreachable
+    from gpu_operator.reconciler import Reconciler
+    from support import load_policy
+
+    pol = load_policy()
+    pol["metadata"].update(uid="u1", generation=1, resourceVersion="1")
+    if invalid:
+        pol["spec"]["driver"]["enabled"] = "perhaps"
+    server, snapshot = _settled_cluster(pol)
+    sent: list[str] = []
+
+    def unreachable(kind: str, name: str, patch: dict[str, Any], *a: Any, **k: Any) -> dict[str, Any]:
+        if k.get("sub") == "status":
+            sent.append(name)
+            raise Unreachable(f"PATCH https://10.0.0.1:6443/apis/nvidia.com/v1/{kind}/{name}/status: connection reset")
+        return patch
+
+    server.merge_patch = unreachable  # type: ignore[method-assign]
+    r = Reconciler(server, "gpu-operator")  # type: ignore[arg-type]
+    passes = metrics.reconciliation_total._value.get()
+    failed = metrics.reconciliation_failed_total._value.get()
+    with caplog.at_level(logging.WARNING, logger="gpu_operator"):
+        out = r.reconcile(snapshot())  # raised nothing for the runtime to count again
+    assert out.error and out.ready is False and metrics.reconciliation_status._value.get() == -2
+    assert metrics.reconciliation_total._value.get() == passes + 1
+    assert metrics.reconciliation_failed_total._value.get() == failed + 1, "one failed pass counted more than once"
+    assert sent == ["cluster-policy"]
+    assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("reconcile failed")] == [
+        "reconcile failed: PATCH https://10.0.0.1:6443/apis/nvidia.com/v1/ClusterPolicy/cluster-policy/status: "
+        "connection reset"
+    ]
+    assert not any(r.exc_info for r in caplog.records)
+
+
 def test_a_ready_pass_whose_status_write_fails_is_no_success() -> None:
     """reconciliation_last_success_ts_seconds was set as soon as the pass worked out ready, before the status
     write: when that write then failed (a 500, a 403, a webhook's 422) the handler made the pass a failed one (-2,
@@ -1490,8 +1535,7 @@ def test_an_owed_warning_of_a_pass_that_was_cut_is_not_posted_after_it_was_fixed
         return Snapshot(nodes={"n1": facts("n1")}, policies={"cluster-policy": pol}, owned={}, pods={},
                         revisions={}, config_maps={"sharing": ("mps",)}, config_data={"sharing": data})  # fmt: skip
 
-    with pytest.raises(Unreachable):  # the API server is down: the Warning is owed, the pass cut by its first write
-        r.reconcile(snap(bad))
+    assert r.reconcile(snap(bad)).error  # the API server is down: the Warning is owed, the pass cut by its first write
     kube.down = False
     now[0] += 60  # the API server is back; the admin fixed the ConfigMap meanwhile
     r.reconcile(snap(good))
@@ -1499,8 +1543,7 @@ def test_an_owed_warning_of_a_pass_that_was_cut_is_not_posted_after_it_was_fixed
     assert conditions[sharing.CONDITION]["status"] == "True"
     assert [e["message"] for e in kube.events if e["reason"] == sharing.REASON] == []
     kube.down = True  # the same outage, and the refusal still holds when the API server is back: said then
-    with pytest.raises(Unreachable):
-        r.reconcile(snap(bad))
+    assert r.reconcile(snap(bad)).error
     kube.down = False
     now[0] += 60
     pol["status"] = kube.statuses[("ClusterPolicy", "cluster-policy")]  # as the watch brings it back

@@ -20,7 +20,7 @@ from . import compat, coverage, metrics, mig, mig_pass, nvidiadriver, sharing
 from .api import ClusterPolicySpec, PolicyError, allows_unknown, parse_spec
 from .apply import Applied, Applier, labels_of
 from .events import EventRecorder, now
-from .kube import ApiError, Kube
+from .kube import ApiError, Kube, Unreachable
 from .lifecycle import CLEANUP_FINALIZER, Lifecycle
 from .nodes import (
     DEPLOY_OPERANDS,
@@ -256,6 +256,12 @@ class Reconciler:
         self.events.pass_started()  # the Events owed from a pass that was cut are dropped (they may be over)
         try:
             self._reconcile(snap, out)
+        except Unreachable as exc:  # nothing more reaches the API server: failed (once, if counted already), no status
+            log.warning("reconcile failed: %s", exc)
+            out.error = True
+            out.ready = False
+            out.count_failed()
+            metrics.reconciliation_status.set(-2)
         finally:
             out.writes = self.kube.writes() - writes_before
         return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -151,6 +152,7 @@ class Reconciler:
         self._rows: dict[str, tuple[NodeFacts, bytes]] = {}  # render_key's per-node part, by the same rule
         self._early: tuple[str, frozenset[str]] | None = None  # the last _unrendered and its render key
         self._early_rows: dict[str, tuple[NodeFacts, bytes]] = {}  # its render_key's per-node part
+        self._early_lock = threading.Lock()
         self._count = NodeCounter()  # on how many nodes each DaemonSet should run, by the same rule
         self._readiness = KeptReadiness()  # each DaemonSet's pod walk, kept while its inputs are the same objects
         self._kept = UpgradeKept()  # the version matrix's verdicts and the upgrade planner's inputs, by the same rule
@@ -245,10 +247,11 @@ class Reconciler:
 
     def _unrendered(self, ctx: RenderContext) -> frozenset[str]:
         """render.unrendered_drivers for ctx, worked out again only when something rendering depends on changed."""
-        key = render_key(ctx, self._early_rows)
-        if self._early is None or self._early[0] != key:
-            self._early = (key, unrendered_drivers(ctx))
-        return self._early[1]
+        with self._early_lock:  # called by a pass's thread and, between passes, by the event loop's labelling
+            key = render_key(ctx, self._early_rows)
+            if self._early is None or self._early[0] != key:
+                self._early = (key, unrendered_drivers(ctx))
+            return self._early[1]
 
     def reconcile(self, snap: Snapshot) -> Outcome:
         writes_before = self.kube.writes()

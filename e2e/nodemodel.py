@@ -648,16 +648,41 @@ MANAGER_WAITS_WHEN_SET = {_DEPLOY + "mig-manager": "nvidia-mig-manager",
                           _DEPLOY + "sandbox-device-plugin": "nvidia-sandbox-device-plugin-daemonset",
                           _DEPLOY + "vgpu-device-manager": "nvidia-vgpu-device-manager"}
 UPGRADE_ENABLED_ANNOTATION = "nvidia.com/gpu-driver-upgrade-enabled"  # "true": the operator's upgrade policy evicts
-DRIVER_IN_USE = ("failed to uninstall nvidia driver components: Could not unload NVIDIA driver kernel modules, "
-                 "driver is in use")
+UNLOAD_BUSY = "Could not unload NVIDIA driver kernel modules, driver is in use"  # cleanupDriver: EBUSY
+UNLOAD_EPERM = "delete_module nvidia: operation not permitted"  # without CAP_SYS_MODULE
+DRIVER_IN_USE = "failed to uninstall nvidia driver components: " + UNLOAD_BUSY
 # waitForPodsToTerminate past its grace period (WaitForPodTermination: wait.PollUntilContextTimeout)
 WAIT_TIMED_OUT = "failed to evict GPU operator components: context deadline exceeded"
+GPU_PODS_LEFT = "cannot proceed until all GPU pods are drained from the node"  # nvDrainNode failed, no auto-drain
+DRAIN_FAILED = "failed to drain node: "  # DrainNode (ENABLE_AUTO_DRAIN) failed
+# DRIVER_CONFIG_DIGEST as the driver container stores it (nvidia-driver init: _store_driver_digest); it stays there
+DRIVER_STATE_FILE = "/run/nvidia/nvidia-driver.state"
+CONFIG_DIGEST = "DRIVER_CONFIG_DIGEST"
 
 
 def uses_gpu(pod: dict[str, Any]) -> bool:
-    """podUsesGPU: a container requests or limits an nvidia.com/* resource (DRA claims are not modelled)."""
-    return any(str(k).startswith("nvidia.com/") for c in _spec(pod).get("containers") or []
+    """podUsesGPU: a container requests or limits an nvidia.com/gpu* or nvidia.com/mig-* resource (not another
+    nvidia.com/ one, such as the network operator's RDMA devices; DRA claims are not modelled)."""
+    return any(str(k).startswith(("nvidia.com/gpu", "nvidia.com/mig-")) for c in _spec(pod).get("containers") or []
                for part in ("limits", "requests") for k in ((c.get("resources") or {}).get(part) or {}))
+
+
+def drain_status(pod: dict[str, Any], *, force: bool, delete_empty_dir: bool,
+                 ignore_daemonsets: bool) -> tuple[bool, str]:
+    """kubectl's drain filters, in order (k8s.io/kubectl/pkg/drain filters.go, as vendored by k8s-driver-manager):
+    whether the pod may be deleted, and the error that refuses it ("" when it is only passed over)."""
+    finished = (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+    ref = next((o for o in pod["metadata"].get("ownerReferences") or [] if o.get("controller")), None)
+    if ref is not None and ref.get("kind") == "DaemonSet" and ref.get("apiVersion", "apps/v1") == "apps/v1" \
+            and not finished:  # (the DaemonSet taken to exist)
+        return False, "" if ignore_daemonsets else "DaemonSet-managed Pods (use --ignore-daemonsets to ignore)"
+    if "kubernetes.io/config.mirror" in (pod["metadata"].get("annotations") or {}):
+        return False, ""
+    if any("emptyDir" in v for v in _spec(pod).get("volumes") or []) and not finished and not delete_empty_dir:
+        return False, "Pods with local storage (use --delete-emptydir-data to override)"
+    if ref is None and not finished and not force:
+        return False, "Pods that declare no controller (use --force to override)"
+    return True, ""
 
 
 def paused_value(value: str) -> str:
@@ -1251,8 +1276,10 @@ class NodeModel:
     def _run_driver_manager(self, pod: dict[str, Any], c: Ctr, memo: _Memo, now: float) -> tuple[Need | None, str]:
         """k8s-driver-manager uninstall_driver (see MANAGER_PAUSES): a driver on the host labels the node
         pre-installed and fails; with a driver loaded, pause the operands' deploy labels, wait for their pods to go
-        (each app's for up to ``manager_grace_seconds``, else set the labels back and fail), evict the GPU pods (or
-        fail while one holds the driver), unload the driver, set the labels back."""
+        (each app's for up to ``manager_grace_seconds``, else set the labels back and fail); then, when the loaded
+        driver has this pod's DRIVER_CONFIG_DIGEST (shouldSkipUninstall), set the labels back and keep it; else
+        evict the GPU pods (nvDrainNode: none when the drain filters refuse one), unload the driver (a GPU pod
+        left holds it: fail, or drain the node with ENABLE_AUTO_DRAIN), set the labels back."""
         labels = self._labels
         host_smi, _ = host_path(pod, c.spec, "/host/" + NVIDIA_SMI)
         if host_smi is not None and self.host.files.get(host_smi):  # isHostDriver: chroot /host nvidia-smi
@@ -1262,7 +1289,8 @@ class NodeModel:
         if labels is None:
             return None, ""  # no node labels given (offline): nothing to evict
         gpu_pods = [p for p in self._all_pods + self._others if uses_gpu(p)]
-        retry = (memo.failed == DRIVER_IN_USE and not gpu_pods) or \
+        held = memo.failed == GPU_PODS_LEFT or memo.failed.startswith(DRAIN_FAILED) or memo.failed.endswith(UNLOAD_BUSY)
+        retry = (held and not gpu_pods and _privileged(c.spec)) or \
             (memo.failed == WAIT_TIMED_OUT and memo.retry_at is not None and now >= memo.retry_at)
         if memo.failed and not retry:
             return Need("error", "", c.where, memo.failed), memo.failed  # crash-looping
@@ -1298,19 +1326,78 @@ class NodeModel:
             memo.failed, memo.retry_at = WAIT_TIMED_OUT, now + self.crash_restart_seconds
             return self._manager_failed(c, memo, labels)
         memo.waiting = memo.retry_at = None
+        state_file, _ = host_path(pod, c.spec, DRIVER_STATE_FILE)
+        digest = c.env.get(CONFIG_DIGEST, "")
+        if digest and state_file is not None and self.host.files.get(state_file, "").strip() == digest and \
+                not _bool(c.env.get("FORCE_REINSTALL"), False):  # shouldSkipUninstall: no eviction, no unload
+            return self._manager_done(memo, labels)
         policy = self._annotations.get(UPGRADE_ENABLED_ANNOTATION) == "true"  # the upgrade policy evicts instead
-        evict = not policy and (_bool(c.env.get("ENABLE_GPU_POD_EVICTION"), True) or
-                                _bool(c.env.get("ENABLE_AUTO_DRAIN"), False))  # (auto-drain: after a failed unload)
-        if gpu_pods and evict:  # nvDrainNode: the node cordoned, its GPU pods deleted
-            self._evict.update({_uid(p): p for p in gpu_pods if not p["metadata"].get("deletionTimestamp")})
-            return Need("evict", ", ".join(sorted(_name(p) for p in gpu_pods)), c.where,
-                        "k8s-driver-manager deletes the GPU pods"), ""
-        if gpu_pods or not _privileged(c.spec):  # delete_module: EBUSY, or EPERM without CAP_SYS_MODULE
-            memo.failed = DRIVER_IN_USE if gpu_pods else \
-                "failed to uninstall nvidia driver components: delete_module nvidia: operation not permitted"
+        eviction = not policy and _bool(c.env.get("ENABLE_GPU_POD_EVICTION"), True)
+        auto_drain = not policy and _bool(c.env.get("ENABLE_AUTO_DRAIN"), False)
+        force = _bool(c.env.get("DRAIN_USE_FORCE"), False)
+        empty_dir = _bool(c.env.get("DRAIN_DELETE_EMPTYDIR_DATA"), False)
+        # up front only with eviction on (or auto-drain beside a DRA driver); auto-drain alone follows a failed unload
+        if gpu_pods and (eviction or (auto_drain and labels.get(MANAGER_RESTORES_TOO))):  # nvDrainNode
+            if all(drain_status(p, force=force, delete_empty_dir=empty_dir, ignore_daemonsets=True)[0]
+                   for p in gpu_pods):  # the node cordoned, its GPU pods deleted
+                self._evict.update({_uid(p): p for p in gpu_pods if not p["metadata"].get("deletionTimestamp")})
+                return Need("evict", ", ".join(sorted(_name(p) for p in gpu_pods)), c.where,
+                            "k8s-driver-manager deletes the GPU pods"), ""
+            if not auto_drain:  # "failed to delete all GPU pods": fewer can go than use GPUs
+                memo.failed = GPU_PODS_LEFT
+                return self._manager_failed(c, memo, labels)
+            drained = self._drain_node(c, memo, labels, force, empty_dir)
+            if drained is not None:
+                return drained
+        if gpu_pods or not _privileged(c.spec):  # cleanupDriver: delete_module fails (EBUSY, or EPERM)
+            reason = UNLOAD_BUSY if gpu_pods else UNLOAD_EPERM
+            if not auto_drain:
+                memo.failed = "failed to uninstall nvidia driver components: " + reason
+                return self._manager_failed(c, memo, labels)
+            drained = self._drain_node(c, memo, labels, force, empty_dir)  # then cleanupDriver again
+            if drained is not None:
+                return drained
+            memo.failed = "failed to cleanup NVIDIA driver: " + reason
             return self._manager_failed(c, memo, labels)
         self.host.driver_loaded = False  # cleanupDriver: the modules unloaded
         self.host.modules.clear()
+        return self._manager_done(memo, labels)
+
+    def _drain_node(self, c: Ctr, memo: _Memo, labels: dict[str, str], force: bool,
+                    empty_dir: bool) -> tuple[Need | None, str] | None:
+        """DrainNode (drain.RunNodeDrain, DaemonSet pods not ignored): the node's pods DRAIN_POD_SELECTOR_LABEL
+        selects (all when empty) are deleted, or none is when the drain filters refuse one: fail "failed to drain
+        node". None once those it deletes are gone."""
+        from gpu_operator.upgrade.selector import SelectorError, parse_selector
+
+        try:
+            selector = parse_selector(c.env.get("DRAIN_POD_SELECTOR_LABEL", ""))
+        except SelectorError as e:
+            memo.failed = f"{DRAIN_FAILED}{e}"
+            return self._manager_failed(c, memo, labels)
+        refused: dict[str, list[str]] = {}
+        going = []
+        for p in sorted(self._all_pods + self._others, key=lambda p: (p["metadata"].get("namespace") or "", _name(p))):
+            if not selector.matches(p["metadata"].get("labels") or {}):
+                continue
+            ok, error = drain_status(p, force=force, delete_empty_dir=empty_dir, ignore_daemonsets=False)
+            if error:
+                refused.setdefault(error, []).append(f"{p['metadata'].get('namespace') or ''}/{_name(p)}")
+            elif ok:
+                going.append(p)
+        if refused:  # GetPodsForDeletion's errors (utilerrors.NewAggregate)
+            errors = [f"cannot delete {why}: {', '.join(names)}" for why, names in refused.items()]
+            memo.failed = DRAIN_FAILED + (errors[0] if len(errors) == 1 else f"[{', '.join(errors)}]")
+            return self._manager_failed(c, memo, labels)
+        if going:
+            self._evict.update({_uid(p): p for p in going if not p["metadata"].get("deletionTimestamp")})
+            return Need("evict", ", ".join(sorted(_name(p) for p in going)), c.where,
+                        "k8s-driver-manager drains the node"), ""
+        return None
+
+    def _manager_done(self, memo: _Memo, labels: dict[str, str]) -> tuple[Need | None, str]:
+        """rescheduleGPUOperatorComponents: the labels set back from the values it read; it exits 0."""
+        assert memo.paused is not None
         restore = {**memo.paused, MANAGER_RESTORES_TOO: labels.get(MANAGER_RESTORES_TOO, "")}
         self._set_labels({k: unpaused_value(v) for k, v in restore.items()})
         return None, ""
@@ -1365,6 +1452,9 @@ class NodeModel:
             memo.waited.add(c.index)
         if c.role == DRIVER:
             self.host.driver_loaded = True
+            state_file, _ = host_path(pod, c.spec, DRIVER_STATE_FILE, write=True)
+            if state_file is not None:  # _store_driver_digest (a new pod with the same digest: userspace only)
+                self.host.files[state_file] = c.env.get(CONFIG_DIGEST, "")
             version = driver_version_from_image(str(c.spec.get("image") or "")) or "0.0"
             target, _ = host_path(pod, c.spec, DRIVER_INSTALL_DIR)
             unpropagated = _unpropagated_driver_root(c.spec) if target is not None else ""

@@ -25,6 +25,7 @@ from e2e.nodemodel import (
     pod_status,
     ready,
     runtime_of,
+    uses_gpu,
 )
 from e2e.sim_mig import MigSim
 
@@ -407,6 +408,21 @@ class _Stack:
         return kind, detail
 
 
+CONFIG_DIGEST = "DRIVER_CONFIG_DIGEST"
+RS_OWNER = [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "training-5d8f", "controller": True}]
+DS_OWNER = [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "gpu-agent", "controller": True}]
+
+
+def _new_config(stack: _Stack) -> None:
+    """The driver DaemonSet's install-relevant config changes (a new driver version): a new DRIVER_CONFIG_DIGEST on
+    the manager and the driver container, as the operator renders it, so the manager takes the full uninstall path."""
+    pod = stack.driver_ds()["spec"]["template"]["spec"]
+    for c in pod["initContainers"] + pod["containers"]:
+        if any(e["name"] == CONFIG_DIGEST for e in c.get("env") or []):
+            c["env"] = [e for e in c["env"] if e["name"] != CONFIG_DIGEST] + [{"name": CONFIG_DIGEST,
+                                                                              "value": "0123456789abcdef"}]
+
+
 def _started_stack() -> _Stack:
     stack = _Stack()
     statuses = stack.settle()
@@ -454,6 +470,7 @@ def test_the_manager_cannot_unload_a_driver_a_gpu_pod_still_uses_when_eviction_i
     stack = _started_stack()
     stack.pods["training"] = _gpu_workload("training")
     stack.step()
+    _new_config(stack)
     stack.new_driver_pod({"ENABLE_GPU_POD_EVICTION": "false", "ENABLE_AUTO_DRAIN": "false"})
     statuses = stack.settle()
     assert "training" in stack.pods and not stack.result.evict  # nothing deleted it
@@ -472,8 +489,10 @@ def test_with_gpu_pod_eviction_on_the_manager_deletes_the_gpu_pods_before_it_unl
     pods (nvDrainNode) and unloads only once they are gone; the model unloaded under the running GPU pod. With the
     annotation "true" the operator's upgrade policy evicts instead, and the manager fails while one is left."""
     stack = _started_stack()
-    stack.pods["training"] = _gpu_workload("training")
+    # (a pod no controller owns is refused by the drain without DRAIN_USE_FORCE)
+    stack.pods["training"] = _gpu_workload("training", ownerReferences=copy.deepcopy(RS_OWNER))
     stack.step()
+    _new_config(stack)
     stack.new_driver_pod()
     stack.settle()
     assert [p["metadata"]["name"] for p in stack.result.evict] == ["training"]
@@ -487,6 +506,7 @@ def test_with_gpu_pod_eviction_on_the_manager_deletes_the_gpu_pods_before_it_unl
     stack.annotations = {"nvidia.com/gpu-driver-upgrade-enabled": "true"}
     stack.pods["training"] = _gpu_workload("training")
     stack.step()
+    _new_config(stack)
     stack.new_driver_pod()
     stack.settle()
     assert not stack.result.evict and "driver is in use" in stack.model.blockers()[f"{DRIVER_DS}-{NODE}"].message
@@ -532,6 +552,7 @@ def test_an_unprivileged_manager_cannot_unload_the_driver() -> None:
     stack = _started_stack()
     ds = stack.driver_ds()
     ds["spec"]["template"]["spec"]["initContainers"][0]["securityContext"] = {}
+    _new_config(stack)  # (a securityContext is not in the digest)
     stack.new_driver_pod()
     stack.settle()
     kind, detail = stack.manager_state()
@@ -588,6 +609,135 @@ def test_the_manager_gives_up_on_operand_pods_that_stay_past_its_grace_sets_the_
     assert all(stack.labels[k] == "true" for k in read_true)
     assert stack.manager_state()[0] == "terminated" and stack.model.host.driver_loaded  # unloaded, loaded anew
     assert all(ready(s) for s in statuses.values()), {n: ready(s) for n, s in statuses.items()}
+
+
+def _workload(name: str, owners: list[dict[str, Any]], resource: str = "nvidia.com/gpu",
+              empty_dir: bool = False) -> dict[str, Any]:
+    pod = _gpu_workload(name, ownerReferences=copy.deepcopy(owners))
+    pod["spec"]["containers"][0]["resources"] = {"limits": {resource: 1}}
+    if empty_dir:  # the usual /dev/shm of a PyTorch pod
+        pod["spec"]["volumes"] = [{"name": "dshm", "emptyDir": {"medium": "Memory"}}]
+        pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    return pod
+
+
+def _manager_message(stack: _Stack) -> str:
+    blocked = stack.model.blockers().get(f"{DRIVER_DS}-{NODE}")
+    return blocked.message if blocked is not None else ""
+
+
+def test_a_driver_pod_restart_with_the_same_config_digest_keeps_the_gpu_workloads_and_the_loaded_driver() -> None:
+    """The model had no DRIVER_CONFIG_DIGEST: a new driver pod's manager always evicted the GPU pods and unloaded
+    the driver, even for a pod deleted by hand or a change outside the digest. Upstream's driver container stores
+    the digest in /run/nvidia/nvidia-driver.state (_store_driver_digest); a new pod with the same digest while the
+    driver is loaded has its manager pause and wait for the operands only, then skip the eviction and the unload
+    (shouldSkipUninstall), and the driver container installs the userspace only."""
+    stack = _started_stack()
+    stack.pods["training"] = _workload("training", RS_OWNER)
+    stack.step()
+    stack.new_driver_pod()  # same template: same DRIVER_CONFIG_DIGEST
+    statuses = stack.settle()
+    assert not stack.result.evict and "training" in stack.pods
+    assert stack.manager_state()[0] == "terminated" and stack.model.host.driver_loaded
+    assert all(ready(s) for s in statuses.values()), {n: ready(s) for n, s in statuses.items()}
+    assert stack.model.host.files.get("/run/nvidia/nvidia-driver.state"), "the driver container stores its digest"
+    # FORCE_REINSTALL takes the full path all the same
+    stack.new_driver_pod({"FORCE_REINSTALL": "true"})
+    stack.settle()
+    assert [p["metadata"]["name"] for p in stack.result.evict] == ["training"]
+
+
+def test_the_same_digest_under_the_upgrade_policy_does_not_crash_loop_on_driver_in_use() -> None:
+    """The same fast path with nvidia.com/gpu-driver-upgrade-enabled=true: upstream's manager skips the unload and
+    the restart completes beside the GPU workload; the model crash-looped "driver is in use" for ever."""
+    stack = _started_stack()
+    stack.annotations = {"nvidia.com/gpu-driver-upgrade-enabled": "true"}
+    stack.pods["training"] = _workload("training", RS_OWNER)
+    stack.step()
+    stack.new_driver_pod()
+    stack.settle()
+    assert "driver is in use" not in _manager_message(stack), _manager_message(stack)
+    assert stack.manager_state()[0] == "terminated"
+
+
+@pytest.mark.parametrize("owners,empty_dir", [(RS_OWNER, True), (DS_OWNER, False)], ids=["emptydir", "daemonset"])
+def test_gpu_pods_the_drain_helper_refuses_block_the_manager_instead_of_being_deleted(
+        owners: list[dict[str, Any]], empty_dir: bool) -> None:
+    """The model deleted every GPU pod. Upstream's nvDrainNode (DeleteOrEvictPods) runs kubectl's drain filters
+    first: with the rendered DRAIN_DELETE_EMPTYDIR_DATA=false a GPU pod with an emptyDir is refused, and a
+    DaemonSet-managed one is skipped (IgnoreAllDaemonSets); fewer can go than use GPUs, so with
+    ENABLE_AUTO_DRAIN=false the labels are set back and the manager exits "cannot proceed until all GPU pods are
+    drained from the node", nothing deleted and the driver still loaded."""
+    stack = _started_stack()
+    stack.pods["training"] = _workload("training", owners, empty_dir=empty_dir)
+    stack.step()
+    _new_config(stack)
+    stack.new_driver_pod()
+    stack.settle()
+    assert not stack.result.evict, [p["metadata"]["name"] for p in stack.result.evict]
+    assert "cannot proceed until all GPU pods are drained from the node" in _manager_message(stack), \
+        _manager_message(stack)
+    assert stack.model.host.driver_loaded and stack.labels[DEPLOY + "device-plugin"] == "true"
+
+
+def test_only_nvidia_gpu_and_mig_resources_make_a_gpu_pod() -> None:
+    """uses_gpu took any nvidia.com/ resource; upstream's podUsesGPU only nvidia.com/gpu* and nvidia.com/mig-*, so
+    a pod of NVIDIA's network operator (nvidia.com/rdma_shared_device_a, nvidia.com/hostdev) is no GPU pod."""
+    rdma = _workload("rdma", RS_OWNER, resource="nvidia.com/rdma_shared_device_a")
+    hostdev = _workload("hostdev", RS_OWNER, resource="nvidia.com/hostdev")
+    mig = _workload("mig", RS_OWNER, resource="nvidia.com/mig-1g.10gb")
+    shared = _workload("shared", RS_OWNER, resource="nvidia.com/gpu.shared")
+    assert uses_gpu(mig) and uses_gpu(shared)
+    assert not uses_gpu(rdma) and not uses_gpu(hostdev)
+
+
+def test_an_rdma_only_pod_is_neither_evicted_nor_holds_the_driver() -> None:
+    """The same through the manager: upstream finds no GPU pod to delete and unloads; the model deleted the RDMA
+    workload first."""
+    stack = _started_stack()
+    stack.pods["rdma"] = _workload("rdma", RS_OWNER, resource="nvidia.com/rdma_shared_device_a")
+    stack.step()
+    _new_config(stack)
+    stack.new_driver_pod()
+    stack.settle()
+    assert not stack.result.evict, [p["metadata"]["name"] for p in stack.result.evict]
+    assert "rdma" in stack.pods and stack.manager_state()[0] == "terminated"
+
+
+def test_auto_drain_is_a_full_node_drain_that_refuses_daemonset_pods() -> None:
+    """The model treated ENABLE_AUTO_DRAIN as the up-front GPU pod eviction. Upstream (eviction off, auto-drain
+    on) evicts nothing up front; the unload fails under the GPU pod, then DrainNode runs kubectl's drain without
+    IgnoreAllDaemonSets over the pods DRAIN_POD_SELECTOR_LABEL selects (all by default), so the node's DaemonSet
+    pods (the driver pod among them) refuse it before any pod goes: "failed to drain node". A selector that lets
+    it through deletes every pod it selects and then unloads."""
+    stack = _started_stack()
+    stack.pods["training"] = _workload("training", RS_OWNER)
+    stack.pods["web"] = _workload("web", RS_OWNER, resource="cpu")
+    for p in ("training", "web"):
+        stack.pods[p]["metadata"]["labels"]["drain"] = "yes"
+    stack.step()
+    _new_config(stack)
+    stack.new_driver_pod({"ENABLE_GPU_POD_EVICTION": "false", "ENABLE_AUTO_DRAIN": "true"})
+    stack.settle()
+    assert not stack.result.evict, [p["metadata"]["name"] for p in stack.result.evict]
+    assert "failed to drain node: cannot delete DaemonSet-managed Pods" in _manager_message(stack), \
+        _manager_message(stack)
+    assert stack.model.host.driver_loaded
+    stack = _started_stack()
+    stack.pods["training"] = _workload("training", RS_OWNER)
+    stack.pods["web"] = _workload("web", RS_OWNER, resource="cpu")
+    for p in ("training", "web"):
+        stack.pods[p]["metadata"]["labels"]["drain"] = "yes"
+    stack.step()
+    _new_config(stack)
+    stack.new_driver_pod({"ENABLE_GPU_POD_EVICTION": "false", "ENABLE_AUTO_DRAIN": "true",
+                          "DRAIN_POD_SELECTOR_LABEL": "drain=yes"})
+    for _ in range(3):
+        stack.step()
+        stack.reschedule()
+    assert sorted(p["metadata"]["name"] for p in stack.result.evict) == ["training", "web"]
+    del stack.pods["training"], stack.pods["web"]  # (deleted, as the simulator does)
+    assert all(ready(s) for s in stack.settle().values())
 
 
 # --- the simulated mig-manager (e2e/sim_mig.py) ---

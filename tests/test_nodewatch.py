@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -510,3 +511,48 @@ def test_a_watch_across_namespaces_names_objects_by_namespace_and_a_refused_one_
     kube.refuse = True
     watch.run()  # lists, is refused, and ends: no wait to try again
     assert refused == [403] and len(kube.queries) == 2
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+def test_a_quiet_watch_that_worked_for_minutes_then_broke_does_not_keep_the_outage_backoff(monkeypatch: Any) -> None:
+    """Was wrong: the streak was reset only by a watch that brought an event or ended normally. client-go's
+    reflector backoff (NewExponentialBackoffManager(800ms, 30s, 2min, ...)) resets once it has not
+    backed off for 2 minutes ("If we don't backoff for 2min, assume API server is healthy and we reset the
+    backoff"). Watch.run resets its streak only when a watch brought an event or ended normally: after an outage
+    (6 listings refused: the wait has grown to 25.6 s), a listing that works and a watch that stays open 5 minutes on
+    a quiet kind (ClusterPolicies, NVIDIADrivers) and is then cut (a connection reset: an API server restarting,
+    a load balancer's idle timeout) waits 30 s, not 0.8 s, before listing again, and so does every later cut while
+    the kind stays quiet: the operator misses that kind's changes for up to 30 s each time."""
+    clock = _Clock()
+    monkeypatch.setattr(nodewatch, "time", types.SimpleNamespace(monotonic=clock.monotonic))
+    cache, api = Cache(), Api([versioned("a", 5)], [])
+    refusals = 6
+    listed = Api.request
+
+    def request(*args: Any, **kwargs: Any) -> Any:
+        nonlocal refusals
+        if refusals:
+            refusals -= 1
+            raise ConnectionRefusedError("connection refused")
+        return listed(api, *args, **kwargs)
+
+    def quiet_then_reset(path: str, rv: str, **kwargs: Any) -> Iterator[Any]:
+        api.watches += 1
+        clock.now += 300.0  # open and quiet for five minutes
+        raise ConnectionResetError("connection reset by peer")
+        yield  # (a generator, as Kube.watch is)
+
+    api.request = request  # type: ignore[method-assign]
+    api.watch = quiet_then_reset  # type: ignore[method-assign]
+    watch = NodeWatch(api, cache.nodes.get, cache.deliver)  # type: ignore[arg-type]
+    watch.stop = stop = Stop(api, waits=7)  # type: ignore[assignment]
+    watch.run()
+    assert stop.waits[:6] == [0.8, 1.6, 3.2, 6.4, 12.8, 25.6]  # the outage
+    assert stop.waits[6] == nodewatch.RETRY_S  # the watch had worked for 5 minutes: the backoff starts over

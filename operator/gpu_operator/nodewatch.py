@@ -39,6 +39,7 @@ UNSERVED_RETRY_S = 30  # how often a collection the API server does not serve (a
 RETRY_S = 0.8
 RETRY_MAX_S = 30.0
 SHORT_WATCH_S = 1.0
+RESET_S = 120.0  # no wait for that long: the API server is taken as healthy, the next wait is RETRY_S (client-go)
 
 T = TypeVar("T")
 Current = Callable[[str], T | None]  # what the cache holds for an object, by name
@@ -125,6 +126,7 @@ class Watch(Generic[T]):
         rv: str | None = None
         unserved = False
         failures = 0  # tries in a row that failed or whose watch brought no event
+        waited = time.monotonic()  # when the last wait ended
         while not self.stop.is_set():
             heard = self._heard
             try:
@@ -156,8 +158,11 @@ class Watch(Generic[T]):
                 elif not failures:  # expired (410) at once: listed again at once, the first time in a row
                     failures = 1
                     continue
+            if time.monotonic() - waited >= RESET_S:  # a quiet watch that worked for minutes, then broke
+                failures = 0
             failures += 1
             self.stop.wait(min(RETRY_S * 2 ** min(failures - 1, 8), RETRY_MAX_S))
+            waited = time.monotonic()
 
     def relist(self) -> str:
         """Every object offered, objects no longer there delivered as deleted; the list's resourceVersion."""

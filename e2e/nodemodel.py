@@ -513,6 +513,31 @@ def _bool(value: str | None, default: bool) -> bool:
     return value.strip().lower() in ("1", "t", "true", "yes", "y", "on")
 
 
+# k8s-driver-manager's cli.BoolFlags (cmd/driver-manager/main.go, in its order): env variable, flag name, default
+MANAGER_BOOL_FLAGS = (("DRAIN_USE_FORCE", "drain-use-force", False),
+                      ("DRAIN_DELETE_EMPTYDIR_DATA", "drain-delete-emptydir-data", False),
+                      ("ENABLE_AUTO_DRAIN", "enable-auto-drain", True),
+                      ("ENABLE_GPU_POD_EVICTION", "enable-gpu-pod-eviction", True),
+                      ("GPU_DIRECT_RDMA_ENABLED", "gpu-direct-rdma-enabled", False),
+                      ("USE_HOST_MOFED", "use-host-mofed", False),
+                      ("FORCE_REINSTALL", "force-reinstall", False))
+_GO_BOOLS = {**dict.fromkeys(("1", "t", "T", "TRUE", "true", "True"), True),
+             **dict.fromkeys(("0", "f", "F", "FALSE", "false", "False"), False)}  # strconv.ParseBool
+
+
+def manager_flags(env: dict[str, str]) -> tuple[dict[str, bool], str]:
+    """urfave/cli v2's BoolFlag.Apply for MANAGER_BOOL_FLAGS: an absent variable gives the default, "" false, else
+    strconv.ParseBool; the first value it refuses is the error the program exits with before it runs."""
+    flags: dict[str, bool] = {}
+    for var, name, default in MANAGER_BOOL_FLAGS:
+        value = env.get(var)
+        if value is not None and value != "" and value not in _GO_BOOLS:
+            return flags, (f'could not parse "{value}" as bool value from environment variable "{var}" for flag '
+                           f'{name}: strconv.ParseBool: parsing "{value}": invalid syntax')
+        flags[var] = default if value is None else _GO_BOOLS.get(value, False)
+    return flags, ""
+
+
 def _first(env: dict[str, str], *names: str) -> str | None:
     for n in names:
         if env.get(n):
@@ -1280,6 +1305,9 @@ class NodeModel:
         driver has this pod's DRIVER_CONFIG_DIGEST (shouldSkipUninstall), set the labels back and keep it; else
         evict the GPU pods (nvDrainNode: none when the drain filters refuse one), unload the driver (a GPU pod
         left holds it: fail, or drain the node with ENABLE_AUTO_DRAIN), set the labels back."""
+        flags, bad = manager_flags(c.env)
+        if bad:  # urfave/cli refused a flag's value: it exits before it reads anything
+            return Need("error", "", c.where, bad), bad
         labels = self._labels
         host_smi, _ = host_path(pod, c.spec, "/host/" + NVIDIA_SMI)
         if host_smi is not None and self.host.files.get(host_smi):  # isHostDriver: chroot /host nvidia-smi
@@ -1289,9 +1317,24 @@ class NodeModel:
         if labels is None:
             return None, ""  # no node labels given (offline): nothing to evict
         gpu_pods = [p for p in self._all_pods + self._others if uses_gpu(p)]
-        held = memo.failed == GPU_PODS_LEFT or memo.failed.startswith(DRAIN_FAILED) or memo.failed.endswith(UNLOAD_BUSY)
-        retry = (held and not gpu_pods and _privileged(c.spec)) or \
-            (memo.failed == WAIT_TIMED_OUT and memo.retry_at is not None and now >= memo.retry_at)
+        policy = self._annotations.get(UPGRADE_ENABLED_ANNOTATION) == "true"  # the upgrade policy evicts instead
+        eviction = not policy and flags["ENABLE_GPU_POD_EVICTION"]
+        auto_drain = not policy and flags["ENABLE_AUTO_DRAIN"]
+        force, empty_dir = flags["DRAIN_USE_FORCE"], flags["DRAIN_DELETE_EMPTYDIR_DATA"]
+        # up front only with eviction on (or auto-drain beside a DRA driver); auto-drain alone follows a failed unload
+        up_front = eviction or (auto_drain and bool(labels.get(MANAGER_RESTORES_TOO)))
+        deletable = all(drain_status(p, force=force, delete_empty_dir=empty_dir, ignore_daemonsets=True)[0]
+                        for p in gpu_pods)  # nvDrainNode's filters pass every GPU pod
+        # each restart runs it again; the model runs it again once that gets further than the last failure
+        if memo.failed == GPU_PODS_LEFT:
+            retry = deletable
+        elif memo.failed.startswith(DRAIN_FAILED):
+            retry = (not gpu_pods and _privileged(c.spec)) or (bool(gpu_pods) and up_front and deletable) or \
+                not self._drain_pods(c, force, empty_dir)[0]
+        elif memo.failed.endswith(UNLOAD_BUSY):
+            retry = not gpu_pods and _privileged(c.spec)
+        else:
+            retry = memo.failed == WAIT_TIMED_OUT and memo.retry_at is not None and now >= memo.retry_at
         if memo.failed and not retry:
             return Need("error", "", c.where, memo.failed), memo.failed  # crash-looping
         memo.failed = ""
@@ -1329,17 +1372,10 @@ class NodeModel:
         state_file, _ = host_path(pod, c.spec, DRIVER_STATE_FILE)
         digest = c.env.get(CONFIG_DIGEST, "")
         if digest and state_file is not None and self.host.files.get(state_file, "").strip() == digest and \
-                not _bool(c.env.get("FORCE_REINSTALL"), False):  # shouldSkipUninstall: no eviction, no unload
+                not flags["FORCE_REINSTALL"]:  # shouldSkipUninstall: no eviction, no unload
             return self._manager_done(memo, labels)
-        policy = self._annotations.get(UPGRADE_ENABLED_ANNOTATION) == "true"  # the upgrade policy evicts instead
-        eviction = not policy and _bool(c.env.get("ENABLE_GPU_POD_EVICTION"), True)
-        auto_drain = not policy and _bool(c.env.get("ENABLE_AUTO_DRAIN"), False)
-        force = _bool(c.env.get("DRAIN_USE_FORCE"), False)
-        empty_dir = _bool(c.env.get("DRAIN_DELETE_EMPTYDIR_DATA"), False)
-        # up front only with eviction on (or auto-drain beside a DRA driver); auto-drain alone follows a failed unload
-        if gpu_pods and (eviction or (auto_drain and labels.get(MANAGER_RESTORES_TOO))):  # nvDrainNode
-            if all(drain_status(p, force=force, delete_empty_dir=empty_dir, ignore_daemonsets=True)[0]
-                   for p in gpu_pods):  # the node cordoned, its GPU pods deleted
+        if gpu_pods and up_front:  # nvDrainNode
+            if deletable:  # the node cordoned, its GPU pods deleted
                 self._evict.update({_uid(p): p for p in gpu_pods if not p["metadata"].get("deletionTimestamp")})
                 return Need("evict", ", ".join(sorted(_name(p) for p in gpu_pods)), c.where,
                             "k8s-driver-manager deletes the GPU pods"), ""
@@ -1368,13 +1404,23 @@ class NodeModel:
         """DrainNode (drain.RunNodeDrain, DaemonSet pods not ignored): the node's pods DRAIN_POD_SELECTOR_LABEL
         selects (all when empty) are deleted, or none is when the drain filters refuse one: fail "failed to drain
         node". None once those it deletes are gone."""
+        memo.failed, going = self._drain_pods(c, force, empty_dir)
+        if memo.failed:
+            return self._manager_failed(c, memo, labels)
+        if going:
+            self._evict.update({_uid(p): p for p in going if not p["metadata"].get("deletionTimestamp")})
+            return Need("evict", ", ".join(sorted(_name(p) for p in going)), c.where,
+                        "k8s-driver-manager drains the node"), ""
+        return None
+
+    def _drain_pods(self, c: Ctr, force: bool, empty_dir: bool) -> tuple[str, list[dict[str, Any]]]:
+        """DrainNode's GetPodsForDeletion: its error ("failed to drain node: ..."), or "" and the pods it deletes."""
         from gpu_operator.upgrade.selector import SelectorError, parse_selector
 
         try:
             selector = parse_selector(c.env.get("DRAIN_POD_SELECTOR_LABEL", ""))
         except SelectorError as e:
-            memo.failed = f"{DRAIN_FAILED}{e}"
-            return self._manager_failed(c, memo, labels)
+            return f"{DRAIN_FAILED}{e}", []
         refused: dict[str, list[str]] = {}
         going = []
         for p in sorted(self._all_pods + self._others, key=lambda p: (p["metadata"].get("namespace") or "", _name(p))):
@@ -1387,13 +1433,8 @@ class NodeModel:
                 going.append(p)
         if refused:  # GetPodsForDeletion's errors (utilerrors.NewAggregate)
             errors = [f"cannot delete {why}: {', '.join(names)}" for why, names in refused.items()]
-            memo.failed = DRAIN_FAILED + (errors[0] if len(errors) == 1 else f"[{', '.join(errors)}]")
-            return self._manager_failed(c, memo, labels)
-        if going:
-            self._evict.update({_uid(p): p for p in going if not p["metadata"].get("deletionTimestamp")})
-            return Need("evict", ", ".join(sorted(_name(p) for p in going)), c.where,
-                        "k8s-driver-manager drains the node"), ""
-        return None
+            return DRAIN_FAILED + (errors[0] if len(errors) == 1 else f"[{', '.join(errors)}]"), []
+        return "", going
 
     def _manager_done(self, memo: _Memo, labels: dict[str, str]) -> tuple[Need | None, str]:
         """rescheduleGPUOperatorComponents: the labels set back from the values it read; it exits 0."""

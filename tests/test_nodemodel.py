@@ -680,6 +680,72 @@ def test_gpu_pods_the_drain_helper_refuses_block_the_manager_instead_of_being_de
     assert stack.model.host.driver_loaded and stack.labels[DEPLOY + "device-plugin"] == "true"
 
 
+def test_a_manager_refused_by_one_gpu_pod_goes_on_once_that_pod_is_gone_though_others_remain() -> None:
+    """The model ran a manager that failed "cannot proceed until all GPU pods are drained" again only once no GPU
+    pod at all was left. Upstream's container restarts and runs nvDrainNode each time: once the refused pod (no
+    controller, no DRAIN_USE_FORCE) is gone, DeleteOrEvictPods deletes the remaining ReplicaSet pod and unloads."""
+    stack = _started_stack()
+    stack.pods["training"] = _workload("training", RS_OWNER)
+    stack.pods["bare"] = _workload("bare", [])  # no controller: refused without --force
+    stack.step()
+    _new_config(stack)
+    stack.new_driver_pod()
+    stack.settle()
+    assert "cannot proceed until all GPU pods are drained" in _manager_message(stack), _manager_message(stack)
+    del stack.pods["bare"]  # the admin deletes the pod the drain refused
+    stack.step()
+    stack.settle()
+    assert [p["metadata"]["name"] for p in stack.result.evict] == ["training"], _manager_message(stack)
+
+
+def test_a_failed_auto_drain_runs_again_once_the_pod_it_refused_is_gone() -> None:
+    """Likewise "failed to drain node" (ENABLE_AUTO_DRAIN) was run again only with no GPU pod left: once the pod
+    DrainNode refused is gone, the next restart drains the pods the selector picks."""
+    stack = _started_stack()
+    stack.pods["training"] = _workload("training", RS_OWNER)
+    stack.pods["bare"] = _workload("bare", [])
+    for p in ("training", "bare"):
+        stack.pods[p]["metadata"]["labels"]["drain"] = "yes"
+    stack.step()
+    _new_config(stack)
+    stack.new_driver_pod({"ENABLE_GPU_POD_EVICTION": "false", "ENABLE_AUTO_DRAIN": "true",
+                          "DRAIN_POD_SELECTOR_LABEL": "drain=yes"})
+    stack.settle()
+    assert "failed to drain node: cannot delete Pods that declare no controller" in _manager_message(stack), \
+        _manager_message(stack)
+    del stack.pods["bare"]
+    stack.step()
+    stack.settle()
+    assert [p["metadata"]["name"] for p in stack.result.evict] == ["training"], _manager_message(stack)
+
+
+def test_a_manager_bool_env_set_empty_is_false_as_urfave_cli_reads_it() -> None:
+    """The model took ENABLE_GPU_POD_EVICTION="" for its default (true) and deleted the GPU pod. urfave/cli v2's
+    BoolFlag.Apply (vendor/github.com/urfave/cli/v2/flag_bool.go) reads a variable set to "" as false, so with
+    auto-drain off too the real manager leaves the pod and fails "driver is in use"."""
+    stack = _started_stack()
+    stack.pods["training"] = _workload("training", RS_OWNER)
+    stack.step()
+    _new_config(stack)
+    stack.new_driver_pod({"ENABLE_GPU_POD_EVICTION": "", "ENABLE_AUTO_DRAIN": "false"})
+    stack.settle()
+    assert not stack.result.evict, [p["metadata"]["name"] for p in stack.result.evict]
+    assert "driver is in use" in _manager_message(stack), _manager_message(stack)
+
+
+def test_a_manager_bool_env_that_is_not_a_go_bool_stops_it_before_it_runs() -> None:
+    """The model read FORCE_REINSTALL=yes as true and took the full uninstall path, deleting the GPU pod.
+    strconv.ParseBool refuses "yes": urfave/cli fails the flag and the manager exits before it does anything."""
+    stack = _started_stack()
+    stack.pods["training"] = _workload("training", RS_OWNER)
+    stack.step()
+    stack.new_driver_pod({"FORCE_REINSTALL": "yes"})  # same digest: only FORCE_REINSTALL would force the uninstall
+    stack.settle()
+    assert not stack.result.evict, [p["metadata"]["name"] for p in stack.result.evict]
+    assert stack.model.host.driver_loaded
+    assert 'could not parse "yes" as bool value from environment variable "FORCE_REINSTALL"' in \
+        _manager_message(stack), _manager_message(stack)
+
 def test_only_nvidia_gpu_and_mig_resources_make_a_gpu_pod() -> None:
     """uses_gpu took any nvidia.com/ resource; upstream's podUsesGPU only nvidia.com/gpu* and nvidia.com/mig-*, so
     a pod of NVIDIA's network operator (nvidia.com/rdma_shared_device_a, nvidia.com/hostdev) is no GPU pod."""

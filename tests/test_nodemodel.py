@@ -776,26 +776,25 @@ def test_auto_drain_is_a_full_node_drain_that_refuses_daemonset_pods() -> None:
     IgnoreAllDaemonSets over the pods DRAIN_POD_SELECTOR_LABEL selects (all by default), so the node's DaemonSet
     pods (the driver pod among them) refuse it before any pod goes: "failed to drain node". A selector that lets
     it through deletes every pod it selects and then unloads."""
-    stack = _started_stack()
-    stack.pods["training"] = _workload("training", RS_OWNER)
-    stack.pods["web"] = _workload("web", RS_OWNER, resource="cpu")
-    for p in ("training", "web"):
-        stack.pods[p]["metadata"]["labels"]["drain"] = "yes"
-    stack.step()
-    _new_config(stack)
+    def labelled_stack() -> Any:
+        """A GPU pod and a CPU pod labelled drain=yes, then a new driver config."""
+        stack = _started_stack()
+        stack.pods["training"] = _workload("training", RS_OWNER)
+        stack.pods["web"] = _workload("web", RS_OWNER, resource="cpu")
+        for p in ("training", "web"):
+            stack.pods[p]["metadata"]["labels"]["drain"] = "yes"
+        stack.step()
+        _new_config(stack)
+        return stack
+
+    stack = labelled_stack()
     stack.new_driver_pod({"ENABLE_GPU_POD_EVICTION": "false", "ENABLE_AUTO_DRAIN": "true"})
     stack.settle()
     assert not stack.result.evict, [p["metadata"]["name"] for p in stack.result.evict]
     assert "failed to drain node: cannot delete DaemonSet-managed Pods" in _manager_message(stack), \
         _manager_message(stack)
     assert stack.model.host.driver_loaded
-    stack = _started_stack()
-    stack.pods["training"] = _workload("training", RS_OWNER)
-    stack.pods["web"] = _workload("web", RS_OWNER, resource="cpu")
-    for p in ("training", "web"):
-        stack.pods[p]["metadata"]["labels"]["drain"] = "yes"
-    stack.step()
-    _new_config(stack)
+    stack = labelled_stack()
     stack.new_driver_pod({"ENABLE_GPU_POD_EVICTION": "false", "ENABLE_AUTO_DRAIN": "true",
                           "DRAIN_POD_SELECTOR_LABEL": "drain=yes"})
     for _ in range(3):

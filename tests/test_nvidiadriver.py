@@ -1308,6 +1308,21 @@ def _upgrade_plan(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
     return capsys.readouterr().out
 
 
+def _orchestrate(snap: Any, kube: Any = None) -> tuple[Any, Any, Any, Any]:
+    """One pass of the operator's NVIDIADriver orchestration on `snap`: (reconciler, spec, routing, its outcome)."""
+    from gpu_operator.reconciler import Reconciler
+    from gpu_operator.render import driver_routing
+    from support import RecordingKube
+
+    spec = parse_spec(next(iter(snap.policies.values()))["spec"])
+    routing = driver_routing(list(snap.nodes.values()), spec, [NVIDIADriver.from_object(o)
+                                                               for o in snap.nvidia_drivers.values()])  # fmt: skip
+    assert routing.assignment is not None
+    r = Reconciler(kube if kube is not None else RecordingKube(), "gpu-operator")
+    out = r._orchestrate_nvidia_drivers(spec, snap, dict(snap.nodes), routing.assignment, routing.groups, None)
+    return r, spec, routing, out
+
+
 def test_upgrade_plan_waves_agree_with_the_cluster_wide_limit_the_operator_applies(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -1341,20 +1356,11 @@ def test_the_clusterpolicys_cap_holds_the_nvidiadrivers_whatever_its_auto_upgrad
     """Beyond upstream (README): the ClusterPolicy's maxParallelUpgrades (1 here) bounds all NVIDIADrivers together
     in the operator's own pass, with its autoUpgrade false too (that switch is about its own driver, the cap about
     how many nodes are down at once). Each NVIDIADriver alone would allow two."""
-    from gpu_operator.reconciler import Reconciler
-    from gpu_operator.render import driver_routing
     from support import RecordingKube
 
     each = {"autoUpgrade": True, "maxParallelUpgrades": 2, "maxUnavailable": "100%"}
-    snap = _upgrade_cluster(each, autoUpgrade=False, maxParallelUpgrades=1, maxUnavailable="100%")
-    spec = parse_spec(next(iter(snap.policies.values()))["spec"])
-    routing = driver_routing(list(snap.nodes.values()), spec, [NVIDIADriver.from_object(o)
-                                                               for o in snap.nvidia_drivers.values()])  # fmt: skip
-    assert routing.assignment is not None
     kube = RecordingKube()
-    Reconciler(kube, "gpu-operator")._orchestrate_nvidia_drivers(  # type: ignore[arg-type]
-        spec, snap, dict(snap.nodes), routing.assignment, routing.groups, None
-    )
+    _orchestrate(_upgrade_cluster(each, autoUpgrade=False, maxParallelUpgrades=1, maxUnavailable="100%"), kube)
     patches = [what for verb, what in kube.calls if verb == "merge_patch"]
     cordoned = [name for kind, name, patch in patches if kind == "Node" and patch.get("spec", {}).get("unschedulable")]
     assert cordoned == ["a1"]  # started: the others wait for a slot
@@ -1365,18 +1371,10 @@ def test_upgrade_slots_free_are_within_the_clusterpolicys_cap_over_the_nvidiadri
     NVIDIADriver's own free slots, ignoring the ClusterPolicy's cap over all of them: with the cap 1 and 2 for each
     NVIDIADriver they said 4 on the first pass, and 3 once a1 took the one slot, while no node may start."""
     from gpu_operator import metrics
-    from gpu_operator.reconciler import Reconciler
-    from gpu_operator.render import driver_routing
-    from support import RecordingKube
 
     each = {"autoUpgrade": True, "maxParallelUpgrades": 2, "maxUnavailable": "100%"}
     snap = _upgrade_cluster(each, autoUpgrade=True, maxParallelUpgrades=1, maxUnavailable="100%")
-    spec = parse_spec(next(iter(snap.policies.values()))["spec"])
-    routing = driver_routing(list(snap.nodes.values()), spec, [NVIDIADriver.from_object(o)
-                                                               for o in snap.nvidia_drivers.values()])  # fmt: skip
-    assert routing.assignment is not None
-    r = Reconciler(RecordingKube(), "gpu-operator")  # type: ignore[arg-type]
-    out = r._orchestrate_nvidia_drivers(spec, snap, dict(snap.nodes), routing.assignment, routing.groups, None)
+    r, spec, routing, out = _orchestrate(snap)
     assert out.status is not None and out.status["available"] == 1
     assert metrics.nodes_upgrades_available._value.get() == 1
     # After that pass: a1 started (cordoned), the others wait for the cluster-wide slot.
@@ -1402,20 +1400,12 @@ def test_an_nvidiadriver_without_auto_upgrade_adds_no_upgrade_slots_or_counts() 
     other counts are pool-b's alone, said available 3 of total 2. Upstream (upgrade_controller.go
     reconcileNVIDIADriverUpgrades) skips an NVIDIADriver without autoUpgrade before counting it: done 2, available 1."""
     from gpu_operator import metrics
-    from gpu_operator.reconciler import Reconciler
-    from gpu_operator.render import driver_routing
-    from support import RecordingKube
 
     snap = _upgrade_cluster({"autoUpgrade": True, "maxParallelUpgrades": 1, "maxUnavailable": "100%"},
                             autoUpgrade=True, maxParallelUpgrades=0, maxUnavailable="100%")  # fmt: skip
     snap.nvidia_drivers["pool-a"]["spec"]["upgradePolicy"] = {
         "autoUpgrade": False, "maxParallelUpgrades": 2, "maxUnavailable": "100%"}  # fmt: skip
-    spec = parse_spec(next(iter(snap.policies.values()))["spec"])
-    routing = driver_routing(list(snap.nodes.values()), spec, [NVIDIADriver.from_object(o)
-                                                               for o in snap.nvidia_drivers.values()])  # fmt: skip
-    assert routing.assignment is not None
-    r = Reconciler(RecordingKube(), "gpu-operator")  # type: ignore[arg-type]
-    out = r._orchestrate_nvidia_drivers(spec, snap, dict(snap.nodes), routing.assignment, routing.groups, None)
+    _, _, _, out = _orchestrate(snap)
     assert out.status is not None and (out.status["total"], out.status["available"]) == (2, 1), out.status
     assert metrics.nodes_upgrades_available._value.get() == 1, "slots of an NVIDIADriver that upgrades nothing"
     assert metrics.nodes_upgrades_done._value.get() == 2, "nodes of an NVIDIADriver without autoUpgrade counted"

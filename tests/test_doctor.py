@@ -1446,9 +1446,13 @@ def test_capacity_refuses_a_quantity_the_api_server_refuses(
       "  containers:\n  - name: t\n    image: x\n",
       "Pod p: spec.affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].namespaceSelector: "
       "must be a mapping, not list ['a']"),
+     ("kind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n  - name: t\n    image: x\n    ports:\n"
+      "    - {containerPort: 80, hostPort: '80'}\n",
+      "Pod p: spec.containers[0].ports[0].hostPort: must be an integer, not str '80'"),
      ("kind: Pod\nmetadata:\n  name: p\nspec: {}\n",
       "the API server refuses this pod: spec.containers: Required value")],
-    ids=["metadata-null", "limits-a-list", "anti-affinity-a-list", "namespace-selector-a-list", "no-container"],
+    ids=["metadata-null", "limits-a-list", "anti-affinity-a-list", "namespace-selector-a-list", "host-port-a-string",
+         "no-container"],
 )  # fmt: skip
 def test_capacity_answers_odd_pod_yaml_with_an_error_not_a_traceback(
     text: str, message: str | None, tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
@@ -1718,6 +1722,135 @@ def test_capacity_says_what_it_does_not_model() -> None:
     assert "note: topology spread constraints (whenUnsatisfiable: DoNotSchedule) are not modelled" in text, text
     soft = [{**spread[0], "whenUnsatisfiable": "ScheduleAnyway"}]
     assert capacity.plan(pod("job", 2, topologySpreadConstraints=soft), 8, views).notes == []
+
+
+def test_capacity_keeps_copies_with_a_host_port_one_per_node() -> None:
+    """kube-scheduler's NodePorts filter refuses a node where a pod already holds the same host port (protocol, an
+    IP in common: 0.0.0.0 is every IP), so copies of a pod with a hostPort go one per node; a `hostNetwork: true` pod
+    holds its containerPort (API defaulting, pkg/apis/core/v1/defaults.go defaultHostNetworkPorts), as distributed
+    training pods often do. capacity read no ports: 4 copies per 8-GPU node, "extra nodes needed: 1" for 10 on 2
+    nodes, where the scheduler places 1 on h-0, none on h-1 (its running pod holds the port), 9 on new nodes."""
+    host_net = json.loads(json.dumps(EXERCISE3))
+    host_net["spec"]["hostNetwork"] = True
+    host_net["spec"]["containers"][0]["ports"] = [{"containerPort": 29500}]
+    host_port = json.loads(json.dumps(EXERCISE3))
+    host_port["spec"]["containers"][0]["ports"] = [{"containerPort": 29500, "hostPort": 29500}]
+    holder = pod("holder", node_name="h-1")
+    holder["spec"]["containers"][0]["ports"] = [{"containerPort": 29500, "hostPort": 29500, "hostIP": "10.0.0.1"}]
+    views = nodes_with_pods([node("h-0"), node("h-1")], [holder])
+    for p in (host_net, host_port):
+        result = capacity.plan(p, 10, views)
+        fits = {f.node: f for f in result.fits}
+        assert (fits["h-0"].fits, fits["h-1"].fits, result.per_new_node, result.extra_nodes) == (1, 0, 1, 9)
+        assert fits["h-0"].why.startswith("1 per node (host port 29500/TCP)"), fits["h-0"].why
+        assert fits["h-1"].why == "excluded: pod default/holder there holds host port 29500/TCP"
+    # another protocol, or another IP where neither is 0.0.0.0, does not conflict
+    holder["spec"]["containers"][0]["ports"] = [{"containerPort": 29500, "hostPort": 29500, "protocol": "UDP"}]
+    assert capacity.plan(host_port, 10, nodes_with_pods([node("h-1")], [holder])).fits[0].fits == 1
+    host_port["spec"]["containers"][0]["ports"][0]["hostIP"] = "10.0.0.2"
+    holder["spec"]["containers"][0]["ports"] = [{"containerPort": 29500, "hostPort": 29500, "hostIP": "10.0.0.1"}]
+    assert capacity.plan(host_port, 10, nodes_with_pods([node("h-1")], [holder])).fits[0].fits == 1
+
+
+def test_capacity_notes_that_it_does_not_model_a_dra_claim() -> None:
+    """A pod that gets its GPU through Dynamic Resource Allocation (spec.resourceClaims, a container's
+    resources.claims: the NVIDIA DRA driver, for which doctor tells users to set devicePlugin.enabled: false)
+    requests no nvidia.com/gpu, so capacity counted it by CPU alone on every node, a CPU-only one included ("fit now:
+    10 of 10 (10 on cpu-0)") with no note, while the scheduler's DynamicResources filter puts a copy only where a
+    ResourceSlice has a free device of the claim's DeviceClass. Claims are not read: the plan says so."""
+    claim = {
+        "metadata": {"name": "train", "namespace": "default", "labels": {"app": "train"}},
+        "spec": {
+            "resourceClaims": [{"name": "gpu", "resourceClaimTemplateName": "single-gpu"}],
+            "containers": [{"name": "t", "image": "x", "resources": {
+                "claims": [{"name": "gpu"}], "limits": {"memory": "32Gi", "cpu": "8"}}}],
+        },
+    }  # fmt: skip
+    views = nodes_with_pods([node("h-0"), node("cpu-0", gpus=0)], [])
+    text = capacity.render(capacity.plan(claim, 10, views), "train")
+    assert "note: resourceClaims (Dynamic Resource Allocation) are not modelled" in text, text
+    assert not any("resourceClaims" in n for n in capacity.plan(EXERCISE3, 10, views).notes)
+
+
+def test_capacity_new_node_like_an_existing_one_runs_its_daemonsets() -> None:
+    """A new node like h-0 runs the DaemonSets h-0 runs (the GPU operator's operands, NFD's worker, kube-proxy, the
+    CNI) and its static pods, and they take their requests there too (cluster-autoscaler puts them on its template
+    node). The new node was taken empty: with a DaemonSet pod of 4 CPUs on h-0, a 24-CPU, 2-GPU job was counted 4
+    to a new 96-CPU node where 3 fit (92 CPUs left), and the extra nodes undercounted."""
+    job = json.loads(json.dumps(EXERCISE3))
+    job["spec"]["containers"][0]["resources"]["limits"]["cpu"] = "24"
+    daemon = pod("exporter-abcde", node_name="h-0", limits={"cpu": "4"})
+    daemon["metadata"]["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "exporter",
+                                              "uid": "u1", "controller": True}]  # fmt: skip
+    other = pod("batch", node_name="h-0", limits={"cpu": "4"})  # not a DaemonSet's: not on the new node
+    views = nodes_with_pods([node("h-0")], [daemon, other])
+    result = capacity.plan(job, 10, views)
+    assert result.fits[0].fits == 3  # 88 CPUs free on h-0 itself
+    assert result.per_new_node == 3 and "cpu: 92 free" in result.profile_why, capacity.render(result, "train")
+    assert result.extra_nodes == 3
+    assert capacity.plan(job, 10, views, capacity.parse_profile("h-0", views)).per_new_node == 3
+
+
+TIME_SLICED = ("version: v1\nsharing:\n  timeSlicing:\n{rename}    resources:\n    - name: nvidia.com/gpu\n"
+               "      replicas: 4\n")  # fmt: skip
+
+
+def test_capacity_gpus_profile_advertises_what_the_device_plugin_would_under_its_sharing_config() -> None:
+    """capacity judged a --node-profile gpus=N by its sharing config (the ClusterPolicy's devicePlugin.config default
+    for a node without the nvidia.com/device-plugin.config label) for failRequestsGreaterThanOne, but counted its GPUs
+    as N unshared nvidia.com/gpu, where the device plugin (upstream internal/rm/device_map.go
+    updateDeviceMapWithReplicas, and e2e/advertise.advertise) advertises 4 × 8 nvidia.com/gpu under a time-slicing
+    config with 4 replicas, and 32 nvidia.com/gpu.shared and no nvidia.com/gpu with renameByDefault: 8 extra nodes
+    for 64 copies of a 1-replica pod (not 2), and "impossible" for a pod asking nvidia.com/gpu.shared."""
+    from e2e.advertise import advertise
+    from e2e.cluster.nodes import Profile
+
+    views = nodes_with_pods([node("h-0", gpus=32)], [pod("busy", 32, node_name="h-0")])
+    for rename, resource in (("", "nvidia.com/gpu"), ("    renameByDefault: true\n", "nvidia.com/gpu.shared")):
+        configs = capacity.PluginConfigs.of_data("sharing-config", "ts", {"ts": TIME_SLICED.format(rename=rename)})
+        profile = capacity.parse_profile(f"gpus=8,label.nvidia.com/gpu.product={H100}", views)
+        config = configs.of(profile.labels)[1]
+        assert config is not None
+        assert advertise(Profile("p", 8, H100), None, "none", config).resources == {resource: 32}
+        job = pod("job", nodeSelector={"nvidia.com/gpu.product": H100}, limits={resource: "1"})
+        result = capacity.plan(job, 64, views, profile, configs)
+        assert (result.per_new_node, result.extra_nodes, result.notes) == (32, 2, []), capacity.render(result, "job")
+    plain = pod("job", 1, nodeSelector={"nvidia.com/gpu.product": H100})
+    assert capacity.plan(plain, 64, views, profile, configs).extra_nodes is None  # renamed: no nvidia.com/gpu
+    # nvidia.com/gpu=N is the advertised count; a config not known is said, and the GPUs counted unshared
+    given = capacity.parse_profile(f"nvidia.com/gpu=8,label.nvidia.com/gpu.product={H100}", views)
+    assert capacity.plan(plain, 64, views, given, configs).per_new_node == 8
+    result = capacity.plan(plain, 64, views, profile)
+    assert result.per_new_node == 8 and "its 8 GPUs are counted as 8 nvidia.com/gpu, unshared" in result.notes[0]
+
+
+def test_capacity_plans_a_workloads_pod_template_and_says_when_the_file_holds_more(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Job or Deployment file got "no Pod found", and a file of several Pods had its first planned without a word.
+    Now a workload's pod template is planned (named by the generateName its pods get), and a note says when the file
+    holds more than the one planned."""
+    from gpu_operator.cli import main
+    from gpu_operator.kube import Kube
+
+    monkeypatch.setattr(Kube, "connect", classmethod(lambda cls, *a, **k: FakeKube([node("h-0")], [])))
+    template = {"metadata": {"labels": {"app": "train"}}, "spec": EXERCISE3["spec"]}
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "train"}, "spec": {"template": template}}
+    cron = {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "nightly"},
+            "spec": {"jobTemplate": {"spec": {"template": template}}}}  # fmt: skip
+    path = tmp_path / "train.yaml"
+    for doc, name in ((job, "train"), (cron, "nightly")):
+        path.write_text(yaml.safe_dump(doc))
+        assert main(["capacity", "--pod", str(path), "--count", "6"]) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"pod (generateName {name}-) × 6: each requests cpu 8"), out
+        assert "fit now: 4 of 6" in out and "note" not in out, out
+    path.write_text(yaml.safe_dump_all([EXERCISE3, job]))
+    assert main(["capacity", "--pod", str(path), "--count", "6"]) == 0
+    assert f"note: {path} holds 2 pods and pod templates: only the first is planned" in capsys.readouterr().out
+    path.write_text(yaml.safe_dump({**job, "spec": {"template": []}}))
+    assert main(["capacity", "--pod", str(path), "--count", "6"]) == 2
+    assert capsys.readouterr().err == f"error: {path}: Job train: spec.template: must be a mapping\n"
 
 
 def exposed_metrics() -> set[str]:

@@ -1,21 +1,23 @@
 """Capacity planning (pure): how many copies of a pod fit on the cluster now, where, and how many more nodes of
 a given profile the rest needs (seed Exercise 3). Honours resource requests (GPUs, CPU, memory, pods), node
 selectors and required node affinity, taints, cordons, required pod anti-affinity on the hostname topology (the
-pod's and the running pods') and the device plugin's refusal of a container asking more than one shared GPU
-(failRequestsGreaterThanOne, read from the node's sharing config). Required pod affinity and DoNotSchedule
-topology spread constraints are not modelled: the plan says so."""
+pod's and the running pods'), host ports and the device plugin's refusal of a container asking more than one shared
+GPU (failRequestsGreaterThanOne, read from the node's sharing config). Required pod affinity, DoNotSchedule
+topology spread constraints and devices claimed through Dynamic Resource Allocation are not modelled: the plan says
+so."""
 
 from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
 from . import sharing
 from .doctor.common import REPLICAS_LABEL, most_shared_gpus, mps_refuses, shared_replicas
 from .doctor.sched import (
+    GPU,
     NodeView,
     anti_affinity_blocks,
     anti_affinity_terms,
@@ -33,6 +35,7 @@ from .doctor.sched import (
 )
 
 HOSTNAME_LABEL = "kubernetes.io/hostname"  # the kubelet sets it to the node's own name
+ANY_IP = "0.0.0.0"
 
 
 @dataclass
@@ -210,6 +213,30 @@ def pod_name(pod: dict[str, Any], source: str) -> str:
     return f"(unnamed, from {'stdin' if source == '-' else source})"
 
 
+def host_ports(pod: dict[str, Any]) -> set[tuple[str, str, int]]:
+    """(hostIP, protocol, hostPort) of each port the pod's containers hold on their node, as kube-scheduler's NodePorts
+    filter reads them (spec.containers); with hostNetwork a port without hostPort holds its containerPort (API
+    defaulting: pkg/apis/core/v1/defaults.go defaultHostNetworkPorts)."""
+    spec = pod.get("spec") or {}
+    out = set()
+    for c in spec.get("containers") or []:
+        for p in c.get("ports") or []:
+            port = p.get("hostPort") or (p.get("containerPort") if spec.get("hostNetwork") else 0)
+            if port:
+                out.add((p.get("hostIP") or ANY_IP, p.get("protocol") or "TCP", int(port)))
+    return out
+
+
+def port_conflict(ours: set[tuple[str, str, int]], theirs: set[tuple[str, str, int]]) -> str:
+    """The first of our host ports that one of theirs conflicts with, as PORT/PROTOCOL ("": none): the same port and
+    protocol on the same IP, or where either is 0.0.0.0 (every IP)."""
+    for ip, protocol, port in sorted(ours):
+        if any((p, proto) == (port, protocol) and ANY_IP in (ip, other) or (other, proto, p) == (ip, protocol, port)
+               for other, proto, p in theirs):  # fmt: skip
+            return f"{port}/{protocol}"
+    return ""
+
+
 def fit_on(pod: dict[str, Any], node: NodeView, requests: dict[str, Decimal], configs: PluginConfigs = NOT_READ
            ) -> NodeFit:  # fmt: skip
     """How many copies of the pod this node takes now, and what limits it."""
@@ -230,6 +257,13 @@ def fit_on(pod: dict[str, Any], node: NodeView, requests: dict[str, Decimal], co
         meta = other.get("metadata") or {}
         return NodeFit(node.name, 0, f"excluded: pod {meta.get('namespace') or 'default'}/{meta.get('name')} there "
                        "repels it (its required anti-affinity matches the pod)")  # fmt: skip
+    ports = host_ports(pod)
+    for other in node.pods if ports else ():
+        held = port_conflict(ports, host_ports(other))
+        if held:
+            meta = other.get("metadata") or {}
+            return NodeFit(node.name, 0, f"excluded: pod {meta.get('namespace') or 'default'}/{meta.get('name')} "
+                           f"there holds host port {held}")  # fmt: skip
     refused = plugin_refuses(pod, node, configs)
     if refused:
         return NodeFit(node.name, 0, f"excluded: {refused}")
@@ -243,13 +277,25 @@ def fit_on(pod: dict[str, Any], node: NodeView, requests: dict[str, Decimal], co
     fits = best or 0
     if fits and self_anti_affinity(pod) and fits > 1:
         return NodeFit(node.name, 1, f"1 per node (required pod anti-affinity on kubernetes.io/hostname); {limit}")
+    if ports and fits > 1:
+        return NodeFit(node.name, 1, f"1 per node (host port {port_conflict(ports, ports)}); {limit}")
     return NodeFit(node.name, fits, f"limited by {limit}")
 
 
+def runs_on_every_such_node(pod: dict[str, Any]) -> bool:
+    """A pod of a DaemonSet (its controller), or a static pod's mirror: a new node like this one runs it too
+    (cluster-autoscaler puts them on its template node)."""
+    meta = pod.get("metadata") or {}
+    if "kubernetes.io/config.mirror" in (meta.get("annotations") or {}):
+        return True
+    return any(r.get("controller") and r.get("kind") == "DaemonSet" for r in meta.get("ownerReferences") or [])
+
+
 def empty_copy(view: NodeView, name: str | None = None) -> NodeView:
-    """A new node like `view`, with nothing running and not cordoned: another machine, so another hostname."""
+    """A new node like `view`, not cordoned and running only its DaemonSets' (and static) pods: another machine, so
+    another hostname."""
     name = name or f"new-{view.name}"
-    return NodeView(
+    new = NodeView(
         name=name,
         labels={**view.labels, HOSTNAME_LABEL: name},
         taints=[copy.deepcopy(t) for t in view.taints if t.get("key") != "node.kubernetes.io/unschedulable"],
@@ -257,6 +303,40 @@ def empty_copy(view: NodeView, name: str | None = None) -> NodeView:
         allocatable=dict(view.allocatable),
         capacity=dict(view.capacity),
     )
+    for p in view.pods:
+        if runs_on_every_such_node(p):
+            new.add_pod(p)
+    return new
+
+
+@dataclass
+class ProfileView(NodeView):
+    """A --node-profile of KEY=VALUE parts; `gpus`: its GPUs where given as gpus=N (plan counts what the device
+    plugin advertises for them under the sharing config the node loads)."""
+
+    gpus: Decimal | None = None
+
+
+def advertised(profile: ProfileView, configs: PluginConfigs) -> tuple[NodeView, str]:
+    """The profile with the GPU resources the device plugin advertises for its `gpus` under its sharing config: each
+    shared GPU as `replicas` devices, as nvidia.com/gpu.shared with renameByDefault (upstream internal/rm/device_map.go
+    updateDeviceMapWithReplicas), none under MPS not sharing nvidia.com/gpu (the plugin does not start); and a note
+    where that config is not known (the GPUs are then counted unshared)."""
+    if profile.gpus is None:
+        return profile, ""
+    _, config = configs.of(profile.labels)
+    if config is None:
+        why = configs.unread or f"a key ConfigMap {configs.name} lacks, or one the device plugin refuses"
+        gpus = fmt(profile.gpus)
+        return profile, (f"the device plugin's sharing config a new node {profile.name} loads is not known ({why}): "
+                         f"its {gpus} GPUs are counted as {gpus} {GPU}, unshared")  # fmt: skip
+    allocatable = {k: v for k, v in profile.allocatable.items() if k != GPU}
+    shared = config.sharing_of(GPU)
+    if shared is not None:
+        allocatable[shared.advertised] = profile.gpus * shared.replicas
+    elif config.strategy != sharing.MPS:
+        allocatable[GPU] = profile.gpus
+    return replace(profile, allocatable=allocatable, capacity=dict(allocatable)), ""
 
 
 def plan(pod: dict[str, Any], count: int, nodes: dict[str, NodeView], profile: NodeView | None = None,
@@ -285,6 +365,11 @@ def plan(pod: dict[str, Any], count: int, nodes: dict[str, NodeView], profile: N
                      "matches it) is not modelled (namespaces' labels are not read): only its namespaces list counts, "
                      "so more may be counted than fit")  # fmt: skip
     spec = pod.get("spec") or {}
+    if spec.get("resourceClaims") or any((c.get("resources") or {}).get("claims")
+                                         for key in ("initContainers", "containers") for c in spec.get(key) or []):
+        notes.append("resourceClaims (Dynamic Resource Allocation) are not modelled (ResourceClaims and ResourceSlices "
+                     "are not read): copies are counted by the other requests, on nodes without the claimed devices "
+                     "too, so fewer may fit than counted")  # fmt: skip
     if ((spec.get("affinity") or {}).get("podAffinity") or {}).get("requiredDuringSchedulingIgnoredDuringExecution"):
         notes.append("required pod affinity is not modelled: the scheduler puts a copy only where a pod matching "
                      "each term runs in the same topology domain, so fewer may fit than counted")  # fmt: skip
@@ -292,6 +377,9 @@ def plan(pod: dict[str, Any], count: int, nodes: dict[str, NodeView], profile: N
            for c in spec.get("topologySpreadConstraints") or []):  # fmt: skip
         notes.append("topology spread constraints (whenUnsatisfiable: DoNotSchedule) are not modelled: the "
                      "scheduler keeps copies within maxSkew across domains, so fewer may fit than counted")  # fmt: skip
+    if isinstance(profile, ProfileView):
+        profile, note = advertised(profile, configs)
+        notes += [note] if note else []
     if profile is None:
         shapes = [empty_copy(v) for v in nodes.values()]
         scored = sorted(((fit_on(pod, s, requests, configs), s) for s in shapes),
@@ -312,13 +400,11 @@ _EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
 
 def parse_profile(text: str, nodes: dict[str, NodeView]) -> NodeView:
-    """`NODE` (a node like an existing one, empty) or
+    """`NODE` (a node like an existing one, running its DaemonSets' pods) or
     `gpus=8,cpu=96,memory=2048Gi,label.KEY=VALUE,taint.KEY=VALUE:EFFECT`; ValueError naming a part that is neither."""
     if text in nodes:
         return empty_copy(nodes[text], f"like {text}")
-    from .doctor.sched import GPU, valid_quantity
-
-    view = NodeView(name=f"profile {text}", labels={}, taints=[], unschedulable=False, allocatable={}, capacity={})
+    view = ProfileView(name=f"profile {text}", labels={}, taints=[], unschedulable=False, allocatable={}, capacity={})
     view.allocatable["pods"] = Decimal(110)
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, sep, value = part.partition("=")
@@ -338,6 +424,8 @@ def parse_profile(text: str, nodes: dict[str, NodeView]) -> NodeView:
             raise ValueError(f"--node-profile: {part!r}: {value!r} is not a quantity (such as 8, 500m, 2048Gi)")
         else:
             view.allocatable[{"gpus": GPU, "gpu": GPU}.get(key, key)] = quantity(value)
+            if key in ("gpus", "gpu", GPU):  # nvidia.com/gpu=N: the advertised count itself
+                view.gpus = quantity(value) if key != GPU else None
     view.capacity = dict(view.allocatable)
     return view
 

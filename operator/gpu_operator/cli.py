@@ -81,9 +81,12 @@ _SHAPES: dict[str, dict[str, str]] = {
         **_METADATA, "metadata/namespace": "string", "spec": "mapping", "spec/overhead": "mapping",
         "spec/nodeSelector": "strings", "spec/tolerations": "list", "spec/tolerations/[]": "mapping",
         "spec/topologySpreadConstraints": "list", "spec/topologySpreadConstraints/[]": "mapping",
+        "spec/hostNetwork": "boolean",
         **{f"spec/{key}{path}": want for key in ("containers", "initContainers") for path, want in (
             ("", "list"), ("/[]", "mapping"), ("/[]/resources", "mapping"), ("/[]/resources/limits", "mapping"),
-            ("/[]/resources/requests", "mapping"))},
+            ("/[]/resources/requests", "mapping"), ("/[]/ports", "list"), ("/[]/ports/[]", "mapping"),
+            ("/[]/ports/[]/hostPort", "integer"), ("/[]/ports/[]/containerPort", "integer"),
+            ("/[]/ports/[]/hostIP", "string"), ("/[]/ports/[]/protocol", "string"))},
         "spec/affinity": "mapping", "spec/affinity/nodeAffinity": "mapping", f"{_NODE_REQUIRED}": "mapping",
         f"{_NODE_REQUIRED}/nodeSelectorTerms": "list", f"{_NODE_REQUIRED}/nodeSelectorTerms/[]": "mapping",
         **{f"{_NODE_REQUIRED}/nodeSelectorTerms/[]/{key}{path}": want for key in ("matchExpressions", "matchFields")
@@ -96,7 +99,7 @@ _SHAPES: dict[str, dict[str, str]] = {
                                  ("/matchExpressions/[]", "mapping"))))},
     },
 }  # fmt: skip
-_TYPES: dict[str, type] = {"mapping": dict, "list": list, "string": str, "boolean": bool}
+_TYPES: dict[str, type] = {"mapping": dict, "list": list, "string": str, "boolean": bool, "integer": int}
 # The one version each of our kinds is served in (crds/): another is refused by the API server.
 _API_VERSIONS = {"ClusterPolicy": "nvidia.com/v1", "NVIDIADriver": "nvidia.com/v1alpha1"}
 
@@ -133,7 +136,8 @@ def _shape_problem(doc: dict[str, Any]) -> str | None:
                         return (f"{where}.{k}:{what} must be a string, not {type(wrong).__name__} {wrong!r} "
                                 "(quote it in YAML)")  # fmt: skip
             elif not isinstance(value, _TYPES[want]):
-                return f"{where}: must be a {want}, not {type(value).__name__} {value!r}"
+                article = "an" if want == "integer" else "a"
+                return f"{where}: must be {article} {want}, not {type(value).__name__} {value!r}"
     if kind == "Node" and not (doc.get("metadata") or {}).get("name"):
         return "metadata.name: must be set"
     return None
@@ -765,6 +769,32 @@ def _plugin_configs(kube: Kube, namespace: str) -> PluginConfigs:
     return PluginConfigs.of_data(cfg.name, cfg.default, dict(cm.get("data") or {}))
 
 
+# Where the pod template of a workload is (what capacity plans of it): the path to it in the object.
+_POD_TEMPLATES: dict[str, tuple[str, ...]] = {
+    **{kind: ("spec", "template") for kind in ("Deployment", "ReplicaSet", "StatefulSet", "Job")},
+    "CronJob": ("spec", "jobTemplate", "spec", "template"),
+}
+
+
+def _pod_of(path: str, doc: dict[str, Any]) -> dict[str, Any]:
+    """The Pod itself, or the pod a workload's pod template makes (named by its generateName, in its namespace)."""
+    kind = doc.get("kind", "Pod")
+    if kind == "Pod":
+        return doc
+    meta: dict[str, Any] = doc["metadata"] if isinstance(doc.get("metadata"), dict) else {}
+    template: Any = doc
+    for i, key in enumerate(_POD_TEMPLATES[kind]):
+        template = template.get(key) if isinstance(template, dict) else None
+        if not isinstance(template, dict):
+            raise ValueError(f"{path}: {kind} {meta.get('name')}: {'.'.join(_POD_TEMPLATES[kind][: i + 1])}: "
+                             "must be a mapping")  # fmt: skip
+    pod_meta = dict(template["metadata"]) if isinstance(template.get("metadata"), dict) else {}
+    pod_meta["generateName"] = f"{meta.get('name') or kind.lower()}-"
+    if meta.get("namespace"):
+        pod_meta["namespace"] = meta["namespace"]
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": pod_meta, "spec": template.get("spec")}
+
+
 def cmd_capacity(args: argparse.Namespace) -> int:
     """Read-only: how many copies of a pod fit now, where, and the extra nodes for the rest."""
     from . import capacity
@@ -772,10 +802,10 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     from .kube import ApiError, Kube
 
     try:
-        docs = [d for d in _load_yaml_docs(args.pod) if d.get("kind", "Pod") == "Pod"]
+        docs = [d for d in _load_yaml_docs(args.pod) if d.get("kind", "Pod") in ("Pod", *_POD_TEMPLATES)]
         if not docs:
-            raise ValueError(f"{args.pod}: no Pod found")
-        pod = docs[0]
+            raise ValueError(f"{args.pod}: no Pod found, nor a {', '.join(_POD_TEMPLATES)} with a pod template")
+        pod = _pod_of(args.pod, docs[0])
         _checked(args.pod, [{**pod, "kind": "Pod"}])
         refused = capacity.api_errors(pod)
         if refused:  # a pod the API server would not create: nothing to plan
@@ -790,6 +820,8 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     pod["metadata"] = pod.get("metadata") or {}  # `metadata:` left empty is null
     pod["metadata"].setdefault("namespace", args.namespace)
     result = capacity.plan(pod, args.count, views, profile, configs)
+    if len(docs) > 1:
+        result.notes.append(f"{args.pod} holds {len(docs)} pods and pod templates: only the first is planned")
     sys.stdout.write(capacity.render(result, capacity.pod_name(pod, args.pod)))
     return 0
 
@@ -844,13 +876,15 @@ def _add_doctor(sub: Any) -> None:
         "minimum number of extra nodes of a profile for the rest, honouring GPU, CPU and memory requests, node "
         "selectors and affinity, taints, cordons, required pod anti-affinity (per hostname, both ways) and shared "
         "GPUs (one per container where the node's sharing config, the ClusterPolicy's devicePlugin.config, sets "
-        "failRequestsGreaterThanOne: MPS by default); required pod affinity and DoNotSchedule topology spread "
-        "constraints get a note.",
+        "failRequestsGreaterThanOne: MPS by default) and host ports; required pod affinity, DoNotSchedule "
+        "topology spread constraints and DRA resourceClaims get a note. The file holds a Pod, or a Deployment, "
+        "ReplicaSet, StatefulSet, Job or CronJob whose pod template is planned.",
     )
-    p.add_argument("--pod", required=True, help="Pod YAML file ('-' for stdin)")
+    p.add_argument("--pod", required=True, help="Pod (or workload with a pod template) YAML file ('-' for stdin)")
     p.add_argument("--count", type=_at_least_one, required=True, help="how many copies")
     p.add_argument("--node-profile", help="shape of an extra node: an existing node's name, or "
-                   "gpus=8,cpu=96,memory=2048Gi,label.KEY=VALUE,taint.KEY=VALUE:EFFECT "
+                   "gpus=8,cpu=96,memory=2048Gi,label.KEY=VALUE,taint.KEY=VALUE:EFFECT, where gpus are "
+                   "physical GPUs, advertised as the sharing config says (nvidia.com/gpu=N: advertised as given) "
                    "(default: the existing node shape that takes most copies)")  # fmt: skip
     p.add_argument("--kubeconfig", help=KUBECONFIG_HELP)
     p.add_argument("-n", "--namespace", default="default", help="the pods' namespace (%(default)s)")

@@ -2036,23 +2036,31 @@ def test_the_pass_that_evicts_a_gpu_pod_after_the_cordon_names_it() -> None:
     """The plan made again after the cordon was cut down to its actions: its wait ("evicting ml/trainer
     (podDeletion)") was dropped, so neither an Event nor status.upgrade.waiting named the pods the upgrade evicted
     (a pod gone by the next pass was never named; upstream's pod manager posts an Event when it deletes workload
-    pods). Now that plan's wait is the pass's for the node, in the state the cordon's answer showed: one Event,
-    as when the next pass evicted them, and the node in status.upgrade.waiting."""
+    pods). Now that plan's wait is the pass's for the node: one Event, as when the next pass evicted them, and the
+    node in status.upgrade.waiting. Both named the state the cordon's answer showed (wait-for-jobs-required) for a
+    node that plan had moved to pod-deletion-required; a restarted operator reads that entry to tell what was said
+    already. Now they name the state the plan's own patch wrote."""
     events: list[str] = []
-    kube, _, out = _cordoned_pass([_gpu_job("trainer")], events=events)
-    assert ("evict", ("ml", "trainer")) in kube.calls  # evicted in this pass
-    said = "wait-for-jobs-required: evicting ml/trainer (podDeletion)"
-    assert [m for m in events if "ml/trainer" in m] == [said], events
+    kube, after, out = _cordoned_pass([_gpu_job("trainer")], events=events)
+    assert ("evict", ("ml", "trainer")) in kube.calls  # evicted in this pass (a PodDisruptionBudget may keep it)
+    assert after["metadata"]["labels"][STATE_LABEL] == "pod-deletion-required"
+    assert [m for m in events if "ml/trainer" in m] == ["pod-deletion-required: evicting ml/trainer (podDeletion)"]
     assert out.status["waiting"] == [
-        {"node": "n1", "state": "wait-for-jobs-required", "reason": "evicting ml/trainer (podDeletion)"}]
-    # With nothing to evict, the driver pod goes in that pass: its new pod's wait is ordinary progress (no Event
-    # but the start's), said in status.upgrade.waiting only.
-    events.clear()
+        {"node": "n1", "state": "pod-deletion-required", "reason": "evicting ml/trainer (podDeletion)"}]
+
+
+def test_the_pass_that_deletes_the_driver_pod_after_the_cordon_reports_the_wait_in_pod_restart_required() -> None:
+    """The sample's (and the chart's) upgradePolicy, no GPU pod on the node: the pass that cordons it goes on after
+    the cordon's answer to pod-restart-required and deletes its driver pod. status.upgrade.waiting said
+    {"state": "wait-for-jobs-required", "reason": "deleted driver pod ...; waiting for its replacement"}, a state
+    the node had already left, on every node's upgrade. Its new pod's wait is ordinary progress (no Event but the
+    start's), said in status.upgrade.waiting only, now under pod-restart-required."""
+    events: list[str] = []
     _, after, out = _cordoned_pass([], events=events)
     assert after["metadata"]["labels"][STATE_LABEL] == "pod-restart-required"
     assert len(events) == 1 and "node cordoned" in events[0], events
     assert [(w["state"], w["reason"]) for w in out.status["waiting"]] == [
-        ("wait-for-jobs-required", "deleted driver pod nvidia-driver-n1; waiting for its replacement")]
+        ("pod-restart-required", "deleted driver pod nvidia-driver-n1; waiting for its replacement")]
 
 
 def test_a_failed_read_of_the_pods_after_the_cordon_leaves_the_node_for_the_next_pass() -> None:
@@ -2064,6 +2072,30 @@ def test_a_failed_read_of_the_pods_after_the_cordon_leaves_the_node_for_the_next
     kube, after, _ = _cordoned_pass([], held=after)  # the next pass: reads them with the rest, then writes
     assert [verb for verb, _ in kube.calls] == ["list", "merge_patch", "delete"], kube.calls
     assert after["metadata"]["labels"][STATE_LABEL] == "pod-restart-required"
+
+
+def test_a_node_planned_again_after_its_cordon_is_recorded_in_the_state_that_plans_patch_wrote() -> None:
+    """Ran.later kept the state the cordon's answer showed, not the one the plan made after it wrote. Now it keeps
+    the state of that plan's last patch answered, even when a write after it failed (here the eviction: a 500)."""
+    from gpu_operator.upgrade.adapter import Executor
+    from support import ServerKube, node
+
+    class FailingEviction(ServerKube):
+        def evict(self, name: str, namespace: str) -> None:
+            raise ApiError(500, '{"message": "etcdserver: request timed out"}', "POST eviction", "Internal")
+
+    def then(answer: dict[str, Any]) -> Plan:
+        return Plan([SetState("n1", "pod-deletion-required"), EvictPods("n1", (("ml", "trainer"),), False)])
+
+    kube = FailingEviction({("Node", "n1"): node("n1")})
+    ran = Executor(kube, "gpu-operator", lambda *_, **__: None).run(  # type: ignore[arg-type]
+        Plan([Cordon("n1"), SetState("n1", "wait-for-jobs-required")]), then=then)
+    assert kube.objects[("Node", "n1")]["metadata"]["labels"][STATE_LABEL] == "pod-deletion-required"
+    assert ran.later["n1"][0] == "pod-deletion-required"
+    # The plan wrote nothing (its first write failed, or it had no actions): the cordon's answer's state.
+    ran = Executor(kube, "gpu-operator", lambda *_, **__: None).run(  # type: ignore[arg-type]
+        Plan([SetState("n1", "wait-for-jobs-required")]), then=lambda _: Plan([EvictPods("n1", (("ml", "t"),), False)]))
+    assert ran.later["n1"][0] == "wait-for-jobs-required"
 
 
 def test_the_read_after_the_cordon_waits_for_the_next_pass_once_the_write_budget_is_spent() -> None:

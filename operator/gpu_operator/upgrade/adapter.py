@@ -414,8 +414,8 @@ WRITE_BUDGET_S = 2.0
 class Ran:
     """What a run did and did not write: nodes left for the next pass (out of its write budget), nodes dropped
     because they moved on since the plan, nodes patched (a patch of each went through, though a later action
-    may have failed), and nodes planned again once their patch was answered (`then`): the state that answer
-    showed, and that plan (its waits are the node's)."""
+    may have failed), and nodes planned again once their patch was answered (`then`): the state that plan's own
+    patch wrote (that answer's when it wrote none), and that plan (its waits are the node's)."""
 
     left: set[str] = field(default_factory=set)
     dropped: set[str] = field(default_factory=set)
@@ -468,9 +468,11 @@ class Executor:
             if then is not None and answer is not None and (deadline is None or time.monotonic() <= deadline):
                 again = then(answer)
                 if again is not None:
-                    later[actions[0].node] = ((answer["metadata"].get("labels") or {}).get(STATE_LABEL, ""), again)
+                    answered: list[dict[str, Any]] = []
                     if again.actions:
-                        self.node(again.actions, patched)
+                        self.node(again.actions, patched, answered)
+                    last = (answered or [answer])[0]  # the state that plan's own patch wrote, if one went through
+                    later[actions[0].node] = ((last["metadata"].get("labels") or {}).get(STATE_LABEL, ""), again)
 
         # Each node's actions in order, the nodes side by side: a wave of 105 nodes cordoned, or their driver pods
         # deleted, one node after another took seconds, and a node whose new driver was Ready waited for them.
@@ -478,12 +480,15 @@ class Executor:
             list(pool.map(one, enumerate(groups)))
         return Ran(left, dropped, patched, later)
 
-    def node(self, actions: list[Action], patched: set[str] | None = None) -> dict[str, Any] | None:
+    def node(
+        self, actions: list[Action], patched: set[str] | None = None, answer: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any] | None:
         """One node's actions: consecutive label, annotation and cordon changes as one merge patch; the rest stop
         at the node's first failed write. The node as its last patch answered, if all went. `patched`: gets the
-        node's name once a patch of it went through."""
+        node's name once a patch of it went through; `answer`: holds the node as its last patch answered, even when
+        a later write failed."""
         patch: dict[str, Any] = {}
-        answer: list[dict[str, Any]] = []
+        answer = [] if answer is None else answer
 
         def flush() -> bool:
             if not patch:

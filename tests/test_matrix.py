@@ -37,6 +37,7 @@ H100_GFD = {"nvidia.com/gpu.family": "hopper", "nvidia.com/gpu.product": "NVIDIA
 GH200_GFD = {"nvidia.com/gpu.family": "hopper", "nvidia.com/gpu.product": "NVIDIA-GH200-480GB"}
 GH200_144G_LABEL = "feature.node.kubernetes.io/pci-0302_10de_2348.present"
 B200_LABEL = "feature.node.kubernetes.io/pci-0302_10de_2901.present"
+NFD_L4 = "feature.node.kubernetes.io/pci-0302_10de_27b8.present"
 
 
 def gpu_node(name: str, **labels: str) -> NodeFacts:
@@ -190,8 +191,34 @@ def test_auto_resolves_per_node_like_the_driver_container() -> None:
 
 
 def test_identify_from_gfd_labels_first() -> None:
-    ident = identify({**H100_GFD, V100_LABEL: "true"})
+    ident = identify({**H100_GFD, "feature.node.kubernetes.io/pci-0302_10de_2330.present": "true"})
     assert (ident.architectures, ident.source, ident.products) == (("hopper",), "gfd", ("NVIDIA-H100-80GB-HBM3",))
+    unknown_device = identify({**H100_GFD, "feature.node.kubernetes.io/pci-0302_10de_ffff.present": "true"})
+    assert (unknown_device.architectures, unknown_device.source) == (("hopper",), "gfd")
+
+
+def test_identify_trusts_the_devices_over_gfd_labels_they_contradict() -> None:
+    """GFD's labels live in GFD's own NodeFeature object, which only GFD rewrites, and GFD needs a driver; nfd-worker
+    rewrites the devices at every start. GFD's architecture used to win whatever the devices said, so a node whose
+    V100 was replaced by an L4 stayed a volta."""
+    v100_gfd = {"nvidia.com/gpu.family": "volta", "nvidia.com/gpu.product": "Tesla-V100-SXM2-16GB"}
+    for ident in (identify(v100_gfd, ("27b8",)), identify({**v100_gfd, NFD_L4: "true"})):
+        assert ident.architectures == ("ada-lovelace",) and ident.source != "gfd", ident.describe()
+    # devices that include GFD's architecture (a mixed node) leave GFD's answer
+    assert identify(v100_gfd, ("1db1", "27b8")).source == "gfd"
+
+
+def test_stale_gfd_labels_do_not_keep_a_replaced_gpu_refused() -> None:
+    """A V100 node refused under R595 (no driver pod, so GFD no longer runs there) has its GPU replaced by an L4, the
+    remedy the refusal suggests. GFD's stale volta labels outvoted the NodeFeature's 0x27b8, so the node stayed
+    refused and never got the driver that would let GFD correct them."""
+    v100_gfd = {"nvidia.com/gpu.family": "volta", "nvidia.com/gpu.compute.major": "7",
+                "nvidia.com/gpu.compute.minor": "0", "nvidia.com/gpu.product": "Tesla-V100-SXM2-16GB"}  # fmt: skip
+    labels = {PCI: "true", **OS, **v100_gfd, "nvidia.com/gpu.deploy.driver": DRIVER_REFUSED}
+    node = NodeFacts(name="swapped", labels=labels, has_nfd=True, pci_devices=("27b8",))
+    found = compat.verdicts([node], spec("595.91.07"))["swapped"]
+    assert found.refusal is None, found.describe()
+    assert desired_labels(node, spec("595.91.07"), refused=False)["nvidia.com/gpu.deploy.driver"] == "true"
 
 
 def test_identify_from_gfd_compute_capability() -> None:

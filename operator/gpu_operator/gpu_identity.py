@@ -3,7 +3,8 @@
 In order: GPU feature discovery's labels (gpu.family, gpu.compute.major/minor, gpu.product), which exist only
 once a driver ran; the PCI devices of NFD's NodeFeature object (nfd.k8s-sigs.io/v1alpha1, vendor and device
 ID of every PCI device); NFD's labels when NFD is told to put the device ID in them
-(`feature.node.kubernetes.io/pci-<class>_10de_<device>.present`, deviceLabelFields with `device`). A node
+(`feature.node.kubernetes.io/pci-<class>_10de_<device>.present`, deviceLabelFields with `device`). Where those
+device IDs are in the matrix and do not include GFD's architecture (a replaced GPU), the devices win. A node
 none of them identifies is "unknown, not checked".
 """
 
@@ -117,17 +118,23 @@ def identify(
             arch = matrix.architecture_of_compute(major, minor)
     if label_devices is None:
         label_devices = device_ids_from_labels(labels)
-    if arch is not None:
-        product = labels.get(GFD_PRODUCT, "")
-        rows = matrix.products_of(tuple(sorted({*pci, *label_devices})), product)
-        return Identity((arch,), (product,) if product else (), "gfd", product_rows=rows)
     misses = []
+    by_devices = None
     for devices, source in ((pci, "nodefeature"), (label_devices, "nfd-label")):
         if devices:
             found = _from_devices(devices, source)
             if found.known:
-                return found
+                by_devices = found
+                break
             misses.append(found.detail)
+    # GFD's labels outlive a GPU swap (only GFD rewrites them, and it needs a driver): where the devices NFD reports
+    # now are known and do not include GFD's architecture, the devices decide.
+    if arch is not None and (by_devices is None or arch in by_devices.architectures):
+        product = labels.get(GFD_PRODUCT, "")
+        rows = matrix.products_of(tuple(sorted({*pci, *label_devices})), product)
+        return Identity((arch,), (product,) if product else (), "gfd", product_rows=rows)
+    if by_devices is not None:
+        return by_devices
     if family:
         misses.insert(0, f"gpu.family {family} not in the version matrix")
     return Identity(detail="; ".join(misses) or "no GFD labels, NodeFeature devices or NFD device-ID labels yet")

@@ -658,6 +658,33 @@ def test_the_cleanup_hook_lets_go_of_a_driver_upgrade_when_no_clusterpolicy_is_l
     assert "node failed: the last ClusterPolicy deleted in upgrade-failed (boom): node left cordoned" in out
 
 
+def test_the_cleanup_hook_takes_a_mid_upgrade_node_deleted_since_it_listed_it_as_let_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The hook's let-go took a node deleted after it listed the nodes (its patch answered 404) for a failed let-go:
+    for one the MIG gate had cordoned too it printed "left cordoned, its driver upgrade could not be let go; uncordon
+    it with kubectl", about a node that no longer exists. A node that is gone holds no upgrade to let go."""
+    from gpu_operator.kube import ApiError
+    from gpu_operator.lifecycle import CLEANUP_FINALIZER
+    from gpu_operator.nodes import MIG_CORDONED
+    from gpu_operator.upgrade.model import STATE_LABEL
+
+    class GoneKube(HookKube):
+        def merge_patch(self, kind: str, name: str, patch: dict[str, Any], namespace: str | None = None,
+                        sub: str | None = None) -> dict[str, Any]:  # fmt: skip
+            if (kind, name) == ("Node", "gone"):
+                raise ApiError(404, '{"message": "nodes \\"gone\\" not found"}', "PATCH Node gone", "NotFound")
+            return super().merge_patch(kind, name, patch, namespace, sub)
+
+    gone = {"metadata": {"name": "gone", "labels": {STATE_LABEL: "drain-required"},
+                         "annotations": {MIG_CORDONED: "true"}}, "spec": {"unschedulable": True}}  # fmt: skip
+    kube = GoneKube({"cluster-policy": [CLEANUP_FINALIZER]}, [gone])
+    kube.replicas = 0  # no operator runs: the hook lets the upgrade go
+    out = run_cleanup_hook(monkeypatch, kube)
+    assert kube.policies == {}
+    assert "node gone:" not in out, out
+
+
 def test_the_chart_says_a_clusterpolicy_the_tightened_crd_refuses_is_fixed_before_upgrading_on_1_29() -> None:
     """The pre-upgrade hook applies the CRDs, which may refuse a value an older one took (`memory: 512MB`,
     `config.default: team/layout`, a probe above int32). Only from 1.30 does the API server ratchet CRD validation;

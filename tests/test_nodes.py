@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from typing import Any
 
@@ -738,6 +739,30 @@ def test_uninstall_keeps_the_finalizer_while_a_nodes_upgrade_is_not_let_go() -> 
     assert not done
     assert not [c for c in kube.calls if c[0] == "merge_patch" and "spec" in c[1][2]], "still cordoned"
     assert not [c for c in kube.calls if c[0] == "merge_patch" and c[1][0] == "ClusterPolicy"], "finalizer kept"
+
+
+def test_uninstall_takes_a_mid_upgrade_node_deleted_since_the_snapshot_as_let_go(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The let-go of the driver upgrades took a node deleted since the snapshot (its patch answered 404: an
+    autoscaler or an admin removing a node the upgrade had cordoned) for a failed let-go: the Executor logged a failed
+    patch, the clean-up warned that its upgrade was "not let go; tried again" and kept the finalizer until the next
+    pass. A node that is gone holds no upgrade to let go, as the MIG gate's uncordon already takes its 404."""
+    from gpu_operator.kube import ApiError
+    from gpu_operator.nodes import MIG_CORDONED
+    from support import RecordingKube
+
+    class GoneNodeKube(RecordingKube):
+        def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *a: Any, **k: Any) -> dict[str, Any]:
+            if (kind, name) == ("Node", "gone"):
+                raise ApiError(404, '{"message": "nodes \\"gone\\" not found"}', "PATCH Node gone", "NotFound")
+            return super().merge_patch(kind, name, patch, *a, **k)
+
+    kube, done, _ = _delete_last_policy([_mid_upgrade("gone", "drain-required", **{MIG_CORDONED: "true"})],
+                                        GoneNodeKube())  # fmt: skip
+    assert done
+    assert [c for c in kube.calls if c[0] == "merge_patch" and c[1][0] == "ClusterPolicy"], "finalizer let go"
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING], "nothing failed"
 
 
 # The driver auto-upgrade annotation k8s-driver-manager reads (upstream applyDriverAutoUpgradeAnnotation and

@@ -425,13 +425,15 @@ class Ran:
 
 class Executor:
     """Carries out a plan's actions, each node's in order, the nodes side by side; a node's remaining actions stop
-    at its first failed write. `who` heads its log lines: the driver upgrade's, or the MIG gate's ("MIG")."""
+    at its first failed write. `who` heads its log lines: the driver upgrade's, or the MIG gate's ("MIG"). `gone`:
+    the nodes whose patch answered 404 (deleted since they were read)."""
 
     def __init__(self, kube: Kube, namespace: str, event: EventFn, who: str = "upgrade"):
         self.kube = kube
         self.namespace = namespace
         self.event = event
         self.who = who
+        self.gone: set[str] = set()
 
     def run(
         self,
@@ -501,7 +503,11 @@ class Executor:
                     patched.add(actions[0].node)
                 return True
             except ApiError as exc:
-                log.warning("%s: patching node %s failed: %s", self.who, actions[0].node, exc)
+                if exc.status == 404:
+                    log.info("%s: node %s is gone", self.who, actions[0].node)
+                    self.gone.add(actions[0].node)
+                else:
+                    log.warning("%s: patching node %s failed: %s", self.who, actions[0].node, exc)
                 return False
 
         for action in actions:

@@ -67,12 +67,14 @@ def left_behind(
     are let go as with autoUpgrade off (planner.switched_off): state label and bookkeeping removed, the upgrade's own
     cordons undone (a failed node's left to the admin), each with an event saying `why`. Upstream leaves them
     cordoned for good. `unowned`: nodes whose NVIDIADriver owner label goes in the same patch (the pass keeps it
-    until then: it decides by it that the node is let go). Returns the nodes whose patch did not go through."""
+    until then: it decides by it that the node is let go). Returns the nodes whose patch did not go through (a node
+    deleted since it was read, its patch answered 404, holds nothing to let go: not among them)."""
     actions = [a for n in nodes if STATE_LABEL in n.labels for a in _let_go(n, why, n.name in unowned)]
     if not actions:
         return set()
-    ran = Executor(kube, namespace, events).run(Plan(actions))
-    return {a.node for a in actions} - ran.patched
+    executor = Executor(kube, namespace, events)
+    ran = executor.run(Plan(actions))
+    return {a.node for a in actions} - ran.patched - executor.gone
 
 
 def _let_go(node: NodeFacts, why: str, unowned: bool) -> list[Action]:

@@ -13,7 +13,9 @@ k8s-device-plugin v0.20:
   and ``devices``: every device is shared, under ``<name>.shared`` only with renameByDefault (``sharing.parse``).
 * ``internal/plugin/mps.go``: MPS on MIG devices is refused; with MPS the plugin starts only once the control
   daemon answers (here: an MPS control daemon pod on the node is ready), and for ``nvidia.com/gpu`` too when the
-  config does not share it (the daemon starts none for it: the plugin never starts).
+  config does not share it (the daemon starts none for it: the plugin never starts).  The control daemon exits
+  on more replicas than an MPS server's clients (``cmd/mps-control-daemon/mps/device.go`` assertReplicas: 48, 16
+  below compute capability 7.5), so the plugin never starts either.
 * ``internal/lm/resource.go``, ``mig-strategy.go``, ``nvml.go``: labels ``<resource>.product/count/replicas/
   sharing-strategy``, product ``<model>[-MIG-<profile>][-SHARED]`` (``-SHARED`` when replicated and not renamed),
   MIG attributes ``memory``, ``slices.gi``, ``slices.ci`` (also multiprocessors and engines upstream; not
@@ -212,8 +214,13 @@ def advertise(profile: Profile, layout: str | None, mig_strategy: str, config: s
             return Advertised(error="using --mig-strategy=mixed is not supported with MPS")
         if devices is not None:
             return Advertised(error="sharing using MPS is not supported for MIG devices")
-        if config.sharing_of(GPU) is None:  # the MPS control daemon starts none for nvidia.com/gpu
+        r = config.sharing_of(GPU)
+        if r is None:  # the MPS control daemon starts none for nvidia.com/gpu
             return Advertised(error="error waiting for MPS daemon: MPS is config-wide and nvidia.com/gpu is not shared")
+        limit = sharing.MPS_MAX_CLIENTS if profile.compute >= (7, 5) else sharing.MPS_MAX_CLIENTS_BEFORE_7_5
+        if r.replicas > limit:  # the MPS control daemon exits
+            return Advertised(error=f"error waiting for MPS daemon: invalid MPS configuration: maximum allowed "
+                                    f"replicas exceeded: {r.replicas} > {limit}")
         if not mps_daemon_ready:
             return Advertised(error="error waiting for MPS daemon: the MPS control daemon is not running")
     out: dict[str, int] = {}

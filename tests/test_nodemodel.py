@@ -1025,3 +1025,20 @@ def test_gfd_writes_no_mig_strategy_label_under_strategy_none() -> None:
         labels = gfd_labels(h100, "595.91.07", strategy)
         labels.update(adv.gfd_overlay(h100, None, strategy, sharing.EMPTY))
         assert labels.get("nvidia.com/mig.strategy") == (None if strategy == "none" else strategy)
+
+
+# --- the device plugin and the MPS control daemon ---
+
+def test_the_mps_control_daemon_exits_on_more_replicas_than_its_client_limit_and_nothing_is_advertised() -> None:
+    """k8s-device-plugin cmd/mps-control-daemon/mps/manager.go Daemons -> device.go assertReplicas: more replicas
+    than an MPS server's clients (48, 16 below compute capability 7.5) fail "invalid MPS configuration: ...
+    maximum allowed replicas exceeded"; the daemon exits and the plugin's Start fails "error waiting for MPS
+    daemon" (internal/plugin/server.go): nothing is advertised. The model advertised GPUs x replicas (256 on the
+    V100 node, 512 on the H100 node), where sharing.check refuses the config for the same limits."""
+    h100, v100 = PROFILES["h100x8"], PROFILES["v100x8"]
+    mps = "sharing: {{mps: {{resources: [{{name: nvidia.com/gpu, replicas: {}}}]}}}}"
+    for profile, ok, over in ((v100, 16, 17), (h100, 48, 49)):
+        assert adv.advertise(profile, None, "none", sharing.parse(mps.format(ok))).resources == {
+            "nvidia.com/gpu": 8 * ok}
+        got = adv.advertise(profile, None, "none", sharing.parse(mps.format(over)))
+        assert f"maximum allowed replicas exceeded: {over} > {ok}" in got.error and not got.resources

@@ -20,7 +20,8 @@ k8s-device-plugin v0.20:
   sharing-strategy``, product ``<model>[-MIG-<profile>][-SHARED]`` (``-SHARED`` when replicated and not renamed),
   MIG attributes ``memory``, ``slices.gi``, ``slices.ci`` (also multiprocessors and engines upstream; not
   modelled), ``-MIG-INVALID`` with count 0 for a non-uniform single layout, ``mps.capable=true`` only with an MPS
-  config and no MIG-enabled GPU.
+  config.  With an MPS config GFD exits on a MIG-enabled GPU whatever the MIG strategy (``nvml.go`` isMPSCapable),
+  so it never labels the node ``mps.capable=true``, the MPS control daemon never runs there and the plugin waits.
 * Names: a profile's ``+`` becomes ``.`` (``internal/rm/rm.go``, ``internal/resource/nvml-mig-device.go``
   GetName): ``1g.10gb+me`` is advertised as ``nvidia.com/mig-1g.10gb.me``, product ``<model>-MIG-1g.10gb.me``.
 * MIG attribute values: memory is the profile's size in GiB as MiB, as go-nvml's mock GPUs report it
@@ -208,12 +209,16 @@ def advertise(profile: Profile, layout: str | None, mig_strategy: str, config: s
         return Advertised()
     if mig_strategy not in sharing.MIG_STRATEGIES:
         return Advertised(error=f"unknown MIG strategy: {mig_strategy}")
-    devices = mig_devices(profile, layout, configs) if mig_strategy != "none" else None
+    mig_on = mig_devices(profile, layout, configs)
+    devices = mig_on if mig_strategy != "none" else None
     if config.strategy == sharing.MPS:
         if mig_strategy == "mixed":
             return Advertised(error="using --mig-strategy=mixed is not supported with MPS")
         if devices is not None:
             return Advertised(error="sharing using MPS is not supported for MIG devices")
+        if mig_on is not None:  # GFD exits: no mps.capable=true, no MPS control daemon
+            return Advertised(error="error waiting for MPS daemon: GFD fails on a MIG-enabled GPU (MPS sharing is "
+                                    "not supported for mig devices)")
         r = config.sharing_of(GPU)
         if r is None:  # the MPS control daemon starts none for nvidia.com/gpu
             return Advertised(error="error waiting for MPS daemon: MPS is config-wide and nvidia.com/gpu is not shared")
@@ -250,11 +255,20 @@ def _resource_labels(prefix: str, product: str, count: int, config: sharing.Shar
             f"{prefix}.sharing-strategy": strategy}
 
 
+def gfd_error(profile: Profile, layout: str | None, config: sharing.SharingConfig,
+              configs: MigConfigs | None = None) -> str:
+    """Why GFD exits with this config (it then removes its output file, and NFD its labels), or ""."""
+    if config.strategy == sharing.MPS and mig_devices(profile, layout, configs) is not None:
+        return "failed to check MPS-capable: MPS sharing is not supported for mig devices"
+    return ""
+
+
 def gfd_overlay(profile: Profile, layout: str | None, mig_strategy: str, config: sharing.SharingConfig,
                 configs: MigConfigs | None = None) -> dict[str, str]:
     """What GFD's labels are beyond the plain profile's (``gfd_labels``): sharing, MIG strategy and MIG devices."""
     devices = mig_devices(profile, layout, configs) if mig_strategy != "none" else None
-    out = {"nvidia.com/mps.capable": str(config.strategy == sharing.MPS and devices is None).lower()}
+    mps = config.strategy == sharing.MPS and not gfd_error(profile, layout, config, configs)
+    out = {"nvidia.com/mps.capable": str(mps).lower()}
     if mig_strategy != "none":  # GFD's MIG labeler writes it; under none there is none (mig-strategy.go)
         out["nvidia.com/mig.strategy"] = mig_strategy
     n = profile.gpu_count

@@ -540,7 +540,9 @@ class NodeSimulator:
             selected = self._config_of(gfd, labels, world)
             strategy = adv.mig_strategy_of(gfd, selected.config.mig_strategy or self.mig_strategy)
             want = gfd_labels(profile, result.driver_version, strategy)
-            if not selected.error:
+            if not selected.error and adv.gfd_error(profile, layout, selected.config, mig_configs):
+                want = {}  # GFD exits and removes its output file: NFD drops its labels
+            elif not selected.error:
                 want.update(adv.gfd_overlay(profile, layout, strategy, selected.config, mig_configs))
         self._sync_gfd(node, want)
         with self._lock:

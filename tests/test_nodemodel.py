@@ -1027,6 +1027,23 @@ def test_gfd_writes_no_mig_strategy_label_under_strategy_none() -> None:
         assert labels.get("nvidia.com/mig.strategy") == (None if strategy == "none" else strategy)
 
 
+def test_gfd_exits_on_an_mps_config_with_a_mig_enabled_gpu_whatever_the_mig_strategy() -> None:
+    """k8s-device-plugin internal/lm/nvml.go newSharingLabeler -> isMPSCapable loops over every GPU whatever the MIG
+    strategy and fails on a MIG-enabled one ("MPS sharing is not supported for mig devices"): GFD exits, the node is
+    never labelled mps.capable=true, the MPS control daemon (nodeSelector mps.capable=true) never runs there and the
+    plugin waits for it. The model looked at MIG only under single and mixed: under none it labelled the node
+    mps.capable=true and advertised 8 x 2 GPUs, where sharing.check refuses MPS on MIG whatever the strategy."""
+    h100 = PROFILES["h100x8"]
+    mps2 = sharing.parse("sharing: {mps: {resources: [{name: nvidia.com/gpu, replicas: 2}]}}")
+    for strategy in ("none", "single"):
+        assert "not supported for mig devices" in adv.gfd_error(h100, "all-1g.10gb", mps2)
+        assert adv.gfd_overlay(h100, "all-1g.10gb", strategy, mps2)["nvidia.com/mps.capable"] == "false"
+        got = adv.advertise(h100, "all-1g.10gb", strategy, mps2)
+        assert got.error and not got.resources, (strategy, got)
+    assert not adv.gfd_error(h100, None, mps2) and not adv.gfd_error(h100, "all-1g.10gb", sharing.EMPTY)
+    assert adv.advertise(h100, "all-disabled", "none", mps2).resources == {"nvidia.com/gpu": 16}
+
+
 # --- the device plugin and the MPS control daemon ---
 
 def test_the_mps_control_daemon_exits_on_more_replicas_than_its_client_limit_and_nothing_is_advertised() -> None:

@@ -28,8 +28,9 @@ k8s-device-plugin v0.20:
   (``pkg/nvml/mock/gpus/h100.go``: 1g.10gb -> 10240); slices are the profile's compute slices.
 * Layouts: the user's mig-parted config when the node's MIG manager pod mounts one (a ConfigMap volume holding
   ``mig-configs``), else the default set; an entry applies to a GPU without ``device-filter`` or naming its ID.
-* ``cmd/config-manager/main.go``: the config is the ConfigMap key named by the node label (``NODE_LABEL``), else
-  ``DEFAULT_CONFIG``, else the fallback (``empty``); a named key that does not exist is an error (at pod start;
+* ``cmd/config-manager/main.go``: a ConfigMap with no keys (data's or binaryData's) is an error ("no
+  configuration files available"); else the config is the ConfigMap key named by the node label (``NODE_LABEL``),
+  else ``DEFAULT_CONFIG``, else the fallback (``empty``); a named key that does not exist is an error (at pod start;
   later the sidecar exits before it touches the file, and the plugin keeps the config it loaded).  It reloads
   when the label changes (the sidecar signals the plugin), not when the ConfigMap's content changes.  It writes the
   selection to ``CONFIG_FILE_DST``, which the plugin and GFD read only as their ``CONFIG_FILE``
@@ -167,8 +168,10 @@ class Selected:
 
 def select_config(data: Mapping[str, str] | None, node_labels: Mapping[str, str], node_label: str,
                   default: str, fallbacks: str = "empty") -> Selected:
-    """config-manager's choice, parsed as the plugin would parse it."""
+    """config-manager's choice, parsed as the plugin would parse it (data None: no ConfigMap, no files)."""
     files = dict(data or {})
+    if not files:  # checked before the label, the default and the fallbacks
+        return Selected(error="no configuration files available")
     wanted = node_labels.get(node_label, "")
     if wanted:
         key = wanted

@@ -28,6 +28,8 @@ node for that moment.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import heapq
 import itertools
 import json
@@ -72,6 +74,17 @@ __all__ = ["NodeSimulator", "MANAGED_SELECTOR", "driver_version_from_image", "im
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _files(cm: dict[str, Any]) -> dict[str, str]:
+    """The files a ConfigMap volume holds: data's keys and binaryData's (decoded)."""
+    out = {}
+    for k, v in (cm.get("binaryData") or {}).items():
+        try:
+            out[k] = base64.b64decode(v).decode(errors="replace")
+        except (binascii.Error, TypeError):
+            out[k] = ""
+    return {**out, **dict(cm.get("data") or {})}
 
 
 class _NodeQueue:
@@ -584,7 +597,7 @@ class NodeSimulator:
         dss = self._kube.get(f"/apis/apps/v1/namespaces/{ns}/daemonsets")
         world = World(
             runtime_classes={r["metadata"]["name"]: r.get("handler", "") for r in rcs.get("items") or []},
-            config_maps={(ns, c["metadata"]["name"]): dict(c.get("data") or {}) for c in cms.get("items") or []},
+            config_maps={(ns, c["metadata"]["name"]): _files(c) for c in cms.get("items") or []},
             daemonsets=list(dss.get("items") or []),
             dry_run=self._dry_run,
             version=",".join(f"{x['metadata']['name']}@{x['metadata'].get('resourceVersion')}"

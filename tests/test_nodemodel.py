@@ -1059,3 +1059,24 @@ def test_the_mps_control_daemon_exits_on_more_replicas_than_its_client_limit_and
             "nvidia.com/gpu": 8 * ok}
         got = adv.advertise(profile, None, "none", sharing.parse(mps.format(over)))
         assert f"maximum allowed replicas exceeded: {over} > {ok}" in got.error and not got.resources
+
+
+# --- config-manager ---
+
+def test_config_manager_fails_on_a_config_map_with_no_keys() -> None:
+    """k8s-device-plugin cmd/config-manager/main.go updateConfigName checks `len(files) == 0` ("no configuration
+    files available") before the node label, DEFAULT_CONFIG or the fallbacks: config-manager exits and the plugin
+    never starts. The model fell back to the empty config and advertised the plain GPUs (and with a label set it
+    said "specified config X does not exist"), where sharing.problems refuses such a ConfigMap. A ConfigMap
+    volume holds binaryData's keys too: such a ConfigMap is not empty."""
+    import base64
+
+    from e2e.simulator import _files
+
+    label = sharing.NODE_LABEL
+    for labels in ({}, {label: "ts4"}):
+        for data in (None, {}):
+            assert adv.select_config(data, labels, label, "").error == "no configuration files available"
+    ts4 = "sharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, replicas: 4}]}}"
+    files = _files({"binaryData": {"ts4": base64.b64encode(ts4.encode()).decode()}})
+    assert adv.select_config(files, {label: "ts4"}, label, "").config == sharing.parse(ts4)

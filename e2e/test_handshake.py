@@ -151,6 +151,8 @@ def test_cdi_off_comes_up_through_the_handshake(env: Env) -> None:
     plugin = env.admin.get("DaemonSet", "nvidia-device-plugin-daemonset", NAMESPACE) or {}
     env_vars = {e["name"]: e.get("value") for e in plugin["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env_vars.get("DEVICE_LIST_STRATEGY") == "envvar"
+    # Containerd GPU nodes keep the class (upstream's cluster runtime); the cri-o toolkit gives cri-o `nvidia` too.
+    assert plugin["spec"]["template"]["spec"].get("runtimeClassName") == "nvidia"
 
 
 def test_time_slicing_config_comes_up_through_the_handshake(env: Env) -> None:

@@ -123,15 +123,36 @@ def test_runs_with_the_operator_runtime_class(name: str) -> None:
     assert pod(ds_of({"operator": {"runtimeClass": "nvidia-cdi"}}, name))["runtimeClassName"] == "nvidia-cdi"
 
 
-CRIO_NODES = [facts("gpu-crio", os=("rhel", "9.4"), runtime="cri-o://1.30.2"), facts("gpu-ctr", runtime="containerd://2.0")]
+CRIO = facts("gpu-crio", os=("rhel", "9.4"), runtime="cri-o://1.30.2")
+OPTED_OUT = {"nvidia.com/gpu.deploy.container-toolkit": "false"}
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_no_runtime_class_on_crio_without_cdi(name: str) -> None:
-    """cri-o without CDI gets the toolkit's OCI hook, not a runtime handler (upstream setRuntimeClassName)."""
-    assert "runtimeClassName" not in pod(ds_of({"cdi": {"enabled": False}}, name, CRIO_NODES))
-    assert pod(ds_of({"cdi": {"enabled": True}}, name, CRIO_NODES))["runtimeClassName"] == "nvidia"
+    """A cri-o cluster without CDI gets no runtime class (upstream setRuntimeClassName); containerd keeps it."""
+    assert "runtimeClassName" not in pod(ds_of({"cdi": {"enabled": False}}, name, [CRIO]))
+    assert pod(ds_of({"cdi": {"enabled": True}}, name, [CRIO]))["runtimeClassName"] == "nvidia"
     assert pod(ds_of({"cdi": {"enabled": False}}, name))["runtimeClassName"] == "nvidia"  # containerd only
+    docker = facts("gpu-docker", runtime="docker://27.3.1")  # upstream's pick with docker is list order; kept here
+    assert pod(ds_of({"cdi": {"enabled": False}}, name, [docker, CRIO]))["runtimeClassName"] == "nvidia"
+
+
+@pytest.mark.parametrize("name", [*ALL, "nvidia-operator-validator"])
+@pytest.mark.parametrize(
+    ("raw", "labels"),
+    [({"toolkit": {"enabled": False}}, {}), ({}, OPTED_OUT), ({}, {})],
+    ids=["host-toolkit", "containerd-node-opted-out", "operator-toolkit"],
+)
+def test_a_crio_node_keeps_the_runtime_class_where_a_gpu_node_runs_containerd(
+    name: str, raw: dict[str, Any], labels: dict[str, str]
+) -> None:
+    """CDI off, one containerd and one cri-o GPU node. The class was left out of every pod as soon as any GPU
+    node ran cri-o, so a containerd node whose toolkit is on the host (toolkit.enabled false, or the node opted
+    out), where `nvidia` is a handler but not the default runtime, ran the operands under runc with no GPU.
+    Upstream's getRuntime picks containerd for this cluster and keeps the class; our cri-o toolkit (config mode)
+    gives the cri-o node the `nvidia` handler too."""
+    nodes = [facts("gpu-ctr", labels=labels), CRIO]
+    assert pod(ds_of({**raw, "cdi": {"enabled": False}}, name, nodes))["runtimeClassName"] == "nvidia"
 
 
 @pytest.mark.parametrize("name", ALL)

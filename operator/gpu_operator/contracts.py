@@ -41,13 +41,14 @@ def resources_of(section: ComponentSpec | ValidatorSpec | None) -> dict[str, Any
 def runtime_class_name(spec: ClusterPolicySpec, runtimes: set[str]) -> str | None:
     """`operator.runtimeClass` for the pods that need the NVIDIA runtime, or None (no runtimeClassName).
 
-    Upstream (setRuntimeClassName) leaves it out with the NRI plugin, and on cri-o without CDI. Runtimes are
-    per node here: with CDI off, one cri-o GPU node leaves it out for every pod (without CDI the toolkit makes
-    `nvidia` the default runtime, so the pods need no class on either runtime).
+    Upstream (setRuntimeClassName) leaves it out with the NRI plugin, and without CDI when its one cluster runtime
+    (getRuntime) is cri-o: no GPU node runs containerd (nor docker here, where upstream's pick is list order).
+    Otherwise the class is kept: a host-installed toolkit gives containerd an `nvidia` handler that is not the
+    default, and our cri-o toolkit (always `config` mode) gives cri-o nodes the handler too.
     """
     if spec.cdi.nri_plugin_enabled:
         return None
-    if not spec.cdi.enabled and CRIO in runtimes:
+    if not spec.cdi.enabled and CRIO in runtimes and not runtimes & {"containerd", "docker"}:
         return None
     return spec.operator.runtime_class or "nvidia"
 

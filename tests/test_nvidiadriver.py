@@ -53,14 +53,33 @@ def test_overlapping_selectors_conflict_on_both_and_neither_takes_the_node() -> 
     assert found.owner["b2"] == "default"  # neither takes it; the default keeps it (see below)
     assert found.nodes_of("pool-b") == ["b1"] and found.nodes_of("rack") == []
     message = nvidiadriver.conflict_message("pool-b", found)
-    assert message is not None and "rack" in message and "b2" in message
+    assert message == ("nodeSelector conflicts with NVIDIADriver rack on b2, which neither takes over: the default "
+                       "default's driver stays there")  # fmt: skip
+    found = assign(NODES, drivers[1:])
+    assert nvidiadriver.conflict_message("rack", found) == (
+        "nodeSelector conflicts with NVIDIADriver pool-b on b2, which neither takes over: no driver is deployed there"
+    )
 
 
 def test_a_conflict_keeps_the_driver_a_node_already_runs() -> None:
+    """The conflict message said "no driver is deployed there by either" of the node that keeps pool-b's driver (its
+    status counts it): an admin reading it would look for a missing driver. It says what each node keeps."""
     routed = facts("b2", labels={"pool": "b", "rack": "r7", OWNER_LABEL: "pool-b"})
-    found = assign([routed], [nvd("pool-b", nodeSelector={"pool": "b"}), nvd("rack", nodeSelector={"rack": "r7"})])
+    drivers = [nvd("pool-b", nodeSelector={"pool": "b"}), nvd("rack", nodeSelector={"rack": "r7"})]
+    found = assign([routed], drivers)
     assert found.owner == {"b2": "pool-b"}
     assert found.conflicts == {"pool-b": ["b2"], "rack": ["b2"]}
+    status = nvidiadriver.driver_status(drivers[0], found, (True, ""), "gpu-operator", None, "t")
+    assert status["nodes"] == 1
+    error = next(c for c in status["conditions"] if c["type"] == "Error")
+    assert error["message"] == ("nodeSelector conflicts with NVIDIADriver rack on b2, which neither takes over: "
+                                "pool-b's driver stays there")  # fmt: skip
+    unlabelled = facts("b3", labels={"pool": "b", "rack": "r7"})
+    found = assign([routed, unlabelled], drivers)
+    assert nvidiadriver.conflict_message("rack", found) == (
+        "nodeSelector conflicts with NVIDIADriver pool-b on b2, b3, which neither takes over: pool-b's driver stays "
+        "on b2; no driver is deployed on b3"
+    )
 
 
 def test_a_conflict_keeps_the_driver_of_an_nvidiadriver_that_no_longer_selects_the_node() -> None:

@@ -290,9 +290,23 @@ def conflict_message(driver: str, assignment: Assignment) -> str | None:
     nodes = assignment.conflicts.get(driver)
     if not nodes:
         return None
-    shown = ", ".join(nodes[:10]) + (f" and {len(nodes) - 10} more" if len(nodes) > 10 else "")
     others = ", ".join(sorted(assignment.with_whom.get(driver, [])))
-    return f"nodeSelector conflicts with NVIDIADriver {others} on {shown}: no driver is deployed there by either"
+    kept: dict[str | None, list[str]] = {}  # what drives each contested node now (assign keeps it)
+    for node in nodes:
+        kept.setdefault(assignment.owner.get(node), []).append(node)
+    parts = []
+    for owner, on in kept.items():
+        where = "there" if len(kept) == 1 else f"on {_shown(on)}"
+        if owner is None:
+            parts.append(f"no driver is deployed {where}")
+        else:
+            parts.append(f"{'the default ' if owner == assignment.default else ''}{owner}'s driver stays {where}")
+    said = "; ".join(parts)
+    return f"nodeSelector conflicts with NVIDIADriver {others} on {_shown(nodes)}, which neither takes over: {said}"
+
+
+def _shown(nodes: list[str]) -> str:
+    return ", ".join(nodes[:10]) + (f" and {len(nodes) - 10} more" if len(nodes) > 10 else "")
 
 
 def _tagged(image: str) -> bool:

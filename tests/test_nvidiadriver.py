@@ -559,6 +559,31 @@ def test_an_nvidiadriver_whose_secret_env_secret_is_missing_is_held() -> None:
     assert [d["metadata"]["name"] for d in daemonsets([driver_plan])] == ["nvidia-driver-daemonset-ubuntu22.04"]
 
 
+@pytest.mark.parametrize(
+    ("field", "path"),
+    [
+        ({"repoConfig": {"name": "missing-cm"}}, "repoConfig.name"),
+        ({"certConfig": {"name": "missing-cm"}}, "certConfig.name"),
+        ({"kernelModuleConfig": {"name": "missing-cm"}}, "kernelModuleConfig.name"),
+    ],
+)
+def test_an_nvidiadriver_held_for_a_missing_config_map_is_told_its_own_field(field: dict[str, Any],
+                                                                            path: str) -> None:
+    """The hold named the ClusterPolicy's field (driver.repoConfig.configMapName, driver.certConfig.name,
+    driver.kernelModuleConfig.name), which an NVIDIADriver does not have: its fields are repoConfig.name and so on
+    (nvidiadriver_types.go), as secretEnv's hold already said."""
+    objs = drivers_objects(("team-a", {"default": True, **field}))
+    plans = render_all(parse_spec(crd_policy()), [facts("n1")], nvidia_drivers=objs, config_maps={})
+    driver_plan = next(p for p in plans if p.state.name == "state-driver")
+    assert driver_plan.held == {
+        "uid-team-a": f"NVIDIADriver team-a: ConfigMap missing-cm ({path}) not found in namespace gpu-operator"}
+    if path != "kernelModuleConfig.name":  # an OS without a repo (or certificate) directory
+        plans = render_all(parse_spec(crd_policy()), [facts("n1", os=("flatcar", "3975"))], nvidia_drivers=objs,
+                           config_maps={"missing-cm": ()})  # fmt: skip
+        held = next(p for p in plans if p.state.name == "state-driver").held["uid-team-a"]
+        assert held.startswith(f"NVIDIADriver team-a: {path}: not supported for the OS flatcar"), held
+
+
 def test_a_pass_reads_only_the_named_secret_env_secrets() -> None:
     """The Secret is read by name (a Role's `get`), never listed: listing would read every Secret's data."""
     from gpu_operator.kube import ApiError

@@ -144,8 +144,11 @@ def _pool_nodes(nodes: tuple[NodeFacts, ...], pool: Pool) -> list[NodeFacts]:
 
 
 def _field(ctx: RenderContext, name: str) -> str:
-    """A driver field as the user wrote it: under `driver.` in a ClusterPolicy, at the top of an NVIDIADriver."""
-    return name if ctx.driver_group is not None else f"driver.{name}"
+    """A driver field as the user wrote it: under `driver.` in a ClusterPolicy, at the top of an NVIDIADriver
+    (whose repoConfig names its ConfigMap `name`)."""
+    if ctx.driver_group is not None:
+        return "repoConfig.name" if name == "repoConfig.configMapName" else name
+    return f"driver.{name}"
 
 
 def _pool(ctx: RenderContext, pool: Pool) -> dict[str, Any]:
@@ -185,8 +188,8 @@ def _pool(ctx: RenderContext, pool: Pool) -> dict[str, Any]:
 
     if not precompiled:
         for ref, field, dirs in (
-            (driver.repo_config.config_map_name, "driver.repoConfig.configMapName", REPO_CONFIG_DIRS),
-            (driver.cert_config.name, "driver.certConfig.name", CERT_CONFIG_DIRS),
+            (driver.repo_config.config_map_name, _field(ctx, "repoConfig.configMapName"), REPO_CONFIG_DIRS),
+            (driver.cert_config.name, _field(ctx, "certConfig.name"), CERT_CONFIG_DIRS),
         ):
             if not ref:
                 continue
@@ -210,7 +213,8 @@ def _pool(ctx: RenderContext, pool: Pool) -> dict[str, Any]:
         add_volume({"name": "lib-modules", "hostPath": {"path": "/lib/modules", "type": "Directory"}})
 
     if driver.kernel_module_config.name:
-        files = _config_map_files(ctx, driver.kernel_module_config.name, "driver.kernelModuleConfig.name", DRIVERS_DIR)
+        field = _field(ctx, "kernelModuleConfig.name")
+        files = _config_map_files(ctx, driver.kernel_module_config.name, field, DRIVERS_DIR)
         driver_mounts += files["mounts"]
         peermem_mounts += files["mounts"]
         add_volume(files["volume"])

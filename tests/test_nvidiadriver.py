@@ -2162,6 +2162,24 @@ def test_a_malformed_node_affinity_is_refused_naming_the_field() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"default": True, "nodeSelector": {"team": "x"}}, "default NVIDIADriver must not use nodeSelector"),
+        ({"nodeSelector": {OWNER_LABEL: "team-a"}}, f"nodeSelector must not use the operator's label {OWNER_LABEL}"),
+    ],
+)
+def test_the_crds_spec_rules_are_the_models_too(spec: dict[str, Any], message: str) -> None:
+    """The CRD's spec-level CEL rules (nvidiadriver_api._SPEC_RULES) were not the model's, so `render --nodes` and a
+    pass took what the API server refuses, with a meaning upstream never gives: a default with a nodeSelector took
+    every GPU node, the unselected ones too. Upstream's ValidateNodeSelector refuses both in the controller."""
+    with pytest.raises(ValueError, match=rf"^spec\.nodeSelector: {message}$"):
+        nvidiadriver_api.parse_spec(spec)
+    nodes = [facts("a1", labels={"team": "x"}), facts("b1", labels={"team": "y"})]
+    found = assign(nodes, [nvd("team-a", **spec)])
+    assert found.owner == {} and found.problems == {"team-a": f"invalid spec: spec.nodeSelector: {message}"}
+
+
 def test_a_resource_quantity_the_api_server_refuses_is_refused_naming_the_field() -> None:
     """Upstream's NVIDIADriver CRD gives resources.limits/requests values the quantity pattern; ours did not, so
     `memory: 512MB` was taken and the driver DaemonSet carrying it refused (422) on every pass."""

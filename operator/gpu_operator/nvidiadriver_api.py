@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from .api import (
     Condition,
@@ -170,6 +171,20 @@ class NVIDIADriverSpec(Model):
     priority_class_name: str = ""
     pod_security_context: PodSecurityContext | None = None
     host_network: bool | None = None
+
+    @model_validator(mode="after")
+    def _spec_rules(self) -> NVIDIADriverSpec:
+        """_SPEC_RULES, which the API server enforces, for what does not pass it (render's documents; upstream's
+        ValidateNodeSelector refuses both in the controller too)."""
+        if self.default and self.node_selector:
+            message = _SPEC_RULES[0]["message"]
+        elif OWNER_LABEL in self.node_selector:
+            message = _SPEC_RULES[1]["message"]
+        else:
+            return self
+        error = InitErrorDetails(type=PydanticCustomError("spec_rule", message), loc=("nodeSelector",),
+                                 input=self.node_selector)  # fmt: skip
+        raise ValidationError.from_exception_data(type(self).__name__, [error])
 
     @property
     def precompiled(self) -> bool:

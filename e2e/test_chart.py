@@ -1089,6 +1089,8 @@ def test_upstream_values_reach_the_policy_or_are_named(tmp_path: Path, capsys: p
     assert dropped == [], "upstream values dropped without a word:\n" + "\n".join(dropped)
     assert ignored == [
         "node-feature-discovery: NFD is not vendored; configure it in NFD's own chart",
+        "operator.repository/image: upstream's operator image (nvcr.io/nvidia/gpu-operator) is not this operator; "
+        "the chart's own image is used",
         "operator.logging: the operator logs at INFO level in its own format",
     ]
     # Our model parses the policy; `render` names exactly the fields the coverage table names, nothing else.
@@ -1106,6 +1108,27 @@ def test_upstream_values_reach_the_policy_or_are_named(tmp_path: Path, capsys: p
         rule = coverage.rule_for(path)  # a listed field set here is one whose component is off
         switch = (*path.split(".")[:-1], "enabled")
         assert rule is None or rule.when is not None or dig(spec, switch) is False, path
+
+
+def pod_images(docs: list[dict[str, Any]], kind: str, name: str) -> list[str]:
+    spec = one(docs, kind, name)["spec"]["template"]["spec"]
+    return [c["image"] for c in spec.get("initContainers", []) + spec["containers"]]
+
+
+@pytest.mark.parametrize("sets", [[], ["operator.version=v26.7.0"]], ids=["verbatim", "version-pinned"])
+def test_an_upstream_values_file_runs_the_charts_own_operator_image(sets: list[str]) -> None:
+    """Upstream's values.yaml names its own Go operator (operator.repository nvcr.io/nvidia, operator.image
+    gpu-operator), which our chart took as its image: an upstream values file ran the operator Deployment and both
+    hook Jobs on nvcr.io/nvidia/gpu-operator:0.1.0, a tag that does not exist (`helm install` waited on its
+    pre-install hook until --timeout), or, with upstream's version pinned, on NVIDIA's operator with our arguments.
+    That pair now means the chart's own image, and the install notes say so; any other repository is a mirror."""
+    docs = render(UPSTREAM_VALUES, sets=sets)
+    ours = f"gpu-operator:{yaml.safe_load((CHART / 'Chart.yaml').read_text())['appVersion']}"
+    for kind, name in (("Deployment", "gpu-operator"), ("Job", "gpu-operator-upgrade-crd"),
+                       ("Job", "gpu-operator-cleanup")):  # fmt: skip
+        assert pod_images(docs, kind, name) == [ours], (kind, name)
+    mirror = render(UPSTREAM_VALUES, sets=[*sets, "operator.repository=mirror.example.com/nvidia"])
+    assert operator_container(mirror)["image"].startswith("mirror.example.com/nvidia/gpu-operator:")
 
 
 def test_dcgm_exporter_config_create_without_data_makes_no_configmap() -> None:

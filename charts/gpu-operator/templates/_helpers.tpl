@@ -21,9 +21,19 @@ app: gpu-operator
 app.kubernetes.io/component: gpu-operator
 {{- end -}}
 
-{{/* The operator image: [repository/]image:version, version defaulting to the chart's appVersion. */}}
+{{/*
+The operator image: [repository/]image:version, version defaulting to the chart's appVersion. Upstream's values name
+its own operator (nvcr.io/nvidia/gpu-operator), not this one: then the chart's own image is used (ignoredValues).
+*/}}
+{{- define "gpu-operator.upstreamImage" -}}
+{{- if and (eq (toString .Values.operator.repository | trimSuffix "/") "nvcr.io/nvidia") (eq (toString .Values.operator.image) "gpu-operator") }}true{{ end -}}
+{{- end -}}
+
 {{- define "gpu-operator.image" -}}
 {{- $op := .Values.operator -}}
+{{- if include "gpu-operator.upstreamImage" . -}}
+{{- $op = dict "image" "gpu-operator" -}}
+{{- end -}}
 {{- $version := $op.version | default .Chart.AppVersion | toString -}}
 {{- $sep := ternary "@" ":" (hasPrefix "sha256:" $version) -}}
 {{- if $op.repository -}}
@@ -191,6 +201,9 @@ chart does not do (the install notes print them; nothing upstream's values ask f
 {{- end -}}
 {{- if dig "gpuCluster" "deployCR" false $v -}}
 {{- $out = append $out "gpuCluster.deployCR: the GPUCluster (DRA) stack is not supported; draDriver is unused" -}}
+{{- end -}}
+{{- if include "gpu-operator.upstreamImage" . -}}
+{{- $out = append $out "operator.repository/image: upstream's operator image (nvcr.io/nvidia/gpu-operator) is not this operator; the chart's own image is used" -}}
 {{- end -}}
 {{- if dig "operator" "logging" dict $v -}}
 {{- $out = append $out "operator.logging: the operator logs at INFO level in its own format" -}}

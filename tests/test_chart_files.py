@@ -167,6 +167,33 @@ def test_operator_env_image_is_the_default_when_the_policy_names_none(monkeypatc
     assert images.resolve(empty.toolkit, "toolkit") == images.join(*images.DEFAULTS["toolkit"])
 
 
+# Upstream v26.7 api/nvidia/v1/clusterpolicy_types.go ImagePath: the operator's env var each component's image falls
+# back to when the ClusterPolicy names no repository, image or version.
+UPSTREAM_IMAGE_ENV = {
+    "driver": "DRIVER_IMAGE", "driver-manager": "DRIVER_MANAGER_IMAGE", "toolkit": "CONTAINER_TOOLKIT_IMAGE",
+    "device-plugin": "DEVICE_PLUGIN_IMAGE", "gfd": "GFD_IMAGE", "dcgm": "DCGM_IMAGE",
+    "dcgm-exporter": "DCGM_EXPORTER_IMAGE", "mig-manager": "MIG_MANAGER_IMAGE", "validator": "VALIDATOR_IMAGE",
+    "node-status-exporter": "VALIDATOR_IMAGE", "gds": "GDS_IMAGE", "gdrcopy": "GDRCOPY_IMAGE",
+    "vfio-manager": "VFIO_MANAGER_IMAGE", "vgpu-device-manager": "VGPU_DEVICE_MANAGER_IMAGE",
+    "sandbox-device-plugin": "SANDBOX_DEVICE_PLUGIN_IMAGE", "cc-manager": "CC_MANAGER_IMAGE",
+    "vgpu-manager": "VGPU_MANAGER_IMAGE",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("component", sorted(images.DEFAULTS))
+def test_every_components_image_env_var_on_the_operator_is_honoured_as_upstream(
+    component: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only VALIDATOR_IMAGE and DRIVER_MANAGER_IMAGE were read: with DEVICE_PLUGIN_IMAGE, GFD_IMAGE, ... on the
+    operator (OLM sets them; `operator.env` in values, or the plain manifests' Deployment, for an air-gapped mirror)
+    and a ClusterPolicy naming no image, the nvcr.io default ran, without a word. Upstream's ImagePath uses them."""
+    mirror = f"mirror.local/nvidia/{component}:v1"
+    monkeypatch.setenv(UPSTREAM_IMAGE_ENV[component], mirror)
+    assert images.resolve(parse_spec({}).driver.manager, component) == mirror  # an ImageSpec naming none
+    assert images.resolve(parse_spec({}).driver.manager, component, env=False) == images.join(
+        *images.DEFAULTS[component])  # fmt: skip
+
+
 def test_the_uninstall_notes_say_the_node_labels_the_clean_up_removes_go() -> None:
     """The clean-up of a deleted last ClusterPolicy removes the MIG record since 785555d; the notes said it stays
     (and promised a check after a reinstall that no longer happens). It removes the upgrade state label too now

@@ -382,6 +382,27 @@ def test_precompiled_nvidiadriver_tags_images_per_kernel() -> None:
                       "nvcr.io/nvidia/driver:580-5.15.0-130-generic-ubuntu22.04"]  # fmt: skip
 
 
+def test_an_nvidiadrivers_images_fall_back_to_no_env_var_as_upstream(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DRIVER_IMAGE, GDS_IMAGE and GDRCOPY_IMAGE on the operator name the ClusterPolicy's driver images when it names
+    none (upstream's ImagePath, the OS tag still appended); upstream's NVIDIADriver GetImagePath passes no env name,
+    so an NVIDIADriver's GDS sidecar naming no image keeps the default."""
+    for name in ("DRIVER_IMAGE", "GDS_IMAGE", "GDRCOPY_IMAGE"):
+        monkeypatch.setenv(name, f"mirror.local/{name.lower()}:v1")
+    raw = copy.deepcopy(load_policy()["spec"])
+    for key in ("repository", "image", "version"):
+        raw["driver"].pop(key, None)
+    raw["gds"] = {"enabled": True}
+    ds = daemonset(render_all(parse_spec(raw)), "nvidia-driver-daemonset-ubuntu22.04")
+    assert container(ds, "nvidia-driver-ctr")["image"] == "mirror.local/driver_image:v1-ubuntu22.04"
+    assert container(ds, "nvidia-fs-ctr")["image"] == "mirror.local/gds_image:v1-ubuntu22.04"
+    crd = crd_policy()
+    crd["gds"] = {"enabled": True}
+    objs = drivers_objects(("default", {"default": True, "gds": {"enabled": True}}))
+    ds = daemonset(render_all(parse_spec(crd), nvidia_drivers=objs), "nvidia-driver-daemonset-ubuntu22.04")
+    assert container(ds, "nvidia-driver-ctr")["image"].startswith("nvcr.io/nvidia/driver:")
+    assert container(ds, "nvidia-fs-ctr")["image"].startswith("nvcr.io/nvidia/cloud-native/nvidia-fs:")
+
+
 def test_nvidiadriver_args_follow_init() -> None:
     """Upstream's manifests/state-driver/0500_daemonset.yaml writes `init` and then the args (its golden
     internal/state/testdata/golden/driver-full-spec.yaml: [init, --foo, --bar]); nvidia-driver reads its first

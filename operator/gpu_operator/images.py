@@ -29,12 +29,27 @@ DEFAULTS: dict[str, tuple[str, str, str]] = {
 }
 
 
-# The operator's own env that overrides a component's default image (upstream's imagePath falls back to these;
-# its chart sets VALIDATOR_IMAGE and DRIVER_MANAGER_IMAGE on the operator Deployment).
+# The operator's own env that names a component's image when the ClusterPolicy names none (upstream's ImagePath,
+# api/nvidia/v1/clusterpolicy_types.go; OLM sets these, upstream's chart VALIDATOR_IMAGE and DRIVER_MANAGER_IMAGE).
+# An NVIDIADriver's driver, GDS and GDRCopy images take none (upstream passes no env name there).
 ENV: dict[str, str] = {
+    "driver": "DRIVER_IMAGE",
+    "driver-manager": "DRIVER_MANAGER_IMAGE",
+    "toolkit": "CONTAINER_TOOLKIT_IMAGE",
+    "device-plugin": "DEVICE_PLUGIN_IMAGE",
+    "gfd": "GFD_IMAGE",
+    "dcgm": "DCGM_IMAGE",
+    "dcgm-exporter": "DCGM_EXPORTER_IMAGE",
+    "mig-manager": "MIG_MANAGER_IMAGE",
     "validator": "VALIDATOR_IMAGE",
     "node-status-exporter": "VALIDATOR_IMAGE",
-    "driver-manager": "DRIVER_MANAGER_IMAGE",
+    "gds": "GDS_IMAGE",
+    "gdrcopy": "GDRCOPY_IMAGE",
+    "vfio-manager": "VFIO_MANAGER_IMAGE",
+    "vgpu-device-manager": "VGPU_DEVICE_MANAGER_IMAGE",
+    "sandbox-device-plugin": "SANDBOX_DEVICE_PLUGIN_IMAGE",
+    "cc-manager": "CC_MANAGER_IMAGE",
+    "vgpu-manager": "VGPU_MANAGER_IMAGE",
 }
 
 
@@ -49,8 +64,9 @@ def join(repository: str, image: str, version: str) -> str:
     return f"{repository}/{image}{sep}{version}"
 
 
-def resolve(spec: ImageSpec, component: str, version: str | None = None) -> str:
-    """`repository/image:version`, `...@sha256:`, `image` verbatim, or the component's default.
+def resolve(spec: ImageSpec, component: str, version: str | None = None, env: bool = True) -> str:
+    """`repository/image:version`, `...@sha256:`, `image` verbatim, the operator's env (ENV; not with `env=False`),
+    or the component's default.
 
     `version` overrides the version part (the driver's per-pool tag); partial fields are rejected by the model.
     """
@@ -58,7 +74,7 @@ def resolve(spec: ImageSpec, component: str, version: str | None = None) -> str:
         return join(spec.repository, spec.image, version or spec.version)
     if spec.image:
         return spec.image
-    if (from_env := env_default(component)) and not version:
+    if env and (from_env := env_default(component)) and not version:
         return from_env
     repo, image, default_version = DEFAULTS[component]
     return join(repo, image, version or default_version)

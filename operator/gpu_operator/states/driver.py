@@ -156,7 +156,8 @@ def _pool(ctx: RenderContext, pool: Pool) -> dict[str, Any]:
     driver = spec.driver
     precompiled = driver.use_precompiled
     os_tag = image_os_tag(pool.os_id, pool.os_version)
-    base = images.resolve(driver, "driver")
+    env = ctx.driver_group is None  # an NVIDIADriver's images fall back to no env var (upstream's GetImagePath)
+    base = images.resolve(driver, "driver", env=env)
     if precompiled and "sha256:" in base:
         # One digest is one kernel's modules; every kernel pool would run it.
         raise RenderProblem(
@@ -258,8 +259,8 @@ def _pool(ctx: RenderContext, pool: Pool) -> dict[str, Any]:
             **(group.node_selector() if group else {}),
         },
         "node_affinity": group.node_affinity() if group else excluding_owned(None),
-        "gds_image": _tagged(images.resolve(spec.gds, "gds"), os_tag),
-        "gdrcopy_image": _tagged(images.resolve(spec.gdrcopy, "gdrcopy"), os_tag),
+        "gds_image": _tagged(images.resolve(spec.gds, "gds", env=env), os_tag),
+        "gdrcopy_image": _tagged(images.resolve(spec.gdrcopy, "gdrcopy", env=env), os_tag),
         "driver_mounts": driver_mounts,
         "sidecar_mounts": sidecar_mounts,
         "peermem_mounts": peermem_mounts,

@@ -2947,6 +2947,52 @@ def test_only_driver_validation_is_sent_to_the_hosts_driver() -> None:
     assert "installed on the host" not in f.summary and "container toolkit" in f.summary, f.summary
 
 
+
+def _plugin_waiting_for_toolkit_ready() -> dict[str, Any]:
+    """The device plugin in its toolkit-validation: `until [ -f .../toolkit-ready ]`."""
+    return {"kind": "Pod", "spec": {"nodeName": "h-0"},
+            "metadata": {"name": "nvidia-device-plugin-daemonset-x", "namespace": NS,
+                         "labels": {"nvidia.com/gpu-operator.state": "state-device-plugin"}},
+            "status": {"phase": "Pending", "initContainerStatuses": [
+                {"name": "toolkit-validation", "restartCount": 0, "state": {"running": {}}}]}}  # fmt: skip
+
+
+PLUGIN_NOT_READY = {"state": "notReady", "states": [{"name": "state-device-plugin", "state": "notReady",
+                                                     "message": "1 of 1 pods unavailable"}]}  # fmt: skip
+
+
+def test_an_operand_waiting_for_toolkit_ready_without_a_validator_is_sent_to_the_validators_deploy_label() -> None:
+    """toolkit-ready is written only by the validator pod's toolkit-validation (upstream's Toolkit.validate); the
+    container toolkit writes nothing under /run/nvidia/validations. On a node opted out of the validator
+    (`nvidia.com/gpu.deploy.operator-validator=false`, which the operator keeps) the device plugin, GFD, DCGM and its
+    exporter, the MIG manager and the MPS daemon wait for it for ever. doctor said the plugin "waits for the
+    container toolkit (state-container-toolkit)" and sent the admin to a toolkit that was fine."""
+    labels = {"nvidia.com/gpu.deploy.operator-validator": "false", "nvidia.com/gpu.deploy.device-plugin": "true"}
+    c = cluster([node("h-0", labels=labels)], [_plugin_waiting_for_toolkit_ready()], policy_status=PLUGIN_NOT_READY)
+    f = kinds(c)["OperandNotReady"]
+    assert "waits for toolkit-ready, which the validator's toolkit-validation writes, and no validator runs on this " \
+        "node (nvidia.com/gpu.deploy.operator-validator=false)" in f.summary, f.summary
+    assert f.fix.startswith("set nvidia.com/gpu.deploy.operator-validator=true on the node"), f.fix
+    assert "the container toolkit" not in f"{f.summary}\n{f.fix}", (f.summary, f.fix)
+    # Labelled for it, but no validator pod yet: its DaemonSet is where to look.
+    labels["nvidia.com/gpu.deploy.operator-validator"] = "true"
+    c = cluster([node("h-0", labels=labels)], [_plugin_waiting_for_toolkit_ready()], policy_status=PLUGIN_NOT_READY)
+    f = kinds(c)["OperandNotReady"]
+    assert "no validator pod on this node yet" in f.summary and "nvidia-operator-validator" in f.fix, (f.summary, f.fix)
+
+
+def test_an_operand_waiting_for_toolkit_ready_beside_a_ready_validator_is_not_sent_to_the_toolkit() -> None:
+    """With the node's validator pod ready toolkit-ready is there (or was removed): the plugin's next check passes,
+    or the validator has to write it again; the container toolkit has nothing to do with it."""
+    validator = _validator([{"name": "toolkit-validation", "state": {"terminated": {"exitCode": 0}}}])
+    validator["status"] = {"phase": "Running", "containerStatuses": [{"name": "nvidia-operator-validator",
+                                                                      "ready": True}]}  # fmt: skip
+    c = cluster([node("h-0")], [_plugin_waiting_for_toolkit_ready(), validator], policy_status=PLUGIN_NOT_READY)
+    f = kinds(c)["OperandNotReady"]
+    assert "waits for toolkit-ready, which the validator's toolkit-validation writes, whose pod on this node is " \
+        "ready" in f.summary, f.summary
+    assert "delete the validator pod on node h-0" in f.fix and "the container toolkit" not in f.fix, f.fix
+
 def _operand(name: str, state: str, container: str, image: str, reason: str, message: str) -> dict[str, Any]:
     p = {"kind": "Pod", "spec": {"nodeName": "h-0", "containers": [{"name": container, "image": image}]},
          "metadata": {"name": name, "namespace": NS, "labels": {"nvidia.com/gpu-operator.state": state},

@@ -10,7 +10,7 @@ from typing import Any
 
 from .. import images
 from ..api import ClusterPolicySpec, ImageSpec
-from ..nodes import DEPLOY_OPERANDS, DRIVER_REFUSED, workload_of
+from ..nodes import DEPLOY_OPERANDS, DRIVER_REFUSED, deploy_label, workload_of
 from ..nvidiadriver import cluster_spec
 from ..nvidiadriver_api import parse_spec
 from ..readiness import containers_ready, pod_ready
@@ -37,6 +37,8 @@ from .sched import DAEMON_TOLERATIONS, GPU, GPU_SHARED, MIG_PREFIX, NodeView, is
 _IN_PROGRESS_DONE = ("", "upgrade-done", "upgrade-required")
 COUNT_LABEL = "nvidia.com/gpu.count"  # GFD's
 DEPLOY_DRIVER = "nvidia.com/gpu.deploy.driver"
+DEPLOY_VALIDATOR = deploy_label("operator-validator")
+VALIDATOR_STATE = "state-operator-validation"
 # NFD's chart as README and the chart's notes install it: its worker tolerates the GPU taint (upstream's values).
 NFD_TOLERATION = 'worker.tolerations=[{"key":"nvidia.com/gpu","operator":"Exists","effect":"NoSchedule"}]'
 NFD_INSTALL = ("helm install nfd oci://registry.k8s.io/nfd/charts/node-feature-discovery -n node-feature-discovery "
@@ -182,6 +184,8 @@ def _waits_for(cluster: Cluster, pod: dict[str, Any], name: str) -> tuple[str, s
     what = _VALIDATES.get(name, "")
     look = (f"look at {what} first; the validator's init containers pass in order, driver then toolkit, CUDA and "
             "plugin") if what else f"read its log: {_logs(meta, name)}"  # fmt: skip
+    if name == "toolkit-validation" and (meta.get("labels") or {}).get(STATE_LABEL) != VALIDATOR_STATE:
+        return _waits_for_validator(cluster, pod)
     if name != "driver-validation":
         return what, look
     node = str((pod.get("spec") or {}).get("nodeName") or "")
@@ -201,6 +205,30 @@ def _waits_for(cluster: Cluster, pod: dict[str, Any], name: str) -> tuple[str, s
         return (f"{what}, whose pod is ready: the validation itself fails",
                 f"read its log: {_logs(meta, name)}")  # fmt: skip
     return what, look
+
+
+def _waits_for_validator(cluster: Cluster, pod: dict[str, Any]) -> tuple[str, str]:
+    """(what, where to look) for an operand's toolkit-validation: it waits for toolkit-ready, which only the
+    validator pod's toolkit-validation writes (upstream's Toolkit.validate), not the container toolkit."""
+    node = str((pod.get("spec") or {}).get("nodeName") or "")
+    what = "toolkit-ready, which the validator's toolkit-validation writes"
+    validator = next((p for p in _operand_pods_on(cluster, node) if not p["metadata"].get("deletionTimestamp")
+                      and (p["metadata"].get("labels") or {}).get(STATE_LABEL) == VALIDATOR_STATE), None)  # fmt: skip
+    if validator is not None and not pod_ready(validator):  # reported first, being earlier in state order
+        return what, f"look at {pod_ref(validator)} first: its first init container not done"
+    if validator is not None or any(node in d.nodes and ((d.pod.get("metadata") or {}).get("labels") or {}).get(
+            STATE_LABEL) == VALIDATOR_STATE for d in cluster.daemon_pods):  # fmt: skip
+        return (f"{what}, whose pod on this node is ready: its next check (every 5 s) should find the file",
+                f"if it still waits, toolkit-ready was removed from /run/nvidia/validations: delete the validator "
+                f"pod on node {node}, whose replacement validates again and writes it")  # fmt: skip
+    view = cluster.views.get(node)
+    deploy = view.labels.get(DEPLOY_VALIDATOR, "") if view else ""
+    if deploy != "true":
+        return (f"{what}, and no validator runs on this node ({DEPLOY_VALIDATOR}={deploy or '(unset)'})",
+                f"set {DEPLOY_VALIDATOR}=true on the node (`kubectl label node {node} {DEPLOY_VALIDATOR}=true "
+                "--overwrite`): nothing else writes toolkit-ready")  # fmt: skip
+    return (f"{what}, and there is no validator pod on this node yet",
+            f"look at DaemonSet {cluster.namespace}/nvidia-operator-validator: why has it no pod on node {node}?")
 
 
 def _operand_pods_on(cluster: Cluster, node: str) -> list[dict[str, Any]]:

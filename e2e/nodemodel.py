@@ -1632,7 +1632,7 @@ class NodeModel:
         host_root, _ = host_path(pod, c.spec, "/host")
         if host_root is not None and self.host.driver_at(host_root) and privileged:
             host_root_flag = env.get("HOST_ROOT") or "/"
-            return None, _driver_ready(True, host_root_flag, host_root_flag), []
+            return None, _driver_ready(True, host_root_flag), []
         managed = self._driver_managed(env.get("OPERATOR_NAMESPACE", ""))
         ready, _ = host_path(pod, c.spec, DRIVER_CTR_READY)
         if managed and not self.host.has(ready):
@@ -1656,8 +1656,7 @@ class NodeModel:
                 need = self._module_need(feature, c.where)
                 if need is not None:
                     return need, "", []
-        return None, _driver_ready(False, env.get("HOST_ROOT") or "/", env.get("DRIVER_INSTALL_DIR") or
-                                   DRIVER_INSTALL_DIR), features
+        return None, _driver_ready(False, env.get("DRIVER_INSTALL_DIR") or DRIVER_INSTALL_DIR), features
 
     def _module_need(self, component: str, where: str) -> Need | None:
         """The nvidia-fs, gdrcopy and nvidia-peermem components: `lsmod | grep <module>`."""
@@ -2180,15 +2179,13 @@ def workload_pod(component: str, namespace: str, node: str, env: dict[str, str],
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
 
 
-def _driver_ready(host_driver: bool, host_root: str, driver_root: str) -> str:
-    """driver-ready as the validator writes it (plain NAME=value lines)."""
-    if host_driver:
-        values = [("IS_HOST_DRIVER", "true"), ("NVIDIA_DRIVER_ROOT", host_root), ("DRIVER_ROOT_CTR_PATH", "/host"),
-                  ("NVIDIA_DEV_ROOT", host_root), ("DEV_ROOT_CTR_PATH", "/host")]
-    else:
-        values = [("IS_HOST_DRIVER", "false"), ("NVIDIA_DRIVER_ROOT", driver_root),
-                  ("DRIVER_ROOT_CTR_PATH", "/driver-root"), ("NVIDIA_DEV_ROOT", host_root),
-                  ("DEV_ROOT_CTR_PATH", "/host")]
+def _driver_ready(host_driver: bool, root: str) -> str:
+    """driver-ready as the validator writes it (plain NAME=value lines) for a driver under ``root``: the host's
+    root (HOST_ROOT) or a driver container's install dir. getDriverInfo takes the dev root from the driver root
+    when that holds a ``dev`` directory, as a driver container's does (it rbinds its whole root, /dev included)."""
+    ctr_path = "/host" if host_driver else "/driver-root"
+    values = [("IS_HOST_DRIVER", str(host_driver).lower()), ("NVIDIA_DRIVER_ROOT", root),
+              ("DRIVER_ROOT_CTR_PATH", ctr_path), ("NVIDIA_DEV_ROOT", root), ("DEV_ROOT_CTR_PATH", ctr_path)]
     return "".join(f"{k}={v}\n" for k, v in values)
 
 

@@ -168,6 +168,7 @@ def test_upstream_stack_reaches_every_validation_file(runtime: str, cdi: bool) -
     # driver-ready holds what the installer needs
     content = node.model.host.files[f"{V}/driver-ready"]
     assert "IS_HOST_DRIVER=false\n" in content and "NVIDIA_DRIVER_ROOT=/run/nvidia/driver\n" in content
+    assert "NVIDIA_DEV_ROOT=/run/nvidia/driver\nDEV_ROOT_CTR_PATH=/driver-root\n" in content  # its root holds /dev
     # a second step changes nothing
     before = copy.deepcopy(node.pods)
     node.step()

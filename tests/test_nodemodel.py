@@ -182,6 +182,21 @@ def test_driver_root_reaches_the_host_only_through_a_bidirectional_mount() -> No
                for t in texts), texts
 
 
+
+def test_driver_ready_for_a_driver_container_names_its_root_as_the_dev_root() -> None:
+    """The model wrote the host's root (`/`, seen at /host) as the dev root of a driver container. Upstream's
+    getDriverInfo (cmd/nvidia-validator/driver.go) takes the dev root from the driver root when that holds a `dev`
+    directory (internal/driver/root.go isDevRoot), and the driver container rbinds its whole root, /dev included, to
+    /run/nvidia/driver: driver-ready reads NVIDIA_DEV_ROOT=/run/nvidia/driver, DEV_ROOT_CTR_PATH=/driver-root (as
+    e2e/test_toolkit_real.py's DRIVER_READY does)."""
+    model, _ = _run(_default())
+    content = model.host.files[f"{V}/driver-ready"]
+    ready = dict(line.split("=", 1) for line in content.splitlines())
+    assert ready == {"IS_HOST_DRIVER": "false", "NVIDIA_DRIVER_ROOT": "/run/nvidia/driver",
+                     "DRIVER_ROOT_CTR_PATH": "/driver-root", "NVIDIA_DEV_ROOT": "/run/nvidia/driver",
+                     "DEV_ROOT_CTR_PATH": "/driver-root"}, ready  # fmt: skip
+
+
 # --- the toolkit installer ---
 
 def test_toolkit_without_host_pid_cannot_signal_containerd() -> None:

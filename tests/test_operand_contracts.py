@@ -423,6 +423,37 @@ def test_gfd_writes_node_features_in_its_namespace() -> None:
     assert cluster == {("", "nodes", "get"), ("", "nodes", "list"), ("", "nodes", "watch")}
 
 
+def test_gfd_env_cannot_change_the_policys_mig_strategy() -> None:
+    """gfd.env replaced MIG_STRATEGY: upstream sets it after gfd.env (applyMIGConfiguration), so GFD labels the
+    node under the strategy the device plugin advertises with."""
+    raw = {"mig": {"strategy": "mixed"}, "gfd": {"env": [{"name": "MIG_STRATEGY", "value": "single"}]}}
+    assert env(container(ds_of(raw, GFD), MAIN[GFD]))["MIG_STRATEGY"] == "mixed"
+
+
+def test_gfd_env_cannot_turn_off_mig_device_monitoring() -> None:
+    """gfd.env replaced NVIDIA_MIG_MONITOR_DEVICES, which upstream sets after it (mig.strategy unset here)."""
+    raw = {"gfd": {"env": [{"name": "NVIDIA_MIG_MONITOR_DEVICES", "value": "none"}]}}
+    assert env(container(ds_of(raw, GFD), MAIN[GFD]))["NVIDIA_MIG_MONITOR_DEVICES"] == "all"
+
+
+def test_gfd_env_cannot_move_the_config_managers_file() -> None:
+    """gfd.env replaced CONFIG_FILE, so GFD read a file config-manager never writes; upstream sets it after gfd.env
+    (handleDevicePluginConfig)."""
+    raw = {**SHARING, "gfd": {"env": [{"name": "CONFIG_FILE", "value": "/etc/gfd/config.yaml"}]}}
+    assert env(container(ds_of(raw, GFD), MAIN[GFD]))["CONFIG_FILE"] == "/config/config.yaml"
+
+
+def test_gfd_env_overrides_the_assets_env() -> None:
+    raw = {"gfd": {"env": [{"name": "GFD_SLEEP_INTERVAL", "value": "30s"}]}}
+    assert env(container(ds_of(raw, GFD), MAIN[GFD]))["GFD_SLEEP_INTERVAL"] == "30s"
+
+
+def test_device_plugin_env_overrides_the_mig_strategy() -> None:
+    """Unlike GFD's: upstream applies devicePlugin.env last, after applyMIGConfiguration."""
+    raw = {"mig": {"strategy": "mixed"}, "devicePlugin": {"env": [{"name": "MIG_STRATEGY", "value": "single"}]}}
+    assert env(container(ds_of(raw, DP), MAIN[DP]))["MIG_STRATEGY"] == "single"
+
+
 # --- DCGM exporter ---
 
 

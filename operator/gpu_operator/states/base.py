@@ -135,6 +135,9 @@ class OperandState:
     resources_everywhere: bool = False
     # Why the state is not ready beyond its DaemonSets' readiness (GPU nodes it cannot serve), or None.
     readiness_notes: Callable[[RenderContext], str | None] | None = None
+    # Env the main container gets after the section's env, which cannot override it: what upstream's Transform
+    # sets after its env loop (GFD's MIG env and CONFIG_FILE; the toolkit and driver states re-assert theirs).
+    final_env: Callable[[ClusterPolicySpec], list[dict[str, Any]]] | None = None
 
     def settings(self, spec: ClusterPolicySpec) -> ComponentSpec | ValidatorSpec | None:
         value = getattr(spec, self.section) if self.section else None
@@ -245,6 +248,9 @@ class OperandState:
             section = sections.get(container["name"])
             if section is not None:
                 _apply_section(container, section)
+            if self.final_env is not None and container["name"] == self.container:
+                for entry in self.final_env(spec):
+                    set_env(container, entry)
 
 
 def _yaml_unsafe_strings(value: Any, path: str = "spec") -> list[str]:
@@ -280,6 +286,16 @@ def _apply_section(container: dict[str, Any], section: ImageSpec) -> None:
     resources = getattr(section, "resources", None)
     if resources is not None:
         container["resources"] = resources.model_dump(exclude_defaults=True)
+
+
+def set_env(container: dict[str, Any], entry: dict[str, Any]) -> None:
+    """Upstream's setContainerEnv: the entry replaces the one of its name in place, or is appended."""
+    env = container.setdefault("env", [])
+    for i, old in enumerate(env):
+        if old["name"] == entry["name"]:
+            env[i] = entry
+            return
+    env.append(entry)
 
 
 CLUSTER_SCOPED = frozenset(

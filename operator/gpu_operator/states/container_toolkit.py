@@ -20,7 +20,7 @@ from typing import Any
 
 from ..api import ClusterPolicySpec
 from ..nodes import RUNTIME_LABEL, runtime_pools, unknown_runtime
-from .base import OperandState, RenderContext
+from .base import OperandState, RenderContext, set_env
 from .operator_validation import driver_check_env
 
 BASE_NAME = "nvidia-container-toolkit-daemonset"
@@ -163,15 +163,8 @@ class ToolkitState(OperandState):
         forced, _ = runtime_contract(runtime, spec)
         main = next(c for c in pod["containers"] if c["name"] == MAIN_CONTAINER)
         main.pop("args", None)
-        env = main.setdefault("env", [])
         for name, value in forced:
-            for entry in env:
-                if entry["name"] == name:
-                    entry.clear()
-                    entry.update({"name": name, "value": value})
-                    break
-            else:
-                env.append({"name": name, "value": value})
+            set_env(main, {"name": name, "value": value})
         # The driver-validation init container pulls the validator image.
         secrets = pod.get("imagePullSecrets", [])
         for secret in spec.validator.image_pull_secrets:

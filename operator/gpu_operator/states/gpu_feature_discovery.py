@@ -10,16 +10,24 @@ from __future__ import annotations
 from typing import Any
 
 from .. import contracts as c
+from ..api import ClusterPolicySpec
 from .base import OperandState, RenderContext
 
 CONTAINER = "gpu-feature-discovery"
+
+
+def final_env(spec: ClusterPolicySpec) -> list[c.Env]:
+    """What upstream sets after gfd.env (handleDevicePluginConfig, applyMIGConfiguration), so gfd.env cannot
+    change it: the config-manager's file and the policy's MIG strategy, which the device plugin also runs."""
+    cm = c.config_manager(spec, CONTAINER, None)
+    return ([c.env("CONFIG_FILE", cm.dst_file)] if cm else []) + c.mig_env(spec)
 
 
 def variables(ctx: RenderContext) -> dict[str, Any]:
     spec = ctx.spec
     return {
         **c.pod_vars(spec, ctx.nodes, spec.gfd, CONTAINER),
-        "gfd_env": c.mig_env(spec),
+        "gfd_env": final_env(spec),  # in the asset's place; set again after gfd.env
         # config-manager runs the device plugin's image with GFD's resources, as upstream does.
         "config_manager": c.config_manager(spec, CONTAINER, c.resources_of(spec.gfd)),
     }
@@ -33,4 +41,5 @@ STATE = OperandState(
     container=CONTAINER,
     deploy_label="gpu-feature-discovery",
     extra_vars=variables,
+    final_env=final_env,
 )

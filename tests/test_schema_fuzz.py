@@ -18,8 +18,9 @@ import yaml
 from e2e.schemafuzz import Mutant, mutants, specs
 from hypothesis import HealthCheck, given, settings
 
+from gpu_operator.api import parse_spec
 from gpu_operator.cli import main
-from support import REPO
+from support import REPO, render_all
 
 NODES = REPO / "manifests" / "samples" / "nodes-mixed-os.yaml"
 PROBLEM = re.compile(r"^error: spec(\.[A-Za-z0-9_]+|\[[0-9]+\])*: \S")
@@ -66,6 +67,40 @@ def test_a_string_yaml_reads_as_syntax_is_named_not_a_traceback(tmp_path: Path) 
     rc, _, err = render({"hostPaths": {"driverInstallDir": "/run/x: y"}}, tmp_path)
     assert rc == 0
     assert "spec.hostPaths.driverInstallDir: not a plain string (YAML syntax in it), so not rendered" in err
+
+
+
+def exporter_problem(spec: dict[str, Any]) -> str | None:
+    return next(p for p in render_all(parse_spec(spec)) if p.state.name == "state-dcgm-exporter").problem
+
+
+BAD_DIRECTORY = {"hpcJobMapping": {"enabled": True, "directory": "/var/lib/x: y"}}
+
+
+def test_a_string_yaml_reads_as_syntax_is_named_without_the_default_max_unavailable() -> None:
+    """The message named every spec string YAML does not read back as itself, so also the default
+    daemonsets.rollingUpdate.maxUnavailable "1" (read as a number, which breaks nothing)."""
+    problem = exporter_problem({"dcgmExporter": BAD_DIRECTORY})
+    assert problem is not None and "spec.dcgmExporter.hpcJobMapping.directory" in problem
+    assert "maxUnavailable" not in problem, problem
+
+
+@pytest.mark.parametrize("version", ["4", "4.6"])
+def test_a_string_yaml_reads_as_syntax_is_named_without_a_numeric_looking_version(version: str) -> None:
+    """Also another component's version, read as a number (and rendered quoted)."""
+    dcgm = {"repository": "nvcr.io/nvidia/cloud-native", "image": "dcgm", "version": version}
+    problem = exporter_problem({"dcgm": dcgm, "dcgmExporter": BAD_DIRECTORY})
+    assert problem is not None and "spec.dcgm.version" not in problem, problem
+
+
+def test_a_string_yaml_reads_as_syntax_is_named_only_in_the_state_it_breaks() -> None:
+    """Another component's such string, which the exporter does not render, was named too."""
+    problem = exporter_problem({"dcgmExporter": BAD_DIRECTORY, "toolkit": {"installDir": "/usr/x: z"}})
+    assert problem and problem.split(":")[0] == "spec.dcgmExporter.hpcJobMapping.directory", problem
+
+
+def test_the_default_hpc_job_mapping_directory_renders() -> None:
+    assert exporter_problem({"dcgmExporter": {"hpcJobMapping": {"enabled": True}}}) is None
 
 
 INVALID = yaml.safe_load((REPO / "tests" / "fixtures" / "invalid-policies.yaml").read_text())

@@ -172,10 +172,11 @@ class OperandState:
         variables = self.variables(ctx)
         objects: list[dict[str, Any]] = []
         for template in templates(self.name, self.template_root):
+            text = template.render(**variables)
             try:
-                objects += _parse(template.render(**variables))
-            except yaml.YAMLError:  # a spec string that YAML reads as syntax, put in unquoted
-                fields = ", ".join(_yaml_unsafe_strings(ctx.spec)) or "a spec string"
+                objects += _parse(text)
+            except yaml.YAMLError as error:  # a spec string that YAML reads as syntax, put in unquoted
+                fields = ", ".join(_yaml_culprits(ctx.spec, text, error)) or "a spec string"
                 raise RenderProblem(f"{fields}: not a plain string (YAML syntax in it), so not rendered") from None
         declared = {k.kind: k for k in self.kinds}
         for obj in objects:
@@ -253,22 +254,37 @@ class OperandState:
                     set_env(container, entry)
 
 
-def _yaml_unsafe_strings(value: Any, path: str = "spec") -> list[str]:
-    """Paths of the spec's strings that YAML does not read back as the same string when written bare."""
+def _yaml_culprits(spec: ClusterPolicySpec, text: str, error: yaml.YAMLError) -> list[str]:
+    """Paths of the spec strings that can have broken `text`: those with YAML syntax on the line the error points
+    at, else those in `text`, else all (one the template changed first)."""
+    found = _yaml_syntax_strings(spec)
+    in_text = [(path, value) for path, value in found if value in text]
+    mark = getattr(error, "problem_mark", None)
+    lines = text.splitlines()
+    on_line = [p for p, v in in_text if v in lines[mark.line]] if mark is not None and mark.line < len(lines) else []
+    return on_line or [path for path, _ in in_text or found]
+
+
+def _yaml_syntax_strings(value: Any, path: str = "spec") -> list[tuple[str, str]]:
+    """(path, string) of the spec's strings that, written bare, YAML does not read back as themselves or as another
+    scalar: one read as a number, bool or null breaks nothing."""
     if isinstance(value, BaseModel):
         return [p for name, f in type(value).model_fields.items()
-                for p in _yaml_unsafe_strings(getattr(value, name), f"{path}.{f.alias or name}")]  # fmt: skip
+                for p in _yaml_syntax_strings(getattr(value, name), f"{path}.{f.alias or name}")]  # fmt: skip
     if isinstance(value, list):
-        return [p for i, v in enumerate(value) for p in _yaml_unsafe_strings(v, f"{path}[{i}]")]
+        return [p for i, v in enumerate(value) for p in _yaml_syntax_strings(v, f"{path}[{i}]")]
     if isinstance(value, dict):
-        return [p for k, v in value.items() for p in _yaml_unsafe_strings(v, f"{path}.{k}")]
+        return [p for k, v in value.items() for p in _yaml_syntax_strings(v, f"{path}.{k}")]
     if isinstance(value, str) and value:
         try:
-            if yaml.safe_load(f"k: {value}") == {"k": value}:
-                return []
+            loaded = yaml.safe_load(f"k: {value}")
         except yaml.YAMLError:
-            pass
-        return [path]
+            return [(path, value)]
+        if isinstance(loaded, dict) and list(loaded) == ["k"]:
+            read = loaded["k"]
+            if read == value or not isinstance(read, (str, dict, list)):
+                return []
+        return [(path, value)]
     return []
 
 

@@ -321,16 +321,22 @@ def advertised(profile: ProfileView, configs: PluginConfigs) -> tuple[NodeView, 
     """The profile with the GPU resources the device plugin advertises for its `gpus` under its sharing config: each
     shared GPU as `replicas` devices, as nvidia.com/gpu.shared with renameByDefault (upstream internal/rm/device_map.go
     updateDeviceMapWithReplicas), none under MPS not sharing nvidia.com/gpu (the plugin does not start); and a note
-    where that config is not known (the GPUs are then counted unshared)."""
+    where that config is not known (the GPUs are then counted unshared), or refused at start (sharing.check: none)."""
     if profile.gpus is None:
         return profile, ""
-    _, config = configs.of(profile.labels)
+    key, config = configs.of(profile.labels)
     if config is None:
         why = configs.unread or f"a key ConfigMap {configs.name} lacks, or one the device plugin refuses"
         gpus = fmt(profile.gpus)
         return profile, (f"the device plugin's sharing config a new node {profile.name} loads is not known ({why}): "
                          f"its {gpus} GPUs are counted as {gpus} {GPU}, unshared")  # fmt: skip
     allocatable = {k: v for k, v in profile.allocatable.items() if k != GPU}
+    try:  # no compute capability in a profile: the MPS daemon's limit from 7.5 on
+        sharing.check(config, None)
+    except sharing.ConfigError as e:
+        return (replace(profile, allocatable=allocatable, capacity=dict(allocatable)),
+                f"the device plugin refuses config {key} of ConfigMap {configs.name} ({e}): a new node "
+                f"{profile.name} advertises no GPUs")  # fmt: skip
     shared = config.sharing_of(GPU)
     if shared is not None:
         allocatable[shared.advertised] = profile.gpus * shared.replicas

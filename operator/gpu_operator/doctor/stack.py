@@ -340,8 +340,9 @@ def _operands(cluster: Cluster, name: str) -> list[Finding]:
     return out
 
 
-def _image_source(cluster: Cluster, pod: dict[str, Any], image: str) -> tuple[str, str, ImageSpec, str] | None:
-    """(the object, the path of its section, the section, the image it resolves to) that sets an operand
+def _image_source(cluster: Cluster, pod: dict[str, Any], image: str) -> tuple[str, str, ImageSpec, str, str] | None:
+    """(the object, the path of its section, the section, the image it resolves to without the operator's env, the
+    operator's env variable that names it where the section sets none, "" if none applies) that sets an operand
     container's image: the ClusterPolicy's, or for a driver DaemonSet an NVIDIADriver owns, that NVIDIADriver's."""
     name, spec = policy(cluster)
     if name is None or spec is None:
@@ -369,13 +370,17 @@ def _image_source(cluster: Cluster, pod: dict[str, Any], image: str) -> tuple[st
     sections += [("driver", driver, spec.driver, "driver"),
                  (None, f"{driver}.manager" if driver else "manager", spec.driver.manager, "driver-manager"),
                  (None, "gds", spec.gds, "gds"), (None, "gdrcopy", spec.gdrcopy, "gdrcopy")]  # fmt: skip
+    # The operator's env is not doctor's: resolve without it, and name its variable (none for an NVIDIADriver's
+    # driver, GDS and GDRCopy images, as states/driver.py).
+    no_env = ("driver", "gds", "gdrcopy") if nvidia_driver else ()
     # The pod's own section first, then the validator's (every state's init containers run its image).
     found = sorted((
-        (section != own, section != "validator", resolved != image, path, settings, resolved)
+        (section != own, section != "validator", resolved != image, path, settings, resolved,
+         "" if component in no_env else images.ENV.get(component, ""))
         for section, path, settings, component in sections
-        if image_repository(resolved := images.resolve(settings, component)) == image_repository(image)
+        if image_repository(resolved := images.resolve(settings, component, env=False)) == image_repository(image)
     ), key=lambda f: f[:4])  # fmt: skip
-    return (obj, found[0][3], found[0][4], found[0][5]) if found else None
+    return (obj, *found[0][3:]) if found else None
 
 
 def _pull_fix(cluster: Cluster, pod: dict[str, Any], pulled: PullFailure) -> str:
@@ -385,12 +390,13 @@ def _pull_fix(cluster: Cluster, pod: dict[str, Any], pulled: PullFailure) -> str
     source = _image_source(cluster, pod, pulled.image)
     if source is None:
         return f"{describe} (its events say why the pull fails)"
-    obj, path, section, resolved = source
+    obj, path, section, resolved, env = source
 
     def field(name: str) -> str:
         return f"{path}.{name}" if path else name
 
     repo = image_repository(pulled.image)
+    tagged = path in ("driver", "", "gds", "gdrcopy")  # images tagged <version>-<os> per node pool
     if section.repository and section.image and section.version:
         fields = f"{field('repository')}, {field('image')} and {field('version')}"
     elif section.image:
@@ -404,9 +410,16 @@ def _pull_fix(cluster: Cluster, pod: dict[str, Any], pulled: PullFailure) -> str
         elif fields:
             fix = (f"set {obj}'s {field('version')} ({section.version}) to a version that {repo} has, or correct "
                    f"{field('repository')} / {field('image')}")  # fmt: skip
-        else:
+        elif pulled.image == resolved or (tagged and pulled.image.startswith(resolved + "-")):
             fix = (f"{obj} sets no image here, so the operator's default {resolved} is used: set {where} to an image "
                    "your registry has")  # fmt: skip
+        elif env:
+            fix = (f"{obj} sets no image here, so the operator's env {env} (its Deployment's; operator.env in the "
+                   f"chart) names it, not its default {resolved}: correct {env}, or set {where} to an image your "
+                   "registry has")  # fmt: skip
+        else:
+            fix = (f"{obj} sets no image here (the operator's default is {resolved}): set {where} to an image your "
+                   "registry has")  # fmt: skip
         if pulled.image != resolved and path == ("driver" if obj.startswith("ClusterPolicy") else ""):
             tag = pulled.image.rsplit(":", 1)[-1]
             fix += (f" (the driver's tag is <{field('version')}>-<os>, <{field('version')}>-<kernel>-<os> with "

@@ -492,7 +492,8 @@ def test_gds_and_gdrcopy_sidecars(section: str, name: str, image: str, module: s
 def test_gds_with_precompiled_drivers_is_a_problem() -> None:
     raw = sample(gds={"enabled": True})
     raw["driver"] = {**raw["driver"], "usePrecompiled": True}
-    assert "not supported with precompiled" in (plans_of(raw)["state-driver"].problem or "")
+    problem = plans_of(raw)["state-driver"].problem or ""
+    assert problem.endswith("not supported with precompiled drivers (driver.usePrecompiled)"), problem
 
 
 @pytest.mark.parametrize(

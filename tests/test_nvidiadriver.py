@@ -1702,9 +1702,9 @@ def test_one_nvidiadriver_that_cannot_render_holds_only_its_own_daemonsets() -> 
     assert driver_plan.problem is None
     names = {d["metadata"]["name"] for d in driver_plan.objects if d["kind"] == "DaemonSet"}
     assert "nvidia-driver-daemonset-ubuntu22.04" in names and not any("pool-b" in n for n in names)
-    assert list(driver_plan.held) == ["uid-pool-b"]
-    assert driver_plan.held["uid-pool-b"].startswith("NVIDIADriver pool-b: ") and "precompiled" in (
-        driver_plan.held["uid-pool-b"])
+    # Its own field name: it said driver.usePrecompiled, the ClusterPolicy's, which an NVIDIADriver has not.
+    assert driver_plan.held == {"uid-pool-b": "NVIDIADriver pool-b: gds.enabled: not supported with precompiled "
+                                              "drivers (usePrecompiled)"}, driver_plan.held  # fmt: skip
 
 
 def test_the_clusterpolicys_precompiled_with_gds_does_not_hold_the_nvidiadrivers() -> None:

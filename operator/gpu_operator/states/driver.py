@@ -279,7 +279,8 @@ def _vars(ctx: RenderContext) -> dict[str, Any]:
     own = ctx.driver_group is not None or not driver.use_nvidia_driver_crd
     if own and driver.use_precompiled and (spec.gds.enabled or spec.gdrcopy.enabled):
         sidecar = "gds" if spec.gds.enabled else "gdrcopy"
-        raise RenderProblem(f"{sidecar}.enabled: not supported with precompiled drivers (driver.usePrecompiled)")
+        raise RenderProblem(f"{sidecar}.enabled: not supported with precompiled drivers "
+                            f"({_field(ctx, 'usePrecompiled')})")
     # Upstream refuses it for an NVIDIADriver only (its ClusterPolicy path does not check).
     needs_open = spec.gds.enabled and gds_needs_open_modules(spec.gds.version)
     if ctx.driver_group is not None and needs_open and driver.kernel_module_type != "open":

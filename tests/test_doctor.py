@@ -1824,6 +1824,27 @@ def test_capacity_gpus_profile_advertises_what_the_device_plugin_would_under_its
     assert result.per_new_node == 8 and "its 8 GPUs are counted as 8 nvidia.com/gpu, unshared" in result.notes[0]
 
 
+def test_capacity_gpus_profile_under_a_config_the_device_plugin_refuses_at_start_advertises_no_gpus() -> None:
+    """The MPS control daemon refuses more than 48 replicas of a GPU (k8s-device-plugin
+    cmd/mps-control-daemon/mps/device.go assertReplicas; sharing.check, e2e/advertise.advertise): it exits, and the
+    plugin waits for it and advertises nothing. capacity read the config with sharing.parse only, so it counted a
+    `gpus=2` profile under 64 MPS replicas as 128 nvidia.com/gpu and planned 1 extra node for 100 copies that would
+    never run. Now a config sharing.check refuses advertises no GPUs on a new node, and a note says why."""
+    views = nodes_with_pods([node("h-0", gpus=8)], [pod("busy", 8, node_name="h-0")])
+    mps = "version: v1\nsharing:\n  mps:\n    resources:\n    - name: nvidia.com/gpu\n      replicas: {}\n"
+    configs = capacity.PluginConfigs.of_data("sharing-config", "mps", {"mps": mps.format(64)})
+    profile = capacity.parse_profile(f"gpus=2,label.nvidia.com/gpu.product={H100}", views)
+    job = pod("job", 1, nodeSelector={"nvidia.com/gpu.product": H100})
+    result = capacity.plan(job, 100, views, profile, configs)
+    assert (result.per_new_node, result.extra_nodes) == (0, None), capacity.render(result, "job")
+    assert result.notes == ["the device plugin refuses config mps of ConfigMap sharing-config "
+                            "(sharing.mps.resources[0].replicas: invalid MPS configuration: maximum allowed replicas "
+                            "exceeded: 64 > 48 (the MPS control daemon's client limit)): a new node "
+                            f"{profile.name} advertises no GPUs"], result.notes  # fmt: skip
+    configs = capacity.PluginConfigs.of_data("sharing-config", "mps", {"mps": mps.format(48)})  # the limit: taken
+    assert capacity.plan(job, 100, views, profile, configs).per_new_node == 96
+
+
 def test_capacity_plans_a_workloads_pod_template_and_says_when_the_file_holds_more(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -3045,6 +3066,31 @@ def test_an_operand_image_set_whole_in_image_is_named_as_that_field() -> None:
     assert f"correct ClusterPolicy cluster-policy's devicePlugin.image ({image}) to an image that exists" == f.fix, (
         f.fix)  # fmt: skip
     assert "sets no image here" not in f.fix and "the driver's tag" not in f.fix, f.fix
+
+
+def test_an_operand_image_the_operators_env_names_is_not_called_its_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A component's image falls back to the operator's env (DEVICE_PLUGIN_IMAGE, ...; images.ENV, upstream's
+    ImagePath) where the ClusterPolicy names none. doctor resolved with its own shell's env, not the operator's, and
+    for a device plugin image DEVICE_PLUGIN_IMAGE set to a tag the registry lacks said "the operator's default
+    nvcr.io/nvidia/k8s-device-plugin:v0.20.0 is used", not the image that failed, without naming the variable. Now
+    a pulled image other than the default is said to come from that variable; the shell's env changes nothing."""
+    status = {"state": "notReady", "states": [{"name": "state-device-plugin", "state": "notReady",
+                                               "message": "1 of 1 pods unavailable"}]}  # fmt: skip
+
+    def fix(image: str) -> str:
+        plugin = _operand("nvidia-device-plugin-daemonset-x", "state-device-plugin", "nvidia-device-plugin", image,
+                          "ErrImagePull", not_found(image))  # fmt: skip
+        return str(_found([plugin], {}, status)["ImagePullFailed"].fix)
+
+    monkeypatch.setenv("DEVICE_PLUGIN_IMAGE", "nvcr.io/nvidia/k8s-device-plugin:v0.98.0")  # doctor's shell: ignored
+    said = fix("nvcr.io/nvidia/k8s-device-plugin:v0.99.0")  # the operator's DEVICE_PLUGIN_IMAGE
+    assert said.startswith("ClusterPolicy cluster-policy sets no image here, so the operator's env DEVICE_PLUGIN_IMAGE "
+                           "(its Deployment's; operator.env in the chart) names it, not its default "
+                           "nvcr.io/nvidia/k8s-device-plugin:v0.20.0: correct DEVICE_PLUGIN_IMAGE, or set "
+                           "ClusterPolicy cluster-policy's devicePlugin.repository"), said  # fmt: skip
+    assert "is used" not in said, said
+    said = fix("nvcr.io/nvidia/k8s-device-plugin:v0.20.0")
+    assert "the operator's default nvcr.io/nvidia/k8s-device-plugin:v0.20.0 is used" in said, said
 
 
 def test_an_operand_pod_not_started_is_not_blamed_on_its_node() -> None:

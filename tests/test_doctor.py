@@ -1874,6 +1874,47 @@ def test_capacity_plans_a_workloads_pod_template_and_says_when_the_file_holds_mo
     assert capsys.readouterr().err == f"error: {path}: Job train: spec.template: must be a mapping\n"
 
 
+def test_capacity_gives_a_jobs_pod_the_job_name_labels_and_notes_labels_not_known_in_advance(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Job's pod template was planned as written, but the API server gives it `job-name` and
+    `batch.kubernetes.io/job-name` (kubernetes pkg/registry/batch/job/strategy.go generateSelector, unless
+    manualSelector). So the usual one-pod-per-node spread of a Job, anti-affinity on `job-name: <job>`, never matched:
+    6 copies were counted on two 8-GPU nodes where the scheduler places 2. Now the pod gets those labels, and a term
+    selecting a label not known in advance (a CronJob's Job name, the controller-uid, a pod-template-hash) gets a
+    note."""
+    from gpu_operator.cli import main
+    from gpu_operator.kube import Kube
+
+    monkeypatch.setattr(Kube, "connect", classmethod(lambda cls, *a, **k: FakeKube([node("h-0"), node("h-1")], [])))
+
+    def spread(labels: dict[str, str]) -> dict[str, Any]:
+        term = {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": labels}}
+        affinity = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [term]}}
+        spec = {**EXERCISE3["spec"], "restartPolicy": "Never", "affinity": affinity}
+        return {"metadata": {"labels": {"app": "train"}}, "spec": spec}
+
+    job = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "train"},
+           "spec": {"parallelism": 6, "template": spread({"job-name": "train"})}}  # fmt: skip
+    manual = {**job, "spec": {**job["spec"], "manualSelector": True, "selector": {"matchLabels": {"app": "train"}}}}
+    cron = {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "nightly"},
+            "spec": {"jobTemplate": {"spec": {"template": spread({"job-name": "nightly"})}}}}  # fmt: skip
+    uid = {**job, "spec": {"template": spread({"controller-uid": "0b1c"})}}
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "serve"},
+                  "spec": {"template": spread({"app": "train", "pod-template-hash": "5d4f"})}}  # fmt: skip
+    path = tmp_path / "train.yaml"
+    for doc, fits, unknown in ((job, 2, ""), (manual, 6, ""), (cron, 6, "job-name"), (uid, 6, "controller-uid"),
+                               (deployment, 6, "pod-template-hash")):  # fmt: skip
+        path.write_text(yaml.safe_dump(doc))
+        assert main(["capacity", "--pod", str(path), "--count", "6"]) == 0
+        out = capsys.readouterr().out
+        assert f"fit now: {fits} of 6" in out, out
+        if unknown:
+            assert f"affinity or anti-affinity selects {unknown}: the {doc['kind']}'s pods get these labels" in out, out
+        else:
+            assert "note" not in out, out
+
+
 def exposed_metrics() -> set[str]:
     from gpu_operator.metrics import REGISTRY
 

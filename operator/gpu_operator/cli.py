@@ -774,6 +774,15 @@ _POD_TEMPLATES: dict[str, tuple[str, ...]] = {
     **{kind: ("spec", "template") for kind in ("Deployment", "ReplicaSet", "StatefulSet", "Job")},
     "CronJob": ("spec", "jobTemplate", "spec", "template"),
 }
+# The labels the API server gives a Job's pod template, with the Job's name (kubernetes
+# pkg/registry/batch/job/strategy.go generateSelector, unless spec.manualSelector; it adds the controller-uid ones
+# too); and those a workload's controller gives each pod, per revision, pod or index: not known in advance.
+_JOB_NAME_LABELS = ["job-name", "batch.kubernetes.io/job-name"]
+_UNKNOWN_LABELS: dict[str, tuple[str, ...]] = {
+    "Deployment": ("pod-template-hash",),
+    "StatefulSet": ("controller-revision-hash", "statefulset.kubernetes.io/pod-name", "apps.kubernetes.io/pod-index"),
+    **{kind: ("batch.kubernetes.io/job-completion-index",) for kind in ("Job", "CronJob")},
+}
 
 
 def _pod_of(path: str, doc: dict[str, Any]) -> dict[str, Any]:
@@ -792,7 +801,42 @@ def _pod_of(path: str, doc: dict[str, Any]) -> dict[str, Any]:
     pod_meta["generateName"] = f"{meta.get('name') or kind.lower()}-"
     if meta.get("namespace"):
         pod_meta["namespace"] = meta["namespace"]
+    labels = pod_meta.get("labels") or {}
+    if kind == "Job" and meta.get("name") and not _manual_selector(doc) and isinstance(labels, dict):
+        pod_meta["labels"] = {**dict.fromkeys(_JOB_NAME_LABELS, meta["name"]), **labels}  # the template's win
     return {"apiVersion": "v1", "kind": "Pod", "metadata": pod_meta, "spec": template.get("spec")}
+
+
+def _manual_selector(doc: dict[str, Any]) -> bool:
+    """Whether a Job (or a CronJob's Jobs) sets spec.manualSelector: the API server then adds no label to its pods."""
+    spec = doc.get("spec") or {}
+    if doc.get("kind") == "CronJob":
+        spec = (spec.get("jobTemplate") or {}).get("spec") or {}
+    return spec.get("manualSelector") is True
+
+
+def _unknown_labels_note(doc: dict[str, Any], pod: dict[str, Any]) -> str | None:
+    """A note where the pod's required affinity or anti-affinity selects a label its workload gives each pod with a
+    value not known in advance (capacity plans the pod without it)."""
+    kind = doc.get("kind", "Pod")
+    keys = list(_UNKNOWN_LABELS.get(kind, ()))
+    if kind in ("Job", "CronJob") and not _manual_selector(doc):
+        keys += ["controller-uid", "batch.kubernetes.io/controller-uid"]
+        if kind == "CronJob" or not (doc.get("metadata") or {}).get("name"):  # the Job's name is generated
+            keys += _JOB_NAME_LABELS
+    affinity = (pod.get("spec") or {}).get("affinity") or {}
+    required = [(affinity.get(what) or {}).get("requiredDuringSchedulingIgnoredDuringExecution") or []
+                for what in ("podAffinity", "podAntiAffinity")]  # fmt: skip
+    selectors = [t.get("labelSelector") or {} for terms in required for t in terms]
+    selected = {k for s in selectors for k in [*(s.get("matchLabels") or {}),
+                                                *(e.get("key") for e in s.get("matchExpressions") or [])]}  # fmt: skip
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    unknown = [k for k in keys if k in selected and k not in labels]
+    if not unknown:
+        return None
+    return (f"the pod's required pod affinity or anti-affinity selects {', '.join(unknown)}: the {kind}'s pods get "
+            "these labels when created, with values not known in advance, so the pod is planned without them and "
+            "the count may be wrong")  # fmt: skip
 
 
 def cmd_capacity(args: argparse.Namespace) -> int:
@@ -820,6 +864,9 @@ def cmd_capacity(args: argparse.Namespace) -> int:
     pod["metadata"] = pod.get("metadata") or {}  # `metadata:` left empty is null
     pod["metadata"].setdefault("namespace", args.namespace)
     result = capacity.plan(pod, args.count, views, profile, configs)
+    note = _unknown_labels_note(docs[0], pod)
+    if note:
+        result.notes.append(note)
     if len(docs) > 1:
         result.notes.append(f"{args.pod} holds {len(docs)} pods and pod templates: only the first is planned")
     sys.stdout.write(capacity.render(result, capacity.pod_name(pod, args.pod)))
@@ -878,7 +925,8 @@ def _add_doctor(sub: Any) -> None:
         "GPUs (one per container where the node's sharing config, the ClusterPolicy's devicePlugin.config, sets "
         "failRequestsGreaterThanOne: MPS by default) and host ports; required pod affinity, DoNotSchedule "
         "topology spread constraints and DRA resourceClaims get a note. The file holds a Pod, or a Deployment, "
-        "ReplicaSet, StatefulSet, Job or CronJob whose pod template is planned.",
+        "ReplicaSet, StatefulSet, Job or CronJob whose pod template is planned (a Job's with the job-name labels "
+        "the API server gives it).",
     )
     p.add_argument("--pod", required=True, help="Pod (or workload with a pod template) YAML file ('-' for stdin)")
     p.add_argument("--count", type=_at_least_one, required=True, help="how many copies")

@@ -528,6 +528,22 @@ def test_validator_values_reach_the_operator_env_and_the_policy(sets: list[str])
         assert env["VALIDATOR_IMAGE"].startswith("registry.example.com/nvidia/")
 
 
+def test_a_name_in_operator_env_replaces_the_charts_own_entry(tmp_path: Path) -> None:
+    """The chart always wrote VALIDATOR_IMAGE and DRIVER_MANAGER_IMAGE (and POD_NAME, ...) before operator.env, so an
+    admin setting VALIDATOR_IMAGE there, as the README says for a mirror, got that name twice in the container's env
+    (the API server warns; a later strategic-merge patch of a list with a key twice can fail). Now operator.env's
+    entry is the only one of its name."""
+    mirror = "mirror.local/nvidia/gpu-operator:v1"
+    given = [{"name": "VALIDATOR_IMAGE", "value": mirror}, {"name": "DEVICE_PLUGIN_IMAGE", "value": "m/dp:v1"},
+             {"name": "PYTHONUNBUFFERED", "value": "0"}]  # fmt: skip
+    env = operator_container(render(write_values(tmp_path, {"operator": {"env": given}})))["env"]
+    names = [e["name"] for e in env]
+    assert len(names) == len(set(names)), names
+    values = {e["name"]: e.get("value") for e in env}
+    assert values | {e["name"]: e["value"] for e in given} == values  # operator.env's values
+    assert {"POD_NAME", "OPERATOR_NAMESPACE", "DRIVER_MANAGER_IMAGE", "PYTHONDONTWRITEBYTECODE"} <= set(names)
+
+
 def test_deploy_cr_and_extra_objects(tmp_path: Path) -> None:
     assert not find(render(sets=["clusterPolicy.deployCR=false"]), "ClusterPolicy")
     extra = {"extraObjects": [

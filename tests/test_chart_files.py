@@ -279,6 +279,21 @@ def test_every_operator_value_the_deployment_reads_is_in_the_chart_readme() -> N
         assert f"operator.{key}" in readme or f"`{key}`" in readme, key
 
 
+def test_the_deployment_leaves_out_its_own_env_entry_of_a_name_operator_env_gives() -> None:
+    """The operator container's env named VALIDATOR_IMAGE and DRIVER_MANAGER_IMAGE (and POD_NAME, ...) before
+    operator.env's entries, so one set there too, as the README says for a mirror, was in the env twice. Each of the
+    chart's own entries is now left out where operator.env names it (rendered: e2e/test_chart.py)."""
+    deployment = (CHART / "templates" / "deployment.yaml").read_text()
+    own = deployment[deployment.index("        env:\n") : deployment.index("{{- with .Values.operator.env }}")]
+    names = re.findall(r"^        - name: (\w+)$", own, re.MULTILINE)
+    assert {"VALIDATOR_IMAGE", "DRIVER_MANAGER_IMAGE", "POD_NAME"} <= set(names), names
+    for name in names:
+        guard = rf'{{{{- if not \(has "{name}" \$given\) }}}}\n'
+        assert re.search(guard + rf"(        #.*\n)*        - name: {name}\n", own), name
+    for readme in (REPO / "README.md", CHART / "README.md"):
+        assert "replaces the chart's own" in readme.read_text(), readme
+
+
 def test_the_alerts_and_dashboard_on_what_the_passes_set_read_the_leader_alone() -> None:
     """A follower replica (operator.replicas > 1) runs no pass, so it exports reconciliation_status 0 ("not
     ready") and reconciliation_has_nfd_labels 0 for good: GPUOperatorOperandNotReady and GPUOperatorNFDLabelsMissing

@@ -195,7 +195,7 @@ def test_values_file_renders_a_policy_the_operator_accepts(
     spec = policy_spec(docs)
     parse_spec(spec)  # raises PolicyError with one line per problem
     empties = [p for p, v in walk(spec) if "[" not in p and (v is None or v == "" or v == {} or v == [])]
-    empties = [p for p in empties if p != ".migManager.config.default"]  # "" seeds no label; unset, all-disabled
+    empties = [p for p in empties if p != ".migManager.config.default"]  # "" seeds no label (unset: all-disabled)
     assert empties == [], "empty values must be left out so the operator's defaults apply (lists are kept)"
     leaked = [p for p, _ in walk(spec) if p.rsplit(".", 1)[-1] in CHART_ONLY_KEYS]
     assert leaked == [], "chart-only keys must not reach the ClusterPolicy"
@@ -478,7 +478,8 @@ def test_an_empty_mig_manager_default_reaches_the_policy(sets: list[str]) -> Non
     """`migManager.config.default: ""` is upstream's "seed no nvidia.com/mig.config label" (its CRD enum
     `all-disabled;""`, its chart writes the value quoted). The chart's prune dropped it as it drops every "", so the
     operator seeded its default all-disabled on MIG-capable nodes, and mig-manager turned off MIG an admin had set
-    up by other means. null is still left out (the operator's default)."""
+    up by other means. null is still left out (the operator's default: all-disabled while the ClusterPolicy has
+    a migManager.config section, none without one, as upstream)."""
     spec = policy_spec(render(sets=sets))
     assert spec["migManager"]["config"]["default"] == ""
     assert parse_spec(spec).mig_manager.config.default == ""

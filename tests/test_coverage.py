@@ -62,6 +62,7 @@ ACTED_ELSEWHERE = {
 CONTEXT: dict[str, dict[str, Any]] = {
     "devicePlugin.config.default": {"devicePlugin": {"config": {"name": "sharing-config"}}},
     "driver.licensingConfig.nlsEnabled": {"driver": {"licensingConfig": {"secretName": "licensing-config"}}},
+    "migManager.config.default": {"migManager": {"config": {}}},  # no section: no layout seeded, whatever the default
 }
 VM_SECTIONS = ("vfioManager", "vgpuManager", "vgpuDeviceManager", "sandboxDevicePlugin", "kataSandboxDevicePlugin",
                "kataManager", "ccManager", "validator.vfioPCI", "validator.vgpuManager", "validator.vgpuDevices",

@@ -29,8 +29,10 @@ from gpu_operator.nodes import (
 )
 from support import KERNEL, OS_ID, OS_VERSION, PCI, facts, node
 
-DEFAULT = parse_spec({})
-SANDBOX = parse_spec({"sandboxWorkloads": {"enabled": True}})
+# The chart's and the samples' migManager.config.default: without a config section no mig.config label is seeded.
+MIG_DEFAULT = {"config": {"default": "all-disabled"}}
+DEFAULT = parse_spec({"migManager": MIG_DEFAULT})
+SANDBOX = parse_spec({"sandboxWorkloads": {"enabled": True}, "migManager": MIG_DEFAULT})
 GPU_PRESENT = "nvidia.com/gpu.present"
 
 
@@ -137,11 +139,16 @@ POLICIES = {
     "no-mig-default": parse_spec({"migManager": {"config": {"default": ""}}}),
     "mig-balanced": parse_spec({"migManager": {"config": {"default": "all-balanced"}}}),  # upstream's CRD: enum
     "sandbox": SANDBOX,  # defaultWorkload container, mode kubevirt
-    "sandbox-pt": parse_spec({"sandboxWorkloads": {"enabled": True, "defaultWorkload": "vm-passthrough"}}),
-    "sandbox-vgpu": parse_spec({"sandboxWorkloads": {"enabled": True, "defaultWorkload": "vm-vgpu"}}),
-    "sandbox-kata": parse_spec(
-        {"sandboxWorkloads": {"enabled": True, "defaultWorkload": "vm-passthrough", "mode": "kata"}}
+    "sandbox-pt": parse_spec(
+        {"sandboxWorkloads": {"enabled": True, "defaultWorkload": "vm-passthrough"}, "migManager": MIG_DEFAULT}
     ),
+    "sandbox-vgpu": parse_spec(
+        {"sandboxWorkloads": {"enabled": True, "defaultWorkload": "vm-vgpu"}, "migManager": MIG_DEFAULT}
+    ),
+    "sandbox-kata": parse_spec(
+        {"sandboxWorkloads": {"enabled": True, "defaultWorkload": "vm-passthrough", "mode": "kata"},
+         "migManager": MIG_DEFAULT}
+    ),  # fmt: skip
     "sandbox-mig-off": parse_spec({"sandboxWorkloads": {"enabled": True}, "migManager": {"enabled": False}}),
 }
 
@@ -459,7 +466,7 @@ EXISTING = {
 def test_label_combinations(
     workload: str | None, sandbox: bool, mig_kind: str, mig_manager: bool, existing: str, gpu: bool
 ) -> None:
-    spec = parse_spec({"sandboxWorkloads": {"enabled": sandbox}, "migManager": {"enabled": mig_manager}})
+    spec = parse_spec({"sandboxWorkloads": {"enabled": sandbox}, "migManager": {"enabled": mig_manager, **MIG_DEFAULT}})
     before = {**EXISTING[existing], **MIG_KINDS[mig_kind], **({WORKLOAD: workload} if workload else {})}
     after = labelled(facts(gpu=gpu, labels=before), spec).labels
     opt_outs = {k: v for k, v in before.items() if k.startswith(DEPLOY_PREFIX) and v in ("false", "disabled")}
@@ -478,6 +485,18 @@ def test_label_combinations(
     assert after[GPU_PRESENT] == "true"
     assert deploy == expected
     assert after.get(MIG_CONFIG) == ("all-disabled" if capable and mig_manager else None)
+
+
+def test_no_mig_manager_config_section_seeds_no_mig_config_label() -> None:
+    """Upstream seeds nvidia.com/mig.config only from a `migManager.config` section whose default is all-disabled
+    (nodelabeling_controller.go); `config` is a pointer with no CRD default of its own, only `config.default` has
+    one. Ours took a missing section as default all-disabled and seeded it on every MIG-capable node, so
+    mig-manager turned off a MIG layout the admin had made by other means. `config: {}` still seeds all-disabled,
+    as upstream's API server fills in `config.default`."""
+    bare = facts(labels={MIG_CAPABLE: "true", PRODUCT: H100})
+    assert desired_labels(bare, parse_spec({"migManager": {"config": {}}})).get(MIG_CONFIG) == "all-disabled"
+    for raw in ({"migManager": {"enabled": True}}, {}):
+        assert MIG_CONFIG not in desired_labels(bare, parse_spec(raw)), raw
 
 
 # Idempotence and the values never overwritten

@@ -552,6 +552,12 @@ class MIGManagerSpec(ComponentSpec):
     config: MIGPartedConfig = MIGPartedConfig()
     gpu_clients_config: ConfigMapRef = ConfigMapRef()
 
+    @property
+    def default_layout(self) -> str:
+        """The layout seeded on MIG-capable nodes without one: none without a `config` section, as upstream (its
+        `config` is a pointer with no CRD default; only `config.default` has one)."""
+        return self.config.default if "config" in self.model_fields_set else ""
+
 
 class NodeStatusExporterSpec(ComponentSpec):
     enabled: bool = False

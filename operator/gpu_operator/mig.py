@@ -442,9 +442,9 @@ def _is_quiet(node: NodeFacts, spec: ClusterPolicySpec) -> bool:
 
 
 def requested(node: NodeFacts, spec: ClusterPolicySpec) -> str:
-    """The layout the node asks for: its label, else the policy's default; "" for none (upstream allows an empty
-    `config.default`: no label is seeded, and mig-manager has nothing to apply)."""
-    return node.labels.get(MIG_CONFIG) or spec.mig_manager.config.default
+    """The layout the node asks for: its label, else the policy's default; "" for none (an empty `config.default`
+    or no `config` section, as upstream: no label is seeded, and mig-manager has nothing to apply)."""
+    return node.labels.get(MIG_CONFIG) or spec.mig_manager.default_layout
 
 
 def changes_requested(nodes: Iterable[NodeFacts], spec: ClusterPolicySpec) -> list[str]:

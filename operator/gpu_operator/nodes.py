@@ -615,7 +615,7 @@ def desired_labels(node: NodeFacts, spec: ClusterPolicySpec, refused: bool = Fal
         toolkit = "container-toolkit" in wanted
         _runtime_label(node, runtime_of(node, spec.operator.default_runtime) if toolkit else None, want)
 
-    default = spec.mig_manager.config.default
+    default = spec.mig_manager.default_layout
     if spec.mig_manager.enabled and default and capable and not labels.get(MIG_CONFIG):
         want[MIG_CONFIG] = default
     return want

@@ -13,8 +13,8 @@ from gpu_operator.kube import ApiError
 from gpu_operator.nodes import GPU_PCI_LABELS, MIG_CONFIG, MIG_CONFIG_STATE, NodeFacts, apply_patch, deploy_label
 from gpu_operator.observe import Snapshot
 from gpu_operator.upgrade import INITIAL_UNSCHEDULABLE_ANNOTATION, Annotate, Cordon, SetState, plan
+from gpu_operator.upgrade.model import DRAIN_SKIP_LABEL, WorkloadPod
 from gpu_operator.upgrade.model import STATE_LABEL as UPGRADE_STATE
-from gpu_operator.upgrade.model import WorkloadPod
 from test_upgrade_planner import make_node, policy
 
 SPEC = parse_spec({})
@@ -180,6 +180,33 @@ def test_eviction_follows_drain_rules_for_pods_without_a_controller_and_with_emp
     both = parse_spec({"driver": {"upgradePolicy": {"drain": {"enable": True, "force": True, "deleteEmptyDir": True}}}})
     d = decide(node(), both, pods=[GPU_POD, bare, scratch])
     assert d.evict == {"n1": (("team", "train"), ("team", "notebook"), ("team", "scratch"))}
+
+
+def test_eviction_keeps_to_drains_pod_selector_and_skip_label() -> None:
+    """The gate evicted every GPU pod under driver.upgradePolicy.drain, ignoring drain.podSelector and the label
+    nvidia.com/gpu-driver-upgrade-drain.skip=true, which upstream's drain (drain_manager.go PodSelector, with
+    `...drain.skip!=true` appended) and our upgrade's (planner.drain) keep to: a workload the admin had left out of
+    the operator's drain was evicted for a MIG change. Now such a pod, like a DaemonSet's, is never evicted and
+    holds the change; the others are evicted as before."""
+    spec = parse_spec({"driver": {"upgradePolicy": {"drain": {"enable": True, "podSelector": "tier=batch"}}}})
+    serving = WorkloadPod("team", "serving", "n1", uses_gpu=True, labels={"tier": "serving"})
+    d = decide(node(), spec, pods=[serving])
+    assert d.evict == {} and d.cordon == []
+    assert d.patches == {"n1": {MANAGER: mig.PAUSED, MIG_CONFIG_STATE: "pending"}}
+    assert d.waiting[0][2] == "1 GPU pod(s) running: team/serving (never evicted: team/serving not selected by " \
+        f"driver.upgradePolicy.drain.podSelector 'tier=batch' or labelled {DRAIN_SKIP_LABEL}=true)"  # fmt: skip
+    batch = WorkloadPod("team", "batch", "n1", uses_gpu=True, labels={"tier": "batch"})
+    d = decide(node(), spec, pods=[serving, batch])
+    assert d.evict == {"n1": (("team", "batch"),)} and d.cordon == ["n1"]
+    assert "never evicted: team/serving" in d.waiting[0][2]
+
+    pinned = WorkloadPod("team", "pinned", "n1", uses_gpu=True, labels={DRAIN_SKIP_LABEL: "true"})
+    d = decide(node(), EVICT, pods=[pinned])
+    assert d.evict == {} and d.cordon == [] and d.waiting[0][2].endswith(f"labelled {DRAIN_SKIP_LABEL}=true)")
+
+    invalid = parse_spec({"driver": {"upgradePolicy": {"drain": {"enable": True, "podSelector": "tier in (a"}}}})
+    d = decide(node(), invalid, pods=[batch])
+    assert d.evict == {} and d.cordon == [] and "drain.podSelector is invalid" in d.waiting[0][2]
 
 
 def test_a_gpu_pod_of_a_daemonset_mig_manager_does_not_stop_holds_the_change_and_is_never_evicted() -> None:

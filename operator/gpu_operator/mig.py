@@ -72,9 +72,10 @@ from .nodes import (
     workload_of,
 )
 from .status import whole_entries
+from .upgrade.model import DRAIN_SKIP_LABEL, WorkloadPod, eviction_refused
 from .upgrade.model import IN_PROGRESS_STATES as UPGRADING
 from .upgrade.model import STATE_LABEL as UPGRADE_STATE
-from .upgrade.model import WorkloadPod, eviction_refused
+from .upgrade.selector import SelectorError, parse_selector
 
 PAUSED = "paused-for-mig-change"
 APPROVED = "nvidia.com/gpu-operator.mig-config.approved"
@@ -601,14 +602,29 @@ def _gate(
         # As kubectl drain: a DaemonSet's pod would come back at once and a static pod is the kubelet's, never evicted.
         movable = [p for p in busy if not p.is_daemonset_pod]
         staying = [p for p in busy if p.is_daemonset_pod]
+        left_out: list[WorkloadPod] = []  # pods the driver upgrade's drain leaves alone: never evicted either
         refused = None
         if drain.enable and movable:
+            try:
+                selector = parse_selector(drain.pod_selector)
+            except SelectorError as exc:
+                refused = f"driver.upgradePolicy.drain.podSelector is invalid: {exc}"
+            else:  # as upgrade/planner.py drain (upstream's drain helper with its drain.skip!=true)
+                taken = [p.labels.get(DRAIN_SKIP_LABEL) != "true" and selector.matches(p.labels) for p in movable]
+                left_out = [p for p, t in zip(movable, taken, strict=True) if not t]
+                movable = [p for p, t in zip(movable, taken, strict=True) if t]
+        if drain.enable and movable and refused is None:
             refused = eviction_refused(movable, force=drain.force, delete_emptydir=drain.delete_empty_dir,
                                        field="driver.upgradePolicy.drain")  # fmt: skip
+        rule = f"labelled {DRAIN_SKIP_LABEL}=true"
+        if drain.pod_selector.strip():
+            rule = f"not selected by driver.upgradePolicy.drain.podSelector {drain.pod_selector!r} or {rule}"
         if drain.enable and movable and refused is None:
             why = f"evicting {len(movable)} GPU pod(s): {_refs(movable)}"
             if staying:
                 why += f"; {len(staying)} DaemonSet or static GPU pod(s), never evicted: {_refs(staying)}"
+            if left_out:
+                why += f"; {len(left_out)} GPU pod(s) {rule}, never evicted: {_refs(left_out)}"
             evict = tuple((p.namespace, p.name) for p in movable if not p.terminating)
             if evict:
                 out.evict[name] = evict
@@ -616,6 +632,8 @@ def _gate(
                 out.cordon.append(name)
         elif refused is not None:
             why = f"{len(busy)} GPU pod(s) running: {refs}; not evicted: {refused}"
+        elif left_out:
+            why = f"{len(busy)} GPU pod(s) running: {refs} (never evicted: {_refs(left_out)} {rule})"
         elif movable:
             why = f"{len(busy)} GPU pod(s) running: {refs} (driver.upgradePolicy.drain.enable allows eviction)"
         else:

@@ -112,6 +112,24 @@ def test_a_waiting_change_relabelled_to_a_refused_layout_ends_failed_not_pending
     assert d.patches == {"n1": {MIG_CONFIG_STATE: "failed"}}
 
 
+def test_a_waiting_change_withdrawn_by_removing_the_label_does_not_stay_pending() -> None:
+    """With migManager.config.default "" the admin may withdraw a waiting change by removing nvidia.com/mig.config.
+    The gate then released mig-manager but left the `pending` it had written itself: mig-manager, started with no
+    label, runs no reconfigure (mig-parted's SyncableMigConfig.Set("") does not wake Get), so the node said a change
+    was under way for good and stayed among the MIG pass's busy nodes. Now the gate removes its `pending`: nothing
+    was applied and nothing is asked for."""
+    spec = parse_spec({"migManager": {"config": {"default": ""}}})
+    waits = decide(node(), spec, pods=[GPU_POD])
+    assert waits.patches["n1"] == {MANAGER: mig.PAUSED, MIG_CONFIG_STATE: "pending"}
+    labels = apply_patch(node().labels, waits.patches["n1"])
+    del labels[MIG_CONFIG]  # kubectl label node n1 nvidia.com/mig.config-
+    withdrawn = NodeFacts("n1", labels=labels)
+    assert mig.busy(withdrawn, spec)
+    d = decide(withdrawn, spec, pods=[GPU_POD], managers=frozenset())
+    assert d.patches == {"n1": {MANAGER: "true", MIG_CONFIG_STATE: None}} and not d.waiting
+    assert not mig.busy(NodeFacts("n1", labels=apply_patch(labels, d.patches["n1"])), spec)
+
+
 def test_a_held_refusal_writes_nothing_more_and_its_event_repeats_word_for_word() -> None:
     first = decide(node("nope"))
     again = decide(node("nope", **{MANAGER: mig.PAUSED}), managers=frozenset())

@@ -427,7 +427,8 @@ def busy(node: NodeFacts, spec: ClusterPolicySpec) -> bool:
 
 def _quiet(node: NodeFacts, spec: ClusterPolicySpec) -> bool:
     """Nothing for `decide` to do on this node, whatever its pods and mig-managers: no operand paused for a MIG
-    change, and (a node whose layout is checked) the layout its label asks for let through, mig-manager not held."""
+    change, and (a node whose layout is checked) the layout its label asks for let through, or none asked for and no
+    wait's `pending` left, mig-manager not held."""
     return per_spec(node, "_mig_quiet", spec, _is_quiet)
 
 
@@ -438,7 +439,9 @@ def _is_quiet(node: NodeFacts, spec: ClusterPolicySpec) -> bool:
     if any(labels.get(key) == PAUSED for _, key in _PAUSED_KEYS):
         return False
     if spec.mig_manager.enabled and _managed(node, spec):
-        return labels.get(APPROVED) == requested(node, spec) and labels.get(MANAGER_LABEL) != PAUSED
+        want = requested(node, spec)
+        let_through = labels.get(APPROVED) == want or (not want and labels.get(MIG_CONFIG_STATE) != "pending")
+        return let_through and labels.get(MANAGER_LABEL) != PAUSED
     return True
 
 
@@ -562,6 +565,8 @@ def _gate(
     if approved == want or not want:  # let through already, or nothing asked for
         if held:
             out._set(name, MANAGER_LABEL, "true")
+        if not want and state == "pending" and not operands_paused:  # a wait's (ours), withdrawn: nothing to end it
+            out._set(name, MIG_CONFIG_STATE, None)
         return
     source = f"ConfigMap {spec.mig_manager.config.name}" if layouts is not None else "the default layouts"
     gpu = gpu_of_node(node)

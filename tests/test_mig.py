@@ -698,6 +698,20 @@ class FailingKube(FakeKube):
         raise ApiError(500, "boom", f"patch {kind} {name}")
 
 
+def test_the_gates_cordon_goes_when_the_node_is_no_longer_a_gpu_node() -> None:
+    """`decide` looks only at busy nodes, and `busy` needed a GPU: a node the gate had cordoned for an eviction whose
+    NFD GPU label then went (a GPU removed or fallen off the bus) was never looked at again and kept the cordon and
+    its marker until an uninstall. Now a gate-cordoned node is busy until its cordon goes, as when mig-manager is
+    disabled or the node's workload changes."""
+    labels = {k: v for k, v in node(approved="all-1g.10gb").labels.items() if k != GPU_PCI_LABELS[0]}
+    gone = NodeFacts.from_node({"metadata": {"name": "n1", "labels": labels, "annotations": {MIG_CORDONED: "true"}},
+                                "spec": {"unschedulable": True}})  # fmt: skip
+    assert not gone.has_gpu and mig.busy(gone, EVICT)
+    d = decide(gone, EVICT)
+    assert d.uncordon == ["n1"] and d.patches == {}
+    assert not mig.busy(NodeFacts.from_node({"metadata": {"name": "n1", "labels": labels}}), EVICT)
+
+
 def test_the_nodes_the_mig_pass_hands_on_are_as_its_cordons_leave_them() -> None:
     """The reconciler hands the MIG pass's nodes to the driver upgrade's planner in the same pass. They carried only
     the pass's label patches: a node whose gate cordon the pass had just lifted still read cordoned and marked as

@@ -421,8 +421,9 @@ def managed(node: NodeFacts, spec: ClusterPolicySpec) -> bool:
 
 def busy(node: NodeFacts, spec: ClusterPolicySpec) -> bool:
     """Whether `decide` may have something to do on the node; `decide` over the busy nodes alone decides as over
-    all (its node count aside), and `changes_requested` are busy ones."""
-    return node.has_gpu and not _quiet(node, spec)
+    all (its node count aside), and `changes_requested` are busy ones. A node the gate cordoned is one until the
+    cordon goes, also once it has no GPU."""
+    return (node.has_gpu or MIG_CORDONED in node.annotations) and not _quiet(node, spec)
 
 
 def _quiet(node: NodeFacts, spec: ClusterPolicySpec) -> bool:
@@ -494,14 +495,15 @@ def decide(
     pods of each node in `changes_requested`; `managers`: nodes with a live mig-manager pod; `unreadable`: why the
     user's config could not be read (every layout to check is refused)."""
     out = Decision()
-    doing: list[tuple[NodeFacts, bool]] = []  # GPU nodes with something to do, whether each is managed
+    doing: list[tuple[NodeFacts, bool]] = []  # GPU or gate-cordoned nodes with something to do, whether managed
     for node in nodes:  # one walk: at 5,000 nodes each walk is ~1 ms, and most nodes are quiet
         checks = managed(node, spec)
         out.managed += checks
         if busy(node, spec):
             doing.append((node, checks))
     for node, checks in doing:  # restore labels on every GPU node, also those no longer managed
-        _restore(node, spec, checks and node.name in managers, out)
+        if node.has_gpu:
+            _restore(node, spec, checks and node.name in managers, out)
     for node, checks in doing:
         if checks:
             _gate(node, spec, layouts, unreadable, pods.get(node.name, []), out)

@@ -138,9 +138,25 @@ def test_on_delete_all_pods_current_and_ready() -> None:
     assert daemonset_ready(on_delete(), [pod(), pod(), pod(ready=(True, True))], REVISIONS) == (True, "")
 
 
-def test_on_delete_ignores_updated_counts() -> None:
-    obj = on_delete(updatedNumberScheduled=0, numberAvailable=1)
-    assert daemonset_ready(obj, [pod()] * 3, REVISIONS) == (True, "")
+def test_on_delete_waits_for_the_controller_to_count_every_pod_updated() -> None:
+    """The driver DaemonSet (always OnDelete) after a driver version change: the controller has observed the new
+    generation, made a new ControllerRevision and counts 0 of 3 pods updated, but the revision watch (a stream apart
+    from the DaemonSets') has not brought that revision yet. The OnDelete rule read only the pods' hashes against
+    the newest revision seen, so every old pod passed as current: ready, with no node on the new driver. Now it
+    also needs the controller's count of pods updated, as upstream's NVIDIADriver rule (isDaemonSetReady), and as
+    the same inputs under RollingUpdate."""
+    old = [pod("old")] * 3
+    seen = [revision(1, "old")]  # revision 3 ("new") exists, not seen yet
+    lagging = {"updatedNumberScheduled": 0}
+    assert daemonset_ready(ds("RollingUpdate", **{**SETTLED, **lagging}), old, seen)[0] is False
+    assert daemonset_ready(on_delete(**lagging), old, seen) == (
+        False, "nvidia-x: the DaemonSet controller counts 0 of 3 pods updated"
+    )
+    # Pods current and ready by their hashes, one the controller has not counted yet: not ready until it does.
+    assert daemonset_ready(on_delete(updatedNumberScheduled=2), [pod()] * 3, REVISIONS)[0] is False
+    assert daemonset_ready(on_delete(), [pod()] * 3, REVISIONS) == (True, "")
+    # More counted updated than desired (a refused node's pod left out of desired, reconciler._fewer_desired).
+    assert daemonset_ready(on_delete(desiredNumberScheduled=2), [pod()] * 3, REVISIONS) == (True, "")
 
 
 def test_on_delete_stale_pod_is_not_ready() -> None:
@@ -689,6 +705,60 @@ def test_a_pass_does_not_call_a_state_ready_while_its_daemonset_is_being_deleted
     [state] = [s for s in written[-1]["states"] if s["name"] == "state-device-plugin"]
     assert written[-1]["state"] == "notReady"
     assert (state["state"], state["message"]) == ("notReady", f"{plugin}: being deleted; recreated once it is gone")
+
+
+def test_after_a_driver_version_change_no_pass_calls_the_policy_ready_while_every_driver_pod_is_old() -> None:
+    """The same through a pass. The driver goes from 595.91.07 to 610.57.04 and the pass applies the new driver
+    DaemonSet (OnDelete). The controller then makes ControllerRevision 2 and writes the DaemonSet's status (the
+    generation observed, 0 of 2 pods updated), and the runtime wakes a pass at once on that status (OnDelete
+    restarts nothing, so no pod is unready and nothing debounces it) before the revision watch brings revision 2.
+    That pass wrote state-driver ready and the ClusterPolicy Ready (a 'state ready' Event; `kubectl wait
+    --for=condition=Ready` returned) with both nodes on the old driver, and the next pass notReady again."""
+    from gpu_operator.observe import Snapshot, key_of
+
+    pol, cluster, r, written = _recording(2)
+
+    def snapshot(owned: dict[Any, dict[str, Any]], pods: dict[str, dict[str, Any]], revisions: dict[str, Any]) -> Any:
+        nodes = {n: NodeFacts.from_node(copy.deepcopy(cluster.nodes[n])) for n in cluster.nodes}
+        return Snapshot(nodes=nodes, policies={"cluster-policy": pol}, owned=owned, pods=pods, revisions=revisions)
+
+    first = r.reconcile(snapshot({}, {}, {}))
+    owned = {key_of(o): o for o in first.applied}
+    daemonsets = {o["metadata"]["name"]: o for o in first.applied if o["kind"] == "DaemonSet"}
+    [driver] = [name for name in daemonsets if name.startswith("nvidia-driver-daemonset")]
+    assert daemonsets[driver]["spec"]["updateStrategy"]["type"] == "OnDelete"
+
+    def projection(ds: str, on: str) -> dict[str, Any]:
+        labels = {**daemonsets[ds]["spec"]["template"]["metadata"]["labels"], "controller-revision-hash": "h1"}
+        return {"metadata": {"name": f"{ds}-{on}", "labels": labels}, "node": on, "owner": ds, "ready": True,
+                "status": {"phase": "Running", "containerStatuses": [{"name": "c", "ready": True}]}}  # fmt: skip
+
+    def revision_of(ds: str, number: int, hash_: str) -> dict[str, Any]:
+        return {"metadata": {"labels": {"controller-revision-hash": hash_}}, "revision": number, "owner": ds}
+
+    pods = {f"{d}-{n}": projection(d, n) for d in daemonsets for n in cluster.nodes}
+    revisions = {f"{d}-h1": revision_of(d, 1, "h1") for d in daemonsets}
+    assert r.reconcile(snapshot(owned, pods, revisions)).ready and written[-1]["state"] == "ready"
+
+    pol = copy.deepcopy(pol)
+    pol["spec"]["driver"]["version"] = "610.57.04"
+    pol["metadata"].update(generation=2, resourceVersion="2")
+    changed = r.reconcile(snapshot(owned, pods, revisions))
+    [new] = [o for o in changed.applied if o["kind"] == "DaemonSet" and o["metadata"]["name"] == driver]
+    assert written[-1]["state"] == "notReady"  # applied just now
+    observed = {**new, "status": {**_counted(2), "observedGeneration": new["metadata"]["generation"],
+                                  "updatedNumberScheduled": 0}}  # fmt: skip
+    owned = {**owned, key_of(new): observed}
+
+    def driver_state() -> tuple[str, str, str]:
+        [state] = [s for s in written[-1]["states"] if s["name"] == "state-driver"]
+        return written[-1]["state"], state["state"], state["message"]
+
+    out = r.reconcile(snapshot(owned, pods, revisions))  # the pass the status woke: revision 2 not seen yet
+    assert not out.applied
+    assert driver_state() == ("notReady", "notReady", f"{driver}: the DaemonSet controller counts 0 of 2 pods updated")
+    r.reconcile(snapshot(owned, pods, {**revisions, f"{driver}-h2": revision_of(driver, 2, "h2")}))
+    assert driver_state() == ("notReady", "notReady", f"{driver}: 2 pods run an old revision")
 
 
 def test_a_daemonset_whose_state_label_another_writer_changed_is_still_judged() -> None:

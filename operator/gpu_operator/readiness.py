@@ -322,9 +322,9 @@ def _counted(
     pods: Sequence[dict[str, Any]] | None,
     revisions: list[dict[str, Any]] | None,
 ) -> tuple[str, bool]:
-    """Upstream's rule by the controller's counts, once none is unavailable (and, for OnDelete, the pods'
-    revisions): (why the DaemonSet is not ready, or "" when it is; whether that is of pods not ready, whose nodes
-    the message names)."""
+    """Upstream's rule by the controller's counts, once none is unavailable (for OnDelete, the pods' revisions,
+    then the count of pods updated, as upstream's NVIDIADriver rule): (why the DaemonSet is not ready, or "" when
+    it is; whether that is of pods not ready, whose nodes the message names)."""
     strategy = ((ds.get("spec") or {}).get("updateStrategy") or {}).get("type", "RollingUpdate")
     if strategy == "OnDelete":
         newest = newest_revision_hash(revisions or [])
@@ -340,6 +340,11 @@ def _counted(
         not_ready = sum(1 for p in live if not pod_ready(p))
         if not_ready:
             return f"{not_ready} of {len(live)} pods not ready", True
+        # The controller's own count of pods at the current template: the revision watch may not have brought the
+        # newest revision yet, and then old pods pass for current.
+        updated = status.get("updatedNumberScheduled", 0)
+        if updated < desired:
+            return f"the DaemonSet controller counts {updated} of {desired} pods updated", False
         return "", False
     updated = status.get("updatedNumberScheduled", 0)
     available = status.get("numberAvailable", 0)

@@ -273,6 +273,24 @@ def test_unavailable_pods_not_created_yet_are_counted_apart() -> None:
     assert daemonset_ready(ds) == (False, "nvidia-x: 4 of 5 pods unavailable")
 
 
+@pytest.mark.parametrize("leaving", ["running", "deleting"])
+def test_a_pod_on_a_node_the_daemonset_left_does_not_hide_one_not_created(leaving: str) -> None:
+    """The DaemonSet wants n1, n2, n3; n3's pod cannot be created (a ResourceQuota, an admission webhook:
+    FailedCreate), and n4, which the DaemonSet no longer wants, still has its pod: tainted NoSchedule for
+    maintenance (which evicts nothing), or being deleted (its deploy label switched off). The controller counts
+    n4's pod misscheduled, not created for a desired node, but the larger of its count and the pods seen was taken,
+    n4's included: the message dropped "1 not created yet", the one hint at why a pod is missing. Now the pods seen
+    count only while the controller counts none misscheduled."""
+    counts = {"desiredNumberScheduled": 3, "currentNumberScheduled": 2, "numberReady": 2, "numberAvailable": 2,
+              "numberUnavailable": 1, "updatedNumberScheduled": 2, "numberMisscheduled": 1, "observedGeneration": 2}
+    pods = [placed("n1"), placed("n2"), placed("n4")]
+    if leaving == "deleting":
+        pods[2]["metadata"]["deletionTimestamp"] = "2026-12-07T00:00:00Z"
+    assert daemonset_ready(ds(**counts), pods, REVISIONS) == (
+        False, "nvidia-x: 1 of 3 pods unavailable (1 not created yet)"
+    )
+
+
 @pytest.mark.parametrize(
     ("strategy", "status", "pods", "why", "named"),
     [

@@ -162,11 +162,12 @@ def _where(
 ) -> str:
     """ " (2 not created yet; 1 not scheduled yet; not ready on a, b and 3 more)": how many of the desired pods do
     not exist (by the controller's count and by the pods given, whichever counts more: either can lag; no scan of
-    the pods), how many unready pods are on no node yet, and the nodes of the other unready pod projections; ""
-    when none is known."""
+    the pods; the pods only while the controller counts none on a node it no longer wants, which are not of the
+    desired ones), how many unready pods are on no node yet, and the nodes of the other unready pod projections;
+    "" when none is known."""
     parts = []
     desired, created = status.get("desiredNumberScheduled", 0), status.get("currentNumberScheduled")
-    if pods is not None:
+    if pods is not None and not status.get("numberMisscheduled"):
         created = max(created if isinstance(created, int) else 0, len(pods))
     if isinstance(desired, int) and isinstance(created, int) and desired > created:
         parts.append(f"{desired - created} not created yet")

@@ -545,7 +545,15 @@ def test_a_terminating_pod_on_a_dead_node_does_not_hold_a_daemonset_of_either_st
 def test_the_node_counter_kept_pass_by_pass_counts_as_daemon_node_count() -> None:
     """NodeCounter looks again only at nodes whose facts changed: over nodes coming, going, relabelled and
     tainted, pass after pass, each count is daemon_node_count's over the same nodes, also for a template first
-    asked mid-way and for one asked again after others pushed it out."""
+    asked mid-way and for one asked again after others pushed it out; and so is the count of the nodes a filter
+    takes that at least one of the templates should run on."""
+
+    def odd(n: NodeFacts) -> bool:
+        return int(n.name[1:]) % 2 == 1
+
+    def even(n: NodeFacts) -> bool:
+        return not odd(n)
+
     rng = random.Random(7)
     key = "feature.node.kubernetes.io/system-os_release.VERSION_ID"
     specs = [
@@ -579,6 +587,9 @@ def test_the_node_counter_kept_pass_by_pass_counts_as_daemon_node_count() -> Non
         asked = specs[: 2 + step // 20] if step < 40 else rng.sample(specs, 3)
         for spec in asked:
             assert count(spec) == daemon_node_count(spec, list(nodes.values())), (step, spec)
+        admit = odd if step % 10 < 5 else even
+        running = [n for n in nodes.values() if admit(n) and any(daemon_node_count(s, [n]) for s in asked)]
+        assert counter.running_any(asked, admit) == len(running), step  # the ready message's count
     assert count(specs[3]) == 0 and len(nodes) > 20
 
 

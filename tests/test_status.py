@@ -1062,10 +1062,13 @@ def test_a_ready_pass_whose_status_write_fails_is_no_success() -> None:
     assert metrics.reconciliation_last_success_ts_seconds._value.get() == 1000.0, "a failed pass moved it to now"
 
 
-def test_the_ready_message_counts_only_the_gpu_nodes_operands_run_on() -> None:
-    """The ready message counted every GPU node, also one the admin took out with nvidia.com/gpu.deploy.operands=false,
-    where no operand runs: with two GPU nodes, one opted out, it said "all operands ready on 2 GPU nodes" though every
-    operand DaemonSet runs on one node. Now it counts the nodes operands run on."""
+@pytest.mark.parametrize("kept_off", ["opted out", "tainted"])
+def test_the_ready_message_counts_only_the_gpu_nodes_operands_run_on(kept_off: str) -> None:
+    """The ready message counted every GPU node, also one where no operand runs: one the admin took out with
+    nvidia.com/gpu.deploy.operands=false, or one whose taint the operand DaemonSets do not tolerate (a common way to
+    reserve GPU nodes, dedicated=ml:NoSchedule; they tolerate nvidia.com/gpu and daemonsets.tolerations only). With
+    two GPU nodes, one of them so, it said "all operands ready on 2 GPU nodes" though every operand DaemonSet runs on
+    one node. Now it counts the GPU nodes, not opted out, that an enabled operand DaemonSet should run on."""
     from gpu_operator.nodes import DEPLOY_OPERANDS, NodeFacts
     from gpu_operator.observe import Snapshot
     from gpu_operator.reconciler import Reconciler
@@ -1075,7 +1078,11 @@ def test_the_ready_message_counts_only_the_gpu_nodes_operands_run_on() -> None:
     pol = load_policy()
     pol["metadata"].update(uid="u1", generation=1, resourceVersion="1")
     server = ApiServer(scheduled=1, nodes=("n1",))  # every DaemonSet counts one pod
-    server.nodes["n2"] = node("n2", labels={DEPLOY_OPERANDS: "false"})
+    if kept_off == "opted out":
+        server.nodes["n2"] = node("n2", labels={DEPLOY_OPERANDS: "false"})
+    else:
+        server.nodes["n2"] = node("n2")
+        server.nodes["n2"]["spec"] = {"taints": [{"key": "dedicated", "value": "ml", "effect": "NoSchedule"}]}
 
     def snapshot() -> Snapshot:
         pods, revisions = _pods_and_revisions(server, ["n1"])

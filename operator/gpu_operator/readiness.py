@@ -10,7 +10,7 @@ its DaemonSet not ready whatever the counts say: the controller leaves a node go
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any
 
@@ -81,6 +81,8 @@ class NodeCounter:
     def __init__(self) -> None:
         self._nodes: dict[str, NodeFacts] = {}  # the nodes the counts are of
         self._counts: dict[str, tuple[Placement, int]] = {}  # placement's key -> (placement, count)
+        # running_any's: (the placements' key, the placements, which nodes count, how many should run one)
+        self._any: tuple[str, list[Placement], Callable[[NodeFacts], bool], int] | None = None
 
     def over(self, nodes: Mapping[str, NodeFacts]) -> Callable[[dict[str, Any]], int]:
         """A pass's counter: the counts brought up to `nodes` (name -> facts), then template spec -> count."""
@@ -91,8 +93,22 @@ class NodeCounter:
             for key, (where, count) in self._counts.items():
                 count += sum(should_run(where, n) for n in came) - sum(should_run(where, n) for n in gone)
                 self._counts[key] = (where, count)
+            if self._any is not None:
+                key, wheres, admit, count = self._any
+                count += sum(_runs_any(wheres, admit, n) for n in came) - sum(_runs_any(wheres, admit, n) for n in gone)
+                self._any = (key, wheres, admit, count)
             self._nodes = dict(nodes)
         return self._count
+
+    def running_any(self, template_specs: Iterable[dict[str, Any]], admit: Callable[[NodeFacts], bool]) -> int:
+        """On how many of the last `over`'s nodes that `admit` takes the controller should run a pod of at least one
+        of the templates (a selector on a label not kept matches none), kept as the counts are: worked out over
+        every node again only when the templates or `admit` change."""
+        wheres = [w for w in map(placement, template_specs) if w is not None]
+        key = json.dumps([[w[:3], sorted(w[3])] for w in wheres], sort_keys=True, default=str)
+        if self._any is None or self._any[0] != key or self._any[2] is not admit:
+            self._any = (key, wheres, admit, sum(_runs_any(wheres, admit, n) for n in self._nodes.values()))
+        return self._any[3]
 
     def _count(self, template_spec: dict[str, Any]) -> int:
         where = placement(template_spec)
@@ -105,6 +121,10 @@ class NodeCounter:
         if len(self._counts) > self.KEEP:
             del self._counts[next(iter(self._counts))]
         return count
+
+
+def _runs_any(wheres: list[Placement], admit: Callable[[NodeFacts], bool], node: NodeFacts) -> bool:
+    return admit(node) and any(should_run(w, node) for w in wheres)
 
 
 def _term_matches(term: dict[str, Any], node: NodeFacts) -> bool:

@@ -542,7 +542,9 @@ class Reconciler:
             namespace=self.namespace,
             results=results,
             gpu_nodes=sum(1 for n in nodes if n.has_gpu),
-            operand_nodes=sum(1 for n in nodes if n.has_gpu and n.labels.get(DEPLOY_OPERANDS) != "false"),
+            operand_nodes=self._count.running_any(
+                (o["spec"]["template"]["spec"] for p in plans if p.enabled and not p.problem for o in p.objects
+                 if o["kind"] == "DaemonSet"), _operand_node),  # fmt: skip
             has_nfd=any(n.has_nfd for n in nodes),
             previous=policy.get("status"),
             now=now(),
@@ -933,6 +935,12 @@ def handed_over(owned: Mapping[Key, dict[str, Any]], spec: ClusterPolicySpec) ->
 
 
 _DRIVER_STATE = frozenset({"state-driver"})
+
+
+def _operand_node(node: NodeFacts) -> bool:
+    """A GPU node not opted out of every operand (nvidia.com/gpu.deploy.operands=false): the ready message counts
+    those an enabled operand DaemonSet should run on (not one whose taints keep every operand off)."""
+    return node.has_gpu and node.labels.get(DEPLOY_OPERANDS) != "false"
 
 
 def _less(count: Callable[[dict[str, Any]], int], n: int, spec: dict[str, Any]) -> int:

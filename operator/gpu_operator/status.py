@@ -158,8 +158,8 @@ def policy_status(
     `unsupported`: (field path, reason) of the fields set but not acted on (None: not known this pass).
     `upgrading`: the nodes, sorted, whose NVIDIADriver upgrade is pending, in progress or failed: not ready while
     there is one (upstream's nvidiaDriverUpgradeIncomplete), named after the operands not ready, if any.
-    `operand_nodes`: the GPU nodes operands run on (not nvidia.com/gpu.deploy.operands=false), which the ready
-    message counts; `gpu_nodes` when not given.
+    `operand_nodes`: the GPU nodes operands run on (not nvidia.com/gpu.deploy.operands=false, and one an enabled
+    operand DaemonSet should run on), which the ready message counts; `gpu_nodes` when not given.
     """
     not_ready = [r for r in results if r.state == "notReady"]
     if error:

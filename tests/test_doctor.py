@@ -1845,6 +1845,52 @@ def test_capacity_gpus_profile_under_a_config_the_device_plugin_refuses_at_start
     assert capacity.plan(job, 100, views, profile, configs).per_new_node == 96
 
 
+class PolicyKube:
+    """Stands for the API server in cli._plugin_configs: one ClusterPolicy and the ConfigMaps it may name."""
+
+    def __init__(self, spec: dict[str, Any], config_maps: dict[str, dict[str, str]]) -> None:
+        self.policy = {"apiVersion": "nvidia.com/v1", "kind": "ClusterPolicy",
+                       "metadata": {"name": "cluster-policy", "creationTimestamp": "2026-01-01T00:00:00Z"},
+                       "spec": spec}  # fmt: skip
+        self.config_maps = config_maps
+
+    def list(self, kind: str, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        return [self.policy] if kind == "ClusterPolicy" else []
+
+    def get(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        data = self.config_maps.get(name) if kind == "ConfigMap" else None
+        return None if data is None else {"metadata": {"name": name, "namespace": namespace}, "data": data}
+
+
+def test_capacity_gpus_profile_reads_the_sharing_config_under_the_policys_mig_strategy() -> None:
+    """The operator sets the device plugin's MIG_STRATEGY from the ClusterPolicy's mig.strategy, and that env wins
+    over the config's flags.migStrategy (k8s-device-plugin api/config/v1/config.go NewConfig: UpdateFromCLIFlags).
+    capacity checked the config with no MIG_STRATEGY (sharing.check(config, None)), unlike the operator's own check:
+    under mig.strategy mixed it counted a `gpus=2` profile with 4 MPS replicas as 8 nvidia.com/gpu, though the plugin
+    refuses MPS with mixed at start (cmd/nvidia-device-plugin/main.go validateFlags), and it took a config whose
+    unknown flags.migStrategy the env overrides as refused. Now the policy's strategy is read with the configs."""
+    from gpu_operator.cli import _plugin_configs
+
+    views = nodes_with_pods([node("h-0", gpus=8)], [pod("busy", 8, node_name="h-0")])
+    profile = capacity.parse_profile(f"gpus=2,label.nvidia.com/gpu.product={H100}", views)
+    job = pod("job", 1, nodeSelector={"nvidia.com/gpu.product": H100})
+    mps = "version: v1\nsharing:\n  mps:\n    resources:\n    - name: nvidia.com/gpu\n      replicas: 4\n"
+    spec = {"mig": {"strategy": "mixed"}, "devicePlugin": {"config": {"name": "sharing-config", "default": "mps"}}}
+    configs = _plugin_configs(PolicyKube(spec, {"sharing-config": {"mps": mps}}), NS)  # type: ignore[arg-type]
+    result = capacity.plan(job, 100, views, profile, configs)
+    assert (result.per_new_node, result.extra_nodes) == (0, None), capacity.render(result, "job")
+    assert result.notes == ["the device plugin refuses config mps of ConfigMap sharing-config (sharing.mps: using "
+                            "--mig-strategy=mixed is not supported with MPS): a new node "
+                            f"{profile.name} advertises no GPUs"], result.notes  # fmt: skip
+    # the env overrides an unknown flags.migStrategy of the config, so the plugin starts and shares
+    odd = "version: v1\nflags:\n  migStrategy: odd\nsharing:\n  timeSlicing:\n    resources:\n" \
+          "    - name: nvidia.com/gpu\n      replicas: 4\n"  # fmt: skip
+    spec = {"mig": {"strategy": "single"}, "devicePlugin": {"config": {"name": "sharing-config", "default": "ts"}}}
+    configs = _plugin_configs(PolicyKube(spec, {"sharing-config": {"ts": odd}}), NS)  # type: ignore[arg-type]
+    assert capacity.plan(job, 100, views, profile, configs).per_new_node == 8
+    assert _plugin_configs(PolicyKube({"mig": {"strategy": "mixed"}}, {}), NS).mig_strategy == "mixed"  # type: ignore[arg-type]
+
+
 def test_capacity_plans_a_workloads_pod_template_and_says_when_the_file_holds_more(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

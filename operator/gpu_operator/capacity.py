@@ -91,16 +91,18 @@ class PluginConfigs:
     default: str = ""
     configs: dict[str, sharing.SharingConfig | None] = field(default_factory=dict)
     unread: str = ""  # why they are not known ("": they are)
+    mig_strategy: str | None = None  # the policy's mig.strategy: the plugin's MIG_STRATEGY env (None: unset)
 
     @classmethod
-    def of_data(cls, name: str, default: str, data: dict[str, str]) -> PluginConfigs:
+    def of_data(cls, name: str, default: str, data: dict[str, str],
+                mig_strategy: str | None = None) -> PluginConfigs:  # fmt: skip
         configs: dict[str, sharing.SharingConfig | None] = {}
         for key, text in data.items():
             try:
                 configs[key] = sharing.parse(text)
             except sharing.ConfigError:
                 configs[key] = None
-        return cls(name, default, configs)
+        return cls(name, default, configs, mig_strategy=mig_strategy)
 
     def of(self, labels: dict[str, str]) -> tuple[str, sharing.SharingConfig | None]:
         """(key, config) a node with these labels loads, selected as config-manager does: its
@@ -332,7 +334,7 @@ def advertised(profile: ProfileView, configs: PluginConfigs) -> tuple[NodeView, 
                          f"its {gpus} GPUs are counted as {gpus} {GPU}, unshared")  # fmt: skip
     allocatable = {k: v for k, v in profile.allocatable.items() if k != GPU}
     try:  # no compute capability in a profile: the MPS daemon's limit from 7.5 on
-        sharing.check(config, None)
+        sharing.check(config, configs.mig_strategy)
     except sharing.ConfigError as e:
         return (replace(profile, allocatable=allocatable, capacity=dict(allocatable)),
                 f"the device plugin refuses config {key} of ConfigMap {configs.name} ({e}): a new node "

@@ -758,7 +758,7 @@ def _plugin_configs(kube: Kube, namespace: str) -> PluginConfigs:
             return PluginConfigs(unread=f"ClusterPolicy {name} disables the device plugin")
         cfg = spec.device_plugin.config
         if not cfg.name:
-            return PluginConfigs()
+            return PluginConfigs(mig_strategy=spec.mig.strategy)
         cm = kube.get("ConfigMap", cfg.name, namespace)
     except ApiError as exc:
         return PluginConfigs(unread=f"cannot read it: {' '.join(str(exc).split())}")
@@ -766,7 +766,7 @@ def _plugin_configs(kube: Kube, namespace: str) -> PluginConfigs:
         return PluginConfigs(unread=f"ClusterPolicy {name} is invalid: {'; '.join(exc.problems)}")
     if cm is None:
         return PluginConfigs(unread=f"ConfigMap {namespace}/{cfg.name} not found")
-    return PluginConfigs.of_data(cfg.name, cfg.default, dict(cm.get("data") or {}))
+    return PluginConfigs.of_data(cfg.name, cfg.default, dict(cm.get("data") or {}), spec.mig.strategy)
 
 
 # Where the pod template of a workload is (what capacity plans of it): the path to it in the object.

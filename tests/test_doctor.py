@@ -3180,6 +3180,31 @@ def test_an_operand_image_the_operators_env_names_is_not_called_its_default(monk
     assert "the operator's default nvcr.io/nvidia/k8s-device-plugin:v0.20.0 is used" in said, said
 
 
+def test_an_operand_image_the_operators_env_points_at_a_mirror_is_named_by_its_env_variable() -> None:
+    """The operator's env (DEVICE_PLUGIN_IMAGE, ...) is there "e.g. for an air-gapped mirror" (README), but doctor
+    found an image's section only by the image's repository, registry included: an image in a mirror's registry
+    matched no section, and the fix only said `kubectl describe pod`. Now, where the section sets no image (so the
+    env applies) and the pod runs that section's image (its own, the validator's), the image's name matches too, and
+    the variable is named."""
+    status = {"state": "notReady", "states": [{"name": "state-device-plugin", "state": "notReady",
+                                               "message": "1 of 1 pods unavailable"}]}  # fmt: skip
+
+    def fix(image: str, spec: dict[str, Any]) -> str:
+        plugin = _operand("nvidia-device-plugin-daemonset-x", "state-device-plugin", "nvidia-device-plugin", image,
+                          "ErrImagePull", not_found(image))  # fmt: skip
+        return str(_found([plugin], spec, status)["ImagePullFailed"].fix)
+
+    said = fix("registry.local:5000/nvidia/k8s-device-plugin:v0.99.0", {})
+    assert said.startswith("ClusterPolicy cluster-policy sets no image here, so the operator's env DEVICE_PLUGIN_IMAGE "
+                           "(its Deployment's; operator.env in the chart) names it"), said  # fmt: skip
+    said = fix("registry.local:5000/nvidia/gpu-operator:v26.99.0", {})
+    assert "the operator's env VALIDATOR_IMAGE" in said and "validator.repository" in said, said
+    # the pod's section sets its image, so no env names it (nor GFD's, which runs the same image name in its own pods)
+    said = fix("registry.local:5000/nvidia/k8s-device-plugin:v0.99.0",
+               {"devicePlugin": {"repository": "nvcr.io/nvidia", "image": "k8s-device-plugin", "version": "v0.20.0"}})
+    assert "_IMAGE" not in said and said.startswith("kubectl describe pod"), said
+
+
 def test_an_operand_pod_not_started_is_not_blamed_on_its_node() -> None:
     """test_doctor::test_an_operand_pod_on_a_node_gone_notready_points_at_the_node has only the positive case, and no
     test reaches the "pod Pending (not started)" line, so _why_not_ready's `if containers_ready(pod):` replaced by

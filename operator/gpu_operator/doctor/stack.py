@@ -373,14 +373,22 @@ def _image_source(cluster: Cluster, pod: dict[str, Any], image: str) -> tuple[st
     # The operator's env is not doctor's: resolve without it, and name its variable (none for an NVIDIADriver's
     # driver, GDS and GDRCopy images, as states/driver.py).
     no_env = ("driver", "gds", "gdrcopy") if nvidia_driver else ()
-    # The pod's own section first, then the validator's (every state's init containers run its image).
-    found = sorted((
-        (section != own, section != "validator", resolved != image, path, settings, resolved,
-         "" if component in no_env else images.ENV.get(component, ""))
-        for section, path, settings, component in sections
-        if image_repository(resolved := images.resolve(settings, component, env=False)) == image_repository(image)
-    ), key=lambda f: f[:4])  # fmt: skip
-    return (obj, *found[0][3:]) if found else None
+    # A section whose repository is the image's; else one whose image name is, where the operator's env applies (the
+    # section sets no image; the env may name a mirror's registry) and the pod runs its image: its own section's, the
+    # validator's, the driver's others (section None). The pod's own section first, then the validator's (every
+    # state's init containers run its image).
+    repository = image_repository(image)
+    found = []
+    for section, path, image_spec, component in sections:
+        resolved = images.resolve(image_spec, component, env=False)
+        env = "" if component in no_env else images.ENV.get(component, "")
+        repo = image_repository(resolved)
+        if repo == repository or (env and not image_spec.image and section in (own, "validator", None)
+                                  and repo.rsplit("/", 1)[-1] == repository.rsplit("/", 1)[-1]):
+            found.append((repo != repository, section != own, section != "validator", resolved != image, path,
+                          image_spec, resolved, env))  # fmt: skip
+    found.sort(key=lambda f: f[:5])
+    return (obj, *found[0][4:]) if found else None
 
 
 def _pull_fix(cluster: Cluster, pod: dict[str, Any], pulled: PullFailure) -> str:

@@ -130,6 +130,23 @@ def test_a_waiting_change_withdrawn_by_removing_the_label_does_not_stay_pending(
     assert not mig.busy(NodeFacts("n1", labels=apply_patch(labels, d.patches["n1"])), spec)
 
 
+def test_a_pending_mig_manager_wrote_is_kept_when_the_label_goes_mid_change() -> None:
+    """The gate removed any mig.config.state=pending once no layout was asked for, taking it for its own wait's. But
+    mig-manager writes `pending` too, before it pauses the operands (mig-parted pkg/mig/reconfigure/reconfigure.go
+    Run: setNodeLabel(pending), then shutdownKubernetesGPUClients), and that label write wakes a pass at once: a label
+    removed in that moment had the gate delete mig-manager's `pending`, and the next pass, finding operands paused
+    with no change under way, restored them while mig-parted was still reconfiguring the GPUs. The gate's wait holds
+    mig-manager; mig-manager's own run is not held: now only a held `pending` is removed."""
+    spec = parse_spec({"migManager": {"config": {"default": ""}}})
+    # mig-manager (not held) has just started the change the gate let through; the admin removes the label
+    labels = {k: v for k, v in node(approved="all-1g.10gb").labels.items() if k != MIG_CONFIG}
+    running = NodeFacts("n1", labels={**labels, MIG_CONFIG_STATE: "pending"})
+    assert decide(running, spec).patches == {}
+    # then mig-manager pauses the operands: left to finish
+    paused = NodeFacts("n1", labels={**running.labels, PLUGIN: mig.PAUSED})
+    assert decide(paused, spec).patches == {}
+
+
 def test_a_held_refusal_writes_nothing_more_and_its_event_repeats_word_for_word() -> None:
     first = decide(node("nope"))
     again = decide(node("nope", **{MANAGER: mig.PAUSED}), managers=frozenset())

@@ -567,7 +567,9 @@ def _gate(
     if approved == want or not want:  # let through already, or nothing asked for
         if held:
             out._set(name, MANAGER_LABEL, "true")
-        if not want and state == "pending" and not operands_paused:  # a wait's (ours), withdrawn: nothing to end it
+        # A wait's (ours: it holds mig-manager), withdrawn: nothing to end it. Not held: mig-manager's own run, which
+        # writes pending before it pauses the operands.
+        if not want and state == "pending" and held and not operands_paused:
             out._set(name, MIG_CONFIG_STATE, None)
         return
     source = f"ConfigMap {spec.mig_manager.config.name}" if layouts is not None else "the default layouts"

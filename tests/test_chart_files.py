@@ -138,6 +138,16 @@ def test_sample_upgrades_drain() -> None:
     assert up.drain.enable is True and up.drain.pod_selector
 
 
+def test_every_sample_policy_sets_the_mig_config_section() -> None:
+    """README (MIG layouts): a node without nvidia.com/mig.config gets migManager.config.default, none without a
+    `migManager.config` section, "the chart and the samples set one". The time-slicing and upgrades-drain samples set
+    no migManager, so on MIG-capable nodes they seeded no layout, unlike the chart; now every sample sets the chart's
+    default, all-disabled."""
+    for path in sorted((REPO / "manifests" / "samples").glob("clusterpolicy-*.yaml")):
+        spec = parse_spec(one(sample_docs(path.name), "ClusterPolicy", "cluster-policy")["spec"])
+        assert spec.mig_manager.default_layout == "all-disabled", path.name
+
+
 def test_default_images_match_the_operator() -> None:
     """files/default-images.yaml: the versions the chart fills in are the operator's own defaults."""
     table = yaml.safe_load((CHART / "files" / "default-images.yaml").read_text())

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from e2e.cluster.localcluster import LocalCluster, _pdeathsig_preexec, free_ports
+from gpu_operator import images
 from gpu_operator.crd import all_crds
 from gpu_operator.kube import Kube
 
@@ -68,7 +69,8 @@ class OperatorProcess:
         ]  # fmt: skip
         if self.leader_elect:
             cmd.append("--leader-elect")
-        env = dict(os.environ)
+        # Not the shell's image variables: the operator reads them (gpu_operator.images.ENV) as its operands' images.
+        env = {k: v for k, v in os.environ.items() if k not in set(images.ENV.values())}
         if self.identity:
             env["POD_NAME"] = self.identity
         # Dies with the test session even when that is SIGKILLed, as the cluster's components (PR_SET_PDEATHSIG:

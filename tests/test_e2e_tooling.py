@@ -278,6 +278,34 @@ def test_operator_process_dies_with_the_test_session(tmp_path: Path) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+
+def test_operator_process_does_not_pass_the_shells_image_variables(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operator takes a component's image from its env (DEVICE_PLUGIN_IMAGE, GFD_IMAGE, ...; images.ENV) where
+    the ClusterPolicy names none: the e2e operator got the test session's whole env, so a runner exporting one of
+    them changed the operands' images under test. Now those names are left out; the rest is passed on."""
+    from e2e import operator_process
+
+    from gpu_operator import images
+
+    seen: dict[str, Any] = {}
+
+    class Popen:
+        def __init__(self, cmd: list[str], **kwargs: Any) -> None:
+            seen.update(kwargs["env"])
+
+    for name in set(images.ENV.values()):
+        monkeypatch.setenv(name, "registry.example/x:1")
+    monkeypatch.setenv("E2E_KEPT", "yes")
+    monkeypatch.setattr(subprocess, "Popen", Popen)
+
+    class C:
+        operator_kubeconfig = Path("/nonexistent")
+
+    operator_process.OperatorProcess(C(), tmp_path / "op.log").start()  # type: ignore[arg-type]
+    assert seen.get("E2E_KEPT") == "yes"
+    assert not set(images.ENV.values()) & set(seen), sorted(set(images.ENV.values()) & set(seen))
+
 # --- against a cluster the user has, and the fake nodes -------------------------------------------------------
 
 NFD = "feature.node.kubernetes.io/"

@@ -147,6 +147,26 @@ def test_a_pending_mig_manager_wrote_is_kept_when_the_label_goes_mid_change() ->
     assert decide(paused, spec).patches == {}
 
 
+def test_a_pending_let_through_then_withdrawn_before_mig_manager_runs_is_removed() -> None:
+    """Once only a held `pending` was removed, the gate's own outlived its hold: let through (mig-manager released,
+    the `pending` left for it to end), then withdrawn (label removed, config.default "") before the new mig-manager
+    pod read the label, it stayed for good, since a pod started with no label never runs a change (mig-parted
+    cmd/nvidia-mig-manager/main.go: SyncableMigConfig.Set("") does not wake Get), and the node stayed busy. Now it
+    is removed also while no live mig-manager pod is on the node."""
+    spec = parse_spec({"migManager": {"config": {"default": ""}}})
+    waits = decide(node(), spec, pods=[GPU_POD])
+    assert waits.patches["n1"] == {MANAGER: mig.PAUSED, MIG_CONFIG_STATE: "pending"}
+    held = NodeFacts("n1", labels=apply_patch(node().labels, waits.patches["n1"]))
+    through = decide(held, spec, managers=frozenset())  # the GPU pods are gone
+    labels = apply_patch(held.labels, through.patches["n1"])
+    assert labels[MANAGER] == "true" and labels[MIG_CONFIG_STATE] == "pending"
+    del labels[MIG_CONFIG]  # withdrawn before the new mig-manager pod exists
+    withdrawn = NodeFacts("n1", labels=labels)
+    d = decide(withdrawn, spec, managers=frozenset())
+    assert d.patches == {"n1": {MIG_CONFIG_STATE: None}}
+    assert not mig.busy(NodeFacts("n1", labels=apply_patch(labels, d.patches["n1"])), spec)
+
+
 def test_a_held_refusal_writes_nothing_more_and_its_event_repeats_word_for_word() -> None:
     first = decide(node("nope"))
     again = decide(node("nope", **{MANAGER: mig.PAUSED}), managers=frozenset())

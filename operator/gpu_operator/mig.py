@@ -506,7 +506,7 @@ def decide(
             _restore(node, spec, checks and node.name in managers, out)
     for node, checks in doing:
         if checks:
-            _gate(node, spec, layouts, unreadable, pods.get(node.name, []), out)
+            _gate(node, spec, layouts, unreadable, pods.get(node.name, []), node.name in managers, out)
         if MIG_CORDONED in node.annotations:
             _uncordon(node, spec, checks, out)
     return out
@@ -553,6 +553,7 @@ def _gate(
     layouts: Layouts | None,
     unreadable: str,
     pods: list[WorkloadPod],
+    manager_alive: bool,
     out: Decision,
 ) -> None:
     labels = node.labels
@@ -567,9 +568,10 @@ def _gate(
     if approved == want or not want:  # let through already, or nothing asked for
         if held:
             out._set(name, MANAGER_LABEL, "true")
-        # A wait's (ours: it holds mig-manager), withdrawn: nothing to end it. Not held: mig-manager's own run, which
-        # writes pending before it pauses the operands.
-        if not want and state == "pending" and held and not operands_paused:
+        # A wait's (ours: it holds mig-manager), withdrawn: nothing to end it; nor once let through with no live
+        # mig-manager pod (one started with no label never runs). Not held with a live pod: its own run, which writes
+        # pending before it pauses the operands.
+        if not want and state == "pending" and not operands_paused and (held or not manager_alive):
             out._set(name, MIG_CONFIG_STATE, None)
         return
     source = f"ConfigMap {spec.mig_manager.config.name}" if layouts is not None else "the default layouts"

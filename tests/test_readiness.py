@@ -672,6 +672,26 @@ def _recording(scheduled: int) -> tuple[dict[str, Any], _Cluster, Any, list[dict
     return pol, cluster, r, written
 
 
+def _snap(cluster: _Cluster, pol: dict[str, Any], owned: dict[Any, dict[str, Any]], pods: dict[str, dict[str, Any]],
+          revisions: dict[str, Any]) -> Any:
+    """A pass's snapshot of `cluster`'s nodes, the policy and these objects."""
+    from gpu_operator.observe import Snapshot
+
+    nodes = {n: NodeFacts.from_node(copy.deepcopy(cluster.nodes[n])) for n in cluster.nodes}
+    return Snapshot(nodes=nodes, policies={"cluster-policy": pol}, owned=owned, pods=pods, revisions=revisions)
+
+
+def _ready_pod(ds: dict[str, Any], on: str, deleting: bool = False) -> dict[str, Any]:
+    """The projection of DaemonSet `ds`'s ready pod on node `on`, at revision h1 (being deleted with `deleting`)."""
+    name = ds["metadata"]["name"]
+    labels = {**ds["spec"]["template"]["metadata"]["labels"], "controller-revision-hash": "h1"}
+    meta: dict[str, Any] = {"name": f"{name}-{on}", "labels": labels}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-12-01T00:00:00Z"
+    return {"metadata": meta, "node": on, "owner": name, "ready": True,
+            "status": {"phase": "Running", "containerStatuses": [{"name": "c", "ready": True}]}}  # fmt: skip
+
+
 def test_a_pass_counts_the_nodes_it_labels_itself_before_it_calls_a_daemonset_ready() -> None:
     # The snapshot still holds a node's labels from before the pass's own patch: a node labelled just now must
     # have its pod too before the DaemonSet is ready, though the controller's count matches the snapshot.
@@ -700,37 +720,23 @@ def test_a_pass_counts_the_nodes_it_labels_itself_before_it_calls_a_daemonset_re
 def test_a_pass_does_not_call_a_state_ready_while_its_daemonset_is_being_deleted() -> None:
     """The same through a pass: with the device plugin's DaemonSet being deleted in the foreground, its status
     frozen at all ready and both its pods terminating, the ClusterPolicy read ready (state-device-plugin ready)."""
-    from gpu_operator.observe import Snapshot, key_of
+    from gpu_operator.observe import key_of
 
     pol, cluster, r, written = _recording(2)
-
-    def snapshot(owned: dict[Any, dict[str, Any]], pods: dict[str, dict[str, Any]], revisions: dict[str, Any]) -> Any:
-        nodes = {n: NodeFacts.from_node(copy.deepcopy(cluster.nodes[n])) for n in cluster.nodes}
-        return Snapshot(nodes=nodes, policies={"cluster-policy": pol}, owned=owned, pods=pods, revisions=revisions)
-
-    first = r.reconcile(snapshot({}, {}, {}))
+    first = r.reconcile(_snap(cluster, pol, {}, {}, {}))
     owned = {key_of(o): o for o in first.applied}
     daemonsets = {o["metadata"]["name"]: o for o in first.applied if o["kind"] == "DaemonSet"}
-
-    def projection(ds: str, on: str, deleting: bool = False) -> dict[str, Any]:
-        labels = {**daemonsets[ds]["spec"]["template"]["metadata"]["labels"], "controller-revision-hash": "h1"}
-        meta: dict[str, Any] = {"name": f"{ds}-{on}", "labels": labels}
-        if deleting:
-            meta["deletionTimestamp"] = "2026-12-01T00:00:00Z"
-        return {"metadata": meta, "node": on, "owner": ds, "ready": True,
-                "status": {"phase": "Running", "containerStatuses": [{"name": "c", "ready": True}]}}  # fmt: skip
-
-    pods = {f"{d}-{n}": projection(d, n) for d in daemonsets for n in cluster.nodes}
+    pods = {f"{d}-{n}": _ready_pod(daemonsets[d], n) for d in daemonsets for n in cluster.nodes}
     revisions = {f"{d}-h1": {"metadata": {"labels": {"controller-revision-hash": "h1"}}, "revision": 1, "owner": d}
                  for d in daemonsets}  # fmt: skip
-    assert r.reconcile(snapshot(owned, pods, revisions)).ready and written[-1]["state"] == "ready"
+    assert r.reconcile(_snap(cluster, pol, owned, pods, revisions)).ready and written[-1]["state"] == "ready"
 
     plugin = "nvidia-device-plugin-daemonset"
     key = key_of(daemonsets[plugin])
     meta = {**owned[key]["metadata"], "deletionTimestamp": "2026-12-01T00:00:00Z", "finalizers": ["foregroundDeletion"]}
     deleting = {**owned, key: {**owned[key], "metadata": meta}}  # the status as the controller left it
-    going = {**pods, **{f"{plugin}-{n}": projection(plugin, n, deleting=True) for n in cluster.nodes}}
-    r.reconcile(snapshot(deleting, going, revisions))
+    going = {**pods, **{f"{plugin}-{n}": _ready_pod(daemonsets[plugin], n, deleting=True) for n in cluster.nodes}}
+    r.reconcile(_snap(cluster, pol, deleting, going, revisions))
     [state] = [s for s in written[-1]["states"] if s["name"] == "state-device-plugin"]
     assert written[-1]["state"] == "notReady"
     assert (state["state"], state["message"]) == ("notReady", f"{plugin}: being deleted; recreated once it is gone")
@@ -743,36 +749,26 @@ def test_after_a_driver_version_change_no_pass_calls_the_policy_ready_while_ever
     restarts nothing, so no pod is unready and nothing debounces it) before the revision watch brings revision 2.
     That pass wrote state-driver ready and the ClusterPolicy Ready (a 'state ready' Event; `kubectl wait
     --for=condition=Ready` returned) with both nodes on the old driver, and the next pass notReady again."""
-    from gpu_operator.observe import Snapshot, key_of
+    from gpu_operator.observe import key_of
 
     pol, cluster, r, written = _recording(2)
-
-    def snapshot(owned: dict[Any, dict[str, Any]], pods: dict[str, dict[str, Any]], revisions: dict[str, Any]) -> Any:
-        nodes = {n: NodeFacts.from_node(copy.deepcopy(cluster.nodes[n])) for n in cluster.nodes}
-        return Snapshot(nodes=nodes, policies={"cluster-policy": pol}, owned=owned, pods=pods, revisions=revisions)
-
-    first = r.reconcile(snapshot({}, {}, {}))
+    first = r.reconcile(_snap(cluster, pol, {}, {}, {}))
     owned = {key_of(o): o for o in first.applied}
     daemonsets = {o["metadata"]["name"]: o for o in first.applied if o["kind"] == "DaemonSet"}
     [driver] = [name for name in daemonsets if name.startswith("nvidia-driver-daemonset")]
     assert daemonsets[driver]["spec"]["updateStrategy"]["type"] == "OnDelete"
 
-    def projection(ds: str, on: str) -> dict[str, Any]:
-        labels = {**daemonsets[ds]["spec"]["template"]["metadata"]["labels"], "controller-revision-hash": "h1"}
-        return {"metadata": {"name": f"{ds}-{on}", "labels": labels}, "node": on, "owner": ds, "ready": True,
-                "status": {"phase": "Running", "containerStatuses": [{"name": "c", "ready": True}]}}  # fmt: skip
-
     def revision_of(ds: str, number: int, hash_: str) -> dict[str, Any]:
         return {"metadata": {"labels": {"controller-revision-hash": hash_}}, "revision": number, "owner": ds}
 
-    pods = {f"{d}-{n}": projection(d, n) for d in daemonsets for n in cluster.nodes}
+    pods = {f"{d}-{n}": _ready_pod(daemonsets[d], n) for d in daemonsets for n in cluster.nodes}
     revisions = {f"{d}-h1": revision_of(d, 1, "h1") for d in daemonsets}
-    assert r.reconcile(snapshot(owned, pods, revisions)).ready and written[-1]["state"] == "ready"
+    assert r.reconcile(_snap(cluster, pol, owned, pods, revisions)).ready and written[-1]["state"] == "ready"
 
     pol = copy.deepcopy(pol)
     pol["spec"]["driver"]["version"] = "610.57.04"
     pol["metadata"].update(generation=2, resourceVersion="2")
-    changed = r.reconcile(snapshot(owned, pods, revisions))
+    changed = r.reconcile(_snap(cluster, pol, owned, pods, revisions))
     [new] = [o for o in changed.applied if o["kind"] == "DaemonSet" and o["metadata"]["name"] == driver]
     assert written[-1]["state"] == "notReady"  # applied just now
     observed = {**new, "status": {**_counted(2), "observedGeneration": new["metadata"]["generation"],
@@ -783,10 +779,10 @@ def test_after_a_driver_version_change_no_pass_calls_the_policy_ready_while_ever
         [state] = [s for s in written[-1]["states"] if s["name"] == "state-driver"]
         return written[-1]["state"], state["state"], state["message"]
 
-    out = r.reconcile(snapshot(owned, pods, revisions))  # the pass the status woke: revision 2 not seen yet
+    out = r.reconcile(_snap(cluster, pol, owned, pods, revisions))  # the pass the status woke: no revision 2 yet
     assert not out.applied
     assert driver_state() == ("notReady", "notReady", f"{driver}: the DaemonSet controller counts 0 of 2 pods updated")
-    r.reconcile(snapshot(owned, pods, {**revisions, f"{driver}-h2": revision_of(driver, 2, "h2")}))
+    r.reconcile(_snap(cluster, pol, owned, pods, {**revisions, f"{driver}-h2": revision_of(driver, 2, "h2")}))
     assert driver_state() == ("notReady", "notReady", f"{driver}: 2 pods run an old revision")
 
 

@@ -33,6 +33,7 @@ from .doctor.sched import (
     untolerated_taints,
     valid_quantity,
 )
+from .upgrade.model import belongs_to_node
 
 HOSTNAME_LABEL = "kubernetes.io/hostname"  # the kubelet sets it to the node's own name
 ANY_IP = "0.0.0.0"
@@ -284,15 +285,6 @@ def fit_on(pod: dict[str, Any], node: NodeView, requests: dict[str, Decimal], co
     return NodeFit(node.name, fits, f"limited by {limit}")
 
 
-def runs_on_every_such_node(pod: dict[str, Any]) -> bool:
-    """A pod of a DaemonSet (its controller), or a static pod's mirror: a new node like this one runs it too
-    (cluster-autoscaler puts them on its template node)."""
-    meta = pod.get("metadata") or {}
-    if "kubernetes.io/config.mirror" in (meta.get("annotations") or {}):
-        return True
-    return any(r.get("controller") and r.get("kind") == "DaemonSet" for r in meta.get("ownerReferences") or [])
-
-
 def empty_copy(view: NodeView, name: str | None = None) -> NodeView:
     """A new node like `view`, not cordoned and running only its DaemonSets' (and static) pods: another machine, so
     another hostname."""
@@ -306,7 +298,7 @@ def empty_copy(view: NodeView, name: str | None = None) -> NodeView:
         capacity=dict(view.capacity),
     )
     for p in view.pods:
-        if runs_on_every_such_node(p):
+        if belongs_to_node(p):  # cluster-autoscaler puts these on its template node too
             new.add_pod(p)
     return new
 

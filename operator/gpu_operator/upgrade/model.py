@@ -289,9 +289,7 @@ class WorkloadPod:
             node=str(spec.get("nodeName") or ""),
             uses_gpu=_uses_gpu(spec),
             has_emptydir=any("emptyDir" in v for v in spec.get("volumes") or []),
-            # Static (mirror) pods belong to the node like DaemonSet pods: never evicted.
-            is_daemonset_pod=any(o.get("kind") in ("DaemonSet", "Node") for o in owners)
-            or "kubernetes.io/config.mirror" in (meta.get("annotations") or {}),
+            is_daemonset_pod=belongs_to_node(pod),
             labels=dict(meta.get("labels") or {}),
             phase=str((pod.get("status") or {}).get("phase") or "Pending"),
             terminating=bool(meta.get("deletionTimestamp")),
@@ -306,6 +304,15 @@ class WorkloadPod:
     @property
     def finished(self) -> bool:
         return self.phase in FINISHED_PHASES
+
+
+def belongs_to_node(pod: Mapping[str, Any]) -> bool:
+    """A DaemonSet's pod or a static pod's mirror: it belongs to its node (never evicted; a new node like this one
+    runs it too)."""
+    meta = pod.get("metadata") or {}
+    if "kubernetes.io/config.mirror" in (meta.get("annotations") or {}):
+        return True
+    return any(o.get("kind") in ("DaemonSet", "Node") for o in meta.get("ownerReferences") or [])
 
 
 def eviction_refused(pods: Iterable[WorkloadPod], *, force: bool, delete_emptydir: bool, field: str) -> str | None:

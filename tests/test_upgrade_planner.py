@@ -2098,6 +2098,28 @@ def test_a_node_planned_again_after_its_cordon_is_recorded_in_the_state_that_pla
     assert ran.later["n1"][0] == "wait-for-jobs-required"
 
 
+def test_an_eviction_error_on_one_pod_does_not_stop_the_eviction_of_the_nodes_other_pods() -> None:
+    """kubectl drain's helper, which upstream's pod manager and drain manager use, evicts each pod on its own: an
+    error other than 429 (a 500 for a pod under two PodDisruptionBudgets, a webhook's 403) fails that pod only.
+    The first such error left the loop in Executor._act, so the pods after it were never evicted, pass after pass,
+    until the timeout failed the node (or forever with timeoutSeconds 0). Now every pod is tried; the error still
+    stops the node's later actions. Found by review planner #1."""
+    from gpu_operator.upgrade.adapter import Executor
+    from support import ServerKube, node
+
+    class OnePodRefused(ServerKube):
+        def evict(self, name: str, namespace: str) -> None:
+            self._note("evict", (namespace, name))
+            if name == "a":
+                raise ApiError(500, '{"message": "This pod has more than one PodDisruptionBudget, which the '
+                                    'eviction subresource does not support."}', "POST eviction", "InternalError")
+
+    kube = OnePodRefused({("Node", "n1"): node("n1")})
+    Executor(kube, "gpu-operator", lambda *_, **__: None).run(  # type: ignore[arg-type]
+        Plan([EvictPods("n1", (("ml", "a"), ("ml", "b")), False), DeleteDriverPod("n1", "nvidia-driver-n1")]))
+    assert [what for verb, what in kube.calls if verb in ("evict", "delete")] == [("ml", "a"), ("ml", "b")]
+
+
 def test_the_read_after_the_cordon_waits_for_the_next_pass_once_the_write_budget_is_spent() -> None:
     """A node's patch answered after the pass's write budget: its pods are not read in that pass (the budget bounds
     the pass; the next pass reads them)."""

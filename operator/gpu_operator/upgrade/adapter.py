@@ -525,15 +525,20 @@ class Executor:
     def _act(self, action: Action, wrote: bool = False) -> None:
         """`wrote`: the node's patch before it went through (an Event then says what it did: durable)."""
         if isinstance(action, EvictPods):
+            # Each pod on its own, as kubectl drain's helper: one refused eviction (a webhook's 403, a 500 for a
+            # pod under two budgets) does not keep the others; the first such error is raised after them all.
+            failed: ApiError | None = None
             for ns, name in action.pods:
                 try:
                     self.kube.evict(name, ns)
                 except ApiError as exc:
                     if exc.status == 429:  # a PodDisruptionBudget blocks it now; the planner sees it stay
                         log.info("%s: eviction of %s/%s blocked: %s", self.who, ns, name, exc.message)
-                        continue
-                    if exc.status != 404:
-                        raise
+                    elif exc.status != 404:
+                        log.warning("%s: eviction of %s/%s failed: %s", self.who, ns, name, exc)
+                        failed = failed or exc
+            if failed is not None:
+                raise failed
         elif isinstance(action, DeleteDriverPod):
             self.kube.delete("Pod", action.pod_name, self.namespace)
         elif isinstance(action, Event):

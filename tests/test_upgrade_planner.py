@@ -897,6 +897,38 @@ def test_pod_restart_init_container_crash_loop_fails_as_the_pod_watch_sees_it() 
     )
 
 
+def test_a_driver_pod_that_cannot_pull_its_image_is_explained_by_its_waiting_reason() -> None:
+    """driver.version names an image that does not exist: the new driver pod sits in ImagePullBackOff for good
+    (restartCount 0, so no crash loop fails it). The pod watch's projection kept no waiting reason of the main
+    containers, so the node's reason said only "(phase Pending)". Now it names the container's reason, as it does
+    an init container's; the wait stays quiet (the reason flips between ErrImagePull and ImagePullBackOff). Found
+    by review planner #2."""
+    pulling = pod_projection({
+        "metadata": {"name": "nvidia-driver-new", "labels": {"controller-revision-hash": NEW},
+                     "ownerReferences": [{"kind": "DaemonSet", "name": "nvidia-driver-daemonset"}]},
+        "spec": {"nodeName": "n1"},
+        "status": {
+            "phase": "Pending",
+            "initContainerStatuses": [{"name": "k8s-driver-manager", "ready": True, "restartCount": 0,
+                                       "state": {"terminated": {"exitCode": 0}}}],
+            "containerStatuses": [{"name": "nvidia-driver-ctr", "ready": False, "restartCount": 0,
+                                   "state": {"waiting": {"reason": "ImagePullBackOff",
+                                                         "message": "Back-off pulling image"}}}],
+        },
+    })  # fmt: skip
+    ann = {DELETED_DRIVER_POD_ANNOTATION: "nvidia-driver-old"}
+    p = run([make_node(state="pod-restart-required", pod=pulling, annotations=ann, unschedulable=True)])
+    assert p.waiting["n1"] == (
+        "waiting for driver pod nvidia-driver-new to be Running and Ready "
+        "(phase Pending; container nvidia-driver-ctr: ImagePullBackOff)"
+    )
+    assert p.actions == [] and "n1" in p.quiet
+    # A container only starting is worth no mention.
+    pulling["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": "ContainerCreating"}}
+    p = run([make_node(state="pod-restart-required", pod=pulling, annotations=ann, unschedulable=True)])
+    assert p.waiting["n1"].endswith("(phase Pending)")
+
+
 def test_pod_restart_of_requested_upgrade_restarts_in_sync_pod_once() -> None:
     node = make_node(state="pod-restart-required", rev=NEW, annotations={REQUESTED_ANNOTATION: "true"})
     p = run([node])

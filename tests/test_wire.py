@@ -192,6 +192,27 @@ def test_init_containers_not_ready_are_kept_with_their_restarts_and_waiting_reas
     assert "initContainerStatuses" not in pod_projection(done)["status"]
 
 
+def test_containers_are_kept_with_their_waiting_reason() -> None:
+    """A driver pod whose image cannot be pulled waits in ImagePullBackOff (restartCount 0): the projection kept
+    only name, ready and restarts of the main containers, so the upgrade's reason said only "phase Pending". Their
+    waiting reason is kept now, as the init containers'; a running container carries none. Review planner #2."""
+    containers = [
+        {"name": "nvidia-driver-ctr", "ready": False, "restartCount": 0, "image": "x",
+         "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image"}}},
+        {"name": "sidecar", "ready": True, "restartCount": 1, "state": {"running": {"startedAt": "t"}}},
+    ]  # fmt: skip
+    pod = api_pod(status__phase="Pending", status__containerStatuses=containers)
+    decoded = CODEC.decode_event(line({"type": "MODIFIED", "object": pod})).object
+    assert decoded is not None
+    expected = [
+        {"name": "nvidia-driver-ctr", "ready": False, "restartCount": 0,
+         "state": {"waiting": {"reason": "ImagePullBackOff"}}},
+        {"name": "sidecar", "ready": True, "restartCount": 1},
+    ]  # fmt: skip
+    assert project_pod(decoded)["status"]["containerStatuses"] == expected
+    assert pod_projection(pod)["status"]["containerStatuses"] == expected
+
+
 def test_missing_parts_project_as_before() -> None:
     for pod in (
         api_pod(status=None),

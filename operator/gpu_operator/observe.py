@@ -159,11 +159,8 @@ def project_pod(pod: wire.Pod) -> dict[str, Any]:
         "owner": intern(owner),
         "status": {
             "phase": intern(phase) if isinstance(phase, str) else phase,
-            "containerStatuses": [
-                {"name": intern(c.name or ""), "ready": bool(c.ready), "restartCount": c.restartCount}
-                for c in containers
-            ],
-            **({"initContainerStatuses": [_init_status(c) for c in inits]} if inits else {}),
+            "containerStatuses": [_container_status(c) for c in containers],
+            **({"initContainerStatuses": [_container_status(c) for c in inits]} if inits else {}),
         },
         # readiness.pod_ready's answer, worked out once here: each pass asks it of every pod of a DaemonSet
         # that is not ready.
@@ -171,9 +168,9 @@ def project_pod(pod: wire.Pod) -> dict[str, Any]:
     }
 
 
-def _init_status(c: wire.InitContainerStatus) -> dict[str, Any]:
-    """A not-Ready init container: its restarts, and why it waits (CrashLoopBackOff, ...) in the API's shape."""
-    out: dict[str, Any] = {"name": intern(c.name or ""), "ready": False, "restartCount": c.restartCount}
+def _container_status(c: wire.ContainerStatus) -> dict[str, Any]:
+    """A container: its restarts, and why it waits (CrashLoopBackOff, ImagePullBackOff, ...) in the API's shape."""
+    out: dict[str, Any] = {"name": intern(c.name or ""), "ready": bool(c.ready), "restartCount": c.restartCount}
     reason = c.state.waiting.reason if c.state and c.state.waiting else None
     if reason:
         out["state"] = {"waiting": {"reason": intern(reason)}}

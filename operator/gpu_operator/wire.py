@@ -35,12 +35,6 @@ class Meta(msgspec.Struct):
     deletionTimestamp: str | None = None  # noqa: N815
 
 
-class ContainerStatus(msgspec.Struct):
-    name: str | None = None
-    ready: bool | None = None
-    restartCount: int = 0  # noqa: N815
-
-
 class Waiting(msgspec.Struct):
     reason: str | None = None
 
@@ -49,7 +43,10 @@ class ContainerState(msgspec.Struct):
     waiting: Waiting | None = None
 
 
-class InitContainerStatus(ContainerStatus):
+class ContainerStatus(msgspec.Struct):
+    name: str | None = None
+    ready: bool | None = None
+    restartCount: int = 0  # noqa: N815
     state: ContainerState | None = None
 
 
@@ -62,7 +59,7 @@ class PodStatus(msgspec.Struct):
     phase: str | None = None
     conditions: list[PodCondition] | None = None  # observe.project_pod reads the Ready one
     containerStatuses: list[ContainerStatus] | None = None  # noqa: N815
-    initContainerStatuses: list[InitContainerStatus] | None = None  # noqa: N815
+    initContainerStatuses: list[ContainerStatus] | None = None  # noqa: N815
 
 
 class PodSpec(msgspec.Struct):

@@ -120,17 +120,19 @@ def crash_loop(pod: PodDict) -> tuple[str, int] | None:
     return None
 
 
-# An init container waiting for one of these is only starting (a wait worth no mention).
+# A container waiting for one of these is only starting (a wait worth no mention).
 _STARTING = frozenset({"PodInitializing", "ContainerCreating"})
 
 
-def init_waiting(pod: PodDict) -> str | None:
-    """"k8s-driver-manager: CrashLoopBackOff": the first init container not Ready that waits for a reason other
-    than starting, or None."""
-    for c in (pod.get("status") or {}).get("initContainerStatuses") or []:
-        reason = ((c.get("state") or {}).get("waiting") or {}).get("reason")
-        if not c.get("ready") and reason and reason not in _STARTING:
-            return f"{c.get('name', '?')}: {reason}"
+def container_waiting(pod: PodDict) -> str | None:
+    """"init container k8s-driver-manager: CrashLoopBackOff", "container nvidia-driver-ctr: ImagePullBackOff":
+    the first container not Ready (init containers first) that waits for a reason other than starting, or None."""
+    status = pod.get("status") or {}
+    for key, what in (("initContainerStatuses", "init container"), ("containerStatuses", "container")):
+        for c in status.get(key) or []:
+            reason = ((c.get("state") or {}).get("waiting") or {}).get("reason")
+            if not c.get("ready") and reason and reason not in _STARTING:
+                return f"{what} {c.get('name', '?')}: {reason}"
     return None
 
 

@@ -83,9 +83,9 @@ from .model import (
     Uncordon,
     UpgradeNode,
     WorkloadPod,
+    container_waiting,
     crash_loop,
     eviction_refused,
-    init_waiting,
     names,
     pod_is_ready,
     pod_name,
@@ -685,8 +685,8 @@ class _Pass:
             container, restarts = looping
             return self.fail(node, f"driver pod crash-looping: {container} restarted {restarts} times")
         phase = (pod.get("status") or {}).get("phase") or "Pending"
-        held = init_waiting(pod)
-        phase += f"; init container {held}" if held else ""
+        held = container_waiting(pod)
+        phase += f"; {held}" if held else ""
         return _Step(waiting=f"waiting for driver pod {name} to be Running and Ready (phase {phase})", quiet=True)
 
     def validation(self, node: UpgradeNode) -> _Step:

@@ -1025,11 +1025,25 @@ def test_failed_recovers_when_driver_in_sync_and_ready() -> None:
     assert states(p) == {}
 
 
-def test_failed_requested_upgrade_does_not_recover_before_its_restart() -> None:
-    # Pod deletion failed before the requested restart: the driver is in sync, but it was never restarted.
+def test_failed_requested_upgrade_does_not_recover_before_its_restart_and_says_so() -> None:
+    """Pod deletion failed before the requested restart: the driver is in sync, but it was never restarted. Its
+    reason said it "recovers by itself once the driver pod is in sync and Ready", which it already was: the admin
+    waited for a recovery that never came. Now it names the pending request and the two ways out (review planner
+    #3)."""
     ann = {FAILURE_REASON_ANNOTATION: "x", REQUESTED_ANNOTATION: "true"}
     p = run([make_node(state="upgrade-failed", rev=NEW, unschedulable=True, annotations=ann)])
-    assert states(p) == {} and p.waiting["n1"].startswith("upgrade failed: x")
+    assert states(p) == {} and p.actions == []
+    assert p.waiting["n1"] == (
+        f"upgrade failed: x; the requested driver restart has not happened (annotation {REQUESTED_ANNOTATION}): "
+        f"fix the cause and relabel {STATE_LABEL}=upgrade-required to retry, or remove the annotation"
+    )
+    # The annotation removed: it recovers, as the reason said.
+    failed = {FAILURE_REASON_ANNOTATION: "x"}
+    p = run([make_node(state="upgrade-failed", rev=NEW, unschedulable=True, annotations=failed)])
+    assert states(p) == {"n1": "upgrade-done"}
+    # Without a request the reason still promises the recovery.
+    p = run([make_node(state="upgrade-failed", rev=OLD, unschedulable=True, annotations=failed)])
+    assert "recovers by itself once the driver pod is in sync and Ready" in p.waiting["n1"]
 
 
 # autoUpgrade off

@@ -729,9 +729,14 @@ class _Pass:
                 node, UNCORDON_REQUIRED, "driver pod is in sync and Ready again", clear=TRANSIENT_ANNOTATIONS
             )
         reason = node.annotations.get(FAILURE_REASON_ANNOTATION, "reason unknown")
+        retry = f"fix the cause and relabel {STATE_LABEL}={REQUIRED} to retry"
+        if node.requested:
+            return _Step(
+                waiting=f"upgrade failed: {reason}; the requested driver restart has not happened (annotation "
+                f"{REQUESTED_ANNOTATION}): {retry}, or remove the annotation"
+            )
         return _Step(
-            waiting=f"upgrade failed: {reason}; recovers by itself once the driver pod is in sync and Ready, "
-            f"or fix the cause and relabel {STATE_LABEL}={REQUIRED} to retry"
+            waiting=f"upgrade failed: {reason}; recovers by itself once the driver pod is in sync and Ready, or {retry}"
         )
 
 

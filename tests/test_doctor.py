@@ -2954,6 +2954,32 @@ def test_seed_exercise_1_on_mig_mixed_nodes_is_told_the_resource_name() -> None:
     assert "nvidia.com/mig-1g.10gb" in f.fix
 
 
+# §5.4 word for word: one container, two MIG profiles.
+SEED_5_4 = seed_container(
+    "mig-pair", "pytorch/pytorch:2.1.0-cuda12.1-cudnn8-devel",
+    "      limits:\n        nvidia.com/mig-1g.10gb: 1\n        nvidia.com/mig-3g.40gb: 1\n",
+)  # fmt: skip
+
+
+def test_seed_5_4_mig_fix_names_a_layout_with_both_profiles() -> None:
+    """§5.4's pod asks nvidia.com/mig-1g.10gb and nvidia.com/mig-3g.40gb in one container: the layout the fix names
+    must make both (REFERENCE §4's all-balanced on an H100). Doctor checked only the profile no node advertised: on a
+    mixed node with all-1g.10gb it said relabel h-0 all-3g.40gb, which takes the 1g.10gb devices away, and then
+    all-1g.10gb again; the admin following it never got the pod scheduled (review seed #1)."""
+    p = unschedulable(seed_pod(SEED_5_4), "0/1 nodes are available: 1 Insufficient nvidia.com/mig-3g.40gb.")
+    f = kinds(cluster([mixed_node("h-0", "all-1g.10gb")], [p]))["MIGResourceNotAdvertised"]
+    assert "all-3g.40gb" not in f.fix, f.fix
+    assert "a layout that has 1g.10gb and 3g.40gb (nvidia.com/mig.config=all-balanced on h-0)" in f.fix, f.fix
+    # The same on a mixed node without MIG (all-disabled): all-1g.10gb alone would leave the 3g.40gb missing.
+    bare = node("h-0", labels={"nvidia.com/mig.strategy": "mixed", "nvidia.com/mig.config": "all-disabled",
+                               "nvidia.com/mig.config.state": "success"})  # fmt: skip
+    p = unschedulable(seed_pod(SEED_5_4), "0/1 nodes are available: 1 Insufficient nvidia.com/mig-1g.10gb.")
+    f = kinds(cluster([bare], [p]))["MIGResourceNotAdvertised"]
+    assert "all-1g.10gb" not in f.fix and "all-balanced" in f.fix, f.fix
+    # The layout applied: the pod fits.
+    assert diagnose(cluster([mixed_node("h-0", "all-balanced")], [seed_pod(SEED_5_4)])) == []
+
+
 def test_seed_6_2_environment_block_copied_into_a_gpu_pod_is_no_finding() -> None:
     """§6.2 lists NVIDIA_VISIBLE_DEVICES=0,1, CUDA_VISIBLE_DEVICES=0,1, NVIDIA_DRIVER_CAPABILITIES, LD_LIBRARY_PATH
     and NVIDIA_REQUIRE_CUDA=cuda>=11.8 (the seed is wrong that the stack sets them). A 2-GPU pod that sets them on a

@@ -464,17 +464,18 @@ def _mig_gpus(cluster: Cluster, capable: list[NodeView]) -> dict[str, tuple[MigG
 
 
 def _layouts_with(
-    resource: str, profile: str, gpus: dict[str, tuple[MigGPU, list[str]]], layouts: mig.Layouts | None
+    resources: list[str], gpus: dict[str, tuple[MigGPU, list[str]]], layouts: mig.Layouts | None
 ) -> dict[str, list[str]]:
-    """A layout of `layouts` that makes `resource` on each GPU model (all-<profile> where there is one) -> the nodes
-    of the models it is valid on."""
+    """A layout of `layouts` that makes every one of `resources` on each GPU model (all-<profile> for one resource
+    where there is one) -> the nodes of the models it is valid on."""
     out: dict[str, list[str]] = {}
+    alone = f"all-{resources[0][len(MIG_PREFIX) :]}" if len(resources) == 1 else ""
     for gpu, nodes in gpus.values():
         table = mig.node_layouts(gpu, layouts)
         found = [name for name in mig.valid_layouts(gpu, table)
-                 if _makes(mig.layout_devices(gpu, name, table) or {}, resource)]  # fmt: skip
+                 if all(_makes(mig.layout_devices(gpu, name, table) or {}, r) for r in resources)]  # fmt: skip
         if found:
-            out.setdefault(f"all-{profile}" if f"all-{profile}" in found else found[0], []).extend(nodes)
+            out.setdefault(alone if alone in found else found[0], []).extend(nodes)
     return out
 
 
@@ -545,6 +546,59 @@ def _cordoned(cluster: Cluster, ref: str, nodes: list[NodeView], evidence: list[
                    nodes=tuple(v.name for v in nodes))  # fmt: skip
 
 
+def _mig_fix(
+    cluster: Cluster, resources: list[str], capable: list[NodeView], mixed: bool, spec: ClusterPolicySpec | None
+) -> tuple[str, str, list[NodeView]]:  # fmt: skip
+    """For a pod requesting the MIG `resources` (all in one pod): what the summary adds, the fix (a layout that makes
+    every one of them on the GPUs of `capable`, from the layouts mig-manager has) and the nodes the fix is about."""
+    profiles = [r[len(MIG_PREFIX) :] for r in resources]
+    has = _and(profiles)
+    # Only layouts the nodes' GPU models take (a layout mig-manager has no entry for fails the node).
+    gpus = _mig_gpus(cluster, capable)
+    having = [n for g, nodes in (gpus or {}).values() if all(_makes(g.profiles, r) for r in resources) for n in nodes]
+    layouts, source, unreadable = _mig_layouts(cluster, spec)
+    where = _layouts_with(resources, gpus or {}, layouts) if having else {}
+    to_mixed = "" if mixed else "set the ClusterPolicy's mig.strategy to mixed and "
+    # No MIG-capable node, or a GPU the MIG table does not know: the example layout is not checked.
+    near = [n for nodes in where.values() for n in nodes] or having  # the nodes the fix is about
+    named = [v for v in capable if v.name in near] or capable
+    more, fix = "", ""
+    example = f"e.g. nvidia.com/mig.config=all-{profiles[0]}" if len(profiles) == 1 else "nvidia.com/mig.config"
+    if gpus and not having:
+        listed = "; ".join(f"{g.name}: {', '.join(g.profiles)}" for g, _ in gpus.values())
+        missing = [r[len(MIG_PREFIX) :] for r in resources if not any(_makes(g.profiles, r) for g, _ in gpus.values())]
+        if missing:
+            more = f"; no GPU in this cluster has a {missing[0]} profile ({listed})"
+            fix = (f"{to_mixed}request a profile these GPUs have (nvidia.com/mig-<profile>), or add nodes with a GPU "
+                   f"that has {has}")  # fmt: skip
+        else:  # each on some GPU model, none on one: a pod runs on one node
+            more = f"; no GPU model in this cluster has all of {has} ({listed})"
+            fix = f"{to_mixed}request profiles one GPU model has, or add nodes with a GPU that has {has}"
+    elif where:
+        example = "; ".join(f"nvidia.com/mig.config={layout} on {_listed(nodes)}"
+                            for layout, nodes in where.items())  # fmt: skip
+    elif having and unreadable:
+        fix = (f"mig-manager cannot read {source} ({unreadable}), so it applies no layout: fix it, with a layout "
+               f"that has {has} on the GPUs of {_listed(having)}")  # fmt: skip
+        fix += "" if mixed else ", and set the ClusterPolicy's mig.strategy to mixed"
+    elif having:
+        fix = (f"{to_mixed}add a layout that has {has} on the GPUs of {_listed(having)} to a mig-parted "
+               f"ConfigMap named by migManager.config.name (no layout of {source} makes "
+               f"{'it' if len(profiles) == 1 else 'them all'} there) and label such a node with it")  # fmt: skip
+    if not fix and mixed:
+        fix = (f"label a MIG-capable node with a layout that has {has} ({example}) and wait for "
+               f"nvidia.com/mig.config.state=success")  # fmt: skip
+    elif not fix:
+        fix = (f"either set the ClusterPolicy's mig.strategy to mixed and give the node a layout with {has} "
+               f"({example}), or, with strategy single, request nvidia.com/gpu and select the MIG product "
+               f"(nodeSelector {PRODUCT_LABEL}: <model>-MIG-{profiles[0]})")  # fmt: skip
+    return more, fix, named
+
+
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
 def _not_advertised(
     cluster: Cluster, pod: dict[str, Any], ref: str, resource: str, count: int, evidence: list[Evidence],
     nodes: list[NodeView] | None = None,
@@ -571,39 +625,10 @@ def _not_advertised(
         else:
             summary = (f"the pod requests {resource}, a resource only the MIG strategy mixed advertises; the "
                        f"strategy is {strategy}")  # fmt: skip
-        # Only layouts the nodes' GPU models take (a layout mig-manager has no entry for fails the node).
-        gpus = _mig_gpus(cluster, capable)
-        having = [n for g, nodes in (gpus or {}).values() if _makes(g.profiles, resource) for n in nodes]
-        layouts, source, unreadable = _mig_layouts(cluster, spec)
-        where = _layouts_with(resource, profile, gpus or {}, layouts) if having else {}
-        to_mixed = "" if mixed else "set the ClusterPolicy's mig.strategy to mixed and "
-        # No MIG-capable node, or a GPU the MIG table does not know: the example layout is not checked.
-        near = [n for nodes in where.values() for n in nodes] or having  # the nodes the fix is about
-        named = [v for v in capable if v.name in near] or capable
-        fix, example = "", f"e.g. nvidia.com/mig.config=all-{profile}"
-        if gpus and not having:
-            listed = "; ".join(f"{g.name}: {', '.join(g.profiles)}" for g, _ in gpus.values())
-            summary += f"; no GPU in this cluster has a {profile} profile ({listed})"
-            fix = (f"{to_mixed}request a profile these GPUs have (nvidia.com/mig-<profile>), or add nodes with a GPU "
-                   f"that has {profile}")  # fmt: skip
-        elif where:
-            example = "; ".join(f"nvidia.com/mig.config={layout} on {_listed(nodes)}"
-                                for layout, nodes in where.items())  # fmt: skip
-        elif having and unreadable:
-            fix = (f"mig-manager cannot read {source} ({unreadable}), so it applies no layout: fix it, with a layout "
-                   f"that has {profile} on the GPUs of {_listed(having)}")  # fmt: skip
-            fix += "" if mixed else ", and set the ClusterPolicy's mig.strategy to mixed"
-        elif having:
-            fix = (f"{to_mixed}add a layout that has {profile} on the GPUs of {_listed(having)} to a mig-parted "
-                   f"ConfigMap named by migManager.config.name (no layout of {source} makes it there) and label "
-                   "such a node with it")  # fmt: skip
-        if not fix and mixed:
-            fix = (f"label a MIG-capable node with a layout that has {profile} ({example}) and wait for "
-                   f"nvidia.com/mig.config.state=success")  # fmt: skip
-        elif not fix:
-            fix = (f"either set the ClusterPolicy's mig.strategy to mixed and give the node a layout with {profile} "
-                   f"({example}), or, with strategy single, request nvidia.com/gpu and select the MIG product "
-                   f"(nodeSelector {PRODUCT_LABEL}: <model>-MIG-{profile})")  # fmt: skip
+        # Every MIG profile the pod requests, not only this one: a layout without one of them leaves it Pending.
+        wanted = [r for r in gpu_requests(pod) if r.startswith(MIG_PREFIX)] or [resource]
+        more, fix, named = _mig_fix(cluster, wanted, capable, mixed, spec)
+        summary += more
         return Finding(ERROR, "MIGResourceNotAdvertised", ref, summary, fix, evidence, details=rows,
                        nodes=tuple(v.name for v in named))  # fmt: skip
     mismatch = _other_resource_name(cluster, pod, ref, resource, evidence)

@@ -2980,6 +2980,20 @@ def test_seed_5_4_mig_fix_names_a_layout_with_both_profiles() -> None:
     assert diagnose(cluster([mixed_node("h-0", "all-balanced")], [seed_pod(SEED_5_4)])) == []
 
 
+def test_seed_5_4_mig_fix_under_single_offers_no_single_strategy_alternative() -> None:
+    """Under strategy single every GPU of a node is split the same way and advertised as nvidia.com/gpu (REFERENCE
+    §4): one container cannot get a 1g.10gb and a 3g.40gb device. For §5.4's pod the fix offered "or, with strategy
+    single, request nvidia.com/gpu and select <model>-MIG-1g.10gb", which cannot serve it. Now it says strategy mixed
+    with a layout that has both profiles, and why single cannot do (review seed #2)."""
+    f = kinds(cluster([node("h-0", product=H100)], [seed_pod(SEED_5_4)]))["MIGResourceNotAdvertised"]
+    assert "with strategy single" not in f.fix and "request nvidia.com/gpu" not in f.fix and "-MIG-" not in f.fix, f.fix
+    assert "mig.strategy to mixed and give the node a layout with 1g.10gb and 3g.40gb (nvidia.com/mig.config=" \
+        "all-balanced on h-0)" in f.fix, f.fix  # fmt: skip
+    # One profile: single still serves it, and is still offered.
+    f = kinds(cluster([node("h-0")], [pod("p", resource="nvidia.com/mig-1g.10gb")]))["MIGResourceNotAdvertised"]
+    assert "with strategy single, request nvidia.com/gpu" in f.fix, f.fix
+
+
 def test_seed_6_2_environment_block_copied_into_a_gpu_pod_is_no_finding() -> None:
     """§6.2 lists NVIDIA_VISIBLE_DEVICES=0,1, CUDA_VISIBLE_DEVICES=0,1, NVIDIA_DRIVER_CAPABILITIES, LD_LIBRARY_PATH
     and NVIDIA_REQUIRE_CUDA=cuda>=11.8 (the seed is wrong that the stack sets them). A 2-GPU pod that sets them on a

@@ -588,6 +588,9 @@ def _mig_fix(
     if not fix and mixed:
         fix = (f"label a MIG-capable node with a layout that has {has} ({example}) and wait for "
                f"nvidia.com/mig.config.state=success")  # fmt: skip
+    elif not fix and len(profiles) > 1:  # single advertises one profile, as nvidia.com/gpu, on every GPU of a node
+        fix = (f"set the ClusterPolicy's mig.strategy to mixed and give the node a layout with {has} ({example}); "
+               "under strategy single all GPUs of a node have one profile, so no pod gets several")  # fmt: skip
     elif not fix:
         fix = (f"either set the ClusterPolicy's mig.strategy to mixed and give the node a layout with {has} "
                f"({example}), or, with strategy single, request nvidia.com/gpu and select the MIG product "

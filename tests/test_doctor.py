@@ -440,6 +440,20 @@ def test_a_pod_asking_for_two_mig_profiles_is_checked_for_each() -> None:
     assert set(found) == {"InsufficientGPU"} and "nvidia.com/mig-3g.40gb" in found["InsufficientGPU"].summary
 
 
+def test_mig_profiles_on_different_nodes_name_no_layout_that_lacks_one() -> None:
+    """A pod asking nvidia.com/mig-1g.10gb and mig-4g.40gb, each advertised on another node: the fix always said
+    "e.g. all-balanced", which on an H100 has no 4g.40gb (1g.10gb x2, 2g.20gb, 3g.40gb: REFERENCE §4), and no layout
+    of the MIG table has both. Now the example is worked out as for an unadvertised profile: a layout making every
+    profile (all-balanced for 1g.10gb and 3g.40gb, tested above), else a custom one (review seed #3)."""
+    p = pod("mig", limits={"nvidia.com/mig-1g.10gb": "1", "nvidia.com/mig-4g.40gb": "1"})
+    split = [mixed_node("h-0", "all-1g.10gb"), mixed_node("h-1", "all-4g.40gb")]
+    f = kinds(cluster(split, [p]))["GPUResourcesOnDifferentNodes"]
+    assert "all-balanced" not in f.fix, f.fix
+    assert "add a layout that has 1g.10gb and 4g.40gb on the GPUs of h-0, h-1 to a mig-parted ConfigMap named by " \
+        "migManager.config.name (no layout of the default table makes them all there)" in f.fix, f.fix  # fmt: skip
+    assert f.fix.endswith(", or split the pod"), f.fix
+
+
 @pytest.mark.parametrize("strategy", ["mixed", "single"])
 def test_mig_fix_names_no_layout_for_a_profile_the_clusters_gpus_lack(strategy: str) -> None:
     """Seed §5.4 asks for nvidia.com/mig-1g.10gb and mig-3g.40gb (H100 profiles); §7.2 puts H200s beside H100s. On

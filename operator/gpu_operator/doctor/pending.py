@@ -192,7 +192,7 @@ def _diagnose(cluster: Cluster, pod: dict[str, Any]) -> Finding | None:
     # hold it (another node's say nothing: an untainted CPU worker beside tainted GPU nodes is the usual layout).
     offering = [v for v in candidates if all(v.allocatable.get(r, Decimal(0)) > 0 for r in gpus)]
     if not offering:
-        return _split_resources(ref, gpus, candidates, evidence)
+        return _split_resources(cluster, ref, gpus, candidates, evidence)
     resource, count = max(gpus.items(), key=lambda kv: kv[1])
     tolerated = [v for v in offering if not untolerated_taints(pod, v)]
     if not tolerated:
@@ -223,19 +223,20 @@ def _with_unadvertised(cluster: Cluster, found: Finding | None, candidates: list
     )  # fmt: skip
 
 
-def _split_resources(ref: str, gpus: dict[str, int], nodes: list[NodeView], evidence: list[Evidence]) -> Finding:
+def _split_resources(
+    cluster: Cluster, ref: str, gpus: dict[str, int], nodes: list[NodeView], evidence: list[Evidence]
+) -> Finding:  # fmt: skip
     """Each GPU resource the pod requests is advertised by some node it may use, but none advertises them all."""
     where = [f"{r} on {', '.join([v.name for v in nodes if v.allocatable.get(r, Decimal(0)) > 0][:5])}" for r in gpus]
-    mig_only = all(r.startswith(MIG_PREFIX) for r in gpus)
-    return Finding(
-        ERROR, "GPUResourcesOnDifferentNodes", ref,
-        f"no node the pod may use advertises every GPU resource it requests ({'; '.join(where)}): a pod runs on "
-        "one node",
-        ("give a node a MIG layout that has every profile the pod requests (nvidia.com/mig.config, e.g. "
-         "all-balanced) and wait for nvidia.com/mig.config.state=success, or split the pod" if mig_only else
-         "request the GPU resources one node advertises, or split the pod"),
-        evidence, nodes=tuple(v.name for v in nodes),
-    )  # fmt: skip
+    summary = (f"no node the pod may use advertises every GPU resource it requests ({'; '.join(where)}): a pod runs "
+               "on one node")  # fmt: skip
+    fix = "request the GPU resources one node advertises, or split the pod"
+    if all(r.startswith(MIG_PREFIX) for r in gpus):  # a layout with them all, checked as for one missing profile
+        capable = [v for v in nodes if v.labels.get("nvidia.com/mig.capable") == "true"]
+        more, fix, _ = _mig_fix(cluster, list(gpus), capable, True, policy(cluster)[1])
+        summary, fix = summary + more, fix + ", or split the pod"
+    return Finding(ERROR, "GPUResourcesOnDifferentNodes", ref, summary, fix, evidence,
+                   nodes=tuple(v.name for v in nodes))  # fmt: skip
 
 
 def _with_spare(

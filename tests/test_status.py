@@ -754,6 +754,29 @@ def test_the_recorder_posts_on_an_object_created_again_under_the_same_name() -> 
     assert len(kube.created) == 2
 
 
+def test_node_events_carry_a_uid_so_kubectl_describe_node_shows_them() -> None:
+    """The Node references the passes build have a name only (reconciler.py's driver-compat and InvalidWorkloadConfig
+    Warnings, upgrade/orchestrate.py's GPUDriverUpgrade Events, upgrade/adapter.py's with `"uid": None`): their
+    Events went out with involvedObject.uid null. `kubectl describe node` selects a node's Events by uid, twice:
+    the Node's uid (controllers) and its name (the kubelet's convention, k8s.io/kubectl describe.go); a null uid
+    matches neither, so none showed there. Now a Node without a uid is posted with uid = its name, as the kubelet
+    does; a Node's own uid is kept, and the name-as-uid is no uid for the dedup (posted once)."""
+    kube = _Events()
+    record = EventRecorder(kube)  # type: ignore[arg-type]
+    by_name = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "gpu-node-7"}}  # as reconciler.py builds it
+    none = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "gpu-node-7", "uid": None}}  # as adapter.py
+    record(by_name, "Normal", "GPUDriverUpgrade", "wait-for-jobs-required: waiting for 2 pods")
+    record(none, "Normal", "GPUDriverUpgrade", "wait-for-jobs-required: waiting for 2 pods")  # said already
+    record(none, "Warning", "InvalidWorkloadConfig", "invalid nvidia.com/gpu.workload.config 'vm-passthru'")
+    own = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "gpu-node-8", "uid": "node-uid-8"}}
+    record(own, "Warning", "InvalidWorkloadConfig", "invalid nvidia.com/gpu.workload.config 'vm-passthru'")
+    pol = {"apiVersion": "nvidia.com/v1", "kind": "ClusterPolicy", "metadata": {"name": "cluster-policy"}}
+    record(pol, "Warning", "DriverNotReady", "state notReady: driver not ready")  # not a Node: no name-as-uid
+    assert [(e["involvedObject"]["name"], e["involvedObject"]["uid"]) for e in kube.created] == [
+        ("gpu-node-7", "gpu-node-7"), ("gpu-node-7", "gpu-node-7"), ("gpu-node-8", "node-uid-8"),
+        ("cluster-policy", None)]  # fmt: skip
+
+
 def test_a_state_change_that_comes_back_gets_its_event_again() -> None:
     """The recorder dropped an event that said what the last one with its reason said, however long ago and
     whatever came between: notReady (DriverNotReady), ready, then the same notReady again posted the Warning only
@@ -1374,6 +1397,36 @@ def test_an_invalid_workload_config_gets_a_warning_event_on_its_node_once() -> N
     r.reconcile(snapshot("vm-passthrough"))  # type: ignore[arg-type]
     r.reconcile(snapshot("vm-passthru"))  # type: ignore[arg-type]
     assert len(posted(kube)) == 2  # fixed, then back: said again
+
+
+def test_the_invalid_workload_config_event_names_its_node_by_uid_as_kubectl_describe_node_asks() -> None:
+    """`kubectl describe node X` lists only the Events whose involvedObject.uid is the Node's uid or (the kubelet's
+    convention) its name. The InvalidWorkloadConfig Warning went out with no uid, though README says "the event lets
+    `kubectl describe node` say why". Now it carries one kubectl matches."""
+    from gpu_operator.nodes import INVALID_WORKLOAD_REASON, NodeFacts
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+    from support import NAMESPACE, load_policy, node
+
+    posted: list[dict[str, Any]] = []
+
+    class Kube(EchoKube):
+        def create(self, obj: dict[str, Any], *_: Any, **__: Any) -> dict[str, Any]:
+            posted.append(obj)
+            return obj
+
+    spec = copy.deepcopy(load_policy()["spec"])
+    spec["sandboxWorkloads"] = {"enabled": True}
+    obj = node("typo", labels={"nvidia.com/gpu.workload.config": "vm-passthru"})
+    obj["metadata"]["uid"] = "node-uid-1"
+    snap = Snapshot(nodes={"typo": NodeFacts.from_node(obj)}, policies={"cluster-policy": policy_object(spec)},
+                    owned={}, pods={}, revisions={})  # fmt: skip
+    Reconciler(Kube(), NAMESPACE).reconcile(snap)  # type: ignore[arg-type]
+    events = [e for e in posted if e["reason"] == INVALID_WORKLOAD_REASON]
+    assert events, [e["reason"] for e in posted]
+    involved = events[0]["involvedObject"]
+    assert involved["kind"] == "Node" and involved["name"] == "typo"
+    assert involved.get("uid") in ("node-uid-1", "typo"), f"involvedObject.uid {involved.get('uid')!r}"
 
 
 def test_a_restarted_operator_posts_no_invalid_workload_config_event_again() -> None:

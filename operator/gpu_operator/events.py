@@ -70,7 +70,8 @@ class EventRecorder:
             "apiVersion": obj.get("apiVersion", "v1"),
             "kind": obj["kind"],
             "name": meta["name"],
-            "uid": uid,
+            # `kubectl describe node` finds a Node's Events by its uid or by its name (the kubelet's convention)
+            "uid": uid or (meta["name"] if obj["kind"] == "Node" else None),
             **({"namespace": meta["namespace"]} if meta.get("namespace") else {}),
         }
         with self._lock:
@@ -94,7 +95,10 @@ class EventRecorder:
     def _post(self, involved: dict[str, Any], etype: str, reason: str, message: str, changed: bool,
               confirmed: bool) -> None:  # fmt: skip
         """Post the Event (owed when the API server was unreachable, see pass_done)."""
-        ref, uid, name = (involved["kind"], involved["name"]), involved["uid"], involved["name"]
+        ref, name = (involved["kind"], involved["name"]), involved["name"]
+        uid = involved["uid"]
+        if involved["kind"] == "Node" and uid == name:  # a Node by name (the kubelet's uid): no uid to compare
+            uid = None
         body = {
             "apiVersion": "v1",
             "kind": "Event",

@@ -8,7 +8,7 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
@@ -453,6 +453,107 @@ def test_the_alerts_and_dashboard_queries_are_promql_on_series_the_operator_expo
         promql_parser.walk(tree, visit)
     assert not wrong, "\n".join(wrong)
     assert {"gpu_operator_leader", "gpu_operator_reconciliation_failed_total"} <= used
+
+
+# A tiny PromQL evaluator for one scrape target's unlabelled series (a sample every 15 s): enough for the chart's
+# alerts on what the passes set.
+Series = dict[str, Callable[[float], float | None]]
+
+
+def _eval(n: Any, t: float, series: Series) -> float | None:
+    if isinstance(n, promql_parser.ParenExpr):
+        return _eval(n.expr, t, series)
+    if isinstance(n, promql_parser.NumberLiteral):
+        return float(n.val)
+    if isinstance(n, promql_parser.VectorSelector):
+        off = n.offset.total_seconds() if n.offset else 0.0
+        return series[n.name](t - off) if n.name in series else None
+    if isinstance(n, promql_parser.Call):
+        name = n.func.name
+        if name == "time":
+            return t
+        if name in ("increase", "min_over_time", "max_over_time"):
+            m = n.args[0]
+            start, end = t - m.range.total_seconds(), t
+            f = series[m.vector_selector.name]
+            samples = [v for s in range(int(start) + 1, int(end) + 1, 15) if (v := f(s)) is not None]
+            if name == "increase":
+                return samples[-1] - samples[0] if len(samples) > 1 else None
+            return (min if name == "min_over_time" else max)(samples) if samples else None
+        raise NotImplementedError(name)
+    if isinstance(n, promql_parser.BinaryExpr):
+        op = str(n.op)
+        a, b = _eval(n.lhs, t, series), _eval(n.rhs, t, series)
+        if op == "and":
+            return a if a is not None and b is not None else None
+        if op == "or":
+            return a if a is not None else b
+        if a is None or b is None:
+            return None
+        if op == "-":
+            return a - b
+        cmp = {"==": a == b, "!=": a != b, ">": a > b, "<": a < b, ">=": a >= b, "<=": a <= b}[op]
+        return a if cmp else None
+    raise NotImplementedError(type(n).__name__)
+
+
+def _fires(name: str, series: Series, at: float) -> bool:
+    """Whether the alert (as helm renders it with values.yaml's defaults) is firing at `at`: its expr has a result at
+    every 30 s evaluation of its `for`."""
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())["operator"]["metrics"]["prometheusRule"]
+    text = (CHART / "templates" / "monitoring.yaml").read_text()
+    text = re.sub(r"\{\{ \$m\.prometheusRule\.(\w+) \}\}", lambda m: str(defaults[m.group(1)]), text)
+    found = re.search(rf"- alert: {name}\n\s+expr: .+\n\s+for: (\d+)m\n", text)
+    assert found, name
+    tree = promql_parser.parse(alert_exprs()[name])
+    return all(_eval(tree, at - d, series) is not None for d in range(0, int(found.group(1)) * 60 + 1, 30))
+
+
+def test_the_reconciliation_failing_alert_does_not_page_for_operands_merely_not_ready() -> None:
+    """Every pass that leaves the ClusterPolicy notReady (a driver rollout: OnDelete driver pods at an old revision;
+    a first install while drivers compile) counts in reconciliation_failed_total (upstream's semantics) with
+    reconciliation_status 0 and no new last-success time. The critical GPUOperatorReconciliationFailing's
+    `increase(gpu_operator_reconciliation_failed_total[15m]) > 0` was then true for the whole rollout, so it paged
+    15 minutes into every ordinary rolling driver upgrade, beside the warning GPUOperatorOperandNotReady that exists
+    for that case. Now it fires on failed passes (-2) with no success, passes failing on and off included."""
+    from gpu_operator import metrics
+    from gpu_operator.nodes import NodeFacts
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+    from support import EchoKube, node, policy_object
+
+    # What a notReady pass leaves in the metrics (operands not ready yet: DaemonSets just created).
+    snap = Snapshot(nodes={"n1": NodeFacts.from_node(node("n1"))}, policies={"cluster-policy": policy_object()},
+                    owned={}, pods={}, revisions={})  # fmt: skip
+    metrics.reconciliation_last_success_ts_seconds.set(1000.0)
+    failed = metrics.reconciliation_failed_total._value.get()
+    out = Reconciler(EchoKube(), NAMESPACE).reconcile(snap)  # type: ignore[arg-type]
+    assert out.ready is False
+    assert metrics.reconciliation_status._value.get() == 0
+    assert metrics.reconciliation_failed_total._value.get() == failed + 1
+    assert metrics.reconciliation_last_success_ts_seconds._value.get() == 1000.0
+
+    start = 1_000_000.0  # the last ready pass; a pass every 10 s after it, each notReady or failed
+
+    def cluster(status: Callable[[float], float]) -> Series:
+        return {
+            "gpu_operator_reconciliation_status": lambda t: status(t) if t > start else 1.0,
+            "gpu_operator_reconciliation_failed_total": lambda t: max(0.0, (t - start) // 10),
+            "gpu_operator_reconciliation_last_success_ts_seconds": lambda t: start,
+            "gpu_operator_leader": lambda t: 1.0,
+        }
+
+    at = start + 1800
+    # An operator whose passes fail (-2) for 30 minutes: critical, as meant; also when they fail two minutes in four.
+    assert _fires("GPUOperatorReconciliationFailing", cluster(lambda t: -2.0), at)
+    assert _fires("GPUOperatorReconciliationFailing", cluster(lambda t: -2.0 if (t - start) // 120 % 2 else 0.0), at)
+    # The operands of a driver rollout not ready for 30 minutes: OperandNotReady (warning) says it...
+    assert _fires("GPUOperatorOperandNotReady", cluster(lambda t: 0.0), at)
+    # ...and no critical "reconciliation is failing" page, nor for one API error at the rollout's start.
+    assert not _fires("GPUOperatorReconciliationFailing", cluster(lambda t: 0.0), at), (
+        "GPUOperatorReconciliationFailing fires while reconciliation_status is 0 (operands not ready, no error)"
+    )
+    assert not _fires("GPUOperatorReconciliationFailing", cluster(lambda t: -2.0 if t < start + 60 else 0.0), at)
 
 
 def test_the_operator_may_delete_pods_only_in_its_own_namespace() -> None:

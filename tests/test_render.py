@@ -336,6 +336,32 @@ def test_operator_metrics_service_targets_the_operators_metrics_port() -> None:
     assert [o["spec"]["ports"][0]["targetPort"] for o in metrics.objects if o["kind"] == "Service"] == [9090]
 
 
+def test_no_service_monitor_when_the_operator_serves_no_metrics() -> None:
+    """`gpu-operator run --metrics-port 0` means "metrics off" (metrics.serve listens on nothing), yet
+    state-operator-metrics still rendered the ServiceMonitor, and the Service (targeting 8080, where nothing listens)
+    said prometheus.io/scrape "true": Prometheus scraped a dead target, shown down (kube-prometheus' TargetDown
+    fires). Now there is no ServiceMonitor and the Service says "false", which a dry run from another process reads
+    as metrics off, so it renders what the operator does."""
+    from gpu_operator.states import RenderContext
+    from gpu_operator.states.operator_metrics import live_target_port
+
+    def objects(metrics_port: int) -> dict[str, dict[str, Any]]:
+        spec = parse_spec({"operator": {"metrics": {"serviceMonitor": {"enabled": True}}}})
+        ctx = RenderContext(spec=spec, namespace=NAMESPACE, api_groups=frozenset({MONITORING}),
+                            metrics_port=metrics_port)  # fmt: skip
+        state = next(p for p in plan(ctx) if p.state.name == "state-operator-metrics")
+        return {o["kind"]: o for o in state.objects}
+
+    off = objects(0)
+    assert sorted(off) == ["Service"], f"rendered {sorted(off)} with --metrics-port 0"
+    assert off["Service"]["metadata"]["annotations"]["prometheus.io/scrape"] == "false"
+    assert sorted(objects(9090)) == ["Service", "ServiceMonitor"]
+    # render --from-cluster takes the live Service's word
+    key = ("Service", NAMESPACE, "gpu-operator")
+    assert live_target_port({key: off["Service"]}, NAMESPACE) == 0
+    assert live_target_port({key: objects(9090)["Service"]}, NAMESPACE) == 9090
+
+
 def test_custom_runtime_class() -> None:
     spec = parse_spec({"operator": {"runtimeClass": "nvidia-gpu"}})
     plans = render_all(spec)

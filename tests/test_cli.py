@@ -822,6 +822,30 @@ def test_crds_dir_is_created_and_a_file_in_its_place_is_one_error_line(
 
 
 @pytest.mark.parametrize(
+    ("options", "message"),
+    [(["--apply", "--dir", "out"], "--dir and --apply exclude each other"),
+     (["--kubeconfig", "kc"], "--kubeconfig is read only with --apply"),
+     (["--dir", "out", "--kubeconfig", "kc"], "--kubeconfig is read only with --apply")],
+    ids=["apply-dir", "kubeconfig-print", "kubeconfig-dir"],
+)  # fmt: skip
+def test_crds_refuses_options_it_would_ignore(
+    options: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """`crds --apply --dir D` wrote the files and exited 0 without connecting, so a script running it was told the
+    CRDs were applied; `--kubeconfig` without `--apply` printed them and never read that cluster (render refuses
+    the like mix). Both are refused now, exit 2, before any file is written or any cluster read."""
+    from gpu_operator.kube import Kube
+
+    connected: list[bool] = []
+    monkeypatch.setattr(Kube, "connect", classmethod(lambda cls, *a, **k: connected.append(True)))
+    monkeypatch.chdir(tmp_path)
+    assert main(["crds", *options]) == 2
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", f"error: {message}\n") and not connected and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
     ("command", "expected"),
     [
         ([], ["render", "crds", "run"]),

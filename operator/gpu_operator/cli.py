@@ -338,6 +338,12 @@ def _render_from_cluster(args: argparse.Namespace) -> int:
 def cmd_crds(args: argparse.Namespace) -> int:
     from .crd import all_crds, crds_yaml
 
+    if args.apply and args.dir:  # one or the other: the files written, or the cluster's CRDs applied
+        print("error: --dir and --apply exclude each other", file=sys.stderr)
+        return 2
+    if args.kubeconfig and not args.apply:  # without --apply no cluster is read (render refuses the like)
+        print("error: --kubeconfig is read only with --apply", file=sys.stderr)
+        return 2
     if args.dir:
         from .crd import crd_files
 
@@ -1042,7 +1048,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("crds", help="print the CRDs (or apply them with --apply)")
     p.add_argument("--apply", action="store_true", help="server-side apply them to the cluster")
-    p.add_argument("--dir", help="write one file per CRD into this directory (make crds)")
+    p.add_argument("--dir", help="write one file per CRD into this directory (make crds); not with --apply")
     p.add_argument("--kubeconfig", help=f"{KUBECONFIG_HELP}; read only with --apply")
     p.set_defaults(func=cmd_crds)
     _add_doctor(sub)

@@ -189,6 +189,20 @@ def test_render_refuses_a_kubeconfig_without_from_cluster(capsys: pytest.Capture
     assert err == "error: --kubeconfig is read only with --from-cluster\n"
 
 
+def test_render_refuses_nodes_with_from_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`render --from-cluster --nodes N.yaml` read the cluster's nodes and never opened N.yaml (a missing one too),
+    without a word: an admin previewing nodes to add got the cluster's writes as if N.yaml counted. It is refused
+    now, exit 2, before the cluster is read (as --kubeconfig without --from-cluster is)."""
+    from gpu_operator.kube import Kube
+
+    connected: list[bool] = []
+    monkeypatch.setattr(Kube, "connect", classmethod(lambda cls, *a, **k: connected.append(True)))
+    rc, out, err = render_in_process(capsys, "--from-cluster", "--nodes", str(tmp_path / "missing.yaml"))
+    assert (rc, out, err) == (2, "", "error: --nodes is read only without --from-cluster\n") and not connected
+
+
 def test_render_policy_from_stdin(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(sys, "stdin", io.StringIO(SAMPLE_POLICY.read_text()))
     rc, out, _ = render_in_process(capsys, "--policy", "-", "--nodes", str(SAMPLE_NODES))

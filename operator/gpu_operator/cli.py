@@ -176,6 +176,9 @@ def _print_error(exc: Exception) -> None:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    if args.from_cluster and args.nodes:  # the cluster's nodes are read: the file's would be ignored
+        print("error: --nodes is read only without --from-cluster", file=sys.stderr)
+        return 2
     if args.from_cluster:
         return _render_from_cluster(args)
     if args.kubeconfig:  # without --from-cluster the files are rendered and the cluster is never read
@@ -985,7 +988,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--kubeconfig", help=f"{KUBECONFIG_HELP}; read only with --from-cluster")
     p.add_argument(
-        "--nodes", help="Node objects (and the ConfigMaps the policy references): multi-document YAML or a List"
+        "--nodes", help="Node objects (and the ConfigMaps the policy references): multi-document YAML or a List; "
+        "not with --from-cluster"
     )
     p.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="operand namespace (%(default)s)")
     p.add_argument(

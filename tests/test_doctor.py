@@ -1464,9 +1464,22 @@ def test_capacity_refuses_a_quantity_the_api_server_refuses(
       "    - {containerPort: 80, hostPort: '80'}\n",
       "Pod p: spec.containers[0].ports[0].hostPort: must be an integer, not str '80'"),
      ("kind: Pod\nmetadata:\n  name: p\nspec: {}\n",
-      "the API server refuses this pod: spec.containers: Required value")],
+      "the API server refuses this pod: spec.containers: Required value"),
+     ("kind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: t}]\n  affinity:\n    nodeAffinity:\n"
+      "      requiredDuringSchedulingIgnoredDuringExecution:\n        nodeSelectorTerms:\n"
+      "        - matchExpressions: [{key: nvidia.com/gpu.count, operator: In, values: [8]}]\n",
+      "Pod p: spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution.nodeSelectorTerms[0]."
+      "matchExpressions[0].values[0]: must be a string, not int 8 (quote it in YAML)"),
+     ("kind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: t}]\n  affinity:\n    podAntiAffinity:\n"
+      "      requiredDuringSchedulingIgnoredDuringExecution:\n      - topologyKey: kubernetes.io/hostname\n"
+      "        labelSelector: {matchExpressions: [{key: [app], operator: In, values: [a]}]}\n",
+      "Pod p: spec.affinity.podAntiAffinity.requiredDuringSchedulingIgnoredDuringExecution[0].labelSelector."
+      "matchExpressions[0].key: must be a string, not list ['app']"),
+     ("kind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: t}]\n"
+      "  tolerations: [{key: gpu, value: 1, effect: NoSchedule}]\n",
+      "Pod p: spec.tolerations[0].value: must be a string, not int 1 (quote it in YAML)")],
     ids=["metadata-null", "limits-a-list", "anti-affinity-a-list", "namespace-selector-a-list", "host-port-a-string",
-         "no-container"],
+         "no-container", "match-expression-value-a-number", "label-selector-key-a-list", "toleration-value-a-number"],
 )  # fmt: skip
 def test_capacity_answers_odd_pod_yaml_with_an_error_not_a_traceback(
     text: str, message: str | None, tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
@@ -1474,7 +1487,10 @@ def test_capacity_answers_odd_pod_yaml_with_an_error_not_a_traceback(
 ) -> None:  # fmt: skip
     """`metadata:` left empty (YAML null) crashed capacity with AttributeError, and limits written as a list
     crashed it in api_errors, each with a traceback: a null metadata is planned now, and a field of the wrong type
-    exits 2 with one `error:` line naming it, as every other bad input of the command does."""
+    exits 2 with one `error:` line naming it, as every other bad input of the command does. A selector's `values:
+    [8]` (the API server's []string) was planned and matched no node ("8" is not 8): the copies "fit nowhere" where
+    a quote was missing; a toleration's `value: 1` likewise tolerated nothing, and a selector's `key: [app]` was a
+    traceback."""
     from gpu_operator.cli import main
     from gpu_operator.kube import Kube
 

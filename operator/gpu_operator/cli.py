@@ -61,6 +61,9 @@ _METADATA = {"metadata": "mapping", "metadata/name": "string", "metadata/labels"
 _PCI = "spec/features/instances/pci.device"
 _REQUIRED = "requiredDuringSchedulingIgnoredDuringExecution"
 _NODE_REQUIRED = f"spec/affinity/nodeAffinity/{_REQUIRED}"
+# A selector requirement's fields, below its list (the API server's types: values are []string, so `[8]` is refused).
+_REQUIREMENT = (("", "list"), ("/[]", "mapping"), ("/[]/key", "string"), ("/[]/operator", "string"),
+                ("/[]/values", "list"), ("/[]/values/[]", "string"))  # fmt: skip
 _SHAPES: dict[str, dict[str, str]] = {
     "ClusterPolicy": _METADATA,
     "Node": {
@@ -80,6 +83,7 @@ _SHAPES: dict[str, dict[str, str]] = {
     "Pod": {  # what capacity reads
         **_METADATA, "metadata/namespace": "string", "spec": "mapping", "spec/overhead": "mapping",
         "spec/nodeSelector": "strings", "spec/tolerations": "list", "spec/tolerations/[]": "mapping",
+        **{f"spec/tolerations/[]/{key}": "string" for key in ("key", "operator", "value", "effect")},
         "spec/topologySpreadConstraints": "list", "spec/topologySpreadConstraints/[]": "mapping",
         "spec/hostNetwork": "boolean",
         **{f"spec/{key}{path}": want for key in ("containers", "initContainers") for path, want in (
@@ -90,13 +94,14 @@ _SHAPES: dict[str, dict[str, str]] = {
         "spec/affinity": "mapping", "spec/affinity/nodeAffinity": "mapping", f"{_NODE_REQUIRED}": "mapping",
         f"{_NODE_REQUIRED}/nodeSelectorTerms": "list", f"{_NODE_REQUIRED}/nodeSelectorTerms/[]": "mapping",
         **{f"{_NODE_REQUIRED}/nodeSelectorTerms/[]/{key}{path}": want for key in ("matchExpressions", "matchFields")
-           for path, want in (("", "list"), ("/[]", "mapping"), ("/[]/values", "list"))},
+           for path, want in _REQUIREMENT},
         **{f"spec/affinity/{kind}{path}": want for kind in ("podAffinity", "podAntiAffinity") for path, want in (
             ("", "mapping"), (f"/{_REQUIRED}", "list"), (f"/{_REQUIRED}/[]", "mapping"),
-            (f"/{_REQUIRED}/[]/namespaces", "list"),
+            (f"/{_REQUIRED}/[]/namespaces", "list"), (f"/{_REQUIRED}/[]/namespaces/[]", "string"),
+            (f"/{_REQUIRED}/[]/topologyKey", "string"),
             *((f"/{_REQUIRED}/[]/{selector}{part}", want) for selector in ("labelSelector", "namespaceSelector")
-              for part, want in (("", "mapping"), ("/matchLabels", "strings"), ("/matchExpressions", "list"),
-                                 ("/matchExpressions/[]", "mapping"))))},
+              for part, want in (("", "mapping"), ("/matchLabels", "strings"),
+                                 *((f"/matchExpressions{p}", w) for p, w in _REQUIREMENT))))},
     },
 }  # fmt: skip
 _TYPES: dict[str, type] = {"mapping": dict, "list": list, "string": str, "boolean": bool, "integer": int}
@@ -137,7 +142,8 @@ def _shape_problem(doc: dict[str, Any]) -> str | None:
                                 "(quote it in YAML)")  # fmt: skip
             elif not isinstance(value, _TYPES[want]):
                 article = "an" if want == "integer" else "a"
-                return f"{where}: must be {article} {want}, not {type(value).__name__} {value!r}"
+                quote = " (quote it in YAML)" if want == "string" and isinstance(value, (int, float)) else ""
+                return f"{where}: must be {article} {want}, not {type(value).__name__} {value!r}{quote}"
     if kind == "Node" and not (doc.get("metadata") or {}).get("name"):
         return "metadata.name: must be set"
     return None

@@ -1421,6 +1421,39 @@ def test_capacity_refuses_a_pod_the_api_server_refuses(
 
 
 @pytest.mark.parametrize(
+    ("resources", "message"),
+    [("{limits: {nvidia.com/gpu: 1}, requests: {1: 2}}",
+      'spec.containers[0].resources.requests[1]: Invalid value: "1": must be a standard resource type or fully '
+      "qualified"),
+     ("{limits: {gpu: 1}}",
+      'spec.containers[0].resources.limits[gpu]: Invalid value: "gpu": must be a standard resource type or fully '
+      "qualified"),
+     ("{limits: {pods: 1}}",
+      'spec.containers[0].resources.limits[pods]: Invalid value: "pods": must be a standard resource for containers')],
+    ids=["a-number", "gpu-unqualified", "pods"],
+)  # fmt: skip
+def test_capacity_refuses_a_resource_name_the_api_server_refuses(
+    resources: str, message: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`requests: {1: 2}` (an unquoted number as a resource name) was a traceback (TypeError in api_errors), exit 1;
+    `limits: {gpu: 1}` (for nvidia.com/gpu) was planned as a resource no node has: "fits nowhere". The API server
+    refuses both names (validateContainerResourceName; kubectl sends the number as "1"): now so does capacity, exit
+    2 with its rule, the container and the field, before the cluster is read."""
+    from gpu_operator.cli import main
+    from gpu_operator.kube import Kube
+
+    path = tmp_path / "pod.yaml"
+    path.write_text(f"kind: Pod\nmetadata: {{name: a}}\nspec:\n  containers:\n  - name: a\n"
+                    f"    resources: {resources}\n")  # fmt: skip
+    connected: list[bool] = []
+    monkeypatch.setattr(Kube, "connect", classmethod(lambda cls, *a, **k: connected.append(True)))
+    assert main(["capacity", "--pod", str(path), "--count", "1"]) == 2
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", f"error: {path}: the API server refuses this pod: container a: {message}\n")
+    assert not connected
+
+
+@pytest.mark.parametrize(
     ("value", "message"),
     [("32GB", "quantities must match the regular expression"), ("2 Gi", "quantities must match the regular expression"),
      ("lots", "quantities must match the regular expression"), ("1K", "quantities must match the regular expression"),

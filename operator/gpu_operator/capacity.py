@@ -154,6 +154,28 @@ _NOT_A_QUANTITY = "quantities must match the regular expression '^([+-]?[0-9.]+)
 EXTENDED_FIX = "set the limit alone, a whole number: the request defaults to it"
 
 
+# Resource names without a "/" that a container may ask for (and hugepages-*), and the other standard ones, which
+# the API server refuses there with another rule (Kubernetes pkg/apis/core/validation validateContainerResourceName).
+_CONTAINER_RESOURCES = ("cpu", "memory", "ephemeral-storage")
+_STANDARD_RESOURCES = ("pods", "services", "secrets", "configmaps", "resourcequotas", "replicationcontrollers",
+                       "persistentvolumeclaims", "services.nodeports", "services.loadbalancers",
+                       *(f"{k}.{r}" for k in ("requests", "limits") for r in _CONTAINER_RESOURCES))  # fmt: skip
+
+
+def _name_errors(where: str, values: dict[Any, Any]) -> list[str]:
+    """Resource names the API server refuses in a container: unqualified and not cpu, memory, ephemeral-storage or
+    hugepages-* (`gpu` for nvidia.com/gpu; an unquoted YAML number, sent as the name "1")."""
+    out = []
+    for r in values:
+        name = str(r).lower() if isinstance(r, bool) else str(r)
+        if "/" in name or name in _CONTAINER_RESOURCES or name.startswith("hugepages-"):
+            continue
+        rule = ("must be a standard resource for containers" if name in _STANDARD_RESOURCES else
+                "must be a standard resource type or fully qualified")  # fmt: skip
+        out.append(f'{where}[{name}]: Invalid value: "{name}": {rule}')
+    return out
+
+
 def _quantity_errors(where: str, values: dict[str, Any]) -> list[str]:
     """Values the API server refuses as quantities: not one (read as 0 here), or negative. YAML null is 0."""
     out = []
@@ -166,22 +188,24 @@ def _quantity_errors(where: str, values: dict[str, Any]) -> list[str]:
 
 
 def api_errors(pod: dict[str, Any]) -> list[str]:
-    """What the API server refuses a pod for in its resources: no container, a value that is not a quantity or is
-    negative, a native request (cpu, memory) above its limit, and for extended resources (REFERENCE §12 entries 4,
-    5) a request without a limit or unequal to it, a quantity that is not a whole number (the last of these ends
-    with EXTENDED_FIX)."""
+    """What the API server refuses a pod for in its resources: no container, a resource name it does not know, a
+    value that is not a quantity or is negative, a native request (cpu, memory) above its limit, and for extended
+    resources (REFERENCE §12 entries 4, 5) a request without a limit or unequal to it, a quantity that is not a
+    whole number (the last of these ends with EXTENDED_FIX)."""
     out, extended = [], []
     spec = pod.get("spec") or {}
     if not spec.get("containers"):
         out.append("spec.containers: Required value")
-    out += _quantity_errors("spec.overhead", spec.get("overhead") or {})
+    overhead = spec.get("overhead") or {}
+    out += _name_errors("spec.overhead", overhead) or _quantity_errors("spec.overhead", overhead)
     for key in ("initContainers", "containers"):
         for i, c in enumerate(spec.get(key) or []):
             res = c.get("resources") or {}
             limits, requests = res.get("limits") or {}, res.get("requests") or {}
             where = f"container {c.get('name')}: spec.{key}[{i}].resources"
-            bad = [*_quantity_errors(f"{where}.limits", limits), *_quantity_errors(f"{where}.requests", requests)]
-            if bad:  # the extended-resource rules below would read them as 0
+            names = _name_errors(f"{where}.limits", limits) + _name_errors(f"{where}.requests", requests)
+            bad = names or _quantity_errors(f"{where}.limits", limits) + _quantity_errors(f"{where}.requests", requests)
+            if bad:  # the rules below read a bad quantity as 0, and a name as a string
                 out += bad
                 continue
             for kind, values in (("limits", limits), ("requests", requests)):

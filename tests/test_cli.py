@@ -210,6 +210,21 @@ def test_render_policy_from_stdin(monkeypatch: pytest.MonkeyPatch, capsys: pytes
     assert out == render_in_process(capsys, "--policy", str(SAMPLE_POLICY), "--nodes", str(SAMPLE_NODES))[1]
 
 
+def test_render_policy_and_nodes_from_one_stdin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`cat policy.yaml nodes.yaml | render --policy - --nodes -`: stdin was read to the end for the policy, so the
+    nodes read "": no node, no per-pool driver, no label patch, exit 0 and nothing on stderr. The one stream now
+    holds both, as one file given to both options does."""
+    stream = SAMPLE_POLICY.read_text() + "\n---\n" + SAMPLE_NODES.read_text()
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stream))
+    rc, out, err = render_in_process(capsys, "--policy", "-", "--nodes", "-")
+    assert (rc, err) == (0, "") and "# label patch for node" in out
+    both = tmp_path / "both.yaml"
+    both.write_text(stream)
+    assert out == render_in_process(capsys, "--policy", str(both), "--nodes", str(both))[1]
+
+
 def test_render_bare_spec_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bare = tmp_path / "spec.yaml"
     bare.write_text(yaml.safe_dump({"dcgm": {"enabled": True}}))

@@ -162,9 +162,9 @@ def _checked(path: str, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return docs
 
 
-def _policy_from_file(path: str) -> tuple[dict[str, Any], Any]:
-    """(metadata, spec) of the first ClusterPolicy in the file, or a bare spec mapping."""
-    docs = _load_yaml_docs(path)
+def _policy_from_file(path: str, docs: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any], Any]:
+    """(metadata, spec) of the first ClusterPolicy in the file (or in `docs`, read from it), or a bare spec mapping."""
+    docs = _load_yaml_docs(path) if docs is None else docs
     for doc in docs:
         if doc.get("kind") == "ClusterPolicy":
             _checked(path, [doc])
@@ -202,9 +202,11 @@ def cmd_render(args: argparse.Namespace) -> int:
     from .states import RenderContext
 
     try:
-        meta, raw_spec = _policy_from_file(args.policy)
+        # stdin can be read once: `--policy - --nodes -` takes both from the one stream, as from one file
+        stdin = _load_yaml_docs("-") if args.policy == args.nodes == "-" else None
+        meta, raw_spec = _policy_from_file(args.policy, stdin)
         spec = parse_spec(raw_spec, allow_unknown=args.allow_unknown_fields or allows_unknown(meta))
-        node_docs = _checked(args.nodes, _load_yaml_docs(args.nodes)) if args.nodes else []
+        node_docs = _checked(args.nodes, _load_yaml_docs(args.nodes) if stdin is None else stdin) if args.nodes else []
     except PolicyError as exc:
         for line in exc.problems:
             print(f"error: {line}", file=sys.stderr)
@@ -994,8 +996,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--kubeconfig", help=f"{KUBECONFIG_HELP}; read only with --from-cluster")
     p.add_argument(
-        "--nodes", help="Node objects (and the ConfigMaps the policy references): multi-document YAML or a List; "
-        "not with --from-cluster"
+        "--nodes", help="Node objects (and the ConfigMaps the policy references): multi-document YAML or a List "
+        "('-' for stdin: with --policy -, the one stream holds both); not with --from-cluster"
     )
     p.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="operand namespace (%(default)s)")
     p.add_argument(

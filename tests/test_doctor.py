@@ -1339,12 +1339,17 @@ def test_capacity_reads_the_namespace_selector_and_empty_selectors_of_anti_affin
      ("gpus=8,cpus=96,memory=2048Gi", "'cpus' is not a resource"),
      ("gpus=eight,cpu=96,memory=2048Gi", "'gpus=eight': 'eight' is not a quantity"),
      ("gpus=-8", "'gpus=-8': '-8' is not a quantity"),
-     ("gpus=8,taint.a=b:NoSchedul", "'taint.a=b:NoSchedul': the taint's effect must be one of")],
+     ("gpus=8,taint.a=b:NoSchedul", "'taint.a=b:NoSchedul': the taint's effect must be one of"),
+     ("gpus=1.5", "'gpus=1.5': '1.5' is not a whole number (gpus come whole)"),
+     ("gpus=8,nvidia.com/mig-1g.10gb=500m", "'nvidia.com/mig-1g.10gb=500m': '500m' is not a whole number"),
+     ("gpus=8,pods=10.5", "'pods=10.5': '10.5' is not a whole number")],
 )  # fmt: skip
 def test_capacity_refuses_a_node_profile_it_would_misread(
     profile: str, message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A typo in --node-profile was read as 0 (or as a made-up resource): "impossible", exit 0."""
+    """A typo in --node-profile was read as 0 (or as a made-up resource): "impossible", exit 0. `gpus=1.5` (physical
+    GPUs, which come whole) was planned as a node with 1.5 GPUs; so were fractions of pods and extended resources,
+    which the API server refuses on a node (IsIntegerResourceName). CPU, memory and hugepages may be fractions."""
     from gpu_operator.cli import main
     from gpu_operator.kube import Kube
     from support import REPO
@@ -1354,7 +1359,7 @@ def test_capacity_refuses_a_node_profile_it_would_misread(
     monkeypatch.setattr(Kube, "connect", classmethod(lambda cls, *a, **k: full))
     command = ["capacity", "--pod", "manifests/samples/exercise3-training-job.yaml", "--count", "2", "--node-profile"]
     label = f",label.nvidia.com/gpu.product={H100}"
-    assert main([*command, "gpus=8,cpu=96,memory=2048Gi" + label]) == 0
+    assert main([*command, "gpus=8,cpu=95500m,memory=2047.5Gi,hugepages-2Mi=0.5Gi" + label]) == 0
     assert "extra nodes needed: 1 × profile gpus=8," in capsys.readouterr().out
     assert main([*command, profile + label]) == 2
     out, err = capsys.readouterr()

@@ -423,6 +423,12 @@ _PROFILE_RESOURCES = ("gpus", "gpu", "cpu", "memory", "pods", "ephemeral-storage
 _EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
 
+def _whole(key: str) -> bool:
+    """A profile resource a node has whole numbers of: GPUs, pods and extended resources (the API server refuses a
+    node's fraction of them: IsIntegerResourceName)."""
+    return key in ("gpus", "gpu", "pods") or "/" in key and not _overcommit_allowed(key)
+
+
 def parse_profile(text: str, nodes: dict[str, NodeView]) -> NodeView:
     """`NODE` (a node like an existing one, running its DaemonSets' pods) or
     `gpus=8,cpu=96,memory=2048Gi,label.KEY=VALUE,taint.KEY=VALUE:EFFECT`; ValueError naming a part that is neither."""
@@ -446,6 +452,8 @@ def parse_profile(text: str, nodes: dict[str, NodeView]) -> NodeView:
                              "with a / such as nvidia.com/mig-1g.10gb), label.KEY or taint.KEY")  # fmt: skip
         elif not valid_quantity(value) or quantity(value) < 0:
             raise ValueError(f"--node-profile: {part!r}: {value!r} is not a quantity (such as 8, 500m, 2048Gi)")
+        elif _whole(key) and quantity(value) != quantity(value).to_integral_value():
+            raise ValueError(f"--node-profile: {part!r}: {value!r} is not a whole number ({key} come whole)")
         else:
             view.allocatable[{"gpus": GPU, "gpu": GPU}.get(key, key)] = quantity(value)
             if key in ("gpus", "gpu", GPU):  # nvidia.com/gpu=N: the advertised count itself

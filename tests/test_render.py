@@ -1017,3 +1017,32 @@ def test_an_empty_priority_class_keeps_system_node_critical() -> None:
     classes = {ds["metadata"]["name"]: ds["spec"]["template"]["spec"].get("priorityClassName")
                for ds in daemonsets(plans)}  # fmt: skip
     assert classes and set(classes.values()) == {"system-node-critical"}
+
+
+def test_the_render_key_follows_the_gpu_model_the_sharing_checks_mig_mode_reads() -> None:
+    """The MIG check counts only the layout entries that select the node's GPU, known by GFD's product label, which
+    the key otherwise leaves out (RENDER_BLIND): GFD's first labels must change the key, or the last plan is
+    reused."""
+    from dataclasses import replace
+
+    from gpu_operator.states import RenderContext
+    from support import OWNER
+
+    mps = "sharing: {mps: {resources: [{name: nvidia.com/gpu, replicas: 4}]}}"
+    fleet = ("version: v1\nmig-configs:\n  fleet:\n"
+             "    - {device-filter: ['0x20B710DE'], devices: all, mig-enabled: true, mig-devices: {1g.6gb: 4}}\n"
+             "    - {device-filter: ['0x233010DE'], devices: all, mig-enabled: false}\n")
+    spec = parse_spec({"devicePlugin": {"config": {"name": "sharing", "default": "mps"}}, "mig": {"strategy": "single"},
+                       "migManager": {"config": {"name": "my-layouts"}}})  # fmt: skip
+    labels = {"feature.node.kubernetes.io/pci-10de.present": "true", "nvidia.com/gpu.present": "true",
+              "nvidia.com/mig.config": "fleet", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    h100 = RenderContext(spec=spec, namespace=NAMESPACE, nodes=(NodeFacts("n1", labels),), owner=OWNER,
+                         config_maps={"sharing": ("mps",), "my-layouts": ("config.yaml",)},
+                         config_data={"sharing": {"mps": mps}, "my-layouts": {"config.yaml": fleet}})
+    a30 = replace(h100, nodes=(NodeFacts("n1", {**labels, "nvidia.com/gpu.product": "NVIDIA-A30"}),))
+
+    def problem(ctx: RenderContext) -> str | None:
+        return next(p.problem for p in plan(ctx) if p.state.name == "state-device-plugin")
+
+    assert problem(h100) is None and "MIG devices" in (problem(a30) or "")
+    assert render_key(h100) != render_key(a30)

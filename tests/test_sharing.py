@@ -248,6 +248,40 @@ def test_mps_is_refused_on_nodes_whose_layout_enables_mig_by_its_entries_not_its
     assert refused("unknown", {"config.yaml": config}) and refused("no-mig", {})
 
 
+def test_mps_is_refused_only_where_the_entries_selecting_the_nodes_gpu_enable_mig() -> None:
+    """mig-parted applies only the entries of a layout whose `device-filter` selects the GPU (REFERENCE.md §4
+    `all-balanced`). A fleet-wide layout that enables MIG on A100s and keeps it off on H100s leaves an H100 node's
+    GPUs out of MIG mode, so GFD's isMPSCapable passes there. Every entry counted, whatever GPU it selects: the MPS
+    key was refused and the device plugin, GFD and MPS DaemonSets held on every node."""
+    mps4 = "version: v1\nsharing:\n  mps:\n    resources: [{name: nvidia.com/gpu, replicas: 4}]\n"
+    fleet = ("version: v1\nmig-configs:\n  fleet:\n"
+             "    - {device-filter: ['0x20B210DE'], devices: all, mig-enabled: true, mig-devices: {1g.10gb: 7}}\n"
+             "    - {device-filter: ['0x233010DE'], devices: all, mig-enabled: false}\n"
+             "    - {device-filter: ['0x20B710DE'], devices: all, mig-enabled: true, mig-devices: {1g.6gb: 4}}\n")
+    spec = parse_spec({"devicePlugin": {"config": {"name": "sharing", "default": ""}}, "mig": {"strategy": "single"},
+                       "migManager": {"config": {"name": "my-layouts"}}})
+    data = {"sharing": {"mps": mps4}, "my-layouts": {"config.yaml": fleet}}
+    labels = {"feature.node.kubernetes.io/pci-10de.present": "true", "nvidia.com/mig.config": "fleet",
+              sharing.NODE_LABEL: "mps"}
+
+    def held(node: NodeFacts) -> list[str]:
+        return [str(p) for p in sharing.held(sharing.context_problems(spec, data, [node]))]
+
+    # NFD's device ID tells the H100 80GB from the A100 80GB its MIG group shares profiles with
+    h100 = {**labels, "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "nvidia.com/mig.capable": "true"}
+    assert held(NodeFacts("h100-1", h100, pci_devices=("2330",))) == []
+    assert held(NodeFacts("h100-2", {**labels, "feature.node.kubernetes.io/pci-0302_10de_2330.present": "true"})) == []
+    assert held(NodeFacts("a100-1", {**h100, "nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}, pci_devices=("20b2",)))
+    # by GFD's product alone: the entries of its MIG group (an A30's entry does not select an H100)
+    assert held(NodeFacts("a30-1", {**h100, "nvidia.com/gpu.product": "NVIDIA-A30"}))
+    without_a100 = fleet.replace("0x20B210DE", "0x20B010DE")  # the A100 40GB instead
+    data["my-layouts"] = {"config.yaml": without_a100}
+    assert held(NodeFacts("h100-3", h100)) == []
+    # no entry selects the GPU: mig-manager refuses the layout, the GPUs' mode is not known (MIG on)
+    data["my-layouts"] = {"config.yaml": without_a100.replace("0x233010DE", "0x233110DE")}
+    assert held(NodeFacts("h100-4", h100, pci_devices=("2330",)))
+
+
 def test_a_malformed_users_mig_config_does_not_end_the_check() -> None:
     """A bad count in the user's mig-parted config raised a ValueError past the ConfigError catch, and every pass
     with a devicePlugin.config failed. Now it is a config not read: every layout counts as MIG on."""

@@ -376,13 +376,33 @@ class Problem:
 
 def _mig_enabled(node: NodeFacts, layouts: mig.Layouts | None) -> bool:
     """Whether the node's layout puts its GPUs in MIG mode, by its entries in the user's mig-parted config
-    (`layouts`) or the default table: a layout whose entries all keep MIG off does not, whatever its name. A name
-    neither has counts as MIG on: mig-manager refuses it, and which mode the GPUs are left in is not known here."""
+    (`layouts`) or mig-manager's own: a layout whose entries keep MIG off does not, whatever its name. Where the
+    node's GPU is known, only the entries whose device-filter selects it count (mig-parted applies only those);
+    else every entry. A layout not valid there counts as MIG on: mig-manager refuses it, and which mode the GPUs
+    are left in is not known here."""
     layout = node.labels.get(MIG_CONFIG_LABEL)
     if not layout or layout == mig_layouts.DISABLED:
         return False
+    gpu = mig.gpu_of_node(node)
+    if gpu is not None:
+        own = {mig_layouts.normalize_id(d + "10de") for d in node.label_devices or node.pci_devices}
+        if own and own <= set(gpu.device_ids):  # NFD's device IDs: one model of the group (H100 80GB, not A100 80GB)
+            gpu = replace(gpu, device_ids=tuple(sorted(own)))
+        chosen = mig.layout_entries(gpu, layout, mig.node_layouts(gpu, layouts))
+        return chosen is None or any(e.mig_enabled for e in chosen)
     entries = (layouts if layouts is not None else mig_layouts.default_layouts()).get(layout)
     return entries is None or any(e.mig_enabled for e in entries)
+
+
+def mig_facts(nodes: Iterable[NodeFacts]) -> list[tuple[str, str]]:
+    """What the MIG check reads of labels the render key leaves out (render.RENDER_BLIND): the GPU model of each GPU
+    node with a layout other than all-disabled."""
+    out = []
+    for n in nodes:
+        if n.has_gpu and n.labels.get(MIG_CONFIG_LABEL) not in (None, "", mig_layouts.DISABLED):
+            gpu = mig.gpu_of_node(n)
+            out.append((n.name, gpu.name if gpu is not None else ""))
+    return sorted(out)
 
 
 def _below_7_5(node: NodeFacts) -> bool:

@@ -1019,10 +1019,10 @@ def test_an_empty_priority_class_keeps_system_node_critical() -> None:
     assert classes and set(classes.values()) == {"system-node-critical"}
 
 
-def test_the_render_key_follows_the_gpu_model_the_sharing_checks_mig_mode_reads() -> None:
-    """The MIG check counts only the layout entries that select the node's GPU, known by GFD's product label, which
-    the key otherwise leaves out (RENDER_BLIND): GFD's first labels must change the key, or the last plan is
-    reused."""
+def test_the_render_key_follows_the_gpu_facts_the_sharing_checks_mig_mode_reads() -> None:
+    """The MIG check counts only the layout entries that select the node's GPU, known by GFD's product label, and
+    none on a GPU GFD labels not MIG-capable: labels the key otherwise leaves out (RENDER_BLIND). GFD's first labels
+    must change the key, or the last plan is reused."""
     from dataclasses import replace
 
     from gpu_operator.states import RenderContext
@@ -1046,3 +1046,6 @@ def test_the_render_key_follows_the_gpu_model_the_sharing_checks_mig_mode_reads(
 
     assert problem(h100) is None and "MIG devices" in (problem(a30) or "")
     assert render_key(h100) != render_key(a30)
+    # and GFD's mig.capable: a GPU that is not MIG-capable is never in MIG mode, whatever its layout
+    off = replace(a30, nodes=(NodeFacts("n1", {**a30.nodes[0].labels, "nvidia.com/mig.capable": "false"}),))
+    assert problem(off) is None and render_key(off) != render_key(a30)

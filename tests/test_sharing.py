@@ -282,6 +282,26 @@ def test_mps_is_refused_only_where_the_entries_selecting_the_nodes_gpu_enable_mi
     assert held(NodeFacts("h100-4", h100, pci_devices=("2330",)))
 
 
+def test_mps_is_not_refused_for_a_mig_layout_label_on_a_gpu_that_is_not_mig_capable() -> None:
+    """Only a MIG-capable GPU can be in MIG mode, and mig-manager's deploy label is set only on MIG-capable nodes
+    (nodes.py). An L4 node (mig.capable=false) labelled `nvidia.com/mig.config=all-1g.10gb` (a fleet-wide `kubectl
+    label`) counted as MIG-enabled: its MPS key was refused and the device plugin, GFD and MPS DaemonSets held on
+    every node. A node whose capability is not known yet keeps the layout's rule."""
+    mps4 = {"mps": "version: v1\nsharing:\n  mps:\n    resources: [{name: nvidia.com/gpu, replicas: 4}]\n"}
+    layout = {"nvidia.com/mig.config": "all-1g.10gb", sharing.NODE_LABEL: "mps"}
+
+    def held(node: NodeFacts) -> bool:
+        return bool(sharing.held(sharing.problems("sharing", mps4, "single", nodes=[node])))
+
+    l4 = {"nvidia.com/gpu.product": "NVIDIA-L4", "nvidia.com/gpu.count": "1", "nvidia.com/mig.capable": "false"}
+    assert not held(_node("l4-1", **layout, **l4))
+    assert not held(_node("l4-2", **layout, **{"nvidia.com/gpu.product": "NVIDIA-L4"}))  # by the product
+    assert not held(NodeFacts("l4-3", {**layout, "feature.node.kubernetes.io/pci-0302_10de_27b8.present": "true"}))
+    h100 = {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", "nvidia.com/mig.capable": "true"}
+    assert held(_node("h100-1", **layout, **h100))
+    assert held(_node("new-1", **layout))  # nothing known of its GPU yet
+
+
 def test_a_malformed_users_mig_config_does_not_end_the_check() -> None:
     """A bad count in the user's mig-parted config raised a ValueError past the ConfigError catch, and every pass
     with a devicePlugin.config failed. Now it is a config not read: every layout counts as MIG on."""

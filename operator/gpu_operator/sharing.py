@@ -52,7 +52,7 @@ import yaml
 
 from . import mig, mig_layouts
 from .gpu_identity import GFD_COMPUTE_MAJOR, GFD_COMPUTE_MINOR
-from .nodes import NodeFacts
+from .nodes import GPU_PRODUCT, MIG_CAPABLE, VGPU_HOST_DRIVER, NodeFacts
 from .states.mig_manager import custom_config
 from .status import whole_entries
 
@@ -379,9 +379,9 @@ def _mig_enabled(node: NodeFacts, layouts: mig.Layouts | None) -> bool:
     (`layouts`) or mig-manager's own: a layout whose entries keep MIG off does not, whatever its name. Where the
     node's GPU is known, only the entries whose device-filter selects it count (mig-parted applies only those);
     else every entry. A layout not valid there counts as MIG on: mig-manager refuses it, and which mode the GPUs
-    are left in is not known here."""
+    are left in is not known here. A node known not MIG-capable never is, whatever its label."""
     layout = node.labels.get(MIG_CONFIG_LABEL)
-    if not layout or layout == mig_layouts.DISABLED:
+    if not layout or layout == mig_layouts.DISABLED or _not_mig_capable(node):
         return False
     gpu = mig.gpu_of_node(node)
     if gpu is not None:
@@ -394,14 +394,24 @@ def _mig_enabled(node: NodeFacts, layouts: mig.Layouts | None) -> bool:
     return entries is None or any(e.mig_enabled for e in entries)
 
 
-def mig_facts(nodes: Iterable[NodeFacts]) -> list[tuple[str, str]]:
-    """What the MIG check reads of labels the render key leaves out (render.RENDER_BLIND): the GPU model of each GPU
-    node with a layout other than all-disabled."""
+def _not_mig_capable(node: NodeFacts) -> bool:
+    """Whether the node is known not MIG-capable, as nodes.mig_capable reads it (GFD's mig.capable, its product,
+    NFD's device IDs; a vGPU host never is): mig-manager is not deployed there, and such a GPU cannot be in MIG
+    mode. With none of those: not known."""
+    labels = node.labels
+    known = (MIG_CAPABLE in labels or labels.get(GPU_PRODUCT) or labels.get(VGPU_HOST_DRIVER)
+             or node.label_devices or node.pci_devices)
+    return bool(known) and not node.is_mig_capable
+
+
+def mig_facts(nodes: Iterable[NodeFacts]) -> list[tuple[str, str, bool]]:
+    """What the MIG check reads of labels the render key leaves out (render.RENDER_BLIND), for each GPU node with a
+    layout other than all-disabled: its GPU model and whether it is known not MIG-capable."""
     out = []
     for n in nodes:
         if n.has_gpu and n.labels.get(MIG_CONFIG_LABEL) not in (None, "", mig_layouts.DISABLED):
             gpu = mig.gpu_of_node(n)
-            out.append((n.name, gpu.name if gpu is not None else ""))
+            out.append((n.name, gpu.name if gpu is not None else "", _not_mig_capable(n)))
     return sorted(out)
 
 

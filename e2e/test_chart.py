@@ -69,11 +69,13 @@ def fixed_nodes() -> list[NodeFacts]:
     return [node("gpu-a", "22.04", True, mig=True), node("gpu-b", "24.04", True), node("cpu-a", "22.04", False)]
 
 
-def render_all(spec: Any, nodes: list[NodeFacts], api_groups: frozenset[str] = frozenset()) -> list[StatePlan]:
-    """The operator's pipeline: label the nodes, then plan on the relabelled nodes."""
+def render_all(spec: Any, nodes: list[NodeFacts], api_groups: frozenset[str] = frozenset(),
+               config_maps: dict[str, tuple[str, ...]] | None = None) -> list[StatePlan]:
+    """The operator's pipeline: label the nodes, then plan on the relabelled nodes (`config_maps`: those of the
+    operator namespace, name -> keys)."""
     patched = relabelled(nodes, node_patches(nodes, spec))
     return plan(RenderContext(spec=spec, namespace=NAMESPACE, nodes=tuple(patched), owner=OWNER,
-                              api_groups=api_groups))  # fmt: skip
+                              api_groups=api_groups, config_maps=config_maps or {}))  # fmt: skip
 
 
 @functools.cache
@@ -819,14 +821,15 @@ def operand_rules() -> tuple[tuple[str, str, set[Atom]], ...]:
     })  # fmt: skip
     out = []
     seen_states = set()
+    config_maps: dict[str, tuple[str, ...]] = {"cfg": ("any",)}  # it exists: the states mounting it are rendered
     for spec in (everything, parse_spec({})):
-        for state_plan in render_all(spec, fixed_nodes(), api_groups=frozenset({"monitoring.coreos.com"})):
+        for state_plan in render_all(spec, fixed_nodes(), frozenset({"monitoring.coreos.com"}), config_maps):
             if state_plan.enabled:
                 seen_states.add(state_plan.state.name)
             for obj in state_plan.objects:
                 if obj["kind"] in ("Role", "ClusterRole"):
                     out.append((obj["kind"], obj["metadata"]["name"], atoms(obj["rules"])))
-    disabled = {p.state.name for p in render_all(everything, fixed_nodes())} - seen_states
+    disabled = {p.state.name for p in render_all(everything, fixed_nodes(), config_maps=config_maps)} - seen_states
     assert disabled == set(), f"states never enabled here, their rules would go unchecked: {disabled}"
     return tuple(out)
 

@@ -225,6 +225,21 @@ def test_render_policy_and_nodes_from_one_stdin(
     assert out == render_in_process(capsys, "--policy", str(both), "--nodes", str(both))[1]
 
 
+def test_render_takes_the_configmaps_of_the_policy_file_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A sharing ConfigMap that does not exist holds the device plugin (pods that cannot mount it never start); a
+    policy file holding it, as the time-slicing sample does, stands for the cluster's, as the --nodes file's do."""
+    sample = REPO / "manifests" / "samples" / "clusterpolicy-time-slicing.yaml"
+    rc, out, err = render_in_process(capsys, "--policy", str(sample), "--nodes", str(SAMPLE_NODES))
+    assert (rc, err) == (0, "")
+    assert any(d["kind"] == "DaemonSet" and d["metadata"]["name"] == "nvidia-device-plugin-daemonset"
+               for d in docs_of(out))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("".join(d for d in sample.read_text().split("---") if "kind: ClusterPolicy" in d))
+    rc, out, err = render_in_process(capsys, "--policy", str(policy), "--nodes", str(SAMPLE_NODES))
+    assert rc == 0 and "ConfigMap time-slicing-config: not found in the operator namespace" in err
+    assert "# state-device-plugin: not rendered: devicePlugin.config refused" in out
+
+
 def test_render_bare_spec_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bare = tmp_path / "spec.yaml"
     bare.write_text(yaml.safe_dump({"dcgm": {"enabled": True}}))

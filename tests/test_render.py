@@ -595,7 +595,7 @@ def test_section_settings_land_on_the_main_container(
         }
     }
     if key == "devicePlugin":
-        raw[key]["config"] = {"name": "dp-config", "default": "any"}
+        raw[key]["config"] = {"name": "sharing-config", "default": "any"}
     if key == "validator":
         del raw[key]["enabled"]  # upstream's validator has no switch: it always runs
     plans = {p.state.name: p for p in render_all(parse_spec(raw))}

@@ -380,6 +380,36 @@ def test_a_config_map_with_no_keys_is_refused_and_holds_the_states_that_load_it(
     assert sharing.context_problems(spec, {"sharing": {}}, [_node("gpu-1")], {"sharing": ("bin",)}) == []
 
 
+def test_a_devicePlugin_config_naming_a_configmap_that_does_not_exist_is_refused() -> None:
+    """The device plugin, GFD and MPS daemon pods mount devicePlugin.config.name as a (non-optional) ConfigMap
+    volume, so with no such ConfigMap they never start (FailedMount), worse than a ConfigMap with no keys. The
+    operator lists every ConfigMap of its namespace, so absence is known, yet nothing was said (no
+    SharingConfigValid condition, no problem on the states) and the DaemonSets rolled out pods that cannot start:
+    a typo in the name, or the ConfigMap deleted, replaced every running plugin with a stuck pod."""
+    from gpu_operator.reconciler import Reconciler
+    from support import EchoKube
+
+    spec = parse_spec({"devicePlugin": {"config": {"name": "sharing", "default": ""}}, "mig": {"strategy": "single"}})
+    found = sharing.context_problems(spec, {}, [_node("gpu-1")], {})
+    assert [(p.config_map, p.key, p.holds) for p in found] == [("sharing", "", True)]
+    assert str(found[0]).startswith("ConfigMap sharing: not found in the operator namespace")
+    ctx = RenderContext(spec=spec, namespace="gpu-operator", nodes=(_node("gpu-1"),), config_maps={}, config_data={})
+    plans = {p.state.name: p for p in plan(ctx)}
+    for name in sharing.HELD_STATES:
+        assert plans[name].objects == [] and "not found" in (plans[name].problem or "")
+    # the condition and the Event name it
+    posted: list[str] = []
+    r = Reconciler(EchoKube(), "gpu-operator")  # type: ignore[arg-type]
+    r.events = lambda obj, etype, reason, message: posted.append(reason)  # type: ignore[assignment]
+    said = r._check_sharing({}, ctx)
+    cond = sharing.condition("sharing", said, 1, [], "t")
+    assert cond is not None and cond["status"] == "False" and "not found" in cond["message"]
+    assert posted == [sharing.REASON]
+    # only a ConfigMap's keys known (an offline render's file): it exists, its content is not checked
+    assert sharing.context_problems(spec, {}, [_node("gpu-1")], {"sharing": ("ts",)}) == []
+    assert sharing.context_problems(spec, {}, [_node("gpu-1")]) == []  # nothing known of the namespace
+
+
 def test_an_mps_config_with_gfd_disabled_is_a_warning() -> None:
     """Only GFD labels a node nvidia.com/mps.capable=true (k8s-device-plugin internal/lm/nvml.go), which the MPS
     control daemon's nodeSelector needs: with gfd.enabled false no MPS daemon runs, and the device plugin loading an

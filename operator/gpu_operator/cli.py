@@ -162,16 +162,20 @@ def _checked(path: str, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return docs
 
 
-def _policy_from_file(path: str, docs: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any], Any]:
-    """(metadata, spec) of the first ClusterPolicy in the file (or in `docs`, read from it), or a bare spec mapping."""
+def _policy_from_file(
+    path: str, docs: list[dict[str, Any]] | None = None
+) -> tuple[dict[str, Any], Any, list[dict[str, Any]]]:
+    """(metadata, spec) of the first ClusterPolicy in the file (or in `docs`, read from it), or a bare spec mapping;
+    and the file's ConfigMaps."""
     docs = _load_yaml_docs(path) if docs is None else docs
+    config_maps = _checked(path, [d for d in docs if d.get("kind") == "ConfigMap"])
     for doc in docs:
         if doc.get("kind") == "ClusterPolicy":
             _checked(path, [doc])
             spec = doc.get("spec")  # only a null spec is the empty one: `spec: []` is parse_spec's error
-            return doc.get("metadata") or {}, {} if spec is None else spec
+            return doc.get("metadata") or {}, {} if spec is None else spec, config_maps
     if len(docs) == 1 and "kind" not in docs[0]:
-        return {"name": "cluster-policy"}, docs[0]
+        return {"name": "cluster-policy"}, docs[0], []
     raise ValueError(f"{path}: no ClusterPolicy found")
 
 
@@ -204,7 +208,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     try:
         # stdin can be read once: `--policy - --nodes -` takes both from the one stream, as from one file
         stdin = _load_yaml_docs("-") if args.policy == args.nodes == "-" else None
-        meta, raw_spec = _policy_from_file(args.policy, stdin)
+        meta, raw_spec, policy_config_maps = _policy_from_file(args.policy, stdin)
         spec = parse_spec(raw_spec, allow_unknown=args.allow_unknown_fields or allows_unknown(meta))
         node_docs = _checked(args.nodes, _load_yaml_docs(args.nodes) if stdin is None else stdin) if args.nodes else []
     except PolicyError as exc:
@@ -230,9 +234,11 @@ def cmd_render(args: argparse.Namespace) -> int:
             node = node_of_feature(doc)
             features[node] = tuple(sorted({*features.get(node, ()), *device_ids_from_node_feature(doc)}))
     nodes = list(with_devices({n.name: n for n in nodes}, features).values())
-    # ConfigMaps in the same file stand for the cluster's (the driver mounts referenced ones key by key).
+    # ConfigMaps in either file stand for the cluster's (the driver mounts referenced ones key by key; one the sharing
+    # config names that neither holds does not exist).
     config_maps = {
-        (d.get("metadata") or {}).get("name", ""): config_map_keys(d) for d in node_docs if d.get("kind") == "ConfigMap"
+        (d.get("metadata") or {}).get("name", ""): config_map_keys(d)
+        for d in [*policy_config_maps, *node_docs] if d.get("kind") == "ConfigMap"
     }
     drivers = [NVIDIADriver.from_object(d) for d in driver_docs]
     routing = driver_routing(nodes, spec, drivers)
@@ -309,7 +315,7 @@ def _render_from_cluster(args: argparse.Namespace) -> int:
         snap = observe(kube, args.namespace)
         allow = args.allow_unknown_fields
         if args.policy:  # this policy instead of the active one's spec (or as the only one)
-            meta, raw_spec = _policy_from_file(args.policy)
+            meta, raw_spec, _ = _policy_from_file(args.policy)
             allow = allow or allows_unknown(meta)
             parse_spec(raw_spec, allow_unknown=allow)
             name = active_policy(list(snap.policies.values())) or meta.get("name", "cluster-policy")

@@ -809,8 +809,7 @@ class Reconciler:
     def _check_sharing(self, policy: dict[str, Any], ctx: RenderContext) -> list[sharing.Problem] | None:
         """The sharing config's problems (None: no config); a Warning event on the policy once per change (reason
         InvalidSharingConfig when something is refused, SharingConfigWarnings for warnings only)."""
-        name = ctx.spec.device_plugin.config.name
-        if not name or name not in ctx.config_data:
+        if not ctx.spec.device_plugin.config.name:
             return None
         found = sharing.context_problems(ctx.spec, ctx.config_data, ctx.nodes, ctx.config_maps)
         message = sharing.summary(found, sharing.MESSAGE_LIMIT) if found else None

@@ -501,10 +501,17 @@ def held(found: list[Problem]) -> list[Problem]:
 def context_problems(spec: Any, config_data: Mapping[str, Mapping[str, str]], nodes: Iterable[NodeFacts] = (),
                      config_maps: Mapping[str, Iterable[str]] | None = None) -> list[Problem]:
     """The problems of the policy's sharing ConfigMap; none when there is none or its data is not known.
-    `config_maps`: every ConfigMap's keys, binaryData's too (None: only data's are known)."""
+    `config_maps`: every ConfigMap's keys, binaryData's too (None: only data's are known); a name neither has is a
+    ConfigMap that does not exist."""
     cfg = spec.device_plugin.config
-    if not cfg.name or cfg.name not in config_data:
+    if not cfg.name:
         return []
+    if cfg.name not in config_data:
+        if config_maps is None or cfg.name in config_maps:
+            return []
+        return [Problem(cfg.name, "", "", "not found in the operator namespace (devicePlugin.config.name): the device "
+                                          "plugin, GFD and MPS daemon pods cannot mount it (FailedMount), so they "
+                                          "start nowhere; create it or fix the name")]
     layouts = None
     custom = custom_config(spec)
     if custom is not None:  # unreadable or absent: {} (no layout known, each counts as MIG on)

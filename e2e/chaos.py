@@ -13,7 +13,8 @@ through every scenario once, in a seeded random order, with seeded fault points:
   A kill that lands once the cluster converged (fewer writes than drawn) recovers nothing: the fault says so,
   the summary counts it, and kill-install and kill-upgrade fail on it (kill-mig's change is a couple of writes).
 - apiserver-restart, etcd-restart: kube-apiserver (or etcd) is SIGKILLed and started again while a driver
-  rollout has nodes in progress.
+  rollout has nodes in progress; kwok is then restarted, standing in for the kubelets' periodic pod sync (kwok
+  drops a pod action the API server failed, see Chaos.resync_kubelets).
 - competing-writer: another field manager sets the device plugin DaemonSet's image and removes a GPU node's
   `nvidia.com/gpu.present` label; the operator must take both back with one write each, then stay quiet.
 - watch-expiry: the operator is frozen (SIGSTOP), the API server restarted (its watches end), an operand
@@ -313,6 +314,15 @@ class Chaos:
                 return f"node {name}: paused {paused}"
         return None
 
+    def workload_state(self) -> str:
+        """The GPU workload's pods (node, phase, Ready, terminating) and its budget: what holds an eviction."""
+        pods = [f"{p['metadata']['name']}@{p['spec'].get('nodeName') or '-'} {(p.get('status') or {}).get('phase')}"
+                f"{' ready' if _ready(p) else ''}{' terminating' if p['metadata'].get('deletionTimestamp') else ''}"
+                for p in self.admin.list("Pod", WORK, label_selector=f"app={GPU_APP}")]  # fmt: skip
+        st = (self.admin.get("PodDisruptionBudget", GPU_APP, WORK) or {}).get("status") or {}
+        return (f"{'; '.join(pods)}; budget: {st.get('currentHealthy')} healthy, {st.get('disruptionsAllowed')} "
+                f"allowed, disrupted {sorted(st.get('disruptedPods') or {})}")
+
     def wait_converged(self, what: str, timeout: float | None = None) -> float:
         timeout = timeout or self.timeout
         t = time.monotonic()
@@ -325,7 +335,9 @@ class Chaos:
         try:
             wait_for(done, timeout, interval=0.5, message=f"convergence after {what}")
         except AssertionError as exc:
-            raise AssertionError(f"{exc}\nleft: {last[0]}\noperator log:\n{self.op.log_tail(40)}") from None
+            raise AssertionError(
+                f"{exc}\nleft: {last[0]}\nworkload: {self.workload_state()}\noperator log:\n{self.op.log_tail(40)}"
+            ) from None
         return time.monotonic() - t
 
     def quiet(self, settle: float = 6.0, timeout: float = 90.0) -> list[str]:
@@ -468,7 +480,18 @@ class Chaos:
         self.wait_rollout_in_progress()
         t0 = time.monotonic()
         away = self.cluster.restart(component)
+        self.resync_kubelets()
         return f"{component} killed and back in {away:.1f}s", t0, True
+
+    def resync_kubelets(self) -> None:
+        """Restart kwok once the API server answers again. kwok plays the kubelets but retries a pod's action only
+        after a refused connection or a timeout: one answered 500 (etcd away) or cut off (the API server killed) is
+        dropped, a terminating pod's final delete or a new pod's start say, and the pod waits for good for an event
+        that never comes, where a kubelet's periodic sync would carry it out (a GPU workload pod left terminating
+        held a PodDisruptionBudget and the driver upgrade's evictions for good). Its restart lists every pod again:
+        the kubelets' resync."""
+        wait_for(self.cluster.api_ready, 60, interval=0.2, message="the API server ready")
+        self.cluster.restart("kwok")
 
     def s_apiserver_restart(self) -> tuple[str, float, bool]:
         return self._restart_mid_rollout("kube-apiserver")
@@ -513,6 +536,7 @@ class Chaos:
             t0 = time.monotonic()
             # The restart first: its watches end before the deletion, so no event of it waits in a socket buffer.
             self.cluster.restart("kube-apiserver")
+            self.resync_kubelets()
             wait_for(lambda: self.admin.delete("DaemonSet", first, NAMESPACE), 30, message=f"{first} deleted")
             wait_for(lambda: self.admin.get("DaemonSet", first, NAMESPACE) is None, 30, message=f"{first} gone")
             rev = self.cluster.etcd_compact()

@@ -435,6 +435,13 @@ class LocalCluster:
         self._start_and_wait(component, args(), ready, time.monotonic() + timeout)
         return time.monotonic() - t
 
+    def api_ready(self) -> bool:
+        """Whether the API server answers /readyz (etcd included) and serves a read."""
+        try:
+            return self._apiserver_ready()
+        except OSError:
+            return False
+
     def etcd_revision(self) -> int:
         """etcd's current revision (the newest resourceVersion the API server can have handed out)."""
         return int(self._etcd_post("/v3/kv/range", {"key": base64.b64encode(b"/").decode()})["header"]["revision"])

@@ -214,6 +214,7 @@ CONFIG_MAPS: dict[str, tuple[str, ...]] = {
     "repo-config": ("custom.list",),
     "cert-config": ("corp-ca.crt",),
     "kernel-module-params": ("nvidia.conf",),
+    "licensing-config": ("client_configuration_token.tok", "gridd.conf"),
     # devicePlugin.config's (their data is not known here, so not checked: a missing one holds the device plugin)
     "device-plugin-config": ("time-slicing-4",),
     "time-slicing-config": ("any",),

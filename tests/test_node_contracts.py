@@ -20,9 +20,9 @@ import yaml
 from gpu_operator.api import parse_spec
 from gpu_operator.render import StatePlan
 from gpu_operator.states.base import COMPONENT, STATE_LABEL, owning_state
-from gpu_operator.states.driver import config_digest, image_os_tag
+from gpu_operator.states.driver import config_digest, image_os_tag, named_secrets
 from gpu_operator.upgrade.adapter import upgrade_nodes
-from support import container, daemonset, daemonsets, deep_merge, facts, load_policy, render_all
+from support import CONFIG_MAPS, container, daemonset, daemonsets, deep_merge, facts, load_policy, render_all
 
 NAMESPACE_ENV = {"name": "OPERATOR_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
 NODE_NAME_ENV = {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
@@ -362,13 +362,45 @@ def test_licensing_secret_with_nls_token() -> None:
 
 def test_licensing_config_map_without_nls_mounts_only_gridd_conf() -> None:
     raw = sample()
-    raw["driver"] = {**raw["driver"], "licensingConfig": {"configMapName": "licensing", "nlsEnabled": False}}
+    raw["driver"] = {**raw["driver"], "licensingConfig": {"configMapName": "licensing-config", "nlsEnabled": False}}
     ds = driver_ds(raw)
     assert volumes(ds)["licensing-config"]["configMap"] == {
-        "name": "licensing",
+        "name": "licensing-config",
         "items": [{"key": "gridd.conf", "path": "gridd.conf"}],
     }
     assert "/drivers/ClientConfigToken/client_configuration_token.tok" not in mounts(container(ds, "nvidia-driver-ctr"))
+
+
+def test_a_missing_licensing_config_map_leaves_the_driver_state_unrendered_and_says_why() -> None:
+    """As a missing repo/cert/kernel-module ConfigMap (beyond upstream, which mounts it unchecked): rendered, every
+    driver pod (re)created - by an upgrade, on a new node - stays in ContainerCreating ("configmap not found")."""
+    assert "no-such-licensing" not in CONFIG_MAPS
+    raw = sample()
+    raw["driver"] = {**raw["driver"], "licensingConfig": {"configMapName": "no-such-licensing", "nlsEnabled": False}}
+    plan = plans_of(raw)["state-driver"]
+    assert plan.objects == []
+    assert plan.problem == (
+        "ConfigMap no-such-licensing (driver.licensingConfig.configMapName) not found in namespace gpu-operator"
+    )
+
+
+def test_a_licensing_config_map_without_the_keys_its_volume_lists_leaves_the_driver_state_unrendered() -> None:
+    """The volume lists gridd.conf (and the NLS token with nlsEnabled): a key the ConfigMap lacks makes the kubelet
+    refuse the volume ("couldn't find key gridd.conf"), so no driver pod would start."""
+    raw = sample()
+    raw["driver"] = {**raw["driver"], "licensingConfig": {"configMapName": "licensing-config", "nlsEnabled": False}}
+    plan = plans_of(raw, config_maps={**CONFIG_MAPS, "licensing-config": ("other.conf",)})["state-driver"]
+    assert plan.objects == []
+    assert plan.problem == "ConfigMap licensing-config (driver.licensingConfig.configMapName) has no key gridd.conf"
+    raw["driver"]["licensingConfig"] = {"configMapName": "licensing-config", "nlsEnabled": True}
+    plan = plans_of(raw, config_maps={**CONFIG_MAPS, "licensing-config": ("gridd.conf",)})["state-driver"]
+    assert plan.problem == (
+        "ConfigMap licensing-config (driver.licensingConfig.configMapName) has no key client_configuration_token.tok,"
+        " needed with driver.licensingConfig.nlsEnabled"
+    )
+    # A Secret takes priority: the ConfigMap is not mounted, so not checked.
+    raw["driver"]["licensingConfig"] = {"configMapName": "no-such-licensing", "secretName": "licensing"}
+    assert plans_of(raw)["state-driver"].problem is None
 
 
 def test_a_missing_config_map_leaves_the_driver_state_unrendered_and_says_why() -> None:
@@ -420,6 +452,20 @@ def test_secret_env_naming_a_missing_secret_leaves_the_driver_state_unrendered_a
     plan = plans_of(raw, missing_secrets=frozenset({"no-such-secret"}))["state-driver"]
     assert plan.objects == []
     assert plan.problem == "Secret no-such-secret (driver.secretEnv) not found in namespace gpu-operator"
+    assert plans_of(raw, missing_secrets=frozenset({"other"}))["state-driver"].problem is None
+
+
+def test_a_missing_licensing_secret_leaves_the_driver_state_unrendered_and_says_why() -> None:
+    """driver.licensingConfig.secretName is a Secret volume of the driver pod: missing, every new driver pod stays
+    in ContainerCreating. It is among the Secrets read by name (its keys are not: that needs its data)."""
+    raw = sample()
+    raw["driver"] = {**raw["driver"], "licensingConfig": {"secretName": "licensing-secret"}, "secretEnv": "env"}
+    assert named_secrets(parse_spec(raw)) == {"licensing-secret", "env"}
+    plan = plans_of(raw, missing_secrets=frozenset({"licensing-secret"}))["state-driver"]
+    assert plan.objects == []
+    assert plan.problem == (
+        "Secret licensing-secret (driver.licensingConfig.secretName) not found in namespace gpu-operator"
+    )
     assert plans_of(raw, missing_secrets=frozenset({"other"}))["state-driver"].problem is None
 
 

@@ -580,12 +580,32 @@ def test_an_nvidiadriver_whose_secret_env_secret_is_missing_is_held() -> None:
     assert [d["metadata"]["name"] for d in daemonsets([driver_plan])] == ["nvidia-driver-daemonset-ubuntu22.04"]
 
 
+def test_an_nvidiadriver_whose_licensing_secret_is_missing_is_held() -> None:
+    """Its licensingConfig.secretName is a Secret volume of its driver pods: read by name as secretEnv's, and a
+    missing one holds that NVIDIADriver's DaemonSets only (beyond upstream, which mounts it unchecked)."""
+    from gpu_operator.render import driver_routing
+    from gpu_operator.states.driver import named_secrets
+
+    objs = drivers_objects(("default", {"default": True}),
+                           ("pool-b", {"nodeSelector": {"pool": "b"}, "licensingConfig": {"secretName": "gone"}}))
+    nodes = [facts("a1", labels={"pool": "a"}), facts("b1", labels={"pool": "b"})]
+    groups = driver_routing(nodes, parse_spec(crd_policy()), [NVIDIADriver.from_object(o) for o in objs]).groups
+    assert named_secrets(parse_spec(crd_policy()), groups) == {"gone"}
+    plans = render_all(parse_spec(crd_policy()), nodes, nvidia_drivers=objs, missing_secrets=frozenset({"gone"}))
+    driver_plan = next(p for p in plans if p.state.name == "state-driver")
+    assert driver_plan.held == {
+        "uid-pool-b": "NVIDIADriver pool-b: Secret gone (licensingConfig.secretName) not found in namespace "
+        "gpu-operator"}
+    assert [d["metadata"]["name"] for d in daemonsets([driver_plan])] == ["nvidia-driver-daemonset-ubuntu22.04"]
+
+
 @pytest.mark.parametrize(
     ("field", "path"),
     [
         ({"repoConfig": {"name": "missing-cm"}}, "repoConfig.name"),
         ({"certConfig": {"name": "missing-cm"}}, "certConfig.name"),
         ({"kernelModuleConfig": {"name": "missing-cm"}}, "kernelModuleConfig.name"),
+        ({"licensingConfig": {"name": "missing-cm"}}, "licensingConfig.name"),
     ],
 )
 def test_an_nvidiadriver_held_for_a_missing_config_map_is_told_its_own_field(field: dict[str, Any],
@@ -598,7 +618,7 @@ def test_an_nvidiadriver_held_for_a_missing_config_map_is_told_its_own_field(fie
     driver_plan = next(p for p in plans if p.state.name == "state-driver")
     assert driver_plan.held == {
         "uid-team-a": f"NVIDIADriver team-a: ConfigMap missing-cm ({path}) not found in namespace gpu-operator"}
-    if path != "kernelModuleConfig.name":  # an OS without a repo (or certificate) directory
+    if path in ("repoConfig.name", "certConfig.name"):  # an OS without a repo (or certificate) directory
         plans = render_all(parse_spec(crd_policy()), [facts("n1", os=("flatcar", "3975"))], nvidia_drivers=objs,
                            config_maps={"missing-cm": ()})  # fmt: skip
         held = next(p for p in plans if p.state.name == "state-driver").held["uid-team-a"]

@@ -71,7 +71,7 @@ BUILTIN = (
     Kind("Namespace", "v1", "namespaces", False),
     Kind("Node", "v1", "nodes", False),
     Kind("Pod", "v1", "pods", True),
-    Kind("Secret", "v1", "secrets", True),  # only a driver.secretEnv Secret, by name (get)
+    Kind("Secret", "v1", "secrets", True),  # only the driver's secretEnv and licensing Secrets, by name (get)
     Kind("Event", "v1", "events", True),
     Kind("ControllerRevision", "apps/v1", "controllerrevisions", True),
     Kind("Deployment", "apps/v1", "deployments", True),

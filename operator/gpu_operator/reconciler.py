@@ -69,7 +69,8 @@ from .upgrade.model import STATE_LABEL as UPGRADE_STATE
 from .upgrade.orchestrate import Orchestrated, left_behind, orchestrate, set_gauges
 
 log = logging.getLogger("gpu_operator")
-# A driver.secretEnv Secret found is read again after this long (a missing one on every pass until it appears).
+# A driver Secret (secretEnv, licensingConfig.secretName) found is read again after this long (a missing one on
+# every pass until it appears).
 SECRET_RECHECK_S = 60.0
 
 __all__ = ["CLEANUP_FINALIZER", "Outcome", "Reconciler"]
@@ -187,7 +188,7 @@ class Reconciler:
             except ApiError as exc:
                 if name not in self._unreadable_secrets:
                     self._unreadable_secrets.add(name)
-                    log.warning("Secret %s (driver.secretEnv) not checked: %s %s", name, exc.status, exc.reason)
+                    log.warning("Secret %s (driver) not checked: %s %s", name, exc.status, exc.reason)
                 continue
             self._unreadable_secrets.discard(name)
             if found is None:

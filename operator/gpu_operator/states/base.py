@@ -68,8 +68,8 @@ class RenderContext:
     config_maps: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # Their data, where known (the device plugin's sharing config is validated before it rolls out).
     config_data: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
-    # Secrets the spec names (driver.secretEnv) that were looked up in the operator namespace and are not there;
-    # one not looked up (an offline render) is not checked.
+    # Secrets the spec names (driver.secretEnv, licensingConfig.secretName) that were looked up in the operator
+    # namespace and are not there; one not looked up (an offline render) is not checked.
     missing_secrets: frozenset[str] = frozenset()
     # With driver.useNvidiaDriverCRD: what the driver state renders per NVIDIADriver (nvidiadriver.DriverGroup).
     nvidia_drivers: tuple[Any, ...] = ()

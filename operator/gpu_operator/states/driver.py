@@ -126,11 +126,13 @@ def _config_map_files(ctx: RenderContext, name: str, field: str, dest: str) -> d
 
 
 def named_secrets(spec: ClusterPolicySpec, groups: Iterable[Any] = ()) -> frozenset[str]:
-    """The Secrets driver pods take env from: driver.secretEnv, or with NVIDIADrivers (`groups`) each one's."""
+    """The Secrets driver pods need (driver.secretEnv, driver.licensingConfig.secretName), or with NVIDIADrivers
+    (`groups`) each one's."""
     if not spec.driver.enabled:
         return frozenset()
     specs = [g.spec for g in groups] if spec.driver.use_nvidia_driver_crd else [spec]
-    return frozenset(s.driver.secret_env for s in specs if s.driver.secret_env)
+    names = (n for s in specs for n in (s.driver.secret_env, s.driver.licensing_config.secret_name))
+    return frozenset(n for n in names if n)
 
 
 def _pool_nodes(nodes: tuple[NodeFacts, ...], pool: Pool) -> list[NodeFacts]:
@@ -143,12 +145,38 @@ def _pool_nodes(nodes: tuple[NodeFacts, ...], pool: Pool) -> list[NodeFacts]:
     ]
 
 
+_NVIDIADRIVER_FIELDS = {
+    "repoConfig.configMapName": "repoConfig.name",
+    "licensingConfig.configMapName": "licensingConfig.name",
+}
+
+
 def _field(ctx: RenderContext, name: str) -> str:
     """A driver field as the user wrote it: under `driver.` in a ClusterPolicy, at the top of an NVIDIADriver
-    (whose repoConfig names its ConfigMap `name`)."""
+    (whose repoConfig and licensingConfig name their ConfigMap `name`)."""
     if ctx.driver_group is not None:
-        return "repoConfig.name" if name == "repoConfig.configMapName" else name
+        return _NVIDIADRIVER_FIELDS.get(name, name)
     return f"driver.{name}"
+
+
+def _check_licensing(ctx: RenderContext) -> None:
+    """The licensing Secret (its keys are not known here) or ConfigMap exists, the ConfigMap with the keys the
+    volume lists: else the kubelet cannot mount it and no driver pod starts."""
+    licensing = ctx.spec.driver.licensing_config
+    if licensing.secret_name:
+        if licensing.secret_name in ctx.missing_secrets:
+            field = _field(ctx, "licensingConfig.secretName")
+            raise RenderProblem(f"Secret {licensing.secret_name} ({field}) not found in namespace {ctx.namespace}")
+        return
+    name, field = licensing.config_map_name, _field(ctx, "licensingConfig.configMapName")
+    keys = ctx.config_maps.get(name)
+    if keys is None:
+        raise RenderProblem(f"ConfigMap {name} ({field}) not found in namespace {ctx.namespace}")
+    if GRIDD_CONF not in keys:
+        raise RenderProblem(f"ConfigMap {name} ({field}) has no key {GRIDD_CONF}")
+    if licensing.nls_enabled and NLS_TOKEN not in keys:
+        nls = _field(ctx, "licensingConfig.nlsEnabled")
+        raise RenderProblem(f"ConfigMap {name} ({field}) has no key {NLS_TOKEN}, needed with {nls}")
 
 
 def _pool(ctx: RenderContext, pool: Pool) -> dict[str, Any]:
@@ -223,6 +251,7 @@ def _pool(ctx: RenderContext, pool: Pool) -> dict[str, Any]:
     licensing = driver.licensing_config
     secret = licensing.secret_name
     if secret or licensing.config_map_name:
+        _check_licensing(ctx)
         items = [{"key": GRIDD_CONF, "path": GRIDD_CONF}]
         driver_mounts.append(
             {

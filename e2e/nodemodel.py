@@ -1168,7 +1168,7 @@ class NodeModel:
                 handler = self._world.runtime_classes.get(rc)
                 if handler is None:
                     memo.need = Need("runtimeclass", rc, "sandbox",
-                                     f'Failed to create pod sandbox: RuntimeClass "{rc}" not found')
+                                     f'Failed to create pod sandbox: runtimeclass.node.k8s.io "{rc}" not found')
                     return None
                 if handler not in self.host.handlers:
                     memo.need = Need("handler", handler, "sandbox")

@@ -2152,6 +2152,28 @@ def test_a_workload_pod_that_cannot_get_an_nvidia_sandbox_is_diagnosed() -> None
     assert diagnose(cluster([node("h-0")], [w], events=[cni])) == []  # not the GPU stack's
 
 
+def test_the_kubelets_runtimeclass_not_found_sandbox_failure_gets_the_runtimeclass_fix() -> None:
+    """A pod admitted while its RuntimeClass existed and bound after the class was deleted fails in the kubelet:
+    createPodSandbox's LookupRuntimeHandler returns the lister's NotFound, 'runtimeclass.node.k8s.io "nvidia" not
+    found' (lower case). The case-sensitive test for "RuntimeClass" missed it, and it got entry 10's toolkit fix
+    (CONTAINERD_CONFIG), which cannot help: §12 entry 9, the class is missing."""
+    w = pod("train", 1, node_name="h-0", image="nvcr.io/nvidia/pytorch:25.01-py3", runtimeClassName="nvidia",
+            status={"phase": "Pending", "containerStatuses": [
+                {"name": "main", "ready": False, "state": {"waiting": {"reason": "ContainerCreating"}}}]})  # fmt: skip
+    message = 'Failed to create pod sandbox: runtimeclass.node.k8s.io "nvidia" not found'
+    ev = {"reason": "FailedCreatePodSandBox", "type": "Warning", "message": message,
+          "involvedObject": {"kind": "Pod", "namespace": "default", "name": "train"}}  # fmt: skip
+    f = kinds(cluster([node("h-0")], [w], events=[ev]))["PodSandboxFailed"]
+    assert "RuntimeClass is missing, though the ClusterPolicy's pre-requisites state creates nvidia" in f.fix, f.fix
+    assert "container toolkit" not in f.fix, f.fix
+    # A class the operator does not create: the ones it does, and operator.runtimeClass.
+    w["spec"]["runtimeClassName"] = "nvidia-gpu"
+    ev["message"] = 'Failed to create pod sandbox: runtimeclass.node.k8s.io "nvidia-gpu" not found'
+    f = kinds(cluster([node("h-0")], [w], events=[ev]))["PodSandboxFailed"]
+    assert "creates nvidia, nvidia-cdi, nvidia-legacy, not nvidia-gpu" in f.fix, f.fix
+    assert "operator.runtimeClass" in f.fix, f.fix
+
+
 def test_a_sandbox_event_does_not_outlive_the_sandbox_of_a_pod_still_pulling_its_image() -> None:
     """A pod created before the toolkit configured the nvidia handler keeps its FailedCreatePodSandBox event (events
     live an hour). While its big CUDA image is pulled, or cannot be pulled, it is Pending with no container started,

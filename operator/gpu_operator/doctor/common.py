@@ -131,11 +131,48 @@ def sandbox_failure(cluster: Cluster, pod: dict[str, Any]) -> dict[str, Any] | N
     return failed[-1] if when is not None and last is not None and when > last else None
 
 
-def sandbox_fix(message: str) -> str:
+# The RuntimeClass named in a not-found message: the admission plugin's 'RuntimeClass "x" not found', the kubelet's
+# (its lister's NotFound) 'runtimeclass.node.k8s.io "x" not found'.
+_RUNTIME_CLASS_NAME = re.compile(r'runtimeclass\S* "([^"]*)"', re.IGNORECASE)
+
+
+def missing_runtime_class(message: str) -> str | None:
+    """The RuntimeClass a refusal or sandbox failure says does not exist ("" where it names none the usual way),
+    None if the message says no such thing."""
+    low = message.lower()
+    if "runtimeclass" not in low or "not found" not in low:
+        return None
+    m = _RUNTIME_CLASS_NAME.search(message)
+    return m.group(1) if m else ""
+
+
+def runtime_class_fix(cluster: Cluster, name: str) -> str:
+    """What to do about pods naming RuntimeClass `name`, which does not exist (REFERENCE §12 entry 9). The
+    pre-requisites state creates operator.runtimeClass, and nvidia-cdi and nvidia-legacy with CDI; none with CDI's
+    NRI plugin (templates/pre-requisites)."""
+    named = name or "the one the pod names"
+    _, spec = policy(cluster)
+    if spec is None:
+        return ("the RuntimeClass is missing: the NVIDIA ones are created by a ClusterPolicy's pre-requisites state "
+                f'(operator.runtimeClass, "nvidia" by default) and there is no valid ClusterPolicy; or name an '
+                f"existing RuntimeClass instead of {named}")  # fmt: skip
+    if spec.cdi.nri_plugin_enabled:
+        return ("the RuntimeClass is missing: with CDI's NRI plugin (cdi.nriPluginEnabled) the operator creates "
+                "none and GPU pods need none: remove runtimeClassName")  # fmt: skip
+    created = [spec.operator.runtime_class] + [c for c in ("nvidia-cdi", "nvidia-legacy")
+                                               if spec.cdi.enabled and c != spec.operator.runtime_class]  # fmt: skip
+    if name in created:
+        return (f"the RuntimeClass is missing, though the ClusterPolicy's pre-requisites state creates {name}: read "
+                "the ClusterPolicy's status (state pre-requisites) and the operator's log")  # fmt: skip
+    return (f"the RuntimeClass is missing: the ClusterPolicy's pre-requisites state creates {', '.join(created)}, "
+            f"not {named}: name one of those in runtimeClassName, or set operator.runtimeClass to it")
+
+
+def sandbox_fix(cluster: Cluster, message: str) -> str:
     """What to do about a FailedCreatePodSandBox message (REFERENCE §12 entries 9, 10)."""
-    if "RuntimeClass" in message:
-        return ("the RuntimeClass is missing or named differently: check the pre-requisites state and "
-                "operator.runtimeClass")
+    name = missing_runtime_class(message)
+    if name is not None:
+        return runtime_class_fix(cluster, name)
     return ("the nvidia runtime handler is not configured on this node yet: the container toolkit configures it "
             "(check its pod on the node); on k3s, k0s or RKE2 set CONTAINERD_CONFIG/CONTAINERD_SOCKET in "
             "toolkit.env to that distribution's paths")  # fmt: skip

@@ -147,7 +147,7 @@ def _why_not_ready(cluster: Cluster, pod: dict[str, Any]) -> tuple[str, str, str
         return name, reason, look
     if sandbox:
         message = str(sandbox.get("message") or "")
-        return "sandbox", f"FailedCreatePodSandBox: {message}", sandbox_fix(message)
+        return "sandbox", f"FailedCreatePodSandBox: {message}", sandbox_fix(cluster, message)
     for cs in status.get("containerStatuses") or []:
         if cs.get("ready"):
             continue

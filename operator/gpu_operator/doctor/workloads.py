@@ -272,7 +272,7 @@ def _sandbox(cluster: Cluster, pod: dict[str, Any]) -> list[Finding]:
     return [Finding(
         ERROR, "PodSandboxFailed", ref,
         f"the pod is bound to {node} but its sandbox cannot be created there, so no container starts: {message}",
-        sandbox_fix(message), [Evidence(ref, "event FailedCreatePodSandBox", message)], nodes=(node,),
+        sandbox_fix(cluster, message), [Evidence(ref, "event FailedCreatePodSandBox", message)], nodes=(node,),
     )]  # fmt: skip
 
 

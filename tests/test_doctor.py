@@ -2260,6 +2260,29 @@ def test_a_controller_whose_gpu_pods_the_api_server_refuses_is_named_with_the_fi
     assert diagnose(cluster([node("h-0")], [], events=events), node="h-0") == []
 
 
+NO_RUNTIME_CLASS = ('Error creating: pods "train-5d8f9c7b6-" is forbidden: pod rejected: RuntimeClass "nvidia" not '
+                    "found")  # fmt: skip
+
+
+def test_a_controller_whose_pods_name_a_runtimeclass_that_does_not_exist_is_named() -> None:
+    """REFERENCE §12 entry 9: 'RuntimeClass "nvidia" not found' is the RuntimeClass admission plugin's refusal (on by
+    default): a Deployment's ReplicaSet gets only a FailedCreate event and no pod. Only entries 4 and 5 were known,
+    so the event was dropped and doctor said "no findings" (exit 0) while the Deployment had no pod."""
+    found = diagnose(cluster([node("h-0")], [], events=[refused("ReplicaSet", "train-5d8f9c7b6", NO_RUNTIME_CLASS)]))
+    assert exit_status(found) == 2, render_text(found)
+    (f,) = found
+    assert (f.kind, f.object) == ("PodCreationRefused", "ReplicaSet default/train-5d8f9c7b6")
+    assert "their RuntimeClass nvidia does not exist" in f.summary, f.summary
+    assert "the ClusterPolicy's pre-requisites state creates nvidia: read the ClusterPolicy's status" in f.fix, f.fix
+    # A class the operator does not create, and no ClusterPolicy at all.
+    other = NO_RUNTIME_CLASS.replace('"nvidia"', '"gpu"')
+    (f,) = diagnose(cluster([node("h-0")], [], events=[refused("ReplicaSet", "train-5d8f9c7b6", other)]))
+    assert "creates nvidia, nvidia-cdi, nvidia-legacy, not gpu" in f.fix, f.fix
+    (f,) = [f for f in diagnose(cluster([node("h-0")], [], events=[refused("Job", "j", other)], policy=False))
+            if f.kind == "PodCreationRefused"]  # fmt: skip
+    assert "there is no valid ClusterPolicy" in f.fix, f.fix
+
+
 def test_a_refusal_of_two_containers_is_quoted_without_the_aggregates_punctuation() -> None:
     """The API server joins several field errors as "[a, b]" (field.ErrorList.ToAggregate): the limit was taken
     up to the next space, so a pod whose two containers both ask a request unequal to the limit read "its limit of

@@ -1,4 +1,4 @@
-"""Workload findings (REFERENCE §12 entries 4-10, 17, 18): controllers whose GPU pods the API server refuses, CUDA
+"""Workload findings (REFERENCE §12 entries 4-10, 17, 18): controllers whose pods the API server refuses, CUDA
 images without a GPU, GPU pods whose image cannot be pulled (the seed's Exercise 1 tag), pods whose sandbox the nvidia
 runtime cannot create, more than one replica of a shared (time-sliced or MPS) GPU, the CUDA an image needs against
 the node's driver (from the pod spec, or the runtime's refusal), images without code for the GPU, a GPU pod in which
@@ -30,10 +30,12 @@ from .common import (
     full_support_version,
     image_pull_failure,
     image_repository,
+    missing_runtime_class,
     most_shared_gpus,
     mps_refuses,
     parse_time,
     policy,
+    runtime_class_fix,
     sandbox_failure,
     sandbox_fix,
     shared_replicas,
@@ -110,7 +112,7 @@ def findings(cluster: Cluster, pods: list[dict[str, Any]]) -> list[Finding]:
 
 
 def refused_creations(cluster: Cluster, namespace: str | None = None) -> list[Finding]:
-    """§12 entries 4 and 5 for the pods a controller creates: the API server refuses each, so none exists, and the
+    """§12 entries 4, 5 and 9 for the pods a controller creates: the API server refuses each, so none exists, and the
     controller (ReplicaSet, Job, StatefulSet, DaemonSet) posts a Warning event FailedCreate on itself quoting the
     refusal. The latest such event per controller, unless pods were created since (the template was fixed) or the
     controller is gone (the event outlives it by up to an hour)."""
@@ -119,26 +121,33 @@ def refused_creations(cluster: Cluster, namespace: str | None = None) -> list[Fi
         if (kind, ns, name) in cluster.gone or _created_since(cluster, kind, ns, name, event_time(e)):
             continue
         message = str(e.get("message") or "")
-        what, fix = _refusal(message) or ("", "")
-        where = _TEMPLATE_OF.get(kind, f"in the {kind}'s pod template")
+        runtime_class = missing_runtime_class(message)
+        if runtime_class is not None:  # the RuntimeClass admission plugin's
+            what = f"their RuntimeClass {runtime_class or '(named in the event)'} does not exist"
+            fix = runtime_class_fix(cluster, runtime_class)
+        else:
+            what, fix = _refusal(message) or ("", "")
+            where = _TEMPLATE_OF.get(kind, f"in the {kind}'s pod template")
+            fix = f"{where}: {fix}"
         ref = f"{kind} {ns}/{name}"
         out.append(Finding(
             ERROR, "PodCreationRefused", ref,
             f"the API server refuses the pods {ref} creates, so they do not exist: {what}",
-            f"{where}: {fix}", [Evidence(ref, "event FailedCreate", message)],
+            fix, [Evidence(ref, "event FailedCreate", message)],
         ))  # fmt: skip
     return out
 
 
 def _refusals(events: list[dict[str, Any]], namespace: str | None = None) -> dict[tuple[str, str, str], dict[str, Any]]:
-    """(kind, namespace, name) -> the latest FailedCreate event quoting a refusal of §12 entries 4 and 5."""
+    """(kind, namespace, name) -> the latest FailedCreate event quoting a refusal of §12 entries 4, 5 and 9."""
     latest: dict[tuple[str, str, str], dict[str, Any]] = {}
     for e in events:
         obj = e.get("involvedObject") or {}
         key = (str(obj.get("kind") or ""), str(obj.get("namespace") or ""), str(obj.get("name") or ""))
         if e.get("reason") != "FailedCreate" or key[0] == "Pod" or namespace and key[1] != namespace:
             continue
-        if _refusal(str(e.get("message") or "")) and (
+        message = str(e.get("message") or "")
+        if (_refusal(message) or missing_runtime_class(message) is not None) and (
             key not in latest or (event_time(e) or _NO_TIME) >= (event_time(latest[key]) or _NO_TIME)
         ):
             latest[key] = e

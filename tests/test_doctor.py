@@ -963,6 +963,39 @@ def test_a_validator_waiting_for_a_driver_the_operator_does_not_deploy_is_not_se
         "OperandNotReady"].fix  # fmt: skip
 
 
+def test_a_validator_waiting_for_a_toolkit_the_operator_does_not_deploy_is_not_sent_to_the_toolkit_state() -> None:
+    """With toolkit.enabled false (or a node's gpu.deploy.container-toolkit false) the operator deploys no container
+    toolkit there: the host's runtime must run the validator's toolkit-validation (nvidia-smi through the nvidia
+    runtime). doctor said it "waits for the container toolkit (state-container-toolkit)" and to look at that state
+    first, which has no pod; as for driver-validation with the driver disabled, it names the host's toolkit now."""
+    done = {"terminated": {"exitCode": 0}}
+    validator = _validator([{"name": "driver-validation", "state": done},
+                            {"name": "toolkit-validation", "state": {"running": {}}}])  # fmt: skip
+    status = {"state": "notReady", "states": [{"name": "state-operator-validation", "state": "notReady",
+                                               "message": "1 of 1 pods unavailable"}]}  # fmt: skip
+    c = cluster([node("h-0")], [validator], policy_status=status)
+    c.snapshot.policies["cluster-policy"]["spec"] = {"toolkit": {"enabled": False}}
+    f = kinds(c)["OperandNotReady"]
+    assert "state-container-toolkit" not in f.summary + f.fix, (f.summary, f.fix)
+    assert "waits for the NVIDIA Container Toolkit installed on the host (toolkit.enabled is false" in f.summary
+    assert "nvidia-ctk runtime configure" in f.fix, f.fix
+    host = node("h-0", labels={"nvidia.com/gpu.deploy.container-toolkit": "false"})
+    f = kinds(cluster([host], [validator], policy_status=status))["OperandNotReady"]
+    assert "on the host (nvidia.com/gpu.deploy.container-toolkit=false" in f.summary, f.summary
+    # Deployed by the operator: its state, as before.
+    f = kinds(cluster([node("h-0")], [validator], policy_status=status))["OperandNotReady"]
+    assert "look at the container toolkit (state-container-toolkit)" in f.fix, f.fix
+    # The validator's sandbox without the nvidia handler: the host's runtime too, not the toolkit's pod.
+    sandbox = {"reason": "FailedCreatePodSandBox", "type": "Warning", "message": 'failed to get sandbox runtime: no '
+               'runtime for "nvidia" is configured', "involvedObject": {"kind": "Pod", "namespace": NS,
+                                                                       "name": "nvidia-operator-validator-x"}}
+    creating = _validator([{"name": "driver-validation", "state": {"waiting": {"reason": "PodInitializing"}}}])
+    c = cluster([node("h-0")], [creating], events=[sandbox], policy_status=status)
+    c.snapshot.policies["cluster-policy"]["spec"] = {"toolkit": {"enabled": False}}
+    f = kinds(c)["OperandNotReady"]
+    assert "toolkit.enabled is false" in f.fix and "check its pod" not in f.fix, f.fix
+
+
 def test_an_operand_pod_on_a_node_gone_notready_points_at_the_node() -> None:
     """Its containers still read ready (the kubelet stopped reporting); only its Ready condition is False."""
     plugin = {"kind": "Pod", "spec": {"nodeName": "h-0"},

@@ -168,11 +168,20 @@ def runtime_class_fix(cluster: Cluster, name: str) -> str:
             f"not {named}: name one of those in runtimeClassName, or set operator.runtimeClass to it")
 
 
+# Where the operator deploys no container toolkit (toolkit.enabled false, or a node's deploy label false).
+HOST_TOOLKIT_FIX = ("install the NVIDIA Container Toolkit on the host and configure its runtime there (`nvidia-ctk "
+                    "runtime configure --runtime=containerd`, then restart containerd; cri-o likewise)")  # fmt: skip
+
+
 def sandbox_fix(cluster: Cluster, message: str) -> str:
     """What to do about a FailedCreatePodSandBox message (REFERENCE §12 entries 9, 10)."""
     name = missing_runtime_class(message)
     if name is not None:
         return runtime_class_fix(cluster, name)
+    _, spec = policy(cluster)
+    if spec is not None and not spec.toolkit.enabled:
+        return ("the nvidia runtime handler is not configured on this node and toolkit.enabled is false (the "
+                f"operator deploys no toolkit): {HOST_TOOLKIT_FIX}")  # fmt: skip
     return ("the nvidia runtime handler is not configured on this node yet: the container toolkit configures it "
             "(check its pod on the node); on k3s, k0s or RKE2 set CONTAINERD_CONFIG/CONTAINERD_SOCKET in "
             "toolkit.env to that distribution's paths")  # fmt: skip

@@ -18,6 +18,7 @@ from ..states import all_states
 from ..states.base import COMPONENT, STATE_LABEL
 from .common import (
     DEVICE_PLUGIN_DEPLOY,
+    HOST_TOOLKIT_FIX,
     MIG_CONFIG_LABEL,
     MIG_STATE_LABEL,
     PULL_CAUSES,
@@ -37,6 +38,7 @@ from .sched import DAEMON_TOLERATIONS, GPU, GPU_SHARED, MIG_PREFIX, NodeView, is
 _IN_PROGRESS_DONE = ("", "upgrade-done", "upgrade-required")
 COUNT_LABEL = "nvidia.com/gpu.count"  # GFD's
 DEPLOY_DRIVER = "nvidia.com/gpu.deploy.driver"
+DEPLOY_TOOLKIT = deploy_label("container-toolkit")
 DEPLOY_VALIDATOR = deploy_label("operator-validator")
 VALIDATOR_STATE = "state-operator-validation"
 # NFD's chart as README and the chart's notes install it: its worker tolerates the GPU taint (upstream's values).
@@ -186,12 +188,19 @@ def _waits_for(cluster: Cluster, pod: dict[str, Any], name: str) -> tuple[str, s
             "plugin") if what else f"read its log: {_logs(meta, name)}"  # fmt: skip
     if name == "toolkit-validation" and (meta.get("labels") or {}).get(STATE_LABEL) != VALIDATOR_STATE:
         return _waits_for_validator(cluster, pod)
-    if name != "driver-validation":
+    if name not in ("driver-validation", "toolkit-validation"):
         return what, look
     node = str((pod.get("spec") or {}).get("nodeName") or "")
     view = cluster.views.get(node)
-    deploy = view.labels.get(DEPLOY_DRIVER, "") if view else ""
     _, spec = policy(cluster)
+    if name == "toolkit-validation":  # the validator's: nvidia-smi in a container the nvidia runtime runs
+        deploy = view.labels.get(DEPLOY_TOOLKIT, "") if view else ""
+        if (spec is not None and not spec.toolkit.enabled) or deploy == "false":
+            why = f"{DEPLOY_TOOLKIT}=false" if deploy == "false" else "toolkit.enabled is false"
+            return (f"the NVIDIA Container Toolkit installed on the host ({why}: the operator deploys none on this "
+                    "node)", HOST_TOOLKIT_FIX)  # fmt: skip
+        return what, look
+    deploy = view.labels.get(DEPLOY_DRIVER, "") if view else ""
     if (spec is not None and not spec.driver.enabled) or deploy in ("pre-installed", "false"):
         why = "driver.enabled is false" if deploy not in ("pre-installed", "false") else f"{DEPLOY_DRIVER}={deploy}"
         return (f"the driver installed on the host ({why}: the operator deploys none on this node)",

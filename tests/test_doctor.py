@@ -3287,6 +3287,54 @@ def test_an_operand_waiting_for_toolkit_ready_beside_a_ready_validator_is_not_se
         "ready" in f.summary, f.summary
     assert "delete the validator pod on node h-0" in f.fix and "the container toolkit" not in f.fix, f.fix
 
+
+def test_a_validator_waiting_in_plugin_validation_names_the_device_plugins_failure() -> None:
+    """REFERENCE §11 step 3: plugin-validation waits for nvidia.com/gpu on the node, which only the device plugin
+    (state 6) advertises. With the plugin crash-looping (here on a sharing config it refuses) doctor ranked by state
+    order only: the validator (state 5) was "the first operand not ready", told to "look at the device plugin ...
+    first", and the plugin's CrashLoopBackOff and termination message appeared nowhere. The validator's finding
+    carries the plugin pod's failure now; with no plugin pod on the node, its DaemonSet and deploy label."""
+    done = {"terminated": {"exitCode": 0}}
+    validator = _validator([{"name": n, "state": done} for n in ("driver-validation", "toolkit-validation",
+                                                                 "cuda-validation")]
+                           + [{"name": "plugin-validation", "state": {"running": {}}}])  # fmt: skip
+    crash = "error starting plugins: unable to load config: time-slicing replicas must be >= 2"
+    plugin = {"kind": "Pod", "spec": {"nodeName": "h-0"},
+              "metadata": {"name": "nvidia-device-plugin-daemonset-x", "namespace": NS,
+                           "labels": {"nvidia.com/gpu-operator.state": "state-device-plugin"}},
+              "status": {"phase": "Running",
+                         "initContainerStatuses": [{"name": "toolkit-validation", "state": done}],
+                         "containerStatuses": [{"name": "nvidia-device-plugin", "ready": False, "restartCount": 7,
+                                                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                                                "lastState": {"terminated": {"exitCode": 1, "message": crash}}}]}}
+    labels = {"nvidia.com/gpu.deploy.device-plugin": "true"}
+    bare = node("h-0", allocatable={"nvidia.com/gpu": "0"}, labels=labels)
+    bare["status"]["capacity"].pop("nvidia.com/gpu")
+    status = {"state": "notReady", "states": [
+        {"name": s, "state": "notReady", "message": "1 of 1 pods unavailable"}
+        for s in ("state-operator-validation", "state-device-plugin")]}  # fmt: skip
+    f = kinds(cluster([bare], [validator, plugin], policy_status=status))["OperandNotReady"]
+    assert "waits for the device plugin to advertise nvidia.com/gpu on this node, but its pod nvidia-device-plugin-" \
+        f"daemonset-x there is not ready: container nvidia-device-plugin crash-looping (7 restarts): {crash}" in (
+            f.summary), f.summary  # fmt: skip
+    assert "look at the device plugin" not in f.fix, f.fix
+    # No plugin pod on the node: its DaemonSet, and the label it selects nodes by.
+    f = kinds(cluster([bare], [validator], policy_status=status))["OperandNotReady"]
+    assert "no device plugin pod on this node (nvidia.com/gpu.deploy.device-plugin=true)" in f.summary, f.summary
+    assert f.fix.startswith(f"look at DaemonSet {NS}/nvidia-device-plugin-daemonset"), f.fix
+    # The plugin waits in its own toolkit-validation for toolkit-ready, which the validator has written: not a loop
+    # back to the validator.
+    waiting = {**plugin, "status": {"phase": "Pending", "initContainerStatuses": [
+        {"name": "toolkit-validation", "state": {"running": {}}}]}}  # fmt: skip
+    f = kinds(cluster([bare], [validator, waiting], policy_status=status))["OperandNotReady"]
+    assert "whose toolkit-validation on this node passed" in f.summary and "delete the validator pod" in f.fix, (
+        f.summary, f.fix)  # fmt: skip
+    # The plugin ready: what plugin-validation waits for, as before.
+    ready = {**plugin, "status": {"phase": "Running", "containerStatuses": [
+        {"name": "nvidia-device-plugin", "ready": True, "state": {"running": {}}}]}}  # fmt: skip
+    f = kinds(cluster([bare], [validator, ready], policy_status=status))["OperandNotReady"]
+    assert f.fix.startswith("look at the device plugin to advertise nvidia.com/gpu on this node first"), f.fix
+
 def _operand(name: str, state: str, container: str, image: str, reason: str, message: str) -> dict[str, Any]:
     p = {"kind": "Pod", "spec": {"nodeName": "h-0", "containers": [{"name": container, "image": image}]},
          "metadata": {"name": name, "namespace": NS, "labels": {"nvidia.com/gpu-operator.state": state},

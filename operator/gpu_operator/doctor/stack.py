@@ -186,8 +186,13 @@ def _waits_for(cluster: Cluster, pod: dict[str, Any], name: str) -> tuple[str, s
     what = _VALIDATES.get(name, "")
     look = (f"look at {what} first; the validator's init containers pass in order, driver then toolkit, CUDA and "
             "plugin") if what else f"read its log: {_logs(meta, name)}"  # fmt: skip
-    if name == "toolkit-validation" and (meta.get("labels") or {}).get(STATE_LABEL) != VALIDATOR_STATE:
+    validator = (meta.get("labels") or {}).get(STATE_LABEL) == VALIDATOR_STATE
+    if name == "toolkit-validation" and not validator:
         return _waits_for_validator(cluster, pod)
+    if name == "plugin-validation" and validator:
+        plugin = _waits_for_plugin(cluster, pod)
+        if plugin is not None:
+            return plugin
     if name not in ("driver-validation", "toolkit-validation"):
         return what, look
     node = str((pod.get("spec") or {}).get("nodeName") or "")
@@ -216,6 +221,39 @@ def _waits_for(cluster: Cluster, pod: dict[str, Any], name: str) -> tuple[str, s
     return what, look
 
 
+def _waits_for_plugin(cluster: Cluster, pod: dict[str, Any]) -> tuple[str, str] | None:
+    """(what, where to look) for the validator's plugin-validation while the node's device plugin, which advertises
+    nvidia.com/gpu, is not ready or not there (its own failure: it ranks after the validator); None once it is
+    ready."""
+    node = str((pod.get("spec") or {}).get("nodeName") or "")
+    what = _VALIDATES["plugin-validation"]
+    plugins = [p for p in _operand_pods_on(cluster, node) if not p["metadata"].get("deletionTimestamp")
+               and (p["metadata"].get("labels") or {}).get(STATE_LABEL) == "state-device-plugin"]  # fmt: skip
+    if any(pod_ready(p) for p in plugins) or not plugins and any(
+            node in d.nodes and ((d.pod.get("metadata") or {}).get("labels") or {}).get(STATE_LABEL)
+            == "state-device-plugin" for d in cluster.daemon_pods):  # fmt: skip
+        return None
+    if plugins:
+        why, fix = _pod_failure(cluster, plugins[0])
+        return f"{what}, but its pod {plugins[0]['metadata'].get('name')} there is not ready: {why}", fix
+    view = cluster.views.get(node)
+    deploy = view.labels.get(DEVICE_PLUGIN_DEPLOY, "") if view else ""
+    return (f"{what}, and there is no device plugin pod on this node ({DEVICE_PLUGIN_DEPLOY}="
+            f"{deploy or '(unset)'})",
+            f"look at DaemonSet {cluster.namespace}/nvidia-device-plugin-daemonset: it runs on the nodes labelled "
+            f"{DEVICE_PLUGIN_DEPLOY}=true; why has it no pod on node {node}?")  # fmt: skip
+
+
+def _pod_failure(cluster: Cluster, pod: dict[str, Any]) -> tuple[str, str]:
+    """(why, fix) of a pod another waits for: the image it cannot pull, or why it is not ready."""
+    pulled = image_pull_failure(cluster, pod)
+    if pulled is not None:
+        why = f"container {pulled.container} cannot pull image {pulled.image}: {PULL_CAUSES[pulled.cause]}"
+        return why, _pull_fix(cluster, pod, pulled)
+    _, why, fix = _why_not_ready(cluster, pod)
+    return why, fix
+
+
 def _waits_for_validator(cluster: Cluster, pod: dict[str, Any]) -> tuple[str, str]:
     """(what, where to look) for an operand's toolkit-validation: it waits for toolkit-ready, which only the
     validator pod's toolkit-validation writes (upstream's Toolkit.validate), not the container toolkit."""
@@ -223,11 +261,13 @@ def _waits_for_validator(cluster: Cluster, pod: dict[str, Any]) -> tuple[str, st
     what = "toolkit-ready, which the validator's toolkit-validation writes"
     validator = next((p for p in _operand_pods_on(cluster, node) if not p["metadata"].get("deletionTimestamp")
                       and (p["metadata"].get("labels") or {}).get(STATE_LABEL) == VALIDATOR_STATE), None)  # fmt: skip
-    if validator is not None and not pod_ready(validator):  # reported first, being earlier in state order
+    if validator is not None and not pod_ready(validator) and not _passed(validator, "toolkit-validation"):
         return what, f"look at {pod_ref(validator)} first: its first init container not done"
     if validator is not None or any(node in d.nodes and ((d.pod.get("metadata") or {}).get("labels") or {}).get(
             STATE_LABEL) == VALIDATOR_STATE for d in cluster.daemon_pods):  # fmt: skip
-        return (f"{what}, whose pod on this node is ready: its next check (every 5 s) should find the file",
+        done = "whose toolkit-validation on this node passed" if validator is not None and not pod_ready(
+            validator) else "whose pod on this node is ready"  # fmt: skip
+        return (f"{what}, {done}: its next check (every 5 s) should find the file",
                 f"if it still waits, toolkit-ready was removed from /run/nvidia/validations: delete the validator "
                 f"pod on node {node}, whose replacement validates again and writes it")  # fmt: skip
     view = cluster.views.get(node)
@@ -238,6 +278,12 @@ def _waits_for_validator(cluster: Cluster, pod: dict[str, Any]) -> tuple[str, st
                 "--overwrite`): nothing else writes toolkit-ready")  # fmt: skip
     return (f"{what}, and there is no validator pod on this node yet",
             f"look at DaemonSet {cluster.namespace}/nvidia-operator-validator: why has it no pod on node {node}?")
+
+
+def _passed(pod: dict[str, Any], init: str) -> bool:
+    """Whether the pod's init container of that name has exited 0."""
+    return any(cs.get("name") == init and ((cs.get("state") or {}).get("terminated") or {}).get("exitCode") == 0
+               for cs in (pod.get("status") or {}).get("initContainerStatuses") or [])  # fmt: skip
 
 
 def _operand_pods_on(cluster: Cluster, node: str) -> list[dict[str, Any]]:

@@ -3335,6 +3335,69 @@ def test_a_validator_waiting_in_plugin_validation_names_the_device_plugins_failu
     f = kinds(cluster([bare], [validator, ready], policy_status=status))["OperandNotReady"]
     assert f.fix.startswith("look at the device plugin to advertise nvidia.com/gpu on this node first"), f.fix
 
+
+def _validator_workload(app: str, init: str, init_status: dict[str, Any]) -> dict[str, Any]:
+    """The pod the validator's cuda- (or plugin-) validation runs on its node (e2e/nodemodel.workload_pod)."""
+    image = "nvcr.io/nvidia/gpu-operator:v26.7.0"
+    return {"kind": "Pod",
+            "spec": {"nodeName": "h-0", "restartPolicy": "OnFailure",
+                     "initContainers": [{"name": init, "image": image}], "containers": [{"name": app, "image": image}]},
+            "metadata": {"name": f"{app}-abcde", "namespace": NS, "labels": {"app": app},
+                         "creationTimestamp": "2026-01-01T00:05:00Z",
+                         "ownerReferences": [{"kind": "ClusterPolicy", "name": "cluster-policy", "controller": True}]},
+            "status": {"phase": "Pending", "initContainerStatuses": [{"name": init, **init_status}],
+                       "containerStatuses": [{"name": app, "ready": False,
+                                              "state": {"waiting": {"reason": "PodInitializing"}}}]}}  # fmt: skip
+
+
+def test_a_validator_waiting_in_cuda_validation_names_its_failing_workload_pod() -> None:
+    """REFERENCE §11 step 3: cuda-validation creates a vectorAdd pod (nvidia-cuda-validator-*, label
+    app=nvidia-cuda-validator) on the node and writes cuda-ready once it succeeds. doctor read that pod but looked
+    at it nowhere (no state label; workloads skip the operator's namespace): the finding said only "look at a CUDA
+    workload run through the nvidia runtime first" while the pod crash-looped with the cause (here §12 entry 7, the
+    node's driver too old for the validator's CUDA). The pod, its failure and its log are named now; likewise
+    plugin-validation's workload pod (WITH_WORKLOAD=true)."""
+    done = {"terminated": {"exitCode": 0}}
+    validator = _validator([{"name": "driver-validation", "state": done}, {"name": "toolkit-validation", "state": done},
+                            {"name": "cuda-validation", "state": {"running": {}}}])  # fmt: skip
+    msg = ("Failed to allocate device vector A (error code CUDA driver version is insufficient for CUDA runtime "
+           "version)!")  # fmt: skip
+    work = _validator_workload("nvidia-cuda-validator", "cuda-validation", {
+        "restartCount": 5, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"exitCode": 1, "message": msg}}})  # fmt: skip
+    status = {"state": "notReady", "states": [{"name": "state-operator-validation", "state": "notReady",
+                                               "message": "1 of 1 pods unavailable"}]}  # fmt: skip
+    f = kinds(cluster([node("h-0")], [validator, work], policy_status=status))["OperandNotReady"]
+    assert "waits for a CUDA workload run through the nvidia runtime, its pod nvidia-cuda-validator-abcde, which has " \
+        f"not succeeded: init container cuda-validation crash-looping (5 restarts): {msg}" in f.summary, f.summary
+    assert f.fix == f"read its log and the previous run's: kubectl logs -n {NS} nvidia-cuda-validator-abcde -c " \
+        "cuda-validation --previous", f.fix  # fmt: skip
+    # Its image cannot be pulled: the ClusterPolicy's validator fields set it.
+    pull = _validator_workload("nvidia-cuda-validator", "cuda-validation", {"state": {"waiting": {
+        "reason": "ErrImagePull", "message": "failed to resolve reference nvcr.io/nvidia/gpu-operator:v26.7.0: not "
+                                             "found"}}})  # fmt: skip
+    f = kinds(cluster([node("h-0")], [validator, pull], policy_status=status))["OperandNotReady"]
+    assert "cannot pull image nvcr.io/nvidia/gpu-operator:v26.7.0" in f.summary and "validator.version" in f.fix, (
+        f.summary, f.fix)  # fmt: skip
+    # No workload pod (not created yet, or succeeded): what cuda-validation waits for, as before.
+    succeeded = {**work, "status": {"phase": "Succeeded"}}
+    for pods in ([validator], [validator, succeeded]):
+        f = kinds(cluster([node("h-0")], pods, policy_status=status))["OperandNotReady"]
+        assert f.fix.startswith("look at a CUDA workload run through the nvidia runtime first"), f.fix
+    # plugin-validation's workload pod, the device plugin ready.
+    validator = _validator([{"name": n, "state": done} for n in ("driver-validation", "toolkit-validation",
+                                                                 "cuda-validation")]
+                           + [{"name": "plugin-validation", "state": {"running": {}}}])  # fmt: skip
+    plugin = {"kind": "Pod", "spec": {"nodeName": "h-0"},
+              "metadata": {"name": "nvidia-device-plugin-daemonset-x", "namespace": NS,
+                           "labels": {"nvidia.com/gpu-operator.state": "state-device-plugin"}},
+              "status": {"phase": "Running", "containerStatuses": [
+                  {"name": "nvidia-device-plugin", "ready": True, "state": {"running": {}}}]}}  # fmt: skip
+    work = _validator_workload("nvidia-device-plugin-validator", "plugin-validation", {"state": {"running": {}}})
+    f = kinds(cluster([node("h-0")], [validator, plugin, work], policy_status=status))["OperandNotReady"]
+    assert "its pod nvidia-device-plugin-validator-abcde, which has not succeeded: init container plugin-validation " \
+        "not done (running)" in f.summary, f.summary
+
 def _operand(name: str, state: str, container: str, image: str, reason: str, message: str) -> dict[str, Any]:
     p = {"kind": "Pod", "spec": {"nodeName": "h-0", "containers": [{"name": container, "image": image}]},
          "metadata": {"name": name, "namespace": NS, "labels": {"nvidia.com/gpu-operator.state": state},

@@ -61,6 +61,9 @@ _VALIDATES = {
     "mofed-validation": "the MOFED driver",
     "vfio-pci-validation": "the vfio-pci driver",
 }
+# The pods the validator's cuda- and plugin-validation run on the node, by their label app (upstream's validator
+# manifests; plugin-validation's only with WITH_WORKLOAD=true).
+_WORKLOADS = {"cuda-validation": "nvidia-cuda-validator", "plugin-validation": "nvidia-device-plugin-validator"}
 
 
 def findings(cluster: Cluster) -> list[Finding]:
@@ -144,7 +147,7 @@ def _why_not_ready(cluster: Cluster, pod: dict[str, Any]) -> tuple[str, str, str
             reason = f"init container {name} crash-looping ({cs.get('restartCount', 0)} restarts)" + (
                 f": {_quote(last)}" if last else f": waits for {what}" if what else ""
             )
-            return name, reason, _crash_cause(last) or (look if what else _crash_fix(""))
+            return name, reason, _crash_cause(last) or (look if what else _crash_fix("", meta, name))
         reason = f"init container {name} not done ({detail})" + (f": waits for {what}" if what else "")
         return name, reason, look
     if sandbox:
@@ -161,7 +164,7 @@ def _why_not_ready(cluster: Cluster, pod: dict[str, Any]) -> tuple[str, str, str
             reason = f"container {name} crash-looping ({cs.get('restartCount', 0)} restarts)" + (
                 f": {_quote(last)}" if last else ""
             )
-            fix = _crash_fix(last)
+            fix = _crash_fix(last, meta, name)
             return name, reason, fix
         detail = waiting.get("reason") or (
             "running, not ready (probe failing)" if "running" in state else "not started"
@@ -183,16 +186,17 @@ def _why_not_ready(cluster: Cluster, pod: dict[str, Any]) -> tuple[str, str, str
 def _waits_for(cluster: Cluster, pod: dict[str, Any], name: str) -> tuple[str, str]:
     """(what an init container waits for, "" for one that is no validator; where to look first)."""
     meta = pod.get("metadata") or {}
-    what = _VALIDATES.get(name, "")
+    state = (meta.get("labels") or {}).get(STATE_LABEL)
+    what = _VALIDATES.get(name, "") if state else ""  # no operand: the validator's workload pod
     look = (f"look at {what} first; the validator's init containers pass in order, driver then toolkit, CUDA and "
             "plugin") if what else f"read its log: {_logs(meta, name)}"  # fmt: skip
-    validator = (meta.get("labels") or {}).get(STATE_LABEL) == VALIDATOR_STATE
-    if name == "toolkit-validation" and not validator:
+    if name == "toolkit-validation" and state and state != VALIDATOR_STATE:
         return _waits_for_validator(cluster, pod)
-    if name == "plugin-validation" and validator:
-        plugin = _waits_for_plugin(cluster, pod)
-        if plugin is not None:
-            return plugin
+    if name in _WORKLOADS and state == VALIDATOR_STATE:
+        found = (_waits_for_plugin(cluster, pod) if name == "plugin-validation" else None) or _waits_for_workload(
+            cluster, pod, name)  # fmt: skip
+        if found is not None:
+            return found
     if name not in ("driver-validation", "toolkit-validation"):
         return what, look
     node = str((pod.get("spec") or {}).get("nodeName") or "")
@@ -242,6 +246,20 @@ def _waits_for_plugin(cluster: Cluster, pod: dict[str, Any]) -> tuple[str, str] 
             f"{deploy or '(unset)'})",
             f"look at DaemonSet {cluster.namespace}/nvidia-device-plugin-daemonset: it runs on the nodes labelled "
             f"{DEVICE_PLUGIN_DEPLOY}=true; why has it no pod on node {node}?")  # fmt: skip
+
+
+def _waits_for_workload(cluster: Cluster, pod: dict[str, Any], name: str) -> tuple[str, str] | None:
+    """(what, where to look) for the validator's cuda- or plugin-validation while the workload pod it runs on the
+    node has not succeeded (its newest); None without one."""
+    node = str((pod.get("spec") or {}).get("nodeName") or "")
+    work = [p for p in _operand_pods_on(cluster, node) if (p["metadata"].get("labels") or {}).get("app")
+            == _WORKLOADS[name] and not p["metadata"].get("deletionTimestamp") and not pod_ready(p)
+            and (p.get("status") or {}).get("phase") != "Succeeded"]  # fmt: skip
+    if not work:
+        return None
+    newest = max(work, key=lambda p: str(p["metadata"].get("creationTimestamp") or ""))
+    why, fix = _pod_failure(cluster, newest)
+    return f"{_VALIDATES[name]}, its pod {newest['metadata'].get('name')}, which has not succeeded: {why}", fix
 
 
 def _pod_failure(cluster: Cluster, pod: dict[str, Any]) -> tuple[str, str]:
@@ -337,8 +355,8 @@ def _crash_cause(message: str) -> str:
     return ""
 
 
-def _crash_fix(message: str) -> str:
-    return _crash_cause(message) or "read the container's log and previous log (kubectl logs --previous)"
+def _crash_fix(message: str, meta: dict[str, Any], container: str) -> str:
+    return _crash_cause(message) or f"read its log and the previous run's: {_logs(meta, container)} --previous"
 
 
 def _operands(cluster: Cluster, name: str) -> list[Finding]:

@@ -811,6 +811,34 @@ def test_the_cleanup_hook_lets_go_of_a_driver_upgrade_when_no_clusterpolicy_is_l
     assert "node failed: the last ClusterPolicy deleted in upgrade-failed (boom): node left cordoned" in out
 
 
+def test_the_cleanup_hook_removes_the_upgrade_enabled_annotation_when_no_clusterpolicy_is_left(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`nvidia.com/gpu-driver-upgrade-enabled=true` tells k8s-driver-manager to leave eviction and drain to the
+    operator's upgrade. With the operator not running (or out of time), the hook let the upgrade go but left the
+    annotation on every GPU node, so a driver-manager started there later skipped its eviction. With no ClusterPolicy
+    left it now goes, as the operator removes it; a value the operator never writes stays, and with a ClusterPolicy
+    left (an operator installed again goes on with it) it stays."""
+    from gpu_operator.lifecycle import CLEANUP_FINALIZER
+    from gpu_operator.nodes import UPGRADE_ENABLED_ANNOTATION as ENABLED
+
+    def nodes() -> list[dict[str, Any]]:
+        return [{"metadata": {"name": name, "labels": {}, "annotations": {ENABLED: value}}}
+                for name, value in (("gpu-1", "true"), ("gpu-2", "false"))]  # fmt: skip
+
+    kube = HookKube({"cluster-policy": [CLEANUP_FINALIZER]}, nodes())
+    kube.replicas = 0  # no operator runs: the finalizer is removed here
+    run_cleanup_hook(monkeypatch, kube)
+    assert kube.policies == {}
+    assert kube.nodes["gpu-1"]["metadata"]["annotations"] == {}
+    assert kube.nodes["gpu-2"]["metadata"]["annotations"] == {ENABLED: "false"}
+
+    kube = HookKube({"mine": [CLEANUP_FINALIZER]}, nodes())
+    run_cleanup_hook(monkeypatch, kube, CLUSTERPOLICIES="", OPERATOR=f"{NAMESPACE}/gpu-operator")
+    assert list(kube.policies) == ["mine"]
+    assert kube.nodes["gpu-1"]["metadata"]["annotations"] == {ENABLED: "true"}
+
+
 def test_the_cleanup_hook_takes_a_mid_upgrade_node_deleted_since_it_listed_it_as_let_go(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

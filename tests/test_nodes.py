@@ -784,6 +784,29 @@ def test_uninstall_takes_a_mid_upgrade_node_deleted_since_the_snapshot_as_let_go
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING], "nothing failed"
 
 
+def test_uninstall_removes_the_driver_upgrade_enabled_annotation_it_put_on_every_gpu_node() -> None:
+    """With autoUpgrade on (the chart's default) every GPU node carries `nvidia.com/gpu-driver-upgrade-enabled=true`
+    (desired_annotations), which tells k8s-driver-manager to leave GPU pod eviction and drain to the operator's
+    upgrade. Deleting the last ClusterPolicy let the upgrade go only on nodes with an upgrade state label: on every
+    other node the annotation stayed, so a driver-manager started there later (another operator's, or this one's
+    installed again before its first node pass) skipped its eviction. It now goes with our labels; a value we never
+    write is someone else's and stays."""
+    def gpu_node(name: str, value: str, **labels: str) -> NodeFacts:
+        meta = {"name": name, "labels": {GPU_PRESENT: "true", **labels}, "annotations": {ENABLED: value}}
+        return NodeFacts.from_node({"metadata": meta})
+
+    kube, done, _ = _delete_last_policy([gpu_node("gpu-1", "true", **{deploy_label("driver"): "true"}),
+                                         gpu_node("gpu-2", "false")])  # fmt: skip
+    assert done
+    removed = {(name, part, k) for verb, (kind, name, patch) in kube.calls if verb == "merge_patch" and kind == "Node"
+               for part in ("labels", "annotations") for k, v in (patch["metadata"].get(part) or {}).items()
+               if v is None}  # fmt: skip
+    assert removed == {("gpu-1", "labels", GPU_PRESENT), ("gpu-1", "labels", deploy_label("driver")),
+                       ("gpu-1", "annotations", ENABLED), ("gpu-2", "labels", GPU_PRESENT)}  # fmt: skip
+    assert [name for verb, (kind, name, _) in kube.calls if verb == "merge_patch" and kind == "Node"] == [
+        "gpu-1", "gpu-2"], "one patch per node"  # fmt: skip
+
+
 # The driver auto-upgrade annotation k8s-driver-manager reads (upstream applyDriverAutoUpgradeAnnotation and
 # setDriverAutoUpgradeAnnotation, controllers/nodelabeling_controller.go): on gpu.present=true nodes only,
 # "true" when driver.enabled and driver.upgradePolicy.autoUpgrade and not sandboxWorkloads.enabled, otherwise

@@ -11,7 +11,15 @@ from typing import Any
 from .apply import Applier
 from .kube import ApiError, Kube
 from .mig import APPROVED as MIG_APPROVED
-from .nodes import DRIVER_KERNEL, GPU_PRESENT, MIG_CORDONED, RUNTIME_LABEL, NodeFacts, our_deploy_labels
+from .nodes import (
+    DRIVER_KERNEL,
+    GPU_PRESENT,
+    MIG_CORDONED,
+    RUNTIME_LABEL,
+    UPGRADE_ENABLED_ANNOTATION,
+    NodeFacts,
+    our_deploy_labels,
+)
 from .nvidiadriver_api import OWNER_LABEL
 from .observe import Key, Snapshot
 from .render import NodePatch
@@ -121,7 +129,8 @@ class Lifecycle:
     def _cleanup_nodes(self, snap: Snapshot, why: str) -> bool:
         """With no ClusterPolicy left, the driver upgrade stops for good: each node's is let go as with autoUpgrade
         off (planner.switched_off: state label and annotations removed, the upgrade's own cordon lifted, a failed
-        node's left to the admin; upstream removes the state label alone), our labels and the MIG gate's cordons go.
+        node's left to the admin; upstream removes the state label alone), our labels, the upgrade-enabled
+        annotation and the MIG gate's cordons go.
         False when a node's upgrade was not let go (a write failed): tried again on the next pass."""
         failed = left_behind(self.kube, self.namespace, snap.nodes.values(), self.events, why)
         if failed:
@@ -137,6 +146,9 @@ class Lifecycle:
             drop.update(dict.fromkeys(our_deploy_labels(node.labels)))
             if drop:
                 patches[node.name] = {"labels": drop}
+            # Ours too: k8s-driver-manager reads it to leave eviction and drain to an upgrade no one runs now.
+            if node.annotations.get(UPGRADE_ENABLED_ANNOTATION) == "true":
+                patches.setdefault(node.name, {})["annotations"] = {UPGRADE_ENABLED_ANNOTATION: None}
             if MIG_CORDONED in node.annotations and node.name not in failed:  # the MIG gate's cordon goes too
                 uncordon: dict[str, Any] = {"metadata": {"annotations": {MIG_CORDONED: None}}}
                 if not kept_cordoned(_upgrade_node(node)):  # a failed upgrade's cordon is the admin's now

@@ -8,9 +8,9 @@ one that took over from a deleted one) keeps what it deployed, but our finalizer
 from being deleted once the operator is gone: the operator is stopped (a running one puts the finalizer back on its
 next pass), then the finalizer is removed. With no ClusterPolicy left, a driver upgrade the operator did not let go
 of (it was not running, or ran out of time) is let go here as it would have: the node's upgrade state label and
-annotations removed, the upgrade's own cordon lifted (not a failed upgrade's, nor one there before). A node the
-operator's MIG gate cordoned, with no operator left to lift it, is uncordoned (unless the driver upgrade of a
-ClusterPolicy left holds it). Settings (environment):
+annotations (upgrade-enabled too) removed, the upgrade's own cordon lifted (not a failed upgrade's, nor one there
+before). A node the operator's MIG gate cordoned, with no operator left to lift it, is uncordoned (unless the driver
+upgrade of a ClusterPolicy left holds it). Settings (environment):
 
   CLUSTERPOLICIES   names to delete, comma separated, "*" for all, or empty for none (default: cluster-policy)
   TIMEOUT_SECONDS   how long to wait for the operator to clean up (default 120); after that our finalizers are
@@ -31,7 +31,7 @@ import time
 from typing import Any
 
 from gpu_operator.kube import ApiError, Kube
-from gpu_operator.nodes import MIG_CORDONED, NodeFacts
+from gpu_operator.nodes import MIG_CORDONED, UPGRADE_ENABLED_ANNOTATION, NodeFacts
 from gpu_operator.upgrade.model import IN_PROGRESS_STATES, STATE_LABEL, UpgradeNode
 from gpu_operator.upgrade.orchestrate import left_behind
 from gpu_operator.upgrade.planner import kept_cordoned
@@ -101,9 +101,18 @@ def release_nodes(kube: Kube, left: list[str]) -> None:
     """Only the operator moves a driver upgrade on and lifts the MIG gate's cordon, and it is stopped or about to be
     deleted. With no ClusterPolicy left (`left`: the names of those left) no upgrade can go on: each node's is let go
     as the operator does when the last one is deleted (planner.switched_off). With one left, a node its upgrade holds
-    stays so: an operator installed again goes on with it. Then the MIG gate's cordons go."""
+    stays so: an operator installed again goes on with it, and the upgrade-enabled annotation stays (with none left
+    it goes: k8s-driver-manager would leave eviction and drain to an upgrade no one runs). Then the MIG gate's
+    cordons go."""
     nodes = [NodeFacts.from_node(n) for n in kube.list("Node")]
     failed = set() if left else left_behind(kube, "", nodes, event, "the last ClusterPolicy deleted")
+    for node in nodes:
+        if not left and node.annotations.get(UPGRADE_ENABLED_ANNOTATION) == "true":
+            try:
+                kube.merge_patch("Node", node.name, {"metadata": {"annotations": {UPGRADE_ENABLED_ANNOTATION: None}}})
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
     for node in nodes:
         if MIG_CORDONED not in node.annotations:
             continue

@@ -301,6 +301,121 @@ def test_psa_labels_the_namespace_privileged_for_enforce_audit_and_warn() -> Non
                                                 for mode in ("enforce", "audit", "warn")}}}]  # fmt: skip
 
 
+def test_psa_labels_removed_from_the_namespace_are_put_back_once_operand_pods_go_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With psa.enabled the operand namespace must carry pod-security.kubernetes.io/{enforce,audit,warn}=privileged:
+    the operands are privileged, and under a cluster default of baseline or restricted a new operand pod is refused
+    without them. The namespace was read once per process and setting, so labels removed afterwards (a GitOps tool
+    that prunes labels it did not write, an admin) stayed off until a restart, and every operand pod created
+    meanwhile was refused. Upstream sets them on every reconcile (state_manager.go init). Now, while a DaemonSet of
+    ours lacks pods, a pass reads the namespace again (at most every NAMESPACE_RECHECK_S) and puts them back; with
+    every pod there (steady state) nothing is read."""
+    import gpu_operator.lifecycle as lifecycle_mod
+    from gpu_operator.lifecycle import NAMESPACE_RECHECK_S, PSA_LABELS, Lifecycle
+
+    labels: dict[str, str] = dict(PSA_LABELS)
+    gets: list[str] = []
+    patches: list[dict[str, Any]] = []
+
+    class Kube:
+        def get(self, kind: str, name: str, *_: Any, **__: Any) -> dict[str, Any]:
+            gets.append(name)
+            return {"metadata": {"name": name, "labels": dict(labels)}}
+
+        def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *_: Any, **__: Any) -> dict[str, Any]:
+            patches.append(patch)
+            labels.update(patch["metadata"]["labels"])
+            return patch
+
+    clock = [1000.0]
+    monkeypatch.setattr(lifecycle_mod, "monotonic", lambda: clock[0])
+    lifecycle = Lifecycle(Kube(), "gpu-operator", None)  # type: ignore[arg-type]
+    lifecycle.ensure_namespace(True)  # first pass: the labels are there, nothing written
+    assert (gets, patches) == (["gpu-operator"], [])
+    labels.clear()  # removed by someone else between passes
+    clock[0] += 10 * NAMESPACE_RECHECK_S
+    lifecycle.ensure_namespace(True, pods_missing=False)  # steady state: no read
+    assert (len(gets), patches) == (1, [])
+    lifecycle.ensure_namespace(True, pods_missing=True)  # an operand pod refused: read again, labels put back
+    assert (len(gets), patches) == (2, [{"metadata": {"labels": PSA_LABELS}}])
+    clock[0] += NAMESPACE_RECHECK_S / 2
+    lifecycle.ensure_namespace(True, pods_missing=True)  # not before NAMESPACE_RECHECK_S
+    assert len(gets) == 2
+    clock[0] += NAMESPACE_RECHECK_S
+    lifecycle.ensure_namespace(True, pods_missing=True)  # still missing (pods not made yet): read, nothing to write
+    assert (len(gets), len(patches)) == (3, 1)
+    lifecycle.ensure_namespace(False, pods_missing=True)  # psa switched off: read once for the new setting, no labels
+    clock[0] += 10 * NAMESPACE_RECHECK_S
+    lifecycle.ensure_namespace(False, pods_missing=True)
+    assert (len(gets), len(patches)) == (4, 1)
+
+
+def test_a_pass_reads_the_namespace_again_only_while_a_daemonset_of_ours_lacks_pods(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The pass hands ensure_namespace what its snapshot's DaemonSets say: with every pod there nothing is read."""
+    import gpu_operator.lifecycle as lifecycle_mod
+    from gpu_operator.lifecycle import NAMESPACE_RECHECK_S, PSA_LABELS
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+    from support import RecordingKube, facts, policy_object
+
+    labels: dict[str, str] = {}
+
+    class Kube(RecordingKube):
+        def get(self, kind: str, name: str, *_: Any, **__: Any) -> dict[str, Any] | None:
+            if kind != "Namespace":
+                return None
+            self._note("get", (kind, name))
+            return {"metadata": {"name": name, "labels": dict(labels)}}
+
+    clock = [1000.0]
+    monkeypatch.setattr(lifecycle_mod, "monotonic", lambda: clock[0])
+    pol = policy_object()
+    pol["spec"]["psa"] = {"enabled": True}
+    kube = Kube()
+    reconciler = Reconciler(kube, "gpu-operator")  # type: ignore[arg-type]
+
+    def namespace_reads(desired: int, current: int) -> int:
+        clock[0] += NAMESPACE_RECHECK_S
+        ds = {"kind": "DaemonSet", "metadata": {"name": "nvidia-device-plugin-daemonset", "namespace": "gpu-operator"},
+              "status": {"desiredNumberScheduled": desired, "currentNumberScheduled": current}}  # fmt: skip
+        snap = Snapshot(nodes={"gpu-1": facts("gpu-1")}, policies={"cluster-policy": pol},
+                        owned={("DaemonSet", "gpu-operator", "nvidia-device-plugin-daemonset"): ds}, pods={},
+                        revisions={})  # fmt: skip
+        reconciler.reconcile(snap)
+        return sum(verb == "get" for verb, _ in kube.calls)
+
+    assert namespace_reads(1, 1) == 1  # the first pass reads it (and labels it)
+    assert [c for c in kube.calls if c[0] == "merge_patch" and c[1][0] == "Namespace"] == [
+        ("merge_patch", ("Namespace", "gpu-operator", {"metadata": {"labels": PSA_LABELS}}))]  # fmt: skip
+    assert namespace_reads(1, 1) == 1, "steady state: not read"
+    assert namespace_reads(1, 0) == 2, "a pod missing: read again"
+
+
+def test_pods_missing_is_a_daemonset_of_ours_on_fewer_nodes_than_it_should_be() -> None:
+    """What makes a pass read the namespace again with psa.enabled (Lifecycle.ensure_namespace): a DaemonSet of ours
+    whose status counts fewer nodes with a pod than nodes that should run one (an operand pod refused by admission
+    leaves its node without one)."""
+    from gpu_operator.lifecycle import pods_missing
+
+    def ds(namespace: str, desired: int, current: int) -> dict[str, Any]:
+        return {"kind": "DaemonSet", "metadata": {"name": "nvidia-device-plugin-daemonset", "namespace": namespace},
+                "status": {"desiredNumberScheduled": desired, "currentNumberScheduled": current,
+                           "numberReady": 0}}  # fmt: skip
+
+    def owned(*objs: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any]]:
+        return {(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"]): o for o in objs}
+
+    assert not pods_missing({}, "gpu-operator")
+    assert not pods_missing(owned(ds("gpu-operator", 3, 3)), "gpu-operator"), "pods not ready yet, none missing"
+    assert pods_missing(owned(ds("gpu-operator", 3, 2)), "gpu-operator")
+    assert not pods_missing(owned(ds("elsewhere", 3, 2)), "gpu-operator")
+    assert not pods_missing(owned({"kind": "DaemonSet", "metadata": {"name": "new", "namespace": "gpu-operator"}}),
+                            "gpu-operator"), "no status yet"  # fmt: skip
+
+
 @pytest.mark.parametrize(
     ("kwargs", "state", "reason"),
     [

@@ -5,7 +5,8 @@ mig-manager, which writes deploy labels of its own accord, is gone)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from time import monotonic
 from typing import Any
 
 from .apply import Applier
@@ -34,6 +35,7 @@ log = logging.getLogger("gpu_operator")
 CLEANUP_FINALIZER = "nvidia.com/gpu-operator-cleanup"
 # Upstream's podSecurityModes, each set to privileged: the operands are, and audit and warn would flag each apply.
 PSA_LABELS = {f"pod-security.kubernetes.io/{mode}": "privileged" for mode in ("enforce", "audit", "warn")}
+NAMESPACE_RECHECK_S = 60.0  # how often the namespace is read again while pods of ours are missing (psa.enabled)
 
 
 class Lifecycle:
@@ -46,6 +48,7 @@ class Lifecycle:
         self.seen = seen  # told a finalizer patch's answer (StatusWriter.seen: the status write's resourceVersion)
         self.events = events or _log_event  # the driver upgrade's events on the nodes it lets go
         self._namespace_psa: bool | None = None  # the namespace was checked for this psa setting
+        self._namespace_read = 0.0  # when (monotonic)
 
     def ensure_finalizer(self, policy: dict[str, Any]) -> bool:
         """Our finalizer is on the ClusterPolicy; False when the policy changed since it was read (see
@@ -79,18 +82,27 @@ class Lifecycle:
             self.seen("ClusterPolicy", answer)
         return True
 
-    def ensure_namespace(self, psa: bool) -> None:
+    def ensure_namespace(self, psa: bool, pods_missing: bool = False) -> None:
         """The operand namespace exists (labelled privileged for enforce, audit and warn with psa.enabled): read once
-        per process and setting."""
-        if self._namespace_psa == psa:
+        per process and setting. With psa.enabled it is read again, at most every NAMESPACE_RECHECK_S, while a
+        DaemonSet of ours lacks pods (`pods_missing`): labels removed since (a GitOps prune, an admin) make the API
+        server refuse every operand pod created, and are put back. Not read at steady state (no pod missing)."""
+        if self._namespace_psa == psa and not (
+            psa and pods_missing and monotonic() - self._namespace_read >= NAMESPACE_RECHECK_S
+        ):
             return
+        checked = self._namespace_psa == psa
         ns = self.kube.get("Namespace", self.namespace)
         if ns is None:
             self.kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}})
             ns = {"metadata": {"labels": {}}}
         if psa and any((ns["metadata"].get("labels") or {}).get(k) != v for k, v in PSA_LABELS.items()):
+            if checked:
+                log.warning("namespace %s lost its pod-security labels while pods of ours are missing: labelled "
+                            "privileged again (psa.enabled)", self.namespace)  # fmt: skip
             self.kube.merge_patch("Namespace", self.namespace, {"metadata": {"labels": PSA_LABELS}})
         self._namespace_psa = psa
+        self._namespace_read = monotonic()
 
     def cleanup_deleted(self, snap: Snapshot) -> bool:
         """A ClusterPolicy being deleted with no other to take over: let go of the driver upgrades, remove our node
@@ -178,6 +190,18 @@ class Lifecycle:
                 self.kube.delete("DaemonSet", owner, self.namespace)
                 log.info("ClusterPolicy deleted: deleting DaemonSet %s before removing node labels", owner)
         return bool(running)
+
+
+def pods_missing(owned: Mapping[Key, dict[str, Any]], namespace: str) -> bool:
+    """A DaemonSet of ours runs on fewer nodes than it should: its pods not created yet, or refused (a pod the
+    API server's admission refuses leaves its node without one)."""
+    for (kind, ns, _), obj in owned.items():
+        status = obj.get("status") if kind == "DaemonSet" and ns == namespace else None
+        if isinstance(status, dict) and (status.get("currentNumberScheduled") or 0) < (
+            status.get("desiredNumberScheduled") or 0
+        ):
+            return True
+    return False
 
 
 def _held_by(uid: str | None, snap: Snapshot) -> list[Key]:

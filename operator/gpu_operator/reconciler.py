@@ -22,7 +22,7 @@ from .api import ClusterPolicySpec, PolicyError, allows_unknown, parse_spec
 from .apply import Applied, Applier, labels_of
 from .events import EventRecorder, now
 from .kube import ApiError, Kube, Unreachable
-from .lifecycle import CLEANUP_FINALIZER, Lifecycle
+from .lifecycle import CLEANUP_FINALIZER, Lifecycle, pods_missing
 from .nodes import (
     DEPLOY_OPERANDS,
     DRIVER_KERNEL,
@@ -368,7 +368,7 @@ class Reconciler:
                 out.busy = True  # held back, or the policy changed since it was read: the next pass writes it
             out.recheck_s = self._drivers_unmanaged(snap, f"ClusterPolicy {meta['name']}: {error}")
             return
-        self.lifecycle.ensure_namespace(spec.psa.enabled)
+        self.lifecycle.ensure_namespace(spec.psa.enabled, pods_missing(snap.owned, self.namespace))
 
         # Objects are rendered for the nodes as they will be labelled, applied first (none of them needs the
         # labels to exist), then the nodes are labelled.

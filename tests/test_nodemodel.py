@@ -250,6 +250,26 @@ def test_toolkit_installed_outside_the_hosts_install_dir_leaves_the_handlers_wit
     assert all(readiness.values()) and not model.host.handlers["nvidia"].missing
 
 
+def test_a_custom_runtime_class_starts_the_whole_stack_on_a_crio_node(tmp_path: Path) -> None:
+    """operator.runtimeClass nvidia-gpu on a cri-o GPU node (CDI on): the validator and the operands carry
+    runtimeClassName nvidia-gpu, so the cri-o toolkit must add a handler of that name. It added `nvidia` (no
+    NVIDIA_RUNTIME_NAME) and every runtime-class pod stayed in FailedCreatePodSandBox (review handshake #1)."""
+    node = make_node("gpu-crio", "h100x8", runtime="crio")
+    docs = [d for d in yaml.safe_load_all((SAMPLES / "clusterpolicy-default.yaml").read_text()) if d]
+    for d in docs:
+        if d.get("kind") == "ClusterPolicy":
+            d["spec"].setdefault("operator", {})["runtimeClass"] = "nvidia-gpu"
+    policy, nodes = tmp_path / "policy.yaml", tmp_path / "nodes.yaml"
+    policy.write_text(yaml.safe_dump_all(docs))
+    nodes.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [node]}))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli_main(["render", "--policy", str(policy), "--nodes", str(nodes)]) == 0
+    model, readiness = _run([d for d in yaml.safe_load_all(out.getvalue()) if d], node)
+    assert readiness and all(readiness.values()), (readiness, [str(f) for f in model.diagnose()][:2])
+    assert "nvidia-gpu" in model.host.handlers
+
+
 # --- DCGM ---
 
 @pytest.mark.parametrize("name", ["nvidia-dcgm-exporter", "nvidia-dcgm"])

@@ -253,6 +253,19 @@ def test_custom_runtime_class_names_the_containerd_handler() -> None:
     assert env["CONTAINERD_RUNTIME_CLASS"] == "nvidia-gpu"
 
 
+@pytest.mark.parametrize("runtime", ["cri-o://1.30.4", "docker://27.1.1"])
+def test_custom_runtime_class_names_the_handler_on_other_runtimes_too(runtime: str) -> None:
+    """Operand pods keep runtimeClassName on cri-o and docker nodes (contracts.runtime_class_name), so the installer
+    must add a handler of that name there too: it reads the name from NVIDIA_RUNTIME_NAME for every runtime
+    (aliases CONTAINERD_RUNTIME_CLASS, DOCKER_RUNTIME_NAME). Upstream sets only CONTAINERD_RUNTIME_CLASS, so a
+    cri-o node got the handler `nvidia` and every runtime-class pod failed sandbox creation (review handshake #1)."""
+    nodes = [facts("gpu-other", runtime=runtime)]
+    env = env_of(container(toolkit_ds({"operator": {"runtimeClass": "nvidia-gpu"}}, nodes), MAIN))
+    assert env["NVIDIA_RUNTIME_NAME"] == "nvidia-gpu"
+    assert "CONTAINERD_RUNTIME_CLASS" not in env
+    assert env_of(container(toolkit_ds(nodes=nodes), MAIN))["NVIDIA_RUNTIME_NAME"] == "nvidia"
+
+
 def test_crio_pool_uses_crio_files_and_config_mode() -> None:
     ds = toolkit_ds(nodes=[crio_node()])
     assert ds["metadata"]["name"] == f"{DS}-crio"

@@ -44,7 +44,7 @@ def runtime_class_name(spec: ClusterPolicySpec, runtimes: set[str]) -> str | Non
     Upstream (setRuntimeClassName) leaves it out with the NRI plugin, and without CDI when its one cluster runtime
     (getRuntime) is cri-o: no GPU node runs containerd (nor docker here, where upstream's pick is list order).
     Otherwise the class is kept: a host-installed toolkit gives containerd an `nvidia` handler that is not the
-    default, and our cri-o toolkit (always `config` mode) gives cri-o nodes the handler too.
+    default, and our cri-o toolkit (always `config` mode, NVIDIA_RUNTIME_NAME) gives cri-o nodes the handler too.
     """
     if spec.cdi.nri_plugin_enabled:
         return None

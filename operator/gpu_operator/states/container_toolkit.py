@@ -80,8 +80,9 @@ def runtime_contract(runtime: str, spec: ClusterPolicySpec) -> tuple[list[tuple[
         socket = user.get("NRI_SOCKET") or NRI_SOCKET
         env.append(("NRI_SOCKET", NRI_SOCKET_DIR + posixpath.basename(socket)))
         return env, [_mount("nri-socket", posixpath.dirname(socket), NRI_SOCKET_DIR, "DirectoryOrCreate")]
-    if runtime == "containerd":
-        env.append(("CONTAINERD_RUNTIME_CLASS", spec.operator.runtime_class or "nvidia"))
+    # The handler the RuntimeClass names: upstream's variable for containerd, the installer's own for the others.
+    handler = spec.operator.runtime_class or "nvidia"
+    env.append(("CONTAINERD_RUNTIME_CLASS" if runtime == "containerd" else "NVIDIA_RUNTIME_NAME", handler))
     mounts = []
 
     config = user.get(files.config_var) or user.get("RUNTIME_CONFIG") or files.config

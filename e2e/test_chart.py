@@ -269,7 +269,10 @@ def test_nvidia_driver_crd_switch_maps_to_use_nvidia_driver_crd() -> None:
     # an NVIDIADriver's GDS from 2.17.5 on needs the open kernel modules.
     ["gds.enabled=true", "gdrcopy.enabled=true", "gdrcopy.repository=registry.local/nvidia", "driver.hostNetwork=true",
      "driver.kernelModuleType=open"],
-], ids=["pinned-driver", "sidecars-and-host-network"])  # fmt: skip
+    # driver.args replace the driver container's `init`, an NVIDIADriver's follow it: the chart drops a leading `init`
+    # (copied verbatim, the NVIDIADriver ran `nvidia-driver init init ...`, which the script refuses).
+    ["driver.args[0]=init", "driver.args[1]=--accept-license"],
+], ids=["pinned-driver", "sidecars-and-host-network", "driver-args"])  # fmt: skip
 def test_nvidia_driver_crd_deploys_a_default_nvidiadriver_that_renders_the_same_driver(sets: list[str]) -> None:
     """The default NVIDIADriver is made from the same driver values as the ClusterPolicy: switching over keeps
     every driver DaemonSet's pod template (so no driver pod restarts)."""
@@ -303,6 +306,10 @@ def test_nvidia_driver_crd_deploys_a_default_nvidiadriver_that_renders_the_same_
     if "gds.enabled=true" in sets:
         assert all({"nvidia-fs-ctr", "nvidia-gdrcopy-ctr"} <= {c["name"] for c in p["containers"]} for p in pods)
         assert all(p.get("hostNetwork") is True for p in pods)
+    if "driver.args[0]=init" in sets:
+        assert nvd["spec"]["args"] == ["--accept-license"]
+        assert all(next(c["args"] for c in p["containers"] if c["name"] == "nvidia-driver-ctr")
+                   == ["init", "--accept-license"] for p in pods)  # fmt: skip
 
 
 def test_default_nvidiadriver_carries_the_virtual_topology_config() -> None:

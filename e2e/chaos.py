@@ -316,6 +316,12 @@ class Chaos:
 
     def workload_state(self) -> str:
         """The GPU workload's pods (node, phase, Ready, terminating) and its budget: what holds an eviction."""
+        try:
+            return self._workload_state()
+        except Exception as exc:  # noqa: BLE001 - a report on a timeout: the timeout's message must survive
+            return f"not read ({exc})"
+
+    def _workload_state(self) -> str:
         pods = [f"{p['metadata']['name']}@{p['spec'].get('nodeName') or '-'} {(p.get('status') or {}).get('phase')}"
                 f"{' ready' if _ready(p) else ''}{' terminating' if p['metadata'].get('deletionTimestamp') else ''}"
                 for p in self.admin.list("Pod", WORK, label_selector=f"app={GPU_APP}")]  # fmt: skip

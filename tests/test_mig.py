@@ -124,10 +124,10 @@ def test_a_waiting_change_withdrawn_by_removing_the_label_does_not_stay_pending(
     labels = apply_patch(node().labels, waits.patches["n1"])
     del labels[MIG_CONFIG]  # kubectl label node n1 nvidia.com/mig.config-
     withdrawn = NodeFacts("n1", labels=labels)
-    assert mig.busy(withdrawn, spec)
+    assert mig.busy(withdrawn, spec, None)
     d = decide(withdrawn, spec, pods=[GPU_POD], managers=frozenset())
     assert d.patches == {"n1": {MANAGER: "true", MIG_CONFIG_STATE: None}} and not d.waiting
-    assert not mig.busy(NodeFacts("n1", labels=apply_patch(labels, d.patches["n1"])), spec)
+    assert not mig.busy(NodeFacts("n1", labels=apply_patch(labels, d.patches["n1"])), spec, None)
 
 
 def test_a_pending_mig_manager_wrote_is_kept_when_the_label_goes_mid_change() -> None:
@@ -164,7 +164,7 @@ def test_a_pending_let_through_then_withdrawn_before_mig_manager_runs_is_removed
     withdrawn = NodeFacts("n1", labels=labels)
     d = decide(withdrawn, spec, managers=frozenset())
     assert d.patches == {"n1": {MIG_CONFIG_STATE: None}}
-    assert not mig.busy(NodeFacts("n1", labels=apply_patch(labels, d.patches["n1"])), spec)
+    assert not mig.busy(NodeFacts("n1", labels=apply_patch(labels, d.patches["n1"])), spec, None)
 
 
 def test_a_held_refusal_writes_nothing_more_and_its_event_repeats_word_for_word() -> None:
@@ -743,10 +743,10 @@ def test_the_gates_cordon_goes_when_the_node_is_no_longer_a_gpu_node() -> None:
     labels = {k: v for k, v in node(approved="all-1g.10gb").labels.items() if k != GPU_PCI_LABELS[0]}
     gone = NodeFacts.from_node({"metadata": {"name": "n1", "labels": labels, "annotations": {MIG_CORDONED: "true"}},
                                 "spec": {"unschedulable": True}})  # fmt: skip
-    assert not gone.has_gpu and mig.busy(gone, EVICT)
+    assert not gone.has_gpu and mig.busy(gone, EVICT, None)
     d = decide(gone, EVICT)
     assert d.uncordon == ["n1"] and d.patches == {}
-    assert not mig.busy(NodeFacts.from_node({"metadata": {"name": "n1", "labels": labels}}), EVICT)
+    assert not mig.busy(NodeFacts.from_node({"metadata": {"name": "n1", "labels": labels}}), EVICT, None)
 
 
 def test_the_nodes_the_mig_pass_hands_on_are_as_its_cordons_leave_them() -> None:
@@ -805,7 +805,7 @@ def test_a_cordon_not_the_gates_is_never_lifted_and_an_upgrading_node_is_not_cor
     d = decide(theirs, EVICT, pods=[GPU_POD])
     assert d.evict and (d.cordon, d.uncordon) == ([], [])
     done = NodeFacts("n1", labels=node(approved="all-1g.10gb").labels, unschedulable=True)
-    assert decide(done, EVICT).uncordon == [] and not mig.busy(done, EVICT)
+    assert decide(done, EVICT).uncordon == [] and not mig.busy(done, EVICT, None)
     upgrading = NodeFacts("n1", labels={**node().labels, UPGRADE_STATE: "wait-for-jobs-required"})
     d = decide(upgrading, EVICT, pods=[GPU_POD])
     assert d.evict and d.cordon == []
@@ -885,6 +885,50 @@ def test_a_users_config_that_cannot_be_read_refuses_the_layout_and_says_why() ->
     assert cond is not None and cond["reason"] == "LayoutRefused" and why in cond["message"]
     decision, _ = run_pass([node("team-a")], None)
     assert decision.refused[0][2] == "cannot be applied: ConfigMap custom-mig-config not found (migManager.config.name)"
+
+
+# The user's ConfigMap after a switch of migManager.config.name: it has no `all-disabled`, the layout the operator
+# seeds (config.default's default) and so the one most nodes carry, let through long ago.
+WITHOUT_DISABLED = CUSTOM.replace("  all-disabled:\n    - devices: all\n      mig-enabled: false\n", "")
+
+
+def test_a_config_switch_that_drops_a_nodes_applied_layout_is_reported() -> None:
+    """Switching migManager.config.name (or editing the ConfigMap) changes the mig-manager DaemonSet's pod template,
+    and the new pod reconfigures to the node's current nvidia.com/mig.config on start: a layout the new config does
+    not have is failed by mig-manager (state `failed`). The gate looked only at layouts that differ from the one it
+    let through, so such a node stayed quiet and MIGConfig said True/LayoutsAccepted. Now a let-through layout is
+    checked against the config mig-manager reads now, also by a pass that keeps its busy nodes (MigKept): refused,
+    mig-manager held; released once the config has it again; a layout still valid is left alone."""
+    quiet = node("all-disabled", approved="all-disabled")
+    decision, after = run_pass([quiet], WITHOUT_DISABLED)
+    cond = mig.condition(decision, 1, [], "t0")
+    assert cond is not None and cond["reason"] == "LayoutRefused", cond["message"]
+    assert decision.refused == [("n1", "all-disabled", "is not in ConfigMap custom-mig-config")]
+    assert after[0].labels[MANAGER] == mig.PAUSED and after[0].labels[MIG_CONFIG_STATE] == "success"
+    decision, after = run_pass([node("team-a", approved="team-a")], WITHOUT_DISABLED)
+    assert decision.refused == [] and decision.patches == {}  # still valid: left alone
+    decision, _ = run_pass([quiet], CUSTOM.replace("  all-disabled:\n", "  all-disabled-renamed:\n"))
+    assert decision.refused == [("n1", "all-disabled", "is not in ConfigMap custom-mig-config")]  # an edit too
+
+    spec = parse_spec({"migManager": {"config": {"name": "custom-mig-config"}}})
+    kept = mig_pass.MigKept()
+
+    def kept_pass(nodes: list[NodeFacts], config: str) -> tuple[mig.Decision, list[NodeFacts]]:
+        snap = Snapshot(nodes={}, policies={}, owned={}, pods={}, revisions={},
+                        config_data={"custom-mig-config": {"config.yaml": config}})
+        decision, after, _ = mig_pass.run(FakeKube(), "gpu-operator", spec, snap, nodes, lambda *a: None, kept=kept)  # type: ignore[arg-type]
+        return decision, after
+
+    decision, after = kept_pass([quiet], CUSTOM)
+    assert decision.refused == [] and decision.patches == {} and after == [quiet]  # quiet: not even decided on
+    decision, after = kept_pass([quiet], WITHOUT_DISABLED)
+    assert decision.refused == [("n1", "all-disabled", "is not in ConfigMap custom-mig-config")]
+    assert decision.patches == {"n1": {MANAGER: mig.PAUSED}}
+    decision, _ = kept_pass(after, WITHOUT_DISABLED)
+    assert decision.refused and decision.patches == {}  # held: nothing more written
+    decision, after = kept_pass(after, CUSTOM)  # the config has it again: released
+    assert decision.refused == [] and decision.patches == {"n1": {MANAGER: "true"}}
+    assert mig.condition(decision, 1, [], "t0")["reason"] == "LayoutsAccepted"  # type: ignore[index]
 
 
 def test_what_a_layout_advertises() -> None:
@@ -979,7 +1023,7 @@ def test_a_decision_over_many_nodes_is_each_nodes_own_decision() -> None:
         asked = mig.changes_requested(nodes, spec)
         assert asked == [n.name for n in nodes if mig.changes_requested([n], spec)] == (["n0"] if spec is SPEC else [])
         # What the pass keeps by node (mig_pass.MigKept): deciding over the busy nodes alone decides the same.
-        busy = [n for n in nodes if mig.busy(n, spec)]
+        busy = [n for n in nodes if mig.busy(n, spec, None)]
         assert [n.name for n in busy] == (["n0", "n2", "n3"] if spec is SPEC else ["n2", "n3"])  # paused ones
         some = mig.decide(busy, spec, layouts=None, pods=pods, managers=managers)
         assert (some.patches, some.events, mig.changes_requested(busy, spec)) == (whole.patches, whole.events, asked)

@@ -18,8 +18,10 @@ The gate: the operator holds a change by setting the node's own `nvidia.com/gpu.
 that node and nothing acts on the label; releasing the label brings the pod back, and the real mig-manager image
 reconfigures to the current label on start, so no handshake with it is needed. The layout the operator last let
 through is kept in the node label `nvidia.com/gpu-operator.mig-config.approved`: a `mig.config` that differs from
-it is a change to check. A real mig-manager that sees a relabel before the operator holds it still validates the
-layout itself (state `failed`, nothing applied); the gate closes that window for every later change.
+it is a change to check, and a layout let through is checked again against the config mig-manager reads now (a
+switched config replaces its pods, which apply the label on start; an edited one is read on its next start). A
+real mig-manager that sees a relabel before the operator holds it still validates the layout itself (state
+`failed`, nothing applied); the gate closes that window for every later change.
 
 Per MIG-capable node (mig-manager enabled, its deploy label not opted out with `false`):
 * a layout mig-manager would fail is refused: a name not in the config (the ConfigMap `migManager.config.name`
@@ -52,6 +54,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import yaml
@@ -118,6 +121,7 @@ _PRODUCT_RULES: tuple[tuple[tuple[str, ...], str], ...] = (
 )
 
 
+@lru_cache(maxsize=64)  # a pass may ask for every node's
 def gpu_of_product(product: str) -> mig_layouts.MigGPU | None:
     """The MIG GPU of a GFD product label (`NVIDIA-H100-80GB-HBM3`, `...-MIG-1g.10gb`, `...-SHARED`), or None."""
     base = product.upper().split("-MIG-")[0].removesuffix("-SHARED")
@@ -419,11 +423,20 @@ def managed(node: NodeFacts, spec: ClusterPolicySpec) -> bool:
     return spec.mig_manager.enabled and _managed(node, spec)
 
 
-def busy(node: NodeFacts, spec: ClusterPolicySpec) -> bool:
-    """Whether `decide` may have something to do on the node; `decide` over the busy nodes alone decides as over
-    all (its node count aside), and `changes_requested` are busy ones. A node the gate cordoned is one until the
-    cordon goes, also once it has no GPU."""
-    return (node.has_gpu or MIG_CORDONED in node.annotations) and not _quiet(node, spec)
+def busy(node: NodeFacts, spec: ClusterPolicySpec, layouts: Layouts | None, unreadable: str = "") -> bool:
+    """Whether `decide` (with these `layouts` and `unreadable`) may have something to do on the node; `decide` over
+    the busy nodes alone decides as over all (its node count aside), and `changes_requested` are busy ones. A node
+    the gate cordoned is one until the cordon goes, also once it has no GPU."""
+    if not node.has_gpu and MIG_CORDONED not in node.annotations:
+        return False
+    return not _quiet(node, spec) or (node.has_gpu and not unreadable and _stale(node, spec, layouts))
+
+
+def _stale(node: NodeFacts, spec: ClusterPolicySpec, layouts: Layouts | None) -> bool:
+    """Whether the layout let through on a quiet node is refused now (mig-manager's config or the strategy changed
+    since)."""
+    want = requested(node, spec)
+    return managed(node, spec) and bool(want) and bool(_refusal(node, spec, want, layouts))
 
 
 def _quiet(node: NodeFacts, spec: ClusterPolicySpec) -> bool:
@@ -499,7 +512,7 @@ def decide(
     for node in nodes:  # one walk: at 5,000 nodes each walk is ~1 ms, and most nodes are quiet
         checks = managed(node, spec)
         out.managed += checks
-        if busy(node, spec):
+        if busy(node, spec, layouts, unreadable):
             doing.append((node, checks))
     for node, checks in doing:  # restore labels on every GPU node, also those no longer managed
         if node.has_gpu:
@@ -547,6 +560,28 @@ def _restore(node: NodeFacts, spec: ClusterPolicySpec, manager_alive: bool, out:
     out.events.append(NodeEvent(node.name, "Warning", EVENT_RESTORED, f"restored {names}: {why}"))
 
 
+def _refusal(node: NodeFacts, spec: ClusterPolicySpec, want: str, layouts: Layouts | None) -> str | None:
+    """Why `decide` refuses layout `want` on the node ("" when it does not), or None when it cannot judge it yet
+    (the node's GPU not known)."""
+    source = f"ConfigMap {spec.mig_manager.config.name}" if layouts is not None else "the default layouts"
+    gpu = gpu_of_node(node)
+    if want not in (layouts if layouts is not None else mig_layouts.default_layouts()):
+        # Without a ConfigMap of the user's, mig-manager builds the node's layouts from its GPUs (the default ones
+        # are its fallback): on a GPU the table does not know, a name it may build is left to it.
+        if layouts is None and gpu is None and _GENERATED.match(want):
+            return None
+        return f"is not in {source}"
+    if gpu is None:
+        return None  # GPU not known yet (no GFD product or NFD device-ID label): nothing to check against
+    entries = layout_entries(gpu, want, node_layouts(gpu, layouts))
+    if entries is None:
+        return f"is not valid for {gpu.name} ({source})"
+    if spec.mig.strategy == "mixed" and (shared := compute_instances(entries)):
+        return (f"has compute-instance profiles ({', '.join(shared)}): the device plugin's mixed strategy advertises "
+                "none and fails on a node with one (mig.strategy single advertises them as nvidia.com/gpu)")
+    return ""
+
+
 def _gate(
     node: NodeFacts,
     spec: ClusterPolicySpec,
@@ -565,7 +600,12 @@ def _gate(
     operands_paused = any(labels.get(key) == PAUSED for _, key in _PAUSED_KEYS)
     if state in IN_PROGRESS and operands_paused and not held:
         return  # mig-manager is mid-change: let it finish
-    if approved == want or not want:  # let through already, or nothing asked for
+    # A layout let through is checked again against the config mig-manager reads now (its new pod applies the label
+    # on start; a config that cannot be read is ConfigInvalid, not each node's refusal).
+    why = ""
+    if approved == want and want and not unreadable:
+        why = _refusal(node, spec, want, layouts) or ""
+    if (approved == want or not want) and not why:  # let through already, or nothing asked for
         if held:
             out._set(name, MANAGER_LABEL, "true")
         # A wait's (ours: it holds mig-manager), withdrawn: nothing to end it; nor once let through with no live
@@ -574,24 +614,11 @@ def _gate(
         if not want and state == "pending" and not operands_paused and (held or not manager_alive):
             out._set(name, MIG_CONFIG_STATE, None)
         return
-    source = f"ConfigMap {spec.mig_manager.config.name}" if layouts is not None else "the default layouts"
-    gpu = gpu_of_node(node)
-    why = ""
-    if unreadable:
-        why = f"cannot be applied: {unreadable}"
-    elif want not in (layouts if layouts is not None else mig_layouts.default_layouts()):
-        # Without a ConfigMap of the user's, mig-manager builds the node's layouts from its GPUs (the default ones
-        # are its fallback): on a GPU the table does not know, a name it may build is left to it.
-        if layouts is None and gpu is None and _GENERATED.match(want):
-            return
-        why = f"is not in {source}"
-    elif gpu is None:
-        return  # GPU not known yet (no GFD product or NFD device-ID label): nothing to check against
-    elif (entries := layout_entries(gpu, want, node_layouts(gpu, layouts))) is None:
-        why = f"is not valid for {gpu.name} ({source})"
-    elif spec.mig.strategy == "mixed" and (shared := compute_instances(entries)):
-        why = (f"has compute-instance profiles ({', '.join(shared)}): the device plugin's mixed strategy advertises "
-               "none and fails on a node with one (mig.strategy single advertises them as nvidia.com/gpu)")
+    if not why:
+        refusal = f"cannot be applied: {unreadable}" if unreadable else _refusal(node, spec, want, layouts)
+        if refusal is None:
+            return  # not judged yet
+        why = refusal
     if why:
         out.refused.append((name, want, why))
         if not held:

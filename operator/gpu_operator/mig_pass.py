@@ -6,6 +6,7 @@ import logging
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from types import MappingProxyType
 from typing import Any
 
 from . import mig, mig_layouts
@@ -75,9 +76,14 @@ def first_sight(
     return patch if patch.keys() == {mig.APPROVED} or patch == {mig.MANAGER_LABEL: mig.PAUSED} else {}
 
 
-def _busy(node: NodeFacts, spec: ClusterPolicySpec) -> NodeFacts | None:
+# The layouts of a config that cannot be read: one object, so MigKept's key holds while it stays broken.
+_UNREAD: mig.Layouts = MappingProxyType({})
+_Key = tuple[ClusterPolicySpec, mig.Layouts | None, str]  # what mig.busy reads beside the node
+
+
+def _busy(node: NodeFacts, key: _Key) -> NodeFacts | None:
     """The node, when `mig.decide` may have something to do on it (mig.busy)."""
-    return node if mig.busy(node, spec) else None
+    return node if mig.busy(node, *key) else None
 
 
 def _managed(node: NodeFacts, spec: ClusterPolicySpec) -> bool | None:
@@ -93,6 +99,14 @@ class MigKept:
     busy: ByNode[NodeFacts] = field(default_factory=lambda: ByNode(_busy))
     managed: ByNode[bool] = field(default_factory=lambda: ByNode(_managed))
     config_error: str = ""  # the last pass's, logged once
+    # busy's key: the spec and the config mig-manager reads, the same objects while neither changes (_parsed's)
+    key: _Key | None = None
+
+    def key_of(self, spec: ClusterPolicySpec, layouts: mig.Layouts | None, unreadable: str) -> _Key:
+        key = self.key
+        if key is None or key[0] is not spec or key[1] is not layouts or key[2] != unreadable:
+            self.key = key = (spec, layouts, unreadable)
+        return key
 
 
 def run(
@@ -113,23 +127,22 @@ def run(
     is left to go with that patch (one write per node instead of two) rather than written here. `kept`: what the
     last pass worked out per node, kept (see MigKept). `previous`: the policy's status conditions (a refusal or
     wait its MIGConfig condition names gets no event again)."""
-    managed = None
-    busy: list[NodeFacts] = nodes
-    if kept is not None:
-        busy = list(kept.busy.over(nodes, spec).values())
-        managed = len(kept.managed.over(nodes, spec))
-    asked = mig.changes_requested(busy, spec)
     # The user's config is read on every pass (from the snapshot; parsed once per content): a broken one is reported
     # also while no node asks for a layout, as mig-manager fails the next change.
     layouts, unreadable = None, ""
     try:
         layouts = _layouts(spec, snap.config_data) if spec.mig_manager.enabled else None
     except mig.ConfigError as exc:
-        layouts, unreadable = {}, str(exc)
+        layouts, unreadable = _UNREAD, str(exc)
         if kept is None or kept.config_error != unreadable:
             log.warning("MIG: %s", exc)
+    managed = None
+    busy: list[NodeFacts] = nodes
     if kept is not None:
         kept.config_error = unreadable
+        busy = list(kept.busy.over(nodes, kept.key_of(spec, layouts, unreadable)).values())
+        managed = len(kept.managed.over(nodes, spec))
+    asked = mig.changes_requested(busy, spec)
     pods = {n: [WorkloadPod.from_pod(p) for p in kube.list("Pod", field_selector=f"spec.nodeName={n}")] for n in asked}
     managers = frozenset(snap.pod_index.nodes_with(STATE.name, live=True)) if busy else frozenset()
     decision = mig.decide(busy, spec, layouts=layouts, pods=pods, managers=managers, unreadable=unreadable)

@@ -71,7 +71,7 @@ GPU_NODES = {
 }
 CPU_NODE = "cx-cpu-0"
 MIG_NODE = "cx-h100-1"
-LAYOUTS = ("all-1g.10gb", "all-balanced")
+LAYOUTS = ("all-1g.10gb", "all-3g.40gb")  # under the sample's mig.strategy single: one profile each
 VERSIONS = ("600.10.01", "600.20.02")
 LIMITS = {"autoUpgrade": True, "maxParallelUpgrades": 2, "maxUnavailable": "50%",
           "podDeletion": {"force": False, "timeoutSeconds": 300, "deleteEmptyDir": False},

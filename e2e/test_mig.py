@@ -191,7 +191,7 @@ def test_a_change_waits_for_gpu_pods_and_survives_an_operator_kill(
     admin: Kube, operator: Running, sim: NodeSimulator, namespace: str
 ) -> None:
     admin.create(gpu_pod(namespace, "cuda-job"))
-    relabel(admin, "all-balanced")
+    relabel(admin, "all-3g.40gb")
     try:
         cond = wait_for(
             lambda: (c := mig_condition(admin)).get("reason") == "WaitingForGPUWorkloads" and c,
@@ -212,10 +212,10 @@ def test_a_change_waits_for_gpu_pods_and_survives_an_operator_kill(
     wait_for(lambda: admin.get("Pod", "cuda-job", namespace) is None, 60, message="GPU pod gone")
     operator.op = OperatorProcess(operator.cluster, operator.log).start()
     try:
-        wait_for(lambda: settled(admin, "all-balanced", sim=sim), WAIT, interval=0.5, message="all-balanced success")
+        wait_for(lambda: settled(admin, "all-3g.40gb", sim=sim), WAIT, interval=0.5, message="all-3g.40gb success")
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{explain(admin, operator, sim)}") from None
-    assert sim.mig.applied(NODE) == "all-balanced"
+    assert sim.mig.applied(NODE) == "all-3g.40gb"
     assert not paused_labels(admin, NODE) and not paused_labels(admin, OTHER)
 
 

@@ -597,8 +597,12 @@ def test_a_compute_instance_profile_is_not_refused() -> None:
     one 2c and a 1c to a 3g)."""
     spec = parse_spec({"mig": {"strategy": "single"}, "migManager": {"config": {"name": "custom-mig-config"}}})
     layouts = mig.parse_config(SPELLINGS)
-    for layout in ("compute-instances", "shared-3g"):
-        assert decide(node(layout), spec=spec, layouts=layouts).refused == [], layout
+    for layout in ("compute-instances", "shared-3g"):  # both fit an H100
+        assert decide(node(layout), spec=CUSTOM_SPEC, layouts=layouts).refused == [], layout
+    assert decide(node("compute-instances"), spec=spec, layouts=layouts).refused == []
+    # Two kinds of MIG device on a node: the single strategy's plugin fails on it (its own refusal)
+    ((_, _, why),) = decide(node("shared-3g"), spec=spec, layouts=layouts).refused
+    assert why.startswith("has MIG devices of 2 profiles (1c.3g.40gb, 2c.3g.40gb): the device plugin's single")
     gpu = mig.gpu_of_product(H100)
     assert gpu is not None
     entries = mig.layout_entries(gpu, "compute-instances", layouts)
@@ -621,6 +625,72 @@ def test_a_compute_instance_profile_is_refused_under_the_mixed_strategy() -> Non
     assert gpu is not None
     entries = mig.layout_entries(gpu, "shared-3g", mig.parse_config(SPELLINGS))
     assert entries is not None and mig.advertised(entries, 8, "mixed") == {}  # the plugin fails: nothing
+
+
+SINGLE_CASES = """
+version: v1
+mig-configs:
+  half-and-half:
+    - devices: [0, 1, 2, 3]
+      mig-enabled: true
+      mig-devices: {"1g.10gb": 7}
+    - devices: [4, 5, 6, 7]
+      mig-enabled: false
+  one-gpu-other:
+    - devices: all
+      mig-enabled: true
+      mig-devices: {"3g.40gb": 2}
+    - devices: [0]
+      mig-enabled: true
+      mig-devices: {"1g.10gb": 7}
+  overridden:
+    - devices: all
+      mig-enabled: false
+    - devices: all
+      mig-enabled: true
+      mig-devices: {"2g.20gb": 3}
+"""
+
+
+def test_a_multi_profile_layout_under_the_single_strategy_is_refused() -> None:
+    """Under mig.strategy single (the Helm chart's default) the device plugin refuses MIG devices of more than one
+    profile on a node, a MIG-enabled GPU with none, and MIG-enabled GPUs beside MIG-disabled ones ("invalid MIG
+    configuration", as the project's own model says: e2e/advertise.py, and mig.advertised gives {}); GFD labels the
+    node `<model>-MIG-INVALID`. The gate refused compute-instance layouts under mixed for that reason, yet let
+    `all-balanced` (REFERENCE §4's example layout) through under single: the node then advertised no GPU at all and
+    MIGConfig said LayoutsAccepted. Now refused, naming the strategy, like the mixed-strategy case."""
+    single = parse_spec({"mig": {"strategy": "single"}})
+    d = decide(node("all-balanced"), spec=single)
+    assert [(n, lay) for n, lay, _ in d.refused] == [("n1", "all-balanced")], d.patches
+    assert d.patches == {"n1": {mig.MANAGER_LABEL: mig.PAUSED}}
+    assert d.refused[0][2] == (
+        "has MIG devices of 3 profiles (1g.10gb, 2g.20gb, 3g.40gb): the device plugin's single strategy needs one "
+        "profile on every GPU of a node and fails otherwise (mig.strategy mixed advertises each profile as its own "
+        "resource)"
+    )
+    assert decide(node("all-enabled"), spec=single).refused[0][2].startswith("enables MIG with no MIG devices: ")
+    for layout in ("all-1g.10gb", "all-disabled"):
+        assert decide(node(layout), spec=single).refused == [], layout
+    for spec in (SPEC, parse_spec({"mig": {"strategy": "mixed"}})):
+        assert decide(node("all-balanced"), spec=spec).refused == []
+    # Each GPU as the last entry that selects it leaves it.
+    custom = parse_spec({"mig": {"strategy": "single"}, "migManager": {"config": {"name": "custom-mig-config"}}})
+    layouts = mig.parse_config(SINGLE_CASES)
+    refused = {lay: why.split(":")[0] for lay in layouts for _, lay, why in
+               decide(node(lay), spec=custom, layouts=layouts).refused}  # fmt: skip
+    assert refused == {"half-and-half": "enables MIG on some GPUs and not on others",
+                       "one-gpu-other": "has MIG devices of 2 profiles (1g.10gb, 3g.40gb)"}  # fmt: skip
+    # What the gate refuses is what advertises nothing under single, for every default layout on every GPU
+    for gpu in mig_layouts.gpus():
+        for name in mig.valid_layouts(gpu):
+            entries = mig.layout_entries(gpu, name)
+            assert entries is not None
+            fails = mig.advertised(entries, 8, "single") == {}
+            assert bool(mig.single_strategy_problem(entries)) == fails, (gpu.name, name)
+    # A node's layout let through under mixed is refused once the strategy is single (checked again as a config)
+    quiet = node("all-balanced", approved="all-balanced")
+    assert mig.busy(quiet, single, None) and decide(quiet, spec=single).refused
+    assert not mig.busy(quiet, SPEC, None)
 
 
 class FakeKube:

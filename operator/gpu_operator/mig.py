@@ -19,9 +19,9 @@ that node and nothing acts on the label; releasing the label brings the pod back
 reconfigures to the current label on start, so no handshake with it is needed. The layout the operator last let
 through is kept in the node label `nvidia.com/gpu-operator.mig-config.approved`: a `mig.config` that differs from
 it is a change to check, and a layout let through is checked again against the config mig-manager reads now (a
-switched config replaces its pods, which apply the label on start; an edited one is read on its next start). A
-real mig-manager that sees a relabel before the operator holds it still validates the layout itself (state
-`failed`, nothing applied); the gate closes that window for every later change.
+switched config replaces its pods, which apply the label on start; an edited one is read on its next start) and
+the strategy. A real mig-manager that sees a relabel before the operator holds it still validates the layout
+itself (state `failed`, nothing applied); the gate closes that window for every later change.
 
 Per MIG-capable node (mig-manager enabled, its deploy label not opted out with `false`):
 * a layout mig-manager would fail is refused: a name not in the config (the ConfigMap `migManager.config.name`
@@ -30,10 +30,12 @@ Per MIG-capable node (mig-manager enabled, its deploy label not opted out with `
   while one of its device filters is not a device ID mig-parted can read: it would select no GPU), or
   one whose entries that select the node's GPU by device filter do not all fit it (its profiles, their counts,
   its compute and memory slices; profiles matched by meaning, as mig-parted does), or, under the mixed strategy,
-  one with compute-instance profiles (the device plugin would fail on them): mig-manager held, a Warning event,
-  the `MIGConfig` condition names node, layout and why; the node's layout, operands and state label are left as
-  they are, but a `pending` with no operand paused (a wait's) ends `failed`, as mig-manager ends a layout it
-  refuses (a user's config that cannot be read is named by the condition also while no node asks for a layout);
+  one with compute-instance profiles, or, under the single strategy, one that leaves the node's GPUs other than
+  all MIG-disabled or all with MIG devices of one profile (the device plugin would fail on them either way):
+  mig-manager held, a Warning event, the `MIGConfig` condition names node, layout and why; the node's layout,
+  operands and state label are left as they are, but a `pending` with no operand paused (a wait's) ends `failed`,
+  as mig-manager ends a layout it refuses (a user's config that cannot be read is named by the condition also while
+  no node asks for a layout);
 * a valid change on a node where GPU workloads run (pods that request `nvidia.com/gpu*` or `nvidia.com/mig-*`,
   but the DaemonSet pods mig-manager stops itself: those selecting on a deploy label it pauses) waits, held, with
   `mig.config.state=pending` (the layout the label names is not applied) and the reason in an event and the
@@ -340,6 +342,25 @@ def compute_instances(entries: Sequence[mig_layouts.LayoutEntry]) -> list[str]:
     return sorted({p for e in entries for p in e.mig_devices if mig_layouts.compute_instance(p)})
 
 
+def single_strategy_problem(entries: Sequence[mig_layouts.LayoutEntry]) -> str:
+    """Why the device plugin's single strategy fails on a node these entries (layout_entries) lay out, or "": it
+    needs every GPU MIG-disabled, or every one MIG-enabled with MIG devices of one profile (k8s-device-plugin
+    internal/rm/device_map.go; `advertised` gives {} then). Each GPU is as the last entry that selects its index
+    leaves it: the indices an entry names, and one it does not name where an entry selects all GPUs."""
+    named = sorted({i for e in entries for i in e.devices or ()})
+    slots: list[int | None] = [*named, None] if any(e.devices is None for e in entries) else [*named]
+    last = [next(e for e in reversed(entries) if e.devices is None or i in e.devices) for i in slots]
+    enabled = [e for e in last if e.mig_enabled]
+    if not enabled:
+        return ""
+    if len(enabled) < len(last):
+        return "enables MIG on some GPUs and not on others"
+    if any(not e.mig_devices for e in enabled):
+        return "enables MIG with no MIG devices"
+    profiles = sorted({p for e in enabled for p in e.mig_devices})
+    return f"has MIG devices of {len(profiles)} profiles ({', '.join(profiles)})" if len(profiles) > 1 else ""
+
+
 def mig_resource(profile: str) -> str:
     """The device plugin's resource for a MIG profile under the mixed strategy (`+` is not allowed in a name)."""
     return "nvidia.com/mig-" + profile.replace("+", ".")
@@ -579,6 +600,9 @@ def _refusal(node: NodeFacts, spec: ClusterPolicySpec, want: str, layouts: Layou
     if spec.mig.strategy == "mixed" and (shared := compute_instances(entries)):
         return (f"has compute-instance profiles ({', '.join(shared)}): the device plugin's mixed strategy advertises "
                 "none and fails on a node with one (mig.strategy single advertises them as nvidia.com/gpu)")
+    if spec.mig.strategy == "single" and (problem := single_strategy_problem(entries)):
+        return (f"{problem}: the device plugin's single strategy needs one profile on every GPU of a node and fails "
+                "otherwise (mig.strategy mixed advertises each profile as its own resource)")
     return ""
 
 

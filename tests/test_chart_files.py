@@ -556,6 +556,46 @@ def test_the_reconciliation_failing_alert_does_not_page_for_operands_merely_not_
     assert not _fires("GPUOperatorReconciliationFailing", cluster(lambda t: -2.0 if t < start + 60 else 0.0), at)
 
 
+def test_the_reconciliation_failing_alert_pages_for_passes_whose_writes_the_api_server_refuses() -> None:
+    """Once GPUOperatorReconciliationFailing read reconciliation_status -2 only, a pass whose writes the API server
+    refuses (a webhook's 403 or a quota on our DaemonSet, a 422 on a node patch; an error pass the runtime backs off
+    from and logs as "pass failed") still set 0, as a rollout does: such a refusal lasting hours (nothing of the
+    state deployed) raised only the warning OperandNotReady, never the critical alert that says passes are failing
+    "(API errors or exceptions)". Now such a pass sets -2, and a rollout's pass (no error) still 0."""
+    from gpu_operator import metrics
+    from gpu_operator.kube import ApiError
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+    from support import EchoKube, facts, policy_object
+
+    class Refusing(EchoKube):
+        def apply(self, obj: dict[str, Any], *_: Any, **__: Any) -> dict[str, Any]:
+            if obj["kind"] == "DaemonSet":
+                raise ApiError(403, '{"message": "admission webhook denied the request"}', "apply")
+            return obj
+
+    def status_after(kube: EchoKube) -> tuple[bool, float]:
+        out = Reconciler(kube, NAMESPACE).reconcile(  # type: ignore[arg-type]
+            Snapshot(nodes={"gpu-1": facts("gpu-1")}, policies={"cluster-policy": policy_object()}, owned={}, pods={},
+                     revisions={}))  # fmt: skip
+        assert out.ready is False
+        return out.error, metrics.reconciliation_status._value.get()
+
+    assert status_after(Refusing()) == (True, -2.0), "a pass with refused writes reads as a rollout"
+    assert status_after(EchoKube()) == (False, 0.0), "a rollout's pass (no error) reads as failing"
+    start = 1_000_000.0  # the last ready pass; refused every pass since
+
+    def refused(t: float) -> float:
+        return -2.0 if t > start else 1.0
+
+    series: Series = {
+        "gpu_operator_reconciliation_status": refused,
+        "gpu_operator_reconciliation_last_success_ts_seconds": lambda t: start,
+        "gpu_operator_leader": lambda t: 1.0,
+    }
+    assert _fires("GPUOperatorReconciliationFailing", series, start + 1800)
+
+
 def test_the_operator_may_delete_pods_only_in_its_own_namespace() -> None:
     """GPU pods elsewhere are only ever evicted (pods/eviction, which honours PodDisruptionBudgets); the one pod the
     operator deletes is a driver pod, in the operand namespace. The ClusterRole granted `delete` on every pod of the

@@ -571,8 +571,9 @@ class Reconciler:
         out.ready = status["state"] == "ready"
         # Set before the write (which also posts an Event): whoever sees the status has the same answer here. As
         # upstream's: a pass that leaves the policy not ready counts as failed, and success is a ready one (its time
-        # set once the statuses are written: a write that fails makes the pass a failed one).
-        metrics.reconciliation_status.set(1 if out.ready else 0)
+        # set once the statuses are written: a write that fails makes the pass a failed one). A refused write makes
+        # it an error pass (-2, as an exception; upstream's says 0), not a rollout: the chart's alert reads -2.
+        metrics.reconciliation_status.set(-2 if errors else 1 if out.ready else 0)
         if not out.ready:
             out.count_failed()
         written = self.status.write(policy, status)

@@ -794,7 +794,8 @@ def test_render_key_changes_exactly_when_the_inputs_do() -> None:
     ctx = RenderContext(spec=spec, namespace=NAMESPACE, nodes=nodes, owner=OWNER)
     same = RenderContext(spec=parse_spec(default_raw()), namespace=NAMESPACE, nodes=tuple(reversed(nodes)), owner=OWNER)
     assert render_key(ctx) == render_key(same)
-    relabelled_node = replace(nodes[0], labels={**nodes[0].labels, "nvidia.com/gpu.deploy.driver": "false"})
+    # unlabelled, the node gets no driver ("false" would change nothing rendering reads): "true" puts it in a pool
+    relabelled_node = replace(nodes[0], labels={**nodes[0].labels, "nvidia.com/gpu.deploy.driver": "true"})
     variants = [
         replace(ctx, spec=parse_spec({**default_raw(), "dcgm": {"enabled": True}})),
         replace(ctx, namespace="other"),
@@ -907,6 +908,33 @@ def test_the_render_key_changes_with_a_label_rendering_reads() -> None:
     off = replace(node, labels={**node.labels, deploy_label("container-toolkit"): "false"})
     changed = replace(ctx, nodes=tuple(off if n is node else n for n in ctx.nodes))
     assert render_key(changed) != render_key(ctx)
+
+
+@pytest.mark.parametrize("operand", ["container-toolkit", "driver"])
+def test_the_driver_managers_paused_deploy_labels_do_not_move_the_render_key(operand: str) -> None:
+    """k8s-driver-manager sets the toolkit's deploy label to paused-for-driver-upgrade on every driver pod start
+    with a driver loaded, then back (e2e/nodemodel.py MANAGER_PAUSES). Rendering reads the driver's and the
+    toolkit's deploy labels only through gets_driver/gets_toolkit, which take "true" and the paused values alike:
+    the key hashed the raw value, so each pause and restore during a driver rollout rendered every state again
+    (review renderkey). A value rendering tells apart ("false", a user's own) still moves the key."""
+    from dataclasses import replace
+
+    from gpu_operator.nodes import PAUSED_VALUES, deploy_label
+
+    ctx = load_scenario("default").context()
+    key = deploy_label(operand)
+    node = next(n for n in ctx.nodes if n.has_gpu and n.labels.get(key) == "true")
+
+    def labelled(value: str) -> Any:
+        return replace(ctx, nodes=tuple(replace(n, labels={**n.labels, key: value}) if n is node else n
+                                        for n in ctx.nodes))  # fmt: skip
+
+    for value in PAUSED_VALUES:
+        paused = labelled(value)
+        assert _comparable(plan(paused)) == _comparable(plan(ctx)), "precondition: the pause changes no plan"
+        assert render_key(paused) == render_key(ctx), f"{operand}={value} re-renders every state"
+    for value in ("false", "mine", "_paused-for-driver-upgrade"):
+        assert render_key(labelled(value)) != render_key(ctx), f"{operand}={value}"
 
 
 @pytest.mark.parametrize("seed", range(8))

@@ -23,6 +23,7 @@ from .nodes import (
     desired_labels,
     driver_kernel_patch,
     gets_driver,
+    gets_toolkit,
     upgrades_orchestrated,
 )
 from .nvidiadriver_api import OWNER_LABEL
@@ -260,9 +261,10 @@ def _patched(node: NodeFacts, patch: NodePatch) -> NodeFacts:
 # back to the values it read, "" where there was none, paused during a reload; nvsm's too, an operand we do not
 # render), left out of the render key: a rollout changes them on every node, and each change would render again
 # (at 1,000 nodes the driver manager's "" labels alone re-rendered in 49 of 53 passes). The driver's and the
-# toolkit's deploy labels choose pools: kept. Of the compute labels the sharing check reads only which GPU nodes are
-# below 7.5, with a sharing config named: render_key adds that. tests/test_render.py changes these (and a node's
-# annotations, readiness and cordon, also left out) on every scenario's nodes and checks the plans stay equal.
+# toolkit's deploy labels choose pools: render_key keeps what gets_driver/gets_toolkit decide of them (_DECIDED).
+# Of the compute labels the sharing check reads only which GPU nodes are below 7.5, with a sharing config named:
+# render_key adds that. tests/test_render.py changes these (and a node's annotations, readiness and cordon, also
+# left out) on every scenario's nodes and checks the plans stay equal.
 RENDER_BLIND = frozenset({
     "nvidia.com/gpu.product", "nvidia.com/gpu.memory", "nvidia.com/gpu.count", "nvidia.com/gpu.family",
     "nvidia.com/gpu.machine", "nvidia.com/gpu.replicas", "nvidia.com/gpu.sharing-strategy",
@@ -270,6 +272,7 @@ RENDER_BLIND = frozenset({
     "nvidia.com/mps.capable", "nvidia.com/mig.config.state", UPGRADE_STATE,
     *(deploy_label(op) for op in (*ALL_OPERANDS, *DRA_OPERANDS, "nvsm") if op not in ("driver", "container-toolkit")),
 })  # fmt: skip
+_DECIDED = frozenset({deploy_label("driver"), deploy_label("container-toolkit")})  # render_key hashes gets_* of them
 RENDER_BLIND_PREFIXES = ("nvidia.com/cuda.", "nvidia.com/gfd.", "nvidia.com/mig-", "nvidia.com/vgpu.")
 
 
@@ -289,8 +292,10 @@ def render_key(ctx: RenderContext, rows: dict[str, tuple[NodeFacts, bytes]] | No
     for n in ctx.nodes:
         hit = memo.get(n.name)
         if hit is None or hit[0] is not n:
-            labels = {k: v for k, v in n.labels.items() if not render_blind(k)}
-            row = [n.name, labels, n.runtime, n.has_nfd, n.pci_devices]
+            labels = {k: v for k, v in n.labels.items() if not render_blind(k) and k not in _DECIDED}
+            # rendering reads these two only through gets_*, which takes "true" and paused alike: the driver
+            # manager's pause and restore of the toolkit's label during a driver rollout render nothing again
+            row = [n.name, labels, n.runtime, n.has_nfd, n.pci_devices, gets_driver(n), gets_toolkit(n)]
             hit = (n, hashlib.sha256(json.dumps(row, sort_keys=True, default=str).encode()).digest())
         fresh[n.name] = hit
     if rows is not None:

@@ -21,7 +21,9 @@ its container runtime (``runc`` at first) and, on cri-o, OCI hooks.  The kubelet
   one whose ``startupProbe`` script writes files (the driver's probe writes ``.driver-ctr-ready``) is started
   after the node's driver delay (or crash-loops on a crash-looping node) and writes them then, with what its
   ``echo``/``printf``/here-documents put there (empty when the model cannot tell).  A ``preStop``
-  script's ``rm`` runs when the pod goes.  A pod whose ConfigMap volume is missing does not start (FailedMount).
+  script's ``rm`` runs when the pod goes.  A pod whose ConfigMap volume is missing does not start (FailedMount),
+  nor one with a hostPath volume of type ``Directory``, ``File``, ``Socket``, ... whose path the host lacks (the
+  host starts with NODE_PATHS; DirectoryOrCreate, FileOrCreate and an untyped hostPath create theirs).
 
 The components (facts from upstream's sources, named in each rule):
 
@@ -137,6 +139,23 @@ DRIVER_FEATURES = {"GDRCOPY_ENABLED": ("gdrcopy", "gdrdrv"), "GDS_ENABLED": ("nv
                    "GPU_DIRECT_RDMA_ENABLED": ("nvidia-peermem", "nvidia_peermem")}
 FEATURE_MODULES = dict(DRIVER_FEATURES.values())
 VALIDATOR_IMAGE_USER = 1000  # the nvidia-validator image's user
+# GFD's --output-file (GFD_OUTPUT_FILE) default, in the directory where nfd-worker reads feature files on the host
+GFD_OUTPUT_FILE = "/etc/kubernetes/node-feature-discovery/features.d/gfd"
+NFD_FEATURES_DIR = "/etc/kubernetes/node-feature-discovery/features.d"
+# What a GPU node has before any pod runs, as the kubelet's hostPath type check sees it (path -> kind), beyond the
+# files the model tracks; per OS (NFD's os_release.ID) what its driver pod mounts with a checked type.
+NODE_PATHS = {**dict.fromkeys(("/", "/dev", "/dev/char", "/etc", "/lib/modules", "/proc", "/run", "/sys",
+                               "/sys/devices/system", "/sys/module/firmware_class/parameters", "/tmp", "/usr",
+                               "/usr/local", "/var", "/var/lib/kubelet", "/var/lib/kubelet/pod-resources",
+                               "/var/log"), "Directory"),
+              "/etc/os-release": "File", "/sys/module/firmware_class/parameters/path": "File", "/dev/log": "Socket"}
+OS_PATHS = {"rhel": {"/etc/pki/entitlement": "Directory", "/etc/rhsm": "Directory",
+                     "/etc/yum.repos.d/redhat.repo": "File"},  # an entitled host (the driver's subscription mounts)
+            "sles": {"/etc/zypp/credentials.d": "Directory"}, "sl-micro": {"/etc/zypp/credentials.d": "Directory"}}
+OS_LABEL = "feature.node.kubernetes.io/system-os_release.ID"
+# the kubelet's hostPath type check (pkg/volume/hostpath checkTypeInternal): the types that need the path, as what
+HOSTPATH_CHECKS = {"Directory": "a directory", "File": "a file", "Socket": "a socket file",
+                   "CharDevice": "a character device", "BlockDevice": "a block device"}
 STATUS_FILES = {"driver": "driver-ready", "toolkit": "toolkit-ready", "cuda": "cuda-ready", "plugin": "plugin-ready",
                 "nvidia-fs": "nvidia-fs-ready", "gdrcopy": "gdrcopy-ready", "nvidia-peermem": "nvidia-peermem-ready"}
 VALID_COMPONENTS = {"driver", "toolkit", "cuda", "metrics", "plugin", "mofed", "vfio-pci", "vgpu-manager",
@@ -820,6 +839,20 @@ class Host:
     hooks: dict[str, Handler] = field(default_factory=dict)  # cri-o OCI hook file -> what it injects
     driver_loaded: bool = False  # a driver container's kernel modules (they stay when its pod goes)
     modules: set[str] = field(default_factory=set)  # the sidecars' modules (nvidia_fs, ...), unloaded with the driver
+    # other paths the host has (path -> hostPath type: Directory, File, Socket, ...): NODE_PATHS, and what the kubelet
+    # or the runtime created for a pod's hostPath volumes
+    paths: dict[str, str] = field(default_factory=dict)
+
+    def path_type(self, path: str) -> str | None:
+        """What ``path`` is on the host (a hostPath type), or None when it does not exist."""
+        path = _canonical(path)
+        if path in self.paths:
+            return self.paths[path]
+        if path in self.files:
+            return "Socket" if self.files[path] == "socket" else "File"
+        if any(p.startswith(path.rstrip("/") + "/") for p in [*self.files, *self.paths]):
+            return "Directory"
+        return None
 
     def has(self, path: str | None) -> bool:
         """A file, or a directory holding one."""
@@ -837,10 +870,12 @@ class Host:
         return self.files.get(_canonical(posixpath.join(root, NVIDIA_SMI)))
 
 
-def new_host(name: str, runtime: str = CONTAINERD, gpus: int = 0, host_driver: str | None = None) -> Host:
+def new_host(name: str, runtime: str = CONTAINERD, gpus: int = 0, host_driver: str | None = None,
+             os_id: str = "") -> Host:
     if runtime not in (CONTAINERD, CRIO):
         raise ValueError(f"runtime must be {CONTAINERD} or {CRIO}, not {runtime!r}")
-    host = Host(name, runtime, gpus, handlers={"runc": Handler("runc")})
+    host = Host(name, runtime, gpus, handlers={"runc": Handler("runc")},
+                paths={**NODE_PATHS, **OS_PATHS.get(os_id, {})})
     host.files[HOST_RUNTIME_CONFIG[runtime]] = "# the node's runtime config\n"
     host.files[KUBELET_SOCKET] = "socket"
     if runtime == CONTAINERD:
@@ -850,6 +885,11 @@ def new_host(name: str, runtime: str = CONTAINERD, gpus: int = 0, host_driver: s
     if host_driver:
         host.files["/" + NVIDIA_SMI] = host_driver
     return host
+
+
+def os_of(node: dict[str, Any]) -> str:
+    """The node's OS ID, as NFD labels it (os_release.ID), or ""."""
+    return str(((node.get("metadata") or {}).get("labels") or {}).get(OS_LABEL) or "")
 
 
 def runtime_of(node: dict[str, Any]) -> str:
@@ -896,8 +936,8 @@ def offline_dry_run(pod: dict[str, Any]) -> str | None:
 class Need:
     """Why a pod (or one of its containers' effects) does not get further."""
 
-    kind: str  # file | handler | runtime-binary | runtimeclass | configmap | gpu-resource | gpu-runtime | evict
-    # | module | privileged | error
+    kind: str  # file | handler | runtime-binary | runtimeclass | configmap | hostpath | gpu-resource | gpu-runtime
+    # | evict | module | privileged | error
     target: str  # host path, handler name, ...
     where: str  # "init container x", "container y", "sandbox"
     message: str = ""
@@ -913,6 +953,8 @@ class Need:
             return f'cannot start: RuntimeClass "{self.target}" not found'
         if self.kind == "configmap":
             return f'cannot start: ConfigMap "{self.target}" not found'
+        if self.kind == "hostpath":
+            return f"cannot start: {self.message}"
         if self.kind == "gpu-resource":
             return f"waits for {GPU_RESOURCE} on the node"
         if self.kind == "gpu-runtime":
@@ -1082,11 +1124,12 @@ class NodeModel:
             if m is None or m.gone:
                 continue
             statuses[m.uid] = self._run_of(p, m)
-            if not m.sandbox and m.need and m.need.kind in ("handler", "runtime-binary", "runtimeclass", "configmap"):
+            if not m.sandbox and m.need and m.need.kind in ("handler", "runtime-binary", "runtimeclass", "configmap",
+                                                            "hostpath"):
                 key = f"sandbox:{m.need.kind}:{m.need.target}"
                 if key not in m.events:
                     m.events.add(key)
-                    if m.need.kind == "configmap":
+                    if m.need.kind in ("configmap", "hostpath"):
                         events.append(Event(p, "Warning", "FailedMount", m.need.message))
                     else:
                         message = (sandbox_error(m.need.target, self.host.runtime) if m.need.kind == "handler"
@@ -1105,7 +1148,7 @@ class NodeModel:
 
     def _fingerprint(self) -> tuple[Any, ...]:
         return (
-            tuple(sorted(self.host.files.items())),
+            tuple(sorted(self.host.files.items())), tuple(sorted(self.host.paths.items())),
             tuple(sorted((n, h.default, h.driver_root, h.cdi_kind, h.missing, tuple(sorted(h.owners)))
                          for n, h in self.host.handlers.items())), tuple(sorted(self.host.modules)),
             tuple(sorted(self.host.hooks)),
@@ -1162,6 +1205,10 @@ class NodeModel:
                                      f'MountVolume.SetUp failed for volume "{v.get("name")}" : configmap '
                                      f'"{cm.get("name")}" not found')
                     return None
+            missing = self._mount_host_paths(pod)
+            if missing is not None:
+                memo.need = missing
+                return None
             rc = _spec(pod).get("runtimeClassName")
             runtime = next((h for h in self.host.handlers.values() if h.default), None)
             if rc:
@@ -1216,6 +1263,22 @@ class NodeModel:
             if again is not None:
                 wake.append(again)
         return min(wake) if wake else None
+
+    def _mount_host_paths(self, pod: dict[str, Any]) -> Need | None:
+        """The kubelet's hostPath volume setup: DirectoryOrCreate and FileOrCreate create the path, no type leaves it
+        to the runtime (which creates a directory); the other types need it as that kind, else FailedMount."""
+        volumes = [v for v in _spec(pod).get("volumes") or [] if v.get("hostPath")]
+        for v in volumes:
+            path, kind = _canonical(str(v["hostPath"].get("path") or "/")), v["hostPath"].get("type") or ""
+            if kind in ("", "DirectoryOrCreate", "FileOrCreate") and self.host.path_type(path) is None:
+                self.host.paths[path] = "File" if kind == "FileOrCreate" else "Directory"
+        for v in volumes:
+            path, kind = str(v["hostPath"].get("path") or "/"), v["hostPath"].get("type") or ""
+            if kind in HOSTPATH_CHECKS and self.host.path_type(path) != kind:
+                return Need("hostpath", _canonical(path), "sandbox",
+                            f'MountVolume.SetUp failed for volume "{v.get("name")}" : hostPath type check failed: '
+                            f"{path} is not {HOSTPATH_CHECKS[kind]}")
+        return None
 
     def _stop_running(self, uid: str) -> None:
         for path in self._live.pop(uid, {}):
@@ -1907,6 +1970,14 @@ class NodeModel:
         """Pods on the node that could provide what is needed: (pod name, container, how)."""
         out = []
         for p in self._pods:
+            if need.kind == "hostpath":  # another pod's volume that creates it (or a path under it)
+                for v in _spec(p).get("volumes") or []:
+                    hp = v.get("hostPath") or {}
+                    path = _canonical(str(hp.get("path") or "/"))
+                    if hp and hp.get("type", "") in ("", "DirectoryOrCreate", "FileOrCreate") and \
+                            (path == need.target or path.startswith(need.target + "/")):
+                        out.append((_name(p), f"volume {v.get('name')}", "creates"))
+                continue
             inits, mains = self._ctrs[_uid(p)]
             for c in inits + mains:
                 how = self._provides(p, c, need)
@@ -2395,7 +2466,7 @@ def check_rendered(docs: list[dict[str, Any]], node: dict[str, Any], *, host_dri
                                 "namespace": d["metadata"]["namespace"], "uid": f"{d['metadata']['name']}/{name}"},
                    "spec": {**(tpl.get("spec") or {}), "nodeName": name}}
             pods.append(pod)
-    model = NodeModel(new_host(name, runtime_of(node), gpus, host_driver))
+    model = NodeModel(new_host(name, runtime_of(node), gpus, host_driver, os_of(node)))
     result = model.step(pods, world, now=0.0, wall_now=0.0)
     return model, result, pods
 

@@ -53,6 +53,7 @@ from e2e.nodemodel import (
     driver_version_from_image,
     image_id,
     new_host,
+    os_of,
     pod_status,
     runtime_of,
     same_status,
@@ -480,7 +481,7 @@ class NodeSimulator:
                 profile = profile_of(node)
                 annotations = node["metadata"].get("annotations") or {}
                 host = new_host(name, runtime_of(node), profile.gpu_count if profile else 0,
-                                annotations.get(HOST_DRIVER_ANNOTATION) or None)
+                                annotations.get(HOST_DRIVER_ANNOTATION) or None, os_of(node))
                 model = self._models[name] = NodeModel(host, driver_ready_delay=self._driver_ready_delay,
                                                        crash_restart_seconds=self.crash_restart_seconds,
                                                        manager_grace_seconds=self.manager_grace_seconds)

@@ -347,6 +347,10 @@ def test_plugin_validation_waits_for_gpus_on_the_node_then_runs_its_workload() -
 def test_metrics_component_and_bad_flags() -> None:
     node = Node()
     node.add("exporter", U.node_status_exporter())
+    assert not ready(node.step()["exporter"])  # its /run/nvidia (type Directory) is not there yet
+    assert node.events == [("exporter", "FailedMount", 'MountVolume.SetUp failed for volume "run-nvidia" : hostPath '
+                                                       "type check failed: /run/nvidia is not a directory")]
+    node.model.host.paths["/run/nvidia"] = "Directory"  # the driver or toolkit pod's DirectoryOrCreate makes it
     assert ready(node.step()["exporter"])
     bad = U.node_status_exporter()
     ctr = bad["spec"]["containers"][0]

@@ -285,6 +285,46 @@ def test_dcgm_and_its_exporter_do_not_start_without_the_nvidia_runtime(name: str
     assert any("gets no GPUs" in f.text for f in model.diagnose()), model.diagnose()
 
 
+# --- the kubelet ---
+
+def test_a_hostpath_of_type_directory_the_host_lacks_keeps_the_pod_from_starting() -> None:
+    """The kubelet checks a hostPath volume's `type` before it starts the pod: `Directory` (also File, Socket,
+    CharDevice, BlockDevice) on a path the host does not have fails the mount (FailedMount "hostPath type check
+    failed: /usr/local/nvidia is not a directory") and the pod stays in ContainerCreating; only
+    DirectoryOrCreate/FileOrCreate (or no type) let it start. On a fresh node nothing but the toolkit creates
+    /usr/local/nvidia (its install dir). The model ignored hostPath types: a toolkit render with
+    `type: Directory` on its install dir started the whole stack, where a real node deadlocks."""
+    docs = _render(SAMPLES / "clusterpolicy-default.yaml")
+    ds = _ds(docs, "nvidia-container-toolkit-daemonset")
+    for v in ds["spec"]["template"]["spec"]["volumes"]:
+        if v["name"] == "toolkit-install-dir":
+            v["hostPath"]["type"] = "Directory"
+    model, result, pods = check_rendered(copy.deepcopy(docs), _node())
+    toolkit = f"nvidia-container-toolkit-daemonset-{NODE}"
+    readiness = {p["metadata"]["name"]: ready(pod_status(p, result.statuses[_uid(p)], None, "")) for p in pods}
+    assert readiness[toolkit] is False, readiness
+    assert model.host.path_type("/usr/local/nvidia") is None  # the host never had it
+    assert [(e.reason, e.message) for e in result.events if e.pod["metadata"]["name"] == toolkit] == [
+        ("FailedMount", 'MountVolume.SetUp failed for volume "toolkit-install-dir" : hostPath type check failed: '
+                        "/usr/local/nvidia is not a directory")]
+    assert any("hostPath type check failed" in f.text for f in model.diagnose()), model.diagnose()
+    # as rendered (no type) the runtime creates it, and the stack starts
+    model, readiness = _run(_render(SAMPLES / "clusterpolicy-default.yaml"))
+    assert model.host.path_type("/usr/local/nvidia") == "Directory" and all(readiness.values()), readiness
+
+
+def test_the_fake_host_has_what_the_rendered_typed_hostpaths_need() -> None:
+    """Every node has /sys, /dev/char, /etc/os-release, ...; an entitled RHEL node the subscription files its
+    driver pod mounts (type Directory/File); /run/nvidia (type Directory for DCGM) only once a pod created it."""
+    rhel = new_host("n", os_id="rhel")
+    assert rhel.path_type("/etc/yum.repos.d/redhat.repo") == "File" and rhel.path_type("/etc/rhsm") == "Directory"
+    plain = new_host("n")
+    assert plain.path_type("/etc/rhsm") is None and plain.path_type("/sys/devices/system") == "Directory"
+    assert plain.path_type("/var/lib/kubelet/device-plugins") == "Directory"  # it holds kubelet.sock
+    assert plain.path_type("/var/lib/kubelet/device-plugins/kubelet.sock") == "Socket"
+    assert plain.path_type("/run/nvidia") is None
+
+
 # --- the sharing config ---
 
 def _template_pod(docs: list[dict[str, Any]], prefix: str) -> dict[str, Any]:

@@ -71,7 +71,8 @@ The components (facts from upstream's sources, named in each rule):
   container asking for it is not created unless a spec of that kind is in the host's ``/etc/cdi`` or ``/var/run/cdi``.
 * Device plugin (``nvidia-device-plugin``) and GPU feature discovery (``gpu-feature-discovery``): once their
   scripts' waits pass and NVML loads at start (a GPU runtime with the driver; else CrashLoopBackOff), the node
-  advertises ``nvidia.com/gpu`` / gets the GFD labels while they run.  The device plugin first watches the
+  advertises ``nvidia.com/gpu`` / gets the GFD labels while they run (GFD's only when its ``--output-file`` lands
+  in the host's NFD ``features.d``, or with ``--use-node-feature-api``).  The device plugin first watches the
   kubelet socket's directory (exits when it is not mounted), and the kubelet learns of it only when
   ``KUBELET_SOCKET`` is the host's ``/var/lib/kubelet/device-plugins/kubelet.sock`` and it serves its own socket
   in the host's ``/var/lib/kubelet/device-plugins``.  With a ``cdi-*`` ``DEVICE_LIST_STRATEGY`` it writes its CDI
@@ -1582,15 +1583,17 @@ class NodeModel:
                 failed = failed or self._nvml(pod, c)
                 if failed is None and c.role == DEVICE_PLUGIN:
                     failed = self._plugin_cdi_spec(pod, c)
+                if failed is None and c.role == GFD and self._gfd_output(pod, c)[1]:
+                    failed = Need("error", "", c.where, self._gfd_output(pod, c)[0])
                 if failed is not None:
                     memo.effect_needs.append(failed)
                     return {"error": failed.message, "restarts": 1}, None
                 memo.waited.add(-1 - c.index)
             if c.role == NVML_USER:  # it runs; the model tracks nothing it serves
                 return state, None
-            problem = self._plugin_registration(pod, c) if c.role == DEVICE_PLUGIN else ""
-            if problem:  # it runs, and tries again every 30 s
-                self._gpu_owners.discard(uid)
+            problem = self._plugin_registration(pod, c) if c.role == DEVICE_PLUGIN else self._gfd_output(pod, c)[0]
+            if problem:  # it runs (the plugin tries again every 30 s; GFD's labels stay where NFD does not look)
+                (self._gpu_owners if c.role == DEVICE_PLUGIN else self._gfd_owners).discard(uid)
                 memo.effect_needs.append(Need("error", "", c.where, problem))
                 return state, None
             (self._gpu_owners if c.role == DEVICE_PLUGIN else self._gfd_owners).add(uid)
@@ -1863,6 +1866,27 @@ class NodeModel:
             return (f"the kubelet cannot reach the plugin's socket: {DEVICE_PLUGIN_PATH} in the container is not "
                     "the host's")
         return ""
+
+    # --- gpu-feature-discovery ---
+    def _gfd_output(self, pod: dict[str, Any], c: Ctr) -> tuple[str, bool]:
+        """Why GFD's labels do not reach the node ("" when they do), and whether it exits on it. It writes them to
+        --output-file (-o, GFD_OUTPUT_FILE; empty: stdout), which nfd-worker reads only in the host's features.d;
+        with --use-node-feature-api (GFD_USE_NODE_FEATURE_API) it creates a NodeFeature object instead."""
+        api = next((a.partition("=") for a in c.args if a.lstrip("-").partition("=")[0] == "use-node-feature-api"),
+                   None)
+        if _bool(c.env.get("GFD_USE_NODE_FEATURE_API") if api is None else (api[2] if api[1] else "true"), False):
+            return "", False
+        out = next((v for name in ("output-file", "output", "o") if (v := _flag(c.args, name)) is not None),
+                   c.env.get("GFD_OUTPUT_FILE", GFD_OUTPUT_FILE))
+        if not out:
+            return "its labels go to stdout (the output file is empty), not to nfd-worker", False
+        target, problem = host_path(pod, c.spec, out, write=True)
+        if problem:
+            return f"error writing labels to {out}: {problem}", True
+        if target is None or posixpath.dirname(target) != NFD_FEATURES_DIR:
+            return (f"its labels file {out} is {target or 'in the container only'}, not in the host's "
+                    f"{NFD_FEATURES_DIR}, where nfd-worker reads them"), False
+        return "", False
 
     def _allocations(self) -> tuple[bool, bool]:
         """What a GPU pod's Allocate gets from the running device plugins: (CDI devices, NVIDIA_VISIBLE_DEVICES)."""

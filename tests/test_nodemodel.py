@@ -1119,6 +1119,53 @@ def test_gfd_exits_on_an_mps_config_with_a_mig_enabled_gpu_whatever_the_mig_stra
     assert adv.advertise(h100, "all-disabled", "none", mps2).resources == {"nvidia.com/gpu": 16}
 
 
+def _gfd_run(change: Any) -> tuple[Any, Any, bool]:
+    """The default sample with GFD's pod template changed: (model, step result, GFD pod ready)."""
+    docs = _render(SAMPLES / "clusterpolicy-default.yaml")
+    change(_ds(docs, "gpu-feature-discovery")["spec"]["template"]["spec"])
+    model, result, pods = check_rendered(docs, _node())
+    pod = next(p for p in pods if p["metadata"]["name"].startswith("gpu-feature-discovery"))
+    return model, result, ready(pod_status(pod, result.statuses[_uid(pod)], None, ""))
+
+
+def test_gfd_labels_need_its_output_file_on_the_hosts_nfd_features_dir() -> None:
+    """GPU feature discovery writes its labels to --output-file (GFD_OUTPUT_FILE, default
+    /etc/kubernetes/node-feature-discovery/features.d/gfd); nfd-worker reads that directory on the host and only
+    then labels the node. Upstream's GFD DaemonSet mounts the host's features.d there (assets/
+    state-gpu-feature-discovery; e2e/upstream_specs.py and our template do too). Without that hostPath the file
+    stays in the container and the node never gets nvidia.com/gpu.product & co. The model set the GFD labels
+    (StepResult.gfd) whatever GFD's output landed on, so a render that lost the mount passed the e2e suite."""
+    def unmounted(spec: dict[str, Any]) -> None:
+        for c in spec["containers"]:
+            c["volumeMounts"] = [m for m in c.get("volumeMounts") or [] if m["name"] != "output-dir"]
+        spec["volumes"] = [v for v in spec["volumes"] if v["name"] != "output-dir"]
+
+    _, result, _ = _gfd_run(lambda spec: None)
+    assert result.gfd
+    model, result, running = _gfd_run(unmounted)
+    assert not result.gfd, "GFD labels published though GFD's output file never reaches the host's features.d"
+    assert running and any("nfd-worker reads them" in f.text for f in model.diagnose()), model.diagnose()
+
+    def elsewhere(spec: dict[str, Any]) -> None:  # a file beside features.d, on the host
+        spec["containers"][0]["env"].append({"name": "GFD_OUTPUT_FILE", "value": "/etc/kubernetes/gfd"})
+        spec["containers"][0]["volumeMounts"].append({"name": "etc-kubernetes", "mountPath": "/etc/kubernetes"})
+        spec["volumes"].append({"name": "etc-kubernetes", "hostPath": {"path": "/etc/kubernetes"}})
+
+    assert not _gfd_run(elsewhere)[1].gfd
+
+    def node_feature_api(spec: dict[str, Any]) -> None:  # a NodeFeature object instead of the file
+        unmounted(spec)
+        spec["containers"][0]["args"] = ["--use-node-feature-api"]
+
+    assert _gfd_run(node_feature_api)[1].gfd
+
+    def read_only(spec: dict[str, Any]) -> None:  # it cannot write the file: it exits
+        next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "output-dir")["readOnly"] = True
+
+    _, result, running = _gfd_run(read_only)
+    assert not result.gfd and not running
+
+
 # --- the device plugin and the MPS control daemon ---
 
 def test_the_mps_control_daemon_exits_on_more_replicas_than_its_client_limit_and_nothing_is_advertised() -> None:

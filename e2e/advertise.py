@@ -166,9 +166,9 @@ class Selected:
     error: str = ""
 
 
-def select_config(data: Mapping[str, str] | None, node_labels: Mapping[str, str], node_label: str,
-                  default: str, fallbacks: str = "empty") -> Selected:
-    """config-manager's choice, parsed as the plugin would parse it (data None: no ConfigMap, no files)."""
+def config_key(data: Mapping[str, str] | None, node_labels: Mapping[str, str], node_label: str,
+               default: str, fallbacks: str = "empty") -> Selected:
+    """config-manager's choice of a key (data None: no ConfigMap, no files), not parsed: its own errors only."""
     files = dict(data or {})
     if not files:  # checked before the label, the default and the fallbacks
         return Selected(error="no configuration files available")
@@ -185,10 +185,19 @@ def select_config(data: Mapping[str, str] | None, node_labels: Mapping[str, str]
         return Selected()
     if key not in files:
         return Selected(key, error=f"specified config {key} does not exist")
+    return Selected(key)
+
+
+def select_config(data: Mapping[str, str] | None, node_labels: Mapping[str, str], node_label: str,
+                  default: str, fallbacks: str = "empty") -> Selected:
+    """config-manager's choice, parsed as the plugin would parse it (data None: no ConfigMap, no files)."""
+    chosen = config_key(data, node_labels, node_label, default, fallbacks)
+    if chosen.error or not chosen.key:
+        return chosen
     try:
-        return Selected(key, sharing.parse(files[key]))
+        return Selected(chosen.key, sharing.parse(dict(data or {})[chosen.key]))
     except sharing.ConfigError as exc:
-        return Selected(key, error=f"unable to parse config file: {exc}")
+        return Selected(chosen.key, error=f"unable to parse config file: {exc}")
 
 
 @dataclass(frozen=True)

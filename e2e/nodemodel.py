@@ -16,7 +16,9 @@ its container runtime (``runc`` at first) and, on cri-o, OCI hooks.  The kubelet
   k8s-driver-manager (``driver-manager uninstall_driver``), given the node's labels: with a driver loaded (a driver
   container ran here since the last unload) it pauses the operands' deploy labels (``StepResult.labels``, which
   the simulator writes), waits until their pods are gone, unloads the driver and sets the labels back; with none
-  loaded it writes them back as they are.  Other init containers (config-manager-init, ...) complete at once.
+  loaded it writes them back as they are.  config-manager (``config-manager-init``) picks the sharing config for
+  the node's label from the ConfigMap mounted at ``CONFIG_FILE_SRCDIR`` and fails when it finds none to pick (no
+  keys, a named key missing).  Other init containers complete at once.
 * Main containers then run (Ready without probes; a script's wait loops gate only what it starts next, once);
   one whose ``startupProbe`` script writes files (the driver's probe writes ``.driver-ctr-ready``) is started
   after the node's driver delay (or crash-loops on a crash-looping node) and writes them then, with what its
@@ -668,9 +670,9 @@ def driver_version_from_image(image: str) -> str | None:
 
 # --- what a container is ---
 
-VALIDATOR, DRIVER, TOOLKIT, DEVICE_PLUGIN, GFD, DRIVER_MANAGER, NVML_USER, OTHER = (
+VALIDATOR, DRIVER, TOOLKIT, DEVICE_PLUGIN, GFD, DRIVER_MANAGER, NVML_USER, CONFIG_MANAGER, OTHER = (
     "nvidia-validator", "driver", "toolkit", "device-plugin", "gpu-feature-discovery", "driver-manager", "nvml-user",
-    "other")
+    "config-manager", "other")
 
 # k8s-driver-manager's uninstall_driver (cmd/driver-manager/main.go): with a driver loaded it sets these deploy
 # labels to PAUSED (evictAllGPUOperatorComponents, maybeSetPaused: "true" -> PAUSED, "" and "false" kept, another
@@ -794,6 +796,8 @@ def read_container(pod: dict[str, Any], c: dict[str, Any], init: bool, index: in
             role, args = DRIVER_MANAGER, pargs
         elif prog in ("dcgm-exporter", "nv-hostengine"):
             role, args = NVML_USER, pargs
+        elif prog == "config-manager":
+            role, args = CONFIG_MANAGER, pargs
         else:
             continue
         break
@@ -1059,6 +1063,7 @@ class NodeModel:
         self._ctrs: dict[str, tuple[list[Ctr], list[Ctr]]] = {}
         self._ctrs_version: dict[str, str] = {}
         self._labels: dict[str, str] | None = None  # the node's labels, when a step is given them
+        self._node_labels: dict[str, str] = {}  # the node's labels as config-manager reads them
         self._label_patch: dict[str, str] = {}
         self._all_pods: list[dict[str, Any]] = []  # this step's pods, those being deleted too
         self._others: list[dict[str, Any]] = []  # the node's other pods (not run here: GPU workloads, GPU clients)
@@ -1068,14 +1073,17 @@ class NodeModel:
     # --- stepping ---
     def step(self, pods: Iterable[dict[str, Any]], world: World, now: float,
              wall_now: float | None = None, labels: dict[str, str] | None = None,
-             annotations: dict[str, str] | None = None, others: Iterable[dict[str, Any]] = ()) -> StepResult:
+             annotations: dict[str, str] | None = None, others: Iterable[dict[str, Any]] = (),
+             node_labels: dict[str, str] | None = None) -> StepResult:
         """Advance the node to ``now`` (monotonic seconds) with these pods (all of the node's operand pods).
         ``labels``: the node's labels, for k8s-driver-manager (without them it completes at once, unless a driver
         is on the host); ``annotations``, ``others`` (the node's pods the model does not run, which the manager
-        evicts or waits for): what k8s-driver-manager reads too."""
+        evicts or waits for): what k8s-driver-manager reads too. ``node_labels``: the node's labels for
+        config-manager (``labels`` when not given)."""
         wall = _now_wall() if wall_now is None else wall_now
         self._world = world
         self._labels = None if labels is None else dict(labels)
+        self._node_labels = dict(node_labels if node_labels is not None else labels or {})
         self._label_patch = {}
         self._annotations = dict(annotations or {})
         self._others = list(others)
@@ -1360,6 +1368,32 @@ class NodeModel:
             return self._run_validator(pod, c, memo)
         if c.role == DRIVER_MANAGER:
             return self._run_driver_manager(pod, c, memo, now)
+        if c.role == CONFIG_MANAGER:
+            return self._run_config_manager(pod, c)
+        return None, ""
+
+    def _run_config_manager(self, pod: dict[str, Any], c: Ctr) -> tuple[Need | None, str]:
+        """config-manager at pod start (k8s-device-plugin cmd/config-manager; advertise.config_key): it picks the
+        file in CONFIG_FILE_SRCDIR (the ConfigMap mounted there; another volume holds no files here) that the
+        node's NODE_LABEL names, else DEFAULT_CONFIG, else a fallback, and exits when there is none to pick."""
+        from e2e import advertise as adv
+        from gpu_operator import sharing
+
+        srcdir = posixpath.normpath(c.env.get("CONFIG_FILE_SRCDIR") or "/")
+        mount = next((m for m in c.spec.get("volumeMounts") or []
+                      if posixpath.normpath(m.get("mountPath") or "/") == srcdir and not m.get("subPath")), None)
+        volume: dict[str, Any] = next((v for v in _spec(pod).get("volumes") or []
+                                       if mount and v.get("name") == mount.get("name")), {})
+        files: dict[str, str] = {}
+        cm = volume.get("configMap")
+        if cm:
+            data = self._world.config_maps.get((pod["metadata"].get("namespace") or "", cm.get("name") or "")) or {}
+            items = cm.get("items")
+            files = {i.get("path") or "": data[i["key"]] for i in items if i.get("key") in data} if items else data
+        chosen = adv.config_key(files, self._node_labels, c.env.get("NODE_LABEL") or sharing.NODE_LABEL,
+                                c.env.get("DEFAULT_CONFIG", ""), c.env.get("FALLBACK_STRATEGIES") or "empty")
+        if chosen.error:
+            return Need("error", "", c.where, chosen.error), chosen.error
         return None, ""
 
     def _run_driver_manager(self, pod: dict[str, Any], c: Ctr, memo: _Memo, now: float) -> tuple[Need | None, str]:
@@ -2491,7 +2525,7 @@ def check_rendered(docs: list[dict[str, Any]], node: dict[str, Any], *, host_dri
                    "spec": {**(tpl.get("spec") or {}), "nodeName": name}}
             pods.append(pod)
     model = NodeModel(new_host(name, runtime_of(node), gpus, host_driver, os_of(node)))
-    result = model.step(pods, world, now=0.0, wall_now=0.0)
+    result = model.step(pods, world, now=0.0, wall_now=0.0, node_labels=labels)
     return model, result, pods
 
 

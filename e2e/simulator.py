@@ -500,7 +500,7 @@ class NodeSimulator:
         labels = node["metadata"].get("labels") or {}
         result = model.step(pods, world, time.monotonic(), time.time(),
                             labels=labels if self.driver_manager else None,
-                            annotations=node["metadata"].get("annotations") or {})
+                            annotations=node["metadata"].get("annotations") or {}, node_labels=labels)
         for pod in result.evict:  # k8s-driver-manager deleting GPU pods (only the operand pods are given here)
             meta = pod["metadata"]
             self._kube.delete(f"/api/v1/namespaces/{meta.get('namespace')}/pods/{meta['name']}")

@@ -233,8 +233,12 @@ def test_init_containers_run_in_order_and_a_file_wait_blocks_the_next() -> None:
     node = Node()
     node.model.host.handlers["nvidia"] = copy.copy(node.model.host.handlers["runc"])
     template = U.device_plugin()
-    template["spec"]["initContainers"].append({"name": "config-manager-init", "image": U.PLUGIN_IMAGE,
-                                               "command": ["config-manager"]})
+    template["spec"]["initContainers"].append({  # it picks a config from the ConfigMap's files
+        "name": "config-manager-init", "image": U.PLUGIN_IMAGE, "command": ["config-manager"],
+        "env": [{"name": "CONFIG_FILE_SRCDIR", "value": "/available-configs"}],
+        "volumeMounts": [{"name": "available-configs", "mountPath": "/available-configs"}]})
+    template["spec"]["volumes"].append({"name": "available-configs", "configMap": {"name": "sharing"}})
+    node.world.config_maps[(U.NAMESPACE, "sharing")] = {"ts2": "version: v1\n"}
     node.add("plugin", template)
     node.step()
     assert _state(node.container("plugin", "toolkit-validation")) == ("running", "")

@@ -1202,3 +1202,39 @@ def test_config_manager_fails_on_a_config_map_with_no_keys() -> None:
     ts4 = "sharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, replicas: 4}]}}"
     files = _files({"binaryData": {"ts4": base64.b64encode(ts4.encode()).decode()}})
     assert adv.select_config(files, {label: "ts4"}, label, "").config == sharing.parse(ts4)
+
+
+def test_sharing_config_manager_failure_keeps_the_device_plugin_from_starting_and_validating() -> None:
+    """With a sharing config (devicePlugin.config) the device plugin pod runs config-manager-init first
+    (REFERENCE §11 item 4). A ConfigMap with no keys makes config-manager exit ("no configuration files
+    available", k8s-device-plugin cmd/config-manager/main.go; as advertise.select_config says), and so does a node
+    label naming a key the ConfigMap lacks: the init container crash-loops and the plugin never starts, so the node
+    advertises no nvidia.com/gpu and the validator's plugin-validation (which waits for nvidia.com/gpu on the
+    node) never writes plugin-ready. The model completed every init container other than the validator's and the
+    driver manager's at once: the device plugin pod was Ready, plugin-ready was written and StepResult.gpus was 8,
+    while the simulator (advertise) advertised nothing, so e2e saw state-device-plugin and the validator ready on
+    a node with no GPUs."""
+    plugin, gfd = f"nvidia-device-plugin-daemonset-{NODE}", f"gpu-feature-discovery-{NODE}"
+
+    def run(data: dict[str, str] | None, label: str | None) -> tuple[Any, Any, dict[str, Any]]:
+        docs = _render(SAMPLES / "clusterpolicy-time-slicing.yaml")
+        cm = next(d for d in docs if d.get("kind") == "ConfigMap" and d["metadata"]["name"] == "time-slicing-config")
+        if data is not None:
+            cm["data"] = data
+        node = copy.deepcopy(_node())
+        if label is not None:
+            node["metadata"]["labels"][sharing.NODE_LABEL] = label
+        model, result, pods = check_rendered(docs, node)
+        return model, result, {p["metadata"]["name"]: pod_status(p, result.statuses[_uid(p)], None, "") for p in pods}
+
+    for data, label, error in (({}, None, "no configuration files available"),
+                               (None, "typo", "specified config typo does not exist")):
+        model, result, statuses = run(data, label)
+        for pod in (plugin, gfd):
+            init = next(cs for cs in statuses[pod]["initContainerStatuses"] if cs["name"] == "config-manager-init")
+            assert init["state"]["waiting"]["reason"] == "CrashLoopBackOff", init
+            assert init["lastState"]["terminated"]["message"] == error
+        assert (ready(statuses[plugin]), f"{V}/plugin-ready" in model.host.files, result.gpus, result.gfd) == (
+            False, False, None, False)
+    model, result, statuses = run(None, "h100")  # a key the ConfigMap has
+    assert ready(statuses[plugin]) and f"{V}/plugin-ready" in model.host.files and result.gpus == 8 and result.gfd

@@ -923,6 +923,13 @@ def test_a_crash_looping_init_container_is_told_the_cause_its_message_names() ->
     assert f.fix.startswith("look at the driver"), f.fix
 
 
+
+def _not_ready_under(pod: dict[str, Any], status: dict[str, Any], spec: dict[str, Any]) -> Any:
+    """doctor's OperandNotReady for `pod` on node h-0 under a ClusterPolicy with `spec`."""
+    c = cluster([node("h-0")], [pod], policy_status=status)
+    c.snapshot.policies["cluster-policy"]["spec"] = spec
+    return kinds(c)["OperandNotReady"]
+
 def test_a_validator_waiting_for_a_driver_the_operator_does_not_deploy_is_not_sent_to_state_driver() -> None:
     """With driver.enabled false (or a node's gpu.deploy.driver pre-installed or false) the operator deploys no
     driver there: it must be on the host, and the toolkit's driver-validation init container (nvidia-validator
@@ -939,9 +946,7 @@ def test_a_validator_waiting_for_a_driver_the_operator_does_not_deploy_is_not_se
                                                  "state": {"waiting": {"reason": "PodInitializing"}}}]}}  # fmt: skip
     status = {"state": "notReady", "states": [{"name": "state-container-toolkit", "state": "notReady",
                                                "message": "1 of 1 pods unavailable"}]}  # fmt: skip
-    c = cluster([node("h-0")], [toolkit], policy_status=status)
-    c.snapshot.policies["cluster-policy"]["spec"] = {"driver": {"enabled": False}}
-    f = kinds(c)["OperandNotReady"]
+    f = _not_ready_under(toolkit, status, {"driver": {"enabled": False}})
     assert "state-driver" not in f.summary + f.fix, (f.summary, f.fix)
     assert "the driver installed on the host (driver.enabled is false" in f.summary and "nvidia-smi" in f.fix
     host = node("h-0", labels={"nvidia.com/gpu.deploy.driver": "pre-installed"})
@@ -973,9 +978,7 @@ def test_a_validator_waiting_for_a_toolkit_the_operator_does_not_deploy_is_not_s
                             {"name": "toolkit-validation", "state": {"running": {}}}])  # fmt: skip
     status = {"state": "notReady", "states": [{"name": "state-operator-validation", "state": "notReady",
                                                "message": "1 of 1 pods unavailable"}]}  # fmt: skip
-    c = cluster([node("h-0")], [validator], policy_status=status)
-    c.snapshot.policies["cluster-policy"]["spec"] = {"toolkit": {"enabled": False}}
-    f = kinds(c)["OperandNotReady"]
+    f = _not_ready_under(validator, status, {"toolkit": {"enabled": False}})
     assert "state-container-toolkit" not in f.summary + f.fix, (f.summary, f.fix)
     assert "waits for the NVIDIA Container Toolkit installed on the host (toolkit.enabled is false" in f.summary
     assert "nvidia-ctk runtime configure" in f.fix, f.fix

@@ -179,15 +179,12 @@ def test_init_containers_not_ready_are_kept_with_their_restarts_and_waiting_reas
         {"name": "later", "ready": False, "restartCount": 0, "state": {}},
     ]  # fmt: skip
     pod = api_pod(status__phase="Pending", status__initContainerStatuses=inits)
-    decoded = CODEC.decode_event(line({"type": "MODIFIED", "object": pod})).object
-    assert decoded is not None
     expected = [
         {"name": "nvidia-fs-init", "ready": False, "restartCount": 14,
          "state": {"waiting": {"reason": "CrashLoopBackOff"}}},
         {"name": "later", "ready": False, "restartCount": 0},
     ]
-    assert project_pod(decoded)["status"]["initContainerStatuses"] == expected
-    assert pod_projection(pod)["status"]["initContainerStatuses"] == expected
+    assert _projected_both_ways(pod, "initContainerStatuses") == (expected, expected)
     done = api_pod(status__initContainerStatuses=inits[:1])
     assert "initContainerStatuses" not in pod_projection(done)["status"]
 
@@ -202,15 +199,19 @@ def test_containers_are_kept_with_their_waiting_reason() -> None:
         {"name": "sidecar", "ready": True, "restartCount": 1, "state": {"running": {"startedAt": "t"}}},
     ]  # fmt: skip
     pod = api_pod(status__phase="Pending", status__containerStatuses=containers)
-    decoded = CODEC.decode_event(line({"type": "MODIFIED", "object": pod})).object
-    assert decoded is not None
     expected = [
         {"name": "nvidia-driver-ctr", "ready": False, "restartCount": 0,
          "state": {"waiting": {"reason": "ImagePullBackOff"}}},
         {"name": "sidecar", "ready": True, "restartCount": 1},
     ]  # fmt: skip
-    assert project_pod(decoded)["status"]["containerStatuses"] == expected
-    assert pod_projection(pod)["status"]["containerStatuses"] == expected
+    assert _projected_both_ways(pod, "containerStatuses") == (expected, expected)
+
+
+def _projected_both_ways(pod: dict[str, Any], key: str) -> tuple[Any, Any]:
+    """status[key] of the pod as the watch decoder projects it and as a list's pod_projection does."""
+    decoded = CODEC.decode_event(line({"type": "MODIFIED", "object": pod})).object
+    assert decoded is not None
+    return project_pod(decoded)["status"][key], pod_projection(pod)["status"][key]
 
 
 def test_missing_parts_project_as_before() -> None:

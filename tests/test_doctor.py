@@ -3519,3 +3519,24 @@ def test_an_operand_pod_not_started_is_not_blamed_on_its_node() -> None:
     f = kinds(cluster([node("h-0")], [plugin], policy_status=status))["OperandNotReady"]
     assert "pod Pending (not started)" in f.summary and "NotReady?" not in f.summary, f.summary
     assert f.fix == f"kubectl describe pod -n {NS} nvidia-device-plugin-daemonset-x", f.fix
+
+
+def test_a_new_node_like_another_runs_the_pods_that_belong_to_its_node() -> None:
+    """capacity's `like NODE` profile starts from the node's own pods, as cluster-autoscaler's template node: those
+    of a DaemonSet (with or without `controller: true` on the owner reference) and static pods (their mirror, owned
+    by the Node and annotated kubernetes.io/config.mirror), not a Deployment's (upgrade.model.belongs_to_node)."""
+    def pod(name: str, owner: str | None, controller: bool = True, mirror: bool = False) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": name, "namespace": "ns"}
+        if owner:
+            meta["ownerReferences"] = [{"kind": owner, "name": "o", "controller": controller}]
+        if mirror:
+            meta["annotations"] = {"kubernetes.io/config.mirror": "x"}
+        return {"metadata": meta, "spec": {"nodeName": "g-0", "containers": [{"name": "c"}]}}
+
+    view = nodes_with_pods([node("g-0")], [
+        pod("ds", "DaemonSet"), pod("ds-loose", "DaemonSet", controller=False), pod("static", "Node", mirror=True),
+        pod("mirror-unowned", None, mirror=True), pod("web", "ReplicaSet"), pod("bare", None),
+    ])["g-0"]  # fmt: skip
+    new = capacity.empty_copy(view)
+    assert sorted(p["metadata"]["name"] for p in new.pods) == ["ds", "ds-loose", "mirror-unowned", "static"]
+    assert new.name == "new-g-0" and new.labels["kubernetes.io/hostname"] == "new-g-0"

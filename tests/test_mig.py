@@ -693,6 +693,20 @@ def test_a_multi_profile_layout_under_the_single_strategy_is_refused() -> None:
     assert not mig.busy(quiet, SPEC, None)
 
 
+def test_the_single_strategy_refusal_applies_only_with_the_device_plugin_enabled() -> None:
+    """The single-strategy refusal exists because the *device plugin* fails on such a layout. With
+    `devicePlugin.enabled: false` (e.g. GPUs handed out by NVIDIA's DRA driver) no plugin runs and nothing fails on
+    `all-balanced`, yet under the chart's default `mig.strategy: single` the gate refused it and held mig-manager
+    (and refused again a layout let through before). Now let through."""
+    spec = parse_spec({"mig": {"strategy": "single"}, "devicePlugin": {"enabled": False}})
+    d = decide(node("all-balanced"), spec=spec)
+    assert d.refused == [], d.refused
+    assert d.patches == {"n1": {mig.APPROVED: "all-balanced"}}
+    quiet = node("all-balanced", approved="all-balanced")
+    assert not mig.busy(quiet, spec, None)
+    assert mig.busy(quiet, parse_spec({"mig": {"strategy": "single"}}), None)
+
+
 class FakeKube:
     """Answers the MIG pass: no pods; keeps the node patches. The user's ConfigMap comes from the snapshot."""
 

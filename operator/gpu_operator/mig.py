@@ -600,7 +600,8 @@ def _refusal(node: NodeFacts, spec: ClusterPolicySpec, want: str, layouts: Layou
     if spec.mig.strategy == "mixed" and (shared := compute_instances(entries)):
         return (f"has compute-instance profiles ({', '.join(shared)}): the device plugin's mixed strategy advertises "
                 "none and fails on a node with one (mig.strategy single advertises them as nvidia.com/gpu)")
-    if spec.mig.strategy == "single" and (problem := single_strategy_problem(entries)):
+    # No device plugin (devicePlugin.enabled false, e.g. GPUs handed out by a DRA driver): nothing fails on it
+    if spec.device_plugin.enabled and spec.mig.strategy == "single" and (problem := single_strategy_problem(entries)):
         return (f"{problem}: the device plugin's single strategy needs one profile on every GPU of a node and fails "
                 "otherwise (mig.strategy mixed advertises each profile as its own resource)")
     return ""

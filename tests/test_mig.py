@@ -707,6 +707,50 @@ def test_the_single_strategy_refusal_applies_only_with_the_device_plugin_enabled
     assert mig.busy(quiet, parse_spec({"mig": {"strategy": "single"}}), None)
 
 
+INDEXED_CASES = """
+version: v1
+mig-configs:
+  half-and-half:
+    - devices: [0, 1, 2, 3]
+      mig-enabled: true
+      mig-devices: {"1g.10gb": 7}
+    - devices: [4, 5, 6, 7]
+      mig-enabled: false
+  every-index:
+    - devices: all
+      mig-enabled: false
+    - devices: [0, 1, 2, 3, 4, 5, 6, 7]
+      mig-enabled: true
+      mig-devices: {"3g.40gb": 2}
+"""
+
+
+def test_the_single_strategy_check_of_an_index_named_layout_uses_the_nodes_gpu_count() -> None:
+    """single_strategy_problem judged a layout naming GPUs by index as if the node had every named index and, with
+    an `all` entry, one more GPU, whatever GFD's `nvidia.com/gpu.count` said: `every-index` on an 8-GPU node (no GPU
+    left to the `all` entry) and `half-and-half` on a 4-GPU node (no GPU 4-7) were refused with "enables MIG on
+    some GPUs and not on others" although mig.advertised says they work. Now the node's GPUs 0..count-1 are judged
+    when the count is known; unknown, the conservative slots as before."""
+    spec = parse_spec({"mig": {"strategy": "single"}, "migManager": {"config": {"name": "custom-mig-config"}}})
+    layouts = mig.parse_config(INDEXED_CASES)
+    gpu = mig.gpu_of_product(H100)
+    assert gpu is not None
+
+    def on(layout: str, gpus: int | None) -> NodeFacts:
+        n = node(layout)
+        return NodeFacts(n.name, labels={**n.labels, **({"nvidia.com/gpu.count": str(gpus)} if gpus else {})})
+
+    for layout, gpus in (("every-index", 8), ("half-and-half", 4)):
+        entries = mig.layout_entries(gpu, layout, layouts)
+        assert entries is not None
+        assert mig.advertised(entries, gpus, "single") != {}, "precondition: the project's own model says it works"
+        assert decide(on(layout, gpus), spec=spec, layouts=layouts).refused == [], layout
+    # on an 8-GPU node half-and-half does fail under single; with no count known both are refused, as before
+    for layout, gpus in (("half-and-half", 8), ("half-and-half", None), ("every-index", None)):
+        refused = decide(on(layout, gpus), spec=spec, layouts=layouts).refused
+        assert [why.split(":")[0] for _, _, why in refused] == ["enables MIG on some GPUs and not on others"]
+
+
 class FakeKube:
     """Answers the MIG pass: no pods; keeps the node patches. The user's ConfigMap comes from the snapshot."""
 

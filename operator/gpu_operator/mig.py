@@ -342,14 +342,18 @@ def compute_instances(entries: Sequence[mig_layouts.LayoutEntry]) -> list[str]:
     return sorted({p for e in entries for p in e.mig_devices if mig_layouts.compute_instance(p)})
 
 
-def single_strategy_problem(entries: Sequence[mig_layouts.LayoutEntry]) -> str:
+def single_strategy_problem(entries: Sequence[mig_layouts.LayoutEntry], gpus: int | None = None) -> str:
     """Why the device plugin's single strategy fails on a node these entries (layout_entries) lay out, or "": it
     needs every GPU MIG-disabled, or every one MIG-enabled with MIG devices of one profile (k8s-device-plugin
     internal/rm/device_map.go; `advertised` gives {} then). Each GPU is as the last entry that selects its index
-    leaves it: the indices an entry names, and one it does not name where an entry selects all GPUs."""
+    leaves it (one none selects is not counted): GPUs 0..gpus-1 when the node's count is known, else the indices an
+    entry names, and one it does not name where an entry selects all GPUs."""
     named = sorted({i for e in entries for i in e.devices or ()})
     slots: list[int | None] = [*named, None] if any(e.devices is None for e in entries) else [*named]
-    last = [next(e for e in reversed(entries) if e.devices is None or i in e.devices) for i in slots]
+    if gpus:
+        slots = list(range(gpus))
+    selecting = (next((e for e in reversed(entries) if e.devices is None or i in e.devices), None) for i in slots)
+    last = [e for e in selecting if e is not None]
     enabled = [e for e in last if e.mig_enabled]
     if not enabled:
         return ""
@@ -601,7 +605,8 @@ def _refusal(node: NodeFacts, spec: ClusterPolicySpec, want: str, layouts: Layou
         return (f"has compute-instance profiles ({', '.join(shared)}): the device plugin's mixed strategy advertises "
                 "none and fails on a node with one (mig.strategy single advertises them as nvidia.com/gpu)")
     # No device plugin (devicePlugin.enabled false, e.g. GPUs handed out by a DRA driver): nothing fails on it
-    if spec.device_plugin.enabled and spec.mig.strategy == "single" and (problem := single_strategy_problem(entries)):
+    single = spec.device_plugin.enabled and spec.mig.strategy == "single"
+    if single and (problem := single_strategy_problem(entries, physical_gpus(node.labels))):
         return (f"{problem}: the device plugin's single strategy needs one profile on every GPU of a node and fails "
                 "otherwise (mig.strategy mixed advertises each profile as its own resource)")
     return ""

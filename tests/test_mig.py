@@ -707,15 +707,7 @@ def test_the_single_strategy_refusal_applies_only_with_the_device_plugin_enabled
     assert mig.busy(quiet, parse_spec({"mig": {"strategy": "single"}}), None)
 
 
-INDEXED_CASES = """
-version: v1
-mig-configs:
-  half-and-half:
-    - devices: [0, 1, 2, 3]
-      mig-enabled: true
-      mig-devices: {"1g.10gb": 7}
-    - devices: [4, 5, 6, 7]
-      mig-enabled: false
+INDEXED_CASES = SINGLE_CASES + """\
   every-index:
     - devices: all
       mig-enabled: false

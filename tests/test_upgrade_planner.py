@@ -2095,6 +2095,28 @@ def test_the_pass_that_evicts_a_gpu_pod_after_the_cordon_names_it() -> None:
         {"node": "n1", "state": "pod-deletion-required", "reason": "evicting ml/trainer (podDeletion)"}]
 
 
+def test_waiting_and_event_name_the_state_the_pass_moved_the_node_to_not_the_one_it_was_seen_in() -> None:
+    """A node seen in wait-for-jobs-required (its pods' read after the cordon failed last pass, or the operator
+    restarted between the cordon and that read) whose pass moves it on to pod-deletion-required and evicts its GPU
+    pod: the Event and status.upgrade.waiting named wait-for-jobs-required, the state the snapshot showed, as only
+    the nodes planned again after their cordon (Ran.later) took the state the pass wrote; a restarted operator's
+    dedup of status.upgrade.waiting compared against it. Now each patched node's wait is named under the state its
+    pass's last state write set (Ran.wrote)."""
+    from gpu_operator.nodes import GPU_PRESENT, deploy_label
+    from support import node
+
+    held = node("n1", labels={GPU_PRESENT: "true", deploy_label("driver"): "true",
+                              STATE_LABEL: "wait-for-jobs-required"})  # fmt: skip
+    held["spec"] = {"unschedulable": True}  # cordoned by the upgrade
+    events: list[str] = []
+    kube, after, out = _cordoned_pass([_gpu_job("trainer")], held=held, events=events)
+    assert ("evict", ("ml", "trainer")) in kube.calls
+    assert after["metadata"]["labels"][STATE_LABEL] == "pod-deletion-required"
+    assert out.status["waiting"] == [
+        {"node": "n1", "state": "pod-deletion-required", "reason": "evicting ml/trainer (podDeletion)"}]
+    assert [m for m in events if "ml/trainer" in m] == ["pod-deletion-required: evicting ml/trainer (podDeletion)"]
+
+
 def test_the_pass_that_deletes_the_driver_pod_after_the_cordon_reports_the_wait_in_pod_restart_required() -> None:
     """The sample's (and the chart's) upgradePolicy, no GPU pod on the node: the pass that cordons it goes on after
     the cordon's answer to pod-restart-required and deletes its driver pod. status.upgrade.waiting said

@@ -415,12 +415,14 @@ class Ran:
     """What a run did and did not write: nodes left for the next pass (out of its write budget), nodes dropped
     because they moved on since the plan, nodes patched (a patch of each went through, though a later action
     may have failed), and nodes planned again once their patch was answered (`then`): the state that plan's own
-    patch wrote (that answer's when it wrote none), and that plan (its waits are the node's)."""
+    patch wrote (that answer's when it wrote none), and that plan (its waits are the node's). `wrote`: the state
+    label the last patch of each node that went through and set one wrote ("": removed)."""
 
     left: set[str] = field(default_factory=set)
     dropped: set[str] = field(default_factory=set)
     patched: set[str] = field(default_factory=set)
     later: dict[str, tuple[str, Plan]] = field(default_factory=dict)
+    wrote: dict[str, str] = field(default_factory=dict)
 
 
 class Executor:
@@ -455,6 +457,7 @@ class Executor:
         dropped: set[str] = set()
         patched: set[str] = set()
         later: dict[str, tuple[str, Plan]] = {}
+        wrote: dict[str, str] = {}
 
         def one(numbered: tuple[int, list[Action]]) -> None:
             i, actions = numbered
@@ -466,13 +469,13 @@ class Executor:
                          self.who, actions[0].node)
                 dropped.add(actions[0].node)
                 return
-            answer = self.node(actions, patched)
+            answer = self.node(actions, patched, wrote=wrote)
             if then is not None and answer is not None and (deadline is None or time.monotonic() <= deadline):
                 again = then(answer)
                 if again is not None:
                     answered: list[dict[str, Any]] = []
                     if again.actions:
-                        self.node(again.actions, patched, answered)
+                        self.node(again.actions, patched, answered, wrote)
                     last = (answered or [answer])[0]  # the state that plan's own patch wrote, if one went through
                     later[actions[0].node] = ((last["metadata"].get("labels") or {}).get(STATE_LABEL, ""), again)
 
@@ -480,15 +483,19 @@ class Executor:
         # deleted, one node after another took seconds, and a node whose new driver was Ready waited for them.
         with ThreadPoolExecutor(max_workers=WRITERS) as pool:
             list(pool.map(one, enumerate(groups)))
-        return Ran(left, dropped, patched, later)
+        return Ran(left, dropped, patched, later, wrote)
 
     def node(
-        self, actions: list[Action], patched: set[str] | None = None, answer: list[dict[str, Any]] | None = None
+        self,
+        actions: list[Action],
+        patched: set[str] | None = None,
+        answer: list[dict[str, Any]] | None = None,
+        wrote: dict[str, str] | None = None,
     ) -> dict[str, Any] | None:
         """One node's actions: consecutive label, annotation and cordon changes as one merge patch; the rest stop
         at the node's first failed write. The node as its last patch answered, if all went. `patched`: gets the
         node's name once a patch of it went through; `answer`: holds the node as its last patch answered, even when
-        a later write failed."""
+        a later write failed; `wrote`: the state label each patch that went through wrote ("": removed)."""
         patch: dict[str, Any] = {}
         answer = [] if answer is None else answer
 
@@ -501,6 +508,9 @@ class Executor:
                 answer[:] = [self.kube.merge_patch("Node", actions[0].node, body)]
                 if patched is not None:
                     patched.add(actions[0].node)
+                labels = body.get("metadata", {}).get("labels", {})
+                if wrote is not None and STATE_LABEL in labels:
+                    wrote[actions[0].node] = labels[STATE_LABEL] or ""
                 return True
             except ApiError as exc:
                 if exc.status == 404:

@@ -169,6 +169,7 @@ def orchestrate(
         return Orchestrated(None, busy, Counters(), started, made_unavailable, len(left))
     if gauges:
         set_gauges(c)
+    states.update(ran.wrote)  # a node waits in the state this pass moved it to, not the one it was seen in
     reasons = dict(result.waiting)
     quiet = set(result.quiet)
     for node, (state, again) in ran.later.items():  # planned again after its cordon: that plan says why it waits

@@ -487,6 +487,24 @@ def test_dcgm_exporter_uses_the_standalone_hostengine_when_dcgm_is_enabled() -> 
     assert "DCGM_REMOTE_HOSTENGINE_INFO" not in env(container(ds_of(off, EXPORTER), EXPORTER))
 
 
+def host_engine_env(value: str) -> dict[str, Any]:
+    return {"env": [{"name": "DCGM_REMOTE_HOSTENGINE_INFO", "value": value}]}
+
+
+def test_dcgm_exporter_gets_the_host_network_for_a_localhost_host_engine() -> None:
+    """DGX BaseOS runs nv-hostengine on the host: dcgm.enabled=false and dcgmExporter.env
+    DCGM_REMOTE_HOSTENGINE_INFO=localhost:5555. Upstream's TransformDCGMExporter means hostNetwork then (its check
+    reads the env before dcgmExporter.env is applied, so it never fires); without it the exporter dials its own
+    pod's loopback, where no engine listens."""
+    raw = {"dcgm": {"enabled": False}, "dcgmExporter": host_engine_env("localhost:5555")}
+    assert pod(ds_of(raw, EXPORTER))["hostNetwork"] is True
+    assert pod(ds_of(raw, EXPORTER))["dnsPolicy"] == "ClusterFirstWithHostNet"
+    for raw in ({"dcgm": {"enabled": True}, "dcgmExporter": host_engine_env("localhost:5555")},  # nvidia-dcgm's
+                {"dcgm": {"enabled": False}, "dcgmExporter": host_engine_env("dcgm.example.com:5555")},
+                {"dcgm": {"enabled": False}}):  # fmt: skip
+        assert "hostNetwork" not in pod(ds_of(raw, EXPORTER)), raw
+
+
 def test_dcgm_exporter_reads_the_kubelet_pod_resources() -> None:
     ds = ds_of({}, EXPORTER)
     main = container(ds, EXPORTER)

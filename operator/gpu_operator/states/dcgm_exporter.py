@@ -32,6 +32,15 @@ def remote_hostengine(spec: ClusterPolicySpec) -> str | None:
     return f"nvidia-dcgm:{DCGM_PORT}" if spec.dcgm.enabled else None
 
 
+def host_resident_engine(spec: ClusterPolicySpec) -> bool:
+    """dcgm off and dcgmExporter.env's DCGM_REMOTE_HOSTENGINE_INFO on `localhost`: nv-hostengine runs on the node
+    (DGX BaseOS), which the exporter reaches only on the host network (upstream's TransformDCGMExporter intent)."""
+    if remote_hostengine(spec):
+        return False
+    env = {e.name: e.value for e in spec.dcgm_exporter.env}
+    return env.get("DCGM_REMOTE_HOSTENGINE_INFO", "").startswith("localhost")
+
+
 def job_mapping_dir(spec: ClusterPolicySpec) -> str | None:
     """dcgmExporter.hpcJobMapping: the host directory HPC schedulers write job files to, when enabled."""
     mapping = spec.dcgm_exporter.hpc_job_mapping
@@ -81,8 +90,10 @@ def variables(ctx: RenderContext) -> dict[str, Any]:
     kubelet_root = spec.host_paths.kubelet_root_dir or "/var/lib/kubelet"
     # daemonsets.annotations win over the exporter's own on a shared key, as upstream writes them last.
     annotations = {**exporter.annotations, **spec.daemonsets.annotations, **c.nri_annotations(spec, CONTAINER)}
+    pod = c.pod_vars(spec, ctx.nodes, exporter, CONTAINER)
     return {
-        **c.pod_vars(spec, ctx.nodes, exporter, CONTAINER),
+        **pod,
+        "host_network": pod["host_network"] or host_resident_engine(spec),
         "pod_annotations": annotations,
         "exporter_env": exporter_env(spec),
         "automount_token": needs_api_token(spec),

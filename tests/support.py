@@ -220,6 +220,9 @@ CONFIG_MAPS: dict[str, tuple[str, ...]] = {
     "time-slicing-config": ("any",),
     "mps-config": ("mps-4",),
     "sharing-config": ("any",),
+    # dcgmExporter.config's (checked: its volume lists the key)
+    "custom-metrics": ("dcgm-metrics.csv",),
+    "custom-dcgm-metrics": ("dcgm-metrics.csv",),
 }
 
 

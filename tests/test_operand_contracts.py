@@ -476,6 +476,24 @@ def test_dcgm_exporter_custom_metrics_config() -> None:
     assert vol["configMap"] == {"name": "custom-metrics", "items": items}
 
 
+@pytest.mark.parametrize(
+    ("config_maps", "why"),
+    [
+        pytest.param({}, "ConfigMap custom-metrics (dcgmExporter.config.name) not found in namespace gpu-operator",
+                     id="configmap-missing"),
+        pytest.param({"custom-metrics": ("metrics.csv",)},
+                     "ConfigMap custom-metrics (dcgmExporter.config.name) has no key dcgm-metrics.csv",
+                     id="key-missing"),
+    ],
+)  # fmt: skip
+def test_dcgm_exporter_names_a_missing_metrics_config_map(config_maps: dict[str, tuple[str, ...]], why: str) -> None:
+    """dcgmExporter.config.name's key dcgm-metrics.csv is mounted (items: that key): without the ConfigMap or the key
+    every exporter pod stays in ContainerCreating (FailedMount). The state says so, as the driver's ConfigMaps do."""
+    raw = {"dcgmExporter": {"config": {"name": "custom-metrics"}}}
+    (p,) = [p for p in render_all(parse_spec(raw), config_maps=config_maps) if p.state.name == "state-dcgm-exporter"]
+    assert (p.problem, p.objects) == (why, [])
+
+
 def test_dcgm_exporter_uses_the_standalone_hostengine_when_dcgm_is_enabled() -> None:
     assert remote_hostengine(parse_spec({"dcgm": {"enabled": True}})) == "nvidia-dcgm:5555"
     assert remote_hostengine(parse_spec({})) == "nvidia-dcgm:5555"  # upstream: dcgm.enabled unset is on

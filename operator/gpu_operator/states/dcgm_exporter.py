@@ -12,7 +12,7 @@ from typing import Any
 from .. import contracts as c
 from ..api import ClusterPolicySpec
 from ..kinds import DEFAULT_OPERAND_KINDS, SERVICE_MONITOR
-from .base import OperandState, RenderContext
+from .base import OperandState, RenderContext, RenderProblem
 
 CONTAINER = "nvidia-dcgm-exporter"
 PORT = 9400
@@ -84,7 +84,21 @@ def needs_api_token(spec: ClusterPolicySpec) -> bool:
     return any(e.name == CONFIGMAP_DATA and e.value not in ("", "none") for e in spec.dcgm_exporter.env)
 
 
+def _check_metrics_config(ctx: RenderContext) -> None:
+    """dcgmExporter.config.name exists with the key its volume lists: else the kubelet cannot mount it and no exporter
+    pod starts (as the driver's ConfigMaps are checked)."""
+    name, field = ctx.spec.dcgm_exporter.config.name, "dcgmExporter.config.name"
+    if not name:
+        return
+    keys = ctx.config_maps.get(name)
+    if keys is None:
+        raise RenderProblem(f"ConfigMap {name} ({field}) not found in namespace {ctx.namespace}")
+    if METRICS_FILE not in keys:
+        raise RenderProblem(f"ConfigMap {name} ({field}) has no key {METRICS_FILE}")
+
+
 def variables(ctx: RenderContext) -> dict[str, Any]:
+    _check_metrics_config(ctx)
     spec = ctx.spec
     exporter = spec.dcgm_exporter
     kubelet_root = spec.host_paths.kubelet_root_dir or "/var/lib/kubelet"

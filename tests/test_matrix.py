@@ -500,6 +500,29 @@ def test_hgx_b200_needs_570_133_20() -> None:
     assert compat.verdicts([gb200], spec("570.86.15"))["gb200"].refusal is None  # GB200 needs R570 only
 
 
+@pytest.mark.parametrize("env", [False, True])
+def test_driver_image_with_tag_and_digest_is_checked_by_its_tag(monkeypatch: pytest.MonkeyPatch, env: bool) -> None:
+    """`image: nvcr.io/nvidia/driver:535.230.02@sha256:...` (a tag pinned by digest, as Renovate or kbld write it)
+    is used verbatim and runs 535.230.02 (REFERENCE 1), so a B200 is refused (REFERENCE 7 beyond: R570+). The
+    version read was the digest's hex, "unknown, not checked", and the B200 got R535. Likewise in DRIVER_IMAGE. A
+    digest alone names no version: still unknown, not checked."""
+    digest = "sha256:" + "4" * 64
+    b200 = gpu_node("b200", **{B200_LABEL: "true"})
+
+    def verdict(image: str) -> compat.Verdict:
+        if env:
+            monkeypatch.setenv("DRIVER_IMAGE", image)
+            return compat.verdicts([b200], parse_spec({}))["b200"]
+        return compat.verdicts([b200], parse_spec({"driver": {"image": image}}))["b200"]
+
+    found = verdict(f"nvcr.io/nvidia/driver:535.230.02@{digest}")
+    assert found.version == "535.230.02", found.describe()
+    assert found.refusal is not None and found.refusal.rule == "architecture-too-new", found.describe()
+    pinned = verdict(f"registry:5000/nvidia/driver@{digest}")
+    assert pinned.version == digest and pinned.refusal is None, pinned.describe()
+    assert pinned.describe() == f"driver version {digest} unknown, not checked"
+
+
 def test_a_node_object_is_judged_once_per_spec_whatever_else_is_judged(monkeypatch: pytest.MonkeyPatch) -> None:
     """A pass judges every node twice (the rollout, the upgrade planner) and one joining node is judged between
     passes: neither may make the next pass judge every node again (it did: 0.1 s a pass at 5,000 nodes)."""

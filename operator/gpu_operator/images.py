@@ -80,12 +80,22 @@ def resolve(spec: ImageSpec, component: str, version: str | None = None, env: bo
     return join(repo, image, version or default_version)
 
 
+def _version_in(ref: str) -> str | None:
+    """The tag of an image reference (`repo:tag` and `repo:tag@sha256:...` alike), else its digest, else None."""
+    name, _, digest = ref.partition("@")
+    last = name.rsplit("/", 1)[-1]
+    if ":" in last:
+        return last.rsplit(":", 1)[1]
+    return digest or None
+
+
 def version_of(spec: ImageSpec, component: str) -> str:
-    """The version a component will run: the spec's, the tag of a verbatim image, or the default."""
+    """The version a component will run: the spec's, the tag (else digest) of a verbatim image or of the operator's
+    env image, or the default."""
     if spec.version:
         return spec.version
-    if spec.image and ":" in spec.image.rsplit("/", 1)[-1]:
-        return spec.image.rsplit(":", 1)[1]
-    if (from_env := env_default(component)) and ":" in from_env.rsplit("/", 1)[-1]:
-        return from_env.rsplit(":", 1)[1]
+    if spec.image and (found := _version_in(spec.image)):
+        return found
+    if (from_env := env_default(component)) and (found := _version_in(from_env)):
+        return found
     return DEFAULTS[component][2]

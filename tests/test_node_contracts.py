@@ -612,6 +612,34 @@ def test_precompiled_drivers_without_a_version_are_a_problem() -> None:
     assert plans_of({**raw, "driver": {**raw["driver"], "image": None}}, nodes)["state-driver"].problem is None
 
 
+def test_precompiled_driver_takes_a_branch_tag_from_driver_image_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """README (operator env): where the ClusterPolicy names no driver repository/image/version, the operator's
+    DRIVER_IMAGE names the image (upstream's ImagePath, e.g. an air-gapped mirror). With usePrecompiled its branch
+    tag (`...driver:580`) names the branch, as `image: ...driver:580` does. It was refused ("driver.version:
+    usePrecompiled needs a driver branch"): the check read the spec only, not the env the image came from. An
+    env image without a tag is refused naming DRIVER_IMAGE."""
+    nodes = [facts("n1", kernel="5.15.0-1045-nvidia")]
+    monkeypatch.setenv("DRIVER_IMAGE", "mirror.local:5000/nvidia/driver:580")
+    raw = sample()
+    raw["driver"] = {k: v for k, v in raw["driver"].items() if k not in ("repository", "image", "version")}
+    raw["driver"]["usePrecompiled"] = True
+    ds = driver_ds(raw, nodes, pool="ubuntu22.04-5.15.0-1045-nvidia")
+    image = container(ds, "nvidia-driver-ctr")["image"]
+    assert image == "mirror.local:5000/nvidia/driver:580-5.15.0-1045-nvidia-ubuntu22.04"
+    monkeypatch.setenv("DRIVER_IMAGE", "mirror.local:5000/nvidia/driver")
+    plan = plans_of(raw, nodes)["state-driver"]
+    assert plan.objects == [] and plan.problem == (
+        "DRIVER_IMAGE (mirror.local:5000/nvidia/driver, the operator's env): usePrecompiled needs a driver branch "
+        "such as 580; precompiled images are tagged <branch>-<kernel>-<os>"
+    )
+    monkeypatch.setenv("DRIVER_IMAGE", "mirror.local:5000/nvidia/driver:580")  # the spec's image wins over the env
+    raw["driver"]["image"] = "nvcr.io/nvidia/driver"
+    assert plans_of(raw, nodes)["state-driver"].problem == (
+        "driver.version: usePrecompiled needs a driver branch such as 580; precompiled images are tagged "
+        "<branch>-<kernel>-<os>"
+    )
+
+
 def test_probe_overrides_land_on_the_driver_container() -> None:
     raw = sample()
     raw["driver"] = {

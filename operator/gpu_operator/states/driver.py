@@ -192,10 +192,12 @@ def _pool(ctx: RenderContext, pool: Pool) -> dict[str, Any]:
             f"{_field(ctx, 'usePrecompiled')}: an image digest ({base}) is not supported with precompiled drivers, "
             "whose images are per kernel (<version>-<kernel>-<os>); name a version instead"
         )
-    if precompiled and not (driver.version or _has_tag(driver.image)):
+    from_env = images.env_default("driver") if env and not driver.image else ""  # what `base` came from
+    if precompiled and not (driver.version or _has_tag(driver.image or from_env)):
         # Our default is a full version; precompiled images are published per branch only (upstream refuses too).
+        field = f"DRIVER_IMAGE ({from_env}, the operator's env)" if from_env else _field(ctx, "version")
         raise RenderProblem(
-            f"{_field(ctx, 'version')}: usePrecompiled needs a driver branch such as 580; precompiled images are "
+            f"{field}: usePrecompiled needs a driver branch such as 580; precompiled images are "
             "tagged <branch>-<kernel>-<os>"
         )
     if ctx.driver_group is not None and ctx.driver_group.problem:  # upstream's ImagePath error: ReconcileFailed

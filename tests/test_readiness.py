@@ -251,6 +251,67 @@ def test_unavailable_pods_name_their_nodes() -> None:
     assert reason == "nvidia-x: 7 of 8 pods unavailable (not ready on n0, n1, n2, n3, n4 and 2 more)"
 
 
+def _waiting_pod(node: str, reason: str, init: str = "") -> dict[str, Any]:
+    """An operand pod as observe.project_pod keeps it: its container waits with `reason` (kept by _container_status),
+    and its init container with `init`."""
+    waits = [{"name": "ctr", "ready": False, "restartCount": 7, **({"state": {"waiting": {"reason": reason}}}
+                                                                   if reason else {})}]  # fmt: skip
+    status: dict[str, Any] = {"phase": "Pending" if reason == "ImagePullBackOff" else "Running",
+                              "containerStatuses": waits}  # fmt: skip
+    if init:
+        status["initContainerStatuses"] = [{"name": "init", "ready": False, "restartCount": 3,
+                                            "state": {"waiting": {"reason": init}}}]  # fmt: skip
+    return {
+        "metadata": {"name": f"nvidia-driver-daemonset-{node}", "labels": {"controller-revision-hash": "new"}},
+        "node": node, "owner": "nvidia-driver-daemonset", "status": status, "ready": False,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("reason", ["ImagePullBackOff", "CrashLoopBackOff"])
+def test_a_daemonset_not_ready_names_why_its_pods_wait(reason: str) -> None:
+    """README (top): the operator "reports honestly which operand is not ready and why". A driver pod that cannot
+    pull its image (a mistyped driver.version) or crash-loops is the commonest reason a state stays notReady, and the
+    pod projection keeps the container's waiting reason (observe._container_status): the message said only
+    "2 of 2 pods unavailable (not ready on a, b)". Review readiness #1."""
+    driver = {
+        "metadata": {"name": "nvidia-driver-daemonset", "generation": 2},
+        "spec": {"updateStrategy": {"type": "OnDelete"}},
+        "status": {"desiredNumberScheduled": 2, "currentNumberScheduled": 2, "numberUnavailable": 2,
+                   "updatedNumberScheduled": 2, "observedGeneration": 2},
+    }  # fmt: skip
+    revisions = [{"metadata": {"labels": {"controller-revision-hash": "new"}}, "revision": 1}]
+    ready, why = daemonset_ready(driver, [_waiting_pod("a", reason), _waiting_pod("b", reason)], revisions)
+    assert (ready, why) == (False, f"nvidia-driver-daemonset: 2 of 2 pods unavailable ({reason} on a, b)")
+
+
+def test_the_nodes_named_are_grouped_by_why_their_pods_wait_in_a_stable_order() -> None:
+    """The first five nodes by name, as before, grouped by their pods' waiting reason (init containers first;
+    ErrImagePull, which the kubelet alternates with ImagePullBackOff on each retry, as ImagePullBackOff); the groups
+    sorted by reason, the nodes whose pods do not wait last, with the count of the rest. The same pods in any order
+    say the same, so a pass over unchanged pods writes no new message."""
+    unready = [
+        _waiting_pod("n0", "ErrImagePull"), _waiting_pod("n1", "ImagePullBackOff"), _waiting_pod("n2", ""),
+        _waiting_pod("n3", "PodInitializing", init="CrashLoopBackOff"), _waiting_pod("n4", "CrashLoopBackOff"),
+        *(_waiting_pod(f"n{i}", "CrashLoopBackOff") for i in range(5, 9)),
+    ]  # fmt: skip
+    status = {"observedGeneration": 2, "desiredNumberScheduled": 9, "currentNumberScheduled": 9,
+              "numberUnavailable": 9}  # fmt: skip
+    why = ("nvidia-x: 9 of 9 pods unavailable (CrashLoopBackOff on n3, n4; ImagePullBackOff on n0, n1; "
+           "not ready on n2 and 4 more)")  # fmt: skip
+    assert daemonset_ready(ds(**status), unready, unready=unready) == (False, why)
+    for seed in range(5):
+        shuffled = random.Random(seed).sample(unready, len(unready))
+        assert daemonset_ready(ds(**status), shuffled, unready=shuffled) == (False, why)
+    # Every node named waits: the rest are counted apart. Of two pods on a node, the first reason by name.
+    waits = [_waiting_pod(f"n{i}", "CrashLoopBackOff") for i in range(7)] + [_waiting_pod("n1", "Xy")]
+    why = "nvidia-x: 9 of 9 pods unavailable (CrashLoopBackOff on n0, n1, n2, n3, n4; 2 more not ready)"
+    assert daemonset_ready(ds(**status), waits, unready=waits) == (False, why)
+    # A reason is cut to a bounded length.
+    long = [_waiting_pod("n0", "X" * 300)]
+    why = f"nvidia-x: 9 of 9 pods unavailable ({'X' * 61}... on n0)"
+    assert daemonset_ready(ds(**status), long, unready=long) == (False, why)
+
+
 def test_unavailable_pods_not_created_yet_are_counted_apart() -> None:
     """How many of the desired pods do not exist yet: by the controller's count or the pods given, whichever
     counts more (either can lag the other); an unready pod on no node yet is counted, not named."""
@@ -784,6 +845,44 @@ def test_after_a_driver_version_change_no_pass_calls_the_policy_ready_while_ever
     assert driver_state() == ("notReady", "notReady", f"{driver}: the DaemonSet controller counts 0 of 2 pods updated")
     r.reconcile(_snap(cluster, pol, owned, pods, {**revisions, f"{driver}-h2": revision_of(driver, 2, "h2")}))
     assert driver_state() == ("notReady", "notReady", f"{driver}: 2 pods run an old revision")
+
+
+def test_a_pass_over_pods_that_wait_names_why_and_says_it_the_same_way_pass_after_pass() -> None:
+    """Review readiness #1 through a pass: the driver state's message groups its nodes by why their pods wait, and
+    passes over the same pods, listed in another order, with the kubelet's next pull retry (ErrImagePull after
+    ImagePullBackOff), compute the same status, so they write nothing."""
+    from gpu_operator.observe import key_of
+    from gpu_operator.status import status_changed
+
+    pol, cluster, r, written = _recording(2)
+    first = r.reconcile(_snap(cluster, pol, {}, {}, {}))
+    owned = {key_of(o): o for o in first.applied}
+    daemonsets = {o["metadata"]["name"]: o for o in first.applied if o["kind"] == "DaemonSet"}
+    [driver] = [name for name in daemonsets if name.startswith("nvidia-driver-daemonset")]
+    key = key_of(daemonsets[driver])
+    owned[key] = {**owned[key], "status": {**owned[key]["status"], "numberAvailable": 0, "numberUnavailable": 2}}
+    revisions = {f"{d}-h1": {"metadata": {"labels": {"controller-revision-hash": "h1"}}, "revision": 1, "owner": d}
+                 for d in daemonsets}  # fmt: skip
+
+    def waiting(on: str, reason: str, init: str = "") -> dict[str, Any]:
+        p = _ready_pod(daemonsets[driver], on)
+        p["ready"] = False
+        p["status"] = _waiting_pod(on, reason, init)["status"]
+        return p
+
+    def driver_message(pods: dict[str, dict[str, Any]]) -> str:
+        r.reconcile(_snap(cluster, pol, owned, pods, revisions))
+        [state] = [s for s in written[-1]["states"] if s["name"] == "state-driver"]
+        return str(state["message"])
+
+    others = {f"{d}-{n}": _ready_pod(daemonsets[d], n) for d in daemonsets if d != driver for n in cluster.nodes}
+    crash, pull = waiting("n1", "PodInitializing", init="CrashLoopBackOff"), waiting("n2", "ImagePullBackOff")
+    expected = f"{driver}: 2 of 2 pods unavailable (CrashLoopBackOff on n1; ImagePullBackOff on n2)"
+    assert driver_message({**others, crash["metadata"]["name"]: crash, pull["metadata"]["name"]: pull}) == expected
+    before = written[-1]
+    pull = waiting("n2", "ErrImagePull")
+    assert driver_message({pull["metadata"]["name"]: pull, crash["metadata"]["name"]: crash, **others}) == expected
+    assert not status_changed(before, written[-1])
 
 
 def test_a_daemonset_whose_state_label_another_writer_changed_is_still_judged() -> None:

@@ -174,17 +174,35 @@ def is_unready(pod: dict[str, Any]) -> bool:
     return not pod_ready(pod) and not pod["metadata"].get("deletionTimestamp")
 
 
+# The kubelet alternates these on each retry of a pull: named as one, so a message does not change with every retry.
+_SAME_REASON = {"ErrImagePull": "ImagePullBackOff"}
+_REASON_CHARS = 64  # a waiting reason is the kubelet's CamelCase word; any longer one is cut
+
+
+def waiting_reason(pod: Mapping[str, Any]) -> str:
+    """Why the pod's first waiting container waits (init containers first): CrashLoopBackOff, ImagePullBackOff, ...;
+    "" when none waits."""
+    status = pod.get("status") or {}
+    for c in (*(status.get("initContainerStatuses") or ()), *(status.get("containerStatuses") or ())):
+        reason = str(((c.get("state") or {}).get("waiting") or {}).get("reason") or "")
+        if reason:
+            reason = _SAME_REASON.get(reason, reason)
+            return reason if len(reason) <= _REASON_CHARS else reason[: _REASON_CHARS - 3] + "..."
+    return ""
+
+
 def _where(
     unready: Sequence[dict[str, Any]] | None,
     status: dict[str, Any],
     pods: Sequence[dict[str, Any]] | None,
     most: int = 5,
 ) -> str:
-    """ " (2 not created yet; 1 not scheduled yet; not ready on a, b and 3 more)": how many of the desired pods do
-    not exist (by the controller's count and by the pods given, whichever counts more: either can lag; no scan of
-    the pods; the pods only while the controller counts none on a node it no longer wants, which are not of the
-    desired ones), how many unready pods are on no node yet, and the nodes of the other unready pod projections;
-    "" when none is known."""
+    """ " (2 not created yet; 1 not scheduled yet; CrashLoopBackOff on a; not ready on b and 3 more)": how many of
+    the desired pods do not exist (by the controller's count and by the pods given, whichever counts more: either
+    can lag; no scan of the pods; the pods only while the controller counts none on a node it no longer wants, which
+    are not of the desired ones), how many unready pods are on no node yet, and the nodes of the other unready pod
+    projections, the first `most` by name grouped by why their pods wait (waiting_reason; sorted) and the rest
+    counted; "" when none is known."""
     parts = []
     desired, created = status.get("desiredNumberScheduled", 0), status.get("currentNumberScheduled")
     if pods is not None and not status.get("numberMisscheduled"):
@@ -196,8 +214,19 @@ def _where(
         parts.append(f"{unbound} not scheduled yet")
     nodes = sorted({p["node"] for p in unready or () if p.get("node")})
     if nodes:
-        more = f" and {len(nodes) - most} more" if len(nodes) > most else ""
-        parts.append(f"not ready on {', '.join(nodes[:most])}{more}")
+        reasons: dict[str, set[str]] = {node: set() for node in nodes[:most]}  # why the named nodes' pods wait
+        for p in unready or ():
+            if p.get("node") in reasons:
+                reasons[p["node"]].add(waiting_reason(p))
+        by_reason: dict[str, list[str]] = {}
+        for node, said in reasons.items():  # a node's first reason by name; "" when none of its pods waits
+            by_reason.setdefault(min(said - {""}, default=""), []).append(node)
+        parts += [f"{reason} on {', '.join(named)}" for reason, named in sorted(by_reason.items()) if reason]
+        more = len(nodes) - most
+        if "" in by_reason:
+            parts.append(f"not ready on {', '.join(by_reason[''])}" + (f" and {more} more" if more > 0 else ""))
+        elif more > 0:
+            parts.append(f"{more} more not ready")
     return f" ({'; '.join(parts)})" if parts else ""
 
 

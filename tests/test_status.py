@@ -671,6 +671,37 @@ def test_ignored_status_is_stable() -> None:
     assert status_changed(first, ignored_status(generation=2, namespace="ns", active="b", previous=first, now=T1))
 
 
+def test_the_ignored_status_does_not_call_a_policy_created_in_the_same_second_older() -> None:
+    """REFERENCE §1: the active ClusterPolicy is the oldest by creationTimestamp, the name breaking a tie (after the
+    one already acted on, active_policy). Of two policies created in the same second the ignored one's Ready message
+    said "ClusterPolicy <active> is older and active", which is false: their Age columns are equal. Now it says the
+    active one was created in the same second and is the one acted on; "is older" stays for one that is. Review
+    readiness #2."""
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+    from support import facts
+
+    active, second, later = policy_object(), policy_object(), policy_object()
+    second["metadata"].update(name="z-second", uid="u2")  # the same creationTimestamp; the name loses the tie
+    later["metadata"].update(name="a-later", uid="u3", creationTimestamp="2099-01-01T00:00:00Z")
+    assert active["metadata"]["creationTimestamp"] == second["metadata"]["creationTimestamp"]
+    kube = EchoKube()
+    Reconciler(kube, "gpu-operator").reconcile(Snapshot(  # type: ignore[arg-type]
+        nodes={"gpu-1": facts("gpu-1")}, policies={"cluster-policy": active, "z-second": second, "a-later": later},
+        owned={}, pods={}, revisions={}))  # fmt: skip
+    messages = {}
+    for name in ("z-second", "a-later"):
+        status = kube.statuses[("ClusterPolicy", name)]
+        assert status["state"] == "ignored"
+        messages[name] = next(c["message"] for c in status["conditions"] if c["type"] == "Ready")
+    assert messages == {
+        "z-second": "ClusterPolicy cluster-policy was created in the same second and is the one acted on; only one "
+                    "ClusterPolicy is used, so this one is ignored",
+        "a-later": "ClusterPolicy cluster-policy is older and active; only one ClusterPolicy is used, so this one is "
+                   "ignored",
+    }  # fmt: skip
+
+
 # Writing: progress at most every PROGRESS_INTERVAL_S, anything else at once
 
 

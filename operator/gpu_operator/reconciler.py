@@ -273,13 +273,16 @@ class Reconciler:
     def _reconcile(self, snap: Snapshot, out: Outcome) -> None:
         metrics.reconciliation_total.inc()
         active = active_policy(list(snap.policies.values()))
+        active_created = snap.policies[active]["metadata"].get("creationTimestamp") if active else None
         for name, policy in sorted(snap.policies.items()):
             if name != active and not policy["metadata"].get("deletionTimestamp"):
                 generation = policy["metadata"].get("generation")
                 previous = policy.get("status")
+                tie = active_created is not None and policy["metadata"].get("creationTimestamp") == active_created
                 status = ignored_status(
-                    generation=generation, namespace=self.namespace, active=active or "?", previous=previous, now=now()
-                )
+                    generation=generation, namespace=self.namespace, active=active or "?", previous=previous, now=now(),
+                    same_second=tie,
+                )  # fmt: skip
                 try:
                     if not self.status.write(policy, status):
                         out.busy = True  # held back, or the policy changed since it was read: the next pass writes it

@@ -212,9 +212,13 @@ def policy_status(
 
 
 def ignored_status(
-    *, generation: int | None, namespace: str, active: str, previous: dict[str, Any] | None, now: str
-) -> dict[str, Any]:
-    message = f"ClusterPolicy {active} is older and active; only one ClusterPolicy is used, so this one is ignored"
+    *, generation: int | None, namespace: str, active: str, previous: dict[str, Any] | None, now: str,
+    same_second: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """The status of a ClusterPolicy that is not the active one. `same_second`: both were created in the same second
+    (active_policy's tie), so the active one is not older."""
+    why = "was created in the same second and is the one acted on" if same_second else "is older and active"
+    message = f"ClusterPolicy {active} {why}; only one ClusterPolicy is used, so this one is ignored"
     prev = previous or {}
     return {
         "state": "ignored",

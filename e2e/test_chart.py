@@ -780,7 +780,7 @@ REQUIRED_CLUSTER: dict[tuple[str, str], set[str]] = {
     ("", "pods/eviction"): {"create"},
     ("", "namespaces"): {"get", "list", "watch", "create", "patch"},
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
-    ("", "events"): {"create"},
+    ("", "events"): {"create", "patch"},  # patch: a recurring Event's count (events.py)
     ("nvidia.com", "clusterpolicies"): {"get", "list", "watch", "patch", "update"},
     ("nvidia.com", "clusterpolicies/status"): {"get", "patch", "update"},
     ("nvidia.com", "nvidiadrivers"): {"get", "list", "watch"},

@@ -4,6 +4,7 @@ and change detection."""
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import logging
 from typing import Any
@@ -847,6 +848,90 @@ class _Events:
         return {}
 
 
+class _EventStore:
+    """Holds Events as the API server does: a create gets a name from its generateName; a merge patch of one by
+    name changes it in place (404 when it is gone). Other merge patches (a status write) answer with the patch."""
+
+    def __init__(self) -> None:
+        self.events: dict[tuple[str, str], dict[str, Any]] = {}
+        self.writes = 0
+        self._names = itertools.count(1)
+
+    def create(self, obj: dict[str, Any], retry: bool = True) -> dict[str, Any]:
+        assert not retry, "a pass does not wait on a throttled API server for its Events"
+        self.writes += 1
+        obj = copy.deepcopy(obj)
+        meta = obj["metadata"]
+        meta["name"] = f"{meta['generateName']}{next(self._names)}"
+        self.events[(meta["namespace"], meta["name"])] = obj
+        return obj
+
+    def merge_patch(self, kind: str, name: str, patch: dict[str, Any], namespace: str | None = None,
+                    sub: str | None = None, retry: bool = True) -> dict[str, Any]:  # fmt: skip
+        if kind != "Event":
+            return patch
+        assert not retry, "a pass does not wait on a throttled API server for its Events"
+        self.writes += 1
+        if (namespace or "", name) not in self.events:
+            raise ApiError(404, json.dumps({"message": f'events "{name}" not found'}), f"PATCH events {name}")
+        self.events[(namespace or "", name)].update(patch)
+        return self.events[(namespace or "", name)]
+
+    def counts(self, reason: str) -> list[int]:
+        return [e["count"] for e in self.events.values() if e["reason"] == reason]
+
+
+def test_an_event_that_recurs_gets_its_count_bumped_not_a_new_event() -> None:
+    """A cause that came back with the same reason and message (a ClusterPolicy flapping notReady/ready as an operand
+    crash-loops: the status writer posts on every state change) was posted as a new Event each time, count 1: N
+    flaps left N identical Events. client-go's EventCorrelator (upstream's recorder) patches the Event already there
+    instead, so `kubectl get events` shows one line `x3`. Now a recurrence within SERIES_WINDOW_S of the last bumps
+    its count and lastTimestamp, one write as the create was."""
+    store = _EventStore()
+    clock = [0.0]
+    record = EventRecorder(store, clock=lambda: clock[0])  # type: ignore[arg-type]
+    pol = {"apiVersion": "nvidia.com/v1", "kind": "ClusterPolicy", "metadata": {"name": "cluster-policy", "uid": "u"}}
+    down = "state notReady: state-driver: nvidia-driver-daemonset: 1 of 1 pods unavailable"
+    for _ in range(3):  # notReady, ready, notReady, ready ... as the status writer posts them (changed=True)
+        clock[0] += 30
+        record(pol, "Warning", "DriverNotReady", down, changed=True, durable=True)
+        clock[0] += 30
+        record(pol, "Normal", "Reconciled", "state ready: all operands ready on 1 GPU nodes", changed=True,
+               durable=True)  # fmt: skip
+    same = [e for e in store.events.values() if e["reason"] == "DriverNotReady" and e["message"] == down]
+    assert [e["count"] for e in same] == [3], f"{len(same)} Events with counts {[e['count'] for e in same]}"
+    assert store.counts("Reconciled") == [3] and store.writes == 6, "one write per post, as before"
+    assert same[0]["firstTimestamp"] <= same[0]["lastTimestamp"]
+    # Another message, type or object is another Event.
+    record(pol, "Warning", "DriverNotReady", down + " on gpu-2", changed=True)
+    record({**pol, "metadata": {"name": "cluster-policy", "uid": "u-2"}}, "Warning", "DriverNotReady", down,
+           changed=True)  # fmt: skip
+    assert sorted(store.counts("DriverNotReady")) == [1, 1, 3]
+
+
+def test_an_event_recurring_after_the_window_or_once_expired_is_a_new_event() -> None:
+    """The count is bumped only within SERIES_WINDOW_S of the last post (a recurrence later is a new Event), and a
+    bump on an Event the API server has expired (404) creates a new one instead of losing it."""
+    from gpu_operator.events import SERIES_WINDOW_S
+
+    store = _EventStore()
+    clock = [0.0]
+    record = EventRecorder(store, clock=lambda: clock[0])  # type: ignore[arg-type]
+    node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "gpu-1", "uid": "n-1"}}
+    record(node, "Warning", "MIGConfigRefused", "all-1g.18gb: not on this GPU", changed=True)
+    clock[0] += SERIES_WINDOW_S
+    record(node, "Warning", "MIGConfigRefused", "all-1g.18gb: not on this GPU", changed=True)
+    assert store.counts("MIGConfigRefused") == [1, 1], "past the window: a new Event"
+    store.events.clear()  # expired (the API server's --event-ttl)
+    record(node, "Warning", "MIGConfigRefused", "all-1g.18gb: not on this GPU", changed=True)
+    assert store.counts("MIGConfigRefused") == [1] and store.writes == 4, "the 404'd patch, then a create"
+    record(node, "Warning", "MIGConfigRefused", "all-1g.18gb: not on this GPU", changed=True)
+    assert store.counts("MIGConfigRefused") == [2]
+    record.forget("Node", "gpu-1")  # the node is gone: what was posted on it too
+    record(node, "Warning", "MIGConfigRefused", "all-1g.18gb: not on this GPU", changed=True)
+    assert sorted(store.counts("MIGConfigRefused")) == [1, 2]
+
+
 def test_an_event_the_api_server_refused_is_posted_again_after_a_while() -> None:
     """The recorder took an event for posted before the create was answered: one refused was never posted again
     while its message stayed the same (the ClusterPolicy's Warning for that cause lost for good). Then one refused
@@ -927,7 +1012,7 @@ def test_a_state_change_that_comes_back_gets_its_event_again() -> None:
     """The recorder dropped an event that said what the last one with its reason said, however long ago and
     whatever came between: notReady (DriverNotReady), ready, then the same notReady again posted the Warning only
     the first time (`kubectl describe clusterpolicy` showed no event for the second outage). The status writer
-    posts only on a real state change, and that is posted."""
+    posts only on a real state change, and that is posted (within SERIES_WINDOW_S: the first Event's count bumped)."""
     from gpu_operator.status_writer import StatusWriter
 
     def status(state: str, reason: str, message: str) -> dict[str, Any]:
@@ -935,9 +1020,10 @@ def test_a_state_change_that_comes_back_gets_its_event_again() -> None:
                  "message": message}  # fmt: skip
         return {"state": state, "conditions": [ready]}
 
-    kube = _Events()
+    kube = _EventStore()
     now = [0.0]
-    writer = StatusWriter(kube, EventRecorder(kube), clock=lambda: now[0])  # type: ignore[arg-type]
+    record = EventRecorder(kube, clock=lambda: now[0])  # type: ignore[arg-type]
+    writer = StatusWriter(kube, record, clock=lambda: now[0])  # type: ignore[arg-type]
     pol = {**policy("cluster-policy", T0), "metadata": {"name": "cluster-policy", "uid": "u"}}
     for s in (status("notReady", "DriverNotReady", "driver pods not ready on gpu-1"),
               status("ready", "Reconciled", "all operands ready"),
@@ -946,7 +1032,8 @@ def test_a_state_change_that_comes_back_gets_its_event_again() -> None:
         writer.write(pol, s)
         writer.write({**pol, "status": s}, s)  # written: nothing changed, nothing posted
         pol = {**pol, "status": s}
-    assert [e["reason"] for e in kube.created] == ["DriverNotReady", "Reconciled", "DriverNotReady"]
+    # the second outage is posted: the same Event as the first, its count bumped (client-go's correlator)
+    assert kube.counts("DriverNotReady") == [2] and kube.counts("Reconciled") == [1] and kube.writes == 3
 
 
 @pytest.mark.parametrize("invalid", [False, True], ids=["not-ready", "invalid-spec"])

@@ -18,6 +18,8 @@ EVENT_SOURCE = "gpu-operator"
 REFUSED_RETRY_S = 300.0  # an Event the API server refused is posted again no sooner (a quota refuses it every time)
 UNREACHABLE_RETRY_S = 30.0  # no Event is tried for this long after one found the API server unreachable
 OWED_MAX = 256  # Events not posted while the API server was unreachable, kept to post later (the oldest dropped)
+SERIES_WINDOW_S = 600.0  # the same Event again within this of the last: its count bumped (client-go's correlator)
+SERIES_MAX = 4096  # Events kept to bump (the least recently posted dropped), as client-go's LRU cache
 
 
 def now() -> str:
@@ -34,6 +36,7 @@ class EventRecorder:
     | refused | `_refused`: uid, message, when | one the API server refused (an ApiError) is tried again only REFUSED_RETRY_S later |
     | unreachable | `_unreachable_at` | no post is tried for UNREACHABLE_RETRY_S after one found the API server unreachable |
     | owed | `_owed` | one not posted for that is posted by a later pass_done, unless its pass was cut (pass_started) and it is not `durable` |
+    | series | `_series`: object, type, reason, message -> Event posted, count, when | the same Event again within SERIES_WINDOW_S of the last: that Event's count and lastTimestamp patched, not a new one (gone: a new one) |
     """  # noqa: E501
 
     def __init__(self, kube: Kube, clock: Callable[[], float] = time.monotonic):
@@ -51,6 +54,8 @@ class EventRecorder:
         self._owed: OrderedDict[tuple[tuple[str, str], str], tuple[dict[str, Any], str, str, bool, bool]] = (
             OrderedDict()
         )
+        # (involved object, type, reason, message) -> (the Event's namespace and name, its count, when posted last)
+        self._series: OrderedDict[tuple[Any, ...], tuple[str, str, int, float]] = OrderedDict()
         self._in_pass = False  # between pass_started and pass_done
         self._lock = threading.Lock()
 
@@ -94,11 +99,17 @@ class EventRecorder:
 
     def _post(self, involved: dict[str, Any], etype: str, reason: str, message: str, changed: bool,
               confirmed: bool) -> None:  # fmt: skip
-        """Post the Event (owed when the API server was unreachable, see pass_done)."""
+        """Post the Event (owed when the API server was unreachable, see pass_done): the one posted last with the
+        same object, type, reason and message, within SERIES_WINDOW_S, gets its count bumped instead."""
         ref, name = (involved["kind"], involved["name"]), involved["name"]
         uid = involved["uid"]
         if involved["kind"] == "Node" and uid == name:  # a Node by name (the kubelet's uid): no uid to compare
             uid = None
+        key = (tuple(sorted(involved.items())), etype, reason, message[:1000])
+        with self._lock:
+            series = self._series.get(key)
+            if series is not None and self.clock() - series[3] >= SERIES_WINDOW_S:
+                series = None
         body = {
             "apiVersion": "v1",
             "kind": "Event",
@@ -114,7 +125,7 @@ class EventRecorder:
             "count": 1,
         }
         try:
-            self.kube.create(body, retry=False)  # a pass does not wait on a throttled API server for its Events
+            at, count = self._send(body, series)
         except ApiError as exc:  # not posted: posted again after a while
             log.warning("could not record event %s on %s: %s", reason, name, exc)
             with self._lock:
@@ -127,11 +138,36 @@ class EventRecorder:
                 self._owe(involved, etype, reason, message, changed, confirmed)
             return
         with self._lock:
+            self._series.pop(key, None)
+            if at is not None:
+                self._series[key] = (*at, count, self.clock())
+                while len(self._series) > SERIES_MAX:
+                    self._series.popitem(last=False)
             posted = self._posted(ref, uid)
             posted[reason] = message
             self._last[ref] = (uid or self._last.get(ref, (None, {}))[0], posted)
             if self._refused.get(ref, {}).pop(reason, None) is not None and not self._refused[ref]:
                 del self._refused[ref]
+
+    def _send(
+        self, body: dict[str, Any], series: tuple[str, str, int, float] | None
+    ) -> tuple[tuple[str, str] | None, int]:
+        """Bump the count of the Event `series` names, or create `body` (that one gone too); the Event's namespace
+        and name (None when the answer has none) and its count. A pass does not wait on a throttled API server for
+        its Events (retry=False)."""
+        if series is not None:
+            namespace, name, count, _ = series
+            try:
+                self.kube.merge_patch("Event", name, {"count": count + 1, "lastTimestamp": now()}, namespace,
+                                      retry=False)  # fmt: skip
+                return (namespace, name), count + 1
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+        meta = (self.kube.create(body, retry=False) or {}).get("metadata") or {}
+        if not meta.get("name"):  # no name in the answer (a dry run's): nothing to bump later
+            return None, 1
+        return (meta.get("namespace") or body["metadata"]["namespace"], meta["name"]), 1
 
     def _unreachable(self) -> bool:
         """Whether a post found the API server unreachable less than UNREACHABLE_RETRY_S ago (under the lock)."""
@@ -196,6 +232,8 @@ class EventRecorder:
             self._refused.pop((kind, name), None)
             for key in [k for k in self._owed if k[0] == (kind, name)]:
                 del self._owed[key]
+            for series in [k for k in self._series if ("kind", kind) in k[0] and ("name", name) in k[0]]:
+                del self._series[series]
 
 
 def _other(uid: str | None, known: str | None) -> bool:

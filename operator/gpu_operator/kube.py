@@ -576,7 +576,13 @@ class Kube:
         return result
 
     def merge_patch(
-        self, kind: str, name: str, patch: dict[str, Any], namespace: str | None = None, sub: str | None = None
+        self,
+        kind: str,
+        name: str,
+        patch: dict[str, Any],
+        namespace: str | None = None,
+        sub: str | None = None,
+        retry: bool = True,
     ) -> dict[str, Any]:
         result: dict[str, Any] = self.request(
             "PATCH",
@@ -584,6 +590,7 @@ class Kube:
             patch,
             {"fieldManager": FIELD_MANAGER},
             "application/merge-patch+json",
+            retry=retry,
         )
         return result
 
@@ -671,12 +678,18 @@ class DryRunKube(Kube):
         return parsed if method in ("POST", "PUT") or (content_type or "").startswith("application/apply") else {}
 
     def merge_patch(
-        self, kind: str, name: str, patch: dict[str, Any], namespace: str | None = None, sub: str | None = None
+        self,
+        kind: str,
+        name: str,
+        patch: dict[str, Any],
+        namespace: str | None = None,
+        sub: str | None = None,
+        retry: bool = True,
     ) -> dict[str, Any]:
         # One not there (the policy of a --policy file, say) as if it were: a pass that patches it goes on.
         there = {"name": name, **({"namespace": namespace} if namespace else {})}
         current = self.get(kind, name, namespace) or {"metadata": there}
-        super().merge_patch(kind, name, patch, namespace, sub)
+        super().merge_patch(kind, name, patch, namespace, sub, retry)
         answer: dict[str, Any] = merge_patched(current, patch)
         return answer
 

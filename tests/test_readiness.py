@@ -990,3 +990,45 @@ def test_a_pod_turning_ready_while_a_pass_runs_is_in_that_pass_status() -> None:
     del asked[:]
     out = r.reconcile(snapshot(lagging, unready, revisions))
     assert [n.name for n in out.nodes] == ["n2"] and out.ready is False and not asked
+
+
+def test_a_daemonset_made_again_under_its_name_is_judged_by_its_own_pods_and_revisions() -> None:
+    """The driver DaemonSet deleted and made again under the same name (driver switched off and on, the
+    ClusterPolicy re-created): until the garbage collector deletes the old one's pods and ControllerRevisions (its
+    revision 3 here, newer by number than the new one's 1), they were the new one's by name. The new DaemonSet, all
+    its pods ready at its only revision, read "2 pods run an old revision": the old one's revision counted as its
+    newest, and the old one's pods as its own. Now pods and revisions go by the owner's uid."""
+    from gpu_operator.observe import key_of
+
+    pol, cluster, r, written = _recording(2)
+    first = r.reconcile(_snap(cluster, pol, {}, {}, {}))
+    owned = {key_of(o): o for o in first.applied}
+    daemonsets = {o["metadata"]["name"]: o for o in first.applied if o["kind"] == "DaemonSet"}
+    [driver] = [name for name in daemonsets if name.startswith("nvidia-driver-daemonset")]
+    assert daemonsets[driver]["spec"]["updateStrategy"]["type"] == "OnDelete"
+
+    def pod_of(ds: str, on: str, uid: str, hash_: str) -> dict[str, Any]:
+        pod = _ready_pod(daemonsets[ds], on)
+        labels = {**pod["metadata"]["labels"], "controller-revision-hash": hash_}
+        return {**pod, "metadata": {**pod["metadata"], "name": f"{uid}-{on}", "labels": labels, "ownerUid": uid}}
+
+    def revision_of(ds: str, uid: str, number: int, hash_: str) -> dict[str, Any]:
+        return {"metadata": {"labels": {"controller-revision-hash": hash_}, "ownerUid": uid}, "revision": number,
+                "owner": ds}  # fmt: skip
+
+    def hash_of(ds: str) -> str:
+        return "h3" if ds == driver else "h1"
+
+    owned = {k: {**o, "metadata": {**o["metadata"], "uid": f"{k[2]}-old"}} if k[0] == "DaemonSet" else o
+             for k, o in owned.items()}  # fmt: skip
+    pods = {f"{d}-old-{n}": pod_of(d, n, f"{d}-old", hash_of(d)) for d in daemonsets for n in cluster.nodes}
+    revisions = {f"{d}-old": revision_of(d, f"{d}-old", 3 if d == driver else 1, hash_of(d)) for d in daemonsets}
+    assert r.reconcile(_snap(cluster, pol, owned, pods, revisions)).ready
+
+    key = key_of(daemonsets[driver])
+    again = {**owned, key: {**owned[key], "metadata": {**owned[key]["metadata"], "uid": f"{driver}-new"}}}
+    pods.update({f"{driver}-new-{n}": pod_of(driver, n, f"{driver}-new", "n1") for n in cluster.nodes})
+    revisions[f"{driver}-new"] = revision_of(driver, f"{driver}-new", 1, "n1")
+    r.reconcile(_snap(cluster, pol, again, pods, revisions))
+    [state] = [s for s in written[-1]["states"] if s["name"] == "state-driver"]
+    assert (written[-1]["state"], state["state"]) == ("ready", "ready"), state

@@ -506,6 +506,8 @@ def test_the_pod_index_kept_between_passes_is_the_one_built_from_the_pods(seed: 
             body["metadata"]["labels"][STATE_LABEL] = rng.choice(["state-driver", "state-device-plugin"])
             if rng.random() < 0.2:
                 body["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+            # The DaemonSet made again under its name (another uid), or one adopting the pod (uid from none).
+            body["metadata"]["ownerUid"] = rng.choice(["", f"{owner}-1", f"{owner}-2"])
             op.on_pod(name, body)
         if step % 50 == 49:  # a relisting rebuilds it
             op._merge(snapshot(pods=dict(op.pods)))

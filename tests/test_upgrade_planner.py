@@ -1523,6 +1523,48 @@ def test_upgrade_node_builds_one_nodes_input_as_a_pass_would() -> None:
     assert upgrade_node(NodeFacts(name="cpu"), {}, revisions) is None  # no driver of ours there
 
 
+def test_revisions_of_a_deleted_same_named_daemonset_do_not_make_the_new_driver_pod_out_of_date() -> None:
+    """The driver DaemonSet deleted (driver switched off and on, ClusterPolicy re-created) and created again under
+    the same name with another template: until the garbage collector deletes the old DaemonSet's ControllerRevisions
+    (owned by the old uid; revision 4 here) they sit in the namespace beside the new DaemonSet's revision 1. They
+    were matched by the owner's name, so the old revision counted as "the DaemonSet's newest" and the new
+    DaemonSet's fresh driver pod read as out of date: the upgrade would cordon the node, delete GPU pods and restart
+    a driver pod already current. REFERENCE.md §5: out of date = the pod's controller-revision-hash differs from *the
+    DaemonSet's* newest ControllerRevision; the DaemonSet controller counts only the revisions it controls (by
+    uid), as revisions and pods are matched now."""
+    from gpu_operator.observe import revision_projection
+    from gpu_operator.states.base import MANAGED_BY, OPERATOR_NAME
+    from support import facts
+
+    ds = "nvidia-driver-daemonset"
+
+    def owner(uid: str) -> list[dict[str, Any]]:
+        return [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": ds, "uid": uid, "controller": True}]
+
+    def revision(name: str, number: int, uid: str, digest: str) -> dict[str, Any]:
+        return {"apiVersion": "apps/v1", "kind": "ControllerRevision", "revision": number,
+                "metadata": {"name": name, "namespace": "gpu-operator", "ownerReferences": owner(uid),
+                             "labels": {"controller-revision-hash": digest}}}  # fmt: skip
+
+    node = facts("n1", labels={DEPLOY_DRIVER: "true"})
+    listed = (revision(f"{ds}-old4", 4, "uid-old", "oldhash"), revision(f"{ds}-new1", 1, "uid-new", "newhash"))
+    revisions = {r["metadata"]["name"]: revision_projection(r) for r in listed}
+    pod = pod_projection({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": f"{ds}-x7k2p", "namespace": "gpu-operator", "ownerReferences": owner("uid-new"),
+                     "labels": {MANAGED_BY: OPERATOR_NAME, OPERAND_STATE_LABEL: "state-driver",
+                                "controller-revision-hash": "newhash"}},
+        "spec": {"nodeName": "n1"},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}],
+                   "containerStatuses": [{"name": "nvidia-driver-ctr", "ready": True, "restartCount": 0}]},
+    })  # fmt: skip
+    by_state = PodIndex.of({pod["metadata"]["name"]: pod}).by_state
+    upgrade = upgrade_node(node, by_state, revisions)
+    assert upgrade is not None
+    assert upgrade.driver_revision == "newhash", f"newest revision read as {upgrade.driver_revision!r}"
+    assert not upgrade.driver_out_of_date
+
+
 @pytest.mark.parametrize("seed", range(10))
 def test_one_walk_counts_the_nodes_as_a_walk_per_count_does(seed: int) -> None:
     import random

@@ -34,7 +34,7 @@ def reference(pod: dict[str, Any]) -> dict[str, Any]:
     """The projection written out from the parsed pod, field by field (the pod watch's before wire.py)."""
     meta = pod.get("metadata") or {}
     status = pod.get("status") or {}
-    owner = next((o["name"] for o in meta.get("ownerReferences") or [] if o.get("kind") == "DaemonSet"), "")
+    owner = next((o for o in meta.get("ownerReferences") or [] if o.get("kind") == "DaemonSet"), {})
     keep = ("controller-revision-hash", STATE_LABEL, COMPONENT)
     inits = [
         {"name": c.get("name") or "", "ready": False, "restartCount": c.get("restartCount", 0),
@@ -46,10 +46,11 @@ def reference(pod: dict[str, Any]) -> dict[str, Any]:
         "metadata": {
             "name": meta.get("name"),
             "labels": {k: v for k, v in (meta.get("labels") or {}).items() if k in keep},
+            "ownerUid": owner.get("uid", ""),
             **({"deletionTimestamp": meta["deletionTimestamp"]} if meta.get("deletionTimestamp") else {}),
         },
         "node": (pod.get("spec") or {}).get("nodeName", ""),
-        "owner": owner,
+        "owner": owner.get("name", ""),
         "status": {
             "phase": status.get("phase"),
             "containerStatuses": [
@@ -122,6 +123,7 @@ def test_an_api_servers_pod_projects_to_the_fields_the_operator_reads() -> None:
         "metadata": {
             "name": "nvidia-driver-daemonset-x1",
             "labels": {"controller-revision-hash": "6f7c", STATE_LABEL: "state-driver"},
+            "ownerUid": "9a",
             "deletionTimestamp": "2026-12-01T11:00:00Z",
         },
         "node": "gpu-node-3",
@@ -251,7 +253,8 @@ pods = st.fixed_dictionaries(
         optional={
             "labels": st.dictionaries(label_keys, names, max_size=5),
             "ownerReferences": st.lists(st.fixed_dictionaries(
-                {"kind": st.sampled_from(["DaemonSet", "ReplicaSet", "Node"]), "name": names}), max_size=2),
+                {"kind": st.sampled_from(["DaemonSet", "ReplicaSet", "Node"]), "name": names},
+                optional={"uid": names}), max_size=2),
             "deletionTimestamp": st.sampled_from(["2026-12-01T00:00:00Z", ""]),
             "annotations": st.dictionaries(names, names, max_size=2),
         })},
@@ -284,7 +287,7 @@ def test_strings_shared_by_pods_are_interned() -> None:
     a, b = (project_pod(CODEC.decode_event(line({"type": "ADDED", "object": api_pod(n)})).object)  # type: ignore[arg-type]
             for n in ("p1", "p2"))  # fmt: skip
     assert a["node"] is b["node"] is intern("gpu-node-3")
-    assert a["owner"] is b["owner"]
+    assert a["owner"] is b["owner"] and a["metadata"]["ownerUid"] is b["metadata"]["ownerUid"]
 
 
 class Api:

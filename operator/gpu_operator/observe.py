@@ -89,7 +89,7 @@ class PodIndex:
     # Operand state -> node -> the pods of that state there (node_state's key, state first: a pass asks for one
     # state's nodes, and a walk of every state's keys for them was a tenth of a 5,000-node pass).
     by_state: Mapping[str, Mapping[str, Sequence[dict[str, Any]]]]
-    by_owner: Mapping[str, Sequence[dict[str, Any]]]
+    by_owner: Mapping[str, Sequence[dict[str, Any]]]  # by owner_key
     # Each DaemonSet's pods that are not ready and not being deleted (readiness.is_unready); a DaemonSet with
     # none is absent. Kept as they change by the runtime, so a pass does not scan every pod of a rollout for them.
     unready_by_owner: Mapping[str, Sequence[dict[str, Any]]]
@@ -100,17 +100,18 @@ class PodIndex:
         by_owner: dict[str, list[dict[str, Any]]] = {}
         unready: dict[str, list[dict[str, Any]]] = {}
         for pod in pods.values():
+            owner = owner_key(pod)
             if is_unready(pod):
-                unready.setdefault(pod["owner"], []).append(pod)
+                unready.setdefault(owner, []).append(pod)
             node, state = node_state(pod)
             found = by_state.setdefault(state, {}).get(node)
             if found is None:
                 by_state[state][node] = [pod]
             else:
                 found.append(pod)
-            found = by_owner.get(pod["owner"])
+            found = by_owner.get(owner)
             if found is None:
-                by_owner[pod["owner"]] = [pod]
+                by_owner[owner] = [pod]
             else:
                 found.append(pod)
         return cls(by_state, by_owner, unready)
@@ -141,22 +142,24 @@ def project_pod(pod: wire.Pod) -> dict[str, Any]:
     """What the operator keeps of an operand pod."""
     meta = pod.metadata
     status = pod.status if isinstance(pod.status, wire.PodStatus) else wire.PodStatus()
-    owner = next((o.name for o in meta.ownerReferences or () if o.kind == "DaemonSet"), "")
+    owner = next((o for o in meta.ownerReferences or () if o.kind == "DaemonSet"), None)
     phase = status.phase
     containers = status.containerStatuses or ()
     # Of the init containers only those not Ready (done ones are): a crash-looping one fails a driver upgrade.
     inits = [c for c in status.initContainerStatuses or () if not c.ready]
     # The Ready condition where the pod has one: on a node gone NotReady only it turns False (MarkPodsNotReady).
     condition_ready = all(c.status == "True" for c in status.conditions or () if c.type == "Ready")
-    # Strings shared by many pods (label values, node, owner and container names) are interned.
+    # Strings shared by many pods (label values, node, owner name and uid, container names) are interned. The
+    # owner's uid is in `metadata`: a sixth key at the top would grow each pod's dict by 88 bytes.
     return {
         "metadata": {
             "name": meta.name,
             "labels": {intern(k): intern(v) for k, v in (meta.labels or {}).items() if k in _POD_LABELS},
+            "ownerUid": intern(owner.uid) if owner else "",
             **({"deletionTimestamp": meta.deletionTimestamp} if meta.deletionTimestamp else {}),
         },
         "node": intern((pod.spec.nodeName if pod.spec else None) or ""),
-        "owner": intern(owner),
+        "owner": intern(owner.name) if owner else "",
         "status": {
             "phase": intern(phase) if isinstance(phase, str) else phase,
             "containerStatuses": [_container_status(c) for c in containers],
@@ -179,14 +182,27 @@ def _container_status(c: wire.ContainerStatus) -> dict[str, Any]:
 
 def revision_projection(rev: dict[str, Any]) -> dict[str, Any]:
     meta = rev.get("metadata") or {}
-    owner = next((o["name"] for o in meta.get("ownerReferences") or [] if o.get("kind") == "DaemonSet"), "")
+    owner: dict[str, Any] = next((o for o in meta.get("ownerReferences") or [] if o.get("kind") == "DaemonSet"), {})
     return {
         "metadata": {
-            "labels": {"controller-revision-hash": (meta.get("labels") or {}).get("controller-revision-hash")}
+            "labels": {"controller-revision-hash": (meta.get("labels") or {}).get("controller-revision-hash")},
+            "ownerUid": owner.get("uid", ""),
         },
         "revision": rev.get("revision", 0),
-        "owner": owner,
+        "owner": owner.get("name", ""),
     }
+
+
+def owner_key(obj: dict[str, Any]) -> str:
+    """Which DaemonSet a pod or revision projection is of: its owner's uid (a DaemonSet deleted and made again under
+    its name is another one), or the name in a projection without one (one made by hand)."""
+    return obj["metadata"].get("ownerUid") or obj["owner"]
+
+
+def daemonset_key(ds: dict[str, Any]) -> str:
+    """A DaemonSet's owner_key."""
+    meta = ds.get("metadata") or {}
+    return meta.get("uid") or meta.get("name", "")
 
 
 def list_owned(kube: Kube, kind: Kind, namespace: str, api_groups: frozenset[str]) -> list[dict[str, Any]]:

@@ -39,7 +39,7 @@ from .nodes import (
 )
 from .nvidiadriver_api import KIND as NVIDIADRIVER
 from .nvidiadriver_api import OWNER_LABEL
-from .observe import Key, Newer, Snapshot, key_of, newer
+from .observe import Key, Newer, Snapshot, daemonset_key, key_of, newer, owner_key
 from .readiness import KeptReadiness, NodeCounter
 from .render import (
     DriverRouting,
@@ -849,8 +849,10 @@ class Reconciler:
             if ds is None:  # upstream's getSyncState: an object not found is not ready
                 messages.append(f"{name}: not created yet")
                 continue
-            pods = pods_by_owner.get(name, ())
-            unready = snap.pod_index.unready_by_owner.get(name, ())
+            # Its pods and revisions by its uid: those of a deleted DaemonSet of the same name are not its own.
+            owner = daemonset_key(ds)
+            pods = pods_by_owner.get(owner, ())
+            unready = snap.pod_index.unready_by_owner.get(owner, ())
             counting: Callable[[dict[str, Any]], int] = count
             if state == "state-driver" and refused:
                 kept = [p for p in pods if p["node"] not in refused]
@@ -860,7 +862,7 @@ class Reconciler:
                     counting = functools.partial(_less, count, left_out)
                 pods = kept
                 unready = [p for p in unready if p["node"] not in refused]
-            revisions = [r for r in snap.revisions.values() if r["owner"] == name]
+            revisions = [r for r in snap.revisions.values() if owner_key(r) == owner]
             ok, why = self._readiness.daemonset_ready(ds, pods, revisions, unready, counting)
             if not ok:
                 messages.append(why)

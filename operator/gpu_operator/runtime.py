@@ -43,6 +43,7 @@ from .observe import (
     node_features,
     node_state,
     observe,
+    owner_key,
     project_pod,
     revision_projection,
 )
@@ -143,7 +144,7 @@ class Operator:
         self.pods: dict[str, dict[str, Any]] = {}
         self.pods_on: dict[str, set[str]] = {}  # node -> names of the operand pods there (kept with `pods`)
         # `pods` as observe.PodIndex has it, kept with `pods` too (a pass's snapshot copies it instead of building it
-        # over every pod): (node, state) -> the pods, a tuple replaced on change; owner -> name -> pod.
+        # over every pod): (node, state) -> the pods, a tuple replaced on change; owner_key -> name -> pod.
         self._by_state: dict[str, dict[str, tuple[dict[str, Any], ...]]] = {}  # PodIndex.by_state
         self._by_owner: dict[str, dict[str, dict[str, Any]]] = {}
         # Each owner's pods as the snapshot's PodIndex gives them, made again only once they change: a pass keeps
@@ -187,7 +188,7 @@ class Operator:
         self.causes: set[str] = set()  # the kinds of change since the last pass (counted in the metrics)
         self.prompt = asyncio.Event()  # the next pass skips (or ends) the debounce: a new spec, or a last count
         self.unready: set[str] = set()  # operand pods not ready and not being deleted (kept with `pods`)
-        self.unready_of: dict[str, set[str]] = {}  # the same by owning DaemonSet
+        self.unready_of: dict[str, set[str]] = {}  # the same by owning DaemonSet (observe.owner_key)
         self.task: asyncio.Task[None] | None = None
         self._labelling: set[asyncio.Future[None]] = set()  # single-node label patches in flight
         self._join_routing = KeptRouting()  # the NVIDIADrivers' specs for single-node labelling (the pass has its own)
@@ -609,7 +610,7 @@ class Operator:
             self._index(name, pod, old)
             if is_unready(pod):
                 self.unready.add(name)
-                self.unready_of.setdefault(pod["owner"], set()).add(name)
+                self.unready_of.setdefault(owner_key(pod), set()).add(name)
                 owner_done = False
                 turned_ready = False
         if turned_ready and pod is not None and self._upgrading(old) and node_state(pod)[1] in (DRIVER, VALIDATOR):
@@ -634,13 +635,13 @@ class Operator:
         if old is None or name not in self.unready:
             return False
         self.unready.discard(name)
-        left = self.unready_of.get(old["owner"])
+        left = self.unready_of.get(owner_key(old))
         if left is None:
             return False
         left.discard(name)
         if left:
             return False
-        del self.unready_of[old["owner"]]
+        del self.unready_of[owner_key(old)]
         return True
 
     def _unindex(self, name: str, pod: dict[str, Any]) -> None:
@@ -653,7 +654,8 @@ class Operator:
     def _index(self, name: str, pod: dict[str, Any], old: dict[str, Any] | None) -> None:
         """Put a pod in the PodIndex kept here, in its old pod's place when it has the same key."""
         node, state = key = node_state(pod)
-        if old is not None and node_state(old) == key and old["owner"] == pod["owner"]:
+        owner = owner_key(pod)
+        if old is not None and node_state(old) == key and owner_key(old) == owner:
             here = self._by_state.setdefault(state, {})
             here[node] = tuple(pod if p is old else p for p in here.get(node, ()))
         else:
@@ -661,8 +663,8 @@ class Operator:
                 self._drop_indexed(name, old)  # before `here` is taken: it may drop this state's last node
             here = self._by_state.setdefault(state, {})
             here[node] = (*here.get(node, ()), pod)
-        self._by_owner.setdefault(pod["owner"], {})[name] = pod
-        self._owner_pods.pop(pod["owner"], None)
+        self._by_owner.setdefault(owner, {})[name] = pod
+        self._owner_pods.pop(owner, None)
 
     def _drop_indexed(self, name: str, pod: dict[str, Any]) -> None:
         node, state = node_state(pod)
@@ -674,12 +676,13 @@ class Operator:
             here.pop(node, None)
             if not here:
                 self._by_state.pop(state, None)
-        owned = self._by_owner.get(pod["owner"])
-        self._owner_pods.pop(pod["owner"], None)
+        owner = owner_key(pod)
+        owned = self._by_owner.get(owner)
+        self._owner_pods.pop(owner, None)
         if owned is not None:
             owned.pop(name, None)
             if not owned:
-                del self._by_owner[pod["owner"]]
+                del self._by_owner[owner]
 
     def on_config_map_event(self, event_type: str | None, body: dict[str, Any]) -> None:
         """A ConfigMap: read as a config source, and as an operand object when it is ours."""
@@ -806,7 +809,7 @@ class Operator:
         for name, pod in self.pods.items():
             if is_unready(pod):
                 self.unready.add(name)
-                self.unready_of.setdefault(pod["owner"], set()).add(name)
+                self.unready_of.setdefault(owner_key(pod), set()).add(name)
         fill("revision", self.revisions, snap.revisions)
         fill("configmap", self.config_maps, snap.config_maps)
         fill("configmap", self.config_data, snap.config_data)

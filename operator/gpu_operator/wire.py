@@ -25,6 +25,7 @@ T = TypeVar("T")
 class OwnerRef(msgspec.Struct):
     kind: str = ""
     name: str = ""
+    uid: str = ""
 
 
 class Meta(msgspec.Struct):

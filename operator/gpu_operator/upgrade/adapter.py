@@ -21,7 +21,7 @@ from ..api import ClusterPolicySpec, DriverUpgradePolicySpec
 from ..kube import ApiError, Kube
 from ..nodes import DRIVER_KERNEL, POOL_LABEL, ByNode, NodeFacts, driver_kernel_patch, gets_driver, label_value_ok
 from ..nvidiadriver_api import OWNER_LABEL
-from ..observe import Key, PodIndex, Snapshot
+from ..observe import Key, PodIndex, Snapshot, owner_key
 from ..states.base import STATE_LABEL as OPERAND_STATE
 from .model import (
     NEEDS_PODS,
@@ -258,14 +258,15 @@ def _operand_pods(
     pod's DaemonSet."""
     driver = _pick(drivers.get(node, ()))
     validator = _pick(validators.get(node, ()))
-    return driver, validator, newest.get(driver["owner"], (0, None))[1] if driver else None
+    return driver, validator, newest.get(owner_key(driver), (0, None))[1] if driver else None
 
 
 def newest_revisions(revisions: Mapping[str, dict[str, Any]]) -> dict[str, tuple[int, str | None]]:
-    """Each DaemonSet's newest ControllerRevision: owner -> (its number, its hash)."""
+    """Each DaemonSet's newest ControllerRevision: observe.owner_key -> (its number, its hash). By uid: those of a
+    deleted DaemonSet of the same name (until the garbage collector deletes them) are not the new one's."""
     newest: dict[str, tuple[int, str | None]] = {}
     for rev in revisions.values():
-        owner, number = rev["owner"], int(rev.get("revision", 0))
+        owner, number = owner_key(rev), int(rev.get("revision", 0))
         if owner and number >= newest.get(owner, (-1, None))[0]:
             newest[owner] = (number, rev["metadata"]["labels"].get("controller-revision-hash"))
     return newest

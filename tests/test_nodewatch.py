@@ -343,6 +343,48 @@ def test_a_listing_over_pages_delivers_changes_and_deletions() -> None:
     assert sorted(cache.delivered) == [("c", False), ("e", False), ("f", False)]
 
 
+class _ExpiringApi(Api):
+    """Pages whose continue token the API server no longer takes (410 Expired: etcd compacted past the first page's
+    version while the listing ran), as kube.Kube.request raises it."""
+
+    def request(
+        self, method: str, path: str, query: dict[str, Any] | None = None, decode: Any = json.loads
+    ) -> Any:
+        query = dict(query or {})
+        if "limit" not in query:  # the whole collection in one answer
+            self.queries.append(query)
+            return decode(line({"kind": "List", "metadata": {"resourceVersion": "10"}, "items": self.listed}))
+        if query.get("continue"):
+            self.queries.append(query)
+            raise ApiError(410, json.dumps({"message": "The provided continue parameter is too old"}), f"GET {path}")
+        return super().request(method, path, query, decode)
+
+
+def test_a_relisting_whose_continue_token_expired_lists_the_whole_collection_again() -> None:
+    """A watch's relisting over pages whose continue token expired (410) raised, and `run` started the whole paged
+    listing over after a back-off: on a large or slow cluster each try can expire the same way, and the cache is
+    never listed. client-go's pager (FullListIfExpired, which the reflector uses) and kube.Kube's own paging list
+    the collection again whole in one request instead, as the watches do now: every object, the list's version,
+    and what the cache holds and that listing lacks delivered as deleted. Typed (nodes) and parsed pages alike."""
+    cache = Cache()
+    cache.nodes["gone"] = NodeFacts.from_node(versioned("gone", 3))
+    api = _ExpiringApi([versioned(n, 5 + i) for i, n in enumerate("abcde")], [], page=2)
+    watch = NodeWatch(api, cache.nodes.get, cache.deliver, names=lambda: tuple(cache.nodes))  # type: ignore[arg-type]
+    assert watch.relist() == "10"
+    assert api.queries == [{"limit": 500}, {"limit": 500, "continue": "2"}, {}]  # the last one whole, no limit
+    assert sorted(cache.nodes) == list("abcde")
+    assert ("gone", False) in cache.delivered and cache.delivered.count(("a", True)) == 1  # a: offered twice, same
+
+    pods: dict[str, Any] = {}
+    parsed = _ExpiringApi([{"metadata": {"name": f"p{i}", "resourceVersion": "7"}} for i in range(5)], [], page=2)
+    plain: nodewatch.Watch[Any] = nodewatch.Watch(
+        parsed, "/api/v1/namespaces/gpu-operator/pods", lambda o: o, pods.get,  # type: ignore[arg-type]
+        lambda name, obj: pods.__setitem__(name, obj), limit=2,
+    )  # fmt: skip
+    assert plain.relist() == "10"
+    assert sorted(pods) == [f"p{i}" for i in range(5)]
+
+
 def test_a_change_undone_before_the_event_loop_takes_it_is_not_lost() -> None:
     """The watch judged each event against the event loop's cache, which its deliveries reach only later, through
     runtime.Inbox. Read back to back, a label set then taken off were both judged against the old entry: the second,

@@ -288,6 +288,40 @@ def _kubeconfig_token_file(kubeconfig: str | None, loaded: str | None) -> str | 
         return None
 
 
+def page_continue(page: dict[str, Any]) -> str | None:
+    """A parsed list page's continue token."""
+    return (page.get("metadata") or {}).get("continue")
+
+
+def list_pages(
+    request: Callable[..., Any],
+    path: str,
+    query: dict[str, Any],
+    limit: int,
+    decode: Callable[[bytes], Any] = json.loads,
+    continue_of: Callable[[Any], str | None] = page_continue,
+) -> Iterator[tuple[bool, Any]]:
+    """A collection's list pages, each with whether the listing was started again: when the API server no longer
+    takes a page's continue token (410 Expired: etcd compacted past the first page's version), the whole collection
+    is listed again in one request (as client-go's pager does). `request`: Kube.request's; `decode`: each page's
+    decoder; `continue_of`: a decoded page's continue token, read once the caller has taken the page."""
+    cont = None
+    while True:
+        try:
+            page = request("GET", path, query={**query, "limit": limit, **({"continue": cont} if cont else {})},
+                           decode=decode)  # fmt: skip
+        except ApiError as exc:
+            if exc.status != 410 or cont is None:
+                raise
+            log.info("GET %s: %s; listing it again whole", path, exc.message)
+            yield True, request("GET", path, query=query, decode=decode)
+            return
+        yield False, page
+        cont = continue_of(page)
+        if not cont:
+            return
+
+
 class Kube:
     def __init__(self, api_client: client.ApiClient):
         self.client = api_client
@@ -544,23 +578,8 @@ class Kube:
                 yield obj
 
     def _pages(self, path: str, query: dict[str, Any], limit: int) -> Iterator[tuple[bool, dict[str, Any]]]:
-        """A collection's list pages, each with whether the listing was started again: when the API server no
-        longer takes a page's continue token (410 Expired: etcd compacted past the first page's version), the
-        whole collection is listed again in one request (as client-go's pager does)."""
-        cont = None
-        while True:
-            try:
-                page = self.request("GET", path, query={**query, "limit": limit, "continue": cont})
-            except ApiError as exc:
-                if exc.status != 410 or cont is None:
-                    raise
-                log.info("GET %s: %s; listing it again whole", path, exc.message)
-                yield True, self.request("GET", path, query=query)
-                return
-            yield False, page
-            cont = (page.get("metadata") or {}).get("continue")
-            if not cont:
-                return
+        """A collection's list pages (list_pages)."""
+        return list_pages(self.request, path, query, limit)
 
     def apply(self, obj: dict[str, Any], sub: str | None = None) -> dict[str, Any]:
         """Server-side apply under the operator's field manager."""

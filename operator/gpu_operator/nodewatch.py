@@ -24,7 +24,7 @@ from dataclasses import fields
 from operator import attrgetter
 from typing import Any, Generic, TypeVar
 
-from .kube import ApiError, Kube
+from .kube import ApiError, Kube, list_pages, page_continue
 from .nodes import NodeFacts
 from .wire import Codec, Event, Node, Page
 
@@ -111,6 +111,7 @@ class Watch(Generic[T]):
         self._decode_page: Callable[[bytes], Any] = codec.decode_page if codec is not None else json.loads
         self._decode_event: Callable[[bytes], Any] = codec.decode_event if codec is not None else json.loads
         self._page: Callable[[Any], tuple[list[Any], str | None, str | None]] = _struct_page if typed else _dict_page
+        self._continue: Callable[[Any], str | None] = _struct_continue if typed else page_continue
         self._event: Callable[[Any], tuple[str | None, Any]] = _struct_event if typed else _dict_event
         self._head: Callable[[Any], tuple[str, str | None, str | None]] = _struct_head if typed else _dict_head
         if namespaced:
@@ -166,18 +167,18 @@ class Watch(Generic[T]):
 
     def relist(self) -> str:
         """Every object offered, objects no longer there delivered as deleted; the list's resourceVersion."""
-        query: dict[str, Any] = {**self.query, "limit": self.limit}
         seen: set[str] = set()
-        while True:
-            items, rv, more = self._page(self.kube.request("GET", self.path, query=query, decode=self._decode_page))
+        rv = None
+        pages = list_pages(self.kube.request, self.path, self.query, self.limit, self._decode_page, self._continue)
+        for again, page in pages:
+            if again:  # a continue token expired: this page is the whole collection, listed again
+                seen = set()
+            items, rv, _ = self._page(page)
             for i in range(len(items)):
                 obj, items[i] = items[i], None  # each whole object is dropped as soon as it is projected
                 name = self._head(obj)[0]
                 seen.add(name)
                 self._offer(name, self.project(obj))
-            if not more:
-                break
-            query["continue"] = more
         gone = self._known - seen
         if self.names is not None:
             gone.update(name for name in self.names() if name not in seen)
@@ -271,6 +272,10 @@ def _dict_namespaced_head(obj: dict[str, Any]) -> tuple[str, str | None, str | N
 
 def _struct_page(page: Page[Any]) -> tuple[list[Any], str | None, str | None]:
     return page.items or [], page.metadata.resourceVersion, page.metadata.next
+
+
+def _struct_continue(page: Page[Any]) -> str | None:
+    return page.metadata.next
 
 
 def _struct_event(event: Event[Any]) -> tuple[str | None, Any]:

@@ -242,6 +242,20 @@ def test_device_plugin_pod_contract() -> None:
     assert pod(ds)["serviceAccountName"] == "nvidia-device-plugin"
 
 
+def test_kubelet_root_dir_moves_the_device_plugin_registration_directory() -> None:
+    """The plugin registers through <kubelet root>/device-plugins/kubelet.sock and serves its socket there: with a
+    kubelet root elsewhere (k0s: /var/lib/k0s/kubelet) the host side of its mount follows hostPaths.kubeletRootDir
+    (upstream moves only the exporter's pod-resources), else no nvidia.com/gpu is advertised; the mount stays where
+    the plugin looks."""
+    for root, host in (("/var/lib/k0s/kubelet", "/var/lib/k0s/kubelet/device-plugins"),
+                       ("/data/kubelet/", "/data/kubelet/device-plugins"),
+                       ("", "/var/lib/kubelet/device-plugins")):  # fmt: skip
+        ds = ds_of({"hostPaths": {"kubeletRootDir": root}}, DP)
+        assert mounted_host_path(ds, container(ds, "nvidia-device-plugin"), "/var/lib/kubelet/device-plugins") == (
+            host
+        ), root
+
+
 def test_device_plugin_sources_driver_ready_and_passes_args_on() -> None:
     main = container(ds_of({"devicePlugin": {"args": ["--fail-on-init-error=false"]}}, DP), "nvidia-device-plugin")
     shell, flag, script, name = main["command"]

@@ -83,6 +83,12 @@ def host_root_env(spec: ClusterPolicySpec) -> list[Env]:
     return [] if root in ("", "/") else [env("HOST_ROOT", root)]
 
 
+def kubelet_host_dir(spec: ClusterPolicySpec, sub: str) -> str:
+    """The host's <hostPaths.kubeletRootDir>/<sub> ("" means /var/lib/kubelet). Upstream moves only the exporter's
+    pod-resources; here every kubelet directory an operand mounts follows the field."""
+    return (spec.host_paths.kubelet_root_dir or "/var/lib/kubelet").rstrip("/") + "/" + sub
+
+
 def host_network(section: BaseModel) -> bool:
     """applyHostNetworkConfig: <section>.hostNetwork (with dnsPolicy ClusterFirstWithHostNet)."""
     return bool(getattr(section, "host_network", False))

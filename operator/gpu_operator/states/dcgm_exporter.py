@@ -101,7 +101,6 @@ def variables(ctx: RenderContext) -> dict[str, Any]:
     _check_metrics_config(ctx)
     spec = ctx.spec
     exporter = spec.dcgm_exporter
-    kubelet_root = spec.host_paths.kubelet_root_dir or "/var/lib/kubelet"
     # daemonsets.annotations win over the exporter's own on a shared key, as upstream writes them last.
     annotations = {**exporter.annotations, **spec.daemonsets.annotations, **c.nri_annotations(spec, CONTAINER)}
     pod = c.pod_vars(spec, ctx.nodes, exporter, CONTAINER)
@@ -114,7 +113,7 @@ def variables(ctx: RenderContext) -> dict[str, Any]:
         "read_pods": reads_pod_metadata(spec),
         "host_pid": exporter.host_pid,
         "job_mapping_dir": job_mapping_dir(spec),
-        "pod_resources_dir": kubelet_root.rstrip("/") + "/pod-resources",
+        "pod_resources_dir": c.kubelet_host_dir(spec, "pod-resources"),
         "metrics_file": METRICS_FILE,
         "metrics_path": METRICS_PATH,
         "port": PORT,

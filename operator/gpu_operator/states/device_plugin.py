@@ -41,6 +41,7 @@ def variables(ctx: RenderContext) -> dict[str, Any]:
         "config_manager": c.config_manager(spec, CONTAINER, c.resources_of(dp)),
         "driver_install_dir": spec.host_paths.driver_install_dir,
         "host_root": spec.host_paths.root_fs or "/",
+        "device_plugins_dir": c.kubelet_host_dir(spec, "device-plugins"),
     }
 
 

@@ -626,6 +626,20 @@ def test_rolling_max_unavailable_zero_is_refused_only_where_it_is_rendered() -> 
         parse_spec({"daemonsets": {"rollingUpdate": {"maxUnavailable": fine}}})
 
 
+@pytest.mark.parametrize("value", ["101%", "150%", "0200%"])
+def test_rolling_max_unavailable_above_100_percent_is_refused_only_where_it_is_rendered(value: str) -> None:
+    """Kubernetes refuses a DaemonSet's maxUnavailable above 100% ("must not be greater than 100%"); "150%" passed,
+    and with RollingUpdate every operand DaemonSet but the driver's failed to apply, the status naming the
+    DaemonSet's field. With OnDelete no rollingUpdate is rendered; an integer has no bound there."""
+    (problem,) = problems_of({"daemonsets": {"rollingUpdate": {"maxUnavailable": value}}})
+    assert problem == f"spec.daemonsets.rollingUpdate.maxUnavailable: {api._OVER_100_MESSAGE}"
+    parse_spec({"daemonsets": {"updateStrategy": "OnDelete", "rollingUpdate": {"maxUnavailable": value}}})
+    for fine in ("100%", "0100%", 1000, "1000"):
+        parse_spec({"daemonsets": {"rollingUpdate": {"maxUnavailable": fine}}})
+    # driver.upgradePolicy.maxUnavailable is the operator's own count, not a DaemonSet's: upstream takes "150%".
+    assert parse_spec({"driver": {"upgradePolicy": {"maxUnavailable": value}}}).driver.upgrade_policy.max_unavailable
+
+
 @pytest.mark.parametrize(
     ("section", "fields", "missing"),
     [

@@ -178,12 +178,27 @@ def test_max_unavailable_is_int_or_string_with_cel_rule(spec_schema: dict[str, A
 def test_rolling_max_unavailable_zero_is_refused_at_admission(spec_schema: dict[str, Any]) -> None:
     """The API server refuses a DaemonSet whose maxUnavailable and maxSurge (not rendered: 0) are both 0, so a
     ClusterPolicy asking for it is refused at admission, with the model's message and its zero pattern."""
-    (rule,) = at(spec_schema, "daemonsets")["x-kubernetes-validations"]
+    rule, _ = at(spec_schema, "daemonsets")["x-kubernetes-validations"]
     assert rule["message"] == api._ZERO_MESSAGE and "maxUnavailable" in rule["message"]
     assert "self.updateStrategy == 'OnDelete'" in rule["rule"]
     assert "self.rollingUpdate.maxUnavailable != 0" in rule["rule"]
     assert f"!self.rollingUpdate.maxUnavailable.matches('{api._ZERO.pattern}')" in rule["rule"]
     assert all(api._ZERO.match(z) for z in ("0", "0%", "00")) and not any(api._ZERO.match(v) for v in ("10", "", "1%"))
+
+
+def test_rolling_max_unavailable_above_100_percent_is_refused_at_admission(spec_schema: dict[str, Any]) -> None:
+    """The API server refuses a DaemonSet whose maxUnavailable is a percentage above 100 (an integer has no bound),
+    so a ClusterPolicy asking for it with RollingUpdate is refused at admission, with the model's message and
+    pattern; the pattern says "above 100" for every percentage, leading zeros included."""
+    _, rule = at(spec_schema, "daemonsets")["x-kubernetes-validations"]
+    assert rule["message"] == api._OVER_100_MESSAGE and rule["fieldPath"] == ".rollingUpdate.maxUnavailable"
+    assert "self.updateStrategy == 'OnDelete'" in rule["rule"]
+    assert "type(self.rollingUpdate.maxUnavailable) == int" in rule["rule"]
+    assert f"!self.rollingUpdate.maxUnavailable.matches('{api._OVER_100.pattern}')" in rule["rule"]
+    for n in range(2000):
+        for text in (f"{n}%", f"00{n}%"):
+            assert bool(api._OVER_100.match(text)) is (n > 100), text
+    assert not any(api._OVER_100.match(v) for v in ("101", "1000", ""))
 
 
 @pytest.mark.parametrize(

@@ -363,10 +363,25 @@ _ROLLING_NOT_ZERO: Any = {
     "message": _ZERO_MESSAGE,
     "fieldPath": ".rollingUpdate.maxUnavailable",
 }
+# A percentage above 100, which the API server refuses in a DaemonSet's rollingUpdate (an integer has no bound).
+_OVER_100 = re.compile(r"^0*([1-9][0-9]{3,}|[2-9][0-9]{2}|1[1-9][0-9]|10[1-9])%$")
+_OVER_100_MESSAGE = ("rollingUpdate.maxUnavailable may not be above 100% with updateStrategy RollingUpdate: the API "
+                     "server refuses an operand DaemonSet with more than 100%")
+_ROLLING_AT_MOST_100: Any = {
+    "rule": "!has(self.rollingUpdate) || !has(self.rollingUpdate.maxUnavailable) || "
+    "(has(self.updateStrategy) && self.updateStrategy == 'OnDelete') || "
+    "type(self.rollingUpdate.maxUnavailable) == int || "
+    f"!self.rollingUpdate.maxUnavailable.matches('{_OVER_100.pattern}')",
+    "message": _OVER_100_MESSAGE,
+    "fieldPath": ".rollingUpdate.maxUnavailable",
+}
 
 
 class DaemonsetsSpec(Section):
-    model_config = ConfigDict(**Model.model_config, json_schema_extra={"x-kubernetes-validations": [_ROLLING_NOT_ZERO]})
+    model_config = ConfigDict(
+        **Model.model_config,
+        json_schema_extra={"x-kubernetes-validations": [_ROLLING_NOT_ZERO, _ROLLING_AT_MOST_100]},
+    )
 
     labels: dict[str, str] = {}
     annotations: dict[str, str] = {}
@@ -379,13 +394,20 @@ class DaemonsetsSpec(Section):
     _empty = field_validator("priority_class_name", mode="before")(_empty_is_default)
 
     @model_validator(mode="after")
-    def _rolling_not_zero(self) -> DaemonsetsSpec:
+    def _rolling_max_unavailable(self) -> DaemonsetsSpec:
+        """_ROLLING_NOT_ZERO and _ROLLING_AT_MOST_100 again, for specs the API server did not check (render's files)."""
         value = self.rolling_update.max_unavailable
-        if self.update_strategy == "RollingUpdate" and (value == 0 or (isinstance(value, str) and _ZERO.match(value))):
-            error = InitErrorDetails(type=PydanticCustomError("rolling_not_zero", _ZERO_MESSAGE),
-                                     loc=("rollingUpdate", "maxUnavailable"), input=value)
-            raise ValidationError.from_exception_data(type(self).__name__, [error])  # the field's path
-        return self
+        if self.update_strategy != "RollingUpdate":
+            return self
+        if value == 0 or (isinstance(value, str) and _ZERO.match(value)):
+            kind, message = "rolling_not_zero", _ZERO_MESSAGE
+        elif isinstance(value, str) and _OVER_100.match(value):
+            kind, message = "rolling_at_most_100", _OVER_100_MESSAGE
+        else:
+            return self
+        error = InitErrorDetails(type=PydanticCustomError(kind, message), loc=("rollingUpdate", "maxUnavailable"),
+                                 input=value)  # fmt: skip
+        raise ValidationError.from_exception_data(type(self).__name__, [error])  # the field's path
 
 
 class PodDeletionSpec(Section):

@@ -641,6 +641,46 @@ def test_rolling_max_unavailable_above_100_percent_is_refused_only_where_it_is_r
 
 
 @pytest.mark.parametrize(
+    ("toleration", "problem"),
+    [
+        ({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule", "tolerationSeconds": 300},
+         "effect: must be NoExecute when tolerationSeconds is set"),
+        ({"key": "nvidia.com/gpu", "operator": "exists"},
+         "operator: Input should be '', 'Equal', 'Exists', 'Lt' or 'Gt'"),
+        ({"key": "nvidia.com/gpu", "operator": "Exists", "value": "present"},
+         "value: must be empty when operator is Exists"),
+        ({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedul"},
+         "effect: Input should be '', 'NoSchedule', 'PreferNoSchedule' or 'NoExecute'"),
+        ({"operator": "Equal", "value": "x"}, "operator: must be Exists when key is empty (which matches every taint)"),
+        ({"key": "gpu type", "operator": "Exists"}, "key: must be a name such as \"team\" or \"example.com/team\""),
+        ({"key": "Example.com/gpu", "operator": "Exists"}, "key: must be a name such as"),
+        ({"key": "gpu", "value": "a100 80gb"}, "value: must be a label value"),
+        ({"key": "gpu", "operator": "Gt", "value": "05"}, "value: must be an integer such as 5 with operator Gt"),
+    ],
+)  # fmt: skip
+def test_a_toleration_the_api_server_refuses_is_named(toleration: dict[str, Any], problem: str) -> None:
+    """daemonsets.tolerations go into every operand pod after the operator's own nvidia.com/gpu toleration, and
+    Kubernetes' ValidateTolerations refuses these (checked against the API server). Any strings were taken, so every
+    operand DaemonSet failed to apply, the status naming `spec.template.spec.tolerations[1]` (one off from the
+    user's list); now the toleration's own field is named. The operator and effect enums are the CRD's too."""
+    problems = problems_of({"daemonsets": {"tolerations": [toleration]}})
+    assert len(problems) == 1 and problems[0].startswith(f"spec.daemonsets.tolerations[0].{problem}"), problems
+
+
+def test_tolerations_the_api_server_takes_are_accepted() -> None:
+    tolerations = [
+        {"operator": "Exists"},
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+        {"key": "example.com/dedicated", "value": "gpu", "effect": "NoExecute", "tolerationSeconds": 300},
+        {"key": "team", "operator": "Equal", "value": "", "effect": ""},
+        {"key": "node.example.com/slots", "operator": "Gt", "value": "-5"},  # with the feature gate
+        {"key": "x" * 63, "operator": "", "value": "A" * 63},
+    ]
+    spec = parse_spec({"daemonsets": {"tolerations": tolerations}})
+    assert [t.as_dict() for t in spec.daemonsets.tolerations] == tolerations
+
+
+@pytest.mark.parametrize(
     ("section", "fields", "missing"),
     [
         ("driver", {"repository": "nvcr.io/nvidia"}, "missing image, version"),

@@ -290,6 +290,9 @@ def test_no_unknown_fields_are_preserved(version: dict[str, Any]) -> None:
 def test_kubernetes_objects_in_the_spec_are_typed(spec_schema: dict[str, Any]) -> None:
     toleration = at(spec_schema, "daemonsets.tolerations")["items"]
     assert set(toleration["properties"]) == {"key", "operator", "value", "effect", "tolerationSeconds"}
+    # Kubernetes refuses a DaemonSet with any other (Lt and Gt: with the TaintTolerationComparisonOperators gate).
+    assert toleration["properties"]["operator"]["enum"] == ["", "Equal", "Exists", "Lt", "Gt"]
+    assert toleration["properties"]["effect"]["enum"] == ["", "NoSchedule", "PreferNoSchedule", "NoExecute"]
     security = at(spec_schema, "daemonsets.podSecurityContext")
     assert security["properties"]["seccompProfile"]["required"] == ["type"]
     assert at(security, "seLinuxOptions")["properties"]["type"]["type"] == "string"  # a field named type

@@ -2230,6 +2230,14 @@ def test_a_resource_quantity_the_api_server_refuses_is_refused_naming_the_field(
     assert spec.resources is not None and spec.resources.requests == {"cpu": "100m"}
 
 
+def test_a_toleration_the_api_server_refuses_is_refused_naming_the_field() -> None:
+    """An NVIDIADriver's tolerations go into its driver pods; it shares the ClusterPolicy's Toleration rules."""
+    with pytest.raises(ValueError, match=r"^spec\.tolerations\[0\]\.effect: must be NoExecute when tolerationSeconds"):
+        nvidiadriver_api.parse_spec({"tolerations": [{"key": "a", "operator": "Exists", "tolerationSeconds": 5}]})
+    spec = nvidiadriver_api.parse_spec({"tolerations": [{"key": "a", "operator": "Exists", "effect": "NoExecute"}]})
+    assert spec.tolerations[0].effect == "NoExecute"
+
+
 def _running(nodes: list[str]) -> dict[str, dict[str, Any]]:
     """Running driver pods of the ClusterPolicy's DaemonSet (the default NVIDIADriver's once re-owned)."""
     return {name: {**pod, "owner": CP_DS} for name, pod in _orphans(nodes).items()}

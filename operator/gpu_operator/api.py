@@ -82,7 +82,19 @@ INT32_MAX = 2**31 - 1
 NonNegInt32 = Annotated[int, Field(ge=0, le=INT32_MAX, json_schema_extra={"format": "int32"})]
 PositiveInt32 = Annotated[int, Field(ge=1, le=INT32_MAX, json_schema_extra={"format": "int32"})]
 # A label value ("" included): Kubernetes' own rule for one.
-LabelValue = Annotated[str, Field(max_length=63, pattern=r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")]
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+LabelValue = Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_QUALIFIED_NAME = ('must be a name such as "team" or "example.com/team": at most 63 letters, digits, "-", "_" or '
+                   '".", a letter or digit at each end, after an optional lowercase DNS subdomain and "/"')
+
+
+def _is_qualified_name(key: str) -> bool:
+    """Kubernetes' IsQualifiedName, the rule for a label key (and a toleration's key)."""
+    prefix, slash, name = key.rpartition("/")
+    if slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix)):
+        return False
+    return 0 < len(name) <= 63 and re.fullmatch(LABEL_VALUE, name) is not None
 # A resource quantity (resource.Quantity): upstream's CRD pattern verbatim, so `512MB` or `1 Gi` is refused here as at
 # `kubectl apply`, not when the operator applies a DaemonSet carrying it.
 QUANTITY = (
@@ -149,11 +161,37 @@ class KubeObject(Model):
 
 
 class Toleration(KubeObject):
+    """core/v1 Toleration, with the rules of Kubernetes' ValidateTolerations: a DaemonSet carrying one it refuses
+    cannot be applied. Lt and Gt need the TaintTolerationComparisonOperators feature gate (alpha)."""
+
     key: str | None = None
-    operator: str | None = None
+    operator: Literal["", "Equal", "Exists", "Lt", "Gt"] | None = None
     value: str | None = None
-    effect: str | None = None
+    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
     toleration_seconds: int | None = None
+
+    @model_validator(mode="after")
+    def _valid(self) -> Toleration:
+        key, operator, value = self.key or "", self.operator or "Equal", self.value or ""
+        problems: list[tuple[str, str]] = []
+        if key and not _is_qualified_name(key):
+            problems.append(("key", _QUALIFIED_NAME))
+        if not key and operator != "Exists":
+            problems.append(("operator", "must be Exists when key is empty (which matches every taint)"))
+        if operator == "Equal" and (len(value) > 63 or not re.fullmatch(LABEL_VALUE, value)):
+            problems.append(("value", "must be a label value: at most 63 letters, digits, \"-\", \"_\" or \".\", "
+                                      "a letter or digit at each end"))
+        if operator == "Exists" and value:
+            problems.append(("value", "must be empty when operator is Exists"))
+        if operator in ("Lt", "Gt") and not re.fullmatch(r"0|-?[1-9][0-9]*", value):
+            problems.append(("value", f"must be an integer such as 5 with operator {operator}"))
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            problems.append(("effect", "must be NoExecute when tolerationSeconds is set"))
+        if not problems:
+            return self
+        errors = [InitErrorDetails(type=PydanticCustomError("toleration", message), loc=(field,), input=self.as_dict())
+                  for field, message in problems]  # fmt: skip
+        raise ValidationError.from_exception_data(type(self).__name__, errors)  # each field's path
 
 
 RelabelAction = Literal[

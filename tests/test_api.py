@@ -681,6 +681,33 @@ def test_tolerations_the_api_server_takes_are_accepted() -> None:
 
 
 @pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("labels", {"team": "gpu team"}, "labels.team: String should match pattern"),
+        ("labels", {"app": "x" * 64}, "labels.app: String should have at most 63 characters"),
+        ("labels", {"bad key": "x"}, 'labels: label key "bad key" must be a name such as "team" or "example.com/team"'),
+        ("labels", {"Example.com/team": "x"}, 'labels: label key "Example.com/team" must be a name'),
+        ("labels", {"example.com/" + "x" * 64: "x"}, "labels: label key"),
+        ("annotations", {"a/b/c": "any value"}, 'annotations: annotation key "a/b/c" must be a name'),
+    ],
+)  # fmt: skip
+def test_daemonsets_labels_that_are_not_labels_are_named(field: str, value: dict[str, str], problem: str) -> None:
+    """daemonsets.labels go on every operand DaemonSet and its pod template, which Kubernetes' ValidateLabels
+    refuses with a value with a space or over 63 characters or a key that is not a qualified name (annotations:
+    the key, case aside). Any strings were taken, so every operand DaemonSet failed to apply; now the field is
+    named, as migManager.config.default is against the same rule."""
+    problems = problems_of({"daemonsets": {field: value}})
+    assert len(problems) == 1 and problems[0].startswith(f"spec.daemonsets.{problem}"), problems
+
+
+def test_labels_and_annotations_the_api_server_takes_are_accepted() -> None:
+    labels = {"team": "", "example.com/team": "gpu_a-1.x", "x" * 63: "A" * 63}
+    annotations = {"Example.com/Note": "any text, spaces included", "a_b": ""}
+    spec = parse_spec({"daemonsets": {"labels": labels, "annotations": annotations}})
+    assert (spec.daemonsets.labels, spec.daemonsets.annotations) == (labels, annotations)
+
+
+@pytest.mark.parametrize(
     ("section", "fields", "missing"),
     [
         ("driver", {"repository": "nvcr.io/nvidia"}, "missing image, version"),

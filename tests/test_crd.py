@@ -280,6 +280,16 @@ def test_mig_config_default_is_a_label_value(spec_schema: dict[str, Any]) -> Non
     assert (node["type"], node["maxLength"], node["pattern"]) == ("string", 63, LABEL_VALUE)
 
 
+def test_label_values_are_label_values() -> None:
+    """daemonsets.labels (and an NVIDIADriver's) go on DaemonSets, which the API server refuses with a value that is
+    no label value; their keys' rule is the model's (a structural schema cannot constrain map keys)."""
+    cp = clusterpolicy_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    nvd = nvidiadriver_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    for node in (at(cp, "daemonsets.labels"), nvd["properties"]["labels"]):
+        value = node["additionalProperties"]
+        assert (value["type"], value["maxLength"], value["pattern"]) == ("string", 63, LABEL_VALUE)
+
+
 def test_no_unknown_fields_are_preserved(version: dict[str, Any]) -> None:
     """As in upstream's schema: the API server rejects (strict validation) or prunes every unknown field."""
     preserved = [path for path, node in walk(version["schema"]["openAPIV3Schema"])

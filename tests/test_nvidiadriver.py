@@ -2238,6 +2238,15 @@ def test_a_toleration_the_api_server_refuses_is_refused_naming_the_field() -> No
     assert spec.tolerations[0].effect == "NoExecute"
 
 
+def test_labels_the_api_server_refuses_are_refused_naming_the_field() -> None:
+    """An NVIDIADriver's labels and annotations go on its DaemonSets and pods, as the ClusterPolicy's do."""
+    with pytest.raises(ValueError, match=r"^spec\.labels\.team: String should match pattern"):
+        nvidiadriver_api.parse_spec({"labels": {"team": "gpu team"}})
+    with pytest.raises(ValueError, match=r'^spec\.annotations: annotation key "bad key" must be a name'):
+        nvidiadriver_api.parse_spec({"annotations": {"bad key": "x"}})
+    assert nvidiadriver_api.parse_spec({"labels": {"example.com/team": "gpu"}}).labels == {"example.com/team": "gpu"}
+
+
 def _running(nodes: list[str]) -> dict[str, dict[str, Any]]:
     """Running driver pods of the ClusterPolicy's DaemonSet (the default NVIDIADriver's once re-owned)."""
     return {name: {**pod, "owner": CP_DS} for name, pod in _orphans(nodes).items()}

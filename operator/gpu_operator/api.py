@@ -95,6 +95,24 @@ def _is_qualified_name(key: str) -> bool:
     if slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix)):
         return False
     return 0 < len(name) <= 63 and re.fullmatch(LABEL_VALUE, name) is not None
+
+
+def _label_keys(labels: dict[str, str]) -> dict[str, str]:
+    if bad := next((k for k in labels if not _is_qualified_name(k)), None):
+        raise ValueError(f'label key "{bad}" {_QUALIFIED_NAME}')
+    return labels
+
+
+def _annotation_keys(annotations: dict[str, str]) -> dict[str, str]:
+    if bad := next((k for k in annotations if not _is_qualified_name(k.lower())), None):
+        raise ValueError(f'annotation key "{bad}" {_QUALIFIED_NAME.replace("lowercase ", "")}')
+    return annotations
+
+
+# Labels and annotations of the operand DaemonSets and pods, with Kubernetes' rules (ValidateLabels,
+# ValidateAnnotations' keys): an object carrying others is refused.
+Labels = Annotated[dict[str, LabelValue], AfterValidator(_label_keys)]
+Annotations = Annotated[dict[str, str], AfterValidator(_annotation_keys)]
 # A resource quantity (resource.Quantity): upstream's CRD pattern verbatim, so `512MB` or `1 Gi` is refused here as at
 # `kubectl apply`, not when the operator applies a DaemonSet carrying it.
 QUANTITY = (
@@ -421,8 +439,8 @@ class DaemonsetsSpec(Section):
         json_schema_extra={"x-kubernetes-validations": [_ROLLING_NOT_ZERO, _ROLLING_AT_MOST_100]},
     )
 
-    labels: dict[str, str] = {}
-    annotations: dict[str, str] = {}
+    labels: Labels = {}
+    annotations: Annotations = {}
     tolerations: list[Toleration] = []
     priority_class_name: str = "system-node-critical"
     update_strategy: Literal["RollingUpdate", "OnDelete"] = "RollingUpdate"

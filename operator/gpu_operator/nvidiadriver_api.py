@@ -14,11 +14,13 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from .api import (
+    Annotations,
     Condition,
     DriverManagerSpec,
     DriverUpgradePolicySpec,
     EnvList,
     KubeObject,
+    Labels,
     LivenessProbeSpec,
     Model,
     PodDeletionSpec,
@@ -165,8 +167,8 @@ class NVIDIADriverSpec(Model):
     upgrade_policy: NVDUpgradePolicy | None = None
     node_selector: dict[str, str] = {}
     node_affinity: NodeAffinity | None = None
-    labels: dict[str, str] = {}
-    annotations: dict[str, str] = {}
+    labels: Labels = {}
+    annotations: Annotations = {}
     tolerations: list[Toleration] = []
     priority_class_name: str = ""
     pod_security_context: PodSecurityContext | None = None

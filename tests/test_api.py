@@ -761,15 +761,15 @@ def test_partial_image_fields_in_a_nested_component() -> None:
             "valid integer",
         ),
         ({"dcgm": {"hostPort": "abc"}}, "spec.dcgm.hostPort", "valid integer"),
-        ({"driver": {"upgradePolicy": {"maxUnavailable": True}}}, "spec.driver.upgradePolicy.maxUnavailable", "valid"),
-        ({"driver": {"upgradePolicy": {"maxUnavailable": 1.5}}}, "spec.driver.upgradePolicy.maxUnavailable", "valid"),
+        ({"driver": {"upgradePolicy": {"maxUnavailable": True}}}, "spec.driver.upgradePolicy.maxUnavailable",
+         INT_OR_PERCENT),
         ({"driver": {"startupProbe": {"initialDelay": 5}}}, "spec.driver.startupProbe.initialDelay", "unknown field"),
         (
             {"driver": {"env": [{"name": "A", "value": "b", "valueFrom": {}}]}},
             "spec.driver.env[0].valueFrom",
             "unknown field",
         ),
-        ({"driver": {"resources": {"limits": {"cpu": [1]}}}}, "spec.driver.resources.limits.cpu", "valid"),
+        ({"driver": {"resources": {"limits": {"cpu": [1]}}}}, "spec.driver.resources.limits.cpu", "a quantity"),
     ],
 )
 def test_wrong_types_are_named_by_path(spec: dict[str, Any], where: str, rule: str) -> None:
@@ -778,6 +778,26 @@ def test_wrong_types_are_named_by_path(spec: dict[str, Any], where: str, rule: s
     for line in problems:
         assert line.startswith(f"{where}: "), line
     assert rule in " ".join(problems), problems
+
+
+@pytest.mark.parametrize(
+    ("spec", "problem"),
+    [
+        ({"driver": {"upgradePolicy": {"maxUnavailable": 1.5}}},
+         f"spec.driver.upgradePolicy.maxUnavailable: {INT_OR_PERCENT}"),
+        ({"daemonsets": {"rollingUpdate": {"maxUnavailable": True}}},
+         f"spec.daemonsets.rollingUpdate.maxUnavailable: {INT_OR_PERCENT}"),
+        ({"driver": {"resources": {"limits": {"cpu": 0.5}}}},
+         "spec.driver.resources.limits.cpu: must be a quantity such as 2, 500m or 1Gi"),
+        ({"driver": {"resources": {"requests": {"memory": {"Gi": 1}}}}},
+         "spec.driver.resources.requests.memory: must be a quantity such as 2, 500m or 1Gi"),
+    ],
+)  # fmt: skip
+def test_an_int_or_string_of_the_wrong_type_is_one_problem_naming_the_rule(spec: dict[str, Any], problem: str) -> None:
+    """`maxUnavailable: 1.5`, `maxUnavailable: true` or `cpu: 0.5` in a file given to `render` printed two
+    contradicting lines for the field, pydantic's union branches ("Input should be a valid integer", "... a valid
+    string"), neither naming the rule; PolicyError promises one line per problem naming the field and the rule."""
+    assert problems_of(spec) == [problem]
 
 
 def test_every_problem_is_reported_once_in_stable_order() -> None:

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
@@ -47,6 +48,17 @@ def _check_int_or_percent(v: int | str) -> int | str:
     return v
 
 
+def _int_or_string(message: str) -> BeforeValidator:
+    """`message` for a value of neither type: one line naming the rule, not one per union branch."""
+
+    def check(v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, int | str):
+            raise ValueError(message)
+        return v
+
+    return BeforeValidator(check)
+
+
 def _int_or_string_schema(pattern: str, message: str) -> WithJsonSchema:
     """The CRD's int-or-string with a CEL rule: a non-negative integer or a string `pattern` matches."""
     return WithJsonSchema(
@@ -62,12 +74,14 @@ def _int_or_string_schema(pattern: str, message: str) -> WithJsonSchema:
 IntOrPercent = Annotated[
     # Strict int: a YAML bool (`true`) must not pass as 1, as the API server's int-or-string would reject it.
     Annotated[int, Strict()] | str,
+    _int_or_string(_MESSAGE),
     AfterValidator(_check_int_or_percent),
     _int_or_string_schema(_PERCENT_OR_INT.pattern, _MESSAGE),
 ]
 # The DaemonSets' maxUnavailable, a plain string upstream: "" there means unset (the default), as here.
 RollingMaxUnavailable = Annotated[
     Annotated[int, Strict()] | str,
+    _int_or_string(_MESSAGE),
     AfterValidator(_check_int_or_percent),
     _int_or_string_schema("^([0-9]+%?)?$", _MESSAGE + ' ("": the default)'),
 ]
@@ -136,9 +150,12 @@ def _amount(v: int | str) -> Decimal:
     return Decimal(text)
 
 
+_QUANTITY_MESSAGE = "must be a quantity such as 2, 500m or 1Gi"
+
+
 def _check_quantity(v: int | str) -> int | str:
     if isinstance(v, str) and not re.fullmatch(QUANTITY, v):  # fullmatch: `$` would pass a trailing newline
-        raise ValueError("must be a quantity such as 2, 500m or 1Gi")
+        raise ValueError(_QUANTITY_MESSAGE)
     if _amount(v) < 0:  # the pattern admits a sign; a pod's resources refuse it
         raise ValueError("must not be negative")
     return v
@@ -146,6 +163,7 @@ def _check_quantity(v: int | str) -> int | str:
 
 Quantity = Annotated[
     int | str,
+    _int_or_string(_QUANTITY_MESSAGE),
     AfterValidator(_check_quantity),
     WithJsonSchema(
         {"anyOf": [{"type": "integer"}, {"type": "string"}], "pattern": QUANTITY, "x-kubernetes-int-or-string": True}

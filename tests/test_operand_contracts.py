@@ -617,6 +617,29 @@ def test_dcgm_exporter_reads_pods_cluster_wide_only_for_pod_metadata(raw: dict[s
     assert "Role" in kinds_named(plans, EXPORTER)  # the ConfigMap read is not gated
 
 
+@pytest.mark.parametrize(
+    ("section", "on"),
+    [
+        # urfave/cli reads a bool flag's env with strconv.ParseBool: "1" and "t" switch it on too.
+        ({"env": [{"name": "DCGM_EXPORTER_KUBERNETES_ENABLE_POD_LABELS", "value": "1"}]}, True),
+        ({"env": [{"name": "DCGM_EXPORTER_KUBERNETES_ENABLE_POD_UID", "value": "t"}]}, True),
+        ({"env": [{"name": "DCGM_EXPORTER_KUBERNETES_ENABLE_POD_UID", "value": "0"}]}, False),
+        # The exporter's flags in dcgmExporter.args, which reach its container unchanged.
+        ({"args": ["--kubernetes-enable-pod-labels"]}, True),
+        ({"args": ["-f", "/etc/dcgm-exporter/dcp-metrics-included.csv", "--kubernetes-enable-pod-uid=true"]}, True),
+        ({"args": ["-kubernetes-enable-pod-labels=false"]}, False),
+    ],
+    ids=["env-1", "env-t", "env-0", "arg-labels", "arg-uid", "arg-false"],
+)
+def test_dcgm_exporter_pod_metadata_switched_on_as_the_exporter_reads_it(section: dict[str, Any], on: bool) -> None:
+    """Pod labels/UIDs switched on by an env value the exporter takes as true, or by its own flags in
+    dcgmExporter.args: the exporter reads pods, so it needs its token and the read-pods ClusterRole and binding.
+    We used to see only the literal "true" env (upstream's check), so the metrics silently lost their pod labels."""
+    plans = render({"dcgmExporter": section})
+    token = pod(daemonset(plans, EXPORTER))["automountServiceAccountToken"]
+    assert (kinds_named(plans, READ_PODS), token) == ({"ClusterRole", "ClusterRoleBinding"} if on else set(), on)
+
+
 def test_dcgm_exporter_mounts_its_token_only_to_read_pod_metadata() -> None:
     assert pod(ds_of({}, EXPORTER))["automountServiceAccountToken"] is False
     labels = ds_of({"dcgmExporter": {"enablePodLabels": True}}, EXPORTER)

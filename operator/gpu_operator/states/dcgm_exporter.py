@@ -25,6 +25,9 @@ POD_LABELS = "DCGM_EXPORTER_KUBERNETES_ENABLE_POD_LABELS"
 POD_UID = "DCGM_EXPORTER_KUBERNETES_ENABLE_POD_UID"
 LABEL_ALLOWLIST = "DCGM_EXPORTER_KUBERNETES_POD_LABEL_ALLOWLIST_REGEX"
 CONFIGMAP_DATA = "DCGM_EXPORTER_CONFIGMAP_DATA"
+# The exporter's own flags for the same switches (its urfave/cli names), which dcgmExporter.args can carry.
+POD_LABELS_FLAG = "kubernetes-enable-pod-labels"
+POD_UID_FLAG = "kubernetes-enable-pod-uid"
 
 
 def remote_hostengine(spec: ClusterPolicySpec) -> str | None:
@@ -68,13 +71,35 @@ def exporter_env(spec: ClusterPolicySpec) -> list[c.Env]:
     return out
 
 
+def _go_true(value: str) -> bool:
+    """A bool the exporter reads as on (strconv.ParseBool: 1, t, T, true, True, TRUE), or upstream's any-case "true"."""
+    return value.lower() in ("1", "t", "true")
+
+
+def _flag_values(args: list[str]) -> dict[str, list[str]]:
+    """The exporter flags this state reads, from dcgmExporter.args as Go's flag package takes them: `-name` or
+    `--name`, the value after `=`; a bare bool flag reads true. Items after `--` are not flags."""
+    out: dict[str, list[str]] = {}
+    for arg in args:
+        if arg == "--":
+            break
+        body = arg[2:] if arg.startswith("--") else arg[1:] if arg.startswith("-") else ""
+        name, eq, value = body.partition("=")
+        if name in (POD_LABELS_FLAG, POD_UID_FLAG):
+            out.setdefault(name, []).append(value if eq else "true")
+    return out
+
+
 def reads_pod_metadata(spec: ClusterPolicySpec) -> bool:
-    """Pod labels or UIDs on the metrics (fields or env): the exporter reads pods cluster-wide. Upstream's rbacGates
-    grant the nvidia-dcgm-exporter-read-pods ClusterRole only then."""
+    """Pod labels or UIDs on the metrics (fields, env or args): the exporter reads pods cluster-wide. Upstream's
+    rbacGates grant the nvidia-dcgm-exporter-read-pods ClusterRole only then (env only, any-case "true")."""
     exporter = spec.dcgm_exporter
     if exporter.enable_pod_labels or exporter.enable_pod_uid:
         return True
-    return any(e.name in (POD_LABELS, POD_UID) and e.value.lower() == "true" for e in exporter.env)
+    flags = _flag_values(exporter.args)
+    values = [e.value for e in exporter.env if e.name in (POD_LABELS, POD_UID)]
+    values += flags.get(POD_LABELS_FLAG, []) + flags.get(POD_UID_FLAG, [])
+    return any(_go_true(v) for v in values)
 
 
 def needs_api_token(spec: ClusterPolicySpec) -> bool:

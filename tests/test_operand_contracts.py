@@ -649,6 +649,24 @@ def test_dcgm_exporter_mounts_its_token_only_to_read_pod_metadata() -> None:
     assert pod(ds_of(by_env, EXPORTER))["automountServiceAccountToken"] is True
 
 
+@pytest.mark.parametrize(
+    ("args", "token"),
+    [
+        (["-m", "gpu-operator:custom-metrics"], True),
+        (["--configmap-data=gpu-operator:custom-metrics"], True),
+        (["-m", "none"], False),  # the exporter's "no ConfigMap" default
+    ],
+    ids=["m", "long", "none"],
+)
+def test_dcgm_exporter_mounts_its_token_for_a_configmap_named_in_args(args: list[str], token: bool) -> None:
+    """The exporter reads its metrics ConfigMap through the API when -m/--configmap-data (its flag for
+    DCGM_EXPORTER_CONFIGMAP_DATA) names one in dcgmExporter.args, as with the env. We used to look at the env only,
+    so the Role it is granted (configmaps get/list) was of no use: no token. Pods are still not read cluster-wide."""
+    plans = render({"dcgmExporter": {"args": args}})
+    assert pod(daemonset(plans, EXPORTER))["automountServiceAccountToken"] is token
+    assert kinds_named(plans, READ_PODS) == set()
+
+
 def test_dcgm_exporter_hpc_job_mapping() -> None:
     ds = ds_of({"dcgmExporter": {"hpcJobMapping": {"enabled": True}}}, EXPORTER)
     main = container(ds, EXPORTER)

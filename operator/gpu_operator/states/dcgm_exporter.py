@@ -28,6 +28,7 @@ CONFIGMAP_DATA = "DCGM_EXPORTER_CONFIGMAP_DATA"
 # The exporter's own flags for the same switches (its urfave/cli names), which dcgmExporter.args can carry.
 POD_LABELS_FLAG = "kubernetes-enable-pod-labels"
 POD_UID_FLAG = "kubernetes-enable-pod-uid"
+CONFIGMAP_FLAGS = ("configmap-data", "m")  # a string flag and its alias
 
 
 def remote_hostengine(spec: ClusterPolicySpec) -> str | None:
@@ -78,15 +79,19 @@ def _go_true(value: str) -> bool:
 
 def _flag_values(args: list[str]) -> dict[str, list[str]]:
     """The exporter flags this state reads, from dcgmExporter.args as Go's flag package takes them: `-name` or
-    `--name`, the value after `=`; a bare bool flag reads true. Items after `--` are not flags."""
+    `--name`, the value after `=` or, for -m/--configmap-data, in the next item; a bare bool flag reads true. Items
+    after `--` are not flags."""
     out: dict[str, list[str]] = {}
-    for arg in args:
+    items = iter(args)
+    for arg in items:
         if arg == "--":
             break
         body = arg[2:] if arg.startswith("--") else arg[1:] if arg.startswith("-") else ""
         name, eq, value = body.partition("=")
         if name in (POD_LABELS_FLAG, POD_UID_FLAG):
             out.setdefault(name, []).append(value if eq else "true")
+        elif name in CONFIGMAP_FLAGS:
+            out.setdefault(CONFIGMAP_FLAGS[0], []).append(value if eq else next(items, ""))
     return out
 
 
@@ -103,10 +108,13 @@ def reads_pod_metadata(spec: ClusterPolicySpec) -> bool:
 
 
 def needs_api_token(spec: ClusterPolicySpec) -> bool:
-    """The exporter reads the API (pod metadata, or a metrics ConfigMap named in env): mount the SA token."""
+    """The exporter reads the API (pod metadata, or a metrics ConfigMap named in env or args): mount the SA token."""
     if reads_pod_metadata(spec):
         return True
-    return any(e.name == CONFIGMAP_DATA and e.value not in ("", "none") for e in spec.dcgm_exporter.env)
+    exporter = spec.dcgm_exporter
+    values = [e.value for e in exporter.env if e.name == CONFIGMAP_DATA]
+    values += _flag_values(exporter.args).get(CONFIGMAP_FLAGS[0], [])
+    return any(v not in ("", "none") for v in values)
 
 
 def _check_metrics_config(ctx: RenderContext) -> None:

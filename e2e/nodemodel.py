@@ -2540,13 +2540,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m e2e.nodemodel",
                                      description="Run `gpu-operator render` output through the node model.")
     parser.add_argument("rendered", help="multi-document YAML from gpu-operator render")
-    parser.add_argument("--nodes", required=True, help="the Node objects given to render (YAML, a List or documents)")
+    parser.add_argument("--nodes", required=True,
+                        help="the file given to render: its Nodes and ConfigMaps (YAML, a List or documents)")
+    parser.add_argument("--policy", help="the policy file given to render: its ConfigMaps are read too")
     parser.add_argument("--host-driver", help="the nodes have this driver pre-installed")
     args = parser.parse_args(argv)
     with open(args.rendered) as f:
         docs = [d for d in yaml.safe_load_all(f) if d]
-    with open(args.nodes) as f:
-        nodes = [n for d in yaml.safe_load_all(f) if d for n in (d.get("items") or [d]) if n.get("kind") == "Node"]
+    given: dict[str, list[dict[str, Any]]] = {}
+    for path in filter(None, [args.nodes, args.policy]):
+        with open(path) as f:
+            given[path] = [n for d in yaml.safe_load_all(f) if d for n in (d.get("items") or [d])]
+    nodes = [n for n in given[args.nodes] if n.get("kind") == "Node"]
+    # render prints only its own objects: the files' ConfigMaps stand for the operand namespace's, as render takes
+    # them (the render's own, later, win a name both have)
+    namespace = next((d["metadata"].get("namespace") for d in docs if d.get("kind") == "DaemonSet"), None)
+    docs = [{**d, "metadata": {**d["metadata"], "namespace": namespace or "gpu-operator"}}
+            for objs in given.values() for d in objs
+            if d.get("kind") == "ConfigMap" and (d.get("metadata") or {}).get("name")] + docs
     stuck = False
     for node in nodes:
         if not NodeFacts.from_node(node).has_gpu:  # the operator's view: any of NFD's NVIDIA PCI labels

@@ -160,6 +160,38 @@ def test_the_command_line_tool_checks_every_gpu_node_the_operator_sees(
     assert checked == ["gpu-h100-a", "gpu-h100-b", "gpu-a100-a"], checked
 
 
+@pytest.mark.parametrize("where", ["nodes", "policy"])
+def test_the_command_line_tool_reads_the_configmaps_of_the_files_render_reads(
+    where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """README's offline check, `render --policy P.yaml --nodes N.yaml > out.yaml && python -m e2e.nodemodel out.yaml
+    --nodes N.yaml --policy P.yaml`: render takes the ConfigMaps of either file for the operand namespace's but
+    prints only its own objects, and the model took ConfigMaps only from out.yaml. So the time-slicing sample,
+    rendered fine (exit 0), had every GPU node reported stuck on 'ConfigMap "time-slicing-config" not found', exit
+    1: a deadlock that does not exist. Now the model reads the ConfigMaps of --nodes and --policy too. (review
+    newcomer #3)"""
+    from e2e.nodemodel import main as nodemodel_main
+
+    sample = [d for d in yaml.safe_load_all((SAMPLES / "clusterpolicy-time-slicing.yaml").read_text()) if d]
+    policy = [d for d in sample if d["kind"] == "ClusterPolicy"]
+    config_maps = [d for d in sample if d["kind"] == "ConfigMap"]
+    assert config_maps and policy
+    nodes = yaml.safe_load(SAMPLE_NODES.read_text())
+    policy_file, nodes_file, rendered = tmp_path / "p.yaml", tmp_path / "n.yaml", tmp_path / "out.yaml"
+    policy_file.write_text(yaml.safe_dump_all(policy + (config_maps if where == "policy" else [])))
+    nodes_file.write_text(yaml.safe_dump_all([nodes, *(config_maps if where == "nodes" else [])]))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli_main(["render", "--policy", str(policy_file), "--nodes", str(nodes_file)]) == 0
+    assert "config-manager" in out.getvalue()  # the device plugin is rendered with the sharing config
+    rendered.write_text(out.getvalue())
+    capsys.readouterr()
+    rc = nodemodel_main([str(rendered), "--nodes", str(nodes_file), "--policy", str(policy_file)])
+    report = capsys.readouterr().out
+    stuck = [line.strip()[:160] for line in report.splitlines() if line.strip().startswith("stuck:")]
+    assert rc == 0 and not stuck, (rc, stuck[:2])
+
+
 # --- the driver ---
 
 def test_driver_root_reaches_the_host_only_through_a_bidirectional_mount() -> None:

@@ -788,9 +788,9 @@ def test_run_with_the_metrics_port_in_use_is_one_error_line(
 def test_run_with_the_health_port_in_use_is_one_error_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The health port is bound by a kopf startup handler: in use, kopf.run ended in an ActivityError traceback
-    (exit 1) after the handler's own. Now kopf logs one line and `run` prints one `error:` line, exit 2. kopf.run
-    is run here: it stops at that handler, before any request."""
+    """The health port was bound by a kopf startup handler: in use, kopf.run ended in an ActivityError traceback
+    (exit 1) after the handler's own. Now `run` prints one `error:` line, exit 2. kopf.run is left real here: the
+    port is bound before it, so it is never reached."""
     import kopf
 
     kopf_run = kopf.run
@@ -804,6 +804,72 @@ def test_run_with_the_health_port_in_use_is_one_error_line(
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err, err
     assert err.splitlines()[-1].startswith(f"error: --health-port {port}: "), err
+
+
+def test_run_with_the_health_port_in_use_does_not_start_reconciling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """README: "`run` too exits 2 with one `error:` line on ... a `--health-port` it cannot listen on", and
+    runtime.Unbindable: "it does not start". It exited 2, but only after acting: the port was bound by a kopf
+    startup handler registered after build_registry's `startup`, which had already started the reconcile loop and
+    called `op.lead()`, so against a live cluster it logged the bind error, then 'applying Service gpu-operator
+    (update)' and 'reconciled: ready=False, 3 writes' (the ClusterPolicy flapped notReady). Now the port is bound
+    before kopf.run, as the metrics port is: nothing leads or reconciles. (review newcomer #4)"""
+    import kopf
+
+    from gpu_operator import debug, runtime
+    from support import EchoKube
+
+    calls: list[str] = []
+
+    class FakeOperator:
+        elector = None
+        event_loop: Any = None
+        task: Any = None
+        watches: list[Any] = []
+        kube = EchoKube()
+
+        def __init__(self, *_a: Any, **_k: Any) -> None:
+            pass
+
+        def own_watches(self, *_a: Any) -> list[Any]:
+            return []
+
+        async def loop(self) -> None:
+            calls.append("loop")
+
+        def lead(self) -> None:
+            calls.append("lead")
+
+        async def step_down(self) -> None:
+            pass
+
+        def _stop_feature_watch(self) -> None:
+            pass
+
+        def __getattr__(self, name: str) -> Any:  # the kopf event callbacks build_registry registers
+            return lambda *_a, **_k: None
+
+    monkeypatch.setattr(runtime.Kube, "connect", staticmethod(lambda *_a, **_k: EchoKube()))
+    monkeypatch.setenv("KUBECONFIG", "")
+    monkeypatch.setattr(runtime, "Operator", FakeOperator)
+    monkeypatch.setattr(runtime, "identity", lambda: "me")
+    monkeypatch.setattr(runtime.gc, "freeze", lambda: None)
+    monkeypatch.setattr(runtime.logging, "basicConfig", lambda **_k: None)
+    for name in ("install", "tune_malloc", "tune_threads"):
+        monkeypatch.setattr(debug, name, lambda: None)
+    real_run = kopf.run
+
+    def kopf_run(**kw: Any) -> None:  # real: the startup activities run until kopf stops
+        calls.append("kopf.run")
+        return real_run(**kw)
+
+    monkeypatch.setattr(kopf, "run", kopf_run)
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(runtime.Unbindable, match=f"^--health-port {port}: "):
+            runtime.run(None, "gpu-operator", metrics_port=0, health_port=port)
+    assert "lead" not in calls and "loop" not in calls, calls
 
 
 @pytest.mark.parametrize("command", [["crds"], ["versions"], ["mig", "layouts", "--offline"]])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import socket
 import threading
 from typing import TYPE_CHECKING, Any
@@ -81,11 +82,42 @@ def serve(port: int) -> None:
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
 
 
-async def serve_health(port: int) -> web.AppRunner:
-    """/healthz for the probes, from the event loop as kopf's liveness endpoint is (a stuck loop fails them), but
-    on every address family: kopf binds the one host its URL names, and 0.0.0.0 is IPv4 only while asyncio makes
-    [::] IPv6 only. Host None binds 0.0.0.0 and :: each, leaving out a family the pod lacks. Its runner's
-    cleanup() stops it."""
+def bind_health(port: int) -> list[socket.socket]:
+    """The /healthz sockets, listening now (so a port in use stops `run` before it acts), on every address family:
+    0.0.0.0 and [::] (IPv6 only) each, as asyncio binds host None, leaving out a family the pod lacks."""
+    bound: list[socket.socket] = []
+    try:
+        for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            except OSError:  # the family is off in this pod
+                continue
+            bound.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                if exc.errno != errno.EADDRNOTAVAIL:  # that: the family has no address here
+                    raise
+                bound.pop().close()
+                continue
+            sock.listen(128)
+            sock.setblocking(False)
+        if not bound:
+            raise OSError(errno.EADDRNOTAVAIL, "no IPv4 or IPv6 address to listen on")
+    except OSError:
+        for sock in bound:
+            sock.close()
+        raise
+    return bound
+
+
+async def serve_health(sockets: list[socket.socket]) -> web.AppRunner:
+    """/healthz for the probes on the sockets of bind_health, from the event loop as kopf's liveness endpoint is (a
+    stuck loop fails them), but on every address family: kopf binds the one host its URL names, and 0.0.0.0 is
+    IPv4 only while asyncio makes [::] IPv6 only. Its runner's cleanup() stops it."""
     from aiohttp import web  # kopf's HTTP server, imported only by `run`
 
     async def healthz(_: web.Request) -> web.Response:
@@ -95,5 +127,6 @@ async def serve_health(port: int) -> web.AppRunner:
     app.router.add_get("/healthz", healthz)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
     await runner.setup()
-    await web.TCPSite(runner, None, port).start()
+    for sock in sockets:
+        await web.SockSite(runner, sock).start()
     return runner

@@ -1312,32 +1312,27 @@ def run(
         metrics.serve(metrics_port)
     except OSError as exc:
         raise Unbindable(f"--metrics-port {metrics_port}: {exc}") from exc
+    # Not kopf's liveness_endpoint, which binds one address family (metrics.serve_health). Bound here, before
+    # kopf's startup leads and reconciles, so a port in use stops the operator before it writes.
+    try:
+        health_sockets = metrics.bind_health(health_port) if health_port else []
+    except OSError as exc:
+        raise Unbindable(f"--health-port {health_port}: {exc}") from exc
     log.info("gpu-operator starting: namespace %s, API %s, identity %s, leader election %s",
              namespace, kube.host, me, "on" if leader_elect else "off")  # fmt: skip
     registry = build_registry(op)
-    unbound: list[Unbindable] = []  # the health port's, raised once kopf.run has stopped
-    if health_port:  # not kopf's liveness_endpoint, which binds one address family (metrics.serve_health)
-
+    if health_sockets:
         servers: list[Any] = []  # the runner, held for the life of the process
 
-        @kopf.on.startup(registry=registry, errors=kopf.ErrorsMode.PERMANENT)  # a port in use stops the operator
+        @kopf.on.startup(registry=registry)
         async def healthz(**_: Any) -> None:
-            try:
-                servers.append(await metrics.serve_health(health_port))
-            except OSError as exc:
-                unbound.append(Unbindable(f"--health-port {health_port}: {exc}"))
-                raise kopf.PermanentError(str(unbound[0])) from exc  # one log line, no traceback
+            servers.append(await metrics.serve_health(health_sockets))
 
-    try:
-        kopf.run(
-            registry=registry,
-            standalone=True,
-            clusterwide=False,
-            namespaces=[namespace],
-            identity=cast(Any, me),  # kopf's default calls getpass.getuser(): fails for a uid without a passwd entry
-        )
-    except Exception:  # kopf's ActivityError (not exported), when the health port was not bound
-        if unbound:
-            raise unbound[0] from None
-        raise
+    kopf.run(
+        registry=registry,
+        standalone=True,
+        clusterwide=False,
+        namespaces=[namespace],
+        identity=cast(Any, me),  # kopf's default calls getpass.getuser(): fails for a uid without a passwd entry
+    )
     return 0

@@ -17,7 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from e2e.cluster.__main__ import DEFAULT_STATE_DIR
-from e2e.cluster.localcluster import ClusterError, LocalCluster, ensure_binaries, owned_alive, pid_alive, signal_group
+from e2e.cluster.localcluster import (
+    ClusterError,
+    LocalCluster,
+    _tail,
+    ensure_binaries,
+    free_ports,
+    owned_alive,
+    pid_alive,
+    signal_group,
+)
 from e2e.cluster.nodes import create_nodes, make_node
 from e2e.operator_process import NAMESPACE, REPO, install_crds_and_rbac, policy_from_sample
 from gpu_operator.kube import Kube
@@ -102,10 +111,12 @@ def start(state: Path, timeout: float) -> int:
     print(f"nodes: {', '.join(f'{n} ({p}, {o})' for n, p, o in NODES)}")
     install_crds_and_rbac(admin)
     py = sys.executable
+    metrics_port, health_port = free_ports(2)  # not fixed ones: another checkout's demo may hold those
+    logs = {"node-simulator": state / "simulator.log", "gpu-operator": state / "operator.log"}
     pids = {
         "node-simulator": _spawn(
             [py, "-m", "e2e.demo", "simulate", "--kubeconfig", str(cluster.simulator_kubeconfig)],
-            state / "simulator.log",
+            logs["node-simulator"],
         ),  # fmt: skip
         "gpu-operator": _spawn(
             [
@@ -116,15 +127,16 @@ def start(state: Path, timeout: float) -> int:
                 "--kubeconfig",
                 str(cluster.operator_kubeconfig),
                 "--metrics-port",
-                "18080",
+                str(metrics_port),
                 "--health-port",
-                "18081",
+                str(health_port),
             ],
-            state / "operator.log",
+            logs["gpu-operator"],
         ),  # fmt: skip
     }
     _pidfile(state).write_text(json.dumps(pids))
-    print(f"operator running as the chart's ServiceAccount identity (log: {state / 'operator.log'})")
+    print(f"operator running as the chart's ServiceAccount identity (metrics http://127.0.0.1:{metrics_port}/metrics,"
+          f" log: {logs['gpu-operator']})")  # fmt: skip
     if admin.get("ClusterPolicy", "cluster-policy") is None:
         admin.create(policy_from_sample())
     print("applied manifests/samples/clusterpolicy-default.yaml\n")
@@ -132,6 +144,11 @@ def start(state: Path, timeout: float) -> int:
     last = ""
     policy: dict[str, Any] | None = None
     while time.monotonic() - began < timeout:
+        gone = [name for name, pid in pids.items() if not pid_alive(pid)]
+        if gone:  # nothing will get the policy ready: say why now rather than after the timeout
+            print(f"error: {gone[0]} exited; the last lines of {logs[gone[0]]}:\n{_tail(logs[gone[0]], 20)}\n"
+                  "(make cluster-down stops the rest)", file=sys.stderr)  # fmt: skip
+            return 1
         policy = admin.get("ClusterPolicy", "cluster-policy")
         line = _summary(policy)
         if line != last:

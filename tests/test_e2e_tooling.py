@@ -247,6 +247,73 @@ def test_demo_says_why_the_build_failed_without_a_traceback(tmp_path: Path) -> N
     assert "go 1.22 or newer is needed" in r.stderr and f"error: {stub} failed (exit 3)" in r.stderr, r.stderr
 
 
+def test_demo_stops_waiting_when_the_operator_it_started_has_exited(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`make demo` started the operator on fixed ports (18080, 18081) and polled the ClusterPolicy for 180 s without
+    looking at its children: with a port held by anything else (a second checkout's demo, processes an earlier demo
+    left) the operator exited at once ('error: --metrics-port 18080: [Errno 98] Address already in use' in its log
+    only) and the newcomer watched 'pending 0/0 operand states ready' for 3 minutes, then 'not ready after 180s'.
+    Now the ports are free ones, and start() notices within a second that the operator (or the simulator) is gone
+    and prints the last lines of its log, exit 1. (review newcomer #1)"""
+    from e2e import demo
+
+    class FakeCluster:
+        pids: dict[str, int] = {}
+        kubeconfig = simulator_kubeconfig = operator_kubeconfig = tmp_path / "admin.kubeconfig"
+
+        def __init__(self, *_a: Any, **_k: Any) -> None:
+            pass
+
+        def running(self) -> dict[str, bool]:
+            return {}
+
+        def up(self) -> None:
+            pass
+
+    class FakeAdmin:
+        client = None
+
+        def get(self, *_a: Any) -> None:
+            return None
+
+        def create(self, *_a: Any) -> None:
+            pass
+
+    children: list[subprocess.Popen[bytes]] = []
+    ports: list[str] = []
+
+    def spawn(args: list[str], log: Path) -> int:
+        dead = args[:3] == [sys.executable, "-m", "gpu_operator.cli"]  # the operator: exits 2 at once
+        if dead:
+            ports.extend(args[args.index(option) + 1] for option in ("--metrics-port", "--health-port"))
+            log.write_text("error: --metrics-port 18080: [Errno 98] Address already in use\n")
+        code = "raise SystemExit(2)" if dead else "import time; time.sleep(30)"
+        children.append(subprocess.Popen([sys.executable, "-c", code]))
+        return children[-1].pid
+
+    monkeypatch.setattr(demo, "ensure_binaries", lambda: tmp_path)
+    monkeypatch.setattr(demo, "LocalCluster", FakeCluster)
+    monkeypatch.setattr(demo.Kube, "connect", staticmethod(lambda *_a, **_k: FakeAdmin()))
+    monkeypatch.setattr(demo, "create_nodes", lambda *_a, **_k: None)
+    monkeypatch.setattr(demo, "install_crds_and_rbac", lambda *_a, **_k: None)
+    monkeypatch.setattr(demo, "_spawn", spawn)
+    try:
+        began = time.monotonic()
+        rc = demo.start(tmp_path, timeout=15.0)
+        took = time.monotonic() - began
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+    out, err = capsys.readouterr()
+    assert rc == 1 and took < 8.0, f"start() waited {took:.0f}s for a policy no operator will reconcile"
+    assert f"error: gpu-operator exited; the last lines of {tmp_path / 'operator.log'}:" in err, err
+    assert "Address already in use" in err, err
+    assert ports[0] != "18080" and len(set(ports)) == 2, ports  # free ports, not fixed ones
+    assert f"metrics http://127.0.0.1:{ports[0]}/metrics" in out, out
+
+
 def test_operator_process_dies_with_the_test_session(tmp_path: Path) -> None:
     """The cluster's components get PR_SET_PDEATHSIG, so they die with pytest even when it is killed (OOM killer,
     `kill -9`); the operator processes the e2e tests start (e2e/operator_process.py) did not: they outlived the

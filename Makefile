@@ -65,5 +65,13 @@ manifests: $(STAMP) binaries
 image: $(STAMP)
 	PYTHON=$(PY) bash hack/build-image.sh
 
+# The demo and the cluster are stopped first: removing .e2e-state under them would leave them running, out of
+# reach of make cluster-down. Without the venv (none is made here) .e2e-state is kept while it records them.
 clean:
-	rm -rf $(VENV) .e2e-state dist
+	@if [ ! -d .e2e-state ]; then :; \
+	elif [ -x $(PY) ]; then set -x; $(PY) -m e2e.demo stop && $(PY) -m e2e.cluster down && rm -rf .e2e-state; \
+	elif [ -e .e2e-state/cluster.json ] || [ -e .e2e-state/demo.json ]; then \
+	  echo "make clean: kept .e2e-state: with no $(PY) the local cluster and demo it records are not stopped" \
+	    "(if they run); make cluster-down makes the venv and stops them" >&2; \
+	else set -x; rm -rf .e2e-state; fi
+	rm -rf $(VENV) dist

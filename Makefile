@@ -6,7 +6,12 @@ STAMP := $(VENV)/.installed
 # Which interpreter PYTHON is now: the venv is made again, from scratch, when it changes.
 PYTHON_ID := $(shell $(PYTHON) -c 'import sys; print(sys.executable + " " + sys.version.split()[0])' 2>/dev/null)
 
-.PHONY: venv test unit e2e lint demo cluster-up cluster-down binaries crds manifests image clean FORCE
+.PHONY: help venv test unit e2e lint demo cluster-up cluster-down binaries crds manifests image clean FORCE
+.DEFAULT_GOAL := help
+
+## help: this list (each target's `## name:` line)
+help:
+	@sed -n 's/^## //p' $(MAKEFILE_LIST)
 
 # Rewritten (so newer than the stamp) only when PYTHON_ID differs from the one the venv was made with.
 $(VENV)/.python: FORCE
@@ -22,12 +27,14 @@ $(STAMP): pyproject.toml $(VENV)/.python
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+## venv: make .venv (Python 3.11+; make PYTHON=python3.12 ... picks the interpreter) and install the package
 venv: $(STAMP)
 
 ## test: lint, unit tests and the end-to-end suite (builds the cluster binaries when missing)
 test: $(STAMP) lint binaries
 	$(PY) -m pytest -q tests e2e
 
+## unit: the unit tests alone (tests/)
 unit: $(STAMP)
 	$(PY) -m pytest -q tests
 
@@ -35,20 +42,25 @@ unit: $(STAMP)
 e2e: $(STAMP) binaries
 	$(PY) -m pytest -q e2e
 
+## lint: ruff and mypy
 lint: $(STAMP)
 	$(VENV)/bin/ruff check operator tests e2e hack
 	$(VENV)/bin/mypy
 
+## binaries: build the local cluster's binaries into ~/.cache/gpu-operator-e2e when missing (e2e/cluster/build.sh)
 binaries:
 	bash e2e/cluster/build.sh
 
+## cluster-up: start the local cluster (no nodes) and leave it running; prints its KUBECONFIG
 cluster-up: $(STAMP) binaries
 	$(PY) -m e2e.cluster up
 
+## cluster-down: stop the demo's operator and node simulator and the local cluster, and remove .e2e-state
 cluster-down: $(STAMP)
 	$(PY) -m e2e.demo stop
 	$(PY) -m e2e.cluster down
 
+## demo: local cluster, fake GPU nodes, the operator converging to ready; all left running (make cluster-down)
 demo: $(STAMP) binaries
 	$(PY) -m e2e.demo
 
@@ -60,13 +72,14 @@ crds: $(STAMP)
 manifests: $(STAMP) binaries
 	$(PY) hack/gen-manifests.py
 
-## image: the operator image as an OCI image archive, dist/gpu-operator-image.tar, without a container engine
-## (needs root; the Debian base is cached in ~/.cache/gpu-operator-e2e/image)
+## image: the operator image as an OCI archive, dist/gpu-operator-image.tar, with no container engine (needs root)
+# (the Debian base is cached in ~/.cache/gpu-operator-e2e/image)
 image: $(STAMP)
 	PYTHON=$(PY) bash hack/build-image.sh
 
 # The demo and the cluster are stopped first: removing .e2e-state under them would leave them running, out of
 # reach of make cluster-down. Without the venv (none is made here) .e2e-state is kept while it records them.
+## clean: stop the demo and the local cluster if they run, then remove .venv, .e2e-state and dist
 clean:
 	@if [ ! -d .e2e-state ]; then :; \
 	elif [ -x $(PY) ]; then set -x; $(PY) -m e2e.demo stop && $(PY) -m e2e.cluster down && rm -rf .e2e-state; \

@@ -139,7 +139,9 @@ def start(state: Path, timeout: float) -> int:
           f" log: {logs['gpu-operator']})")  # fmt: skip
     if admin.get("ClusterPolicy", "cluster-policy") is None:
         admin.create(policy_from_sample())
-    print("applied manifests/samples/clusterpolicy-default.yaml\n")
+        print("applied manifests/samples/clusterpolicy-default.yaml\n")
+    else:
+        print("kept the ClusterPolicy cluster-policy already in the cluster\n")
     began = time.monotonic()
     last = ""
     policy: dict[str, Any] | None = None

@@ -500,3 +500,17 @@ def test_node_features_are_created_in_parallel_each_at_its_namespaces_path(monke
     nodes.create_node_features(None, [nodes.node_feature(n, "2330") for n in ("a", "exists", "flaky")])
     path = "/apis/nfd.k8s-sigs.io/v1alpha1/namespaces/node-feature-discovery/nodefeatures"
     assert sorted(posted) == [(path, "a"), (path, "flaky")]
+
+
+def test_operator_scale_percentile_is_the_nearest_rank() -> None:
+    """percentile() (the joins' p99, the upgrade's p90s) is the nearest rank, the ceil(p/100 * n)-th smallest value.
+    It was `round(p/100 * n + 0.5)`, and round() takes halves to even: whenever p/100 * n was an odd integer it
+    picked the next rank, so the p99 of 100 join latencies (`--joins 100`) was their maximum."""
+    from e2e.bench.operator_scale import percentile
+
+    hundred = [float(i) for i in range(1, 101)]
+    ten = [float(i) for i in range(1, 11)]
+    fifty = [float(i) for i in range(1, 51)]
+    assert (percentile(hundred, 99), percentile(ten, 90), percentile(fifty, 50)) == (99.0, 9.0, 25.0)
+    assert percentile([float(i) for i in range(1, 51)], 99) == 50.0  # 49.5: the 50th
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0 and percentile([7.0], 99) == 7.0

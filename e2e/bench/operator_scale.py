@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import math
 import os
 import pstats
 import re
@@ -174,8 +175,9 @@ def _since(now: collections.Counter[str], before: collections.Counter[str]) -> s
 
 
 def percentile(values: list[float], p: float) -> float:
+    """The nearest-rank percentile: the ceil(p/100 * n)-th smallest value (the 1e-9: p/100 * n's float error)."""
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))]
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered) - 1e-9) - 1))]
 
 
 def py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:

@@ -514,3 +514,32 @@ def test_operator_scale_percentile_is_the_nearest_rank() -> None:
     assert (percentile(hundred, 99), percentile(ten, 90), percentile(fifty, 50)) == (99.0, 9.0, 25.0)
     assert percentile([float(i) for i in range(1, 51)], 99) == 50.0  # 49.5: the 50th
     assert percentile([3.0, 1.0, 2.0], 50) == 2.0 and percentile([7.0], 99) == 7.0
+
+
+def test_operator_scale_table_says_when_a_figure_is_from_fewer_runs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 14: "every figure in one table with medians of 3 runs". A figure that only some runs measured (the
+    others' switch-back-on or upgrade timed out, their joins labelled none) was printed as a median of 3 under that
+    heading: the one good run as the median of three, two as their mean. Now such a row says how many runs it is
+    from and which runs lack it."""
+    from e2e.bench import operator_scale
+
+    runs: list[dict[str, tuple[float, str]]] = [
+        {"ClusterPolicy -> status ready": (20.0, "s"), "dcgmExporter switched back on -> status ready": (5.0, "s"),
+         "writes in 60 s of steady state": (0.0, "")},
+        {"ClusterPolicy -> status ready": (21.0, "s"), "writes in 60 s of steady state": (2.0, "")},
+        {"ClusterPolicy -> status ready": (22.0, "s")},
+    ]  # fmt: skip
+    monkeypatch.setattr(operator_scale, "one_run", lambda args: runs.pop(0))
+    interval = sys.getswitchinterval()
+    try:
+        assert operator_scale.main(["--runs", "3"]) == 0
+    finally:
+        sys.setswitchinterval(interval)
+    out = capsys.readouterr().out
+    assert "medians of 3 runs" in out
+    cells = dict(line[2:-2].split(" | ") for line in out.splitlines() if line.startswith("| "))
+    assert cells["ClusterPolicy -> status ready"] == "21.0 s (20.0 s, 21.0 s, 22.0 s)"
+    assert cells["dcgmExporter switched back on -> status ready"] == "5.00 s (1 of 3 runs; not in runs 2, 3)"
+    assert cells["writes in 60 s of steady state"] == "1 (0, 2) (2 of 3 runs; not in run 3)"

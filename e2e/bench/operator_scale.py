@@ -687,14 +687,25 @@ def main(argv: list[str] | None = None) -> int:
     of = f", medians of {len(runs)} runs (each run's value)" if len(runs) > 1 else ""
     how = " (GPUs identified through NFD NodeFeatures)" if args.node_features else ""
     print(f"\nfigures at {args.nodes} nodes{how}{of}")
-    print("| figure | value |\n|---|---|")
+    print("\n".join(table(runs)))
+    return 0
+
+
+def table(runs: list[dict[str, tuple[float, str]]]) -> list[str]:
+    """The table of figures: each one's median over the runs that measured it, with each run's value when several
+    did, and how many did when not every run (the others named)."""
+    rows = ["| figure | value |", "|---|---|"]
     for name in dict.fromkeys(k for r in runs for k in r):
         values = [r[name] for r in runs if name in r]
         unit = values[0][1]
-        med = statistics.median(v for v, _ in values)
-        each = f" ({', '.join(_fmt(v, unit) for v, _ in values)})" if len(values) > 1 else ""
-        print(f"| {name} | {_fmt(med, unit)}{each} |")
-    return 0
+        cell = _fmt(statistics.median(v for v, _ in values), unit)
+        if len(values) > 1:
+            cell += f" ({', '.join(_fmt(v, unit) for v, _ in values)})"
+        if len(values) < len(runs):
+            without = [str(i) for i, r in enumerate(runs, 1) if name not in r]
+            cell += f" ({len(values)} of {len(runs)} runs; not in run{'s' * (len(without) > 1)} {', '.join(without)})"
+        rows.append(f"| {name} | {cell} |")
+    return rows
 
 
 def _fmt(value: float, unit: str) -> str:

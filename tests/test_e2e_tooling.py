@@ -524,12 +524,14 @@ def test_operator_scale_table_says_when_a_figure_is_from_fewer_runs(
     heading: the one good run as the median of three, two as their mean. Now such a row says how many runs it is
     from and which runs lack it."""
     from e2e.bench import operator_scale
+    from e2e.bench.operator_scale import Figure
 
-    runs: list[dict[str, tuple[float, str]]] = [
-        {"ClusterPolicy -> status ready": (20.0, "s"), "dcgmExporter switched back on -> status ready": (5.0, "s"),
-         "writes in 60 s of steady state": (0.0, "")},
-        {"ClusterPolicy -> status ready": (21.0, "s"), "writes in 60 s of steady state": (2.0, "")},
-        {"ClusterPolicy -> status ready": (22.0, "s")},
+    runs: list[dict[str, Figure]] = [
+        {"ClusterPolicy -> status ready": Figure(20.0, "s"),
+         "dcgmExporter switched back on -> status ready": Figure(5.0, "s"),
+         "writes in 60 s of steady state": Figure(0.0, "")},
+        {"ClusterPolicy -> status ready": Figure(21.0, "s"), "writes in 60 s of steady state": Figure(2.0, "")},
+        {"ClusterPolicy -> status ready": Figure(22.0, "s")},
     ]  # fmt: skip
     monkeypatch.setattr(operator_scale, "one_run", lambda args: runs.pop(0))
     interval = sys.getswitchinterval()
@@ -543,3 +545,45 @@ def test_operator_scale_table_says_when_a_figure_is_from_fewer_runs(
     assert cells["ClusterPolicy -> status ready"] == "21.0 s (20.0 s, 21.0 s, 22.0 s)"
     assert cells["dcgmExporter switched back on -> status ready"] == "5.00 s (1 of 3 runs; not in runs 2, 3)"
     assert cells["writes in 60 s of steady state"] == "1 (0, 2) (2 of 3 runs; not in run 3)"
+
+
+def test_operator_scale_table_leaves_timeouts_and_what_followed_them_out_of_the_medians() -> None:
+    """A wait that timed out was recorded as a figure: "ClusterPolicy -> status ready | 5.09 s" at --timeout 5,
+    "(state notReady)" only in the run's own line, and every figure after it (requests and CPU "until ready", the
+    "steady state" writes, reads and CPU, mid-rollout) printed and taken into the medians like a measured one. Now a
+    timed-out wait shows as "> 5.09 s (timed out)", a figure taken after it says so, and neither enters a median: the
+    row says which run it came from."""
+    from e2e.bench.operator_scale import TIMED_OUT, Figure, table
+
+    def cells(runs: list[dict[str, Figure]]) -> dict[str, str]:
+        return dict(row[2:-2].split(" | ") for row in table(runs)[2:])
+
+    one = {"ClusterPolicy -> status ready": Figure(5.09, "s", TIMED_OUT),
+           "API requests until ready": Figure(172.0, "", "taken before ready"),
+           "operator CPU at steady state": Figure(2.5, "% of a core", "taken before ready")}  # fmt: skip
+    assert cells([one]) == {
+        "ClusterPolicy -> status ready": "> 5.09 s (timed out)",
+        "API requests until ready": "172 (taken before ready)",
+        "operator CPU at steady state": "2.50 % of a core (taken before ready)",
+    }
+    good = [{"ClusterPolicy -> status ready": Figure(v, "s"), "API requests until ready": Figure(n, "")}
+            for v, n in ((200.0, 1200.0), (220.0, 1300.0))]  # fmt: skip
+    got = cells([good[0], one, good[1]])
+    assert got["ClusterPolicy -> status ready"] == (
+        "210.0 s (200.0 s, 220.0 s) (2 of 3 runs; run 2: > 5.09 s (timed out))"
+    )
+    assert got["API requests until ready"] == "1250 (1200, 1300) (2 of 3 runs; run 2: 172 (taken before ready))"
+    assert got["operator CPU at steady state"] == "run 2: 2.50 % of a core (taken before ready); not in runs 1, 3"
+
+
+def test_operator_scale_join_percentiles_count_the_nodes_never_labelled() -> None:
+    """join() waited 600 s for the labels, then took p50 and p99 over the nodes labelled only, silently dropping
+    the ones never labelled (the slowest), and "N nodes join at once -> all labelled" over those too. Now a node
+    never labelled counts as later than any: a percentile that reaches one is the wait, timed out."""
+    from e2e.bench.operator_scale import TIMED_OUT, Figure, latency_figure
+
+    lat = [0.1 * i for i in range(1, 48)]  # 47 of 50 labelled
+    assert latency_figure(lat, 3, 600.0, 99) == Figure(600.0, "s", TIMED_OUT)
+    assert latency_figure(lat, 3, 600.0, 50) == Figure((lat[24] + lat[25]) / 2, "s")  # the 25th and 26th of 50
+    assert latency_figure(lat, 0, 600.0, 99) == Figure(lat[-1], "s")
+    assert latency_figure([], 5, 601.0, 50) == Figure(601.0, "s", TIMED_OUT)

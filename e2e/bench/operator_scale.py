@@ -18,6 +18,10 @@ node meanwhile, and how long after a node's new driver pod is Ready it is done (
 `--upgrade-no-pod-deletion`). Then `--mass-join` nodes join at
 once (1,000 by default): how long until every one of them is labelled.
 
+A wait that timed out prints as `> T (timed out)` (a node never labelled counts as later than any in the
+percentiles), and a figure taken after one says so (`taken before ready`, `taken with 760 of 1050 nodes done`): the
+table leaves both out of the medians of `--runs`, and says when a row is from fewer runs.
+
 The nodes carry NFD's PCI device-ID label (`pci-0302_10de_<device>.present`, NFD's deviceLabelFields with
 `device`, in place of `pci-10de.present`), so their GPUs are known before a driver runs (`--no-device-labels`:
 `pci-10de.present` only; a MIG-capable node then gets its MIG labels in a second patch, once GFD reports).
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import math
 import os
 import pstats
@@ -45,7 +50,7 @@ import urllib.request
 from collections.abc import Collection
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from e2e.bench import upstream as nvidia
 from e2e.bench.cluster_scale import cpu_seconds, proc_times
@@ -90,6 +95,16 @@ def bench_feature(name: str, i: int) -> dict[str, Any]:
 
 
 JOIN_LABEL = "e2e.gpu-operator/bench-join"
+TIMED_OUT = "timed out"
+
+
+class Figure(NamedTuple):
+    """One run's figure. `mark`: TIMED_OUT for a wait that ended at its timeout (the value: how long it waited), or
+    how a value was taken after a wait that timed out ("taken before ready"); either way left out of the medians."""
+
+    value: float
+    unit: str
+    mark: str = ""
 
 
 def nvidia_drivers(policy: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -178,6 +193,14 @@ def percentile(values: list[float], p: float) -> float:
     """The nearest-rank percentile: the ceil(p/100 * n)-th smallest value (the 1e-9: p/100 * n's float error)."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered) - 1e-9) - 1))]
+
+
+def latency_figure(lat: list[float], never: int, waited: float, p: float) -> Figure:
+    """The p-th percentile of join latencies (p 50: their median), `never` nodes never labelled (in `waited`
+    seconds) counted as later than any: a percentile that reaches one is the wait, timed out."""
+    late = lat + [math.inf] * never
+    value = statistics.median(late) if p == 50 else percentile(late, p)
+    return Figure(waited, "s", TIMED_OUT) if value == math.inf else Figure(value, "s")
 
 
 def py_spy(pid: int, seconds: float, out: Path) -> subprocess.Popen[bytes]:
@@ -278,11 +301,16 @@ def join(cluster: LocalCluster, admin: Kube, user: str, count: int, prefix: str,
     join_from = time.time()
     create_nodes(admin.client, joiners)
     deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:  # the nodes not labelled yet (a list that shrinks to nothing)
-        if not any(admin.list("Node", label_selector=f"{selector},{missing}")
-                   for missing in (f"!{GPU_PRESENT}", f"{deploy_label('driver')}!=true")):  # fmt: skip
+    unlabelled: set[str] = set()
+    while time.monotonic() < deadline:  # the nodes not labelled yet (a set that shrinks to nothing)
+        unlabelled = {n["metadata"]["name"] for missing in (f"!{GPU_PRESENT}", f"{deploy_label('driver')}!=true")
+                      for n in admin.list("Node", label_selector=f"{selector},{missing}")}  # fmt: skip
+        if not unlabelled:
             break
         time.sleep(0.2)
+    waited = time.time() - join_from
+    if unlabelled:
+        print(f"  {len(unlabelled)} of {count} never labelled in {waited:.0f} s")
     # The follow-up labels: GFD's, then (MIG nodes) the layout applied; the operator's answers to them.
     waiting: list[dict[str, Any]] = []
     while follow_up and time.monotonic() < deadline:
@@ -322,13 +350,18 @@ def join(cluster: LocalCluster, admin: Kube, user: str, count: int, prefix: str,
     for at, name, received in patches:
         if name not in first:
             first[name], sent[name] = at, received
-    lat = [first[n] - joined[n] for n in first if n in joined]
-    if not follow_up and first and joined:
+    lat = [first[n] - joined[n] for n in first if n in joined and n not in unlabelled]
+    labelled = f"({len(lat)} labelled" + (f", {len(unlabelled)} of {count} never" if unlabelled else "") + ")"
+    if not follow_up and unlabelled:
+        figure(f"{count} nodes join at once -> all labelled", waited, "s", labelled, mark=TIMED_OUT)
+    elif not follow_up and first and joined:
         figure(f"{count} nodes join at once -> all labelled", max(first.values()) - min(joined.values()), "s",
-               f"({len(lat)} labelled)")
+               labelled)  # fmt: skip
+    for p in (50, 99) if lat or unlabelled else ():
+        late = latency_figure(lat, len(unlabelled), waited, p)
+        figure(f"{count} nodes join -> labels, p{p}", late.value, late.unit, labelled if p == 50 else "",
+               mark=late.mark)  # fmt: skip
     if lat:
-        figure(f"{count} nodes join -> labels, p50", statistics.median(lat), "s", f"({len(lat)} labelled)")
-        figure(f"{count} nodes join -> labels, p99", percentile(lat, 99), "s")
         # Where a join's time goes: the API server creating the node, the operator until its patch arrives
         # (watch, decision, sending), the API server answering the patch.
         parts = {
@@ -338,7 +371,10 @@ def join(cluster: LocalCluster, admin: Kube, user: str, count: int, prefix: str,
         }
         print("  join p50 by part: " + ", ".join(f"{k} {statistics.median(v):.3f} s" for k, v in parts.items() if v))
     if follow_up:
-        figure("node patches per joining node", len(patches) / count, "per node")
+        short = [f"{len(unlabelled)} of {count} never labelled"] * bool(unlabelled)
+        short += [f"{len(waiting)} of {count} not followed up"] * bool(waiting)
+        figure("node patches per joining node", len(patches) / count, "per node",
+               mark=f"taken with {', '.join(short)}" if short else "")  # fmt: skip
 
 
 def switch_back_on(cluster: LocalCluster, admin: Kube, user: str, component: str, timeout: float,
@@ -365,19 +401,26 @@ def switch_back_on(cluster: LocalCluster, admin: Kube, user: str, component: str
     switch(False)
     began = time.monotonic()
     gone: set[str] = set()
+    off = False  # its DaemonSet and pods gone, the status ready
     while time.monotonic() - began < timeout:
         gone = set(before) - {ds["metadata"]["name"] for ds in admin.list("DaemonSet", NAMESPACE)}
         pods = [admin.request("GET", path_for("Pod", namespace=NAMESPACE),
                               query={"labelSelector": f"{STATE_LABEL}={before[n]}", "limit": 1})["items"]
                 for n in gone]  # fmt: skip
         if gone and not any(pods) and state() == "ready":
+            off = True
             break
         time.sleep(1)
     if not gone:
         print(f"  {component} switched off: no DaemonSet went away in {timeout:.0f} s: not switched back on")
         return
-    print(f"  {component} switched off: {', '.join(sorted(gone))} and its pods gone, status ready, in "
-          f"{time.monotonic() - began:.1f} s")
+    if off:
+        print(f"  {component} switched off: {', '.join(sorted(gone))} and its pods gone, status ready, in "
+              f"{time.monotonic() - began:.1f} s")
+    else:
+        print(f"  {component} switched off: {', '.join(sorted(gone))} gone, but not its pods or not the status "
+              f"ready in {timeout:.0f} s")
+    taken = "" if off else "taken before the switch-off was done"
     time.sleep(5)  # the passes after it end
     since = time.time()
     t0 = time.monotonic()
@@ -399,16 +442,18 @@ def switch_back_on(cluster: LocalCluster, admin: Kube, user: str, component: str
                 elif not_ready_seen:
                     seen_ready = time.monotonic() - t0
         time.sleep(0.25)
+    waited = time.monotonic() - t0
     time.sleep(5)  # what the operator writes right after
     writes = writes_by(cluster, user, since=since)
     if ds_ready is None or seen_ready is None:
         print(f"  {component} switched back on: not ready again in {timeout:.0f} s (DaemonSet ready: "
               f"{ds_ready is not None}, status ready after a notReady one: {seen_ready is not None})")
-        return
-    figure(f"{component} switched back on -> its DaemonSet ready", ds_ready, "s")
-    figure(f"{component} switched back on -> status ready", seen_ready, "s")
+    for name, seconds in (("its DaemonSet ready", ds_ready), ("status ready", seen_ready)):
+        figure(f"{component} switched back on -> {name}", waited if seconds is None else seconds, "s",
+               mark=TIMED_OUT if seconds is None else taken)  # fmt: skip
     figure(f"{component} switched back on: ClusterPolicy status patches", writes["patch clusterpolicies/status"], "",
-           "(all writes: " + ", ".join(f"{n} {k}" for k, n in writes.most_common()) + ")")
+           "(all writes: " + ", ".join(f"{n} {k}" for k, n in writes.most_common()) + ")",
+           mark=taken or ("taken before ready again" if ds_ready is None or seen_ready is None else ""))
 
 
 def _rolled_out(ds: dict[str, Any]) -> bool:
@@ -540,11 +585,12 @@ def upgrade(cluster: LocalCluster, admin: Kube, user: str, total: int, parallel:
             admin.merge_patch("NVIDIADriver", name, {"spec": policy})
     else:
         admin.merge_patch("ClusterPolicy", "cluster-policy", {"spec": {"driver": policy}})
-    while time.monotonic() - began < timeout:
+    finished = False
+    while not finished and time.monotonic() - began < timeout:
         with lock:
-            if len(done_at) >= total and all(n in ready_at for n in done_at):
-                break
-        time.sleep(0.5)
+            finished = len(done_at) >= total and all(n in ready_at for n in done_at)
+        if not finished:
+            time.sleep(0.5)
     seconds = time.monotonic() - began
     cpu = {name: cpu_seconds(pid) - cpu0[name] for name, pid in pids.items()}
     passes_run = passes(metrics_port) - passes0 if metrics_port else 0.0
@@ -553,7 +599,9 @@ def upgrade(cluster: LocalCluster, admin: Kube, user: str, total: int, parallel:
     writes = collections.Counter(what(e) for e in events)
     lags = sorted(max(0.0, done_at[n] - ready_at[n]) for n in done_at if n in ready_at)
     figure(f"driver upgrade, {parallel} nodes at a time: all done", seconds, "s",
-           f"({len(done_at)} of {total} nodes)")
+           f"({len(done_at)} of {total} nodes)", mark="" if finished else TIMED_OUT)  # fmt: skip
+    if not finished:  # the figures below: of the nodes done by then
+        figure = functools.partial(figure, mark=f"taken with {len(done_at)} of {total} nodes done")
     figure("driver upgrade: operator writes per node", sum(writes.values()) / total, "per node",
            "(" + ", ".join(f"{n} {k}" for k, n in writes.most_common()) + ")")
     if done_at:  # the nodes' own patches, counted over the nodes done alone (an upgrade cut short counts too)
@@ -679,33 +727,51 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--cpu-profile needs py-spy: {Path(sys.executable).with_name('pip')} install py-spy")
     # This process's watches time what they see, beside the node simulator's busy threads: the operator's interval.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    runs: list[dict[str, tuple[float, str]]] = []
+    runs: list[dict[str, Figure]] = []
     for n in range(1, args.runs + 1):
         if args.runs > 1:
             print(f"\n== run {n} of {args.runs}", flush=True)
         runs.append(one_run(args))
-    of = f", medians of {len(runs)} runs (each run's value)" if len(runs) > 1 else ""
+    of = ""
+    if len(runs) > 1:
+        of = f", medians of {len(runs)} runs (each run's value; one timed out or taken after a timeout left out)"
     how = " (GPUs identified through NFD NodeFeatures)" if args.node_features else ""
     print(f"\nfigures at {args.nodes} nodes{how}{of}")
     print("\n".join(table(runs)))
     return 0
 
 
-def table(runs: list[dict[str, tuple[float, str]]]) -> list[str]:
-    """The table of figures: each one's median over the runs that measured it, with each run's value when several
-    did, and how many did when not every run (the others named)."""
+def table(runs: list[dict[str, Figure]]) -> list[str]:
+    """The table of figures: each one's median over the runs that measured it (a wait that timed out, or a value
+    taken after one, left out), with each run's value when several did, and how many did when not every run (the
+    others named, a marked value shown with its run)."""
     rows = ["| figure | value |", "|---|---|"]
     for name in dict.fromkeys(k for r in runs for k in r):
-        values = [r[name] for r in runs if name in r]
-        unit = values[0][1]
-        cell = _fmt(statistics.median(v for v, _ in values), unit)
-        if len(values) > 1:
-            cell += f" ({', '.join(_fmt(v, unit) for v, _ in values)})"
-        if len(values) < len(runs):
-            without = [str(i) for i, r in enumerate(runs, 1) if name not in r]
-            cell += f" ({len(values)} of {len(runs)} runs; not in run{'s' * (len(without) > 1)} {', '.join(without)})"
+        values = [r[name] for r in runs if name in r and not r[name].mark]
+        notes = [f"run {i}: {_show(r[name])}" for i, r in enumerate(runs, 1) if name in r and r[name].mark]
+        without = [str(i) for i, r in enumerate(runs, 1) if name not in r]
+        if without:
+            notes.append(f"not in run{'s' * (len(without) > 1)} {', '.join(without)}")
+        if len(runs) == 1:
+            cell = _show(runs[0][name])
+        elif not values:
+            cell = "; ".join(notes)
+        else:
+            unit = values[0].unit
+            cell = _fmt(statistics.median(f.value for f in values), unit)
+            if len(values) > 1:
+                cell += f" ({', '.join(_fmt(f.value, unit) for f in values)})"
+            if notes:
+                cell += f" ({len(values)} of {len(runs)} runs; {'; '.join(notes)})"
         rows.append(f"| {name} | {cell} |")
     return rows
+
+
+def _show(f: Figure) -> str:
+    """A figure's value as printed: "> 900 s (timed out)", "172 (taken before ready)"."""
+    if f.mark == TIMED_OUT:
+        return f"> {_fmt(f.value, f.unit)} ({TIMED_OUT})"
+    return f"{_fmt(f.value, f.unit)} ({f.mark})" if f.mark else _fmt(f.value, f.unit)
 
 
 def _fmt(value: float, unit: str) -> str:
@@ -718,13 +784,16 @@ def _fmt(value: float, unit: str) -> str:
     return f"{value:.0f}"
 
 
-def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
-    """One fresh cluster, every figure: name -> (value, unit)."""
-    figures: dict[str, tuple[float, str]] = {}
+def one_run(args: argparse.Namespace) -> dict[str, Figure]:
+    """One fresh cluster, every figure by name."""
+    figures: dict[str, Figure] = {}
+    after = [""]  # the mark of every figure from here on, once the wait for ready timed out
 
-    def figure(name: str, value: float, unit: str, detail: str = "") -> None:
-        figures[name] = (value, unit)
-        print(f"{name}: {_fmt(value, unit)}{' ' + detail if detail else ''}", flush=True)
+    def figure(name: str, value: float, unit: str, detail: str = "", mark: str = "") -> None:
+        if mark != TIMED_OUT:
+            mark = "; ".join(m for m in dict.fromkeys((after[0], mark)) if m)
+        figures[name] = Figure(value, unit, mark)
+        print(f"{name}: {_show(figures[name])}{' ' + detail if detail else ''}", flush=True)
 
     # At 5,000 nodes on this 2-core machine kwok stops heartbeating some nodes for 10 min and more mid-rollout
     # (it re-arms a node's heartbeat whenever the node changes, and falls behind): they went NotReady, their
@@ -802,22 +871,22 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
             state = None
             daemonsets, steady_since = 0, time.monotonic()
             said_ready: float | None = None  # when the status said ready, while it still says so
-            while time.monotonic() - t0 < args.timeout:
+            finished = False  # ready (or with --until-created, the DaemonSets there), not timed out
+            while not finished and time.monotonic() - t0 < args.timeout:
                 obj = admin.get("ClusterPolicy", "cluster-policy") or {}
                 state = (obj.get("status") or {}).get("state")
                 if state != "ready":
                     said_ready = None
                 else:
                     said_ready = said_ready or time.monotonic()
-                    if all_rolled_out(admin.list("DaemonSet", NAMESPACE), args.nodes):
-                        break
-                if args.until_created:
+                    finished = all_rolled_out(admin.list("DaemonSet", NAMESPACE), args.nodes)
+                if args.until_created and not finished:
                     count = len(admin.list("DaemonSet", NAMESPACE))
                     if count != daemonsets:
                         daemonsets, steady_since = count, time.monotonic()
-                    elif count and time.monotonic() - steady_since >= 5:
-                        break
-                time.sleep(0.25)
+                    finished = bool(count) and time.monotonic() - steady_since >= 5
+                if not finished:
+                    time.sleep(0.25)
             ready_at = time.time()
             ready_s = time.monotonic() - t0
             user_s, system_s, faults = (b - a for a, b in zip(times0, proc_times(op.proc.pid), strict=True))
@@ -857,6 +926,7 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
                                      and (e.get("objectRef") or {}).get("resource") == "clusterpolicies"]  # fmt: skip
                     print_timeline(policy_create[-1:] + until_ready, created_at, max(created))
             if args.until_created:
+                after[0] = "" if finished else "taken at the timeout"
                 figure("operator CPU from ClusterPolicy to DaemonSets created (+5 s)", cpu_ready, "s")
                 figure("operator RSS then", rss_ready, "MiB")
                 figure("operator requests until then", len(until_ready), "")
@@ -865,11 +935,15 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
                 if args.log:
                     shutil.copyfile(tmp / "operator.log", args.log)
                 return figures
-            figure("ClusterPolicy -> status ready", ready_s, "s", f"(state {state})")
+            figure("ClusterPolicy -> status ready", ready_s, "s", f"(state {state})",
+                   mark="" if finished else TIMED_OUT)  # fmt: skip
+            if not finished:  # what follows is measured mid-rollout
+                after[0] = "taken before ready"
+                print("last operand pod status written -> ready seen: never ready")
             if said_ready is not None and ready_s - (said_ready - t0) > 1:
                 print(f"  the status said ready {ready_s - (said_ready - t0):.1f} s before every DaemonSet was rolled "
                       "out: counted from the rollout")
-            if pods_ready:
+            if pods_ready and finished:
                 figure("last operand pod status written -> ready seen", ready_at - max(pods_ready), "s")
                 # Where that time went: the DaemonSet controller's last status write, then our status patch.
                 ds_status = [
@@ -883,8 +957,8 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
                     last, patched = max(pods_ready), max(status_patches)
                     clock = time.strftime("%H:%M:%S", time.localtime(last)) + f",{int(last % 1 * 1000):03d}"
                     print(f"  last pod status {last - created_at:.2f} s after the create (at {clock}, as in --log), "
-                          f"last DaemonSet status +{max(ds_status) - last:.2f} s, the ready status patch "
-                          f"+{patched - last:.2f} s")
+                          f"last DaemonSet status {max(ds_status) - last:+.2f} s, the ready status patch "
+                          f"{patched - last:+.2f} s")
                     if patched - last > 1:  # the goal missed: what we asked meanwhile
                         between = [e for e in until_ready if last - 1 <= done_time(e) <= patched]
                         for e in between[-20:]:
@@ -937,26 +1011,31 @@ def one_run(args: argparse.Namespace) -> dict[str, tuple[float, str]]:
                         now = passes(op.metrics_port)
                         if now != last:
                             last, still = now, time.monotonic()
-                    figure("last pass after ready", still - (t0 + ready_s), "s")
+                    quiet = time.monotonic() - still >= 15
+                    figure("last pass after ready", still - (t0 + ready_s), "s", mark="" if quiet else TIMED_OUT)
                     print(f"  passes after ready started by: {_since(triggers(op.metrics_port), triggers_ready)}")
                 else:
-                    while time.monotonic() - t_wait < 600:
+                    quiet = False
+                    while not quiet and time.monotonic() - t_wait < 600:
                         wrote = _last_write(cluster, user)
-                        if time.time() - wrote >= 15:
-                            break
-                        time.sleep(5)
-                    figure("last write after ready", wrote - ready_at, "s")
+                        quiet = time.time() - wrote >= 15
+                        if not quiet:
+                            time.sleep(5)
+                    figure("last write after ready", wrote - ready_at, "s", mark="" if quiet else TIMED_OUT)
+                unsettled = "" if quiet else "taken before settled"
                 cpu2, p0 = cpu_seconds(op.proc.pid), passes(op.metrics_port) if ours else 0.0
                 settled_from = time.time()
                 time.sleep(args.settled)
                 settled_cpu = 100 * (cpu_seconds(op.proc.pid) - cpu2) / args.settled
                 settled = [e for e in requests_of(cluster, user) if settled_from <= audit_time(e) <= time.time()]
                 figure("operator CPU at steady state, once settled", settled_cpu, "% of a core",
-                       f"({passes(op.metrics_port) - p0:.0f} passes in {args.settled:.0f} s)" if ours else "")
+                       f"({passes(op.metrics_port) - p0:.0f} passes in {args.settled:.0f} s)" if ours else "",
+                       mark=unsettled)  # fmt: skip
                 figure(f"writes in {args.settled:.0f} s once settled", sum(e["verb"] in WRITE_VERBS for e in settled),
-                       "")
+                       "", mark=unsettled)  # fmt: skip
                 figure(f"reads in {args.settled:.0f} s once settled",
-                       sum(e["verb"] not in WRITE_VERBS and e["verb"] != "watch" for e in settled), "")
+                       sum(e["verb"] not in WRITE_VERBS and e["verb"] != "watch" for e in settled), "",
+                       mark=unsettled)  # fmt: skip
 
             if ours:
                 t_doc = time.monotonic()

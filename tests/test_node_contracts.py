@@ -909,7 +909,7 @@ def test_dcgm_waits_for_toolkit_ready_as_root_in_the_nvidia_runtime() -> None:
     assert wait["name"] == "toolkit-validation"
     assert "/run/nvidia/validations/toolkit-ready" in wait["args"][0]
     assert wait["securityContext"]["runAsUser"] == 0
-    assert mounts(wait)["/run/nvidia"]["mountPropagation"] == "HostToContainer"
+    assert mounts(wait)["/run/nvidia/validations"]["mountPropagation"] == "HostToContainer"
 
 
 # Labels: our state marker, upstream's component values

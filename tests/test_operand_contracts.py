@@ -19,6 +19,7 @@ GFD = "gpu-feature-discovery"
 MPS = "nvidia-device-plugin-mps-control-daemon"
 EXPORTER = "nvidia-dcgm-exporter"
 MIG = "nvidia-mig-manager"
+DCGM = "nvidia-dcgm"
 ALL = [DP, GFD, MPS, EXPORTER, MIG]
 MAIN = {
     DP: "nvidia-device-plugin",
@@ -84,7 +85,7 @@ def rules(obj: dict[str, Any]) -> set[tuple[str, str, str]]:
 # --- every operand that needs the NVIDIA container stack ---
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", [*ALL, DCGM])
 def test_waits_for_toolkit_ready_with_upstreams_loop(name: str) -> None:
     ds = ds_of({}, name)
     first = pod(ds)["initContainers"][0]
@@ -99,7 +100,7 @@ def test_waits_for_toolkit_ready_with_upstreams_loop(name: str) -> None:
     assert first["image"] == "nvcr.io/nvidia/gpu-operator:v26.7.0"  # upstream v26.7 ships the validator there
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", [*ALL, DCGM])
 def test_toolkit_wait_takes_the_validators_settings(name: str) -> None:
     raw = {
         "validator": {
@@ -115,6 +116,27 @@ def test_toolkit_wait_takes_the_validators_settings(name: str) -> None:
     assert wait["resources"] == {"limits": {"cpu": "100m"}}
     assert env(wait) == {"DEBUG": "1"}
     assert {"name": "validator-cred"} in pod(ds)["imagePullSecrets"]
+
+
+def test_every_toolkit_wait_mounts_run_nvidia_validations_directory_or_create() -> None:
+    """README Differences: toolkit waits mount the host's /run/nvidia/validations (DirectoryOrCreate), never
+    /run/nvidia (Directory, upstream's): with a host driver nothing makes /run/nvidia (a tmpfs after a reboot), and
+    the kubelet's type check failed the standalone DCGM's mount ("hostPath type check failed") until another pod
+    made the directory. Every init container that waits for toolkit-ready, DCGM's included."""
+    waits, offenders = set(), []
+    for ds in daemonsets(render({"driver": {"enabled": False}, "dcgm": {"enabled": True}})):
+        spec = pod(ds)
+        volumes = {v["name"]: v["hostPath"] for v in spec.get("volumes", []) if "hostPath" in v}
+        for c in spec.get("initContainers", []):
+            if "toolkit-ready" not in " ".join(c.get("args", []) + c.get("command", [])):
+                continue
+            waits.add(ds["metadata"]["name"])
+            for m in c.get("volumeMounts", []):
+                hp = volumes.get(m["name"])
+                if hp and (hp["path"], hp.get("type")) != ("/run/nvidia/validations", "DirectoryOrCreate"):
+                    offenders.append((ds["metadata"]["name"], c["name"], hp["path"], hp.get("type")))
+    assert {*ALL, DCGM} <= waits
+    assert offenders == []
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -251,11 +251,11 @@ def test_unavailable_pods_name_their_nodes() -> None:
     assert reason == "nvidia-x: 7 of 8 pods unavailable (not ready on n0, n1, n2, n3, n4 and 2 more)"
 
 
-def _waiting_pod(node: str, reason: str, init: str = "") -> dict[str, Any]:
+def _waiting_pod(node: str, reason: str, init: str = "", restarts: int = 7) -> dict[str, Any]:
     """An operand pod as observe.project_pod keeps it: its container waits with `reason` (kept by _container_status),
-    and its init container with `init`."""
-    waits = [{"name": "ctr", "ready": False, "restartCount": 7, **({"state": {"waiting": {"reason": reason}}}
-                                                                   if reason else {})}]  # fmt: skip
+    having restarted `restarts` times, and its init container with `init`."""
+    waits = [{"name": "ctr", "ready": False, "restartCount": restarts,
+              **({"state": {"waiting": {"reason": reason}}} if reason else {})}]  # fmt: skip
     status: dict[str, Any] = {"phase": "Pending" if reason == "ImagePullBackOff" else "Running",
                               "containerStatuses": waits}  # fmt: skip
     if init:
@@ -290,7 +290,7 @@ def test_the_nodes_named_are_grouped_by_why_their_pods_wait_in_a_stable_order() 
     sorted by reason, the nodes whose pods do not wait last, with the count of the rest. The same pods in any order
     say the same, so a pass over unchanged pods writes no new message."""
     unready = [
-        _waiting_pod("n0", "ErrImagePull"), _waiting_pod("n1", "ImagePullBackOff"), _waiting_pod("n2", ""),
+        _waiting_pod("n0", "ErrImagePull"), _waiting_pod("n1", "ImagePullBackOff"), _waiting_pod("n2", "", restarts=0),
         _waiting_pod("n3", "PodInitializing", init="CrashLoopBackOff"), _waiting_pod("n4", "CrashLoopBackOff"),
         *(_waiting_pod(f"n{i}", "CrashLoopBackOff") for i in range(5, 9)),
     ]  # fmt: skip
@@ -882,6 +882,41 @@ def test_a_pass_over_pods_that_wait_names_why_and_says_it_the_same_way_pass_afte
     before = written[-1]
     pull = waiting("n2", "ErrImagePull")
     assert driver_message({pull["metadata"]["name"]: pull, crash["metadata"]["name"]: crash, **others}) == expected
+    assert not status_changed(before, written[-1])
+
+
+@pytest.mark.parametrize("then", ["RunContainerError", "PostStartHookError", ""])
+def test_each_moment_of_one_crash_loop_gives_the_same_message_and_writes_nothing(then: str) -> None:
+    """Review diffR #1, #2: a driver container in a crash loop waits CrashLoopBackOff while it backs off; right after
+    each start attempt the kubelet says why the start failed (RunContainerError, PostStartHookError), and a container
+    that starts and fails later runs between back-offs (no waiting reason; not ready, restartCount 7). Each such pass
+    flipped the state's message ("RunContainerError on n1", "not ready on n1") and wrote the ClusterPolicy's status,
+    the cluster unchanged. Now a container restarting counts as CrashLoopBackOff: one loop, one message."""
+    from gpu_operator.observe import key_of
+    from gpu_operator.status import status_changed
+
+    pol, cluster, r, written = _recording(2)
+    first = r.reconcile(_snap(cluster, pol, {}, {}, {}))
+    owned = {key_of(o): o for o in first.applied}
+    daemonsets = {o["metadata"]["name"]: o for o in first.applied if o["kind"] == "DaemonSet"}
+    [driver] = [name for name in daemonsets if name.startswith("nvidia-driver-daemonset")]
+    key = key_of(daemonsets[driver])
+    owned[key] = {**owned[key], "status": {**owned[key]["status"], "numberAvailable": 1, "numberUnavailable": 1}}
+    revisions = {f"{d}-h1": {"metadata": {"labels": {"controller-revision-hash": "h1"}}, "revision": 1, "owner": d}
+                 for d in daemonsets}  # fmt: skip
+    others = {f"{d}-{n}": _ready_pod(daemonsets[d], n) for d in daemonsets for n in cluster.nodes}
+
+    def message(reason: str) -> str:
+        p = _ready_pod(daemonsets[driver], "n1")
+        p["ready"] = False
+        p["status"] = _waiting_pod("n1", reason)["status"]  # restartCount 7, Running
+        r.reconcile(_snap(cluster, pol, owned, {**others, p["metadata"]["name"]: p}, revisions))
+        [s] = [s for s in written[-1]["states"] if s["name"] == "state-driver"]
+        return str(s["message"])
+
+    assert message("CrashLoopBackOff") == f"{driver}: 1 of 2 pods unavailable (CrashLoopBackOff on n1)"
+    before = written[-1]
+    assert message(then) == f"{driver}: 1 of 2 pods unavailable (CrashLoopBackOff on n1)"
     assert not status_changed(before, written[-1])
 
 

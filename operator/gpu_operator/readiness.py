@@ -174,17 +174,26 @@ def is_unready(pod: dict[str, Any]) -> bool:
     return not pod_ready(pod) and not pod["metadata"].get("deletionTimestamp")
 
 
-# The kubelet alternates these on each retry of a pull: named as one, so a message does not change with every retry.
-_SAME_REASON = {"ErrImagePull": "ImagePullBackOff"}
+# The kubelet alternates these with the back-off on each retry of a pull or a start: named as one, so a message does
+# not change with every retry.
+_SAME_REASON = {
+    "ErrImagePull": "ImagePullBackOff",
+    "RunContainerError": "CrashLoopBackOff",
+    "PostStartHookError": "CrashLoopBackOff",
+}
 _REASON_CHARS = 64  # a waiting reason is the kubelet's CamelCase word; any longer one is cut
 
 
 def waiting_reason(pod: Mapping[str, Any]) -> str:
     """Why the pod's first waiting container waits (init containers first): CrashLoopBackOff, ImagePullBackOff, ...;
-    "" when none waits."""
+    "" when none waits. A container restarting counts as CrashLoopBackOff: one not ready that has restarted runs
+    between the back-offs of its crash loop."""
     status = pod.get("status") or {}
     for c in (*(status.get("initContainerStatuses") or ()), *(status.get("containerStatuses") or ())):
         reason = str(((c.get("state") or {}).get("waiting") or {}).get("reason") or "")
+        restarts = c.get("restartCount")
+        if not reason and not c.get("ready") and isinstance(restarts, int) and restarts > 0:
+            reason = "CrashLoopBackOff"
         if reason:
             reason = _SAME_REASON.get(reason, reason)
             return reason if len(reason) <= _REASON_CHARS else reason[: _REASON_CHARS - 3] + "..."

@@ -932,6 +932,44 @@ def test_an_event_recurring_after_the_window_or_once_expired_is_a_new_event() ->
     assert sorted(store.counts("MIGConfigRefused")) == [1, 2]
 
 
+class _NoPatchEventStore(_EventStore):
+    """An API server under a ClusterRole that grants events `create` but not `patch` (the one from before counts
+    were bumped: an operator image upgraded without its chart/manifest, or a ClusterRole kept by hand)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patches = 0
+
+    def merge_patch(self, kind: str, name: str, patch: dict[str, Any], namespace: str | None = None,
+                    sub: str | None = None, retry: bool = True) -> dict[str, Any]:  # fmt: skip
+        self.patches += 1
+        raise ApiError(403, json.dumps({"message": f'events "{name}" is forbidden: cannot patch resource "events"'}),
+                       f"PATCH events {name}")  # fmt: skip
+
+
+def test_an_event_recurring_when_its_count_patch_is_forbidden_is_a_new_event(caplog: pytest.LogCaptureFixture) -> None:
+    """Review diffR #3: the count bump fell back to a create only on 404, so under an events ClusterRole without
+    `patch` the 403 dropped the recurrence (a ClusterPolicy notReady again 5 minutes on showed no Event for it, and
+    the refusal held that Event back REFUSED_RETRY_S more). Now a forbidden patch creates a new Event, as before
+    counts were bumped, says so once in the log, and no patch is tried again."""
+    store = _NoPatchEventStore()
+    clock = [0.0]
+    record = EventRecorder(store, clock=lambda: clock[0])  # type: ignore[arg-type]
+    pol = {"apiVersion": "nvidia.com/v1", "kind": "ClusterPolicy", "metadata": {"name": "cluster-policy", "uid": "u"}}
+    down = "state notReady: state-driver: nvidia-driver-daemonset: 1 of 1 pods unavailable"
+    up = "state ready: all operands ready on 1 GPU nodes"
+    with caplog.at_level(logging.WARNING, logger="gpu_operator"):
+        for _ in range(3):  # notReady, ready, notReady, ready ... each within the window of the last
+            record(pol, "Warning", "DriverNotReady", down, changed=True, durable=True)
+            clock[0] += 60
+            record(pol, "Normal", "Reconciled", up, changed=True, durable=True)
+            clock[0] += 240
+    assert (store.counts("DriverNotReady"), store.counts("Reconciled")) == ([1, 1, 1], [1, 1, 1])
+    assert store.patches == 1, "one patch forbidden, none tried after it"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "grant patch on events" in warnings[0], warnings
+
+
 def test_an_event_the_api_server_refused_is_posted_again_after_a_while() -> None:
     """The recorder took an event for posted before the create was answered: one refused was never posted again
     while its message stayed the same (the ClusterPolicy's Warning for that cause lost for good). Then one refused

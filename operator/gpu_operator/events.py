@@ -36,7 +36,7 @@ class EventRecorder:
     | refused | `_refused`: uid, message, when | one the API server refused (an ApiError) is tried again only REFUSED_RETRY_S later |
     | unreachable | `_unreachable_at` | no post is tried for UNREACHABLE_RETRY_S after one found the API server unreachable |
     | owed | `_owed` | one not posted for that is posted by a later pass_done, unless its pass was cut (pass_started) and it is not `durable` |
-    | series | `_series`: object, type, reason, message -> Event posted, count, when | the same Event again within SERIES_WINDOW_S of the last: that Event's count and lastTimestamp patched, not a new one (gone: a new one) |
+    | series | `_series`: object, type, reason, message -> Event posted, count, when; `_no_patch` | the same Event again within SERIES_WINDOW_S of the last: that Event's count and lastTimestamp patched, not a new one (gone: a new one; patch forbidden: a new one, and no patch tried again) |
     """  # noqa: E501
 
     def __init__(self, kube: Kube, clock: Callable[[], float] = time.monotonic):
@@ -57,6 +57,7 @@ class EventRecorder:
         # (involved object, type, reason, message) -> (the Event's namespace and name, its count, when posted last)
         self._series: OrderedDict[tuple[Any, ...], tuple[str, str, int, float]] = OrderedDict()
         self._in_pass = False  # between pass_started and pass_done
+        self._no_patch = False  # a count patch was forbidden (no `patch` on events): recurrences are created
         self._lock = threading.Lock()
 
     def __call__(self, obj: dict[str, Any], etype: str, reason: str, message: str, changed: bool = False,
@@ -154,15 +155,22 @@ class EventRecorder:
     ) -> tuple[tuple[str, str] | None, int]:
         """Bump the count of the Event `series` names, or create `body` (that one gone too); the Event's namespace
         and name (None when the answer has none) and its count. A pass does not wait on a throttled API server for
-        its Events (retry=False)."""
-        if series is not None:
+        its Events (retry=False). A patch forbidden (403: a ClusterRole without `patch` on events) creates a new
+        Event, as before counts were bumped, and no patch is tried again."""
+        if series is not None and not self._no_patch:
             namespace, name, count, _ = series
             try:
                 self.kube.merge_patch("Event", name, {"count": count + 1, "lastTimestamp": now()}, namespace,
                                       retry=False)  # fmt: skip
                 return (namespace, name), count + 1
             except ApiError as exc:
-                if exc.status != 404:
+                if exc.status == 403:
+                    with self._lock:
+                        first, self._no_patch = not self._no_patch, True
+                    if first:
+                        log.warning("events: %s; a recurring Event is created anew from now on, not its count "
+                                    "bumped (grant patch on events)", exc)  # fmt: skip
+                elif exc.status != 404:
                     raise
         meta = (self.kube.create(body, retry=False) or {}).get("metadata") or {}
         if not meta.get("name"):  # no name in the answer (a dry run's): nothing to bump later

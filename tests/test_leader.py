@@ -23,6 +23,7 @@ from gpu_operator.leader import (
     LEASE_DURATION_S,
     RENEW_DEADLINE_S,
     RENEW_PERIOD_S,
+    REQUEST_TIMEOUT_S,
     RETRY_S,
     Action,
     Elector,
@@ -84,14 +85,17 @@ def test_the_leader_stops_before_anyone_may_take_over() -> None:
 
 
 def test_waits() -> None:
-    assert next_wait(True, True, None, 0.0) == RENEW_PERIOD_S
-    assert next_wait(True, False, None, 0.0) == RETRY_S
+    assert next_wait(True, True, None, 0.0, 0.0) == RENEW_PERIOD_S
+    # Counted from when the last renew was sent: a renew answered 3 s later is followed by one 2 s later.
+    assert next_wait(True, True, None, 3.0, 0.0) == RENEW_PERIOD_S - 3.0
+    assert next_wait(True, True, None, RENEW_PERIOD_S + 1, 0.0) == 0.0
+    assert next_wait(True, False, None, 0.0, 0.0) == RETRY_S
     held = Observation(Record(holder="other"), 10.0)
-    assert next_wait(False, False, held, 11.0) == RETRY_S
-    assert next_wait(False, False, held, 10.0 + LEASE_DURATION_S - 0.25) == pytest.approx(0.25)
+    assert next_wait(False, False, held, 11.0, 0.0) == RETRY_S
+    assert next_wait(False, False, held, 10.0 + LEASE_DURATION_S - 0.25, 0.0) == pytest.approx(0.25)
     # Run out already: this look tried to take it over and failed, or could not read it; no busy loop.
-    assert next_wait(False, False, held, 10.0 + LEASE_DURATION_S) == RETRY_S
-    assert next_wait(False, False, held, 10.0 + LEASE_DURATION_S + 3) == RETRY_S
+    assert next_wait(False, False, held, 10.0 + LEASE_DURATION_S, 0.0) == RETRY_S
+    assert next_wait(False, False, held, 10.0 + LEASE_DURATION_S + 3, 0.0) == RETRY_S
 
 
 def test_lease_bodies() -> None:
@@ -579,7 +583,10 @@ def run_until(replicas: list[Replica], clock: Clock, until: float, tick: float =
         for r in replicas:
             if r.alive and not r.elector.stop.is_set() and clock.t >= r.next:
                 renewed = r.elector.step()
-                r.next = clock.t + max(tick, next_wait(r.elector.leading, renewed, r.elector.obs, clock.t))
+                if r.elector.event_thread is not None:  # the "became leader" Event, posted on its own thread
+                    r.elector.event_thread.join()
+                wait = next_wait(r.elector.leading, renewed, r.elector.obs, clock.t, r.elector.last_renew)
+                r.next = clock.t + max(tick, wait)
         open_fences.append({r.elector.me for r in replicas if r.fence.is_open()})
         clock.t += tick
     return open_fences
@@ -630,6 +637,79 @@ def test_renew_failures_past_the_deadline_end_leadership() -> None:
     assert closed_at <= RENEW_DEADLINE_S, "the fence closes by the deadline, whatever the elector thread does"
 
 
+class SlowKube(FakeKube):
+    """The in-memory Lease store behind an API server that answers each Lease request after `latency` seconds (by the
+    fake clock), sampling the leader's fence every 0.05 s while the request is under way."""
+
+    def __init__(self, store: LeaseStore, clock: Clock, latency: float, samples: list[tuple[float, bool]]):
+        super().__init__(store)
+        self.clock, self.latency, self.samples = clock, latency, samples
+        self.fence: Fence | None = None
+
+    def request(self, method: str, path: str, body: Any = None, timeout: float = 30, **kw: Any) -> Any:
+        assert self.latency < timeout, "each request answers within its own timeout"
+        end = self.clock.t + (0 if path.endswith("/events") else self.latency)  # the Event: on another thread
+        while self.clock.t < end:
+            if self.fence is not None:
+                self.samples.append((self.clock.t, self.fence.is_open()))
+            self.clock.t = min(end, self.clock.t + 0.05)
+        return super().request(method, path, body, timeout, **kw)
+
+
+def test_a_leader_whose_lease_requests_are_slow_but_succeed_keeps_its_fence_open() -> None:
+    """A leader whose every renew succeeds, each Lease request answered well within REQUEST_TIMEOUT_S, never has its
+    write fence closed: it is still the only holder, and a closed fence cuts its reconcile pass (NotLeader) and fails
+    its between-pass label patches. The next renew was RENEW_PERIOD_S after the *end* of the last one while the fence
+    runs RENEW_DEADLINE_S from its *start*: with a GET and a PUT of the Lease taking 1.5 s each, the fence closed for
+    1 s in every 8 s. Now the next renew is RENEW_PERIOD_S after the last one was sent (as client-go's RetryPeriod
+    ticks), and the fence stays open while a GET and a PUT take less than RENEW_DEADLINE_S - RENEW_PERIOD_S."""
+    clock, store, samples = Clock(), LeaseStore(), []
+    kube = SlowKube(store, clock, latency=1.5, samples=samples)
+    fence = Fence(clock)
+    lost: list[str] = []
+    elector = Elector(kube, "ns", "a", fence, lambda: None, lost.append, clock=clock)  # type: ignore[arg-type]
+    kube.fence = fence
+    assert 2 * 1.5 < REQUEST_TIMEOUT_S and 2 * 1.5 < RENEW_DEADLINE_S - RENEW_PERIOD_S
+    end = clock.t + 60
+    while clock.t < end:  # Elector.run, by the fake clock
+        renewed = elector.step()
+        stop = clock.t + next_wait(elector.leading, renewed, elector.obs, clock.t, elector.last_renew)
+        while clock.t < stop:
+            samples.append((clock.t, fence.is_open()))
+            clock.t = min(stop, clock.t + 0.05)
+    assert elector.leading and not lost and store.writes >= 5, "every renew succeeded"
+    began = next(t for t, is_open in samples if is_open)
+    closed = [round(t - began, 2) for t, is_open in samples if t >= began and not is_open]
+    assert not closed, (
+        f"the fence of a leader whose renews all succeed closed {len(closed) * 0.05:.1f} s in 60 s "
+        f"(first at +{closed[0]} s after it began leading)"
+    )
+    assert 11 <= store.writes <= 13, "a renew every RENEW_PERIOD_S, no more often"
+
+
+def test_the_became_leader_event_does_not_hold_up_the_renew() -> None:
+    """The "became leader" Event was POSTed inside the renew step (up to 5 s): the first renew after it came that
+    much later. Now it goes out on its own thread."""
+    posting = threading.Event()
+    answer = threading.Event()
+
+    class StuckEvents(FakeKube):
+        def request(self, method: str, path: str, body: Any = None, timeout: float = 30, **kw: Any) -> Any:
+            if path.endswith("/events"):
+                posting.set()
+                answer.wait(10)
+            return super().request(method, path, body, timeout, **kw)
+
+    clock, store = Clock(), LeaseStore()
+    elector = Elector(StuckEvents(store), "ns", "a", Fence(clock), lambda: None, print, clock=clock)  # type: ignore[arg-type]
+    assert elector.step() and elector.leading, "the step returns while the Event's POST is under way"
+    assert posting.wait(5) and store.events == []
+    answer.set()
+    assert elector.event_thread is not None
+    elector.event_thread.join(5)
+    assert store.events == ["a became leader"]
+
+
 def test_release_hands_over_at_once() -> None:
     clock, store = Clock(), LeaseStore()
     a, b = Replica("a", store, clock), Replica("b", store, clock)
@@ -675,7 +755,7 @@ def test_a_follower_takes_over_when_the_lease_runs_out_and_retries_a_failed_take
             renewed = r.elector.step()
             if r.elector.leading:
                 break
-            waits.append(next_wait(r.elector.leading, renewed, r.elector.obs, clock.t))
+            waits.append(next_wait(r.elector.leading, renewed, r.elector.obs, clock.t, r.elector.last_renew))
             clock.t += waits[-1]
             assert len(waits) < 1000, "busy loop"
         return waits

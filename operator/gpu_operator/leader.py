@@ -111,12 +111,14 @@ def still_leading(last_renew: float, now: float, deadline: float = RENEW_DEADLIN
     return now - last_renew < deadline
 
 
-def next_wait(leading: bool, renewed: bool, obs: Observation | None, now: float) -> float:
-    """Seconds until the next look at the Lease: the holder renews every RENEW_PERIOD_S (retrying every RETRY_S
-    after a failure); a follower looks every RETRY_S, and exactly when the holder's lease runs out. Once it has run
-    out, this look tried to take it and failed (or could not read it): the next try is RETRY_S later, as client-go's."""
+def next_wait(leading: bool, renewed: bool, obs: Observation | None, now: float, last_renew: float) -> float:
+    """Seconds until the next look at the Lease: the holder renews every RENEW_PERIOD_S counted from when it sent the
+    last renew (`last_renew`), so slow answers do not push the next renew past the fence's deadline (retrying every
+    RETRY_S after a failure); a follower looks every RETRY_S, and exactly when the holder's lease runs out. Once it
+    has run out, this look tried to take it and failed (or could not read it): the next try is RETRY_S later, as
+    client-go's."""
     if leading:
-        return RENEW_PERIOD_S if renewed else RETRY_S
+        return max(0.0, last_renew + RENEW_PERIOD_S - now) if renewed else RETRY_S
     if obs is not None and obs.record is not None and obs.record.holder:
         remaining = obs.since + obs.record.duration_s - now
         return min(RETRY_S, remaining) if remaining > 0 else RETRY_S
@@ -177,6 +179,7 @@ class Elector:
         self.lease: dict[str, Any] | None = None
         self._lock = threading.Lock()  # one Lease write at a time (the loop's, or release())
         self.thread: threading.Thread | None = None
+        self.event_thread: threading.Thread | None = None  # the "became leader" Event's POST
 
     def start(self) -> threading.Thread:
         self.thread = threading.Thread(target=self.run, name="leader-election", daemon=True)
@@ -186,7 +189,7 @@ class Elector:
     def run(self) -> None:
         while not self.stop.is_set():
             renewed = self.step()
-            self.stop.wait(next_wait(self.leading, renewed, self.obs, self.clock()))
+            self.stop.wait(next_wait(self.leading, renewed, self.obs, self.clock(), self.last_renew))
 
     def step(self) -> bool:
         """One look at the Lease and what follows from it; whether this replica holds it after a write now."""
@@ -218,7 +221,10 @@ class Elector:
                 self.leading = True
                 log.info("leader election: %s became leader (%s)", self.me, action.value)
                 self.on_started()
-                self._event("became leader")
+                # On its own thread: a slow Event POST must not delay the next renew.
+                self.event_thread = threading.Thread(target=self._event, args=("became leader",),
+                                                     name="leader-event", daemon=True)  # fmt: skip
+                self.event_thread.start()
             return True
 
     def _get(self) -> dict[str, Any] | None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -18,7 +20,7 @@ import pytest
 from kubernetes import client
 
 from gpu_operator.apply import Applier
-from gpu_operator.kube import ApiError, DryRunKube, Fence, Kube, NotLeader, Unreachable
+from gpu_operator.kube import CONNECT_RETRIES, ApiError, DryRunKube, Fence, Kube, NotLeader, Unreachable
 from gpu_operator.leader import (
     LEASE_DURATION_S,
     RENEW_DEADLINE_S,
@@ -325,6 +327,121 @@ def test_a_delete_turned_away_is_not_sent_again_by_the_connection_pool_once_the_
     with pytest.raises(NotLeader):
         srv.kube.request("DELETE", "/api/v1/namespaces/gpu-operator/pods/nvidia-driver-daemonset-abcde")
     assert srv.sent == ["DELETE"], "the DELETE was sent again after the fence closed"
+
+
+def test_a_write_whose_connection_is_made_after_the_fence_closed_is_not_sent(tmp_path: Path) -> None:
+    """No write reaches the API server after the leader's fence closed (README "Two replicas: leader election":
+    every write passes a fence "checked just before the request goes out", so "the old leader has stopped writing 5 s
+    before anyone may start").
+
+    Kube.request checked the fence before the kubernetes client's urllib3 pool opened a connection, and that
+    connection could take up to the request's whole timeout (30 s for a write) to be made: SYNs dropped (a network
+    blip between the leader's node and the API server, a full accept queue) are sent again after 1, 3, 7, 15 s. The
+    pool's Retry(3) (SEND_AGAIN_ONLY_UNSENT) then tried three more connections, each as long. A write that passed the
+    fence just before its deadline was sent when the connection was finally made, after the follower may have taken
+    the Lease (15 s after the last renew; the fence gives 5 s of margin). Here the API server's accept queue is full for
+    about 1.5 s and the fence closes 0.3 s after the write passed it: the write arrived seconds after that (when a SYN
+    sent again got through). Now a fenced write's connect timeout is what the fence has left, and its connection is
+    tried again only after the fence is checked again."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(3):  # fill the accept queue: the next SYN is dropped and sent again a second later
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        fillers.append(s)
+    time.sleep(0.2)
+    received: list[tuple[float, bytes]] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        time.sleep(1.5)  # the queue is drained now: the client's next SYN gets through
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            conn.settimeout(1.0)
+            try:
+                data = conn.recv(65536)
+            except OSError:
+                data = b""
+            if data:
+                received.append((time.monotonic(), data.split(b"\r\n", 1)[0]))
+                body = json.dumps({"kind": "Pod", "metadata": {"name": "p"}}).encode()
+                head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                conn.sendall(head + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+            conn.close()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    config = tmp_path / "kubeconfig"
+    config.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+        "users": [{"name": "u", "user": {}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+    }))  # fmt: skip
+    kube = Kube.connect(str(config))
+    kube.fence = Fence()
+    kube.fence.extend(time.monotonic() + 0.3)  # the leader's renew deadline, 0.3 s away
+    closes_at = kube.fence.until
+    try:
+        try:
+            kube.request("DELETE", "/api/v1/namespaces/gpu-operator/pods/nvidia-driver-daemonset-abcde", timeout=10)
+        except Exception:  # noqa: BLE001 - refused or cut: what matters is what reached the server
+            pass
+    finally:
+        stop.set()
+        server.join(5)
+        listener.close()
+        for s in fillers:
+            s.close()
+    late = [(round(at - closes_at, 2), line) for at, line in received if at > closes_at]
+    assert not late, f"a write reached the API server after the fence closed (seconds after, request line): {late}"
+
+
+def test_a_fenced_write_whose_connection_is_refused_is_tried_again_only_through_the_fence(tmp_path: Path) -> None:
+    """The pool no longer tries a fenced write's connection again itself: Kube.request does, as often as the pool
+    did (CONNECT_RETRIES), each time through the fence, and counts the write once."""
+    port_socket = socket.socket()
+    port_socket.bind(("127.0.0.1", 0))
+    port = port_socket.getsockname()[1]
+    port_socket.close()  # nothing listens there: every connection is refused at once
+    config = tmp_path / "kubeconfig"
+    config.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+        "users": [{"name": "u", "user": {}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+    }))  # fmt: skip
+    kube = Kube.connect(str(config))
+    fence = kube.fence = Fence()
+    fence.extend(float("inf"))
+    passes: list[str] = []
+    write = fence.write
+    close_after_first = False
+
+    def counted(what: str) -> Any:
+        passes.append(what)
+        if close_after_first and len(passes) > 1:
+            fence.close()  # the Lease lost after the first connection was refused
+        return write(what)
+
+    fence.write = counted  # type: ignore[method-assign]
+    with pytest.raises(Unreachable, match="refused"):
+        kube.request("DELETE", "/api/v1/namespaces/gpu-operator/pods/p")
+    assert len(passes) == 1 + CONNECT_RETRIES and kube.writes() == 1
+
+    passes.clear()
+    close_after_first = True
+    with pytest.raises(NotLeader):
+        kube.request("DELETE", "/api/v1/namespaces/gpu-operator/pods/p")
+    assert len(passes) == 2, "no second connection once the fence closed"
 
 
 def test_a_get_turned_away_is_sent_at_most_eleven_times_with_waits_of_at_most_ten_seconds(

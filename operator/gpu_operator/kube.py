@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote, urlencode
 
 import urllib3
@@ -224,10 +224,33 @@ def _retry_in(resp: Any) -> float | None:
     return seconds * (1 + random.random() / 10)
 
 
+CONNECT_RETRIES = 3
+_sending = threading.local()  # `fenced`: this thread is sending a fenced write (Kube.request)
+
+
+class _NotConnected(urllib3.exceptions.HTTPError):
+    """A fenced write's connection could not be made: nothing was sent. Kube.request tries again after checking the
+    fence, not the pool."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.reason = error
+
+
+class _SendAgainOnlyUnsent(urllib3.Retry):
+    """The pool's retries, but a fenced write's connection is never tried again here (see _NotConnected)."""
+
+    def increment(self, method: str | None = None, url: str | None = None, response: Any = None,
+                  error: Exception | None = None, _pool: Any = None, _stacktrace: Any = None) -> Self:  # fmt: skip
+        if error is not None and getattr(_sending, "fenced", False) and self._is_connection_error(error):
+            raise _NotConnected(error)
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
 # The kubernetes client's urllib3 pool sends a request again only when no connection was made. By default it also
 # sent a GET/PUT/DELETE again after a read error or a 429/503 with Retry-After, within Kube.request's one pass of
 # the fence and past its caps: a request the API server answered is sent again by Kube.request and Kube.watch only.
-SEND_AGAIN_ONLY_UNSENT = urllib3.Retry(3, read=False, other=0, respect_retry_after_header=False)
+SEND_AGAIN_ONLY_UNSENT = _SendAgainOnlyUnsent(CONNECT_RETRIES, read=False, other=0, respect_retry_after_header=False)
 
 TOKEN_FILE_TTL_S = 60.0  # a bearer token from a file is read again once this old (client-go's cached file token)
 
@@ -427,7 +450,8 @@ class Kube:
         `decode`: the answer's body to what is returned (wire.py's typed decoders read only some fields).
         `retry`: a 429, or a 5xx with Retry-After, is sent again after the wait it names (see `_retry_in`), up to
         RETRIES times while the waits add up to no more than `timeout`. A 401 is sent again once, at once, when the
-        token file (if the token is from one) holds a new token."""
+        token file (if the token is from one) holds a new token. A fenced write's connection must be made before the
+        fence closes, and is tried again (up to CONNECT_RETRIES times) only after the fence is checked again."""
         if body is not None and content_type is None:
             content_type = "application/json"
         if isinstance(body, dict | list) and content_type and content_type.endswith("yaml"):
@@ -435,20 +459,34 @@ class Kube:
         waited = 0.0
         reauthed = False
         attempt = 0
+        connects = 0
+        fence = self.fence if method != "GET" else None
         while True:
-            self._count(method, path)
-            fenced = self.fence.write(f"{method} {path}") if self.fence and method != "GET" else nullcontext()
-            with fenced:
+            if not connects:
+                self._count(method, path)
+            with fence.write(f"{method} {path}") if fence is not None else nullcontext():
                 headers = self._headers(content_type)
+                request_timeout: float | tuple[float, float] = timeout
+                if fence is not None:  # connected before the fence closes, or not sent
+                    request_timeout = (max(0.001, min(timeout, fence.until - fence.clock())), timeout)
+                _sending.fenced = fence is not None
                 try:
                     resp = self.client.rest_client.request(
-                        method, self._url(path, query), headers=headers, body=body, _request_timeout=timeout,
+                        method, self._url(path, query), headers=headers, body=body, _request_timeout=request_timeout,
                     )  # fmt: skip
                     data = resp.read()
+                except _NotConnected as exc:
+                    if connects < CONNECT_RETRIES:
+                        connects += 1
+                        continue
+                    raise Unreachable(f"{method} {self.host}{path}: {_reason(exc)}") from exc
                 except urllib3.exceptions.HTTPError as exc:
                     raise Unreachable(f"{method} {self.host}{path}: {_reason(exc)}") from exc
                 except client.ApiException as exc:  # the client's wrapping of a TLS error (status 0)
                     raise Unreachable(f"{method} {self.host}{path}: {' '.join(str(exc.reason).split())}") from exc
+                finally:
+                    _sending.fenced = False
+            connects = 0
             if 200 <= resp.status <= 299:
                 try:
                     return decode(data) if data else None

@@ -244,6 +244,41 @@ def test_identify_from_node_feature_devices() -> None:
     assert ident.products == ("Tesla V100-PCIE-16GB",)
 
 
+# pci.ids (the `pci-ids` source): data-center GPUs of the architectures whose last branch is R580 or older.
+PRE_TURING = [
+    ("1df6", "volta", "Tesla V100S PCIe 32GB"),
+    ("1db8", "volta", "Tesla V100 SXM3 32GB (DGX-2)"),
+    ("1db7", "volta", "Tesla V100 DGXS 32GB"),
+    ("1df5", "volta", "Tesla V100 SXM2 16GB"),
+    ("15f8", "pascal", "Tesla P100 PCIe 16GB"),
+    ("15f9", "pascal", "Tesla P100 SXM2 16GB"),
+    ("1b38", "pascal", "Tesla P40"),
+    ("1bb3", "pascal", "Tesla P4"),
+    ("13f2", "maxwell", "Tesla M60"),
+    ("13bd", "maxwell", "Tesla M10"),
+    ("102d", "kepler", "Tesla K80"),
+]
+
+
+@pytest.mark.parametrize(("device", "arch", "product"), PRE_TURING)
+def test_pre_turing_data_center_gpus_are_identified_and_refused_by_device_id(
+    device: str, arch: str, product: str
+) -> None:
+    """REFERENCE 7: Volta's, Pascal's and Maxwell's last branch is R580, Kepler's R470, and we refuse up front. Before
+    a driver runs the device ID is all there is, and `devices` listed 4 of the V100 IDs and no Pascal, Maxwell or
+    Kepler one: a fresh node with one of these GPUs was "unknown, not checked" and got R595, which cannot drive it
+    (so GFD never labelled it and it was never refused)."""
+    node = NodeFacts(name="old", labels={PCI: "true", **OS}, has_nfd=True, pci_devices=(device,))
+    assert identify(node.labels, node.pci_devices).architectures == (arch,), f"0x{device} ({product})"
+    found = compat.verdicts([node], spec("595.91.07"))["old"]
+    assert found.refusal is not None, f"0x{device} ({product}) under R595: {found.describe()}"
+
+
+def test_every_dropped_architecture_has_its_device_ids() -> None:
+    listed = {arch for arch, _ in matrix.devices().values()}
+    assert all(a.name in listed for a in matrix.architectures().values() if a.last_branch is not None)
+
+
 @pytest.mark.parametrize(
     ("key", "device"),
     [

@@ -204,8 +204,9 @@ def test_identify_trusts_the_devices_over_gfd_labels_they_contradict() -> None:
     v100_gfd = {"nvidia.com/gpu.family": "volta", "nvidia.com/gpu.product": "Tesla-V100-SXM2-16GB"}
     for ident in (identify(v100_gfd, ("27b8",)), identify({**v100_gfd, NFD_L4: "true"})):
         assert ident.architectures == ("ada-lovelace",) and ident.source != "gfd", ident.describe()
-    # devices that include GFD's architecture (a mixed node) leave GFD's answer
-    assert identify(v100_gfd, ("1db1", "27b8")).source == "gfd"
+    # devices that include GFD's architecture (a mixed node) keep GFD's answer, the other architecture added
+    mixed = identify(v100_gfd, ("1db1", "27b8"))
+    assert (mixed.architectures, mixed.source) == (("ada-lovelace", "volta"), "gfd")
 
 
 def test_stale_gfd_labels_do_not_keep_a_replaced_gpu_refused() -> None:
@@ -242,6 +243,23 @@ def test_v100_swapped_for_a_gpu_of_another_architecture_is_not_kept_refused(devi
     # a V100 among the devices keeps GFD's answer; so do unknown devices under an architecture not dropped
     assert identify(v100_gfd, (device, "1db1")).architectures[-1] == "volta"
     assert identify({**H100_GFD}, ("20b3",)).architectures == ("hopper",)
+
+
+def test_mixed_node_keeps_every_architecture_its_devices_show_under_gfd_labels() -> None:
+    """An H100 (0x2330) and a V100 (0x1db1): refused under R595 before GFD ran. GFD labels a node from one GPU
+    (hopper here), and identify() kept that single architecture since it was among the devices', so the same node
+    was no longer refused and an upgrade to R595 lost its V100."""
+    labels = {PCI: "true", **OS}
+    before = NodeFacts(name="mixed", labels=labels, has_nfd=True, pci_devices=("1db1", "2330"))
+    assert compat.verdicts([before], spec("595.91.07"))["mixed"].refusal is not None
+    gfd = {"nvidia.com/gpu.family": "hopper", "nvidia.com/gpu.compute.major": "9",
+           "nvidia.com/gpu.compute.minor": "0", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}  # fmt: skip
+    after = NodeFacts(name="mixed", labels={**labels, **gfd}, has_nfd=True, pci_devices=("1db1", "2330"))
+    ident = identify(after.labels, after.pci_devices)
+    assert (ident.architectures, ident.source) == (("hopper", "volta"), "gfd")
+    assert ident.products == ("NVIDIA-H100-80GB-HBM3", "Tesla V100-SXM2-16GB")
+    found = compat.verdicts([after], spec("595.91.07"))["mixed"]
+    assert found.refusal is not None, found.describe()
 
 
 def test_identify_from_gfd_compute_capability() -> None:

@@ -5,8 +5,9 @@ once a driver ran; the PCI devices of NFD's NodeFeature object (nfd.k8s-sigs.io/
 ID of every PCI device); NFD's labels when NFD is told to put the device ID in them
 (`feature.node.kubernetes.io/pci-<class>_10de_<device>.present`, deviceLabelFields with `device`). Where those
 device IDs are in the matrix and do not include GFD's architecture (a replaced GPU), the devices win; so do devices
-none of which is an ID of GFD's architecture where that is a dropped one (all its IDs are listed). A node none of
-them identifies is "unknown, not checked".
+none of which is an ID of GFD's architecture where that is a dropped one (all its IDs are listed). Known devices of
+other architectures than GFD's (a mixed node) are added to it. A node none of them identifies is "unknown, not
+checked".
 """
 
 from __future__ import annotations
@@ -146,8 +147,13 @@ def identify(
         arch = None
     elif arch is not None and (by_devices is None or arch in by_devices.architectures):
         product = labels.get(GFD_PRODUCT, "")
-        rows = matrix.products_of(tuple(sorted({*pci, *label_devices})), product)
-        return Identity((arch,), (product,) if product else (), "gfd", product_rows=rows)
+        rows = matrix.products_of(tuple(sorted(seen)), product)
+        # GFD labels a node from one of its GPUs: a mixed node's others are its known devices of other architectures.
+        known = matrix.devices()
+        others = {known[d] for d in seen if d in known and known[d][0] != arch}
+        archs = tuple(sorted({arch, *(a for a, _ in others)}))
+        products = ((product,) if product else ()) + tuple(sorted({p for _, p in others}))
+        return Identity(archs, products, "gfd", product_rows=rows)
     if by_devices is not None:
         return by_devices
     if family and matrix.architecture_of_family(family) is None:

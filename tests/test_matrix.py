@@ -222,14 +222,12 @@ def test_stale_gfd_labels_do_not_keep_a_replaced_gpu_refused() -> None:
     assert desired_labels(node, spec("595.91.07"), refused=False)["nvidia.com/gpu.deploy.driver"] == "true"
 
 
-# pci.ids: 2236 GA102GL [A10], 26b9 AD102GL [L40S], 25b6 GA107GL [A2 / A16]; 20b3 GA100 [A100-SXM-64GB] is not in
-# the matrix.
-@pytest.mark.parametrize("device", ["2236", "26b9", "25b6", "20b3"])
+# pci.ids: 2236 GA102GL [A10], 26b9 AD102GL [L40S], 25b6 GA107GL [A2 / A16].
+@pytest.mark.parametrize("device", ["2236", "26b9", "25b6"])
 def test_v100_swapped_for_a_gpu_of_another_architecture_is_not_kept_refused(device: str) -> None:
     """Only device IDs in the matrix outvoted GFD's stale labels, and the A10, A40, L40(S), A2/A16 were not in it: a
     V100 replaced by one stayed refused under R595 until someone deleted GFD's labels by hand. The matrix now lists
-    those, and every data-center ID of a dropped architecture, so devices none of which is a volta ID replaced the
-    V100."""
+    those."""
     v100_gfd = {"nvidia.com/gpu.family": "volta", "nvidia.com/gpu.compute.major": "7",
                 "nvidia.com/gpu.compute.minor": "0", "nvidia.com/gpu.product": "Tesla-V100-SXM2-16GB"}  # fmt: skip
     labels = {PCI: "true", **OS, **v100_gfd, "nvidia.com/gpu.deploy.driver": DRIVER_REFUSED}
@@ -237,11 +235,19 @@ def test_v100_swapped_for_a_gpu_of_another_architecture_is_not_kept_refused(devi
     found = compat.verdicts([node], spec("595.91.07"))["swapped"]
     assert found.refusal is None, f"0x{device}: {found.describe()}"
     assert desired_labels(node, spec("595.91.07"), refused=False)["nvidia.com/gpu.deploy.driver"] == "true"
-    assert "volta" not in found.identity.architectures and found.identity.known == (device != "20b3")
-    if device == "20b3":
-        assert "volta labels match none" in found.identity.describe()
-    # a V100 among the devices keeps GFD's answer; so do unknown devices under an architecture not dropped
+    assert "volta" not in found.identity.architectures and found.identity.known
+    # a V100 among the devices keeps GFD's answer
     assert identify(v100_gfd, (device, "1db1")).architectures[-1] == "volta"
+
+
+def test_gfd_labels_stand_for_a_device_the_matrix_does_not_list() -> None:
+    """The matrix lists data-center GPUs only: a Quadro GV100 (0x1dba, not listed) that GFD labels volta is volta,
+    refused under R595, not "unknown, not checked" (a driver that cannot run it)."""
+    gv100 = {"nvidia.com/gpu.family": "volta", "nvidia.com/gpu.compute.major": "7",
+             "nvidia.com/gpu.compute.minor": "0", "nvidia.com/gpu.product": "Quadro-GV100"}  # fmt: skip
+    assert identify(gv100, ("1dba",)).architectures == ("volta",)
+    node = NodeFacts(name="gv100", labels={PCI: "true", **OS, **gv100}, has_nfd=True, pci_devices=("1dba",))
+    assert compat.verdicts([node], spec("595.91.07"))["gv100"].refusal is not None
     assert identify({**H100_GFD}, ("20b3",)).architectures == ("hopper",)
 
 

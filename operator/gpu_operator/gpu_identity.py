@@ -4,9 +4,8 @@ In order: GPU feature discovery's labels (gpu.family, gpu.compute.major/minor, g
 once a driver ran; the PCI devices of NFD's NodeFeature object (nfd.k8s-sigs.io/v1alpha1, vendor and device
 ID of every PCI device); NFD's labels when NFD is told to put the device ID in them
 (`feature.node.kubernetes.io/pci-<class>_10de_<device>.present`, deviceLabelFields with `device`). Where those
-device IDs are in the matrix and do not include GFD's architecture (a replaced GPU), the devices win; so do devices
-none of which is an ID of GFD's architecture where that is a dropped one (all its IDs are listed). Known devices of
-other architectures than GFD's (a mixed node) are added to it. A node none of them identifies is "unknown, not
+device IDs are in the matrix and do not include GFD's architecture (a replaced GPU), the devices win; known devices
+of other architectures than GFD's (a mixed node) are added to it. A node none of them identifies is "unknown, not
 checked".
 """
 
@@ -103,15 +102,6 @@ def _from_devices(devices: Iterable[str], source: str) -> Identity:
     return Identity(tuple(archs), products, source, product_rows=matrix.products_of(ids, ""))
 
 
-def _arch_of(device: str) -> str:
-    return matrix.devices().get(device, ("", ""))[0]
-
-
-def _all_ids_listed(arch: str) -> bool:
-    """Whether the matrix lists every data-center device ID of the architecture: those of a dropped one."""
-    return matrix.architectures()[arch].last_branch is not None
-
-
 def identify(
     labels: Mapping[str, str], pci_devices: Iterable[str] = (), label_devices: tuple[str, ...] | None = None
 ) -> Identity:
@@ -139,13 +129,10 @@ def identify(
                 break
             misses.append(found.detail)
     # GFD's labels outlive a GPU swap (only GFD rewrites them, and it needs a driver): where the devices NFD reports
-    # now are known and do not include GFD's architecture, the devices decide. So they do where GFD's architecture
-    # is a dropped one (the matrix lists all its data-center IDs) and none of the devices is one of its IDs.
+    # now are known and do not include GFD's architecture, the devices decide. (An unknown device does not: the
+    # matrix lists data-center parts, and GFD's labels are right for a workstation GPU it does not list.)
     seen = {*pci, *label_devices}
-    if arch is not None and seen and _all_ids_listed(arch) and not any(_arch_of(d) == arch for d in seen):
-        misses.insert(0, f"GFD's {arch} labels match none of the PCI devices, a replaced GPU")
-        arch = None
-    elif arch is not None and (by_devices is None or arch in by_devices.architectures):
+    if arch is not None and (by_devices is None or arch in by_devices.architectures):
         product = labels.get(GFD_PRODUCT, "")
         rows = matrix.products_of(tuple(sorted(seen)), product)
         # GFD labels a node from one of its GPUs: a mixed node's others are its known devices of other architectures.
@@ -156,6 +143,6 @@ def identify(
         return Identity(archs, products, "gfd", product_rows=rows)
     if by_devices is not None:
         return by_devices
-    if family and matrix.architecture_of_family(family) is None:
+    if family:
         misses.insert(0, f"gpu.family {family} not in the version matrix")
     return Identity(detail="; ".join(misses) or "no GFD labels, NodeFeature devices or NFD device-ID labels yet")

@@ -266,6 +266,29 @@ def test_custom_runtime_class_names_the_handler_on_other_runtimes_too(runtime: s
     assert env_of(container(toolkit_ds(nodes=nodes), MAIN))["NVIDIA_RUNTIME_NAME"] == "nvidia"
 
 
+def test_toolkit_env_nvidia_runtime_name_cannot_rename_the_containerd_handler() -> None:
+    """The installer reads --runtime-name from NVIDIA_RUNTIME_NAME, then CONTAINERD_RUNTIME_CLASS, then
+    DOCKER_RUNTIME_NAME (nvidia-ctk-installer v1.20.0 runtime.go). A `toolkit.env` NVIDIA_RUNTIME_NAME was forced
+    back on the cri-o pool but won on the containerd pool, whose node then had no handler for the RuntimeClass every
+    operand pod asks for (FailedCreatePodSandBox). Without that user variable the containerd env is unchanged
+    (review cdi #1)."""
+    raw = {"toolkit": {"env": [{"name": "NVIDIA_RUNTIME_NAME", "value": "my-nvidia"}]}}
+    nodes = [facts("gpu-ctd"), facts("gpu-crio", runtime="cri-o://1.30.4")]
+    plans = render_all(parse_spec(raw), nodes)
+    classes = {o["metadata"]["name"]: o["handler"] for o in objects(plans) if o["kind"] == "RuntimeClass"}
+    pods_ask = {ds["spec"]["template"]["spec"].get("runtimeClassName") for ds in daemonsets(plans)} - {None}
+    assert pods_ask == {"nvidia"} and classes["nvidia"] == "nvidia"
+    chain = ("NVIDIA_RUNTIME_NAME", "CONTAINERD_RUNTIME_CLASS", "DOCKER_RUNTIME_NAME")
+    handlers = {}
+    for ds in daemonsets(plans):
+        if ds["metadata"]["name"].startswith(DS):
+            env = env_of(container(ds, MAIN))
+            handlers[ds["metadata"]["name"]] = next((env[n] for n in chain if env.get(n)), "nvidia")
+    assert handlers == {DS: "nvidia", f"{DS}-crio": "nvidia"}
+    custom = {"operator": {"runtimeClass": "nvidia-gpu"}, **raw}
+    assert env_of(container(toolkit_ds(custom), MAIN))["NVIDIA_RUNTIME_NAME"] == "nvidia-gpu"
+    assert "NVIDIA_RUNTIME_NAME" not in env_of(container(toolkit_ds(), MAIN))
+
 def test_crio_pool_uses_crio_files_and_config_mode() -> None:
     ds = toolkit_ds(nodes=[crio_node()])
     assert ds["metadata"]["name"] == f"{DS}-crio"

@@ -81,8 +81,11 @@ def runtime_contract(runtime: str, spec: ClusterPolicySpec) -> tuple[list[tuple[
         env.append(("NRI_SOCKET", NRI_SOCKET_DIR + posixpath.basename(socket)))
         return env, [_mount("nri-socket", posixpath.dirname(socket), NRI_SOCKET_DIR, "DirectoryOrCreate")]
     # The handler the RuntimeClass names: upstream's variable for containerd, the installer's own for the others.
+    # The installer reads NVIDIA_RUNTIME_NAME first, so a user's one is overridden on containerd too.
     handler = spec.operator.runtime_class or "nvidia"
     env.append(("CONTAINERD_RUNTIME_CLASS" if runtime == "containerd" else "NVIDIA_RUNTIME_NAME", handler))
+    if runtime == "containerd" and "NVIDIA_RUNTIME_NAME" in user:
+        env.append(("NVIDIA_RUNTIME_NAME", handler))
     mounts = []
 
     config = user.get(files.config_var) or user.get("RUNTIME_CONFIG") or files.config

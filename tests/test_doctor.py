@@ -2319,6 +2319,51 @@ def test_a_controller_whose_pods_name_a_runtimeclass_that_does_not_exist_is_name
     assert "there is no valid ClusterPolicy" in f.fix, f.fix
 
 
+# What the API server's PodSecurity admission answers the DaemonSet controller when the operand namespace enforces
+# `baseline` (a cluster-wide AdmissionConfiguration default, or a namespace an admin created and labelled) and the
+# ClusterPolicy leaves psa.enabled at its default, false.
+PSA_REFUSAL = (
+    'Error creating: pods "nvidia-driver-daemonset-ubuntu22.04-x7k2p" is forbidden: violates PodSecurity '
+    '"baseline:latest": host namespaces (hostPID=true), privileged (containers "k8s-driver-manager", '
+    '"nvidia-driver-ctr" must not set securityContext.privileged=true), hostPath volumes (volumes "run-nvidia", '
+    '"var-log", "dev-log", "host-os-release", "run-nvidia-fabricmanager")'
+)
+DRIVER_DS = "nvidia-driver-daemonset-ubuntu22.04"
+
+
+def test_doctor_names_psa_enabled_when_pod_security_admission_refuses_the_operand_pods() -> None:
+    """The operands are privileged, hostPID, hostPath (REFERENCE §11), so a namespace enforcing `baseline` or
+    `restricted` makes the API server refuse every operand pod: the DaemonSet controller posts only a Warning event
+    FailedCreate "violates PodSecurity" on the DaemonSet, and no pod exists. doctor kept only the GPU-request and
+    RuntimeClass refusals: this one was dropped, and the admin was told only "operands are not ready ... kubectl get
+    pods", which lists no pod. Now the refused DaemonSet is named, with psa.enabled (REFERENCE §1) or the namespace's
+    enforce label as the fix; in another namespace, the pod template or that namespace's label."""
+    status = {"state": "notReady", "states": [{
+        "name": "state-driver", "state": "notReady",
+        "message": f"{DRIVER_DS}: 1 of 1 pods unavailable (1 not created yet)",
+    }]}  # fmt: skip
+    events = [refused("DaemonSet", DRIVER_DS, PSA_REFUSAL, ns=NS)]
+    found = diagnose(cluster([node("h-0")], [], events=events, policy_status=status))
+    text = render_text(found)
+    (f,) = [f for f in found if any(e.message == PSA_REFUSAL for e in f.evidence)]
+    assert (f.kind, f.object, f.severity) == ("PodCreationRefused", f"DaemonSet {NS}/{DRIVER_DS}", "error"), text
+    assert f'namespace {NS} enforces PodSecurity "baseline"' in f.summary, f.summary
+    assert "set psa.enabled: true in ClusterPolicy cluster-policy" in f.fix, f.fix
+    assert f"kubectl label namespace {NS} pod-security.kubernetes.io/enforce=privileged --overwrite" in f.fix
+    assert "pod template" not in f.fix, f.fix
+    # psa.enabled already on: the operator's label did not hold (its patch refused, or something sets it back).
+    c = with_spec(cluster([node("h-0")], [], events=events, policy_status=status), {"psa": {"enabled": True}})
+    (f,) = [f for f in diagnose(c) if f.kind == "PodCreationRefused"]
+    assert "psa.enabled is true" in f.fix and "read its log" in f.fix, f.fix
+    # Another namespace's controller: its pod template, or that namespace's label.
+    restricted = PSA_REFUSAL.replace('"baseline:latest"', '"restricted:v1.30"')
+    (f,) = diagnose(cluster([node("h-0")], [], events=[refused("ReplicaSet", "agent-5d8f", restricted, ns="ops")]))
+    assert 'namespace ops enforces PodSecurity "restricted"' in f.summary, f.summary
+    assert "in the pod template of the Deployment" in f.fix and 'meet PodSecurity "restricted"' in f.fix, f.fix
+    assert "kubectl label namespace ops pod-security.kubernetes.io/enforce=privileged" in f.fix, f.fix
+    assert "psa.enabled" not in f.fix, f.fix
+
+
 def test_a_refusal_of_two_containers_is_quoted_without_the_aggregates_punctuation() -> None:
     """The API server joins several field errors as "[a, b]" (field.ErrorList.ToAggregate): the limit was taken
     up to the next space, so a pod whose two containers both ask a request unequal to the limit read "its limit of

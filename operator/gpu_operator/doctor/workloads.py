@@ -1,8 +1,8 @@
-"""Workload findings (REFERENCE §12 entries 4-10, 17, 18): controllers whose pods the API server refuses, CUDA
-images without a GPU, GPU pods whose image cannot be pulled (the seed's Exercise 1 tag), pods whose sandbox the nvidia
-runtime cannot create, more than one replica of a shared (time-sliced or MPS) GPU, the CUDA an image needs against
-the node's driver (from the pod spec, or the runtime's refusal), images without code for the GPU, a GPU pod in which
-CUDA finds no device (seed §6.3 Issue 1), CUDA out of memory on a shared GPU."""
+"""Workload findings (REFERENCE §12 entries 4-10, 17, 18): controllers whose pods the API server refuses (PodSecurity
+admission too), CUDA images without a GPU, GPU pods whose image cannot be pulled (the seed's Exercise 1 tag), pods
+whose sandbox the nvidia runtime cannot create, more than one replica of a shared (time-sliced or MPS) GPU, the CUDA
+an image needs against the node's driver (from the pod spec, or the runtime's refusal), images without code for the
+GPU, a GPU pod in which CUDA finds no device (seed §6.3 Issue 1), CUDA out of memory on a shared GPU."""
 
 from __future__ import annotations
 
@@ -74,6 +74,8 @@ _OOM = re.compile(r"CUDA out of memory|CUDA error: out of memory|OutOfMemoryErro
 _NOT_EQUAL = re.compile(r"must be equal to (\S+) limit of ([^\s,\]]+)")  # not the aggregate's ", " or "]"
 _NOT_INTEGER = re.compile(r"(?:limits|requests)\[([^\]]+)\]: Invalid value: \"([^\"]*)\": must be an integer")
 _NO_LIMIT = "Limit must be set for non overcommitable resources"
+# PodSecurity admission's refusal: the namespace enforces a level ("baseline:latest") the pod template breaks.
+_POD_SECURITY = re.compile(r'violates PodSecurity "([^":]+)(?::[^"]*)?"')
 _NO_TIME = datetime.min.replace(tzinfo=UTC)
 REVISION = "deployment.kubernetes.io/revision"  # a Deployment's ReplicaSet's revision (the newest the highest)
 _TEMPLATE_OF = {
@@ -112,19 +114,24 @@ def findings(cluster: Cluster, pods: list[dict[str, Any]]) -> list[Finding]:
 
 
 def refused_creations(cluster: Cluster, namespace: str | None = None) -> list[Finding]:
-    """§12 entries 4, 5 and 9 for the pods a controller creates: the API server refuses each, so none exists, and the
-    controller (ReplicaSet, Job, StatefulSet, DaemonSet) posts a Warning event FailedCreate on itself quoting the
-    refusal. The latest such event per controller, unless pods were created since (the template was fixed) or the
-    controller is gone (the event outlives it by up to an hour)."""
+    """§12 entries 4, 5 and 9, and PodSecurity admission, for the pods a controller creates: the API server refuses
+    each, so none exists, and the controller (ReplicaSet, Job, StatefulSet, DaemonSet) posts a Warning event
+    FailedCreate on itself quoting the refusal. The latest such event per controller, unless pods were created
+    since (the template was fixed) or the controller is gone (the event outlives it by up to an hour)."""
     out = []
     for (kind, ns, name), e in sorted(_refusals(cluster.events, namespace).items()):
         if (kind, ns, name) in cluster.gone or _created_since(cluster, kind, ns, name, event_time(e)):
             continue
         message = str(e.get("message") or "")
         runtime_class = missing_runtime_class(message)
+        pod_security = _POD_SECURITY.search(message)
         if runtime_class is not None:  # the RuntimeClass admission plugin's
             what = f"their RuntimeClass {runtime_class or '(named in the event)'} does not exist"
             fix = runtime_class_fix(cluster, runtime_class)
+        elif pod_security:  # PodSecurity admission's
+            level = pod_security.group(1)
+            what = f'namespace {ns} enforces PodSecurity "{level}", which they break (the event lists how)'
+            fix = _pod_security_fix(cluster, kind, ns, level)
         else:
             what, fix = _refusal(message) or ("", "")
             where = _TEMPLATE_OF.get(kind, f"in the {kind}'s pod template")
@@ -139,7 +146,8 @@ def refused_creations(cluster: Cluster, namespace: str | None = None) -> list[Fi
 
 
 def _refusals(events: list[dict[str, Any]], namespace: str | None = None) -> dict[tuple[str, str, str], dict[str, Any]]:
-    """(kind, namespace, name) -> the latest FailedCreate event quoting a refusal of §12 entries 4, 5 and 9."""
+    """(kind, namespace, name) -> the latest FailedCreate event quoting a refusal of §12 entries 4, 5 and 9, or
+    PodSecurity admission's."""
     latest: dict[tuple[str, str, str], dict[str, Any]] = {}
     for e in events:
         obj = e.get("involvedObject") or {}
@@ -147,9 +155,8 @@ def _refusals(events: list[dict[str, Any]], namespace: str | None = None) -> dic
         if e.get("reason") != "FailedCreate" or key[0] == "Pod" or namespace and key[1] != namespace:
             continue
         message = str(e.get("message") or "")
-        if (_refusal(message) or missing_runtime_class(message) is not None) and (
-            key not in latest or (event_time(e) or _NO_TIME) >= (event_time(latest[key]) or _NO_TIME)
-        ):
+        refused = _refusal(message) or missing_runtime_class(message) is not None or _POD_SECURITY.search(message)
+        if refused and (key not in latest or (event_time(e) or _NO_TIME) >= (event_time(latest[key]) or _NO_TIME)):
             latest[key] = e
     return latest
 
@@ -201,6 +208,25 @@ def _refusal(message: str) -> tuple[str, str] | None:
                 "add the limit, a whole number (nvidia.com/gpu: 1 under resources.limits); the request defaults to "
                 "it, so the limit alone is enough")  # fmt: skip
     return None
+
+
+def _pod_security_fix(cluster: Cluster, kind: str, namespace: str, level: str) -> str:
+    """The fix for pods PodSecurity admission refuses: in the operand namespace, the label psa.enabled puts there
+    (the operands are privileged, use host namespaces and hostPath: REFERENCE §11); elsewhere, the pod template."""
+    label = f"kubectl label namespace {namespace} pod-security.kubernetes.io/enforce=privileged --overwrite"
+    if namespace != cluster.namespace:
+        where = _TEMPLATE_OF.get(kind, f"in the {kind}'s pod template")
+        return (f'{where}: meet PodSecurity "{level}" (drop what the event lists), or, where the pods need it, '
+                f"label the namespace for a level that allows it: {label}")  # fmt: skip
+    name, spec = policy(cluster)
+    if spec is not None and spec.psa.enabled:
+        return (f"psa.enabled is true, so the operator labels namespace {namespace} privileged, again within a "
+                "minute while operand pods are missing: read its log for a refused namespace patch, and look for "
+                f"what sets the label back (a GitOps tool, a policy); by hand: {label}")  # fmt: skip
+    where = f"ClusterPolicy {name}" if name else "the ClusterPolicy"
+    return (f"the operands need a privileged namespace: set psa.enabled: true in {where} (Helm: --set "
+            f"psa.enabled=true), and the operator labels namespace {namespace} pod-security.kubernetes.io/"
+            f"enforce=privileged (audit and warn too); or label it yourself: {label}")  # fmt: skip
 
 
 def _created_since(cluster: Cluster, kind: str, namespace: str, name: str, when: datetime | None) -> bool:

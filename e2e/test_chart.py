@@ -25,7 +25,7 @@ import yaml
 from gpu_operator import coverage, images
 from gpu_operator.api import ClusterPolicySpec, parse_spec, unknown_fields
 from gpu_operator.cli import main as cli_main
-from gpu_operator.kinds import operand_rbac
+from gpu_operator.kinds import NAMED_VERBS, operand_names, operand_rbac
 from gpu_operator.nodes import NodeFacts
 from gpu_operator.render import StatePlan, node_patches, plan, relabelled
 from gpu_operator.states import RenderContext
@@ -771,7 +771,7 @@ def test_cleanup_hook_runs_the_shipped_script() -> None:
 
 # --- RBAC ---
 
-Atom = tuple[str, str, str]  # (apiGroup, resource, verb)
+Atom = tuple[str, str, str, str]  # (apiGroup, resource, verb, resourceName: "" for any)
 
 # The operator's own API calls (operator/gpu_operator/{runtime,reconciler,kube}.py, kopf), by scope.
 REQUIRED_CLUSTER: dict[tuple[str, str], set[str]] = {
@@ -788,6 +788,8 @@ REQUIRED_CLUSTER: dict[tuple[str, str], set[str]] = {
     ("nvidia.com", "nvidiadrivers/finalizers"): {"update"},  # driver DaemonSets owned with blockOwnerDeletion
     ("nfd.k8s-sigs.io", "nodefeatures"): {"list", "watch"},  # PCI device IDs of GPUs no label identifies yet
 }
+# The operator's writes (NAMED_VERBS) that name their object: its own namespace, the operand ClusterRoles/Bindings.
+NAMED: dict[tuple[str, str], tuple[str, ...]] = {("", "namespaces"): (NAMESPACE,), **operand_names()}
 # The objects the states render, from the registry of kinds: namespaced ones in the operand namespace.
 REQUIRED_CLUSTER.update({res: set(verbs) for res, (namespaced, verbs) in operand_rbac().items() if not namespaced})
 REQUIRED_NAMESPACED: dict[tuple[str, str], set[str]] = {
@@ -802,16 +804,23 @@ REQUIRED_NAMESPACED: dict[tuple[str, str], set[str]] = {
 def atoms(rules: Iterable[dict[str, Any]]) -> set[Atom]:
     out = set()
     for rule in rules:
-        assert not rule.get("resourceNames") and not rule.get("nonResourceURLs"), rule
+        assert not rule.get("nonResourceURLs"), rule
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
                 for verb in rule["verbs"]:
-                    out.add((group, resource, verb))
+                    out |= {(group, resource, verb, name) for name in rule.get("resourceNames") or [""]}
     return out
 
 
 def required(table: dict[tuple[str, str], set[str]]) -> set[Atom]:
-    return {(g, r, v) for (g, r), verbs in table.items() for v in verbs}
+    """The atoms of the operator's calls: a write of NAMED once per name it makes."""
+    return {(g, r, v, n) for (g, r), verbs in table.items() for v in verbs
+            for n in (NAMED.get((g, r), ("",)) if v in NAMED_VERBS else ("",))}  # fmt: skip
+
+
+def missing(wanted: set[Atom], held: set[Atom]) -> list[Atom]:
+    """The atoms of `wanted` no atom of `held` grants (one for any name grants each name)."""
+    return sorted(a for a in wanted if a not in held and (*a[:3], "") not in held)
 
 
 @functools.cache
@@ -868,17 +877,30 @@ def test_operand_roles_were_found() -> None:
 def test_operator_rbac_covers_every_operand_rule() -> None:
     """RBAC escalation check: the operator may only create Roles/ClusterRoles granting what it holds itself."""
     cluster, namespaced = chart_rbac(render())
-    missing = []
+    lacking = []
     for kind, name, rules in operand_rules():
         held = cluster if kind == "ClusterRole" else cluster | namespaced  # operand Roles live in the namespace
-        missing += [f"{kind} {name}: {a}" for a in sorted(rules - held)]
-    assert missing == [], "the chart's operator RBAC must hold every operand rule:\n" + "\n".join(missing)
+        lacking += [f"{kind} {name}: {a}" for a in missing(rules, held)]
+    assert lacking == [], "the chart's operator RBAC must hold every operand rule:\n" + "\n".join(lacking)
 
 
 def test_operator_rbac_covers_its_own_calls() -> None:
     cluster, namespaced = chart_rbac(render())
-    assert sorted(required(REQUIRED_CLUSTER) - cluster) == []
-    assert sorted(required(REQUIRED_NAMESPACED) - (cluster | namespaced)) == []
+    assert missing(required(REQUIRED_CLUSTER), cluster) == []
+    assert missing(required(REQUIRED_NAMESPACED), cluster | namespaced) == []
+
+
+def test_operator_may_patch_only_its_own_namespace_and_operand_clusterroles() -> None:
+    """psa.enabled's labels go on the release namespace, and the operator writes only the operand ClusterRoles and
+    bindings: no other namespace may be labelled privileged, no other ClusterRole (cluster-admin) changed."""
+    for namespace in (NAMESPACE, "gpu-system"):
+        rules = one(render(namespace=namespace), "ClusterRole", "gpu-operator")["rules"]
+        named = [r for r in rules if "namespaces" in r["resources"] and "patch" in r["verbs"]]
+        assert [r.get("resourceNames") for r in named] == [[namespace]], named
+        writes = [r for r in rules if {"clusterroles", "clusterrolebindings"} & set(r["resources"])
+                  and set(NAMED_VERBS) & set(r["verbs"])]  # fmt: skip
+        assert [(sorted(r["verbs"]), r.get("resourceNames")) for r in writes] == [
+            (sorted(NAMED_VERBS), list(operand_names()[("rbac.authorization.k8s.io", "clusterroles")]))]
 
 
 def test_operator_rbac_is_least_privilege() -> None:
@@ -892,7 +914,7 @@ def test_operator_rbac_is_least_privilege() -> None:
     want_namespaced = required(REQUIRED_NAMESPACED) | (operand_namespaced - want_cluster)
     assert sorted(cluster - want_cluster) == [], "cluster-wide rights nobody needs"
     assert sorted(namespaced - want_namespaced) == [], "namespaced rights nobody needs (or already cluster-wide)"
-    namespaced_only = {r for _, r, _ in required(REQUIRED_NAMESPACED)}
+    namespaced_only = {r for _, r, _, _ in required(REQUIRED_NAMESPACED)}
     assert not {a for a in cluster - operand_cluster if a[1] in namespaced_only}, (
         "operand objects: only in the operand namespace"
     )

@@ -290,7 +290,8 @@ def can_i(k: Kube, verb: str, resource: str, group: str = "", namespace: str | N
 
 def test_chart_rbac_is_the_operator_identity(prepared: None, operator_kube: Kube) -> None:
     """The local cluster's operator identity (ServiceAccount gpu-operator/gpu-operator) gets the chart's rights: pods
-    are deleted only in its namespace (driver pods), elsewhere only evicted."""
+    are deleted only in its namespace (driver pods), elsewhere only evicted; of the namespaces and ClusterRoles, only
+    its own and the operand ones may be changed."""
     allowed = [("list", "nodes", "", None), ("patch", "nodes", "", None), ("delete", "pods", "", NS),
                ("create", "daemonsets", "apps", NS), ("create", "roles", "rbac.authorization.k8s.io", NS),
                ("create", "clusterroles", "rbac.authorization.k8s.io", None),
@@ -306,6 +307,17 @@ def test_chart_rbac_is_the_operator_identity(prepared: None, operator_kube: Kube
         assert can_i(operator_kube, verb, resource, group, ns), f"operator cannot {verb} {resource} in {ns}"
     for verb, resource, group, ns in denied:
         assert not can_i(operator_kube, verb, resource, group, ns), f"operator may {verb} {resource} in {ns}"
+    # Writes that name their object: its own namespace (the PSA labels) and the operand ClusterRoles/Bindings only.
+    rbac = "rbac.authorization.k8s.io"
+    named = [("patch", "namespaces", "", NS, True), ("patch", "namespaces", "", "default", False),
+             ("patch", "namespaces", "", "kube-system", False), ("patch", "clusterroles", rbac, "nvidia-driver", True),
+             ("delete", "clusterrolebindings", rbac, "nvidia-operator-validator", True),
+             ("delete", "clusterroles", rbac, "cluster-admin", False),
+             ("patch", "clusterrolebindings", rbac, "cluster-admin", False),
+             ("update", "clusterroles", rbac, "edit", False), ("create", "clusterroles", rbac, "nvidia-driver", True),
+             ("get", "clusterroles", rbac, "cluster-admin", True)]  # fmt: skip
+    for verb, resource, group, name, want in named:
+        assert can_i(operator_kube, verb, resource, group, name=name) is want, f"{verb} {resource} {name}: {not want}"
 
 
 # --- hooks, run under their own identities ---

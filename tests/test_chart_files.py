@@ -621,6 +621,31 @@ def test_the_operator_may_delete_pods_only_in_its_own_namespace() -> None:
     assert ("", "pods", "delete") in atoms("Role")
 
 
+@pytest.mark.parametrize("resource", ["namespaces", "clusterroles", "clusterrolebindings"])
+def test_operator_clusterrole_may_change_only_its_own_namespace_and_operand_roles(resource: str) -> None:
+    """The operator writes one Namespace, its own (lifecycle.py: the PSA labels), and only the operand ClusterRoles
+    and ClusterRoleBindings its states render, all of fixed names (nvidia-driver, nvidia-device-plugin, ...). The
+    ClusterRole granted `patch` on every Namespace and `patch`/`update`/`delete` on every ClusterRole and binding:
+    the operator's token could label any namespace pod-security.kubernetes.io/enforce=privileged, and delete or
+    rewrite cluster-admin, admin, edit or any other ClusterRole. A write naming its object (a PATCH, an apply that
+    creates, an update, a delete) can be limited by resourceNames, as now: for namespaces the release namespace
+    only. `create` (by POST, which names nothing), `get`, `list` and `watch` stay unnamed."""
+    docs = [d for d in yaml.safe_load_all((REPO / "manifests" / "gpu-operator.yaml").read_text()) if d]
+    rules = one(docs, "ClusterRole", "gpu-operator")["rules"]
+    broad = [
+        rule for rule in rules
+        if resource in rule.get("resources", []) and {"patch", "update", "delete"} & set(rule["verbs"])
+        and not rule.get("resourceNames")
+    ]  # fmt: skip
+    assert broad == [], f"{resource}: writable cluster-wide with no resourceNames: {broad}"
+    named = [r for r in rules if resource in r["resources"] and r.get("resourceNames")]
+    assert named and all(set(r["verbs"]) <= {"patch", "update", "delete"} for r in named), named
+    if resource == "namespaces":
+        assert [r["resourceNames"] for r in named] == [[NAMESPACE]], named
+    unnamed = {v for r in rules if resource in r["resources"] and not r.get("resourceNames") for v in r["verbs"]}
+    assert {"get", "list", "watch", "create"} <= unnamed, unnamed
+
+
 def test_the_operator_may_watch_nodefeatures_in_every_namespace() -> None:
     """The operator watches NFD's NodeFeatures across namespaces (runtime.Operator.feature_watch) so that a node
     joining is identified when first seen; the ClusterRole granted only `list`, and the watch would be refused (the

@@ -3,6 +3,7 @@ nothing else: it is rendered, watched, listed at start-up for pruning and grante
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -24,7 +25,7 @@ from gpu_operator.kube import Kube, path_for
 from gpu_operator.render import node_patches, plan
 from gpu_operator.runtime import Operator, build_registry
 from gpu_operator.states import RenderContext, all_states
-from support import OWNER, REPO, fixed_nodes, load_scenario, render_all, sample_spec, scenario_names
+from support import OWNER, REPO, deep_merge, fixed_nodes, load_scenario, render_all, sample_spec, scenario_names
 
 STATE_MODULE = '''
 """A throw-away state shipped outside the package, with a kind no other state renders."""
@@ -139,6 +140,35 @@ def test_rendering_a_kind_the_state_did_not_declare_is_an_error(throwaway: Path)
     (folder / "0200_undeclared.yaml").write_text("apiVersion: v1\nkind: Secret\nmetadata:\n  name: nope\n")
     with pytest.raises(ValueError, match="state-throwaway renders v1 Secret, which is not in its declared kinds"):
         plan(_ctx(frozenset({"monitoring.coreos.com"})))
+
+
+READ_PODS = "all-on, exporter pod labels"  # the exporter's read-pods ClusterRole, which no scenario renders
+
+
+@pytest.mark.parametrize("name", [*scenario_names(), READ_PODS])
+def test_the_operator_may_write_every_clusterrole_and_binding_it_renders(name: str) -> None:
+    """The operator's patch/update/delete on ClusterRoles and ClusterRoleBindings are limited to the operand ones
+    (kinds.OPERAND_CLUSTER_ROLES, the chart's and the manifests' resourceNames): one a state renders under another
+    name would be refused (403) at every apply. Every scenario's are in them, so a new operand cannot miss it."""
+    scenario = load_scenario("all-on" if name == READ_PODS else name)
+    if name == READ_PODS:
+        spec = deep_merge(scenario.spec, {"dcgmExporter": {"enablePodLabels": True}})
+        scenario = dataclasses.replace(scenario, spec=spec)
+    rendered = {(o["kind"], o["metadata"]["name"]) for p in scenario.render() for o in p.objects
+                if o["kind"] in ("ClusterRole", "ClusterRoleBinding")}  # fmt: skip
+    assert rendered
+    if name == READ_PODS:
+        assert ("ClusterRole", "nvidia-dcgm-exporter-read-pods") in rendered
+    generated = yaml.safe_load((REPO / "charts" / "gpu-operator" / "files" / "operand-rbac.yaml").read_text())
+    manifest = [d for d in yaml.safe_load_all((REPO / "manifests" / "gpu-operator.yaml").read_text()) if d]
+    (role,) = [d for d in manifest if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "gpu-operator"]
+    for where, rules in (("operand-rbac.yaml", generated["cluster"]), ("manifests", role["rules"])):
+        for kind, obj in sorted(rendered):
+            resource = registry()[kind].plural
+            granted = [r for r in rules if resource in r["resources"] and set(kinds.NAMED_VERBS) <= set(r["verbs"])
+                       and obj in r.get("resourceNames", [])]  # fmt: skip
+            assert granted, f"{where}: {kind} {obj} is not among the names the operator may write"
+            assert obj in kinds.operand_names()[("rbac.authorization.k8s.io", resource)]
 
 
 @pytest.mark.parametrize("name", scenario_names())

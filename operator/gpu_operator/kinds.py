@@ -129,3 +129,27 @@ OWNED_VERBS = ("get", "list", "watch", "create", "patch", "update", "delete")
 def operand_rbac() -> dict[tuple[str, str], tuple[bool, tuple[str, ...]]]:
     """(API group, resource) -> (namespaced, verbs): the rights the operator needs on the objects it renders."""
     return {(k.group, k.plural): (k.namespaced, OWNED_VERBS) for k in operand_kinds()}
+
+
+# The operand ClusterRoles and their ClusterRoleBindings (each binding is named as its role), every state and
+# setting. The operator's writes to ClusterRoles and ClusterRoleBindings are limited to these names, so no other
+# (cluster-admin's, say) is in its reach. tests/test_kinds.py renders every scenario against this list.
+OPERAND_CLUSTER_ROLES = (
+    "nvidia-dcgm-exporter-read-pods",
+    "nvidia-device-plugin",
+    "nvidia-device-plugin-mps-control-daemon",
+    "nvidia-driver",
+    "nvidia-gpu-feature-discovery",
+    "nvidia-mig-manager",
+    "nvidia-node-status-exporter",
+    "nvidia-operator-validator",
+)
+# The verbs a rule can limit to names (a create by POST and a list or watch carry none): the apply (a PATCH, also
+# when it creates), an update, the prune's delete.
+NAMED_VERBS = ("patch", "update", "delete")
+
+
+def operand_names() -> dict[tuple[str, str], tuple[str, ...]]:
+    """(API group, resource) -> the names the operator's NAMED_VERBS are limited to. Not RuntimeClasses:
+    operator.runtimeClass names one."""
+    return {(k.group, k.plural): OPERAND_CLUSTER_ROLES for k in (CLUSTER_ROLE, CLUSTER_ROLE_BINDING)}

@@ -923,6 +923,22 @@ def test_a_crash_looping_init_container_is_told_the_cause_its_message_names() ->
     assert f.fix.startswith("look at the driver"), f.fix
 
 
+def test_a_driver_refused_by_secure_boot_with_required_key_not_available_gets_the_secure_boot_fix() -> None:
+    """§12 entry 12: Secure Boot refuses the unsigned nvidia module -> turn Secure Boot off (or signed precompiled
+    drivers). The kernel says EKEYREJECTED ("Key was rejected by service") or, on kernels that return ENOKEY
+    (RHEL/CentOS 8), "Required key not available"; doctor knew only the first and told the second to read its log."""
+    for refusal in ("Required key not available", "Key was rejected by service"):
+        last = (f"Loading NVIDIA driver kernel modules...\nmodprobe: ERROR: could not insert 'nvidia': {refusal}\n"
+                "Stopping NVIDIA persistence daemon...")  # fmt: skip
+        drv = _driver_pod([{"name": "k8s-driver-manager", "state": {"terminated": {"exitCode": 0}}}], [{
+            "name": "nvidia-driver-ctr", "ready": False, "restartCount": 5,
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"exitCode": 1, "message": last}}}])  # fmt: skip
+        f = kinds(cluster([node("h-0")], [drv], policy_status=DRIVER_NOT_READY))["OperandNotReady"]
+        assert refusal in f.summary, f.summary
+        assert "Secure Boot off" in f.fix, f.fix
+
+
 
 def _not_ready_under(pod: dict[str, Any], status: dict[str, Any], spec: dict[str, Any]) -> Any:
     """doctor's OperandNotReady for `pod` on node h-0 under a ClusterPolicy with `spec`."""

@@ -350,7 +350,8 @@ def _crash_cause(message: str) -> str:
             "the driver cannot build for this kernel: provide kernel headers or use precompiled drivers "
             "(driver.usePrecompiled)"
         )
-    if "secure boot" in low or "key was rejected" in low:
+    # The kernel refuses an unsigned module with EKEYREJECTED or, on some kernels (RHEL 8), ENOKEY.
+    if "secure boot" in low or "key was rejected" in low or "required key not available" in low:
         return "Secure Boot rejects the unsigned module: turn Secure Boot off or use signed precompiled drivers"
     return ""
 

@@ -1131,6 +1131,37 @@ def test_gpus_unhealthy_is_reported_for_mig_and_shared_resources_too() -> None:
     assert f.fix.startswith("if it lasts past 5 minutes, drain the node"), f.fix
 
 
+def test_a_pending_pod_on_nodes_whose_gpus_are_all_unhealthy_is_not_told_the_device_plugin_is_down() -> None:
+    """§12 entry 3: allocatable < capacity with an Xid (79 off the bus, 48/94/95 ECC): the device plugin runs and
+    marked the GPUs unhealthy. Where every GPU of the GPU nodes is (a 1-GPU cloud node after an Xid 79), allocatable
+    is 0, and the Pending pod's finding, printed first, was GPUsNotAdvertised: "the device plugin is not running or
+    not ready on them", sending the admin to a plugin that did its job. It names the unhealthy GPUs now (an error:
+    the pod cannot run), and the nodes whose plugin advertises nothing besides; not while the plugin is paused."""
+    message = "0/1 nodes are available: 1 Insufficient nvidia.com/gpu."
+    sick = node("g-0", gpus=1, allocatable={"nvidia.com/gpu": "0"})  # capacity 1, allocatable 0
+    found = diagnose(cluster([sick], [unschedulable(pod("train", 1), message)]))
+    mine = [f for f in found if f.object == "Pod default/train"]
+    assert mine and found[0] is mine[0] and mine[0].kind == "AllGPUsUnhealthy", render_text(found)
+    assert "not running or not ready" not in mine[0].summary, mine[0].summary
+    assert "on g-0 the device plugin registered 1 (the capacity) but marked it unhealthy" in mine[0].summary
+    assert mine[0].fix.startswith("drain g-0 and reset or replace the GPUs"), mine[0].fix
+    # Beside a GPU node that advertises nothing: both named.
+    bare = node("g-1")
+    for key in ("capacity", "allocatable"):
+        bare["status"][key].pop("nvidia.com/gpu")
+    f = kinds(cluster([sick, bare], [unschedulable(pod("train", 1), message)]))["AllGPUsUnhealthy"]
+    assert "g-1 has NVIDIA GPUs but advertises none" in f.summary and "device plugin on g-1" in f.fix, f
+    assert f.nodes == ("g-0", "g-1")
+    # The only node the pod selects: the others advertise GPUs.
+    picky = unschedulable(pod("train", 1, nodeSelector={"kubernetes.io/hostname": "g-0"}), message)
+    f = kinds(cluster([sick, node("g-2")], [picky]))["AllGPUsUnhealthy"]
+    assert f.summary.startswith("no node the pod may use advertises") and "selector or affinity" in f.fix, f
+    # A paused device plugin deregistered (capacity kept 5 minutes): not an Xid.
+    paused = node("g-0", gpus=1, allocatable={"nvidia.com/gpu": "0"},
+                  labels={"nvidia.com/gpu.deploy.device-plugin": "paused-for-driver-upgrade"})  # fmt: skip
+    assert "AllGPUsUnhealthy" not in kinds(cluster([paused], [unschedulable(pod("train", 1), message)]))
+
+
 def test_a_gpu_node_that_advertises_no_gpu_is_named_when_the_others_are_full() -> None:
     """h-0 has 8 GPUs (NFD, gpu.present, GFD's labels) but advertises no nvidia.com/gpu (its device plugin found
     none: §12 entry 1's cause, on one node); h-1's 8 are in use. A pending 1-GPU pod was told only that every

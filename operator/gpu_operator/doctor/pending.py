@@ -179,6 +179,9 @@ def _diagnose(cluster: Cluster, pod: dict[str, Any]) -> Finding | None:
             continue
         if resource.startswith(MIG_PREFIX):
             return _not_advertised(cluster, pod, ref, resource, count, evidence, candidates)
+        sick = _all_unhealthy(cluster, ref, resource, candidates, evidence, True)
+        if sick is not None:
+            return sick
         names = ", ".join(v.name for v in candidates[:8])
         return Finding(
             ERROR, "NoGPUOnMatchingNodes", ref,
@@ -611,6 +614,9 @@ def _not_advertised(
     if disabled is not None:
         return disabled
     views = nodes if nodes is not None else list(cluster.views.values())
+    sick = _all_unhealthy(cluster, ref, resource, views, evidence, nodes is not None)
+    if sick is not None:
+        return sick
     if resource.startswith(MIG_PREFIX):
         profile = resource[len(MIG_PREFIX) :]
         _, spec = policy(cluster)
@@ -669,6 +675,38 @@ def _not_advertised(
         "the GPU nodes' taints, such as nvidia.com/gpu)",
         evidence,
     )  # fmt: skip
+
+
+def _all_unhealthy(
+    cluster: Cluster, ref: str, resource: str, views: list[NodeView], evidence: list[Evidence], selected: bool
+) -> Finding | None:  # fmt: skip
+    """No node of `views` advertises `resource`, and on some the device plugin registered it (capacity) but marked
+    every device unhealthy (REFERENCE §12 entry 3, the stack's GPUsUnhealthy): the GPUs failed, not the plugin. Not a
+    node that advertises another GPU resource (a layout or sharing change renamed it). None without such a node."""
+    marked = {n for f in stack.findings(cluster) if f.kind == "GPUsUnhealthy" for n in f.nodes}
+    sick = [v for v in views if v.name in marked and v.capacity.get(resource, Decimal(0)) > 0
+            and not any(is_gpu_resource(r) and n > 0 for r, n in v.allocatable.items())]  # fmt: skip
+    if not sick:
+        return None
+    names = [v.name for v in sick]
+    total = sum((v.capacity[resource] for v in sick), Decimal(0))
+    where = "no node the pod may use" if selected else "no node"
+    summary = (f"{where} advertises {resource}: on {_listed(names)} the device plugin registered {fmt(total)} (the "
+               f"capacity) but marked {'it' if total == 1 else 'all of them'} unhealthy (allocatable 0: an Xid, 79 "
+               "fallen off the bus, 48/94/95 ECC errors)")  # fmt: skip
+    fix = (f"drain {_listed(names)} and reset or replace the GPUs (nvidia-smi -r, or the node's provider); the device "
+           "plugin's log names the Xid")  # fmt: skip
+    if selected:  # other nodes advertise it
+        fix += f"; or let the pod use the nodes that advertise {resource} (its node selector or affinity excludes them)"
+    seen = {v.name for v in views}
+    idle = [n for n in stack.unadvertised(cluster) if n in seen]
+    if idle:
+        has = "has NVIDIA GPUs but advertises" if len(idle) == 1 else "have NVIDIA GPUs but advertise"
+        summary += f"; {_listed(idle)} {has} none (GPUsNotAdvertisedOnNode)"
+        fix += f"; fix the device plugin on {_listed(idle)} (GPUsNotAdvertisedOnNode)"
+    ev = evidence + [Evidence(f"Node {v.name}", f"status.capacity / status.allocatable [{resource}]",
+                              f"{fmt(v.capacity[resource])} / 0") for v in sick[:3]]  # fmt: skip
+    return Finding(ERROR, "AllGPUsUnhealthy", ref, summary, fix, ev, nodes=tuple(names + idle))
 
 
 def _plugin_disabled(cluster: Cluster, ref: str, resource: str, evidence: list[Evidence]) -> Finding | None:

@@ -1302,6 +1302,74 @@ def test_no_cluster_policy_with_gpu_nodes() -> None:
     assert kinds(cluster([node("h-0")], [], policy=False))["NoClusterPolicy"].severity == "error"
 
 
+def _operator_pod(name: str, state: dict[str, Any], phase: str = "Pending", **status: Any) -> dict[str, Any]:
+    """The operator's own pod as the chart makes it (selector labels app / app.kubernetes.io/component gpu-operator,
+    managed-by Helm), in the operator's namespace, its container in `state`."""
+    return {
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS,
+                     "labels": {"app": "gpu-operator", "app.kubernetes.io/component": "gpu-operator",
+                                "app.kubernetes.io/managed-by": "Helm", "pod-template-hash": "7d9f8c6b5"},
+                     "ownerReferences": [{"kind": "ReplicaSet", "name": "gpu-operator-7d9f8c6b5",
+                                          "controller": True}]},
+        "spec": {"nodeName": "cpu-0", "containers": [{"name": "gpu-operator",
+                                                       "image": "registry.example.com/gpu-operator:v26.7.0"}]},
+        "status": {"phase": phase, "containerStatuses": [{
+            "name": "gpu-operator", "ready": False, "restartCount": 0, "state": state, **status}]},
+    }  # fmt: skip
+
+
+def test_an_operator_pod_that_does_not_run_is_named_not_the_device_plugin() -> None:
+    """The operator's own pod cannot start (its image cannot be pulled: an air-gapped registry, a mirror without the
+    tag). It labels no node and creates no DaemonSet, so no GPU is advertised and every GPU pod waits on "Insufficient
+    nvidia.com/gpu". doctor read the pod but no finding looked at it: it said the device plugin was not running
+    (GPUsNotAdvertised, "see the operand findings", of which there were none) and sent the admin to `kubectl get pods
+    -l app=nvidia-device-plugin-daemonset`, which lists nothing. The operator's pod is the first finding now, with
+    why it does not run and the chart values to fix; the pod's finding and the node's point at it."""
+    gpu = node("g-0")
+    for key in ("capacity", "allocatable"):
+        gpu["status"][key].pop("nvidia.com/gpu")
+    name = "gpu-operator-7d9f8c6b5-x2k4q"
+    operator = _operator_pod(name, {"waiting": {"reason": "ImagePullBackOff", "message":
+                                                'Back-off pulling image "registry.example.com/gpu-operator:v26.7.0"'}})
+    failed = {"kind": "Event", "type": "Warning", "reason": "Failed",
+              "involvedObject": {"kind": "Pod", "namespace": NS, "name": name},
+              "message": 'Failed to pull image "registry.example.com/gpu-operator:v26.7.0": rpc error: code = '
+                         'NotFound desc = failed to pull and unpack image: not found'}  # fmt: skip
+    train = unschedulable(pod("train", 1), "0/1 nodes are available: 1 Insufficient nvidia.com/gpu.")
+    c = cluster([gpu], [train, operator], events=[failed])
+    c.snapshot.policies["cluster-policy"].pop("status")  # the operator never ran: no status
+    found = diagnose(c)
+    first = found[0]
+    assert first.kind == "OperatorNotRunning" and first.object == f"Pod {NS}/{name}", render_text(found)
+    assert "cannot pull image registry.example.com/gpu-operator:v26.7.0: it does not exist" in first.summary
+    assert "operator.repository, operator.image and operator.version" in first.fix, first.fix
+    assert first.nodes == ("g-0",)  # it deploys nothing there: `--node g-0` shows it
+    pending = next(f for f in found if f.kind == "GPUsNotAdvertised")
+    assert "OperatorNotRunning" in pending.fix and "see the operand findings" not in pending.fix, pending.fix
+    assert "GPUsNotAdvertisedOnNode" not in {f.kind for f in found}  # its device plugin is not the cause
+    assert [f.kind for f in diagnose(c, node="g-0")][0] == "OperatorNotRunning"
+    # A crash loop: its message quoted, its log the fix (not the driver's causes, whatever the words).
+    crash = _operator_pod(name, {"waiting": {"reason": "CrashLoopBackOff"}}, "Running", restartCount=7,
+                          lastState={"terminated": {"exitCode": 1, "message": "OSError: Address already in use"}})
+    f = kinds(cluster([node("g-0")], [crash]))["OperatorNotRunning"]
+    assert "crash-looping (7 restarts): OSError: Address already in use" in f.summary, f.summary
+    assert f.fix == f"read its log and the previous run's: kubectl logs -n {NS} {name} -c gpu-operator --previous"
+    # Another replica Ready (a follower, or the old pod of a rollout), or an evicted pod beside a Ready one: none.
+    ready = _operator_pod("gpu-operator-7d9f8c6b5-a1b2c", {"running": {}}, "Running")
+    ready["status"]["containerStatuses"][0]["ready"] = True
+    evicted = _operator_pod("gpu-operator-7d9f8c6b5-e0e0e", {"terminated": {"exitCode": 137}}, "Failed")
+    assert "OperatorNotRunning" not in kinds(cluster([node("g-0")], [crash, ready]))
+    assert "OperatorNotRunning" not in kinds(cluster([node("g-0")], [evicted, ready]))
+    # Not scheduled: the scheduler's word, and the chart values that place it.
+    unplaced = unschedulable(_operator_pod(name, {}), "0/3 nodes are available: 3 node(s) didn't match Pod's node "
+                             "affinity/selector.")  # fmt: skip
+    del unplaced["spec"]["nodeName"]
+    unplaced["status"]["containerStatuses"] = []
+    f = kinds(cluster([node("g-0")], [unplaced]))["OperatorNotRunning"]
+    assert "not scheduled: 0/3 nodes are available" in f.summary and "operator.nodeSelector" in f.fix, f
+
+
 def test_gpu_nodes_tainted_nvidia_com_gpu_without_nfd_labels_name_the_nfd_workers_toleration() -> None:
     # NFD's chart gives its worker no toleration: on GPU nodes tainted nvidia.com/gpu (GKE's) it never runs, so
     # they carry no NFD label while the CPU nodes do, and the status only says "no GPU nodes found".

@@ -19,6 +19,10 @@ __all__ = ["Cluster", "Evidence", "Finding", "diagnose", "exit_status", "gather"
            "render_prometheus", "ERROR", "WARNING", "INFO"]  # fmt: skip
 
 
+# Printed before the other findings of their severity: the cause of the rest.
+FIRST = frozenset({"OperatorNotRunning"})
+
+
 def _pod_matches(pod: dict[str, Any], namespace: str | None, name: str | None) -> bool:
     meta = pod.get("metadata") or {}
     if namespace and meta.get("namespace") != namespace:
@@ -49,7 +53,7 @@ def diagnose(
     if node:
         on_node = {pod_ref(p) for p in pods if _bound_to(p) == node}
         found = [f for f in found if node in f.nodes or f.object == f"Node {node}" or f.object in on_node]
-    return sorted(found, key=lambda f: (SEVERITY_ORDER[f.severity], f.kind, f.object))
+    return sorted(found, key=lambda f: (SEVERITY_ORDER[f.severity], f.kind not in FIRST, f.kind, f.object))
 
 
 def render_json(findings: list[Finding]) -> str:

@@ -659,12 +659,15 @@ def _not_advertised(
         return _opted_out(cluster, ref, resource, opted_out, spec, evidence, len(vms))
     if gpu_nodes:
         besides = f" ({len(vms)} more are configured for VM workloads, {WORKLOAD_CONFIG})" if vms else ""
+        down = next((f for f in stack.findings(cluster) if f.kind == "OperatorNotRunning"), None)
+        first = (f"the operator's own pod does not run ({down.object}, OperatorNotRunning): fix it first, it deploys "
+                 "the device plugin" if down else f"fix the GPU stack first (see the operand findings; `kubectl get "
+                 f"pods -n {cluster.namespace}`)")  # fmt: skip
         return Finding(
             ERROR, "GPUsNotAdvertised", ref,
             f"no node advertises {resource} although {len(gpu_nodes)} nodes have NVIDIA GPUs{besides}: the device "
             "plugin is not running or not ready on them",
-            f"fix the GPU stack first (see the operand findings; `kubectl get pods -n {cluster.namespace}`); "
-            f"the device plugin advertises {resource} once the driver and toolkit are validated",
+            f"{first}; the device plugin advertises {resource} once the driver and toolkit are validated",
             evidence, nodes=tuple(gpu_nodes),
         )  # fmt: skip
     return Finding(

@@ -29,6 +29,7 @@ from .common import (
     policy,
     sandbox_failure,
     sandbox_fix,
+    scheduler_message,
     shared_replicas,
     upgrade_waiting,
 )
@@ -79,7 +80,7 @@ def unadvertised(cluster: Cluster) -> list[str]:
 
 
 def _findings(cluster: Cluster) -> list[Finding]:
-    out: list[Finding] = []
+    out: list[Finding] = _operator(cluster)
     name, spec = policy(cluster)
     gpu_nodes = [n for n in cluster.snapshot.nodes.values() if n.has_gpu]
     if name is None:
@@ -711,3 +712,79 @@ def _unadvertised(cluster: Cluster, spec: ClusterPolicySpec | None, named: set[s
             ev, nodes=(view.name,),
         ))  # fmt: skip
     return out
+
+
+# The operator's own pod, by the chart's selector labels (manifests/gpu-operator.yaml's too).
+OPERATOR_SELECTOR = {"app": "gpu-operator", COMPONENT: "gpu-operator"}
+_OPERATOR_VALUES = "the chart's operator.repository, operator.image and operator.version"
+
+
+def _operator(cluster: Cluster) -> list[Finding]:
+    """The operator's pods in its namespace, none of them Ready: it labels no node and deploys no operand, so nothing
+    else is the cause (its finding names every GPU node). None where no such pod is read (run outside the cluster)."""
+    pods = sorted((p for p in cluster.pods if (p.get("metadata") or {}).get("namespace") == cluster.namespace
+                   and not p["metadata"].get("deletionTimestamp")
+                   and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")  # evicted: replaced
+                   and OPERATOR_SELECTOR.items() <= ((p["metadata"].get("labels") or {}).items())),
+                  key=lambda p: str(p["metadata"].get("name")))  # fmt: skip
+    if not pods or any(pod_ready(p) for p in pods):
+        return []
+    pod, meta = pods[0], pods[0]["metadata"]
+    node = (pod.get("spec") or {}).get("nodeName")
+    ref, describe = pod_ref(pod), f"kubectl describe pod -n {meta.get('namespace')} {meta.get('name')}"
+    evidence: list[Evidence] = []
+    pulled = image_pull_failure(cluster, pod)
+    status = pod.get("status") or {}
+    container = next((c for c in status.get("containerStatuses") or [] if not c.get("ready")), None)
+    if pulled is not None:
+        evidence += pulled.evidence
+        why = f"container {pulled.container} cannot pull image {pulled.image}: {PULL_CAUSES[pulled.cause]}"
+        repo = image_repository(pulled.image)
+        fix = {
+            "not-found": f"set {_OPERATOR_VALUES} to an image your registry has (operator.repository: a mirror's)",
+            "denied": f"name a docker-registry Secret with credentials for {repo} (in namespace {cluster.namespace}) "
+            f"in the chart's operator.imagePullSecrets, or correct {_OPERATOR_VALUES}",
+            "unreachable": f"make {repo}'s registry reachable from node {node} (DNS, proxy, firewall), or mirror the "
+            "image and set operator.repository to the mirror's",
+            "never": "set the chart's operator.imagePullPolicy to IfNotPresent",
+        }.get(pulled.cause, f"{describe} (its events say why the pull fails); the image comes from {_OPERATOR_VALUES}, "
+              "its credentials from operator.imagePullSecrets")
+    elif status.get("phase") == "Pending" and not node:
+        field, message = scheduler_message(cluster, pod)
+        evidence.append(Evidence(ref, field or "status.phase", message or "Pending, not scheduled"))
+        why = "it is not scheduled" + (f": {message}" if message else "")
+        fix = (f"{describe}; the chart's operator.nodeSelector, affinity, tolerations and resources decide where it "
+               "may run")  # fmt: skip
+    elif container is not None:
+        name, state = container.get("name", "?"), container.get("state") or {}
+        waiting = state.get("waiting") or {}
+        last = ((container.get("lastState") or {}).get("terminated") or {}).get("message") or ""
+        if waiting.get("reason") == "CrashLoopBackOff" or container.get("restartCount", 0) > 3:
+            why = f"container {name} crash-looping ({container.get('restartCount', 0)} restarts)" + (
+                f": {_quote(last)}" if last else "")  # fmt: skip
+            fix = f"read its log and the previous run's: {_logs(meta, name)} --previous"
+        elif waiting:
+            why = f"container {name} waiting ({waiting.get('reason')}" + (
+                f": {_quote(str(waiting['message']))})" if waiting.get("message") else ")")  # fmt: skip
+            fix = f"{describe} (its events say why)"
+        else:
+            why = f"container {name} " + ("running, not ready (its /healthz probe fails)" if "running" in state
+                                          else "not started")  # fmt: skip
+            fix = f"read its log: {_logs(meta, name)}"
+        seen = f"{waiting.get('reason')}: {waiting.get('message') or ''}".rstrip(": ") if waiting else (
+            "running, not ready" if "running" in state else "not started")  # fmt: skip
+        evidence.append(Evidence(ref, f"status.containerStatuses[{name}].state", seen))
+        if last:
+            evidence.append(Evidence(ref, f"status.containerStatuses[{name}].lastState.terminated", _quote(last)))
+    else:
+        why = f"phase {status.get('phase')}, not Ready" + (
+            f" (is node {node} NotReady?)" if containers_ready(pod) else "")  # fmt: skip
+        fix = describe
+        evidence.append(Evidence(ref, "status.phase", str(status.get("phase"))))
+    more = f" (and {len(pods) - 1} more of its pods, none Ready)" if len(pods) > 1 else ""
+    return [Finding(
+        ERROR, "OperatorNotRunning", ref,
+        f"the operator's pod {meta.get('name')}{more} does not run: {why}; until it does, it labels no node and "
+        "deploys or repairs no operand (driver, toolkit, device plugin)",
+        fix, evidence, nodes=tuple(n.name for n in cluster.snapshot.nodes.values() if n.has_gpu),
+    )]  # fmt: skip

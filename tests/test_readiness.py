@@ -253,9 +253,10 @@ def test_unavailable_pods_name_their_nodes() -> None:
 
 def _waiting_pod(node: str, reason: str, init: str = "", restarts: int = 7) -> dict[str, Any]:
     """An operand pod as observe.project_pod keeps it: its container waits with `reason` (kept by _container_status),
-    having restarted `restarts` times, and its init container with `init`."""
+    having restarted `restarts` times, its last run crashed (exit code 1), and its init container with `init`."""
     waits = [{"name": "ctr", "ready": False, "restartCount": restarts,
-              **({"state": {"waiting": {"reason": reason}}} if reason else {})}]  # fmt: skip
+              **({"state": {"waiting": {"reason": reason}}} if reason else {}),
+              **({"lastTerminated": ("Error", 1)} if restarts else {})}]  # fmt: skip
     status: dict[str, Any] = {"phase": "Pending" if reason == "ImagePullBackOff" else "Running",
                               "containerStatuses": waits}  # fmt: skip
     if init:
@@ -889,9 +890,10 @@ def test_a_pass_over_pods_that_wait_names_why_and_says_it_the_same_way_pass_afte
 def test_each_moment_of_one_crash_loop_gives_the_same_message_and_writes_nothing(then: str) -> None:
     """Review diffR #1, #2: a driver container in a crash loop waits CrashLoopBackOff while it backs off; right after
     each start attempt the kubelet says why the start failed (RunContainerError, PostStartHookError), and a container
-    that starts and fails later runs between back-offs (no waiting reason; not ready, restartCount 7). Each such pass
-    flipped the state's message ("RunContainerError on n1", "not ready on n1") and wrote the ClusterPolicy's status,
-    the cluster unchanged. Now a container restarting counts as CrashLoopBackOff: one loop, one message."""
+    that starts and fails later runs between back-offs (no waiting reason; not ready, restartCount 7, its last run
+    ended with exit code 1). Each such pass flipped the state's message ("RunContainerError on n1", "not ready on
+    n1") and wrote the ClusterPolicy's status, the cluster unchanged. Now a container running again after a crash
+    counts as CrashLoopBackOff: one loop, one message."""
     from gpu_operator.observe import key_of
     from gpu_operator.status import status_changed
 
@@ -918,6 +920,95 @@ def test_each_moment_of_one_crash_loop_gives_the_same_message_and_writes_nothing
     before = written[-1]
     assert message(then) == f"{driver}: 1 of 2 pods unavailable (CrashLoopBackOff on n1)"
     assert not status_changed(before, written[-1])
+
+
+def _rebooted_pod(ds: dict[str, Any], on: str, where: str, restarts: int) -> dict[str, Any]:
+    """The API's pod of DaemonSet `ds` on node `on` as the kubelet reports it while it starts (again) after a node
+    reboot: the container that runs (`where`: the main container, or an init container that waits for the driver)
+    is running and not ready, restarted `restarts` times (the kubelet counts the pre-reboot container: lastState
+    terminated, reason Unknown, exit code 255), then projected as the operator keeps it."""
+    from gpu_operator.observe import project_pod
+
+    labels = {**ds["spec"]["template"]["metadata"]["labels"], "controller-revision-hash": "h1"}
+    last = {"terminated": {"exitCode": 255, "reason": "Unknown", "startedAt": "2026-12-01T00:00:00Z",
+                           "finishedAt": "2026-12-01T10:00:00Z"}} if restarts else {}  # fmt: skip
+    running = {"name": "ctr", "ready": False, "started": True, "restartCount": restarts,
+               "state": {"running": {"startedAt": "2026-12-01T10:02:00Z"}}, "lastState": last}  # fmt: skip
+    status: dict[str, Any] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}]}
+    if where == "main":
+        status["containerStatuses"] = [running]
+    else:
+        status["phase"] = "Pending"
+        status["initContainerStatuses"] = [{**running, "name": "driver-validation"}]
+        status["containerStatuses"] = [{"name": "ctr", "ready": False, "restartCount": restarts,
+                                        "state": {"waiting": {"reason": "PodInitializing"}}}]  # fmt: skip
+    raw = {
+        "metadata": {"name": f"{ds['metadata']['name']}-{on}", "labels": labels,
+                     "ownerReferences": [{"kind": "DaemonSet", "name": ds["metadata"]["name"], "uid": "ds-uid"}]},
+        "spec": {"nodeName": on},
+        "status": status,
+    }  # fmt: skip
+    projected = project_pod(wire.convert(raw, wire.Pod))
+    projected["owner"] = ds["metadata"]["name"]
+    projected["metadata"].pop("ownerUid", None)  # as the other pods of these passes (_ready_pod)
+    return projected
+
+
+@pytest.mark.parametrize("where", ["main", "init"])
+def test_a_pod_restarted_by_a_node_reboot_is_not_called_a_crash_loop(where: str) -> None:
+    """Review diffS #1: every container not ready that had restarted read "CrashLoopBackOff". After a node reboot
+    the kubelet starts each pod's containers again and counts the container that ran before the reboot (restartCount
+    1, lastState.terminated reason Unknown): the driver container then runs its install (minutes, not ready until
+    its startup probe passes) and the other operands' init containers wait for the driver. Nothing crashes, yet the
+    state's message said "CrashLoopBackOff on <node>" for the whole start. Now such a pod reads as the same pod
+    starting for the first time; only a container whose last run crashed is a crash loop."""
+    from gpu_operator.observe import key_of
+
+    pol, cluster, r, written = _recording(2)
+    first = r.reconcile(_snap(cluster, pol, {}, {}, {}))
+    owned = {key_of(o): o for o in first.applied}
+    daemonsets = {o["metadata"]["name"]: o for o in first.applied if o["kind"] == "DaemonSet"}
+    [driver] = [name for name in daemonsets if name.startswith("nvidia-driver-daemonset")]
+    key = key_of(daemonsets[driver])
+    owned[key] = {**owned[key], "status": {**owned[key]["status"], "numberAvailable": 1, "numberUnavailable": 1}}
+    revisions = {f"{d}-h1": {"metadata": {"labels": {"controller-revision-hash": "h1"}}, "revision": 1, "owner": d}
+                 for d in daemonsets}  # fmt: skip
+    others = {f"{d}-{n}": _ready_pod(daemonsets[d], n) for d in daemonsets for n in cluster.nodes}
+
+    def message(restarts: int) -> str:
+        p = _rebooted_pod(daemonsets[driver], "n1", where, restarts)
+        r.reconcile(_snap(cluster, pol, copy.deepcopy(owned), {**others, p["metadata"]["name"]: p}, revisions))
+        [s] = [s for s in written[-1]["states"] if s["name"] == "state-driver"]
+        return str(s["message"])
+
+    fresh = message(0)
+    assert fresh.endswith("on n1)") and "CrashLoopBackOff" not in fresh, fresh
+    assert message(1) == fresh
+
+
+@pytest.mark.parametrize(
+    ("last", "expected"),
+    [
+        (("Error", 1), "CrashLoopBackOff"),
+        (("OOMKilled", 137), "CrashLoopBackOff"),
+        (("Unknown", 255), ""),  # lost to a node reboot
+        (("Completed", 0), ""),
+        (("", 0), ""),
+        (("Error", None), ""),  # no exit code: nothing says it crashed
+        (None, ""),  # no last run kept
+    ],
+)
+def test_a_running_container_counts_as_a_crash_loop_only_after_its_last_run_crashed(
+    last: tuple[str, Any] | None, expected: str
+) -> None:
+    from gpu_operator.readiness import waiting_reason
+
+    pod = _waiting_pod("n1", "", restarts=3)
+    [ctr] = pod["status"]["containerStatuses"]
+    ctr.pop("lastTerminated")
+    if last is not None:
+        ctr["lastTerminated"] = last
+    assert waiting_reason(pod) == expected
 
 
 def test_a_daemonset_whose_state_label_another_writer_changed_is_still_judged() -> None:

@@ -39,7 +39,7 @@ def reference(pod: dict[str, Any]) -> dict[str, Any]:
     inits = [
         {"name": c.get("name") or "", "ready": False, "restartCount": c.get("restartCount", 0),
          **({"state": {"waiting": {"reason": why}}} if (why := ((c.get("state") or {}).get("waiting") or {})
-                                                          .get("reason")) else {})}
+                                                          .get("reason")) else {}), **_last_run(c)}
         for c in status.get("initContainerStatuses") or [] if not c.get("ready")
     ]  # fmt: skip
     return {
@@ -54,7 +54,8 @@ def reference(pod: dict[str, Any]) -> dict[str, Any]:
         "status": {
             "phase": status.get("phase"),
             "containerStatuses": [
-                {"name": c.get("name") or "", "ready": bool(c.get("ready")), "restartCount": c.get("restartCount", 0)}
+                {"name": c.get("name") or "", "ready": bool(c.get("ready")), "restartCount": c.get("restartCount", 0),
+                 **_last_run(c)}
                 for c in status.get("containerStatuses") or []
             ],
             **({"initContainerStatuses": inits} if inits else {}),
@@ -63,6 +64,14 @@ def reference(pod: dict[str, Any]) -> dict[str, Any]:
         and all(c.get("ready") for c in status["containerStatuses"])
         and all(c.get("status") == "True" for c in status.get("conditions") or [] if c.get("type") == "Ready"),
     }
+
+
+def _last_run(c: dict[str, Any]) -> dict[str, Any]:
+    """How a container that has restarted last ended, as the projection keeps it."""
+    last = (c.get("lastState") or {}).get("terminated")
+    if c.get("restartCount", 0) > 0 and last is not None:
+        return {"lastTerminated": (last.get("reason") or "", last.get("exitCode"))}
+    return {}
 
 
 def api_pod(name: str = "nvidia-driver-daemonset-x1", rv: str = "7", **over: Any) -> dict[str, Any]:
@@ -177,15 +186,15 @@ def test_init_containers_not_ready_are_kept_with_their_restarts_and_waiting_reas
          "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}},
         {"name": "nvidia-fs-init", "ready": False, "restartCount": 14, "image": "x",
          "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 5m0s restarting failed container"}},
-         "lastState": {"terminated": {"exitCode": 1}}},
+         "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}}},
         {"name": "later", "ready": False, "restartCount": 0, "state": {}},
     ]  # fmt: skip
     pod = api_pod(status__phase="Pending", status__initContainerStatuses=inits)
     expected = [
         {"name": "nvidia-fs-init", "ready": False, "restartCount": 14,
-         "state": {"waiting": {"reason": "CrashLoopBackOff"}}},
+         "state": {"waiting": {"reason": "CrashLoopBackOff"}}, "lastTerminated": ("Error", 1)},
         {"name": "later", "ready": False, "restartCount": 0},
-    ]
+    ]  # fmt: skip
     assert _projected_both_ways(pod, "initContainerStatuses") == (expected, expected)
     done = api_pod(status__initContainerStatuses=inits[:1])
     assert "initContainerStatuses" not in pod_projection(done)["status"]
@@ -207,6 +216,25 @@ def test_containers_are_kept_with_their_waiting_reason() -> None:
         {"name": "sidecar", "ready": True, "restartCount": 1},
     ]  # fmt: skip
     assert _projected_both_ways(pod, "containerStatuses") == (expected, expected)
+
+
+def test_a_restarted_container_keeps_how_its_last_run_ended() -> None:
+    """Review diffS #1: readiness tells a crash loop (last run: Error, exit code 1) from a container restarted by a
+    node reboot (Unknown, 255) by how the last run ended; kept only for a container that has restarted, its reason
+    interned."""
+    containers = [
+        {"name": "nvidia-driver-ctr", "ready": False, "restartCount": 1, "state": {"running": {"startedAt": "t"}},
+         "lastState": {"terminated": {"exitCode": 255, "reason": "Unknown", "finishedAt": "t"}}},
+        {"name": "sidecar", "ready": False, "restartCount": 0, "lastState": {}},
+    ]  # fmt: skip
+    pod = api_pod(status__containerStatuses=containers)
+    expected = [
+        {"name": "nvidia-driver-ctr", "ready": False, "restartCount": 1, "lastTerminated": ("Unknown", 255)},
+        {"name": "sidecar", "ready": False, "restartCount": 0},
+    ]
+    decoded, parsed = _projected_both_ways(pod, "containerStatuses")
+    assert (decoded, parsed) == (expected, expected)
+    assert decoded[0]["lastTerminated"][0] is intern("Unknown")
 
 
 def _projected_both_ways(pod: dict[str, Any], key: str) -> tuple[Any, Any]:
@@ -233,9 +261,13 @@ def test_missing_parts_project_as_before() -> None:
 
 names = st.text("abcxyz-.", min_size=1, max_size=12)
 label_keys = st.sampled_from(["controller-revision-hash", STATE_LABEL, COMPONENT, "app", "pod-template-generation"])
+last_state = st.fixed_dictionaries({}, optional={"terminated": st.fixed_dictionaries({}, optional={
+    "reason": st.sampled_from(["Error", "Unknown", "Completed", ""]), "exitCode": st.sampled_from([0, 1, 137, 255]),
+})})  # fmt: skip
 container = st.fixed_dictionaries(
-    {}, optional={"name": names, "ready": st.booleans(), "restartCount": st.integers(0, 50), "image": names}
-)
+    {}, optional={"name": names, "ready": st.booleans(), "restartCount": st.integers(0, 50), "image": names,
+                  "lastState": last_state},
+)  # fmt: skip
 pod_condition = st.fixed_dictionaries({}, optional={
     "type": st.sampled_from(["Ready", "ContainersReady", "PodScheduled", "ready"]),
     "status": st.sampled_from(["True", "False", "Unknown"]),
@@ -245,7 +277,8 @@ waiting = st.sampled_from(["CrashLoopBackOff", "PodInitializing", ""]).map(lambd
 init_container = st.fixed_dictionaries(
     {}, optional={"name": names, "ready": st.booleans(), "restartCount": st.integers(0, 50),
                   "state": st.one_of(st.fixed_dictionaries({"waiting": waiting}),
-                                     st.just({"terminated": {"exitCode": 0, "reason": "Completed"}}))},
+                                     st.just({"terminated": {"exitCode": 0, "reason": "Completed"}})),
+                  "lastState": last_state},
 )  # fmt: skip
 pods = st.fixed_dictionaries(
     {"metadata": st.fixed_dictionaries(

@@ -172,11 +172,15 @@ def project_pod(pod: wire.Pod) -> dict[str, Any]:
 
 
 def _container_status(c: wire.ContainerStatus) -> dict[str, Any]:
-    """A container: its restarts, and why it waits (CrashLoopBackOff, ImagePullBackOff, ...) in the API's shape."""
+    """A container: its restarts, and why it waits (CrashLoopBackOff, ImagePullBackOff, ...) in the API's shape; one
+    that has restarted, how its last run ended as `lastTerminated` (reason, exit code): a crash, or a node reboot."""
     out: dict[str, Any] = {"name": intern(c.name or ""), "ready": bool(c.ready), "restartCount": c.restartCount}
     reason = c.state.waiting.reason if c.state and c.state.waiting else None
     if reason:
         out["state"] = {"waiting": {"reason": intern(reason)}}
+    last = c.lastState.terminated if c.lastState else None
+    if c.restartCount > 0 and last is not None:
+        out["lastTerminated"] = (intern(last.reason or ""), last.exitCode)
     return out
 
 

@@ -182,17 +182,25 @@ _SAME_REASON = {
     "PostStartHookError": "CrashLoopBackOff",
 }
 _REASON_CHARS = 64  # a waiting reason is the kubelet's CamelCase word; any longer one is cut
+# Last runs that ended in no crash: "Unknown" is the kubelet's reason for a container lost to a node reboot.
+_NOT_A_CRASH = frozenset({"Unknown", "Completed"})
+
+
+def _last_run_failed(c: Mapping[str, Any]) -> bool:
+    """Whether a container's last run (observe._container_status's `lastTerminated`) ended in a crash."""
+    reason, code = c.get("lastTerminated") or ("", 0)
+    return isinstance(code, int) and code != 0 and reason not in _NOT_A_CRASH
 
 
 def waiting_reason(pod: Mapping[str, Any]) -> str:
     """Why the pod's first waiting container waits (init containers first): CrashLoopBackOff, ImagePullBackOff, ...;
-    "" when none waits. A container restarting counts as CrashLoopBackOff: one not ready that has restarted runs
-    between the back-offs of its crash loop."""
+    "" when none waits. A container not ready that runs again after its last run crashed counts as CrashLoopBackOff:
+    it runs between the back-offs of its crash loop (one restarted by a node reboot does not)."""
     status = pod.get("status") or {}
     for c in (*(status.get("initContainerStatuses") or ()), *(status.get("containerStatuses") or ())):
         reason = str(((c.get("state") or {}).get("waiting") or {}).get("reason") or "")
         restarts = c.get("restartCount")
-        if not reason and not c.get("ready") and isinstance(restarts, int) and restarts > 0:
+        if not reason and not c.get("ready") and isinstance(restarts, int) and restarts > 0 and _last_run_failed(c):
             reason = "CrashLoopBackOff"
         if reason:
             reason = _SAME_REASON.get(reason, reason)

@@ -44,11 +44,21 @@ class ContainerState(msgspec.Struct):
     waiting: Waiting | None = None
 
 
+class Terminated(msgspec.Struct):
+    reason: str | None = None
+    exitCode: int | None = None  # noqa: N815
+
+
+class LastState(msgspec.Struct):
+    terminated: Terminated | None = None
+
+
 class ContainerStatus(msgspec.Struct):
     name: str | None = None
     ready: bool | None = None
     restartCount: int = 0  # noqa: N815
     state: ContainerState | None = None
+    lastState: LastState | None = None  # noqa: N815
 
 
 class PodCondition(msgspec.Struct):

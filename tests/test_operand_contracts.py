@@ -4,6 +4,7 @@ upstream's assets/<state>/*, controllers/object_controls.go and the components' 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -400,6 +401,23 @@ def test_config_manager_may_read_node_labels(name: str) -> None:
 def test_gfd_config_manager_pulls_with_the_device_plugin_secret() -> None:
     raw = {**SHARING, "devicePlugin": {**SHARING["devicePlugin"], "imagePullSecrets": ["dp-cred"]}}
     assert {"name": "dp-cred"} in pod(ds_of(raw, GFD))["imagePullSecrets"]
+
+
+def test_device_plugin_pull_secrets_roll_only_the_pods_that_run_its_image() -> None:
+    """With a sharing config, devicePlugin.imagePullSecrets went into every pod that shares contracts.pod_vars,
+    dcgm-exporter's and mig-manager's too, which run no config-manager (the device plugin's image): a change of
+    those secrets (or naming the config while they are set) restarted the exporter on every GPU node and
+    mig-manager. Now only the device plugin, its MPS daemon and GFD get them (upstream: handleDevicePluginConfig
+    adds them where it adds config-manager)."""
+
+    def templates(raw: dict[str, Any]) -> dict[str, str]:
+        return {d["metadata"]["name"]: json.dumps(d["spec"]["template"], sort_keys=True)
+                for d in daemonsets(render(raw))}  # fmt: skip
+
+    before = templates(SHARING)
+    after = templates({"devicePlugin": {**SHARING["devicePlugin"], "imagePullSecrets": ["dp-cred"]}})
+    rolled = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
+    assert rolled == {DP, MPS, GFD}, f"also rolled: {sorted(rolled - {DP, MPS, GFD})}"
 
 
 # --- MPS control daemon ---

@@ -151,12 +151,16 @@ def gpu_runtimes(nodes: Iterable[NodeFacts]) -> set[str]:
     return {n.runtime for n in nodes if n.has_gpu and n.runtime}
 
 
-def pod_vars(spec: ClusterPolicySpec, nodes: Iterable[NodeFacts], section: BaseModel, container: str) -> dict[str, Any]:
+def pod_vars(
+    spec: ClusterPolicySpec, nodes: Iterable[NodeFacts], section: BaseModel, container: str,
+    config_manager: bool = False,
+) -> dict[str, Any]:  # fmt: skip
     """What every pod that waits for the toolkit shares: runtime class, the wait, host network, NRI annotation,
-    and the pull secrets of the images it runs besides its own (the validator's; the device plugin's for
-    config-manager). The component's own secrets are added when the DaemonSet is decorated."""
+    and the pull secrets of the images it runs besides its own (the validator's; with `config_manager`, a pod that
+    runs config-manager when devicePlugin.config.name is set, the device plugin's). The component's own secrets are
+    added when the DaemonSet is decorated."""
     secrets = list(spec.validator.image_pull_secrets)
-    if spec.device_plugin.config.name:
+    if config_manager and spec.device_plugin.config.name:
         secrets += spec.device_plugin.image_pull_secrets
     return {
         "runtime_class": runtime_class_name(spec, gpu_runtimes(nodes)),

@@ -35,7 +35,7 @@ def variables(ctx: RenderContext) -> dict[str, Any]:
     spec = ctx.spec
     dp = spec.device_plugin
     return {
-        **c.pod_vars(spec, ctx.nodes, dp, CONTAINER),
+        **c.pod_vars(spec, ctx.nodes, dp, CONTAINER, config_manager=True),
         "device_list_strategy": c.CDI_DEVICE_LIST_STRATEGY if spec.cdi.enabled else "envvar",
         "plugin_env": plugin_env(ctx),
         "config_manager": c.config_manager(spec, CONTAINER, c.resources_of(dp)),

@@ -26,7 +26,7 @@ def final_env(spec: ClusterPolicySpec) -> list[c.Env]:
 def variables(ctx: RenderContext) -> dict[str, Any]:
     spec = ctx.spec
     return {
-        **c.pod_vars(spec, ctx.nodes, spec.gfd, CONTAINER),
+        **c.pod_vars(spec, ctx.nodes, spec.gfd, CONTAINER, config_manager=True),
         "gfd_env": final_env(spec),  # in the asset's place; set again after gfd.env
         # config-manager runs the device plugin's image with GFD's resources, as upstream does.
         "config_manager": c.config_manager(spec, CONTAINER, c.resources_of(spec.gfd)),

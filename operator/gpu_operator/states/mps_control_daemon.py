@@ -20,7 +20,7 @@ def variables(ctx: RenderContext) -> dict[str, Any]:
     spec = ctx.spec
     resources = c.resources_of(spec.device_plugin)
     return {
-        **c.pod_vars(spec, ctx.nodes, spec.device_plugin, CONTAINER),
+        **c.pod_vars(spec, ctx.nodes, spec.device_plugin, CONTAINER, config_manager=True),
         "daemon_env": c.mig_env(spec),
         "resources": resources,
         "config_manager": c.config_manager(spec, "/usr/bin/mps-control-daemon", resources),

@@ -2052,6 +2052,43 @@ def test_an_nvidiadriver_deleted_since_the_snapshot_does_not_fail_the_pass(crd_m
         assert kept_ready["reason"] != "ReconcileFailed" and "a-gone" not in kept_ready["message"], kept_ready
 
 
+@pytest.mark.parametrize("auto_upgrade", [False, True])
+def test_an_nvidiadriver_without_autoUpgrade_says_only_deleting_its_out_of_date_driver_pods_replaces_them(
+    auto_upgrade: bool,
+) -> None:
+    """An NVIDIADriver with autoUpgrade false whose driver pods run an old revision: nothing replaces them until
+    they are deleted, which its status (and the ClusterPolicy's state-driver) now says, naming the nodes. Under
+    autoUpgrade the upgrade replaces them: the message is the DaemonSet's alone."""
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+    from gpu_operator.upgrade.model import STATE_LABEL
+    from test_readiness import _counted, _ready_pod
+
+    nodes = [facts(n, labels={"nvidia.com/gpu.deploy.driver": "true", STATE_LABEL: "upgrade-done", OWNER_LABEL: "x"})
+             for n in ("a1", "a2")]  # fmt: skip
+    drivers = _nvd_objects(x={"version": "580.95.05", "upgradePolicy": {"autoUpgrade": auto_upgrade}})
+    _, owned = _switch_pass(nodes, crd_policy(), drivers, {})
+    ds = "nvidia-driver-daemonset-x-ubuntu22.04"
+    owned = {k: {**o, "metadata": {**o["metadata"], "generation": 1}, "status": _counted(2)} if k[0] == "DaemonSet"
+             else o for k, o in owned.items()}  # fmt: skip
+    pods = {f"drv-{n.name}": _ready_pod(owned[("DaemonSet", "gpu-operator", ds)], n.name) for n in nodes}  # at h1
+    revisions = {f"{ds}-h{i}": {"metadata": {"labels": {"controller-revision-hash": f"h{i}"}}, "revision": i,
+                                "owner": ds} for i in (1, 2)}  # fmt: skip
+    kube = EchoKube()
+    Reconciler(kube, "gpu-operator").reconcile(Snapshot(  # type: ignore[arg-type]
+        nodes={n.name: n for n in nodes}, policies={"cluster-policy": policy_object(crd_policy())}, owned=owned,
+        pods=pods, revisions=revisions, nvidia_drivers=drivers))  # fmt: skip
+    [ready] = [c["message"] for c in kube.statuses[("NVIDIADriver", "x")]["conditions"] if c["type"] == "Ready"]
+    [state] = [s["message"] for s in kube.statuses[("ClusterPolicy", "cluster-policy")]["states"]
+               if s["name"] == "state-driver"]  # fmt: skip
+    note = "autoUpgrade is off: nothing replaces the out-of-date driver pods on a1, a2; delete them to update"
+    old = f"{ds}: 2 pods run an old revision"
+    if auto_upgrade:
+        assert (ready, state) == (old, old)
+    else:
+        assert (ready, state) == (f"{old}; {note}", f"{old}; NVIDIADriver x: {note}")
+
+
 def test_an_nvidiadriver_is_not_ready_while_a_node_it_drives_fits_no_pool() -> None:
     """A GPU node NFD has not labelled with its OS (or, precompiled, its kernel) fits no pool: no DaemonSet runs a
     driver there. The ClusterPolicy's state-driver named it, but the NVIDIADriver that drives it (nodes: 1) said

@@ -848,6 +848,37 @@ def test_after_a_driver_version_change_no_pass_calls_the_policy_ready_while_ever
     assert driver_state() == ("notReady", "notReady", f"{driver}: 2 pods run an old revision")
 
 
+def test_with_autoUpgrade_off_an_out_of_date_driver_says_only_deleting_its_pods_replaces_them() -> None:
+    """With driver.upgradePolicy.autoUpgrade false a driver change leaves every driver pod at the old revision
+    (OnDelete, no upgrade runs) until someone deletes them, and the ClusterPolicy read "N pods run an old revision"
+    for good: the words of a rollout under way, with no hint that it waits for the admin. Now the state-driver
+    message says that autoUpgrade is off, names the nodes, and that deleting the pods updates them; the same pass
+    after pass (nothing written again). Under autoUpgrade the message stays as it was (the test above)."""
+    from gpu_operator.observe import key_of
+
+    pol, cluster, r, written = _recording(2)
+    pol["spec"]["driver"]["upgradePolicy"]["autoUpgrade"] = False
+    first = r.reconcile(_snap(cluster, pol, {}, {}, {}))
+    owned = {key_of(o): {**o, "status": _counted(2)} if o["kind"] == "DaemonSet" else o for o in first.applied}
+    sets = {o["metadata"]["name"]: o for o in first.applied if o["kind"] == "DaemonSet"}
+    pods = {f"{d}-{n}": _ready_pod(sets[d], n) for d in sets for n in cluster.nodes}
+    revisions = {f"{d}-h1": {"metadata": {"labels": {"controller-revision-hash": "h1"}}, "revision": 1, "owner": d}
+                 for d in sets}  # fmt: skip
+    driver = next(d for d in sets if d.startswith("nvidia-driver-daemonset"))
+    revisions[f"{driver}-h2"] = {"metadata": {"labels": {"controller-revision-hash": "h2"}}, "revision": 2,
+                                 "owner": driver}  # fmt: skip  (the new template: every pod is out of date)
+    messages = []
+    for _ in range(2):
+        r.reconcile(_snap(cluster, pol, owned, pods, revisions))
+        [state] = [s for s in written[-1]["states"] if s["name"] == "state-driver"]
+        assert state["state"] == "notReady"
+        messages.append(state["message"])
+    assert messages[0] == messages[1] == (
+        f"{driver}: 2 pods run an old revision; autoUpgrade is off: nothing replaces the out-of-date driver pods "
+        "on n1, n2; delete them to update"
+    )
+
+
 def test_a_pass_over_pods_that_wait_names_why_and_says_it_the_same_way_pass_after_pass() -> None:
     """Review readiness #1 through a pass: the driver state's message groups its nodes by why their pods wait, and
     passes over the same pods, listed in another order, with the kubelet's next pull retry (ErrImagePull after

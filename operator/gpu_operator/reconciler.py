@@ -64,9 +64,9 @@ from .status import UNSUPPORTED_FIELDS, StateResult, active_policy, ignored_stat
 from .status_writer import StatusWriter
 from .upgrade import Counters, Limit
 from .upgrade.adapter import UpgradeKept, managed_nodes
-from .upgrade.model import DONE, SKIP_LABEL, UNKNOWN
+from .upgrade.model import DONE, SKIP_LABEL, UNKNOWN, UpgradeNode
 from .upgrade.model import STATE_LABEL as UPGRADE_STATE
-from .upgrade.orchestrate import Orchestrated, left_behind, orchestrate, set_gauges
+from .upgrade.orchestrate import Orchestrated, left_behind, orchestrate, set_gauges, unreplaced_note
 
 log = logging.getLogger("gpu_operator")
 # A driver Secret (secretEnv, licensingConfig.secretName) found is read again after this long (a missing one on
@@ -529,6 +529,14 @@ class Reconciler:
             for i, keys in waiting.items():
                 name = results[i].name
                 results[i] = self._daemonsets_ready(name, keys, live, snap, pods_by_owner, set(refused), count)
+        if upgrade.idle:  # out-of-date driver pods that no upgrade replaces: said, so a stuck rollout reads as one
+            at = next((i for i, r in enumerate(results) if r.name == "state-driver" and r.state == "notReady"), None)
+            notes = [] if at is None else [
+                f"NVIDIADriver {name}: {note}" if name else note for name, nodes in sorted(upgrade.idle.items())
+                if (note := unreplaced_note(nodes, "autoUpgrade is off" if name or not spec.sandbox_workloads.enabled
+                                            else "sandboxWorkloads is enabled (no driver upgrades)"))]  # fmt: skip
+            if at is not None and notes:
+                results[at] = StateResult("state-driver", "notReady", "; ".join([results[at].message, *notes]))
         out.busy = out.busy or upgrade.busy or bool(migs.waiting)
         out.more = upgrade.deferred > 0
         previous_conditions = (policy.get("status") or {}).get("conditions") or []
@@ -585,7 +593,7 @@ class Reconciler:
         off = ("the ClusterPolicy's driver is disabled (driver.enabled: false)" if spec.driver.use_nvidia_driver_crd
                else "useNvidiaDriverCRD is not enabled in ClusterPolicy")  # fmt: skip
         driver_held = self._driver_statuses(snap, drivers, assignment, plans, live, pods_by_owner, set(refused),
-                                            count, off, applied_by_state.get("state-driver"), ctx)
+                                            count, off, applied_by_state.get("state-driver"), ctx, upgrade.idle)
         out.busy = out.busy or driver_held is not None
         out.recheck_s = driver_held  # an NVIDIADriver's progress held back: the next pass writes it, once it may
         if out.ready:
@@ -637,6 +645,8 @@ class Reconciler:
                               moved=moved, kept=kept[group.name], managed=managed[group.name], said=said,
                               nvidia_driver=True)
             limit = limit.after(one.started, one.made_unavailable)
+            if "" in one.idle:
+                out.idle[group.name] = one.idle[""]
             out.busy = out.busy or one.busy
             out.deferred += one.deferred
             out.status = _sum_upgrades(out.status, one.status)
@@ -695,12 +705,13 @@ class Reconciler:
         off: str,
         applied: Applied | None,
         ctx: RenderContext,
+        idle: Mapping[str, list[UpgradeNode]] | None = None,
     ) -> float | None:
         """Each NVIDIADriver's status (written when it changed; a change of progress alone at most every few
         seconds, see StatusWriter) and a Warning event when it newly conflicts or is refused. Seconds until a status
         held back may be written, or None. `count`: the pass's NodeCounter, as the driver state's readiness had it;
         `off`: why no NVIDIADriver drives anything, when none does; `applied`: what applying the driver state did;
-        `ctx`: what it was rendered for (its nodes and NVIDIADrivers)."""
+        `ctx`: what it was rendered for (its nodes and NVIDIADrivers); `idle`: Orchestrated.idle, by NVIDIADriver."""
         driver_plan = next((p for p in plans if p.state.name == "state-driver"), None)
         held: float | None = None
         groups = {g.name: g for g in ctx.nvidia_drivers}
@@ -730,6 +741,8 @@ class Reconciler:
                 }  # fmt: skip
                 result = self._daemonsets_ready("state-driver", keys, live, snap, pods_by_owner, refused, count)
                 ready = (result.state == "ready", result.message)
+                if not ready[0] and (note := unreplaced_note((idle or {}).get(driver.name, ()), "autoUpgrade is off")):
+                    ready = (False, f"{result.message}; {note}")
                 group = groups.get(driver.name)
                 if group is not None and group.nodes:  # its nodes that no DaemonSet runs a driver on, named
                     precompiled = group.spec.driver.use_precompiled

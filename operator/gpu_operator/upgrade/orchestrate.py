@@ -56,6 +56,9 @@ class Orchestrated:
     started: int = 0  # upgrades started by this pass
     made_unavailable: int = 0  # of them, on nodes not counted as unavailable before
     deferred: int = 0  # nodes whose actions wait for the next pass (out of this pass's write budget)
+    # The managed nodes where no upgrade runs (autoUpgrade off, sandboxWorkloads), by NVIDIADriver name ("": this
+    # call's driver): nothing replaces their out-of-date driver pods (unreplaced_note).
+    idle: dict[str, list[UpgradeNode]] = field(default_factory=dict)
 
 
 def left_behind(
@@ -125,7 +128,7 @@ def orchestrate(
         if gauges:
             set_gauges(Counters())
         left_behind(kube, namespace, snap.nodes.values(), events, SANDBOX)
-        return Orchestrated(None, False)
+        return Orchestrated(None, False, idle={"": managed_nodes(spec, snap, kept) if managed is None else managed})
     astray = None  # the nodes `kept` found with an upgrade state and no planner node, where it saw every node
     if managed is None:
         managed = managed_nodes(spec, snap, kept)
@@ -166,7 +169,7 @@ def orchestrate(
         # Nothing upgrades: no node counted, no slot free (upstream counts only drivers with autoUpgrade).
         if gauges:
             set_gauges(Counters())
-        return Orchestrated(None, busy, Counters(), started, made_unavailable, len(left))
+        return Orchestrated(None, busy, Counters(), started, made_unavailable, len(left), {"": managed})
     if gauges:
         set_gauges(c)
     states.update(ran.wrote)  # a node waits in the state this pass moved it to, not the one it was seen in
@@ -207,6 +210,17 @@ def orchestrate(
         made_unavailable,
         len(left),
     )
+
+
+def unreplaced_note(nodes: Iterable[UpgradeNode], why: str) -> str | None:
+    """Where no upgrade runs (`why`): the nodes whose driver pod is out of date (an old revision, or a pod left
+    running by its DaemonSet's deletion), at most five named, and that only their deletion replaces them (the driver
+    DaemonSets are OnDelete). None when there are none. A node the version matrix refuses keeps its pod on purpose."""
+    stale = sorted(n.name for n in nodes if n.driver_out_of_date and not n.refused)
+    if not stale:
+        return None
+    shown = ", ".join(stale[:5]) + (f" and {len(stale) - 5} more" if len(stale) > 5 else "")
+    return f"{why}: nothing replaces the out-of-date driver pods on {shown}; delete them to update"
 
 
 def _after_cordon(

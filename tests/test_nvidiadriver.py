@@ -1083,6 +1083,88 @@ def test_switching_back_orphans_the_nvidiadrivers_daemonsets_and_switching_the_d
     assert body is None
 
 
+def _driver_set(owned: dict[Any, dict[str, Any]]) -> tuple[str, str]:
+    """The name and pool of the one driver DaemonSet in `owned`."""
+    from gpu_operator.nodes import POOL_LABEL
+
+    [(name, pool)] = [(k[2], o["metadata"]["labels"][POOL_LABEL]) for k, o in owned.items()
+                      if k[0] == "DaemonSet" and k[2].startswith("nvidia-driver-daemonset")]  # fmt: skip
+    return name, pool
+
+
+@pytest.mark.parametrize("auto_upgrade", [True, False])
+@pytest.mark.parametrize("to_precompiled", [True, False])
+def test_switching_usePrecompiled_keeps_the_driver_pods_and_the_upgrade_replaces_them(
+    to_precompiled: bool, auto_upgrade: bool
+) -> None:
+    """driver.usePrecompiled false -> true (or back) renames every pool (nvidia-driver-daemonset-ubuntu22.04 <->
+    ...-ubuntu22.04-<kernel>). The old pool's DaemonSet, running every node's driver pod, was pruned with the
+    default propagation (Background): the garbage collector deleted every driver pod at once, no cordon, no drain,
+    no maxParallelUpgrades, under autoUpgrade too. Now it is deleted with propagationPolicy Orphan, as at the
+    useNvidiaDriverCRD switch: the new pool's DaemonSet neither adopts the pods (its selector names its pool) nor
+    runs its own beside them (podAntiAffinity), and the next pass takes each orphan through the upgrade in turn.
+    With autoUpgrade off the pods keep running, as after a version change, and state-driver says that deleting them
+    updates them."""
+    from gpu_operator.upgrade.model import STATE_LABEL
+
+    nodes = [facts(n, labels={"nvidia.com/gpu.deploy.driver": "true", STATE_LABEL: "upgrade-done"})
+             for n in ("a1", "a2")]  # fmt: skip
+    plain = copy.deepcopy(load_policy()["spec"])
+    plain["driver"]["upgradePolicy"]["autoUpgrade"] = auto_upgrade
+    precompiled = copy.deepcopy(plain)
+    precompiled["driver"].update(usePrecompiled=True, version="580")
+    before, after = (plain, precompiled) if to_precompiled else (precompiled, plain)
+    _, owned = _switch_pass(nodes, before, {}, {})
+    old, pool = _driver_set(owned)
+    running = {name: {**pod, "owner": old} for name, pod in _orphans(["a1", "a2"], pool).items()}
+    kube, left = _switch_pass(nodes, after, {}, owned, running)
+    assert [body for _, body in kube.deletes(old)] == [{"propagationPolicy": "Orphan"}], "its pods went with it"
+    new, _ = _driver_set(left)
+    assert new != old
+    # The garbage collector took the pods' owner reference off: the next pass replaces them, in order. The new
+    # DaemonSet's pods wait, Pending, meanwhile.
+    key = ("DaemonSet", "gpu-operator", new)
+    pending = {"observedGeneration": 1, "desiredNumberScheduled": 2, "currentNumberScheduled": 2, "numberReady": 0,
+               "numberUnavailable": 2, "updatedNumberScheduled": 2}  # fmt: skip
+    left = {**left, key: {**left[key], "metadata": {**left[key]["metadata"], "generation": 1}, "status": pending}}
+    kube, _ = _switch_pass(nodes, after, {}, left, _orphans(["a1", "a2"], pool))
+    assert not [c for c in kube.calls if c[0] == "delete"]
+    states = {n: [v for _, v in ones] for n, ones in kube.node_patches(STATE_LABEL).items()}
+    [driver] = [s for s in kube.statuses[("ClusterPolicy", "cluster-policy")]["states"] if s["name"] == "state-driver"]
+    if auto_upgrade:
+        assert states == {"a1": ["wait-for-jobs-required"], "a2": ["upgrade-required"]}, states
+        assert list(kube.node_patches("unschedulable")) == ["a1"]  # maxParallelUpgrades 1
+    else:
+        assert all(v is None for ones in states.values() for v in ones), states  # autoUpgrade off: labels go
+        assert not kube.node_patches("unschedulable")
+        assert driver["message"] == (f"{new}: 2 of 2 pods unavailable; autoUpgrade is off: nothing replaces the "
+                                     "out-of-date driver pods on a1, a2; delete them to update")
+
+
+def test_switching_an_nvidiadrivers_usePrecompiled_keeps_its_driver_pods_for_the_upgrade() -> None:
+    """The same through an NVIDIADriver (spec.usePrecompiled, autoUpgrade true by default): its pool DaemonSet
+    nvidia-driver-daemonset-x-ubuntu22.04 was pruned with Background propagation, both nodes' driver pods at once.
+    Now it is orphaned and the NVIDIADriver's upgrade replaces the pods in turn. Deleting the NVIDIADriver, or the
+    ClusterPolicy's driver switched off, still deletes the pods (no driver is wanted there)."""
+    from gpu_operator.upgrade.model import STATE_LABEL
+
+    nodes = [facts(n, labels={"nvidia.com/gpu.deploy.driver": "true", STATE_LABEL: "upgrade-done", OWNER_LABEL: "x"})
+             for n in ("a1", "a2")]  # fmt: skip
+    _, owned = _switch_pass(nodes, crd_policy(), _nvd_objects(x={"version": "580.95.05"}), {})
+    old = "nvidia-driver-daemonset-x-ubuntu22.04"
+    assert ("DaemonSet", "gpu-operator", old) in owned
+    running = {name: {**pod, "owner": old} for name, pod in _orphans(["a1", "a2"], "x-ubuntu22.04").items()}
+    drivers = _nvd_objects(x={"version": "580", "usePrecompiled": True})
+    kube, left = _switch_pass(nodes, crd_policy(), drivers, owned, running)
+    assert [body for _, body in kube.deletes(old)] == [{"propagationPolicy": "Orphan"}], "its pods went with it"
+    kube, _ = _switch_pass(nodes, crd_policy(), drivers, left, _orphans(["a1", "a2"], "x-ubuntu22.04"))
+    states = {n: [v for _, v in ones] for n, ones in kube.node_patches(STATE_LABEL).items()}
+    assert states == {"a1": ["wait-for-jobs-required"], "a2": ["upgrade-required"]}, states
+    assert not [c for c in kube.calls if c[0] == "delete"]
+    kube, _ = _switch_pass(nodes, crd_policy(), {}, owned, running)  # the NVIDIADriver deleted
+    assert [body for _, body in kube.deletes(old)] == [None]
+
+
 def test_a_selector_on_gpu_present_matches_gpu_nodes_before_they_carry_the_label() -> None:
     drivers = [nvd("gpus", nodeSelector={"nvidia.com/gpu.present": "true", "pool": "b"})]
     assert assign(NODES, drivers).owner == {"b1": "gpus", "b2": "gpus"}  # not the CPU node of pool b

@@ -450,16 +450,14 @@ class Reconciler:
         applied_by_state = self.applier.apply_states([p for p in plans if not p.problem], live, ahead)
         for _, _, future in (ahead or {}).values():
             future.result()  # every one answered (an object the full plan dropped meanwhile comes by the watch)
-        # What no state wants any more goes before the nodes are labelled: a driver DaemonSet handed over, or left by
-        # a usePrecompiled switch, is deleted with its pods left running (handed_over, repooled), before owner or
-        # driver-kernel labels make it drop them.
+        # What no state wants any more goes before the nodes are labelled: a driver DaemonSet handed over is
+        # deleted with its pods left running (handed_over), before owner labels make it drop them.
         wanted = {p.state.name: _wanted(p, live, states) for p in plans}
         desired = set().union(*wanted.values())
         handed = handed_over(snap.owned, spec)
         if assignment is not None:
             desired |= _held_daemonsets(nodes, assignment, snap, self.namespace, self._owner_moves) - handed
-        orphan = handed | repooled(snap.owned, desired, spec, meta.get("uid", ""), groups)
-        out.deleted = self.applier.prune(snap.owned, desired, states, orphan)
+        out.deleted = self.applier.prune(snap.owned, desired, states, handed)
         out.nodes = early_nodes + self.applier.patch_nodes(patches, versions, node_refusals)
         # Readiness counts the nodes as this pass left them (a node labelled just now must have its pods).
         patched = {**snap.nodes, **{n.name: n for n in out.nodes}} if out.nodes else snap.nodes
@@ -955,35 +953,7 @@ def handed_over(owned: Mapping[Key, dict[str, Any]], spec: ClusterPolicySpec) ->
     )
 
 
-def repooled(
-    owned: Mapping[Key, dict[str, Any]], desired: Collection[Key], spec: ClusterPolicySpec, policy_uid: str,
-    groups: Iterable[nvidiadriver.DriverGroup],
-) -> frozenset[Key]:  # fmt: skip
-    """The driver DaemonSets left behind by a usePrecompiled switch of their owner (the ClusterPolicy's driver, or
-    an NVIDIADriver that still renders): not wanted, and their nvidia.com/precompiled label says the other. The
-    switch renames every pool, and the new pool's DaemonSet neither adopts their pods (its selector names the new
-    pool) nor runs its own beside them (podAntiAffinity: Pending). So they are pruned with propagationPolicy Orphan,
-    as handed_over's, and no driver pod goes at once: the upgrade replaces the orphans in turn (upgrade.adapter),
-    and with autoUpgrade off only their deletion does (the status says so)."""
-    if not spec.driver.enabled:
-        return frozenset()
-    precompiled = {g.owner.get("uid"): g.spec.driver.use_precompiled for g in groups}
-    if not spec.driver.use_nvidia_driver_crd:
-        precompiled[policy_uid] = spec.driver.use_precompiled
-    out = set()
-    for key, obj in owned.items():
-        labels = labels_of(obj)
-        if key[0] != "DaemonSet" or key in desired or owning_state(labels, _DRIVER_STATE) is None:
-            continue
-        for ref in obj["metadata"].get("ownerReferences") or []:
-            now = precompiled.get(ref.get("uid"))
-            if now is not None and labels.get(_PRECOMPILED, str(now).lower()) != str(now).lower():
-                out.add(key)
-    return frozenset(out)
-
-
 _DRIVER_STATE = frozenset({"state-driver"})
-_PRECOMPILED = "nvidia.com/precompiled"  # on every driver DaemonSet: "true" or "false" (state-driver's template)
 
 
 def _operand_node(node: NodeFacts) -> bool:

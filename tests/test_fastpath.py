@@ -16,38 +16,24 @@ from gpu_operator.nodes import NodeFacts, kept_labels
 from gpu_operator.observe import Snapshot
 from gpu_operator.runtime import Operator
 from support import deep_merge, load_policy, node
-from test_apply import ApiServer, _pods_and_revisions
+from test_apply import _pods_and_revisions
+from test_restart import _Cluster
 
 
-class Cluster(ApiServer):
-    """ApiServer that keeps the ClusterPolicy (status, finalizers) and records every Node patch."""
+class Cluster(_Cluster):
+    """test_restart's cluster (the ClusterPolicy kept, Events recorded) that also records every Node patch."""
 
     def __init__(self, policy: dict[str, Any], **kw: Any) -> None:
-        super().__init__(**kw)
-        self.policy = policy
+        super().__init__(policy, **kw)
         self.node_patches: list[tuple[str, dict[str, Any]]] = []
         self.drivers: dict[str, dict[str, Any]] = {}
 
     def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *a: Any, **k: Any) -> dict[str, Any]:
         if kind == "Node":
             self.node_patches.append((name, copy.deepcopy(patch)))
-            return super().merge_patch(kind, name, patch, *a, **k)
-        if kind != "ClusterPolicy":
+        elif kind != "ClusterPolicy":
             return patch
-        self.rv += 1
-        if k.get("sub") == "status":
-            self.policy["status"] = {key: v for key, v in patch["status"].items() if v is not None}
-        else:
-            meta = {key: v for key, v in patch.get("metadata", {}).items() if key != "resourceVersion"}
-            self.policy["metadata"].update(meta)
-        self.policy["metadata"]["resourceVersion"] = str(self.rv)
-        return copy.deepcopy(self.policy)
-
-    def list(self, *_: Any, **__: Any) -> list[dict[str, Any]]:
-        return []
-
-    def create(self, obj: dict[str, Any], **_: Any) -> dict[str, Any]:
-        return obj
+        return super().merge_patch(kind, name, patch, *a, **k)
 
     def snapshot(self, pods_on: list[str] | None = None) -> Snapshot:
         names = list(self.nodes) if pods_on is None else pods_on

@@ -329,6 +329,18 @@ def test_a_delete_turned_away_is_not_sent_again_by_the_connection_pool_once_the_
     assert srv.sent == ["DELETE"], "the DELETE was sent again after the fence closed"
 
 
+def _plain_http_kube(tmp_path: Path, port: int) -> Kube:
+    """A Kube from a kubeconfig naming http://127.0.0.1:<port>, no credentials."""
+    config = tmp_path / "kubeconfig"
+    config.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "c",
+        "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+        "users": [{"name": "u", "user": {}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+    }))  # fmt: skip
+    return Kube.connect(str(config))
+
+
 def test_a_write_whose_connection_is_made_after_the_fence_closed_is_not_sent(tmp_path: Path) -> None:
     """No write reaches the API server after the leader's fence closed (README "Two replicas: leader election":
     every write passes a fence "checked just before the request goes out", so "the old leader has stopped writing 5 s
@@ -379,14 +391,7 @@ def test_a_write_whose_connection_is_made_after_the_fence_closed_is_not_sent(tmp
 
     server = threading.Thread(target=serve, daemon=True)
     server.start()
-    config = tmp_path / "kubeconfig"
-    config.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
-        "users": [{"name": "u", "user": {}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-    }))  # fmt: skip
-    kube = Kube.connect(str(config))
+    kube = _plain_http_kube(tmp_path, port)
     kube.fence = Fence()
     kube.fence.extend(time.monotonic() + 0.3)  # the leader's renew deadline, 0.3 s away
     closes_at = kube.fence.until
@@ -412,14 +417,7 @@ def test_a_fenced_write_whose_connection_is_refused_is_tried_again_only_through_
     port_socket.bind(("127.0.0.1", 0))
     port = port_socket.getsockname()[1]
     port_socket.close()  # nothing listens there: every connection is refused at once
-    config = tmp_path / "kubeconfig"
-    config.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
-        "users": [{"name": "u", "user": {}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
-    }))  # fmt: skip
-    kube = Kube.connect(str(config))
+    kube = _plain_http_kube(tmp_path, port)
     fence = kube.fence = Fence()
     fence.extend(float("inf"))
     passes: list[str] = []

@@ -734,6 +734,25 @@ def _recording(scheduled: int) -> tuple[dict[str, Any], _Cluster, Any, list[dict
     return pol, cluster, r, written
 
 
+def _driver_unavailable(unavailable: int) -> tuple[Any, ...]:
+    """_recording's cluster after a first pass, its driver DaemonSet with `unavailable` of its 2 pods unavailable:
+    (policy, cluster, reconciler, statuses written, owned objects, DaemonSets by name, the driver's name, each
+    DaemonSet's one revision h1)."""
+    from gpu_operator.observe import key_of
+
+    pol, cluster, r, written = _recording(2)
+    first = r.reconcile(_snap(cluster, pol, {}, {}, {}))
+    owned = {key_of(o): o for o in first.applied}
+    daemonsets = {o["metadata"]["name"]: o for o in first.applied if o["kind"] == "DaemonSet"}
+    [driver] = [name for name in daemonsets if name.startswith("nvidia-driver-daemonset")]
+    key = key_of(daemonsets[driver])
+    counts = {"numberAvailable": 2 - unavailable, "numberUnavailable": unavailable}
+    owned[key] = {**owned[key], "status": {**owned[key]["status"], **counts}}
+    revisions = {f"{d}-h1": {"metadata": {"labels": {"controller-revision-hash": "h1"}}, "revision": 1, "owner": d}
+                 for d in daemonsets}  # fmt: skip
+    return pol, cluster, r, written, owned, daemonsets, driver, revisions
+
+
 def _snap(cluster: _Cluster, pol: dict[str, Any], owned: dict[Any, dict[str, Any]], pods: dict[str, dict[str, Any]],
           revisions: dict[str, Any]) -> Any:
     """A pass's snapshot of `cluster`'s nodes, the policy and these objects."""
@@ -883,18 +902,9 @@ def test_a_pass_over_pods_that_wait_names_why_and_says_it_the_same_way_pass_afte
     """Review readiness #1 through a pass: the driver state's message groups its nodes by why their pods wait, and
     passes over the same pods, listed in another order, with the kubelet's next pull retry (ErrImagePull after
     ImagePullBackOff), compute the same status, so they write nothing."""
-    from gpu_operator.observe import key_of
     from gpu_operator.status import status_changed
 
-    pol, cluster, r, written = _recording(2)
-    first = r.reconcile(_snap(cluster, pol, {}, {}, {}))
-    owned = {key_of(o): o for o in first.applied}
-    daemonsets = {o["metadata"]["name"]: o for o in first.applied if o["kind"] == "DaemonSet"}
-    [driver] = [name for name in daemonsets if name.startswith("nvidia-driver-daemonset")]
-    key = key_of(daemonsets[driver])
-    owned[key] = {**owned[key], "status": {**owned[key]["status"], "numberAvailable": 0, "numberUnavailable": 2}}
-    revisions = {f"{d}-h1": {"metadata": {"labels": {"controller-revision-hash": "h1"}}, "revision": 1, "owner": d}
-                 for d in daemonsets}  # fmt: skip
+    pol, cluster, r, written, owned, daemonsets, driver, revisions = _driver_unavailable(2)
 
     def waiting(on: str, reason: str, init: str = "") -> dict[str, Any]:
         p = _ready_pod(daemonsets[driver], on)
@@ -925,18 +935,9 @@ def test_each_moment_of_one_crash_loop_gives_the_same_message_and_writes_nothing
     ended with exit code 1). Each such pass flipped the state's message ("RunContainerError on n1", "not ready on
     n1") and wrote the ClusterPolicy's status, the cluster unchanged. Now a container running again after a crash
     counts as CrashLoopBackOff: one loop, one message."""
-    from gpu_operator.observe import key_of
     from gpu_operator.status import status_changed
 
-    pol, cluster, r, written = _recording(2)
-    first = r.reconcile(_snap(cluster, pol, {}, {}, {}))
-    owned = {key_of(o): o for o in first.applied}
-    daemonsets = {o["metadata"]["name"]: o for o in first.applied if o["kind"] == "DaemonSet"}
-    [driver] = [name for name in daemonsets if name.startswith("nvidia-driver-daemonset")]
-    key = key_of(daemonsets[driver])
-    owned[key] = {**owned[key], "status": {**owned[key]["status"], "numberAvailable": 1, "numberUnavailable": 1}}
-    revisions = {f"{d}-h1": {"metadata": {"labels": {"controller-revision-hash": "h1"}}, "revision": 1, "owner": d}
-                 for d in daemonsets}  # fmt: skip
+    pol, cluster, r, written, owned, daemonsets, driver, revisions = _driver_unavailable(1)
     others = {f"{d}-{n}": _ready_pod(daemonsets[d], n) for d in daemonsets for n in cluster.nodes}
 
     def message(reason: str) -> str:
@@ -993,17 +994,8 @@ def test_a_pod_restarted_by_a_node_reboot_is_not_called_a_crash_loop(where: str)
     its startup probe passes) and the other operands' init containers wait for the driver. Nothing crashes, yet the
     state's message said "CrashLoopBackOff on <node>" for the whole start. Now such a pod reads as the same pod
     starting for the first time; only a container whose last run crashed is a crash loop."""
-    from gpu_operator.observe import key_of
 
-    pol, cluster, r, written = _recording(2)
-    first = r.reconcile(_snap(cluster, pol, {}, {}, {}))
-    owned = {key_of(o): o for o in first.applied}
-    daemonsets = {o["metadata"]["name"]: o for o in first.applied if o["kind"] == "DaemonSet"}
-    [driver] = [name for name in daemonsets if name.startswith("nvidia-driver-daemonset")]
-    key = key_of(daemonsets[driver])
-    owned[key] = {**owned[key], "status": {**owned[key]["status"], "numberAvailable": 1, "numberUnavailable": 1}}
-    revisions = {f"{d}-h1": {"metadata": {"labels": {"controller-revision-hash": "h1"}}, "revision": 1, "owner": d}
-                 for d in daemonsets}  # fmt: skip
+    pol, cluster, r, written, owned, daemonsets, driver, revisions = _driver_unavailable(1)
     others = {f"{d}-{n}": _ready_pod(daemonsets[d], n) for d in daemonsets for n in cluster.nodes}
 
     def message(restarts: int) -> str:

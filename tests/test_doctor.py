@@ -1666,9 +1666,12 @@ def test_capacity_refuses_a_quantity_the_api_server_refuses(
       "matchExpressions[0].key: must be a string, not list ['app']"),
      ("kind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: t}]\n"
       "  tolerations: [{key: gpu, value: 1, effect: NoSchedule}]\n",
-      "Pod p: spec.tolerations[0].value: must be a string, not int 1 (quote it in YAML)")],
+      "Pod p: spec.tolerations[0].value: must be a string, not int 1 (quote it in YAML)"),
+     ("kind: Pod\nmetadata: {name: p}\nspec:\n  containers: [{name: t}]\n  resources: {limits: [cpu]}\n",
+      "Pod p: spec.resources.limits: must be a mapping, not list ['cpu']")],
     ids=["metadata-null", "limits-a-list", "anti-affinity-a-list", "namespace-selector-a-list", "host-port-a-string",
-         "no-container", "match-expression-value-a-number", "label-selector-key-a-list", "toleration-value-a-number"],
+         "no-container", "match-expression-value-a-number", "label-selector-key-a-list", "toleration-value-a-number",
+         "pod-limits-a-list"],
 )  # fmt: skip
 def test_capacity_answers_odd_pod_yaml_with_an_error_not_a_traceback(
     text: str, message: str | None, tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
@@ -1909,6 +1912,30 @@ def test_capacity_counts_the_pods_a_node_may_still_run() -> None:
                                                                       pod("b", node_name="h-0")])  # fmt: skip
     [fit] = capacity.plan(EXERCISE3, 4, views).fits
     assert fit.fits == 1 and fit.why.startswith("limited by pods: 1 free"), fit.why
+
+
+def test_capacity_counts_pod_level_resource_requests() -> None:
+    """Pod-level resources (`spec.resources`, KEP-2837: beta and on by default from Kubernetes 1.34; the e2e cluster
+    runs 1.37.2) are what the scheduler reserves for cpu and memory when set: component-helpers' PodRequests
+    replaces the containers' sum with `spec.resources.requests` (a pod-level limit alone defaults the request).
+    capacity read the containers only, so a 1-GPU pod asking 64 CPUs at pod level was counted 8 times on a 96-CPU
+    node (the scheduler places 1), and a running pod holding 90 CPUs at pod level was taken to hold none."""
+    wide = pod("job", 1)
+    wide["spec"]["resources"] = {"limits": {"cpu": "64", "memory": "256Gi"}}
+    [fit] = capacity.plan(wide, 8, nodes_with_pods([node("h-0")], [])).fits
+    assert fit.fits == 1 and fit.why.startswith("limited by cpu"), fit.why
+    busy = pod("busy", 1, node_name="h-0")
+    busy["spec"]["resources"] = {"requests": {"cpu": "90"}}
+    [fit] = capacity.plan(pod("job", 1, limits={"cpu": "8"}), 8, nodes_with_pods([node("h-0")], [busy])).fits
+    assert fit.fits == 0 and fit.why.startswith("limited by cpu"), fit.why
+    # A pod-level limit with containers asking for cpu: their sum is the request (API defaulting); GPUs stay theirs.
+    narrow = pod("job", 1, limits={"cpu": "2"})
+    narrow["spec"]["resources"] = {"limits": {"cpu": "64", "nvidia.com/gpu": "4"}}
+    assert pod_requests(narrow) == {"cpu": 2, "nvidia.com/gpu": 1}
+    # A pod-level request above its limit is refused as the API server refuses it.
+    narrow["spec"]["resources"] = {"limits": {"cpu": "4"}, "requests": {"cpu": "8"}}
+    assert capacity.api_errors(narrow) == [
+        'spec.resources.requests: Invalid value: "8": must be less than or equal to cpu limit of 4']
 
 
 def test_capacity_new_node_like_an_existing_one_does_not_keep_its_hostname() -> None:

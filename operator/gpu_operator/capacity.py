@@ -189,7 +189,8 @@ def _quantity_errors(where: str, values: dict[str, Any]) -> list[str]:
 
 def api_errors(pod: dict[str, Any]) -> list[str]:
     """What the API server refuses a pod for in its resources: no container, a resource name it does not know, a
-    value that is not a quantity or is negative, a native request (cpu, memory) above its limit, and for extended
+    value that is not a quantity or is negative, a native request (cpu, memory; of a container or of the pod's
+    spec.resources) above its limit, and for extended
     resources (REFERENCE §12 entries 4, 5) a request without a limit or unequal to it, a quantity that is not a
     whole number (the last of these ends with EXTENDED_FIX)."""
     out, extended = [], []
@@ -198,6 +199,14 @@ def api_errors(pod: dict[str, Any]) -> list[str]:
         out.append("spec.containers: Required value")
     overhead = spec.get("overhead") or {}
     out += _name_errors("spec.overhead", overhead) or _quantity_errors("spec.overhead", overhead)
+    own = spec.get("resources") or {}  # pod-level resources
+    limits, requests = own.get("limits") or {}, own.get("requests") or {}
+    bad = _quantity_errors("spec.resources.limits", limits) + _quantity_errors("spec.resources.requests", requests)
+    out += bad
+    for r, v in () if bad else requests.items():
+        if r in limits and quantity(v) > quantity(limits[r]):
+            out.append(f'spec.resources.requests: Invalid value: "{v}": must be less than or equal to {r} limit of '
+                       f"{limits[r]}")  # fmt: skip
     for key in ("initContainers", "containers"):
         for i, c in enumerate(spec.get(key) or []):
             res = c.get("resources") or {}

@@ -73,10 +73,16 @@ def _add(into: dict[str, Decimal], more: dict[str, Decimal]) -> dict[str, Decima
     return out
 
 
+def pod_level_resource(name: str) -> bool:
+    """A resource a pod may set for itself in spec.resources (component-helpers' IsSupportedPodLevelResource)."""
+    return name in ("cpu", "memory") or name.startswith("hugepages-")
+
+
 def pod_requests(pod: dict[str, Any]) -> dict[str, Decimal]:
     """What the scheduler reserves for a pod (component-helpers' PodRequests): the containers summed with the
     sidecars (init containers with restartPolicy Always, which keep running), at least what each init container
-    needs beside the sidecars started before it; plus the pod overhead."""
+    needs beside the sidecars started before it; a pod-level request (spec.resources, PodLevelResources) in place
+    of that for cpu, memory and hugepages; plus the pod overhead."""
     spec = pod.get("spec") or {}
     total: dict[str, Decimal] = {}
     for c in spec.get("containers") or []:
@@ -95,6 +101,16 @@ def pod_requests(pod: dict[str, Any]) -> dict[str, Decimal]:
             init_peak[k] = max(init_peak.get(k, Decimal(0)), v)
     for k, v in init_peak.items():
         total[k] = max(total.get(k, Decimal(0)), v)
+    # Pod-level resources. A limit alone is the request (API defaulting: defaultPodRequests), but for cpu or memory
+    # that the containers request: their sum is the pod's request then, as it is already in `total`.
+    pod_level = spec.get("resources") or {}
+    asked = dict(pod_level.get("requests") or {})
+    for k, v in (pod_level.get("limits") or {}).items():
+        if k not in asked and (k not in total or k.startswith("hugepages-")):
+            asked[k] = v
+    for k, v in asked.items():
+        if pod_level_resource(k):
+            total[k] = quantity(v)
     for k, v in (spec.get("overhead") or {}).items():
         total[k] = total.get(k, Decimal(0)) + quantity(v)
     return total

@@ -1938,6 +1938,23 @@ def test_capacity_counts_pod_level_resource_requests() -> None:
         'spec.resources.requests: Invalid value: "8": must be less than or equal to cpu limit of 4']
 
 
+def test_capacity_counts_a_pod_with_spec_node_name_only_on_that_node() -> None:
+    """A pod (or pod template) with `spec.nodeName` bypasses the scheduler: the kubelet of that node alone runs it
+    (or rejects it, OutOfnvidia.com/gpu); no other node, and no node added, can ever take a copy. capacity ignored
+    nodeName: for 16 one-GPU copies pinned to h-0 it said "fit now: 16 of 16 (8 on h-0, 8 on h-1)". The kubelet
+    does not check the cordon or NoSchedule taints: a cordoned h-0 still takes its 8."""
+    pinned = pod("job", 1)
+    pinned["spec"]["nodeName"] = "h-0"
+    views = nodes_with_pods([node("h-0", spec=dict(CORDON)), node("h-1")], [])
+    result = capacity.plan(pinned, 16, views)
+    fits = {f.node: f for f in result.fits}
+    assert fits["h-1"].fits == 0 and result.fits_now == 8, capacity.render(result, "job")
+    assert fits["h-1"].why == "excluded: the pod names node h-0 (spec.nodeName)"
+    assert result.extra_nodes is None, capacity.render(result, "job")  # a new node has another name
+    assert any("spec.nodeName" in n for n in result.notes), result.notes
+    assert capacity.plan(pinned, 16, views, capacity.parse_profile("h-1", views)).extra_nodes is None
+
+
 def test_capacity_new_node_like_an_existing_one_does_not_keep_its_hostname() -> None:
     """A new node "like h-0" is another machine: the kubelet gives it its own kubernetes.io/hostname. The copy kept
     every label, so a pod pinned to h-0 by its hostname (h-0 full) was answered "extra nodes needed: 1 × like h-0",

@@ -275,20 +275,25 @@ def port_conflict(ours: set[tuple[str, str, int]], theirs: set[tuple[str, str, i
 
 def fit_on(pod: dict[str, Any], node: NodeView, requests: dict[str, Decimal], configs: PluginConfigs = NOT_READ
            ) -> NodeFit:  # fmt: skip
-    """How many copies of the pod this node takes now, and what limits it."""
+    """How many copies of the pod this node takes now, and what limits it. A pod naming its node (spec.nodeName)
+    bypasses the scheduler: only that node's kubelet admits it, by its resources, selector and affinity, host ports
+    and NoExecute taints (kubelet lifecycle predicate.go), not by cordon, NoSchedule taints or pod anti-affinity."""
+    pinned = (pod.get("spec") or {}).get("nodeName")
+    if pinned and pinned != node.name:
+        return NodeFit(node.name, 0, f"excluded: the pod names node {pinned} (spec.nodeName)")
     if not selector_ok(pod, node.labels, node.name):
         return NodeFit(node.name, 0, "excluded: node selector or affinity does not match")
-    taints = untolerated_taints(pod, node)
+    taints = [t for t in untolerated_taints(pod, node) if not pinned or t.get("effect") == "NoExecute"]
     if taints:
         names = ", ".join(
             f"{t.get('key')}{'=' + t['value'] if t.get('value') else ''}:{t.get('effect')}" for t in taints
         )
         return NodeFit(node.name, 0, f"excluded: untolerated taint {names}")
-    if cordoned(pod, node):
+    if not pinned and cordoned(pod, node):
         return NodeFit(node.name, 0, "excluded: cordoned (unschedulable)")
-    if anti_affinity_blocks(pod, node):
+    if not pinned and anti_affinity_blocks(pod, node):
         return NodeFit(node.name, 0, "excluded: a pod there matches the pod's required anti-affinity")
-    other = repelled_by(pod, node)
+    other = None if pinned else repelled_by(pod, node)
     if other is not None:
         meta = other.get("metadata") or {}
         return NodeFit(node.name, 0, f"excluded: pod {meta.get('namespace') or 'default'}/{meta.get('name')} there "
@@ -311,7 +316,7 @@ def fit_on(pod: dict[str, Any], node: NodeView, requests: dict[str, Decimal], co
         if best is None or n < best:
             best, limit = n, f"{resource}: {fmt(max(free, Decimal(0)), resource)} free, {fmt(amount, resource)} each"
     fits = best or 0
-    if fits and self_anti_affinity(pod) and fits > 1:
+    if fits and not pinned and self_anti_affinity(pod) and fits > 1:
         return NodeFit(node.name, 1, f"1 per node (required pod anti-affinity on kubernetes.io/hostname); {limit}")
     if ports and fits > 1:
         return NodeFit(node.name, 1, f"1 per node (host port {port_conflict(ports, ports)}); {limit}")
@@ -413,6 +418,14 @@ def plan(pod: dict[str, Any], count: int, nodes: dict[str, NodeView], profile: N
     if isinstance(profile, ProfileView):
         profile, note = advertised(profile, configs)
         notes += [note] if note else []
+    pinned = spec.get("nodeName")
+    if pinned:
+        notes.append(f"the pod names node {pinned} (spec.nodeName): the scheduler does not place it; only that node's "
+                     "kubelet admits it, by resources, selector and affinity, host ports and NoExecute taints (not "
+                     "cordon, NoSchedule taints or pod anti-affinity), and no new node can take it")  # fmt: skip
+        if profile is None:
+            return CapacityPlan(count, requests, fits, "(none)", 0, f"the pod names node {pinned} (spec.nodeName)",
+                                notes)  # fmt: skip
     if profile is None:
         shapes = [empty_copy(v) for v in nodes.values()]
         scored = sorted(((fit_on(pod, s, requests, configs), s) for s in shapes),

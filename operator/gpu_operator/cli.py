@@ -86,7 +86,7 @@ _SHAPES: dict[str, dict[str, str]] = {
         **{f"spec/tolerations/[]/{key}": "string" for key in ("key", "operator", "value", "effect")},
         "spec/topologySpreadConstraints": "list", "spec/topologySpreadConstraints/[]": "mapping",
         "spec/hostNetwork": "boolean", "spec/resources": "mapping", "spec/resources/limits": "mapping",
-        "spec/resources/requests": "mapping",
+        "spec/resources/requests": "mapping", "spec/nodeName": "string",
         **{f"spec/{key}{path}": want for key in ("containers", "initContainers") for path, want in (
             ("", "list"), ("/[]", "mapping"), ("/[]/resources", "mapping"), ("/[]/resources/limits", "mapping"),
             ("/[]/resources/requests", "mapping"), ("/[]/ports", "list"), ("/[]/ports/[]", "mapping"),

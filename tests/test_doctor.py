@@ -1906,6 +1906,26 @@ def test_capacity_counts_no_copy_on_a_cordoned_node_and_a_new_node_like_it_is_no
     assert capacity.plan(EXERCISE3, 8, views, capacity.parse_profile("h-0", views)).per_new_node == 4
 
 
+def test_capacity_new_node_like_a_not_ready_node_is_ready() -> None:
+    """A new node "like h-0" is another machine (empty_copy: "not cordoned", its own hostname), so it does not
+    carry h-0's state: the node lifecycle controller's node.kubernetes.io/not-ready (or unreachable) taints, which
+    a NotReady h-0 has, are not on a new, Ready node. capacity kept every taint but the cordon, so with the only GPU
+    node NotReady it answered "no existing node could take a copy even empty; give --node-profile", and with
+    `--node-profile h-0` "extra nodes needed: impossible". (Its reason also named not-ready:NoExecute as untolerated,
+    though the API server's DefaultTolerationSeconds admission gives every pod a toleration for it.)"""
+    taints = [{"key": "node.kubernetes.io/not-ready", "effect": effect} for effect in ("NoSchedule", "NoExecute")]
+    taints.append({"key": "nvidia.com/gpu", "effect": "NoSchedule"})  # a role taint: kept
+    views = nodes_with_pods([node("h-0", spec={"taints": taints})], [])
+    tolerant = pod("job", 1, tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists"}])
+    result = capacity.plan(tolerant, 4, views)
+    assert result.fits_now == 0 and result.per_new_node == 8 and result.extra_nodes == 1, \
+        capacity.render(result, "job")
+    assert result.fits[0].why == "excluded: untolerated taint node.kubernetes.io/not-ready:NoSchedule"
+    result = capacity.plan(tolerant, 4, views, capacity.parse_profile("h-0", views))
+    assert result.per_new_node == 8 and result.extra_nodes == 1, capacity.render(result, "job")
+    assert capacity.plan(pod("job", 1), 4, views).per_new_node == 0  # the GPU taint stays on a new node
+
+
 def test_capacity_counts_the_pods_a_node_may_still_run() -> None:
     """Each copy takes one of the node's pods: a node near its kubelet's maxPods takes no more than it has left."""
     views = nodes_with_pods([node("h-0", allocatable={"pods": "3"})], [pod("a", node_name="h-0"),

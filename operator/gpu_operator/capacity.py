@@ -17,7 +17,9 @@ from typing import Any
 from . import sharing
 from .doctor.common import REPLICAS_LABEL, most_shared_gpus, mps_refuses, shared_replicas
 from .doctor.sched import (
+    ADMISSION_TOLERATIONS,
     GPU,
+    NODE_STATE_TAINTS,
     NodeView,
     anti_affinity_blocks,
     anti_affinity_terms,
@@ -324,13 +326,13 @@ def fit_on(pod: dict[str, Any], node: NodeView, requests: dict[str, Decimal], co
 
 
 def empty_copy(view: NodeView, name: str | None = None) -> NodeView:
-    """A new node like `view`, not cordoned and running only its DaemonSets' (and static) pods: another machine, so
-    another hostname."""
+    """A new node like `view`, running only its DaemonSets' (and static) pods: another machine, so another hostname,
+    and Ready, not cordoned, without the taints of `view`'s state (NODE_STATE_TAINTS)."""
     name = name or f"new-{view.name}"
     new = NodeView(
         name=name,
         labels={**view.labels, HOSTNAME_LABEL: name},
-        taints=[copy.deepcopy(t) for t in view.taints if t.get("key") != "node.kubernetes.io/unschedulable"],
+        taints=[copy.deepcopy(t) for t in view.taints if t.get("key") not in NODE_STATE_TAINTS],
         unschedulable=False,
         allocatable=dict(view.allocatable),
         capacity=dict(view.capacity),
@@ -381,6 +383,8 @@ def plan(pod: dict[str, Any], count: int, nodes: dict[str, NodeView], profile: N
          configs: PluginConfigs = NOT_READ) -> CapacityPlan:  # fmt: skip
     """Copies of `pod` that fit on `nodes` now, and the extra nodes like `profile` for the rest (the best-fitting
     existing node's shape when no profile is given); `configs`: the device plugin's sharing configs."""
+    spec = pod.get("spec") or {}
+    pod = {**pod, "spec": {**spec, "tolerations": [*(spec.get("tolerations") or []), *ADMISSION_TOLERATIONS]}}
     requests = pod_requests(pod)
     fits = sorted((fit_on(pod, v, requests, configs) for v in nodes.values()), key=lambda f: (-f.fits, f.node))
     notes = []
@@ -402,7 +406,6 @@ def plan(pod: dict[str, Any], count: int, nodes: dict[str, NodeView], profile: N
         notes.append("a namespaceSelector other than {} in required anti-affinity (the pod's, or a running pod's that "
                      "matches it) is not modelled (namespaces' labels are not read): only its namespaces list counts, "
                      "so more may be counted than fit")  # fmt: skip
-    spec = pod.get("spec") or {}
     if spec.get("resourceClaims") or any((c.get("resources") or {}).get("claims")
                                          for key in ("initContainers", "containers") for c in spec.get(key) or []):
         notes.append("resourceClaims (Dynamic Resource Allocation) are not modelled (ResourceClaims and ResourceSlices "

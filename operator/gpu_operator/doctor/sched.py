@@ -131,6 +131,22 @@ def terminal(pod: dict[str, Any]) -> bool:
     return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
 
 
+# What the DefaultTolerationSeconds admission plugin gives every pod (that has none of its own for these).
+ADMISSION_TOLERATIONS = [
+    {"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}
+    for key in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
+]
+# Taints a node has for its state, not its role, which a new machine does not have: the node lifecycle controller's
+# and the kubelet's (NotReady, unreachable, pressure, no network, cordon), the one an admin sets on a node that is
+# shut down, the cloud controller's (not initialized) and cluster-autoscaler's and Karpenter's (being removed).
+NODE_STATE_TAINTS = (
+    "node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable", "node.kubernetes.io/memory-pressure",
+    "node.kubernetes.io/disk-pressure", "node.kubernetes.io/pid-pressure", "node.kubernetes.io/network-unavailable",
+    UNSCHEDULABLE_TAINT, "node.kubernetes.io/out-of-service", "node.cloudprovider.kubernetes.io/uninitialized",
+    "ToBeDeletedByClusterAutoscaler", "karpenter.sh/disrupted", "karpenter.sh/disruption",
+)  # fmt: skip
+
+
 # The tolerations the DaemonSet controller adds to every daemon pod (pkg/controller/daemon/util).
 DAEMON_TOLERATIONS = [
     {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute"},

@@ -1989,6 +1989,25 @@ def test_capacity_new_node_like_an_existing_one_does_not_keep_its_hostname() -> 
     assert capacity.plan(pod("job", 8), 1, views, profile).extra_nodes == 0  # h-1 takes it
 
 
+def test_capacity_profile_node_has_the_labels_every_kubelet_sets() -> None:
+    """Every node's kubelet sets kubernetes.io/os, kubernetes.io/arch and kubernetes.io/hostname (well-known labels),
+    and pods commonly select `kubernetes.io/os: linux` (many charts' default nodeSelector). A
+    `--node-profile gpus=8,cpu=96,memory=2048Gi` node had no label at all, so such a pod, which fits an existing node
+    of that shape, was answered "extra nodes needed: impossible with a new node profile gpus=8,...". Expected: the
+    profile carries kubernetes.io/os=linux (and an arch, and a hostname of its own) unless its label.KEY parts say
+    otherwise."""
+    linux = pod("job", 1, nodeSelector={"kubernetes.io/os": "linux"})
+    views: dict[str, Any] = nodes_with_pods([node("h-0", labels={"kubernetes.io/os": "linux"})], [])
+    profile = capacity.parse_profile("gpus=8,cpu=96,memory=2048Gi", views)
+    result = capacity.plan(linux, 16, views, profile)
+    assert result.fits_now == 8 and result.extra_nodes == 1, capacity.render(result, "job")
+    assert profile.labels["kubernetes.io/arch"] == "amd64" and profile.labels["kubernetes.io/hostname"] != "h-0"
+    arm = pod("job", 1, nodeSelector={"kubernetes.io/arch": "arm64"})
+    assert capacity.plan(arm, 16, views, profile).extra_nodes is None
+    arm_profile = capacity.parse_profile("gpus=8,label.kubernetes.io/arch=arm64", views)
+    assert capacity.plan(arm, 16, views, arm_profile).extra_nodes == 2
+
+
 def test_capacity_says_what_it_does_not_model() -> None:
     """README said "the count per node is exactly what the scheduler reaches", but a required podAffinity
     (co-locate with app=db per hostname), which keeps the scheduler off h-0 (no db pod there), was ignored with no

@@ -459,7 +459,9 @@ def parse_profile(text: str, nodes: dict[str, NodeView]) -> NodeView:
     `gpus=8,cpu=96,memory=2048Gi,label.KEY=VALUE,taint.KEY=VALUE:EFFECT`; ValueError naming a part that is neither."""
     if text in nodes:
         return empty_copy(nodes[text], f"like {text}")
-    view = ProfileView(name=f"profile {text}", labels={}, taints=[], unschedulable=False, allocatable={}, capacity={})
+    name = f"profile {text}"  # the labels every kubelet sets (label.KEY parts override them)
+    labels = {"kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64", HOSTNAME_LABEL: name}
+    view = ProfileView(name=name, labels=labels, taints=[], unschedulable=False, allocatable={}, capacity={})
     view.allocatable["pods"] = Decimal(110)
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, sep, value = part.partition("=")

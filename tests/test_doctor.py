@@ -855,6 +855,56 @@ def test_more_than_one_shared_gpu_is_judged_per_container() -> None:
         assert f.summary.startswith("container main requests 2 GPUs"), f.summary
 
 
+_OOM_STATUS = {"phase": "Failed", "containerStatuses": [{"name": "main", "state": {"terminated": {
+    "exitCode": 1, "message": "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate"}}}]}
+_MIG = "nvidia.com/mig-1g.10gb"
+
+
+def _mixed_node(name: str, gpus: int, mig_devices: int, gpu_replicas: str, mig_replicas: str) -> dict[str, Any]:
+    """An H100 node under MIG mixed, labelled as GFD labels it: each resource has its own <resource>.replicas and
+    <resource>.sharing-strategy (one labeler per resource, the MIG ones prefixed nvidia.com/mig-<profile>)."""
+    labels = {
+        "nvidia.com/mig.strategy": "mixed",
+        "nvidia.com/gpu.count": str(gpus),
+        "nvidia.com/gpu.replicas": gpu_replicas,
+        "nvidia.com/gpu.sharing-strategy": "time-slicing" if int(gpu_replicas) > 1 else "none",
+        f"{_MIG}.count": str(mig_devices),
+        f"{_MIG}.replicas": mig_replicas,
+        f"{_MIG}.sharing-strategy": "time-slicing" if int(mig_replicas) > 1 else "none",
+        f"{_MIG}.product": "NVIDIA-H100-80GB-HBM3-MIG-1g.10gb" + ("-SHARED" if int(mig_replicas) > 1 else ""),
+    }
+    n = node(name, gpus=gpus * max(int(gpu_replicas), 1), labels=labels)
+    for key in ("capacity", "allocatable"):
+        n["status"][key][_MIG] = str(mig_devices * int(mig_replicas))
+    return n
+
+
+def test_sharing_of_a_mig_resource_under_mixed_is_read_from_its_own_labels() -> None:
+    """Review sharing2 #1 (REFERENCE §4, §12 entries 17-18): under mixed GFD labels each MIG resource's sharing as
+    nvidia.com/mig-<profile>.replicas / .sharing-strategy. doctor read only the node-wide nvidia.com/gpu ones: an OOM
+    on a time-sliced MIG device was "on a GPU it does not share", one on an unshared MIG device beside time-sliced
+    full GPUs was "time-sliced (4 replicas)", and 2 time-sliced MIG devices in a container went unreported."""
+    n = _mixed_node("h-0", gpus=0, mig_devices=56, gpu_replicas="0", mig_replicas="4")
+    found = kinds(cluster([n], [pod("oom", node_name="h-0", limits={_MIG: "1"}, status=_OOM_STATUS)]))
+    f = found["CUDAOOMTimeSliced"]
+    assert f"MIG device ({_MIG}) (4 replicas)" in f.summary, f.summary
+    assert any(e.field == f"labels[{_MIG}.replicas]" and e.message == "4" for e in f.evidence), f.evidence
+    assert "not time-sliced" in f.fix, f.fix
+    found = kinds(cluster([n], [pod("two", node_name="h-0", limits={_MIG: "2"})]))
+    f = found["MultipleTimeSlicedGPUs"]
+    assert f.summary.startswith("container main requests 2 MIG devices"), f.summary
+    # The converse: full GPUs time-sliced, the pod's MIG device not shared.
+    n = _mixed_node("h-1", gpus=2, mig_devices=28, gpu_replicas="4", mig_replicas="1")
+    found = kinds(cluster([n], [pod("oom", node_name="h-1", limits={_MIG: "1"}, status=_OOM_STATUS),
+                                pod("two", node_name="h-1", limits={_MIG: "2"})]))
+    assert "CUDAOOMTimeSliced" not in found and "MultipleTimeSlicedGPUs" not in found, sorted(found)
+    assert found["CUDAOOM"].summary.endswith("on a GPU it does not share")
+    # Without per-resource labels a MIG resource falls back to the node-wide ones.
+    n = node("h-2", labels={"nvidia.com/gpu.replicas": "4", "nvidia.com/gpu.sharing-strategy": "time-slicing"})
+    assert "CUDAOOMTimeSliced" in kinds(cluster([n], [pod("oom", node_name="h-2", limits={_MIG: "1"},
+                                                         status=_OOM_STATUS)]))
+
+
 def test_operand_stuck_in_init_names_the_first_failing_validator_step() -> None:
     validator = {
         "kind": "Pod",

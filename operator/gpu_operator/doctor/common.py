@@ -13,7 +13,7 @@ from typing import Any
 from ..api import ClusterPolicySpec, PolicyError, parse_policy
 from ..status import active_policy
 from .model import Cluster, Evidence, pod_ref
-from .sched import GPU, GPU_SHARED, container_requests
+from .sched import GPU, GPU_SHARED, MIG_PREFIX, container_requests
 
 UPGRADE_STATE = "nvidia.com/gpu-driver-upgrade-state"
 SETTLED_UPGRADE = ("", "upgrade-done")  # upgrade states in which a node waits for nothing
@@ -268,6 +268,26 @@ def shared_replicas(labels: dict[str, str]) -> int:
         return int(labels.get(REPLICAS_LABEL, "1"))
     except ValueError:
         return 1
+
+
+def sharing_prefix(resource: str) -> str:
+    """The prefix of GFD's sharing labels for a GPU resource: GFD labels each resource on its own, a MIG one under
+    mixed as nvidia.com/mig-<profile>.replicas / .sharing-strategy (its `.shared` name too); others nvidia.com/gpu."""
+    base = resource.removesuffix(".shared")
+    return base if base.startswith(MIG_PREFIX) else GPU
+
+
+def resource_sharing(labels: dict[str, str], resource: str) -> tuple[str, int, str]:
+    """(label prefix, replicas, sharing strategy) GFD gives `resource` on a node with these labels; a MIG resource
+    without its own labels falls back to the node-wide nvidia.com/gpu ones (replicas 1: not shared, or no parse)."""
+    prefix = sharing_prefix(resource)
+    if f"{prefix}.replicas" not in labels and f"{prefix}.sharing-strategy" not in labels:
+        prefix = GPU
+    try:
+        replicas = int(labels.get(f"{prefix}.replicas", "1"))
+    except ValueError:
+        replicas = 1
+    return prefix, replicas, labels.get(f"{prefix}.sharing-strategy", "none")
 
 
 def shared_gpus(requests: Mapping[str, Any]) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import operator
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,8 +21,6 @@ from .common import (
     BRANCH_MINIMUM,
     MEMORY_LABEL,
     PULL_CAUSES,
-    REPLICAS_LABEL,
-    SHARING_LABEL,
     admission_toleration,
     cuda_driver_table,
     driver_of_node,
@@ -32,17 +31,27 @@ from .common import (
     image_repository,
     missing_runtime_class,
     most_shared_gpus,
-    mps_refuses,
     parse_time,
     policy,
+    resource_sharing,
     runtime_class_fix,
     sandbox_failure,
     sandbox_fix,
-    shared_replicas,
+    sharing_prefix,
     version_tuple,
 )
 from .model import ERROR, INFO, WARNING, Cluster, Evidence, Finding, pod_ref
-from .sched import GPU, gpu_requests, pod_requests, required_terms, selector_ok
+from .sched import (
+    GPU,
+    GPU_SHARED,
+    MIG_PREFIX,
+    container_requests,
+    gpu_requests,
+    is_gpu_resource,
+    pod_requests,
+    required_terms,
+    selector_ok,
+)
 
 _CUDA_IMAGES = re.compile(
     r"(cuda|^pytorch/pytorch|(^|/)nvidia/(pytorch|tensorflow|tritonserver|nemo|jax|rapids)|tensorflow/tensorflow:.*gpu"
@@ -526,9 +535,25 @@ def _corrected_pod(pod: dict[str, Any], containers: set[Any]) -> dict[str, Any]:
     return out
 
 
-def _node_replicas(cluster: Cluster, node: str) -> int:
+def _labels(cluster: Cluster, node: str) -> dict[str, str]:
     view = cluster.views.get(node)
-    return shared_replicas(view.labels) if view else 1
+    return view.labels if view else {}
+
+
+def _resource_groups(pod: dict[str, Any]) -> list[tuple[str, ...]]:
+    """The pod's GPU resources by the GFD labels that say how each is shared: nvidia.com/gpu (and .shared), then
+    each MIG resource of mixed (and its .shared)."""
+    groups: dict[str, set[str]] = {GPU: {GPU, GPU_SHARED}}
+    for _, requests in container_requests(pod):
+        for r in requests:
+            if r.startswith(MIG_PREFIX):
+                groups.setdefault(sharing_prefix(r), set()).add(r)
+    return [tuple(sorted(groups[k])) for k in sorted(groups)]
+
+
+def _device(resource: str) -> str:
+    prefix = sharing_prefix(resource)
+    return "GPU" if prefix == GPU else f"MIG device ({prefix})"
 
 
 def _mps_limit(labels: dict[str, str], replicas: int) -> str:
@@ -540,21 +565,32 @@ def _mps_limit(labels: dict[str, str], replicas: int) -> str:
 
 
 def _time_sliced(cluster: Cluster, pod: dict[str, Any]) -> list[Finding]:
-    container, count = most_shared_gpus(pod)  # one replica in each of several containers is ordinary sharing
-    if count <= 1:
-        return []
     node = (pod.get("spec") or {}).get("nodeName")
     nodes = [node] if node else [v.name for v in cluster.views.values() if selector_ok(pod, v.labels, v.name)]
-    shared = [n for n in nodes if _node_replicas(cluster, n) > 1]
-    if not shared or (not node and len(shared) < len(nodes)):
-        return []
+    for resources in _resource_groups(pod):
+        container, count = most_shared_gpus(pod, resources)  # one replica in each of several containers: ordinary
+        if count <= 1:
+            continue
+        sharing = {n: resource_sharing(_labels(cluster, n), resources[0]) for n in nodes}
+        shared = [n for n in nodes if sharing[n][1] > 1]
+        if shared and (node or len(shared) == len(nodes)):
+            return _multiple_shared(pod, container, count, resources[0], {n: sharing[n] for n in shared})
+    return []
+
+
+def _multiple_shared(pod: dict[str, Any], container: str, count: int, resource: str,
+                     shared: dict[str, tuple[str, int, str]]) -> list[Finding]:
+    """MultipleTimeSlicedGPUs / MultipleMPSSharedGPUs for a container asking `count` of `resource`, which each of the
+    `shared` nodes shares: (label prefix, replicas, strategy) per node."""
     ref = pod_ref(pod)
     status = pod.get("status") or {}
-    evidence = [Evidence(f"Node {n}", f"labels[{REPLICAS_LABEL}]", str(_node_replicas(cluster, n))) for n in shared[:5]]
+    first = list(shared.items())[:5]
+    evidence = [Evidence(f"Node {n}", f"labels[{p}.replicas]", str(r)) for n, (p, r, _) in first]
     if status.get("reason") == "UnexpectedAdmissionError":
         evidence.insert(0, Evidence(ref, "status.message", str(status.get("message", ""))))
-    if all(mps_refuses(cluster.views[n].labels, count) for n in shared):
-        evidence += [Evidence(f"Node {n}", f"labels[{SHARING_LABEL}]", "mps") for n in shared[:5]]
+    what = "GPUs" if sharing_prefix(resource) == GPU else "MIG devices"
+    if all(s == "mps" for _, _, s in shared.values()):
+        evidence += [Evidence(f"Node {n}", f"labels[{p}.sharing-strategy]", "mps") for n, (p, _, _) in first]
         return [Finding(
             WARNING, "MultipleMPSSharedGPUs", ref,
             f"container {container} requests {count} GPUs of an MPS-shared resource: replicas are MPS clients of the "
@@ -565,8 +601,8 @@ def _time_sliced(cluster: Cluster, pod: dict[str, Any]) -> list[Finding]:
         )]  # fmt: skip
     return [Finding(
         WARNING, "MultipleTimeSlicedGPUs", ref,
-        f"container {container} requests {count} GPUs of a time-sliced resource: replicas are slices of time on the "
-        "same physical GPUs, so more than one may be the same GPU and adds no compute or memory (with "
+        f"container {container} requests {count} {what} of a time-sliced resource: replicas are slices of time on the "
+        f"same physical {what}, so more than one may be the same device and adds no compute or memory (with "
         "failRequestsGreaterThanOne the device plugin rejects the pod)",
         "request 1 shared GPU, or run on nodes without time-slicing (whole GPUs) when the job needs several",
         evidence, nodes=tuple(shared),
@@ -713,15 +749,14 @@ def _oom(cluster: Cluster, pod: dict[str, Any]) -> list[Finding]:
             message = str(term.get("message") or "")
             if not _OOM.search(message):
                 continue
-            view = cluster.views.get(node or "")
-            labels = view.labels if view else {}
-            replicas = _node_replicas(cluster, node or "")
-            strategy = labels.get(SHARING_LABEL, "none")
+            labels = _labels(cluster, node or "")
+            resource, (prefix, replicas, strategy) = _oom_sharing(
+                labels, dict(container_requests(pod)).get(cs.get("name"), {}))
             ev = [Evidence(ref, f"status.containerStatuses[{cs.get('name')}].{state_key}.terminated.message",
                            message.strip().splitlines()[-1][:300])]  # fmt: skip
             if strategy == "mps":
-                ev += [Evidence(f"Node {node}", f"labels[{SHARING_LABEL}]", strategy),
-                       Evidence(f"Node {node}", f"labels[{REPLICAS_LABEL}]", str(replicas))]
+                ev += [Evidence(f"Node {node}", f"labels[{prefix}.sharing-strategy]", strategy),
+                       Evidence(f"Node {node}", f"labels[{prefix}.replicas]", str(replicas))]
                 return [Finding(
                     WARNING, "CUDAOOMMPS", ref,
                     f"the container ran out of GPU memory on an MPS-shared GPU ({replicas} replicas): the MPS "
@@ -732,13 +767,17 @@ def _oom(cluster: Cluster, pod: dict[str, Any]) -> list[Finding]:
                     ev, nodes=(node,) if node else (),
                 )]  # fmt: skip
             if replicas > 1 or strategy == "time-slicing":
-                ev.append(Evidence(f"Node {node}", f"labels[{REPLICAS_LABEL}]", str(replicas)))
+                ev.append(Evidence(f"Node {node}", f"labels[{prefix}.replicas]", str(replicas)))
                 return [Finding(
                     WARNING, "CUDAOOMTimeSliced", ref,
-                    f"the container ran out of GPU memory on a time-sliced GPU ({replicas} replicas): time-slicing "
-                    "shares the GPU's memory with no isolation, so other pods' allocations count against this one",
+                    f"the container ran out of GPU memory on a time-sliced {_device(resource)} ({replicas} replicas): "
+                    "time-slicing shares the device's memory with no isolation, so other pods' allocations count "
+                    "against this one",
                     "give the pod a whole GPU (a node without time-slicing), or isolate memory: MIG (a partition "
-                    "with its own memory) or MPS (per-client memory limits, devicePlugin sharing.mps)",
+                    "with its own memory) or MPS (per-client memory limits, devicePlugin sharing.mps)"
+                    if sharing_prefix(resource) == GPU else
+                    f"give the pod a {sharing_prefix(resource)} device that is not time-sliced (a node or config "
+                    "without time-slicing for that resource), or a MIG profile with more memory",
                     ev, nodes=(node,) if node else (),
                 )]  # fmt: skip
             sharers = _sharing_outside(cluster, pod)
@@ -761,6 +800,14 @@ def _oom(cluster: Cluster, pod: dict[str, Any]) -> list[Finding]:
                 ev, nodes=(node,) if node else (),
             )]  # fmt: skip
     return []
+
+
+def _oom_sharing(labels: dict[str, str], requests: Mapping[str, Any]) -> tuple[str, tuple[str, int, str]]:
+    """The GPU resource a container that ran out of memory asks, with resource_sharing's (label prefix, replicas,
+    strategy): its shared one if any, else its first (nvidia.com/gpu when it asks none)."""
+    asked = [r for r in sorted(requests) if is_gpu_resource(r) and requests[r] > 0] or [GPU]
+    found = [(r, resource_sharing(labels, r)) for r in asked]
+    return next((f for f in found if f[1][1] > 1 or f[1][2] in ("mps", "time-slicing")), found[0])
 
 
 def _sharing_outside(cluster: Cluster, pod: dict[str, Any]) -> list[tuple[dict[str, Any], tuple[str, Evidence]]]:

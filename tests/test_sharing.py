@@ -480,6 +480,35 @@ def test_a_node_label_naming_a_missing_key_is_a_warning_that_holds_nothing() -> 
     assert "and 3 more" in str(sharing.problems("sharing", data, "single", nodes=many)[0])
 
 
+def test_a_default_naming_a_missing_key_holds_only_while_a_gpu_node_would_load_it() -> None:
+    """Review sharing2 #2: config-manager reads devicePlugin.config.default only on a node whose
+    nvidia.com/device-plugin.config label is unset or "" (cmd/config-manager/main.go updateConfigName). With every
+    GPU node labelled with an existing key the operator still held the device plugin, GFD and MPS daemon on every
+    node (a fresh install advertised no GPU anywhere). Now that is a warning; a GPU node without the label (or
+    none known) makes it a refusal again, naming the node."""
+    label = {sharing.NODE_LABEL: "ts4"}
+    nodes = (_node("gpu-1", **label), _node("gpu-2", **label), NodeFacts("cpu-1", {}))  # cpu-1: no device plugin
+    data = {"ts4": fixture("time-slicing.yaml")}
+    found = sharing.problems("sharing", data, "single", default="missing", nodes=nodes)
+    assert [(p.key, p.holds) for p in found] == [("missing", False)]
+    assert "without the label" in str(found[0]) and "specified config missing does not exist" in str(found[0])
+    ctx = _ctx(data, nodes=nodes)
+    ctx.spec.device_plugin.config.default = "missing"
+    plans = {p.state.name: p for p in plan(ctx)}
+    assert all(plans[s].objects and plans[s].problem is None for s in sharing.HELD_STATES)
+    # level-based: a GPU node with no label, or "", loads the default: held again, that node named
+    for bare in (_node("gpu-3"), _node("gpu-3", **{sharing.NODE_LABEL: ""})):
+        found = sharing.problems("sharing", data, "single", default="missing", nodes=(*nodes, bare))
+        assert [(p.key, p.holds) for p in found] == [("missing", True)]
+        assert "on node gpu-3, which has no nvidia.com/device-plugin.config label" in str(found[0]), str(found[0])
+        ctx = _ctx(data, nodes=(*nodes, bare))
+        ctx.spec.device_plugin.config.default = "missing"
+        plans = {p.state.name: p for p in plan(ctx)}
+        assert all(plans[s].problem is not None for s in sharing.HELD_STATES)
+    # no GPU node known: held (a node that joins most likely has no label)
+    assert sharing.held(sharing.problems("sharing", data, "single", default="missing", nodes=nodes[2:]))
+
+
 def test_fields_upstream_ignores_are_a_warning() -> None:
     found = sharing.problems("sharing", {"renamed": fixture("renamed.yaml")}, "single")
     assert [(p.key, p.field, p.holds) for p in found] == [

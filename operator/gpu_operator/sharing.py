@@ -446,9 +446,10 @@ def _listed(names: Iterable[str]) -> str:
 def problems(name: str, data: Mapping[str, str], mig_strategy: str | None, default: str = "",
              nodes: Iterable[NodeFacts] = (), layouts: mig.Layouts | None = None,
              keys: Iterable[str] | None = None) -> list[Problem]:
-    """Every key of the sharing ConfigMap the plugin would refuse, a default naming no key and a ConfigMap with no
-    keys; then the warnings (holds=False): fields upstream ignores, and keys GPU nodes' labels name that the
-    ConfigMap lacks (config-manager exits on those nodes only, so they hold nothing cluster-wide).
+    """Every key of the sharing ConfigMap the plugin would refuse, a default naming no key that a GPU node loads
+    (one without the label, or no GPU node known) and a ConfigMap with no keys; then the warnings (holds=False):
+    fields upstream ignores, a default naming no key that no GPU node loads, and keys GPU nodes' labels name that
+    the ConfigMap lacks (config-manager exits on those nodes only, so they hold nothing cluster-wide).
 
     Nodes (GPU nodes) tell which keys load on a node with MIG enabled (the node's label, else the default);
     `layouts`: the user's mig-parted config (None: the default table); `keys`: every key of the ConfigMap,
@@ -478,8 +479,19 @@ def problems(name: str, data: Mapping[str, str], mig_strategy: str | None, defau
                                                   "upstream yet): every GPU is shared under the resource's own name "
                                                   "(<name>.shared with renameByDefault)", holds=False))
     if default and default not in present:
-        out.append(Problem(name, default, "", f"devicePlugin.config.default names a key the ConfigMap does not "
-                                               f"have (config-manager: specified config {default} does not exist)"))
+        # config-manager reads the default only on a node whose label is unset or "": held while such a GPU node
+        # (or none at all: a node that joins most likely has no label) would load it; else a warning.
+        unlabelled = [n.name for n in gpu_nodes if not n.labels.get(NODE_LABEL)]
+        missing = (f"devicePlugin.config.default names a key the ConfigMap does not have (config-manager: specified "
+                   f"config {default} does not exist)")
+        if unlabelled or not gpu_nodes:
+            where = f" on node {_listed(unlabelled)}, which has no {NODE_LABEL} label" if unlabelled else ""
+            out.append(Problem(name, default, "", missing + where))
+        else:
+            notes.append(Problem(name, default, "", f"{missing}: every GPU node names another key by its {NODE_LABEL} "
+                                                    f"label, so none loads it now, but the device plugin, GFD and MPS "
+                                                    f"daemon will not start on a GPU node without the label; fix the "
+                                                    f"default or add the key", holds=False))
     labelled: dict[str, list[str]] = {}
     for n in gpu_nodes:
         wanted = n.labels.get(NODE_LABEL)

@@ -1285,6 +1285,51 @@ def test_a_gpu_node_that_advertises_nothing_is_left_to_the_finding_that_names_it
     assert [f.nodes for f in found if f.kind == "OperandNotReady"] == [("h-3",)]
 
 
+# The MIG gate's wait (README "MIG layouts"): mig-manager held by the operator, which wrote `pending` itself; no
+# operand paused, nothing applied, the MIGConfig condition naming the pods.
+_GATE_WAIT = {
+    "nvidia.com/mig.config": "all-1g.10gb",
+    "nvidia.com/mig.config.state": "pending",
+    mig.MANAGER_LABEL: mig.PAUSED,
+    mig.APPROVED: "all-disabled",
+    "nvidia.com/gpu.deploy.device-plugin": "true",
+}
+_WAIT_CONDITION = {
+    "type": "MIGConfig", "status": "False", "reason": "WaitingForGPUWorkloads",
+    "message": "node h-0: layout 'all-1g.10gb' waits: 1 GPU pod(s) running: default/train "
+               "(driver.upgradePolicy.drain.enable allows eviction)",
+}  # fmt: skip
+
+
+def test_doctor_does_not_call_the_gates_wait_a_mig_change_in_progress_with_operands_paused() -> None:
+    """While GPU pods run, the gate holds mig-manager and writes mig.config.state=pending itself: nothing is applied
+    and no operand is paused. doctor said "the MIG manager is applying layout ...; operands are paused" with the fix
+    "wait for nvidia.com/mig.config.state=success", which never comes until the GPU pods go. Now MIGChangeWaiting
+    names the pods (from the MIGConfig condition) and the way out."""
+    n = node("h-0", labels=_GATE_WAIT)
+    c = cluster([n], [pod("train", 8, node_name="h-0")],
+                policy_status={"state": "ready", "states": [], "conditions": [_WAIT_CONDITION]})  # fmt: skip
+    found = [f for f in diagnose(c) if "h-0" in f.nodes and "MIG" in f.kind]
+    assert [f.kind for f in found] == ["MIGChangeWaiting"], found
+    text = f"{found[0].summary} {found[0].fix}"
+    assert "operands are paused" not in text and "is applying layout" not in text, text
+    assert "default/train" in found[0].summary and "drain.enable" in found[0].fix, text
+    # A pending of mig-manager's own (its operands paused, mig-manager not held) is still a change in progress.
+    n = node("h-0", labels={**_GATE_WAIT, mig.MANAGER_LABEL: "true", mig.APPROVED: "all-1g.10gb",
+                            "nvidia.com/gpu.deploy.device-plugin": mig.PAUSED})  # fmt: skip
+    assert "MIGChangeInProgress" in kinds(cluster([n], []))
+
+
+def test_doctor_still_reports_unhealthy_gpus_on_a_node_whose_mig_change_waits() -> None:
+    """Any mig.config.state=pending counted as the device plugin paused or restarting, so GPUsUnhealthy was
+    suppressed; under the gate's wait the device plugin runs as before (REFERENCE §4: operands are paused only
+    while mig-manager works), so GPUs it marks unhealthy are a finding, for as long as the GPU pods hold the change."""
+    n = node("h-0", labels=_GATE_WAIT, allocatable={"nvidia.com/gpu": "6"})
+    c = cluster([n], [pod("train", 6, node_name="h-0")],
+                policy_status={"state": "ready", "states": [], "conditions": [_WAIT_CONDITION]})  # fmt: skip
+    assert "GPUsUnhealthy" in kinds(c)
+
+
 def test_a_gpu_resource_name_the_nodes_do_not_advertise_is_not_blamed_on_the_device_plugin() -> None:
     """With renameByDefault (REFERENCE §4) nodes advertise nvidia.com/gpu.shared, not nvidia.com/gpu; a pod asking
     for the name that is not there was told the device plugin was not running (§12 entry 1 is "no node advertises

@@ -5,10 +5,12 @@ or none on a GPU node."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-from .. import images
+from .. import images, mig
 from ..api import ClusterPolicySpec, ImageSpec
 from ..nodes import DEPLOY_OPERANDS, DRIVER_REFUSED, deploy_label, workload_of
 from ..nvidiadriver import cluster_spec
@@ -598,14 +600,51 @@ def _upgrades(cluster: Cluster) -> list[Finding]:
     return out
 
 
+def _mig_said(cluster: Cluster, name: str | None, node: str) -> str:
+    """What the policy's MIGConfig condition says of the node ("node N: layout 'L' <why>"), or "" (nothing, or the
+    node is past those it names)."""
+    status = (cluster.snapshot.policies[name].get("status") or {}) if name else {}
+    cond: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == mig.CONDITION), {})
+    found = re.search(rf"(?:^|; )(node {re.escape(node)}: layout .*?)(?=; node \S+: layout |; and \d+ more$|$)",
+                      str(cond.get("message") or ""))  # fmt: skip
+    return found.group(1) if found else ""
+
+
+def _gate_wait(labels: Mapping[str, str]) -> bool:
+    """The MIG gate's wait: mig-manager held by the operator with its `pending`, no operand paused (nothing is
+    applied; mig-manager pauses them when it works)."""
+    return (
+        labels.get(MIG_STATE_LABEL) == "pending"
+        and labels.get(mig.MANAGER_LABEL) == mig.PAUSED
+        and not any(labels.get(deploy_label(op)) == mig.PAUSED for op in mig.PAUSED_BY_MANAGER)
+    )
+
+
 def _mig(cluster: Cluster) -> list[Finding]:
     out = []
+    name, spec = policy(cluster)
+    enabled = spec is None or spec.mig_manager.enabled
     for view in cluster.views.values():
         state = view.labels.get(MIG_STATE_LABEL, "")
         layout = view.labels.get(MIG_CONFIG_LABEL, "")
         ev = [Evidence(f"Node {view.name}", f"labels[{MIG_STATE_LABEL}]", state),
               Evidence(f"Node {view.name}", f"labels[{MIG_CONFIG_LABEL}]", layout)]  # fmt: skip
-        if state == "failed":
+        said = _mig_said(cluster, name, view.name)
+        if said:
+            ev.append(Evidence(f"ClusterPolicy {name}", f"status.conditions[{mig.CONDITION}].message", said))
+        why = re.sub(r"^node \S+: layout \S+ ", "", said)
+        if enabled and _gate_wait(view.labels):
+            drain = spec is not None and spec.driver.upgrade_policy.drain.enable
+            out.append(Finding(
+                INFO, "MIGChangeWaiting", f"Node {view.name}",
+                f"the MIG layout change to {layout!r} on {view.name} waits for the GPU pods running there; nothing "
+                "is applied and no operand is paused" + (f"; {why.removeprefix('waits: ')}" if why else ""),
+                "let the GPU pods finish or move them" + (
+                    "; the reason says why driver.upgradePolicy.drain does not evict them" if drain else
+                    ", or set driver.upgradePolicy.drain.enable to have them evicted (PodDisruptionBudgets hold)"),
+                ev, nodes=(view.name,),
+            ))  # fmt: skip
+        elif state == "failed":
             out.append(Finding(
                 ERROR, "MIGChangeFailed", f"Node {view.name}",
                 f"the MIG manager failed to apply layout {layout!r} on {view.name}",
@@ -613,7 +652,7 @@ def _mig(cluster: Cluster) -> list[Finding]:
                 "the GPU (MIG mode changes need an idle GPU, sometimes a reboot); read the nvidia-mig-manager log",
                 ev, nodes=(view.name,),
             ))  # fmt: skip
-        elif state in ("pending", "rebooting"):
+        elif state in mig.IN_PROGRESS:
             out.append(Finding(
                 INFO, "MIGChangeInProgress", f"Node {view.name}",
                 f"the MIG manager is applying layout {layout!r} on {view.name} ({state}); operands are paused "
@@ -625,11 +664,12 @@ def _mig(cluster: Cluster) -> list[Finding]:
 
 def _plugin_away(cluster: Cluster, view: NodeView) -> bool:
     """Whether the node's device plugin is paused or restarting: its deploy label paused (MIG change, driver restart)
-    or false, a MIG change or driver upgrade under way, or its pod not ready."""
+    or false, a MIG change (not the gate's wait: it pauses nothing) or driver upgrade under way, or its pod not
+    ready."""
     deploy = view.labels.get(DEVICE_PLUGIN_DEPLOY)
     if deploy is not None and deploy != "true":
         return True
-    if view.labels.get(MIG_STATE_LABEL) in ("pending", "rebooting"):
+    if view.labels.get(MIG_STATE_LABEL) in mig.IN_PROGRESS and not _gate_wait(view.labels):
         return True
     if view.labels.get(UPGRADE_STATE, "") not in _IN_PROGRESS_DONE:
         return True

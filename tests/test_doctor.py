@@ -1330,6 +1330,29 @@ def test_doctor_still_reports_unhealthy_gpus_on_a_node_whose_mig_change_waits() 
     assert "GPUsUnhealthy" in kinds(c)
 
 
+def test_doctor_reports_a_node_whose_requested_mig_layout_the_operator_refused() -> None:
+    """A layout the GPU cannot take (an H200 profile on an H100) is refused by the gate: mig-manager held, MIGConfig
+    False/LayoutRefused, mig.config.state left as it was (README "MIG layouts"). doctor read neither the condition
+    nor the held label and reported nothing, though the node never gets the layout its label names."""
+    labels = {
+        "nvidia.com/mig.config": "all-1g.18gb",
+        "nvidia.com/mig.config.state": "success",
+        mig.MANAGER_LABEL: mig.PAUSED,
+        mig.APPROVED: "all-disabled",
+    }
+    cond = {"type": "MIGConfig", "status": "False", "reason": "LayoutRefused",
+            "message": "node h-0: layout 'all-1g.18gb' is not valid for H100 80GB, H800 80GB, A100 80GB, A800 80GB "
+                       "(the default layouts)"}  # fmt: skip
+    c = cluster([node("h-0", labels=labels)], [], policy_status={"state": "ready", "states": [], "conditions": [cond]})
+    f = kinds(c)["MIGLayoutRefused"]
+    assert f.severity == "error" and f.nodes == ("h-0",), f
+    assert "'all-1g.18gb'" in f.summary and "is not valid for H100 80GB" in f.summary, f.summary
+    assert "gpu-operator mig layouts --node h-0" in f.fix, f.fix
+    # Past the nodes the condition names, or a wait's pending turned failed by the refusal: still this finding.
+    c = cluster([node("h-0", labels={**labels, "nvidia.com/mig.config.state": "failed"})], [])
+    assert [f.kind for f in diagnose(c) if "MIG" in f.kind] == ["MIGLayoutRefused"]
+
+
 def test_a_gpu_resource_name_the_nodes_do_not_advertise_is_not_blamed_on_the_device_plugin() -> None:
     """With renameByDefault (REFERENCE §4) nodes advertise nvidia.com/gpu.shared, not nvidia.com/gpu; a pod asking
     for the name that is not there was told the device plugin was not running (§12 entry 1 is "no node advertises

@@ -23,6 +23,7 @@ from .common import (
     HOST_TOOLKIT_FIX,
     MIG_CONFIG_LABEL,
     MIG_STATE_LABEL,
+    PRODUCT_LABEL,
     PULL_CAUSES,
     UPGRADE_STATE,
     PullFailure,
@@ -642,6 +643,20 @@ def _mig(cluster: Cluster) -> list[Finding]:
                 "let the GPU pods finish or move them" + (
                     "; the reason says why driver.upgradePolicy.drain does not evict them" if drain else
                     ", or set driver.upgradePolicy.drain.enable to have them evicted (PodDisruptionBudgets hold)"),
+                ev, nodes=(view.name,),
+            ))  # fmt: skip
+        elif enabled and view.labels.get(mig.MANAGER_LABEL) == mig.PAUSED and state not in mig.IN_PROGRESS:
+            # Held, not waiting: the gate refused the layout; nothing on the node changes (a wait's pending: failed).
+            config = spec.mig_manager.config.name if spec is not None else ""
+            out.append(Finding(
+                ERROR, "MIGLayoutRefused", f"Node {view.name}",
+                f"the operator refused MIG layout {layout!r} on {view.name}"
+                + (f": it {why}" if why and not why.startswith("waits: ") else
+                   f" (the ClusterPolicy's {mig.CONDITION} condition says why)")
+                + "; mig-manager is held there and the node keeps the layout it has",
+                f"label the node with a layout valid for {view.labels.get(PRODUCT_LABEL) or 'its GPU'} "
+                f"(`gpu-operator mig layouts --node {view.name}`)"
+                + (f" or fix the ConfigMap {config}" if config else ""),
                 ev, nodes=(view.name,),
             ))  # fmt: skip
         elif state == "failed":

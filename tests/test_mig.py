@@ -812,6 +812,44 @@ def test_a_mig_change_that_evicts_cordons_the_node_first() -> None:
     assert ("patch", "n1", cordon) in kube.calls[:evicted], kube.calls
 
 
+class DraKube(DrainKube):
+    """n1 runs a pod holding a GPU through a ResourceClaim the NVIDIA DRA driver allocated (it requests no
+    nvidia.com/* resource); resource.k8s.io/v1 is served."""
+
+    def __init__(self) -> None:
+        pod = {
+            "metadata": {"namespace": "team", "name": "dra-train",
+                         "ownerReferences": [{"kind": "ReplicaSet", "name": "dra-train-5f", "controller": True}]},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "resources": {"claims": [{"name": "gpu"}]}}],
+                     "resourceClaims": [{"name": "gpu", "resourceClaimName": "dra-train-gpu"}]},
+            "status": {"phase": "Running"},
+        }  # fmt: skip
+        super().__init__([pod])
+
+    def request(self, method: str, path: str, *_: Any, **__: Any) -> dict[str, Any]:
+        if path == "/apis/resource.k8s.io":
+            return {"kind": "APIGroup", "versions": [{"groupVersion": "resource.k8s.io/v1", "version": "v1"}]}
+        if path == "/apis/resource.k8s.io/v1/namespaces/team/resourceclaims/dra-train-gpu":
+            result = {"request": "gpu", "driver": "gpu.nvidia.com", "pool": "n1", "device": "gpu-0"}
+            return {"metadata": {"namespace": "team", "name": "dra-train-gpu"},
+                    "status": {"allocation": {"devices": {"results": [result]}}}}  # fmt: skip
+        raise AssertionError(f"unexpected {method} {path}")
+
+
+def test_a_mig_change_waits_for_a_pod_holding_the_gpu_through_a_dra_claim() -> None:
+    """The gate found GPU workloads with WorkloadPod.from_pod alone (nvidia.com/gpu* or nvidia.com/mig-* requests):
+    a pod holding a GPU through a ResourceClaim allocated by gpu.nvidia.com (the NVIDIA DRA driver) was not seen, the
+    change was let through and mig-manager reconfigured a GPU in use (mig-parted fails on a busy GPU: `failed`).
+    Now the gate counts such pods as the driver upgrade does (GpuClaims): the change waits naming the pod, and with
+    drain.enable the pod is evicted."""
+    snap = Snapshot(nodes={}, policies={}, owned={}, pods={}, revisions={})
+    decision, _, _ = mig_pass.run(DraKube(), "gpu-operator", SPEC, snap, [node()], lambda *a: None)  # type: ignore[arg-type]
+    assert decision.waiting and "team/dra-train" in decision.waiting[0][2], (decision.waiting, decision.patches)
+    assert decision.patches["n1"] == {MANAGER: mig.PAUSED, MIG_CONFIG_STATE: "pending"}, decision.patches
+    decision, _, _ = mig_pass.run(DraKube(), "gpu-operator", EVICT, snap, [node()], lambda *a: None)  # type: ignore[arg-type]
+    assert decision.evict == {"n1": (("team", "dra-train"),)}
+
+
 def gate_cordoned(layout: str = "all-1g.10gb", approved: str = "all-disabled", **labels: str) -> NodeFacts:
     """node(), cordoned by the gate (as the Node reads back: the mark is kept in its facts)."""
     obj = {"metadata": {"name": "n1", "labels": node(layout, approved, **labels).labels,

@@ -36,8 +36,9 @@ Per MIG-capable node (mig-manager enabled, its deploy label not opted out with `
   operands and state label are left as they are, but a `pending` with no operand paused (a wait's) ends `failed`,
   as mig-manager ends a layout it refuses (a user's config that cannot be read is named by the condition also while
   no node asks for a layout);
-* a valid change on a node where GPU workloads run (pods that request `nvidia.com/gpu*` or `nvidia.com/mig-*`,
-  but the DaemonSet pods mig-manager stops itself: those selecting on a deploy label it pauses) waits, held, with
+* a valid change on a node where GPU workloads run (pods that request `nvidia.com/gpu*` or `nvidia.com/mig-*` or
+  hold a DRA ResourceClaim allocated by `gpu.nvidia.com`, but the DaemonSet pods mig-manager stops itself: those
+  selecting on a deploy label it pauses) waits, held, with
   `mig.config.state=pending` (the layout the label names is not applied) and the reason in an event and the
   condition; with `driver.upgradePolicy.drain.enable` (the policy's consent to evict workloads for a node-level
   GPU change; off by default) those pods are evicted through the Eviction API instead, so PodDisruptionBudgets

@@ -16,8 +16,8 @@ from .nodes import MIG_CORDONED, ByNode, NodeFacts, apply_patch
 from .observe import Snapshot
 from .states.base import owning_state
 from .states.mig_manager import STATE, custom_config, fixed_config
-from .upgrade.adapter import EventFn, Executor
-from .upgrade.model import Action, Annotate, Cordon, EvictPods, Plan, Uncordon, WorkloadPod
+from .upgrade.adapter import EventFn, Executor, GpuClaims
+from .upgrade.model import Action, Annotate, Cordon, EvictPods, Plan, Uncordon
 
 log = logging.getLogger("gpu_operator.mig")
 
@@ -143,7 +143,9 @@ def run(
         busy = list(kept.busy.over(nodes, kept.key_of(spec, layouts, unreadable)).values())
         managed = len(kept.managed.over(nodes, spec))
     asked = mig.changes_requested(busy, spec)
-    pods = {n: [WorkloadPod.from_pod(p) for p in kube.list("Pod", field_selector=f"spec.nodeName={n}")] for n in asked}
+    # Pods holding a GPU through a DRA claim count too; pods (and their claims) are read only while a change is asked.
+    claims = GpuClaims(kube)
+    pods = {n: [claims.project(p) for p in kube.list("Pod", field_selector=f"spec.nodeName={n}")] for n in asked}
     managers = frozenset(snap.pod_index.nodes_with(STATE.name, live=True)) if busy else frozenset()
     decision = mig.decide(busy, spec, layouts=layouts, pods=pods, managers=managers, unreadable=unreadable)
     decision.config_error = unreadable

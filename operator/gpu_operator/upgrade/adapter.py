@@ -338,9 +338,10 @@ CLAIM_VERSIONS = ("v1", "v1beta2", "v1beta1")
 
 class GpuClaims:
     """Marks as GPU pods the pods that ask for no GPU resource but hold a ResourceClaim the NVIDIA GPU DRA driver
-    allocated (upstream's gpuPodSpecFilter: PodHasNVIDIAGPUClaim). Claims are read (one GET each) only for the
-    Running and Pending pods on the nodes whose pods are read; a claim that cannot be read counts as a GPU claim, as
-    upstream. A claim that is gone holds nothing; where no version of CLAIM_VERSIONS is served there are none."""
+    allocated (upstream's gpuPodSpecFilter: PodHasNVIDIAGPUClaim); the MIG gate uses it too. Claims are read (one
+    GET each) only for the Running and Pending pods on the nodes whose pods are read; a claim that cannot be read
+    counts as a GPU claim, as upstream. A claim that is gone holds nothing; where no version of CLAIM_VERSIONS is
+    served there are none."""
 
     def __init__(self, kube: Kube):
         self.kube = kube
@@ -372,7 +373,7 @@ class GpuClaims:
                     return True
             return False
         except ApiError as exc:
-            log.warning("upgrade: cannot read the ResourceClaims of pod %s (%s): counted as a GPU pod", pod.ref, exc)
+            log.warning("cannot read the ResourceClaims of pod %s (%s): counted as a GPU pod", pod.ref, exc)
             return True
 
     def _served(self) -> str | None:

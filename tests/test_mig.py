@@ -10,7 +10,15 @@ from gpu_operator import mig, mig_layouts, mig_pass
 from gpu_operator.api import parse_spec
 from gpu_operator.cli import main
 from gpu_operator.kube import ApiError
-from gpu_operator.nodes import GPU_PCI_LABELS, MIG_CONFIG, MIG_CONFIG_STATE, NodeFacts, apply_patch, deploy_label
+from gpu_operator.nodes import (
+    GPU_PCI_LABELS,
+    MIG_CONFIG,
+    MIG_CONFIG_STATE,
+    NodeFacts,
+    apply_patch,
+    deploy_label,
+    desired_labels,
+)
 from gpu_operator.observe import Snapshot
 from gpu_operator.upgrade import INITIAL_UNSCHEDULABLE_ANNOTATION, Annotate, Cordon, SetState, plan
 from gpu_operator.upgrade.model import DRAIN_SKIP_LABEL, WorkloadPod
@@ -165,6 +173,55 @@ def test_a_pending_let_through_then_withdrawn_before_mig_manager_runs_is_removed
     d = decide(withdrawn, spec, managers=frozenset())
     assert d.patches == {"n1": {MIG_CONFIG_STATE: None}}
     assert not mig.busy(NodeFacts("n1", labels=apply_patch(labels, d.patches["n1"])), spec, None)
+
+
+def _after_passes(n: NodeFacts, spec: Any, passes: int = 1) -> dict[str, str]:
+    """The node's labels after `passes` labelling passes each followed by a MIG pass (as the reconciler runs them;
+    a pass's node write wakes the next)."""
+    labels = dict(n.labels)
+    for _ in range(passes):
+        labels = apply_patch(labels, desired_labels(NodeFacts("n1", labels=labels), spec))
+        after = NodeFacts("n1", labels=labels)
+        d = mig.decide([after], spec, layouts=None, pods={}, managers=frozenset()) if mig.busy(after, spec, None) \
+            else mig.Decision()  # fmt: skip
+        labels = apply_patch(labels, d.patches.get("n1", {}))
+    return labels
+
+
+def _held_wait() -> NodeFacts:
+    waits = decide(node(), pods=[GPU_POD])
+    assert waits.patches["n1"] == {MANAGER: mig.PAUSED, MIG_CONFIG_STATE: "pending"}
+    return NodeFacts("n1", labels=apply_patch(node().labels, waits.patches["n1"]))
+
+
+def test_a_waiting_change_on_a_node_that_loses_mig_capability_does_not_stay_pending_and_held() -> None:
+    """After a wait (mig-manager held, the gate's `pending`) the GPU is replaced by one without MIG (GFD:
+    mig.capable=false, an L40S). `_is_quiet` called the unmanaged node quiet, so `decide` never saw it again, and
+    desired_labels removed only a mig-manager label of `true`: `pending` and the hold stayed for good (doctor:
+    a MIG change forever). Now the MIG pass removes its wait's `pending`, then the labelling pass the hold."""
+    lost = NodeFacts("n1", labels={**_held_wait().labels, "nvidia.com/mig.capable": "false",
+                                   "nvidia.com/gpu.product": "NVIDIA-L40S"})  # fmt: skip
+    assert mig.busy(lost, SPEC, None)
+    labels = _after_passes(lost, SPEC)
+    assert MIG_CONFIG_STATE not in labels and labels[MANAGER] == mig.PAUSED, labels
+    labels = _after_passes(NodeFacts("n1", labels=labels), SPEC)
+    assert MANAGER not in labels and MIG_CONFIG_STATE not in labels, labels
+    assert not mig.busy(NodeFacts("n1", labels=labels), SPEC, None)
+    # mig-manager's own `pending` (its operands paused) is not the gate's: restored and ended `failed` instead.
+    mid = NodeFacts("n1", labels={**lost.labels, MANAGER: "true", PLUGIN: mig.PAUSED})
+    assert _after_passes(mid, SPEC)[MIG_CONFIG_STATE] == "failed"
+
+
+def test_a_waiting_change_does_not_stay_pending_once_mig_manager_is_disabled() -> None:
+    """Same hold, then migManager.enabled=false: no mig-manager runs there, and the gate (checking only while it is
+    enabled) left its own `pending`, so the node said a change was under way for as long as mig-manager stayed off.
+    Now the `pending` goes; the hold stays, so re-enabling mig-manager checks the change again."""
+    off = parse_spec({"migManager": {"enabled": False}})
+    labels = _after_passes(_held_wait(), off, passes=2)
+    assert MIG_CONFIG_STATE not in labels and labels[MANAGER] == mig.PAUSED, labels
+    assert not mig.busy(NodeFacts("n1", labels=labels), off, None)
+    d = decide(NodeFacts("n1", labels=labels), pods=[GPU_POD], managers=frozenset())  # enabled again
+    assert d.waiting and d.patches["n1"] == {MIG_CONFIG_STATE: "pending"}, d.patches
 
 
 def test_a_held_refusal_writes_nothing_more_and_its_event_repeats_word_for_word() -> None:

@@ -49,7 +49,9 @@ Per MIG-capable node (mig-manager enabled, its deploy label not opted out with `
   there is not the gate's, and a node the driver upgrade holds is left to it;
 * deploy labels left at `paused-for-mig-change` are restored to `true` once the change is over (state `success`
   or `failed`) or its mig-manager is gone (no live pod and none coming: mig-manager disabled or held); a change
-  cut short that way ends `failed`.
+  cut short that way ends `failed`;
+* a wait's `pending` (mig-manager held, no operand paused) on a node no longer checked is removed: nothing would end
+  it (the hold stays while mig-manager is disabled; nodes.desired_labels drops it on a GPU without MIG).
 """
 
 from __future__ import annotations
@@ -482,7 +484,18 @@ def _is_quiet(node: NodeFacts, spec: ClusterPolicySpec) -> bool:
         want = requested(node, spec)
         let_through = labels.get(APPROVED) == want or (not want and labels.get(MIG_CONFIG_STATE) != "pending")
         return let_through and labels.get(MANAGER_LABEL) != PAUSED
-    return True
+    return not _waits_left(node)
+
+
+def _waits_left(node: NodeFacts) -> bool:
+    """Whether a node the gate no longer checks keeps a wait's `pending` (ours: mig-manager held, no operand paused):
+    nothing would end it."""
+    labels = node.labels
+    return (
+        labels.get(MIG_CONFIG_STATE) == "pending"
+        and labels.get(MANAGER_LABEL) == PAUSED
+        and not any(labels.get(key) == PAUSED for _, key in _PAUSED_KEYS)
+    )
 
 
 def requested(node: NodeFacts, spec: ClusterPolicySpec) -> str:
@@ -546,6 +559,8 @@ def decide(
     for node, checks in doing:
         if checks:
             _gate(node, spec, layouts, unreadable, pods.get(node.name, []), node.name in managers, out)
+        elif _waits_left(node):  # no longer the gate's to check: its wait's `pending` goes (the hold stays)
+            out._set(node.name, MIG_CONFIG_STATE, None)
         if MIG_CORDONED in node.annotations:
             _uncordon(node, spec, checks, out)
     return out

@@ -57,7 +57,8 @@ UPGRADE_ANNOTATION_PREFIX = "nvidia.com/gpu-driver-upgrade"
 MIG_CORDONED = "nvidia.com/gpu-operator.mig-cordoned"
 # Read by k8s-driver-manager: "true" hands drain and GPU-pod eviction to the operator's upgrade controller.
 UPGRADE_ENABLED_ANNOTATION = "nvidia.com/gpu-driver-upgrade-enabled"
-PAUSED_VALUES = ("paused-for-driver-upgrade", "paused-for-mig-change")
+MIG_PAUSED = "paused-for-mig-change"  # a MIG change's pause, and the MIG gate's hold of mig-manager (mig.PAUSED)
+PAUSED_VALUES = ("paused-for-driver-upgrade", MIG_PAUSED)
 # gpu.deploy.driver on a node whose GPU the policy's driver version cannot run (see compat.py): ours, so it
 # goes back to "true" once the version fits, and the driver DaemonSets (which select "true") skip the node.
 DRIVER_REFUSED = "refused-by-version-matrix"
@@ -606,6 +607,10 @@ def desired_labels(node: NodeFacts, spec: ClusterPolicySpec, refused: bool = Fal
                 if capable and key not in labels:
                     want[key] = "true"
                 elif labels.get(MIG_CAPABLE) == "false" and labels.get(key) == "true":
+                    want[key] = None
+                elif labels.get(MIG_CAPABLE) == "false" and labels.get(key) == MIG_PAUSED and (
+                        labels.get(MIG_CONFIG_STATE) != "pending"):
+                    # The MIG gate's hold, once the MIG pass removed the wait's `pending` (the hold marks it ours).
                     want[key] = None
             elif op != "dra-driver" and labels.get(key) and written_by_us(labels.get(key)):
                 # An empty value deploys nothing and stays: k8s-driver-manager writes one for every operand it

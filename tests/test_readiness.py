@@ -734,10 +734,9 @@ def _recording(scheduled: int) -> tuple[dict[str, Any], _Cluster, Any, list[dict
     return pol, cluster, r, written
 
 
-def _driver_unavailable(unavailable: int) -> tuple[Any, ...]:
-    """_recording's cluster after a first pass, its driver DaemonSet with `unavailable` of its 2 pods unavailable:
-    (policy, cluster, reconciler, statuses written, owned objects, DaemonSets by name, the driver's name, each
-    DaemonSet's one revision h1)."""
+def _first_pass() -> tuple[Any, ...]:
+    """_recording's cluster after a first pass: (policy, cluster, reconciler, statuses written, owned objects,
+    DaemonSets by name, the driver DaemonSet's name)."""
     from gpu_operator.observe import key_of
 
     pol, cluster, r, written = _recording(2)
@@ -745,6 +744,16 @@ def _driver_unavailable(unavailable: int) -> tuple[Any, ...]:
     owned = {key_of(o): o for o in first.applied}
     daemonsets = {o["metadata"]["name"]: o for o in first.applied if o["kind"] == "DaemonSet"}
     [driver] = [name for name in daemonsets if name.startswith("nvidia-driver-daemonset")]
+    return pol, cluster, r, written, owned, daemonsets, driver
+
+
+def _driver_unavailable(unavailable: int) -> tuple[Any, ...]:
+    """_recording's cluster after a first pass, its driver DaemonSet with `unavailable` of its 2 pods unavailable:
+    (policy, cluster, reconciler, statuses written, owned objects, DaemonSets by name, the driver's name, each
+    DaemonSet's one revision h1)."""
+    from gpu_operator.observe import key_of
+
+    pol, cluster, r, written, owned, daemonsets, driver = _first_pass()
     key = key_of(daemonsets[driver])
     counts = {"numberAvailable": 2 - unavailable, "numberUnavailable": unavailable}
     owned[key] = {**owned[key], "status": {**owned[key]["status"], **counts}}
@@ -832,11 +841,7 @@ def test_after_a_driver_version_change_no_pass_calls_the_policy_ready_while_ever
     --for=condition=Ready` returned) with both nodes on the old driver, and the next pass notReady again."""
     from gpu_operator.observe import key_of
 
-    pol, cluster, r, written = _recording(2)
-    first = r.reconcile(_snap(cluster, pol, {}, {}, {}))
-    owned = {key_of(o): o for o in first.applied}
-    daemonsets = {o["metadata"]["name"]: o for o in first.applied if o["kind"] == "DaemonSet"}
-    [driver] = [name for name in daemonsets if name.startswith("nvidia-driver-daemonset")]
+    pol, cluster, r, written, owned, daemonsets, driver = _first_pass()
     assert daemonsets[driver]["spec"]["updateStrategy"]["type"] == "OnDelete"
 
     def revision_of(ds: str, number: int, hash_: str) -> dict[str, Any]:
@@ -1149,11 +1154,7 @@ def test_a_daemonset_made_again_under_its_name_is_judged_by_its_own_pods_and_rev
     newest, and the old one's pods as its own. Now pods and revisions go by the owner's uid."""
     from gpu_operator.observe import key_of
 
-    pol, cluster, r, written = _recording(2)
-    first = r.reconcile(_snap(cluster, pol, {}, {}, {}))
-    owned = {key_of(o): o for o in first.applied}
-    daemonsets = {o["metadata"]["name"]: o for o in first.applied if o["kind"] == "DaemonSet"}
-    [driver] = [name for name in daemonsets if name.startswith("nvidia-driver-daemonset")]
+    pol, cluster, r, written, owned, daemonsets, driver = _first_pass()
     assert daemonsets[driver]["spec"]["updateStrategy"]["type"] == "OnDelete"
 
     def pod_of(ds: str, on: str, uid: str, hash_: str) -> dict[str, Any]:

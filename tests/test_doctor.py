@@ -2076,6 +2076,28 @@ def test_capacity_counts_pod_level_resource_requests() -> None:
         'spec.resources.requests: Invalid value: "8": must be less than or equal to cpu limit of 4']
 
 
+def test_capacity_refuses_pod_level_resources_the_api_server_refuses() -> None:
+    """Review diffU: pod-level resources (spec.resources) take cpu, memory and hugepages only, a pod-level request
+    at least the containers' aggregate request and a pod-level limit at least each container's limit; the API
+    server refuses other pods. capacity planned a pod asking `nvidia.com/gpu: 1` at pod level as one asking no GPU
+    (96 copies on one 8-GPU node), and one asking 1 CPU at pod level and 4 in its container at 1 CPU a copy."""
+    gpu = pod("job", 0)
+    gpu["spec"]["resources"] = {"limits": {"nvidia.com/gpu": "1", "cpu": "1"}}
+    assert any(e.startswith("spec.resources.limits[nvidia.com/gpu]: Unsupported value")
+               for e in capacity.api_errors(gpu)), capacity.api_errors(gpu)  # fmt: skip
+    below = pod("job", 0)
+    below["spec"]["containers"][0]["resources"] = {"requests": {"cpu": "4"}}
+    below["spec"]["resources"] = {"requests": {"cpu": "1"}}
+    assert any("aggregate container requests of 4" in e for e in capacity.api_errors(below)), capacity.api_errors(below)
+    limit_below = pod("job", 0, limits={"cpu": "8"})
+    limit_below["spec"]["resources"] = {"limits": {"cpu": "2"}}
+    errors = capacity.api_errors(limit_below)
+    assert any("container limits of 8" in e for e in errors), errors
+    fine = pod("job", 1, limits={"cpu": "2"})
+    fine["spec"]["resources"] = {"limits": {"cpu": "4", "memory": "8Gi"}, "requests": {"cpu": "2"}}
+    assert capacity.api_errors(fine) == []
+
+
 def test_capacity_counts_a_pod_with_spec_node_name_only_on_that_node() -> None:
     """A pod (or pod template) with `spec.nodeName` bypasses the scheduler: the kubelet of that node alone runs it
     (or rejects it, OutOfnvidia.com/gpu); no other node, and no node added, can ever take a copy. capacity ignored

@@ -189,6 +189,26 @@ def _quantity_errors(where: str, values: dict[str, Any]) -> list[str]:
     return out
 
 
+def _pod_level_consistency(spec: dict[str, Any], limits: dict[str, Any], requests: dict[str, Any]) -> list[str]:
+    """The API server's rule for pod-level resources against the containers': a pod-level request at least the
+    containers' aggregate request, a pod-level limit at least each container's limit."""
+    out = []
+    containers = [(c.get("resources") or {}) for c in spec.get("containers") or []]
+    for r, v in requests.items():
+        # a container's request defaults to its limit (API defaulting)
+        total = sum((quantity((res.get("requests") or {}).get(r, (res.get("limits") or {}).get(r, 0)))
+                     for res in containers), quantity(0))  # fmt: skip
+        if quantity(v) < total:
+            out.append(f'spec.resources.requests[{r}]: Invalid value: "{v}": must be greater than or equal to '
+                       f"aggregate container requests of {total}")  # fmt: skip
+    for r, v in limits.items():
+        most = max((quantity((res.get("limits") or {}).get(r, 0)) for res in containers), default=quantity(0))
+        if quantity(v) < most:
+            out.append(f'spec.resources.limits[{r}]: Invalid value: "{v}": must be greater than or equal to '
+                       f"container limits of {most}")  # fmt: skip
+    return out
+
+
 def api_errors(pod: dict[str, Any]) -> list[str]:
     """What the API server refuses a pod for in its resources: no container, a resource name it does not know, a
     value that is not a quantity or is negative, a native request (cpu, memory; of a container or of the pod's
@@ -204,11 +224,18 @@ def api_errors(pod: dict[str, Any]) -> list[str]:
     own = spec.get("resources") or {}  # pod-level resources
     limits, requests = own.get("limits") or {}, own.get("requests") or {}
     bad = _quantity_errors("spec.resources.limits", limits) + _quantity_errors("spec.resources.requests", requests)
+    for kind, values in (("limits", limits), ("requests", requests)):
+        for r in values:  # pod-level resources take cpu, memory and hugepages only (a GPU is per container)
+            if r not in ("cpu", "memory") and not r.startswith("hugepages-"):
+                bad.append(f'spec.resources.{kind}[{r}]: Unsupported value: "{r}": supported values: "cpu", '
+                           '"memory", "hugepages-<size>"')  # fmt: skip
     out += bad
     for r, v in () if bad else requests.items():
         if r in limits and quantity(v) > quantity(limits[r]):
             out.append(f'spec.resources.requests: Invalid value: "{v}": must be less than or equal to {r} limit of '
                        f"{limits[r]}")  # fmt: skip
+    if not bad:
+        out += _pod_level_consistency(spec, limits, requests)
     for key in ("initContainers", "containers"):
         for i, c in enumerate(spec.get(key) or []):
             res = c.get("resources") or {}

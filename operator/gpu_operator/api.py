@@ -103,12 +103,17 @@ _QUALIFIED_NAME = ('must be a name such as "team" or "example.com/team": at most
                    '".", a letter or digit at each end, after an optional lowercase DNS subdomain and "/"')
 
 
+def is_label_value(value: str) -> bool:
+    """Kubernetes' rule for a label value ("" included)."""
+    return len(value) <= 63 and re.fullmatch(LABEL_VALUE, value) is not None
+
+
 def _is_qualified_name(key: str) -> bool:
     """Kubernetes' IsQualifiedName, the rule for a label key (and a toleration's key)."""
     prefix, slash, name = key.rpartition("/")
     if slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix)):
         return False
-    return 0 < len(name) <= 63 and re.fullmatch(LABEL_VALUE, name) is not None
+    return bool(name) and is_label_value(name)
 
 
 def _label_keys(labels: dict[str, str]) -> dict[str, str]:
@@ -214,7 +219,7 @@ class Toleration(KubeObject):
             problems.append(("key", _QUALIFIED_NAME))
         if not key and operator != "Exists":
             problems.append(("operator", "must be Exists when key is empty (which matches every taint)"))
-        if operator == "Equal" and (len(value) > 63 or not re.fullmatch(LABEL_VALUE, value)):
+        if operator == "Equal" and not is_label_value(value):
             problems.append(("value", "must be a label value: at most 63 letters, digits, \"-\", \"_\" or \".\", "
                                       "a letter or digit at each end"))
         if operator == "Exists" and value:

@@ -26,6 +26,7 @@ from .doctor.sched import (
     cordoned,
     fmt,
     namespaces_unread,
+    pod_level_resource,
     pod_requests,
     quantity,
     repelled_by,
@@ -190,19 +191,19 @@ def _quantity_errors(where: str, values: dict[str, Any]) -> list[str]:
 
 
 def _pod_level_consistency(spec: dict[str, Any], limits: dict[str, Any], requests: dict[str, Any]) -> list[str]:
-    """The API server's rule for pod-level resources against the containers': a pod-level request at least the
-    containers' aggregate request, a pod-level limit at least each container's limit."""
+    """The API server's rule for pod-level resources against the containers': a pod-level request at least what the
+    containers request together (pod_requests of the containers alone), a pod-level limit at least each container's
+    limit."""
     out = []
-    containers = [(c.get("resources") or {}) for c in spec.get("containers") or []]
+    containers_only = pod_requests({"spec": {k: v for k, v in spec.items() if k not in ("resources", "overhead")}})
     for r, v in requests.items():
-        # a container's request defaults to its limit (API defaulting)
-        total = sum((quantity((res.get("requests") or {}).get(r, (res.get("limits") or {}).get(r, 0)))
-                     for res in containers), quantity(0))  # fmt: skip
+        total = containers_only.get(r, quantity(0))
         if quantity(v) < total:
             out.append(f'spec.resources.requests[{r}]: Invalid value: "{v}": must be greater than or equal to '
                        f"aggregate container requests of {total}")  # fmt: skip
     for r, v in limits.items():
-        most = max((quantity((res.get("limits") or {}).get(r, 0)) for res in containers), default=quantity(0))
+        most = max((quantity(((c.get("resources") or {}).get("limits") or {}).get(r, 0))
+                    for c in spec.get("containers") or []), default=quantity(0))  # fmt: skip
         if quantity(v) < most:
             out.append(f'spec.resources.limits[{r}]: Invalid value: "{v}": must be greater than or equal to '
                        f"container limits of {most}")  # fmt: skip
@@ -226,7 +227,7 @@ def api_errors(pod: dict[str, Any]) -> list[str]:
     bad = _quantity_errors("spec.resources.limits", limits) + _quantity_errors("spec.resources.requests", requests)
     for kind, values in (("limits", limits), ("requests", requests)):
         for r in values:  # pod-level resources take cpu, memory and hugepages only (a GPU is per container)
-            if r not in ("cpu", "memory") and not r.startswith("hugepages-"):
+            if not pod_level_resource(r):
                 bad.append(f'spec.resources.{kind}[{r}]: Unsupported value: "{r}": supported values: "cpu", '
                            '"memory", "hugepages-<size>"')  # fmt: skip
     out += bad

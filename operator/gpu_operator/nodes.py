@@ -19,7 +19,7 @@ from sys import intern
 from typing import Any, Generic, TypeVar
 
 from . import mig_layouts, wire
-from .api import ClusterPolicySpec
+from .api import ClusterPolicySpec, is_label_value
 from .gpu_identity import (
     GFD_COMPUTE_MAJOR,
     GFD_COMPUTE_MINOR,
@@ -66,7 +66,6 @@ DRIVER_REFUSED = "refused-by-version-matrix"
 # follows the node's kernel label, except on a node running a driver under autoUpgrade: there the upgrade state
 # machine moves it, so the node is cordoned and drained before its driver pod changes pools.
 DRIVER_KERNEL = "nvidia.com/gpu-operator.driver-kernel"
-_LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 
 CONTAINER_OPERANDS = (
     "driver",
@@ -697,7 +696,8 @@ class Pool:
 
 
 def label_value_ok(value: str) -> bool:
-    return bool(_LABEL_VALUE.match(value))
+    """A label value that is not empty (api.is_label_value)."""
+    return bool(value) and is_label_value(value)
 
 
 def pool_kernel(node: NodeFacts) -> str:

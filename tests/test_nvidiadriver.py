@@ -2494,3 +2494,56 @@ def test_the_joined_upgrade_waiting_list_keeps_the_first_50_by_name() -> None:
     joined = _sum_upgrades(part("z"), part("a"))
     assert joined is not None and joined["inProgress"] == 110
     assert [w["node"] for w in joined["waiting"]] == [f"a{i:03d}" for i in range(50)]
+
+
+class _RefusedListKube:
+    """observe()'s reads of a cluster whose answer to listing NVIDIADrivers is `status` (403: a ClusterRole from an
+    older chart without `list` on nvidiadrivers; 404: the CRD not installed); every other listing answers with what
+    the cluster holds."""
+
+    def __init__(self, status: int, nodes: list[dict[str, Any]], policy: dict[str, Any],
+                 owned: dict[Any, dict[str, Any]]):  # fmt: skip
+        self.status, self.nodes, self.policy, self.owned = status, nodes, policy, owned
+
+    def api_groups(self) -> frozenset[str]:
+        return frozenset({"apps", "nvidia.com", "node.k8s.io", "rbac.authorization.k8s.io"})
+
+    def list(self, kind: str, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        from gpu_operator.kube import ApiError
+
+        if kind == "NVIDIADriver":
+            raise ApiError(self.status, '{"message": "nvidiadrivers.nvidia.com is forbidden: User \\"x\\" cannot list '
+                           'resource \\"nvidiadrivers\\""}', "GET /apis/nvidia.com/v1alpha1/nvidiadrivers")  # fmt: skip
+        if kind == "ClusterPolicy":
+            return [copy.deepcopy(self.policy)]
+        return [copy.deepcopy(o) for k, o in self.owned.items() if k[0] == kind]
+
+    def each(self, kind: str, *args: Any, **kwargs: Any) -> Any:
+        return iter(copy.deepcopy(self.nodes) if kind == "Node" else [])
+
+
+def test_a_refused_nvidiadriver_listing_is_not_read_as_none() -> None:
+    """useNvidiaDriverCRD with an NVIDIADriver `all` driving two nodes, and a ClusterRole without `list` on
+    nvidiadrivers (one left from an older chart). observe.list_nvidia_drivers read the 403 as "no NVIDIADriver", and
+    the pass that followed pruned `all`'s driver DaemonSet with Background propagation: every driver pod of that
+    NVIDIADriver deleted at once, no cordon, no drain, from missing knowledge. Upstream registers its NVIDIADriver
+    controller always (cmd/gpu-operator/main.go): a refused list stops its cache sync, nothing is deleted. Now the
+    403 raises (the operator's listing is tried again, the log naming the refusal); only a 404 (no CRD) is none."""
+    from gpu_operator.kube import ApiError
+    from gpu_operator.observe import observe
+
+    labels = {"nvidia.com/gpu.deploy.driver": "true", OWNER_LABEL: "all"}
+    nodes = [support_node(n, labels=labels) for n in ("a1", "a2")]
+    drivers = _nvd_objects(all={"version": "580.95.05"})
+    _, owned = _switch_pass([facts(n, labels=labels) for n in ("a1", "a2")], crd_policy(), drivers, {})
+    ds = "nvidia-driver-daemonset-all-ubuntu22.04"
+    assert ("DaemonSet", "gpu-operator", ds) in owned
+    with pytest.raises(ApiError) as refused:
+        observe(_RefusedListKube(403, nodes, policy_object(crd_policy()), owned), "gpu-operator")  # type: ignore[arg-type]
+    assert refused.value.status == 403 and 'cannot list resource "nvidiadrivers"' in str(refused.value)
+    # What reading it as none led to: the NVIDIADriver's DaemonSet deleted with its pods.
+    kube, _ = _switch_pass([facts(n, labels=labels) for n in ("a1", "a2")], crd_policy(), {}, owned)
+    assert kube.deletes(ds) == [(0, None)]
+    # No CRD (404): none, as before.
+    snap = observe(_RefusedListKube(404, nodes, policy_object(crd_policy()), owned), "gpu-operator")  # type: ignore[arg-type]
+    assert snap.nvidia_drivers == {}

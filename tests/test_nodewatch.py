@@ -546,13 +546,13 @@ def test_a_watch_across_namespaces_names_objects_by_namespace_and_a_refused_one_
 
     watch = nodewatch.Watch(kube, "/apis/nfd.k8s-sigs.io/v1alpha1/nodefeatures",  # type: ignore[arg-type]
                             lambda obj: obj["metadata"]["resourceVersion"], cache.get, deliver, namespaced=True,
-                            limit=100, denied=lambda exc: refused.append(exc.status))  # fmt: skip
+                            limit=100, denied=lambda exc, listing: refused.append((exc.status, listing)))  # fmt: skip
     assert watch.watch(watch.relist()) == "10"
     assert delivered == [("nfd/gpu-1", True), ("ml/gpu-1", True), ("ml/gpu-1", False)] and cache == {"nfd/gpu-1": "5"}
     assert kube.queries == [{"limit": 100}]
     kube.refuse = True
     watch.run()  # lists, is refused, and ends: no wait to try again
-    assert refused == [403] and len(kube.queries) == 2
+    assert refused == [(403, False)] and len(kube.queries) == 2  # (the watch, not the listing, was refused)
 
 
 class _Clock:

@@ -1226,6 +1226,34 @@ def test_nodefeatures_are_listed_again_where_watching_them_is_refused(
     assert op.nodes["gpu-2"].pci_devices == ("20b5",) and not op.unidentified()
 
 
+def test_a_refused_nodefeature_listing_is_told_as_one_not_as_a_refused_watch(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A ClusterRole without `list` on nodefeatures: the NodeFeature watch's own listing is refused. The operator
+    logged "watching NodeFeatures was refused ...: they are listed again instead ... (grant `watch` on
+    nodefeatures.nfd.k8s-sigs.io)": they were not listed (observe.node_features reads that 403 as none), and
+    granting `watch` fixed nothing. Now the message says the listing was refused and names both verbs."""
+    import logging
+
+    class NoListApi(FeatureApi):
+        def request(self, method: str, path: str, *a: Any, **k: Any) -> Any:
+            self.requests.append("list")
+            raise ApiError(403, '{"message": "cannot list resource \\"nodefeatures\\""}', f"GET {path}")
+
+    api = NoListApi([node_feature("gpu-1", "2330")])
+    op = asyncio.run(_watching(api, monkeypatch))
+    op.task = None
+    watch = op.feature_watch
+    assert watch is not None
+    with caplog.at_level(logging.WARNING, logger="gpu_operator"):
+        watch.run()  # its listing is refused: it ends
+    assert api.requests == ["list"] and op.feature_watch is None
+    assert [r.getMessage() for r in caplog.records if "NodeFeatures" in r.getMessage()] == [
+        "listing NodeFeatures was refused (GET /apis/nfd.k8s-sigs.io/v1alpha1/nodefeatures: 403 cannot list "
+        'resource "nodefeatures"): GPUs are identified by their labels alone (grant `list` and `watch` on '
+        "nodefeatures.nfd.k8s-sigs.io)"]
+
+
 def test_a_relisting_lists_no_nodefeatures_while_their_watch_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     """A relisting of the cluster (sync(prune=True), after a kopf watch's 410) listed every NodeFeature again (each
     holds every feature of its node) while the NodeFeature watch ran, and then left what it read unused (the watch

@@ -59,8 +59,8 @@ class Watch(Generic[T]):
     listing then also delivers as deleted what the cache holds and the listing lacks, not only what this watch
     delivered: the cache also holds what the operator's own start-up listing brought.
     `namespaced`: objects are named "namespace/name" (a collection across namespaces). `limit`: a list page's size.
-    `denied`: called (in the watch's thread) when the API server refuses it (403); the watch then ends instead of
-    trying again."""
+    `denied`: called (in the watch's thread) when the API server refuses it (403), with the error and whether it
+    was the listing that was refused (else the watch); the watch then ends instead of trying again."""
 
     def __init__(
         self,
@@ -80,7 +80,7 @@ class Watch(Generic[T]):
         names: Names | None = None,
         namespaced: bool = False,
         limit: int = 500,
-        denied: Callable[[ApiError], object] | None = None,
+        denied: Callable[[ApiError, bool], object] | None = None,
     ):
         self.kube = kube
         self.path = path
@@ -137,9 +137,9 @@ class Watch(Generic[T]):
                 started = time.monotonic()
                 rv = self.watch(rv)
             except Exception as exc:  # noqa: BLE001 - a broken watch is listed again
-                rv = None
+                listing, rv = rv is None, None  # (rv is None still: the listing failed)
                 if isinstance(exc, ApiError) and exc.status == 403 and self.denied is not None:
-                    self.denied(exc)
+                    self.denied(exc, listing)
                     return
                 if isinstance(exc, ApiError) and exc.status in (403, 404):  # not served (a CRD not installed) or denied
                     if not unserved:

@@ -330,21 +330,26 @@ class Operator:
         number = self._feature_watches
         self._features = {name: (name, devices) for name, devices in self.node_features.items()}
         self._features_of = {name: {name} for name in self.node_features}
-        refused = self._to_loop(lambda _, exc: self._feature_watch_refused(number, exc))
+        refused = self._to_loop(lambda _, why: self._feature_watch_refused(number, *why))
         self.feature_watch = Watch(
             self.kube, path_for(NODE_FEATURE.kind), feature_projection, lambda key: self._features.get(key),
             self._to_loop(functools.partial(self.on_node_feature, number)), name="nodefeature-watch",
-            names=lambda: tuple(self._features), namespaced=True, limit=100, denied=lambda exc: refused("", exc),
+            names=lambda: tuple(self._features), namespaced=True, limit=100,
+            denied=lambda exc, listing: refused("", (exc, listing)),
         )  # fmt: skip
         self.feature_watch.start()
         return True
 
-    def _feature_watch_refused(self, watch: int, exc: ApiError) -> None:
+    def _feature_watch_refused(self, watch: int, exc: ApiError, listing: bool = False) -> None:
         if watch != self._feature_watches:
             return
-        log.warning("watching NodeFeatures was refused (%s): they are listed again instead, at most every %.0f s "
-                    "while a GPU node is unidentified (grant `watch` on nodefeatures.nfd.k8s-sigs.io)",
-                    exc, NODE_FEATURE_RELIST_S)  # fmt: skip
+        if listing:  # (tried again at most every NODE_FEATURE_RELIST_S while a GPU node is unidentified)
+            log.warning("listing NodeFeatures was refused (%s): GPUs are identified by their labels alone (grant "
+                        "`list` and `watch` on nodefeatures.nfd.k8s-sigs.io)", exc)  # fmt: skip
+        else:
+            log.warning("watching NodeFeatures was refused (%s): they are listed again instead, at most every %.0f s "
+                        "while a GPU node is unidentified (grant `watch` on nodefeatures.nfd.k8s-sigs.io)",
+                        exc, NODE_FEATURE_RELIST_S)  # fmt: skip
         self._features_denied = True
         self._stop_feature_watch()
 

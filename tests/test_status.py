@@ -1448,6 +1448,63 @@ def test_a_transient_api_error_keeps_the_other_conditions_and_the_upgrade_status
     assert any(c["type"] == "DriverRefused" for c in status["conditions"]), [c["type"] for c in status["conditions"]]
 
 
+def _invalid_spec(pol: dict[str, Any]) -> None:
+    """A spec the CRD schema takes but the operator refuses (InvalidSpec): repository without image and version."""
+    pol["spec"]["driver"]["repository"] = "example.com/x"
+    pol["spec"]["driver"].pop("image", None)
+    pol["spec"]["driver"].pop("version", None)
+    pol["metadata"]["generation"] += 1
+
+
+def test_an_invalid_spec_keeps_the_conditions_and_upgrade_status_it_did_not_work_out() -> None:
+    """An InvalidSpec pass acts on nothing: the nodes, their labels and the driver upgrade stay as the last good pass
+    left them. Its status dropped every condition but Ready, Error and UnsupportedFields, and status.upgrade, where
+    the failed-pass (ApiError) status carries them over for this very reason (test_a_transient_api_error_keeps_the_
+    other_conditions_and_the_upgrade_status: "the next good pass would recreate a dropped condition with a new
+    lastTransitionTime"). So a typo fixed a minute later moved InvalidWorkloadConfig's (and DriverRefused's)
+    lastTransitionTime and posted the node Warning again, which is posted once per change (REFERENCE §1 conditions;
+    §10 honest status). Expected: those conditions (with the observedGeneration they were worked out for) and
+    status.upgrade kept while the spec is invalid, and no second Event once it is fixed. Now they are (review
+    status #1)."""
+    from gpu_operator.nodes import INVALID_WORKLOAD_REASON, NodeFacts
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+    from support import load_policy, node
+
+    spec = copy.deepcopy(load_policy()["spec"])
+    spec["sandboxWorkloads"] = {"enabled": True}
+    pol = policy_object(spec)
+    obj = node("typo", labels={"nvidia.com/gpu.workload.config": "vm-passthru"})
+
+    def snapshot() -> Snapshot:
+        return Snapshot(nodes={"typo": NodeFacts.from_node(obj)}, policies={"cluster-policy": copy.deepcopy(pol)},
+                        owned={}, pods={}, revisions={})  # fmt: skip
+
+    kube = PostingKube()
+    r = Reconciler(kube, "gpu-operator")  # type: ignore[arg-type]
+    r.reconcile(snapshot())
+    assert kube.posted.count(INVALID_WORKLOAD_REASON) == 1
+    upgrade = {"total": 1, "inProgress": 0, "done": 0, "failed": 1, "pending": 0, "available": 0, "waiting": []}
+    pol["status"] = {**kube.statuses[("ClusterPolicy", "cluster-policy")], "upgrade": upgrade}
+    before = {c["type"]: c for c in pol["status"]["conditions"]}
+    assert "InvalidWorkloadConfig" in before
+
+    good = copy.deepcopy(pol["spec"])
+    _invalid_spec(pol)
+    r.reconcile(snapshot())
+    invalid = kube.statuses[("ClusterPolicy", "cluster-policy")]
+    assert next(c for c in invalid["conditions"] if c["type"] == "Ready")["reason"] == "InvalidSpec"
+    kept = {c["type"]: c for c in invalid["conditions"]}
+    assert kept.get("InvalidWorkloadConfig") == before["InvalidWorkloadConfig"], sorted(kept)
+    assert invalid.get("upgrade") == upgrade, invalid.get("upgrade")
+
+    pol["status"] = invalid
+    pol["spec"] = good
+    pol["metadata"]["generation"] += 1
+    r.reconcile(snapshot())
+    assert kube.posted.count(INVALID_WORKLOAD_REASON) == 1, "the node's Warning posted again after the fix"
+
+
 def test_a_pass_keeps_a_condition_another_writer_set_and_it_alone_makes_no_write() -> None:
     """The status was built from our own condition types alone and merge-patched whole (the list replaced): a
     condition another controller (an audit or GitOps health check) put on the ClusterPolicy's status was removed by

@@ -330,10 +330,8 @@ class Reconciler:
                 previous=previous,
                 now=now(),
                 error=str(exc),
-                extra={"upgrade": previous["upgrade"]} if previous.get("upgrade") else None,
-                more_conditions=[c for c in previous.get("conditions") or []
-                                 if c.get("type") not in ("Ready", "Error", UNSUPPORTED_FIELDS)],
-            )  # fmt: skip
+                **_as_left(previous),
+            )
             try:
                 self.status.write(policy, status, quiet=True)
             except ApiError as again:  # the pass is counted failed already: logged, the next pass tries again
@@ -366,6 +364,7 @@ class Reconciler:
                 now=now(),
                 error=error,
                 error_reason="InvalidSpec",
+                **_as_left(policy.get("status") or {}),  # nothing is acted on: the nodes and upgrade stay as they are
             )
             if not self.status.write(policy, status):
                 out.busy = True  # held back, or the policy changed since it was read: the next pass writes it
@@ -882,6 +881,17 @@ class Reconciler:
         if messages:
             return StateResult(state, "notReady", "; ".join(messages))
         return StateResult(state, "ready")
+
+
+def _as_left(previous: dict[str, Any]) -> dict[str, Any]:
+    """policy_status's `extra` and `more_conditions` for a pass that works out nothing but Ready, Error and
+    UnsupportedFields (cut by an ApiError, or an invalid spec): the upgrade's progress and our other conditions as the
+    last pass left them (one dropped would come back with a new lastTransitionTime, and its node Events again)."""
+    return {
+        "extra": {"upgrade": previous["upgrade"]} if previous.get("upgrade") else None,
+        "more_conditions": [c for c in previous.get("conditions") or []
+                            if c.get("type") not in ("Ready", "Error", UNSUPPORTED_FIELDS)],
+    }  # fmt: skip
 
 
 def nvidia_driver_upgrades(

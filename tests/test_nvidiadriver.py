@@ -1789,6 +1789,39 @@ def test_with_the_clusterpolicy_driver_disabled_an_nvidiadriver_says_so() -> Non
     assert ready["message"] == "the ClusterPolicy's driver is disabled (driver.enabled: false)"
 
 
+def test_an_invalid_clusterpolicy_spec_keeps_each_nvidiadrivers_node_count() -> None:
+    """`kubectl get nvidiadrivers` shows Nodes (.status.nodes: the GPU nodes the NVIDIADriver drives, crd.py's
+    printer column). While the ClusterPolicy's spec is invalid nothing is acted on: the owner labels and the
+    NVIDIADriver's driver DaemonSets stay, its pods keep running on its nodes. Its status said Nodes 0 then (and no
+    conflicting nodes), as if it drove none, where a pass cut short by an ApiError keeps them (failed_pass_status:
+    "its nodes and conflicts, not worked out again, stay as they were"). Expected: notReady with the ClusterPolicy's
+    error, its node count kept. Now it is (review status #2)."""
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+    from test_status import _invalid_spec
+
+    pol = policy_object(crd_policy())
+    drivers = _nvd_objects(default={"default": True})
+    nodes = {n: facts(n) for n in ("n1", "n2")}
+    kube = EchoKube()
+    r = Reconciler(kube, "gpu-operator")  # type: ignore[arg-type]
+
+    def snapshot() -> Snapshot:
+        return Snapshot(nodes=nodes, policies={"cluster-policy": copy.deepcopy(pol)}, owned={}, pods={},
+                        revisions={}, nvidia_drivers=copy.deepcopy(drivers))  # fmt: skip
+
+    r.reconcile(snapshot())
+    assert kube.statuses[("NVIDIADriver", "default")]["nodes"] == 2
+    drivers["default"]["status"] = kube.statuses[("NVIDIADriver", "default")]
+    pol["status"] = kube.statuses[("ClusterPolicy", "cluster-policy")]
+    _invalid_spec(pol)
+    r.reconcile(snapshot())
+    status = kube.statuses[("NVIDIADriver", "default")]
+    assert status["state"] == "notReady"
+    assert "invalid spec" in next(c["message"] for c in status["conditions"] if c["type"] == "Ready")
+    assert status["nodes"] == 2, f"Nodes column {status['nodes']} while its driver pods run on 2 nodes"
+
+
 def test_a_pass_keeps_the_daemonsets_of_an_nvidiadriver_that_cannot_render_and_says_why() -> None:
     from gpu_operator.observe import Snapshot
     from gpu_operator.reconciler import Reconciler
@@ -2155,7 +2188,8 @@ def test_an_nvidiadriver_says_so_while_no_valid_clusterpolicy_is_active() -> Non
     """With the ClusterPolicy's spec invalid, or no ClusterPolicy at all, a pass returned before the NVIDIADrivers'
     statuses: a new one showed none, an old one kept its "ready" (nodes: 3) after the operator stopped acting on
     it. Now notReady, ReconcileFailed, naming why (upstream's when it cannot resolve the ClusterPolicy), written
-    once."""
+    once. Its nodes stay while the spec is invalid (nothing is acted on: its DaemonSets keep running there), and are
+    none once no ClusterPolicy is left (its DaemonSets are cleaned up)."""
     from gpu_operator.observe import Snapshot
     from gpu_operator.reconciler import Reconciler
 
@@ -2165,8 +2199,10 @@ def test_an_nvidiadriver_says_so_while_no_valid_clusterpolicy_is_active() -> Non
     driver = {"apiVersion": "nvidia.com/v1alpha1", "kind": "NVIDIADriver", **drivers_objects(("default", {}))[0]}
     driver["status"] = {"state": "ready", "nodes": 3}
     kube = EchoKube()
-    for policies, why in (({"cluster-policy": invalid}, "ClusterPolicy cluster-policy: invalid spec: spec.toolkit"),
-                          ({}, "no active ClusterPolicy")):  # fmt: skip
+    for policies, why, nodes in (
+        ({"cluster-policy": invalid}, "ClusterPolicy cluster-policy: invalid spec: spec.toolkit", 3),
+        ({}, "no active ClusterPolicy", 0),
+    ):
         # A new reconciler each: a new message alone is progress, paced (StatusWriter), and this one is written at once.
         r = Reconciler(kube, "gpu-operator")  # type: ignore[arg-type]
         for _ in range(2):
@@ -2178,7 +2214,7 @@ def test_an_nvidiadriver_says_so_while_no_valid_clusterpolicy_is_active() -> Non
             invalid["status"] = kube.statuses[("ClusterPolicy", "cluster-policy")]
         assert not kube.written  # the second pass writes nothing
         status = driver["status"]
-        assert (status["state"], status["nodes"]) == ("notReady", 0)
+        assert (status["state"], status["nodes"]) == ("notReady", nodes)
         error = next(c for c in status["conditions"] if c["type"] == "Error")
         assert (error["status"], error["reason"]) == ("True", "ReconcileFailed")
         assert error["message"].startswith(why)

@@ -368,7 +368,7 @@ class Reconciler:
             )
             if not self.status.write(policy, status):
                 out.busy = True  # held back, or the policy changed since it was read: the next pass writes it
-            out.recheck_s = self._drivers_unmanaged(snap, f"ClusterPolicy {meta['name']}: {error}")
+            out.recheck_s = self._drivers_unmanaged(snap, f"ClusterPolicy {meta['name']}: {error}", as_left=True)
             return
         self.lifecycle.ensure_namespace(spec.psa.enabled, pods_missing(snap.owned, self.namespace))
 
@@ -796,17 +796,21 @@ class Reconciler:
             except ApiError as exc:
                 log.warning("NVIDIADriver %s: status not written: %s", name, exc)
 
-    def _drivers_unmanaged(self, snap: Snapshot, why: str) -> float | None:
+    def _drivers_unmanaged(self, snap: Snapshot, why: str, as_left: bool = False) -> float | None:
         """Each NVIDIADriver's status while there is no valid ClusterPolicy to go by: notReady, ReconcileFailed,
-        `why` (written once; upstream's when it cannot resolve the ClusterPolicy). Seconds until a status held back
-        may be written, or None."""
+        `why` (written once; upstream's when it cannot resolve the ClusterPolicy). `as_left`: nothing is acted on (an
+        invalid spec), so its DaemonSets keep running on its nodes: its nodes and conflicts stay as they were. Seconds
+        until a status held back may be written, or None."""
         held: float | None = None
         for obj in snap.nvidia_drivers.values():
             driver = nvidiadriver.NVIDIADriver.from_object(obj)
             if driver.deleting:
                 continue
-            status = nvidiadriver.driver_status(driver, None, None, self.namespace, obj.get("status"), now(),
-                                                failed=why)  # fmt: skip
+            if as_left:
+                status = nvidiadriver.failed_pass_status(driver, self.namespace, obj.get("status"), now(), why)
+            else:
+                status = nvidiadriver.driver_status(driver, None, None, self.namespace, obj.get("status"), now(),
+                                                    failed=why)  # fmt: skip
             if not self._write_driver(obj, status):
                 retry = self.status.retry_in(driver.name, "NVIDIADriver")
                 held = retry if held is None else min(held, retry)

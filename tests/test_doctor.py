@@ -3364,6 +3364,27 @@ def test_seed_12_cuda_out_of_memory_on_a_whole_gpu_gives_the_seeds_remedies() ->
     assert f.severity == "info" and "batch size" in f.fix and "gradient accumulation" in f.fix
 
 
+def test_seed_12_cuda_driver_insufficient_on_a_driver_that_runs_the_images_cuda_is_no_driver_in_the_container() -> None:
+    """Seed §12 "CUDA Runtime Errors": 'CUDA driver version is insufficient' -> verify the GPU Operator installation,
+    check the image's CUDA. CUDA returns that error (cudaErrorInsufficientDriver) both when the driver is older than
+    the runtime and when no driver library (libcuda) is in the container: the NVIDIA runtime or CDI did not put it
+    there. The image's CUDA 12.1 needs driver 530.30.02 (REFERENCE §7); the node runs 595.91.07. doctor said
+    CUDADriverTooOld, "the node's driver 595.91.07 is older than CUDA 12.1 needs ... driver 530.30.02 or newer": its
+    own numbers refuted it. Now it is CUDADeviceNotFound's cause and fix, naming the driver (review seed2 #1)."""
+    message = "cudaGetDeviceCount returned 35\n-> CUDA driver version is insufficient for CUDA runtime version"
+    p = pod("device-query", 1, node_name="h-0", image="nvidia/cuda:12.1.0-devel-ubuntu22.04", status={
+        "phase": "Failed", "containerStatuses": [
+            {"name": "main", "state": {"terminated": {"exitCode": 1, "message": message}}}]})  # fmt: skip
+    found = kinds(cluster([node("h-0", driver="595.91.07")], [p]))
+    assert "CUDADriverTooOld" not in found, found["CUDADriverTooOld"].summary
+    f = found["CUDADeviceNotFound"]
+    assert f.severity == "error" and "no driver in it" in f.summary, f.summary
+    assert "driver 595.91.07 runs CUDA 12.1" in f.summary and "NVIDIA container runtime" in f.summary, f.summary
+    # On a driver too old for CUDA 12.1 (R470) the message is the driver's age, as before.
+    found = kinds(cluster([node("h-0", driver="470.256.02")], [p]))
+    assert "CUDADriverTooOld" in found and "CUDADeviceNotFound" not in found, found
+
+
 def unschedulable(p: dict[str, Any], message: str) -> dict[str, Any]:
     """The pod as the scheduler leaves it when no node fits: PodScheduled False, Unschedulable, `message`."""
     p["status"] = {"phase": "Pending", "conditions": [

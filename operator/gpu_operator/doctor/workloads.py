@@ -863,7 +863,9 @@ def _node_driver_evidence(cluster: Cluster, node: str) -> tuple[str, list[Eviden
 def _refused_by_driver(cluster: Cluster, pod: dict[str, Any], found: list[Finding]) -> list[Finding]:
     """§12 entry 7 by its signature: the runtime hook's "unsatisfied condition: cuda>=X.Y" (NVIDIA_REQUIRE_CUDA set in
     the image's own config, unseen in the pod spec) or CUDA's "driver version is insufficient"."""
-    seen = _status_message(pod, _UNSATISFIED) or _status_message(pod, _INSUFFICIENT)
+    seen = _status_message(pod, _UNSATISFIED)
+    if seen is None and not _driver_runs_image(cluster, pod):  # else _no_device's: no driver in the container
+        seen = _status_message(pod, _INSUFFICIENT)
     if seen is None:
         return found
     ref = pod_ref(pod)
@@ -891,6 +893,21 @@ def _refused_by_driver(cluster: Cluster, pod: dict[str, Any], found: list[Findin
         "CUDA (a newer driver always runs older CUDA)",
         [ev] + node_ev, nodes=(node,) if node else (),
     )] + rest  # fmt: skip
+
+
+def _driver_runs_image(cluster: Cluster, pod: dict[str, Any]) -> str:
+    """"driver D runs CUDA X.Y" where the pod's node's driver fully supports the CUDA its image needs (that release's
+    GA driver or newer; the runtime hook's reading where NVIDIA_REQUIRE_CUDA is set), else "". CUDA says "driver
+    version is insufficient" also when no driver library (libcuda) is in the container: on such a driver that is the
+    cause (below it, in minor-version compatibility, the message is taken as the driver's age)."""
+    need = cuda_need(pod)
+    version, _ = _node_driver_evidence(cluster, str((pod.get("spec") or {}).get("nodeName") or ""))
+    if need is None or not version:
+        return ""
+    (cuda, _, _, require), d = need, version_tuple(version)
+    full = full_support_driver(cuda)
+    runs = _hook_accepts(require, d) if require else full is not None and d >= full
+    return f"driver {version} runs CUDA {cuda[0]}.{cuda[1]}" if runs else ""
 
 
 def _no_kernel_image(cluster: Cluster, pod: dict[str, Any]) -> list[Finding]:
@@ -931,7 +948,11 @@ def _no_kernel_image(cluster: Cluster, pod: dict[str, Any]) -> list[Finding]:
 def _no_device(cluster: Cluster, pod: dict[str, Any], gpus: dict[str, int]) -> list[Finding]:
     """Seed §6.3 Issue 1 ("CUDA device not found") in a pod that requests a GPU: the device plugin allocated one but
     it never reached the container, which the NVIDIA container runtime (or CDI) puts there."""
-    seen = _status_message(pod, _NO_DEVICE)
+    seen, found = _status_message(pod, _NO_DEVICE), "no GPU in it ('CUDA device not found')"
+    runs = "" if seen else _driver_runs_image(cluster, pod)
+    if runs:  # CUDA's "driver version is insufficient" on a driver new enough: its library is not in the container
+        seen, found = _status_message(pod, _INSUFFICIENT), (
+            f"no driver in it ('CUDA driver version is insufficient', though its node's {runs})")
     if seen is None:
         return []
     ref = pod_ref(pod)
@@ -944,12 +965,12 @@ def _no_device(cluster: Cluster, pod: dict[str, Any], gpus: dict[str, int]) -> l
     }  # fmt: skip
     if own:  # the container's own value replaces the devices the device plugin chose
         ev += [Evidence(ref, f"spec.containers[{name}].env[NVIDIA_VISIBLE_DEVICES]", v) for name, v in own.items()]
-        summary = (f"the pod requests {asked} but CUDA finds no GPU in it: its container sets NVIDIA_VISIBLE_DEVICES "
+        summary = (f"the pod requests {asked} but CUDA finds {found}: its container sets NVIDIA_VISIBLE_DEVICES "
                    "itself, which replaces the devices the device plugin allocated")  # fmt: skip
         fix = "remove NVIDIA_VISIBLE_DEVICES from the container's env (the device plugin sets it) and recreate the pod"
     else:
         where = f" on {node}" if node else ""
-        summary = (f"the pod requests {asked} but CUDA finds no GPU in it ('CUDA device not found'): the GPU was "
+        summary = (f"the pod requests {asked} but CUDA finds {found}: the GPU was "
                    f"allocated{where} but not put into the container, which the NVIDIA container runtime does: it is "
                    "missing or not configured there (the container toolkit not ready, or configuring another "
                    "containerd), or the pod started before the toolkit had configured it")  # fmt: skip

@@ -3356,6 +3356,34 @@ def test_seed_question_5_four_nodes_of_eight_h100_run_eight_four_gpu_jobs() -> N
     assert result.fits_now == 8 and all(n == 2 for _, n in result.placements())
 
 
+def test_seed_7_3_capacity_of_production_training_on_nodes_full_of_experiments_notes_preemption() -> None:
+    """§7.3: production-training (priorityClassName high-priority-training, 1000) x 2 on an 8 x H100 node whose GPUs
+    eight one-GPU experiments (low-priority-experiments, 100) hold. kube-scheduler preempts them and runs both copies
+    (e2e test_operator.py::test_seed_priority_classes_let_production_training_preempt_experiments). capacity said
+    "fit now: 0 of 2 ... extra nodes needed: 1" with no word of preemption, which it does not model; now a note says
+    more may fit (review seed2 #2)."""
+    production = seed_pod(seed_container("production-training", "pytorch/pytorch:latest",
+                                         "      limits:\n        nvidia.com/gpu: 4\n",
+                                         "  priorityClassName: high-priority-training\n"))  # fmt: skip
+    experiments = [pod(f"experiment-{i}", 1, node_name="h-0", priorityClassName="low-priority-experiments",
+                       priority=100) for i in range(8)]  # fmt: skip
+    views = nodes_with_pods([node("h-0")], experiments)
+    plan = capacity.plan(production, 2, views)
+    assert plan.fits_now == 0 and plan.notes == [
+        "the pod has priorityClassName high-priority-training: the scheduler may preempt pods of lower priority for "
+        "it (8 pods run on the nodes it may use), which is not modelled (PriorityClasses are not read), so more may "
+        "fit than counted"], capacity.render(plan, "production-training")  # fmt: skip
+    # No note where the copies fit, where the pod may not preempt, has no priority, or is not above the pods there.
+    assert capacity.plan(production, 1, nodes_with_pods([node("h-0")], [])).notes == []
+    for spec in ({"preemptionPolicy": "Never"}, {"priorityClassName": None}, {"priority": 100}):
+        other = {**production, "spec": {**production["spec"], **spec}}
+        if spec.get("priority"):
+            del other["spec"]["priorityClassName"]
+        assert capacity.plan(other, 2, views).notes == [], spec
+    assert "priority 101" in capacity.plan({**production, "spec": {**production["spec"], "priority": 101}}, 2,
+                                           views).notes[0]  # fmt: skip
+
+
 def test_seed_12_cuda_out_of_memory_on_a_whole_gpu_gives_the_seeds_remedies() -> None:
     message = "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.11 GiB total capacity)"
     p = pod("train", 1, node_name="h-0", status={"phase": "Failed", "containerStatuses": [

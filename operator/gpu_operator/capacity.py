@@ -446,6 +446,8 @@ def plan(pod: dict[str, Any], count: int, nodes: dict[str, NodeView], profile: N
            for c in spec.get("topologySpreadConstraints") or []):  # fmt: skip
         notes.append("topology spread constraints (whenUnsatisfiable: DoNotSchedule) are not modelled: the "
                      "scheduler keeps copies within maxSkew across domains, so fewer may fit than counted")  # fmt: skip
+    preempting = _preemption(spec, count, nodes, fits)
+    notes += [preempting] if preempting else []
     if isinstance(profile, ProfileView):
         profile, note = advertised(profile, configs)
         notes += [note] if note else []
@@ -469,6 +471,25 @@ def plan(pod: dict[str, Any], count: int, nodes: dict[str, NodeView], profile: N
                             "give --node-profile", notes)  # fmt: skip
     per_new = fit_on(pod, profile, requests, configs)
     return CapacityPlan(count, requests, fits, profile.name, per_new.fits, per_new.why, notes)
+
+
+def _preemption(spec: dict[str, Any], count: int, nodes: dict[str, NodeView], fits: list[NodeFit]) -> str:
+    """A note where copies are left over and the pod may preempt (seed §7.3): it has a priority (a class, or
+    spec.priority) and pods that are not the nodes' own run where it may go, lower than spec.priority where that is
+    given. PriorityClasses are not read, so preemption is not modelled ("": no note)."""
+    own, name = spec.get("priority"), spec.get("priorityClassName")
+    own = own if isinstance(own, int) and not isinstance(own, bool) else None  # the API server takes an int32 only
+    if sum(f.fits for f in fits) >= count or spec.get("preemptionPolicy") == "Never" or own is None and not name:
+        return ""
+    usable = {f.node for f in fits if not f.why.startswith("excluded")}
+    lower = [p for v in nodes.values() if v.name in usable for p in v.pods if not belongs_to_node(p)
+             and (own is None or int((p.get("spec") or {}).get("priority") or 0) < own)]  # fmt: skip
+    if not lower:
+        return ""
+    by = f"priority {own}" if own is not None else f"priorityClassName {name}"
+    return (f"the pod has {by}: the scheduler may preempt pods of lower priority for it ({len(lower)} "
+            f"pod{'s' if len(lower) > 1 else ''} {'run' if len(lower) > 1 else 'runs'} on the nodes it may use), "
+            "which is not modelled (PriorityClasses are not read), so more may fit than counted")  # fmt: skip
 
 
 # A profile's resource keys: these, an extended resource (a name with "/": nvidia.com/mig-1g.10gb) or hugepages-*.

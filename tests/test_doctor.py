@@ -3349,6 +3349,41 @@ def test_seed_pods_that_cannot_run_are_named_with_the_cause() -> None:
     assert "no node has the label gpu.nvidia.com/model" in f.summary and "nvidia.com/gpu.product" in f.fix
 
 
+def test_seed_7_2_pod_as_written_gets_a_corrected_affinity_on_gfds_product_label() -> None:
+    """Seed §7.2's h100-training selects `gpu.nvidia.com/model In [H100, H200]`. No component writes that label;
+    GFD writes nvidia.com/gpu.product (NVIDIA-H100-80GB-HBM3, NVIDIA-H200). README (doctor): the corrected YAML
+    replaces only the wrong values, "`H100` to `NVIDIA-H100-80GB-HBM3`, never to other models". For the seed's pod
+    as written doctor gives no corrected YAML and the fix says "use label values that nodes carry", though the
+    values are not the problem alone: the key is; an admin keeping the key and fixing the values stays Pending.
+    Expected: a corrected affinity on nvidia.com/gpu.product with the H100 and H200 products, which selects the
+    H100 and H200 nodes and not the L4 one (review seed2 #3)."""
+    affinity = ("  affinity:\n    nodeAffinity:\n      requiredDuringSchedulingIgnoredDuringExecution:\n"
+                "        nodeSelectorTerms:\n        - matchExpressions:\n          - key: gpu.nvidia.com/model\n"
+                "            operator: In\n            values:\n            - H100\n            - H200\n")  # fmt: skip
+    p = seed_pod(seed_container("h100-training", "pytorch/pytorch:latest",
+                                "      limits:\n        nvidia.com/gpu: 8\n", affinity))  # fmt: skip
+    nodes = [node("h-0"), node("h2", product=H200), node("l4", gpus=1, product="NVIDIA-L4")]
+    f = kinds(cluster(nodes, [p]))["NoNodeMatchesAffinity"]
+    assert f.fix_yaml, f"{f.summary} | {f.fix}"
+    fixed = {**p, "spec": {**p["spec"], **yaml.safe_load(f.fix_yaml)["spec"]}}
+    assert [n["metadata"]["name"] for n in nodes if selector_ok(fixed, n["metadata"]["labels"], "")] == [
+        "h-0", "h2"], f.fix_yaml  # fmt: skip
+    [term] = fixed["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"]  # fmt: skip
+    assert term["matchExpressions"] == [{"key": "nvidia.com/gpu.product", "operator": "In",
+                                         "values": [H100, H200]}], f.fix_yaml  # fmt: skip
+    assert diagnose(cluster(nodes, [fixed])) == []
+    # A nodeSelector on the key is corrected the same way; a value that names no GPU model is not.
+    selected = pod("h100-inference", 1, nodeSelector={"gpu.nvidia.com/model": "H100", "zone": "a"})
+    for n in nodes:
+        n["metadata"]["labels"]["zone"] = "a"
+    f = kinds(cluster(nodes, [selected]))["NoNodeMatchesAffinity"]
+    assert yaml.safe_load(f.fix_yaml) == {"spec": {"nodeSelector": {"zone": "a", "nvidia.com/gpu.product": H100}}}
+    for value in ("true", "nvidia"):
+        f = kinds(cluster(nodes, [pod("p", 1, nodeSelector={"gpu.nvidia.com/model": value})]))["NoNodeMatchesAffinity"]
+        assert f.fix_yaml == "" and "no node has the label gpu.nvidia.com/model" in f.summary, f.fix_yaml
+
+
 def test_seed_question_5_four_nodes_of_eight_h100_run_eight_four_gpu_jobs() -> None:
     job = {"metadata": {"name": "q5", "namespace": "default"},
            "spec": {"containers": [{"name": "t", "image": "x", "resources": {"limits": {"nvidia.com/gpu": 4}}}]}}

@@ -369,13 +369,22 @@ def _has_run(parts: list[str], run: list[str]) -> bool:
 def _no_matching_node(cluster: Cluster, pod: dict[str, Any], ref: str, evidence: list[Evidence]) -> Finding:
     lines: list[str] = []
 
-    def corrected(key: str, wanted: list[str]) -> list[str] | None:
-        """The wanted values with those no node carries replaced by the node values they mean (None: nothing to
-        correct, or nothing they mean: other values would widen the pod to models it did not ask for)."""
+    def corrected(key: str, wanted: list[str]) -> tuple[str, list[str]] | None:
+        """The key and the wanted values with those no node carries replaced by the node values they mean (None:
+        nothing to correct, or nothing they mean: other values would widen the pod to models it did not ask for). A
+        key on no node whose values name GPU models (seed §7.2's gpu.nvidia.com/model: H100) becomes GFD's
+        gpu.product."""
         present = sorted({v.labels[key] for v in cluster.views.values() if key in v.labels})
         if not present:
-            lines.append(f"no node has the label {key}")
-            return None
+            products = sorted({v.labels[PRODUCT_LABEL] for v in cluster.views.values() if PRODUCT_LABEL in v.labels})
+            models = [w for w in wanted if any(c.isdigit() for c in w)]  # H100, L40S; not a vendor or "true"
+            hints = sorted({s for w in models for s in _suggest(PRODUCT_LABEL, w, products)})
+            if key == PRODUCT_LABEL or not hints:
+                lines.append(f"no node has the label {key}")
+                return None
+            lines.append(f"no node has the label {key}; GPU feature discovery writes the GPU model as {PRODUCT_LABEL} "
+                         f"(nodes have {', '.join(products[:10])})")  # fmt: skip
+            return PRODUCT_LABEL, hints
         missing = [w for w in wanted if w not in present]
         if not missing:
             return None
@@ -385,20 +394,22 @@ def _no_matching_node(cluster: Cluster, pod: dict[str, Any], ref: str, evidence:
             why = (" (GPU feature discovery appends -SHARED to gpu.product when a GPU is shared by time-slicing or "
                    "MPS, and -MIG-<profile> with the MIG strategy single)")  # fmt: skip
         lines.append(f"{key}: wanted {', '.join(missing)}; nodes have {', '.join(present[:10])}{why}")
-        return list(dict.fromkeys([w for w in wanted if w in present] + hints)) if hints else None
+        return (key, list(dict.fromkeys([w for w in wanted if w in present] + hints))) if hints else None
 
     spec = pod.get("spec") or {}
     selector = dict(spec.get("nodeSelector") or {})
     moved: dict[str, list[str]] = {}  # nodeSelector keys with several values: to the affinity
     for key, value in list(selector.items()):
-        values = corrected(key, [value])
-        if values is None:
+        found = corrected(key, [value])
+        if found is None:
             continue
-        if len(values) == 1:
-            selector[key] = values[0]
-        else:  # the key leaves the nodeSelector (ANDed with the affinity) for the affinity
+        new_key, values = found
+        if new_key != key or len(values) > 1:
             del selector[key]
-            moved[key] = values
+        if len(values) == 1:
+            selector[new_key] = values[0]
+        else:  # the key leaves the nodeSelector (ANDed with the affinity) for the affinity
+            moved[new_key] = values
     # The pod's own affinity with only the wrong values replaced: its other requirements, terms, preferences and
     # pod (anti-)affinity stay.
     affinity = copy.deepcopy(spec.get("affinity") or {})
@@ -406,9 +417,9 @@ def _no_matching_node(cluster: Cluster, pod: dict[str, Any], ref: str, evidence:
     for term in terms:
         for e in term.get("matchExpressions") or []:
             if e.get("operator", "In") in ("In", "Exists"):
-                values = corrected(e.get("key", ""), list(e.get("values") or []))
-                if values is not None:
-                    e["values"] = values
+                found = corrected(e.get("key", ""), list(e.get("values") or []))
+                if found is not None:
+                    e["key"], e["values"] = found
     if moved:
         exprs = [{"key": k, "operator": "In", "values": v} for k, v in moved.items()]
         for term in terms:
@@ -428,7 +439,7 @@ def _no_matching_node(cluster: Cluster, pod: dict[str, Any], ref: str, evidence:
     fix_yaml = yaml.safe_dump({"spec": fix}, sort_keys=False) if fix else ""
     return Finding(
         ERROR, "NoNodeMatchesAffinity", ref, summary,
-        "use label values that nodes carry (`kubectl get nodes -L nvidia.com/gpu.product`); for a GPU model no "
+        "use labels and values that nodes carry (`kubectl get nodes -L nvidia.com/gpu.product`); for a GPU model no "
         "node has, add such nodes",
         evidence, fix_yaml=fix_yaml,
     )  # fmt: skip

@@ -1087,6 +1087,24 @@ def test_auto_upgrade_false_leaves_a_failed_node_cordoned_with_its_reason_and_sa
     ]  # fmt: skip
 
 
+def test_auto_upgrade_false_leaves_a_failed_node_relabelled_to_retry_cordoned_with_its_reason_and_says_so() -> None:
+    """A failed node the admin relabelled upgrade-required to retry still carries the failed attempt's cordon (the
+    planner reads it as the upgrade's: _cordon_not_ours). autoUpgrade off before the retry got a slot hands it to the
+    admin as a failed node's (README), instead of leaving it cordoned for good with its reason deleted, unsaid."""
+    ann = {FAILURE_REASON_ANNOTATION: "validator pod not Ready within 600s"}
+    p = run([make_node("a", "upgrade-required", unschedulable=True, annotations=ann)], pol=policy(auto_upgrade=False))
+    assert p.actions == [
+        SetState("a", ""),
+        Event("a", "Warning", EVENT_REASON, "autoUpgrade switched off in upgrade-required (validator pod not Ready "
+              "within 600s): node left cordoned for the admin; uncordon it once its driver works"),
+    ]  # fmt: skip
+    # An admin's cordon (recorded, or made with no failed attempt behind it) is left alone and unsaid, as before.
+    for extra in ({INITIAL_UNSCHEDULABLE_ANNOTATION: "true"}, {}):
+        node = make_node("b", "upgrade-required", unschedulable=True, annotations=extra)
+        actions = run([node], pol=policy(auto_upgrade=False)).actions
+        assert not any(isinstance(a, (Event, Uncordon)) for a in actions), actions
+
+
 def test_auto_upgrade_false_twice_writes_nothing_the_second_time() -> None:
     nodes = [make_node("a", "drain-required", unschedulable=True), make_node("f", "upgrade-failed", unschedulable=True)]
     first = run(nodes, pol=policy(auto_upgrade=False))

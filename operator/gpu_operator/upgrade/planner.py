@@ -878,7 +878,10 @@ def _cordoned_by_upgrade(node: UpgradeNode) -> bool:
 
 
 def kept_cordoned(node: UpgradeNode) -> bool:
-    """switched_off leaves the node cordoned, for the admin: its upgrade failed after cordoning it."""
+    """switched_off leaves the node cordoned, for the admin: its upgrade failed after cordoning it (also one relabelled
+    upgrade-required to retry that still waits for a slot: the failed attempt's cordon, see _cordon_not_ours)."""
+    if node.state == REQUIRED:
+        return node.unschedulable and not _cordon_not_ours(node)
     return node.state == FAILED and _cordoned_by_upgrade(node)
 
 

@@ -240,6 +240,57 @@ def test_render_takes_the_configmaps_of_the_policy_file_too(tmp_path: Path, caps
     assert "# state-device-plugin: not rendered: devicePlugin.config refused" in out
 
 
+class _DryRun:
+    """Stands for DryRunKube over an empty cluster: reads find nothing, writes are recorded (`recorded`)."""
+
+    def __init__(self, _client: Any) -> None:
+        from support import RecordingKube
+
+        self.kube = RecordingKube()
+
+    @property
+    def recorded(self) -> list[tuple[str, str, Any]]:
+        return [(verb, "", what) for verb, what in self.kube.calls] + [("PATCH", "", s) for s in self.kube.written]
+
+    def get(self, *_: Any, **__: Any) -> None:
+        return None
+
+    def list(self, *_: Any, **__: Any) -> list[Any]:
+        return []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.kube, name)
+
+
+@pytest.mark.parametrize("namespace", ["gpu-operator", "elsewhere"])
+def test_render_from_cluster_takes_the_configmaps_of_the_policy_file(
+    namespace: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`render --from-cluster --policy FILE` previews what applying FILE would do, and offline render takes the
+    policy file's ConfigMaps as the cluster's; with --from-cluster they were dropped, so the time-slicing sample,
+    which holds its sharing ConfigMap, previewed "ConfigMap time-slicing-config: not found ... refused, not rolled
+    out" and no device plugin (review cli2 #1). A ConfigMap of another namespace than the operator's is not it."""
+    from gpu_operator import kube, observe
+    from gpu_operator.observe import Snapshot
+    from support import facts
+
+    class _Connected:
+        client = None
+
+    sample = REPO / "manifests" / "samples" / "clusterpolicy-time-slicing.yaml"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(sample.read_text().replace("namespace: gpu-operator", f"namespace: {namespace}"))
+    monkeypatch.setattr(kube.Kube, "connect", classmethod(lambda cls, *a, **k: _Connected()))
+    monkeypatch.setattr(kube, "DryRunKube", _DryRun)
+    monkeypatch.setattr(observe, "observe", lambda *_: Snapshot(
+        nodes={"gpu-1": facts("gpu-1")}, policies={}, owned={}, pods={}, revisions={}))  # fmt: skip
+    rc, out, err = render_in_process(capsys, "--from-cluster", "--policy", str(policy))
+    assert rc == 0, err
+    there = namespace == "gpu-operator"
+    assert ("time-slicing-config: not found" in out) is not there
+    assert ("nvidia-device-plugin-daemonset" in out) is there
+
+
 def test_render_bare_spec_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bare = tmp_path / "spec.yaml"
     bare.write_text(yaml.safe_dump({"dcgm": {"enabled": True}}))

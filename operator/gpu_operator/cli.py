@@ -308,6 +308,7 @@ def _render_from_cluster(args: argparse.Namespace) -> int:
     from .kube import ApiError, DryRunKube, Kube
     from .observe import observe
     from .reconciler import Reconciler
+    from .render import config_map_keys
     from .states.operator_metrics import live_target_port
     from .status import active_policy
 
@@ -316,9 +317,14 @@ def _render_from_cluster(args: argparse.Namespace) -> int:
         snap = observe(kube, args.namespace)
         allow = args.allow_unknown_fields
         if args.policy:  # this policy instead of the active one's spec (or as the only one)
-            meta, raw_spec, _ = _policy_from_file(args.policy)
+            meta, raw_spec, config_maps = _policy_from_file(args.policy)
             allow = allow or allows_unknown(meta)
             parse_spec(raw_spec, allow_unknown=allow)
+            for cm in config_maps:  # the file's, as applied with it (offline render takes them too)
+                cm_meta = cm.get("metadata") or {}
+                if cm_meta.get("namespace", args.namespace) == args.namespace and cm_meta.get("name"):
+                    snap.config_maps = {**snap.config_maps, cm_meta["name"]: config_map_keys(cm)}
+                    snap.config_data = {**snap.config_data, cm_meta["name"]: dict(cm.get("data") or {})}
             name = active_policy(list(snap.policies.values())) or meta.get("name", "cluster-policy")
             current = snap.policies.get(name) or {
                 "apiVersion": "nvidia.com/v1",
@@ -998,8 +1004,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--from-cluster",
         action="store_true",
-        help="read the nodes, objects and active ClusterPolicy from the cluster (--policy replaces its spec) and "
-        "print the writes the operator would make now (a dry-run pass; nothing is written)",
+        help="read the nodes, objects and active ClusterPolicy from the cluster (--policy replaces its spec, and "
+        "the ConfigMaps in its file those of --namespace) and print the writes the operator would make now (a "
+        "dry-run pass; nothing is written)",
     )
     p.add_argument("--kubeconfig", help=f"{KUBECONFIG_HELP}; read only with --from-cluster")
     p.add_argument(

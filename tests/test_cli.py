@@ -937,6 +937,22 @@ def test_output_into_a_closed_pipe_is_no_traceback(command: list[str]) -> None:
     assert proc.returncode == 141 and err == "", err
 
 
+def test_interrupt_ends_a_command_without_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while a command waits (on stdin, on a slow API server) ended it with a KeyboardInterrupt traceback;
+    now exit 130 (128 + SIGINT, what a shell reports), as a closed pipe ends it with 141 (review cli2 #2)."""
+
+    class _Interrupted:
+        def read(self) -> str:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("sys.stdin", _Interrupted())
+    try:
+        rc = main(["render", "--policy", "-"])
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped main(): a traceback on Ctrl-C")
+    assert rc == 130
+
+
 @pytest.mark.parametrize("command", [["versions", "--kubeconfig", "k"], ["upgrade", "plan"], ["mig", "layouts"]])
 def test_cluster_commands_print_each_problem_of_an_invalid_policy_as_an_error_line(
     command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

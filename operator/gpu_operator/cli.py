@@ -1082,11 +1082,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _call(args: argparse.Namespace) -> int:
-    """The command, its output flushed; a reader that left (`gpu-operator crds | head`) ends it quietly."""
+    """The command, its output flushed; a reader that left (`gpu-operator crds | head`) or Ctrl-C ends it quietly."""
     try:
         rc = int(args.func(args) or 0)
         sys.stdout.flush()
         return rc
+    except KeyboardInterrupt:
+        return 130  # 128 + SIGINT, as a shell reports it
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor a second error at exit's flush
         return 141  # 128 + SIGPIPE, what a shell reports for a command the pipe's signal ended

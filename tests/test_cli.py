@@ -451,6 +451,22 @@ def test_unusable_policy_file_exits_2_with_one_line(tmp_path: Path, content: str
     assert lines[0].startswith(f"error: {path}: ") and message in lines[0]
 
 
+def test_a_file_that_is_not_utf8_is_named_in_the_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file that is not UTF-8 (`kubectl get nodes -o yaml > nodes.yaml` in Windows PowerShell writes UTF-16)
+    gave `error: 'utf-8' codec can't decode byte 0xff in position 0: ...`, naming neither the file nor the
+    option (render reads two files), where every other unreadable file is named; now the one line names it, exit 2
+    (review cli2 #3)."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("kind: ClusterPolicy\napiVersion: nvidia.com/v1\nmetadata: {name: p}\nspec: {}\n")
+    nodes = tmp_path / "nodes.yaml"
+    nodes.write_bytes("kind: Node\nmetadata: {name: n}\n".encode("utf-16"))
+    rc = main(["render", "--policy", str(policy), "--nodes", str(nodes)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == f"error: {nodes}: not UTF-8 text (byte 0: invalid start byte); save it as UTF-8\n"
+
+
 def test_unusable_nodes_file_exits_2(tmp_path: Path) -> None:
     path = tmp_path / "nodes.yaml"
     path.write_text("kind: List\nitems: [1, 2]\n")

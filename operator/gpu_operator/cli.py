@@ -33,7 +33,10 @@ KUBECONFIG_HELP = "kubeconfig file (default: the in-cluster config in a pod, els
 
 
 def _load_yaml_docs(path: str) -> list[dict[str, Any]]:
-    text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:  # UTF-16 from a PowerShell redirect, say: the file named, as YAML errors are
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8") from None
     docs: list[dict[str, Any]] = []
     try:
         loaded = list(yaml.safe_load_all(text))

@@ -1681,3 +1681,21 @@ def test_kopf_logging_in_again_gets_the_token_file_read_now(tmp_path: Any) -> No
     assert (first.scheme, first.token, first.server) == ("Bearer", "old", "https://127.0.0.1:6443")
     token.write_text("new")
     assert login.fn().token == "new"
+
+
+def test_a_passes_profile_that_cannot_be_written_does_not_fail_the_pass(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With GPU_OPERATOR_PROFILE_PASSES=1, debug.profiled wrote passes.prof into GPU_OPERATOR_DEBUG_DIR in its
+    `finally`: a directory that is missing or not writable raised there, replacing the pass's outcome with an
+    OSError, so every profiled pass failed (the heap report beside it catches its errors: "a debug aid must not
+    stop the operator"); now the pass's result comes back and the failure is one line on stderr (review cli2 #4)."""
+    import cProfile
+
+    from gpu_operator import debug
+
+    monkeypatch.setenv(debug.DEBUG_DIR, str(tmp_path / "missing"))
+    monkeypatch.setattr(debug, "_passes", cProfile.Profile())
+    monkeypatch.setattr(debug, "_dumped", [float("-inf")])
+    assert debug.profiled(lambda: 7) == 7
+    assert "passes profile not written" in capsys.readouterr().err

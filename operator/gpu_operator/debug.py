@@ -43,8 +43,11 @@ def profiled(fn: Callable[[], R]) -> R:
         if time.monotonic() - _dumped[0] >= 5:
             _dumped[0] = time.monotonic()
             path = Path(os.environ[DEBUG_DIR]) / "passes.prof"
-            _passes.dump_stats(str(path.with_suffix(".tmp")))
-            path.with_suffix(".tmp").rename(path)
+            try:
+                _passes.dump_stats(str(path.with_suffix(".tmp")))
+                path.with_suffix(".tmp").rename(path)
+            except OSError as exc:  # a debug aid must not fail the pass (a missing or read-only directory)
+                print(f"passes profile not written: {exc}", file=sys.stderr)
 
 
 M_MMAP_THRESHOLD = -3  # glibc mallopt parameter

@@ -226,6 +226,39 @@ def test_a_deleted_policy_already_gone_is_let_go_quietly_and_the_one_taking_over
     assert let_go == ["other"], let_go
 
 
+def test_a_policy_deleted_before_it_got_our_finalizer_does_not_fail_the_pass(caplog: pytest.LogCaptureFixture) -> None:
+    """A ClusterPolicy deleted before the operator's first pass added its finalizer (`kubectl apply` then `kubectl
+    delete` at once, `helm uninstall` right after `helm install`, a GitOps replace) is gone without our clean-up: the
+    pass that still has it in its snapshot adds the finalizer, which the API server answers 404. That 404 raised out
+    of ensure_finalizer and failed the whole pass: `reconcile failed: ... not found` and `status not written`
+    warnings, gpu_operator_reconciliation_failed_total counted, reconciliation_status -2, the failed-pass backoff, and
+    the NVIDIADrivers' status saying "reconcile failed: ... not found". An object gone since it was read is no failure
+    (a status write and the finalizer's removal take its 404 as done; controller-runtime reconcilers ignore NotFound):
+    the pass ends with nothing written, and the next (its DELETED event's, or 5 s on) finds no active policy."""
+    from gpu_operator.observe import Snapshot
+    from gpu_operator.reconciler import Reconciler
+    from support import RecordingKube, facts
+
+    class GoneKube(RecordingKube):
+        def merge_patch(self, kind: str, name: str, patch: dict[str, Any], *a: Any, **k: Any) -> dict[str, Any]:
+            if kind == "ClusterPolicy":
+                raise ApiError(404, '{"message": "clusterpolicies.nvidia.com \\"cluster-policy\\" not found"}',
+                               "PATCH ClusterPolicy cluster-policy", "NotFound")  # fmt: skip
+            return super().merge_patch(kind, name, patch, *a, **k)
+
+    kube = GoneKube()
+    r = Reconciler(kube, "gpu-operator")  # type: ignore[arg-type]
+    with caplog.at_level(logging.INFO, logger="gpu_operator"):
+        out = r.reconcile(Snapshot(nodes={"gpu-1": facts("gpu-1")}, policies={"cluster-policy": policy_object()},
+                                   owned={}, pods={}, revisions={}))  # fmt: skip
+    assert not out.error and not out.failed, "a ClusterPolicy gone since the snapshot failed the pass"
+    assert out.busy, "the next pass comes soon"
+    assert not [c for c in kube.calls if c[0] != "merge_patch"], "nothing applied for a policy that is gone"
+    assert r.labelling is None
+    assert not [rec.getMessage() for rec in caplog.records if rec.levelno >= logging.WARNING]
+    assert any("deleted before it had our finalizer" in rec.getMessage() for rec in caplog.records)
+
+
 def test_a_deleted_policy_is_let_go_without_putting_back_a_finalizer_its_owner_removed_since() -> None:
     """Letting a deleted policy go wrote the finalizers list as the pass read it without ours, with no
     precondition: a finalizer its owner removed since was put back (the API server refuses that on an object being

@@ -343,7 +343,17 @@ class Reconciler:
 
     def _reconcile_active(self, policy: dict[str, Any], snap: Snapshot, out: Outcome) -> None:
         meta = policy["metadata"]
-        if not self.lifecycle.ensure_finalizer(policy):
+        try:
+            finalized = self.lifecycle.ensure_finalizer(policy)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            # Deleted before our finalizer was on it: nothing of ours to clean up; its DELETED event brings a pass.
+            log.info("ClusterPolicy %s was deleted before it had our finalizer: nothing reconciled", meta["name"])
+            self.labelling = None
+            out.busy = True
+            return
+        if not finalized:
             out.busy = True  # the policy changed since it was read: its finalizer is added on the next pass
         generation = meta.get("generation")
         try:

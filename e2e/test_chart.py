@@ -525,7 +525,12 @@ def test_image_fields_without_a_version_reach_the_policy() -> None:
     ["validator.repository=registry.example.com/nvidia", "validator.version=v26.7.1"],
     ["validator.repository=", "validator.image=registry.example.com/validator@sha256:" + "a" * 64],
     ["driver.manager.repository=registry.example.com/cloud-native"],
-], ids=["defaults", "mirror-and-image", "pinned-version", "verbatim-digest", "driver-manager-mirror"])  # fmt: skip
+    # A full reference beside the default repository: the ClusterPolicy uses it verbatim, and so must the env (it
+    # was nvcr.io/nvidia/registry.example.com/...:v26.7.0:v26.7.0, node-status-exporter's fallback).
+    ["validator.image=registry.example.com/nvidia/gpu-operator:v26.7.0",
+     "driver.manager.image=registry.example.com/nvidia/k8s-driver-manager:v0.12.0"],
+], ids=["defaults", "mirror-and-image", "pinned-version", "verbatim-digest", "driver-manager-mirror",
+        "full-reference-beside-the-default-repository"])  # fmt: skip
 def test_validator_values_reach_the_operator_env_and_the_policy(sets: list[str]) -> None:
     """As upstream's chart: the operator gets VALIDATOR_IMAGE and DRIVER_MANAGER_IMAGE from the values, and they
     name the image the ClusterPolicy's validator (driver manager) resolves to, so both agree."""
@@ -536,6 +541,9 @@ def test_validator_values_reach_the_operator_env_and_the_policy(sets: list[str])
     assert env["DRIVER_MANAGER_IMAGE"] == images.resolve(spec.driver.manager, "driver-manager")
     if sets and sets[0].startswith("validator.repository=registry"):
         assert env["VALIDATOR_IMAGE"].startswith("registry.example.com/nvidia/")
+    if sets and sets[0].startswith("validator.image=registry"):
+        assert env["VALIDATOR_IMAGE"] == "registry.example.com/nvidia/gpu-operator:v26.7.0"
+        assert env["DRIVER_MANAGER_IMAGE"] == "registry.example.com/nvidia/k8s-driver-manager:v0.12.0"
 
 
 def test_a_name_in_operator_env_replaces_the_charts_own_entry(tmp_path: Path) -> None:

@@ -46,14 +46,15 @@ its own operator (nvcr.io/nvidia/gpu-operator), not this one: then the chart's o
 {{/*
 componentImage: (dict "section" <values map> "default" <files/default-images.yaml entry>) as one reference,
 `repository/image:version` with the operator's default filling what is empty, or `image` verbatim when it is a
-full reference and there is no repository. Upstream's chart passes these to its operator as VALIDATOR_IMAGE and
+full reference and there is no repository or no version (what the ClusterPolicy's section resolves to). Upstream's chart passes these to its operator as VALIDATOR_IMAGE and
 DRIVER_MANAGER_IMAGE (the images used when the ClusterPolicy names none).
 */}}
 {{- define "gpu-operator.componentImage" -}}
 {{- $s := .section | default dict -}}
 {{- $d := .default -}}
 {{- $image := toString ($s.image | default "") -}}
-{{- if and (not $s.repository) (regexMatch "[:@]" $image) -}}
+{{- /* Verbatim as the ClusterPolicy has it (prune): a full reference with no repository or no version. */ -}}
+{{- if and (regexMatch "[:@]" $image) (or (not $s.repository) (not $s.version)) -}}
 {{- $image -}}
 {{- else -}}
 {{- $version := toString ($s.version | default $d.version) -}}

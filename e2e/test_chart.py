@@ -1211,3 +1211,22 @@ def test_operator_labels_are_on_every_chart_object() -> None:
         assert one(docs, kind, name)["metadata"]["labels"]["team"] == "gpu-infra", (kind, name)
     pod = one(docs, "Deployment", "gpu-operator")["spec"]["template"]["metadata"]["labels"]
     assert pod["team"] == "gpu-infra" and pod["app"] == "gpu-operator"
+
+
+def test_empty_label_and_annotation_values_reach_the_policy() -> None:
+    """A label or annotation with an empty value is valid (marker labels), and daemonsets.labels/annotations go on
+    every operand DaemonSet (REFERENCE §1; upstream's chart copies the maps with toYaml). The chart's prune of empty
+    values (meant for image fields left to the operator) dropped such entries, and a `repository` or `image` key,
+    from these maps (and from the default NVIDIADriver's), so the operand pods lacked a label a policy relied on."""
+    sets = ["daemonsets.labels.example\\.com/gpu-operand=", "daemonsets.labels.team=a",
+            "daemonsets.labels.repository=infra", "daemonsets.annotations.example\\.com/marker=",
+            "dcgmExporter.serviceMonitor.additionalLabels.release="]  # fmt: skip
+    labels = {"example.com/gpu-operand": "", "team": "a", "repository": "infra"}
+    spec = policy_spec(render(sets=sets))
+    assert spec["daemonsets"]["labels"] == labels
+    assert spec["daemonsets"]["annotations"] == {"example.com/marker": ""}
+    assert spec["dcgmExporter"]["serviceMonitor"]["additionalLabels"] == {"release": ""}
+    assert parse_spec(spec).daemonsets.labels == labels
+    nvd = one(render(sets=[*sets, "driver.nvidiaDriverCRD.enabled=true"]), "NVIDIADriver", "default")
+    assert nvd["spec"]["labels"] == labels
+    assert "labels" not in policy_spec(render())["daemonsets"]  # an empty map is still left out

@@ -116,7 +116,8 @@ imagePullSecrets:
 
 {{/*
 prune: a values map as the ClusterPolicy wants it, as YAML. Recursively drops keys whose value is null, "", or an
-empty list or map (the operator's default applies),
+empty list or map (the operator's default applies), but keeps a non-empty labels, annotations or additionalLabels map
+as it is,
 and in any map without a `version`, drops `repository`, and `image` unless it is a full reference with a tag or
 digest (used verbatim), so the operator's default image for that component applies. Lists are kept as they are.
 A `version` Helm reads as a number (`--set driver.version=580`) becomes a string, as upstream's `quote` makes it.
@@ -124,7 +125,12 @@ A `version` Helm reads as a number (`--set driver.version=580`) becomes a string
 {{- define "gpu-operator.prune" -}}
 {{- $out := dict -}}
 {{- range $k, $v := . -}}
-{{- if kindIs "map" $v -}}
+{{- if and (kindIs "map" $v) (has $k (list "labels" "annotations" "additionalLabels")) -}}
+{{- /* A user's labels or annotations: kept as given ("" is a valid value), unless empty. */ -}}
+{{- if $v -}}
+{{- $_ := set $out $k $v -}}
+{{- end -}}
+{{- else if kindIs "map" $v -}}
 {{- $sub := include "gpu-operator.prune" $v | fromYaml -}}
 {{- if $sub -}}
 {{- $_ := set $out $k $sub -}}

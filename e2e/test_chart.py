@@ -1230,3 +1230,23 @@ def test_empty_label_and_annotation_values_reach_the_policy() -> None:
     nvd = one(render(sets=[*sets, "driver.nvidiaDriverCRD.enabled=true"]), "NVIDIADriver", "default")
     assert nvd["spec"]["labels"] == labels
     assert "labels" not in policy_spec(render())["daemonsets"]  # an empty map is still left out
+
+
+def test_precompiled_driver_with_a_mirror_repository_gets_no_full_version_filled_in() -> None:
+    """Precompiled images are published per branch, so there is no default version: without one the driver is not
+    rendered and the status says so (README). With a mirror repository the chart filled in the default full version
+    (595.91.07), so every GPU node pulled mirror/driver:595.91.07-<kernel>-<os>, a tag never published, instead."""
+    from gpu_operator.nvidiadriver import NVIDIADriver
+
+    mirror = ["driver.usePrecompiled=true", "driver.repository=mirror.local/nvidia"]
+    for sets in (mirror[:1], mirror):
+        spec = parse_spec(policy_spec(render(sets=sets)))
+        assert not spec.driver.version, (sets, spec.driver.version)
+        driver_plan = next(p for p in render_all(spec, fixed_nodes()) if p.state.name == "state-driver")
+        assert driver_plan.problem and "usePrecompiled needs a driver branch" in driver_plan.problem
+    nvd = NVIDIADriver.from_object(one(render(sets=[*mirror, "driver.nvidiaDriverCRD.enabled=true"]),
+                                       "NVIDIADriver", "default"))  # fmt: skip
+    assert nvd.spec is not None and not nvd.spec.version
+    # A branch given: the mirror is kept.
+    pinned = policy_spec(render(sets=[*mirror, "driver.version=580"]))["driver"]
+    assert (pinned["repository"], pinned["image"], pinned["version"]) == ("mirror.local/nvidia", "driver", "580")

@@ -263,6 +263,26 @@ def test_nvidia_driver_crd_switch_maps_to_use_nvidia_driver_crd() -> None:
     assert "nvidiaDriverCRD" not in spec["driver"]
 
 
+def test_the_crds_names_for_pod_deletion_and_use_nvidia_driver_crd_are_not_overwritten(tmp_path: Path) -> None:
+    """Values written with the CRD's names (REFERENCE §1: driver.upgradePolicy.podDeletion, driver.useNvidiaDriverCRD)
+    were silently replaced by the chart's defaults of its own keys (gpuPodDeletion: force false, 300 s;
+    nvidiaDriverCRD.enabled false), though the chart copies the rest of driver as given; now they are taken, the
+    CRD's podDeletion keys winning, and useNvidiaDriverCRD brings the default NVIDIADriver as the chart's switch."""
+    given = {"force": True, "timeoutSeconds": 0, "deleteEmptyDir": True}
+    values = write_values(tmp_path, {"driver": {"useNvidiaDriverCRD": True, "upgradePolicy": {"podDeletion": given}}})
+    docs = render(values)
+    driver = policy_spec(docs)["driver"]
+    assert driver["upgradePolicy"]["podDeletion"] == given and "gpuPodDeletion" not in driver["upgradePolicy"]
+    assert driver["useNvidiaDriverCRD"] is True
+    assert one(docs, "NVIDIADriver", "default")["spec"]["upgradePolicy"]["podDeletion"] == given
+    # One key given: the rest from gpuPodDeletion.
+    one_key = policy_spec(render(sets=["driver.upgradePolicy.podDeletion.force=true",
+                                       "driver.upgradePolicy.gpuPodDeletion.timeoutSeconds=42"]))  # fmt: skip
+    assert one_key["driver"]["upgradePolicy"]["podDeletion"] == {"force": True, "timeoutSeconds": 42,
+                                                                 "deleteEmptyDir": False}  # fmt: skip
+    assert policy_spec(render())["driver"]["useNvidiaDriverCRD"] is False
+
+
 @pytest.mark.parametrize("sets", [
     ["driver.version=580.95.05", "driver.upgradePolicy.maxParallelUpgrades=3"],
     # The driver pod's sidecars: an NVIDIADriver's come from its own gds and gdrcopy (upstream's nvidiadriver.yaml);

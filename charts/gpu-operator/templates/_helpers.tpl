@@ -165,6 +165,26 @@ A `version` Helm reads as a number (`--set driver.version=580`) becomes a string
 {{- end }}
 {{- end -}}
 
+{{/*
+The driver's chart-only keys with their CRD names also accepted (a values file written after the ClusterPolicy):
+useNvidiaDriverCRD: "true" when driver.nvidiaDriverCRD.enabled or driver.useNvidiaDriverCRD is;
+upgradePolicy: driver.upgradePolicy (a map) as YAML, gpuPodDeletion becoming podDeletion, whose own keys win.
+*/}}
+{{- define "gpu-operator.useNvidiaDriverCRD" -}}
+{{- $d := .Values.driver | default dict -}}
+{{- if or (eq (toString (dig "nvidiaDriverCRD" "enabled" false $d)) "true") (eq (toString $d.useNvidiaDriverCRD) "true") }}true{{ end -}}
+{{- end -}}
+
+{{- define "gpu-operator.upgradePolicy" -}}
+{{- $up := omit . "gpuPodDeletion" -}}
+{{- if kindIs "map" .gpuPodDeletion -}}
+{{- $pd := deepCopy .gpuPodDeletion -}}
+{{- if kindIs "map" .podDeletion }}{{ range $k, $x := .podDeletion }}{{ $_ := set $pd $k $x }}{{ end }}{{ end -}}
+{{- $_ := set $up "podDeletion" $pd -}}
+{{- end -}}
+{{- toYaml $up -}}
+{{- end -}}
+
 {{/* Whether the chart creates ClusterPolicy `cluster-policy`: clusterPolicy.enabled and upstream's deployCR. */}}
 {{- define "gpu-operator.deployCR" -}}
 {{- if and .Values.clusterPolicy.enabled .Values.clusterPolicy.deployCR }}true{{ end -}}

@@ -736,7 +736,8 @@ def test_a_multi_profile_layout_under_the_single_strategy_is_refused() -> None:
     refused = {lay: why.split(":")[0] for lay in layouts for _, lay, why in
                decide(node(lay), spec=custom, layouts=layouts).refused}  # fmt: skip
     assert refused == {"half-and-half": "enables MIG on some GPUs and not on others",
-                       "one-gpu-other": "has MIG devices of 2 profiles (1g.10gb, 3g.40gb)"}  # fmt: skip
+                       "one-gpu-other": "has MIG devices of 2 profiles (1g.10gb, 3g.40gb)",
+                       "overridden": "turns MIG both on and off on its GPUs"}  # fmt: skip
     # What the gate refuses is what advertises nothing under single, for every default layout on every GPU
     for gpu in mig_layouts.gpus():
         for name in mig.valid_layouts(gpu):
@@ -767,7 +768,8 @@ def test_the_single_strategy_refusal_applies_only_with_the_device_plugin_enabled
 INDEXED_CASES = SINGLE_CASES + """\
   every-index:
     - devices: all
-      mig-enabled: false
+      mig-enabled: true
+      mig-devices: {"1g.10gb": 7}
     - devices: [0, 1, 2, 3, 4, 5, 6, 7]
       mig-enabled: true
       mig-devices: {"3g.40gb": 2}
@@ -795,9 +797,13 @@ def test_the_single_strategy_check_of_an_index_named_layout_uses_the_nodes_gpu_c
         assert mig.advertised(entries, gpus, "single") != {}, "precondition: the project's own model says it works"
         assert decide(on(layout, gpus), spec=spec, layouts=layouts).refused == [], layout
     # on an 8-GPU node half-and-half does fail under single; with no count known both are refused, as before
-    for layout, gpus in (("half-and-half", 8), ("half-and-half", None), ("every-index", None)):
+    for layout, gpus, why in (
+        ("half-and-half", 8, "enables MIG on some GPUs and not on others"),
+        ("half-and-half", None, "enables MIG on some GPUs and not on others"),
+        ("every-index", None, "has MIG devices of 2 profiles (1g.10gb, 3g.40gb)"),
+    ):
         refused = decide(on(layout, gpus), spec=spec, layouts=layouts).refused
-        assert [why.split(":")[0] for _, _, why in refused] == ["enables MIG on some GPUs and not on others"]
+        assert [w.split(":")[0] for _, _, w in refused] == [why], (layout, gpus)
 
 
 class FakeKube:
@@ -1186,6 +1192,89 @@ def test_cli_lists_layouts_offline(capsys: pytest.CaptureFixture[str]) -> None:
 def test_cli_node_needs_the_cluster(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["mig", "layouts", "--offline", "--node", "n1"]) == 2
     assert "--node" in capsys.readouterr().err
+
+
+MODE_CASES = """
+version: v1
+mig-configs:
+  all-disabled:
+    - devices: all
+      mig-enabled: false
+  h100-split:
+    - devices: all
+      mig-enabled: false
+    - device-filter: ["0x233010DE", "0x233110DE", "0x232210DE"]
+      devices: all
+      mig-enabled: true
+      mig-devices: {"1g.10gb": 7}
+  gpu0-whole:
+    - devices: all
+      mig-enabled: true
+      mig-devices: {"1g.10gb": 7}
+    - devices: [0]
+      mig-enabled: false
+  apart:
+    - devices: [0, 1, 2, 3]
+      mig-enabled: false
+    - devices: [4, 5, 6, 7]
+      mig-enabled: true
+      mig-devices: {"1g.10gb": 7}
+"""
+
+
+def test_a_layout_whose_entries_disagree_on_mig_enabled_for_a_gpu_is_refused() -> None:
+    """mig-parted applies a layout in two walks over its entries (apply/mode.go ApplyMigMode, then apply/config.go
+    ApplyMigConfig): the mode walk leaves each GPU as the last selecting entry says, the config walk visits every
+    selecting entry again and fails one whose mig-enabled is not the GPU's mode ("MIG mode is currently enabled, but
+    the configuration specifies it should be disabled"). The gate let such a layout through ("MIG off everywhere,
+    then 1g.10gb on the H100s", or "all split, then GPU 0 whole"); mig-manager then failed it. Now refused, naming the
+    GPU; entries on different GPUs may still differ."""
+    custom = {"migManager": {"config": {"name": "custom-mig-config"}}}
+    layouts = mig.parse_config(MODE_CASES)
+
+    def on(layout: str, spec: Any) -> mig.Decision:
+        n = node(layout)
+        n = NodeFacts(n.name, labels={**n.labels, "nvidia.com/gpu.count": "8"})
+        return decide(n, spec=spec, layouts=layouts)
+
+    single = parse_spec(custom)
+    d = on("h100-split", single)
+    assert d.refused == [("n1", "h100-split", "turns MIG both on and off on GPU 0: mig-parted sets the mode its last "
+                          "entry for a GPU asks for, then fails the entries that ask for the other (mig-enabled)")]
+    assert d.patches == {"n1": {MANAGER: mig.PAUSED}}
+    mixed = parse_spec({**custom, "mig": {"strategy": "mixed"}})
+    assert [(n, lay) for n, lay, _ in on("gpu0-whole", mixed).refused] == [("n1", "gpu0-whole")]
+    assert on("apart", mixed).refused == []
+    assert on("apart", mixed).patches == {"n1": {mig.APPROVED: "apart"}}
+    # No default or generated layout mixes modes on a GPU
+    for gpu in mig_layouts.gpus():
+        for table in (mig_layouts.default_layouts(), mig_layouts.generated_layouts(gpu)):
+            for name in mig.valid_layouts(gpu, table):
+                entries = mig.layout_entries(gpu, name, table)
+                assert entries is not None and mig.mode_conflict(entries) == "", (gpu.name, name)
+
+
+def test_cli_names_a_layout_mig_parted_fails(capsys: pytest.CaptureFixture[str], monkeypatch: Any) -> None:
+    """`mig layouts` printed what a layout whose entries disagree on mig-enabled would advertise; mig-parted fails
+    it, so it says so instead."""
+    from gpu_operator.kube import Kube
+
+    policy = {"metadata": {"name": "p", "creationTimestamp": "t"},
+              "spec": {"migManager": {"config": {"name": "custom-mig-config"}}, "mig": {"strategy": "mixed"}}}
+    nodes = [{"metadata": {"name": "n1", "labels": {**node("all-disabled").labels, "nvidia.com/gpu.count": "8"}}}]
+
+    class Fake:
+        def list(self, kind: str) -> list[dict[str, Any]]:
+            return {"Node": nodes, "ClusterPolicy": [policy]}[kind]
+
+        def get(self, kind: str, name: str, namespace: str) -> dict[str, Any]:
+            return {"data": {"config.yaml": MODE_CASES}}
+
+    monkeypatch.setattr(Kube, "connect", classmethod(lambda cls, *a, **k: Fake()))
+    assert main(["mig", "layouts"]) == 0
+    out = capsys.readouterr().out
+    assert "  gpu0-whole\n    refused: turns MIG both on and off on GPU 0 (mig-parted fails it)\n" in out
+    assert "  apart\n    mixed:  nvidia.com/gpu=4, nvidia.com/mig-1g.10gb=28\n" in out
 
 
 def test_physical_gpus_from_gfd_labels_under_each_strategy() -> None:

@@ -594,6 +594,9 @@ def cmd_mig_layouts(args: argparse.Namespace) -> int:
             entries = mig.layout_entries(gpu, name, table)
             assert entries is not None
             print(f"  {name}")
+            if conflict := mig.mode_conflict(entries, gpus if members else None):
+                print(f"    refused: {conflict} (mig-parted fails it)")
+                continue
             print(f"    mixed:  {_resources(mig.advertised(entries, gpus, 'mixed'))}")
             print(f"    single: {_resources(mig.advertised(entries, gpus, 'single'))}")
     return 0

@@ -29,7 +29,8 @@ Per MIG-capable node (mig-manager enabled, its deploy label not opted out with `
   profiles, all-balanced, all-disabled, all-enabled; every name while mig-parted would refuse that file, or
   while one of its device filters is not a device ID mig-parted can read: it would select no GPU), or
   one whose entries that select the node's GPU by device filter do not all fit it (its profiles, their counts,
-  its compute and memory slices; profiles matched by meaning, as mig-parted does), or, under the mixed strategy,
+  its compute and memory slices; profiles matched by meaning, as mig-parted does) or that select one GPU with
+  different mig-enabled (mig-parted sets the last one's mode, then fails the other), or, under the mixed strategy,
   one with compute-instance profiles, or, under the single strategy, one that leaves the node's GPUs other than
   all MIG-disabled or all with MIG devices of one profile (the device plugin would fail on them either way):
   mig-manager held, a Warning event, the `MIGConfig` condition names node, layout and why; the node's layout,
@@ -368,6 +369,20 @@ def single_strategy_problem(entries: Sequence[mig_layouts.LayoutEntry], gpus: in
     return f"has MIG devices of {len(profiles)} profiles ({', '.join(profiles)})" if len(profiles) > 1 else ""
 
 
+def mode_conflict(entries: Sequence[mig_layouts.LayoutEntry], gpus: int | None = None) -> str:
+    """Why mig-parted fails these entries (layout_entries) on a node, or "": a GPU two of them select with different
+    mig-enabled. Its apply sets each GPU's mode as the last selecting entry says (apply/mode.go), then walks every
+    selecting entry again and fails one whose mig-enabled is not the GPU's mode (apply/config.go). GPUs as in
+    single_strategy_problem: 0..gpus-1 when known, else the indices an entry names and one for `devices: all`."""
+    named = sorted({i for e in entries for i in e.devices or ()})
+    slots: list[int | None] = list(range(gpus)) if gpus else [*named, None]
+    for i in slots:
+        modes = {e.mig_enabled for e in entries if e.devices is None or (i is not None and i in e.devices)}
+        if len(modes) > 1:
+            return f"turns MIG both on and off on {f'GPU {i}' if i is not None else 'its GPUs'}"
+    return ""
+
+
 def mig_resource(profile: str) -> str:
     """The device plugin's resource for a MIG profile under the mixed strategy (`+` is not allowed in a name)."""
     return "nvidia.com/mig-" + profile.replace("+", ".")
@@ -617,6 +632,9 @@ def _refusal(node: NodeFacts, spec: ClusterPolicySpec, want: str, layouts: Layou
     entries = layout_entries(gpu, want, node_layouts(gpu, layouts))
     if entries is None:
         return f"is not valid for {gpu.name} ({source})"
+    if problem := mode_conflict(entries, physical_gpus(node.labels)):
+        return (f"{problem}: mig-parted sets the mode its last entry for a GPU asks for, then fails the entries that "
+                "ask for the other (mig-enabled)")
     if spec.mig.strategy == "mixed" and (shared := compute_instances(entries)):
         return (f"has compute-instance profiles ({', '.join(shared)}): the device plugin's mixed strategy advertises "
                 "none and fails on a node with one (mig.strategy single advertises them as nvidia.com/gpu)")

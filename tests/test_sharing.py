@@ -143,6 +143,34 @@ def test_what_the_plugin_accepts_is_accepted(text: str) -> None:
     sharing.check(sharing.parse(text), "single")
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "version: v1\nimex:\n  channelIDs: [1]\n",
+        "version: v1\nimex:\n  channelIDs: [0, 0]\n",
+        "version: v1\nimex:\n  channelIDs: '0'\n",  # not a list of integers: an unmarshal error
+        "version: v1\nIMEX:\n  required: 'yes'\n",  # not a bool: an unmarshal error
+    ],
+)
+def test_imex_channel_ids_the_plugin_refuses_are_refused(text: str) -> None:
+    """k8s-device-plugin v0.20 reads `imex` from the config (api/config/v1 config.go Config.Imex, imex.go:
+    ChannelIDs []int, Required bool) and cmd/nvidia-device-plugin/main.go validateFlags refuses channelIDs other
+    than [] or [0] ("invalid IMEX channel IDs"; its README: "the only valid imex.channelIDs configurations are []
+    and [0]"); the operator sets no IMEX_CHANNEL_IDS env that would override it. A value of the wrong type fails
+    the unmarshal in the plugin, GFD and the MPS daemon. Either way the plugin exits on every node loading the key,
+    so the check refuses it before it rolls out."""
+    found = sharing.problems("sharing", {"imex": text}, "single")
+    assert sharing.held(found) and found[0].field.startswith("imex"), found
+    assert "channelIDs must be [] or [0]" in found[0].message or "unmarshal error" in found[0].message
+
+
+def test_imex_channel_ids_the_plugin_accepts_are_accepted() -> None:
+    """The counterpart: [] and [0] (with required true or false), or nothing, are what upstream accepts."""
+    for text in ("imex: {channelIDs: [], required: true}", "imex: {channelIDs: [0.0], required: false}",
+                 "imex: {channelIDs: null}", "imex: null"):
+        assert sharing.problems("sharing", {"k": text}, "single") == []
+
+
 def test_top_level_and_sharing_keys_match_case_insensitively_like_go() -> None:
     cfg = sharing.parse("Version: v1\nsharing:\n  timeslicing:\n    resources: [{name: gpu, replicas: 4}]\n")
     assert cfg.strategy == sharing.TIME_SLICING and cfg.sharing_of("nvidia.com/gpu").replicas == 4  # type: ignore[union-attr]

@@ -1,12 +1,14 @@
 """The device plugin's sharing configs (pure): parsed and checked as upstream's device plugin would, so a config
 it would reject is refused before it rolls out.
 
-Facts from upstream k8s-device-plugin v0.20 (`api/config/v1`: config.go, replicas.go, resources.go, sharing.go;
+Facts from upstream k8s-device-plugin v0.20 (`api/config/v1`: config.go, imex.go, replicas.go, resources.go, sharing.go;
 `cmd/nvidia-device-plugin/main.go` validateFlags; `internal/plugin/mps.go`):
 
 * `version` empty means v1; any other value: "unknown version".
-* Keys of the config, `sharing` and `flags` match case-insensitively (Go's encoding/json); those inside
+* Keys of the config, `sharing`, `flags` and `imex` match case-insensitively (Go's encoding/json); those inside
   `timeSlicing` / `mps` do not (upstream's own unmarshaller).
+* `imex.channelIDs` (integers) must be [] or [0] (the plugin's validateFlags; the operator sets no
+  IMEX_CHANNEL_IDS env); `imex.required` is true/false.
 * `sharing.timeSlicing` (even `{}` or null) / `sharing.mps` (unless null) need `resources` (non-empty); each
   resource needs `name` (prefixed with `nvidia.com/` when it has no prefix; at most 63 characters; a DNS
   subdomain after the prefix) and `replicas` (an integer >= 2; upstream refuses 1); `devices` is `all`, a count
@@ -294,7 +296,7 @@ def parse(text: str) -> SharingConfig:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError("", "unmarshal error: the config is not a mapping")
-    raw = _fields(raw, ("version", "flags", "sharing"))
+    raw = _fields(raw, ("version", "flags", "sharing", "imex"))
     version = raw.get("version")
     if version is not None and version != "" and version != VERSION:
         raise ConfigError("version", f"unknown version: {version}")
@@ -316,7 +318,27 @@ def parse(text: str) -> SharingConfig:
     mps = _replicated(sharing["mps"], "sharing.mps") if sharing.get("mps") is not None else None
     if mps is not None and mps.fail_requests_greater_than_one is None:
         mps = replace(mps, fail_requests_greater_than_one=True)
+    _imex(raw.get("imex"))
     return SharingConfig(time_slicing, mps, flags.get("migStrategy"))
+
+
+def _imex(raw: Any) -> None:
+    """The `imex` section: decoded as Go's types, and channelIDs [] or [0] as the plugin's validateFlags wants."""
+    if raw is None:
+        return
+    if not isinstance(raw, dict):
+        raise ConfigError("imex", "unmarshal error: must be a mapping")
+    fields = _fields(raw, ("channelIDs", "required"))
+    if fields.get("required") is not None and not isinstance(fields["required"], bool):
+        raise ConfigError("imex.required", f"unmarshal error: must be true or false, not {fields['required']!r}")
+    ids = fields.get("channelIDs")
+    if ids is None:
+        return
+    numbers = [_integer(i) for i in ids] if isinstance(ids, list) else [None]
+    if None in numbers:
+        raise ConfigError("imex.channelIDs", f"unmarshal error: must be a list of integers, not {ids!r}")
+    if numbers not in ([], [0]):
+        raise ConfigError("imex.channelIDs", f"invalid IMEX channel IDs: channelIDs must be [] or [0]; found {numbers}")
 
 
 def known_resources() -> set[str]:

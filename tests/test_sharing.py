@@ -171,6 +171,26 @@ def test_imex_channel_ids_the_plugin_accepts_are_accepted() -> None:
         assert sharing.problems("sharing", {"k": text}, "single") == []
 
 
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("version: v1\nresources:\n  gpus:\n  - name: gpu\n", "must have a 'pattern' field set"),
+        ("version: v1\nresources:\n  GPUs:\n  - pattern: '*'\n", "must have a 'name' field set"),
+        ("version: v1\nresources:\n  mig:\n  - pattern: '1g.10gb'\n    name: Bad_Name\n", "incorrect format"),
+        ("version: v1\nresources:\n  gpus: {pattern: '*', name: gpu}\n", "must be a list"),
+        ("version: v1\nresources: [gpus]\n", "must be a mapping"),
+    ],
+)
+def test_a_malformed_resources_section_is_refused(text: str, message: str) -> None:
+    """Config.Resources (k8s-device-plugin v0.20 api/config/v1/resources.go) is decoded by parseConfigFrom before
+    DisableResourceNamingInConfig drops it: Resource.UnmarshalJSON requires `pattern` and `name`, and the name goes
+    through NewResourceName. A malformed `resources` section fails "unable to parse config file" in the device
+    plugin, GFD and the MPS daemon on every node that loads the key, so the check refuses it."""
+    found = sharing.problems("sharing", {"custom": text}, "single")
+    assert sharing.held(found) and found[0].field.startswith("resources"), found
+    assert message in found[0].message
+
+
 def test_top_level_and_sharing_keys_match_case_insensitively_like_go() -> None:
     cfg = sharing.parse("Version: v1\nsharing:\n  timeslicing:\n    resources: [{name: gpu, replicas: 4}]\n")
     assert cfg.strategy == sharing.TIME_SLICING and cfg.sharing_of("nvidia.com/gpu").replicas == 4  # type: ignore[union-attr]

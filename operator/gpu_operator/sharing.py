@@ -5,8 +5,10 @@ Facts from upstream k8s-device-plugin v0.20 (`api/config/v1`: config.go, imex.go
 `cmd/nvidia-device-plugin/main.go` validateFlags; `internal/plugin/mps.go`):
 
 * `version` empty means v1; any other value: "unknown version".
-* Keys of the config, `sharing`, `flags` and `imex` match case-insensitively (Go's encoding/json); those inside
-  `timeSlicing` / `mps` do not (upstream's own unmarshaller).
+* Keys of the config, `sharing`, `flags`, `resources` and `imex` match case-insensitively (Go's encoding/json);
+  those inside `timeSlicing` / `mps` and a `resources` entry do not (upstream's own unmarshallers).
+* `resources` (gpus/mig lists of `pattern` and `name`, both required, the name as below) is decoded, then ignored
+  (DisableResourceNamingInConfig).
 * `imex.channelIDs` (integers) must be [] or [0] (the plugin's validateFlags; the operator sets no
   IMEX_CHANNEL_IDS env); `imex.required` is true/false.
 * `sharing.timeSlicing` (even `{}` or null) / `sharing.mps` (unless null) need `resources` (non-empty); each
@@ -296,7 +298,7 @@ def parse(text: str) -> SharingConfig:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError("", "unmarshal error: the config is not a mapping")
-    raw = _fields(raw, ("version", "flags", "sharing", "imex"))
+    raw = _fields(raw, ("version", "flags", "sharing", "resources", "imex"))
     version = raw.get("version")
     if version is not None and version != "" and version != VERSION:
         raise ConfigError("version", f"unknown version: {version}")
@@ -319,7 +321,32 @@ def parse(text: str) -> SharingConfig:
     if mps is not None and mps.fail_requests_greater_than_one is None:
         mps = replace(mps, fail_requests_greater_than_one=True)
     _imex(raw.get("imex"))
+    _resources(raw.get("resources"))
     return SharingConfig(time_slicing, mps, flags.get("migStrategy"))
+
+
+def _resources(raw: Any) -> None:
+    """The `resources` section decoded as upstream does (Resource.UnmarshalJSON, NewResourceName), which then
+    ignores it; ConfigError for what it refuses."""
+    if raw is None:
+        return
+    if not isinstance(raw, dict):
+        raise ConfigError("resources", "unmarshal error: must be a mapping")
+    for name, items in _fields(raw, ("gpus", "mig")).items():
+        if items is None:
+            continue
+        if not isinstance(items, list):
+            raise ConfigError(f"resources.{name}", "unmarshal error: must be a list")
+        for i, item in enumerate(items):
+            at = f"resources.{name}[{i}]"
+            if not isinstance(item, dict):
+                raise ConfigError(at, "unmarshal error: must be a mapping")
+            for key in ("pattern", "name"):
+                if key not in item:
+                    raise ConfigError(at, f"resources must have a '{key}' field set")
+            if item["pattern"] is not None and not isinstance(item["pattern"], str):
+                raise ConfigError(f"{at}.pattern", f"unmarshal error: must be a string, not {item['pattern']!r}")
+            resource_name("" if item["name"] is None else item["name"], f"{at}.name")
 
 
 def _imex(raw: Any) -> None:

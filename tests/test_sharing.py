@@ -565,6 +565,18 @@ def test_fields_upstream_ignores_are_a_warning() -> None:
     assert not sharing.held(found)
 
 
+def test_a_resources_section_upstream_ignores_is_a_warning() -> None:
+    """A well-formed `resources` section (renaming nvidia.com/gpu) is dropped by k8s-device-plugin v0.20's
+    DisableResourceNamingInConfig ("Customizing the 'resources' field is not yet supported in the config.
+    Ignoring..."), as sharing's `rename` and `devices` are: the renamed resource never appears, every GPU stays
+    nvidia.com/gpu, so it is a warning (holds nothing), one per list set."""
+    text = "version: v1\nresources:\n  gpus:\n  - pattern: '*'\n    name: my-gpu\n  mig: []\n"
+    found = sharing.problems("sharing", {"custom": text}, "single")
+    assert [(p.key, p.field, p.holds) for p in found] == [("custom", "resources.gpus", False)], found
+    assert "ignored by the device plugin" in found[0].message and "nvidia.com/gpu" in found[0].message
+    assert sharing.parse(text).strategy == sharing.NONE
+
+
 def test_refusals_and_warnings_together() -> None:
     data = {"bad": "version: v9", "renamed": fixture("renamed.yaml")}
     found = sharing.problems("sharing", data, "single", nodes=[_node("gpu-1", **{sharing.NODE_LABEL: "nope"})])

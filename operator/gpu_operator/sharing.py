@@ -8,7 +8,7 @@ Facts from upstream k8s-device-plugin v0.20 (`api/config/v1`: config.go, imex.go
 * Keys of the config, `sharing`, `flags`, `resources` and `imex` match case-insensitively (Go's encoding/json);
   those inside `timeSlicing` / `mps` and a `resources` entry do not (upstream's own unmarshallers).
 * `resources` (gpus/mig lists of `pattern` and `name`, both required, the name as below) is decoded, then ignored
-  (DisableResourceNamingInConfig).
+  (DisableResourceNamingInConfig: "Customizing the 'resources' field is not yet supported in the config").
 * `imex.channelIDs` (integers) must be [] or [0] (the plugin's validateFlags; the operator sets no
   IMEX_CHANNEL_IDS env); `imex.required` is true/false.
 * `sharing.timeSlicing` (even `{}` or null) / `sharing.mps` (unless null) need `resources` (non-empty); each
@@ -138,6 +138,7 @@ class SharingConfig:
     time_slicing: ReplicatedResources = field(default_factory=ReplicatedResources)
     mps: ReplicatedResources | None = None
     mig_strategy: str | None = None  # flags.migStrategy (the env overrides it)
+    ignored: tuple[str, ...] = ()  # the `resources` lists set, which upstream ignores (resources.gpus, resources.mig)
 
     @property
     def strategy(self) -> str:
@@ -321,17 +322,17 @@ def parse(text: str) -> SharingConfig:
     if mps is not None and mps.fail_requests_greater_than_one is None:
         mps = replace(mps, fail_requests_greater_than_one=True)
     _imex(raw.get("imex"))
-    _resources(raw.get("resources"))
-    return SharingConfig(time_slicing, mps, flags.get("migStrategy"))
+    return SharingConfig(time_slicing, mps, flags.get("migStrategy"), _resources(raw.get("resources")))
 
 
-def _resources(raw: Any) -> None:
-    """The `resources` section decoded as upstream does (Resource.UnmarshalJSON, NewResourceName), which then
-    ignores it; ConfigError for what it refuses."""
+def _resources(raw: Any) -> tuple[str, ...]:
+    """The `resources` section decoded as upstream does (Resource.UnmarshalJSON, NewResourceName): the lists set,
+    which upstream then ignores; ConfigError for what it refuses."""
     if raw is None:
-        return
+        return ()
     if not isinstance(raw, dict):
         raise ConfigError("resources", "unmarshal error: must be a mapping")
+    ignored = []
     for name, items in _fields(raw, ("gpus", "mig")).items():
         if items is None:
             continue
@@ -347,6 +348,9 @@ def _resources(raw: Any) -> None:
             if item["pattern"] is not None and not isinstance(item["pattern"], str):
                 raise ConfigError(f"{at}.pattern", f"unmarshal error: must be a string, not {item['pattern']!r}")
             resource_name("" if item["name"] is None else item["name"], f"{at}.name")
+        if items:
+            ignored.append(f"resources.{name}")
+    return tuple(ignored)
 
 
 def _imex(raw: Any) -> None:
@@ -527,6 +531,11 @@ def problems(name: str, data: Mapping[str, str], mig_strategy: str | None, defau
             notes.append(Problem(name, key, path, "ignored by the device plugin, GFD and MPS daemon (not supported "
                                                   "upstream yet): every GPU is shared under the resource's own name "
                                                   "(<name>.shared with renameByDefault)", holds=False))
+        for path in config.ignored:
+            notes.append(Problem(name, key, path, "ignored by the device plugin, GFD and MPS daemon (customizing the "
+                                                  "resources field is not supported upstream yet): GPUs keep the "
+                                                  "plugin's own names (nvidia.com/gpu, nvidia.com/mig-<profile>)",
+                                 holds=False))
     if default and default not in present:
         # config-manager reads the default only on a node whose label is unset or "": held while such a GPU node
         # (or none at all: a node that joins most likely has no label) would load it; else a warning.

@@ -472,13 +472,15 @@ def _eval(n: Any, t: float, series: Series) -> float | None:
         name = n.func.name
         if name == "time":
             return t
-        if name in ("increase", "min_over_time", "max_over_time"):
+        if name in ("increase", "changes", "min_over_time", "max_over_time"):
             m = n.args[0]
             start, end = t - m.range.total_seconds(), t
             f = series[m.vector_selector.name]
             samples = [v for s in range(int(start) + 1, int(end) + 1, 15) if (v := f(s)) is not None]
             if name == "increase":
                 return samples[-1] - samples[0] if len(samples) > 1 else None
+            if name == "changes":
+                return float(sum(a != b for a, b in zip(samples, samples[1:], strict=False))) if samples else None
             return (min if name == "min_over_time" else max)(samples) if samples else None
         raise NotImplementedError(name)
     if isinstance(n, promql_parser.BinaryExpr):
@@ -595,6 +597,42 @@ def test_the_reconciliation_failing_alert_pages_for_passes_whose_writes_the_api_
     }
     assert _fires("GPUOperatorReconciliationFailing", series, start + 1800)
 
+
+
+def test_the_node_stuck_in_upgrade_alert_leaves_a_failed_node_to_driver_upgrade_failed() -> None:
+    """nodes_upgrades_in_progress counts upgrade-failed nodes (as upstream's GetUpgradesInProgress, k8s-operator-libs
+    common_manager.go: total less unknown, done and upgrade-required). One node whose upgrade failed, the rest done,
+    left in_progress 1 and done unchanged for good, so GPUOperatorNodeStuckInUpgrade ("Nodes have been mid-upgrade
+    ... with no node finishing") fired an hour after every failed upgrade, beside the critical
+    GPUOperatorDriverUpgradeFailed that names it: no node is mid-upgrade and none waits. Now it counts the nodes in
+    progress that have not failed; a real stall still fires."""
+    from gpu_operator.api import DriverUpgradePolicySpec
+    from gpu_operator.upgrade import STATE_LABEL, UpgradeNode, plan
+
+    failed = UpgradeNode("gpu-1", labels={STATE_LABEL: "upgrade-failed"}, annotations={}, unschedulable=True,
+                         driver_pod={"metadata": {"name": "d", "labels": {"controller-revision-hash": "old"}},
+                                     "status": {"phase": "Running"}}, driver_revision="new")  # fmt: skip
+    c = plan([failed], [], DriverUpgradePolicySpec(auto_upgrade=True), 10_000.0).counters
+    assert (c.in_progress, c.failed) == (1, 1), "premise: a failed node counts as in progress"
+    start, at = 1_000_000.0, 1_000_000.0 + 3 * 3600
+
+    def cluster(in_progress: float, failed: float, finishing: bool = False) -> Series:
+        return {
+            "gpu_operator_nodes_upgrades_in_progress": lambda t: in_progress,
+            "gpu_operator_nodes_upgrades_failed": lambda t: failed,
+            "gpu_operator_nodes_upgrades_done": lambda t: (t // 600 if finishing else 4.0) if t > start else None,
+            "gpu_operator_leader": lambda t: 1.0,
+        }
+
+    # Two nodes mid-upgrade (none failed, or one failed beside them), nothing finishing for hours: stuck.
+    assert _fires("GPUOperatorNodeStuckInUpgrade", cluster(2.0, 0.0), at)
+    assert _fires("GPUOperatorNodeStuckInUpgrade", cluster(2.0, 1.0), at)
+    assert not _fires("GPUOperatorNodeStuckInUpgrade", cluster(2.0, 0.0, finishing=True), at)
+    # One failed node, the others done: DriverUpgradeFailed says so, and no "makes no progress" warning.
+    assert _fires("GPUOperatorDriverUpgradeFailed", cluster(1.0, 1.0), at)
+    assert not _fires("GPUOperatorNodeStuckInUpgrade", cluster(1.0, 1.0), at), (
+        "GPUOperatorNodeStuckInUpgrade fires for an upgrade-failed node (in_progress counts it)"
+    )
 
 def test_the_operator_may_delete_pods_only_in_its_own_namespace() -> None:
     """GPU pods elsewhere are only ever evicted (pods/eviction, which honours PodDisruptionBudgets); the one pod the

@@ -726,6 +726,17 @@ def test_operator_metrics_port_reaches_the_operators_own_service() -> None:
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == [p["name"] for p in service["spec"]["ports"]]
 
 
+
+def test_metrics_port_zero_turns_the_metrics_off_with_objects_the_api_server_accepts() -> None:
+    """operator.metrics.port is --metrics-port, and 0 turns the metrics off (README). It rendered the container port
+    `metrics` as containerPort 0 and the Service gpu-operator-metrics with port 0, which the API server refuses (a
+    port is 1-65535): `helm install` failed instead of running the operator without metrics. Now neither is there."""
+    docs = render(sets=["operator.metrics.port=0"])
+    c = operator_container(docs)
+    assert c["args"][c["args"].index("--metrics-port") + 1] == "0"
+    assert [p["name"] for p in c["ports"]] == ["health"]
+    assert [s["metadata"]["name"] for s in find(docs, "Service")] == []
+
 def operator_metrics_service() -> dict[str, Any]:
     """The Service the operator itself creates for its metrics (state-operator-metrics)."""
     ctx = RenderContext(spec=parse_spec({}), namespace=NAMESPACE, owner=OWNER)

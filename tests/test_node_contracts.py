@@ -782,6 +782,33 @@ def test_no_runtime_class_with_cdi_off_on_crio_nodes() -> None:
     assert pod(validator(sample(cdi={"enabled": True}), crio))["runtimeClassName"] == "nvidia"
 
 
+@pytest.mark.parametrize("var", ["NVIDIA_RUNTIME_SET_AS_DEFAULT", "CONTAINERD_SET_AS_DEFAULT"])
+def test_crio_only_cdi_off_with_set_as_default_false_keeps_the_runtime_class(var: str) -> None:
+    """Our cri-o toolkit runs in `config` mode (README Differences): operand pods get the GPU only through the
+    `nvidia` handler, as cri-o's default runtime or by runtimeClassName. The installer makes it the default unless
+    --set-as-default is false, read from NVIDIA_RUNTIME_SET_AS_DEFAULT, then CONTAINERD_SET_AS_DEFAULT, then
+    DOCKER_SET_AS_DEFAULT for every runtime (nvidia-ctk-installer v1.20 container/runtime/runtime.go). With one of
+    them false in `toolkit.env`, the class was still left out: toolkit-validation and the device plugin ran under
+    crun, found no GPU, and no node got toolkit-ready (review toolkit2 #1). Hook mode reaches every container: no
+    class, as upstream."""
+    crio = [facts("c", runtime="cri-o://1.30.0"), facts("d", runtime="cri-o://1.30.0")]
+
+    def with_env(*entries: tuple[str, str]) -> dict[str, Any]:
+        toolkit = {**sample()["toolkit"], "env": [{"name": n, "value": v} for n, v in entries]}
+        return sample(cdi={"enabled": False}, toolkit=toolkit)
+
+    ds = validator(with_env((var, "false")), crio)
+    assert pod(ds)["runtimeClassName"] == "nvidia"
+    assert env(init(ds, "cuda-validation"))["VALIDATOR_RUNTIME_CLASS"] == "nvidia"
+    plans = plans_of(with_env((var, "false")), crio)
+    plugin = daemonset([plans["state-device-plugin"]], "nvidia-device-plugin-daemonset")
+    assert pod(plugin)["runtimeClassName"] == "nvidia"
+    assert {o["handler"] for o in plans["pre-requisites"].objects} == {"nvidia"}
+    # nvidia stays cri-o's default (or the hook reaches every container): no class, as upstream.
+    for entries in [(), ((var, "true"),), ((var, "false"), ("CRIO_CONFIG_MODE", "hook"))]:
+        assert "runtimeClassName" not in pod(validator(with_env(*entries), crio)), entries
+
+
 def test_nri_plugin_gives_toolkit_validation_the_management_annotation() -> None:
     """Upstream TransformValidator: setNRIPluginAnnotation for toolkit-validation. With no runtime class, its
     nvidia-smi gets the GPUs only through the NRI plugin; without them toolkit-ready is never written."""

@@ -43,14 +43,35 @@ def runtime_class_name(spec: ClusterPolicySpec, runtimes: set[str]) -> str | Non
 
     Upstream (setRuntimeClassName) leaves it out with the NRI plugin, and without CDI when its one cluster runtime
     (getRuntime) is cri-o: no GPU node runs containerd (nor docker here, where upstream's pick is list order).
-    Otherwise the class is kept: a host-installed toolkit gives containerd an `nvidia` handler that is not the
-    default, and our cri-o toolkit (always `config` mode, NVIDIA_RUNTIME_NAME) gives cri-o nodes the handler too.
+    Here that needs the cri-o toolkit to reach every container too (_crio_gpu_by_default). Otherwise the class is
+    kept: a host-installed toolkit gives containerd an `nvidia` handler that is not the default, and our cri-o
+    toolkit (`config` mode, NVIDIA_RUNTIME_NAME) gives cri-o nodes the handler too.
     """
     if spec.cdi.nri_plugin_enabled:
         return None
-    if not spec.cdi.enabled and CRIO in runtimes and not runtimes & {"containerd", "docker"}:
+    crio_only = CRIO in runtimes and not runtimes & {"containerd", "docker"}
+    if not spec.cdi.enabled and crio_only and _crio_gpu_by_default(spec):
         return None
     return spec.operator.runtime_class or "nvidia"
+
+
+# The installer's names for --set-as-default, for every runtime; the first one set counts (nvidia-ctk-installer
+# v1.20, container/runtime/runtime.go).
+SET_AS_DEFAULT_VARS = ("NVIDIA_RUNTIME_SET_AS_DEFAULT", "CONTAINERD_SET_AS_DEFAULT", "DOCKER_SET_AS_DEFAULT")
+
+
+def _crio_gpu_by_default(spec: ClusterPolicySpec) -> bool:
+    """Whether, with CDI off, a cri-o container without a runtime class runs with the NVIDIA runtime: through the OCI
+    hook (`toolkit.env` CRIO_CONFIG_MODE=hook) or as cri-o's default runtime, which the installer makes `nvidia`
+    unless `toolkit.env` turns --set-as-default off (read as Go's ParseBool; an empty value is false). A toolkit
+    installed on the host is assumed to, as upstream does."""
+    if not spec.toolkit.enabled:
+        return True
+    user = {e.name: e.value for e in spec.toolkit.env}
+    if user.get("CRIO_CONFIG_MODE") == "hook":
+        return True
+    value = next((user[name] for name in SET_AS_DEFAULT_VARS if name in user), "true")
+    return value.strip().lower() in ("1", "t", "true")
 
 
 def nri_annotations(spec: ClusterPolicySpec, container: str) -> dict[str, str]:

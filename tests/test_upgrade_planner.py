@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -2269,3 +2270,130 @@ def test_the_read_after_the_cordon_waits_for_the_next_pass_once_the_write_budget
     Executor(kube, "gpu-operator", lambda *_, **__: None).run(  # type: ignore[arg-type]
         Plan([Cordon("n1"), SetState("n1", "wait-for-jobs-required")]), budget_s=-1.0, then=then)
     assert asked == ["n1"] and len(kube.calls) == 1
+
+
+def test_a_restart_only_upgrade_is_cordoned_and_restarted_without_the_steps_that_read_pods() -> None:
+    """A node whose out-of-date driver pod has its DaemonSet's DRIVER_CONFIG_DIGEST (UpgradeNode.restart_only) goes
+    from cordon-required straight to pod-restart-required with the cordon, as upstream v26.7, and on to its driver
+    pod's deletion in the same pass; not for a requested upgrade or an orphan (upstream's shouldRestartOnly), nor for
+    a move to another pool, which need the full flow."""
+    pol = reading_pods(drain=DrainSpec(enable=True))
+    node = replace(make_node("n1", "upgrade-done"), restart_only=True)
+    p = run([node], [gpu_pod("job")], pol=pol)
+    assert of(p, Cordon) == [Cordon("n1")] and of(p, DeleteDriverPod) == [DeleteDriverPod("n1", "nvidia-driver-n1")]
+    assert states(p) == {"n1": "pod-restart-required"} and of(p, EvictPods) == []
+    assert [s.state for s in of(p, SetState)] == ["upgrade-required", "cordon-required", "pod-restart-required"]
+    (event,) = of(p, Event)
+    assert "DRIVER_CONFIG_DIGEST" in event.message and "without waiting for jobs, evicting or draining" in event.message
+    for full in (
+        replace(node, annotations={REQUESTED_ANNOTATION: "true"}),
+        replace(node, orphaned=True),
+        replace(node, pool_move="6.8.0-1-generic"),
+    ):
+        assert states(run([full], [gpu_pod("job")], pol=pol)) == {"n1": "wait-for-jobs-required"}, full
+
+
+_DS_UID = "ds-uid-1"
+_DS_NAME = "nvidia-driver-daemonset"
+
+
+def _restart_driver_pod(digest: str) -> dict[str, Any]:
+    """A full driver pod on n1 of revision OLD whose driver manager and driver container carry `digest`."""
+    env = [{"name": "DRIVER_CONFIG_DIGEST", "value": digest}]
+    return {
+        "metadata": {
+            "name": "nvidia-driver-n1",
+            "namespace": "gpu-operator",
+            "labels": {"controller-revision-hash": OLD, "nvidia.com/gpu-operator.state": "state-driver",
+                       "app": _DS_NAME},
+            "ownerReferences": [{"kind": "DaemonSet", "name": _DS_NAME, "uid": _DS_UID, "controller": True}],
+        },
+        "spec": {
+            "nodeName": "n1",
+            "initContainers": [{"name": "k8s-driver-manager", "image": "dm:1", "env": env}],
+            "containers": [{"name": "nvidia-driver-ctr", "image": "drv:1", "env": env}],
+        },
+        "status": {"phase": "Running",
+                   "containerStatuses": [{"name": "nvidia-driver-ctr", "ready": True, "restartCount": 0}]},
+    }  # fmt: skip
+
+
+def _digest_revision(rev: str, number: int, digest: str) -> dict[str, Any]:
+    """A ControllerRevision of the driver DaemonSet (as its controller writes one: the whole pod template in `data`)
+    whose template carries `digest`; revision NEW also has a toleration the old one lacks."""
+    env = [{"name": "DRIVER_CONFIG_DIGEST", "value": digest}]
+    template: dict[str, Any] = {
+        "initContainers": [{"name": "k8s-driver-manager", "image": "dm:1", "env": env}],
+        "containers": [{"name": "nvidia-driver-ctr", "image": "drv:1", "env": env}],
+    }
+    if rev == NEW:
+        template["tolerations"] = [{"key": "new-taint", "operator": "Exists"}]
+    return {
+        "metadata": {"name": f"{_DS_NAME}-{rev}", "labels": {"controller-revision-hash": rev},
+                     "ownerReferences": [{"kind": "DaemonSet", "name": _DS_NAME, "uid": _DS_UID}]},
+        "data": {"spec": {"template": {"spec": template, "$patch": "replace"}}},
+        "revision": number,
+    }  # fmt: skip
+
+
+def _restart_only_pass(pod_digest: str, ds_digest: str) -> tuple[Any, dict[str, Any]]:
+    """One orchestrate() pass (the sample ClusterPolicy: autoUpgrade, podDeletion; drain enabled) over n1, upgrade-done
+    on an out-of-date driver pod with a GPU job running on it. The kube (its calls) and the node after the pass."""
+    from gpu_operator.api import parse_spec
+    from gpu_operator.nodes import GPU_PRESENT, NodeFacts, deploy_label
+    from gpu_operator.observe import Snapshot, pod_projection, revision_projection
+    from gpu_operator.upgrade.orchestrate import orchestrate
+    from support import ServerKube, load_policy, node
+
+    jobs = [_gpu_job("trainer")]
+
+    class PodsKube(ServerKube):
+        def list(self, kind: str, namespace: str | None = None, label_selector: str | None = None,
+                 field_selector: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
+            self._note("list", (kind, field_selector))
+            return [p for p in jobs if field_selector == f"spec.nodeName={p['spec']['nodeName']}"]
+
+        def evict(self, name: str, namespace: str) -> None:
+            self._note("evict", (namespace, name))
+
+    obj = node("n1", labels={GPU_PRESENT: "true", deploy_label("driver"): "true", STATE_LABEL: "upgrade-done"})
+    obj["metadata"].setdefault("annotations", {})
+    kube = PodsKube({("Node", "n1"): obj})
+    raw = load_policy()["spec"]
+    up = raw["driver"]["upgradePolicy"]
+    spec = parse_spec({**raw, "driver": {**raw["driver"], "upgradePolicy": {
+        **up, "maxParallelUpgrades": 1, "drain": {**(up.get("drain") or {}), "enable": True}}}})  # fmt: skip
+    snap = Snapshot(
+        nodes={"n1": NodeFacts.from_node(obj)},
+        policies={},
+        owned={},
+        pods={"nvidia-driver-n1": pod_projection(_restart_driver_pod(pod_digest))},
+        revisions={f"r-{rev}": revision_projection(_digest_revision(rev, number, digest))
+                   for rev, number, digest in ((OLD, 1, pod_digest), (NEW, 2, ds_digest))},
+    )
+    orchestrate(kube, "gpu-operator", spec, snap, lambda *_a, **_k: None)  # type: ignore[arg-type]
+    return kube, kube.objects[("Node", "n1")]
+
+
+def test_a_pod_template_change_that_keeps_the_driver_config_digest_restarts_the_driver_without_evicting() -> None:
+    """Any change to the driver's pod template evicted the node's GPU pods (and drained it when drain was on)
+    before its driver pod was restarted. gpu-operator v26.7 registers a restart-only predicate on the upgrade library
+    (cmd/gpu-operator/main.go: WithRestartOnlyPredicate(predicates.DriverPodRestartOnly); vendored
+    k8s-operator-libs upgrade_inplace.go nextStateForUpgradeRequiredNode): when the out-of-date driver pod's
+    DRIVER_CONFIG_DIGEST equals the DaemonSet template's (only fields outside the install changed: tolerations,
+    labels, probes, resources...), the node, once it has a slot, is cordoned and goes straight to
+    pod-restart-required, skipping wait-for-jobs, pod deletion and drain: the driver pod is restarted, no workload
+    is evicted (the new pod's driver manager skips the reinstall too). Now the same: the digests are read from the
+    pod's ControllerRevision and the DaemonSet's newest; the cordon, the state and the deleted pod go in one patch,
+    then the deletion, no pod read. With another digest the full flow stays (the GPU pod is evicted)."""
+    kube, after = _restart_only_pass("digest-a", "digest-a")
+    verbs = [verb for verb, _ in kube.calls]
+    assert "evict" not in verbs, kube.calls
+    assert ("delete", ("Pod", "gpu-operator", "nvidia-driver-n1")) in [(v, w[:3]) for v, w in kube.calls], kube.calls
+    assert after["spec"].get("unschedulable") is True
+    assert after["metadata"]["labels"][STATE_LABEL] == "pod-restart-required"
+
+    # The install changed (another digest): the full flow, the GPU job evicted before the driver goes.
+    kube, after = _restart_only_pass("digest-a", "digest-b")
+    assert ("evict", ("ml", "trainer")) in kube.calls, kube.calls
+    assert after["metadata"]["labels"][STATE_LABEL] == "pod-deletion-required"

@@ -22,6 +22,7 @@ from .nvidiadriver import selector_keys
 from .readiness import is_unready
 from .render import config_map_keys
 from .states.base import COMPONENT, MANAGED_BY, OPERATOR_NAME, STATE_LABEL
+from .states.driver import CONFIG_DIGEST_ENV
 
 OWNED_SELECTOR = f"{MANAGED_BY}={OPERATOR_NAME}"
 
@@ -194,7 +195,20 @@ def revision_projection(rev: dict[str, Any]) -> dict[str, Any]:
         },
         "revision": rev.get("revision", 0),
         "owner": owner.get("name", ""),
+        **({"digest": digest} if (digest := _template_digest(rev)) else {}),
     }
+
+
+def _template_digest(rev: dict[str, Any]) -> str:
+    """The DRIVER_CONFIG_DIGEST of a DaemonSet revision's pod template ("": none), init containers first (upstream's
+    DriverConfigDigestFromPodSpec): the upgrade only restarts a driver pod whose revision has its DaemonSet's newest
+    one's (upgrade.adapter.revision_digests)."""
+    spec = ((((rev.get("data") or {}).get("spec") or {}).get("template") or {}).get("spec")) or {}
+    for c in list(spec.get("initContainers") or []) + list(spec.get("containers") or []):
+        for env in c.get("env") or []:
+            if env.get("name") == CONFIG_DIGEST_ENV and env.get("value"):
+                return str(env["value"])
+    return ""
 
 
 def owner_key(obj: dict[str, Any]) -> str:

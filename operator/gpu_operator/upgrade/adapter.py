@@ -41,6 +41,7 @@ from .model import (
     WorkloadPod,
     claim_holds_gpu,
     claim_names,
+    pod_revision,
 )
 from .planner import by_urgency, reads_pods
 
@@ -120,6 +121,7 @@ class UpgradeInputs:
         self.validators: Mapping[str, Sequence[dict[str, Any]]] = {}
         self.refused: dict[str, str] = {}
         self.newest: dict[str, tuple[int, str | None]] = {}
+        self.digests: dict[tuple[str, str], str] = {}
         self.pools: frozenset[str] = frozenset()
         self.label: str | None = None
         self.precompiled = False
@@ -144,10 +146,12 @@ class UpgradeInputs:
         refused: Mapping[str, str], pools: frozenset[str], label: str | None, precompiled: bool,
     ) -> list[UpgradeNode]:  # fmt: skip
         nodes = nodes if isinstance(nodes, list | tuple) else list(nodes)
-        newest = newest_revisions(revisions)
+        newest, digests = newest_revisions(revisions), revision_digests(revisions)
         drivers, validators = index.by_state.get(DRIVER) or {}, index.by_state.get(VALIDATOR) or {}
         seen, made = self.nodes, self.made
-        if newest != self.newest or pools != self.pools or (label, precompiled) != (self.label, self.precompiled):
+        if (newest, digests) != (self.newest, self.digests) or pools != self.pools or (label, precompiled) != (
+            self.label, self.precompiled
+        ):
             seen.clear()
             made.clear()
             self.needs_pods.clear()
@@ -169,6 +173,7 @@ class UpgradeInputs:
         if refused != self.refused:
             todo.update(n for n in refused.keys() | self.refused.keys() if refused.get(n) != self.refused.get(n))
         self.drivers, self.validators, self.refused, self.newest = drivers, validators, dict(refused), newest
+        self.digests = digests
         self.pools, self.label, self.precompiled = pools, label, precompiled
         for name in todo:
             node = seen.get(name)
@@ -183,7 +188,7 @@ class UpgradeInputs:
             self.astray.discard(name)
             driver, validator, revision = _operand_pods(name, drivers, validators, newest)
             made[name] = one = _upgrade_node(node, driver, validator, revision, refused.get(name, ""), pools, label,
-                                             precompiled)  # fmt: skip
+                                             precompiled, digests)  # fmt: skip
             if one.state in NEEDS_PODS:
                 self.needs_pods.add(name)
             else:
@@ -216,7 +221,7 @@ def upgrade_nodes(
     orphan); `label`: the owner label of the NVIDIADriver that drives the nodes ("": none; None: no NVIDIADriver),
     which a node without it moves to at pod restart; `precompiled`: that NVIDIADriver's driver is (the driver-kernel
     label the node takes with it)."""
-    newest = newest_revisions(revisions)
+    newest, digests = newest_revisions(revisions), revision_digests(revisions)
     by_state = (index or PodIndex.of(pods)).by_state
     drivers, validators = by_state.get(DRIVER) or {}, by_state.get(VALIDATOR) or {}
     refused = refused or {}
@@ -225,7 +230,7 @@ def upgrade_nodes(
         if gets_driver(node):
             driver, validator, revision = _operand_pods(node.name, drivers, validators, newest)
             out.append(_upgrade_node(node, driver, validator, revision, refused.get(node.name, ""), pools, label,
-                                     precompiled))  # fmt: skip
+                                     precompiled, digests))  # fmt: skip
     return out
 
 
@@ -245,7 +250,8 @@ def upgrade_node(
         return None
     drivers, validators = by_state.get(DRIVER) or {}, by_state.get(VALIDATOR) or {}
     driver, validator, revision = _operand_pods(node.name, drivers, validators, newest_revisions(revisions))
-    return _upgrade_node(node, driver, validator, revision, refused, pools, label, precompiled)
+    return _upgrade_node(node, driver, validator, revision, refused, pools, label, precompiled,
+                         revision_digests(revisions))
 
 
 def _operand_pods(
@@ -272,9 +278,29 @@ def newest_revisions(revisions: Mapping[str, dict[str, Any]]) -> dict[str, tuple
     return newest
 
 
+def revision_digests(revisions: Mapping[str, dict[str, Any]]) -> dict[tuple[str, str], str]:
+    """(observe.owner_key, hash) -> the DRIVER_CONFIG_DIGEST of that revision's pod template, where it has one."""
+    return {
+        (owner_key(rev), str(rev["metadata"]["labels"].get("controller-revision-hash"))): rev["digest"]
+        for rev in revisions.values()
+        if rev.get("digest")
+    }
+
+
+def _restart_only(driver: dict[str, Any] | None, revision: str | None, digests: Mapping[tuple[str, str], str]) -> bool:
+    """Upstream v26.7's restart-only predicate (DriverPodRestartOnly): the driver pod's revision and its DaemonSet's
+    newest, another one, carry the same DRIVER_CONFIG_DIGEST (a missing one: no)."""
+    if driver is None or revision is None or pod_revision(driver) in (None, revision):
+        return False
+    owner = owner_key(driver)
+    running = digests.get((owner, str(pod_revision(driver))))
+    return bool(running) and running == digests.get((owner, revision))
+
+
 def _upgrade_node(
     node: NodeFacts, driver: dict[str, Any] | None, validator: dict[str, Any] | None, revision: str | None, why: str,
     pools: Collection[str], label: str | None = None, precompiled: bool = False,
+    digests: Mapping[tuple[str, str], str] | None = None,
 ) -> UpgradeNode:
     move = label if driver is not None and label is not None and node.labels.get(OWNER_LABEL, "") != label else None
     kernel = driver_kernel_patch(node, precompiled, False) if move is not None else {}
@@ -292,6 +318,7 @@ def _upgrade_node(
         orphaned=driver is not None and _orphaned(driver, pools),
         owner_move=move,
         owner_kernel=(kernel[DRIVER_KERNEL] or "") if kernel else None,
+        restart_only=_restart_only(driver, revision, digests or {}),
     )
 
 

@@ -163,6 +163,10 @@ class UpgradeNode:
     owner_move: str | None = None
     # The driver-kernel label the node takes with owner_move (its new NVIDIADriver's: "" none; None: unchanged).
     owner_kernel: str | None = None
+    # The out-of-date driver pod's revision has its DaemonSet's newest DRIVER_CONFIG_DIGEST: only fields outside the
+    # driver's install changed (tolerations, labels, probes, resources). Upstream v26.7 (its restart-only predicate)
+    # then restarts the driver pod after the cordon, without waiting for jobs, evicting or draining.
+    restart_only: bool = False
 
     @classmethod
     def from_node(
@@ -231,6 +235,18 @@ class UpgradeNode:
         if self.driver_pod is None or self.driver_revision is None:
             return False
         return pod_revision(self.driver_pod) != self.driver_revision
+
+    @property
+    def restarts_only(self) -> bool:
+        """The upgrade restarts the driver pod after the cordon and does nothing else (restart_only), as upstream:
+        never for a requested upgrade, an orphan, or a move to another pool or NVIDIADriver (another DaemonSet)."""
+        return (
+            self.restart_only
+            and not self.requested
+            and not self.orphaned
+            and not self.pool_move
+            and self.owner_move is None
+        )
 
     @property
     def driver_in_sync_and_ready(self) -> bool:

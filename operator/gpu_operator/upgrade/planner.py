@@ -11,8 +11,9 @@ whose effect must be observed (a cordon, an eviction, a driver pod deletion, an 
 that reads the node's workload pods when they were not read for this pass (they are read fresh, after
 the cordon, only for nodes observed in such a state), at upgrade-failed and upgrade-done, and before
 validation-required unless the node's validator pod is already Ready. A cordon stops it only when the policy
-reads workload pods (waitForCompletion.podSelector, podDeletion or drain): with none of them the cordon goes
-out in one patch with pod-restart-required, then the driver pod's deletion. With them the pass still goes on:
+reads workload pods (waitForCompletion.podSelector, podDeletion or drain) and the upgrade is not restart-only
+(UpgradeNode.restarts_only); else the cordon goes out in one patch with pod-restart-required, then the driver
+pod's deletion. When it stops, the pass still goes on:
 once the cordon's patch is answered, the adapter reads the node's pods and plans it again from there
 (orchestrate._after_cordon, as kubectl drain lists pods after its cordon), so the driver pod is deleted in the
 same pass, after a second patch.
@@ -455,10 +456,10 @@ class _Pass:
         """Whether a node that took `step` (and is now `now`) takes its next step in the same pass."""
         if step.move is None or step.waiting is not None:
             return False
-        stops = [a for a in step.actions if isinstance(a, _CHAIN_STOPS)]
-        if stops and (self.reads_pods or not all(isinstance(a, Cordon) for a in stops)):
-            return False
         state = now.state
+        stops = [a for a in step.actions if isinstance(a, _CHAIN_STOPS)]
+        if stops and ((self.reads_pods and state in NEEDS_PODS) or not all(isinstance(a, Cordon) for a in stops)):
+            return False
         if state in (UNKNOWN, DONE, FAILED):
             return False
         if state in NEEDS_PODS and observed.state not in NEEDS_PODS and self.reads_pods:
@@ -514,6 +515,10 @@ class _Pass:
 
     def cordon(self, node: UpgradeNode) -> _Step:
         before: list[Action] = [] if node.unschedulable else [Cordon(node.name)]
+        if node.restarts_only:
+            why = ("node cordoned; the driver's install config (DRIVER_CONFIG_DIGEST) is unchanged: its pod is "
+                   "restarted without waiting for jobs, evicting or draining")  # fmt: skip
+            return self.move(node, POD_RESTART_REQUIRED, why, before=before)
         return self.move(node, WAIT_FOR_JOBS_REQUIRED, "node cordoned", before=before)
 
     def after_jobs(self) -> str:

@@ -2583,3 +2583,44 @@ def test_a_refused_nvidiadriver_listing_is_not_read_as_none() -> None:
     # No CRD (404): none, as before.
     snap = observe(_RefusedListKube(404, nodes, policy_object(crd_policy()), owned), "gpu-operator")  # type: ignore[arg-type]
     assert snap.nvidia_drivers == {}
+
+
+OLD_MANAGER = "nvcr.io/nvidia/cloud-native/k8s-driver-manager:v0.12.0"
+NEW_MANAGER = "nvcr.io/nvidia/cloud-native/k8s-driver-manager:v0.13.0"
+MANAGER_KEY = ("DaemonSet", "gpu-operator", CP_DS)
+
+
+def _manager_of(ds: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in ds["spec"]["template"]["spec"]["initContainers"] if c["name"] == "k8s-driver-manager")
+
+
+def test_a_new_default_driver_manager_image_keeps_an_nvidiadrivers_unchanged_driver_pods(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An NVIDIADriver whose `manager` names no image (upstream's sample has `manager: {}`) takes the operator's
+    DRIVER_MANAGER_IMAGE. An operator upgrade that changed that default changed the pod template and
+    DRIVER_CONFIG_DIGEST of every such NVIDIADriver's DaemonSets: every driver pod out of date and, under its
+    autoUpgrade, every GPU node cordoned, drained and its driver reinstalled. Upstream (internal/state/driver.go
+    handleDefaultImagesInObjects) renders it again with the k8s-driver-manager image its DaemonSet runs and keeps
+    that image while nothing else changes ("This avoids triggering undesired driver upgrades when the operator
+    itself is upgraded"); so do we, by the image our annotation records on the DaemonSet (the owned-object cache
+    keeps no containers)."""
+    nodes = [facts("a1", labels={"nvidia.com/gpu.deploy.driver": "true"})]
+    drivers = _nvd_objects(default={"default": True, "manager": {}})
+    monkeypatch.setenv("DRIVER_MANAGER_IMAGE", OLD_MANAGER)
+    _, owned = _switch_pass(nodes, crd_policy(), drivers, {})
+    assert _manager_of(owned[MANAGER_KEY])["image"] == OLD_MANAGER
+    cached = copy.deepcopy(owned)  # as the cache keeps a DaemonSet: no containers, init containers or volumes
+    for key, obj in cached.items():
+        if key[0] == "DaemonSet":
+            for part in ("containers", "initContainers", "volumes"):
+                obj["spec"]["template"]["spec"].pop(part, None)
+    monkeypatch.setenv("DRIVER_MANAGER_IMAGE", NEW_MANAGER)  # the upgraded operator's env
+    kube, _ = _switch_pass(nodes, crd_policy(), drivers, cached)
+    applied = [o for verb, o in kube.calls if verb == "apply" and o["metadata"]["name"] == CP_DS]
+    assert not applied, f"the operator upgrade changed the manager image: {_manager_of(applied[0])['image']}"
+    # A change of the NVIDIADriver's spec takes the new default image with it (upstream: "Driver spec has changed,
+    # updating k8s-driver-manager image as well").
+    changed = _nvd_objects(default={"default": True, "manager": {}, "env": [{"name": "X", "value": "1"}]})
+    _, left = _switch_pass(nodes, crd_policy(), changed, cached)
+    assert _manager_of(left[MANAGER_KEY])["image"] == NEW_MANAGER

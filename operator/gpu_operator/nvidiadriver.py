@@ -441,6 +441,7 @@ class DriverGroup:
     default: bool
     affinity: dict[str, Any] | None = None  # the NVIDIADriver's nodeAffinity
     problem: str | None = None  # why its image fields name no image (image_problem): its pools are not rendered
+    manager_image: str | None = None  # the k8s-driver-manager image to render in place of the default (driver state)
 
     def pool_name(self, pool: Pool) -> str:
         """The default keeps the ClusterPolicy's pool names (and so its DaemonSets); others are prefixed."""

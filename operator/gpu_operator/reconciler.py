@@ -59,7 +59,7 @@ from .render import (
 )
 from .states import RenderContext, all_states
 from .states.base import owning_state
-from .states.driver import named_secrets, unpooled_note
+from .states.driver import kept_manager_images, named_secrets, unpooled_note
 from .status import UNSUPPORTED_FIELDS, StateResult, active_policy, ignored_status, policy_status
 from .status_writer import StatusWriter
 from .upgrade import Counters, Limit
@@ -400,6 +400,7 @@ class Reconciler:
             missing_secrets=self._missing_secrets(named_secrets(spec, groups)),
             nvidia_drivers=groups,
             metrics_port=self.metrics_port,
+            kept_manager_images=kept_manager_images(snap.owned.values()) if groups else {},
         )
         # A new or changed spec: what needs no node is sent now, while the nodes are decided (at 5,000 nodes that
         # takes a second).

@@ -307,7 +307,7 @@ def render_key(ctx: RenderContext, rows: dict[str, tuple[NodeFacts, bytes]] | No
          ctx.config_data.get(custom_config(ctx.spec) or ""),  # the MIG layouts the sharing check reads
          sharing.below_7_5_nodes(ctx.nodes) if ctx.spec.device_plugin.config.name else None,  # its MPS client limit
          sharing.mig_facts(ctx.nodes) if ctx.spec.device_plugin.config.name else None,  # and its MIG check
-         [g.key() for g in ctx.nvidia_drivers], ctx.metrics_port],
+         [g.key() for g in ctx.nvidia_drivers], ctx.metrics_port, sorted(ctx.kept_manager_images.items())],
         sort_keys=True,
         default=str,
     )

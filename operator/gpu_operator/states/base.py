@@ -77,6 +77,10 @@ class RenderContext:
     driver_group: Any = None
     # The operator's own --metrics-port: what its metrics Service (state-operator-metrics) targets.
     metrics_port: int = 8080
+    # Driver DaemonSets of NVIDIADrivers that name no k8s-driver-manager image, as the cluster has them: name ->
+    # (the manager image they run, their last-applied hash); the driver state keeps that image while nothing else
+    # changes (states/driver.py, kept_manager_images).
+    kept_manager_images: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
 
 class RenderProblem(Exception):

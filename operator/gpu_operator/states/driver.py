@@ -19,7 +19,7 @@ from .. import images
 from ..api import ClusterPolicySpec, ImageSpec
 from ..nodes import NodeFacts, Pool, driver_pools, gets_driver, pool_kernel, unpooled
 from ..nvidiadriver import excluding_owned
-from .base import OperandState, PartialRender, RenderContext, RenderProblem
+from .base import HASH_ANNOTATION, OperandState, PartialRender, RenderContext, RenderProblem
 
 # Upstream tags RHEL-family driver images by the major OS version only (getOSTag in internal/state/nodepool.go).
 MAJOR_VERSION_TAG_OS = frozenset({"ol", "rocky", "rhel"})
@@ -62,6 +62,8 @@ DRIVERS_DIR = "/drivers"  # kernel module parameters and licensing files go here
 GRIDD_CONF = "gridd.conf"
 NLS_TOKEN = "client_configuration_token.tok"
 CONFIG_DIGEST_ENV = "DRIVER_CONFIG_DIGEST"
+# Ours, on the driver DaemonSets of an NVIDIADriver that names no k8s-driver-manager image: the image they run.
+MANAGER_IMAGE_ANNOTATION = "nvidia.com/gpu-operator.driver-manager-image"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 # From this GDS version on, nvidia-fs needs the open kernel modules (upstream's MinimumGDSVersionForOpenRM).
 GDS_OPEN_FROM = (2, 17, 5)
@@ -326,7 +328,8 @@ def _vars(ctx: RenderContext) -> dict[str, Any]:
             extra_secrets += section.image_pull_secrets
     return {
         "pools": pools,
-        "manager_image": images.resolve(driver.manager, "driver-manager"),
+        "manager_image": (ctx.driver_group is not None and ctx.driver_group.manager_image)
+        or images.resolve(driver.manager, "driver-manager"),
         "manager_pull_policy": _pull_policy(driver.manager),
         "gds_pull_policy": _pull_policy(spec.gds),
         "gdrcopy_pull_policy": _pull_policy(spec.gdrcopy),
@@ -389,8 +392,15 @@ def config_digest(pod: dict[str, Any]) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def _default_manager(ctx: RenderContext) -> bool:
+    """An NVIDIADriver's pods whose k8s-driver-manager image is the operator's default (its `manager` names none)."""
+    manager = ctx.spec.driver.manager
+    return ctx.driver_group is not None and not (manager.repository or manager.image or manager.version)
+
+
 def _finalize(objects: list[dict[str, Any]], ctx: RenderContext) -> None:
-    """Set DRIVER_CONFIG_DIGEST on the driver manager and the driver container of every pool."""
+    """Set DRIVER_CONFIG_DIGEST on the driver manager and the driver container of every pool (and, on an
+    NVIDIADriver's DaemonSets with the default manager image, MANAGER_IMAGE_ANNOTATION)."""
     for obj in objects:
         if obj["kind"] != "DaemonSet":
             continue
@@ -400,6 +410,20 @@ def _finalize(objects: list[dict[str, Any]], ctx: RenderContext) -> None:
         for name in ("k8s-driver-manager", "nvidia-driver-ctr"):
             env = containers[name].setdefault("env", [])
             env[:] = [e for e in env if e["name"] != CONFIG_DIGEST_ENV] + [{"name": CONFIG_DIGEST_ENV, "value": digest}]
+        if _default_manager(ctx):
+            annotations = obj["metadata"].setdefault("annotations", {})
+            annotations[MANAGER_IMAGE_ANNOTATION] = containers["k8s-driver-manager"]["image"]
+
+
+def kept_manager_images(owned: Iterable[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+    """RenderContext.kept_manager_images from the cluster's objects: each DaemonSet with MANAGER_IMAGE_ANNOTATION,
+    by name: (that image, its last-applied hash)."""
+    out = {}
+    for obj in owned:
+        annotations = (obj.get("metadata") or {}).get("annotations") or {}
+        if obj.get("kind") == "DaemonSet" and annotations.get(MANAGER_IMAGE_ANNOTATION):
+            out[obj["metadata"]["name"]] = (annotations[MANAGER_IMAGE_ANNOTATION], annotations.get(HASH_ANNOTATION, ""))
+    return out
 
 
 def _unpooled_note(ctx: RenderContext) -> str | None:
@@ -437,12 +461,33 @@ class DriverState(OperandState):
             nodes = tuple(n for n in ctx.nodes if n.name in group.nodes)
             sub = replace(ctx, spec=group.spec, nodes=nodes, owner=group.owner, driver_group=group)
             try:
-                objects += [o for o in super().render(sub) if o["kind"] == "DaemonSet"]
+                objects += self._keep_manager_image(sub, [o for o in super().render(sub) if o["kind"] == "DaemonSet"])
             except RenderProblem as exc:
                 held[str(group.owner.get("uid", ""))] = f"NVIDIADriver {group.name}: {exc}"
         if held:
             raise PartialRender(objects, held)
         return objects
+
+    def _keep_manager_image(self, sub: RenderContext, rendered: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """An NVIDIADriver's DaemonSets with the default manager image keep the one they run while nothing else
+        changes (upstream's handleDefaultImagesInObjects): a new default, from an operator upgrade, would put every
+        driver pod out of date (and under autoUpgrade reinstall every node's driver)."""
+        if not sub.kept_manager_images or not _default_manager(sub):
+            return rendered
+        out = []
+        again: dict[str, dict[str, dict[str, Any]]] = {}  # image -> the DaemonSets rendered with it, by name
+        for ds in rendered:
+            name = ds["metadata"]["name"]
+            image, live_hash = sub.kept_manager_images.get(name, ("", ""))
+            if image and image != ds["metadata"]["annotations"].get(MANAGER_IMAGE_ANNOTATION):
+                if image not in again:
+                    with_image = replace(sub, driver_group=replace(sub.driver_group, manager_image=image))
+                    again[image] = {o["metadata"]["name"]: o for o in super().render(with_image)}
+                kept = again[image].get(name)
+                if kept is not None and kept["metadata"]["annotations"][HASH_ANNOTATION] == live_hash:
+                    ds = kept  # the same DaemonSet as the cluster's: the NVIDIADriver's spec did not change
+            out.append(ds)
+        return out
 
 
 STATE = DriverState(

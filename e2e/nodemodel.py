@@ -46,8 +46,9 @@ The components (facts from upstream's sources, named in each rule):
   ``nvidia.com/gpu`` on the node (and runs a workload pod unless ``WITH_WORKLOAD=false``); writes
   ``plugin-ready``.  ``metrics`` serves (needs ``METRICS_PORT`` and ``NODE_NAME``).  ``WITH_WAIT=true`` waits,
   otherwise an unmet check fails the container (CrashLoopBackOff, the error as its last termination message).
-  A validator pod whose driver check no longer holds (driver pod gone or crash-looping) re-validates: it goes
-  back to that init container (a pod in the driver manager's way is replaced instead, as above).
+  A pod's init containers run once (the kubelet re-runs them only for a new sandbox): a validator or toolkit
+  pod that has passed its driver check stays Running when the driver pod goes or crash-loops; a new driver
+  pod's manager replaces it (as above).
 * Driver container (``nvidia-driver init``): privileged (it loads kernel modules; else CrashLoopBackOff); while
   started, the driver (and its ``usr/src``) lives under ``/run/nvidia/driver`` (the host path its mounts give),
   on the host only when the mount it is under has ``mountPropagation: Bidirectional`` (it is an rbind made in the
@@ -1234,16 +1235,6 @@ class NodeModel:
                 memo.need = Need("runtime-binary", runtime.name, "sandbox", missing_runtime_error(runtime.missing, uid))
                 return None
             memo.sandbox = True
-        # a validator whose driver check no longer holds starts over from there
-        for c in inits[:memo.init_done]:
-            if c.role == VALIDATOR and self._component(c) == "driver" and self._driver_check(pod, c)[0] is not None:
-                memo.init_done = c.index
-                memo.entered = -1  # it starts again (and deletes its status file first)
-                memo.started_main = False
-                memo.waited.clear()
-                memo.probed = False
-                self._stop_running(uid)
-                break
         # init containers
         while memo.init_done < len(inits):
             c = inits[memo.init_done]
@@ -1289,16 +1280,7 @@ class NodeModel:
                             f"{path} is not {HOSTPATH_CHECKS[kind]}")
         return None
 
-    def _stop_running(self, uid: str) -> None:
-        for path in self._live.pop(uid, {}):
-            self.host.files.pop(path, None)
-        self._gpu_owners.discard(uid)
-        self._gfd_owners.discard(uid)
-
     # --- containers ---
-    def _component(self, c: Ctr) -> str:
-        return self._validator_env(c)[0].get("COMPONENT", "")
-
     def _validator_env(self, c: Ctr) -> tuple[dict[str, str], str]:
         """The validator's settings (env, then flags) and a flag error."""
         env = dict(c.env)

@@ -638,9 +638,9 @@ def test_driver_delay_and_crash_loop_follow_the_probe_not_the_name() -> None:
     assert node.result.again == pytest.approx(2.0, abs=0.01)
     node.step(dt=4.5)
     assert node.container("driver", "anything")["restartCount"] == 3
-    # the driver root went with the container: the toolkit's driver validation starts over
+    # the driver root went with the container; the running toolkit pod's init containers do not run again
     assert "/run/nvidia/driver/usr/bin/nvidia-smi" not in node.files()
-    assert not ready(node.pods["toolkit"]["status"])
+    assert ready(node.pods["toolkit"]["status"])
     node.model.crash_loop = False
     node.step(dt=0.1)
     cs = node.container("driver", "anything")
@@ -663,7 +663,10 @@ def test_an_unprivileged_driver_container_loads_no_driver() -> None:
     assert f"{V}/.driver-ctr-ready" not in node.files()
 
 
-def test_removing_the_driver_pod_makes_the_validator_validate_again() -> None:
+def test_removing_the_driver_pod_leaves_the_running_validator_as_it_is() -> None:
+    """A running pod's init containers run once (the kubelet re-runs them only for a new sandbox): with its
+    driver pod gone, the validator stays Running and Ready, and driver-ready stays; the model sent it back to
+    driver-validation, Pending, which no node does (a new driver pod's manager replaces it instead)."""
     node = Node(delay=3)
     _stack(node)
     node.step()
@@ -671,15 +674,13 @@ def test_removing_the_driver_pod_makes_the_validator_validate_again() -> None:
     assert ready(node.pods["nvidia-operator-validator"]["status"])
     node.delete("nvidia-driver-daemonset")  # its preStop removes .driver-ctr-ready, the driver root goes
     node.step()
-    assert f"{V}/.driver-ctr-ready" not in node.files() and f"{V}/driver-ready" not in node.files()
+    assert f"{V}/.driver-ctr-ready" not in node.files() and f"{V}/driver-ready" in node.files()
     st = node.pods["nvidia-operator-validator"]["status"]
-    assert st["phase"] == "Pending" and not ready(st)
-    assert _state(node.container("nvidia-operator-validator", "driver-validation")) == ("running", "")
-    assert _state(node.container("nvidia-operator-validator", "toolkit-validation")) == ("waiting", "PodInitializing")
+    assert st["phase"] == "Running" and ready(st)
+    assert _state(node.container("nvidia-operator-validator", "driver-validation")) == ("terminated", "Completed")
     assert ready(node.pods["nvidia-device-plugin-daemonset"]["status"])  # running pods are not touched
     node.add("driver-2", U.driver("600.10.01"))
     node.step(dt=1)
-    assert not ready(node.pods["nvidia-operator-validator"]["status"])
     node.step(dt=3)
     assert ready(node.pods["nvidia-operator-validator"]["status"]) and FOUR <= node.files()
     assert node.result.driver_version == "600.10.01"

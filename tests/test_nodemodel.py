@@ -912,6 +912,25 @@ def test_auto_drain_is_a_full_node_drain_that_refuses_daemonset_pods() -> None:
     assert all(ready(s) for s in stack.settle().values())
 
 
+def test_a_crash_looping_driver_leaves_the_running_validator_and_toolkit_ready() -> None:
+    """A running pod's completed init containers never run again while its sandbox lives (the kubelet re-runs them
+    only for a new sandbox), and its phase never goes back from Running to Pending. Upstream's validator validates
+    once, then its main container sleeps: a driver container that crash-loops later (no new driver pod, so no
+    k8s-driver-manager evicting the operands) leaves it, and the toolkit pod, Running and Ready. The model sent both
+    back to driver-validation, so the e2e suite saw them turn NotReady with the driver, which no node shows."""
+    stack = _started_stack()
+    stack.model.crash_loop = True
+    stack.step(dt=0.5)
+    statuses = stack.step(dt=4.5)
+    driver = next(c for c in statuses[f"{DRIVER_DS}-{NODE}"]["containerStatuses"] if c["name"] == "nvidia-driver-ctr")
+    assert driver["restartCount"] >= 1  # the driver does crash-loop
+    validator = statuses[f"nvidia-operator-validator-{NODE}"]
+    check = next(c for c in validator["initContainerStatuses"] if c["name"] == "driver-validation")
+    assert validator["phase"] == "Running" and ready(validator), (validator["phase"], check["state"])
+    assert "terminated" in check["state"]
+    assert ready(statuses[f"nvidia-container-toolkit-daemonset-{NODE}"])
+
+
 # --- the simulated mig-manager (e2e/sim_mig.py) ---
 
 MIG_NS = "gpu-operator"

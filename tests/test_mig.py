@@ -1277,12 +1277,23 @@ def test_cli_names_a_layout_mig_parted_fails(capsys: pytest.CaptureFixture[str],
     assert "  apart\n    mixed:  nvidia.com/gpu=4, nvidia.com/mig-1g.10gb=28\n" in out
 
 
+def _held(layout: str, layouts: mig.Layouts | None = None) -> tuple[mig_layouts.LayoutEntry, ...]:
+    gpu = mig.gpu_of_product(H100)
+    assert gpu is not None
+    entries = mig.layout_entries(gpu, layout, layouts)
+    assert entries is not None
+    return entries
+
+
 def test_physical_gpus_from_gfd_labels_under_each_strategy() -> None:
     h100 = "NVIDIA-H100-80GB-HBM3"
     assert mig.physical_gpus({"nvidia.com/gpu.count": "8", "nvidia.com/gpu.product": h100}) == 8
     single = {"nvidia.com/gpu.count": "56", "nvidia.com/gpu.product": h100 + "-MIG-1g.10gb"}
-    assert mig.physical_gpus(single) == 8
-    assert mig.physical_gpus({"nvidia.com/gpu.count": "16", "nvidia.com/gpu.product": h100 + "-MIG-3g.40gb"}) == 8
+    assert mig.physical_gpus(single, _held("all-1g.10gb")) == 8
+    assert mig.physical_gpus(single) is None  # the layout held is not known: nor how many devices each GPU has
+    assert mig.physical_gpus(single, _held("all-3g.40gb")) is None  # GFD's labels are not of that layout
+    three_g = {"nvidia.com/gpu.count": "16", "nvidia.com/gpu.product": h100 + "-MIG-3g.40gb"}
+    assert mig.physical_gpus(three_g, _held("all-3g.40gb")) == 8
     assert mig.physical_gpus({"nvidia.com/gpu.product": h100}) is None
 
 
@@ -1291,17 +1302,54 @@ def test_physical_gpus_of_a_time_sliced_single_strategy_node() -> None:
     getProductName puts SHARED after the MIG parts) and gpu.count still counts MIG devices. The profile was read as
     `1g.10gb-SHARED`, so the count was unknown and `gpu-operator mig layouts` showed the node with 1 GPU."""
     labels = {"nvidia.com/gpu.count": "56", "nvidia.com/gpu.product": H100 + "-MIG-1g.10gb-SHARED"}
-    assert mig.physical_gpus(labels) == 8
+    assert mig.physical_gpus(labels, _held("all-1g.10gb")) == 8
 
 
 def test_physical_gpus_of_a_single_strategy_node_with_a_profile_with_attributes() -> None:
     """The device plugin names a profile's attributes after a dot (k8s-device-plugin nvml-mig-device.go GetName:
     1g.10gb+me is 1g.10gb.me in the product label); the profile was looked up as `1g.10gb.me` and the GPU count was
     unknown."""
+    config = "version: v1\nmig-configs: {me: [{devices: all, mig-enabled: true, mig-devices: {1g.10gb+me: 1}}]}"
+    held = _held("me", mig.parse_config(config))
     labels = {"nvidia.com/gpu.count": "8", "nvidia.com/gpu.product": H100 + "-MIG-1g.10gb.me"}
-    assert mig.physical_gpus(labels) == 8
+    assert mig.physical_gpus(labels, held) == 8
     shared = {"nvidia.com/gpu.count": "8", "nvidia.com/gpu.product": H100 + "-MIG-1g.10gb.me-SHARED"}
-    assert mig.physical_gpus(shared) == 8
+    assert mig.physical_gpus(shared, held) == 8
+
+
+PARTLY_FILLED = """
+version: v1
+mig-configs:
+  three-small:
+    - devices: all
+      mig-enabled: true
+      mig-devices: {"1g.10gb": 3}
+  half-and-half:
+    - devices: [0, 1, 2, 3]
+      mig-enabled: true
+      mig-devices: {"1g.10gb": 7}
+    - devices: [4, 5, 6, 7]
+      mig-enabled: true
+      mig-devices: {"3g.40gb": 2}
+"""
+
+
+def test_physical_gpus_reads_a_partly_filled_single_layout_by_the_layout_held() -> None:
+    """Under mig.strategy single GFD's nvidia.com/gpu.count is the number of MIG devices on the node (mig-strategy.go
+    newMigStrategySingleLabeler: one migResource for nvidia.com/gpu, count++ per MIG device), not GPUs x the
+    profile's maximum. An 8-GPU H100 node laid out with a custom `three-small` (3 x 1g.10gb per GPU) carries
+    gpu.count=24: physical_gpus answered 24 // 7 = 3, so the single-strategy check of the next layout judged only GPUs
+    0-2, and `half-and-half` (1g.10gb on GPUs 0-3, 3g.40gb on 4-7: two profiles, the device plugin fails) was let
+    through. Now the count is read by the layout the node holds (8), or not known (the conservative slots)."""
+    layouts = mig.parse_config(PARTLY_FILLED)
+    labels = {"nvidia.com/gpu.product": f"{H100}-MIG-1g.10gb", "nvidia.com/gpu.count": "24"}
+    assert mig.physical_gpus(labels, _held("three-small", layouts)) == 8
+    assert mig.physical_gpus(labels) is None
+    spec = parse_spec({"mig": {"strategy": "single"}, "migManager": {"config": {"name": "custom-mig-config"}}})
+    for approved in ("three-small", None):
+        n = node("half-and-half", approved=approved, **labels)
+        refused = decide(n, spec=spec, layouts=layouts).refused
+        assert [why.split(":")[0] for _, _, why in refused] == ["has MIG devices of 2 profiles (1g.10gb, 3g.40gb)"]
 
 
 def test_a_decision_over_many_nodes_is_each_nodes_own_decision() -> None:

@@ -575,7 +575,8 @@ def cmd_mig_layouts(args: argparse.Namespace) -> int:
                 if args.node:
                     print(f"node {args.node}: no MIG-capable GPU known (product {product or 'unknown'!r})")
                 continue
-            groups.setdefault(gpu.name, (gpu, []))[1].append((facts.name, mig.physical_gpus(facts.labels) or 1))
+            gpus = mig.physical_gpus(facts.labels, mig.held_entries(facts, gpu, layouts))
+            groups.setdefault(gpu.name, (gpu, []))[1].append((facts.name, gpus or 1))
         if not groups:
             print("no node with a MIG-capable GPU (GFD's nvidia.com/gpu.product label names the model)")
             return 0

@@ -149,24 +149,42 @@ def gpu_of_node(node: NodeFacts) -> mig_layouts.MigGPU | None:
 _DOTTED_ATTRIBUTES = re.compile(r"^((?:\d+c\.)?\d+g\.\d+gb)\.(.+)$")
 
 
-def physical_gpus(labels: Mapping[str, str]) -> int | None:
+Layouts = Mapping[str, tuple[mig_layouts.LayoutEntry, ...]]
+
+
+def physical_gpus(labels: Mapping[str, str], held: Sequence[mig_layouts.LayoutEntry] | None = None) -> int | None:
     """How many physical GPUs GFD's labels describe. Under the single strategy with MIG on, GFD's gpu.count
-    counts MIG devices and the product ends in `-MIG-<profile>` (then `-SHARED` when time-sliced): divide by that
-    profile's devices per GPU."""
+    counts MIG devices and the product ends in `-MIG-<profile>` (then `-SHARED` when time-sliced): the GPUs are as
+    many as give that count under the layout the node holds (`held`: its entries, held_entries), if that layout
+    makes the product's profile; else not known (a layout may give a GPU fewer than the profile's most)."""
     count = labels.get("nvidia.com/gpu.count", "")
     if not count.isdigit():
         return None
     product = labels.get("nvidia.com/gpu.product", "")
-    gpu = gpu_of_product(product)
-    if "-MIG-" in product and gpu is not None:
-        # The device plugin writes a profile's attributes after a dot (1g.10gb+me as 1g.10gb.me)
-        profile = _DOTTED_ATTRIBUTES.sub(r"\1+\2", product.removesuffix("-SHARED").split("-MIG-", 1)[1])
-        per_gpu = gpu.profiles.get(mig_layouts.canonical(profile), 0)
-        return int(count) // per_gpu if per_gpu else None
-    return int(count)
+    if "-MIG-" not in product:
+        return int(count)
+    # The device plugin writes a profile's attributes after a dot (1g.10gb+me as 1g.10gb.me)
+    profile = _DOTTED_ATTRIBUTES.sub(r"\1+\2", product.removesuffix("-SHARED").split("-MIG-", 1)[1])
+    if not held or {p for e in held for p in e.mig_devices} != {mig_layouts.canonical(profile)}:
+        return None
+    total = 0
+    for i in range(int(count)):  # GPU i as the last entry selecting it leaves it (advertised)
+        entry = next((e for e in reversed(held) if e.devices is None or i in e.devices), None)
+        total += sum(entry.mig_devices.values()) if entry is not None and entry.mig_enabled else 0
+        if total >= int(count):
+            return i + 1 if total == int(count) else None
+    return None
 
 
-Layouts = Mapping[str, tuple[mig_layouts.LayoutEntry, ...]]
+def held_entries(node: NodeFacts, gpu: mig_layouts.MigGPU, layouts: Layouts | None) -> tuple[
+        mig_layouts.LayoutEntry, ...] | None:  # fmt: skip
+    """The entries of the layout the node's GPUs hold once a change succeeded (state success): the one last let
+    through, else its mig.config. None mid-change or after a failed one."""
+    labels = node.labels
+    layout = labels.get(APPROVED) or labels.get(MIG_CONFIG)
+    if labels.get(MIG_CONFIG_STATE) != "success" or not layout:
+        return None
+    return layout_entries(gpu, layout, node_layouts(gpu, layouts))
 
 
 class ConfigError(ValueError):
@@ -640,7 +658,8 @@ def _refusal(node: NodeFacts, spec: ClusterPolicySpec, want: str, layouts: Layou
                 "none and fails on a node with one (mig.strategy single advertises them as nvidia.com/gpu)")
     # No device plugin (devicePlugin.enabled false, e.g. GPUs handed out by a DRA driver): nothing fails on it
     single = spec.device_plugin.enabled and spec.mig.strategy == "single"
-    if single and (problem := single_strategy_problem(entries, physical_gpus(node.labels))):
+    gpus = physical_gpus(node.labels, held_entries(node, gpu, layouts)) if single else None
+    if single and (problem := single_strategy_problem(entries, gpus)):
         return (f"{problem}: the device plugin's single strategy needs one profile on every GPU of a node and fails "
                 "otherwise (mig.strategy mixed advertises each profile as its own resource)")
     return ""

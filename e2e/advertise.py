@@ -20,7 +20,9 @@ k8s-device-plugin v0.20:
   sharing-strategy``, product ``<model>[-MIG-<profile>][-SHARED]`` (``-SHARED`` when replicated and not renamed),
   MIG attributes ``memory``, ``slices.gi``, ``slices.ci`` (also multiprocessors and engines upstream; not
   modelled), ``-MIG-INVALID`` with count 0 for a non-uniform single layout, ``mps.capable=true`` only with an MPS
-  config.  With an MPS config GFD exits on a MIG-enabled GPU whatever the MIG strategy (``nvml.go`` isMPSCapable),
+  config.  A MIG-enabled GPU's own ``nvidia.com/gpu.*`` labels are written without sharing whatever the strategy
+  (``newGPULabelers``: replicas 0, sharing-strategy none, no ``-SHARED``), also under none, where the plugin
+  shares it.  With an MPS config GFD exits on a MIG-enabled GPU whatever the MIG strategy (``nvml.go`` isMPSCapable),
   so it never labels the node ``mps.capable=true``, the MPS control daemon never runs there and the plugin waits.
 * Names: a profile's ``+`` becomes ``.`` (``internal/rm/rm.go``, ``internal/resource/nvml-mig-device.go``
   GetName): ``1g.10gb+me`` is advertised as ``nvidia.com/mig-1g.10gb.me``, product ``<model>-MIG-1g.10gb.me``.
@@ -278,14 +280,15 @@ def gfd_error(profile: Profile, layout: str | None, config: sharing.SharingConfi
 def gfd_overlay(profile: Profile, layout: str | None, mig_strategy: str, config: sharing.SharingConfig,
                 configs: MigConfigs | None = None) -> dict[str, str]:
     """What GFD's labels are beyond the plain profile's (``gfd_labels``): sharing, MIG strategy and MIG devices."""
-    devices = mig_devices(profile, layout, configs) if mig_strategy != "none" else None
+    mig_on = mig_devices(profile, layout, configs)
+    devices = mig_on if mig_strategy != "none" else None
     mps = config.strategy == sharing.MPS and not gfd_error(profile, layout, config, configs)
     out = {"nvidia.com/mps.capable": str(mps).lower()}
     if mig_strategy != "none":  # GFD's MIG labeler writes it; under none there is none (mig-strategy.go)
         out["nvidia.com/mig.strategy"] = mig_strategy
     n = profile.gpu_count
-    if devices is None:
-        out.update(_resource_labels("nvidia.com/gpu", profile.product, n, config, GPU))
+    if devices is None:  # MIG-enabled GPUs are labelled without sharing, whatever the strategy (newGPULabelers)
+        out.update(_resource_labels("nvidia.com/gpu", profile.product, n, config, GPU, sharing_enabled=mig_on is None))
         return out
     if mig_strategy == "single":
         if len(devices) != 1:

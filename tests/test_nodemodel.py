@@ -1289,3 +1289,22 @@ def test_sharing_config_manager_failure_keeps_the_device_plugin_from_starting_an
             False, False, None, False)
     model, result, statuses = run(None, "h100")  # a key the ConfigMap has
     assert ready(statuses[plugin]) and f"{V}/plugin-ready" in model.host.files and result.gpus == 8 and result.gfd
+
+
+def test_simulated_gfd_labels_mig_enabled_gpus_without_sharing_also_under_strategy_none() -> None:
+    """GFD labels MIG-enabled GPUs with sharing disabled whatever the MIG strategy (mig-strategy.go newGPULabelers:
+    devicesByMigEnabled[true] -> NewGPUResourceLabelerWithoutSharing, which writes replicas 0, sharing-strategy none
+    and no -SHARED suffix; resource.go getReplicas/getProductName). Under strategy none newGPULabelers is all there
+    is, so an H100 node in all-1g.10gb with a time-slicing config carries gpu.replicas=0. The simulator
+    (advertise.gfd_overlay) wrote replicas 4, sharing-strategy time-slicing and product ...-SHARED there, facts the
+    doctor's time-slicing findings then read on fake nodes only. The plugin still advertises the GPUs x replicas."""
+    ts4 = sharing.parse("sharing: {timeSlicing: {resources: [{name: nvidia.com/gpu, replicas: 4}]}}")
+    out = adv.gfd_overlay(PROFILES["h100x8"], "all-1g.10gb", "none", ts4)
+    got = {k: out.get(k) for k in ("nvidia.com/gpu.replicas", "nvidia.com/gpu.sharing-strategy",
+                                   "nvidia.com/gpu.product")}  # fmt: skip
+    assert got == {"nvidia.com/gpu.replicas": "0", "nvidia.com/gpu.sharing-strategy": "none",
+                   "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}, got  # fmt: skip
+    assert adv.advertise(PROFILES["h100x8"], "all-1g.10gb", "none", ts4).resources == {"nvidia.com/gpu": 32}
+    # MIG off: the full GPUs are shared, as before
+    plain = adv.gfd_overlay(PROFILES["h100x8"], None, "none", ts4)
+    assert plain["nvidia.com/gpu.replicas"] == "4" and plain["nvidia.com/gpu.product"].endswith("-SHARED")

@@ -4007,3 +4007,21 @@ def test_a_new_node_like_another_runs_the_pods_that_belong_to_its_node() -> None
     new = capacity.empty_copy(view)
     assert sorted(p["metadata"]["name"] for p in new.pods) == ["ds", "ds-loose", "mirror-unowned", "static"]
     assert new.name == "new-g-0" and new.labels["kubernetes.io/hostname"] == "new-g-0"
+
+
+def test_unadvertised_node_reads_gfd_mig_invalid_and_single_mig_counts() -> None:
+    """Under mig.strategy single with MIG devices of several profiles (or MIG on some GPUs only) GFD writes
+    nvidia.com/gpu.product=<model>-MIG-INVALID and gpu.count=0 (k8s-device-plugin mig-strategy.go
+    newInvalidMigStrategyLabeler), and the device plugin advertises nothing ("invalid MIG configuration",
+    internal/rm/device_map.go). GPUsNotAdvertisedOnNode said "h-0 has NVIDIA GPUs (0) but advertises none": a node
+    with no GPUs, and nothing of the MIG layout GFD's label names as the cause. With MIG on, gpu.count counts MIG
+    devices (56 on 8 H100s in all-1g.10gb), which it called GPUs."""
+    n = node("h-0", labels={"nvidia.com/gpu.product": f"{H100}-MIG-INVALID", "nvidia.com/gpu.count": "0"})
+    n["status"]["allocatable"].pop("nvidia.com/gpu")
+    n["status"]["capacity"].pop("nvidia.com/gpu")
+    f = kinds(cluster([n, node("h-1")], []))["GPUsNotAdvertisedOnNode"]
+    assert "(0)" not in f.summary and f"GFD labels it {H100}-MIG-INVALID" in f.summary, f.summary
+    assert "mig.strategy to mixed" in f.fix and "spec.nodeName=h-0" in f.fix, f.fix
+    n["metadata"]["labels"].update({"nvidia.com/gpu.product": f"{H100}-MIG-1g.10gb", "nvidia.com/gpu.count": "56"})
+    f = kinds(cluster([n, node("h-1")], []))["GPUsNotAdvertisedOnNode"]
+    assert "h-0 has NVIDIA GPUs (56 MIG devices) but advertises none" in f.summary, f.summary

@@ -751,20 +751,32 @@ def _unadvertised(cluster: Cluster, spec: ClusterPolicySpec | None, named: set[s
             continue
         if _plugin_away(cluster, view):
             continue
-        count = view.labels.get(COUNT_LABEL, "")
+        count, product = view.labels.get(COUNT_LABEL, ""), view.labels.get(PRODUCT_LABEL, "")
         ev = [Evidence(f"Node {view.name}", "status.allocatable", "no nvidia.com/gpu, nvidia.com/gpu.shared or "
                        "nvidia.com/mig-*")]  # fmt: skip
+        ns = cluster.namespace
+        pod_log = (f"`kubectl get pods -n {ns} -l app=nvidia-device-plugin-daemonset --field-selector "
+                   f"spec.nodeName={view.name}` finds its device plugin pod; its log (`kubectl logs -n {ns} POD`) "
+                   "says why it registered no GPU")  # fmt: skip
+        # GFD under mig.strategy single: gpu.count counts MIG devices, and is 0 with -MIG-INVALID (mig-strategy.go)
+        if product.endswith("-MIG-INVALID"):
+            ev.append(Evidence(f"Node {view.name}", f"labels[{PRODUCT_LABEL}]", product))
+            cause = (f": GFD labels it {product}, its GPUs are not all MIG-enabled with MIG devices of one profile, "
+                     "which the device plugin's single strategy refuses (invalid MIG configuration)")  # fmt: skip
+            fix = ("give the node a layout with MIG devices of one profile on every GPU (nvidia.com/mig.config, e.g. "
+                   "all-1g.10gb), or set the ClusterPolicy's mig.strategy to mixed; " + pod_log)  # fmt: skip
+            count = ""
+        else:
+            cause = ": its device plugin is not running there, or registered no GPU"
+            fix = pod_log
         if count:
             ev.append(Evidence(f"Node {view.name}", f"labels[{COUNT_LABEL}]", count))
-        ns = cluster.namespace
+        unit = " MIG devices" if "-MIG-" in product else ""
         out.append(Finding(
             WARNING, "GPUsNotAdvertisedOnNode", f"Node {view.name}",
-            f"{view.name} has NVIDIA GPUs" + (f" ({count})" if count else "") + " but advertises none to pods (no "
-            "nvidia.com/gpu, gpu.shared or mig-*): its device plugin is not running there, or registered no GPU",
-            f"`kubectl get pods -n {ns} -l app=nvidia-device-plugin-daemonset --field-selector "
-            f"spec.nodeName={view.name}` finds its device plugin pod; its log (`kubectl logs -n {ns} POD`) says why "
-            "it registered no GPU",
-            ev, nodes=(view.name,),
+            f"{view.name} has NVIDIA GPUs" + (f" ({count}{unit})" if count else "") + " but advertises none to pods "
+            "(no nvidia.com/gpu, gpu.shared or mig-*)" + cause,
+            fix, ev, nodes=(view.name,),
         ))  # fmt: skip
     return out
 

@@ -3448,6 +3448,29 @@ def test_seed_12_cuda_driver_insufficient_on_a_driver_that_runs_the_images_cuda_
     assert "CUDADriverTooOld" in found and "CUDADeviceNotFound" not in found, found
 
 
+def test_cuda_insufficient_below_the_ga_driver_with_a_branch_alternative_in_nvidia_require_cuda_is_driver_too_old(
+) -> None:  # fmt: skip
+    """'CUDA driver version is insufficient' is CUDADeviceNotFound's (no driver library in the container) only on a
+    driver that runs the image's CUDA: its GA driver or newer (CUDA 12.4: 550.54.14, REFERENCE §7's table). The CUDA
+    images' NVIDIA_REQUIRE_CUDA also lets the runtime hook accept R470 and R535 data-center drivers
+    (`brand=tesla,driver>=535,driver<536`, forward compatibility), which are older than CUDA 12.4 needs: there the
+    message is the driver's age (the CDI signature CUDADriverTooOld names). doctor said "no driver in it ... though
+    its node's driver 535.247.01 runs CUDA 12.4" (review diffV #1)."""
+    message = "cudaGetDeviceCount returned 35\n-> CUDA driver version is insufficient for CUDA runtime version"
+    require = "cuda>=12.4 brand=tesla,driver>=470,driver<471 brand=tesla,driver>=535,driver<536"
+    p = pod("q", 1, node_name="h-0", image="registry.example.com/app:1",
+            env=[{"name": "NVIDIA_REQUIRE_CUDA", "value": require}],
+            status={"phase": "Failed", "containerStatuses": [
+                {"name": "main", "state": {"terminated": {"exitCode": 1, "message": message}}}]})  # fmt: skip
+    for driver in ("535.247.01", "470.256.02"):
+        found = kinds(cluster([node("h-0", driver=driver)], [p]))
+        assert "CUDADriverTooOld" in found and "CUDADeviceNotFound" not in found, (driver, list(found))
+        assert "CUDAMinorVersionCompatibility" not in found, driver
+    found = kinds(cluster([node("h-0", driver="550.163.01")], [p]))
+    assert "CUDADeviceNotFound" in found and "CUDADriverTooOld" not in found, list(found)
+    assert "driver 550.163.01 runs CUDA 12.4" in found["CUDADeviceNotFound"].summary
+
+
 def unschedulable(p: dict[str, Any], message: str) -> dict[str, Any]:
     """The pod as the scheduler leaves it when no node fits: PodScheduled False, Unschedulable, `message`."""
     p["status"] = {"phase": "Pending", "conditions": [

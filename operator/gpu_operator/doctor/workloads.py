@@ -897,16 +897,17 @@ def _refused_by_driver(cluster: Cluster, pod: dict[str, Any], found: list[Findin
 
 def _driver_runs_image(cluster: Cluster, pod: dict[str, Any]) -> str:
     """"driver D runs CUDA X.Y" where the pod's node's driver fully supports the CUDA its image needs (that release's
-    GA driver or newer; the runtime hook's reading where NVIDIA_REQUIRE_CUDA is set), else "". CUDA says "driver
+    GA driver or newer, and accepted by the runtime hook where NVIDIA_REQUIRE_CUDA is set), else "". CUDA says "driver
     version is insufficient" also when no driver library (libcuda) is in the container: on such a driver that is the
-    cause (below it, in minor-version compatibility, the message is taken as the driver's age)."""
+    cause (below it, in minor-version compatibility or an image's driver-branch alternative such as
+    `brand=tesla,driver>=535,driver<536`, the message is taken as the driver's age)."""
     need = cuda_need(pod)
     version, _ = _node_driver_evidence(cluster, str((pod.get("spec") or {}).get("nodeName") or ""))
     if need is None or not version:
         return ""
     (cuda, _, _, require), d = need, version_tuple(version)
     full = full_support_driver(cuda)
-    runs = _hook_accepts(require, d) if require else full is not None and d >= full
+    runs = full is not None and d >= full and (not require or _hook_accepts(require, d))
     return f"driver {version} runs CUDA {cuda[0]}.{cuda[1]}" if runs else ""
 
 

@@ -3419,6 +3419,22 @@ def test_seed_7_3_capacity_of_production_training_on_nodes_full_of_experiments_n
                                            views).notes[0]  # fmt: skip
 
 
+def test_capacity_notes_preemption_only_where_evicting_lower_priority_pods_frees_what_the_pod_lacks() -> None:
+    """kube-scheduler preempts only on a node where the pod fits once its lower-priority pods are gone (upstream
+    defaultpreemption, SelectVictimsOnNode). An 8-GPU node, all 8 free, runs one CPU-only pod: of 2 copies of an
+    8-GPU pod with a priorityClassName 1 fits, and evicting the CPU pod frees no GPU. capacity said more may fit, as
+    for any pod with a priorityClassName on a node running any workload (review diffV #2)."""
+    train = pod("train", 8, priorityClassName="high-priority-training")
+    web = pod("web", 0, node_name="h-0", limits={"cpu": "1"})
+    web["spec"]["priority"] = 0
+    plan = capacity.plan(train, 2, nodes_with_pods([node("h-0")], [web]))
+    assert plan.fits_now == 1 and plan.notes == [], plan.notes
+    # A GPU pod there of lower priority: evicting it lets the second copy fit, so the note stands (the one pod).
+    gpu_web = pod("web", 1, node_name="h-0", priority=0)
+    plan = capacity.plan(train, 1, nodes_with_pods([node("h-0")], [gpu_web]))
+    assert plan.fits_now == 0 and len(plan.notes) == 1 and "(1 pod runs on the nodes it may use)" in plan.notes[0]
+
+
 def test_seed_12_cuda_out_of_memory_on_a_whole_gpu_gives_the_seeds_remedies() -> None:
     message = "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.11 GiB total capacity)"
     p = pod("train", 1, node_name="h-0", status={"phase": "Failed", "containerStatuses": [

@@ -446,7 +446,7 @@ def plan(pod: dict[str, Any], count: int, nodes: dict[str, NodeView], profile: N
            for c in spec.get("topologySpreadConstraints") or []):  # fmt: skip
         notes.append("topology spread constraints (whenUnsatisfiable: DoNotSchedule) are not modelled: the "
                      "scheduler keeps copies within maxSkew across domains, so fewer may fit than counted")  # fmt: skip
-    preempting = _preemption(spec, count, nodes, fits)
+    preempting = _preemption(pod, requests, count, nodes, fits, configs)
     notes += [preempting] if preempting else []
     if isinstance(profile, ProfileView):
         profile, note = advertised(profile, configs)
@@ -473,17 +473,31 @@ def plan(pod: dict[str, Any], count: int, nodes: dict[str, NodeView], profile: N
     return CapacityPlan(count, requests, fits, profile.name, per_new.fits, per_new.why, notes)
 
 
-def _preemption(spec: dict[str, Any], count: int, nodes: dict[str, NodeView], fits: list[NodeFit]) -> str:
+def _preemption(pod: dict[str, Any], requests: dict[str, Decimal], count: int, nodes: dict[str, NodeView],
+                fits: list[NodeFit], configs: PluginConfigs) -> str:  # fmt: skip
     """A note where copies are left over and the pod may preempt (seed §7.3): it has a priority (a class, or
-    spec.priority) and pods that are not the nodes' own run where it may go, lower than spec.priority where that is
-    given. PriorityClasses are not read, so preemption is not modelled ("": no note)."""
+    spec.priority) and, on a node it may use, more copies fit once the pods there that are not the node's own (lower
+    than spec.priority where that is given) are gone: kube-scheduler preempts only on such a node (SelectVictimsOnNode).
+    PriorityClasses are not read, so preemption is not modelled ("": no note)."""
+    spec = pod.get("spec") or {}
     own, name = spec.get("priority"), spec.get("priorityClassName")
     own = own if isinstance(own, int) and not isinstance(own, bool) else None  # the API server takes an int32 only
     if sum(f.fits for f in fits) >= count or spec.get("preemptionPolicy") == "Never" or own is None and not name:
         return ""
-    usable = {f.node for f in fits if not f.why.startswith("excluded")}
-    lower = [p for v in nodes.values() if v.name in usable for p in v.pods if not belongs_to_node(p)
-             and (own is None or int((p.get("spec") or {}).get("priority") or 0) < own)]  # fmt: skip
+    usable = {f.node: f.fits for f in fits if not f.why.startswith("excluded")}
+    lower: list[dict[str, Any]] = []
+    for v in nodes.values():
+        victims = [p for p in v.pods if v.name in usable and not belongs_to_node(p)
+                   and (own is None or int((p.get("spec") or {}).get("priority") or 0) < own)]  # fmt: skip
+        if not victims:
+            continue
+        used = dict(v.used)
+        for victim in victims:
+            for k, q in [*pod_requests(victim).items(), ("pods", Decimal(1))]:
+                used[k] = used.get(k, Decimal(0)) - q
+        rest = [p for p in v.pods if all(p is not victim for victim in victims)]
+        if fit_on(pod, replace(v, used=used, pods=rest), requests, configs).fits > usable[v.name]:
+            lower += victims
     if not lower:
         return ""
     by = f"priority {own}" if own is not None else f"priorityClassName {name}"

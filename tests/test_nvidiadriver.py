@@ -566,6 +566,25 @@ def test_an_empty_image_pull_policy_is_the_default() -> None:
     assert container(ds, "nvidia-driver-ctr")["imagePullPolicy"] == "IfNotPresent"
 
 
+@pytest.mark.parametrize("sidecar", [
+    {"gdrcopy": {"enabled": False, "repository": "nvcr.io/nvidia/cloud-native", "image": "gdrdrv", "version": ""}},
+    {"gds": {"enabled": False, "repository": "nvcr.io/nvidia/cloud-native", "image": "nvidia-fs"}},
+    {"gds": {"enabled": False, "version": "2.20.5"}},
+])  # fmt: skip
+def test_a_disabled_sidecar_with_partial_image_fields_is_no_invalid_spec(sidecar: dict[str, Any]) -> None:
+    """Upstream's getGDSSpec/getGDRCopySpec (internal/state/driver.go) return nil unless the sidecar is enabled, so
+    a disabled gds or gdrcopy section's image fields are never read (the CRD admits them). Ours refused the whole
+    NVIDIADriver ("set repository, image and version together"): an upstream YAML drove no node. An enabled one
+    still needs them together."""
+    objs = drivers_objects(("default", {"default": True, **sidecar}))
+    ds = daemonset(render_all(parse_spec(crd_policy()), [facts("a1")], nvidia_drivers=objs),
+                   "nvidia-driver-daemonset-ubuntu22.04")  # fmt: skip
+    assert [c["name"] for c in ds["spec"]["template"]["spec"]["containers"]] == ["nvidia-driver-ctr"]
+    (name, section), = sidecar.items()
+    with pytest.raises(ValueError, match=f"spec.{name}: image: set repository, image and version together"):
+        nvidiadriver_api.parse_spec({name: {**section, "enabled": True}})
+
+
 def test_an_nvidiadriver_whose_secret_env_secret_is_missing_is_held() -> None:
     """controllers/nvidiadriver_controller.go: "ensure that the specified K8s secret actually exists in the
     operator namespace", else ReconcileFailed; its DaemonSets are left as they are."""

@@ -348,10 +348,13 @@ class ImageSpec(Section):
 
     _empty_pull_policy = field_validator("image_pull_policy", mode="before")(_empty_is_default)
 
+    def _image_read(self) -> bool:
+        return True
+
     @model_validator(mode="after")
     def _image_fields_together(self) -> ImageSpec:
         given = [f for f in ("repository", "image", "version") if getattr(self, f)]
-        if given and given != ["image"] and len(given) != 3:
+        if given and self._image_read() and given != ["image"] and len(given) != 3:
             missing = [f for f in ("repository", "image", "version") if f not in given]
             raise ValueError(
                 f"image: set repository, image and version together (or image alone); missing {', '.join(missing)}"
@@ -379,6 +382,10 @@ class SidecarSpec(ImageSpec):
     enabled: bool = False
     args: list[str] = []
     env: EnvList = []
+
+    def _image_read(self) -> bool:
+        """Only an enabled sidecar's image is read (upstream's getGDSSpec/getGDRCopySpec)."""
+        return self.enabled
 
 
 class ServiceMonitorSpec(Section):

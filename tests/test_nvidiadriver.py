@@ -977,6 +977,31 @@ def test_switching_to_non_default_nvidiadrivers_keeps_the_driver_pods_and_the_up
     assert DeleteDriverPod("a1", "drv-a1") in plan([node], [], DriverUpgradePolicySpec(auto_upgrade=True), 0.0).actions
 
 
+def test_an_nvidiadriver_whose_spec_turns_invalid_keeps_its_daemonsets_and_nodes() -> None:
+    """An NVIDIADriver edited to a spec the API server admits but the operator refuses (requests above limits:
+    the CRD has no such rule) was dropped from the routing: its DaemonSet deleted with Background propagation (every
+    driver pod of it at once, no cordon or drain) and its nodes' owner label removed (handed to the default).
+    Upstream changes nothing: the API server refuses the DaemonSet update (ReconcileFailed, the old DaemonSet stays)
+    and AssignOwners moves no label; ours holds a ClusterPolicy with an invalid spec, and an NVIDIADriver whose
+    DaemonSets cannot be rendered (PartialRender), the same way."""
+    nodes = [facts("a1", labels={"nvidia.com/gpu.deploy.driver": "true"}),
+             facts("b1", labels={"nvidia.com/gpu.deploy.driver": "true", "pool": "b"})]  # fmt: skip
+    good = _nvd_objects(default={"default": True}, x={"nodeSelector": {"pool": "b"}})
+    _, owned = _switch_pass(nodes, crd_policy(), good, {})
+    mine = "nvidia-driver-daemonset-x-ubuntu22.04"
+    assert ("DaemonSet", "gpu-operator", mine) in owned
+    nodes = [nodes[0], facts("b1", labels={**nodes[1].labels, OWNER_LABEL: "x"})]
+    bad = copy.deepcopy(good)
+    bad["x"]["spec"]["resources"] = {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}
+    bad["x"]["metadata"]["generation"] = 2
+    kube, _ = _switch_pass(nodes, crd_policy(), bad, owned)
+    assert kube.deletes(mine) == [], "its DaemonSet deleted (with every driver pod of it)"
+    assert kube.node_patches(OWNER_LABEL) == {}, "its node handed to the default"
+    status = kube.statuses[("NVIDIADriver", "x")]
+    assert status["state"] == "notReady" and "spec.resources" in status["conditions"][0]["message"]
+    assert status["nodes"] == 1  # b1 keeps its driver
+
+
 def test_a_pass_that_sees_useNvidiaDriverCRD_before_the_default_nvidiadriver_restarts_no_driver_pod() -> None:
     """helm upgrade --set driver.nvidiaDriverCRD.enabled=true changes the ClusterPolicy and creates the default
     NVIDIADriver in one release; a pass that read the ClusterPolicy first (no NVIDIADriver yet) pruned every

@@ -13,6 +13,8 @@ DaemonSets per NVIDIADriver, from the ClusterPolicy spec with its driver section
   running driver: a node whose owner label names a live non-default one keeps that driver, whether or not that one
   still matches it (upstream's AssignOwners changes no owner label on a conflict), and one the default drives (no
   owner label) stays with the default;
+- a node whose owner label names one with a spec the operator refuses (the API server admitted it) keeps that
+  label, and that one's DaemonSets stay as they are: nothing changes until its spec is fixed, as upstream;
 - of several defaults, the oldest (then the first by name) stays the default and the others are refused, so a
   second default (the chart's and an admin's own) takes no driver away (upstream refuses to reconcile then).
 
@@ -175,6 +177,8 @@ class Assignment:
     with_whom: dict[str, list[str]] = field(default_factory=dict)  # NVIDIADriver -> the ones it conflicts with
     problems: dict[str, str] = field(default_factory=dict)  # NVIDIADriver -> why it drives no node at all
     default: str | None = None
+    # GPU node -> the NVIDIADriver with an invalid spec its owner label names: it keeps that label (and its pod).
+    held: dict[str, str] = field(default_factory=dict)
 
     def nodes_of(self, driver: str) -> list[str]:
         """The NVIDIADriver's nodes, sorted (one walk of every node for all NVIDIADrivers: read once the
@@ -200,6 +204,8 @@ class Assignment:
         driver = self.owner.get(node)
         if driver is not None:
             return None if driver == self.default else driver
+        if node in self.held:
+            return self.held[node]
         return CONFLICT_VALUE if any(node in nodes for nodes in self.conflicts.values()) else None
 
 
@@ -207,11 +213,13 @@ def assign(nodes: Iterable[NodeFacts], drivers: Iterable[NVIDIADriver], kept: Ke
     """Route every GPU node to at most one NVIDIADriver (see the module doc). `kept`: the last call's routes."""
     out = Assignment()
     live = []
+    invalid = set()  # their nodes stay as they are, as upstream changes nothing on a failed reconcile
     for d in sorted(drivers, key=lambda d: d.name):
         if d.deleting:
             continue
         if d.spec is None:
             out.problems[d.name] = f"invalid spec: {d.problem}"
+            invalid.add(d.name)
             continue
         if d.spec.driver_type == "vgpu-host-manager":
             out.problems[d.name] = (
@@ -252,7 +260,9 @@ def assign(nodes: Iterable[NodeFacts], drivers: Iterable[NVIDIADriver], kept: Ke
     default, owner = out.default, out.owner
     routable = {name for name, _ in selectors}  # the live non-default ones: a node's owner label may name one
     for node, (matches, current) in routes.items():  # by node name
-        if len(matches) == 1:
+        if current in invalid:
+            out.held[node] = current
+        elif len(matches) == 1:
             owner[node] = matches[0]
         elif matches:
             for name in matches:
@@ -566,6 +576,7 @@ def driver_status(
     elif driver.name in assignment.problems:
         state, reason, message = "notReady", "ReconcileFailed", assignment.problems[driver.name]
         error = message
+        nodes = sorted(n for n, d in assignment.held.items() if d == driver.name)
     else:
         nodes = assignment.nodes_of(driver.name)
         conflicting = assignment.conflicts.get(driver.name, [])

@@ -467,6 +467,7 @@ class Reconciler:
         handed = handed_over(snap.owned, spec)
         if assignment is not None:
             desired |= _held_daemonsets(nodes, assignment, snap, self.namespace, self._owner_moves) - handed
+            desired |= _invalid_drivers_objects(snap.owned, drivers)
         out.deleted = self.applier.prune(snap.owned, desired, states, handed)
         out.nodes = early_nodes + self.applier.patch_nodes(patches, versions, node_refusals)
         # Readiness counts the nodes as this pass left them (a node labelled just now must have its pods).
@@ -935,6 +936,18 @@ def _wanted(state_plan: StatePlan, live: Mapping[Key, dict[str, Any]], states: f
         mine |= {k for k, o in live.items() if owning_state(labels_of(o), states) == name
                  and any(r.get("uid") in state_plan.held for r in o["metadata"].get("ownerReferences") or [])}
     return mine
+
+
+def _invalid_drivers_objects(
+    owned: Mapping[Key, dict[str, Any]], drivers: Sequence[nvidiadriver.NVIDIADriver]
+) -> set[Key]:
+    """The objects of the NVIDIADrivers whose spec the operator refuses: kept as they are, neither applied nor
+    pruned (their nodes keep their owner label: nvidiadriver.assign)."""
+    uids = {d.uid for d in drivers if d.spec is None and not d.deleting}
+    if not uids:
+        return set()
+    return {k for k, o in owned.items()
+            if any(r.get("uid") in uids for r in o["metadata"].get("ownerReferences") or [])}  # fmt: skip
 
 
 def _held_daemonsets(

@@ -63,11 +63,13 @@ The components (facts from upstream's sources, named in each rule):
   ``nvidia-legacy`` (driver root from its environment; a sourced file counts only under ``set -o allexport``)
   only when the config it writes resolves to the node runtime's real config and ``RUNTIME`` is the node's
   runtime; otherwise nothing changes on the host and the container just runs.  When the pod goes, it removes them.
-  containerd loads them only when signalled (``RUNTIME_RESTART_MODE=signal``, the default): SIGHUP to the socket
-  peer's pid, which the pod sees only with ``hostPID`` (else the installer signals itself and exits 0:
-  CrashLoopBackOff, no handler).  Its handlers run the binaries it installs under ``TOOLKIT_INSTALL_DIR``/``ROOT``
-  (``/usr/local/nvidia``), named by that container path: unless it is the host's same path, no pod of theirs
-  (nor any pod, when one is the default) gets a sandbox (containerd's fork/exec error).
+  The runtime loads them only when restarted (``RUNTIME_RESTART_MODE``; ``none`` leaves them unloaded):
+  ``systemd`` (cri-o's default) chroots to the host root at ``HOST_ROOT_MOUNT``; ``signal`` (containerd's
+  default; cri-o refuses it) sends SIGHUP to the socket peer's pid, which the pod sees only with ``hostPID``
+  (else the installer signals itself and exits 0: CrashLoopBackOff, no handler).  Its handlers run the binaries
+  it installs under ``TOOLKIT_INSTALL_DIR``/``ROOT`` (``/usr/local/nvidia``), named by that container path:
+  unless it is the host's same path, no pod of theirs (nor any pod, when one is the default) gets a sandbox
+  (containerd's fork/exec error).
   With ``CDI_ENABLED`` it first writes the ``management.nvidia.com/gpu`` CDI spec to ``CDI_OUTPUT_DIR``
   (``/var/run/cdi``).  ``nvidia-cdi``, and ``nvidia`` with ``NVIDIA_CONTAINER_RUNTIME_MODE=cdi``, run in cdi
   mode: ``NVIDIA_VISIBLE_DEVICES=all`` becomes ``<NVIDIA_CONTAINER_RUNTIME_MODES_CDI_DEFAULT_KIND>=all``, and a
@@ -2165,6 +2167,23 @@ def toolkit_cdi_spec(pod: dict[str, Any], c: Ctr, env: dict[str, str]) -> tuple[
     return target, kind, ""
 
 
+def _restart_problem(service: str, mode: str, pod: dict[str, Any], c: Ctr, env: dict[str, str]) -> tuple[str, str]:
+    """nvidia-ctk-installer's Options.Restart after it wrote the config: (its error, why the runtime does not load
+    the config). `none` skips the restart, and neither containerd nor cri-o reads its config again by itself."""
+    if mode not in ("signal", "systemd", "none"):
+        return f"unable to restart {service}: invalid restart mode specified: {mode}", ""
+    if mode == "none":
+        return "", f"RUNTIME_RESTART_MODE=none: {service} is not restarted, so it never loads the handlers"
+    if mode == "signal" and service == "crio":
+        return "unable to restart crio: supporting crio via signal is unsupported", ""
+    if mode == "systemd":  # chroot HOST_ROOT_MOUNT systemctl restart <service>
+        host_root = env.get("HOST_ROOT_MOUNT") or "/host"
+        if host_path(pod, c.spec, host_root)[0] != "/":
+            return (f"unable to restart {service}: error restarting {service} using systemd: chroot: cannot change "
+                    f"root directory to '{host_root}'"), ""
+    return "", ""
+
+
 def toolkit_plan(pod: dict[str, Any], c: Ctr, host: Host, env: dict[str, str]) -> ToolkitPlan:
     """What nvidia-ctk-installer (v1.20) does to this host with this container's environment and mounts."""
     runtime = env.get("RUNTIME") or "docker"
@@ -2210,11 +2229,9 @@ def toolkit_plan(pod: dict[str, Any], c: Ctr, host: Host, env: dict[str, str]) -
         if not ok:
             return ToolkitPlan(noop=f"the config it writes ({dest}) is {target or 'in the container only'}, not "
                                     f"cri-o's {HOST_RUNTIME_CONFIG[CRIO]} or a file in {CRIO_DROP_IN_DIR}/")
-        if restart == "systemd":
-            root, _ = host_path(pod, c.spec, env.get("HOST_ROOT_MOUNT") or "/host")
-            if root != "/":
-                return ToolkitPlan(error="unable to restart crio: error restarting crio using systemd: chroot: "
-                                         f"cannot change root directory to '{env.get('HOST_ROOT_MOUNT') or '/host'}'")
+        error, noop = _restart_problem("crio", restart, pod, c, env)
+        if error or noop:
+            return ToolkitPlan(error=error, noop=noop, writes=[] if error else [str(target)])
         return ToolkitPlan(handlers=handlers, writes=[str(target)])
     # containerd
     dropin = dropin_env if dropin_env is not None else "/etc/containerd/conf.d/99-nvidia.toml"
@@ -2235,7 +2252,11 @@ def toolkit_plan(pod: dict[str, Any], c: Ctr, host: Host, env: dict[str, str]) -
         if _canonical(imported) != drop_host:
             return ToolkitPlan(noop=f"config.toml imports {imported}, but the drop-in lands at {drop_host} on the host")
         writes.append(drop_host)
-    if (env.get("RUNTIME_RESTART_MODE") or "signal") == "signal":
+    restart = env.get("RUNTIME_RESTART_MODE") or "signal"
+    error, noop = _restart_problem("containerd", restart, pod, c, env)
+    if error or noop:
+        return ToolkitPlan(error=error, noop=noop, writes=[] if error else writes)
+    if restart == "signal":
         socket = _first(env, "RUNTIME_SOCKET", "CONTAINERD_SOCKET", "DOCKER_SOCKET") or CONTAINERD_SOCKET
         sock_host, _ = host_path(pod, c.spec, socket)
         if sock_host != CONTAINERD_SOCKET:

@@ -23,8 +23,10 @@ from e2e.nodemodel import (
     new_host,
     offline_dry_run,
     pod_status,
+    read_container,
     ready,
     runtime_of,
+    toolkit_plan,
     uses_gpu,
 )
 from e2e.sim_mig import MigSim
@@ -250,6 +252,46 @@ def test_toolkit_without_host_pid_cannot_signal_containerd() -> None:
     assert not any(ready(pod_status(p, result.statuses[_uid(p)], None, "")) for p in pods
                    if p["spec"].get("runtimeClassName"))
     assert any("without hostPID" in t for t in model.toolkit_notes())
+
+
+@pytest.mark.parametrize(("mode", "note", "error"), [
+    ("none", "containerd is not restarted", ""),
+    ("bogus", "", "unable to restart containerd: invalid restart mode specified: bogus"),
+])
+def test_toolkit_restart_mode_none_or_unknown_configures_no_handler(mode: str, note: str, error: str) -> None:
+    """nvidia-ctk-installer's Options.Restart (cmd/nvidia-ctk-installer/container/container.go):
+    RUNTIME_RESTART_MODE=none only logs "Skipping restart of containerd", and containerd reads its config only at
+    start or on the signal, so the `nvidia` handler is never loaded; an unknown mode fails the installer ("invalid
+    restart mode specified"). No pod with runtimeClassName nvidia gets a sandbox on a real node, while the model
+    added the handlers for any mode but `signal` and started the whole stack (review nodemodel2 #1)."""
+    docs = _default()
+    toolkit = _ds(docs, "nvidia-container-toolkit-daemonset")
+    _ctr(toolkit, "nvidia-container-toolkit-ctr").setdefault("env", []).append(
+        {"name": "RUNTIME_RESTART_MODE", "value": mode})
+    model, readiness = _run(docs)
+    assert set(model.host.handlers) == {"runc"}, sorted(model.host.handlers)
+    assert readiness[f"nvidia-device-plugin-daemonset-{NODE}"] is False, readiness
+    assert any((note or error) in t for t in model.toolkit_notes()), model.toolkit_notes()
+    if mode == "none":  # it wrote the config all the same, and keeps running
+        assert model.host.files["/etc/containerd/config.toml"] == "nvidia runtimes"
+        assert readiness[f"nvidia-container-toolkit-daemonset-{NODE}"] is True
+
+
+def test_toolkit_cannot_restart_crio_by_signal() -> None:
+    """cri-o's restart has no signal mode (crio.go RestartCrio: "supporting crio via signal is unsupported"): the
+    installer fails and cri-o gets no handler; its default `systemd` works through the host root."""
+    node = make_node("gpu-crio", "h100x8", runtime="crio")
+    host = new_host("gpu-crio", runtime_of(node))
+    pod = {"metadata": {"name": "t", "namespace": "gpu-operator"},
+           "spec": {"volumes": [{"name": "host-root", "hostPath": {"path": "/"}},
+                                {"name": "crio", "hostPath": {"path": "/etc/crio/crio.conf.d"}}]}}
+    ctr = {"name": "c", "volumeMounts": [{"name": "host-root", "mountPath": "/host"},
+                                         {"name": "crio", "mountPath": "/etc/crio/crio.conf.d"}]}
+    env = {"RUNTIME": "crio", "CRIO_CONFIG_MODE": "config"}
+    read = read_container(pod, ctr, False, 0, World(), "gpu-crio")
+    assert [h.name for h in toolkit_plan(pod, read, host, env).handlers][:1] == ["nvidia"]
+    plan = toolkit_plan(pod, read, host, {**env, "RUNTIME_RESTART_MODE": "signal"})
+    assert plan.error == "unable to restart crio: supporting crio via signal is unsupported" and not plan.handlers
 
 
 def test_toolkit_installed_outside_the_hosts_install_dir_leaves_the_handlers_without_their_binary(

@@ -1998,6 +1998,17 @@ class NodeModel:
                 "ip": _pod_ip(memo.uid)}
 
     # --- diagnosis ---
+    def waiting(self) -> set[str]:
+        """Uids of the pods a main container of which still runs its script's wait loops: the kubelet reports them
+        Running, but what the script then starts (nvidia-mig-manager, ...) has not started."""
+        out = set()
+        for p in self._pods:
+            memo = self._memos[_uid(p)]
+            if memo.started_main and any(c.script.waits and c.index not in memo.waited
+                                         for c in self._ctrs[memo.uid][1]):
+                out.add(memo.uid)
+        return out
+
     def blockers(self) -> dict[str, Need]:
         """Pod name -> what it (or a running container's effect) waits for or fails on."""
         out = {}

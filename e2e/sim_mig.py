@@ -1,7 +1,8 @@
 """The simulated mig-manager of each fake node (test infrastructure), as upstream's k8s mig-manager behaves.
 
-While a mig-manager operand pod runs on a node, the node's ``nvidia.com/mig.config`` is compared with the layout
-that simulated host has applied (a fresh host has ``all-disabled``).  As in mig-parted's ``pkg/mig/reconfigure``:
+While a mig-manager operand pod runs on a node (past its entrypoint's wait for driver-ready: ``waiting``), the
+node's ``nvidia.com/mig.config`` is compared with the layout that simulated host has applied (a fresh host has
+``all-disabled``).  As in mig-parted's ``pkg/mig/reconfigure``:
 a name not in the pod's config ends ``failed`` at once (``assert --valid-config``); one already applied ends
 ``success``; otherwise ``nvidia.com/mig.config.state=pending``, the deploy labels of device-plugin, GFD, dcgm,
 dcgm-exporter and nvsm (set or not; client only when set) go to ``paused-for-mig-change`` (a ``false`` stays
@@ -28,7 +29,7 @@ whole interface: ``mig.config`` with ``mig.config.state=success`` names the appl
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,10 +64,11 @@ class _Host:
     saved: dict[str, str] = field(default_factory=dict)  # deploy label -> its value before the pause
 
 
-def _manager(pods: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _manager(pods: list[dict[str, Any]], waiting: Collection[str]) -> dict[str, Any] | None:
     for pod in pods:
         meta = pod["metadata"]
-        if (meta.get("labels") or {}).get("app") != MANAGER_APP or meta.get("deletionTimestamp"):
+        if (meta.get("labels") or {}).get("app") != MANAGER_APP or meta.get("deletionTimestamp") or \
+                str(meta.get("uid")) in waiting:  # still in its entrypoint's loop: nvidia-mig-manager not started
             continue
         if (pod.get("status") or {}).get("phase") == "Running":
             return pod
@@ -151,15 +153,16 @@ class MigSim:
         pods: list[dict[str, Any]],
         now: float,
         config_maps: Mapping[tuple[str, str], Mapping[str, str]] | None = None,
+        waiting: Collection[str] = (),
     ) -> tuple[dict[str, Any], float | None]:
-        """(label patch, seconds until the node needs another look); called with the node's operand pods and the
-        ConfigMaps by (namespace, name)."""
+        """(label patch, seconds until the node needs another look); called with the node's operand pods, the
+        ConfigMaps by (namespace, name) and the uids of the pods whose scripts still wait (NodeModel.waiting)."""
         name = node["metadata"]["name"]
         labels = node["metadata"].get("labels") or {}
         with self._lock:
             host = self._hosts.setdefault(name, _Host())
             failing = name in self._fail
-        pod = _manager(pods)
+        pod = _manager(pods, waiting)
         uid = str(pod["metadata"].get("uid")) if pod else ""
         if host.target is not None:
             if pod is None or uid != host.pod:  # killed mid-change: everything stays as it is

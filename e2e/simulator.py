@@ -526,7 +526,8 @@ class NodeSimulator:
         profile = profile_of(node)
         if profile is None or not profile.has_gpu:
             return
-        mig_patch, mig_again = self.mig.step(node, pods, time.monotonic(), world.config_maps)
+        mig_patch, mig_again = self.mig.step(node, pods, time.monotonic(), world.config_maps,
+                                            waiting=model.waiting())
         if mig_patch:
             log.info("simulator: node %s mig-manager %s", node_name, mig_patch)
             node = self._kube.patch(f"/api/v1/nodes/{node_name}", {"metadata": {"labels": mig_patch}})

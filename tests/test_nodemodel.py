@@ -16,6 +16,7 @@ import yaml
 from e2e import advertise as adv
 from e2e.cluster.nodes import PROFILES, gfd_labels, make_node
 from e2e.nodemodel import (
+    Handler,
     NodeModel,
     World,
     _uid,
@@ -1183,6 +1184,39 @@ def test_the_change_waits_until_the_paused_operand_pods_are_gone() -> None:
 
 
 # --- GFD's labels ---
+
+def test_the_simulated_mig_manager_does_not_act_while_its_entrypoint_waits_for_driver_ready() -> None:
+    """mig-manager's entrypoint (upstream assets/state-mig-manager/0420_configmap.yaml) loops
+    `until [ -f /run/nvidia/validations/driver-ready ]` before it execs nvidia-mig-manager, which only then reads
+    nvidia.com/mig.config (mig-parted cmd/nvidia-mig-manager start). The kubelet reports the pod Running all the
+    while, and the simulated mig-manager acted on any Running pod: it paused the operands and set
+    mig.config.state=pending before the real one would have started (review nodemodel2 #2)."""
+    docs = _render(SAMPLES / "clusterpolicy-mig-mixed.yaml")
+    tpl = _ds(docs, "nvidia-mig-manager")["spec"]["template"]
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {**tpl["metadata"], "name": "nvidia-mig-manager-x", "namespace": MIG_NS, "uid": "mm-1"},
+           "spec": {**copy.deepcopy(tpl["spec"]), "nodeName": "h100-0"}}
+    cms = {(d["metadata"].get("namespace") or MIG_NS, d["metadata"]["name"]): d.get("data") or {}
+           for d in docs if d.get("kind") == "ConfigMap"}
+    world = World(runtime_classes={d["metadata"]["name"]: d.get("handler", "") for d in docs
+                                   if d.get("kind") == "RuntimeClass"}, config_maps=cms, dry_run=offline_dry_run)
+    host = new_host("h100-0", gpus=8)
+    host.handlers["nvidia"] = Handler("nvidia", True, "/run/nvidia/driver")  # the toolkit ran: toolkit-ready is there
+    host.files[f"{V}/toolkit-ready"] = ""
+    model = NodeModel(host)
+    result = model.step([pod], world, 0.0, 0.0)
+    pod["status"] = pod_status(pod, result.statuses["mm-1"], None, "")
+    assert ready(pod["status"]) and model.waiting() == {"mm-1"}  # Running, in its wait loop
+    sim = MigSim(delay=1.0, settle=0.0)
+    node = _mig_node(**{MIG_CONFIG: "all-1g.10gb", "nvidia.com/gpu.product": H100_PRODUCT})
+    patch, _ = sim.step(node, [pod], 0.0, cms, waiting=model.waiting())
+    assert patch == {} and sim.managed("h100-0") is None
+    host.files[f"{V}/driver-ready"] = "IS_HOST_DRIVER=false\n"  # the driver validated: nvidia-mig-manager starts
+    model.step([pod], world, 1.0, 1.0)
+    assert model.waiting() == set()
+    patch, _ = sim.step(node, [pod], 1.0, cms, waiting=model.waiting())
+    assert patch[MIG_STATE] == "pending"
+
 
 def test_gfd_writes_no_mig_strategy_label_under_strategy_none() -> None:
     """k8s-device-plugin internal/lm/mig-strategy.go NewResourceLabeler returns only the full-GPU labelers under

@@ -2287,6 +2287,28 @@ def test_capacity_gpus_profile_under_a_config_the_device_plugin_refuses_at_start
     assert capacity.plan(job, 100, views, profile, configs).per_new_node == 96
 
 
+def test_capacity_gpus_profile_below_compute_7_5_takes_the_mps_daemons_limit_of_16() -> None:
+    """Below compute capability 7.5 the MPS control daemon takes 16 clients, not 48 (k8s-device-plugin
+    cmd/mps-control-daemon/mps/device.go maxClients), and exits on more: the plugin waits for it and advertises
+    nothing. The operator refuses such a config by GFD's compute labels (sharing.check before_7_5), but capacity
+    checked a profile with the 48 limit whatever its labels, so `gpus=2` with GFD's compute 7.0 (a V100) under 20
+    MPS replicas counted 40 nvidia.com/gpu. Now the profile's compute labels give the limit."""
+    views = nodes_with_pods([node("h-0", gpus=8)], [pod("busy", 8, node_name="h-0")])
+    mps = "version: v1\nsharing:\n  mps:\n    resources:\n    - name: nvidia.com/gpu\n      replicas: {}\n"
+    configs = capacity.PluginConfigs.of_data("sharing-config", "mps", {"mps": mps.format(20)})
+    v100 = "gpus=2,label.nvidia.com/gpu.compute.major=7,label.nvidia.com/gpu.compute.minor=0"
+    profile = capacity.parse_profile(v100, views)
+    job = pod("job", 1)
+    result = capacity.plan(job, 100, views, profile, configs)
+    assert (result.per_new_node, result.extra_nodes) == (0, None), capacity.render(result, "job")
+    assert "exceeded: 20 > 16 (the MPS control daemon's client limit below compute capability 7.5" in result.notes[0]
+    configs = capacity.PluginConfigs.of_data("sharing-config", "mps", {"mps": mps.format(16)})  # the limit: taken
+    assert capacity.plan(job, 100, views, profile, configs).per_new_node == 32
+    turing = capacity.parse_profile(v100.replace("minor=0", "minor=5"), views)  # 7.5: 48
+    assert capacity.plan(job, 100, views, turing, capacity.PluginConfigs.of_data(
+        "sharing-config", "mps", {"mps": mps.format(20)})).per_new_node == 40
+
+
 class PolicyKube:
     """Stands for the API server in cli._plugin_configs: one ClusterPolicy and the ConfigMaps it may name."""
 

@@ -393,8 +393,9 @@ def advertised(profile: ProfileView, configs: PluginConfigs) -> tuple[NodeView, 
         return profile, (f"the device plugin's sharing config a new node {profile.name} loads is not known ({why}): "
                          f"its {gpus} GPUs are counted as {gpus} {GPU}, unshared")  # fmt: skip
     allocatable = {k: v for k, v in profile.allocatable.items() if k != GPU}
-    try:  # no compute capability in a profile: the MPS daemon's limit from 7.5 on
-        sharing.check(config, configs.mig_strategy)
+    try:  # the MPS daemon's client limit by the profile's GFD compute labels (none: the limit from 7.5 on)
+        sharing.check(config, configs.mig_strategy,
+                      before_7_5=profile.name if sharing.labels_below_7_5(profile.labels) else "")
     except sharing.ConfigError as e:
         return (replace(profile, allocatable=allocatable, capacity=dict(allocatable)),
                 f"the device plugin refuses config {key} of ConfigMap {configs.name} ({e}): a new node "

@@ -470,8 +470,13 @@ def mig_facts(nodes: Iterable[NodeFacts]) -> list[tuple[str, str, bool]]:
 
 def _below_7_5(node: NodeFacts) -> bool:
     """Whether GFD's labels give the node's GPUs a compute capability below 7.5 (no labels yet: not known)."""
+    return labels_below_7_5(node.labels)
+
+
+def labels_below_7_5(labels: Mapping[str, str]) -> bool:
+    """Whether GFD's compute labels say below 7.5, where the MPS daemon takes 16 clients (none: not known)."""
     try:
-        return (int(node.labels[GFD_COMPUTE_MAJOR]), int(node.labels[GFD_COMPUTE_MINOR])) < (7, 5)
+        return (int(labels[GFD_COMPUTE_MAJOR]), int(labels[GFD_COMPUTE_MINOR])) < (7, 5)
     except (KeyError, ValueError):
         return False
 

@@ -577,6 +577,35 @@ def test_dcgm_exporter_gets_the_host_network_for_a_localhost_host_engine() -> No
         assert "hostNetwork" not in pod(ds_of(raw, EXPORTER)), raw
 
 
+@pytest.mark.parametrize(
+    "exporter",
+    [
+        {"args": ["-r", "localhost:5555"]},
+        {"args": ["--remote-hostengine-info=localhost:5555"]},
+        {"env": [{"name": "DCGM_REMOTE_HOSTENGINE_INFO", "value": "127.0.0.1:5555"}]},
+        {"env": [{"name": "DCGM_REMOTE_HOSTENGINE_INFO", "value": "[::1]:5555"}]},
+    ],
+    ids=["arg-r", "arg-long", "env-127.0.0.1", "env-ipv6-loopback"],
+)
+def test_dcgm_exporter_gets_the_host_network_for_a_host_engine_named_by_flag_or_loopback(
+    exporter: dict[str, Any],
+) -> None:
+    """dcgm-exporter also takes the engine address from its flag --remote-hostengine-info, alias -r (which
+    dcgmExporter.args reach unchanged), and its usage text names "[::1]:5555" as the IPv6 form: a loopback address
+    is the node's own engine as much as `localhost` is. We used to look at the env's `localhost` only, so these
+    exporters dialled their own pod's loopback and never became ready."""
+    pod_spec = pod(ds_of({"dcgm": {"enabled": False}, "dcgmExporter": exporter}, EXPORTER))
+    assert (pod_spec.get("hostNetwork"), pod_spec.get("dnsPolicy")) == (True, "ClusterFirstWithHostNet")
+
+
+def test_dcgm_exporter_host_engine_flag_wins_over_the_env() -> None:
+    """The exporter takes an explicitly set flag over its env (urfave/cli): an -r naming a remote engine needs no
+    host network whatever the env says."""
+    raw = {"dcgm": {"enabled": False}, "dcgmExporter": {"args": ["-r", "dcgm.example.com:5555"],
+                                                         **host_engine_env("localhost:5555")}}  # fmt: skip
+    assert "hostNetwork" not in pod(ds_of(raw, EXPORTER))
+
+
 def test_dcgm_exporter_reads_the_kubelet_pod_resources() -> None:
     ds = ds_of({}, EXPORTER)
     main = container(ds, EXPORTER)

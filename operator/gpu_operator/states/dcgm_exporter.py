@@ -29,6 +29,9 @@ CONFIGMAP_DATA = "DCGM_EXPORTER_CONFIGMAP_DATA"
 POD_LABELS_FLAG = "kubernetes-enable-pod-labels"
 POD_UID_FLAG = "kubernetes-enable-pod-uid"
 CONFIGMAP_FLAGS = ("configmap-data", "m")  # a string flag and its alias
+REMOTE_ENGINE_FLAGS = ("remote-hostengine-info", "r")  # DCGM_REMOTE_HOSTENGINE_INFO's flag and its alias
+# An engine address on the node itself: localhost, or a loopback address (the exporter's IPv6 form "[::1]:5555").
+LOOPBACK_PREFIXES = ("localhost", "127.", "[::1]", "::1")
 
 
 def remote_hostengine(spec: ClusterPolicySpec) -> str | None:
@@ -37,12 +40,16 @@ def remote_hostengine(spec: ClusterPolicySpec) -> str | None:
 
 
 def host_resident_engine(spec: ClusterPolicySpec) -> bool:
-    """dcgm off and dcgmExporter.env's DCGM_REMOTE_HOSTENGINE_INFO on `localhost`: nv-hostengine runs on the node
-    (DGX BaseOS), which the exporter reaches only on the host network (upstream's TransformDCGMExporter intent)."""
+    """dcgm off and the exporter's engine address (its -r/--remote-hostengine-info flag in dcgmExporter.args, else
+    dcgmExporter.env's DCGM_REMOTE_HOSTENGINE_INFO) on the node's loopback: nv-hostengine runs on the node (DGX
+    BaseOS), which the exporter reaches only on the host network (upstream's TransformDCGMExporter intent)."""
     if remote_hostengine(spec):
         return False
-    env = {e.name: e.value for e in spec.dcgm_exporter.env}
-    return env.get("DCGM_REMOTE_HOSTENGINE_INFO", "").startswith("localhost")
+    exporter = spec.dcgm_exporter
+    flags = _flag_values(exporter.args).get(REMOTE_ENGINE_FLAGS[0])
+    env = {e.name: e.value for e in exporter.env}
+    address = flags[-1] if flags else env.get("DCGM_REMOTE_HOSTENGINE_INFO", "")
+    return address.startswith(LOOPBACK_PREFIXES)
 
 
 def job_mapping_dir(spec: ClusterPolicySpec) -> str | None:
@@ -79,8 +86,8 @@ def _go_true(value: str) -> bool:
 
 def _flag_values(args: list[str]) -> dict[str, list[str]]:
     """The exporter flags this state reads, from dcgmExporter.args as Go's flag package takes them: `-name` or
-    `--name`, the value after `=` or, for -m/--configmap-data, in the next item; a bare bool flag reads true. Items
-    after `--` are not flags."""
+    `--name`, the value after `=` or, for a string flag (-m/--configmap-data, -r/--remote-hostengine-info), in the
+    next item; a bare bool flag reads true. Items after `--` are not flags."""
     out: dict[str, list[str]] = {}
     items = iter(args)
     for arg in items:
@@ -90,8 +97,9 @@ def _flag_values(args: list[str]) -> dict[str, list[str]]:
         name, eq, value = body.partition("=")
         if name in (POD_LABELS_FLAG, POD_UID_FLAG):
             out.setdefault(name, []).append(value if eq else "true")
-        elif name in CONFIGMAP_FLAGS:
-            out.setdefault(CONFIGMAP_FLAGS[0], []).append(value if eq else next(items, ""))
+        elif name in CONFIGMAP_FLAGS or name in REMOTE_ENGINE_FLAGS:
+            flag = CONFIGMAP_FLAGS[0] if name in CONFIGMAP_FLAGS else REMOTE_ENGINE_FLAGS[0]
+            out.setdefault(flag, []).append(value if eq else next(items, ""))
     return out
 
 

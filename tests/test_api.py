@@ -517,8 +517,7 @@ INVALID = [
         "spec.driver.upgradePolicy.waitForCompletion.timeoutSeconds",
         ">= 0",
     ),
-    ("dcgm.hostPort", 0, "spec.dcgm.hostPort", ">= 1"),
-    ("dcgm.hostPort", 70000, "spec.dcgm.hostPort", "<= 65535"),
+    ("dcgm.hostPort", 2**31, "spec.dcgm.hostPort", "<= 2147483647"),  # an int32, as upstream's CRD
 ]
 
 
@@ -552,6 +551,19 @@ def test_service_monitor_durations_accepted(monitor: str, value: str) -> None:
     monitors = {"dcgmExporter.serviceMonitor": spec.dcgm_exporter.service_monitor,
                 "operator.metrics.serviceMonitor": spec.operator.metrics.service_monitor}  # fmt: skip
     assert monitors[monitor].interval == monitors[monitor].scrape_timeout == value
+
+
+@pytest.mark.parametrize("port", [0, 70000, -1])
+def test_dcgm_host_port_takes_any_int32_as_upstream(port: int) -> None:
+    """Upstream's CRD takes dcgm.hostPort as any int32: deprecated and bound by nothing (0 was its "default 5555"
+    when it was used). We refused 0 and anything past 65535, so such an upstream ClusterPolicy was not admitted."""
+    assert parse_spec({"dcgm": {"hostPort": port}}).dcgm.host_port == port
+
+
+def test_dcgm_exporter_service_type_empty_is_the_default() -> None:
+    """TransformDCGMExporterService skips an empty service.type (upstream's CRD: any string; its chart writes
+    `type: ""` for `--set dcgmExporter.service.type=`). We refused "", so that ClusterPolicy was not admitted."""
+    assert parse_spec({"dcgmExporter": {"service": {"type": ""}}}).dcgm_exporter.service.type == "ClusterIP"
 
 
 @pytest.mark.parametrize("value", ["all 1g.10gb", "team/layout", "x" * 64, "-all-disabled", "all-disabled\n"])
@@ -818,7 +830,7 @@ def test_every_problem_is_reported_once_in_stable_order() -> None:
 
 def test_policy_error_message_is_one_line_per_problem() -> None:
     with pytest.raises(PolicyError) as info:
-        parse_spec({"mig": {"strategy": "x"}, "dcgm": {"hostPort": 0}})
+        parse_spec({"mig": {"strategy": "x"}, "dcgm": {"hostPort": "abc"}})
     assert str(info.value).splitlines() == info.value.problems
     assert len(info.value.problems) == 2
 

@@ -93,6 +93,7 @@ PromDuration = Annotated[
 PositiveInt = Annotated[int, Field(ge=1)]
 # Upstream's int32 fields (`format: int32` in its CRD), bounded as the Kubernetes fields they are rendered into.
 INT32_MAX = 2**31 - 1
+Int32 = Annotated[int, Field(ge=-INT32_MAX - 1, le=INT32_MAX, json_schema_extra={"format": "int32"})]
 NonNegInt32 = Annotated[int, Field(ge=0, le=INT32_MAX, json_schema_extra={"format": "int32"})]
 PositiveInt32 = Annotated[int, Field(ge=1, le=INT32_MAX, json_schema_extra={"format": "int32"})]
 # A label value ("" included): Kubernetes' own rule for one.
@@ -616,12 +617,16 @@ class DevicePluginSpec(ComponentSpec):
 
 class DCGMSpec(ComponentSpec):
     enabled: bool = True  # upstream: unset is on (the chart writes false)
-    host_port: int = Field(default=5555, ge=1, le=65535)
+    # Deprecated upstream and bound by nothing (coverage.py): any int32, as upstream's CRD (0 was its "default").
+    host_port: Int32 = 5555
 
 
 class ServiceSpec(Section):
-    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    # "" is the default, as TransformDCGMExporterService skips an empty type.
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer", ""] = "ClusterIP"
     internal_traffic_policy: Literal["Cluster", "Local"] | None = None
+
+    _empty_type = field_validator("type", mode="before")(_empty_is_default)
 
 
 class HPCJobMappingSpec(Section):

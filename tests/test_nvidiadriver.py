@@ -1194,6 +1194,19 @@ def test_unsupported_fields_are_named_in_the_status() -> None:
     assert cond["status"] == "True" and "podSecurityContext" in cond["message"]
 
 
+def test_nvidiadriver_gds_and_gdrcopy_args_are_named_as_unsupported() -> None:
+    """The ClusterPolicy names gds.args and gdrcopy.args in UnsupportedFields (not passed to the sidecars, which
+    run their images' entrypoints; upstream ignores them too). An NVIDIADriver's sidecars are rendered by the same
+    code, but its UnsupportedFields did not name them: the args were dropped without a word."""
+    driver = nvd("x", gds={"enabled": True, "args": ["--a"]}, gdrcopy={"enabled": True, "args": ["--b"]})
+    status = nvidiadriver.driver_status(driver, assign(NODES, [driver]), (True, ""), "ns", None, "t")
+    cond = next(c for c in status["conditions"] if c["type"] == "UnsupportedFields")
+    assert "gds.args: not passed to the nvidia-fs sidecar" in cond["message"]
+    assert "gdrcopy.args: not passed to the gdrcopy sidecar" in cond["message"]
+    off = nvd("y", gds={"enabled": False, "args": ["--a"]})  # a sidecar not loaded: its args do nothing upstream either
+    assert nvidiadriver.unsupported_fields(off.spec) == []
+
+
 def test_a_condition_another_writer_set_on_an_nvidiadriver_stays_and_alone_makes_no_write() -> None:
     """An NVIDIADriver's status was built from our Ready, Error and UnsupportedFields alone and merge-patched whole:
     a condition of another type that another controller set was removed, and, being there, made every pass write.

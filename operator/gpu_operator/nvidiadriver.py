@@ -544,6 +544,9 @@ def unsupported_fields(spec: NVIDIADriverSpec) -> list[str]:
         out.append("virtualTopologyConfig: the vGPU topology ConfigMap is not mounted into the driver yet")
     if spec.pod_security_context is not None:
         out.append("podSecurityContext: not applied to the driver pod yet")
+    for name, sidecar, container in (("gds", spec.gds, "nvidia-fs"), ("gdrcopy", spec.gdrcopy, "gdrcopy")):
+        if sidecar is not None and sidecar.enabled and sidecar.args:  # as the ClusterPolicy's (coverage.py)
+            out.append(f"{name}.args: not passed to the {container} sidecar, which runs its image's entrypoint")
     return out
 
 

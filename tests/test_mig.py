@@ -1285,6 +1285,60 @@ def _held(layout: str, layouts: mig.Layouts | None = None) -> tuple[mig_layouts.
     return entries
 
 
+GPU1_WHOLE = """
+version: v1
+mig-configs:
+  all-disabled:
+    - devices: all
+      mig-enabled: false
+  gpu1-whole:
+    - devices: all
+      mig-enabled: true
+      mig-devices: {"1g.10gb": 7}
+    - devices: [1]
+      mig-enabled: false
+"""
+
+
+@pytest.mark.parametrize("counts", [("4", "8"), (None,)], ids=["differing-gpu-counts", "unknown-gpu-count"])
+def test_mig_layouts_says_refused_for_a_mode_conflict_the_gate_refuses_on_those_nodes(
+    counts: tuple[str | None, ...], capsys: pytest.CaptureFixture[str], monkeypatch: Any
+) -> None:
+    """The gate (mig._refusal) checks GPUs 0..count-1, or with the count unknown every index an entry names, so it
+    refuses `gpu1-whole` (GPU 1: MIG on by `all`, off by `[1]`) on each of these nodes. `mig layouts` checked
+    mode_conflict with gpus=1 whenever the nodes of a model differed in GPU count or one's count was unknown, i.e.
+    GPU 0 only, and printed what the layout would advertise instead of `refused` (README: "`mig layouts` says
+    `refused` for such a layout"). Now it checks each count the nodes have, as the gate does."""
+    from gpu_operator.kube import Kube
+
+    policy = {"metadata": {"name": "p", "creationTimestamp": "t"},
+              "spec": {"migManager": {"config": {"name": "custom-mig-config"}}, "mig": {"strategy": "mixed"}}}
+    nodes = [{"metadata": {"name": f"n{i}", "labels": {"nvidia.com/gpu.product": H100, "nvidia.com/mig.capable": "true",
+                                                       **({"nvidia.com/gpu.count": c} if c else {})}}}
+             for i, c in enumerate(counts)]  # fmt: skip
+    layouts = mig.parse_config(GPU1_WHOLE)
+    for n in nodes:  # the gate refuses it on every one of them
+        facts = NodeFacts.from_node(n)
+        gpu = mig.gpu_of_node(facts)
+        assert gpu is not None
+        entries = mig.layout_entries(gpu, "gpu1-whole", layouts)
+        assert entries is not None
+        assert mig.mode_conflict(entries, mig.physical_gpus(facts.labels)) == "turns MIG both on and off on GPU 1"
+
+    class Fake:
+        def list(self, kind: str) -> list[dict[str, Any]]:
+            return {"Node": nodes, "ClusterPolicy": [policy]}[kind]
+
+        def get(self, kind: str, name: str, namespace: str) -> dict[str, Any]:
+            return {"data": {"config.yaml": GPU1_WHOLE}}
+
+    monkeypatch.setattr(Kube, "connect", classmethod(lambda cls, *a, **k: Fake()))
+    assert main(["mig", "layouts"]) == 0
+    out = capsys.readouterr().out
+    assert "  gpu1-whole\n    refused: turns MIG both on and off on GPU 1 (mig-parted fails it)\n" in out, out
+    assert "  all-disabled\n    mixed:  nvidia.com/gpu=" in out, out
+
+
 def test_physical_gpus_from_gfd_labels_under_each_strategy() -> None:
     h100 = "NVIDIA-H100-80GB-HBM3"
     assert mig.physical_gpus({"nvidia.com/gpu.count": "8", "nvidia.com/gpu.product": h100}) == 8

@@ -538,7 +538,7 @@ def cmd_mig_layouts(args: argparse.Namespace) -> int:
     from .nodes import GPU_PRODUCT, NodeFacts
 
     layouts: mig.Layouts | None = None
-    groups: dict[str, tuple[mig_layouts.MigGPU, list[tuple[str, int]]]] = {}
+    groups: dict[str, tuple[mig_layouts.MigGPU, list[tuple[str, int | None]]]] = {}  # node, GPUs (None: unknown)
     if args.offline:
         if args.node:
             print("error: --node reads the cluster; drop --offline", file=sys.stderr)
@@ -576,7 +576,7 @@ def cmd_mig_layouts(args: argparse.Namespace) -> int:
                     print(f"node {args.node}: no MIG-capable GPU known (product {product or 'unknown'!r})")
                 continue
             gpus = mig.physical_gpus(facts.labels, mig.held_entries(facts, gpu, layouts))
-            groups.setdefault(gpu.name, (gpu, []))[1].append((facts.name, gpus or 1))
+            groups.setdefault(gpu.name, (gpu, []))[1].append((facts.name, gpus))
         if not groups:
             print("no node with a MIG-capable GPU (GFD's nvidia.com/gpu.product label names the model)")
             return 0
@@ -587,15 +587,17 @@ def cmd_mig_layouts(args: argparse.Namespace) -> int:
     )
     print(f"# layouts {source}")
     for gpu, members in groups.values():
-        gpus = members[0][1] if members and len({c for _, c in members}) == 1 else 1
-        where = ", ".join(f"{n} ({c} GPUs)" for n, c in members) or "offline"
+        counts = sorted({c for _, c in members}, key=lambda c: c or 0) or [None]  # offline: none known
+        gpus = (counts[0] or 1) if len(counts) == 1 else 1
+        where = ", ".join(f"{n} ({c or 1} GPUs)" for n, c in members) or "offline"
         print(f"{gpu.name} [{where}]" + ("" if gpus > 1 else ": per GPU"))
         table = mig.node_layouts(gpu, layouts)
         for name in mig.valid_layouts(gpu, table):
             entries = mig.layout_entries(gpu, name, table)
             assert entries is not None
             print(f"  {name}")
-            if conflict := mig.mode_conflict(entries, gpus if members else None):
+            # As the gate checks each node: its GPUs when their count is known, else every index an entry names.
+            if conflict := next((c for c in (mig.mode_conflict(entries, n) for n in counts) if c), ""):
                 print(f"    refused: {conflict} (mig-parted fails it)")
                 continue
             print(f"    mixed:  {_resources(mig.advertised(entries, gpus, 'mixed'))}")

@@ -2681,3 +2681,59 @@ def test_a_new_default_driver_manager_image_keeps_an_nvidiadrivers_unchanged_dri
     changed = _nvd_objects(default={"default": True, "manager": {}, "env": [{"name": "X", "value": "1"}]})
     _, left = _switch_pass(nodes, crd_policy(), changed, cached)
     assert _manager_of(left[MANAGER_KEY])["image"] == NEW_MANAGER
+
+
+def test_the_first_operator_upgrade_onto_the_manager_image_annotation_keeps_the_running_manager_image(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The kept k8s-driver-manager image was read only from our annotation, which no DaemonSet made by an operator
+    from before it carries (and the re-render's hash included the annotation, so it never matched such a DaemonSet's):
+    the upgrade onto this version with a new DRIVER_MANAGER_IMAGE still changed every such NVIDIADriver's driver pod
+    template and DRIVER_CONFIG_DIGEST, and autoUpgrade reinstalled every node's driver. Upstream
+    (handleDefaultImagesInObjects) reads the image the live DaemonSet's k8s-driver-manager runs. Now a DaemonSet
+    without the annotation keeps the image of its newest ControllerRevision's k8s-driver-manager when the re-render
+    without the annotation has its hash; only the annotation (and the hash) are written."""
+    from gpu_operator.observe import Snapshot, key_of, revision_projection
+    from gpu_operator.reconciler import Reconciler
+    from gpu_operator.states.base import HASH_ANNOTATION, object_hash
+    from gpu_operator.states.driver import MANAGER_IMAGE_ANNOTATION
+
+    nodes = [facts("a1", labels={"nvidia.com/gpu.deploy.driver": "true"})]
+    drivers = _nvd_objects(default={"default": True, "manager": {}})
+
+    def one_pass(owned: dict[Any, dict[str, Any]], revisions: dict[str, dict[str, Any]]) -> DeleteRecordingKube:
+        kube = DeleteRecordingKube()
+        snap = Snapshot(nodes={n.name: n for n in nodes}, policies={"cluster-policy": policy_object(crd_policy())},
+                        owned=owned, pods={}, revisions=revisions, nvidia_drivers=drivers)  # fmt: skip
+        Reconciler(kube, "gpu-operator").reconcile(snap)  # type: ignore[arg-type]
+        return kube
+
+    monkeypatch.setenv("DRIVER_MANAGER_IMAGE", OLD_MANAGER)
+    rendered = {key_of(o): o for verb, o in one_pass({}, {}).calls if verb == "apply"}
+    ds = copy.deepcopy(rendered[MANAGER_KEY])
+    # The DaemonSet as the operator before the annotation applied it: the same object without it, hashed so.
+    del ds["metadata"]["annotations"][MANAGER_IMAGE_ANNOTATION]
+    ds["metadata"]["annotations"][HASH_ANNOTATION] = object_hash(ds)
+    ds["metadata"]["uid"] = "ds-uid"
+    revision = {"metadata": {"name": f"{CP_DS}-abc", "labels": {"controller-revision-hash": "abc"},
+                             "ownerReferences": [{"kind": "DaemonSet", "name": CP_DS, "uid": "ds-uid"}]},
+                "data": {"spec": {"template": {**copy.deepcopy(ds["spec"]["template"]), "$patch": "replace"}}},
+                "revision": 1}  # fmt: skip
+    revisions = {revision["metadata"]["name"]: revision_projection(revision)}
+    assert revisions[f"{CP_DS}-abc"]["manager"] == OLD_MANAGER
+    cached = copy.deepcopy(ds)  # the owned-object cache keeps no containers, init containers or volumes
+    for part in ("containers", "initContainers", "volumes"):
+        cached["spec"]["template"]["spec"].pop(part, None)
+    owned = {k: o for k, o in rendered.items() if k != MANAGER_KEY} | {MANAGER_KEY: cached}
+
+    monkeypatch.setenv("DRIVER_MANAGER_IMAGE", NEW_MANAGER)  # the upgraded operator's env
+    applied = [o for verb, o in one_pass(owned, revisions).calls if verb == "apply" and o["metadata"]["name"] == CP_DS]
+    assert [_manager_of(o)["image"] for o in applied] == [OLD_MANAGER], "the operator upgrade changed the manager image"
+    (kept,) = applied
+    assert kept["spec"]["template"] == ds["spec"]["template"]  # no driver pod goes out of date
+    assert kept["metadata"]["annotations"][MANAGER_IMAGE_ANNOTATION] == OLD_MANAGER
+    # A DaemonSet of another spec (the NVIDIADriver changed while the operator was down) takes the new default.
+    changed = _nvd_objects(default={"default": True, "manager": {}, "env": [{"name": "X", "value": "1"}]})
+    drivers = changed
+    applied = [o for verb, o in one_pass(owned, revisions).calls if verb == "apply" and o["metadata"]["name"] == CP_DS]
+    assert [_manager_of(o)["image"] for o in applied] == [NEW_MANAGER]

@@ -196,14 +196,29 @@ def revision_projection(rev: dict[str, Any]) -> dict[str, Any]:
         "revision": rev.get("revision", 0),
         "owner": owner.get("name", ""),
         **({"digest": digest} if (digest := _template_digest(rev)) else {}),
+        **({"manager": manager} if (manager := _template_manager(rev)) else {}),
     }
+
+
+def _template_spec(rev: dict[str, Any]) -> dict[str, Any]:
+    """A DaemonSet revision's pod spec (its `data` holds the pod template)."""
+    return ((((rev.get("data") or {}).get("spec") or {}).get("template") or {}).get("spec")) or {}
+
+
+def _template_manager(rev: dict[str, Any]) -> str:
+    """The image of a DaemonSet revision's k8s-driver-manager init container ("": none): what a driver DaemonSet made
+    before MANAGER_IMAGE_ANNOTATION runs (states.driver.kept_manager_images)."""
+    for c in _template_spec(rev).get("initContainers") or []:
+        if c.get("name") == "k8s-driver-manager":
+            return str(c.get("image") or "")
+    return ""
 
 
 def _template_digest(rev: dict[str, Any]) -> str:
     """The DRIVER_CONFIG_DIGEST of a DaemonSet revision's pod template ("": none), init containers first (upstream's
     DriverConfigDigestFromPodSpec): the upgrade only restarts a driver pod whose revision has its DaemonSet's newest
     one's (upgrade.adapter.revision_digests)."""
-    spec = ((((rev.get("data") or {}).get("spec") or {}).get("template") or {}).get("spec")) or {}
+    spec = _template_spec(rev)
     for c in list(spec.get("initContainers") or []) + list(spec.get("containers") or []):
         for env in c.get("env") or []:
             if env.get("name") == CONFIG_DIGEST_ENV and env.get("value"):

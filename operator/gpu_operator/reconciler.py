@@ -400,7 +400,7 @@ class Reconciler:
             missing_secrets=self._missing_secrets(named_secrets(spec, groups)),
             nvidia_drivers=groups,
             metrics_port=self.metrics_port,
-            kept_manager_images=kept_manager_images(snap.owned.values()) if groups else {},
+            kept_manager_images=kept_manager_images(snap.owned.values(), snap.revisions) if groups else {},
         )
         # A new or changed spec: what needs no node is sent now, while the nodes are decided (at 5,000 nodes that
         # takes a second).

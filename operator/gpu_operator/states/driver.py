@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -19,7 +19,14 @@ from .. import images
 from ..api import ClusterPolicySpec, ImageSpec
 from ..nodes import NodeFacts, Pool, driver_pools, gets_driver, pool_kernel, unpooled
 from ..nvidiadriver import excluding_owned
-from .base import HASH_ANNOTATION, OperandState, PartialRender, RenderContext, RenderProblem
+from .base import (
+    HASH_ANNOTATION,
+    OperandState,
+    PartialRender,
+    RenderContext,
+    RenderProblem,
+    object_hash,
+)
 
 # Upstream tags RHEL-family driver images by the major OS version only (getOSTag in internal/state/nodepool.go).
 MAJOR_VERSION_TAG_OS = frozenset({"ol", "rocky", "rhel"})
@@ -415,15 +422,35 @@ def _finalize(objects: list[dict[str, Any]], ctx: RenderContext) -> None:
             annotations[MANAGER_IMAGE_ANNOTATION] = containers["k8s-driver-manager"]["image"]
 
 
-def kept_manager_images(owned: Iterable[dict[str, Any]]) -> dict[str, tuple[str, str]]:
+def kept_manager_images(
+    owned: Iterable[dict[str, Any]], revisions: Mapping[str, dict[str, Any]] | None = None
+) -> dict[str, tuple[str, str]]:
     """RenderContext.kept_manager_images from the cluster's objects: each DaemonSet with MANAGER_IMAGE_ANNOTATION,
-    by name: (that image, its last-applied hash)."""
+    by name: (that image, its last-applied hash). A driver DaemonSet made before that annotation (by an older operator)
+    has the image its newest ControllerRevision's k8s-driver-manager runs (observe.revision_projection's `manager`):
+    the owned-object cache keeps no containers."""
+    newest: dict[str, tuple[int, str]] = {}  # DaemonSet uid -> (revision number, manager image)
+    for rev in (revisions or {}).values():
+        uid, number = (rev.get("metadata") or {}).get("ownerUid"), int(rev.get("revision") or 0)
+        if uid and number >= newest.get(uid, (-1, ""))[0]:
+            newest[uid] = (number, str(rev.get("manager") or ""))
     out = {}
     for obj in owned:
-        annotations = (obj.get("metadata") or {}).get("annotations") or {}
-        if obj.get("kind") == "DaemonSet" and annotations.get(MANAGER_IMAGE_ANNOTATION):
-            out[obj["metadata"]["name"]] = (annotations[MANAGER_IMAGE_ANNOTATION], annotations.get(HASH_ANNOTATION, ""))
+        meta = obj.get("metadata") or {}
+        annotations = meta.get("annotations") or {}
+        if obj.get("kind") != "DaemonSet":
+            continue
+        image = annotations.get(MANAGER_IMAGE_ANNOTATION) or newest.get(meta.get("uid") or "", (0, ""))[1]
+        if image:
+            out[meta["name"]] = (image, annotations.get(HASH_ANNOTATION, ""))
     return out
+
+
+def _bare_hash(ds: dict[str, Any]) -> str:
+    """The hash of a rendered DaemonSet without MANAGER_IMAGE_ANNOTATION: an older operator's for the same object."""
+    bare = {**ds, "metadata": {**ds["metadata"], "annotations": dict(ds["metadata"]["annotations"])}}
+    del bare["metadata"]["annotations"][MANAGER_IMAGE_ANNOTATION]
+    return object_hash(bare)
 
 
 def _unpooled_note(ctx: RenderContext) -> str | None:
@@ -484,8 +511,11 @@ class DriverState(OperandState):
                     with_image = replace(sub, driver_group=replace(sub.driver_group, manager_image=image))
                     again[image] = {o["metadata"]["name"]: o for o in super().render(with_image)}
                 kept = again[image].get(name)
-                if kept is not None and kept["metadata"]["annotations"][HASH_ANNOTATION] == live_hash:
-                    ds = kept  # the same DaemonSet as the cluster's: the NVIDIADriver's spec did not change
+                # The same DaemonSet as the cluster's (the NVIDIADriver's spec did not change), with the annotation or
+                # as made before it.
+                if kept is not None and live_hash in (kept["metadata"]["annotations"][HASH_ANNOTATION],
+                                                      _bare_hash(kept)):  # fmt: skip
+                    ds = kept
             out.append(ds)
         return out
 

@@ -1281,3 +1281,66 @@ def test_precompiled_driver_with_a_mirror_repository_gets_no_full_version_filled
     # A branch given: the mirror is kept.
     pinned = policy_spec(render(sets=[*mirror, "driver.version=580"]))["driver"]
     assert (pinned["repository"], pinned["image"], pinned["version"]) == ("mirror.local/nvidia", "driver", "580")
+
+
+def crd_type_errors(value: Any, schema: dict[str, Any], path: str = "spec") -> list[str]:
+    """What the API server's structural validation refuses for type: a value whose JSON type is not the schema's."""
+    if schema.get("x-kubernetes-int-or-string") or schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    want = str(schema.get("type", ""))
+    ok = {
+        "boolean": isinstance(value, bool),
+        "integer": isinstance(value, int) and not isinstance(value, bool),
+        "string": isinstance(value, str),
+        "object": isinstance(value, dict),
+        "array": isinstance(value, list),
+    }.get(want, True)
+    if not ok:
+        return [f"{path}: {value!r} is not of type {want}"]
+    errors: list[str] = []
+    if isinstance(value, dict):
+        for key, child in value.items():
+            sub = (schema.get("properties") or {}).get(key) or schema.get("additionalProperties")
+            if isinstance(sub, dict):
+                errors += crd_type_errors(child, sub, f"{path}.{key}")
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, child in enumerate(value):
+            errors += crd_type_errors(child, schema["items"], f"{path}[{i}]")
+    return errors
+
+
+def crd_spec_schema(name: str) -> dict[str, Any]:
+    crd = yaml.safe_load((CHART / "crds" / name).read_text())
+    schema: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    return schema
+
+
+def test_quoted_booleans_and_numbers_reach_the_policy_typed_as_upstreams_chart_renders_them(tmp_path: Path) -> None:
+    """Upstream v26.7's clusterpolicy.yaml and nvidiadriver.yaml print these values bare (`enabled: {{ ... }}`,
+    `autoUpgrade: {{ ... | default false }}`, `maxParallelUpgrades: {{ ... }}`, `timeoutSeconds: {{ ... }}`), so a
+    values file that quotes them (`enabled: "false"`, or `--set-string`) still renders a boolean or an integer. The
+    chart copied the string, and the API server refused the ClusterPolicy (`must be of type boolean`): `helm
+    install` with such a values file failed. (cdi.enabled is left out: upstream's validations.yaml fails on a quoted
+    one too.)"""
+    values = tmp_path / "values.yaml"
+    values.write_text('driver: {enabled: "false", usePrecompiled: "False", version: "580",'
+                      ' upgradePolicy: {autoUpgrade: "false", maxParallelUpgrades: "3",'
+                      ' drain: {enable: "true", timeoutSeconds: "600"}}}\n'
+                      'toolkit: {enabled: "true"}\npsa: {enabled: "true"}\ndcgm: {enabled: "true", hostPort: "5555"}\n'
+                      'daemonsets: {labels: {gpu: "true"}}\n')  # fmt: skip
+    spec = policy_spec(render(values))
+    assert crd_type_errors(spec, crd_spec_schema("nvidia.com_clusterpolicies.yaml")) == []
+    driver, upgrade = spec["driver"], spec["driver"]["upgradePolicy"]
+    assert (driver["enabled"], driver["usePrecompiled"], upgrade["autoUpgrade"]) == (False, False, False)
+    assert upgrade["maxParallelUpgrades"] == 3
+    assert (upgrade["drain"]["enable"], upgrade["drain"]["timeoutSeconds"]) == (True, 600)
+    assert (spec["toolkit"]["enabled"], spec["psa"]["enabled"], spec["dcgm"]["enabled"]) == (True, True, True)
+    assert spec["dcgm"]["hostPort"] == 5555
+    assert spec["daemonsets"]["labels"] == {"gpu": "true"}  # a label value stays a string
+    parse_spec(spec)
+    switched = tmp_path / "nvidiadriver.yaml"  # (render caches by file name)
+    crd_on = 'enabled: "true", nvidiaDriverCRD: {enabled: true}'
+    switched.write_text(values.read_text().replace('enabled: "false"', crd_on))
+    nvd = one(render(switched), "NVIDIADriver", "default")["spec"]
+    assert crd_type_errors(nvd, crd_spec_schema("nvidia.com_nvidiadrivers.yaml")) == []
+    assert (nvd["usePrecompiled"], nvd["upgradePolicy"]["maxParallelUpgrades"]) == (False, 3)

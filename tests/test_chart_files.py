@@ -1004,3 +1004,32 @@ def test_the_cleanup_hook_says_in_one_line_that_an_invalid_clusterpolicy_keeps_o
     assert kube.policies["mine"]["metadata"]["finalizers"] == [CLEANUP_FINALIZER]
     lines = [line for line in out.splitlines() if "mine" in line]
     assert len(lines) == 1 and "could not be removed" in lines[0] and "spec.driver.resources" in lines[0], out
+
+
+def test_the_prunes_typed_keys_are_the_crds_boolean_and_integer_fields() -> None:
+    """gpu-operator.prune turns a quoted "true"/"false" or whole number into a boolean or integer under these keys
+    (as upstream's templates print them bare); a key the CRDs type so but missing here would reach the API server
+    as a string and be refused. `default` is a string in most sections (a boolean only in one), so it stays out."""
+    helpers = (CHART / "templates" / "_helpers.tpl").read_text()
+
+    def listed(name: str) -> set[str]:
+        found = re.search(rf'\${name} := list ((?:"[^"]+" ?)+)', helpers)
+        assert found, f"no ${name} list in gpu-operator.prune"
+        return set(re.findall(r'"([^"]+)"', found.group(1)))
+
+    typed: dict[str, set[str]] = {"boolean": set(), "integer": set()}
+
+    def walk(node: dict[str, Any], name: str = "") -> None:
+        if node.get("type") in typed and not node.get("x-kubernetes-int-or-string") and name:
+            typed[node["type"]].add(name)
+        for key, child in (node.get("properties") or {}).items():
+            walk(child, key)
+        if isinstance(node.get("additionalProperties"), dict):
+            walk(node["additionalProperties"])
+        if isinstance(node.get("items"), dict):
+            walk(node["items"])
+
+    for path in (CHART / "crds").glob("*.yaml"):
+        walk(yaml.safe_load(path.read_text())["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"])
+    assert listed("booleans") == typed["boolean"] - {"default"}
+    assert listed("integers") == typed["integer"]

@@ -121,8 +121,13 @@ as it is,
 and in any map without a `version`, drops `repository`, and `image` unless it is a full reference with a tag or
 digest (used verbatim), so the operator's default image for that component applies. Lists are kept as they are.
 A `version` Helm reads as a number (`--set driver.version=580`) becomes a string, as upstream's `quote` makes it.
+A quoted "true"/"false" or whole number (`--set-string`, `enabled: "false"`) under a key the CRDs type boolean or
+integer becomes one, as upstream's templates print these bare (tests/test_chart_files.py keeps the lists equal to the
+CRDs'; `default`, a string in most sections, is left alone).
 */}}
 {{- define "gpu-operator.prune" -}}
+{{- $booleans := list "autoUpgrade" "deleteEmptyDir" "enable" "enablePodLabels" "enablePodUID" "enabled" "force" "honorLabels" "hostNetwork" "hostPID" "hostProcess" "nlsEnabled" "nriPluginEnabled" "runAsNonRoot" "useHostMofed" "useNvidiaDriverCRD" "useOpenKernelModules" "usePrecompiled" "use_ocp_driver_toolkit" -}}
+{{- $integers := list "failureThreshold" "fsGroup" "hostPort" "initialDelaySeconds" "maxParallelUpgrades" "modulus" "periodSeconds" "runAsGroup" "runAsUser" "successThreshold" "timeoutSeconds" "tolerationSeconds" "weight" -}}
 {{- $out := dict -}}
 {{- range $k, $v := . -}}
 {{- if and (kindIs "map" $v) (has $k (list "labels" "annotations" "additionalLabels")) -}}
@@ -138,6 +143,10 @@ A `version` Helm reads as a number (`--set driver.version=580`) becomes a string
 {{- else if kindIs "invalid" $v -}}
 {{- else if and (kindIs "string" $v) (eq $v "") -}}
 {{- else if and (kindIs "slice" $v) (empty $v) -}}
+{{- else if and (kindIs "string" $v) (has $k $booleans) (has (lower $v) (list "true" "false")) -}}
+{{- $_ := set $out $k (eq (lower $v) "true") -}}
+{{- else if and (kindIs "string" $v) (has $k $integers) (regexMatch "^[0-9]+$" $v) -}}
+{{- $_ := set $out $k (atoi $v) -}}
 {{- else if eq $k "version" -}}
 {{- $_ := set $out $k (toString $v) -}}
 {{- else -}}

@@ -1344,3 +1344,38 @@ def test_quoted_booleans_and_numbers_reach_the_policy_typed_as_upstreams_chart_r
     nvd = one(render(switched), "NVIDIADriver", "default")["spec"]
     assert crd_type_errors(nvd, crd_spec_schema("nvidia.com_nvidiadrivers.yaml")) == []
     assert (nvd["usePrecompiled"], nvd["upgradePolicy"]["maxParallelUpgrades"]) == (False, 3)
+
+
+@pytest.mark.parametrize(
+    ("values", "crds_deleted"),
+    [
+        # upstream's values.yaml has this block commented out (`# metrics:` / `#   serviceMonitor: ...`)
+        ("operator:\n  metrics:\n  #  serviceMonitor:\n  #    interval: 15s\n", False),
+        ("operator:\n  cleanupCRD:\n", False),
+        ('operator:\n  cleanupCRD: ""\n', False),
+        ('operator:\n  cleanupCRD: "false"\n', False),
+        ('operator:\n  cleanupCRD: "true"\n', True),
+        ('operator:\n  env: ""\n  args: ""\n', False),
+    ],
+    ids=["metrics-null", "cleanupCRD-null", "cleanupCRD-empty", "cleanupCRD-quoted-false", "cleanupCRD-quoted-true",
+         "env-args-empty"],
+)  # fmt: skip
+def test_operator_values_left_empty_render_as_upstreams_chart_renders_them(
+    tmp_path: Path, values: str, crds_deleted: bool
+) -> None:
+    """Upstream's operator.yaml, clusterpolicy.yaml and cleanup_crd.yaml read these keys under `if`
+    (`if .Values.operator.metrics`, `if .Values.operator.cleanupCRD`, `if .Values.operator.env`), so an empty or null
+    value renders (as off, or nothing). Ours failed `helm install` with a template error (nil pointer evaluating
+    operator.metrics.service, `expected bool` in cleanup-hook.yaml, `range can't iterate over`). Now a null group of
+    settings means its defaults (as a null section does), and only true or "true" deletes the CRDs."""
+    file = tmp_path / f"{abs(hash(values))}.yaml"  # (render caches by file name)
+    file.write_text(values)
+    docs = render(file)
+    args = one(docs, "Deployment", "gpu-operator")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--metrics-port") + 1] == "8080" and args[-1] == "--leader-elect"
+    assert one(docs, "Service", "gpu-operator-metrics")["spec"]["ports"][0]["port"] == 8080
+    cleanup = one(docs, "Job", "gpu-operator-cleanup")["spec"]["template"]["spec"]["containers"][0]
+    delete_crds = next(e["value"] for e in cleanup["env"] if e["name"] == "DELETE_CRDS")
+    assert bool(delete_crds) == crds_deleted, delete_crds
+    rules = one(docs, "ClusterRole", "gpu-operator-cleanup")["rules"]
+    assert any("customresourcedefinitions" in r["resources"] for r in rules) == crds_deleted

@@ -258,9 +258,20 @@ nullSections: Helm drops a values section set to null (`--set operator=null`, or
 in a values file) together with its defaults; this puts the chart-only sections' defaults (files/chart-defaults.yaml)
 back for such a section, so null means its defaults. Every template reading those sections includes it first
 (it renders nothing; the ClusterPolicy's operand sections need none: null leaves them to the operator).
+The same for the groups of settings within them the templates read keys of (`operator.metrics:` with nothing
+under it, as upstream's commented-out example leaves it, is the metrics defaults).
 */}}
 {{- define "gpu-operator.nullSections" -}}
-{{- range $k, $d := .Files.Get "files/chart-defaults.yaml" | fromYaml }}
+{{- $defaults := .Files.Get "files/chart-defaults.yaml" | fromYaml }}
+{{- range $k, $d := $defaults }}
 {{- if kindIs "invalid" (index $.Values $k) }}{{ $_ := set $.Values $k $d }}{{ end }}
+{{- end }}
+{{- range $path := list "operator.leaderElection" "operator.metrics" "operator.metrics.service" "operator.metrics.prometheusRule" "operator.metrics.grafanaDashboard" "operator.livenessProbe" "operator.readinessProbe" "doctor.rbac" }}
+{{- $keys := splitList "." $path }}
+{{- $at := $.Values }}{{ $d := $defaults }}
+{{- range $keys | initial }}{{ $at = index $at . }}{{ $d = index $d . }}{{ end }}
+{{- if and (kindIs "map" $at) (kindIs "invalid" (index $at (last $keys))) }}
+{{- $_ := set $at (last $keys) (deepCopy (index $d (last $keys))) }}
+{{- end }}
 {{- end }}
 {{- end -}}

@@ -1002,6 +1002,35 @@ def test_an_nvidiadriver_whose_spec_turns_invalid_keeps_its_daemonsets_and_nodes
     assert status["nodes"] == 1  # b1 keeps its driver
 
 
+def test_an_nvidiadriver_whose_spec_turns_invalid_keeps_its_nodes_upgrade_state() -> None:
+    """Its nodes keep their owner label (above), but were left out of the assignment's owners, so the pass took them
+    as nodes no NVIDIADriver drives and let their upgrade go: b1, cordoned mid-upgrade (drain-required), was
+    uncordoned with its driver not replaced, and b2 lost its upgrade-done state, each with "its NVIDIADriver let go of
+    the node". Upstream's upgrade controller (reconcileNVIDIADriverUpgrades) buckets nodes by their owner label and
+    goes on whatever the NVIDIADriver controller's reconcile says; here nothing changes until the spec is fixed."""
+    from dataclasses import replace
+
+    from gpu_operator.upgrade.model import STATE_LABEL
+
+    nodes = [facts("a1", labels={"nvidia.com/gpu.deploy.driver": "true", STATE_LABEL: "upgrade-done"}),
+             facts("b1", labels={"nvidia.com/gpu.deploy.driver": "true", "pool": "b"}),
+             facts("b2", labels={"nvidia.com/gpu.deploy.driver": "true", "pool": "b"})]  # fmt: skip
+    good = _nvd_objects(default={"default": True},
+                        x={"nodeSelector": {"pool": "b"}, "upgradePolicy": {"autoUpgrade": True}})  # fmt: skip
+    _, owned = _switch_pass(nodes, crd_policy(), good, {})
+    nodes = [nodes[0],
+             replace(facts("b1", labels={**nodes[1].labels, OWNER_LABEL: "x", STATE_LABEL: "drain-required"}),
+                     unschedulable=True),
+             facts("b2", labels={**nodes[2].labels, OWNER_LABEL: "x", STATE_LABEL: "upgrade-done"})]  # fmt: skip
+    bad = copy.deepcopy(good)
+    bad["x"]["spec"]["resources"] = {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}
+    bad["x"]["metadata"]["generation"] = 2
+    kube, _ = _switch_pass(nodes, crd_policy(), bad, owned)
+    assert "b1" not in kube.node_patches("unschedulable"), "b1 uncordoned mid-upgrade though its driver is held"
+    assert kube.node_patches(STATE_LABEL) == {}, "the held nodes' upgrade states were let go"
+    assert kube.node_patches(OWNER_LABEL) == {}
+
+
 def test_a_pass_that_sees_useNvidiaDriverCRD_before_the_default_nvidiadriver_restarts_no_driver_pod() -> None:
     """helm upgrade --set driver.nvidiaDriverCRD.enabled=true changes the ClusterPolicy and creates the default
     NVIDIADriver in one release; a pass that read the ClusterPolicy first (no NVIDIADriver yet) pruned every

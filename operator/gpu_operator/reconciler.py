@@ -683,9 +683,10 @@ class Reconciler:
         # NVIDIADriver: the driver is handed over, not let go).
         seen = seen or snap
         # Only the nodes the assignment does not route are looked at (a set difference, not a walk of every node),
-        # then taken in the nodes' order.
+        # then taken in the nodes' order. A node its NVIDIADriver holds (an invalid spec) is not let go: nothing
+        # changes there until the spec is fixed (upstream's upgrade goes on by its owner label).
         found = {
-            k for k in by_name.keys() - assignment.owner.keys()
+            k for k in by_name.keys() - assignment.owner.keys() - assignment.held.keys()
             if UPGRADE_STATE in (n := by_name[k]).labels
             and (OWNER_LABEL in n.labels or OWNER_LABEL in seen.nodes.get(k, n).labels)
         } if seen.nvidia_drivers else set()  # fmt: skip

@@ -1339,6 +1339,31 @@ def test_mig_layouts_says_refused_for_a_mode_conflict_the_gate_refuses_on_those_
     assert "  all-disabled\n    mixed:  nvidia.com/gpu=" in out, out
 
 
+def test_mig_layouts_says_a_node_gpu_count_is_not_known_rather_than_one(
+    capsys: pytest.CaptureFixture[str], monkeypatch: Any
+) -> None:
+    """Under mig.strategy single GFD's gpu.count counts MIG devices, read back only through the layout a node holds
+    in state success (physical_gpus: else not known). `mig layouts` printed an unknown count as `(1 GPUs)`, so an
+    8-GPU H100 node whose last change failed (GFD: 56 x 1g.10gb) was said to have 1 GPU; now it says the count is
+    not known."""
+    from gpu_operator.kube import Kube
+
+    policy = {"metadata": {"name": "p", "creationTimestamp": "t"}, "spec": {"mig": {"strategy": "single"}}}
+    labels = {"nvidia.com/gpu.product": f"{H100}-MIG-1g.10gb", "nvidia.com/gpu.count": "56",
+              "nvidia.com/mig.capable": "true", "nvidia.com/mig.config": "all-1g.10gb"}  # fmt: skip
+    nodes = [{"metadata": {"name": "n0", "labels": {**labels, "nvidia.com/mig.config.state": "failed"}}},
+             {"metadata": {"name": "n1", "labels": {**labels, "nvidia.com/mig.config.state": "success"}}}]
+
+    class Fake:
+        def list(self, kind: str) -> list[dict[str, Any]]:
+            return {"Node": nodes, "ClusterPolicy": [policy]}[kind]
+
+    monkeypatch.setattr(Kube, "connect", classmethod(lambda cls, *a, **k: Fake()))
+    assert main(["mig", "layouts"]) == 0
+    out = capsys.readouterr().out
+    assert "[n0 (GPU count not known), n1 (8 GPUs)]: per GPU\n" in out, out.splitlines()[1]
+
+
 def test_physical_gpus_from_gfd_labels_under_each_strategy() -> None:
     h100 = "NVIDIA-H100-80GB-HBM3"
     assert mig.physical_gpus({"nvidia.com/gpu.count": "8", "nvidia.com/gpu.product": h100}) == 8

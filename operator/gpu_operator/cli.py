@@ -589,7 +589,8 @@ def cmd_mig_layouts(args: argparse.Namespace) -> int:
     for gpu, members in groups.values():
         counts = sorted({c for _, c in members}, key=lambda c: c or 0) or [None]  # offline: none known
         gpus = (counts[0] or 1) if len(counts) == 1 else 1
-        where = ", ".join(f"{n} ({c or 1} GPUs)" for n, c in members) or "offline"
+        where = ", ".join(f"{n} ({'GPU count not known' if c is None else f'{c} GPUs'})" for n, c in members) \
+            or "offline"
         print(f"{gpu.name} [{where}]" + ("" if gpus > 1 else ": per GPU"))
         table = mig.node_layouts(gpu, layouts)
         for name in mig.valid_layouts(gpu, table):

@@ -2644,31 +2644,74 @@ class _RefusedListKube:
         return iter(copy.deepcopy(self.nodes) if kind == "Node" else [])
 
 
+def _refused_pass(spec: dict[str, Any]) -> tuple[Any, DeleteRecordingKube]:
+    """observe() of two nodes that NVIDIADriver `all` drives, NVIDIADrivers' listing refused (403), and one pass
+    over it under a ClusterPolicy of `spec`: the snapshot, and the pass's record."""
+    from gpu_operator.observe import observe
+    from gpu_operator.reconciler import Reconciler
+
+    labels = {"nvidia.com/gpu.deploy.driver": "true", OWNER_LABEL: "all"}
+    nodes = [support_node(n, labels=labels) for n in ("a1", "a2")]
+    _, owned = _switch_pass([facts(n, labels=labels) for n in ("a1", "a2")], crd_policy(),
+                            _nvd_objects(all={"version": "580.95.05"}), {})  # fmt: skip
+    assert ("DaemonSet", "gpu-operator", REFUSED_DS) in owned
+    snap = observe(_RefusedListKube(403, nodes, policy_object(spec), owned), "gpu-operator")  # type: ignore[arg-type]
+    kube = DeleteRecordingKube()
+    Reconciler(kube, "gpu-operator").reconcile(snap)  # type: ignore[arg-type]
+    return snap, kube
+
+
+REFUSED_DS = "nvidia-driver-daemonset-all-ubuntu22.04"
+
+
 def test_a_refused_nvidiadriver_listing_is_not_read_as_none() -> None:
     """useNvidiaDriverCRD with an NVIDIADriver `all` driving two nodes, and a ClusterRole without `list` on
     nvidiadrivers (one left from an older chart). observe.list_nvidia_drivers read the 403 as "no NVIDIADriver", and
     the pass that followed pruned `all`'s driver DaemonSet with Background propagation: every driver pod of that
     NVIDIADriver deleted at once, no cordon, no drain, from missing knowledge. Upstream registers its NVIDIADriver
     controller always (cmd/gpu-operator/main.go): a refused list stops its cache sync, nothing is deleted. Now the
-    403 raises (the operator's listing is tried again, the log naming the refusal); only a 404 (no CRD) is none."""
+    snapshot carries the refusal and a pass under useNvidiaDriverCRD fails on it, deleting nothing, its status
+    naming the permission; only a 404 (no CRD) is none."""
+    snap, kube = _refused_pass(crd_policy())
+    assert snap.nvidia_drivers == {} and snap.nvidia_drivers_refused is not None
+    assert not [what for verb, what in kube.calls if verb == "delete"]
+    status = kube.statuses[("ClusterPolicy", "cluster-policy")]
+    assert status["state"] == "notReady"
+    error = next(c for c in status["conditions"] if c["type"] == "Error")
+    assert 'cannot list resource "nvidiadrivers"' in error["message"], error
     from gpu_operator.kube import ApiError
-    from gpu_operator.observe import observe
+    from gpu_operator.observe import observe, require_nvidia_drivers
 
-    labels = {"nvidia.com/gpu.deploy.driver": "true", OWNER_LABEL: "all"}
-    nodes = [support_node(n, labels=labels) for n in ("a1", "a2")]
-    drivers = _nvd_objects(all={"version": "580.95.05"})
-    _, owned = _switch_pass([facts(n, labels=labels) for n in ("a1", "a2")], crd_policy(), drivers, {})
-    ds = "nvidia-driver-daemonset-all-ubuntu22.04"
-    assert ("DaemonSet", "gpu-operator", ds) in owned
-    with pytest.raises(ApiError) as refused:
-        observe(_RefusedListKube(403, nodes, policy_object(crd_policy()), owned), "gpu-operator")  # type: ignore[arg-type]
-    assert refused.value.status == 403 and 'cannot list resource "nvidiadrivers"' in str(refused.value)
+    with pytest.raises(ApiError) as refused:  # (the CLI's readers: upgrade plan, versions)
+        require_nvidia_drivers(snap, True)
+    assert refused.value.status == 403
     # What reading it as none led to: the NVIDIADriver's DaemonSet deleted with its pods.
+    labels = {"nvidia.com/gpu.deploy.driver": "true", OWNER_LABEL: "all"}
+    _, owned = _switch_pass([facts(n, labels=labels) for n in ("a1", "a2")], crd_policy(),
+                            _nvd_objects(all={"version": "580.95.05"}), {})  # fmt: skip
     kube, _ = _switch_pass([facts(n, labels=labels) for n in ("a1", "a2")], crd_policy(), {}, owned)
-    assert kube.deletes(ds) == [(0, None)]
+    assert kube.deletes(REFUSED_DS) == [(0, None)]
     # No CRD (404): none, as before.
+    nodes = [support_node(n, labels=labels) for n in ("a1", "a2")]
     snap = observe(_RefusedListKube(404, nodes, policy_object(crd_policy()), owned), "gpu-operator")  # type: ignore[arg-type]
-    assert snap.nvidia_drivers == {}
+    assert snap.nvidia_drivers == {} and snap.nvidia_drivers_refused is None
+
+
+def test_without_use_nvidia_driver_crd_a_refused_nvidiadriver_listing_reads_as_none() -> None:
+    """The previous chart (0.2.0) grants nothing on nvidiadrivers, and `helm upgrade` runs today's operator under
+    it until the chart's new ClusterRole is in place (e2e test_helm_lifecycle). Since the 403 raised, the operator's
+    start-up listing retried it for good and no pass ran: the ClusterPolicy never got ready. Without
+    useNvidiaDriverCRD NVIDIADrivers drive nothing (upstream's NVIDIADriver controller skips a ClusterPolicy
+    without it): the refusal reads as none and the pass goes on."""
+    snap, kube = _refused_pass(load_policy()["spec"])
+    assert snap.nvidia_drivers == {} and snap.nvidia_drivers_refused is not None
+    from gpu_operator.observe import require_nvidia_drivers
+
+    require_nvidia_drivers(snap, False)
+    status = kube.statuses[("ClusterPolicy", "cluster-policy")]
+    assert all(c.get("reason") != "ReconcileFailed" and "nvidiadrivers" not in c.get("message", "")
+               for c in status["conditions"]), status  # (applied, waiting for the operands: a pass as usual)
+    assert any(verb == "apply" and o["metadata"]["name"] == CP_DS for verb, o in kube.calls)
 
 
 OLD_MANAGER = "nvcr.io/nvidia/cloud-native/k8s-driver-manager:v0.12.0"

@@ -1699,3 +1699,79 @@ def test_a_passes_profile_that_cannot_be_written_does_not_fail_the_pass(
     monkeypatch.setattr(debug, "_dumped", [float("-inf")])
     assert debug.profiled(lambda: 7) == 7
     assert "passes profile not written" in capsys.readouterr().err
+
+
+class DriversRefusingKube(CountingKube):
+    """Lists nothing, but NVIDIADrivers while `refusing` (403: a ClusterRole without `list` on nvidiadrivers, as
+    the previous chart's); their watch's request refused the same way."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refusing = True
+        self.drivers: list[dict[str, Any]] = []
+
+    def api_groups(self) -> frozenset[str]:
+        return frozenset({"apps", "nvidia.com"})
+
+    def _refuse(self, path: str) -> None:
+        raise ApiError(403, '{"message": "nvidiadrivers.nvidia.com is forbidden: cannot list resource '
+                       '\\"nvidiadrivers\\""}', f"GET {path}")  # fmt: skip
+
+    def list(self, kind: str, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        if kind == "NVIDIADriver":
+            if self.refusing:
+                self._refuse("/apis/nvidia.com/v1alpha1/nvidiadrivers")
+            return copy.deepcopy(self.drivers)
+        return super().list(kind)
+
+    def request(self, method: str, path: str, **kw: Any) -> Any:
+        self._refuse(path)
+
+
+def test_a_refused_nvidiadriver_listing_neither_stalls_the_operator_nor_empties_its_cache(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Since NVIDIADrivers' 403 raised in observe(), Operator.sync retried it for good ("listing the cluster failed,
+    retrying in 5s"): under the previous chart's ClusterRole (e2e test_helm_lifecycle) no pass ever ran. Now the
+    listing goes on and the snapshot carries the refusal (a pass under useNvidiaDriverCRD fails on it, without it
+    the NVIDIADrivers drive nothing); one warning names the permission. A relisting that is refused keeps the
+    NVIDIADrivers cached (not pruned as gone); before each pass they are listed again until that works."""
+    kube = DriversRefusingKube()
+    op = Operator(kube=kube, namespace="gpu-operator")  # type: ignore[arg-type]
+
+    async def sync(prune: bool = False) -> None:
+        await asyncio.wait_for(op.sync(prune), timeout=3)
+
+    asyncio.run(sync())
+    assert op.snapshot().nvidia_drivers_refused is not None and op.nvidia_drivers == {}
+
+    def warned() -> list[str]:
+        return [m for r in caplog.records if r.levelname == "WARNING" and "NVIDIADrivers" in (m := r.getMessage())]
+
+    assert len(warned()) == 1 and "grants `list` and `watch` on nvidiadrivers.nvidia.com" in warned()[0], warned()
+    runtime._as_event(op.on_nvidia_driver)("all", _driver("all", "u1", 10))  # (cached from before)
+    asyncio.run(sync(prune=True))
+    assert set(op.nvidia_drivers) == {"all"}  # not known to be gone
+    asyncio.run(op.refresh_nvidia_drivers())
+    assert op.nvidia_drivers_refused is not None and len(warned()) == 1
+    kube.refusing = False
+    kube.drivers = [_driver("other", "u2", 20)]
+    asyncio.run(op.refresh_nvidia_drivers())
+    assert op.snapshot().nvidia_drivers_refused is None and set(op.nvidia_drivers) == {"other"}
+
+
+def test_a_refused_nvidiadriver_watch_listing_is_known_to_the_next_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The NVIDIADriver watch, refused (403), logged "trying again every 30 s" and kept the cache: nothing told a
+    pass under useNvidiaDriverCRD that the NVIDIADrivers were no longer known (a ClusterRole that lost `list` on
+    nvidiadrivers while the operator ran: `helm rollback` to the previous chart). Now the snapshot carries it."""
+    from gpu_operator import nodewatch
+
+    monkeypatch.setattr(nodewatch, "UNSERVED_RETRY_S", 0.01)
+    op = Operator(kube=DriversRefusingKube(), namespace="gpu-operator")  # type: ignore[arg-type]
+    watch = {w.name: w for w in op.own_watches(lambda handler: handler, lambda handler: handler)}["nvidiadriver-watch"]
+    thread = threading.Thread(target=watch.run, daemon=True)
+    thread.start()
+    thread.join(0.3)
+    watch.stop.set()
+    thread.join(2)
+    assert op.snapshot().nvidia_drivers_refused is not None

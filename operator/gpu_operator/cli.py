@@ -422,7 +422,7 @@ def cmd_upgrade_plan(args: argparse.Namespace) -> int:
 
     from . import upgrade
     from .kube import ApiError, Kube
-    from .observe import Snapshot, observe
+    from .observe import Snapshot, observe, require_nvidia_drivers
     from .status import active_policy
     from .upgrade.adapter import managed_nodes, workload_pods
 
@@ -435,6 +435,7 @@ def cmd_upgrade_plan(args: argparse.Namespace) -> int:
             return 2
         policy_obj = snap.policies[name]
         spec = parse_policy(policy_obj)
+        require_nvidia_drivers(snap, spec.driver.use_nvidia_driver_crd)  # (a refused listing is not "none")
         # One section per upgrade policy: the ClusterPolicy's, or each NVIDIADriver's (useNvidiaDriverCRD).
         sections: list[tuple[str, ClusterPolicySpec, Snapshot, tuple[str, str] | None]]  # the last: managed_nodes
         sections = [(f"ClusterPolicy {name}", spec, snap, None)]
@@ -611,6 +612,7 @@ def versions_report(snap: Any | None = None) -> dict[str, Any]:
     with useNvidiaDriverCRD the driver of the NVIDIADriver that drives the node (as the operator judges it)."""
     from . import compat, matrix
     from .nvidiadriver import NVIDIADriver
+    from .observe import require_nvidia_drivers
     from .render import driver_routing
     from .status import active_policy
 
@@ -624,6 +626,7 @@ def versions_report(snap: Any | None = None) -> dict[str, Any]:
         return report
     spec = parse_policy(snap.policies[name])
     by_crd = spec.driver.use_nvidia_driver_crd
+    require_nvidia_drivers(snap, by_crd)  # (a refused listing is not "none")
     drivers = [NVIDIADriver.from_object(o) for o in snap.nvidia_drivers.values()] if by_crd else []
     groups = driver_routing(nodes, spec, drivers).groups
     owner = {n: g.name for g in groups for n in g.nodes}

@@ -60,7 +60,8 @@ class Watch(Generic[T]):
     delivered: the cache also holds what the operator's own start-up listing brought.
     `namespaced`: objects are named "namespace/name" (a collection across namespaces). `limit`: a list page's size.
     `denied`: called (in the watch's thread) when the API server refuses it (403), with the error and whether it
-    was the listing that was refused (else the watch); the watch then ends instead of trying again."""
+    was the listing that was refused (else the watch); the watch then ends instead of trying again.
+    `refused`: called (in the watch's thread) on each refused (403) listing, which is tried again as usual."""
 
     def __init__(
         self,
@@ -81,6 +82,7 @@ class Watch(Generic[T]):
         namespaced: bool = False,
         limit: int = 500,
         denied: Callable[[ApiError, bool], object] | None = None,
+        refused: Callable[[ApiError], object] | None = None,
     ):
         self.kube = kube
         self.path = path
@@ -90,6 +92,7 @@ class Watch(Generic[T]):
         self.names = names
         self.limit = limit
         self.denied = denied
+        self.refused = refused
         self.query: dict[str, Any] = {"labelSelector": label_selector} if label_selector else {}
         self.stale = stale
         self.same = same
@@ -142,6 +145,8 @@ class Watch(Generic[T]):
                     self.denied(exc, listing)
                     return
                 if isinstance(exc, ApiError) and exc.status in (403, 404):  # not served (a CRD not installed) or denied
+                    if exc.status == 403 and listing and self.refused is not None:
+                        self.refused(exc)
                     if not unserved:
                         log.warning("%s: %s; trying again every %d s", self.name, exc, UNSERVED_RETRY_S)
                     unserved = True

@@ -55,6 +55,8 @@ class Snapshot:
     config_maps: dict[str, tuple[str, ...]] = field(default_factory=dict)  # in our namespace: name -> keys
     config_data: dict[str, dict[str, str]] = field(default_factory=dict)  # in our namespace: name -> data
     nvidia_drivers: dict[str, dict[str, Any]] = field(default_factory=dict)  # NVIDIADriver objects by name
+    # The refusal (403) of their listing: not known, not none (see require_nvidia_drivers).
+    nvidia_drivers_refused: ApiError | None = None
 
     @cached_property
     def pod_index(self) -> PodIndex:
@@ -324,10 +326,10 @@ def observe(
     listed_config_maps = later(kube.list, "ConfigMap", namespace)
     listed_owned = [later(list_owned, kube, kind, namespace, api_groups) for kind in operand_kinds()]
     # Before the nodes are projected: the labels their nodeSelectors name are kept (on a pool, asked for first).
-    listed_drivers = later(list_nvidia_drivers, kube)
+    listed_drivers = later(_nvidia_drivers_or_refusal, kube)
 
     def projected(objs: Iterable[dict[str, Any]]) -> list[NodeFacts]:
-        keep_labels(selector_keys(listed_drivers().values()))
+        keep_labels(selector_keys(listed_drivers()[0].values()))
         return list(map(NodeFacts.from_node, objs))
 
     if nodes is None:
@@ -352,7 +354,7 @@ def observe(
         policy.setdefault("kind", "ClusterPolicy")
         policies[policy["metadata"]["name"]] = policy
     config_maps = listed_config_maps()
-    drivers = listed_drivers()
+    drivers, drivers_refused = listed_drivers()
     owned = {}
     for found in listed_owned:
         for obj in found():
@@ -372,12 +374,13 @@ def observe(
         config_maps={cm["metadata"]["name"]: config_map_keys(cm) for cm in config_maps},
         config_data={cm["metadata"]["name"]: dict(cm.get("data") or {}) for cm in config_maps},
         nvidia_drivers=drivers,
+        nvidia_drivers_refused=drivers_refused,
     )
 
 
 def list_nvidia_drivers(kube: Kube) -> dict[str, dict[str, Any]]:
     """Every NVIDIADriver by name (none where the CRD is not installed). A refused listing (403: a ClusterRole
-    without `list` on nvidiadrivers) raises: read as none, a pass under useNvidiaDriverCRD deleted their DaemonSets."""
+    without `list` on nvidiadrivers, an older chart's) raises."""
     try:
         found = kube.list("NVIDIADriver")
     except ApiError as exc:
@@ -388,6 +391,22 @@ def list_nvidia_drivers(kube: Kube) -> dict[str, dict[str, Any]]:
         obj.setdefault("apiVersion", "nvidia.com/v1alpha1")
         obj.setdefault("kind", "NVIDIADriver")
     return {obj["metadata"]["name"]: obj for obj in found}
+
+
+def _nvidia_drivers_or_refusal(kube: Kube) -> tuple[dict[str, dict[str, Any]], ApiError | None]:
+    try:
+        return list_nvidia_drivers(kube), None
+    except ApiError as exc:
+        if exc.status != 403:
+            raise
+        return {}, exc
+
+
+def require_nvidia_drivers(snap: Snapshot, use_crd: bool) -> None:
+    """Raise the refusal of the NVIDIADriver listing where the ClusterPolicy hands its driver to NVIDIADrivers
+    (`use_crd`): read as none, a pass would prune their driver DaemonSets. Without it they drive nothing."""
+    if use_crd and snap.nvidia_drivers_refused is not None:
+        raise snap.nvidia_drivers_refused
 
 
 def newer(a: dict[str, Any] | None, b: dict[str, Any]) -> bool:

@@ -39,7 +39,7 @@ from .nodes import (
 )
 from .nvidiadriver_api import KIND as NVIDIADRIVER
 from .nvidiadriver_api import OWNER_LABEL
-from .observe import Key, Newer, Snapshot, daemonset_key, key_of, newer, owner_key
+from .observe import Key, Newer, Snapshot, daemonset_key, key_of, newer, owner_key, require_nvidia_drivers
 from .readiness import KeptReadiness, NodeCounter
 from .render import (
     DriverRouting,
@@ -380,6 +380,8 @@ class Reconciler:
                 out.busy = True  # held back, or the policy changed since it was read: the next pass writes it
             out.recheck_s = self._drivers_unmanaged(snap, f"ClusterPolicy {meta['name']}: {error}", as_left=True)
             return
+        # A refused NVIDIADriver listing fails the pass (its status names the permission) under useNvidiaDriverCRD.
+        require_nvidia_drivers(snap, spec.driver.use_nvidia_driver_crd)
         self.lifecycle.ensure_namespace(spec.psa.enabled, pods_missing(snap.owned, self.namespace))
 
         # Objects are rendered for the nodes as they will be labelled, applied first (none of them needs the

@@ -38,6 +38,7 @@ from .observe import (
     Snapshot,
     feature_projection,
     key_of,
+    list_nvidia_drivers,
     list_owned,
     newer,
     node_features,
@@ -140,6 +141,9 @@ class Operator:
         self.labels_read: frozenset[str] = frozenset()
         self.policies: dict[str, dict[str, Any]] = {}
         self.nvidia_drivers: dict[str, dict[str, Any]] = {}
+        # The refusal (403) of the last listing of NVIDIADrivers, ours or their watch's: `nvidia_drivers` is then
+        # kept as it was, not known to be current (listed again before each pass until a listing works).
+        self.nvidia_drivers_refused: ApiError | None = None
         self.owned: dict[Key, dict[str, Any]] = {}
         self.pods: dict[str, dict[str, Any]] = {}
         self.pods_on: dict[str, set[str]] = {}  # node -> names of the operand pods there (kept with `pods`)
@@ -513,6 +517,42 @@ class Operator:
                 return  # our own status write coming back: nothing a pass decides on changed
         self.wake_now("nvidiadriver")
 
+    def on_nvidia_drivers_refused(self, exc: ApiError) -> None:
+        """Listing NVIDIADrivers was refused (403): a pass under useNvidiaDriverCRD fails on it
+        (require_nvidia_drivers); without it, they drive nothing and the passes go on."""
+        if self.nvidia_drivers_refused is None:
+            log.warning("listing NVIDIADrivers was refused (%s): a ClusterPolicy with useNvidiaDriverCRD is not "
+                        "reconciled until the operator's ClusterRole grants `list` and `watch` on "
+                        "nvidiadrivers.nvidia.com", exc)  # fmt: skip
+            self.wake_now("nvidiadriver")
+        self.nvidia_drivers_refused = exc
+
+    async def refresh_nvidia_drivers(self) -> None:
+        """While their listing is refused, list NVIDIADrivers again (before each pass): once that works, the cache
+        is what it lists. On the event loop, which changes the cache: only the listing runs in a thread."""
+        if self.nvidia_drivers_refused is None:
+            return
+        self._gone, self._touched = set(), set()  # what their watch delivers meanwhile is newer
+        try:
+            listed = await asyncio.to_thread(list_nvidia_drivers, self.kube)
+        except Exception as exc:  # noqa: BLE001 - still not known: tried again before the next pass
+            if isinstance(exc, ApiError) and exc.status == 403:
+                self.nvidia_drivers_refused = exc
+            else:
+                log.warning("listing NVIDIADrivers failed: %s", exc)
+            return
+        finally:
+            gone, touched = self._gone or set(), self._touched or set()
+            self._gone = self._touched = None
+        for name, obj in listed.items():
+            if ("nvidiadriver", name) not in gone and newer(self.nvidia_drivers.get(name), obj):
+                self.nvidia_drivers[name] = obj
+        for name in [n for n in self.nvidia_drivers if n not in listed and ("nvidiadriver", n) not in touched]:
+            self.nvidia_drivers.pop(name)
+        keep_labels(selector_keys(listed.values()))
+        self.nvidia_drivers_refused = None
+        log.info("listing NVIDIADrivers works again: %d listed", len(listed))
+
     def on_owned(self, event_type: str | None, body: dict[str, Any]) -> None:
         self.changes += 1
         key = key_of(body)
@@ -561,6 +601,7 @@ class Operator:
         and it lacks. ClusterPolicies and NVIDIADrivers are among them: after 410 Gone kopf lists again without
         saying what went away, nor even that the listing ended (one that lists nothing calls no handler)."""
         self._to_loop = to_loop  # (the NodeFeature watch: started while NFD's API is served, _watch_node_features)
+        drivers_refused = to_loop(lambda _, exc: self.on_nvidia_drivers_refused(exc))
         ns = f"/api/v1/namespaces/{self.namespace}"
         apps = f"/apis/apps/v1/namespaces/{self.namespace}"
         return [
@@ -580,7 +621,7 @@ class Operator:
                   to_loop(_as_event(self.on_policy)), name="clusterpolicy-watch", names=lambda: tuple(self.policies)),
             Watch(self.kube, path_for("NVIDIADriver"), _kinded("NVIDIADriver"), self.nvidia_drivers.get,
                   to_loop(_as_event(self.on_nvidia_driver)), name="nvidiadriver-watch",
-                  names=lambda: tuple(self.nvidia_drivers)),
+                  names=lambda: tuple(self.nvidia_drivers), refused=lambda exc: drivers_refused("", exc)),
         ]  # fmt: skip
 
     def _daemonset_names(self) -> list[str]:
@@ -800,7 +841,13 @@ class Operator:
         watched = self.feature_watch is not None or not features  # (the devices are the watch's)
         fill("node", self.nodes, {n: self._with_devices(f) for n, f in snap.nodes.items()} if watched else snap.nodes)
         fill("policy", self.policies, snap.policies, by_version=True)
-        fill("nvidiadriver", self.nvidia_drivers, snap.nvidia_drivers, by_version=True)
+        if snap.nvidia_drivers_refused is not None:  # (kept as they were: not known, not none)
+            self.on_nvidia_drivers_refused(snap.nvidia_drivers_refused)
+        else:
+            fill("nvidiadriver", self.nvidia_drivers, snap.nvidia_drivers, by_version=True)
+            if self.nvidia_drivers_refused is not None:
+                log.info("listing NVIDIADrivers works again: %d listed", len(snap.nvidia_drivers))
+                self.nvidia_drivers_refused = None
         fill("owned", self.owned, snap.owned, by_version=True)
         fill("pod", self.pods, snap.pods)
         self.pods_on = {}
@@ -954,6 +1001,7 @@ class Operator:
             config_maps=dict(self.config_maps),
             config_data=dict(self.config_data),
             nvidia_drivers={k: dict(v) for k, v in self.nvidia_drivers.items()},
+            nvidia_drivers_refused=self.nvidia_drivers_refused,
         )
 
     async def sync(self, prune: bool = False) -> None:
@@ -1021,6 +1069,7 @@ class Operator:
                 await self.refresh_node_features()
             except Exception as exc:  # noqa: BLE001 - GPUs stay identified by labels until the next try
                 log.warning("listing NodeFeatures failed: %s", exc)
+            await self.refresh_nvidia_drivers()
             if not await self.read_kept_labels():
                 delay = self.failed()
                 continue

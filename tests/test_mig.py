@@ -1254,23 +1254,31 @@ def test_a_layout_whose_entries_disagree_on_mig_enabled_for_a_gpu_is_refused() -
                 assert entries is not None and mig.mode_conflict(entries) == "", (gpu.name, name)
 
 
-def test_cli_names_a_layout_mig_parted_fails(capsys: pytest.CaptureFixture[str], monkeypatch: Any) -> None:
-    """`mig layouts` printed what a layout whose entries disagree on mig-enabled would advertise; mig-parted fails
-    it, so it says so instead."""
+CUSTOM_MIXED = {"migManager": {"config": {"name": "custom-mig-config"}}, "mig": {"strategy": "mixed"}}
+
+
+def _mig_layouts_on(monkeypatch: Any, nodes: list[dict[str, Any]], spec: dict[str, Any], config: str = "") -> None:
+    """`mig layouts` reads these nodes, one ClusterPolicy with `spec`, and `config` as its custom config's
+    config.yaml (a stand-in for the cluster's reads)."""
     from gpu_operator.kube import Kube
 
-    policy = {"metadata": {"name": "p", "creationTimestamp": "t"},
-              "spec": {"migManager": {"config": {"name": "custom-mig-config"}}, "mig": {"strategy": "mixed"}}}
-    nodes = [{"metadata": {"name": "n1", "labels": {**node("all-disabled").labels, "nvidia.com/gpu.count": "8"}}}]
+    policy = {"metadata": {"name": "p", "creationTimestamp": "t"}, "spec": spec}
 
     class Fake:
         def list(self, kind: str) -> list[dict[str, Any]]:
             return {"Node": nodes, "ClusterPolicy": [policy]}[kind]
 
         def get(self, kind: str, name: str, namespace: str) -> dict[str, Any]:
-            return {"data": {"config.yaml": MODE_CASES}}
+            return {"data": {"config.yaml": config}}
 
     monkeypatch.setattr(Kube, "connect", classmethod(lambda cls, *a, **k: Fake()))
+
+
+def test_cli_names_a_layout_mig_parted_fails(capsys: pytest.CaptureFixture[str], monkeypatch: Any) -> None:
+    """`mig layouts` printed what a layout whose entries disagree on mig-enabled would advertise; mig-parted fails
+    it, so it says so instead."""
+    nodes = [{"metadata": {"name": "n1", "labels": {**node("all-disabled").labels, "nvidia.com/gpu.count": "8"}}}]
+    _mig_layouts_on(monkeypatch, nodes, CUSTOM_MIXED, MODE_CASES)
     assert main(["mig", "layouts"]) == 0
     out = capsys.readouterr().out
     assert "  gpu0-whole\n    refused: turns MIG both on and off on GPU 0 (mig-parted fails it)\n" in out
@@ -1309,10 +1317,6 @@ def test_mig_layouts_says_refused_for_a_mode_conflict_the_gate_refuses_on_those_
     mode_conflict with gpus=1 whenever the nodes of a model differed in GPU count or one's count was unknown, i.e.
     GPU 0 only, and printed what the layout would advertise instead of `refused` (README: "`mig layouts` says
     `refused` for such a layout"). Now it checks each count the nodes have, as the gate does."""
-    from gpu_operator.kube import Kube
-
-    policy = {"metadata": {"name": "p", "creationTimestamp": "t"},
-              "spec": {"migManager": {"config": {"name": "custom-mig-config"}}, "mig": {"strategy": "mixed"}}}
     nodes = [{"metadata": {"name": f"n{i}", "labels": {"nvidia.com/gpu.product": H100, "nvidia.com/mig.capable": "true",
                                                        **({"nvidia.com/gpu.count": c} if c else {})}}}
              for i, c in enumerate(counts)]  # fmt: skip
@@ -1325,14 +1329,7 @@ def test_mig_layouts_says_refused_for_a_mode_conflict_the_gate_refuses_on_those_
         assert entries is not None
         assert mig.mode_conflict(entries, mig.physical_gpus(facts.labels)) == "turns MIG both on and off on GPU 1"
 
-    class Fake:
-        def list(self, kind: str) -> list[dict[str, Any]]:
-            return {"Node": nodes, "ClusterPolicy": [policy]}[kind]
-
-        def get(self, kind: str, name: str, namespace: str) -> dict[str, Any]:
-            return {"data": {"config.yaml": GPU1_WHOLE}}
-
-    monkeypatch.setattr(Kube, "connect", classmethod(lambda cls, *a, **k: Fake()))
+    _mig_layouts_on(monkeypatch, nodes, CUSTOM_MIXED, GPU1_WHOLE)
     assert main(["mig", "layouts"]) == 0
     out = capsys.readouterr().out
     assert "  gpu1-whole\n    refused: turns MIG both on and off on GPU 1 (mig-parted fails it)\n" in out, out
@@ -1346,19 +1343,12 @@ def test_mig_layouts_says_a_node_gpu_count_is_not_known_rather_than_one(
     in state success (physical_gpus: else not known). `mig layouts` printed an unknown count as `(1 GPUs)`, so an
     8-GPU H100 node whose last change failed (GFD: 56 x 1g.10gb) was said to have 1 GPU; now it says the count is
     not known."""
-    from gpu_operator.kube import Kube
-
-    policy = {"metadata": {"name": "p", "creationTimestamp": "t"}, "spec": {"mig": {"strategy": "single"}}}
     labels = {"nvidia.com/gpu.product": f"{H100}-MIG-1g.10gb", "nvidia.com/gpu.count": "56",
               "nvidia.com/mig.capable": "true", "nvidia.com/mig.config": "all-1g.10gb"}  # fmt: skip
     nodes = [{"metadata": {"name": "n0", "labels": {**labels, "nvidia.com/mig.config.state": "failed"}}},
              {"metadata": {"name": "n1", "labels": {**labels, "nvidia.com/mig.config.state": "success"}}}]
 
-    class Fake:
-        def list(self, kind: str) -> list[dict[str, Any]]:
-            return {"Node": nodes, "ClusterPolicy": [policy]}[kind]
-
-    monkeypatch.setattr(Kube, "connect", classmethod(lambda cls, *a, **k: Fake()))
+    _mig_layouts_on(monkeypatch, nodes, {"mig": {"strategy": "single"}})
     assert main(["mig", "layouts"]) == 0
     out = capsys.readouterr().out
     assert "[n0 (GPU count not known), n1 (8 GPUs)]: per GPU\n" in out, out.splitlines()[1]
